@@ -1,0 +1,109 @@
+//! `MeshCluster`: one attached remote cluster, recorded on the primary.
+//!
+//! The resource is cluster-scoped: an attached cluster belongs to the whole mesh, not to a
+//! namespace. Its credentials live in a Secret in [`crate::MESH_NAMESPACE`] referenced by
+//! `spec.secretName`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Key of the sanitized kubeconfig inside a cluster's Secret.
+pub const KUBECONFIG_KEY: &str = "kubeconfig";
+
+/// Label on every object that belongs to one attached cluster, on both sides.
+pub const CLUSTER_LABEL: &str = "kubectl-mesh.io/cluster";
+
+/// Condition type: the remote answered with valid credentials on the last attempt.
+pub const CONDITION_REACHABLE: &str = "Reachable";
+/// Condition type: every remote namespace carries the primary's managed labels.
+pub const CONDITION_SYNCED: &str = "Synced";
+
+/// A remote cluster whose namespaces mirror the primary's sidecar-injection labels.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "kubectl-mesh.io",
+    version = "v1alpha1",
+    kind = "MeshCluster",
+    plural = "meshclusters",
+    shortname = "mc",
+    status = "MeshClusterStatus",
+    printcolumn = r#"{"name":"Server","type":"string","jsonPath":".spec.server"}"#,
+    printcolumn = r#"{"name":"Reachable","type":"string","jsonPath":".status.conditions[?(@.type==\"Reachable\")].status"}"#,
+    printcolumn = r#"{"name":"Synced","type":"string","jsonPath":".status.conditions[?(@.type==\"Synced\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshClusterSpec {
+    /// UID of the remote's kube-system namespace: the cluster's identity. Two MeshClusters
+    /// never share it, and it never equals the primary's.
+    pub cluster_id: String,
+    /// API server URL of the remote, as stored in its kubeconfig.
+    pub server: String,
+    /// Secret in the mesh namespace whose `kubeconfig` key holds the sanitized credentials.
+    pub secret_name: String,
+    /// Name of the primary cluster, shown to people editing labels on the remote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_name: Option<String>,
+    /// What the remote guard does with managed-label edits made directly on the remote.
+    #[serde(default)]
+    pub remote_guard: RemoteGuard,
+}
+
+/// Admission policy installed on a remote for managed-label edits not made by kubectl-mesh.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum RemoteGuard {
+    /// Allow the edit and print a warning naming the primary.
+    #[default]
+    Warn,
+    /// Refuse the edit.
+    Deny,
+    /// Install no policy.
+    Off,
+}
+
+/// Observed state of one attached cluster, written by the reconciler.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshClusterStatus {
+    /// `Reachable` and `Synced`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// When the last full sync of this cluster finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<String>,
+    /// Remote namespaces whose managed labels equal the primary's.
+    #[serde(default)]
+    pub namespaces_in_sync: u32,
+    /// Primary namespaces with managed labels that do not exist on the remote (not created).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_namespaces: Vec<String>,
+    /// Remote namespaces that differed from the primary at the last sync and were corrected.
+    #[serde(default)]
+    pub namespaces_drifted: u32,
+    /// Number of label writes the last sync made.
+    #[serde(default)]
+    pub last_sync_writes: u32,
+    /// The last error met while talking to the remote, cleared by a successful sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the stored service-account token expires (RFC 3339), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expiry: Option<String>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+impl MeshClusterStatus {
+    /// The condition of the given type, if recorded.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether the condition of the given type is recorded as "True".
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}

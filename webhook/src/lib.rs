@@ -1,0 +1,17 @@
+//! Shared library of kubectl-mesh: the sync rule, the `MeshCluster` resource and the
+//! machinery of the `mesh-webhook` process. The `kubectl-mesh` plugin links it so that the CLI
+//! and the webhook apply exactly the same rule.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod labels;
+
+/// Namespace on the primary that holds the webhook, its serving certificate and the
+/// kubeconfig Secrets of attached clusters.
+pub const MESH_NAMESPACE: &str = "kubectl-mesh";
+
+/// Value of `app.kubernetes.io/managed-by` on everything kubectl-mesh creates, on both sides.
+pub const MANAGER: &str = "kubectl-mesh";
+
+/// API group of kubectl-mesh's own resources and prefix of its labels and annotations.
+pub const GROUP: &str = "kubectl-mesh.io";
