@@ -1,1 +1,142 @@
-fn main() {}
+//! `mesh-testenv up|down`: local control planes for humans and scripts.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use mesh_testenv::{Options, TestEnv};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Real Kubernetes control planes on loopback: a primary and N remote clusters.
+#[derive(Parser)]
+#[command(name = "mesh-testenv", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the clusters, write DIR/<cluster>.kubeconfig and DIR/ready, and stay in the
+    /// foreground until SIGINT or SIGTERM, which stops everything.
+    Up {
+        /// Directory for kubeconfigs, certificates, logs and etcd data.
+        #[arg(long, env = "MESH_TESTENV_DIR")]
+        dir: PathBuf,
+        /// Number of remote clusters besides the primary.
+        #[arg(long, default_value_t = 2)]
+        remotes: usize,
+    },
+    /// Stop the environment running in DIR.
+    Down {
+        /// The directory given to `up`.
+        #[arg(long, env = "MESH_TESTENV_DIR")]
+        dir: PathBuf,
+    },
+}
+
+const PID_FILE: &str = "testenv.pid";
+const READY_FILE: &str = "ready";
+
+#[tokio::main]
+async fn main() {
+    if let Err(error) = run(Args::parse()).await {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Cmd::Up { dir, remotes } => up(dir, remotes).await,
+        Cmd::Down { dir } => down(&dir).await,
+    }
+}
+
+async fn up(dir: PathBuf, remotes: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    if let Some(pid) = running_pid(&dir) {
+        bail!(
+            "an environment (pid {pid}) already runs in {}; stop it first: mesh-testenv down --dir {}",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let _ = std::fs::remove_file(dir.join(READY_FILE));
+    std::fs::write(dir.join(PID_FILE), std::process::id().to_string())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let env = tokio::select! {
+        env = TestEnv::start(Options { remotes, dir: Some(dir.clone()) }) => env?,
+        _ = sigterm.recv() => return cleanup(&dir),
+        _ = sigint.recv() => return cleanup(&dir),
+    };
+    std::fs::write(dir.join(READY_FILE), "")?;
+    println!("clusters ready in {}:", dir.display());
+    for cluster in env.clusters() {
+        println!(
+            "  {:<10} {}  kubectl --kubeconfig {}",
+            cluster.name,
+            cluster.server,
+            cluster.kubeconfig.display()
+        );
+    }
+    println!("stop with Ctrl-C or: mesh-testenv down --dir {}", dir.display());
+    let mut health = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = health.tick() => {
+                if let Err(error) = env.check_alive() {
+                    eprintln!("error: {error:#}");
+                    drop(env);
+                    cleanup(&dir)?;
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    drop(env);
+    eprintln!("stopped");
+    cleanup(&dir)
+}
+
+fn cleanup(dir: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(dir.join(READY_FILE));
+    let _ = std::fs::remove_file(dir.join(PID_FILE));
+    Ok(())
+}
+
+fn running_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    kill(Pid::from_raw(pid), None).ok().map(|_| pid)
+}
+
+async fn down(dir: &Path) -> anyhow::Result<()> {
+    let Some(pid) = running_pid(dir) else {
+        bail!(
+            "no environment runs in {}; nothing to stop",
+            dir.display()
+        );
+    };
+    kill(Pid::from_raw(pid), Signal::SIGTERM).context("signalling the environment")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kill(Pid::from_raw(pid), None).is_ok() {
+        if Instant::now() > deadline {
+            bail!("environment (pid {pid}) still running 30s after SIGTERM; kill it: kill -9 {pid}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("stopped the environment in {}", dir.display());
+    Ok(())
+}

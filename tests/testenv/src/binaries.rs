@@ -1,0 +1,90 @@
+//! The control-plane binaries: built from source once per machine, cached outside the repo.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+
+use crate::{ETCD_VERSION, KUBERNETES_VERSION};
+
+const BUILD_SCRIPT: &str = include_str!("../scripts/build-control-plane.sh");
+const NAMES: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"];
+
+/// Paths of the cached etcd, kube-apiserver, kube-controller-manager and kubectl.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub dir: PathBuf,
+}
+
+impl Binaries {
+    /// The cache directory for this version pair: `$MESH_TESTENV_CACHE` or
+    /// `$XDG_CACHE_HOME/kubectl-mesh` or `~/.cache/kubectl-mesh`, then a versioned folder.
+    pub fn cache_dir() -> PathBuf {
+        let root = std::env::var_os("MESH_TESTENV_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kubectl-mesh")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kubectl-mesh")))
+            .unwrap_or_else(|| std::env::temp_dir().join("kubectl-mesh-cache"));
+        root.join(format!("k8s-v{KUBERNETES_VERSION}-etcd-v{ETCD_VERSION}"))
+    }
+
+    /// Returns the cached binaries, building the missing ones first (10-20 minutes on 2
+    /// cores, once). A file lock keeps concurrent test binaries from building twice.
+    pub fn ensure() -> anyhow::Result<Self> {
+        let dir = Self::cache_dir();
+        let binaries = Self { dir: dir.clone() };
+        if binaries.complete() {
+            return Ok(binaries);
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let lock = std::fs::File::create(dir.join(".build.lock"))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .context("locking the control-plane build")?;
+        if binaries.complete() {
+            return Ok(binaries);
+        }
+        let script = dir.join(".build-control-plane.sh");
+        std::fs::write(&script, BUILD_SCRIPT)?;
+        eprintln!(
+            "[testenv] building Kubernetes v{KUBERNETES_VERSION} and etcd v{ETCD_VERSION} from the Go module proxy into {} (once per machine, 10-20 min)",
+            dir.display()
+        );
+        let started = Instant::now();
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .arg(KUBERNETES_VERSION)
+            .arg(ETCD_VERSION)
+            .status()
+            .context("running bash; is it installed?")?;
+        if !status.success() || !binaries.complete() {
+            bail!("building the control plane failed ({status}); see the output above, check that `go` is on PATH and the Go module proxy is reachable");
+        }
+        eprintln!("[testenv] control plane built in {:.0?}", started.elapsed());
+        Ok(binaries)
+    }
+
+    fn complete(&self) -> bool {
+        NAMES.iter().all(|n| self.dir.join(n).is_file())
+    }
+
+    pub fn etcd(&self) -> PathBuf {
+        self.dir.join("etcd")
+    }
+    pub fn kube_apiserver(&self) -> PathBuf {
+        self.dir.join("kube-apiserver")
+    }
+    pub fn kube_controller_manager(&self) -> PathBuf {
+        self.dir.join("kube-controller-manager")
+    }
+    pub fn kubectl(&self) -> PathBuf {
+        self.dir.join("kubectl")
+    }
+
+    /// Whether `path` is one of these binaries (used to recognise leaked processes).
+    pub fn owns(&self, path: &Path) -> bool {
+        path.starts_with(&self.dir)
+    }
+}

@@ -1,0 +1,344 @@
+//! A primary and N remote clusters on loopback.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::future::try_join_all;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::binaries::Binaries;
+use crate::kubeconfig::admin_kubeconfig;
+use crate::pki::ClusterPki;
+use crate::process::ProcessGroup;
+
+/// How long a control plane may take to answer /readyz before start fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to start.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Number of remote clusters besides the primary.
+    pub remotes: usize,
+    /// Where kubeconfigs, certificates, logs and etcd data go; a temporary directory when unset.
+    pub dir: Option<PathBuf>,
+}
+
+/// One cluster of the environment.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// `primary`, `remote-1`, `remote-2`, ...
+    pub name: String,
+    /// Admin kubeconfig (client certificate of system:masters), credentials inline.
+    pub kubeconfig: PathBuf,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    port: u16,
+    dir: PathBuf,
+    pki: ClusterPki,
+}
+
+impl Cluster {
+    /// An admin client for this cluster.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// A `kubectl` command bound to this cluster's admin kubeconfig.
+    pub fn kubectl(&self, binaries: &Binaries) -> Command {
+        let mut cmd = Command::new(binaries.kubectl());
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
+    fn apiserver_name(&self) -> String {
+        format!("{}/kube-apiserver", self.name)
+    }
+}
+
+/// Running control planes. Dropping it stops every process it started.
+pub struct TestEnv {
+    dir: PathBuf,
+    binaries: Binaries,
+    etcd_url: String,
+    clusters: Vec<Cluster>,
+    processes: Mutex<ProcessGroup>,
+    // Last: removed after the processes that write into it are gone.
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestEnv {
+    /// Builds the binaries if needed, then starts etcd, and for every cluster a
+    /// kube-apiserver and a kube-controller-manager; returns once every apiserver is ready.
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let started = Instant::now();
+        let binaries = tokio::task::spawn_blocking(Binaries::ensure).await??;
+        let step = Instant::now();
+        let (dir, temp) = match options.dir {
+            Some(dir) => (dir, None),
+            None => {
+                let temp = tempfile::Builder::new().prefix("mesh-testenv-").tempdir()?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let names = std::iter::once("primary".to_string())
+            .chain((1..=options.remotes).map(|i| format!("remote-{i}")));
+        let mut clusters = Vec::new();
+        for name in names {
+            let cluster_dir = dir.join(&name);
+            // A directory reused from an earlier run must not mix old and new credentials.
+            let _ = std::fs::remove_dir_all(&cluster_dir);
+            let pki = ClusterPki::generate(&name, &cluster_dir)?;
+            let port = free_port()?;
+            let server = format!("https://127.0.0.1:{port}");
+            let kubeconfig = dir.join(format!("{name}.kubeconfig"));
+            std::fs::write(&kubeconfig, admin_kubeconfig(&name, &server, &pki))?;
+            clusters.push(Cluster {
+                name,
+                kubeconfig,
+                server,
+                port,
+                dir: cluster_dir,
+                pki,
+            });
+        }
+        eprintln!("[testenv] certificates and kubeconfigs: {:.2?}", step.elapsed());
+
+        let mut env = Self {
+            etcd_url: String::new(),
+            dir,
+            binaries,
+            clusters,
+            processes: Mutex::new(ProcessGroup::default()),
+            _temp: temp,
+        };
+        let step = Instant::now();
+        env.start_etcd().await?;
+        eprintln!("[testenv] etcd ready: {:.2?}", step.elapsed());
+
+        let step = Instant::now();
+        for cluster in &env.clusters {
+            env.spawn_apiserver(cluster)?;
+            env.spawn_controller_manager(cluster)?;
+        }
+        try_join_all(env.clusters.iter().map(|c| env.wait_ready(c))).await?;
+        eprintln!(
+            "[testenv] {} apiservers ready: {:.2?}",
+            env.clusters.len(),
+            step.elapsed()
+        );
+        eprintln!("[testenv] environment up in {:.2?}", started.elapsed());
+        Ok(env)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    pub fn primary(&self) -> &Cluster {
+        &self.clusters[0]
+    }
+
+    pub fn remotes(&self) -> &[Cluster] {
+        &self.clusters[1..]
+    }
+
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
+    }
+
+    pub fn cluster(&self, name: &str) -> anyhow::Result<&Cluster> {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .with_context(|| format!("no cluster named {name}"))
+    }
+
+    /// `kubectl --kubeconfig <cluster's admin kubeconfig>`.
+    pub fn kubectl(&self, cluster: &Cluster) -> Command {
+        cluster.kubectl(&self.binaries)
+    }
+
+    /// Process ids of every process this environment runs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.lock().pids()
+    }
+
+    /// Fails if any process of the environment has died.
+    pub fn check_alive(&self) -> anyhow::Result<()> {
+        self.lock().check_alive()
+    }
+
+    /// Stops one cluster's apiserver, as when a remote becomes unreachable.
+    pub fn stop_apiserver(&self, name: &str) -> anyhow::Result<()> {
+        let cluster = self.cluster(name)?;
+        self.lock().stop(&cluster.apiserver_name())
+    }
+
+    /// Starts a stopped apiserver again on the same address with the same credentials and
+    /// data, and waits until it is ready.
+    pub async fn start_apiserver(&self, name: &str) -> anyhow::Result<()> {
+        let cluster = self.cluster(name)?;
+        self.spawn_apiserver(cluster)?;
+        self.wait_ready(cluster).await
+    }
+
+    /// Stops every process now (also done on drop).
+    pub fn stop(&self) {
+        self.lock().kill_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ProcessGroup> {
+        // A panic while holding the lock leaves the group usable: it is only a list of pids.
+        self.processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn start_etcd(&mut self) -> anyhow::Result<()> {
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let data = self.dir.join("etcd-data");
+        let _ = std::fs::remove_dir_all(&data);
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut cmd = Command::new(self.binaries.etcd());
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=default={peer_url}"))
+            // Test data is thrown away: durability costs time and buys nothing here.
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn");
+        self.lock()
+            .spawn("etcd", cmd, &self.dir.join("etcd.log"))?;
+        self.etcd_url = client_url;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", client_port)).is_ok() {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("etcd did not listen on {client_port} within 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn spawn_apiserver(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let pki = &cluster.pki;
+        let mut cmd = Command::new(self.binaries.kube_apiserver());
+        cmd.arg(format!("--etcd-servers={}", self.etcd_url))
+            // Clusters share etcd; distinct prefixes keep their data apart.
+            .arg(format!("--etcd-prefix=/{}", cluster.name))
+            .arg(format!("--secure-port={}", cluster.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--cert-dir={}", cluster.dir.display()))
+            .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
+            .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+            .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
+            // A distinct issuer and key per cluster: a token of one cluster is refused by another.
+            .arg(format!("--service-account-issuer={}", cluster.server))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.service_account_key.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.service_account_key.display()
+            ))
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--authorization-mode=RBAC")
+            .arg("--profiling=false")
+            .arg("--v=1");
+        self.lock().spawn(
+            &cluster.apiserver_name(),
+            cmd,
+            &cluster.dir.join("kube-apiserver.log"),
+        )?;
+        Ok(())
+    }
+
+    fn spawn_controller_manager(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let pki = &cluster.pki;
+        let mut cmd = Command::new(self.binaries.kube_controller_manager());
+        cmd.arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                pki.service_account_key.display()
+            ))
+            .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
+            // Only what kubectl-mesh and its tests rely on: namespace deletion, service
+            // accounts and their token Secrets, garbage collection, kube-root-ca.crt.
+            .arg("--controllers=namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller")
+            .arg("--leader-elect=false")
+            .arg("--secure-port=0")
+            .arg("--v=1");
+        self.lock().spawn(
+            &format!("{}/kube-controller-manager", cluster.name),
+            cmd,
+            &cluster.dir.join("kube-controller-manager.log"),
+        )?;
+        Ok(())
+    }
+
+    async fn wait_ready(&self, cluster: &Cluster) -> anyhow::Result<()> {
+        let client = cluster.client().await?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            match client.request_text(request).await {
+                Ok(body) if body.trim() == "ok" => return Ok(()),
+                // Connection refused while starting, 403 until RBAC bootstrap, 500 until
+                // post-start hooks finish: all mean "not yet".
+                _ => {}
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{} apiserver not ready within {READY_TIMEOUT:?}; see {}",
+                    cluster.name,
+                    cluster.dir.join("kube-apiserver.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.lock().kill_all();
+    }
+}
+
+/// An admin client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A port free on loopback now. Another process could take it before we bind it again; on a
+/// test machine that is rare enough, and the apiserver then fails loudly.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
