@@ -1,9 +1,736 @@
-//! THE sync rule (to be completed): which labels are managed and what a remote must carry.
+//! THE sync rule: which labels are managed and what a remote namespace must carry.
+//!
+//! The primary cluster is the source of truth. A fixed set of *managed* label keys (by default
+//! [`DEFAULT_MANAGED_LABELS`]: `istio-injection`, `istio.io/rev`, `istio.io/dataplane-mode`) is
+//! kept equal between the primary and every attached remote:
+//!
+//! - For every namespace that exists on a remote, except the *excluded* ones (by default
+//!   [`DEFAULT_EXCLUDED_NAMESPACES`]: `kube-system`, `kube-public`, `kube-node-lease` and the mesh
+//!   namespace), the managed labels on the remote must equal the managed labels of the namespace
+//!   of the same name on the primary.
+//! - When that namespace is absent on the primary, is being deleted there (`deletionTimestamp`
+//!   set), or lacks one of the managed labels, the label is removed on the remote.
+//! - Namespaces absent on a remote are never created there. A primary namespace carrying at least
+//!   one managed label that a remote lacks is reported as *missing* for that remote.
+//! - Only managed labels are ever written; every other label on a remote is left alone.
+//! - `kubernetes.io/metadata.name` is set by every apiserver to the namespace's own name: it is
+//!   never user data, so it can never be a managed key.
+//!
+//! Everything here is pure: callers fetch namespaces, this module says what to change, and
+//! [`LabelDiff::to_json_patch`] turns a change into a conditional JSON patch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{
+    AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation, TestOperation,
+};
+use k8s_openapi::api::core::v1::Namespace;
+use serde_json::Value;
 
 /// Labels kubectl-mesh keeps equal between the primary and every remote, by default.
 pub const DEFAULT_MANAGED_LABELS: [&str; 3] =
     ["istio-injection", "istio.io/rev", "istio.io/dataplane-mode"];
 
 /// Namespaces never synced, by default: the cluster's own and the mesh's.
-pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 4] =
-    ["kube-system", "kube-public", "kube-node-lease", crate::MESH_NAMESPACE];
+pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 4] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    crate::MESH_NAMESPACE,
+];
+
+/// Label every apiserver puts on every namespace, equal to its name. Never synced.
+pub const METADATA_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Labels of one object, ordered so that diffs, patches and messages are deterministic.
+pub type Labels = BTreeMap<String, String>;
+
+/// The sync rule: which label keys are managed and which namespaces are left alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncRule {
+    managed: BTreeSet<String>,
+    excluded: BTreeSet<String>,
+}
+
+impl Default for SyncRule {
+    fn default() -> Self {
+        Self::new(
+            DEFAULT_MANAGED_LABELS.map(String::from),
+            DEFAULT_EXCLUDED_NAMESPACES.map(String::from),
+        )
+    }
+}
+
+impl SyncRule {
+    /// A rule managing `managed` label keys on every namespace not in `excluded`.
+    ///
+    /// Empty keys and [`METADATA_NAME_LABEL`] are dropped: the apiserver owns the latter and
+    /// syncing it would rename nothing but break every remote patch.
+    pub fn new(
+        managed: impl IntoIterator<Item = String>,
+        excluded: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            managed: managed
+                .into_iter()
+                .filter(|key| !key.is_empty() && key != METADATA_NAME_LABEL)
+                .collect(),
+            excluded: excluded.into_iter().filter(|ns| !ns.is_empty()).collect(),
+        }
+    }
+
+    /// The managed label keys, in key order.
+    pub fn managed_keys(&self) -> impl Iterator<Item = &str> {
+        self.managed.iter().map(String::as_str)
+    }
+
+    /// The excluded namespaces, in name order.
+    pub fn excluded_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.excluded.iter().map(String::as_str)
+    }
+
+    /// Whether `key` is one of the labels kubectl-mesh writes on remotes.
+    pub fn is_managed(&self, key: &str) -> bool {
+        self.managed.contains(key)
+    }
+
+    /// Whether `namespace` is never synced.
+    pub fn is_excluded(&self, namespace: &str) -> bool {
+        self.excluded.contains(namespace)
+    }
+
+    /// The managed subset of `labels`.
+    pub fn managed_of(&self, labels: Option<&Labels>) -> Labels {
+        labels
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| self.is_managed(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
+    /// The managed labels a remote namespace must carry, given its namesake on the primary.
+    ///
+    /// Empty when the primary has no such namespace or is deleting it: a namespace on its way
+    /// out must stop steering sidecar injection elsewhere.
+    pub fn desired(&self, primary: Option<&Namespace>) -> Labels {
+        match primary {
+            Some(ns) if ns.metadata.deletion_timestamp.is_none() => {
+                self.managed_of(ns.metadata.labels.as_ref())
+            }
+            _ => Labels::new(),
+        }
+    }
+
+    /// What to change on `remote` so that its managed labels equal `desired`.
+    ///
+    /// Keys of `desired` that are not managed are ignored, so a caller cannot make this write
+    /// anything but managed labels.
+    pub fn diff(&self, desired: &Labels, remote: &Namespace) -> LabelDiff {
+        let current = self.managed_of(remote.metadata.labels.as_ref());
+        let set = desired
+            .iter()
+            .filter(|(key, value)| self.is_managed(key) && current.get(*key) != Some(*value))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        let remove = current
+            .keys()
+            .filter(|key| !desired.contains_key(*key))
+            .cloned()
+            .collect();
+        LabelDiff {
+            namespace: remote.metadata.name.clone().unwrap_or_default(),
+            set,
+            remove,
+        }
+    }
+
+    /// Full-sync plan for one remote: `primary` = every primary namespace by name, `remote` =
+    /// every remote namespace.
+    ///
+    /// All three lists are sorted by namespace name so that status and output are stable.
+    pub fn plan(&self, primary: &BTreeMap<String, Namespace>, remote: &[Namespace]) -> SyncPlan {
+        let mut plan = SyncPlan::default();
+        let mut on_remote = BTreeSet::new();
+        for ns in remote {
+            // A namespace without a name cannot be addressed; the apiserver never returns one.
+            let Some(name) = ns.metadata.name.as_deref() else {
+                continue;
+            };
+            if !on_remote.insert(name) || self.is_excluded(name) {
+                continue;
+            }
+            let diff = self.diff(&self.desired(primary.get(name)), ns);
+            if diff.is_empty() {
+                plan.in_sync.push(name.to_owned());
+            } else {
+                plan.changes.push(diff);
+            }
+        }
+        // Only namespaces that would carry something are worth reporting as missing; a plain
+        // namespace absent from a remote is the normal case.
+        plan.missing = primary
+            .iter()
+            .filter(|(name, ns)| {
+                !on_remote.contains(name.as_str())
+                    && !self.is_excluded(name)
+                    && !self.desired(Some(ns)).is_empty()
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        plan.in_sync.sort();
+        plan.changes.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        plan
+    }
+}
+
+/// The managed-label change one remote namespace needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelDiff {
+    /// Name of the remote namespace.
+    pub namespace: String,
+    /// Labels to add or overwrite.
+    pub set: Labels,
+    /// Label keys to remove.
+    pub remove: BTreeSet<String>,
+}
+
+impl LabelDiff {
+    /// Whether the namespace already carries the desired labels.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Conditional JSON patch applying this diff to `current`.
+    ///
+    /// The first op tests `/metadata/resourceVersion` (when `current` has one), so that a
+    /// concurrent edit makes the apiserver refuse the patch instead of being clobbered; the
+    /// caller re-reads and re-diffs. `/metadata/labels` is created when `current` has no labels
+    /// map, because `add` cannot create intermediate objects. Keys already holding the wanted
+    /// value and removals of absent keys emit no op (removing an absent key would fail the whole
+    /// patch). A key both in `set` and `remove` is set.
+    pub fn to_json_patch(&self, current: &Namespace) -> Patch {
+        let labels = current.metadata.labels.as_ref();
+        let mut ops = Vec::new();
+        if let Some(rv) = &current.metadata.resource_version {
+            ops.push(PatchOperation::Test(TestOperation {
+                path: PointerBuf::from_tokens(["metadata", "resourceVersion"]),
+                value: Value::String(rv.clone()),
+            }));
+        }
+        if labels.is_none() && !self.set.is_empty() {
+            ops.push(PatchOperation::Add(AddOperation {
+                path: PointerBuf::from_tokens(["metadata", "labels"]),
+                value: Value::Object(serde_json::Map::new()),
+            }));
+        }
+        for (key, value) in &self.set {
+            // Token escaping turns `istio.io/rev` into `istio.io~1rev`.
+            let path = PointerBuf::from_tokens(["metadata", "labels", key.as_str()]);
+            let value = Value::String(value.clone());
+            match labels.and_then(|l| l.get(key)) {
+                Some(old) if *old == value => {}
+                Some(_) => ops.push(PatchOperation::Replace(ReplaceOperation { path, value })),
+                None => ops.push(PatchOperation::Add(AddOperation { path, value })),
+            }
+        }
+        for key in &self.remove {
+            if !self.set.contains_key(key) && labels.is_some_and(|l| l.contains_key(key)) {
+                ops.push(PatchOperation::Remove(RemoveOperation {
+                    path: PointerBuf::from_tokens(["metadata", "labels", key.as_str()]),
+                }));
+            }
+        }
+        Patch(ops)
+    }
+
+    /// Human summary, e.g. `istio-injection=enabled, -istio.io/rev`; `no change` when empty.
+    pub fn describe(&self) -> String {
+        if self.is_empty() {
+            return "no change".to_owned();
+        }
+        let set = self.set.iter().map(|(key, value)| format!("{key}={value}"));
+        let remove = self.remove.iter().map(|key| format!("-{key}"));
+        set.chain(remove).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// What a full sync of one remote would do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    /// Remote namespaces whose managed labels differ from the primary's, with the fix.
+    pub changes: Vec<LabelDiff>,
+    /// Remote namespaces already carrying the primary's managed labels.
+    pub in_sync: Vec<String>,
+    /// Primary namespaces with managed labels that do not exist on the remote (never created).
+    pub missing: Vec<String>,
+}
+
+impl SyncPlan {
+    /// Whether the remote needs no write.
+    pub fn is_converged(&self) -> bool {
+        self.changes.is_empty()
+    }
+}
+
+/// Builders for test namespaces, shared by the unit tests of this crate.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    /// A namespace with only a name, as a unit test wants it; `.label(..)` etc. add the rest.
+    pub(crate) fn ns(name: &str) -> Namespace {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.to_owned());
+        ns
+    }
+
+    /// Fluent setters on [`Namespace`] for readable test fixtures.
+    pub(crate) trait NamespaceExt {
+        fn label(self, key: &str, value: &str) -> Self;
+        fn annotation(self, key: &str, value: &str) -> Self;
+        fn rv(self, resource_version: &str) -> Self;
+        fn deleting(self) -> Self;
+    }
+
+    impl NamespaceExt for Namespace {
+        fn label(mut self, key: &str, value: &str) -> Self {
+            self.metadata
+                .labels
+                .get_or_insert_default()
+                .insert(key.to_owned(), value.to_owned());
+            self
+        }
+
+        fn annotation(mut self, key: &str, value: &str) -> Self {
+            self.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(key.to_owned(), value.to_owned());
+            self
+        }
+
+        fn rv(mut self, resource_version: &str) -> Self {
+            self.metadata.resource_version = Some(resource_version.to_owned());
+            self
+        }
+
+        fn deleting(mut self) -> Self {
+            self.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+            self
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{NamespaceExt, ns};
+    use super::*;
+    use serde_json::json;
+
+    fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn keys<const N: usize>(keys: [&str; N]) -> BTreeSet<String> {
+        keys.into_iter().map(str::to_owned).collect()
+    }
+
+    fn primary_of(namespaces: impl IntoIterator<Item = Namespace>) -> BTreeMap<String, Namespace> {
+        namespaces
+            .into_iter()
+            .map(|ns| (ns.metadata.name.clone().unwrap_or_default(), ns))
+            .collect()
+    }
+
+    /// Applies `diff` to `remote` the way the apiserver would, returning the resulting labels.
+    fn apply(diff: &LabelDiff, remote: &Namespace) -> Result<Labels, json_patch::PatchError> {
+        let mut doc = serde_json::to_value(remote).expect("namespace serializes");
+        json_patch::patch(&mut doc, &diff.to_json_patch(remote))?;
+        let after: Namespace = serde_json::from_value(doc).expect("patched namespace parses");
+        Ok(after.metadata.labels.unwrap_or_default())
+    }
+
+    /// Syncs `primary` onto `remote` through diff + patch and returns the remote's new labels.
+    fn sync(rule: &SyncRule, primary: Option<&Namespace>, remote: &Namespace) -> Labels {
+        let diff = rule.diff(&rule.desired(primary), remote);
+        apply(&diff, remote).expect("patch applies")
+    }
+
+    #[test]
+    fn default_rule_lists() {
+        let rule = SyncRule::default();
+        assert_eq!(
+            rule.managed_keys().collect::<Vec<_>>(),
+            ["istio-injection", "istio.io/dataplane-mode", "istio.io/rev"]
+        );
+        for ns in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "kubectl-mesh",
+        ] {
+            assert!(rule.is_excluded(ns), "{ns}");
+        }
+        assert!(!rule.is_excluded("default"));
+        assert!(rule.is_managed("istio.io/rev"));
+        assert!(!rule.is_managed("app"));
+        assert_eq!(rule.excluded_namespaces().count(), 4);
+    }
+
+    #[test]
+    fn custom_rule_never_manages_metadata_name() {
+        let rule = SyncRule::new(
+            [
+                "istio.io/rev".to_owned(),
+                METADATA_NAME_LABEL.to_owned(),
+                String::new(),
+            ],
+            ["infra".to_owned()],
+        );
+        assert_eq!(rule.managed_keys().collect::<Vec<_>>(), ["istio.io/rev"]);
+        assert!(!rule.is_managed(METADATA_NAME_LABEL));
+        assert!(!rule.is_managed("istio-injection"));
+        assert!(rule.is_excluded("infra"));
+        assert!(!rule.is_excluded("kube-system"));
+    }
+
+    #[test]
+    fn managed_of_keeps_only_managed_keys() {
+        let rule = SyncRule::default();
+        let all = labels([
+            ("istio-injection", "enabled"),
+            ("app", "web"),
+            (METADATA_NAME_LABEL, "foo"),
+        ]);
+        assert_eq!(
+            rule.managed_of(Some(&all)),
+            labels([("istio-injection", "enabled")])
+        );
+        assert!(rule.managed_of(None).is_empty());
+    }
+
+    #[test]
+    fn desired_follows_the_primary() {
+        let rule = SyncRule::default();
+        let primary = ns("foo").label("istio.io/rev", "1-24").label("team", "a");
+        assert_eq!(
+            rule.desired(Some(&primary)),
+            labels([("istio.io/rev", "1-24")])
+        );
+        assert!(rule.desired(None).is_empty(), "absent on the primary");
+        assert!(
+            rule.desired(Some(&primary.deleting())).is_empty(),
+            "being deleted"
+        );
+        assert!(rule.desired(Some(&ns("foo").label("team", "a"))).is_empty());
+    }
+
+    #[test]
+    fn add_label_on_remote() {
+        let rule = SyncRule::default();
+        let primary = ns("foo").label("istio-injection", "enabled");
+        let remote = ns("foo").label("app", "web").rv("7");
+        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        assert_eq!(
+            diff,
+            LabelDiff {
+                namespace: "foo".into(),
+                set: labels([("istio-injection", "enabled")]),
+                remove: BTreeSet::new(),
+            }
+        );
+        assert_eq!(diff.describe(), "istio-injection=enabled");
+        assert_eq!(
+            apply(&diff, &remote).expect("applies"),
+            labels([("app", "web"), ("istio-injection", "enabled")])
+        );
+    }
+
+    #[test]
+    fn overwrite_label_on_remote() {
+        let rule = SyncRule::default();
+        let primary = ns("foo").label("istio-injection", "disabled");
+        let remote = ns("foo")
+            .label("istio-injection", "enabled")
+            .label("app", "web");
+        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        assert_eq!(diff.set, labels([("istio-injection", "disabled")]));
+        assert!(diff.remove.is_empty());
+        let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
+        assert_eq!(
+            patch,
+            json!([{"op": "replace", "path": "/metadata/labels/istio-injection", "value": "disabled"}])
+        );
+        assert_eq!(
+            sync(&rule, Some(&primary), &remote),
+            labels([("app", "web"), ("istio-injection", "disabled")])
+        );
+    }
+
+    #[test]
+    fn remove_label_missing_on_primary() {
+        let rule = SyncRule::default();
+        let primary = ns("foo").label("app", "web");
+        let remote = ns("foo")
+            .label("istio-injection", "enabled")
+            .label("app", "other");
+        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        assert!(diff.set.is_empty());
+        assert_eq!(diff.remove, keys(["istio-injection"]));
+        assert_eq!(diff.describe(), "-istio-injection");
+        // Unmanaged labels stay as the remote has them, even when they differ from the primary.
+        assert_eq!(
+            sync(&rule, Some(&primary), &remote),
+            labels([("app", "other")])
+        );
+    }
+
+    #[test]
+    fn revision_switch_escapes_slash() {
+        let rule = SyncRule::default();
+        let primary = ns("foo").label("istio.io/rev", "1-25");
+        let remote = ns("foo")
+            .label("istio-injection", "enabled")
+            .label("istio.io/rev", "1-24")
+            .rv("42");
+        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        assert_eq!(diff.describe(), "istio.io/rev=1-25, -istio-injection");
+        let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
+                {"op": "replace", "path": "/metadata/labels/istio.io~1rev", "value": "1-25"},
+                {"op": "remove", "path": "/metadata/labels/istio-injection"},
+            ])
+        );
+        assert_eq!(
+            apply(&diff, &remote).expect("applies"),
+            labels([("istio.io/rev", "1-25")])
+        );
+    }
+
+    #[test]
+    fn unmanaged_only_difference_is_in_sync() {
+        let rule = SyncRule::default();
+        let primary = ns("foo")
+            .label("istio-injection", "enabled")
+            .label("team", "a");
+        let remote = ns("foo")
+            .label("istio-injection", "enabled")
+            .label("team", "b");
+        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        assert!(diff.is_empty());
+        assert_eq!(diff.describe(), "no change");
+        assert!(diff.to_json_patch(&remote).is_empty());
+    }
+
+    #[test]
+    fn namespace_absent_on_primary_loses_managed_labels() {
+        let rule = SyncRule::default();
+        let remote = ns("foo")
+            .label("istio-injection", "enabled")
+            .label("istio.io/dataplane-mode", "ambient")
+            .label(METADATA_NAME_LABEL, "foo");
+        assert_eq!(
+            sync(&rule, None, &remote),
+            labels([(METADATA_NAME_LABEL, "foo")])
+        );
+    }
+
+    #[test]
+    fn namespace_deleting_on_primary_loses_managed_labels() {
+        let rule = SyncRule::default();
+        let primary = ns("foo").label("istio-injection", "enabled").deleting();
+        let remote = ns("foo").label("istio-injection", "enabled");
+        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        assert_eq!(diff.remove, keys(["istio-injection"]));
+        assert!(sync(&rule, Some(&primary), &remote).is_empty());
+    }
+
+    #[test]
+    fn diff_ignores_unmanaged_desired_keys() {
+        let rule = SyncRule::default();
+        let desired = labels([("istio-injection", "enabled"), ("app", "web")]);
+        let diff = rule.diff(&desired, &ns("foo"));
+        assert_eq!(diff.set, labels([("istio-injection", "enabled")]));
+    }
+
+    #[test]
+    fn patch_creates_labels_map_when_absent() {
+        let rule = SyncRule::default();
+        let primary = ns("foo").label("istio.io/rev", "stable");
+        let remote = ns("foo").rv("3");
+        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "3"},
+                {"op": "add", "path": "/metadata/labels", "value": {}},
+                {"op": "add", "path": "/metadata/labels/istio.io~1rev", "value": "stable"},
+            ])
+        );
+        assert_eq!(
+            apply(&diff, &remote).expect("applies"),
+            labels([("istio.io/rev", "stable")])
+        );
+    }
+
+    #[test]
+    fn patch_skips_ops_already_satisfied_by_current() {
+        // A diff computed against an older read: `current` already has part of it.
+        let diff = LabelDiff {
+            namespace: "foo".into(),
+            set: labels([("istio-injection", "enabled"), ("istio.io/rev", "canary")]),
+            remove: keys(["istio.io/dataplane-mode", "istio.io/rev"]),
+        };
+        let current = ns("foo").label("istio-injection", "enabled");
+        let patch = serde_json::to_value(diff.to_json_patch(&current)).expect("serializes");
+        // No remove of the absent dataplane-mode key (it would fail the patch), no no-op
+        // replace, and `set` wins over `remove` for istio.io/rev.
+        assert_eq!(
+            patch,
+            json!([{"op": "add", "path": "/metadata/labels/istio.io~1rev", "value": "canary"}])
+        );
+        // A removal-only diff on a namespace without labels needs no labels map.
+        let remove_only = LabelDiff {
+            namespace: "foo".into(),
+            set: Labels::new(),
+            remove: keys(["istio-injection"]),
+        };
+        assert!(remove_only.to_json_patch(&ns("foo")).is_empty());
+    }
+
+    #[test]
+    fn patch_test_op_refuses_concurrent_edit() {
+        let rule = SyncRule::default();
+        let primary = ns("foo").label("istio-injection", "enabled");
+        let read = ns("foo").label("app", "web").rv("100");
+        let diff = rule.diff(&rule.desired(Some(&primary)), &read);
+        let patch = diff.to_json_patch(&read);
+
+        // Someone edited the namespace after our read: the apiserver's copy moved on.
+        let mut stored = serde_json::to_value(ns("foo").label("app", "new").rv("101"))
+            .expect("namespace serializes");
+        let before = stored.clone();
+        let err = json_patch::patch(&mut stored, &patch).expect_err("test op must fail");
+        assert_eq!(err.operation, 0);
+        assert!(matches!(err.kind, json_patch::PatchErrorKind::TestFailed));
+        assert_eq!(stored, before, "a refused patch changes nothing");
+    }
+
+    #[test]
+    fn plan_sorts_remote_into_changes_in_sync_and_missing() {
+        let rule = SyncRule::default();
+        let primary = primary_of([
+            ns("a-synced").label("istio-injection", "enabled"),
+            ns("b-drifted").label("istio.io/rev", "1-25"),
+            ns("c-gone-soon")
+                .label("istio-injection", "enabled")
+                .deleting(),
+            ns("d-missing").label("istio-injection", "enabled"),
+            ns("e-plain").label("team", "x"),
+            ns("kube-system").label("istio-injection", "disabled"),
+            ns("f-deleting-missing")
+                .label("istio-injection", "enabled")
+                .deleting(),
+        ]);
+        let remote = [
+            ns("b-drifted").label("istio.io/rev", "1-24"),
+            ns("a-synced")
+                .label("istio-injection", "enabled")
+                .label("x", "y"),
+            ns("c-gone-soon").label("istio-injection", "enabled"),
+            ns("only-remote").label("istio.io/dataplane-mode", "ambient"),
+            ns("only-remote-plain"),
+            ns("kube-system").label("istio-injection", "enabled"),
+        ];
+        let plan = rule.plan(&primary, &remote);
+        assert_eq!(
+            plan,
+            SyncPlan {
+                changes: vec![
+                    LabelDiff {
+                        namespace: "b-drifted".into(),
+                        set: labels([("istio.io/rev", "1-25")]),
+                        remove: BTreeSet::new(),
+                    },
+                    LabelDiff {
+                        namespace: "c-gone-soon".into(),
+                        set: Labels::new(),
+                        remove: keys(["istio-injection"]),
+                    },
+                    LabelDiff {
+                        namespace: "only-remote".into(),
+                        set: Labels::new(),
+                        remove: keys(["istio.io/dataplane-mode"]),
+                    },
+                ],
+                in_sync: vec!["a-synced".into(), "only-remote-plain".into()],
+                missing: vec!["d-missing".into()],
+            }
+        );
+        assert!(!plan.is_converged());
+    }
+
+    #[test]
+    fn plan_of_converged_remote_has_no_changes() {
+        let rule = SyncRule::default();
+        let primary = primary_of([ns("foo").label("istio-injection", "enabled")]);
+        let remote = [ns("foo").label("istio-injection", "enabled")];
+        let plan = rule.plan(&primary, &remote);
+        assert!(plan.is_converged());
+        assert_eq!(plan.in_sync, ["foo"]);
+        assert!(plan.missing.is_empty());
+    }
+
+    #[test]
+    fn plan_respects_custom_exclusions() {
+        let rule = SyncRule::new(["istio-injection".to_owned()], ["legacy".to_owned()]);
+        let primary = primary_of([ns("legacy").label("istio-injection", "enabled")]);
+        let plan = rule.plan(&primary, &[ns("legacy"), ns("kube-system")]);
+        // kube-system is no longer excluded by this rule; legacy is, and is not missing either.
+        assert_eq!(plan.in_sync, ["kube-system"]);
+        assert!(plan.changes.is_empty());
+        assert!(plan.missing.is_empty());
+    }
+
+    #[test]
+    fn synced_remote_equals_primary_on_managed_keys() {
+        // Every combination of managed labels on both sides converges in one patch.
+        let rule = SyncRule::default();
+        let values = [None, Some("a"), Some("b")];
+        for p in values {
+            for r in values {
+                for other in [None, Some("enabled")] {
+                    let mut primary = ns("foo").label("owner", "primary");
+                    let mut remote = ns("foo").label("owner", "remote").rv("9");
+                    if let Some(v) = p {
+                        primary = primary.label("istio.io/rev", v);
+                    }
+                    if let Some(v) = r {
+                        remote = remote.label("istio.io/rev", v);
+                    }
+                    if let Some(v) = other {
+                        remote = remote.label("istio-injection", v);
+                    }
+                    let after = sync(&rule, Some(&primary), &remote);
+                    assert_eq!(
+                        rule.managed_of(Some(&after)),
+                        rule.desired(Some(&primary)),
+                        "{p:?} {r:?} {other:?}"
+                    );
+                    assert_eq!(after.get("owner").map(String::as_str), Some("remote"));
+                }
+            }
+        }
+    }
+}

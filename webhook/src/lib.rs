@@ -3,6 +3,7 @@
 //! and the webhook apply exactly the same rule.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod cluster;
 pub mod labels;
 

@@ -1,0 +1,861 @@
+//! The webhook's decision, pure: an `AdmissionRequest<Namespace>` from the primary becomes an
+//! `AdmissionResponse` plus, when managed labels changed, the labels every remote must end with.
+//!
+//! The HTTP layer parses the review and calls [`review`]; when it yields a [`PushIntent`], the
+//! propagation layer pushes it to every attached remote and hands the per-cluster outcomes to
+//! [`complete`], which turns them into warnings kubectl prints and an annotation on the primary
+//! namespace. The webhook never blocks an edit: the reconciler, not this path, guarantees
+//! convergence, so every response here is `allowed`.
+
+use std::collections::BTreeMap;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use serde_json::Value;
+
+use crate::labels::{Labels, SyncRule};
+
+/// Annotation on the primary namespace recording where its last managed-label change landed:
+/// a compact JSON object `{"<cluster>": "<result label>"}`.
+pub const PROPAGATION_ANNOTATION: &str = "kubectl-mesh.io/propagation";
+
+/// Prefix of every warning, so that users can tell who is talking in kubectl's output.
+const WARNING_PREFIX: &str = "kubectl-mesh: ";
+
+/// The apiserver asks for warnings of at most 120 characters and truncates past 256: long
+/// remote error texts and cluster lists are shortened to keep lines readable.
+const MAX_REASON_CHARS: usize = 80;
+const MAX_LISTED_CLUSTERS: usize = 5;
+
+/// What every remote must carry after a change on the primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushIntent {
+    /// Name of the namespace, equal on the primary and the remotes.
+    pub namespace: String,
+    /// The managed labels remotes must end with; keys absent here are removed there.
+    pub labels: Labels,
+}
+
+/// How pushing a [`PushIntent`] to one remote ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushResult {
+    /// The remote namespace was patched.
+    Applied,
+    /// The remote namespace already carried the labels; nothing was written.
+    AlreadyInSync,
+    /// The namespace does not exist on the remote; it is never created.
+    NamespaceMissing,
+    /// The remote's apiserver could not be reached.
+    Unreachable(String),
+    /// The remote refused kubectl-mesh's credentials or permissions.
+    Forbidden(String),
+    /// Any other error answered by the remote.
+    Failed(String),
+    /// No answer before the webhook's deadline.
+    TimedOut,
+}
+
+impl PushResult {
+    /// Value of the `result` label of push metrics, and of the propagation annotation.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::AlreadyInSync => "in_sync",
+            Self::NamespaceMissing => "missing",
+            Self::Unreachable(_) => "unreachable",
+            Self::Forbidden(_) => "forbidden",
+            Self::Failed(_) => "failed",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// Whether the remote now carries the intended labels.
+    pub fn is_landed(&self) -> bool {
+        matches!(self, Self::Applied | Self::AlreadyInSync)
+    }
+}
+
+/// The outcome of one push to one remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Name of the remote (its `MeshCluster`).
+    pub cluster: String,
+    /// How the push ended.
+    pub result: PushResult,
+}
+
+/// What [`review`] decided.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// The response to send if nothing is pushed; pass it to [`complete`] otherwise.
+    pub response: AdmissionResponse,
+    /// The change to push to every remote, if any.
+    pub push: Option<PushIntent>,
+}
+
+/// Decides what a namespace admission request means for the remotes.
+///
+/// Always allowed. Nothing is pushed when the object is not a core `Namespace`, when its
+/// managed labels are the same before and after (a deleted or deleting namespace counts as
+/// carrying none), when it has no name yet (`generateName`; the reconciler catches it), when it
+/// is excluded, or on a dry run (the webhook declares `sideEffects: NoneOnDryRun`).
+pub fn review(rule: &SyncRule, req: &AdmissionRequest<Namespace>) -> Decision {
+    let mut response = AdmissionResponse::from(req);
+    let no_push = |response| Decision {
+        response,
+        push: None,
+    };
+    if !req.kind.group.is_empty() || req.kind.kind != "Namespace" {
+        return no_push(response);
+    }
+
+    // `desired` treats a missing object (DELETE) and a deleting one alike: empty.
+    let before = rule.desired(req.old_object.as_ref());
+    let after = rule.desired(req.object.as_ref());
+    if before == after {
+        return no_push(response);
+    }
+
+    let Some(namespace) = namespace_name(req) else {
+        return no_push(response);
+    };
+    if rule.is_excluded(&namespace) {
+        let warning = format!(
+            "{WARNING_PREFIX}namespace {namespace} is excluded from sync; remote clusters not changed"
+        );
+        response.warnings.get_or_insert_default().push(warning);
+        return no_push(response);
+    }
+    if req.dry_run {
+        let warning = format!("{WARNING_PREFIX}dry run; remote clusters not changed");
+        response.warnings.get_or_insert_default().push(warning);
+        return no_push(response);
+    }
+
+    Decision {
+        response,
+        push: Some(PushIntent {
+            namespace,
+            labels: after,
+        }),
+    }
+}
+
+/// Adds admission warnings that kubectl prints (where the change landed, where not and why)
+/// and, unless the operation is DELETE, a JSON patch recording the outcome on the primary
+/// namespace in [`PROPAGATION_ANNOTATION`].
+pub fn complete(
+    mut response: AdmissionResponse,
+    req: &AdmissionRequest<Namespace>,
+    intent: &PushIntent,
+    outcomes: &[PushOutcome],
+) -> AdmissionResponse {
+    response
+        .warnings
+        .get_or_insert_default()
+        .extend(warnings(intent, outcomes));
+
+    // A deleted namespace cannot be patched; on other operations the annotation tells anyone
+    // reading the primary where the last change landed, without access to the webhook's logs.
+    if req.operation == Operation::Delete {
+        return response;
+    }
+    let Some(object) = req.object.as_ref() else {
+        return response;
+    };
+    let patch = annotation_patch(object, outcomes);
+    // Serializing strings and JSON values cannot fail; should it, the warnings still go out.
+    response.clone().with_patch(patch).unwrap_or(response)
+}
+
+/// The namespace's name: from the object, else the stored object, else the request.
+fn namespace_name(req: &AdmissionRequest<Namespace>) -> Option<String> {
+    req.object
+        .iter()
+        .chain(&req.old_object)
+        .filter_map(|ns| ns.metadata.name.as_deref())
+        .chain([req.name.as_str()])
+        .find(|name| !name.is_empty())
+        .map(str::to_owned)
+}
+
+/// One line per kind of outcome, failures one line per cluster since their reasons differ.
+fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
+    if outcomes.is_empty() {
+        return vec![format!(
+            "{WARNING_PREFIX}no remote cluster is attached; the change stays on this cluster"
+        )];
+    }
+    let mut sorted: Vec<&PushOutcome> = outcomes.iter().collect();
+    sorted.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    let clusters = |wanted: fn(&PushResult) -> bool| -> Vec<&str> {
+        sorted
+            .iter()
+            .filter(|o| wanted(&o.result))
+            .map(|o| o.cluster.as_str())
+            .collect()
+    };
+
+    let mut lines = Vec::new();
+    let applied = clusters(|r| matches!(r, PushResult::Applied));
+    if !applied.is_empty() {
+        let change = if intent.labels.is_empty() {
+            "managed labels removed".to_owned()
+        } else {
+            format!("{} applied", summary(&intent.labels))
+        };
+        lines.push(format!("{WARNING_PREFIX}{change} on {}", list(&applied)));
+    }
+    let in_sync = clusters(|r| matches!(r, PushResult::AlreadyInSync));
+    if !in_sync.is_empty() {
+        lines.push(format!(
+            "{WARNING_PREFIX}{} already in sync",
+            list(&in_sync)
+        ));
+    }
+    let missing = clusters(|r| matches!(r, PushResult::NamespaceMissing));
+    if !missing.is_empty() {
+        lines.push(format!(
+            "{WARNING_PREFIX}{}: namespace {} does not exist there (not created)",
+            list(&missing),
+            intent.namespace
+        ));
+    }
+    for outcome in &sorted {
+        let cluster = &outcome.cluster;
+        let what = match &outcome.result {
+            PushResult::Unreachable(reason) => {
+                format!("{cluster} unreachable ({})", one_line(reason))
+            }
+            PushResult::Forbidden(reason) => {
+                format!("{cluster} forbids the change ({})", one_line(reason))
+            }
+            PushResult::Failed(reason) => format!("{cluster} failed ({})", one_line(reason)),
+            _ => continue,
+        };
+        lines.push(format!("{WARNING_PREFIX}{what}; the reconciler will retry"));
+    }
+    let timed_out = clusters(|r| matches!(r, PushResult::TimedOut));
+    if !timed_out.is_empty() {
+        lines.push(format!(
+            "{WARNING_PREFIX}{} did not answer in time; the reconciler will retry",
+            list(&timed_out)
+        ));
+    }
+    lines
+}
+
+/// `add` of the annotation, after creating the annotations map when the object has none
+/// (`add` cannot create intermediate objects). `add` on an existing key replaces it.
+fn annotation_patch(object: &Namespace, outcomes: &[PushOutcome]) -> Patch {
+    let record: serde_json::Map<String, Value> = outcomes
+        .iter()
+        .map(|o| (o.cluster.clone(), Value::from(o.result.metric_label())))
+        .collect::<BTreeMap<_, _>>()
+        .into_iter()
+        .collect();
+    let mut ops = Vec::new();
+    if object.metadata.annotations.is_none() {
+        ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", "annotations"]),
+            value: Value::Object(serde_json::Map::new()),
+        }));
+    }
+    ops.push(PatchOperation::Add(AddOperation {
+        // Token escaping turns the `/` of the key into `~1`.
+        path: PointerBuf::from_tokens(["metadata", "annotations", PROPAGATION_ANNOTATION]),
+        value: Value::String(Value::Object(record).to_string()),
+    }));
+    Patch(ops)
+}
+
+/// `k=v, k2=v2`.
+fn summary(labels: &Labels) -> String {
+    labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `a, b, c`, or `a, b, c, d, e and 3 more` past [`MAX_LISTED_CLUSTERS`].
+fn list(clusters: &[&str]) -> String {
+    let shown = clusters[..clusters.len().min(MAX_LISTED_CLUSTERS)].join(", ");
+    match clusters.len().saturating_sub(MAX_LISTED_CLUSTERS) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
+/// A remote's error text as one short line: warnings are single lines in kubectl's output.
+fn one_line(reason: &str) -> String {
+    let flat = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= MAX_REASON_CHARS {
+        return flat;
+    }
+    let mut short: String = flat.chars().take(MAX_REASON_CHARS - 1).collect();
+    short.push('…');
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::fixtures::{NamespaceExt, ns};
+    use k8s_openapi::api::authentication::v1::UserInfo;
+    use kube::core::admission::AdmissionReview;
+    use kube::core::{GroupVersionKind, GroupVersionResource, TypeMeta};
+    use serde_json::json;
+
+    const CREATE: &str = include_str!("../tests/fixtures/namespace-create.json");
+    const UPDATE: &str = include_str!("../tests/fixtures/namespace-update.json");
+    const DELETE: &str = include_str!("../tests/fixtures/namespace-delete.json");
+    const DRY_RUN: &str = include_str!("../tests/fixtures/namespace-update-dry-run.json");
+
+    fn parse(body: &str) -> AdmissionRequest<Namespace> {
+        let review: AdmissionReview<Namespace> =
+            serde_json::from_str(body).expect("fixture is an AdmissionReview");
+        review.try_into().expect("fixture has a request")
+    }
+
+    /// A namespace request as the apiserver would send it, minus what `review` ignores.
+    fn request(
+        operation: Operation,
+        old: Option<Namespace>,
+        new: Option<Namespace>,
+    ) -> AdmissionRequest<Namespace> {
+        let name = new
+            .iter()
+            .chain(&old)
+            .find_map(|ns| ns.metadata.name.clone())
+            .unwrap_or_default();
+        AdmissionRequest {
+            types: TypeMeta {
+                api_version: "admission.k8s.io/v1".into(),
+                kind: "AdmissionReview".into(),
+            },
+            uid: "test-uid".into(),
+            kind: GroupVersionKind::gvk("", "v1", "Namespace"),
+            resource: GroupVersionResource::gvr("", "v1", "namespaces"),
+            sub_resource: None,
+            request_kind: None,
+            request_resource: None,
+            request_sub_resource: None,
+            name,
+            namespace: None,
+            operation,
+            user_info: UserInfo::default(),
+            object: new,
+            old_object: old,
+            dry_run: false,
+            options: None,
+        }
+    }
+
+    fn create(new: Namespace) -> AdmissionRequest<Namespace> {
+        request(Operation::Create, None, Some(new))
+    }
+
+    fn update(old: Namespace, new: Namespace) -> AdmissionRequest<Namespace> {
+        request(Operation::Update, Some(old), Some(new))
+    }
+
+    fn delete(old: Namespace) -> AdmissionRequest<Namespace> {
+        request(Operation::Delete, Some(old), None)
+    }
+
+    fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn intent<const N: usize>(namespace: &str, pairs: [(&str, &str); N]) -> PushIntent {
+        PushIntent {
+            namespace: namespace.into(),
+            labels: labels(pairs),
+        }
+    }
+
+    fn outcome(cluster: &str, result: PushResult) -> PushOutcome {
+        PushOutcome {
+            cluster: cluster.into(),
+            result,
+        }
+    }
+
+    fn pushed(req: &AdmissionRequest<Namespace>) -> Option<PushIntent> {
+        let decision = review(&SyncRule::default(), req);
+        assert!(decision.response.allowed, "the webhook never blocks");
+        assert_eq!(decision.response.uid, req.uid);
+        decision.push
+    }
+
+    fn warnings_of(response: &AdmissionResponse) -> Vec<String> {
+        response.warnings.clone().unwrap_or_default()
+    }
+
+    /// Applies the response's patch to the request object, as the apiserver would.
+    fn patched(response: &AdmissionResponse, object: &Namespace) -> Namespace {
+        let patch: Patch =
+            serde_json::from_slice(response.patch.as_deref().expect("response has a patch"))
+                .expect("patch is a JSON patch");
+        let mut doc = serde_json::to_value(object).expect("namespace serializes");
+        json_patch::patch(&mut doc, &patch).expect("patch applies");
+        serde_json::from_value(doc).expect("patched namespace parses")
+    }
+
+    fn propagation(ns: &Namespace) -> Value {
+        let raw = ns
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PROPAGATION_ANNOTATION))
+            .expect("annotation recorded");
+        serde_json::from_str(raw).expect("annotation is JSON")
+    }
+
+    #[test]
+    fn create_with_managed_label_pushes() {
+        let req = create(
+            ns("foo")
+                .label("istio-injection", "enabled")
+                .label("app", "x"),
+        );
+        assert_eq!(
+            pushed(&req),
+            Some(intent("foo", [("istio-injection", "enabled")]))
+        );
+    }
+
+    #[test]
+    fn create_without_managed_label_does_not_push() {
+        assert_eq!(pushed(&create(ns("foo").label("app", "x"))), None);
+    }
+
+    #[test]
+    fn add_label_pushes() {
+        let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
+        assert_eq!(
+            pushed(&req),
+            Some(intent("foo", [("istio-injection", "enabled")]))
+        );
+    }
+
+    #[test]
+    fn overwrite_label_pushes() {
+        let req = update(
+            ns("foo").label("istio-injection", "enabled"),
+            ns("foo").label("istio-injection", "disabled"),
+        );
+        assert_eq!(
+            pushed(&req),
+            Some(intent("foo", [("istio-injection", "disabled")]))
+        );
+    }
+
+    #[test]
+    fn remove_label_pushes_empty_labels() {
+        let req = update(
+            ns("foo")
+                .label("istio-injection", "enabled")
+                .label("app", "x"),
+            ns("foo").label("app", "x"),
+        );
+        assert_eq!(pushed(&req), Some(intent("foo", [])));
+    }
+
+    #[test]
+    fn revision_switch_pushes_full_managed_set() {
+        let req = update(
+            ns("foo")
+                .label("istio.io/rev", "1-24")
+                .label("istio.io/dataplane-mode", "ambient"),
+            ns("foo")
+                .label("istio.io/rev", "1-25")
+                .label("istio.io/dataplane-mode", "ambient"),
+        );
+        assert_eq!(
+            pushed(&req),
+            Some(intent(
+                "foo",
+                [
+                    ("istio.io/dataplane-mode", "ambient"),
+                    ("istio.io/rev", "1-25")
+                ]
+            ))
+        );
+    }
+
+    #[test]
+    fn unmanaged_only_change_does_not_push() {
+        let req = update(
+            ns("foo")
+                .label("istio-injection", "enabled")
+                .label("app", "x"),
+            ns("foo")
+                .label("istio-injection", "enabled")
+                .label("app", "y")
+                .annotation("note", "z"),
+        );
+        let decision = review(&SyncRule::default(), &req);
+        assert_eq!(decision.push, None);
+        assert_eq!(
+            decision.response.warnings, None,
+            "silent when nothing to do"
+        );
+    }
+
+    #[test]
+    fn delete_pushes_removal_when_old_had_managed_labels() {
+        let req = delete(ns("foo").label("istio.io/rev", "1-25"));
+        assert_eq!(pushed(&req), Some(intent("foo", [])));
+        assert_eq!(pushed(&delete(ns("foo").label("app", "x"))), None);
+    }
+
+    #[test]
+    fn updates_of_deleting_namespace_do_not_push() {
+        // Removing a finalizer from a terminating namespace: the labels already count as gone.
+        let old = ns("foo").label("istio-injection", "enabled").deleting();
+        let new = ns("foo").label("istio-injection", "disabled").deleting();
+        assert_eq!(pushed(&update(old, new)), None);
+    }
+
+    #[test]
+    fn excluded_namespace_does_not_push_and_says_so() {
+        let req = update(
+            ns("kube-system"),
+            ns("kube-system").label("istio-injection", "enabled"),
+        );
+        let decision = review(&SyncRule::default(), &req);
+        assert_eq!(decision.push, None);
+        assert!(decision.response.allowed);
+        assert_eq!(
+            warnings_of(&decision.response),
+            [
+                "kubectl-mesh: namespace kube-system is excluded from sync; remote clusters not changed"
+            ]
+        );
+    }
+
+    #[test]
+    fn dry_run_does_not_push() {
+        let mut req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
+        req.dry_run = true;
+        let decision = review(&SyncRule::default(), &req);
+        assert_eq!(decision.push, None);
+        assert!(decision.response.allowed);
+        assert_eq!(
+            warnings_of(&decision.response),
+            ["kubectl-mesh: dry run; remote clusters not changed"]
+        );
+    }
+
+    #[test]
+    fn other_kinds_are_allowed_without_push() {
+        let mut req = create(ns("foo").label("istio-injection", "enabled"));
+        req.kind = GroupVersionKind::gvk("", "v1", "Pod");
+        assert_eq!(pushed(&req), None);
+        req.kind = GroupVersionKind::gvk("example.com", "v1", "Namespace");
+        assert_eq!(pushed(&req), None);
+    }
+
+    #[test]
+    fn generated_name_does_not_push() {
+        let mut new = ns("").label("istio-injection", "enabled");
+        new.metadata.generate_name = Some("ci-".into());
+        assert_eq!(pushed(&create(new)), None);
+    }
+
+    #[test]
+    fn custom_rule_decides_what_is_managed() {
+        let rule = SyncRule::new(["team/mesh".to_owned()], []);
+        let req = update(
+            ns("kube-system"),
+            ns("kube-system").label("team/mesh", "on"),
+        );
+        let decision = review(&rule, &req);
+        assert_eq!(
+            decision.push,
+            Some(intent("kube-system", [("team/mesh", "on")]))
+        );
+        let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
+        assert_eq!(review(&rule, &req).push, None);
+    }
+
+    #[test]
+    fn complete_groups_warnings() {
+        let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
+        let intent = intent("foo", [("istio-injection", "enabled")]);
+        let outcomes = [
+            outcome("remote-2", PushResult::Applied),
+            outcome("remote-1", PushResult::Applied),
+            outcome("remote-3", PushResult::NamespaceMissing),
+            outcome(
+                "remote-4",
+                PushResult::Unreachable("connection refused".into()),
+            ),
+            outcome("remote-5", PushResult::AlreadyInSync),
+            outcome("remote-6", PushResult::TimedOut),
+            outcome("remote-7", PushResult::TimedOut),
+            outcome(
+                "remote-8",
+                PushResult::Forbidden("namespaces \"foo\" is forbidden".into()),
+            ),
+            outcome("remote-9", PushResult::Failed("conflict:\n  retry".into())),
+        ];
+        let response = complete(AdmissionResponse::from(&req), &req, &intent, &outcomes);
+        assert!(response.allowed);
+        assert_eq!(response.uid, "test-uid");
+        assert_eq!(
+            warnings_of(&response),
+            [
+                "kubectl-mesh: istio-injection=enabled applied on remote-1, remote-2",
+                "kubectl-mesh: remote-5 already in sync",
+                "kubectl-mesh: remote-3: namespace foo does not exist there (not created)",
+                "kubectl-mesh: remote-4 unreachable (connection refused); the reconciler will retry",
+                "kubectl-mesh: remote-8 forbids the change (namespaces \"foo\" is forbidden); the reconciler will retry",
+                "kubectl-mesh: remote-9 failed (conflict: retry); the reconciler will retry",
+                "kubectl-mesh: remote-6, remote-7 did not answer in time; the reconciler will retry",
+            ]
+        );
+        let after = patched(&response, req.object.as_ref().expect("object"));
+        assert_eq!(
+            propagation(&after),
+            json!({
+                "remote-1": "applied", "remote-2": "applied", "remote-3": "missing",
+                "remote-4": "unreachable", "remote-5": "in_sync", "remote-6": "timed_out",
+                "remote-7": "timed_out", "remote-8": "forbidden", "remote-9": "failed",
+            })
+        );
+    }
+
+    #[test]
+    fn complete_without_clusters_says_so() {
+        let req = create(ns("foo").label("istio-injection", "enabled"));
+        let response = complete(
+            AdmissionResponse::from(&req),
+            &req,
+            &intent("foo", [("istio-injection", "enabled")]),
+            &[],
+        );
+        assert_eq!(
+            warnings_of(&response),
+            ["kubectl-mesh: no remote cluster is attached; the change stays on this cluster"]
+        );
+        let after = patched(&response, req.object.as_ref().expect("object"));
+        assert_eq!(propagation(&after), json!({}));
+    }
+
+    #[test]
+    fn complete_describes_removal_and_keeps_earlier_warnings() {
+        let req = update(ns("foo").label("istio-injection", "enabled"), ns("foo"));
+        let mut response = AdmissionResponse::from(&req);
+        response.warnings = Some(vec!["earlier".into()]);
+        let response = complete(
+            response,
+            &req,
+            &intent("foo", []),
+            &[outcome("remote-1", PushResult::Applied)],
+        );
+        assert_eq!(
+            warnings_of(&response),
+            [
+                "earlier",
+                "kubectl-mesh: managed labels removed on remote-1"
+            ]
+        );
+    }
+
+    #[test]
+    fn complete_shortens_long_lists_and_reasons() {
+        let req = create(ns("foo").label("istio-injection", "enabled"));
+        let mut outcomes: Vec<_> = (1..=7)
+            .map(|i| outcome(&format!("c{i}"), PushResult::Applied))
+            .collect();
+        outcomes.push(outcome("z", PushResult::Failed("x".repeat(500))));
+        let response = complete(
+            AdmissionResponse::from(&req),
+            &req,
+            &intent("foo", [("istio-injection", "enabled")]),
+            &outcomes,
+        );
+        let warnings = warnings_of(&response);
+        assert_eq!(
+            warnings[0],
+            "kubectl-mesh: istio-injection=enabled applied on c1, c2, c3, c4, c5 and 2 more"
+        );
+        assert!(
+            warnings.iter().all(|w| w.chars().count() <= 160),
+            "{warnings:?}"
+        );
+        assert!(warnings[1].contains('…'));
+    }
+
+    #[test]
+    fn complete_creates_annotations_map_when_absent() {
+        let req = create(ns("foo").label("istio-injection", "enabled"));
+        let response = complete(
+            AdmissionResponse::from(&req),
+            &req,
+            &intent("foo", [("istio-injection", "enabled")]),
+            &[outcome("remote-1", PushResult::Applied)],
+        );
+        let patch: Value =
+            serde_json::from_slice(response.patch.as_deref().expect("patch")).expect("JSON");
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "add", "path": "/metadata/annotations", "value": {}},
+                {
+                    "op": "add",
+                    "path": "/metadata/annotations/kubectl-mesh.io~1propagation",
+                    "value": "{\"remote-1\":\"applied\"}"
+                },
+            ])
+        );
+        // The review carries the patch type the apiserver requires.
+        let review = serde_json::to_value(response.into_review()).expect("serializes");
+        assert_eq!(review["response"]["patchType"], "JSONPatch");
+    }
+
+    #[test]
+    fn complete_on_delete_only_warns() {
+        let req = delete(ns("foo").label("istio-injection", "enabled"));
+        let response = complete(
+            AdmissionResponse::from(&req),
+            &req,
+            &intent("foo", []),
+            &[outcome("remote-1", PushResult::NamespaceMissing)],
+        );
+        assert_eq!(response.patch, None);
+        assert_eq!(
+            warnings_of(&response),
+            ["kubectl-mesh: remote-1: namespace foo does not exist there (not created)"]
+        );
+    }
+
+    #[test]
+    fn metric_labels_are_stable() {
+        let all = [
+            (PushResult::Applied, "applied"),
+            (PushResult::AlreadyInSync, "in_sync"),
+            (PushResult::NamespaceMissing, "missing"),
+            (PushResult::Unreachable(String::new()), "unreachable"),
+            (PushResult::Forbidden(String::new()), "forbidden"),
+            (PushResult::Failed(String::new()), "failed"),
+            (PushResult::TimedOut, "timed_out"),
+        ];
+        for (result, label) in all {
+            assert_eq!(result.metric_label(), label);
+            assert_eq!(result.is_landed(), matches!(label, "applied" | "in_sync"));
+        }
+    }
+
+    #[test]
+    fn fixture_create() {
+        let req = parse(CREATE);
+        assert_eq!(req.operation, Operation::Create);
+        let decision = review(&SyncRule::default(), &req);
+        assert_eq!(
+            decision.response.uid,
+            "3b1f6e2a-8c4d-4a47-9f0e-2d6c5b7a9e10"
+        );
+        assert_eq!(
+            decision.push,
+            Some(intent("shop", [("istio-injection", "enabled")]))
+        );
+
+        let push = decision.push.expect("push");
+        let outcomes = [outcome("remote-1", PushResult::Applied)];
+        let response = complete(decision.response, &req, &push, &outcomes);
+        let after = patched(&response, req.object.as_ref().expect("object"));
+        assert_eq!(propagation(&after), json!({"remote-1": "applied"}));
+        // The patch touches only the annotation: labels stay as the user wrote them.
+        assert_eq!(
+            after.metadata.labels,
+            req.object.as_ref().expect("object").metadata.labels
+        );
+
+        // The serialized review is what the apiserver reads back: uid and kind round-trip.
+        let review = serde_json::to_value(response.into_review()).expect("serializes");
+        assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(review["kind"], "AdmissionReview");
+        assert_eq!(
+            review["response"]["uid"],
+            "3b1f6e2a-8c4d-4a47-9f0e-2d6c5b7a9e10"
+        );
+        assert_eq!(review["response"]["allowed"], true);
+    }
+
+    #[test]
+    fn fixture_update_rev_switch() {
+        let req = parse(UPDATE);
+        assert_eq!(req.operation, Operation::Update);
+        let decision = review(&SyncRule::default(), &req);
+        assert_eq!(
+            decision.response.uid,
+            "a7d0c9e4-51b2-4f3e-8a66-0c1d2e3f4a5b"
+        );
+        let push = decision.push.clone().expect("managed labels changed");
+        assert_eq!(push, intent("shop", [("istio.io/rev", "1-25")]));
+
+        let outcomes = [
+            outcome("remote-1", PushResult::Applied),
+            outcome("remote-2", PushResult::TimedOut),
+        ];
+        let response = complete(decision.response, &req, &push, &outcomes);
+        assert_eq!(
+            warnings_of(&response),
+            [
+                "kubectl-mesh: istio.io/rev=1-25 applied on remote-1",
+                "kubectl-mesh: remote-2 did not answer in time; the reconciler will retry",
+            ]
+        );
+        // The existing annotation from the previous push is replaced, not duplicated.
+        let after = patched(&response, req.object.as_ref().expect("object"));
+        assert_eq!(
+            propagation(&after),
+            json!({"remote-1": "applied", "remote-2": "timed_out"})
+        );
+    }
+
+    #[test]
+    fn fixture_delete() {
+        let req = parse(DELETE);
+        assert_eq!(req.operation, Operation::Delete);
+        assert!(req.object.is_none());
+        let decision = review(&SyncRule::default(), &req);
+        assert_eq!(
+            decision.response.uid,
+            "e41b7f09-2c3d-4e5f-a6b7-c8d9e0f1a2b3"
+        );
+        let push = decision.push.clone().expect("old object had istio.io/rev");
+        assert_eq!(push, intent("shop", []));
+        let response = complete(
+            decision.response,
+            &req,
+            &push,
+            &[outcome("remote-1", PushResult::Applied)],
+        );
+        assert_eq!(response.patch, None);
+        assert!(response.allowed);
+    }
+
+    #[test]
+    fn fixture_dry_run() {
+        let req = parse(DRY_RUN);
+        assert!(req.dry_run);
+        let decision = review(&SyncRule::default(), &req);
+        assert_eq!(
+            decision.response.uid,
+            "5c2e8d71-9a0b-4c1d-8e2f-3a4b5c6d7e8f"
+        );
+        assert!(decision.response.allowed);
+        assert_eq!(decision.push, None);
+        assert_eq!(decision.response.patch, None);
+    }
+}
