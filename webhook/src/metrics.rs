@@ -1,0 +1,246 @@
+//! Prometheus metrics of the webhook and the reconciler, served on `/metrics`.
+//!
+//! One [`Metrics`] value is shared by every task of the process; families are keyed by the
+//! `MeshCluster` name so a dashboard can show one line per attached cluster.
+
+use std::{fmt, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::admission::PushResult;
+
+/// Content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of the per-cluster families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+/// Labels of `pushes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub cluster: String,
+    pub result: String,
+}
+
+/// Labels of `syncs_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub cluster: String,
+    pub result: String,
+}
+
+/// Labels of `admission_reviews_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+/// Buckets of `propagation_latency_seconds`: 5 ms to ~5 s, which spans a healthy remote and
+/// one that runs into the push deadline.
+#[derive(Clone, Copy, Debug)]
+struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(0.005, 2.0, 11))
+    }
+}
+
+/// Outcome of an admission review, as counted by `admission_reviews_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReviewOutcome {
+    /// The request could not be read (HTTP 400 or 413).
+    Invalid,
+    /// Allowed without any push: no managed label changed, or the namespace is excluded.
+    NoPush,
+    /// Allowed after pushing to the remotes.
+    Pushed,
+    /// A dry run that would have pushed: nothing was sent.
+    DryRun,
+    /// Refused by the review.
+    Denied,
+}
+
+impl ReviewOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::NoPush => "no_push",
+            Self::Pushed => "pushed",
+            Self::DryRun => "dry_run",
+            Self::Denied => "denied",
+        }
+    }
+}
+
+/// Every metric family of the process, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    propagation_latency: Family<ClusterLabels, Histogram, LatencyBuckets>,
+    pushes: Family<PushLabels, Counter>,
+    drift_corrections: Family<ClusterLabels, Counter>,
+    cluster_reachable: Family<ClusterLabels, Gauge>,
+    admission_reviews: Family<OutcomeLabels, Counter>,
+    syncs: Family<SyncLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let propagation_latency = Family::new_with_constructor(LatencyBuckets);
+        let pushes = Family::<PushLabels, Counter>::default();
+        let drift_corrections = Family::<ClusterLabels, Counter>::default();
+        let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
+        let admission_reviews = Family::<OutcomeLabels, Counter>::default();
+        let syncs = Family::<SyncLabels, Counter>::default();
+        // prometheus-client appends `_total` to counters: register the bare names.
+        registry.register(
+            "propagation_latency_seconds",
+            "Time to push one label change to one remote cluster from the admission webhook",
+            propagation_latency.clone(),
+        );
+        registry.register(
+            "pushes",
+            "Label pushes made by the admission webhook, by cluster and result",
+            pushes.clone(),
+        );
+        registry.register(
+            "drift_corrections",
+            "Remote namespaces whose managed labels the reconciler corrected",
+            drift_corrections.clone(),
+        );
+        registry.register(
+            "cluster_reachable",
+            "1 when the last attempt to talk to the remote cluster succeeded, else 0",
+            cluster_reachable.clone(),
+        );
+        registry.register(
+            "admission_reviews",
+            "Admission reviews answered, by outcome",
+            admission_reviews.clone(),
+        );
+        registry.register(
+            "syncs",
+            "Full syncs of a remote cluster run by the reconciler, by result",
+            syncs.clone(),
+        );
+        Self {
+            registry,
+            propagation_latency,
+            pushes,
+            drift_corrections,
+            cluster_reachable,
+            admission_reviews,
+            syncs,
+        }
+    }
+
+    /// Records one push of the admission path.
+    pub fn observe_push(&self, cluster: &str, result: &PushResult, elapsed: Duration) {
+        self.propagation_latency
+            .get_or_create(&ClusterLabels { cluster: cluster.to_owned() })
+            .observe(elapsed.as_secs_f64());
+        self.pushes
+            .get_or_create(&PushLabels {
+                cluster: cluster.to_owned(),
+                result: result.metric_label().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records remote namespaces corrected by the reconciler.
+    pub fn drift_corrected(&self, cluster: &str, namespaces: u64) {
+        let counter = self
+            .drift_corrections
+            .get_or_create(&ClusterLabels { cluster: cluster.to_owned() });
+        counter.inc_by(namespaces);
+    }
+
+    /// Records whether the last attempt to reach the cluster succeeded.
+    pub fn set_reachable(&self, cluster: &str, reachable: bool) {
+        self.cluster_reachable
+            .get_or_create(&ClusterLabels { cluster: cluster.to_owned() })
+            .set(i64::from(reachable));
+    }
+
+    /// Records the end of one full sync; `result` is "ok" or an error's `metric_label()`.
+    pub fn sync_finished(&self, cluster: &str, result: &str) {
+        self.syncs
+            .get_or_create(&SyncLabels { cluster: cluster.to_owned(), result: result.to_owned() })
+            .inc();
+    }
+
+    /// Records one answered admission review.
+    pub fn admission_review(&self, outcome: ReviewOutcome) {
+        self.admission_reviews
+            .get_or_create(&OutcomeLabels { outcome: outcome.as_str().to_owned() })
+            .inc();
+    }
+
+    /// Drops the gauges of a detached cluster so it stops showing as unreachable. Counters stay:
+    /// they are cumulative and a scraper expects them not to vanish.
+    pub fn forget_cluster(&self, cluster: &str) {
+        let labels = ClusterLabels { cluster: cluster.to_owned() };
+        self.cluster_reachable.remove(&labels);
+        self.propagation_latency.remove(&labels);
+    }
+
+    /// The OpenMetrics text exposition of every family.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_every_family_with_expected_names() {
+        let metrics = Metrics::new();
+        metrics.observe_push("east", &PushResult::Applied, Duration::from_millis(20));
+        metrics.observe_push("east", &PushResult::TimedOut, Duration::from_secs(2));
+        metrics.drift_corrected("east", 3);
+        metrics.set_reachable("east", true);
+        metrics.admission_review(ReviewOutcome::Pushed);
+        metrics.sync_finished("east", "ok");
+        let text = metrics.encode().expect("encode");
+        assert!(text.contains("propagation_latency_seconds_bucket{"), "{text}");
+        assert!(text.contains(r#"pushes_total{cluster="east",result="applied"} 1"#), "{text}");
+        assert!(text.contains(r#"drift_corrections_total{cluster="east"} 3"#), "{text}");
+        assert!(text.contains(r#"cluster_reachable{cluster="east"} 1"#), "{text}");
+        assert!(text.contains(r#"admission_reviews_total{outcome="pushed"} 1"#), "{text}");
+        assert!(text.contains(r#"syncs_total{cluster="east",result="ok"} 1"#), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn forgetting_a_cluster_drops_its_gauge() {
+        let metrics = Metrics::new();
+        metrics.set_reachable("gone", false);
+        metrics.forget_cluster("gone");
+        let text = metrics.encode().expect("encode");
+        assert!(!text.contains(r#"cluster_reachable{cluster="gone"}"#), "{text}");
+    }
+}

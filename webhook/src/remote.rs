@@ -1,0 +1,601 @@
+//! Clients of the remote clusters, built from the kubeconfig Secrets of their `MeshCluster`s.
+//!
+//! [`Remotes`] is the registry shared by the admission path (which pushes to every entry) and
+//! the reconciler (which keeps it up to date). An entry is rebuilt only when the Secret's
+//! `resourceVersion` or the `MeshCluster`'s generation changes, so rotated credentials take
+//! effect without a restart and an unchanged Secret never churns connections.
+//!
+//! Credentials never reach a log line: errors about a kubeconfig carry what is wrong with it,
+//! never its content.
+
+use std::{
+    collections::BTreeMap,
+    error::Error as StdError,
+    io,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Client, Config, ResourceExt,
+    config::{KubeConfigOptions, Kubeconfig, KubeconfigError},
+};
+
+use crate::cluster::{KUBECONFIG_KEY, MeshCluster};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("secret {namespace}/{name} not found")]
+    SecretMissing { namespace: String, name: String },
+
+    #[error("secret {namespace}/{name} has no {key:?} key")]
+    KeyMissing { namespace: String, name: String, key: &'static str },
+
+    #[error("the kubeconfig in secret {name} is not UTF-8")]
+    NotUtf8 {
+        name: String,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+
+    // The parser's message may quote the document, so only a fixed text is kept.
+    #[error("the kubeconfig in secret {name} is not valid YAML")]
+    Yaml { name: String },
+
+    #[error("the kubeconfig in secret {name} is unusable")]
+    Kubeconfig {
+        name: String,
+        #[source]
+        source: KubeconfigError,
+    },
+
+    #[error("the kubeconfig in secret {name} is refused: {reason}")]
+    Refused { name: String, reason: String },
+
+    #[error("cannot build a client from the kubeconfig in secret {name}")]
+    Client {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::SecretMissing { .. } => "secret_missing",
+            Self::KeyMissing { .. } => "key_missing",
+            Self::NotUtf8 { .. } | Self::Yaml { .. } | Self::Kubeconfig { .. } => {
+                "invalid_kubeconfig"
+            }
+            Self::Refused { .. } => "refused_kubeconfig",
+            Self::Client { .. } => "client",
+        }
+    }
+
+    /// Short PascalCase reason for a status condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::SecretMissing { .. } | Self::KeyMissing { .. } => "CredentialsMissing",
+            Self::NotUtf8 { .. }
+            | Self::Yaml { .. }
+            | Self::Kubeconfig { .. }
+            | Self::Refused { .. }
+            | Self::Client { .. } => "InvalidCredentials",
+        }
+    }
+}
+
+/// Timeouts of remote clients. Short on purpose: a dead remote must fail within the admission
+/// deadline instead of holding a namespace edit on the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteOptions {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(2) }
+    }
+}
+
+/// What an entry was built from; a different value means the client must be rebuilt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub cluster_uid: Option<String>,
+    pub cluster_generation: Option<i64>,
+    pub secret_uid: Option<String>,
+    pub secret_version: Option<String>,
+}
+
+impl Fingerprint {
+    pub fn of(cluster: &MeshCluster, secret: Option<&Secret>) -> Self {
+        Self {
+            cluster_uid: cluster.metadata.uid.clone(),
+            cluster_generation: cluster.metadata.generation,
+            secret_uid: secret.and_then(|s| s.metadata.uid.clone()),
+            secret_version: secret.and_then(|s| s.metadata.resource_version.clone()),
+        }
+    }
+}
+
+/// A client for one remote, or why there is none.
+#[derive(Clone)]
+pub enum RemoteState {
+    Ready(Client),
+    /// The credentials are missing or unusable; the text is safe to show and log.
+    Unavailable { reason: &'static str, message: String },
+}
+
+impl std::fmt::Debug for RemoteState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ready(_) => f.write_str("Ready"),
+            Self::Unavailable { reason, message } => f
+                .debug_struct("Unavailable")
+                .field("reason", reason)
+                .field("message", message)
+                .finish(),
+        }
+    }
+}
+
+/// One attached cluster as the process currently sees it.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    name: String,
+    state: RemoteState,
+    fingerprint: Fingerprint,
+}
+
+impl Remote {
+    /// A remote with a ready client, e.g. one built by a test.
+    pub fn new(name: impl Into<String>, client: Client) -> Self {
+        Self {
+            name: name.into(),
+            state: RemoteState::Ready(client),
+            fingerprint: Fingerprint::default(),
+        }
+    }
+
+    /// A remote whose credentials cannot be used.
+    pub fn unavailable(name: impl Into<String>, error: &Error) -> Self {
+        Self {
+            name: name.into(),
+            state: RemoteState::Unavailable { reason: error.reason(), message: error.to_string() },
+            fingerprint: Fingerprint::default(),
+        }
+    }
+
+    /// The `MeshCluster` name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn state(&self) -> &RemoteState {
+        &self.state
+    }
+
+    pub fn client(&self) -> Option<&Client> {
+        match &self.state {
+            RemoteState::Ready(client) => Some(client),
+            RemoteState::Unavailable { .. } => None,
+        }
+    }
+
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+}
+
+/// The registry of remote clients, keyed by `MeshCluster` name. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Remotes {
+    entries: Arc<RwLock<BTreeMap<String, Arc<Remote>>>>,
+    options: RemoteOptions,
+}
+
+impl Remotes {
+    pub fn new(options: RemoteOptions) -> Self {
+        Self { entries: Arc::default(), options }
+    }
+
+    pub fn options(&self) -> RemoteOptions {
+        self.options
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Remote>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Every entry, ordered by name.
+    pub fn snapshot(&self) -> Vec<Arc<Remote>> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Adds or replaces an entry as is.
+    pub fn insert(&self, remote: Remote) {
+        self.write().insert(remote.name.clone(), Arc::new(remote));
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<Remote>> {
+        self.write().remove(name)
+    }
+
+    /// Brings the entry of `cluster` up to date with its Secret (looked up by the caller in
+    /// `namespace`). Returns the new entry when it was (re)built, `None` when unchanged.
+    pub async fn refresh(
+        &self,
+        cluster: &MeshCluster,
+        namespace: &str,
+        secret: Option<&Secret>,
+    ) -> Option<Arc<Remote>> {
+        let name = cluster.name_any();
+        let fingerprint = Fingerprint::of(cluster, secret);
+        if self.get(&name).is_some_and(|r| r.fingerprint == fingerprint) {
+            return None;
+        }
+        let state = match client_from_secret(namespace, &cluster.spec.secret_name, secret, &self.options)
+            .await
+        {
+            Ok(client) => {
+                tracing::info!(cluster = %name, "built remote client");
+                RemoteState::Ready(client)
+            }
+            Err(error) => {
+                tracing::warn!(cluster = %name, error = %error, "remote credentials unusable");
+                RemoteState::Unavailable { reason: error.reason(), message: error.to_string() }
+            }
+        };
+        let remote = Arc::new(Remote { name: name.clone(), state, fingerprint });
+        self.write().insert(name, remote.clone());
+        Some(remote)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Remote>>> {
+        // The map is always left consistent (single inserts/removes), so a poisoned lock is safe
+        // to keep using.
+        self.entries.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Remote>>> {
+        self.entries.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Builds the client of a remote from its Secret.
+pub async fn client_from_secret(
+    namespace: &str,
+    secret_name: &str,
+    secret: Option<&Secret>,
+    options: &RemoteOptions,
+) -> Result<Client> {
+    let secret = secret.ok_or_else(|| Error::SecretMissing {
+        namespace: namespace.to_owned(),
+        name: secret_name.to_owned(),
+    })?;
+    let data = secret.data.as_ref().and_then(|d| d.get(KUBECONFIG_KEY)).ok_or_else(|| {
+        Error::KeyMissing {
+            namespace: namespace.to_owned(),
+            name: secret_name.to_owned(),
+            key: KUBECONFIG_KEY,
+        }
+    })?;
+    let yaml = std::str::from_utf8(&data.0)
+        .map_err(|source| Error::NotUtf8 { name: secret_name.to_owned(), source })?;
+    client_from_kubeconfig(secret_name, yaml, options).await
+}
+
+/// Builds a client from a stored kubeconfig after checking it against [`check_kubeconfig`].
+/// `name` only labels errors.
+pub async fn client_from_kubeconfig(
+    name: &str,
+    yaml: &str,
+    options: &RemoteOptions,
+) -> Result<Client> {
+    let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(|source| match source {
+        KubeconfigError::Parse(_) => Error::Yaml { name: name.to_owned() },
+        source => Error::Kubeconfig { name: name.to_owned(), source },
+    })?;
+    check_kubeconfig(&kubeconfig)
+        .map_err(|reason| Error::Refused { name: name.to_owned(), reason })?;
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| Error::Kubeconfig { name: name.to_owned(), source })?;
+    config.connect_timeout = Some(options.connect_timeout);
+    config.read_timeout = Some(options.read_timeout);
+    config.write_timeout = Some(options.read_timeout);
+    // Without this a pooled connection's idle time counts against the read timeout of the next
+    // request and a healthy remote looks dead after a quiet minute.
+    config.reset_reader_on_write = true;
+    Client::try_from(config).map_err(|source| Error::Client { name: name.to_owned(), source })
+}
+
+/// The rule for stored kubeconfigs (istiod's sanitizer's): bearer tokens or embedded client
+/// certificates only; nothing that runs a command, reads a file of the webhook's pod or calls
+/// an auth provider.
+pub fn check_kubeconfig(kubeconfig: &Kubeconfig) -> Result<(), String> {
+    if kubeconfig.clusters.is_empty() {
+        return Err("it names no cluster".to_owned());
+    }
+    for named in &kubeconfig.clusters {
+        let Some(cluster) = &named.cluster else { continue };
+        if cluster.certificate_authority.is_some() {
+            return Err(format!("cluster {:?} reads its CA from a file", named.name));
+        }
+        if cluster.proxy_url.is_some() {
+            return Err(format!("cluster {:?} uses a proxy", named.name));
+        }
+    }
+    for named in &kubeconfig.auth_infos {
+        let Some(user) = &named.auth_info else { continue };
+        let refused = if user.exec.is_some() {
+            Some("runs an exec plugin")
+        } else if user.auth_provider.is_some() {
+            Some("uses an auth provider")
+        } else if user.token_file.is_some() {
+            Some("reads a token file")
+        } else if user.client_certificate.is_some() || user.client_key.is_some() {
+            Some("reads client certificate files")
+        } else if user.username.is_some() || user.password.is_some() {
+            Some("uses basic auth")
+        } else {
+            None
+        };
+        if let Some(what) = refused {
+            return Err(format!("user {:?} {what}", named.name));
+        }
+    }
+    Ok(())
+}
+
+/// How a call to a remote apiserver failed, coarse enough for status reasons and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer: refused connection, DNS, TLS handshake, 502/503.
+    Unreachable,
+    /// Connect or read timeout.
+    TimedOut,
+    /// 401 or 403: the stored credentials are rejected or lack permissions.
+    Forbidden,
+    /// 404.
+    NotFound,
+    /// 409, or 422 from a failed JSON patch `test` operation.
+    Conflict,
+    /// Anything else: a refused write, an unreadable answer.
+    Other,
+}
+
+impl Failure {
+    /// Classifies an error of a call to a remote.
+    pub fn of(error: &kube::Error) -> Self {
+        match error {
+            kube::Error::Api(status) => match status.code {
+                401 | 403 => Self::Forbidden,
+                404 => Self::NotFound,
+                // A JSON patch whose `test` op fails is answered 422 by the apiserver; an
+                // invalid label value is too, and retrying that once costs one round trip.
+                409 | 422 => Self::Conflict,
+                502..=504 => Self::Unreachable,
+                _ => Self::Other,
+            },
+            kube::Error::Auth(_) => Self::Forbidden,
+            kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::RustlsTls(_) => {
+                if timed_out(error) { Self::TimedOut } else { Self::Unreachable }
+            }
+            _ => {
+                if timed_out(error) {
+                    Self::TimedOut
+                } else {
+                    Self::Other
+                }
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::TimedOut => "timed_out",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::Other => "failed",
+        }
+    }
+
+    /// Whether the remote answered at all (for the `Reachable` condition).
+    pub fn answered(self) -> bool {
+        !matches!(self, Self::Unreachable | Self::TimedOut)
+    }
+}
+
+fn timed_out(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        // hyper-timeout and tower's timeout do not always surface an io::Error.
+        let text = err.to_string();
+        if text.contains("timed out") || text.contains("deadline has elapsed") {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// The error and its causes on one line, skipping causes already quoted by their parent
+/// (kube's Display of a service error repeats its source, and the innermost cause is the one
+/// that tells a connection refused from a certificate mismatch).
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = err.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use kube::core::Status;
+
+    const TOKEN_KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: east
+  cluster:
+    server: https://127.0.0.1:1
+    certificate-authority-data: ""
+users:
+- name: east
+  user:
+    token: s3cr3t-token
+contexts:
+- name: east
+  context: {cluster: east, user: east}
+current-context: east
+"#;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Status::failure("boom", "Reason").with_code(code).boxed())
+    }
+
+    #[test]
+    fn api_errors_are_classified_by_code() {
+        assert_eq!(Failure::of(&api_error(403)), Failure::Forbidden);
+        assert_eq!(Failure::of(&api_error(401)), Failure::Forbidden);
+        assert_eq!(Failure::of(&api_error(404)), Failure::NotFound);
+        assert_eq!(Failure::of(&api_error(409)), Failure::Conflict);
+        assert_eq!(Failure::of(&api_error(422)), Failure::Conflict);
+        assert_eq!(Failure::of(&api_error(503)), Failure::Unreachable);
+        assert_eq!(Failure::of(&api_error(500)), Failure::Other);
+    }
+
+    #[test]
+    fn transport_errors_tell_timeouts_from_refusals() {
+        let refused = kube::Error::Service(Box::new(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )));
+        assert_eq!(Failure::of(&refused), Failure::Unreachable);
+        let timed_out =
+            kube::Error::Service(Box::new(io::Error::new(io::ErrorKind::TimedOut, "slow")));
+        assert_eq!(Failure::of(&timed_out), Failure::TimedOut);
+        assert!(!Failure::TimedOut.answered());
+        assert!(Failure::Forbidden.answered());
+    }
+
+    #[test]
+    fn error_chain_keeps_the_innermost_cause() {
+        let err = kube::Error::Service(Box::new(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "tcp connect error",
+        )));
+        let text = error_chain(&err);
+        assert!(text.contains("tcp connect error"), "{text}");
+        assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn refuses_kubeconfigs_that_run_commands_or_read_files() {
+        let exec = TOKEN_KUBECONFIG.replace(
+            "token: s3cr3t-token",
+            "exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}",
+        );
+        let kc = Kubeconfig::from_yaml(&exec).expect("parse");
+        assert!(check_kubeconfig(&kc).unwrap_err().contains("exec"));
+
+        let file = TOKEN_KUBECONFIG.replace("token: s3cr3t-token", "tokenFile: /etc/passwd");
+        let kc = Kubeconfig::from_yaml(&file).expect("parse");
+        assert!(check_kubeconfig(&kc).unwrap_err().contains("token file"));
+
+        let kc = Kubeconfig::from_yaml(TOKEN_KUBECONFIG).expect("parse");
+        assert_eq!(check_kubeconfig(&kc), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn errors_never_quote_the_kubeconfig() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let broken = "users: [ {name: x, user: {token: s3cr3t-token}} ] ]";
+        let Err(err) = client_from_kubeconfig("east-creds", broken, &RemoteOptions::default()).await
+        else {
+            panic!("invalid YAML accepted");
+        };
+        assert!(!error_chain(&err).contains("s3cr3t"), "{}", error_chain(&err));
+
+        let exec = TOKEN_KUBECONFIG.replace(
+            "token: s3cr3t-token",
+            "exec: {apiVersion: client.authentication.k8s.io/v1, command: s3cr3t}",
+        );
+        let Err(err) = client_from_kubeconfig("east-creds", &exec, &RemoteOptions::default()).await
+        else {
+            panic!("exec plugin accepted");
+        };
+        assert!(!error_chain(&err).contains("s3cr3t"), "{}", error_chain(&err));
+    }
+
+    #[tokio::test]
+    async fn registry_rebuilds_only_when_the_secret_changes() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cluster = MeshCluster::new(
+            "east",
+            crate::cluster::MeshClusterSpec {
+                cluster_id: "uid".into(),
+                server: "https://127.0.0.1:1".into(),
+                secret_name: "east-creds".into(),
+                primary_name: None,
+                remote_guard: Default::default(),
+            },
+        );
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("east-creds".into());
+        secret.metadata.resource_version = Some("1".into());
+        secret.data = Some(
+            [(KUBECONFIG_KEY.to_owned(), ByteString(TOKEN_KUBECONFIG.as_bytes().to_vec()))].into(),
+        );
+        let remotes = Remotes::default();
+        let built = remotes.refresh(&cluster, "ns", Some(&secret)).await.expect("built");
+        assert!(built.client().is_some(), "{:?}", built.state());
+        assert!(remotes.refresh(&cluster, "ns", Some(&secret)).await.is_none());
+
+        secret.metadata.resource_version = Some("2".into());
+        assert!(remotes.refresh(&cluster, "ns", Some(&secret)).await.is_some());
+
+        let gone = remotes.refresh(&cluster, "ns", None).await.expect("rebuilt");
+        assert!(
+            matches!(gone.state(), RemoteState::Unavailable { reason: "CredentialsMissing", .. }),
+            "{:?}",
+            gone.state()
+        );
+        assert_eq!(remotes.names(), vec!["east".to_owned()]);
+    }
+}

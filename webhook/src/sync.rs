@@ -1,0 +1,342 @@
+//! THE sync engine: make one remote's namespaces carry the primary's managed labels.
+//!
+//! Used by the reconciler for every attached cluster and by `kubectl mesh sync` from the CLI,
+//! so both apply exactly the same rule ([`SyncRule::plan`]) the same way:
+//! - one LIST of the remote's namespaces, then only the namespaces that differ are written;
+//!   a converged remote costs zero writes;
+//! - every write is a JSON patch that tests the resourceVersion it was computed from; on a
+//!   conflict that namespace is read again and re-planned once;
+//! - namespaces missing on the remote are reported, never created.
+
+use std::collections::BTreeMap;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+
+use crate::{
+    labels::{LabelDiff, SyncRule},
+    propagate::FIELD_MANAGER,
+    remote::{Failure, error_chain},
+};
+
+/// Remote namespaces written concurrently: enough to converge a cluster with hundreds of
+/// namespaces in a few round trips, few enough not to look like a flood to its apiserver.
+const WRITE_CONCURRENCY: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot list the remote's namespaces: {}", error_chain(.0))]
+    ListNamespaces(#[source] kube::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// How the call failed, for conditions and backoff.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::ListNamespaces(error) => Failure::of(error),
+        }
+    }
+
+    pub fn metric_label(&self) -> &'static str {
+        self.failure().as_str()
+    }
+}
+
+/// Whether [`sync_remote`] writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Write the differences.
+    #[default]
+    Apply,
+    /// Compute and report the differences, write nothing.
+    DryRun,
+}
+
+/// What happened to one remote namespace whose managed labels differed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeStatus {
+    /// Written.
+    Applied,
+    /// Would be written ([`SyncMode::DryRun`]).
+    Planned,
+}
+
+/// One remote namespace that differed from the primary.
+#[derive(Debug)]
+pub struct NamespaceChange {
+    /// The labels set and removed (or that would be). After a conflict, the re-planned diff.
+    pub diff: LabelDiff,
+    pub status: ChangeStatus,
+}
+
+/// A remote namespace that could not be written.
+#[derive(Debug)]
+pub struct NamespaceError {
+    pub namespace: String,
+    /// The change that was attempted.
+    pub diff: LabelDiff,
+    pub failure: Failure,
+    pub message: String,
+}
+
+/// The result of one sync of one remote.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub mode: SyncMode,
+    /// Namespaces that differed, in name order.
+    pub changes: Vec<NamespaceChange>,
+    /// Namespaces whose managed labels already equalled the primary's (including any found
+    /// fixed by someone else when re-read after a conflict).
+    pub in_sync: usize,
+    /// Primary namespaces with managed labels that do not exist on the remote.
+    pub missing: Vec<String>,
+    /// Namespaces that differed and could not be written, in name order.
+    pub errors: Vec<NamespaceError>,
+    /// Write requests that succeeded.
+    pub writes: u32,
+}
+
+impl SyncReport {
+    /// Whether the remote needed (or, dry, would need) no write and nothing failed.
+    pub fn is_converged(&self) -> bool {
+        self.changes.is_empty() && self.errors.is_empty()
+    }
+
+    /// Namespaces carrying the primary's labels once this sync is done (for a dry run: the
+    /// ones that already do).
+    pub fn in_sync_after(&self) -> usize {
+        self.in_sync + self.applied().count()
+    }
+
+    /// The changes actually written.
+    pub fn applied(&self) -> impl Iterator<Item = &NamespaceChange> {
+        self.changes.iter().filter(|c| c.status == ChangeStatus::Applied)
+    }
+}
+
+/// Syncs one remote against the primary's namespaces (keyed by name).
+///
+/// Fails only when the remote's namespaces cannot be listed; errors writing single namespaces
+/// are in [`SyncReport::errors`].
+pub async fn sync_remote(
+    rule: &SyncRule,
+    primary: &BTreeMap<String, Namespace>,
+    remote: &Client,
+    mode: SyncMode,
+) -> Result<SyncReport> {
+    let api: Api<Namespace> = Api::all(remote.clone());
+    let listed = api.list(&ListParams::default()).await.map_err(Error::ListNamespaces)?;
+    let plan = rule.plan(primary, &listed.items);
+    let mut report = SyncReport {
+        mode,
+        in_sync: plan.in_sync.len(),
+        missing: plan.missing,
+        ..SyncReport::default()
+    };
+    if mode == SyncMode::DryRun {
+        report.changes = plan
+            .changes
+            .into_iter()
+            .map(|diff| NamespaceChange { diff, status: ChangeStatus::Planned })
+            .collect();
+        return Ok(report);
+    }
+
+    let mut current: BTreeMap<String, Namespace> =
+        listed.items.into_iter().map(|ns| (ns.name_any(), ns)).collect();
+    let jobs: Vec<(LabelDiff, Option<Namespace>)> = plan
+        .changes
+        .into_iter()
+        .map(|diff| {
+            let ns = current.remove(&diff.namespace);
+            (diff, ns)
+        })
+        .collect();
+    let mut outcomes: Vec<Written> = stream::iter(jobs)
+        .map(|(diff, ns)| write(&api, rule, primary, diff, ns))
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect()
+        .await;
+    outcomes.sort_by(|a, b| a.namespace().cmp(b.namespace()));
+    for outcome in outcomes {
+        match outcome {
+            Written::Applied { diff, writes } => {
+                report.writes += writes;
+                report.changes.push(NamespaceChange { diff, status: ChangeStatus::Applied });
+            }
+            Written::AlreadyInSync { .. } => report.in_sync += 1,
+            Written::Vanished { namespace, missing } => {
+                if missing {
+                    report.missing.push(namespace);
+                }
+            }
+            Written::Failed(error) => report.errors.push(error),
+        }
+    }
+    report.missing.sort();
+    Ok(report)
+}
+
+enum Written {
+    Applied { diff: LabelDiff, writes: u32 },
+    /// Re-read after a conflict and found already right.
+    AlreadyInSync { namespace: String },
+    /// Deleted on the remote while we were writing; `missing` if the primary wants labels.
+    Vanished { namespace: String, missing: bool },
+    Failed(NamespaceError),
+}
+
+impl Written {
+    fn namespace(&self) -> &str {
+        match self {
+            Self::Applied { diff, .. } => &diff.namespace,
+            Self::AlreadyInSync { namespace } | Self::Vanished { namespace, .. } => namespace,
+            Self::Failed(error) => &error.namespace,
+        }
+    }
+}
+
+async fn write(
+    api: &Api<Namespace>,
+    rule: &SyncRule,
+    primary: &BTreeMap<String, Namespace>,
+    diff: LabelDiff,
+    current: Option<Namespace>,
+) -> Written {
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
+    let name = diff.namespace.clone();
+    let desired = rule.desired(primary.get(&name));
+    let mut diff = diff;
+    let mut current = current;
+    let mut retried = false;
+    loop {
+        let Some(ns) = current.take() else {
+            return Written::Vanished { namespace: name, missing: !desired.is_empty() };
+        };
+        let patch = diff.to_json_patch(&ns);
+        match api.patch(&name, &params, &Patch::Json::<()>(patch)).await {
+            Ok(_) => {
+                tracing::info!(namespace = %name, change = %diff.describe(), "corrected remote labels");
+                return Written::Applied { diff, writes: 1 };
+            }
+            Err(error) if !retried && Failure::of(&error) == Failure::Conflict => {
+                retried = true;
+                match api.get_opt(&name).await {
+                    Ok(Some(fresh)) => {
+                        diff = rule.diff(&desired, &fresh);
+                        if diff.is_empty() {
+                            return Written::AlreadyInSync { namespace: name };
+                        }
+                        current = Some(fresh);
+                    }
+                    Ok(None) => {
+                        return Written::Vanished { namespace: name, missing: !desired.is_empty() };
+                    }
+                    Err(error) => return failed(diff, &error),
+                }
+            }
+            Err(error) if Failure::of(&error) == Failure::NotFound => {
+                return Written::Vanished { namespace: name, missing: !desired.is_empty() };
+            }
+            Err(error) => return failed(diff, &error),
+        }
+    }
+}
+
+fn failed(diff: LabelDiff, error: &kube::Error) -> Written {
+    let message = error_chain(error);
+    tracing::warn!(namespace = %diff.namespace, error = %message, "cannot correct remote labels");
+    Written::Failed(NamespaceError {
+        namespace: diff.namespace.clone(),
+        diff,
+        failure: Failure::of(error),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::propagate::tests::fake::FakeApiserver;
+
+    fn primary(entries: &[(&str, &[(&str, &str)])]) -> BTreeMap<String, Namespace> {
+        entries
+            .iter()
+            .map(|(name, labels)| {
+                let mut ns = Namespace::default();
+                ns.metadata.name = Some((*name).to_owned());
+                ns.metadata.labels = Some(
+                    labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                );
+                ((*name).to_owned(), ns)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn converges_then_makes_zero_writes() {
+        let remote = FakeApiserver::default()
+            .with_namespace("a", &[("istio-injection", "disabled"), ("team", "x")])
+            .with_namespace("b", &[("istio.io/rev", "old")])
+            .with_namespace("c", &[]);
+        let primary = primary(&[
+            ("a", &[("istio-injection", "enabled")]),
+            ("b", &[]),
+            ("c", &[]),
+            ("d", &[("istio-injection", "enabled")]),
+        ]);
+        let rule = SyncRule::default();
+
+        let dry = sync_remote(&rule, &primary, &remote.client(), SyncMode::DryRun).await.expect("sync");
+        assert_eq!(dry.changes.len(), 2);
+        assert!(dry.changes.iter().all(|c| c.status == ChangeStatus::Planned));
+        assert_eq!(remote.state().writes, 0, "dry run never writes");
+
+        let report = sync_remote(&rule, &primary, &remote.client(), SyncMode::Apply).await.expect("sync");
+        let changed: Vec<_> = report.applied().map(|c| c.diff.namespace.as_str()).collect();
+        assert_eq!(changed, vec!["a", "b"]);
+        assert_eq!(report.writes, 2);
+        assert_eq!(report.missing, vec!["d".to_owned()]);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(remote.labels("a")["istio-injection"], "enabled");
+        assert_eq!(remote.labels("a")["team"], "x");
+        assert!(!remote.labels("b").contains_key("istio.io/rev"));
+        assert!(!remote.state().namespaces.contains_key("d"), "never created");
+
+        let again = sync_remote(&rule, &primary, &remote.client(), SyncMode::Apply).await.expect("sync");
+        assert!(again.is_converged(), "{again:?}");
+        assert_eq!(again.writes, 0);
+        assert_eq!(remote.state().writes, 2);
+    }
+
+    #[tokio::test]
+    async fn conflict_re_reads_and_re_plans_once() {
+        let remote = FakeApiserver::default().with_namespace("a", &[]);
+        remote.state().interfere = vec![("team".into(), "y".into())];
+        let primary = primary(&[("a", &[("istio-injection", "enabled")])]);
+        let report = sync_remote(&SyncRule::default(), &primary, &remote.client(), SyncMode::Apply)
+            .await
+            .expect("sync");
+        assert_eq!(report.writes, 1);
+        assert_eq!(remote.state().patches, 2);
+        assert_eq!(remote.labels("a")["istio-injection"], "enabled");
+        assert_eq!(remote.labels("a")["team"], "y");
+    }
+
+    #[tokio::test]
+    async fn forbidden_list_is_an_error() {
+        let remote = FakeApiserver::default();
+        remote.state().forbidden = true;
+        let err = sync_remote(&SyncRule::default(), &BTreeMap::new(), &remote.client(), SyncMode::Apply)
+            .await
+            .expect_err("forbidden");
+        assert_eq!(err.failure(), Failure::Forbidden);
+        assert_eq!(err.metric_label(), "forbidden");
+    }
+}
