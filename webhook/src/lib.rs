@@ -6,6 +6,10 @@
 pub mod admission;
 pub mod cluster;
 pub mod labels;
+pub mod metrics;
+pub mod propagate;
+pub mod remote;
+pub mod sync;
 
 /// Namespace on the primary that holds the webhook, its serving certificate and the
 /// kubeconfig Secrets of attached clusters.

@@ -157,7 +157,9 @@ impl Metrics {
     /// Records one push of the admission path.
     pub fn observe_push(&self, cluster: &str, result: &PushResult, elapsed: Duration) {
         self.propagation_latency
-            .get_or_create(&ClusterLabels { cluster: cluster.to_owned() })
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_owned(),
+            })
             .observe(elapsed.as_secs_f64());
         self.pushes
             .get_or_create(&PushLabels {
@@ -169,37 +171,46 @@ impl Metrics {
 
     /// Records remote namespaces corrected by the reconciler.
     pub fn drift_corrected(&self, cluster: &str, namespaces: u64) {
-        let counter = self
-            .drift_corrections
-            .get_or_create(&ClusterLabels { cluster: cluster.to_owned() });
+        let counter = self.drift_corrections.get_or_create(&ClusterLabels {
+            cluster: cluster.to_owned(),
+        });
         counter.inc_by(namespaces);
     }
 
     /// Records whether the last attempt to reach the cluster succeeded.
     pub fn set_reachable(&self, cluster: &str, reachable: bool) {
         self.cluster_reachable
-            .get_or_create(&ClusterLabels { cluster: cluster.to_owned() })
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_owned(),
+            })
             .set(i64::from(reachable));
     }
 
     /// Records the end of one full sync; `result` is "ok" or an error's `metric_label()`.
     pub fn sync_finished(&self, cluster: &str, result: &str) {
         self.syncs
-            .get_or_create(&SyncLabels { cluster: cluster.to_owned(), result: result.to_owned() })
+            .get_or_create(&SyncLabels {
+                cluster: cluster.to_owned(),
+                result: result.to_owned(),
+            })
             .inc();
     }
 
     /// Records one answered admission review.
     pub fn admission_review(&self, outcome: ReviewOutcome) {
         self.admission_reviews
-            .get_or_create(&OutcomeLabels { outcome: outcome.as_str().to_owned() })
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str().to_owned(),
+            })
             .inc();
     }
 
     /// Drops the gauges of a detached cluster so it stops showing as unreachable. Counters stay:
     /// they are cumulative and a scraper expects them not to vanish.
     pub fn forget_cluster(&self, cluster: &str) {
-        let labels = ClusterLabels { cluster: cluster.to_owned() };
+        let labels = ClusterLabels {
+            cluster: cluster.to_owned(),
+        };
         self.cluster_reachable.remove(&labels);
         self.propagation_latency.remove(&labels);
     }
@@ -226,12 +237,30 @@ mod tests {
         metrics.admission_review(ReviewOutcome::Pushed);
         metrics.sync_finished("east", "ok");
         let text = metrics.encode().expect("encode");
-        assert!(text.contains("propagation_latency_seconds_bucket{"), "{text}");
-        assert!(text.contains(r#"pushes_total{cluster="east",result="applied"} 1"#), "{text}");
-        assert!(text.contains(r#"drift_corrections_total{cluster="east"} 3"#), "{text}");
-        assert!(text.contains(r#"cluster_reachable{cluster="east"} 1"#), "{text}");
-        assert!(text.contains(r#"admission_reviews_total{outcome="pushed"} 1"#), "{text}");
-        assert!(text.contains(r#"syncs_total{cluster="east",result="ok"} 1"#), "{text}");
+        assert!(
+            text.contains("propagation_latency_seconds_bucket{"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pushes_total{cluster="east",result="applied"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"drift_corrections_total{cluster="east"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"cluster_reachable{cluster="east"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"admission_reviews_total{outcome="pushed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"syncs_total{cluster="east",result="ok"} 1"#),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
@@ -241,6 +270,9 @@ mod tests {
         metrics.set_reachable("gone", false);
         metrics.forget_cluster("gone");
         let text = metrics.encode().expect("encode");
-        assert!(!text.contains(r#"cluster_reachable{cluster="gone"}"#), "{text}");
+        assert!(
+            !text.contains(r#"cluster_reachable{cluster="gone"}"#),
+            "{text}"
+        );
     }
 }

@@ -69,7 +69,10 @@ pub async fn fan_out_timed(
         let elapsed = started.elapsed();
         log_outcome(remote.name(), &intent.namespace, &result, elapsed);
         TimedOutcome {
-            outcome: PushOutcome { cluster: remote.name().to_owned(), result },
+            outcome: PushOutcome {
+                cluster: remote.name().to_owned(),
+                result,
+            },
             elapsed,
         }
     }))
@@ -99,7 +102,10 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
 /// try exactly once more.
 pub async fn push(client: &Client, rule: &SyncRule, intent: &PushIntent) -> PushResult {
     let api: Api<Namespace> = Api::all(client.clone());
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
     let mut retried = false;
     loop {
         let current = match api.get_opt(&intent.namespace).await {
@@ -112,7 +118,10 @@ pub async fn push(client: &Client, rule: &SyncRule, intent: &PushIntent) -> Push
             return PushResult::AlreadyInSync;
         }
         let patch = diff.to_json_patch(&current);
-        match api.patch(&intent.namespace, &params, &Patch::Json::<()>(patch)).await {
+        match api
+            .patch(&intent.namespace, &params, &Patch::Json::<()>(patch))
+            .await
+        {
             Ok(_) => return PushResult::Applied,
             Err(error) if !retried && Failure::of(&error) == Failure::Conflict => {
                 tracing::debug!(namespace = %intent.namespace, "remote namespace changed under us, retrying");
@@ -180,8 +189,10 @@ pub(crate) mod tests {
                 {
                     let mut state = self.0.lock().expect("lock");
                     state.version += 1;
-                    let labels: serde_json::Map<String, Value> =
-                        labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+                    let labels: serde_json::Map<String, Value> = labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                        .collect();
                     let version = state.version.to_string();
                     state.namespaces.insert(
                         name.to_owned(),
@@ -277,13 +288,21 @@ pub(crate) mod tests {
                         let patch: json_patch::Patch = match serde_json::from_slice(body) {
                             Ok(patch) => patch,
                             Err(e) => {
-                                return Self::status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
+                                return Self::status(
+                                    StatusCode::BAD_REQUEST,
+                                    "BadRequest",
+                                    &e.to_string(),
+                                );
                             }
                         };
                         let mut next = current;
                         if let Err(e) = json_patch::patch(&mut next, &patch) {
                             // What the apiserver answers when a `test` op fails.
-                            return Self::status(StatusCode::UNPROCESSABLE_ENTITY, "", &e.to_string());
+                            return Self::status(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "",
+                                &e.to_string(),
+                            );
                         }
                         state.version += 1;
                         state.writes += 1;
@@ -298,14 +317,20 @@ pub(crate) mod tests {
     }
 
     fn label(result: PushResult) -> &'static str {
-        assert!(matches!(result, PushResult::Applied | PushResult::AlreadyInSync), "{result:?}");
+        assert!(
+            matches!(result, PushResult::Applied | PushResult::AlreadyInSync),
+            "{result:?}"
+        );
         result.metric_label()
     }
 
     fn intent(namespace: &str, labels: &[(&str, &str)]) -> PushIntent {
         PushIntent {
             namespace: namespace.to_owned(),
-            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<Labels>(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Labels>(),
         }
     }
 
@@ -314,10 +339,20 @@ pub(crate) mod tests {
         let api = FakeApiserver::default().with_namespace("app", &[("team", "a")]);
         let rule = SyncRule::default();
         let want = intent("app", &[("istio-injection", "enabled")]);
-        assert_eq!(label(push(&api.client(), &rule, &want).await), PushResult::Applied.metric_label());
+        assert_eq!(
+            label(push(&api.client(), &rule, &want).await),
+            PushResult::Applied.metric_label()
+        );
         assert_eq!(api.labels("app")["istio-injection"], "enabled");
-        assert_eq!(api.labels("app")["team"], "a", "unmanaged labels are left alone");
-        assert_eq!(label(push(&api.client(), &rule, &want).await), PushResult::AlreadyInSync.metric_label());
+        assert_eq!(
+            api.labels("app")["team"],
+            "a",
+            "unmanaged labels are left alone"
+        );
+        assert_eq!(
+            label(push(&api.client(), &rule, &want).await),
+            PushResult::AlreadyInSync.metric_label()
+        );
         assert_eq!(api.state().writes, 1, "converged means zero writes");
     }
 
@@ -325,7 +360,10 @@ pub(crate) mod tests {
     async fn removes_managed_labels_the_primary_dropped() {
         let api = FakeApiserver::default().with_namespace("app", &[("istio.io/rev", "1-24")]);
         let rule = SyncRule::default();
-        assert_eq!(label(push(&api.client(), &rule, &intent("app", &[])).await), PushResult::Applied.metric_label());
+        assert_eq!(
+            label(push(&api.client(), &rule, &intent("app", &[])).await),
+            PushResult::Applied.metric_label()
+        );
         assert!(!api.labels("app").contains_key("istio.io/rev"));
     }
 
@@ -342,9 +380,16 @@ pub(crate) mod tests {
         let api = FakeApiserver::default().with_namespace("app", &[]);
         api.state().interfere = vec![("team".into(), "b".into())];
         let want = intent("app", &[("istio-injection", "enabled")]);
-        assert_eq!(label(push(&api.client(), &SyncRule::default(), &want).await), PushResult::Applied.metric_label());
+        assert_eq!(
+            label(push(&api.client(), &SyncRule::default(), &want).await),
+            PushResult::Applied.metric_label()
+        );
         assert_eq!(api.state().patches, 2);
-        assert_eq!(api.labels("app")["team"], "b", "the concurrent write survives");
+        assert_eq!(
+            api.labels("app")["team"],
+            "b",
+            "the concurrent write survives"
+        );
 
         let api = FakeApiserver::default().with_namespace("app", &[]);
         api.state().interfere = vec![("a".into(), "1".into()), ("b".into(), "2".into())];
@@ -369,13 +414,22 @@ pub(crate) mod tests {
         let want = intent("app", &[("istio-injection", "enabled")]);
         let started = Instant::now();
         let outcomes = fan_out(&remotes, &rule, &want, Duration::from_millis(300)).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "deadline honoured");
-        let results: Vec<_> = outcomes.iter().map(|o| (o.cluster.as_str(), o.result.metric_label())).collect();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "deadline honoured"
+        );
+        let results: Vec<_> = outcomes
+            .iter()
+            .map(|o| (o.cluster.as_str(), o.result.metric_label()))
+            .collect();
         assert_eq!(
             results,
             vec![
                 ("a-ok", PushResult::Applied.metric_label()),
-                ("b-denied", PushResult::Forbidden(String::new()).metric_label()),
+                (
+                    "b-denied",
+                    PushResult::Forbidden(String::new()).metric_label()
+                ),
                 ("c-slow", PushResult::TimedOut.metric_label()),
             ]
         );
@@ -383,10 +437,18 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn unavailable_remote_is_unreachable_without_a_call() {
-        let error = crate::remote::Error::SecretMissing { namespace: "m".into(), name: "s".into() };
+        let error = crate::remote::Error::SecretMissing {
+            namespace: "m".into(),
+            name: "s".into(),
+        };
         let remotes = vec![Arc::new(Remote::unavailable("east", &error))];
-        let outcomes =
-            fan_out(&remotes, &SyncRule::default(), &intent("app", &[]), Duration::from_secs(1)).await;
+        let outcomes = fan_out(
+            &remotes,
+            &SyncRule::default(),
+            &intent("app", &[]),
+            Duration::from_secs(1),
+        )
+        .await;
         assert!(
             matches!(&outcomes[0].result, PushResult::Unreachable(m) if m.contains("not found")),
             "{:?}",

@@ -30,7 +30,11 @@ pub enum Error {
     SecretMissing { namespace: String, name: String },
 
     #[error("secret {namespace}/{name} has no {key:?} key")]
-    KeyMissing { namespace: String, name: String, key: &'static str },
+    KeyMissing {
+        namespace: String,
+        name: String,
+        key: &'static str,
+    },
 
     #[error("the kubeconfig in secret {name} is not UTF-8")]
     NotUtf8 {
@@ -99,7 +103,10 @@ pub struct RemoteOptions {
 
 impl Default for RemoteOptions {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(2) }
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(2),
+        }
     }
 }
 
@@ -128,7 +135,10 @@ impl Fingerprint {
 pub enum RemoteState {
     Ready(Client),
     /// The credentials are missing or unusable; the text is safe to show and log.
-    Unavailable { reason: &'static str, message: String },
+    Unavailable {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl std::fmt::Debug for RemoteState {
@@ -166,7 +176,10 @@ impl Remote {
     pub fn unavailable(name: impl Into<String>, error: &Error) -> Self {
         Self {
             name: name.into(),
-            state: RemoteState::Unavailable { reason: error.reason(), message: error.to_string() },
+            state: RemoteState::Unavailable {
+                reason: error.reason(),
+                message: error.to_string(),
+            },
             fingerprint: Fingerprint::default(),
         }
     }
@@ -201,7 +214,10 @@ pub struct Remotes {
 
 impl Remotes {
     pub fn new(options: RemoteOptions) -> Self {
-        Self { entries: Arc::default(), options }
+        Self {
+            entries: Arc::default(),
+            options,
+        }
     }
 
     pub fn options(&self) -> RemoteOptions {
@@ -248,22 +264,33 @@ impl Remotes {
     ) -> Option<Arc<Remote>> {
         let name = cluster.name_any();
         let fingerprint = Fingerprint::of(cluster, secret);
-        if self.get(&name).is_some_and(|r| r.fingerprint == fingerprint) {
+        if self
+            .get(&name)
+            .is_some_and(|r| r.fingerprint == fingerprint)
+        {
             return None;
         }
-        let state = match client_from_secret(namespace, &cluster.spec.secret_name, secret, &self.options)
-            .await
-        {
-            Ok(client) => {
-                tracing::info!(cluster = %name, "built remote client");
-                RemoteState::Ready(client)
-            }
-            Err(error) => {
-                tracing::warn!(cluster = %name, error = %error, "remote credentials unusable");
-                RemoteState::Unavailable { reason: error.reason(), message: error.to_string() }
-            }
-        };
-        let remote = Arc::new(Remote { name: name.clone(), state, fingerprint });
+        let state =
+            match client_from_secret(namespace, &cluster.spec.secret_name, secret, &self.options)
+                .await
+            {
+                Ok(client) => {
+                    tracing::info!(cluster = %name, "built remote client");
+                    RemoteState::Ready(client)
+                }
+                Err(error) => {
+                    tracing::warn!(cluster = %name, error = %error, "remote credentials unusable");
+                    RemoteState::Unavailable {
+                        reason: error.reason(),
+                        message: error.to_string(),
+                    }
+                }
+            };
+        let remote = Arc::new(Remote {
+            name: name.clone(),
+            state,
+            fingerprint,
+        });
         self.write().insert(name, remote.clone());
         Some(remote)
     }
@@ -290,15 +317,19 @@ pub async fn client_from_secret(
         namespace: namespace.to_owned(),
         name: secret_name.to_owned(),
     })?;
-    let data = secret.data.as_ref().and_then(|d| d.get(KUBECONFIG_KEY)).ok_or_else(|| {
-        Error::KeyMissing {
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(KUBECONFIG_KEY))
+        .ok_or_else(|| Error::KeyMissing {
             namespace: namespace.to_owned(),
             name: secret_name.to_owned(),
             key: KUBECONFIG_KEY,
-        }
+        })?;
+    let yaml = std::str::from_utf8(&data.0).map_err(|source| Error::NotUtf8 {
+        name: secret_name.to_owned(),
+        source,
     })?;
-    let yaml = std::str::from_utf8(&data.0)
-        .map_err(|source| Error::NotUtf8 { name: secret_name.to_owned(), source })?;
     client_from_kubeconfig(secret_name, yaml, options).await
 }
 
@@ -310,21 +341,34 @@ pub async fn client_from_kubeconfig(
     options: &RemoteOptions,
 ) -> Result<Client> {
     let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(|source| match source {
-        KubeconfigError::Parse(_) => Error::Yaml { name: name.to_owned() },
-        source => Error::Kubeconfig { name: name.to_owned(), source },
+        KubeconfigError::Parse(_) => Error::Yaml {
+            name: name.to_owned(),
+        },
+        source => Error::Kubeconfig {
+            name: name.to_owned(),
+            source,
+        },
     })?;
-    check_kubeconfig(&kubeconfig)
-        .map_err(|reason| Error::Refused { name: name.to_owned(), reason })?;
+    check_kubeconfig(&kubeconfig).map_err(|reason| Error::Refused {
+        name: name.to_owned(),
+        reason,
+    })?;
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .map_err(|source| Error::Kubeconfig { name: name.to_owned(), source })?;
+        .map_err(|source| Error::Kubeconfig {
+            name: name.to_owned(),
+            source,
+        })?;
     config.connect_timeout = Some(options.connect_timeout);
     config.read_timeout = Some(options.read_timeout);
     config.write_timeout = Some(options.read_timeout);
     // Without this a pooled connection's idle time counts against the read timeout of the next
     // request and a healthy remote looks dead after a quiet minute.
     config.reset_reader_on_write = true;
-    Client::try_from(config).map_err(|source| Error::Client { name: name.to_owned(), source })
+    Client::try_from(config).map_err(|source| Error::Client {
+        name: name.to_owned(),
+        source,
+    })
 }
 
 /// The rule for stored kubeconfigs (istiod's sanitizer's): bearer tokens or embedded client
@@ -335,7 +379,9 @@ pub fn check_kubeconfig(kubeconfig: &Kubeconfig) -> Result<(), String> {
         return Err("it names no cluster".to_owned());
     }
     for named in &kubeconfig.clusters {
-        let Some(cluster) = &named.cluster else { continue };
+        let Some(cluster) = &named.cluster else {
+            continue;
+        };
         if cluster.certificate_authority.is_some() {
             return Err(format!("cluster {:?} reads its CA from a file", named.name));
         }
@@ -344,7 +390,9 @@ pub fn check_kubeconfig(kubeconfig: &Kubeconfig) -> Result<(), String> {
         }
     }
     for named in &kubeconfig.auth_infos {
-        let Some(user) = &named.auth_info else { continue };
+        let Some(user) = &named.auth_info else {
+            continue;
+        };
         let refused = if user.exec.is_some() {
             Some("runs an exec plugin")
         } else if user.auth_provider.is_some() {
@@ -397,7 +445,11 @@ impl Failure {
             },
             kube::Error::Auth(_) => Self::Forbidden,
             kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::RustlsTls(_) => {
-                if timed_out(error) { Self::TimedOut } else { Self::Unreachable }
+                if timed_out(error) {
+                    Self::TimedOut
+                } else {
+                    Self::Unreachable
+                }
             }
             _ => {
                 if timed_out(error) {
@@ -546,11 +598,16 @@ current-context: east
     async fn errors_never_quote_the_kubeconfig() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let broken = "users: [ {name: x, user: {token: s3cr3t-token}} ] ]";
-        let Err(err) = client_from_kubeconfig("east-creds", broken, &RemoteOptions::default()).await
+        let Err(err) =
+            client_from_kubeconfig("east-creds", broken, &RemoteOptions::default()).await
         else {
             panic!("invalid YAML accepted");
         };
-        assert!(!error_chain(&err).contains("s3cr3t"), "{}", error_chain(&err));
+        assert!(
+            !error_chain(&err).contains("s3cr3t"),
+            "{}",
+            error_chain(&err)
+        );
 
         let exec = TOKEN_KUBECONFIG.replace(
             "token: s3cr3t-token",
@@ -560,7 +617,11 @@ current-context: east
         else {
             panic!("exec plugin accepted");
         };
-        assert!(!error_chain(&err).contains("s3cr3t"), "{}", error_chain(&err));
+        assert!(
+            !error_chain(&err).contains("s3cr3t"),
+            "{}",
+            error_chain(&err)
+        );
     }
 
     #[tokio::test]
@@ -580,19 +641,45 @@ current-context: east
         secret.metadata.name = Some("east-creds".into());
         secret.metadata.resource_version = Some("1".into());
         secret.data = Some(
-            [(KUBECONFIG_KEY.to_owned(), ByteString(TOKEN_KUBECONFIG.as_bytes().to_vec()))].into(),
+            [(
+                KUBECONFIG_KEY.to_owned(),
+                ByteString(TOKEN_KUBECONFIG.as_bytes().to_vec()),
+            )]
+            .into(),
         );
         let remotes = Remotes::default();
-        let built = remotes.refresh(&cluster, "ns", Some(&secret)).await.expect("built");
+        let built = remotes
+            .refresh(&cluster, "ns", Some(&secret))
+            .await
+            .expect("built");
         assert!(built.client().is_some(), "{:?}", built.state());
-        assert!(remotes.refresh(&cluster, "ns", Some(&secret)).await.is_none());
+        assert!(
+            remotes
+                .refresh(&cluster, "ns", Some(&secret))
+                .await
+                .is_none()
+        );
 
         secret.metadata.resource_version = Some("2".into());
-        assert!(remotes.refresh(&cluster, "ns", Some(&secret)).await.is_some());
-
-        let gone = remotes.refresh(&cluster, "ns", None).await.expect("rebuilt");
         assert!(
-            matches!(gone.state(), RemoteState::Unavailable { reason: "CredentialsMissing", .. }),
+            remotes
+                .refresh(&cluster, "ns", Some(&secret))
+                .await
+                .is_some()
+        );
+
+        let gone = remotes
+            .refresh(&cluster, "ns", None)
+            .await
+            .expect("rebuilt");
+        assert!(
+            matches!(
+                gone.state(),
+                RemoteState::Unavailable {
+                    reason: "CredentialsMissing",
+                    ..
+                }
+            ),
             "{:?}",
             gone.state()
         );

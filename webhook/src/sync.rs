@@ -116,7 +116,9 @@ impl SyncReport {
 
     /// The changes actually written.
     pub fn applied(&self) -> impl Iterator<Item = &NamespaceChange> {
-        self.changes.iter().filter(|c| c.status == ChangeStatus::Applied)
+        self.changes
+            .iter()
+            .filter(|c| c.status == ChangeStatus::Applied)
     }
 }
 
@@ -131,7 +133,10 @@ pub async fn sync_remote(
     mode: SyncMode,
 ) -> Result<SyncReport> {
     let api: Api<Namespace> = Api::all(remote.clone());
-    let listed = api.list(&ListParams::default()).await.map_err(Error::ListNamespaces)?;
+    let listed = api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::ListNamespaces)?;
     let plan = rule.plan(primary, &listed.items);
     let mut report = SyncReport {
         mode,
@@ -143,13 +148,19 @@ pub async fn sync_remote(
         report.changes = plan
             .changes
             .into_iter()
-            .map(|diff| NamespaceChange { diff, status: ChangeStatus::Planned })
+            .map(|diff| NamespaceChange {
+                diff,
+                status: ChangeStatus::Planned,
+            })
             .collect();
         return Ok(report);
     }
 
-    let mut current: BTreeMap<String, Namespace> =
-        listed.items.into_iter().map(|ns| (ns.name_any(), ns)).collect();
+    let mut current: BTreeMap<String, Namespace> = listed
+        .items
+        .into_iter()
+        .map(|ns| (ns.name_any(), ns))
+        .collect();
     let jobs: Vec<(LabelDiff, Option<Namespace>)> = plan
         .changes
         .into_iter()
@@ -168,7 +179,10 @@ pub async fn sync_remote(
         match outcome {
             Written::Applied { diff, writes } => {
                 report.writes += writes;
-                report.changes.push(NamespaceChange { diff, status: ChangeStatus::Applied });
+                report.changes.push(NamespaceChange {
+                    diff,
+                    status: ChangeStatus::Applied,
+                });
             }
             Written::AlreadyInSync { .. } => report.in_sync += 1,
             Written::Vanished { namespace, missing } => {
@@ -184,11 +198,19 @@ pub async fn sync_remote(
 }
 
 enum Written {
-    Applied { diff: LabelDiff, writes: u32 },
+    Applied {
+        diff: LabelDiff,
+        writes: u32,
+    },
     /// Re-read after a conflict and found already right.
-    AlreadyInSync { namespace: String },
+    AlreadyInSync {
+        namespace: String,
+    },
     /// Deleted on the remote while we were writing; `missing` if the primary wants labels.
-    Vanished { namespace: String, missing: bool },
+    Vanished {
+        namespace: String,
+        missing: bool,
+    },
     Failed(NamespaceError),
 }
 
@@ -209,7 +231,10 @@ async fn write(
     diff: LabelDiff,
     current: Option<Namespace>,
 ) -> Written {
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() };
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
     let name = diff.namespace.clone();
     let desired = rule.desired(primary.get(&name));
     let mut diff = diff;
@@ -217,7 +242,10 @@ async fn write(
     let mut retried = false;
     loop {
         let Some(ns) = current.take() else {
-            return Written::Vanished { namespace: name, missing: !desired.is_empty() };
+            return Written::Vanished {
+                namespace: name,
+                missing: !desired.is_empty(),
+            };
         };
         let patch = diff.to_json_patch(&ns);
         match api.patch(&name, &params, &Patch::Json::<()>(patch)).await {
@@ -236,13 +264,19 @@ async fn write(
                         current = Some(fresh);
                     }
                     Ok(None) => {
-                        return Written::Vanished { namespace: name, missing: !desired.is_empty() };
+                        return Written::Vanished {
+                            namespace: name,
+                            missing: !desired.is_empty(),
+                        };
                     }
                     Err(error) => return failed(diff, &error),
                 }
             }
             Err(error) if Failure::of(&error) == Failure::NotFound => {
-                return Written::Vanished { namespace: name, missing: !desired.is_empty() };
+                return Written::Vanished {
+                    namespace: name,
+                    missing: !desired.is_empty(),
+                };
             }
             Err(error) => return failed(diff, &error),
         }
@@ -272,7 +306,10 @@ mod tests {
                 let mut ns = Namespace::default();
                 ns.metadata.name = Some((*name).to_owned());
                 ns.metadata.labels = Some(
-                    labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
                 );
                 ((*name).to_owned(), ns)
             })
@@ -293,13 +330,24 @@ mod tests {
         ]);
         let rule = SyncRule::default();
 
-        let dry = sync_remote(&rule, &primary, &remote.client(), SyncMode::DryRun).await.expect("sync");
+        let dry = sync_remote(&rule, &primary, &remote.client(), SyncMode::DryRun)
+            .await
+            .expect("sync");
         assert_eq!(dry.changes.len(), 2);
-        assert!(dry.changes.iter().all(|c| c.status == ChangeStatus::Planned));
+        assert!(
+            dry.changes
+                .iter()
+                .all(|c| c.status == ChangeStatus::Planned)
+        );
         assert_eq!(remote.state().writes, 0, "dry run never writes");
 
-        let report = sync_remote(&rule, &primary, &remote.client(), SyncMode::Apply).await.expect("sync");
-        let changed: Vec<_> = report.applied().map(|c| c.diff.namespace.as_str()).collect();
+        let report = sync_remote(&rule, &primary, &remote.client(), SyncMode::Apply)
+            .await
+            .expect("sync");
+        let changed: Vec<_> = report
+            .applied()
+            .map(|c| c.diff.namespace.as_str())
+            .collect();
         assert_eq!(changed, vec!["a", "b"]);
         assert_eq!(report.writes, 2);
         assert_eq!(report.missing, vec!["d".to_owned()]);
@@ -307,9 +355,14 @@ mod tests {
         assert_eq!(remote.labels("a")["istio-injection"], "enabled");
         assert_eq!(remote.labels("a")["team"], "x");
         assert!(!remote.labels("b").contains_key("istio.io/rev"));
-        assert!(!remote.state().namespaces.contains_key("d"), "never created");
+        assert!(
+            !remote.state().namespaces.contains_key("d"),
+            "never created"
+        );
 
-        let again = sync_remote(&rule, &primary, &remote.client(), SyncMode::Apply).await.expect("sync");
+        let again = sync_remote(&rule, &primary, &remote.client(), SyncMode::Apply)
+            .await
+            .expect("sync");
         assert!(again.is_converged(), "{again:?}");
         assert_eq!(again.writes, 0);
         assert_eq!(remote.state().writes, 2);
@@ -320,9 +373,14 @@ mod tests {
         let remote = FakeApiserver::default().with_namespace("a", &[]);
         remote.state().interfere = vec![("team".into(), "y".into())];
         let primary = primary(&[("a", &[("istio-injection", "enabled")])]);
-        let report = sync_remote(&SyncRule::default(), &primary, &remote.client(), SyncMode::Apply)
-            .await
-            .expect("sync");
+        let report = sync_remote(
+            &SyncRule::default(),
+            &primary,
+            &remote.client(),
+            SyncMode::Apply,
+        )
+        .await
+        .expect("sync");
         assert_eq!(report.writes, 1);
         assert_eq!(remote.state().patches, 2);
         assert_eq!(remote.labels("a")["istio-injection"], "enabled");
@@ -333,9 +391,14 @@ mod tests {
     async fn forbidden_list_is_an_error() {
         let remote = FakeApiserver::default();
         remote.state().forbidden = true;
-        let err = sync_remote(&SyncRule::default(), &BTreeMap::new(), &remote.client(), SyncMode::Apply)
-            .await
-            .expect_err("forbidden");
+        let err = sync_remote(
+            &SyncRule::default(),
+            &BTreeMap::new(),
+            &remote.client(),
+            SyncMode::Apply,
+        )
+        .await
+        .expect_err("forbidden");
         assert_eq!(err.failure(), Failure::Forbidden);
         assert_eq!(err.metric_label(), "forbidden");
     }
