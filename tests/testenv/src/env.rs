@@ -255,7 +255,7 @@ impl TestEnv {
             .arg(format!("--service-account-issuer={}", cluster.server))
             .arg(format!(
                 "--service-account-key-file={}",
-                pki.service_account_key.display()
+                pki.service_account_public_key.display()
             ))
             .arg(format!(
                 "--service-account-signing-key-file={}",

@@ -18,6 +18,7 @@ pub struct ClusterPki {
     pub serving_cert: PathBuf,
     pub serving_key: PathBuf,
     pub service_account_key: PathBuf,
+    pub service_account_public_key: PathBuf,
     pub ca_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
@@ -79,6 +80,8 @@ impl ClusterPki {
             serving_cert: write("apiserver.crt", &serving_cert.pem())?,
             serving_key: write("apiserver.key", &serving_key.serialize_pem())?,
             service_account_key: write("service-account.key", &sa_key.serialize_pem())?,
+            // The apiserver verifies with public keys only; it does not derive them from PKCS#8.
+            service_account_public_key: write("service-account.pub", &sa_key.public_key_pem())?,
             ca_pem,
             admin_cert_pem: admin_cert.pem(),
             admin_key_pem: admin_key.serialize_pem(),
