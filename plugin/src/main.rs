@@ -1,1 +1,20 @@
-fn main() {}
+//! `kubectl-mesh`, run by kubectl as `kubectl mesh`.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+
+fn main() {
+    // kube's rustls client needs a process-wide crypto provider; ring is the one compiled in.
+    // Installing fails only if one is already installed, which is then as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    if let Err(err) = kubectl_mesh::Cli::parse_and_run() {
+        let prefix = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+            "\x1b[31merror:\x1b[0m"
+        } else {
+            "error:"
+        };
+        eprintln!("{prefix} {}", err.line());
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,300 @@
+//! `kubectl mesh install`: the CRD, namespace, RBAC, serving certificate, webhook and webhook
+//! configuration on the primary.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use kube::{Api, Client};
+use mesh::MESH_NAMESPACE;
+
+use super::apply::{self, Deleted};
+use crate::{
+    Context, Error, Result,
+    output::{self, OutputFormat},
+    render::{self, Manifest, Options, ServingCert, WebhookUrl},
+};
+
+/// Install (or upgrade) kubectl-mesh on the primary cluster.
+///
+/// Safe to re-run: objects are server-side applied, and the existing serving certificate is
+/// kept unless --rotate-certs is given or it no longer fits.
+#[derive(Debug, clap::Args)]
+pub struct Install {
+    /// Image of the webhook.
+    #[arg(long, env = "KUBECTL_MESH_IMAGE", hide_env_values = true, default_value = render::DEFAULT_IMAGE)]
+    pub image: String,
+    /// Replicas of the webhook Deployment.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
+    pub replicas: i32,
+    /// Call the webhook at this https URL instead of running it in the cluster (no Deployment
+    /// or Service is installed); its host is added to the serving certificate.
+    #[arg(
+        long,
+        env = "KUBECTL_MESH_WEBHOOK_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub webhook_url: Option<String>,
+    /// Also write tls.crt, tls.key and ca.crt to DIR, for a webhook run outside the cluster.
+    #[arg(long, value_name = "DIR")]
+    pub webhook_cert_dir: Option<PathBuf>,
+    /// Issue a new CA and serving certificate even if the installed ones are still good.
+    #[arg(long)]
+    pub rotate_certs: bool,
+    /// Print what would be applied and change nothing (no cluster is contacted).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait until the webhook Deployment is available.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long to wait for the CRD to be established and, with --wait, for the webhook.
+    #[arg(long, default_value = "2m", value_parser = crate::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+impl Install {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Context) -> Result<()> {
+        let Self {
+            image,
+            replicas,
+            webhook_url,
+            webhook_cert_dir,
+            rotate_certs,
+            dry_run,
+            wait,
+            timeout,
+        } = self;
+        let progress = ctx.progress;
+        let options = Options {
+            image,
+            replicas,
+            webhook_url: webhook_url.as_deref().map(WebhookUrl::parse).transpose()?,
+            ..Options::default()
+        };
+        let sans = render::serving_sans(options.webhook_url.as_ref());
+
+        if dry_run {
+            // A fresh certificate stands in for whatever the cluster holds: a dry run never
+            // contacts the cluster, so its output can be reviewed or piped into GitOps.
+            let cert = render::generate_serving_cert(&sans)?;
+            let manifests = render::render(&options, &cert)?;
+            if webhook_cert_dir.is_some() {
+                progress.warn("--webhook-cert-dir is ignored with --dry-run");
+            }
+            return output::print_stdout(&dry_run_output(ctx.output, &manifests)?);
+        }
+
+        let client = ctx.client().await?;
+        let cert = serving_cert(&client, &sans, rotate_certs, ctx).await?;
+        for m in render::render(&options, &cert)? {
+            apply::apply(&client, &m).await?;
+            progress.ok(format!("{} applied", m.describe()));
+            if m.resource.kind == "CustomResourceDefinition" {
+                apply::wait_crd_established(&client, &m.name, timeout).await?;
+            }
+        }
+
+        if options.webhook_url.is_some() {
+            remove_in_cluster_webhook(&client, ctx).await?;
+        } else if wait {
+            wait_available(&client, timeout).await?;
+            progress.ok(format!("Deployment {} available", render::WEBHOOK));
+        }
+        if let Some(dir) = webhook_cert_dir {
+            write_cert_dir(&dir, &cert)?;
+            progress.ok(format!(
+                "wrote {}, {} and {} to {}",
+                render::TLS_CRT,
+                render::TLS_KEY,
+                render::CA_CRT,
+                dir.display()
+            ));
+        }
+        progress.info("next: `kubectl mesh attach <remote-kubeconfig>` joins a remote cluster");
+        Ok(())
+    }
+}
+
+/// What `--dry-run` prints: the objects as YAML or JSON, or a table of what they are.
+fn dry_run_output(format: OutputFormat, manifests: &[Manifest]) -> Result<String> {
+    if format.is_table() {
+        let rows = manifests.iter().map(|m| {
+            vec![
+                m.resource.kind.clone(),
+                m.namespace.clone().unwrap_or_default(),
+                m.name.clone(),
+            ]
+        });
+        return Ok(output::table(&["kind", "namespace", "name"], rows));
+    }
+    let values: Vec<_> = manifests.iter().map(|m| m.object.clone()).collect();
+    output::render_values(format, &values)
+}
+
+/// The installed serving certificate when it can be reused, a new one otherwise. Reusing
+/// it keeps the caBundle stable, so webhook pods and a local webhook keep working.
+async fn serving_cert(
+    client: &Client,
+    sans: &[String],
+    rotate: bool,
+    ctx: &Context,
+) -> Result<ServingCert> {
+    let progress = ctx.progress;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), MESH_NAMESPACE);
+    let existing = secrets
+        .get_opt(render::TLS_SECRET)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read Secret {MESH_NAMESPACE}/{}",
+            render::TLS_SECRET
+        )))?;
+    let reason = match existing.as_ref().map(ServingCert::from_secret) {
+        None => None,
+        Some(None) => Some("the installed one is incomplete".to_owned()),
+        Some(Some(cert)) if !rotate => match cert.reuse_problem(sans, jiff::Timestamp::now()) {
+            None => {
+                progress.info("keeping the installed serving certificate and CA");
+                return Ok(cert);
+            }
+            Some(problem) => Some(format!("the installed one cannot be kept: {problem}")),
+        },
+        Some(Some(_)) => Some("--rotate-certs".to_owned()),
+    };
+    let cert = render::generate_serving_cert(sans)?;
+    match reason {
+        Some(why) => progress.warn(format!("issuing a new serving certificate and CA ({why})")),
+        None => progress.info("issuing a serving certificate and CA"),
+    }
+    Ok(cert)
+}
+
+/// In URL mode the webhook runs elsewhere: an in-cluster one left from an earlier install
+/// would run a second reconciler, so it goes.
+async fn remove_in_cluster_webhook(client: &Client, ctx: &Context) -> Result<()> {
+    for m in [
+        Manifest::new(&render::service())?,
+        Manifest::new(&render::deployment(&Options::default()))?,
+    ] {
+        if apply::delete(client, &m).await? == Deleted::Deleted {
+            ctx.progress.ok(format!(
+                "{} deleted (the webhook runs outside the cluster)",
+                m.describe()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the webhook Deployment's current generation has an available replica.
+async fn wait_available(client: &Client, timeout: Duration) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), MESH_NAMESPACE);
+    apply::wait_for(
+        api,
+        render::WEBHOOK,
+        &format!(
+            "Deployment {MESH_NAMESPACE}/{} to be available",
+            render::WEBHOOK
+        ),
+        timeout,
+        "check the pods: `kubectl -n kubectl-mesh get pods` and `kubectl -n kubectl-mesh \
+         describe deploy mesh-webhook`",
+        |d: Option<&Deployment>| {
+            let Some(d) = d else { return false };
+            let Some(status) = &d.status else {
+                return false;
+            };
+            let current = status.observed_generation >= d.metadata.generation;
+            let available = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Available" && c.status == "True");
+            current && available
+        },
+    )
+    .await
+}
+
+/// Writes the certificate, key and CA where a webhook run outside the cluster reads them.
+/// The key is readable by its owner only.
+pub fn write_cert_dir(dir: &Path, cert: &ServingCert) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        what: format!("cannot create {}", dir.display()),
+        source,
+    })?;
+    for (name, text, mode) in [
+        (render::TLS_CRT, &cert.cert_pem, 0o644),
+        (render::TLS_KEY, &cert.key_pem, 0o600),
+        (render::CA_CRT, &cert.ca_pem, 0o644),
+    ] {
+        let path = dir.join(name);
+        // Write a sibling and rename, so a webhook watching the directory never reads half a
+        // file, and a key file that already exists with looser rights is replaced, not reused.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        result.map_err(|source| Error::Io {
+            what: format!("cannot write {}", path.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn cert_dir_files_and_modes() {
+        let dir = std::env::temp_dir().join(format!("kubectl-mesh-certdir-{}", std::process::id()));
+        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        write_cert_dir(&dir, &cert).unwrap();
+        // Twice: a re-run replaces the files.
+        write_cert_dir(&dir, &cert).unwrap();
+        let key = dir.join(render::TLS_KEY);
+        assert_eq!(std::fs::read_to_string(&key).unwrap(), cert.key_pem);
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join(render::CA_CRT)).unwrap(),
+            cert.ca_pem
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dry_run_outputs() {
+        let options = Options::default();
+        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        let manifests = render::render(&options, &cert).unwrap();
+        let table = dry_run_output(OutputFormat::Table, &manifests).unwrap();
+        assert!(table.starts_with("KIND "), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("Secret ")
+                    && l.ends_with("   kubectl-mesh   mesh-webhook-tls")),
+            "{table}"
+        );
+        let yaml = dry_run_output(OutputFormat::Yaml, &manifests).unwrap();
+        assert_eq!(yaml.matches("\n---\n").count(), manifests.len() - 1);
+        let json = dry_run_output(OutputFormat::Json, &manifests).unwrap();
+        let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), manifests.len());
+    }
+}

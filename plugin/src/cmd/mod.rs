@@ -1,0 +1,14 @@
+//! One module per subcommand. Each command is a clap `Args` struct with
+//! `async fn run(self, ctx: &Context) -> Result<()>` that destructures `let Self { .. } = self`,
+//! so a flag added to the struct cannot be forgotten in its body.
+
+pub mod apply;
+pub mod attach;
+pub mod check;
+pub mod completion;
+pub mod detach;
+pub mod install;
+pub mod list;
+pub mod status;
+pub mod sync;
+pub mod uninstall;

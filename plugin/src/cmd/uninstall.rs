@@ -1,0 +1,94 @@
+//! `kubectl mesh uninstall`: remove what install created from the primary.
+
+use kube::{Api, api::ListParams};
+use mesh::cluster::MeshCluster;
+
+use super::apply::{self, Deleted};
+use crate::{Context, Error, Result, output, render};
+
+/// Remove kubectl-mesh from the primary cluster.
+///
+/// Deletes the webhook configuration, webhook, RBAC, serving certificate and the
+/// kubectl-mesh namespace (with the credentials of attached clusters). Safe to re-run.
+/// Remote clusters are not touched: detach them first.
+#[derive(Debug, clap::Args)]
+pub struct Uninstall {
+    /// Also delete the MeshCluster CRD, and with it every MeshCluster.
+    #[arg(long)]
+    pub crd: bool,
+    /// Uninstall even though clusters are still attached (their remote objects stay).
+    #[arg(long)]
+    pub force: bool,
+    /// Print what would be deleted and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl Uninstall {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Context) -> Result<()> {
+        let Self {
+            crd,
+            force,
+            dry_run,
+        } = self;
+        let manifests = render::uninstall_order(crd)?;
+        if dry_run {
+            let rows = manifests.iter().map(|m| {
+                vec![
+                    m.resource.kind.clone(),
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone(),
+                ]
+            });
+            return output::print_stdout(&output::table(&["kind", "namespace", "name"], rows));
+        }
+
+        let client = ctx.client().await?;
+        let attached = attached_clusters(&client).await?;
+        if !attached.is_empty() {
+            if !force {
+                return Err(Error::Refused {
+                    what: format!(
+                        "{} cluster(s) still attached: {}",
+                        attached.len(),
+                        attached.join(", ")
+                    ),
+                    hint: "run `kubectl mesh detach <name>` for each first, or pass --force to \
+                           leave their remote objects behind"
+                        .into(),
+                });
+            }
+            ctx.progress.warn(format!(
+                "leaving the remote objects of {} behind (--force)",
+                attached.join(", ")
+            ));
+        }
+
+        for m in &manifests {
+            match apply::delete(&client, m).await? {
+                Deleted::Deleted => ctx.progress.ok(format!("{} deleted", m.describe())),
+                Deleted::NotFound => ctx.progress.info(format!("{} not found", m.describe())),
+            }
+        }
+        if !crd {
+            ctx.progress
+                .info("the MeshCluster CRD is kept; `kubectl mesh uninstall --crd` removes it");
+        }
+        Ok(())
+    }
+}
+
+/// Names of the MeshClusters on the primary; none when the CRD is not installed.
+async fn attached_clusters(client: &kube::Client) -> Result<Vec<String>> {
+    let api: Api<MeshCluster> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default()).await {
+        Ok(list) => Ok(list
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .collect()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(Error::kube("cannot list MeshClusters")(e)),
+    }
+}

@@ -1,0 +1,450 @@
+//! `kubectl mesh`: manage a multi-cluster Istio mesh from its primary cluster.
+//!
+//! The CLI lives in the library so that it can be tested (help text, argument parsing)
+//! without running the binary.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub mod cmd;
+pub mod kubeconfig;
+pub mod output;
+pub mod render;
+
+pub use output::OutputFormat;
+
+/// Manage a multi-cluster Istio mesh from its primary cluster.
+///
+/// The cluster of the current context is the primary: it holds the mesh's state and the
+/// webhook that mirrors namespace sidecar-injection labels (istio-injection, istio.io/rev,
+/// istio.io/dataplane-mode) to every attached remote cluster.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-mesh",
+    bin_name = "kubectl mesh",
+    version,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes, shaped like kubectl's.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig of the primary cluster (a list, like KUBECONFIG's, is merged).
+    #[arg(
+        long,
+        global = true,
+        env = "KUBECONFIG",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context of the primary cluster [default: the current context].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Output format.
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        value_name = "FORMAT"
+    )]
+    pub output: OutputFormat,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Install(cmd::install::Install),
+    Uninstall(cmd::uninstall::Uninstall),
+    Attach(cmd::attach::Attach),
+    Detach(cmd::detach::Detach),
+    List(cmd::list::List),
+    Status(cmd::status::Status),
+    Sync(cmd::sync::Sync),
+    Check(cmd::check::Check),
+    Completion(cmd::completion::Completion),
+}
+
+/// What every command runs with: the global flags and the progress printer.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// `--kubeconfig` (or KUBECONFIG).
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+    /// `-o/--output`.
+    pub output: OutputFormat,
+    /// Progress lines on stderr.
+    pub progress: output::Progress,
+}
+
+impl Context {
+    /// A context from the global flags, printing progress on stderr.
+    pub fn new(global: GlobalArgs) -> Self {
+        let GlobalArgs {
+            kubeconfig,
+            context,
+            output,
+        } = global;
+        Self {
+            kubeconfig,
+            context,
+            output,
+            progress: output::Progress::stderr(),
+        }
+    }
+
+    /// The user's kubeconfig (from `--kubeconfig`, KUBECONFIG or `~/.kube/config`).
+    pub fn load_kubeconfig(&self) -> Result<kube::config::Kubeconfig> {
+        Ok(kubeconfig::load(self.kubeconfig.as_deref())?)
+    }
+
+    /// Name of the primary's context: `--context` or the kubeconfig's current one.
+    pub fn context_name(&self) -> Result<String> {
+        let kc = self.load_kubeconfig()?;
+        Ok(kubeconfig::select(&kc, self.context.as_deref())?
+            .context
+            .to_owned())
+    }
+
+    /// A client for the primary cluster.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = self.load_kubeconfig()?;
+        Ok(kubeconfig::client(kc, self.context.as_deref()).await?)
+    }
+}
+
+/// What went wrong, with what to do about it ([`Error::hint`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A kubeconfig problem.
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::Error),
+    /// A rendering problem.
+    #[error(transparent)]
+    Render(#[from] render::Error),
+    /// A request to a cluster failed.
+    #[error("{action}")]
+    Kube {
+        /// What was being done, e.g. "cannot apply Namespace kubectl-mesh".
+        action: String,
+        /// Why it failed.
+        #[source]
+        source: kube::Error,
+    },
+    /// A local file or stream failed.
+    #[error("{what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Output could not be serialized.
+    #[error("cannot write {format}")]
+    Serialize {
+        /// JSON or YAML.
+        format: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Something did not happen in time.
+    #[error("timed out after {after} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        after: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The command refuses to go on; the user can change something and re-run it.
+    #[error("{what}")]
+    Refused {
+        /// What is wrong.
+        what: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A command whose body is not written yet.
+    #[error("`kubectl mesh {0}` is not implemented yet")]
+    NotImplemented(&'static str),
+}
+
+/// Result of the plugin.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps a kube error with what was being done: `.map_err(Error::kube("cannot apply X"))`.
+    pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let action = action.into();
+        move |source| Self::Kube { action, source }
+    }
+
+    /// What the user can do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            Self::Kubeconfig(e) => e.hint(),
+            Self::Render(e) => e.hint(),
+            Self::Kube { source, .. } => kube_hint(source),
+            Self::Io { .. } => "check the path and its permissions".into(),
+            Self::Serialize { .. } => {
+                "this is a bug in kubectl-mesh; please report it with the command you ran".into()
+            }
+            Self::Timeout { hint, .. } | Self::Refused { hint, .. } => hint.clone(),
+            Self::NotImplemented(_) => {
+                "use a newer kubectl-mesh, or `kubectl mesh --help` for what works today".into()
+            }
+        }
+    }
+
+    /// The whole error on one line: `<what went wrong>; <what to do>`. Causes are joined
+    /// with ": ", each said once (kube's errors repeat their source in their own message).
+    pub fn line(&self) -> String {
+        let mut what = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        if let Self::Kube { source, .. } = self {
+            what = format!("{what}: {}", describe_kube(source));
+            cause = None;
+        }
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !text.is_empty() && !what.contains(&text) {
+                what = format!("{what}: {text}");
+            }
+            cause = c.source();
+        }
+        format!("{}; {}", what.replace('\n', " "), self.hint())
+    }
+}
+
+/// A kube error in a few words: the apiserver's own message when it answered.
+pub fn describe_kube(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        kube::Error::Api(status) => format!("{} ({})", status.reason, status.code),
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                let t = c.to_string();
+                if !text.contains(&t) {
+                    text = format!("{text}: {t}");
+                }
+                cause = c.source();
+            }
+            text
+        }
+    }
+}
+
+fn kube_hint(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(s) if s.code == 401 => {
+            "the cluster did not accept the credentials; refresh them and check with \
+             `kubectl auth whoami`"
+                .into()
+        }
+        kube::Error::Api(s) if s.code == 403 => {
+            "this needs more rights on the cluster; check with `kubectl auth can-i --list`".into()
+        }
+        kube::Error::Api(s) if s.code == 404 => {
+            "is kubectl-mesh installed? run `kubectl mesh install`".into()
+        }
+        kube::Error::Api(s) if s.code == 409 => {
+            "something changed meanwhile; re-run the command".into()
+        }
+        kube::Error::Api(_) => {
+            "check the cluster's state with kubectl and re-run the command".into()
+        }
+        _ => "check that the cluster is reachable: `kubectl get --raw /readyz`".into(),
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments and runs the command on a fresh runtime.
+    pub fn parse_and_run() -> Result<()> {
+        let cli = Self::parse();
+        init_tracing();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            // A CLI waits on the network; two workers are plenty and start fast.
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                what: "cannot start the async runtime".into(),
+                source,
+            })?;
+        runtime.block_on(cli.run())
+    }
+
+    /// Runs the parsed command.
+    pub async fn run(self) -> Result<()> {
+        let Self { global, command } = self;
+        let ctx = Context::new(global);
+        match command {
+            Command::Install(c) => c.run(&ctx).await,
+            Command::Uninstall(c) => c.run(&ctx).await,
+            Command::Attach(c) => c.run(&ctx).await,
+            Command::Detach(c) => c.run(&ctx).await,
+            Command::List(c) => c.run(&ctx).await,
+            Command::Status(c) => c.run(&ctx).await,
+            Command::Sync(c) => c.run(&ctx).await,
+            Command::Check(c) => c.run(&ctx).await,
+            Command::Completion(c) => c.run(&ctx).await,
+        }
+    }
+}
+
+/// Logs go to stderr, off unless RUST_LOG asks for them: the CLI speaks through progress
+/// lines and errors, logs are for debugging.
+fn init_tracing() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("off"));
+    // Fails only if a subscriber is already set (tests); nothing to report then.
+    let _ = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses a duration flag: `90s`, `2m`, `1h30m`, or plain seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; use e.g. 90s, 2m or 1h30m"))?;
+    d.try_into()
+        .map_err(|_| format!("{s:?} must not be negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_snapshot() {
+        let mut cmd = Cli::command();
+        insta::assert_snapshot!("help", cmd.render_help().to_string());
+        for name in [
+            "install",
+            "uninstall",
+            "attach",
+            "detach",
+            "list",
+            "status",
+            "sync",
+            "check",
+            "completion",
+        ] {
+            let mut sub = Cli::command();
+            sub.build();
+            let sub = sub
+                .find_subcommand_mut(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"));
+            insta::assert_snapshot!(format!("help_{name}"), sub.render_help().to_string());
+        }
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli =
+            Cli::try_parse_from(["kubectl-mesh", "list", "-o", "json", "--context", "primary"])
+                .unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.context.as_deref(), Some("primary"));
+    }
+
+    #[test]
+    fn attach_flags() {
+        let cli = Cli::try_parse_from([
+            "kubectl-mesh",
+            "attach",
+            "remote.yaml",
+            "--remote-context",
+            "admin@east",
+            "--name",
+            "east",
+            "--remote-guard",
+            "deny",
+            "--dry-run",
+        ])
+        .unwrap();
+        let Command::Attach(a) = cli.command else {
+            panic!("not attach");
+        };
+        assert_eq!(a.kubeconfig, PathBuf::from("remote.yaml"));
+        assert_eq!(a.remote_guard, cmd::attach::RemoteGuardArg::Deny);
+        assert!(a.dry_run && !a.wait);
+    }
+
+    #[test]
+    fn sync_cluster_repeats() {
+        let cli = Cli::try_parse_from(["kubectl-mesh", "sync", "--cluster", "a", "--cluster", "b"])
+            .unwrap();
+        let Command::Sync(s) = cli.command else {
+            panic!("not sync");
+        };
+        assert_eq!(s.cluster, ["a", "b"]);
+    }
+
+    #[test]
+    fn error_line_has_what_and_hint() {
+        let err = Error::from(kubeconfig::Error::NoCurrentContext);
+        assert_eq!(
+            err.line(),
+            "the kubeconfig has no current context; pass --context, or run \
+             `kubectl config use-context <name>`"
+        );
+        let err = Error::Kube {
+            action: "cannot apply Namespace kubectl-mesh".into(),
+            source: kube::Error::Api(
+                kube::core::Status::failure("namespaces is forbidden", "Forbidden")
+                    .with_code(403)
+                    .boxed(),
+            ),
+        };
+        assert_eq!(
+            err.line(),
+            "cannot apply Namespace kubectl-mesh: namespaces is forbidden; this needs more \
+             rights on the cluster; check with `kubectl auth can-i --list`"
+        );
+        let err = Error::Io {
+            what: "cannot write /x/tls.key".into(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "No such file"),
+        };
+        assert_eq!(
+            err.line(),
+            "cannot write /x/tls.key: No such file; check the path and its permissions"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
+        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,310 @@
+//! What the plugin prints: `-o table|wide|json|yaml` on stdout, progress lines on stderr.
+//!
+//! Results go to stdout and nothing else does, so `kubectl mesh list -o json | jq` works;
+//! progress, warnings and errors go to stderr. Colour is used only when the stream is a
+//! terminal, so captured output and CI logs stay plain.
+
+use std::io::{IsTerminal, Write};
+
+use clap::ValueEnum;
+use comfy_table::{ContentArrangement, Table, presets::NOTHING};
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// Output format of `-o/--output`, shaped like kubectl's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Columns with the essential fields.
+    #[default]
+    Table,
+    /// Columns with every field worth a column.
+    Wide,
+    /// JSON: one object, or a `List` of objects.
+    Json,
+    /// YAML: one document per object.
+    Yaml,
+}
+
+impl OutputFormat {
+    /// Whether the format is a table (`table` or `wide`).
+    pub fn is_table(self) -> bool {
+        matches!(self, Self::Table | Self::Wide)
+    }
+}
+
+/// A row type that can be printed as a kubectl-like table.
+pub trait Tabular {
+    /// Column headers; `wide` adds the columns of `-o wide`. Written in any case, printed
+    /// in upper case.
+    fn headers(wide: bool) -> Vec<&'static str>;
+    /// The cells of this row, in the order of [`Tabular::headers`].
+    fn row(&self, wide: bool) -> Vec<String>;
+}
+
+/// Renders rows as kubectl renders them: no borders, upper-case headers, three spaces
+/// between columns, no trailing blanks.
+pub fn table<I, R>(headers: &[&str], rows: I) -> String
+where
+    I: IntoIterator<Item = R>,
+    R: IntoIterator<Item = String>,
+{
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        // kubectl never wraps cells; a wrapped table cannot be read by `awk` or a person.
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.iter().map(|h| h.to_uppercase()));
+    for row in rows {
+        table.add_row(row.into_iter().collect::<Vec<_>>());
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 3));
+    }
+    let mut text = table
+        .lines()
+        .map(|line| line.trim_end().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
+    text
+}
+
+/// Renders items in the given format: a table of [`Tabular`] rows, a JSON `List`, or
+/// multi-document YAML.
+pub fn render_list<T: Serialize + Tabular>(format: OutputFormat, items: &[T]) -> Result<String> {
+    match format {
+        OutputFormat::Table | OutputFormat::Wide => {
+            let wide = format == OutputFormat::Wide;
+            Ok(table(&T::headers(wide), items.iter().map(|i| i.row(wide))))
+        }
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let values = items
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| Error::Serialize {
+                    format: "JSON",
+                    source: Box::new(source),
+                })?;
+            render_values(format, &values)
+        }
+    }
+}
+
+/// Renders serialized objects as JSON (one object, or a kubectl-style `List`) or as
+/// multi-document YAML. Table formats fall back to YAML: callers that have a table print
+/// it themselves.
+pub fn render_values(format: OutputFormat, values: &[serde_json::Value]) -> Result<String> {
+    match format {
+        OutputFormat::Json => {
+            let doc = match values {
+                [one] => one.clone(),
+                many => serde_json::json!({
+                    "apiVersion": "v1",
+                    "kind": "List",
+                    "items": many,
+                }),
+            };
+            let mut text =
+                serde_json::to_string_pretty(&doc).map_err(|source| Error::Serialize {
+                    format: "JSON",
+                    source: Box::new(source),
+                })?;
+            text.push('\n');
+            Ok(text)
+        }
+        OutputFormat::Yaml | OutputFormat::Table | OutputFormat::Wide => yaml_documents(values),
+    }
+}
+
+/// Joins values into one YAML stream, `---` between documents.
+pub fn yaml_documents<T: Serialize>(values: &[T]) -> Result<String> {
+    let docs = values
+        .iter()
+        .map(serde_yaml::to_string)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::Serialize {
+            format: "YAML",
+            source: Box::new(source),
+        })?;
+    Ok(docs.join("---\n"))
+}
+
+/// Writes a result to stdout. A closed pipe (`| head`) is not an error worth a message.
+pub fn print_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|source| Error::Io {
+            what: "cannot write to stdout".into(),
+            source,
+        }),
+    }
+}
+
+/// Progress lines on stderr: `✓ Namespace kubectl-mesh applied`.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    color: bool,
+    quiet: bool,
+}
+
+impl Progress {
+    /// Progress on stderr, coloured when stderr is a terminal and `NO_COLOR` is unset.
+    pub fn stderr() -> Self {
+        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Self {
+            color,
+            quiet: false,
+        }
+    }
+
+    /// Progress that prints nothing (tests, and commands whose stdout is the point).
+    pub fn quiet() -> Self {
+        Self {
+            color: false,
+            quiet: true,
+        }
+    }
+
+    /// Whether lines are coloured.
+    pub fn is_color(&self) -> bool {
+        self.color
+    }
+
+    /// A step that succeeded.
+    pub fn ok(&self, msg: impl std::fmt::Display) {
+        self.line("✓", GREEN, msg);
+    }
+
+    /// A step that is under way or a neutral fact.
+    pub fn info(&self, msg: impl std::fmt::Display) {
+        self.line("•", BLUE, msg);
+    }
+
+    /// Something the user should know about but that did not stop the command.
+    pub fn warn(&self, msg: impl std::fmt::Display) {
+        self.line("!", YELLOW, msg);
+    }
+
+    /// A step that failed while the command goes on.
+    pub fn fail(&self, msg: impl std::fmt::Display) {
+        self.line("✗", RED, msg);
+    }
+
+    /// The text of one line, as [`Progress::ok`] and friends print it.
+    pub fn format(&self, mark: &str, color: &str, msg: impl std::fmt::Display) -> String {
+        if self.color {
+            format!("{color}{mark}{RESET} {msg}")
+        } else {
+            format!("{mark} {msg}")
+        }
+    }
+
+    fn line(&self, mark: &str, color: &str, msg: impl std::fmt::Display) {
+        if self.quiet {
+            return;
+        }
+        // A failed write to stderr has nowhere to be reported; progress is best effort.
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{}",
+            self.format(mark, color, msg)
+        );
+    }
+}
+
+/// ANSI colours of the progress marks.
+pub const GREEN: &str = "\x1b[32m";
+/// Warnings.
+pub const YELLOW: &str = "\x1b[33m";
+/// Failures.
+pub const RED: &str = "\x1b[31m";
+/// Neutral steps.
+pub const BLUE: &str = "\x1b[34m";
+/// Back to the terminal's default.
+pub const RESET: &str = "\x1b[0m";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Row {
+        name: &'static str,
+        server: &'static str,
+    }
+
+    impl Tabular for Row {
+        fn headers(wide: bool) -> Vec<&'static str> {
+            if wide {
+                vec!["name", "server"]
+            } else {
+                vec!["name"]
+            }
+        }
+        fn row(&self, wide: bool) -> Vec<String> {
+            let mut r = vec![self.name.to_owned()];
+            if wide {
+                r.push(self.server.to_owned());
+            }
+            r
+        }
+    }
+
+    const ROWS: [Row; 2] = [
+        Row {
+            name: "east",
+            server: "https://127.0.0.1:6443",
+        },
+        Row {
+            name: "west-long-name",
+            server: "https://10.0.0.1",
+        },
+    ];
+
+    #[test]
+    fn table_is_kubectl_like() {
+        let text = render_list(OutputFormat::Wide, &ROWS).unwrap();
+        assert_eq!(
+            text,
+            "NAME             SERVER\n\
+             east             https://127.0.0.1:6443\n\
+             west-long-name   https://10.0.0.1\n"
+        );
+        let text = render_list(OutputFormat::Table, &ROWS).unwrap();
+        assert_eq!(text, "NAME\neast\nwest-long-name\n");
+    }
+
+    #[test]
+    fn json_list_and_single_object() {
+        let text = render_list(OutputFormat::Json, &ROWS).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["kind"], "List");
+        assert_eq!(v["items"][1]["name"], "west-long-name");
+        let text = render_list(OutputFormat::Json, &ROWS[..1]).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["name"], "east");
+    }
+
+    #[test]
+    fn yaml_is_multi_document() {
+        let text = render_list(OutputFormat::Yaml, &ROWS).unwrap();
+        assert_eq!(
+            text,
+            "name: east\nserver: https://127.0.0.1:6443\n---\nname: west-long-name\nserver: https://10.0.0.1\n"
+        );
+    }
+
+    #[test]
+    fn progress_colour_only_when_asked() {
+        let plain = Progress::quiet();
+        assert_eq!(plain.format("✓", GREEN, "done"), "✓ done");
+        let color = Progress {
+            color: true,
+            quiet: false,
+        };
+        assert_eq!(color.format("✓", GREEN, "done"), "\x1b[32m✓\x1b[0m done");
+    }
+}

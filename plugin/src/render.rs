@@ -1,0 +1,1152 @@
+//! Every object `kubectl mesh install` applies on the primary, rendered without a cluster.
+//!
+//! The same functions produce the files under `manifests/` (checked for drift by a test), the
+//! output of `install --dry-run`, and what `install` applies, so the three cannot disagree.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        admissionregistration::v1::{
+            MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+            ServiceReference, WebhookClientConfig,
+        },
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
+            ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+            Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+        },
+        rbac::v1::{
+            ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+        },
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{CustomResourceExt, Resource, core::ApiResource};
+use mesh::{MANAGER, MESH_NAMESPACE, cluster::MeshCluster};
+use serde::Serialize;
+
+/// Name of the webhook's ServiceAccount, Deployment, Service and Role.
+pub const WEBHOOK: &str = "mesh-webhook";
+/// Secret holding the webhook's serving certificate, key and CA.
+pub const TLS_SECRET: &str = "mesh-webhook-tls";
+/// Name of the MutatingWebhookConfiguration.
+pub const WEBHOOK_CONFIGURATION: &str = "kubectl-mesh";
+/// Name of the one webhook inside it (must be a qualified name).
+pub const WEBHOOK_ENTRY: &str = "namespaces.kubectl-mesh.io";
+/// ClusterRole and ClusterRoleBinding of the webhook (cluster-scoped names are prefixed to
+/// stay clear of other software's).
+pub const CLUSTER_ROLE: &str = "kubectl-mesh:mesh-webhook";
+/// Field manager of every server-side apply kubectl-mesh makes.
+pub const FIELD_MANAGER: &str = MANAGER;
+/// Port the webhook serves on, in its pod and when run locally.
+pub const WEBHOOK_PORT: i32 = 8443;
+/// Path of the admission endpoint.
+pub const MUTATE_PATH: &str = "/mutate";
+/// Where the Deployment mounts [`TLS_SECRET`]; the webhook's `--cert-dir`.
+pub const CERT_DIR: &str = "/etc/mesh-webhook/tls";
+/// Image of the webhook when `--image` is not given.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/kubectl-mesh/mesh-webhook:v",
+    env!("CARGO_PKG_VERSION")
+);
+/// Annotation on [`TLS_SECRET`]: the SANs its certificate covers, comma-separated, so a
+/// re-run of install can tell whether it may reuse it without parsing X.509.
+pub const SANS_ANNOTATION: &str = "kubectl-mesh.io/serving-cert-sans";
+/// Annotation on [`TLS_SECRET`]: when its certificate expires (RFC 3339).
+pub const NOT_AFTER_ANNOTATION: &str = "kubectl-mesh.io/serving-cert-not-after";
+
+/// Keys of [`TLS_SECRET`]; also the file names `--webhook-cert-dir` writes.
+pub const TLS_CRT: &str = "tls.crt";
+/// Private key of the serving certificate.
+pub const TLS_KEY: &str = "tls.key";
+/// CA that signed the serving certificate (the webhook configuration's caBundle).
+pub const CA_CRT: &str = "ca.crt";
+
+/// What went wrong while rendering.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--webhook-url` is not usable by the apiserver.
+    #[error("invalid --webhook-url {url:?}: {why}")]
+    WebhookUrl {
+        /// The URL given.
+        url: String,
+        /// Which rule it breaks.
+        why: &'static str,
+    },
+    /// Key or certificate generation failed.
+    #[error("cannot generate the webhook's serving certificate")]
+    Certificate(#[source] rcgen::Error),
+    /// An object could not be serialized.
+    #[error("cannot serialize {what}")]
+    Serialize {
+        /// The object.
+        what: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// What the user can do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            Self::WebhookUrl { .. } => "pass an https URL without user, query or fragment, \
+                e.g. https://127.0.0.1:8443 (the path defaults to /mutate)"
+                .into(),
+            Self::Certificate(_) | Self::Serialize { .. } => {
+                "this is a bug in kubectl-mesh; please report it with the command you ran".into()
+            }
+        }
+    }
+}
+
+/// Result of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the apiserver reaches the webhook when it does not run in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// The full URL, path included.
+    pub url: String,
+    /// Its host: a DNS name or an IP address (IPv6 without brackets).
+    pub host: String,
+}
+
+impl WebhookUrl {
+    /// Parses `--webhook-url`: `https://host[:port][/path]`, the path defaulting to `/mutate`.
+    pub fn parse(url: &str) -> Result<Self> {
+        let bad = |why| Error::WebhookUrl {
+            url: url.to_owned(),
+            why,
+        };
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| bad("the apiserver calls webhooks over https only"))?;
+        if rest.contains(['?', '#']) {
+            return Err(bad("webhook URLs may not carry a query or fragment"));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if authority.contains('@') {
+            return Err(bad("webhook URLs may not carry a user"));
+        }
+        let host = if let Some(v6) = authority.strip_prefix('[') {
+            let end = v6
+                .find(']')
+                .ok_or_else(|| bad("unclosed '[' in the host"))?;
+            &v6[..end]
+        } else {
+            authority.split(':').next().unwrap_or_default()
+        };
+        if host.is_empty() {
+            return Err(bad("it has no host"));
+        }
+        let url = if path.is_empty() || path == "/" {
+            format!("https://{authority}{MUTATE_PATH}")
+        } else {
+            url.to_owned()
+        };
+        Ok(Self {
+            url,
+            host: host.to_owned(),
+        })
+    }
+
+    /// Whether the host is an IP address (it then needs an IP SAN, not a DNS one).
+    pub fn is_ip(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+}
+
+/// What can vary between installations.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Image of the webhook.
+    pub image: String,
+    /// Replicas of the webhook Deployment.
+    pub replicas: i32,
+    /// Reach the webhook at this URL instead of through its Service; no Deployment or
+    /// Service is rendered then (the webhook runs elsewhere, e.g. as a local process).
+    pub webhook_url: Option<WebhookUrl>,
+    /// Labels whose changes are sent to the webhook.
+    pub managed_labels: Vec<String>,
+    /// Namespaces whose changes are never sent to the webhook.
+    pub excluded_namespaces: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            image: DEFAULT_IMAGE.to_owned(),
+            replicas: 2,
+            webhook_url: None,
+            managed_labels: mesh::labels::DEFAULT_MANAGED_LABELS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            excluded_namespaces: mesh::labels::DEFAULT_EXCLUDED_NAMESPACES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// One object to apply: its API coordinates and its body.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    /// Group, version, kind and plural, for a dynamic `Api`.
+    pub resource: ApiResource,
+    /// Namespace of a namespaced object.
+    pub namespace: Option<String>,
+    /// Name of the object.
+    pub name: String,
+    /// The object, `apiVersion` and `kind` included.
+    pub object: serde_json::Value,
+}
+
+impl Manifest {
+    /// Wraps a typed object.
+    pub fn new<K>(obj: &K) -> Result<Self>
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let object = serde_json::to_value(obj).map_err(|source| Error::Serialize {
+            what: format!("{} {name}", K::kind(&())),
+            source,
+        })?;
+        Ok(Self {
+            resource: ApiResource::erase::<K>(&()),
+            namespace: obj.meta().namespace.clone(),
+            name,
+            object,
+        })
+    }
+
+    /// `Kind name`, as progress lines show it.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.resource.kind, self.name)
+    }
+}
+
+/// Labels on everything install creates.
+fn labels(component: Option<&str>) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        ("app.kubernetes.io/part-of".to_owned(), MANAGER.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            MANAGER.to_owned(),
+        ),
+    ]);
+    if let Some(c) = component {
+        l.insert("app.kubernetes.io/name".to_owned(), c.to_owned());
+    }
+    l
+}
+
+/// Labels that select the webhook's pods: stable, because a Deployment's selector is immutable.
+fn selector_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app.kubernetes.io/name".to_owned(), WEBHOOK.to_owned())])
+}
+
+fn meta(name: &str, namespace: Option<&str>, component: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels(component)),
+        ..Default::default()
+    }
+}
+
+fn strings(items: &[&str]) -> Option<Vec<String>> {
+    Some(items.iter().map(|s| (*s).to_owned()).collect())
+}
+
+/// The MeshCluster CustomResourceDefinition.
+pub fn crd() -> CustomResourceDefinition {
+    let mut crd = MeshCluster::crd();
+    crd.metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(labels(None));
+    crd
+}
+
+/// The mesh's namespace on the primary.
+pub fn namespace() -> Namespace {
+    Namespace {
+        metadata: meta(MESH_NAMESPACE, None, None),
+        ..Default::default()
+    }
+}
+
+/// The webhook's ServiceAccount.
+pub fn service_account() -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
+        ..Default::default()
+    }
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: strings(groups),
+        resources: strings(resources),
+        verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// What the webhook may do cluster-wide: read and label namespaces, keep MeshCluster status,
+/// and record Events (those about namespaces land in `default`, so this is cluster-wide).
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(CLUSTER_ROLE, None, Some(WEBHOOK)),
+        rules: Some(vec![
+            rule(&[""], &["namespaces"], &["get", "list", "watch", "patch"]),
+            rule(
+                &[mesh::GROUP],
+                &["meshclusters", "meshclusters/status"],
+                &["get", "list", "watch", "patch", "update"],
+            ),
+            rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn webhook_subject() -> Subject {
+    Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: WEBHOOK.to_owned(),
+        namespace: Some(MESH_NAMESPACE.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Binds [`cluster_role`] to the webhook's ServiceAccount.
+pub fn cluster_role_binding() -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(CLUSTER_ROLE, None, Some(WEBHOOK)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: CLUSTER_ROLE.to_owned(),
+        },
+        subjects: Some(vec![webhook_subject()]),
+    }
+}
+
+/// What the webhook may do in the mesh namespace only: read the kubeconfig Secrets of
+/// attached clusters (never Secrets elsewhere) and hold its leader-election Lease.
+pub fn role() -> Role {
+    Role {
+        metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
+        rules: Some(vec![
+            rule(&[""], &["secrets"], &["get", "list", "watch"]),
+            rule(
+                &["coordination.k8s.io"],
+                &["leases"],
+                &["get", "create", "update"],
+            ),
+        ]),
+    }
+}
+
+/// Binds [`role`] to the webhook's ServiceAccount.
+pub fn role_binding() -> RoleBinding {
+    RoleBinding {
+        metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: WEBHOOK.to_owned(),
+        },
+        subjects: Some(vec![webhook_subject()]),
+    }
+}
+
+/// The webhook's serving certificate, its key, and the CA that signed it (all PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServingCert {
+    /// CA certificate: the webhook configuration's caBundle.
+    pub ca_pem: String,
+    /// Serving certificate.
+    pub cert_pem: String,
+    /// Private key of the serving certificate.
+    pub key_pem: String,
+    /// DNS names and IP addresses the certificate covers.
+    pub sans: Vec<String>,
+    /// When it expires (RFC 3339), if known.
+    pub not_after: Option<String>,
+}
+
+impl std::fmt::Debug for ServingCert {
+    // The key never goes to logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingCert")
+            .field("sans", &self.sans)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The names the serving certificate must cover: the Service's, and the host of
+/// `--webhook-url` when given.
+pub fn serving_sans(webhook_url: Option<&WebhookUrl>) -> Vec<String> {
+    let mut sans = vec![
+        format!("{WEBHOOK}.{MESH_NAMESPACE}.svc"),
+        format!("{WEBHOOK}.{MESH_NAMESPACE}.svc.cluster.local"),
+    ];
+    if let Some(url) = webhook_url
+        && !sans.contains(&url.host)
+    {
+        sans.push(url.host.clone());
+    }
+    sans
+}
+
+/// Years a generated CA and serving certificate are valid. Long, because nothing rotates
+/// them automatically yet; `install --rotate-certs` replaces them on demand and a re-run of
+/// install replaces them in their last 30 days.
+const CERT_YEARS: i16 = 10;
+
+/// Generates a CA and a serving certificate for `sans` (IP addresses become IP SANs).
+pub fn generate_serving_cert(sans: &[String]) -> Result<ServingCert> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    // A day of slack for clocks behind ours; the end on the same day years later (the 28th
+    // at most, so that it exists in every month).
+    let start = today.yesterday().unwrap_or(today);
+    let end_year = today.year().saturating_add(CERT_YEARS);
+    let end_day = today.day().min(28);
+    let not_before = rcgen::date_time_ymd(
+        i32::from(start.year()),
+        start.month().unsigned_abs(),
+        start.day().unsigned_abs(),
+    );
+    let not_after = rcgen::date_time_ymd(
+        i32::from(end_year),
+        today.month().unsigned_abs(),
+        end_day.unsigned_abs(),
+    );
+
+    let ca_key = KeyPair::generate().map_err(Error::Certificate)?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "kubectl-mesh webhook CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = not_before;
+    ca.not_after = not_after;
+    let ca_cert = ca.self_signed(&ca_key).map_err(Error::Certificate)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let key = KeyPair::generate().map_err(Error::Certificate)?;
+    let mut leaf = CertificateParams::new(sans.to_vec()).map_err(Error::Certificate)?;
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        format!("{WEBHOOK}.{MESH_NAMESPACE}.svc"),
+    );
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.not_before = not_before;
+    leaf.not_after = not_after;
+    let cert = leaf.signed_by(&key, &issuer).map_err(Error::Certificate)?;
+
+    let not_after = jiff::civil::date(end_year, today.month(), end_day)
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp().to_string());
+    Ok(ServingCert {
+        ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        sans: sans.to_vec(),
+        not_after,
+    })
+}
+
+impl ServingCert {
+    /// Reads a certificate back from [`TLS_SECRET`]; `None` when a key is missing.
+    pub fn from_secret(secret: &Secret) -> Option<Self> {
+        let data = secret.data.as_ref()?;
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .filter(|s| !s.is_empty())
+        };
+        let annotations = secret.metadata.annotations.as_ref();
+        let annotation = |key: &str| annotations.and_then(|a| a.get(key)).cloned();
+        Some(Self {
+            ca_pem: text(CA_CRT)?,
+            cert_pem: text(TLS_CRT)?,
+            key_pem: text(TLS_KEY)?,
+            sans: annotation(SANS_ANNOTATION)
+                .map(|s| {
+                    s.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            not_after: annotation(NOT_AFTER_ANNOTATION),
+        })
+    }
+
+    /// Why this certificate cannot be reused for `sans` at time `now`, if it cannot: a SAN
+    /// it does not cover, or an expiry within 30 days (or unknown).
+    pub fn reuse_problem(&self, sans: &[String], now: jiff::Timestamp) -> Option<String> {
+        if let Some(missing) = sans.iter().find(|s| !self.sans.contains(s)) {
+            return Some(format!("it does not cover {missing}"));
+        }
+        let Some(not_after) = self
+            .not_after
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            return Some("its expiry is unknown".into());
+        };
+        let margin = jiff::SignedDuration::from_hours(24 * 30);
+        if not_after.duration_since(now) < margin {
+            return Some(format!("it expires at {not_after}"));
+        }
+        None
+    }
+}
+
+/// The Secret holding the serving certificate. `kubernetes.io/tls` plus `ca.crt`, as
+/// cert-manager writes them, so other tools read it too.
+pub fn tls_secret(cert: &ServingCert) -> Secret {
+    let mut metadata = meta(TLS_SECRET, Some(MESH_NAMESPACE), Some(WEBHOOK));
+    let mut annotations = BTreeMap::from([(SANS_ANNOTATION.to_owned(), cert.sans.join(","))]);
+    if let Some(t) = &cert.not_after {
+        annotations.insert(NOT_AFTER_ANNOTATION.to_owned(), t.clone());
+    }
+    metadata.annotations = Some(annotations);
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata,
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(BTreeMap::from([
+            (TLS_CRT.to_owned(), bytes(&cert.cert_pem)),
+            (TLS_KEY.to_owned(), bytes(&cert.key_pem)),
+            (CA_CRT.to_owned(), bytes(&cert.ca_pem)),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Arguments of the webhook container.
+pub fn webhook_args() -> Vec<String> {
+    vec![
+        format!("--cert-dir={CERT_DIR}"),
+        format!("--listen=0.0.0.0:{WEBHOOK_PORT}"),
+    ]
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn https_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("https".to_owned()),
+            scheme: Some("HTTPS".to_owned()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// The webhook Deployment: non-root, read-only root filesystem, no capabilities; the
+/// serving certificate mounted from [`TLS_SECRET`] (the webhook reloads it when it changes).
+pub fn deployment(options: &Options) -> Deployment {
+    let mut pod_labels = labels(Some(WEBHOOK));
+    pod_labels.extend(selector_labels());
+    let container = Container {
+        name: WEBHOOK.to_owned(),
+        image: Some(options.image.clone()),
+        args: Some(webhook_args()),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            EnvVar {
+                name: "RUST_LOG".to_owned(),
+                value: Some("info".to_owned()),
+                ..Default::default()
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("https".to_owned()),
+            container_port: WEBHOOK_PORT,
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(https_probe("/readyz", 5)),
+        liveness_probe: Some(https_probe("/healthz", 10)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity("50m".to_owned())),
+                ("memory".to_owned(), Quantity("64Mi".to_owned())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("256Mi".to_owned()),
+            )])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: strings(&["ALL"]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tls".to_owned(),
+            mount_path: CERT_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(options.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(WEBHOOK.to_owned()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        // The distroless "nonroot" user; a numeric id lets the kubelet check
+                        // runAsNonRoot without reading the image.
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "tls".to_owned(),
+                        secret: Some(SecretVolumeSource {
+                            secret_name: Some(TLS_SECRET.to_owned()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The webhook Service: 443 in front of the pods' 8443.
+pub fn service() -> Service {
+    Service {
+        metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels()),
+            ports: Some(vec![ServicePort {
+                name: Some("https".to_owned()),
+                port: 443,
+                target_port: Some(IntOrString::String("https".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A CEL string literal.
+fn cel_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Stands for a missing label in CEL comparisons. Not a valid label value (those hold only
+/// alphanumerics, '-', '_' and '.'), so it never equals a real one.
+const CEL_ABSENT: &str = "<absent>";
+
+/// CEL: the value of label `key` on `var` (`object` or `oldObject`), or [`CEL_ABSENT`].
+/// `object` is null on DELETE and `oldObject` on CREATE, and a namespace may have no labels
+/// map at all: the guards come first, and CEL's `&&` yields false without evaluating (or
+/// despite errors in) the rest once a guard is false.
+fn cel_label_value(var: &str, key: &str) -> String {
+    let k = cel_str(key);
+    format!(
+        "({var} != null && has({var}.metadata.labels) && {k} in {var}.metadata.labels \
+         ? {var}.metadata.labels[{k}] : {})",
+        cel_str(CEL_ABSENT)
+    )
+}
+
+/// CEL: label `key` was added, removed, or changed value by this request. Covers CREATE (no
+/// old object) and DELETE (no new object) too: the label is absent on one side there.
+pub fn cel_label_changed(key: &str) -> String {
+    format!(
+        "{} != {}",
+        cel_label_value("object", key),
+        cel_label_value("oldObject", key)
+    )
+}
+
+/// The matchConditions that let the apiserver skip the webhook entirely unless a managed
+/// label changes on a namespace that is not excluded. All conditions must hold for a call.
+pub fn match_conditions(managed_labels: &[String], excluded: &[String]) -> Vec<MatchCondition> {
+    let mut conditions = Vec::new();
+    if !excluded.is_empty() {
+        let list = excluded
+            .iter()
+            .map(|n| cel_str(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        conditions.push(MatchCondition {
+            name: "not-excluded-namespace".to_owned(),
+            expression: format!("!(request.name in [{list}])"),
+        });
+    }
+    let changed = managed_labels
+        .iter()
+        .map(|k| cel_label_changed(k))
+        .collect::<Vec<_>>()
+        .join(" ||\n");
+    conditions.push(MatchCondition {
+        name: "managed-label-changed".to_owned(),
+        expression: changed,
+    });
+    conditions
+}
+
+/// The MutatingWebhookConfiguration. `ca_bundle` is the CA's PEM; `None` renders the
+/// configuration without one (the static manifests, which cannot know the CA).
+pub fn mutating_webhook_configuration(
+    options: &Options,
+    ca_bundle: Option<&[u8]>,
+) -> MutatingWebhookConfiguration {
+    let client_config = WebhookClientConfig {
+        ca_bundle: ca_bundle.map(|b| ByteString(b.to_vec())),
+        service: match &options.webhook_url {
+            Some(_) => None,
+            None => Some(ServiceReference {
+                namespace: MESH_NAMESPACE.to_owned(),
+                name: WEBHOOK.to_owned(),
+                path: Some(MUTATE_PATH.to_owned()),
+                port: Some(443),
+            }),
+        },
+        url: options.webhook_url.as_ref().map(|u| u.url.clone()),
+    };
+    MutatingWebhookConfiguration {
+        metadata: meta(WEBHOOK_CONFIGURATION, None, Some(WEBHOOK)),
+        webhooks: Some(vec![MutatingWebhook {
+            name: WEBHOOK_ENTRY.to_owned(),
+            admission_review_versions: vec!["v1".to_owned()],
+            client_config,
+            rules: Some(vec![RuleWithOperations {
+                api_groups: strings(&[""]),
+                api_versions: strings(&["v1"]),
+                operations: strings(&["CREATE", "UPDATE", "DELETE"]),
+                resources: strings(&["namespaces"]),
+                scope: Some("Cluster".to_owned()),
+            }]),
+            match_conditions: Some(match_conditions(
+                &options.managed_labels,
+                &options.excluded_namespaces,
+            )),
+            // Label sync must never block an edit of the primary: the reconciler catches up.
+            failure_policy: Some("Ignore".to_owned()),
+            match_policy: Some("Equivalent".to_owned()),
+            // Pushes to remotes are side effects, skipped when the request is a dry run.
+            side_effects: "NoneOnDryRun".to_owned(),
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("Never".to_owned()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Everything `install` applies, in the order it applies them: the CRD and namespace first,
+/// then RBAC and the certificate the pods need, the webhook itself, and the webhook
+/// configuration last so that the apiserver calls a webhook that exists.
+pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
+    let mut out = vec![
+        Manifest::new(&crd())?,
+        Manifest::new(&namespace())?,
+        Manifest::new(&service_account())?,
+        Manifest::new(&cluster_role())?,
+        Manifest::new(&cluster_role_binding())?,
+        Manifest::new(&role())?,
+        Manifest::new(&role_binding())?,
+        Manifest::new(&tls_secret(cert))?,
+    ];
+    if options.webhook_url.is_none() {
+        out.push(Manifest::new(&deployment(options))?);
+        out.push(Manifest::new(&service())?);
+    }
+    out.push(Manifest::new(&mutating_webhook_configuration(
+        options,
+        Some(cert.ca_pem.as_bytes()),
+    ))?);
+    Ok(out)
+}
+
+/// Everything `uninstall` deletes, in the order it deletes them: the webhook configuration
+/// first so that the apiserver stops calling, the namespace (and with it anything left in
+/// it) near the end, the CRD (and with it every MeshCluster) only when asked.
+pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
+    let options = Options::default();
+    let mut out = vec![
+        Manifest::new(&mutating_webhook_configuration(&options, None))?,
+        Manifest::new(&service())?,
+        Manifest::new(&deployment(&options))?,
+        Manifest::new(&role_binding())?,
+        Manifest::new(&role())?,
+        Manifest::new(&cluster_role_binding())?,
+        Manifest::new(&cluster_role())?,
+        Manifest::new(&service_account())?,
+        Manifest::new(&Secret {
+            metadata: meta(TLS_SECRET, Some(MESH_NAMESPACE), Some(WEBHOOK)),
+            ..Default::default()
+        })?,
+        Manifest::new(&namespace())?,
+    ];
+    if with_crd {
+        out.push(Manifest::new(&crd())?);
+    }
+    Ok(out)
+}
+
+/// The files of `manifests/`: file name and its objects, with the default options and no
+/// certificate (the Secret and the caBundle are generated at install time).
+pub fn static_manifests() -> Result<Vec<(&'static str, Vec<Manifest>)>> {
+    let options = Options::default();
+    Ok(vec![
+        ("crd.yaml", vec![Manifest::new(&crd())?]),
+        ("namespace.yaml", vec![Manifest::new(&namespace())?]),
+        (
+            "rbac.yaml",
+            vec![
+                Manifest::new(&service_account())?,
+                Manifest::new(&cluster_role())?,
+                Manifest::new(&cluster_role_binding())?,
+                Manifest::new(&role())?,
+                Manifest::new(&role_binding())?,
+            ],
+        ),
+        (
+            "deployment.yaml",
+            vec![Manifest::new(&deployment(&options))?],
+        ),
+        ("service.yaml", vec![Manifest::new(&service())?]),
+        (
+            "webhook.yaml",
+            vec![Manifest::new(&mutating_webhook_configuration(
+                &options, None,
+            ))?],
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed_cert() -> ServingCert {
+        ServingCert {
+            ca_pem: "-----BEGIN CERTIFICATE-----\nTEST-CA\n-----END CERTIFICATE-----\n".into(),
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+            sans: serving_sans(None),
+            not_after: Some("2035-01-01T00:00:00Z".into()),
+        }
+    }
+
+    #[test]
+    fn webhook_url_parsing() {
+        let u = WebhookUrl::parse("https://127.0.0.1:9443").unwrap();
+        assert_eq!(u.url, "https://127.0.0.1:9443/mutate");
+        assert_eq!(u.host, "127.0.0.1");
+        assert!(u.is_ip());
+        let u = WebhookUrl::parse("https://[::1]:9443/hook").unwrap();
+        assert_eq!(
+            (u.url.as_str(), u.host.as_str()),
+            ("https://[::1]:9443/hook", "::1")
+        );
+        assert!(u.is_ip());
+        let u = WebhookUrl::parse("https://webhook.example.com/").unwrap();
+        assert_eq!(u.url, "https://webhook.example.com/mutate");
+        assert!(!u.is_ip());
+        for bad in [
+            "http://127.0.0.1",
+            "https://",
+            "https://a/b?c",
+            "https://u@h",
+            "https://[::1",
+        ] {
+            let err = WebhookUrl::parse(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("invalid --webhook-url"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn sans_include_url_host() {
+        let url = WebhookUrl::parse("https://127.0.0.1:9443").unwrap();
+        assert_eq!(
+            serving_sans(Some(&url)),
+            [
+                "mesh-webhook.kubectl-mesh.svc",
+                "mesh-webhook.kubectl-mesh.svc.cluster.local",
+                "127.0.0.1"
+            ]
+        );
+    }
+
+    #[test]
+    fn generated_cert_round_trips_through_secret() {
+        let url = WebhookUrl::parse("https://127.0.0.1:9443").unwrap();
+        let sans = serving_sans(Some(&url));
+        let cert = generate_serving_cert(&sans).unwrap();
+        assert!(cert.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(cert.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(cert.key_pem.contains("PRIVATE KEY"));
+        assert_ne!(cert.ca_pem, cert.cert_pem);
+        let secret = tls_secret(&cert);
+        assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+        let back = ServingCert::from_secret(&secret).unwrap();
+        assert_eq!(back, cert);
+        let now = jiff::Timestamp::now();
+        assert_eq!(back.reuse_problem(&sans, now), None);
+        assert_eq!(
+            back.reuse_problem(&["10.0.0.1".to_owned()], now).as_deref(),
+            Some("it does not cover 10.0.0.1")
+        );
+        let later = now + jiff::SignedDuration::from_hours(24 * 365 * 10);
+        assert!(
+            back.reuse_problem(&sans, later)
+                .unwrap()
+                .starts_with("it expires")
+        );
+        assert!(!format!("{cert:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn incomplete_secret_is_not_reused() {
+        let mut secret = tls_secret(&fixed_cert());
+        secret.data.as_mut().unwrap().remove(TLS_KEY);
+        assert!(ServingCert::from_secret(&secret).is_none());
+    }
+
+    #[test]
+    fn match_conditions_cover_every_managed_label() {
+        let options = Options::default();
+        let conditions = match_conditions(&options.managed_labels, &options.excluded_namespaces);
+        let changed = conditions
+            .iter()
+            .find(|c| c.name == "managed-label-changed")
+            .unwrap();
+        for label in mesh::labels::DEFAULT_MANAGED_LABELS {
+            for var in ["object", "oldObject"] {
+                let value = format!(
+                    "({var} != null && has({var}.metadata.labels) && '{label}' in \
+                     {var}.metadata.labels ? {var}.metadata.labels['{label}'] : '<absent>')"
+                );
+                assert!(changed.expression.contains(&value), "{label} {var}");
+            }
+        }
+        assert_eq!(
+            changed.expression.matches(" != (oldObject != null").count(),
+            mesh::labels::DEFAULT_MANAGED_LABELS.len()
+        );
+        let excluded = conditions
+            .iter()
+            .find(|c| c.name == "not-excluded-namespace")
+            .unwrap();
+        for ns in mesh::labels::DEFAULT_EXCLUDED_NAMESPACES {
+            assert!(excluded.expression.contains(&format!("'{ns}'")), "{ns}");
+        }
+    }
+
+    #[test]
+    fn cel_strings_are_escaped() {
+        assert_eq!(cel_str(r"a'b\c"), r"'a\'b\\c'");
+    }
+
+    #[test]
+    fn mutating_webhook_configuration_snapshot() {
+        let options = Options::default();
+        let mwc = mutating_webhook_configuration(&options, Some(fixed_cert().ca_pem.as_bytes()));
+        insta::assert_yaml_snapshot!("mwc_service", mwc);
+        let options = Options {
+            webhook_url: Some(WebhookUrl::parse("https://127.0.0.1:9443").unwrap()),
+            ..Options::default()
+        };
+        let mwc = mutating_webhook_configuration(&options, Some(b"CA"));
+        let client = serde_json::to_value(&mwc.webhooks.unwrap()[0].client_config).unwrap();
+        assert_eq!(
+            client,
+            serde_json::json!({"url": "https://127.0.0.1:9443/mutate", "caBundle": "Q0E="})
+        );
+    }
+
+    #[test]
+    fn install_order_and_url_mode() {
+        let cert = fixed_cert();
+        let kinds = |m: &[Manifest]| m.iter().map(|m| m.describe()).collect::<Vec<_>>();
+        let all = render(&Options::default(), &cert).unwrap();
+        assert_eq!(
+            kinds(&all),
+            [
+                "CustomResourceDefinition meshclusters.kubectl-mesh.io",
+                "Namespace kubectl-mesh",
+                "ServiceAccount mesh-webhook",
+                "ClusterRole kubectl-mesh:mesh-webhook",
+                "ClusterRoleBinding kubectl-mesh:mesh-webhook",
+                "Role mesh-webhook",
+                "RoleBinding mesh-webhook",
+                "Secret mesh-webhook-tls",
+                "Deployment mesh-webhook",
+                "Service mesh-webhook",
+                "MutatingWebhookConfiguration kubectl-mesh",
+            ]
+        );
+        for m in &all {
+            assert_eq!(m.object["apiVersion"], m.resource.api_version.as_str());
+            assert_eq!(m.object["kind"], m.resource.kind.as_str());
+        }
+        let url_mode = Options {
+            webhook_url: Some(WebhookUrl::parse("https://127.0.0.1:9443").unwrap()),
+            ..Options::default()
+        };
+        let some = kinds(&render(&url_mode, &cert).unwrap());
+        assert!(
+            !some
+                .iter()
+                .any(|k| k.starts_with("Deployment") || k.starts_with("Service "))
+        );
+        assert_eq!(some.len(), all.len() - 2);
+        let gone = kinds(&uninstall_order(true).unwrap());
+        assert_eq!(
+            gone.first().unwrap(),
+            "MutatingWebhookConfiguration kubectl-mesh"
+        );
+        assert_eq!(
+            gone.last().unwrap(),
+            "CustomResourceDefinition meshclusters.kubectl-mesh.io"
+        );
+    }
+
+    #[test]
+    fn deployment_is_locked_down() {
+        let d = serde_json::to_value(deployment(&Options::default())).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(d["spec"]["replicas"], 2);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+        assert_eq!(c["ports"][0]["containerPort"], WEBHOOK_PORT);
+        let s = serde_json::to_value(service()).unwrap();
+        assert_eq!(s["spec"]["ports"][0]["port"], 443);
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], "https");
+    }
+
+    /// The YAML files of `manifests/` equal what this module renders. Run with
+    /// `UPDATE_MANIFESTS=1` to rewrite them after a change.
+    #[test]
+    fn manifests_directory_has_no_drift() {
+        const HEADER: &str =
+            "# Generated by `UPDATE_MANIFESTS=1 cargo test -p kubectl-mesh`; do not edit.\n";
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        let update = std::env::var_os("UPDATE_MANIFESTS").is_some_and(|v| v == "1");
+        let mut kustomization = format!(
+            "{HEADER}apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n"
+        );
+        let mut files = Vec::new();
+        for (file, objects) in static_manifests().unwrap() {
+            let values: Vec<_> = objects.into_iter().map(|m| m.object).collect();
+            let yaml = crate::output::yaml_documents(&values).unwrap();
+            files.push((file, format!("{HEADER}{yaml}")));
+            kustomization.push_str(&format!("- {file}\n"));
+        }
+        files.push(("kustomization.yaml", kustomization));
+        let mut drifted = Vec::new();
+        for (file, text) in files {
+            let path = dir.join(file);
+            if update {
+                std::fs::write(&path, &text).unwrap();
+            } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                drifted.push(file);
+            }
+        }
+        assert!(
+            drifted.is_empty(),
+            "manifests/{drifted:?} differ from what kubectl-mesh renders; \
+             run `UPDATE_MANIFESTS=1 cargo test -p kubectl-mesh` and commit the result"
+        );
+    }
+}
