@@ -4,12 +4,17 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod args;
 pub mod cluster;
 pub mod labels;
+pub mod leader;
 pub mod metrics;
 pub mod propagate;
+pub mod reconcile;
 pub mod remote;
+pub mod server;
 pub mod sync;
+pub mod tls;
 
 /// Namespace on the primary that holds the webhook, its serving certificate and the
 /// kubeconfig Secrets of attached clusters.

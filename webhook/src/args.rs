@@ -1,0 +1,351 @@
+//! Command line of `mesh-webhook`. Every flag can also be set through its environment
+//! variable, which is how the Deployment configures it.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+use crate::{
+    labels::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MANAGED_LABELS, SyncRule},
+    leader,
+    remote::RemoteOptions,
+    server::{LogLevelSetter, Webhook},
+};
+
+/// Admission webhook and reconciler that mirror Istio sidecar-injection labels from the
+/// primary cluster's namespaces to every attached remote cluster.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "mesh-webhook", version)]
+pub struct Args {
+    /// Address the HTTPS server listens on.
+    #[arg(long, env = "MESH_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// PEM certificate chain served by the webhook; reloaded when the file changes.
+    #[arg(long, env = "MESH_WEBHOOK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key of the certificate; reloaded when the file changes.
+    #[arg(long, env = "MESH_WEBHOOK_TLS_KEY")]
+    pub tls_key: PathBuf,
+
+    /// Kubeconfig of the primary cluster. Default: in-cluster service account, else
+    /// $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "MESH_WEBHOOK_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Label keys kept equal between the primary and the remotes (comma-separated).
+    #[arg(
+        long,
+        env = "MESH_WEBHOOK_MANAGED_LABELS",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_MANAGED_LABELS.map(String::from)
+    )]
+    pub managed_labels: Vec<String>,
+
+    /// Namespaces never synced (comma-separated). The mesh namespace is always excluded.
+    #[arg(
+        long,
+        env = "MESH_WEBHOOK_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
+    )]
+    pub excluded_namespaces: Vec<String>,
+
+    /// Namespace holding the kubeconfig Secrets of attached clusters and the leader Lease.
+    #[arg(long, env = "MESH_WEBHOOK_MESH_NAMESPACE", default_value = crate::MESH_NAMESPACE)]
+    pub mesh_namespace: String,
+
+    /// Full sync of every remote at least this often (e.g. 60s, 5m, or seconds).
+    #[arg(long, env = "MESH_WEBHOOK_RESYNC_PERIOD", default_value = "60s", value_parser = parse_duration)]
+    pub resync_period: Duration,
+
+    /// Time the webhook spends pushing one change to the remotes before answering; keep it
+    /// well under the webhook's timeoutSeconds (5s). Whatever misses it, the reconciler does.
+    #[arg(long, env = "MESH_WEBHOOK_PUSH_DEADLINE", default_value = "2s", value_parser = parse_duration)]
+    pub push_deadline: Duration,
+
+    /// Connect and read timeout of calls to remote clusters.
+    #[arg(long, env = "MESH_WEBHOOK_REMOTE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub remote_timeout: Duration,
+
+    /// Name of the Lease electing the replica that reconciles; empty disables the election
+    /// (this replica always reconciles: only for a single replica).
+    #[arg(long, env = "MESH_WEBHOOK_LEASE_NAME", default_value = "mesh-webhook")]
+    pub lease_name: String,
+
+    /// Identity of this replica in the Lease. Default: hostname (the pod name) and pid.
+    #[arg(long, env = "MESH_WEBHOOK_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,mesh=debug`); changeable at run time
+    /// with `PUT /log-level` from loopback.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Log line format.
+    #[arg(long, env = "MESH_WEBHOOK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+impl Args {
+    /// Parses the process arguments and runs until SIGTERM or SIGINT.
+    pub async fn parse_and_run() -> anyhow::Result<()> {
+        Self::parse().run().await
+    }
+
+    /// Runs the webhook until SIGTERM or SIGINT.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            listen,
+            tls_cert,
+            tls_key,
+            kubeconfig,
+            managed_labels,
+            excluded_namespaces,
+            mesh_namespace,
+            resync_period,
+            push_deadline,
+            remote_timeout,
+            lease_name,
+            identity,
+            log_level,
+            log_format,
+        } = self;
+        let log_setter = init_tracing(&log_level, log_format)?;
+        anyhow::ensure!(!resync_period.is_zero(), "--resync-period must be positive");
+        anyhow::ensure!(!push_deadline.is_zero(), "--push-deadline must be positive");
+        if push_deadline >= Duration::from_secs(5) {
+            tracing::warn!(
+                push_deadline_ms = push_deadline.as_millis(),
+                "--push-deadline is not under the webhook timeout (5s): the apiserver may give up first"
+            );
+        }
+
+        let primary = primary_client(kubeconfig.as_deref()).await?;
+        let mut excluded = excluded_namespaces;
+        excluded.push(mesh_namespace.clone());
+        let rule = SyncRule::new(
+            managed_labels.into_iter().map(|k| k.trim().to_owned()),
+            excluded.into_iter().map(|n| n.trim().to_owned()),
+        );
+        anyhow::ensure!(
+            rule.managed_keys().next().is_some(),
+            "--managed-labels names no label"
+        );
+        tracing::info!(
+            managed = ?rule.managed_keys().collect::<Vec<_>>(),
+            excluded = ?rule.excluded_namespaces().collect::<Vec<_>>(),
+            "sync rule"
+        );
+
+        let identity = identity.unwrap_or_else(leader::default_identity);
+        let lease_name = Some(lease_name).filter(|name| !name.is_empty());
+        let webhook = Webhook::new(primary, tls_cert, tls_key)
+            .listen(listen)
+            .rule(rule)
+            .mesh_namespace(mesh_namespace)
+            .resync_period(resync_period)
+            .push_deadline(push_deadline)
+            .remote_options(RemoteOptions {
+                connect_timeout: remote_timeout,
+                read_timeout: remote_timeout,
+            })
+            .lease_name(lease_name)
+            .identity(identity)
+            .log_level_setter(log_setter)
+            .bind()
+            .await?;
+
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signalled(shutdown.clone()));
+        webhook.run(shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let Some(path) = kubeconfig else {
+        return Client::try_default()
+            .await
+            .context("cannot configure a client for the primary cluster");
+    };
+    let kubeconfig = Kubeconfig::read_from(path)
+        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .with_context(|| format!("cannot use kubeconfig {}", path.display()))?;
+    Client::try_from(config).context("cannot build the primary client")
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn signalled(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// Installs the global subscriber with a filter that can be replaced at run time.
+fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<LogLevelSetter> {
+    let filter =
+        EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
+            .try_init(),
+    }
+    .context("cannot install the log subscriber")?;
+    Ok(Arc::new(move |directives: &str| {
+        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
+}
+
+/// Parses `90`, `1.5` (seconds), `500ms`, `2s`, `5m`, `1h`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(digits);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?}: expected a number before {unit:?}"))?;
+        let scale = match unit.trim() {
+            "ms" => 0.001,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" | "mins" => 60.0,
+            "h" | "hr" | "hrs" => 3600.0,
+            "d" => 86_400.0,
+            other => {
+                return Err(format!(
+                    "{text:?}: unknown unit {other:?} (use ms, s, m, h)"
+                ));
+            }
+        };
+        total +=
+            Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))?;
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        for arg in Args::command().get_arguments() {
+            if matches!(arg.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let args = Args::try_parse_from(["mesh-webhook", "--tls-cert", "c", "--tls-key", "k"])
+            .expect("parse");
+        assert_eq!(args.listen, "0.0.0.0:8443".parse().expect("addr"));
+        assert_eq!(args.resync_period, Duration::from_secs(60));
+        assert_eq!(args.push_deadline, Duration::from_secs(2));
+        assert_eq!(
+            args.managed_labels,
+            DEFAULT_MANAGED_LABELS.map(String::from)
+        );
+        assert_eq!(
+            args.excluded_namespaces,
+            DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
+        );
+        assert_eq!(args.lease_name, "mesh-webhook");
+        assert_eq!(args.log_format, LogFormat::Plain);
+    }
+
+    #[test]
+    fn lists_and_durations() {
+        let args = Args::try_parse_from([
+            "mesh-webhook",
+            "--tls-cert=c",
+            "--tls-key=k",
+            "--managed-labels=istio.io/rev,istio-injection",
+            "--resync-period=5m",
+            "--push-deadline=1500ms",
+            "--log-format=json",
+        ])
+        .expect("parse");
+        assert_eq!(args.managed_labels, ["istio.io/rev", "istio-injection"]);
+        assert_eq!(args.resync_period, Duration::from_secs(300));
+        assert_eq!(args.push_deadline, Duration::from_millis(1500));
+        assert_eq!(args.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,1201 @@
+//! The reconciler: makes every attached remote converge to the primary, whatever the webhook
+//! managed to push.
+//!
+//! Watches on the primary: Namespaces (a reflector store, the source of truth for every sync),
+//! `MeshCluster`s and the Secrets of the mesh namespace (which keep the [`Remotes`] registry
+//! current for the webhook too). One worker per attached cluster runs [`sync_remote`]:
+//! - when the cluster is attached, and when its `MeshCluster` or Secret changes;
+//! - after a primary namespace's managed labels change (debounced, so a burst is one sync);
+//! - every resync period, which also catches edits made directly on the remote;
+//! - with exponential backoff while the remote is unreachable.
+//!
+//! The watches run in every replica (the webhook needs the registry), the workers only sync
+//! while this replica holds the Lease. Status is written only when it says something new, and
+//! Events go to the primary namespace concerned.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::{
+    api::core::v1::{Namespace, ObjectReference, Secret},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::{Value, json};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
+    labels::{Labels, SyncRule},
+    metrics::Metrics,
+    remote::{Failure, RemoteState, Remotes, error_chain},
+    server::Readiness,
+    sync::{SyncMode, SyncReport, sync_remote},
+};
+
+/// Event reason: the reconciler rewrote a remote namespace's managed labels.
+pub const REASON_CORRECTED: &str = "RemoteLabelsCorrected";
+/// Event reason: a remote namespace could not be given the primary's labels.
+pub const REASON_FAILED: &str = "PropagationFailed";
+/// Event reasons on the `MeshCluster` when its reachability flips.
+pub const REASON_UNREACHABLE: &str = "ClusterUnreachable";
+pub const REASON_REACHABLE: &str = "ClusterReachable";
+
+/// Past this many corrections in one sync, one summary Event replaces the per-namespace ones:
+/// attaching a cluster with hundreds of drifted namespaces must not flood the primary.
+const MAX_EVENTS_PER_SYNC: usize = 20;
+/// Status and Event texts are cut here; the full story is in the logs.
+const MAX_MESSAGE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot write the status of MeshCluster {name}: {}", error_chain(.source))]
+    WriteStatus {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot encode the status of MeshCluster {name}")]
+    EncodeStatus {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::WriteStatus { .. } => "write_status",
+            Self::EncodeStatus { .. } => "encode_status",
+        }
+    }
+}
+
+/// Timing and placement of the reconciler.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace of the kubeconfig Secrets.
+    pub mesh_namespace: String,
+    /// Full sync of every cluster at least this often.
+    pub resync_period: Duration,
+    /// Quiet time after a change before syncing, so that bursts coalesce.
+    pub debounce: Duration,
+    pub backoff: BackoffSettings,
+    /// When nothing else changed, `lastSyncTime` is rewritten at most this often.
+    pub status_refresh: Duration,
+    /// Reporter of Events (controller name and replica identity).
+    pub reporter: Reporter,
+}
+
+impl Settings {
+    pub fn new(mesh_namespace: impl Into<String>, identity: impl Into<String>) -> Self {
+        Self {
+            mesh_namespace: mesh_namespace.into(),
+            resync_period: Duration::from_secs(60),
+            debounce: Duration::from_millis(100),
+            backoff: BackoffSettings::default(),
+            status_refresh: Duration::from_secs(300),
+            reporter: Reporter {
+                controller: "mesh-webhook".to_owned(),
+                instance: Some(identity.into()),
+            },
+        }
+    }
+}
+
+/// Per-cluster exponential backoff while a remote fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackoffSettings {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Delays of consecutive failed attempts: `initial`, doubling, capped at `max`, each shortened
+/// by up to 20% at random so that clusters failing together do not retry in lockstep.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    settings: BackoffSettings,
+    failures: u32,
+    random: RandomState,
+}
+
+impl Backoff {
+    pub(crate) fn new(settings: BackoffSettings) -> Self {
+        Self {
+            settings,
+            failures: 0,
+            random: RandomState::new(),
+        }
+    }
+
+    /// The un-jittered delay after `failures` previous failures.
+    pub(crate) fn delay(settings: BackoffSettings, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.min(31));
+        settings.initial.saturating_mul(factor).min(settings.max)
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = Self::delay(self.settings, self.failures);
+        self.failures = self.failures.saturating_add(1);
+        let unit = (self.random.hash_one(self.failures) % 1000) as f64 / 1000.0;
+        delay.mul_f64(1.0 - 0.2 * unit)
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub(crate) fn is_failing(&self) -> bool {
+        self.failures > 0
+    }
+}
+
+/// Everything the reconciler needs. Build with [`Reconciler::new`], then [`Reconciler::run`].
+pub struct Reconciler {
+    primary: Client,
+    rule: Arc<SyncRule>,
+    remotes: Remotes,
+    metrics: Arc<Metrics>,
+    is_leader: watch::Receiver<bool>,
+    readiness: Readiness,
+    settings: Settings,
+}
+
+/// State shared by the supervisor and the workers.
+struct Shared {
+    primary: Client,
+    rule: Arc<SyncRule>,
+    remotes: Remotes,
+    metrics: Arc<Metrics>,
+    recorder: Recorder,
+    settings: Settings,
+    namespaces: Store<Namespace>,
+    clusters: Store<MeshCluster>,
+}
+
+impl Reconciler {
+    pub fn new(
+        primary: Client,
+        rule: Arc<SyncRule>,
+        remotes: Remotes,
+        metrics: Arc<Metrics>,
+        is_leader: watch::Receiver<bool>,
+        readiness: Readiness,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            primary,
+            rule,
+            remotes,
+            metrics,
+            is_leader,
+            readiness,
+            settings,
+        }
+    }
+
+    /// Runs the watches, the registry upkeep and the workers until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            primary,
+            rule,
+            remotes,
+            metrics,
+            is_leader,
+            readiness,
+            settings,
+        } = self;
+        let (namespaces, ns_writer) = reflector::store::<Namespace>();
+        let (clusters, mc_writer) = reflector::store::<MeshCluster>();
+        let (secrets, secret_writer) = reflector::store::<Secret>();
+        let (primary_changed, _) = watch::channel(0u64);
+        let clusters_changed = Arc::new(Notify::new());
+
+        let mut tasks = JoinSet::new();
+        let ns_events = watcher(
+            Api::<Namespace>::all(primary.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(ns_writer);
+        tasks.spawn(
+            watch_namespaces(
+                ns_events,
+                rule.clone(),
+                primary_changed.clone(),
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("watch", kind = "Namespace")),
+        );
+        let mc_events = watcher(
+            Api::<MeshCluster>::all(primary.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(mc_writer);
+        tasks.spawn(
+            notify_on_events(mc_events, clusters_changed.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("watch", kind = "MeshCluster")),
+        );
+        let secret_events = watcher(
+            Api::<Secret>::namespaced(primary.clone(), &settings.mesh_namespace),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(secret_writer);
+        tasks.spawn(
+            notify_on_events(secret_events, clusters_changed.clone(), shutdown.clone())
+                .instrument(tracing::info_span!("watch", kind = "Secret")),
+        );
+
+        let shared = Arc::new(Shared {
+            recorder: Recorder::new(primary.clone(), settings.reporter.clone()),
+            primary,
+            rule,
+            remotes,
+            metrics,
+            settings,
+            namespaces,
+            clusters,
+        });
+        tasks.spawn(
+            supervise(
+                shared,
+                secrets,
+                clusters_changed,
+                primary_changed,
+                is_leader,
+                readiness,
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("supervisor")),
+        );
+        shutdown.cancelled().await;
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Feeds the namespace store and bumps `changed` whenever the managed labels a remote should
+/// carry change on the primary: other edits (annotations, status, other labels) cost nothing.
+async fn watch_namespaces(
+    events: impl Stream<Item = Result<watcher::Event<Namespace>, watcher::Error>>,
+    rule: Arc<SyncRule>,
+    changed: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut desired: HashMap<String, Labels> = HashMap::new();
+    let mut relisted: HashMap<String, Labels> = HashMap::new();
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(event) = event else { return };
+        let bump = match event {
+            Ok(watcher::Event::Apply(ns)) => {
+                let labels = rule.desired(Some(&ns));
+                let name = ns.name_any();
+                let old = if labels.is_empty() {
+                    desired.remove(&name)
+                } else {
+                    desired.insert(name, labels.clone())
+                };
+                old.unwrap_or_default() != labels
+            }
+            Ok(watcher::Event::Delete(ns)) => desired
+                .remove(&ns.name_any())
+                .is_some_and(|old| !old.is_empty()),
+            Ok(watcher::Event::Init) => {
+                relisted.clear();
+                false
+            }
+            Ok(watcher::Event::InitApply(ns)) => {
+                let labels = rule.desired(Some(&ns));
+                if !labels.is_empty() {
+                    relisted.insert(ns.name_any(), labels);
+                }
+                false
+            }
+            Ok(watcher::Event::InitDone) => {
+                let bump = relisted != desired;
+                desired = std::mem::take(&mut relisted);
+                bump
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "namespace watch failed, retrying");
+                false
+            }
+        };
+        if bump {
+            changed.send_modify(|generation| *generation = generation.wrapping_add(1));
+        }
+    }
+}
+
+/// Drives a reflector and wakes the supervisor on every change.
+async fn notify_on_events<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    notify: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut events = std::pin::pin!(events);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            () = shutdown.cancelled() => return,
+        };
+        match event {
+            None => return,
+            Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+            Some(Ok(_)) => notify.notify_one(),
+            Some(Err(error)) => tracing::warn!(error = %error, "watch failed, retrying"),
+        }
+    }
+}
+
+struct WorkerHandle {
+    kick: Arc<Notify>,
+    cancel: CancellationToken,
+}
+
+/// Keeps the registry and the set of workers equal to the attached clusters.
+async fn supervise(
+    shared: Arc<Shared>,
+    secrets: Store<Secret>,
+    changed: Arc<Notify>,
+    primary_changed: watch::Sender<u64>,
+    is_leader: watch::Receiver<bool>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let loaded = async {
+        let _ = shared.namespaces.wait_until_ready().await;
+        let _ = shared.clusters.wait_until_ready().await;
+        let _ = secrets.wait_until_ready().await;
+    };
+    tokio::select! {
+        () = loaded => {}
+        () = shutdown.cancelled() => return,
+    }
+    let mut workers: BTreeMap<String, WorkerHandle> = BTreeMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let mut attached = BTreeSet::new();
+        for cluster in shared.clusters.state() {
+            // A MeshCluster on its way out is detached already: stop pushing to it.
+            if cluster.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let name = cluster.name_any();
+            let key =
+                ObjectRef::new(&cluster.spec.secret_name).within(&shared.settings.mesh_namespace);
+            let secret = secrets.get(&key);
+            let rebuilt = shared
+                .remotes
+                .refresh(&cluster, &shared.settings.mesh_namespace, secret.as_deref())
+                .await
+                .is_some();
+            match workers.get(&name) {
+                Some(worker) if rebuilt => worker.kick.notify_one(),
+                Some(_) => {}
+                None => {
+                    tracing::info!(cluster = %name, "cluster attached");
+                    let worker = Worker {
+                        name: name.clone(),
+                        shared: shared.clone(),
+                        primary_changed: primary_changed.subscribe(),
+                        is_leader: is_leader.clone(),
+                        kick: Arc::new(Notify::new()),
+                        cancel: shutdown.child_token(),
+                        backoff: Backoff::new(shared.settings.backoff),
+                    };
+                    workers.insert(
+                        name.clone(),
+                        WorkerHandle {
+                            kick: worker.kick.clone(),
+                            cancel: worker.cancel.clone(),
+                        },
+                    );
+                    tasks.spawn(
+                        worker
+                            .run()
+                            .instrument(tracing::info_span!("cluster", cluster = %name)),
+                    );
+                }
+            }
+            attached.insert(name);
+        }
+        workers.retain(|name, worker| {
+            let keep = attached.contains(name);
+            if !keep {
+                tracing::info!(cluster = %name, "cluster detached");
+                worker.cancel.cancel();
+                shared.metrics.forget_cluster(name);
+            }
+            keep
+        });
+        // Entries built from a MeshCluster that is gone; entries inserted by hand (no UID) stay.
+        for remote in shared.remotes.snapshot() {
+            if !attached.contains(remote.name()) && remote.fingerprint().cluster_uid.is_some() {
+                shared.remotes.remove(remote.name());
+            }
+        }
+        readiness.set_primary_synced();
+        tokio::select! {
+            () = changed.notified() => {}
+            () = shutdown.cancelled() => break,
+        }
+        // Watch events come in bursts (a Secret and its MeshCluster are written together).
+        tokio::time::sleep(shared.settings.debounce).await;
+        while tasks.try_join_next().is_some() {}
+    }
+    for worker in workers.values() {
+        worker.cancel.cancel();
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+struct Worker {
+    name: String,
+    shared: Arc<Shared>,
+    primary_changed: watch::Receiver<u64>,
+    is_leader: watch::Receiver<bool>,
+    kick: Arc<Notify>,
+    cancel: CancellationToken,
+    backoff: Backoff,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        let mut leading = false;
+        let mut due = Instant::now();
+        loop {
+            let now_leading = *self.is_leader.borrow_and_update();
+            if now_leading && !leading {
+                // Whoever led before may have died mid-sync: start with a full one.
+                due = Instant::now();
+            }
+            leading = now_leading;
+            if !leading {
+                tokio::select! {
+                    changed = self.is_leader.changed() => if changed.is_err() { return },
+                    () = self.cancel.cancelled() => return,
+                }
+                continue;
+            }
+            let failing = self.backoff.is_failing();
+            let debounce = self.shared.settings.debounce;
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                changed = self.is_leader.changed() => {
+                    if changed.is_err() { return }
+                    continue;
+                }
+                () = self.kick.notified() => {
+                    // New credentials or spec: worth trying now even while backing off.
+                    self.backoff.reset();
+                    tokio::time::sleep(debounce).await;
+                }
+                // While the remote fails, the backoff timer alone decides when to try again.
+                changed = self.primary_changed.changed(), if !failing => {
+                    if changed.is_err() { return }
+                    tokio::time::sleep(debounce).await;
+                }
+                () = tokio::time::sleep_until(due) => {}
+            }
+            // Everything changed so far is in the store this sync reads.
+            self.primary_changed.borrow_and_update();
+            if !*self.is_leader.borrow() {
+                continue;
+            }
+            let ok = self.sync_once().await;
+            due = if ok {
+                self.backoff.reset();
+                Instant::now() + self.shared.settings.resync_period
+            } else {
+                let delay = self.backoff.next_delay();
+                tracing::debug!(retry_in_ms = delay.as_millis(), "sync failed, backing off");
+                Instant::now() + delay
+            };
+        }
+    }
+
+    /// One full sync, its status, Events and metrics. `false` when the remote failed.
+    async fn sync_once(&mut self) -> bool {
+        let shared = &self.shared;
+        let cluster_name = self.name.as_str();
+        let Some(cluster) = shared.clusters.get(&ObjectRef::new(cluster_name)) else {
+            // Deleted; the supervisor stops this worker.
+            return true;
+        };
+        let primary: BTreeMap<String, Namespace> = shared
+            .namespaces
+            .state()
+            .into_iter()
+            .map(|ns| (ns.name_any(), ns.as_ref().clone()))
+            .collect();
+        let remote = shared.remotes.get(cluster_name);
+        let result = match remote.as_deref().map(|r| r.state()) {
+            Some(RemoteState::Ready(client)) => {
+                sync_remote(&shared.rule, &primary, client, SyncMode::Apply)
+                    .await
+                    .map_err(|error| Attempt::failed(error.failure(), error.to_string()))
+            }
+            Some(RemoteState::Unavailable { reason, message }) => Err(Attempt::Failed {
+                reason,
+                message: message.clone(),
+                answered: false,
+            }),
+            None => Err(Attempt::Failed {
+                reason: "CredentialsMissing",
+                message: "no client built yet".to_owned(),
+                answered: false,
+            }),
+        };
+        let attempt = match &result {
+            Ok(report) => Attempt::Synced(report),
+            Err(failed) => failed.clone(),
+        };
+        let ok = result.is_ok();
+        let prev = cluster.status.clone();
+        let now = Timestamp::now();
+        let next = next_status(prev.as_ref(), &attempt, cluster.metadata.generation, now);
+
+        let reachable = attempt.reachable();
+        shared.metrics.set_reachable(cluster_name, reachable);
+        match &result {
+            Ok(report) => {
+                shared.metrics.sync_finished(cluster_name, "ok");
+                let corrected = report.applied().count();
+                shared
+                    .metrics
+                    .drift_corrected(cluster_name, corrected as u64);
+                if report.is_converged() {
+                    tracing::debug!(
+                        in_sync = report.in_sync,
+                        missing = report.missing.len(),
+                        "remote in sync"
+                    );
+                } else {
+                    tracing::info!(
+                        in_sync = report.in_sync_after(),
+                        corrected,
+                        missing = report.missing.len(),
+                        errors = report.errors.len(),
+                        writes = report.writes,
+                        "remote synced"
+                    );
+                }
+                self.publish_sync_events(&cluster, &primary, report).await;
+            }
+            Err(Attempt::Failed {
+                reason, message, ..
+            }) => {
+                shared.metrics.sync_finished(cluster_name, reason);
+                tracing::warn!(%reason, error = %message, "cannot sync remote");
+            }
+            Err(Attempt::Synced(_)) => {}
+        }
+        let was_reachable = prev
+            .as_ref()
+            .and_then(|s| s.condition(CONDITION_REACHABLE))
+            .map(|c| c.status == "True");
+        if was_reachable != Some(reachable) && (was_reachable.is_some() || !reachable) {
+            let (type_, reason) = if reachable {
+                (EventType::Normal, REASON_REACHABLE)
+            } else {
+                (EventType::Warning, REASON_UNREACHABLE)
+            };
+            let note = next
+                .condition(CONDITION_REACHABLE)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            self.publish(&cluster.object_ref(&()), type_, reason, note)
+                .await;
+        }
+        if status_needs_write(prev.as_ref(), &next, shared.settings.status_refresh)
+            && let Err(error) = write_status(&shared.primary, cluster_name, &next).await
+        {
+            tracing::warn!(error = %error, "cannot write cluster status");
+        }
+        ok
+    }
+
+    async fn publish_sync_events(
+        &self,
+        cluster: &MeshCluster,
+        primary: &BTreeMap<String, Namespace>,
+        report: &SyncReport,
+    ) {
+        let cluster_name = self.name.as_str();
+        let regarding = |namespace: &str| {
+            primary
+                .get(namespace)
+                .map_or_else(|| cluster.object_ref(&()), |ns| ns.object_ref(&()))
+        };
+        let applied: Vec<_> = report.applied().collect();
+        if applied.len() > MAX_EVENTS_PER_SYNC {
+            let note = format!(
+                "cluster {cluster_name}: corrected the managed labels of {} namespaces",
+                applied.len()
+            );
+            self.publish(
+                &cluster.object_ref(&()),
+                EventType::Normal,
+                REASON_CORRECTED,
+                note,
+            )
+            .await;
+        } else {
+            for change in applied {
+                let note = format!("cluster {cluster_name}: {}", change.diff.describe());
+                self.publish(
+                    &regarding(&change.diff.namespace),
+                    EventType::Normal,
+                    REASON_CORRECTED,
+                    note,
+                )
+                .await;
+            }
+        }
+        for error in report.errors.iter().take(MAX_EVENTS_PER_SYNC) {
+            let note = format!(
+                "cluster {cluster_name}: cannot apply {}: {}",
+                error.diff.describe(),
+                error.message
+            );
+            self.publish(
+                &regarding(&error.namespace),
+                EventType::Warning,
+                REASON_FAILED,
+                note,
+            )
+            .await;
+        }
+    }
+
+    async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = KubeEvent {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(truncate(note, MAX_MESSAGE)),
+            action: "Sync".to_owned(),
+            secondary: None,
+        };
+        // Events are best effort: losing one must never stop a sync.
+        if let Err(error) = self.shared.recorder.publish(&event, regarding).await {
+            tracing::debug!(error = %error_chain(&error), %reason, "cannot publish event");
+        }
+    }
+}
+
+/// What one sync attempt found, as the status sees it.
+#[derive(Clone, Debug)]
+pub(crate) enum Attempt<'a> {
+    Synced(&'a SyncReport),
+    Failed {
+        /// PascalCase condition reason.
+        reason: &'static str,
+        message: String,
+        /// Whether the remote answered at all.
+        answered: bool,
+    },
+}
+
+impl Attempt<'_> {
+    fn failed(failure: Failure, message: String) -> Self {
+        let reason = match failure {
+            Failure::Unreachable => "Unreachable",
+            Failure::TimedOut => "TimedOut",
+            Failure::Forbidden => "Forbidden",
+            Failure::NotFound | Failure::Conflict | Failure::Other => "SyncFailed",
+        };
+        // A remote that refuses our credentials is no more usable than one that is down.
+        let answered = failure.answered() && failure != Failure::Forbidden;
+        Self::Failed {
+            reason,
+            message,
+            answered,
+        }
+    }
+
+    fn reachable(&self) -> bool {
+        match self {
+            Self::Synced(_) => true,
+            Self::Failed { answered, .. } => *answered,
+        }
+    }
+}
+
+/// The status after `attempt`, keeping what the attempt did not learn from `prev`.
+pub(crate) fn next_status(
+    prev: Option<&MeshClusterStatus>,
+    attempt: &Attempt<'_>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> MeshClusterStatus {
+    let mut next = prev.cloned().unwrap_or_default();
+    next.observed_generation = generation;
+    match attempt {
+        Attempt::Synced(report) => {
+            let in_sync = report.in_sync_after();
+            let corrected = report.applied().count();
+            next.last_sync_time = Some(now.to_string());
+            next.namespaces_in_sync = u32::try_from(in_sync).unwrap_or(u32::MAX);
+            next.missing_namespaces = report.missing.clone();
+            next.namespaces_drifted = u32::try_from(corrected).unwrap_or(u32::MAX);
+            next.last_sync_writes = report.writes;
+            next.last_error = report.errors.first().map(|e| {
+                truncate(
+                    format!("namespace {}: {}", e.namespace, e.message),
+                    MAX_MESSAGE,
+                )
+            });
+            set_condition(
+                &mut next.conditions,
+                CONDITION_REACHABLE,
+                "True",
+                "Connected",
+                "the remote answered with valid credentials".to_owned(),
+                generation,
+                now,
+            );
+            let (status, reason, message) = if report.errors.is_empty() {
+                let mut message = format!("{in_sync} namespaces carry the primary's labels");
+                if corrected > 0 {
+                    message.push_str(&format!(" ({corrected} corrected)"));
+                }
+                if !report.missing.is_empty() {
+                    message.push_str(&format!(
+                        "; {} absent on the remote: {}",
+                        report.missing.len(),
+                        list(&report.missing)
+                    ));
+                }
+                ("True", "InSync", message)
+            } else {
+                let failed: Vec<String> =
+                    report.errors.iter().map(|e| e.namespace.clone()).collect();
+                let message = format!(
+                    "{} namespaces could not be corrected: {}",
+                    failed.len(),
+                    list(&failed)
+                );
+                ("False", "WriteFailed", message)
+            };
+            set_condition(
+                &mut next.conditions,
+                CONDITION_SYNCED,
+                status,
+                reason,
+                message,
+                generation,
+                now,
+            );
+        }
+        Attempt::Failed {
+            reason,
+            message,
+            answered,
+        } => {
+            let message = truncate(message.clone(), MAX_MESSAGE);
+            next.last_error = Some(message.clone());
+            let reachable = if *answered { "True" } else { "False" };
+            set_condition(
+                &mut next.conditions,
+                CONDITION_REACHABLE,
+                reachable,
+                reason,
+                message.clone(),
+                generation,
+                now,
+            );
+            set_condition(
+                &mut next.conditions,
+                CONDITION_SYNCED,
+                "Unknown",
+                reason,
+                "the last sync could not read the remote".to_owned(),
+                generation,
+                now,
+            );
+        }
+    }
+    next
+}
+
+/// Sets a condition, keeping `lastTransitionTime` unless its status changes.
+pub(crate) fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let message = truncate(message, MAX_MESSAGE);
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(condition) => {
+            if condition.status != status {
+                condition.last_transition_time = Time(now);
+                condition.status = status.to_owned();
+            }
+            condition.reason = reason.to_owned();
+            condition.message = message;
+            condition.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        }),
+    }
+}
+
+/// Whether `next` is worth a status write: something other than `lastSyncTime` changed, or
+/// `lastSyncTime` is `refresh` old. A converged cluster thus costs one status write per
+/// `refresh`, not one per resync.
+pub(crate) fn status_needs_write(
+    prev: Option<&MeshClusterStatus>,
+    next: &MeshClusterStatus,
+    refresh: Duration,
+) -> bool {
+    let Some(prev) = prev else { return true };
+    let comparable = |s: &MeshClusterStatus| MeshClusterStatus {
+        last_sync_time: None,
+        token_expiry: None,
+        ..s.clone()
+    };
+    if comparable(prev) != comparable(next) {
+        return true;
+    }
+    let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+    match (parse(&prev.last_sync_time), parse(&next.last_sync_time)) {
+        (Some(prev), Some(next)) => {
+            let age = next.duration_since(prev);
+            age >= SignedDuration::try_from(refresh).unwrap_or(SignedDuration::MAX)
+        }
+        (None, Some(_)) => true,
+        _ => false,
+    }
+}
+
+/// Merge-patches our fields of the status. Cleared fields are sent as null (a merge patch
+/// leaves absent keys alone); `tokenExpiry` is the plugin's and never sent.
+async fn write_status(primary: &Client, name: &str, status: &MeshClusterStatus) -> Result<()> {
+    let patch = status_patch(status).map_err(|source| Error::EncodeStatus {
+        name: name.to_owned(),
+        source,
+    })?;
+    Api::<MeshCluster>::all(primary.clone())
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::WriteStatus {
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(())
+}
+
+pub(crate) fn status_patch(status: &MeshClusterStatus) -> Result<Value, serde_json::Error> {
+    let mut value = serde_json::to_value(status)?;
+    if let Value::Object(map) = &mut value {
+        map.remove("tokenExpiry");
+        for key in ["lastError", "lastSyncTime", "observedGeneration"] {
+            map.entry(key).or_insert(Value::Null);
+        }
+        for key in ["missingNamespaces", "conditions"] {
+            map.entry(key).or_insert(json!([]));
+        }
+    }
+    Ok(json!({ "status": value }))
+}
+
+/// `a, b, c` or `a, b, c, … (12 in all)`.
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(", … ({} in all)", names.len()));
+    }
+    out
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        labels::LabelDiff,
+        sync::{ChangeStatus, NamespaceChange, NamespaceError},
+    };
+
+    fn report(in_sync: usize, corrected: &[&str], missing: &[&str], errors: &[&str]) -> SyncReport {
+        SyncReport {
+            mode: SyncMode::Apply,
+            changes: corrected
+                .iter()
+                .map(|ns| NamespaceChange {
+                    diff: LabelDiff {
+                        namespace: (*ns).to_owned(),
+                        ..LabelDiff::default()
+                    },
+                    status: ChangeStatus::Applied,
+                })
+                .collect(),
+            in_sync,
+            missing: missing.iter().map(|s| (*s).to_owned()).collect(),
+            errors: errors
+                .iter()
+                .map(|ns| NamespaceError {
+                    namespace: (*ns).to_owned(),
+                    diff: LabelDiff::default(),
+                    failure: Failure::Forbidden,
+                    message: "forbidden".to_owned(),
+                })
+                .collect(),
+            writes: u32::try_from(corrected.len()).expect("small"),
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).expect("valid")
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let settings = BackoffSettings::default();
+        let delays: Vec<u64> = (0..8)
+            .map(|n| Backoff::delay(settings, n).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(Backoff::delay(settings, u32::MAX), settings.max);
+
+        let mut backoff = Backoff::new(settings);
+        assert!(!backoff.is_failing());
+        for n in 0..10 {
+            let delay = backoff.next_delay();
+            let full = Backoff::delay(settings, n);
+            assert!(
+                delay <= full && delay >= full.mul_f64(0.8),
+                "{delay:?} vs {full:?}"
+            );
+        }
+        assert!(backoff.is_failing());
+        backoff.reset();
+        assert!(!backoff.is_failing());
+    }
+
+    #[test]
+    fn successful_sync_fills_status_and_conditions() {
+        let report = report(4, &["a", "b"], &["m"], &[]);
+        let status = next_status(None, &Attempt::Synced(&report), Some(3), at(0));
+        assert_eq!(status.namespaces_in_sync, 6);
+        assert_eq!(status.namespaces_drifted, 2);
+        assert_eq!(status.last_sync_writes, 2);
+        assert_eq!(status.missing_namespaces, ["m"]);
+        assert_eq!(status.last_error, None);
+        assert_eq!(status.observed_generation, Some(3));
+        assert!(status.is_true(CONDITION_REACHABLE));
+        assert!(status.is_true(CONDITION_SYNCED));
+        let synced = status.condition(CONDITION_SYNCED).expect("synced");
+        assert_eq!(synced.reason, "InSync");
+        assert!(synced.message.contains("2 corrected"), "{}", synced.message);
+        assert!(
+            synced.message.contains("absent on the remote: m"),
+            "{}",
+            synced.message
+        );
+        assert_eq!(synced.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn write_errors_make_synced_false() {
+        let report = report(1, &[], &[], &["x"]);
+        let status = next_status(None, &Attempt::Synced(&report), None, at(0));
+        assert!(status.is_true(CONDITION_REACHABLE));
+        let synced = status.condition(CONDITION_SYNCED).expect("synced");
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "WriteFailed")
+        );
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("namespace x"))
+        );
+    }
+
+    #[test]
+    fn unreachable_keeps_counts_and_flips_reachable() {
+        let report = report(5, &[], &["m"], &[]);
+        let before = next_status(None, &Attempt::Synced(&report), Some(1), at(0));
+        let failed = Attempt::failed(Failure::Unreachable, "connection refused".to_owned());
+        let after = next_status(Some(&before), &failed, Some(1), at(60));
+        assert_eq!(after.namespaces_in_sync, 5);
+        assert_eq!(after.missing_namespaces, ["m"]);
+        assert_eq!(
+            after.last_sync_time, before.last_sync_time,
+            "only successful syncs count"
+        );
+        assert_eq!(after.last_error.as_deref(), Some("connection refused"));
+        let reachable = after.condition(CONDITION_REACHABLE).expect("reachable");
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", "Unreachable")
+        );
+        assert_eq!(reachable.last_transition_time, Time(at(60)));
+        assert_eq!(
+            after.condition(CONDITION_SYNCED).expect("synced").status,
+            "Unknown"
+        );
+        assert!(!failed.reachable());
+        assert!(!Attempt::failed(Failure::Forbidden, String::new()).reachable());
+        assert!(Attempt::failed(Failure::Other, String::new()).reachable());
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let mut conditions = Vec::new();
+        set_condition(
+            &mut conditions,
+            "Synced",
+            "True",
+            "InSync",
+            "3".into(),
+            None,
+            at(0),
+        );
+        set_condition(
+            &mut conditions,
+            "Synced",
+            "True",
+            "InSync",
+            "4".into(),
+            None,
+            at(10),
+        );
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time, Time(at(0)));
+        assert_eq!(conditions[0].message, "4");
+        set_condition(
+            &mut conditions,
+            "Synced",
+            "False",
+            "WriteFailed",
+            "x".into(),
+            None,
+            at(20),
+        );
+        assert_eq!(conditions[0].last_transition_time, Time(at(20)));
+    }
+
+    #[test]
+    fn steady_state_does_not_write_status_every_resync() {
+        let refresh = Duration::from_secs(300);
+        let steady = report(5, &[], &[], &[]);
+        let first = next_status(None, &Attempt::Synced(&steady), Some(1), at(0));
+        assert!(status_needs_write(None, &first, refresh));
+        let again = next_status(Some(&first), &Attempt::Synced(&steady), Some(1), at(60));
+        assert!(
+            !status_needs_write(Some(&first), &again, refresh),
+            "only lastSyncTime moved"
+        );
+        let later = next_status(Some(&first), &Attempt::Synced(&steady), Some(1), at(300));
+        assert!(
+            status_needs_write(Some(&first), &later, refresh),
+            "lastSyncTime refresh"
+        );
+
+        let drift = report(4, &["a"], &[], &[]);
+        let corrected = next_status(Some(&first), &Attempt::Synced(&drift), Some(1), at(61));
+        assert!(status_needs_write(Some(&first), &corrected, refresh));
+        let spec_changed = next_status(Some(&first), &Attempt::Synced(&steady), Some(2), at(62));
+        assert!(status_needs_write(Some(&first), &spec_changed, refresh));
+    }
+
+    #[test]
+    fn status_patch_clears_fields_and_leaves_token_expiry_alone() {
+        let status = MeshClusterStatus {
+            token_expiry: Some("2030-01-01T00:00:00Z".into()),
+            ..MeshClusterStatus::default()
+        };
+        let patch = status_patch(&status).expect("encode");
+        let status = &patch["status"];
+        assert!(status.get("tokenExpiry").is_none());
+        assert_eq!(status["lastError"], Value::Null);
+        assert_eq!(status["missingNamespaces"], json!([]));
+        assert_eq!(status["namespacesInSync"], json!(0));
+    }
+
+    #[test]
+    fn messages_are_truncated_on_char_boundaries() {
+        let text = "é".repeat(1000);
+        let cut = truncate(text, 101);
+        assert!(cut.len() <= 101 && cut.ends_with("..."));
+        let names: Vec<String> = (0..12).map(|i| format!("ns{i}")).collect();
+        assert!(list(&names).ends_with(", … (12 in all)"));
+    }
+}
