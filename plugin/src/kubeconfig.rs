@@ -22,7 +22,16 @@ pub enum Error {
     /// No kubeconfig path was given and none could be found.
     #[error("no kubeconfig found")]
     NotFound,
-    /// A kubeconfig file could not be read or parsed.
+    /// A kubeconfig file could not be read.
+    #[error("cannot read kubeconfig {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A kubeconfig file could not be parsed, or merged with the others.
     #[error("cannot load kubeconfig {}", path.display())]
     Load {
         /// The file.
@@ -128,6 +137,7 @@ impl Error {
     pub fn hint(&self) -> String {
         match self {
             Self::NotFound => "pass --kubeconfig or set KUBECONFIG".into(),
+            Self::Read { .. } => "check the path given with --kubeconfig or KUBECONFIG".into(),
             Self::Load { .. } | Self::LoadDefault(_) => {
                 "check the file with `kubectl config view`, or pass another with --kubeconfig"
                     .into()
@@ -165,31 +175,30 @@ impl Error {
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Loads the user's kubeconfig: the files in `path` (a list like `KUBECONFIG`'s, merged by
-/// kubectl's rules), or `KUBECONFIG`, or `~/.kube/config`.
+/// Loads the user's kubeconfig: the file `path` (`--kubeconfig`), or else the files listed
+/// in KUBECONFIG merged by kubectl's rules, or else `~/.kube/config`.
 pub fn load(path: Option<&Path>) -> Result<Kubeconfig> {
-    let Some(path) = path else {
-        return Kubeconfig::read().map_err(|source| match source {
+    match path {
+        Some(path) => Kubeconfig::read_from(path).map_err(|e| load_error(path, e)),
+        None => Kubeconfig::read().map_err(|source| match source {
             KubeconfigError::FindPath => Error::NotFound,
             source => Error::LoadDefault(source),
-        });
-    };
-    // `--kubeconfig` shares clap's `env = "KUBECONFIG"`, which may hold a list of files.
-    let mut merged: Option<Kubeconfig> = None;
-    for file in std::env::split_paths(path).filter(|p| !p.as_os_str().is_empty()) {
-        let next = Kubeconfig::read_from(&file).map_err(|source| Error::Load {
-            path: file.clone(),
-            source,
-        })?;
-        merged = Some(match merged {
-            None => next,
-            Some(kc) => kc.merge(next).map_err(|source| Error::Load {
-                path: file.clone(),
-                source,
-            })?,
-        });
+        }),
     }
-    merged.ok_or(Error::NotFound)
+}
+
+/// kube's read error names the path again; ours already does.
+fn load_error(path: &Path, err: KubeconfigError) -> Error {
+    match err {
+        KubeconfigError::ReadConfig(source, _) => Error::Read {
+            path: path.to_owned(),
+            source,
+        },
+        source => Error::Load {
+            path: path.to_owned(),
+            source,
+        },
+    }
 }
 
 /// One context of a kubeconfig with the cluster and user it names.
@@ -315,10 +324,7 @@ pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<kube::Clien
 /// (files and exec plugins included): they are used once, from this machine, to create the
 /// service account whose token is stored.
 pub fn read_remote(path: &Path, context: Option<&str>) -> Result<Kubeconfig> {
-    let kc = Kubeconfig::read_from(path).map_err(|source| Error::Load {
-        path: path.to_owned(),
-        source,
-    })?;
+    let kc = Kubeconfig::read_from(path).map_err(|e| load_error(path, e))?;
     let sel = select(&kc, context)?;
     let mut cluster = sel.cluster.clone();
     inline_certificate_authority(sel.cluster_name, &mut cluster)?;
@@ -721,10 +727,8 @@ mod tests {
     }
 
     #[test]
-    fn accepts_inline_data() {
+    fn accepts_inline_client_certificate_data() {
         let kc = with_user(|u| {
-            u.token = None;
-            u.client_certificate_data = Some(BASE64.encode(b"cert"));
             *u = serde_json::from_value(serde_json::json!({
                 "client-certificate-data": BASE64.encode(b"cert"),
                 "client-key-data": BASE64.encode(b"key"),
@@ -841,19 +845,15 @@ users:
     }
 
     #[test]
-    fn load_merges_a_list_of_files() {
+    fn load_reads_the_given_file() {
         let dir = tempdir();
-        let a = user_kubeconfig(&dir);
-        let b = write(
-            &dir,
-            "second",
-            "apiVersion: v1\nkind: Config\ncurrent-context: other\ncontexts:\n- name: other\n  context: {cluster: east}\n",
-        );
-        let list = std::env::join_paths([&a, &b]).unwrap();
-        let kc = load(Some(Path::new(&list))).unwrap();
-        assert_eq!(kc.contexts.len(), 3);
-        // The first file to set current-context wins, as in kubectl.
-        assert_eq!(kc.current_context.as_deref(), Some("admin@east"));
+        let path = user_kubeconfig(&dir);
+        let kc = load(Some(&path)).unwrap();
+        assert_eq!(kc.contexts.len(), 2);
+        assert_eq!(select(&kc, None).unwrap().context, "admin@east");
+        let err = load(Some(&dir.join("missing"))).unwrap_err();
+        assert!(matches!(err, Error::Read { .. }), "{err:?}");
+        assert!(err.hint().contains("--kubeconfig"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

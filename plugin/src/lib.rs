@@ -38,14 +38,10 @@ pub struct Cli {
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Path to the kubeconfig of the primary cluster (a list, like KUBECONFIG's, is merged).
-    #[arg(
-        long,
-        global = true,
-        env = "KUBECONFIG",
-        hide_env_values = true,
-        value_name = "FILE"
-    )]
+    /// Kubeconfig of the primary cluster [default: KUBECONFIG, or ~/.kube/config].
+    // Not `env = "KUBECONFIG"`: clap would refuse an empty KUBECONFIG and take a list of files
+    // for one path; kube's own loader reads KUBECONFIG the way kubectl does.
+    #[arg(long, global = true, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Kubeconfig context of the primary cluster [default: the current context].
     #[arg(long, global = true, value_name = "NAME")]
@@ -382,6 +378,8 @@ mod tests {
             "kubectl-mesh",
             "attach",
             "remote.yaml",
+            "--kubeconfig",
+            "primary.yaml",
             "--remote-context",
             "admin@east",
             "--name",
@@ -394,7 +392,8 @@ mod tests {
         let Command::Attach(a) = cli.command else {
             panic!("not attach");
         };
-        assert_eq!(a.kubeconfig, PathBuf::from("remote.yaml"));
+        assert_eq!(a.remote_kubeconfig, PathBuf::from("remote.yaml"));
+        assert_eq!(cli.global.kubeconfig, Some(PathBuf::from("primary.yaml")));
         assert_eq!(a.remote_guard, cmd::attach::RemoteGuardArg::Deny);
         assert!(a.dry_run && !a.wait);
     }

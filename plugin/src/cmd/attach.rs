@@ -11,8 +11,9 @@ use crate::{Context, Error, Result};
 #[derive(Debug, clap::Args)]
 pub struct Attach {
     /// Kubeconfig of the remote cluster (only its chosen context is used).
+    // Not named `kubeconfig`: that id belongs to the global --kubeconfig of the primary.
     #[arg(value_name = "KUBECONFIG")]
-    pub kubeconfig: PathBuf,
+    pub remote_kubeconfig: PathBuf,
     /// Context of the remote's kubeconfig [default: its current context].
     #[arg(long, value_name = "CONTEXT")]
     pub remote_context: Option<String>,
@@ -59,7 +60,7 @@ impl Attach {
     /// Runs the command.
     pub async fn run(self, _ctx: &Context) -> Result<()> {
         let Self {
-            kubeconfig: _,
+            remote_kubeconfig: _,
             remote_context: _,
             name: _,
             dry_run: _,

@@ -87,7 +87,13 @@ impl Install {
         }
 
         let client = ctx.client().await?;
-        let cert = serving_cert(&client, &sans, rotate_certs, ctx).await?;
+        let (cert, issued) = serving_cert(&client, &sans, rotate_certs, ctx).await?;
+        if issued && options.webhook_url.is_some() && webhook_cert_dir.is_none() {
+            progress.warn(
+                "a webhook running outside the cluster needs the new certificate: \
+                 re-run with --webhook-cert-dir DIR and point the webhook at DIR",
+            );
+        }
         for m in render::render(&options, &cert)? {
             apply::apply(&client, &m).await?;
             progress.ok(format!("{} applied", m.describe()));
@@ -133,14 +139,15 @@ fn dry_run_output(format: OutputFormat, manifests: &[Manifest]) -> Result<String
     output::render_values(format, &values)
 }
 
-/// The installed serving certificate when it can be reused, a new one otherwise. Reusing
-/// it keeps the caBundle stable, so webhook pods and a local webhook keep working.
+/// The installed serving certificate when it can be reused, a new one otherwise (and then
+/// `true`). Reusing it keeps the caBundle stable, so webhook pods and a local webhook keep
+/// working.
 async fn serving_cert(
     client: &Client,
     sans: &[String],
     rotate: bool,
     ctx: &Context,
-) -> Result<ServingCert> {
+) -> Result<(ServingCert, bool)> {
     let progress = ctx.progress;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), MESH_NAMESPACE);
     let existing = secrets
@@ -156,7 +163,7 @@ async fn serving_cert(
         Some(Some(cert)) if !rotate => match cert.reuse_problem(sans, jiff::Timestamp::now()) {
             None => {
                 progress.info("keeping the installed serving certificate and CA");
-                return Ok(cert);
+                return Ok((cert, false));
             }
             Some(problem) => Some(format!("the installed one cannot be kept: {problem}")),
         },
@@ -167,7 +174,7 @@ async fn serving_cert(
         Some(why) => progress.warn(format!("issuing a new serving certificate and CA ({why})")),
         None => progress.info("issuing a serving certificate and CA"),
     }
-    Ok(cert)
+    Ok((cert, true))
 }
 
 /// In URL mode the webhook runs elsewhere: an in-cluster one left from an earlier install
