@@ -29,12 +29,22 @@ pub struct Args {
     pub listen: SocketAddr,
 
     /// PEM certificate chain served by the webhook; reloaded when the file changes.
-    #[arg(long, env = "MESH_WEBHOOK_TLS_CERT")]
-    pub tls_cert: PathBuf,
+    #[arg(long, env = "MESH_WEBHOOK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
 
     /// PEM private key of the certificate; reloaded when the file changes.
-    #[arg(long, env = "MESH_WEBHOOK_TLS_KEY")]
-    pub tls_key: PathBuf,
+    #[arg(long, env = "MESH_WEBHOOK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Directory holding `tls.crt` and `tls.key` (a mounted kubernetes.io/tls Secret), instead
+    /// of --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "MESH_WEBHOOK_CERT_DIR",
+        conflicts_with_all = ["tls_cert", "tls_key"],
+        required_unless_present_all = ["tls_cert", "tls_key"]
+    )]
+    pub cert_dir: Option<PathBuf>,
 
     /// Kubeconfig of the primary cluster. Default: in-cluster service account, else
     /// $KUBECONFIG or ~/.kube/config.
@@ -59,8 +69,9 @@ pub struct Args {
     )]
     pub excluded_namespaces: Vec<String>,
 
-    /// Namespace holding the kubeconfig Secrets of attached clusters and the leader Lease.
-    #[arg(long, env = "MESH_WEBHOOK_MESH_NAMESPACE", default_value = crate::MESH_NAMESPACE)]
+    /// Namespace holding the kubeconfig Secrets of attached clusters and the leader Lease: the
+    /// webhook's own (the Deployment passes its namespace as POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = crate::MESH_NAMESPACE)]
     pub mesh_namespace: String,
 
     /// Full sync of every remote at least this often (e.g. 60s, 5m, or seconds).
@@ -81,7 +92,8 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_LEASE_NAME", default_value = "mesh-webhook")]
     pub lease_name: String,
 
-    /// Identity of this replica in the Lease. Default: hostname (the pod name) and pid.
+    /// Identity of this replica in the Lease. Default: the pod name (POD_NAME, else the
+    /// hostname) and the pid.
     #[arg(long, env = "MESH_WEBHOOK_IDENTITY")]
     pub identity: Option<String>,
 
@@ -113,6 +125,7 @@ impl Args {
             listen,
             tls_cert,
             tls_key,
+            cert_dir,
             kubeconfig,
             managed_labels,
             excluded_namespaces,
@@ -135,6 +148,12 @@ impl Args {
             );
         }
 
+        let (tls_cert, tls_key) = match (cert_dir, tls_cert, tls_key) {
+            (Some(dir), _, _) => (dir.join("tls.crt"), dir.join("tls.key")),
+            (None, Some(cert), Some(key)) => (cert, key),
+            // clap requires one or the other.
+            _ => anyhow::bail!("set --cert-dir, or --tls-cert and --tls-key"),
+        };
         let primary = primary_client(kubeconfig.as_deref()).await?;
         let mut excluded = excluded_namespaces;
         excluded.push(mesh_namespace.clone());
@@ -300,8 +319,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let args = Args::try_parse_from(["mesh-webhook", "--tls-cert", "c", "--tls-key", "k"])
-            .expect("parse");
+        let args = Args::try_parse_from(["mesh-webhook", "--cert-dir", "/tls"]).expect("parse");
         assert_eq!(args.listen, "0.0.0.0:8443".parse().expect("addr"));
         assert_eq!(args.resync_period, Duration::from_secs(60));
         assert_eq!(args.push_deadline, Duration::from_secs(2));
@@ -315,6 +333,18 @@ mod tests {
         );
         assert_eq!(args.lease_name, "mesh-webhook");
         assert_eq!(args.log_format, LogFormat::Plain);
+    }
+
+    #[test]
+    fn certificate_flags() {
+        let parse = |args: &[&str]| {
+            Args::try_parse_from(std::iter::once("mesh-webhook").chain(args.iter().copied()))
+        };
+        assert!(parse(&["--tls-cert=c", "--tls-key=k"]).is_ok());
+        assert!(parse(&["--cert-dir=/tls"]).is_ok());
+        assert!(parse(&[]).is_err(), "a certificate is required");
+        assert!(parse(&["--tls-cert=c"]).is_err(), "the key is required too");
+        assert!(parse(&["--cert-dir=/tls", "--tls-cert=c", "--tls-key=k"]).is_err());
     }
 
     #[test]

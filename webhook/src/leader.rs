@@ -88,9 +88,9 @@ impl LeaseSettings {
 /// `<hostname>-<pid>`: the pod name in Kubernetes, made unique per process so that a
 /// restarted container never mistakes its predecessor's Lease for its own.
 pub fn default_identity() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
+    let host = ["POD_NAME", "HOSTNAME"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().filter(|h| !h.is_empty()))
         .or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
