@@ -15,10 +15,10 @@ use k8s_openapi::{
         },
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
-            ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
-            Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+            Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Namespace,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
+            ServicePort, ServiceSpec, Volume, VolumeMount,
         },
         rbac::v1::{
             ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -52,7 +52,7 @@ pub const FIELD_MANAGER: &str = MANAGER;
 pub const WEBHOOK_PORT: i32 = 8443;
 /// Path of the admission endpoint.
 pub const MUTATE_PATH: &str = "/mutate";
-/// Where the Deployment mounts [`TLS_SECRET`]; the webhook's `--cert-dir`.
+/// Where the Deployment mounts [`TLS_SECRET`].
 pub const CERT_DIR: &str = "/etc/mesh-webhook/tls";
 /// Image of the webhook when `--image` is not given.
 pub const DEFAULT_IMAGE: &str = concat!(
@@ -562,26 +562,14 @@ pub fn tls_secret(cert: &ServingCert) -> Secret {
     }
 }
 
-/// Arguments of the webhook container.
+/// Arguments of the webhook container (`mesh-webhook --help`). The rest of its flags keep
+/// their defaults, which match what is rendered here (mesh namespace, Lease name, labels).
 pub fn webhook_args() -> Vec<String> {
     vec![
-        format!("--cert-dir={CERT_DIR}"),
         format!("--listen=0.0.0.0:{WEBHOOK_PORT}"),
+        format!("--tls-cert={CERT_DIR}/{TLS_CRT}"),
+        format!("--tls-key={CERT_DIR}/{TLS_KEY}"),
     ]
-}
-
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 fn https_probe(path: &str, period: i32) -> Probe {
@@ -608,15 +596,11 @@ pub fn deployment(options: &Options) -> Deployment {
         name: WEBHOOK.to_owned(),
         image: Some(options.image.clone()),
         args: Some(webhook_args()),
-        env: Some(vec![
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            EnvVar {
-                name: "RUST_LOG".to_owned(),
-                value: Some("info".to_owned()),
-                ..Default::default()
-            },
-        ]),
+        env: Some(vec![EnvVar {
+            name: "RUST_LOG".to_owned(),
+            value: Some("info".to_owned()),
+            ..Default::default()
+        }]),
         ports: Some(vec![ContainerPort {
             name: Some("https".to_owned()),
             container_port: WEBHOOK_PORT,
