@@ -1,1 +1,162 @@
-//! Integration tests live in tests/; this library holds their shared helpers.
+//! Helpers shared by the integration tests in `tests/`: one environment per test binary,
+//! waiting on conditions with deadlines, and a small HTTPS server for webhook tests.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use mesh_testenv::{Options, TestEnv};
+use tokio::sync::OnceCell;
+
+pub use mesh_testenv;
+
+/// The environment shared by every test of one test binary: starting control planes per test
+/// would cost seconds each. Tests isolate themselves by namespace names ([`unique_name`]).
+/// The environment's watchdog stops the processes when the test binary exits.
+pub async fn shared_env(remotes: usize) -> &'static TestEnv {
+    static ENV: OnceCell<TestEnv> = OnceCell::const_new();
+    ENV.get_or_init(|| async {
+        match TestEnv::start(Options { remotes, dir: None }).await {
+            Ok(env) => env,
+            Err(error) => panic!("starting the test environment: {error:#}"),
+        }
+    })
+    .await
+}
+
+/// A DNS-1123 name unique within this test run.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Polls `check` until it yields `Some`, failing after `timeout` with the last state seen.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if Instant::now() > deadline {
+            match last_error {
+                Some(error) => bail!("{what}: not true within {timeout:?}; last error: {error:#}"),
+                None => bail!("{what}: not true within {timeout:?}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a command to completion without blocking the runtime (an in-test server may have to
+/// answer the very request the command makes), failing with its stderr when it fails.
+pub async fn run(cmd: std::process::Command) -> anyhow::Result<std::process::Output> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    let output = cmd
+        .output()
+        .await
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it.
+pub struct TestCertificate {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCertificate {
+    pub fn for_loopback() -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.distinguished_name.push(DnType::CommonName, "e2e-ca");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate()?;
+        let mut leaf = CertificateParams::new(vec!["localhost".to_string()])?;
+        leaf.subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        let cert = leaf.signed_by(&key, &issuer)?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Serves `router` over TLS on a loopback port until dropped.
+pub struct HttpsServer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpsServer {
+    pub async fn start(router: axum::Router, cert: &TestCertificate) -> anyhow::Result<Self> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())?;
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let router = router.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(router);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Re-export for tests that wait a fixed upper bound.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);

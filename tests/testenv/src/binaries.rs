@@ -9,7 +9,12 @@ use anyhow::{Context, bail};
 use crate::{ETCD_VERSION, KUBERNETES_VERSION};
 
 const BUILD_SCRIPT: &str = include_str!("../scripts/build-control-plane.sh");
-const NAMES: [&str; 4] = ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl"];
+const NAMES: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+];
 
 /// Paths of the cached etcd, kube-apiserver, kube-controller-manager and kubectl.
 #[derive(Clone, Debug)]
@@ -23,8 +28,12 @@ impl Binaries {
     pub fn cache_dir() -> PathBuf {
         let root = std::env::var_os("MESH_TESTENV_CACHE")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kubectl-mesh")))
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kubectl-mesh")))
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kubectl-mesh"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kubectl-mesh"))
+            })
             .unwrap_or_else(|| std::env::temp_dir().join("kubectl-mesh-cache"));
         root.join(format!("k8s-v{KUBERNETES_VERSION}-etcd-v{ETCD_VERSION}"))
     }
@@ -60,7 +69,9 @@ impl Binaries {
             .status()
             .context("running bash; is it installed?")?;
         if !status.success() || !binaries.complete() {
-            bail!("building the control plane failed ({status}); see the output above, check that `go` is on PATH and the Go module proxy is reachable");
+            bail!(
+                "building the control plane failed ({status}); see the output above, check that `go` is on PATH and the Go module proxy is reachable"
+            );
         }
         eprintln!("[testenv] control plane built in {:.0?}", started.elapsed());
         Ok(binaries)

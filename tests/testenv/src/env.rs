@@ -107,14 +107,18 @@ impl TestEnv {
                 pki,
             });
         }
-        eprintln!("[testenv] certificates and kubeconfigs: {:.2?}", step.elapsed());
+        eprintln!(
+            "[testenv] certificates and kubeconfigs: {:.2?}",
+            step.elapsed()
+        );
 
+        let scratch = temp.as_ref().map(|t| t.path().to_path_buf());
         let mut env = Self {
             etcd_url: String::new(),
             dir,
             binaries,
             clusters,
-            processes: Mutex::new(ProcessGroup::default()),
+            processes: Mutex::new(ProcessGroup::with_scratch_dir(scratch)),
             _temp: temp,
         };
         let step = Instant::now();
@@ -222,8 +226,7 @@ impl TestEnv {
             // Test data is thrown away: durability costs time and buys nothing here.
             .arg("--unsafe-no-fsync")
             .arg("--log-level=warn");
-        self.lock()
-            .spawn("etcd", cmd, &self.dir.join("etcd.log"))?;
+        self.lock().spawn("etcd", cmd, &self.dir.join("etcd.log"))?;
         self.etcd_url = client_url;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -249,7 +252,10 @@ impl TestEnv {
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--cert-dir={}", cluster.dir.display()))
             .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
-            .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.serving_key.display()
+            ))
             .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
             // A distinct issuer and key per cluster: a token of one cluster is refused by another.
             .arg(format!("--service-account-issuer={}", cluster.server))

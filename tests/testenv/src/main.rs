@@ -86,7 +86,10 @@ async fn up(dir: PathBuf, remotes: usize) -> anyhow::Result<()> {
             cluster.kubeconfig.display()
         );
     }
-    println!("stop with Ctrl-C or: mesh-testenv down --dir {}", dir.display());
+    println!(
+        "stop with Ctrl-C or: mesh-testenv down --dir {}",
+        dir.display()
+    );
     let mut health = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -124,16 +127,15 @@ fn running_pid(dir: &Path) -> Option<i32> {
 
 async fn down(dir: &Path) -> anyhow::Result<()> {
     let Some(pid) = running_pid(dir) else {
-        bail!(
-            "no environment runs in {}; nothing to stop",
-            dir.display()
-        );
+        bail!("no environment runs in {}; nothing to stop", dir.display());
     };
     kill(Pid::from_raw(pid), Signal::SIGTERM).context("signalling the environment")?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while kill(Pid::from_raw(pid), None).is_ok() {
         if Instant::now() > deadline {
-            bail!("environment (pid {pid}) still running 30s after SIGTERM; kill it: kill -9 {pid}");
+            bail!(
+                "environment (pid {pid}) still running 30s after SIGTERM; kill it: kill -9 {pid}"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

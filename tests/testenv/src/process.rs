@@ -21,9 +21,21 @@ pub struct ProcessGroup {
     pgid: Option<u32>,
     children: Vec<Managed>,
     watchdog: Option<Child>,
+    /// Removed by the watchdog after the kill, when the owner could not remove it itself.
+    scratch_dir: Option<PathBuf>,
 }
 
 impl ProcessGroup {
+    /// A group whose watchdog also deletes `scratch_dir` if the owner dies without cleanup.
+    pub fn with_scratch_dir(scratch_dir: Option<PathBuf>) -> Self {
+        Self {
+            pgid: None,
+            children: Vec::new(),
+            watchdog: None,
+            scratch_dir,
+        }
+    }
+
     /// Starts `cmd` with stdout and stderr appended to `log`, inside the group.
     pub fn spawn(&mut self, name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<u32> {
         let out = File::options()
@@ -42,7 +54,7 @@ impl ProcessGroup {
         let pid = child.id();
         if self.pgid.is_none() {
             self.pgid = Some(pid);
-            self.watchdog = Some(spawn_watchdog(pid)?);
+            self.watchdog = Some(spawn_watchdog(pid, self.scratch_dir.as_deref())?);
         }
         self.children.push(Managed {
             name: name.to_string(),
@@ -109,19 +121,33 @@ impl Drop for ProcessGroup {
 /// A shell that kills the group once this process is gone, whatever way it went: a static
 /// environment is never dropped, and a SIGKILLed test runs no destructor. It sits in its own
 /// process group so a Ctrl-C aimed at the test does not take it down first.
-fn spawn_watchdog(pgid: u32) -> anyhow::Result<Child> {
+fn spawn_watchdog(pgid: u32, scratch_dir: Option<&Path>) -> anyhow::Result<Child> {
     let owner = std::process::id();
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "while kill -0 {owner} 2>/dev/null; do sleep 0.5; done; kill -9 -- -{pgid} 2>/dev/null"
-        ))
+    // Plain POSIX sh (dash): `kill -KILL -PGID` signals the group; dash rejects `--` there.
+    let mut script = format!(
+        "while kill -0 {owner} 2>/dev/null; do sleep 0.5; done; kill -KILL -{pgid} 2>/dev/null"
+    );
+    if let Some(dir) = scratch_dir {
+        script.push_str("; sleep 0.5; rm -rf \"$0\"");
+        return watchdog_command(&script)
+            .arg(dir)
+            .spawn()
+            .context("starting the cleanup watchdog (sh)");
+    }
+    watchdog_command(&script)
+        .spawn()
+        .context("starting the cleanup watchdog (sh)")
+}
+
+fn watchdog_command(script: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("starting the cleanup watchdog (sh)")
+        .process_group(0);
+    cmd
 }
 
 /// The last `lines` lines of a log file, for error messages.
