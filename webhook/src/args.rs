@@ -1,7 +1,7 @@
 //! Command line of `mesh-webhook`. Every flag can also be set through its environment
 //! variable, which is how the Deployment configures it.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{io::IsTerminal as _, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
@@ -238,7 +238,9 @@ fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<LogLevelSette
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Plain => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Plain => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()

@@ -451,9 +451,9 @@ async fn supervise(
                         },
                     );
                     tasks.spawn(
-                        worker
-                            .run()
-                            .instrument(tracing::info_span!("cluster", cluster = %name)),
+                        worker.run().instrument(
+                            tracing::info_span!(parent: None, "cluster", cluster = %name),
+                        ),
                     );
                 }
             }
@@ -645,7 +645,8 @@ impl Worker {
                 .condition(CONDITION_REACHABLE)
                 .map(|c| c.message.clone())
                 .unwrap_or_default();
-            self.publish(&cluster.object_ref(&()), type_, reason, note)
+            let event = event(type_, reason, note, None);
+            self.publish(&event, &cluster.object_ref(&()), Series::Aggregate)
                 .await;
         }
         if status_needs_write(prev.as_ref(), &next, shared.settings.status_refresh)
@@ -663,10 +664,12 @@ impl Worker {
         report: &SyncReport,
     ) {
         let cluster_name = self.name.as_str();
-        let regarding = |namespace: &str| {
-            primary
-                .get(namespace)
-                .map_or_else(|| cluster.object_ref(&()), |ns| ns.object_ref(&()))
+        let cluster_ref = cluster.object_ref(&());
+        // On the primary namespace, related to the MeshCluster; on the MeshCluster when the
+        // namespace does not exist on the primary (its labels were removed from the remote).
+        let regarding = |namespace: &str| match primary.get(namespace) {
+            Some(ns) => (ns.object_ref(&()), Some(cluster_ref.clone())),
+            None => (cluster_ref.clone(), None),
         };
         let applied: Vec<_> = report.applied().collect();
         if applied.len() > MAX_EVENTS_PER_SYNC {
@@ -674,23 +677,14 @@ impl Worker {
                 "cluster {cluster_name}: corrected the managed labels of {} namespaces",
                 applied.len()
             );
-            self.publish(
-                &cluster.object_ref(&()),
-                EventType::Normal,
-                REASON_CORRECTED,
-                note,
-            )
-            .await;
+            let event = event(EventType::Normal, REASON_CORRECTED, note, None);
+            self.publish(&event, &cluster_ref, Series::Distinct).await;
         } else {
             for change in applied {
                 let note = format!("cluster {cluster_name}: {}", change.diff.describe());
-                self.publish(
-                    &regarding(&change.diff.namespace),
-                    EventType::Normal,
-                    REASON_CORRECTED,
-                    note,
-                )
-                .await;
+                let (object, related) = regarding(&change.diff.namespace);
+                let event = event(EventType::Normal, REASON_CORRECTED, note, related);
+                self.publish(&event, &object, Series::Distinct).await;
             }
         }
         for error in report.errors.iter().take(MAX_EVENTS_PER_SYNC) {
@@ -699,34 +693,52 @@ impl Worker {
                 error.diff.describe(),
                 error.message
             );
-            self.publish(
-                &regarding(&error.namespace),
-                EventType::Warning,
-                REASON_FAILED,
-                note,
-            )
-            .await;
+            let (object, related) = regarding(&error.namespace);
+            let event = event(EventType::Warning, REASON_FAILED, note, related);
+            self.publish(&event, &object, Series::Aggregate).await;
         }
     }
 
-    async fn publish(
-        &self,
-        regarding: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        let event = KubeEvent {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(truncate(note, MAX_MESSAGE)),
-            action: "Sync".to_owned(),
-            secondary: None,
+    async fn publish(&self, event: &KubeEvent, regarding: &ObjectReference, series: Series) {
+        let result = match series {
+            Series::Aggregate => self.shared.recorder.publish(event, regarding).await,
+            Series::Distinct => {
+                Recorder::new(
+                    self.shared.primary.clone(),
+                    self.shared.settings.reporter.clone(),
+                )
+                .publish(event, regarding)
+                .await
+            }
         };
         // Events are best effort: losing one must never stop a sync.
-        if let Err(error) = self.shared.recorder.publish(&event, regarding).await {
-            tracing::debug!(error = %error_chain(&error), %reason, "cannot publish event");
+        if let Err(error) = result {
+            tracing::debug!(error = %error_chain(&error), reason = %event.reason, "cannot publish event");
         }
+    }
+}
+
+/// How a repeated Event is recorded. kube's [`Recorder`] folds events with the same reason
+/// on the same object into one series and keeps the first note: right for a failure that
+/// repeats every retry, wrong for corrections whose notes say what changed each time.
+#[derive(Clone, Copy, Debug)]
+enum Series {
+    Aggregate,
+    Distinct,
+}
+
+fn event(
+    type_: EventType,
+    reason: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) -> KubeEvent {
+    KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate(note, MAX_MESSAGE)),
+        action: "Sync".to_owned(),
+        secondary: related,
     }
 }
 
@@ -781,7 +793,8 @@ pub(crate) fn next_status(
         Attempt::Synced(report) => {
             let in_sync = report.in_sync_after();
             let corrected = report.applied().count();
-            next.last_sync_time = Some(now.to_string());
+            // Whole seconds, as Kubernetes writes its own timestamps.
+            next.last_sync_time = Some(format!("{now:.0}"));
             next.namespaces_in_sync = u32::try_from(in_sync).unwrap_or(u32::MAX);
             next.missing_namespaces = report.missing.clone();
             next.namespaces_drifted = u32::try_from(corrected).unwrap_or(u32::MAX);
