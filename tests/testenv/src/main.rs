@@ -31,6 +31,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         remotes: usize,
     },
+    /// Build (once per machine) and cache the control-plane binaries, then print where they are.
+    Build,
     /// Stop the environment running in DIR.
     Down {
         /// The directory given to `up`.
@@ -54,6 +56,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Cmd::Up { dir, remotes } => up(dir, remotes).await,
         Cmd::Down { dir } => down(&dir).await,
+        Cmd::Build => {
+            let binaries = tokio::task::spawn_blocking(mesh_testenv::Binaries::ensure).await??;
+            println!("{}", binaries.dir.display());
+            Ok(())
+        }
     }
 }
 
