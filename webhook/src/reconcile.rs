@@ -250,6 +250,8 @@ impl Reconciler {
             watcher::Config::default(),
         )
         .default_backoff()
+        // managedFields are most of a Namespace's bytes and nothing here reads them.
+        .modify(|ns| ns.managed_fields_mut().clear())
         .reflect(ns_writer);
         tasks.spawn(
             watch_namespaces(
@@ -275,6 +277,7 @@ impl Reconciler {
             watcher::Config::default(),
         )
         .default_backoff()
+        .modify(|secret| secret.managed_fields_mut().clear())
         .reflect(secret_writer);
         tasks.spawn(
             notify_on_events(secret_events, clusters_changed.clone(), shutdown.clone())

@@ -18,7 +18,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Client, Config, ResourceExt,
+    Api, Client, Config, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig, KubeconfigError},
 };
 
@@ -28,6 +28,14 @@ use crate::cluster::{KUBECONFIG_KEY, MeshCluster};
 pub enum Error {
     #[error("secret {namespace}/{name} not found")]
     SecretMissing { namespace: String, name: String },
+
+    #[error("cannot read secret {namespace}/{name}: {}", error_chain(.source))]
+    ReadSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
 
     #[error("secret {namespace}/{name} has no {key:?} key")]
     KeyMissing {
@@ -71,6 +79,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::SecretMissing { .. } => "secret_missing",
+            Self::ReadSecret { .. } => "read_secret",
             Self::KeyMissing { .. } => "key_missing",
             Self::NotUtf8 { .. } | Self::Yaml { .. } | Self::Kubeconfig { .. } => {
                 "invalid_kubeconfig"
@@ -84,6 +93,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::SecretMissing { .. } | Self::KeyMissing { .. } => "CredentialsMissing",
+            Self::ReadSecret { .. } => "SecretUnreadable",
             Self::NotUtf8 { .. }
             | Self::Yaml { .. }
             | Self::Kubeconfig { .. }
@@ -304,6 +314,26 @@ impl Remotes {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Remote>>> {
         self.entries.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Reads the Secret of `cluster` from the primary (in `namespace`, the mesh namespace) and
+/// builds the client of the remote: what a one-shot command such as `kubectl mesh sync` needs.
+pub async fn client_for_cluster(
+    primary: &Client,
+    namespace: &str,
+    cluster: &MeshCluster,
+    options: &RemoteOptions,
+) -> Result<Client> {
+    let name = &cluster.spec.secret_name;
+    let secret = Api::<Secret>::namespaced(primary.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::ReadSecret {
+            namespace: namespace.to_owned(),
+            name: name.clone(),
+            source,
+        })?;
+    client_from_secret(namespace, name, secret.as_ref(), options).await
 }
 
 /// Builds the client of a remote from its Secret.

@@ -31,6 +31,8 @@ const WRITE_CONCURRENCY: usize = 8;
 pub enum Error {
     #[error("cannot list the remote's namespaces: {}", error_chain(.0))]
     ListNamespaces(#[source] kube::Error),
+    #[error("cannot list the primary's namespaces: {}", error_chain(.0))]
+    ListPrimary(#[source] kube::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -39,7 +41,7 @@ impl Error {
     /// How the call failed, for conditions and backoff.
     pub fn failure(&self) -> Failure {
         match self {
-            Self::ListNamespaces(error) => Failure::of(error),
+            Self::ListNamespaces(error) | Self::ListPrimary(error) => Failure::of(error),
         }
     }
 
@@ -120,6 +122,21 @@ impl SyncReport {
             .iter()
             .filter(|c| c.status == ChangeStatus::Applied)
     }
+}
+
+/// The primary's namespaces keyed by name: the `primary` argument of [`sync_remote`] for a
+/// one-shot sync (the reconciler reads its watch cache instead).
+pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Namespace>> {
+    let api: Api<Namespace> = Api::all(primary.clone());
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::ListPrimary)?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|ns| (ns.name_any(), ns))
+        .collect())
 }
 
 /// Syncs one remote against the primary's namespaces (keyed by name).
@@ -385,6 +402,28 @@ mod tests {
         assert_eq!(remote.state().patches, 2);
         assert_eq!(remote.labels("a")["istio-injection"], "enabled");
         assert_eq!(remote.labels("a")["team"], "y");
+    }
+
+    #[tokio::test]
+    async fn one_shot_sync_from_two_clusters() {
+        let primary_api = FakeApiserver::default()
+            .with_namespace("a", &[("istio-injection", "enabled")])
+            .with_namespace("b", &[]);
+        let remote = FakeApiserver::default().with_namespace("a", &[]);
+        let primary = primary_namespaces(&primary_api.client())
+            .await
+            .expect("list");
+        assert_eq!(primary.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let report = sync_remote(
+            &SyncRule::default(),
+            &primary,
+            &remote.client(),
+            SyncMode::Apply,
+        )
+        .await
+        .expect("sync");
+        assert_eq!(report.in_sync_after(), 1);
+        assert_eq!(remote.labels("a")["istio-injection"], "enabled");
     }
 
     #[tokio::test]
