@@ -1039,6 +1039,44 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + seconds).expect("valid")
     }
 
+    #[tokio::test]
+    async fn only_managed_label_changes_wake_the_workers() {
+        use crate::labels::fixtures::{NamespaceExt, ns};
+        use watcher::Event;
+
+        let events = vec![
+            Event::Init,
+            Event::InitApply(ns("a").label("istio-injection", "enabled")),
+            Event::InitApply(ns("b").label("team", "x")),
+            Event::InitDone, // 1
+            Event::Apply(
+                ns("a")
+                    .label("istio-injection", "enabled")
+                    .annotation("x", "y"),
+            ),
+            Event::Apply(ns("b").label("team", "y")),
+            Event::Apply(ns("a").label("istio-injection", "disabled")), // 2
+            Event::Apply(ns("c").label("istio.io/rev", "1-25")),        // 3
+            Event::Apply(ns("c").label("istio.io/rev", "1-25").deleting()), // 4
+            Event::Delete(ns("c")),
+            Event::Delete(ns("b")),
+            Event::Delete(ns("a").label("istio-injection", "disabled")), // 5
+            // A relist finding what we already know changes nothing.
+            Event::Init,
+            Event::InitApply(ns("b").label("team", "y")),
+            Event::InitDone,
+        ];
+        let (changed, seen) = watch::channel(0u64);
+        watch_namespaces(
+            futures::stream::iter(events.into_iter().map(Ok)),
+            Arc::new(SyncRule::default()),
+            changed,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(*seen.borrow(), 5);
+    }
+
     #[test]
     fn backoff_doubles_up_to_the_cap() {
         let settings = BackoffSettings::default();
