@@ -182,6 +182,18 @@ impl TestEnv {
         self.lock().check_alive()
     }
 
+    /// Starts a process that lives and dies with the environment (e.g. a local mesh-webhook),
+    /// logging to `<dir>/<name>.log`.
+    pub fn spawn_process(&self, name: &str, cmd: Command) -> anyhow::Result<u32> {
+        let log = self.dir.join(format!("{name}.log"));
+        self.lock().spawn(name, cmd, &log)
+    }
+
+    /// Stops a process started with [`TestEnv::spawn_process`] and waits for it to exit.
+    pub fn stop_process(&self, name: &str) -> anyhow::Result<()> {
+        self.lock().stop(name)
+    }
+
     /// Stops one cluster's apiserver, as when a remote becomes unreachable.
     pub fn stop_apiserver(&self, name: &str) -> anyhow::Result<()> {
         let cluster = self.cluster(name)?;

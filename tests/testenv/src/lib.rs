@@ -13,6 +13,7 @@
 pub mod binaries;
 mod env;
 mod kubeconfig;
+pub mod mesh;
 mod pki;
 mod process;
 

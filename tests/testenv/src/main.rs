@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_testenv::{Options, TestEnv};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -30,6 +31,10 @@ enum Cmd {
         /// Number of remote clusters besides the primary.
         #[arg(long, default_value_t = 2)]
         remotes: usize,
+        /// Also build kubectl-mesh and mesh-webhook, install the mesh on the primary with a
+        /// local webhook process, attach every remote, and write DIR/env.sh.
+        #[arg(long)]
+        mesh: bool,
     },
     /// Build (once per machine) and cache the control-plane binaries, then print where they are.
     Build,
@@ -54,7 +59,7 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Cmd::Up { dir, remotes } => up(dir, remotes).await,
+        Cmd::Up { dir, remotes, mesh } => up(dir, remotes, mesh).await,
         Cmd::Down { dir } => down(&dir).await,
         Cmd::Build => {
             let binaries = tokio::task::spawn_blocking(mesh_testenv::Binaries::ensure).await??;
@@ -64,7 +69,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-async fn up(dir: PathBuf, remotes: usize) -> anyhow::Result<()> {
+async fn up(dir: PathBuf, remotes: usize, with_mesh: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     if let Some(pid) = running_pid(&dir) {
@@ -83,6 +88,18 @@ async fn up(dir: PathBuf, remotes: usize) -> anyhow::Result<()> {
         _ = sigterm.recv() => return cleanup(&dir),
         _ = sigint.recv() => return cleanup(&dir),
     };
+    if with_mesh {
+        let started = tokio::select! {
+            mesh = start_mesh(&env) => mesh,
+            _ = sigterm.recv() => return cleanup(&dir),
+            _ = sigint.recv() => return cleanup(&dir),
+        };
+        if let Err(error) = started {
+            drop(env);
+            cleanup(&dir)?;
+            return Err(error);
+        }
+    }
     std::fs::write(dir.join(READY_FILE), "")?;
     println!("clusters ready in {}:", dir.display());
     for cluster in env.clusters() {
@@ -115,6 +132,35 @@ async fn up(dir: PathBuf, remotes: usize) -> anyhow::Result<()> {
     drop(env);
     eprintln!("stopped");
     cleanup(&dir)
+}
+
+/// Builds the product binaries with the profile this tool was built with, then sets up the mesh.
+async fn start_mesh(env: &TestEnv) -> anyhow::Result<()> {
+    let release = std::env::current_exe()?
+        .parent()
+        .is_some_and(|d| d.ends_with("release"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = tokio::process::Command::new(cargo);
+    build.args(["build", "-p", "kubectl-mesh", "-p", "mesh-webhook"]);
+    if release {
+        build.arg("--release");
+    }
+    eprintln!("[mesh] building kubectl-mesh and mesh-webhook");
+    let status = build.status().await.context("running cargo")?;
+    if !status.success() {
+        bail!("building kubectl-mesh and mesh-webhook failed; see the cargo output above");
+    }
+    let mesh = Mesh::start(env, MeshOptions::from_workspace()?).await?;
+    let env_sh = mesh.write_env_sh(env)?;
+    let remote = env.remotes().first().map_or("remote-1", |r| r.name.as_str());
+    println!(
+        "\nThe mesh is up: mesh-webhook at {url}, {n} remote(s) attached.\nTry, in another shell:\n\n  source {env_sh}\n  kubectl mesh list\n  kubectl create namespace shop\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig create namespace shop\n  kubectl label namespace shop istio-injection=enabled      # kubectl prints where it landed\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig get namespace shop --show-labels\n  kubectl mesh status\n",
+        url = mesh.webhook_url(),
+        n = env.remotes().len(),
+        env_sh = env_sh.display(),
+        dir = env.dir().display(),
+    );
+    Ok(())
 }
 
 fn cleanup(dir: &Path) -> anyhow::Result<()> {

@@ -1,0 +1,169 @@
+//! kubectl-mesh on top of a [`TestEnv`]: the mesh installed on the primary with an
+//! out-of-cluster webhook URL, `mesh-webhook` running as a local process that the primary's
+//! apiserver calls over TLS, and remotes attached with the real plugin. The demo (`up --mesh`)
+//! and the integration tests use this same path.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::{Cluster, TestEnv};
+
+/// Name of the webhook process inside the environment's process group.
+pub const WEBHOOK_PROCESS: &str = "mesh-webhook";
+
+/// Where the kubectl-mesh binaries are and how the webhook should run.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// The `kubectl-mesh` binary.
+    pub plugin: PathBuf,
+    /// The `mesh-webhook` binary.
+    pub webhook: PathBuf,
+    /// The reconciler's periodic full-sync interval.
+    pub resync_period: Duration,
+    /// Attach every remote of the environment (named like its cluster: remote-1, ...).
+    pub attach_remotes: bool,
+}
+
+impl MeshOptions {
+    /// Binaries built by cargo next to the running test or tool.
+    pub fn from_workspace() -> anyhow::Result<Self> {
+        Ok(Self {
+            plugin: crate::workspace_binary("kubectl-mesh")?,
+            webhook: crate::workspace_binary("mesh-webhook")?,
+            resync_period: Duration::from_secs(5),
+            attach_remotes: true,
+        })
+    }
+}
+
+/// A running local mesh.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    options: MeshOptions,
+    primary_kubeconfig: PathBuf,
+    listen: String,
+    cert_dir: PathBuf,
+}
+
+impl Mesh {
+    /// Installs the mesh on the environment's primary, starts the webhook, attaches remotes.
+    pub async fn start(env: &TestEnv, options: MeshOptions) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        let mesh = Self {
+            options,
+            primary_kubeconfig: env.primary().kubeconfig.clone(),
+            listen: format!("127.0.0.1:{port}"),
+            cert_dir: env.dir().join("mesh-webhook-tls"),
+        };
+        let mut install = mesh.plugin();
+        install
+            .args(["install", "--webhook-url", &mesh.webhook_url(), "--webhook-cert-dir"])
+            .arg(&mesh.cert_dir);
+        run(install).await?;
+        eprintln!("[mesh] installed on the primary: {:.2?}", started.elapsed());
+        mesh.start_webhook(env).await?;
+        eprintln!("[mesh] mesh-webhook listening on {}: {:.2?}", mesh.listen, started.elapsed());
+        if mesh.options.attach_remotes {
+            for remote in env.remotes() {
+                mesh.attach(remote).await?;
+                eprintln!("[mesh] attached {}: {:.2?}", remote.name, started.elapsed());
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// `https://127.0.0.1:<port>/mutate`, as registered in the webhook configuration.
+    pub fn webhook_url(&self) -> String {
+        format!("https://{}/mutate", self.listen)
+    }
+
+    /// `kubectl-mesh --kubeconfig <primary>`.
+    pub fn plugin(&self) -> Command {
+        let mut cmd = Command::new(&self.options.plugin);
+        cmd.arg("--kubeconfig").arg(&self.primary_kubeconfig);
+        cmd
+    }
+
+    /// `kubectl-mesh attach <remote kubeconfig> --name <cluster name>`.
+    pub async fn attach(&self, remote: &Cluster) -> anyhow::Result<Output> {
+        let mut attach = self.plugin();
+        attach
+            .arg("attach")
+            .arg(&remote.kubeconfig)
+            .args(["--name", &remote.name]);
+        run(attach).await
+    }
+
+    /// Starts the webhook process (again, after [`Mesh::stop_webhook`]) and waits until it
+    /// accepts connections.
+    pub async fn start_webhook(&self, env: &TestEnv) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.options.webhook);
+        cmd.args(["--listen", &self.listen])
+            .arg("--cert-dir")
+            .arg(&self.cert_dir)
+            .arg("--kubeconfig")
+            .arg(&self.primary_kubeconfig)
+            .arg("--resync-period")
+            .arg(format!("{}ms", self.options.resync_period.as_millis()))
+            .env("RUST_LOG", std::env::var("MESH_WEBHOOK_LOG").unwrap_or_else(|_| "info".into()));
+        env.spawn_process(WEBHOOK_PROCESS, cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&self.listen).is_err() {
+            env.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "mesh-webhook did not listen on {} within 30s; see {}",
+                    self.listen,
+                    env.dir().join(format!("{WEBHOOK_PROCESS}.log")).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops the webhook process, as when it crashes.
+    pub fn stop_webhook(&self, env: &TestEnv) -> anyhow::Result<()> {
+        env.stop_process(WEBHOOK_PROCESS)
+    }
+
+    /// Writes `<dir>/env.sh`: kubectl-mesh and the matching kubectl on PATH, KUBECONFIG set to
+    /// the primary.
+    pub fn write_env_sh(&self, env: &TestEnv) -> anyhow::Result<PathBuf> {
+        let plugin_dir = self.options.plugin.parent().context("plugin path has no directory")?;
+        let path = env.dir().join("env.sh");
+        std::fs::write(
+            &path,
+            format!(
+                "# source me: kubectl-mesh and kubectl v{} on PATH, KUBECONFIG = the primary\nexport PATH=\"{}:{}:$PATH\"\nexport KUBECONFIG=\"{}\"\n",
+                crate::KUBERNETES_VERSION,
+                shell_path(plugin_dir),
+                shell_path(&env.binaries().dir),
+                shell_path(&self.primary_kubeconfig),
+            ),
+        )?;
+        Ok(path)
+    }
+}
+
+fn shell_path(path: &Path) -> String {
+    path.display().to_string().replace('"', "\\\"")
+}
+
+async fn run(cmd: Command) -> anyhow::Result<Output> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    let output = cmd.output().await.with_context(|| format!("running {cmd:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
