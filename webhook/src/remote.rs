@@ -529,18 +529,46 @@ fn timed_out(error: &(dyn StdError + 'static)) -> bool {
 /// The error and its causes on one line, skipping causes already quoted by their parent
 /// (kube's Display of a service error repeats its source, and the innermost cause is the one
 /// that tells a connection refused from a certificate mismatch).
+/// An apiserver's refusal reads as `401 Unauthorized: <message>` instead of kube's Display,
+/// which dumps the whole `Status` struct.
 pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut next = error.source();
+    let mut out = String::new();
+    let mut next = Some(error);
     while let Some(err) = next {
-        let text = err.to_string();
+        let status = match err.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => Some(status.as_ref()),
+            _ => err.downcast_ref::<kube::core::Status>(),
+        };
+        let text = match status {
+            Some(status) => describe_status(status),
+            None => err.to_string(),
+        };
         if !out.contains(&text) {
-            out.push_str(": ");
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
             out.push_str(&text);
+        }
+        if status.is_some() {
+            // A Status is the end of the story; its source is itself.
+            break;
         }
         next = err.source();
     }
     out
+}
+
+fn describe_status(status: &kube::core::Status) -> String {
+    let mut text = status.code.to_string();
+    if !status.reason.is_empty() {
+        text.push(' ');
+        text.push_str(&status.reason);
+    }
+    if !status.message.is_empty() && status.message != status.reason {
+        text.push_str(": ");
+        text.push_str(&status.message);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -605,6 +633,28 @@ current-context: east
         let text = error_chain(&err);
         assert!(text.contains("tcp connect error"), "{text}");
         assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn api_errors_read_as_code_reason_message() {
+        let err = kube::Error::Api(
+            Status::failure(
+                "namespaces is forbidden: User \"x\" cannot list",
+                "Forbidden",
+            )
+            .with_code(403)
+            .boxed(),
+        );
+        assert_eq!(
+            error_chain(&err),
+            r#"403 Forbidden: namespaces is forbidden: User "x" cannot list"#
+        );
+        let err = kube::Error::Api(
+            Status::failure("Unauthorized", "Unauthorized")
+                .with_code(401)
+                .boxed(),
+        );
+        assert_eq!(error_chain(&err), "401 Unauthorized");
     }
 
     #[test]
