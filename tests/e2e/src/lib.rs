@@ -27,6 +27,26 @@ pub async fn shared_env(remotes: usize) -> &'static TestEnv {
     .await
 }
 
+/// The shared environment with the mesh installed, `mesh-webhook` running as a local process
+/// and every remote attached (the same setup as the demo).
+pub async fn shared_mesh(remotes: usize) -> (&'static TestEnv, &'static mesh_testenv::mesh::Mesh) {
+    static MESH: OnceCell<mesh_testenv::mesh::Mesh> = OnceCell::const_new();
+    let env = shared_env(remotes).await;
+    let mesh = MESH
+        .get_or_init(|| async {
+            let options = match mesh_testenv::mesh::MeshOptions::from_workspace() {
+                Ok(options) => options,
+                Err(error) => panic!("{error:#}"),
+            };
+            match mesh_testenv::mesh::Mesh::start(env, options).await {
+                Ok(mesh) => mesh,
+                Err(error) => panic!("starting the mesh: {error:#}"),
+            }
+        })
+        .await;
+    (env, mesh)
+}
+
 /// A DNS-1123 name unique within this test run.
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,298 @@
+//! Label propagation against real clusters: the primary's apiserver calls mesh-webhook over
+//! TLS, which pushes managed-label changes to every remote before kubectl returns; the
+//! reconciler repairs whatever the webhook could not.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use mesh_e2e::{eventually, run, shared_mesh, unique_name};
+use mesh_testenv::{Cluster, TestEnv};
+use serde_json::json;
+
+const MANAGED: [&str; 3] = ["istio-injection", "istio.io/rev", "istio.io/dataplane-mode"];
+/// Resync period of the test webhook (5 s) plus room for a slow machine.
+const RESYNC_DEADLINE: Duration = Duration::from_secs(30);
+
+async fn namespaces(cluster: &Cluster) -> anyhow::Result<Api<Namespace>> {
+    Ok(Api::all(cluster.client().await?))
+}
+
+async fn create_namespace(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+    namespaces(cluster)
+        .await?
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(())
+}
+
+/// The managed labels of a namespace on a cluster (None when the namespace does not exist).
+async fn managed_labels(
+    cluster: &Cluster,
+    name: &str,
+) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+    let Some(ns) = namespaces(cluster).await?.get_opt(name).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        ns.metadata
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| MANAGED.contains(&k.as_str()))
+            .collect(),
+    ))
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `kubectl label namespace <ns> <args>` on the primary; returns kubectl's stderr (warnings).
+async fn label_on_primary(env: &TestEnv, namespace: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = env.kubectl(env.primary());
+    cmd.args(["label", "namespace", namespace, "--overwrite"])
+        .args(args);
+    Ok(String::from_utf8(run(cmd).await?.stderr)?)
+}
+
+/// Asserts every remote carries exactly `expected` managed labels on `namespace` right now.
+async fn assert_remotes(
+    env: &TestEnv,
+    namespace: &str,
+    expected: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    for remote in env.remotes() {
+        assert_eq!(
+            managed_labels(remote, namespace).await?.as_ref(),
+            Some(expected),
+            "managed labels of {namespace} on {}",
+            remote.name
+        );
+    }
+    Ok(())
+}
+
+async fn namespace_everywhere(env: &TestEnv, prefix: &str) -> anyhow::Result<String> {
+    let name = unique_name(prefix);
+    for cluster in env.clusters() {
+        create_namespace(cluster, &name).await?;
+    }
+    Ok(name)
+}
+
+#[tokio::test]
+async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_returns()
+-> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = namespace_everywhere(env, "transitions").await?;
+
+    let warnings = label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+    // No waiting: the webhook pushed before the apiserver answered kubectl.
+    assert_remotes(env, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    assert!(
+        warnings.contains("kubectl-mesh: istio-injection=enabled applied on remote-1, remote-2"),
+        "kubectl printed: {warnings}"
+    );
+
+    label_on_primary(env, &ns, &["istio-injection=disabled"]).await?;
+    assert_remotes(env, &ns, &labels(&[("istio-injection", "disabled")])).await?;
+
+    label_on_primary(env, &ns, &["istio-injection-", "istio.io/rev=stable"]).await?;
+    assert_remotes(env, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
+
+    label_on_primary(
+        env,
+        &ns,
+        &["istio.io/rev=canary", "istio.io/dataplane-mode=ambient"],
+    )
+    .await?;
+    assert_remotes(
+        env,
+        &ns,
+        &labels(&[
+            ("istio.io/rev", "canary"),
+            ("istio.io/dataplane-mode", "ambient"),
+        ]),
+    )
+    .await?;
+
+    let warnings =
+        label_on_primary(env, &ns, &["istio.io/rev-", "istio.io/dataplane-mode-"]).await?;
+    assert_remotes(env, &ns, &labels(&[])).await?;
+    assert!(
+        warnings.contains("kubectl-mesh: managed labels removed on remote-1, remote-2"),
+        "kubectl printed: {warnings}"
+    );
+
+    // The outcome is recorded on the primary namespace.
+    let primary = namespaces(env.primary()).await?.get(&ns).await?;
+    let record = primary
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get("kubectl-mesh.io/propagation")
+        .cloned()
+        .unwrap_or_default();
+    let record: serde_json::Value = serde_json::from_str(&record)?;
+    assert_eq!(
+        record,
+        json!({"remote-1": "applied", "remote-2": "applied"})
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn unmanaged_labels_are_never_touched() -> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = namespace_everywhere(env, "unmanaged").await?;
+    let remote = &env.remotes()[0];
+    let patch = json!({"metadata": {"labels": {"team": "remote-team"}}});
+    namespaces(remote)
+        .await?
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+
+    let warnings =
+        label_on_primary(env, &ns, &["team=primary-team", "istio-injection=enabled"]).await?;
+    assert!(
+        warnings.contains("applied on"),
+        "kubectl printed: {warnings}"
+    );
+    let stored = namespaces(remote)
+        .await?
+        .get(&ns)
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(stored.get("team").map(String::as_str), Some("remote-team"));
+    assert_eq!(
+        stored.get("istio-injection").map(String::as_str),
+        Some("enabled")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_label_set_only_on_a_remote_disappears() -> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = namespace_everywhere(env, "remote-only").await?;
+    let remote = &env.remotes()[1];
+    let patch = json!({"metadata": {"labels": {"istio-injection": "enabled"}}});
+    namespaces(remote)
+        .await?
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    eventually("remote-only label removed", RESYNC_DEADLINE, || async {
+        Ok(managed_labels(remote, &ns).await?.filter(|l| l.is_empty()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_on_the_primary_removes_its_labels_on_remotes() -> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = namespace_everywhere(env, "deleted").await?;
+    label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+    assert_remotes(env, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+
+    namespaces(env.primary())
+        .await?
+        .delete(&ns, &DeleteParams::default())
+        .await?;
+    for remote in env.remotes() {
+        eventually(
+            &format!("labels of {ns} removed on {}", remote.name),
+            RESYNC_DEADLINE,
+            || async { Ok(managed_labels(remote, &ns).await?.filter(|l| l.is_empty())) },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_created_later_on_a_remote_gets_the_label_within_a_resync() -> anyhow::Result<()>
+{
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = unique_name("late");
+    create_namespace(env.primary(), &ns).await?;
+    let warnings = label_on_primary(env, &ns, &["istio.io/rev=stable"]).await?;
+    assert!(
+        warnings.contains(&format!(
+            "namespace {ns} does not exist there (not created)"
+        )),
+        "kubectl printed: {warnings}"
+    );
+    // Not created on the remotes.
+    for remote in env.remotes() {
+        assert_eq!(managed_labels(remote, &ns).await?, None);
+    }
+    let remote = &env.remotes()[0];
+    create_namespace(remote, &ns).await?;
+    eventually("late namespace labelled", RESYNC_DEADLINE, || async {
+        Ok(managed_labels(remote, &ns)
+            .await?
+            .filter(|l| *l == labels(&[("istio.io/rev", "stable")])))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = namespace_everywhere(env, "dry-run").await?;
+    let warnings =
+        label_on_primary(env, &ns, &["istio-injection=enabled", "--dry-run=server"]).await?;
+    assert!(
+        warnings.contains("kubectl-mesh: dry run; remote clusters not changed"),
+        "kubectl printed: {warnings}"
+    );
+    // A push would have landed before kubectl returned.
+    assert_remotes(env, &ns, &labels(&[])).await?;
+    assert_eq!(managed_labels(env.primary(), &ns).await?, Some(labels(&[])));
+    Ok(())
+}
+
+#[tokio::test]
+async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() -> anyhow::Result<()>
+{
+    // Its own environment: stopping the shared webhook would disturb the other tests.
+    let env = TestEnv::start(mesh_testenv::Options {
+        remotes: 1,
+        dir: None,
+    })
+    .await?;
+    let mesh =
+        mesh_testenv::mesh::Mesh::start(&env, mesh_testenv::mesh::MeshOptions::from_workspace()?)
+            .await?;
+    let ns = namespace_everywhere(&env, "webhook-down").await?;
+    mesh.stop_webhook(&env)?;
+    // failurePolicy Ignore: the edit goes through without the webhook.
+    label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    assert_eq!(
+        managed_labels(env.primary(), &ns).await?,
+        Some(labels(&[("istio-injection", "enabled")]))
+    );
+    mesh.start_webhook(&env).await?;
+    eventually(
+        "remote converged after the webhook came back",
+        RESYNC_DEADLINE,
+        || async {
+            Ok(managed_labels(&env.remotes()[0], &ns)
+                .await?
+                .filter(|l| *l == labels(&[("istio-injection", "enabled")])))
+        },
+    )
+    .await?;
+    Ok(())
+}
