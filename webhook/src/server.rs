@@ -34,10 +34,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::{
-    Client,
+    Client, Resource,
     core::admission::{AdmissionRequest, AdmissionReview},
+    runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter},
 };
 use serde_json::json;
 use tokio::{net::TcpListener, task::JoinSet};
@@ -46,7 +47,8 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::{
-    admission::{self, Decision, PushIntent, PushOutcome},
+    admission::{self, Decision, PushIntent, PushOutcome, PushResult},
+    cluster::MeshCluster,
     labels::SyncRule,
     leader::{self, LeaseSettings},
     metrics::{self, Metrics, ReviewOutcome},
@@ -140,6 +142,7 @@ pub struct AppState {
     push_deadline: Duration,
     readiness: Readiness,
     log_level: Option<LogLevelSetter>,
+    events: Option<(Client, Reporter)>,
 }
 
 impl AppState {
@@ -156,7 +159,14 @@ impl AppState {
             push_deadline,
             readiness: Readiness::default(),
             log_level: None,
+            events: None,
         }
+    }
+
+    /// Publish a `PropagationFailed` Event on the namespace when a push fails.
+    pub fn with_events(mut self, primary: Client, reporter: Reporter) -> Self {
+        self.events = Some((primary, reporter));
+        self
     }
 
     pub fn with_readiness(mut self, readiness: Readiness) -> Self {
@@ -167,6 +177,86 @@ impl AppState {
     pub fn with_log_level(mut self, setter: LogLevelSetter) -> Self {
         self.log_level = Some(setter);
         self
+    }
+
+    /// Records failed pushes as Events on the primary namespace, in the background: the
+    /// admission answer must not wait for them. The warnings already told the user; the Event
+    /// is for whoever looks later.
+    fn publish_failures(
+        &self,
+        request: &AdmissionRequest<Namespace>,
+        intent: &PushIntent,
+        outcomes: &[PushOutcome],
+    ) {
+        let Some((primary, reporter)) = &self.events else {
+            return;
+        };
+        let failed: Vec<(String, String)> = outcomes
+            .iter()
+            .filter_map(|outcome| {
+                let why = match &outcome.result {
+                    PushResult::Unreachable(error) => format!("unreachable: {error}"),
+                    PushResult::Forbidden(error) => format!("forbidden: {error}"),
+                    PushResult::Failed(error) => error.clone(),
+                    PushResult::TimedOut => "no answer before the deadline".to_owned(),
+                    PushResult::Applied
+                    | PushResult::AlreadyInSync
+                    | PushResult::NamespaceMissing => return None,
+                };
+                Some((outcome.cluster.clone(), why))
+            })
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        // Not yet created on CREATE: the reference then has no UID, which Events allow.
+        let uid = request
+            .object
+            .as_ref()
+            .or(request.old_object.as_ref())
+            .and_then(|ns| ns.metadata.uid.clone());
+        let regarding = ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Namespace".to_owned()),
+            name: Some(intent.namespace.clone()),
+            uid,
+            ..ObjectReference::default()
+        };
+        let change = if intent.labels.is_empty() {
+            "removal of the managed labels".to_owned()
+        } else {
+            intent
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (primary, reporter) = (primary.clone(), reporter.clone());
+        tokio::spawn(async move {
+            for (cluster, why) in failed {
+                let event = KubeEvent {
+                    type_: EventType::Warning,
+                    reason: reconcile::REASON_FAILED.to_owned(),
+                    note: Some(format!(
+                        "cluster {cluster}: {change} not applied ({why}); the reconciler will retry"
+                    )),
+                    action: "Push".to_owned(),
+                    secondary: Some(ObjectReference {
+                        api_version: Some(MeshCluster::api_version(&()).into_owned()),
+                        kind: Some(MeshCluster::kind(&()).into_owned()),
+                        name: Some(cluster.clone()),
+                        ..ObjectReference::default()
+                    }),
+                };
+                // One recorder per Event: kube's would fold them into a series with the first
+                // note, and each of these says something different.
+                let recorder = Recorder::new(primary.clone(), reporter.clone());
+                if let Err(error) = recorder.publish(&event, &regarding).await {
+                    tracing::debug!(%cluster, error = %crate::remote::error_chain(&error), "cannot publish event");
+                }
+            }
+        });
     }
 
     async fn push(&self, intent: &PushIntent) -> Vec<PushOutcome> {
@@ -219,6 +309,7 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
         Some(_) if request.dry_run => (response, ReviewOutcome::DryRun),
         Some(intent) => {
             let outcomes = state.push(&intent).await;
+            state.publish_failures(&request, &intent, &outcomes);
             let response = admission::complete(response, &request, &intent, &outcomes);
             (response, ReviewOutcome::Pushed)
         }
@@ -588,7 +679,7 @@ impl BoundWebhook {
         let mut settings = reconcile::Settings::new(&mesh_namespace, &identity);
         settings.resync_period = resync_period;
         let reconciler = Reconciler::new(
-            primary,
+            primary.clone(),
             rule.clone(),
             remotes.clone(),
             metrics.clone(),
@@ -598,8 +689,13 @@ impl BoundWebhook {
         );
         tasks.spawn(reconciler.run(background.clone()));
 
-        let mut state =
-            AppState::new(rule, remotes, metrics, push_deadline).with_readiness(readiness);
+        let reporter = Reporter {
+            controller: "mesh-webhook".to_owned(),
+            instance: Some(identity.clone()),
+        };
+        let mut state = AppState::new(rule, remotes, metrics, push_deadline)
+            .with_readiness(readiness)
+            .with_events(primary.clone(), reporter);
         if let Some(setter) = log_level {
             state = state.with_log_level(setter);
         }
