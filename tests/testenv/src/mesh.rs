@@ -62,12 +62,22 @@ impl Mesh {
         };
         let mut install = mesh.plugin();
         install
-            .args(["install", "--webhook-url", &mesh.webhook_url(), "--webhook-cert-dir"])
+            .args([
+                "install",
+                "--webhook-url",
+                &mesh.webhook_url(),
+                "--webhook-cert-dir",
+            ])
             .arg(&mesh.cert_dir);
         run(install).await?;
         eprintln!("[mesh] installed on the primary: {:.2?}", started.elapsed());
         mesh.start_webhook(env).await?;
-        eprintln!("[mesh] mesh-webhook listening on {}: {:.2?}", mesh.listen, started.elapsed());
+        mesh.wait_webhook_effective(env).await?;
+        eprintln!(
+            "[mesh] mesh-webhook called by the primary at {}: {:.2?}",
+            mesh.listen,
+            started.elapsed()
+        );
         if mesh.options.attach_remotes {
             for remote in env.remotes() {
                 mesh.attach(remote).await?;
@@ -108,9 +118,15 @@ impl Mesh {
             .arg(&self.cert_dir)
             .arg("--kubeconfig")
             .arg(&self.primary_kubeconfig)
+            // A fixed identity: a restarted webhook takes its own Lease back at once instead of
+            // waiting for the lease of its killed predecessor to expire.
+            .args(["--identity", "local-mesh-webhook"])
             .arg("--resync-period")
             .arg(format!("{}ms", self.options.resync_period.as_millis()))
-            .env("RUST_LOG", std::env::var("MESH_WEBHOOK_LOG").unwrap_or_else(|_| "info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("MESH_WEBHOOK_LOG").unwrap_or_else(|_| "info".into()),
+            );
         env.spawn_process(WEBHOOK_PROCESS, cmd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(&self.listen).is_err() {
@@ -127,6 +143,37 @@ impl Mesh {
         Ok(())
     }
 
+    /// Waits until the primary's apiserver calls the webhook: it loads webhook configurations
+    /// asynchronously, so edits right after `install` may not go through the webhook yet. A
+    /// server-side dry run of a managed-label change is answered with the webhook's dry-run
+    /// warning once it does, and changes nothing anywhere.
+    pub async fn wait_webhook_effective(&self, env: &TestEnv) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut probe = tokio::process::Command::from(env.kubectl(env.primary()));
+            probe.args([
+                "label",
+                "namespace",
+                "default",
+                "istio-injection=mesh-probe",
+                "--overwrite",
+                "--dry-run=server",
+            ]);
+            let output = probe.output().await.context("running kubectl")?;
+            if String::from_utf8_lossy(&output.stderr).contains("kubectl-mesh: dry run") {
+                return Ok(());
+            }
+            env.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "the primary did not call mesh-webhook within 60s; see {}",
+                    env.dir().join(format!("{WEBHOOK_PROCESS}.log")).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the webhook process, as when it crashes.
     pub fn stop_webhook(&self, env: &TestEnv) -> anyhow::Result<()> {
         env.stop_process(WEBHOOK_PROCESS)
@@ -135,7 +182,11 @@ impl Mesh {
     /// Writes `<dir>/env.sh`: kubectl-mesh and the matching kubectl on PATH, KUBECONFIG set to
     /// the primary.
     pub fn write_env_sh(&self, env: &TestEnv) -> anyhow::Result<PathBuf> {
-        let plugin_dir = self.options.plugin.parent().context("plugin path has no directory")?;
+        let plugin_dir = self
+            .options
+            .plugin
+            .parent()
+            .context("plugin path has no directory")?;
         let path = env.dir().join("env.sh");
         std::fs::write(
             &path,
@@ -157,7 +208,10 @@ fn shell_path(path: &Path) -> String {
 
 async fn run(cmd: Command) -> anyhow::Result<Output> {
     let mut cmd = tokio::process::Command::from(cmd);
-    let output = cmd.output().await.with_context(|| format!("running {cmd:?}"))?;
+    let output = cmd
+        .output()
+        .await
+        .with_context(|| format!("running {cmd:?}"))?;
     if !output.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}",
