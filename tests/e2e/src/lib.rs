@@ -180,3 +180,39 @@ impl Drop for HttpsServer {
 
 /// Re-export for tests that wait a fixed upper bound.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `GET https://<addr><path>` trusting only `ca_pem`; returns the response body.
+pub async fn https_get(addr: &str, ca_pem: &str, path: &str) -> anyhow::Result<String> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
+    let mut tls = connector.connect(ServerName::try_from(host)?, tcp).await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut response = Vec::new();
+    // The server may close without close_notify; what was read is what counts.
+    let _ = tls.read_to_end(&mut response).await;
+    let response = String::from_utf8_lossy(&response).to_string();
+    let Some((head, body)) = response.split_once("\r\n\r\n") else {
+        bail!("no HTTP response from {addr}{path}: {response:?}");
+    };
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "GET {path} on {addr}: {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(body.to_string())
+}

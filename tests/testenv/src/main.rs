@@ -152,7 +152,10 @@ async fn start_mesh(env: &TestEnv) -> anyhow::Result<()> {
     }
     let mesh = Mesh::start(env, MeshOptions::from_workspace()?).await?;
     let env_sh = mesh.write_env_sh(env)?;
-    let remote = env.remotes().first().map_or("remote-1", |r| r.name.as_str());
+    let remote = env
+        .remotes()
+        .first()
+        .map_or("remote-1", |r| r.name.as_str());
     println!(
         "\nThe mesh is up: mesh-webhook at {url}, {n} remote(s) attached.\nTry, in another shell:\n\n  source {env_sh}\n  kubectl mesh list\n  kubectl create namespace shop\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig create namespace shop\n  kubectl label namespace shop istio-injection=enabled      # kubectl prints where it landed\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig get namespace shop --show-labels\n  kubectl mesh status\n",
         url = mesh.webhook_url(),

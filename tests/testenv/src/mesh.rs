@@ -112,35 +112,50 @@ impl Mesh {
     /// Starts the webhook process (again, after [`Mesh::stop_webhook`]) and waits until it
     /// accepts connections.
     pub async fn start_webhook(&self, env: &TestEnv) -> anyhow::Result<()> {
+        let cmd = self.webhook_command(&self.listen, "local-mesh-webhook");
+        env.spawn_process(WEBHOOK_PROCESS, cmd)?;
+        wait_listening(env, &self.listen, WEBHOOK_PROCESS).await
+    }
+
+    /// Starts one more webhook replica named `name` on a free port (not registered with the
+    /// apiserver: it competes for the Lease and serves its own port). Returns its address.
+    pub async fn start_replica(&self, env: &TestEnv, name: &str) -> anyhow::Result<String> {
+        let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        let listen = format!("127.0.0.1:{port}");
+        env.spawn_process(name, self.webhook_command(&listen, name))?;
+        wait_listening(env, &listen, name).await?;
+        Ok(listen)
+    }
+
+    /// The address the registered webhook listens on.
+    pub fn listen_address(&self) -> &str {
+        &self.listen
+    }
+
+    /// The CA that signed the webhook's serving certificate (PEM).
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        let path = self.cert_dir.join("ca.crt");
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// The `mesh-webhook` command line for a process listening on `listen`.
+    pub fn webhook_command(&self, listen: &str, identity: &str) -> Command {
         let mut cmd = Command::new(&self.options.webhook);
-        cmd.args(["--listen", &self.listen])
+        cmd.args(["--listen", listen])
             .arg("--cert-dir")
             .arg(&self.cert_dir)
             .arg("--kubeconfig")
             .arg(&self.primary_kubeconfig)
-            // A fixed identity: a restarted webhook takes its own Lease back at once instead of
-            // waiting for the lease of its killed predecessor to expire.
-            .args(["--identity", "local-mesh-webhook"])
+            // A fixed identity: a restarted webhook takes its own Lease back at once instead
+            // of waiting for the lease of its killed predecessor to expire.
+            .args(["--identity", identity])
             .arg("--resync-period")
             .arg(format!("{}ms", self.options.resync_period.as_millis()))
             .env(
                 "RUST_LOG",
                 std::env::var("MESH_WEBHOOK_LOG").unwrap_or_else(|_| "info".into()),
             );
-        env.spawn_process(WEBHOOK_PROCESS, cmd)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&self.listen).is_err() {
-            env.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "mesh-webhook did not listen on {} within 30s; see {}",
-                    self.listen,
-                    env.dir().join(format!("{WEBHOOK_PROCESS}.log")).display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
+        cmd
     }
 
     /// Waits until the primary's apiserver calls the webhook: it loads webhook configurations
@@ -200,6 +215,21 @@ impl Mesh {
         )?;
         Ok(path)
     }
+}
+
+async fn wait_listening(env: &TestEnv, listen: &str, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(listen).is_err() {
+        env.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "{name} did not listen on {listen} within 30s; see {}",
+                env.dir().join(format!("{name}.log")).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 fn shell_path(path: &Path) -> String {

@@ -1,0 +1,294 @@
+//! Faults: remotes that go away, changes the primary rejects after the webhook pushed them,
+//! rapid flips, and webhook replicas that hand the reconciler over.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use mesh::cluster::{CONDITION_REACHABLE, MeshCluster};
+use mesh_e2e::{eventually, https_get, run, shared_mesh, unique_name};
+use mesh_testenv::mesh::{Mesh, MeshOptions};
+use mesh_testenv::{Cluster, Options, TestEnv};
+use serde_json::json;
+
+const MANAGED: [&str; 3] = ["istio-injection", "istio.io/rev", "istio.io/dataplane-mode"];
+const DEADLINE: Duration = Duration::from_secs(45);
+
+async fn namespaces(cluster: &Cluster) -> anyhow::Result<Api<Namespace>> {
+    Ok(Api::all(cluster.client().await?))
+}
+
+async fn create_everywhere(env: &TestEnv, prefix: &str) -> anyhow::Result<String> {
+    let name = unique_name(prefix);
+    for cluster in env.clusters() {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        namespaces(cluster)
+            .await?
+            .create(&PostParams::default(), &ns)
+            .await?;
+    }
+    Ok(name)
+}
+
+async fn managed_labels(cluster: &Cluster, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let ns = namespaces(cluster).await?.get(name).await?;
+    Ok(ns
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| MANAGED.contains(&k.as_str()))
+        .collect())
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn wait_labels(
+    cluster: &Cluster,
+    ns: &str,
+    expected: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    eventually(
+        &format!("{ns} on {} carries {expected:?}", cluster.name),
+        DEADLINE,
+        || async { Ok((managed_labels(cluster, ns).await? == *expected).then_some(())) },
+    )
+    .await
+}
+
+async fn reachable(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String>> {
+    let api: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    Ok(api
+        .get(cluster)
+        .await?
+        .status
+        .and_then(|s| s.condition(CONDITION_REACHABLE).map(|c| c.status.clone())))
+}
+
+#[tokio::test]
+async fn a_remote_that_was_down_converges_when_it_returns() -> anyhow::Result<()> {
+    let env = TestEnv::start(Options {
+        remotes: 1,
+        dir: None,
+    })
+    .await?;
+    let _mesh = Mesh::start(&env, MeshOptions::from_workspace()?).await?;
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "outage").await?;
+    eventually("remote-1 reachable", DEADLINE, || async {
+        Ok((reachable(&env, "remote-1").await?.as_deref() == Some("True")).then_some(()))
+    })
+    .await?;
+
+    env.stop_apiserver(&remote.name)?;
+    let mut label = env.kubectl(env.primary());
+    label.args(["label", "namespace", &ns, "istio-injection=enabled"]);
+    // The edit succeeds on the primary; kubectl is told the remote missed it.
+    let warnings = String::from_utf8(run(label).await?.stderr)?;
+    assert!(
+        warnings.contains("remote-1 unreachable")
+            || warnings.contains("remote-1 did not answer in time"),
+        "kubectl printed: {warnings}"
+    );
+    eventually("status shows remote-1 unreachable", DEADLINE, || async {
+        Ok((reachable(&env, "remote-1").await?.as_deref() == Some("False")).then_some(()))
+    })
+    .await?;
+
+    env.start_apiserver(&remote.name).await?;
+    wait_labels(remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    eventually(
+        "status shows remote-1 reachable again",
+        DEADLINE,
+        || async {
+            Ok((reachable(&env, "remote-1").await?.as_deref() == Some("True")).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = create_everywhere(env, "rejected").await?;
+    let scope = unique_name("vap");
+    let primary = env.primary();
+    let mut label = env.kubectl(primary);
+    label.args([
+        "label",
+        "namespace",
+        &ns,
+        &format!("e2e-vap={scope}"),
+        "istio.io/rev=stable",
+    ]);
+    run(label).await?;
+    for remote in env.remotes() {
+        wait_labels(remote, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
+    }
+
+    // Validating admission runs after mutating webhooks: the webhook pushes, then the policy
+    // refuses the edit, so the primary keeps "stable" while remotes got "rejected".
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": scope},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["namespaces"]}]},
+            "validations": [{
+                "expression": "!has(object.metadata.labels) || !('istio.io/rev' in object.metadata.labels) || object.metadata.labels['istio.io/rev'] != 'rejected'",
+                "message": "revision 'rejected' is not allowed",
+            }],
+        },
+    });
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": scope},
+        "spec": {
+            "policyName": scope,
+            "validationActions": ["Deny"],
+            "matchResources": {"objectSelector": {"matchLabels": {"e2e-vap": scope}}},
+        },
+    });
+    for object in [policy, binding] {
+        let path = std::env::temp_dir().join(format!(
+            "{scope}-{}.json",
+            object["kind"].as_str().unwrap_or("x")
+        ));
+        std::fs::write(&path, object.to_string())?;
+        let mut apply = env.kubectl(primary);
+        apply.arg("create").arg("-f").arg(&path);
+        run(apply).await?;
+        let _ = std::fs::remove_file(path);
+    }
+    // Policies load asynchronously: wait until the apiserver refuses the edit.
+    eventually("policy refuses the edit", DEADLINE, || async {
+        let mut label = env.kubectl(primary);
+        label.args([
+            "label",
+            "namespace",
+            &ns,
+            "--overwrite",
+            "istio.io/rev=rejected",
+        ]);
+        let output = tokio::process::Command::from(label).output().await?;
+        Ok((!output.status.success()
+            && String::from_utf8_lossy(&output.stderr)
+                .contains("revision 'rejected' is not allowed"))
+        .then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        managed_labels(primary, &ns).await?,
+        labels(&[("istio.io/rev", "stable")])
+    );
+    for remote in env.remotes() {
+        wait_labels(remote, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn fifty_rapid_flips_end_in_the_final_state_everywhere() -> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = create_everywhere(env, "flips").await?;
+    let api = namespaces(env.primary()).await?;
+    let mut last = "";
+    for i in 0..50 {
+        last = if i % 2 == 0 { "enabled" } else { "disabled" };
+        let patch = json!({"metadata": {"labels": {"istio-injection": last, "istio.io/rev": format!("r{}", i % 3)}}});
+        api.patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    let expected = labels(&[
+        ("istio-injection", last),
+        ("istio.io/rev", &format!("r{}", 49 % 3)),
+    ]);
+    assert_eq!(managed_labels(env.primary(), &ns).await?, expected);
+    for remote in env.remotes() {
+        wait_labels(remote, &ns, &expected).await?;
+    }
+    Ok(())
+}
+
+async fn lease_holder(env: &TestEnv) -> anyhow::Result<Option<String>> {
+    let leases: Api<Lease> = Api::namespaced(env.primary().client().await?, mesh::MESH_NAMESPACE);
+    Ok(leases
+        .get_opt("mesh-webhook")
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity))
+}
+
+/// Sum of the `syncs_total` samples a replica exposes.
+async fn syncs(addr: &str, ca: &str) -> anyhow::Result<f64> {
+    let metrics = https_get(addr, ca, "/metrics").await?;
+    Ok(metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("syncs_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow::Result<()> {
+    let env = TestEnv::start(Options {
+        remotes: 1,
+        dir: None,
+    })
+    .await?;
+    let mesh = Mesh::start(&env, MeshOptions::from_workspace()?).await?;
+    let ca = mesh.ca_pem()?;
+    let first = mesh.listen_address().to_string();
+    eventually("first replica holds the Lease", DEADLINE, || async {
+        Ok((lease_holder(&env).await?.as_deref() == Some("local-mesh-webhook")).then_some(()))
+    })
+    .await?;
+    let second = mesh.start_replica(&env, "replica-b").await?;
+    eventually("first replica has reconciled", DEADLINE, || async {
+        Ok((syncs(&first, &ca).await? > 0.0).then_some(()))
+    })
+    .await?;
+    // The second replica serves (its metrics answer) but never syncs while it is not leader.
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "handover").await?;
+    let drift = json!({"metadata": {"labels": {"istio-injection": "enabled"}}});
+    namespaces(remote)
+        .await?
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
+    wait_labels(remote, &ns, &labels(&[])).await?;
+    assert_eq!(syncs(&second, &ca).await?, 0.0, "a follower reconciled");
+    assert_eq!(
+        lease_holder(&env).await?.as_deref(),
+        Some("local-mesh-webhook")
+    );
+
+    mesh.stop_webhook(&env)?;
+    eventually(
+        "second replica takes the Lease",
+        Duration::from_secs(60),
+        || async { Ok((lease_holder(&env).await?.as_deref() == Some("replica-b")).then_some(())) },
+    )
+    .await?;
+    namespaces(remote)
+        .await?
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
+    wait_labels(remote, &ns, &labels(&[])).await?;
+    assert!(
+        syncs(&second, &ca).await? > 0.0,
+        "the new leader reconciled"
+    );
+    Ok(())
+}
