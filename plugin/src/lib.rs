@@ -8,9 +8,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod access;
 pub mod cmd;
 pub mod kubeconfig;
 pub mod output;
+pub mod remote_setup;
 pub mod render;
 
 pub use output::OutputFormat;

@@ -1,10 +1,60 @@
 //! `kubectl mesh detach`: remove a cluster from the mesh.
+//!
+//! Deletes what attach created and nothing else: on the remote, the objects labelled
+//! `kubectl-mesh.io/cluster=<name>` by kubectl-mesh (and the mesh namespace only when attach
+//! created it and it holds nothing else); on the primary, the cluster's Secrets and its
+//! MeshCluster. The MeshCluster goes last, so a detach that fails halfway can be re-run: it
+//! still knows the cluster. A re-run after the MeshCluster is gone still cleans a remote
+//! given with --remote-kubeconfig, by label.
+//!
+//! Order on the remote, and why:
+//! 1. the guard (ValidatingAdmissionPolicy and binding), so that a deny guard cannot refuse
+//!    the label removals of step 3;
+//! 2. the token Secrets: deleting them revokes the tokens at once, so the webhook's reconciler
+//!    (still running for this cluster until its MeshCluster goes) can no longer write labels;
+//! 3. with --strip-labels, the managed labels of the remote's namespaces (not before 2, or the
+//!    reconciler would put them back);
+//! 4. ClusterRoleBindings, ClusterRoles, ServiceAccounts, then the namespace.
+//!
+//! Detach needs admin rights on the remote: the stored token may only patch namespaces. It
+//! uses --remote-kubeconfig, or else the context attach recorded, looked up in the user's
+//! kubeconfig. When the remote cannot be reached (or no credentials are at hand), detach
+//! refuses; --force detaches from the primary anyway and lists what stays on the remote.
 
-use crate::{Context, Error, Result};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    config::Kubeconfig,
+};
+use mesh::{
+    GROUP, MESH_NAMESPACE,
+    cluster::{MeshCluster, RemoteGuard},
+    labels::{Labels, SyncRule},
+};
+use serde::de::DeserializeOwned;
+
+use super::attach::{remote_kubeconfig_error, wait_namespace_gone, what_of};
+use crate::{
+    Context, Error, Result,
+    access::{self, Need, Target},
+    kubeconfig,
+    output::Progress,
+    remote_setup as setup,
+};
 
 /// Detach a cluster from the mesh.
 ///
-/// Deletes what attach created, on the remote and on the primary; nothing else.
+/// Deletes what attach created, on the remote and on the primary; nothing else. Needs an
+/// admin kubeconfig of the remote: --remote-kubeconfig, or the context attach used if your
+/// kubeconfig has it. Safe to re-run.
 #[derive(Debug, clap::Args)]
 pub struct Detach {
     /// Name of the attached cluster.
@@ -16,16 +66,678 @@ pub struct Detach {
     /// Also remove the managed labels kubectl-mesh set on the remote's namespaces.
     #[arg(long)]
     pub strip_labels: bool,
+    /// Admin kubeconfig of the remote [default: your kubeconfig, with the context attach used].
+    #[arg(long, value_name = "FILE")]
+    pub remote_kubeconfig: Option<PathBuf>,
+    /// Context of the remote in that kubeconfig [default: its current context].
+    #[arg(long, value_name = "CONTEXT")]
+    pub remote_context: Option<String>,
+    /// How long to wait for the remote's mesh namespace to be deleted.
+    #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// How detach reaches the remote, or why it does not.
+enum RemoteAccess {
+    Ready { client: Client, target: Target },
+    Skipped { why: String },
 }
 
 impl Detach {
     /// Runs the command.
-    pub async fn run(self, _ctx: &Context) -> Result<()> {
+    pub async fn run(self, ctx: &Context) -> Result<()> {
         let Self {
-            name: _,
-            force: _,
-            strip_labels: _,
+            name,
+            force,
+            strip_labels,
+            remote_kubeconfig,
+            remote_context,
+            timeout,
         } = self;
-        Err(Error::NotImplemented("detach"))
+        let progress = ctx.progress;
+        let primary_kc = ctx.load_kubeconfig()?;
+        let psel = kubeconfig::select(&primary_kc, ctx.context.as_deref())?;
+        let primary_context = psel.context.to_owned();
+        let primary_target = Target {
+            label: "the primary".into(),
+            server: psel.server()?.to_owned(),
+            where_configured: format!("the server of context {primary_context} in your kubeconfig"),
+        };
+        let primary = access::client(primary_kc.clone(), Some(&primary_context)).await?;
+
+        let clusters: Api<MeshCluster> = Api::all(primary.clone());
+        let mc = match clusters.get_opt(&name).await {
+            Ok(mc) => mc,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(Error::Refused {
+                    what: "kubectl-mesh is not installed on the primary (it has no MeshCluster \
+                           resource)"
+                        .into(),
+                    hint: "nothing is attached; `kubectl mesh install` installs it".into(),
+                });
+            }
+            Err(e) => {
+                return Err(access::request_error(
+                    &primary_target,
+                    "read MeshClusters",
+                    e,
+                ));
+            }
+        };
+        let missing = access::missing(&primary, &primary_needs())
+            .await
+            .map_err(|e| access::request_error(&primary_target, "check rights", e))?;
+        if !missing.is_empty() {
+            return Err(Error::Refused {
+                what: format!(
+                    "missing permissions on the primary ({}): {}",
+                    primary_target.server,
+                    missing.join(", ")
+                ),
+                hint: "use an admin context or ask a cluster admin (`kubectl auth can-i --list` \
+                       shows yours)"
+                    .into(),
+            });
+        }
+        let primary_secrets = labelled_secrets(&primary, &name)
+            .await
+            .map_err(|e| access::request_error(&primary_target, "list Secrets", e))?;
+        if mc.is_none() && primary_secrets.is_empty() && remote_kubeconfig.is_none() {
+            return Err(Error::Refused {
+                what: format!("cluster {name:?} is not attached"),
+                hint: "`kubectl mesh list` shows the attached clusters; to clean up a remote \
+                       that a forced detach left behind, pass --remote-kubeconfig"
+                    .into(),
+            });
+        }
+
+        let remote = resolve_remote(
+            &name,
+            mc.as_ref(),
+            &primary_kc,
+            remote_kubeconfig.as_ref(),
+            remote_context.as_deref(),
+            strip_labels,
+            force,
+        )
+        .await?;
+
+        let mut left = Vec::new();
+        match &remote {
+            RemoteAccess::Ready { client, target } => {
+                clean_remote(
+                    client,
+                    target,
+                    &name,
+                    mc.as_ref(),
+                    strip_labels,
+                    timeout,
+                    progress,
+                )
+                .await?;
+            }
+            RemoteAccess::Skipped { why } => {
+                left = left_on_remote(mc.as_ref(), !primary_secrets.is_empty());
+                progress.warn(format!("skipping remote cluster {name} (--force): {why}"));
+            }
+        }
+
+        // The primary: Secrets, the namespace istio-system if attach created it and it is
+        // empty now, and the MeshCluster last.
+        for secret in &primary_secrets {
+            let ns = secret.namespace().unwrap_or_default();
+            let api: Api<Secret> = Api::namespaced(primary.clone(), &ns);
+            delete(&api, &secret.name_any(), "primary", progress)
+                .await
+                .map_err(|e| access::request_error(&primary_target, "delete Secrets", e))?;
+        }
+        if primary_secrets
+            .iter()
+            .any(|s| s.namespace().as_deref() == Some(setup::ISTIO_NAMESPACE))
+        {
+            remove_namespace_if_unused(&primary, setup::ISTIO_NAMESPACE, "primary", None, progress)
+                .await
+                .map_err(|e| access::request_error(&primary_target, "delete istio-system", e))?;
+        }
+        if mc.is_some() {
+            delete(&clusters, &name, "primary", progress)
+                .await
+                .map_err(|e| access::request_error(&primary_target, "delete the MeshCluster", e))?;
+        }
+
+        if left.is_empty() {
+            progress.ok(format!("{name} detached"));
+        } else {
+            progress.warn(format!(
+                "{name} detached from the primary; left on the remote: {}",
+                left.join(", ")
+            ));
+            progress.info(format!(
+                "once it is reachable, `kubectl mesh detach {name} --remote-kubeconfig <file>` \
+                 removes them (it finds them by their label {}={name})",
+                mesh::cluster::CLUSTER_LABEL
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn primary_needs() -> Vec<Need> {
+    vec![
+        Need::namespaced("", "secrets", MESH_NAMESPACE, &["list", "delete"]),
+        Need::cluster(GROUP, "meshclusters", &["get", "delete"]),
+    ]
+}
+
+fn remote_needs(strip_labels: bool) -> Vec<Need> {
+    const LD: &[&str] = &["list", "delete"];
+    let mut namespaces = vec!["get", "delete"];
+    if strip_labels {
+        namespaces.extend(["list", "patch"]);
+    }
+    vec![
+        Need::cluster("", "namespaces", &namespaces),
+        Need::namespaced("", "serviceaccounts", MESH_NAMESPACE, LD),
+        Need::namespaced("", "secrets", MESH_NAMESPACE, LD),
+        Need::cluster("rbac.authorization.k8s.io", "clusterroles", LD),
+        Need::cluster("rbac.authorization.k8s.io", "clusterrolebindings", LD),
+        Need::cluster(
+            "admissionregistration.k8s.io",
+            "validatingadmissionpolicies",
+            LD,
+        ),
+        Need::cluster(
+            "admissionregistration.k8s.io",
+            "validatingadmissionpolicybindings",
+            LD,
+        ),
+    ]
+}
+
+/// The cluster's Secrets on the primary: its stored kubeconfig and its Istio remote secret.
+async fn labelled_secrets(primary: &Client, name: &str) -> Result<Vec<Secret>, kube::Error> {
+    let lp = ListParams::default().labels(&setup::selector(name));
+    let mut out = Vec::new();
+    for ns in [MESH_NAMESPACE, setup::ISTIO_NAMESPACE] {
+        let api: Api<Secret> = Api::namespaced(primary.clone(), ns);
+        out.extend(api.list(&lp).await?.items);
+    }
+    Ok(out)
+}
+
+/// Finds credentials for the remote and checks them: reachable, the right cluster, enough
+/// rights. Without --force every problem is a refusal; with it, a skipped remote.
+async fn resolve_remote(
+    name: &str,
+    mc: Option<&MeshCluster>,
+    primary_kc: &Kubeconfig,
+    file: Option<&PathBuf>,
+    context: Option<&str>,
+    strip_labels: bool,
+    force: bool,
+) -> Result<RemoteAccess> {
+    let server_hint = mc.map(|m| m.spec.server.clone()).unwrap_or_default();
+    let refuse_or_skip = |what: String, hint: String| -> Result<RemoteAccess> {
+        if force {
+            Ok(RemoteAccess::Skipped { why: what })
+        } else {
+            Err(Error::Refused {
+                what,
+                hint: format!(
+                    "{hint}; or pass --force to detach from the primary only and leave the \
+                     remote's objects behind"
+                ),
+            })
+        }
+    };
+    // Which kubeconfig and context, and whether the user named them (then a cluster
+    // mismatch is their mistake, not a reason to skip).
+    let (kc, kc_context, where_configured, explicit) = match file {
+        Some(path) => {
+            let kc = kubeconfig::read_remote(path, context)
+                .map_err(|e| remote_kubeconfig_error(path, e))?;
+            (
+                kc,
+                None,
+                format!("the server address in {}", path.display()),
+                true,
+            )
+        }
+        None => {
+            let recorded = context
+                .map(str::to_owned)
+                .or_else(|| mc.and_then(setup::remote_context).map(str::to_owned));
+            let usable = recorded.filter(|c| primary_kc.contexts.iter().any(|n| n.name == *c));
+            match usable {
+                Some(c) => (
+                    primary_kc.clone(),
+                    Some(c.clone()),
+                    format!("the server of context {c} in your kubeconfig"),
+                    context.is_some(),
+                ),
+                None => {
+                    return refuse_or_skip(
+                        format!(
+                            "no credentials for remote cluster {name}{}: detach needs an admin \
+                             kubeconfig of it to delete what attach created there",
+                            if server_hint.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({server_hint})")
+                            }
+                        ),
+                        "pass --remote-kubeconfig FILE (and --remote-context if it is not the \
+                         current one)"
+                            .into(),
+                    );
+                }
+            }
+        }
+    };
+    let server = kubeconfig::select(&kc, kc_context.as_deref())?
+        .server()?
+        .to_owned();
+    let target = Target {
+        label: format!("remote cluster {name}"),
+        server,
+        where_configured,
+    };
+    let client = access::client(kc, kc_context.as_deref()).await?;
+    let missing = match access::missing(&client, &remote_needs(strip_labels)).await {
+        Ok(m) => m,
+        Err(e) => {
+            let err = access::request_error(&target, "check rights", e);
+            let hint = err.hint();
+            return refuse_or_skip(what_of(&err), hint);
+        }
+    };
+    if let Some(mc) = mc {
+        let id = match access::cluster_id(&client).await {
+            Ok(id) => id,
+            Err(e) => {
+                let err = access::request_error(&target, "read kube-system", e);
+                let hint = err.hint();
+                return refuse_or_skip(what_of(&err), hint);
+            }
+        };
+        if id != mc.spec.cluster_id {
+            let what = format!(
+                "the remote kubeconfig reaches cluster id {id} at {}, but {name} is cluster id \
+                 {} at {}",
+                target.server, mc.spec.cluster_id, mc.spec.server
+            );
+            if explicit {
+                return Err(Error::Refused {
+                    what,
+                    hint: format!("pass the kubeconfig of {name} with --remote-kubeconfig"),
+                });
+            }
+            return refuse_or_skip(
+                what,
+                "pass the remote's kubeconfig with --remote-kubeconfig".into(),
+            );
+        }
+    }
+    if !missing.is_empty() {
+        return refuse_or_skip(
+            format!(
+                "missing permissions on remote cluster {name} ({}): {}",
+                target.server,
+                missing.join(", ")
+            ),
+            "use an admin kubeconfig of the remote".into(),
+        );
+    }
+    Ok(RemoteAccess::Ready { client, target })
+}
+
+/// Deletes the remote's objects of cluster `name`, in the order the module explains.
+async fn clean_remote(
+    client: &Client,
+    target: &Target,
+    name: &str,
+    mc: Option<&MeshCluster>,
+    strip_labels: bool,
+    timeout: Duration,
+    progress: Progress,
+) -> Result<()> {
+    let fail = |doing: &str| {
+        let doing = doing.to_owned();
+        move |e: kube::Error| access::request_error(target, &doing, e)
+    };
+    let selector = setup::selector(name);
+    let lp = ListParams::default().labels(&selector);
+    let in_ns = |c: &Client| (c.clone(), MESH_NAMESPACE);
+
+    delete_labelled(
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
+        &lp,
+        name,
+        progress,
+    )
+    .await
+    .map_err(fail("delete the guard"))?;
+    delete_labelled(
+        Api::<ValidatingAdmissionPolicy>::all(client.clone()),
+        &lp,
+        name,
+        progress,
+    )
+    .await
+    .map_err(fail("delete the guard"))?;
+    let (c, ns) = in_ns(client);
+    delete_labelled(Api::<Secret>::namespaced(c, ns), &lp, name, progress)
+        .await
+        .map_err(fail("delete the token Secrets"))?;
+
+    if strip_labels {
+        strip_managed_labels(client, name, timeout, progress)
+            .await
+            .map_err(fail("remove managed labels"))?;
+    }
+
+    delete_labelled(
+        Api::<ClusterRoleBinding>::all(client.clone()),
+        &lp,
+        name,
+        progress,
+    )
+    .await
+    .map_err(fail("delete ClusterRoleBindings"))?;
+    delete_labelled(Api::<ClusterRole>::all(client.clone()), &lp, name, progress)
+        .await
+        .map_err(fail("delete ClusterRoles"))?;
+    let (c, ns) = in_ns(client);
+    delete_labelled(
+        Api::<ServiceAccount>::namespaced(c, ns),
+        &lp,
+        name,
+        progress,
+    )
+    .await
+    .map_err(fail("delete ServiceAccounts"))?;
+
+    // The namespace: only if attach created it. The MeshCluster says so; without one (a
+    // re-run after the primary side is done), the namespace's own labels do, as attach
+    // labels only a namespace it creates.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let Some(ns) = namespaces
+        .get_opt(MESH_NAMESPACE)
+        .await
+        .map_err(fail("read the mesh namespace"))?
+    else {
+        return Ok(());
+    };
+    let created = mc
+        .and_then(setup::remote_namespace_created)
+        .unwrap_or_else(|| setup::is_ours(&ns.metadata, name));
+    if !created {
+        progress.info(format!(
+            "{name}: Namespace {MESH_NAMESPACE} kept (it existed before attach)"
+        ));
+        return Ok(());
+    }
+    let deleted = remove_namespace_if_unused(client, MESH_NAMESPACE, name, Some(name), progress)
+        .await
+        .map_err(fail("delete the mesh namespace"))?;
+    if deleted {
+        wait_namespace_gone(client, MESH_NAMESPACE, timeout).await?;
+    }
+    Ok(())
+}
+
+/// Deletes every object `lp` selects; prints one line each.
+async fn delete_labelled<K>(
+    api: Api<K>,
+    lp: &ListParams,
+    side: &str,
+    progress: Progress,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    for obj in api.list(lp).await?.items {
+        delete(&api, &obj.name_any(), side, progress).await?;
+    }
+    Ok(())
+}
+
+/// Deletes one object; one already gone is fine (re-runs).
+async fn delete<K>(
+    api: &Api<K>,
+    name: &str,
+    side: &str,
+    progress: Progress,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let what = match api.namespace() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    };
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {
+            progress.ok(format!("{side}: {what} deleted"));
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes namespace `ns` if it holds nothing but what every namespace gets (the `default`
+/// ServiceAccount, the `kube-root-ca.crt` ConfigMap); otherwise keeps it and says why.
+/// `owner`: the cluster whose label the namespace must carry, or `None` for a namespace
+/// shared by clusters (istio-system), which only needs the managed-by label. Returns whether
+/// it was deleted.
+async fn remove_namespace_if_unused(
+    client: &Client,
+    ns: &str,
+    side: &str,
+    owner: Option<&str>,
+    progress: Progress,
+) -> Result<bool, kube::Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let Some(found) = namespaces.get_opt(ns).await? else {
+        return Ok(false);
+    };
+    let ours = match owner {
+        Some(cluster) => setup::is_ours(&found.metadata, cluster),
+        None => {
+            found
+                .labels()
+                .get(setup::MANAGED_BY_LABEL)
+                .map(String::as_str)
+                == Some(mesh::MANAGER)
+        }
+    };
+    if !ours || found.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    let others = foreign_objects(client, ns).await?;
+    if !others.is_empty() {
+        progress.warn(format!(
+            "{side}: Namespace {ns} kept: it holds objects kubectl-mesh did not create ({})",
+            others.join(", ")
+        ));
+        return Ok(false);
+    }
+    delete(&namespaces, ns, side, progress).await?;
+    Ok(true)
+}
+
+/// Objects in `ns` that neither kubectl-mesh nor Kubernetes put there.
+async fn foreign_objects(client: &Client, ns: &str) -> Result<Vec<String>, kube::Error> {
+    let lp = ListParams::default();
+    let mut out = Vec::new();
+    let keep = |labels: &std::collections::BTreeMap<String, String>| {
+        labels.get(setup::MANAGED_BY_LABEL).map(String::as_str) == Some(mesh::MANAGER)
+    };
+    for s in Api::<Secret>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        if !keep(s.labels()) {
+            out.push(format!("Secret {}", s.name_any()));
+        }
+    }
+    for sa in Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        if sa.name_any() != "default" && !keep(sa.labels()) {
+            out.push(format!("ServiceAccount {}", sa.name_any()));
+        }
+    }
+    for cm in Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        if cm.name_any() != "kube-root-ca.crt" && !keep(cm.labels()) {
+            out.push(format!("ConfigMap {}", cm.name_any()));
+        }
+    }
+    for p in Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        out.push(format!("Pod {}", p.name_any()));
+    }
+    for s in Api::<Service>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        out.push(format!("Service {}", s.name_any()));
+    }
+    Ok(out)
+}
+
+/// Removes the managed labels from every synced namespace of the remote (never from the
+/// excluded ones, never another label). Each write tests the resourceVersion it was
+/// computed from; on a conflict the namespace is read again. The guard was deleted just
+/// before, but the apiserver drops a policy a moment after its deletion: a refusal by it is
+/// retried until `timeout`.
+async fn strip_managed_labels(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+    progress: Progress,
+) -> Result<(), kube::Error> {
+    let rule = SyncRule::default();
+    let none = Labels::new();
+    let api: Api<Namespace> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    let mut stripped = 0;
+    for mut ns in api.list(&ListParams::default()).await?.items {
+        let ns_name = ns.name_any();
+        if rule.is_excluded(&ns_name) {
+            continue;
+        }
+        let mut conflicts = 0;
+        loop {
+            let diff = rule.diff(&none, &ns);
+            if diff.is_empty() {
+                break;
+            }
+            let patch = Patch::Json::<()>(diff.to_json_patch(&ns));
+            match api.patch(&ns_name, &PatchParams::default(), &patch).await {
+                Ok(_) => {
+                    stripped += 1;
+                    progress.ok(format!(
+                        "{name}: Namespace {ns_name}: removed {}",
+                        diff.remove.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                    break;
+                }
+                Err(kube::Error::Api(s)) if (s.code == 409 || s.code == 422) && conflicts < 5 => {
+                    conflicts += 1;
+                    match api.get_opt(&ns_name).await? {
+                        Some(fresh) => ns = fresh,
+                        None => break,
+                    }
+                }
+                Err(kube::Error::Api(s))
+                    if s.code == 403
+                        && s.message.contains(setup::GUARD)
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if stripped == 0 {
+        progress.info(format!("{name}: no namespace carried managed labels"));
+    }
+    Ok(())
+}
+
+/// What stays on a remote that detach could not reach, as far as the primary knows.
+fn left_on_remote(mc: Option<&MeshCluster>, istio_hint: bool) -> Vec<String> {
+    let mut left = Vec::new();
+    if mc.is_none_or(|m| m.spec.remote_guard != RemoteGuard::Off) {
+        left.push(format!(
+            "ValidatingAdmissionPolicyBinding and ValidatingAdmissionPolicy {}",
+            setup::GUARD
+        ));
+    }
+    left.push(format!(
+        "ClusterRoleBinding, ClusterRole and ServiceAccount {MESH_NAMESPACE}/{0}, Secret \
+         {MESH_NAMESPACE}/{1}",
+        setup::SYNC_ACCOUNT,
+        setup::TOKEN_SECRET
+    ));
+    if istio_hint {
+        left.push(format!(
+            "the same for {} (if --istio-remote-secret was used)",
+            setup::ISTIO_READER
+        ));
+    }
+    if mc.and_then(setup::remote_namespace_created) != Some(false) {
+        left.push(format!("Namespace {MESH_NAMESPACE}"));
+    }
+    left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_follow_the_record() {
+        let mut mc = setup::mesh_cluster(&setup::ClusterRecord {
+            name: "east".into(),
+            cluster_id: "id".into(),
+            server: "https://e".into(),
+            guard: RemoteGuard::Off,
+            primary_name: "main".into(),
+            remote_namespace_created: false,
+            remote_context: "east".into(),
+        });
+        let left = left_on_remote(Some(&mc), false);
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].contains("ClusterRole"));
+        mc.spec.remote_guard = RemoteGuard::Deny;
+        let left = left_on_remote(Some(&mc), true);
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(left[0].contains(setup::GUARD));
+        let left = left_on_remote(None, false);
+        assert!(left.iter().any(|l| l.contains("Namespace")), "{left:?}");
+    }
+
+    #[test]
+    fn strip_labels_needs_list_and_patch() {
+        let needs = remote_needs(true);
+        assert!(needs[0].verbs.contains(&"patch") && needs[0].verbs.contains(&"list"));
+        assert!(!remote_needs(false)[0].verbs.contains(&"patch"));
     }
 }

@@ -1,0 +1,765 @@
+//! The objects `kubectl mesh attach` creates for one cluster, on the remote and on the
+//! primary, rendered without a cluster; `detach` finds them again by their labels.
+//!
+//! On the remote (all labelled `app.kubernetes.io/managed-by=kubectl-mesh` and
+//! `kubectl-mesh.io/cluster=<name>`):
+//! - the namespace [`MESH_NAMESPACE`], only when it is absent (a namespace that already exists
+//!   is left untouched, unlabelled, and is never deleted by detach);
+//! - ServiceAccount, ClusterRole and ClusterRoleBinding [`SYNC_ACCOUNT`]: the account the
+//!   webhook writes labels as, allowed to read and patch namespaces and nothing else;
+//! - Secret [`TOKEN_SECRET`] of type `kubernetes.io/service-account-token`: a long-lived token
+//!   that kube-controller-manager fills in. It never expires; deleting the Secret revokes it
+//!   at once, which the reconciler and `check` see as a 401;
+//! - unless `--remote-guard=off`, the ValidatingAdmissionPolicy and binding [`GUARD`] that warn
+//!   about (or deny) managed-label edits made on the remote by anyone but the sync account;
+//! - with `--istio-remote-secret`, ServiceAccount, ClusterRole, ClusterRoleBinding and token
+//!   Secret for [`ISTIO_READER`]: istiod reads pods, services and endpoints of the remote, which
+//!   the sync account must not be able to.
+//!
+//! On the primary: Secret `cluster-<name>` in [`MESH_NAMESPACE`] holding the sanitized
+//! kubeconfig, the [`MeshCluster`], and with `--istio-remote-secret` the Secret
+//! `istio-remote-secret-<name>` in [`ISTIO_NAMESPACE`]. The Secrets carry an ownerReference to
+//! the MeshCluster, so that a MeshCluster deleted by other means (`kubectl delete mc`,
+//! `uninstall --crd`) takes its credentials along; detach still deletes them explicitly, so
+//! that it is done when it returns, without waiting for the garbage collector.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        admissionregistration::v1::{
+            MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+            ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+            ValidatingAdmissionPolicySpec, Validation, Variable,
+        },
+        core::v1::{Namespace, Secret, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use mesh::{
+    MANAGER, MESH_NAMESPACE,
+    cluster::{CLUSTER_LABEL, KUBECONFIG_KEY, MeshCluster, MeshClusterSpec, RemoteGuard},
+};
+
+/// Label naming the tool that manages an object.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// ServiceAccount (in [`MESH_NAMESPACE`]), ClusterRole and ClusterRoleBinding the webhook
+/// uses on a remote.
+pub const SYNC_ACCOUNT: &str = "kubectl-mesh-sync";
+/// The long-lived token Secret of [`SYNC_ACCOUNT`].
+pub const TOKEN_SECRET: &str = "kubectl-mesh-sync-token";
+/// ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding of the remote guard.
+pub const GUARD: &str = "kubectl-mesh-guard";
+/// ServiceAccount, ClusterRole and ClusterRoleBinding whose token istiod uses on a remote.
+pub const ISTIO_READER: &str = "kubectl-mesh-istio-reader";
+/// The long-lived token Secret of [`ISTIO_READER`].
+pub const ISTIO_READER_TOKEN_SECRET: &str = "kubectl-mesh-istio-reader-token";
+/// Where istiod looks for remote secrets.
+pub const ISTIO_NAMESPACE: &str = "istio-system";
+/// Label istiod selects remote secrets by.
+pub const ISTIO_MULTICLUSTER_LABEL: &str = "istio/multiCluster";
+/// Annotation naming the cluster of an Istio remote secret.
+pub const ISTIO_CLUSTER_ANNOTATION: &str = "networking.istio.io/cluster";
+/// Annotation on the MeshCluster: `"true"` when attach created [`MESH_NAMESPACE`] on the
+/// remote, so that detach deletes it (and only then).
+pub const REMOTE_NAMESPACE_CREATED_ANNOTATION: &str = "kubectl-mesh.io/remote-namespace-created";
+/// Annotation on the MeshCluster: the context attach reached the remote with, so that detach
+/// can find it in the user's kubeconfig without being told.
+pub const REMOTE_CONTEXT_ANNOTATION: &str = "kubectl-mesh.io/remote-context";
+/// Annotation on the remote's token Secrets: which ServiceAccount the token is for.
+pub const SERVICE_ACCOUNT_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
+/// Type of a long-lived token Secret, filled by kube-controller-manager.
+pub const SERVICE_ACCOUNT_TOKEN_TYPE: &str = "kubernetes.io/service-account-token";
+/// Stands for the token wherever a Secret is printed instead of created (`--dry-run`).
+pub const REDACTED: &str = "REDACTED";
+
+/// The user name the sync account's requests carry on the remote.
+pub fn sync_username() -> String {
+    format!("system:serviceaccount:{MESH_NAMESPACE}:{SYNC_ACCOUNT}")
+}
+
+/// Name of the Secret on the primary holding the stored kubeconfig of `cluster`.
+pub fn cluster_secret_name(cluster: &str) -> String {
+    format!("cluster-{cluster}")
+}
+
+/// Name of the Istio remote secret of `cluster`.
+pub fn istio_secret_name(cluster: &str) -> String {
+    format!("istio-remote-secret-{cluster}")
+}
+
+/// Labels of every object attach creates for `cluster`.
+pub fn labels(cluster: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned()),
+        (CLUSTER_LABEL.to_owned(), cluster.to_owned()),
+    ])
+}
+
+/// Label selector matching exactly the objects attach creates for `cluster`.
+pub fn selector(cluster: &str) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGER},{CLUSTER_LABEL}={cluster}")
+}
+
+/// Whether an object's labels say attach created it for `cluster`.
+pub fn is_ours(meta: &ObjectMeta, cluster: &str) -> bool {
+    owner_cluster(meta) == Some(cluster)
+}
+
+/// The cluster an object was created for, if kubectl-mesh created it for one.
+pub fn owner_cluster(meta: &ObjectMeta) -> Option<&str> {
+    let labels = meta.labels.as_ref()?;
+    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(MANAGER) {
+        return None;
+    }
+    labels.get(CLUSTER_LABEL).map(String::as_str)
+}
+
+/// The default name of a cluster in the mesh: its context's name made a DNS-1123 label
+/// (`admin@East_1` becomes `admin-east-1`). Empty when nothing usable is left.
+pub fn default_cluster_name(context: &str) -> String {
+    let mut name = String::new();
+    for c in context.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            name.push(c);
+        } else if !name.is_empty() && !name.ends_with('-') {
+            name.push('-');
+        }
+    }
+    // 63 bytes at most; every char left is ASCII, so any byte index is a char boundary.
+    name.truncate(63);
+    name.trim_end_matches('-').to_owned()
+}
+
+fn meta(name: &str, namespace: Option<&str>, cluster: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels(cluster)),
+        ..Default::default()
+    }
+}
+
+fn strings(items: &[&str]) -> Option<Vec<String>> {
+    Some(items.iter().map(|s| (*s).to_owned()).collect())
+}
+
+fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: strings(groups),
+        resources: strings(resources),
+        verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// [`MESH_NAMESPACE`] on the remote, as attach creates it when absent.
+pub fn remote_namespace(cluster: &str) -> Namespace {
+    Namespace {
+        metadata: meta(MESH_NAMESPACE, None, cluster),
+        ..Default::default()
+    }
+}
+
+/// A ServiceAccount in [`MESH_NAMESPACE`].
+pub fn service_account(name: &str, cluster: &str) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(name, Some(MESH_NAMESPACE), cluster),
+        ..Default::default()
+    }
+}
+
+/// What the sync account may do: read and patch namespaces. Nothing else, so a leaked
+/// stored kubeconfig cannot read the remote's Secrets or run anything there.
+pub fn sync_cluster_role(cluster: &str) -> ClusterRole {
+    ClusterRole {
+        metadata: meta(SYNC_ACCOUNT, None, cluster),
+        rules: Some(vec![rule(
+            &[""],
+            &["namespaces"],
+            &["get", "list", "watch", "patch"],
+        )]),
+        ..Default::default()
+    }
+}
+
+/// What istiod needs on a remote to discover its endpoints: the rules of Istio's own
+/// `istio-reader-clusterrole` (read-only, plus the reviews istiod makes when it authenticates
+/// workloads of that cluster and the ServiceExports of the MCS API).
+pub fn istio_reader_cluster_role(cluster: &str) -> ClusterRole {
+    const READ: &[&str] = &["get", "list", "watch"];
+    ClusterRole {
+        metadata: meta(ISTIO_READER, None, cluster),
+        rules: Some(vec![
+            rule(
+                &[
+                    "config.istio.io",
+                    "security.istio.io",
+                    "networking.istio.io",
+                    "authentication.istio.io",
+                    "rbac.istio.io",
+                    "telemetry.istio.io",
+                    "extensions.istio.io",
+                ],
+                &["*"],
+                READ,
+            ),
+            rule(
+                &[""],
+                &[
+                    "endpoints",
+                    "pods",
+                    "services",
+                    "nodes",
+                    "replicationcontrollers",
+                    "namespaces",
+                    "secrets",
+                ],
+                READ,
+            ),
+            rule(
+                &["networking.x-k8s.io", "gateway.networking.k8s.io"],
+                &["gateways"],
+                READ,
+            ),
+            rule(
+                &["apiextensions.k8s.io"],
+                &["customresourcedefinitions"],
+                READ,
+            ),
+            rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+            rule(
+                &["multicluster.x-k8s.io"],
+                &["serviceexports"],
+                &["get", "list", "watch", "create", "delete"],
+            ),
+            rule(&["multicluster.x-k8s.io"], &["serviceimports"], READ),
+            rule(&["apps"], &["replicasets"], READ),
+            rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+            rule(
+                &["authorization.k8s.io"],
+                &["subjectaccessreviews"],
+                &["create"],
+            ),
+        ]),
+        ..Default::default()
+    }
+}
+
+/// Binds the ClusterRole `name` to the ServiceAccount `name` of [`MESH_NAMESPACE`].
+pub fn cluster_role_binding(name: &str, cluster: &str) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(name, None, cluster),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: name.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: name.to_owned(),
+            namespace: Some(MESH_NAMESPACE.to_owned()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// A long-lived token Secret for the ServiceAccount `account`; kube-controller-manager fills
+/// in `token` and `ca.crt`. Long-lived on purpose: a TokenRequest token expires and nothing
+/// would be there to renew it. Revocation is deleting this Secret.
+pub fn token_secret(name: &str, account: &str, cluster: &str) -> Secret {
+    let mut metadata = meta(name, Some(MESH_NAMESPACE), cluster);
+    metadata.annotations = Some(BTreeMap::from([(
+        SERVICE_ACCOUNT_NAME_ANNOTATION.to_owned(),
+        account.to_owned(),
+    )]));
+    Secret {
+        metadata,
+        type_: Some(SERVICE_ACCOUNT_TOKEN_TYPE.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// What the remote guard says and to whom it applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    /// Warn or Deny (Off installs nothing).
+    pub mode: RemoteGuard,
+    /// Name of the primary in messages.
+    pub primary_name: String,
+    /// Context of the primary to suggest in `kubectl --context ... label` commands.
+    pub primary_context: String,
+    /// Label keys the guard watches.
+    pub managed_labels: Vec<String>,
+    /// Namespaces the guard leaves alone (they are never synced either).
+    pub excluded_namespaces: Vec<String>,
+}
+
+impl Guard {
+    /// A guard over the default managed labels and excluded namespaces.
+    pub fn new(mode: RemoteGuard, primary_name: &str, primary_context: &str) -> Self {
+        Self {
+            mode,
+            primary_name: primary_name.to_owned(),
+            primary_context: primary_context.to_owned(),
+            managed_labels: mesh::labels::DEFAULT_MANAGED_LABELS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            excluded_namespaces: mesh::labels::DEFAULT_EXCLUDED_NAMESPACES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        }
+    }
+
+    /// The validation action of the binding; `None` for [`RemoteGuard::Off`].
+    pub fn action(&self) -> Option<&'static str> {
+        match self.mode {
+            RemoteGuard::Warn => Some("Warn"),
+            RemoteGuard::Deny => Some("Deny"),
+            RemoteGuard::Off => None,
+        }
+    }
+}
+
+/// A CEL string literal.
+fn cel_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Stands for a missing label in CEL comparisons; never a valid label value.
+const CEL_ABSENT: &str = "<absent>";
+
+/// CEL: the value of the label whose key is the CEL expression `key` on `var` (`object` or
+/// `oldObject`), or [`CEL_ABSENT`]. The guards come first: `oldObject` is null on CREATE and a
+/// namespace may have no labels map at all.
+fn cel_label_value(var: &str, key: &str) -> String {
+    format!(
+        "({var} != null && has({var}.metadata.labels) && {key} in {var}.metadata.labels \
+         ? {var}.metadata.labels[{key}] : {})",
+        cel_str(CEL_ABSENT)
+    )
+}
+
+/// The ValidatingAdmissionPolicy of the remote guard: on a namespace CREATE or UPDATE by
+/// anyone but the sync account that changes a managed label of a synced namespace, the
+/// validation fails with a message naming the primary and the command to run there. Whether
+/// that warns or denies is the binding's choice ([`guard_binding`]).
+///
+/// failurePolicy Ignore: the guard is a courtesy, not a security boundary (the reconciler
+/// undoes the edit anyway), and must never block namespace edits if its CEL cannot run.
+pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
+    let keys = guard
+        .managed_labels
+        .iter()
+        .map(|k| cel_str(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let excluded = guard
+        .excluded_namespaces
+        .iter()
+        .map(|n| cel_str(n))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let changed = format!(
+        "[{keys}].filter(k, {} != {})",
+        cel_label_value("object", "k"),
+        cel_label_value("oldObject", "k")
+    );
+    // `key=value` for a label set, `key-` for one removed: the arguments of `kubectl label`.
+    let wanted = format!(
+        "variables.changed.map(k, {} != {} ? k + '=' + object.metadata.labels[k] : k + '-')",
+        cel_label_value("object", "k"),
+        cel_str(CEL_ABSENT)
+    );
+    let message_expression = format!(
+        "variables.changed.join(', ') + ' on this cluster ' + \
+         (size(variables.changed) == 1 ? 'is' : 'are') + \
+         ' managed by kubectl-mesh from cluster ' + {primary} + \
+         (size(variables.changed) == 1 ? '; set it there' : '; set them there') + \
+         ': kubectl --context ' + {context} + ' label ns ' + \
+         object.metadata.name + ' ' + {wanted}.join(' ') + ' --overwrite'",
+        primary = cel_str(&guard.primary_name),
+        context = cel_str(&guard.primary_context),
+    );
+    let message = format!(
+        "sidecar-injection labels on this cluster are managed by kubectl-mesh from cluster \
+         {}; set them there with kubectl --context {} label ns",
+        guard.primary_name, guard.primary_context
+    );
+    let mut conditions = Vec::new();
+    if !excluded.is_empty() {
+        conditions.push(MatchCondition {
+            name: "not-excluded-namespace".to_owned(),
+            expression: format!("!(object.metadata.name in [{excluded}])"),
+        });
+    }
+    conditions.push(MatchCondition {
+        name: "not-kubectl-mesh".to_owned(),
+        expression: format!("request.userInfo.username != {}", cel_str(&sync_username())),
+    });
+    ValidatingAdmissionPolicy {
+        metadata: meta(GUARD, None, cluster),
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Ignore".to_owned()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: strings(&[""]),
+                    api_versions: strings(&["v1"]),
+                    operations: strings(&["CREATE", "UPDATE"]),
+                    resources: strings(&["namespaces"]),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            match_conditions: Some(conditions),
+            variables: Some(vec![Variable {
+                name: "changed".to_owned(),
+                expression: changed,
+            }]),
+            validations: Some(vec![Validation {
+                expression: "size(variables.changed) == 0".to_owned(),
+                message: Some(message),
+                message_expression: Some(message_expression),
+                reason: Some("Forbidden".to_owned()),
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Binds [`guard_policy`] with the guard's action (Warn or Deny).
+pub fn guard_binding(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicyBinding {
+    ValidatingAdmissionPolicyBinding {
+        metadata: meta(GUARD, None, cluster),
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(GUARD.to_owned()),
+            validation_actions: guard.action().map(|a| vec![a.to_owned()]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The Secret on the primary holding `cluster`'s stored kubeconfig (YAML).
+pub fn cluster_secret(cluster: &str, kubeconfig_yaml: &str) -> Secret {
+    Secret {
+        metadata: meta(&cluster_secret_name(cluster), Some(MESH_NAMESPACE), cluster),
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            KUBECONFIG_KEY.to_owned(),
+            ByteString(kubeconfig_yaml.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// The Istio remote secret of `cluster` in [`ISTIO_NAMESPACE`]: what istiod's multicluster
+/// controller watches. One key, the cluster's name, holding a kubeconfig whose cluster, user
+/// and context all carry that name.
+pub fn istio_remote_secret(cluster: &str, kubeconfig_yaml: &str) -> Secret {
+    let mut metadata = meta(&istio_secret_name(cluster), Some(ISTIO_NAMESPACE), cluster);
+    if let Some(l) = metadata.labels.as_mut() {
+        l.insert(ISTIO_MULTICLUSTER_LABEL.to_owned(), "true".to_owned());
+    }
+    metadata.annotations = Some(BTreeMap::from([(
+        ISTIO_CLUSTER_ANNOTATION.to_owned(),
+        cluster.to_owned(),
+    )]));
+    Secret {
+        metadata,
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            cluster.to_owned(),
+            ByteString(kubeconfig_yaml.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// [`ISTIO_NAMESPACE`] on the primary, as attach creates it when absent. It carries only the
+/// managed-by label: several clusters' remote secrets may share it, so it belongs to none;
+/// detach removes it once it holds nothing else.
+pub fn istio_namespace() -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(ISTIO_NAMESPACE.to_owned()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_owned(),
+                MANAGER.to_owned(),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Everything the MeshCluster records.
+#[derive(Clone, Debug)]
+pub struct ClusterRecord {
+    /// Name of the cluster in the mesh.
+    pub name: String,
+    /// UID of the remote's kube-system namespace.
+    pub cluster_id: String,
+    /// API server URL of the remote.
+    pub server: String,
+    /// The guard installed.
+    pub guard: RemoteGuard,
+    /// Name of the primary.
+    pub primary_name: String,
+    /// Whether [`MESH_NAMESPACE`] on the remote was created by attach.
+    pub remote_namespace_created: bool,
+    /// The remote's context in the kubeconfig attach was given.
+    pub remote_context: String,
+}
+
+/// The MeshCluster of an attached cluster.
+pub fn mesh_cluster(record: &ClusterRecord) -> MeshCluster {
+    let mut mc = MeshCluster::new(
+        &record.name,
+        MeshClusterSpec {
+            cluster_id: record.cluster_id.clone(),
+            server: record.server.clone(),
+            secret_name: cluster_secret_name(&record.name),
+            primary_name: Some(record.primary_name.clone()),
+            remote_guard: record.guard,
+        },
+    );
+    mc.metadata.labels = Some(labels(&record.name));
+    mc.metadata.annotations = Some(BTreeMap::from([
+        (
+            REMOTE_NAMESPACE_CREATED_ANNOTATION.to_owned(),
+            record.remote_namespace_created.to_string(),
+        ),
+        (
+            REMOTE_CONTEXT_ANNOTATION.to_owned(),
+            record.remote_context.clone(),
+        ),
+    ]));
+    mc
+}
+
+/// An ownerReference to `mc` (which must have been read from the cluster, for its uid).
+/// Neither `controller` nor `blockOwnerDeletion`: the latter needs rights on the
+/// MeshCluster's finalizers where OwnerReferencesPermissionEnforcement is on, and nothing
+/// here needs foreground deletion.
+pub fn owner_reference(mc: &MeshCluster) -> Option<OwnerReference> {
+    use kube::Resource as _;
+    mc.owner_ref(&())
+}
+
+/// Whether the MeshCluster says attach created the remote's [`MESH_NAMESPACE`]. `None`
+/// when it does not say (a MeshCluster written by an older attach).
+pub fn remote_namespace_created(mc: &MeshCluster) -> Option<bool> {
+    mc.metadata
+        .annotations
+        .as_ref()?
+        .get(REMOTE_NAMESPACE_CREATED_ANNOTATION)
+        .map(|v| v == "true")
+}
+
+/// The remote context recorded by attach.
+pub fn remote_context(mc: &MeshCluster) -> Option<&str> {
+    mc.metadata
+        .annotations
+        .as_ref()?
+        .get(REMOTE_CONTEXT_ANNOTATION)
+        .map(String::as_str)
+        .filter(|c| !c.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(mode: RemoteGuard) -> Guard {
+        Guard::new(mode, "main", "admin@main")
+    }
+
+    #[test]
+    fn default_names_are_dns_labels() {
+        for (context, name) in [
+            ("remote-1", "remote-1"),
+            ("admin@East_1", "admin-east-1"),
+            (
+                "arn:aws:eks:eu-west-1:123:cluster/prod",
+                "arn-aws-eks-eu-west-1-123-cluster-prod",
+            ),
+            ("--a--b--", "a-b"),
+            ("@@@", ""),
+        ] {
+            let got = default_cluster_name(context);
+            assert_eq!(got, name, "{context}");
+            if !got.is_empty() {
+                crate::kubeconfig::validate_cluster_name(&got).unwrap();
+            }
+        }
+        let long = default_cluster_name(&format!("{}-x", "a".repeat(62)));
+        assert_eq!(long, "a".repeat(62));
+    }
+
+    #[test]
+    fn every_remote_object_is_labelled_for_its_cluster() {
+        let g = guard(RemoteGuard::Warn);
+        let metas = [
+            remote_namespace("east").metadata,
+            service_account(SYNC_ACCOUNT, "east").metadata,
+            sync_cluster_role("east").metadata,
+            cluster_role_binding(SYNC_ACCOUNT, "east").metadata,
+            token_secret(TOKEN_SECRET, SYNC_ACCOUNT, "east").metadata,
+            guard_policy("east", &g).metadata,
+            guard_binding("east", &g).metadata,
+            cluster_secret("east", "x").metadata,
+            istio_remote_secret("east", "x").metadata,
+        ];
+        for m in metas {
+            assert!(is_ours(&m, "east"), "{:?}", m.name);
+            assert!(!is_ours(&m, "west"), "{:?}", m.name);
+        }
+        assert_eq!(
+            selector("east"),
+            "app.kubernetes.io/managed-by=kubectl-mesh,kubectl-mesh.io/cluster=east"
+        );
+    }
+
+    #[test]
+    fn sync_role_reads_and_patches_namespaces_only() {
+        let role = sync_cluster_role("east");
+        let rules = role.rules.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["namespaces".to_owned()][..])
+        );
+        assert_eq!(rules[0].verbs, ["get", "list", "watch", "patch"]);
+        let crb = cluster_role_binding(SYNC_ACCOUNT, "east");
+        let subject = &crb.subjects.unwrap()[0];
+        assert_eq!(
+            format!(
+                "system:serviceaccount:{}:{}",
+                subject.namespace.as_deref().unwrap(),
+                subject.name
+            ),
+            sync_username()
+        );
+    }
+
+    #[test]
+    fn token_secret_names_its_account() {
+        let s = token_secret(TOKEN_SECRET, SYNC_ACCOUNT, "east");
+        assert_eq!(s.type_.as_deref(), Some(SERVICE_ACCOUNT_TOKEN_TYPE));
+        assert_eq!(
+            s.metadata.annotations.unwrap()[SERVICE_ACCOUNT_NAME_ANNOTATION],
+            SYNC_ACCOUNT
+        );
+        assert!(s.data.is_none());
+    }
+
+    #[test]
+    fn guard_policy_spares_the_sync_account_and_excluded_namespaces() {
+        let p = guard_policy("east", &guard(RemoteGuard::Deny));
+        let spec = p.spec.unwrap();
+        assert_eq!(spec.failure_policy.as_deref(), Some("Ignore"));
+        let conditions = spec.match_conditions.unwrap();
+        assert!(conditions.iter().any(|c| c.expression
+            == "request.userInfo.username != \
+                        'system:serviceaccount:kubectl-mesh:kubectl-mesh-sync'"));
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.expression.contains("'kube-system'"))
+        );
+        let changed = &spec.variables.unwrap()[0].expression;
+        for key in mesh::labels::DEFAULT_MANAGED_LABELS {
+            assert!(changed.contains(&format!("'{key}'")), "{key}");
+        }
+        let v = &spec.validations.unwrap()[0];
+        let msg = v.message_expression.as_deref().unwrap();
+        assert!(
+            msg.contains("managed by kubectl-mesh from cluster ' + 'main'"),
+            "{msg}"
+        );
+        assert!(msg.contains("'admin@main'"), "{msg}");
+        assert!(msg.contains("object.metadata.name"), "{msg}");
+        assert!(!msg.contains('\n'));
+        assert!(
+            v.message
+                .as_deref()
+                .unwrap()
+                .contains("managed by kubectl-mesh")
+        );
+    }
+
+    #[test]
+    fn guard_strings_are_cel_escaped() {
+        let p = guard_policy("east", &Guard::new(RemoteGuard::Warn, "it's", r"a\b"));
+        let msg = p.spec.unwrap().validations.unwrap()[0]
+            .message_expression
+            .clone()
+            .unwrap();
+        assert!(msg.contains(r"'it\'s'"), "{msg}");
+        assert!(msg.contains(r"'a\\b'"), "{msg}");
+    }
+
+    #[test]
+    fn guard_binding_action_follows_mode() {
+        let warn = guard_binding("east", &guard(RemoteGuard::Warn))
+            .spec
+            .unwrap();
+        assert_eq!(warn.validation_actions.unwrap(), ["Warn"]);
+        assert_eq!(warn.policy_name.as_deref(), Some(GUARD));
+        let deny = guard_binding("east", &guard(RemoteGuard::Deny))
+            .spec
+            .unwrap();
+        assert_eq!(deny.validation_actions.unwrap(), ["Deny"]);
+        assert_eq!(guard(RemoteGuard::Off).action(), None);
+    }
+
+    #[test]
+    fn istio_remote_secret_follows_istio_conventions() {
+        let s = istio_remote_secret("east", "kc");
+        assert_eq!(s.metadata.name.as_deref(), Some("istio-remote-secret-east"));
+        assert_eq!(s.metadata.namespace.as_deref(), Some(ISTIO_NAMESPACE));
+        assert_eq!(s.metadata.labels.unwrap()[ISTIO_MULTICLUSTER_LABEL], "true");
+        assert_eq!(
+            s.metadata.annotations.unwrap()[ISTIO_CLUSTER_ANNOTATION],
+            "east"
+        );
+        assert_eq!(s.data.unwrap()["east"].0, b"kc");
+    }
+
+    #[test]
+    fn mesh_cluster_records_what_detach_needs() {
+        let record = ClusterRecord {
+            name: "east".into(),
+            cluster_id: "uid-1".into(),
+            server: "https://10.0.0.1".into(),
+            guard: RemoteGuard::Deny,
+            primary_name: "main".into(),
+            remote_namespace_created: true,
+            remote_context: "admin@east".into(),
+        };
+        let mc = mesh_cluster(&record);
+        assert_eq!(mc.spec.secret_name, "cluster-east");
+        assert_eq!(mc.spec.primary_name.as_deref(), Some("main"));
+        assert_eq!(mc.spec.remote_guard, RemoteGuard::Deny);
+        assert_eq!(remote_namespace_created(&mc), Some(true));
+        assert_eq!(remote_context(&mc), Some("admin@east"));
+        assert!(
+            owner_reference(&mc).is_none(),
+            "no uid before it is created"
+        );
+        let mut stored = mc.clone();
+        stored.metadata.uid = Some("u".into());
+        let owner = owner_reference(&stored).unwrap();
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("MeshCluster", "u")
+        );
+        assert_eq!(owner.block_owner_deletion, None);
+    }
+}
