@@ -9,12 +9,15 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     if let Err(err) = kubectl_mesh::Cli::parse_and_run() {
+        if err.is_silent() {
+            std::process::exit(err.exit_code());
+        }
         let prefix = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
             "\x1b[31merror:\x1b[0m"
         } else {
             "error:"
         };
         eprintln!("{prefix} {}", err.line());
-        std::process::exit(1);
+        std::process::exit(err.exit_code());
     }
 }

@@ -1,19 +1,532 @@
-//! `kubectl mesh status`: managed labels of namespaces across the mesh.
+//! `kubectl mesh status`: managed labels of namespaces across the mesh, read live.
+//!
+//! The primary and every remote are read now (the remotes in parallel, each under a
+//! deadline), and every cell is judged by the sync rule itself ([`SyncRule::desired`] and
+//! [`SyncRule::diff`]): a cell shows drift exactly when a sync would write to it.
 
-use crate::{Context, Error, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use mesh::labels::{Labels, SyncRule};
+use serde::Serialize;
+
+use crate::{
+    Context, Error, Result,
+    mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
+    output::{self, OutputFormat},
+};
+
+/// Exit status of `status --exit-code` when a namespace drifted (like `git diff --exit-code`,
+/// but distinct from 1, which means the command itself failed).
+pub const DRIFT_EXIT_CODE: u8 = 3;
 
 /// Show the managed labels of namespaces on the primary and every remote.
+///
+/// Reads every cluster now. A cell marked `(drift)` differs from the primary and will be
+/// corrected by the webhook's reconciler or by `kubectl mesh sync`; `(missing)` means the
+/// namespace does not exist on that remote (kubectl-mesh never creates namespaces).
 #[derive(Debug, clap::Args)]
 pub struct Status {
     /// Namespaces to show [default: every namespace with a managed label].
     #[arg(value_name = "NAMESPACE")]
     pub namespaces: Vec<String>,
+    /// Exit with status 3 when any namespace differs from the primary.
+    #[arg(long)]
+    pub exit_code: bool,
+    /// How long to wait for each remote.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
+    pub remote_timeout: Duration,
 }
 
 impl Status {
     /// Runs the command.
-    pub async fn run(self, _ctx: &Context) -> Result<()> {
-        let Self { namespaces: _ } = self;
-        Err(Error::NotImplemented("status"))
+    pub async fn run(self, ctx: &Context) -> Result<()> {
+        let Self {
+            namespaces,
+            exit_code,
+            remote_timeout,
+        } = self;
+        let client = ctx.client().await?;
+        let clusters = mesh_state::clusters(&client).await?;
+        let (primary, remotes) = tokio::join!(
+            mesh_state::primary_namespaces(&client),
+            mesh_state::for_each(&clusters, |c| {
+                let client = &client;
+                async move {
+                    RemoteView {
+                        name: c.name_any(),
+                        namespaces: mesh_state::read_remote(client, c, remote_timeout)
+                            .await
+                            .map_err(|e| e.to_string()),
+                    }
+                }
+            })
+        );
+        let primary = primary?;
+        let report = StatusReport::compute(&mesh_state::rule(), &primary, &remotes, &namespaces);
+
+        if clusters.is_empty() {
+            ctx.progress.info(super::list::NO_CLUSTERS);
+        }
+        for c in &report.clusters {
+            if let Some(error) = &c.error {
+                ctx.progress
+                    .warn(format!("{} unreachable: {error}", c.name));
+            }
+        }
+        match ctx.output {
+            OutputFormat::Table | OutputFormat::Wide => {
+                if report.namespaces.is_empty() {
+                    ctx.progress.info(format!(
+                        "No namespace carries a managed label ({}) on the primary or any remote.",
+                        mesh_state::rule()
+                            .managed_keys()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                } else {
+                    output::print_stdout(&report.table())?;
+                }
+            }
+            format => {
+                let value = serde_json::to_value(&report).map_err(|source| Error::Serialize {
+                    format: "JSON",
+                    source: Box::new(source),
+                })?;
+                output::print_stdout(&output::render_values(format, &[value])?)?;
+            }
+        }
+        for line in report.summary() {
+            ctx.progress.warn(line);
+        }
+        if exit_code && report.drifted > 0 {
+            return Err(Error::Exit(DRIFT_EXIT_CODE));
+        }
+        Ok(())
+    }
+}
+
+/// One remote as read now: its namespaces, or why they could not be read.
+#[derive(Clone, Debug)]
+pub struct RemoteView {
+    /// Name of the MeshCluster.
+    pub name: String,
+    /// Every namespace of the remote.
+    pub namespaces: std::result::Result<Vec<Namespace>, String>,
+}
+
+/// The namespace x cluster matrix, as `-o json|yaml` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReport {
+    /// The columns after the primary's, in name order.
+    pub clusters: Vec<ClusterColumn>,
+    /// The rows.
+    pub namespaces: Vec<NamespaceRow>,
+    /// Cells whose managed labels differ from the primary's.
+    pub drifted: usize,
+    /// Cells of namespaces that carry managed labels on the primary and are absent there.
+    pub missing: usize,
+}
+
+/// One remote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterColumn {
+    /// Name of the MeshCluster.
+    pub name: String,
+    /// Whether its namespaces could be read.
+    pub reachable: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One namespace across the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NamespaceRow {
+    /// Its name, the same on every cluster.
+    pub name: String,
+    /// On the primary.
+    pub primary: PrimaryCell,
+    /// On each remote, by cluster name.
+    pub clusters: BTreeMap<String, RemoteCell>,
+}
+
+/// A namespace on the primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PrimaryCell {
+    /// Whether it exists there.
+    pub exists: bool,
+    /// Its managed labels.
+    pub labels: Labels,
+}
+
+/// A namespace on one remote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RemoteCell {
+    /// How it compares with the primary.
+    pub state: CellState,
+    /// Its managed labels, when it could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels>,
+    /// What a sync would set.
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub set: Labels,
+    /// What a sync would remove.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub remove: BTreeSet<String>,
+}
+
+/// How a remote namespace compares with the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CellState {
+    /// Its managed labels equal the primary's.
+    InSync,
+    /// They differ; a sync would write.
+    Drifted,
+    /// The namespace does not exist on the remote.
+    Missing,
+    /// The remote could not be read.
+    Unreachable,
+    /// The namespace is never synced.
+    Excluded,
+}
+
+impl StatusReport {
+    /// Compares every remote with the primary. `requested` names the rows; empty means every
+    /// namespace that carries a managed label on the primary or on a readable remote (excluded
+    /// namespaces left out).
+    pub fn compute(
+        rule: &SyncRule,
+        primary: &BTreeMap<String, Namespace>,
+        remotes: &[RemoteView],
+        requested: &[String],
+    ) -> Self {
+        let remote_maps: Vec<Option<BTreeMap<String, &Namespace>>> = remotes
+            .iter()
+            .map(|r| {
+                r.namespaces
+                    .as_ref()
+                    .ok()
+                    .map(|list| list.iter().map(|ns| (ns.name_any(), ns)).collect())
+            })
+            .collect();
+        let carries = |ns: &Namespace| !rule.managed_of(ns.metadata.labels.as_ref()).is_empty();
+        let names: Vec<String> = if requested.is_empty() {
+            let mut names: BTreeSet<String> = primary
+                .iter()
+                .filter(|(_, ns)| carries(ns))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for map in remote_maps.iter().flatten() {
+                names.extend(
+                    map.iter()
+                        .filter(|(_, ns)| carries(ns))
+                        .map(|(name, _)| name.clone()),
+                );
+            }
+            names.retain(|n| !rule.is_excluded(n));
+            names.into_iter().collect()
+        } else {
+            let mut seen = BTreeSet::new();
+            requested
+                .iter()
+                .filter(|n| seen.insert(n.as_str()))
+                .cloned()
+                .collect()
+        };
+
+        let mut report = Self {
+            clusters: remotes
+                .iter()
+                .map(|r| ClusterColumn {
+                    name: r.name.clone(),
+                    reachable: r.namespaces.is_ok(),
+                    error: r.namespaces.as_ref().err().cloned(),
+                })
+                .collect(),
+            namespaces: Vec::new(),
+            drifted: 0,
+            missing: 0,
+        };
+        for name in names {
+            let on_primary = primary.get(&name);
+            let desired = rule.desired(on_primary);
+            let mut row = NamespaceRow {
+                name: name.clone(),
+                primary: PrimaryCell {
+                    exists: on_primary.is_some(),
+                    labels: rule.managed_of(on_primary.and_then(|ns| ns.metadata.labels.as_ref())),
+                },
+                clusters: BTreeMap::new(),
+            };
+            for (remote, map) in remotes.iter().zip(&remote_maps) {
+                let cell = match map {
+                    None => RemoteCell::bare(CellState::Unreachable, None),
+                    Some(map) => match map.get(&name) {
+                        None => {
+                            if !desired.is_empty() && !rule.is_excluded(&name) {
+                                report.missing += 1;
+                            }
+                            RemoteCell::bare(CellState::Missing, None)
+                        }
+                        Some(ns) => {
+                            let labels = rule.managed_of(ns.metadata.labels.as_ref());
+                            if rule.is_excluded(&name) {
+                                RemoteCell::bare(CellState::Excluded, Some(labels))
+                            } else {
+                                // THE rule decides: drift is what a sync would write.
+                                let diff = rule.diff(&desired, ns);
+                                if diff.is_empty() {
+                                    RemoteCell::bare(CellState::InSync, Some(labels))
+                                } else {
+                                    report.drifted += 1;
+                                    RemoteCell {
+                                        state: CellState::Drifted,
+                                        labels: Some(labels),
+                                        set: diff.set,
+                                        remove: diff.remove,
+                                    }
+                                }
+                            }
+                        }
+                    },
+                };
+                row.clusters.insert(remote.name.clone(), cell);
+            }
+            report.namespaces.push(row);
+        }
+        report
+    }
+
+    /// The matrix as a kubectl-like table: NAMESPACE, PRIMARY, then one column per remote.
+    pub fn table(&self) -> String {
+        let mut headers = vec!["namespace".to_owned(), "primary".to_owned()];
+        headers.extend(self.clusters.iter().map(|c| c.name.clone()));
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let rows = self.namespaces.iter().map(|row| {
+            let mut cells = vec![
+                row.name.clone(),
+                if row.primary.exists {
+                    labels_text(&row.primary.labels)
+                } else {
+                    "(absent)".to_owned()
+                },
+            ];
+            cells.extend(self.clusters.iter().map(|c| {
+                row.clusters
+                    .get(&c.name)
+                    .map_or_else(|| "(unreachable)".to_owned(), RemoteCell::text)
+            }));
+            cells
+        });
+        output::table(&headers, rows)
+    }
+
+    /// Lines worth saying after the table: where drift is and how to fix it, what is missing.
+    pub fn summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for state in [CellState::Drifted, CellState::Missing] {
+            let mut by_cluster: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for row in &self.namespaces {
+                for (cluster, cell) in &row.clusters {
+                    let counts = cell.state == state
+                        && (state != CellState::Missing
+                            || (row.primary.exists && !row.primary.labels.is_empty()));
+                    if counts {
+                        by_cluster.entry(cluster).or_default().push(&row.name);
+                    }
+                }
+            }
+            for (cluster, names) in by_cluster {
+                let one = names.len() == 1;
+                let line = match state {
+                    CellState::Drifted => format!(
+                        "{} on {cluster} {} from the primary: {}; `kubectl mesh sync --cluster \
+                         {cluster}` converges {} now",
+                        plural(names.len(), "namespace"),
+                        if one { "differs" } else { "differ" },
+                        names.join(", "),
+                        if one { "it" } else { "them" },
+                    ),
+                    _ => format!(
+                        "{} with managed labels {} absent on {cluster}: {} (kubectl-mesh never \
+                         creates namespaces)",
+                        plural(names.len(), "namespace"),
+                        if one { "is" } else { "are" },
+                        names.join(", ")
+                    ),
+                };
+                lines.push(line);
+            }
+        }
+        lines
+    }
+}
+
+impl RemoteCell {
+    fn bare(state: CellState, labels: Option<Labels>) -> Self {
+        Self {
+            state,
+            labels,
+            set: Labels::new(),
+            remove: BTreeSet::new(),
+        }
+    }
+
+    /// The table cell: the labels, with a marker when they are not simply in sync.
+    pub fn text(&self) -> String {
+        let labels = || labels_text(self.labels.as_ref().unwrap_or(&Labels::new()));
+        match self.state {
+            CellState::InSync => labels(),
+            CellState::Drifted => format!("{} (drift)", labels()),
+            CellState::Missing => "(missing)".to_owned(),
+            CellState::Unreachable => "(unreachable)".to_owned(),
+            CellState::Excluded => format!("{} (excluded)", labels()),
+        }
+    }
+}
+
+/// `istio-injection=enabled,istio.io/rev=1-24`, or `-` for none.
+pub fn labels_text(labels: &Labels) -> String {
+    if labels.is_empty() {
+        return "-".to_owned();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `1 namespace`, `2 namespaces`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh_state::fixtures::ns;
+
+    fn primary() -> BTreeMap<String, Namespace> {
+        [
+            ns("bookinfo", &[("istio-injection", "enabled"), ("team", "a")]),
+            ns("payments", &[("istio.io/rev", "1-24")]),
+            ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
+            ns("plain", &[("team", "b")]),
+            ns("kube-system", &[]),
+        ]
+        .into_iter()
+        .map(|n| (n.name_any(), n))
+        .collect()
+    }
+
+    fn remotes() -> Vec<RemoteView> {
+        vec![
+            RemoteView {
+                name: "east".into(),
+                namespaces: Ok(vec![
+                    ns("bookinfo", &[("istio-injection", "enabled")]),
+                    ns("payments", &[("istio.io/rev", "1-23")]),
+                    ns("plain", &[]),
+                    ns("legacy", &[("istio-injection", "enabled")]),
+                    ns("kube-system", &[("istio-injection", "disabled")]),
+                ]),
+            },
+            RemoteView {
+                name: "west".into(),
+                namespaces: Ok(vec![
+                    ns("bookinfo", &[("istio-injection", "enabled"), ("app", "x")]),
+                    ns("payments", &[("istio.io/rev", "1-24")]),
+                    ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
+                ]),
+            },
+            RemoteView {
+                name: "north".into(),
+                namespaces: Err("no answer within 5s".into()),
+            },
+        ]
+    }
+
+    fn report() -> StatusReport {
+        StatusReport::compute(&SyncRule::default(), &primary(), &remotes(), &[])
+    }
+
+    #[test]
+    fn table_snapshot() {
+        insta::assert_snapshot!("status_table", report().table());
+    }
+
+    #[test]
+    fn drift_and_missing_follow_the_rule() {
+        let r = report();
+        let names: Vec<&str> = r.namespaces.iter().map(|n| n.name.as_str()).collect();
+        // kube-system is excluded; plain carries no managed label anywhere.
+        assert_eq!(names, ["ambient", "bookinfo", "legacy", "payments"]);
+        // payments on east (wrong revision) and legacy on east (absent on the primary).
+        assert_eq!(r.drifted, 2);
+        // ambient is absent on east.
+        assert_eq!(r.missing, 1);
+        let legacy = &r.namespaces[2].clusters["east"];
+        assert_eq!(legacy.state, CellState::Drifted);
+        assert_eq!(
+            legacy.remove,
+            BTreeSet::from(["istio-injection".to_owned()])
+        );
+        let payments = &r.namespaces[3].clusters["east"];
+        assert_eq!(payments.set["istio.io/rev"], "1-24");
+        assert_eq!(
+            r.namespaces[1].clusters["west"].state,
+            CellState::InSync,
+            "unmanaged labels never count"
+        );
+        assert_eq!(
+            r.namespaces[0].clusters["north"].state,
+            CellState::Unreachable
+        );
+        insta::assert_snapshot!("status_summary", r.summary().join("\n"));
+    }
+
+    #[test]
+    fn requested_namespaces_are_shown_as_asked() {
+        let r = StatusReport::compute(
+            &SyncRule::default(),
+            &primary(),
+            &remotes()[..1],
+            &["kube-system".into(), "nowhere".into(), "kube-system".into()],
+        );
+        let names: Vec<&str> = r.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["kube-system", "nowhere"]);
+        assert_eq!(r.namespaces[0].clusters["east"].state, CellState::Excluded);
+        assert_eq!(r.namespaces[1].clusters["east"].state, CellState::Missing);
+        assert_eq!((r.drifted, r.missing), (0, 0));
+        assert_eq!(
+            r.table(),
+            "NAMESPACE     PRIMARY    EAST\n\
+             kube-system   -          istio-injection=disabled (excluded)\n\
+             nowhere       (absent)   (missing)\n"
+        );
+    }
+
+    #[test]
+    fn json_is_structured() {
+        let v = serde_json::to_value(report()).unwrap();
+        assert_eq!(v["drifted"], 2);
+        assert_eq!(v["clusters"][2]["reachable"], false);
+        assert_eq!(v["clusters"][2]["error"], "no answer within 5s");
+        let payments = &v["namespaces"][3];
+        assert_eq!(payments["primary"]["labels"]["istio.io/rev"], "1-24");
+        assert_eq!(payments["clusters"]["east"]["state"], "drifted");
+        assert_eq!(payments["clusters"]["east"]["set"]["istio.io/rev"], "1-24");
+        assert_eq!(payments["clusters"]["west"]["state"], "in-sync");
+        assert!(payments["clusters"]["west"].get("set").is_none());
     }
 }

@@ -1,8 +1,28 @@
 //! `kubectl mesh sync`: converge remotes on the primary's labels now.
+//!
+//! Runs the webhook's own sync engine ([`mesh::sync::sync_remote`]) once per cluster from
+//! this machine: the same plan, the same conditional patches, the same zero writes when a
+//! remote is converged. It needs no running webhook.
 
-use crate::{Context, Error, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use mesh::labels::{LabelDiff, Labels};
+use mesh::sync::{ChangeStatus, SyncMode, SyncReport, sync_remote};
+use serde::Serialize;
+
+use super::status::plural;
+use crate::{
+    Context, Error, Result,
+    mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
+    output::{self, OutputFormat},
+};
 
 /// Make every remote's managed labels equal the primary's, now.
+///
+/// Prints each change as `<cluster>  <namespace>  +label=value -label`, then a summary line
+/// per cluster. Exits non-zero when any cluster could not be synced.
 #[derive(Debug, clap::Args)]
 pub struct Sync {
     /// Print the changes and make none.
@@ -11,15 +31,375 @@ pub struct Sync {
     /// Sync only this cluster (repeatable) [default: all].
     #[arg(long, value_name = "NAME")]
     pub cluster: Vec<String>,
+    /// Connect and read timeout of each call to a remote.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
+    pub remote_timeout: Duration,
 }
 
 impl Sync {
     /// Runs the command.
-    pub async fn run(self, _ctx: &Context) -> Result<()> {
+    pub async fn run(self, ctx: &Context) -> Result<()> {
         let Self {
-            dry_run: _,
-            cluster: _,
+            dry_run,
+            cluster,
+            remote_timeout,
         } = self;
-        Err(Error::NotImplemented("sync"))
+        let client = ctx.client().await?;
+        let clusters = mesh_state::select(mesh_state::clusters(&client).await?, &cluster)?;
+        if clusters.is_empty() {
+            ctx.progress.info(super::list::NO_CLUSTERS);
+            return Ok(());
+        }
+        let primary = mesh_state::primary_namespaces(&client).await?;
+        let rule = mesh_state::rule();
+        let mode = if dry_run {
+            SyncMode::DryRun
+        } else {
+            SyncMode::Apply
+        };
+        let results = mesh_state::for_each(&clusters, |c| {
+            let (client, primary, rule) = (&client, &primary, &rule);
+            async move {
+                let name = c.name_any();
+                let remote = match mesh_state::remote_client(client, c, remote_timeout).await {
+                    Ok(remote) => remote,
+                    Err(e) => return ClusterSync::failed(name, dry_run, e.to_string()),
+                };
+                match sync_remote(rule, primary, &remote, mode).await {
+                    Ok(report) => ClusterSync::from_report(name, &report),
+                    Err(e) => ClusterSync::failed(name, dry_run, e.to_string()),
+                }
+            }
+        })
+        .await;
+
+        let text = match ctx.output {
+            OutputFormat::Table | OutputFormat::Wide => render_text(&results),
+            format => {
+                let values = results
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| Error::Serialize {
+                        format: "JSON",
+                        source: Box::new(source),
+                    })?;
+                output::render_values(format, &values)?
+            }
+        };
+        output::print_stdout(&text)?;
+
+        let failed: Vec<&str> = results
+            .iter()
+            .filter(|r| r.is_failed())
+            .map(|r| r.cluster.as_str())
+            .collect();
+        if !failed.is_empty() {
+            return Err(Error::Refused {
+                what: format!(
+                    "sync failed on {} of {} clusters: {}",
+                    failed.len(),
+                    results.len(),
+                    failed.join(", ")
+                ),
+                hint: "see the lines above; `kubectl mesh check` diagnoses a cluster".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The result of syncing one cluster, as printed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSync {
+    /// Name of the MeshCluster.
+    pub cluster: String,
+    /// Whether nothing was written on purpose.
+    pub dry_run: bool,
+    /// Why the remote could not be synced at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Namespaces changed (or that would be), in name order.
+    pub changes: Vec<Change>,
+    /// Namespaces whose labels already equalled the primary's.
+    pub in_sync: usize,
+    /// Primary namespaces with managed labels absent on the remote (never created).
+    pub missing: Vec<String>,
+    /// Namespaces that could not be written.
+    pub failures: Vec<Failure>,
+    /// Write requests made.
+    pub writes: u32,
+}
+
+/// One namespace's change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The namespace.
+    pub namespace: String,
+    /// Labels set.
+    #[serde(skip_serializing_if = "Labels::is_empty")]
+    pub set: Labels,
+    /// Labels removed.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub remove: BTreeSet<String>,
+    /// `applied`, or `planned` on a dry run.
+    pub status: &'static str,
+}
+
+/// A namespace that could not be written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The namespace.
+    pub namespace: String,
+    /// The change attempted, as in [`change_text`].
+    pub change: String,
+    /// Why it failed.
+    pub message: String,
+}
+
+impl ClusterSync {
+    /// A cluster that could not be read.
+    pub fn failed(cluster: String, dry_run: bool, error: String) -> Self {
+        Self {
+            cluster,
+            dry_run,
+            error: Some(error),
+            changes: Vec::new(),
+            in_sync: 0,
+            missing: Vec::new(),
+            failures: Vec::new(),
+            writes: 0,
+        }
+    }
+
+    /// What the sync engine reported.
+    pub fn from_report(cluster: String, report: &SyncReport) -> Self {
+        Self {
+            cluster,
+            dry_run: report.mode == SyncMode::DryRun,
+            error: None,
+            changes: report
+                .changes
+                .iter()
+                .map(|c| Change {
+                    namespace: c.diff.namespace.clone(),
+                    set: c.diff.set.clone(),
+                    remove: c.diff.remove.clone(),
+                    status: match c.status {
+                        ChangeStatus::Applied => "applied",
+                        ChangeStatus::Planned => "planned",
+                    },
+                })
+                .collect(),
+            in_sync: report.in_sync,
+            missing: report.missing.clone(),
+            failures: report
+                .errors
+                .iter()
+                .map(|e| Failure {
+                    namespace: e.namespace.clone(),
+                    change: change_text(&e.diff),
+                    message: e.message.clone(),
+                })
+                .collect(),
+            writes: report.writes,
+        }
+    }
+
+    /// Whether the cluster or one of its namespaces failed.
+    pub fn is_failed(&self) -> bool {
+        self.error.is_some() || !self.failures.is_empty()
+    }
+
+    /// `east: 2 namespaces corrected, 5 in sync, 1 missing (payments), 2 writes`.
+    pub fn summary(&self) -> String {
+        if let Some(error) = &self.error {
+            return format!("{}: failed: {error}", self.cluster);
+        }
+        let mut parts = Vec::new();
+        if !self.changes.is_empty() {
+            let verb = if self.dry_run {
+                "would change"
+            } else {
+                "corrected"
+            };
+            parts.push(format!(
+                "{} {verb}",
+                plural(self.changes.len(), "namespace")
+            ));
+        }
+        if !self.failures.is_empty() {
+            parts.push(format!("{} failed", self.failures.len()));
+        }
+        parts.push(format!("{} in sync", self.in_sync));
+        if !self.missing.is_empty() {
+            parts.push(format!(
+                "{} missing ({})",
+                self.missing.len(),
+                short_list(&self.missing)
+            ));
+        }
+        if self.dry_run {
+            parts.push("dry run, nothing written".to_owned());
+        } else {
+            parts.push(plural(self.writes as usize, "write"));
+        }
+        format!("{}: {}", self.cluster, parts.join(", "))
+    }
+}
+
+/// `+istio-injection=enabled -istio.io/rev`.
+pub fn change_text(diff: &LabelDiff) -> String {
+    labels_change(&diff.set, &diff.remove)
+}
+
+fn labels_change(set: &Labels, remove: &BTreeSet<String>) -> String {
+    set.iter()
+        .map(|(k, v)| format!("+{k}={v}"))
+        .chain(remove.iter().map(|k| format!("-{k}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `a, b, c` or `a, b, c, … (12 in all)`.
+fn short_list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(", … ({} in all)", names.len()));
+    }
+    text
+}
+
+/// The text output: one aligned line per change or failure, then one summary per cluster.
+pub fn render_text(results: &[ClusterSync]) -> String {
+    let mut lines: Vec<[String; 3]> = Vec::new();
+    for r in results {
+        for c in &r.changes {
+            lines.push([
+                r.cluster.clone(),
+                c.namespace.clone(),
+                labels_change(&c.set, &c.remove),
+            ]);
+        }
+        for f in &r.failures {
+            lines.push([
+                r.cluster.clone(),
+                f.namespace.clone(),
+                format!("{} failed: {}", f.change, f.message),
+            ]);
+        }
+    }
+    // Failures sort with the changes of their namespace's cluster, by namespace.
+    lines.sort_by(|a, b| (&a[0], &a[1]).cmp(&(&b[0], &b[1])));
+    let width = |i: usize| {
+        lines
+            .iter()
+            .map(|l| l[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1) = (width(0), width(1));
+    let mut out = String::new();
+    for [cluster, namespace, change] in &lines {
+        out.push_str(&format!("{cluster:<w0$}   {namespace:<w1$}   {change}\n"));
+    }
+    let by_name: BTreeMap<&str, &ClusterSync> =
+        results.iter().map(|r| (r.cluster.as_str(), r)).collect();
+    for r in by_name.values() {
+        out.push_str(&r.summary());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn results(dry_run: bool) -> Vec<ClusterSync> {
+        let status = if dry_run { "planned" } else { "applied" };
+        vec![
+            ClusterSync {
+                cluster: "west".into(),
+                dry_run,
+                error: None,
+                changes: Vec::new(),
+                in_sync: 7,
+                missing: Vec::new(),
+                failures: Vec::new(),
+                writes: 0,
+            },
+            ClusterSync {
+                cluster: "east".into(),
+                dry_run,
+                error: None,
+                changes: vec![
+                    Change {
+                        namespace: "bookinfo".into(),
+                        set: labels(&[("istio-injection", "enabled")]),
+                        remove: BTreeSet::new(),
+                        status,
+                    },
+                    Change {
+                        namespace: "legacy-apps".into(),
+                        set: labels(&[("istio.io/rev", "1-24")]),
+                        remove: BTreeSet::from(["istio-injection".to_owned()]),
+                        status,
+                    },
+                ],
+                in_sync: 12,
+                missing: vec!["payments".into()],
+                failures: vec![Failure {
+                    namespace: "locked".into(),
+                    change: "+istio-injection=enabled".into(),
+                    message: "namespaces \"locked\" is forbidden".into(),
+                }],
+                writes: if dry_run { 0 } else { 2 },
+            },
+            ClusterSync::failed(
+                "north".into(),
+                dry_run,
+                "cannot list the remote's namespaces: connection refused".into(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn text_snapshot() {
+        insta::assert_snapshot!("sync_text", render_text(&results(false)));
+        insta::assert_snapshot!("sync_text_dry_run", render_text(&results(true)));
+    }
+
+    #[test]
+    fn failures_are_failures() {
+        let r = results(false);
+        assert!(!r[0].is_failed());
+        assert!(r[1].is_failed(), "a namespace failed");
+        assert!(r[2].is_failed());
+        assert_eq!(r[0].summary(), "west: 7 in sync, 0 writes");
+    }
+
+    #[test]
+    fn json_is_structured() {
+        let v = serde_json::to_value(&results(true)[1]).unwrap();
+        assert_eq!(v["dryRun"], true);
+        assert_eq!(v["changes"][1]["remove"][0], "istio-injection");
+        assert_eq!(v["changes"][1]["status"], "planned");
+        assert_eq!(v["inSync"], 12);
+        assert!(v.get("error").is_none());
     }
 }

@@ -1,0 +1,294 @@
+//! The mesh as the primary records it, for the commands that read it (`list`, `status`,
+//! `sync`, `check`): the attached clusters, their credentials, and clients for the remotes.
+//!
+//! Remote clients are built by the webhook library's own code ([`mesh::remote`]) from the
+//! same Secret the webhook reads, so the CLI reaches a remote exactly as the webhook does and
+//! refuses the same kubeconfigs. Every call to a remote runs under a deadline: one dead
+//! cluster must not hang a command about all of them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use mesh::{
+    MESH_NAMESPACE,
+    cluster::MeshCluster,
+    labels::SyncRule,
+    remote::{self, Failure, RemoteOptions, error_chain},
+};
+
+use crate::{Error, Result, describe_kube};
+
+/// Per-remote deadline of `status`, `sync` and `check` when `--remote-timeout` is not given.
+pub const DEFAULT_REMOTE_TIMEOUT: &str = "5s";
+
+/// The sync rule the CLI applies. `install` renders the webhook with the default managed
+/// labels and exclusions, so the default rule is the webhook's rule too.
+pub fn rule() -> SyncRule {
+    SyncRule::default()
+}
+
+/// Every `MeshCluster` on the primary, by name. Fails with a hint to install when the CRD is
+/// not there.
+pub async fn clusters(primary: &Client) -> Result<Vec<MeshCluster>> {
+    let api: Api<MeshCluster> = Api::all(primary.clone());
+    let mut list = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(Error::Refused {
+                what: "kubectl-mesh is not installed on this cluster (no MeshCluster resource)"
+                    .into(),
+                hint: "run `kubectl mesh install`, or pick the primary with --context".into(),
+            });
+        }
+        Err(e) => return Err(Error::kube("cannot list MeshClusters")(e)),
+    };
+    list.sort_by_key(ResourceExt::name_any);
+    Ok(list)
+}
+
+/// The clusters named in `names` (all of them when empty), in name order. An unknown name is
+/// an error that lists the attached ones.
+pub fn select(clusters: Vec<MeshCluster>, names: &[String]) -> Result<Vec<MeshCluster>> {
+    if names.is_empty() {
+        return Ok(clusters);
+    }
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|n| !clusters.iter().any(|c| c.name_any() == **n))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let attached: Vec<String> = clusters.iter().map(ResourceExt::name_any).collect();
+        return Err(Error::Refused {
+            what: format!("no attached cluster named {}", unknown.join(", ")),
+            hint: if attached.is_empty() {
+                "no cluster is attached; attach one with `kubectl mesh attach <kubeconfig>`".into()
+            } else {
+                format!("attached clusters: {}", attached.join(", "))
+            },
+        });
+    }
+    Ok(clusters
+        .into_iter()
+        .filter(|c| names.contains(&c.name_any()))
+        .collect())
+}
+
+/// Every namespace of the primary, by name: the source of truth of every sync, read as the
+/// webhook's one-shot sync reads it.
+pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Namespace>> {
+    mesh::sync::primary_namespaces(primary)
+        .await
+        .map_err(|e| match e {
+            mesh::sync::Error::ListPrimary(source) | mesh::sync::Error::ListNamespaces(source) => {
+                Error::kube("cannot list the primary's namespaces")(source)
+            }
+        })
+}
+
+/// Why a remote could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The stored credentials are missing, unreadable or unusable.
+    #[error("{}", error_chain(.0))]
+    Credentials(#[from] remote::Error),
+    /// A call to the remote failed.
+    #[error("{}", describe_remote(.0))]
+    Call(#[source] kube::Error),
+    /// The remote did not answer in time.
+    #[error("no answer within {}s", .0.as_secs_f32())]
+    TimedOut(Duration),
+}
+
+impl RemoteError {
+    /// Whether the remote answered at all: `false` for a dead server, a timeout and unusable
+    /// credentials (nothing was asked).
+    pub fn answered(&self) -> bool {
+        match self {
+            Self::Call(e) => Failure::of(e).answered(),
+            Self::Credentials(_) | Self::TimedOut(_) => false,
+        }
+    }
+
+    /// Whether the remote refused the stored credentials or their rights (401/403).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Call(e) if Failure::of(e) == Failure::Forbidden)
+    }
+}
+
+/// The apiserver's own message when it answered, else the transport error's chain.
+fn describe_remote(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(_) => describe_kube(err),
+        other => error_chain(other),
+    }
+}
+
+/// A remote's call result.
+pub type RemoteResult<T> = std::result::Result<T, RemoteError>;
+
+/// Runs `call` under `timeout`, mapping its error into a [`RemoteError`].
+pub async fn with_deadline<T, F>(timeout: Duration, call: F) -> RemoteResult<T>
+where
+    F: Future<Output = std::result::Result<T, kube::Error>>,
+{
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(RemoteError::Call),
+        Err(_) => Err(RemoteError::TimedOut(timeout)),
+    }
+}
+
+/// Connect and read timeouts of remote clients for a per-remote deadline.
+pub fn remote_options(timeout: Duration) -> RemoteOptions {
+    RemoteOptions {
+        connect_timeout: timeout,
+        read_timeout: timeout,
+    }
+}
+
+/// A client for `cluster` built from its Secret by the webhook's own code.
+pub async fn remote_client(
+    primary: &Client,
+    cluster: &MeshCluster,
+    timeout: Duration,
+) -> RemoteResult<Client> {
+    Ok(
+        remote::client_for_cluster(primary, MESH_NAMESPACE, cluster, &remote_options(timeout))
+            .await?,
+    )
+}
+
+/// Every namespace of a remote.
+pub async fn remote_namespaces(client: &Client, timeout: Duration) -> RemoteResult<Vec<Namespace>> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    with_deadline(timeout, api.list(&ListParams::default()))
+        .await
+        .map(|l| l.items)
+}
+
+/// Every namespace of `cluster`'s remote, read with its stored credentials. The whole read
+/// (Secret, client, list) is bounded by `timeout`.
+pub async fn read_remote(
+    primary: &Client,
+    cluster: &MeshCluster,
+    timeout: Duration,
+) -> RemoteResult<Vec<Namespace>> {
+    let read = async {
+        let client = remote_client(primary, cluster, timeout).await?;
+        remote_namespaces(&client, timeout).await
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result,
+        Err(_) => Err(RemoteError::TimedOut(timeout)),
+    }
+}
+
+/// Runs `f` for every cluster concurrently and returns the results in the clusters' order.
+pub async fn for_each<'a, T, F, Fut>(clusters: &'a [MeshCluster], f: F) -> Vec<T>
+where
+    F: Fn(&'a MeshCluster) -> Fut,
+    Fut: Future<Output = T>,
+{
+    futures::future::join_all(clusters.iter().map(f)).await
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! `MeshCluster`s and namespaces for the table tests.
+
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use mesh::cluster::{MeshCluster, MeshClusterSpec, MeshClusterStatus};
+
+    /// A cluster attached at `created`, without status.
+    pub(crate) fn cluster(name: &str, server: &str, created: &str) -> MeshCluster {
+        let mut c = MeshCluster::new(
+            name,
+            MeshClusterSpec {
+                cluster_id: format!("{name}-0b6e-4b8e-9d52-uid"),
+                server: server.to_owned(),
+                secret_name: format!("cluster-{name}"),
+                primary_name: None,
+                remote_guard: Default::default(),
+            },
+        );
+        c.metadata.creation_timestamp = created.parse().ok().map(Time);
+        c
+    }
+
+    pub(crate) fn condition(type_: &str, status: &str) -> Condition {
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: "Test".to_owned(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time("2026-01-01T00:00:00Z".parse().unwrap_or_default()),
+        }
+    }
+
+    pub(crate) fn with_status(mut c: MeshCluster, status: MeshClusterStatus) -> MeshCluster {
+        c.status = Some(status);
+        c
+    }
+
+    /// A namespace with managed and other labels.
+    pub(crate) fn ns(name: &str, labels: &[(&str, &str)]) -> Namespace {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.to_owned());
+        ns.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::cluster;
+    use super::*;
+
+    #[test]
+    fn select_keeps_order_and_names_unknown_clusters() {
+        let all = vec![
+            cluster("east", "https://e", "2026-01-01T00:00:00Z"),
+            cluster("west", "https://w", "2026-01-01T00:00:00Z"),
+        ];
+        assert_eq!(select(all.clone(), &[]).unwrap().len(), 2);
+        let picked = select(all.clone(), &["west".into()]).unwrap();
+        assert_eq!(picked[0].name_any(), "west");
+        let err = select(all, &["north".into(), "east".into()]).unwrap_err();
+        assert_eq!(
+            err.line(),
+            "no attached cluster named north; attached clusters: east, west"
+        );
+        let err = select(Vec::new(), &["north".into()]).unwrap_err();
+        assert!(err.hint().contains("kubectl mesh attach"), "{}", err.line());
+    }
+
+    #[tokio::test]
+    async fn unusable_credentials_are_reported_without_calling() {
+        let err = RemoteError::from(remote::Error::SecretMissing {
+            namespace: MESH_NAMESPACE.into(),
+            name: "cluster-east".into(),
+        });
+        assert_eq!(
+            err.to_string(),
+            "secret kubectl-mesh/cluster-east not found"
+        );
+        assert!(!err.answered());
+        let slow = with_deadline(Duration::from_millis(10), async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<(), kube::Error>(())
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(slow.to_string(), "no answer within 0.01s");
+    }
+}
