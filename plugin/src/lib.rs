@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub mod access;
+pub mod age;
 pub mod cmd;
 pub mod kubeconfig;
+pub mod mesh_state;
 pub mod output;
 pub mod remote_setup;
 pub mod render;
@@ -180,6 +182,10 @@ pub enum Error {
     /// A command whose body is not written yet.
     #[error("`kubectl mesh {0}` is not implemented yet")]
     NotImplemented(&'static str),
+    /// The command ran to its end and its verdict is the exit status alone, like
+    /// `git diff --exit-code`: the output already said everything, no error line follows.
+    #[error("exit status {0}")]
+    Exit(u8),
 }
 
 /// Result of the plugin.
@@ -206,7 +212,21 @@ impl Error {
             Self::NotImplemented(_) => {
                 "use a newer kubectl-mesh, or `kubectl mesh --help` for what works today".into()
             }
+            Self::Exit(_) => String::new(),
         }
+    }
+
+    /// The process's exit status for this error: 1, or the one [`Error::Exit`] carries.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Exit(code) => i32::from(*code),
+            _ => 1,
+        }
+    }
+
+    /// Whether an `error: ...` line should be printed ([`Error::Exit`] prints none).
+    pub fn is_silent(&self) -> bool {
+        matches!(self, Self::Exit(_))
     }
 
     /// The whole error on one line: `<what went wrong>; <what to do>`. Causes are joined
@@ -249,7 +269,8 @@ pub fn describe_kube(err: &kube::Error) -> String {
     }
 }
 
-fn kube_hint(err: &kube::Error) -> String {
+/// What to do about a kube error, from its HTTP status.
+pub fn kube_hint(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(s) if s.code == 401 => {
             "the cluster did not accept the credentials; refresh them and check with \
