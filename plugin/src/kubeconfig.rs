@@ -78,8 +78,9 @@ pub enum Error {
         /// The cluster.
         cluster: String,
     },
-    /// A certificate-authority file could not be read.
-    #[error("cannot read certificate-authority file {} of cluster {cluster:?}", path.display())]
+    /// A certificate-authority file could not be read. The path comes from the kubeconfig's
+    /// text, so it is quoted: a line break in it must not split the error line.
+    #[error("cannot read certificate-authority file {path:?} of cluster {cluster:?}")]
     ReadCa {
         /// The cluster.
         cluster: String,
@@ -149,7 +150,8 @@ impl Error {
                 "the kubeconfig defines no context; check --kubeconfig".into()
             }
             Self::ContextNotFound { available, .. } => {
-                format!("use one of: {}", available.join(", "))
+                let names: Vec<String> = available.iter().map(|n| quote_odd(n)).collect();
+                format!("use one of: {}", names.join(", "))
             }
             Self::ClusterNotFound { .. } | Self::UserNotFound { .. } | Self::NoServer { .. } => {
                 "fix the kubeconfig; `kubectl config view` shows it".into()
@@ -169,6 +171,17 @@ impl Error {
                 .into(),
             Self::Yaml(_) => "check the kubeconfig's YAML".into(),
         }
+    }
+}
+
+/// A name from a kubeconfig as printed in a one-line message: as it is, or quoted and
+/// escaped when it holds whitespace or control characters (a line break in a context name
+/// must not split the `error:` line).
+fn quote_odd(name: &str) -> String {
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        format!("{name:?}")
+    } else {
+        name.to_owned()
     }
 }
 
@@ -552,7 +565,12 @@ pub fn to_yaml(kc: &Kubeconfig) -> Result<String> {
 
 /// Parses a stored kubeconfig and checks it with [`validate_stored`].
 pub fn parse_stored(yaml: &str) -> Result<Kubeconfig> {
-    let kc = Kubeconfig::from_yaml(yaml).map_err(|e| Error::Yaml(Box::new(e)))?;
+    let kc = Kubeconfig::from_yaml(yaml).map_err(|e| match e {
+        // The parser's message quotes the lines around the fault, and the lines of a stored
+        // kubeconfig hold its token; errors end up in terminals, CI logs and check reports.
+        KubeconfigError::Parse(parse) => Error::Yaml(parse.without_snippet().to_string().into()),
+        other => Error::Yaml(Box::new(other)),
+    })?;
     validate_stored(&kc)?;
     Ok(kc)
 }
