@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod args;
 pub mod cluster;
+pub mod in_flight;
 pub mod labels;
 pub mod leader;
 pub mod metrics;

@@ -47,6 +47,7 @@ use tracing::Instrument;
 
 use crate::{
     cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
+    in_flight::InFlight,
     labels::{Labels, SyncRule},
     metrics::Metrics,
     remote::{Failure, RemoteState, Remotes, error_chain},
@@ -192,6 +193,7 @@ pub struct Reconciler {
     is_leader: watch::Receiver<bool>,
     readiness: Readiness,
     settings: Settings,
+    in_flight: InFlight,
 }
 
 /// State shared by the supervisor and the workers.
@@ -204,6 +206,7 @@ struct Shared {
     settings: Settings,
     namespaces: Store<Namespace>,
     clusters: Store<MeshCluster>,
+    in_flight: InFlight,
 }
 
 impl Reconciler {
@@ -224,7 +227,14 @@ impl Reconciler {
             is_leader,
             readiness,
             settings,
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// Reads the primary through the webhook's pushes still in flight (see [`InFlight`]).
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = in_flight;
+        self
     }
 
     /// Runs the watches, the registry upkeep and the workers until `shutdown`.
@@ -237,6 +247,7 @@ impl Reconciler {
             is_leader,
             readiness,
             settings,
+            in_flight,
         } = self;
         let (namespaces, ns_writer) = reflector::store::<Namespace>();
         let (clusters, mc_writer) = reflector::store::<MeshCluster>();
@@ -257,6 +268,7 @@ impl Reconciler {
             watch_namespaces(
                 ns_events,
                 rule.clone(),
+                in_flight.clone(),
                 primary_changed.clone(),
                 shutdown.clone(),
             )
@@ -284,7 +296,22 @@ impl Reconciler {
                 .instrument(tracing::info_span!("watch", kind = "Secret")),
         );
 
+        // A push the apiserver then rejected is reverted as soon as its entry expires.
+        let mut expired = in_flight.expired();
+        let wake = primary_changed.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = expired.changed() => if changed.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+                wake.send_modify(|generation| *generation = generation.wrapping_add(1));
+            }
+        });
+
         let shared = Arc::new(Shared {
+            in_flight,
             recorder: Recorder::new(primary.clone(), settings.reporter.clone()),
             primary,
             rule,
@@ -316,6 +343,7 @@ impl Reconciler {
 async fn watch_namespaces(
     events: impl Stream<Item = Result<watcher::Event<Namespace>, watcher::Error>>,
     rule: Arc<SyncRule>,
+    in_flight: InFlight,
     changed: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
@@ -332,6 +360,7 @@ async fn watch_namespaces(
             Ok(watcher::Event::Apply(ns)) => {
                 let labels = rule.desired(Some(&ns));
                 let name = ns.name_any();
+                in_flight.settle(&name, &labels);
                 let old = if labels.is_empty() {
                     desired.remove(&name)
                 } else {
@@ -566,12 +595,13 @@ impl Worker {
             // Deleted; the supervisor stops this worker.
             return true;
         };
-        let primary: BTreeMap<String, Namespace> = shared
+        let mut primary: BTreeMap<String, Namespace> = shared
             .namespaces
             .state()
             .into_iter()
             .map(|ns| (ns.name_any(), ns.as_ref().clone()))
             .collect();
+        shared.in_flight.overlay(&shared.rule, &mut primary);
         let remote = shared.remotes.get(cluster_name);
         let result = match remote.as_deref().map(|r| r.state()) {
             Some(RemoteState::Ready(client)) => {
@@ -1070,6 +1100,7 @@ mod tests {
         watch_namespaces(
             futures::stream::iter(events.into_iter().map(Ok)),
             Arc::new(SyncRule::default()),
+            crate::in_flight::InFlight::default(),
             changed,
             CancellationToken::new(),
         )

@@ -49,6 +49,7 @@ use tower::ServiceExt;
 use crate::{
     admission::{self, Decision, PushIntent, PushOutcome, PushResult},
     cluster::MeshCluster,
+    in_flight::InFlight,
     labels::SyncRule,
     leader::{self, LeaseSettings},
     metrics::{self, Metrics, ReviewOutcome},
@@ -143,6 +144,7 @@ pub struct AppState {
     readiness: Readiness,
     log_level: Option<LogLevelSetter>,
     events: Option<(Client, Reporter)>,
+    in_flight: InFlight,
 }
 
 impl AppState {
@@ -160,7 +162,14 @@ impl AppState {
             readiness: Readiness::default(),
             log_level: None,
             events: None,
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// Shares pushed-but-not-yet-persisted changes with the reconciler.
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = in_flight;
+        self
     }
 
     /// Publish a `PropagationFailed` Event on the namespace when a push fails.
@@ -262,6 +271,13 @@ impl AppState {
     async fn push(&self, intent: &PushIntent) -> Vec<PushOutcome> {
         let remotes = self.remotes.snapshot();
         let timed = fan_out_timed(&remotes, &self.rule, intent, self.push_deadline).await;
+        if timed
+            .iter()
+            .any(|t| matches!(t.outcome.result, PushResult::Applied))
+        {
+            self.in_flight
+                .record(&intent.namespace, intent.labels.clone());
+        }
         timed
             .into_iter()
             .map(|timed| {
@@ -678,6 +694,7 @@ impl BoundWebhook {
         };
         let mut settings = reconcile::Settings::new(&mesh_namespace, &identity);
         settings.resync_period = resync_period;
+        let in_flight = InFlight::default();
         let reconciler = Reconciler::new(
             primary.clone(),
             rule.clone(),
@@ -686,7 +703,8 @@ impl BoundWebhook {
             is_leader,
             readiness.clone(),
             settings,
-        );
+        )
+        .with_in_flight(in_flight.clone());
         tasks.spawn(reconciler.run(background.clone()));
 
         let reporter = Reporter {
@@ -694,6 +712,7 @@ impl BoundWebhook {
             instance: Some(identity.clone()),
         };
         let mut state = AppState::new(rule, remotes, metrics, push_deadline)
+            .with_in_flight(in_flight)
             .with_readiness(readiness)
             .with_events(primary.clone(), reporter);
         if let Some(setter) = log_level {

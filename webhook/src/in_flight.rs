@@ -1,0 +1,221 @@
+//! Pushes the webhook made for admission requests that may not be persisted yet.
+//!
+//! The webhook pushes a change to the remotes *before* the primary's apiserver stores it. If
+//! the reconciler synced in between, it would read the primary's old labels and revert the
+//! push, and the remote would flap until the new labels arrive by watch. So the reconciler
+//! reads the primary through [`InFlight::overlay`]: a pushed change counts as the primary's
+//! state until the watch shows it persisted ([`InFlight::settle`]) or its time runs out. When
+//! the apiserver rejected the request after the push (a later admission step said no), the
+//! entry expires and the reconciler, woken by [`InFlight::expired`], reverts the remotes to
+//! what the primary really holds.
+//!
+//! Entries live in this process only: with several replicas, the leader does not see pushes
+//! made by another replica, and at worst reverts one for the moment before the watch catches
+//! up, as it would without this.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::labels::{Labels, SyncRule};
+
+/// How long a push stands in for the primary's state. The apiserver gives a mutating webhook
+/// at most its timeout (5 s in the shipped configuration) and then persists or rejects within
+/// moments; past this the request is over either way.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+struct Entry {
+    labels: Labels,
+    until: Instant,
+}
+
+/// Pushed changes by namespace name. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct InFlight {
+    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    expired: watch::Sender<u64>,
+    ttl: Duration,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self::new(DEFAULT_TTL)
+    }
+}
+
+impl InFlight {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: Arc::default(),
+            expired: watch::channel(0).0,
+            ttl,
+        }
+    }
+
+    /// Remembers that `namespace` was pushed with these managed labels, and arranges for
+    /// [`InFlight::expired`] to fire when the entry runs out.
+    pub fn record(&self, namespace: &str, labels: Labels) {
+        let until = Instant::now() + self.ttl;
+        self.lock()
+            .insert(namespace.to_owned(), Entry { labels, until });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (entries, expired) = (self.entries.clone(), self.expired.clone());
+            let namespace = namespace.to_owned();
+            runtime.spawn(async move {
+                tokio::time::sleep_until(until).await;
+                let still_pending = entries
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&namespace)
+                    .is_some_and(|entry| entry.until <= Instant::now());
+                if still_pending {
+                    expired.send_modify(|generation| *generation = generation.wrapping_add(1));
+                }
+            });
+        }
+    }
+
+    /// The watch saw `namespace` stored with these managed labels: if that is what was pushed,
+    /// the push is persisted and needs no standing in any more.
+    pub fn settle(&self, namespace: &str, persisted: &Labels) {
+        let mut entries = self.lock();
+        if entries
+            .get(namespace)
+            .is_some_and(|entry| entry.labels == *persisted)
+        {
+            entries.remove(namespace);
+        }
+    }
+
+    /// The primary's namespaces as the reconciler should see them: pushed changes still in
+    /// flight replace the stored managed labels. Expired entries are dropped.
+    pub fn overlay(&self, rule: &SyncRule, primary: &mut BTreeMap<String, Namespace>) {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        entries.retain(|_, entry| entry.until > now);
+        for (name, entry) in entries.iter() {
+            let namespace = primary.entry(name.clone()).or_insert_with(|| {
+                let mut created = Namespace::default();
+                created.metadata.name = Some(name.clone());
+                created
+            });
+            let labels = namespace.metadata.labels.get_or_insert_with(BTreeMap::new);
+            labels.retain(|key, _| !rule.is_managed(key));
+            labels.extend(entry.labels.clone());
+        }
+    }
+
+    /// Changes whenever an entry expires without having been persisted.
+    pub fn expired(&self) -> watch::Receiver<u64> {
+        self.expired.subscribe()
+    }
+
+    /// Number of pushes still standing in for the primary.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // The map holds plain data; a panic elsewhere cannot leave it half-updated.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::labels::fixtures::{NamespaceExt, ns};
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn primary(namespaces: Vec<Namespace>) -> BTreeMap<String, Namespace> {
+        namespaces
+            .into_iter()
+            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_push_stands_in_for_the_primary_until_persisted() {
+        let rule = SyncRule::default();
+        let in_flight = InFlight::default();
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]));
+        let mut view = primary(vec![
+            ns("shop").label("team", "a").label("istio.io/rev", "old"),
+        ]);
+        in_flight.overlay(&rule, &mut view);
+        assert_eq!(
+            rule.desired(view.get("shop")),
+            labels(&[("istio-injection", "enabled")])
+        );
+        // Unmanaged labels are the primary's own business and stay.
+        assert_eq!(view["shop"].metadata.labels.as_ref().unwrap()["team"], "a");
+
+        in_flight.settle("shop", &labels(&[("istio-injection", "other")]));
+        assert_eq!(
+            in_flight.len(),
+            1,
+            "a different persisted state does not settle it"
+        );
+        in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]));
+        assert!(in_flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_push_for_a_namespace_being_created_appears_in_the_view() {
+        let rule = SyncRule::default();
+        let in_flight = InFlight::default();
+        in_flight.record("new", labels(&[("istio.io/rev", "stable")]));
+        let mut view = BTreeMap::new();
+        in_flight.overlay(&rule, &mut view);
+        assert_eq!(
+            rule.desired(view.get("new")),
+            labels(&[("istio.io/rev", "stable")])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unpersisted_push_expires_and_wakes_the_reconciler() {
+        let rule = SyncRule::default();
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        let mut expired = in_flight.expired();
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]));
+        tokio::time::timeout(Duration::from_secs(11), expired.changed())
+            .await
+            .expect("expiry signalled")
+            .expect("sender alive");
+        let mut view = primary(vec![ns("shop")]);
+        in_flight.overlay(&rule, &mut view);
+        assert!(
+            rule.desired(view.get("shop")).is_empty(),
+            "the primary's real state wins"
+        );
+        assert!(in_flight.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_settled_push_does_not_signal_expiry() {
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        let mut expired = in_flight.expired();
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]));
+        in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(20), expired.changed())
+                .await
+                .is_err()
+        );
+    }
+}
