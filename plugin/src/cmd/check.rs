@@ -27,7 +27,7 @@ use kube::{
 };
 use mesh::{
     MESH_NAMESPACE,
-    cluster::{CLUSTER_LABEL, KUBECONFIG_KEY, MeshCluster, RemoteGuard},
+    cluster::{KUBECONFIG_KEY, MeshCluster, RemoteGuard},
     labels::SyncRule,
     remote::{self, error_chain},
 };
@@ -38,7 +38,7 @@ use crate::{
     Context, Error, Result, age, describe_kube, kube_hint, kubeconfig,
     mesh_state::{self, DEFAULT_REMOTE_TIMEOUT, RemoteError, RemoteResult, with_deadline},
     output::{self, OutputFormat},
-    render,
+    remote_setup as setup, render,
 };
 
 /// Check the installation, the webhook and every attached cluster.
@@ -66,7 +66,14 @@ impl Check {
     pub async fn run(self, ctx: &Context) -> Result<()> {
         let Self { remote_timeout } = self;
         let client = ctx.client().await?;
-        let report = check_all(&client, remote_timeout, Timestamp::now()).await;
+        let user_kubeconfig = ctx.load_kubeconfig().ok();
+        let report = check_all(
+            &client,
+            user_kubeconfig.as_ref(),
+            remote_timeout,
+            Timestamp::now(),
+        )
+        .await;
         let text = match ctx.output {
             OutputFormat::Table | OutputFormat::Wide => {
                 let color =
@@ -271,7 +278,12 @@ impl CheckReport {
 }
 
 /// Runs every check against the primary `client` and the attached remotes.
-pub async fn check_all(client: &Client, remote_timeout: Duration, now: Timestamp) -> CheckReport {
+pub async fn check_all(
+    client: &Client,
+    user_kubeconfig: Option<&kube::config::Kubeconfig>,
+    remote_timeout: Duration,
+    now: Timestamp,
+) -> CheckReport {
     let mut install = Section {
         name: "kubectl-mesh installation".into(),
         checks: Vec::new(),
@@ -323,6 +335,7 @@ pub async fn check_all(client: &Client, remote_timeout: Duration, now: Timestamp
         rule: mesh_state::rule(),
         timeout: remote_timeout,
         now,
+        user_kubeconfig,
     };
     let per_cluster = mesh_state::for_each(&clusters, |c| check_cluster(&env, c)).await;
     sections.extend(per_cluster);
@@ -656,6 +669,8 @@ struct ClusterEnv<'a> {
     rule: SyncRule,
     timeout: Duration,
     now: Timestamp,
+    /// The user's kubeconfig, to read what the stored credentials may not.
+    user_kubeconfig: Option<&'a kube::config::Kubeconfig>,
 }
 
 async fn check_cluster(env: &ClusterEnv<'_>, cluster: &MeshCluster) -> Section {
@@ -1059,68 +1074,122 @@ async fn check_drift(env: &ClusterEnv<'_>, name: &str, remote: &Client) -> Check
     }
 }
 
-/// The remote guard: a ValidatingAdmissionPolicy and its binding labelled with the cluster's
-/// name, whose binding's action matches spec.remoteGuard.
+/// The remote guard as found on a remote: [`setup::GUARD`]'s policy and binding.
+async fn read_guard(
+    client: &Client,
+    timeout: Duration,
+) -> RemoteResult<(
+    Option<ValidatingAdmissionPolicy>,
+    Option<ValidatingAdmissionPolicyBinding>,
+)> {
+    let policy = with_deadline(
+        timeout,
+        Api::<ValidatingAdmissionPolicy>::all(client.clone()).get_opt(setup::GUARD),
+    )
+    .await?;
+    let binding = with_deadline(
+        timeout,
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()).get_opt(setup::GUARD),
+    )
+    .await?;
+    Ok((policy, binding))
+}
+
+/// The guard mode a policy and binding amount to for the cluster `name`: nothing, or a
+/// policy nothing binds, guards nothing.
+pub fn guard_mode(
+    name: &str,
+    policy: Option<&ValidatingAdmissionPolicy>,
+    binding: Option<&ValidatingAdmissionPolicyBinding>,
+) -> RemoteGuard {
+    let (Some(policy), Some(binding)) = (policy, binding) else {
+        return RemoteGuard::Off;
+    };
+    let spec = binding.spec.as_ref();
+    let binds_policy =
+        spec.and_then(|s| s.policy_name.as_deref()) == Some(policy.name_any().as_str());
+    if !binds_policy || !setup::is_ours(&policy.metadata, name) {
+        return RemoteGuard::Off;
+    }
+    let actions = spec
+        .and_then(|s| s.validation_actions.clone())
+        .unwrap_or_default();
+    if actions.iter().any(|a| a == "Deny") {
+        RemoteGuard::Deny
+    } else if actions.iter().any(|a| a == "Warn") {
+        RemoteGuard::Warn
+    } else {
+        RemoteGuard::Off
+    }
+}
+
+/// The remote guard must be what spec.remoteGuard says. The stored credentials may only touch
+/// namespaces, so when they cannot read admission policies the remote is read with the
+/// user's own kubeconfig, through the context attach recorded (as detach does).
 async fn check_guard(env: &ClusterEnv<'_>, cluster: &MeshCluster, remote: &Client) -> CheckResult {
     let what = "remote guard matches spec.remoteGuard";
     let name = cluster.name_any();
     let wanted = cluster.spec.remote_guard;
-    let params = ListParams::default().labels(&format!("{CLUSTER_LABEL}={name}"));
-    let policies = with_deadline(
-        env.timeout,
-        Api::<ValidatingAdmissionPolicy>::all(remote.clone()).list(&params),
-    )
-    .await;
-    let bindings = with_deadline(
-        env.timeout,
-        Api::<ValidatingAdmissionPolicyBinding>::all(remote.clone()).list(&params),
-    )
-    .await;
-    let (policies, bindings) = match (policies, bindings) {
-        (Ok(p), Ok(b)) => (p.items, b.items),
-        (Err(e), _) | (_, Err(e)) => {
-            return CheckResult::warning(
-                what,
-                format!(
-                    "cannot read the remote's admission policies with the stored credentials: {e}"
-                ),
-                "check the guard with the remote's own kubeconfig: `kubectl get \
-                 validatingadmissionpolicies -l kubectl-mesh.io/cluster`",
-            );
+    let found = match read_guard(remote, env.timeout).await {
+        Ok(found) => found,
+        Err(stored_err) => {
+            let context = setup::remote_context(cluster);
+            let admin = match (context, env.user_kubeconfig) {
+                (Some(context), Some(kc)) if kubeconfig::select(kc, Some(context)).is_ok() => {
+                    kubeconfig::client(kc.clone(), Some(context)).await.ok()
+                }
+                _ => None,
+            };
+            let via_user = match &admin {
+                Some(client) => Some(read_guard(client, env.timeout).await),
+                None => None,
+            };
+            match via_user {
+                Some(Ok(found)) => found,
+                Some(Err(e)) => {
+                    return CheckResult::warning(
+                        what,
+                        format!(
+                            "cannot read the remote's admission policies with context {}: {e}",
+                            context.unwrap_or_default()
+                        ),
+                        "",
+                    );
+                }
+                None => {
+                    let stored = if stored_err.is_forbidden() {
+                        "the stored credentials may not read admission policies".to_owned()
+                    } else {
+                        format!("the remote's admission policies cannot be read ({stored_err})")
+                    };
+                    let through = match context {
+                        Some(c) => format!("your kubeconfig has no context {c}"),
+                        None => "attach recorded no remote context".to_owned(),
+                    };
+                    return CheckResult::warning(
+                        what,
+                        format!("not verified: {stored} and {through}"),
+                        format!(
+                            "run check with a kubeconfig that also holds the remote's context, \
+                             or look on the remote: `kubectl{} get \
+                             validatingadmissionpolicybinding {} -o yaml`",
+                            context
+                                .map(|c| format!(" --context {c}"))
+                                .unwrap_or_default(),
+                            setup::GUARD
+                        ),
+                    );
+                }
+            }
         }
     };
-    let actions: Vec<String> = bindings
-        .iter()
-        .filter(|b| {
-            b.spec
-                .as_ref()
-                .and_then(|s| s.policy_name.as_ref())
-                .is_some_and(|p| policies.iter().any(|vap| vap.name_any() == *p))
-        })
-        .flat_map(|b| {
-            b.spec
-                .as_ref()
-                .and_then(|s| s.validation_actions.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-    let found = if policies.is_empty() {
-        None
-    } else if actions.iter().any(|a| a == "Deny") {
-        Some(RemoteGuard::Deny)
-    } else if actions.iter().any(|a| a == "Warn") {
-        Some(RemoteGuard::Warn)
-    } else {
-        // A policy nothing binds guards nothing.
-        Some(RemoteGuard::Off)
-    };
-    let found = found.unwrap_or(RemoteGuard::Off);
-    if found == wanted {
+    let mode = guard_mode(&name, found.0.as_ref(), found.1.as_ref());
+    if mode == wanted {
         CheckResult::ok(what, Some(format!("{wanted:?}")))
     } else {
         CheckResult::error(
             what,
-            format!("spec.remoteGuard is {wanted:?} but the remote's guard is {found:?}"),
+            format!("spec.remoteGuard is {wanted:?} but the remote's guard is {mode:?}"),
             format!("re-run `kubectl mesh attach` for {name} to install the guard it declares"),
         )
     }

@@ -98,8 +98,12 @@ impl Status {
                 output::print_stdout(&output::render_values(format, &[value])?)?;
             }
         }
-        for line in report.summary() {
-            ctx.progress.warn(line);
+        for (state, line) in report.summary() {
+            if state == CellState::Drifted {
+                ctx.progress.warn(line);
+            } else {
+                ctx.progress.info(line);
+            }
         }
         if exit_code && report.drifted > 0 {
             return Err(Error::Exit(DRIFT_EXIT_CODE));
@@ -326,8 +330,9 @@ impl StatusReport {
         output::table(&headers, rows)
     }
 
-    /// Lines worth saying after the table: where drift is and how to fix it, what is missing.
-    pub fn summary(&self) -> Vec<String> {
+    /// Lines worth saying after the table: where drift is and how to fix it
+    /// ([`CellState::Drifted`]), what is missing ([`CellState::Missing`]).
+    pub fn summary(&self) -> Vec<(CellState, String)> {
         let mut lines = Vec::new();
         for state in [CellState::Drifted, CellState::Missing] {
             let mut by_cluster: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -360,7 +365,7 @@ impl StatusReport {
                         names.join(", ")
                     ),
                 };
-                lines.push(line);
+                lines.push((state, line));
             }
         }
         lines
@@ -492,7 +497,8 @@ mod tests {
             r.namespaces[0].clusters["north"].state,
             CellState::Unreachable
         );
-        insta::assert_snapshot!("status_summary", r.summary().join("\n"));
+        let summary: Vec<String> = r.summary().into_iter().map(|(_, l)| l).collect();
+        insta::assert_snapshot!("status_summary", summary.join("\n"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use mesh_testenv::{Options, TestEnv};
 use tokio::sync::OnceCell;
 
+pub mod fixtures;
+
 pub use mesh_testenv;
 
 /// The environment shared by every test of one test binary: starting control planes per test

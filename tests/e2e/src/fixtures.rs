@@ -1,0 +1,324 @@
+//! An attached cluster set up by hand, exactly as `kubectl mesh attach` leaves it, for tests
+//! that need one without going through attach itself (and without a running webhook, whose
+//! reconciler would correct the very drift a test sets up).
+//!
+//! Every object is built by `kubectl_mesh::remote_setup`, the module attach uses, so the
+//! fixture cannot drift from attach: on the remote the mesh namespace, the sync
+//! ServiceAccount with its ClusterRole (namespaces get/list/watch/patch) and binding, a token
+//! and the guard; on the primary the `cluster-<name>` Secret holding the stored kubeconfig
+//! (built with `kubeconfig::build_stored_kubeconfig`) and the MeshCluster.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    core::v1::ServiceAccount,
+};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use kubectl_mesh::{cmd::apply, kubeconfig, remote_setup as setup, render::Manifest};
+use mesh::MESH_NAMESPACE;
+use mesh::cluster::{MeshCluster, RemoteGuard};
+use mesh_testenv::{Cluster, TestEnv};
+use serde_json::json;
+use tokio::sync::OnceCell;
+
+use crate::{DEFAULT_TIMEOUT, eventually};
+
+/// The webhook URL of an install whose webhook never answers (nothing listens on port 1).
+pub const DEAD_WEBHOOK_URL: &str = "https://127.0.0.1:1/mutate";
+
+/// `kubectl-mesh --kubeconfig <primary's admin kubeconfig>`.
+pub fn plugin(env: &TestEnv) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    cmd.arg("--kubeconfig").arg(&env.primary().kubeconfig);
+    Ok(cmd)
+}
+
+/// Runs a command to completion, whatever its exit status.
+pub async fn output(cmd: Command) -> anyhow::Result<Output> {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.output()
+        .await
+        .with_context(|| format!("running {cmd:?}"))
+}
+
+/// Installs kubectl-mesh on the primary with a webhook URL nobody answers, once per process.
+pub async fn install(env: &TestEnv) -> anyhow::Result<()> {
+    static INSTALLED: OnceCell<()> = OnceCell::const_new();
+    INSTALLED.get_or_try_init(|| install_again(env)).await?;
+    Ok(())
+}
+
+/// Installs (again) with a webhook URL nobody answers, whatever was installed before.
+pub async fn install_again(env: &TestEnv) -> anyhow::Result<()> {
+    let mut install = plugin(env)?;
+    install.args(["install", "--webhook-url", DEAD_WEBHOOK_URL]);
+    crate::run(install).await?;
+    Ok(())
+}
+
+/// How the stored token is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
+    /// A `kubernetes.io/service-account-token` Secret filled by kube-controller-manager, as
+    /// attach makes it: never expires.
+    LongLived,
+    /// A TokenRequest token that expires after this long; its expiry is recorded in the
+    /// MeshCluster's `status.tokenExpiry`.
+    Expiring(Duration),
+}
+
+/// How to attach.
+#[derive(Clone, Copy, Debug)]
+pub struct AttachOptions {
+    /// The remote guard installed and recorded in the spec.
+    pub guard: RemoteGuard,
+    /// The kind of token stored.
+    pub token: Token,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        Self {
+            guard: RemoteGuard::Warn,
+            token: Token::LongLived,
+        }
+    }
+}
+
+/// A cluster attached by [`attach`].
+#[derive(Clone, Debug)]
+pub struct Attached {
+    /// Name of the MeshCluster.
+    pub name: String,
+    /// The remote of the test environment.
+    pub remote: Cluster,
+    /// UID of the remote's kube-system namespace.
+    pub cluster_id: String,
+}
+
+async fn apply_on<K>(client: &Client, obj: &K) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize,
+{
+    apply::apply(client, &Manifest::new(obj)?).await?;
+    Ok(())
+}
+
+/// Attaches `remote` to the primary as `name`, the way `kubectl mesh attach` does.
+pub async fn attach(
+    env: &TestEnv,
+    remote: &Cluster,
+    name: &str,
+    options: AttachOptions,
+) -> anyhow::Result<Attached> {
+    install(env).await?;
+    let remote_client = remote.client().await?;
+    let primary = env.primary().client().await?;
+
+    let namespaces: Api<Namespace> = Api::all(remote_client.clone());
+    if namespaces.get_opt(MESH_NAMESPACE).await?.is_none() {
+        apply_on(&remote_client, &setup::remote_namespace(name)).await?;
+    }
+    apply_on(
+        &remote_client,
+        &setup::service_account(setup::SYNC_ACCOUNT, name),
+    )
+    .await?;
+    apply_on(&remote_client, &setup::sync_cluster_role(name)).await?;
+    apply_on(
+        &remote_client,
+        &setup::cluster_role_binding(setup::SYNC_ACCOUNT, name),
+    )
+    .await?;
+
+    let guard = setup::Guard::new(options.guard, "primary", &env.primary().name);
+    if options.guard == RemoteGuard::Off {
+        remove_guard(&remote_client).await?;
+    } else {
+        apply_on(&remote_client, &setup::guard_policy(name, &guard)).await?;
+        apply_on(&remote_client, &setup::guard_binding(name, &guard)).await?;
+    }
+
+    let (token, expiry) = match options.token {
+        Token::LongLived => (long_lived_token(&remote_client, name).await?, None),
+        Token::Expiring(ttl) => {
+            let (token, expiry) = requested_token(&remote_client, ttl).await?;
+            (token, Some(expiry))
+        }
+    };
+
+    // The stored kubeconfig: the remote's server and CA from its admin kubeconfig, the token.
+    let remote_kc = kubeconfig::read_remote(&remote.kubeconfig, None)?;
+    let selected = kubeconfig::select(&remote_kc, None)?;
+    let ca = selected.ca_data()?;
+    let stored =
+        kubeconfig::build_stored_kubeconfig(name, selected.server()?, ca.as_deref(), &token);
+    kubeconfig::validate_stored(&stored)?;
+    let yaml = kubeconfig::to_yaml(&stored)?;
+
+    let cluster_id = namespaces
+        .get("kube-system")
+        .await?
+        .metadata
+        .uid
+        .context("kube-system has no uid")?;
+    let record = setup::ClusterRecord {
+        name: name.to_owned(),
+        cluster_id: cluster_id.clone(),
+        server: remote.server.clone(),
+        guard: options.guard,
+        primary_name: "primary".to_owned(),
+        remote_namespace_created: false,
+        remote_context: remote.name.clone(),
+    };
+    apply_on(&primary, &setup::mesh_cluster(&record)).await?;
+    apply_on(&primary, &setup::cluster_secret(name, &yaml)).await?;
+    if let Some(expiry) = expiry {
+        let status = json!({"status": {"tokenExpiry": expiry}});
+        Api::<MeshCluster>::all(primary)
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+    }
+    Ok(Attached {
+        name: name.to_owned(),
+        remote: remote.clone(),
+        cluster_id,
+    })
+}
+
+async fn remove_guard(remote: &Client) -> anyhow::Result<()> {
+    let dp = DeleteParams::default();
+    for result in [
+        Api::<ValidatingAdmissionPolicyBinding>::all(remote.clone())
+            .delete(setup::GUARD, &dp)
+            .await
+            .map(|_| ()),
+        Api::<ValidatingAdmissionPolicy>::all(remote.clone())
+            .delete(setup::GUARD, &dp)
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The token kube-controller-manager writes into the sync account's token Secret.
+async fn long_lived_token(remote: &Client, name: &str) -> anyhow::Result<String> {
+    apply_on(
+        remote,
+        &setup::token_secret(setup::TOKEN_SECRET, setup::SYNC_ACCOUNT, name),
+    )
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(remote.clone(), MESH_NAMESPACE);
+    eventually("the sync account's token", DEFAULT_TIMEOUT, || async {
+        let secret = secrets.get(setup::TOKEN_SECRET).await?;
+        Ok(secret
+            .data
+            .and_then(|d| d.get("token").cloned())
+            .map(|t| String::from_utf8_lossy(&t.0).into_owned())
+            .filter(|t| !t.is_empty()))
+    })
+    .await
+}
+
+/// A bound token of the sync account that expires after `ttl`, and when it does (RFC 3339).
+async fn requested_token(remote: &Client, ttl: Duration) -> anyhow::Result<(String, String)> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(remote.clone(), MESH_NAMESPACE);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: i64::try_from(ttl.as_secs()).ok(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let status = accounts
+        .create_token_request(setup::SYNC_ACCOUNT, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("TokenRequest returned no status")?;
+    Ok((
+        status.token,
+        format!("{:.0}", status.expiration_timestamp.0),
+    ))
+}
+
+/// Removes a MeshCluster and its Secret from the primary (not the remote's objects: other
+/// names may share them, and [`attach`] brings them back to what it needs).
+pub async fn detach(env: &TestEnv, name: &str) -> anyhow::Result<()> {
+    let primary = env.primary().client().await?;
+    let dp = DeleteParams::default();
+    match Api::<MeshCluster>::all(primary.clone())
+        .delete(name, &dp)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    match Api::<Secret>::namespaced(primary, MESH_NAMESPACE)
+        .delete(&setup::cluster_secret_name(name), &dp)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+/// Detaches every cluster, so that a test starts from an empty mesh.
+pub async fn detach_all(env: &TestEnv) -> anyhow::Result<()> {
+    install(env).await?;
+    let primary = env.primary().client().await?;
+    let api: Api<MeshCluster> = Api::all(primary);
+    for mc in api.list(&ListParams::default()).await?.items {
+        detach(env, &mc.name_any()).await?;
+    }
+    eventually("every MeshCluster gone", DEFAULT_TIMEOUT, || async {
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await
+}
+
+/// Points the stored kubeconfig of `name` at `server` (e.g. a port nobody listens on), as
+/// when a remote goes away.
+pub async fn point_at(env: &TestEnv, name: &str, server: &str) -> anyhow::Result<()> {
+    let primary = env.primary().client().await?;
+    let secrets: Api<Secret> = Api::namespaced(primary, MESH_NAMESPACE);
+    let secret_name = setup::cluster_secret_name(name);
+    let secret = secrets.get(&secret_name).await?;
+    let Some(yaml) = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(mesh::cluster::KUBECONFIG_KEY))
+    else {
+        bail!("Secret {secret_name} has no kubeconfig");
+    };
+    let mut kc = kubeconfig::parse_stored(&String::from_utf8_lossy(&yaml.0))?;
+    for c in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+        c.server = Some(server.to_owned());
+    }
+    let yaml = kubeconfig::to_yaml(&kc)?;
+    apply_on(
+        &env.primary().client().await?,
+        &setup::cluster_secret(name, &yaml),
+    )
+    .await
+}

@@ -1,0 +1,691 @@
+//! `kubectl mesh list`, `status`, `sync` and `check` against real control planes, run as the
+//! built binary (and through the real kubectl's plugin discovery).
+//!
+//! The tests share one primary and its MeshClusters, so they take turns ([`serial`]) and each
+//! starts from an empty mesh. No webhook runs (except in the test that checks a healthy one):
+//! its reconciler would correct the drift these tests set up on purpose.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::process::Output;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use kubectl_mesh::remote_setup as setup;
+use mesh::cluster::RemoteGuard;
+use mesh_e2e::fixtures::{self, AttachOptions, Token, output, plugin};
+use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
+use mesh_e2e::{DEFAULT_TIMEOUT, eventually, shared_env, unique_name};
+use serde_json::json;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// One test at a time: they share the primary's MeshClusters.
+async fn serial() -> (MutexGuard<'static, ()>, &'static TestEnv) {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    let guard = LOCK.lock().await;
+    let env = shared_env(2).await;
+    if let Err(error) = fixtures::detach_all(env).await {
+        panic!("resetting the mesh: {error:#}");
+    }
+    (guard, env)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `kubectl-mesh --kubeconfig <primary> <args>`, whatever its exit status.
+async fn mesh(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
+    let mut cmd = plugin(env)?;
+    cmd.args(args).env_remove("KUBECONFIG").env("NO_COLOR", "1");
+    output(cmd).await
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels}
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+async fn labels_of(client: &Client, name: &str) -> BTreeMap<String, String> {
+    Api::<Namespace>::all(client.clone())
+        .get(name)
+        .await
+        .unwrap_or_else(|e| panic!("reading namespace {name}: {e}"))
+        .metadata
+        .labels
+        .unwrap_or_default()
+}
+
+async fn delete_namespace(client: &Client, name: &str) {
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// The line of `table` whose first column is `first`.
+fn row<'a>(table: &'a str, first: &str) -> Option<Vec<&'a str>> {
+    table
+        .lines()
+        .map(|l| {
+            l.split("   ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .find(|cells| cells.first() == Some(&first))
+}
+
+#[tokio::test]
+async fn list_shows_attached_clusters_and_says_when_there_are_none() -> anyhow::Result<()> {
+    let (_serial, env) = serial().await;
+    let out = mesh(env, &["list"]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(text(&out.stdout), "", "{}", describe(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "No clusters attached. Attach one with: kubectl mesh attach <kubeconfig>\n"
+    );
+    let out = mesh(env, &["list", "-o", "json"]).await?;
+    let empty: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(empty["items"], json!([]), "{}", describe(&out));
+
+    let east_name = unique_name("east");
+    let west_name = unique_name("west");
+    let east = fixtures::attach(
+        env,
+        &env.remotes()[0],
+        &east_name,
+        AttachOptions {
+            token: Token::Expiring(Duration::from_secs(3600)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let west = fixtures::attach(env, &env.remotes()[1], &west_name, Default::default()).await?;
+
+    let out = mesh(env, &["list"]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let table = text(&out.stdout);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "SERVER",
+            "REACHABLE",
+            "SYNCED",
+            "IN-SYNC",
+            "MISSING",
+            "DRIFTED",
+            "LAST-SYNC",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let east_row = row(&table, &east_name).expect("east listed");
+    // Never synced (no webhook runs): conditions unknown, counts not known yet.
+    assert_eq!(
+        &east_row[1..8],
+        [
+            east.remote.server.as_str(),
+            "Unknown",
+            "Unknown",
+            "<none>",
+            "<none>",
+            "<none>",
+            "<none>"
+        ],
+        "{table}"
+    );
+    assert!(row(&table, &west_name).is_some(), "{table}");
+
+    let wide = text(&mesh(env, &["list", "-o", "wide"]).await?.stdout);
+    let east_row = row(&wide, &east_name).expect("east listed");
+    assert_eq!(east_row[1], east.cluster_id, "{wide}");
+    let expiry = east_row[east_row.len() - 2];
+    assert!(
+        expiry == "in 59m" || expiry == "in 60m",
+        "token expiry {expiry:?}: {wide}"
+    );
+    let west_row = row(&wide, &west_name).expect("west listed");
+    assert_eq!(west_row[1], west.cluster_id);
+    assert_eq!(west_row[west_row.len() - 2], "never", "{wide}");
+
+    let out = mesh(env, &["list", "-o", "json"]).await?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(list["kind"], "List");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, [east_name.as_str(), west_name.as_str()]);
+    assert_eq!(list["items"][0]["kind"], "MeshCluster");
+    assert_eq!(list["items"][0]["spec"]["clusterId"], east.cluster_id);
+    assert!(list["items"][0]["metadata"].get("managedFields").is_none());
+
+    let out = mesh(env, &["list", "-o", "yaml"]).await?;
+    assert!(
+        text(&out.stdout).contains(&format!("name: {west_name}")),
+        "{}",
+        describe(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
+    let (_serial, env) = serial().await;
+    let remote = &env.remotes()[0];
+    let name = unique_name("drift");
+    fixtures::attach(env, remote, &name, Default::default()).await?;
+    let primary = env.primary().client().await?;
+    let remote_client = remote.client().await?;
+    let ns = unique_name("app");
+    let in_sync = unique_name("calm");
+    create_namespace(&primary, &ns, &[("istio-injection", "enabled")]).await;
+    create_namespace(
+        &remote_client,
+        &ns,
+        &[("istio-injection", "disabled"), ("team", "a")],
+    )
+    .await;
+    create_namespace(&primary, &in_sync, &[("istio.io/rev", "1-24")]).await;
+    create_namespace(&remote_client, &in_sync, &[("istio.io/rev", "1-24")]).await;
+    let absent = unique_name("absent");
+    create_namespace(&primary, &absent, &[("istio-injection", "enabled")]).await;
+
+    // The matrix: drift marked where the remote differs, in sync and missing where not.
+    let out = mesh(env, &["status", &ns, &in_sync, &absent]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let table = text(&out.stdout);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAMESPACE", "PRIMARY", name.to_uppercase().as_str()]
+    );
+    assert_eq!(
+        row(&table, &ns).expect("row"),
+        [
+            ns.as_str(),
+            "istio-injection=enabled",
+            "istio-injection=disabled (drift)"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        row(&table, &in_sync).expect("row"),
+        [in_sync.as_str(), "istio.io/rev=1-24", "istio.io/rev=1-24"],
+        "{table}"
+    );
+    assert_eq!(
+        row(&table, &absent).expect("row"),
+        [absent.as_str(), "istio-injection=enabled", "(missing)"],
+        "{table}"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "1 namespace on {name} differs from the primary: {ns}"
+        )),
+        "{}",
+        describe(&out)
+    );
+    // Without arguments, every namespace with a managed label is a row.
+    let all = text(&mesh(env, &["status"]).await?.stdout);
+    assert!(
+        row(&all, &ns).is_some() && row(&all, &absent).is_some(),
+        "{all}"
+    );
+
+    let out = mesh(env, &["status", "--exit-code", &ns]).await?;
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(!text(&out.stderr).contains("error:"), "{}", describe(&out));
+
+    let out = mesh(env, &["status", "-o", "json", &ns]).await?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["drifted"], 1, "{v}");
+    let cell = &v["namespaces"][0]["clusters"][&name];
+    assert_eq!(cell["state"], "drifted", "{v}");
+    assert_eq!(cell["set"]["istio-injection"], "enabled", "{v}");
+
+    // A dry run prints the change and makes none.
+    let out = mesh(env, &["sync", "--dry-run", "--cluster", &name]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [name.as_str(), ns.as_str(), "+istio-injection=enabled"]),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dry run, nothing written"), "{stdout}");
+    assert_eq!(
+        labels_of(&remote_client, &ns).await["istio-injection"],
+        "disabled",
+        "a dry run changed the remote"
+    );
+
+    // The real sync converges, touching nothing but managed labels.
+    let out = mesh(env, &["sync", "--cluster", &name]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [name.as_str(), ns.as_str(), "+istio-injection=enabled"]),
+        "{stdout}"
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}: ")))
+        .unwrap_or_default();
+    assert!(
+        summary.contains("corrected") && summary.contains(&format!("1 missing ({absent})")),
+        "{stdout}"
+    );
+    let after = labels_of(&remote_client, &ns).await;
+    assert_eq!(after["istio-injection"], "enabled");
+    assert_eq!(after["team"], "a");
+    assert!(
+        Api::<Namespace>::all(remote_client.clone())
+            .get_opt(&absent)
+            .await?
+            .is_none(),
+        "sync never creates namespaces"
+    );
+
+    // Converged: a second sync writes nothing, status finds no drift.
+    let out = mesh(env, &["sync", "--cluster", &name]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.ends_with(", 0 writes\n"), "{stdout}");
+    assert!(!stdout.contains(&format!("   {ns}   ")), "{stdout}");
+    let out = mesh(env, &["status", "--exit-code", &ns]).await?;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    for n in [&ns, &in_sync, &absent] {
+        delete_namespace(&primary, n).await;
+        delete_namespace(&remote_client, n).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_remote_is_a_column_in_status_and_a_failure_in_sync() -> anyhow::Result<()> {
+    let (_serial, env) = serial().await;
+    let up = unique_name("up");
+    let down = unique_name("down");
+    fixtures::attach(env, &env.remotes()[0], &up, Default::default()).await?;
+    fixtures::attach(env, &env.remotes()[1], &down, Default::default()).await?;
+    fixtures::point_at(env, &down, "https://127.0.0.1:1").await?;
+    let primary = env.primary().client().await?;
+    let ns = unique_name("seen");
+    create_namespace(&primary, &ns, &[("istio-injection", "enabled")]).await;
+
+    let out = mesh(env, &["status", "--remote-timeout", "3s", &ns]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let table = text(&out.stdout);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let column = |name: &str| header.iter().position(|h| *h == name.to_uppercase());
+    let cells = row(&table, &ns).expect("row");
+    assert_eq!(
+        cells[column(&down).expect("down column")],
+        "(unreachable)",
+        "{table}"
+    );
+    assert_eq!(
+        cells[column(&up).expect("up column")],
+        "(missing)",
+        "{table}"
+    );
+    assert!(
+        text(&out.stderr).contains(&format!("{down} unreachable: ")),
+        "{}",
+        describe(&out)
+    );
+
+    let out = mesh(env, &["sync", "--remote-timeout", "3s"]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("{down}: failed: ")), "{stdout}");
+    assert!(stdout.contains(&format!("{up}: ")), "{stdout}");
+    assert_eq!(
+        text(&out.stderr).lines().last().unwrap_or_default(),
+        format!(
+            "error: sync failed on 1 of 2 clusters: {down}; see the lines above; \
+             `kubectl mesh check` diagnoses a cluster"
+        ),
+        "{}",
+        describe(&out)
+    );
+
+    let out = mesh(env, &["sync", "--cluster", "nope"]).await?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: no attached cluster named nope; attached clusters: "),
+        "{}",
+        describe(&out)
+    );
+    delete_namespace(&primary, &ns).await;
+    Ok(())
+}
+
+/// `check` with a kubeconfig holding the primary and the remote (so the guard, which the
+/// stored credentials may not read, is verified through the context attach recorded).
+async fn check(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
+    let mut cmd = std::process::Command::new(mesh_testenv_binary()?);
+    let kubeconfig: OsString =
+        std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?;
+    cmd.args(["check", "--context", &env.primary().name])
+        .env("KUBECONFIG", kubeconfig)
+        .env("NO_COLOR", "1");
+    output(cmd).await
+}
+
+fn mesh_testenv_binary() -> anyhow::Result<std::path::PathBuf> {
+    mesh_e2e::mesh_testenv::workspace_binary("kubectl-mesh")
+}
+
+fn marked(stdout: &str, mark: char) -> Vec<&str> {
+    stdout.lines().filter(|l| l.starts_with(mark)).collect()
+}
+
+#[tokio::test]
+async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> {
+    let (_serial, env) = serial().await;
+    let remote = &env.remotes()[0];
+    let name = unique_name("checked");
+    // Another test may have installed a webhook URL of its own.
+    fixtures::install_again(env).await?;
+    fixtures::attach(env, remote, &name, Default::default()).await?;
+
+    // Healthy but for the webhook, which nobody runs: exactly one ×.
+    let out = check(env, remote).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        marked(&stdout, '×'),
+        ["× webhook answers admission requests"],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "without an answer from {}",
+            fixtures::DEAD_WEBHOOK_URL
+        )),
+        "{stdout}"
+    );
+    for line in [
+        "✓ MeshCluster CustomResourceDefinition is established".to_owned(),
+        "✓ namespace kubectl-mesh exists".to_owned(),
+        "✓ MutatingWebhookConfiguration kubectl-mesh is present".to_owned(),
+        format!("✓ clientConfig says where the webhook is ({})", fixtures::DEAD_WEBHOOK_URL),
+        format!("✓ Secret holds a valid kubeconfig (Secret kubectl-mesh/cluster-{name})"),
+        format!(
+            "✓ remote answers with the stored credentials (as {})",
+            setup::sync_username()
+        ),
+        "✓ credentials have exactly the rights label sync needs (namespaces get, list, watch, patch)".to_owned(),
+        "✓ credentials do not expire soon (long-lived token)".to_owned(),
+        "✓ remote guard matches spec.remoteGuard (Warn)".to_owned(),
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "missing {line:?} in\n{stdout}");
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("✓ caBundle is a valid, unexpired CA certificate (expires in ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("Status check results are × (1 error, 0 warnings)\n"),
+        "{stdout}"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "error: 1 check failed; fix what the × lines say and re-run `kubectl mesh check`\n"
+    );
+    let json_out = {
+        let mut cmd = plugin(env)?;
+        cmd.args(["check", "-o", "json"]);
+        output(cmd).await?
+    };
+    let v: serde_json::Value = serde_json::from_slice(&json_out.stdout)?;
+    assert_eq!(v["errors"], 1, "{v}");
+    assert_eq!(v["sections"][0]["name"], "kubectl-mesh installation");
+
+    // Revoke the sync account's rights on the remote: check must say so, with a ×.
+    let bindings: Api<ClusterRoleBinding> = Api::all(remote.client().await?);
+    bindings
+        .delete(setup::SYNC_ACCOUNT, &DeleteParams::default())
+        .await?;
+    let stdout = eventually(
+        "check to see the revoked rights",
+        DEFAULT_TIMEOUT,
+        || async {
+            let out = check(env, remote).await?;
+            let stdout = text(&out.stdout);
+            Ok((out.status.code() == Some(1)
+                && stdout
+                    .lines()
+                    .any(|l| l == "× credentials have exactly the rights label sync needs"))
+            .then_some(stdout))
+        },
+    )
+    .await?;
+    let rights = stdout
+        .lines()
+        .skip_while(|l| *l != "× credentials have exactly the rights label sync needs")
+        .take(3)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        rights[1],
+        "    not allowed: namespaces get, namespaces list, namespaces watch, namespaces patch",
+        "{stdout}"
+    );
+    assert!(
+        rights[2].starts_with("    hint: the remote's ClusterRole or ClusterRoleBinding"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "× remote namespaces carry the primary's labels"),
+        "{stdout}"
+    );
+
+    // attach (here: the fixture) restores the binding.
+    fixtures::attach(env, remote, &name, Default::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_passes_with_a_running_webhook() -> anyhow::Result<()> {
+    use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
+    let (_serial, env) = serial().await;
+    let remote = &env.remotes()[1];
+    let name = unique_name("healthy");
+    fixtures::attach(
+        env,
+        remote,
+        &name,
+        AttachOptions {
+            guard: RemoteGuard::Deny,
+            ..Default::default()
+        },
+    )
+    .await?;
+    // Install pointing at a real mesh-webhook process; a long resync so that it leaves the
+    // other tests' drift alone while it runs.
+    let mesh = Mesh::start(
+        env,
+        MeshOptions {
+            resync_period: Duration::from_secs(3600),
+            attach_remotes: false,
+            ..MeshOptions::from_workspace()?
+        },
+    )
+    .await?;
+    struct StopWebhook<'a>(&'a Mesh, &'a TestEnv);
+    impl Drop for StopWebhook<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.stop_webhook(self.1);
+        }
+    }
+    let _stop = StopWebhook(&mesh, env);
+
+    let out = check(env, remote).await?;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(marked(&stdout, '×').is_empty(), "{stdout}");
+    assert!(marked(&stdout, '‼').is_empty(), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l
+                .starts_with("✓ webhook answers admission requests (dry-run probe on namespace ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "✓ remote guard matches spec.remoteGuard (Deny)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("Status check results are ✓ (0 errors, 0 warnings)\n"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn kubectl_finds_the_plugin_on_path() -> anyhow::Result<()> {
+    let (_serial, env) = serial().await;
+    let dir = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(mesh_testenv_binary()?, dir.path().join("kubectl-mesh"))?;
+    let path = std::env::join_paths(std::iter::once(dir.path().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    let kubectl = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env.binaries().kubectl());
+        cmd.args(args)
+            .env("PATH", &path)
+            .env_remove("KUBECONFIG")
+            .env("NO_COLOR", "1");
+        cmd
+    };
+
+    let out = output(kubectl(&["plugin", "list"])).await?;
+    assert!(
+        text(&out.stdout).contains("kubectl-mesh"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = output(kubectl(&["mesh", "--help"])).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let help = text(&out.stdout);
+    assert!(
+        help.starts_with("Manage a multi-cluster Istio mesh from its primary cluster"),
+        "{help}"
+    );
+    assert!(
+        help.contains("Usage: kubectl mesh [OPTIONS] <COMMAND>"),
+        "{help}"
+    );
+    for command in ["list", "status", "sync", "check", "attach"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(command)),
+            "{command} missing from\n{help}"
+        );
+    }
+
+    let primary = env.primary().kubeconfig.to_string_lossy().into_owned();
+    let out = output(kubectl(&["mesh", "list", "--kubeconfig", &primary])).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "No clusters attached. Attach one with: kubectl mesh attach <kubeconfig>\n"
+    );
+
+    let name = unique_name("found");
+    fixtures::attach(env, &env.remotes()[0], &name, Default::default()).await?;
+    let out = output(kubectl(&["mesh", "list", "--kubeconfig", &primary])).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        row(&text(&out.stdout), &name).is_some(),
+        "{}",
+        describe(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn commands_fail_in_one_line_without_an_installation() -> anyhow::Result<()> {
+    // A remote's admin kubeconfig: kubectl-mesh is not installed there.
+    let (_serial, env) = serial().await;
+    let remote = &env.remotes()[1];
+    for args in [["list"].as_slice(), &["status"], &["sync"]] {
+        let mut cmd = std::process::Command::new(mesh_testenv_binary()?);
+        cmd.arg("--kubeconfig").arg(&remote.kubeconfig).args(args);
+        let out = output(cmd).await?;
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert_eq!(
+            text(&out.stderr),
+            "error: kubectl-mesh is not installed on this cluster (no MeshCluster resource); \
+             run `kubectl mesh install`, or pick the primary with --context\n",
+            "{args:?}"
+        );
+    }
+    // check says what is missing instead, in its own format.
+    let mut cmd = std::process::Command::new(mesh_testenv_binary()?);
+    cmd.arg("--kubeconfig").arg(&remote.kubeconfig).arg("check");
+    let out = output(cmd).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .any(|l| l == "× MeshCluster CustomResourceDefinition is established"),
+        "{}",
+        describe(&out)
+    );
+    Ok(())
+}
