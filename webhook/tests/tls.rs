@@ -1,0 +1,515 @@
+//! The real server, bound on 127.0.0.1:0 in-process, seen from the network: TLS 1.2 and 1.3
+//! only, no plain HTTP, body limit and malformed JSON answered with JSON errors, and a
+//! certificate rotated on disk served without a restart.
+//!
+//! Certificates are generated at run time with rcgen (a throwaway CA and two leaves). The
+//! primary cluster is a fake apiserver behind `kube::Client::new`: lists are empty and watches
+//! never send anything, which is all the reconciler needs to start and stop.
+//!
+//! The TLS 1.0/1.1 check needs `openssl` on PATH (rustls cannot speak those versions); without
+//! it that test prints why and passes.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::http::{Request, Response, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::Full;
+use mesh::server::{BODY_LIMIT, Webhook};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::{
+    ClientConfig, ProtocolVersion, RootCertStore,
+    crypto::ring,
+    pki_types::{CertificateDer, ServerName},
+};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    task::JoinHandle,
+};
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+/// How long anything that should happen at once may take (generous for loaded CI machines).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A throwaway CA and leaves it signs for `localhost` and 127.0.0.1.
+struct Pki {
+    ca: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A leaf: PEM for the server's files, DER to recognize it on the wire.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mesh-webhook test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca = params.self_signed(&key).expect("CA");
+        Self {
+            ca: ca.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(&self, name: &str) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).expect("root");
+        roots
+    }
+}
+
+/// A primary apiserver with nothing in it: every list is empty, every watch stays silent,
+/// anything else is 404.
+fn empty_primary() -> kube::Client {
+    let service = tower::service_fn(|request: Request<kube::client::Body>| async move {
+        let query = request.uri().query().unwrap_or_default();
+        if query
+            .split('&')
+            .any(|p| p == "watch=true" || p == "watch=1")
+        {
+            // A watch that never sends an event; dropped when the reconciler stops.
+            std::future::pending::<()>().await;
+        }
+        let (status, body) = if request.method() == axum::http::Method::GET {
+            let list = json!({
+                "apiVersion": "v1", "kind": "List",
+                "metadata": {"resourceVersion": "1"}, "items": [],
+            });
+            (StatusCode::OK, list)
+        } else {
+            let status = json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "code": 404, "reason": "NotFound", "message": "not found",
+            });
+            (StatusCode::NOT_FOUND, status)
+        };
+        let response = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("response");
+        Ok::<_, Infallible>(response)
+    });
+    kube::Client::new(service, "default")
+}
+
+/// The webhook process, serving on a free port of 127.0.0.1.
+struct Server {
+    addr: SocketAddr,
+    pki: Pki,
+    first: Leaf,
+    dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: JoinHandle<mesh::server::Result<()>>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let pki = Pki::new();
+        let first = pki.leaf("first");
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_atomically(&dir.path().join("tls.crt"), &first.cert_pem);
+        write_atomically(&dir.path().join("tls.key"), &first.key_pem);
+        let bound = Webhook::new(
+            empty_primary(),
+            dir.path().join("tls.crt"),
+            dir.path().join("tls.key"),
+        )
+        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .lease_name(None)
+        .identity("tls-test")
+        .bind()
+        .await
+        .expect("bind");
+        let addr = bound.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(bound.run(shutdown.clone()));
+        Self {
+            addr,
+            pki,
+            first,
+            dir,
+            shutdown,
+            task,
+        }
+    }
+
+    fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("tls.crt")
+    }
+
+    fn key_path(&self) -> PathBuf {
+        self.dir.path().join("tls.key")
+    }
+
+    /// A client of this server's CA offering exactly `versions`.
+    fn client(&self, versions: &[&'static rustls::SupportedProtocolVersion]) -> TlsConnector {
+        let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(self.pki.roots())
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+
+    async fn connect(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        let name = ServerName::try_from("localhost").expect("name");
+        self.client(versions).connect(name, tcp).await
+    }
+
+    /// One HTTP/1.1 request over TLS 1.3 or 1.2; the parsed answer.
+    async fn request(&self, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+        let mut tls = tokio::time::timeout(DEADLINE, self.connect(rustls::ALL_VERSIONS))
+            .await
+            .expect("handshake in time")
+            .expect("handshake");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let (mut reader, mut writer) = tokio::io::split(&mut tls);
+        // Written while the answer is read: the server may answer (413) before reading the
+        // body, and then stops reading it.
+        let write = async {
+            let _ = writer.write_all(head.as_bytes()).await;
+            let _ = writer.write_all(body).await;
+            let _ = writer.flush().await;
+        };
+        let read = async {
+            let mut raw = Vec::new();
+            let mut chunk = vec![0u8; 16 * 1024];
+            loop {
+                if let Some(response) = HttpResponse::parse(&raw) {
+                    return response;
+                }
+                match reader.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                }
+            }
+            HttpResponse::parse(&raw).unwrap_or_else(|| {
+                panic!(
+                    "incomplete answer to {method} {path}: {:?}",
+                    String::from_utf8_lossy(&raw)
+                )
+            })
+        };
+        let ((), response) = tokio::time::timeout(DEADLINE, async { tokio::join!(write, read) })
+            .await
+            .expect("answer in time");
+        response
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("stops in time")
+            .expect("join");
+        result.expect("run");
+    }
+}
+
+/// Replaces a file in one step, as the kubelet does when a mounted Secret changes.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The response in `raw` once it is complete (`Content-Length` bodies only).
+    fn parse(raw: &[u8]) -> Option<Self> {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&raw[..end]).ok()?;
+        let mut lines = head.split("\r\n");
+        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")?
+            .1
+            .parse()
+            .ok()?;
+        let body = raw.get(end + 4..end + 4 + length)?.to_vec();
+        Some(Self {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as a JSON `{"error": "<non-empty>"}`, asserted.
+    fn json_error(&self) -> String {
+        assert!(
+            self.header("content-type")
+                .is_some_and(|v| v.starts_with("application/json")),
+            "{self:?}"
+        );
+        let value: Value = serde_json::from_slice(&self.body).expect("JSON body");
+        let error = value["error"].as_str().unwrap_or_default().to_owned();
+        assert!(!error.trim().is_empty(), "{value}");
+        error
+    }
+}
+
+fn served_certificate(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .expect("a certificate")
+        .clone()
+        .into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_gets_no_http_answer() {
+    let server = Server::start().await;
+    let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    // The server refuses the "handshake" at once: closed, with at most a TLS alert.
+    let read = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(!text.contains("HTTP/"), "plain HTTP was answered: {text:?}");
+    if read.is_ok() && !answer.is_empty() {
+        // A TLS record of type alert (21).
+        assert_eq!(answer[0], 0x15, "not a TLS alert: {answer:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_and_tls13_are_served() {
+    let server = Server::start().await;
+    for (versions, expected) in [
+        (&[&rustls::version::TLS12][..], ProtocolVersion::TLSv1_2),
+        (&[&rustls::version::TLS13][..], ProtocolVersion::TLSv1_3),
+    ] {
+        let mut tls = tokio::time::timeout(DEADLINE, server.connect(versions))
+            .await
+            .expect("handshake in time")
+            .unwrap_or_else(|e| panic!("{expected:?} handshake: {e}"));
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(expected));
+        assert_eq!(served_certificate(&tls), server.first.der);
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{expected:?}: {answer}");
+    }
+    // The fake primary is enough for the reconciler's first sync: the process becomes ready.
+    tokio::time::timeout(DEADLINE, async {
+        while server.request("GET", "/readyz", b"").await.status != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("ready in time");
+    server.stop().await;
+}
+
+/// What `openssl s_client` made of a handshake offering only `flag`'s version.
+enum OpensslOutcome {
+    Connected(String),
+    Refused(String),
+    Unavailable(String),
+}
+
+async fn openssl_handshake(addr: SocketAddr, flag: &str) -> OpensslOutcome {
+    let output = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        // OpenSSL 3 refuses TLS 1.0/1.1 itself at its default security level; level 0 makes
+        // the server's answer the only thing that can fail the handshake.
+        .args([flag, "-cipher", "DEFAULT:@SECLEVEL=0"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = match tokio::time::timeout(DEADLINE, output).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return OpensslOutcome::Unavailable(format!("cannot run openssl: {e}")),
+        Err(_) => panic!("openssl s_client {flag} did not finish in time"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let text = format!("{stdout}\n{stderr}");
+    if stderr.to_ascii_lowercase().contains("unknown option") {
+        return OpensslOutcome::Unavailable(format!("this openssl has no {flag}: {stderr}"));
+    }
+    let negotiated = text.contains("Cipher is ") && !text.contains("Cipher is (NONE)");
+    if output.status.success() && negotiated {
+        OpensslOutcome::Connected(text)
+    } else {
+        OpensslOutcome::Refused(text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls10_and_tls11_are_refused() {
+    let server = Server::start().await;
+    // The control: this openssl can talk to the server at all.
+    match openssl_handshake(server.addr, "-tls1_2").await {
+        OpensslOutcome::Connected(_) => {}
+        OpensslOutcome::Unavailable(why) => {
+            eprintln!("skipped: {why}");
+            server.stop().await;
+            return;
+        }
+        OpensslOutcome::Refused(text) => panic!("openssl cannot even speak TLS 1.2: {text}"),
+    }
+    for flag in ["-tls1_1", "-tls1"] {
+        match openssl_handshake(server.addr, flag).await {
+            OpensslOutcome::Refused(_) => {}
+            OpensslOutcome::Connected(text) => panic!("{flag} handshake succeeded: {text}"),
+            OpensslOutcome::Unavailable(why) => eprintln!("{flag} not checked: {why}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_bodies_get_json_errors() {
+    let server = Server::start().await;
+
+    let big = vec![b' '; BODY_LIMIT + 1];
+    let response = server.request("POST", "/mutate", &big).await;
+    assert_eq!(response.status, 413, "{response:?}");
+    response.json_error();
+
+    let response = server.request("POST", "/mutate", b"{not json").await;
+    assert_eq!(response.status, 400, "{response:?}");
+    response.json_error();
+
+    let response = server
+        .request(
+            "POST",
+            "/mutate",
+            br#"{"apiVersion":"admission.k8s.io/v1"}"#,
+        )
+        .await;
+    assert_eq!(response.status, 400, "{response:?}");
+    response.json_error();
+
+    // A body right at the limit is read (and then refused for what it is, not its size).
+    let mut at_limit = br#"{"pad":""#.to_vec();
+    at_limit.resize(BODY_LIMIT - 2, b'x');
+    at_limit.extend_from_slice(br#""}"#);
+    assert_eq!(at_limit.len(), BODY_LIMIT);
+    let response = server.request("POST", "/mutate", &at_limit).await;
+    assert_eq!(response.status, 400, "{response:?}");
+    response.json_error();
+
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificate_is_served_without_restart() {
+    let server = Server::start().await;
+    let tls = server
+        .connect(&[&rustls::version::TLS13])
+        .await
+        .expect("handshake");
+    assert_eq!(served_certificate(&tls), server.first.der);
+    drop(tls);
+
+    // The key first, as a rotation in progress would: the mismatched pair must not be served
+    // (the old one keeps serving), the complete one must be.
+    let second = server.pki.leaf("second");
+    write_atomically(&server.key_path(), &second.key_pem);
+    write_atomically(&server.cert_path(), &second.cert_pem);
+    let served = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let tls = server
+                .connect(&[&rustls::version::TLS13])
+                .await
+                .expect("handshake during rotation");
+            let served = served_certificate(&tls);
+            if served != server.first.der {
+                return served;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the new certificate is served within the deadline");
+    assert_eq!(served, second.der);
+
+    // And it is used for real traffic over TLS 1.2 too.
+    let tls = server
+        .connect(&[&rustls::version::TLS12])
+        .await
+        .expect("handshake");
+    assert_eq!(served_certificate(&tls), second.der);
+    drop(tls);
+    server.stop().await;
+}
