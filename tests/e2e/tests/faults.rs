@@ -171,8 +171,9 @@ async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> an
         run(apply).await?;
         let _ = std::fs::remove_file(path);
     }
-    // Policies load asynchronously: wait until the apiserver refuses the edit.
-    eventually("policy refuses the edit", DEADLINE, || async {
+    // Policies load asynchronously: probe with server-side dry runs (the webhook pushes
+    // nothing for those) until the apiserver refuses, then make the real edit.
+    let attempt = |dry_run: bool| {
         let mut label = env.kubectl(primary);
         label.args([
             "label",
@@ -181,13 +182,52 @@ async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> an
             "--overwrite",
             "istio.io/rev=rejected",
         ]);
-        let output = tokio::process::Command::from(label).output().await?;
-        Ok((!output.status.success()
-            && String::from_utf8_lossy(&output.stderr)
-                .contains("revision 'rejected' is not allowed"))
-        .then_some(()))
+        if dry_run {
+            label.arg("--dry-run=server");
+        }
+        async move {
+            let output = tokio::process::Command::from(label).output().await?;
+            anyhow::Ok(
+                !output.status.success()
+                    && String::from_utf8_lossy(&output.stderr)
+                        .contains("revision 'rejected' is not allowed"),
+            )
+        }
+    };
+    eventually("policy refuses the edit", DEADLINE, || async {
+        Ok(attempt(true).await?.then_some(()))
     })
     .await?;
+    // Watch the first remote to see the push land before it is reverted.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let watch = {
+        use futures::StreamExt;
+        let api = namespaces(&env.remotes()[0]).await?;
+        let config =
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={ns}"));
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(kube::runtime::watcher(api, config));
+            while let Some(Ok(event)) = events.next().await {
+                if let kube::runtime::watcher::Event::Apply(n)
+                | kube::runtime::watcher::Event::InitApply(n) = event
+                {
+                    let rev = n
+                        .metadata
+                        .labels
+                        .unwrap_or_default()
+                        .get("istio.io/rev")
+                        .cloned();
+                    seen.lock().unwrap().push(rev.unwrap_or_default());
+                }
+            }
+        })
+    };
+    eventually("remote watch started", DEADLINE, || async {
+        Ok((!seen.lock().unwrap().is_empty()).then_some(()))
+    })
+    .await?;
+    assert!(attempt(false).await?, "the real edit is refused");
     assert_eq!(
         managed_labels(primary, &ns).await?,
         labels(&[("istio.io/rev", "stable")])
@@ -195,6 +235,12 @@ async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> an
     for remote in env.remotes() {
         wait_labels(remote, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
     }
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|rev| rev == "rejected"),
+        "the webhook pushed the change before the policy refused it; remote-1 saw {seen:?}"
+    );
     Ok(())
 }
 
