@@ -443,7 +443,7 @@ async fn check_webhook(client: &Client, now: Timestamp, checks: &mut Vec<CheckRe
     // caBundle: what the apiserver trusts when it calls the webhook.
     let what = "caBundle is a valid, unexpired CA certificate";
     let ca = hook.client_config.ca_bundle.as_ref().map(|b| b.0.clone());
-    match ca.as_deref().map(|pem| certificates(pem, now)) {
+    match ca.as_deref().map(certificates) {
         None => checks.push(CheckResult::error(
             what,
             "the webhook configuration has no caBundle",
@@ -518,7 +518,7 @@ async fn check_tls_secret(client: &Client, ca: &[u8], now: Timestamp) -> CheckRe
             "run `kubectl mesh install` to write both again",
         );
     }
-    expiry_result(what, certificates(&key(render::TLS_CRT), now), now)
+    expiry_result(what, certificates(&key(render::TLS_CRT)), now)
 }
 
 async fn check_deployment(client: &Client, namespace: &str) -> CheckResult {
@@ -1195,7 +1195,7 @@ async fn check_guard(env: &ClusterEnv<'_>, cluster: &MeshCluster, remote: &Clien
     }
 }
 
-/// Certificates of a PEM bundle: the earliest expiry and whether any is expired.
+/// Certificates of a PEM bundle: how many, and the earliest expiry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertInfo {
     /// Certificates found.
@@ -1205,7 +1205,7 @@ pub struct CertInfo {
 }
 
 /// Parses every certificate of a PEM bundle; an error says what is wrong with it.
-pub fn certificates(pem: &[u8], _now: Timestamp) -> std::result::Result<CertInfo, String> {
+pub fn certificates(pem: &[u8]) -> std::result::Result<CertInfo, String> {
     let mut count = 0;
     let mut earliest: Option<Timestamp> = None;
     for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
@@ -1367,7 +1367,7 @@ mod tests {
     fn certificates_are_parsed_and_dated() {
         let cert = render::generate_serving_cert(&["localhost".into()]).unwrap();
         let now = Timestamp::now();
-        let info = certificates(cert.ca_pem.as_bytes(), now).unwrap();
+        let info = certificates(cert.ca_pem.as_bytes()).unwrap();
         assert_eq!(info.count, 1);
         assert!(info.not_after > now + SignedDuration::from_hours(24 * 365 * 9));
         assert_eq!(
@@ -1380,10 +1380,10 @@ mod tests {
             (r.result, r.detail.as_deref()),
             (Outcome::Error, Some("the certificate expired 60m ago"))
         );
-        assert!(certificates(b"garbage", now).is_err());
+        assert!(certificates(b"garbage").is_err());
         let key_only = cert.key_pem.as_bytes();
         assert_eq!(
-            certificates(key_only, now).unwrap_err(),
+            certificates(key_only).unwrap_err(),
             "no PEM certificate in it"
         );
     }
