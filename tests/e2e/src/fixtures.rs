@@ -278,13 +278,17 @@ pub async fn detach(env: &TestEnv, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Detaches every cluster, so that a test starts from an empty mesh.
+/// Detaches every cluster and removes every remote's guard, so that a test starts from an
+/// empty mesh (and a deny guard left by another test cannot refuse its label edits).
 pub async fn detach_all(env: &TestEnv) -> anyhow::Result<()> {
     install(env).await?;
     let primary = env.primary().client().await?;
     let api: Api<MeshCluster> = Api::all(primary);
     for mc in api.list(&ListParams::default()).await?.items {
         detach(env, &mc.name_any()).await?;
+    }
+    for remote in env.remotes() {
+        remove_guard(&remote.client().await?).await?;
     }
     eventually("every MeshCluster gone", DEFAULT_TIMEOUT, || async {
         Ok(api
