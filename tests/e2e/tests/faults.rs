@@ -338,3 +338,101 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
     );
     Ok(())
 }
+
+async fn synced(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<(String, String)>> {
+    let api: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    Ok(api.get(cluster).await?.status.and_then(|s| {
+        s.condition(mesh::cluster::CONDITION_SYNCED)
+            .map(|c| (c.status.clone(), c.message.clone()))
+    }))
+}
+
+/// `kubectl mesh check` on the primary: (exit code, stdout).
+async fn check(mesh: &Mesh) -> anyhow::Result<(i32, String)> {
+    let mut cmd = mesh.plugin();
+    cmd.arg("check");
+    let output = tokio::process::Command::from(cmd).output().await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+    ))
+}
+
+#[tokio::test]
+async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them()
+-> anyhow::Result<()> {
+    let env = TestEnv::start(Options {
+        remotes: 1,
+        dir: None,
+    })
+    .await?;
+    let mesh = Mesh::start(&env, MeshOptions::from_workspace()?).await?;
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "revoked").await?;
+    eventually("remote-1 synced", DEADLINE, || async {
+        Ok((synced(&env, "remote-1").await?.map(|s| s.0).as_deref() == Some("True")).then_some(()))
+    })
+    .await?;
+
+    // RBAC removed: the token still authenticates but may no longer patch namespaces.
+    let mut unbind = env.kubectl(remote);
+    unbind.args(["delete", "clusterrolebinding", "kubectl-mesh-sync"]);
+    run(unbind).await?;
+    let mut label = env.kubectl(env.primary());
+    label.args(["label", "namespace", &ns, "istio-injection=enabled"]);
+    let warnings = String::from_utf8(run(label).await?.stderr)?;
+    assert!(
+        warnings.contains("remote-1 forbids the change"),
+        "kubectl printed: {warnings}"
+    );
+    eventually("status shows remote-1 not synced", DEADLINE, || async {
+        Ok(synced(&env, "remote-1")
+            .await?
+            // False when writes fail, Unknown when the remote cannot even be read.
+            .filter(|(status, _)| status != "True"))
+    })
+    .await?;
+    let (code, report) = check(&mesh).await?;
+    assert_eq!(code, 1, "check must fail:\n{report}");
+    assert!(report.contains('×'), "check names the failure:\n{report}");
+
+    mesh.attach(remote).await?;
+    wait_labels(remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    let (code, report) = check(&mesh).await?;
+    assert_eq!(code, 0, "check passes after re-attach:\n{report}");
+
+    // Token revoked: deleting its Secret invalidates the token itself.
+    let mut revoke = env.kubectl(remote);
+    revoke.args([
+        "delete",
+        "secret",
+        "-n",
+        "kubectl-mesh",
+        "kubectl-mesh-sync-token",
+    ]);
+    run(revoke).await?;
+    let mut label = env.kubectl(env.primary());
+    label.args([
+        "label",
+        "namespace",
+        &ns,
+        "--overwrite",
+        "istio-injection=disabled",
+    ]);
+    run(label).await?;
+    eventually("status shows the revoked token", DEADLINE, || async {
+        Ok(synced(&env, "remote-1")
+            .await?
+            // False when writes fail, Unknown when the remote cannot even be read.
+            .filter(|(status, _)| status != "True"))
+    })
+    .await?;
+    let (code, report) = check(&mesh).await?;
+    assert_eq!(code, 1, "check must fail with a revoked token:\n{report}");
+
+    mesh.attach(remote).await?;
+    wait_labels(remote, &ns, &labels(&[("istio-injection", "disabled")])).await?;
+    let (code, report) = check(&mesh).await?;
+    assert_eq!(code, 0, "check passes after re-attach:\n{report}");
+    Ok(())
+}
