@@ -104,15 +104,6 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
-    /// Whether the remote answered at all: `false` for a dead server, a timeout and unusable
-    /// credentials (nothing was asked).
-    pub fn answered(&self) -> bool {
-        match self {
-            Self::Call(e) => Failure::of(e).answered(),
-            Self::Credentials(_) | Self::TimedOut(_) => false,
-        }
-    }
-
     /// Whether the remote refused the stored credentials or their rights (401/403).
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Self::Call(e) if Failure::of(e) == Failure::Forbidden)
@@ -282,7 +273,7 @@ mod tests {
             err.to_string(),
             "secret kubectl-mesh/cluster-east not found"
         );
-        assert!(!err.answered());
+        assert!(!err.is_forbidden());
         let slow = with_deadline(Duration::from_millis(10), async {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok::<(), kube::Error>(())
