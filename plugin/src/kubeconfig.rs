@@ -192,12 +192,58 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// in KUBECONFIG merged by kubectl's rules, or else `~/.kube/config`.
 pub fn load(path: Option<&Path>) -> Result<Kubeconfig> {
     match path {
-        Some(path) => Kubeconfig::read_from(path).map_err(|e| load_error(path, e)),
-        None => Kubeconfig::read().map_err(|source| match source {
-            KubeconfigError::FindPath => Error::NotFound,
-            source => Error::LoadDefault(source),
-        }),
+        Some(path) => read_from(path),
+        None => {
+            // The files kube is about to read, for the check of `refuse_odd_utf16`.
+            let paths: Vec<PathBuf> = match std::env::var_os("KUBECONFIG") {
+                Some(list) => std::env::split_paths(&list)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect(),
+                None => std::env::home_dir()
+                    .map(|home| home.join(".kube").join("config"))
+                    .into_iter()
+                    .collect(),
+            };
+            for path in &paths {
+                refuse_odd_utf16(path)?;
+            }
+            Kubeconfig::read().map_err(|source| match source {
+                KubeconfigError::FindPath => Error::NotFound,
+                source => Error::LoadDefault(source),
+            })
+        }
     }
+}
+
+/// [`Kubeconfig::read_from`], after [`refuse_odd_utf16`].
+fn read_from(path: &Path) -> Result<Kubeconfig> {
+    refuse_odd_utf16(path)?;
+    Kubeconfig::read_from(path).map_err(|e| load_error(path, e))
+}
+
+/// Refuses a file that starts with a UTF-16 byte-order mark but has an odd number of bytes
+/// (a truncated file): kube-client 5.0 decodes UTF-16 kubeconfigs two bytes at a time and
+/// panics on the last, lone byte. Anything else, unreadable files included, is left to kube.
+fn refuse_odd_utf16(path: &Path) -> Result<()> {
+    use std::io::Read as _;
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bom = [0u8; 2];
+    if len % 2 == 1
+        && file.read_exact(&mut bom).is_ok()
+        && matches!(bom, [0xFF, 0xFE] | [0xFE, 0xFF])
+    {
+        return Err(Error::Read {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "UTF-16 text with an odd number of bytes",
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// kube's read error names the path again; ours already does.
@@ -337,7 +383,7 @@ pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<kube::Clien
 /// (files and exec plugins included): they are used once, from this machine, to create the
 /// service account whose token is stored.
 pub fn read_remote(path: &Path, context: Option<&str>) -> Result<Kubeconfig> {
-    let kc = Kubeconfig::read_from(path).map_err(|e| load_error(path, e))?;
+    let kc = read_from(path)?;
     let sel = select(&kc, context)?;
     let mut cluster = sel.cluster.clone();
     inline_certificate_authority(sel.cluster_name, &mut cluster)?;

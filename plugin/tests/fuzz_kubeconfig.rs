@@ -126,6 +126,10 @@ fn check_read_remote(
     std::fs::write(dir.path().join("ca.crt"), CA).expect("write ca");
     let path = dir.path().join("config");
     std::fs::write(&path, text).expect("write kubeconfig");
+    // `--kubeconfig` reads files the same way.
+    if let Err(error) = kubeconfig::load(Some(&path)) {
+        check_error(error)?;
+    }
     let kc = match read_remote(&path, context) {
         Ok(kc) => kc,
         Err(error) => return check_error(error),
@@ -496,6 +500,10 @@ fn regressions() {
         &format!("token: {TOKEN}\n    tokenFile: []"),
     );
     check_parse_stored(&text).expect("token in excerpt");
+    // A UTF-16 file cut to an odd length: kube-client 5.0 panicked decoding its last byte.
+    for bytes in [&b"\xFE\xFF\x00"[..], b"\xFF\xFEk\x00i\x00n"] {
+        check_read_remote(bytes, None, "east", "t").expect("odd UTF-16");
+    }
 }
 
 #[test]
@@ -515,7 +523,12 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+    fn arbitrary_bytes(
+        bom in prop::sample::select(vec![&b""[..], b"\xEF\xBB\xBF", b"\xFF\xFE", b"\xFE\xFF"]),
+        rest in prop::collection::vec(any::<u8>(), 0..2048),
+    ) {
+        // Byte-order marks choose how kube decodes a file: each way gets its share.
+        let bytes = [bom, &rest[..]].concat();
         check_parse_stored(&String::from_utf8_lossy(&bytes))?;
         check_read_remote(&bytes, None, "east", "t")?;
     }
