@@ -250,7 +250,15 @@ impl Attach {
             created: Vec::new(),
             step: None,
         };
-        let mc = match run.steps().await {
+        // Ctrl-C midway rolls back like any failure.
+        let result = tokio::select! {
+            result = run.steps() => result,
+            _ = tokio::signal::ctrl_c() => Err(Error::Refused {
+                what: "interrupted".into(),
+                hint: "re-run attach when you are ready".into(),
+            }),
+        };
+        let mc = match result {
             Ok(mc) => mc,
             Err(err) => return Err(run.roll_back(err).await),
         };
@@ -375,6 +383,12 @@ pub(crate) fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Er
             )
         }
         kubeconfig::Error::Read { .. } => "check the path of the remote's kubeconfig".into(),
+        kubeconfig::Error::NoCurrentContext => {
+            "pass --remote-context, or set current-context in that file".into()
+        }
+        kubeconfig::Error::ContextNotFound { .. } => {
+            "the file defines no context; check that it is a kubeconfig".into()
+        }
         kubeconfig::Error::Load { .. } | kubeconfig::Error::Yaml(_) => format!(
             "check the file with `kubectl --kubeconfig {} config view`",
             path.display()
@@ -804,11 +818,10 @@ impl Run<'_> {
     /// Creates `m` or, if it exists, updates it (server-side apply); records a creation.
     async fn ensure(&mut self, side: Side, m: Manifest) -> Result<DynamicObject> {
         let api = dyn_api(self.client(side), &m);
-        let existed = api
+        let before = api
             .get_opt(&m.name)
             .await
-            .map_err(Error::kube(format!("cannot read {}", describe(&m))))?
-            .is_some();
+            .map_err(Error::kube(format!("cannot read {}", describe(&m))))?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let obj = api
             .patch(&m.name, &params, &Patch::Apply(&m.object))
@@ -818,13 +831,17 @@ impl Run<'_> {
                 describe(&m),
                 self.side_label(side)
             )))?;
-        let verb = if existed { "updated" } else { "created" };
+        let verb = match &before {
+            None => "created",
+            Some(b) if b.metadata.resource_version == obj.metadata.resource_version => "unchanged",
+            Some(_) => "updated",
+        };
         self.progress.ok(format!(
             "{}: {} {verb}",
             self.side_label(side),
             describe(&m)
         ));
-        if !existed {
+        if before.is_none() {
             self.created.push((side, m));
         }
         Ok(obj)
@@ -953,9 +970,16 @@ impl Run<'_> {
 
         self.begin(Step::PrimarySecret);
         let stored = stored_kubeconfig(&plan.remote_kc, &name, &token)?;
+        // On a re-run the MeshCluster exists: keep the Secrets' ownerReference in place
+        // rather than drop it until the last step.
+        let known_owner = plan.existing.as_ref().and_then(setup::owner_reference);
+        let owned = |mut secret: Secret| {
+            secret.metadata.owner_references = known_owner.clone().map(|o| vec![o]);
+            secret
+        };
         self.ensure(
             Side::Primary,
-            Manifest::new(&setup::cluster_secret(&name, &stored))?,
+            Manifest::new(&owned(setup::cluster_secret(&name, &stored)))?,
         )
         .await?;
         self.done(Step::PrimarySecret)?;
@@ -970,7 +994,7 @@ impl Run<'_> {
                 let kc = stored_kubeconfig(&plan.remote_kc, &name, reader_token)?;
                 self.ensure(
                     Side::Primary,
-                    Manifest::new(&setup::istio_remote_secret(&name, &kc))?,
+                    Manifest::new(&owned(setup::istio_remote_secret(&name, &kc)))?,
                 )
                 .await?;
                 Some(kc)
@@ -1049,6 +1073,11 @@ impl Run<'_> {
         let step = self.step.map_or("preparation", Step::name);
         let progress = self.progress;
         progress.fail(format!("step {step} failed: {}", what_of(&err)));
+        let undo = if self.created.is_empty() {
+            "had created nothing, so nothing was rolled back"
+        } else {
+            "was rolled back"
+        };
         let mut left = Vec::new();
         while let Some((side, m)) = self.created.pop() {
             let label = self.side_label(side).to_owned();
@@ -1071,12 +1100,16 @@ impl Run<'_> {
             }
         }
         let what = format!(
-            "attaching {} failed at step {step} and was rolled back: {}",
+            "attaching {} failed at step {step} and {undo}: {}",
             self.plan.name,
             what_of(&err)
         );
         let hint = if left.is_empty() {
-            format!("{}; then re-run attach", err.hint())
+            if err.hint().contains("re-run attach") {
+                err.hint()
+            } else {
+                format!("{}; then re-run attach", err.hint())
+            }
         } else {
             format!(
                 "{}; the rollback left {} behind: delete them by hand, then re-run attach",
@@ -1107,9 +1140,19 @@ async fn wait_token(
         let found = api.get_opt(secret).await.map_err(Error::kube(format!(
             "cannot read Secret {MESH_NAMESPACE}/{secret} on {cluster}"
         )))?;
+        let Some(found) = found else {
+            return Err(Error::Refused {
+                what: format!(
+                    "Secret {MESH_NAMESPACE}/{secret} on {cluster} disappeared before its token \
+                     was issued (kube-controller-manager deletes token Secrets whose \
+                     ServiceAccount was replaced)"
+                ),
+                hint: "re-run attach".into(),
+            });
+        };
         let token = found
+            .data
             .as_ref()
-            .and_then(|s| s.data.as_ref())
             .and_then(|d| d.get("token"))
             .and_then(|t| String::from_utf8(t.0.clone()).ok())
             .filter(|t| !t.is_empty());

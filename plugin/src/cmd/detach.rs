@@ -258,9 +258,15 @@ fn remote_needs(strip_labels: bool) -> Vec<Need> {
 async fn labelled_secrets(primary: &Client, name: &str) -> Result<Vec<Secret>, kube::Error> {
     let lp = ListParams::default().labels(&setup::selector(name));
     let mut out = Vec::new();
-    for ns in [MESH_NAMESPACE, setup::ISTIO_NAMESPACE] {
-        let api: Api<Secret> = Api::namespaced(primary.clone(), ns);
-        out.extend(api.list(&lp).await?.items);
+    let api: Api<Secret> = Api::namespaced(primary.clone(), MESH_NAMESPACE);
+    out.extend(api.list(&lp).await?.items);
+    // A caller without rights in istio-system leaves the Istio remote secret to the
+    // garbage collector: it is owned by the MeshCluster.
+    let api: Api<Secret> = Api::namespaced(primary.clone(), setup::ISTIO_NAMESPACE);
+    match api.list(&lp).await {
+        Ok(list) => out.extend(list.items),
+        Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 => {}
+        Err(e) => return Err(e),
     }
     Ok(out)
 }

@@ -533,6 +533,29 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
     let mc_after = Api::<MeshCluster>::all(pc.clone()).get(name).await?;
     assert_eq!(mc_after.uid(), mc.uid());
 
+    // A re-run that fails rolls back only what it created: nothing, the attach stands.
+    let before = labelled(remote, &selector, false).await?;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let out = plugin(
+        env,
+        &["attach", &kubeconfig],
+        &[("KUBECTL_MESH_FAIL_AFTER", "mesh-cluster")],
+    )
+    .await?;
+    let line = failed_last_line(&out, "failing re-run")?;
+    assert!(line.contains("nothing was rolled back"), "{line}");
+    assert!(
+        !stderr(&out).contains("! rolled back: "),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(labelled(remote, &selector, false).await?, before);
+    assert_eq!(primary_by_name(env, name).await?.len(), 2);
+    let secret = Api::<Secret>::namespaced(pc.clone(), MESH_NS)
+        .get("cluster-remote-1")
+        .await?;
+    assert_eq!(secret.owner_references().len(), 1, "ownerReference kept");
+
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await?;
 
