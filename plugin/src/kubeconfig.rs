@@ -505,12 +505,20 @@ pub fn sanitize(remote: &Kubeconfig, cluster_name: &str, token: &str) -> Result<
             sel.cluster_name
         )));
     }
+    // The webhook connects to remotes directly and refuses stored kubeconfigs with a proxy:
+    // attaching such a cluster would succeed and then never sync.
+    if cluster.proxy_url.is_some() {
+        return Err(Error::Refused(format!(
+            "cluster {:?} is reached through proxy-url, which mesh-webhook does not support; \
+             attach with a kubeconfig whose server the primary reaches directly",
+            sel.cluster_name
+        )));
+    }
     let ca = decode_ca(sel.cluster_name, &cluster)?;
     let mut stored = build_stored_kubeconfig(cluster_name, sel.server()?, ca.as_deref(), token);
     // A server reached through another name (an SSH tunnel, a load balancer) keeps working.
     if let Some(c) = stored.clusters.first_mut().and_then(|c| c.cluster.as_mut()) {
         c.tls_server_name = cluster.tls_server_name.clone();
-        c.proxy_url = cluster.proxy_url.clone();
     }
     validate_stored(&stored)?;
     Ok(stored)
@@ -945,6 +953,35 @@ users:
             ..Default::default()
         };
         assert!(matches!(sanitize(&kc, "c", "t"), Err(Error::Refused(_))));
+    }
+
+    #[test]
+    fn sanitize_refuses_a_proxy_the_webhook_cannot_use() {
+        let kc = Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: "c".into(),
+                cluster: Some(Cluster {
+                    server: Some("https://1.2.3.4".into()),
+                    proxy_url: Some("http://proxy:3128".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            contexts: vec![NamedContext {
+                name: "c".into(),
+                context: Some(Context {
+                    cluster: "c".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            current_context: Some("c".into()),
+            ..Default::default()
+        };
+        match sanitize(&kc, "c", "t") {
+            Err(Error::Refused(message)) => assert!(message.contains("proxy-url"), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]

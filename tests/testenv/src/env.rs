@@ -301,8 +301,9 @@ impl TestEnv {
             ))
             .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
             // Only what kubectl-mesh and its tests rely on: namespace deletion, service
-            // accounts and their token Secrets, garbage collection, kube-root-ca.crt.
-            .arg("--controllers=namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller")
+            // accounts and their token Secrets, garbage collection, kube-root-ca.crt, and the
+            // aggregated built-in roles (view, edit, admin).
+            .arg("--controllers=namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller")
             .arg("--leader-elect=false")
             .arg("--secure-port=0")
             .arg("--v=1");
