@@ -203,8 +203,11 @@ async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
             .await
             .context("cannot configure a client for the primary cluster");
     };
-    let kubeconfig = Kubeconfig::read_from(path)
+    // Read as UTF-8 here: kube-client's own reader panics on a truncated UTF-16 file.
+    let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+    let kubeconfig = Kubeconfig::from_yaml(&text)
+        .with_context(|| format!("cannot parse kubeconfig {}", path.display()))?;
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("cannot use kubeconfig {}", path.display()))?;
