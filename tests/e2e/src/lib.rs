@@ -218,3 +218,59 @@ pub async fn https_get(addr: &str, ca_pem: &str, path: &str) -> anyhow::Result<S
     }
     Ok(body.to_string())
 }
+
+/// Label keys kubectl-mesh manages (the default rule).
+pub const MANAGED_LABELS: [&str; 3] = mesh::labels::DEFAULT_MANAGED_LABELS;
+
+/// All namespaces of a cluster, through its admin credentials.
+pub async fn namespaces(
+    cluster: &mesh_testenv::Cluster,
+) -> anyhow::Result<kube::Api<k8s_openapi::api::core::v1::Namespace>> {
+    Ok(kube::Api::all(cluster.client().await?))
+}
+
+/// Creates namespace `name` on `cluster`.
+pub async fn create_namespace(cluster: &mesh_testenv::Cluster, name: &str) -> anyhow::Result<()> {
+    let ns: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    namespaces(cluster)
+        .await?
+        .create(&Default::default(), &ns)
+        .await?;
+    Ok(())
+}
+
+/// Creates a namespace with a fresh name on every cluster of `env`; returns the name.
+pub async fn create_everywhere(env: &TestEnv, prefix: &str) -> anyhow::Result<String> {
+    let name = unique_name(prefix);
+    for cluster in env.clusters() {
+        create_namespace(cluster, &name).await?;
+    }
+    Ok(name)
+}
+
+/// The managed labels of a namespace (None when the namespace does not exist there).
+pub async fn managed_labels(
+    cluster: &mesh_testenv::Cluster,
+    name: &str,
+) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
+    let Some(ns) = namespaces(cluster).await?.get_opt(name).await? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        ns.metadata
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| MANAGED_LABELS.contains(&k.as_str()))
+            .collect(),
+    ))
+}
+
+/// A label map from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

@@ -5,51 +5,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams};
 use mesh::cluster::{CONDITION_REACHABLE, MeshCluster};
-use mesh_e2e::{eventually, https_get, run, shared_mesh, unique_name};
+use mesh_e2e::{
+    create_everywhere, eventually, https_get, labels, managed_labels, namespaces, run, shared_mesh,
+    unique_name,
+};
 use mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_testenv::{Cluster, Options, TestEnv};
 use serde_json::json;
 
-const MANAGED: [&str; 3] = ["istio-injection", "istio.io/rev", "istio.io/dataplane-mode"];
 const DEADLINE: Duration = Duration::from_secs(45);
-
-async fn namespaces(cluster: &Cluster) -> anyhow::Result<Api<Namespace>> {
-    Ok(Api::all(cluster.client().await?))
-}
-
-async fn create_everywhere(env: &TestEnv, prefix: &str) -> anyhow::Result<String> {
-    let name = unique_name(prefix);
-    for cluster in env.clusters() {
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-        namespaces(cluster)
-            .await?
-            .create(&PostParams::default(), &ns)
-            .await?;
-    }
-    Ok(name)
-}
-
-async fn managed_labels(cluster: &Cluster, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let ns = namespaces(cluster).await?.get(name).await?;
-    Ok(ns
-        .metadata
-        .labels
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|(k, _)| MANAGED.contains(&k.as_str()))
-        .collect())
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 async fn wait_labels(
     cluster: &Cluster,
@@ -59,7 +26,9 @@ async fn wait_labels(
     eventually(
         &format!("{ns} on {} carries {expected:?}", cluster.name),
         DEADLINE,
-        || async { Ok((managed_labels(cluster, ns).await? == *expected).then_some(())) },
+        || async {
+            Ok((managed_labels(cluster, ns).await?.as_ref() == Some(expected)).then_some(()))
+        },
     )
     .await
 }
@@ -229,7 +198,7 @@ async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> an
     .await?;
     assert!(attempt(false).await?, "the real edit is refused");
     assert_eq!(
-        managed_labels(primary, &ns).await?,
+        managed_labels(primary, &ns).await?.unwrap_or_default(),
         labels(&[("istio.io/rev", "stable")])
     );
     for remote in env.remotes() {
@@ -260,7 +229,10 @@ async fn fifty_rapid_flips_end_in_the_final_state_everywhere() -> anyhow::Result
         ("istio-injection", last),
         ("istio.io/rev", &format!("r{}", 49 % 3)),
     ]);
-    assert_eq!(managed_labels(env.primary(), &ns).await?, expected);
+    assert_eq!(
+        managed_labels(env.primary(), &ns).await?,
+        Some(expected.clone())
+    );
     for remote in env.remotes() {
         wait_labels(remote, &ns, &expected).await?;
     }

@@ -5,54 +5,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use mesh_e2e::{eventually, run, shared_mesh, unique_name};
-use mesh_testenv::{Cluster, TestEnv};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use mesh_e2e::{
+    create_everywhere, create_namespace, eventually, labels, managed_labels, namespaces, run,
+    shared_mesh, unique_name,
+};
+use mesh_testenv::TestEnv;
 use serde_json::json;
 
-const MANAGED: [&str; 3] = ["istio-injection", "istio.io/rev", "istio.io/dataplane-mode"];
 /// Resync period of the test webhook (5 s) plus room for a slow machine.
 const RESYNC_DEADLINE: Duration = Duration::from_secs(30);
-
-async fn namespaces(cluster: &Cluster) -> anyhow::Result<Api<Namespace>> {
-    Ok(Api::all(cluster.client().await?))
-}
-
-async fn create_namespace(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}}))?;
-    namespaces(cluster)
-        .await?
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok(())
-}
-
-/// The managed labels of a namespace on a cluster (None when the namespace does not exist).
-async fn managed_labels(
-    cluster: &Cluster,
-    name: &str,
-) -> anyhow::Result<Option<BTreeMap<String, String>>> {
-    let Some(ns) = namespaces(cluster).await?.get_opt(name).await? else {
-        return Ok(None);
-    };
-    Ok(Some(
-        ns.metadata
-            .labels
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| MANAGED.contains(&k.as_str()))
-            .collect(),
-    ))
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// `kubectl label namespace <ns> <args>` on the primary; returns kubectl's stderr (warnings).
 async fn label_on_primary(env: &TestEnv, namespace: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -79,19 +41,11 @@ async fn assert_remotes(
     Ok(())
 }
 
-async fn namespace_everywhere(env: &TestEnv, prefix: &str) -> anyhow::Result<String> {
-    let name = unique_name(prefix);
-    for cluster in env.clusters() {
-        create_namespace(cluster, &name).await?;
-    }
-    Ok(name)
-}
-
 #[tokio::test]
 async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_returns()
 -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(2).await;
-    let ns = namespace_everywhere(env, "transitions").await?;
+    let ns = create_everywhere(env, "transitions").await?;
 
     let warnings = label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
     // No waiting: the webhook pushed before the apiserver answered kubectl.
@@ -151,7 +105,7 @@ async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_ret
 #[tokio::test]
 async fn unmanaged_labels_are_never_touched() -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(2).await;
-    let ns = namespace_everywhere(env, "unmanaged").await?;
+    let ns = create_everywhere(env, "unmanaged").await?;
     let remote = &env.remotes()[0];
     let patch = json!({"metadata": {"labels": {"team": "remote-team"}}});
     namespaces(remote)
@@ -183,7 +137,7 @@ async fn unmanaged_labels_are_never_touched() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_label_set_only_on_a_remote_disappears() -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(2).await;
-    let ns = namespace_everywhere(env, "remote-only").await?;
+    let ns = create_everywhere(env, "remote-only").await?;
     let remote = &env.remotes()[1];
     let patch = json!({"metadata": {"labels": {"istio-injection": "enabled"}}});
     namespaces(remote)
@@ -200,7 +154,7 @@ async fn a_label_set_only_on_a_remote_disappears() -> anyhow::Result<()> {
 #[tokio::test]
 async fn deleting_a_namespace_on_the_primary_removes_its_labels_on_remotes() -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(2).await;
-    let ns = namespace_everywhere(env, "deleted").await?;
+    let ns = create_everywhere(env, "deleted").await?;
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
     assert_remotes(env, &ns, &labels(&[("istio-injection", "enabled")])).await?;
 
@@ -250,7 +204,7 @@ async fn a_namespace_created_later_on_a_remote_gets_the_label_within_a_resync() 
 #[tokio::test]
 async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(2).await;
-    let ns = namespace_everywhere(env, "dry-run").await?;
+    let ns = create_everywhere(env, "dry-run").await?;
     let warnings =
         label_on_primary(env, &ns, &["istio-injection=enabled", "--dry-run=server"]).await?;
     assert!(
@@ -275,7 +229,7 @@ async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() 
     let mesh =
         mesh_testenv::mesh::Mesh::start(&env, mesh_testenv::mesh::MeshOptions::from_workspace()?)
             .await?;
-    let ns = namespace_everywhere(&env, "webhook-down").await?;
+    let ns = create_everywhere(&env, "webhook-down").await?;
     mesh.stop_webhook(&env)?;
     // failurePolicy Ignore: the edit goes through without the webhook.
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
