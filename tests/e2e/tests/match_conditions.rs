@@ -1,0 +1,61 @@
+//! The shipped webhook configuration's matchConditions: the primary's apiserver calls the
+//! webhook for managed-label changes only, so every other namespace edit costs no round trip.
+//! Alone in its test binary: it counts every review the webhook answers.
+
+use mesh_e2e::{create_everywhere, https_get, labels, managed_labels, run, shared_mesh};
+
+async fn reviews_answered(addr: &str, ca: &str) -> anyhow::Result<f64> {
+    let metrics = https_get(addr, ca, "/metrics").await?;
+    Ok(metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("admission_reviews_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test]
+async fn only_managed_label_changes_reach_the_webhook() -> anyhow::Result<()> {
+    let (env, mesh) = shared_mesh(1).await;
+    let ca = mesh.ca_pem()?;
+    let ns = create_everywhere(env, "match").await?;
+    let before = reviews_answered(mesh.listen_address(), &ca).await?;
+
+    for (i, args) in [vec!["team=a"], vec!["team=b", "tier=web"], vec!["tier-"]]
+        .into_iter()
+        .enumerate()
+    {
+        let mut label = env.kubectl(env.primary());
+        label
+            .args(["label", "namespace", &ns, "--overwrite"])
+            .args(&args);
+        run(label).await?;
+        let mut annotate = env.kubectl(env.primary());
+        annotate.args([
+            "annotate",
+            "namespace",
+            &ns,
+            "--overwrite",
+            &format!("note=edit-{i}"),
+        ]);
+        run(annotate).await?;
+    }
+    assert_eq!(
+        reviews_answered(mesh.listen_address(), &ca).await?,
+        before,
+        "unrelated edits were sent to the webhook"
+    );
+
+    let mut label = env.kubectl(env.primary());
+    label.args(["label", "namespace", &ns, "istio-injection=enabled"]);
+    run(label).await?;
+    assert_eq!(
+        reviews_answered(mesh.listen_address(), &ca).await?,
+        before + 1.0,
+        "a managed-label change is sent to the webhook once"
+    );
+    assert_eq!(
+        managed_labels(&env.remotes()[0], &ns).await?,
+        Some(labels(&[("istio-injection", "enabled")]))
+    );
+    Ok(())
+}
