@@ -6,7 +6,9 @@
 //! - the namespace [`MESH_NAMESPACE`], only when it is absent (a namespace that already exists
 //!   is left untouched, unlabelled, and is never deleted by detach);
 //! - ServiceAccount, ClusterRole and ClusterRoleBinding [`SYNC_ACCOUNT`]: the account the
-//!   webhook writes labels as, allowed to read and patch namespaces and nothing else;
+//!   webhook writes labels as, allowed to read and patch namespaces and, so that `check` can
+//!   verify the guard with the stored credentials, to `get` the guard's policy and binding
+//!   (by name, read-only); nothing else;
 //! - Secret [`TOKEN_SECRET`] of type `kubernetes.io/service-account-token`: a long-lived token
 //!   that kube-controller-manager fills in. It never expires; deleting the Secret revokes it
 //!   at once, which the reconciler and `check` see as a 401;
@@ -172,16 +174,28 @@ pub fn service_account(name: &str, cluster: &str) -> ServiceAccount {
     }
 }
 
-/// What the sync account may do: read and patch namespaces. Nothing else, so a leaked
-/// stored kubeconfig cannot read the remote's Secrets or run anything there.
+/// API group of the guard's policy and binding.
+pub const ADMISSION_GROUP: &str = "admissionregistration.k8s.io";
+/// The guard's resources, as [`sync_cluster_role`] grants them.
+pub const GUARD_RESOURCES: [&str; 2] = [
+    "validatingadmissionpolicies",
+    "validatingadmissionpolicybindings",
+];
+
+/// What the sync account may do: read and patch namespaces, and read [`GUARD`]'s policy and
+/// binding (`get` by name only, so that `check` can verify the guard, or its absence: a `get`
+/// of a missing named object is a 404). Nothing else, so a leaked stored kubeconfig cannot
+/// read the remote's Secrets, other admission policies, or run anything there, nor change
+/// the guard.
 pub fn sync_cluster_role(cluster: &str) -> ClusterRole {
+    let mut guard_read = rule(&[ADMISSION_GROUP], &GUARD_RESOURCES, &["get"]);
+    guard_read.resource_names = strings(&[GUARD]);
     ClusterRole {
         metadata: meta(SYNC_ACCOUNT, None, cluster),
-        rules: Some(vec![rule(
-            &[""],
-            &["namespaces"],
-            &["get", "list", "watch", "patch"],
-        )]),
+        rules: Some(vec![
+            rule(&[""], &["namespaces"], &["get", "list", "watch", "patch"]),
+            guard_read,
+        ]),
         ..Default::default()
     }
 }
@@ -345,6 +359,39 @@ fn cel_label_value(var: &str, key: &str) -> String {
     )
 }
 
+/// In the guard's messageExpression, what comes right before the primary's name (a CEL
+/// string literal): [`guard_primary_name`] reads the name back from there.
+const MESSAGE_EXPRESSION_FROM: &str = "' managed by kubectl-mesh from cluster ' + ";
+/// In the guard's static message, what comes before the primary's name (then `; `).
+const MESSAGE_FROM: &str = "managed by kubectl-mesh from cluster ";
+
+/// Reads a CEL string literal written by [`cel_str`] at the start of `s`.
+fn read_cel_str(s: &str) -> Option<String> {
+    let mut chars = s.strip_prefix('\'')?.chars();
+    let mut out = String::new();
+    loop {
+        match chars.next()? {
+            '\\' => out.push(chars.next()?),
+            '\'' => return Some(out),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The primary a guard policy's messages name, when they are the messages [`guard_policy`]
+/// renders and both (messageExpression and the static message, its fallback) name the same
+/// primary; `None` otherwise.
+pub fn guard_primary_name(policy: &ValidatingAdmissionPolicy) -> Option<String> {
+    let validation = policy.spec.as_ref()?.validations.as_ref()?.first()?;
+    let expression = validation.message_expression.as_deref()?;
+    let (_, rest) = expression.split_once(MESSAGE_EXPRESSION_FROM)?;
+    let name = read_cel_str(rest)?;
+    let message = validation.message.as_deref()?;
+    message
+        .contains(&format!("{MESSAGE_FROM}{name}; "))
+        .then_some(name)
+}
+
 /// The ValidatingAdmissionPolicy of the remote guard: on a namespace CREATE or UPDATE by
 /// anyone but the sync account that changes a managed label of a synced namespace, the
 /// validation fails with a message naming the primary and the command to run there. Whether
@@ -379,16 +426,17 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
     let message_expression = format!(
         "variables.changed.join(', ') + ' on this cluster ' + \
          (size(variables.changed) == 1 ? 'is' : 'are') + \
-         ' managed by kubectl-mesh from cluster ' + {primary} + \
+         {from}{primary} + \
          (size(variables.changed) == 1 ? '; set it there' : '; set them there') + \
          ': kubectl --context ' + {context} + ' label ns ' + \
          object.metadata.name + ' ' + {wanted}.join(' ') + ' --overwrite'",
+        from = MESSAGE_EXPRESSION_FROM,
         primary = cel_str(&guard.primary_name),
         context = cel_str(&guard.primary_context),
     );
     let message = format!(
-        "sidecar-injection labels on this cluster are managed by kubectl-mesh from cluster \
-         {}; set them there with kubectl --context {} label ns",
+        "sidecar-injection labels on this cluster are {MESSAGE_FROM}{}; set them there with \
+         kubectl --context {} label ns",
         guard.primary_name, guard.primary_context
     );
     let mut conditions = Vec::new();
@@ -627,15 +675,29 @@ mod tests {
     }
 
     #[test]
-    fn sync_role_reads_and_patches_namespaces_only() {
+    fn sync_role_patches_namespaces_and_reads_only_its_guard() {
         let role = sync_cluster_role("east");
         let rules = role.rules.unwrap();
-        assert_eq!(rules.len(), 1);
+        assert_eq!(rules.len(), 2);
         assert_eq!(
             rules[0].resources.as_deref(),
             Some(&["namespaces".to_owned()][..])
         );
         assert_eq!(rules[0].verbs, ["get", "list", "watch", "patch"]);
+        assert_eq!(rules[0].resource_names, None);
+        assert_eq!(
+            rules[1].api_groups.as_deref(),
+            Some(&["admissionregistration.k8s.io".to_owned()][..])
+        );
+        assert_eq!(
+            rules[1].resources.as_deref().unwrap(),
+            [
+                "validatingadmissionpolicies",
+                "validatingadmissionpolicybindings"
+            ]
+        );
+        assert_eq!(rules[1].verbs, ["get"]);
+        assert_eq!(rules[1].resource_names.as_deref().unwrap(), [GUARD]);
         let crb = cluster_role_binding(SYNC_ACCOUNT, "east");
         let subject = &crb.subjects.unwrap()[0];
         assert_eq!(
@@ -703,6 +765,34 @@ mod tests {
             .unwrap();
         assert!(msg.contains(r"'it\'s'"), "{msg}");
         assert!(msg.contains(r"'a\\b'"), "{msg}");
+    }
+
+    #[test]
+    fn guard_primary_name_is_read_back_from_the_messages() {
+        for primary in ["main", "elsewhere", "it's", r"a\b", "x; y"] {
+            let p = guard_policy("east", &Guard::new(RemoteGuard::Warn, primary, "ctx"));
+            assert_eq!(guard_primary_name(&p).as_deref(), Some(primary));
+        }
+        // Messages that disagree, or are not the guard's: no name.
+        let mut p = guard_policy("east", &guard(RemoteGuard::Warn));
+        if let Some(v) = p
+            .spec
+            .as_mut()
+            .and_then(|s| s.validations.as_mut())
+            .and_then(|v| v.first_mut())
+        {
+            v.message = Some("managed by kubectl-mesh from cluster other; set".into());
+        }
+        assert_eq!(guard_primary_name(&p), None);
+        let mut p = guard_policy("east", &guard(RemoteGuard::Warn));
+        if let Some(spec) = p.spec.as_mut() {
+            spec.validations = Some(vec![Validation {
+                expression: "true".into(),
+                ..Default::default()
+            }]);
+        }
+        assert_eq!(guard_primary_name(&p), None);
+        assert_eq!(read_cel_str("'unterminated"), None);
     }
 
     #[test]

@@ -419,17 +419,15 @@ fn remote_needs(guard: &Guard) -> Vec<Need> {
         Need::cluster("rbac.authorization.k8s.io", "clusterroles", RW),
         Need::cluster("rbac.authorization.k8s.io", "clusterrolebindings", RW),
     ];
-    if guard.action().is_some() {
-        needs.push(Need::cluster(
-            "admissionregistration.k8s.io",
-            "validatingadmissionpolicies",
-            RW,
-        ));
-        needs.push(Need::cluster(
-            "admissionregistration.k8s.io",
-            "validatingadmissionpolicybindings",
-            RW,
-        ));
+    // The guard's objects: written unless the guard is off; read in any case, as the sync
+    // account's ClusterRole grants `get` on them (and RBAC lets a user grant only that).
+    let guard_verbs: &[&str] = if guard.action().is_some() {
+        RW
+    } else {
+        &["get"]
+    };
+    for resource in setup::GUARD_RESOURCES {
+        needs.push(Need::cluster(setup::ADMISSION_GROUP, resource, guard_verbs));
     }
     needs
 }
@@ -1049,17 +1047,40 @@ impl Run<'_> {
         Ok(mc)
     }
 
-    /// `--remote-guard=off` on a re-run: the guard of an earlier attach goes.
+    /// `--remote-guard=off` on a re-run: the guard of an earlier attach of this cluster goes
+    /// (binding first, so that no policy is left bound). Objects of that name that attach did
+    /// not create for this cluster stay. Preflight made sure the caller may read them; should
+    /// a read still be refused, that is said and the run goes on (`check` tells what is left).
     async fn remove_guard(&mut self) -> Result<()> {
+        let name = self.plan.name.clone();
         let guard = Guard::new(mesh::cluster::RemoteGuard::Warn, "", "");
         for m in [
-            Manifest::new(&setup::guard_binding(&self.plan.name, &guard))?,
-            Manifest::new(&setup::guard_policy(&self.plan.name, &guard))?,
+            Manifest::new(&setup::guard_binding(&name, &guard))?,
+            Manifest::new(&setup::guard_policy(&name, &guard))?,
         ] {
+            let found = match dyn_api(&self.plan.remote, &m).get_opt(&m.name).await {
+                Ok(found) => found,
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    self.progress.warn(format!(
+                        "{name}: may not read {} to remove an earlier guard; `kubectl mesh \
+                         check` tells whether one is left",
+                        describe(&m)
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(Error::kube(format!("cannot read {}", describe(&m)))(e)),
+            };
+            let Some(found) = found else { continue };
+            if !setup::is_ours(&found.metadata, &name) {
+                self.progress.warn(format!(
+                    "{name}: {} kept: attach did not create it for this cluster",
+                    describe(&m)
+                ));
+                continue;
+            }
             if apply::delete(&self.plan.remote, &m).await? == apply::Deleted::Deleted {
                 self.progress.ok(format!(
-                    "{}: {} deleted (--remote-guard=off)",
-                    self.plan.name,
+                    "{name}: {} deleted (--remote-guard=off)",
                     describe(&m)
                 ));
             }
@@ -1324,6 +1345,27 @@ mod tests {
             assert_eq!(Step::parse(step.name()), Some(step));
         }
         assert_eq!(Step::parse("nope"), None);
+    }
+
+    #[test]
+    fn remote_needs_cover_what_the_sync_role_grants() {
+        use mesh::cluster::RemoteGuard;
+        for mode in [RemoteGuard::Warn, RemoteGuard::Deny, RemoteGuard::Off] {
+            let needs = remote_needs(&Guard::new(mode, "p", "p"));
+            for rule in setup::sync_cluster_role("east").rules.unwrap_or_default() {
+                let group = rule.api_groups.unwrap_or_default();
+                for resource in rule.resources.unwrap_or_default() {
+                    for verb in &rule.verbs {
+                        assert!(
+                            needs.iter().any(|n| group.contains(&n.group.to_owned())
+                                && n.resource == resource
+                                && n.verbs.contains(&verb.as_str())),
+                            "{mode:?}: {resource} {verb} is granted but not checked"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! of `linkerd check`: one section per concern, one line per check, `✓` passed, `‼` worth a
 //! look, `×` broken (and exit status 1).
 //!
-//! Remotes are checked with the credentials kubectl-mesh stored for them, never with the
-//! user's: what passes here is what the webhook can do.
+//! Remotes are checked with the credentials kubectl-mesh stored for them: what passes here is
+//! what the webhook can do. The one exception is the remote guard of a cluster attached by an
+//! older kubectl-mesh, whose credentials may not read it: that is read through the remote's
+//! context in the user's kubeconfig, when it has one.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
@@ -43,8 +45,10 @@ use crate::{
 
 /// Check the installation, the webhook and every attached cluster.
 ///
-/// Remotes are checked with the credentials stored for them. Exits with status 1 when any
-/// check fails (×); warnings (‼) do not change the exit status.
+/// Remotes are checked with the credentials stored for them, their guard included (for a
+/// cluster attached by an older version, whose credentials may not read it, with the remote's
+/// context in your kubeconfig). Exits with status 1 when any check fails (×); warnings (‼)
+/// do not change the exit status.
 #[derive(Debug, clap::Args)]
 pub struct Check {
     /// How long to wait for each call to a remote.
@@ -794,7 +798,7 @@ async fn check_cluster(env: &ClusterEnv<'_>, cluster: &MeshCluster) -> Section {
     }
 
     checks.push(check_identity(env, cluster, &remote).await);
-    checks.push(check_rights(env, &remote, &reattach).await);
+    checks.push(check_rights(env, &name, &remote, &reattach).await);
     checks.push(check_token(&stored, env.now, &reattach));
     checks.push(check_drift(env, &name, &remote).await);
     checks.push(check_guard(env, cluster, &remote).await);
@@ -857,20 +861,64 @@ async fn check_identity(
     }
 }
 
-/// One access review as the stored identity.
-async fn can(
-    remote: &Client,
-    timeout: Duration,
-    verb: &str,
-    resource: &str,
-    group: &str,
-) -> RemoteResult<bool> {
+/// One right the rights check asks about, as the stored identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ask {
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    /// The object's name, for rights granted by resourceNames.
+    name: Option<&'static str>,
+}
+
+impl Ask {
+    const fn any(verb: &'static str, group: &'static str, resource: &'static str) -> Self {
+        Self {
+            verb,
+            group,
+            resource,
+            name: None,
+        }
+    }
+
+    const fn named(
+        verb: &'static str,
+        group: &'static str,
+        resource: &'static str,
+        name: &'static str,
+    ) -> Self {
+        Self {
+            verb,
+            group,
+            resource,
+            name: Some(name),
+        }
+    }
+
+    /// `namespaces get`, `validatingadmissionpolicies get kubectl-mesh-guard`.
+    fn phrase(&self) -> String {
+        match self.name {
+            Some(setup::GUARD) => format!("{} {} {}", self.resource, self.verb, setup::GUARD),
+            Some(_) => format!(
+                "{} {} (other than {})",
+                self.resource,
+                self.verb,
+                setup::GUARD
+            ),
+            None => format!("{} {}", self.resource, self.verb),
+        }
+    }
+}
+
+/// Asks whether the stored identity may do `ask`.
+async fn can(remote: &Client, timeout: Duration, ask: Ask) -> RemoteResult<bool> {
     let review = SelfSubjectAccessReview {
         spec: SelfSubjectAccessReviewSpec {
             resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.to_owned()),
-                resource: Some(resource.to_owned()),
-                group: Some(group.to_owned()),
+                verb: Some(ask.verb.to_owned()),
+                resource: Some(ask.resource.to_owned()),
+                group: Some(ask.group.to_owned()),
+                name: ask.name.map(str::to_owned),
                 ..Default::default()
             }),
             ..Default::default()
@@ -885,31 +933,120 @@ async fn can(
     Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
-/// What label sync needs, and what no label-sync identity should have.
-const NEEDED: [(&str, &str, &str); 4] = [
-    ("get", "namespaces", ""),
-    ("list", "namespaces", ""),
-    ("watch", "namespaces", ""),
-    ("patch", "namespaces", ""),
+const POLICIES: &str = setup::GUARD_RESOURCES[0];
+const BINDINGS: &str = setup::GUARD_RESOURCES[1];
+const ADMISSION: &str = setup::ADMISSION_GROUP;
+/// A name that is not the guard's, to ask whether other admission policies can be read.
+const OTHER_POLICY: &str = "not-kubectl-mesh-guard";
+
+/// What label sync needs.
+const NEEDED: [Ask; 4] = [
+    Ask::any("get", "", "namespaces"),
+    Ask::any("list", "", "namespaces"),
+    Ask::any("watch", "", "namespaces"),
+    Ask::any("patch", "", "namespaces"),
 ];
-const EXCESSIVE: [(&str, &str, &str); 3] = [
-    ("list", "secrets", ""),
-    ("delete", "namespaces", ""),
-    ("*", "*", "*"),
+/// What `check` needs to verify the guard with the stored credentials: `get` by name (which
+/// also tells an absent guard by its 404). Clusters attached by an older kubectl-mesh lack it.
+const GUARD_READ: [Ask; 2] = [
+    Ask::named("get", ADMISSION, POLICIES, setup::GUARD),
+    Ask::named("get", ADMISSION, BINDINGS, setup::GUARD),
+];
+/// What the stored identity should not have: more than namespaces, other admission policies
+/// than its own guard, or the right to change the guard.
+const EXCESSIVE: [Ask; 11] = [
+    Ask::any("*", "*", "*"),
+    Ask::any("list", "", "secrets"),
+    Ask::any("delete", "", "namespaces"),
+    Ask::any("list", ADMISSION, POLICIES),
+    Ask::any("list", ADMISSION, BINDINGS),
+    Ask::named("get", ADMISSION, POLICIES, OTHER_POLICY),
+    Ask::named("get", ADMISSION, BINDINGS, OTHER_POLICY),
+    Ask::named("patch", ADMISSION, POLICIES, setup::GUARD),
+    Ask::named("patch", ADMISSION, BINDINGS, setup::GUARD),
+    Ask::named("delete", ADMISSION, POLICIES, setup::GUARD),
+    Ask::named("delete", ADMISSION, BINDINGS, setup::GUARD),
 ];
 
-async fn check_rights(env: &ClusterEnv<'_>, remote: &Client, reattach: &str) -> CheckResult {
-    let what = "credentials have exactly the rights label sync needs";
-    let asks = NEEDED.iter().chain(&EXCESSIVE);
-    let answers = futures::future::join_all(
-        asks.clone()
-            .map(|(verb, resource, group)| can(remote, env.timeout, verb, resource, group)),
+/// What the rights check concludes from the answers: `missing` needed rights (label sync's
+/// and the guard read's), `excess` rights granted beyond them.
+fn judge_rights(
+    what: &str,
+    name: &str,
+    missing: &[Ask],
+    excess: &[Ask],
+    reattach: &str,
+) -> CheckResult {
+    let phrases = |asks: &[Ask]| asks.iter().map(Ask::phrase).collect::<Vec<_>>().join(", ");
+    if missing.iter().any(|m| NEEDED.contains(m)) {
+        return CheckResult::error(
+            what,
+            format!("not allowed: {}", phrases(missing)),
+            format!(
+                "the remote's ClusterRole or ClusterRoleBinding for kubectl-mesh was changed or \
+                 deleted; {reattach}"
+            ),
+        );
+    }
+    if !missing.is_empty() {
+        return CheckResult::warning(
+            what,
+            format!(
+                "not allowed: {}; label sync works, but check reads the guard with your \
+                 context of the remote instead",
+                phrases(missing)
+            ),
+            format!(
+                "attached by an older kubectl-mesh, or the ClusterRole {} was changed; re-run \
+                 `kubectl mesh attach` for {name} to let the stored credentials read the guard",
+                setup::SYNC_ACCOUNT
+            ),
+        );
+    }
+    if !excess.is_empty() {
+        let found = if excess.iter().any(|a| a.verb == "*") {
+            "everything (cluster-admin)".to_owned()
+        } else {
+            phrases(excess)
+        };
+        return CheckResult::warning(
+            what,
+            format!("over-privileged: also allowed {found}"),
+            format!(
+                "the stored credentials need only namespaces get, list, watch and patch, and \
+                 get of the guard {}; remove the extra bindings of the service account on the \
+                 remote",
+                setup::GUARD
+            ),
+        );
+    }
+    CheckResult::ok(
+        what,
+        Some(format!(
+            "namespaces get, list, watch, patch; guard {} get",
+            setup::GUARD
+        )),
     )
-    .await;
+}
+
+async fn check_rights(
+    env: &ClusterEnv<'_>,
+    name: &str,
+    remote: &Client,
+    reattach: &str,
+) -> CheckResult {
+    let what = "credentials have exactly the rights label sync needs";
+    let asks: Vec<(Ask, bool)> = NEEDED
+        .iter()
+        .chain(&GUARD_READ)
+        .map(|a| (*a, true))
+        .chain(EXCESSIVE.iter().map(|a| (*a, false)))
+        .collect();
+    let answers =
+        futures::future::join_all(asks.iter().map(|(ask, _)| can(remote, env.timeout, *ask))).await;
     let mut missing = Vec::new();
     let mut excess = Vec::new();
-    for ((verb, resource, _), answer) in asks.zip(answers) {
-        let needed = NEEDED.iter().any(|(v, r, _)| v == verb && r == resource);
+    for ((ask, needed), answer) in asks.into_iter().zip(answers) {
         match answer {
             Err(e) => {
                 return CheckResult::warning(
@@ -918,34 +1055,12 @@ async fn check_rights(env: &ClusterEnv<'_>, remote: &Client, reattach: &str) -> 
                     "SelfSubjectAccessReview must be allowed to every user (system:basic-user)",
                 );
             }
-            Ok(false) if needed => missing.push(format!("{resource} {verb}")),
-            Ok(true) if !needed => excess.push(if *verb == "*" {
-                "everything (cluster-admin)".to_owned()
-            } else {
-                format!("{resource} {verb}")
-            }),
+            Ok(false) if needed => missing.push(ask),
+            Ok(true) if !needed => excess.push(ask),
             Ok(_) => {}
         }
     }
-    if !missing.is_empty() {
-        CheckResult::error(
-            what,
-            format!("not allowed: {}", missing.join(", ")),
-            format!(
-                "the remote's ClusterRole or ClusterRoleBinding for kubectl-mesh was changed or \
-                 deleted; {reattach}"
-            ),
-        )
-    } else if !excess.is_empty() {
-        CheckResult::warning(
-            what,
-            format!("over-privileged: also allowed {}", excess.join(", ")),
-            "label sync needs only namespaces get, list, watch and patch; remove the extra \
-             bindings of the service account on the remote",
-        )
-    } else {
-        CheckResult::ok(what, Some("namespaces get, list, watch, patch".into()))
-    }
+    judge_rights(what, name, &missing, &excess, reattach)
 }
 
 /// The stored token's expiry, read from its JWT `exp` claim (service-account tokens are JWTs;
@@ -1074,25 +1189,28 @@ async fn check_drift(env: &ClusterEnv<'_>, name: &str, remote: &Client) -> Check
     }
 }
 
-/// The remote guard as found on a remote: [`setup::GUARD`]'s policy and binding.
-async fn read_guard(
-    client: &Client,
-    timeout: Duration,
-) -> RemoteResult<(
-    Option<ValidatingAdmissionPolicy>,
-    Option<ValidatingAdmissionPolicyBinding>,
-)> {
-    let policy = with_deadline(
-        timeout,
-        Api::<ValidatingAdmissionPolicy>::all(client.clone()).get_opt(setup::GUARD),
-    )
-    .await?;
-    let binding = with_deadline(
-        timeout,
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()).get_opt(setup::GUARD),
-    )
-    .await?;
-    Ok((policy, binding))
+/// The remote guard as found on a remote: [`setup::GUARD`]'s policy and binding, each read
+/// by name (a `get`, which the sync account may do on these two objects only; absent is a
+/// 404, not a refusal).
+#[derive(Clone, Debug, Default)]
+pub struct FoundGuard {
+    /// The ValidatingAdmissionPolicy.
+    pub policy: Option<ValidatingAdmissionPolicy>,
+    /// Its binding.
+    pub binding: Option<ValidatingAdmissionPolicyBinding>,
+}
+
+async fn read_guard(client: &Client, timeout: Duration) -> RemoteResult<FoundGuard> {
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
+    let (policy, binding) = futures::join!(
+        with_deadline(timeout, policies.get_opt(setup::GUARD)),
+        with_deadline(timeout, bindings.get_opt(setup::GUARD)),
+    );
+    Ok(FoundGuard {
+        policy: policy?,
+        binding: binding?,
+    })
 }
 
 /// The guard mode a policy and binding amount to for the cluster `name`: nothing, or a
@@ -1102,96 +1220,175 @@ pub fn guard_mode(
     policy: Option<&ValidatingAdmissionPolicy>,
     binding: Option<&ValidatingAdmissionPolicyBinding>,
 ) -> RemoteGuard {
-    let (Some(policy), Some(binding)) = (policy, binding) else {
-        return RemoteGuard::Off;
+    guard_state(name, policy, binding).unwrap_or(RemoteGuard::Off)
+}
+
+/// Like [`guard_mode`], but says why there is no guard.
+fn guard_state(
+    name: &str,
+    policy: Option<&ValidatingAdmissionPolicy>,
+    binding: Option<&ValidatingAdmissionPolicyBinding>,
+) -> std::result::Result<RemoteGuard, String> {
+    let (policy, binding) = match (policy, binding) {
+        (None, None) => return Err("neither its policy nor its binding exists".into()),
+        (None, Some(_)) => {
+            return Err(format!(
+                "ValidatingAdmissionPolicy {} not found (only its binding is there)",
+                setup::GUARD
+            ));
+        }
+        (Some(_), None) => {
+            return Err(format!(
+                "ValidatingAdmissionPolicyBinding {} not found (the policy is there, unbound)",
+                setup::GUARD
+            ));
+        }
+        (Some(p), Some(b)) => (p, b),
     };
+    if !setup::is_ours(&policy.metadata, name) {
+        return Err(format!(
+            "ValidatingAdmissionPolicy {} was not installed for cluster {name}{}",
+            setup::GUARD,
+            setup::owner_cluster(&policy.metadata)
+                .map(|c| format!(" (it is cluster {c}'s)"))
+                .unwrap_or_default()
+        ));
+    }
     let spec = binding.spec.as_ref();
-    let binds_policy =
-        spec.and_then(|s| s.policy_name.as_deref()) == Some(policy.name_any().as_str());
-    if !binds_policy || !setup::is_ours(&policy.metadata, name) {
-        return RemoteGuard::Off;
+    let bound = spec.and_then(|s| s.policy_name.as_deref());
+    if bound != Some(policy.name_any().as_str()) {
+        return Err(format!(
+            "the binding binds policy {}, not {}",
+            bound.unwrap_or("(none)"),
+            setup::GUARD
+        ));
     }
     let actions = spec
         .and_then(|s| s.validation_actions.clone())
         .unwrap_or_default();
     if actions.iter().any(|a| a == "Deny") {
-        RemoteGuard::Deny
+        Ok(RemoteGuard::Deny)
     } else if actions.iter().any(|a| a == "Warn") {
-        RemoteGuard::Warn
+        Ok(RemoteGuard::Warn)
     } else {
-        RemoteGuard::Off
+        Err(format!(
+            "the binding's validationActions are [{}], neither Warn nor Deny",
+            actions.join(", ")
+        ))
     }
 }
 
-/// The remote guard must be what spec.remoteGuard says. The stored credentials may only touch
-/// namespaces, so when they cannot read admission policies the remote is read with the
-/// user's own kubeconfig, through the context attach recorded (as detach does).
-async fn check_guard(env: &ClusterEnv<'_>, cluster: &MeshCluster, remote: &Client) -> CheckResult {
-    let what = "remote guard matches spec.remoteGuard";
+/// Compares what is on the remote with what the MeshCluster declares: the mode
+/// (spec.remoteGuard), and the primary the guard's message names (spec.primaryName).
+pub fn judge_guard(what: &str, cluster: &MeshCluster, found: &FoundGuard) -> CheckResult {
     let name = cluster.name_any();
     let wanted = cluster.spec.remote_guard;
-    let found = match read_guard(remote, env.timeout).await {
-        Ok(found) => found,
-        Err(stored_err) => {
-            let context = setup::remote_context(cluster);
-            let admin = match (context, env.user_kubeconfig) {
-                (Some(context), Some(kc)) if kubeconfig::select(kc, Some(context)).is_ok() => {
-                    kubeconfig::client(kc.clone(), Some(context)).await.ok()
-                }
-                _ => None,
-            };
-            let via_user = match &admin {
-                Some(client) => Some(read_guard(client, env.timeout).await),
-                None => None,
-            };
-            match via_user {
-                Some(Ok(found)) => found,
-                Some(Err(e)) => {
-                    return CheckResult::warning(
-                        what,
-                        format!(
-                            "cannot read the remote's admission policies with context {}: {e}",
-                            context.unwrap_or_default()
-                        ),
-                        "",
-                    );
-                }
-                None => {
-                    let stored = if stored_err.is_forbidden() {
-                        "the stored credentials may not read admission policies".to_owned()
-                    } else {
-                        format!("the remote's admission policies cannot be read ({stored_err})")
-                    };
-                    let through = match context {
-                        Some(c) => format!("your kubeconfig has no context {c}"),
-                        None => "attach recorded no remote context".to_owned(),
-                    };
-                    return CheckResult::warning(
-                        what,
-                        format!("not verified: {stored} and {through}"),
-                        format!(
-                            "run check with a kubeconfig that also holds the remote's context, \
-                             or look on the remote: `kubectl{} get \
-                             validatingadmissionpolicybinding {} -o yaml`",
-                            context
-                                .map(|c| format!(" --context {c}"))
-                                .unwrap_or_default(),
-                            setup::GUARD
-                        ),
-                    );
-                }
-            }
-        }
-    };
-    let mode = guard_mode(&name, found.0.as_ref(), found.1.as_ref());
-    if mode == wanted {
-        CheckResult::ok(what, Some(format!("{wanted:?}")))
-    } else {
-        CheckResult::error(
+    let primary = cluster.spec.primary_name.as_deref();
+    let fix = format!(
+        "re-run `kubectl mesh attach` for {name} with --remote-guard {}{} to install the guard \
+         it declares",
+        format!("{wanted:?}").to_lowercase(),
+        primary
+            .map(|p| format!(" --primary-name {p}"))
+            .unwrap_or_default()
+    );
+    let state = guard_state(&name, found.policy.as_ref(), found.binding.as_ref());
+    let mode = state.clone().unwrap_or(RemoteGuard::Off);
+    if mode != wanted {
+        let why = match (&state, wanted) {
+            (Err(why), RemoteGuard::Warn | RemoteGuard::Deny) => format!(": {why}"),
+            _ => String::new(),
+        };
+        return CheckResult::error(
             what,
-            format!("spec.remoteGuard is {wanted:?} but the remote's guard is {mode:?}"),
-            format!("re-run `kubectl mesh attach` for {name} to install the guard it declares"),
-        )
+            format!("spec.remoteGuard is {wanted:?} but the remote's guard is {mode:?}{why}"),
+            fix,
+        );
+    }
+    if wanted == RemoteGuard::Off {
+        return CheckResult::ok(what, Some(format!("{wanted:?}")));
+    }
+    if let Some(primary) = primary {
+        let named = found.policy.as_ref().and_then(setup::guard_primary_name);
+        if named.as_deref() != Some(primary) {
+            let found = match named {
+                Some(other) => format!("names primary {other}"),
+                None => "is not the message attach writes".to_owned(),
+            };
+            return CheckResult::error(
+                what,
+                format!(
+                    "spec.primaryName is {primary} but the guard's message {found}: people \
+                     editing labels on the remote are sent to the wrong cluster"
+                ),
+                fix,
+            );
+        }
+    }
+    CheckResult::ok(what, Some(format!("{wanted:?}")))
+}
+
+/// The remote guard must be what spec.remoteGuard and spec.primaryName say. It is read with
+/// the stored credentials, which may `get` the guard's two objects by name. A cluster
+/// attached by an older kubectl-mesh has credentials that may not: then the remote is read
+/// with the user's own kubeconfig, through the context attach recorded (as detach does).
+async fn check_guard(env: &ClusterEnv<'_>, cluster: &MeshCluster, remote: &Client) -> CheckResult {
+    let what = "remote guard matches spec.remoteGuard";
+    let stored_err = match read_guard(remote, env.timeout).await {
+        Ok(found) => return judge_guard(what, cluster, &found),
+        Err(e) => e,
+    };
+    let stored = if stored_err.is_forbidden() {
+        "the stored credentials may not read the guard".to_owned()
+    } else {
+        format!("the guard cannot be read with the stored credentials ({stored_err})")
+    };
+    let context = setup::remote_context(cluster);
+    let admin = match (context, env.user_kubeconfig) {
+        (Some(context), Some(kc)) if kubeconfig::select(kc, Some(context)).is_ok() => {
+            kubeconfig::client(kc.clone(), Some(context)).await.ok()
+        }
+        _ => None,
+    };
+    let Some(admin) = admin else {
+        let through = match context {
+            Some(c) => format!("your kubeconfig has no context {c}"),
+            None => "attach recorded no remote context".to_owned(),
+        };
+        return CheckResult::warning(
+            what,
+            format!("not verified: {stored} and {through}"),
+            format!(
+                "re-run `kubectl mesh attach` for {} to let the stored credentials read it, \
+                 run check with a kubeconfig that also holds the remote's context, or look on \
+                 the remote: `kubectl{} get validatingadmissionpolicybinding {} -o yaml`",
+                cluster.name_any(),
+                context
+                    .map(|c| format!(" --context {c}"))
+                    .unwrap_or_default(),
+                setup::GUARD
+            ),
+        );
+    };
+    let context = context.unwrap_or_default();
+    match read_guard(&admin, env.timeout).await {
+        Ok(found) => {
+            let mut result = judge_guard(what, cluster, &found);
+            let note = format!("read with context {context}: {stored}");
+            match &mut result.detail {
+                Some(detail) if result.result == Outcome::Ok => {
+                    *detail = format!("{detail}; {note}");
+                }
+                Some(detail) => detail.push_str(&format!(" ({note})")),
+                None => result.detail = Some(note),
+            }
+            result
+        }
+        Err(e) => CheckResult::warning(
+            what,
+            format!("not verified: {stored}, and with context {context}: {e}"),
+            "",
+        ),
     }
 }
 
@@ -1361,6 +1558,178 @@ mod tests {
             (r.result, r.detail.as_deref()),
             (Outcome::Ok, Some("long-lived token"))
         );
+    }
+
+    #[test]
+    fn rights_expect_the_named_guard_read_and_nothing_more() {
+        let judge = |missing: &[Ask], excess: &[Ask]| {
+            judge_rights("rights", "east", missing, excess, "re-attach")
+        };
+        let ok = judge(&[], &[]);
+        assert_eq!(ok.result, Outcome::Ok);
+        assert_eq!(
+            ok.detail.as_deref(),
+            Some("namespaces get, list, watch, patch; guard kubectl-mesh-guard get")
+        );
+
+        // An older attach: label sync works, the guard read is missing.
+        let older = judge(&GUARD_READ, &[]);
+        assert_eq!(older.result, Outcome::Warning);
+        assert_eq!(
+            older.detail.as_deref(),
+            Some(
+                "not allowed: validatingadmissionpolicies get kubectl-mesh-guard, \
+                 validatingadmissionpolicybindings get kubectl-mesh-guard; label sync works, \
+                 but check reads the guard with your context of the remote instead"
+            )
+        );
+        assert!(
+            older
+                .hint
+                .unwrap()
+                .contains("kubectl mesh attach` for east")
+        );
+
+        // Revoked: everything missing is an error that lists it all.
+        let all: Vec<Ask> = NEEDED.iter().chain(&GUARD_READ).copied().collect();
+        let revoked = judge(&all, &[]);
+        assert_eq!(revoked.result, Outcome::Error);
+        assert!(
+            revoked.detail.as_deref().unwrap().starts_with(
+                "not allowed: namespaces get, namespaces list, namespaces watch, \
+                 namespaces patch, validatingadmissionpolicies get kubectl-mesh-guard"
+            ),
+            "{revoked:?}"
+        );
+
+        // Listing policies, reading another one, or changing the guard: over-privileged.
+        let list = Ask::any("list", ADMISSION, POLICIES);
+        let other = Ask::named("get", ADMISSION, POLICIES, OTHER_POLICY);
+        let change = Ask::named("delete", ADMISSION, BINDINGS, setup::GUARD);
+        for ask in [list, other, change] {
+            assert!(EXCESSIVE.contains(&ask), "{ask:?}");
+        }
+        let over = judge(&[], &[list, other, change]);
+        assert_eq!(over.result, Outcome::Warning);
+        assert_eq!(
+            over.detail.as_deref(),
+            Some(
+                "over-privileged: also allowed validatingadmissionpolicies list, \
+                 validatingadmissionpolicies get (other than kubectl-mesh-guard), \
+                 validatingadmissionpolicybindings delete kubectl-mesh-guard"
+            )
+        );
+        let admin = judge(&[], &[EXCESSIVE[0], list]);
+        assert_eq!(
+            admin.detail.as_deref(),
+            Some("over-privileged: also allowed everything (cluster-admin)")
+        );
+        // The needed rights and the excessive ones never overlap.
+        for ask in NEEDED.iter().chain(&GUARD_READ) {
+            assert!(!EXCESSIVE.contains(ask), "{ask:?}");
+        }
+    }
+
+    fn attached(guard: RemoteGuard, primary: Option<&str>) -> MeshCluster {
+        let mut mc = setup::mesh_cluster(&setup::ClusterRecord {
+            name: "east".into(),
+            cluster_id: "id".into(),
+            server: "https://e".into(),
+            guard,
+            primary_name: primary.unwrap_or_default().into(),
+            remote_namespace_created: true,
+            remote_context: "east".into(),
+        });
+        mc.spec.primary_name = primary.map(str::to_owned);
+        mc
+    }
+
+    fn installed(guard: RemoteGuard, primary: &str) -> FoundGuard {
+        let g = setup::Guard::new(guard, primary, "admin@main");
+        FoundGuard {
+            policy: Some(setup::guard_policy("east", &g)),
+            binding: Some(setup::guard_binding("east", &g)),
+        }
+    }
+
+    #[test]
+    fn guard_must_match_mode_and_primary_name() {
+        let judge = |mc: &MeshCluster, found: &FoundGuard| judge_guard("guard", mc, found);
+        let warn = attached(RemoteGuard::Warn, Some("main"));
+        let r = judge(&warn, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!((r.result, r.detail.as_deref()), (Outcome::Ok, Some("Warn")));
+
+        // The primary's name in the message must be spec.primaryName.
+        let r = judge(&warn, &installed(RemoteGuard::Warn, "elsewhere"));
+        assert_eq!(r.result, Outcome::Error);
+        assert!(
+            r.detail.as_deref().unwrap().starts_with(
+                "spec.primaryName is main but the guard's message names primary elsewhere"
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.hint.as_deref(),
+            Some(
+                "re-run `kubectl mesh attach` for east with --remote-guard warn --primary-name \
+                 main to install the guard it declares"
+            )
+        );
+        // A MeshCluster of an older attach does not say: any name passes.
+        let unnamed = attached(RemoteGuard::Warn, None);
+        assert_eq!(
+            judge(&unnamed, &installed(RemoteGuard::Warn, "x")).result,
+            Outcome::Ok
+        );
+
+        // Deny declared, the binding deleted.
+        let deny = attached(RemoteGuard::Deny, Some("main"));
+        let mut found = installed(RemoteGuard::Deny, "main");
+        assert_eq!(judge(&deny, &found).result, Outcome::Ok);
+        found.binding = None;
+        let r = judge(&deny, &found);
+        assert_eq!(r.result, Outcome::Error);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                "spec.remoteGuard is Deny but the remote's guard is Off: \
+                 ValidatingAdmissionPolicyBinding kubectl-mesh-guard not found (the policy is \
+                 there, unbound)"
+            )
+        );
+        let r = judge(&deny, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("spec.remoteGuard is Deny but the remote's guard is Warn")
+        );
+        // Another cluster's guard is not this one's.
+        let g = setup::Guard::new(RemoteGuard::Deny, "main", "admin@main");
+        let foreign = FoundGuard {
+            policy: Some(setup::guard_policy("west", &g)),
+            binding: Some(setup::guard_binding("west", &g)),
+        };
+        let r = judge(&deny, &foreign);
+        assert!(
+            r.detail
+                .as_deref()
+                .unwrap()
+                .contains("(it is cluster west's)"),
+            "{r:?}"
+        );
+
+        // Off: absent is right, present is not.
+        let off = attached(RemoteGuard::Off, Some("main"));
+        let r = judge(&off, &FoundGuard::default());
+        assert_eq!((r.result, r.detail.as_deref()), (Outcome::Ok, Some("Off")));
+        let r = judge(&off, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (
+                Outcome::Error,
+                Some("spec.remoteGuard is Off but the remote's guard is Warn")
+            )
+        );
+        assert!(r.hint.unwrap().contains("--remote-guard off"));
     }
 
     #[test]

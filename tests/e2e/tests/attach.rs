@@ -442,12 +442,18 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
         .get("kubectl-mesh-sync")
         .await?;
     let rules = role.rules.unwrap_or_default();
-    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules.len(), 2, "{rules:?}");
     assert_eq!(
         rules[0].resources.as_deref(),
         Some(&["namespaces".to_owned()][..])
     );
     assert_eq!(rules[0].verbs, ["get", "list", "watch", "patch"]);
+    // Read-only, by name, its own guard only.
+    assert_eq!(rules[1].verbs, ["get"]);
+    assert_eq!(
+        rules[1].resource_names.as_deref(),
+        Some(&["kubectl-mesh-guard".to_owned()][..])
+    );
     let token_secret = Api::<Secret>::namespaced(rc.clone(), MESH_NS)
         .get("kubectl-mesh-sync-token")
         .await?;
@@ -523,6 +529,31 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
     {
         Err(kube::Error::Api(s)) if s.code == 403 => {}
         other => bail!("the stored token deleted a namespace: {other:?}"),
+    }
+    // It reads its own guard, and no other admission policy; it cannot change the guard.
+    let stored_policies = Api::<ValidatingAdmissionPolicy>::all(stored.clone());
+    stored_policies
+        .get("kubectl-mesh-guard")
+        .await
+        .context("the stored token reads the guard")?;
+    Api::<ValidatingAdmissionPolicyBinding>::all(stored.clone())
+        .get("kubectl-mesh-guard")
+        .await
+        .context("the stored token reads the guard's binding")?;
+    match stored_policies.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("the stored token listed admission policies: {other:?}"),
+    }
+    match stored_policies.get_opt("some-other-policy").await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("the stored token read another admission policy: {other:?}"),
+    }
+    match stored_policies
+        .delete("kubectl-mesh-guard", &DeleteParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("the stored token deleted the guard: {other:?}"),
     }
     delete_namespace(remote, &probe).await?;
 
@@ -1242,4 +1273,447 @@ async fn wait_reports_the_first_sync_of_a_running_webhook() -> anyhow::Result<()
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await?;
     delete_namespace(env.primary(), &ns).await
+}
+
+/// `kubectl mesh check` with the primary's kubeconfig alone: it holds no context of any
+/// remote, so whatever check says about a remote it read with the stored credentials.
+async fn check_with_stored_credentials(env: &TestEnv) -> anyhow::Result<Output> {
+    let primary = Kubeconfig::read_from(&env.primary().kubeconfig)?;
+    let contexts: Vec<&str> = primary.contexts.iter().map(|c| c.name.as_str()).collect();
+    ensure!(
+        contexts == [env.primary().name.as_str()],
+        "the primary's kubeconfig holds other contexts: {contexts:?}"
+    );
+    plugin(env, &["check", "--remote-timeout", "10s"], &[]).await
+}
+
+/// `kubectl mesh check` with a kubeconfig holding the primary and `remote`, whose context
+/// is the one attach recorded.
+async fn check_with_remote_context(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
+    let binary = mesh_testenv::workspace_binary("kubectl-mesh")?;
+    let kubeconfig = std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?;
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.args(["check", "--remote-timeout", "10s", "--context"])
+        .arg(&env.primary().name)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBECTL_MESH_FAIL_AFTER")
+        .env("NO_COLOR", "1");
+    cmd.output().await.context("running kubectl-mesh check")
+}
+
+/// The lines of check's section about cluster `name`, its title left out.
+fn check_section<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
+    let title = format!("cluster {name} (");
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with(&title))
+        .skip(2)
+        .take_while(|l| !l.is_empty())
+        .collect()
+}
+
+/// The line of `name`'s section whose description is `description`, with its detail and
+/// hint lines.
+fn check_lines<'a>(stdout: &'a str, name: &str, description: &str) -> Vec<&'a str> {
+    let section = check_section(stdout, name);
+    let mut lines = section
+        .iter()
+        .skip_while(|l| {
+            l.starts_with(' ')
+                || l.split_once(' ')
+                    .is_none_or(|(_, rest)| !rest.starts_with(description))
+        })
+        .copied();
+    let mut out: Vec<&str> = lines.next().into_iter().collect();
+    out.extend(lines.take_while(|l| l.starts_with("    ")));
+    out
+}
+
+const GUARD_CHECK: &str = "remote guard matches spec.remoteGuard";
+const RIGHTS_CHECK: &str = "credentials have exactly the rights label sync needs";
+
+fn describe_output(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        stderr(out)
+    )
+}
+
+async fn mesh_cluster(env: &TestEnv, name: &str) -> anyhow::Result<MeshCluster> {
+    Ok(Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(name)
+        .await?)
+}
+
+/// With a running webhook (so that a healthy mesh checks clean and exit statuses mean
+/// something), check verifies the guard with the stored credentials alone: warn and deny
+/// pass, a deleted binding fails, and after a re-attach with --remote-guard=off the guard
+/// is gone and its absence passes.
+#[tokio::test]
+async fn check_verifies_the_guard_with_the_stored_credentials_only() -> anyhow::Result<()> {
+    let env = env().await?;
+    // The webhook reconciles every attached cluster while it runs: hold both remotes.
+    let (remote, _lock_1) = take_remote(env, 0).await?;
+    let (_, _lock_2) = take_remote(env, 1).await?;
+    let name = remote.name.as_str();
+    let mut options = mesh_testenv::mesh::MeshOptions::from_workspace()?;
+    options.attach_remotes = false;
+    let mesh = mesh_testenv::mesh::Mesh::start(env, options).await?;
+    let result = guard_checks(env, remote, name).await;
+    mesh.stop_webhook(env)?;
+    result?;
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
+}
+
+async fn guard_checks(env: &TestEnv, remote: &Cluster, name: &str) -> anyhow::Result<()> {
+    let rc = remote.client().await?;
+    // (a) warn, then deny: ✓, all with the stored credentials.
+    for (flag, mode) in [("warn", "Warn"), ("deny", "Deny")] {
+        attach(env, remote, &["--remote-guard", flag]).await?;
+        let out = check_with_stored_credentials(env).await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        ensure!(out.status.success(), "{flag}: {}", describe_output(&out));
+        assert_eq!(
+            check_lines(&stdout, name, GUARD_CHECK),
+            [format!("✓ {GUARD_CHECK} ({mode})")],
+            "{stdout}"
+        );
+        assert_eq!(
+            check_lines(&stdout, name, RIGHTS_CHECK),
+            [format!(
+                "✓ {RIGHTS_CHECK} (namespaces get, list, watch, patch; guard kubectl-mesh-guard \
+                 get)"
+            )],
+            "{stdout}"
+        );
+        assert_eq!(
+            format!("{:?}", mesh_cluster(env, name).await?.spec.remote_guard),
+            mode
+        );
+    }
+
+    // (b) The binding deleted on the remote: ×, and check fails.
+    Api::<ValidatingAdmissionPolicyBinding>::all(rc.clone())
+        .delete("kubectl-mesh-guard", &DeleteParams::default())
+        .await?;
+    let out = check_with_stored_credentials(env).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    assert_eq!(
+        check_lines(&stdout, name, GUARD_CHECK),
+        [
+            format!("× {GUARD_CHECK}"),
+            "    spec.remoteGuard is Deny but the remote's guard is Off: \
+             ValidatingAdmissionPolicyBinding kubectl-mesh-guard not found (the policy is \
+             there, unbound)"
+                .to_owned(),
+            format!(
+                "    hint: re-run `kubectl mesh attach` for {name} with --remote-guard deny \
+                 --primary-name primary to install the guard it declares"
+            ),
+        ],
+        "{stdout}"
+    );
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with('×')).collect();
+    assert_eq!(failed, [format!("× {GUARD_CHECK}")], "{stdout}");
+    assert_eq!(
+        stderr(&out),
+        "error: 1 check failed; fix what the × lines say and re-run `kubectl mesh check`\n"
+    );
+
+    // (d) Re-attach with --remote-guard=off: the policy left goes, and Off checks clean.
+    let progress = attach(env, remote, &["--remote-guard", "off"]).await?;
+    assert!(
+        progress
+            .contains("ValidatingAdmissionPolicy kubectl-mesh-guard deleted (--remote-guard=off)"),
+        "{progress}"
+    );
+    assert!(
+        Api::<ValidatingAdmissionPolicy>::all(rc.clone())
+            .get_opt("kubectl-mesh-guard")
+            .await?
+            .is_none()
+    );
+    assert!(
+        Api::<ValidatingAdmissionPolicyBinding>::all(rc.clone())
+            .get_opt("kubectl-mesh-guard")
+            .await?
+            .is_none()
+    );
+    assert_eq!(
+        mesh_cluster(env, name).await?.spec.remote_guard,
+        mesh::cluster::RemoteGuard::Off
+    );
+    let out = check_with_stored_credentials(env).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "off: {}", describe_output(&out));
+    assert_eq!(
+        check_lines(&stdout, name, GUARD_CHECK),
+        [format!("✓ {GUARD_CHECK} (Off)")],
+        "{stdout}"
+    );
+    Ok(())
+}
+
+/// `kubectl label namespace <ns> istio-injection=enabled` on `remote` until the guard's
+/// warning names `primary` (a policy update takes effect a moment later); returns it.
+async fn guard_warning_naming(
+    env: &TestEnv,
+    remote: &Cluster,
+    ns: &str,
+    primary: &str,
+) -> anyhow::Result<String> {
+    let wanted = format!("from cluster {primary};");
+    eventually(
+        &format!("the guard's warning naming {primary}"),
+        DEFAULT_TIMEOUT,
+        || async {
+            let out = kubectl_label(env, remote, ns, "istio-injection=enabled").await?;
+            ensure!(out.status.success(), "warn mode refused: {}", stderr(&out));
+            let err = stderr(&out);
+            if err.contains(&wanted) {
+                return Ok(Some(err));
+            }
+            // Unset it, so that the next attempt changes the label again.
+            let out = kubectl_label(env, remote, ns, "istio-injection-").await?;
+            ensure!(out.status.success(), "{}", stderr(&out));
+            Ok(None)
+        },
+    )
+    .await
+}
+
+/// (c) The primary's name in the guard's message is spec.primaryName: a re-attach with
+/// another --primary-name changes both, and check tells when they disagree.
+#[tokio::test]
+async fn reattach_with_another_primary_name_updates_the_guard() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 1).await?;
+    let name = remote.name.as_str();
+    let ns = unique_name("renamed");
+    create_namespace(remote, &ns, json!({})).await?;
+
+    attach(env, remote, &[]).await?;
+    assert_eq!(
+        mesh_cluster(env, name).await?.spec.primary_name.as_deref(),
+        Some("primary")
+    );
+    let warning = guard_warning_naming(env, remote, &ns, "primary").await?;
+    assert!(warning.contains("Warning: "), "{warning}");
+
+    let progress = attach(env, remote, &["--primary-name", "elsewhere"]).await?;
+    for line in [
+        "ValidatingAdmissionPolicy kubectl-mesh-guard updated",
+        "ValidatingAdmissionPolicyBinding kubectl-mesh-guard unchanged",
+        &format!("MeshCluster {name} updated"),
+    ] {
+        assert!(progress.contains(line), "{line} missing in\n{progress}");
+    }
+    let mc = mesh_cluster(env, name).await?;
+    assert_eq!(mc.spec.primary_name.as_deref(), Some("elsewhere"));
+    assert_eq!(mc.spec.remote_guard, mesh::cluster::RemoteGuard::Warn);
+    // A direct edit on the remote is now sent to "elsewhere"; the command to run there
+    // still uses the primary's context.
+    let warning = guard_warning_naming(env, remote, &ns, "elsewhere").await?;
+    assert!(
+        warning.contains(&format!(
+            "istio-injection on this cluster is managed by kubectl-mesh from cluster elsewhere; \
+             set it there: kubectl --context primary label ns {ns} istio-injection=enabled \
+             --overwrite"
+        )),
+        "{warning}"
+    );
+    assert!(!warning.contains("from cluster primary"), "{warning}");
+
+    let out = check_with_stored_credentials(env).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        check_lines(&stdout, name, GUARD_CHECK),
+        [format!("✓ {GUARD_CHECK} (Warn)")],
+        "{}",
+        describe_output(&out)
+    );
+
+    // The MeshCluster says another name than the guard's message: ×.
+    let clusters = Api::<MeshCluster>::all(env.primary().client().await?);
+    clusters
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"primaryName": "somewhere"}})),
+        )
+        .await?;
+    let out = check_with_stored_credentials(env).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{}", describe_output(&out));
+    let lines = check_lines(&stdout, name, GUARD_CHECK);
+    assert_eq!(
+        lines.first().copied(),
+        Some(format!("× {GUARD_CHECK}").as_str()),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines.get(1).copied(),
+        Some(
+            "    spec.primaryName is somewhere but the guard's message names primary elsewhere: \
+             people editing labels on the remote are sent to the wrong cluster"
+        ),
+        "{stdout}"
+    );
+    // What the hint says repairs it.
+    attach(env, remote, &["--primary-name", "somewhere"]).await?;
+    let out = check_with_stored_credentials(env).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        check_lines(&stdout, name, GUARD_CHECK),
+        [format!("✓ {GUARD_CHECK} (Warn)")],
+        "{stdout}"
+    );
+
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await?;
+    delete_namespace(remote, &ns).await
+}
+
+/// A cluster attached by an older kubectl-mesh has a sync ClusterRole without the guard
+/// read: check warns about it, reads the guard with the user's context of the remote when
+/// there is one, and a re-attach grants the read. Rights beyond the guard read are reported.
+#[tokio::test]
+async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 0).await?;
+    let name = remote.name.as_str();
+    let rc = remote.client().await?;
+    attach(env, remote, &["--remote-guard", "deny"]).await?;
+
+    // The ClusterRole as an older attach wrote it: namespaces only.
+    let roles = Api::<ClusterRole>::all(rc.clone());
+    roles
+        .patch(
+            "kubectl-mesh-sync",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"rules": [{
+                "apiGroups": [""], "resources": ["namespaces"],
+                "verbs": ["get", "list", "watch", "patch"],
+            }]})),
+        )
+        .await?;
+    let stdout = eventually("check to see the older rights", DEFAULT_TIMEOUT, || async {
+        let out = check_with_stored_credentials(env).await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rights = check_lines(&stdout, name, RIGHTS_CHECK);
+        Ok((rights.first() == Some(&format!("‼ {RIGHTS_CHECK}").as_str())).then_some(stdout))
+    })
+    .await?;
+    let rights = check_lines(&stdout, name, RIGHTS_CHECK);
+    assert_eq!(
+        rights.get(1).copied(),
+        Some(
+            "    not allowed: validatingadmissionpolicies get kubectl-mesh-guard, \
+             validatingadmissionpolicybindings get kubectl-mesh-guard; label sync works, but \
+             check reads the guard with your context of the remote instead"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        rights
+            .get(2)
+            .is_some_and(|h| h.contains(&format!("re-run `kubectl mesh attach` for {name}"))),
+        "{stdout}"
+    );
+    // No remote context at hand: not verified, a warning.
+    let guard = check_lines(&stdout, name, GUARD_CHECK);
+    assert_eq!(
+        guard.get(..2),
+        Some(
+            &[
+                format!("‼ {GUARD_CHECK}").as_str(),
+                &format!(
+                    "    not verified: the stored credentials may not read the guard and your \
+                     kubeconfig has no context {}",
+                    remote.name
+                ),
+            ][..]
+        ),
+        "{stdout}"
+    );
+    // With the remote's context: read that way, and said so.
+    let out = check_with_remote_context(env, remote).await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        check_lines(&stdout, name, GUARD_CHECK),
+        [format!(
+            "✓ {GUARD_CHECK} (Deny; read with context {}: the stored credentials may not read \
+             the guard)",
+            remote.name
+        )],
+        "{}",
+        describe_output(&out)
+    );
+
+    // A re-attach restores the read; more than it is over-privileged.
+    attach(env, remote, &["--remote-guard", "deny"]).await?;
+    let extra = unique_name("e2e-extra-admission");
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": extra},
+        "rules": [{
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["validatingadmissionpolicies"],
+            "verbs": ["get", "list"],
+        }],
+    }))?;
+    roles.create(&PostParams::default(), &role).await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": extra},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": extra},
+        "subjects": [{"kind": "ServiceAccount", "name": "kubectl-mesh-sync", "namespace": MESH_NS}],
+    }))?;
+    let bindings = Api::<ClusterRoleBinding>::all(rc.clone());
+    bindings.create(&PostParams::default(), &binding).await?;
+    let over = eventually("check to see the extra rights", DEFAULT_TIMEOUT, || async {
+        let out = check_with_stored_credentials(env).await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rights: Vec<String> = check_lines(&stdout, name, RIGHTS_CHECK)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Ok((rights.first() == Some(&format!("‼ {RIGHTS_CHECK}"))).then_some((rights, stdout)))
+    })
+    .await;
+    let cleanup = async {
+        bindings.delete(&extra, &DeleteParams::default()).await?;
+        roles.delete(&extra, &DeleteParams::default()).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let (rights, stdout) = over?;
+    cleanup?;
+    assert_eq!(
+        rights.get(1).map(String::as_str),
+        Some(
+            "    over-privileged: also allowed validatingadmissionpolicies list, \
+             validatingadmissionpolicies get (other than kubectl-mesh-guard)"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(
+        check_lines(&stdout, name, GUARD_CHECK),
+        [format!("✓ {GUARD_CHECK} (Deny)")],
+        "{stdout}"
+    );
+    eventually("the rights back to exactly", DEFAULT_TIMEOUT, || async {
+        let out = check_with_stored_credentials(env).await?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(check_lines(&stdout, name, RIGHTS_CHECK)
+            .first()
+            .is_some_and(|l| l.starts_with('✓'))
+            .then_some(()))
+    })
+    .await?;
+
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
 }

@@ -407,8 +407,9 @@ async fn unreachable_remote_is_a_column_in_status_and_a_failure_in_sync() -> any
     Ok(())
 }
 
-/// `check` with a kubeconfig holding the primary and the remote (so the guard, which the
-/// stored credentials may not read, is verified through the context attach recorded).
+/// `check` with a kubeconfig holding the primary and the remote, as a user of both clusters
+/// runs it (the guard is read with the stored credentials all the same; `attach.rs` checks
+/// with the primary's kubeconfig alone, and with credentials of an older attach).
 async fn check(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
     let mut cmd = std::process::Command::new(mesh_testenv_binary()?);
     let kubeconfig: OsString =
@@ -462,7 +463,7 @@ async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> 
             "✓ remote answers with the stored credentials (as {})",
             setup::sync_username()
         ),
-        "✓ credentials have exactly the rights label sync needs (namespaces get, list, watch, patch)".to_owned(),
+        "✓ credentials have exactly the rights label sync needs (namespaces get, list, watch, patch; guard kubectl-mesh-guard get)".to_owned(),
         "✓ credentials do not expire soon (long-lived token)".to_owned(),
         "✓ remote guard matches spec.remoteGuard (Warn)".to_owned(),
     ] {
@@ -517,7 +518,9 @@ async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> 
         .collect::<Vec<_>>();
     assert_eq!(
         rights[1],
-        "    not allowed: namespaces get, namespaces list, namespaces watch, namespaces patch",
+        "    not allowed: namespaces get, namespaces list, namespaces watch, namespaces patch, \
+         validatingadmissionpolicies get kubectl-mesh-guard, \
+         validatingadmissionpolicybindings get kubectl-mesh-guard",
         "{stdout}"
     );
     assert!(
