@@ -1,0 +1,245 @@
+//! The test bed of one figure: real control planes from mesh-testenv, the mesh installed with
+//! a local mesh-webhook process, and what the scenarios do to them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use mesh_testenv::mesh::{Mesh, MeshOptions};
+use mesh_testenv::{Options, TestEnv};
+use serde_json::json;
+
+use crate::{https, procfs};
+
+/// Name of the MutatingWebhookConfiguration `kubectl-mesh install` creates.
+pub const WEBHOOK_CONFIGURATION: &str = "kubectl-mesh";
+/// The matchCondition that keeps the apiserver from calling the webhook when no managed
+/// label changes.
+pub const MANAGED_LABEL_CONDITION: &str = "managed-label-changed";
+/// Label on every namespace a scenario creates (value: the scenario), so watches see only those.
+pub const BENCH_LABEL: &str = "mesh-bench";
+
+/// Builds `kubectl-mesh` and `mesh-webhook` with this tool's profile (cargo builds only the
+/// libraries of a `cargo run -p mesh-bench`), unless `skip`. Returns where they are.
+pub fn product_binaries(skip: bool) -> anyhow::Result<MeshOptions> {
+    if !skip {
+        let release = std::env::current_exe()?
+            .parent()
+            .is_some_and(|d| d.ends_with("release"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
+        let mut build = std::process::Command::new(cargo);
+        build
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .args(["-p", "kubectl-mesh", "-p", "mesh-webhook"]);
+        if release {
+            build.arg("--release");
+        }
+        eprintln!("[bench] building kubectl-mesh and mesh-webhook");
+        let status = build.status().context("running cargo")?;
+        if !status.success() {
+            bail!("building kubectl-mesh and mesh-webhook failed; see the cargo output above");
+        }
+    }
+    MeshOptions::from_workspace()
+}
+
+/// Control planes, the mesh, and the webhook process.
+pub struct Bed {
+    pub env: TestEnv,
+    pub mesh: Mesh,
+    pub webhook_pid: u32,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Bed {
+    /// A primary and `remotes` remotes, the mesh installed, remotes attached if `attach`.
+    pub async fn start(
+        options: &MeshOptions,
+        remotes: usize,
+        attach: bool,
+        resync_period: Duration,
+        dir: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let env = TestEnv::start(Options { remotes, dir }).await?;
+        let options = MeshOptions {
+            attach_remotes: attach,
+            resync_period,
+            ..options.clone()
+        };
+        let mesh = Mesh::start(&env, options.clone()).await?;
+        let webhook_pid = procfs::find_process(&env.pids(), &options.webhook)?;
+        let tls = https::client_config(&mesh.ca_pem()?)?;
+        Ok(Self {
+            env,
+            mesh,
+            webhook_pid,
+            tls,
+        })
+    }
+
+    pub async fn primary(&self) -> anyhow::Result<kube::Client> {
+        self.env.primary().client().await
+    }
+
+    pub async fn remote_clients(&self) -> anyhow::Result<Vec<kube::Client>> {
+        let mut clients = Vec::new();
+        for remote in self.env.remotes() {
+            clients.push(remote.client().await?);
+        }
+        Ok(clients)
+    }
+
+    /// The webhook's TLS client configuration (trusting its CA).
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
+    /// The webhook's `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        https::metrics(self.mesh.listen_address(), self.tls.clone()).await
+    }
+
+    /// Creates `namespace` on the primary and every remote, labelled for the watches.
+    pub async fn namespace_everywhere(&self, name: &str, scenario: &str) -> anyhow::Result<()> {
+        for cluster in self.env.clusters() {
+            let labels = BTreeMap::from([(BENCH_LABEL.to_owned(), scenario.to_owned())]);
+            create_namespaces(&cluster.client().await?, vec![(name.to_owned(), labels)], 1).await?;
+        }
+        Ok(())
+    }
+
+    /// `kubectl delete mutatingwebhookconfiguration kubectl-mesh` on the primary, then waits
+    /// until the apiserver has stopped calling the webhook.
+    pub async fn unregister_webhook(&self) -> anyhow::Result<()> {
+        let mut delete = tokio::process::Command::from(self.env.kubectl(self.env.primary()));
+        delete.args([
+            "delete",
+            "mutatingwebhookconfiguration",
+            WEBHOOK_CONFIGURATION,
+        ]);
+        let output = delete.output().await.context("running kubectl")?;
+        if !output.status.success() {
+            bail!(
+                "kubectl delete mutatingwebhookconfiguration failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        self.wait_webhook_unused().await
+    }
+
+    /// Creates `config` again (as saved before [`Bed::unregister_webhook`]) and waits until
+    /// the apiserver calls the webhook.
+    pub async fn register_webhook(
+        &self,
+        config: &MutatingWebhookConfiguration,
+    ) -> anyhow::Result<()> {
+        let mut config = config.clone();
+        config.metadata = ObjectMeta {
+            name: config.metadata.name.clone(),
+            labels: config.metadata.labels.clone(),
+            annotations: config.metadata.annotations.clone(),
+            ..ObjectMeta::default()
+        };
+        Api::<MutatingWebhookConfiguration>::all(self.primary().await?)
+            .create(&PostParams::default(), &config)
+            .await
+            .context("creating the webhook configuration")?;
+        self.mesh.wait_webhook_effective(&self.env).await
+    }
+
+    /// The webhook configuration as installed.
+    pub async fn webhook_configuration(&self) -> anyhow::Result<MutatingWebhookConfiguration> {
+        Api::<MutatingWebhookConfiguration>::all(self.primary().await?)
+            .get(WEBHOOK_CONFIGURATION)
+            .await
+            .context("reading the webhook configuration")
+    }
+
+    /// The apiserver loads webhook configurations asynchronously: a server-side dry run of a
+    /// managed-label change gets the webhook's dry-run warning for as long as it still calls
+    /// it. Three probes in a row without it mean it stopped.
+    async fn wait_webhook_unused(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut quiet = 0;
+        while quiet < 3 {
+            let mut probe = tokio::process::Command::from(self.env.kubectl(self.env.primary()));
+            probe.args([
+                "label",
+                "namespace",
+                "default",
+                "istio-injection=mesh-bench-probe",
+                "--overwrite",
+                "--dry-run=server",
+            ]);
+            let output = probe.output().await.context("running kubectl")?;
+            if String::from_utf8_lossy(&output.stderr).contains("kubectl-mesh: dry run") {
+                quiet = 0;
+            } else {
+                quiet += 1;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the primary still calls mesh-webhook 60s after its configuration was deleted"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Creates namespaces with labels, `concurrency` at a time.
+pub async fn create_namespaces(
+    client: &kube::Client,
+    namespaces: Vec<(String, BTreeMap<String, String>)>,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    stream::iter(namespaces)
+        .map(|(name, labels)| {
+            let api = api.clone();
+            async move {
+                let ns = Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: Some(labels),
+                        ..ObjectMeta::default()
+                    },
+                    ..Namespace::default()
+                };
+                api.create(&PostParams::default(), &ns)
+                    .await
+                    .with_context(|| format!("creating namespace {name}"))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_for_each(|_| async { Ok(()) })
+        .await
+}
+
+/// Sets one label with a merge patch (`None` removes it), as `kubectl label` does.
+pub async fn set_label(
+    api: &Api<Namespace>,
+    namespace: &str,
+    key: &str,
+    value: Option<&str>,
+) -> anyhow::Result<()> {
+    api.patch(
+        namespace,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": { key: value } } })),
+    )
+    .await
+    .with_context(|| format!("labelling namespace {namespace} {key}={value:?}"))?;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! `mesh-bench`: benchmarks of kubectl-mesh against real local control planes.
+//!
+//! Every scenario starts its own control planes (mesh-testenv), installs the mesh with a local
+//! mesh-webhook process the primary's apiserver calls over TLS, measures, and prints markdown
+//! tables of figures beside the baseline they are compared with, measured in the same run.
+//! Progress goes to stderr, figures to stdout.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+
+pub mod bed;
+pub mod https;
+pub mod procfs;
+pub mod scenario;
+pub mod stats;
+pub mod watch;
+
+/// Benchmarks of kubectl-mesh against real local control planes; prints figures with their
+/// baselines (p50/p95/p99 and ratios) as markdown.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "mesh-bench", version)]
+pub struct Cli {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+
+    /// Label changes per mode and remote count (propagation), PATCHes per mode
+    /// (admission-overhead).
+    #[arg(long, env = "MESH_BENCH_CHANGES", default_value_t = 200)]
+    pub changes: usize,
+
+    /// Unmeasured changes first, to open every connection on the path.
+    #[arg(long, env = "MESH_BENCH_WARMUP", default_value_t = 10)]
+    pub warmup: usize,
+
+    /// Remote counts of the propagation scenario (comma-separated).
+    #[arg(long, env = "MESH_BENCH_REMOTES", value_delimiter = ',', default_values_t = [1, 2, 4])]
+    pub remotes: Vec<usize>,
+
+    /// Namespaces the propagation changes rotate over.
+    #[arg(long, env = "MESH_BENCH_NAMESPACES", default_value_t = 4)]
+    pub namespaces: usize,
+
+    /// Quiet time between two measured changes, so that each is measured alone (the
+    /// reconciler's follow-up sync of the previous change, debounced 100 ms, is over).
+    #[arg(long, env = "MESH_BENCH_PAUSE", default_value = "150ms", value_parser = mesh::args::parse_duration)]
+    pub pause: Duration,
+
+    /// Alternations of webhook registered / not registered (admission-overhead): drift of the
+    /// machine's load hits both alike.
+    #[arg(long, env = "MESH_BENCH_CYCLES", default_value_t = 2)]
+    pub cycles: usize,
+
+    /// Concurrent keep-alive connections of the throughput load generator (comma-separated:
+    /// one run per value).
+    #[arg(long, env = "MESH_BENCH_CONNECTIONS", value_delimiter = ',', default_values_t = [1, 4, 16])]
+    pub connections: Vec<usize>,
+
+    /// Seconds of load per throughput run (after one second of warm-up).
+    #[arg(long, env = "MESH_BENCH_SECONDS", default_value_t = 10)]
+    pub seconds: u64,
+
+    /// Namespaces on the primary and on each remote in the resync scenario; half of them are
+    /// labelled on the primary.
+    #[arg(long, env = "MESH_BENCH_RESYNC_NAMESPACES", default_value_t = 2000)]
+    pub resync_namespaces: usize,
+
+    /// Remotes attached in the resync scenario.
+    #[arg(long, env = "MESH_BENCH_RESYNC_REMOTES", default_value_t = 3)]
+    pub resync_remotes: usize,
+
+    /// The webhook's resync period in the resync scenario.
+    #[arg(long, env = "MESH_BENCH_RESYNC_PERIOD", default_value = "10s", value_parser = mesh::args::parse_duration)]
+    pub resync_period: Duration,
+
+    /// Keep every environment's kubeconfigs and logs under this directory (one folder per
+    /// figure) instead of a temporary directory.
+    #[arg(long, env = "MESH_BENCH_DIR")]
+    pub dir: Option<PathBuf>,
+
+    /// Use the kubectl-mesh and mesh-webhook already built instead of running cargo build.
+    #[arg(long, env = "MESH_BENCH_NO_BUILD")]
+    pub no_build: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Label change on the primary until visible on every remote, vs one direct write, vs
+    /// the reconciler alone.
+    Propagation,
+    /// Latency of primary namespace updates that touch no managed label, webhook registered
+    /// vs not.
+    AdmissionOverhead,
+    /// No-op AdmissionReviews per second over TLS keep-alive, and CPU per review.
+    Throughput,
+    /// Cold full sync of many namespaces to several remotes, then a converged resync.
+    Resync,
+    /// mesh-webhook's memory during the resync scenario (runs it).
+    Footprint,
+    /// Every scenario, resync and footprint once.
+    All,
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            scenario,
+            changes,
+            warmup,
+            remotes,
+            namespaces,
+            pause,
+            cycles,
+            connections,
+            seconds,
+            resync_namespaces,
+            resync_remotes,
+            resync_period,
+            dir,
+            no_build,
+        } = self;
+        let started = Instant::now();
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        println!("# mesh-bench\n");
+        println!("- command: `{command}`");
+        println!("- machine: {}", procfs::machine());
+        println!(
+            "- load average at start (1/5/15 min): {}",
+            procfs::load_averages()
+        );
+        if procfs::load_1m() > 1.0 {
+            println!(
+                "- **warning: the machine is busy (1-minute load above 1.0): figures are noisy**"
+            );
+        }
+        println!();
+
+        let options = bed::product_binaries(no_build)?;
+        let subdir = |name: &str| dir.as_ref().map(|d| d.join(name));
+        let wants = |s: Scenario| scenario == s || scenario == Scenario::All;
+        if wants(Scenario::Propagation) {
+            let config = scenario::propagation::Config {
+                changes,
+                warmup,
+                remotes: remotes.clone(),
+                namespaces,
+                pause,
+            };
+            section(scenario::propagation::run(&options, &config, &subdir).await?);
+        }
+        if wants(Scenario::AdmissionOverhead) {
+            let config = scenario::admission::Config {
+                changes,
+                warmup,
+                cycles,
+            };
+            section(
+                scenario::admission::run(&options, &config, subdir("admission-overhead")).await?,
+            );
+        }
+        if wants(Scenario::Throughput) {
+            let config = scenario::throughput::Config {
+                connections: connections.clone(),
+                duration: Duration::from_secs(seconds),
+            };
+            section(scenario::throughput::run(&options, &config, subdir("throughput")).await?);
+        }
+        if wants(Scenario::Resync) || wants(Scenario::Footprint) {
+            let config = scenario::resync::Config {
+                namespaces: resync_namespaces,
+                remotes: resync_remotes,
+                resync_period,
+            };
+            section(scenario::resync::run(&options, &config, subdir("resync")).await?);
+        }
+        println!(
+            "- load average at end (1/5/15 min): {}; total time {:.0?}",
+            procfs::load_averages(),
+            started.elapsed()
+        );
+        Ok(())
+    }
+}
+
+/// Prints one scenario's markdown with the load it ran under.
+fn section(markdown: String) {
+    println!("{markdown}");
+    println!(
+        "- load average after it (1/5/15 min): {}\n",
+        procfs::load_averages()
+    );
+}
+
+/// `MET` or `MISSED` for a target line.
+pub fn verdict(met: bool) -> &'static str {
+    if met { "MET" } else { "MISSED" }
+}

@@ -1,0 +1,286 @@
+//! `propagation`: a managed-label change on the primary until every remote's watch shows it.
+//!
+//! For each remote count, in one environment and interleaved so that the machine's load hits
+//! both alike:
+//! - the floor: one direct PATCH of a remote namespace, issued until the event on that remote's
+//!   watch (an unmanaged label, so the reconciler never reverts it);
+//! - the webhook path: PATCH of `istio-injection` on the primary, until the event on every
+//!   remote (the webhook pushes it before the primary's apiserver answers).
+//!
+//! Then the webhook configuration is deleted and the same changes run again, interleaved with
+//! the floor: the local webhook process keeps reconciling from its watch of the primary
+//! (reconcile-only mode). Which path delivered is checked in the webhook's metrics.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use mesh_testenv::mesh::MeshOptions;
+
+use crate::bed::{Bed, set_label};
+use crate::https::sample;
+use crate::stats::{Row, Summary, latency_table, ms, ratio};
+use crate::watch::NamespaceWatch;
+
+const SCENARIO: &str = "propagation";
+/// Unmanaged label the floor writes on remotes.
+const FLOOR_LABEL: &str = "mesh-bench/floor";
+const MANAGED_LABEL: &str = "istio-injection";
+/// One change not visible by then is a failure, not a figure.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Target: webhook-path p50 at most this many times the floor's.
+const TARGET_RATIO: f64 = 1.5;
+/// A resync during the measurement would only add noise: the changes are driven by the
+/// webhook and by the reconciler's watch of the primary.
+const RESYNC_PERIOD: Duration = Duration::from_secs(600);
+
+pub struct Config {
+    pub changes: usize,
+    pub warmup: usize,
+    pub remotes: Vec<usize>,
+    pub namespaces: usize,
+    pub pause: Duration,
+}
+
+pub async fn run(
+    options: &MeshOptions,
+    config: &Config,
+    dir: &dyn Fn(&str) -> Option<PathBuf>,
+) -> anyhow::Result<String> {
+    let mut out = format!(
+        "## propagation\n\n{} sequential changes of `{MANAGED_LABEL}` (alternating enabled/disabled over {} namespaces) per mode, {} unmeasured first, {:?} apart; each interleaved with one floor sample. Latency = request issued -> watch event received (on every remote for the primary's changes).\n\n",
+        config.changes, config.namespaces, config.warmup, config.pause
+    );
+    let mut verdicts = Vec::new();
+    for &remotes in &config.remotes {
+        eprintln!("[bench] propagation with {remotes} remote(s)");
+        let figure = one_count(
+            options,
+            config,
+            remotes,
+            dir(&format!("propagation-{remotes}")),
+        )
+        .await?;
+        out.push_str(&figure.markdown);
+        verdicts.push(figure.verdict);
+    }
+    out.push_str(&format!(
+        "**Target: webhook-path p50 <= {TARGET_RATIO}x the floor's p50.**\n\n"
+    ));
+    for verdict in verdicts {
+        out.push_str(&format!("- {verdict}\n"));
+    }
+    Ok(out)
+}
+
+struct Figure {
+    markdown: String,
+    verdict: String,
+}
+
+/// Latencies of one mode.
+#[derive(Default)]
+struct Samples {
+    floor: Vec<Duration>,
+    all_remotes: Vec<Duration>,
+    first_remote: Vec<Duration>,
+    answered: Vec<Duration>,
+}
+
+async fn one_count(
+    options: &MeshOptions,
+    config: &Config,
+    remotes: usize,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<Figure> {
+    let bed = Bed::start(options, remotes, true, RESYNC_PERIOD, dir).await?;
+    let names: Vec<String> = (0..config.namespaces.max(1))
+        .map(|i| format!("prop-{i}"))
+        .collect();
+    for name in &names {
+        bed.namespace_everywhere(name, SCENARIO).await?;
+    }
+    let remote_clients = bed.remote_clients().await?;
+    let remote_apis: Vec<Api<Namespace>> =
+        remote_clients.iter().map(|c| Api::all(c.clone())).collect();
+    let primary: Api<Namespace> = Api::all(bed.primary().await?);
+    let mut watch = NamespaceWatch::start(
+        remote_clients,
+        &format!("{}={SCENARIO}", crate::bed::BENCH_LABEL),
+    )
+    .await?;
+    let mut run = Run {
+        primary,
+        remote_apis,
+        watch: &mut watch,
+        names,
+        enabled: vec![false; config.namespaces.max(1)],
+        step: 0,
+        pause: config.pause,
+    };
+
+    let before = bed.metrics().await?;
+    let webhook = run.measure(config.warmup, config.changes).await?;
+    let middle = bed.metrics().await?;
+    eprintln!("[bench] deleting the webhook configuration: reconcile-only mode");
+    bed.unregister_webhook().await?;
+    let middle_after_probe = bed.metrics().await?;
+    let reconcile = run.measure(config.warmup, config.changes).await?;
+    let after = bed.metrics().await?;
+
+    let pushed = |text: &str| sample(text, "pushes_total", &[("result", "applied")]);
+    let corrected = |text: &str| sample(text, "drift_corrections_total", &[]);
+    let total = (config.warmup + config.changes) as f64;
+
+    let summary = |v: &[Duration]| Summary::of(v).context("no samples");
+    let floor_w = summary(&webhook.floor)?;
+    let floor_r = summary(&reconcile.floor)?;
+    let webhook_all = summary(&webhook.all_remotes)?;
+    let webhook_first = summary(&webhook.first_remote)?;
+    let reconcile_all = summary(&reconcile.all_remotes)?;
+    let answered_w = summary(&webhook.answered)?;
+    let answered_r = summary(&reconcile.answered)?;
+    let mut rows = vec![
+        Row {
+            name: "floor: direct PATCH on a remote -> its watch event (webhook phase)".into(),
+            summary: floor_w,
+            baseline: None,
+        },
+        Row {
+            name: format!("**webhook path: primary PATCH -> all {remotes} remote(s)**"),
+            summary: webhook_all,
+            baseline: Some(&floor_w),
+        },
+    ];
+    if remotes > 1 {
+        rows.push(Row {
+            name: "webhook path: primary PATCH -> first remote".into(),
+            summary: webhook_first,
+            baseline: Some(&floor_w),
+        });
+    }
+    rows.extend([
+        Row {
+            name: "floor (reconcile-only phase)".into(),
+            summary: floor_r,
+            baseline: None,
+        },
+        Row {
+            name: format!("reconcile-only: primary PATCH -> all {remotes} remote(s)"),
+            summary: reconcile_all,
+            baseline: Some(&floor_r),
+        },
+        Row {
+            name: "primary PATCH answered, no webhook registered".into(),
+            summary: answered_r,
+            baseline: None,
+        },
+        Row {
+            name: "primary PATCH answered, webhook pushing".into(),
+            summary: answered_w,
+            baseline: Some(&answered_r),
+        },
+    ]);
+    let p50_ratio = webhook_all.p50.as_secs_f64() / floor_w.p50.as_secs_f64();
+    let verdict = format!(
+        "{remotes} remote(s): webhook p50 {} ms = {} the floor's {} ms: {}",
+        ms(webhook_all.p50),
+        ratio(webhook_all.p50, floor_w.p50),
+        ms(floor_w.p50),
+        crate::verdict(p50_ratio <= TARGET_RATIO),
+    );
+    let markdown = format!(
+        "### {remotes} remote(s)\n\n{}\nDelivered by: webhook phase {:.0} pushes applied, {:.0} reconciler corrections (expected {:.0} and 0); reconcile-only phase {:.0} pushes, {:.0} corrections (expected 0 and {:.0}).\n\n",
+        latency_table(&rows),
+        pushed(&middle) - pushed(&before),
+        corrected(&middle) - corrected(&before),
+        total * remotes as f64,
+        pushed(&after) - pushed(&middle_after_probe),
+        corrected(&after) - corrected(&middle_after_probe),
+        total * remotes as f64,
+    );
+    Ok(Figure { markdown, verdict })
+}
+
+struct Run<'a> {
+    primary: Api<Namespace>,
+    remote_apis: Vec<Api<Namespace>>,
+    watch: &'a mut NamespaceWatch,
+    names: Vec<String>,
+    /// The value each namespace's managed label has now.
+    enabled: Vec<bool>,
+    step: usize,
+    pause: Duration,
+}
+
+impl Run<'_> {
+    /// `warmup + changes` rounds of one floor sample and one primary change; the first
+    /// `warmup` are not kept.
+    async fn measure(&mut self, warmup: usize, changes: usize) -> anyhow::Result<Samples> {
+        let mut samples = Samples::default();
+        for round in 0..warmup + changes.max(1) {
+            let floor = self.floor_once().await?;
+            tokio::time::sleep(self.pause).await;
+            let (all, first, answered) = self.change_once().await?;
+            tokio::time::sleep(self.pause).await;
+            if round >= warmup {
+                samples.floor.push(floor);
+                samples.all_remotes.push(all);
+                samples.first_remote.push(first);
+                samples.answered.push(answered);
+            }
+            if (round + 1) % 50 == 0 {
+                eprintln!("[bench]   {} rounds", round + 1);
+            }
+        }
+        Ok(samples)
+    }
+
+    /// One direct PATCH on one remote (round robin) until its watch shows it.
+    async fn floor_once(&mut self) -> anyhow::Result<Duration> {
+        self.step += 1;
+        let remote = self.step % self.remote_apis.len();
+        let namespace = &self.names[self.step % self.names.len()];
+        let value = self.step.to_string();
+        let issued = Instant::now();
+        set_label(
+            &self.remote_apis[remote],
+            namespace,
+            FLOOR_LABEL,
+            Some(&value),
+        )
+        .await?;
+        let seen = self
+            .watch
+            .wait_label(&[remote], namespace, (FLOOR_LABEL, &value), CHANGE_TIMEOUT)
+            .await?;
+        Ok(seen[0] - issued)
+    }
+
+    /// One managed-label change on the primary until every remote's watch shows it. Returns
+    /// (all remotes, first remote, primary PATCH answered).
+    async fn change_once(&mut self) -> anyhow::Result<(Duration, Duration, Duration)> {
+        self.step += 1;
+        let index = self.step % self.names.len();
+        let namespace = &self.names[index];
+        self.enabled[index] = !self.enabled[index];
+        let value = if self.enabled[index] {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        let all: Vec<usize> = (0..self.remote_apis.len()).collect();
+        let issued = Instant::now();
+        set_label(&self.primary, namespace, MANAGED_LABEL, Some(value)).await?;
+        let answered = issued.elapsed();
+        let seen = self
+            .watch
+            .wait_label(&all, namespace, (MANAGED_LABEL, value), CHANGE_TIMEOUT)
+            .await?;
+        let last = seen.iter().max().copied().unwrap_or(issued);
+        let first = seen.iter().min().copied().unwrap_or(issued);
+        Ok((last - issued, first - issued, answered))
+    }
+}
