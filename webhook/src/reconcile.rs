@@ -52,7 +52,7 @@ use crate::{
     metrics::Metrics,
     remote::{Failure, RemoteState, Remotes, error_chain},
     server::Readiness,
-    sync::{SyncMode, SyncReport, sync_remote},
+    sync::{PrimaryView, SyncMode, SyncReport, sync_remote},
 };
 
 /// Event reason: the reconciler rewrote a remote namespace's managed labels.
@@ -338,6 +338,38 @@ impl Reconciler {
     }
 }
 
+/// The primary as the reconciler sees it: the watch's store, with the webhook's pushes that
+/// are not persisted yet laid over it ([`InFlight`]). Read afresh each time it is asked.
+struct StoreView<'a> {
+    namespaces: &'a Store<Namespace>,
+    in_flight: &'a InFlight,
+    rule: &'a SyncRule,
+}
+
+impl PrimaryView for StoreView<'_> {
+    fn namespaces(&self) -> BTreeMap<String, Namespace> {
+        let mut primary: BTreeMap<String, Namespace> = self
+            .namespaces
+            .state()
+            .into_iter()
+            .map(|ns| (ns.name_any(), ns.as_ref().clone()))
+            .collect();
+        self.in_flight.overlay(self.rule, &mut primary);
+        primary
+    }
+
+    fn namespace(&self, name: &str) -> Option<Namespace> {
+        let mut one: BTreeMap<String, Namespace> = self
+            .namespaces
+            .get(&ObjectRef::new(name))
+            .map(|ns| (name.to_owned(), ns.as_ref().clone()))
+            .into_iter()
+            .collect();
+        self.in_flight.overlay(self.rule, &mut one);
+        one.remove(name)
+    }
+}
+
 /// Feeds the namespace store and bumps `changed` whenever the managed labels a remote should
 /// carry change on the primary: other edits (annotations, status, other labels) cost nothing.
 async fn watch_namespaces(
@@ -595,13 +627,11 @@ impl Worker {
             // Deleted; the supervisor stops this worker.
             return true;
         };
-        let mut primary: BTreeMap<String, Namespace> = shared
-            .namespaces
-            .state()
-            .into_iter()
-            .map(|ns| (ns.name_any(), ns.as_ref().clone()))
-            .collect();
-        shared.in_flight.overlay(&shared.rule, &mut primary);
+        let primary = StoreView {
+            namespaces: &shared.namespaces,
+            in_flight: &shared.in_flight,
+            rule: &shared.rule,
+        };
         let remote = shared.remotes.get(cluster_name);
         let result = match remote.as_deref().map(|r| r.state()) {
             Some(RemoteState::Ready(client)) => {
@@ -693,14 +723,14 @@ impl Worker {
     async fn publish_sync_events(
         &self,
         cluster: &MeshCluster,
-        primary: &BTreeMap<String, Namespace>,
+        primary: &impl PrimaryView,
         report: &SyncReport,
     ) {
         let cluster_name = self.name.as_str();
         let cluster_ref = cluster.object_ref(&());
         // On the primary namespace, related to the MeshCluster; on the MeshCluster when the
         // namespace does not exist on the primary (its labels were removed from the remote).
-        let regarding = |namespace: &str| match primary.get(namespace) {
+        let regarding = |namespace: &str| match primary.namespace(namespace) {
             Some(ns) => (ns.object_ref(&()), Some(cluster_ref.clone())),
             None => (cluster_ref.clone(), None),
         };

@@ -6,6 +6,9 @@
 //!   a converged remote costs zero writes;
 //! - every write is a JSON patch that tests the resourceVersion it was computed from; on a
 //!   conflict that namespace is read again and re-planned once;
+//! - the primary is read *after* the remote, and again after a conflict ([`PrimaryView`]): a
+//!   webhook push that lands between the two reads changes the remote's resourceVersion, so a
+//!   plan made from an older primary can never overwrite it;
 //! - namespaces missing on the remote are reported, never created.
 
 use std::collections::BTreeMap;
@@ -47,6 +50,29 @@ impl Error {
 
     pub fn metric_label(&self) -> &'static str {
         self.failure().as_str()
+    }
+}
+
+/// Where a sync reads the primary's namespaces. It is asked after the remote was read, and
+/// again for one namespace after a write conflict, so that it answers with what is true *now*.
+pub trait PrimaryView: Sync {
+    /// Every primary namespace by name.
+    fn namespaces(&self) -> BTreeMap<String, Namespace>;
+
+    /// One primary namespace, if it exists.
+    fn namespace(&self, name: &str) -> Option<Namespace> {
+        self.namespaces().remove(name)
+    }
+}
+
+/// A fixed set, read before the sync (what the CLI has).
+impl PrimaryView for BTreeMap<String, Namespace> {
+    fn namespaces(&self) -> BTreeMap<String, Namespace> {
+        self.clone()
+    }
+
+    fn namespace(&self, name: &str) -> Option<Namespace> {
+        self.get(name).cloned()
     }
 }
 
@@ -145,7 +171,7 @@ pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Nam
 /// are in [`SyncReport::errors`].
 pub async fn sync_remote(
     rule: &SyncRule,
-    primary: &BTreeMap<String, Namespace>,
+    primary: &impl PrimaryView,
     remote: &Client,
     mode: SyncMode,
 ) -> Result<SyncReport> {
@@ -154,7 +180,8 @@ pub async fn sync_remote(
         .list(&ListParams::default())
         .await
         .map_err(Error::ListNamespaces)?;
-    let plan = rule.plan(primary, &listed.items);
+    // After the list, not before: see the module documentation.
+    let plan = rule.plan(&primary.namespaces(), &listed.items);
     let mut report = SyncReport {
         mode,
         in_sync: plan.in_sync.len(),
@@ -244,7 +271,7 @@ impl Written {
 async fn write(
     api: &Api<Namespace>,
     rule: &SyncRule,
-    primary: &BTreeMap<String, Namespace>,
+    primary: &impl PrimaryView,
     diff: LabelDiff,
     current: Option<Namespace>,
 ) -> Written {
@@ -253,7 +280,7 @@ async fn write(
         ..Default::default()
     };
     let name = diff.namespace.clone();
-    let desired = rule.desired(primary.get(&name));
+    let mut desired = rule.desired(primary.namespace(&name).as_ref());
     let mut diff = diff;
     let mut current = current;
     let mut retried = false;
@@ -274,6 +301,9 @@ async fn write(
                 retried = true;
                 match api.get_opt(&name).await {
                     Ok(Some(fresh)) => {
+                        // Someone wrote in between, most likely the webhook pushing a newer
+                        // primary state: the primary must be read again too, after the remote.
+                        desired = rule.desired(primary.namespace(&name).as_ref());
                         diff = rule.diff(&desired, &fresh);
                         if diff.is_empty() {
                             return Written::AlreadyInSync { namespace: name };
