@@ -270,14 +270,11 @@ impl AppState {
 
     async fn push(&self, intent: &PushIntent) -> Vec<PushOutcome> {
         let remotes = self.remotes.snapshot();
+        // Before the first write lands: a sync that reads a remote after this push must also
+        // find the push in the primary it compares with, or it would revert it.
+        self.in_flight
+            .record(&intent.namespace, intent.labels.clone());
         let timed = fan_out_timed(&remotes, &self.rule, intent, self.push_deadline).await;
-        if timed
-            .iter()
-            .any(|t| matches!(t.outcome.result, PushResult::Applied))
-        {
-            self.in_flight
-                .record(&intent.namespace, intent.labels.clone());
-        }
         timed
             .into_iter()
             .map(|timed| {
