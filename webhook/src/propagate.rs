@@ -3,6 +3,11 @@
 //! This is the fast path of the admission webhook: it tries once per remote and reports what
 //! happened. Anything it cannot finish in time is left to the reconciler, which is what
 //! guarantees convergence; the webhook only makes it quick in the common case.
+//!
+//! The common case is a converged remote: it carries the managed labels the primary had before
+//! the change. [`push_from`] bets on that and sends one JSON patch that tests those labels and
+//! applies the change, one round trip instead of a read and a write; a remote in any other state
+//! fails the test and gets the read-diff-write of [`push`].
 
 use std::{
     sync::Arc,
@@ -10,15 +15,20 @@ use std::{
 };
 
 use futures::future::join_all;
+use json_patch::{
+    AddOperation, PatchOperation, RemoveOperation, ReplaceOperation, TestOperation,
+    jsonptr::PointerBuf,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
 };
+use serde_json::Value;
 
 use crate::{
     admission::{PushIntent, PushOutcome, PushResult},
-    labels::SyncRule,
+    labels::{Labels, SyncRule},
     remote::{Failure, Remote, RemoteState, error_chain},
 };
 
@@ -55,12 +65,30 @@ pub async fn fan_out_timed(
     intent: &PushIntent,
     deadline: Duration,
 ) -> Vec<TimedOutcome> {
+    fan_out_timed_from(remotes, rule, intent, None, deadline).await
+}
+
+/// [`fan_out_timed`] of a change from `expected`, the managed labels the primary had before
+/// it: each remote first gets [`push_from`]. `None` reads every remote first ([`push`]).
+pub async fn fan_out_timed_from(
+    remotes: &[Arc<Remote>],
+    rule: &SyncRule,
+    intent: &PushIntent,
+    expected: Option<&Labels>,
+    deadline: Duration,
+) -> Vec<TimedOutcome> {
     let deadline = tokio::time::Instant::now() + deadline;
     join_all(remotes.iter().map(|remote| async move {
         let started = Instant::now();
         let result = match remote.state() {
             RemoteState::Ready(client) => {
-                tokio::time::timeout_at(deadline, push(client, rule, intent))
+                let pushed = async {
+                    match expected {
+                        Some(expected) => push_from(client, rule, intent, expected).await,
+                        None => push(client, rule, intent).await,
+                    }
+                };
+                tokio::time::timeout_at(deadline, pushed)
                     .await
                     .unwrap_or(PushResult::TimedOut)
             }
@@ -132,6 +160,83 @@ pub async fn push(client: &Client, rule: &SyncRule, intent: &PushIntent) -> Push
     }
 }
 
+/// Pushes `intent` to a remote expected to carry `expected` (the primary's managed labels before
+/// the change): one JSON patch that tests every label of `expected` and then makes the managed
+/// labels equal `intent`'s, whatever else the remote has. If the remote is not as expected (a
+/// `test` fails) or the patch is refused for any reason but an unreachable, forbidding or
+/// missing remote, it falls back to [`push`]: read, diff, conditional write.
+pub async fn push_from(
+    client: &Client,
+    rule: &SyncRule,
+    intent: &PushIntent,
+    expected: &Labels,
+) -> PushResult {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let patch = patch_from(rule, expected, &intent.labels);
+    match api
+        .patch(&intent.namespace, &params, &Patch::Json::<()>(patch))
+        .await
+    {
+        Ok(_) => PushResult::Applied,
+        Err(error) => match Failure::of(&error) {
+            Failure::Conflict | Failure::Other => {
+                tracing::debug!(namespace = %intent.namespace, error = %error_chain(&error), "remote not in the expected state, reading it");
+                push(client, rule, intent).await
+            }
+            Failure::Unreachable | Failure::TimedOut | Failure::Forbidden | Failure::NotFound => {
+                result_of(&error)
+            }
+        },
+    }
+}
+
+/// JSON patch from `expected` to `desired` for every managed key: `test` ops for the labels of
+/// `expected` first, so that the apiserver applies nothing unless the remote carries them. Keys
+/// absent from both are made absent too (`add` then `remove`: a lone `remove` of an absent key
+/// fails the patch), so the remote ends with exactly `desired` whenever the tests pass.
+fn patch_from(rule: &SyncRule, expected: &Labels, desired: &Labels) -> json_patch::Patch {
+    let path = |key: &str| PointerBuf::from_tokens(["metadata", "labels", key]);
+    let mut ops: Vec<PatchOperation> = expected
+        .iter()
+        .filter(|(key, _)| rule.is_managed(key))
+        .map(|(key, value)| {
+            PatchOperation::Test(TestOperation {
+                path: path(key),
+                value: Value::String(value.clone()),
+            })
+        })
+        .collect();
+    for key in rule.managed_keys() {
+        match (expected.get(key), desired.get(key)) {
+            (Some(old), Some(new)) if old == new => {}
+            (Some(_), Some(new)) => ops.push(PatchOperation::Replace(ReplaceOperation {
+                path: path(key),
+                value: Value::String(new.clone()),
+            })),
+            // `add` replaces a value the remote should not have had.
+            (None, Some(new)) => ops.push(PatchOperation::Add(AddOperation {
+                path: path(key),
+                value: Value::String(new.clone()),
+            })),
+            (Some(_), None) => {
+                ops.push(PatchOperation::Remove(RemoveOperation { path: path(key) }))
+            }
+            (None, None) => {
+                ops.push(PatchOperation::Add(AddOperation {
+                    path: path(key),
+                    value: Value::String(String::new()),
+                }));
+                ops.push(PatchOperation::Remove(RemoveOperation { path: path(key) }));
+            }
+        }
+    }
+    json_patch::Patch(ops)
+}
+
 /// Maps an error of a call to a remote to the result reported to the admission response.
 pub fn result_of(error: &kube::Error) -> PushResult {
     let message = error_chain(error);
@@ -169,6 +274,8 @@ pub(crate) mod tests {
         pub(crate) struct State {
             pub namespaces: BTreeMap<String, Value>,
             pub version: u64,
+            /// Number of GET requests of one namespace received.
+            pub gets: usize,
             /// Number of PATCH requests received.
             pub patches: usize,
             /// Number of PATCH requests applied.
@@ -267,10 +374,13 @@ pub(crate) mod tests {
                                    "metadata": {"resourceVersion": version}, "items": items}),
                         )
                     }
-                    (&Method::GET, Some(name)) => match state.namespaces.get(&name) {
-                        Some(ns) => (StatusCode::OK, ns.clone()),
-                        None => Self::status(StatusCode::NOT_FOUND, "NotFound", "not found"),
-                    },
+                    (&Method::GET, Some(name)) => {
+                        state.gets += 1;
+                        match state.namespaces.get(&name) {
+                            Some(ns) => (StatusCode::OK, ns.clone()),
+                            None => Self::status(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                        }
+                    }
                     (&Method::PATCH, Some(name)) => {
                         state.patches += 1;
                         if !state.interfere.is_empty() {
@@ -354,6 +464,96 @@ pub(crate) mod tests {
             PushResult::AlreadyInSync.metric_label()
         );
         assert_eq!(api.state().writes, 1, "converged means zero writes");
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_remote_in_the_expected_state_takes_one_patch_and_no_read() {
+        let api = FakeApiserver::default()
+            .with_namespace("app", &[("istio-injection", "enabled"), ("team", "a")]);
+        let rule = SyncRule::default();
+        let want = intent(
+            "app",
+            &[("istio-injection", "disabled"), ("istio.io/rev", "1-25")],
+        );
+        let before = labels(&[("istio-injection", "enabled")]);
+        let result = push_from(&api.client(), &rule, &want, &before).await;
+        assert_eq!(result, PushResult::Applied);
+        let (gets, patches) = {
+            let state = api.state();
+            (state.gets, state.patches)
+        };
+        assert_eq!((gets, patches), (0, 1));
+        assert_eq!(
+            api.labels("app"),
+            labels(&[
+                ("istio-injection", "disabled"),
+                ("istio.io/rev", "1-25"),
+                ("team", "a")
+            ])
+        );
+
+        // Removing the last managed label, from a namespace with a stray one.
+        let api = FakeApiserver::default().with_namespace(
+            "app",
+            &[
+                ("istio.io/rev", "1-25"),
+                ("istio.io/dataplane-mode", "stray"),
+            ],
+        );
+        let before = labels(&[("istio.io/rev", "1-25")]);
+        let result = push_from(&api.client(), &rule, &intent("app", &[]), &before).await;
+        assert_eq!(result, PushResult::Applied);
+        assert_eq!(api.state().gets, 0);
+        assert_eq!(api.labels("app"), Labels::new(), "exactly the intent");
+    }
+
+    #[tokio::test]
+    async fn a_remote_off_the_expected_state_is_read_and_diffed() {
+        let rule = SyncRule::default();
+        // Already where the primary goes (e.g. the reconciler was first): nothing written.
+        let api =
+            FakeApiserver::default().with_namespace("app", &[("istio-injection", "disabled")]);
+        let want = intent("app", &[("istio-injection", "disabled")]);
+        let before = labels(&[("istio-injection", "enabled")]);
+        let result = push_from(&api.client(), &rule, &want, &before).await;
+        assert_eq!(result, PushResult::AlreadyInSync);
+        let (gets, writes) = {
+            let state = api.state();
+            (state.gets, state.writes)
+        };
+        assert_eq!((gets, writes), (1, 0));
+
+        // Drifted elsewhere: read, then the conditional write of the diff.
+        let api = FakeApiserver::default().with_namespace("app", &[("istio.io/rev", "old")]);
+        let want = intent("app", &[("istio.io/rev", "new")]);
+        let before = labels(&[("istio.io/rev", "older")]);
+        let result = push_from(&api.client(), &rule, &want, &before).await;
+        assert_eq!(result, PushResult::Applied);
+        assert_eq!(api.state().gets, 1);
+        assert_eq!(api.labels("app"), labels(&[("istio.io/rev", "new")]));
+    }
+
+    #[tokio::test]
+    async fn the_one_patch_push_reports_like_the_read_first_one() {
+        let rule = SyncRule::default();
+        let want = intent("app", &[("istio-injection", "enabled")]);
+        let missing = FakeApiserver::default();
+        let result = push_from(&missing.client(), &rule, &want, &Labels::new()).await;
+        assert_eq!(result, PushResult::NamespaceMissing);
+        assert!(missing.state().namespaces.is_empty(), "never created");
+
+        let denied = FakeApiserver::default().with_namespace("app", &[]);
+        denied.state().forbidden = true;
+        let result = push_from(&denied.client(), &rule, &want, &Labels::new()).await;
+        assert!(matches!(result, PushResult::Forbidden(_)), "{result:?}");
+        assert_eq!(denied.state().gets, 0, "no pointless read");
     }
 
     #[tokio::test]

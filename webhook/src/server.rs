@@ -3,7 +3,7 @@
 //! Routes: `POST /mutate` (the admission webhook), `GET /healthz`, `GET /readyz`,
 //! `GET /metrics`, and `PUT /log-level` (accepted only from loopback, i.e. through
 //! `kubectl port-forward` or `exec`). The handler of `/mutate` only converts the
-//! AdmissionReview and calls [`admission::review`], [`fan_out_timed`] and
+//! AdmissionReview and calls [`admission::review`], [`fan_out_timed_from`] and
 //! [`admission::complete`]; a body it cannot read is answered 400 (413 past 1 MiB) with
 //! `{"error": ...}`, never a panic.
 //!
@@ -50,10 +50,10 @@ use crate::{
     admission::{self, Decision, PushIntent, PushOutcome, PushResult},
     cluster::MeshCluster,
     in_flight::InFlight,
-    labels::SyncRule,
+    labels::{Labels, SyncRule},
     leader::{self, LeaseSettings},
     metrics::{self, Metrics, ReviewOutcome},
-    propagate::fan_out_timed,
+    propagate::fan_out_timed_from,
     reconcile::{self, Reconciler},
     remote::{RemoteOptions, Remotes},
     tls::{self, CertResolver},
@@ -268,13 +268,22 @@ impl AppState {
         });
     }
 
-    async fn push(&self, intent: &PushIntent) -> Vec<PushOutcome> {
+    /// Pushes `intent`, a change from the managed labels `expected` that converged remotes
+    /// carry (the primary's before the change).
+    async fn push(&self, intent: &PushIntent, expected: &Labels) -> Vec<PushOutcome> {
         let remotes = self.remotes.snapshot();
         // Before the first write lands: a sync that reads a remote after this push must also
         // find the push in the primary it compares with, or it would revert it.
         self.in_flight
             .record(&intent.namespace, intent.labels.clone());
-        let timed = fan_out_timed(&remotes, &self.rule, intent, self.push_deadline).await;
+        let timed = fan_out_timed_from(
+            &remotes,
+            &self.rule,
+            intent,
+            Some(expected),
+            self.push_deadline,
+        )
+        .await;
         timed
             .into_iter()
             .map(|timed| {
@@ -321,7 +330,8 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
         // whatever review() decided.
         Some(_) if request.dry_run => (response, ReviewOutcome::DryRun),
         Some(intent) => {
-            let outcomes = state.push(&intent).await;
+            let expected = state.rule.desired(request.old_object.as_ref());
+            let outcomes = state.push(&intent, &expected).await;
             state.publish_failures(&request, &intent, &outcomes);
             let response = admission::complete(response, &request, &intent, &outcomes);
             (response, ReviewOutcome::Pushed)
