@@ -79,12 +79,42 @@ impl Bed {
         let mesh = Mesh::start(&env, options.clone()).await?;
         let webhook_pid = procfs::find_process(&env.pids(), &options.webhook)?;
         let tls = https::client_config(&mesh.ca_pem()?)?;
-        Ok(Self {
+        let bed = Self {
             env,
             mesh,
             webhook_pid,
             tls,
-        })
+        };
+        if attach {
+            bed.wait_remotes_synced().await?;
+        }
+        Ok(bed)
+    }
+
+    /// `kubectl-mesh attach` returns before the webhook has seen the new MeshCluster and built
+    /// a client for it; until then a push skips that remote. Its first sync sets
+    /// `cluster_reachable` to 1.
+    async fn wait_remotes_synced(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = self.metrics().await?;
+            let pending: Vec<&str> = self
+                .env
+                .remotes()
+                .iter()
+                .map(|r| r.name.as_str())
+                .filter(|name| {
+                    https::sample(&text, "cluster_reachable", &[("cluster", name)]) != 1.0
+                })
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("mesh-webhook did not sync {pending:?} within 60s of their attach");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn primary(&self) -> anyhow::Result<kube::Client> {
