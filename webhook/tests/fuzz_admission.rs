@@ -9,6 +9,7 @@
 //! Case counts: `PROPTEST_CASES` (proptest's own variable) when set, else [`DEFAULT_CASES`],
 //! which keeps this file to a few seconds in a debug build.
 
+use mesh_testenv::json_doc::{pointers, remove, set};
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
@@ -295,72 +296,6 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             .prop_map(|(i, d, a)| Mutation::Deep(i, d, a)),
         4 => (prop::sample::select(FIELDS), arb_json()).prop_map(|(f, v)| Mutation::Field(f, v)),
     ]
-}
-
-/// Every JSON pointer in `value`, the root included.
-fn pointers(value: &Value) -> Vec<String> {
-    fn walk(value: &Value, at: String, out: &mut Vec<String>) {
-        match value {
-            Value::Object(map) => {
-                for (key, child) in map {
-                    let key = key.replace('~', "~0").replace('/', "~1");
-                    walk(child, format!("{at}/{key}"), out);
-                }
-            }
-            Value::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
-                    walk(child, format!("{at}/{i}"), out);
-                }
-            }
-            _ => {}
-        }
-        out.push(at);
-    }
-    let mut out = Vec::new();
-    walk(value, String::new(), &mut out);
-    out
-}
-
-/// Sets the node at `pointer` (creating object members as needed; no-op where impossible).
-fn set(doc: &mut Value, pointer: &str, new: Value) {
-    if pointer.is_empty() {
-        *doc = new;
-        return;
-    }
-    let (parent, last) = pointer.rsplit_once('/').unwrap_or(("", pointer));
-    let key = last.replace("~1", "/").replace("~0", "~");
-    if doc.pointer(parent).is_none() {
-        set(doc, parent, json!({}));
-    }
-    match doc.pointer_mut(parent) {
-        Some(Value::Object(map)) => {
-            map.insert(key, new);
-        }
-        Some(Value::Array(items)) => {
-            if let Some(slot) = key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                *slot = new;
-            }
-        }
-        _ => {}
-    }
-}
-
-fn remove(doc: &mut Value, pointer: &str) {
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return;
-    };
-    let key = last.replace("~1", "/").replace("~0", "~");
-    match doc.pointer_mut(parent) {
-        Some(Value::Object(map)) => {
-            map.remove(&key);
-        }
-        Some(Value::Array(items)) => {
-            if let Some(i) = key.parse::<usize>().ok().filter(|i| *i < items.len()) {
-                items.remove(i);
-            }
-        }
-        _ => {}
-    }
 }
 
 fn wrong_type(current: Option<&Value>, pick: u8) -> Value {
