@@ -59,6 +59,10 @@ pub struct Cli {
     #[arg(long, env = "MESH_BENCH_CONNECTIONS", value_delimiter = ',', default_values_t = [1, 4, 16])]
     pub connections: Vec<usize>,
 
+    /// Worker threads of the throughput load generator (its own runtime, like `wrk -t`).
+    #[arg(long, env = "MESH_BENCH_LOADGEN_THREADS", default_value_t = 1)]
+    pub loadgen_threads: usize,
+
     /// Seconds of load per throughput run (after one second of warm-up).
     #[arg(long, env = "MESH_BENCH_SECONDS", default_value_t = 10)]
     pub seconds: u64,
@@ -115,6 +119,7 @@ impl Cli {
             pause,
             cycles,
             connections,
+            loadgen_threads,
             seconds,
             resync_namespaces,
             resync_remotes,
@@ -165,6 +170,7 @@ impl Cli {
             let config = scenario::throughput::Config {
                 connections: connections.clone(),
                 duration: Duration::from_secs(seconds),
+                threads: loadgen_threads,
             };
             section(scenario::throughput::run(&options, &config, subdir("throughput")).await?);
         }

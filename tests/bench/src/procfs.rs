@@ -30,6 +30,34 @@ pub fn parse_stat_ticks(stat: &str) -> anyhow::Result<u64> {
     Ok(utime + stime)
 }
 
+/// CPU time the whole machine spent busy so far (every core: `/proc/stat`, all but idle and
+/// iowait).
+pub fn machine_busy() -> anyhow::Result<Duration> {
+    let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let ticks = parse_busy_ticks(&text).context("parsing /proc/stat")?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// Busy ticks of the `cpu` line of `/proc/stat`: user nice system idle iowait irq softirq
+/// steal ..., all but idle and iowait.
+pub fn parse_busy_ticks(stat: &str) -> anyhow::Result<u64> {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("a field of the cpu line is not a number")?;
+    if fields.len() < 8 {
+        bail!("only {} fields on the cpu line", fields.len());
+    }
+    // guest and guest_nice (9th, 10th) are already counted in user and nice.
+    Ok(fields[..8].iter().sum::<u64>() - fields[3] - fields[4])
+}
+
 /// `getconf CLK_TCK`: 100 on every Linux this runs on, asked once anyway.
 fn clock_ticks() -> u64 {
     static TICKS: OnceLock<u64> = OnceLock::new();
@@ -145,6 +173,14 @@ mod tests {
         let stat = "4242 (mesh webhook) S 1 4242 4242 0 -1 4194560 1000 0 0 0 150 25 0 0 20 0 3 0 100 1000000 2000 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat).expect("parse"), 175);
         assert!(parse_stat_ticks("1 (x) S 1").is_err());
+    }
+
+    #[test]
+    fn busy_ticks_leave_out_idle_and_iowait() {
+        let stat = "cpu  100 5 50 1000 7 3 2 1 9 0\ncpu0 50 2 25 500 3 1 1 0 0 0\n";
+        assert_eq!(parse_busy_ticks(stat).expect("parse"), 161);
+        assert!(parse_busy_ticks("cpu0 1 2 3\n").is_err());
+        assert!(machine_busy().is_ok());
     }
 
     #[test]

@@ -5,7 +5,11 @@
 //! - the floor: one direct PATCH of a remote namespace, issued until the event on that remote's
 //!   watch (an unmanaged label, so the reconciler never reverts it);
 //! - the webhook path: PATCH of `istio-injection` on the primary, until the event on every
-//!   remote (the webhook pushes it before the primary's apiserver answers).
+//!   remote (the webhook pushes it before the primary's apiserver answers);
+//! - with several remotes, the parallel floor too: one direct PATCH to every remote at once,
+//!   until every remote's event. The webhook writes to all remotes at once, and on a small
+//!   machine their apiservers compete for the same cores: this shows how much of the gap to the
+//!   single floor that competition is.
 //!
 //! Then the webhook configuration is deleted and the same changes run again, interleaved with
 //! the floor: the local webhook process keeps reconciling from its watch of the primary
@@ -50,7 +54,7 @@ pub async fn run(
     dir: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> anyhow::Result<String> {
     let mut out = format!(
-        "## propagation\n\n{} sequential changes of `{MANAGED_LABEL}` (alternating enabled/disabled over {} namespaces) per mode, {} unmeasured first, {:?} apart; each interleaved with one floor sample. Latency = request issued -> watch event received (on every remote for the primary's changes).\n\n",
+        "## propagation\n\n{} sequential changes of `{MANAGED_LABEL}` (alternating enabled/disabled over {} namespaces) per mode, {} unmeasured first, {:?} apart; each interleaved with one floor sample (and one parallel-floor sample with several remotes). Latency = request issued -> watch event received (on every remote for the primary's changes).\n\n",
         config.changes, config.namespaces, config.warmup, config.pause
     );
     let mut verdicts = Vec::new();
@@ -84,6 +88,8 @@ struct Figure {
 #[derive(Default)]
 struct Samples {
     floor: Vec<Duration>,
+    /// Empty with one remote.
+    floor_all: Vec<Duration>,
     all_remotes: Vec<Duration>,
     first_remote: Vec<Duration>,
     answered: Vec<Duration>,
@@ -142,6 +148,7 @@ async fn one_count(
     let reconcile_all = summary(&reconcile.all_remotes)?;
     let answered_w = summary(&webhook.answered)?;
     let answered_r = summary(&reconcile.answered)?;
+    let floor_all = Summary::of(&webhook.floor_all);
     let mut rows = vec![
         Row {
             name: "floor: direct PATCH on a remote -> its watch event (webhook phase)".into(),
@@ -159,6 +166,20 @@ async fn one_count(
             name: "webhook path: primary PATCH -> first remote".into(),
             summary: webhook_first,
             baseline: Some(&floor_w),
+        });
+    }
+    if let Some(floor_all) = &floor_all {
+        rows.push(Row {
+            name: format!(
+                "parallel floor: one direct PATCH to each of the {remotes} remotes at once -> all their watch events"
+            ),
+            summary: *floor_all,
+            baseline: Some(&floor_w),
+        });
+        rows.push(Row {
+            name: format!("webhook path -> all {remotes} remotes, against the parallel floor"),
+            summary: webhook_all,
+            baseline: Some(floor_all),
         });
     }
     rows.extend([
@@ -184,8 +205,15 @@ async fn one_count(
         },
     ]);
     let p50_ratio = webhook_all.p50.as_secs_f64() / floor_w.p50.as_secs_f64();
+    let parallel = floor_all.map_or(String::new(), |f| {
+        format!(
+            " (and {} the parallel floor's {} ms)",
+            ratio(webhook_all.p50, f.p50),
+            ms(f.p50)
+        )
+    });
     let verdict = format!(
-        "{remotes} remote(s): webhook p50 {} ms = {} the floor's {} ms: {}",
+        "{remotes} remote(s): webhook p50 {} ms = {} the floor's {} ms{parallel}: {}",
         ms(webhook_all.p50),
         ratio(webhook_all.p50, floor_w.p50),
         ms(floor_w.p50),
@@ -223,10 +251,18 @@ impl Run<'_> {
         for round in 0..warmup + changes.max(1) {
             let floor = self.floor_once().await?;
             tokio::time::sleep(self.pause).await;
+            let floor_all = if self.remote_apis.len() > 1 {
+                let sample = self.floor_all_once().await?;
+                tokio::time::sleep(self.pause).await;
+                Some(sample)
+            } else {
+                None
+            };
             let (all, first, answered) = self.change_once().await?;
             tokio::time::sleep(self.pause).await;
             if round >= warmup {
                 samples.floor.push(floor);
+                samples.floor_all.extend(floor_all);
                 samples.all_remotes.push(all);
                 samples.first_remote.push(first);
                 samples.answered.push(answered);
@@ -257,6 +293,26 @@ impl Run<'_> {
             .wait_label(&[remote], namespace, (FLOOR_LABEL, &value), CHANGE_TIMEOUT)
             .await?;
         Ok(seen[0] - issued)
+    }
+
+    /// One direct PATCH on every remote at once until every remote's watch shows it.
+    async fn floor_all_once(&mut self) -> anyhow::Result<Duration> {
+        self.step += 1;
+        let namespace = &self.names[self.step % self.names.len()];
+        let value = self.step.to_string();
+        let all: Vec<usize> = (0..self.remote_apis.len()).collect();
+        let issued = Instant::now();
+        futures::future::try_join_all(
+            self.remote_apis
+                .iter()
+                .map(|api| set_label(api, namespace, FLOOR_LABEL, Some(&value))),
+        )
+        .await?;
+        let seen = self
+            .watch
+            .wait_label(&all, namespace, (FLOOR_LABEL, &value), CHANGE_TIMEOUT)
+            .await?;
+        Ok(seen.iter().max().copied().unwrap_or(issued) - issued)
     }
 
     /// One managed-label change on the primary until every remote's watch shows it. Returns

@@ -8,7 +8,6 @@
 //! an empty handler: what the transport alone costs.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -28,6 +27,8 @@ const TARGET: f64 = 20_000.0;
 pub struct Config {
     pub connections: Vec<usize>,
     pub duration: Duration,
+    /// Worker threads of the load generator.
+    pub threads: usize,
 }
 
 /// One load run.
@@ -36,7 +37,11 @@ struct Load {
     elapsed: Duration,
     latencies: Vec<Duration>,
     webhook_cpu: Duration,
+    /// The whole mesh-bench process: mostly the load generator (the control-plane watches of
+    /// the tool are idle meanwhile).
     loadgen_cpu: Duration,
+    /// Every core of the machine.
+    machine_busy: Duration,
 }
 
 impl Load {
@@ -64,9 +69,10 @@ pub async fn run(
     check_answer(&addr, &bed, &review).await?;
 
     let mut out = format!(
-        "## throughput\n\nNo-op AdmissionReview (namespace UPDATE changing only an unmanaged label, {} bytes, with managedFields like the apiserver sends) POSTed to `/mutate` of the local mesh-webhook process over TLS 1.3 keep-alive, by a tokio/hyper/rustls load generator in the mesh-bench process, {:?} per run after {WARMUP:?} of warm-up. Baseline: `GET /healthz` on the same connections. The load generator, the webhook and an idle primary control plane share the machine's {} cores: **this is the whole machine's capacity, not the webhook's alone.**\n\n\
-         | endpoint | connections | req/s | ratio to healthz | p50 ms | p99 ms | webhook CPU us/req | load generator CPU us/req | webhook CPU (cores) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "## throughput\n\nNo-op AdmissionReview (namespace UPDATE changing only an unmanaged label, {} bytes, with managedFields like the apiserver sends) POSTed to `/mutate` of the local mesh-webhook process over TLS 1.3 keep-alive, by a tokio/hyper/rustls load generator in the mesh-bench process ({} worker thread(s)), {:?} per run after {WARMUP:?} of warm-up. Baseline: `GET /healthz` on the same connections. The load generator, the webhook and an idle primary control plane share the machine's {} cores: **this is the whole machine's capacity, not the webhook's alone.** CPU columns in cores are CPU seconds per second of the run; \"machine\" is every process and the kernel (`/proc/stat`), so machine minus webhook minus load generator is what everything else took.\n\n\
+         | endpoint | connections | req/s | ratio to healthz | p50 ms | p99 ms | webhook CPU us/req | load generator CPU us/req | webhook cores | load generator cores | machine cores |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         review.len(),
+        config.threads,
         config.duration,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
@@ -74,17 +80,11 @@ pub async fn run(
     for &connections in &config.connections {
         let connections = connections.max(1);
         eprintln!("[bench]   {connections} connection(s): /healthz");
-        let health = load(&bed, &addr, None, connections, config.duration).await?;
+        let shape = (connections, config.threads);
+        let health = load(&bed, &addr, None, shape, config.duration).await?;
         eprintln!("[bench]   {connections} connection(s): /mutate");
         let reviews_before = sample(&bed.metrics().await?, "admission_reviews_total", &[]);
-        let mutate = load(
-            &bed,
-            &addr,
-            Some(review.clone()),
-            connections,
-            config.duration,
-        )
-        .await?;
+        let mutate = load(&bed, &addr, Some(review.clone()), shape, config.duration).await?;
         let answered =
             sample(&bed.metrics().await?, "admission_reviews_total", &[]) - reviews_before;
         // Warm-up requests are answered too, but not counted in `requests`.
@@ -101,14 +101,17 @@ pub async fn run(
         ] {
             let summary = Summary::of(&run.latencies).context("no requests completed")?;
             let ratio = baseline.map_or("-".to_owned(), |b| format!("{:.2}x", run.rate() / b));
+            let cores = |cpu: Duration| cpu.as_secs_f64() / run.elapsed.as_secs_f64();
             out.push_str(&format!(
-                "| {endpoint} | {connections} | {:.0} | {ratio} | {} | {} | {} | {} | {:.2} |\n",
+                "| {endpoint} | {connections} | {:.0} | {ratio} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |\n",
                 run.rate(),
                 ms(summary.p50),
                 ms(summary.p99),
                 Load::cpu_per_request(run.webhook_cpu, run.requests),
                 Load::cpu_per_request(run.loadgen_cpu, run.requests),
-                run.webhook_cpu.as_secs_f64() / run.elapsed.as_secs_f64(),
+                cores(run.webhook_cpu),
+                cores(run.loadgen_cpu),
+                cores(run.machine_busy),
             ));
         }
     }
@@ -211,12 +214,14 @@ async fn check_answer(addr: &str, bed: &Bed, review: &Bytes) -> anyhow::Result<(
     Ok(())
 }
 
-/// `connections` clients sending back to back for `duration` after a warm-up.
+/// `connections` clients sending back to back for `duration` after a warm-up, on a runtime of
+/// their own with `threads` workers (like `wrk -t`): the load generator's share of the cores is
+/// chosen, not whatever the tool's main runtime happens to have.
 async fn load(
     bed: &Bed,
     addr: &str,
     review: Option<Bytes>,
-    connections: usize,
+    (connections, threads): (usize, usize),
     duration: Duration,
 ) -> anyhow::Result<Load> {
     let path = if review.is_some() {
@@ -224,68 +229,64 @@ async fn load(
     } else {
         "/healthz"
     };
-    let mut clients = Vec::new();
-    for _ in 0..connections {
-        clients.push(https::connect(addr, bed.tls()).await?);
-    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("load-generator")
+        .enable_all()
+        .build()
+        .context("starting the load generator's runtime")?;
     let start = Instant::now() + WARMUP;
     let end = start + duration;
-    let measured = Arc::new(std::sync::Mutex::new((
-        0u64,
-        Duration::ZERO,
-        Duration::ZERO,
-    )));
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut sender in clients {
-        let (addr, review) = (addr.to_owned(), review.clone());
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let issued = Instant::now();
-                if issued >= end {
-                    break;
+    let tls = bed.tls();
+    let clients: Vec<_> = (0..connections)
+        .map(|_| {
+            let (addr, review, tls) = (addr.to_owned(), review.clone(), tls.clone());
+            runtime.spawn(async move {
+                // Connected on this runtime, so that its reactor drives the socket.
+                let mut sender = https::connect(&addr, tls).await?;
+                let mut latencies = Vec::new();
+                loop {
+                    let issued = Instant::now();
+                    if issued >= end {
+                        break;
+                    }
+                    https::call(&mut sender, https::request(&addr, path, review.clone())).await?;
+                    if issued >= start {
+                        latencies.push(issued.elapsed());
+                    }
                 }
-                https::call(&mut sender, https::request(&addr, path, review.clone())).await?;
-                if issued >= start {
-                    latencies.push(issued.elapsed());
-                }
-            }
-            anyhow::Ok(latencies)
-        });
-    }
-    let pid = bed.webhook_pid;
-    let me = std::process::id();
-    // CPU counters are read at the edges of the measured window, from another task.
-    let sampler = {
-        let measured = measured.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(start.into()).await;
-            let (webhook, loadgen) = (procfs::cpu_time(pid)?, procfs::cpu_time(me)?);
-            let began = Instant::now();
-            tokio::time::sleep_until(end.into()).await;
-            let elapsed = began.elapsed();
-            let webhook = procfs::cpu_time(pid)? - webhook;
-            let loadgen = procfs::cpu_time(me)? - loadgen;
-            *measured
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                (elapsed.as_nanos() as u64, webhook, loadgen);
-            anyhow::Ok(())
+                anyhow::Ok(latencies)
+            })
         })
-    };
+        .collect();
+    // CPU counters at the edges of the measured window.
+    let (pid, me) = (bed.webhook_pid, std::process::id());
+    tokio::time::sleep_until(start.into()).await;
+    let before = (
+        procfs::cpu_time(pid)?,
+        procfs::cpu_time(me)?,
+        procfs::machine_busy()?,
+    );
+    let began = Instant::now();
+    tokio::time::sleep_until(end.into()).await;
+    let elapsed = began.elapsed();
+    let after = (
+        procfs::cpu_time(pid)?,
+        procfs::cpu_time(me)?,
+        procfs::machine_busy()?,
+    );
     let mut latencies = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined.context("a load task panicked")??);
+    for client in clients {
+        latencies.extend(client.await.context("a load task panicked")??);
     }
-    sampler.await.context("the CPU sampler panicked")??;
-    let (elapsed, webhook_cpu, loadgen_cpu) = *measured
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Dropping a runtime may block; not allowed from async code.
+    runtime.shutdown_background();
     Ok(Load {
         requests: latencies.len() as u64,
-        elapsed: Duration::from_nanos(elapsed),
+        elapsed,
         latencies,
-        webhook_cpu,
-        loadgen_cpu,
+        webhook_cpu: after.0.saturating_sub(before.0),
+        loadgen_cpu: after.1.saturating_sub(before.1),
+        machine_busy: after.2.saturating_sub(before.2),
     })
 }
