@@ -69,6 +69,8 @@ struct Remote {
     synced: Option<Instant>,
     synced_status: Option<MeshClusterStatus>,
     status: Option<MeshClusterStatus>,
+    /// The webhook's RSS once this remote converged.
+    rss_after_kib: u64,
 }
 
 pub async fn run(
@@ -175,6 +177,7 @@ pub async fn run(
             }
             observe(&mut watch, &mut mc_events, &mut remotes, labelled_target).await?;
         }
+        remotes[index].rss_after_kib = Memory::of(pid)?.rss_kib;
         eprintln!("[bench]   {} converged", remote.name);
     }
     let all_converged = Instant::now();
@@ -294,6 +297,7 @@ pub async fn run(
          | moment | RSS MiB | ratio to idle |\n|---|---:|---:|\n\
          | idle: mesh installed, no namespaces, nothing attached (baseline) | {} | - |\n\
          | {n} primary namespaces watched, {} created on the remotes | {} | {:.2}x |\n\
+         {}\
          | peak sampled, attaches and syncs included | {} | {:.2}x |\n\
          | after the converged resync | {} | {:.2}x |\n\
          | VmHWM (peak resident set of the process) | {} | {:.2}x |\n\n\
@@ -302,6 +306,18 @@ pub async fn run(
         n * remotes.len(),
         mib(loaded.rss_kib),
         loaded.rss_kib as f64 / idle.rss_kib as f64,
+        remotes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!(
+                "| {} attached and converged ({} of {}) | {} | {:.2}x |\n",
+                r.name,
+                i + 1,
+                remotes.len(),
+                mib(r.rss_after_kib),
+                r.rss_after_kib as f64 / idle.rss_kib as f64
+            ))
+            .collect::<String>(),
         mib(peak_rss),
         peak_rss as f64 / idle.rss_kib as f64,
         mib(end.rss_kib),
