@@ -276,6 +276,8 @@ pub(crate) mod tests {
             pub version: u64,
             /// Number of GET requests of one namespace received.
             pub gets: usize,
+            /// Number of LIST requests (pages) received.
+            pub lists: usize,
             /// Number of PATCH requests received.
             pub patches: usize,
             /// Number of PATCH requests applied.
@@ -338,7 +340,12 @@ pub(crate) mod tests {
                         if let Some(delay) = delay {
                             tokio::time::sleep(delay).await;
                         }
-                        let (code, value) = this.handle(&parts.method, parts.uri.path(), &body);
+                        let (code, value) = this.handle(
+                            &parts.method,
+                            parts.uri.path(),
+                            parts.uri.query().unwrap_or_default(),
+                            &body,
+                        );
                         let response = Response::builder()
                             .status(code)
                             .header("content-type", "application/json")
@@ -358,7 +365,13 @@ pub(crate) mod tests {
                 (code, body)
             }
 
-            fn handle(&self, method: &Method, path: &str, body: &[u8]) -> (StatusCode, Value) {
+            fn handle(
+                &self,
+                method: &Method,
+                path: &str,
+                query: &str,
+                body: &[u8],
+            ) -> (StatusCode, Value) {
                 let mut state = self.state();
                 if state.forbidden {
                     return Self::status(StatusCode::FORBIDDEN, "Forbidden", "no");
@@ -366,12 +379,40 @@ pub(crate) mod tests {
                 let name = path.strip_prefix("/api/v1/namespaces/").map(str::to_owned);
                 match (method, name) {
                     (&Method::GET, None) if path == "/api/v1/namespaces" => {
-                        let items: Vec<Value> = state.namespaces.values().cloned().collect();
+                        state.lists += 1;
+                        // Pages like the apiserver: `limit` items, then a continue token (here
+                        // the last name served) for the rest.
+                        let param = |key: &str| {
+                            query.split('&').find_map(|pair| {
+                                pair.strip_prefix(key)?.strip_prefix('=').map(str::to_owned)
+                            })
+                        };
+                        let limit = param("limit")
+                            .and_then(|limit| limit.parse().ok())
+                            .unwrap_or(usize::MAX);
+                        let after = param("continue").unwrap_or_default();
+                        let mut rest = state
+                            .namespaces
+                            .iter()
+                            .filter(|(name, _)| after.is_empty() || name.as_str() > after.as_str());
+                        let items: Vec<Value> = rest
+                            .by_ref()
+                            .take(limit)
+                            .map(|(_, ns)| ns.clone())
+                            .collect();
+                        let token = match rest.next() {
+                            Some(_) => items
+                                .last()
+                                .map(|ns| ns["metadata"]["name"].clone())
+                                .unwrap_or_default(),
+                            None => json!(""),
+                        };
                         let version = state.version.to_string();
                         (
                             StatusCode::OK,
                             json!({"apiVersion": "v1", "kind": "NamespaceList",
-                                   "metadata": {"resourceVersion": version}, "items": items}),
+                                   "metadata": {"resourceVersion": version, "continue": token},
+                                   "items": items}),
                         )
                     }
                     (&Method::GET, Some(name)) => {

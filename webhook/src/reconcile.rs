@@ -261,8 +261,10 @@ impl Reconciler {
             watcher::Config::default(),
         )
         .default_backoff()
-        // managedFields are most of a Namespace's bytes and nothing here reads them.
-        .modify(|ns| ns.managed_fields_mut().clear())
+        .modify({
+            let rule = rule.clone();
+            move |ns| keep_what_the_rule_reads(&rule, ns)
+        })
         .reflect(ns_writer);
         tasks.spawn(
             watch_namespaces(
@@ -336,6 +338,23 @@ impl Reconciler {
         shutdown.cancelled().await;
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Trims a primary namespace to its identity, deletion mark and managed labels before it is
+/// stored: each sync copies the whole store, and managedFields, annotations (kubectl's
+/// last-applied configuration) and other labels are most of a Namespace's bytes while nothing
+/// here reads them.
+fn keep_what_the_rule_reads(rule: &SyncRule, ns: &mut Namespace) {
+    let meta = &mut ns.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|key, _| rule.is_managed(key));
+    }
+    ns.spec = None;
+    ns.status = None;
 }
 
 /// The primary as the reconciler sees it: the watch's store, with the webhook's pushes that
@@ -1097,6 +1116,43 @@ mod tests {
 
     fn at(seconds: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + seconds).expect("valid")
+    }
+
+    #[test]
+    fn stored_primary_namespaces_keep_what_the_rule_and_events_read() {
+        use crate::labels::fixtures::{NamespaceExt, ns};
+
+        let rule = SyncRule::default();
+        for original in [
+            ns("web")
+                .label("istio-injection", "enabled")
+                .label("istio.io/rev", "1-25")
+                .label("team", "web")
+                .annotation("kubectl.kubernetes.io/last-applied-configuration", "{}")
+                .rv("42"),
+            ns("going").label("istio-injection", "enabled").deleting(),
+            ns("plain").label("team", "x"),
+        ] {
+            let mut stored = original.clone();
+            stored.metadata.uid = Some("uid-1".to_owned());
+            keep_what_the_rule_reads(&rule, &mut stored);
+            assert_eq!(rule.desired(Some(&stored)), rule.desired(Some(&original)));
+            assert_eq!(stored.metadata.name, original.metadata.name);
+            assert_eq!(
+                stored.metadata.resource_version,
+                original.metadata.resource_version
+            );
+            assert_eq!(stored.metadata.uid.as_deref(), Some("uid-1"));
+            assert_eq!(stored.metadata.annotations, None);
+            let kept: Vec<&String> = stored
+                .metadata
+                .labels
+                .iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .collect();
+            assert!(kept.iter().all(|key| rule.is_managed(key)), "{kept:?}");
+        }
     }
 
     #[tokio::test]

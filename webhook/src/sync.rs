@@ -29,6 +29,8 @@ use crate::{
 /// Remote namespaces written concurrently: enough to converge a cluster with hundreds of
 /// namespaces in a few round trips, few enough not to look like a flood to its apiserver.
 const WRITE_CONCURRENCY: usize = 8;
+/// Remote namespaces read per LIST request.
+const LIST_PAGE: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -176,12 +178,9 @@ pub async fn sync_remote(
     mode: SyncMode,
 ) -> Result<SyncReport> {
     let api: Api<Namespace> = Api::all(remote.clone());
-    let listed = api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::ListNamespaces)?;
+    let listed = list_namespaces(&api).await?;
     // After the list, not before: see the module documentation.
-    let plan = rule.plan(&primary.namespaces(), &listed.items);
+    let plan = rule.plan(&primary.namespaces(), &listed);
     let mut report = SyncReport {
         mode,
         in_sync: plan.in_sync.len(),
@@ -200,11 +199,8 @@ pub async fn sync_remote(
         return Ok(report);
     }
 
-    let mut current: BTreeMap<String, Namespace> = listed
-        .items
-        .into_iter()
-        .map(|ns| (ns.name_any(), ns))
-        .collect();
+    let mut current: BTreeMap<String, Namespace> =
+        listed.into_iter().map(|ns| (ns.name_any(), ns)).collect();
     let jobs: Vec<(LabelDiff, Option<Namespace>)> = plan
         .changes
         .into_iter()
@@ -239,6 +235,26 @@ pub async fn sync_remote(
     }
     report.missing.sort();
     Ok(report)
+}
+
+/// Every namespace of a remote, read in pages of [`LIST_PAGE`] without their managedFields:
+/// a remote with thousands of namespaces is never held as one response body plus every
+/// object's field-ownership records, which are most of a Namespace's bytes and which nothing
+/// here reads. The pages form one consistent snapshot (the continue token pins it).
+async fn list_namespaces(api: &Api<Namespace>) -> Result<Vec<Namespace>> {
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    let mut namespaces = Vec::new();
+    loop {
+        let page = api.list(&params).await.map_err(Error::ListNamespaces)?;
+        namespaces.extend(page.items.into_iter().map(|mut ns| {
+            ns.managed_fields_mut().clear();
+            ns
+        }));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(namespaces),
+        }
+    }
 }
 
 enum Written {
@@ -361,6 +377,36 @@ mod tests {
                 ((*name).to_owned(), ns)
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn reads_a_large_remote_in_pages() {
+        let total = 2 * LIST_PAGE as usize + 1;
+        let names: Vec<String> = (0..total).map(|n| format!("ns-{n:05}")).collect();
+        let remote = names.iter().fold(FakeApiserver::default(), |remote, name| {
+            remote.with_namespace(name, &[])
+        });
+        let labelled: Vec<(&str, &[(&str, &str)])> = names
+            .iter()
+            .map(|name| (name.as_str(), &[("istio-injection", "enabled")][..]))
+            .collect();
+        let primary = primary(&labelled);
+
+        let report = sync_remote(
+            &SyncRule::default(),
+            &primary,
+            &remote.client(),
+            SyncMode::Apply,
+        )
+        .await
+        .expect("sync");
+        assert_eq!(report.changes.len(), total, "every page was read");
+        assert!(report.missing.is_empty(), "{:?}", report.missing);
+        assert_eq!(remote.state().lists, 3);
+        assert_eq!(
+            remote.labels(&names[total - 1])["istio-injection"],
+            "enabled"
+        );
     }
 
     #[tokio::test]
