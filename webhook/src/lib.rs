@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod propagate;
 pub mod reconcile;
 pub mod remote;
+mod remote_watch;
 pub mod server;
 pub mod sync;
 pub mod tls;

@@ -6,7 +6,9 @@
 //! current for the webhook too). One worker per attached cluster runs [`sync_remote`]:
 //! - when the cluster is attached, and when its `MeshCluster` or Secret changes;
 //! - after a primary namespace's managed labels change (debounced, so a burst is one sync);
-//! - every resync period, which also catches edits made directly on the remote;
+//! - when a watch of the remote's namespaces sees managed labels that differ from the
+//!   primary's (a namespace created there, a label edited by hand), at most once a second;
+//! - every resync period, the guarantee when that watch missed something;
 //! - with exponential backoff while the remote is unreachable.
 //!
 //! The watches run in every replica (the webhook needs the registry), the workers only sync
@@ -50,7 +52,8 @@ use crate::{
     in_flight::InFlight,
     labels::{Labels, SyncRule},
     metrics::Metrics,
-    remote::{Failure, RemoteState, Remotes, error_chain},
+    remote::{Failure, Remote, RemoteState, Remotes, error_chain},
+    remote_watch::watch_for_drift,
     server::Readiness,
     sync::{PrimaryView, SyncMode, SyncReport, sync_remote},
 };
@@ -525,6 +528,8 @@ async fn supervise(
                         kick: Arc::new(Notify::new()),
                         cancel: shutdown.child_token(),
                         backoff: Backoff::new(shared.settings.backoff),
+                        drift: Arc::new(Notify::new()),
+                        watching: None,
                     };
                     workers.insert(
                         name.clone(),
@@ -580,12 +585,32 @@ struct Worker {
     kick: Arc<Notify>,
     cancel: CancellationToken,
     backoff: Backoff,
+    /// Woken by the watch of the remote's namespaces when they drift from the primary.
+    drift: Arc<Notify>,
+    watching: Option<RemoteWatch>,
 }
+
+/// The drift watch of one remote, for the client it was started with.
+struct RemoteWatch {
+    remote: Arc<Remote>,
+    cancel: CancellationToken,
+}
+
+impl Drop for RemoteWatch {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Syncs woken by remote drift start at most this often, so that a remote controller that
+/// keeps rewriting a managed label meets a correction a second, not a tight loop.
+const DRIFT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Worker {
     async fn run(mut self) {
         let mut leading = false;
         let mut due = Instant::now();
+        let mut last_sync = Instant::now();
         loop {
             let now_leading = *self.is_leader.borrow_and_update();
             if now_leading && !leading {
@@ -593,6 +618,7 @@ impl Worker {
                 due = Instant::now();
             }
             leading = now_leading;
+            self.watch_remote(leading);
             if !leading {
                 tokio::select! {
                     changed = self.is_leader.changed() => if changed.is_err() { return },
@@ -619,6 +645,10 @@ impl Worker {
                     if changed.is_err() { return }
                     tokio::time::sleep(debounce).await;
                 }
+                () = self.drift.notified(), if !failing => {
+                    let earliest = last_sync + DRIFT_SYNC_INTERVAL;
+                    tokio::time::sleep_until(earliest.max(Instant::now() + debounce)).await;
+                }
                 () = tokio::time::sleep_until(due) => {}
             }
             // Everything changed so far is in the store this sync reads.
@@ -626,6 +656,7 @@ impl Worker {
             if !*self.is_leader.borrow() {
                 continue;
             }
+            last_sync = Instant::now();
             let ok = self.sync_once().await;
             due = if ok {
                 self.backoff.reset();
@@ -636,6 +667,53 @@ impl Worker {
                 Instant::now() + delay
             };
         }
+    }
+
+    /// Keeps one drift watch running on the remote's current client while leading; none
+    /// otherwise. New credentials rebuild the client, and the watch with it.
+    fn watch_remote(&mut self, leading: bool) {
+        let remote = self
+            .shared
+            .remotes
+            .get(&self.name)
+            .filter(|remote| leading && remote.client().is_some());
+        let current = self.watching.as_ref().map(|watch| &watch.remote);
+        let unchanged = match (current, &remote) {
+            (Some(current), Some(remote)) => Arc::ptr_eq(current, remote),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return;
+        }
+        // Dropping the old watch stops it.
+        self.watching = None;
+        let Some(remote) = remote else { return };
+        let Some(client) = remote.client().cloned() else {
+            return;
+        };
+        let cancel = self.cancel.child_token();
+        let shared = self.shared.clone();
+        let is_drifted = move |seen: &Namespace| {
+            let Some(name) = seen.metadata.name.as_deref() else {
+                return false;
+            };
+            if shared.rule.is_excluded(name) {
+                return false;
+            }
+            let primary = StoreView {
+                namespaces: &shared.namespaces,
+                in_flight: &shared.in_flight,
+                rule: &shared.rule,
+            };
+            let desired = shared.rule.desired(primary.namespace(name).as_ref());
+            !shared.rule.diff(&desired, seen).is_empty()
+        };
+        tokio::spawn(
+            watch_for_drift(client, is_drifted, self.drift.clone(), cancel.clone())
+                .instrument(tracing::Span::current()),
+        );
+        self.watching = Some(RemoteWatch { remote, cancel });
     }
 
     /// One full sync, its status, Events and metrics. `false` when the remote failed.

@@ -278,3 +278,82 @@ async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() 
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn remote_edits_are_corrected_as_they_happen_not_at_the_next_resync() -> anyhow::Result<()> {
+    // Its own mesh, whose periodic resync never comes within the test: only the webhook's watch
+    // of the remote's namespaces can make these corrections.
+    let env = TestEnv::start(mesh_testenv::Options {
+        remotes: 1,
+        dir: None,
+    })
+    .await?;
+    let options = mesh_testenv::mesh::MeshOptions {
+        resync_period: Duration::from_secs(3600),
+        ..mesh_testenv::mesh::MeshOptions::from_workspace()?
+    };
+    let _mesh = mesh_testenv::mesh::Mesh::start(&env, options).await?;
+    let remote = &env.remotes()[0];
+    let deadline = Duration::from_secs(20);
+    let enabled = labels(&[("istio-injection", "enabled")]);
+
+    // A namespace created on the remote after its primary twin was labelled.
+    let late = unique_name("late-watched");
+    create_namespace(env.primary(), &late).await?;
+    label_on_primary(&env, &late, &["istio-injection=enabled"]).await?;
+    // The sync that follows the primary's change is over once the cluster reports the
+    // namespace missing; only then is it created on the remote.
+    let clusters = kube::Api::<mesh::cluster::MeshCluster>::all(env.primary().client().await?);
+    eventually(
+        "remote reported missing the namespace",
+        deadline,
+        || async {
+            let cluster = clusters.get(&remote.name).await?;
+            let missing = cluster
+                .status
+                .map(|s| s.missing_namespaces)
+                .unwrap_or_default();
+            Ok(missing.contains(&late).then_some(()))
+        },
+    )
+    .await?;
+    create_namespace(remote, &late).await?;
+    eventually("late namespace labelled", deadline, || async {
+        Ok(managed_labels(remote, &late)
+            .await?
+            .filter(|l| *l == enabled))
+    })
+    .await?;
+
+    // A managed label changed by hand on the remote goes back to the primary's value.
+    let remote_namespaces = namespaces(remote).await?;
+    let flip = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
+    remote_namespaces
+        .patch(&late, &PatchParams::default(), &Patch::Merge(&flip))
+        .await?;
+    eventually("hand edit reverted", deadline, || async {
+        Ok(managed_labels(remote, &late)
+            .await?
+            .filter(|l| *l == enabled))
+    })
+    .await?;
+
+    // A managed label the primary does not have is removed; other labels stay.
+    let plain = create_everywhere(&env, "plain-watched").await?;
+    let add = json!({"metadata": {"labels": {"istio.io/rev": "canary", "team": "web"}}});
+    remote_namespaces
+        .patch(&plain, &PatchParams::default(), &Patch::Merge(&add))
+        .await?;
+    eventually("remote-only label removed", deadline, || async {
+        Ok(managed_labels(remote, &plain)
+            .await?
+            .filter(|l| l.is_empty()))
+    })
+    .await?;
+    let team = remote_namespaces.get(&plain).await?.metadata.labels;
+    assert_eq!(
+        team.unwrap_or_default().get("team").map(String::as_str),
+        Some("web")
+    );
+    Ok(())
+}
