@@ -7,7 +7,8 @@
 //! - when the cluster is attached, and when its `MeshCluster` or Secret changes;
 //! - after a primary namespace's managed labels change (debounced, so a burst is one sync);
 //! - when a watch of the remote's namespaces sees managed labels that differ from the
-//!   primary's (a namespace created there, a label edited by hand), at most once a second;
+//!   primary's (a namespace created there, a label edited by hand), after
+//!   [`Settings::drift_settle`];
 //! - every resync period, the guarantee when that watch missed something;
 //! - with exponential backoff while the remote is unreachable.
 //!
@@ -108,6 +109,12 @@ pub struct Settings {
     pub resync_period: Duration,
     /// Quiet time after a change before syncing, so that bursts coalesce.
     pub debounce: Duration,
+    /// Wait between seeing a remote drift and syncing it. A push made by another replica
+    /// lands on the remote before the primary stores the change (and this replica's in-flight
+    /// view does not know it): waiting longer than a push may take lets the primary's watch
+    /// catch up, so the push is neither reverted nor, if the apiserver rejected it, kept. It
+    /// also paces a fight with a remote controller that keeps rewriting a managed label.
+    pub drift_settle: Duration,
     pub backoff: BackoffSettings,
     /// When nothing else changed, `lastSyncTime` is rewritten at most this often.
     pub status_refresh: Duration,
@@ -121,6 +128,7 @@ impl Settings {
             mesh_namespace: mesh_namespace.into(),
             resync_period: Duration::from_secs(60),
             debounce: Duration::from_millis(100),
+            drift_settle: Duration::from_secs(3),
             backoff: BackoffSettings::default(),
             status_refresh: Duration::from_secs(300),
             reporter: Reporter {
@@ -602,15 +610,10 @@ impl Drop for RemoteWatch {
     }
 }
 
-/// Syncs woken by remote drift start at most this often, so that a remote controller that
-/// keeps rewriting a managed label meets a correction a second, not a tight loop.
-const DRIFT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
-
 impl Worker {
     async fn run(mut self) {
         let mut leading = false;
         let mut due = Instant::now();
-        let mut last_sync = Instant::now();
         loop {
             let now_leading = *self.is_leader.borrow_and_update();
             if now_leading && !leading {
@@ -646,8 +649,7 @@ impl Worker {
                     tokio::time::sleep(debounce).await;
                 }
                 () = self.drift.notified(), if !failing => {
-                    let earliest = last_sync + DRIFT_SYNC_INTERVAL;
-                    tokio::time::sleep_until(earliest.max(Instant::now() + debounce)).await;
+                    tokio::time::sleep(self.shared.settings.drift_settle).await;
                 }
                 () = tokio::time::sleep_until(due) => {}
             }
@@ -656,7 +658,6 @@ impl Worker {
             if !*self.is_leader.borrow() {
                 continue;
             }
-            last_sync = Instant::now();
             let ok = self.sync_once().await;
             due = if ok {
                 self.backoff.reset();

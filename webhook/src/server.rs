@@ -701,6 +701,7 @@ impl BoundWebhook {
         };
         let mut settings = reconcile::Settings::new(&mesh_namespace, &identity);
         settings.resync_period = resync_period;
+        settings.drift_settle = push_deadline + Duration::from_secs(1);
         let in_flight = InFlight::default();
         let reconciler = Reconciler::new(
             primary.clone(),
