@@ -15,6 +15,9 @@
 //! Test hook: `KUBECTL_MESH_FAIL_AFTER=<step>` ([`FAIL_AFTER_ENV`]) makes attach fail right
 //! after that step, so that tests can check the rollback of every stage. It names a step of
 //! [`Step::ALL`]; any other value is refused before anything is done.
+//! `KUBECTL_MESH_STALL_IN=<step>` ([`STALL_IN_ENV`]) makes the first object that step creates
+//! look like a request still waiting for its answer once the apiserver has stored it, so that
+//! tests can interrupt attach (Ctrl-C) exactly there.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -103,6 +106,11 @@ impl From<RemoteGuardArg> for mesh::cluster::RemoteGuard {
 /// step it names (see [`Step::name`]) and rolls back. Meant for tests only.
 pub const FAIL_AFTER_ENV: &str = "KUBECTL_MESH_FAIL_AFTER";
 
+/// Environment variable of the interruption test hook: the first object the named step
+/// creates is stored, then attach waits as if the answer had not come (see the module
+/// documentation). Meant for tests only.
+pub const STALL_IN_ENV: &str = "KUBECTL_MESH_STALL_IN";
+
 /// The steps of an attach, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -177,9 +185,9 @@ impl Step {
     }
 }
 
-/// Reads the test hook; an unknown step name is an error, so a typo cannot make a test pass.
-fn fail_after_from_env() -> Result<Option<Step>> {
-    let Some(value) = std::env::var_os(FAIL_AFTER_ENV) else {
+/// Reads a test hook; an unknown step name is an error, so a typo cannot make a test pass.
+fn step_from_env(variable: &str) -> Result<Option<Step>> {
+    let Some(value) = std::env::var_os(variable) else {
         return Ok(None);
     };
     let value = value.to_string_lossy().into_owned();
@@ -187,7 +195,7 @@ fn fail_after_from_env() -> Result<Option<Step>> {
         return Ok(None);
     }
     Step::parse(&value).map(Some).ok_or_else(|| Error::Refused {
-        what: format!("{FAIL_AFTER_ENV}={value} names no step of attach"),
+        what: format!("{variable}={value} names no step of attach"),
         hint: format!(
             "use one of: {}, or unset it (it is a test hook)",
             Step::ALL.map(Step::name).join(", ")
@@ -216,7 +224,8 @@ impl Attach {
             primary_name,
             timeout,
         } = self;
-        let fail_after = fail_after_from_env()?;
+        let fail_after = step_from_env(FAIL_AFTER_ENV)?;
+        let stall_in = step_from_env(STALL_IN_ENV)?;
         let args = Args {
             remote_kubeconfig,
             remote_context,
@@ -246,6 +255,7 @@ impl Attach {
             plan: &plan,
             progress,
             fail_after,
+            stall_in,
             timeout,
             created: Vec::new(),
             step: None,
@@ -773,6 +783,7 @@ struct Run<'a> {
     plan: &'a Plan,
     progress: Progress,
     fail_after: Option<Step>,
+    stall_in: Option<Step>,
     timeout: Duration,
     created: Vec<(Side, Manifest)>,
     /// The step under way (for the error line).
@@ -820,15 +831,38 @@ impl Run<'_> {
             .get_opt(&m.name)
             .await
             .map_err(Error::kube(format!("cannot read {}", describe(&m))))?;
+        // Recorded before the request: if Ctrl-C drops this future while the create is in
+        // flight, the rollback still deletes what the apiserver may have stored.
+        if before.is_none() {
+            self.created.push((side, m.clone()));
+        }
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let obj = api
+        let applied = api
             .patch(&m.name, &params, &Patch::Apply(&m.object))
             .await
             .map_err(Error::kube(format!(
                 "cannot apply {} on {}",
                 describe(&m),
                 self.side_label(side)
-            )))?;
+            )));
+        let obj = match applied {
+            Ok(obj) => obj,
+            Err(err) => {
+                // Refused, so nothing was created.
+                if before.is_none() {
+                    self.created.pop();
+                }
+                return Err(err);
+            }
+        };
+        if before.is_none() && self.stall_in.is_some() && self.stall_in == self.step {
+            self.progress.info(format!(
+                "{}: {} stored; stalling as if its answer had not come ({STALL_IN_ENV})",
+                self.side_label(side),
+                describe(&m)
+            ));
+            std::future::pending::<()>().await;
+        }
         let verb = match &before {
             None => "created",
             Some(b) if b.metadata.resource_version == obj.metadata.resource_version => "unchanged",
@@ -839,9 +873,6 @@ impl Run<'_> {
             self.side_label(side),
             describe(&m)
         ));
-        if before.is_none() {
-            self.created.push((side, m));
-        }
         Ok(obj)
     }
 
@@ -1104,7 +1135,9 @@ impl Run<'_> {
             let label = self.side_label(side).to_owned();
             let client = self.client(side).clone();
             match apply::delete(&client, &m).await {
-                Ok(_) => {
+                // Its create was interrupted before the apiserver stored it.
+                Ok(apply::Deleted::NotFound) => {}
+                Ok(apply::Deleted::Deleted) => {
                     if m.resource.kind == "Namespace" {
                         // Gone for real before the next attach, which would otherwise find
                         // it terminating.

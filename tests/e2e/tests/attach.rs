@@ -768,6 +768,77 @@ async fn limited_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<Path
 }
 
 #[tokio::test]
+async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 1).await?;
+    let name = remote.name.as_str();
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    for step in [
+        "remote-namespace",
+        "token-secret",
+        "primary-secret",
+        "mesh-cluster",
+    ] {
+        let binary = mesh_testenv::workspace_binary("kubectl-mesh")?;
+        let mut child = tokio::process::Command::new(binary)
+            .arg("--kubeconfig")
+            .arg(&env.primary().kubeconfig)
+            .args(["attach", &kubeconfig])
+            .env_remove("KUBECTL_MESH_FAIL_AFTER")
+            .env("KUBECTL_MESH_STALL_IN", step)
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let mut seen = Vec::new();
+        // The object is stored and attach waits for an answer that does not come.
+        tokio::time::timeout(DEFAULT_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                let stalled = line.contains("stalling as if its answer had not come");
+                seen.push(line);
+                if stalled {
+                    return anyhow::Ok(());
+                }
+            }
+            bail!(
+                "{step}: attach ended without stalling:\n{}",
+                seen.join("\n")
+            )
+        })
+        .await
+        .with_context(|| format!("{step}: no stall within {DEFAULT_TIMEOUT:?}"))??;
+        let pid = child.id().context("attach already exited")?;
+        let interrupted = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()?;
+        ensure!(interrupted.success(), "kill -INT {pid} failed");
+        let status = tokio::time::timeout(DEFAULT_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                seen.push(line);
+            }
+            anyhow::Ok(child.wait().await?)
+        })
+        .await
+        .with_context(|| format!("{step}: attach did not exit after Ctrl-C"))??;
+        ensure!(!status.success(), "{step}: interrupted attach succeeded");
+        let last = seen.last().cloned().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains("interrupted"),
+            "{step}: {}",
+            seen.join("\n")
+        );
+        assert!(last.contains("rolled back"), "{step}: {last}");
+        assert_nothing_left(env, remote, name)
+            .await
+            .with_context(|| format!("after Ctrl-C in {step}"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<()> {
     let env = env().await?;
     let (remote, _lock) = take_remote(env, 0).await?;
