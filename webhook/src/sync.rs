@@ -379,6 +379,21 @@ mod tests {
             .collect()
     }
 
+    /// One applying sync of `remote` with the default rule; panics if it fails.
+    async fn apply_default_rule(
+        primary: &BTreeMap<String, Namespace>,
+        remote: &FakeApiserver,
+    ) -> SyncReport {
+        sync_remote(
+            &SyncRule::default(),
+            primary,
+            &remote.client(),
+            SyncMode::Apply,
+        )
+        .await
+        .expect("sync")
+    }
+
     #[tokio::test]
     async fn reads_a_large_remote_in_pages() {
         let total = 2 * LIST_PAGE as usize + 1;
@@ -392,14 +407,7 @@ mod tests {
             .collect();
         let primary = primary(&labelled);
 
-        let report = sync_remote(
-            &SyncRule::default(),
-            &primary,
-            &remote.client(),
-            SyncMode::Apply,
-        )
-        .await
-        .expect("sync");
+        let report = apply_default_rule(&primary, &remote).await;
         assert_eq!(report.changes.len(), total, "every page was read");
         assert!(report.missing.is_empty(), "{:?}", report.missing);
         assert_eq!(remote.state().lists, 3);
@@ -466,14 +474,7 @@ mod tests {
         let remote = FakeApiserver::default().with_namespace("a", &[]);
         remote.state().interfere = vec![("team".into(), "y".into())];
         let primary = primary(&[("a", &[("istio-injection", "enabled")])]);
-        let report = sync_remote(
-            &SyncRule::default(),
-            &primary,
-            &remote.client(),
-            SyncMode::Apply,
-        )
-        .await
-        .expect("sync");
+        let report = apply_default_rule(&primary, &remote).await;
         assert_eq!(report.writes, 1);
         assert_eq!(remote.state().patches, 2);
         assert_eq!(remote.labels("a")["istio-injection"], "enabled");
@@ -490,14 +491,7 @@ mod tests {
             .await
             .expect("list");
         assert_eq!(primary.keys().collect::<Vec<_>>(), ["a", "b"]);
-        let report = sync_remote(
-            &SyncRule::default(),
-            &primary,
-            &remote.client(),
-            SyncMode::Apply,
-        )
-        .await
-        .expect("sync");
+        let report = apply_default_rule(&primary, &remote).await;
         assert_eq!(report.in_sync_after(), 1);
         assert_eq!(remote.labels("a")["istio-injection"], "enabled");
     }
