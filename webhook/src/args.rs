@@ -19,6 +19,13 @@ use crate::{
     server::{LogLevelSetter, Webhook},
 };
 
+/// Environment variable of `--managed-labels`: how the Deployment `kubectl mesh install`
+/// renders passes the installed rule (comma-separated, as `value_delimiter` splits it).
+pub const MANAGED_LABELS_ENV: &str = "MESH_WEBHOOK_MANAGED_LABELS";
+
+/// Environment variable of `--excluded-namespaces` (see [`MANAGED_LABELS_ENV`]).
+pub const EXCLUDED_NAMESPACES_ENV: &str = "MESH_WEBHOOK_EXCLUDED_NAMESPACES";
+
 /// Admission webhook and reconciler that mirror Istio sidecar-injection labels from the
 /// primary cluster's namespaces to every attached remote cluster.
 #[derive(Clone, Debug, Parser)]
@@ -54,7 +61,7 @@ pub struct Args {
     /// Label keys kept equal between the primary and the remotes (comma-separated).
     #[arg(
         long,
-        env = "MESH_WEBHOOK_MANAGED_LABELS",
+        env = MANAGED_LABELS_ENV,
         value_delimiter = ',',
         default_values_t = DEFAULT_MANAGED_LABELS.map(String::from)
     )]
@@ -63,7 +70,7 @@ pub struct Args {
     /// Namespaces never synced (comma-separated). The mesh namespace is always excluded.
     #[arg(
         long,
-        env = "MESH_WEBHOOK_EXCLUDED_NAMESPACES",
+        env = EXCLUDED_NAMESPACES_ENV,
         value_delimiter = ',',
         default_values_t = DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
     )]

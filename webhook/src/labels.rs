@@ -40,6 +40,16 @@ pub const DEFAULT_EXCLUDED_NAMESPACES: [&str; 4] = [
     crate::MESH_NAMESPACE,
 ];
 
+/// Annotation on the primary's MutatingWebhookConfiguration: the managed label keys of the
+/// installed webhook, comma-separated. `kubectl mesh install` writes it next to the
+/// matchConditions it renders from the same list, so that the plugin's commands apply the
+/// webhook's rule instead of assuming the default one.
+pub const MANAGED_LABELS_ANNOTATION: &str = concat!(group_literal!(), "/managed-labels");
+
+/// Annotation on the primary's MutatingWebhookConfiguration: the namespaces the installed
+/// webhook never syncs, comma-separated (see [`MANAGED_LABELS_ANNOTATION`]).
+pub const EXCLUDED_NAMESPACES_ANNOTATION: &str = concat!(group_literal!(), "/excluded-namespaces");
+
 /// Label every apiserver puts on every namespace, equal to its name. Never synced.
 pub const METADATA_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -382,6 +392,21 @@ mod tests {
         assert!(rule.is_managed("istio.io/rev"));
         assert!(!rule.is_managed("app"));
         assert_eq!(rule.excluded_namespaces().count(), 4);
+    }
+
+    #[test]
+    fn rule_annotations_are_keys_of_the_group() {
+        for key in [MANAGED_LABELS_ANNOTATION, EXCLUDED_NAMESPACES_ANNOTATION] {
+            assert_eq!(
+                key.split_once('/').map(|(group, _)| group),
+                Some(crate::GROUP)
+            );
+        }
+        assert_eq!(MANAGED_LABELS_ANNOTATION, "kubectl-mesh.io/managed-labels");
+        assert_eq!(
+            EXCLUDED_NAMESPACES_ANNOTATION,
+            "kubectl-mesh.io/excluded-namespaces"
+        );
     }
 
     #[test]

@@ -3,6 +3,15 @@
 //! and the webhook apply exactly the same rule.
 #![forbid(unsafe_code)]
 
+/// [`GROUP`] as a literal, so that `concat!` can build constant label and annotation keys
+/// from it (a `const &str` cannot be concatenated at compile time). Defined before the
+/// modules so that they can use it.
+macro_rules! group_literal {
+    () => {
+        "kubectl-mesh.io"
+    };
+}
+
 pub mod admission;
 pub mod args;
 pub mod cluster;
@@ -26,4 +35,4 @@ pub const MESH_NAMESPACE: &str = "kubectl-mesh";
 pub const MANAGER: &str = "kubectl-mesh";
 
 /// API group of kubectl-mesh's own resources and prefix of its labels and annotations.
-pub const GROUP: &str = "kubectl-mesh.io";
+pub const GROUP: &str = group_literal!();
