@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 pub mod access;
 pub mod age;
 pub mod cmd;
+pub mod installed_rule;
 pub mod kubeconfig;
 pub mod mesh_state;
 pub mod output;
@@ -134,6 +135,9 @@ pub enum Error {
     /// A rendering problem.
     #[error(transparent)]
     Render(#[from] render::Error),
+    /// A sync rule flag of `install` that cannot be used.
+    #[error(transparent)]
+    Rule(#[from] installed_rule::Error),
     /// A request to a cluster failed.
     #[error("{action}")]
     Kube {
@@ -203,6 +207,7 @@ impl Error {
         match self {
             Self::Kubeconfig(e) => e.hint(),
             Self::Render(e) => e.hint(),
+            Self::Rule(e) => e.hint(),
             Self::Kube { source, .. } => kube_hint(source),
             Self::Io { .. } => "check the path and its permissions".into(),
             Self::Serialize { .. } => {

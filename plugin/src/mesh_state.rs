@@ -1,5 +1,6 @@
 //! The mesh as the primary records it, for the commands that read it (`list`, `status`,
-//! `sync`, `check`): the attached clusters, their credentials, and clients for the remotes.
+//! `sync`, `check`): the installed sync rule, the attached clusters, their credentials, and
+//! clients for the remotes.
 //!
 //! Remote clients are built by the webhook library's own code ([`mesh::remote`]) from the
 //! same Secret the webhook reads, so the CLI reaches a remote exactly as the webhook does and
@@ -10,7 +11,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace,
+};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use mesh::{
     MESH_NAMESPACE,
@@ -19,15 +22,40 @@ use mesh::{
     remote::{self, Failure, RemoteOptions, error_chain},
 };
 
-use crate::{Error, Result, describe_kube};
+use crate::{Error, Result, describe_kube, installed_rule, render};
 
 /// Per-remote deadline of `status`, `sync` and `check` when `--remote-timeout` is not given.
 pub const DEFAULT_REMOTE_TIMEOUT: &str = "5s";
 
-/// The sync rule the CLI applies. `install` renders the webhook with the default managed
-/// labels and exclusions, so the default rule is the webhook's rule too.
-pub fn rule() -> SyncRule {
-    SyncRule::default()
+/// The sync rule of the installation on `primary`: the one its webhook runs with, as `install`
+/// recorded it on the MutatingWebhookConfiguration ([`installed_rule::from_annotations`]). The
+/// default rule when there is no such configuration or it records no rule (an older install).
+///
+/// A configuration that cannot be read is an error, not the default: a command applying a
+/// rule other than the webhook's would write (`sync`) or strip (`detach --strip-labels`)
+/// labels the webhook does not manage, and report drift the webhook will never correct.
+pub async fn read_installed_rule(primary: &Client) -> std::result::Result<SyncRule, kube::Error> {
+    Ok(read_recorded_rule(primary).await?.unwrap_or_default())
+}
+
+/// The rule the webhook configuration on `primary` records (the default one when it records
+/// none); `None` when there is no webhook configuration.
+pub async fn read_recorded_rule(
+    primary: &Client,
+) -> std::result::Result<Option<SyncRule>, kube::Error> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(primary.clone());
+    let configuration = api.get_opt(render::WEBHOOK_CONFIGURATION).await?;
+    Ok(configuration.map(|c| installed_rule::from_annotations(c.metadata.annotations.as_ref())))
+}
+
+/// [`read_installed_rule`], failing with what was being read.
+pub async fn rule(primary: &Client) -> Result<SyncRule> {
+    read_installed_rule(primary)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read MutatingWebhookConfiguration {}, which records the sync rule",
+            render::WEBHOOK_CONFIGURATION
+        )))
 }
 
 /// Every `MeshCluster` on the primary, by name. Fails with a hint to install when the CRD is

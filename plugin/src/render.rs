@@ -181,9 +181,11 @@ pub struct Options {
     /// Reach the webhook at this URL instead of through its Service; no Deployment or
     /// Service is rendered then (the webhook runs elsewhere, e.g. as a local process).
     pub webhook_url: Option<WebhookUrl>,
-    /// Labels whose changes are sent to the webhook.
+    /// Labels whose changes are sent to the webhook, and that it keeps equal everywhere
+    /// (validated by [`crate::installed_rule::managed_labels`]).
     pub managed_labels: Vec<String>,
-    /// Namespaces whose changes are never sent to the webhook.
+    /// Namespaces whose changes are never sent to the webhook and that it never syncs
+    /// (validated by [`crate::installed_rule::excluded_namespaces`], mesh namespace included).
     pub excluded_namespaces: Vec<String>,
 }
 
@@ -563,12 +565,36 @@ pub fn tls_secret(cert: &ServingCert) -> Secret {
 }
 
 /// Arguments of the webhook container (`mesh-webhook --help`). The rest of its flags keep
-/// their defaults, which match what is rendered here (mesh namespace, Lease name, labels).
+/// their defaults, which match what is rendered here (mesh namespace, Lease name), or come
+/// from [`webhook_env`].
 pub fn webhook_args() -> Vec<String> {
     vec![
         format!("--listen=0.0.0.0:{WEBHOOK_PORT}"),
         format!("--tls-cert={CERT_DIR}/{TLS_CRT}"),
         format!("--tls-key={CERT_DIR}/{TLS_KEY}"),
+    ]
+}
+
+/// Environment of the webhook container: its log filter and the sync rule, the same lists
+/// that [`match_conditions`] and the webhook configuration's annotations are rendered from, so
+/// the apiserver, the webhook and the plugin's commands agree on which labels are managed.
+/// Comma-joined, as `mesh-webhook` splits these variables.
+pub fn webhook_env(options: &Options) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..Default::default()
+    };
+    vec![
+        var("RUST_LOG", "info".to_owned()),
+        var(
+            mesh::args::MANAGED_LABELS_ENV,
+            options.managed_labels.join(","),
+        ),
+        var(
+            mesh::args::EXCLUDED_NAMESPACES_ENV,
+            options.excluded_namespaces.join(","),
+        ),
     ]
 }
 
@@ -596,11 +622,7 @@ pub fn deployment(options: &Options) -> Deployment {
         name: WEBHOOK.to_owned(),
         image: Some(options.image.clone()),
         args: Some(webhook_args()),
-        env: Some(vec![EnvVar {
-            name: "RUST_LOG".to_owned(),
-            value: Some("info".to_owned()),
-            ..Default::default()
-        }]),
+        env: Some(webhook_env(options)),
         ports: Some(vec![ContainerPort {
             name: Some("https".to_owned()),
             container_port: WEBHOOK_PORT,
@@ -780,8 +802,15 @@ pub fn mutating_webhook_configuration(
         },
         url: options.webhook_url.as_ref().map(|u| u.url.clone()),
     };
+    let mut metadata = meta(WEBHOOK_CONFIGURATION, None, Some(WEBHOOK));
+    // The rule recorded where every command of the plugin can read it (the webhook itself
+    // may run outside the cluster, where nothing else of it can be read).
+    metadata.annotations = Some(crate::installed_rule::annotations(
+        &options.managed_labels,
+        &options.excluded_namespaces,
+    ));
     MutatingWebhookConfiguration {
-        metadata: meta(WEBHOOK_CONFIGURATION, None, Some(WEBHOOK)),
+        metadata,
         webhooks: Some(vec![MutatingWebhook {
             name: WEBHOOK_ENTRY.to_owned(),
             admission_review_versions: vec!["v1".to_owned()],
@@ -1011,6 +1040,103 @@ mod tests {
         for ns in mesh::labels::DEFAULT_EXCLUDED_NAMESPACES {
             assert!(excluded.expression.contains(&format!("'{ns}'")), "{ns}");
         }
+    }
+
+    #[test]
+    fn custom_rule_reaches_webhook_env_annotations_and_match_conditions() {
+        let options = Options {
+            managed_labels: vec!["team.example.com/zone".into(), "istio-injection".into()],
+            excluded_namespaces: vec!["legacy".into(), MESH_NAMESPACE.into()],
+            ..Options::default()
+        };
+        let d = serde_json::to_value(deployment(&options)).unwrap();
+        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+        let value = |name: &str| {
+            env.as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            value("MESH_WEBHOOK_MANAGED_LABELS"),
+            Some(serde_json::json!("team.example.com/zone,istio-injection"))
+        );
+        assert_eq!(
+            value("MESH_WEBHOOK_EXCLUDED_NAMESPACES"),
+            Some(serde_json::json!("legacy,kubectl-mesh"))
+        );
+
+        let mwc = mutating_webhook_configuration(&options, None);
+        let recorded = mwc.metadata.annotations.as_ref();
+        assert_eq!(
+            recorded
+                .and_then(|a| a.get(mesh::labels::MANAGED_LABELS_ANNOTATION))
+                .map(String::as_str),
+            Some("team.example.com/zone,istio-injection")
+        );
+        assert_eq!(
+            recorded
+                .and_then(|a| a.get(mesh::labels::EXCLUDED_NAMESPACES_ANNOTATION))
+                .map(String::as_str),
+            Some("legacy,kubectl-mesh")
+        );
+        // What the plugin reads back is what the webhook runs with.
+        let container = &deployment(&options)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0];
+        assert_eq!(
+            crate::installed_rule::from_annotations(recorded),
+            crate::installed_rule::from_container(container).unwrap()
+        );
+
+        let conditions = mwc.webhooks.unwrap()[0].match_conditions.clone().unwrap();
+        let expression = |name: &str| {
+            conditions
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| c.expression.clone())
+                .unwrap()
+        };
+        assert_eq!(
+            expression("not-excluded-namespace"),
+            "!(request.name in ['legacy', 'kubectl-mesh'])"
+        );
+        let changed = expression("managed-label-changed");
+        assert_eq!(changed.matches(" != (oldObject != null").count(), 2);
+        assert!(changed.contains("'team.example.com/zone' in object.metadata.labels"));
+        assert!(!changed.contains("istio.io/rev"), "{changed}");
+    }
+
+    #[test]
+    fn default_rule_is_rendered_explicitly() {
+        let options = Options::default();
+        let container = &deployment(&options)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0];
+        let mwc = mutating_webhook_configuration(&options, None);
+        let recorded = crate::installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
+        assert_eq!(recorded, mesh::labels::SyncRule::default());
+        assert_eq!(
+            crate::installed_rule::from_container(container),
+            Some(recorded)
+        );
+        assert!(
+            container
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "MESH_WEBHOOK_MANAGED_LABELS"),
+            "the Deployment names the rule even when it is the default"
+        );
     }
 
     #[test]

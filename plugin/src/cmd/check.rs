@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use super::status::plural;
 use crate::{
-    Context, Error, Result, age, describe_kube, kube_hint, kubeconfig,
+    Context, Error, Result, age, describe_kube, installed_rule, kube_hint, kubeconfig,
     mesh_state::{self, DEFAULT_REMOTE_TIMEOUT, RemoteError, RemoteResult, with_deadline},
     output::{self, OutputFormat},
     remote_setup as setup, render,
@@ -60,7 +60,7 @@ pub struct Check {
 const EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(24 * 7);
 /// Label value the probe of the webhook pretends to set (dry run: nothing is stored).
 const PROBE_VALUE: &str = "kubectl-mesh-check";
-/// The managed label the probe pretends to change.
+/// The managed label the probe pretends to change, when the rule manages it (else its first).
 const PROBE_LABEL: &str = "istio.io/rev";
 /// Prefix of every warning the webhook returns.
 const WEBHOOK_WARNING_PREFIX: &str = "kubectl-mesh:";
@@ -294,7 +294,7 @@ pub async fn check_all(
     };
     let crd_ok = check_crd(client, &mut install.checks).await;
     check_namespace(client, &mut install.checks).await;
-    check_webhook(client, now, &mut install.checks).await;
+    let rule = check_webhook(client, now, &mut install.checks).await;
     let mut sections = vec![install];
     if !crd_ok {
         return CheckReport::new(sections);
@@ -336,7 +336,7 @@ pub async fn check_all(
         clusters: &clusters,
         primary_namespaces: primary_ns.as_ref().map_err(Error::line),
         primary_uid: primary_uid.as_deref(),
-        rule: mesh_state::rule(),
+        rule,
         timeout: remote_timeout,
         now,
         user_kubeconfig,
@@ -408,7 +408,10 @@ async fn check_namespace(client: &Client, checks: &mut Vec<CheckResult>) {
     }
 }
 
-async fn check_webhook(client: &Client, now: Timestamp, checks: &mut Vec<CheckResult>) {
+/// Checks the webhook configuration and what it points at. Returns the sync rule it records,
+/// which the remaining checks apply (the default one when it cannot be read: that failure is
+/// reported already).
+async fn check_webhook(client: &Client, now: Timestamp, checks: &mut Vec<CheckResult>) -> SyncRule {
     let what = format!(
         "MutatingWebhookConfiguration {} is present",
         render::WEBHOOK_CONFIGURATION
@@ -422,13 +425,14 @@ async fn check_webhook(client: &Client, now: Timestamp, checks: &mut Vec<CheckRe
                 "not found: namespace label changes are not pushed to remotes as they happen",
                 "run `kubectl mesh install`",
             ));
-            return;
+            return SyncRule::default();
         }
         Err(e) => {
             checks.push(kube_failure(&what, "cannot read it", &e));
-            return;
+            return SyncRule::default();
         }
     };
+    let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
     let Some(hook) = mwc
         .webhooks
         .iter()
@@ -440,9 +444,10 @@ async fn check_webhook(client: &Client, now: Timestamp, checks: &mut Vec<CheckRe
             format!("it has no webhook named {}", render::WEBHOOK_ENTRY),
             "run `kubectl mesh install` to restore it",
         ));
-        return;
+        return rule;
     };
     checks.push(CheckResult::ok(what, None));
+    checks.push(recorded_rule_result(&mwc, &rule));
 
     // caBundle: what the apiserver trusts when it calls the webhook.
     let what = "caBundle is a valid, unexpired CA certificate";
@@ -487,9 +492,34 @@ async fn check_webhook(client: &Client, now: Timestamp, checks: &mut Vec<CheckRe
         ));
     }
     if let Some(service) = &hook.client_config.service {
-        checks.push(check_deployment(client, &service.namespace).await);
+        check_deployment(client, &service.namespace, &rule, checks).await;
     }
-    checks.push(probe_webhook(client, target.as_deref().unwrap_or("nowhere")).await);
+    checks.push(probe_webhook(client, target.as_deref().unwrap_or("nowhere"), &rule).await);
+    rule
+}
+
+/// Whether the webhook configuration records the sync rule the commands apply.
+fn recorded_rule_result(mwc: &MutatingWebhookConfiguration, rule: &SyncRule) -> CheckResult {
+    let what = "webhook configuration records the sync rule";
+    let recorded = mwc
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(mesh::labels::MANAGED_LABELS_ANNOTATION));
+    if recorded {
+        CheckResult::ok(what, Some(installed_rule::describe(rule)))
+    } else {
+        CheckResult::warning(
+            what,
+            format!(
+                "no {} annotation (installed by an older kubectl-mesh): commands assume the \
+                 default rule",
+                mesh::labels::MANAGED_LABELS_ANNOTATION
+            ),
+            "re-run `kubectl mesh install`, with the --managed-labels and \
+             --excluded-namespaces the webhook runs with if they are not the defaults",
+        )
+    }
 }
 
 async fn check_tls_secret(client: &Client, ca: &[u8], now: Timestamp) -> CheckResult {
@@ -525,12 +555,29 @@ async fn check_tls_secret(client: &Client, ca: &[u8], now: Timestamp) -> CheckRe
     expiry_result(what, certificates(&key(render::TLS_CRT)), now)
 }
 
-async fn check_deployment(client: &Client, namespace: &str) -> CheckResult {
-    let what = format!("Deployment {} is available", render::WEBHOOK);
-    match Api::<Deployment>::namespaced(client.clone(), namespace)
+/// Checks the webhook Deployment: available, and running the sync rule the webhook
+/// configuration records.
+async fn check_deployment(
+    client: &Client,
+    namespace: &str,
+    rule: &SyncRule,
+    checks: &mut Vec<CheckResult>,
+) {
+    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace)
         .get_opt(render::WEBHOOK)
-        .await
-    {
+        .await;
+    checks.push(deployment_available(namespace, &deployment));
+    if let Ok(Some(d)) = &deployment {
+        checks.push(deployment_rule_result(d, rule));
+    }
+}
+
+fn deployment_available(
+    namespace: &str,
+    deployment: &std::result::Result<Option<Deployment>, kube::Error>,
+) -> CheckResult {
+    let what = format!("Deployment {} is available", render::WEBHOOK);
+    match deployment {
         Ok(Some(d)) => {
             let available = d
                 .status
@@ -562,16 +609,68 @@ async fn check_deployment(client: &Client, namespace: &str) -> CheckResult {
             format!("Deployment {namespace}/{} not found", render::WEBHOOK),
             "run `kubectl mesh install`",
         ),
-        Err(e) => kube_failure(&what, "cannot read it", &e),
+        Err(e) => kube_failure(&what, "cannot read it", e),
+    }
+}
+
+/// Whether the webhook container runs with `recorded`, the rule of the webhook configuration
+/// (its matchConditions and what the commands apply): a hand edit of either side makes the
+/// webhook sync other labels than the apiserver sends it and the commands report.
+fn deployment_rule_result(deployment: &Deployment, recorded: &SyncRule) -> CheckResult {
+    let what = format!("Deployment {} runs the recorded sync rule", render::WEBHOOK);
+    let containers = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default();
+    let Some(container) = containers
+        .iter()
+        .find(|c| c.name == render::WEBHOOK)
+        .or(containers.first())
+    else {
+        return CheckResult::error(
+            what,
+            "it has no container",
+            "run `kubectl mesh install` to restore it",
+        );
+    };
+    match installed_rule::from_container(container) {
+        Some(running) if running == *recorded => CheckResult::ok(what, None),
+        Some(running) => CheckResult::error(
+            what,
+            format!(
+                "the webhook runs with {}, the webhook configuration records {}",
+                installed_rule::describe(&running),
+                installed_rule::describe(recorded)
+            ),
+            "re-run `kubectl mesh install` with the --managed-labels and --excluded-namespaces \
+             you want: it writes both",
+        ),
+        None => CheckResult::warning(
+            what,
+            "the container sets the rule through valueFrom, which cannot be compared",
+            "",
+        ),
     }
 }
 
 /// Asks the apiserver for a server-side dry run of a managed-label change on a namespace:
 /// the apiserver calls the webhook (matchConditions let managed-label changes through) and
 /// the webhook, seeing a dry run, answers with a `kubectl-mesh:` warning and pushes nothing.
-async fn probe_webhook(client: &Client, target: &str) -> CheckResult {
+async fn probe_webhook(client: &Client, target: &str, rule: &SyncRule) -> CheckResult {
     let what = "webhook answers admission requests";
-    let rule = mesh_state::rule();
+    // Only a change of a managed label reaches the webhook (matchConditions).
+    let Some(probe_label) = Some(PROBE_LABEL)
+        .filter(|l| rule.is_managed(l))
+        .or_else(|| rule.managed_keys().next())
+    else {
+        return CheckResult::error(
+            what,
+            "the sync rule manages no label to probe the webhook with",
+            "re-run `kubectl mesh install`",
+        );
+    };
     let namespaces = match Api::<Namespace>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -595,14 +694,14 @@ async fn probe_webhook(client: &Client, target: &str) -> CheckResult {
     let current = namespaces
         .iter()
         .find(|ns| ns.name_any() == probe)
-        .and_then(|ns| ns.labels().get(PROBE_LABEL).cloned());
+        .and_then(|ns| ns.labels().get(probe_label).cloned());
     // Any value other than the current one is a change the webhook is called for.
     let value = if current.as_deref() == Some(PROBE_VALUE) {
         format!("{PROBE_VALUE}-2")
     } else {
         PROBE_VALUE.to_owned()
     };
-    let patch = serde_json::json!({"metadata": {"labels": {PROBE_LABEL: value}}});
+    let patch = serde_json::json!({"metadata": {"labels": {probe_label: value}}});
     let params = PatchParams {
         dry_run: true,
         field_manager: Some(render::FIELD_MANAGER.to_owned()),
@@ -1481,6 +1580,85 @@ mod tests {
                 )],
             },
         ])
+    }
+
+    #[test]
+    fn deployment_rule_follows_the_recorded_one() {
+        let custom = render::Options {
+            managed_labels: vec!["team.example.com/zone".into()],
+            excluded_namespaces: vec!["legacy".into(), MESH_NAMESPACE.into()],
+            ..render::Options::default()
+        };
+        let recorded = |options: &render::Options| {
+            installed_rule::from_annotations(
+                render::mutating_webhook_configuration(options, None)
+                    .metadata
+                    .annotations
+                    .as_ref(),
+            )
+        };
+        let same = deployment_rule_result(&render::deployment(&custom), &recorded(&custom));
+        assert_eq!(same.result, Outcome::Ok, "{same:?}");
+
+        // The Deployment edited back to the defaults by hand: the webhook disagrees with the
+        // matchConditions and with what the commands apply.
+        let default = render::Options::default();
+        let differs = deployment_rule_result(&render::deployment(&default), &recorded(&custom));
+        assert_eq!(differs.result, Outcome::Error, "{differs:?}");
+        assert_eq!(
+            differs.description,
+            "Deployment mesh-webhook runs the recorded sync rule"
+        );
+        assert_eq!(
+            differs.detail.as_deref(),
+            Some(
+                "the webhook runs with managed istio-injection, istio.io/dataplane-mode, \
+                 istio.io/rev; excluded kube-node-lease, kube-public, kube-system, kubectl-mesh, \
+                 the webhook configuration records managed team.example.com/zone; excluded \
+                 kubectl-mesh, legacy"
+            )
+        );
+        assert!(
+            differs
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.contains("kubectl mesh install")),
+            "{differs:?}"
+        );
+
+        let mut empty = render::deployment(&default);
+        empty
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers = Vec::new();
+        assert_eq!(
+            deployment_rule_result(&empty, &recorded(&default)).result,
+            Outcome::Error
+        );
+    }
+
+    #[test]
+    fn a_configuration_without_the_rule_is_worth_a_look() {
+        let options = render::Options::default();
+        let mut mwc = render::mutating_webhook_configuration(&options, None);
+        let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
+        let recorded = recorded_rule_result(&mwc, &rule);
+        assert_eq!(recorded.result, Outcome::Ok);
+        assert_eq!(
+            recorded.detail.as_deref(),
+            Some(
+                "managed istio-injection, istio.io/dataplane-mode, istio.io/rev; excluded \
+                 kube-node-lease, kube-public, kube-system, kubectl-mesh"
+            )
+        );
+        mwc.metadata.annotations = None;
+        let older = recorded_rule_result(&mwc, &SyncRule::default());
+        assert_eq!(older.result, Outcome::Warning, "{older:?}");
     }
 
     #[test]

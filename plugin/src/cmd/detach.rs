@@ -45,7 +45,7 @@ use super::attach::{remote_kubeconfig_error, wait_namespace_gone, what_of};
 use crate::{
     Context, Error, Result,
     access::{self, Need, Target},
-    kubeconfig,
+    kubeconfig, mesh_state,
     output::Progress,
     remote_setup as setup,
 };
@@ -124,7 +124,7 @@ impl Detach {
                 ));
             }
         };
-        let missing = access::missing(&primary, &primary_needs())
+        let missing = access::missing(&primary, &primary_needs(strip_labels))
             .await
             .map_err(|e| access::request_error(&primary_target, "check rights", e))?;
         if !missing.is_empty() {
@@ -151,6 +151,23 @@ impl Detach {
             });
         }
 
+        // The labels to strip are the ones the installed webhook manages, read before anything
+        // is deleted so that a refusal leaves everything in place.
+        let strip = if strip_labels {
+            let rule = mesh_state::read_installed_rule(&primary)
+                .await
+                .map_err(|e| {
+                    access::request_error(
+                        &primary_target,
+                        "read the webhook configuration (it records the sync rule)",
+                        e,
+                    )
+                })?;
+            Some(rule)
+        } else {
+            None
+        };
+
         let remote = resolve_remote(
             &name,
             mc.as_ref(),
@@ -170,7 +187,7 @@ impl Detach {
                     target,
                     &name,
                     mc.as_ref(),
-                    strip_labels,
+                    strip.as_ref(),
                     timeout,
                     progress,
                 )
@@ -222,11 +239,20 @@ impl Detach {
     }
 }
 
-fn primary_needs() -> Vec<Need> {
-    vec![
+fn primary_needs(strip_labels: bool) -> Vec<Need> {
+    let mut needs = vec![
         Need::namespaced("", "secrets", MESH_NAMESPACE, &["list", "delete"]),
         Need::cluster(GROUP, "meshclusters", &["get", "delete"]),
-    ]
+    ];
+    if strip_labels {
+        // The webhook configuration records which labels are managed.
+        needs.push(Need::cluster(
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            &["get"],
+        ));
+    }
+    needs
 }
 
 fn remote_needs(strip_labels: bool) -> Vec<Need> {
@@ -397,13 +423,14 @@ async fn resolve_remote(
     Ok(RemoteAccess::Ready { client, target })
 }
 
-/// Deletes the remote's objects of cluster `name`, in the order the module explains.
+/// Deletes the remote's objects of cluster `name`, in the order the module explains; with
+/// `strip`, also the labels that rule manages.
 async fn clean_remote(
     client: &Client,
     target: &Target,
     name: &str,
     mc: Option<&MeshCluster>,
-    strip_labels: bool,
+    strip: Option<&SyncRule>,
     timeout: Duration,
     progress: Progress,
 ) -> Result<()> {
@@ -436,8 +463,8 @@ async fn clean_remote(
         .await
         .map_err(fail("delete the token Secrets"))?;
 
-    if strip_labels {
-        strip_managed_labels(client, name, timeout, progress)
+    if let Some(rule) = strip {
+        strip_managed_labels(client, rule, name, timeout, progress)
             .await
             .map_err(fail("remove managed labels"))?;
     }
@@ -625,18 +652,18 @@ async fn foreign_objects(client: &Client, ns: &str) -> Result<Vec<String>, kube:
     Ok(out)
 }
 
-/// Removes the managed labels from every synced namespace of the remote (never from the
-/// excluded ones, never another label). Each write tests the resourceVersion it was
+/// Removes the labels `rule` manages from every namespace of the remote it syncs (never from
+/// the excluded ones, never another label). Each write tests the resourceVersion it was
 /// computed from; on a conflict the namespace is read again. The guard was deleted just
 /// before, but the apiserver drops a policy a moment after its deletion: a refusal by it is
 /// retried until `timeout`.
 async fn strip_managed_labels(
     client: &Client,
+    rule: &SyncRule,
     name: &str,
     timeout: Duration,
     progress: Progress,
 ) -> Result<(), kube::Error> {
-    let rule = SyncRule::default();
     let none = Labels::new();
     let api: Api<Namespace> = Api::all(client.clone());
     let deadline = Instant::now() + timeout;
@@ -745,5 +772,16 @@ mod tests {
         let needs = remote_needs(true);
         assert!(needs[0].verbs.contains(&"patch") && needs[0].verbs.contains(&"list"));
         assert!(!remote_needs(false)[0].verbs.contains(&"patch"));
+    }
+
+    #[test]
+    fn strip_labels_reads_the_recorded_rule_on_the_primary() {
+        let reads_rule = |needs: Vec<Need>| {
+            needs
+                .iter()
+                .any(|n| n.resource == "mutatingwebhookconfigurations")
+        };
+        assert!(reads_rule(primary_needs(true)));
+        assert!(!reads_rule(primary_needs(false)));
     }
 }

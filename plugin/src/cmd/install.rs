@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{Api, Client};
-use mesh::MESH_NAMESPACE;
+use mesh::{MESH_NAMESPACE, labels::SyncRule};
 
 use super::apply::{self, Deleted};
 use crate::{
-    Context, Error, Result,
+    Context, Error, Result, installed_rule, mesh_state,
     output::{self, OutputFormat},
     render::{self, Manifest, Options, ServingCert, WebhookUrl},
 };
@@ -39,6 +39,25 @@ pub struct Install {
     /// Also write tls.crt, tls.key and ca.crt to DIR, for a webhook run outside the cluster.
     #[arg(long, value_name = "DIR")]
     pub webhook_cert_dir: Option<PathBuf>,
+    /// Label keys the webhook keeps equal between the primary and every remote
+    /// (comma-separated). Recorded on the webhook configuration, where status, sync, check and
+    /// detach read them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "KEYS",
+        default_value = installed_rule::DEFAULT_MANAGED_LABELS_LIST.as_str()
+    )]
+    pub managed_labels: Vec<String>,
+    /// Namespaces never synced (comma-separated, replacing the defaults); the mesh's own
+    /// namespace is always added.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NAMES",
+        default_value = installed_rule::DEFAULT_EXCLUDED_NAMESPACES_LIST.as_str()
+    )]
+    pub excluded_namespaces: Vec<String>,
     /// Issue a new CA and serving certificate even if the installed ones are still good.
     #[arg(long)]
     pub rotate_certs: bool,
@@ -61,6 +80,8 @@ impl Install {
             replicas,
             webhook_url,
             webhook_cert_dir,
+            managed_labels,
+            excluded_namespaces,
             rotate_certs,
             dry_run,
             wait,
@@ -71,9 +92,17 @@ impl Install {
             image,
             replicas,
             webhook_url: webhook_url.as_deref().map(WebhookUrl::parse).transpose()?,
-            ..Options::default()
+            managed_labels: installed_rule::managed_labels(&managed_labels)?,
+            excluded_namespaces: installed_rule::excluded_namespaces(&excluded_namespaces)?,
         };
         let sans = render::serving_sans(options.webhook_url.as_ref());
+        // No Deployment carries the rule to a webhook run elsewhere: whoever starts it must
+        // pass it, or it disagrees with the matchConditions and the commands.
+        let webhook_flags =
+            installed_rule::webhook_flags(&options.managed_labels, &options.excluded_namespaces);
+        if options.webhook_url.is_some() && !webhook_flags.is_empty() {
+            progress.info(format!("start mesh-webhook with {webhook_flags}"));
+        }
 
         if dry_run {
             // A fresh certificate stands in for whatever the cluster holds: a dry run never
@@ -87,6 +116,7 @@ impl Install {
         }
 
         let client = ctx.client().await?;
+        warn_rule_change(&client, &options, ctx).await?;
         let (cert, issued) = serving_cert(&client, &sans, rotate_certs, ctx).await?;
         if issued && options.webhook_url.is_some() && webhook_cert_dir.is_none() {
             progress.warn(
@@ -121,6 +151,39 @@ impl Install {
         progress.info("next: `kubectl mesh attach <remote-kubeconfig>` joins a remote cluster");
         Ok(())
     }
+}
+
+/// Warns when this install changes the sync rule of an earlier one: a re-run without the
+/// rule flags resets a custom rule to the default, which should not go unnoticed.
+async fn warn_rule_change(client: &Client, options: &Options, ctx: &Context) -> Result<()> {
+    let previous = mesh_state::read_recorded_rule(client)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read MutatingWebhookConfiguration {}",
+            render::WEBHOOK_CONFIGURATION
+        )))?;
+    let new = SyncRule::new(
+        options.managed_labels.iter().cloned(),
+        options.excluded_namespaces.iter().cloned(),
+    );
+    let Some(previous) = previous.filter(|p| *p != new) else {
+        return Ok(());
+    };
+    let was = installed_rule::describe(&previous);
+    if options.webhook_url.is_some() && new == SyncRule::default() {
+        ctx.progress.warn(format!(
+            "the sync rule changes from {was} to the default: restart mesh-webhook without {} \
+             and {}",
+            installed_rule::MANAGED_LABELS_FLAG,
+            installed_rule::EXCLUDED_NAMESPACES_FLAG
+        ));
+    } else {
+        ctx.progress.warn(format!(
+            "the sync rule changes from {was} to {}",
+            installed_rule::describe(&new)
+        ));
+    }
+    Ok(())
 }
 
 /// What `--dry-run` prints: the objects as YAML or JSON, or a table of what they are.
@@ -262,6 +325,7 @@ pub fn write_cert_dir(dir: &Path, cert: &ServingCert) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -282,6 +346,42 @@ mod tests {
             cert.ca_pem
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn parse(args: &[&str]) -> Install {
+        let cli = crate::Cli::try_parse_from(["kubectl-mesh", "install"].iter().chain(args))
+            .unwrap_or_else(|e| panic!("{e}"));
+        match cli.command {
+            crate::Command::Install(install) => install,
+            other => panic!("not install: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rule_flags_default_to_the_default_rule() {
+        let install = parse(&[]);
+        assert_eq!(
+            install.managed_labels,
+            mesh::labels::DEFAULT_MANAGED_LABELS.map(String::from)
+        );
+        assert_eq!(
+            install.excluded_namespaces,
+            mesh::labels::DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
+        );
+    }
+
+    #[test]
+    fn rule_flags_are_comma_separated() {
+        let install = parse(&[
+            "--managed-labels",
+            "team.example.com/zone,istio-injection",
+            "--excluded-namespaces=legacy,batch",
+        ]);
+        assert_eq!(
+            install.managed_labels,
+            ["team.example.com/zone", "istio-injection"]
+        );
+        assert_eq!(install.excluded_namespaces, ["legacy", "batch"]);
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl Status {
         } = self;
         let client = ctx.client().await?;
         let clusters = mesh_state::clusters(&client).await?;
-        let (primary, remotes) = tokio::join!(
+        let (rule, primary, remotes) = tokio::join!(
+            mesh_state::rule(&client),
             mesh_state::primary_namespaces(&client),
             mesh_state::for_each(&clusters, |c| {
                 let client = &client;
@@ -64,8 +65,8 @@ impl Status {
                 }
             })
         );
-        let primary = primary?;
-        let report = StatusReport::compute(&mesh_state::rule(), &primary, &remotes, &namespaces);
+        let (rule, primary) = (rule?, primary?);
+        let report = StatusReport::compute(&rule, &primary, &remotes, &namespaces);
 
         if clusters.is_empty() {
             ctx.progress.info(super::list::NO_CLUSTERS);
@@ -81,10 +82,7 @@ impl Status {
                 if report.namespaces.is_empty() {
                     ctx.progress.info(format!(
                         "No namespace carries a managed label ({}) on the primary or any remote.",
-                        mesh_state::rule()
-                            .managed_keys()
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        rule.managed_keys().collect::<Vec<_>>().join(", ")
                     ));
                 } else {
                     output::print_stdout(&report.table())?;

@@ -60,8 +60,10 @@ impl Sync {
             ctx.progress.info(super::list::NO_CLUSTERS);
             return Ok(());
         }
-        let primary = mesh_state::primary_namespaces(&client).await?;
-        let rule = mesh_state::rule();
+        let (rule, primary) = tokio::try_join!(
+            mesh_state::rule(&client),
+            mesh_state::primary_namespaces(&client)
+        )?;
         let mode = if dry_run {
             SyncMode::DryRun
         } else {
