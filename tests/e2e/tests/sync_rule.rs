@@ -1,0 +1,266 @@
+//! A sync rule chosen with `kubectl mesh install --managed-labels --excluded-namespaces` is
+//! rendered for the webhook and recorded on the primary, and `status`, `sync` and
+//! `detach --strip-labels` apply it instead of the default rule.
+//!
+//! Alone in its test binary: the custom rule is installed on this binary's own primary, which
+//! no other test shares. No webhook runs; `sync` does the webhook's work.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::PostParams;
+use mesh_e2e::fixtures::{self, DEAD_WEBHOOK_URL, output, plugin};
+use mesh_e2e::mesh_testenv::{Cluster, workspace_binary};
+use mesh_e2e::{labels, shared_env, unique_name};
+use serde_json::{Value, json};
+
+/// A label key outside the default rule.
+const ZONE: &str = "team.example.com/zone";
+/// A default managed label the custom rule leaves out.
+const REVISION: &str = "istio.io/rev";
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// `kubectl-mesh` without a kubeconfig: for what needs no cluster.
+fn offline_plugin() -> anyhow::Result<Command> {
+    let mut cmd = Command::new(workspace_binary("kubectl-mesh")?);
+    cmd.env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("NO_COLOR", "1");
+    Ok(cmd)
+}
+
+async fn succeeded(cmd: Command) -> anyhow::Result<Output> {
+    let out = output(cmd).await?;
+    anyhow::ensure!(out.status.success(), "{}", describe(&out));
+    Ok(out)
+}
+
+/// The item of a `-o json` list of kind `kind`.
+fn item<'a>(list: &'a Value, kind: &str) -> &'a Value {
+    list["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["kind"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} in {list}"))
+}
+
+fn env_value<'a>(deployment: &'a Value, name: &str) -> &'a Value {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .and_then(|env| env.iter().find(|e| e["name"] == name))
+        .map(|e| &e["value"])
+        .unwrap_or_else(|| panic!("no {name} in {deployment}"))
+}
+
+#[tokio::test]
+async fn install_renders_the_rule_for_the_webhook_and_the_apiserver() -> anyhow::Result<()> {
+    let mut install = offline_plugin()?;
+    install.args([
+        "install",
+        "--dry-run",
+        "-o",
+        "json",
+        "--managed-labels",
+        &format!("{ZONE},istio-injection"),
+        "--excluded-namespaces",
+        "legacy",
+    ]);
+    let out = succeeded(install).await?;
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    let deployment = item(&list, "Deployment");
+    assert_eq!(
+        env_value(deployment, "MESH_WEBHOOK_MANAGED_LABELS"),
+        &json!(format!("{ZONE},istio-injection"))
+    );
+    assert_eq!(
+        env_value(deployment, "MESH_WEBHOOK_EXCLUDED_NAMESPACES"),
+        &json!("legacy,kubectl-mesh")
+    );
+    let configuration = item(&list, "MutatingWebhookConfiguration");
+    assert_eq!(
+        configuration["metadata"]["annotations"],
+        json!({
+            "kubectl-mesh.io/managed-labels": format!("{ZONE},istio-injection"),
+            "kubectl-mesh.io/excluded-namespaces": "legacy,kubectl-mesh",
+        })
+    );
+    let conditions = configuration["webhooks"][0]["matchConditions"].to_string();
+    assert!(conditions.contains(&format!("'{ZONE}'")), "{conditions}");
+    assert!(conditions.contains("'legacy'"), "{conditions}");
+    assert!(!conditions.contains(REVISION), "{conditions}");
+    assert_eq!(text(&out.stderr), "", "{}", describe(&out));
+
+    // A webhook outside the cluster is told how to start.
+    let mut url_mode = offline_plugin()?;
+    url_mode.args([
+        "install",
+        "--dry-run",
+        "--webhook-url",
+        "https://127.0.0.1:9443",
+        "--managed-labels",
+        ZONE,
+    ]);
+    let out = succeeded(url_mode).await?;
+    assert_eq!(
+        text(&out.stderr),
+        format!("• start mesh-webhook with --managed-labels {ZONE}\n"),
+        "{}",
+        describe(&out)
+    );
+
+    for (flag, value, error) in [
+        (
+            "--managed-labels",
+            "istio-injection,bad key",
+            "error: invalid --managed-labels key \"bad key\": ",
+        ),
+        (
+            "--managed-labels",
+            ",",
+            "error: --managed-labels names no label; ",
+        ),
+        (
+            "--excluded-namespaces",
+            "Legacy",
+            "error: invalid --excluded-namespaces name \"Legacy\": ",
+        ),
+    ] {
+        let mut bad = offline_plugin()?;
+        bad.args(["install", "--dry-run", flag, value]);
+        let out = output(bad).await?;
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with(error), "{}", describe(&out));
+        assert_eq!(stderr.lines().count(), 1, "{}", describe(&out));
+        assert!(out.stdout.is_empty(), "{}", describe(&out));
+    }
+    Ok(())
+}
+
+async fn create_namespace(cluster: &Cluster, name: &str, pairs: &[(&str, &str)]) {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels(pairs)}
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(cluster.client().await.expect("client"))
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name} on {}: {e}", cluster.name));
+}
+
+async fn labels_of(cluster: &Cluster, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let ns = Api::<Namespace>::all(cluster.client().await?)
+        .get(name)
+        .await?;
+    let mut labels = ns.metadata.labels.unwrap_or_default();
+    labels.remove("kubernetes.io/metadata.name");
+    Ok(labels)
+}
+
+#[tokio::test]
+async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
+    let env = shared_env(1).await;
+    let (primary, remote) = (env.primary(), &env.remotes()[0]);
+    let name = unique_name("zoned");
+    // Attached under the default rule (the fixture installs it), then the rule changes.
+    fixtures::attach(env, remote, &name, Default::default()).await?;
+    let legacy = unique_name("legacy");
+    let mut install = plugin(env)?;
+    install.env("NO_COLOR", "1").args([
+        "install",
+        "--webhook-url",
+        DEAD_WEBHOOK_URL,
+        "--managed-labels",
+        &format!("{ZONE},istio-injection"),
+        "--excluded-namespaces",
+        &legacy,
+    ]);
+    let out = succeeded(install).await?;
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "• start mesh-webhook with --managed-labels {ZONE},istio-injection \
+             --excluded-namespaces {legacy},kubectl-mesh\n"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "! the sync rule changes from managed istio-injection, istio.io/dataplane-mode, \
+             istio.io/rev; excluded kube-node-lease, kube-public, kube-system, kubectl-mesh to \
+             managed istio-injection, {ZONE}; excluded kubectl-mesh, {legacy}\n"
+        )),
+        "{stderr}"
+    );
+
+    // On the primary: a zone (managed now) and a revision (no longer managed).
+    let shop = unique_name("shop");
+    create_namespace(primary, &shop, &[(ZONE, "a"), (REVISION, "canary")]).await;
+    create_namespace(remote, &shop, &[(REVISION, "stable")]).await;
+    create_namespace(primary, &legacy, &[(ZONE, "b")]).await;
+    create_namespace(remote, &legacy, &[]).await;
+
+    let mut status = plugin(env)?;
+    status.args(["status", "-o", "json", &shop, &legacy]);
+    let out = succeeded(status).await?;
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    let row = |ns: &str| {
+        report["namespaces"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == ns))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {ns} in {report}"))
+    };
+    assert_eq!(
+        row(&shop)["primary"]["labels"],
+        json!({ZONE: "a"}),
+        "{report}"
+    );
+    let cell = &row(&shop)["clusters"][&name];
+    assert_eq!(cell["state"], "drifted", "{report}");
+    assert_eq!(cell["set"], json!({ZONE: "a"}), "{report}");
+    assert_eq!(cell.get("remove"), None, "{report}");
+    assert_eq!(
+        row(&legacy)["clusters"][&name]["state"],
+        "excluded",
+        "{report}"
+    );
+    assert_eq!(report["drifted"], 1, "{report}");
+
+    let mut sync = plugin(env)?;
+    sync.arg("sync");
+    succeeded(sync).await?;
+    assert_eq!(
+        labels_of(remote, &shop).await?,
+        labels(&[(ZONE, "a"), (REVISION, "stable")]),
+        "sync wrote the zone and left the unmanaged revision alone"
+    );
+    assert_eq!(labels_of(remote, &legacy).await?, labels(&[]));
+    let mut converged = plugin(env)?;
+    converged.args(["status", "--exit-code", &shop]);
+    succeeded(converged).await?;
+
+    let mut detach = plugin(env)?;
+    detach
+        .args(["detach", &name, "--strip-labels", "--remote-kubeconfig"])
+        .arg(&remote.kubeconfig);
+    succeeded(detach).await?;
+    assert_eq!(
+        labels_of(remote, &shop).await?,
+        labels(&[(REVISION, "stable")]),
+        "detach stripped the managed zone and only it"
+    );
+    Ok(())
+}
