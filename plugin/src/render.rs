@@ -1082,13 +1082,7 @@ mod tests {
             Some("legacy,kubectl-mesh")
         );
         // What the plugin reads back is what the webhook runs with.
-        let container = &deployment(&options)
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers[0];
+        let container = &webhook_container(&options);
         assert_eq!(
             crate::installed_rule::from_annotations(recorded),
             crate::installed_rule::from_container(container).unwrap()
@@ -1112,16 +1106,16 @@ mod tests {
         assert!(!changed.contains("istio.io/rev"), "{changed}");
     }
 
+    /// The webhook container of the Deployment rendered for `options`.
+    fn webhook_container(options: &Options) -> Container {
+        let spec = deployment(options).spec.unwrap().template.spec.unwrap();
+        spec.containers.into_iter().next().unwrap()
+    }
+
     #[test]
     fn default_rule_is_rendered_explicitly() {
         let options = Options::default();
-        let container = &deployment(&options)
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers[0];
+        let container = &webhook_container(&options);
         let mwc = mutating_webhook_configuration(&options, None);
         let recorded = crate::installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
         assert_eq!(recorded, mesh::labels::SyncRule::default());

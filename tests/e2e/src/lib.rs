@@ -274,3 +274,18 @@ pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, Stri
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// A command's output as text, lossy.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A command's exit status, stdout and stderr, for assertion messages.
+pub fn describe(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}

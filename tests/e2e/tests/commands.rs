@@ -18,7 +18,7 @@ use kubectl_mesh::remote_setup as setup;
 use mesh::cluster::RemoteGuard;
 use mesh_e2e::fixtures::{self, AttachOptions, Token, output, plugin};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
-use mesh_e2e::{DEFAULT_TIMEOUT, eventually, shared_env, unique_name};
+use mesh_e2e::{DEFAULT_TIMEOUT, describe, eventually, shared_env, text, unique_name};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -33,24 +33,11 @@ async fn serial() -> (MutexGuard<'static, ()>, &'static TestEnv) {
     (guard, env)
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 /// `kubectl-mesh --kubeconfig <primary> <args>`, whatever its exit status.
 async fn mesh(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
     let mut cmd = plugin(env)?;
     cmd.args(args).env_remove("KUBECONFIG").env("NO_COLOR", "1");
     output(cmd).await
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str)]) {

@@ -13,26 +13,13 @@ use kube::Api;
 use kube::api::PostParams;
 use mesh_e2e::fixtures::{self, DEAD_WEBHOOK_URL, output, plugin};
 use mesh_e2e::mesh_testenv::{Cluster, workspace_binary};
-use mesh_e2e::{labels, shared_env, unique_name};
+use mesh_e2e::{describe, labels, shared_env, text, unique_name};
 use serde_json::{Value, json};
 
 /// A label key outside the default rule.
 const ZONE: &str = "team.example.com/zone";
 /// A default managed label the custom rule leaves out.
 const REVISION: &str = "istio.io/rev";
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
-}
 
 /// `kubectl-mesh` without a kubeconfig: for what needs no cluster.
 fn offline_plugin() -> anyhow::Result<Command> {
