@@ -1,5 +1,5 @@
 //! Faults: remotes that go away, changes the primary rejects after the webhook pushed them,
-//! rapid flips, and webhook replicas that hand the reconciler over.
+//! rapid flips, and webhook replicas that hand the reconciler over or push for the leader.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -85,27 +85,13 @@ async fn a_remote_that_was_down_converges_when_it_returns() -> anyhow::Result<()
     Ok(())
 }
 
-#[tokio::test]
-async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> anyhow::Result<()> {
-    let (env, _mesh) = shared_mesh(2).await;
-    let ns = create_everywhere(env, "rejected").await?;
-    let scope = unique_name("vap");
+/// Installs a ValidatingAdmissionPolicy on the primary that refuses `istio.io/rev=rejected` on
+/// namespaces labelled `e2e-vap=<scope>`, and waits until the apiserver enforces it on `ns`.
+///
+/// Validating admission runs after mutating webhooks: the webhook pushes such an edit, then
+/// the policy refuses it, so the primary keeps its value while remotes got "rejected".
+async fn refuse_rejected_revision(env: &TestEnv, scope: &str, ns: &str) -> anyhow::Result<()> {
     let primary = env.primary();
-    let mut label = env.kubectl(primary);
-    label.args([
-        "label",
-        "namespace",
-        &ns,
-        &format!("e2e-vap={scope}"),
-        "istio.io/rev=stable",
-    ]);
-    run(label).await?;
-    for remote in env.remotes() {
-        wait_labels(remote, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
-    }
-
-    // Validating admission runs after mutating webhooks: the webhook pushes, then the policy
-    // refuses the edit, so the primary keeps "stable" while remotes got "rejected".
     let policy = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -141,62 +127,103 @@ async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> an
         let _ = std::fs::remove_file(path);
     }
     // Policies load asynchronously: probe with server-side dry runs (the webhook pushes
-    // nothing for those) until the apiserver refuses, then make the real edit.
-    let attempt = |dry_run: bool| {
-        let mut label = env.kubectl(primary);
-        label.args([
-            "label",
-            "namespace",
-            &ns,
-            "--overwrite",
-            "istio.io/rev=rejected",
-        ]);
-        if dry_run {
-            label.arg("--dry-run=server");
-        }
-        async move {
-            let output = tokio::process::Command::from(label).output().await?;
-            anyhow::Ok(
-                !output.status.success()
-                    && String::from_utf8_lossy(&output.stderr)
-                        .contains("revision 'rejected' is not allowed"),
-            )
-        }
-    };
+    // nothing for those) until the apiserver refuses.
     eventually("policy refuses the edit", DEADLINE, || async {
-        Ok(attempt(true).await?.then_some(()))
+        Ok(label_rejected(env, ns, true).await?.then_some(()))
     })
-    .await?;
-    // Watch the first remote to see the push land before it is reverted.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let watch = {
+    .await
+}
+
+/// `kubectl label namespace <ns> istio.io/rev=rejected` on the primary; whether the policy of
+/// [`refuse_rejected_revision`] refused it.
+async fn label_rejected(env: &TestEnv, ns: &str, dry_run: bool) -> anyhow::Result<bool> {
+    let mut label = env.kubectl(env.primary());
+    label.args([
+        "label",
+        "namespace",
+        ns,
+        "--overwrite",
+        "istio.io/rev=rejected",
+    ]);
+    if dry_run {
+        label.arg("--dry-run=server");
+    }
+    let output = tokio::process::Command::from(label).output().await?;
+    Ok(!output.status.success()
+        && String::from_utf8_lossy(&output.stderr).contains("revision 'rejected' is not allowed"))
+}
+
+/// Every `istio.io/rev` value a watch of `ns` on `cluster` sees, from now on, until aborted.
+struct RevisionsSeen {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl RevisionsSeen {
+    async fn start(cluster: &Cluster, ns: &str) -> anyhow::Result<Self> {
         use futures::StreamExt;
-        let api = namespaces(&env.remotes()[0]).await?;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let api = namespaces(cluster).await?;
         let config =
             kube::runtime::watcher::Config::default().fields(&format!("metadata.name={ns}"));
-        let seen = seen.clone();
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(kube::runtime::watcher(api, config));
-            while let Some(Ok(event)) = events.next().await {
-                if let kube::runtime::watcher::Event::Apply(n)
-                | kube::runtime::watcher::Event::InitApply(n) = event
-                {
-                    let rev = n
-                        .metadata
-                        .labels
-                        .unwrap_or_default()
-                        .get("istio.io/rev")
-                        .cloned();
-                    seen.lock().unwrap().push(rev.unwrap_or_default());
+        let watch = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                let mut events = std::pin::pin!(kube::runtime::watcher(api, config));
+                while let Some(Ok(event)) = events.next().await {
+                    if let kube::runtime::watcher::Event::Apply(n)
+                    | kube::runtime::watcher::Event::InitApply(n) = event
+                    {
+                        let rev = n.metadata.labels.unwrap_or_default().remove("istio.io/rev");
+                        seen.lock().unwrap().push(rev.unwrap_or_default());
+                    }
                 }
             }
+        });
+        let this = Self { seen, watch };
+        eventually("remote watch started", DEADLINE, || async {
+            Ok((!this.seen().is_empty()).then_some(()))
         })
-    };
-    eventually("remote watch started", DEADLINE, || async {
-        Ok((!seen.lock().unwrap().is_empty()).then_some(()))
-    })
-    .await?;
-    assert!(attempt(false).await?, "the real edit is refused");
+        .await?;
+        Ok(this)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RevisionsSeen {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(2).await;
+    let ns = create_everywhere(env, "rejected").await?;
+    let scope = unique_name("vap");
+    let primary = env.primary();
+    let mut label = env.kubectl(primary);
+    label.args([
+        "label",
+        "namespace",
+        &ns,
+        &format!("e2e-vap={scope}"),
+        "istio.io/rev=stable",
+    ]);
+    run(label).await?;
+    for remote in env.remotes() {
+        wait_labels(remote, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
+    }
+    refuse_rejected_revision(env, &scope, &ns).await?;
+    // Watch the first remote to see the push land before it is reverted.
+    let revisions = RevisionsSeen::start(&env.remotes()[0], &ns).await?;
+    assert!(
+        label_rejected(env, &ns, false).await?,
+        "the real edit is refused"
+    );
     assert_eq!(
         managed_labels(primary, &ns).await?.unwrap_or_default(),
         labels(&[("istio.io/rev", "stable")])
@@ -204,11 +231,94 @@ async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> an
     for remote in env.remotes() {
         wait_labels(remote, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
     }
-    watch.abort();
-    let seen = seen.lock().unwrap().clone();
+    let seen = revisions.seen();
     assert!(
         seen.iter().any(|rev| rev == "rejected"),
         "the webhook pushed the change before the policy refused it; remote-1 saw {seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_leader()
+-> anyhow::Result<()> {
+    // The follower serves admission but does not reconcile, and the leader never saw its push
+    // in flight. With the periodic resync out of reach, only the leader's watch of the remote
+    // can notice the remote now differs from the primary.
+    let env = TestEnv::start(Options {
+        remotes: 1,
+        dir: None,
+    })
+    .await?;
+    let options = MeshOptions {
+        resync_period: Duration::from_secs(3600),
+        ..MeshOptions::from_workspace()?
+    };
+    let mesh = Mesh::start(&env, options).await?;
+    let ca = mesh.ca_pem()?;
+    eventually("first replica holds the Lease", DEADLINE, || async {
+        Ok((lease_holder(&env).await?.as_deref() == Some("local-mesh-webhook")).then_some(()))
+    })
+    .await?;
+    let follower = mesh.start_replica(&env, "replica-b").await?;
+    let mut route = env.kubectl(env.primary());
+    route.args([
+        "patch",
+        "mutatingwebhookconfiguration",
+        kubectl_mesh::render::WEBHOOK_CONFIGURATION,
+        "--type=json",
+        "-p",
+        &json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url",
+                 "value": format!("https://{follower}/mutate")}])
+        .to_string(),
+    ]);
+    run(route).await?;
+
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "follower-pushed").await?;
+    let scope = unique_name("vap");
+    // The apiserver picks up the new URL asynchronously: relabel until the follower has
+    // served a review.
+    let mut revision = 0;
+    eventually("the follower serves admission", DEADLINE, || {
+        revision += 1;
+        let mut label = env.kubectl(env.primary());
+        label.args([
+            "label",
+            "namespace",
+            &ns,
+            "--overwrite",
+            &format!("e2e-vap={scope}"),
+            &format!("istio.io/rev=stable-{revision}"),
+        ]);
+        let ca = &ca;
+        let follower = &follower;
+        async move {
+            run(label).await?;
+            Ok((admission_reviews(follower, ca).await? > 0.0).then_some(()))
+        }
+    })
+    .await?;
+    let stable = managed_labels(env.primary(), &ns)
+        .await?
+        .unwrap_or_default();
+    wait_labels(remote, &ns, &stable).await?;
+    assert_eq!(
+        lease_holder(&env).await?.as_deref(),
+        Some("local-mesh-webhook")
+    );
+
+    refuse_rejected_revision(&env, &scope, &ns).await?;
+    let revisions = RevisionsSeen::start(remote, &ns).await?;
+    assert!(
+        label_rejected(&env, &ns, false).await?,
+        "the real edit is refused"
+    );
+    wait_labels(remote, &ns, &stable).await?;
+    let seen = revisions.seen();
+    assert!(
+        seen.iter().any(|rev| rev == "rejected"),
+        "the follower pushed the change before the policy refused it; the remote saw {seen:?}"
     );
     Ok(())
 }
@@ -248,14 +358,24 @@ async fn lease_holder(env: &TestEnv) -> anyhow::Result<Option<String>> {
         .and_then(|s| s.holder_identity))
 }
 
-/// Sum of the `syncs_total` samples a replica exposes.
-async fn syncs(addr: &str, ca: &str) -> anyhow::Result<f64> {
+/// Sum of the `admission_reviews_total` samples a replica exposes.
+async fn admission_reviews(addr: &str, ca: &str) -> anyhow::Result<f64> {
+    metric_sum(addr, ca, "admission_reviews_total").await
+}
+
+/// Sum of the samples of `metric` a replica exposes.
+async fn metric_sum(addr: &str, ca: &str, metric: &str) -> anyhow::Result<f64> {
     let metrics = https_get(addr, ca, "/metrics").await?;
     Ok(metrics
         .lines()
-        .filter(|l| !l.starts_with('#') && l.contains("syncs_total"))
+        .filter(|l| !l.starts_with('#') && l.contains(metric))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// Sum of the `syncs_total` samples a replica exposes.
+async fn syncs(addr: &str, ca: &str) -> anyhow::Result<f64> {
+    metric_sum(addr, ca, "syncs_total").await
 }
 
 #[tokio::test]
