@@ -49,6 +49,22 @@ pub async fn shared_mesh(remotes: usize) -> (&'static TestEnv, &'static mesh_tes
     (env, mesh)
 }
 
+/// A mesh of its own, for a test that stops processes or needs other webhook settings: a
+/// primary and `remotes` remotes, all attached, with `mesh-webhook` resyncing every
+/// `resync_period` (the shared mesh's period when `None`).
+pub async fn own_mesh(
+    remotes: usize,
+    resync_period: Option<Duration>,
+) -> anyhow::Result<(TestEnv, mesh_testenv::mesh::Mesh)> {
+    let env = TestEnv::start(Options { remotes, dir: None }).await?;
+    let mut options = mesh_testenv::mesh::MeshOptions::from_workspace()?;
+    if let Some(period) = resync_period {
+        options.resync_period = period;
+    }
+    let mesh = mesh_testenv::mesh::Mesh::start(&env, options).await?;
+    Ok((env, mesh))
+}
+
 /// A DNS-1123 name unique within this test run.
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

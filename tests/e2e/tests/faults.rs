@@ -9,11 +9,11 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use mesh::cluster::{CONDITION_REACHABLE, MeshCluster};
 use mesh_e2e::{
-    create_everywhere, eventually, https_get, labels, managed_labels, namespaces, run, shared_mesh,
-    unique_name,
+    create_everywhere, eventually, https_get, labels, managed_labels, namespaces, own_mesh, run,
+    shared_mesh, unique_name,
 };
-use mesh_testenv::mesh::{Mesh, MeshOptions};
-use mesh_testenv::{Cluster, Options, TestEnv};
+use mesh_testenv::mesh::Mesh;
+use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(45);
@@ -44,12 +44,7 @@ async fn reachable(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String
 
 #[tokio::test]
 async fn a_remote_that_was_down_converges_when_it_returns() -> anyhow::Result<()> {
-    let env = TestEnv::start(Options {
-        remotes: 1,
-        dir: None,
-    })
-    .await?;
-    let _mesh = Mesh::start(&env, MeshOptions::from_workspace()?).await?;
+    let (env, _mesh) = own_mesh(1, None).await?;
     let remote = &env.remotes()[0];
     let ns = create_everywhere(&env, "outage").await?;
     eventually("remote-1 reachable", DEADLINE, || async {
@@ -245,16 +240,7 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     // The follower serves admission but does not reconcile, and the leader never saw its push
     // in flight. With the periodic resync out of reach, only the leader's watch of the remote
     // can notice the remote now differs from the primary.
-    let env = TestEnv::start(Options {
-        remotes: 1,
-        dir: None,
-    })
-    .await?;
-    let options = MeshOptions {
-        resync_period: Duration::from_secs(3600),
-        ..MeshOptions::from_workspace()?
-    };
-    let mesh = Mesh::start(&env, options).await?;
+    let (env, mesh) = own_mesh(1, Some(Duration::from_secs(3600))).await?;
     let ca = mesh.ca_pem()?;
     eventually("first replica holds the Lease", DEADLINE, || async {
         Ok((lease_holder(&env).await?.as_deref() == Some("local-mesh-webhook")).then_some(()))
@@ -380,12 +366,7 @@ async fn syncs(addr: &str, ca: &str) -> anyhow::Result<f64> {
 
 #[tokio::test]
 async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow::Result<()> {
-    let env = TestEnv::start(Options {
-        remotes: 1,
-        dir: None,
-    })
-    .await?;
-    let mesh = Mesh::start(&env, MeshOptions::from_workspace()?).await?;
+    let (env, mesh) = own_mesh(1, None).await?;
     let ca = mesh.ca_pem()?;
     let first = mesh.listen_address().to_string();
     eventually("first replica holds the Lease", DEADLINE, || async {
@@ -453,12 +434,7 @@ async fn check(mesh: &Mesh) -> anyhow::Result<(i32, String)> {
 #[tokio::test]
 async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them()
 -> anyhow::Result<()> {
-    let env = TestEnv::start(Options {
-        remotes: 1,
-        dir: None,
-    })
-    .await?;
-    let mesh = Mesh::start(&env, MeshOptions::from_workspace()?).await?;
+    let (env, mesh) = own_mesh(1, None).await?;
     let remote = &env.remotes()[0];
     let ns = create_everywhere(&env, "revoked").await?;
     eventually("remote-1 synced", DEADLINE, || async {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
 use mesh_e2e::{
-    create_everywhere, create_namespace, eventually, labels, managed_labels, namespaces, run,
-    shared_mesh, unique_name,
+    create_everywhere, create_namespace, eventually, labels, managed_labels, namespaces, own_mesh,
+    run, shared_mesh, unique_name,
 };
 use mesh_testenv::TestEnv;
 use serde_json::json;
@@ -249,14 +249,7 @@ async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
 async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() -> anyhow::Result<()>
 {
     // Its own environment: stopping the shared webhook would disturb the other tests.
-    let env = TestEnv::start(mesh_testenv::Options {
-        remotes: 1,
-        dir: None,
-    })
-    .await?;
-    let mesh =
-        mesh_testenv::mesh::Mesh::start(&env, mesh_testenv::mesh::MeshOptions::from_workspace()?)
-            .await?;
+    let (env, mesh) = own_mesh(1, None).await?;
     let ns = create_everywhere(&env, "webhook-down").await?;
     mesh.stop_webhook(&env)?;
     // failurePolicy Ignore: the edit goes through without the webhook.
@@ -283,16 +276,7 @@ async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() 
 async fn remote_edits_are_corrected_as_they_happen_not_at_the_next_resync() -> anyhow::Result<()> {
     // Its own mesh, whose periodic resync never comes within the test: only the webhook's watch
     // of the remote's namespaces can make these corrections.
-    let env = TestEnv::start(mesh_testenv::Options {
-        remotes: 1,
-        dir: None,
-    })
-    .await?;
-    let options = mesh_testenv::mesh::MeshOptions {
-        resync_period: Duration::from_secs(3600),
-        ..mesh_testenv::mesh::MeshOptions::from_workspace()?
-    };
-    let _mesh = mesh_testenv::mesh::Mesh::start(&env, options).await?;
+    let (env, _mesh) = own_mesh(1, Some(Duration::from_secs(3600))).await?;
     let remote = &env.remotes()[0];
     let deadline = Duration::from_secs(20);
     let enabled = labels(&[("istio-injection", "enabled")]);
