@@ -1130,19 +1130,9 @@ pub(crate) fn status_patch(status: &MeshClusterStatus) -> Result<Value, serde_js
     Ok(json!({ "status": value }))
 }
 
-/// `a, b, c` or `a, b, c, … (12 in all)`.
+/// Namespace lists in status messages.
 fn list(names: &[String]) -> String {
-    const SHOWN: usize = 10;
-    let mut out = names
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > SHOWN {
-        out.push_str(&format!(", … ({} in all)", names.len()));
-    }
-    out
+    crate::sync::short_list(names, 10)
 }
 
 fn truncate(mut text: String, max: usize) -> String {

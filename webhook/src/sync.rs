@@ -257,6 +257,21 @@ async fn list_namespaces(api: &Api<Namespace>) -> Result<Vec<Namespace>> {
     }
 }
 
+/// `a, b, c` or, past `shown` names, `a, b, c, … (12 in all)`: namespace lists in status
+/// messages and command output stay one readable line.
+pub fn short_list(names: &[String], shown: usize) -> String {
+    let mut text = names
+        .iter()
+        .take(shown)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > shown {
+        text.push_str(&format!(", … ({} in all)", names.len()));
+    }
+    text
+}
+
 enum Written {
     Applied {
         diff: LabelDiff,

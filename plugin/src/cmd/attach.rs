@@ -910,41 +910,33 @@ impl Run<'_> {
         }
         self.done(Step::RemoteNamespace)?;
 
-        self.begin(Step::ServiceAccount);
-        self.ensure(
-            Side::Remote,
-            Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, &name))?,
-        )
-        .await?;
-        self.done(Step::ServiceAccount)?;
-
-        self.begin(Step::ClusterRole);
-        self.ensure(
-            Side::Remote,
-            Manifest::new(&setup::sync_cluster_role(&name))?,
-        )
-        .await?;
-        self.done(Step::ClusterRole)?;
-
-        self.begin(Step::ClusterRoleBinding);
-        self.ensure(
-            Side::Remote,
-            Manifest::new(&setup::cluster_role_binding(setup::SYNC_ACCOUNT, &name))?,
-        )
-        .await?;
-        self.done(Step::ClusterRoleBinding)?;
-
-        self.begin(Step::TokenSecret);
-        self.ensure(
-            Side::Remote,
-            Manifest::new(&setup::token_secret(
-                setup::TOKEN_SECRET,
-                setup::SYNC_ACCOUNT,
-                &name,
-            ))?,
-        )
-        .await?;
-        self.done(Step::TokenSecret)?;
+        let remote_steps = [
+            (
+                Step::ServiceAccount,
+                Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, &name))?,
+            ),
+            (
+                Step::ClusterRole,
+                Manifest::new(&setup::sync_cluster_role(&name))?,
+            ),
+            (
+                Step::ClusterRoleBinding,
+                Manifest::new(&setup::cluster_role_binding(setup::SYNC_ACCOUNT, &name))?,
+            ),
+            (
+                Step::TokenSecret,
+                Manifest::new(&setup::token_secret(
+                    setup::TOKEN_SECRET,
+                    setup::SYNC_ACCOUNT,
+                    &name,
+                ))?,
+            ),
+        ];
+        for (step, m) in remote_steps {
+            self.begin(step);
+            self.ensure(Side::Remote, m).await?;
+            self.done(step)?;
+        }
 
         self.begin(Step::Token);
         let token = wait_token(&plan.remote, &name, setup::TOKEN_SECRET, self.timeout).await?;

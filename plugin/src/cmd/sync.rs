@@ -274,19 +274,9 @@ fn labels_change(set: &Labels, remove: &BTreeSet<String>) -> String {
         .join(" ")
 }
 
-/// `a, b, c` or `a, b, c, … (12 in all)`.
+/// Namespace lists in the command's summary lines.
 fn short_list(names: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut text = names
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > SHOWN {
-        text.push_str(&format!(", … ({} in all)", names.len()));
-    }
-    text
+    mesh::sync::short_list(names, 5)
 }
 
 /// The text output: one aligned line per change or failure, then one summary per cluster.
