@@ -649,7 +649,11 @@ impl Worker {
                     tokio::time::sleep(debounce).await;
                 }
                 () = self.drift.notified(), if !failing => {
-                    tokio::time::sleep(self.shared.settings.drift_settle).await;
+                    // Seconds long, unlike the debounce: shutdown must not wait for it.
+                    tokio::select! {
+                        () = tokio::time::sleep(self.shared.settings.drift_settle) => {}
+                        () = self.cancel.cancelled() => return,
+                    }
                 }
                 () = tokio::time::sleep_until(due) => {}
             }
