@@ -80,7 +80,9 @@ impl Mesh {
         );
         if mesh.options.attach_remotes {
             for remote in env.remotes() {
-                mesh.attach(remote).await?;
+                // Until the webhook's first sync of the remote, its pushes may not reach it
+                // yet: tests that expect a push to land before kubectl returns start after it.
+                mesh.attach_with(remote, &["--wait"]).await?;
                 eprintln!("[mesh] attached {}: {:.2?}", remote.name, started.elapsed());
             }
         }
@@ -101,11 +103,17 @@ impl Mesh {
 
     /// `kubectl-mesh attach <remote kubeconfig> --name <cluster name>`.
     pub async fn attach(&self, remote: &Cluster) -> anyhow::Result<Output> {
+        self.attach_with(remote, &[]).await
+    }
+
+    /// [`Mesh::attach`] with more arguments.
+    pub async fn attach_with(&self, remote: &Cluster, args: &[&str]) -> anyhow::Result<Output> {
         let mut attach = self.plugin();
         attach
             .arg("attach")
             .arg(&remote.kubeconfig)
-            .args(["--name", &remote.name]);
+            .args(["--name", &remote.name])
+            .args(args);
         run(attach).await
     }
 
