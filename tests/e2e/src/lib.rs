@@ -65,6 +65,15 @@ pub async fn own_mesh(
     Ok((env, mesh))
 }
 
+/// `kubectl label namespace <ns> --overwrite <args>` on the primary; returns kubectl's stderr,
+/// where the webhook's warnings say where the change landed.
+pub async fn label_on_primary(env: &TestEnv, ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = env.kubectl(env.primary());
+    cmd.args(["label", "namespace", ns, "--overwrite"])
+        .args(args);
+    Ok(String::from_utf8(run(cmd).await?.stderr)?)
+}
+
 /// A DNS-1123 name unique within this test run.
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -9,8 +9,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use mesh::cluster::{CONDITION_REACHABLE, MeshCluster};
 use mesh_e2e::{
-    create_everywhere, eventually, https_get, labels, managed_labels, namespaces, own_mesh, run,
-    shared_mesh, unique_name,
+    create_everywhere, eventually, https_get, label_on_primary, labels, managed_labels, namespaces,
+    own_mesh, run, shared_mesh, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -53,10 +53,8 @@ async fn a_remote_that_was_down_converges_when_it_returns() -> anyhow::Result<()
     .await?;
 
     env.stop_apiserver(&remote.name)?;
-    let mut label = env.kubectl(env.primary());
-    label.args(["label", "namespace", &ns, "istio-injection=enabled"]);
     // The edit succeeds on the primary; kubectl is told the remote missed it.
-    let warnings = String::from_utf8(run(label).await?.stderr)?;
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     assert!(
         warnings.contains("remote-1 unreachable")
             || warnings.contains("remote-1 did not answer in time"),
@@ -273,19 +271,11 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     let mut revision = 0;
     eventually("the follower serves admission", DEADLINE, || {
         revision += 1;
-        let mut label = env.kubectl(env.primary());
-        label.args([
-            "label",
-            "namespace",
-            &ns,
-            "--overwrite",
-            &format!("e2e-vap={scope}"),
-            &format!("istio.io/rev=stable-{revision}"),
-        ]);
-        let ca = &ca;
-        let follower = &follower;
+        let vap = format!("e2e-vap={scope}");
+        let rev = format!("istio.io/rev=stable-{revision}");
+        let (env, ns, ca, follower) = (&env, &ns, &ca, &follower);
         async move {
-            run(label).await?;
+            label_on_primary(env, ns, &[&vap, &rev]).await?;
             Ok((admission_reviews(follower, ca).await? > 0.0).then_some(()))
         }
     })
@@ -447,9 +437,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
     let mut unbind = env.kubectl(remote);
     unbind.args(["delete", "clusterrolebinding", "kubectl-mesh-sync"]);
     run(unbind).await?;
-    let mut label = env.kubectl(env.primary());
-    label.args(["label", "namespace", &ns, "istio-injection=enabled"]);
-    let warnings = String::from_utf8(run(label).await?.stderr)?;
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     assert!(
         warnings.contains("remote-1 forbids the change"),
         "kubectl printed: {warnings}"
@@ -480,15 +468,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         "kubectl-mesh-sync-token",
     ]);
     run(revoke).await?;
-    let mut label = env.kubectl(env.primary());
-    label.args([
-        "label",
-        "namespace",
-        &ns,
-        "--overwrite",
-        "istio-injection=disabled",
-    ]);
-    run(label).await?;
+    label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
     eventually("status shows the revoked token", DEADLINE, || async {
         Ok(synced(&env, "remote-1")
             .await?

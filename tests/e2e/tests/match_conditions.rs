@@ -2,7 +2,9 @@
 //! webhook for managed-label changes only, so every other namespace edit costs no round trip.
 //! Alone in its test binary: it counts every review the webhook answers.
 
-use mesh_e2e::{create_everywhere, https_get, labels, managed_labels, run, shared_mesh};
+use mesh_e2e::{
+    create_everywhere, https_get, label_on_primary, labels, managed_labels, run, shared_mesh,
+};
 
 async fn reviews_answered(addr: &str, ca: &str) -> anyhow::Result<f64> {
     let metrics = https_get(addr, ca, "/metrics").await?;
@@ -24,11 +26,7 @@ async fn only_managed_label_changes_reach_the_webhook() -> anyhow::Result<()> {
         .into_iter()
         .enumerate()
     {
-        let mut label = env.kubectl(env.primary());
-        label
-            .args(["label", "namespace", &ns, "--overwrite"])
-            .args(&args);
-        run(label).await?;
+        label_on_primary(env, &ns, &args).await?;
         let mut annotate = env.kubectl(env.primary());
         annotate.args([
             "annotate",
@@ -45,9 +43,7 @@ async fn only_managed_label_changes_reach_the_webhook() -> anyhow::Result<()> {
         "unrelated edits were sent to the webhook"
     );
 
-    let mut label = env.kubectl(env.primary());
-    label.args(["label", "namespace", &ns, "istio-injection=enabled"]);
-    run(label).await?;
+    label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
     assert_eq!(
         reviews_answered(mesh.listen_address(), &ca).await?,
         before + 1.0,

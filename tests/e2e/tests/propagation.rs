@@ -7,22 +7,14 @@ use std::time::Duration;
 
 use kube::api::{DeleteParams, Patch, PatchParams};
 use mesh_e2e::{
-    create_everywhere, create_namespace, eventually, labels, managed_labels, namespaces, own_mesh,
-    run, shared_mesh, unique_name,
+    create_everywhere, create_namespace, eventually, label_on_primary, labels, managed_labels,
+    namespaces, own_mesh, shared_mesh, unique_name,
 };
 use mesh_testenv::TestEnv;
 use serde_json::json;
 
 /// Resync period of the test webhook (5 s) plus room for a slow machine.
 const RESYNC_DEADLINE: Duration = Duration::from_secs(30);
-
-/// `kubectl label namespace <ns> <args>` on the primary; returns kubectl's stderr (warnings).
-async fn label_on_primary(env: &TestEnv, namespace: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = env.kubectl(env.primary());
-    cmd.args(["label", "namespace", namespace, "--overwrite"])
-        .args(args);
-    Ok(String::from_utf8(run(cmd).await?.stderr)?)
-}
 
 /// Asserts kubectl's warnings say the change reached every remote: pushed by the webhook
 /// ("<change> on remote-1, ..."), or found already there because the reconciler, which sees
