@@ -56,14 +56,26 @@ pub async fn own_mesh(
     remotes: usize,
     resync_period: Option<Duration>,
 ) -> anyhow::Result<(TestEnv, mesh_testenv::mesh::Mesh)> {
-    let env = TestEnv::start(Options { remotes, dir: None }).await?;
     let mut options = mesh_testenv::mesh::MeshOptions::from_workspace()?;
     if let Some(period) = resync_period {
         options.resync_period = period;
     }
+    own_mesh_with(remotes, options).await
+}
+
+/// [`own_mesh`] with every mesh option chosen by the test (a custom rule, webhook flags).
+pub async fn own_mesh_with(
+    remotes: usize,
+    options: mesh_testenv::mesh::MeshOptions,
+) -> anyhow::Result<(TestEnv, mesh_testenv::mesh::Mesh)> {
+    let env = TestEnv::start(Options { remotes, dir: None }).await?;
     let mesh = mesh_testenv::mesh::Mesh::start(&env, options).await?;
     Ok((env, mesh))
 }
+
+/// A resync period no test outlives: in a mesh started with it, only the webhook (and the
+/// reconciler's reaction to events) can make a remote change, never the periodic full sync.
+pub const NO_RESYNC: Duration = Duration::from_secs(3600);
 
 /// `kubectl label namespace <ns> --overwrite <args>` on the primary; returns kubectl's stderr,
 /// where the webhook's warnings say where the change landed.
@@ -313,4 +325,41 @@ pub fn describe(out: &std::process::Output) -> String {
         text(&out.stdout),
         text(&out.stderr)
     )
+}
+
+/// The admission reviews the mesh's webhook has answered, per outcome (`pushed`, `no_push`,
+/// ...), from `admission_reviews_total` on its `/metrics`: a request the apiserver did not
+/// send (matchConditions) counts nowhere.
+pub async fn admission_reviews(
+    mesh: &mesh_testenv::mesh::Mesh,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let metrics = https_get(mesh.listen_address(), &mesh.ca_pem()?, "/metrics").await?;
+    let mut reviews = std::collections::BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("admission_reviews_total{outcome=\"") else {
+            continue;
+        };
+        let (outcome, count) = rest
+            .split_once("\"} ")
+            .with_context(|| format!("unexpected metric line {line:?}"))?;
+        let count: f64 = count
+            .parse()
+            .with_context(|| format!("unexpected metric line {line:?}"))?;
+        reviews.insert(outcome.to_owned(), count);
+    }
+    Ok(reviews)
+}
+
+/// Every label of a namespace but the apiserver's own `kubernetes.io/metadata.name` (None
+/// when the namespace does not exist there): what a custom rule manages or leaves alone.
+pub async fn namespace_labels(
+    cluster: &mesh_testenv::Cluster,
+    name: &str,
+) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
+    let Some(ns) = namespaces(cluster).await?.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let mut labels = ns.metadata.labels.unwrap_or_default();
+    labels.remove("kubernetes.io/metadata.name");
+    Ok(Some(labels))
 }

@@ -54,7 +54,9 @@ impl Cluster {
         cmd
     }
 
-    fn apiserver_name(&self) -> String {
+    /// Name of this cluster's kube-apiserver process, for [`TestEnv::pause_process`] and
+    /// [`TestEnv::resume_process`].
+    pub fn apiserver_name(&self) -> String {
         format!("{}/kube-apiserver", self.name)
     }
 }
@@ -206,6 +208,31 @@ impl TestEnv {
         let cluster = self.cluster(name)?;
         self.spawn_apiserver(cluster)?;
         self.wait_ready(cluster).await
+    }
+
+    /// Freezes one cluster's apiserver (SIGSTOP): connections are accepted by the kernel and
+    /// then nothing answers, as with a hung or partitioned remote. [`TestEnv::resume_apiserver`]
+    /// undoes it.
+    pub fn pause_apiserver(&self, name: &str) -> anyhow::Result<()> {
+        let cluster = self.cluster(name)?;
+        self.pause_process(&cluster.apiserver_name())
+    }
+
+    /// Resumes an apiserver frozen by [`TestEnv::pause_apiserver`] and waits until it is ready.
+    pub async fn resume_apiserver(&self, name: &str) -> anyhow::Result<()> {
+        let cluster = self.cluster(name)?;
+        self.resume_process(&cluster.apiserver_name())?;
+        self.wait_ready(cluster).await
+    }
+
+    /// Freezes a process of the environment (SIGSTOP) by the name it was started with.
+    pub fn pause_process(&self, name: &str) -> anyhow::Result<()> {
+        self.lock().signal(name, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Resumes a process frozen by [`TestEnv::pause_process`] (SIGCONT).
+    pub fn resume_process(&self, name: &str) -> anyhow::Result<()> {
+        self.lock().signal(name, nix::sys::signal::Signal::SIGCONT)
     }
 
     /// Stops every process now (also done on drop).

@@ -26,6 +26,10 @@ pub struct MeshOptions {
     pub resync_period: Duration,
     /// Attach every remote of the environment (named like its cluster: remote-1, ...).
     pub attach_remotes: bool,
+    /// More arguments for `kubectl mesh install` (e.g. a custom rule).
+    pub install_args: Vec<String>,
+    /// More arguments for every `mesh-webhook` replica (e.g. the same rule's flags).
+    pub webhook_args: Vec<String>,
 }
 
 impl MeshOptions {
@@ -36,6 +40,8 @@ impl MeshOptions {
             webhook: crate::workspace_binary("mesh-webhook")?,
             resync_period: Duration::from_secs(5),
             attach_remotes: true,
+            install_args: Vec::new(),
+            webhook_args: Vec::new(),
         })
     }
 }
@@ -68,7 +74,8 @@ impl Mesh {
                 &mesh.webhook_url(),
                 "--webhook-cert-dir",
             ])
-            .arg(&mesh.cert_dir);
+            .arg(&mesh.cert_dir)
+            .args(&mesh.options.install_args);
         run(install).await?;
         eprintln!("[mesh] installed on the primary: {:.2?}", started.elapsed());
         mesh.start_webhook(env).await?;
@@ -159,6 +166,7 @@ impl Mesh {
             .args(["--identity", identity])
             .arg("--resync-period")
             .arg(format!("{}ms", self.options.resync_period.as_millis()))
+            .args(&self.options.webhook_args)
             .env(
                 "RUST_LOG",
                 std::env::var("MESH_WEBHOOK_LOG").unwrap_or_else(|_| "info".into()),
@@ -200,6 +208,17 @@ impl Mesh {
     /// Stops the webhook process, as when it crashes.
     pub fn stop_webhook(&self, env: &TestEnv) -> anyhow::Result<()> {
         env.stop_process(WEBHOOK_PROCESS)
+    }
+
+    /// Freezes the webhook process (SIGSTOP): the apiserver's calls connect and hang until
+    /// its webhook timeout, as with a webhook stuck or partitioned mid-request.
+    pub fn pause_webhook(&self, env: &TestEnv) -> anyhow::Result<()> {
+        env.pause_process(WEBHOOK_PROCESS)
+    }
+
+    /// Resumes a webhook frozen by [`Mesh::pause_webhook`].
+    pub fn resume_webhook(&self, env: &TestEnv) -> anyhow::Result<()> {
+        env.resume_process(WEBHOOK_PROCESS)
     }
 
     /// Writes `<dir>/env.sh`: kubectl-mesh and the matching kubectl on PATH, KUBECONFIG set to

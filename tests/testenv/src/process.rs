@@ -75,6 +75,16 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// Sends `signal` to one running process: SIGSTOP freezes it with its sockets open, so
+    /// peers see a server that accepts connections and never answers; SIGCONT resumes it.
+    pub fn signal(&self, name: &str, signal: Signal) -> anyhow::Result<()> {
+        let Some(managed) = self.children.iter().find(|m| m.name == name) else {
+            bail!("no running process named {name}");
+        };
+        nix::sys::signal::kill(Pid::from_raw(managed.child.id() as i32), signal)
+            .with_context(|| format!("sending {signal} to {name}"))
+    }
+
     /// Fails with the tail of its log if any process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for managed in &mut self.children {
