@@ -758,4 +758,203 @@ mod tests {
             }
         }
     }
+
+    /// Properties of the rule's patches over arbitrary label maps, applied with the json-patch
+    /// crate to the namespace as JSON, as the apiserver applies a JSON patch.
+    ///
+    /// Case counts: `PROPTEST_CASES` when set, else `DEFAULT_CASES`.
+    mod properties {
+        use super::super::fixtures::ns;
+        use super::*;
+        use proptest::{prelude::*, test_runner::TestCaseError};
+
+        const DEFAULT_CASES: u32 = 256;
+
+        fn config() -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_CASES);
+            ProptestConfig {
+                cases,
+                // Failures print the minimal input; no regression files next to the sources.
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Keys a custom rule may manage besides the default ones: `~` and `/` both need
+        /// escaping in a JSON pointer.
+        const CUSTOM_KEYS: [&str; 5] = [
+            "istio-injection",
+            "istio.io/rev",
+            "istio.io/dataplane-mode",
+            "example.com/mesh~tier",
+            "team",
+        ];
+
+        /// The default rule, or a custom one managing some of [`CUSTOM_KEYS`] (and naming the
+        /// apiserver's own label, which no rule may manage).
+        fn rule() -> impl Strategy<Value = SyncRule> {
+            prop_oneof![
+                Just(SyncRule::default()),
+                proptest::sample::subsequence(CUSTOM_KEYS.to_vec(), 1..=CUSTOM_KEYS.len())
+                    .prop_map(|keys| {
+                        let keys = keys.into_iter().chain([METADATA_NAME_LABEL]);
+                        SyncRule::new(keys.map(str::to_owned), [])
+                    }),
+            ]
+        }
+
+        /// Mostly keys some rule manages (and the apiserver's own), sometimes any other key.
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                3 => proptest::sample::select(
+                    CUSTOM_KEYS.iter().chain(&[METADATA_NAME_LABEL]).copied().collect::<Vec<_>>()
+                )
+                .prop_map(str::to_owned),
+                1 => "[a-z]{1,3}(\\.io/[a-z]{1,3})?",
+            ]
+        }
+
+        /// Few distinct values (the empty one included), so that the primary's and the
+        /// remote's often agree.
+        fn labels() -> impl Strategy<Value = Labels> {
+            proptest::collection::btree_map(key(), "[ab]{0,2}", 0..6)
+        }
+
+        /// The primary's namesake: absent, being deleted, or present with `labels`.
+        fn primary() -> impl Strategy<Value = Option<Namespace>> {
+            prop_oneof![
+                1 => Just(None),
+                1 => labels().prop_map(|l| Some(with_labels(Some(l), None).deleting())),
+                4 => labels().prop_map(|l| Some(with_labels(Some(l), None))),
+            ]
+        }
+
+        /// A remote namespace, `/metadata/labels` absent in some cases, with or without a
+        /// resourceVersion.
+        fn remote() -> impl Strategy<Value = Namespace> {
+            (
+                proptest::option::weighted(0.8, labels()),
+                proptest::option::of("[1-9][0-9]{0,3}"),
+            )
+                .prop_map(|(labels, rv)| with_labels(labels, rv))
+        }
+
+        fn with_labels(labels: Option<Labels>, rv: Option<String>) -> Namespace {
+            let mut namespace = ns("shop");
+            namespace.metadata.labels = labels;
+            namespace.metadata.resource_version = rv;
+            namespace
+        }
+
+        /// The labels of a namespace as JSON; none when `/metadata/labels` is absent.
+        fn labels_of(doc: &Value) -> Labels {
+            doc.pointer("/metadata/labels")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().expect("string label").to_owned()))
+                .collect()
+        }
+
+        /// Everything of a namespace as JSON but its labels.
+        fn without_labels(doc: &Value) -> Value {
+            let mut doc = doc.clone();
+            doc["metadata"]
+                .as_object_mut()
+                .expect("metadata")
+                .remove("labels");
+            doc
+        }
+
+        /// After a patch was applied: the managed labels are exactly `desired`, every other
+        /// label and the rest of the namespace are as before.
+        fn assert_converged(
+            rule: &SyncRule,
+            desired: &Labels,
+            before: &Value,
+            after: &Value,
+        ) -> Result<(), TestCaseError> {
+            let (was, now) = (labels_of(before), labels_of(after));
+            prop_assert_eq!(&rule.managed_of(Some(&now)), desired);
+            for key in was.keys().chain(now.keys()) {
+                if !rule.is_managed(key) {
+                    prop_assert_eq!(was.get(key), now.get(key), "unmanaged {} changed", key);
+                }
+            }
+            prop_assert_eq!(without_labels(after), without_labels(before));
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn sync_patch_yields_the_desired_managed_labels_and_nothing_else(
+                rule in rule(),
+                primary in primary(),
+                remote in remote(),
+            ) {
+                let desired = rule.desired(primary.as_ref());
+                let diff = rule.diff(&desired, &remote);
+                prop_assert_eq!(
+                    diff.is_empty(),
+                    rule.managed_of(remote.metadata.labels.as_ref()) == desired
+                );
+                let patch = diff.to_json_patch(&remote);
+                let before = serde_json::to_value(&remote).expect("namespace serializes");
+                let mut after = before.clone();
+                json_patch::patch(&mut after, &patch)
+                    .map_err(|e| TestCaseError::fail(format!("patch {patch:?} refused: {e}")))?;
+                assert_converged(&rule, &desired, &before, &after)?;
+
+                // Computed from a read that is no longer current: refused, nothing changed.
+                if let Some(rv) = &remote.metadata.resource_version {
+                    let mut moved = before.clone();
+                    moved["metadata"]["resourceVersion"] = Value::String(format!("{rv}0"));
+                    let unchanged = moved.clone();
+                    prop_assert!(json_patch::patch(&mut moved, &patch).is_err());
+                    prop_assert_eq!(moved, unchanged);
+                }
+            }
+
+            #[test]
+            fn guarded_push_applies_iff_the_remote_carries_the_expected_labels(
+                rule in rule(),
+                primary in primary(),
+                remote in remote(),
+                other in labels(),
+                from_remote in any::<bool>(),
+            ) {
+                // What the primary had before the change: often what the remote carries (the
+                // converged case the guarded patch bets on), else anything.
+                let expected = if from_remote {
+                    remote.metadata.labels.clone().unwrap_or_default()
+                } else {
+                    other
+                };
+                let desired = rule.desired(primary.as_ref());
+                let patch = crate::propagate::patch_from(&rule, &expected, &desired);
+                let before = serde_json::to_value(&remote).expect("namespace serializes");
+                let mut after = before.clone();
+                let applied = json_patch::patch(&mut after, &patch).is_ok();
+                // Without a labels map nothing can be added into it, so the patch is refused
+                // and the push reads and diffs instead (real apiservers label every namespace
+                // with kubernetes.io/metadata.name, so the map is always there).
+                let carries_expected = remote.metadata.labels.as_ref().is_some_and(|labels| {
+                    rule.managed_of(Some(&expected))
+                        .iter()
+                        .all(|(key, value)| labels.get(key) == Some(value))
+                });
+                prop_assert_eq!(applied, carries_expected, "patch {:?}", patch);
+                if applied {
+                    assert_converged(&rule, &desired, &before, &after)?;
+                } else {
+                    prop_assert_eq!(after, before, "a refused patch changes nothing");
+                }
+            }
+        }
+    }
 }

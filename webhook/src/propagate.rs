@@ -198,7 +198,11 @@ pub async fn push_from(
 /// `expected` first, so that the apiserver applies nothing unless the remote carries them. Keys
 /// absent from both are made absent too (`add` then `remove`: a lone `remove` of an absent key
 /// fails the patch), so the remote ends with exactly `desired` whenever the tests pass.
-fn patch_from(rule: &SyncRule, expected: &Labels, desired: &Labels) -> json_patch::Patch {
+pub(crate) fn patch_from(
+    rule: &SyncRule,
+    expected: &Labels,
+    desired: &Labels,
+) -> json_patch::Patch {
     let path = |key: &str| PointerBuf::from_tokens(["metadata", "labels", key]);
     let mut ops: Vec<PatchOperation> = expected
         .iter()
