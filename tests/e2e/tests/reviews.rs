@@ -1,0 +1,152 @@
+//! CREATE and DELETE admission reviews through the real webhook, each on its own: a namespace
+//! created on the primary with a managed label, and a labelled namespace deleted there, reach
+//! the webhook (matchConditions compare with the absent old or new object), which pushes the
+//! change to every remote before it answers, as for a label edit. On DELETE the remotes end
+//! with no managed label (a namespace being deleted on the primary carries none by the rule);
+//! the remote namespace itself stays.
+//!
+//! Alone in its test binary: its tests count every review the webhook answers, so they take
+//! turns.
+
+use mesh::admission::PROPAGATION_ANNOTATION;
+use mesh_e2e::mesh_testenv::TestEnv;
+use mesh_e2e::mesh_testenv::mesh::Mesh;
+use mesh_e2e::{
+    admission_reviews, create_everywhere, create_namespace, label_on_primary, labels,
+    managed_labels, namespaces, run, shared_mesh, text, unique_name,
+};
+use tokio::sync::Mutex;
+
+/// Held by each test while it counts reviews.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+/// Reviews answered with outcome `pushed`, and in all.
+async fn pushed_and_all(mesh: &Mesh) -> anyhow::Result<(f64, f64)> {
+    let reviews = admission_reviews(mesh).await?;
+    Ok((
+        reviews.get("pushed").copied().unwrap_or_default(),
+        reviews.values().sum(),
+    ))
+}
+
+/// `remote-1, remote-2`, as the webhook's warnings list the remotes.
+fn remote_names(env: &TestEnv) -> String {
+    env.remotes()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[tokio::test]
+async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
+-> anyhow::Result<()> {
+    let (env, mesh) = shared_mesh(2).await;
+    let _turn = TURN.lock().await;
+    let name = unique_name("created");
+    // On the remotes first: namespaces are never created there, only labelled.
+    for remote in env.remotes() {
+        create_namespace(remote, &name).await?;
+    }
+    let manifest = env.dir().join(format!("{name}.yaml"));
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+             istio-injection: enabled\n"
+        ),
+    )?;
+
+    let (pushed, all) = pushed_and_all(mesh).await?;
+    let mut create = env.kubectl(env.primary());
+    create.args(["create", "-f"]).arg(&manifest);
+    let warnings = text(&run(create).await?.stderr);
+    // Read at once: the webhook pushes before it answers the CREATE review.
+    for remote in env.remotes() {
+        assert_eq!(
+            managed_labels(remote, &name).await?,
+            Some(labels(&[("istio-injection", "enabled")])),
+            "{}: the created namespace's label did not land before kubectl returned; \
+             kubectl said: {warnings}",
+            remote.name
+        );
+    }
+    assert_eq!(
+        pushed_and_all(mesh).await?,
+        (pushed + 1.0, all + 1.0),
+        "the CREATE is sent to the webhook once and pushed"
+    );
+    assert!(
+        warnings.contains(&format!(
+            "kubectl-mesh: istio-injection=enabled applied on {}",
+            remote_names(env)
+        )),
+        "{warnings}"
+    );
+    // The CREATE review also mutates the new namespace: where its label landed.
+    let created = namespaces(env.primary()).await?.get(&name).await?;
+    let landed: serde_json::Value = serde_json::from_str(
+        created
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(PROPAGATION_ANNOTATION)
+            .map_or("null", String::as_str),
+    )?;
+    let expected: serde_json::Map<_, _> = env
+        .remotes()
+        .iter()
+        .map(|r| (r.name.clone(), "applied".into()))
+        .collect();
+    assert_eq!(landed, serde_json::Value::Object(expected));
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_labelled_namespace_removes_its_label_before_kubectl_returns()
+-> anyhow::Result<()> {
+    let (env, mesh) = shared_mesh(2).await;
+    let _turn = TURN.lock().await;
+    let name = create_everywhere(env, "deleted").await?;
+    label_on_primary(env, &name, &["istio-injection=enabled"]).await?;
+    for remote in env.remotes() {
+        assert_eq!(
+            managed_labels(remote, &name).await?,
+            Some(labels(&[("istio-injection", "enabled")])),
+            "{}: the label to be removed is there",
+            remote.name
+        );
+    }
+
+    let (pushed, _) = pushed_and_all(mesh).await?;
+    // --wait=false: kubectl returns once the apiserver has answered the DELETE (and so the
+    // webhook has), not after the namespace is finalized, when the reconciler could have
+    // removed the label instead.
+    let mut delete = env.kubectl(env.primary());
+    delete.args(["delete", "namespace", &name, "--wait=false"]);
+    let warnings = text(&run(delete).await?.stderr);
+    for remote in env.remotes() {
+        assert_eq!(
+            managed_labels(remote, &name).await?,
+            Some(labels(&[])),
+            "{}: the label of the namespace deleted on the primary was not removed before \
+             kubectl returned (or the namespace went); kubectl said: {warnings}",
+            remote.name
+        );
+    }
+    // Only pushes are counted here: once the namespace is finalized, the namespace controller
+    // deletes it once more, a review answered without a push that may already have come.
+    assert_eq!(
+        pushed_and_all(mesh).await?.0,
+        pushed + 1.0,
+        "the DELETE is sent to the webhook and pushed"
+    );
+    assert!(
+        warnings.contains(&format!(
+            "kubectl-mesh: managed labels removed on {}",
+            remote_names(env)
+        )),
+        "{warnings}"
+    );
+    Ok(())
+}
