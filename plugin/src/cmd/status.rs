@@ -26,7 +26,9 @@ pub const DRIFT_EXIT_CODE: u8 = 3;
 ///
 /// Reads every cluster now. A cell marked `(drift)` differs from the primary and will be
 /// corrected by the webhook's reconciler or by `kubectl mesh sync`; `(missing)` means the
-/// namespace does not exist on that remote (kubectl-mesh never creates namespaces).
+/// namespace carries managed labels on the primary but does not exist on that remote
+/// (kubectl-mesh never creates namespaces); `(absent)` that it does not exist there and
+/// nothing is owed there.
 #[derive(Debug, clap::Args)]
 pub struct Status {
     /// Namespaces to show [default: every namespace with a managed label].
@@ -189,8 +191,13 @@ pub enum CellState {
     InSync,
     /// They differ; a sync would write.
     Drifted,
-    /// The namespace does not exist on the remote.
+    /// The namespace carries managed labels on the primary and does not exist on the remote
+    /// (what the rule reports as missing).
     Missing,
+    /// The namespace does not exist on the remote and none of its managed labels are owed
+    /// there: absent on the primary too, being deleted there, without managed labels, or
+    /// excluded.
+    Absent,
     /// The remote could not be read.
     Unreachable,
     /// The namespace is never synced.
@@ -269,12 +276,13 @@ impl StatusReport {
                 let cell = match map {
                     None => RemoteCell::bare(CellState::Unreachable, None),
                     Some(map) => match map.get(&name) {
-                        None => {
-                            if !desired.is_empty() && !rule.is_excluded(&name) {
-                                report.missing += 1;
-                            }
+                        // Missing exactly as the rule's plan says: a gap only where the
+                        // primary has managed labels to give.
+                        None if !desired.is_empty() && !rule.is_excluded(&name) => {
+                            report.missing += 1;
                             RemoteCell::bare(CellState::Missing, None)
                         }
+                        None => RemoteCell::bare(CellState::Absent, None),
                         Some(ns) => {
                             let labels = rule.managed_of(ns.metadata.labels.as_ref());
                             if rule.is_excluded(&name) {
@@ -336,10 +344,7 @@ impl StatusReport {
             let mut by_cluster: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for row in &self.namespaces {
                 for (cluster, cell) in &row.clusters {
-                    let counts = cell.state == state
-                        && (state != CellState::Missing
-                            || (row.primary.exists && !row.primary.labels.is_empty()));
-                    if counts {
+                    if cell.state == state {
                         by_cluster.entry(cluster).or_default().push(&row.name);
                     }
                 }
@@ -387,6 +392,7 @@ impl RemoteCell {
             CellState::InSync => labels(),
             CellState::Drifted => format!("{} (drift)", labels()),
             CellState::Missing => "(missing)".to_owned(),
+            CellState::Absent => "(absent)".to_owned(),
             CellState::Unreachable => "(unreachable)".to_owned(),
             CellState::Excluded => format!("{} (excluded)", labels()),
         }
@@ -418,6 +424,7 @@ pub fn plural(n: usize, noun: &str) -> String {
 mod tests {
     use super::*;
     use crate::mesh_state::fixtures::ns;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn primary() -> BTreeMap<String, Namespace> {
         [
@@ -510,13 +517,61 @@ mod tests {
         let names: Vec<&str> = r.namespaces.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["kube-system", "nowhere"]);
         assert_eq!(r.namespaces[0].clusters["east"].state, CellState::Excluded);
-        assert_eq!(r.namespaces[1].clusters["east"].state, CellState::Missing);
+        assert_eq!(r.namespaces[1].clusters["east"].state, CellState::Absent);
         assert_eq!((r.drifted, r.missing), (0, 0));
         assert_eq!(
             r.table(),
             "NAMESPACE     PRIMARY    EAST\n\
              kube-system   -          istio-injection=disabled (excluded)\n\
-             nowhere       (absent)   (missing)\n"
+             nowhere       (absent)   (absent)\n"
+        );
+    }
+
+    #[test]
+    fn missing_only_where_the_rule_reports_it() {
+        let mut primary = primary();
+        let mut leaving = ns("leaving", &[("istio-injection", "enabled")]);
+        leaving.metadata.deletion_timestamp = "2026-01-01T00:00:00Z".parse().ok().map(Time);
+        primary.insert("leaving".into(), leaving);
+        let r = StatusReport::compute(
+            &SyncRule::default(),
+            &primary,
+            &remotes()[..2],
+            &[
+                "ambient".into(),
+                "legacy".into(),
+                "plain".into(),
+                "leaving".into(),
+                "nowhere".into(),
+            ],
+        );
+        let cell = |namespace: &str, cluster: &str| {
+            let row = r.namespaces.iter().find(|n| n.name == namespace);
+            let cell = &row.expect("row").clusters[cluster];
+            let state = serde_json::to_value(cell).expect("serializes")["state"].clone();
+            (cell.text(), state.as_str().unwrap_or_default().to_owned())
+        };
+        let missing = ("(missing)".to_owned(), "missing".to_owned());
+        let absent = ("(absent)".to_owned(), "absent".to_owned());
+        // Managed labels on the primary, no namespace on east: the one real gap.
+        assert_eq!(cell("ambient", "east"), missing);
+        // Absent on the primary as well: nothing is owed there.
+        assert_eq!(cell("legacy", "west"), absent);
+        assert_eq!(cell("nowhere", "east"), absent);
+        // On the primary without a managed label, or being deleted there: a sync would write
+        // nothing there either.
+        assert_eq!(cell("plain", "west"), absent);
+        assert_eq!(cell("leaving", "west"), absent);
+        assert_eq!(r.missing, 1);
+        let summary: Vec<String> = r.summary().into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            summary,
+            [
+                "1 namespace on east differs from the primary: legacy; `kubectl mesh sync \
+                 --cluster east` converges it now",
+                "1 namespace with managed labels is absent on east: ambient (kubectl-mesh never \
+                 creates namespaces)",
+            ]
         );
     }
 
