@@ -332,8 +332,42 @@ mod tests {
             .collect()
     }
 
+    /// The same three remotes synced for real and dry: west converged, east with changes, one
+    /// namespace (`locked`) whose write the remote forbids and one missing, north unreadable.
+    /// A dry run writes nothing, so no namespace can fail there: it lists `locked` as a change
+    /// it would make. Only a remote that cannot be read fails either way.
     fn results(dry_run: bool) -> Vec<ClusterSync> {
         let status = if dry_run { "planned" } else { "applied" };
+        let mut changes = vec![
+            Change {
+                namespace: "bookinfo".into(),
+                set: labels(&[("istio-injection", "enabled")]),
+                remove: BTreeSet::new(),
+                status,
+            },
+            Change {
+                namespace: "legacy-apps".into(),
+                set: labels(&[("istio.io/rev", "1-24")]),
+                remove: BTreeSet::from(["istio-injection".to_owned()]),
+                status,
+            },
+        ];
+        let mut failures = Vec::new();
+        let locked = Change {
+            namespace: "locked".into(),
+            set: labels(&[("istio-injection", "enabled")]),
+            remove: BTreeSet::new(),
+            status,
+        };
+        if dry_run {
+            changes.push(locked);
+        } else {
+            failures.push(Failure {
+                namespace: locked.namespace,
+                change: labels_change(&locked.set, &locked.remove),
+                message: "namespaces \"locked\" is forbidden".into(),
+            });
+        }
         vec![
             ClusterSync {
                 cluster: "west".into(),
@@ -349,27 +383,10 @@ mod tests {
                 cluster: "east".into(),
                 dry_run,
                 error: None,
-                changes: vec![
-                    Change {
-                        namespace: "bookinfo".into(),
-                        set: labels(&[("istio-injection", "enabled")]),
-                        remove: BTreeSet::new(),
-                        status,
-                    },
-                    Change {
-                        namespace: "legacy-apps".into(),
-                        set: labels(&[("istio.io/rev", "1-24")]),
-                        remove: BTreeSet::from(["istio-injection".to_owned()]),
-                        status,
-                    },
-                ],
+                changes,
                 in_sync: 12,
                 missing: vec!["payments".into()],
-                failures: vec![Failure {
-                    namespace: "locked".into(),
-                    change: "+istio-injection=enabled".into(),
-                    message: "namespaces \"locked\" is forbidden".into(),
-                }],
+                failures,
                 writes: if dry_run { 0 } else { 2 },
             },
             ClusterSync::failed(
@@ -393,6 +410,15 @@ mod tests {
         assert!(r[1].is_failed(), "a namespace failed");
         assert!(r[2].is_failed());
         assert_eq!(r[0].summary(), "west: 7 in sync, 0 writes");
+        let dry = results(true);
+        assert!(
+            !dry[1].is_failed(),
+            "a dry run writes nothing that could fail"
+        );
+        assert!(
+            dry[2].is_failed(),
+            "an unreadable remote fails a dry run too"
+        );
     }
 
     #[test]
