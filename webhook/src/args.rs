@@ -15,6 +15,7 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberI
 use crate::{
     labels::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MANAGED_LABELS, SyncRule},
     leader,
+    reconcile::BackoffSettings,
     remote::RemoteOptions,
     server::{LogLevelSetter, Webhook},
 };
@@ -90,6 +91,15 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_PUSH_DEADLINE", default_value = "2s", value_parser = parse_duration)]
     pub push_deadline: Duration,
 
+    /// Wait before the first retry of a remote whose sync failed (unreachable, refused
+    /// credentials); every further failure doubles it, up to --backoff-max.
+    #[arg(long, env = "MESH_WEBHOOK_BACKOFF_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    pub backoff_initial: Duration,
+
+    /// Longest wait between retries of a failing remote.
+    #[arg(long, env = "MESH_WEBHOOK_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
     /// Connect and read timeout of calls to remote clusters.
     #[arg(long, env = "MESH_WEBHOOK_REMOTE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub remote_timeout: Duration,
@@ -139,6 +149,8 @@ impl Args {
             mesh_namespace,
             resync_period,
             push_deadline,
+            backoff_initial,
+            backoff_max,
             remote_timeout,
             lease_name,
             identity,
@@ -148,6 +160,14 @@ impl Args {
         let log_setter = init_tracing(&log_level, log_format)?;
         anyhow::ensure!(!resync_period.is_zero(), "--resync-period must be positive");
         anyhow::ensure!(!push_deadline.is_zero(), "--push-deadline must be positive");
+        anyhow::ensure!(
+            !backoff_initial.is_zero(),
+            "--backoff-initial must be positive"
+        );
+        anyhow::ensure!(
+            backoff_max >= backoff_initial,
+            "--backoff-max must not be shorter than --backoff-initial"
+        );
         if push_deadline >= Duration::from_secs(5) {
             tracing::warn!(
                 push_deadline_ms = push_deadline.as_millis(),
@@ -186,6 +206,10 @@ impl Args {
             .mesh_namespace(mesh_namespace)
             .resync_period(resync_period)
             .push_deadline(push_deadline)
+            .backoff(BackoffSettings {
+                initial: backoff_initial,
+                max: backoff_max,
+            })
             .remote_options(RemoteOptions {
                 connect_timeout: remote_timeout,
                 read_timeout: remote_timeout,
@@ -336,6 +360,13 @@ mod tests {
         assert_eq!(args.resync_period, Duration::from_secs(60));
         assert_eq!(args.push_deadline, Duration::from_secs(2));
         assert_eq!(
+            BackoffSettings {
+                initial: args.backoff_initial,
+                max: args.backoff_max
+            },
+            BackoffSettings::default()
+        );
+        assert_eq!(
             args.managed_labels,
             DEFAULT_MANAGED_LABELS.map(String::from)
         );
@@ -368,9 +399,13 @@ mod tests {
             "--managed-labels=istio.io/rev,istio-injection",
             "--resync-period=5m",
             "--push-deadline=1500ms",
+            "--backoff-initial=250ms",
+            "--backoff-max=2s",
             "--log-format=json",
         ])
         .expect("parse");
+        assert_eq!(args.backoff_initial, Duration::from_millis(250));
+        assert_eq!(args.backoff_max, Duration::from_secs(2));
         assert_eq!(args.managed_labels, ["istio.io/rev", "istio-injection"]);
         assert_eq!(args.resync_period, Duration::from_secs(300));
         assert_eq!(args.push_deadline, Duration::from_millis(1500));

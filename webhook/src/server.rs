@@ -54,7 +54,7 @@ use crate::{
     leader::{self, LeaseSettings},
     metrics::{self, Metrics, ReviewOutcome},
     propagate::fan_out_timed_from,
-    reconcile::{self, Reconciler},
+    reconcile::{self, BackoffSettings, Reconciler},
     remote::{RemoteOptions, Remotes},
     tls::{self, CertResolver},
 };
@@ -519,6 +519,7 @@ pub struct Webhook {
     mesh_namespace: String,
     resync_period: Duration,
     push_deadline: Duration,
+    backoff: BackoffSettings,
     remote_options: RemoteOptions,
     lease_name: Option<String>,
     identity: String,
@@ -538,6 +539,7 @@ impl Webhook {
             mesh_namespace: crate::MESH_NAMESPACE.to_owned(),
             resync_period: Duration::from_secs(60),
             push_deadline: Duration::from_secs(2),
+            backoff: BackoffSettings::default(),
             remote_options: RemoteOptions::default(),
             lease_name: Some("mesh-webhook".to_owned()),
             identity: leader::default_identity(),
@@ -569,6 +571,12 @@ impl Webhook {
 
     pub fn push_deadline(mut self, deadline: Duration) -> Self {
         self.push_deadline = deadline;
+        self
+    }
+
+    /// How long the reconciler waits before retrying a remote that keeps failing.
+    pub fn backoff(mut self, backoff: BackoffSettings) -> Self {
+        self.backoff = backoff;
         self
     }
 
@@ -677,6 +685,7 @@ impl BoundWebhook {
             mesh_namespace,
             resync_period,
             push_deadline,
+            backoff,
             remote_options: _,
             lease_name,
             identity,
@@ -702,6 +711,7 @@ impl BoundWebhook {
         let mut settings = reconcile::Settings::new(&mesh_namespace, &identity);
         settings.resync_period = resync_period;
         settings.drift_settle = push_deadline + Duration::from_secs(1);
+        settings.backoff = backoff;
         let in_flight = InFlight::default();
         let reconciler = Reconciler::new(
             primary.clone(),
