@@ -256,6 +256,17 @@ pub async fn https_get(addr: &str, ca_pem: &str, path: &str) -> anyhow::Result<S
     Ok(body.to_string())
 }
 
+/// Sum of the samples of `metric` a webhook replica serves on `/metrics` (e.g.
+/// `admission_reviews_total`: every review it answered, whatever the outcome).
+pub async fn metric_sum(addr: &str, ca_pem: &str, metric: &str) -> anyhow::Result<f64> {
+    let metrics = https_get(addr, ca_pem, "/metrics").await?;
+    Ok(metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(metric))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// Label keys kubectl-mesh manages (the default rule).
 pub const MANAGED_LABELS: [&str; 3] = mesh::labels::DEFAULT_MANAGED_LABELS;
 

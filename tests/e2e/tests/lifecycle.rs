@@ -1,0 +1,651 @@
+//! The life of an installation beyond the happy path: `kubectl mesh uninstall` with clusters
+//! still attached, re-running `install` without the rule flags, and the reconciler's backoff
+//! against a remote whose apiserver is down.
+//!
+//! Every test starts its own control planes (uninstall destroys the mesh, the backoff test
+//! stops an apiserver and runs the webhook with its own flags). They take turns ([`serial`]):
+//! the backoff test measures intervals of a few hundred milliseconds, which control planes
+//! starting beside it on a small machine would blur.
+
+use std::collections::BTreeSet;
+use std::process::Output;
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Namespace};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::ListParams;
+use kubectl_mesh::remote_setup as setup;
+use mesh::MESH_NAMESPACE;
+use mesh::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
+use mesh_e2e::fixtures::{output, plugin};
+use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
+use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
+use mesh_e2e::{
+    DEFAULT_TIMEOUT, NO_RESYNC, create_everywhere, create_namespace, describe, eventually,
+    label_on_primary, labels, managed_labels, metric_sum, own_mesh, own_mesh_with, run, text,
+    unique_name,
+};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// One test at a time (see the module comment).
+async fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// `kubectl-mesh --kubeconfig <primary> <args>`, whatever its exit status.
+async fn mesh_command(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
+    let mut cmd = plugin(env)?;
+    cmd.args(args).env("NO_COLOR", "1");
+    output(cmd).await
+}
+
+/// `kubectl get <kinds> -A -l <selector> -o name` on `cluster`, as a set.
+async fn objects(
+    env: &TestEnv,
+    cluster: &Cluster,
+    kinds: &str,
+    selector: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    let mut get = env.kubectl(cluster);
+    get.args(["get", kinds, "-A", "-l", selector, "-o", "name"]);
+    Ok(text(&run(get).await?.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Everything on the primary labelled as made by kubectl-mesh, of every kind install or
+/// attach creates there (MeshClusters apart: their kind goes with the CRD).
+async fn mesh_objects_on_primary(env: &TestEnv) -> anyhow::Result<BTreeSet<String>> {
+    objects(
+        env,
+        env.primary(),
+        "namespaces,serviceaccounts,secrets,roles,rolebindings,clusterroles,clusterrolebindings,\
+         deployments,services,mutatingwebhookconfigurations,customresourcedefinitions",
+        &format!("{}=kubectl-mesh", setup::MANAGED_BY_LABEL),
+    )
+    .await
+}
+
+/// What attach created on a remote for the cluster `name`.
+async fn attach_objects_on_remote(
+    env: &TestEnv,
+    remote: &Cluster,
+    name: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    objects(
+        env,
+        remote,
+        "namespaces,serviceaccounts,secrets,clusterroles,clusterrolebindings,\
+         validatingadmissionpolicies,validatingadmissionpolicybindings",
+        &setup::selector(name),
+    )
+    .await
+}
+
+/// Names of the MeshClusters on the primary; none when their CRD is gone.
+async fn mesh_clusters(env: &TestEnv) -> anyhow::Result<Vec<String>> {
+    let api: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    match api.list_metadata(&ListParams::default()).await {
+        Ok(list) => Ok(list
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .collect()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether the primary's apiserver still sends a managed-label change to a webhook: a
+/// server-side dry run is answered with the webhook's dry-run warning when it does.
+async fn primary_calls_a_webhook(env: &TestEnv, ns: &str) -> anyhow::Result<bool> {
+    let mut probe = env.kubectl(env.primary());
+    probe.args([
+        "label",
+        "namespace",
+        ns,
+        "istio-injection=webhook-probe",
+        "--overwrite",
+        "--dry-run=server",
+    ]);
+    Ok(text(&run(probe).await?.stderr).contains("kubectl-mesh: dry run"))
+}
+
+async fn admission_reviews(mesh: &Mesh) -> anyhow::Result<f64> {
+    metric_sum(
+        mesh.listen_address(),
+        &mesh.ca_pem()?,
+        "admission_reviews_total",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the_primary_only()
+-> anyhow::Result<()> {
+    let _serial = serial().await;
+    let (env, mesh) = own_mesh(2, None).await?;
+    let (kept, detached) = (&env.remotes()[0], &env.remotes()[1]);
+    let primary = env.primary().client().await?;
+
+    // Before: a change on the primary goes through the webhook to the remotes.
+    let shop = create_everywhere(&env, "shop").await?;
+    let reviews = admission_reviews(&mesh).await?;
+    let warnings = label_on_primary(&env, &shop, &["istio-injection=enabled"]).await?;
+    assert!(
+        warnings.contains(&format!(
+            "kubectl-mesh: istio-injection=enabled applied on {}",
+            kept.name
+        )),
+        "{warnings}"
+    );
+    assert_eq!(admission_reviews(&mesh).await?, reviews + 1.0);
+    let enabled = labels(&[("istio-injection", "enabled")]);
+    assert_eq!(managed_labels(kept, &shop).await?, Some(enabled.clone()));
+    let installed = mesh_objects_on_primary(&env).await?;
+    for object in [
+        "namespace/kubectl-mesh",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-mesh",
+        "customresourcedefinition.apiextensions.k8s.io/meshclusters.kubectl-mesh.io",
+        "clusterrole.rbac.authorization.k8s.io/kubectl-mesh:mesh-webhook",
+        "clusterrolebinding.rbac.authorization.k8s.io/kubectl-mesh:mesh-webhook",
+        "secret/cluster-remote-1",
+    ] {
+        assert!(installed.contains(object), "{object} in {installed:?}");
+    }
+    let left_on_kept = attach_objects_on_remote(&env, kept, &kept.name).await?;
+    assert!(
+        left_on_kept.contains("serviceaccount/kubectl-mesh-sync"),
+        "{left_on_kept:?}"
+    );
+
+    // A dry run lists what goes, the CRD only with --crd, and deletes nothing.
+    let out = mesh_command(&env, &["uninstall", "--dry-run"]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let plan = text(&out.stdout);
+    for row in [
+        "MutatingWebhookConfiguration",
+        "ClusterRole ",
+        "Namespace ",
+        "Secret ",
+    ] {
+        assert!(plan.lines().any(|l| l.starts_with(row)), "{row}: {plan}");
+    }
+    assert!(!plan.contains("CustomResourceDefinition"), "{plan}");
+    let out = mesh_command(&env, &["uninstall", "--dry-run", "--crd"]).await?;
+    assert!(
+        text(&out.stdout).contains("CustomResourceDefinition"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(mesh_objects_on_primary(&env).await?, installed);
+
+    // Attached clusters: refused, nothing deleted.
+    let out = mesh_command(&env, &["uninstall"]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        text(&out.stderr),
+        "error: 2 cluster(s) still attached: remote-1, remote-2; run `kubectl mesh detach \
+         <name>` for each first, or pass --force to leave their remote objects behind\n"
+    );
+    assert_eq!(mesh_objects_on_primary(&env).await?, installed);
+
+    // Detached first: nothing of it is left on its remote.
+    let out = mesh_command(
+        &env,
+        &[
+            "detach",
+            &detached.name,
+            "--remote-kubeconfig",
+            &detached.kubeconfig.to_string_lossy(),
+        ],
+    )
+    .await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        attach_objects_on_remote(&env, detached, &detached.name).await?,
+        BTreeSet::new()
+    );
+
+    let out = mesh_command(&env, &["uninstall", "--force"]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    for line in [
+        "! leaving the remote objects of remote-1 behind (--force)",
+        "✓ MutatingWebhookConfiguration kubectl-mesh deleted",
+        "✓ ClusterRole kubectl-mesh:mesh-webhook deleted",
+        "✓ Namespace kubectl-mesh deleted",
+        "• the MeshCluster CRD is kept; `kubectl mesh uninstall --crd` removes it",
+    ] {
+        assert!(stderr.lines().any(|l| l == line), "{line:?} in\n{stderr}");
+    }
+
+    // On the primary: gone, read back from the API.
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(primary.clone());
+    assert!(webhooks.get_opt("kubectl-mesh").await?.is_none());
+    let roles: Api<ClusterRole> = Api::all(primary.clone());
+    assert!(roles.get_opt("kubectl-mesh:mesh-webhook").await?.is_none());
+    let bindings: Api<ClusterRoleBinding> = Api::all(primary.clone());
+    assert!(
+        bindings
+            .get_opt("kubectl-mesh:mesh-webhook")
+            .await?
+            .is_none()
+    );
+    let namespaces: Api<Namespace> = Api::all(primary.clone());
+    eventually(
+        "the mesh namespace deleted, with the stored credentials",
+        DEFAULT_TIMEOUT,
+        || async {
+            Ok(namespaces
+                .get_opt(MESH_NAMESPACE)
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        mesh_objects_on_primary(&env).await?,
+        BTreeSet::from([
+            "customresourcedefinition.apiextensions.k8s.io/meshclusters.kubectl-mesh.io".to_owned()
+        ]),
+        "only the CRD is kept"
+    );
+    assert_eq!(mesh_clusters(&env).await?, std::slice::from_ref(&kept.name));
+
+    // On the remote left attached: everything attach made, and the labels, stay.
+    assert_eq!(
+        attach_objects_on_remote(&env, kept, &kept.name).await?,
+        left_on_kept
+    );
+    assert_eq!(managed_labels(kept, &shop).await?, Some(enabled.clone()));
+
+    // The webhook process still runs, but the primary no longer calls it. The apiserver
+    // drops a deleted webhook configuration asynchronously: wait until its dry run says so.
+    eventually(
+        "the primary stops calling the webhook",
+        DEFAULT_TIMEOUT,
+        || async { Ok((!primary_calls_a_webhook(&env, &shop).await?).then_some(())) },
+    )
+    .await?;
+    let after = unique_name("after");
+    create_namespace(env.primary(), &after).await?;
+    create_namespace(kept, &after).await?;
+    let reviews = admission_reviews(&mesh).await?;
+    let warnings = label_on_primary(&env, &after, &["istio-injection=enabled"]).await?;
+    assert!(!warnings.contains("kubectl-mesh"), "{warnings}");
+    assert_eq!(
+        admission_reviews(&mesh).await?,
+        reviews,
+        "a review was sent"
+    );
+    let stored = namespaces.get(&after).await?;
+    assert!(
+        !stored
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(mesh::admission::PROPAGATION_ANNOTATION),
+        "a webhook recorded a propagation"
+    );
+    assert_eq!(managed_labels(kept, &after).await?, Some(labels(&[])));
+
+    // Re-running is safe; --crd takes the CRD and every MeshCluster with it.
+    let out = mesh_command(&env, &["uninstall", "--force", "--crd"]).await?;
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == "• MutatingWebhookConfiguration kubectl-mesh not found"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l == "✓ CustomResourceDefinition meshclusters.kubectl-mesh.io deleted"),
+        "{stderr}"
+    );
+    eventually(
+        "nothing of kubectl-mesh left on the primary",
+        DEFAULT_TIMEOUT,
+        || async {
+            Ok(mesh_objects_on_primary(&env)
+                .await?
+                .is_empty()
+                .then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(mesh_clusters(&env).await?, Vec::<String>::new());
+    let out = mesh_command(&env, &["list"]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).starts_with("error: kubectl-mesh is not installed on this cluster"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        attach_objects_on_remote(&env, kept, &kept.name).await?,
+        left_on_kept
+    );
+    Ok(())
+}
+
+/// A label key outside the default rule.
+const ZONE: &str = "team.example.com/zone";
+
+/// What a rule leaves on the primary: the webhook configuration's annotations and
+/// matchConditions, and the in-cluster webhook's environment (`None` in URL mode).
+#[derive(Debug, PartialEq)]
+struct RenderedRule {
+    annotations: Option<std::collections::BTreeMap<String, String>>,
+    match_conditions: serde_json::Value,
+    webhook_env: Option<serde_json::Value>,
+}
+
+async fn rendered_rule(env: &TestEnv) -> anyhow::Result<RenderedRule> {
+    let client = env.primary().client().await?;
+    let configuration = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get("kubectl-mesh")
+        .await?;
+    let webhook = configuration
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the webhook configuration has no webhook"))?;
+    let deployment = Api::<Deployment>::namespaced(client, MESH_NAMESPACE)
+        .get_opt("mesh-webhook")
+        .await?;
+    let container: Option<Container> = deployment
+        .and_then(|d| d.spec)
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next());
+    Ok(RenderedRule {
+        annotations: configuration.metadata.annotations,
+        match_conditions: serde_json::to_value(webhook.match_conditions)?,
+        webhook_env: container.map(|c| serde_json::to_value(c.env)).transpose()?,
+    })
+}
+
+/// `install` with `args`; its stderr.
+async fn install(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
+    let out = mesh_command(env, &[&["install"], args].concat()).await?;
+    anyhow::ensure!(out.status.success(), "{}", describe(&out));
+    Ok(text(&out.stderr))
+}
+
+#[tokio::test]
+async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    // Only the primary: install applies, and no webhook needs to run for what it renders.
+    let env = TestEnv::start(Options {
+        remotes: 0,
+        dir: None,
+    })
+    .await?;
+    let custom_labels = format!("{ZONE},istio-injection");
+    let default_excluded = "kube-system,kube-public,kube-node-lease,kubectl-mesh";
+
+    let stderr = install(&env, &[]).await?;
+    assert!(!stderr.contains("sync rule"), "{stderr}");
+    let default_rule = rendered_rule(&env).await?;
+    assert_eq!(
+        default_rule.annotations,
+        Some(labels(&[
+            (
+                "kubectl-mesh.io/managed-labels",
+                "istio-injection,istio.io/rev,istio.io/dataplane-mode"
+            ),
+            ("kubectl-mesh.io/excluded-namespaces", default_excluded),
+        ]))
+    );
+    assert!(default_rule.webhook_env.is_some(), "{default_rule:?}");
+
+    let stderr = install(&env, &["--managed-labels", &custom_labels]).await?;
+    let default_described = "managed istio-injection, istio.io/dataplane-mode, istio.io/rev; \
+                             excluded kube-node-lease, kube-public, kube-system, kubectl-mesh";
+    let custom_described = format!(
+        "managed istio-injection, {ZONE}; excluded kube-node-lease, kube-public, kube-system, \
+         kubectl-mesh"
+    );
+    assert!(
+        stderr.lines().any(|l| l
+            == format!("! the sync rule changes from {default_described} to {custom_described}")),
+        "{stderr}"
+    );
+    let custom_rule = rendered_rule(&env).await?;
+    assert_eq!(
+        custom_rule.annotations,
+        Some(labels(&[
+            ("kubectl-mesh.io/managed-labels", custom_labels.as_str()),
+            ("kubectl-mesh.io/excluded-namespaces", default_excluded),
+        ]))
+    );
+    let conditions = custom_rule.match_conditions.to_string();
+    assert!(conditions.contains(&format!("'{ZONE}'")), "{conditions}");
+    assert!(!conditions.contains("istio.io/rev"), "{conditions}");
+    let env_text = custom_rule.webhook_env.as_ref().map(ToString::to_string);
+    assert!(
+        env_text
+            .as_deref()
+            .is_some_and(|e| e.contains(&custom_labels)),
+        "{env_text:?}"
+    );
+
+    // The re-run without flags: the default rule everywhere install writes it, and a warning.
+    let stderr = install(&env, &[]).await?;
+    assert!(
+        stderr.lines().any(|l| l
+            == format!("! the sync rule changes from {custom_described} to {default_described}")),
+        "{stderr}"
+    );
+    assert_eq!(rendered_rule(&env).await?, default_rule);
+    // Once reset, a re-run changes nothing and says nothing about the rule.
+    let stderr = install(&env, &[]).await?;
+    assert!(!stderr.contains("sync rule"), "{stderr}");
+
+    // With an external webhook, the warning says how to restart it.
+    let url = "https://127.0.0.1:9443/mutate";
+    install(&env, &["--webhook-url", url, "--managed-labels", ZONE]).await?;
+    let stderr = install(&env, &["--webhook-url", url]).await?;
+    assert!(
+        stderr.lines().any(|l| l
+            == format!(
+                "! the sync rule changes from managed {ZONE}; excluded kube-node-lease, \
+                 kube-public, kube-system, kubectl-mesh to the default: restart mesh-webhook \
+                 without --managed-labels and --excluded-namespaces"
+            )),
+        "{stderr}"
+    );
+    let url_rule = rendered_rule(&env).await?;
+    assert_eq!(url_rule.annotations, default_rule.annotations);
+    assert_eq!(url_rule.match_conditions, default_rule.match_conditions);
+    assert_eq!(
+        url_rule.webhook_env, None,
+        "URL mode removes the Deployment"
+    );
+    Ok(())
+}
+
+/// First retry delay and cap given to the webhook: short enough to see several doublings and
+/// several capped retries within seconds, long enough for timer noise not to matter.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(4);
+/// The reconciler shortens every delay by up to this fraction at random.
+const JITTER: f64 = 0.2;
+/// What a loaded machine may add to a delay: the attempt itself, its status write, a late
+/// timer.
+const SLACK: Duration = Duration::from_millis(400);
+
+/// When the webhook logged a failed sync of `cluster`, in the part of its log after `offset`.
+fn failed_syncs(log: &str, offset: usize, cluster: &str) -> anyhow::Result<Vec<Timestamp>> {
+    let span = format!("cluster{{cluster={cluster}}}");
+    log.get(offset..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("cannot sync remote") && l.contains(&span))
+        .map(|l| {
+            let stamp = l.split_whitespace().next().unwrap_or_default();
+            stamp
+                .parse::<Timestamp>()
+                .map_err(|e| anyhow::anyhow!("log line without a timestamp ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// The reconciler's delay after `failures` earlier failures, before jitter.
+fn scheduled_delay(failures: u32) -> Duration {
+    BACKOFF_INITIAL
+        .saturating_mul(2u32.saturating_pow(failures))
+        .min(BACKOFF_MAX)
+}
+
+/// Waits for `count` failed syncs of `cluster` logged after `offset`; the intervals between
+/// them.
+async fn retry_intervals(
+    log_path: &std::path::Path,
+    offset: usize,
+    cluster: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let attempts = eventually(
+        &format!(
+            "{count} failed syncs of {cluster} in {}",
+            log_path.display()
+        ),
+        Duration::from_secs(90),
+        || async {
+            let log = std::fs::read_to_string(log_path)?;
+            let attempts = failed_syncs(&log, offset, cluster)?;
+            Ok((attempts.len() >= count).then_some(attempts))
+        },
+    )
+    .await?;
+    attempts
+        .windows(2)
+        .map(|pair| Ok(Duration::try_from(pair[1].duration_since(pair[0]))?))
+        .collect()
+}
+
+async fn cluster_status(env: &TestEnv, name: &str) -> anyhow::Result<Option<MeshClusterStatus>> {
+    let api: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    Ok(api.get(name).await?.status)
+}
+
+fn log_length(path: &std::path::Path) -> anyhow::Result<usize> {
+    Ok(std::fs::read_to_string(path)?.len())
+}
+
+#[tokio::test]
+async fn an_unreachable_remote_is_retried_with_growing_capped_delays_until_it_returns()
+-> anyhow::Result<()> {
+    let _serial = serial().await;
+    let options = MeshOptions {
+        // Only failures and changes schedule syncs: no periodic one among the measured retries.
+        resync_period: NO_RESYNC,
+        webhook_args: vec![
+            "--backoff-initial".into(),
+            format!("{}ms", BACKOFF_INITIAL.as_millis()),
+            "--backoff-max".into(),
+            format!("{}ms", BACKOFF_MAX.as_millis()),
+        ],
+        ..MeshOptions::from_workspace()?
+    };
+    let (env, _mesh) = own_mesh_with(1, options).await?;
+    let remote = &env.remotes()[0];
+    let log_path = env.dir().join("mesh-webhook.log");
+    let ns = create_everywhere(&env, "backoff").await?;
+
+    let offset = log_length(&log_path)?;
+    env.stop_apiserver(&remote.name)?;
+    // A change on the primary makes the reconciler sync, which fails and starts the backoff.
+    label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let status = eventually(
+        "the MeshCluster says the remote is unreachable",
+        DEFAULT_TIMEOUT,
+        || async {
+            let status = cluster_status(&env, &remote.name).await?;
+            Ok(status.filter(|s| {
+                s.condition(CONDITION_REACHABLE)
+                    .is_some_and(|c| c.status == "False")
+            }))
+        },
+    )
+    .await?;
+    let reachable = status
+        .condition(CONDITION_REACHABLE)
+        .expect("condition seen above");
+    assert_eq!(reachable.reason, "Unreachable", "{status:?}");
+    assert!(!reachable.message.is_empty(), "{status:?}");
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some(reachable.message.as_str())
+    );
+
+    // Delays 0.5, 1, 2, 4 (the cap), 4, 4 s: seven failed attempts.
+    let intervals = retry_intervals(&log_path, offset, &remote.name, 7).await?;
+    eprintln!("intervals between failed syncs: {intervals:?}");
+    for (failures, interval) in (0u32..).zip(&intervals) {
+        let scheduled = scheduled_delay(failures);
+        let shortest = scheduled.mul_f64(1.0 - JITTER);
+        assert!(
+            *interval >= shortest && *interval <= scheduled + SLACK,
+            "retry after {failures} failures came after {interval:?}, scheduled \
+             {shortest:?}..{scheduled:?}: {intervals:?}"
+        );
+    }
+    let growing = intervals
+        .iter()
+        .take_while(|i| **i < BACKOFF_MAX.mul_f64(1.0 - JITTER))
+        .collect::<Vec<_>>();
+    assert!(growing.len() >= 3, "{intervals:?}");
+    assert!(
+        growing.windows(2).all(|pair| pair[1] > pair[0]),
+        "delays grow until the cap: {intervals:?}"
+    );
+    let capped = &intervals[growing.len()..];
+    assert!(capped.len() >= 3, "{intervals:?}");
+    assert!(
+        capped.iter().all(|i| *i <= BACKOFF_MAX + SLACK),
+        "delays stop at the cap {BACKOFF_MAX:?}: {intervals:?}"
+    );
+
+    // Back: the next retry finds it, the status says so and the label the primary got meanwhile
+    // lands.
+    env.start_apiserver(&remote.name).await?;
+    let status = eventually(
+        "the MeshCluster says the remote is reachable again",
+        DEFAULT_TIMEOUT,
+        || async {
+            let status = cluster_status(&env, &remote.name).await?;
+            Ok(status.filter(|s| s.is_true(CONDITION_REACHABLE)))
+        },
+    )
+    .await?;
+    assert_eq!(status.last_error, None, "{status:?}");
+    assert_eq!(
+        managed_labels(remote, &ns).await?,
+        Some(labels(&[("istio-injection", "enabled")]))
+    );
+
+    // A success resets the backoff: the next outage starts again at the first delay.
+    let offset = log_length(&log_path)?;
+    env.stop_apiserver(&remote.name)?;
+    label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
+    let intervals = retry_intervals(&log_path, offset, &remote.name, 2).await?;
+    assert!(
+        intervals[0] <= BACKOFF_INITIAL + SLACK,
+        "first retry of a new outage after {:?}",
+        intervals[0]
+    );
+    Ok(())
+}
