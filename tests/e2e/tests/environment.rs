@@ -1,6 +1,8 @@
 //! Proof that the test environment is real: namespaces live and die on every cluster, the
 //! apiserver calls a webhook over TLS, and service-account tokens authenticate on their own
-//! cluster only.
+//! cluster only. And the README's demo: `mesh-testenv up --mesh` run as a human runs it, the
+//! commands it suggests in a shell that sourced `env.sh`, and Ctrl-C or `down` stopping every
+//! process it started.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +18,8 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::{Api, Client};
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, eventually, run, shared_env, unique_name,
+    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, run, shared_env, text,
+    unique_name,
 };
 use serde_json::json;
 
@@ -304,5 +307,382 @@ async fn token_request_authenticates_on_its_own_cluster_only() -> anyhow::Result
     namespaces
         .delete(&namespace, &DeleteParams::default())
         .await?;
+    Ok(())
+}
+
+/// A process of the machine, told apart from a later one that reuses its pid by its start time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Process {
+    pid: u32,
+    start_time: u64,
+    command: String,
+}
+
+impl Process {
+    /// The process `pid` now, with its parent's pid; `None` when it is gone.
+    fn read(pid: u32) -> Option<(Self, u32)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, the rest not.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let command = head.split_once('(')?.1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ppid = fields.get(1)?.parse().ok()?;
+        let start_time = fields.get(19)?.parse().ok()?;
+        Some((
+            Self {
+                pid,
+                start_time,
+                command,
+            },
+            ppid,
+        ))
+    }
+
+    /// Whether this very process still exists (a zombie does not count: it runs nothing).
+    fn is_alive(&self) -> bool {
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_owned()));
+        Process::read(self.pid).is_some_and(|(now, _)| now.start_time == self.start_time)
+            && !state.is_some_and(|s| s.starts_with('Z'))
+    }
+
+    /// Every process descending from `root` now.
+    fn descendants(root: u32) -> anyhow::Result<Vec<Self>> {
+        let mut by_parent: BTreeMap<u32, Vec<Self>> = BTreeMap::new();
+        for entry in std::fs::read_dir("/proc")? {
+            let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some((process, ppid)) = Self::read(pid) {
+                by_parent.entry(ppid).or_default().push(process);
+            }
+        }
+        let mut found = Vec::new();
+        let mut parents = vec![root];
+        while let Some(parent) = parents.pop() {
+            for child in by_parent.remove(&parent).unwrap_or_default() {
+                parents.push(child.pid);
+                found.push(child);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// `mesh-testenv up` run as a human runs it, in a directory of its own. Dropping it stops
+/// the tool (SIGTERM, then SIGKILL), so a failing test leaves no control planes behind.
+struct Up {
+    child: std::sync::Mutex<std::process::Child>,
+    dir: std::path::PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl Up {
+    fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let temp = tempfile::Builder::new().prefix("mesh-demo-").tempdir()?;
+        let dir = temp.path().canonicalize()?;
+        let mut cmd =
+            std::process::Command::new(mesh_e2e::mesh_testenv::workspace_binary("mesh-testenv")?);
+        cmd.arg("up")
+            .arg("--dir")
+            .arg(&dir)
+            .args(args)
+            // `up --mesh` builds kubectl-mesh and mesh-webhook first; the test runs those
+            // already built (cargo build --workspace --bins), and a cargo started from inside
+            // `cargo test` would only wait for the locks of the builds around it.
+            .env("CARGO", "true")
+            .env_remove("MESH_TESTENV_DIR")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(dir.join("up.stdout"))?)
+            .stderr(std::fs::File::create(dir.join("up.stderr"))?);
+        let child = cmd.spawn()?;
+        Ok(Self {
+            child: std::sync::Mutex::new(child),
+            dir,
+            _temp: temp,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.lock().id()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::process::Child> {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn output(&self, stream: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("up.{stream}"))).unwrap_or_default()
+    }
+
+    /// Waits for `DIR/ready`, failing at once with the tool's output if it exits first.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        eventually(
+            "mesh-testenv up writes DIR/ready",
+            std::time::Duration::from_secs(180),
+            || async {
+                if let Some(status) = self.lock().try_wait()? {
+                    anyhow::bail!(
+                        "mesh-testenv up exited ({status}) before it was ready:\n{}",
+                        self.output("stderr")
+                    );
+                }
+                Ok(self.dir.join("ready").exists().then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Waits until the tool has exited, and returns how.
+    async fn wait_exit(&self) -> anyhow::Result<std::process::ExitStatus> {
+        eventually(
+            "mesh-testenv up exits",
+            std::time::Duration::from_secs(60),
+            || async { Ok(self.lock().try_wait()?) },
+        )
+        .await
+    }
+
+    /// `bash -c 'source DIR/env.sh && <script>'`, as the README's second shell does it.
+    async fn in_demo_shell(&self, script: &str) -> anyhow::Result<std::process::Output> {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg("-c")
+            .arg(format!("source {}/env.sh && {script}", self.dir.display()))
+            .env_remove("KUBECONFIG")
+            .env("NO_COLOR", "1")
+            .current_dir(&self.dir);
+        mesh_e2e::fixtures::output(cmd).await
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let mut child = self.lock();
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Processes of the tool's environment by command name (as /proc shows it, cut at 15 bytes).
+fn count_by_command(processes: &[Process]) -> BTreeMap<&str, usize> {
+    let mut counts = BTreeMap::new();
+    for p in processes {
+        *counts.entry(p.command.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+async fn all_gone(processes: &[Process]) -> anyhow::Result<()> {
+    eventually(
+        "every process mesh-testenv started is gone",
+        DEFAULT_TIMEOUT,
+        || async {
+            let alive: Vec<&Process> = processes.iter().filter(|p| p.is_alive()).collect();
+            if alive.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(anyhow::anyhow!("still running: {alive:?}"))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result<()> {
+    let up = Up::start(&["--remotes", "2", "--mesh"])?;
+    up.wait_ready().await?;
+    let dir = up.dir.display().to_string();
+    let processes = Process::descendants(up.pid())?;
+    let counts = count_by_command(&processes);
+    for (command, count) in [
+        ("etcd", 1),
+        ("kube-apiserver", 3),
+        ("kube-controller", 3),
+        ("mesh-webhook", 1),
+    ] {
+        assert_eq!(counts.get(command), Some(&count), "{command}: {counts:?}");
+    }
+    let stdout = up.output("stdout");
+    assert!(
+        stdout.contains("The mesh is up: mesh-webhook at https://127.0.0.1:")
+            && stdout.contains(", 2 remote(s) attached."),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("  source {dir}/env.sh\n")),
+        "{stdout}"
+    );
+
+    let list = up.in_demo_shell("kubectl mesh list").await?;
+    assert!(list.status.success(), "{}", describe(&list));
+    let table = text(&list.stdout);
+    for remote in ["remote-1", "remote-2"] {
+        let row: Vec<&str> = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(remote))
+            .map(|l| l.split_whitespace().collect())
+            .unwrap_or_default();
+        assert_eq!(row.get(2), Some(&"True"), "{remote} reachable in\n{table}");
+    }
+
+    let created = up.in_demo_shell("kubectl create namespace shop").await?;
+    assert_eq!(
+        text(&created.stdout),
+        "namespace/shop created\n",
+        "{}",
+        describe(&created)
+    );
+    let created = up
+        .in_demo_shell(&format!(
+            "kubectl --kubeconfig {dir}/remote-1.kubeconfig create namespace shop"
+        ))
+        .await?;
+    assert_eq!(
+        text(&created.stdout),
+        "namespace/shop created\n",
+        "{}",
+        describe(&created)
+    );
+    let labelled = up
+        .in_demo_shell("kubectl label namespace shop istio-injection=enabled")
+        .await?;
+    assert!(labelled.status.success(), "{}", describe(&labelled));
+    assert_eq!(text(&labelled.stdout), "namespace/shop labeled\n");
+    let warnings = text(&labelled.stderr);
+    for line in [
+        "Warning: kubectl-mesh: istio-injection=enabled applied on remote-1",
+        "Warning: kubectl-mesh: remote-2: namespace shop does not exist there (not created)",
+    ] {
+        assert!(
+            warnings.lines().any(|l| l == line),
+            "{line:?} in\n{warnings}"
+        );
+    }
+    let shown = up
+        .in_demo_shell(&format!(
+            "kubectl --kubeconfig {dir}/remote-1.kubeconfig get namespace shop --show-labels"
+        ))
+        .await?;
+    assert!(
+        text(&shown.stdout).contains("istio-injection=enabled"),
+        "{}",
+        describe(&shown)
+    );
+    let status = up.in_demo_shell("kubectl mesh status").await?;
+    assert!(status.status.success(), "{}", describe(&status));
+    let rows: Vec<Vec<String>> = text(&status.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ["NAMESPACE", "PRIMARY", "REMOTE-1", "REMOTE-2"],
+            [
+                "shop",
+                "istio-injection=enabled",
+                "istio-injection=enabled",
+                "(missing)"
+            ]
+        ],
+        "{}",
+        describe(&status)
+    );
+    let check = up.in_demo_shell("kubectl mesh check").await?;
+    assert!(check.status.success(), "{}", describe(&check));
+    assert!(
+        text(&check.stdout).ends_with("Status check results are ✓ (0 errors, 0 warnings)\n"),
+        "{}",
+        describe(&check)
+    );
+
+    // What must stop is running now.
+    let started: Vec<&Process> = processes
+        .iter()
+        .filter(|p| p.command != "sh" && p.command != "sleep")
+        .collect();
+    assert!(started.iter().all(|p| p.is_alive()), "{started:?}");
+
+    // Ctrl-C, as the README says.
+    run({
+        let mut kill = std::process::Command::new("kill");
+        kill.args(["-INT", &up.pid().to_string()]);
+        kill
+    })
+    .await?;
+    let exit = up.wait_exit().await?;
+    assert!(exit.success(), "{exit}: {}", up.output("stderr"));
+    assert!(
+        up.output("stderr").lines().any(|l| l == "stopped"),
+        "{}",
+        up.output("stderr")
+    );
+    all_gone(&processes).await?;
+    assert!(!up.dir.join("ready").exists());
+    assert!(!up.dir.join("testenv.pid").exists());
+    Ok(())
+}
+
+#[tokio::test]
+async fn up_refuses_a_second_environment_in_its_directory_and_down_stops_it() -> anyhow::Result<()>
+{
+    let up = Up::start(&["--remotes", "1"])?;
+    up.wait_ready().await?;
+    let dir = up.dir.display().to_string();
+    let processes = Process::descendants(up.pid())?;
+    let counts = count_by_command(&processes);
+    assert_eq!(counts.get("kube-apiserver"), Some(&2), "{counts:?}");
+    let testenv = mesh_e2e::mesh_testenv::workspace_binary("mesh-testenv")?;
+
+    let mut again = std::process::Command::new(&testenv);
+    again.args(["up", "--dir", &dir]);
+    let out = mesh_e2e::fixtures::output(again).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: an environment (pid {}) already runs in {dir}; stop it first: \
+             mesh-testenv down --dir {dir}\n",
+            up.pid()
+        )
+    );
+    assert!(
+        up.dir.join("ready").exists(),
+        "the refused up left it alone"
+    );
+
+    let mut down = std::process::Command::new(&testenv);
+    down.args(["down", "--dir", &dir]);
+    // `down` waits until the pid is gone, and the pid of an exited child lasts until its parent
+    // (this test, as a shell would) reaps it: reap while `down` waits.
+    let (out, exit) = tokio::join!(run(down), up.wait_exit());
+    assert_eq!(
+        text(&out?.stdout),
+        format!("stopped the environment in {dir}\n")
+    );
+    assert!(exit?.success(), "{}", up.output("stderr"));
+    all_gone(&processes).await?;
+
+    let mut down = std::process::Command::new(&testenv);
+    down.args(["down", "--dir", &dir]);
+    let out = mesh_e2e::fixtures::output(down).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        text(&out.stderr),
+        format!("error: no environment runs in {dir}; nothing to stop\n")
+    );
     Ok(())
 }
