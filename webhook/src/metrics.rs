@@ -91,6 +91,7 @@ pub struct Metrics {
     registry: Registry,
     propagation_latency: Family<ClusterLabels, Histogram, LatencyBuckets>,
     pushes: Family<PushLabels, Counter>,
+    pushes_read_first: Family<ClusterLabels, Counter>,
     drift_corrections: Family<ClusterLabels, Counter>,
     cluster_reachable: Family<ClusterLabels, Gauge>,
     admission_reviews: Family<OutcomeLabels, Counter>,
@@ -108,6 +109,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let propagation_latency = Family::new_with_constructor(LatencyBuckets);
         let pushes = Family::<PushLabels, Counter>::default();
+        let pushes_read_first = Family::<ClusterLabels, Counter>::default();
         let drift_corrections = Family::<ClusterLabels, Counter>::default();
         let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
         let admission_reviews = Family::<OutcomeLabels, Counter>::default();
@@ -122,6 +124,12 @@ impl Metrics {
             "pushes",
             "Label pushes made by the admission webhook, by cluster and result",
             pushes.clone(),
+        );
+        registry.register(
+            "pushes_read_first",
+            "Label pushes whose one-patch bet on the remote's previous labels the remote \
+             refused, so that it was read and diffed first",
+            pushes_read_first.clone(),
         );
         registry.register(
             "drift_corrections",
@@ -147,6 +155,7 @@ impl Metrics {
             registry,
             propagation_latency,
             pushes,
+            pushes_read_first,
             drift_corrections,
             cluster_reachable,
             admission_reviews,
@@ -165,6 +174,15 @@ impl Metrics {
             .get_or_create(&PushLabels {
                 cluster: cluster.to_owned(),
                 result: result.metric_label().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one push whose remote refused the one-patch bet and was read first.
+    pub fn push_read_first(&self, cluster: &str) {
+        self.pushes_read_first
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_owned(),
             })
             .inc();
     }
@@ -232,6 +250,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.observe_push("east", &PushResult::Applied, Duration::from_millis(20));
         metrics.observe_push("east", &PushResult::TimedOut, Duration::from_secs(2));
+        metrics.push_read_first("east");
         metrics.drift_corrected("east", 3);
         metrics.set_reachable("east", true);
         metrics.admission_review(ReviewOutcome::Pushed);
@@ -243,6 +262,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"pushes_total{cluster="east",result="applied"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"pushes_read_first_total{cluster="east"} 1"#),
             "{text}"
         );
         assert!(

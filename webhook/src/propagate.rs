@@ -10,7 +10,10 @@
 //! fails the test and gets the read-diff-write of [`push`].
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -40,6 +43,9 @@ pub const FIELD_MANAGER: &str = crate::MANAGER;
 pub struct TimedOutcome {
     pub outcome: PushOutcome,
     pub elapsed: Duration,
+    /// The remote refused the one-patch bet of [`push_from`] and was read first (also when
+    /// the deadline then cut the push short).
+    pub read_first: bool,
 }
 
 /// Pushes `intent` to every remote in parallel and returns one outcome per remote, in the order
@@ -80,11 +86,14 @@ pub async fn fan_out_timed_from(
     let deadline = tokio::time::Instant::now() + deadline;
     join_all(remotes.iter().map(|remote| async move {
         let started = Instant::now();
+        let read_first = AtomicBool::new(false);
         let result = match remote.state() {
             RemoteState::Ready(client) => {
                 let pushed = async {
                     match expected {
-                        Some(expected) => push_from(client, rule, intent, expected).await,
+                        Some(expected) => {
+                            push_from_noting(client, rule, intent, expected, &read_first).await
+                        }
                         None => push(client, rule, intent).await,
                     }
                 };
@@ -102,6 +111,7 @@ pub async fn fan_out_timed_from(
                 result,
             },
             elapsed,
+            read_first: read_first.load(Ordering::Relaxed),
         }
     }))
     .await
@@ -171,6 +181,18 @@ pub async fn push_from(
     intent: &PushIntent,
     expected: &Labels,
 ) -> PushResult {
+    push_from_noting(client, rule, intent, expected, &AtomicBool::new(false)).await
+}
+
+/// [`push_from`], setting `read_first` when it falls back to [`push`] (before the fallback
+/// starts, so that a push the deadline cuts short is still told).
+async fn push_from_noting(
+    client: &Client,
+    rule: &SyncRule,
+    intent: &PushIntent,
+    expected: &Labels,
+    read_first: &AtomicBool,
+) -> PushResult {
     let api: Api<Namespace> = Api::all(client.clone());
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
@@ -185,6 +207,7 @@ pub async fn push_from(
         Err(error) => match Failure::of(&error) {
             Failure::Conflict | Failure::Other => {
                 tracing::debug!(namespace = %intent.namespace, error = %error_chain(&error), "remote not in the expected state, reading it");
+                read_first.store(true, Ordering::Relaxed);
                 push(client, rule, intent).await
             }
             Failure::Unreachable | Failure::TimedOut | Failure::Forbidden | Failure::NotFound => {
@@ -583,6 +606,44 @@ pub(crate) mod tests {
         assert_eq!(result, PushResult::Applied);
         assert_eq!(api.state().gets, 1);
         assert_eq!(api.labels("app"), labels(&[("istio.io/rev", "new")]));
+    }
+
+    #[tokio::test]
+    async fn a_push_tells_whether_its_remote_was_read_first() {
+        let rule = SyncRule::default();
+        let before = labels(&[("istio-injection", "enabled")]);
+        let converged =
+            FakeApiserver::default().with_namespace("app", &[("istio-injection", "enabled")]);
+        let drifted =
+            FakeApiserver::default().with_namespace("app", &[("istio-injection", "disabled")]);
+        let remotes = vec![
+            Arc::new(Remote::new("converged", converged.client())),
+            Arc::new(Remote::new("drifted", drifted.client())),
+        ];
+        let want = intent(
+            "app",
+            &[("istio-injection", "enabled"), ("istio.io/rev", "1-25")],
+        );
+        let timed = fan_out_timed_from(
+            &remotes,
+            &rule,
+            &want,
+            Some(&before),
+            Duration::from_secs(5),
+        )
+        .await;
+        let seen: Vec<_> = timed
+            .iter()
+            .map(|t| (t.outcome.cluster.as_str(), t.read_first, &t.outcome.result))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("converged", false, &PushResult::Applied),
+                ("drifted", true, &PushResult::Applied),
+            ]
+        );
+        assert_eq!(drifted.labels("app"), want.labels);
     }
 
     #[tokio::test]

@@ -290,6 +290,9 @@ impl AppState {
                 let outcome = timed.outcome;
                 self.metrics
                     .observe_push(&outcome.cluster, &outcome.result, timed.elapsed);
+                if timed.read_first {
+                    self.metrics.push_read_first(&outcome.cluster);
+                }
                 outcome
             })
             .collect()

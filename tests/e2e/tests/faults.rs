@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use mesh::cluster::{CONDITION_REACHABLE, MeshCluster};
+use mesh::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
 use mesh_e2e::{
-    create_everywhere, eventually, https_get, label_on_primary, labels, managed_labels, namespaces,
-    own_mesh, run, shared_mesh, unique_name,
+    NO_RESYNC, create_everywhere, eventually, https_get, label_on_primary, labels, managed_labels,
+    namespaces, own_mesh, run, shared_mesh, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -403,23 +404,64 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
     Ok(())
 }
 
-async fn synced(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<(String, String)>> {
+/// The `Synced` and `Reachable` conditions of a MeshCluster, once it has both.
+async fn conditions(
+    env: &TestEnv,
+    cluster: &str,
+) -> anyhow::Result<Option<(Condition, Condition)>> {
     let api: Api<MeshCluster> = Api::all(env.primary().client().await?);
     Ok(api.get(cluster).await?.status.and_then(|s| {
-        s.condition(mesh::cluster::CONDITION_SYNCED)
-            .map(|c| (c.status.clone(), c.message.clone()))
+        Some((
+            s.condition(CONDITION_SYNCED)?.clone(),
+            s.condition(CONDITION_REACHABLE)?.clone(),
+        ))
     }))
 }
 
-/// `kubectl mesh check` on the primary: (exit code, stdout).
-async fn check(mesh: &Mesh) -> anyhow::Result<(i32, String)> {
+/// Waits until `cluster`'s `Synced` condition has `status`; returns both conditions.
+async fn synced_becomes(
+    env: &TestEnv,
+    cluster: &str,
+    status: &str,
+) -> anyhow::Result<(Condition, Condition)> {
+    eventually(&format!("{cluster} Synced={status}"), DEADLINE, || async {
+        Ok(conditions(env, cluster)
+            .await?
+            .filter(|(synced, _)| synced.status == status))
+    })
+    .await
+}
+
+/// `kubectl mesh check -o json` on the primary: its exit code and report.
+async fn check(mesh: &Mesh) -> anyhow::Result<(i32, serde_json::Value)> {
     let mut cmd = mesh.plugin();
-    cmd.arg("check");
+    cmd.args(["-o", "json", "check"]);
     let output = tokio::process::Command::from(cmd).output().await?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).to_string(),
-    ))
+    let report = serde_json::from_slice(&output.stdout)
+        .map_err(|e| anyhow::anyhow!("check -o json: {e}: {}", mesh_e2e::describe(&output)))?;
+    Ok((output.status.code().unwrap_or(-1), report))
+}
+
+/// The failed checks (×) of `cluster`'s section of a check report, as
+/// `description: detail (hint)`.
+fn failed_checks(report: &serde_json::Value, cluster: &str) -> Vec<String> {
+    let title = format!("cluster {cluster} (");
+    report["sections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(&title)))
+        .flat_map(|s| s["checks"].as_array().into_iter().flatten())
+        .filter(|c| c["result"] == "error")
+        .map(|c| {
+            format!(
+                "{}: {} ({})",
+                c["description"].as_str().unwrap_or_default(),
+                c["detail"].as_str().unwrap_or_default(),
+                c["hint"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -428,10 +470,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
     let (env, mesh) = own_mesh(1, None).await?;
     let remote = &env.remotes()[0];
     let ns = create_everywhere(&env, "revoked").await?;
-    eventually("remote-1 synced", DEADLINE, || async {
-        Ok((synced(&env, "remote-1").await?.map(|s| s.0).as_deref() == Some("True")).then_some(()))
-    })
-    .await?;
+    synced_becomes(&env, "remote-1", "True").await?;
 
     // RBAC removed: the token still authenticates but may no longer patch namespaces.
     let mut unbind = env.kubectl(remote);
@@ -442,21 +481,46 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         warnings.contains("remote-1 forbids the change"),
         "kubectl printed: {warnings}"
     );
-    eventually("status shows remote-1 not synced", DEADLINE, || async {
-        Ok(synced(&env, "remote-1")
-            .await?
-            // False when writes fail, Unknown when the remote cannot even be read.
-            .filter(|(status, _)| status != "True"))
-    })
-    .await?;
+    // The sync cannot even list the remote's namespaces: not known to be in sync, and why.
+    let (synced, reachable) = synced_becomes(&env, "remote-1", "Unknown").await?;
+    assert_eq!(synced.reason, "Forbidden", "{synced:?}");
+    assert_eq!(
+        (reachable.status.as_str(), reachable.reason.as_str()),
+        ("False", "Forbidden"),
+        "{reachable:?}"
+    );
+    assert!(
+        reachable.message.starts_with(
+            "cannot list the remote's namespaces: 403 Forbidden: namespaces is forbidden: User \
+             \"system:serviceaccount:kubectl-mesh:kubectl-mesh-sync\" cannot list"
+        ),
+        "{reachable:?}"
+    );
     let (code, report) = check(&mesh).await?;
-    assert_eq!(code, 1, "check must fail:\n{report}");
-    assert!(report.contains('×'), "check names the failure:\n{report}");
+    assert_eq!(code, 1, "check must fail:\n{report:#}");
+    // The rights check says which rights are gone, and listing fails with the apiserver's
+    // "forbidden".
+    assert_eq!(
+        failed_checks(&report, "remote-1"),
+        [
+            "credentials have exactly the rights label sync needs: not allowed: namespaces get, \
+             namespaces list, namespaces watch, namespaces patch, validatingadmissionpolicies \
+             get kubectl-mesh-guard, validatingadmissionpolicybindings get kubectl-mesh-guard \
+             (the remote's ClusterRole or ClusterRoleBinding for kubectl-mesh was changed or \
+             deleted; re-run `kubectl mesh attach` for remote-1 to store fresh credentials)",
+            "remote namespaces carry the primary's labels: cannot list the remote's namespaces: \
+             namespaces is forbidden: User \"system:serviceaccount:kubectl-mesh:kubectl-mesh-sync\" \
+             cannot list resource \"namespaces\" in API group \"\" at the cluster scope (label \
+             sync cannot work until this does; see the rights check above)",
+        ],
+        "{report:#}"
+    );
 
     mesh.attach(remote).await?;
     wait_labels(remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    synced_becomes(&env, "remote-1", "True").await?;
     let (code, report) = check(&mesh).await?;
-    assert_eq!(code, 0, "check passes after re-attach:\n{report}");
+    assert_eq!(code, 0, "check passes after re-attach:\n{report:#}");
 
     // Token revoked: deleting its Secret invalidates the token itself.
     let mut revoke = env.kubectl(remote);
@@ -469,19 +533,120 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
     ]);
     run(revoke).await?;
     label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
-    eventually("status shows the revoked token", DEADLINE, || async {
-        Ok(synced(&env, "remote-1")
-            .await?
-            // False when writes fail, Unknown when the remote cannot even be read.
-            .filter(|(status, _)| status != "True"))
-    })
-    .await?;
+    let (synced, reachable) = synced_becomes(&env, "remote-1", "Unknown").await?;
+    assert_eq!(synced.reason, "Forbidden", "{synced:?}");
+    assert_eq!(
+        (
+            reachable.status.as_str(),
+            reachable.reason.as_str(),
+            reachable.message.as_str()
+        ),
+        (
+            "False",
+            "Forbidden",
+            "cannot list the remote's namespaces: 401 Unauthorized"
+        ),
+        "{reachable:?}"
+    );
     let (code, report) = check(&mesh).await?;
-    assert_eq!(code, 1, "check must fail with a revoked token:\n{report}");
+    assert_eq!(code, 1, "check must fail with a revoked token:\n{report:#}");
+    // The remote refuses the token itself.
+    assert_eq!(
+        failed_checks(&report, "remote-1"),
+        [
+            "remote answers with the stored credentials: Unauthorized (the remote refused the \
+             token (revoked or expired); re-run `kubectl mesh attach` for remote-1 to store \
+             fresh credentials)"
+        ],
+        "{report:#}"
+    );
 
     mesh.attach(remote).await?;
     wait_labels(remote, &ns, &labels(&[("istio-injection", "disabled")])).await?;
+    synced_becomes(&env, "remote-1", "True").await?;
     let (code, report) = check(&mesh).await?;
-    assert_eq!(code, 0, "check passes after re-attach:\n{report}");
+    assert_eq!(code, 0, "check passes after re-attach:\n{report:#}");
+    Ok(())
+}
+
+/// The value of one series (`name{labels}`) a replica exposes; 0 before its first sample.
+async fn series(addr: &str, ca: &str, series: &str) -> anyhow::Result<f64> {
+    let metrics = https_get(addr, ca, "/metrics").await?;
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// What the webhook logged about namespace `ns`, for failure messages.
+fn webhook_log(env: &TestEnv, ns: &str) -> String {
+    let log = std::fs::read_to_string(env.dir().join("mesh-webhook.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(ns)).collect();
+    format!("mesh-webhook logged about {ns}:\n{}", lines.join("\n"))
+}
+
+/// The webhook bets that a remote carries the primary's labels from before the change and
+/// sends one JSON patch that `test`s them. A real remote that differs refuses it; the push
+/// then reads the remote and writes the difference, before kubectl returns all the same.
+#[tokio::test]
+async fn a_remote_that_refuses_the_one_patch_push_still_gets_the_change_in_time()
+-> anyhow::Result<()> {
+    // No periodic sync to repair the remote behind the push's back.
+    let (env, mesh) = own_mesh(1, Some(NO_RESYNC)).await?;
+    let (webhook, ca) = (mesh.listen_address().to_string(), mesh.ca_pem()?);
+    let read_first = r#"pushes_read_first_total{cluster="remote-1"}"#;
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "conflict").await?;
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    assert!(
+        warnings.contains("applied on remote-1"),
+        "{warnings}\n{}",
+        webhook_log(&env, &ns)
+    );
+    assert_eq!(
+        managed_labels(remote, &ns).await?,
+        Some(labels(&[("istio-injection", "enabled")]))
+    );
+    // A remote as expected took the one patch.
+    assert_eq!(series(&webhook, &ca, read_first).await?, 0.0);
+
+    // A hand edit on the remote is corrected by the reconciler. Waiting for that also waits
+    // out the sync the label above caused (a tenth of a second later), which would otherwise
+    // undo the next hand edit before the push below meets it.
+    let remote_namespaces = namespaces(remote).await?;
+    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
+    remote_namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
+    wait_labels(remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+
+    // The same edit, then at once (the drift watch corrects it only a few seconds later) a
+    // change on the primary: the push's patch tests istio-injection=enabled, which the
+    // remote's apiserver refuses.
+    remote_namespaces
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
+    let warnings = label_on_primary(&env, &ns, &["istio.io/rev=canary"]).await?;
+
+    // (a) On the remote when kubectl returns, the hand edit undone too.
+    assert!(
+        warnings.contains("applied on remote-1"),
+        "{warnings}\n{}",
+        webhook_log(&env, &ns)
+    );
+    assert_eq!(
+        managed_labels(remote, &ns).await?,
+        Some(labels(&[
+            ("istio-injection", "enabled"),
+            ("istio.io/rev", "canary")
+        ]))
+    );
+    // (b) Through the read-first fallback.
+    assert_eq!(
+        series(&webhook, &ca, read_first).await?,
+        1.0,
+        "the remote was not read first (had the drift watch corrected it already?); {}",
+        webhook_log(&env, &ns)
+    );
     Ok(())
 }
