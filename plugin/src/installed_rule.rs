@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1::Container;
-use mesh::{
+use mesh_core::{EXCLUDED_NAMESPACES_ENV, MANAGED_LABELS_ENV};
+use mesh_core::{
     MESH_NAMESPACE,
-    args::{EXCLUDED_NAMESPACES_ENV, MANAGED_LABELS_ENV},
     labels::{
         DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MANAGED_LABELS, EXCLUDED_NAMESPACES_ANNOTATION,
         MANAGED_LABELS_ANNOTATION, METADATA_NAME_LABEL, SyncRule,

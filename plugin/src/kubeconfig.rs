@@ -524,92 +524,11 @@ pub fn sanitize(remote: &Kubeconfig, cluster_name: &str, token: &str) -> Result<
     Ok(stored)
 }
 
-/// Checks the rule of stored kubeconfigs: one cluster, user and context, all with the same
-/// name; an https server; inline data only; a bearer token or an inline client certificate;
-/// no exec plugin, auth provider, token file, file path, basic auth or skipped TLS
-/// verification. A stored kubeconfig is read by the webhook, which must never be made to run
-/// a program or read a file of the primary's machine by whoever can write a Secret.
+/// Checks the rule of stored kubeconfigs, which the webhook applies too
+/// ([`mesh_core::kubeconfig::validate_stored`]).
 pub fn validate_stored(kc: &Kubeconfig) -> Result<()> {
-    let refuse = |msg: String| Err(Error::Refused(msg));
-    let ([cluster], [user], [context]) = (
-        kc.clusters.as_slice(),
-        kc.auth_infos.as_slice(),
-        kc.contexts.as_slice(),
-    ) else {
-        return refuse(format!(
-            "it must hold exactly one cluster, user and context, not {}, {} and {}",
-            kc.clusters.len(),
-            kc.auth_infos.len(),
-            kc.contexts.len()
-        ));
-    };
-    let name = &cluster.name;
-    if user.name != *name || context.name != *name {
-        return refuse(format!(
-            "cluster {name:?}, user {:?} and context {:?} must share one name",
-            user.name, context.name
-        ));
-    }
-    if kc.current_context.as_deref() != Some(name.as_str()) {
-        return refuse(format!("current-context must be {name:?}"));
-    }
-    match &context.context {
-        Some(c) if c.cluster == *name && c.user.as_deref() == Some(name.as_str()) => {}
-        _ => {
-            return refuse(format!(
-                "context {name:?} must refer to cluster {name:?} and user {name:?}"
-            ));
-        }
-    }
-
-    let Some(c) = &cluster.cluster else {
-        return refuse(format!("cluster {name:?} is empty"));
-    };
-    match c.server.as_deref() {
-        Some(s) if s.starts_with("https://") => {}
-        Some(s) => return refuse(format!("server {s:?} of cluster {name:?} is not https")),
-        None => return refuse(format!("cluster {name:?} has no server")),
-    }
-    if c.certificate_authority.is_some() {
-        return refuse(format!(
-            "cluster {name:?} reads its certificate authority from a file"
-        ));
-    }
-    if c.insecure_skip_tls_verify == Some(true) {
-        return refuse(format!("cluster {name:?} skips TLS verification"));
-    }
-    decode_ca(name, c)?;
-
-    let Some(u) = &user.auth_info else {
-        return refuse(format!("user {name:?} has no credentials"));
-    };
-    if let Some(exec) = &u.exec {
-        let command = exec.command.as_deref().unwrap_or("?");
-        return refuse(format!("user {name:?} runs the exec plugin {command:?}"));
-    }
-    if let Some(provider) = &u.auth_provider {
-        return refuse(format!(
-            "user {name:?} uses the auth provider {:?}",
-            provider.name
-        ));
-    }
-    if u.token_file.is_some() {
-        return refuse(format!("user {name:?} reads its token from a file"));
-    }
-    if u.client_certificate.is_some() || u.client_key.is_some() {
-        return refuse(format!(
-            "user {name:?} reads a client certificate or key from a file"
-        ));
-    }
-    if u.username.is_some() || u.password.is_some() {
-        return refuse(format!("user {name:?} uses a username and password"));
-    }
-    let has_token = u.token.is_some();
-    let has_cert = u.client_certificate_data.is_some() && u.client_key_data.is_some();
-    if !has_token && !has_cert {
-        return refuse(format!("user {name:?} has no token"));
-    }
-    Ok(())
+    mesh_core::kubeconfig::validate_stored(kc)
+        .map_err(|refused| Error::Refused(refused.to_string()))
 }
 
 /// Serializes a kubeconfig as YAML (the form stored in a Secret).
@@ -725,7 +644,7 @@ mod tests {
             }))
             .unwrap();
         });
-        assert!(refused(&kc).contains("exec plugin \"aws\""));
+        assert!(refused(&kc).contains("runs an exec plugin"));
     }
 
     #[test]

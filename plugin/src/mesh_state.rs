@@ -2,7 +2,7 @@
 //! `sync`, `check`): the installed sync rule, the attached clusters, their credentials, and
 //! clients for the remotes.
 //!
-//! Remote clients are built by the webhook library's own code ([`mesh::remote`]) from the
+//! Remote clients are built by the webhook library's own code ([`mesh_core::remote`]) from the
 //! same Secret the webhook reads, so the CLI reaches a remote exactly as the webhook does and
 //! refuses the same kubeconfigs. Every call to a remote runs under a deadline: one dead
 //! cluster must not hang a command about all of them.
@@ -15,7 +15,7 @@ use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace,
 };
 use kube::{Api, Client, ResourceExt, api::ListParams};
-use mesh::{
+use mesh_core::{
     MESH_NAMESPACE,
     cluster::MeshCluster,
     labels::SyncRule,
@@ -108,10 +108,11 @@ pub fn select(clusters: Vec<MeshCluster>, names: &[String]) -> Result<Vec<MeshCl
 /// Every namespace of the primary, by name: the source of truth of every sync, read as the
 /// webhook's one-shot sync reads it.
 pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Namespace>> {
-    mesh::sync::primary_namespaces(primary)
+    mesh_core::sync::primary_namespaces(primary)
         .await
         .map_err(|e| match e {
-            mesh::sync::Error::ListPrimary(source) | mesh::sync::Error::ListNamespaces(source) => {
+            mesh_core::sync::Error::ListPrimary(source)
+            | mesh_core::sync::Error::ListNamespaces(source) => {
                 Error::kube("cannot list the primary's namespaces")(source)
             }
         })
@@ -220,7 +221,7 @@ pub(crate) mod fixtures {
 
     use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use mesh::cluster::{MeshCluster, MeshClusterSpec, MeshClusterStatus};
+    use mesh_core::cluster::{MeshCluster, MeshClusterSpec, MeshClusterStatus};
 
     /// A cluster attached at `created`, without status.
     pub(crate) fn cluster(name: &str, server: &str, created: &str) -> MeshCluster {

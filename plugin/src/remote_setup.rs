@@ -40,7 +40,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
-use mesh::{
+use mesh_core::{
     MANAGER, MESH_NAMESPACE,
     cluster::{CLUSTER_LABEL, KUBECONFIG_KEY, MeshCluster, MeshClusterSpec, RemoteGuard},
 };
@@ -319,11 +319,11 @@ impl Guard {
             mode,
             primary_name: primary_name.to_owned(),
             primary_context: primary_context.to_owned(),
-            managed_labels: mesh::labels::DEFAULT_MANAGED_LABELS
+            managed_labels: mesh_core::labels::DEFAULT_MANAGED_LABELS
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
-            excluded_namespaces: mesh::labels::DEFAULT_EXCLUDED_NAMESPACES
+            excluded_namespaces: mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
@@ -736,7 +736,7 @@ mod tests {
                 .any(|c| c.expression.contains("'kube-system'"))
         );
         let changed = &spec.variables.unwrap()[0].expression;
-        for key in mesh::labels::DEFAULT_MANAGED_LABELS {
+        for key in mesh_core::labels::DEFAULT_MANAGED_LABELS {
             assert!(changed.contains(&format!("'{key}'")), "{key}");
         }
         let v = &spec.validations.unwrap()[0];

@@ -32,7 +32,7 @@ use k8s_openapi::{
     },
 };
 use kube::{CustomResourceExt, Resource, core::ApiResource};
-use mesh::{MANAGER, MESH_NAMESPACE, cluster::MeshCluster};
+use mesh_core::{MANAGER, MESH_NAMESPACE, cluster::MeshCluster};
 use serde::Serialize;
 
 /// Name of the webhook's ServiceAccount, Deployment, Service and Role.
@@ -195,11 +195,11 @@ impl Default for Options {
             image: DEFAULT_IMAGE.to_owned(),
             replicas: 2,
             webhook_url: None,
-            managed_labels: mesh::labels::DEFAULT_MANAGED_LABELS
+            managed_labels: mesh_core::labels::DEFAULT_MANAGED_LABELS
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
-            excluded_namespaces: mesh::labels::DEFAULT_EXCLUDED_NAMESPACES
+            excluded_namespaces: mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
@@ -321,7 +321,7 @@ pub fn cluster_role() -> ClusterRole {
         rules: Some(vec![
             rule(&[""], &["namespaces"], &["get", "list", "watch", "patch"]),
             rule(
-                &[mesh::GROUP],
+                &[mesh_core::GROUP],
                 &["meshclusters", "meshclusters/status"],
                 &["get", "list", "watch", "patch", "update"],
             ),
@@ -588,11 +588,11 @@ pub fn webhook_env(options: &Options) -> Vec<EnvVar> {
     vec![
         var("RUST_LOG", "info".to_owned()),
         var(
-            mesh::args::MANAGED_LABELS_ENV,
+            mesh_core::MANAGED_LABELS_ENV,
             options.managed_labels.join(","),
         ),
         var(
-            mesh::args::EXCLUDED_NAMESPACES_ENV,
+            mesh_core::EXCLUDED_NAMESPACES_ENV,
             options.excluded_namespaces.join(","),
         ),
     ]
@@ -1020,7 +1020,7 @@ mod tests {
             .iter()
             .find(|c| c.name == "managed-label-changed")
             .unwrap();
-        for label in mesh::labels::DEFAULT_MANAGED_LABELS {
+        for label in mesh_core::labels::DEFAULT_MANAGED_LABELS {
             for var in ["object", "oldObject"] {
                 let value = format!(
                     "({var} != null && has({var}.metadata.labels) && '{label}' in \
@@ -1031,13 +1031,13 @@ mod tests {
         }
         assert_eq!(
             changed.expression.matches(" != (oldObject != null").count(),
-            mesh::labels::DEFAULT_MANAGED_LABELS.len()
+            mesh_core::labels::DEFAULT_MANAGED_LABELS.len()
         );
         let excluded = conditions
             .iter()
             .find(|c| c.name == "not-excluded-namespace")
             .unwrap();
-        for ns in mesh::labels::DEFAULT_EXCLUDED_NAMESPACES {
+        for ns in mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES {
             assert!(excluded.expression.contains(&format!("'{ns}'")), "{ns}");
         }
     }
@@ -1071,13 +1071,13 @@ mod tests {
         let recorded = mwc.metadata.annotations.as_ref();
         assert_eq!(
             recorded
-                .and_then(|a| a.get(mesh::labels::MANAGED_LABELS_ANNOTATION))
+                .and_then(|a| a.get(mesh_core::labels::MANAGED_LABELS_ANNOTATION))
                 .map(String::as_str),
             Some("team.example.com/zone,istio-injection")
         );
         assert_eq!(
             recorded
-                .and_then(|a| a.get(mesh::labels::EXCLUDED_NAMESPACES_ANNOTATION))
+                .and_then(|a| a.get(mesh_core::labels::EXCLUDED_NAMESPACES_ANNOTATION))
                 .map(String::as_str),
             Some("legacy,kubectl-mesh")
         );
@@ -1118,7 +1118,7 @@ mod tests {
         let container = &webhook_container(&options);
         let mwc = mutating_webhook_configuration(&options, None);
         let recorded = crate::installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
-        assert_eq!(recorded, mesh::labels::SyncRule::default());
+        assert_eq!(recorded, mesh_core::labels::SyncRule::default());
         assert_eq!(
             crate::installed_rule::from_container(container),
             Some(recorded)

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::Value;
 
-use crate::labels::{Labels, SyncRule};
+use mesh_core::labels::{Labels, SyncRule};
 
 /// Annotation on the primary namespace recording where its last managed-label change landed:
 /// a compact JSON object `{"<cluster>": "<result label>"}`.
@@ -303,10 +303,10 @@ fn one_line(reason: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::fixtures::{NamespaceExt, ns};
     use k8s_openapi::api::authentication::v1::UserInfo;
     use kube::core::admission::AdmissionReview;
     use kube::core::{GroupVersionKind, GroupVersionResource, TypeMeta};
+    use mesh_core::fixtures::{NamespaceExt, ns};
     use serde_json::json;
 
     const CREATE: &str = include_str!("../tests/fixtures/namespace-create.json");

@@ -13,19 +13,15 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 use crate::{
-    labels::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MANAGED_LABELS, SyncRule},
     leader,
     reconcile::BackoffSettings,
-    remote::RemoteOptions,
     server::{LogLevelSetter, Webhook},
 };
 
-/// Environment variable of `--managed-labels`: how the Deployment `kubectl mesh install`
-/// renders passes the installed rule (comma-separated, as `value_delimiter` splits it).
-pub const MANAGED_LABELS_ENV: &str = "MESH_WEBHOOK_MANAGED_LABELS";
-
-/// Environment variable of `--excluded-namespaces` (see [`MANAGED_LABELS_ENV`]).
-pub const EXCLUDED_NAMESPACES_ENV: &str = "MESH_WEBHOOK_EXCLUDED_NAMESPACES";
+use mesh_core::{
+    labels::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MANAGED_LABELS, SyncRule},
+    remote::RemoteOptions,
+};
 
 /// Admission webhook and reconciler that mirror Istio sidecar-injection labels from the
 /// primary cluster's namespaces to every attached remote cluster.
@@ -62,7 +58,7 @@ pub struct Args {
     /// Label keys kept equal between the primary and the remotes (comma-separated).
     #[arg(
         long,
-        env = MANAGED_LABELS_ENV,
+        env = mesh_core::MANAGED_LABELS_ENV,
         value_delimiter = ',',
         default_values_t = DEFAULT_MANAGED_LABELS.map(String::from)
     )]
@@ -71,7 +67,7 @@ pub struct Args {
     /// Namespaces never synced (comma-separated). The mesh namespace is always excluded.
     #[arg(
         long,
-        env = EXCLUDED_NAMESPACES_ENV,
+        env = mesh_core::EXCLUDED_NAMESPACES_ENV,
         value_delimiter = ',',
         default_values_t = DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
     )]
@@ -79,7 +75,7 @@ pub struct Args {
 
     /// Namespace holding the kubeconfig Secrets of attached clusters and the leader Lease: the
     /// webhook's own (the Deployment passes its namespace as POD_NAMESPACE).
-    #[arg(long, env = "POD_NAMESPACE", default_value = crate::MESH_NAMESPACE)]
+    #[arg(long, env = "POD_NAMESPACE", default_value = mesh_core::MESH_NAMESPACE)]
     pub mesh_namespace: String,
 
     /// Full sync of every remote at least this often (e.g. 60s, 5m, or seconds).

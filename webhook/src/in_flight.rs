@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::labels::{Labels, SyncRule};
+use mesh_core::labels::{Labels, SyncRule};
 
 /// How long a push stands in for the primary's state. The apiserver gives a mutating webhook
 /// at most its timeout (5 s in the shipped configuration) and then persists or rejects within
@@ -132,7 +132,7 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::fixtures::{NamespaceExt, ns};
+    use mesh_core::fixtures::{NamespaceExt, ns};
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs

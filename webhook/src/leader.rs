@@ -24,7 +24,7 @@ use kube::{
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::remote::error_chain;
+use mesh_core::remote::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

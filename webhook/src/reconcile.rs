@@ -49,13 +49,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
+    in_flight::InFlight, metrics::Metrics, remote_watch::watch_for_drift, server::Readiness,
+};
+
+use mesh_core::{
     cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
-    in_flight::InFlight,
     labels::{Labels, SyncRule},
-    metrics::Metrics,
     remote::{Failure, Remote, RemoteState, Remotes, error_chain},
-    remote_watch::watch_for_drift,
-    server::Readiness,
     sync::{PrimaryView, SyncMode, SyncReport, sync_remote},
 };
 
@@ -1136,7 +1136,7 @@ pub(crate) fn status_patch(status: &MeshClusterStatus) -> Result<Value, serde_js
 
 /// Namespace lists in status messages.
 fn list(names: &[String]) -> String {
-    crate::sync::short_list(names, 10)
+    mesh_core::sync::short_list(names, 10)
 }
 
 fn truncate(mut text: String, max: usize) -> String {
@@ -1154,7 +1154,7 @@ fn truncate(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use mesh_core::{
         labels::LabelDiff,
         sync::{ChangeStatus, NamespaceChange, NamespaceError},
     };
@@ -1193,7 +1193,7 @@ mod tests {
 
     #[test]
     fn stored_primary_namespaces_keep_what_the_rule_and_events_read() {
-        use crate::labels::fixtures::{NamespaceExt, ns};
+        use mesh_core::fixtures::{NamespaceExt, ns};
 
         let rule = SyncRule::default();
         for original in [
@@ -1230,7 +1230,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_managed_label_changes_wake_the_workers() {
-        use crate::labels::fixtures::{NamespaceExt, ns};
+        use mesh_core::fixtures::{NamespaceExt, ns};
         use watcher::Event;
 
         let events = vec![

@@ -66,10 +66,8 @@ async fn notify_on_drift(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::labels::{
-        SyncRule,
-        fixtures::{NamespaceExt, ns},
-    };
+    use mesh_core::fixtures::{NamespaceExt, ns};
+    use mesh_core::labels::SyncRule;
     use watcher::Event;
 
     fn meta(namespace: Namespace) -> PartialObjectMeta<Namespace> {

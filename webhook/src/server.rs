@@ -48,15 +48,18 @@ use tower::ServiceExt;
 
 use crate::{
     admission::{self, Decision, PushIntent, PushOutcome, PushResult},
-    cluster::MeshCluster,
     in_flight::InFlight,
-    labels::{Labels, SyncRule},
     leader::{self, LeaseSettings},
     metrics::{self, Metrics, ReviewOutcome},
     propagate::fan_out_timed_from,
     reconcile::{self, BackoffSettings, Reconciler},
-    remote::{RemoteOptions, Remotes},
     tls::{self, CertResolver},
+};
+
+use mesh_core::{
+    cluster::MeshCluster,
+    labels::{Labels, SyncRule},
+    remote::{RemoteOptions, Remotes},
 };
 
 /// Largest AdmissionReview accepted. A Namespace review is a few KiB; the apiserver's own
@@ -262,7 +265,7 @@ impl AppState {
                 // note, and each of these says something different.
                 let recorder = Recorder::new(primary.clone(), reporter.clone());
                 if let Err(error) = recorder.publish(&event, &regarding).await {
-                    tracing::debug!(%cluster, error = %crate::remote::error_chain(&error), "cannot publish event");
+                    tracing::debug!(%cluster, error = %mesh_core::remote::error_chain(&error), "cannot publish event");
                 }
             }
         });
@@ -539,7 +542,7 @@ impl Webhook {
             tls_cert: tls_cert.into(),
             tls_key: tls_key.into(),
             rule: Arc::new(SyncRule::default()),
-            mesh_namespace: crate::MESH_NAMESPACE.to_owned(),
+            mesh_namespace: mesh_core::MESH_NAMESPACE.to_owned(),
             resync_period: Duration::from_secs(60),
             push_deadline: Duration::from_secs(2),
             backoff: BackoffSettings::default(),
@@ -800,11 +803,11 @@ mod tests {
 
     #[tokio::test]
     async fn dry_run_never_pushes() {
-        let remote = crate::propagate::tests::fake::FakeApiserver::default();
+        let remote = mesh_core::fake_apiserver::FakeApiserver::default();
         let state = state();
         state
             .remotes
-            .insert(crate::remote::Remote::new("east", remote.client()));
+            .insert(mesh_core::remote::Remote::new("east", remote.client()));
         let (status, body) = call(router(state.clone()), post_mutate(DRY_RUN)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(remote.state().patches, 0);

@@ -19,10 +19,12 @@ use axum::{
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use mesh::{
+use mesh_core::{
     labels::SyncRule,
-    metrics::Metrics,
     remote::{Remote, Remotes},
+};
+use mesh_webhook::{
+    metrics::Metrics,
     server::{AppState, BODY_LIMIT, router},
 };
 use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};

@@ -28,7 +28,7 @@ use kube::{
     api::{DynamicObject, ListParams, Patch, PatchParams},
     config::Kubeconfig,
 };
-use mesh::{
+use mesh_core::{
     GROUP, MESH_NAMESPACE,
     cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
 };
@@ -80,7 +80,7 @@ pub struct Attach {
     pub timeout: Duration,
 }
 
-/// `--remote-guard`: the flag form of [`mesh::cluster::RemoteGuard`].
+/// `--remote-guard`: the flag form of [`mesh_core::cluster::RemoteGuard`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RemoteGuardArg {
     /// Allow the edit and warn that the primary will undo it.
@@ -92,7 +92,7 @@ pub enum RemoteGuardArg {
     Off,
 }
 
-impl From<RemoteGuardArg> for mesh::cluster::RemoteGuard {
+impl From<RemoteGuardArg> for mesh_core::cluster::RemoteGuard {
     fn from(g: RemoteGuardArg) -> Self {
         match g {
             RemoteGuardArg::Warn => Self::Warn,
@@ -311,7 +311,7 @@ struct Args {
     remote_context: Option<String>,
     name: Option<String>,
     istio: bool,
-    guard: mesh::cluster::RemoteGuard,
+    guard: mesh_core::cluster::RemoteGuard,
     primary_name: Option<String>,
 }
 
@@ -705,7 +705,7 @@ async fn check_ownership(plan: &Plan, primary_target: &Target) -> Result<()> {
                         "that cluster is attached as {other:?} to another primary, or was \
                          left behind by `detach --force`; run `kubectl mesh detach {other}` \
                          there, or delete what is labelled {}={other} on it",
-                        mesh::cluster::CLUSTER_LABEL
+                        mesh_core::cluster::CLUSTER_LABEL
                     ),
                 });
             }
@@ -1076,7 +1076,7 @@ impl Run<'_> {
     /// a read still be refused, that is said and the run goes on (`check` tells what is left).
     async fn remove_guard(&mut self) -> Result<()> {
         let name = self.plan.name.clone();
-        let guard = Guard::new(mesh::cluster::RemoteGuard::Warn, "", "");
+        let guard = Guard::new(mesh_core::cluster::RemoteGuard::Warn, "", "");
         for m in [
             Manifest::new(&setup::guard_binding(&name, &guard))?,
             Manifest::new(&setup::guard_policy(&name, &guard))?,
@@ -1374,7 +1374,7 @@ mod tests {
 
     #[test]
     fn remote_needs_cover_what_the_sync_role_grants() {
-        use mesh::cluster::RemoteGuard;
+        use mesh_core::cluster::RemoteGuard;
         for mode in [RemoteGuard::Warn, RemoteGuard::Deny, RemoteGuard::Off] {
             let needs = remote_needs(&Guard::new(mode, "p", "p"));
             for rule in setup::sync_cluster_role("east").rules.unwrap_or_default() {

@@ -27,7 +27,7 @@ use kube::{
     Api, Client, CustomResourceExt as _, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use mesh::{
+use mesh_core::{
     MESH_NAMESPACE,
     cluster::{KUBECONFIG_KEY, MeshCluster, RemoteGuard},
     labels::SyncRule,
@@ -505,7 +505,7 @@ fn recorded_rule_result(mwc: &MutatingWebhookConfiguration, rule: &SyncRule) -> 
         .metadata
         .annotations
         .as_ref()
-        .is_some_and(|a| a.contains_key(mesh::labels::MANAGED_LABELS_ANNOTATION));
+        .is_some_and(|a| a.contains_key(mesh_core::labels::MANAGED_LABELS_ANNOTATION));
     if recorded {
         CheckResult::ok(what, Some(installed_rule::describe(rule)))
     } else {
@@ -514,7 +514,7 @@ fn recorded_rule_result(mwc: &MutatingWebhookConfiguration, rule: &SyncRule) -> 
             format!(
                 "no {} annotation (installed by an older kubectl-mesh): commands assume the \
                  default rule",
-                mesh::labels::MANAGED_LABELS_ANNOTATION
+                mesh_core::labels::MANAGED_LABELS_ANNOTATION
             ),
             "re-run `kubectl mesh install`, with the --managed-labels and \
              --excluded-namespaces the webhook runs with if they are not the defaults",

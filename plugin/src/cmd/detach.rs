@@ -34,7 +34,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
     config::Kubeconfig,
 };
-use mesh::{
+use mesh_core::{
     GROUP, MESH_NAMESPACE,
     cluster::{MeshCluster, RemoteGuard},
     labels::{Labels, SyncRule},
@@ -232,7 +232,7 @@ impl Detach {
             progress.info(format!(
                 "once it is reachable, `kubectl mesh detach {name} --remote-kubeconfig <file>` \
                  removes them (it finds them by their label {}={name})",
-                mesh::cluster::CLUSTER_LABEL
+                mesh_core::cluster::CLUSTER_LABEL
             ));
         }
         Ok(())
@@ -583,7 +583,7 @@ async fn remove_namespace_if_unused(
                 .labels()
                 .get(setup::MANAGED_BY_LABEL)
                 .map(String::as_str)
-                == Some(mesh::MANAGER)
+                == Some(mesh_core::MANAGER)
         }
     };
     if !ours || found.metadata.deletion_timestamp.is_some() {
@@ -606,7 +606,7 @@ async fn foreign_objects(client: &Client, ns: &str) -> Result<Vec<String>, kube:
     let lp = ListParams::default();
     let mut out = Vec::new();
     let keep = |labels: &std::collections::BTreeMap<String, String>| {
-        labels.get(setup::MANAGED_BY_LABEL).map(String::as_str) == Some(mesh::MANAGER)
+        labels.get(setup::MANAGED_BY_LABEL).map(String::as_str) == Some(mesh_core::MANAGER)
     };
     for s in Api::<Secret>::namespaced(client.clone(), ns)
         .list(&lp)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{Api, Client};
-use mesh::{MESH_NAMESPACE, labels::SyncRule};
+use mesh_core::{MESH_NAMESPACE, labels::SyncRule};
 
 use super::apply::{self, Deleted};
 use crate::{
@@ -362,11 +362,11 @@ mod tests {
         let install = parse(&[]);
         assert_eq!(
             install.managed_labels,
-            mesh::labels::DEFAULT_MANAGED_LABELS.map(String::from)
+            mesh_core::labels::DEFAULT_MANAGED_LABELS.map(String::from)
         );
         assert_eq!(
             install.excluded_namespaces,
-            mesh::labels::DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
+            mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
         );
     }
 

@@ -2,7 +2,7 @@
 
 use jiff::Timestamp;
 use kube::ResourceExt;
-use mesh::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
+use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
 
 use crate::{
     Context, Error, Result, age,
@@ -201,7 +201,7 @@ impl Tabular for ClusterRow {
 mod tests {
     use super::*;
     use crate::mesh_state::fixtures::{cluster, condition, with_status};
-    use mesh::cluster::MeshClusterStatus;
+    use mesh_core::cluster::MeshClusterStatus;
 
     fn now() -> Timestamp {
         "2026-03-01T12:00:00Z".parse().unwrap()

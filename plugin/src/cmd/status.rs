@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use mesh::labels::{Labels, SyncRule};
+use mesh_core::labels::{Labels, SyncRule};
 use serde::Serialize;
 
 use crate::{

@@ -1,6 +1,6 @@
 //! `kubectl mesh sync`: converge remotes on the primary's labels now.
 //!
-//! Runs the webhook's own sync engine ([`mesh::sync::sync_remote`]) once per cluster from
+//! Runs the webhook's own sync engine ([`mesh_core::sync::sync_remote`]) once per cluster from
 //! this machine: the same plan, the same conditional patches, the same zero writes when a
 //! remote is converged. It needs no running webhook.
 
@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kube::ResourceExt;
-use mesh::labels::{LabelDiff, Labels};
-use mesh::sync::{ChangeStatus, SyncMode, SyncReport, sync_remote};
+use mesh_core::labels::{LabelDiff, Labels};
+use mesh_core::sync::{ChangeStatus, SyncMode, SyncReport, sync_remote};
 use serde::Serialize;
 
 use super::status::plural;
@@ -276,7 +276,7 @@ fn labels_change(set: &Labels, remove: &BTreeSet<String>) -> String {
 
 /// Namespace lists in the command's summary lines.
 fn short_list(names: &[String]) -> String {
-    mesh::sync::short_list(names, 5)
+    mesh_core::sync::short_list(names, 5)
 }
 
 /// The text output: one aligned line per change or failure, then one summary per cluster.

@@ -1,7 +1,7 @@
 //! `kubectl mesh uninstall`: remove what install created from the primary.
 
 use kube::{Api, api::ListParams};
-use mesh::cluster::MeshCluster;
+use mesh_core::cluster::MeshCluster;
 
 use super::apply::{self, Deleted};
 use crate::{Context, Error, Result, output, render};

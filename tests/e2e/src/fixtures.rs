@@ -21,8 +21,8 @@ use k8s_openapi::api::{
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use kubectl_mesh::{cmd::apply, kubeconfig, remote_setup as setup, render::Manifest};
-use mesh::MESH_NAMESPACE;
-use mesh::cluster::{MeshCluster, RemoteGuard};
+use mesh_core::MESH_NAMESPACE;
+use mesh_core::cluster::{MeshCluster, RemoteGuard};
 use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
 use tokio::sync::OnceCell;
@@ -311,7 +311,7 @@ pub async fn point_at(env: &TestEnv, name: &str, server: &str) -> anyhow::Result
     let Some(yaml) = secret
         .data
         .as_ref()
-        .and_then(|d| d.get(mesh::cluster::KUBECONFIG_KEY))
+        .and_then(|d| d.get(mesh_core::cluster::KUBECONFIG_KEY))
     else {
         bail!("Secret {secret_name} has no kubeconfig");
     };

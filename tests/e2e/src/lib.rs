@@ -268,7 +268,7 @@ pub async fn metric_sum(addr: &str, ca_pem: &str, metric: &str) -> anyhow::Resul
 }
 
 /// Label keys kubectl-mesh manages (the default rule).
-pub const MANAGED_LABELS: [&str; 3] = mesh::labels::DEFAULT_MANAGED_LABELS;
+pub const MANAGED_LABELS: [&str; 3] = mesh_core::labels::DEFAULT_MANAGED_LABELS;
 
 /// All namespaces of a cluster, through its admin credentials.
 pub async fn namespaces(

@@ -23,7 +23,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::Kubeconfig,
 };
-use mesh::cluster::MeshCluster;
+use mesh_core::cluster::MeshCluster;
 use mesh_e2e::{DEFAULT_TIMEOUT, eventually, shared_env, unique_name};
 use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
@@ -476,7 +476,7 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
     assert_eq!(mc.spec.server, remote.server);
     assert_eq!(mc.spec.secret_name, "cluster-remote-1");
     assert_eq!(mc.spec.primary_name.as_deref(), Some("primary"));
-    assert_eq!(mc.spec.remote_guard, mesh::cluster::RemoteGuard::Warn);
+    assert_eq!(mc.spec.remote_guard, mesh_core::cluster::RemoteGuard::Warn);
     assert_eq!(
         mc.annotations()
             .get("kubectl-mesh.io/remote-namespace-created")
@@ -1029,7 +1029,7 @@ async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Resu
     let mc = Api::<MeshCluster>::all(env.primary().client().await?)
         .get(name)
         .await?;
-    assert_eq!(mc.spec.remote_guard, mesh::cluster::RemoteGuard::Deny);
+    assert_eq!(mc.spec.remote_guard, mesh_core::cluster::RemoteGuard::Deny);
 
     detach(env, remote, name, &[]).await?;
     let rc = remote.client().await?;
@@ -1338,7 +1338,7 @@ async fn wait_reports_the_first_sync_of_a_running_webhook() -> anyhow::Result<()
         .await?;
     assert!(
         mc.status
-            .is_some_and(|s| s.is_true(mesh::cluster::CONDITION_SYNCED))
+            .is_some_and(|s| s.is_true(mesh_core::cluster::CONDITION_SYNCED))
     );
 
     detach(env, remote, &remote.name, &[]).await?;
@@ -1516,7 +1516,7 @@ async fn guard_checks(env: &TestEnv, remote: &Cluster, name: &str) -> anyhow::Re
     );
     assert_eq!(
         mesh_cluster(env, name).await?.spec.remote_guard,
-        mesh::cluster::RemoteGuard::Off
+        mesh_core::cluster::RemoteGuard::Off
     );
     let out = check_with_stored_credentials(env).await?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -1585,7 +1585,7 @@ async fn reattach_with_another_primary_name_updates_the_guard() -> anyhow::Resul
     }
     let mc = mesh_cluster(env, name).await?;
     assert_eq!(mc.spec.primary_name.as_deref(), Some("elsewhere"));
-    assert_eq!(mc.spec.remote_guard, mesh::cluster::RemoteGuard::Warn);
+    assert_eq!(mc.spec.remote_guard, mesh_core::cluster::RemoteGuard::Warn);
     // A direct edit on the remote is now sent to "elsewhere"; the command to run there
     // still uses the primary's context.
     let warning = guard_warning_naming(env, remote, &ns, "elsewhere").await?;

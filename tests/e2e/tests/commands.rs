@@ -15,7 +15,7 @@ use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use kubectl_mesh::remote_setup as setup;
-use mesh::cluster::RemoteGuard;
+use mesh_core::cluster::RemoteGuard;
 use mesh_e2e::fixtures::{self, AttachOptions, Token, output, plugin};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{DEFAULT_TIMEOUT, describe, eventually, shared_env, text, unique_name};

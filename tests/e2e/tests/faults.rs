@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use mesh::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
+use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
 use mesh_e2e::{
     NO_RESYNC, create_everywhere, eventually, https_get, label_on_primary, labels, managed_labels,
     namespaces, own_mesh, run, shared_mesh, unique_name,
@@ -328,7 +328,8 @@ async fn fifty_rapid_flips_end_in_the_final_state_everywhere() -> anyhow::Result
 }
 
 async fn lease_holder(env: &TestEnv) -> anyhow::Result<Option<String>> {
-    let leases: Api<Lease> = Api::namespaced(env.primary().client().await?, mesh::MESH_NAMESPACE);
+    let leases: Api<Lease> =
+        Api::namespaced(env.primary().client().await?, mesh_core::MESH_NAMESPACE);
     Ok(leases
         .get_opt("mesh-webhook")
         .await?

@@ -19,8 +19,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::ListParams;
 use kubectl_mesh::remote_setup as setup;
-use mesh::MESH_NAMESPACE;
-use mesh::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
+use mesh_core::MESH_NAMESPACE;
+use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
 use mesh_e2e::fixtures::{output, plugin};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
@@ -292,7 +292,7 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
             .metadata
             .annotations
             .unwrap_or_default()
-            .contains_key(mesh::admission::PROPAGATION_ANNOTATION),
+            .contains_key(mesh_webhook::admission::PROPAGATION_ANNOTATION),
         "a webhook recorded a propagation"
     );
     assert_eq!(managed_labels(kept, &after).await?, Some(labels(&[])));

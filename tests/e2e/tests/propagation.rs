@@ -279,7 +279,7 @@ async fn remote_edits_are_corrected_as_they_happen_not_at_the_next_resync() -> a
     label_on_primary(&env, &late, &["istio-injection=enabled"]).await?;
     // The sync that follows the primary's change is over once the cluster reports the
     // namespace missing; only then is it created on the remote.
-    let clusters = kube::Api::<mesh::cluster::MeshCluster>::all(env.primary().client().await?);
+    let clusters = kube::Api::<mesh_core::cluster::MeshCluster>::all(env.primary().client().await?);
     eventually(
         "remote reported missing the namespace",
         deadline,

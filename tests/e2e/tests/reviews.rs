@@ -8,13 +8,13 @@
 //! Alone in its test binary: its tests count every review the webhook answers, so they take
 //! turns.
 
-use mesh::admission::PROPAGATION_ANNOTATION;
 use mesh_e2e::mesh_testenv::TestEnv;
 use mesh_e2e::mesh_testenv::mesh::Mesh;
 use mesh_e2e::{
     admission_reviews, create_everywhere, create_namespace, label_on_primary, labels,
     managed_labels, namespaces, run, shared_mesh, text, unique_name,
 };
+use mesh_webhook::admission::PROPAGATION_ANNOTATION;
 use tokio::sync::Mutex;
 
 /// Held by each test while it counts reviews.

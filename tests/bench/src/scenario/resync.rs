@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use mesh::cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus};
+use mesh_core::cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus};
 use mesh_testenv::mesh::MeshOptions;
 use tokio::sync::mpsc;
 

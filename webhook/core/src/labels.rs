@@ -156,6 +156,49 @@ impl SyncRule {
         }
     }
 
+    /// JSON patch from `expected` to `desired` for every managed key: `test` ops for the labels of
+    /// `expected` first, so that the apiserver applies nothing unless the remote carries them. Keys
+    /// absent from both are made absent too (`add` then `remove`: a lone `remove` of an absent key
+    /// fails the patch), so the remote ends with exactly `desired` whenever the tests pass.
+    pub fn guarded_patch(&self, expected: &Labels, desired: &Labels) -> Patch {
+        let path = |key: &str| PointerBuf::from_tokens(["metadata", "labels", key]);
+        let mut ops: Vec<PatchOperation> = expected
+            .iter()
+            .filter(|(key, _)| self.is_managed(key))
+            .map(|(key, value)| {
+                PatchOperation::Test(TestOperation {
+                    path: path(key),
+                    value: Value::String(value.clone()),
+                })
+            })
+            .collect();
+        for key in self.managed_keys() {
+            match (expected.get(key), desired.get(key)) {
+                (Some(old), Some(new)) if old == new => {}
+                (Some(_), Some(new)) => ops.push(PatchOperation::Replace(ReplaceOperation {
+                    path: path(key),
+                    value: Value::String(new.clone()),
+                })),
+                // `add` replaces a value the remote should not have had.
+                (None, Some(new)) => ops.push(PatchOperation::Add(AddOperation {
+                    path: path(key),
+                    value: Value::String(new.clone()),
+                })),
+                (Some(_), None) => {
+                    ops.push(PatchOperation::Remove(RemoveOperation { path: path(key) }))
+                }
+                (None, None) => {
+                    ops.push(PatchOperation::Add(AddOperation {
+                        path: path(key),
+                        value: Value::String(String::new()),
+                    }));
+                    ops.push(PatchOperation::Remove(RemoveOperation { path: path(key) }));
+                }
+            }
+        }
+        Patch(ops)
+    }
+
     /// Full-sync plan for one remote: `primary` = every primary namespace by name, `remote` =
     /// every remote namespace.
     ///
@@ -284,61 +327,10 @@ impl SyncPlan {
     }
 }
 
-/// Builders for test namespaces, shared by the unit tests of this crate.
-#[cfg(test)]
-pub(crate) mod fixtures {
-    use k8s_openapi::api::core::v1::Namespace;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use k8s_openapi::jiff::Timestamp;
-
-    /// A namespace with only a name, as a unit test wants it; `.label(..)` etc. add the rest.
-    pub(crate) fn ns(name: &str) -> Namespace {
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.to_owned());
-        ns
-    }
-
-    /// Fluent setters on [`Namespace`] for readable test fixtures.
-    pub(crate) trait NamespaceExt {
-        fn label(self, key: &str, value: &str) -> Self;
-        fn annotation(self, key: &str, value: &str) -> Self;
-        fn rv(self, resource_version: &str) -> Self;
-        fn deleting(self) -> Self;
-    }
-
-    impl NamespaceExt for Namespace {
-        fn label(mut self, key: &str, value: &str) -> Self {
-            self.metadata
-                .labels
-                .get_or_insert_default()
-                .insert(key.to_owned(), value.to_owned());
-            self
-        }
-
-        fn annotation(mut self, key: &str, value: &str) -> Self {
-            self.metadata
-                .annotations
-                .get_or_insert_default()
-                .insert(key.to_owned(), value.to_owned());
-            self
-        }
-
-        fn rv(mut self, resource_version: &str) -> Self {
-            self.metadata.resource_version = Some(resource_version.to_owned());
-            self
-        }
-
-        fn deleting(mut self) -> Self {
-            self.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
-            self
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{NamespaceExt, ns};
     use super::*;
+    use crate::fixtures::{NamespaceExt, ns};
     use serde_json::json;
 
     fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
@@ -764,8 +756,8 @@ mod tests {
     ///
     /// Case counts: `PROPTEST_CASES` when set, else `DEFAULT_CASES`.
     mod properties {
-        use super::super::fixtures::ns;
         use super::*;
+        use crate::fixtures::ns;
         use proptest::{prelude::*, test_runner::TestCaseError};
 
         const DEFAULT_CASES: u32 = 256;
@@ -936,7 +928,7 @@ mod tests {
                     other
                 };
                 let desired = rule.desired(primary.as_ref());
-                let patch = crate::propagate::patch_from(&rule, &expected, &desired);
+                let patch = rule.guarded_patch(&expected, &desired);
                 let before = serde_json::to_value(&remote).expect("namespace serializes");
                 let mut after = before.clone();
                 let applied = json_patch::patch(&mut after, &patch).is_ok();

@@ -21,8 +21,8 @@ use kube::{
 };
 
 use crate::{
+    FIELD_MANAGER,
     labels::{LabelDiff, SyncRule},
-    propagate::FIELD_MANAGER,
     remote::{Failure, error_chain},
 };
 
@@ -375,7 +375,7 @@ fn failed(diff: LabelDiff, error: &kube::Error) -> Written {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::propagate::tests::fake::FakeApiserver;
+    use crate::fake_apiserver::FakeApiserver;
 
     fn primary(entries: &[(&str, &[(&str, &str)])]) -> BTreeMap<String, Namespace> {
         entries

@@ -363,7 +363,8 @@ pub async fn client_from_secret(
     client_from_kubeconfig(secret_name, yaml, options).await
 }
 
-/// Builds a client from a stored kubeconfig after checking it against [`check_kubeconfig`].
+/// Builds a client from a stored kubeconfig after checking it against the rule of stored kubeconfigs
+/// ([`crate::kubeconfig::validate_stored`]).
 /// `name` only labels errors.
 pub async fn client_from_kubeconfig(
     name: &str,
@@ -379,9 +380,9 @@ pub async fn client_from_kubeconfig(
             source,
         },
     })?;
-    check_kubeconfig(&kubeconfig).map_err(|reason| Error::Refused {
+    crate::kubeconfig::validate_stored(&kubeconfig).map_err(|reason| Error::Refused {
         name: name.to_owned(),
-        reason,
+        reason: reason.to_string(),
     })?;
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -399,48 +400,6 @@ pub async fn client_from_kubeconfig(
         name: name.to_owned(),
         source,
     })
-}
-
-/// The rule for stored kubeconfigs (istiod's sanitizer's): bearer tokens or embedded client
-/// certificates only; nothing that runs a command, reads a file of the webhook's pod or calls
-/// an auth provider.
-pub fn check_kubeconfig(kubeconfig: &Kubeconfig) -> Result<(), String> {
-    if kubeconfig.clusters.is_empty() {
-        return Err("it names no cluster".to_owned());
-    }
-    for named in &kubeconfig.clusters {
-        let Some(cluster) = &named.cluster else {
-            continue;
-        };
-        if cluster.certificate_authority.is_some() {
-            return Err(format!("cluster {:?} reads its CA from a file", named.name));
-        }
-        if cluster.proxy_url.is_some() {
-            return Err(format!("cluster {:?} uses a proxy", named.name));
-        }
-    }
-    for named in &kubeconfig.auth_infos {
-        let Some(user) = &named.auth_info else {
-            continue;
-        };
-        let refused = if user.exec.is_some() {
-            Some("runs an exec plugin")
-        } else if user.auth_provider.is_some() {
-            Some("uses an auth provider")
-        } else if user.token_file.is_some() {
-            Some("reads a token file")
-        } else if user.client_certificate.is_some() || user.client_key.is_some() {
-            Some("reads client certificate files")
-        } else if user.username.is_some() || user.password.is_some() {
-            Some("uses basic auth")
-        } else {
-            None
-        };
-        if let Some(what) = refused {
-            return Err(format!("user {:?} {what}", named.name));
-        }
-    }
-    Ok(())
 }
 
 /// How a call to a remote apiserver failed, coarse enough for status reasons and metrics.
@@ -655,23 +614,6 @@ current-context: east
                 .boxed(),
         );
         assert_eq!(error_chain(&err), "401 Unauthorized");
-    }
-
-    #[test]
-    fn refuses_kubeconfigs_that_run_commands_or_read_files() {
-        let exec = TOKEN_KUBECONFIG.replace(
-            "token: s3cr3t-token",
-            "exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}",
-        );
-        let kc = Kubeconfig::from_yaml(&exec).expect("parse");
-        assert!(check_kubeconfig(&kc).unwrap_err().contains("exec"));
-
-        let file = TOKEN_KUBECONFIG.replace("token: s3cr3t-token", "tokenFile: /etc/passwd");
-        let kc = Kubeconfig::from_yaml(&file).expect("parse");
-        assert!(check_kubeconfig(&kc).unwrap_err().contains("token file"));
-
-        let kc = Kubeconfig::from_yaml(TOKEN_KUBECONFIG).expect("parse");
-        assert_eq!(check_kubeconfig(&kc), Ok(()));
     }
 
     #[tokio::test]

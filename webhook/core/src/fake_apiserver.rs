@@ -1,0 +1,197 @@
+//! An in-memory apiserver serving only namespaces: enough to drive the push and sync logic
+//! through a real `kube::Client`, including JSON patch `test` failures.
+//! Pure logic is what it tests: the rule and the writer's retries, not Kubernetes itself,
+//! which the e2e tests cover with real apiservers.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use kube::Client;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+pub struct State {
+    pub namespaces: BTreeMap<String, Value>,
+    pub version: u64,
+    /// Number of GET requests of one namespace received.
+    pub gets: usize,
+    /// Number of LIST requests (pages) received.
+    pub lists: usize,
+    /// Number of PATCH requests received.
+    pub patches: usize,
+    /// Number of PATCH requests applied.
+    pub writes: usize,
+    /// Label written by a concurrent writer just before the next N patches are applied.
+    pub interfere: Vec<(String, String)>,
+    /// Answer every request with 403.
+    pub forbidden: bool,
+    /// Delay every answer.
+    pub delay: Option<std::time::Duration>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApiserver(pub Arc<Mutex<State>>);
+
+impl FakeApiserver {
+    pub fn with_namespace(self, name: &str, labels: &[(&str, &str)]) -> Self {
+        {
+            let mut state = self.0.lock().expect("lock");
+            state.version += 1;
+            let labels: serde_json::Map<String, Value> = labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                .collect();
+            let version = state.version.to_string();
+            state.namespaces.insert(
+                name.to_owned(),
+                json!({
+                    "apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": name, "resourceVersion": version, "labels": labels},
+                }),
+            );
+        }
+        self
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.0.lock().expect("lock")
+    }
+
+    pub fn labels(&self, name: &str) -> BTreeMap<String, String> {
+        self.state().namespaces[name]["metadata"]["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        let this = self.clone();
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let this = this.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect_bytes().await.unwrap_or_default();
+                let delay = this.state().delay;
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                let (code, value) = this.handle(
+                    &parts.method,
+                    parts.uri.path(),
+                    parts.uri.query().unwrap_or_default(),
+                    &body,
+                );
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(value.to_string())))
+                    .expect("response");
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    fn status(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) {
+        let body = json!({
+            "apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "code": code.as_u16(), "reason": reason, "message": message,
+        });
+        (code, body)
+    }
+
+    fn handle(&self, method: &Method, path: &str, query: &str, body: &[u8]) -> (StatusCode, Value) {
+        let mut state = self.state();
+        if state.forbidden {
+            return Self::status(StatusCode::FORBIDDEN, "Forbidden", "no");
+        }
+        let name = path.strip_prefix("/api/v1/namespaces/").map(str::to_owned);
+        match (method, name) {
+            (&Method::GET, None) if path == "/api/v1/namespaces" => {
+                state.lists += 1;
+                // Pages like the apiserver: `limit` items, then a continue token (here
+                // the last name served) for the rest.
+                let param = |key: &str| {
+                    query.split('&').find_map(|pair| {
+                        pair.strip_prefix(key)?.strip_prefix('=').map(str::to_owned)
+                    })
+                };
+                let limit = param("limit")
+                    .and_then(|limit| limit.parse().ok())
+                    .unwrap_or(usize::MAX);
+                let after = param("continue").unwrap_or_default();
+                let mut rest = state
+                    .namespaces
+                    .iter()
+                    .filter(|(name, _)| after.is_empty() || name.as_str() > after.as_str());
+                let items: Vec<Value> = rest
+                    .by_ref()
+                    .take(limit)
+                    .map(|(_, ns)| ns.clone())
+                    .collect();
+                let token = match rest.next() {
+                    Some(_) => items
+                        .last()
+                        .map(|ns| ns["metadata"]["name"].clone())
+                        .unwrap_or_default(),
+                    None => json!(""),
+                };
+                let version = state.version.to_string();
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "NamespaceList",
+                           "metadata": {"resourceVersion": version, "continue": token},
+                           "items": items}),
+                )
+            }
+            (&Method::GET, Some(name)) => {
+                state.gets += 1;
+                match state.namespaces.get(&name) {
+                    Some(ns) => (StatusCode::OK, ns.clone()),
+                    None => Self::status(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                }
+            }
+            (&Method::PATCH, Some(name)) => {
+                state.patches += 1;
+                if !state.interfere.is_empty() {
+                    let (k, v) = state.interfere.remove(0);
+                    state.version += 1;
+                    let version = state.version.to_string();
+                    if let Some(ns) = state.namespaces.get_mut(&name) {
+                        ns["metadata"]["labels"][k] = json!(v);
+                        ns["metadata"]["resourceVersion"] = json!(version);
+                    }
+                }
+                let Some(current) = state.namespaces.get(&name).cloned() else {
+                    return Self::status(StatusCode::NOT_FOUND, "NotFound", "not found");
+                };
+                let patch: json_patch::Patch = match serde_json::from_slice(body) {
+                    Ok(patch) => patch,
+                    Err(e) => {
+                        return Self::status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
+                    }
+                };
+                let mut next = current;
+                if let Err(e) = json_patch::patch(&mut next, &patch) {
+                    // What the apiserver answers when a `test` op fails.
+                    return Self::status(StatusCode::UNPROCESSABLE_ENTITY, "", &e.to_string());
+                }
+                state.version += 1;
+                state.writes += 1;
+                next["metadata"]["resourceVersion"] = json!(state.version.to_string());
+                state.namespaces.insert(name, next.clone());
+                (StatusCode::OK, next)
+            }
+            _ => Self::status(StatusCode::NOT_FOUND, "NotFound", "no route"),
+        }
+    }
+}

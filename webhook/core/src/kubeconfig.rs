@@ -1,0 +1,182 @@
+//! THE rule of stored kubeconfigs: what a kubeconfig kept in a Secret on the primary may hold.
+//!
+//! Attach writes such kubeconfigs; the webhook, the reconciler and the plugin's commands read
+//! them back. Whoever can write a Secret in the mesh namespace must not be able to make any of
+//! them run a program, read a file of the machine it runs on, talk plain HTTP or skip TLS
+//! verification, so every reader checks this same rule before a byte is sent to the server.
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+use kube::config::Kubeconfig;
+
+/// Why a stored kubeconfig breaks the rule: one line, never quoting a credential.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+fn refuse(reason: String) -> Result<(), Refused> {
+    Err(Refused(reason))
+}
+
+/// Checks the rule: one cluster, user and context, all with the same name, which is the
+/// current context; an https server; inline certificate-authority data only, valid base64;
+/// a bearer token or an inline client certificate and key; no exec plugin, auth provider,
+/// token file, file path, basic auth, proxy or skipped TLS verification.
+pub fn validate_stored(kc: &Kubeconfig) -> Result<(), Refused> {
+    let ([cluster], [user], [context]) = (
+        kc.clusters.as_slice(),
+        kc.auth_infos.as_slice(),
+        kc.contexts.as_slice(),
+    ) else {
+        return refuse(format!(
+            "it must hold exactly one cluster, user and context, not {}, {} and {}",
+            kc.clusters.len(),
+            kc.auth_infos.len(),
+            kc.contexts.len()
+        ));
+    };
+    let name = &cluster.name;
+    if user.name != *name || context.name != *name {
+        return refuse(format!(
+            "cluster {name:?}, user {:?} and context {:?} must share one name",
+            user.name, context.name
+        ));
+    }
+    if kc.current_context.as_deref() != Some(name.as_str()) {
+        return refuse(format!("current-context must be {name:?}"));
+    }
+    match &context.context {
+        Some(c) if c.cluster == *name && c.user.as_deref() == Some(name.as_str()) => {}
+        _ => {
+            return refuse(format!(
+                "context {name:?} must refer to cluster {name:?} and user {name:?}"
+            ));
+        }
+    }
+
+    let Some(c) = &cluster.cluster else {
+        return refuse(format!("cluster {name:?} is empty"));
+    };
+    match c.server.as_deref() {
+        Some(s) if s.starts_with("https://") => {}
+        Some(s) => return refuse(format!("server {s:?} of cluster {name:?} is not https")),
+        None => return refuse(format!("cluster {name:?} has no server")),
+    }
+    if c.certificate_authority.is_some() {
+        return refuse(format!(
+            "cluster {name:?} reads its certificate authority from a file"
+        ));
+    }
+    if c.insecure_skip_tls_verify == Some(true) {
+        return refuse(format!("cluster {name:?} skips TLS verification"));
+    }
+    if c.proxy_url.is_some() {
+        return refuse(format!("cluster {name:?} uses a proxy"));
+    }
+    if let Some(b64) = c.certificate_authority_data.as_deref() {
+        // Kubeconfigs written by hand sometimes wrap the base64; tolerate whitespace.
+        let compact: String = b64.split_whitespace().collect();
+        if BASE64.decode(compact).is_err() {
+            return refuse(format!(
+                "certificate-authority-data of cluster {name:?} is not valid base64"
+            ));
+        }
+    }
+
+    let Some(u) = &user.auth_info else {
+        return refuse(format!("user {name:?} has no credentials"));
+    };
+    // The plugin's command line is not quoted: it may carry a credential.
+    if u.exec.is_some() {
+        return refuse(format!("user {name:?} runs an exec plugin"));
+    }
+    if let Some(provider) = &u.auth_provider {
+        return refuse(format!(
+            "user {name:?} uses the auth provider {:?}",
+            provider.name
+        ));
+    }
+    if u.token_file.is_some() {
+        return refuse(format!("user {name:?} reads its token from a file"));
+    }
+    if u.client_certificate.is_some() || u.client_key.is_some() {
+        return refuse(format!(
+            "user {name:?} reads a client certificate or key from a file"
+        ));
+    }
+    if u.username.is_some() || u.password.is_some() {
+        return refuse(format!("user {name:?} uses a username and password"));
+    }
+    let has_token = u.token.is_some();
+    let has_cert = u.client_certificate_data.is_some() && u.client_key_data.is_some();
+    if !has_token && !has_cert {
+        return refuse(format!("user {name:?} has no token"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STORED: &str = r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: east
+  cluster: {server: "https://127.0.0.1:1", certificate-authority-data: ""}
+users:
+- name: east
+  user: {token: s3cr3t-token}
+contexts:
+- name: east
+  context: {cluster: east, user: east}
+current-context: east
+"#;
+
+    /// The reason `STORED` with `from` replaced by `to` is refused for.
+    fn refused(from: &str, to: &str) -> String {
+        let yaml = STORED.replace(from, to);
+        assert_ne!(yaml, STORED, "{from:?} not in the fixture");
+        let kc = Kubeconfig::from_yaml(&yaml).expect("parse");
+        let reason = validate_stored(&kc).expect_err("accepted").to_string();
+        assert!(!reason.contains("s3cr3t"), "{reason}");
+        reason
+    }
+
+    #[test]
+    fn accepts_what_attach_writes() {
+        let kc = Kubeconfig::from_yaml(STORED).expect("parse");
+        assert_eq!(validate_stored(&kc), Ok(()));
+    }
+
+    #[test]
+    fn refuses_what_would_run_a_program_or_read_a_file() {
+        let exec = "{exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}}";
+        assert!(refused("{token: s3cr3t-token}", exec).contains("exec plugin"));
+        assert!(refused("{token: s3cr3t-token}", "{tokenFile: /etc/passwd}").contains("file"));
+        let ca = r#"{server: "https://127.0.0.1:1", certificate-authority: /etc/ca}"#;
+        assert!(
+            refused(
+                r#"{server: "https://127.0.0.1:1", certificate-authority-data: ""}"#,
+                ca
+            )
+            .contains("from a file")
+        );
+    }
+
+    #[test]
+    fn refuses_plain_http_skipped_verification_and_several_clusters() {
+        assert!(refused("https://127.0.0.1:1", "http://127.0.0.1:1").contains("not https"));
+        let skip = r#"{server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}"#;
+        assert!(
+            refused(
+                r#"{server: "https://127.0.0.1:1", certificate-authority-data: ""}"#,
+                skip
+            )
+            .contains("skips TLS verification")
+        );
+        let two =
+            "clusters:\n- name: west\n  cluster: {server: \"https://127.0.0.1:2\"}\n- name: east";
+        assert!(refused("clusters:\n- name: east", two).contains("exactly one cluster"));
+    }
+}
