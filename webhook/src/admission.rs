@@ -17,6 +17,8 @@ use serde_json::Value;
 
 use mesh_core::labels::{Labels, SyncRule};
 
+use crate::propagate::{PushIntent, PushOutcome, PushResult};
+
 /// Annotation on the primary namespace recording where its last managed-label change landed:
 /// a compact JSON object `{"<cluster>": "<result label>"}`.
 pub const PROPAGATION_ANNOTATION: &str = "kubectl-mesh.io/propagation";
@@ -28,63 +30,6 @@ const WARNING_PREFIX: &str = "kubectl-mesh: ";
 /// remote error texts and cluster lists are shortened to keep lines readable.
 const MAX_REASON_CHARS: usize = 80;
 const MAX_LISTED_CLUSTERS: usize = 5;
-
-/// What every remote must carry after a change on the primary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PushIntent {
-    /// Name of the namespace, equal on the primary and the remotes.
-    pub namespace: String,
-    /// The managed labels remotes must end with; keys absent here are removed there.
-    pub labels: Labels,
-}
-
-/// How pushing a [`PushIntent`] to one remote ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PushResult {
-    /// The remote namespace was patched.
-    Applied,
-    /// The remote namespace already carried the labels; nothing was written.
-    AlreadyInSync,
-    /// The namespace does not exist on the remote; it is never created.
-    NamespaceMissing,
-    /// The remote's apiserver could not be reached.
-    Unreachable(String),
-    /// The remote refused kubectl-mesh's credentials or permissions.
-    Forbidden(String),
-    /// Any other error answered by the remote.
-    Failed(String),
-    /// No answer before the webhook's deadline.
-    TimedOut,
-}
-
-impl PushResult {
-    /// Value of the `result` label of push metrics, and of the propagation annotation.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::AlreadyInSync => "in_sync",
-            Self::NamespaceMissing => "missing",
-            Self::Unreachable(_) => "unreachable",
-            Self::Forbidden(_) => "forbidden",
-            Self::Failed(_) => "failed",
-            Self::TimedOut => "timed_out",
-        }
-    }
-
-    /// Whether the remote now carries the intended labels.
-    pub fn is_landed(&self) -> bool {
-        matches!(self, Self::Applied | Self::AlreadyInSync)
-    }
-}
-
-/// The outcome of one push to one remote.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PushOutcome {
-    /// Name of the remote (its `MeshCluster`).
-    pub cluster: String,
-    /// How the push ended.
-    pub result: PushResult,
-}
 
 /// What [`review`] decided.
 #[derive(Clone, Debug)]

@@ -19,17 +19,89 @@ use std::{
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams},
-};
-
-use crate::admission::{PushIntent, PushOutcome, PushResult};
+use kube::{Api, Client};
 
 use mesh_core::{
     labels::{Labels, SyncRule},
-    remote::{Failure, Remote, RemoteState, error_chain},
+    remote::{Failure, Remote, RemoteState},
+    write::{Known, Written, write_managed_labels},
 };
+
+/// What every remote must carry after a change on the primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushIntent {
+    /// Name of the namespace, equal on the primary and the remotes.
+    pub namespace: String,
+    /// The managed labels remotes must end with; keys absent here are removed there.
+    pub labels: Labels,
+}
+
+/// How pushing a [`PushIntent`] to one remote ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushResult {
+    /// The remote namespace was patched.
+    Applied,
+    /// The remote namespace already carried the labels; nothing was written.
+    AlreadyInSync,
+    /// The namespace does not exist on the remote; it is never created.
+    NamespaceMissing,
+    /// The remote's apiserver could not be reached.
+    Unreachable(String),
+    /// The remote refused kubectl-mesh's credentials or permissions.
+    Forbidden(String),
+    /// Any other error answered by the remote.
+    Failed(String),
+    /// No answer before the webhook's deadline.
+    TimedOut,
+}
+
+impl PushResult {
+    /// Value of the `result` label of push metrics, and of the propagation annotation.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::AlreadyInSync => "in_sync",
+            Self::NamespaceMissing => "missing",
+            Self::Unreachable(_) => "unreachable",
+            Self::Forbidden(_) => "forbidden",
+            Self::Failed(_) => "failed",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// Whether the remote now carries the intended labels.
+    pub fn is_landed(&self) -> bool {
+        matches!(self, Self::Applied | Self::AlreadyInSync)
+    }
+}
+
+/// The outcome of one push to one remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Name of the remote (its `MeshCluster`).
+    pub cluster: String,
+    /// How the push ended.
+    pub result: PushResult,
+}
+
+impl From<Written> for PushResult {
+    fn from(written: Written) -> Self {
+        match written {
+            Written::Applied { .. } => Self::Applied,
+            Written::AlreadyInSync => Self::AlreadyInSync,
+            Written::Missing => Self::NamespaceMissing,
+            Written::Failed {
+                failure, message, ..
+            } => match failure {
+                Failure::Unreachable => Self::Unreachable(message),
+                Failure::TimedOut => Self::TimedOut,
+                Failure::Forbidden => Self::Forbidden(message),
+                Failure::NotFound => Self::NamespaceMissing,
+                Failure::Conflict | Failure::Other => Self::Failed(message),
+            },
+        }
+    }
+}
 
 /// The outcome of one push and how long it took, for the latency histogram.
 #[derive(Debug)]
@@ -128,46 +200,15 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
     }
 }
 
-/// Pushes `intent` to one remote: read the namespace, write only the managed labels that
-/// differ with a patch conditional on the read's resourceVersion, and on a conflict read and
-/// try exactly once more.
+/// Pushes `intent` to one remote: read the namespace, then write only the managed labels that
+/// differ ([`write_managed_labels`] from nothing known).
 pub async fn push(client: &Client, rule: &SyncRule, intent: &PushIntent) -> PushResult {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let params = PatchParams {
-        field_manager: Some(mesh_core::FIELD_MANAGER.to_owned()),
-        ..Default::default()
-    };
-    let mut retried = false;
-    loop {
-        let current = match api.get_opt(&intent.namespace).await {
-            Ok(Some(namespace)) => namespace,
-            Ok(None) => return PushResult::NamespaceMissing,
-            Err(error) => return result_of(&error),
-        };
-        let diff = rule.diff(&intent.labels, &current);
-        if diff.is_empty() {
-            return PushResult::AlreadyInSync;
-        }
-        let patch = diff.to_json_patch(&current);
-        match api
-            .patch(&intent.namespace, &params, &Patch::Json::<()>(patch))
-            .await
-        {
-            Ok(_) => return PushResult::Applied,
-            Err(error) if !retried && Failure::of(&error) == Failure::Conflict => {
-                tracing::debug!(namespace = %intent.namespace, "remote namespace changed under us, retrying");
-                retried = true;
-            }
-            Err(error) => return result_of(&error),
-        }
-    }
+    push_knowing(client, rule, intent, Known::Nothing).await
 }
 
 /// Pushes `intent` to a remote expected to carry `expected` (the primary's managed labels before
-/// the change): one JSON patch that tests every label of `expected` and then makes the managed
-/// labels equal `intent`'s, whatever else the remote has. If the remote is not as expected (a
-/// `test` fails) or the patch is refused for any reason but an unreachable, forbidding or
-/// missing remote, it falls back to [`push`]: read, diff, conditional write.
+/// the change): one guarded JSON patch, and a read-diff-write only if the remote is not as
+/// expected ([`Known::Expecting`]).
 pub async fn push_from(
     client: &Client,
     rule: &SyncRule,
@@ -177,8 +218,7 @@ pub async fn push_from(
     push_from_noting(client, rule, intent, expected, &AtomicBool::new(false)).await
 }
 
-/// [`push_from`], setting `read_first` when it falls back to [`push`] (before the fallback
-/// starts, so that a push the deadline cuts short is still told).
+/// [`push_from`], setting `read_first` when the remote refused the guarded patch.
 async fn push_from_noting(
     client: &Client,
     rule: &SyncRule,
@@ -186,41 +226,23 @@ async fn push_from_noting(
     expected: &Labels,
     read_first: &AtomicBool,
 ) -> PushResult {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let params = PatchParams {
-        field_manager: Some(mesh_core::FIELD_MANAGER.to_owned()),
-        ..Default::default()
+    let known = Known::Expecting {
+        labels: expected,
+        refused: read_first,
     };
-    let patch = rule.guarded_patch(expected, &intent.labels);
-    match api
-        .patch(&intent.namespace, &params, &Patch::Json::<()>(patch))
-        .await
-    {
-        Ok(_) => PushResult::Applied,
-        Err(error) => match Failure::of(&error) {
-            Failure::Conflict | Failure::Other => {
-                tracing::debug!(namespace = %intent.namespace, error = %error_chain(&error), "remote not in the expected state, reading it");
-                read_first.store(true, Ordering::Relaxed);
-                push(client, rule, intent).await
-            }
-            Failure::Unreachable | Failure::TimedOut | Failure::Forbidden | Failure::NotFound => {
-                result_of(&error)
-            }
-        },
-    }
+    push_knowing(client, rule, intent, known).await
 }
 
-/// Maps an error of a call to a remote to the result reported to the admission response.
-pub fn result_of(error: &kube::Error) -> PushResult {
-    let message = error_chain(error);
-    match Failure::of(error) {
-        Failure::Unreachable => PushResult::Unreachable(message),
-        Failure::TimedOut => PushResult::TimedOut,
-        Failure::Forbidden => PushResult::Forbidden(message),
-        // The namespace went away between our read and our write.
-        Failure::NotFound => PushResult::NamespaceMissing,
-        Failure::Conflict | Failure::Other => PushResult::Failed(message),
-    }
+async fn push_knowing(
+    client: &Client,
+    rule: &SyncRule,
+    intent: &PushIntent,
+    known: Known<'_>,
+) -> PushResult {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let desired = || intent.labels.clone();
+    let written = write_managed_labels(&api, rule, &intent.namespace, desired, known).await;
+    PushResult::from(written)
 }
 
 #[cfg(test)]

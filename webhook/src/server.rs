@@ -47,11 +47,12 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::{
-    admission::{self, Decision, PushIntent, PushOutcome, PushResult},
+    admission::{self, Decision},
     in_flight::InFlight,
     leader::{self, LeaseSettings},
     metrics::{self, Metrics, ReviewOutcome},
     propagate::fan_out_timed_from,
+    propagate::{PushIntent, PushOutcome, PushResult},
     reconcile::{self, BackoffSettings, Reconciler},
     tls::{self, CertResolver},
 };

@@ -250,6 +250,25 @@ pub struct LabelDiff {
 }
 
 impl LabelDiff {
+    /// The change of namespace `namespace`'s managed labels from `before` to `after`.
+    pub fn between(rule: &SyncRule, namespace: &str, before: &Labels, after: &Labels) -> Self {
+        let managed = |labels: &Labels| rule.managed_of(Some(labels));
+        let (before, after) = (managed(before), managed(after));
+        Self {
+            namespace: namespace.to_owned(),
+            set: after
+                .iter()
+                .filter(|(key, value)| before.get(*key) != Some(*value))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
+            remove: before
+                .keys()
+                .filter(|key| !after.contains_key(*key))
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// Whether the namespace already carries the desired labels.
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.remove.is_empty()

@@ -22,6 +22,7 @@ pub mod kubeconfig;
 pub mod labels;
 pub mod remote;
 pub mod sync;
+pub mod write;
 
 /// Namespace on the primary that holds the webhook, its serving certificate and the
 /// kubeconfig Secrets of attached clusters.

@@ -15,15 +15,12 @@ use std::collections::BTreeMap;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::{
-    Api, Client, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-};
+use kube::{Api, Client, ResourceExt, api::ListParams};
 
 use crate::{
-    FIELD_MANAGER,
     labels::{LabelDiff, SyncRule},
     remote::{Failure, error_chain},
+    write::{Known, Written, write_managed_labels},
 };
 
 /// Remote namespaces written concurrently: enough to converge a cluster with hundreds of
@@ -209,28 +206,45 @@ pub async fn sync_remote(
             (diff, ns)
         })
         .collect();
-    let mut outcomes: Vec<Written> = stream::iter(jobs)
+    let mut outcomes: Vec<Outcome> = stream::iter(jobs)
         .map(|(diff, ns)| write(&api, rule, primary, diff, ns))
         .buffer_unordered(WRITE_CONCURRENCY)
         .collect()
         .await;
-    outcomes.sort_by(|a, b| a.namespace().cmp(b.namespace()));
-    for outcome in outcomes {
-        match outcome {
-            Written::Applied { diff, writes } => {
-                report.writes += writes;
+    outcomes.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    for Outcome {
+        namespace,
+        written,
+        wanted,
+    } in outcomes
+    {
+        match written {
+            Written::Applied { diff } => {
+                report.writes += 1;
                 report.changes.push(NamespaceChange {
                     diff,
                     status: ChangeStatus::Applied,
                 });
             }
-            Written::AlreadyInSync { .. } => report.in_sync += 1,
-            Written::Vanished { namespace, missing } => {
-                if missing {
+            Written::AlreadyInSync => report.in_sync += 1,
+            Written::Missing => {
+                if wanted {
                     report.missing.push(namespace);
                 }
             }
-            Written::Failed(error) => report.errors.push(error),
+            Written::Failed {
+                failure,
+                message,
+                diff,
+            } => report.errors.push(NamespaceError {
+                diff: diff.unwrap_or_else(|| LabelDiff {
+                    namespace: namespace.clone(),
+                    ..LabelDiff::default()
+                }),
+                namespace,
+                failure,
+                message,
+            }),
         }
     }
     report.missing.sort();
@@ -272,31 +286,12 @@ pub fn short_list(names: &[String], shown: usize) -> String {
     text
 }
 
-enum Written {
-    Applied {
-        diff: LabelDiff,
-        writes: u32,
-    },
-    /// Re-read after a conflict and found already right.
-    AlreadyInSync {
-        namespace: String,
-    },
-    /// Deleted on the remote while we were writing; `missing` if the primary wants labels.
-    Vanished {
-        namespace: String,
-        missing: bool,
-    },
-    Failed(NamespaceError),
-}
-
-impl Written {
-    fn namespace(&self) -> &str {
-        match self {
-            Self::Applied { diff, .. } => &diff.namespace,
-            Self::AlreadyInSync { namespace } | Self::Vanished { namespace, .. } => namespace,
-            Self::Failed(error) => &error.namespace,
-        }
-    }
+/// How the write of one differing namespace ended, with the namespace it was about.
+struct Outcome {
+    namespace: String,
+    written: Written,
+    /// Whether the primary wanted labels there, for a namespace found missing.
+    wanted: bool,
 }
 
 async fn write(
@@ -305,71 +300,31 @@ async fn write(
     primary: &impl PrimaryView,
     diff: LabelDiff,
     current: Option<Namespace>,
-) -> Written {
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..Default::default()
-    };
+) -> Outcome {
     let name = diff.namespace.clone();
-    let mut desired = rule.desired(primary.namespace(&name).as_ref());
-    let mut diff = diff;
-    let mut current = current;
-    let mut retried = false;
-    loop {
-        let Some(ns) = current.take() else {
-            return Written::Vanished {
-                namespace: name,
-                missing: !desired.is_empty(),
-            };
-        };
-        let patch = diff.to_json_patch(&ns);
-        match api.patch(&name, &params, &Patch::Json::<()>(patch)).await {
-            Ok(_) => {
-                tracing::info!(namespace = %name, change = %diff.describe(), "corrected remote labels");
-                return Written::Applied { diff, writes: 1 };
-            }
-            Err(error) if !retried && Failure::of(&error) == Failure::Conflict => {
-                retried = true;
-                match api.get_opt(&name).await {
-                    Ok(Some(fresh)) => {
-                        // Someone wrote in between, most likely the webhook pushing a newer
-                        // primary state: the primary must be read again too, after the remote.
-                        desired = rule.desired(primary.namespace(&name).as_ref());
-                        diff = rule.diff(&desired, &fresh);
-                        if diff.is_empty() {
-                            return Written::AlreadyInSync { namespace: name };
-                        }
-                        current = Some(fresh);
-                    }
-                    Ok(None) => {
-                        return Written::Vanished {
-                            namespace: name,
-                            missing: !desired.is_empty(),
-                        };
-                    }
-                    Err(error) => return failed(diff, &error),
-                }
-            }
-            Err(error) if Failure::of(&error) == Failure::NotFound => {
-                return Written::Vanished {
-                    namespace: name,
-                    missing: !desired.is_empty(),
-                };
-            }
-            Err(error) => return failed(diff, &error),
+    // The plan's diff is what the writer recomputes from the same namespace and primary; the
+    // primary is asked again only after a conflict.
+    let desired = || rule.desired(primary.namespace(&name).as_ref());
+    let known = match current {
+        Some(namespace) => Known::Read(Box::new(namespace)),
+        None => Known::Nothing,
+    };
+    let written = write_managed_labels(api, rule, &name, desired, known).await;
+    match &written {
+        Written::Applied { diff } => {
+            tracing::info!(namespace = %name, change = %diff.describe(), "corrected remote labels");
         }
+        Written::Failed { message, .. } => {
+            tracing::warn!(namespace = %name, error = %message, "cannot correct remote labels");
+        }
+        Written::AlreadyInSync | Written::Missing => {}
     }
-}
-
-fn failed(diff: LabelDiff, error: &kube::Error) -> Written {
-    let message = error_chain(error);
-    tracing::warn!(namespace = %diff.namespace, error = %message, "cannot correct remote labels");
-    Written::Failed(NamespaceError {
-        namespace: diff.namespace.clone(),
-        diff,
-        failure: Failure::of(error),
-        message,
-    })
+    let wanted = matches!(written, Written::Missing) && !desired().is_empty();
+    Outcome {
+        namespace: name,
+        written,
+        wanted,
+    }
 }
 
 #[cfg(test)]
