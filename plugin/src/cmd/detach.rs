@@ -21,6 +21,7 @@
 //! kubeconfig. When the remote cannot be reached (or no credentials are at hand), detach
 //! refuses; --force detaches from the primary anyway and lists what stays on the remote.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,13 +32,15 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
     config::Kubeconfig,
 };
 use mesh_core::{
     GROUP, MESH_NAMESPACE,
     cluster::{MeshCluster, RemoteGuard},
-    labels::{Labels, SyncRule},
+    labels::SyncRule,
+    remote::Failure,
+    sync::{self, SyncMode, sync_remote},
 };
 use serde::de::DeserializeOwned;
 
@@ -464,9 +467,7 @@ async fn clean_remote(
         .map_err(fail("delete the token Secrets"))?;
 
     if let Some(rule) = strip {
-        strip_managed_labels(client, rule, name, timeout, progress)
-            .await
-            .map_err(fail("remove managed labels"))?;
+        strip_managed_labels(client, target, rule, name, timeout, progress).await?;
     }
 
     delete_labelled(
@@ -652,61 +653,57 @@ async fn foreign_objects(client: &Client, ns: &str) -> Result<Vec<String>, kube:
     Ok(out)
 }
 
-/// Removes the labels `rule` manages from every namespace of the remote it syncs (never from
-/// the excluded ones, never another label). Each write tests the resourceVersion it was
-/// computed from; on a conflict the namespace is read again. The guard was deleted just
-/// before, but the apiserver drops a policy a moment after its deletion: a refusal by it is
-/// retried until `timeout`.
+/// Removes the managed labels of every remote namespace the rule covers: a sync against an
+/// empty primary, through the engine and writer the reconciler uses. The guard deleted just
+/// before may still be enforced for a moment (the apiserver unloads policies asynchronously),
+/// so namespaces it refused are tried again until `timeout`.
 async fn strip_managed_labels(
     client: &Client,
+    target: &Target,
     rule: &SyncRule,
     name: &str,
     timeout: Duration,
     progress: Progress,
-) -> Result<(), kube::Error> {
-    let none = Labels::new();
-    let api: Api<Namespace> = Api::all(client.clone());
+) -> Result<()> {
+    let no_primary = BTreeMap::<String, Namespace>::new();
     let deadline = Instant::now() + timeout;
     let mut stripped = 0;
-    for mut ns in api.list(&ListParams::default()).await?.items {
-        let ns_name = ns.name_any();
-        if rule.is_excluded(&ns_name) {
-            continue;
+    loop {
+        let report = sync_remote(rule, &no_primary, client, SyncMode::Apply)
+            .await
+            .map_err(|error| match error {
+                sync::Error::ListNamespaces(e) | sync::Error::ListPrimary(e) => {
+                    access::request_error(target, "remove managed labels", e)
+                }
+            })?;
+        for change in report.applied() {
+            stripped += 1;
+            let removed: Vec<&str> = change.diff.remove.iter().map(String::as_str).collect();
+            progress.ok(format!(
+                "{name}: Namespace {}: removed {}",
+                change.diff.namespace,
+                removed.join(", ")
+            ));
         }
-        let mut conflicts = 0;
-        loop {
-            let diff = rule.diff(&none, &ns);
-            if diff.is_empty() {
-                break;
-            }
-            let patch = Patch::Json::<()>(diff.to_json_patch(&ns));
-            match api.patch(&ns_name, &PatchParams::default(), &patch).await {
-                Ok(_) => {
-                    stripped += 1;
-                    progress.ok(format!(
-                        "{name}: Namespace {ns_name}: removed {}",
-                        diff.remove.iter().cloned().collect::<Vec<_>>().join(", ")
-                    ));
-                    break;
-                }
-                Err(kube::Error::Api(s)) if (s.code == 409 || s.code == 422) && conflicts < 5 => {
-                    conflicts += 1;
-                    match api.get_opt(&ns_name).await? {
-                        Some(fresh) => ns = fresh,
-                        None => break,
-                    }
-                }
-                Err(kube::Error::Api(s))
-                    if s.code == 403
-                        && s.message.contains(setup::GUARD)
-                        && Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 => break,
-                Err(e) => return Err(e),
-            }
+        let Some(error) = report.errors.first() else {
+            break;
+        };
+        let only_guard = report
+            .errors
+            .iter()
+            .all(|e| e.failure == Failure::Forbidden && e.message.contains(setup::GUARD));
+        if !(only_guard && Instant::now() < deadline) {
+            return Err(Error::Refused {
+                what: format!(
+                    "cannot remove managed labels of namespace {} on {}: {}",
+                    error.namespace, target.label, error.message
+                ),
+                hint: "check the remote's admission policies and your rights there, then re-run \
+                       detach --strip-labels"
+                    .into(),
+            });
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if stripped == 0 {
         progress.info(format!("{name}: no namespace carried managed labels"));
