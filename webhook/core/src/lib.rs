@@ -14,6 +14,7 @@ macro_rules! group_literal {
 }
 
 pub mod cluster;
+pub mod duration;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_apiserver;
 #[cfg(any(test, feature = "testing"))]
