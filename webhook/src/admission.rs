@@ -38,6 +38,9 @@ pub struct Decision {
     pub response: AdmissionResponse,
     /// The change to push to every remote, if any.
     pub push: Option<PushIntent>,
+    /// The managed labels the primary carried before the request: what converged remotes
+    /// carry, so what a push expects to replace. Empty when the review is not of a Namespace.
+    pub previous: Labels,
 }
 
 /// Decides what a namespace admission request means for the remotes.
@@ -48,17 +51,22 @@ pub struct Decision {
 /// is excluded, or on a dry run (the webhook declares `sideEffects: NoneOnDryRun`).
 pub fn review(rule: &SyncRule, req: &AdmissionRequest<Namespace>) -> Decision {
     let mut response = AdmissionResponse::from(req);
-    let no_push = |response| Decision {
-        response,
-        push: None,
-    };
     if !req.kind.group.is_empty() || req.kind.kind != "Namespace" {
-        return no_push(response);
+        return Decision {
+            response,
+            push: None,
+            previous: Labels::new(),
+        };
     }
 
     // `desired` treats a missing object (DELETE) and a deleting one alike: empty.
     let before = rule.desired(req.old_object.as_ref());
     let after = rule.desired(req.object.as_ref());
+    let no_push = |response| Decision {
+        response,
+        push: None,
+        previous: before.clone(),
+    };
     if before == after {
         return no_push(response);
     }
@@ -85,6 +93,7 @@ pub fn review(rule: &SyncRule, req: &AdmissionRequest<Namespace>) -> Decision {
             namespace,
             labels: after,
         }),
+        previous: before,
     }
 }
 
@@ -400,6 +409,25 @@ mod tests {
             pushed(&req),
             Some(intent("foo", [("istio-injection", "disabled")]))
         );
+    }
+
+    #[test]
+    fn a_push_starts_from_the_managed_labels_before_the_request() {
+        let req = update(
+            ns("foo")
+                .label("istio-injection", "enabled")
+                .label("app", "x"),
+            ns("foo").label("istio-injection", "disabled"),
+        );
+        let decision = review(&SyncRule::default(), &req);
+        assert!(decision.push.is_some());
+        assert_eq!(decision.previous, labels([("istio-injection", "enabled")]));
+        let created = review(
+            &SyncRule::default(),
+            &create(ns("foo").label("istio.io/rev", "1")),
+        );
+        assert!(created.push.is_some());
+        assert_eq!(created.previous, Labels::new());
     }
 
     #[test]

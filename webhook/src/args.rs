@@ -12,11 +12,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
-use crate::{
-    leader,
-    reconcile::BackoffSettings,
-    server::{LogLevelSetter, Webhook},
-};
+use crate::{app::Webhook, http::LogLevelSetter, leader, reconcile::BackoffSettings};
 
 use mesh_core::{
     labels::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MANAGED_LABELS, SyncRule},

@@ -4,12 +4,17 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod app;
 pub mod args;
+pub mod cluster_status;
+pub mod events;
+pub mod http;
 pub mod in_flight;
 pub mod leader;
+pub mod listen;
 pub mod metrics;
 pub mod propagate;
+pub mod readiness;
 pub mod reconcile;
 mod remote_watch;
-pub mod server;
 pub mod tls;

@@ -24,8 +24,8 @@ use mesh_core::{
     remote::{Remote, Remotes},
 };
 use mesh_webhook::{
+    http::{AppState, BODY_LIMIT, router},
     metrics::Metrics,
-    server::{AppState, BODY_LIMIT, router},
 };
 use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
 use serde_json::{Value, json};

@@ -20,7 +20,7 @@ use std::{
 use axum::http::{Request, Response, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::Full;
-use mesh_webhook::server::{BODY_LIMIT, Webhook};
+use mesh_webhook::{app::Webhook, http::BODY_LIMIT};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -136,7 +136,7 @@ struct Server {
     first: Leaf,
     dir: tempfile::TempDir,
     shutdown: CancellationToken,
-    task: JoinHandle<mesh_webhook::server::Result<()>>,
+    task: JoinHandle<mesh_webhook::listen::Result<()>>,
 }
 
 impl Server {

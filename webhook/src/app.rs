@@ -1,0 +1,254 @@
+//! [`Webhook`], the whole `mesh-webhook` process assembled: the serving certificate and port,
+//! the shared state of the handlers, leader election, the reconciler, and an orderly shutdown
+//! (stop accepting, drain, stop the reconciler, hand the Lease over).
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use kube::{Client, runtime::events::Reporter};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_rustls::rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    http::{self, AppState, LogLevelSetter},
+    in_flight::InFlight,
+    leader::{self, LeaseSettings},
+    listen::{self, Result},
+    metrics::Metrics,
+    readiness::Readiness,
+    reconcile::{self, BackoffSettings, Reconciler},
+    tls::{self, CertResolver},
+};
+
+use mesh_core::{
+    labels::SyncRule,
+    remote::{RemoteOptions, Remotes},
+};
+
+/// The whole `mesh-webhook` process: HTTPS server, leader election, reconciler and registry.
+/// Usable in-process (tests, demos): build, [`Webhook::bind`], then [`BoundWebhook::run`].
+pub struct Webhook {
+    primary: Client,
+    listen: SocketAddr,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    rule: Arc<SyncRule>,
+    mesh_namespace: String,
+    resync_period: Duration,
+    push_deadline: Duration,
+    backoff: BackoffSettings,
+    remote_options: RemoteOptions,
+    lease_name: Option<String>,
+    identity: String,
+    metrics: Arc<Metrics>,
+    log_level: Option<LogLevelSetter>,
+}
+
+impl Webhook {
+    /// A webhook with the defaults of the command line.
+    pub fn new(primary: Client, tls_cert: impl Into<PathBuf>, tls_key: impl Into<PathBuf>) -> Self {
+        Self {
+            primary,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            tls_cert: tls_cert.into(),
+            tls_key: tls_key.into(),
+            rule: Arc::new(SyncRule::default()),
+            mesh_namespace: mesh_core::MESH_NAMESPACE.to_owned(),
+            resync_period: Duration::from_secs(60),
+            push_deadline: Duration::from_secs(2),
+            backoff: BackoffSettings::default(),
+            remote_options: RemoteOptions::default(),
+            lease_name: Some("mesh-webhook".to_owned()),
+            identity: leader::default_identity(),
+            metrics: Arc::new(Metrics::new()),
+            log_level: None,
+        }
+    }
+
+    /// Address to listen on; port 0 picks a free one (see [`BoundWebhook::local_addr`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    pub fn rule(mut self, rule: SyncRule) -> Self {
+        self.rule = Arc::new(rule);
+        self
+    }
+
+    pub fn mesh_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.mesh_namespace = namespace.into();
+        self
+    }
+
+    pub fn resync_period(mut self, period: Duration) -> Self {
+        self.resync_period = period;
+        self
+    }
+
+    pub fn push_deadline(mut self, deadline: Duration) -> Self {
+        self.push_deadline = deadline;
+        self
+    }
+
+    /// How long the reconciler waits before retrying a remote that keeps failing.
+    pub fn backoff(mut self, backoff: BackoffSettings) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    pub fn remote_options(mut self, options: RemoteOptions) -> Self {
+        self.remote_options = options;
+        self
+    }
+
+    /// Name of the Lease to elect a leader with; `None` makes this process always lead (a
+    /// single replica, or a test).
+    pub fn lease_name(mut self, name: Option<String>) -> Self {
+        self.lease_name = name;
+        self
+    }
+
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = identity.into();
+        self
+    }
+
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn log_level_setter(mut self, setter: LogLevelSetter) -> Self {
+        self.log_level = Some(setter);
+        self
+    }
+
+    /// Loads the serving certificate and binds the port: what can fail at startup fails here.
+    pub async fn bind(self) -> Result<BoundWebhook> {
+        let resolver = CertResolver::load(&self.tls_cert, &self.tls_key)?;
+        let tls = tls::server_config(resolver.clone())?;
+        let (listener, local_addr) = listen::bind(self.listen).await?;
+        let readiness = Readiness::default();
+        readiness.set_tls_loaded();
+        Ok(BoundWebhook {
+            remotes: Remotes::new(self.remote_options),
+            webhook: self,
+            listener,
+            local_addr,
+            resolver,
+            tls,
+            readiness,
+        })
+    }
+}
+
+/// A [`Webhook`] with its port bound and certificate loaded.
+pub struct BoundWebhook {
+    webhook: Webhook,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    resolver: Arc<CertResolver>,
+    tls: Arc<ServerConfig>,
+    remotes: Remotes,
+    readiness: Readiness,
+}
+
+impl BoundWebhook {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The registry of remote clients the webhook pushes to.
+    pub fn remotes(&self) -> Remotes {
+        self.remotes.clone()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.webhook.metrics.clone()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Runs until `shutdown`: stops accepting, drains in-flight requests, then stops the
+    /// reconciler and hands the Lease over.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self {
+            webhook,
+            listener,
+            local_addr,
+            resolver,
+            tls,
+            remotes,
+            readiness,
+        } = self;
+        let Webhook {
+            primary,
+            listen: _,
+            tls_cert: _,
+            tls_key: _,
+            rule,
+            mesh_namespace,
+            resync_period,
+            push_deadline,
+            backoff,
+            remote_options: _,
+            lease_name,
+            identity,
+            metrics,
+            log_level,
+        } = webhook;
+        let background = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(resolver.watch(background.clone()));
+
+        let is_leader = match lease_name {
+            Some(name) => {
+                let settings = LeaseSettings::new(&mesh_namespace, name, &identity);
+                let (is_leader, election) =
+                    leader::spawn(primary.clone(), settings, background.clone());
+                tasks.spawn(async move {
+                    let _ = election.await;
+                });
+                is_leader
+            }
+            None => leader::always_leader(),
+        };
+        let mut settings = reconcile::Settings::new(&mesh_namespace, &identity);
+        settings.resync_period = resync_period;
+        settings.drift_settle = push_deadline + Duration::from_secs(1);
+        settings.backoff = backoff;
+        let in_flight = InFlight::default();
+        let reconciler = Reconciler::new(
+            primary.clone(),
+            rule.clone(),
+            remotes.clone(),
+            metrics.clone(),
+            is_leader,
+            readiness.clone(),
+            settings,
+        )
+        .with_in_flight(in_flight.clone());
+        tasks.spawn(reconciler.run(background.clone()));
+
+        let reporter = Reporter {
+            controller: "mesh-webhook".to_owned(),
+            instance: Some(identity.clone()),
+        };
+        let mut state = AppState::new(rule, remotes, metrics, push_deadline)
+            .with_in_flight(in_flight)
+            .with_readiness(readiness)
+            .with_events(primary.clone(), reporter);
+        if let Some(setter) = log_level {
+            state = state.with_log_level(setter);
+        }
+        tracing::info!(%local_addr, %identity, "serving admission webhook");
+        listen::serve(listener, tls, http::router(state), shutdown).await;
+        tracing::info!("server drained, stopping reconciler");
+        background.cancel();
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}

@@ -1,0 +1,494 @@
+//! The status of a `MeshCluster` as the reconciler writes it: what one sync attempt found
+//! ([`Attempt`]) becomes counts, `lastError` and the `Reachable` and `Synced` conditions
+//! ([`next_status`]), written only when it says something new ([`status_needs_write`]).
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+use mesh_core::{
+    cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
+    remote::{Failure, error_chain},
+    sync::SyncReport,
+};
+
+/// Status and Event texts are cut here; the full story is in the logs.
+pub(crate) const MAX_MESSAGE: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot write the status of MeshCluster {name}: {}", error_chain(.source))]
+    WriteStatus {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot encode the status of MeshCluster {name}")]
+    EncodeStatus {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::WriteStatus { .. } => "write_status",
+            Self::EncodeStatus { .. } => "encode_status",
+        }
+    }
+}
+
+/// What one sync attempt found, as the status sees it.
+#[derive(Clone, Debug)]
+pub(crate) enum Attempt<'a> {
+    Synced(&'a SyncReport),
+    Failed {
+        /// PascalCase condition reason.
+        reason: &'static str,
+        message: String,
+        /// Whether the remote answered at all.
+        answered: bool,
+    },
+}
+
+impl Attempt<'_> {
+    pub(crate) fn failed(failure: Failure, message: String) -> Self {
+        let reason = match failure {
+            Failure::Unreachable => "Unreachable",
+            Failure::TimedOut => "TimedOut",
+            Failure::Forbidden => "Forbidden",
+            Failure::NotFound | Failure::Conflict | Failure::Other => "SyncFailed",
+        };
+        // A remote that refuses our credentials is no more usable than one that is down.
+        let answered = failure.answered() && failure != Failure::Forbidden;
+        Self::Failed {
+            reason,
+            message,
+            answered,
+        }
+    }
+
+    /// Whether the remote answered with usable credentials.
+    pub(crate) fn reachable(&self) -> bool {
+        match self {
+            Self::Synced(_) => true,
+            Self::Failed { answered, .. } => *answered,
+        }
+    }
+}
+
+/// The status after `attempt`, keeping what the attempt did not learn from `prev`.
+pub(crate) fn next_status(
+    prev: Option<&MeshClusterStatus>,
+    attempt: &Attempt<'_>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> MeshClusterStatus {
+    let mut next = prev.cloned().unwrap_or_default();
+    next.observed_generation = generation;
+    match attempt {
+        Attempt::Synced(report) => {
+            let in_sync = report.in_sync_after();
+            let corrected = report.applied().count();
+            // Whole seconds, as Kubernetes writes its own timestamps.
+            next.last_sync_time = Some(format!("{now:.0}"));
+            next.namespaces_in_sync = u32::try_from(in_sync).unwrap_or(u32::MAX);
+            next.missing_namespaces = report.missing.clone();
+            next.namespaces_drifted = u32::try_from(corrected).unwrap_or(u32::MAX);
+            next.last_sync_writes = report.writes;
+            next.last_error = report.errors.first().map(|e| {
+                truncate(
+                    format!("namespace {}: {}", e.namespace, e.message),
+                    MAX_MESSAGE,
+                )
+            });
+            set_condition(
+                &mut next.conditions,
+                CONDITION_REACHABLE,
+                "True",
+                "Connected",
+                "the remote answered with valid credentials".to_owned(),
+                generation,
+                now,
+            );
+            let (status, reason, message) = if report.errors.is_empty() {
+                let mut message = format!("{in_sync} namespaces carry the primary's labels");
+                if corrected > 0 {
+                    message.push_str(&format!(" ({corrected} corrected)"));
+                }
+                if !report.missing.is_empty() {
+                    message.push_str(&format!(
+                        "; {} absent on the remote: {}",
+                        report.missing.len(),
+                        list(&report.missing)
+                    ));
+                }
+                ("True", "InSync", message)
+            } else {
+                let failed: Vec<String> =
+                    report.errors.iter().map(|e| e.namespace.clone()).collect();
+                let message = format!(
+                    "{} namespaces could not be corrected: {}",
+                    failed.len(),
+                    list(&failed)
+                );
+                ("False", "WriteFailed", message)
+            };
+            set_condition(
+                &mut next.conditions,
+                CONDITION_SYNCED,
+                status,
+                reason,
+                message,
+                generation,
+                now,
+            );
+        }
+        Attempt::Failed {
+            reason,
+            message,
+            answered,
+        } => {
+            let message = truncate(message.clone(), MAX_MESSAGE);
+            next.last_error = Some(message.clone());
+            let reachable = if *answered { "True" } else { "False" };
+            set_condition(
+                &mut next.conditions,
+                CONDITION_REACHABLE,
+                reachable,
+                reason,
+                message.clone(),
+                generation,
+                now,
+            );
+            set_condition(
+                &mut next.conditions,
+                CONDITION_SYNCED,
+                "Unknown",
+                reason,
+                "the last sync could not read the remote".to_owned(),
+                generation,
+                now,
+            );
+        }
+    }
+    next
+}
+
+/// Sets a condition, keeping `lastTransitionTime` unless its status changes.
+pub(crate) fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let message = truncate(message, MAX_MESSAGE);
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(condition) => {
+            if condition.status != status {
+                condition.last_transition_time = Time(now);
+                condition.status = status.to_owned();
+            }
+            condition.reason = reason.to_owned();
+            condition.message = message;
+            condition.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: Time(now),
+        }),
+    }
+}
+
+/// Whether `next` is worth a status write: something other than `lastSyncTime` changed, or
+/// `lastSyncTime` is `refresh` old. A converged cluster thus costs one status write per
+/// `refresh`, not one per resync.
+pub(crate) fn status_needs_write(
+    prev: Option<&MeshClusterStatus>,
+    next: &MeshClusterStatus,
+    refresh: Duration,
+) -> bool {
+    let Some(prev) = prev else { return true };
+    let comparable = |s: &MeshClusterStatus| MeshClusterStatus {
+        last_sync_time: None,
+        token_expiry: None,
+        ..s.clone()
+    };
+    if comparable(prev) != comparable(next) {
+        return true;
+    }
+    let parse = |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+    match (parse(&prev.last_sync_time), parse(&next.last_sync_time)) {
+        (Some(prev), Some(next)) => {
+            let age = next.duration_since(prev);
+            age >= SignedDuration::try_from(refresh).unwrap_or(SignedDuration::MAX)
+        }
+        (None, Some(_)) => true,
+        _ => false,
+    }
+}
+
+/// Merge-patches our fields of the status. Cleared fields are sent as null (a merge patch
+/// leaves absent keys alone); `tokenExpiry` is the plugin's and never sent.
+pub(crate) async fn write_status(
+    primary: &Client,
+    name: &str,
+    status: &MeshClusterStatus,
+) -> Result<()> {
+    let patch = status_patch(status).map_err(|source| Error::EncodeStatus {
+        name: name.to_owned(),
+        source,
+    })?;
+    Api::<MeshCluster>::all(primary.clone())
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::WriteStatus {
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(())
+}
+
+pub(crate) fn status_patch(status: &MeshClusterStatus) -> Result<Value, serde_json::Error> {
+    let mut value = serde_json::to_value(status)?;
+    if let Value::Object(map) = &mut value {
+        map.remove("tokenExpiry");
+        for key in ["lastError", "lastSyncTime", "observedGeneration"] {
+            map.entry(key).or_insert(Value::Null);
+        }
+        for key in ["missingNamespaces", "conditions"] {
+            map.entry(key).or_insert(json!([]));
+        }
+    }
+    Ok(json!({ "status": value }))
+}
+
+/// Namespace lists in status messages.
+fn list(names: &[String]) -> String {
+    mesh_core::sync::short_list(names, 10)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary, ending with `...` when cut.
+pub(crate) fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::{
+        labels::LabelDiff,
+        sync::{ChangeStatus, NamespaceChange, NamespaceError, SyncMode},
+    };
+
+    fn report(in_sync: usize, corrected: &[&str], missing: &[&str], errors: &[&str]) -> SyncReport {
+        SyncReport {
+            mode: SyncMode::Apply,
+            changes: corrected
+                .iter()
+                .map(|ns| NamespaceChange {
+                    diff: LabelDiff {
+                        namespace: (*ns).to_owned(),
+                        ..LabelDiff::default()
+                    },
+                    status: ChangeStatus::Applied,
+                })
+                .collect(),
+            in_sync,
+            missing: missing.iter().map(|s| (*s).to_owned()).collect(),
+            errors: errors
+                .iter()
+                .map(|ns| NamespaceError {
+                    namespace: (*ns).to_owned(),
+                    diff: LabelDiff::default(),
+                    failure: Failure::Forbidden,
+                    message: "forbidden".to_owned(),
+                })
+                .collect(),
+            writes: u32::try_from(corrected.len()).expect("small"),
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).expect("valid")
+    }
+
+    #[test]
+    fn successful_sync_fills_status_and_conditions() {
+        let report = report(4, &["a", "b"], &["m"], &[]);
+        let status = next_status(None, &Attempt::Synced(&report), Some(3), at(0));
+        assert_eq!(status.namespaces_in_sync, 6);
+        assert_eq!(status.namespaces_drifted, 2);
+        assert_eq!(status.last_sync_writes, 2);
+        assert_eq!(status.missing_namespaces, ["m"]);
+        assert_eq!(status.last_error, None);
+        assert_eq!(status.observed_generation, Some(3));
+        assert!(status.is_true(CONDITION_REACHABLE));
+        assert!(status.is_true(CONDITION_SYNCED));
+        let synced = status.condition(CONDITION_SYNCED).expect("synced");
+        assert_eq!(synced.reason, "InSync");
+        assert!(synced.message.contains("2 corrected"), "{}", synced.message);
+        assert!(
+            synced.message.contains("absent on the remote: m"),
+            "{}",
+            synced.message
+        );
+        assert_eq!(synced.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn write_errors_make_synced_false() {
+        let report = report(1, &[], &[], &["x"]);
+        let status = next_status(None, &Attempt::Synced(&report), None, at(0));
+        assert!(status.is_true(CONDITION_REACHABLE));
+        let synced = status.condition(CONDITION_SYNCED).expect("synced");
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "WriteFailed")
+        );
+        assert!(
+            status
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("namespace x"))
+        );
+    }
+
+    #[test]
+    fn unreachable_keeps_counts_and_flips_reachable() {
+        let report = report(5, &[], &["m"], &[]);
+        let before = next_status(None, &Attempt::Synced(&report), Some(1), at(0));
+        let failed = Attempt::failed(Failure::Unreachable, "connection refused".to_owned());
+        let after = next_status(Some(&before), &failed, Some(1), at(60));
+        assert_eq!(after.namespaces_in_sync, 5);
+        assert_eq!(after.missing_namespaces, ["m"]);
+        assert_eq!(
+            after.last_sync_time, before.last_sync_time,
+            "only successful syncs count"
+        );
+        assert_eq!(after.last_error.as_deref(), Some("connection refused"));
+        let reachable = after.condition(CONDITION_REACHABLE).expect("reachable");
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", "Unreachable")
+        );
+        assert_eq!(reachable.last_transition_time, Time(at(60)));
+        assert_eq!(
+            after.condition(CONDITION_SYNCED).expect("synced").status,
+            "Unknown"
+        );
+        assert!(!failed.reachable());
+        assert!(!Attempt::failed(Failure::Forbidden, String::new()).reachable());
+        assert!(Attempt::failed(Failure::Other, String::new()).reachable());
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_changes() {
+        let mut conditions = Vec::new();
+        set_condition(
+            &mut conditions,
+            "Synced",
+            "True",
+            "InSync",
+            "3".into(),
+            None,
+            at(0),
+        );
+        set_condition(
+            &mut conditions,
+            "Synced",
+            "True",
+            "InSync",
+            "4".into(),
+            None,
+            at(10),
+        );
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time, Time(at(0)));
+        assert_eq!(conditions[0].message, "4");
+        set_condition(
+            &mut conditions,
+            "Synced",
+            "False",
+            "WriteFailed",
+            "x".into(),
+            None,
+            at(20),
+        );
+        assert_eq!(conditions[0].last_transition_time, Time(at(20)));
+    }
+
+    #[test]
+    fn steady_state_does_not_write_status_every_resync() {
+        let refresh = Duration::from_secs(300);
+        let steady = report(5, &[], &[], &[]);
+        let first = next_status(None, &Attempt::Synced(&steady), Some(1), at(0));
+        assert!(status_needs_write(None, &first, refresh));
+        let again = next_status(Some(&first), &Attempt::Synced(&steady), Some(1), at(60));
+        assert!(
+            !status_needs_write(Some(&first), &again, refresh),
+            "only lastSyncTime moved"
+        );
+        let later = next_status(Some(&first), &Attempt::Synced(&steady), Some(1), at(300));
+        assert!(
+            status_needs_write(Some(&first), &later, refresh),
+            "lastSyncTime refresh"
+        );
+
+        let drift = report(4, &["a"], &[], &[]);
+        let corrected = next_status(Some(&first), &Attempt::Synced(&drift), Some(1), at(61));
+        assert!(status_needs_write(Some(&first), &corrected, refresh));
+        let spec_changed = next_status(Some(&first), &Attempt::Synced(&steady), Some(2), at(62));
+        assert!(status_needs_write(Some(&first), &spec_changed, refresh));
+    }
+
+    #[test]
+    fn status_patch_clears_fields_and_leaves_token_expiry_alone() {
+        let status = MeshClusterStatus {
+            token_expiry: Some("2030-01-01T00:00:00Z".into()),
+            ..MeshClusterStatus::default()
+        };
+        let patch = status_patch(&status).expect("encode");
+        let status = &patch["status"];
+        assert!(status.get("tokenExpiry").is_none());
+        assert_eq!(status["lastError"], Value::Null);
+        assert_eq!(status["missingNamespaces"], json!([]));
+        assert_eq!(status["namespacesInSync"], json!(0));
+    }
+
+    #[test]
+    fn messages_are_truncated_on_char_boundaries() {
+        let text = "é".repeat(1000);
+        let cut = truncate(text, 101);
+        assert!(cut.len() <= 101 && cut.ends_with("..."));
+        let names: Vec<String> = (0..12).map(|i| format!("ns{i}")).collect();
+        assert!(list(&names).ends_with(", … (12 in all)"));
+    }
+}

@@ -1,0 +1,410 @@
+//! The HTTP handlers of the webhook, served by [`crate::listen`]:
+//! `POST /mutate` (the admission webhook), `GET /healthz`, `GET /readyz`, `GET /metrics`, and
+//! `PUT /log-level` (accepted only from loopback, i.e. through `kubectl port-forward` or
+//! `exec`). The handler of `/mutate` only converts the AdmissionReview and calls
+//! [`admission::review`], [`fan_out_timed_from`] and [`admission::complete`]; a body it cannot
+//! read is answered 400 (413 past 1 MiB) with `{"error": ...}`, never a panic.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Client,
+    core::admission::{AdmissionRequest, AdmissionReview},
+    runtime::events::Reporter,
+};
+use serde_json::json;
+
+use crate::{
+    admission::{self, Decision},
+    events,
+    in_flight::InFlight,
+    listen::PeerAddr,
+    metrics::{self, Metrics, ReviewOutcome},
+    propagate::{PushIntent, PushOutcome, fan_out_timed_from},
+    readiness::Readiness,
+};
+
+use mesh_core::{
+    labels::{Labels, SyncRule},
+    remote::Remotes,
+};
+
+/// Largest AdmissionReview accepted. A Namespace review is a few KiB; the apiserver's own
+/// limit on objects is far above this, but nothing this webhook reads needs more.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// Changes the log filter at run time; returns why a filter was refused.
+pub type LogLevelSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// What the handlers need. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    rule: Arc<SyncRule>,
+    remotes: Remotes,
+    metrics: Arc<Metrics>,
+    push_deadline: Duration,
+    readiness: Readiness,
+    log_level: Option<LogLevelSetter>,
+    events: Option<events::Publisher>,
+    in_flight: InFlight,
+}
+
+impl AppState {
+    pub fn new(
+        rule: Arc<SyncRule>,
+        remotes: Remotes,
+        metrics: Arc<Metrics>,
+        push_deadline: Duration,
+    ) -> Self {
+        Self {
+            rule,
+            remotes,
+            metrics,
+            push_deadline,
+            readiness: Readiness::default(),
+            log_level: None,
+            events: None,
+            in_flight: InFlight::default(),
+        }
+    }
+
+    /// Shares pushed-but-not-yet-persisted changes with the reconciler.
+    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = in_flight;
+        self
+    }
+
+    /// Publish a `PropagationFailed` Event on the namespace when a push fails.
+    pub fn with_events(mut self, primary: Client, reporter: Reporter) -> Self {
+        self.events = Some(events::Publisher::new(primary, reporter));
+        self
+    }
+
+    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
+        self
+    }
+
+    pub fn with_log_level(mut self, setter: LogLevelSetter) -> Self {
+        self.log_level = Some(setter);
+        self
+    }
+
+    /// Pushes `intent`, a change from the managed labels `expected` that converged remotes
+    /// carry (the primary's before the change).
+    async fn push(&self, intent: &PushIntent, expected: &Labels) -> Vec<PushOutcome> {
+        let remotes = self.remotes.snapshot();
+        // Before the first write lands: a sync that reads a remote after this push must also
+        // find the push in the primary it compares with, or it would revert it.
+        self.in_flight
+            .record(&intent.namespace, intent.labels.clone());
+        let timed = fan_out_timed_from(
+            &remotes,
+            &self.rule,
+            intent,
+            Some(expected),
+            self.push_deadline,
+        )
+        .await;
+        timed
+            .into_iter()
+            .map(|timed| {
+                let outcome = timed.outcome;
+                self.metrics
+                    .observe_push(&outcome.cluster, &outcome.result, timed.elapsed);
+                if timed.read_first {
+                    self.metrics.push_read_first(&outcome.cluster);
+                }
+                outcome
+            })
+            .collect()
+    }
+}
+
+/// The routes, with their body limit.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .route("/log-level", put(set_log_level))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let request = body
+        .map_err(|rejection| (rejection.status(), rejection.body_text()))
+        .and_then(|body| parse_review(&body).map_err(|e| (StatusCode::BAD_REQUEST, e)));
+    let request = match request {
+        Ok(request) => request,
+        Err((status, message)) => {
+            state.metrics.admission_review(ReviewOutcome::Invalid);
+            tracing::warn!(status = status.as_u16(), error = %message, "unreadable admission request");
+            return error_response(status, message);
+        }
+    };
+    // review() alone decides whether to push: never on a dry run (sideEffects NoneOnDryRun).
+    let Decision {
+        response,
+        push,
+        previous,
+    } = admission::review(&state.rule, &request);
+    let (response, outcome) = match push {
+        Some(intent) => {
+            let outcomes = state.push(&intent, &previous).await;
+            if let Some(events) = &state.events {
+                events.spawn_push_failures(&request, &intent, &outcomes);
+            }
+            let response = admission::complete(response, &request, &intent, &outcomes);
+            (response, ReviewOutcome::Pushed)
+        }
+        None if response.allowed => (response, ReviewOutcome::NoPush),
+        None => (response, ReviewOutcome::Denied),
+    };
+    state.metrics.admission_review(outcome);
+    tracing::debug!(
+        uid = %request.uid,
+        namespace = %request.name,
+        operation = ?request.operation,
+        outcome = outcome.as_str(),
+        "admission review answered"
+    );
+    Json(response.into_review()).into_response()
+}
+
+/// Reads a v1 AdmissionReview of a core Namespace.
+pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<Namespace>, String> {
+    let review: AdmissionReview<Namespace> = serde_json::from_slice(body)
+        .map_err(|e| format!("not an AdmissionReview of a Namespace: {e}"))?;
+    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
+        return Err(format!(
+            "expected admission.k8s.io/v1 AdmissionReview, got {} {}",
+            review.types.api_version, review.types.kind
+        ));
+    }
+    let request: AdmissionRequest<Namespace> = review
+        .try_into()
+        .map_err(|_| "the AdmissionReview has no request".to_owned())?;
+    if !request.kind.group.is_empty() || request.kind.kind != "Namespace" {
+        return Err(format!(
+            "expected a core Namespace, got {}/{} {}",
+            request.kind.group, request.kind.version, request.kind.kind
+        ));
+    }
+    Ok(request)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let missing = state.readiness.missing();
+    if missing.is_empty() {
+        "ok".into_response()
+    } else {
+        let message = format!("waiting for {}", missing.join(" and "));
+        (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics"),
+    }
+}
+
+async fn set_log_level(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<PeerAddr>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    // The webhook port is reachable from the whole cluster; changing what it logs is for
+    // operators who can port-forward or exec into the pod.
+    if !peer.is_some_and(|axum::Extension(PeerAddr(addr))| addr.ip().is_loopback()) {
+        return error_response(StatusCode::FORBIDDEN, "only accepted from loopback");
+    }
+    let Some(setter) = &state.log_level else {
+        return error_response(StatusCode::NOT_FOUND, "the log level is not reloadable");
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return error_response(rejection.status(), rejection.body_text()),
+    };
+    let Ok(filter) = std::str::from_utf8(&body) else {
+        return error_response(StatusCode::BAD_REQUEST, "the filter is not UTF-8");
+    };
+    match setter(filter.trim()) {
+        Ok(()) => {
+            tracing::info!(filter = %filter.trim(), "log filter changed");
+            "ok".into_response()
+        }
+        Err(error) => error_response(StatusCode::BAD_REQUEST, error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{body::Body, http::Request};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    const UPDATE: &str = include_str!("../tests/fixtures/namespace-update.json");
+    const DRY_RUN: &str = include_str!("../tests/fixtures/namespace-update-dry-run.json");
+
+    fn state() -> AppState {
+        AppState::new(
+            Arc::new(SyncRule::default()),
+            Remotes::default(),
+            Arc::new(Metrics::new()),
+            Duration::from_millis(500),
+        )
+    }
+
+    async fn call(app: Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let response = app.oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+        (status, value)
+    }
+
+    fn post_mutate(body: impl Into<Body>) -> Request<Body> {
+        Request::post("/mutate")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.into())
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn answers_a_review_with_the_same_uid() {
+        let request: serde_json::Value = serde_json::from_str(UPDATE).expect("fixture");
+        let (status, body) = call(router(state()), post_mutate(UPDATE)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(body["kind"], "AdmissionReview");
+        assert_eq!(body["response"]["uid"], request["request"]["uid"]);
+        assert_eq!(body["response"]["allowed"], true);
+    }
+
+    #[tokio::test]
+    async fn dry_run_never_pushes() {
+        let remote = mesh_core::fake_apiserver::FakeApiserver::default();
+        let state = state();
+        state
+            .remotes
+            .insert(mesh_core::remote::Remote::new("east", remote.client()));
+        let (status, body) = call(router(state.clone()), post_mutate(DRY_RUN)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(remote.state().patches, 0);
+        let text = state.metrics.encode().expect("metrics");
+        assert!(!text.contains("pushes_total{"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn malformed_bodies_are_400_with_a_json_error() {
+        for body in [
+            "".to_owned(),
+            "{not json".to_owned(),
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_owned(),
+            UPDATE.replace(r#""kind": "Namespace""#, r#""kind": "Pod""#),
+            UPDATE.replace("admission.k8s.io/v1", "admission.k8s.io/v1beta1"),
+            UPDATE.replacen(
+                r#""version": "v1", "kind": "Namespace""#,
+                r#""version": "v1", "kind": "Pod""#,
+                1,
+            ),
+        ] {
+            let (status, value) = call(router(state()), post_mutate(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {value}");
+            assert!(value["error"].is_string(), "{value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_413() {
+        let big = format!(r#"{{"pad": "{}"}}"#, "x".repeat(BODY_LIMIT + 1));
+        let (status, value) = call(router(state()), post_mutate(big)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value}");
+        assert!(value["error"].is_string(), "{value}");
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics() {
+        let state = state();
+        let app = router(state.clone());
+        let get = |path: &str| Request::get(path).body(Body::empty()).expect("request");
+        assert_eq!(call(app.clone(), get("/healthz")).await.0, StatusCode::OK);
+        assert_eq!(
+            call(app.clone(), get("/readyz")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        state.readiness.set_tls_loaded();
+        state.readiness.set_primary_synced();
+        assert_eq!(call(app.clone(), get("/readyz")).await.0, StatusCode::OK);
+        let (_, _) = call(app.clone(), post_mutate("{")).await;
+        let (status, body) = call(app, get("/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.as_str()
+                .is_some_and(|t| t.contains(r#"admission_reviews_total{outcome="invalid"} 1"#)),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn log_level_only_from_loopback() {
+        let setter: LogLevelSetter = Arc::new(|filter| {
+            if filter == "debug" {
+                Ok(())
+            } else {
+                Err("bad filter".to_owned())
+            }
+        });
+        let app = router(state().with_log_level(setter));
+        let put = |peer: &str, body: &str| {
+            let mut request = Request::put("/log-level")
+                .body(Body::from(body.to_owned()))
+                .expect("request");
+            request
+                .extensions_mut()
+                .insert(PeerAddr(peer.parse().expect("addr")));
+            request
+        };
+        assert_eq!(
+            call(app.clone(), put("10.0.0.1:5000", "debug")).await.0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            call(app.clone(), put("127.0.0.1:5000", "debug")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(app, put("127.0.0.1:5000", "nope")).await.0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}
