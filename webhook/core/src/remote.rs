@@ -76,19 +76,6 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::SecretMissing { .. } => "secret_missing",
-            Self::ReadSecret { .. } => "read_secret",
-            Self::KeyMissing { .. } => "key_missing",
-            Self::NotUtf8 { .. } | Self::Yaml { .. } | Self::Kubeconfig { .. } => {
-                "invalid_kubeconfig"
-            }
-            Self::Refused { .. } => "refused_kubeconfig",
-            Self::Client { .. } => "client",
-        }
-    }
-
     /// Short PascalCase reason for a status condition.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -46,10 +46,6 @@ impl Error {
             Self::ListNamespaces(error) | Self::ListPrimary(error) => Failure::of(error),
         }
     }
-
-    pub fn metric_label(&self) -> &'static str {
-        self.failure().as_str()
-    }
 }
 
 /// Where a sync reads the primary's namespaces. It is asked after the remote was read, and
