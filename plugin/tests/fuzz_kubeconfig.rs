@@ -6,7 +6,7 @@
 //! consistent: a parsed stored kubeconfig passes `validate_stored`, and what `sanitize` makes
 //! is a valid stored kubeconfig that survives a YAML round trip.
 //!
-//! Case counts: `PROPTEST_CASES` (proptest's own variable) when set, else [`DEFAULT_CASES`],
+//! Case counts: `PROPTEST_CASES` (proptest's own variable) when set, else 256 ([`mesh_core::fixtures::proptest_config`]),
 //! which keeps this file to a few seconds in a debug build.
 
 use kube::config::Kubeconfig;
@@ -16,8 +16,6 @@ use kubectl_mesh::kubeconfig::{
 use mesh_testenv::json_doc::{pointers, remove, set};
 use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
 use serde_json::Value;
-
-const DEFAULT_CASES: u32 = 256;
 
 /// The token of the valid stored kubeconfig.
 const TOKEN: &str = "s3cr3t-t0ken-9f8e7d";
@@ -48,19 +46,6 @@ users:
   user:
     exec: {apiVersion: client.authentication.k8s.io/v1, command: kubelogin, args: [get-token]}
 "#;
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    ProptestConfig {
-        cases,
-        // Failures print the minimal input; no regression files written next to the sources.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn stored_yaml() -> String {
     let kc = build_stored_kubeconfig("east", "https://127.0.0.1:6443", Some(CA), TOKEN);
@@ -449,7 +434,7 @@ fn odd_documents_do_not_panic() {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(mesh_core::fixtures::proptest_config())]
 
     #[test]
     fn arbitrary_bytes(

@@ -6,7 +6,7 @@
 //! or 400/413/415 with `{"error": "<non-empty text>"}`. Never 500: the apiserver would then
 //! apply the webhook's failurePolicy to a request that was merely odd.
 //!
-//! Case counts: `PROPTEST_CASES` (proptest's own variable) when set, else [`DEFAULT_CASES`],
+//! Case counts: `PROPTEST_CASES` (proptest's own variable) when set, else 256 ([`mesh_core::fixtures::proptest_config`]),
 //! which keeps this file to a few seconds in a debug build.
 
 use mesh_testenv::json_doc::{pointers, remove, set};
@@ -31,8 +31,6 @@ use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const DEFAULT_CASES: u32 = 256;
-
 const FIXTURES: [(&str, &str); 4] = [
     (
         "namespace-create",
@@ -51,19 +49,6 @@ const FIXTURES: [(&str, &str); 4] = [
         include_str!("fixtures/namespace-delete.json"),
     ),
 ];
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    ProptestConfig {
-        cases,
-        // Failures print the minimal input; no regression files written next to the sources.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -384,7 +369,7 @@ fn fixtures_are_answered_with_their_uid() {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(mesh_core::fixtures::proptest_config())]
 
     #[test]
     fn arbitrary_bytes(body in prop::collection::vec(any::<u8>(), 0..4096), ct in content_type()) {

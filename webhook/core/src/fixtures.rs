@@ -46,3 +46,18 @@ impl NamespaceExt for Namespace {
         self
     }
 }
+
+/// Property-test settings shared by every crate: `PROPTEST_CASES` (proptest's own variable)
+/// when set, else 256 cases, so CI stays bounded and a developer can ask for more. Failures
+/// print the minimal input; no regression files are written next to the sources.
+pub fn proptest_config() -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

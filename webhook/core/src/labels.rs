@@ -773,26 +773,11 @@ mod tests {
     /// Properties of the rule's patches over arbitrary label maps, applied with the json-patch
     /// crate to the namespace as JSON, as the apiserver applies a JSON patch.
     ///
-    /// Case counts: `PROPTEST_CASES` when set, else `DEFAULT_CASES`.
+    /// Case counts: [`crate::fixtures::proptest_config`].
     mod properties {
         use super::*;
         use crate::fixtures::ns;
         use proptest::{prelude::*, test_runner::TestCaseError};
-
-        const DEFAULT_CASES: u32 = 256;
-
-        fn config() -> ProptestConfig {
-            let cases = std::env::var("PROPTEST_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(DEFAULT_CASES);
-            ProptestConfig {
-                cases,
-                // Failures print the minimal input; no regression files next to the sources.
-                failure_persistence: None,
-                ..ProptestConfig::default()
-            }
-        }
 
         /// Keys a custom rule may manage besides the default ones: `~` and `/` both need
         /// escaping in a JSON pointer.
@@ -900,7 +885,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(config())]
+            #![proptest_config(crate::fixtures::proptest_config())]
 
             #[test]
             fn sync_patch_yields_the_desired_managed_labels_and_nothing_else(

@@ -475,6 +475,5 @@ mod tests {
         .await
         .expect_err("forbidden");
         assert_eq!(err.failure(), Failure::Forbidden);
-        assert_eq!(err.metric_label(), "forbidden");
     }
 }
