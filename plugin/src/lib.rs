@@ -345,17 +345,8 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Parses a duration flag: `90s`, `2m`, `1h30m`, or plain seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
-    }
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; use e.g. 90s, 2m or 1h30m"))?;
-    d.try_into()
-        .map_err(|_| format!("{s:?} must not be negative"))
-}
+/// The duration grammar of every flag (shared with the webhook).
+pub use mesh_core::duration::parse as parse_duration;
 
 #[cfg(test)]
 mod tests {
@@ -465,13 +456,5 @@ mod tests {
             err.line(),
             "cannot write /x/tls.key: No such file; check the path and its permissions"
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90").unwrap().as_secs(), 90);
-        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
-        assert_eq!(parse_duration("1h30m").unwrap().as_secs(), 5400);
-        assert!(parse_duration("soon").is_err());
     }
 }

@@ -75,25 +75,25 @@ pub struct Args {
     pub mesh_namespace: String,
 
     /// Full sync of every remote at least this often (e.g. 60s, 5m, or seconds).
-    #[arg(long, env = "MESH_WEBHOOK_RESYNC_PERIOD", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_WEBHOOK_RESYNC_PERIOD", default_value = "60s", value_parser = mesh_core::duration::parse)]
     pub resync_period: Duration,
 
     /// Time the webhook spends pushing one change to the remotes before answering; keep it
     /// well under the webhook's timeoutSeconds (5s). Whatever misses it, the reconciler does.
-    #[arg(long, env = "MESH_WEBHOOK_PUSH_DEADLINE", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_WEBHOOK_PUSH_DEADLINE", default_value = "2s", value_parser = mesh_core::duration::parse)]
     pub push_deadline: Duration,
 
     /// Wait before the first retry of a remote whose sync failed (unreachable, refused
     /// credentials); every further failure doubles it, up to --backoff-max.
-    #[arg(long, env = "MESH_WEBHOOK_BACKOFF_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_WEBHOOK_BACKOFF_INITIAL", default_value = "1s", value_parser = mesh_core::duration::parse)]
     pub backoff_initial: Duration,
 
     /// Longest wait between retries of a failing remote.
-    #[arg(long, env = "MESH_WEBHOOK_BACKOFF_MAX", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_WEBHOOK_BACKOFF_MAX", default_value = "30s", value_parser = mesh_core::duration::parse)]
     pub backoff_max: Duration,
 
     /// Connect and read timeout of calls to remote clusters.
-    #[arg(long, env = "MESH_WEBHOOK_REMOTE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "MESH_WEBHOOK_REMOTE_TIMEOUT", default_value = "2s", value_parser = mesh_core::duration::parse)]
     pub remote_timeout: Duration,
 
     /// Name of the Lease electing the replica that reconciles; empty disables the election
@@ -283,47 +283,6 @@ fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<LogLevelSette
     }))
 }
 
-/// Parses `90`, `1.5` (seconds), `500ms`, `2s`, `5m`, `1h`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err("empty duration".to_owned());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(digits);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("{text:?}: expected a number before {unit:?}"))?;
-        let scale = match unit.trim() {
-            "ms" => 0.001,
-            "s" | "sec" | "secs" => 1.0,
-            "m" | "min" | "mins" => 60.0,
-            "h" | "hr" | "hrs" => 3600.0,
-            "d" => 86_400.0,
-            other => {
-                return Err(format!(
-                    "{text:?}: unknown unit {other:?} (use ms, s, m, h)"
-                ));
-            }
-        };
-        total +=
-            Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))?;
-        rest = tail;
-    }
-    Ok(total)
-}
 
 #[cfg(test)]
 mod tests {
@@ -402,19 +361,5 @@ mod tests {
         assert_eq!(args.resync_period, Duration::from_secs(300));
         assert_eq!(args.push_deadline, Duration::from_millis(1500));
         assert_eq!(args.log_format, LogFormat::Json);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("-1").is_err());
-        assert!(parse_duration("s").is_err());
     }
 }
