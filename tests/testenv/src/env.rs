@@ -130,9 +130,13 @@ impl TestEnv {
         let step = Instant::now();
         for cluster in &env.clusters {
             env.spawn_apiserver(cluster)?;
-            env.spawn_controller_manager(cluster)?;
         }
         try_join_all(env.clusters.iter().map(|c| env.wait_ready(c))).await?;
+        // Only after its apiserver is ready: kube-controller-manager gives up when /healthz
+        // still fails 10 s after it starts, which a loaded machine can make happen.
+        for cluster in &env.clusters {
+            env.spawn_controller_manager(cluster)?;
+        }
         eprintln!(
             "[testenv] {} apiservers ready: {:.2?}",
             env.clusters.len(),
