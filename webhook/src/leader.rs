@@ -9,6 +9,11 @@
 //! conditional update on the resourceVersion just read, so two candidates cannot both win. A
 //! leader that fails to renew for `renew_deadline` (shorter than the lease duration) steps
 //! down before anybody else may take over.
+//!
+//! Hand-written on purpose: the maintained Rust lease managers (kubert's `LeaseManager`,
+//! `kube-lease-manager`) judge expiry as the Lease's `renewTime` plus its duration against the
+//! local wall clock, which trusts the clocks of two nodes to agree; a replica whose clock runs
+//! ahead would take a Lease that is still held.
 
 use std::time::Duration;
 

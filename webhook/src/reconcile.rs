@@ -119,6 +119,9 @@ impl Default for BackoffSettings {
 
 /// Delays of consecutive failed attempts: `initial`, doubling, capped at `max`, each shortened
 /// by up to 20% at random so that clusters failing together do not retry in lockstep.
+///
+/// Hand-written rather than `backon`: its jitter adds up to a whole delay on top, past the cap
+/// that `--backoff-max` promises; this one only shortens.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     settings: BackoffSettings,
