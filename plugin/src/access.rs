@@ -10,6 +10,7 @@ use futures::{StreamExt as _, stream};
 use k8s_openapi::api::{
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
     core::v1::Namespace,
+    rbac::v1::PolicyRule,
 };
 use kube::{Api, Client, api::PostParams, config::Kubeconfig};
 
@@ -129,7 +130,8 @@ pub fn request_error(target: &Target, doing: &str, err: kube::Error) -> Error {
     }
 }
 
-/// Rights a command needs on one kind of object.
+/// Rights on one kind of object: what a command needs (asked before it changes anything),
+/// what a ClusterRole grants ([`cluster_role_rules`]) and what `check` verifies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Need {
     /// API group ("" for core).
@@ -138,6 +140,8 @@ pub struct Need {
     pub resource: &'static str,
     /// Namespace of namespaced objects.
     pub namespace: Option<String>,
+    /// The one object the rights are on (a rule's resourceNames); `None`: any object.
+    pub name: Option<&'static str>,
     /// Verbs needed.
     pub verbs: Vec<&'static str>,
 }
@@ -149,6 +153,7 @@ impl Need {
             group,
             resource,
             namespace: None,
+            name: None,
             verbs: verbs.to_vec(),
         }
     }
@@ -164,7 +169,42 @@ impl Need {
             group,
             resource,
             namespace: Some(namespace.to_owned()),
+            name: None,
             verbs: verbs.to_vec(),
+        }
+    }
+
+    /// The same rights on the object `name` only.
+    pub fn named(self, name: &'static str) -> Self {
+        Self {
+            name: Some(name),
+            ..self
+        }
+    }
+
+    /// One need per verb, in order: what one SelfSubjectAccessReview each asks.
+    pub fn each_verb(&self) -> impl Iterator<Item = Need> + '_ {
+        self.verbs.iter().map(|verb| Self {
+            verbs: vec![*verb],
+            ..self.clone()
+        })
+    }
+
+    /// The review asking whether the caller may `verb` these objects.
+    pub fn review(&self, verb: &str) -> SelfSubjectAccessReview {
+        SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(self.group.to_owned()),
+                    resource: Some(self.resource.to_owned()),
+                    namespace: self.namespace.clone(),
+                    name: self.name.map(str::to_owned),
+                    verb: Some(verb.to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
         }
     }
 
@@ -176,6 +216,32 @@ impl Need {
             format!("{}.{}", self.resource, self.group)
         }
     }
+}
+
+/// The ClusterRole rules granting `needs` (their namespaces are the binding's business).
+/// Consecutive needs that differ only in their resource share one rule.
+pub fn cluster_role_rules(needs: &[Need]) -> Vec<PolicyRule> {
+    let mut rules: Vec<PolicyRule> = Vec::new();
+    let mut last: Option<&Need> = None;
+    for need in needs {
+        let alike = last
+            .is_some_and(|l| (l.group, l.name, &l.verbs) == (need.group, need.name, &need.verbs));
+        match rules.last_mut() {
+            Some(rule) if alike => rule
+                .resources
+                .get_or_insert_default()
+                .push(need.resource.to_owned()),
+            _ => rules.push(PolicyRule {
+                api_groups: Some(vec![need.group.to_owned()]),
+                resources: Some(vec![need.resource.to_owned()]),
+                resource_names: need.name.map(|n| vec![n.to_owned()]),
+                verbs: need.verbs.iter().map(|v| (*v).to_owned()).collect(),
+                ..Default::default()
+            }),
+        }
+        last = Some(need);
+    }
+    rules
 }
 
 /// Asks `client`'s cluster, one SelfSubjectAccessReview per verb, which of `needs` the caller
@@ -190,20 +256,9 @@ pub async fn missing(client: &Client, needs: &[Need]) -> Result<Vec<String>, kub
         .map(|(i, need, verb)| {
             let api = api.clone();
             async move {
-                let review = SelfSubjectAccessReview {
-                    spec: SelfSubjectAccessReviewSpec {
-                        resource_attributes: Some(ResourceAttributes {
-                            group: Some(need.group.to_owned()),
-                            resource: Some(need.resource.to_owned()),
-                            namespace: need.namespace.clone(),
-                            verb: Some(verb.to_owned()),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                let answer = api.create(&PostParams::default(), &review).await?;
+                let answer = api
+                    .create(&PostParams::default(), &need.review(verb))
+                    .await?;
                 Ok((i, verb, answer.status.is_some_and(|s| s.allowed)))
             }
         })
@@ -222,6 +277,9 @@ pub async fn missing(client: &Client, needs: &[Need]) -> Result<Vec<String>, kub
         .filter_map(|(i, verbs)| {
             let need = needs.get(i)?;
             let mut phrase = need.qualified();
+            if let Some(name) = need.name {
+                phrase.push_str(&format!(" named {name}"));
+            }
             if let Some(ns) = &need.namespace {
                 phrase.push_str(&format!(" in namespace {ns}"));
             }
@@ -289,5 +347,37 @@ mod tests {
         assert_eq!(n.qualified(), "clusterroles.rbac.authorization.k8s.io");
         let n = Need::namespaced("", "secrets", "kubectl-mesh", &["get"]);
         assert_eq!(n.qualified(), "secrets");
+    }
+
+    #[test]
+    fn each_verb_is_one_review() {
+        let need = Need::cluster("g", "things", &["get", "patch"]).named("one");
+        let each: Vec<Need> = need.each_verb().collect();
+        assert_eq!(each.len(), 2);
+        assert_eq!(each[1].verbs, ["patch"]);
+        assert_eq!(each[1].name, Some("one"));
+        let attributes = need.review("patch").spec.resource_attributes.unwrap();
+        assert_eq!(
+            (attributes.verb.as_deref(), attributes.name.as_deref()),
+            (Some("patch"), Some("one"))
+        );
+        assert_eq!(attributes.namespace, None);
+    }
+
+    #[test]
+    fn rules_share_what_differs_only_in_resource() {
+        let rules = cluster_role_rules(&[
+            Need::cluster("", "namespaces", &["get", "patch"]),
+            Need::cluster("a", "xs", &["get"]).named("n"),
+            Need::cluster("a", "ys", &["get"]).named("n"),
+            Need::cluster("a", "zs", &["get"]),
+        ]);
+        assert_eq!(rules.len(), 3, "{rules:?}");
+        assert_eq!(rules[0].verbs, ["get", "patch"]);
+        assert_eq!(rules[0].resource_names, None);
+        assert_eq!(rules[1].resources.as_deref().unwrap(), ["xs", "ys"]);
+        assert_eq!(rules[1].resource_names.as_deref().unwrap(), ["n"]);
+        assert_eq!(rules[2].resources.as_deref().unwrap(), ["zs"]);
+        assert_eq!(rules[2].resource_names, None);
     }
 }

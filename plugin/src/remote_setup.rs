@@ -8,7 +8,7 @@
 //! - ServiceAccount, ClusterRole and ClusterRoleBinding [`SYNC_ACCOUNT`]: the account the
 //!   webhook writes labels as, allowed to read and patch namespaces and, so that `check` can
 //!   verify the guard with the stored credentials, to `get` the guard's policy and binding
-//!   (by name, read-only); nothing else;
+//!   (by name, read-only); nothing else ([`sync_rights`]);
 //! - Secret [`TOKEN_SECRET`] of type `kubernetes.io/service-account-token`: a long-lived token
 //!   that kube-controller-manager fills in. It never expires; deleting the Secret revokes it
 //!   at once, which the reconciler and `check` see as a 401;
@@ -44,6 +44,8 @@ use mesh_core::{
     MANAGER, MESH_NAMESPACE,
     cluster::{CLUSTER_LABEL, KUBECONFIG_KEY, MeshCluster, MeshClusterSpec, RemoteGuard},
 };
+
+use crate::access::{self, Need};
 
 /// Label naming the tool that manages an object.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -182,20 +184,40 @@ pub const GUARD_RESOURCES: [&str; 2] = [
     "validatingadmissionpolicybindings",
 ];
 
-/// What the sync account may do: read and patch namespaces, and read [`GUARD`]'s policy and
-/// binding (`get` by name only, so that `check` can verify the guard, or its absence: a `get`
-/// of a missing named object is a 404). Nothing else, so a leaked stored kubeconfig cannot
-/// read the remote's Secrets, other admission policies, or run anything there, nor change
-/// the guard.
+/// What label sync needs on a remote: read and patch namespaces.
+pub fn label_sync_rights() -> Vec<Need> {
+    vec![Need::cluster(
+        "",
+        "namespaces",
+        &["get", "list", "watch", "patch"],
+    )]
+}
+
+/// What `check` needs to verify the guard with the stored credentials: `get` of [`GUARD`]'s
+/// policy and binding by name (which also tells an absent guard by its 404). Clusters
+/// attached by an older kubectl-mesh lack it.
+pub fn guard_read_rights() -> Vec<Need> {
+    GUARD_RESOURCES
+        .into_iter()
+        .map(|resource| Need::cluster(ADMISSION_GROUP, resource, &["get"]).named(GUARD))
+        .collect()
+}
+
+/// Everything the sync account may do: [`label_sync_rights`] and [`guard_read_rights`].
+/// Nothing else, so a leaked stored kubeconfig cannot read the remote's Secrets, other
+/// admission policies, or run anything there, nor change the guard. [`sync_cluster_role`]
+/// grants exactly this, and `check` verifies it.
+pub fn sync_rights() -> Vec<Need> {
+    let mut rights = label_sync_rights();
+    rights.extend(guard_read_rights());
+    rights
+}
+
+/// The sync account's ClusterRole: it grants [`sync_rights`].
 pub fn sync_cluster_role(cluster: &str) -> ClusterRole {
-    let mut guard_read = rule(&[ADMISSION_GROUP], &GUARD_RESOURCES, &["get"]);
-    guard_read.resource_names = strings(&[GUARD]);
     ClusterRole {
         metadata: meta(SYNC_ACCOUNT, None, cluster),
-        rules: Some(vec![
-            rule(&[""], &["namespaces"], &["get", "list", "watch", "patch"]),
-            guard_read,
-        ]),
+        rules: Some(access::cluster_role_rules(&sync_rights())),
         ..Default::default()
     }
 }

@@ -1,0 +1,686 @@
+//! The checks of attached clusters, one section each, judged from what
+//! [`facts::mesh`](super::facts::mesh) read with their stored credentials.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    authentication::v1::SelfSubjectReview,
+    core::v1::Namespace,
+};
+use kube::{ResourceExt, config::Kubeconfig};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::{KUBECONFIG_KEY, MeshCluster, RemoteGuard},
+    labels::SyncRule,
+    remote::error_chain,
+};
+
+use super::credentials::{TokenExpiry, stored_token, token_expiry};
+use super::facts::{ClusterFacts, FoundGuard, GuardFacts, MeshFacts, RemoteFacts, RemoteReads};
+use super::report::{CheckResult, Outcome, Section};
+use super::rights;
+use crate::{
+    age,
+    cmd::status::plural,
+    kubeconfig,
+    mesh_state::{RemoteError, RemoteResult},
+    remote_setup as setup,
+};
+
+/// A token or certificate expiring sooner than this is a warning.
+const EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(24 * 7);
+
+/// The attached clusters' sections: one that says why none could be checked, or one per
+/// cluster.
+pub fn judge_mesh(facts: &MeshFacts, rule: &SyncRule, now: Timestamp) -> Vec<Section> {
+    let mesh = |check| {
+        vec![Section {
+            name: "attached clusters".into(),
+            checks: vec![check],
+        }]
+    };
+    let attached = match facts {
+        MeshFacts::Unlisted(e) => {
+            return mesh(CheckResult::error(
+                "MeshClusters can be listed",
+                e.to_string(),
+                e.hint(),
+            ));
+        }
+        MeshFacts::NoneAttached => {
+            return mesh(CheckResult::warning(
+                "at least one cluster is attached",
+                "no MeshCluster exists",
+                "attach one with `kubectl mesh attach <kubeconfig>`",
+            ));
+        }
+        MeshFacts::Attached(attached) => attached,
+    };
+    let primary_namespaces = attached.primary_namespaces.as_ref();
+    let mesh = Mesh {
+        clusters: &attached.clusters,
+        primary_uid: primary_namespaces
+            .ok()
+            .and_then(|m| m.get("kube-system"))
+            .and_then(|ns| ns.metadata.uid.as_deref()),
+        primary_namespaces: primary_namespaces.map_err(crate::Error::line),
+        rule,
+        now,
+    };
+    attached
+        .clusters
+        .iter()
+        .zip(&attached.remotes)
+        .map(|(cluster, facts)| judge(&mesh, cluster, facts))
+        .collect()
+}
+
+/// What the per-cluster judges share.
+pub struct Mesh<'a> {
+    /// Every attached cluster.
+    pub clusters: &'a [MeshCluster],
+    /// Every namespace of the primary, or why they could not be read.
+    pub primary_namespaces: std::result::Result<&'a BTreeMap<String, Namespace>, String>,
+    /// The UID of the primary's kube-system namespace.
+    pub primary_uid: Option<&'a str>,
+    /// The sync rule.
+    pub rule: &'a SyncRule,
+    /// The time expiries are compared with.
+    pub now: Timestamp,
+}
+
+/// Whether the remote answered who the stored credentials are: a refusal (403) counts, as
+/// the remote authenticated them; any other failure ends the cluster's checks.
+pub fn reached(whoami: &RemoteResult<SelfSubjectReview>) -> bool {
+    match whoami {
+        Ok(_) => true,
+        Err(e) => refused(e),
+    }
+}
+
+/// Whether the remote authenticated the caller, then refused (403).
+fn refused(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::Call(kube::Error::Api(s)) if s.code == 403)
+}
+
+/// One cluster's section.
+pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Section {
+    let name = cluster.name_any();
+    let mut checks = Vec::new();
+    let section = |checks| Section {
+        name: format!("cluster {name} ({})", cluster.spec.server),
+        checks,
+    };
+    let reattach = format!("re-run `kubectl mesh attach` for {name} to store fresh credentials");
+
+    // The stored kubeconfig, checked against the rule of stored kubeconfigs.
+    let what = "Secret holds a valid kubeconfig";
+    let secret_name = &cluster.spec.secret_name;
+    let (stored, remote) = match facts {
+        ClusterFacts::SecretUnreadable(e) => {
+            checks.push(CheckResult::kube_failure(
+                what,
+                "cannot read the Secret on the primary",
+                e,
+            ));
+            return section(checks);
+        }
+        ClusterFacts::SecretMissing => {
+            checks.push(CheckResult::error(
+                what,
+                format!("Secret {MESH_NAMESPACE}/{secret_name} not found"),
+                reattach,
+            ));
+            return section(checks);
+        }
+        ClusterFacts::KeyMissing => {
+            checks.push(CheckResult::error(
+                what,
+                format!("Secret {MESH_NAMESPACE}/{secret_name} has no {KUBECONFIG_KEY:?} key"),
+                reattach,
+            ));
+            return section(checks);
+        }
+        ClusterFacts::Invalid(e) => {
+            checks.push(CheckResult::error(what, e.to_string(), e.hint()));
+            return section(checks);
+        }
+        ClusterFacts::Stored(stored) => (&stored.kubeconfig, &stored.remote),
+    };
+    let server = kubeconfig::select(stored, None)
+        .ok()
+        .and_then(|s| s.server().ok().map(str::to_owned));
+    match &server {
+        Some(s) if *s != cluster.spec.server => checks.push(CheckResult::warning(
+            what,
+            format!(
+                "its server {s} differs from spec.server {}",
+                cluster.spec.server
+            ),
+            "the webhook uses the Secret's; re-attach to make them agree",
+        )),
+        _ => checks.push(CheckResult::ok(
+            what,
+            Some(format!("Secret {MESH_NAMESPACE}/{secret_name}")),
+        )),
+    }
+
+    // Reachable, with the stored credentials, through the webhook's own client code.
+    let what = "remote answers with the stored credentials";
+    let (whoami, reads) = match remote {
+        RemoteFacts::NoClient(e) => {
+            checks.push(CheckResult::error(what, error_chain(e), reattach));
+            return section(checks);
+        }
+        RemoteFacts::Asked(asked) => (&asked.whoami, &asked.reads),
+    };
+    match whoami {
+        Ok(r) => {
+            let user = r
+                .status
+                .as_ref()
+                .and_then(|s| s.user_info.as_ref())
+                .and_then(|u| u.username.clone())
+                .unwrap_or_else(|| "an unnamed user".into());
+            checks.push(CheckResult::ok(what, Some(format!("as {user}"))));
+        }
+        // Authenticated but not allowed to ask who it is: reachable all the same.
+        Err(e) if refused(e) => checks.push(CheckResult::ok(what, None)),
+        Err(e) => {
+            let hint = if e.is_forbidden() {
+                format!("the remote refused the token (revoked or expired); {reattach}")
+            } else {
+                format!(
+                    "check that {} is reachable from here and from the webhook",
+                    cluster.spec.server
+                )
+            };
+            checks.push(CheckResult::error(what, e.to_string(), hint));
+            return section(checks);
+        }
+    }
+    let Some(reads) = reads else {
+        return section(checks);
+    };
+    let RemoteReads {
+        kube_system,
+        rights,
+        namespaces,
+        guard,
+    } = reads;
+    checks.push(identity_result(mesh, cluster, kube_system));
+    checks.push(rights_result(&name, rights, &reattach));
+    checks.push(token_result(stored, mesh.now, &reattach));
+    checks.push(drift_result(mesh, &name, namespaces));
+    checks.push(guard_result(cluster, guard));
+    section(checks)
+}
+
+/// The remote's kube-system UID is the cluster's identity: it must be spec.clusterId, unique
+/// across the mesh and not the primary's.
+fn identity_result(
+    mesh: &Mesh<'_>,
+    cluster: &MeshCluster,
+    kube_system: &RemoteResult<Namespace>,
+) -> CheckResult {
+    let what = "remote is the cluster that was attached";
+    let id = &cluster.spec.cluster_id;
+    let name = cluster.name_any();
+    if mesh.primary_uid == Some(id.as_str()) {
+        return CheckResult::error(
+            what,
+            format!("spec.clusterId {id} is the primary's own cluster ID"),
+            format!("detach {name}: a cluster cannot be its own remote"),
+        );
+    }
+    let twins: Vec<String> = mesh
+        .clusters
+        .iter()
+        .filter(|c| c.spec.cluster_id == *id && c.name_any() != name)
+        .map(ResourceExt::name_any)
+        .collect();
+    if !twins.is_empty() {
+        return CheckResult::error(
+            what,
+            format!("cluster ID {id} is also attached as {}", twins.join(", ")),
+            "detach the duplicate: one cluster must be attached once",
+        );
+    }
+    match kube_system {
+        Ok(ns) if ns.metadata.uid.as_deref() == Some(id.as_str()) => {
+            CheckResult::ok(what, Some(format!("cluster ID {id}")))
+        }
+        Ok(ns) => CheckResult::error(
+            what,
+            format!(
+                "the remote's cluster ID is {}, not spec.clusterId {id}: the server now \
+                 answers for another cluster",
+                ns.metadata.uid.as_deref().unwrap_or("unknown")
+            ),
+            format!("detach {name} and attach the right cluster"),
+        ),
+        Err(e) => CheckResult::warning(
+            what,
+            format!("cannot read namespace kube-system to compare: {e}"),
+            "",
+        ),
+    }
+}
+
+/// The stored identity must have exactly the rights the sync account's ClusterRole grants.
+fn rights_result(
+    name: &str,
+    answers: &RemoteResult<Vec<super::facts::Answer>>,
+    reattach: &str,
+) -> CheckResult {
+    let what = "credentials have exactly the rights label sync needs";
+    match answers {
+        Ok(answers) => rights::judge_answers(what, name, answers, reattach),
+        Err(e) => CheckResult::warning(
+            what,
+            format!("cannot ask the remote: {e}"),
+            "SelfSubjectAccessReview must be allowed to every user (system:basic-user)",
+        ),
+    }
+}
+
+/// The stored token's expiry, read from its JWT `exp` claim (service-account tokens are JWTs;
+/// a legacy token Secret's has none and never expires).
+fn token_result(stored: &Kubeconfig, now: Timestamp, reattach: &str) -> CheckResult {
+    let what = "credentials do not expire soon";
+    let Some(token) = stored_token(stored) else {
+        return CheckResult::ok(what, Some("client certificate".into()));
+    };
+    match token_expiry(&token) {
+        TokenExpiry::Never => CheckResult::ok(what, Some("long-lived token".into())),
+        TokenExpiry::Unknown => {
+            CheckResult::warning(what, "the token is not a JWT; its expiry is unknown", "")
+        }
+        TokenExpiry::At(exp) => {
+            let left = exp.duration_since(now);
+            let when = age::until(exp, now);
+            if left.is_negative() {
+                CheckResult::error(what, format!("the token {when}"), reattach.to_owned())
+            } else if left < EXPIRY_WARNING {
+                CheckResult::warning(
+                    what,
+                    format!("the token expires {when} ({exp:.0})"),
+                    format!("{reattach} before then"),
+                )
+            } else {
+                CheckResult::ok(what, Some(format!("token expires {when}")))
+            }
+        }
+    }
+}
+
+/// The remote's namespaces must carry the primary's labels: the plan a sync would carry
+/// out must be empty.
+fn drift_result(
+    mesh: &Mesh<'_>,
+    name: &str,
+    namespaces: &RemoteResult<Vec<Namespace>>,
+) -> CheckResult {
+    let what = "remote namespaces carry the primary's labels";
+    let primary = match mesh.primary_namespaces {
+        Ok(p) => p,
+        Err(ref e) => {
+            return CheckResult::warning(what, format!("cannot read the primary: {e}"), "");
+        }
+    };
+    let namespaces = match namespaces {
+        Ok(n) => n,
+        Err(e) => {
+            return CheckResult::error(
+                what,
+                format!("cannot list the remote's namespaces: {e}"),
+                "label sync cannot work until this does; see the rights check above",
+            );
+        }
+    };
+    // The very plan a sync would carry out.
+    let plan = mesh.rule.plan(primary, namespaces);
+    let missing = if plan.missing.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} absent there: {}",
+            plan.missing.len(),
+            plan.missing.join(", ")
+        )
+    };
+    if plan.changes.is_empty() {
+        CheckResult::ok(
+            what,
+            Some(format!(
+                "{} in sync{missing}",
+                plural(plan.in_sync.len(), "namespace")
+            )),
+        )
+    } else {
+        let names: Vec<&str> = plan.changes.iter().map(|c| c.namespace.as_str()).collect();
+        CheckResult::warning(
+            what,
+            format!(
+                "{} differ from the primary: {}{missing}",
+                plural(names.len(), "namespace"),
+                names.join(", ")
+            ),
+            format!(
+                "the webhook's reconciler corrects them at its next resync; \
+                 `kubectl mesh sync --cluster {name}` does it now"
+            ),
+        )
+    }
+}
+
+/// The guard mode a policy and binding amount to for the cluster `name`: nothing, or a
+/// policy nothing binds, guards nothing.
+pub fn guard_mode(
+    name: &str,
+    policy: Option<&ValidatingAdmissionPolicy>,
+    binding: Option<&ValidatingAdmissionPolicyBinding>,
+) -> RemoteGuard {
+    guard_state(name, policy, binding).unwrap_or(RemoteGuard::Off)
+}
+
+/// Like [`guard_mode`], but says why there is no guard.
+fn guard_state(
+    name: &str,
+    policy: Option<&ValidatingAdmissionPolicy>,
+    binding: Option<&ValidatingAdmissionPolicyBinding>,
+) -> std::result::Result<RemoteGuard, String> {
+    let (policy, binding) = match (policy, binding) {
+        (None, None) => return Err("neither its policy nor its binding exists".into()),
+        (None, Some(_)) => {
+            return Err(format!(
+                "ValidatingAdmissionPolicy {} not found (only its binding is there)",
+                setup::GUARD
+            ));
+        }
+        (Some(_), None) => {
+            return Err(format!(
+                "ValidatingAdmissionPolicyBinding {} not found (the policy is there, unbound)",
+                setup::GUARD
+            ));
+        }
+        (Some(p), Some(b)) => (p, b),
+    };
+    if !setup::is_ours(&policy.metadata, name) {
+        return Err(format!(
+            "ValidatingAdmissionPolicy {} was not installed for cluster {name}{}",
+            setup::GUARD,
+            setup::owner_cluster(&policy.metadata)
+                .map(|c| format!(" (it is cluster {c}'s)"))
+                .unwrap_or_default()
+        ));
+    }
+    let spec = binding.spec.as_ref();
+    let bound = spec.and_then(|s| s.policy_name.as_deref());
+    if bound != Some(policy.name_any().as_str()) {
+        return Err(format!(
+            "the binding binds policy {}, not {}",
+            bound.unwrap_or("(none)"),
+            setup::GUARD
+        ));
+    }
+    let actions = spec
+        .and_then(|s| s.validation_actions.clone())
+        .unwrap_or_default();
+    if actions.iter().any(|a| a == "Deny") {
+        Ok(RemoteGuard::Deny)
+    } else if actions.iter().any(|a| a == "Warn") {
+        Ok(RemoteGuard::Warn)
+    } else {
+        Err(format!(
+            "the binding's validationActions are [{}], neither Warn nor Deny",
+            actions.join(", ")
+        ))
+    }
+}
+
+/// Compares what is on the remote with what the MeshCluster declares: the mode
+/// (spec.remoteGuard), and the primary the guard's message names (spec.primaryName).
+pub fn judge_guard(what: &str, cluster: &MeshCluster, found: &FoundGuard) -> CheckResult {
+    let name = cluster.name_any();
+    let wanted = cluster.spec.remote_guard;
+    let primary = cluster.spec.primary_name.as_deref();
+    let fix = format!(
+        "re-run `kubectl mesh attach` for {name} with --remote-guard {}{} to install the guard \
+         it declares",
+        format!("{wanted:?}").to_lowercase(),
+        primary
+            .map(|p| format!(" --primary-name {p}"))
+            .unwrap_or_default()
+    );
+    let state = guard_state(&name, found.policy.as_ref(), found.binding.as_ref());
+    let mode = state.clone().unwrap_or(RemoteGuard::Off);
+    if mode != wanted {
+        let why = match (&state, wanted) {
+            (Err(why), RemoteGuard::Warn | RemoteGuard::Deny) => format!(": {why}"),
+            _ => String::new(),
+        };
+        return CheckResult::error(
+            what,
+            format!("spec.remoteGuard is {wanted:?} but the remote's guard is {mode:?}{why}"),
+            fix,
+        );
+    }
+    if wanted == RemoteGuard::Off {
+        return CheckResult::ok(what, Some(format!("{wanted:?}")));
+    }
+    if let Some(primary) = primary {
+        let named = found.policy.as_ref().and_then(setup::guard_primary_name);
+        if named.as_deref() != Some(primary) {
+            let found = match named {
+                Some(other) => format!("names primary {other}"),
+                None => "is not the message attach writes".to_owned(),
+            };
+            return CheckResult::error(
+                what,
+                format!(
+                    "spec.primaryName is {primary} but the guard's message {found}: people \
+                     editing labels on the remote are sent to the wrong cluster"
+                ),
+                fix,
+            );
+        }
+    }
+    CheckResult::ok(what, Some(format!("{wanted:?}")))
+}
+
+/// The remote guard must be what spec.remoteGuard and spec.primaryName say. It is read with
+/// the stored credentials, which may `get` the guard's two objects by name. A cluster
+/// attached by an older kubectl-mesh has credentials that may not: then it is judged as read
+/// with the user's own kubeconfig, through the context attach recorded (as detach does).
+fn guard_result(cluster: &MeshCluster, guard: &GuardFacts) -> CheckResult {
+    let what = "remote guard matches spec.remoteGuard";
+    let stored_err = match &guard.stored {
+        Ok(found) => return judge_guard(what, cluster, found),
+        Err(e) => e,
+    };
+    let stored = if stored_err.is_forbidden() {
+        "the stored credentials may not read the guard".to_owned()
+    } else {
+        format!("the guard cannot be read with the stored credentials ({stored_err})")
+    };
+    let context = setup::remote_context(cluster);
+    let Some(with_context) = &guard.with_context else {
+        let through = match context {
+            Some(c) => format!("your kubeconfig has no context {c}"),
+            None => "attach recorded no remote context".to_owned(),
+        };
+        return CheckResult::warning(
+            what,
+            format!("not verified: {stored} and {through}"),
+            format!(
+                "re-run `kubectl mesh attach` for {} to let the stored credentials read it, \
+                 run check with a kubeconfig that also holds the remote's context, or look on \
+                 the remote: `kubectl{} get validatingadmissionpolicybinding {} -o yaml`",
+                cluster.name_any(),
+                context
+                    .map(|c| format!(" --context {c}"))
+                    .unwrap_or_default(),
+                setup::GUARD
+            ),
+        );
+    };
+    let context = context.unwrap_or_default();
+    match with_context {
+        Ok(found) => {
+            let mut result = judge_guard(what, cluster, found);
+            let note = format!("read with context {context}: {stored}");
+            match &mut result.detail {
+                Some(detail) if result.result == Outcome::Ok => {
+                    *detail = format!("{detail}; {note}");
+                }
+                Some(detail) => detail.push_str(&format!(" ({note})")),
+                None => result.detail = Some(note),
+            }
+            result
+        }
+        Err(e) => CheckResult::warning(
+            what,
+            format!("not verified: {stored}, and with context {context}: {e}"),
+            "",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::credentials::tests::jwt;
+    use super::*;
+
+    #[test]
+    fn token_check_levels() {
+        let now: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
+        let stored = |token: &str| {
+            kubeconfig::build_stored_kubeconfig("east", "https://1.2.3.4", None, token)
+        };
+        let at = |s: i64| jwt(serde_json::json!({"exp": now.as_second() + s}));
+        let r = token_result(&stored(&at(3600)), now, "re-attach");
+        assert_eq!(r.result, Outcome::Warning);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("the token expires in 60m (2026-03-01T01:00:00Z)")
+        );
+        assert_eq!(
+            token_result(&stored(&at(-60)), now, "x").result,
+            Outcome::Error
+        );
+        assert_eq!(
+            token_result(&stored(&at(90 * 86_400)), now, "x").result,
+            Outcome::Ok
+        );
+        let r = token_result(&stored(&jwt(serde_json::json!({}))), now, "x");
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (Outcome::Ok, Some("long-lived token"))
+        );
+    }
+
+    fn attached(guard: RemoteGuard, primary: Option<&str>) -> MeshCluster {
+        let mut mc = setup::mesh_cluster(&setup::ClusterRecord {
+            name: "east".into(),
+            cluster_id: "id".into(),
+            server: "https://e".into(),
+            guard,
+            primary_name: primary.unwrap_or_default().into(),
+            remote_namespace_created: true,
+            remote_context: "east".into(),
+        });
+        mc.spec.primary_name = primary.map(str::to_owned);
+        mc
+    }
+
+    fn installed(guard: RemoteGuard, primary: &str) -> FoundGuard {
+        let g = setup::Guard::new(guard, primary, "admin@main");
+        FoundGuard {
+            policy: Some(setup::guard_policy("east", &g)),
+            binding: Some(setup::guard_binding("east", &g)),
+        }
+    }
+
+    #[test]
+    fn guard_must_match_mode_and_primary_name() {
+        let judge = |mc: &MeshCluster, found: &FoundGuard| judge_guard("guard", mc, found);
+        let warn = attached(RemoteGuard::Warn, Some("main"));
+        let r = judge(&warn, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!((r.result, r.detail.as_deref()), (Outcome::Ok, Some("Warn")));
+
+        // The primary's name in the message must be spec.primaryName.
+        let r = judge(&warn, &installed(RemoteGuard::Warn, "elsewhere"));
+        assert_eq!(r.result, Outcome::Error);
+        assert!(
+            r.detail.as_deref().unwrap().starts_with(
+                "spec.primaryName is main but the guard's message names primary elsewhere"
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.hint.as_deref(),
+            Some(
+                "re-run `kubectl mesh attach` for east with --remote-guard warn --primary-name \
+                 main to install the guard it declares"
+            )
+        );
+        // A MeshCluster of an older attach does not say: any name passes.
+        let unnamed = attached(RemoteGuard::Warn, None);
+        assert_eq!(
+            judge(&unnamed, &installed(RemoteGuard::Warn, "x")).result,
+            Outcome::Ok
+        );
+
+        // Deny declared, the binding deleted.
+        let deny = attached(RemoteGuard::Deny, Some("main"));
+        let mut found = installed(RemoteGuard::Deny, "main");
+        assert_eq!(judge(&deny, &found).result, Outcome::Ok);
+        found.binding = None;
+        let r = judge(&deny, &found);
+        assert_eq!(r.result, Outcome::Error);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                "spec.remoteGuard is Deny but the remote's guard is Off: \
+                 ValidatingAdmissionPolicyBinding kubectl-mesh-guard not found (the policy is \
+                 there, unbound)"
+            )
+        );
+        let r = judge(&deny, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("spec.remoteGuard is Deny but the remote's guard is Warn")
+        );
+        // Another cluster's guard is not this one's.
+        let g = setup::Guard::new(RemoteGuard::Deny, "main", "admin@main");
+        let foreign = FoundGuard {
+            policy: Some(setup::guard_policy("west", &g)),
+            binding: Some(setup::guard_binding("west", &g)),
+        };
+        let r = judge(&deny, &foreign);
+        assert!(
+            r.detail
+                .as_deref()
+                .unwrap()
+                .contains("(it is cluster west's)"),
+            "{r:?}"
+        );
+
+        // Off: absent is right, present is not.
+        let off = attached(RemoteGuard::Off, Some("main"));
+        let r = judge(&off, &FoundGuard::default());
+        assert_eq!((r.result, r.detail.as_deref()), (Outcome::Ok, Some("Off")));
+        let r = judge(&off, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (
+                Outcome::Error,
+                Some("spec.remoteGuard is Off but the remote's guard is Warn")
+            )
+        );
+        assert!(r.hint.unwrap().contains("--remote-guard off"));
+    }
+}

@@ -1,0 +1,144 @@
+//! Reading expiry dates out of credentials, without verifying them (only the issuer's
+//! counterpart can): the `exp` claim of a bearer token, the `notAfter` of certificates.
+
+use base64::Engine as _;
+use jiff::Timestamp;
+
+/// When a bearer token expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenExpiry {
+    /// A JWT without `exp`.
+    Never,
+    /// Not a readable JWT.
+    Unknown,
+    /// The `exp` claim.
+    At(Timestamp),
+}
+
+/// Reads the `exp` claim of a JWT without verifying it (only the remote can).
+pub fn token_expiry(token: &str) -> TokenExpiry {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return TokenExpiry::Unknown;
+    };
+    let Ok(bytes) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))
+    else {
+        return TokenExpiry::Unknown;
+    };
+    let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return TokenExpiry::Unknown;
+    };
+    match claims.get("exp") {
+        None => TokenExpiry::Never,
+        Some(exp) => exp
+            .as_i64()
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .map_or(TokenExpiry::Unknown, TokenExpiry::At),
+    }
+}
+
+/// The bearer token of a stored kubeconfig's (only) user; `None` when it authenticates
+/// otherwise (a client certificate).
+pub fn stored_token(stored: &kube::config::Kubeconfig) -> Option<String> {
+    let user = stored
+        .auth_infos
+        .first()
+        .and_then(|a| a.auth_info.as_ref())
+        .and_then(|a| serde_json::to_value(a).ok())
+        .unwrap_or_default();
+    user.get("token")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+}
+
+/// Certificates of a PEM bundle: how many, and the earliest expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Certificates found.
+    pub count: usize,
+    /// The earliest `notAfter`.
+    pub not_after: Timestamp,
+}
+
+/// Parses every certificate of a PEM bundle; an error says what is wrong with it.
+pub fn certificates(pem: &[u8]) -> std::result::Result<CertInfo, String> {
+    let mut count = 0;
+    let mut earliest: Option<Timestamp> = None;
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| format!("not PEM: {e}"))?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        let cert = block
+            .parse_x509()
+            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let not_after = Timestamp::from_second(cert.validity().not_after.timestamp())
+            .map_err(|e| format!("unreadable notAfter: {e}"))?;
+        earliest = Some(earliest.map_or(not_after, |t| t.min(not_after)));
+        count += 1;
+    }
+    match earliest {
+        Some(not_after) => Ok(CertInfo { count, not_after }),
+        None => Err("no PEM certificate in it".into()),
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use jiff::SignedDuration;
+
+    use super::*;
+    use crate::{kubeconfig, render};
+
+    /// An unsigned JWT carrying `claims`.
+    pub(in super::super) fn jwt(claims: serde_json::Value) -> String {
+        let enc = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            enc(&serde_json::json!({"alg": "RS256"})),
+            enc(&claims)
+        )
+    }
+
+    #[test]
+    fn token_expiry_from_jwt() {
+        assert_eq!(
+            token_expiry(&jwt(serde_json::json!({"exp": 1_900_000_000}))),
+            TokenExpiry::At(Timestamp::from_second(1_900_000_000).unwrap())
+        );
+        assert_eq!(
+            token_expiry(&jwt(
+                serde_json::json!({"sub": "system:serviceaccount:a:b"})
+            )),
+            TokenExpiry::Never
+        );
+        assert_eq!(token_expiry("opaque-token"), TokenExpiry::Unknown);
+        assert_eq!(token_expiry("a.!!!.c"), TokenExpiry::Unknown);
+    }
+
+    #[test]
+    fn the_stored_token_is_the_users() {
+        let stored = kubeconfig::build_stored_kubeconfig("east", "https://1.2.3.4", None, "t0k");
+        assert_eq!(stored_token(&stored).as_deref(), Some("t0k"));
+        assert_eq!(stored_token(&kube::config::Kubeconfig::default()), None);
+    }
+
+    #[test]
+    fn certificates_are_parsed() {
+        let cert = render::generate_serving_cert(&["localhost".into()]).unwrap();
+        let info = certificates(cert.ca_pem.as_bytes()).unwrap();
+        assert_eq!(info.count, 1);
+        assert!(info.not_after > Timestamp::now() + SignedDuration::from_hours(24 * 365 * 9));
+        assert!(certificates(b"garbage").is_err());
+        let key_only = cert.key_pem.as_bytes();
+        assert_eq!(
+            certificates(key_only).unwrap_err(),
+            "no PEM certificate in it"
+        );
+    }
+}

@@ -1,0 +1,504 @@
+//! Every read `check` makes, of the primary and of each remote; the judges in the sibling
+//! modules turn what is read here into checks, without a cluster.
+//!
+//! A read that cannot go on (no Secret, no client, no answer) stops the reads that depend
+//! on it, so that a broken remote costs one timeout, not one per check.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    },
+    apps::v1::Deployment,
+    authentication::v1::SelfSubjectReview,
+    authorization::v1::SelfSubjectAccessReview,
+    core::v1::{Namespace, Secret},
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{
+    Api, Client, CustomResourceExt as _, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    config::Kubeconfig,
+};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::{KUBECONFIG_KEY, MeshCluster},
+    labels::SyncRule,
+    remote,
+};
+
+use super::{cluster, install, rights};
+use crate::{
+    Error,
+    access::Need,
+    installed_rule, kubeconfig,
+    mesh_state::{self, RemoteResult, with_deadline},
+    remote_setup as setup, render,
+};
+
+/// A read of one object by name: absent is `Ok(None)`.
+pub type Fetched<T> = std::result::Result<Option<T>, kube::Error>;
+
+/// Label value the probe of the webhook pretends to set (dry run: nothing is stored).
+const PROBE_VALUE: &str = "kubectl-mesh-check";
+/// The managed label the probe pretends to change, when the rule manages it (else its first).
+const PROBE_LABEL: &str = "istio.io/rev";
+
+/// What the installation checks read from the primary.
+#[derive(Debug)]
+pub struct InstallFacts {
+    /// The MeshCluster CRD.
+    pub crd: Fetched<CustomResourceDefinition>,
+    /// [`MESH_NAMESPACE`].
+    pub namespace: Fetched<Namespace>,
+    /// The webhook configuration.
+    pub webhook: Fetched<MutatingWebhookConfiguration>,
+    /// The serving certificate's Secret, read when the webhook entry has a caBundle.
+    pub tls_secret: Option<Fetched<Secret>>,
+    /// The webhook Deployment, read in the namespace of the Service clientConfig names.
+    pub deployment: Option<(String, Fetched<Deployment>)>,
+    /// The dry-run probe of the webhook, made when the configuration has its entry.
+    pub probe: Option<Probe>,
+}
+
+/// How the dry-run probe of the webhook went.
+#[derive(Debug)]
+pub enum Probe {
+    /// The sync rule manages no label, so no change reaches the webhook.
+    NoLabel,
+    /// The namespaces to probe on could not be listed.
+    ListFailed(kube::Error),
+    /// No namespace that the rule syncs.
+    NoNamespace,
+    /// The request could not be built.
+    BuildFailed(String),
+    /// The request got no answer.
+    SendFailed(kube::Error),
+    /// The apiserver refused the change.
+    Refused {
+        /// The namespace probed.
+        namespace: String,
+        /// The HTTP status, as `403 Forbidden`.
+        status: String,
+        /// The apiserver's message (else the body).
+        message: String,
+    },
+    /// The apiserver accepted the change.
+    Accepted {
+        /// The namespace probed.
+        namespace: String,
+        /// The admission warnings returned with it.
+        warnings: Vec<String>,
+    },
+}
+
+/// Reads what the installation checks need.
+pub async fn install(client: &Client) -> InstallFacts {
+    let crd = Api::<CustomResourceDefinition>::all(client.clone())
+        .get_opt(MeshCluster::crd_name())
+        .await;
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get_opt(MESH_NAMESPACE)
+        .await;
+    let webhook = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get_opt(render::WEBHOOK_CONFIGURATION)
+        .await;
+    let mut facts = InstallFacts {
+        crd,
+        namespace,
+        webhook,
+        tls_secret: None,
+        deployment: None,
+        probe: None,
+    };
+    let Ok(Some(mwc)) = &facts.webhook else {
+        return facts;
+    };
+    let Some(hook) = install::webhook_entry(mwc) else {
+        return facts;
+    };
+    let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
+    if hook.client_config.ca_bundle.is_some() {
+        let secret = Api::<Secret>::namespaced(client.clone(), MESH_NAMESPACE)
+            .get_opt(render::TLS_SECRET)
+            .await;
+        facts.tls_secret = Some(secret);
+    }
+    if let Some(service) = &hook.client_config.service {
+        let deployment = Api::<Deployment>::namespaced(client.clone(), &service.namespace)
+            .get_opt(render::WEBHOOK)
+            .await;
+        facts.deployment = Some((service.namespace.clone(), deployment));
+    }
+    facts.probe = Some(probe(client, &rule).await);
+    facts
+}
+
+/// Asks the apiserver for a server-side dry run of a managed-label change on a namespace:
+/// the apiserver calls the webhook (matchConditions let managed-label changes through) and
+/// the webhook, seeing a dry run, answers with a `kubectl-mesh:` warning and pushes nothing.
+async fn probe(client: &Client, rule: &SyncRule) -> Probe {
+    // Only a change of a managed label reaches the webhook (matchConditions).
+    let Some(probe_label) = Some(PROBE_LABEL)
+        .filter(|l| rule.is_managed(l))
+        .or_else(|| rule.managed_keys().next())
+    else {
+        return Probe::NoLabel;
+    };
+    let namespaces = match Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list.items,
+        Err(e) => return Probe::ListFailed(e),
+    };
+    let probed = namespaces
+        .iter()
+        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+        .map(ResourceExt::name_any)
+        .filter(|n| !rule.is_excluded(n))
+        .min_by_key(|n| (n != "default", n.clone()));
+    let Some(namespace) = probed else {
+        return Probe::NoNamespace;
+    };
+    let current = namespaces
+        .iter()
+        .find(|ns| ns.name_any() == namespace)
+        .and_then(|ns| ns.labels().get(probe_label).cloned());
+    // Any value other than the current one is a change the webhook is called for.
+    let value = if current.as_deref() == Some(PROBE_VALUE) {
+        format!("{PROBE_VALUE}-2")
+    } else {
+        PROBE_VALUE.to_owned()
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {probe_label: value}}});
+    let params = PatchParams {
+        dry_run: true,
+        field_manager: Some(render::FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let request = match kube::core::Request::new("/api/v1/namespaces").patch(
+        &namespace,
+        &params,
+        &Patch::Merge(&patch),
+    ) {
+        Ok(r) => r,
+        Err(e) => return Probe::BuildFailed(e.to_string()),
+    };
+    let response = match client.send(request.map(kube::client::Body::from)).await {
+        Ok(r) => r,
+        Err(e) => return Probe::SendFailed(e),
+    };
+    let status = response.status();
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    if status.is_success() {
+        return Probe::Accepted {
+            namespace,
+            warnings,
+        };
+    }
+    let body = response
+        .into_body()
+        .collect_bytes()
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<kube::core::Status>(&body)
+        .map(|s| s.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    Probe::Refused {
+        namespace,
+        status: status.to_string(),
+        message,
+    }
+}
+
+/// What the per-cluster checks read from the primary.
+#[derive(Debug)]
+pub enum MeshFacts {
+    /// The MeshClusters could not be listed.
+    Unlisted(Error),
+    /// No cluster is attached.
+    NoneAttached,
+    /// Some are.
+    Attached(Attached),
+}
+
+/// The attached clusters and what was read of each.
+#[derive(Debug)]
+pub struct Attached {
+    /// The MeshClusters.
+    pub clusters: Vec<MeshCluster>,
+    /// Every namespace of the primary, by name.
+    pub primary_namespaces: crate::Result<BTreeMap<String, Namespace>>,
+    /// What was read for each cluster, in the order of `clusters`.
+    pub remotes: Vec<ClusterFacts>,
+}
+
+/// What was read for one attached cluster, as far as its stored kubeconfig led.
+#[derive(Debug)]
+pub enum ClusterFacts {
+    /// Its Secret on the primary could not be read.
+    SecretUnreadable(kube::Error),
+    /// Its Secret does not exist.
+    SecretMissing,
+    /// Its Secret holds no kubeconfig.
+    KeyMissing,
+    /// The kubeconfig breaks the rule of stored kubeconfigs.
+    Invalid(kubeconfig::Error),
+    /// A valid stored kubeconfig, and what was read with it.
+    Stored(Box<Stored>),
+}
+
+/// A valid stored kubeconfig, and what was read with it.
+#[derive(Debug)]
+pub struct Stored {
+    /// The kubeconfig.
+    pub kubeconfig: Kubeconfig,
+    /// What its credentials read.
+    pub remote: RemoteFacts,
+}
+
+/// What was read with a cluster's stored credentials.
+#[derive(Debug)]
+pub enum RemoteFacts {
+    /// No client could be made of the stored kubeconfig (the webhook's own code says why).
+    NoClient(remote::Error),
+    /// The remote was asked who the credentials are.
+    Asked(Box<Asked>),
+}
+
+/// A remote asked who the stored credentials are, and what else was read from it.
+#[derive(Debug)]
+pub struct Asked {
+    /// Its answer.
+    pub whoami: RemoteResult<SelfSubjectReview>,
+    /// The other reads, made when it answered (see [`cluster::reached`]).
+    pub reads: Option<RemoteReads>,
+}
+
+/// The reads of a remote that answered.
+#[derive(Debug)]
+pub struct RemoteReads {
+    /// Its kube-system namespace, whose UID is the cluster's identity.
+    pub kube_system: RemoteResult<Namespace>,
+    /// What the stored identity may do, asked right by right.
+    pub rights: RemoteResult<Vec<Answer>>,
+    /// Every namespace.
+    pub namespaces: RemoteResult<Vec<Namespace>>,
+    /// The remote guard.
+    pub guard: GuardFacts,
+}
+
+/// Whether the remote allows one verb of a [`Need`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// What was asked: a need of one verb.
+    pub asked: Need,
+    /// Whether it is allowed.
+    pub allowed: bool,
+}
+
+/// The remote guard as found on a remote: [`setup::GUARD`]'s policy and binding, each read
+/// by name (a `get`, which the sync account may do on these two objects only; absent is a
+/// 404, not a refusal).
+#[derive(Clone, Debug, Default)]
+pub struct FoundGuard {
+    /// The ValidatingAdmissionPolicy.
+    pub policy: Option<ValidatingAdmissionPolicy>,
+    /// Its binding.
+    pub binding: Option<ValidatingAdmissionPolicyBinding>,
+}
+
+/// The remote guard, read with the stored credentials and, when they may not, with the
+/// remote's context in the user's kubeconfig (as detach reaches the remote).
+#[derive(Debug)]
+pub struct GuardFacts {
+    /// Read with the stored credentials.
+    pub stored: RemoteResult<FoundGuard>,
+    /// Read with the context attach recorded, when the stored credentials could not and the
+    /// user's kubeconfig has that context; `None` when there was no such context to use.
+    pub with_context: Option<RemoteResult<FoundGuard>>,
+}
+
+/// Reads the MeshClusters, the primary's namespaces and what each remote's stored
+/// credentials can read (the remotes concurrently, each call bounded by `timeout`).
+pub async fn mesh(
+    client: &Client,
+    user_kubeconfig: Option<&Kubeconfig>,
+    timeout: Duration,
+) -> MeshFacts {
+    let clusters = match mesh_state::clusters(client).await {
+        Ok(clusters) if clusters.is_empty() => return MeshFacts::NoneAttached,
+        Ok(clusters) => clusters,
+        Err(e) => return MeshFacts::Unlisted(e),
+    };
+    let primary_namespaces = mesh_state::primary_namespaces(client).await;
+    let remotes = mesh_state::for_each(&clusters, |c| {
+        cluster_facts(client, c, user_kubeconfig, timeout)
+    })
+    .await;
+    MeshFacts::Attached(Attached {
+        clusters,
+        primary_namespaces,
+        remotes,
+    })
+}
+
+async fn cluster_facts(
+    primary: &Client,
+    cluster: &MeshCluster,
+    user_kubeconfig: Option<&Kubeconfig>,
+    timeout: Duration,
+) -> ClusterFacts {
+    let secret_name = &cluster.spec.secret_name;
+    let secret = match Api::<Secret>::namespaced(primary.clone(), MESH_NAMESPACE)
+        .get_opt(secret_name)
+        .await
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => return ClusterFacts::SecretMissing,
+        Err(e) => return ClusterFacts::SecretUnreadable(e),
+    };
+    let yaml = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(KUBECONFIG_KEY))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+    let Some(yaml) = yaml else {
+        return ClusterFacts::KeyMissing;
+    };
+    let stored = match kubeconfig::parse_stored(&yaml) {
+        Ok(kc) => kc,
+        Err(e) => return ClusterFacts::Invalid(e),
+    };
+    // Through the webhook's own client code: what passes here is what the webhook can do.
+    let remote = match remote::client_from_kubeconfig(
+        secret_name,
+        &yaml,
+        &mesh_state::remote_options(timeout),
+    )
+    .await
+    {
+        Ok(remote) => remote_facts(&remote, cluster, user_kubeconfig, timeout).await,
+        Err(e) => RemoteFacts::NoClient(e),
+    };
+    ClusterFacts::Stored(Box::new(Stored {
+        kubeconfig: stored,
+        remote,
+    }))
+}
+
+async fn remote_facts(
+    remote: &Client,
+    cluster: &MeshCluster,
+    user_kubeconfig: Option<&Kubeconfig>,
+    timeout: Duration,
+) -> RemoteFacts {
+    let whoami = with_deadline(
+        timeout,
+        Api::<SelfSubjectReview>::all(remote.clone())
+            .create(&PostParams::default(), &SelfSubjectReview::default()),
+    )
+    .await;
+    if !cluster::reached(&whoami) {
+        return RemoteFacts::Asked(Box::new(Asked {
+            whoami,
+            reads: None,
+        }));
+    }
+    let kube_system = with_deadline(
+        timeout,
+        Api::<Namespace>::all(remote.clone()).get("kube-system"),
+    )
+    .await;
+    let rights = answers(remote, timeout, rights::asked()).await;
+    let namespaces = mesh_state::remote_namespaces(remote, timeout).await;
+    let guard = guard_facts(remote, cluster, user_kubeconfig, timeout).await;
+    RemoteFacts::Asked(Box::new(Asked {
+        whoami,
+        reads: Some(RemoteReads {
+            kube_system,
+            rights,
+            namespaces,
+            guard,
+        }),
+    }))
+}
+
+/// Asks the remote about each of `asked` (needs of one verb each), all at once; the first
+/// failure in their order, if any, is the result.
+async fn answers(
+    remote: &Client,
+    timeout: Duration,
+    asked: Vec<Need>,
+) -> RemoteResult<Vec<Answer>> {
+    let api = Api::<SelfSubjectAccessReview>::all(remote.clone());
+    let reviews = asked.iter().map(|need| {
+        let review = need.review(need.verbs.first().copied().unwrap_or_default());
+        let api = api.clone();
+        async move { with_deadline(timeout, api.create(&PostParams::default(), &review)).await }
+    });
+    let replies = futures::future::join_all(reviews).await;
+    asked
+        .into_iter()
+        .zip(replies)
+        .map(|(asked, reply)| {
+            Ok(Answer {
+                asked,
+                allowed: reply?.status.is_some_and(|s| s.allowed),
+            })
+        })
+        .collect()
+}
+
+async fn read_guard(client: &Client, timeout: Duration) -> RemoteResult<FoundGuard> {
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
+    let (policy, binding) = futures::join!(
+        with_deadline(timeout, policies.get_opt(setup::GUARD)),
+        with_deadline(timeout, bindings.get_opt(setup::GUARD)),
+    );
+    Ok(FoundGuard {
+        policy: policy?,
+        binding: binding?,
+    })
+}
+
+/// Reads the guard with the stored credentials; when they cannot, with the remote's context
+/// in the user's kubeconfig, for a cluster attached by an older kubectl-mesh.
+async fn guard_facts(
+    remote: &Client,
+    cluster: &MeshCluster,
+    user_kubeconfig: Option<&Kubeconfig>,
+    timeout: Duration,
+) -> GuardFacts {
+    let stored = read_guard(remote, timeout).await;
+    if stored.is_ok() {
+        return GuardFacts {
+            stored,
+            with_context: None,
+        };
+    }
+    let admin = match (setup::remote_context(cluster), user_kubeconfig) {
+        (Some(context), Some(kc)) if kubeconfig::select(kc, Some(context)).is_ok() => {
+            kubeconfig::client(kc.clone(), Some(context)).await.ok()
+        }
+        _ => None,
+    };
+    let with_context = match admin {
+        Some(admin) => Some(read_guard(&admin, timeout).await),
+        None => None,
+    };
+    GuardFacts {
+        stored,
+        with_context,
+    }
+}

@@ -1,0 +1,560 @@
+//! The installation checks: the CRD, the namespace, the webhook configuration and what it
+//! points at, judged from what [`facts::install`](super::facts::install) read.
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::{
+    admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration},
+    apps::v1::Deployment,
+    core::v1::{Namespace, Secret},
+};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt as _;
+use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
+
+use super::credentials::{CertInfo, certificates};
+use super::facts::{Fetched, InstallFacts, Probe};
+use super::report::{CheckResult, Section};
+use crate::{age, installed_rule, render};
+
+/// Prefix of every warning the webhook returns.
+const WEBHOOK_WARNING_PREFIX: &str = "kubectl-mesh:";
+
+/// What the installation checks conclude.
+#[derive(Debug)]
+pub struct Installation {
+    /// Their section of the report.
+    pub section: Section,
+    /// Whether the MeshCluster CRD is established: without it, no cluster can be checked.
+    pub crd_established: bool,
+    /// The sync rule the webhook configuration records, which the remaining checks apply
+    /// (the default one when it cannot be read: that failure is reported already).
+    pub rule: SyncRule,
+}
+
+/// Judges the installation.
+pub fn judge(facts: &InstallFacts, now: Timestamp) -> Installation {
+    let mut checks = Vec::new();
+    let (crd, crd_established) = crd_result(&facts.crd);
+    checks.push(crd);
+    checks.push(namespace_result(&facts.namespace));
+    let rule = webhook_results(facts, now, &mut checks);
+    Installation {
+        section: Section {
+            name: "kubectl-mesh installation".into(),
+            checks,
+        },
+        crd_established,
+        rule,
+    }
+}
+
+fn crd_result(crd: &Fetched<CustomResourceDefinition>) -> (CheckResult, bool) {
+    let name = MeshCluster::crd_name();
+    let what = "MeshCluster CustomResourceDefinition is established";
+    match crd {
+        Ok(Some(crd)) => {
+            let established = crd
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                (CheckResult::ok(what, None), true)
+            } else {
+                let result = CheckResult::error(
+                    what,
+                    format!("CustomResourceDefinition {name} is not Established"),
+                    format!("see `kubectl get crd {name} -o yaml` for its conditions"),
+                );
+                (result, false)
+            }
+        }
+        Ok(None) => {
+            let result = CheckResult::error(
+                what,
+                format!("CustomResourceDefinition {name} not found"),
+                "run `kubectl mesh install`",
+            );
+            (result, false)
+        }
+        Err(e) => (
+            CheckResult::kube_failure(what, "cannot read the CRD", e),
+            false,
+        ),
+    }
+}
+
+fn namespace_result(namespace: &Fetched<Namespace>) -> CheckResult {
+    let what = format!("namespace {MESH_NAMESPACE} exists");
+    match namespace {
+        Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_some() => CheckResult::error(
+            what,
+            "it is being deleted",
+            "wait for the deletion to finish, then run `kubectl mesh install`",
+        ),
+        Ok(Some(_)) => CheckResult::ok(what, None),
+        Ok(None) => CheckResult::error(what, "not found", "run `kubectl mesh install`"),
+        Err(e) => CheckResult::kube_failure(&what, "cannot read it", e),
+    }
+}
+
+/// The webhook entry of kubectl-mesh in its configuration.
+pub fn webhook_entry(mwc: &MutatingWebhookConfiguration) -> Option<&MutatingWebhook> {
+    mwc.webhooks
+        .iter()
+        .flatten()
+        .find(|w| w.name == render::WEBHOOK_ENTRY)
+}
+
+/// Checks the webhook configuration and what it points at. Returns the sync rule it records.
+fn webhook_results(
+    facts: &InstallFacts,
+    now: Timestamp,
+    checks: &mut Vec<CheckResult>,
+) -> SyncRule {
+    let what = format!(
+        "MutatingWebhookConfiguration {} is present",
+        render::WEBHOOK_CONFIGURATION
+    );
+    let mwc = match &facts.webhook {
+        Ok(Some(mwc)) => mwc,
+        Ok(None) => {
+            checks.push(CheckResult::error(
+                what,
+                "not found: namespace label changes are not pushed to remotes as they happen",
+                "run `kubectl mesh install`",
+            ));
+            return SyncRule::default();
+        }
+        Err(e) => {
+            checks.push(CheckResult::kube_failure(&what, "cannot read it", e));
+            return SyncRule::default();
+        }
+    };
+    let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
+    let Some(hook) = webhook_entry(mwc) else {
+        checks.push(CheckResult::error(
+            what,
+            format!("it has no webhook named {}", render::WEBHOOK_ENTRY),
+            "run `kubectl mesh install` to restore it",
+        ));
+        return rule;
+    };
+    checks.push(CheckResult::ok(what, None));
+    checks.push(recorded_rule_result(mwc, &rule));
+
+    // caBundle: what the apiserver trusts when it calls the webhook.
+    let what = "caBundle is a valid, unexpired CA certificate";
+    let ca = hook
+        .client_config
+        .ca_bundle
+        .as_ref()
+        .map(|b| b.0.as_slice());
+    match ca.map(certificates) {
+        None => checks.push(CheckResult::error(
+            what,
+            "the webhook configuration has no caBundle",
+            "run `kubectl mesh install` to restore it",
+        )),
+        Some(result) => checks.push(expiry_result(what, result, now)),
+    }
+    if let (Some(ca), Some(secret)) = (ca, &facts.tls_secret) {
+        checks.push(tls_secret_result(ca, secret, now));
+    }
+
+    let what = "clientConfig says where the webhook is";
+    let target = match (&hook.client_config.url, &hook.client_config.service) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(s)) => Some(format!(
+            "Service {}/{}:{}{}",
+            s.namespace,
+            s.name,
+            s.port.unwrap_or(443),
+            s.path.as_deref().unwrap_or("")
+        )),
+        (None, None) => None,
+    };
+    match &target {
+        Some(t) => checks.push(CheckResult::ok(what, Some(t.clone()))),
+        None => checks.push(CheckResult::error(
+            what,
+            "clientConfig has neither url nor service",
+            "run `kubectl mesh install` to restore it",
+        )),
+    }
+    if hook.failure_policy.as_deref() == Some("Fail") {
+        checks.push(CheckResult::warning(
+            "failurePolicy lets namespace edits through when the webhook is down",
+            "failurePolicy is Fail: a dead webhook blocks every namespace edit it matches",
+            "run `kubectl mesh install` to restore failurePolicy Ignore",
+        ));
+    }
+    if let Some((namespace, deployment)) = &facts.deployment {
+        checks.push(deployment_available(namespace, deployment));
+        if let Ok(Some(d)) = deployment {
+            checks.push(deployment_rule_result(d, &rule));
+        }
+    }
+    if let Some(probe) = &facts.probe {
+        checks.push(probe_result(target.as_deref().unwrap_or("nowhere"), probe));
+    }
+    rule
+}
+
+/// Whether the webhook configuration records the sync rule the commands apply.
+fn recorded_rule_result(mwc: &MutatingWebhookConfiguration, rule: &SyncRule) -> CheckResult {
+    let what = "webhook configuration records the sync rule";
+    let recorded = mwc
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(mesh_core::labels::MANAGED_LABELS_ANNOTATION));
+    if recorded {
+        CheckResult::ok(what, Some(installed_rule::describe(rule)))
+    } else {
+        CheckResult::warning(
+            what,
+            format!(
+                "no {} annotation (installed by an older kubectl-mesh): commands assume the \
+                 default rule",
+                mesh_core::labels::MANAGED_LABELS_ANNOTATION
+            ),
+            "re-run `kubectl mesh install`, with the --managed-labels and \
+             --excluded-namespaces the webhook runs with if they are not the defaults",
+        )
+    }
+}
+
+/// The serving certificate must be valid and the caBundle its CA.
+fn tls_secret_result(ca: &[u8], secret: &Fetched<Secret>, now: Timestamp) -> CheckResult {
+    let what = "serving certificate is valid and signed by the caBundle's CA";
+    let secret = match secret {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return CheckResult::error(
+                what,
+                format!("Secret {MESH_NAMESPACE}/{} not found", render::TLS_SECRET),
+                "run `kubectl mesh install`",
+            );
+        }
+        Err(e) => {
+            return CheckResult::kube_failure(what, "cannot read the serving certificate", e);
+        }
+    };
+    let key = |k: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| b.0.as_slice())
+            .unwrap_or_default()
+    };
+    if key(render::CA_CRT) != ca {
+        return CheckResult::error(
+            what,
+            format!(
+                "the caBundle is not the {} of Secret {MESH_NAMESPACE}/{}: the apiserver \
+                 will not trust the webhook",
+                render::CA_CRT,
+                render::TLS_SECRET
+            ),
+            "run `kubectl mesh install` to write both again",
+        );
+    }
+    expiry_result(what, certificates(key(render::TLS_CRT)), now)
+}
+
+fn deployment_available(namespace: &str, deployment: &Fetched<Deployment>) -> CheckResult {
+    let what = format!("Deployment {} is available", render::WEBHOOK);
+    match deployment {
+        Ok(Some(d)) => {
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            if available == 0 {
+                CheckResult::error(
+                    what,
+                    format!("0 of {wanted} replicas available"),
+                    format!(
+                        "see `kubectl -n {namespace} describe deployment {}` and its pods' logs",
+                        render::WEBHOOK
+                    ),
+                )
+            } else if available < wanted {
+                CheckResult::warning(
+                    what,
+                    format!("{available} of {wanted} replicas available"),
+                    format!("see `kubectl -n {namespace} get pods`"),
+                )
+            } else {
+                CheckResult::ok(what, Some(format!("{available}/{wanted} replicas")))
+            }
+        }
+        Ok(None) => CheckResult::error(
+            what,
+            format!("Deployment {namespace}/{} not found", render::WEBHOOK),
+            "run `kubectl mesh install`",
+        ),
+        Err(e) => CheckResult::kube_failure(&what, "cannot read it", e),
+    }
+}
+
+/// Whether the webhook container runs with `recorded`, the rule of the webhook configuration
+/// (its matchConditions and what the commands apply): a hand edit of either side makes the
+/// webhook sync other labels than the apiserver sends it and the commands report.
+fn deployment_rule_result(deployment: &Deployment, recorded: &SyncRule) -> CheckResult {
+    let what = format!("Deployment {} runs the recorded sync rule", render::WEBHOOK);
+    let containers = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default();
+    let Some(container) = containers
+        .iter()
+        .find(|c| c.name == render::WEBHOOK)
+        .or(containers.first())
+    else {
+        return CheckResult::error(
+            what,
+            "it has no container",
+            "run `kubectl mesh install` to restore it",
+        );
+    };
+    match installed_rule::from_container(container) {
+        Some(running) if running == *recorded => CheckResult::ok(what, None),
+        Some(running) => CheckResult::error(
+            what,
+            format!(
+                "the webhook runs with {}, the webhook configuration records {}",
+                installed_rule::describe(&running),
+                installed_rule::describe(recorded)
+            ),
+            "re-run `kubectl mesh install` with the --managed-labels and --excluded-namespaces \
+             you want: it writes both",
+        ),
+        None => CheckResult::warning(
+            what,
+            "the container sets the rule through valueFrom, which cannot be compared",
+            "",
+        ),
+    }
+}
+
+/// Whether the webhook answered the dry-run probe: it answers a dry run with a
+/// `kubectl-mesh:` warning; without one, the call failed and failurePolicy Ignore hid it.
+fn probe_result(target: &str, probe: &Probe) -> CheckResult {
+    let what = "webhook answers admission requests";
+    match probe {
+        Probe::NoLabel => CheckResult::error(
+            what,
+            "the sync rule manages no label to probe the webhook with",
+            "re-run `kubectl mesh install`",
+        ),
+        Probe::ListFailed(e) => {
+            CheckResult::kube_failure(what, "cannot list namespaces to probe", e)
+        }
+        Probe::NoNamespace => CheckResult::warning(
+            what,
+            "no namespace to probe the webhook with",
+            "create one, e.g. `kubectl create namespace default`",
+        ),
+        Probe::BuildFailed(e) => CheckResult::error(
+            what,
+            format!("cannot build the probe request: {e}"),
+            "this is a bug in kubectl-mesh; please report it",
+        ),
+        Probe::SendFailed(e) => CheckResult::kube_failure(what, "the dry-run probe failed", e),
+        Probe::Refused {
+            namespace,
+            status,
+            message,
+        } => CheckResult::error(
+            what,
+            format!("a dry-run label change on namespace {namespace} failed ({status}): {message}"),
+            "see the webhook's logs",
+        ),
+        Probe::Accepted {
+            namespace,
+            warnings,
+        } if warnings.iter().any(|w| w.contains(WEBHOOK_WARNING_PREFIX)) => CheckResult::ok(
+            what,
+            Some(format!("dry-run probe on namespace {namespace}")),
+        ),
+        Probe::Accepted { namespace, .. } => CheckResult::error(
+            what,
+            format!(
+                "a dry-run label change on namespace {namespace} went through without an answer \
+                 from {target} (failurePolicy Ignore hides the failure)"
+            ),
+            "check that mesh-webhook runs and that the apiserver can reach it; its logs and \
+             the apiserver's say why a call failed",
+        ),
+    }
+}
+
+/// Certificates expiring within 30 days are worth a look; expired or unreadable, broken.
+fn expiry_result(
+    what: &str,
+    certs: std::result::Result<CertInfo, String>,
+    now: Timestamp,
+) -> CheckResult {
+    let renew = "run `kubectl mesh install --rotate-certs`";
+    match certs {
+        Err(e) => CheckResult::error(what, e, renew),
+        Ok(info) => {
+            let left = info.not_after.duration_since(now);
+            let when = age::until(info.not_after, now);
+            if left.is_negative() {
+                CheckResult::error(what, format!("the certificate {when}"), renew)
+            } else if left < SignedDuration::from_hours(24 * 30) {
+                CheckResult::warning(what, format!("the certificate expires {when}"), renew)
+            } else {
+                CheckResult::ok(what, Some(format!("expires {when}")))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::Outcome;
+    use super::*;
+
+    #[test]
+    fn deployment_rule_follows_the_recorded_one() {
+        let custom = render::Options {
+            managed_labels: vec!["team.example.com/zone".into()],
+            excluded_namespaces: vec!["legacy".into(), MESH_NAMESPACE.into()],
+            ..render::Options::default()
+        };
+        let recorded = |options: &render::Options| {
+            installed_rule::from_annotations(
+                render::mutating_webhook_configuration(options, None)
+                    .metadata
+                    .annotations
+                    .as_ref(),
+            )
+        };
+        let same = deployment_rule_result(&render::deployment(&custom), &recorded(&custom));
+        assert_eq!(same.result, Outcome::Ok, "{same:?}");
+
+        // The Deployment edited back to the defaults by hand: the webhook disagrees with the
+        // matchConditions and with what the commands apply.
+        let default = render::Options::default();
+        let differs = deployment_rule_result(&render::deployment(&default), &recorded(&custom));
+        assert_eq!(differs.result, Outcome::Error, "{differs:?}");
+        assert_eq!(
+            differs.description,
+            "Deployment mesh-webhook runs the recorded sync rule"
+        );
+        assert_eq!(
+            differs.detail.as_deref(),
+            Some(
+                "the webhook runs with managed istio-injection, istio.io/dataplane-mode, \
+                 istio.io/rev; excluded kube-node-lease, kube-public, kube-system, kubectl-mesh, \
+                 the webhook configuration records managed team.example.com/zone; excluded \
+                 kubectl-mesh, legacy"
+            )
+        );
+        assert!(
+            differs
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.contains("kubectl mesh install")),
+            "{differs:?}"
+        );
+
+        let mut empty = render::deployment(&default);
+        empty
+            .spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers = Vec::new();
+        assert_eq!(
+            deployment_rule_result(&empty, &recorded(&default)).result,
+            Outcome::Error
+        );
+    }
+
+    #[test]
+    fn a_configuration_without_the_rule_is_worth_a_look() {
+        let options = render::Options::default();
+        let mut mwc = render::mutating_webhook_configuration(&options, None);
+        let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
+        let recorded = recorded_rule_result(&mwc, &rule);
+        assert_eq!(recorded.result, Outcome::Ok);
+        assert_eq!(
+            recorded.detail.as_deref(),
+            Some(
+                "managed istio-injection, istio.io/dataplane-mode, istio.io/rev; excluded \
+                 kube-node-lease, kube-public, kube-system, kubectl-mesh"
+            )
+        );
+        mwc.metadata.annotations = None;
+        let older = recorded_rule_result(&mwc, &SyncRule::default());
+        assert_eq!(older.result, Outcome::Warning, "{older:?}");
+    }
+
+    #[test]
+    fn only_the_webhooks_warning_proves_it_answered() {
+        let accepted = |warnings: &[&str]| Probe::Accepted {
+            namespace: "default".into(),
+            warnings: warnings.iter().map(|w| (*w).to_owned()).collect(),
+        };
+        let answered = probe_result("https://w", &accepted(&["299 - \"kubectl-mesh: dry run\""]));
+        assert_eq!(
+            (answered.result, answered.detail.as_deref()),
+            (Outcome::Ok, Some("dry-run probe on namespace default"))
+        );
+        // failurePolicy Ignore: the change goes through, with someone else's warning or none.
+        let silent = probe_result("https://w", &accepted(&["299 - \"other\""]));
+        assert_eq!(silent.result, Outcome::Error);
+        assert!(
+            silent
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("without an answer from https://w"),
+            "{silent:?}"
+        );
+        let refused = probe_result(
+            "https://w",
+            &Probe::Refused {
+                namespace: "default".into(),
+                status: "403 Forbidden".into(),
+                message: "denied".into(),
+            },
+        );
+        assert_eq!(
+            refused.detail.as_deref(),
+            Some("a dry-run label change on namespace default failed (403 Forbidden): denied")
+        );
+    }
+
+    #[test]
+    fn certificates_are_dated() {
+        let cert = render::generate_serving_cert(&["localhost".into()]).unwrap();
+        let now = Timestamp::now();
+        let info = certificates(cert.ca_pem.as_bytes()).unwrap();
+        assert_eq!(
+            expiry_result("ca", Ok(info.clone()), now).result,
+            Outcome::Ok
+        );
+        let later = info.not_after + SignedDuration::from_hours(1);
+        let r = expiry_result("ca", Ok(info), later);
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (Outcome::Error, Some("the certificate expired 60m ago"))
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! `kubectl mesh check`: diagnose the installation and every attached cluster, in the style
+//! of `linkerd check`: one section per concern, one line per check, `✓` passed, `‼` worth a
+//! look, `×` broken (and exit status 1).
+//!
+//! Remotes are checked with the credentials kubectl-mesh stored for them: what passes here is
+//! what the webhook can do. The one exception is the remote guard of a cluster attached by an
+//! older kubectl-mesh, whose credentials may not read it: that is read through the remote's
+//! context in the user's kubeconfig, when it has one.
+//!
+//! [`facts`] makes every read; [`install`], [`cluster`] and [`rights`] judge what was read
+//! without a cluster; [`report`] is what they conclude and [`render`] prints it.
+
+pub mod cluster;
+pub mod credentials;
+pub mod facts;
+pub mod install;
+pub mod render;
+pub mod report;
+pub mod rights;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::Client;
+
+pub use self::report::{CheckReport, CheckResult, Outcome, Section};
+use super::status::plural;
+use crate::{Context, Error, Result, mesh_state::DEFAULT_REMOTE_TIMEOUT, output};
+
+/// Check the installation, the webhook and every attached cluster.
+///
+/// Remotes are checked with the credentials stored for them, their guard included (for a
+/// cluster attached by an older version, whose credentials may not read it, with the remote's
+/// context in your kubeconfig). Exits with status 1 when any check fails (×); warnings (‼)
+/// do not change the exit status.
+#[derive(Debug, clap::Args)]
+pub struct Check {
+    /// How long to wait for each call to a remote.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
+    pub remote_timeout: Duration,
+}
+
+impl Check {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Context) -> Result<()> {
+        let Self { remote_timeout } = self;
+        let client = ctx.client().await?;
+        let user_kubeconfig = ctx.load_kubeconfig().ok();
+        let report = check_all(
+            &client,
+            user_kubeconfig.as_ref(),
+            remote_timeout,
+            Timestamp::now(),
+        )
+        .await;
+        output::print_stdout(&render::render(&report, ctx.output)?)?;
+        if report.errors > 0 {
+            return Err(Error::Refused {
+                what: format!("{} failed", plural(report.errors, "check")),
+                hint: "fix what the × lines say and re-run `kubectl mesh check`".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs every check against the primary `client` and the attached remotes.
+pub async fn check_all(
+    client: &Client,
+    user_kubeconfig: Option<&kube::config::Kubeconfig>,
+    remote_timeout: Duration,
+    now: Timestamp,
+) -> CheckReport {
+    let installation = install::judge(&facts::install(client).await, now);
+    let mut sections = vec![installation.section];
+    // Without the CRD there are no MeshClusters to check.
+    if installation.crd_established {
+        let mesh = facts::mesh(client, user_kubeconfig, remote_timeout).await;
+        sections.extend(cluster::judge_mesh(&mesh, &installation.rule, now));
+    }
+    CheckReport::new(sections)
+}

@@ -1,0 +1,261 @@
+//! The rights of a remote's stored identity: exactly what the ClusterRole attach creates
+//! grants ([`setup::sync_rights`]), nothing more.
+
+use super::facts::Answer;
+use super::report::CheckResult;
+use crate::{access::Need, remote_setup as setup};
+
+const POLICIES: &str = setup::GUARD_RESOURCES[0];
+const BINDINGS: &str = setup::GUARD_RESOURCES[1];
+const ADMISSION: &str = setup::ADMISSION_GROUP;
+/// A name that is not the guard's, to ask whether other admission policies can be read.
+const OTHER_POLICY: &str = "not-kubectl-mesh-guard";
+
+/// What the stored identity should not have: more than namespaces, other admission policies
+/// than its own guard, or the right to change the guard. One verb each, in the order the
+/// report lists what it finds.
+pub fn excessive_rights() -> Vec<Need> {
+    let policy = |verb| Need::cluster(ADMISSION, POLICIES, &[verb]);
+    let binding = |verb| Need::cluster(ADMISSION, BINDINGS, &[verb]);
+    vec![
+        Need::cluster("*", "*", &["*"]),
+        Need::cluster("", "secrets", &["list"]),
+        Need::cluster("", "namespaces", &["delete"]),
+        policy("list"),
+        binding("list"),
+        policy("get").named(OTHER_POLICY),
+        binding("get").named(OTHER_POLICY),
+        policy("patch").named(setup::GUARD),
+        binding("patch").named(setup::GUARD),
+        policy("delete").named(setup::GUARD),
+        binding("delete").named(setup::GUARD),
+    ]
+}
+
+/// Needs of one verb each.
+fn each_verb(needs: Vec<Need>) -> Vec<Need> {
+    needs.iter().flat_map(Need::each_verb).collect()
+}
+
+/// What the sync account needs, one verb each: label sync's, then the guard read's.
+fn needed() -> Vec<Need> {
+    each_verb(setup::sync_rights())
+}
+
+/// What the rights check asks the remote, one verb each: what the sync account needs, then
+/// what it should not have.
+pub fn asked() -> Vec<Need> {
+    let mut asked = needed();
+    asked.extend(excessive_rights());
+    asked
+}
+
+/// `namespaces get`, `validatingadmissionpolicies get kubectl-mesh-guard`.
+fn phrase(need: &Need) -> String {
+    let verbs = need.verbs.join(", ");
+    match need.name {
+        Some(setup::GUARD) => format!("{} {verbs} {}", need.resource, setup::GUARD),
+        Some(_) => format!("{} {verbs} (other than {})", need.resource, setup::GUARD),
+        None => format!("{} {verbs}", need.resource),
+    }
+}
+
+/// Judges the remote's answers: needed rights denied, other rights granted.
+pub fn judge_answers(what: &str, name: &str, answers: &[Answer], reattach: &str) -> CheckResult {
+    let needed = needed();
+    let (mut missing, mut excess) = (Vec::new(), Vec::new());
+    for answer in answers {
+        match (needed.contains(&answer.asked), answer.allowed) {
+            (true, false) => missing.push(answer.asked.clone()),
+            (false, true) => excess.push(answer.asked.clone()),
+            _ => {}
+        }
+    }
+    judge_rights(what, name, &missing, &excess, reattach)
+}
+
+/// What the rights check concludes from the answers: `missing` needed rights (label sync's
+/// and the guard read's), `excess` rights granted beyond them.
+pub fn judge_rights(
+    what: &str,
+    name: &str,
+    missing: &[Need],
+    excess: &[Need],
+    reattach: &str,
+) -> CheckResult {
+    let phrases = |needs: &[Need]| needs.iter().map(phrase).collect::<Vec<_>>().join(", ");
+    let label_sync = each_verb(setup::label_sync_rights());
+    if missing.iter().any(|m| label_sync.contains(m)) {
+        return CheckResult::error(
+            what,
+            format!("not allowed: {}", phrases(missing)),
+            format!(
+                "the remote's ClusterRole or ClusterRoleBinding for kubectl-mesh was changed or \
+                 deleted; {reattach}"
+            ),
+        );
+    }
+    if !missing.is_empty() {
+        return CheckResult::warning(
+            what,
+            format!(
+                "not allowed: {}; label sync works, but check reads the guard with your \
+                 context of the remote instead",
+                phrases(missing)
+            ),
+            format!(
+                "attached by an older kubectl-mesh, or the ClusterRole {} was changed; re-run \
+                 `kubectl mesh attach` for {name} to let the stored credentials read the guard",
+                setup::SYNC_ACCOUNT
+            ),
+        );
+    }
+    if !excess.is_empty() {
+        let found = if excess.iter().any(|n| n.verbs.contains(&"*")) {
+            "everything (cluster-admin)".to_owned()
+        } else {
+            phrases(excess)
+        };
+        return CheckResult::warning(
+            what,
+            format!("over-privileged: also allowed {found}"),
+            format!(
+                "the stored credentials need only namespaces get, list, watch and patch, and \
+                 get of the guard {}; remove the extra bindings of the service account on the \
+                 remote",
+                setup::GUARD
+            ),
+        );
+    }
+    CheckResult::ok(
+        what,
+        Some(format!(
+            "namespaces get, list, watch, patch; guard {} get",
+            setup::GUARD
+        )),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::report::Outcome;
+    use super::*;
+
+    fn judge(missing: &[Need], excess: &[Need]) -> CheckResult {
+        judge_rights("rights", "east", missing, excess, "re-attach")
+    }
+
+    #[test]
+    fn rights_expect_the_named_guard_read_and_nothing_more() {
+        let ok = judge(&[], &[]);
+        assert_eq!(ok.result, Outcome::Ok);
+        assert_eq!(
+            ok.detail.as_deref(),
+            Some("namespaces get, list, watch, patch; guard kubectl-mesh-guard get")
+        );
+
+        // An older attach: label sync works, the guard read is missing.
+        let older = judge(&each_verb(setup::guard_read_rights()), &[]);
+        assert_eq!(older.result, Outcome::Warning);
+        assert_eq!(
+            older.detail.as_deref(),
+            Some(
+                "not allowed: validatingadmissionpolicies get kubectl-mesh-guard, \
+                 validatingadmissionpolicybindings get kubectl-mesh-guard; label sync works, \
+                 but check reads the guard with your context of the remote instead"
+            )
+        );
+        assert!(
+            older
+                .hint
+                .unwrap()
+                .contains("kubectl mesh attach` for east")
+        );
+
+        // Revoked: everything missing is an error that lists it all.
+        let revoked = judge(&needed(), &[]);
+        assert_eq!(revoked.result, Outcome::Error);
+        assert!(
+            revoked.detail.as_deref().unwrap().starts_with(
+                "not allowed: namespaces get, namespaces list, namespaces watch, \
+                 namespaces patch, validatingadmissionpolicies get kubectl-mesh-guard"
+            ),
+            "{revoked:?}"
+        );
+
+        // Listing policies, reading another one, or changing the guard: over-privileged.
+        let list = Need::cluster(ADMISSION, POLICIES, &["list"]);
+        let other = Need::cluster(ADMISSION, POLICIES, &["get"]).named(OTHER_POLICY);
+        let change = Need::cluster(ADMISSION, BINDINGS, &["delete"]).named(setup::GUARD);
+        let excessive = excessive_rights();
+        for need in [&list, &other, &change] {
+            assert!(excessive.contains(need), "{need:?}");
+        }
+        let over = judge(&[], &[list.clone(), other, change]);
+        assert_eq!(over.result, Outcome::Warning);
+        assert_eq!(
+            over.detail.as_deref(),
+            Some(
+                "over-privileged: also allowed validatingadmissionpolicies list, \
+                 validatingadmissionpolicies get (other than kubectl-mesh-guard), \
+                 validatingadmissionpolicybindings delete kubectl-mesh-guard"
+            )
+        );
+        let admin = judge(&[], &[excessive[0].clone(), list]);
+        assert_eq!(
+            admin.detail.as_deref(),
+            Some("over-privileged: also allowed everything (cluster-admin)")
+        );
+        // The needed rights and the excessive ones never overlap.
+        for need in needed() {
+            assert!(!excessive.contains(&need), "{need:?}");
+        }
+    }
+
+    #[test]
+    fn the_needed_rights_are_what_the_sync_role_grants() {
+        // The ClusterRole attach creates, spelled out verb by verb and resource by resource.
+        let mut granted = Vec::new();
+        for rule in setup::sync_cluster_role("east").rules.unwrap_or_default() {
+            let group = rule.api_groups.unwrap_or_default().concat();
+            let name = rule.resource_names.map(|n| n.concat());
+            for resource in rule.resources.unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.push((group.clone(), resource.clone(), name.clone(), verb.clone()));
+                }
+            }
+        }
+        let mut asked: Vec<_> = needed()
+            .into_iter()
+            .map(|n| {
+                let name = n.name.map(str::to_owned);
+                (
+                    n.group.to_owned(),
+                    n.resource.to_owned(),
+                    name,
+                    n.verbs.concat(),
+                )
+            })
+            .collect();
+        asked.sort();
+        granted.sort();
+        assert_eq!(asked, granted);
+    }
+
+    #[test]
+    fn answers_are_sorted_into_missing_and_excess() {
+        let answer = |asked: Need, allowed| Answer { asked, allowed };
+        let mut answers: Vec<Answer> = needed().into_iter().map(|n| answer(n, true)).collect();
+        answers.extend(excessive_rights().into_iter().map(|n| answer(n, false)));
+        let r = judge_answers("rights", "east", &answers, "re-attach");
+        assert_eq!(r.result, Outcome::Ok, "{r:?}");
+
+        answers[3].allowed = false; // namespaces patch
+        answers[6].allowed = true; // and everything: the missing right comes first
+        let r = judge_answers("rights", "east", &answers, "re-attach");
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (Outcome::Error, Some("not allowed: namespaces patch"))
+        );
+    }
+}
