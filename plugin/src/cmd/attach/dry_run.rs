@@ -1,0 +1,62 @@
+//! `--dry-run`: what attach would write, after preflight, with tokens redacted.
+
+use super::objects::{cluster_record, remote_objects, stored_kubeconfig};
+use super::preflight::Plan;
+use crate::{
+    Result,
+    output::{self, OutputFormat},
+    remote_setup as setup,
+    render::Manifest,
+};
+
+/// What `--dry-run` prints: every object attach would write, each YAML document preceded by
+/// a comment naming its cluster; tokens redacted. `-o json` gives a List.
+pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String> {
+    let name = &plan.name;
+    let mut docs: Vec<(String, serde_json::Value)> = Vec::new();
+    for m in remote_objects(plan)? {
+        if m.resource.kind == "Namespace" && !plan.remote_namespace.created_by_attach() {
+            continue;
+        }
+        docs.push((format!("remote cluster {name}"), m.object));
+    }
+    let stored = stored_kubeconfig(&plan.remote_kc, name, setup::REDACTED)?;
+    let mut secrets = vec![setup::cluster_secret(name, &stored)];
+    if let Some(istio) = &plan.istio {
+        if !istio.namespace_exists {
+            docs.push((
+                "primary".into(),
+                Manifest::new(&setup::istio_namespace())?.object,
+            ));
+        }
+        secrets.push(setup::istio_remote_secret(name, &stored));
+    }
+    for mut secret in secrets {
+        // Readable, and as appliable: the kubeconfig as text, its token redacted.
+        secret.string_data = secret.data.take().map(|data| {
+            data.into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                .collect()
+        });
+        docs.push(("primary".into(), Manifest::new(&secret)?.object));
+    }
+    let record = cluster_record(plan);
+    docs.push((
+        "primary".into(),
+        Manifest::new(&setup::mesh_cluster(&record))?.object,
+    ));
+
+    if format == OutputFormat::Json {
+        let values: Vec<_> = docs.into_iter().map(|(_, v)| v).collect();
+        return output::render_values(format, &values);
+    }
+    let mut text = String::new();
+    for (i, (side, value)) in docs.iter().enumerate() {
+        if i > 0 {
+            text.push_str("---\n");
+        }
+        text.push_str(&format!("# on {side}\n"));
+        text.push_str(&output::yaml_documents(std::slice::from_ref(value))?);
+    }
+    Ok(text)
+}

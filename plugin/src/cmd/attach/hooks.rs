@@ -1,0 +1,187 @@
+//! Test hooks of attach, compiled in only with the cargo feature `test-hooks` (the e2e tests
+//! enable it; `cargo build -p kubectl-mesh` and release builds do not, and then the variables
+//! below are ignored).
+//!
+//! `KUBECTL_MESH_FAIL_AFTER=<step>` ([`FAIL_AFTER_ENV`]) makes attach fail right after that
+//! step, so that tests can check the rollback of every stage. It names a step of
+//! [`Step::ALL`]; any other value is refused before anything is done.
+//! `KUBECTL_MESH_STALL_IN=<step>` ([`STALL_IN_ENV`]) makes the first object that step creates
+//! look like a request still waiting for its answer once the apiserver has stored it, so that
+//! tests can interrupt attach (Ctrl-C) exactly there.
+
+use std::ffi::OsString;
+
+use super::Step;
+use crate::{Result, output::Progress};
+
+/// Environment variable of the failure-injection test hook: attach fails right after the
+/// step it names (see [`Step::name`]) and rolls back.
+pub const FAIL_AFTER_ENV: &str = "KUBECTL_MESH_FAIL_AFTER";
+
+/// Environment variable of the interruption test hook: the first object the named step
+/// creates is stored, then attach waits as if the answer had not come.
+pub const STALL_IN_ENV: &str = "KUBECTL_MESH_STALL_IN";
+
+pub(super) use imp::TestHooks;
+
+impl TestHooks {
+    /// The hooks the process environment asks for.
+    pub(super) fn from_env() -> Result<Self> {
+        Self::read(|variable| std::env::var_os(variable))
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+mod imp {
+    use super::*;
+    use crate::Error;
+
+    /// The steps the hooks name.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub(in crate::cmd::attach) struct TestHooks {
+        fail_after: Option<Step>,
+        stall_in: Option<Step>,
+    }
+
+    impl TestHooks {
+        /// Reads both hooks through `lookup` (the environment, or a test's own).
+        pub(in crate::cmd::attach) fn read(
+            lookup: impl Fn(&str) -> Option<OsString>,
+        ) -> Result<Self> {
+            Ok(Self {
+                fail_after: step_named_by(FAIL_AFTER_ENV, lookup(FAIL_AFTER_ENV))?,
+                stall_in: step_named_by(STALL_IN_ENV, lookup(STALL_IN_ENV))?,
+            })
+        }
+
+        /// Fails when the failure hook names `step`, which has just been done.
+        pub(in crate::cmd::attach) fn fail_after(&self, step: Step) -> Result<()> {
+            if self.fail_after == Some(step) {
+                return Err(Error::Refused {
+                    what: format!(
+                        "injected failure after step {} ({FAIL_AFTER_ENV})",
+                        step.name()
+                    ),
+                    hint: format!("unset {FAIL_AFTER_ENV}: it is a test hook"),
+                });
+            }
+            Ok(())
+        }
+
+        /// Whether the stall hook names `step`.
+        pub(in crate::cmd::attach) fn stalls_in(&self, step: Option<Step>) -> bool {
+            self.stall_in.is_some() && self.stall_in == step
+        }
+
+        /// When the stall hook names `step`, whose object `created` was just stored: says so
+        /// and never returns (only Ctrl-C ends the run).
+        pub(in crate::cmd::attach) async fn stall_if_in(
+            &self,
+            step: Option<Step>,
+            progress: Progress,
+            created: impl FnOnce() -> String,
+        ) {
+            if self.stalls_in(step) {
+                progress.info(format!(
+                    "{}; stalling as if its answer had not come ({STALL_IN_ENV})",
+                    created()
+                ));
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The step `value` names; an unknown name is an error, so a typo cannot make a test pass.
+    fn step_named_by(variable: &str, value: Option<OsString>) -> Result<Option<Step>> {
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let value = value.to_string_lossy().into_owned();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        Step::parse(&value).map(Some).ok_or_else(|| Error::Refused {
+            what: format!("{variable}={value} names no step of attach"),
+            hint: format!(
+                "use one of: {}, or unset it (it is a test hook)",
+                Step::ALL.map(Step::name).join(", ")
+            ),
+        })
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+mod imp {
+    use super::*;
+
+    /// No hooks in this build: whatever the environment says, every step runs normally.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub(in crate::cmd::attach) struct TestHooks;
+
+    impl TestHooks {
+        /// Ignores `lookup`: this build has no hooks.
+        pub(in crate::cmd::attach) fn read(
+            _lookup: impl Fn(&str) -> Option<OsString>,
+        ) -> Result<Self> {
+            Ok(Self)
+        }
+
+        /// Never fails.
+        pub(in crate::cmd::attach) fn fail_after(&self, _step: Step) -> Result<()> {
+            Ok(())
+        }
+
+        /// Never stalls (asked by the tests only: [`Self::stall_if_in`] returns at once).
+        #[cfg(test)]
+        pub(in crate::cmd::attach) fn stalls_in(&self, _step: Option<Step>) -> bool {
+            false
+        }
+
+        /// Returns at once.
+        pub(in crate::cmd::attach) async fn stall_if_in(
+            &self,
+            _step: Option<Step>,
+            _progress: Progress,
+            _created: impl FnOnce() -> String,
+        ) {
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both variables set to `value`.
+    fn both_set_to(value: &'static str) -> impl Fn(&str) -> Option<OsString> {
+        move |_| Some(OsString::from(value))
+    }
+
+    // Runs in both builds: `cargo test -p kubectl-mesh` proves a build without the feature
+    // ignores the variables; with `--features test-hooks` it proves they work.
+    #[test]
+    fn hooks_act_only_in_a_build_with_the_test_hooks_feature() {
+        let enabled = cfg!(feature = "test-hooks");
+        let hooks = TestHooks::read(both_set_to("mesh-cluster")).expect("a step of attach");
+        assert_eq!(hooks.fail_after(Step::MeshCluster).is_err(), enabled);
+        assert!(hooks.fail_after(Step::Token).is_ok());
+        assert_eq!(hooks.stalls_in(Some(Step::MeshCluster)), enabled);
+        assert!(!hooks.stalls_in(Some(Step::Token)));
+        assert!(!hooks.stalls_in(None));
+        assert_eq!(
+            TestHooks::read(both_set_to("no-such-step")).is_err(),
+            enabled
+        );
+    }
+
+    #[test]
+    fn unset_or_empty_variables_set_no_hook() {
+        for hooks in [
+            TestHooks::read(|_| None).expect("unset"),
+            TestHooks::read(both_set_to("")).expect("empty"),
+        ] {
+            assert!(Step::ALL.into_iter().all(|s| hooks.fail_after(s).is_ok()));
+            assert!(!Step::ALL.into_iter().any(|s| hooks.stalls_in(Some(s))));
+        }
+    }
+}

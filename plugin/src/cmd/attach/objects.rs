@@ -1,0 +1,89 @@
+//! What attach writes, for preflight's ownership check, the steps and the dry run alike.
+
+use kube::{Api, Client, api::DynamicObject, config::Kubeconfig};
+
+use super::preflight::Plan;
+use crate::{
+    Result, kubeconfig,
+    remote_setup::{self as setup, ClusterRecord},
+    render::Manifest,
+};
+
+/// Which cluster an object goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    Remote,
+    Primary,
+}
+
+/// The remote objects of this attach that do not depend on a token, in creation order.
+pub(super) fn remote_objects(plan: &Plan) -> Result<Vec<Manifest>> {
+    let name = &plan.name;
+    let mut out = vec![
+        Manifest::new(&setup::remote_namespace(name))?,
+        Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, name))?,
+        Manifest::new(&setup::sync_cluster_role(name))?,
+        Manifest::new(&setup::cluster_role_binding(setup::SYNC_ACCOUNT, name))?,
+        Manifest::new(&setup::token_secret(
+            setup::TOKEN_SECRET,
+            setup::SYNC_ACCOUNT,
+            name,
+        ))?,
+    ];
+    if plan.guard.action().is_some() {
+        out.push(Manifest::new(&setup::guard_policy(name, &plan.guard))?);
+        out.push(Manifest::new(&setup::guard_binding(name, &plan.guard))?);
+    }
+    if plan.istio.is_some() {
+        out.extend(istio_reader_objects(name)?);
+    }
+    Ok(out)
+}
+
+/// With --istio-remote-secret: istiod's reader account, its rights and its token Secret.
+pub(super) fn istio_reader_objects(name: &str) -> Result<Vec<Manifest>> {
+    Ok(vec![
+        Manifest::new(&setup::service_account(setup::ISTIO_READER, name))?,
+        Manifest::new(&setup::istio_reader_cluster_role(name))?,
+        Manifest::new(&setup::cluster_role_binding(setup::ISTIO_READER, name))?,
+        Manifest::new(&setup::token_secret(
+            setup::ISTIO_READER_TOKEN_SECRET,
+            setup::ISTIO_READER,
+            name,
+        ))?,
+    ])
+}
+
+/// The MeshCluster's record of this attach.
+pub(super) fn cluster_record(plan: &Plan) -> ClusterRecord {
+    ClusterRecord {
+        name: plan.name.clone(),
+        cluster_id: plan.cluster_id.clone(),
+        server: plan.remote_target.server.clone(),
+        guard: plan.guard.mode,
+        primary_name: plan.guard.primary_name.clone(),
+        remote_namespace_created: plan.remote_namespace.created_by_attach(),
+        remote_context: plan.remote_context.clone(),
+    }
+}
+
+/// The stored kubeconfig for `token`, as YAML.
+pub(super) fn stored_kubeconfig(remote_kc: &Kubeconfig, name: &str, token: &str) -> Result<String> {
+    let kc = kubeconfig::sanitize(remote_kc, name, token)?;
+    Ok(kubeconfig::to_yaml(&kc)?)
+}
+
+pub(super) fn dyn_api(client: &Client, m: &Manifest) -> Api<DynamicObject> {
+    match &m.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &m.resource),
+        None => Api::all_with(client.clone(), &m.resource),
+    }
+}
+
+/// `Kind name` or `Kind namespace/name`.
+pub(super) fn describe(m: &Manifest) -> String {
+    match &m.namespace {
+        Some(ns) => format!("{} {ns}/{}", m.resource.kind, m.name),
+        None => format!("{} {}", m.resource.kind, m.name),
+    }
+}

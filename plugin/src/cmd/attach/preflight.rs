@@ -1,0 +1,473 @@
+//! Preflight: every check attach makes before it creates anything. A refusal here changes
+//! nothing anywhere and prints one line.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
+use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster};
+
+use super::objects::{Side, describe, dyn_api, remote_objects};
+use super::what_of;
+use crate::{
+    Context, Error, Result,
+    access::{self, Need, Target},
+    kubeconfig,
+    remote_setup::{self as setup, Guard},
+    render::Manifest,
+};
+
+/// The flags preflight looks at.
+pub(super) struct Args {
+    pub(super) remote_kubeconfig: PathBuf,
+    pub(super) remote_context: Option<String>,
+    pub(super) name: Option<String>,
+    pub(super) istio: bool,
+    pub(super) guard: mesh_core::cluster::RemoteGuard,
+    pub(super) primary_name: Option<String>,
+}
+
+/// What preflight found out: everything the steps need.
+pub(super) struct Plan {
+    pub(super) name: String,
+    pub(super) primary: Client,
+    pub(super) remote: Client,
+    pub(super) remote_target: Target,
+    /// The remote's kubeconfig, reduced to the chosen context (for the stored one).
+    pub(super) remote_kc: Kubeconfig,
+    pub(super) remote_context: String,
+    pub(super) cluster_id: String,
+    pub(super) guard: Guard,
+    pub(super) existing: Option<MeshCluster>,
+    pub(super) remote_namespace: NamespaceState,
+    pub(super) istio: Option<IstioPlan>,
+}
+
+/// With --istio-remote-secret: whether istio-system exists on the primary.
+pub(super) struct IstioPlan {
+    pub(super) namespace_exists: bool,
+}
+
+/// The mesh namespace on the remote, before attach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum NamespaceState {
+    /// Absent: attach creates it.
+    Absent,
+    /// Being deleted (a detach or rollback a moment ago): attach waits, then creates it.
+    Terminating,
+    /// Created by an earlier attach of this cluster.
+    Ours,
+    /// Created by someone else: used as is, never labelled or deleted.
+    Foreign,
+}
+
+impl NamespaceState {
+    pub(super) fn created_by_attach(self) -> bool {
+        !matches!(self, Self::Foreign)
+    }
+}
+
+/// The remote's kubeconfig file could not be used: same error, hints about that file.
+pub(crate) fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Error {
+    if let kubeconfig::Error::Load { source, .. } = &err {
+        // The parser's message quotes the offending lines, which may hold a credential:
+        // keep the first line of each cause only.
+        let mut what = format!("cannot load kubeconfig {}", path.display());
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            let first = text.lines().next().unwrap_or_default().trim();
+            if !first.is_empty() && !what.contains(first) {
+                what = format!("{what}: {first}");
+            }
+            cause = c.source();
+        }
+        return Error::Refused {
+            what,
+            hint: format!(
+                "check the file with `kubectl --kubeconfig {} config view`",
+                path.display()
+            ),
+        };
+    }
+    let hint = match &err {
+        kubeconfig::Error::ContextNotFound { available, .. } if !available.is_empty() => {
+            format!(
+                "pass --remote-context with one of: {}",
+                available.join(", ")
+            )
+        }
+        kubeconfig::Error::Read { .. } => "check the path of the remote's kubeconfig".into(),
+        kubeconfig::Error::NoCurrentContext => {
+            "pass --remote-context, or set current-context in that file".into()
+        }
+        kubeconfig::Error::ContextNotFound { .. } => {
+            "the file defines no context; check that it is a kubeconfig".into()
+        }
+        kubeconfig::Error::Load { .. } | kubeconfig::Error::Yaml(_) => format!(
+            "check the file with `kubectl --kubeconfig {} config view`",
+            path.display()
+        ),
+        other => other.hint(),
+    };
+    let mut what = what_of(&Error::from(err));
+    let in_file = format!("in {}", path.display());
+    if what.contains("in the kubeconfig") {
+        what = what.replace("in the kubeconfig", &in_file);
+    } else if !what.contains(&path.display().to_string()) {
+        what = format!("{what} ({in_file})");
+    }
+    Error::Refused { what, hint }
+}
+
+fn remote_needs(guard: &Guard) -> Vec<Need> {
+    const RW: &[&str] = &["get", "create", "patch", "delete"];
+    let mut needs = vec![
+        // get/list/watch/patch too: RBAC lets a user grant only rights they hold.
+        Need::cluster(
+            "",
+            "namespaces",
+            &["get", "list", "watch", "patch", "create", "delete"],
+        ),
+        Need::namespaced("", "serviceaccounts", MESH_NAMESPACE, RW),
+        Need::namespaced("", "secrets", MESH_NAMESPACE, RW),
+        Need::cluster("rbac.authorization.k8s.io", "clusterroles", RW),
+        Need::cluster("rbac.authorization.k8s.io", "clusterrolebindings", RW),
+    ];
+    // The guard's objects: written unless the guard is off; read in any case, as the sync
+    // account's ClusterRole grants `get` on them (and RBAC lets a user grant only that).
+    let guard_verbs: &[&str] = if guard.action().is_some() {
+        RW
+    } else {
+        &["get"]
+    };
+    for resource in setup::GUARD_RESOURCES {
+        needs.push(Need::cluster(setup::ADMISSION_GROUP, resource, guard_verbs));
+    }
+    needs
+}
+
+fn primary_needs(istio: bool) -> Vec<Need> {
+    const RW: &[&str] = &["get", "create", "patch", "delete"];
+    let mut needs = vec![
+        Need::cluster("", "namespaces", &["get"]),
+        Need::namespaced("", "secrets", MESH_NAMESPACE, RW),
+        Need::cluster(
+            GROUP,
+            "meshclusters",
+            &["get", "list", "create", "patch", "delete"],
+        ),
+    ];
+    if istio {
+        needs.push(Need::namespaced("", "secrets", setup::ISTIO_NAMESPACE, RW));
+    }
+    needs
+}
+
+/// Checks everything that can be checked without changing anything.
+pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
+    let file = &args.remote_kubeconfig;
+    let remote_kc = kubeconfig::read_remote(file, args.remote_context.as_deref())
+        .map_err(|e| remote_kubeconfig_error(file, e))?;
+    let sel = kubeconfig::select(&remote_kc, None).map_err(|e| remote_kubeconfig_error(file, e))?;
+    let remote_context = sel.context.to_owned();
+    let remote_server = sel
+        .server()
+        .map_err(|e| remote_kubeconfig_error(file, e))?
+        .to_owned();
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => setup::default_cluster_name(&remote_context),
+    };
+    kubeconfig::validate_cluster_name(&name)?;
+
+    let primary_kc = ctx.load_kubeconfig()?;
+    let psel = kubeconfig::select(&primary_kc, ctx.context.as_deref())?;
+    let primary_context = psel.context.to_owned();
+    let primary_target = Target {
+        label: "the primary".into(),
+        server: psel.server()?.to_owned(),
+        where_configured: format!("the server of context {primary_context} in your kubeconfig"),
+    };
+    let remote_target = Target {
+        label: format!("remote cluster {name}"),
+        server: remote_server,
+        where_configured: format!("the server address in {}", file.display()),
+    };
+    let guard = Guard::new(
+        args.guard,
+        args.primary_name.as_deref().unwrap_or(&primary_context),
+        &primary_context,
+    );
+    let primary = access::client(primary_kc, Some(&primary_context)).await?;
+    let remote = access::client(remote_kc.clone(), None).await?;
+
+    // Reachability and rights, both sides at once. The first review doubles as the
+    // reachability check: every authenticated user may create one.
+    let (primary_wants, remote_wants) = (primary_needs(args.istio), remote_needs(&guard));
+    let (primary_missing, remote_missing) = futures::join!(
+        access::missing(&primary, &primary_wants),
+        access::missing(&remote, &remote_wants),
+    );
+    let mut primary_missing =
+        primary_missing.map_err(|e| access::request_error(&primary_target, "check rights", e))?;
+    let remote_missing =
+        remote_missing.map_err(|e| access::request_error(&remote_target, "check rights", e))?;
+
+    let clusters: Api<MeshCluster> = Api::all(primary.clone());
+    let attached = match clusters.list(&ListParams::default()).await {
+        Ok(list) => Some(list.items),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            return Err(Error::Refused {
+                what: "kubectl-mesh is not installed on the primary (it has no MeshCluster \
+                       resource)"
+                    .into(),
+                hint: "run kubectl mesh install first".into(),
+            });
+        }
+        // Reported with the other missing rights below.
+        Err(kube::Error::Api(s)) if s.code == 403 => None,
+        Err(e) => {
+            return Err(access::request_error(
+                &primary_target,
+                "list MeshClusters",
+                e,
+            ));
+        }
+    };
+
+    let istio = if args.istio {
+        let namespaces: Api<Namespace> = Api::all(primary.clone());
+        let exists = namespaces
+            .get_opt(setup::ISTIO_NAMESPACE)
+            .await
+            .map_err(|e| access::request_error(&primary_target, "read namespaces", e))?
+            .is_some();
+        if !exists {
+            let extra = access::missing(
+                &primary,
+                &[Need::cluster("", "namespaces", &["create", "delete"])],
+            )
+            .await
+            .map_err(|e| access::request_error(&primary_target, "check rights", e))?;
+            primary_missing.extend(extra);
+        }
+        Some(IstioPlan {
+            namespace_exists: exists,
+        })
+    } else {
+        None
+    };
+
+    if !primary_missing.is_empty() || !remote_missing.is_empty() {
+        let mut parts = Vec::new();
+        if !primary_missing.is_empty() {
+            parts.push(format!(
+                "on the primary ({}): {}",
+                primary_target.server,
+                primary_missing.join(", ")
+            ));
+        }
+        if !remote_missing.is_empty() {
+            parts.push(format!(
+                "on remote cluster {name} ({}): {}",
+                remote_target.server,
+                remote_missing.join(", ")
+            ));
+        }
+        return Err(Error::Refused {
+            what: format!("missing permissions {}", parts.join("; ")),
+            hint: "attach needs them as the users of both kubeconfigs; use admin contexts or \
+                   ask a cluster admin (`kubectl auth can-i --list` shows yours)"
+                .into(),
+        });
+    }
+    let attached = attached.unwrap_or_default();
+
+    let (primary_id, cluster_id) =
+        futures::join!(access::cluster_id(&primary), access::cluster_id(&remote));
+    let primary_id =
+        primary_id.map_err(|e| access::request_error(&primary_target, "read kube-system", e))?;
+    let cluster_id =
+        cluster_id.map_err(|e| access::request_error(&remote_target, "read kube-system", e))?;
+    if cluster_id.is_empty() {
+        return Err(Error::Refused {
+            what: format!("remote cluster {name} has a kube-system namespace without a uid"),
+            hint: "check the remote's apiserver; its identity is the uid of kube-system".into(),
+        });
+    }
+    if cluster_id == primary_id {
+        return Err(Error::Refused {
+            what: format!(
+                "{} points at the primary itself (kube-system uid {cluster_id})",
+                file.display()
+            ),
+            hint: "pass the kubeconfig of a remote cluster; the primary is part of the mesh \
+                   already"
+                .into(),
+        });
+    }
+    let mut existing = None;
+    for mc in attached {
+        let mc_name = mc.name_any();
+        if mc.spec.cluster_id == cluster_id && mc_name != name {
+            return Err(Error::Refused {
+                what: format!(
+                    "the cluster at {} is already attached as {mc_name:?} (cluster id \
+                     {cluster_id})",
+                    remote_target.server
+                ),
+                hint: format!(
+                    "a cluster joins once; re-run with --name {mc_name} to update it, or \
+                     `kubectl mesh detach {mc_name}` first"
+                ),
+            });
+        }
+        if mc_name == name {
+            if mc.spec.cluster_id != cluster_id {
+                return Err(Error::Refused {
+                    what: format!(
+                        "the name {name:?} is taken by another cluster ({}, cluster id {})",
+                        mc.spec.server, mc.spec.cluster_id
+                    ),
+                    hint: "choose another with --name, or detach that one first".into(),
+                });
+            }
+            existing = Some(mc);
+        }
+    }
+
+    let namespaces: Api<Namespace> = Api::all(remote.clone());
+    let remote_namespace = match namespaces
+        .get_opt(MESH_NAMESPACE)
+        .await
+        .map_err(|e| access::request_error(&remote_target, "read namespaces", e))?
+    {
+        None => NamespaceState::Absent,
+        Some(ns) if ns.metadata.deletion_timestamp.is_some() => NamespaceState::Terminating,
+        Some(ns) if setup::is_ours(&ns.metadata, &name) => NamespaceState::Ours,
+        Some(_) => NamespaceState::Foreign,
+    };
+
+    let plan = Plan {
+        name,
+        primary,
+        remote,
+        remote_target,
+        remote_kc,
+        remote_context,
+        cluster_id,
+        guard,
+        existing,
+        remote_namespace,
+        istio,
+    };
+    check_ownership(&plan, &primary_target).await?;
+    Ok(plan)
+}
+
+/// Every object attach writes must be absent or made by attach for this very cluster: attach
+/// never takes over objects it did not create, nor another cluster's.
+async fn check_ownership(plan: &Plan, primary_target: &Target) -> Result<()> {
+    let placeholder = "";
+    let mut objects: Vec<(Side, Manifest)> = remote_objects(plan)?
+        .into_iter()
+        .map(|m| (Side::Remote, m))
+        .collect();
+    objects.push((
+        Side::Primary,
+        Manifest::new(&setup::cluster_secret(&plan.name, placeholder))?,
+    ));
+    if plan.istio.is_some() {
+        objects.push((
+            Side::Primary,
+            Manifest::new(&setup::istio_remote_secret(&plan.name, placeholder))?,
+        ));
+    }
+    for (side, m) in objects {
+        if m.resource.kind == "Namespace" {
+            continue;
+        }
+        let (client, target) = match side {
+            Side::Remote => (&plan.remote, &plan.remote_target),
+            Side::Primary => (&plan.primary, primary_target),
+        };
+        let found = dyn_api(client, &m)
+            .get_opt(&m.name)
+            .await
+            .map_err(|e| access::request_error(target, &format!("read {}", describe(&m)), e))?;
+        let Some(found) = found else { continue };
+        match setup::owner_cluster(&found.metadata) {
+            Some(c) if c == plan.name => {}
+            Some(other) => {
+                return Err(Error::Refused {
+                    what: format!(
+                        "{} already holds {} of cluster {other:?}",
+                        target.label,
+                        describe(&m)
+                    ),
+                    hint: format!(
+                        "that cluster is attached as {other:?} to another primary, or was \
+                         left behind by `detach --force`; run `kubectl mesh detach {other}` \
+                         there, or delete what is labelled {}={other} on it",
+                        mesh_core::cluster::CLUSTER_LABEL
+                    ),
+                });
+            }
+            None => {
+                return Err(Error::Refused {
+                    what: format!(
+                        "{} on {} exists and was not created by kubectl-mesh",
+                        describe(&m),
+                        target.label
+                    ),
+                    hint: "rename or delete it; attach does not take over objects it did not \
+                           create"
+                        .into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_needs_cover_what_the_sync_role_grants() {
+        use mesh_core::cluster::RemoteGuard;
+        for mode in [RemoteGuard::Warn, RemoteGuard::Deny, RemoteGuard::Off] {
+            let needs = remote_needs(&Guard::new(mode, "p", "p"));
+            for rule in setup::sync_cluster_role("east").rules.unwrap_or_default() {
+                let group = rule.api_groups.unwrap_or_default();
+                for resource in rule.resources.unwrap_or_default() {
+                    for verb in &rule.verbs {
+                        assert!(
+                            needs.iter().any(|n| group.contains(&n.group.to_owned())
+                                && n.resource == resource
+                                && n.verbs.contains(&verb.as_str())),
+                            "{mode:?}: {resource} {verb} is granted but not checked"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn remote_kubeconfig_errors_point_at_the_remote_flags() {
+        let err = remote_kubeconfig_error(
+            Path::new("east.yaml"),
+            kubeconfig::Error::ContextNotFound {
+                context: "nope".into(),
+                available: vec!["a".into(), "b".into()],
+            },
+        );
+        assert_eq!(
+            err.line(),
+            "context \"nope\" not found in east.yaml; pass --remote-context with one of: a, b"
+        );
+    }
+}

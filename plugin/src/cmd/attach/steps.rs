@@ -1,0 +1,501 @@
+//! The steps of an attach, in order, each with its undo: every object a run creates is
+//! recorded, and a failed or interrupted run deletes them again, newest first.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{DynamicObject, Patch, PatchParams},
+};
+use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster};
+
+use super::hooks::TestHooks;
+use super::objects::{
+    Side, cluster_record, describe, dyn_api, istio_reader_objects, stored_kubeconfig,
+};
+use super::preflight::{NamespaceState, Plan};
+use super::waits::{wait_namespace_gone, wait_token};
+use super::what_of;
+use crate::cmd::apply;
+use crate::{
+    Error, Result,
+    output::Progress,
+    remote_setup::{self as setup, Guard},
+    render::{FIELD_MANAGER, Manifest},
+};
+
+/// The steps of an attach, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The mesh namespace on the remote (created only when absent).
+    RemoteNamespace,
+    /// The sync ServiceAccount.
+    ServiceAccount,
+    /// Its ClusterRole.
+    ClusterRole,
+    /// Its ClusterRoleBinding.
+    ClusterRoleBinding,
+    /// Its token Secret.
+    TokenSecret,
+    /// Waiting for kube-controller-manager to fill the token.
+    Token,
+    /// The guard's ValidatingAdmissionPolicy.
+    GuardPolicy,
+    /// The guard's binding.
+    GuardBinding,
+    /// With --istio-remote-secret: istiod's reader account and its token, on the remote.
+    IstioReader,
+    /// The stored kubeconfig on the primary.
+    PrimarySecret,
+    /// With --istio-remote-secret: the Istio remote secret on the primary.
+    IstioRemoteSecret,
+    /// The MeshCluster.
+    MeshCluster,
+    /// The primary's Secrets made owned by the MeshCluster.
+    OwnerReferences,
+}
+
+impl Step {
+    /// Every step, in order.
+    pub const ALL: [Self; 13] = [
+        Self::RemoteNamespace,
+        Self::ServiceAccount,
+        Self::ClusterRole,
+        Self::ClusterRoleBinding,
+        Self::TokenSecret,
+        Self::Token,
+        Self::GuardPolicy,
+        Self::GuardBinding,
+        Self::IstioReader,
+        Self::PrimarySecret,
+        Self::IstioRemoteSecret,
+        Self::MeshCluster,
+        Self::OwnerReferences,
+    ];
+
+    /// The name of the step in progress lines and errors (and in the test hooks).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RemoteNamespace => "remote-namespace",
+            Self::ServiceAccount => "service-account",
+            Self::ClusterRole => "cluster-role",
+            Self::ClusterRoleBinding => "cluster-role-binding",
+            Self::TokenSecret => "token-secret",
+            Self::Token => "token",
+            Self::GuardPolicy => "guard-policy",
+            Self::GuardBinding => "guard-binding",
+            Self::IstioReader => "istio-reader",
+            Self::PrimarySecret => "primary-secret",
+            Self::IstioRemoteSecret => "istio-remote-secret",
+            Self::MeshCluster => "mesh-cluster",
+            Self::OwnerReferences => "owner-references",
+        }
+    }
+
+    /// The step named `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// One attach in progress: what it created so far, for the rollback.
+pub(super) struct Run<'a> {
+    plan: &'a Plan,
+    progress: Progress,
+    hooks: TestHooks,
+    timeout: Duration,
+    created: Vec<(Side, Manifest)>,
+    /// The step under way (for the error line).
+    step: Option<Step>,
+}
+
+impl<'a> Run<'a> {
+    /// A run of `plan` that has done nothing yet.
+    pub(super) fn new(
+        plan: &'a Plan,
+        progress: Progress,
+        hooks: TestHooks,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            plan,
+            progress,
+            hooks,
+            timeout,
+            created: Vec::new(),
+            step: None,
+        }
+    }
+
+    fn client(&self, side: Side) -> &Client {
+        match side {
+            Side::Remote => &self.plan.remote,
+            Side::Primary => &self.plan.primary,
+        }
+    }
+
+    fn side_label(&self, side: Side) -> &str {
+        match side {
+            Side::Remote => &self.plan.name,
+            Side::Primary => "primary",
+        }
+    }
+
+    fn begin(&mut self, step: Step) {
+        self.step = Some(step);
+    }
+
+    /// Marks `step` done; fails here when the failure test hook names it.
+    fn done(&mut self, step: Step) -> Result<()> {
+        self.hooks.fail_after(step)?;
+        self.step = None;
+        Ok(())
+    }
+
+    /// Creates `m` or, if it exists, updates it (server-side apply); records a creation.
+    async fn ensure(&mut self, side: Side, m: Manifest) -> Result<DynamicObject> {
+        let api = dyn_api(self.client(side), &m);
+        let before = api
+            .get_opt(&m.name)
+            .await
+            .map_err(Error::kube(format!("cannot read {}", describe(&m))))?;
+        // Recorded before the request: if Ctrl-C drops this future while the create is in
+        // flight, the rollback still deletes what the apiserver may have stored.
+        if before.is_none() {
+            self.created.push((side, m.clone()));
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = api
+            .patch(&m.name, &params, &Patch::Apply(&m.object))
+            .await
+            .map_err(Error::kube(format!(
+                "cannot apply {} on {}",
+                describe(&m),
+                self.side_label(side)
+            )));
+        let obj = match applied {
+            Ok(obj) => obj,
+            Err(err) => {
+                // Refused, so nothing was created.
+                if before.is_none() {
+                    self.created.pop();
+                }
+                return Err(err);
+            }
+        };
+        if before.is_none() {
+            self.hooks
+                .stall_if_in(self.step, self.progress, || {
+                    format!("{}: {} stored", self.side_label(side), describe(&m))
+                })
+                .await;
+        }
+        let verb = match &before {
+            None => "created",
+            Some(b) if b.metadata.resource_version == obj.metadata.resource_version => "unchanged",
+            Some(_) => "updated",
+        };
+        self.progress.ok(format!(
+            "{}: {} {verb}",
+            self.side_label(side),
+            describe(&m)
+        ));
+        Ok(obj)
+    }
+
+    /// Runs every step; returns the MeshCluster as stored.
+    pub(super) async fn steps(&mut self) -> Result<MeshCluster> {
+        let plan = self.plan;
+        let name = plan.name.clone();
+
+        self.begin(Step::RemoteNamespace);
+        match plan.remote_namespace {
+            NamespaceState::Absent => {
+                self.ensure(
+                    Side::Remote,
+                    Manifest::new(&setup::remote_namespace(&name))?,
+                )
+                .await?;
+            }
+            NamespaceState::Terminating => {
+                self.progress.info(format!(
+                    "{name}: Namespace {MESH_NAMESPACE} is being deleted; waiting for it to go"
+                ));
+                wait_namespace_gone(&plan.remote, MESH_NAMESPACE, self.timeout).await?;
+                self.ensure(
+                    Side::Remote,
+                    Manifest::new(&setup::remote_namespace(&name))?,
+                )
+                .await?;
+            }
+            NamespaceState::Ours => self.progress.ok(format!(
+                "{name}: Namespace {MESH_NAMESPACE} exists (created by an earlier attach)"
+            )),
+            NamespaceState::Foreign => self.progress.ok(format!(
+                "{name}: Namespace {MESH_NAMESPACE} exists; used as is (detach will keep it)"
+            )),
+        }
+        self.done(Step::RemoteNamespace)?;
+
+        let remote_steps = [
+            (
+                Step::ServiceAccount,
+                Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, &name))?,
+            ),
+            (
+                Step::ClusterRole,
+                Manifest::new(&setup::sync_cluster_role(&name))?,
+            ),
+            (
+                Step::ClusterRoleBinding,
+                Manifest::new(&setup::cluster_role_binding(setup::SYNC_ACCOUNT, &name))?,
+            ),
+            (
+                Step::TokenSecret,
+                Manifest::new(&setup::token_secret(
+                    setup::TOKEN_SECRET,
+                    setup::SYNC_ACCOUNT,
+                    &name,
+                ))?,
+            ),
+        ];
+        for (step, m) in remote_steps {
+            self.begin(step);
+            self.ensure(Side::Remote, m).await?;
+            self.done(step)?;
+        }
+
+        self.begin(Step::Token);
+        let token = wait_token(&plan.remote, &name, setup::TOKEN_SECRET, self.timeout).await?;
+        self.progress.ok(format!(
+            "{name}: token of ServiceAccount {MESH_NAMESPACE}/{} issued",
+            setup::SYNC_ACCOUNT
+        ));
+        self.done(Step::Token)?;
+
+        self.begin(Step::GuardPolicy);
+        if plan.guard.action().is_some() {
+            self.ensure(
+                Side::Remote,
+                Manifest::new(&setup::guard_policy(&name, &plan.guard))?,
+            )
+            .await?;
+        }
+        self.done(Step::GuardPolicy)?;
+        self.begin(Step::GuardBinding);
+        if plan.guard.action().is_some() {
+            self.ensure(
+                Side::Remote,
+                Manifest::new(&setup::guard_binding(&name, &plan.guard))?,
+            )
+            .await?;
+        } else {
+            self.remove_guard().await?;
+        }
+        self.done(Step::GuardBinding)?;
+
+        self.begin(Step::IstioReader);
+        let reader_token = if plan.istio.is_some() {
+            for m in istio_reader_objects(&name)? {
+                self.ensure(Side::Remote, m).await?;
+            }
+            let token = wait_token(
+                &plan.remote,
+                &name,
+                setup::ISTIO_READER_TOKEN_SECRET,
+                self.timeout,
+            )
+            .await?;
+            self.progress.ok(format!(
+                "{name}: token of ServiceAccount {MESH_NAMESPACE}/{} issued",
+                setup::ISTIO_READER
+            ));
+            Some(token)
+        } else {
+            None
+        };
+        self.done(Step::IstioReader)?;
+
+        self.begin(Step::PrimarySecret);
+        let stored = stored_kubeconfig(&plan.remote_kc, &name, &token)?;
+        // On a re-run the MeshCluster exists: keep the Secrets' ownerReference in place
+        // rather than drop it until the last step.
+        let known_owner = plan.existing.as_ref().and_then(setup::owner_reference);
+        let owned = |mut secret: Secret| {
+            secret.metadata.owner_references = known_owner.clone().map(|o| vec![o]);
+            secret
+        };
+        self.ensure(
+            Side::Primary,
+            Manifest::new(&owned(setup::cluster_secret(&name, &stored)))?,
+        )
+        .await?;
+        self.done(Step::PrimarySecret)?;
+
+        self.begin(Step::IstioRemoteSecret);
+        let istio_kubeconfig = match (&plan.istio, &reader_token) {
+            (Some(istio), Some(reader_token)) => {
+                if !istio.namespace_exists {
+                    self.ensure(Side::Primary, Manifest::new(&setup::istio_namespace())?)
+                        .await?;
+                }
+                let kc = stored_kubeconfig(&plan.remote_kc, &name, reader_token)?;
+                self.ensure(
+                    Side::Primary,
+                    Manifest::new(&owned(setup::istio_remote_secret(&name, &kc)))?,
+                )
+                .await?;
+                Some(kc)
+            }
+            _ => None,
+        };
+        self.done(Step::IstioRemoteSecret)?;
+
+        self.begin(Step::MeshCluster);
+        let record = cluster_record(plan);
+        self.ensure(Side::Primary, Manifest::new(&setup::mesh_cluster(&record))?)
+            .await?;
+        let clusters: Api<MeshCluster> = Api::all(plan.primary.clone());
+        let mc = clusters
+            .get(&name)
+            .await
+            .map_err(Error::kube(format!("cannot read MeshCluster {name}")))?;
+        self.done(Step::MeshCluster)?;
+
+        self.begin(Step::OwnerReferences);
+        if let Some(owner) = setup::owner_reference(&mc) {
+            let mut secrets = vec![setup::cluster_secret(&name, &stored)];
+            if let Some(kc) = &istio_kubeconfig {
+                secrets.push(setup::istio_remote_secret(&name, kc));
+            }
+            for mut secret in secrets {
+                secret.metadata.owner_references = Some(vec![owner.clone()]);
+                let m = Manifest::new(&secret)?;
+                dyn_api(&plan.primary, &m)
+                    .patch(
+                        &m.name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&m.object),
+                    )
+                    .await
+                    .map_err(Error::kube(format!("cannot apply {}", describe(&m))))?;
+                self.progress.ok(format!(
+                    "primary: {} owned by MeshCluster {name}",
+                    describe(&m)
+                ));
+            }
+        }
+        self.done(Step::OwnerReferences)?;
+        Ok(mc)
+    }
+
+    /// `--remote-guard=off` on a re-run: the guard of an earlier attach of this cluster goes
+    /// (binding first, so that no policy is left bound). Objects of that name that attach did
+    /// not create for this cluster stay. Preflight made sure the caller may read them; should
+    /// a read still be refused, that is said and the run goes on (`check` tells what is left).
+    async fn remove_guard(&mut self) -> Result<()> {
+        let name = self.plan.name.clone();
+        let guard = Guard::new(mesh_core::cluster::RemoteGuard::Warn, "", "");
+        for m in [
+            Manifest::new(&setup::guard_binding(&name, &guard))?,
+            Manifest::new(&setup::guard_policy(&name, &guard))?,
+        ] {
+            let found = match dyn_api(&self.plan.remote, &m).get_opt(&m.name).await {
+                Ok(found) => found,
+                Err(kube::Error::Api(s)) if s.code == 403 => {
+                    self.progress.warn(format!(
+                        "{name}: may not read {} to remove an earlier guard; `kubectl mesh \
+                         check` tells whether one is left",
+                        describe(&m)
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(Error::kube(format!("cannot read {}", describe(&m)))(e)),
+            };
+            let Some(found) = found else { continue };
+            if !setup::is_ours(&found.metadata, &name) {
+                self.progress.warn(format!(
+                    "{name}: {} kept: attach did not create it for this cluster",
+                    describe(&m)
+                ));
+                continue;
+            }
+            if apply::delete(&self.plan.remote, &m).await? == apply::Deleted::Deleted {
+                self.progress.ok(format!(
+                    "{name}: {} deleted (--remote-guard=off)",
+                    describe(&m)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes what this run created, newest first, and turns `err` into the one line the
+    /// command fails with.
+    pub(super) async fn roll_back(&mut self, err: Error) -> Error {
+        let step = self.step.map_or("preparation", Step::name);
+        let progress = self.progress;
+        progress.fail(format!("step {step} failed: {}", what_of(&err)));
+        let undo = if self.created.is_empty() {
+            "had created nothing, so nothing was rolled back"
+        } else {
+            "was rolled back"
+        };
+        let mut left = Vec::new();
+        while let Some((side, m)) = self.created.pop() {
+            let label = self.side_label(side).to_owned();
+            let client = self.client(side).clone();
+            match apply::delete(&client, &m).await {
+                // Its create was interrupted before the apiserver stored it.
+                Ok(apply::Deleted::NotFound) => {}
+                Ok(apply::Deleted::Deleted) => {
+                    if m.resource.kind == "Namespace" {
+                        // Gone for real before the next attach, which would otherwise find
+                        // it terminating.
+                        if let Err(e) = wait_namespace_gone(&client, &m.name, self.timeout).await {
+                            progress.warn(format!("rolled back: {label}: {}", what_of(&e)));
+                        }
+                    }
+                    progress.warn(format!("rolled back: {label}: {} deleted", describe(&m)));
+                }
+                Err(e) => {
+                    progress.fail(format!("rollback: {label}: {}", what_of(&e)));
+                    left.push(format!("{label}: {}", describe(&m)));
+                }
+            }
+        }
+        let what = format!(
+            "attaching {} failed at step {step} and {undo}: {}",
+            self.plan.name,
+            what_of(&err)
+        );
+        let hint = if left.is_empty() {
+            if err.hint().contains("re-run attach") {
+                err.hint()
+            } else {
+                format!("{}; then re-run attach", err.hint())
+            }
+        } else {
+            format!(
+                "{}; the rollback left {} behind: delete them by hand, then re-run attach",
+                err.hint(),
+                left.join(", ")
+            )
+        };
+        Error::Refused { what, hint }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_names_round_trip() {
+        for step in Step::ALL {
+            assert_eq!(Step::parse(step.name()), Some(step));
+        }
+        assert_eq!(Step::parse("nope"), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! What attach waits for: the remote's token, a namespace to go, and with `--wait` the first
+//! sync.
+//!
+//! These poll with `get` rather than use `kube::runtime::wait::await_condition`: a watch needs
+//! `list` and `watch`, which attach neither checks in preflight nor needs otherwise (Secrets
+//! in the mesh namespace, MeshClusters, the primary's namespaces), so a caller with exactly
+//! the rights attach asks for would be refused halfway through.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{Api, Client};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
+};
+
+use crate::{Error, Result};
+
+/// Waits until kube-controller-manager has put a token into the Secret `secret`.
+pub(super) async fn wait_token(
+    remote: &Client,
+    cluster: &str,
+    secret: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let api: Api<Secret> = Api::namespaced(remote.clone(), MESH_NAMESPACE);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = api.get_opt(secret).await.map_err(Error::kube(format!(
+            "cannot read Secret {MESH_NAMESPACE}/{secret} on {cluster}"
+        )))?;
+        let Some(found) = found else {
+            return Err(Error::Refused {
+                what: format!(
+                    "Secret {MESH_NAMESPACE}/{secret} on {cluster} disappeared before its token \
+                     was issued (kube-controller-manager deletes token Secrets whose \
+                     ServiceAccount was replaced)"
+                ),
+                hint: "re-run attach".into(),
+            });
+        };
+        let token = found
+            .data
+            .as_ref()
+            .and_then(|d| d.get("token"))
+            .and_then(|t| String::from_utf8(t.0.clone()).ok())
+            .filter(|t| !t.is_empty());
+        if let Some(token) = token {
+            return Ok(token);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: format!(
+                    "a token in Secret {MESH_NAMESPACE}/{secret} on {cluster} (it is filled by \
+                     kube-controller-manager)"
+                ),
+                after: format!("{}s", timeout.as_secs()),
+                hint: format!(
+                    "check that the remote's kube-controller-manager runs its \
+                     serviceaccount-token controller: `kubectl -n {MESH_NAMESPACE} describe \
+                     secret {secret}` on {cluster}"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the namespace `name` is gone.
+pub(crate) async fn wait_namespace_gone(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = api
+            .get_opt(name)
+            .await
+            .map_err(Error::kube(format!("cannot read Namespace {name}")))?;
+        if found.is_none() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout {
+                what: format!("Namespace {name} to be deleted"),
+                after: format!("{}s", timeout.as_secs()),
+                hint: format!(
+                    "`kubectl get ns {name} -o yaml` shows what holds it (its conditions)"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until the reconciler reports the cluster Synced.
+pub(super) async fn wait_synced(
+    primary: &Client,
+    name: &str,
+    timeout: Duration,
+) -> Result<MeshCluster> {
+    let api: Api<MeshCluster> = Api::all(primary.clone());
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mc = api
+            .get(name)
+            .await
+            .map_err(Error::kube(format!("cannot read MeshCluster {name}")))?;
+        let status = mc.status.clone().unwrap_or_default();
+        if status.is_true(CONDITION_SYNCED) {
+            return Ok(mc);
+        }
+        if Instant::now() >= deadline {
+            let last = status
+                .condition(CONDITION_SYNCED)
+                .map(|c| format!(" (last: {} {}: {})", c.status, c.reason, c.message))
+                .unwrap_or_else(|| " (no status was ever written: no reconciler runs)".into());
+            return Err(Error::Timeout {
+                what: format!("the first sync of {name}, which is attached{last}"),
+                after: format!("{}s", timeout.as_secs()),
+                hint: format!(
+                    "check that mesh-webhook runs (`kubectl -n {MESH_NAMESPACE} get pods`), or \
+                     sync once from here: `kubectl mesh sync --cluster {name}`"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One line about a sync's result, from the MeshCluster's status.
+pub(super) fn sync_summary(name: &str, status: &MeshClusterStatus) -> String {
+    let mut line = format!(
+        "{name} in sync: {} namespaces carry the primary's labels, {} drifted and corrected",
+        status.namespaces_in_sync, status.namespaces_drifted
+    );
+    if status.missing_namespaces.is_empty() {
+        line.push_str(", none missing");
+    } else {
+        line.push_str(&format!(
+            ", missing on the remote: {}",
+            status.missing_namespaces.join(", ")
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_names_missing_namespaces() {
+        let status = MeshClusterStatus {
+            namespaces_in_sync: 3,
+            namespaces_drifted: 1,
+            missing_namespaces: vec!["shop".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            sync_summary("east", &status),
+            "east in sync: 3 namespaces carry the primary's labels, 1 drifted and corrected, \
+             missing on the remote: shop"
+        );
+    }
+}

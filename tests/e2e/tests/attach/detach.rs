@@ -1,0 +1,168 @@
+//! Detach: of an unreachable remote, and of a remote holding what attach did not create.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use mesh_core::cluster::MeshCluster;
+use mesh_e2e::{create_namespace, unique_name};
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn detach_of_an_unreachable_remote_needs_force_and_can_finish_later() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 0).await?;
+    let name = "flaky";
+    attach(env, remote, &["--name", name]).await?;
+
+    let dir = tempfile::tempdir()?;
+    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
+    let unreachable = unreachable.to_string_lossy().into_owned();
+
+    let out = mesh(
+        env,
+        &["detach", name, "--remote-kubeconfig", &unreachable],
+        &[],
+    )
+    .await?;
+    let line = refused_in_one_line(&out, "detach of an unreachable remote")?;
+    assert!(line.contains("cannot reach remote cluster flaky"), "{line}");
+    assert!(line.contains("--force"), "{line}");
+    assert!(
+        !primary_by_name(env, name).await?.is_empty(),
+        "refused, yet changed"
+    );
+
+    // Without any remote credentials: refused as well.
+    let out = mesh(env, &["detach", name], &[]).await?;
+    let line = refused_in_one_line(&out, "detach without credentials")?;
+    assert!(line.contains("--remote-kubeconfig"), "{line}");
+
+    let out = mesh(
+        env,
+        &[
+            "detach",
+            name,
+            "--remote-kubeconfig",
+            &unreachable,
+            "--force",
+        ],
+        &[],
+    )
+    .await?;
+    let err = succeeded(&out, "detach --force")?;
+    assert!(err.contains("left on the remote"), "{err}");
+    assert!(err.contains("kubectl-mesh-sync"), "{err}");
+    assert!(primary_by_name(env, name).await?.is_empty());
+    assert!(
+        !labelled(remote, &format!("{CLUSTER_LABEL}={name}"), false)
+            .await?
+            .is_empty(),
+        "the remote keeps its objects"
+    );
+
+    // Once reachable, a re-run finds the leftovers by label.
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
+}
+
+#[tokio::test]
+async fn detach_keeps_what_attach_did_not_create_and_strips_only_managed_labels()
+-> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 1).await?;
+    let name = remote.name.as_str();
+    let rc = remote.client().await?;
+
+    // The mesh namespace exists before attach, with someone's ConfigMap in it.
+    create_namespace(remote, MESH_NS).await?;
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "keep-me"}}))?;
+    Api::<ConfigMap>::namespaced(rc.clone(), MESH_NS)
+        .create(&PostParams::default(), &cm)
+        .await?;
+    let shop = unique_name("shop");
+    create_labelled_namespace(
+        remote,
+        &shop,
+        json!({"istio-injection": "enabled", "istio.io/rev": "canary", "team": "a"}),
+    )
+    .await?;
+    let namespaces = Api::<Namespace>::all(rc.clone());
+    namespaces
+        .patch(
+            "kube-public",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": "enabled"}}})),
+        )
+        .await?;
+
+    attach(env, remote, &["--remote-guard", "deny"]).await?;
+    let mc = Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(name)
+        .await?;
+    assert_eq!(
+        mc.annotations()
+            .get("kubectl-mesh.io/remote-namespace-created")
+            .map(String::as_str),
+        Some("false")
+    );
+    let mesh_ns = namespaces.get(MESH_NS).await?;
+    assert!(
+        !mesh_ns.labels().contains_key(CLUSTER_LABEL),
+        "attach labelled a namespace it did not create"
+    );
+
+    let progress = detach(env, remote, name, &["--strip-labels"]).await?;
+    assert!(progress.contains("kept"), "{progress}");
+    let labels = namespaces
+        .get(&shop)
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert!(
+        !labels.contains_key("istio-injection") && !labels.contains_key("istio.io/rev"),
+        "{labels:?}"
+    );
+    assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+    let public = namespaces
+        .get("kube-public")
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        public.get("istio-injection").map(String::as_str),
+        Some("enabled"),
+        "an excluded namespace was stripped"
+    );
+    assert!(
+        namespaces.get_opt(MESH_NS).await?.is_some(),
+        "the user's namespace was deleted"
+    );
+    assert!(
+        Api::<ConfigMap>::namespaced(rc.clone(), MESH_NS)
+            .get_opt("keep-me")
+            .await?
+            .is_some()
+    );
+    let left: Vec<String> = labelled(remote, MANAGED_BY, false).await?;
+    assert!(left.is_empty(), "{left:?}");
+    assert!(primary_by_name(env, name).await?.is_empty());
+
+    namespaces
+        .patch(
+            "kube-public",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(json!([
+                {"op": "remove", "path": "/metadata/labels/istio-injection"}
+            ]))?),
+        )
+        .await?;
+    delete_namespace(remote, &shop).await?;
+    delete_namespace(remote, MESH_NS).await?;
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The remote guard: warn, deny, the sync account spared, and the primary's name in its
+//! message.
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::{admissionregistration::v1::ValidatingAdmissionPolicy, core::v1::Namespace};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use mesh_core::cluster::MeshCluster;
+use mesh_e2e::check_report::{CheckEntry, CheckReport};
+use mesh_e2e::{DEFAULT_TIMEOUT, create_namespace, describe, eventually, text, unique_name};
+use mesh_testenv::{Cluster, TestEnv};
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 1).await?;
+    let name = remote.name.as_str();
+    let ns = unique_name("guarded");
+    create_namespace(remote, &ns).await?;
+
+    attach(env, remote, &[]).await?;
+    // Policies take effect asynchronously: edit (a changing value each time) until warned.
+    let mut attempt = 0;
+    let warning = eventually("the guard warns", DEFAULT_TIMEOUT, || {
+        attempt += 1;
+        let label = format!("istio-injection=v{attempt}");
+        let ns = ns.clone();
+        async move {
+            let out = kubectl_label(env, remote, &ns, &label).await?;
+            ensure!(
+                out.status.success(),
+                "warn mode refused: {}",
+                text(&out.stderr)
+            );
+            let err = text(&out.stderr);
+            Ok(err.contains("managed by kubectl-mesh").then_some(err))
+        }
+    })
+    .await?;
+    assert!(
+        warning.contains("from cluster primary")
+            && warning.contains(&format!(
+                "kubectl --context primary label ns {ns} istio-injection=v"
+            )),
+        "{warning}"
+    );
+    let out = kubectl_label(env, remote, &ns, "team=payments").await?;
+    ensure!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("managed by kubectl-mesh"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Deny: a re-run of attach switches the guard.
+    attach(env, remote, &["--remote-guard", "deny"]).await?;
+    let mut attempt = 0;
+    let refusal = eventually("the guard denies", DEFAULT_TIMEOUT, || {
+        attempt += 1;
+        let label = format!("istio-injection=d{attempt}");
+        let ns = ns.clone();
+        async move {
+            let out = kubectl_label(env, remote, &ns, &label).await?;
+            Ok((!out.status.success()).then(|| text(&out.stderr)))
+        }
+    })
+    .await?;
+    assert!(refusal.contains("managed by kubectl-mesh"), "{refusal}");
+    let out = kubectl_label(env, remote, &ns, "team=checkout").await?;
+    ensure!(
+        out.status.success(),
+        "unmanaged label refused: {}",
+        text(&out.stderr)
+    );
+
+    // The sync account's own write goes through.
+    let (stored, _) = stored_client(env, name).await?;
+    Api::<Namespace>::all(stored)
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": "from-primary"}}})),
+        )
+        .await
+        .context("the sync account labels despite the deny guard")?;
+    let mc = Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(name)
+        .await?;
+    assert_eq!(mc.spec.remote_guard, mesh_core::cluster::RemoteGuard::Deny);
+
+    detach(env, remote, name, &[]).await?;
+    let rc = remote.client().await?;
+    assert!(
+        Api::<ValidatingAdmissionPolicy>::all(rc.clone())
+            .get_opt("kubectl-mesh-guard")
+            .await?
+            .is_none()
+    );
+    let mut attempt = 0;
+    eventually("edits are free again", DEFAULT_TIMEOUT, || {
+        attempt += 1;
+        let label = format!("istio-injection=f{attempt}");
+        let ns = ns.clone();
+        async move {
+            let out = kubectl_label(env, remote, &ns, &label).await?;
+            Ok((out.status.success() && !text(&out.stderr).contains("kubectl-mesh")).then_some(()))
+        }
+    })
+    .await?;
+    assert_nothing_left(env, remote, name).await?;
+    delete_namespace(remote, &ns).await
+}
+
+/// `kubectl label namespace <ns> istio-injection=enabled` on `remote` until the guard's
+/// warning names `primary` (a policy update takes effect a moment later); returns it.
+async fn guard_warning_naming(
+    env: &TestEnv,
+    remote: &Cluster,
+    ns: &str,
+    primary: &str,
+) -> anyhow::Result<String> {
+    let wanted = format!("from cluster {primary};");
+    eventually(
+        &format!("the guard's warning naming {primary}"),
+        DEFAULT_TIMEOUT,
+        || async {
+            let out = kubectl_label(env, remote, ns, "istio-injection=enabled").await?;
+            ensure!(
+                out.status.success(),
+                "warn mode refused: {}",
+                text(&out.stderr)
+            );
+            let err = text(&out.stderr);
+            if err.contains(&wanted) {
+                return Ok(Some(err));
+            }
+            // Unset it, so that the next attempt changes the label again.
+            let out = kubectl_label(env, remote, ns, "istio-injection-").await?;
+            ensure!(out.status.success(), "{}", text(&out.stderr));
+            Ok(None)
+        },
+    )
+    .await
+}
+
+/// (c) The primary's name in the guard's message is spec.primaryName: a re-attach with
+/// another --primary-name changes both, and check tells when they disagree.
+#[tokio::test]
+async fn reattach_with_another_primary_name_updates_the_guard() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 1).await?;
+    let name = remote.name.as_str();
+    let ns = unique_name("renamed");
+    create_namespace(remote, &ns).await?;
+
+    attach(env, remote, &[]).await?;
+    assert_eq!(
+        mesh_cluster(env, name).await?.spec.primary_name.as_deref(),
+        Some("primary")
+    );
+    let warning = guard_warning_naming(env, remote, &ns, "primary").await?;
+    assert!(warning.contains("Warning: "), "{warning}");
+
+    let progress = attach(env, remote, &["--primary-name", "elsewhere"]).await?;
+    for line in [
+        "ValidatingAdmissionPolicy kubectl-mesh-guard updated",
+        "ValidatingAdmissionPolicyBinding kubectl-mesh-guard unchanged",
+        &format!("MeshCluster {name} updated"),
+    ] {
+        assert!(progress.contains(line), "{line} missing in\n{progress}");
+    }
+    let mc = mesh_cluster(env, name).await?;
+    assert_eq!(mc.spec.primary_name.as_deref(), Some("elsewhere"));
+    assert_eq!(mc.spec.remote_guard, mesh_core::cluster::RemoteGuard::Warn);
+    // A direct edit on the remote is now sent to "elsewhere"; the command to run there
+    // still uses the primary's context.
+    let warning = guard_warning_naming(env, remote, &ns, "elsewhere").await?;
+    assert!(
+        warning.contains(&format!(
+            "istio-injection on this cluster is managed by kubectl-mesh from cluster elsewhere; \
+             set it there: kubectl --context primary label ns {ns} istio-injection=enabled \
+             --overwrite"
+        )),
+        "{warning}"
+    );
+    assert!(!warning.contains("from cluster primary"), "{warning}");
+
+    let out = check_with_stored_credentials(env).await?;
+    assert_eq!(
+        CheckReport::parse(&out)?.cluster_check(name, GUARD_CHECK),
+        Some(&CheckEntry::ok(GUARD_CHECK, "Warn")),
+        "{}",
+        describe(&out)
+    );
+
+    // The MeshCluster says another name than the guard's message: ×.
+    let clusters = Api::<MeshCluster>::all(env.primary().client().await?);
+    clusters
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"primaryName": "somewhere"}})),
+        )
+        .await?;
+    let out = check_with_stored_credentials(env).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let report = CheckReport::parse(&out)?;
+    let guard = report.cluster_check(name, GUARD_CHECK);
+    assert_eq!(
+        guard.map(|c| c.result.as_str()),
+        Some("error"),
+        "{report:#?}"
+    );
+    assert_eq!(
+        guard.and_then(|c| c.detail.as_deref()),
+        Some(
+            "spec.primaryName is somewhere but the guard's message names primary elsewhere: \
+             people editing labels on the remote are sent to the wrong cluster"
+        ),
+        "{report:#?}"
+    );
+    // What the hint says repairs it.
+    attach(env, remote, &["--primary-name", "somewhere"]).await?;
+    let out = check_with_stored_credentials(env).await?;
+    assert_eq!(
+        CheckReport::parse(&out)?.cluster_check(name, GUARD_CHECK),
+        Some(&CheckEntry::ok(GUARD_CHECK, "Warn")),
+        "{}",
+        describe(&out)
+    );
+
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await?;
+    delete_namespace(remote, &ns).await
+}

@@ -1,0 +1,206 @@
+//! Attaches refused in preflight: each one line, nothing changed anywhere.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use k8s_openapi::api::{
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    core::v1::ServiceAccount,
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+    config::Kubeconfig,
+};
+use mesh_e2e::unique_name;
+use mesh_testenv::Cluster;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 1).await?;
+    let dir = tempfile::tempdir()?;
+
+    let malformed = write(
+        dir.path(),
+        "malformed.yaml",
+        "clusters: [ {name: x, token: s3cr3t\n",
+    )?;
+    let (unreachable, closed_server) = unreachable_kubeconfig(remote, dir.path())?;
+    let limited = limited_kubeconfig(remote, dir.path()).await?;
+    let remote_path = remote.kubeconfig.to_string_lossy().into_owned();
+    let primary_path = env.primary().kubeconfig.to_string_lossy().into_owned();
+
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "malformed kubeconfig",
+            vec![malformed.to_string_lossy().into_owned()],
+            "cannot load kubeconfig",
+        ),
+        (
+            "unreachable server",
+            vec![unreachable.to_string_lossy().into_owned()],
+            "cannot reach remote cluster",
+        ),
+        (
+            "missing context",
+            vec![
+                remote_path.clone(),
+                "--remote-context".into(),
+                "nope".into(),
+            ],
+            "context \"nope\" not found",
+        ),
+        (
+            "caller lacks permissions",
+            vec![limited.to_string_lossy().into_owned()],
+            "missing permissions on remote cluster remote-2",
+        ),
+        (
+            "the primary itself",
+            vec![primary_path.clone()],
+            "points at the primary itself",
+        ),
+        (
+            "invalid name",
+            vec![remote_path.clone(), "--name".into(), "Not_A_Label".into()],
+            "invalid cluster name",
+        ),
+    ];
+    for (case, args, expected) in &cases {
+        let mut argv = vec!["attach"];
+        argv.extend(args.iter().map(String::as_str));
+        let out = mesh(env, &argv, &[]).await?;
+        let line = refused_in_one_line(&out, case)?;
+        assert!(line.contains(expected), "{case}: {line}");
+        assert!(
+            !line.contains("s3cr3t"),
+            "{case} quotes the kubeconfig: {line}"
+        );
+        if *case == "unreachable server" {
+            assert!(line.contains(&closed_server), "{line}");
+            assert!(line.contains("connection refused"), "{line}");
+            assert!(line.contains("check the server address in"), "{line}");
+        }
+        if *case == "caller lacks permissions" {
+            assert!(
+                line.contains("clusterroles.rbac.authorization.k8s.io"),
+                "{line}"
+            );
+            assert!(
+                line.contains("serviceaccounts in namespace kubectl-mesh"),
+                "{line}"
+            );
+        }
+        for name in ["remote-2", "primary", "not-a-label"] {
+            assert_nothing_left(env, remote, name)
+                .await
+                .with_context(|| case.to_string())?;
+        }
+    }
+
+    // The same cluster under a second name: refused, the first attach untouched.
+    attach(env, remote, &[]).await?;
+    let before = labelled(remote, MANAGED_BY, false).await?;
+    let out = mesh(env, &["attach", &remote_path, "--name", "second"], &[]).await?;
+    let line = refused_in_one_line(&out, "second name")?;
+    assert!(line.contains("already attached as \"remote-2\""), "{line}");
+    assert!(primary_by_name(env, "second").await?.is_empty());
+    assert!(
+        labelled(env.primary(), &format!("{CLUSTER_LABEL}=second"), true)
+            .await?
+            .is_empty()
+    );
+    assert_eq!(labelled(remote, MANAGED_BY, false).await?, before);
+    detach(env, remote, "remote-2", &[]).await?;
+    assert_nothing_left(env, remote, "remote-2").await?;
+    Ok(())
+}
+
+/// A kubeconfig for a ServiceAccount of `remote` that may only read a few kinds: the
+/// built-in `view` role cannot be used, as the test clusters do not run the ClusterRole
+/// aggregation controller that fills it.
+async fn limited_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<PathBuf> {
+    let client = remote.client().await?;
+    let name = unique_name("e2e-viewer");
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "configmaps"], "verbs": ["get", "list", "watch"]}],
+    }))?;
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "default"}],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), "default");
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+        )
+        .await?;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = accounts
+        .create_token_request(&name, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("TokenRequest returned no status")?
+        .token;
+    let admin = Kubeconfig::read_from(&remote.kubeconfig)?;
+    let ca = admin
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.clone())
+        .context("no CA in the admin kubeconfig")?;
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "remote-2", "cluster": {"server": remote.server, "certificate-authority-data": ca}}],
+        "users": [{"name": "viewer", "user": {"token": token}}],
+        "contexts": [{"name": "remote-2", "context": {"cluster": "remote-2", "user": "viewer"}}],
+        "current-context": "remote-2",
+    });
+    write(dir, "limited.yaml", &kubeconfig.to_string())
+}
+
+#[tokio::test]
+async fn attach_refuses_objects_it_did_not_create() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 0).await?;
+    let rc = remote.client().await?;
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "kubectl-mesh-sync"},
+        "rules": [],
+    }))?;
+    Api::<ClusterRole>::all(rc.clone())
+        .create(&PostParams::default(), &role)
+        .await?;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let out = mesh(env, &["attach", &kubeconfig], &[]).await?;
+    let result = refused_in_one_line(&out, "attach over a foreign ClusterRole");
+    Api::<ClusterRole>::all(rc.clone())
+        .delete("kubectl-mesh-sync", &DeleteParams::default())
+        .await?;
+    let line = result?;
+    assert!(line.contains("ClusterRole kubectl-mesh-sync"), "{line}");
+    assert!(line.contains("not created by kubectl-mesh"), "{line}");
+    assert_nothing_left(env, remote, &remote.name).await?;
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! A failed or interrupted attach rolls back what it created, at every step (through the
+//! test hooks of the kubectl-mesh binary, built with its `test-hooks` feature).
+
+use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
+use mesh_e2e::{DEFAULT_TIMEOUT, eventually, fixtures, text};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let env = env().await?;
+    require_test_hooks(env).await?;
+    let (remote, _lock) = take_remote(env, 1).await?;
+    let name = remote.name.as_str();
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    for step in [
+        "remote-namespace",
+        "token-secret",
+        "primary-secret",
+        "mesh-cluster",
+    ] {
+        let mut child = tokio::process::Command::from(fixtures::plugin(env)?)
+            .args(["attach", &kubeconfig])
+            .env_remove("KUBECTL_MESH_FAIL_AFTER")
+            .env("KUBECTL_MESH_STALL_IN", step)
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let mut seen = Vec::new();
+        // The object is stored and attach waits for an answer that does not come.
+        tokio::time::timeout(DEFAULT_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                let stalled = line.contains("stalling as if its answer had not come");
+                seen.push(line);
+                if stalled {
+                    return anyhow::Ok(());
+                }
+            }
+            bail!(
+                "{step}: attach ended without stalling:\n{}",
+                seen.join("\n")
+            )
+        })
+        .await
+        .with_context(|| format!("{step}: no stall within {DEFAULT_TIMEOUT:?}"))??;
+        let pid = child.id().context("attach already exited")?;
+        let interrupted = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()?;
+        ensure!(interrupted.success(), "kill -INT {pid} failed");
+        let status = tokio::time::timeout(DEFAULT_TIMEOUT, async {
+            while let Some(line) = lines.next_line().await? {
+                seen.push(line);
+            }
+            anyhow::Ok(child.wait().await?)
+        })
+        .await
+        .with_context(|| format!("{step}: attach did not exit after Ctrl-C"))??;
+        ensure!(!status.success(), "{step}: interrupted attach succeeded");
+        let last = seen.last().cloned().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains("interrupted"),
+            "{step}: {}",
+            seen.join("\n")
+        );
+        assert!(last.contains("rolled back"), "{step}: {last}");
+        assert_nothing_left(env, remote, name)
+            .await
+            .with_context(|| format!("after Ctrl-C in {step}"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<()> {
+    let env = env().await?;
+    require_test_hooks(env).await?;
+    let (remote, _lock) = take_remote(env, 0).await?;
+    let name = remote.name.as_str();
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let primary = env.primary().client().await?;
+    let istio_system_before = Api::<Namespace>::all(primary.clone())
+        .get_opt("istio-system")
+        .await?
+        .is_some();
+
+    for step in [
+        "remote-namespace",
+        "token-secret",
+        "token",
+        "guard-binding",
+        "istio-reader",
+        "primary-secret",
+        "istio-remote-secret",
+        "mesh-cluster",
+        "owner-references",
+    ] {
+        let out = mesh(
+            env,
+            &["attach", &kubeconfig, "--istio-remote-secret"],
+            &[("KUBECTL_MESH_FAIL_AFTER", step)],
+        )
+        .await?;
+        let line = failed_last_line(&out, step)?;
+        assert!(
+            line.contains(&format!("failed at step {step} and was rolled back")),
+            "{step}: {line}"
+        );
+        assert!(
+            text(&out.stderr).contains("rolled back: "),
+            "{step}: {}",
+            text(&out.stderr)
+        );
+        assert_nothing_left(env, remote, name)
+            .await
+            .with_context(|| format!("after failing at {step}"))?;
+        let istio_system = Api::<Namespace>::all(primary.clone())
+            .get_opt("istio-system")
+            .await?
+            .is_some();
+        assert_eq!(
+            istio_system, istio_system_before,
+            "istio-system after {step}"
+        );
+    }
+
+    // An unknown step is refused before anything happens.
+    let out = mesh(
+        env,
+        &["attach", &kubeconfig],
+        &[("KUBECTL_MESH_FAIL_AFTER", "no-such-step")],
+    )
+    .await?;
+    refused_in_one_line(&out, "unknown step")?;
+    assert_nothing_left(env, remote, name).await?;
+
+    // The re-run goes through, Istio remote secret included.
+    attach(env, remote, &["--istio-remote-secret"]).await?;
+    let istio = Api::<Secret>::namespaced(primary.clone(), "istio-system")
+        .get("istio-remote-secret-remote-1")
+        .await?;
+    assert_eq!(
+        istio.labels().get("istio/multiCluster").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        istio
+            .annotations()
+            .get("networking.istio.io/cluster")
+            .map(String::as_str),
+        Some(name)
+    );
+    let data = istio
+        .data
+        .as_ref()
+        .and_then(|d| d.get(name))
+        .context("no data key")?;
+    let kc = Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
+    assert_eq!(kc.current_context.as_deref(), Some(name));
+    assert_eq!(kc.clusters[0].name, name);
+    assert_eq!(kc.auth_infos[0].name, name);
+    // Its token is istiod's reader's, which can list pods (the sync account cannot).
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let reader = Client::try_from(config)?;
+    Api::<Pod>::all(reader)
+        .list(&ListParams::default())
+        .await
+        .context("istiod's reader lists pods")?;
+
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await?;
+    eventually("istio-system as before", DEFAULT_TIMEOUT, || async {
+        let exists = Api::<Namespace>::all(primary.clone())
+            .get_opt("istio-system")
+            .await?
+            .is_some();
+        Ok((exists == istio_system_before).then_some(()))
+    })
+    .await
+}

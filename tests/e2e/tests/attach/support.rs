@@ -1,0 +1,496 @@
+//! What the attach tests share: the remotes' locks and cleanup, running the plugin, and
+//! finding what attach left on either side.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    core::v1::{Namespace, Secret, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use k8s_openapi::serde::de::DeserializeOwned;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
+    config::Kubeconfig,
+};
+use mesh_core::cluster::MeshCluster;
+use mesh_e2e::{DEFAULT_TIMEOUT, eventually, fixtures, shared_env, text};
+use mesh_testenv::{Cluster, TestEnv};
+use serde_json::json;
+use tokio::sync::{Mutex, MutexGuard};
+
+/// Serializes the tests that attach remote-1, and those that attach remote-2.
+static REMOTE_LOCKS: [Mutex<()>; 2] = [Mutex::const_new(()), Mutex::const_new(())];
+
+pub const MESH_NS: &str = "kubectl-mesh";
+pub const CLUSTER_LABEL: &str = "kubectl-mesh.io/cluster";
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=kubectl-mesh";
+
+/// The environment variables of attach's test hooks, removed from every run that does not
+/// set them on purpose.
+const TEST_HOOKS: [&str; 2] = ["KUBECTL_MESH_FAIL_AFTER", "KUBECTL_MESH_STALL_IN"];
+
+/// The shared environment with kubectl-mesh installed on the primary (once per binary).
+pub async fn env() -> anyhow::Result<&'static TestEnv> {
+    let env = shared_env(2).await;
+    fixtures::install(env).await?;
+    Ok(env)
+}
+
+/// Remote `index` (0 = remote-1) and its lock, after cleaning up whatever an earlier test
+/// left attached there.
+pub async fn take_remote(
+    env: &'static TestEnv,
+    index: usize,
+) -> anyhow::Result<(&'static Cluster, MutexGuard<'static, ()>)> {
+    let guard = REMOTE_LOCKS[index].lock().await;
+    let remote = &env.remotes()[index];
+    reset(env, remote).await?;
+    Ok((remote, guard))
+}
+
+/// Detaches every cluster name found for `remote`, on the primary or on the remote itself.
+async fn reset(env: &TestEnv, remote: &Cluster) -> anyhow::Result<()> {
+    let id = cluster_id(remote).await?;
+    let mut names: Vec<String> = Api::<MeshCluster>::all(env.primary().client().await?)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|mc| mc.spec.cluster_id == id)
+        .map(|mc| mc.name_any())
+        .collect();
+    let client = remote.client().await?;
+    let lp = ListParams::default().labels(MANAGED_BY);
+    for sa in Api::<ServiceAccount>::namespaced(client.clone(), MESH_NS)
+        .list(&lp)
+        .await?
+    {
+        if let Some(name) = sa.labels().get(CLUSTER_LABEL) {
+            names.push(name.clone());
+        }
+    }
+    for ns in Api::<Namespace>::all(client.clone()).list(&lp).await? {
+        if let Some(name) = ns.labels().get(CLUSTER_LABEL) {
+            names.push(name.clone());
+        }
+    }
+    names.sort();
+    names.dedup();
+    for name in names {
+        let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+        mesh(
+            env,
+            &["detach", &name, "--remote-kubeconfig", &kubeconfig],
+            &[],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs `kubectl-mesh --kubeconfig <primary> <args>` with extra environment variables (the
+/// test hooks only when given here); returns its output, whatever its exit status.
+pub async fn mesh(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> anyhow::Result<Output> {
+    let mut cmd = fixtures::plugin(env)?;
+    cmd.args(args).env("NO_COLOR", "1");
+    for hook in TEST_HOOKS {
+        cmd.env_remove(hook);
+    }
+    cmd.envs(vars.iter().copied());
+    fixtures::output(cmd).await
+}
+
+/// The command succeeded; returns its stderr (progress lines).
+pub fn succeeded(out: &Output, what: &str) -> anyhow::Result<String> {
+    ensure!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        text(&out.stderr)
+    );
+    Ok(text(&out.stderr))
+}
+
+/// The command failed with exactly one line on stderr, `error: ...`; returns that line.
+pub fn refused_in_one_line(out: &Output, what: &str) -> anyhow::Result<String> {
+    let err = text(&out.stderr);
+    ensure!(!out.status.success(), "{what} succeeded: {err}");
+    let lines: Vec<&str> = err.trim_end().lines().collect();
+    ensure!(
+        lines.len() == 1 && lines[0].starts_with("error: "),
+        "{what}: stderr is not one error line:\n{err}"
+    );
+    Ok(lines[0].to_owned())
+}
+
+/// The command failed and its last stderr line is the error.
+pub fn failed_last_line(out: &Output, what: &str) -> anyhow::Result<String> {
+    let err = text(&out.stderr);
+    ensure!(!out.status.success(), "{what} succeeded: {err}");
+    let last = err.trim_end().lines().last().unwrap_or_default().to_owned();
+    ensure!(
+        last.starts_with("error: "),
+        "{what}: last line not an error:\n{err}"
+    );
+    Ok(last)
+}
+
+/// The uid of `cluster`'s kube-system namespace: the cluster id attach records.
+pub async fn cluster_id(cluster: &Cluster) -> anyhow::Result<String> {
+    let ns = Api::<Namespace>::all(cluster.client().await?)
+        .get("kube-system")
+        .await?;
+    ns.metadata.uid.context("kube-system has no uid")
+}
+
+/// `Kind namespace/name` of every object of kind `K` that `lp` selects.
+async fn names_of<K>(api: Api<K>, lp: &ListParams) -> anyhow::Result<Vec<String>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .list(lp)
+        .await?
+        .items
+        .into_iter()
+        .map(|o| {
+            format!(
+                "{} {}/{}",
+                K::kind(&()),
+                o.namespace().unwrap_or_default(),
+                o.name_any()
+            )
+        })
+        .collect())
+}
+
+/// Every object `selector` picks on `cluster`, of the kinds attach creates.
+pub async fn labelled(
+    cluster: &Cluster,
+    selector: &str,
+    primary: bool,
+) -> anyhow::Result<Vec<String>> {
+    let c = cluster.client().await?;
+    let lp = ListParams::default().labels(selector);
+    let mut out = Vec::new();
+    out.extend(names_of(Api::<Namespace>::all(c.clone()), &lp).await?);
+    out.extend(names_of(Api::<ServiceAccount>::all(c.clone()), &lp).await?);
+    out.extend(names_of(Api::<Secret>::all(c.clone()), &lp).await?);
+    out.extend(names_of(Api::<ClusterRole>::all(c.clone()), &lp).await?);
+    out.extend(names_of(Api::<ClusterRoleBinding>::all(c.clone()), &lp).await?);
+    out.extend(names_of(Api::<ValidatingAdmissionPolicy>::all(c.clone()), &lp).await?);
+    out.extend(names_of(Api::<ValidatingAdmissionPolicyBinding>::all(c.clone()), &lp).await?);
+    if primary {
+        out.extend(names_of(Api::<MeshCluster>::all(c.clone()), &lp).await?);
+    }
+    Ok(out)
+}
+
+/// The objects attach creates, by name, that exist on the remote.
+async fn remote_by_name(remote: &Cluster) -> anyhow::Result<Vec<String>> {
+    let c = remote.client().await?;
+    let mut out = Vec::new();
+    if Api::<Namespace>::all(c.clone())
+        .get_opt(MESH_NS)
+        .await?
+        .is_some()
+    {
+        out.push(format!("Namespace {MESH_NS}"));
+    }
+    for name in ["kubectl-mesh-sync", "kubectl-mesh-istio-reader"] {
+        if Api::<ServiceAccount>::namespaced(c.clone(), MESH_NS)
+            .get_opt(name)
+            .await?
+            .is_some()
+        {
+            out.push(format!("ServiceAccount {name}"));
+        }
+        if Api::<ClusterRole>::all(c.clone())
+            .get_opt(name)
+            .await?
+            .is_some()
+        {
+            out.push(format!("ClusterRole {name}"));
+        }
+        if Api::<ClusterRoleBinding>::all(c.clone())
+            .get_opt(name)
+            .await?
+            .is_some()
+        {
+            out.push(format!("ClusterRoleBinding {name}"));
+        }
+        let token = format!("{name}-token");
+        if Api::<Secret>::namespaced(c.clone(), MESH_NS)
+            .get_opt(&token)
+            .await?
+            .is_some()
+        {
+            out.push(format!("Secret {token}"));
+        }
+    }
+    if Api::<ValidatingAdmissionPolicy>::all(c.clone())
+        .get_opt("kubectl-mesh-guard")
+        .await?
+        .is_some()
+    {
+        out.push("ValidatingAdmissionPolicy kubectl-mesh-guard".into());
+    }
+    if Api::<ValidatingAdmissionPolicyBinding>::all(c.clone())
+        .get_opt("kubectl-mesh-guard")
+        .await?
+        .is_some()
+    {
+        out.push("ValidatingAdmissionPolicyBinding kubectl-mesh-guard".into());
+    }
+    Ok(out)
+}
+
+/// The primary's objects of cluster `name`, by name.
+pub async fn primary_by_name(env: &TestEnv, name: &str) -> anyhow::Result<Vec<String>> {
+    let c = env.primary().client().await?;
+    let mut out = Vec::new();
+    if Api::<MeshCluster>::all(c.clone())
+        .get_opt(name)
+        .await?
+        .is_some()
+    {
+        out.push(format!("MeshCluster {name}"));
+    }
+    let secret = format!("cluster-{name}");
+    if Api::<Secret>::namespaced(c.clone(), MESH_NS)
+        .get_opt(&secret)
+        .await?
+        .is_some()
+    {
+        out.push(format!("Secret {secret}"));
+    }
+    let istio = format!("istio-remote-secret-{name}");
+    if Api::<Secret>::namespaced(c.clone(), "istio-system")
+        .get_opt(&istio)
+        .await?
+        .is_some()
+    {
+        out.push(format!("Secret {istio}"));
+    }
+    Ok(out)
+}
+
+/// Nothing attach creates for cluster `name` (on `remote`) is left on either side.
+pub async fn assert_nothing_left(
+    env: &TestEnv,
+    remote: &Cluster,
+    name: &str,
+) -> anyhow::Result<()> {
+    let selector = format!("{CLUSTER_LABEL}={name}");
+    let on_primary = labelled(env.primary(), &selector, true).await?;
+    ensure!(on_primary.is_empty(), "left on the primary: {on_primary:?}");
+    let by_name = primary_by_name(env, name).await?;
+    ensure!(by_name.is_empty(), "left on the primary: {by_name:?}");
+    let id = cluster_id(remote).await?;
+    let same_cluster: Vec<String> = Api::<MeshCluster>::all(env.primary().client().await?)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|mc| mc.spec.cluster_id == id)
+        .map(|mc| mc.name_any())
+        .collect();
+    ensure!(
+        same_cluster.is_empty(),
+        "MeshClusters of {}: {same_cluster:?}",
+        remote.name
+    );
+    // The mesh namespace may still be terminating for a moment after detach returns.
+    eventually(
+        &format!("nothing of kubectl-mesh left on {}", remote.name),
+        DEFAULT_TIMEOUT,
+        || async {
+            let mut left = labelled(remote, MANAGED_BY, false).await?;
+            left.extend(remote_by_name(remote).await?);
+            Ok(left.is_empty().then_some(()).or_else(|| {
+                eprintln!("still on {}: {left:?}", remote.name);
+                None
+            }))
+        },
+    )
+    .await
+}
+
+/// `kubectl mesh attach <remote's kubeconfig> <extra>`, which must succeed; returns its
+/// progress lines.
+pub async fn attach(env: &TestEnv, remote: &Cluster, extra: &[&str]) -> anyhow::Result<String> {
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let mut args = vec!["attach", kubeconfig.as_str()];
+    args.extend(extra);
+    let out = mesh(env, &args, &[]).await?;
+    succeeded(&out, &format!("attach {}", remote.name))
+}
+
+/// `kubectl mesh detach <name> --remote-kubeconfig <remote's> <extra>`, which must succeed;
+/// returns its progress lines.
+pub async fn detach(
+    env: &TestEnv,
+    remote: &Cluster,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<String> {
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let mut args = vec!["detach", name, "--remote-kubeconfig", kubeconfig.as_str()];
+    args.extend(extra);
+    let out = mesh(env, &args, &[]).await?;
+    succeeded(&out, &format!("detach {name}"))
+}
+
+/// A client from the kubeconfig attach stored on the primary for `name`.
+pub async fn stored_client(env: &TestEnv, name: &str) -> anyhow::Result<(Client, Kubeconfig)> {
+    let secret = Api::<Secret>::namespaced(env.primary().client().await?, MESH_NS)
+        .get(&format!("cluster-{name}"))
+        .await?;
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("kubeconfig"))
+        .context("no kubeconfig key")?;
+    let kubeconfig = Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &Default::default()).await?;
+    Ok((Client::try_from(config)?, kubeconfig))
+}
+
+/// Creates namespace `name` on `cluster` with `labels` (a JSON object).
+pub async fn create_labelled_namespace(
+    cluster: &Cluster,
+    name: &str,
+    labels: serde_json::Value,
+) -> anyhow::Result<()> {
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
+    Api::<Namespace>::all(cluster.client().await?)
+        .create(&PostParams::default(), &ns)
+        .await?;
+    Ok(())
+}
+
+/// Deletes namespace `name` on `cluster` (if it is there) and waits until it is gone.
+pub async fn delete_namespace(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+    let api = Api::<Namespace>::all(cluster.client().await?);
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) | Err(kube::Error::Api(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    eventually(
+        &format!("namespace {name} gone"),
+        DEFAULT_TIMEOUT,
+        || async { Ok(api.get_opt(name).await?.is_none().then_some(())) },
+    )
+    .await
+}
+
+/// Writes `text` to `dir/name`; returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// A copy of `remote`'s kubeconfig in `dir` pointing at a port nobody listens on; returns
+/// its path and that server's address.
+pub fn unreachable_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let closed_server = format!("https://127.0.0.1:{closed_port}");
+    let path = write(
+        dir,
+        "unreachable.yaml",
+        &std::fs::read_to_string(&remote.kubeconfig)?.replace(&remote.server, &closed_server),
+    )?;
+    Ok((path, closed_server))
+}
+
+/// `kubectl label ns <ns> <label> --overwrite` directly on `cluster`, whatever its result.
+pub async fn kubectl_label(
+    env: &TestEnv,
+    cluster: &Cluster,
+    ns: &str,
+    label: &str,
+) -> anyhow::Result<Output> {
+    let mut cmd = env.kubectl(cluster);
+    cmd.args(["label", "namespace", ns, label, "--overwrite"]);
+    fixtures::output(cmd).await
+}
+
+/// The MeshCluster `name` on the primary.
+pub async fn mesh_cluster(env: &TestEnv, name: &str) -> anyhow::Result<MeshCluster> {
+    Ok(Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(name)
+        .await?)
+}
+
+/// The description of check's guard check.
+pub const GUARD_CHECK: &str = "remote guard matches spec.remoteGuard";
+/// The description of check's check of the stored credentials' rights.
+pub const RIGHTS_CHECK: &str = "credentials have exactly the rights label sync needs";
+
+/// `kubectl mesh check -o json` with the primary's kubeconfig alone: it holds no context of
+/// any remote, so whatever check says about a remote it read with the stored credentials.
+pub async fn check_with_stored_credentials(env: &TestEnv) -> anyhow::Result<Output> {
+    let primary = Kubeconfig::read_from(&env.primary().kubeconfig)?;
+    let contexts: Vec<&str> = primary.contexts.iter().map(|c| c.name.as_str()).collect();
+    ensure!(
+        contexts == [env.primary().name.as_str()],
+        "the primary's kubeconfig holds other contexts: {contexts:?}"
+    );
+    mesh(
+        env,
+        &["check", "-o", "json", "--remote-timeout", "10s"],
+        &[],
+    )
+    .await
+}
+
+/// `kubectl mesh check -o json` with a kubeconfig holding the primary and `remote`, whose
+/// context is the one attach recorded.
+pub async fn check_with_remote_context(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
+    let kubeconfig = std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?;
+    let mut cmd = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    cmd.args([
+        "check",
+        "-o",
+        "json",
+        "--remote-timeout",
+        "10s",
+        "--context",
+    ])
+    .arg(&env.primary().name)
+    .env("KUBECONFIG", kubeconfig)
+    .env("NO_COLOR", "1");
+    for hook in TEST_HOOKS {
+        cmd.env_remove(hook);
+    }
+    fixtures::output(cmd).await
+}
+
+/// Fails, saying what to do, when the kubectl-mesh binary has no test hooks: built by
+/// `cargo build -p kubectl-mesh` (or test, or run), which leaves its `test-hooks` feature
+/// off, where `cargo build --workspace --bins` turns it on for mesh-e2e.
+pub async fn require_test_hooks(env: &TestEnv) -> anyhow::Result<()> {
+    // The hooks are read before anything else: an unknown step is refused at once.
+    let out = mesh(
+        env,
+        &["attach", "/dev/null"],
+        &[("KUBECTL_MESH_FAIL_AFTER", "no-such-step")],
+    )
+    .await?;
+    ensure!(
+        text(&out.stderr).contains("names no step of attach"),
+        "the kubectl-mesh binary has no test hooks (built without its test-hooks feature): \
+         run `cargo build --workspace --bins`\n{}",
+        mesh_e2e::describe(&out)
+    );
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! `attach --wait`: without a reconciler it times out with a hint, with one it reports the
+//! first sync.
+
+use kube::Api;
+use mesh_core::cluster::MeshCluster;
+use mesh_e2e::unique_name;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn wait_without_a_reconciler_times_out_with_a_hint() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 1).await?;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let out = mesh(
+        env,
+        &["attach", &kubeconfig, "--wait", "--timeout", "2s"],
+        &[],
+    )
+    .await?;
+    let line = failed_last_line(&out, "attach --wait")?;
+    assert!(line.contains("timed out after 2s"), "{line}");
+    assert!(
+        line.contains("kubectl mesh sync --cluster remote-2"),
+        "{line}"
+    );
+    // The attach itself stands.
+    assert!(!primary_by_name(env, &remote.name).await?.is_empty());
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
+
+#[tokio::test]
+async fn wait_reports_the_first_sync_of_a_running_webhook() -> anyhow::Result<()> {
+    let env = env().await?;
+    // The webhook reconciles every attached cluster while it runs: hold both remotes.
+    let (remote, _lock_1) = take_remote(env, 0).await?;
+    let (_, _lock_2) = take_remote(env, 1).await?;
+    let mut options = mesh_testenv::mesh::MeshOptions::from_workspace()?;
+    options.attach_remotes = false;
+    let mesh = mesh_testenv::mesh::Mesh::start(env, options).await?;
+
+    // A primary namespace the remote lacks: the first sync reports it missing.
+    let ns = unique_name("waited");
+    let result = async {
+        create_labelled_namespace(env.primary(), &ns, json!({"istio-injection": "enabled"}))
+            .await?;
+        attach(env, remote, &["--wait", "--timeout", "60s"]).await
+    }
+    .await;
+    mesh.stop_webhook(env)?;
+    let progress = result?;
+    assert!(progress.contains("remote-1 in sync:"), "{progress}");
+    assert!(
+        progress.contains(&format!("missing on the remote: {ns}")),
+        "{progress}"
+    );
+    let mc = Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(&remote.name)
+        .await?;
+    assert!(
+        mc.status
+            .is_some_and(|s| s.is_true(mesh_core::cluster::CONDITION_SYNCED))
+    );
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await?;
+    delete_namespace(env.primary(), &ns).await
+}
