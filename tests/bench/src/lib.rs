@@ -46,7 +46,7 @@ pub struct Cli {
 
     /// Quiet time between two measured changes, so that each is measured alone (the
     /// reconciler's follow-up sync of the previous change, debounced 100 ms, is over).
-    #[arg(long, env = "MESH_BENCH_PAUSE", default_value = "150ms", value_parser = mesh_webhook::args::parse_duration)]
+    #[arg(long, env = "MESH_BENCH_PAUSE", default_value = "150ms", value_parser = mesh_core::duration::parse)]
     pub pause: Duration,
 
     /// Alternations of webhook registered / not registered (admission-overhead): drift of the
@@ -77,7 +77,7 @@ pub struct Cli {
     pub resync_remotes: usize,
 
     /// The webhook's resync period in the resync scenario.
-    #[arg(long, env = "MESH_BENCH_RESYNC_PERIOD", default_value = "10s", value_parser = mesh_webhook::args::parse_duration)]
+    #[arg(long, env = "MESH_BENCH_RESYNC_PERIOD", default_value = "10s", value_parser = mesh_core::duration::parse)]
     pub resync_period: Duration,
 
     /// Keep every environment's kubeconfigs and logs under this directory (one folder per
