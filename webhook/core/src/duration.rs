@@ -23,9 +23,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(tail.len());
         let (unit, tail) = tail.split_at(unit_len);
-        let value: f64 = number.parse().map_err(|_| {
-            format!("{text:?} is not a duration; use e.g. 90s, 2m or 1h30m")
-        })?;
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration; use e.g. 90s, 2m or 1h30m"))?;
         let scale = match unit.trim() {
             "ms" => 0.001,
             "s" | "sec" | "secs" => 1.0,
