@@ -301,32 +301,6 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     Ok(())
 }
 
-#[tokio::test]
-async fn fifty_rapid_flips_end_in_the_final_state_everywhere() -> anyhow::Result<()> {
-    let (env, _mesh) = shared_mesh(2).await;
-    let ns = create_everywhere(env, "flips").await?;
-    let api = namespaces(env.primary()).await?;
-    let mut last = "";
-    for i in 0..50 {
-        last = if i % 2 == 0 { "enabled" } else { "disabled" };
-        let patch = json!({"metadata": {"labels": {"istio-injection": last, "istio.io/rev": format!("r{}", i % 3)}}});
-        api.patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-    }
-    let expected = labels(&[
-        ("istio-injection", last),
-        ("istio.io/rev", &format!("r{}", 49 % 3)),
-    ]);
-    assert_eq!(
-        managed_labels(env.primary(), &ns).await?,
-        Some(expected.clone())
-    );
-    for remote in env.remotes() {
-        wait_labels(remote, &ns, &expected).await?;
-    }
-    Ok(())
-}
-
 async fn lease_holder(env: &TestEnv) -> anyhow::Result<Option<String>> {
     let leases: Api<Lease> =
         Api::namespaced(env.primary().client().await?, mesh_core::MESH_NAMESPACE);
@@ -648,6 +622,60 @@ async fn a_remote_that_refuses_the_one_patch_push_still_gets_the_change_in_time(
         1.0,
         "the remote was not read first (had the drift watch corrected it already?); {}",
         webhook_log(&env, &ns)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stored_kubeconfig_edited_to_break_the_rule_is_refused_before_anything_is_sent()
+-> anyhow::Result<()> {
+    let (env, _mesh) = own_mesh(1, None).await?;
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "broken-secret").await?;
+    synced_becomes(&env, &remote.name, "True").await?;
+
+    // A plain-HTTP server of the test's own: whatever the webhook sent there would arrive here.
+    let decoy = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let decoy_url = format!("http://{}", decoy.local_addr()?);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(env.primary().client().await?, mesh_core::MESH_NAMESPACE);
+    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    let secret_name = clusters.get(&remote.name).await?.spec.secret_name;
+    let stored = secrets.get(&secret_name).await?;
+    let yaml = stored
+        .data
+        .as_ref()
+        .and_then(|d| d.get(mesh_core::cluster::KUBECONFIG_KEY))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default();
+    anyhow::ensure!(yaml.contains(&remote.server), "stored kubeconfig: {yaml}");
+    let edited = yaml.replace(&remote.server, &decoy_url);
+    let patch = json!({"stringData": {mesh_core::cluster::KUBECONFIG_KEY: edited}});
+    secrets
+        .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+
+    let (_, reachable) = eventually("remote-1 refused as not https", DEADLINE, || async {
+        Ok(conditions(&env, &remote.name)
+            .await?
+            .filter(|(_, reachable)| reachable.status == "False"))
+    })
+    .await?;
+    assert_eq!(reachable.reason, "InvalidCredentials", "{reachable:?}");
+    assert!(
+        reachable.message.contains("refused") && reachable.message.contains("is not https"),
+        "{reachable:?}"
+    );
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    assert!(
+        warnings.contains("remote-1 unreachable"),
+        "kubectl printed: {warnings}"
+    );
+    // Nothing reached the decoy: the rule refused the kubeconfig before a client was built.
+    let accepted = tokio::time::timeout(Duration::from_millis(500), decoy.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "the webhook connected to the decoy server"
     );
     Ok(())
 }
