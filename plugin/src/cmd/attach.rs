@@ -17,7 +17,8 @@
 //! [`Step::ALL`]; any other value is refused before anything is done.
 //! `KUBECTL_MESH_STALL_IN=<step>` ([`STALL_IN_ENV`]) makes the first object that step creates
 //! look like a request still waiting for its answer once the apiserver has stored it, so that
-//! tests can interrupt attach (Ctrl-C) exactly there.
+//! tests can interrupt attach (Ctrl-C) exactly there. It names a step that creates objects
+//! ([`Step::creates`]); a step that creates nothing is refused, as it could never stall.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -183,6 +184,26 @@ impl Step {
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
+
+    /// Whether the step may create objects: what an interruption during it may leave
+    /// behind, and so what `KUBECTL_MESH_STALL_IN` can name. Waiting for the token and
+    /// making the Secrets owned only read or update.
+    pub fn creates(self) -> bool {
+        match self {
+            Self::Token | Self::OwnerReferences => false,
+            Self::RemoteNamespace
+            | Self::ServiceAccount
+            | Self::ClusterRole
+            | Self::ClusterRoleBinding
+            | Self::TokenSecret
+            | Self::GuardPolicy
+            | Self::GuardBinding
+            | Self::IstioReader
+            | Self::PrimarySecret
+            | Self::IstioRemoteSecret
+            | Self::MeshCluster => true,
+        }
+    }
 }
 
 /// Reads a test hook; an unknown step name is an error, so a typo cannot make a test pass.
@@ -226,6 +247,24 @@ impl Attach {
         } = self;
         let fail_after = step_from_env(FAIL_AFTER_ENV)?;
         let stall_in = step_from_env(STALL_IN_ENV)?;
+        if let Some(step) = stall_in.filter(|s| !s.creates()) {
+            // It could never stall, and a test relying on it would pass without a stall.
+            return Err(Error::Refused {
+                what: format!(
+                    "{STALL_IN_ENV}={} names a step that creates nothing",
+                    step.name()
+                ),
+                hint: format!(
+                    "use one of: {}, or unset it (it is a test hook)",
+                    Step::ALL
+                        .into_iter()
+                        .filter(|s| s.creates())
+                        .map(Step::name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
         let args = Args {
             remote_kubeconfig,
             remote_context,
@@ -834,6 +873,13 @@ impl Run<'_> {
         // Recorded before the request: if Ctrl-C drops this future while the create is in
         // flight, the rollback still deletes what the apiserver may have stored.
         if before.is_none() {
+            // The interruption tests cover the steps that say they create.
+            debug_assert!(
+                self.step.is_some_and(Step::creates),
+                "step {:?} creates {} but Step::creates says it creates nothing",
+                self.step,
+                describe(&m)
+            );
             self.created.push((side, m.clone()));
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();

@@ -23,6 +23,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::Kubeconfig,
 };
+use kubectl_mesh::cmd::attach::Step;
 use mesh::cluster::MeshCluster;
 use mesh_e2e::{DEFAULT_TIMEOUT, eventually, shared_env, unique_name};
 use mesh_testenv::{Cluster, TestEnv};
@@ -31,6 +32,18 @@ use tokio::sync::{Mutex, MutexGuard, OnceCell};
 
 /// Serializes the tests that attach remote-1, and those that attach remote-2.
 static REMOTE_LOCKS: [Mutex<()>; 2] = [Mutex::const_new(()), Mutex::const_new(())];
+
+/// Serializes the attaches that reach the primary's istio-system namespace, whichever the
+/// remote: they create it when it is absent and their rollback deletes it again, which would
+/// pull it from under another attach. Taken after the remote's lock.
+static ISTIO_SYSTEM: Mutex<()> = Mutex::const_new(());
+
+/// Whether an attach with --istio-remote-secret that stops in or right after `step` has
+/// reached the primary's istio-system namespace.
+fn reaches_istio_system(step: Step) -> bool {
+    let at = |step| Step::ALL.iter().position(|s| *s == step);
+    at(step) >= at(Step::IstioRemoteSecret)
+}
 
 const MESH_NS: &str = "kubectl-mesh";
 const CLUSTER_LABEL: &str = "kubectl-mesh.io/cluster";
@@ -119,6 +132,7 @@ async fn plugin(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> anyhow::
         .arg(&env.primary().kubeconfig)
         .args(args)
         .env_remove("KUBECTL_MESH_FAIL_AFTER")
+        .env_remove("KUBECTL_MESH_STALL_IN")
         .env("NO_COLOR", "1");
     for (k, v) in vars {
         cmd.env(k, v);
@@ -767,6 +781,17 @@ async fn limited_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<Path
     write(dir, "limited.yaml", &kubeconfig.to_string())
 }
 
+/// Whether the primary has an istio-system namespace.
+async fn istio_system_exists(primary: &Client) -> anyhow::Result<bool> {
+    Ok(Api::<Namespace>::all(primary.clone())
+        .get_opt("istio-system")
+        .await?
+        .is_some())
+}
+
+/// A real Ctrl-C while the first object of a step is stored but its answer has not come: in
+/// every step that creates objects ([`Step::creates`]; with --istio-remote-secret, so that the
+/// Istio steps create theirs), attach rolls back what it created, that object included.
 #[tokio::test]
 async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -775,17 +800,21 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
     let (remote, _lock) = take_remote(env, 1).await?;
     let name = remote.name.as_str();
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    for step in [
-        "remote-namespace",
-        "token-secret",
-        "primary-secret",
-        "mesh-cluster",
-    ] {
+    let primary = env.primary().client().await?;
+    for step in Step::ALL.into_iter().filter(|s| s.creates()) {
+        // Holding the lock, the state of istio-system before this attach, when it reaches it.
+        let istio_system = if reaches_istio_system(step) {
+            let lock = ISTIO_SYSTEM.lock().await;
+            Some((lock, istio_system_exists(&primary).await?))
+        } else {
+            None
+        };
+        let step = step.name();
         let binary = mesh_testenv::workspace_binary("kubectl-mesh")?;
         let mut child = tokio::process::Command::new(binary)
             .arg("--kubeconfig")
             .arg(&env.primary().kubeconfig)
-            .args(["attach", &kubeconfig])
+            .args(["attach", &kubeconfig, "--istio-remote-secret"])
             .env_remove("KUBECTL_MESH_FAIL_AFTER")
             .env("KUBECTL_MESH_STALL_IN", step)
             .env("NO_COLOR", "1")
@@ -830,14 +859,45 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
             "{step}: {}",
             seen.join("\n")
         );
-        assert!(last.contains("rolled back"), "{step}: {last}");
+        assert!(
+            last.contains(&format!("failed at step {step} and was rolled back")),
+            "{step}: {last}"
+        );
         assert_nothing_left(env, remote, name)
             .await
             .with_context(|| format!("after Ctrl-C in {step}"))?;
+        if let Some((_, before)) = &istio_system {
+            assert_eq!(
+                istio_system_exists(&primary).await?,
+                *before,
+                "istio-system after Ctrl-C in {step}"
+            );
+        }
     }
-    Ok(())
+
+    // A step that creates nothing cannot stall: the hook refuses it rather than let attach
+    // run through.
+    for step in Step::ALL.into_iter().filter(|s| !s.creates()) {
+        let step = step.name();
+        let out = plugin(
+            env,
+            &["attach", &kubeconfig],
+            &[("KUBECTL_MESH_STALL_IN", step)],
+        )
+        .await?;
+        let line = refused_in_one_line(&out, step)?;
+        assert!(
+            line.contains(&format!(
+                "KUBECTL_MESH_STALL_IN={step} names a step that creates nothing"
+            )),
+            "{line}"
+        );
+    }
+    assert_nothing_left(env, remote, name).await
 }
 
+/// A failure right after each step of [`Step::ALL`] (with --istio-remote-secret, so that the
+/// Istio steps run) rolls back everything; a re-run then goes through.
 #[tokio::test]
 async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<()> {
     let env = env().await?;
@@ -845,22 +905,16 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     let name = remote.name.as_str();
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let primary = env.primary().client().await?;
-    let istio_system_before = Api::<Namespace>::all(primary.clone())
-        .get_opt("istio-system")
-        .await?
-        .is_some();
 
-    for step in [
-        "remote-namespace",
-        "token-secret",
-        "token",
-        "guard-binding",
-        "istio-reader",
-        "primary-secret",
-        "istio-remote-secret",
-        "mesh-cluster",
-        "owner-references",
-    ] {
+    for step in Step::ALL {
+        // Holding the lock, the state of istio-system before this attach, when it reaches it.
+        let istio_system = if reaches_istio_system(step) {
+            let lock = ISTIO_SYSTEM.lock().await;
+            Some((lock, istio_system_exists(&primary).await?))
+        } else {
+            None
+        };
+        let step = step.name();
         let out = plugin(
             env,
             &["attach", &kubeconfig, "--istio-remote-secret"],
@@ -880,14 +934,13 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
         assert_nothing_left(env, remote, name)
             .await
             .with_context(|| format!("after failing at {step}"))?;
-        let istio_system = Api::<Namespace>::all(primary.clone())
-            .get_opt("istio-system")
-            .await?
-            .is_some();
-        assert_eq!(
-            istio_system, istio_system_before,
-            "istio-system after {step}"
-        );
+        if let Some((_, before)) = &istio_system {
+            assert_eq!(
+                istio_system_exists(&primary).await?,
+                *before,
+                "istio-system after {step}"
+            );
+        }
     }
 
     // An unknown step is refused before anything happens.
@@ -901,6 +954,8 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     assert_nothing_left(env, remote, name).await?;
 
     // The re-run goes through, Istio remote secret included.
+    let _istio = ISTIO_SYSTEM.lock().await;
+    let istio_system_before = istio_system_exists(&primary).await?;
     attach(env, remote, &["--istio-remote-secret"]).await?;
     let istio = Api::<Secret>::namespaced(primary.clone(), "istio-system")
         .get("istio-remote-secret-remote-1")
@@ -936,11 +991,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await?;
     eventually("istio-system as before", DEFAULT_TIMEOUT, || async {
-        let exists = Api::<Namespace>::all(primary.clone())
-            .get_opt("istio-system")
-            .await?
-            .is_some();
-        Ok((exists == istio_system_before).then_some(()))
+        Ok((istio_system_exists(&primary).await? == istio_system_before).then_some(()))
     })
     .await
 }
