@@ -5,16 +5,39 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kube::api::{DeleteParams, Patch, PatchParams};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
 use mesh_e2e::{
-    create_everywhere, create_namespace, eventually, label_on_primary, labels, managed_labels,
-    namespaces, own_mesh, shared_mesh, unique_name,
+    NO_RESYNC, create_everywhere, create_namespace, eventually, label_on_primary, labels,
+    managed_labels, namespaces, own_mesh, shared_mesh, unique_name,
 };
 use mesh_testenv::TestEnv;
 use serde_json::json;
 
 /// Resync period of the test webhook (5 s) plus room for a slow machine.
 const RESYNC_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The webhook's default push deadline, which the drift settle of the reconciler is derived
+/// from (push deadline + 1 s).
+const PUSH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long after the last response of a burst the reconciler may still act on it: a push
+/// stands in for the primary until the watch shows it stored, or for
+/// [`mesh_webhook::in_flight::DEFAULT_TTL`], whose expiry wakes a sync; a drift seen on a remote is
+/// corrected after the drift settle. The longer of the two, plus the time a sync takes (2 s, the
+/// webhook's default timeout of calls to a remote).
+fn burst_settle_window() -> Duration {
+    let drift_settle = PUSH_DEADLINE + Duration::from_secs(1);
+    mesh_webhook::in_flight::DEFAULT_TTL.max(drift_settle) + Duration::from_secs(2)
+}
+
+/// The managed labels of a namespace object (as a watch delivers it).
+fn managed_labels_of(namespace: Namespace) -> BTreeMap<String, String> {
+    let mut labels = namespace.metadata.labels.unwrap_or_default();
+    labels.retain(|key, _| mesh_e2e::MANAGED_LABELS.contains(&key.as_str()));
+    labels
+}
 
 /// Asserts kubectl's warnings say the change reached every remote: pushed by the webhook
 /// ("<change> on remote-1, ..."), or found already there because the reconciler, which sees
@@ -234,6 +257,10 @@ async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
     // A push would have landed before kubectl returned.
     assert_remotes(env, &ns, &labels(&[])).await?;
     assert_eq!(managed_labels(env.primary(), &ns).await?, Some(labels(&[])));
+    // The same edit for real is on the remotes when kubectl returns: looking right after the
+    // dry run would have seen a push.
+    label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+    assert_remotes(env, &ns, &labels(&[("istio-injection", "enabled")])).await?;
     Ok(())
 }
 
@@ -249,6 +276,12 @@ async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() 
     assert_eq!(
         managed_labels(env.primary(), &ns).await?,
         Some(labels(&[("istio-injection", "enabled")]))
+    );
+    // Nothing reached the remote while the webhook was down: what converges it below is the
+    // webhook coming back.
+    assert_eq!(
+        managed_labels(&env.remotes()[0], &ns).await?,
+        Some(labels(&[]))
     );
     mesh.start_webhook(&env).await?;
     eventually(
@@ -331,5 +364,75 @@ async fn remote_edits_are_corrected_as_they_happen_not_at_the_next_resync() -> a
         team.unwrap_or_default().get("team").map(String::as_str),
         Some("web")
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fifty_concurrent_flips_end_in_the_primary_s_final_state_everywhere() -> anyhow::Result<()>
+{
+    // Its own mesh, whose periodic resync never comes: what the remotes hold is what the
+    // webhook pushed and what the reconciler made of the primary's changes, not a repair.
+    let (env, _mesh) = own_mesh(2, Some(NO_RESYNC)).await?;
+    let ns = create_everywhere(&env, "flips").await?;
+    let api = namespaces(env.primary()).await?;
+    // All at once: the apiserver serializes the writes and calls the webhook again for every
+    // write it retries after a conflict, so pushes and writes interleave in many orders.
+    let flips = (0..50).map(|i| {
+        let (api, ns) = (api.clone(), ns.clone());
+        async move {
+            let injection = if i % 2 == 0 { "enabled" } else { "disabled" };
+            let patch = json!({"metadata": {"labels": {
+                "istio-injection": injection,
+                "istio.io/rev": format!("r{}", i % 3),
+            }}});
+            api.patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    });
+    for flipped in futures::future::join_all(flips).await {
+        flipped?;
+    }
+    // Which write came last is the apiserver's choice: the primary says.
+    let last = managed_labels(env.primary(), &ns)
+        .await?
+        .unwrap_or_default();
+    assert_eq!(last.len(), 2, "the primary holds {last:?}");
+
+    // Right after the last response, and from that very state on: every later change of the
+    // remote namespace is watched, so a revert that is corrected again does not go unseen.
+    let mut changes = Vec::new();
+    for remote in env.remotes() {
+        let remote_api = namespaces(remote).await?;
+        let now = remote_api.get(&ns).await?;
+        let version = now.metadata.resource_version.clone().unwrap_or_default();
+        assert_eq!(
+            managed_labels_of(now),
+            last,
+            "{ns} on {} right after the last response",
+            remote.name
+        );
+        let params = WatchParams::default().fields(&format!("metadata.name={ns}"));
+        changes.push((remote, remote_api.watch(&params, &version).await?.boxed()));
+    }
+    let window = burst_settle_window();
+    let until = tokio::time::Instant::now() + window;
+    let watched = changes.into_iter().map(|(remote, mut events)| {
+        let (ns, last) = (&ns, &last);
+        async move {
+            while let Ok(Some(event)) = tokio::time::timeout_at(until, events.next()).await {
+                if let WatchEvent::Added(seen) | WatchEvent::Modified(seen) = event? {
+                    assert_eq!(
+                        &managed_labels_of(seen),
+                        last,
+                        "{ns} on {} changed within {window:?} after the last response",
+                        remote.name
+                    );
+                }
+            }
+            anyhow::Ok(())
+        }
+    });
+    futures::future::try_join_all(watched).await?;
+    assert_remotes(&env, &ns, &last).await?;
     Ok(())
 }

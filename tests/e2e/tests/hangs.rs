@@ -1,0 +1,200 @@
+//! Hangs: a process that accepts connections and then never answers (frozen with SIGSTOP, as
+//! a hung or partitioned process looks from outside) never blocks an edit of the primary. A
+//! hung remote holds it no longer than the push deadline, a hung webhook no longer than the
+//! webhook timeout, and the remotes converge once it answers again, without the periodic
+//! resync.
+//!
+//! Every test has a mesh of its own: a frozen process would stall the tests sharing it.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use mesh_e2e::{
+    NO_RESYNC, create_everywhere, eventually, label_on_primary, labels, managed_labels,
+    own_mesh_with,
+};
+use mesh_testenv::TestEnv;
+use mesh_testenv::mesh::MeshOptions;
+
+/// The webhook's push deadline in these meshes (its default, set explicitly).
+const PUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// What kubectl may spend besides the time admission is held: starting, a GET, the PATCH
+/// through the webhook's answer and the annotation it adds. About 100 ms on an idle machine;
+/// 1.5 s leaves room for a loaded one and stays below the gaps the timing assertions must
+/// see: a webhook that waited for a hung remote would hold the edit for the whole webhook
+/// timeout (5 s), 3 s past the push deadline; an apiserver that called a hung webhook twice
+/// would hold it for two timeouts.
+const MARGIN: Duration = Duration::from_millis(1500);
+/// Time a remote that answers again gets to converge.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A mesh whose periodic resync never comes within a test, with [`PUSH_DEADLINE`] and
+/// `more_webhook_args`.
+fn options(more_webhook_args: &[&str]) -> anyhow::Result<MeshOptions> {
+    let mut options = MeshOptions::from_workspace()?;
+    options.resync_period = NO_RESYNC;
+    options.webhook_args = [
+        "--push-deadline",
+        &format!("{}ms", PUSH_DEADLINE.as_millis()),
+    ]
+    .iter()
+    .chain(more_webhook_args)
+    .map(|arg| arg.to_string())
+    .collect();
+    Ok(options)
+}
+
+/// Sends SIGCONT to a process when dropped, so that a failed assertion never leaves it
+/// frozen. Resuming a running process again is harmless.
+struct ResumeOnDrop<'a> {
+    env: &'a TestEnv,
+    process: String,
+}
+
+impl Drop for ResumeOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.env.resume_process(&self.process);
+    }
+}
+
+/// The webhook's timeout in the installed webhook configuration, after checking that its
+/// failure policy lets the edit through when the webhook does not answer.
+async fn installed_webhook_timeout(env: &TestEnv) -> anyhow::Result<Duration> {
+    let configurations =
+        kube::Api::<MutatingWebhookConfiguration>::all(env.primary().client().await?);
+    let installed = configurations
+        .get(kubectl_mesh::render::WEBHOOK_CONFIGURATION)
+        .await?;
+    let webhook = installed
+        .webhooks
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("the webhook configuration has no webhook"))?;
+    assert_eq!(webhook.failure_policy.as_deref(), Some("Ignore"));
+    let seconds = webhook
+        .timeout_seconds
+        .ok_or_else(|| anyhow::anyhow!("the webhook configuration sets no timeout"))?;
+    Ok(Duration::from_secs(u64::try_from(seconds)?))
+}
+
+#[tokio::test]
+async fn a_hung_remote_holds_a_primary_edit_no_longer_than_the_push_deadline() -> anyhow::Result<()>
+{
+    // Calls to a remote time out after 2 s by default, like the push deadline: with a longer
+    // timeout only the push deadline can end the wait.
+    let (env, _mesh) = own_mesh_with(2, options(&["--remote-timeout", "30s"])?).await?;
+    let webhook_timeout = installed_webhook_timeout(&env).await?;
+    assert!(PUSH_DEADLINE + MARGIN < webhook_timeout);
+    let ns = create_everywhere(&env, "hung-remote").await?;
+    let (hung, answering) = (&env.remotes()[0], &env.remotes()[1]);
+    let enabled = labels(&[("istio-injection", "enabled")]);
+
+    env.pause_apiserver(&hung.name)?;
+    let resume = ResumeOnDrop {
+        env: &env,
+        process: hung.apiserver_name(),
+    };
+    let started = Instant::now();
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let elapsed = started.elapsed();
+    eprintln!("kubectl label returned in {elapsed:.2?}");
+    assert!(
+        elapsed < PUSH_DEADLINE + MARGIN,
+        "kubectl took {elapsed:?} with {} hung (push deadline {PUSH_DEADLINE:?}, webhook \
+         timeout {webhook_timeout:?}); it printed: {warnings}",
+        hung.name
+    );
+    assert!(
+        warnings.contains(&format!(
+            "kubectl-mesh: {} did not answer in time; the reconciler will retry",
+            hung.name
+        )),
+        "kubectl printed: {warnings}"
+    );
+    assert!(
+        warnings.contains(&format!(
+            "kubectl-mesh: istio-injection=enabled applied on {}",
+            answering.name
+        )),
+        "kubectl printed: {warnings}"
+    );
+    // No waiting: the answering remote got the push before the apiserver answered kubectl.
+    assert_eq!(
+        managed_labels(answering, &ns).await?.as_ref(),
+        Some(&enabled)
+    );
+    assert_eq!(
+        managed_labels(env.primary(), &ns).await?.as_ref(),
+        Some(&enabled)
+    );
+
+    // The periodic resync is an hour away: the reconciler's sync that the edit started, or
+    // its retry with backoff, converges the remote once it answers.
+    env.resume_apiserver(&hung.name).await?;
+    drop(resume);
+    eventually(
+        &format!("{ns} on {} converged after it answered again", hung.name),
+        CONVERGE_DEADLINE,
+        || async {
+            Ok((managed_labels(hung, &ns).await?.as_ref() == Some(&enabled)).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hung_webhook_holds_a_primary_edit_no_longer_than_its_timeout() -> anyhow::Result<()> {
+    let (env, mesh) = own_mesh_with(1, options(&[])?).await?;
+    let webhook_timeout = installed_webhook_timeout(&env).await?;
+    let ns = create_everywhere(&env, "hung-webhook").await?;
+    let remote = &env.remotes()[0];
+    let enabled = labels(&[("istio-injection", "enabled")]);
+
+    mesh.pause_webhook(&env)?;
+    let resume = ResumeOnDrop {
+        env: &env,
+        process: mesh_testenv::mesh::WEBHOOK_PROCESS.to_owned(),
+    };
+    let started = Instant::now();
+    // failurePolicy Ignore: the apiserver gives up on the webhook and stores the edit.
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let elapsed = started.elapsed();
+    eprintln!("kubectl label returned in {elapsed:.2?}");
+    assert!(
+        !warnings.contains("kubectl-mesh:"),
+        "the frozen webhook answered; kubectl printed: {warnings}"
+    );
+    // Not shorter: the apiserver did call the webhook and waited for it.
+    assert!(
+        elapsed >= webhook_timeout && elapsed < webhook_timeout + MARGIN,
+        "kubectl took {elapsed:?} with the webhook hung (webhook timeout {webhook_timeout:?})"
+    );
+    assert_eq!(
+        managed_labels(env.primary(), &ns).await?.as_ref(),
+        Some(&enabled)
+    );
+    // Nothing else pushes: the remote keeps the old value while the webhook is frozen, also
+    // after a push that could have been under way had time to land.
+    assert_eq!(managed_labels(remote, &ns).await?, Some(labels(&[])));
+    tokio::time::sleep(PUSH_DEADLINE).await;
+    assert_eq!(managed_labels(remote, &ns).await?, Some(labels(&[])));
+
+    // The periodic resync is an hour away: the reconciler's watch of the primary, which
+    // resumes with the process, tells it about the edit.
+    mesh.resume_webhook(&env)?;
+    drop(resume);
+    eventually(
+        &format!(
+            "{ns} on {} converged after the webhook resumed",
+            remote.name
+        ),
+        CONVERGE_DEADLINE,
+        || async {
+            Ok((managed_labels(remote, &ns).await?.as_ref() == Some(&enabled)).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
