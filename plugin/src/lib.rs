@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 pub mod access;
 pub mod age;
 pub mod cmd;
+pub mod credentials;
 pub mod installed_rule;
 pub mod kubeconfig;
 pub mod mesh_state;

@@ -283,7 +283,6 @@ fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<LogLevelSette
     }))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,7 +230,6 @@ pub(crate) fn status_needs_write(
     let Some(prev) = prev else { return true };
     let comparable = |s: &MeshClusterStatus| MeshClusterStatus {
         last_sync_time: None,
-        token_expiry: None,
         ..s.clone()
     };
     if comparable(prev) != comparable(next) {
@@ -248,7 +247,7 @@ pub(crate) fn status_needs_write(
 }
 
 /// Merge-patches our fields of the status. Cleared fields are sent as null (a merge patch
-/// leaves absent keys alone); `tokenExpiry` is the plugin's and never sent.
+/// leaves absent keys alone).
 pub(crate) async fn write_status(
     primary: &Client,
     name: &str,
@@ -271,7 +270,6 @@ pub(crate) async fn write_status(
 pub(crate) fn status_patch(status: &MeshClusterStatus) -> Result<Value, serde_json::Error> {
     let mut value = serde_json::to_value(status)?;
     if let Value::Object(map) = &mut value {
-        map.remove("tokenExpiry");
         for key in ["lastError", "lastSyncTime", "observedGeneration"] {
             map.entry(key).or_insert(Value::Null);
         }
@@ -470,14 +468,9 @@ mod tests {
     }
 
     #[test]
-    fn status_patch_clears_fields_and_leaves_token_expiry_alone() {
-        let status = MeshClusterStatus {
-            token_expiry: Some("2030-01-01T00:00:00Z".into()),
-            ..MeshClusterStatus::default()
-        };
-        let patch = status_patch(&status).expect("encode");
+    fn status_patch_clears_fields() {
+        let patch = status_patch(&MeshClusterStatus::default()).expect("encode");
         let status = &patch["status"];
-        assert!(status.get("tokenExpiry").is_none());
         assert_eq!(status["lastError"], Value::Null);
         assert_eq!(status["missingNamespaces"], json!([]));
         assert_eq!(status["namespacesInSync"], json!(0));

@@ -1,11 +1,19 @@
 //! `kubectl mesh list`: the attached clusters.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
-use kube::ResourceExt;
-use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster},
+};
 
 use crate::{
     Context, Error, Result, age,
+    credentials::{TokenExpiry, stored_token, token_expiry},
+    kubeconfig,
     mesh_state::{self},
     output::{self, OutputFormat, Tabular},
 };
@@ -32,16 +40,58 @@ impl List {
             eprintln!("{NO_CLUSTERS}");
             return Ok(());
         }
-        output::print_stdout(&render(ctx.output, &clusters, Timestamp::now())?)
+        let expiries = token_expiries(&client, &clusters).await;
+        output::print_stdout(&render(ctx.output, &clusters, &expiries, Timestamp::now())?)
     }
 }
 
+/// When each cluster's stored token expires, by cluster name, read from the Secret attach
+/// stored its kubeconfig in.
+async fn token_expiries(
+    client: &Client,
+    clusters: &[MeshCluster],
+) -> BTreeMap<String, TokenExpiry> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), MESH_NAMESPACE);
+    let mut expiries = BTreeMap::new();
+    for cluster in clusters {
+        // Unreadable (no right to read Secrets, or gone) shows as unknown, like a bad token.
+        let secret = secrets
+            .get_opt(&cluster.spec.secret_name)
+            .await
+            .ok()
+            .flatten();
+        expiries.insert(cluster.name_any(), expiry_of(secret.as_ref()));
+    }
+    expiries
+}
+
+/// The expiry of the token in a stored-kubeconfig Secret.
+fn expiry_of(secret: Option<&Secret>) -> TokenExpiry {
+    secret
+        .and_then(|s| s.data.as_ref()?.get(KUBECONFIG_KEY))
+        .and_then(|yaml| std::str::from_utf8(&yaml.0).ok())
+        .and_then(|yaml| kubeconfig::parse_stored(yaml).ok())
+        .and_then(|stored| stored_token(&stored))
+        .map_or(TokenExpiry::Unknown, |token| token_expiry(&token))
+}
+
 /// The output of `list` for `clusters` at time `now`: a table, or the resources themselves.
-pub fn render(format: OutputFormat, clusters: &[MeshCluster], now: Timestamp) -> Result<String> {
+pub fn render(
+    format: OutputFormat,
+    clusters: &[MeshCluster],
+    expiries: &BTreeMap<String, TokenExpiry>,
+    now: Timestamp,
+) -> Result<String> {
     match format {
         OutputFormat::Table | OutputFormat::Wide => {
             let wide = format == OutputFormat::Wide;
-            let rows: Vec<ClusterRow> = clusters.iter().map(|c| ClusterRow::new(c, now)).collect();
+            let rows: Vec<ClusterRow> = clusters
+                .iter()
+                .map(|c| {
+                    let expiry = expiries.get(&c.name_any()).copied();
+                    ClusterRow::new(c, expiry.unwrap_or(TokenExpiry::Unknown), now)
+                })
+                .collect();
             Ok(output::table(
                 &ClusterRow::headers(wide),
                 rows.iter().map(|r| r.row(wide)),
@@ -110,8 +160,8 @@ pub struct ClusterRow {
 }
 
 impl ClusterRow {
-    /// The row of `cluster` at time `now`.
-    pub fn new(cluster: &MeshCluster, now: Timestamp) -> Self {
+    /// The row of `cluster`, whose stored token expires as `expiry`, at time `now`.
+    pub fn new(cluster: &MeshCluster, expiry: TokenExpiry, now: Timestamp) -> Self {
         let status = cluster.status.clone().unwrap_or_default();
         let condition = |type_: &str| {
             status
@@ -127,11 +177,10 @@ impl ClusterRow {
                 age::NONE.to_owned()
             }
         };
-        let token_expiry = match status.token_expiry.as_deref() {
-            None => "never".to_owned(),
-            Some(t) => t
-                .parse::<Timestamp>()
-                .map_or_else(|_| t.to_owned(), |t| age::until(t, now)),
+        let token_expiry = match expiry {
+            TokenExpiry::Never => "never".to_owned(),
+            TokenExpiry::Unknown => "unknown".to_owned(),
+            TokenExpiry::At(at) => age::until(at, now),
         };
         Self {
             name: cluster.name_any(),
@@ -221,7 +270,6 @@ mod tests {
                     missing_namespaces: vec!["payments".into()],
                     namespaces_drifted: 2,
                     last_sync_writes: 2,
-                    token_expiry: Some("2026-03-02T11:00:00Z".into()),
                     ..Default::default()
                 },
             ),
@@ -245,21 +293,63 @@ mod tests {
         ]
     }
 
+    fn expiries() -> BTreeMap<String, TokenExpiry> {
+        let at = "2026-03-02T11:00:00Z".parse().unwrap();
+        BTreeMap::from([
+            ("east".to_owned(), TokenExpiry::At(at)),
+            ("west-long-name".to_owned(), TokenExpiry::Never),
+        ])
+    }
+
+    /// A Secret holding a stored kubeconfig whose token is `token`.
+    fn stored_secret(token: &str) -> Secret {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: east\n  cluster: {{server: \"https://10.0.0.1:6443\", certificate-authority-data: \"\"}}\nusers:\n- name: east\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: east\n  context: {{cluster: east, user: east}}\ncurrent-context: east\n"
+        );
+        Secret {
+            data: Some(BTreeMap::from([(
+                KUBECONFIG_KEY.to_owned(),
+                k8s_openapi::ByteString(yaml.into_bytes()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn token_expiry_is_read_from_the_stored_token() {
+        let expiring = crate::credentials::tests::jwt(serde_json::json!({"exp": 1_800_000_000}));
+        let at = Timestamp::from_second(1_800_000_000).unwrap();
+        assert_eq!(
+            expiry_of(Some(&stored_secret(&expiring))),
+            TokenExpiry::At(at)
+        );
+        let lasting = crate::credentials::tests::jwt(serde_json::json!({"sub": "x"}));
+        assert_eq!(
+            expiry_of(Some(&stored_secret(&lasting))),
+            TokenExpiry::Never
+        );
+        assert_eq!(
+            expiry_of(Some(&stored_secret("not-a-jwt"))),
+            TokenExpiry::Unknown
+        );
+        assert_eq!(expiry_of(None), TokenExpiry::Unknown);
+    }
+
     #[test]
     fn table_snapshot() {
-        let text = render(OutputFormat::Table, &clusters(), now()).unwrap();
+        let text = render(OutputFormat::Table, &clusters(), &expiries(), now()).unwrap();
         insta::assert_snapshot!("list_table", text);
     }
 
     #[test]
     fn wide_snapshot() {
-        let text = render(OutputFormat::Wide, &clusters(), now()).unwrap();
+        let text = render(OutputFormat::Wide, &clusters(), &expiries(), now()).unwrap();
         insta::assert_snapshot!("list_wide", text);
     }
 
     #[test]
     fn json_and_yaml_are_the_resources() {
-        let text = render(OutputFormat::Json, &clusters(), now()).unwrap();
+        let text = render(OutputFormat::Json, &clusters(), &expiries(), now()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["kind"], "List");
         assert_eq!(v["items"][0]["kind"], "MeshCluster");
@@ -267,7 +357,7 @@ mod tests {
         assert_eq!(v["items"][0]["status"]["namespacesInSync"], 42);
         assert_eq!(v["items"][1]["spec"]["server"], "https://10.0.0.2:6443");
 
-        let yaml = render(OutputFormat::Yaml, &clusters()[..1], now()).unwrap();
+        let yaml = render(OutputFormat::Yaml, &clusters()[..1], &expiries(), now()).unwrap();
         assert!(yaml.starts_with("apiVersion: kubectl-mesh.io/v1alpha1\nkind: MeshCluster\n"));
         assert!(yaml.contains("clusterId: east-"), "{yaml}");
     }
@@ -275,12 +365,13 @@ mod tests {
     #[test]
     fn empty_json_and_yaml_are_empty_lists() {
         let v: serde_json::Value =
-            serde_json::from_str(&render(OutputFormat::Json, &[], now()).unwrap()).unwrap();
+            serde_json::from_str(&render(OutputFormat::Json, &[], &expiries(), now()).unwrap())
+                .unwrap();
         assert_eq!(
             v,
             serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []})
         );
-        let yaml = render(OutputFormat::Yaml, &[], now()).unwrap();
+        let yaml = render(OutputFormat::Yaml, &[], &expiries(), now()).unwrap();
         assert_eq!(yaml, "apiVersion: v1\nitems: []\nkind: List\n");
     }
 }

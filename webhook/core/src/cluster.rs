@@ -88,9 +88,6 @@ pub struct MeshClusterStatus {
     /// The last error met while talking to the remote, cleared by a successful sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// When the stored service-account token expires (RFC 3339), if it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_expiry: Option<String>,
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

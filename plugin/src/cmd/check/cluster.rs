@@ -17,10 +17,10 @@ use mesh_core::{
     remote::error_chain,
 };
 
-use super::credentials::{TokenExpiry, stored_token, token_expiry};
 use super::facts::{ClusterFacts, FoundGuard, GuardFacts, MeshFacts, RemoteFacts, RemoteReads};
 use super::report::{CheckResult, Outcome, Section};
 use super::rights;
+use crate::credentials::{TokenExpiry, stored_token, token_expiry};
 use crate::{
     age,
     cmd::status::plural,
@@ -551,8 +551,8 @@ fn guard_result(cluster: &MeshCluster, guard: &GuardFacts) -> CheckResult {
 
 #[cfg(test)]
 mod tests {
-    use super::super::credentials::tests::jwt;
     use super::*;
+    use crate::credentials::tests::jwt;
 
     #[test]
     fn token_check_levels() {

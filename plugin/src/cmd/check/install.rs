@@ -11,9 +11,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt as _;
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
-use super::credentials::{CertInfo, certificates};
 use super::facts::{Fetched, InstallFacts, Probe};
 use super::report::{CheckResult, Section};
+use crate::credentials::{CertInfo, certificates};
 use crate::{age, installed_rule, render};
 
 /// Prefix of every warning the webhook returns.

@@ -11,7 +11,6 @@
 //! without a cluster; [`report`] is what they conclude and [`render`] prints it.
 
 pub mod cluster;
-pub mod credentials;
 pub mod facts;
 pub mod install;
 pub mod render;

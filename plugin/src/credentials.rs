@@ -87,14 +87,14 @@ pub fn certificates(pem: &[u8]) -> std::result::Result<CertInfo, String> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use jiff::SignedDuration;
 
     use super::*;
     use crate::{kubeconfig, render};
 
     /// An unsigned JWT carrying `claims`.
-    pub(in super::super) fn jwt(claims: serde_json::Value) -> String {
+    pub(crate) fn jwt(claims: serde_json::Value) -> String {
         let enc = |v: &serde_json::Value| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
         };
