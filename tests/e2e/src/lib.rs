@@ -362,6 +362,27 @@ pub async fn admission_reviews(
     Ok(reviews)
 }
 
+/// Reviews answered with `outcome`, and in all (see [`admission_reviews`]).
+pub async fn reviews_with_outcome(
+    mesh: &mesh_testenv::mesh::Mesh,
+    outcome: &str,
+) -> anyhow::Result<(f64, f64)> {
+    let reviews = admission_reviews(mesh).await?;
+    Ok((
+        reviews.get(outcome).copied().unwrap_or_default(),
+        reviews.values().sum(),
+    ))
+}
+
+/// `remote-1, remote-2`, as the webhook's warnings list the remotes.
+pub fn remote_names(env: &TestEnv) -> String {
+    env.remotes()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Every label of a namespace but the apiserver's own `kubernetes.io/metadata.name` (None
 /// when the namespace does not exist there): what a custom rule manages or leaves alone.
 pub async fn namespace_labels(

@@ -15,8 +15,8 @@ use anyhow::Context;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{TestEnv, workspace_binary};
 use mesh_e2e::{
-    NO_RESYNC, admission_reviews, create_everywhere, create_namespace, label_on_primary, labels,
-    namespace_labels, own_mesh_with, run, text,
+    NO_RESYNC, create_everywhere, create_namespace, label_on_primary, labels, namespace_labels,
+    own_mesh_with, remote_names, reviews_with_outcome, run, text,
 };
 use tokio::sync::{Mutex, OnceCell};
 
@@ -88,24 +88,6 @@ async fn webhook_flags_printed_by_install() -> anyhow::Result<Vec<String>> {
     Ok(flags.split_whitespace().map(String::from).collect())
 }
 
-/// Reviews answered with `outcome`, and in all.
-async fn reviews(mesh: &Mesh, outcome: &str) -> anyhow::Result<(f64, f64)> {
-    let reviews = admission_reviews(mesh).await?;
-    Ok((
-        reviews.get(outcome).copied().unwrap_or_default(),
-        reviews.values().sum(),
-    ))
-}
-
-/// `remote-1, remote-2`, as the webhook's warnings list the remotes.
-fn remote_names(env: &TestEnv) -> String {
-    env.remotes()
-        .iter()
-        .map(|r| r.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[tokio::test]
 async fn a_custom_managed_label_reaches_the_webhook_and_lands_before_kubectl_returns()
 -> anyhow::Result<()> {
@@ -117,7 +99,7 @@ async fn a_custom_managed_label_reaches_the_webhook_and_lands_before_kubectl_ret
         (format!("{ZONE}=east"), labels(&[(ZONE, "east")])),
         (format!("{ZONE}-"), labels(&[])),
     ] {
-        let (pushed, all) = reviews(mesh, "pushed").await?;
+        let (pushed, all) = reviews_with_outcome(mesh, "pushed").await?;
         let warnings = label_on_primary(env, &ns, &[&change]).await?;
         // Read at once: the webhook pushes before it answers, so no waiting.
         for remote in env.remotes() {
@@ -130,7 +112,7 @@ async fn a_custom_managed_label_reaches_the_webhook_and_lands_before_kubectl_ret
             );
         }
         assert_eq!(
-            reviews(mesh, "pushed").await?,
+            reviews_with_outcome(mesh, "pushed").await?,
             (pushed + 1.0, all + 1.0),
             "{change}: the apiserver sends one review and the webhook pushes it"
         );
@@ -160,19 +142,22 @@ async fn a_label_no_longer_managed_does_not_reach_the_webhook_nor_the_remotes() 
         run(label).await?;
     }
 
-    let (_, all) = reviews(mesh, "pushed").await?;
+    let (_, all) = reviews_with_outcome(mesh, "pushed").await?;
     label_on_primary(env, &ns, &[&format!("{REVISION}=canary")]).await?;
     assert_eq!(
-        reviews(mesh, "pushed").await?.1,
+        reviews_with_outcome(mesh, "pushed").await?.1,
         all,
         "a change of {REVISION}, which the rule does not manage, was sent to the webhook"
     );
 
     // A managed change through the webhook afterwards: its push carries every label the
     // webhook's rule manages, so a webhook that still managed the revision would push it now.
-    let (pushed, all) = reviews(mesh, "pushed").await?;
+    let (pushed, all) = reviews_with_outcome(mesh, "pushed").await?;
     let warnings = label_on_primary(env, &ns, &[&format!("{ZONE}=west")]).await?;
-    assert_eq!(reviews(mesh, "pushed").await?, (pushed + 1.0, all + 1.0));
+    assert_eq!(
+        reviews_with_outcome(mesh, "pushed").await?,
+        (pushed + 1.0, all + 1.0)
+    );
     for remote in env.remotes() {
         assert_eq!(
             namespace_labels(remote, &ns).await?,
@@ -192,7 +177,7 @@ async fn an_excluded_namespace_does_not_reach_the_webhook_nor_the_remotes() -> a
         create_namespace(cluster, LEGACY).await?;
     }
 
-    let (_, all) = reviews(mesh, "pushed").await?;
+    let (_, all) = reviews_with_outcome(mesh, "pushed").await?;
     let warnings = label_on_primary(
         env,
         LEGACY,
@@ -200,7 +185,7 @@ async fn an_excluded_namespace_does_not_reach_the_webhook_nor_the_remotes() -> a
     )
     .await?;
     assert_eq!(
-        reviews(mesh, "pushed").await?.1,
+        reviews_with_outcome(mesh, "pushed").await?.1,
         all,
         "a managed-label change in the excluded namespace {LEGACY} was sent to the webhook"
     );

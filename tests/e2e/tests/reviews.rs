@@ -8,35 +8,15 @@
 //! Alone in its test binary: its tests count every review the webhook answers, so they take
 //! turns.
 
-use mesh_e2e::mesh_testenv::TestEnv;
-use mesh_e2e::mesh_testenv::mesh::Mesh;
 use mesh_e2e::{
-    admission_reviews, create_everywhere, create_namespace, label_on_primary, labels,
-    managed_labels, namespaces, run, shared_mesh, text, unique_name,
+    create_everywhere, create_namespace, label_on_primary, labels, managed_labels, namespaces,
+    remote_names, reviews_with_outcome, run, shared_mesh, text, unique_name,
 };
 use mesh_webhook::admission::PROPAGATION_ANNOTATION;
 use tokio::sync::Mutex;
 
 /// Held by each test while it counts reviews.
 static TURN: Mutex<()> = Mutex::const_new(());
-
-/// Reviews answered with outcome `pushed`, and in all.
-async fn pushed_and_all(mesh: &Mesh) -> anyhow::Result<(f64, f64)> {
-    let reviews = admission_reviews(mesh).await?;
-    Ok((
-        reviews.get("pushed").copied().unwrap_or_default(),
-        reviews.values().sum(),
-    ))
-}
-
-/// `remote-1, remote-2`, as the webhook's warnings list the remotes.
-fn remote_names(env: &TestEnv) -> String {
-    env.remotes()
-        .iter()
-        .map(|r| r.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 #[tokio::test]
 async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
@@ -57,7 +37,7 @@ async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
         ),
     )?;
 
-    let (pushed, all) = pushed_and_all(mesh).await?;
+    let (pushed, all) = reviews_with_outcome(mesh, "pushed").await?;
     let mut create = env.kubectl(env.primary());
     create.args(["create", "-f"]).arg(&manifest);
     let warnings = text(&run(create).await?.stderr);
@@ -72,7 +52,7 @@ async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
         );
     }
     assert_eq!(
-        pushed_and_all(mesh).await?,
+        reviews_with_outcome(mesh, "pushed").await?,
         (pushed + 1.0, all + 1.0),
         "the CREATE is sent to the webhook once and pushed"
     );
@@ -118,7 +98,7 @@ async fn deleting_a_labelled_namespace_removes_its_label_before_kubectl_returns(
         );
     }
 
-    let (pushed, _) = pushed_and_all(mesh).await?;
+    let (pushed, _) = reviews_with_outcome(mesh, "pushed").await?;
     // --wait=false: kubectl returns once the apiserver has answered the DELETE (and so the
     // webhook has), not after the namespace is finalized, when the reconciler could have
     // removed the label instead.
@@ -137,7 +117,7 @@ async fn deleting_a_labelled_namespace_removes_its_label_before_kubectl_returns(
     // Only pushes are counted here: once the namespace is finalized, the namespace controller
     // deletes it once more, a review answered without a push that may already have come.
     assert_eq!(
-        pushed_and_all(mesh).await?.0,
+        reviews_with_outcome(mesh, "pushed").await?.0,
         pushed + 1.0,
         "the DELETE is sent to the webhook and pushed"
     );
