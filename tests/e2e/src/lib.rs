@@ -122,23 +122,7 @@ where
     }
 }
 
-/// Runs a command to completion without blocking the runtime (an in-test server may have to
-/// answer the very request the command makes), failing with its stderr when it fails.
-pub async fn run(cmd: std::process::Command) -> anyhow::Result<std::process::Output> {
-    let mut cmd = tokio::process::Command::from(cmd);
-    let output = cmd
-        .output()
-        .await
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(output)
-}
+pub use mesh_testenv::mesh::run;
 
 /// A CA and a certificate for 127.0.0.1 signed by it.
 pub struct TestCertificate {

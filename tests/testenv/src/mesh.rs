@@ -263,7 +263,9 @@ fn shell_path(path: &Path) -> String {
     path.display().to_string().replace('"', "\\\"")
 }
 
-async fn run(cmd: Command) -> anyhow::Result<Output> {
+/// Runs a command to completion without blocking the runtime (an in-process server may have
+/// to answer the very request the command makes), failing with its stderr when it fails.
+pub async fn run(cmd: Command) -> anyhow::Result<Output> {
     let mut cmd = tokio::process::Command::from(cmd);
     let output = cmd
         .output()
