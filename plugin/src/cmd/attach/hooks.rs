@@ -7,7 +7,8 @@
 //! [`Step::ALL`]; any other value is refused before anything is done.
 //! `KUBECTL_MESH_STALL_IN=<step>` ([`STALL_IN_ENV`]) makes the first object that step creates
 //! look like a request still waiting for its answer once the apiserver has stored it, so that
-//! tests can interrupt attach (Ctrl-C) exactly there.
+//! tests can interrupt attach (Ctrl-C) exactly there. It names a step that creates objects
+//! ([`Step::creates`]); a step that creates nothing is refused, as it could never stall.
 
 use std::ffi::OsString;
 
@@ -50,7 +51,7 @@ mod imp {
         ) -> Result<Self> {
             Ok(Self {
                 fail_after: step_named_by(FAIL_AFTER_ENV, lookup(FAIL_AFTER_ENV))?,
-                stall_in: step_named_by(STALL_IN_ENV, lookup(STALL_IN_ENV))?,
+                stall_in: able_to_stall(step_named_by(STALL_IN_ENV, lookup(STALL_IN_ENV))?)?,
             })
         }
 
@@ -88,6 +89,29 @@ mod imp {
                 ));
                 std::future::pending::<()>().await;
             }
+        }
+    }
+
+    /// `step` of the stall hook, if it creates objects: one that creates nothing could never
+    /// stall, and a test relying on it would pass without a stall.
+    fn able_to_stall(step: Option<Step>) -> Result<Option<Step>> {
+        match step {
+            Some(step) if !step.creates() => Err(Error::Refused {
+                what: format!(
+                    "{STALL_IN_ENV}={} names a step that creates nothing",
+                    step.name()
+                ),
+                hint: format!(
+                    "use one of: {}, or unset it (it is a test hook)",
+                    Step::ALL
+                        .into_iter()
+                        .filter(|s| s.creates())
+                        .map(Step::name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+            step => Ok(step),
         }
     }
 
@@ -172,6 +196,28 @@ mod tests {
             TestHooks::read(both_set_to("no-such-step")).is_err(),
             enabled
         );
+    }
+
+    #[test]
+    fn stall_hook_refuses_a_step_that_creates_nothing() {
+        let stall_in_token =
+            |variable: &str| (variable == STALL_IN_ENV).then(|| OsString::from("token"));
+        let read = TestHooks::read(stall_in_token);
+        if !cfg!(feature = "test-hooks") {
+            assert!(read.is_ok(), "{read:?}");
+            return;
+        }
+        let line = read.expect_err("token creates nothing").line();
+        assert!(
+            line.contains("KUBECTL_MESH_STALL_IN=token names a step that creates nothing"),
+            "{line}"
+        );
+        assert!(
+            line.contains("use one of: remote-namespace, service-account,"),
+            "{line}"
+        );
+        assert!(!line.contains("owner-references"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
     }
 
     #[test]

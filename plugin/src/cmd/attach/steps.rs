@@ -97,6 +97,26 @@ impl Step {
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.name() == name)
     }
+
+    /// Whether the step may create objects: what an interruption during it may leave
+    /// behind, and so what `KUBECTL_MESH_STALL_IN` can name. Waiting for the token and
+    /// making the Secrets owned only read or update.
+    pub fn creates(self) -> bool {
+        match self {
+            Self::Token | Self::OwnerReferences => false,
+            Self::RemoteNamespace
+            | Self::ServiceAccount
+            | Self::ClusterRole
+            | Self::ClusterRoleBinding
+            | Self::TokenSecret
+            | Self::GuardPolicy
+            | Self::GuardBinding
+            | Self::IstioReader
+            | Self::PrimarySecret
+            | Self::IstioRemoteSecret
+            | Self::MeshCluster => true,
+        }
+    }
 }
 
 /// One attach in progress: what it created so far, for the rollback.
@@ -163,6 +183,13 @@ impl<'a> Run<'a> {
         // Recorded before the request: if Ctrl-C drops this future while the create is in
         // flight, the rollback still deletes what the apiserver may have stored.
         if before.is_none() {
+            // The interruption tests cover the steps that say they create.
+            debug_assert!(
+                self.step.is_some_and(Step::creates),
+                "step {:?} creates {} but Step::creates says it creates nothing",
+                self.step,
+                describe(&m)
+            );
             self.created.push((side, m.clone()));
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();

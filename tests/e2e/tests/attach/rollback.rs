@@ -4,10 +4,65 @@
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
+use kubectl_mesh::cmd::attach::Step;
 use mesh_e2e::{DEFAULT_TIMEOUT, eventually, fixtures, text};
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::support::*;
 
+/// Serializes the attaches that reach the primary's istio-system namespace, whichever the
+/// remote: they create it when it is absent and their rollback deletes it again, which would
+/// pull it from under another attach. Taken after the remote's lock.
+static ISTIO_SYSTEM: Mutex<()> = Mutex::const_new(());
+
+/// Whether an attach with --istio-remote-secret that stops in or right after `step` has
+/// reached the primary's istio-system namespace.
+fn reaches_istio_system(step: Step) -> bool {
+    let at = |step| Step::ALL.iter().position(|s| *s == step);
+    at(step) >= at(Step::IstioRemoteSecret)
+}
+
+/// Whether the primary has an istio-system namespace.
+async fn istio_system_exists(primary: &Client) -> anyhow::Result<bool> {
+    Ok(Api::<Namespace>::all(primary.clone())
+        .get_opt("istio-system")
+        .await?
+        .is_some())
+}
+
+/// When an attach stopping at `step` reaches istio-system: the lock on it, held until the
+/// rollback is checked, and whether it existed before.
+async fn istio_system_before(
+    primary: &Client,
+    step: Step,
+) -> anyhow::Result<Option<(MutexGuard<'static, ()>, bool)>> {
+    if !reaches_istio_system(step) {
+        return Ok(None);
+    }
+    let lock = ISTIO_SYSTEM.lock().await;
+    Ok(Some((lock, istio_system_exists(primary).await?)))
+}
+
+/// istio-system is as it was before the attach that stopped at `step`, when that attach
+/// reached it.
+async fn assert_istio_system_as_before(
+    primary: &Client,
+    before: &Option<(MutexGuard<'static, ()>, bool)>,
+    step: &str,
+) -> anyhow::Result<()> {
+    if let Some((_, existed)) = before {
+        assert_eq!(
+            istio_system_exists(primary).await?,
+            *existed,
+            "istio-system after {step}"
+        );
+    }
+    Ok(())
+}
+
+/// A real Ctrl-C while the first object of a step is stored but its answer has not come: in
+/// every step that creates objects ([`Step::creates`]; with --istio-remote-secret, so that the
+/// Istio steps create theirs), attach rolls back what it created, that object included.
 #[tokio::test]
 async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -17,14 +72,12 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
     let (remote, _lock) = take_remote(env, 1).await?;
     let name = remote.name.as_str();
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    for step in [
-        "remote-namespace",
-        "token-secret",
-        "primary-secret",
-        "mesh-cluster",
-    ] {
+    let primary = env.primary().client().await?;
+    for step in Step::ALL.into_iter().filter(|s| s.creates()) {
+        let istio_system = istio_system_before(&primary, step).await?;
+        let step = step.name();
         let mut child = tokio::process::Command::from(fixtures::plugin(env)?)
-            .args(["attach", &kubeconfig])
+            .args(["attach", &kubeconfig, "--istio-remote-secret"])
             .env_remove("KUBECTL_MESH_FAIL_AFTER")
             .env("KUBECTL_MESH_STALL_IN", step)
             .env("NO_COLOR", "1")
@@ -69,14 +122,40 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
             "{step}: {}",
             seen.join("\n")
         );
-        assert!(last.contains("rolled back"), "{step}: {last}");
+        assert!(
+            last.contains(&format!("failed at step {step} and was rolled back")),
+            "{step}: {last}"
+        );
         assert_nothing_left(env, remote, name)
             .await
             .with_context(|| format!("after Ctrl-C in {step}"))?;
+        assert_istio_system_as_before(&primary, &istio_system, &format!("Ctrl-C in {step}"))
+            .await?;
     }
-    Ok(())
+
+    // A step that creates nothing cannot stall: the hook refuses it rather than let attach
+    // run through.
+    for step in Step::ALL.into_iter().filter(|s| !s.creates()) {
+        let step = step.name();
+        let out = mesh(
+            env,
+            &["attach", &kubeconfig],
+            &[("KUBECTL_MESH_STALL_IN", step)],
+        )
+        .await?;
+        let line = refused_in_one_line(&out, step)?;
+        assert!(
+            line.contains(&format!(
+                "KUBECTL_MESH_STALL_IN={step} names a step that creates nothing"
+            )),
+            "{line}"
+        );
+    }
+    assert_nothing_left(env, remote, name).await
 }
 
+/// A failure right after each step of [`Step::ALL`] (with --istio-remote-secret, so that the
+/// Istio steps run) rolls back everything; a re-run then goes through.
 #[tokio::test]
 async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<()> {
     let env = env().await?;
@@ -85,22 +164,10 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     let name = remote.name.as_str();
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let primary = env.primary().client().await?;
-    let istio_system_before = Api::<Namespace>::all(primary.clone())
-        .get_opt("istio-system")
-        .await?
-        .is_some();
 
-    for step in [
-        "remote-namespace",
-        "token-secret",
-        "token",
-        "guard-binding",
-        "istio-reader",
-        "primary-secret",
-        "istio-remote-secret",
-        "mesh-cluster",
-        "owner-references",
-    ] {
+    for step in Step::ALL {
+        let istio_system = istio_system_before(&primary, step).await?;
+        let step = step.name();
         let out = mesh(
             env,
             &["attach", &kubeconfig, "--istio-remote-secret"],
@@ -120,14 +187,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
         assert_nothing_left(env, remote, name)
             .await
             .with_context(|| format!("after failing at {step}"))?;
-        let istio_system = Api::<Namespace>::all(primary.clone())
-            .get_opt("istio-system")
-            .await?
-            .is_some();
-        assert_eq!(
-            istio_system, istio_system_before,
-            "istio-system after {step}"
-        );
+        assert_istio_system_as_before(&primary, &istio_system, step).await?;
     }
 
     // An unknown step is refused before anything happens.
@@ -141,6 +201,8 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     assert_nothing_left(env, remote, name).await?;
 
     // The re-run goes through, Istio remote secret included.
+    let _istio = ISTIO_SYSTEM.lock().await;
+    let istio_system_before = istio_system_exists(&primary).await?;
     attach(env, remote, &["--istio-remote-secret"]).await?;
     let istio = Api::<Secret>::namespaced(primary.clone(), "istio-system")
         .get("istio-remote-secret-remote-1")
@@ -176,11 +238,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await?;
     eventually("istio-system as before", DEFAULT_TIMEOUT, || async {
-        let exists = Api::<Namespace>::all(primary.clone())
-            .get_opt("istio-system")
-            .await?
-            .is_some();
-        Ok((exists == istio_system_before).then_some(()))
+        Ok((istio_system_exists(&primary).await? == istio_system_before).then_some(()))
     })
     .await
 }
