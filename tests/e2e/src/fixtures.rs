@@ -18,13 +18,12 @@ use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     core::v1::ServiceAccount,
 };
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use kubectl_mesh::{cmd::apply, kubeconfig, remote_setup as setup, render::Manifest};
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{MeshCluster, RemoteGuard};
 use mesh_testenv::{Cluster, TestEnv};
-use serde_json::json;
 use tokio::sync::OnceCell;
 
 use crate::{DEFAULT_TIMEOUT, eventually};
@@ -68,8 +67,7 @@ pub enum Token {
     /// A `kubernetes.io/service-account-token` Secret filled by kube-controller-manager, as
     /// attach makes it: never expires.
     LongLived,
-    /// A TokenRequest token that expires after this long; its expiry is recorded in the
-    /// MeshCluster's `status.tokenExpiry`.
+    /// A TokenRequest token that expires after this long (its `exp` claim says when).
     Expiring(Duration),
 }
 
@@ -145,12 +143,9 @@ pub async fn attach(
         apply_on(&remote_client, &setup::guard_binding(name, &guard)).await?;
     }
 
-    let (token, expiry) = match options.token {
-        Token::LongLived => (long_lived_token(&remote_client, name).await?, None),
-        Token::Expiring(ttl) => {
-            let (token, expiry) = requested_token(&remote_client, ttl).await?;
-            (token, Some(expiry))
-        }
+    let token = match options.token {
+        Token::LongLived => long_lived_token(&remote_client, name).await?,
+        Token::Expiring(ttl) => requested_token(&remote_client, ttl).await?,
     };
 
     // The stored kubeconfig: the remote's server and CA from its admin kubeconfig, the token.
@@ -179,12 +174,6 @@ pub async fn attach(
     };
     apply_on(&primary, &setup::mesh_cluster(&record)).await?;
     apply_on(&primary, &setup::cluster_secret(name, &yaml)).await?;
-    if let Some(expiry) = expiry {
-        let status = json!({"status": {"tokenExpiry": expiry}});
-        Api::<MeshCluster>::all(primary)
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await?;
-    }
     Ok(Attached {
         name: name.to_owned(),
         remote: remote.clone(),
@@ -232,8 +221,8 @@ async fn long_lived_token(remote: &Client, name: &str) -> anyhow::Result<String>
     .await
 }
 
-/// A bound token of the sync account that expires after `ttl`, and when it does (RFC 3339).
-async fn requested_token(remote: &Client, ttl: Duration) -> anyhow::Result<(String, String)> {
+/// A bound token of the sync account that expires after `ttl`.
+async fn requested_token(remote: &Client, ttl: Duration) -> anyhow::Result<String> {
     let accounts: Api<ServiceAccount> = Api::namespaced(remote.clone(), MESH_NAMESPACE);
     let request = TokenRequest {
         spec: TokenRequestSpec {
@@ -248,10 +237,7 @@ async fn requested_token(remote: &Client, ttl: Duration) -> anyhow::Result<(Stri
         .await?
         .status
         .context("TokenRequest returned no status")?;
-    Ok((
-        status.token,
-        format!("{:.0}", status.expiration_timestamp.0),
-    ))
+    Ok(status.token)
 }
 
 /// Removes a MeshCluster and its Secret from the primary (not the remote's objects: other
