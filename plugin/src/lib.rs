@@ -112,6 +112,20 @@ impl Context {
         Ok(kubeconfig::load(self.kubeconfig.as_deref())?)
     }
 
+    /// The primary as the user's kubeconfig names it: that kubeconfig, the context's name, and
+    /// the target errors about reaching it name.
+    pub fn primary_target(&self) -> Result<(kube::config::Kubeconfig, String, access::Target)> {
+        let kc = self.load_kubeconfig()?;
+        let selected = kubeconfig::select(&kc, self.context.as_deref())?;
+        let context = selected.context.to_owned();
+        let target = access::Target {
+            label: "the primary".into(),
+            server: selected.server()?.to_owned(),
+            where_configured: format!("the server of context {context} in your kubeconfig"),
+        };
+        Ok((kc, context, target))
+    }
+
     /// Name of the primary's context: `--context` or the kubeconfig's current one.
     pub fn context_name(&self) -> Result<String> {
         let kc = self.load_kubeconfig()?;

@@ -98,14 +98,7 @@ impl Detach {
             timeout,
         } = self;
         let progress = ctx.progress;
-        let primary_kc = ctx.load_kubeconfig()?;
-        let psel = kubeconfig::select(&primary_kc, ctx.context.as_deref())?;
-        let primary_context = psel.context.to_owned();
-        let primary_target = Target {
-            label: "the primary".into(),
-            server: psel.server()?.to_owned(),
-            where_configured: format!("the server of context {primary_context} in your kubeconfig"),
-        };
+        let (primary_kc, primary_context, primary_target) = ctx.primary_target()?;
         let primary = access::client(primary_kc.clone(), Some(&primary_context)).await?;
 
         let clusters: Api<MeshCluster> = Api::all(primary.clone());

@@ -181,14 +181,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     };
     kubeconfig::validate_cluster_name(&name)?;
 
-    let primary_kc = ctx.load_kubeconfig()?;
-    let psel = kubeconfig::select(&primary_kc, ctx.context.as_deref())?;
-    let primary_context = psel.context.to_owned();
-    let primary_target = Target {
-        label: "the primary".into(),
-        server: psel.server()?.to_owned(),
-        where_configured: format!("the server of context {primary_context} in your kubeconfig"),
-    };
+    let (primary_kc, primary_context, primary_target) = ctx.primary_target()?;
     let remote_target = Target {
         label: format!("remote cluster {name}"),
         server: remote_server,
