@@ -190,93 +190,54 @@ pub async fn labelled(
     Ok(out)
 }
 
+/// `"<kind> <name>"` when the object `name` exists behind `api`.
+async fn existing<K>(api: Api<K>, kind: &str, name: &str) -> anyhow::Result<Option<String>>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_opt(name).await?.map(|_| format!("{kind} {name}")))
+}
+
 /// The objects attach creates, by name, that exist on the remote.
 async fn remote_by_name(remote: &Cluster) -> anyhow::Result<Vec<String>> {
     let c = remote.client().await?;
-    let mut out = Vec::new();
-    if Api::<Namespace>::all(c.clone())
-        .get_opt(MESH_NS)
-        .await?
-        .is_some()
-    {
-        out.push(format!("Namespace {MESH_NS}"));
-    }
+    let mut found = vec![existing(Api::<Namespace>::all(c.clone()), "Namespace", MESH_NS).await?];
     for name in ["kubectl-mesh-sync", "kubectl-mesh-istio-reader"] {
-        if Api::<ServiceAccount>::namespaced(c.clone(), MESH_NS)
-            .get_opt(name)
-            .await?
-            .is_some()
-        {
-            out.push(format!("ServiceAccount {name}"));
-        }
-        if Api::<ClusterRole>::all(c.clone())
-            .get_opt(name)
-            .await?
-            .is_some()
-        {
-            out.push(format!("ClusterRole {name}"));
-        }
-        if Api::<ClusterRoleBinding>::all(c.clone())
-            .get_opt(name)
-            .await?
-            .is_some()
-        {
-            out.push(format!("ClusterRoleBinding {name}"));
-        }
-        let token = format!("{name}-token");
-        if Api::<Secret>::namespaced(c.clone(), MESH_NS)
-            .get_opt(&token)
-            .await?
-            .is_some()
-        {
-            out.push(format!("Secret {token}"));
-        }
+        let in_ns = Api::<ServiceAccount>::namespaced(c.clone(), MESH_NS);
+        found.push(existing(in_ns, "ServiceAccount", name).await?);
+        found.push(existing(Api::<ClusterRole>::all(c.clone()), "ClusterRole", name).await?);
+        let bindings = Api::<ClusterRoleBinding>::all(c.clone());
+        found.push(existing(bindings, "ClusterRoleBinding", name).await?);
+        let secrets = Api::<Secret>::namespaced(c.clone(), MESH_NS);
+        found.push(existing(secrets, "Secret", &format!("{name}-token")).await?);
     }
-    if Api::<ValidatingAdmissionPolicy>::all(c.clone())
-        .get_opt("kubectl-mesh-guard")
-        .await?
-        .is_some()
-    {
-        out.push("ValidatingAdmissionPolicy kubectl-mesh-guard".into());
-    }
-    if Api::<ValidatingAdmissionPolicyBinding>::all(c.clone())
-        .get_opt("kubectl-mesh-guard")
-        .await?
-        .is_some()
-    {
-        out.push("ValidatingAdmissionPolicyBinding kubectl-mesh-guard".into());
-    }
-    Ok(out)
+    let guard = "kubectl-mesh-guard";
+    let policies = Api::<ValidatingAdmissionPolicy>::all(c.clone());
+    found.push(existing(policies, "ValidatingAdmissionPolicy", guard).await?);
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(c.clone());
+    found.push(existing(bindings, "ValidatingAdmissionPolicyBinding", guard).await?);
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// The primary's objects of cluster `name`, by name.
 pub async fn primary_by_name(env: &TestEnv, name: &str) -> anyhow::Result<Vec<String>> {
     let c = env.primary().client().await?;
-    let mut out = Vec::new();
-    if Api::<MeshCluster>::all(c.clone())
-        .get_opt(name)
-        .await?
-        .is_some()
-    {
-        out.push(format!("MeshCluster {name}"));
-    }
-    let secret = format!("cluster-{name}");
-    if Api::<Secret>::namespaced(c.clone(), MESH_NS)
-        .get_opt(&secret)
-        .await?
-        .is_some()
-    {
-        out.push(format!("Secret {secret}"));
-    }
-    let istio = format!("istio-remote-secret-{name}");
-    if Api::<Secret>::namespaced(c.clone(), "istio-system")
-        .get_opt(&istio)
-        .await?
-        .is_some()
-    {
-        out.push(format!("Secret {istio}"));
-    }
-    Ok(out)
+    let found = [
+        existing(Api::<MeshCluster>::all(c.clone()), "MeshCluster", name).await?,
+        existing(
+            Api::<Secret>::namespaced(c.clone(), MESH_NS),
+            "Secret",
+            &format!("cluster-{name}"),
+        )
+        .await?,
+        existing(
+            Api::<Secret>::namespaced(c.clone(), "istio-system"),
+            "Secret",
+            &format!("istio-remote-secret-{name}"),
+        )
+        .await?,
+    ];
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Nothing attach creates for cluster `name` (on `remote`) is left on either side.
