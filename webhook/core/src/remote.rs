@@ -504,7 +504,23 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
     out
 }
 
+/// The reason kube-client gives a `Status` it made up from an error body that was not one.
+const UNPARSED_BODY: &str = "Failed to parse error data";
+
+/// `<code> <reason>: <message>` of an apiserver's `Status`. A body that was not a `Status` (an
+/// HTML page of whatever server a stored kubeconfig points at) is reduced to its HTTP status:
+/// its text could be anything, and it ends up in MeshCluster status and Events.
 fn describe_status(status: &kube::core::Status) -> String {
+    if status.reason == UNPARSED_BODY {
+        let reason = http::StatusCode::from_u16(status.code)
+            .ok()
+            .and_then(|code| code.canonical_reason())
+            .unwrap_or("error");
+        return format!(
+            "{} {reason} (the response was not a Kubernetes Status)",
+            status.code
+        );
+    }
     let mut text = status.code.to_string();
     if !status.reason.is_empty() {
         text.push(' ');
@@ -601,6 +617,17 @@ current-context: east
                 .boxed(),
         );
         assert_eq!(error_chain(&err), "401 Unauthorized");
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_status_is_reduced_to_its_http_status() {
+        // What kube-client makes of an HTML error page.
+        let page = "<html><body>internal admin console: db=10.0.0.7</body></html>";
+        let err = kube::Error::Api(Status::failure(page, UNPARSED_BODY).with_code(502).boxed());
+        assert_eq!(
+            error_chain(&err),
+            "502 Bad Gateway (the response was not a Kubernetes Status)"
+        );
     }
 
     #[tokio::test]

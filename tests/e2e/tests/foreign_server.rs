@@ -1,0 +1,114 @@
+//! A stored kubeconfig whose server is not a Kubernetes apiserver (edited, or an address that
+//! now belongs to something else): what that server answers must not travel into MeshCluster
+//! status, Events or kubectl's warnings, where anyone who reads them would see it.
+//!
+//! The foreign server is the test's own HTTPS server: no real part answers every request
+//! with an HTML page on demand.
+
+use std::time::Duration;
+
+use axum::{Router, http::StatusCode, response::Html};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, config::Kubeconfig};
+use mesh_core::cluster::{CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster};
+use mesh_e2e::{
+    HttpsServer, TestCertificate, create_everywhere, eventually, label_on_primary, own_mesh,
+};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(45);
+/// What an internal page might hold.
+const PAGE_SECRET: &str = "internal-admin-console-db-password";
+
+/// Points the stored kubeconfig of `cluster` at `server`, trusting `ca_pem`.
+async fn store_server(
+    env: &mesh_testenv::TestEnv,
+    cluster: &str,
+    server: &str,
+    ca_pem: &str,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    let primary = env.primary().client().await?;
+    let clusters: Api<MeshCluster> = Api::all(primary.clone());
+    let secrets: Api<Secret> = Api::namespaced(primary, mesh_core::MESH_NAMESPACE);
+    let secret_name = clusters.get(cluster).await?.spec.secret_name;
+    let stored = secrets.get(&secret_name).await?;
+    let yaml = stored
+        .data
+        .as_ref()
+        .and_then(|d| d.get(KUBECONFIG_KEY))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default();
+    let mut kubeconfig = Kubeconfig::from_yaml(&yaml)?;
+    for named in &mut kubeconfig.clusters {
+        let entry = named.cluster.as_mut().expect("stored clusters have a body");
+        entry.server = Some(server.to_owned());
+        entry.certificate_authority_data =
+            Some(base64::engine::general_purpose::STANDARD.encode(ca_pem));
+    }
+    // JSON is YAML.
+    let edited = serde_json::to_string(&kubeconfig)?;
+    let patch = json!({"stringData": {KUBECONFIG_KEY: edited}});
+    secrets
+        .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_foreign_server_page_never_reaches_status_events_or_warnings() -> anyhow::Result<()> {
+    let (env, _mesh) = own_mesh(1, None).await?;
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "foreign").await?;
+
+    let cert = TestCertificate::for_loopback()?;
+    let page = Router::new().fallback(|| async {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Html(format!("<html><body>{PAGE_SECRET}</body></html>")),
+        )
+    });
+    let foreign = HttpsServer::start(page, &cert).await?;
+    store_server(
+        &env,
+        &remote.name,
+        &format!("https://{}", foreign.addr),
+        &cert.ca_pem,
+    )
+    .await?;
+
+    // The reconciler met the server: its answer shows as a failed sync with the HTTP status.
+    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    let status = eventually("remote-1 fails with 500", DEADLINE, || async {
+        let status = clusters.get(&remote.name).await?.status;
+        Ok(status.filter(|s| s.last_error.as_deref().is_some_and(|e| e.contains("500"))))
+    })
+    .await?;
+    // A push meets it too: its warning and its Event.
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    assert!(warnings.contains("remote-1"), "kubectl printed: {warnings}");
+
+    let synced = status.condition(CONDITION_SYNCED).cloned();
+    let events: Api<Event> = Api::all(env.primary().client().await?);
+    let notes = eventually("an Event about remote-1", DEADLINE, || async {
+        let notes: Vec<String> = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|e| e.note)
+            .filter(|note| note.contains("500"))
+            .collect();
+        Ok((!notes.is_empty()).then_some(notes))
+    })
+    .await?;
+    let seen = format!(
+        "lastError: {:?}\nSynced: {synced:?}\nwarnings: {warnings}\nevents: {notes:?}",
+        status.last_error
+    );
+    assert!(!seen.contains(PAGE_SECRET), "the page leaked:\n{seen}");
+    assert!(seen.contains("500 Internal Server Error"), "{seen}");
+    Ok(())
+}
