@@ -191,6 +191,15 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
         };
         lines.push(format!("{WARNING_PREFIX}{what}; the reconciler will retry"));
     }
+    if outcomes
+        .iter()
+        .all(|o| matches!(o.result, PushResult::Superseded))
+    {
+        lines.push(format!(
+            "{WARNING_PREFIX}not pushed: a newer change of namespace {} is pushed instead",
+            intent.namespace
+        ));
+    }
     let timed_out = clusters(|r| matches!(r, PushResult::TimedOut));
     if !timed_out.is_empty() {
         lines.push(format!(

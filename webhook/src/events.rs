@@ -207,7 +207,10 @@ fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
                 PushResult::Forbidden(error) => format!("forbidden: {error}"),
                 PushResult::Failed(error) => error.clone(),
                 PushResult::TimedOut => "no answer before the deadline".to_owned(),
-                PushResult::Applied | PushResult::AlreadyInSync | PushResult::NamespaceMissing => {
+                PushResult::Applied
+                | PushResult::AlreadyInSync
+                | PushResult::NamespaceMissing
+                | PushResult::Superseded => {
                     return None;
                 }
             };

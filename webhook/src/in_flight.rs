@@ -9,6 +9,10 @@
 //! entry expires and the reconciler, woken by [`InFlight::expired`], reverts the remotes to
 //! what the primary really holds.
 //!
+//! Every replica drops an entry when its time runs out, and the map holds at most
+//! [`MAX_ENTRIES`]: reviews come from outside (and, forged, could name any namespace), so
+//! neither their names nor their number may grow the map for good.
+//!
 //! Entries live in this process only: with several replicas, the leader does not see pushes
 //! made by another replica, and at worst reverts one for the moment before the watch catches
 //! up, as it would without this.
@@ -27,6 +31,11 @@ use mesh_core::labels::{Labels, SyncRule};
 /// at most its timeout (5 s in the shipped configuration) and then persists or rejects within
 /// moments; past this the request is over either way.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+/// Most pushes standing in at once. Far above what the apiserver sends within one
+/// [`DEFAULT_TTL`]; past it, the push closest to expiring is forgotten first (at worst the
+/// reconciler reverts it for a moment, as without this map).
+pub const MAX_ENTRIES: usize = 10_000;
 
 struct Entry {
     labels: Labels,
@@ -59,20 +68,36 @@ impl InFlight {
     /// Remembers that `namespace` was pushed with these managed labels, and arranges for
     /// [`InFlight::expired`] to fire when the entry runs out.
     pub fn record(&self, namespace: &str, labels: Labels) {
-        let until = Instant::now() + self.ttl;
-        self.lock()
-            .insert(namespace.to_owned(), Entry { labels, until });
+        let now = Instant::now();
+        let until = now + self.ttl;
+        {
+            let mut entries = self.lock();
+            if entries.len() >= MAX_ENTRIES && !entries.contains_key(namespace) {
+                entries.retain(|_, entry| entry.until > now);
+                if entries.len() >= MAX_ENTRIES
+                    && let Some(first) = entries
+                        .iter()
+                        .min_by_key(|(_, entry)| entry.until)
+                        .map(|(name, _)| name.clone())
+                {
+                    entries.remove(&first);
+                }
+            }
+            entries.insert(namespace.to_owned(), Entry { labels, until });
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (entries, expired) = (self.entries.clone(), self.expired.clone());
             let namespace = namespace.to_owned();
             runtime.spawn(async move {
                 tokio::time::sleep_until(until).await;
-                let still_pending = entries
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
+                let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
+                // A newer push of the namespace keeps its own, later deadline.
+                if entries
                     .get(&namespace)
-                    .is_some_and(|entry| entry.until <= Instant::now());
-                if still_pending {
+                    .is_some_and(|entry| entry.until <= Instant::now())
+                {
+                    entries.remove(&namespace);
+                    drop(entries);
                     expired.send_modify(|generation| *generation = generation.wrapping_add(1));
                 }
             });
@@ -204,6 +229,35 @@ mod tests {
             "the primary's real state wins"
         );
         assert!(in_flight.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unpersisted_push_is_dropped_without_a_reconciler() {
+        // A follower runs no reconciler: nothing calls overlay there.
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        let mut expired = in_flight.expired();
+        in_flight.record("forged", labels(&[("istio-injection", "disabled")]));
+        tokio::time::timeout(Duration::from_secs(11), expired.changed())
+            .await
+            .expect("expiry signalled")
+            .expect("sender alive");
+        assert!(in_flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_map_never_holds_more_than_its_bound() {
+        let in_flight = InFlight::default();
+        for n in 0..MAX_ENTRIES + 50 {
+            in_flight.record(
+                &format!("ns-{n}"),
+                labels(&[("istio-injection", "enabled")]),
+            );
+        }
+        assert_eq!(in_flight.len(), MAX_ENTRIES);
+        // The newest push is kept.
+        let mut view = BTreeMap::new();
+        in_flight.overlay(&SyncRule::default(), &mut view);
+        assert!(view.contains_key(&format!("ns-{}", MAX_ENTRIES + 49)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -53,6 +53,9 @@ pub enum PushResult {
     Failed(String),
     /// No answer before the webhook's deadline.
     TimedOut,
+    /// Not pushed: a newer change of the namespace arrived while this one waited its turn,
+    /// and pushes instead.
+    Superseded,
 }
 
 impl PushResult {
@@ -66,6 +69,7 @@ impl PushResult {
             Self::Forbidden(_) => "forbidden",
             Self::Failed(_) => "failed",
             Self::TimedOut => "timed_out",
+            Self::Superseded => "superseded",
         }
     }
 
@@ -186,7 +190,10 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
     let elapsed_ms = elapsed.as_millis();
     let outcome = result.metric_label();
     match result {
-        PushResult::Applied | PushResult::AlreadyInSync | PushResult::NamespaceMissing => {
+        PushResult::Applied
+        | PushResult::AlreadyInSync
+        | PushResult::NamespaceMissing
+        | PushResult::Superseded => {
             tracing::info!(%cluster, %namespace, %outcome, elapsed_ms, "push done");
         }
         PushResult::Unreachable(error)

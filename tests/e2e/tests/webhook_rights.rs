@@ -1,0 +1,79 @@
+//! The webhook's rights on the primary are what its code uses and nothing more. (That they
+//! are enough is shown by every other test: the test environment runs the webhook with its
+//! ServiceAccount's token.)
+
+use std::collections::BTreeSet;
+
+use mesh_e2e::{run, shared_mesh};
+use mesh_testenv::TestEnv;
+use mesh_testenv::mesh::WEBHOOK_ACCOUNT;
+
+/// What the webhook does on the primary, as `kubectl auth can-i --list` prints it:
+/// `resource [resource names] [verbs]`.
+const EXPECTED: &[&str] = &[
+    "namespaces [] [get list watch]",
+    "meshclusters.kubectl-mesh.io [] [get list watch]",
+    "meshclusters.kubectl-mesh.io/status [] [patch]",
+    "events [] [create patch]",
+    "events.events.k8s.io [] [create patch]",
+    // In the mesh namespace only: the stored kubeconfigs and the leader's Lease.
+    "secrets [] [get list watch]",
+    "leases.coordination.k8s.io [] [get create update]",
+];
+
+/// The resource rows of `kubectl auth can-i --list` in the mesh namespace for ServiceAccount
+/// `account` there, whitespace folded.
+async fn resource_rights(env: &TestEnv, account: &str) -> anyhow::Result<BTreeSet<String>> {
+    let mut can_i = env.kubectl(env.primary());
+    can_i.args([
+        "auth",
+        "can-i",
+        "--list",
+        "--namespace",
+        mesh_core::MESH_NAMESPACE,
+        &format!(
+            "--as=system:serviceaccount:{}:{account}",
+            mesh_core::MESH_NAMESPACE
+        ),
+    ]);
+    let output = String::from_utf8(run(can_i).await?.stdout)?;
+    Ok(output
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut columns = line.split_whitespace();
+            let resource = columns.next().filter(|c| !c.starts_with('['))?;
+            let _non_resource_urls = columns.next()?;
+            let rest: Vec<&str> = columns.collect();
+            Some(format!("{resource} {}", rest.join(" ")))
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn the_webhook_may_do_what_its_code_does_and_no_more() -> anyhow::Result<()> {
+    let (env, _mesh) = shared_mesh(0).await;
+    // Whatever any account may do on this apiserver is not the webhook's doing.
+    let mut nobody = env.kubectl(env.primary());
+    nobody.args([
+        "create",
+        "serviceaccount",
+        "nobody",
+        "-n",
+        mesh_core::MESH_NAMESPACE,
+    ]);
+    run(nobody).await?;
+    let baseline = resource_rights(env, "nobody").await?;
+
+    let granted: BTreeSet<String> = resource_rights(env, WEBHOOK_ACCOUNT)
+        .await?
+        .difference(&baseline)
+        .cloned()
+        .collect();
+    let expected: BTreeSet<String> = EXPECTED.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(
+        granted, expected,
+        "granted beyond the baseline: {granted:#?}\nbaseline: {baseline:#?}"
+    );
+    Ok(())
+}

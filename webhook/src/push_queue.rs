@@ -1,0 +1,180 @@
+//! One push at a time per namespace, and only the newest change waiting for its turn.
+//!
+//! Each review of a managed-label change pushes to every remote. Without this, a caller that
+//! repeats reviews (an apiserver retrying, or a flood of forged ones) turns each into writes
+//! on every remote. Here a namespace has at most one push running; a push still waiting when
+//! a newer change of the same namespace arrives is dropped, since the newer one carries the
+//! primary's latest word. A flood of N reviews of one namespace costs two pushes, not N.
+//!
+//! Entries live only while a review of their namespace is being answered.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::OwnedMutexGuard;
+use tokio::time::Instant;
+
+/// Pushes being made or waiting, by namespace. Cheap to clone; clones share state.
+#[derive(Clone, Default)]
+pub struct PushQueue {
+    namespaces: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// Ticket of the newest review of the namespace.
+    newest: AtomicU64,
+}
+
+/// What a review waiting to push gets.
+pub enum Turn {
+    /// Push now; the namespace is this review's until the [`Ticket`] is dropped.
+    Go(Ticket),
+    /// A newer change of the namespace arrived while this one waited; it pushes instead.
+    Superseded,
+    /// The deadline passed while an earlier push of the namespace was still running.
+    TimedOut,
+}
+
+/// Holds a namespace's turn; dropping it lets the next review push.
+pub struct Ticket {
+    _turn: OwnedMutexGuard<()>,
+    _place: Place,
+}
+
+/// A review's place in its namespace's queue; the last one to leave removes the entry.
+struct Place {
+    queue: PushQueue,
+    namespace: String,
+    slot: Arc<Slot>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut namespaces = self.queue.lock();
+        // The map's reference and this one: nobody else is waiting.
+        if Arc::strong_count(&self.slot) == 2 {
+            namespaces.remove(&self.namespace);
+        }
+    }
+}
+
+impl PushQueue {
+    /// Waits until `namespace` may be pushed, up to `deadline`.
+    pub async fn turn(&self, namespace: &str, deadline: Instant) -> Turn {
+        let (place, ticket) = {
+            let mut namespaces = self.lock();
+            let slot = namespaces.entry(namespace.to_owned()).or_default().clone();
+            let ticket = slot.newest.fetch_add(1, Ordering::SeqCst) + 1;
+            let place = Place {
+                queue: self.clone(),
+                namespace: namespace.to_owned(),
+                slot,
+            };
+            (place, ticket)
+        };
+        let turn = place.slot.turn.clone().lock_owned();
+        let Ok(turn) = tokio::time::timeout_at(deadline, turn).await else {
+            return Turn::TimedOut;
+        };
+        if place.slot.newest.load(Ordering::SeqCst) != ticket {
+            return Turn::Superseded;
+        }
+        Turn::Go(Ticket {
+            _turn: turn,
+            _place: place,
+        })
+    }
+
+    /// Namespaces with a push running or waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        // The map holds plain data; a panic elsewhere cannot leave it half-updated.
+        self.namespaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn a_namespace_alone_goes_at_once_and_leaves_nothing_behind() {
+        let queue = PushQueue::default();
+        let Turn::Go(ticket) = queue.turn("shop", soon()).await else {
+            panic!("an idle namespace must go");
+        };
+        assert_eq!(queue.len(), 1);
+        drop(ticket);
+        assert!(queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn other_namespaces_do_not_wait() {
+        let queue = PushQueue::default();
+        let Turn::Go(_shop) = queue.turn("shop", soon()).await else {
+            panic!("shop must go");
+        };
+        assert!(matches!(queue.turn("bank", soon()).await, Turn::Go(_)));
+    }
+
+    #[tokio::test]
+    async fn of_a_flood_only_the_running_push_and_the_newest_go() {
+        let queue = PushQueue::default();
+        let Turn::Go(running) = queue.turn("shop", soon()).await else {
+            panic!("first must go");
+        };
+        let waiting: Vec<_> = (0..20)
+            .map(|_| {
+                let queue = queue.clone();
+                tokio::spawn(async move { queue.turn("shop", soon()).await })
+            })
+            .collect();
+        // Every waiter has taken its ticket before the running push ends.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while queue.lock()["shop"].newest.load(Ordering::SeqCst) < 21 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("waiters queued");
+        drop(running);
+        let mut went = 0;
+        for waiter in waiting {
+            match waiter.await.expect("join") {
+                Turn::Go(_) => went += 1,
+                Turn::Superseded => {}
+                Turn::TimedOut => panic!("nobody waits past the deadline here"),
+            }
+        }
+        assert_eq!(went, 1, "only the newest waiter pushes");
+        assert!(queue.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_at_its_deadline() {
+        let queue = PushQueue::default();
+        let Turn::Go(_running) = queue.turn("shop", soon()).await else {
+            panic!("first must go");
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        assert!(matches!(queue.turn("shop", deadline).await, Turn::TimedOut));
+        assert_eq!(queue.len(), 1, "the running push keeps its entry");
+    }
+}
