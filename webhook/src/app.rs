@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     http::{self, AppState, LogLevelSetter},
     in_flight::InFlight,
-    leader::{self, LeaseSettings},
+    leader::{self, LeaseSettings, LeaseTiming},
     listen::{self, Result},
     metrics::Metrics,
     readiness::Readiness,
@@ -39,6 +39,7 @@ pub struct Webhook {
     backoff: BackoffSettings,
     remote_options: RemoteOptions,
     lease_name: Option<String>,
+    lease_timing: LeaseTiming,
     identity: String,
     metrics: Arc<Metrics>,
     log_level: Option<LogLevelSetter>,
@@ -59,6 +60,7 @@ impl Webhook {
             backoff: BackoffSettings::default(),
             remote_options: RemoteOptions::default(),
             lease_name: Some("mesh-webhook".to_owned()),
+            lease_timing: LeaseTiming::default(),
             identity: leader::default_identity(),
             metrics: Arc::new(Metrics::new()),
             log_level: None,
@@ -106,6 +108,12 @@ impl Webhook {
     /// single replica, or a test).
     pub fn lease_name(mut self, name: Option<String>) -> Self {
         self.lease_name = name;
+        self
+    }
+
+    /// Lease duration, renew deadline and retry period (see [`LeaseTiming::validate`]).
+    pub fn lease_timing(mut self, timing: LeaseTiming) -> Self {
+        self.lease_timing = timing;
         self
     }
 
@@ -196,6 +204,7 @@ impl BoundWebhook {
             backoff,
             remote_options: _,
             lease_name,
+            lease_timing,
             identity,
             metrics,
             log_level,
@@ -206,7 +215,8 @@ impl BoundWebhook {
 
         let is_leader = match lease_name {
             Some(name) => {
-                let settings = LeaseSettings::new(&mesh_namespace, name, &identity);
+                let mut settings = LeaseSettings::new(&mesh_namespace, name, &identity);
+                settings.timing = lease_timing;
                 let (is_leader, election) =
                     leader::spawn(primary.clone(), settings, background.clone());
                 tasks.spawn(async move {
@@ -216,6 +226,11 @@ impl BoundWebhook {
             }
             None => leader::always_leader(),
         };
+        tasks.spawn(
+            metrics
+                .clone()
+                .follow_leadership(is_leader.clone(), background.clone()),
+        );
         let mut settings = reconcile::Settings::new(&mesh_namespace, &identity);
         settings.resync_period = resync_period;
         settings.drift_settle = push_deadline + Duration::from_secs(1);

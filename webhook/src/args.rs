@@ -12,7 +12,12 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
-use crate::{app::Webhook, http::LogLevelSetter, leader, reconcile::BackoffSettings};
+use crate::{
+    app::Webhook,
+    http::LogLevelSetter,
+    leader::{self, LeaseTiming},
+    reconcile::BackoffSettings,
+};
 
 use mesh_core::{
     labels::{DEFAULT_EXCLUDED_NAMESPACES, DEFAULT_MANAGED_LABELS, SyncRule},
@@ -101,8 +106,22 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_LEASE_NAME", default_value = "mesh-webhook")]
     pub lease_name: String,
 
+    /// How long the Lease stays valid after its holder's last renewal: how long the other
+    /// replicas wait before taking over from a leader that went silent.
+    #[arg(long, env = "MESH_WEBHOOK_LEASE_DURATION", default_value = "15s", value_parser = mesh_core::duration::parse)]
+    pub lease_duration: Duration,
+
+    /// How long the leader keeps reconciling without a successful renewal (shorter than
+    /// --lease-duration); every call to renew is abandoned then.
+    #[arg(long, env = "MESH_WEBHOOK_RENEW_DEADLINE", default_value = "10s", value_parser = mesh_core::duration::parse)]
+    pub renew_deadline: Duration,
+
+    /// Time between attempts to acquire or renew the Lease (shorter than --renew-deadline).
+    #[arg(long, env = "MESH_WEBHOOK_RETRY_PERIOD", default_value = "2s", value_parser = mesh_core::duration::parse)]
+    pub retry_period: Duration,
+
     /// Identity of this replica in the Lease. Default: the pod name (POD_NAME, else the
-    /// hostname) and the pid.
+    /// hostname) and a random suffix.
     #[arg(long, env = "MESH_WEBHOOK_IDENTITY")]
     pub identity: Option<String>,
 
@@ -145,6 +164,9 @@ impl Args {
             backoff_max,
             remote_timeout,
             lease_name,
+            lease_duration,
+            renew_deadline,
+            retry_period,
             identity,
             log_level,
             log_format,
@@ -160,6 +182,12 @@ impl Args {
             backoff_max >= backoff_initial,
             "--backoff-max must not be shorter than --backoff-initial"
         );
+        let lease_timing = LeaseTiming {
+            lease_duration,
+            renew_deadline,
+            retry_period,
+        };
+        lease_timing.validate()?;
         if push_deadline >= Duration::from_secs(5) {
             tracing::warn!(
                 push_deadline_ms = push_deadline.as_millis(),
@@ -207,6 +235,7 @@ impl Args {
                 read_timeout: remote_timeout,
             })
             .lease_name(lease_name)
+            .lease_timing(lease_timing)
             .identity(identity)
             .log_level_setter(log_setter)
             .bind()
@@ -325,6 +354,14 @@ mod tests {
             DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
         );
         assert_eq!(args.lease_name, "mesh-webhook");
+        assert_eq!(
+            LeaseTiming {
+                lease_duration: args.lease_duration,
+                renew_deadline: args.renew_deadline,
+                retry_period: args.retry_period,
+            },
+            LeaseTiming::default()
+        );
         assert_eq!(args.log_format, LogFormat::Plain);
     }
 

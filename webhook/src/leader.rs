@@ -6,16 +6,26 @@
 //! The algorithm is client-go's: a replica takes a Lease that is free, or whose record has not
 //! changed for a whole lease duration *as measured by the replica's own clock since it first
 //! saw that record* (clocks of different nodes are never compared). Every write is a
-//! conditional update on the resourceVersion just read, so two candidates cannot both win. A
-//! leader that fails to renew for `renew_deadline` (shorter than the lease duration) steps
-//! down before anybody else may take over.
+//! conditional update on the resourceVersion just read, so two candidates cannot both win.
+//!
+//! A leader leads until the start of its last successful renewal plus `renew_deadline`, and
+//! not a moment longer: every call to the apiserver is bounded by that instant, and the term
+//! ends when it passes even while a call hangs on a half-open connection. A renewal starts
+//! before the apiserver records it, and another replica counts a whole lease duration (longer
+//! than the renew deadline) from when it sees that record, so the old term always ends before
+//! a new leader can start. Each term is a [`CancellationToken`], cancelled when it ends, so
+//! that work started under it (a sync, its writes) stops instead of outliving it.
 //!
 //! Hand-written on purpose: the maintained Rust lease managers (kubert's `LeaseManager`,
 //! `kube-lease-manager`) judge expiry as the Lease's `renewTime` plus its duration against the
 //! local wall clock, which trusts the clocks of two nodes to agree; a replica whose clock runs
 //! ahead would take a Lease that is still held.
 
-use std::time::Duration;
+use std::{
+    future::Future,
+    hash::{BuildHasher, RandomState},
+    time::{Duration, SystemTime},
+};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -45,32 +55,96 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("no answer to the {call} of lease {name} before the renew deadline")]
+    TimedOut { name: String, call: &'static str },
+    #[error("the lease duration ({0:?}) must be at least 1s")]
+    LeaseTooShort(Duration),
+    #[error(
+        "the renew deadline ({renew_deadline:?}) must be shorter than the lease duration \
+         ({lease_duration:?})"
+    )]
+    RenewDeadlineTooLong {
+        renew_deadline: Duration,
+        lease_duration: Duration,
+    },
+    #[error(
+        "the retry period ({retry_period:?}) must be positive and shorter than the renew \
+         deadline ({renew_deadline:?})"
+    )]
+    RetryPeriodInvalid {
+        retry_period: Duration,
+        renew_deadline: Duration,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Get { .. } => "lease_get",
-            Self::Write { .. } => "lease_write",
+/// How long a Lease lasts and how a leader keeps it (client-go's defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// How long a Lease stays valid after its last renewal, as the other replicas count it.
+    pub lease_duration: Duration,
+    /// How long a leader keeps leading without a successful renewal; also the bound of every
+    /// call to the apiserver.
+    pub renew_deadline: Duration,
+    /// Time between attempts to acquire or renew.
+    pub retry_period: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        Self {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
         }
     }
 }
 
-/// Where the Lease lives, who we are, and the timing (client-go's defaults).
+impl LeaseTiming {
+    /// Refuses timings under which two replicas could lead at once (or a leader could never
+    /// renew in time).
+    pub fn validate(&self) -> Result<()> {
+        let Self {
+            lease_duration,
+            renew_deadline,
+            retry_period,
+        } = *self;
+        if lease_duration < Duration::from_secs(1) {
+            return Err(Error::LeaseTooShort(lease_duration));
+        }
+        if renew_deadline >= lease_duration {
+            return Err(Error::RenewDeadlineTooLong {
+                renew_deadline,
+                lease_duration,
+            });
+        }
+        if retry_period.is_zero() || retry_period >= renew_deadline {
+            return Err(Error::RetryPeriodInvalid {
+                retry_period,
+                renew_deadline,
+            });
+        }
+        Ok(())
+    }
+
+    /// The duration written in the Lease, in whole seconds, rounded up: others must never
+    /// count a shorter lease than the one this replica keeps.
+    fn lease_seconds(&self) -> i32 {
+        let secs =
+            self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
+        i32::try_from(secs).unwrap_or(i32::MAX)
+    }
+}
+
+/// Where the Lease lives, who we are, and the timing.
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
     pub namespace: String,
     pub name: String,
     /// Unique per process: a restarted pod must not believe it still holds its old Lease.
     pub identity: String,
-    /// How long a Lease stays valid after its last renewal.
-    pub lease_duration: Duration,
-    /// How long a leader keeps leading without a successful renewal.
-    pub renew_deadline: Duration,
-    /// Time between attempts to acquire or renew.
-    pub retry_period: Duration,
+    pub timing: LeaseTiming,
 }
 
 impl LeaseSettings {
@@ -83,45 +157,56 @@ impl LeaseSettings {
             namespace: namespace.into(),
             name: name.into(),
             identity: identity.into(),
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
+            timing: LeaseTiming::default(),
         }
     }
 }
 
-/// `<hostname>-<pid>`: the pod name in Kubernetes, made unique per process so that a
-/// restarted container never mistakes its predecessor's Lease for its own.
+/// The pod name (POD_NAME, from the downward API), else the hostname, plus a random suffix.
+/// Neither `<hostname>-<pid>` nor the pod name alone is unique: in a container the pid is
+/// always 1, hostnames may repeat, and a restarted container keeps its pod's name yet must
+/// not take its predecessor's Lease for its own.
 pub fn default_identity() -> String {
-    let host = ["POD_NAME", "HOSTNAME"]
-        .into_iter()
-        .find_map(|var| std::env::var(var).ok().filter(|h| !h.is_empty()))
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-        })
-        .unwrap_or_else(|| "mesh-webhook".to_owned());
-    format!("{host}-{}", std::process::id())
+    let pod = std::env::var("POD_NAME").ok();
+    let host = std::env::var("HOSTNAME").ok().or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+    });
+    identity(pod.as_deref(), host.as_deref())
 }
 
-/// Runs the election until `shutdown`, then releases the Lease if held. The receiver is `true`
-/// while this process leads.
+fn identity(pod: Option<&str>, host: Option<&str>) -> String {
+    let base = [pod, host]
+        .into_iter()
+        .flatten()
+        .find(|name| !name.is_empty())
+        .unwrap_or("mesh-webhook");
+    // RandomState is seeded from the OS once per process and stepped on every call.
+    let random = RandomState::new().hash_one((std::process::id(), SystemTime::now()));
+    format!("{base}-{:010x}", random & 0xff_ffff_ffff)
+}
+
+/// This replica's standing, as the reconciler reads it: `Some(term)` while it leads. The term
+/// is cancelled the moment leadership ends.
+pub type Leadership = watch::Receiver<Option<CancellationToken>>;
+
+/// Runs the election until `shutdown`, then releases the Lease if held.
 pub fn spawn(
     client: Client,
     settings: LeaseSettings,
     shutdown: CancellationToken,
-) -> (watch::Receiver<bool>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(false);
+) -> (Leadership, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let task = tokio::spawn(run(api, settings, tx, shutdown));
     (rx, task)
 }
 
-/// A receiver that always says "leader", for single-replica setups and tests.
-pub fn always_leader() -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(true);
+/// A standing that always leads, in one term that never ends: for single-replica setups and
+/// tests.
+pub fn always_leader() -> Leadership {
+    let (tx, rx) = watch::channel(Some(CancellationToken::new()));
     // Keep the sender alive forever: a closed channel would read as "changed" in loops.
     std::mem::forget(tx);
     rx
@@ -130,51 +215,79 @@ pub fn always_leader() -> watch::Receiver<bool> {
 async fn run(
     api: Api<Lease>,
     settings: LeaseSettings,
-    tx: watch::Sender<bool>,
+    tx: watch::Sender<Option<CancellationToken>>,
     shutdown: CancellationToken,
 ) {
     let lease = settings.name.as_str();
     let identity = settings.identity.as_str();
+    let timing = settings.timing;
     let mut observed = Observed::default();
-    let mut last_renewed: Option<Instant> = None;
+    // While leading: when the round that last renewed the Lease started.
+    let mut renewed: Option<Instant> = None;
     loop {
-        let leading = *tx.borrow();
-        match try_acquire_or_renew(&api, &settings, &mut observed).await {
+        let started = Instant::now();
+        if renew_overdue(renewed, started, timing.renew_deadline) {
+            renewed = None;
+            end_term(&tx, lease, identity, "renewal overdue");
+        }
+        let deadline = round_deadline(renewed, started, timing.renew_deadline);
+        let round = tokio::select! {
+            round = try_acquire_or_renew(&api, &settings, &mut observed, deadline) => round,
+            () = shutdown.cancelled() => break,
+        };
+        match round {
             Ok(Held::Yes) => {
-                last_renewed = Some(Instant::now());
-                if !leading {
+                if renewed.replace(started).is_none() {
                     tracing::info!(%lease, %identity, "acquired leadership");
-                    tx.send_replace(true);
+                    tx.send_replace(Some(CancellationToken::new()));
                 }
             }
             Ok(Held::No { holder }) => {
-                last_renewed = None;
-                if leading {
-                    tracing::warn!(%lease, %identity, %holder, "lost leadership");
-                    tx.send_replace(false);
+                if renewed.take().is_some() {
+                    end_term(&tx, lease, identity, &format!("{holder} holds the lease"));
                 }
             }
             Err(error) => {
                 tracing::warn!(%lease, %identity, error = %error, "lease election round failed");
-                if leading && renew_overdue(last_renewed, Instant::now(), settings.renew_deadline) {
-                    tracing::warn!(%lease, %identity, "renewal overdue, stepping down");
-                    tx.send_replace(false);
-                }
             }
         }
+        let wake = next_round(renewed, Instant::now(), timing);
         tokio::select! {
-            () = tokio::time::sleep(settings.retry_period) => {}
+            () = tokio::time::sleep_until(wake) => {}
             () = shutdown.cancelled() => break,
         }
     }
-    if tx.send_replace(false) {
+    if renewed.is_some() {
+        end_term(&tx, lease, identity, "shutting down");
         release(&api, &settings).await;
     }
 }
 
-/// Whether a leader whose last successful renewal was at `last` must step down at `now`.
-fn renew_overdue(last: Option<Instant>, now: Instant, renew_deadline: Duration) -> bool {
-    last.is_none_or(|last| now.duration_since(last) >= renew_deadline)
+/// Ends the current term, if any: cancels its token and publishes "not leading".
+fn end_term(tx: &watch::Sender<Option<CancellationToken>>, lease: &str, identity: &str, why: &str) {
+    if let Some(term) = tx.send_replace(None) {
+        term.cancel();
+        tracing::warn!(%lease, %identity, reason = %why, "stepped down: not leader");
+    }
+}
+
+/// Whether a leader whose last successful round started at `renewed` must step down at `now`
+/// (`None`: not leading, nothing to step down from).
+fn renew_overdue(renewed: Option<Instant>, now: Instant, renew_deadline: Duration) -> bool {
+    renewed.is_some_and(|renewed| now.duration_since(renewed) >= renew_deadline)
+}
+
+/// The instant by which a round started at `started` must be answered: a leader's term
+/// ends then; a candidate gives up on a round as long as a leader would wait.
+fn round_deadline(renewed: Option<Instant>, started: Instant, renew_deadline: Duration) -> Instant {
+    renewed.unwrap_or(started) + renew_deadline
+}
+
+/// When the next round starts: after the retry period, or earlier when a leader's term would
+/// run out before then, so that it steps down on time.
+fn next_round(renewed: Option<Instant>, now: Instant, timing: LeaseTiming) -> Instant {
+    let retry = now + timing.retry_period;
+    renewed.map_or(retry, |renewed| retry.min(renewed + timing.renew_deadline))
 }
 
 enum Held {
@@ -246,26 +359,44 @@ fn decide(
     }
 }
 
+/// One call to the apiserver, given up at `deadline`.
+async fn bounded<T>(
+    deadline: Instant,
+    name: &str,
+    call: &'static str,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<Result<T, kube::Error>> {
+    tokio::time::timeout_at(deadline, request)
+        .await
+        .map_err(|_| Error::TimedOut {
+            name: name.to_owned(),
+            call,
+        })
+}
+
 async fn try_acquire_or_renew(
     api: &Api<Lease>,
     settings: &LeaseSettings,
     observed: &mut Observed,
+    deadline: Instant,
 ) -> Result<Held> {
     let name = &settings.name;
-    let current = api.get_opt(name).await.map_err(|source| Error::Get {
-        name: name.clone(),
-        source,
-    })?;
+    let current = bounded(deadline, name, "read", api.get_opt(name))
+        .await?
+        .map_err(|source| Error::Get {
+            name: name.clone(),
+            source,
+        })?;
     let now = Timestamp::now();
-    let duration = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
+    let duration = settings.timing.lease_seconds();
     let step = decide(
         current.as_ref(),
         &settings.identity,
         observed,
         Instant::now(),
-        settings.lease_duration,
+        settings.timing.lease_duration,
     );
-    let write = match (step, current) {
+    let lease = match (step, current) {
         (Step::Follow { holder }, _) => return Ok(Held::No { holder }),
         (Step::Create, _) => {
             let lease = Lease {
@@ -283,13 +414,16 @@ async fn try_acquire_or_renew(
                     ..LeaseSpec::default()
                 }),
             };
-            api.create(&PostParams::default(), &lease).await
+            let write = bounded(deadline, name, "create", async {
+                api.create(&PostParams::default(), &lease).await
+            });
+            return held(write.await?, name);
         }
         (Step::Renew, Some(mut lease)) => {
             let spec = lease.spec.get_or_insert_default();
             spec.renew_time = Some(MicroTime(now));
             spec.lease_duration_seconds = Some(duration);
-            api.replace(name, &PostParams::default(), &lease).await
+            lease
         }
         (Step::Acquire, Some(mut lease)) => {
             let spec = lease.spec.get_or_insert_default();
@@ -298,7 +432,7 @@ async fn try_acquire_or_renew(
             spec.acquire_time = Some(MicroTime(now));
             spec.renew_time = Some(MicroTime(now));
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
-            api.replace(name, &PostParams::default(), &lease).await
+            lease
         }
         // decide() only renews or acquires a Lease that exists.
         (Step::Renew | Step::Acquire, None) => {
@@ -307,6 +441,13 @@ async fn try_acquire_or_renew(
             });
         }
     };
+    let write = bounded(deadline, name, "update", async {
+        api.replace(name, &PostParams::default(), &lease).await
+    });
+    held(write.await?, name)
+}
+
+fn held(write: Result<Lease, kube::Error>, name: &str) -> Result<Held> {
     match write {
         Ok(_) => Ok(Held::Yes),
         // Someone else wrote first (409 on replace, AlreadyExists on create): they won.
@@ -314,21 +455,25 @@ async fn try_acquire_or_renew(
             holder: "another replica".to_owned(),
         }),
         Err(source) => Err(Error::Write {
-            name: name.clone(),
+            name: name.to_owned(),
             source,
         }),
     }
 }
 
 /// Hands the Lease over at shutdown so the next replica need not wait for it to expire.
+/// Bounded like a round: a hung primary must not hold up the shutdown.
 async fn release(api: &Api<Lease>, settings: &LeaseSettings) {
     let name = &settings.name;
+    let deadline = Instant::now() + settings.timing.renew_deadline;
     let result = async {
-        let Some(mut lease) = api.get_opt(name).await.map_err(|source| Error::Get {
-            name: name.clone(),
-            source,
-        })?
-        else {
+        let current = bounded(deadline, name, "read", api.get_opt(name))
+            .await?
+            .map_err(|source| Error::Get {
+                name: name.clone(),
+                source,
+            })?;
+        let Some(mut lease) = current else {
             return Ok(());
         };
         let spec = lease.spec.get_or_insert_default();
@@ -338,12 +483,14 @@ async fn release(api: &Api<Lease>, settings: &LeaseSettings) {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        api.replace(name, &PostParams::default(), &lease)
-            .await
-            .map_err(|source| Error::Write {
-                name: name.clone(),
-                source,
-            })?;
+        bounded(deadline, name, "update", async {
+            api.replace(name, &PostParams::default(), &lease).await
+        })
+        .await?
+        .map_err(|source| Error::Write {
+            name: name.clone(),
+            source,
+        })?;
         Ok::<_, Error>(())
     }
     .await;
@@ -480,13 +627,154 @@ mod tests {
             t0 + Duration::from_secs(10),
             deadline
         ));
-        assert!(renew_overdue(None, t0, deadline));
+        assert!(!renew_overdue(None, t0, deadline), "not leading");
     }
 
     #[test]
-    fn defaults_keep_renew_deadline_inside_the_lease() {
-        let settings = LeaseSettings::new("ns", "mesh-webhook", "me");
-        assert!(settings.renew_deadline < settings.lease_duration);
-        assert!(settings.retry_period < settings.renew_deadline);
+    fn every_call_of_a_round_is_bounded_by_the_term() {
+        let t0 = Instant::now();
+        let renew = Duration::from_secs(10);
+        // A leader's round may not outlast its term, however late in the term it starts.
+        let started = t0 + Duration::from_secs(7);
+        assert_eq!(round_deadline(Some(t0), started, renew), t0 + renew);
+        // A candidate gives up on a round after as long as a leader would wait.
+        assert_eq!(round_deadline(None, started, renew), started + renew);
+    }
+
+    #[test]
+    fn a_leader_wakes_up_in_time_to_step_down() {
+        let timing = LeaseTiming::default();
+        let t0 = Instant::now();
+        // Early in the term: the retry period.
+        assert_eq!(next_round(Some(t0), t0, timing), t0 + timing.retry_period);
+        // A failed round late in the term: wake at its end, not a retry period after it.
+        let late = t0 + timing.renew_deadline - Duration::from_millis(100);
+        assert_eq!(
+            next_round(Some(t0), late, timing),
+            t0 + timing.renew_deadline
+        );
+        assert_eq!(next_round(None, late, timing), late + timing.retry_period);
+    }
+
+    /// The guarantee of the whole module: whenever a follower may take the Lease over, the
+    /// old leader's term has already ended, however long its last renewal took to be recorded.
+    #[test]
+    fn a_term_ends_before_anyone_else_may_take_over() {
+        for timing in [
+            LeaseTiming::default(),
+            LeaseTiming {
+                lease_duration: Duration::from_secs(4),
+                renew_deadline: Duration::from_secs(2),
+                retry_period: Duration::from_millis(500),
+            },
+        ] {
+            timing.validate().expect("valid timing");
+            let step = Duration::from_millis(50);
+            let t0 = Instant::now();
+            // The renewal round starts at t0; the apiserver records it `recorded` later.
+            for recorded in [Duration::ZERO, step, timing.renew_deadline - step] {
+                let mut seen = Observed::default();
+                let record = lease(Some("old"), "41", timing.lease_seconds());
+                let mut now = t0 + recorded;
+                let taken_over = loop {
+                    let step_now = decide(Some(&record), "new", &mut seen, now, D);
+                    if step_now == Step::Acquire {
+                        break now;
+                    }
+                    now += step;
+                };
+                assert!(
+                    renew_overdue(Some(t0), taken_over, timing.renew_deadline),
+                    "{timing:?}, recorded after {recorded:?}: taken over at {:?} while the \
+                     old term runs",
+                    taken_over - t0
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ending_a_term_cancels_it_once() {
+        let term = CancellationToken::new();
+        let (tx, rx) = watch::channel(Some(term.clone()));
+        end_term(&tx, "mesh-webhook", "me", "test");
+        assert!(term.is_cancelled());
+        assert!(rx.borrow().is_none());
+        // Not leading: nothing to end.
+        end_term(&tx, "mesh-webhook", "me", "test");
+        assert!(rx.borrow().is_none());
+    }
+
+    #[test]
+    fn timing_keeps_the_renew_deadline_inside_the_lease() {
+        LeaseTiming::default().validate().expect("defaults");
+        let ok = LeaseTiming {
+            lease_duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(500),
+        };
+        ok.validate().expect("short timing");
+        let err = |timing: LeaseTiming| timing.validate().expect_err("invalid").to_string();
+        assert_eq!(
+            err(LeaseTiming {
+                renew_deadline: ok.lease_duration,
+                ..ok
+            }),
+            "the renew deadline (4s) must be shorter than the lease duration (4s)"
+        );
+        assert!(
+            err(LeaseTiming {
+                retry_period: ok.renew_deadline,
+                ..ok
+            })
+            .starts_with("the retry period (2s) must be positive")
+        );
+        assert!(
+            err(LeaseTiming {
+                retry_period: Duration::ZERO,
+                ..ok
+            })
+            .starts_with("the retry period (0ns)")
+        );
+        assert_eq!(
+            err(LeaseTiming {
+                lease_duration: Duration::from_millis(900),
+                renew_deadline: Duration::from_millis(500),
+                retry_period: Duration::from_millis(100),
+            }),
+            "the lease duration (900ms) must be at least 1s"
+        );
+    }
+
+    #[test]
+    fn the_recorded_lease_duration_is_never_shorter_than_ours() {
+        let timing = |ms| LeaseTiming {
+            lease_duration: Duration::from_millis(ms),
+            ..LeaseTiming::default()
+        };
+        assert_eq!(timing(15_000).lease_seconds(), 15);
+        assert_eq!(timing(1_500).lease_seconds(), 2);
+        assert_eq!(timing(1_001).lease_seconds(), 2);
+    }
+
+    #[test]
+    fn two_default_identities_differ() {
+        assert_ne!(default_identity(), default_identity());
+        assert_ne!(
+            identity(Some("mesh-webhook-0"), None),
+            identity(Some("mesh-webhook-0"), None)
+        );
+    }
+
+    #[test]
+    fn identity_is_the_pod_name_else_the_hostname_and_a_suffix() {
+        let id = identity(Some("mesh-webhook-7d9f-abcde"), Some("host"));
+        let suffix = id
+            .strip_prefix("mesh-webhook-7d9f-abcde-")
+            .expect("pod name first");
+        assert_eq!(suffix.len(), 10);
+        assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert!(identity(Some(""), Some("node-a")).starts_with("node-a-"));
+        assert!(identity(None, None).starts_with("mesh-webhook-"));
     }
 }

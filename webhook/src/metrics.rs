@@ -3,7 +3,7 @@
 //! One [`Metrics`] value is shared by every task of the process; families are keyed by the
 //! `MeshCluster` name so a dashboard can show one line per attached cluster.
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -16,7 +16,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::propagate::PushResult;
+use tokio_util::sync::CancellationToken;
+
+use crate::{leader::Leadership, propagate::PushResult};
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -96,6 +98,7 @@ pub struct Metrics {
     cluster_reachable: Family<ClusterLabels, Gauge>,
     admission_reviews: Family<OutcomeLabels, Counter>,
     syncs: Family<SyncLabels, Counter>,
+    leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -114,6 +117,7 @@ impl Metrics {
         let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
         let admission_reviews = Family::<OutcomeLabels, Counter>::default();
         let syncs = Family::<SyncLabels, Counter>::default();
+        let leader = Gauge::default();
         // prometheus-client appends `_total` to counters: register the bare names.
         registry.register(
             "propagation_latency_seconds",
@@ -151,6 +155,11 @@ impl Metrics {
             "Full syncs of a remote cluster run by the reconciler, by result",
             syncs.clone(),
         );
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and reconciles, else 0",
+            leader.clone(),
+        );
         Self {
             registry,
             propagation_latency,
@@ -160,7 +169,25 @@ impl Metrics {
             cluster_reachable,
             admission_reviews,
             syncs,
+            leader,
         }
+    }
+
+    /// Keeps the `leader` gauge equal to this replica's standing until `stop`.
+    pub async fn follow_leadership(
+        self: Arc<Self>,
+        mut leadership: Leadership,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let leading = leadership.borrow_and_update().is_some();
+            self.leader.set(i64::from(leading));
+            tokio::select! {
+                changed = leadership.changed() => if changed.is_err() { break },
+                () = stop.cancelled() => break,
+            }
+        }
+        self.leader.set(0);
     }
 
     /// Records one push of the admission path.
@@ -285,6 +312,31 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_leader_gauge_follows_the_election() {
+        let metrics = Arc::new(Metrics::new());
+        let (standing, leadership) = tokio::sync::watch::channel(None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(metrics.clone().follow_leadership(leadership, stop.clone()));
+        let gauge_becomes = |value: &'static str| {
+            let metrics = metrics.clone();
+            async move {
+                let line = format!("leader {value}");
+                while !metrics.encode().expect("encode").lines().any(|l| l == line) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        let wait = |value| tokio::time::timeout(Duration::from_secs(5), gauge_becomes(value));
+        wait("0").await.expect("not leading at first");
+        standing.send_replace(Some(CancellationToken::new()));
+        wait("1").await.expect("leading");
+        standing.send_replace(None);
+        wait("0").await.expect("stepped down");
+        stop.cancel();
+        task.await.expect("stops");
     }
 
     #[test]

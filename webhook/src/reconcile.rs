@@ -13,7 +13,7 @@
 //! - with exponential backoff while the remote is unreachable.
 //!
 //! The watches run in every replica (the webhook needs the registry), the workers only sync
-//! while this replica holds the Lease. Status is written only when it says something new (see
+//! while this replica holds the Lease, and drop a sync mid-way when its term ends. Status is written only when it says something new (see
 //! [`crate::cluster_status`]), and Events go to the primary namespace concerned (see
 //! [`crate::events`]).
 
@@ -50,6 +50,7 @@ use crate::{
     cluster_status::{Attempt, next_status, status_needs_write, write_status},
     events,
     in_flight::InFlight,
+    leader::Leadership,
     metrics::Metrics,
     readiness::Readiness,
     remote_watch::watch_for_drift,
@@ -166,7 +167,7 @@ pub struct Reconciler {
     rule: Arc<SyncRule>,
     remotes: Remotes,
     metrics: Arc<Metrics>,
-    is_leader: watch::Receiver<bool>,
+    is_leader: Leadership,
     readiness: Readiness,
     settings: Settings,
     in_flight: InFlight,
@@ -191,7 +192,7 @@ impl Reconciler {
         rule: Arc<SyncRule>,
         remotes: Remotes,
         metrics: Arc<Metrics>,
-        is_leader: watch::Receiver<bool>,
+        is_leader: Leadership,
         readiness: Readiness,
         settings: Settings,
     ) -> Self {
@@ -457,7 +458,7 @@ async fn supervise(
     secrets: Store<Secret>,
     changed: Arc<Notify>,
     primary_changed: watch::Sender<u64>,
-    is_leader: watch::Receiver<bool>,
+    is_leader: Leadership,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
@@ -554,7 +555,7 @@ struct Worker {
     name: String,
     shared: Arc<Shared>,
     primary_changed: watch::Receiver<u64>,
-    is_leader: watch::Receiver<bool>,
+    is_leader: Leadership,
     kick: Arc<Notify>,
     cancel: CancellationToken,
     backoff: Backoff,
@@ -577,15 +578,17 @@ impl Drop for RemoteWatch {
 
 impl Worker {
     async fn run(mut self) {
-        let mut leading = false;
+        let mut term: Option<CancellationToken> = None;
         let mut due = Instant::now();
         loop {
-            let now_leading = *self.is_leader.borrow_and_update();
-            if now_leading && !leading {
+            let now = self.is_leader.borrow_and_update().clone();
+            // A term seen cancelled and a new one since: leadership was lost and won back.
+            if now.is_some() && term.as_ref().is_none_or(CancellationToken::is_cancelled) {
                 // Whoever led before may have died mid-sync: start with a full one.
                 due = Instant::now();
             }
-            leading = now_leading;
+            term = now;
+            let leading = term.is_some();
             self.watch_remote(leading);
             if !leading {
                 tokio::select! {
@@ -624,10 +627,21 @@ impl Worker {
             }
             // Everything changed so far is in the store this sync reads.
             self.primary_changed.borrow_and_update();
-            if !*self.is_leader.borrow() {
+            let Some(term) = self.is_leader.borrow().clone() else {
                 continue;
-            }
-            let ok = self.sync_once().await;
+            };
+            // The term ends before another replica may lead: from then on this replica's
+            // view of the primary may be stale, so the sync stops where it is and no write
+            // of it starts (the future is never polled again). A request already sent is
+            // left to its remote timeout.
+            let ok = tokio::select! {
+                biased;
+                () = term.cancelled() => {
+                    tracing::info!("leadership lost, sync abandoned");
+                    continue;
+                }
+                ok = self.sync_once() => ok,
+            };
             due = if ok {
                 self.backoff.reset();
                 Instant::now() + self.shared.settings.resync_period
