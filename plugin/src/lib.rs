@@ -18,6 +18,7 @@ pub mod mesh_state;
 pub mod output;
 pub mod remote_setup;
 pub mod render;
+pub mod sync_scope;
 
 pub use output::OutputFormat;
 

@@ -12,6 +12,9 @@
 //! - Secret [`TOKEN_SECRET`] of type `kubernetes.io/service-account-token`: a long-lived token
 //!   that kube-controller-manager fills in. It never expires; deleting the Secret revokes it
 //!   at once, which the reconciler and `check` see as a 401;
+//! - the ValidatingAdmissionPolicy and binding [`SYNC_SCOPE`] that deny the sync account any
+//!   namespace change but the managed labels' (its ClusterRole may patch every namespace, and
+//!   RBAC cannot narrow a patch to some fields);
 //! - unless `--remote-guard=off`, the ValidatingAdmissionPolicy and binding [`GUARD`] that warn
 //!   about (or deny) managed-label edits made on the remote by anyone but the sync account;
 //! - with `--istio-remote-secret`, ServiceAccount, ClusterRole, ClusterRoleBinding and token
@@ -43,6 +46,7 @@ use k8s_openapi::{
 use mesh_core::{
     MANAGER, MESH_NAMESPACE,
     cluster::{CLUSTER_LABEL, KUBECONFIG_KEY, MeshCluster, MeshClusterSpec, RemoteGuard},
+    labels::SyncRule,
 };
 
 use crate::access::{self, Need};
@@ -56,6 +60,9 @@ pub const SYNC_ACCOUNT: &str = "kubectl-mesh-sync";
 pub const TOKEN_SECRET: &str = "kubectl-mesh-sync-token";
 /// ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding of the remote guard.
 pub const GUARD: &str = "kubectl-mesh-guard";
+/// ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding confining the sync account
+/// to the managed labels.
+pub const SYNC_SCOPE: &str = "kubectl-mesh-sync-scope";
 /// ServiceAccount, ClusterRole and ClusterRoleBinding whose token istiod uses on a remote.
 pub const ISTIO_READER: &str = "kubectl-mesh-istio-reader";
 /// The long-lived token Secret of [`ISTIO_READER`].
@@ -352,6 +359,16 @@ impl Guard {
         }
     }
 
+    /// The same guard over the managed labels and excluded namespaces of `rule` (the
+    /// installed one: a guard over the default labels would leave a custom label unguarded).
+    pub fn with_rule(self, rule: &SyncRule) -> Self {
+        Self {
+            managed_labels: rule.managed_keys().map(str::to_owned).collect(),
+            excluded_namespaces: rule.excluded_namespaces().map(str::to_owned).collect(),
+            ..self
+        }
+    }
+
     /// The validation action of the binding; `None` for [`RemoteGuard::Off`].
     pub fn action(&self) -> Option<&'static str> {
         match self.mode {
@@ -510,6 +527,118 @@ pub fn guard_binding(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicyB
         spec: Some(ValidatingAdmissionPolicyBindingSpec {
             policy_name: Some(GUARD.to_owned()),
             validation_actions: guard.action().map(|a| vec![a.to_owned()]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A CEL list literal of strings.
+fn cel_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    let items: Vec<String> = items.into_iter().map(cel_str).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// CEL: the field `path` (below `object`) is the same on `object` and `oldObject`, absent on
+/// both included.
+fn cel_unchanged(path: &str) -> String {
+    format!(
+        "(has(object.{path}) == has(oldObject.{path}) && \
+         (!has(object.{path}) || object.{path} == oldObject.{path}))"
+    )
+}
+
+/// Why [`sync_scope_policy`] refuses a request, in the order of its validations.
+pub const SYNC_SCOPE_MESSAGES: [&str; 3] = [
+    "the kubectl-mesh sync account may not create or delete namespaces",
+    "the kubectl-mesh sync account may not change a namespace the mesh excludes",
+    "the kubectl-mesh sync account may change only the managed labels of a namespace",
+];
+
+/// The ValidatingAdmissionPolicy confining the sync account to what label sync writes: on
+/// an UPDATE of a namespace the rule syncs, the managed labels of `rule`; nothing else (no
+/// other label, annotation, finalizer, ownerReference, spec), no CREATE, no DELETE.
+///
+/// failurePolicy Fail, unlike the guard: this one is a security boundary for a token stored
+/// on another cluster, and an expression that cannot be evaluated must not let it through.
+/// managedFields and resourceVersion change with every write and are not compared.
+pub fn sync_scope_policy(cluster: &str, rule: &SyncRule) -> ValidatingAdmissionPolicy {
+    let keys = cel_list(rule.managed_keys());
+    let excluded = cel_list(rule.excluded_namespaces());
+    // Every other label of the new object is in the old one with the same value, and every
+    // other label of the old object is still there. (Maps compare as wholes only; these
+    // two passes compare them but for the managed keys.)
+    let others_kept = format!(
+        "(!has(object.metadata.labels) || object.metadata.labels.all(k, k in {keys} || \
+         (has(oldObject.metadata.labels) && k in oldObject.metadata.labels && \
+         oldObject.metadata.labels[k] == object.metadata.labels[k]))) && \
+         (!has(oldObject.metadata.labels) || oldObject.metadata.labels.all(k, k in {keys} || \
+         (has(object.metadata.labels) && k in object.metadata.labels)))"
+    );
+    let rest_kept = [
+        "metadata.annotations",
+        "metadata.finalizers",
+        "metadata.ownerReferences",
+        "metadata.generateName",
+        "spec",
+    ]
+    .map(cel_unchanged)
+    .join(" && ");
+    let update = "request.operation == 'UPDATE'";
+    let [create_delete, excluded_message, others_message] = SYNC_SCOPE_MESSAGES;
+    let validation = |expression: String, message: &str| Validation {
+        expression,
+        message: Some(message.to_owned()),
+        reason: Some("Forbidden".to_owned()),
+        ..Default::default()
+    };
+    ValidatingAdmissionPolicy {
+        metadata: meta(SYNC_SCOPE, None, cluster),
+        spec: Some(ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".to_owned()),
+            match_constraints: Some(MatchResources {
+                resource_rules: Some(vec![NamedRuleWithOperations {
+                    api_groups: strings(&[""]),
+                    api_versions: strings(&["*"]),
+                    operations: strings(&["CREATE", "UPDATE", "DELETE"]),
+                    resources: strings(&["namespaces"]),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            match_conditions: Some(vec![MatchCondition {
+                name: "kubectl-mesh-sync".to_owned(),
+                expression: format!("request.userInfo.username == {}", cel_str(&sync_username())),
+            }]),
+            variables: Some(vec![Variable {
+                name: "othersKept".to_owned(),
+                expression: format!("{others_kept} && {rest_kept}"),
+            }]),
+            // Only an UPDATE has both objects; the other validations pass anything else,
+            // which the first one refuses.
+            validations: Some(vec![
+                validation(update.to_owned(), create_delete),
+                validation(
+                    format!("!({update}) || !(oldObject.metadata.name in {excluded})"),
+                    excluded_message,
+                ),
+                validation(
+                    format!("!({update}) || variables.othersKept"),
+                    others_message,
+                ),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Binds [`sync_scope_policy`], denying: whatever the guard's mode.
+pub fn sync_scope_binding(cluster: &str) -> ValidatingAdmissionPolicyBinding {
+    ValidatingAdmissionPolicyBinding {
+        metadata: meta(SYNC_SCOPE, None, cluster),
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(SYNC_SCOPE.to_owned()),
+            validation_actions: Some(vec!["Deny".to_owned()]),
             ..Default::default()
         }),
     }
@@ -775,6 +904,49 @@ mod tests {
                 .as_deref()
                 .unwrap()
                 .contains("managed by kubectl-mesh")
+        );
+    }
+
+    #[test]
+    fn sync_scope_denies_the_sync_account_all_but_the_rules_labels() {
+        let rule = SyncRule::new(vec!["team.example.com/zone".into()], vec!["legacy".into()]);
+        let spec = sync_scope_policy("east", &rule).spec.unwrap();
+        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(
+            spec.match_conditions.unwrap()[0].expression,
+            "request.userInfo.username == 'system:serviceaccount:kubectl-mesh:kubectl-mesh-sync'"
+        );
+        let others = &spec.variables.unwrap()[0].expression;
+        assert!(others.contains("['team.example.com/zone']"), "{others}");
+        assert!(!others.contains("istio-injection"), "{others}");
+        for field in ["annotations", "finalizers", "ownerReferences"] {
+            assert!(
+                others.contains(&format!("object.metadata.{field} ==")),
+                "{field}"
+            );
+        }
+        let validations = spec.validations.unwrap();
+        assert_eq!(validations[0].expression, "request.operation == 'UPDATE'");
+        assert!(validations[1].expression.contains("['legacy']"));
+        let binding = sync_scope_binding("east").spec.unwrap();
+        assert_eq!(binding.validation_actions.unwrap(), ["Deny"]);
+    }
+
+    #[test]
+    fn guard_follows_the_installed_rule() {
+        let rule = SyncRule::new(vec!["team.example.com/zone".into()], vec!["legacy".into()]);
+        let spec = guard_policy("east", &guard(RemoteGuard::Warn).with_rule(&rule))
+            .spec
+            .unwrap();
+        let changed = &spec.variables.unwrap()[0].expression;
+        assert!(
+            changed.starts_with("['team.example.com/zone']"),
+            "{changed}"
+        );
+        let conditions = spec.match_conditions.unwrap();
+        assert!(
+            conditions[0].expression.contains("['legacy']"),
+            "{conditions:?}"
         );
     }
 

@@ -1,11 +1,11 @@
 //! `kubectl mesh detach`: remove a cluster from the mesh.
 //!
-//! Deletes what attach created and nothing else: on the remote, the objects labelled
-//! `kubectl-mesh.io/cluster=<name>` by kubectl-mesh (and the mesh namespace only when attach
-//! created it and it holds nothing else); on the primary, the cluster's Secrets and its
-//! MeshCluster. The MeshCluster goes last, so a detach that fails halfway can be re-run: it
-//! still knows the cluster. A re-run after the MeshCluster is gone still cleans a remote
-//! given with --remote-kubeconfig, by label.
+//! Deletes what attach created and nothing else: on the remote, the objects attach creates,
+//! by name, each only when its labels say kubectl-mesh created it for this cluster (and the
+//! mesh namespace only when attach created it and it holds nothing else); on the primary,
+//! the cluster's Secrets and its MeshCluster. The MeshCluster goes last, so a detach that
+//! fails halfway can be re-run: it still knows the cluster. A re-run after the MeshCluster is
+//! gone still cleans a remote given with --remote-kubeconfig.
 //!
 //! Order on the remote, and why:
 //! 1. the guard (ValidatingAdmissionPolicy and binding), so that a deny guard cannot refuse
@@ -14,7 +14,8 @@
 //!    (still running for this cluster until its MeshCluster goes) can no longer write labels;
 //! 3. with --strip-labels, the managed labels of the remote's namespaces (not before 2, or the
 //!    reconciler would put them back);
-//! 4. ClusterRoleBindings, ClusterRoles, ServiceAccounts, then the namespace.
+//! 4. the sync scope (policy and binding), only now that no token is left for it to confine;
+//! 5. ClusterRoleBindings, ClusterRoles, ServiceAccounts, then the namespace.
 //!
 //! Detach needs admin rights on the remote: the stored token may only patch namespaces. It
 //! uses --remote-kubeconfig, or else the context attach recorded, looked up in the user's
@@ -227,7 +228,7 @@ impl Detach {
             ));
             progress.info(format!(
                 "once it is reachable, `kubectl mesh detach {name} --remote-kubeconfig <file>` \
-                 removes them (it finds them by their label {}={name})",
+                 removes them (it finds them by name and their label {}={name})",
                 mesh_core::cluster::CLUSTER_LABEL
             ));
         }
@@ -252,7 +253,7 @@ fn primary_needs(strip_labels: bool) -> Vec<Need> {
 }
 
 fn remote_needs(strip_labels: bool) -> Vec<Need> {
-    const LD: &[&str] = &["list", "delete"];
+    const LD: &[&str] = &["get", "delete"];
     let mut namespaces = vec!["get", "delete"];
     if strip_labels {
         namespaces.extend(["list", "patch"]);
@@ -434,55 +435,80 @@ async fn clean_remote(
         let doing = doing.to_owned();
         move |e: kube::Error| access::request_error(target, &doing, e)
     };
-    let selector = setup::selector(name);
-    let lp = ListParams::default().labels(&selector);
+    let all = |c: &Client| c.clone();
     let in_ns = |c: &Client| (c.clone(), MESH_NAMESPACE);
 
-    delete_labelled(
-        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
-        &lp,
+    delete_ours(
+        Api::<ValidatingAdmissionPolicyBinding>::all(all(client)),
+        setup::GUARD,
         name,
         progress,
     )
     .await
     .map_err(fail("delete the guard"))?;
-    delete_labelled(
-        Api::<ValidatingAdmissionPolicy>::all(client.clone()),
-        &lp,
+    delete_ours(
+        Api::<ValidatingAdmissionPolicy>::all(all(client)),
+        setup::GUARD,
         name,
         progress,
     )
     .await
     .map_err(fail("delete the guard"))?;
-    let (c, ns) = in_ns(client);
-    delete_labelled(Api::<Secret>::namespaced(c, ns), &lp, name, progress)
-        .await
-        .map_err(fail("delete the token Secrets"))?;
+    for secret in [setup::TOKEN_SECRET, setup::ISTIO_READER_TOKEN_SECRET] {
+        let (c, ns) = in_ns(client);
+        delete_ours(Api::<Secret>::namespaced(c, ns), secret, name, progress)
+            .await
+            .map_err(fail("delete the token Secrets"))?;
+    }
 
     if let Some(rule) = strip {
         strip_managed_labels(client, target, rule, name, timeout, progress).await?;
     }
 
-    delete_labelled(
-        Api::<ClusterRoleBinding>::all(client.clone()),
-        &lp,
+    // The sync scope outlives the token it confines.
+    delete_ours(
+        Api::<ValidatingAdmissionPolicyBinding>::all(all(client)),
+        setup::SYNC_SCOPE,
         name,
         progress,
     )
     .await
-    .map_err(fail("delete ClusterRoleBindings"))?;
-    delete_labelled(Api::<ClusterRole>::all(client.clone()), &lp, name, progress)
+    .map_err(fail("delete the sync scope"))?;
+    delete_ours(
+        Api::<ValidatingAdmissionPolicy>::all(all(client)),
+        setup::SYNC_SCOPE,
+        name,
+        progress,
+    )
+    .await
+    .map_err(fail("delete the sync scope"))?;
+    for account in [setup::SYNC_ACCOUNT, setup::ISTIO_READER] {
+        delete_ours(
+            Api::<ClusterRoleBinding>::all(all(client)),
+            account,
+            name,
+            progress,
+        )
+        .await
+        .map_err(fail("delete ClusterRoleBindings"))?;
+        delete_ours(
+            Api::<ClusterRole>::all(all(client)),
+            account,
+            name,
+            progress,
+        )
         .await
         .map_err(fail("delete ClusterRoles"))?;
-    let (c, ns) = in_ns(client);
-    delete_labelled(
-        Api::<ServiceAccount>::namespaced(c, ns),
-        &lp,
-        name,
-        progress,
-    )
-    .await
-    .map_err(fail("delete ServiceAccounts"))?;
+        let (c, ns) = in_ns(client);
+        delete_ours(
+            Api::<ServiceAccount>::namespaced(c, ns),
+            account,
+            name,
+            progress,
+        )
+        .await
+        .map_err(fail("delete ServiceAccounts"))?;
+    }
 
     // The namespace: only if attach created it. The MeshCluster says so; without one (a
     // re-run after the primary side is done), the namespace's own labels do, as attach
@@ -513,20 +539,29 @@ async fn clean_remote(
     Ok(())
 }
 
-/// Deletes every object `lp` selects; prints one line each.
-async fn delete_labelled<K>(
+/// Deletes the object `object` when attach created it for cluster `name`; one that is not
+/// (another cluster's, or not kubectl-mesh's) is kept and said so. By name, never by
+/// selector: labels are anyone's to copy.
+async fn delete_ours<K>(
     api: Api<K>,
-    lp: &ListParams,
-    side: &str,
+    object: &str,
+    name: &str,
     progress: Progress,
 ) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    for obj in api.list(lp).await?.items {
-        delete(&api, &obj.name_any(), side, progress).await?;
+    let Some(found) = api.get_opt(object).await? else {
+        return Ok(());
+    };
+    if !setup::is_ours(found.meta(), name) {
+        let kind = K::kind(&());
+        progress.info(format!(
+            "{name}: {kind} {object} kept: attach did not create it for this cluster"
+        ));
+        return Ok(());
     }
-    Ok(())
+    delete(&api, object, name, progress).await
 }
 
 /// Deletes one object; one already gone is fine (re-runs).
@@ -715,9 +750,11 @@ fn left_on_remote(mc: Option<&MeshCluster>, istio_hint: bool) -> Vec<String> {
     }
     left.push(format!(
         "ClusterRoleBinding, ClusterRole and ServiceAccount {MESH_NAMESPACE}/{0}, Secret \
-         {MESH_NAMESPACE}/{1}",
+         {MESH_NAMESPACE}/{1}, ValidatingAdmissionPolicyBinding and ValidatingAdmissionPolicy \
+         {2}",
         setup::SYNC_ACCOUNT,
-        setup::TOKEN_SECRET
+        setup::TOKEN_SECRET,
+        setup::SYNC_SCOPE
     ));
     if istio_hint {
         left.push(format!(

@@ -4,8 +4,8 @@
 //!
 //! Every object is built by `kubectl_mesh::remote_setup`, the module attach uses, so the
 //! fixture cannot drift from attach: on the remote the mesh namespace, the sync
-//! ServiceAccount with its ClusterRole (namespaces get/list/watch/patch) and binding, a token
-//! and the guard; on the primary the `cluster-<name>` Secret holding the stored kubeconfig
+//! ServiceAccount with its ClusterRole (namespaces get/list/watch/patch) and binding, its sync
+//! scope, a token and the guard; on the primary the `cluster-<name>` Secret holding the stored kubeconfig
 //! (built with `kubeconfig::build_stored_kubeconfig`) and the MeshCluster.
 
 use std::process::{Command, Output};
@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 };
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use kubectl_mesh::{cmd::apply, kubeconfig, remote_setup as setup, render::Manifest};
+use kubectl_mesh::{cmd::apply, kubeconfig, remote_setup as setup, render::Manifest, sync_scope};
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{MeshCluster, RemoteGuard};
 use mesh_testenv::{Cluster, TestEnv};
@@ -135,6 +135,9 @@ pub async fn attach(
     )
     .await?;
 
+    let rule = mesh_core::labels::SyncRule::default();
+    apply_on(&remote_client, &setup::sync_scope_policy(name, &rule)).await?;
+    apply_on(&remote_client, &setup::sync_scope_binding(name)).await?;
     let guard = setup::Guard::new(options.guard, "primary", &env.primary().name);
     if options.guard == RemoteGuard::Off {
         remove_guard(&remote_client).await?;
@@ -156,6 +159,18 @@ pub async fn attach(
         kubeconfig::build_stored_kubeconfig(name, selected.server()?, ca.as_deref(), &token);
     kubeconfig::validate_stored(&stored)?;
     let yaml = kubeconfig::to_yaml(&stored)?;
+    // As attach does: the token is stored once the remote confines it.
+    let as_sync = mesh_core::remote::client_from_kubeconfig(
+        name,
+        &yaml,
+        &kubectl_mesh::mesh_state::remote_options(DEFAULT_TIMEOUT),
+    )
+    .await?;
+    let scope = sync_scope::wait_enforced(&as_sync, DEFAULT_TIMEOUT).await?;
+    anyhow::ensure!(
+        scope == sync_scope::Scope::Enforced,
+        "{name}: sync scope not enforced"
+    );
 
     let cluster_id = namespaces
         .get("kube-system")

@@ -329,7 +329,7 @@ pub fn describe(out: &std::process::Output) -> String {
 pub async fn admission_reviews(
     mesh: &mesh_testenv::mesh::Mesh,
 ) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
-    let metrics = https_get(mesh.listen_address(), &mesh.ca_pem()?, "/metrics").await?;
+    let metrics = https_get(mesh.metrics_address(), &mesh.ca_pem()?, "/metrics").await?;
     let mut reviews = std::collections::BTreeMap::new();
     for line in metrics.lines() {
         let Some(rest) = line.strip_prefix("admission_reviews_total{outcome=\"") else {
@@ -379,4 +379,27 @@ pub async fn namespace_labels(
     let mut labels = ns.metadata.labels.unwrap_or_default();
     labels.remove("kubernetes.io/metadata.name");
     Ok(Some(labels))
+}
+
+/// A client from the kubeconfig attach stored on the primary for cluster `name`, read from its
+/// Secret as the webhook reads it; and that kubeconfig.
+pub async fn stored_client(
+    env: &TestEnv,
+    name: &str,
+) -> anyhow::Result<(kube::Client, kube::config::Kubeconfig)> {
+    let secret = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        env.primary().client().await?,
+        mesh_core::MESH_NAMESPACE,
+    )
+    .get(&format!("cluster-{name}"))
+    .await?;
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("kubeconfig"))
+        .context("no kubeconfig key")?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &Default::default()).await?;
+    Ok((kube::Client::try_from(config)?, kubeconfig))
 }

@@ -5,16 +5,16 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
-use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster};
+use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
 use super::objects::{Side, describe, dyn_api, remote_objects};
 use super::what_of;
 use crate::{
     Context, Error, Result,
     access::{self, Need, Target},
-    kubeconfig,
+    kubeconfig, mesh_state,
     remote_setup::{self as setup, Guard},
-    render::Manifest,
+    render::{self, Manifest},
 };
 
 /// The flags preflight looks at.
@@ -37,6 +37,8 @@ pub(super) struct Plan {
     pub(super) remote_kc: Kubeconfig,
     pub(super) remote_context: String,
     pub(super) cluster_id: String,
+    /// The installed sync rule: what the guard and the sync scope cover.
+    pub(super) rule: SyncRule,
     pub(super) guard: Guard,
     pub(super) existing: Option<MeshCluster>,
     pub(super) remote_namespace: NamespaceState,
@@ -120,7 +122,7 @@ pub(crate) fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Er
     Error::Refused { what, hint }
 }
 
-fn remote_needs(guard: &Guard) -> Vec<Need> {
+fn remote_needs() -> Vec<Need> {
     const RW: &[&str] = &["get", "create", "patch", "delete"];
     let mut needs = vec![
         // get/list/watch/patch too: RBAC lets a user grant only rights they hold.
@@ -134,15 +136,10 @@ fn remote_needs(guard: &Guard) -> Vec<Need> {
         Need::cluster("rbac.authorization.k8s.io", "clusterroles", RW),
         Need::cluster("rbac.authorization.k8s.io", "clusterrolebindings", RW),
     ];
-    // The guard's objects: written unless the guard is off; read in any case, as the sync
-    // account's ClusterRole grants `get` on them (and RBAC lets a user grant only that).
-    let guard_verbs: &[&str] = if guard.action().is_some() {
-        RW
-    } else {
-        &["get"]
-    };
+    // Admission policies: the sync scope is always written, the guard unless it is off (and
+    // the sync account's ClusterRole grants `get` on them, which RBAC lets only a holder do).
     for resource in setup::GUARD_RESOURCES {
-        needs.push(Need::cluster(setup::ADMISSION_GROUP, resource, guard_verbs));
+        needs.push(Need::cluster(setup::ADMISSION_GROUP, resource, RW));
     }
     needs
 }
@@ -157,6 +154,13 @@ fn primary_needs(istio: bool) -> Vec<Need> {
             "meshclusters",
             &["get", "list", "create", "patch", "delete"],
         ),
+        // It records the installed sync rule, which the guard and the sync scope follow.
+        Need::cluster(
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            &["get"],
+        )
+        .named(render::WEBHOOK_CONFIGURATION),
     ];
     if istio {
         needs.push(Need::namespaced("", "secrets", setup::ISTIO_NAMESPACE, RW));
@@ -180,6 +184,14 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         None => setup::default_cluster_name(&remote_context),
     };
     kubeconfig::validate_cluster_name(&name)?;
+    // The stored kubeconfig must pass the rule the webhook reads it with: known now, before
+    // anything is written anywhere (the token is the only part still to come).
+    kubeconfig::sanitize(&remote_kc, &name, setup::REDACTED).map_err(|e| Error::Refused {
+        what: format!("{} cannot be attached: {e}", file.display()),
+        hint: "the primary keeps only a bearer token, the server (https) and inline \
+               certificate-authority-data; attach with a kubeconfig whose cluster has them"
+            .into(),
+    })?;
 
     let (primary_kc, primary_context, primary_target) = ctx.primary_target()?;
     let remote_target = Target {
@@ -197,7 +209,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
 
     // Reachability and rights, both sides at once. The first review doubles as the
     // reachability check: every authenticated user may create one.
-    let (primary_wants, remote_wants) = (primary_needs(args.istio), remote_needs(&guard));
+    let (primary_wants, remote_wants) = (primary_needs(args.istio), remote_needs());
     let (primary_missing, remote_missing) = futures::join!(
         access::missing(&primary, &primary_wants),
         access::missing(&remote, &remote_wants),
@@ -276,6 +288,16 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         });
     }
     let attached = attached.unwrap_or_default();
+    let rule = mesh_state::read_installed_rule(&primary)
+        .await
+        .map_err(|e| {
+            access::request_error(
+                &primary_target,
+                "read the webhook configuration (it records the sync rule)",
+                e,
+            )
+        })?;
+    let guard = guard.with_rule(&rule);
 
     let (primary_id, cluster_id) =
         futures::join!(access::cluster_id(&primary), access::cluster_id(&remote));
@@ -350,6 +372,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         remote_kc,
         remote_context,
         cluster_id,
+        rule,
         guard,
         existing,
         remote_namespace,
@@ -430,20 +453,17 @@ mod tests {
 
     #[test]
     fn remote_needs_cover_what_the_sync_role_grants() {
-        use mesh_core::cluster::RemoteGuard;
-        for mode in [RemoteGuard::Warn, RemoteGuard::Deny, RemoteGuard::Off] {
-            let needs = remote_needs(&Guard::new(mode, "p", "p"));
-            for rule in setup::sync_cluster_role("east").rules.unwrap_or_default() {
-                let group = rule.api_groups.unwrap_or_default();
-                for resource in rule.resources.unwrap_or_default() {
-                    for verb in &rule.verbs {
-                        assert!(
-                            needs.iter().any(|n| group.contains(&n.group.to_owned())
-                                && n.resource == resource
-                                && n.verbs.contains(&verb.as_str())),
-                            "{mode:?}: {resource} {verb} is granted but not checked"
-                        );
-                    }
+        let needs = remote_needs();
+        for rule in setup::sync_cluster_role("east").rules.unwrap_or_default() {
+            let group = rule.api_groups.unwrap_or_default();
+            for resource in rule.resources.unwrap_or_default() {
+                for verb in &rule.verbs {
+                    assert!(
+                        needs.iter().any(|n| group.contains(&n.group.to_owned())
+                            && n.resource == resource
+                            && n.verbs.contains(&verb.as_str())),
+                        "{resource} {verb} is granted but not checked"
+                    );
                 }
             }
         }

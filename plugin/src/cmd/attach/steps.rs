@@ -8,7 +8,7 @@ use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
 };
-use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster};
+use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, remote};
 
 use super::hooks::TestHooks;
 use super::objects::{
@@ -18,8 +18,9 @@ use super::preflight::{NamespaceState, Plan};
 use super::waits::{wait_namespace_gone, wait_token};
 use super::what_of;
 use crate::cmd::apply;
+use crate::sync_scope::{self, Scope};
 use crate::{
-    Error, Result,
+    Error, Result, mesh_state,
     output::Progress,
     remote_setup::{self as setup, Guard},
     render::{FIELD_MANAGER, Manifest},
@@ -36,10 +37,16 @@ pub enum Step {
     ClusterRole,
     /// Its ClusterRoleBinding.
     ClusterRoleBinding,
+    /// The policy confining it to the managed labels (before its token exists).
+    SyncScopePolicy,
+    /// That policy's binding.
+    SyncScopeBinding,
     /// Its token Secret.
     TokenSecret,
     /// Waiting for kube-controller-manager to fill the token.
     Token,
+    /// Waiting until the remote enforces the sync scope on that token (before it is stored).
+    SyncScopeEnforced,
     /// The guard's ValidatingAdmissionPolicy.
     GuardPolicy,
     /// The guard's binding.
@@ -58,13 +65,16 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 16] = [
         Self::RemoteNamespace,
         Self::ServiceAccount,
         Self::ClusterRole,
         Self::ClusterRoleBinding,
+        Self::SyncScopePolicy,
+        Self::SyncScopeBinding,
         Self::TokenSecret,
         Self::Token,
+        Self::SyncScopeEnforced,
         Self::GuardPolicy,
         Self::GuardBinding,
         Self::IstioReader,
@@ -81,8 +91,11 @@ impl Step {
             Self::ServiceAccount => "service-account",
             Self::ClusterRole => "cluster-role",
             Self::ClusterRoleBinding => "cluster-role-binding",
+            Self::SyncScopePolicy => "sync-scope-policy",
+            Self::SyncScopeBinding => "sync-scope-binding",
             Self::TokenSecret => "token-secret",
             Self::Token => "token",
+            Self::SyncScopeEnforced => "sync-scope-enforced",
             Self::GuardPolicy => "guard-policy",
             Self::GuardBinding => "guard-binding",
             Self::IstioReader => "istio-reader",
@@ -103,11 +116,13 @@ impl Step {
     /// making the Secrets owned only read or update.
     pub fn creates(self) -> bool {
         match self {
-            Self::Token | Self::OwnerReferences => false,
+            Self::Token | Self::SyncScopeEnforced | Self::OwnerReferences => false,
             Self::RemoteNamespace
             | Self::ServiceAccount
             | Self::ClusterRole
             | Self::ClusterRoleBinding
+            | Self::SyncScopePolicy
+            | Self::SyncScopeBinding
             | Self::TokenSecret
             | Self::GuardPolicy
             | Self::GuardBinding
@@ -279,6 +294,14 @@ impl<'a> Run<'a> {
                 Manifest::new(&setup::cluster_role_binding(setup::SYNC_ACCOUNT, &name))?,
             ),
             (
+                Step::SyncScopePolicy,
+                Manifest::new(&setup::sync_scope_policy(&name, &plan.rule))?,
+            ),
+            (
+                Step::SyncScopeBinding,
+                Manifest::new(&setup::sync_scope_binding(&name))?,
+            ),
+            (
                 Step::TokenSecret,
                 Manifest::new(&setup::token_secret(
                     setup::TOKEN_SECRET,
@@ -300,6 +323,11 @@ impl<'a> Run<'a> {
             setup::SYNC_ACCOUNT
         ));
         self.done(Step::Token)?;
+
+        self.begin(Step::SyncScopeEnforced);
+        let stored = stored_kubeconfig(&plan.remote_kc, &name, &token)?;
+        self.wait_sync_scope(&stored).await?;
+        self.done(Step::SyncScopeEnforced)?;
 
         self.begin(Step::GuardPolicy);
         if plan.guard.action().is_some() {
@@ -345,7 +373,6 @@ impl<'a> Run<'a> {
         self.done(Step::IstioReader)?;
 
         self.begin(Step::PrimarySecret);
-        let stored = stored_kubeconfig(&plan.remote_kc, &name, &token)?;
         // On a re-run the MeshCluster exists: keep the Secrets' ownerReference in place
         // rather than drop it until the last step.
         let known_owner = plan.existing.as_ref().and_then(setup::owner_reference);
@@ -415,6 +442,44 @@ impl<'a> Run<'a> {
         }
         self.done(Step::OwnerReferences)?;
         Ok(mc)
+    }
+
+    /// Waits until the remote refuses the token anything but the managed labels, as the
+    /// webhook will use it: through the stored kubeconfig and the webhook's client code.
+    async fn wait_sync_scope(&self, stored: &str) -> Result<()> {
+        let name = &self.plan.name;
+        let options = mesh_state::remote_options(self.timeout);
+        let client = remote::client_from_kubeconfig(name, stored, &options)
+            .await
+            .map_err(|e| Error::Refused {
+                what: format!(
+                    "cannot use the new token of {name}: {}",
+                    remote::error_chain(&e)
+                ),
+                hint: "check the remote's kubeconfig with `kubectl get ns`".into(),
+            })?;
+        let what = format!(
+            "ValidatingAdmissionPolicy {} enforced on the token",
+            setup::SYNC_SCOPE
+        );
+        match sync_scope::wait_enforced(&client, self.timeout).await {
+            Ok(Scope::Enforced) => {
+                self.progress.ok(format!("{name}: {what}"));
+                Ok(())
+            }
+            Ok(Scope::NotEnforced) => Err(Error::Refused {
+                what: format!(
+                    "{name} does not enforce ValidatingAdmissionPolicy {} within {}s",
+                    setup::SYNC_SCOPE,
+                    self.timeout.as_secs()
+                ),
+                hint: "the remote's apiserver must support ValidatingAdmissionPolicy \
+                       (admissionregistration.k8s.io/v1, Kubernetes 1.30 or later); raise \
+                       --timeout if it is only slow"
+                    .into(),
+            }),
+            Err(e) => Err(Error::kube(format!("cannot probe {what}"))(e)),
+        }
     }
 
     /// `--remote-guard=off` on a re-run: the guard of an earlier attach of this cluster goes

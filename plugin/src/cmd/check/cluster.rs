@@ -27,6 +27,7 @@ use crate::{
     kubeconfig,
     mesh_state::{RemoteError, RemoteResult},
     remote_setup as setup,
+    sync_scope::Scope,
 };
 
 /// A token or certificate expiring sooner than this is a warning.
@@ -209,13 +210,48 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
         rights,
         namespaces,
         guard,
+        scope,
     } = reads;
     checks.push(identity_result(mesh, cluster, kube_system));
     checks.push(rights_result(&name, rights, &reattach));
     checks.push(token_result(stored, mesh.now, &reattach));
     checks.push(drift_result(mesh, &name, namespaces));
+    checks.push(scope_result(scope, &name));
     checks.push(guard_result(cluster, guard));
     section(checks)
+}
+
+/// The stored identity may patch every namespace; the remote's sync scope policy must refuse
+/// it anything but the managed labels. Asked by trying: a dry-run edit it must refuse.
+fn scope_result(scope: &RemoteResult<Scope>, name: &str) -> CheckResult {
+    let what = "credentials may change only the managed labels";
+    let fix = format!(
+        "re-run `kubectl mesh attach` for {name}: it installs ValidatingAdmissionPolicy {} \
+         and its binding",
+        setup::SYNC_SCOPE
+    );
+    match scope {
+        Ok(Scope::Enforced) => CheckResult::ok(
+            what,
+            Some(format!(
+                "ValidatingAdmissionPolicy {} enforced",
+                setup::SYNC_SCOPE
+            )),
+        ),
+        Ok(Scope::NotEnforced) => CheckResult::error(
+            what,
+            format!(
+                "a dry-run annotation of namespace {MESH_NAMESPACE} went through: the stored \
+                 credentials may change any namespace's metadata"
+            ),
+            fix,
+        ),
+        Err(e) => CheckResult::warning(
+            what,
+            format!("cannot tell: a dry-run edit of namespace {MESH_NAMESPACE} failed: {e}"),
+            fix,
+        ),
+    }
 }
 
 /// The remote's kube-system UID is the cluster's identity: it must be spec.clusterId, unique

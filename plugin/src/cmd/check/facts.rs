@@ -29,18 +29,21 @@ use mesh_core::{
     remote,
 };
 
-use super::{cluster, install, rights};
+use super::{caller_auth, cluster, install, rights};
 use crate::{
     Error,
     access::Need,
     installed_rule, kubeconfig,
     mesh_state::{self, RemoteResult, with_deadline},
     remote_setup as setup, render,
+    sync_scope::{self, Scope},
 };
 
 /// A read of one object by name: absent is `Ok(None)`.
 pub type Fetched<T> = std::result::Result<Option<T>, kube::Error>;
 
+/// How long the handshake with a webhook called by URL may take.
+const CALLER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Label value the probe of the webhook pretends to set (dry run: nothing is stored).
 const PROBE_VALUE: &str = "kubectl-mesh-check";
 /// The managed label the probe pretends to change, when the rule manages it (else its first).
@@ -61,6 +64,8 @@ pub struct InstallFacts {
     pub deployment: Option<(String, Fetched<Deployment>)>,
     /// The dry-run probe of the webhook, made when the configuration has its entry.
     pub probe: Option<Probe>,
+    /// A handshake without a client certificate with a webhook called by URL.
+    pub caller_auth: Option<caller_auth::Probe>,
 }
 
 /// How the dry-run probe of the webhook went.
@@ -112,6 +117,7 @@ pub async fn install(client: &Client) -> InstallFacts {
         tls_secret: None,
         deployment: None,
         probe: None,
+        caller_auth: None,
     };
     let Ok(Some(mwc)) = &facts.webhook else {
         return facts;
@@ -131,6 +137,10 @@ pub async fn install(client: &Client) -> InstallFacts {
             .get_opt(render::WEBHOOK)
             .await;
         facts.deployment = Some((service.namespace.clone(), deployment));
+    }
+    if let (Some(url), Some(ca)) = (&hook.client_config.url, &hook.client_config.ca_bundle) {
+        let probe = caller_auth::probe(url.clone(), ca.0.clone(), CALLER_PROBE_TIMEOUT);
+        facts.caller_auth = Some(probe.await);
     }
     facts.probe = Some(probe(client, &rule).await);
     facts
@@ -295,6 +305,8 @@ pub struct RemoteReads {
     pub namespaces: RemoteResult<Vec<Namespace>>,
     /// The remote guard.
     pub guard: GuardFacts,
+    /// Whether the remote confines the stored identity to the managed labels.
+    pub scope: RemoteResult<Scope>,
 }
 
 /// Whether the remote allows one verb of a [`Need`].
@@ -422,6 +434,7 @@ async fn remote_facts(
     let rights = answers(remote, timeout, rights::asked()).await;
     let namespaces = mesh_state::remote_namespaces(remote, timeout).await;
     let guard = guard_facts(remote, cluster, user_kubeconfig, timeout).await;
+    let scope = with_deadline(timeout, sync_scope::probe(remote)).await;
     RemoteFacts::Asked(Box::new(Asked {
         whoami,
         reads: Some(RemoteReads {
@@ -429,6 +442,7 @@ async fn remote_facts(
             rights,
             namespaces,
             guard,
+            scope,
         }),
     }))
 }

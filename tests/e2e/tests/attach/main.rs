@@ -14,5 +14,6 @@ mod guard;
 mod lifecycle;
 mod refusals;
 mod rollback;
+mod scope;
 mod support;
 mod wait;

@@ -32,6 +32,7 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
     )?;
     let (unreachable, closed_server) = unreachable_kubeconfig(remote, dir.path())?;
     let limited = limited_kubeconfig(remote, dir.path()).await?;
+    let unverified = unverified_kubeconfig(remote, dir.path())?;
     let remote_path = remote.kubeconfig.to_string_lossy().into_owned();
     let primary_path = env.primary().kubeconfig.to_string_lossy().into_owned();
 
@@ -59,6 +60,13 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
             "caller lacks permissions",
             vec![limited.to_string_lossy().into_owned()],
             "missing permissions on remote cluster remote-2",
+        ),
+        (
+            // Reachable, but its stored form would be refused by the webhook: known before
+            // anything is written.
+            "TLS unverified",
+            vec![unverified.to_string_lossy().into_owned()],
+            "skips TLS verification and has no certificate-authority-data",
         ),
         (
             "the primary itself",
@@ -119,6 +127,17 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
     detach(env, remote, "remote-2", &[]).await?;
     assert_nothing_left(env, remote, "remote-2").await?;
     Ok(())
+}
+
+/// `remote`'s admin kubeconfig without its CA and with TLS verification skipped: usable to
+/// reach the remote, not to store.
+fn unverified_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut kc = Kubeconfig::read_from(&remote.kubeconfig)?;
+    for cluster in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+        cluster.certificate_authority_data = None;
+        cluster.insecure_skip_tls_verify = Some(true);
+    }
+    write(dir, "unverified.yaml", &serde_json::to_string(&kc)?)
 }
 
 /// A kubeconfig for a ServiceAccount of `remote` that may only read a few kinds: the

@@ -12,7 +12,7 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
     config::Kubeconfig,
 };
@@ -211,11 +211,12 @@ async fn remote_by_name(remote: &Cluster) -> anyhow::Result<Vec<String>> {
         let secrets = Api::<Secret>::namespaced(c.clone(), MESH_NS);
         found.push(existing(secrets, "Secret", &format!("{name}-token")).await?);
     }
-    let guard = "kubectl-mesh-guard";
-    let policies = Api::<ValidatingAdmissionPolicy>::all(c.clone());
-    found.push(existing(policies, "ValidatingAdmissionPolicy", guard).await?);
-    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(c.clone());
-    found.push(existing(bindings, "ValidatingAdmissionPolicyBinding", guard).await?);
+    for policy in ["kubectl-mesh-guard", "kubectl-mesh-sync-scope"] {
+        let policies = Api::<ValidatingAdmissionPolicy>::all(c.clone());
+        found.push(existing(policies, "ValidatingAdmissionPolicy", policy).await?);
+        let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(c.clone());
+        found.push(existing(bindings, "ValidatingAdmissionPolicyBinding", policy).await?);
+    }
     Ok(found.into_iter().flatten().collect())
 }
 
@@ -306,21 +307,7 @@ pub async fn detach(
     succeeded(&out, &format!("detach {name}"))
 }
 
-/// A client from the kubeconfig attach stored on the primary for `name`.
-pub async fn stored_client(env: &TestEnv, name: &str) -> anyhow::Result<(Client, Kubeconfig)> {
-    let secret = Api::<Secret>::namespaced(env.primary().client().await?, MESH_NS)
-        .get(&format!("cluster-{name}"))
-        .await?;
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("kubeconfig"))
-        .context("no kubeconfig key")?;
-    let kubeconfig = Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
-    let config =
-        kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &Default::default()).await?;
-    Ok((Client::try_from(config)?, kubeconfig))
-}
+pub use mesh_e2e::stored_client;
 
 /// Creates namespace `name` on `cluster` with `labels` (a JSON object).
 pub async fn create_labelled_namespace(
