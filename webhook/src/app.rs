@@ -10,10 +10,11 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    client_auth::ClientCa,
     http::{self, AppState, LogLevelSetter},
     in_flight::InFlight,
     leader::{self, LeaseSettings, LeaseTiming},
-    listen::{self, Result},
+    listen::{self, Limits, Result},
     metrics::Metrics,
     readiness::Readiness,
     reconcile::{self, BackoffSettings, Reconciler},
@@ -30,6 +31,9 @@ use mesh_core::{
 pub struct Webhook {
     primary: Client,
     listen: SocketAddr,
+    metrics_listen: SocketAddr,
+    client_ca: Option<PathBuf>,
+    limits: Limits,
     tls_cert: PathBuf,
     tls_key: PathBuf,
     rule: Arc<SyncRule>,
@@ -51,6 +55,9 @@ impl Webhook {
         Self {
             primary,
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9443)),
+            client_ca: None,
+            limits: Limits::default(),
             tls_cert: tls_cert.into(),
             tls_key: tls_key.into(),
             rule: Arc::new(SyncRule::default()),
@@ -70,6 +77,26 @@ impl Webhook {
     /// Address to listen on; port 0 picks a free one (see [`BoundWebhook::local_addr`]).
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.listen = addr;
+        self
+    }
+
+    /// Address of the port serving probes and metrics (no client certificate asked); port 0
+    /// picks a free one (see [`BoundWebhook::metrics_addr`]).
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
+        self.metrics_listen = addr;
+        self
+    }
+
+    /// Require callers of the webhook port to present a certificate signed by the CA in this
+    /// PEM file (re-read when it changes); `None` asks for none.
+    pub fn client_ca(mut self, path: Option<PathBuf>) -> Self {
+        self.client_ca = path;
+        self
+    }
+
+    /// Connection limits and timeouts of both ports.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -132,11 +159,18 @@ impl Webhook {
         self
     }
 
-    /// Loads the serving certificate and binds the port: what can fail at startup fails here.
+    /// Loads the serving certificate and the client CA and binds both ports: what can fail at
+    /// startup fails here.
     pub async fn bind(self) -> Result<BoundWebhook> {
         let resolver = CertResolver::load(&self.tls_cert, &self.tls_key)?;
-        let tls = tls::server_config(resolver.clone())?;
+        let client_ca = match &self.client_ca {
+            Some(path) => Some(ClientCa::load(path, resolver.provider())?),
+            None => None,
+        };
+        let tls = tls::server_config(resolver.clone(), client_ca.clone())?;
+        let metrics_tls = tls::server_config(resolver.clone(), None)?;
         let (listener, local_addr) = listen::bind(self.listen).await?;
+        let (metrics_listener, metrics_addr) = listen::bind(self.metrics_listen).await?;
         let readiness = Readiness::default();
         readiness.set_tls_loaded();
         Ok(BoundWebhook {
@@ -144,8 +178,12 @@ impl Webhook {
             webhook: self,
             listener,
             local_addr,
+            metrics_listener,
+            metrics_addr,
             resolver,
+            client_ca,
             tls,
+            metrics_tls,
             readiness,
         })
     }
@@ -156,15 +194,25 @@ pub struct BoundWebhook {
     webhook: Webhook,
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
     resolver: Arc<CertResolver>,
+    client_ca: Option<Arc<ClientCa>>,
     tls: Arc<ServerConfig>,
+    metrics_tls: Arc<ServerConfig>,
     remotes: Remotes,
     readiness: Readiness,
 }
 
 impl BoundWebhook {
+    /// The webhook port.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The port of probes and metrics.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// The registry of remote clients the webhook pushes to.
@@ -187,14 +235,21 @@ impl BoundWebhook {
             webhook,
             listener,
             local_addr,
+            metrics_listener,
+            metrics_addr,
             resolver,
+            client_ca,
             tls,
+            metrics_tls,
             remotes,
             readiness,
         } = self;
         let Webhook {
             primary,
             listen: _,
+            metrics_listen: _,
+            client_ca: _,
+            limits,
             tls_cert: _,
             tls_key: _,
             rule,
@@ -212,6 +267,9 @@ impl BoundWebhook {
         let background = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(resolver.watch(background.clone()));
+        if let Some(client_ca) = client_ca {
+            tasks.spawn(client_ca.watch(background.clone()));
+        }
 
         let is_leader = match lease_name {
             Some(name) => {
@@ -259,8 +317,12 @@ impl BoundWebhook {
         if let Some(setter) = log_level {
             state = state.with_log_level(setter);
         }
-        tracing::info!(%local_addr, %identity, "serving admission webhook");
-        listen::serve(listener, tls, http::router(state), shutdown).await;
+        tracing::info!(%local_addr, %metrics_addr, %identity, "serving admission webhook");
+        let ops = http::ops_router(state.clone());
+        tokio::join!(
+            listen::serve(listener, tls, http::router(state), limits, shutdown.clone()),
+            listen::serve(metrics_listener, metrics_tls, ops, limits, shutdown),
+        );
         tracing::info!("server drained, stopping reconciler");
         background.cancel();
         while tasks.join_next().await.is_some() {}

@@ -16,6 +16,7 @@ use crate::{
     app::Webhook,
     http::LogLevelSetter,
     leader::{self, LeaseTiming},
+    listen::Limits,
     reconcile::BackoffSettings,
 };
 
@@ -29,9 +30,51 @@ use mesh_core::{
 #[derive(Clone, Debug, Parser)]
 #[command(name = "mesh-webhook", version)]
 pub struct Args {
-    /// Address the HTTPS server listens on.
+    /// Address of the webhook port (`/mutate`), where the apiserver calls.
     #[arg(long, env = "MESH_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
+
+    /// Address of the port serving `/healthz`, `/readyz`, `/metrics` and `/log-level`, over
+    /// TLS with the same certificate but no client certificate asked (probes and Prometheus
+    /// present none).
+    #[arg(
+        long,
+        env = "MESH_WEBHOOK_METRICS_LISTEN",
+        default_value = "0.0.0.0:9443"
+    )]
+    pub metrics_listen: SocketAddr,
+
+    /// PEM CA certificate(s): the webhook port then requires a client certificate signed by
+    /// one of them (the apiserver's, configured in its AdmissionConfiguration), and refuses
+    /// the handshake of anyone else. Re-read when the file changes.
+    #[arg(long, env = "MESH_WEBHOOK_CLIENT_CA_FILE", value_name = "PEM")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// Time a client gets to send a request's headers (this also closes HTTP/1.1 connections
+    /// idle that long).
+    #[arg(long, env = "MESH_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = mesh_core::duration::parse)]
+    pub header_read_timeout: Duration,
+
+    /// A connection without a request in progress this long is closed.
+    #[arg(long, env = "MESH_WEBHOOK_IDLE_TIMEOUT", default_value = "120s", value_parser = mesh_core::duration::parse)]
+    pub idle_timeout: Duration,
+
+    /// Time a client gets to send a request's whole body once its headers came.
+    #[arg(long, env = "MESH_WEBHOOK_BODY_TIMEOUT", default_value = "10s", value_parser = mesh_core::duration::parse)]
+    pub body_timeout: Duration,
+
+    /// Connections open at once on each port; past it, new ones wait in the kernel's queue
+    /// until one closes.
+    #[arg(long, env = "MESH_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// HTTP/2 connections are pinged this often...
+    #[arg(long, env = "MESH_WEBHOOK_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = mesh_core::duration::parse)]
+    pub http2_keepalive_interval: Duration,
+
+    /// ...and closed when a ping is not answered within this.
+    #[arg(long, env = "MESH_WEBHOOK_HTTP2_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = mesh_core::duration::parse)]
+    pub http2_keepalive_timeout: Duration,
 
     /// PEM certificate chain served by the webhook; reloaded when the file changes.
     #[arg(long, env = "MESH_WEBHOOK_TLS_CERT", requires = "tls_key")]
@@ -151,6 +194,14 @@ impl Args {
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listen,
+            metrics_listen,
+            client_ca_file,
+            header_read_timeout,
+            idle_timeout,
+            body_timeout,
+            max_connections,
+            http2_keepalive_interval,
+            http2_keepalive_timeout,
             tls_cert,
             tls_key,
             cert_dir,
@@ -188,6 +239,29 @@ impl Args {
             retry_period,
         };
         lease_timing.validate()?;
+        for (flag, value) in [
+            ("--header-read-timeout", header_read_timeout),
+            ("--idle-timeout", idle_timeout),
+            ("--body-timeout", body_timeout),
+            ("--http2-keepalive-interval", http2_keepalive_interval),
+            ("--http2-keepalive-timeout", http2_keepalive_timeout),
+        ] {
+            anyhow::ensure!(!value.is_zero(), "{flag} must be positive");
+        }
+        let limits = Limits {
+            header_read_timeout,
+            idle_timeout,
+            body_timeout,
+            max_connections: max_connections as usize,
+            http2_keepalive_interval,
+            http2_keepalive_timeout,
+        };
+        raise_open_files(max_connections);
+        if client_ca_file.is_none() {
+            tracing::warn!(
+                "no --client-ca-file: anyone who reaches the webhook port can make it write                  namespaces on every remote"
+            );
+        }
         if push_deadline >= Duration::from_secs(5) {
             tracing::warn!(
                 push_deadline_ms = push_deadline.as_millis(),
@@ -222,6 +296,9 @@ impl Args {
         let lease_name = Some(lease_name).filter(|name| !name.is_empty());
         let webhook = Webhook::new(primary, tls_cert, tls_key)
             .listen(listen)
+            .metrics_listen(metrics_listen)
+            .client_ca(client_ca_file)
+            .limits(limits)
             .rule(rule)
             .mesh_namespace(mesh_namespace)
             .resync_period(resync_period)
@@ -246,6 +323,21 @@ impl Args {
         webhook.run(shutdown).await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Raises the open-files limit, and says when it still cannot hold both ports' connections.
+fn raise_open_files(max_connections: u32) {
+    // Both ports, plus what the process needs besides (clients of the clusters, files).
+    let needed = 2 * u64::from(max_connections) + 256;
+    match crate::fd_limit::raise() {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-files limit is below what --max-connections allows: lower it or raise the hard limit"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(error = %error, "cannot raise the open-files limit"),
     }
 }
 
@@ -336,6 +428,19 @@ mod tests {
     fn defaults() {
         let args = Args::try_parse_from(["mesh-webhook", "--cert-dir", "/tls"]).expect("parse");
         assert_eq!(args.listen, "0.0.0.0:8443".parse().expect("addr"));
+        assert_eq!(args.metrics_listen, "0.0.0.0:9443".parse().expect("addr"));
+        assert_eq!(args.client_ca_file, None);
+        assert_eq!(
+            Limits {
+                header_read_timeout: args.header_read_timeout,
+                idle_timeout: args.idle_timeout,
+                body_timeout: args.body_timeout,
+                max_connections: args.max_connections as usize,
+                http2_keepalive_interval: args.http2_keepalive_interval,
+                http2_keepalive_timeout: args.http2_keepalive_timeout,
+            },
+            Limits::default()
+        );
         assert_eq!(args.resync_period, Duration::from_secs(60));
         assert_eq!(args.push_deadline, Duration::from_secs(2));
         assert_eq!(

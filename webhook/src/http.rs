@@ -1,7 +1,7 @@
-//! The HTTP handlers of the webhook, served by [`crate::listen`]:
-//! `POST /mutate` (the admission webhook), `GET /healthz`, `GET /readyz`, `GET /metrics`, and
-//! `PUT /log-level` (accepted only from loopback, i.e. through `kubectl port-forward` or
-//! `exec`). The handler of `/mutate` only converts the AdmissionReview and calls
+//! The HTTP handlers of the webhook, served by [`crate::listen`] on two ports: the webhook
+//! port has `POST /mutate` (the admission webhook) and `GET /healthz` ([`router`]); the
+//! metrics port `GET /healthz`, `GET /readyz`, `GET /metrics`, and `PUT /log-level` (accepted
+//! only from loopback, i.e. through `kubectl port-forward` or `exec`) ([`ops_router`]). The handler of `/mutate` only converts the AdmissionReview and calls
 //! [`admission::review`], [`fan_out_timed_from`] and [`admission::complete`]; a body it cannot
 //! read is answered 400 (413 past 1 MiB) with `{"error": ...}`, never a panic.
 
@@ -29,13 +29,14 @@ use crate::{
     in_flight::InFlight,
     listen::PeerAddr,
     metrics::{self, Metrics, ReviewOutcome},
-    propagate::{PushIntent, PushOutcome, fan_out_timed_from},
+    propagate::{PushIntent, PushOutcome, PushResult, fan_out_timed_from},
+    push_queue::{PushQueue, Turn},
     readiness::Readiness,
 };
 
 use mesh_core::{
     labels::{Labels, SyncRule},
-    remote::Remotes,
+    remote::{Remote, Remotes},
 };
 
 /// Largest AdmissionReview accepted. A Namespace review is a few KiB; the apiserver's own
@@ -56,6 +57,7 @@ pub struct AppState {
     log_level: Option<LogLevelSetter>,
     events: Option<events::Publisher>,
     in_flight: InFlight,
+    push_queue: PushQueue,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
             log_level: None,
             events: None,
             in_flight: InFlight::default(),
+            push_queue: PushQueue::default(),
         }
     }
 
@@ -102,7 +105,13 @@ impl AppState {
     /// Pushes `intent`, a change from the managed labels `expected` that converged remotes
     /// carry (the primary's before the change).
     async fn push(&self, intent: &PushIntent, expected: &Labels) -> Vec<PushOutcome> {
+        let deadline = tokio::time::Instant::now() + self.push_deadline;
         let remotes = self.remotes.snapshot();
+        let _ticket = match self.push_queue.turn(&intent.namespace, deadline).await {
+            Turn::Go(ticket) => ticket,
+            Turn::Superseded => return every_remote(&remotes, PushResult::Superseded),
+            Turn::TimedOut => return every_remote(&remotes, PushResult::TimedOut),
+        };
         // Before the first write lands: a sync that reads a remote after this push must also
         // find the push in the primary it compares with, or it would revert it.
         self.in_flight
@@ -112,7 +121,7 @@ impl AppState {
             &self.rule,
             intent,
             Some(expected),
-            self.push_deadline,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
         )
         .await;
         timed
@@ -130,10 +139,32 @@ impl AppState {
     }
 }
 
-/// The routes, with their body limit.
+/// The same `result` for every remote, for a push that was not made.
+fn every_remote(remotes: &[Arc<Remote>], result: PushResult) -> Vec<PushOutcome> {
+    remotes
+        .iter()
+        .map(|remote| PushOutcome {
+            cluster: remote.name().to_owned(),
+            result: result.clone(),
+        })
+        .collect()
+}
+
+/// The routes of the webhook port, where the apiserver calls (with a client certificate when
+/// one is required): `/mutate`, and `/healthz` so that a caller can tell this port itself
+/// serves (and measure it against `/mutate` on the same connections, as the benchmark does).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// The routes of the metrics port, which asks for no client certificate: the kubelet's probes
+/// and Prometheus present none.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
@@ -224,6 +255,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
+    state.metrics.set_pushes_in_flight(state.in_flight.len());
     match state.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics"),
@@ -355,7 +387,7 @@ mod tests {
     #[tokio::test]
     async fn probes_and_metrics() {
         let state = state();
-        let app = router(state.clone());
+        let app = ops_router(state.clone());
         let get = |path: &str| Request::get(path).body(Body::empty()).expect("request");
         assert_eq!(call(app.clone(), get("/healthz")).await.0, StatusCode::OK);
         assert_eq!(
@@ -365,7 +397,12 @@ mod tests {
         state.readiness.set_tls_loaded();
         state.readiness.set_primary_synced();
         assert_eq!(call(app.clone(), get("/readyz")).await.0, StatusCode::OK);
-        let (_, _) = call(app.clone(), post_mutate("{")).await;
+        let (_, _) = call(router(state.clone()), post_mutate("{")).await;
+        // What an unauthenticated caller may read is on the metrics port only.
+        assert_eq!(
+            call(router(state.clone()), get("/metrics")).await.0,
+            StatusCode::NOT_FOUND
+        );
         let (status, body) = call(app, get("/metrics")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(
@@ -384,7 +421,7 @@ mod tests {
                 Err("bad filter".to_owned())
             }
         });
-        let app = router(state().with_log_level(setter));
+        let app = ops_router(state().with_log_level(setter));
         let put = |peer: &str, body: &str| {
             let mut request = Request::put("/log-level")
                 .body(Body::from(body.to_owned()))

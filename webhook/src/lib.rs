@@ -6,8 +6,10 @@
 pub mod admission;
 pub mod app;
 pub mod args;
+pub mod client_auth;
 pub mod cluster_status;
 pub mod events;
+pub mod fd_limit;
 pub mod http;
 pub mod in_flight;
 pub mod leader;

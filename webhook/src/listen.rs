@@ -3,22 +3,32 @@
 //! handshake and is never served. What is served is any axum [`Router`]: this module knows no
 //! route.
 //!
+//! A hostile network cannot exhaust it: at most [`Limits::max_connections`] are open (then it
+//! stops accepting until one closes), each must finish its handshake, its headers and its
+//! request bodies in bounded time, and a connection without a request in progress is closed
+//! after the idle timeout (HTTP/2 ones also when they stop answering pings).
+//!
 //! hyper drives the connections directly (not axum-server): it measured faster here.
+
+mod activity;
+mod body_deadline;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, http::Request};
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::tls;
+use self::activity::Activity;
+pub use self::body_deadline::{BodyTimedOut, DeadlineBody};
+use crate::{client_auth, tls};
 
 /// Time a client gets to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +39,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Error {
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    #[error(transparent)]
+    ClientCa(#[from] client_auth::Error),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -43,7 +55,44 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Tls(error) => error.metric_label(),
+            Self::ClientCa(error) => error.metric_label(),
             Self::Bind { .. } => "bind",
+        }
+    }
+}
+
+/// What one client may hold of the server, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Time to send a request's headers once the server waits for them. hyper starts this
+    /// clock as soon as an HTTP/1.1 connection waits for its next request, so it also bounds
+    /// the idle time of HTTP/1.1 keep-alive connections.
+    pub header_read_timeout: Duration,
+    /// A connection without a request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time to receive a request's whole body, from when its headers came.
+    pub body_timeout: Duration,
+    /// Connections open at once, handshakes included; past it, accepting waits.
+    pub max_connections: usize,
+    /// HTTP/2 connections are pinged this often...
+    pub http2_keepalive_interval: Duration,
+    /// ...and closed when a ping is not answered within this.
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for Limits {
+    /// Go's net/http and Envoy-class values: headers and bodies in 10 s (an AdmissionReview is
+    /// a few KiB), idle connections kept 120 s, above the 90 s after which the apiserver's
+    /// client drops idle connections itself, so the client, not the server, closes them and
+    /// never reuses one the server is closing.
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -60,17 +109,36 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, local_addr))
 }
 
-/// Serves `app` over TLS on `listener` until `shutdown`, then lets in-flight requests finish
-/// (up to a grace period).
+/// Serves `app` over TLS on `listener` within `limits` until `shutdown`, then lets in-flight
+/// requests finish (up to a grace period).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
+    limits: Limits,
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let builder = http_builder(&limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    "connection limit reached: not accepting until one closes"
+                );
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -85,13 +153,18 @@ pub async fn serve(
         };
         // Admission answers are small and latency-bound.
         let _ = tcp.set_nodelay(true);
-        connections.spawn(serve_connection(
-            acceptor.clone(),
-            tcp,
+        let shutdown = shutdown.clone();
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            builder: builder.clone(),
+            app: app.clone(),
+            limits,
             peer,
-            app.clone(),
-            shutdown.clone(),
-        ));
+        };
+        connections.spawn(async move {
+            connection.serve(tcp, shutdown).await;
+            drop(slot);
+        });
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
@@ -108,68 +181,240 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
+/// hyper's settings for every connection; the protocol is then fixed by ALPN.
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.http2_keepalive_interval)
+        .keep_alive_timeout(limits.http2_keepalive_timeout);
+    builder
+}
+
+/// One accepted socket and what serving it needs.
+struct Connection {
     acceptor: TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
+    builder: auto::Builder<TokioExecutor>,
     app: Router,
-    shutdown: CancellationToken,
-) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tracing::debug!(%peer, error = %error, "TLS handshake failed");
-            return;
+    limits: Limits,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve(self, tcp: tokio::net::TcpStream, shutdown: CancellationToken) {
+        let Self {
+            acceptor,
+            builder,
+            app,
+            limits,
+            peer,
+        } = self;
+        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, error = %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        // The protocol was agreed in the handshake: no sniffing of the first bytes, which
+        // hyper would wait for without any timeout.
+        let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            builder.http2_only()
+        } else {
+            builder.http1_only()
+        };
+        let activity = Activity::new();
+        let service = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |request: Request<Incoming>| {
+                let in_progress = activity.start();
+                let mut request = request.map(|body| DeadlineBody::new(body, limits.body_timeout));
+                request.extensions_mut().insert(PeerAddr(peer));
+                let response = app.clone().oneshot(request);
+                async move {
+                    let response = response.await;
+                    drop(in_progress);
+                    response
+                }
+            })
+        };
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = shutdown.cancelled() => {
+                // Finish the request in flight, refuse new ones on this connection.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+            () = activity.idle_for(limits.idle_timeout) => {
+                tracing::debug!(%peer, "closing idle connection");
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%peer, error = %error, "connection ended with an error");
         }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-        request.extensions_mut().insert(PeerAddr(peer));
-        app.clone().oneshot(request)
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.cancelled() => {
-            // Finish the request in flight, refuse new ones on this connection.
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, error = %error, "connection ended with an error");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::CertResolver;
-    use axum::routing::get;
+    use crate::{client_auth::ClientCa, tls::CertResolver};
+    use axum::{body::Bytes, routing::get, routing::post};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A client CA and a client certificate it signed, generated for the test.
+    struct ClientPki {
+        ca_pem: String,
+        cert_pem: String,
+        key_pem: String,
+    }
+
+    impl ClientPki {
+        fn new(ca_name: &str) -> Self {
+            use rcgen::{
+                BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+                KeyPair,
+            };
+            let ca_key = KeyPair::generate().expect("key");
+            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+            ca.distinguished_name.push(DnType::CommonName, ca_name);
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
+            let issuer = Issuer::new(ca, ca_key);
+            let key = KeyPair::generate().expect("key");
+            let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
+            leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let cert_pem = leaf.signed_by(&key, &issuer).expect("leaf").pem();
+            Self {
+                ca_pem,
+                cert_pem,
+                key_pem: key.serialize_pem(),
+            }
+        }
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        _dir: crate::tls::testdata::tempdir::TempDir,
+    }
+
+    impl Server {
+        async fn start(client_ca: Option<&str>, limits: Limits) -> Self {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let (dir, cert, key) = crate::tls::testdata::dir();
+            let resolver = CertResolver::load(&cert, &key).expect("load");
+            let client_ca = client_ca.map(|pem| {
+                let path = dir.path().join("client-ca.crt");
+                std::fs::write(&path, pem).expect("write");
+                ClientCa::load(path, resolver.provider()).expect("client CA")
+            });
+            let config = tls::server_config(resolver, client_ca).expect("config");
+            let (listener, addr) = bind("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("bind");
+            let app = Router::new()
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/echo", post(|body: Bytes| async move { body }));
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(serve(listener, config, app, limits, shutdown.clone()));
+            Self {
+                addr,
+                shutdown,
+                task,
+                _dir: dir,
+            }
+        }
+
+        async fn connect(
+            &self,
+            identity: Option<&ClientPki>,
+        ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+            connect(self.addr, identity).await
+        }
+
+        async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(15), self.task)
+                .await
+                .expect("drains")
+                .expect("join");
+        }
+    }
+
+    /// A TLS connection to `addr` trusting the test CA, presenting `identity` if given.
+    async fn connect(
+        addr: SocketAddr,
+        identity: Option<&ClientPki>,
+    ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_slice_iter(crate::tls::testdata::CA.as_bytes()) {
+            roots.add(der.expect("pem")).expect("root");
+        }
+        let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+        let client = match identity {
+            Some(id) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                        .collect::<Result<_, _>>()
+                        .expect("cert"),
+                    PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).expect("key"),
+                )
+                .expect("client auth"),
+            None => builder.with_no_client_auth(),
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let name = ServerName::try_from("localhost").expect("name");
+        connector.connect(name, tcp).await
+    }
+
+    /// `GET /healthz` over a new connection; the whole answer, or the error that ended it.
+    async fn get_healthz(server: &Server, identity: Option<&ClientPki>) -> io::Result<String> {
+        let mut tls = server.connect(identity).await?;
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    /// Reads until the server closes the connection; how long that took.
+    async fn closed_after<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Duration {
+        let started = std::time::Instant::now();
+        let mut sink = Vec::new();
+        tokio::time::timeout(DEADLINE, stream.read_to_end(&mut sink))
+            .await
+            .expect("the server closes the connection in time")
+            .ok();
+        started.elapsed()
+    }
 
     #[tokio::test]
     async fn serves_https_and_refuses_plain_http() {
-        use rustls::pki_types::pem::PemObject;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let (_dir, cert, key) = crate::tls::testdata::dir();
-        let resolver = CertResolver::load(&cert, &key).expect("load");
-        let config = tls::server_config(resolver).expect("config");
-        let (listener, addr) = bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let app = Router::new().route("/healthz", get(|| async { "ok" }));
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, config, app, shutdown.clone()));
+        let server = Server::start(None, Limits::default()).await;
 
         // Plain HTTP: the handshake fails and nothing HTTP comes back.
-        let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut plain = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
         plain
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
@@ -181,32 +426,130 @@ mod tests {
             "{answer:?}"
         );
 
-        // HTTPS with the test CA: served, keep-alive by default.
-        let mut roots = rustls::RootCertStore::empty();
-        for der in
-            rustls::pki_types::CertificateDer::pem_slice_iter(crate::tls::testdata::CA.as_bytes())
-        {
-            roots.add(der.expect("pem")).expect("root");
-        }
-        let client = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut tls = connector.connect(name, tcp).await.expect("handshake");
-        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .expect("write");
-        let mut answer = String::new();
-        tls.read_to_string(&mut answer).await.expect("read");
+        // HTTPS with the test CA: served.
+        let answer = get_healthz(&server, None).await.expect("served");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(answer.ends_with("ok"), "{answer}");
+        server.stop().await;
+    }
 
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(5), server)
+    #[tokio::test]
+    async fn with_a_client_ca_only_clients_with_its_certificates_are_served() {
+        let trusted = ClientPki::new("trusted client CA");
+        let server = Server::start(Some(&trusted.ca_pem), Limits::default()).await;
+
+        let answer = get_healthz(&server, Some(&trusted)).await.expect("served");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+        // No certificate, or one of another CA: the handshake is refused, nothing is served
+        // (with TLS 1.3 the client learns it on its first read).
+        let stranger = ClientPki::new("another CA");
+        for identity in [None, Some(&stranger)] {
+            let error = get_healthz(&server, identity)
+                .await
+                .expect_err("refused without a trusted client certificate");
+            let tls_error = error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .unwrap_or_else(|| panic!("not a TLS refusal: {error}"));
+            assert!(
+                matches!(
+                    tls_error,
+                    rustls::Error::AlertReceived(
+                        rustls::AlertDescription::CertificateRequired
+                            | rustls::AlertDescription::UnknownCA
+                            | rustls::AlertDescription::BadCertificate
+                    )
+                ),
+                "{tls_error:?}"
+            );
+        }
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_idle_timeout() {
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(500),
+            header_read_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let server = Server::start(None, limits).await;
+
+        // Never a request: closed after the idle time, not before.
+        let mut silent = server.connect(None).await.expect("handshake");
+        let waited = closed_after(&mut silent).await;
+        assert!(waited >= Duration::from_millis(400), "{waited:?}");
+
+        // Idle after a request on a keep-alive connection: closed too.
+        let mut kept = server.connect(None).await.expect("handshake");
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
-            .expect("drains")
-            .expect("join");
+            .expect("write");
+        let mut head = [0u8; 12];
+        kept.read_exact(&mut head).await.expect("answer");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        closed_after(&mut kept).await;
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn headers_and_bodies_must_arrive_in_time() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(500),
+            body_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let server = Server::start(None, limits).await;
+
+        // Half a request head, then nothing: closed.
+        let mut slow_head = server.connect(None).await.expect("handshake");
+        slow_head
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+            .await
+            .expect("write");
+        closed_after(&mut slow_head).await;
+
+        // Headers and a few bytes of a promised body, then nothing: the body read fails and
+        // the request is answered with an error.
+        let mut slow_body = server.connect(None).await.expect("handshake");
+        slow_body
+            .write_all(
+                b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{\"a\"",
+            )
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, slow_body.read_to_end(&mut answer))
+            .await
+            .expect("answered in time")
+            .ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn past_the_connection_limit_accepting_waits_until_one_closes() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let server = Server::start(None, limits).await;
+        let first = server.connect(None).await.expect("handshake");
+        let _second = server.connect(None).await.expect("handshake");
+        // The kernel queues the third; the server does not take it while two are open.
+        let addr = server.addr;
+        let third = tokio::spawn(async move { connect(addr, None).await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!third.is_finished(), "a third connection was served");
+        drop(first);
+        tokio::time::timeout(DEADLINE, third)
+            .await
+            .expect("served once a connection closed")
+            .expect("join")
+            .expect("handshake");
+        server.stop().await;
     }
 }

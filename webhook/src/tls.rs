@@ -22,6 +22,8 @@ use rustls::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::client_auth::ClientCa;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {}", .path.display())]
@@ -65,22 +67,30 @@ impl Error {
 /// How often the files are checked for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What identifies one version of the files without reading them.
+/// What identifies one version of a file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileVersion(Option<SystemTime>, u64);
+
+impl FileVersion {
+    pub(crate) fn of(path: &Path) -> io::Result<Self> {
+        std::fs::metadata(path).map(|m| Self(m.modified().ok(), m.len()))
+    }
+}
+
+/// What identifies one version of the pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
-    cert: (Option<SystemTime>, u64),
-    key: (Option<SystemTime>, u64),
+    cert: FileVersion,
+    key: FileVersion,
 }
 
 impl Stamp {
     fn of(cert: &Path, key: &Path) -> Result<Self> {
         let stat = |path: &Path| {
-            std::fs::metadata(path)
-                .map(|m| (m.modified().ok(), m.len()))
-                .map_err(|source| Error::Read {
-                    path: path.to_owned(),
-                    source,
-                })
+            FileVersion::of(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })
         };
         Ok(Self {
             cert: stat(cert)?,
@@ -164,6 +174,11 @@ impl CertResolver {
         }
     }
 
+    /// The crypto provider of the pair, for the rest of the server's TLS.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        self.provider.clone()
+    }
+
     /// The pair served now.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.read().0.clone()
@@ -215,14 +230,21 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<C
     Ok(Arc::new(pair))
 }
 
-/// The server configuration: TLS 1.2 and 1.3 only, no client certificates, the certificate
-/// from `resolver`, HTTP/2 and HTTP/1.1 over ALPN.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>> {
-    let mut config = ServerConfig::builder_with_provider(resolver.provider.clone())
+/// The server configuration: TLS 1.2 and 1.3 only, the certificate from `resolver`, HTTP/2
+/// and HTTP/1.1 over ALPN; with `client_ca`, a client certificate it verifies is required
+/// (else none is asked for).
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    client_ca: Option<Arc<ClientCa>>,
+) -> Result<Arc<ServerConfig>> {
+    let builder = ServerConfig::builder_with_provider(resolver.provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(Error::Config)?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(Error::Config)?;
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(ca),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -319,7 +341,8 @@ mod tests {
         use rustls::pki_types::ServerName;
 
         let (_dir, cert, key) = dir();
-        let config = server_config(CertResolver::load(&cert, &key).expect("load")).expect("config");
+        let config =
+            server_config(CertResolver::load(&cert, &key).expect("load"), None).expect("config");
         let mut roots = rustls::RootCertStore::empty();
         for der in CertificateDer::pem_slice_iter(CA.as_bytes()) {
             roots.add(der.expect("pem")).expect("root");

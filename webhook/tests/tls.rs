@@ -129,9 +129,10 @@ fn empty_primary() -> kube::Client {
     kube::Client::new(service, "default")
 }
 
-/// The webhook process, serving on a free port of 127.0.0.1.
+/// The webhook process, serving on free ports of 127.0.0.1.
 struct Server {
     addr: SocketAddr,
+    metrics_addr: SocketAddr,
     pki: Pki,
     first: Leaf,
     dir: tempfile::TempDir,
@@ -152,16 +153,19 @@ impl Server {
             dir.path().join("tls.key"),
         )
         .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .metrics_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .lease_name(None)
         .identity("tls-test")
         .bind()
         .await
         .expect("bind");
         let addr = bound.local_addr();
+        let metrics_addr = bound.metrics_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(bound.run(shutdown.clone()));
         Self {
             addr,
+            metrics_addr,
             pki,
             first,
             dir,
@@ -192,14 +196,33 @@ impl Server {
         &self,
         versions: &[&'static rustls::SupportedProtocolVersion],
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let tcp = TcpStream::connect(self.addr).await?;
+        self.connect_to(self.addr, versions).await
+    }
+
+    async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from("localhost").expect("name");
         self.client(versions).connect(name, tcp).await
     }
 
-    /// One HTTP/1.1 request over TLS 1.3 or 1.2; the parsed answer.
+    /// One HTTP/1.1 request to the webhook port over TLS 1.3 or 1.2; the parsed answer.
     async fn request(&self, method: &str, path: &str, body: &[u8]) -> HttpResponse {
-        let mut tls = tokio::time::timeout(DEADLINE, self.connect(rustls::ALL_VERSIONS))
+        self.request_at(self.addr, method, path, body).await
+    }
+
+    /// [`Server::request`] to `addr`, one of the server's ports.
+    async fn request_at(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> HttpResponse {
+        let mut tls = tokio::time::timeout(DEADLINE, self.connect_to(addr, rustls::ALL_VERSIONS))
             .await
             .expect("handshake in time")
             .expect("handshake");
@@ -364,7 +387,12 @@ async fn tls12_and_tls13_are_served() {
     }
     // The fake primary is enough for the reconciler's first sync: the process becomes ready.
     tokio::time::timeout(DEADLINE, async {
-        while server.request("GET", "/readyz", b"").await.status != 200 {
+        while server
+            .request_at(server.metrics_addr, "GET", "/readyz", b"")
+            .await
+            .status
+            != 200
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })

@@ -19,6 +19,14 @@ use crate::{
 ///
 /// Safe to re-run: objects are server-side applied, and the existing serving certificate is
 /// kept unless --rotate-certs is given or it no longer fits.
+///
+/// Authenticating the apiserver (recommended): without it, anything that reaches the webhook
+/// can post a hand-made AdmissionReview and make it write namespaces on every remote. Give the
+/// primary's kube-apiserver a client certificate for webhook calls (an AdmissionConfiguration
+/// passed with --admission-control-config-file, whose MutatingAdmissionWebhook plugin names a
+/// kubeconfig with a user `mesh-webhook.kubectl-mesh.svc` holding the certificate and key),
+/// then run `kubectl mesh install --client-ca-file <CA of that certificate>`. `kubectl mesh
+/// check` says whether callers are authenticated.
 #[derive(Debug, clap::Args)]
 pub struct Install {
     /// Image of the webhook.
@@ -58,6 +66,11 @@ pub struct Install {
         default_value = installed_rule::DEFAULT_EXCLUDED_NAMESPACES_LIST.as_str()
     )]
     pub excluded_namespaces: Vec<String>,
+    /// PEM CA certificate that signed the client certificate the apiserver presents to
+    /// webhooks: the webhook then refuses every caller without one (stored in ConfigMap
+    /// kubectl-mesh/mesh-webhook-client-ca). Without it, any TLS client may call the webhook.
+    #[arg(long, value_name = "PEM")]
+    pub client_ca_file: Option<PathBuf>,
     /// Issue a new CA and serving certificate even if the installed ones are still good.
     #[arg(long)]
     pub rotate_certs: bool,
@@ -82,6 +95,7 @@ impl Install {
             webhook_cert_dir,
             managed_labels,
             excluded_namespaces,
+            client_ca_file,
             rotate_certs,
             dry_run,
             wait,
@@ -94,6 +108,7 @@ impl Install {
             webhook_url: webhook_url.as_deref().map(WebhookUrl::parse).transpose()?,
             managed_labels: installed_rule::managed_labels(&managed_labels)?,
             excluded_namespaces: installed_rule::excluded_namespaces(&excluded_namespaces)?,
+            client_ca: client_ca_file.as_deref().map(read_client_ca).transpose()?,
         };
         let sans = render::serving_sans(options.webhook_url.as_ref());
         // No Deployment carries the rule to a webhook run elsewhere: whoever starts it must
@@ -102,6 +117,18 @@ impl Install {
             installed_rule::webhook_flags(&options.managed_labels, &options.excluded_namespaces);
         if options.webhook_url.is_some() && !webhook_flags.is_empty() {
             progress.info(format!("start mesh-webhook with {webhook_flags}"));
+        }
+        match (&client_ca_file, &options.webhook_url) {
+            (Some(path), Some(_)) => progress.info(format!(
+                "start mesh-webhook with {} {}",
+                render::CLIENT_CA_FLAG,
+                path.display()
+            )),
+            (Some(_), None) => {}
+            (None, _) => progress.warn(
+                "the webhook accepts any caller: see `kubectl mesh install --help` for \
+                 --client-ca-file",
+            ),
         }
 
         if dry_run {
@@ -132,6 +159,9 @@ impl Install {
             }
         }
 
+        if options.client_ca.is_none() {
+            remove_client_ca(&client, ctx).await?;
+        }
         if options.webhook_url.is_some() {
             remove_in_cluster_webhook(&client, ctx).await?;
         } else if wait {
@@ -257,6 +287,35 @@ async fn remove_in_cluster_webhook(client: &Client, ctx: &Context) -> Result<()>
     Ok(())
 }
 
+/// Reads `--client-ca-file`: at least one valid PEM certificate.
+fn read_client_ca(path: &Path) -> Result<String> {
+    let refused = |why: String| Error::Refused {
+        what: format!("--client-ca-file {}: {why}", path.display()),
+        hint: "pass the PEM CA certificate that signed the client certificate the apiserver \
+               presents to webhooks"
+            .into(),
+    };
+    let pem = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: format!("cannot read --client-ca-file {}", path.display()),
+        source,
+    })?;
+    crate::credentials::certificates(pem.as_bytes()).map_err(refused)?;
+    Ok(pem)
+}
+
+/// A re-run without `--client-ca-file` turns client authentication off: the CA of an earlier
+/// install goes, so that nothing records a check that no longer runs.
+async fn remove_client_ca(client: &Client, ctx: &Context) -> Result<()> {
+    let m = Manifest::new(&render::client_ca_config_map(""))?;
+    if apply::delete(client, &m).await? == Deleted::Deleted {
+        ctx.progress.warn(format!(
+            "{} deleted: the webhook no longer authenticates its callers",
+            m.describe()
+        ));
+    }
+    Ok(())
+}
+
 /// Waits until the webhook Deployment's current generation has an available replica.
 async fn wait_available(client: &Client, timeout: Duration) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), MESH_NAMESPACE);
@@ -355,6 +414,19 @@ mod tests {
             crate::Command::Install(install) => install,
             other => panic!("not install: {other:?}"),
         }
+    }
+
+    #[test]
+    fn client_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        std::fs::write(&path, "not a certificate").unwrap();
+        let err = read_client_ca(&path).unwrap_err();
+        assert!(err.to_string().starts_with("--client-ca-file "), "{err}");
+        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        std::fs::write(&path, &cert.ca_pem).unwrap();
+        assert_eq!(read_client_ca(&path).unwrap(), cert.ca_pem);
+        assert!(read_client_ca(&dir.path().join("missing")).is_err());
     }
 
     #[test]

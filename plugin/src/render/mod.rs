@@ -35,7 +35,13 @@ use kube::{CustomResourceExt, Resource, core::ApiResource};
 use mesh_core::{MANAGER, MESH_NAMESPACE, cluster::MeshCluster};
 use serde::Serialize;
 
+mod client_ca;
 mod serving_cert;
+
+pub use client_ca::{
+    CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR, CLIENT_CA_ENV, CLIENT_CA_FLAG, CLIENT_CA_KEY,
+    client_ca_arg, client_ca_config_map,
+};
 pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};
 
 /// Name of the webhook's ServiceAccount, Deployment, Service and Role.
@@ -53,6 +59,8 @@ pub const CLUSTER_ROLE: &str = "kubectl-mesh:mesh-webhook";
 pub const FIELD_MANAGER: &str = MANAGER;
 /// Port the webhook serves on, in its pod and when run locally.
 pub const WEBHOOK_PORT: i32 = 8443;
+/// Port of the webhook's probes and metrics (no client certificate asked).
+pub const METRICS_PORT: i32 = 9443;
 /// Path of the admission endpoint.
 pub const MUTATE_PATH: &str = "/mutate";
 /// Where the Deployment mounts [`TLS_SECRET`].
@@ -190,6 +198,9 @@ pub struct Options {
     /// Namespaces whose changes are never sent to the webhook and that it never syncs
     /// (validated by [`crate::installed_rule::excluded_namespaces`], mesh namespace included).
     pub excluded_namespaces: Vec<String>,
+    /// PEM of the CA whose client certificates the webhook requires of its callers; `None`
+    /// lets any TLS client call it.
+    pub client_ca: Option<String>,
 }
 
 impl Default for Options {
@@ -206,6 +217,7 @@ impl Default for Options {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            client_ca: None,
         }
     }
 }
@@ -388,12 +400,17 @@ pub fn role_binding() -> RoleBinding {
 /// Arguments of the webhook container (`mesh-webhook --help`). The rest of its flags keep
 /// their defaults, which match what is rendered here (mesh namespace, Lease name), or come
 /// from [`webhook_env`].
-pub fn webhook_args() -> Vec<String> {
-    vec![
+pub fn webhook_args(options: &Options) -> Vec<String> {
+    let mut args = vec![
         format!("--listen=0.0.0.0:{WEBHOOK_PORT}"),
+        format!("--metrics-listen=0.0.0.0:{METRICS_PORT}"),
         format!("--tls-cert={CERT_DIR}/{TLS_CRT}"),
         format!("--tls-key={CERT_DIR}/{TLS_KEY}"),
-    ]
+    ];
+    if options.client_ca.is_some() {
+        args.push(client_ca_arg());
+    }
+    args
 }
 
 /// Environment of the webhook container: its log filter and the sync rule, the same lists
@@ -423,7 +440,8 @@ fn https_probe(path: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String("https".to_owned()),
+            // The metrics port: the kubelet presents no client certificate.
+            port: IntOrString::String("metrics".to_owned()),
             scheme: Some("HTTPS".to_owned()),
             ..Default::default()
         }),
@@ -442,14 +460,22 @@ pub fn deployment(options: &Options) -> Deployment {
     let container = Container {
         name: WEBHOOK.to_owned(),
         image: Some(options.image.clone()),
-        args: Some(webhook_args()),
+        args: Some(webhook_args(options)),
         env: Some(webhook_env(options)),
-        ports: Some(vec![ContainerPort {
-            name: Some("https".to_owned()),
-            container_port: WEBHOOK_PORT,
-            protocol: Some("TCP".to_owned()),
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("https".to_owned()),
+                container_port: WEBHOOK_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("metrics".to_owned()),
+                container_port: METRICS_PORT,
+                protocol: Some("TCP".to_owned()),
+                ..Default::default()
+            },
+        ]),
         readiness_probe: Some(https_probe("/readyz", 5)),
         liveness_probe: Some(https_probe("/healthz", 10)),
         resources: Some(ResourceRequirements {
@@ -473,12 +499,21 @@ pub fn deployment(options: &Options) -> Deployment {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tls".to_owned(),
-            mount_path: CERT_DIR.to_owned(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "tls".to_owned(),
+                mount_path: CERT_DIR.to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .chain(
+                options
+                    .client_ca
+                    .as_ref()
+                    .map(|_| client_ca::volume_mount()),
+            )
+            .collect(),
+        ),
         ..Default::default()
     };
     Deployment {
@@ -509,14 +544,18 @@ pub fn deployment(options: &Options) -> Deployment {
                         ..Default::default()
                     }),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "tls".to_owned(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(TLS_SECRET.to_owned()),
+                    volumes: Some(
+                        std::iter::once(Volume {
+                            name: "tls".to_owned(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(TLS_SECRET.to_owned()),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                        })
+                        .chain(options.client_ca.as_ref().map(|_| client_ca::volume()))
+                        .collect(),
+                    ),
                     ..Default::default()
                 }),
             },
@@ -673,6 +712,9 @@ pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
         Manifest::new(&role_binding())?,
         Manifest::new(&tls_secret(cert))?,
     ];
+    if let Some(pem) = &options.client_ca {
+        out.push(Manifest::new(&client_ca_config_map(pem))?);
+    }
     if options.webhook_url.is_none() {
         out.push(Manifest::new(&deployment(options))?);
         out.push(Manifest::new(&service())?);
@@ -1034,6 +1076,11 @@ mod tests {
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+        // The kubelet presents no client certificate: probes go to the metrics port.
+        assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
+        assert_eq!(c["ports"][1]["name"], "metrics");
+        assert_eq!(c["ports"][1]["containerPort"], METRICS_PORT);
         assert_eq!(c["ports"][0]["containerPort"], WEBHOOK_PORT);
         let s = serde_json::to_value(service()).unwrap();
         assert_eq!(s["spec"]["ports"][0]["port"], 443);

@@ -78,7 +78,7 @@ impl Bed {
         };
         let mesh = Mesh::start(&env, options.clone()).await?;
         let webhook_pid = procfs::find_process(&env.pids(), &options.webhook)?;
-        let tls = https::client_config(&mesh.ca_pem()?)?;
+        let tls = https::client_config(&mesh.ca_pem()?, mesh.client_identity())?;
         let bed = Self {
             env,
             mesh,
@@ -129,14 +129,15 @@ impl Bed {
         Ok(clients)
     }
 
-    /// The webhook's TLS client configuration (trusting its CA).
+    /// The webhook's TLS client configuration (trusting its CA, with the apiserver's client
+    /// certificate).
     pub fn tls(&self) -> Arc<rustls::ClientConfig> {
         self.tls.clone()
     }
 
     /// The webhook's `/metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        https::metrics(self.mesh.listen_address(), self.tls.clone()).await
+        https::metrics(self.mesh.metrics_address(), self.tls.clone()).await
     }
 
     /// Creates `namespace` on the primary and every remote, labelled for the watches.

@@ -8,19 +8,33 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use mesh_testenv::WebhookClient;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 
-/// Trusts only `ca_pem` (the webhook's CA, written by `kubectl-mesh install`).
-pub fn client_config(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+/// Trusts only `ca_pem` (the webhook's CA, written by `kubectl-mesh install`); presents
+/// `identity` (the apiserver's client certificate and key, PEM files) when given, as the
+/// webhook port requires when it authenticates its callers.
+pub fn client_config(
+    ca_pem: &str,
+    identity: Option<&WebhookClient>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.context("reading the webhook CA")?)?;
     }
-    Ok(Arc::new(
-        rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        Some(identity) => {
+            let chain = CertificateDer::pem_file_iter(&identity.cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading {}", identity.cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(&identity.key)
+                .with_context(|| format!("reading {}", identity.key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
 }
 
 /// One keep-alive connection to `addr` (`127.0.0.1:<port>`).

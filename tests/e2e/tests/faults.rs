@@ -259,7 +259,7 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
         "--type=json",
         "-p",
         &json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url",
-                 "value": format!("https://{follower}/mutate")}])
+                 "value": format!("https://{}/mutate", follower.listen)}])
         .to_string(),
     ]);
     run(route).await?;
@@ -277,7 +277,7 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
         let (env, ns, ca, follower) = (&env, &ns, &ca, &follower);
         async move {
             label_on_primary(env, ns, &[&vap, &rev]).await?;
-            Ok((admission_reviews(follower, ca).await? > 0.0).then_some(()))
+            Ok((admission_reviews(&follower.metrics, ca).await? > 0.0).then_some(()))
         }
     })
     .await?;
@@ -335,12 +335,12 @@ async fn syncs(addr: &str, ca: &str) -> anyhow::Result<f64> {
 async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow::Result<()> {
     let (env, mesh) = own_mesh(1, None).await?;
     let ca = mesh.ca_pem()?;
-    let first = mesh.listen_address().to_string();
+    let first = mesh.metrics_address().to_string();
     eventually("first replica holds the Lease", DEADLINE, || async {
         Ok((lease_holder(&env).await?.as_deref() == Some("local-mesh-webhook")).then_some(()))
     })
     .await?;
-    let second = mesh.start_replica(&env, "replica-b").await?;
+    let second = mesh.start_replica(&env, "replica-b").await?.metrics;
     eventually("first replica has reconciled", DEADLINE, || async {
         Ok((syncs(&first, &ca).await? > 0.0).then_some(()))
     })
@@ -568,7 +568,7 @@ async fn a_remote_that_refuses_the_one_patch_push_still_gets_the_change_in_time(
 -> anyhow::Result<()> {
     // No periodic sync to repair the remote behind the push's back.
     let (env, mesh) = own_mesh(1, Some(NO_RESYNC)).await?;
-    let (webhook, ca) = (mesh.listen_address().to_string(), mesh.ca_pem()?);
+    let (webhook, ca) = (mesh.metrics_address().to_string(), mesh.ca_pem()?);
     let read_first = r#"pushes_read_first_total{cluster="remote-1"}"#;
     let remote = &env.remotes()[0];
     let ns = create_everywhere(&env, "conflict").await?;

@@ -119,7 +119,7 @@ async fn primary_calls_a_webhook(env: &TestEnv, ns: &str) -> anyhow::Result<bool
 
 async fn admission_reviews(mesh: &Mesh) -> anyhow::Result<f64> {
     metric_sum(
-        mesh.listen_address(),
+        mesh.metrics_address(),
         &mesh.ca_pem()?,
         "admission_reviews_total",
     )

@@ -20,7 +20,7 @@ async fn only_managed_label_changes_reach_the_webhook() -> anyhow::Result<()> {
     let (env, mesh) = shared_mesh(1).await;
     let ca = mesh.ca_pem()?;
     let ns = create_everywhere(env, "match").await?;
-    let before = reviews_answered(mesh.listen_address(), &ca).await?;
+    let before = reviews_answered(mesh.metrics_address(), &ca).await?;
 
     for (i, args) in [vec!["team=a"], vec!["team=b", "tier=web"], vec!["tier-"]]
         .into_iter()
@@ -38,14 +38,14 @@ async fn only_managed_label_changes_reach_the_webhook() -> anyhow::Result<()> {
         run(annotate).await?;
     }
     assert_eq!(
-        reviews_answered(mesh.listen_address(), &ca).await?,
+        reviews_answered(mesh.metrics_address(), &ca).await?,
         before,
         "unrelated edits were sent to the webhook"
     );
 
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
     assert_eq!(
-        reviews_answered(mesh.listen_address(), &ca).await?,
+        reviews_answered(mesh.metrics_address(), &ca).await?,
         before + 1.0,
         "a managed-label change is sent to the webhook once"
     );

@@ -14,6 +14,7 @@ use crate::binaries::Binaries;
 use crate::kubeconfig::admin_kubeconfig;
 use crate::pki::ClusterPki;
 use crate::process::ProcessGroup;
+use crate::webhook_client::WebhookClient;
 
 /// How long a control plane may take to answer /readyz before start fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -67,6 +68,7 @@ pub struct TestEnv {
     binaries: Binaries,
     etcd_url: String,
     clusters: Vec<Cluster>,
+    webhook_client: WebhookClient,
     processes: Mutex<ProcessGroup>,
     // Last: removed after the processes that write into it are gone.
     _temp: Option<tempfile::TempDir>,
@@ -109,6 +111,7 @@ impl TestEnv {
                 pki,
             });
         }
+        let webhook_client = WebhookClient::generate(&dir.join("webhook-client"))?;
         eprintln!(
             "[testenv] certificates and kubeconfigs: {:.2?}",
             step.elapsed()
@@ -120,6 +123,7 @@ impl TestEnv {
             dir,
             binaries,
             clusters,
+            webhook_client,
             processes: Mutex::new(ProcessGroup::with_scratch_dir(scratch)),
             _temp: temp,
         };
@@ -164,6 +168,11 @@ impl TestEnv {
 
     pub fn clusters(&self) -> &[Cluster] {
         &self.clusters
+    }
+
+    /// The client certificate the primary's apiserver presents to admission webhooks.
+    pub fn webhook_client(&self) -> &WebhookClient {
+        &self.webhook_client
     }
 
     pub fn cluster(&self, name: &str) -> anyhow::Result<&Cluster> {
@@ -314,6 +323,13 @@ impl TestEnv {
             .arg("--authorization-mode=RBAC")
             .arg("--profiling=false")
             .arg("--v=1");
+        if cluster.name == self.primary().name {
+            // The primary calls the mesh's webhook, with a client certificate.
+            cmd.arg(format!(
+                "--admission-control-config-file={}",
+                self.webhook_client.admission_config.display()
+            ));
+        }
         self.lock().spawn(
             &cluster.apiserver_name(),
             cmd,

@@ -17,9 +17,11 @@ mod kubeconfig;
 pub mod mesh;
 mod pki;
 mod process;
+mod webhook_client;
 
 pub use binaries::Binaries;
 pub use env::{Cluster, Options, TestEnv, client_from};
+pub use webhook_client::WebhookClient;
 
 /// Kubernetes release the test environment builds and runs.
 pub const KUBERNETES_VERSION: &str = "1.35.4";

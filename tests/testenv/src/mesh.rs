@@ -6,11 +6,13 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{Cluster, TestEnv};
+use crate::{Cluster, TestEnv, WebhookClient};
 
 /// Name of the webhook process inside the environment's process group.
 pub const WEBHOOK_PROCESS: &str = "mesh-webhook";
@@ -30,6 +32,9 @@ pub struct MeshOptions {
     pub install_args: Vec<String>,
     /// More arguments for every `mesh-webhook` replica (e.g. the same rule's flags).
     pub webhook_args: Vec<String>,
+    /// Callers of the webhook must present the primary apiserver's client certificate
+    /// (`install --client-ca-file` and the webhook's `--client-ca-file`), as in production.
+    pub client_auth: bool,
 }
 
 impl MeshOptions {
@@ -42,6 +47,7 @@ impl MeshOptions {
             attach_remotes: true,
             install_args: Vec::new(),
             webhook_args: Vec::new(),
+            client_auth: true,
         })
     }
 }
@@ -52,19 +58,35 @@ pub struct Mesh {
     options: MeshOptions,
     primary_kubeconfig: PathBuf,
     listen: String,
+    metrics_listen: String,
     cert_dir: PathBuf,
+    /// The identity the primary's apiserver calls the webhook with, when it is required.
+    client: Option<WebhookClient>,
+    webhook_pid: Arc<AtomicU32>,
+}
+
+/// One more webhook replica's ports.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    /// Its webhook port (`/mutate`).
+    pub listen: String,
+    /// Its port of probes and metrics.
+    pub metrics: String,
 }
 
 impl Mesh {
     /// Installs the mesh on the environment's primary, starts the webhook, attaches remotes.
     pub async fn start(env: &TestEnv, options: MeshOptions) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        let client = options.client_auth.then(|| env.webhook_client().clone());
         let mesh = Self {
             options,
             primary_kubeconfig: env.primary().kubeconfig.clone(),
-            listen: format!("127.0.0.1:{port}"),
+            listen: free_address()?,
+            metrics_listen: free_address()?,
             cert_dir: env.dir().join("mesh-webhook-tls"),
+            client,
+            webhook_pid: Arc::default(),
         };
         let mut install = mesh.plugin();
         install
@@ -76,6 +98,10 @@ impl Mesh {
             ])
             .arg(&mesh.cert_dir)
             .args(&mesh.options.install_args);
+        if let Some(client) = &mesh.client {
+            // Recorded in the cluster as for an in-cluster webhook: what runs is what check reads.
+            install.arg("--client-ca-file").arg(&client.ca_cert);
+        }
         run(install).await?;
         eprintln!("[mesh] installed on the primary: {:.2?}", started.elapsed());
         mesh.start_webhook(env).await?;
@@ -127,24 +153,49 @@ impl Mesh {
     /// Starts the webhook process (again, after [`Mesh::stop_webhook`]) and waits until it
     /// accepts connections.
     pub async fn start_webhook(&self, env: &TestEnv) -> anyhow::Result<()> {
-        let cmd = self.webhook_command(&self.listen, "local-mesh-webhook");
-        env.spawn_process(WEBHOOK_PROCESS, cmd)?;
-        wait_listening(env, &self.listen, WEBHOOK_PROCESS).await
+        let cmd = self.webhook_command(&self.listen, &self.metrics_listen, "local-mesh-webhook");
+        let pid = env.spawn_process(WEBHOOK_PROCESS, cmd)?;
+        self.webhook_pid.store(pid, Ordering::Relaxed);
+        wait_listening(env, &self.listen, WEBHOOK_PROCESS).await?;
+        wait_listening(env, &self.metrics_listen, WEBHOOK_PROCESS).await
     }
 
-    /// Starts one more webhook replica named `name` on a free port (not registered with the
-    /// apiserver: it competes for the Lease and serves its own port). Returns its address.
-    pub async fn start_replica(&self, env: &TestEnv, name: &str) -> anyhow::Result<String> {
-        let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
-        let listen = format!("127.0.0.1:{port}");
-        env.spawn_process(name, self.webhook_command(&listen, name))?;
-        wait_listening(env, &listen, name).await?;
-        Ok(listen)
+    /// Starts one more webhook replica named `name` on free ports (not registered with the
+    /// apiserver: it competes for the Lease and serves its own ports).
+    pub async fn start_replica(&self, env: &TestEnv, name: &str) -> anyhow::Result<Replica> {
+        let replica = Replica {
+            listen: free_address()?,
+            metrics: free_address()?,
+        };
+        env.spawn_process(
+            name,
+            self.webhook_command(&replica.listen, &replica.metrics, name),
+        )?;
+        wait_listening(env, &replica.listen, name).await?;
+        wait_listening(env, &replica.metrics, name).await?;
+        Ok(replica)
     }
 
-    /// The address the registered webhook listens on.
+    /// The address the registered webhook listens on (`/mutate`, with the client certificate
+    /// of [`Mesh::client_identity`] when it is required).
     pub fn listen_address(&self) -> &str {
         &self.listen
+    }
+
+    /// The address of the registered webhook's probes and metrics (no client certificate).
+    pub fn metrics_address(&self) -> &str {
+        &self.metrics_listen
+    }
+
+    /// The client certificate and key (PEM files) the primary's apiserver calls the webhook
+    /// with, and its CA; `None` when the webhook requires none.
+    pub fn client_identity(&self) -> Option<&WebhookClient> {
+        self.client.as_ref()
+    }
+
+    /// Process id of the registered webhook (0 before it started).
+    pub fn webhook_pid(&self) -> u32 {
+        self.webhook_pid.load(Ordering::Relaxed)
     }
 
     /// The CA that signed the webhook's serving certificate (PEM).
@@ -153,10 +204,12 @@ impl Mesh {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
     }
 
-    /// The `mesh-webhook` command line for a process listening on `listen`.
-    pub fn webhook_command(&self, listen: &str, identity: &str) -> Command {
+    /// The `mesh-webhook` command line for a process listening on `listen` and serving its
+    /// metrics on `metrics_listen`.
+    pub fn webhook_command(&self, listen: &str, metrics_listen: &str, identity: &str) -> Command {
         let mut cmd = Command::new(&self.options.webhook);
         cmd.args(["--listen", listen])
+            .args(["--metrics-listen", metrics_listen])
             .arg("--cert-dir")
             .arg(&self.cert_dir)
             .arg("--kubeconfig")
@@ -166,6 +219,11 @@ impl Mesh {
             .args(["--identity", identity])
             .arg("--resync-period")
             .arg(format!("{}ms", self.options.resync_period.as_millis()))
+            .args(
+                self.client
+                    .iter()
+                    .flat_map(|c| [Path::new("--client-ca-file"), &c.ca_cert]),
+            )
             .args(&self.options.webhook_args)
             .env(
                 "RUST_LOG",
@@ -257,6 +315,12 @@ async fn wait_listening(env: &TestEnv, listen: &str, name: &str) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// `127.0.0.1:<a port free now>`.
+fn free_address() -> anyhow::Result<String> {
+    let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+    Ok(format!("127.0.0.1:{port}"))
 }
 
 fn shell_path(path: &Path) -> String {

@@ -24,22 +24,37 @@ pub struct ClusterPki {
     pub admin_key_pem: String,
 }
 
+/// A new self-signed CA named `name`: its PEM and what signs with it.
+pub(crate) fn new_ca(name: &str) -> anyhow::Result<(String, Issuer<'static, KeyPair>)> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.distinguished_name.push(DnType::CommonName, name);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    Ok((ca_cert.pem(), Issuer::new(ca_params, ca_key)))
+}
+
+/// A client certificate for user `name` signed by `issuer`: its PEM and its key's.
+pub(crate) fn client_cert(
+    issuer: &Issuer<'static, KeyPair>,
+    name: &str,
+) -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 impl ClusterPki {
     pub fn generate(cluster: &str, dir: &Path) -> anyhow::Result<Self> {
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{cluster}-ca"));
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let ca_pem = ca_cert.pem();
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (ca_pem, issuer) = new_ca(&format!("{cluster}-ca"))?;
 
         let serving_key = KeyPair::generate()?;
         let mut serving = CertificateParams::new(vec![

@@ -11,6 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt as _;
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
+use super::caller_auth;
 use super::facts::{Fetched, InstallFacts, Probe};
 use super::report::{CheckResult, Section};
 use crate::credentials::{CertInfo, certificates};
@@ -196,6 +197,10 @@ fn webhook_results(
         if let Ok(Some(d)) = deployment {
             checks.push(deployment_rule_result(d, &rule));
         }
+        checks.extend(caller_auth::judge_deployment(deployment));
+    }
+    if let (Some(url), Some(probe)) = (&hook.client_config.url, &facts.caller_auth) {
+        checks.push(caller_auth::judge_probe(url, probe));
     }
     if let Some(probe) = &facts.probe {
         checks.push(probe_result(target.as_deref().unwrap_or("nowhere"), probe));

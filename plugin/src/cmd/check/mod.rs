@@ -10,6 +10,7 @@
 //! [`facts`] makes every read; [`install`], [`cluster`] and [`rights`] judge what was read
 //! without a cluster; [`report`] is what they conclude and [`render`] prints it.
 
+pub mod caller_auth;
 pub mod cluster;
 pub mod facts;
 pub mod install;

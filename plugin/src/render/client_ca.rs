@@ -1,0 +1,116 @@
+//! The CA the webhook authenticates its callers with (`install --client-ca-file`): stored in a
+//! ConfigMap of the mesh namespace (a CA certificate is public), mounted into the webhook's pod
+//! and named by its `--client-ca-file`. The webhook re-reads the file when the kubelet updates
+//! the mount, so re-running install with a new CA needs no restart.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, ConfigMapVolumeSource, Volume, VolumeMount};
+use mesh_core::MESH_NAMESPACE;
+
+use super::{WEBHOOK, meta};
+
+/// The ConfigMap holding the client CA.
+pub const CLIENT_CA_CONFIG_MAP: &str = "mesh-webhook-client-ca";
+/// Its key, also the file name in the mount.
+pub const CLIENT_CA_KEY: &str = "ca.crt";
+/// Where the Deployment mounts it.
+pub const CLIENT_CA_DIR: &str = "/etc/mesh-webhook/client-ca";
+/// The webhook's flag that turns client authentication on.
+pub const CLIENT_CA_FLAG: &str = "--client-ca-file";
+/// Its environment variable (what a Deployment edited by hand may use instead).
+pub const CLIENT_CA_ENV: &str = "MESH_WEBHOOK_CLIENT_CA_FILE";
+
+const VOLUME: &str = "client-ca";
+
+/// The ConfigMap holding `pem`, the CA certificate(s).
+pub fn client_ca_config_map(pem: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(CLIENT_CA_CONFIG_MAP, Some(MESH_NAMESPACE), Some(WEBHOOK)),
+        data: Some(BTreeMap::from([(CLIENT_CA_KEY.to_owned(), pem.to_owned())])),
+        ..Default::default()
+    }
+}
+
+/// `--client-ca-file=<the mounted file>`.
+pub fn client_ca_arg() -> String {
+    format!("{CLIENT_CA_FLAG}={CLIENT_CA_DIR}/{CLIENT_CA_KEY}")
+}
+
+pub(super) fn volume() -> Volume {
+    Volume {
+        name: VOLUME.to_owned(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: CLIENT_CA_CONFIG_MAP.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub(super) fn volume_mount() -> VolumeMount {
+    VolumeMount {
+        name: VOLUME.to_owned(),
+        mount_path: CLIENT_CA_DIR.to_owned(),
+        read_only: Some(true),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Options, ServingCert, deployment, render, serving_sans};
+    use super::*;
+
+    #[test]
+    fn the_client_ca_is_stored_mounted_and_passed() {
+        let pem = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n";
+        let options = Options {
+            client_ca: Some(pem.to_owned()),
+            ..Options::default()
+        };
+        let d = serde_json::to_value(deployment(&options)).unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .collect();
+        assert!(
+            args.contains(&"--client-ca-file=/etc/mesh-webhook/client-ca/ca.crt"),
+            "{args:?}"
+        );
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "client-ca" && m["mountPath"] == CLIENT_CA_DIR)
+        );
+        assert!(pod["volumes"].as_array().unwrap().iter().any(|v| {
+            v["name"] == "client-ca" && v["configMap"]["name"] == CLIENT_CA_CONFIG_MAP
+        }));
+
+        let cert = ServingCert {
+            ca_pem: "ca".into(),
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+            sans: serving_sans(None),
+            not_after: None,
+        };
+        let stored = render(&options, &cert)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.describe() == format!("ConfigMap {CLIENT_CA_CONFIG_MAP}"))
+            .expect("the ConfigMap is applied");
+        assert_eq!(stored.object["data"][CLIENT_CA_KEY], pem);
+
+        // Without a CA: no flag, no mount, no ConfigMap.
+        let plain = serde_json::to_value(deployment(&Options::default())).unwrap();
+        assert!(!plain.to_string().contains("client-ca"));
+        let objects = render(&Options::default(), &cert).unwrap();
+        assert!(!objects.iter().any(|m| m.resource.kind == "ConfigMap"));
+    }
+}

@@ -1,0 +1,188 @@
+//! Only the primary's apiserver may call the webhook: the test environment gives it a client
+//! certificate for webhook calls (an AdmissionConfiguration), and the mesh's webhook requires
+//! one of that CA (`--client-ca-file`). A pod that reaches the webhook port and posts a
+//! hand-made AdmissionReview without one is refused at the handshake and changes nothing on
+//! any remote; probes and metrics stay readable on their own port without a certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use mesh_e2e::check_report::CheckReport;
+use mesh_e2e::{create_everywhere, eventually, https_get, managed_labels, run, shared_mesh};
+use mesh_testenv::mesh::Mesh;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const CALLER_CHECK: &str = "webhook authenticates its callers (client certificates)";
+
+/// An UPDATE review of namespace `name` that sets `istio-injection=<value>`, as a pod could
+/// write one.
+fn forged_review(name: &str, value: &str) -> String {
+    let namespace = |labels: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": labels}})
+    };
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("forged-{name}"),
+            "kind": {"group": "", "version": "v1", "kind": "Namespace"},
+            "resource": {"group": "", "version": "v1", "resource": "namespaces"},
+            "name": name,
+            "operation": "UPDATE",
+            "userInfo": {"username": "system:serviceaccount:default:intruder"},
+            "object": namespace(json!({"istio-injection": value})),
+            "oldObject": namespace(json!({})),
+            "dryRun": false,
+        }
+    })
+    .to_string()
+}
+
+/// A TLS client of the webhook trusting its CA, with the apiserver's client certificate when
+/// `as_apiserver`.
+fn client(mesh: &Mesh, as_apiserver: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(mesh.ca_pem()?.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = if as_apiserver {
+        let identity = mesh
+            .client_identity()
+            .context("the test mesh requires client certificates")?;
+        let chain =
+            CertificateDer::pem_file_iter(&identity.cert)?.collect::<Result<Vec<_>, _>>()?;
+        builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&identity.key)?)?
+    } else {
+        builder.with_no_client_auth()
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// POSTs `review` to the registered webhook's `/mutate`; the whole answer.
+async fn post_review(
+    mesh: &Mesh,
+    connector: &tokio_rustls::TlsConnector,
+    review: &str,
+) -> anyhow::Result<String> {
+    let addr = mesh.listen_address();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1")?.to_owned();
+    let mut tls = connector.connect(name, tcp).await?;
+    let request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{review}",
+        review.len()
+    );
+    tls.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer).await?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn a_forged_review_without_the_apiservers_certificate_changes_no_remote() -> anyhow::Result<()>
+{
+    let (env, mesh) = shared_mesh(2).await;
+    let forged_ns = create_everywhere(env, "forged").await?;
+    let control_ns = create_everywhere(env, "control").await?;
+
+    // Without a client certificate: the handshake is refused, nothing HTTP is answered.
+    let stranger = client(mesh, false)?;
+    let refused = tokio::time::timeout(
+        DEADLINE,
+        post_review(mesh, &stranger, &forged_review(&forged_ns, "enabled")),
+    )
+    .await
+    .context("the webhook answers or refuses in time")?;
+    let error = refused.expect_err("a caller without a client certificate was served");
+    let tls_error = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|e| e.get_ref())
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    assert!(
+        matches!(
+            tls_error,
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRequired
+            ))
+        ),
+        "not refused for want of a certificate: {error:#}"
+    );
+
+    // The control: the same kind of review with the apiserver's certificate is served and its
+    // push lands on the remotes before the answer, so the forged one would have by now too.
+    let apiserver = client(mesh, true)?;
+    let answer = post_review(mesh, &apiserver, &forged_review(&control_ns, "enabled")).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for remote in env.remotes() {
+        eventually("the control review's push lands", DEADLINE, || async {
+            let labels = managed_labels(remote, &control_ns)
+                .await?
+                .unwrap_or_default();
+            Ok(
+                (labels.get("istio-injection").map(String::as_str) == Some("enabled"))
+                    .then_some(()),
+            )
+        })
+        .await?;
+        assert_eq!(
+            managed_labels(remote, &forged_ns).await?,
+            Some(Default::default()),
+            "the forged review changed {}",
+            remote.name
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn probes_and_metrics_are_served_without_a_client_certificate() -> anyhow::Result<()> {
+    let (_env, mesh) = shared_mesh(2).await;
+    let ca = mesh.ca_pem()?;
+    for path in ["/healthz", "/readyz"] {
+        let body = https_get(mesh.metrics_address(), &ca, path).await?;
+        assert_eq!(body.trim(), "ok", "{path}");
+    }
+    let metrics = https_get(mesh.metrics_address(), &ca, "/metrics").await?;
+    assert!(metrics.contains("admission_reviews_total"), "{metrics}");
+    // The webhook port asks for a certificate even there.
+    assert!(
+        https_get(mesh.listen_address(), &ca, "/healthz")
+            .await
+            .is_err()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_reports_that_the_webhook_authenticates_its_callers() -> anyhow::Result<()> {
+    let (_env, mesh) = shared_mesh(2).await;
+    let mut cmd = mesh.plugin();
+    cmd.args(["check", "-o", "json"]);
+    let report = CheckReport::parse(&run(cmd).await?)?;
+    let line = report
+        .sections
+        .iter()
+        .flat_map(|s| &s.checks)
+        .find(|c| c.description == CALLER_CHECK)
+        .with_context(|| format!("no check {CALLER_CHECK:?} in {report:#?}"))?;
+    assert_eq!(line.result, "ok", "{line:?}");
+    assert_eq!(
+        line.detail.as_deref(),
+        Some(
+            format!(
+                "{} refuses a TLS handshake without a client certificate",
+                mesh.webhook_url()
+            )
+            .as_str()
+        )
+    );
+    Ok(())
+}

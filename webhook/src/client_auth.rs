@@ -1,0 +1,223 @@
+//! Who may call the webhook port: clients presenting a certificate signed by the CA of
+//! `--client-ca-file` (the primary's apiserver, configured with an AdmissionConfiguration).
+//! Without it, any pod that reaches the port could post a hand-made AdmissionReview and make
+//! the webhook write namespaces on every remote.
+//!
+//! The CA file is re-read when it changes, like the serving certificate ([`crate::tls`]): a
+//! rotated CA is trusted by the next handshake, without a restart. A file that cannot be used
+//! keeps the previous CA.
+
+use std::{
+    fmt, io,
+    path::{Path, PathBuf},
+    sync::{Arc, PoisonError, RwLock},
+};
+
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, UnixTime, pem::PemObject},
+    server::{
+        WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::tls::{self, FileVersion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read client CA file {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid PEM in client CA file {}", .path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no CA certificate in client CA file {}: pass the PEM of the CA that signs the apiserver's client certificate", .path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("unusable CA certificate in client CA file {}", .path.display())]
+    Verifier {
+        path: PathBuf,
+        #[source]
+        source: rustls::server::VerifierBuilderError,
+    },
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "client_ca_read",
+            Self::Pem { .. } | Self::NoCertificate { .. } => "client_ca_pem",
+            Self::Verifier { .. } => "client_ca",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A [`ClientCertVerifier`] requiring a client certificate signed by the CA last loaded from
+/// its file.
+pub struct ClientCa {
+    path: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<(Arc<dyn ClientCertVerifier>, FileVersion)>,
+}
+
+impl fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCa")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCa {
+    /// Loads the CA once; fails if it is unusable (the process must not start open to all).
+    pub fn load(path: impl Into<PathBuf>, provider: Arc<CryptoProvider>) -> Result<Arc<Self>> {
+        let path = path.into();
+        let version = version(&path)?;
+        let verifier = load_verifier(&path, &provider)?;
+        Ok(Arc::new(Self {
+            path,
+            provider,
+            current: RwLock::new((verifier, version)),
+        }))
+    }
+
+    /// Reloads the CA if its file changed. `Ok(true)` when the new CA is used now; on error
+    /// the previous one stays.
+    pub fn reload_if_changed(&self) -> Result<bool> {
+        let version = version(&self.path)?;
+        if self.read().1 == version {
+            return Ok(false);
+        }
+        let verifier = load_verifier(&self.path, &self.provider)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (verifier, version);
+        Ok(true)
+    }
+
+    /// Checks the file every [`tls::RELOAD_INTERVAL`] until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tls::RELOAD_INTERVAL) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let this = self.clone();
+            let result = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+            match result {
+                Ok(Ok(true)) => {
+                    failing = false;
+                    tracing::info!(client_ca = %self.path.display(), "reloaded client CA");
+                }
+                Ok(Ok(false)) => failing = false,
+                Ok(Err(error)) => {
+                    if !failing {
+                        tracing::warn!(error = %error, "cannot reload the client CA, keeping the current one");
+                    }
+                    failing = true;
+                }
+                Err(error) => tracing::warn!(error = %error, "client CA reload task failed"),
+            }
+        }
+    }
+
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.read().0.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<dyn ClientCertVerifier>, FileVersion)> {
+        // Only whole values are ever stored, so a poisoned lock still holds a valid verifier.
+        self.current.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn version(path: &Path) -> Result<FileVersion> {
+    FileVersion::of(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn load_verifier(
+    path: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let pem = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut roots = RootCertStore::empty();
+    for der in CertificateDer::pem_slice_iter(&pem) {
+        let der = der.map_err(|source| Error::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
+        // A certificate webpki cannot use as a trust anchor is caught by build() below.
+        let _ = roots.add(der);
+    }
+    if roots.is_empty() {
+        return Err(Error::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|source| Error::Verifier {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+impl ClientCertVerifier for ClientCa {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    /// No hints: the verifier may change under a handshake, so it cannot lend its names.
+    /// Hints are optional (RFC 8446 4.3.2); a client with one certificate sends it anyway.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.verifier()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier().supported_verify_schemes()
+    }
+}
