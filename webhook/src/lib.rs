@@ -16,6 +16,7 @@ pub mod leader;
 pub mod listen;
 pub mod metrics;
 pub mod propagate;
+pub mod push_queue;
 pub mod readiness;
 pub mod reconcile;
 mod remote_watch;

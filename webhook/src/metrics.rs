@@ -99,6 +99,7 @@ pub struct Metrics {
     admission_reviews: Family<OutcomeLabels, Counter>,
     syncs: Family<SyncLabels, Counter>,
     leader: Gauge,
+    pushes_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +119,7 @@ impl Metrics {
         let admission_reviews = Family::<OutcomeLabels, Counter>::default();
         let syncs = Family::<SyncLabels, Counter>::default();
         let leader = Gauge::default();
+        let pushes_in_flight = Gauge::default();
         // prometheus-client appends `_total` to counters: register the bare names.
         registry.register(
             "propagation_latency_seconds",
@@ -160,6 +162,12 @@ impl Metrics {
             "1 while this replica holds the Lease and reconciles, else 0",
             leader.clone(),
         );
+        registry.register(
+            "pushes_in_flight",
+            "Pushes of this replica that stand in for the primary until its watch shows them \
+             persisted or their time runs out",
+            pushes_in_flight.clone(),
+        );
         Self {
             registry,
             propagation_latency,
@@ -170,7 +178,14 @@ impl Metrics {
             admission_reviews,
             syncs,
             leader,
+            pushes_in_flight,
         }
+    }
+
+    /// Sets the `pushes_in_flight` gauge (read when metrics are scraped).
+    pub fn set_pushes_in_flight(&self, pushes: usize) {
+        self.pushes_in_flight
+            .set(i64::try_from(pushes).unwrap_or(i64::MAX));
     }
 
     /// Keeps the `leader` gauge equal to this replica's standing until `stop`.

@@ -31,6 +31,7 @@ async fn every_manifest_passes_a_server_side_dry_run() -> anyhow::Result<()> {
         "namespace/kubectl-mesh",
         "deployment.apps/mesh-webhook",
         "service/mesh-webhook",
+        "networkpolicy.networking.k8s.io/mesh-webhook",
         "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-mesh",
     ] {
         assert!(

@@ -11,7 +11,7 @@ use futures_util::future::try_join_all;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::binaries::Binaries;
-use crate::kubeconfig::admin_kubeconfig;
+use crate::kubeconfig::{admin_kubeconfig, token_kubeconfig};
 use crate::pki::ClusterPki;
 use crate::process::ProcessGroup;
 use crate::webhook_client::WebhookClient;
@@ -53,6 +53,40 @@ impl Cluster {
         let mut cmd = Command::new(binaries.kubectl());
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
         cmd
+    }
+
+    /// Writes a kubeconfig that authenticates as ServiceAccount `namespace/name` with a token
+    /// from the TokenRequest API, to `path`: a process run with it has that account's rights
+    /// and no more.
+    pub async fn write_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let accounts: kube::Api<ServiceAccount> =
+            kube::Api::namespaced(self.client().await?, namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(24 * 3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = accounts
+            .create_token_request(name, &Default::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token for {namespace}/{name}"))?
+            .status
+            .map(|s| s.token)
+            .with_context(|| format!("no token issued for {namespace}/{name}"))?;
+        let user = format!("system:serviceaccount:{namespace}:{name}");
+        let yaml = token_kubeconfig(&self.name, &user, &self.server, &self.pki, &token);
+        std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
     }
 
     /// Name of this cluster's kube-apiserver process, for [`TestEnv::pause_process`] and

@@ -16,6 +16,8 @@ use crate::{Cluster, TestEnv, WebhookClient};
 
 /// Name of the webhook process inside the environment's process group.
 pub const WEBHOOK_PROCESS: &str = "mesh-webhook";
+/// The ServiceAccount `install` creates for the webhook.
+pub const WEBHOOK_ACCOUNT: &str = "mesh-webhook";
 
 /// Where the kubectl-mesh binaries are and how the webhook should run.
 #[derive(Clone, Debug)]
@@ -57,6 +59,9 @@ impl MeshOptions {
 pub struct Mesh {
     options: MeshOptions,
     primary_kubeconfig: PathBuf,
+    /// The webhook's own: its ServiceAccount's token, so it runs with the rights `install`
+    /// gives it in a cluster and any right it lacks fails the tests.
+    webhook_kubeconfig: PathBuf,
     listen: String,
     metrics_listen: String,
     cert_dir: PathBuf,
@@ -82,6 +87,7 @@ impl Mesh {
         let mesh = Self {
             options,
             primary_kubeconfig: env.primary().kubeconfig.clone(),
+            webhook_kubeconfig: env.dir().join("mesh-webhook.kubeconfig"),
             listen: free_address()?,
             metrics_listen: free_address()?,
             cert_dir: env.dir().join("mesh-webhook-tls"),
@@ -104,6 +110,13 @@ impl Mesh {
         }
         run(install).await?;
         eprintln!("[mesh] installed on the primary: {:.2?}", started.elapsed());
+        env.primary()
+            .write_service_account_kubeconfig(
+                mesh_core::MESH_NAMESPACE,
+                WEBHOOK_ACCOUNT,
+                &mesh.webhook_kubeconfig,
+            )
+            .await?;
         mesh.start_webhook(env).await?;
         mesh.wait_webhook_effective(env).await?;
         eprintln!(
@@ -198,6 +211,20 @@ impl Mesh {
         self.webhook_pid.load(Ordering::Relaxed)
     }
 
+    /// The kubeconfig webhook processes reach the primary with.
+    pub fn webhook_kubeconfig(&self) -> &Path {
+        &self.webhook_kubeconfig
+    }
+
+    /// This mesh, but the webhook processes started from it reach the primary through
+    /// `kubeconfig` (e.g. a copy whose server is a proxy the test can freeze).
+    pub fn with_webhook_kubeconfig(&self, kubeconfig: PathBuf) -> Self {
+        Self {
+            webhook_kubeconfig: kubeconfig,
+            ..self.clone()
+        }
+    }
+
     /// The CA that signed the webhook's serving certificate (PEM).
     pub fn ca_pem(&self) -> anyhow::Result<String> {
         let path = self.cert_dir.join("ca.crt");
@@ -213,7 +240,7 @@ impl Mesh {
             .arg("--cert-dir")
             .arg(&self.cert_dir)
             .arg("--kubeconfig")
-            .arg(&self.primary_kubeconfig)
+            .arg(&self.webhook_kubeconfig)
             // A fixed identity: a restarted webhook takes its own Lease back at once instead
             // of waiting for the lease of its killed predecessor to expire.
             .args(["--identity", identity])
