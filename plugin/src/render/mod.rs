@@ -36,12 +36,14 @@ use mesh_core::{MANAGER, MESH_NAMESPACE, cluster::MeshCluster};
 use serde::Serialize;
 
 mod client_ca;
+mod network_policy;
 mod serving_cert;
 
 pub use client_ca::{
     CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR, CLIENT_CA_ENV, CLIENT_CA_FLAG, CLIENT_CA_KEY,
     client_ca_arg, client_ca_config_map,
 };
+pub use network_policy::network_policy;
 pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};
 
 /// Name of the webhook's ServiceAccount, Deployment, Service and Role.
@@ -328,18 +330,20 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// What the webhook may do cluster-wide: read and label namespaces, keep MeshCluster status,
+/// What the webhook may do cluster-wide, and no more than its code does: read namespaces (it
+/// changes them only through its admission answers), read MeshClusters and patch their status,
 /// and record Events (those about namespaces land in `default`, so this is cluster-wide).
 pub fn cluster_role() -> ClusterRole {
     ClusterRole {
         metadata: meta(CLUSTER_ROLE, None, Some(WEBHOOK)),
         rules: Some(vec![
-            rule(&[""], &["namespaces"], &["get", "list", "watch", "patch"]),
+            rule(&[""], &["namespaces"], &["get", "list", "watch"]),
             rule(
                 &[mesh_core::GROUP],
-                &["meshclusters", "meshclusters/status"],
-                &["get", "list", "watch", "patch", "update"],
+                &["meshclusters"],
+                &["get", "list", "watch"],
             ),
+            rule(&[mesh_core::GROUP], &["meshclusters/status"], &["patch"]),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
         ]),
         ..Default::default()
@@ -540,6 +544,12 @@ pub fn deployment(options: &Options) -> Deployment {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
+                    // An injected sidecar would share the pod's loopback, which the
+                    // log-level endpoint trusts, and proxy the apiserver's calls.
+                    annotations: Some(BTreeMap::from([(
+                        "sidecar.istio.io/inject".to_owned(),
+                        "false".to_owned(),
+                    )])),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -731,6 +741,7 @@ pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
     if options.webhook_url.is_none() {
         out.push(Manifest::new(&deployment(options))?);
         out.push(Manifest::new(&service())?);
+        out.push(Manifest::new(&network_policy())?);
     }
     out.push(Manifest::new(&mutating_webhook_configuration(
         options,
@@ -746,6 +757,7 @@ pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
     let options = Options::default();
     let mut out = vec![
         Manifest::new(&mutating_webhook_configuration(&options, None))?,
+        Manifest::new(&network_policy())?,
         Manifest::new(&service())?,
         Manifest::new(&deployment(&options))?,
         Manifest::new(&role_binding())?,
@@ -787,6 +799,10 @@ pub fn static_manifests() -> Result<Vec<(&'static str, Vec<Manifest>)>> {
             vec![Manifest::new(&deployment(&options))?],
         ),
         ("service.yaml", vec![Manifest::new(&service())?]),
+        (
+            "networkpolicy.yaml",
+            vec![Manifest::new(&network_policy())?],
+        ),
         (
             "webhook.yaml",
             vec![Manifest::new(&mutating_webhook_configuration(
@@ -1049,6 +1065,7 @@ mod tests {
                 "Secret mesh-webhook-tls",
                 "Deployment mesh-webhook",
                 "Service mesh-webhook",
+                "NetworkPolicy mesh-webhook",
                 "MutatingWebhookConfiguration kubectl-mesh",
             ]
         );
@@ -1061,12 +1078,10 @@ mod tests {
             ..Options::default()
         };
         let some = kinds(&render(&url_mode, &cert).unwrap());
-        assert!(
-            !some
-                .iter()
-                .any(|k| k.starts_with("Deployment") || k.starts_with("Service "))
-        );
-        assert_eq!(some.len(), all.len() - 2);
+        assert!(!some.iter().any(|k| k.starts_with("Deployment")
+            || k.starts_with("Service ")
+            || k.starts_with("NetworkPolicy")));
+        assert_eq!(some.len(), all.len() - 3);
         let gone = kinds(&uninstall_order(true).unwrap());
         assert_eq!(
             gone.first().unwrap(),
@@ -1094,6 +1109,8 @@ mod tests {
         assert_eq!(c["readinessProbe"]["httpGet"]["port"], "metrics");
         assert_eq!(c["ports"][1]["name"], "metrics");
         assert_eq!(c["ports"][1]["containerPort"], METRICS_PORT);
+        let template = &d["spec"]["template"]["metadata"];
+        assert_eq!(template["annotations"]["sidecar.istio.io/inject"], "false");
         assert_eq!(c["ports"][0]["containerPort"], WEBHOOK_PORT);
         let s = serde_json::to_value(service()).unwrap();
         assert_eq!(s["spec"]["ports"][0]["port"], 443);
