@@ -1,8 +1,10 @@
 //! The objects `kubectl mesh attach` creates for one cluster, on the remote and on the
-//! primary, rendered without a cluster; `detach` finds them again by their labels.
+//! primary, rendered without a cluster; `detach` finds them again by name, and deletes those
+//! its labels and primary annotation say are this cluster's from this primary.
 //!
 //! On the remote (all labelled `app.kubernetes.io/managed-by=kubectl-mesh` and
-//! `kubectl-mesh.io/cluster=<name>`):
+//! `kubectl-mesh.io/cluster=<name>`, and annotated [`PRIMARY_ANNOTATION`] with the id of the
+//! primary that attached them):
 //! - the namespace [`MESH_NAMESPACE`], only when it is absent (a namespace that already exists
 //!   is left untouched, unlabelled, and is never deleted by detach);
 //! - ServiceAccount, ClusterRole and ClusterRoleBinding [`SYNC_ACCOUNT`]: the account the
@@ -117,6 +119,39 @@ pub fn selector(cluster: &str) -> String {
 /// Whether an object's labels say attach created it for `cluster`.
 pub fn is_ours(meta: &ObjectMeta, cluster: &str) -> bool {
     owner_cluster(meta) == Some(cluster)
+}
+
+/// Annotation on every remote object attach creates: the primary that created it, by the
+/// UID of its kube-system namespace (the cluster identity the field uses). Two primaries
+/// attaching one remote under one name would otherwise share these objects, and the detach
+/// of either would revoke the other's token.
+pub const PRIMARY_ANNOTATION: &str = "kubectl-mesh.io/primary";
+
+/// The primary an object was created by, if it records one (an older attach did not).
+pub fn primary_of(meta: &ObjectMeta) -> Option<&str> {
+    meta.annotations
+        .as_ref()?
+        .get(PRIMARY_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Whether attach created an object for `cluster` from the primary whose id is `primary`:
+/// [`is_ours`], and recorded for that primary or for none (an older attach).
+pub fn is_ours_from(meta: &ObjectMeta, cluster: &str, primary: &str) -> bool {
+    is_ours(meta, cluster) && primary_of(meta).is_none_or(|p| p == primary)
+}
+
+/// `object` (a remote object as JSON) recorded as created by the primary `primary`.
+pub fn record_primary(object: &mut serde_json::Value, primary: &str) {
+    let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) else {
+        return;
+    };
+    let annotations = metadata
+        .entry("annotations")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(annotations) = annotations.as_object_mut() {
+        annotations.insert(PRIMARY_ANNOTATION.to_owned(), primary.into());
+    }
 }
 
 /// The cluster an object was created for, if kubectl-mesh created it for one.
@@ -823,6 +858,29 @@ mod tests {
             selector("east"),
             "app.kubernetes.io/managed-by=kubectl-mesh,kubectl-mesh.io/cluster=east"
         );
+    }
+
+    #[test]
+    fn remote_objects_are_ours_only_from_the_primary_they_record() {
+        let mut sa = serde_json::to_value(service_account(SYNC_ACCOUNT, "east")).unwrap();
+        let older: ServiceAccount = serde_json::from_value(sa.clone()).unwrap();
+        assert!(
+            is_ours_from(&older.metadata, "east", "uid-a"),
+            "older attach"
+        );
+        record_primary(&mut sa, "uid-a");
+        let recorded: ServiceAccount = serde_json::from_value(sa).unwrap();
+        assert_eq!(primary_of(&recorded.metadata), Some("uid-a"));
+        assert!(is_ours_from(&recorded.metadata, "east", "uid-a"));
+        assert!(!is_ours_from(&recorded.metadata, "east", "uid-b"));
+        assert!(!is_ours_from(&recorded.metadata, "west", "uid-a"));
+        // Other annotations stay.
+        let mut secret =
+            serde_json::to_value(token_secret(TOKEN_SECRET, SYNC_ACCOUNT, "east")).unwrap();
+        record_primary(&mut secret, "uid-a");
+        let annotations = &secret["metadata"]["annotations"];
+        assert_eq!(annotations[SERVICE_ACCOUNT_NAME_ANNOTATION], SYNC_ACCOUNT);
+        assert_eq!(annotations[PRIMARY_ANNOTATION], "uid-a");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `kubectl mesh detach`: remove a cluster from the mesh.
 //!
 //! Deletes what attach created and nothing else: on the remote, the objects attach creates,
-//! by name, each only when its labels say kubectl-mesh created it for this cluster (and the
+//! by name, each only when its labels say kubectl-mesh created it for this cluster and its
+//! annotation says from this primary (another primary may have attached it since; and the
 //! mesh namespace only when attach created it and it holds nothing else); on the primary,
 //! the cluster's Secrets and its MeshCluster. The MeshCluster goes last, so a detach that
 //! fails halfway can be re-run: it still knows the cluster. A re-run after the MeshCluster is
@@ -136,6 +137,10 @@ impl Detach {
                     .into(),
             });
         }
+        // What attach recorded on the remote's objects: only this primary's are deleted.
+        let primary_id = access::cluster_id(&primary)
+            .await
+            .map_err(|e| access::request_error(&primary_target, "read kube-system", e))?;
         let primary_secrets = labelled_secrets(&primary, &name)
             .await
             .map_err(|e| access::request_error(&primary_target, "list Secrets", e))?;
@@ -182,7 +187,10 @@ impl Detach {
                 clean_remote(
                     client,
                     target,
-                    &name,
+                    Ours {
+                        cluster: &name,
+                        primary: &primary_id,
+                    },
                     mc.as_ref(),
                     strip.as_ref(),
                     timeout,
@@ -238,6 +246,8 @@ impl Detach {
 
 fn primary_needs(strip_labels: bool) -> Vec<Need> {
     let mut needs = vec![
+        // Its uid is the primary's id, which attach recorded on the remote's objects.
+        Need::cluster("", "namespaces", &["get"]).named("kube-system"),
         Need::namespaced("", "secrets", MESH_NAMESPACE, &["list", "delete"]),
         Need::cluster(GROUP, "meshclusters", &["get", "delete"]),
     ];
@@ -420,17 +430,29 @@ async fn resolve_remote(
     Ok(RemoteAccess::Ready { client, target })
 }
 
+/// Which remote objects a detach deletes: attach's for this cluster, from this primary.
+#[derive(Clone, Copy)]
+struct Ours<'a> {
+    cluster: &'a str,
+    /// UID of the primary's kube-system namespace.
+    primary: &'a str,
+}
+
 /// Deletes the remote's objects of cluster `name`, in the order the module explains; with
 /// `strip`, also the labels that rule manages.
 async fn clean_remote(
     client: &Client,
     target: &Target,
-    name: &str,
+    ours: Ours<'_>,
     mc: Option<&MeshCluster>,
     strip: Option<&SyncRule>,
     timeout: Duration,
     progress: Progress,
 ) -> Result<()> {
+    let Ours {
+        cluster: name,
+        primary,
+    } = ours;
     let fail = |doing: &str| {
         let doing = doing.to_owned();
         move |e: kube::Error| access::request_error(target, &doing, e)
@@ -442,6 +464,7 @@ async fn clean_remote(
         Api::<ValidatingAdmissionPolicyBinding>::all(all(client)),
         setup::GUARD,
         name,
+        primary,
         progress,
     )
     .await
@@ -450,15 +473,22 @@ async fn clean_remote(
         Api::<ValidatingAdmissionPolicy>::all(all(client)),
         setup::GUARD,
         name,
+        primary,
         progress,
     )
     .await
     .map_err(fail("delete the guard"))?;
     for secret in [setup::TOKEN_SECRET, setup::ISTIO_READER_TOKEN_SECRET] {
         let (c, ns) = in_ns(client);
-        delete_ours(Api::<Secret>::namespaced(c, ns), secret, name, progress)
-            .await
-            .map_err(fail("delete the token Secrets"))?;
+        delete_ours(
+            Api::<Secret>::namespaced(c, ns),
+            secret,
+            name,
+            primary,
+            progress,
+        )
+        .await
+        .map_err(fail("delete the token Secrets"))?;
     }
 
     if let Some(rule) = strip {
@@ -470,6 +500,7 @@ async fn clean_remote(
         Api::<ValidatingAdmissionPolicyBinding>::all(all(client)),
         setup::SYNC_SCOPE,
         name,
+        primary,
         progress,
     )
     .await
@@ -478,6 +509,7 @@ async fn clean_remote(
         Api::<ValidatingAdmissionPolicy>::all(all(client)),
         setup::SYNC_SCOPE,
         name,
+        primary,
         progress,
     )
     .await
@@ -487,6 +519,7 @@ async fn clean_remote(
             Api::<ClusterRoleBinding>::all(all(client)),
             account,
             name,
+            primary,
             progress,
         )
         .await
@@ -495,6 +528,7 @@ async fn clean_remote(
             Api::<ClusterRole>::all(all(client)),
             account,
             name,
+            primary,
             progress,
         )
         .await
@@ -504,6 +538,7 @@ async fn clean_remote(
             Api::<ServiceAccount>::namespaced(c, ns),
             account,
             name,
+            primary,
             progress,
         )
         .await
@@ -523,16 +558,22 @@ async fn clean_remote(
     };
     let created = mc
         .and_then(setup::remote_namespace_created)
-        .unwrap_or_else(|| setup::is_ours(&ns.metadata, name));
+        .unwrap_or_else(|| setup::is_ours_from(&ns.metadata, name, primary));
     if !created {
         progress.info(format!(
             "{name}: Namespace {MESH_NAMESPACE} kept (it existed before attach)"
         ));
         return Ok(());
     }
-    let deleted = remove_namespace_if_unused(client, MESH_NAMESPACE, name, Some(name), progress)
-        .await
-        .map_err(fail("delete the mesh namespace"))?;
+    let deleted = remove_namespace_if_unused(
+        client,
+        MESH_NAMESPACE,
+        name,
+        Some((name, primary)),
+        progress,
+    )
+    .await
+    .map_err(fail("delete the mesh namespace"))?;
     if deleted {
         wait_namespace_gone(client, MESH_NAMESPACE, timeout).await?;
     }
@@ -546,6 +587,7 @@ async fn delete_ours<K>(
     api: Api<K>,
     object: &str,
     name: &str,
+    primary: &str,
     progress: Progress,
 ) -> Result<(), kube::Error>
 where
@@ -554,11 +596,15 @@ where
     let Some(found) = api.get_opt(object).await? else {
         return Ok(());
     };
-    if !setup::is_ours(found.meta(), name) {
+    if !setup::is_ours_from(found.meta(), name, primary) {
         let kind = K::kind(&());
-        progress.info(format!(
-            "{name}: {kind} {object} kept: attach did not create it for this cluster"
-        ));
+        let why = match setup::primary_of(found.meta()) {
+            Some(other) if setup::is_ours(found.meta(), name) => {
+                format!("another primary (kube-system uid {other}) attached this cluster since")
+            }
+            _ => "attach did not create it for this cluster".to_owned(),
+        };
+        progress.info(format!("{name}: {kind} {object} kept: {why}"));
         return Ok(());
     }
     delete(&api, object, name, progress).await
@@ -591,14 +637,14 @@ where
 
 /// Deletes namespace `ns` if it holds nothing but what every namespace gets (the `default`
 /// ServiceAccount, the `kube-root-ca.crt` ConfigMap); otherwise keeps it and says why.
-/// `owner`: the cluster whose label the namespace must carry, or `None` for a namespace
-/// shared by clusters (istio-system), which only needs the managed-by label. Returns whether
-/// it was deleted.
+/// `owner`: the cluster whose label the namespace must carry and the primary it must be
+/// recorded for, or `None` for a namespace shared by clusters (istio-system), which only
+/// needs the managed-by label. Returns whether it was deleted.
 async fn remove_namespace_if_unused(
     client: &Client,
     ns: &str,
     side: &str,
-    owner: Option<&str>,
+    owner: Option<(&str, &str)>,
     progress: Progress,
 ) -> Result<bool, kube::Error> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -606,7 +652,7 @@ async fn remove_namespace_if_unused(
         return Ok(false);
     };
     let ours = match owner {
-        Some(cluster) => setup::is_ours(&found.metadata, cluster),
+        Some((cluster, primary)) => setup::is_ours_from(&found.metadata, cluster, primary),
         None => {
             found
                 .labels()
@@ -618,7 +664,7 @@ async fn remove_namespace_if_unused(
     if !ours || found.metadata.deletion_timestamp.is_some() {
         return Ok(false);
     }
-    let others = foreign_objects(client, ns).await?;
+    let others = foreign_objects(client, ns, owner.map(|(_, primary)| primary)).await?;
     if !others.is_empty() {
         progress.warn(format!(
             "{side}: Namespace {ns} kept: it holds objects kubectl-mesh did not create ({})",
@@ -630,19 +676,29 @@ async fn remove_namespace_if_unused(
     Ok(true)
 }
 
-/// Objects in `ns` that neither kubectl-mesh nor Kubernetes put there.
-async fn foreign_objects(client: &Client, ns: &str) -> Result<Vec<String>, kube::Error> {
+/// Objects in `ns` that neither kubectl-mesh (from `primary`, when given) nor Kubernetes put
+/// there.
+async fn foreign_objects(
+    client: &Client,
+    ns: &str,
+    primary: Option<&str>,
+) -> Result<Vec<String>, kube::Error> {
     let lp = ListParams::default();
     let mut out = Vec::new();
-    let keep = |labels: &std::collections::BTreeMap<String, String>| {
-        labels.get(setup::MANAGED_BY_LABEL).map(String::as_str) == Some(mesh_core::MANAGER)
+    let keep = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let labels = meta.labels.as_ref();
+        labels
+            .and_then(|l| l.get(setup::MANAGED_BY_LABEL))
+            .map(String::as_str)
+            == Some(mesh_core::MANAGER)
+            && primary.is_none_or(|p| setup::primary_of(meta).is_none_or(|o| o == p))
     };
     for s in Api::<Secret>::namespaced(client.clone(), ns)
         .list(&lp)
         .await?
         .items
     {
-        if !keep(s.labels()) {
+        if !keep(&s.metadata) {
             out.push(format!("Secret {}", s.name_any()));
         }
     }
@@ -651,7 +707,7 @@ async fn foreign_objects(client: &Client, ns: &str) -> Result<Vec<String>, kube:
         .await?
         .items
     {
-        if sa.name_any() != "default" && !keep(sa.labels()) {
+        if sa.name_any() != "default" && !keep(&sa.metadata) {
             out.push(format!("ServiceAccount {}", sa.name_any()));
         }
     }
@@ -660,7 +716,7 @@ async fn foreign_objects(client: &Client, ns: &str) -> Result<Vec<String>, kube:
         .await?
         .items
     {
-        if cm.name_any() != "kube-root-ca.crt" && !keep(cm.labels()) {
+        if cm.name_any() != "kube-root-ca.crt" && !keep(&cm.metadata) {
             out.push(format!("ConfigMap {}", cm.name_any()));
         }
     }

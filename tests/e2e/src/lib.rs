@@ -387,8 +387,16 @@ pub async fn stored_client(
     env: &TestEnv,
     name: &str,
 ) -> anyhow::Result<(kube::Client, kube::config::Kubeconfig)> {
+    stored_client_on(env.primary(), name).await
+}
+
+/// [`stored_client`] from the Secret on `primary`.
+pub async fn stored_client_on(
+    primary: &mesh_testenv::Cluster,
+    name: &str,
+) -> anyhow::Result<(kube::Client, kube::config::Kubeconfig)> {
     let secret = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
-        env.primary().client().await?,
+        primary.client().await?,
         mesh_core::MESH_NAMESPACE,
     )
     .get(&format!("cluster-{name}"))

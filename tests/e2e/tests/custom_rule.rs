@@ -12,12 +12,19 @@
 use std::process::Command;
 
 use anyhow::Context;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{TestEnv, workspace_binary};
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, create_namespace, label_on_primary, labels, namespace_labels,
-    own_mesh_with, remote_names, reviews_with_outcome, run, text,
+    DEFAULT_TIMEOUT, NO_RESYNC, create_everywhere, create_namespace, eventually, label_on_primary,
+    labels, namespace_labels, own_mesh_with, remote_names, reviews_with_outcome, run,
+    stored_client, text,
 };
+use serde_json::json;
 use tokio::sync::{Mutex, OnceCell};
 
 /// A label key outside the default rule, managed by this one.
@@ -197,5 +204,58 @@ async fn an_excluded_namespace_does_not_reach_the_webhook_nor_the_remotes() -> a
             remote.name
         );
     }
+    Ok(())
+}
+
+/// Attach read the installed rule from the primary: on the remote, the guard warns about a
+/// direct edit of the custom label, and the stored token may write that label but not a
+/// default one this rule leaves out.
+#[tokio::test]
+async fn the_remote_guard_and_the_sync_scope_follow_the_custom_rule() -> anyhow::Result<()> {
+    let CustomMesh { env, turn, .. } = custom_mesh().await;
+    let _turn = turn.lock().await;
+    let ns = create_everywhere(env, "guarded").await?;
+    let remote = &env.remotes()[0];
+
+    let mut attempt = 0;
+    eventually(
+        "the guard warns about the custom label",
+        DEFAULT_TIMEOUT,
+        || {
+            attempt += 1;
+            let mut label = env.kubectl(remote);
+            label.args([
+                "label",
+                "namespace",
+                &ns,
+                "--overwrite",
+                &format!("{ZONE}=v{attempt}"),
+            ]);
+            async move {
+                let stderr = text(&run(label).await?.stderr);
+                Ok(stderr
+                    .contains(&format!(
+                        "{ZONE} on this cluster is managed by kubectl-mesh"
+                    ))
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+
+    let stored = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
+    let patch = |key: &str| Patch::Merge(json!({"metadata": {"labels": {key: "from-token"}}}));
+    stored
+        .patch(&ns, &PatchParams::default(), &patch(ZONE))
+        .await?;
+    let refused = stored
+        .patch(&ns, &PatchParams::default(), &patch(REVISION))
+        .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("kubectl-mesh-sync-scope")),
+        "{REVISION}, not managed by this rule, written with the stored token: {refused:?}"
+    );
     Ok(())
 }

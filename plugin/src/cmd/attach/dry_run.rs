@@ -1,6 +1,6 @@
 //! `--dry-run`: what attach would write, after preflight, with tokens redacted.
 
-use super::objects::{cluster_record, remote_objects, stored_kubeconfig};
+use super::objects::{cluster_record, for_primary, remote_objects, stored_kubeconfig};
 use super::preflight::Plan;
 use crate::{
     Result,
@@ -18,6 +18,7 @@ pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String
         if m.resource.kind == "Namespace" && !plan.remote_namespace.created_by_attach() {
             continue;
         }
+        let m = for_primary(m, &plan.primary_id);
         docs.push((format!("remote cluster {name}"), m.object));
     }
     let stored = stored_kubeconfig(&plan.remote_kc, name, setup::REDACTED)?;

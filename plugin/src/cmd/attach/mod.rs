@@ -66,6 +66,10 @@ pub struct Attach {
     /// Name of the primary in the remote guard's messages [default: the primary's context].
     #[arg(long, value_name = "NAME")]
     pub primary_name: Option<String>,
+    /// Take over a remote whose kubectl-mesh objects another primary attached (that primary's
+    /// token for it is revoked).
+    #[arg(long)]
+    pub force: bool,
     /// How long to wait for the remote's token and, with --wait, for the first sync.
     #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -112,6 +116,7 @@ impl Attach {
             istio_remote_secret,
             remote_guard,
             primary_name,
+            force,
             timeout,
         } = self;
         let hooks = hooks::TestHooks::from_env()?;
@@ -122,6 +127,7 @@ impl Attach {
             istio: istio_remote_secret,
             guard: remote_guard.into(),
             primary_name,
+            force,
         };
         let plan = preflight::preflight(&args, ctx).await?;
         if dry_run {

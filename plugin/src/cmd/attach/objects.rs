@@ -42,6 +42,12 @@ pub(super) fn remote_objects(plan: &Plan) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
+/// `m`, a remote object, recorded as created by the primary `primary_id`.
+pub(super) fn for_primary(mut m: Manifest, primary_id: &str) -> Manifest {
+    setup::record_primary(&mut m.object, primary_id);
+    m
+}
+
 /// With --istio-remote-secret: istiod's reader account, its rights and its token Secret.
 pub(super) fn istio_reader_objects(name: &str) -> Result<Vec<Manifest>> {
     Ok(vec![

@@ -25,6 +25,7 @@ pub(super) struct Args {
     pub(super) istio: bool,
     pub(super) guard: mesh_core::cluster::RemoteGuard,
     pub(super) primary_name: Option<String>,
+    pub(super) force: bool,
 }
 
 /// What preflight found out: everything the steps need.
@@ -37,6 +38,11 @@ pub(super) struct Plan {
     pub(super) remote_kc: Kubeconfig,
     pub(super) remote_context: String,
     pub(super) cluster_id: String,
+    /// The primary's id (UID of its kube-system), recorded on every remote object.
+    pub(super) primary_id: String,
+    /// The remote holds this cluster's objects from another primary, and --force takes them
+    /// over: that primary's tokens are deleted, and everything is recorded for this one.
+    pub(super) takeover: bool,
     /// The installed sync rule: what the guard and the sync scope cover.
     pub(super) rule: SyncRule,
     pub(super) guard: Guard,
@@ -372,19 +378,23 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         remote_kc,
         remote_context,
         cluster_id,
+        primary_id,
+        takeover: false,
         rule,
         guard,
         existing,
         remote_namespace,
         istio,
     };
-    check_ownership(&plan, &primary_target).await?;
-    Ok(plan)
+    let takeover = check_ownership(&plan, &primary_target, args.force).await?;
+    Ok(Plan { takeover, ..plan })
 }
 
 /// Every object attach writes must be absent or made by attach for this very cluster: attach
-/// never takes over objects it did not create, nor another cluster's.
-async fn check_ownership(plan: &Plan, primary_target: &Target) -> Result<()> {
+/// never takes over objects it did not create, nor another cluster's. Those made for this
+/// cluster from another primary are taken over with `force` only; returns whether any are.
+async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> Result<bool> {
+    let mut takeover = false;
     let placeholder = "";
     let mut objects: Vec<(Side, Manifest)> = remote_objects(plan)?
         .into_iter()
@@ -401,7 +411,10 @@ async fn check_ownership(plan: &Plan, primary_target: &Target) -> Result<()> {
         ));
     }
     for (side, m) in objects {
-        if m.resource.kind == "Namespace" {
+        // The namespace is checked as the other objects are only for its primary: attach
+        // uses one it did not create as it is.
+        let namespace = m.resource.kind == "Namespace";
+        if namespace && plan.remote_namespace != NamespaceState::Ours {
             continue;
         }
         let (client, target) = match side {
@@ -414,7 +427,29 @@ async fn check_ownership(plan: &Plan, primary_target: &Target) -> Result<()> {
             .map_err(|e| access::request_error(target, &format!("read {}", describe(&m)), e))?;
         let Some(found) = found else { continue };
         match setup::owner_cluster(&found.metadata) {
-            Some(c) if c == plan.name => {}
+            Some(c) if c == plan.name => {
+                let other = setup::primary_of(&found.metadata).filter(|p| *p != plan.primary_id);
+                match other {
+                    None => {}
+                    Some(_) if force => takeover = true,
+                    Some(other) => {
+                        return Err(Error::Refused {
+                            what: format!(
+                                "{} holds {} of cluster {:?} attached from another primary \
+                                 (kube-system uid {other}), not from this one ({})",
+                                target.label,
+                                describe(&m),
+                                plan.name,
+                                plan.primary_id
+                            ),
+                            hint: "detach it from that primary first, or pass --force to take \
+                                   it over (that primary's token for it is revoked)"
+                                .into(),
+                        });
+                    }
+                }
+            }
+            _ if namespace => {}
             Some(other) => {
                 return Err(Error::Refused {
                     what: format!(
@@ -444,7 +479,7 @@ async fn check_ownership(plan: &Plan, primary_target: &Target) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(takeover)
 }
 
 #[cfg(test)]

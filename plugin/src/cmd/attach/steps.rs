@@ -12,7 +12,7 @@ use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, remote};
 
 use super::hooks::TestHooks;
 use super::objects::{
-    Side, cluster_record, describe, dyn_api, istio_reader_objects, stored_kubeconfig,
+    Side, cluster_record, describe, dyn_api, for_primary, istio_reader_objects, stored_kubeconfig,
 };
 use super::preflight::{NamespaceState, Plan};
 use super::waits::{wait_namespace_gone, wait_token};
@@ -189,7 +189,12 @@ impl<'a> Run<'a> {
     }
 
     /// Creates `m` or, if it exists, updates it (server-side apply); records a creation.
+    /// A remote object is recorded as this primary's.
     async fn ensure(&mut self, side: Side, m: Manifest) -> Result<DynamicObject> {
+        let m = match side {
+            Side::Remote => for_primary(m, &self.plan.primary_id),
+            Side::Primary => m,
+        };
         let api = dyn_api(self.client(side), &m);
         let before = api
             .get_opt(&m.name)
@@ -271,9 +276,14 @@ impl<'a> Run<'a> {
                 )
                 .await?;
             }
-            NamespaceState::Ours => self.progress.ok(format!(
-                "{name}: Namespace {MESH_NAMESPACE} exists (created by an earlier attach)"
-            )),
+            // Applied again: it records this primary (an older attach, or a takeover).
+            NamespaceState::Ours => {
+                self.ensure(
+                    Side::Remote,
+                    Manifest::new(&setup::remote_namespace(&name))?,
+                )
+                .await?;
+            }
             NamespaceState::Foreign => self.progress.ok(format!(
                 "{name}: Namespace {MESH_NAMESPACE} exists; used as is (detach will keep it)"
             )),
@@ -312,6 +322,9 @@ impl<'a> Run<'a> {
         ];
         for (step, m) in remote_steps {
             self.begin(step);
+            if step == Step::TokenSecret && plan.takeover {
+                self.revoke_other_primarys_tokens().await?;
+            }
             self.ensure(Side::Remote, m).await?;
             self.done(step)?;
         }
@@ -482,6 +495,32 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// `--force` over another primary's attach of this cluster: its token Secrets go, which
+    /// revokes its tokens, and this run creates new ones.
+    async fn revoke_other_primarys_tokens(&mut self) -> Result<()> {
+        let name = self.plan.name.clone();
+        for secret in [setup::TOKEN_SECRET, setup::ISTIO_READER_TOKEN_SECRET] {
+            let m = Manifest::new(&setup::token_secret(secret, setup::SYNC_ACCOUNT, &name))?;
+            let found = dyn_api(&self.plan.remote, &m)
+                .get_opt(&m.name)
+                .await
+                .map_err(Error::kube(format!("cannot read {}", describe(&m))))?;
+            let other = found.as_ref().and_then(|f| setup::primary_of(&f.metadata));
+            let Some(other) = other.filter(|p| *p != self.plan.primary_id) else {
+                continue;
+            };
+            let other = other.to_owned();
+            if apply::delete(&self.plan.remote, &m).await? == apply::Deleted::Deleted {
+                self.progress.warn(format!(
+                    "{name}: {} of the primary with kube-system uid {other} deleted (--force): \
+                     its token no longer works",
+                    describe(&m)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `--remote-guard=off` on a re-run: the guard of an earlier attach of this cluster goes
     /// (binding first, so that no policy is left bound). Objects of that name that attach did
     /// not create for this cluster stay. Preflight made sure the caller may read them; should
@@ -506,7 +545,7 @@ impl<'a> Run<'a> {
                 Err(e) => return Err(Error::kube(format!("cannot read {}", describe(&m)))(e)),
             };
             let Some(found) = found else { continue };
-            if !setup::is_ours(&found.metadata, &name) {
+            if !setup::is_ours_from(&found.metadata, &name, &self.plan.primary_id) {
                 self.progress.warn(format!(
                     "{name}: {} kept: attach did not create it for this cluster",
                     describe(&m)

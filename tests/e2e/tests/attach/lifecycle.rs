@@ -42,7 +42,9 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
             "Secret kubectl-mesh/kubectl-mesh-sync-token",
             "ServiceAccount kubectl-mesh/kubectl-mesh-sync",
             "ValidatingAdmissionPolicy /kubectl-mesh-guard",
+            "ValidatingAdmissionPolicy /kubectl-mesh-sync-scope",
             "ValidatingAdmissionPolicyBinding /kubectl-mesh-guard",
+            "ValidatingAdmissionPolicyBinding /kubectl-mesh-sync-scope",
         ]
     );
     let rc = remote.client().await?;
@@ -105,7 +107,8 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
         ("MeshCluster", mc.uid().unwrap_or_default().as_str())
     );
 
-    // The stored kubeconfig: a bearer token, nothing else; it may patch namespaces only.
+    // The stored kubeconfig: a bearer token, nothing else; it may patch namespaces only
+    // (their managed labels: see scope.rs).
     let (stored, kubeconfig) = stored_client(env, name).await?;
     let user = kubeconfig.auth_infos[0]
         .auth_info
@@ -120,10 +123,10 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
         .patch(
             &probe,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"team": "probe"}}})),
+            &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": "enabled"}}})),
         )
         .await
-        .context("the stored token patches a namespace")?;
+        .context("the stored token patches a managed label")?;
     match Api::<Secret>::all(stored.clone())
         .list(&ListParams::default())
         .await

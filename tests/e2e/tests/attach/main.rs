@@ -12,6 +12,7 @@ mod check;
 mod detach;
 mod guard;
 mod lifecycle;
+mod primaries;
 mod refusals;
 mod rollback;
 mod scope;

@@ -95,7 +95,17 @@ async fn reset(env: &TestEnv, remote: &Cluster) -> anyhow::Result<()> {
 /// Runs `kubectl-mesh --kubeconfig <primary> <args>` with extra environment variables (the
 /// test hooks only when given here); returns its output, whatever its exit status.
 pub async fn mesh(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> anyhow::Result<Output> {
-    let mut cmd = fixtures::plugin(env)?;
+    mesh_on(env.primary(), args, vars).await
+}
+
+/// [`mesh`] with `primary` as the primary (`--kubeconfig` its admin kubeconfig).
+pub async fn mesh_on(
+    primary: &Cluster,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> anyhow::Result<Output> {
+    let mut cmd = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    cmd.arg("--kubeconfig").arg(&primary.kubeconfig);
     cmd.args(args).env("NO_COLOR", "1");
     for hook in TEST_HOOKS {
         cmd.env_remove(hook);

@@ -1,0 +1,70 @@
+//! Two primaries attaching one remote under one name: the second is refused unless it takes
+//! the remote over with --force, and the detach of the first then leaves the second's token
+//! alone. remote-1 plays the second primary (kubectl-mesh installed there for the test).
+
+use anyhow::ensure;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, api::ListParams};
+use mesh_e2e::{
+    DEFAULT_TIMEOUT, eventually, fixtures::DEAD_WEBHOOK_URL, stored_client, stored_client_on,
+};
+use mesh_testenv::{Cluster, TestEnv};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_second_primary_takes_a_remote_over_only_with_force() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (second, _lock_1) = take_remote(env, 0).await?;
+    let (remote, _lock_2) = take_remote(env, 1).await?;
+    succeeded(
+        &mesh_on(second, &["install", "--webhook-url", DEAD_WEBHOOK_URL], &[]).await?,
+        "install on the second primary",
+    )?;
+    let result = take_over(env, second, remote).await;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let detach_args = ["detach", &remote.name, "--remote-kubeconfig", &kubeconfig];
+    mesh_on(second, &detach_args, &[]).await?;
+    mesh_on(second, &["uninstall", "--force", "--crd"], &[]).await?;
+    result?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
+
+async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow::Result<()> {
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    attach(env, remote, &[]).await?;
+    let out = mesh_on(second, &["attach", &kubeconfig], &[]).await?;
+    let line = refused_in_one_line(&out, "attach from a second primary")?;
+    ensure!(
+        line.contains("another primary") && line.contains("--force"),
+        "{line}"
+    );
+
+    succeeded(
+        &mesh_on(second, &["attach", &kubeconfig, "--force"], &[]).await?,
+        "--force",
+    )?;
+    let first = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
+    // The apiserver may still accept it from its token cache for a few seconds.
+    eventually(
+        "the first primary's token revoked",
+        DEFAULT_TIMEOUT,
+        || async {
+            Ok(first
+                .list(&ListParams::default())
+                .await
+                .is_err()
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    // The first primary detaches: the second's objects stay, its token works.
+    detach(env, remote, &remote.name, &[]).await?;
+    let (second_token, _) = stored_client_on(second, &remote.name).await?;
+    Api::<Namespace>::all(second_token)
+        .list(&ListParams::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("the second primary's token after the first's detach: {e}"))
+}
