@@ -17,6 +17,7 @@ mod kubeconfig;
 pub mod mesh;
 mod pki;
 mod process;
+pub mod proxy;
 mod webhook_client;
 
 pub use binaries::Binaries;
