@@ -1,7 +1,8 @@
 //! The HTTP handlers of the webhook, served by [`crate::listen`] on two ports: the webhook
 //! port has `POST /mutate` (the admission webhook) and `GET /healthz` ([`router`]); the
 //! metrics port `GET /healthz`, `GET /readyz`, `GET /metrics`, and `PUT /log-level` (accepted
-//! only from loopback, i.e. through `kubectl port-forward` or `exec`) ([`ops_router`]). The handler of `/mutate` only converts the AdmissionReview and calls
+//! only from loopback, i.e. through `kubectl port-forward` or `exec`) ([`ops_router`]). The
+//! handler of `/mutate` only converts the AdmissionReview and calls
 //! [`admission::review`], [`fan_out_timed_from`] and [`admission::complete`]; a body it cannot
 //! read is answered 400 (413 past 1 MiB) with `{"error": ...}`, never a panic.
 

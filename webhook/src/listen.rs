@@ -34,6 +34,9 @@ use crate::{client_auth, tls};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time in-flight requests get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an idle connection gets to close in order (an HTTP/2 GOAWAY) before it is dropped:
+/// one that never finished its HTTP/2 handshake would otherwise wait for it for ever.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -259,7 +262,10 @@ impl Connection {
             () = activity.idle_for(limits.idle_timeout) => {
                 tracing::debug!(%peer, "closing idle connection");
                 connection.as_mut().graceful_shutdown();
-                connection.await
+                // Past the grace, dropping the connection closes the socket.
+                tokio::time::timeout(IDLE_CLOSE_GRACE, connection)
+                    .await
+                    .unwrap_or(Ok(()))
             }
         };
         if let Err(error) = result {
@@ -364,6 +370,15 @@ mod tests {
         addr: SocketAddr,
         identity: Option<&ClientPki>,
     ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        connect_with_alpn(addr, identity, b"http/1.1").await
+    }
+
+    /// [`connect`] offering only `protocol` over ALPN.
+    async fn connect_with_alpn(
+        addr: SocketAddr,
+        identity: Option<&ClientPki>,
+        protocol: &[u8],
+    ) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
         let mut roots = rustls::RootCertStore::empty();
         for der in CertificateDer::pem_slice_iter(crate::tls::testdata::CA.as_bytes()) {
             roots.add(der.expect("pem")).expect("root");
@@ -380,6 +395,8 @@ mod tests {
                 .expect("client auth"),
             None => builder.with_no_client_auth(),
         };
+        let mut client = client;
+        client.alpn_protocols = vec![protocol.to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let name = ServerName::try_from("localhost").expect("name");
@@ -480,6 +497,13 @@ mod tests {
         let mut silent = server.connect(None).await.expect("handshake");
         let waited = closed_after(&mut silent).await;
         assert!(waited >= Duration::from_millis(400), "{waited:?}");
+
+        // HTTP/2 agreed, then not even the connection preface: closed too.
+        let mut h2 = connect_with_alpn(server.addr, None, b"h2")
+            .await
+            .expect("handshake");
+        assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        closed_after(&mut h2).await;
 
         // Idle after a request on a keep-alive connection: closed too.
         let mut kept = server.connect(None).await.expect("handshake");
