@@ -80,9 +80,11 @@ pub fn judge_deployment(deployment: &Fetched<Deployment>) -> Option<CheckResult>
     })
 }
 
-/// Judges a webhook called by `url` by what [`probe`] saw.
-pub fn judge_probe(url: &str, probe: &Probe) -> CheckResult {
-    match probe {
+/// Judges a webhook called by `url` by what [`probe`] saw. When the handshake failed for
+/// another reason, the line is only worth it if the apiserver reaches the webhook
+/// (`webhook_answers`): otherwise the check of its answers already says it is unreachable.
+pub fn judge_probe(url: &str, probe: &Probe, webhook_answers: bool) -> Option<CheckResult> {
+    Some(match probe {
         Probe::Required => CheckResult::ok(
             WHAT,
             Some(format!(
@@ -94,12 +96,13 @@ pub fn judge_probe(url: &str, probe: &Probe) -> CheckResult {
             format!("{url} serves clients without a certificate: {OPEN}"),
             HINT,
         ),
+        Probe::Unknown(_) if !webhook_answers => return None,
         Probe::Unknown(why) => CheckResult::warning(
             WHAT,
-            format!("cannot tell: a TLS handshake with {url} failed: {why}"),
-            "check that the webhook runs and that this machine can reach it",
+            format!("cannot tell: a TLS handshake with {url} from here failed: {why}"),
+            "run `kubectl mesh check` where the webhook's URL is reachable",
         ),
-    }
+    })
 }
 
 /// Connects to the webhook at `url` trusting only `ca_bundle` (PEM), without a client
@@ -232,14 +235,18 @@ mod tests {
     #[test]
     fn probes_pass_only_when_refused_without_a_certificate() {
         let url = "https://127.0.0.1:1/mutate";
-        assert_eq!(judge_probe(url, &Probe::Required).result, Outcome::Ok);
+        let judged = |probe: &Probe, answers: bool| judge_probe(url, probe, answers);
+        assert_eq!(judged(&Probe::Required, true).unwrap().result, Outcome::Ok);
         assert_eq!(
-            judge_probe(url, &Probe::NotRequired).result,
+            judged(&Probe::NotRequired, true).unwrap().result,
             Outcome::Warning
         );
+        let unknown = Probe::Unknown("connection refused".into());
         assert_eq!(
-            judge_probe(url, &Probe::Unknown("refused".into())).result,
-            Outcome::Warning
+            judged(&unknown, true).unwrap().result,
+            Outcome::Warning,
+            "the apiserver reaches it, this machine cannot"
         );
+        assert_eq!(judged(&unknown, false), None, "unreachable: said elsewhere");
     }
 }

@@ -200,7 +200,8 @@ fn webhook_results(
         checks.extend(caller_auth::judge_deployment(deployment));
     }
     if let (Some(url), Some(probe)) = (&hook.client_config.url, &facts.caller_auth) {
-        checks.push(caller_auth::judge_probe(url, probe));
+        let answers = facts.probe.as_ref().is_some_and(webhook_answered);
+        checks.extend(caller_auth::judge_probe(url, probe, answers));
     }
     if let Some(probe) = &facts.probe {
         checks.push(probe_result(target.as_deref().unwrap_or("nowhere"), probe));
@@ -401,6 +402,12 @@ fn probe_result(target: &str, probe: &Probe) -> CheckResult {
              the apiserver's say why a call failed",
         ),
     }
+}
+
+/// Whether the webhook answered the dry-run probe (its warning is the proof).
+fn webhook_answered(probe: &Probe) -> bool {
+    matches!(probe, Probe::Accepted { warnings, .. }
+        if warnings.iter().any(|w| w.contains(WEBHOOK_WARNING_PREFIX)))
 }
 
 /// Certificates expiring within 30 days are worth a look; expired or unreadable, broken.
