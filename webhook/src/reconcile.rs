@@ -765,7 +765,11 @@ impl Worker {
                         "remote synced"
                     );
                 }
-                shared.events.sync_report(&cluster, &primary, report).await;
+                to_primary(
+                    "events",
+                    shared.events.sync_report(&cluster, &primary, report),
+                )
+                .await;
             }
             Err(Attempt::Failed {
                 reason, message, ..
@@ -775,17 +779,36 @@ impl Worker {
             }
             Err(Attempt::Synced(_)) => {}
         }
-        shared
+        let reachability = shared
             .events
-            .reachability(&cluster, prev.as_ref(), &next, reachable)
-            .await;
+            .reachability(&cluster, prev.as_ref(), &next, reachable);
+        to_primary("events", reachability).await;
         if status_needs_write(prev.as_ref(), &next, shared.settings.status_refresh)
-            && let Err(error) = write_status(&shared.primary, cluster_name, &next).await
+            && let Some(Err(error)) =
+                to_primary("status", write_status(&shared.primary, cluster_name, &next)).await
         {
             tracing::warn!(error = %error, "cannot write cluster status");
         }
         ok
     }
+}
+
+/// Bound of one write to the primary after a sync (status, Events). The primary client has no
+/// read timeout, its watches being long polls: a write on a connection gone half-open would
+/// otherwise hold the worker until this replica stops leading.
+const PRIMARY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn to_primary<T>(
+    what: &'static str,
+    write: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let done = tokio::time::timeout(PRIMARY_WRITE_TIMEOUT, write)
+        .await
+        .ok();
+    if done.is_none() {
+        tracing::warn!(write = what, "no answer from the primary in time, given up");
+    }
+    done
 }
 
 #[cfg(test)]
