@@ -221,3 +221,57 @@ impl ClientCertVerifier for ClientCa {
         self.verifier().supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::pem::PemObject as _;
+
+    /// A CA named `name` and a client certificate it signed (DER).
+    fn ca_and_client(name: &str) -> (String, CertificateDer<'static>) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.distinguished_name.push(DnType::CommonName, name);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let pem = leaf.signed_by(&key, &issuer).expect("leaf").pem();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("der");
+        (ca_pem, der)
+    }
+
+    #[test]
+    fn a_rotated_ca_is_trusted_and_a_broken_file_keeps_the_previous_one() {
+        let dir = crate::tls::testdata::tempdir::TempDir::new();
+        let path = dir.path().join("client-ca.crt");
+        let (first_ca, first_client) = ca_and_client("first");
+        let (second_ca, second_client) = ca_and_client("second");
+        std::fs::write(&path, &first_ca).expect("write");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ca = ClientCa::load(&path, provider).expect("load");
+        let now = UnixTime::now();
+        assert!(ca.client_auth_mandatory());
+        assert!(ca.verify_client_cert(&first_client, &[], now).is_ok());
+        assert!(ca.verify_client_cert(&second_client, &[], now).is_err());
+        assert!(!ca.reload_if_changed().expect("check"), "unchanged");
+
+        std::fs::write(&path, "no certificate").expect("write");
+        assert!(matches!(
+            ca.reload_if_changed(),
+            Err(Error::NoCertificate { .. })
+        ));
+        assert!(ca.verify_client_cert(&first_client, &[], now).is_ok());
+
+        std::fs::write(&path, &second_ca).expect("write");
+        assert!(ca.reload_if_changed().expect("reload"));
+        assert!(ca.verify_client_cert(&second_client, &[], now).is_ok());
+        assert!(ca.verify_client_cert(&first_client, &[], now).is_err());
+    }
+}
