@@ -225,7 +225,6 @@ impl ClientCertVerifier for ClientCa {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::pem::PemObject as _;
 
     /// A CA named `name` and a client certificate it signed (DER).
     fn ca_and_client(name: &str) -> (String, CertificateDer<'static>) {
