@@ -10,7 +10,6 @@ use mesh_e2e::{
     create_everywhere, eventually, https_get, label_on_primary, labels, managed_labels, metric_sum,
     own_mesh_with,
 };
-use mesh_testenv::TestEnv;
 use mesh_testenv::mesh::MeshOptions;
 use mesh_testenv::proxy::Proxy;
 
@@ -43,10 +42,11 @@ async fn a_leader_cut_off_from_the_primary_steps_down_before_the_other_takes_ove
         ..MeshOptions::from_workspace()?
     };
     let (env, mesh) = own_mesh_with(1, options).await?;
+    let primary = env.primary().client().await?;
     let remote = &env.remotes()[0];
     let ca = mesh.ca_pem()?;
     eventually("the first replica holds the Lease", DEADLINE, || async {
-        Ok((lease_holder(&env).await?.as_deref() == Some(FIRST)).then_some(()))
+        Ok((lease_holder(&primary).await?.as_deref() == Some(FIRST)).then_some(()))
     })
     .await?;
 
@@ -63,8 +63,9 @@ async fn a_leader_cut_off_from_the_primary_steps_down_before_the_other_takes_ove
     let first = mesh.metrics_address().to_owned();
     eventually("the first replica leads again", DEADLINE, || async {
         Ok(
-            (leading(&first, &ca).await? && lease_holder(&env).await?.as_deref() == Some(FIRST))
-                .then_some(()),
+            (leading(&first, &ca).await?
+                && lease_holder(&primary).await?.as_deref() == Some(FIRST))
+            .then_some(()),
         )
     })
     .await?;
@@ -93,6 +94,14 @@ async fn a_leader_cut_off_from_the_primary_steps_down_before_the_other_takes_ove
 
     proxy.freeze();
     let frozen_at = Instant::now();
+    // Watched from the freeze on, in the background: kubectl below may take its time on a
+    // busy machine.
+    let handover = tokio::spawn(watch_handover(
+        first.clone(),
+        ca.clone(),
+        primary.clone(),
+        frozen_at,
+    ));
     // The first replica serves this review (the apiserver calls it directly) and pushes to
     // the remote, but its watch of the primary never sees the change.
     let pushed_at = Instant::now();
@@ -103,25 +112,7 @@ async fn a_leader_cut_off_from_the_primary_steps_down_before_the_other_takes_ove
     );
     assert_eq!(managed_labels(remote, &ns).await?, Some(fresh.clone()));
 
-    // Both replicas watched at once: when the old leader says it stopped, and when the other
-    // holds the Lease.
-    let (mut stepped_down, mut taken_over) = (None, None);
-    let (stepped_down, taken_over) = loop {
-        anyhow::ensure!(
-            frozen_at.elapsed() < DEADLINE,
-            "after {DEADLINE:?}: stepped down {stepped_down:?}, taken over {taken_over:?}"
-        );
-        if stepped_down.is_none() && !leading(&first, &ca).await? {
-            stepped_down = Some(frozen_at.elapsed());
-        }
-        if taken_over.is_none() && lease_holder(&env).await?.as_deref() == Some(SECOND) {
-            taken_over = Some(frozen_at.elapsed());
-        }
-        if let (Some(stepped_down), Some(taken_over)) = (stepped_down, taken_over) {
-            break (stepped_down, taken_over);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (stepped_down, taken_over) = handover.await??;
     assert!(
         stepped_down <= RENEW_DEADLINE + Duration::from_millis(1500),
         "the cut-off leader stepped down only {stepped_down:?} after the partition"
@@ -161,7 +152,7 @@ async fn a_leader_cut_off_from_the_primary_steps_down_before_the_other_takes_ove
     // for a lease duration, long enough for several of its election rounds.
     proxy.thaw();
     tokio::time::sleep(LEASE_DURATION).await;
-    assert_eq!(lease_holder(&env).await?.as_deref(), Some(SECOND));
+    assert_eq!(lease_holder(&primary).await?.as_deref(), Some(SECOND));
     assert!(
         !leading(&first, &ca).await?,
         "two leaders after reconnecting"
@@ -170,9 +161,35 @@ async fn a_leader_cut_off_from_the_primary_steps_down_before_the_other_takes_ove
     Ok(())
 }
 
-async fn lease_holder(env: &TestEnv) -> anyhow::Result<Option<String>> {
-    let leases: Api<Lease> =
-        Api::namespaced(env.primary().client().await?, mesh_core::MESH_NAMESPACE);
+/// When, after `frozen_at`, the replica serving metrics on `first` first says it no longer
+/// leads, and when the Lease is first held by [`SECOND`]: both watched at once.
+async fn watch_handover(
+    first: String,
+    ca: String,
+    primary: kube::Client,
+    frozen_at: Instant,
+) -> anyhow::Result<(Duration, Duration)> {
+    let (mut stepped_down, mut taken_over) = (None, None);
+    loop {
+        anyhow::ensure!(
+            frozen_at.elapsed() < DEADLINE,
+            "after {DEADLINE:?}: stepped down {stepped_down:?}, taken over {taken_over:?}"
+        );
+        if stepped_down.is_none() && !leading(&first, &ca).await? {
+            stepped_down = Some(frozen_at.elapsed());
+        }
+        if taken_over.is_none() && lease_holder(&primary).await?.as_deref() == Some(SECOND) {
+            taken_over = Some(frozen_at.elapsed());
+        }
+        if let (Some(stepped_down), Some(taken_over)) = (stepped_down, taken_over) {
+            return Ok((stepped_down, taken_over));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn lease_holder(primary: &kube::Client) -> anyhow::Result<Option<String>> {
+    let leases: Api<Lease> = Api::namespaced(primary.clone(), mesh_core::MESH_NAMESPACE);
     Ok(leases
         .get_opt("mesh-webhook")
         .await?
