@@ -157,8 +157,10 @@ async fn start_mesh(env: &TestEnv) -> anyhow::Result<()> {
         .first()
         .map_or("remote-1", |r| r.name.as_str());
     println!(
-        "\nThe mesh is up: mesh-webhook at {url}, {n} remote(s) attached.\nTry, in another shell:\n\n  source {env_sh}\n  kubectl mesh list\n  kubectl create namespace shop\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig create namespace shop\n  kubectl label namespace shop istio-injection=enabled      # kubectl prints where it landed\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig get namespace shop --show-labels\n  kubectl mesh status\n",
+        "\nThe mesh is up: mesh-webhook at {url} (callers need the primary apiserver's client certificate, {cert}), metrics at https://{metrics}/metrics, {n} remote(s) attached.\nTry, in another shell:\n\n  source {env_sh}\n  kubectl mesh list\n  kubectl create namespace shop\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig create namespace shop\n  kubectl label namespace shop istio-injection=enabled      # kubectl prints where it landed\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig get namespace shop --show-labels\n  kubectl mesh status\n",
         url = mesh.webhook_url(),
+        cert = env.webhook_client().cert.display(),
+        metrics = mesh.metrics_address(),
         n = env.remotes().len(),
         env_sh = env_sh.display(),
         dir = env.dir().display(),
