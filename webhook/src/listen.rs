@@ -34,6 +34,8 @@ use crate::{client_auth, tls};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time in-flight requests get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connection limit that stays reached is logged.
+const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// Time an idle connection gets to close in order (an HTTP/2 GOAWAY) before it is dropped:
 /// one that never finished its HTTP/2 handshake would otherwise wait for it for ever.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -125,14 +127,19 @@ pub async fn serve(
     let builder = http_builder(&limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
+    let mut warned_full: Option<tokio::time::Instant> = None;
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                tracing::warn!(
-                    max = limits.max_connections,
-                    "connection limit reached: not accepting until one closes"
-                );
+                // Once a minute at most: under a flood this is hit on every accept.
+                if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_INTERVAL) {
+                    warned_full = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        max = limits.max_connections,
+                        "connection limit reached: not accepting until one closes"
+                    );
+                }
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => match slot {
                         Ok(slot) => slot,
