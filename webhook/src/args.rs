@@ -483,6 +483,26 @@ mod tests {
     }
 
     #[test]
+    fn lease_timing_flags() {
+        let args = Args::try_parse_from([
+            "mesh-webhook",
+            "--cert-dir=/tls",
+            "--lease-duration=4s",
+            "--renew-deadline=2s",
+            "--retry-period=500ms",
+        ])
+        .expect("parse");
+        let timing = LeaseTiming {
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+        };
+        assert_eq!(timing.renew_deadline, Duration::from_secs(2));
+        assert_eq!(timing.retry_period, Duration::from_millis(500));
+        timing.validate().expect("valid");
+    }
+
+    #[test]
     fn lists_and_durations() {
         let args = Args::try_parse_from([
             "mesh-webhook",
