@@ -205,6 +205,32 @@ impl Drop for HttpsServer {
 /// Re-export for tests that wait a fixed upper bound.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A TLS client of the mesh's webhook trusting only its CA; with `as_apiserver`, presenting
+/// the client certificate the primary's apiserver calls it with (the webhook port requires it).
+pub fn webhook_tls_client(
+    mesh: &mesh_testenv::mesh::Mesh,
+    as_apiserver: bool,
+) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(mesh.ca_pem()?.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = if as_apiserver {
+        let identity = mesh
+            .client_identity()
+            .context("this mesh's webhook requires no client certificate")?;
+        let chain =
+            CertificateDer::pem_file_iter(&identity.cert)?.collect::<Result<Vec<_>, _>>()?;
+        builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&identity.key)?)?
+    } else {
+        builder.with_no_client_auth()
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 /// `GET https://<addr><path>` trusting only `ca_pem`; returns the response body.
 pub async fn https_get(addr: &str, ca_pem: &str, path: &str) -> anyhow::Result<String> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};

@@ -4,14 +4,15 @@
 //! hand-made AdmissionReview without one is refused at the handshake and changes nothing on
 //! any remote; probes and metrics stay readable on their own port without a certificate.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use mesh_e2e::check_report::CheckReport;
-use mesh_e2e::{create_everywhere, eventually, https_get, managed_labels, run, shared_mesh};
+use mesh_e2e::{
+    create_everywhere, eventually, https_get, managed_labels, run, shared_mesh, webhook_tls_client,
+};
 use mesh_testenv::mesh::Mesh;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -43,28 +44,6 @@ fn forged_review(name: &str, value: &str) -> String {
     .to_string()
 }
 
-/// A TLS client of the webhook trusting its CA, with the apiserver's client certificate when
-/// `as_apiserver`.
-fn client(mesh: &Mesh, as_apiserver: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(mesh.ca_pem()?.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = if as_apiserver {
-        let identity = mesh
-            .client_identity()
-            .context("the test mesh requires client certificates")?;
-        let chain =
-            CertificateDer::pem_file_iter(&identity.cert)?.collect::<Result<Vec<_>, _>>()?;
-        builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&identity.key)?)?
-    } else {
-        builder.with_no_client_auth()
-    };
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
 /// POSTs `review` to the registered webhook's `/mutate`; the whole answer.
 async fn post_review(
     mesh: &Mesh,
@@ -94,7 +73,7 @@ async fn a_forged_review_without_the_apiservers_certificate_changes_no_remote() 
     let control_ns = create_everywhere(env, "control").await?;
 
     // Without a client certificate: the handshake is refused, nothing HTTP is answered.
-    let stranger = client(mesh, false)?;
+    let stranger = webhook_tls_client(mesh, false)?;
     let refused = tokio::time::timeout(
         DEADLINE,
         post_review(mesh, &stranger, &forged_review(&forged_ns, "enabled")),
@@ -118,7 +97,7 @@ async fn a_forged_review_without_the_apiservers_certificate_changes_no_remote() 
 
     // The control: the same kind of review with the apiserver's certificate is served and its
     // push lands on the remotes before the answer, so the forged one would have by now too.
-    let apiserver = client(mesh, true)?;
+    let apiserver = webhook_tls_client(mesh, true)?;
     let answer = post_review(mesh, &apiserver, &forged_review(&control_ns, "enabled")).await?;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     for remote in env.remotes() {

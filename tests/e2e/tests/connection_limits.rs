@@ -5,14 +5,13 @@
 //! by the server after the idle timeout, and the webhook's memory stays under the Deployment's
 //! limit.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::{StreamExt as _, stream};
-use mesh_e2e::{create_everywhere, label_on_primary, own_mesh_with};
-use mesh_testenv::mesh::{Mesh, MeshOptions};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use mesh_e2e::{create_everywhere, label_on_primary, own_mesh_with, webhook_tls_client};
+use mesh_testenv::mesh::MeshOptions;
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_rustls::client::TlsStream;
 
@@ -23,23 +22,6 @@ const LABEL_EDITS: usize = 20;
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const BODY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A TLS client of the webhook port with the apiserver's client certificate.
-fn apiserver_client(mesh: &Mesh) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let identity = mesh
-        .client_identity()
-        .context("the test mesh requires client certificates")?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(mesh.ca_pem()?.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let chain = CertificateDer::pem_file_iter(&identity.cert)?.collect::<Result<Vec<_>, _>>()?;
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&identity.key)?)?;
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
 
 async fn connect(
     connector: &tokio_rustls::TlsConnector,
@@ -118,7 +100,7 @@ async fn idle_and_stalled_connections_neither_starve_the_apiserver_nor_stay_open
     ];
     let (env, mesh) = own_mesh_with(1, options).await?;
     let ns = create_everywhere(&env, "crowded").await?;
-    let connector = apiserver_client(&mesh)?;
+    let connector = webhook_tls_client(&mesh, true)?;
     let addr = mesh.listen_address().to_owned();
 
     // The idle crowd: handshakes completed, then silence.
