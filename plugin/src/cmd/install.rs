@@ -118,17 +118,13 @@ impl Install {
         if options.webhook_url.is_some() && !webhook_flags.is_empty() {
             progress.info(format!("start mesh-webhook with {webhook_flags}"));
         }
-        match (&client_ca_file, &options.webhook_url) {
-            (Some(path), Some(_)) => progress.info(format!(
+        // Whether callers are authenticated at all is `check`'s to report, not every install's.
+        if let (Some(path), Some(_)) = (&client_ca_file, &options.webhook_url) {
+            progress.info(format!(
                 "start mesh-webhook with {} {}",
                 render::CLIENT_CA_FLAG,
                 path.display()
-            )),
-            (Some(_), None) => {}
-            (None, _) => progress.warn(
-                "the webhook accepts any caller: see `kubectl mesh install --help` for \
-                 --client-ca-file",
-            ),
+            ));
         }
 
         if dry_run {
@@ -213,6 +209,11 @@ async fn warn_rule_change(client: &Client, options: &Options, ctx: &Context) -> 
             installed_rule::describe(&new)
         ));
     }
+    // The remotes' guard and sync scope were written for the rule of their attach.
+    ctx.progress.info(
+        "re-run `kubectl mesh attach` for every attached cluster: its remote guard and sync \
+         scope follow the rule attach reads",
+    );
     Ok(())
 }
 
