@@ -1,59 +1,110 @@
-//! Whether a remote enforces [`SYNC_SCOPE`](setup::SYNC_SCOPE) on the sync account, asked the
-//! only way that tells for sure: as the sync account, a dry-run write the policy must refuse.
+//! Whether a remote enforces [`SYNC_SCOPE`](setup::SYNC_SCOPE) on the sync account as the
+//! installed rule wants it, asked the only way that tells for sure: as the sync account, a
+//! dry-run write the policy must refuse, and one it must let through (the managed labels of
+//! a synced namespace).
 //!
-//! Attach waits for it before it stores the token on the primary (an apiserver loads a new
-//! policy a moment after it is created), and `check` asks it with the stored credentials. A
-//! dry run stores nothing; admission policies run on it all the same.
+//! Attach waits for it before it stores the token on the primary (an apiserver loads a new or
+//! updated policy a moment after it is written), and `check` asks it with the stored
+//! credentials. A dry run stores nothing; admission policies run on it all the same.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client,
-    api::{Patch, PatchParams},
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
 };
-use mesh_core::MESH_NAMESPACE;
+use mesh_core::{MESH_NAMESPACE, labels::SyncRule};
+use serde_json::{Value, json};
 
 use crate::remote_setup as setup;
 
 /// What the probe found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
-    /// The policy refused the probe.
+    /// The policy refuses an annotation and lets the managed labels through.
     Enforced,
-    /// The probe's write would have gone through: the sync account may change anything.
+    /// The annotation would have gone through: the sync account may change anything.
     NotEnforced,
+    /// The policy refuses the managed labels of the rule, on namespace `namespace`: it was
+    /// written for another rule (the rule changed since attach), or not loaded yet.
+    Stale {
+        /// The synced namespace the labels were tried on.
+        namespace: String,
+    },
 }
+
+/// The value the probe gives the managed labels (never stored: a dry run).
+const PROBE_VALUE: &str = "kubectl-mesh-probe";
+/// How many namespaces the probe looks through for one the rule syncs.
+const NAMESPACES_LOOKED_AT: u32 = 100;
 
 /// Annotation the probe tries to add (never stored: a dry run).
 const PROBE_ANNOTATION: &str = "kubectl-mesh.io/scope-probe";
 
-/// As `client` (the sync account), a dry-run annotation of the remote's mesh namespace: an
-/// edit the policy must refuse. Another refusal (RBAC, another policy) is an error: it says
-/// nothing about this policy.
-pub async fn probe(client: &Client) -> Result<Scope, kube::Error> {
+/// As `client` (the sync account): a dry-run annotation of the remote's mesh namespace, an
+/// edit the policy must refuse; then a dry-run change of every label `rule` manages on a
+/// namespace it syncs, which the policy must let through. Another refusal (RBAC, another
+/// policy) is an error: it says nothing about this policy.
+pub async fn probe(client: &Client, rule: &SyncRule) -> Result<Scope, kube::Error> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let annotation = json!({"metadata": {"annotations": {PROBE_ANNOTATION: PROBE_VALUE}}});
+    if !refused_by_scope(dry_run(&namespaces, MESH_NAMESPACE, &annotation).await)? {
+        return Ok(Scope::NotEnforced);
+    }
+    let listed = namespaces
+        .list(&ListParams::default().limit(NAMESPACES_LOOKED_AT))
+        .await?;
+    let Some(synced) = listed
+        .items
+        .iter()
+        .map(ResourceExt::name_any)
+        .find(|n| !rule.is_excluded(n))
+    else {
+        // Nothing to try the labels on; the refusal above is all there is to know.
+        return Ok(Scope::Enforced);
+    };
+    let labels: serde_json::Map<String, Value> = rule
+        .managed_keys()
+        .map(|k| (k.to_owned(), PROBE_VALUE.into()))
+        .collect();
+    let managed = json!({"metadata": {"labels": labels}});
+    if refused_by_scope(dry_run(&namespaces, &synced, &managed).await)? {
+        return Ok(Scope::Stale { namespace: synced });
+    }
+    Ok(Scope::Enforced)
+}
+
+async fn dry_run(
+    namespaces: &Api<Namespace>,
+    name: &str,
+    patch: &Value,
+) -> Result<Namespace, kube::Error> {
     let params = PatchParams {
         dry_run: true,
         ..PatchParams::default()
     };
-    let patch = serde_json::json!({
-        "metadata": {"annotations": {PROBE_ANNOTATION: "dry-run"}}
-    });
-    match Api::<Namespace>::all(client.clone())
-        .patch(MESH_NAMESPACE, &params, &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) => Ok(Scope::NotEnforced),
-        Err(kube::Error::Api(s)) if s.message.contains(setup::SYNC_SCOPE) => Ok(Scope::Enforced),
+    namespaces.patch(name, &params, &Patch::Merge(patch)).await
+}
+
+/// Whether [`SYNC_SCOPE`](setup::SYNC_SCOPE) refused a write; any other failure is an error.
+fn refused_by_scope(result: Result<Namespace, kube::Error>) -> Result<bool, kube::Error> {
+    match result {
+        Ok(_) => Ok(false),
+        Err(kube::Error::Api(s)) if s.message.contains(setup::SYNC_SCOPE) => Ok(true),
         Err(e) => Err(e),
     }
 }
 
 /// Probes until the policy is enforced or `timeout` has passed; returns the last finding.
-pub async fn wait_enforced(client: &Client, timeout: Duration) -> Result<Scope, kube::Error> {
+pub async fn wait_enforced(
+    client: &Client,
+    rule: &SyncRule,
+    timeout: Duration,
+) -> Result<Scope, kube::Error> {
     let deadline = Instant::now() + timeout;
     loop {
-        let found = probe(client).await?;
+        let found = probe(client, rule).await?;
         if found == Scope::Enforced || Instant::now() >= deadline {
             return Ok(found);
         }

@@ -135,10 +135,11 @@ pub async fn attach(
     )
     .await?;
 
-    let rule = mesh_core::labels::SyncRule::default();
+    // The rule installed on the primary, as attach reads it.
+    let rule = kubectl_mesh::mesh_state::read_installed_rule(&primary).await?;
     apply_on(&remote_client, &setup::sync_scope_policy(name, &rule)).await?;
     apply_on(&remote_client, &setup::sync_scope_binding(name)).await?;
-    let guard = setup::Guard::new(options.guard, "primary", &env.primary().name);
+    let guard = setup::Guard::new(options.guard, "primary", &env.primary().name).with_rule(&rule);
     if options.guard == RemoteGuard::Off {
         remove_guard(&remote_client).await?;
     } else {
@@ -166,7 +167,7 @@ pub async fn attach(
         &kubectl_mesh::mesh_state::remote_options(DEFAULT_TIMEOUT),
     )
     .await?;
-    let scope = sync_scope::wait_enforced(&as_sync, DEFAULT_TIMEOUT).await?;
+    let scope = sync_scope::wait_enforced(&as_sync, &rule, DEFAULT_TIMEOUT).await?;
     anyhow::ensure!(
         scope == sync_scope::Scope::Enforced,
         "{name}: sync scope not enforced"

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::PostParams;
+use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::{self, DEAD_WEBHOOK_URL, output, plugin};
 use mesh_e2e::mesh_testenv::{Cluster, workspace_binary};
 use mesh_e2e::{describe, labels, shared_env, text, unique_name};
@@ -191,6 +192,21 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
         )),
         "{stderr}"
     );
+
+    // The remote's sync scope still follows the rule of its attach: check tells, and a
+    // re-attach (as install says) repairs it.
+    let mut check = plugin(env)?;
+    check.args(["check", "-o", "json"]);
+    let report = CheckReport::parse(&output(check).await?)?;
+    let scope = report.cluster_check(&name, "credentials may change only the managed labels");
+    assert!(
+        scope.is_some_and(|c| c.result == "error"
+            && c.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("another sync rule"))),
+        "{report:#?}"
+    );
+    fixtures::attach(env, remote, &name, Default::default()).await?;
 
     // On the primary: a zone (managed now) and a revision (no longer managed).
     let shop = unique_name("shop");

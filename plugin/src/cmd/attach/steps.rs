@@ -475,11 +475,23 @@ impl<'a> Run<'a> {
             "ValidatingAdmissionPolicy {} enforced on the token",
             setup::SYNC_SCOPE
         );
-        match sync_scope::wait_enforced(&client, self.timeout).await {
+        match sync_scope::wait_enforced(&client, &self.plan.rule, self.timeout).await {
             Ok(Scope::Enforced) => {
                 self.progress.ok(format!("{name}: {what}"));
                 Ok(())
             }
+            Ok(Scope::Stale { namespace }) => Err(Error::Refused {
+                what: format!(
+                    "{name} still refuses the token a change of the managed labels of namespace \
+                     {namespace} after {}s",
+                    self.timeout.as_secs()
+                ),
+                hint: format!(
+                    "another ValidatingAdmissionPolicy may refuse it: `kubectl get \
+                     validatingadmissionpolicies` on {name}; raise --timeout if the remote is \
+                     only slow"
+                ),
+            }),
             Ok(Scope::NotEnforced) => Err(Error::Refused {
                 what: format!(
                     "{name} does not enforce ValidatingAdmissionPolicy {} within {}s",

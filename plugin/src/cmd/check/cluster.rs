@@ -222,12 +222,13 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
 }
 
 /// The stored identity may patch every namespace; the remote's sync scope policy must refuse
-/// it anything but the managed labels. Asked by trying: a dry-run edit it must refuse.
+/// it anything but the managed labels of the installed rule. Asked by trying: a dry-run edit
+/// it must refuse, and a dry-run change of the managed labels it must let through.
 fn scope_result(scope: &RemoteResult<Scope>, name: &str) -> CheckResult {
     let what = "credentials may change only the managed labels";
     let fix = format!(
         "re-run `kubectl mesh attach` for {name}: it installs ValidatingAdmissionPolicy {} \
-         and its binding",
+         and its binding for the installed rule",
         setup::SYNC_SCOPE
     );
     match scope {
@@ -246,9 +247,18 @@ fn scope_result(scope: &RemoteResult<Scope>, name: &str) -> CheckResult {
             ),
             fix,
         ),
+        Ok(Scope::Stale { namespace }) => CheckResult::error(
+            what,
+            format!(
+                "ValidatingAdmissionPolicy {} refuses a dry-run change of the managed labels \
+                 of namespace {namespace}: it was installed for another sync rule",
+                setup::SYNC_SCOPE
+            ),
+            fix,
+        ),
         Err(e) => CheckResult::warning(
             what,
-            format!("cannot tell: a dry-run edit of namespace {MESH_NAMESPACE} failed: {e}"),
+            format!("cannot tell: a dry-run edit as the stored credentials failed: {e}"),
             fix,
         ),
     }

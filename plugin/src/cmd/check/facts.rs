@@ -305,7 +305,7 @@ pub struct RemoteReads {
     pub namespaces: RemoteResult<Vec<Namespace>>,
     /// The remote guard.
     pub guard: GuardFacts,
-    /// Whether the remote confines the stored identity to the managed labels.
+    /// Whether the remote confines the stored identity to the managed labels of the rule.
     pub scope: RemoteResult<Scope>,
 }
 
@@ -345,6 +345,7 @@ pub struct GuardFacts {
 pub async fn mesh(
     client: &Client,
     user_kubeconfig: Option<&Kubeconfig>,
+    rule: &SyncRule,
     timeout: Duration,
 ) -> MeshFacts {
     let clusters = match mesh_state::clusters(client).await {
@@ -354,7 +355,7 @@ pub async fn mesh(
     };
     let primary_namespaces = mesh_state::primary_namespaces(client).await;
     let remotes = mesh_state::for_each(&clusters, |c| {
-        cluster_facts(client, c, user_kubeconfig, timeout)
+        cluster_facts(client, c, user_kubeconfig, rule, timeout)
     })
     .await;
     MeshFacts::Attached(Attached {
@@ -368,6 +369,7 @@ async fn cluster_facts(
     primary: &Client,
     cluster: &MeshCluster,
     user_kubeconfig: Option<&Kubeconfig>,
+    rule: &SyncRule,
     timeout: Duration,
 ) -> ClusterFacts {
     let secret_name = &cluster.spec.secret_name;
@@ -399,7 +401,7 @@ async fn cluster_facts(
     )
     .await
     {
-        Ok(remote) => remote_facts(&remote, cluster, user_kubeconfig, timeout).await,
+        Ok(remote) => remote_facts(&remote, cluster, user_kubeconfig, rule, timeout).await,
         Err(e) => RemoteFacts::NoClient(e),
     };
     ClusterFacts::Stored(Box::new(Stored {
@@ -412,6 +414,7 @@ async fn remote_facts(
     remote: &Client,
     cluster: &MeshCluster,
     user_kubeconfig: Option<&Kubeconfig>,
+    rule: &SyncRule,
     timeout: Duration,
 ) -> RemoteFacts {
     let whoami = with_deadline(
@@ -434,7 +437,7 @@ async fn remote_facts(
     let rights = answers(remote, timeout, rights::asked()).await;
     let namespaces = mesh_state::remote_namespaces(remote, timeout).await;
     let guard = guard_facts(remote, cluster, user_kubeconfig, timeout).await;
-    let scope = with_deadline(timeout, sync_scope::probe(remote)).await;
+    let scope = with_deadline(timeout, sync_scope::probe(remote, rule)).await;
     RemoteFacts::Asked(Box::new(Asked {
         whoami,
         reads: Some(RemoteReads {

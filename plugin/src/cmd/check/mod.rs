@@ -75,7 +75,7 @@ pub async fn check_all(
     let mut sections = vec![installation.section];
     // Without the CRD there are no MeshClusters to check.
     if installation.crd_established {
-        let mesh = facts::mesh(client, user_kubeconfig, remote_timeout).await;
+        let mesh = facts::mesh(client, user_kubeconfig, &installation.rule, remote_timeout).await;
         sections.extend(cluster::judge_mesh(&mesh, &installation.rule, now));
     }
     CheckReport::new(sections)
