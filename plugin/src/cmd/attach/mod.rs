@@ -4,10 +4,13 @@
 //! 1. Preflight ([`preflight`]), read-only: both kubeconfigs load, both clusters answer, the
 //!    caller has every right attach needs on both sides (SelfSubjectAccessReviews, reported
 //!    together), the mesh is installed, the remote is neither the primary nor attached under
-//!    another name, and no object attach would write belongs to someone else. A refusal here
-//!    changes nothing anywhere and prints one line.
-//! 2. Steps ([`Step`], in [`steps`]), each printing a progress line: the remote's objects, its
-//!    token, the guard, then the primary's Secret(s) and MeshCluster. Every object this run
+//!    another name, the kubeconfig it would store passes the rule of stored kubeconfigs, and
+//!    no object attach would write belongs to someone else (nor, without `--force`, to this
+//!    cluster from another primary). A refusal here changes nothing anywhere and prints one
+//!    line.
+//! 2. Steps ([`Step`], in [`steps`]), each printing a progress line: the remote's objects (each
+//!    recording this primary), the sync scope, the token (stored only once the remote enforces
+//!    the scope on it), the guard, then the primary's Secret(s) and MeshCluster. Every object this run
 //!    creates is recorded; if a step fails, they are deleted in reverse order and the command
 //!    fails with one line. Objects that already existed (a re-run) are updated, never deleted.
 //! 3. With `--wait`, waiting for the webhook's reconciler to report the first sync ([`waits`]).
