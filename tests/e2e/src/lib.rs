@@ -13,6 +13,7 @@ use tokio::sync::OnceCell;
 
 pub mod check_report;
 pub mod fixtures;
+pub mod forged;
 
 pub use mesh_testenv;
 

@@ -9,61 +9,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{
-    create_everywhere, eventually, https_get, managed_labels, run, shared_mesh, webhook_tls_client,
+    create_everywhere, eventually, forged, https_get, managed_labels, run, shared_mesh,
+    webhook_tls_client,
 };
-use mesh_testenv::mesh::Mesh;
-use rustls::pki_types::ServerName;
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const CALLER_CHECK: &str = "webhook authenticates its callers (client certificates)";
-
-/// An UPDATE review of namespace `name` that sets `istio-injection=<value>`, as a pod could
-/// write one.
-fn forged_review(name: &str, value: &str) -> String {
-    let namespace = |labels: serde_json::Value| {
-        json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": name, "labels": labels}})
-    };
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("forged-{name}"),
-            "kind": {"group": "", "version": "v1", "kind": "Namespace"},
-            "resource": {"group": "", "version": "v1", "resource": "namespaces"},
-            "name": name,
-            "operation": "UPDATE",
-            "userInfo": {"username": "system:serviceaccount:default:intruder"},
-            "object": namespace(json!({"istio-injection": value})),
-            "oldObject": namespace(json!({})),
-            "dryRun": false,
-        }
-    })
-    .to_string()
-}
-
-/// POSTs `review` to the registered webhook's `/mutate`; the whole answer.
-async fn post_review(
-    mesh: &Mesh,
-    connector: &tokio_rustls::TlsConnector,
-    review: &str,
-) -> anyhow::Result<String> {
-    let addr = mesh.listen_address();
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("127.0.0.1")?.to_owned();
-    let mut tls = connector.connect(name, tcp).await?;
-    let request = format!(
-        "POST /mutate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{review}",
-        review.len()
-    );
-    tls.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    tls.read_to_end(&mut answer).await?;
-    Ok(String::from_utf8_lossy(&answer).into_owned())
-}
 
 #[tokio::test]
 async fn a_forged_review_without_the_apiservers_certificate_changes_no_remote() -> anyhow::Result<()>
@@ -76,7 +27,11 @@ async fn a_forged_review_without_the_apiservers_certificate_changes_no_remote() 
     let stranger = webhook_tls_client(mesh, false)?;
     let refused = tokio::time::timeout(
         DEADLINE,
-        post_review(mesh, &stranger, &forged_review(&forged_ns, "enabled")),
+        forged::post(
+            &stranger,
+            mesh.listen_address(),
+            &forged::review(&forged_ns, "enabled"),
+        ),
     )
     .await
     .context("the webhook answers or refuses in time")?;
@@ -98,7 +53,12 @@ async fn a_forged_review_without_the_apiservers_certificate_changes_no_remote() 
     // The control: the same kind of review with the apiserver's certificate is served and its
     // push lands on the remotes before the answer, so the forged one would have by now too.
     let apiserver = webhook_tls_client(mesh, true)?;
-    let answer = post_review(mesh, &apiserver, &forged_review(&control_ns, "enabled")).await?;
+    let answer = forged::post(
+        &apiserver,
+        mesh.listen_address(),
+        &forged::review(&control_ns, "enabled"),
+    )
+    .await?;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     for remote in env.remotes() {
         eventually("the control review's push lands", DEADLINE, || async {
