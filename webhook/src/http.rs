@@ -104,8 +104,14 @@ impl AppState {
     }
 
     /// Pushes `intent`, a change from the managed labels `expected` that converged remotes
-    /// carry (the primary's before the change).
-    async fn push(&self, intent: &PushIntent, expected: &Labels) -> Vec<PushOutcome> {
+    /// carry (the primary's before the change), made to version `based_on` of the primary's
+    /// namespace.
+    async fn push(
+        &self,
+        intent: &PushIntent,
+        expected: &Labels,
+        based_on: Option<&str>,
+    ) -> Vec<PushOutcome> {
         let deadline = tokio::time::Instant::now() + self.push_deadline;
         let remotes = self.remotes.snapshot();
         let _ticket = match self.push_queue.turn(&intent.namespace, deadline).await {
@@ -116,7 +122,7 @@ impl AppState {
         // Before the first write lands: a sync that reads a remote after this push must also
         // find the push in the primary it compares with, or it would revert it.
         self.in_flight
-            .record(&intent.namespace, intent.labels.clone());
+            .record(&intent.namespace, intent.labels.clone(), based_on);
         let timed = fan_out_timed_from(
             &remotes,
             &self.rule,
@@ -198,7 +204,11 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
     } = admission::review(&state.rule, &request);
     let (response, outcome) = match push {
         Some(intent) => {
-            let outcomes = state.push(&intent, &previous).await;
+            let based_on = request
+                .old_object
+                .as_ref()
+                .and_then(|old| old.metadata.resource_version.as_deref());
+            let outcomes = state.push(&intent, &previous, based_on).await;
             if let Some(events) = &state.events {
                 events.spawn_push_failures(&request, &intent, &outcomes);
             }

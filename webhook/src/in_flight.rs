@@ -40,6 +40,10 @@ pub const MAX_ENTRIES: usize = 10_000;
 struct Entry {
     labels: Labels,
     until: Instant,
+    /// resourceVersion of the primary's namespace the request changed: only a version stored
+    /// after it is this push persisted. An older version with the same labels (a change the
+    /// other way and back: A, B, A) must not settle it.
+    after: Option<u64>,
 }
 
 /// Pushed changes by namespace name. Cheap to clone; clones share state.
@@ -67,7 +71,11 @@ impl InFlight {
 
     /// Remembers that `namespace` was pushed with these managed labels, and arranges for
     /// [`InFlight::expired`] to fire when the entry runs out.
-    pub fn record(&self, namespace: &str, labels: Labels) {
+    ///
+    /// `based_on` is the resourceVersion of the primary's namespace the change applies to
+    /// (none for a creation).
+    pub fn record(&self, namespace: &str, labels: Labels, based_on: Option<&str>) {
+        let after = based_on.and_then(resource_version);
         let now = Instant::now();
         let until = now + self.ttl;
         {
@@ -83,7 +91,14 @@ impl InFlight {
                     entries.remove(&first);
                 }
             }
-            entries.insert(namespace.to_owned(), Entry { labels, until });
+            entries.insert(
+                namespace.to_owned(),
+                Entry {
+                    labels,
+                    until,
+                    after,
+                },
+            );
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let (entries, expired) = (self.entries.clone(), self.expired.clone());
@@ -104,13 +119,19 @@ impl InFlight {
         }
     }
 
-    /// The watch saw `namespace` stored with these managed labels: if that is what was pushed,
-    /// the push is persisted and needs no standing in any more.
-    pub fn settle(&self, namespace: &str, persisted: &Labels) {
+    /// The watch saw `namespace` stored with these managed labels at `version`: if that is
+    /// what was pushed, stored after the version the push changed, the push is persisted and
+    /// needs no standing in any more.
+    pub fn settle(&self, namespace: &str, persisted: &Labels, version: Option<&str>) {
         let mut entries = self.lock();
+        let stored_after = |entry: &Entry| match (entry.after, version.and_then(resource_version)) {
+            (Some(after), Some(version)) => version > after,
+            // Versions that are not numbers cannot be ordered: the labels alone decide.
+            _ => true,
+        };
         if entries
             .get(namespace)
-            .is_some_and(|entry| entry.labels == *persisted)
+            .is_some_and(|entry| entry.labels == *persisted && stored_after(entry))
         {
             entries.remove(namespace);
         }
@@ -154,6 +175,12 @@ impl InFlight {
     }
 }
 
+/// A resourceVersion as the number etcd makes it. Kubernetes calls them opaque; a version
+/// that is not a number is simply not ordered.
+fn resource_version(version: &str) -> Option<u64> {
+    version.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +204,7 @@ mod tests {
     async fn a_push_stands_in_for_the_primary_until_persisted() {
         let rule = SyncRule::default();
         let in_flight = InFlight::default();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]));
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), None);
         let mut view = primary(vec![
             ns("shop").label("team", "a").label("istio.io/rev", "old"),
         ]);
@@ -189,13 +216,13 @@ mod tests {
         // Unmanaged labels are the primary's own business and stay.
         assert_eq!(view["shop"].metadata.labels.as_ref().unwrap()["team"], "a");
 
-        in_flight.settle("shop", &labels(&[("istio-injection", "other")]));
+        in_flight.settle("shop", &labels(&[("istio-injection", "other")]), None);
         assert_eq!(
             in_flight.len(),
             1,
             "a different persisted state does not settle it"
         );
-        in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]));
+        in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]), None);
         assert!(in_flight.is_empty());
     }
 
@@ -203,7 +230,7 @@ mod tests {
     async fn a_push_for_a_namespace_being_created_appears_in_the_view() {
         let rule = SyncRule::default();
         let in_flight = InFlight::default();
-        in_flight.record("new", labels(&[("istio.io/rev", "stable")]));
+        in_flight.record("new", labels(&[("istio.io/rev", "stable")]), None);
         let mut view = BTreeMap::new();
         in_flight.overlay(&rule, &mut view);
         assert_eq!(
@@ -217,7 +244,7 @@ mod tests {
         let rule = SyncRule::default();
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]));
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), None);
         tokio::time::timeout(Duration::from_secs(11), expired.changed())
             .await
             .expect("expiry signalled")
@@ -236,7 +263,7 @@ mod tests {
         // A follower runs no reconciler: nothing calls overlay there.
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
-        in_flight.record("forged", labels(&[("istio-injection", "disabled")]));
+        in_flight.record("forged", labels(&[("istio-injection", "disabled")]), None);
         tokio::time::timeout(Duration::from_secs(11), expired.changed())
             .await
             .expect("expiry signalled")
@@ -251,6 +278,7 @@ mod tests {
             in_flight.record(
                 &format!("ns-{n}"),
                 labels(&[("istio-injection", "enabled")]),
+                None,
             );
         }
         assert_eq!(in_flight.len(), MAX_ENTRIES);
@@ -260,12 +288,25 @@ mod tests {
         assert!(view.contains_key(&format!("ns-{}", MAX_ENTRIES + 49)));
     }
 
+    #[tokio::test]
+    async fn an_older_version_with_the_same_labels_does_not_settle_a_push() {
+        // enabled (version 10), disabled (11), then enabled again, pushed from version 11: the
+        // watch, late, delivers version 10 now.
+        let in_flight = InFlight::default();
+        let enabled = labels(&[("istio-injection", "enabled")]);
+        in_flight.record("shop", enabled.clone(), Some("11"));
+        in_flight.settle("shop", &enabled, Some("10"));
+        assert_eq!(in_flight.len(), 1, "version 10 is not this push");
+        in_flight.settle("shop", &enabled, Some("12"));
+        assert!(in_flight.is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_settled_push_does_not_signal_expiry() {
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]));
-        in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]));
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), None);
+        in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]), None);
         assert!(
             tokio::time::timeout(Duration::from_secs(20), expired.changed())
                 .await

@@ -388,7 +388,7 @@ async fn watch_namespaces(
             Ok(watcher::Event::Apply(ns)) => {
                 let labels = rule.desired(Some(&ns));
                 let name = ns.name_any();
-                in_flight.settle(&name, &labels);
+                in_flight.settle(&name, &labels, ns.metadata.resource_version.as_deref());
                 let old = if labels.is_empty() {
                     desired.remove(&name)
                 } else {

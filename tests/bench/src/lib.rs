@@ -88,6 +88,11 @@ pub struct Cli {
     /// Use the kubectl-mesh and mesh-webhook already built instead of running cargo build.
     #[arg(long, env = "MESH_BENCH_NO_BUILD")]
     pub no_build: bool,
+
+    /// Run the webhook without `--client-ca-file` (callers unauthenticated), to compare with
+    /// the default, where it requires the apiserver's client certificate.
+    #[arg(long, env = "MESH_BENCH_NO_CLIENT_AUTH")]
+    pub no_client_auth: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -126,6 +131,7 @@ impl Cli {
             resync_period,
             dir,
             no_build,
+            no_client_auth,
         } = self;
         let started = Instant::now();
         let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -141,9 +147,18 @@ impl Cli {
                 "- **warning: the machine is busy (1-minute load above 1.0): figures are noisy**"
             );
         }
+        println!(
+            "- webhook callers: {}",
+            if no_client_auth {
+                "any TLS client (no --client-ca-file)"
+            } else {
+                "the apiserver's client certificate required (--client-ca-file)"
+            }
+        );
         println!();
 
-        let options = bed::product_binaries(no_build)?;
+        let mut options = bed::product_binaries(no_build)?;
+        options.client_auth = !no_client_auth;
         let subdir = |name: &str| dir.as_ref().map(|d| d.join(name));
         let wants = |s: Scenario| scenario == s || scenario == Scenario::All;
         if wants(Scenario::Propagation) {

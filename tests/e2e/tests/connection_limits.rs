@@ -155,8 +155,11 @@ async fn idle_and_stalled_connections_neither_starve_the_apiserver_nor_stay_open
         let started = Instant::now();
         let warnings = label_on_primary(&env, &ns, &[&format!("istio-injection={value}")]).await?;
         latencies.push(started.elapsed());
+        // Either the push wrote the change or found it written: the reconciler, woken by the
+        // remote's watch while the edits flip, may apply the pushed value a moment first.
         assert!(
-            warnings.contains(&format!("istio-injection={value} applied on remote-1")),
+            warnings.contains(&format!("istio-injection={value} applied on remote-1"))
+                || warnings.contains("remote-1 already in sync"),
             "edit {edit} was not answered by the webhook: {warnings}"
         );
         peak_rss = peak_rss.max(rss(mesh.webhook_pid())?);
