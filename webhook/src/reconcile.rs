@@ -673,7 +673,7 @@ impl Worker {
         // Dropping the old watch stops it.
         self.watching = None;
         let Some(remote) = remote else { return };
-        let Some(client) = remote.client().cloned() else {
+        let Some(client) = remote.watch_client().cloned() else {
             return;
         };
         let cancel = self.cancel.child_token();

@@ -107,6 +107,12 @@ impl Default for RemoteOptions {
     }
 }
 
+/// Read timeout of the client that watches a remote. A quiet watch sends nothing for minutes
+/// (the apiserver ends each one within `timeoutSeconds`, 290 s by kube's default): the short
+/// read timeout of [`RemoteOptions`] would cut it every few seconds and reopen it, a request
+/// per remote every few seconds for nothing. Past this, the connection is taken for dead.
+pub const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(330);
+
 /// What an entry was built from; a different value means the client must be rebuilt.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fingerprint {
@@ -152,11 +158,24 @@ impl std::fmt::Debug for RemoteState {
 }
 
 /// One attached cluster as the process currently sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Remote {
     name: String,
     state: RemoteState,
+    /// The same credentials with [`WATCH_READ_TIMEOUT`], for long-running watches.
+    watch_client: Option<Client>,
     fingerprint: Fingerprint,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Clients print nothing useful (and kube's does not print at all).
+        f.debug_struct("Remote")
+            .field("name", &self.name)
+            .field("state", &self.state)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Remote {
@@ -164,6 +183,7 @@ impl Remote {
     pub fn new(name: impl Into<String>, client: Client) -> Self {
         Self {
             name: name.into(),
+            watch_client: Some(client.clone()),
             state: RemoteState::Ready(client),
             fingerprint: Fingerprint::default(),
         }
@@ -177,6 +197,7 @@ impl Remote {
                 reason: error.reason(),
                 message: error.to_string(),
             },
+            watch_client: None,
             fingerprint: Fingerprint::default(),
         }
     }
@@ -195,6 +216,11 @@ impl Remote {
             RemoteState::Ready(client) => Some(client),
             RemoteState::Unavailable { .. } => None,
         }
+    }
+
+    /// A client for watches of this remote (see [`WATCH_READ_TIMEOUT`]).
+    pub fn watch_client(&self) -> Option<&Client> {
+        self.watch_client.as_ref()
     }
 
     pub fn fingerprint(&self) -> &Fingerprint {
@@ -267,25 +293,34 @@ impl Remotes {
         {
             return None;
         }
-        let state =
-            match client_from_secret(namespace, &cluster.spec.secret_name, secret, &self.options)
-                .await
-            {
-                Ok(client) => {
-                    tracing::info!(cluster = %name, "built remote client");
-                    RemoteState::Ready(client)
+        let secret_name = &cluster.spec.secret_name;
+        let watching = RemoteOptions {
+            read_timeout: WATCH_READ_TIMEOUT,
+            ..self.options
+        };
+        let mut watch_client = None;
+        let state = match client_from_secret(namespace, secret_name, secret, &self.options).await {
+            Ok(client) => {
+                tracing::info!(cluster = %name, "built remote client");
+                // The same stored kubeconfig, which just passed: this cannot fail
+                // differently.
+                watch_client = client_from_secret(namespace, secret_name, secret, &watching)
+                    .await
+                    .ok();
+                RemoteState::Ready(client)
+            }
+            Err(error) => {
+                tracing::warn!(cluster = %name, error = %error, "remote credentials unusable");
+                RemoteState::Unavailable {
+                    reason: error.reason(),
+                    message: error.to_string(),
                 }
-                Err(error) => {
-                    tracing::warn!(cluster = %name, error = %error, "remote credentials unusable");
-                    RemoteState::Unavailable {
-                        reason: error.reason(),
-                        message: error.to_string(),
-                    }
-                }
-            };
+            }
+        };
         let remote = Arc::new(Remote {
             name: name.clone(),
             state,
+            watch_client,
             fingerprint,
         });
         self.write().insert(name, remote.clone());

@@ -1,0 +1,64 @@
+//! An idle mesh costs its remotes nothing but one open watch each: the webhook's watch of a
+//! remote's namespaces stays open while nothing changes (a remote's client gives up on reads
+//! within seconds, which must not cut a watch that is merely quiet), and still sees drift.
+
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use mesh_e2e::{
+    NO_RESYNC, create_everywhere, eventually, label_on_primary, labels, managed_labels, namespaces,
+    own_mesh, run,
+};
+use mesh_testenv::{Cluster, TestEnv};
+use serde_json::json;
+
+/// How long the mesh is watched idle: several times the remote read timeout (2 s).
+const QUIET: Duration = Duration::from_secs(15);
+
+/// Watches of namespaces the apiserver of `cluster` has ended so far, whoever made them.
+async fn namespace_watches_ended(env: &TestEnv, cluster: &Cluster) -> anyhow::Result<f64> {
+    let mut raw = env.kubectl(cluster);
+    raw.args(["get", "--raw", "/metrics"]);
+    let metrics = String::from_utf8(run(raw).await?.stdout)?;
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains(r#"resource="namespaces""#) && l.contains(r#"verb="WATCH""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test]
+async fn a_quiet_remote_keeps_its_watch_open_and_drift_is_still_seen() -> anyhow::Result<()> {
+    // No periodic sync: only the watch can see the drift below.
+    let (env, _mesh) = own_mesh(1, Some(NO_RESYNC)).await?;
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "quiet").await?;
+    label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+
+    let before = namespace_watches_ended(&env, remote).await?;
+    tokio::time::sleep(QUIET).await;
+    let ended = namespace_watches_ended(&env, remote).await? - before;
+    // The remote's controller-manager renews its own watch every 5-10 minutes: one may end.
+    assert!(
+        ended <= 1.0,
+        "{ended} watches of namespaces ended on an idle remote in {QUIET:?}"
+    );
+
+    // The watch is alive: a hand edit on the remote is corrected, with no periodic sync.
+    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
+    namespaces(remote)
+        .await?
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
+    eventually(
+        "the drift is corrected",
+        Duration::from_secs(30),
+        || async {
+            let now = managed_labels(remote, &ns).await?;
+            Ok((now == Some(labels(&[("istio-injection", "enabled")]))).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
