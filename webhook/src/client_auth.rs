@@ -106,29 +106,14 @@ impl ClientCa {
 
     /// Checks the file every [`tls::RELOAD_INTERVAL`] until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(tls::RELOAD_INTERVAL) => {}
-                () = shutdown.cancelled() => return,
-            }
-            let this = self.clone();
-            let result = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
-            match result {
-                Ok(Ok(true)) => {
-                    failing = false;
-                    tracing::info!(client_ca = %self.path.display(), "reloaded client CA");
-                }
-                Ok(Ok(false)) => failing = false,
-                Ok(Err(error)) => {
-                    if !failing {
-                        tracing::warn!(error = %error, "cannot reload the client CA, keeping the current one");
-                    }
-                    failing = true;
-                }
-                Err(error) => tracing::warn!(error = %error, "client CA reload task failed"),
-            }
-        }
+        let path = self.path.clone();
+        tls::reload_periodically(
+            "client CA",
+            path,
+            move || self.reload_if_changed(),
+            shutdown,
+        )
+        .await;
     }
 
     fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
@@ -228,21 +213,8 @@ mod tests {
 
     /// A CA named `name` and a client certificate it signed (DER).
     fn ca_and_client(name: &str) -> (String, CertificateDer<'static>) {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-            KeyPair,
-        };
-        let ca_key = KeyPair::generate().expect("key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca.distinguished_name.push(DnType::CommonName, name);
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
-        let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().expect("key");
-        let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let pem = leaf.signed_by(&key, &issuer).expect("leaf").pem();
-        let der = CertificateDer::from_pem_slice(pem.as_bytes()).expect("der");
+        let (ca_pem, cert_pem, _) = crate::tls::testdata::client_pki(name);
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("der");
         (ca_pem, der)
     }
 

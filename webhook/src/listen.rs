@@ -300,24 +300,11 @@ mod tests {
 
     impl ClientPki {
         fn new(ca_name: &str) -> Self {
-            use rcgen::{
-                BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-                KeyPair,
-            };
-            let ca_key = KeyPair::generate().expect("key");
-            let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
-            ca.distinguished_name.push(DnType::CommonName, ca_name);
-            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
-            let issuer = Issuer::new(ca, ca_key);
-            let key = KeyPair::generate().expect("key");
-            let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
-            leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let cert_pem = leaf.signed_by(&key, &issuer).expect("leaf").pem();
+            let (ca_pem, cert_pem, key_pem) = crate::tls::testdata::client_pki(ca_name);
             Self {
                 ca_pem,
                 cert_pem,
-                key_pem: key.serialize_pem(),
+                key_pem,
             }
         }
     }

@@ -147,31 +147,14 @@ impl CertResolver {
 
     /// Checks the files every [`RELOAD_INTERVAL`] until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(RELOAD_INTERVAL) => {}
-                () = shutdown.cancelled() => return,
-            }
-            let this = self.clone();
-            // Blocking file reads stay off the async workers.
-            let result = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
-            match result {
-                Ok(Ok(true)) => {
-                    failing = false;
-                    tracing::info!(cert = %self.cert_path.display(), "reloaded serving certificate");
-                }
-                Ok(Ok(false)) => failing = false,
-                Ok(Err(error)) => {
-                    // A rotation in progress fails once or twice; say it once.
-                    if !failing {
-                        tracing::warn!(error = %error, "cannot reload serving certificate, keeping the current one");
-                    }
-                    failing = true;
-                }
-                Err(error) => tracing::warn!(error = %error, "certificate reload task failed"),
-            }
-        }
+        let path = self.cert_path.clone();
+        reload_periodically(
+            "serving certificate",
+            path,
+            move || self.reload_if_changed(),
+            shutdown,
+        )
+        .await;
     }
 
     /// The crypto provider of the pair, for the rest of the server's TLS.
@@ -230,6 +213,39 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<C
     Ok(Arc::new(pair))
 }
 
+/// Calls `reload` every [`RELOAD_INTERVAL`] until `shutdown` and logs what it swapped in. A
+/// failure keeps what is loaded and is logged once until a reload succeeds again: a rotation in
+/// progress fails once or twice.
+pub(crate) async fn reload_periodically<E: fmt::Display + Send + 'static>(
+    what: &'static str,
+    path: PathBuf,
+    reload: impl Fn() -> std::result::Result<bool, E> + Clone + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(RELOAD_INTERVAL) => {}
+            () = shutdown.cancelled() => return,
+        }
+        // Blocking file reads stay off the async workers.
+        match tokio::task::spawn_blocking(reload.clone()).await {
+            Ok(Ok(true)) => {
+                failing = false;
+                tracing::info!(path = %path.display(), "reloaded {what}");
+            }
+            Ok(Ok(false)) => failing = false,
+            Ok(Err(error)) => {
+                if !failing {
+                    tracing::warn!(error = %error, "cannot reload {what}, keeping the current one");
+                }
+                failing = true;
+            }
+            Err(error) => tracing::warn!(error = %error, "{what} reload task failed"),
+        }
+    }
+}
+
 /// The server configuration: TLS 1.2 and 1.3 only, the certificate from `resolver`, HTTP/2
 /// and HTTP/1.1 over ALPN; with `client_ca`, a client certificate it verifies is required
 /// (else none is asked for).
@@ -260,6 +276,26 @@ pub(crate) mod testdata {
     pub(crate) const KEY_A: &str = include_str!("tls/testdata/a.key");
     pub(crate) const CERT_B: &str = include_str!("tls/testdata/b.crt");
     pub(crate) const KEY_B: &str = include_str!("tls/testdata/b.key");
+
+    /// A fresh CA named `ca_name` and a client certificate it signed: (CA, certificate, key),
+    /// PEM.
+    pub(crate) fn client_pki(ca_name: &str) -> (String, String, String) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.distinguished_name.push(DnType::CommonName, ca_name);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert_pem = leaf.signed_by(&key, &issuer).expect("leaf").pem();
+        (ca_pem, cert_pem, key.serialize_pem())
+    }
 
     /// A directory holding `tls.crt`/`tls.key` with pair A.
     pub(crate) fn dir() -> (tempdir::TempDir, PathBuf, PathBuf) {
