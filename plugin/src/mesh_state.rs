@@ -58,6 +58,18 @@ pub async fn rule(primary: &Client) -> Result<SyncRule> {
         )))
 }
 
+/// [`read_installed_rule`] for a command that checks the caller's access first: a refusal
+/// reads as what `target` (the primary) refused or why it could not be reached.
+pub async fn rule_of(primary: &Client, target: &crate::access::Target) -> Result<SyncRule> {
+    read_installed_rule(primary).await.map_err(|e| {
+        crate::access::request_error(
+            target,
+            "read the webhook configuration (it records the sync rule)",
+            e,
+        )
+    })
+}
+
 /// Every `MeshCluster` on the primary, by name. Fails with a hint to install when the CRD is
 /// not there.
 pub async fn clusters(primary: &Client) -> Result<Vec<MeshCluster>> {

@@ -156,16 +156,7 @@ impl Detach {
         // The labels to strip are the ones the installed webhook manages, read before anything
         // is deleted so that a refusal leaves everything in place.
         let strip = if strip_labels {
-            let rule = mesh_state::read_installed_rule(&primary)
-                .await
-                .map_err(|e| {
-                    access::request_error(
-                        &primary_target,
-                        "read the webhook configuration (it records the sync rule)",
-                        e,
-                    )
-                })?;
-            Some(rule)
+            Some(mesh_state::rule_of(&primary, &primary_target).await?)
         } else {
             None
         };

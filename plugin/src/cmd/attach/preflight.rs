@@ -294,15 +294,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         });
     }
     let attached = attached.unwrap_or_default();
-    let rule = mesh_state::read_installed_rule(&primary)
-        .await
-        .map_err(|e| {
-            access::request_error(
-                &primary_target,
-                "read the webhook configuration (it records the sync rule)",
-                e,
-            )
-        })?;
+    let rule = mesh_state::rule_of(&primary, &primary_target).await?;
     let guard = guard.with_rule(&rule);
 
     let (primary_id, cluster_id) =

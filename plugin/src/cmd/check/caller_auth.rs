@@ -40,12 +40,7 @@ pub fn judge_deployment(deployment: &Fetched<Deployment>) -> Option<CheckResult>
     let Ok(Some(deployment)) = deployment else {
         return None;
     };
-    let containers = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers.as_slice())
-        .unwrap_or_default();
+    let containers = super::install::pod_containers(deployment);
     let requires = containers.iter().any(|c| {
         let flag = c.args.iter().flatten().any(|a| {
             a.strip_prefix(render::CLIENT_CA_FLAG)

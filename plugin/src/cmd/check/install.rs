@@ -310,17 +310,22 @@ fn deployment_available(namespace: &str, deployment: &Fetched<Deployment>) -> Ch
     }
 }
 
+/// The containers of a Deployment's pod template.
+pub(super) fn pod_containers(deployment: &Deployment) -> &[k8s_openapi::api::core::v1::Container] {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default()
+}
+
 /// Whether the webhook container runs with `recorded`, the rule of the webhook configuration
 /// (its matchConditions and what the commands apply): a hand edit of either side makes the
 /// webhook sync other labels than the apiserver sends it and the commands report.
 fn deployment_rule_result(deployment: &Deployment, recorded: &SyncRule) -> CheckResult {
     let what = format!("Deployment {} runs the recorded sync rule", render::WEBHOOK);
-    let containers = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers.as_slice())
-        .unwrap_or_default();
+    let containers = pod_containers(deployment);
     let Some(container) = containers
         .iter()
         .find(|c| c.name == render::WEBHOOK)
