@@ -1,7 +1,13 @@
-//! Builders of test namespaces, shared by the unit tests of the crates that use the rule.
+//! Builders of test namespaces and webhook configurations, shared by the unit tests of the
+//! crates that use the rule.
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, Time,
+};
 use k8s_openapi::jiff::Timestamp;
 
 /// A namespace with only a name, as a unit test wants it; `.label(..)` etc. add the rest.
@@ -59,5 +65,166 @@ pub fn proptest_config() -> proptest::test_runner::Config {
         cases,
         failure_persistence: None,
         ..proptest::test_runner::Config::default()
+    }
+}
+
+/// Labels from pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> crate::labels::Labels {
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect()
+}
+
+/// One requirement of a label selector.
+fn requirement(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
+    LabelSelectorRequirement {
+        key: key.to_owned(),
+        operator: operator.to_owned(),
+        values: (!values.is_empty()).then(|| values.iter().map(|v| (*v).to_owned()).collect()),
+    }
+}
+
+fn expressions(requirements: Vec<LabelSelectorRequirement>) -> Option<LabelSelector> {
+    Some(LabelSelector {
+        match_expressions: Some(requirements),
+        ..LabelSelector::default()
+    })
+}
+
+/// A webhook on pod creation, as Istio's injector declares it.
+fn injector_webhook(
+    name: &str,
+    namespace_selector: Option<LabelSelector>,
+    object_selector: Option<LabelSelector>,
+) -> MutatingWebhook {
+    MutatingWebhook {
+        name: name.to_owned(),
+        rules: Some(vec![pod_creation("")]),
+        namespace_selector,
+        object_selector,
+        admission_review_versions: vec!["v1".to_owned()],
+        side_effects: "None".to_owned(),
+        ..MutatingWebhook::default()
+    }
+}
+
+fn pod_creation(group: &str) -> RuleWithOperations {
+    RuleWithOperations {
+        api_groups: Some(vec![group.to_owned()]),
+        api_versions: Some(vec!["v1".to_owned()]),
+        operations: Some(vec!["CREATE".to_owned()]),
+        resources: Some(vec!["pods".to_owned()]),
+        scope: None,
+    }
+}
+
+/// The webhooks of Istio's injector chart for `revision` (or a revision tag of that name):
+/// namespaces labelled `istio.io/rev=<revision>`, pods labelled so in unlabelled namespaces,
+/// and for `default` also `istio-injection=enabled` and opted-in pods.
+fn istio_webhooks(revision: &str) -> Vec<MutatingWebhook> {
+    let not_opted_out = || {
+        expressions(vec![requirement(
+            "sidecar.istio.io/inject",
+            "NotIn",
+            &["false"],
+        )])
+    };
+    let unlabelled = || {
+        expressions(vec![
+            requirement("istio.io/rev", "DoesNotExist", &[]),
+            requirement("istio-injection", "DoesNotExist", &[]),
+        ])
+    };
+    let mut webhooks = vec![
+        injector_webhook(
+            "rev.namespace.sidecar-injector.istio.io",
+            expressions(vec![
+                requirement("istio.io/rev", "In", &[revision]),
+                requirement("istio-injection", "DoesNotExist", &[]),
+            ]),
+            not_opted_out(),
+        ),
+        injector_webhook(
+            "rev.object.sidecar-injector.istio.io",
+            unlabelled(),
+            expressions(vec![
+                requirement("sidecar.istio.io/inject", "NotIn", &["false"]),
+                requirement("istio.io/rev", "In", &[revision]),
+            ]),
+        ),
+    ];
+    if revision == "default" {
+        webhooks.push(injector_webhook(
+            "namespace.sidecar-injector.istio.io",
+            expressions(vec![requirement("istio-injection", "In", &["enabled"])]),
+            not_opted_out(),
+        ));
+        webhooks.push(injector_webhook(
+            "object.sidecar-injector.istio.io",
+            unlabelled(),
+            expressions(vec![
+                requirement("sidecar.istio.io/inject", "In", &["true"]),
+                requirement("istio.io/rev", "DoesNotExist", &[]),
+            ]),
+        ));
+    }
+    webhooks
+}
+
+fn config(name: &str, webhooks: Vec<MutatingWebhook>) -> MutatingWebhookConfiguration {
+    let mut config = MutatingWebhookConfiguration {
+        webhooks: Some(webhooks),
+        ..MutatingWebhookConfiguration::default()
+    };
+    config.metadata.name = Some(name.to_owned());
+    config
+}
+
+/// Istio's injector configuration of `revision`, shaped like its chart renders it:
+/// `istio-sidecar-injector` for `default`, else `istio-sidecar-injector-<revision>`.
+pub fn istio_injector(revision: &str) -> MutatingWebhookConfiguration {
+    let name = match revision {
+        "default" => "istio-sidecar-injector".to_owned(),
+        revision => format!("istio-sidecar-injector-{revision}"),
+    };
+    config(&name, istio_webhooks(revision))
+}
+
+/// What `istioctl tag set <tag>` creates: `istio-revision-tag-<tag>`, whose webhooks select
+/// the tag (and call its revision's istiod, which nothing here reads).
+pub fn revision_tag(tag: &str) -> MutatingWebhookConfiguration {
+    config(&format!("istio-revision-tag-{tag}"), istio_webhooks(tag))
+}
+
+/// A configuration `name` with one webhook `webhook` on pod creation, selecting everything.
+pub fn webhook_config(name: &str, webhook: &str) -> MutatingWebhookConfiguration {
+    config(name, vec![injector_webhook(webhook, None, None)])
+}
+
+/// Fluent setters on [`MutatingWebhookConfiguration`] for readable test fixtures.
+pub trait InjectorExt {
+    /// Every webhook's rules become one: `operation` of `resource` in `group`, v1.
+    fn rule(self, group: &str, operation: &str, resource: &str) -> Self;
+    /// Every webhook's namespaceSelector becomes `selector`.
+    fn selector(self, selector: LabelSelector) -> Self;
+}
+
+impl InjectorExt for MutatingWebhookConfiguration {
+    fn rule(mut self, group: &str, operation: &str, resource: &str) -> Self {
+        for webhook in self.webhooks.iter_mut().flatten() {
+            let mut rule = pod_creation(group);
+            rule.operations = Some(vec![operation.to_owned()]);
+            rule.resources = Some(vec![resource.to_owned()]);
+            webhook.rules = Some(vec![rule]);
+        }
+        self
+    }
+
+    fn selector(mut self, selector: LabelSelector) -> Self {
+        for webhook in self.webhooks.iter_mut().flatten() {
+            webhook.namespace_selector = Some(selector.clone());
+        }
+        self
     }
 }

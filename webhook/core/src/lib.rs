@@ -1,7 +1,8 @@
 //! What the `kubectl-mesh` plugin and the `mesh-webhook` process must agree on, without a
 //! server stack: the sync rule, the `MeshCluster` resource, the rule of stored kubeconfigs,
 //! clients of attached clusters built only through that rule, the engine that compares and
-//! writes remote labels, and the keys both sides read and write.
+//! writes remote labels, whether Istio injects where the labels ask, and the keys both sides
+//! read and write.
 #![forbid(unsafe_code)]
 
 /// [`GROUP`] as a literal, so that `concat!` can build constant label and annotation keys
@@ -19,6 +20,7 @@ pub mod duration;
 pub mod fake_apiserver;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
+pub mod injection;
 pub mod kubeconfig;
 pub mod labels;
 pub mod remote;
