@@ -10,7 +10,9 @@
 //! - ServiceAccount, ClusterRole and ClusterRoleBinding [`SYNC_ACCOUNT`]: the account the
 //!   webhook writes labels as, allowed to read and patch namespaces and, so that `check` can
 //!   verify the guard with the stored credentials, to `get` the guard's policy and binding
-//!   (by name, read-only); nothing else ([`sync_rights`]);
+//!   (by name, read-only), and to read MutatingWebhookConfigurations, so that the webhook and
+//!   `check` can tell whether an injector acts on the synced labels; nothing else
+//!   ([`sync_rights`]);
 //! - Secret [`TOKEN_SECRET`] of type `kubernetes.io/service-account-token`: a long-lived token
 //!   that kube-controller-manager fills in. It never expires; deleting the Secret revokes it
 //!   at once, which the reconciler and `check` see as a 401;
@@ -245,13 +247,29 @@ pub fn guard_read_rights() -> Vec<Need> {
         .collect()
 }
 
-/// Everything the sync account may do: [`label_sync_rights`] and [`guard_read_rights`].
-/// Nothing else, so a leaked stored kubeconfig cannot read the remote's Secrets, other
-/// admission policies, or run anything there, nor change the guard. [`sync_cluster_role`]
-/// grants exactly this, and `check` verifies it.
+/// Resource of the injectors [`injector_read_rights`] reads.
+pub const INJECTOR_RESOURCE: &str = "mutatingwebhookconfigurations";
+
+/// What telling whether an Istio injector acts on the synced labels needs: read the
+/// remote's MutatingWebhookConfigurations (the webhook watches them). Clusters attached by an
+/// older kubectl-mesh lack it, and get no readiness checks until re-attached.
+pub fn injector_read_rights() -> Vec<Need> {
+    vec![Need::cluster(
+        ADMISSION_GROUP,
+        INJECTOR_RESOURCE,
+        &["get", "list", "watch"],
+    )]
+}
+
+/// Everything the sync account may do: [`label_sync_rights`], [`guard_read_rights`] and
+/// [`injector_read_rights`]. Nothing else, so a leaked stored kubeconfig cannot read the
+/// remote's Secrets, admission policies other than the guard, or run anything there, nor
+/// change the guard or any webhook. [`sync_cluster_role`] grants exactly this, and `check`
+/// verifies it.
 pub fn sync_rights() -> Vec<Need> {
     let mut rights = label_sync_rights();
     rights.extend(guard_read_rights());
+    rights.extend(injector_read_rights());
     rights
 }
 
@@ -884,10 +902,10 @@ mod tests {
     }
 
     #[test]
-    fn sync_role_patches_namespaces_and_reads_only_its_guard() {
+    fn sync_role_patches_namespaces_and_reads_only_its_guard_and_injectors() {
         let role = sync_cluster_role("east");
         let rules = role.rules.unwrap();
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 3);
         assert_eq!(
             rules[0].resources.as_deref(),
             Some(&["namespaces".to_owned()][..])
@@ -907,6 +925,12 @@ mod tests {
         );
         assert_eq!(rules[1].verbs, ["get"]);
         assert_eq!(rules[1].resource_names.as_deref().unwrap(), [GUARD]);
+        assert_eq!(
+            rules[2].resources.as_deref().unwrap(),
+            ["mutatingwebhookconfigurations"]
+        );
+        assert_eq!(rules[2].verbs, ["get", "list", "watch"]);
+        assert_eq!(rules[2].resource_names, None);
         let crb = cluster_role_binding(SYNC_ACCOUNT, "east");
         let subject = &crb.subjects.unwrap()[0];
         assert_eq!(

@@ -450,7 +450,7 @@ async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> 
             "✓ remote answers with the stored credentials (as {})",
             setup::sync_username()
         ),
-        "✓ credentials have exactly the rights label sync needs (namespaces get, list, watch, patch; guard kubectl-mesh-guard get)".to_owned(),
+        "✓ credentials have exactly the rights label sync needs (namespaces get, list, watch, patch; guard kubectl-mesh-guard get; mutatingwebhookconfigurations get, list, watch)".to_owned(),
         "✓ credentials do not expire soon (long-lived token)".to_owned(),
         "✓ remote guard matches spec.remoteGuard (Warn)".to_owned(),
     ] {

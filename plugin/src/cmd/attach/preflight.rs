@@ -147,6 +147,8 @@ fn remote_needs() -> Vec<Need> {
     for resource in setup::GUARD_RESOURCES {
         needs.push(Need::cluster(setup::ADMISSION_GROUP, resource, RW));
     }
+    // Granted to the sync account so that injectors can be read: again only by a holder.
+    needs.extend(setup::injector_read_rights());
     needs
 }
 

@@ -8,12 +8,13 @@ use crate::{access::Need, remote_setup as setup};
 const POLICIES: &str = setup::GUARD_RESOURCES[0];
 const BINDINGS: &str = setup::GUARD_RESOURCES[1];
 const ADMISSION: &str = setup::ADMISSION_GROUP;
+const INJECTORS: &str = setup::INJECTOR_RESOURCE;
 /// A name that is not the guard's, to ask whether other admission policies can be read.
 const OTHER_POLICY: &str = "not-kubectl-mesh-guard";
 
 /// What the stored identity should not have: more than namespaces, other admission policies
-/// than its own guard, or the right to change the guard. One verb each, in the order the
-/// report lists what it finds.
+/// than its own guard, or the right to change the guard or a webhook. One verb each, in the
+/// order the report lists what it finds.
 pub fn excessive_rights() -> Vec<Need> {
     let policy = |verb| Need::cluster(ADMISSION, POLICIES, &[verb]);
     let binding = |verb| Need::cluster(ADMISSION, BINDINGS, &[verb]);
@@ -29,6 +30,7 @@ pub fn excessive_rights() -> Vec<Need> {
         binding("patch").named(setup::GUARD),
         policy("delete").named(setup::GUARD),
         binding("delete").named(setup::GUARD),
+        Need::cluster(ADMISSION, INJECTORS, &["patch"]),
     ]
 }
 
@@ -37,7 +39,8 @@ fn each_verb(needs: Vec<Need>) -> Vec<Need> {
     needs.iter().flat_map(Need::each_verb).collect()
 }
 
-/// What the sync account needs, one verb each: label sync's, then the guard read's.
+/// What the sync account needs, one verb each: label sync's, the guard read's, then the
+/// injector read's.
 fn needed() -> Vec<Need> {
     each_verb(setup::sync_rights())
 }
@@ -74,8 +77,9 @@ pub fn judge_answers(what: &str, name: &str, answers: &[Answer], reattach: &str)
     judge_rights(what, name, &missing, &excess, reattach)
 }
 
-/// What the rights check concludes from the answers: `missing` needed rights (label sync's
-/// and the guard read's), `excess` rights granted beyond them.
+/// What the rights check concludes from the answers: `missing` needed rights (label sync's,
+/// the guard read's and the injector read's), `excess` rights granted beyond them. Only label
+/// sync's are essential; clusters attached by an older kubectl-mesh lack the others.
 pub fn judge_rights(
     what: &str,
     name: &str,
@@ -96,16 +100,27 @@ pub fn judge_rights(
         );
     }
     if !missing.is_empty() {
+        let lacks = |needs: Vec<Need>| {
+            let needs = each_verb(needs);
+            missing.iter().any(|m| needs.contains(m))
+        };
+        let mut without = Vec::new();
+        if lacks(setup::guard_read_rights()) {
+            without.push("check reads the guard with your context of the remote instead");
+        }
+        if lacks(setup::injector_read_rights()) {
+            without.push("whether an injector acts on the synced labels is not checked");
+        }
         return CheckResult::warning(
             what,
             format!(
-                "not allowed: {}; label sync works, but check reads the guard with your \
-                 context of the remote instead",
-                phrases(missing)
+                "not allowed: {}; label sync works, but {}",
+                phrases(missing),
+                without.join(", and ")
             ),
             format!(
                 "attached by an older kubectl-mesh, or the ClusterRole {} was changed; re-run \
-                 `kubectl mesh attach` for {name} to let the stored credentials read the guard",
+                 `kubectl mesh attach` for {name} to give the stored credentials these rights",
                 setup::SYNC_ACCOUNT
             ),
         );
@@ -120,9 +135,9 @@ pub fn judge_rights(
             what,
             format!("over-privileged: also allowed {found}"),
             format!(
-                "the stored credentials need only namespaces get, list, watch and patch, and \
-                 get of the guard {}; remove the extra bindings of the service account on the \
-                 remote",
+                "the stored credentials need only namespaces get, list, watch and patch, get \
+                 of the guard {} and read of {INJECTORS}; remove the extra bindings of the \
+                 service account on the remote",
                 setup::GUARD
             ),
         );
@@ -130,7 +145,7 @@ pub fn judge_rights(
     CheckResult::ok(
         what,
         Some(format!(
-            "namespaces get, list, watch, patch; guard {} get",
+            "namespaces get, list, watch, patch; guard {} get; {INJECTORS} get, list, watch",
             setup::GUARD
         )),
     )
@@ -151,7 +166,10 @@ mod tests {
         assert_eq!(ok.result, Outcome::Ok);
         assert_eq!(
             ok.detail.as_deref(),
-            Some("namespaces get, list, watch, patch; guard kubectl-mesh-guard get")
+            Some(
+                "namespaces get, list, watch, patch; guard kubectl-mesh-guard get; \
+                 mutatingwebhookconfigurations get, list, watch"
+            )
         );
 
         // An older attach: label sync works, the guard read is missing.
@@ -171,6 +189,19 @@ mod tests {
                 .unwrap()
                 .contains("kubectl mesh attach` for east")
         );
+
+        // Attached before injectors were read: label sync works, readiness is not checked.
+        let blind = judge(&each_verb(setup::injector_read_rights()), &[]);
+        assert_eq!(blind.result, Outcome::Warning);
+        assert_eq!(
+            blind.detail.as_deref(),
+            Some(
+                "not allowed: mutatingwebhookconfigurations get, mutatingwebhookconfigurations \
+                 list, mutatingwebhookconfigurations watch; label sync works, but whether an \
+                 injector acts on the synced labels is not checked"
+            )
+        );
+        assert!(blind.hint.unwrap().contains("re-run `kubectl mesh attach`"));
 
         // Revoked: everything missing is an error that lists it all.
         let revoked = judge(&needed(), &[]);
@@ -251,7 +282,7 @@ mod tests {
         assert_eq!(r.result, Outcome::Ok, "{r:?}");
 
         answers[3].allowed = false; // namespaces patch
-        answers[6].allowed = true; // and everything: the missing right comes first
+        answers[needed().len()].allowed = true; // and everything: the missing right comes first
         let r = judge_answers("rights", "east", &answers, "re-attach");
         assert_eq!(
             (r.result, r.detail.as_deref()),

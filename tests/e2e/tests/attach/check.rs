@@ -55,7 +55,8 @@ async fn guard_checks(env: &TestEnv, remote: &Cluster, name: &str) -> anyhow::Re
             report.cluster_check(name, RIGHTS_CHECK),
             Some(&CheckEntry::ok(
                 RIGHTS_CHECK,
-                "namespaces get, list, watch, patch; guard kubectl-mesh-guard get"
+                "namespaces get, list, watch, patch; guard kubectl-mesh-guard get; \
+                 mutatingwebhookconfigurations get, list, watch"
             )),
             "{report:#?}"
         );
@@ -175,8 +176,11 @@ async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::R
         rights.and_then(|c| c.detail.as_deref()),
         Some(
             "not allowed: validatingadmissionpolicies get kubectl-mesh-guard, \
-             validatingadmissionpolicybindings get kubectl-mesh-guard; label sync works, but \
-             check reads the guard with your context of the remote instead"
+             validatingadmissionpolicybindings get kubectl-mesh-guard, \
+             mutatingwebhookconfigurations get, mutatingwebhookconfigurations list, \
+             mutatingwebhookconfigurations watch; label sync works, but check reads the guard \
+             with your context of the remote instead, and whether an injector acts on the \
+             synced labels is not checked"
         ),
         "{report:#?}"
     );
