@@ -15,8 +15,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::Value;
 
+use mesh_core::injection::{self, Readiness};
 use mesh_core::labels::{Labels, SyncRule};
 
+use crate::injectors::ClusterReadiness;
 use crate::propagate::{PushIntent, PushOutcome, PushResult};
 
 /// Annotation on the primary namespace recording where its last managed-label change landed:
@@ -30,6 +32,7 @@ const WARNING_PREFIX: &str = "kubectl-mesh: ";
 /// remote error texts and cluster lists are shortened to keep lines readable.
 const MAX_REASON_CHARS: usize = 80;
 const MAX_LISTED_CLUSTERS: usize = 5;
+const MAX_WARNING_CHARS: usize = 120;
 
 /// What [`review`] decided.
 #[derive(Clone, Debug)]
@@ -97,19 +100,20 @@ pub fn review(rule: &SyncRule, req: &AdmissionRequest<Namespace>) -> Decision {
     }
 }
 
-/// Adds admission warnings that kubectl prints (where the change landed, where not and why)
-/// and, unless the operation is DELETE, a JSON patch recording the outcome on the primary
-/// namespace in [`PROPAGATION_ANNOTATION`].
+/// Adds admission warnings that kubectl prints (where the change landed, where not and why,
+/// and where no injector will act on the labels, by `readiness` of the remotes whose
+/// injectors are known) and, unless the operation is DELETE, a JSON patch recording the
+/// outcome on the primary namespace in [`PROPAGATION_ANNOTATION`].
 pub fn complete(
     mut response: AdmissionResponse,
     req: &AdmissionRequest<Namespace>,
     intent: &PushIntent,
     outcomes: &[PushOutcome],
+    readiness: &[ClusterReadiness],
 ) -> AdmissionResponse {
-    response
-        .warnings
-        .get_or_insert_default()
-        .extend(warnings(intent, outcomes));
+    let warnings = response.warnings.get_or_insert_default();
+    warnings.extend(self::warnings(intent, outcomes));
+    warnings.extend(injection_warnings(intent, outcomes, readiness));
 
     // A deleted namespace cannot be patched; on other operations the annotation tells anyone
     // reading the primary where the last change landed, without access to the webhook's logs.
@@ -210,6 +214,54 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
     lines
 }
 
+/// Istio ignoring `istio.io/rev` for `istio-injection`, and one line per remote where the
+/// labels ask for sidecars no injector will add: left out are remotes whose injectors are not
+/// known, and those where the namespace does not exist or was not pushed to.
+fn injection_warnings(
+    intent: &PushIntent,
+    outcomes: &[PushOutcome],
+    readiness: &[ClusterReadiness],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(conflict) = injection::requested(&intent.labels).conflict {
+        lines.push(format!(
+            "{WARNING_PREFIX}{conflict}: Istio ignores {} while {} is set",
+            injection::REVISION_LABEL,
+            injection::INJECTION_LABEL
+        ));
+    }
+    let namespace = &intent.namespace;
+    for known in readiness {
+        let Readiness::Unserved(requested) = &known.readiness else {
+            continue;
+        };
+        let pods_there = outcomes.iter().any(|o| {
+            o.cluster == known.cluster
+                && !matches!(
+                    o.result,
+                    PushResult::NamespaceMissing | PushResult::Superseded
+                )
+        });
+        if !pods_there {
+            continue;
+        }
+        let cluster = &known.cluster;
+        let line = format!(
+            "{WARNING_PREFIX}{cluster}: no injector for {requested}: pods in {namespace} will \
+             not get sidecars"
+        );
+        // Long names: the apiserver truncates past 256 characters, so the tail goes first.
+        if line.chars().count() <= MAX_WARNING_CHARS {
+            lines.push(line);
+        } else {
+            lines.push(format!(
+                "{WARNING_PREFIX}{cluster}: no injector for {requested}"
+            ));
+        }
+    }
+    lines
+}
+
 /// `add` of the annotation, after creating the annotations map when the object has none
 /// (`add` cannot create intermediate objects). `add` on an existing key replaces it.
 fn annotation_patch(object: &Namespace, outcomes: &[PushOutcome]) -> Patch {
@@ -270,6 +322,7 @@ mod tests {
     use kube::core::admission::AdmissionReview;
     use kube::core::{GroupVersionKind, GroupVersionResource, TypeMeta};
     use mesh_core::fixtures::{NamespaceExt, ns};
+    use mesh_core::injection::Injection;
     use serde_json::json;
 
     const CREATE: &str = include_str!("../tests/fixtures/namespace-create.json");
@@ -589,7 +642,7 @@ mod tests {
             ),
             outcome("remote-9", PushResult::Failed("conflict:\n  retry".into())),
         ];
-        let response = complete(AdmissionResponse::from(&req), &req, &intent, &outcomes);
+        let response = complete(AdmissionResponse::from(&req), &req, &intent, &outcomes, &[]);
         assert!(response.allowed);
         assert_eq!(response.uid, "test-uid");
         assert_eq!(
@@ -615,6 +668,70 @@ mod tests {
         );
     }
 
+    fn ready(cluster: &str, readiness: Readiness) -> ClusterReadiness {
+        ClusterReadiness {
+            cluster: cluster.into(),
+            readiness,
+        }
+    }
+
+    #[test]
+    fn complete_names_each_remote_without_an_injector() {
+        let req = create(ns("shop").label("istio.io/rev", "canary"));
+        let canary = Readiness::Unserved(Injection::Revision("canary".into()));
+        let response = complete(
+            AdmissionResponse::from(&req),
+            &req,
+            &intent("shop", [("istio.io/rev", "canary")]),
+            &[
+                outcome("remote-1", PushResult::Applied),
+                outcome("remote-2", PushResult::Applied),
+                outcome("remote-3", PushResult::NamespaceMissing),
+                outcome("remote-4", PushResult::TimedOut),
+            ],
+            &[
+                ready(
+                    "remote-1",
+                    Readiness::Served(vec!["istio-sidecar-injector".into()]),
+                ),
+                ready("remote-2", canary.clone()),
+                ready("remote-3", canary.clone()),
+                ready("remote-4", canary),
+            ],
+        );
+        // remote-3 has no such namespace; an unknown remote (not listed) gets no line.
+        assert_eq!(
+            warnings_of(&response)[3..],
+            [
+                "kubectl-mesh: remote-2: no injector for revision canary: pods in shop will not get sidecars",
+                "kubectl-mesh: remote-4: no injector for revision canary: pods in shop will not get sidecars",
+            ]
+        );
+    }
+
+    #[test]
+    fn complete_warns_when_istio_injection_overrides_the_revision() {
+        let labels = [("istio-injection", "enabled"), ("istio.io/rev", "canary")];
+        let req = create(ns("shop").label(labels[0].0, labels[0].1));
+        let long = "c".repeat(60);
+        let response = complete(
+            AdmissionResponse::from(&req),
+            &req,
+            &intent("shop", labels),
+            &[outcome(&long, PushResult::Applied)],
+            &[ready(&long, Readiness::Unserved(Injection::Default))],
+        );
+        assert_eq!(
+            warnings_of(&response)[1..],
+            [
+                "kubectl-mesh: istio-injection=enabled overrides istio.io/rev=canary: Istio \
+                 ignores istio.io/rev while istio-injection is set"
+                    .to_owned(),
+                format!("kubectl-mesh: {long}: no injector for istio-injection=enabled"),
+            ]
+        );
+    }
+
     #[test]
     fn complete_without_clusters_says_so() {
         let req = create(ns("foo").label("istio-injection", "enabled"));
@@ -622,6 +739,7 @@ mod tests {
             AdmissionResponse::from(&req),
             &req,
             &intent("foo", [("istio-injection", "enabled")]),
+            &[],
             &[],
         );
         assert_eq!(
@@ -642,6 +760,7 @@ mod tests {
             &req,
             &intent("foo", []),
             &[outcome("remote-1", PushResult::Applied)],
+            &[],
         );
         assert_eq!(
             warnings_of(&response),
@@ -664,6 +783,7 @@ mod tests {
             &req,
             &intent("foo", [("istio-injection", "enabled")]),
             &outcomes,
+            &[],
         );
         let warnings = warnings_of(&response);
         assert_eq!(
@@ -685,6 +805,7 @@ mod tests {
             &req,
             &intent("foo", [("istio-injection", "enabled")]),
             &[outcome("remote-1", PushResult::Applied)],
+            &[],
         );
         let patch: Value =
             serde_json::from_slice(response.patch.as_deref().expect("patch")).expect("JSON");
@@ -712,6 +833,7 @@ mod tests {
             &req,
             &intent("foo", []),
             &[outcome("remote-1", PushResult::NamespaceMissing)],
+            &[],
         );
         assert_eq!(response.patch, None);
         assert_eq!(
@@ -753,7 +875,7 @@ mod tests {
 
         let push = decision.push.expect("push");
         let outcomes = [outcome("remote-1", PushResult::Applied)];
-        let response = complete(decision.response, &req, &push, &outcomes);
+        let response = complete(decision.response, &req, &push, &outcomes, &[]);
         let after = patched(&response, req.object.as_ref().expect("object"));
         assert_eq!(propagation(&after), json!({"remote-1": "applied"}));
         // The patch touches only the annotation: labels stay as the user wrote them.
@@ -789,7 +911,7 @@ mod tests {
             outcome("remote-1", PushResult::Applied),
             outcome("remote-2", PushResult::TimedOut),
         ];
-        let response = complete(decision.response, &req, &push, &outcomes);
+        let response = complete(decision.response, &req, &push, &outcomes, &[]);
         assert_eq!(
             warnings_of(&response),
             [
@@ -822,6 +944,7 @@ mod tests {
             &req,
             &push,
             &[outcome("remote-1", PushResult::Applied)],
+            &[],
         );
         assert_eq!(response.patch, None);
         assert!(response.allowed);

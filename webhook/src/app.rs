@@ -13,6 +13,7 @@ use crate::{
     client_auth::ClientCa,
     http::{self, AppState, LogLevelSetter},
     in_flight::InFlight,
+    injectors::Injectors,
     leader::{self, LeaseSettings, LeaseTiming},
     listen::{self, Limits, Result},
     metrics::Metrics,
@@ -294,6 +295,7 @@ impl BoundWebhook {
         settings.drift_settle = push_deadline + Duration::from_secs(1);
         settings.backoff = backoff;
         let in_flight = InFlight::default();
+        let injectors = Injectors::default();
         let reconciler = Reconciler::new(
             primary.clone(),
             rule.clone(),
@@ -303,7 +305,8 @@ impl BoundWebhook {
             readiness.clone(),
             settings,
         )
-        .with_in_flight(in_flight.clone());
+        .with_in_flight(in_flight.clone())
+        .with_injectors(injectors.clone());
         tasks.spawn(reconciler.run(background.clone()));
 
         let reporter = Reporter {
@@ -312,6 +315,7 @@ impl BoundWebhook {
         };
         let mut state = AppState::new(rule, remotes, metrics, push_deadline)
             .with_in_flight(in_flight)
+            .with_injectors(injectors)
             .with_readiness(readiness)
             .with_events(primary.clone(), reporter);
         if let Some(setter) = log_level {

@@ -28,6 +28,7 @@ use crate::{
     admission::{self, Decision},
     events,
     in_flight::InFlight,
+    injectors::Injectors,
     listen::PeerAddr,
     metrics::{self, Metrics, ReviewOutcome},
     propagate::{PushIntent, PushOutcome, PushResult, fan_out_timed_from},
@@ -59,6 +60,7 @@ pub struct AppState {
     events: Option<events::Publisher>,
     in_flight: InFlight,
     push_queue: PushQueue,
+    injectors: Injectors,
 }
 
 impl AppState {
@@ -78,7 +80,14 @@ impl AppState {
             events: None,
             in_flight: InFlight::default(),
             push_queue: PushQueue::default(),
+            injectors: Injectors::default(),
         }
+    }
+
+    /// Reads the remotes' injectors as the reconciler's watches see them.
+    pub fn with_injectors(mut self, injectors: Injectors) -> Self {
+        self.injectors = injectors;
+        self
     }
 
     /// Shares pushed-but-not-yet-persisted changes with the reconciler.
@@ -212,7 +221,8 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
             if let Some(events) = &state.events {
                 events.spawn_push_failures(&request, &intent, &outcomes);
             }
-            let response = admission::complete(response, &request, &intent, &outcomes);
+            let readiness = state.injectors.readiness(&intent.namespace, &intent.labels);
+            let response = admission::complete(response, &request, &intent, &outcomes, &readiness);
             (response, ReviewOutcome::Pushed)
         }
         None if response.allowed => (response, ReviewOutcome::NoPush),

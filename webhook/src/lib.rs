@@ -12,6 +12,7 @@ pub mod events;
 pub mod fd_limit;
 pub mod http;
 pub mod in_flight;
+pub mod injectors;
 pub mod leader;
 pub mod listen;
 pub mod metrics;

@@ -12,6 +12,9 @@
 //! - every resync period, the guarantee when that watch missed something;
 //! - with exponential backoff while the remote is unreachable.
 //!
+//! Every replica also watches each remote's MutatingWebhookConfigurations ([`crate::injectors`]),
+//! which its admission answers read.
+//!
 //! The watches run in every replica (the webhook needs the registry), the workers only sync
 //! while this replica holds the Lease, and drop a sync mid-way when its term ends. Status is written only when it says something new (see
 //! [`crate::cluster_status`]), and Events go to the primary namespace concerned (see
@@ -50,6 +53,7 @@ use crate::{
     cluster_status::{Attempt, next_status, status_needs_write, write_status},
     events,
     in_flight::InFlight,
+    injectors::{Injectors, watch_injectors},
     leader::Leadership,
     metrics::Metrics,
     readiness::Readiness,
@@ -171,6 +175,7 @@ pub struct Reconciler {
     readiness: Readiness,
     settings: Settings,
     in_flight: InFlight,
+    injectors: Injectors,
 }
 
 /// State shared by the supervisor and the workers.
@@ -184,6 +189,7 @@ struct Shared {
     namespaces: Store<Namespace>,
     clusters: Store<MeshCluster>,
     in_flight: InFlight,
+    injectors: Injectors,
 }
 
 impl Reconciler {
@@ -205,7 +211,14 @@ impl Reconciler {
             readiness,
             settings,
             in_flight: InFlight::default(),
+            injectors: Injectors::default(),
         }
+    }
+
+    /// Keeps the remotes' injectors in `injectors`, for the admission answers.
+    pub fn with_injectors(mut self, injectors: Injectors) -> Self {
+        self.injectors = injectors;
+        self
     }
 
     /// Reads the primary through the webhook's pushes still in flight (see [`InFlight`]).
@@ -225,6 +238,7 @@ impl Reconciler {
             readiness,
             settings,
             in_flight,
+            injectors,
         } = self;
         let (namespaces, ns_writer) = reflector::store::<Namespace>();
         let (clusters, mc_writer) = reflector::store::<MeshCluster>();
@@ -291,6 +305,7 @@ impl Reconciler {
 
         let shared = Arc::new(Shared {
             in_flight,
+            injectors,
             events: events::Publisher::new(primary.clone(), settings.reporter.clone()),
             primary,
             rule,
@@ -472,6 +487,7 @@ async fn supervise(
         () = shutdown.cancelled() => return,
     }
     let mut workers: BTreeMap<String, WorkerHandle> = BTreeMap::new();
+    let mut injector_watches: BTreeMap<String, RemoteWatch> = BTreeMap::new();
     let mut tasks = JoinSet::new();
     loop {
         let mut attached = BTreeSet::new();
@@ -530,6 +546,13 @@ async fn supervise(
             }
             keep
         });
+        watch_injectors_of(
+            &shared,
+            &attached,
+            &mut injector_watches,
+            &mut tasks,
+            &shutdown,
+        );
         // Entries built from a MeshCluster that is gone; entries inserted by hand (no UID) stay.
         for remote in shared.remotes.snapshot() {
             if !attached.contains(remote.name()) && remote.fingerprint().cluster_uid.is_some() {
@@ -549,6 +572,50 @@ async fn supervise(
         worker.cancel.cancel();
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Keeps one injector watch per attached remote, on its current client, in every replica
+/// (each answers admission reviews); forgets the injectors of detached ones.
+fn watch_injectors_of(
+    shared: &Shared,
+    attached: &BTreeSet<String>,
+    watches: &mut BTreeMap<String, RemoteWatch>,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) {
+    watches.retain(|name, _| {
+        let keep = attached.contains(name);
+        if !keep {
+            shared.injectors.forget(name);
+        }
+        keep
+    });
+    for name in attached {
+        let remote = shared.remotes.get(name);
+        let current = watches.get(name).map(|watch| &watch.remote);
+        if let (Some(current), Some(remote)) = (current, &remote)
+            && Arc::ptr_eq(current, remote)
+        {
+            continue;
+        }
+        // Dropping the old watch stops it; new credentials get a new one.
+        watches.remove(name);
+        let Some(remote) = remote else { continue };
+        let Some(client) = remote.watch_client().cloned() else {
+            continue;
+        };
+        let cancel = shutdown.child_token();
+        tasks.spawn(
+            watch_injectors(
+                name.clone(),
+                client,
+                shared.injectors.clone(),
+                cancel.clone(),
+            )
+            .instrument(tracing::info_span!(parent: None, "injectors", cluster = %name)),
+        );
+        watches.insert(name.clone(), RemoteWatch { remote, cancel });
+    }
 }
 
 struct Worker {

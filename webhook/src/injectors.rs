@@ -1,0 +1,231 @@
+//! Istio's injectors on every remote, as the webhook last saw them: one watch of each remote's
+//! MutatingWebhookConfigurations, so that a push of `istio.io/rev=canary` can say at once
+//! where no injector will act on it (see [`mesh_core::injection`]).
+//!
+//! A remote whose configurations are not known (the watch has not listed them yet, or the
+//! stored credentials may not read them, as for clusters attached by an older kubectl-mesh)
+//! is left out: no warning beats a false one.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio_util::sync::CancellationToken;
+
+use mesh_core::injection::{self, Readiness};
+use mesh_core::labels::Labels;
+
+/// Whether pods of a namespace on one remote will get sidecars.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterReadiness {
+    /// Name of the MeshCluster.
+    pub cluster: String,
+    pub readiness: Readiness,
+}
+
+/// The MutatingWebhookConfigurations of every remote whose list is known, by cluster name.
+/// Cheap to clone; shared by the watches and the admission handler.
+#[derive(Clone, Debug, Default)]
+pub struct Injectors {
+    known: Arc<RwLock<BTreeMap<String, Arc<Vec<MutatingWebhookConfiguration>>>>>,
+}
+
+impl Injectors {
+    /// `cluster`'s configurations are now `configs`.
+    pub fn set(&self, cluster: &str, configs: Vec<MutatingWebhookConfiguration>) {
+        self.write().insert(cluster.to_owned(), Arc::new(configs));
+    }
+
+    /// `cluster`'s configurations are not known (any more).
+    pub fn forget(&self, cluster: &str) {
+        self.write().remove(cluster);
+    }
+
+    /// For every remote whose configurations are known, in name order: whether pods created
+    /// in `namespace` carrying the managed `labels` get sidecars there.
+    pub fn readiness(&self, namespace: &str, labels: &Labels) -> Vec<ClusterReadiness> {
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner()).clone();
+        known
+            .into_iter()
+            .map(|(cluster, configs)| ClusterReadiness {
+                readiness: injection::readiness(namespace, labels, &configs),
+                cluster,
+            })
+            .collect()
+    }
+
+    fn write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Vec<MutatingWebhookConfiguration>>>>
+    {
+        // A panic elsewhere while holding the lock leaves a map that is still whole.
+        self.known.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Keeps `injectors`' entry of `cluster` equal to the remote's configurations until `cancel`.
+/// What it saw last stays: a watch replaced for new credentials keeps its cluster's entry
+/// until the next list, and the supervisor forgets a detached cluster's.
+pub(crate) async fn watch_injectors(
+    cluster: String,
+    client: Client,
+    injectors: Injectors,
+    cancel: CancellationToken,
+) {
+    let configs = Api::<MutatingWebhookConfiguration>::all(client);
+    let events = watcher(configs, watcher::Config::default())
+        .default_backoff()
+        .modify(trim);
+    tokio::select! {
+        () = follow(events, &cluster, &injectors) => {}
+        () = cancel.cancelled() => {}
+    }
+}
+
+/// Drops what readiness never reads: the CA bundles and managed fields are most of the bytes.
+fn trim(config: &mut MutatingWebhookConfiguration) {
+    config.metadata.managed_fields = None;
+    config.metadata.annotations = None;
+    for webhook in config.webhooks.iter_mut().flatten() {
+        webhook.client_config.ca_bundle = None;
+    }
+}
+
+async fn follow(
+    events: impl Stream<Item = Result<watcher::Event<MutatingWebhookConfiguration>, watcher::Error>>,
+    cluster: &str,
+    injectors: &Injectors,
+) {
+    let mut events = std::pin::pin!(events);
+    let mut current: BTreeMap<String, MutatingWebhookConfiguration> = BTreeMap::new();
+    // A relist builds the next list here; it replaces `current` once complete.
+    let mut listing: Option<BTreeMap<String, MutatingWebhookConfiguration>> = None;
+    let mut known = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => listing = Some(BTreeMap::new()),
+            Ok(watcher::Event::InitApply(config)) => {
+                listing
+                    .get_or_insert_default()
+                    .insert(config.name_any(), config);
+            }
+            Ok(watcher::Event::InitDone) => {
+                current = listing.take().unwrap_or_default();
+                known = true;
+            }
+            Ok(watcher::Event::Apply(config)) => {
+                current.insert(config.name_any(), config);
+            }
+            Ok(watcher::Event::Delete(config)) => {
+                current.remove(&config.name_any());
+            }
+            Err(error) => {
+                if forbidden(&error) {
+                    // Attached before the sync account could read them: say nothing.
+                    tracing::debug!(%cluster, "may not read MutatingWebhookConfigurations");
+                    injectors.forget(cluster);
+                    known = false;
+                } else {
+                    // Unreachable for now: what was seen last is still the best guess.
+                    tracing::debug!(%cluster, error = %error, "injector watch failed, retrying");
+                }
+                continue;
+            }
+        }
+        if known && listing.is_none() {
+            injectors.set(cluster, current.values().cloned().collect());
+        }
+    }
+}
+
+fn forbidden(error: &watcher::Error) -> bool {
+    let code = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code,
+        watcher::Error::WatchError(status) => status.code,
+        _ => return false,
+    };
+    matches!(code, 401 | 403)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::fixtures::{istio_injector, labels};
+    use mesh_core::injection::Injection;
+    use watcher::Event;
+
+    fn forbidden_list() -> watcher::Error {
+        let status = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+        watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status)))
+    }
+
+    /// Runs the events through for cluster `east` and says what is known of a namespace
+    /// labelled `istio.io/rev=canary` there.
+    async fn canary_after(
+        injectors: &Injectors,
+        events: Vec<Result<Event<MutatingWebhookConfiguration>, watcher::Error>>,
+    ) -> Option<Readiness> {
+        follow(futures::stream::iter(events), "east", injectors).await;
+        let canary = labels(&[("istio.io/rev", "canary")]);
+        let all = injectors.readiness("shop", &canary);
+        all.into_iter()
+            .find(|r| r.cluster == "east")
+            .map(|r| r.readiness)
+    }
+
+    #[tokio::test]
+    async fn known_once_listed_and_followed_after() {
+        let injectors = Injectors::default();
+        // Nothing is known before the first list completes.
+        let partial = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(istio_injector("default"))),
+        ];
+        assert_eq!(canary_after(&injectors, partial).await, None);
+        let unserved = Readiness::Unserved(Injection::Revision("canary".into()));
+        let listed = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(istio_injector("default"))),
+            Ok(Event::InitDone),
+        ];
+        assert_eq!(
+            canary_after(&injectors, listed).await,
+            Some(unserved.clone())
+        );
+        let installed = vec![
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(istio_injector("canary"))),
+        ];
+        assert_eq!(
+            canary_after(&injectors, installed).await,
+            Some(Readiness::Served(vec![
+                "istio-sidecar-injector-canary".into()
+            ]))
+        );
+        let removed = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(istio_injector("canary"))),
+            Ok(Event::InitDone),
+            Ok(Event::Delete(istio_injector("canary"))),
+        ];
+        assert_eq!(canary_after(&injectors, removed).await, Some(unserved));
+    }
+
+    #[tokio::test]
+    async fn unknown_when_the_credentials_may_not_read_them() {
+        let injectors = Injectors::default();
+        injectors.set("east", vec![]);
+        assert_eq!(
+            canary_after(&injectors, vec![Err(forbidden_list())]).await,
+            None
+        );
+    }
+}
