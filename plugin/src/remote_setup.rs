@@ -282,9 +282,37 @@ pub fn sync_cluster_role(cluster: &str) -> ClusterRole {
     }
 }
 
-/// What istiod needs on a remote to discover its endpoints: the rules of Istio's own
-/// `istio-reader-clusterrole` (read-only, plus the reviews istiod makes when it authenticates
-/// workloads of that cluster and the ServiceExports of the MCS API).
+/// The reader ClusterRole Istio installs with itself (its remote profile on a remote), named
+/// after Istio's namespace. Where a remote has it, istiod's reader account is bound to it: it is
+/// what that Istio version needs, maintained by Istio.
+pub fn istio_own_reader_role() -> String {
+    format!("istio-reader-clusterrole-{ISTIO_NAMESPACE}")
+}
+
+/// The ClusterRole istiod's reader account on a remote is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReaderRole {
+    /// Istio's own, already on the remote ([`istio_own_reader_role`]).
+    Istio,
+    /// [`ISTIO_READER`], created by attach with [`istio_reader_cluster_role`].
+    Own,
+}
+
+impl ReaderRole {
+    /// Name of the ClusterRole.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Istio => istio_own_reader_role(),
+            Self::Own => ISTIO_READER.to_owned(),
+        }
+    }
+}
+
+/// What istiod needs on a remote where Istio's own reader role is absent: the rules of the
+/// `istio-reader-clusterrole` of the Istio version kubectl-mesh is tested with (1.31, its
+/// default profile): read-only, plus the reviews istiod makes when it authenticates workloads
+/// of that cluster and the ServiceExports of the MCS API. The e2e tests compare it with the
+/// role the pinned istioctl renders, so a new Istio version that needs more fails them.
 pub fn istio_reader_cluster_role(cluster: &str) -> ClusterRole {
     const READ: &[&str] = &["get", "list", "watch"];
     ClusterRole {
@@ -313,9 +341,11 @@ pub fn istio_reader_cluster_role(cluster: &str) -> ClusterRole {
                     "replicationcontrollers",
                     "namespaces",
                     "secrets",
+                    "configmaps",
                 ],
                 READ,
             ),
+            rule(&["networking.istio.io"], &["workloadentries"], READ),
             rule(
                 &["networking.x-k8s.io", "gateway.networking.k8s.io"],
                 &["gateways"],
@@ -347,12 +377,23 @@ pub fn istio_reader_cluster_role(cluster: &str) -> ClusterRole {
 
 /// Binds the ClusterRole `name` to the ServiceAccount `name` of [`MESH_NAMESPACE`].
 pub fn cluster_role_binding(name: &str, cluster: &str) -> ClusterRoleBinding {
+    binding_to(name, name, cluster)
+}
+
+/// Binds istiod's reader account ([`ISTIO_READER`]) to `role`.
+pub fn istio_reader_binding(role: &ReaderRole, cluster: &str) -> ClusterRoleBinding {
+    binding_to(ISTIO_READER, &role.name(), cluster)
+}
+
+/// The ClusterRoleBinding `name` granting the ClusterRole `role` to the ServiceAccount `name`
+/// of [`MESH_NAMESPACE`].
+fn binding_to(name: &str, role: &str, cluster: &str) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(name, None, cluster),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".to_owned(),
             kind: "ClusterRole".to_owned(),
-            name: name.to_owned(),
+            name: role.to_owned(),
         },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".to_owned(),

@@ -23,10 +23,10 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The cache directory for this version pair: `$MESH_TESTENV_CACHE` or
-    /// `$XDG_CACHE_HOME/kubectl-mesh` or `~/.cache/kubectl-mesh`, then a versioned folder.
-    pub fn cache_dir() -> PathBuf {
-        let root = std::env::var_os("MESH_TESTENV_CACHE")
+    /// Where every cached build goes: `$MESH_TESTENV_CACHE` or `$XDG_CACHE_HOME/kubectl-mesh`
+    /// or `~/.cache/kubectl-mesh`.
+    pub fn cache_root() -> PathBuf {
+        std::env::var_os("MESH_TESTENV_CACHE")
             .map(PathBuf::from)
             .or_else(|| {
                 std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("kubectl-mesh"))
@@ -34,46 +34,27 @@ impl Binaries {
             .or_else(|| {
                 std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kubectl-mesh"))
             })
-            .unwrap_or_else(|| std::env::temp_dir().join("kubectl-mesh-cache"));
-        root.join(format!("k8s-v{KUBERNETES_VERSION}-etcd-v{ETCD_VERSION}"))
+            .unwrap_or_else(|| std::env::temp_dir().join("kubectl-mesh-cache"))
+    }
+
+    /// The cache directory for this version pair, under [`Binaries::cache_root`].
+    pub fn cache_dir() -> PathBuf {
+        Self::cache_root().join(format!("k8s-v{KUBERNETES_VERSION}-etcd-v{ETCD_VERSION}"))
     }
 
     /// Returns the cached binaries, building the missing ones first (10-20 minutes on 2
-    /// cores, once). A file lock keeps concurrent test binaries from building twice.
+    /// cores, once).
     pub fn ensure() -> anyhow::Result<Self> {
-        let dir = Self::cache_dir();
-        let binaries = Self { dir: dir.clone() };
-        if binaries.complete() {
-            return Ok(binaries);
-        }
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let lock = std::fs::File::create(dir.join(".build.lock"))?;
-        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .context("locking the control-plane build")?;
-        if binaries.complete() {
-            return Ok(binaries);
-        }
-        let script = dir.join(".build-control-plane.sh");
-        std::fs::write(&script, BUILD_SCRIPT)?;
-        eprintln!(
-            "[testenv] building Kubernetes v{KUBERNETES_VERSION} and etcd v{ETCD_VERSION} from the Go module proxy into {} (once per machine, 10-20 min)",
-            dir.display()
-        );
-        let started = Instant::now();
-        let status = Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .arg(KUBERNETES_VERSION)
-            .arg(ETCD_VERSION)
-            .status()
-            .context("running bash; is it installed?")?;
-        if !status.success() || !binaries.complete() {
-            bail!(
-                "building the control plane failed ({status}); see the output above, check that `go` is on PATH and the Go module proxy is reachable"
-            );
-        }
-        eprintln!("[testenv] control plane built in {:.0?}", started.elapsed());
+        let binaries = Self {
+            dir: Self::cache_dir(),
+        };
+        build_once(
+            &binaries.dir,
+            BUILD_SCRIPT,
+            &[KUBERNETES_VERSION, ETCD_VERSION],
+            &format!("Kubernetes v{KUBERNETES_VERSION} and etcd v{ETCD_VERSION} (10-20 min)"),
+            || binaries.complete(),
+        )?;
         Ok(binaries)
     }
 
@@ -98,4 +79,47 @@ impl Binaries {
     pub fn owns(&self, path: &Path) -> bool {
         path.starts_with(&self.dir)
     }
+}
+
+/// Runs the build `script` (bash, with `dir` and `args` as arguments) unless `complete` says
+/// `dir` already holds its output. A file lock keeps concurrent test binaries from building
+/// twice; `what` names the build in the progress line.
+pub(crate) fn build_once(
+    dir: &Path,
+    script: &str,
+    args: &[&str],
+    what: &str,
+    complete: impl Fn() -> bool,
+) -> anyhow::Result<()> {
+    if complete() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lock = std::fs::File::create(dir.join(".build.lock"))?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking the build of {what}"))?;
+    if complete() {
+        return Ok(());
+    }
+    let script_path = dir.join(".build.sh");
+    std::fs::write(&script_path, script)?;
+    eprintln!(
+        "[testenv] building {what} from the Go module proxy into {} (once per machine)",
+        dir.display()
+    );
+    let started = Instant::now();
+    let status = Command::new("bash")
+        .arg(&script_path)
+        .arg(dir)
+        .args(args)
+        .status()
+        .context("running bash; is it installed?")?;
+    if !status.success() || !complete() {
+        bail!(
+            "building {what} failed ({status}); see the output above, check that `go` is on PATH and the Go module proxy is reachable"
+        );
+    }
+    eprintln!("[testenv] built in {:.0?}", started.elapsed());
+    Ok(())
 }

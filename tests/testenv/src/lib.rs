@@ -12,6 +12,7 @@
 
 pub mod binaries;
 mod env;
+pub mod istio;
 pub mod json_doc;
 mod kubeconfig;
 pub mod mesh;

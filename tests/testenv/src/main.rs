@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use mesh_testenv::istio::{DEFAULT_REVISION, Istio, IstioBinaries, IstioOptions};
 use mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_testenv::{Options, TestEnv};
 use nix::sys::signal::{Signal, kill};
@@ -35,9 +36,18 @@ enum Cmd {
         /// local webhook process, attach every remote, and write DIR/env.sh.
         #[arg(long)]
         mesh: bool,
+        /// Also build Istio (once per machine), install its CRDs and configuration on the
+        /// primary, run istiod for the primary and point every remote's sidecar injector at it;
+        /// with --mesh, remotes are attached with --istio-remote-secret.
+        #[arg(long)]
+        istio: bool,
     },
     /// Build (once per machine) and cache the control-plane binaries, then print where they are.
-    Build,
+    Build {
+        /// Also build Istio's pilot-discovery and istioctl.
+        #[arg(long)]
+        istio: bool,
+    },
     /// Stop the environment running in DIR.
     Down {
         /// The directory given to `up`.
@@ -59,17 +69,26 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Cmd::Up { dir, remotes, mesh } => up(dir, remotes, mesh).await,
+        Cmd::Up {
+            dir,
+            remotes,
+            mesh,
+            istio,
+        } => up(dir, remotes, mesh, istio).await,
         Cmd::Down { dir } => down(&dir).await,
-        Cmd::Build => {
+        Cmd::Build { istio } => {
             let binaries = tokio::task::spawn_blocking(mesh_testenv::Binaries::ensure).await??;
             println!("{}", binaries.dir.display());
+            if istio {
+                let istio = tokio::task::spawn_blocking(IstioBinaries::ensure).await??;
+                println!("{}", istio.dir.display());
+            }
             Ok(())
         }
     }
 }
 
-async fn up(dir: PathBuf, remotes: usize, with_mesh: bool) -> anyhow::Result<()> {
+async fn up(dir: PathBuf, remotes: usize, with_mesh: bool, with_istio: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     if let Some(pid) = running_pid(&dir) {
@@ -88,9 +107,25 @@ async fn up(dir: PathBuf, remotes: usize, with_mesh: bool) -> anyhow::Result<()>
         _ = sigterm.recv() => return cleanup(&dir),
         _ = sigint.recv() => return cleanup(&dir),
     };
+    let mut istio = None;
+    if with_istio {
+        let started = tokio::select! {
+            istio = Istio::start(&env, IstioOptions::default()) => istio,
+            _ = sigterm.recv() => return cleanup(&dir),
+            _ = sigint.recv() => return cleanup(&dir),
+        };
+        match started {
+            Ok(started) => istio = Some(started),
+            Err(error) => {
+                drop(env);
+                cleanup(&dir)?;
+                return Err(error);
+            }
+        }
+    }
     if with_mesh {
         let started = tokio::select! {
-            mesh = start_mesh(&env) => mesh,
+            mesh = start_mesh(&env, with_istio) => mesh,
             _ = sigterm.recv() => return cleanup(&dir),
             _ = sigint.recv() => return cleanup(&dir),
         };
@@ -108,6 +143,14 @@ async fn up(dir: PathBuf, remotes: usize, with_mesh: bool) -> anyhow::Result<()>
             cluster.name,
             cluster.server,
             cluster.kubeconfig.display()
+        );
+    }
+    if let Some(istio) = &istio {
+        let istiod = istio.istiod(DEFAULT_REVISION)?;
+        println!(
+            "  istiod     http://{}/debug/clusterz  (log: {})",
+            istiod.http,
+            dir.join(format!("{}.log", istiod.process_name())).display()
         );
     }
     println!(
@@ -135,7 +178,7 @@ async fn up(dir: PathBuf, remotes: usize, with_mesh: bool) -> anyhow::Result<()>
 }
 
 /// Builds the product binaries with the profile this tool was built with, then sets up the mesh.
-async fn start_mesh(env: &TestEnv) -> anyhow::Result<()> {
+async fn start_mesh(env: &TestEnv, with_istio: bool) -> anyhow::Result<()> {
     let release = std::env::current_exe()?
         .parent()
         .is_some_and(|d| d.ends_with("release"));
@@ -150,7 +193,11 @@ async fn start_mesh(env: &TestEnv) -> anyhow::Result<()> {
     if !status.success() {
         bail!("building kubectl-mesh and mesh-webhook failed; see the cargo output above");
     }
-    let mesh = Mesh::start(env, MeshOptions::from_workspace()?).await?;
+    let mut options = MeshOptions::from_workspace()?;
+    if with_istio {
+        options.attach_args.push("--istio-remote-secret".to_owned());
+    }
+    let mesh = Mesh::start(env, options).await?;
     let env_sh = mesh.write_env_sh(env)?;
     let remote = env
         .remotes()

@@ -32,6 +32,8 @@ pub struct MeshOptions {
     pub attach_remotes: bool,
     /// More arguments for `kubectl mesh install` (e.g. a custom rule).
     pub install_args: Vec<String>,
+    /// More arguments for the `kubectl mesh attach` of every remote (e.g. `--istio-remote-secret`).
+    pub attach_args: Vec<String>,
     /// More arguments for every `mesh-webhook` replica (e.g. the same rule's flags).
     pub webhook_args: Vec<String>,
     /// Callers of the webhook must present the primary apiserver's client certificate
@@ -48,6 +50,7 @@ impl MeshOptions {
             resync_period: Duration::from_secs(5),
             attach_remotes: true,
             install_args: Vec::new(),
+            attach_args: Vec::new(),
             webhook_args: Vec::new(),
             client_auth: true,
         })
@@ -128,7 +131,9 @@ impl Mesh {
             for remote in env.remotes() {
                 // Until the webhook's first sync of the remote, its pushes may not reach it
                 // yet: tests that expect a push to land before kubectl returns start after it.
-                mesh.attach_with(remote, &["--wait"]).await?;
+                let mut args = vec!["--wait"];
+                args.extend(mesh.options.attach_args.iter().map(String::as_str));
+                mesh.attach_with(remote, &args).await?;
                 eprintln!("[mesh] attached {}: {:.2?}", remote.name, started.elapsed());
             }
         }

@@ -5,7 +5,7 @@ use kube::{Api, Client, api::DynamicObject, config::Kubeconfig};
 use super::preflight::Plan;
 use crate::{
     Result, kubeconfig,
-    remote_setup::{self as setup, ClusterRecord},
+    remote_setup::{self as setup, ClusterRecord, ReaderRole},
     render::Manifest,
 };
 
@@ -36,8 +36,8 @@ pub(super) fn remote_objects(plan: &Plan) -> Result<Vec<Manifest>> {
         out.push(Manifest::new(&setup::guard_policy(name, &plan.guard))?);
         out.push(Manifest::new(&setup::guard_binding(name, &plan.guard))?);
     }
-    if plan.istio.is_some() {
-        out.extend(istio_reader_objects(name)?);
+    if let Some(istio) = &plan.istio {
+        out.extend(istio_reader_objects(name, &istio.reader_role)?);
     }
     Ok(out)
 }
@@ -48,18 +48,23 @@ pub(super) fn for_primary(mut m: Manifest, primary_id: &str) -> Manifest {
     m
 }
 
-/// With --istio-remote-secret: istiod's reader account, its rights and its token Secret.
-pub(super) fn istio_reader_objects(name: &str) -> Result<Vec<Manifest>> {
-    Ok(vec![
-        Manifest::new(&setup::service_account(setup::ISTIO_READER, name))?,
-        Manifest::new(&setup::istio_reader_cluster_role(name))?,
-        Manifest::new(&setup::cluster_role_binding(setup::ISTIO_READER, name))?,
-        Manifest::new(&setup::token_secret(
-            setup::ISTIO_READER_TOKEN_SECRET,
-            setup::ISTIO_READER,
-            name,
-        ))?,
-    ])
+/// With --istio-remote-secret: istiod's reader account, its rights (our ClusterRole only
+/// where Istio's own is absent) and its token Secret.
+pub(super) fn istio_reader_objects(name: &str, role: &ReaderRole) -> Result<Vec<Manifest>> {
+    let mut out = vec![Manifest::new(&setup::service_account(
+        setup::ISTIO_READER,
+        name,
+    ))?];
+    if *role == ReaderRole::Own {
+        out.push(Manifest::new(&setup::istio_reader_cluster_role(name))?);
+    }
+    out.push(Manifest::new(&setup::istio_reader_binding(role, name))?);
+    out.push(Manifest::new(&setup::token_secret(
+        setup::ISTIO_READER_TOKEN_SECRET,
+        setup::ISTIO_READER,
+        name,
+    ))?);
+    Ok(out)
 }
 
 /// The MeshCluster's record of this attach.

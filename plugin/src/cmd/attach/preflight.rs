@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::{core::v1::Namespace, rbac::v1::ClusterRole};
 use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
 use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
@@ -13,7 +13,7 @@ use crate::{
     Context, Error, Result,
     access::{self, Need, Target},
     kubeconfig, mesh_state,
-    remote_setup::{self as setup, Guard},
+    remote_setup::{self as setup, Guard, ReaderRole},
     render::{self, Manifest},
 };
 
@@ -51,9 +51,11 @@ pub(super) struct Plan {
     pub(super) istio: Option<IstioPlan>,
 }
 
-/// With --istio-remote-secret: whether istio-system exists on the primary.
+/// With --istio-remote-secret: whether istio-system exists on the primary, and the ClusterRole
+/// istiod's reader account gets on the remote.
 pub(super) struct IstioPlan {
     pub(super) namespace_exists: bool,
+    pub(super) reader_role: ReaderRole,
 }
 
 /// The mesh namespace on the remote, before attach.
@@ -265,8 +267,24 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
             .map_err(|e| access::request_error(&primary_target, "check rights", e))?;
             primary_missing.extend(extra);
         }
+        // Istio's own reader role, where its remote profile installed it, is the one that
+        // matches the Istio version running; ours is for remotes without it.
+        let roles: Api<ClusterRole> = Api::all(remote.clone());
+        let reader_role = match roles.get_opt(&setup::istio_own_reader_role()).await {
+            Ok(Some(_)) => ReaderRole::Istio,
+            // Without the right to read it, the rights check below tells what is missing.
+            Ok(None) | Err(kube::Error::Api(_)) => ReaderRole::Own,
+            Err(e) => {
+                return Err(access::request_error(
+                    &remote_target,
+                    "read ClusterRoles",
+                    e,
+                ));
+            }
+        };
         Some(IstioPlan {
             namespace_exists: exists,
+            reader_role,
         })
     } else {
         None

@@ -22,7 +22,7 @@ use crate::sync_scope::{self, Scope};
 use crate::{
     Error, Result, mesh_state,
     output::Progress,
-    remote_setup::{self as setup, Guard},
+    remote_setup::{self as setup, Guard, ReaderRole},
     render::{FIELD_MANAGER, Manifest},
 };
 
@@ -364,9 +364,16 @@ impl<'a> Run<'a> {
         self.done(Step::GuardBinding)?;
 
         self.begin(Step::IstioReader);
-        let reader_token = if plan.istio.is_some() {
-            for m in istio_reader_objects(&name)? {
+        let reader_token = if let Some(istio) = &plan.istio {
+            self.retire_other_reader_role(&istio.reader_role).await?;
+            for m in istio_reader_objects(&name, &istio.reader_role)? {
                 self.ensure(Side::Remote, m).await?;
+            }
+            if istio.reader_role == ReaderRole::Istio {
+                self.progress.ok(format!(
+                    "{name}: istiod's reader bound to Istio's own ClusterRole {}",
+                    setup::istio_own_reader_role()
+                ));
             }
             let token = wait_token(
                 &plan.remote,
@@ -537,6 +544,40 @@ impl<'a> Run<'a> {
     /// (binding first, so that no policy is left bound). Objects of that name that attach did
     /// not create for this cluster stay. Preflight made sure the caller may read them; should
     /// a read still be refused, that is said and the run goes on (`check` tells what is left).
+    /// A re-attach that binds istiod's reader to another ClusterRole than before: the binding's
+    /// roleRef cannot change, so the old binding goes (it is recreated next), and so does the
+    /// ClusterRole of ours that nothing uses any more.
+    async fn retire_other_reader_role(&mut self, role: &ReaderRole) -> Result<()> {
+        let name = self.plan.name.clone();
+        let binding = Manifest::new(&setup::istio_reader_binding(role, &name))?;
+        let found = dyn_api(&self.plan.remote, &binding)
+            .get_opt(&binding.name)
+            .await
+            .map_err(Error::kube(format!("cannot read {}", describe(&binding))))?;
+        let bound_to = |o: &DynamicObject| {
+            o.data
+                .pointer("/roleRef/name")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        let Some(found) = found else { return Ok(()) };
+        if bound_to(&found) == Some(role.name())
+            || !setup::is_ours_from(&found.metadata, &name, &self.plan.primary_id)
+        {
+            return Ok(());
+        }
+        apply::delete(&self.plan.remote, &binding).await?;
+        if *role == ReaderRole::Istio {
+            let own = Manifest::new(&setup::istio_reader_cluster_role(&name))?;
+            apply::delete(&self.plan.remote, &own).await?;
+        }
+        self.progress.ok(format!(
+            "{name}: istiod's reader moves to ClusterRole {}",
+            role.name()
+        ));
+        Ok(())
+    }
+
     async fn remove_guard(&mut self) -> Result<()> {
         let name = self.plan.name.clone();
         let guard = Guard::new(mesh_core::cluster::RemoteGuard::Warn, "", "");
