@@ -201,6 +201,17 @@ pub async fn remote_namespaces(client: &Client, timeout: Duration) -> RemoteResu
         .map(|l| l.items)
 }
 
+/// Every MutatingWebhookConfiguration of a remote: where Istio's injectors are.
+pub async fn remote_injectors(
+    client: &Client,
+    timeout: Duration,
+) -> RemoteResult<Vec<MutatingWebhookConfiguration>> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    with_deadline(timeout, api.list(&ListParams::default()))
+        .await
+        .map(|l| l.items)
+}
+
 /// Every namespace of `cluster`'s remote, read with its stored credentials. The whole read
 /// (Secret, client, list) is bounded by `timeout`.
 pub async fn read_remote(

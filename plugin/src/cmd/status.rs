@@ -2,13 +2,19 @@
 //!
 //! The primary and every remote are read now (the remotes in parallel, each under a
 //! deadline), and every cell is judged by the sync rule itself ([`SyncRule::desired`] and
-//! [`SyncRule::diff`]): a cell shows drift exactly when a sync would write to it.
+//! [`SyncRule::diff`]): a cell shows drift exactly when a sync would write to it. Where the
+//! labels ask for sidecars, the remote's MutatingWebhookConfigurations say whether an Istio
+//! injector acts on them ([`mesh_core::injection`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::ResourceExt;
+use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace,
+};
+use kube::{Client, ResourceExt};
+use mesh_core::cluster::MeshCluster;
+use mesh_core::injection::{self, Readiness};
 use mesh_core::labels::{Labels, SyncRule};
 use serde::Serialize;
 
@@ -28,7 +34,8 @@ pub const DRIFT_EXIT_CODE: u8 = 3;
 /// corrected by the webhook's reconciler or by `kubectl mesh sync`; `(missing)` means the
 /// namespace carries managed labels on the primary but does not exist on that remote
 /// (kubectl-mesh never creates namespaces); `(absent)` that it does not exist there and
-/// nothing is owed there.
+/// nothing is owed there; `(no injector)` that its labels ask for sidecars and no Istio
+/// injector of that cluster acts on them.
 #[derive(Debug, clap::Args)]
 pub struct Status {
     /// Namespaces to show [default: every namespace with a managed label].
@@ -55,17 +62,7 @@ impl Status {
         let (rule, primary, remotes) = tokio::join!(
             mesh_state::rule(&client),
             mesh_state::primary_namespaces(&client),
-            mesh_state::for_each(&clusters, |c| {
-                let client = &client;
-                async move {
-                    RemoteView {
-                        name: c.name_any(),
-                        namespaces: mesh_state::read_remote(client, c, remote_timeout)
-                            .await
-                            .map_err(|e| e.to_string()),
-                    }
-                }
-            })
+            mesh_state::for_each(&clusters, |c| read_view(&client, c, remote_timeout))
         );
         let (rule, primary) = (rule?, primary?);
         let report = StatusReport::compute(&rule, &primary, &remotes, &namespaces);
@@ -105,10 +102,42 @@ impl Status {
                 ctx.progress.info(line);
             }
         }
+        for line in report.injection_summary() {
+            ctx.progress.warn(line);
+        }
         if exit_code && report.drifted > 0 {
             return Err(Error::Exit(DRIFT_EXIT_CODE));
         }
         Ok(())
+    }
+}
+
+/// Reads `cluster`'s namespaces and injectors with its stored credentials, under `timeout`.
+async fn read_view(primary: &Client, cluster: &MeshCluster, timeout: Duration) -> RemoteView {
+    let name = cluster.name_any();
+    let read = async {
+        let client = mesh_state::remote_client(primary, cluster, timeout).await?;
+        let (namespaces, injectors) = tokio::join!(
+            mesh_state::remote_namespaces(&client, timeout),
+            mesh_state::remote_injectors(&client, timeout),
+        );
+        // Clusters attached by an older kubectl-mesh may not read them: unknown, not an error.
+        Ok::<_, mesh_state::RemoteError>((namespaces?, injectors.ok()))
+    };
+    let read = tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(mesh_state::RemoteError::TimedOut(timeout)));
+    match read {
+        Ok((namespaces, injectors)) => RemoteView {
+            name,
+            namespaces: Ok(namespaces),
+            injectors,
+        },
+        Err(e) => RemoteView {
+            name,
+            namespaces: Err(e.to_string()),
+            injectors: None,
+        },
     }
 }
 
@@ -119,6 +148,8 @@ pub struct RemoteView {
     pub name: String,
     /// Every namespace of the remote.
     pub namespaces: std::result::Result<Vec<Namespace>, String>,
+    /// Its MutatingWebhookConfigurations, when they could be read.
+    pub injectors: Option<Vec<MutatingWebhookConfiguration>>,
 }
 
 /// The namespace x cluster matrix, as `-o json|yaml` prints it.
@@ -133,6 +164,8 @@ pub struct StatusReport {
     pub drifted: usize,
     /// Cells of namespaces that carry managed labels on the primary and are absent there.
     pub missing: usize,
+    /// Cells whose labels ask for sidecars no injector of the cluster adds.
+    pub uninjected: usize,
 }
 
 /// One remote.
@@ -142,6 +175,8 @@ pub struct ClusterColumn {
     pub name: String,
     /// Whether its namespaces could be read.
     pub reachable: bool,
+    /// Whether its MutatingWebhookConfigurations could be read.
+    pub injectors_known: bool,
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -181,6 +216,21 @@ pub struct RemoteCell {
     /// What a sync would remove.
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub remove: BTreeSet<String>,
+    /// Whether pods get sidecars there, once synced; absent when the labels ask for none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injection: Option<InjectionCell>,
+}
+
+/// Whether an Istio injector acts on a namespace's labels on one remote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum InjectionCell {
+    /// These MutatingWebhookConfigurations inject sidecars there.
+    Served { injectors: Vec<String> },
+    /// What the labels ask for (`revision canary`), which no injector there provides.
+    Unserved { requested: String },
+    /// The remote's injectors could not be read.
+    Unknown,
 }
 
 /// How a remote namespace compares with the primary.
@@ -254,12 +304,14 @@ impl StatusReport {
                 .map(|r| ClusterColumn {
                     name: r.name.clone(),
                     reachable: r.namespaces.is_ok(),
+                    injectors_known: r.injectors.is_some(),
                     error: r.namespaces.as_ref().err().cloned(),
                 })
                 .collect(),
             namespaces: Vec::new(),
             drifted: 0,
             missing: 0,
+            uninjected: 0,
         };
         for name in names {
             let on_primary = primary.get(&name);
@@ -290,7 +342,7 @@ impl StatusReport {
                             } else {
                                 // THE rule decides: drift is what a sync would write.
                                 let diff = rule.diff(&desired, ns);
-                                if diff.is_empty() {
+                                let mut cell = if diff.is_empty() {
                                     RemoteCell::bare(CellState::InSync, Some(labels))
                                 } else {
                                     report.drifted += 1;
@@ -299,8 +351,16 @@ impl StatusReport {
                                         labels: Some(labels),
                                         set: diff.set,
                                         remove: diff.remove,
+                                        injection: None,
                                     }
+                                };
+                                let synced = rule.after_sync(&desired, ns);
+                                cell.injection =
+                                    injection_cell(&name, &synced, remote.injectors.as_deref());
+                                if matches!(cell.injection, Some(InjectionCell::Unserved { .. })) {
+                                    report.uninjected += 1;
                                 }
+                                cell
                             }
                         }
                     },
@@ -375,6 +435,65 @@ impl StatusReport {
     }
 }
 
+/// Whether an injector of `injectors` (`None`: not known) acts on `labels` of `namespace`;
+/// `None` when the labels ask for no sidecars.
+fn injection_cell(
+    namespace: &str,
+    labels: &Labels,
+    injectors: Option<&[MutatingWebhookConfiguration]>,
+) -> Option<InjectionCell> {
+    let Some(injectors) = injectors else {
+        let requested = injection::requested(labels).injection;
+        return (requested != injection::Injection::None).then_some(InjectionCell::Unknown);
+    };
+    match injection::readiness(namespace, labels, injectors) {
+        Readiness::NotRequested => None,
+        Readiness::Served(injectors) => Some(InjectionCell::Served { injectors }),
+        Readiness::Unserved(requested) => Some(InjectionCell::Unserved {
+            requested: requested.to_string(),
+        }),
+    }
+}
+
+impl StatusReport {
+    /// Lines worth a warning after the table: per cluster, the namespaces whose labels ask
+    /// for sidecars no injector adds there, and clusters whose injectors could not be read.
+    pub fn injection_summary(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for cluster in &self.clusters {
+            let injection = |row: &NamespaceRow| row.clusters.get(&cluster.name)?.injection.clone();
+            let unserved: Vec<String> = self
+                .namespaces
+                .iter()
+                .filter_map(|row| match injection(row)? {
+                    InjectionCell::Unserved { requested } => {
+                        Some(format!("{} ({requested})", row.name))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let unknown = self
+                .namespaces
+                .iter()
+                .any(|row| injection(row) == Some(InjectionCell::Unknown));
+            let name = &cluster.name;
+            if !unserved.is_empty() {
+                lines.push(format!(
+                    "{name}: no injector for {}: their pods will not get sidecars there",
+                    unserved.join(", ")
+                ));
+            }
+            if unknown {
+                lines.push(format!(
+                    "{name}: its injectors cannot be read with the stored credentials; re-run \
+                     `kubectl mesh attach` for {name} to see whether pods get sidecars there"
+                ));
+            }
+        }
+        lines
+    }
+}
+
 impl RemoteCell {
     fn bare(state: CellState, labels: Option<Labels>) -> Self {
         Self {
@@ -382,14 +501,19 @@ impl RemoteCell {
             labels,
             set: Labels::new(),
             remove: BTreeSet::new(),
+            injection: None,
         }
     }
 
-    /// The table cell: the labels, with a marker when they are not simply in sync.
+    /// The table cell: the labels, with a marker when they are not simply in sync or no
+    /// injector acts on them.
     pub fn text(&self) -> String {
         let labels = || labels_text(self.labels.as_ref().unwrap_or(&Labels::new()));
+        let uninjected = matches!(self.injection, Some(InjectionCell::Unserved { .. }));
         match self.state {
+            CellState::InSync if uninjected => format!("{} (no injector)", labels()),
             CellState::InSync => labels(),
+            CellState::Drifted if uninjected => format!("{} (drift, no injector)", labels()),
             CellState::Drifted => format!("{} (drift)", labels()),
             CellState::Missing => "(missing)".to_owned(),
             CellState::Absent => "(absent)".to_owned(),
@@ -425,6 +549,7 @@ mod tests {
     use super::*;
     use crate::mesh_state::fixtures::ns;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use mesh_core::fixtures::istio_injector;
 
     fn primary() -> BTreeMap<String, Namespace> {
         [
@@ -443,6 +568,8 @@ mod tests {
         vec![
             RemoteView {
                 name: "east".into(),
+                // Only the default revision: nothing injects revision 1-24.
+                injectors: Some(vec![istio_injector("default")]),
                 namespaces: Ok(vec![
                     ns("bookinfo", &[("istio-injection", "enabled")]),
                     ns("payments", &[("istio.io/rev", "1-23")]),
@@ -453,6 +580,7 @@ mod tests {
             },
             RemoteView {
                 name: "west".into(),
+                injectors: Some(vec![istio_injector("default"), istio_injector("1-24")]),
                 namespaces: Ok(vec![
                     ns("bookinfo", &[("istio-injection", "enabled"), ("app", "x")]),
                     ns("payments", &[("istio.io/rev", "1-24")]),
@@ -462,6 +590,7 @@ mod tests {
             RemoteView {
                 name: "north".into(),
                 namespaces: Err("no answer within 5s".into()),
+                injectors: None,
             },
         ]
     }
@@ -571,6 +700,61 @@ mod tests {
                  --cluster east` converges it now",
                 "1 namespace with managed labels is absent on east: ambient (kubectl-mesh never \
                  creates namespaces)",
+            ]
+        );
+    }
+
+    #[test]
+    fn injection_is_judged_on_the_labels_after_sync() {
+        let r = report();
+        let cell = |namespace: &str, cluster: &str| {
+            let row = r.namespaces.iter().find(|n| n.name == namespace);
+            row.expect("row").clusters[cluster].injection.clone()
+        };
+        let served = |names: &[&str]| {
+            Some(InjectionCell::Served {
+                injectors: names.iter().map(|n| n.to_string()).collect(),
+            })
+        };
+        assert_eq!(
+            cell("bookinfo", "east"),
+            served(&["istio-sidecar-injector"])
+        );
+        // East carries 1-23 now and will carry 1-24, which it has no injector for.
+        assert_eq!(
+            cell("payments", "east"),
+            Some(InjectionCell::Unserved {
+                requested: "revision 1-24".into()
+            })
+        );
+        assert_eq!(
+            cell("payments", "west"),
+            served(&["istio-sidecar-injector-1-24"])
+        );
+        // No sidecars asked for, or the namespace is not there.
+        assert_eq!(cell("ambient", "west"), None);
+        assert_eq!(cell("legacy", "east"), None);
+        assert_eq!(r.uninjected, 1);
+        assert_eq!(
+            r.namespaces[3].clusters["east"].text(),
+            "istio.io/rev=1-23 (drift, no injector)"
+        );
+
+        // Injectors that could not be read: said once, for the cluster.
+        let mut blind = remotes();
+        blind[1].injectors = None;
+        let r = StatusReport::compute(&SyncRule::default(), &primary(), &blind, &[]);
+        assert_eq!(
+            r.namespaces[1].clusters["west"].injection,
+            Some(InjectionCell::Unknown)
+        );
+        assert_eq!(
+            r.injection_summary(),
+            [
+                "east: no injector for payments (revision 1-24): their pods will not get \
+                 sidecars there",
+                "west: its injectors cannot be read with the stored credentials; re-run \
+                 `kubectl mesh attach` for west to see whether pods get sidecars there",
             ]
         );
     }

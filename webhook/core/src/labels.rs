@@ -133,6 +133,16 @@ impl SyncRule {
         }
     }
 
+    /// Every label `remote` carries once synced: its own unmanaged labels and `desired`'s
+    /// managed ones (what Istio's webhooks will select on there).
+    pub fn after_sync(&self, desired: &Labels, remote: &Namespace) -> Labels {
+        let own = remote.metadata.labels.iter().flatten();
+        own.filter(|(key, _)| !self.is_managed(key))
+            .chain(desired.iter().filter(|(key, _)| self.is_managed(key)))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
     /// What to change on `remote` so that its managed labels equal `desired`.
     ///
     /// Keys of `desired` that are not managed are ignored, so a caller cannot make this write
@@ -351,6 +361,20 @@ mod tests {
     use super::*;
     use crate::fixtures::{NamespaceExt, ns};
     use serde_json::json;
+
+    #[test]
+    fn after_sync_keeps_unmanaged_labels_and_takes_managed_ones_from_desired() {
+        let rule = SyncRule::default();
+        let remote = ns("shop")
+            .label("team", "a")
+            .label("istio-injection", "enabled")
+            .label("istio.io/rev", "old");
+        let desired = labels([("istio.io/rev", "canary"), ("team", "ignored")]);
+        assert_eq!(
+            rule.after_sync(&desired, &remote),
+            labels([("istio.io/rev", "canary"), ("team", "a")])
+        );
+    }
 
     fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
         pairs
