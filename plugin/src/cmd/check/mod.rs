@@ -8,12 +8,13 @@
 //! context in the user's kubeconfig, when it has one.
 //!
 //! [`facts`] makes every read; [`install`], [`cluster`] and [`rights`] judge what was read
-//! without a cluster; [`report`] is what they conclude and [`render`] prints it.
+//! without a cluster ([`istio_secret`] reads and judges the Istio remote secrets); [`report`] is what they conclude and [`render`] prints it.
 
 pub mod caller_auth;
 pub mod cluster;
 pub mod facts;
 pub mod install;
+pub mod istio_secret;
 pub mod render;
 pub mod report;
 pub mod rights;
@@ -76,7 +77,12 @@ pub async fn check_all(
     // Without the CRD there are no MeshClusters to check.
     if installation.crd_established {
         let mesh = facts::mesh(client, user_kubeconfig, &installation.rule, remote_timeout).await;
-        sections.extend(cluster::judge_mesh(&mesh, &installation.rule, now));
+        let mut clusters = cluster::judge_mesh(&mesh, &installation.rule, now);
+        if let facts::MeshFacts::Attached(attached) = &mesh {
+            istio_secret::add_checks(client, &attached.clusters, &mut clusters, remote_timeout)
+                .await;
+        }
+        sections.extend(clusters);
     }
     CheckReport::new(sections)
 }

@@ -1,0 +1,274 @@
+//! The Istio remote secret of each attached cluster (`attach --istio-remote-secret`): istiod
+//! reads the remote with the kubeconfig in it, and never says why it cannot except in its log.
+//! `check` does what istiod does first: it authenticates with those credentials and asks
+//! whether they may list what istiod watches.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    authentication::v1::SelfSubjectReview,
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+    core::v1::Secret,
+};
+use kube::{Api, Client, api::PostParams};
+use mesh_core::{cluster::MeshCluster, remote};
+
+use super::facts::Fetched;
+use super::report::{CheckResult, Section};
+use crate::{
+    mesh_state::{self, RemoteResult, with_deadline},
+    remote_setup as setup,
+};
+
+/// What istiod lists on a remote before it reports the cluster synced (a sample: a reader that
+/// may not list one of these never syncs).
+const WATCHED: [(&str, &str); 5] = [
+    ("", "configmaps"),
+    ("", "namespaces"),
+    ("", "pods"),
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+];
+
+/// What was read for one cluster's Istio remote secret.
+#[derive(Debug)]
+pub struct IstioSecretFacts {
+    /// The secret on the primary (`None`: the cluster was attached without one).
+    pub secret: Fetched<Secret>,
+    /// What its credentials got from the remote, when there was a usable kubeconfig.
+    pub reader: Option<Result<ReaderFacts, String>>,
+}
+
+/// What the remote answered the credentials of an Istio remote secret.
+#[derive(Debug)]
+pub struct ReaderFacts {
+    /// Who they are.
+    pub whoami: RemoteResult<SelfSubjectReview>,
+    /// Resources of [`WATCHED`] they may not list (empty: all allowed).
+    pub cannot_list: RemoteResult<Vec<String>>,
+}
+
+/// Reads `cluster`'s Istio remote secret on the primary and tries its credentials.
+pub async fn facts(primary: &Client, cluster: &MeshCluster, timeout: Duration) -> IstioSecretFacts {
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(primary.clone(), setup::ISTIO_NAMESPACE)
+        .get_opt(&setup::istio_secret_name(&name))
+        .await;
+    let reader = match &secret {
+        Ok(Some(secret)) => Some(reader_facts(secret, &name, timeout).await),
+        _ => None,
+    };
+    IstioSecretFacts { secret, reader }
+}
+
+async fn reader_facts(
+    secret: &Secret,
+    name: &str,
+    timeout: Duration,
+) -> Result<ReaderFacts, String> {
+    // istiod reads the key named after the cluster.
+    let yaml = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(name))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .ok_or_else(|| format!("the secret has no key {name}"))?;
+    let client = remote::client_from_kubeconfig(
+        &setup::istio_secret_name(name),
+        &yaml,
+        &mesh_state::remote_options(timeout),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let whoami = with_deadline(
+        timeout,
+        Api::<SelfSubjectReview>::all(client.clone())
+            .create(&PostParams::default(), &SelfSubjectReview::default()),
+    )
+    .await;
+    let cannot_list = with_deadline(timeout, cannot_list(&client)).await;
+    Ok(ReaderFacts {
+        whoami,
+        cannot_list,
+    })
+}
+
+async fn cannot_list(client: &Client) -> Result<Vec<String>, kube::Error> {
+    let api = Api::<SelfSubjectAccessReview>::all(client.clone());
+    let mut denied = Vec::new();
+    for (group, resource) in WATCHED {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(group.to_owned()),
+                    resource: Some(resource.to_owned()),
+                    verb: Some("list".to_owned()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = api.create(&PostParams::default(), &review).await?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            denied.push(resource.to_owned());
+        }
+    }
+    Ok(denied)
+}
+
+/// Adds to each cluster's section of `sections` the check of its Istio remote secret, for
+/// the clusters attached with one.
+pub async fn add_checks(
+    primary: &Client,
+    clusters: &[MeshCluster],
+    sections: &mut [Section],
+    timeout: Duration,
+) {
+    let found = mesh_state::for_each(clusters, |c| facts(primary, c, timeout)).await;
+    for (cluster, facts) in clusters.iter().zip(&found) {
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        let title = format!("cluster {name} (");
+        let Some(result) = judge(&name, facts) else {
+            continue;
+        };
+        if let Some(section) = sections.iter_mut().find(|s| s.name.starts_with(&title)) {
+            section.checks.push(result);
+        }
+    }
+}
+
+/// The check of one cluster's Istio remote secret; `None` when it has none.
+pub fn judge(name: &str, facts: &IstioSecretFacts) -> Option<CheckResult> {
+    let what = "istiod's remote secret reads the cluster";
+    let reattach = format!(
+        "re-run `kubectl mesh attach` for {name} with --istio-remote-secret: it issues istiod a \
+         new token and the rights it needs"
+    );
+    let secret = format!(
+        "{}/{}",
+        setup::ISTIO_NAMESPACE,
+        setup::istio_secret_name(name)
+    );
+    match &facts.secret {
+        Ok(None) => return None,
+        Err(e) => {
+            return Some(CheckResult::kube_failure(
+                what,
+                &format!("reading Secret {secret}"),
+                e,
+            ));
+        }
+        Ok(Some(_)) => {}
+    }
+    let reader = match facts.reader.as_ref()? {
+        Ok(reader) => reader,
+        Err(e) => return Some(CheckResult::error(what, format!("{secret}: {e}"), reattach)),
+    };
+    if let Err(e) = &reader.whoami {
+        let detail = if e.is_forbidden() {
+            format!("the cluster refuses the token in {secret} ({e}): istiod cannot read it")
+        } else {
+            format!("{secret}: {e}")
+        };
+        return Some(CheckResult::error(what, detail, reattach));
+    }
+    Some(match &reader.cannot_list {
+        Ok(denied) if denied.is_empty() => CheckResult::ok(what, Some(secret)),
+        Ok(denied) => CheckResult::error(
+            what,
+            format!(
+                "the token in {secret} may not list {}: istiod never syncs the cluster",
+                denied.join(", ")
+            ),
+            reattach,
+        ),
+        Err(e) => CheckResult::error(what, format!("{secret}: {e}"), reattach),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_state::RemoteError;
+
+    fn with_secret(reader: Result<ReaderFacts, String>) -> IstioSecretFacts {
+        IstioSecretFacts {
+            secret: Ok(Some(Secret::default())),
+            reader: Some(reader),
+        }
+    }
+
+    fn answered(cannot_list: Vec<String>) -> ReaderFacts {
+        ReaderFacts {
+            whoami: Ok(SelfSubjectReview::default()),
+            cannot_list: Ok(cannot_list),
+        }
+    }
+
+    fn unauthorized() -> RemoteError {
+        RemoteError::Call(kube::Error::Api(
+            kube::core::Status::failure("Unauthorized", "Unauthorized")
+                .with_code(401)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn a_cluster_without_istio_secret_has_no_check() {
+        let facts = IstioSecretFacts {
+            secret: Ok(None),
+            reader: None,
+        };
+        assert_eq!(judge("east", &facts), None);
+    }
+
+    #[test]
+    fn accepted_credentials_that_may_list_everything_pass() {
+        let result = judge("east", &with_secret(Ok(answered(vec![])))).unwrap();
+        assert_eq!(result.result, super::super::Outcome::Ok);
+    }
+
+    #[test]
+    fn a_revoked_token_fails_and_says_to_reattach() {
+        let facts = with_secret(Ok(ReaderFacts {
+            whoami: Err(unauthorized()),
+            cannot_list: Err(unauthorized()),
+        }));
+        let result = judge("east", &facts).unwrap();
+        assert_eq!(result.result, super::super::Outcome::Error);
+        assert!(
+            result
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("refuses the token"),
+            "{result:?}"
+        );
+        assert!(
+            result
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("--istio-remote-secret")
+        );
+    }
+
+    #[test]
+    fn a_reader_missing_a_watched_resource_fails_naming_it() {
+        let result = judge(
+            "east",
+            &with_secret(Ok(answered(vec!["configmaps".into()]))),
+        )
+        .unwrap();
+        assert_eq!(result.result, super::super::Outcome::Error);
+        assert!(
+            result
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("may not list configmaps"),
+            "{result:?}"
+        );
+    }
+}
