@@ -8,7 +8,8 @@
 //! context in the user's kubeconfig, when it has one.
 //!
 //! [`facts`] makes every read; [`install`], [`cluster`] and [`rights`] judge what was read
-//! without a cluster ([`istio_secret`] reads and judges the Istio remote secrets); [`report`] is what they conclude and [`render`] prints it.
+//! without a cluster ([`istio_secret`] reads and judges the Istio remote secrets); [`report`]
+//! is what they conclude and [`render`] prints it.
 
 pub mod caller_auth;
 pub mod cluster;
