@@ -34,8 +34,9 @@ pub const DRIFT_EXIT_CODE: u8 = 3;
 /// corrected by the webhook's reconciler or by `kubectl mesh sync`; `(missing)` means the
 /// namespace carries managed labels on the primary but does not exist on that remote
 /// (kubectl-mesh never creates namespaces); `(absent)` that it does not exist there and
-/// nothing is owed there; `(no injector)` that its labels ask for sidecars and no Istio
-/// injector of that cluster acts on them.
+/// nothing is owed there. With `-o wide`, `(no injector)` marks a namespace whose labels ask
+/// for sidecars that no Istio injector of that cluster adds, `(injector: NAME)` the
+/// MutatingWebhookConfiguration that does.
 #[derive(Debug, clap::Args)]
 pub struct Status {
     /// Namespaces to show [default: every namespace with a managed label].
@@ -84,7 +85,7 @@ impl Status {
                         rule.managed_keys().collect::<Vec<_>>().join(", ")
                     ));
                 } else {
-                    output::print_stdout(&report.table())?;
+                    output::print_stdout(&report.table(ctx.output == OutputFormat::Wide))?;
                 }
             }
             format => {
@@ -372,8 +373,9 @@ impl StatusReport {
         report
     }
 
-    /// The matrix as a kubectl-like table: NAMESPACE, PRIMARY, then one column per remote.
-    pub fn table(&self) -> String {
+    /// The matrix as a kubectl-like table: NAMESPACE, PRIMARY, then one column per remote;
+    /// `wide` adds whether an injector acts on each remote cell's labels.
+    pub fn table(&self, wide: bool) -> String {
         let mut headers = vec!["namespace".to_owned(), "primary".to_owned()];
         headers.extend(self.clusters.iter().map(|c| c.name.clone()));
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
@@ -389,7 +391,7 @@ impl StatusReport {
             cells.extend(self.clusters.iter().map(|c| {
                 row.clusters
                     .get(&c.name)
-                    .map_or_else(|| "(unreachable)".to_owned(), RemoteCell::text)
+                    .map_or_else(|| "(unreachable)".to_owned(), |cell| cell.text(wide))
             }));
             cells
         });
@@ -455,6 +457,17 @@ fn injection_cell(
     }
 }
 
+impl InjectionCell {
+    /// `(injector: istio-sidecar-injector)`, `(no injector)`, `(injector unknown)`.
+    fn marker(&self) -> String {
+        match self {
+            Self::Served { injectors } => format!("(injector: {})", injectors.join(",")),
+            Self::Unserved { .. } => "(no injector)".to_owned(),
+            Self::Unknown => "(injector unknown)".to_owned(),
+        }
+    }
+}
+
 impl StatusReport {
     /// Lines worth a warning after the table: per cluster, the namespaces whose labels ask
     /// for sidecars no injector adds there, and clusters whose injectors could not be read.
@@ -505,15 +518,18 @@ impl RemoteCell {
         }
     }
 
-    /// The table cell: the labels, with a marker when they are not simply in sync or no
-    /// injector acts on them.
-    pub fn text(&self) -> String {
-        let labels = || labels_text(self.labels.as_ref().unwrap_or(&Labels::new()));
-        let uninjected = matches!(self.injection, Some(InjectionCell::Unserved { .. }));
+    /// The table cell: the labels, with a marker when they are not simply in sync and, when
+    /// `wide`, whether an injector acts on them.
+    pub fn text(&self, wide: bool) -> String {
+        let labels = || {
+            let text = labels_text(self.labels.as_ref().unwrap_or(&Labels::new()));
+            match &self.injection {
+                Some(injection) if wide => format!("{text} {}", injection.marker()),
+                _ => text,
+            }
+        };
         match self.state {
-            CellState::InSync if uninjected => format!("{} (no injector)", labels()),
             CellState::InSync => labels(),
-            CellState::Drifted if uninjected => format!("{} (drift, no injector)", labels()),
             CellState::Drifted => format!("{} (drift)", labels()),
             CellState::Missing => "(missing)".to_owned(),
             CellState::Absent => "(absent)".to_owned(),
@@ -601,7 +617,8 @@ mod tests {
 
     #[test]
     fn table_snapshot() {
-        insta::assert_snapshot!("status_table", report().table());
+        insta::assert_snapshot!("status_table", report().table(false));
+        insta::assert_snapshot!("status_table_wide", report().table(true));
     }
 
     #[test]
@@ -649,7 +666,7 @@ mod tests {
         assert_eq!(r.namespaces[1].clusters["east"].state, CellState::Absent);
         assert_eq!((r.drifted, r.missing), (0, 0));
         assert_eq!(
-            r.table(),
+            r.table(false),
             "NAMESPACE     PRIMARY    EAST\n\
              kube-system   -          istio-injection=disabled (excluded)\n\
              nowhere       (absent)   (absent)\n"
@@ -678,7 +695,7 @@ mod tests {
             let row = r.namespaces.iter().find(|n| n.name == namespace);
             let cell = &row.expect("row").clusters[cluster];
             let state = serde_json::to_value(cell).expect("serializes")["state"].clone();
-            (cell.text(), state.as_str().unwrap_or_default().to_owned())
+            (cell.text(false), state.as_str().unwrap_or_default().to_owned())
         };
         let missing = ("(missing)".to_owned(), "missing".to_owned());
         let absent = ("(absent)".to_owned(), "absent".to_owned());
@@ -736,8 +753,8 @@ mod tests {
         assert_eq!(cell("legacy", "east"), None);
         assert_eq!(r.uninjected, 1);
         assert_eq!(
-            r.namespaces[3].clusters["east"].text(),
-            "istio.io/rev=1-23 (drift, no injector)"
+            r.namespaces[3].clusters["east"].text(true),
+            "istio.io/rev=1-23 (no injector) (drift)"
         );
 
         // Injectors that could not be read: said once, for the cluster.

@@ -507,7 +507,9 @@ async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> 
         rights[1],
         "    not allowed: namespaces get, namespaces list, namespaces watch, namespaces patch, \
          validatingadmissionpolicies get kubectl-mesh-guard, \
-         validatingadmissionpolicybindings get kubectl-mesh-guard",
+         validatingadmissionpolicybindings get kubectl-mesh-guard, \
+         mutatingwebhookconfigurations get, mutatingwebhookconfigurations list, \
+         mutatingwebhookconfigurations watch",
         "{stdout}"
     );
     assert!(

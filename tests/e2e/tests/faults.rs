@@ -480,8 +480,9 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         [
             "credentials have exactly the rights label sync needs: not allowed: namespaces get, \
              namespaces list, namespaces watch, namespaces patch, validatingadmissionpolicies \
-             get kubectl-mesh-guard, validatingadmissionpolicybindings get kubectl-mesh-guard \
-             (the remote's ClusterRole or ClusterRoleBinding for kubectl-mesh was changed or \
+             get kubectl-mesh-guard, validatingadmissionpolicybindings get kubectl-mesh-guard, \
+             mutatingwebhookconfigurations get, mutatingwebhookconfigurations list, \
+             mutatingwebhookconfigurations watch (the remote's ClusterRole or ClusterRoleBinding for kubectl-mesh was changed or \
              deleted; re-run `kubectl mesh attach` for remote-1 to store fresh credentials)",
             "remote namespaces carry the primary's labels: cannot list the remote's namespaces: \
              namespaces is forbidden: User \"system:serviceaccount:kubectl-mesh:kubectl-mesh-sync\" \

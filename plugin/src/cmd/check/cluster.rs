@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::{
-    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    },
     authentication::v1::SelfSubjectReview,
     core::v1::Namespace,
 };
@@ -13,6 +15,7 @@ use kube::{ResourceExt, config::Kubeconfig};
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::{KUBECONFIG_KEY, MeshCluster, RemoteGuard},
+    injection::{self, Readiness},
     labels::SyncRule,
     remote::error_chain,
 };
@@ -211,11 +214,13 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
         namespaces,
         guard,
         scope,
+        injectors,
     } = reads;
     checks.push(identity_result(mesh, cluster, kube_system));
     checks.push(rights_result(&name, rights, &reattach));
     checks.push(token_result(stored, mesh.now, &reattach));
     checks.push(drift_result(mesh, &name, namespaces));
+    checks.push(injection_result(mesh, &name, namespaces, injectors));
     checks.push(scope_result(scope, &name));
     checks.push(guard_result(cluster, guard));
     section(checks)
@@ -422,6 +427,87 @@ fn drift_result(
     }
 }
 
+/// Every namespace of the remote whose labels, once synced, ask for sidecars must be served by
+/// an Istio injector there; `istio-injection` and `istio.io/rev` set together are worth a
+/// warning, as Istio ignores the revision.
+fn injection_result(
+    mesh: &Mesh<'_>,
+    name: &str,
+    namespaces: &RemoteResult<Vec<Namespace>>,
+    injectors: &RemoteResult<Vec<MutatingWebhookConfiguration>>,
+) -> CheckResult {
+    let what = "namespaces asking for sidecars have an injector";
+    let (Ok(primary), Ok(namespaces)) = (mesh.primary_namespaces.as_ref(), namespaces) else {
+        // The drift check above says why the namespaces could not be read.
+        return CheckResult::warning(what, "not checked: namespaces could not be read", "");
+    };
+    let injectors = match injectors {
+        Ok(injectors) => injectors,
+        Err(e) if e.is_forbidden() => {
+            return CheckResult::warning(
+                what,
+                "not checked: the stored credentials may not read MutatingWebhookConfigurations",
+                format!(
+                    "attached by an older kubectl-mesh; re-run `kubectl mesh attach` for {name} \
+                     to get injection readiness checks"
+                ),
+            );
+        }
+        Err(e) => {
+            return CheckResult::warning(
+                what,
+                format!("not checked: cannot list MutatingWebhookConfigurations: {e}"),
+                "",
+            );
+        }
+    };
+    let (mut served, mut unserved, mut conflicts) = (0, Vec::new(), Vec::new());
+    for ns in namespaces {
+        let ns_name = ns.name_any();
+        if mesh.rule.is_excluded(&ns_name) {
+            continue;
+        }
+        let labels = mesh
+            .rule
+            .after_sync(&mesh.rule.desired(primary.get(&ns_name)), ns);
+        if let Some(conflict) = injection::requested(&labels).conflict {
+            conflicts.push(format!("{ns_name} ({conflict})"));
+        }
+        match injection::readiness(&ns_name, &labels, injectors) {
+            Readiness::NotRequested => {}
+            Readiness::Served(_) => served += 1,
+            Readiness::Unserved(requested) => unserved.push(format!("{ns_name} ({requested})")),
+        }
+    }
+    if !unserved.is_empty() {
+        return CheckResult::error(
+            what,
+            format!(
+                "no injector for {}: their pods will not get sidecars",
+                unserved.join(", ")
+            ),
+            format!(
+                "install that Istio revision (or a revision tag of that name) on {name}, or \
+                 change the label on the primary"
+            ),
+        );
+    }
+    if !conflicts.is_empty() {
+        return CheckResult::warning(
+            what,
+            format!(
+                "istio-injection and istio.io/rev both set on {}: Istio ignores istio.io/rev",
+                conflicts.join(", ")
+            ),
+            "remove one of the two labels on the primary",
+        );
+    }
+    CheckResult::ok(
+        what,
+        Some(format!("{} served", plural(served, "namespace"))),
+    )
+}
+
 /// The guard mode a policy and binding amount to for the cluster `name`: nothing, or a
 /// policy nothing binds, guards nothing.
 pub fn guard_mode(
@@ -599,6 +685,87 @@ fn guard_result(cluster: &MeshCluster, guard: &GuardFacts) -> CheckResult {
 mod tests {
     use super::*;
     use crate::credentials::tests::jwt;
+    use crate::mesh_state::{RemoteError, fixtures::ns};
+    use mesh_core::fixtures::istio_injector;
+
+    /// The injection check of a remote holding `remote` namespaces whose primary twins carry
+    /// `primary`'s labels.
+    fn injection(
+        primary: &[(&str, &[(&str, &str)])],
+        remote: &[&str],
+        injectors: RemoteResult<Vec<MutatingWebhookConfiguration>>,
+    ) -> CheckResult {
+        let primary: BTreeMap<String, Namespace> = primary
+            .iter()
+            .map(|(name, labels)| (name.to_string(), ns(name, labels)))
+            .collect();
+        let rule = SyncRule::default();
+        let mesh = Mesh {
+            clusters: &[],
+            primary_namespaces: Ok(&primary),
+            primary_uid: None,
+            rule: &rule,
+            now: Timestamp::UNIX_EPOCH,
+        };
+        let remote = Ok(remote.iter().map(|name| ns(name, &[])).collect());
+        injection_result(&mesh, "east", &remote, &injectors)
+    }
+
+    #[test]
+    fn injection_fails_where_no_injector_serves_the_labels() {
+        let canary: &[(&str, &str)] = &[("istio.io/rev", "canary")];
+        let primary = [
+            ("shop", canary),
+            ("web", &[("istio-injection", "enabled")][..]),
+        ];
+        let both = Ok(vec![istio_injector("default"), istio_injector("canary")]);
+        let r = injection(&primary, &["shop", "web"], both);
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (Outcome::Ok, Some("2 namespaces served"))
+        );
+        let r = injection(
+            &primary,
+            &["shop", "web"],
+            Ok(vec![istio_injector("default")]),
+        );
+        assert_eq!(r.result, Outcome::Error);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("no injector for shop (revision canary): their pods will not get sidecars")
+        );
+        // A namespace absent on the remote has no pods there to inject.
+        let r = injection(&primary, &["web"], Ok(vec![istio_injector("default")]));
+        assert_eq!(r.result, Outcome::Ok);
+    }
+
+    #[test]
+    fn injection_warns_on_conflicting_labels_and_unreadable_injectors() {
+        let both: &[(&str, &str)] = &[("istio-injection", "enabled"), ("istio.io/rev", "canary")];
+        let r = injection(
+            &[("shop", both)],
+            &["shop"],
+            Ok(vec![istio_injector("default")]),
+        );
+        assert_eq!(r.result, Outcome::Warning);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                "istio-injection and istio.io/rev both set on shop (istio-injection=enabled \
+                 overrides istio.io/rev=canary): Istio ignores istio.io/rev"
+            )
+        );
+        let status = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+        let forbidden = Err(RemoteError::Call(kube::Error::Api(Box::new(status))));
+        let r = injection(&[("shop", both)], &["shop"], forbidden);
+        assert_eq!(r.result, Outcome::Warning);
+        assert!(
+            r.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("re-run `kubectl mesh attach` for east")),
+            "{r:?}"
+        );
+    }
 
     #[test]
     fn token_check_levels() {

@@ -307,6 +307,8 @@ pub struct RemoteReads {
     pub guard: GuardFacts,
     /// Whether the remote confines the stored identity to the managed labels of the rule.
     pub scope: RemoteResult<Scope>,
+    /// Its MutatingWebhookConfigurations, where Istio's injectors are.
+    pub injectors: RemoteResult<Vec<MutatingWebhookConfiguration>>,
 }
 
 /// Whether the remote allows one verb of a [`Need`].
@@ -438,6 +440,7 @@ async fn remote_facts(
     let namespaces = mesh_state::remote_namespaces(remote, timeout).await;
     let guard = guard_facts(remote, cluster, user_kubeconfig, timeout).await;
     let scope = with_deadline(timeout, sync_scope::probe(remote, rule)).await;
+    let injectors = mesh_state::remote_injectors(remote, timeout).await;
     RemoteFacts::Asked(Box::new(Asked {
         whoami,
         reads: Some(RemoteReads {
@@ -446,6 +449,7 @@ async fn remote_facts(
             namespaces,
             guard,
             scope,
+            injectors,
         }),
     }))
 }
