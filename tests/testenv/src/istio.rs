@@ -132,8 +132,9 @@ impl IstioBinaries {
 pub struct IstioOptions {
     /// `ENABLE_NATIVE_SIDECARS`: istio-proxy injected as a restartable init container.
     pub native_sidecars: bool,
-    /// Leave the reader ClusterRole of Istio's remote profile off the remotes.
-    pub no_remote_reader_role: bool,
+    /// Remotes left without the reader ClusterRole of Istio's remote profile (the others get
+    /// it, as Istio installed there with that profile would).
+    pub without_reader_role: Vec<String>,
 }
 
 /// One running istiod: the revision it serves and its addresses.
@@ -207,9 +208,9 @@ impl Istio {
             dir,
             istiods: Mutex::default(),
         };
-        if !options.no_remote_reader_role {
-            let role = istio.binaries.reader_cluster_role("remote")?;
-            for remote in env.remotes() {
+        let role = istio.binaries.reader_cluster_role("remote")?;
+        for remote in env.remotes() {
+            if !options.without_reader_role.contains(&remote.name) {
                 apply(env, remote, std::slice::from_ref(&role), "reader-role").await?;
             }
         }
@@ -235,11 +236,20 @@ impl Istio {
         native: bool,
     ) -> anyhow::Result<()> {
         let mut istiod = self.istiod(revision)?;
-        env.stop_process(&istiod.process_name())?;
         istiod.native_sidecars = native;
+        self.restart_with(env, istiod).await
+    }
+
+    /// Restarts the istiod of `revision` as it ran: it reads every remote secret afresh.
+    pub async fn restart(&self, env: &TestEnv, revision: &str) -> anyhow::Result<()> {
+        self.restart_with(env, self.istiod(revision)?).await
+    }
+
+    async fn restart_with(&self, env: &TestEnv, istiod: Istiod) -> anyhow::Result<()> {
+        env.stop_process(&istiod.process_name())?;
         self.spawn(env, &istiod)?;
         self.wait_ready(env, &istiod).await?;
-        self.lock().insert(revision.to_owned(), istiod);
+        self.lock().insert(istiod.revision.clone(), istiod);
         Ok(())
     }
 
