@@ -12,6 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use mesh_testenv::istio::{Istio, IstioOptions};
 use mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_testenv::{Options, TestEnv};
 use serde_json::json;
@@ -58,6 +59,8 @@ pub struct Bed {
     pub env: TestEnv,
     pub mesh: Mesh,
     pub webhook_pid: u32,
+    /// A real istiod, when the bed runs with one.
+    pub istio: Option<Istio>,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -70,19 +73,44 @@ impl Bed {
         resync_period: Duration,
         dir: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        Self::start_with(options, remotes, attach, resync_period, dir, false).await
+    }
+
+    /// [`Bed::start`], and with `istio` a real istiod for the primary beside the mesh: the
+    /// remotes are attached with `--istio-remote-secret`, and the bed is ready once istiod has
+    /// synced every one (its watches then load every apiserver as in production).
+    pub async fn start_with(
+        options: &MeshOptions,
+        remotes: usize,
+        attach: bool,
+        resync_period: Duration,
+        dir: Option<PathBuf>,
+        istio: bool,
+    ) -> anyhow::Result<Self> {
         let env = TestEnv::start(Options { remotes, dir }).await?;
-        let options = MeshOptions {
+        let istio = match istio {
+            true => Some(Istio::start(&env, IstioOptions::default()).await?),
+            false => None,
+        };
+        let mut options = MeshOptions {
             attach_remotes: attach,
             resync_period,
             ..options.clone()
         };
+        if istio.is_some() {
+            options.attach_args.push("--istio-remote-secret".to_owned());
+        }
         let mesh = Mesh::start(&env, options.clone()).await?;
+        if let (Some(istio), true) = (&istio, attach) {
+            wait_istiod_synced(istio, &env).await?;
+        }
         let webhook_pid = procfs::find_process(&env.pids(), &options.webhook)?;
         let tls = https::client_config(&mesh.ca_pem()?, mesh.client_identity())?;
         let bed = Self {
             env,
             mesh,
             webhook_pid,
+            istio,
             tls,
         };
         if attach {
@@ -273,4 +301,32 @@ pub async fn set_label(
     .await
     .with_context(|| format!("labelling namespace {namespace} {key}={value:?}"))?;
     Ok(())
+}
+
+/// Waits until istiod reports every remote of `env` synced.
+async fn wait_istiod_synced(istio: &Istio, env: &TestEnv) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let clusters = istio.clusters().await.unwrap_or_default();
+        let pending: Vec<&str> = env
+            .remotes()
+            .iter()
+            .map(|r| r.name.as_str())
+            .filter(|name| {
+                !clusters
+                    .iter()
+                    .any(|c| c.id == *name && c.status == "synced")
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "istiod did not sync {pending:?} within 90s; see {}",
+                env.dir().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

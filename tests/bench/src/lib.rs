@@ -93,6 +93,11 @@ pub struct Cli {
     /// the default, where it requires the apiserver's client certificate.
     #[arg(long, env = "MESH_BENCH_NO_CLIENT_AUTH")]
     pub no_client_auth: bool,
+
+    /// Propagation with a real istiod running for the primary (built once per machine), its
+    /// watches on every apiserver, the remotes attached with --istio-remote-secret.
+    #[arg(long, env = "MESH_BENCH_ISTIO")]
+    pub istio: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -132,6 +137,7 @@ impl Cli {
             dir,
             no_build,
             no_client_auth,
+            istio,
         } = self;
         let started = Instant::now();
         let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -168,6 +174,7 @@ impl Cli {
                 remotes: remotes.clone(),
                 namespaces,
                 pause,
+                istio,
             };
             section(scenario::propagation::run(&options, &config, &subdir).await?);
         }

@@ -46,6 +46,8 @@ pub struct Config {
     pub remotes: Vec<usize>,
     pub namespaces: usize,
     pub pause: Duration,
+    /// Run a real istiod beside the mesh (remotes attached with `--istio-remote-secret`).
+    pub istio: bool,
 }
 
 pub async fn run(
@@ -54,9 +56,16 @@ pub async fn run(
     dir: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> anyhow::Result<String> {
     let mut out = format!(
-        "## propagation\n\n{} sequential changes of `{MANAGED_LABEL}` (alternating enabled/disabled over {} namespaces) per mode, {} unmeasured first, {:?} apart; each interleaved with one floor sample (and one parallel-floor sample with several remotes). Latency = request issued -> watch event received (on every remote for the primary's changes).\n\n",
-        config.changes, config.namespaces, config.warmup, config.pause
+        "## propagation{}\n\n{} sequential changes of `{MANAGED_LABEL}` (alternating enabled/disabled over {} namespaces) per mode, {} unmeasured first, {:?} apart; each interleaved with one floor sample (and one parallel-floor sample with several remotes). Latency = request issued -> watch event received (on every remote for the primary's changes).\n\n",
+        if config.istio { " (with istiod)" } else { "" },
+        config.changes,
+        config.namespaces,
+        config.warmup,
+        config.pause
     );
+    if config.istio {
+        out.push_str("A real istiod runs for the primary throughout, every remote attached with `--istio-remote-secret` and synced by it before the first change: its informers watch every apiserver (pods, services, endpoint slices, namespaces, config maps, Istio's resources) as in production.\n\n");
+    }
     let mut verdicts = Vec::new();
     for &remotes in &config.remotes {
         eprintln!("[bench] propagation with {remotes} remote(s)");
@@ -101,7 +110,7 @@ async fn one_count(
     remotes: usize,
     dir: Option<PathBuf>,
 ) -> anyhow::Result<Figure> {
-    let bed = Bed::start(options, remotes, true, RESYNC_PERIOD, dir).await?;
+    let bed = Bed::start_with(options, remotes, true, RESYNC_PERIOD, dir, config.istio).await?;
     let names: Vec<String> = (0..config.namespaces.max(1))
         .map(|i| format!("prop-{i}"))
         .collect();
