@@ -15,7 +15,9 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::{
-    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    },
     core::v1::ServiceAccount,
 };
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -327,4 +329,32 @@ pub async fn point_at(env: &TestEnv, name: &str, server: &str) -> anyhow::Result
         &setup::cluster_secret(name, &yaml),
     )
     .await
+}
+
+/// Gives `cluster` an injector for `istio-injection=enabled` shaped like Istio's default one,
+/// so that `check` finds labelled namespaces served in a test without Istio. Nothing answers
+/// its URL; with `failurePolicy: Ignore`, a pod created there is admitted without a sidecar.
+pub async fn stand_in_injector(cluster: &Cluster) -> anyhow::Result<()> {
+    let config: MutatingWebhookConfiguration = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "istio-sidecar-injector"},
+        "webhooks": [{
+            "name": "namespace.sidecar-injector.istio.io",
+            "clientConfig": {"url": "https://127.0.0.1:1/inject"},
+            "rules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["pods"],
+            }],
+            "namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}},
+            "failurePolicy": "Ignore",
+            "timeoutSeconds": 1,
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+        }],
+    }))?;
+    let api = Api::<MutatingWebhookConfiguration>::all(cluster.client().await?);
+    match api.create(&PostParams::default(), &config).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e).context("creating a stand-in injector"),
+    }
 }

@@ -444,6 +444,8 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
 -> anyhow::Result<()> {
     let (env, mesh) = own_mesh(1, None).await?;
     let remote = &env.remotes()[0];
+    // Repaired means check passes: that needs an injector for the label this test sets.
+    mesh_e2e::fixtures::stand_in_injector(remote).await?;
     let ns = create_everywhere(&env, "revoked").await?;
     synced_becomes(&env, "remote-1", "True").await?;
 

@@ -52,7 +52,7 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
         .get("kubectl-mesh-sync")
         .await?;
     let rules = role.rules.unwrap_or_default();
-    assert_eq!(rules.len(), 2, "{rules:?}");
+    assert_eq!(rules.len(), 3, "{rules:?}");
     assert_eq!(
         rules[0].resources.as_deref(),
         Some(&["namespaces".to_owned()][..])
@@ -64,6 +64,12 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
         rules[1].resource_names.as_deref(),
         Some(&["kubectl-mesh-guard".to_owned()][..])
     );
+    // Read-only: whether an injector acts on the synced labels.
+    assert_eq!(
+        rules[2].resources.as_deref(),
+        Some(&["mutatingwebhookconfigurations".to_owned()][..])
+    );
+    assert_eq!(rules[2].verbs, ["get", "list", "watch"]);
     let token_secret = Api::<Secret>::namespaced(rc.clone(), MESH_NS)
         .get("kubectl-mesh-sync-token")
         .await?;
