@@ -695,7 +695,10 @@ mod tests {
             let row = r.namespaces.iter().find(|n| n.name == namespace);
             let cell = &row.expect("row").clusters[cluster];
             let state = serde_json::to_value(cell).expect("serializes")["state"].clone();
-            (cell.text(false), state.as_str().unwrap_or_default().to_owned())
+            (
+                cell.text(false),
+                state.as_str().unwrap_or_default().to_owned(),
+            )
         };
         let missing = ("(missing)".to_owned(), "missing".to_owned());
         let absent = ("(absent)".to_owned(), "absent".to_owned());
