@@ -4,7 +4,7 @@
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
 };
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, LabelSelectorRequirement, Time,
 };
@@ -225,6 +225,80 @@ impl InjectorExt for MutatingWebhookConfiguration {
         for webhook in self.webhooks.iter_mut().flatten() {
             webhook.namespace_selector = Some(selector.clone());
         }
+        self
+    }
+}
+
+/// A running pod with one container `app`; `.sidecar()` etc. add the rest.
+pub fn pod(name: &str) -> Pod {
+    let mut pod = Pod::default();
+    pod.metadata.name = Some(name.to_owned());
+    pod.spec = Some(PodSpec {
+        containers: vec![container("app")],
+        ..PodSpec::default()
+    });
+    pod.status = Some(PodStatus {
+        phase: Some("Running".to_owned()),
+        ..PodStatus::default()
+    });
+    pod
+}
+
+fn container(name: &str) -> Container {
+    Container {
+        name: name.to_owned(),
+        ..Container::default()
+    }
+}
+
+/// Fluent setters on [`Pod`] for readable test fixtures.
+pub trait PodExt {
+    /// `istio-proxy` added as a container, as Istio injects it.
+    fn sidecar(self) -> Self;
+    /// `istio-proxy` added as a restartable init container (`ENABLE_NATIVE_SIDECARS`).
+    fn native_sidecar(self) -> Self;
+    fn label(self, key: &str, value: &str) -> Self;
+    fn annotation(self, key: &str, value: &str) -> Self;
+    fn phase(self, phase: &str) -> Self;
+}
+
+impl PodExt for Pod {
+    fn sidecar(mut self) -> Self {
+        if let Some(spec) = self.spec.as_mut() {
+            spec.containers.push(container("istio-proxy"));
+        }
+        self
+    }
+
+    fn native_sidecar(mut self) -> Self {
+        if let Some(spec) = self.spec.as_mut() {
+            let mut proxy = container("istio-proxy");
+            proxy.restart_policy = Some("Always".to_owned());
+            spec.init_containers
+                .get_or_insert_with(Vec::new)
+                .push(proxy);
+        }
+        self
+    }
+
+    fn label(mut self, key: &str, value: &str) -> Self {
+        self.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    fn phase(mut self, phase: &str) -> Self {
+        self.status.get_or_insert_with(PodStatus::default).phase = Some(phase.to_owned());
         self
     }
 }

@@ -16,6 +16,7 @@ use std::fmt;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
 };
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::ResourceExt;
 
@@ -170,6 +171,59 @@ fn covers_pod_creation(rule: &RuleWithOperations) -> bool {
         && rule.scope.as_deref().is_none_or(|scope| scope != "Cluster")
 }
 
+/// The container Istio injects, in `containers` or, with native sidecars, `initContainers`.
+pub const SIDECAR_CONTAINER: &str = "istio-proxy";
+
+/// A pod's own say on injection (label or annotation): `"false"` opts out whatever its
+/// namespace asks.
+pub const POD_INJECT_KEY: &str = "sidecar.istio.io/inject";
+
+/// Whether `pod` carries Istio's sidecar.
+pub fn has_sidecar(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == SIDECAR_CONTAINER)
+}
+
+/// Pods of `namespace` whose sidecar contradicts its `labels` (as they are once synced):
+/// the labels ask for sidecars and an injector adds them, yet the pod has none; or they ask
+/// for none and the pod has one. Such a pod keeps its state until it is recreated.
+///
+/// `injectors`: the cluster's MutatingWebhookConfigurations, `None` when unknown (the labels
+/// are then trusted). Labels asking for sidecars no injector adds make no pod contrary: a
+/// restart would not change it. Pods that decide for themselves (`sidecar.istio.io/inject`
+/// label `"true"` or `"false"`, annotation `"false"`), finished pods and pods being deleted do
+/// not count.
+pub fn contrary_pods<'a>(
+    namespace: &str,
+    labels: &Labels,
+    injectors: Option<&[MutatingWebhookConfiguration]>,
+    pods: &'a [Pod],
+) -> Vec<&'a Pod> {
+    let expected = match injectors {
+        Some(configs) => match readiness(namespace, labels, configs) {
+            Readiness::NotRequested => false,
+            Readiness::Served(_) => true,
+            Readiness::Unserved(_) => return Vec::new(),
+        },
+        None => requested(labels).injection != Injection::None,
+    };
+    pods.iter()
+        .filter(|pod| counts(pod) && has_sidecar(pod) != expected)
+        .collect()
+}
+
+/// Whether a pod's sidecar is its namespace's doing and still matters.
+fn counts(pod: &Pod) -> bool {
+    let decided = pod.labels().contains_key(POD_INJECT_KEY)
+        || pod.annotations().get(POD_INJECT_KEY).map(String::as_str) == Some("false");
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let finished = matches!(phase, Some("Succeeded" | "Failed"));
+    !decided && !finished && pod.metadata.deletion_timestamp.is_none()
+}
+
 /// Kubernetes label-selector semantics: every `matchLabels` pair and every requirement must
 /// hold; no selector (or an empty one) selects everything.
 pub fn selects(selector: Option<&LabelSelector>, labels: &Labels) -> bool {
@@ -206,7 +260,9 @@ fn holds(requirement: &LabelSelectorRequirement, labels: &Labels) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{InjectorExt, istio_injector, labels, revision_tag, webhook_config};
+    use crate::fixtures::{
+        InjectorExt, PodExt, istio_injector, labels, pod, revision_tag, webhook_config,
+    };
 
     fn served_by(readiness: Readiness) -> Vec<String> {
         match readiness {
@@ -360,5 +416,41 @@ mod tests {
             match_labels: Some([("team".to_owned(), "a".to_owned())].into()),
             ..LabelSelector::default()
         }));
+    }
+
+    #[test]
+    fn pods_contrary_to_their_namespace_need_a_restart() {
+        let pods = [
+            pod("plain"),
+            pod("injected").sidecar(),
+            pod("native").native_sidecar(),
+            pod("opted-out").label(POD_INJECT_KEY, "false"),
+            pod("opted-out-annotation")
+                .annotation(POD_INJECT_KEY, "false")
+                .sidecar(),
+            pod("done").phase("Succeeded"),
+            pod("failed").phase("Failed").sidecar(),
+        ];
+        let names = |found: Vec<&Pod>| found.iter().map(|p| p.name_any()).collect::<Vec<_>>();
+        let enabled = labels(&[("istio-injection", "enabled")]);
+        let default = [istio_injector("default")];
+        // Injection on: pods without istio-proxy (the opted-out one aside) are contrary.
+        assert_eq!(
+            names(contrary_pods("shop", &enabled, Some(&default), &pods)),
+            ["plain"]
+        );
+        // Injection off: pods with it, as a container or a native sidecar.
+        assert_eq!(
+            names(contrary_pods("shop", &labels(&[]), Some(&default), &pods)),
+            ["injected", "native"]
+        );
+        // No injector acts on the labels: a restart changes nothing.
+        let canary = labels(&[("istio.io/rev", "canary")]);
+        assert!(contrary_pods("shop", &canary, Some(&default), &pods).is_empty());
+        // Injectors unknown: the labels are trusted.
+        assert_eq!(
+            names(contrary_pods("shop", &canary, None, &pods)),
+            ["plain"]
+        );
     }
 }
