@@ -203,8 +203,16 @@ async fn start_mesh(env: &TestEnv, with_istio: bool) -> anyhow::Result<()> {
         .remotes()
         .first()
         .map_or("remote-1", |r| r.name.as_str());
+    let injected = if with_istio {
+        format!(
+            "  kubectl --kubeconfig {dir}/{remote}.kubeconfig -n shop run web --image=nginx --dry-run=server -o jsonpath='{{.spec.containers[*].name}}'   # web istio-proxy\n",
+            dir = env.dir().display()
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "\nThe mesh is up: mesh-webhook at {url} (callers need the primary apiserver's client certificate, {cert}), metrics at https://{metrics}/metrics, {n} remote(s) attached.\nTry, in another shell:\n\n  source {env_sh}\n  kubectl mesh list\n  kubectl create namespace shop\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig create namespace shop\n  kubectl label namespace shop istio-injection=enabled      # kubectl prints where it landed\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig get namespace shop --show-labels\n  kubectl mesh status\n",
+        "\nThe mesh is up: mesh-webhook at {url} (callers need the primary apiserver's client certificate, {cert}), metrics at https://{metrics}/metrics, {n} remote(s) attached.\nTry, in another shell:\n\n  source {env_sh}\n  kubectl mesh list\n  kubectl create namespace shop\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig create namespace shop\n  kubectl label namespace shop istio-injection=enabled      # kubectl prints where it landed\n  kubectl --kubeconfig {dir}/{remote}.kubeconfig get namespace shop --show-labels\n{injected}  kubectl mesh status\n  kubectl mesh check\n",
         url = mesh.webhook_url(),
         cert = env.webhook_client().cert.display(),
         metrics = mesh.metrics_address(),
