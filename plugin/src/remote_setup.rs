@@ -23,11 +23,16 @@
 //!   about (or deny) managed-label edits made on the remote by anyone but the sync account;
 //! - with `--istio-remote-secret`, ServiceAccount, ClusterRole, ClusterRoleBinding and token
 //!   Secret for [`ISTIO_READER`]: istiod reads pods, services and endpoints of the remote, which
-//!   the sync account must not be able to.
+//!   the sync account must not be able to;
+//! - with `--services-view`, ServiceAccount, ClusterRole, ClusterRoleBinding and token Secret
+//!   for [`VIEW_ACCOUNT`]: a read-only identity for what the plugin shows of workloads
+//!   (services, endpointslices, pods; [`view_rights`]), apart from the sync account so that
+//!   the token the webhook holds stays as narrow as it is.
 //!
 //! On the primary: Secret `cluster-<name>` in [`MESH_NAMESPACE`] holding the sanitized
-//! kubeconfig, the [`MeshCluster`], and with `--istio-remote-secret` the Secret
-//! `istio-remote-secret-<name>` in [`ISTIO_NAMESPACE`]. The Secrets carry an ownerReference to
+//! kubeconfig, the [`MeshCluster`], with `--istio-remote-secret` the Secret
+//! `istio-remote-secret-<name>` in [`ISTIO_NAMESPACE`], and with `--services-view` the Secret
+//! `cluster-<name>-view` in [`MESH_NAMESPACE`] holding the view identity's kubeconfig. The Secrets carry an ownerReference to
 //! the MeshCluster, so that a MeshCluster deleted by other means (`kubectl delete mc`,
 //! `uninstall --crd`) takes its credentials along; detach still deletes them explicitly, so
 //! that it is done when it returns, without waiting for the garbage collector.
@@ -71,6 +76,11 @@ pub const SYNC_SCOPE: &str = "kubectl-mesh-sync-scope";
 pub const ISTIO_READER: &str = "kubectl-mesh-istio-reader";
 /// The long-lived token Secret of [`ISTIO_READER`].
 pub const ISTIO_READER_TOKEN_SECRET: &str = "kubectl-mesh-istio-reader-token";
+/// ServiceAccount, ClusterRole and ClusterRoleBinding of the read-only view identity
+/// (`attach --services-view`).
+pub const VIEW_ACCOUNT: &str = "kubectl-mesh-view";
+/// The long-lived token Secret of [`VIEW_ACCOUNT`].
+pub const VIEW_TOKEN_SECRET: &str = "kubectl-mesh-view-token";
 /// Where istiod looks for remote secrets.
 pub const ISTIO_NAMESPACE: &str = "istio-system";
 /// Label istiod selects remote secrets by.
@@ -98,6 +108,11 @@ pub fn sync_username() -> String {
 /// Name of the Secret on the primary holding the stored kubeconfig of `cluster`.
 pub fn cluster_secret_name(cluster: &str) -> String {
     format!("cluster-{cluster}")
+}
+
+/// Name of the Secret on the primary holding the view identity's kubeconfig of `cluster`.
+pub fn view_secret_name(cluster: &str) -> String {
+    format!("cluster-{cluster}-view")
 }
 
 /// Name of the Istio remote secret of `cluster`.
@@ -278,6 +293,27 @@ pub fn sync_cluster_role(cluster: &str) -> ClusterRole {
     ClusterRole {
         metadata: meta(SYNC_ACCOUNT, None, cluster),
         rules: Some(access::cluster_role_rules(&sync_rights())),
+        ..Default::default()
+    }
+}
+
+/// What the view identity may do on a remote, and all it may do: read services,
+/// EndpointSlices and pods (which workloads exist where, whether they are ready and whether
+/// they carry a sidecar). [`view_cluster_role`] grants exactly this, and `check` verifies it.
+pub fn view_rights() -> Vec<Need> {
+    const READ: &[&str] = &["get", "list", "watch"];
+    vec![
+        Need::cluster("", "services", READ),
+        Need::cluster("", "pods", READ),
+        Need::cluster("discovery.k8s.io", "endpointslices", READ),
+    ]
+}
+
+/// The view identity's ClusterRole: it grants [`view_rights`].
+pub fn view_cluster_role(cluster: &str) -> ClusterRole {
+    ClusterRole {
+        metadata: meta(VIEW_ACCOUNT, None, cluster),
+        rules: Some(access::cluster_role_rules(&view_rights())),
         ..Default::default()
     }
 }
@@ -751,6 +787,14 @@ pub fn cluster_secret(cluster: &str, kubeconfig_yaml: &str) -> Secret {
     }
 }
 
+/// The Secret on the primary holding the view identity's kubeconfig of `cluster` (YAML),
+/// under the same key as [`cluster_secret`].
+pub fn view_secret(cluster: &str, kubeconfig_yaml: &str) -> Secret {
+    let mut secret = cluster_secret(cluster, kubeconfig_yaml);
+    secret.metadata.name = Some(view_secret_name(cluster));
+    secret
+}
+
 /// The Istio remote secret of `cluster` in [`ISTIO_NAMESPACE`]: what istiod's multicluster
 /// controller watches. One key, the cluster's name, holding a kubeconfig whose cluster, user
 /// and context all carry that name.
@@ -908,6 +952,11 @@ mod tests {
             guard_binding("east", &g).metadata,
             cluster_secret("east", "x").metadata,
             istio_remote_secret("east", "x").metadata,
+            service_account(VIEW_ACCOUNT, "east").metadata,
+            view_cluster_role("east").metadata,
+            cluster_role_binding(VIEW_ACCOUNT, "east").metadata,
+            token_secret(VIEW_TOKEN_SECRET, VIEW_ACCOUNT, "east").metadata,
+            view_secret("east", "x").metadata,
         ];
         for m in metas {
             assert!(is_ours(&m, "east"), "{:?}", m.name);
@@ -981,6 +1030,37 @@ mod tests {
                 subject.name
             ),
             sync_username()
+        );
+    }
+
+    #[test]
+    fn view_role_only_reads_services_endpointslices_and_pods() {
+        let rules = view_cluster_role("east").rules.unwrap();
+        let granted: Vec<(String, String, String)> = rules
+            .iter()
+            .flat_map(|r| {
+                let group = r.api_groups.clone().unwrap_or_default().concat();
+                let verbs = r.verbs.join(",");
+                r.resources
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |res| (group.clone(), res, verbs.clone()))
+            })
+            .collect();
+        let read = "get,list,watch".to_owned();
+        assert_eq!(
+            granted,
+            [
+                (String::new(), "services".into(), read.clone()),
+                (String::new(), "pods".into(), read.clone()),
+                ("discovery.k8s.io".into(), "endpointslices".into(), read),
+            ]
+        );
+        assert!(rules.iter().all(|r| r.resource_names.is_none()));
+        assert_eq!(
+            view_secret("east", "kc").metadata.name.as_deref(),
+            Some("cluster-east-view")
         );
     }
 

@@ -190,7 +190,16 @@ impl Detach {
                 .await?;
             }
             RemoteAccess::Skipped { why } => {
-                left = left_on_remote(mc.as_ref(), !primary_secrets.is_empty());
+                let has = |namespace: &str, secret: &str| {
+                    primary_secrets.iter().any(|s| {
+                        s.namespace().as_deref() == Some(namespace) && s.name_any() == secret
+                    })
+                };
+                left = left_on_remote(
+                    mc.as_ref(),
+                    has(setup::ISTIO_NAMESPACE, &setup::istio_secret_name(&name)),
+                    has(MESH_NAMESPACE, &setup::view_secret_name(&name)),
+                );
                 progress.warn(format!("skipping remote cluster {name} (--force): {why}"));
             }
         }
@@ -469,7 +478,11 @@ async fn clean_remote(
     )
     .await
     .map_err(fail("delete the guard"))?;
-    for secret in [setup::TOKEN_SECRET, setup::ISTIO_READER_TOKEN_SECRET] {
+    for secret in [
+        setup::TOKEN_SECRET,
+        setup::ISTIO_READER_TOKEN_SECRET,
+        setup::VIEW_TOKEN_SECRET,
+    ] {
         let (c, ns) = in_ns(client);
         delete_ours(
             Api::<Secret>::namespaced(c, ns),
@@ -505,7 +518,11 @@ async fn clean_remote(
     )
     .await
     .map_err(fail("delete the sync scope"))?;
-    for account in [setup::SYNC_ACCOUNT, setup::ISTIO_READER] {
+    for account in [
+        setup::SYNC_ACCOUNT,
+        setup::ISTIO_READER,
+        setup::VIEW_ACCOUNT,
+    ] {
         delete_ours(
             Api::<ClusterRoleBinding>::all(all(client)),
             account,
@@ -787,7 +804,7 @@ async fn strip_managed_labels(
 }
 
 /// What stays on a remote that detach could not reach, as far as the primary knows.
-fn left_on_remote(mc: Option<&MeshCluster>, istio_hint: bool) -> Vec<String> {
+fn left_on_remote(mc: Option<&MeshCluster>, istio: bool, view: bool) -> Vec<String> {
     let mut left = Vec::new();
     if mc.is_none_or(|m| m.spec.remote_guard != RemoteGuard::Off) {
         left.push(format!(
@@ -803,11 +820,10 @@ fn left_on_remote(mc: Option<&MeshCluster>, istio_hint: bool) -> Vec<String> {
         setup::TOKEN_SECRET,
         setup::SYNC_SCOPE
     ));
-    if istio_hint {
-        left.push(format!(
-            "the same for {} (if --istio-remote-secret was used)",
-            setup::ISTIO_READER
-        ));
+    for (used, account) in [(istio, setup::ISTIO_READER), (view, setup::VIEW_ACCOUNT)] {
+        if used {
+            left.push(format!("the same for {account}"));
+        }
     }
     if mc.and_then(setup::remote_namespace_created) != Some(false) {
         left.push(format!("Namespace {MESH_NAMESPACE}"));
@@ -830,14 +846,15 @@ mod tests {
             remote_namespace_created: false,
             remote_context: "east".into(),
         });
-        let left = left_on_remote(Some(&mc), false);
+        let left = left_on_remote(Some(&mc), false, false);
         assert_eq!(left.len(), 1, "{left:?}");
         assert!(left[0].contains("ClusterRole"));
         mc.spec.remote_guard = RemoteGuard::Deny;
-        let left = left_on_remote(Some(&mc), true);
-        assert_eq!(left.len(), 3, "{left:?}");
+        let left = left_on_remote(Some(&mc), true, true);
+        assert_eq!(left.len(), 4, "{left:?}");
         assert!(left[0].contains(setup::GUARD));
-        let left = left_on_remote(None, false);
+        assert!(left[3].contains(setup::VIEW_ACCOUNT), "{left:?}");
+        let left = left_on_remote(None, false, false);
         assert!(left.iter().any(|l| l.contains("Namespace")), "{left:?}");
     }
 

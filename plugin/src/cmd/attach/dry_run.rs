@@ -32,6 +32,9 @@ pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String
         }
         secrets.push(setup::istio_remote_secret(name, &stored));
     }
+    if plan.view.wanted() {
+        secrets.push(setup::view_secret(name, &stored));
+    }
     for mut secret in secrets {
         // Readable, and as appliable: the kubeconfig as text, its token redacted.
         secret.string_data = secret.data.take().map(|data| {

@@ -63,6 +63,10 @@ pub struct Attach {
     /// Also create the Istio remote secret, so istiod discovers the cluster's endpoints.
     #[arg(long)]
     pub istio_remote_secret: bool,
+    /// Also create a read-only identity on the remote (services, endpointslices, pods) for
+    /// what `status -o wide` and `check` show of workloads. Kept on a re-run without it.
+    #[arg(long)]
+    pub services_view: bool,
     /// What happens to managed-label edits made directly on the remote.
     #[arg(long, value_enum, default_value_t, value_name = "MODE")]
     pub remote_guard: RemoteGuardArg,
@@ -117,6 +121,7 @@ impl Attach {
             dry_run,
             wait,
             istio_remote_secret,
+            services_view,
             remote_guard,
             primary_name,
             force,
@@ -128,6 +133,7 @@ impl Attach {
             remote_context,
             name,
             istio: istio_remote_secret,
+            services_view,
             guard: remote_guard.into(),
             primary_name,
             force,

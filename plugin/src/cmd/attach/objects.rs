@@ -39,7 +39,25 @@ pub(super) fn remote_objects(plan: &Plan) -> Result<Vec<Manifest>> {
     if let Some(istio) = &plan.istio {
         out.extend(istio_reader_objects(name, &istio.reader_role)?);
     }
+    if plan.view.wanted() {
+        out.extend(view_objects(name)?);
+    }
     Ok(out)
+}
+
+/// With --services-view: the read-only view account, its ClusterRole and binding, and its
+/// token Secret.
+pub(super) fn view_objects(name: &str) -> Result<Vec<Manifest>> {
+    Ok(vec![
+        Manifest::new(&setup::service_account(setup::VIEW_ACCOUNT, name))?,
+        Manifest::new(&setup::view_cluster_role(name))?,
+        Manifest::new(&setup::cluster_role_binding(setup::VIEW_ACCOUNT, name))?,
+        Manifest::new(&setup::token_secret(
+            setup::VIEW_TOKEN_SECRET,
+            setup::VIEW_ACCOUNT,
+            name,
+        ))?,
+    ])
 }
 
 /// `m`, a remote object, recorded as created by the primary `primary_id`.

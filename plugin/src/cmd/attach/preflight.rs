@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::{core::v1::Namespace, rbac::v1::ClusterRole};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Secret},
+    rbac::v1::ClusterRole,
+};
 use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
 use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
@@ -23,6 +26,7 @@ pub(super) struct Args {
     pub(super) remote_context: Option<String>,
     pub(super) name: Option<String>,
     pub(super) istio: bool,
+    pub(super) services_view: bool,
     pub(super) guard: mesh_core::cluster::RemoteGuard,
     pub(super) primary_name: Option<String>,
     pub(super) force: bool,
@@ -49,6 +53,27 @@ pub(super) struct Plan {
     pub(super) existing: Option<MeshCluster>,
     pub(super) remote_namespace: NamespaceState,
     pub(super) istio: Option<IstioPlan>,
+    /// Whether the view identity is written (see [`ViewPlan`]).
+    pub(super) view: ViewPlan,
+}
+
+/// The read-only view identity (`--services-view`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ViewPlan {
+    /// Not asked for, and not there.
+    None,
+    /// Asked for with --services-view.
+    Asked,
+    /// Not asked for, but an earlier attach of this cluster created it: a re-run keeps it
+    /// (and refreshes it) rather than silently revoke what someone asked for before; detach
+    /// removes it.
+    Kept,
+}
+
+impl ViewPlan {
+    pub(super) fn wanted(self) -> bool {
+        self != Self::None
+    }
 }
 
 /// With --istio-remote-secret: whether istio-system exists on the primary, and the ClusterRole
@@ -130,7 +155,7 @@ pub(crate) fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Er
     Error::Refused { what, hint }
 }
 
-fn remote_needs() -> Vec<Need> {
+fn remote_needs(view: bool) -> Vec<Need> {
     const RW: &[&str] = &["get", "create", "patch", "delete"];
     let mut needs = vec![
         // get/list/watch/patch too: RBAC lets a user grant only rights they hold.
@@ -151,6 +176,10 @@ fn remote_needs() -> Vec<Need> {
     }
     // Granted to the sync account so that injectors can be read: again only by a holder.
     needs.extend(setup::injector_read_rights());
+    if view {
+        // Granted to the view account: again only by a holder.
+        needs.extend(setup::view_rights());
+    }
     needs
 }
 
@@ -217,9 +246,23 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     let primary = access::client(primary_kc, Some(&primary_context)).await?;
     let remote = access::client(remote_kc.clone(), None).await?;
 
+    // A view identity an earlier attach stored is kept. A read the caller may not make
+    // counts as none: the rights check below says what is missing.
+    let view = if args.services_view {
+        ViewPlan::Asked
+    } else {
+        let stored = Api::<Secret>::namespaced(primary.clone(), MESH_NAMESPACE)
+            .get_opt(&setup::view_secret_name(&name))
+            .await;
+        match stored {
+            Ok(Some(s)) if setup::is_ours(&s.metadata, &name) => ViewPlan::Kept,
+            _ => ViewPlan::None,
+        }
+    };
+
     // Reachability and rights, both sides at once. The first review doubles as the
     // reachability check: every authenticated user may create one.
-    let (primary_wants, remote_wants) = (primary_needs(args.istio), remote_needs());
+    let (primary_wants, remote_wants) = (primary_needs(args.istio), remote_needs(view.wanted()));
     let (primary_missing, remote_missing) = futures::join!(
         access::missing(&primary, &primary_wants),
         access::missing(&remote, &remote_wants),
@@ -397,6 +440,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         existing,
         remote_namespace,
         istio,
+        view,
     };
     let takeover = check_ownership(&plan, &primary_target, args.force).await?;
     Ok(Plan { takeover, ..plan })
@@ -420,6 +464,12 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
         objects.push((
             Side::Primary,
             Manifest::new(&setup::istio_remote_secret(&plan.name, placeholder))?,
+        ));
+    }
+    if plan.view.wanted() {
+        objects.push((
+            Side::Primary,
+            Manifest::new(&setup::view_secret(&plan.name, placeholder))?,
         ));
     }
     for (side, m) in objects {
@@ -500,8 +550,10 @@ mod tests {
 
     #[test]
     fn remote_needs_cover_what_the_sync_role_grants() {
-        let needs = remote_needs();
-        for rule in setup::sync_cluster_role("east").rules.unwrap_or_default() {
+        let needs = remote_needs(true);
+        let mut rules = setup::sync_cluster_role("east").rules.unwrap_or_default();
+        rules.extend(setup::view_cluster_role("east").rules.unwrap_or_default());
+        for rule in rules {
             let group = rule.api_groups.unwrap_or_default();
             for resource in rule.resources.unwrap_or_default() {
                 for verb in &rule.verbs {

@@ -13,8 +13,9 @@ use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, remote};
 use super::hooks::TestHooks;
 use super::objects::{
     Side, cluster_record, describe, dyn_api, for_primary, istio_reader_objects, stored_kubeconfig,
+    view_objects,
 };
-use super::preflight::{NamespaceState, Plan};
+use super::preflight::{NamespaceState, Plan, ViewPlan};
 use super::waits::{wait_namespace_gone, wait_token};
 use super::what_of;
 use crate::cmd::apply;
@@ -53,10 +54,14 @@ pub enum Step {
     GuardBinding,
     /// With --istio-remote-secret: istiod's reader account and its token, on the remote.
     IstioReader,
+    /// With --services-view: the read-only view account and its token, on the remote.
+    ViewIdentity,
     /// The stored kubeconfig on the primary.
     PrimarySecret,
     /// With --istio-remote-secret: the Istio remote secret on the primary.
     IstioRemoteSecret,
+    /// With --services-view: the view identity's kubeconfig on the primary.
+    ViewSecret,
     /// The MeshCluster.
     MeshCluster,
     /// The primary's Secrets made owned by the MeshCluster.
@@ -65,7 +70,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 18] = [
         Self::RemoteNamespace,
         Self::ServiceAccount,
         Self::ClusterRole,
@@ -78,8 +83,10 @@ impl Step {
         Self::GuardPolicy,
         Self::GuardBinding,
         Self::IstioReader,
+        Self::ViewIdentity,
         Self::PrimarySecret,
         Self::IstioRemoteSecret,
+        Self::ViewSecret,
         Self::MeshCluster,
         Self::OwnerReferences,
     ];
@@ -99,8 +106,10 @@ impl Step {
             Self::GuardPolicy => "guard-policy",
             Self::GuardBinding => "guard-binding",
             Self::IstioReader => "istio-reader",
+            Self::ViewIdentity => "view-identity",
             Self::PrimarySecret => "primary-secret",
             Self::IstioRemoteSecret => "istio-remote-secret",
+            Self::ViewSecret => "view-secret",
             Self::MeshCluster => "mesh-cluster",
             Self::OwnerReferences => "owner-references",
         }
@@ -127,8 +136,10 @@ impl Step {
             | Self::GuardPolicy
             | Self::GuardBinding
             | Self::IstioReader
+            | Self::ViewIdentity
             | Self::PrimarySecret
             | Self::IstioRemoteSecret
+            | Self::ViewSecret
             | Self::MeshCluster => true,
         }
     }
@@ -392,6 +403,28 @@ impl<'a> Run<'a> {
         };
         self.done(Step::IstioReader)?;
 
+        self.begin(Step::ViewIdentity);
+        let view_token = if plan.view.wanted() {
+            if plan.view == ViewPlan::Kept {
+                self.progress.info(format!(
+                    "{name}: view identity kept (attached with --services-view before; `kubectl                      mesh detach {name}` removes it)"
+                ));
+            }
+            for m in view_objects(&name)? {
+                self.ensure(Side::Remote, m).await?;
+            }
+            let token =
+                wait_token(&plan.remote, &name, setup::VIEW_TOKEN_SECRET, self.timeout).await?;
+            self.progress.ok(format!(
+                "{name}: token of ServiceAccount {MESH_NAMESPACE}/{} issued",
+                setup::VIEW_ACCOUNT
+            ));
+            Some(token)
+        } else {
+            None
+        };
+        self.done(Step::ViewIdentity)?;
+
         self.begin(Step::PrimarySecret);
         // On a re-run the MeshCluster exists: keep the Secrets' ownerReference in place
         // rather than drop it until the last step.
@@ -426,6 +459,21 @@ impl<'a> Run<'a> {
         };
         self.done(Step::IstioRemoteSecret)?;
 
+        self.begin(Step::ViewSecret);
+        let view_kubeconfig = match &view_token {
+            Some(token) => {
+                let kc = stored_kubeconfig(&plan.remote_kc, &name, token)?;
+                self.ensure(
+                    Side::Primary,
+                    Manifest::new(&owned(setup::view_secret(&name, &kc)))?,
+                )
+                .await?;
+                Some(kc)
+            }
+            None => None,
+        };
+        self.done(Step::ViewSecret)?;
+
         self.begin(Step::MeshCluster);
         let record = cluster_record(plan);
         self.ensure(Side::Primary, Manifest::new(&setup::mesh_cluster(&record))?)
@@ -442,6 +490,9 @@ impl<'a> Run<'a> {
             let mut secrets = vec![setup::cluster_secret(&name, &stored)];
             if let Some(kc) = &istio_kubeconfig {
                 secrets.push(setup::istio_remote_secret(&name, kc));
+            }
+            if let Some(kc) = &view_kubeconfig {
+                secrets.push(setup::view_secret(&name, kc));
             }
             for mut secret in secrets {
                 secret.metadata.owner_references = Some(vec![owner.clone()]);
@@ -518,7 +569,11 @@ impl<'a> Run<'a> {
     /// revokes its tokens, and this run creates new ones.
     async fn revoke_other_primarys_tokens(&mut self) -> Result<()> {
         let name = self.plan.name.clone();
-        for secret in [setup::TOKEN_SECRET, setup::ISTIO_READER_TOKEN_SECRET] {
+        for secret in [
+            setup::TOKEN_SECRET,
+            setup::ISTIO_READER_TOKEN_SECRET,
+            setup::VIEW_TOKEN_SECRET,
+        ] {
             let m = Manifest::new(&setup::token_secret(secret, setup::SYNC_ACCOUNT, &name))?;
             let found = dyn_api(&self.plan.remote, &m)
                 .get_opt(&m.name)
