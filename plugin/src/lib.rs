@@ -19,6 +19,7 @@ pub mod output;
 pub mod remote_setup;
 pub mod render;
 pub mod sync_scope;
+pub mod view;
 
 pub use output::OutputFormat;
 

@@ -4,13 +4,17 @@
 //! deadline), and every cell is judged by the sync rule itself ([`SyncRule::desired`] and
 //! [`SyncRule::diff`]): a cell shows drift exactly when a sync would write to it. Where the
 //! labels ask for sidecars, the remote's MutatingWebhookConfigurations say whether an Istio
-//! injector acts on them ([`mesh_core::injection`]).
+//! injector acts on them ([`mesh_core::injection`]). With `-o wide`, `json` or `yaml`, the
+//! remote's pods are read too, with the cluster's view credentials ([`crate::view`]), and
+//! those whose sidecar contradicts their namespace's labels are counted
+//! ([`injection::contrary_pods`]): they keep their old state until restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace,
+    admissionregistration::v1::MutatingWebhookConfiguration,
+    core::v1::{Namespace, Pod},
 };
 use kube::{Client, ResourceExt};
 use mesh_core::cluster::MeshCluster;
@@ -22,6 +26,7 @@ use crate::{
     Context, Error, Result,
     mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
     output::{self, OutputFormat},
+    view,
 };
 
 /// Exit status of `status --exit-code` when a namespace drifted (like `git diff --exit-code`,
@@ -36,7 +41,9 @@ pub const DRIFT_EXIT_CODE: u8 = 3;
 /// (kubectl-mesh never creates namespaces); `(absent)` that it does not exist there and
 /// nothing is owed there. With `-o wide`, `(no injector)` marks a namespace whose labels ask
 /// for sidecars that no Istio injector of that cluster adds, `(injector: NAME)` the
-/// MutatingWebhookConfiguration that does.
+/// MutatingWebhookConfiguration that does, and `(N pods need restart)` the running pods whose
+/// istio-proxy contradicts the labels (read with the view credentials of `attach
+/// --services-view`, or istiod's reader's).
 #[derive(Debug, clap::Args)]
 pub struct Status {
     /// Namespaces to show [default: every namespace with a managed label].
@@ -60,10 +67,17 @@ impl Status {
         } = self;
         let client = ctx.client().await?;
         let clusters = mesh_state::clusters(&client).await?;
+        // Pods are many: only the detailed outputs read them.
+        let with_pods = ctx.output != OutputFormat::Table;
         let (rule, primary, remotes) = tokio::join!(
             mesh_state::rule(&client),
             mesh_state::primary_namespaces(&client),
-            mesh_state::for_each(&clusters, |c| read_view(&client, c, remote_timeout))
+            mesh_state::for_each(&clusters, |c| read_view(
+                &client,
+                c,
+                remote_timeout,
+                with_pods
+            ))
         );
         let (rule, primary) = (rule?, primary?);
         let report = StatusReport::compute(&rule, &primary, &remotes, &namespaces);
@@ -106,6 +120,13 @@ impl Status {
         for line in report.injection_summary() {
             ctx.progress.warn(line);
         }
+        for (warn, line) in report.pods_summary() {
+            if warn {
+                ctx.progress.warn(line);
+            } else {
+                ctx.progress.info(line);
+            }
+        }
         if exit_code && report.drifted > 0 {
             return Err(Error::Exit(DRIFT_EXIT_CODE));
         }
@@ -113,9 +134,33 @@ impl Status {
     }
 }
 
-/// Reads `cluster`'s namespaces and injectors with its stored credentials, under `timeout`.
-async fn read_view(primary: &Client, cluster: &MeshCluster, timeout: Duration) -> RemoteView {
+/// Reads `cluster`'s namespaces and injectors with its stored credentials, under `timeout`;
+/// with `with_pods`, its pods with its view credentials.
+async fn read_view(
+    primary: &Client,
+    cluster: &MeshCluster,
+    timeout: Duration,
+    with_pods: bool,
+) -> RemoteView {
     let name = cluster.name_any();
+    let pods = async {
+        if !with_pods {
+            return PodsRead::NotAsked;
+        }
+        match view::credentials(primary, &name, timeout).await {
+            view::Credentials::None => PodsRead::NoCredentials,
+            view::Credentials::Unusable { source, error } => PodsRead::Failed { source, error },
+            view::Credentials::Found { source, client } => {
+                match view::pods(&client, timeout).await {
+                    Ok(pods) => PodsRead::Read { source, pods },
+                    Err(e) => PodsRead::Failed {
+                        source,
+                        error: e.to_string(),
+                    },
+                }
+            }
+        }
+    };
     let read = async {
         let client = mesh_state::remote_client(primary, cluster, timeout).await?;
         let (namespaces, injectors) = tokio::join!(
@@ -125,21 +170,42 @@ async fn read_view(primary: &Client, cluster: &MeshCluster, timeout: Duration) -
         // Clusters attached by an older kubectl-mesh may not read them: unknown, not an error.
         Ok::<_, mesh_state::RemoteError>((namespaces?, injectors.ok()))
     };
-    let read = tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or(Err(mesh_state::RemoteError::TimedOut(timeout)));
+    let read = async {
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Err(mesh_state::RemoteError::TimedOut(timeout)))
+    };
+    let (read, pods) = tokio::join!(read, pods);
     match read {
         Ok((namespaces, injectors)) => RemoteView {
             name,
             namespaces: Ok(namespaces),
             injectors,
+            pods,
         },
         Err(e) => RemoteView {
             name,
             namespaces: Err(e.to_string()),
             injectors: None,
+            pods,
         },
     }
+}
+
+/// A remote's pods, as read for `status`.
+#[derive(Clone, Debug)]
+pub enum PodsRead {
+    /// Not read (the default table).
+    NotAsked,
+    /// The cluster has no view credentials.
+    NoCredentials,
+    /// Every pod, by namespace, and whose credentials read them.
+    Read {
+        source: view::Source,
+        pods: BTreeMap<String, Vec<Pod>>,
+    },
+    /// The view credentials could not read them.
+    Failed { source: view::Source, error: String },
 }
 
 /// One remote as read now: its namespaces, or why they could not be read.
@@ -151,6 +217,8 @@ pub struct RemoteView {
     pub namespaces: std::result::Result<Vec<Namespace>, String>,
     /// Its MutatingWebhookConfigurations, when they could be read.
     pub injectors: Option<Vec<MutatingWebhookConfiguration>>,
+    /// Its pods.
+    pub pods: PodsRead,
 }
 
 /// The namespace x cluster matrix, as `-o json|yaml` prints it.
@@ -167,6 +235,9 @@ pub struct StatusReport {
     pub missing: usize,
     /// Cells whose labels ask for sidecars no injector of the cluster adds.
     pub uninjected: usize,
+    /// Pods whose sidecar contradicts their namespace's labels, on every cluster whose pods
+    /// were read.
+    pub contrary_pods: usize,
 }
 
 /// One remote.
@@ -181,6 +252,21 @@ pub struct ClusterColumn {
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether its pods were read; absent when they were not asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodsColumn>,
+}
+
+/// Whether a remote's pods could be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum PodsColumn {
+    /// Read with these credentials (`view` or `istio-reader`).
+    Read { credentials: String },
+    /// The cluster has no view credentials; `enable` says what gives it some.
+    NoCredentials { enable: String },
+    /// The view credentials could not read them.
+    Failed { credentials: String, error: String },
 }
 
 /// One namespace across the mesh.
@@ -220,6 +306,10 @@ pub struct RemoteCell {
     /// Whether pods get sidecars there, once synced; absent when the labels ask for none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub injection: Option<InjectionCell>,
+    /// Pods there whose sidecar contradicts the labels (once synced), by name: they need a
+    /// restart. Absent when the cluster's pods were not read.
+    #[serde(rename = "contraryPods", skip_serializing_if = "Option::is_none")]
+    pub contrary_pods: Option<Vec<String>>,
 }
 
 /// Whether an Istio injector acts on a namespace's labels on one remote.
@@ -307,12 +397,26 @@ impl StatusReport {
                     reachable: r.namespaces.is_ok(),
                     injectors_known: r.injectors.is_some(),
                     error: r.namespaces.as_ref().err().cloned(),
+                    pods: match &r.pods {
+                        PodsRead::NotAsked => None,
+                        PodsRead::NoCredentials => Some(PodsColumn::NoCredentials {
+                            enable: view::enable_command(&r.name),
+                        }),
+                        PodsRead::Read { source, .. } => Some(PodsColumn::Read {
+                            credentials: source.to_string(),
+                        }),
+                        PodsRead::Failed { source, error } => Some(PodsColumn::Failed {
+                            credentials: source.to_string(),
+                            error: error.clone(),
+                        }),
+                    },
                 })
                 .collect(),
             namespaces: Vec::new(),
             drifted: 0,
             missing: 0,
             uninjected: 0,
+            contrary_pods: 0,
         };
         for name in names {
             let on_primary = primary.get(&name);
@@ -353,6 +457,7 @@ impl StatusReport {
                                         set: diff.set,
                                         remove: diff.remove,
                                         injection: None,
+                                        contrary_pods: None,
                                     }
                                 };
                                 let synced = rule.after_sync(&desired, ns);
@@ -360,6 +465,20 @@ impl StatusReport {
                                     injection_cell(&name, &synced, remote.injectors.as_deref());
                                 if matches!(cell.injection, Some(InjectionCell::Unserved { .. })) {
                                     report.uninjected += 1;
+                                }
+                                if let PodsRead::Read { pods, .. } = &remote.pods {
+                                    let here = pods.get(&name).map_or(&[][..], Vec::as_slice);
+                                    let contrary: Vec<String> = injection::contrary_pods(
+                                        &name,
+                                        &synced,
+                                        remote.injectors.as_deref(),
+                                        here,
+                                    )
+                                    .into_iter()
+                                    .map(ResourceExt::name_any)
+                                    .collect();
+                                    report.contrary_pods += contrary.len();
+                                    cell.contrary_pods = Some(contrary);
                                 }
                                 cell
                             }
@@ -507,6 +626,60 @@ impl StatusReport {
     }
 }
 
+impl StatusReport {
+    /// Lines after the table about pods, per cluster, each with whether it is a warning:
+    /// pods that need a restart, and clusters whose pods could not be read or have no view
+    /// credentials (with what to run to give it some).
+    pub fn pods_summary(&self) -> Vec<(bool, String)> {
+        let mut lines = Vec::new();
+        for cluster in &self.clusters {
+            let name = &cluster.name;
+            match &cluster.pods {
+                None | Some(PodsColumn::Read { .. }) => {}
+                Some(PodsColumn::NoCredentials { enable }) => lines.push((
+                    false,
+                    format!(
+                        "{name}: pods not read (no view credentials); `{enable}` lets status \
+                         and check count those that need a restart"
+                    ),
+                )),
+                Some(PodsColumn::Failed { credentials, error }) => lines.push((
+                    true,
+                    format!("{name}: cannot read pods with the {credentials} credentials: {error}"),
+                )),
+            }
+            let mut count = 0;
+            let mut namespaces = Vec::new();
+            for row in &self.namespaces {
+                let pods = row
+                    .clusters
+                    .get(name)
+                    .and_then(|c| c.contrary_pods.as_ref());
+                if let Some(pods) = pods.filter(|p| !p.is_empty()) {
+                    count += pods.len();
+                    namespaces.push(row.name.as_str());
+                }
+            }
+            if count > 0 {
+                lines.push((
+                    true,
+                    format!(
+                        "{name}: {} in {} {} or {} istio-proxy contrary to the namespace's \
+                         labels; restart their workloads (`kubectl rollout restart deployment \
+                         -n {}`)",
+                        plural(count, "pod"),
+                        namespaces.join(", "),
+                        if count == 1 { "lacks" } else { "lack" },
+                        if count == 1 { "carries" } else { "carry" },
+                        namespaces.first().copied().unwrap_or("<namespace>"),
+                    ),
+                ));
+            }
+        }
+        lines
+    }
+}
+
 impl RemoteCell {
     fn bare(state: CellState, labels: Option<Labels>) -> Self {
         Self {
@@ -515,6 +688,7 @@ impl RemoteCell {
             set: Labels::new(),
             remove: BTreeSet::new(),
             injection: None,
+            contrary_pods: None,
         }
     }
 
@@ -522,9 +696,15 @@ impl RemoteCell {
     /// `wide`, whether an injector acts on them.
     pub fn text(&self, wide: bool) -> String {
         let labels = || {
-            let text = labels_text(self.labels.as_ref().unwrap_or(&Labels::new()));
-            match &self.injection {
-                Some(injection) if wide => format!("{text} {}", injection.marker()),
+            let mut text = labels_text(self.labels.as_ref().unwrap_or(&Labels::new()));
+            if let Some(injection) = self.injection.as_ref().filter(|_| wide) {
+                text = format!("{text} {}", injection.marker());
+            }
+            match self.contrary_pods.as_ref().filter(|_| wide) {
+                Some(pods) if !pods.is_empty() => {
+                    let verb = if pods.len() == 1 { "needs" } else { "need" };
+                    format!("{text} ({} {verb} restart)", plural(pods.len(), "pod"))
+                }
                 _ => text,
             }
         };
@@ -565,7 +745,7 @@ mod tests {
     use super::*;
     use crate::mesh_state::fixtures::ns;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use mesh_core::fixtures::istio_injector;
+    use mesh_core::fixtures::{PodExt, istio_injector, pod};
 
     fn primary() -> BTreeMap<String, Namespace> {
         [
@@ -593,6 +773,7 @@ mod tests {
                     ns("legacy", &[("istio-injection", "enabled")]),
                     ns("kube-system", &[("istio-injection", "disabled")]),
                 ]),
+                pods: PodsRead::NotAsked,
             },
             RemoteView {
                 name: "west".into(),
@@ -602,11 +783,13 @@ mod tests {
                     ns("payments", &[("istio.io/rev", "1-24")]),
                     ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
                 ]),
+                pods: PodsRead::NotAsked,
             },
             RemoteView {
                 name: "north".into(),
                 namespaces: Err("no answer within 5s".into()),
                 injectors: None,
+                pods: PodsRead::NotAsked,
             },
         ]
     }
@@ -776,6 +959,53 @@ mod tests {
                 "west: its injectors cannot be read with the stored credentials; re-run \
                  `kubectl mesh attach` for west to see whether pods get sidecars there",
             ]
+        );
+    }
+
+    #[test]
+    fn pods_contrary_to_their_namespace_are_counted_where_read() {
+        let mut remotes = remotes();
+        let pods = BTreeMap::from([(
+            "bookinfo".to_owned(),
+            vec![pod("a"), pod("b").sidecar(), pod("c")],
+        )]);
+        remotes[0].pods = PodsRead::Read {
+            source: view::Source::View,
+            pods,
+        };
+        remotes[1].pods = PodsRead::NoCredentials;
+        let r = StatusReport::compute(&SyncRule::default(), &primary(), &remotes, &[]);
+        let bookinfo = &r.namespaces[1].clusters;
+        assert_eq!(
+            bookinfo["east"].contrary_pods.as_deref(),
+            Some(&["a".to_owned(), "c".to_owned()][..])
+        );
+        assert_eq!(bookinfo["west"].contrary_pods, None);
+        assert_eq!(r.contrary_pods, 2);
+        assert_eq!(
+            bookinfo["east"].text(true),
+            "istio-injection=enabled (injector: istio-sidecar-injector) (2 pods need restart)"
+        );
+        assert_eq!(bookinfo["east"].text(false), "istio-injection=enabled");
+        let lines: Vec<String> = r.pods_summary().into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            lines,
+            [
+                "east: 2 pods in bookinfo lack or carry istio-proxy contrary to the namespace's \
+                 labels; restart their workloads (`kubectl rollout restart deployment -n \
+                 bookinfo`)",
+                "west: pods not read (no view credentials); `kubectl mesh attach <kubeconfig> \
+                 --name west --services-view` lets status and check count those that need a \
+                 restart",
+            ]
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["contraryPods"], 2);
+        assert_eq!(v["clusters"][0]["pods"]["credentials"], "view");
+        assert_eq!(v["clusters"][1]["pods"]["state"], "no-credentials");
+        assert_eq!(
+            v["namespaces"][1]["clusters"]["east"]["contraryPods"],
+            serde_json::json!(["a", "c"])
         );
     }
 
