@@ -20,7 +20,9 @@ use mesh_core::{
     remote::error_chain,
 };
 
-use super::facts::{ClusterFacts, FoundGuard, GuardFacts, MeshFacts, RemoteFacts, RemoteReads};
+use super::facts::{
+    ClusterFacts, FoundGuard, GuardFacts, MeshFacts, RemoteFacts, RemoteReads, ViewFacts,
+};
 use super::report::{CheckResult, Outcome, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
@@ -215,12 +217,28 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
         guard,
         scope,
         injectors,
+        view,
     } = reads;
     checks.push(identity_result(mesh, cluster, kube_system));
     checks.push(rights_result(&name, rights, &reattach));
     checks.push(token_result(stored, mesh.now, &reattach));
     checks.push(drift_result(mesh, &name, namespaces));
     checks.push(injection_result(mesh, &name, namespaces, injectors));
+    if let ViewFacts::Read {
+        rights: Some(rights),
+        ..
+    } = view
+    {
+        checks.push(match rights {
+            Ok(answers) => rights::judge_view_answers(&name, answers),
+            Err(e) => CheckResult::warning(
+                "view credentials have exactly their rights",
+                format!("not checked: {e}"),
+                "",
+            ),
+        });
+    }
+    checks.extend(pods_result(mesh, &name, namespaces, injectors, view));
     checks.push(scope_result(scope, &name));
     checks.push(guard_result(cluster, guard));
     section(checks)
@@ -508,6 +526,104 @@ fn injection_result(
     )
 }
 
+/// Pods whose sidecar contradicts their namespace's labels (once synced) keep that state
+/// until they are recreated: worth a warning with the namespaces to restart. Only where the
+/// cluster has view credentials (none: no check, as `status -o wide` says how to add them).
+fn pods_result(
+    mesh: &Mesh<'_>,
+    name: &str,
+    namespaces: &RemoteResult<Vec<Namespace>>,
+    injectors: &RemoteResult<Vec<MutatingWebhookConfiguration>>,
+    view: &ViewFacts,
+) -> Option<CheckResult> {
+    let what = "pods match their namespace's sidecar labels";
+    let (source, pods) = match view {
+        ViewFacts::None => return None,
+        ViewFacts::Unusable { source, error } => {
+            return Some(CheckResult::warning(
+                what,
+                format!("not checked: the {source} credentials cannot be used: {error}"),
+                format!(
+                    "re-run `kubectl mesh attach` for {name} with --services-view to store fresh \
+                     ones"
+                ),
+            ));
+        }
+        ViewFacts::Read { source, pods, .. } => (source, pods),
+    };
+    let pods = match pods {
+        Ok(pods) => pods,
+        Err(e) => {
+            return Some(CheckResult::warning(
+                what,
+                format!("not checked: cannot list pods with the {source} credentials: {e}"),
+                format!(
+                    "re-run `kubectl mesh attach` for {name} with --services-view to store fresh \
+                     ones"
+                ),
+            ));
+        }
+    };
+    let (Ok(primary), Ok(namespaces)) = (mesh.primary_namespaces.as_ref(), namespaces) else {
+        return Some(CheckResult::warning(
+            what,
+            "not checked: namespaces could not be read",
+            "",
+        ));
+    };
+    // Unknown injectors: the labels are trusted (the injection check says why they are not
+    // known).
+    let injectors = injectors.as_ref().ok().map(Vec::as_slice);
+    let (mut checked, mut contrary, mut where_) = (0, 0, Vec::new());
+    for ns in namespaces {
+        let ns_name = ns.name_any();
+        if mesh.rule.is_excluded(&ns_name) {
+            continue;
+        }
+        let Some(here) = pods.get(&ns_name) else {
+            continue;
+        };
+        let labels = mesh
+            .rule
+            .after_sync(&mesh.rule.desired(primary.get(&ns_name)), ns);
+        let found = injection::contrary_pods(&ns_name, &labels, injectors, here).len();
+        checked += here.len();
+        if found > 0 {
+            contrary += found;
+            where_.push(format!("{ns_name} ({found})"));
+        }
+    }
+    Some(if contrary > 0 {
+        let first = where_
+            .first()
+            .and_then(|w| w.split(' ').next())
+            .unwrap_or("<namespace>")
+            .to_owned();
+        CheckResult::warning(
+            what,
+            format!(
+                "{} {} or {} istio-proxy contrary to the labels, in {}: they keep their old \
+                 state until restarted",
+                plural(contrary, "pod"),
+                if contrary == 1 { "lacks" } else { "lack" },
+                if contrary == 1 { "carries" } else { "carry" },
+                where_.join(", ")
+            ),
+            format!(
+                "restart their workloads, e.g. `kubectl rollout restart deployment -n {first}`"
+            ),
+        )
+    } else {
+        CheckResult::ok(
+            what,
+            Some(format!(
+                "{} checked with the {source} credentials",
+                plural(checked, "pod")
+            )),
+        )
+    })
+}
+
 /// The guard mode a policy and binding amount to for the cluster `name`: nothing, or a
 /// policy nothing binds, guards nothing.
 pub fn guard_mode(
@@ -686,7 +802,65 @@ mod tests {
     use super::*;
     use crate::credentials::tests::jwt;
     use crate::mesh_state::{RemoteError, fixtures::ns};
-    use mesh_core::fixtures::istio_injector;
+    use k8s_openapi::api::core::v1::Pod;
+    use mesh_core::fixtures::{PodExt, istio_injector, pod};
+
+    #[test]
+    fn pods_contrary_to_their_labels_warn_with_the_namespaces_to_restart() {
+        let primary: BTreeMap<String, Namespace> = [(
+            "shop".to_owned(),
+            ns("shop", &[("istio-injection", "enabled")]),
+        )]
+        .into();
+        let rule = SyncRule::default();
+        let mesh = Mesh {
+            clusters: &[],
+            primary_namespaces: Ok(&primary),
+            primary_uid: None,
+            rule: &rule,
+            now: Timestamp::UNIX_EPOCH,
+        };
+        let remote = Ok(vec![ns("shop", &[]), ns("web", &[])]);
+        let injectors = Ok(vec![istio_injector("default")]);
+        let read = |pods: Vec<(&str, Pod)>| {
+            let mut by_ns: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+            for (n, p) in pods {
+                by_ns.entry(n.to_owned()).or_default().push(p);
+            }
+            ViewFacts::Read {
+                source: crate::view::Source::View,
+                rights: None,
+                pods: Ok(by_ns),
+            }
+        };
+        let judge = |view| pods_result(&mesh, "east", &remote, &injectors, &view);
+        // shop asks for sidecars once synced; web for none.
+        let r = judge(read(vec![
+            ("shop", pod("a")),
+            ("shop", pod("b").sidecar()),
+            ("web", pod("c").sidecar()),
+        ]))
+        .unwrap();
+        assert_eq!(r.result, Outcome::Warning);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                "2 pods lack or carry istio-proxy contrary to the labels, in shop (1), web (1): \
+                 they keep their old state until restarted"
+            )
+        );
+        assert!(
+            r.hint
+                .unwrap()
+                .contains("rollout restart deployment -n shop")
+        );
+        let r = judge(read(vec![("shop", pod("b").sidecar())])).unwrap();
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (Outcome::Ok, Some("1 pod checked with the view credentials"))
+        );
+        assert!(judge(ViewFacts::None).is_none());
+    }
 
     /// The injection check of a remote holding `remote` namespaces whose primary twins carry
     /// `primary`'s labels.

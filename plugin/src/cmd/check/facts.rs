@@ -14,7 +14,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     authentication::v1::SelfSubjectReview,
     authorization::v1::SelfSubjectAccessReview,
-    core::v1::{Namespace, Secret},
+    core::v1::{Namespace, Pod, Secret},
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
@@ -37,6 +37,7 @@ use crate::{
     mesh_state::{self, RemoteResult, with_deadline},
     remote_setup as setup, render,
     sync_scope::{self, Scope},
+    view,
 };
 
 /// A read of one object by name: absent is `Ok(None)`.
@@ -309,6 +310,32 @@ pub struct RemoteReads {
     pub scope: RemoteResult<Scope>,
     /// Its MutatingWebhookConfigurations, where Istio's injectors are.
     pub injectors: RemoteResult<Vec<MutatingWebhookConfiguration>>,
+    /// What its view credentials read.
+    pub view: ViewFacts,
+}
+
+/// What a remote's view credentials ([`view`]) read.
+#[derive(Debug)]
+pub enum ViewFacts {
+    /// The cluster has none.
+    None,
+    /// They exist but cannot be used (why).
+    Unusable {
+        /// Whose they are.
+        source: view::Source,
+        /// Why, in one line.
+        error: String,
+    },
+    /// Read with them.
+    Read {
+        /// Whose they are.
+        source: view::Source,
+        /// What they may do, asked right by right ([`rights::view_asked`]); only for the view
+        /// identity (istiod's reader has its own check).
+        rights: Option<RemoteResult<Vec<Answer>>>,
+        /// Every pod of the remote, by namespace.
+        pods: RemoteResult<BTreeMap<String, Vec<Pod>>>,
+    },
 }
 
 /// Whether the remote allows one verb of a [`Need`].
@@ -403,7 +430,7 @@ async fn cluster_facts(
     )
     .await
     {
-        Ok(remote) => remote_facts(&remote, cluster, user_kubeconfig, rule, timeout).await,
+        Ok(remote) => remote_facts(primary, &remote, cluster, user_kubeconfig, rule, timeout).await,
         Err(e) => RemoteFacts::NoClient(e),
     };
     ClusterFacts::Stored(Box::new(Stored {
@@ -413,6 +440,7 @@ async fn cluster_facts(
 }
 
 async fn remote_facts(
+    primary: &Client,
     remote: &Client,
     cluster: &MeshCluster,
     user_kubeconfig: Option<&Kubeconfig>,
@@ -441,6 +469,7 @@ async fn remote_facts(
     let guard = guard_facts(remote, cluster, user_kubeconfig, timeout).await;
     let scope = with_deadline(timeout, sync_scope::probe(remote, rule)).await;
     let injectors = mesh_state::remote_injectors(remote, timeout).await;
+    let view = view_facts(primary, &cluster.name_any(), timeout).await;
     RemoteFacts::Asked(Box::new(Asked {
         whoami,
         reads: Some(RemoteReads {
@@ -450,8 +479,29 @@ async fn remote_facts(
             guard,
             scope,
             injectors,
+            view,
         }),
     }))
+}
+
+/// Reads the remote's pods with `cluster`'s view credentials and, for the view identity, asks
+/// what it may do.
+async fn view_facts(primary: &Client, cluster: &str, timeout: Duration) -> ViewFacts {
+    match view::credentials(primary, cluster, timeout).await {
+        view::Credentials::None => ViewFacts::None,
+        view::Credentials::Unusable { source, error } => ViewFacts::Unusable { source, error },
+        view::Credentials::Found { source, client } => {
+            let rights = match source {
+                view::Source::View => Some(answers(&client, timeout, rights::view_asked()).await),
+                view::Source::IstioReader => None,
+            };
+            ViewFacts::Read {
+                source,
+                rights,
+                pods: view::pods(&client, timeout).await,
+            }
+        }
+    }
 }
 
 /// Asks the remote about each of `asked` (needs of one verb each), all at once; the first

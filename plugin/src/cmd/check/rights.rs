@@ -151,6 +151,71 @@ pub fn judge_rights(
     )
 }
 
+/// What the view identity should not have: anything but reading services, endpointslices and
+/// pods. One verb each.
+pub fn view_excessive_rights() -> Vec<Need> {
+    vec![
+        Need::cluster("*", "*", &["*"]),
+        Need::cluster("", "secrets", &["list"]),
+        Need::cluster("", "configmaps", &["list"]),
+        Need::cluster("", "namespaces", &["patch"]),
+        Need::cluster("", "pods", &["create"]),
+        Need::cluster("", "pods", &["delete"]),
+        Need::cluster("", "pods/exec", &["create"]),
+        Need::cluster("", "services", &["patch"]),
+    ]
+}
+
+/// What the view check asks the remote, one verb each: [`setup::view_rights`], then
+/// [`view_excessive_rights`].
+pub fn view_asked() -> Vec<Need> {
+    let mut asked = each_verb(setup::view_rights());
+    asked.extend(view_excessive_rights());
+    asked
+}
+
+/// Judges the view identity's answers: exactly [`setup::view_rights`].
+pub fn judge_view_answers(name: &str, answers: &[Answer]) -> CheckResult {
+    let what = "view credentials have exactly their rights";
+    let needed = each_verb(setup::view_rights());
+    let (mut missing, mut excess) = (Vec::new(), Vec::new());
+    for answer in answers {
+        match (needed.contains(&answer.asked), answer.allowed) {
+            (true, false) => missing.push(phrase(&answer.asked)),
+            (false, true) => excess.push(phrase(&answer.asked)),
+            _ => {}
+        }
+    }
+    let reattach = format!(
+        "re-run `kubectl mesh attach` for {name} with --services-view: it restores ClusterRole \
+         {}",
+        setup::VIEW_ACCOUNT
+    );
+    if !missing.is_empty() {
+        return CheckResult::error(
+            what,
+            format!("not allowed: {}", missing.join(", ")),
+            reattach,
+        );
+    }
+    if !excess.is_empty() {
+        return CheckResult::warning(
+            what,
+            format!("over-privileged: also allowed {}", excess.join(", ")),
+            format!(
+                "the view credentials need only get, list, watch of services, endpointslices \
+                 and pods; remove the extra bindings of ServiceAccount {}/{} on {name}",
+                mesh_core::MESH_NAMESPACE,
+                setup::VIEW_ACCOUNT
+            ),
+        );
+    }
+    CheckResult::ok(
+        what,
+        Some("services, pods, endpointslices get, list, watch".into()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::report::Outcome;
@@ -271,6 +336,40 @@ mod tests {
         asked.sort();
         granted.sort();
         assert_eq!(asked, granted);
+    }
+
+    #[test]
+    fn view_credentials_may_read_workloads_and_nothing_else() {
+        let answer = |asked: Need, allowed| Answer { asked, allowed };
+        let needed = each_verb(setup::view_rights());
+        let mut answers: Vec<Answer> = needed.iter().map(|n| answer(n.clone(), true)).collect();
+        answers.extend(
+            view_excessive_rights()
+                .into_iter()
+                .map(|n| answer(n, false)),
+        );
+        assert_eq!(view_asked().len(), answers.len());
+        assert_eq!(judge_view_answers("east", &answers).result, Outcome::Ok);
+
+        answers[0].allowed = false; // services get
+        let r = judge_view_answers("east", &answers);
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (Outcome::Error, Some("not allowed: services get"))
+        );
+        answers[0].allowed = true;
+        answers[needed.len() + 1].allowed = true; // secrets list
+        let r = judge_view_answers("east", &answers);
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (
+                Outcome::Warning,
+                Some("over-privileged: also allowed secrets list")
+            )
+        );
+        for need in &needed {
+            assert!(!view_excessive_rights().contains(need), "{need:?}");
+        }
     }
 
     #[test]
