@@ -87,7 +87,12 @@ impl Bed {
         dir: Option<PathBuf>,
         istio: bool,
     ) -> anyhow::Result<Self> {
-        let env = TestEnv::start(Options { remotes, dir }).await?;
+        let env = TestEnv::start(Options {
+            remotes,
+            dir,
+            ..Options::default()
+        })
+        .await?;
         let istio = match istio {
             true => Some(Istio::start(&env, IstioOptions::default()).await?),
             false => None,

@@ -44,7 +44,11 @@ pub async fn istio_mesh(
     remotes: usize,
     options: IstioOptions,
 ) -> anyhow::Result<(TestEnv, Istio, Mesh)> {
-    let env = TestEnv::start(Options { remotes, dir: None }).await?;
+    let env = TestEnv::start(Options {
+        remotes,
+        ..Options::default()
+    })
+    .await?;
     let istio = Istio::start(&env, options).await?;
     let mut mesh_options = MeshOptions::from_workspace()?;
     mesh_options

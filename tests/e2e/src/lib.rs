@@ -24,7 +24,12 @@ pub use mesh_testenv;
 pub async fn shared_env(remotes: usize) -> &'static TestEnv {
     static ENV: OnceCell<TestEnv> = OnceCell::const_new();
     ENV.get_or_init(|| async {
-        match TestEnv::start(Options { remotes, dir: None }).await {
+        match TestEnv::start(Options {
+            remotes,
+            ..Options::default()
+        })
+        .await
+        {
             Ok(env) => env,
             Err(error) => panic!("starting the test environment: {error:#}"),
         }
@@ -71,7 +76,11 @@ pub async fn own_mesh_with(
     remotes: usize,
     options: mesh_testenv::mesh::MeshOptions,
 ) -> anyhow::Result<(TestEnv, mesh_testenv::mesh::Mesh)> {
-    let env = TestEnv::start(Options { remotes, dir: None }).await?;
+    let env = TestEnv::start(Options {
+        remotes,
+        ..Options::default()
+    })
+    .await?;
     let mesh = mesh_testenv::mesh::Mesh::start(&env, options).await?;
     Ok((env, mesh))
 }

@@ -389,7 +389,7 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
     // Only the primary: install applies, and no webhook needs to run for what it renders.
     let env = TestEnv::start(Options {
         remotes: 0,
-        dir: None,
+        ..Options::default()
     })
     .await?;
     let custom_labels = format!("{ZONE},istio-injection");

@@ -18,7 +18,7 @@ fn alive(pid: u32) -> bool {
 async fn dropping_the_environment_stops_every_process() -> anyhow::Result<()> {
     let env = TestEnv::start(Options {
         remotes: 1,
-        dir: None,
+        ..Options::default()
     })
     .await?;
     let pids = env.pids();

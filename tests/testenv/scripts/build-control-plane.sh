@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kubectl and etcd from the Go module proxy
-# into "$1" (a cache directory keyed by version). Never downloads prebuilt binaries.
+# into "$1" (a cache directory keyed by version), or with a 4th argument the Kubernetes binaries
+# it lists (e.g. "kubelet kube-proxy kube-scheduler" for a node). Never downloads prebuilt
+# binaries.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod requires the staging modules at v0.0.0
 # and replaces them with ./staging paths. A throwaway wrapper module replaces each staging module
 # with its published release (Kubernetes v1.M.P <-> staging v0.M.P).
 set -euo pipefail
-out=${1:?usage: build-control-plane.sh OUT_DIR KUBERNETES_VERSION ETCD_VERSION}
+out=${1:?usage: build-control-plane.sh OUT_DIR KUBERNETES_VERSION ETCD_VERSION [BINARIES]}
 k8s=${2:?kubernetes version, e.g. 1.35.4}
 etcd=${3:?etcd version, e.g. 3.6.16}
+binaries=${4:-etcd kube-apiserver kube-controller-manager kubectl}
 mkdir -p "$out"
 export GOFLAGS=-mod=mod CGO_ENABLED=0 GOTOOLCHAIN=local
 work=$(mktemp -d)
@@ -16,7 +19,7 @@ trap 'rm -rf "$work"' EXIT
 
 step() { printf '[build-control-plane] %s (%ss)\n' "$1" "$SECONDS"; }
 
-if [ ! -x "$out/etcd" ]; then
+if [[ " $binaries " == *" etcd "* ]] && [ ! -x "$out/etcd" ]; then
   step "etcd v$etcd: resolving modules"
   mkdir -p "$work/etcd" && cd "$work/etcd"
   go mod init local/etcd >/dev/null 2>&1
@@ -27,8 +30,8 @@ if [ ! -x "$out/etcd" ]; then
 fi
 
 need=()
-for b in kube-apiserver kube-controller-manager kubectl; do
-  [ -x "$out/$b" ] || need+=("$b")
+for b in $binaries; do
+  [ "$b" = etcd ] || [ -x "$out/$b" ] || need+=("$b")
 done
 if [ ${#need[@]} -gt 0 ]; then
   step "kubernetes v$k8s: resolving modules"

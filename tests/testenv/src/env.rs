@@ -26,7 +26,14 @@ pub struct Options {
     pub remotes: usize,
     /// Where kubeconfigs, certificates, logs and etcd data go; a temporary directory when unset.
     pub dir: Option<PathBuf>,
+    /// Pods will run (a node joins the primary, see [`crate::node`]): every apiserver listens
+    /// on the host's address, which the pod network routes to, instead of loopback (inside a
+    /// pod, 127.0.0.1 is the pod itself).
+    pub node: bool,
 }
+
+/// The first address of the Service range: the `kubernetes` Service's ClusterIP.
+pub const KUBERNETES_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 1);
 
 /// One cluster of the environment.
 #[derive(Clone, Debug)]
@@ -35,9 +42,10 @@ pub struct Cluster {
     pub name: String,
     /// Admin kubeconfig (client certificate of system:masters), credentials inline.
     pub kubeconfig: PathBuf,
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<address>:<port>`: 127.0.0.1, or the host's address with a node.
     pub server: String,
     port: u16,
+    host: std::net::Ipv4Addr,
     dir: PathBuf,
     pki: ClusterPki,
 }
@@ -89,6 +97,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// The address its apiserver listens on.
+    pub fn host(&self) -> std::net::Ipv4Addr {
+        self.host
+    }
+
     /// Name of this cluster's kube-apiserver process, for [`TestEnv::pause_process`] and
     /// [`TestEnv::resume_process`].
     pub fn apiserver_name(&self) -> String {
@@ -99,6 +112,7 @@ impl Cluster {
 /// Running control planes. Dropping it stops every process it started.
 pub struct TestEnv {
     dir: PathBuf,
+    node: bool,
     binaries: Binaries,
     etcd_url: String,
     clusters: Vec<Cluster>,
@@ -124,6 +138,11 @@ impl TestEnv {
             }
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let address = if options.node {
+            Some(routable_address()?)
+        } else {
+            None
+        };
         let names = std::iter::once("primary".to_string())
             .chain((1..=options.remotes).map(|i| format!("remote-{i}")));
         let mut clusters = Vec::new();
@@ -131,9 +150,10 @@ impl TestEnv {
             let cluster_dir = dir.join(&name);
             // A directory reused from an earlier run must not mix old and new credentials.
             let _ = std::fs::remove_dir_all(&cluster_dir);
-            let pki = ClusterPki::generate(&name, &cluster_dir)?;
+            let pki = ClusterPki::generate(&name, &cluster_dir, address)?;
             let port = free_port()?;
-            let server = format!("https://127.0.0.1:{port}");
+            let host = address.unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+            let server = format!("https://{host}:{port}");
             let kubeconfig = dir.join(format!("{name}.kubeconfig"));
             std::fs::write(&kubeconfig, admin_kubeconfig(&name, &server, &pki))?;
             clusters.push(Cluster {
@@ -141,6 +161,7 @@ impl TestEnv {
                 kubeconfig,
                 server,
                 port,
+                host,
                 dir: cluster_dir,
                 pki,
             });
@@ -153,6 +174,7 @@ impl TestEnv {
 
         let scratch = temp.as_ref().map(|t| t.path().to_path_buf());
         let mut env = Self {
+            node: options.node,
             etcd_url: String::new(),
             dir,
             binaries,
@@ -186,6 +208,11 @@ impl TestEnv {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the apiservers listen where pods can reach them ([`Options::node`]).
+    pub fn has_node_network(&self) -> bool {
+        self.node
     }
 
     pub fn binaries(&self) -> &Binaries {
@@ -334,8 +361,8 @@ impl TestEnv {
             // Clusters share etcd; distinct prefixes keep their data apart.
             .arg(format!("--etcd-prefix=/{}", cluster.name))
             .arg(format!("--secure-port={}", cluster.port))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--bind-address={}", cluster.host))
+            .arg(format!("--advertise-address={}", cluster.host))
             .arg(format!("--cert-dir={}", cluster.dir.display()))
             .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
             .arg(format!(
@@ -374,6 +401,28 @@ impl TestEnv {
 
     fn spawn_controller_manager(&self, cluster: &Cluster) -> anyhow::Result<()> {
         let pki = &cluster.pki;
+        // Only what kubectl-mesh and its tests rely on: namespace deletion, service accounts
+        // and their token Secrets, garbage collection, kube-root-ca.crt, and the aggregated
+        // built-in roles (view, edit, admin); with a node, what runs a Deployment behind a
+        // Service and makes the node schedulable.
+        let mut controllers = vec![
+            "namespace-controller",
+            "serviceaccount-controller",
+            "serviceaccount-token-controller",
+            "garbage-collector-controller",
+            "root-ca-certificate-publisher-controller",
+            "clusterrole-aggregation-controller",
+        ];
+        if self.node && cluster.name == self.primary().name {
+            controllers.extend([
+                "deployment-controller",
+                "replicaset-controller",
+                "endpoints-controller",
+                "endpointslice-controller",
+                "node-lifecycle-controller",
+                "pod-garbage-collector-controller",
+            ]);
+        }
         let mut cmd = Command::new(self.binaries.kube_controller_manager());
         cmd.arg(format!("--kubeconfig={}", cluster.kubeconfig.display()))
             .arg(format!(
@@ -381,10 +430,7 @@ impl TestEnv {
                 pki.service_account_key.display()
             ))
             .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
-            // Only what kubectl-mesh and its tests rely on: namespace deletion, service
-            // accounts and their token Secrets, garbage collection, kube-root-ca.crt, and the
-            // aggregated built-in roles (view, edit, admin).
-            .arg("--controllers=namespace-controller,serviceaccount-controller,serviceaccount-token-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,clusterrole-aggregation-controller")
+            .arg(format!("--controllers={}", controllers.join(",")))
             .arg("--leader-elect=false")
             .arg("--secure-port=0")
             .arg("--v=1");
@@ -441,4 +487,18 @@ pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
 fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding a loopback port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// The host's first global IPv4 address: pods reach it through their default route.
+fn routable_address() -> anyhow::Result<std::net::Ipv4Addr> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .context("running ip (package iproute2)")?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next()?.parse().ok())
+        .context("the host has no global IPv4 address: pods could not reach the apiservers")
 }

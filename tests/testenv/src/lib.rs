@@ -12,10 +12,12 @@
 
 pub mod binaries;
 mod env;
+pub mod image;
 pub mod istio;
 pub mod json_doc;
 mod kubeconfig;
 pub mod mesh;
+pub mod node;
 mod pki;
 mod process;
 pub mod proxy;

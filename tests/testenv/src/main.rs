@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mesh_testenv::istio::{DEFAULT_REVISION, Istio, IstioBinaries, IstioOptions};
 use mesh_testenv::mesh::{Mesh, MeshOptions};
+use mesh_testenv::node::{Node, NodeBinaries};
 use mesh_testenv::{Options, TestEnv};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -41,18 +42,39 @@ enum Cmd {
         /// with --mesh, remotes are attached with --istio-remote-secret.
         #[arg(long)]
         istio: bool,
+        /// Also start a node for the primary (containerd, kubelet, kube-proxy, kube-scheduler;
+        /// needs root and Debian's containerd, runc and containernetworking-plugins): pods run,
+        /// and every apiserver listens on the host's address, which pods can reach.
+        #[arg(long)]
+        node: bool,
     },
     /// Build (once per machine) and cache the control-plane binaries, then print where they are.
     Build {
         /// Also build Istio's pilot-discovery and istioctl.
         #[arg(long)]
         istio: bool,
+        /// Also build a node's kubelet, kube-proxy, kube-scheduler and sandbox program.
+        #[arg(long)]
+        node: bool,
     },
     /// Stop the environment running in DIR.
     Down {
         /// The directory given to `up`.
         #[arg(long, env = "MESH_TESTENV_DIR")]
         dir: PathBuf,
+    },
+    /// Build mesh-webhook (dist profile) and pack it into a one-layer docker-archive from
+    /// scratch, the image webhook/Containerfile builds, for `ctr -n k8s.io images import`.
+    Image {
+        /// The archive to write.
+        #[arg(long, default_value = "mesh-webhook.tar")]
+        out: PathBuf,
+        /// The image reference (RepoTags) to tag it with.
+        #[arg(long, default_value = mesh_testenv::image::LOCAL_REFERENCE)]
+        tag: String,
+        /// Pack this binary instead of building one.
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
 }
 
@@ -74,21 +96,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
             remotes,
             mesh,
             istio,
-        } => up(dir, remotes, mesh, istio).await,
+            node,
+        } => up(dir, remotes, mesh, istio, node).await,
         Cmd::Down { dir } => down(&dir).await,
-        Cmd::Build { istio } => {
+        Cmd::Image { out, tag, binary } => image(out, tag, binary).await,
+        Cmd::Build { istio, node } => {
             let binaries = tokio::task::spawn_blocking(mesh_testenv::Binaries::ensure).await??;
             println!("{}", binaries.dir.display());
             if istio {
                 let istio = tokio::task::spawn_blocking(IstioBinaries::ensure).await??;
                 println!("{}", istio.dir.display());
             }
+            if node {
+                tokio::task::spawn_blocking(NodeBinaries::ensure).await??;
+            }
             Ok(())
         }
     }
 }
 
-async fn up(dir: PathBuf, remotes: usize, with_mesh: bool, with_istio: bool) -> anyhow::Result<()> {
+async fn up(
+    dir: PathBuf,
+    remotes: usize,
+    with_mesh: bool,
+    with_istio: bool,
+    node: bool,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     if let Some(pid) = running_pid(&dir) {
@@ -103,10 +136,26 @@ async fn up(dir: PathBuf, remotes: usize, with_mesh: bool, with_istio: bool) -> 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let env = tokio::select! {
-        env = TestEnv::start(Options { remotes, dir: Some(dir.clone()) }) => env?,
+        env = TestEnv::start(Options { remotes, dir: Some(dir.clone()), node }) => env?,
         _ = sigterm.recv() => return cleanup(&dir),
         _ = sigint.recv() => return cleanup(&dir),
     };
+    let mut started_node = None;
+    if node {
+        let started = tokio::select! {
+            node = Node::start(&env) => node,
+            _ = sigterm.recv() => return cleanup(&dir),
+            _ = sigint.recv() => return cleanup(&dir),
+        };
+        match started {
+            Ok(node) => started_node = Some(node),
+            Err(error) => {
+                drop(env);
+                cleanup(&dir)?;
+                return Err(error);
+            }
+        }
+    }
     let mut istio = None;
     if with_istio {
         let started = tokio::select! {
@@ -172,6 +221,8 @@ async fn up(dir: PathBuf, remotes: usize, with_mesh: bool, with_istio: bool) -> 
             }
         }
     }
+    // The node first: its cleanup stops the kubelet before the containers under it.
+    drop(started_node);
     drop(env);
     eprintln!("stopped");
     cleanup(&dir)
@@ -253,5 +304,20 @@ async fn down(dir: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("stopped the environment in {}", dir.display());
+    Ok(())
+}
+
+async fn image(out: PathBuf, tag: String, binary: Option<PathBuf>) -> anyhow::Result<()> {
+    let binary = match binary {
+        Some(binary) => binary,
+        None => tokio::task::spawn_blocking(mesh_testenv::image::build_dist_webhook).await??,
+    };
+    let archive = mesh_testenv::image::build_webhook_image(&binary, &tag, &out)?;
+    eprintln!(
+        "{tag} from {}; load it with: ctr -n k8s.io images import {}",
+        binary.display(),
+        archive.display()
+    );
+    println!("{}", archive.display());
     Ok(())
 }

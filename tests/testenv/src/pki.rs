@@ -53,7 +53,9 @@ pub(crate) fn client_cert(
 }
 
 impl ClusterPki {
-    pub fn generate(cluster: &str, dir: &Path) -> anyhow::Result<Self> {
+    /// Credentials of `cluster`, whose apiserver serves on loopback and on `also_at` (with the
+    /// first address of the Service range, as the `kubernetes` Service that pods call).
+    pub fn generate(cluster: &str, dir: &Path, also_at: Option<Ipv4Addr>) -> anyhow::Result<Self> {
         let (ca_pem, issuer) = new_ca(&format!("{cluster}-ca"))?;
 
         let serving_key = KeyPair::generate()?;
@@ -66,6 +68,13 @@ impl ClusterPki {
         serving
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        if let Some(address) = also_at {
+            for ip in [address, crate::env::KUBERNETES_SERVICE_IP] {
+                serving
+                    .subject_alt_names
+                    .push(SanType::IpAddress(IpAddr::V4(ip)));
+            }
+        }
         serving
             .distinguished_name
             .push(DnType::CommonName, format!("{cluster}-apiserver"));
