@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use mesh_testenv::image::{self, USER, WEBHOOK_PATH};
@@ -12,10 +13,25 @@ use sha2::{Digest, Sha256};
 
 const REFERENCE: &str = "ghcr.io/kubectl-mesh/mesh-webhook:test";
 
-/// The binary `cargo build --workspace --bins` built: it links the same libraries as the
-/// `dist` one, which takes minutes more to build.
+/// The binary `cargo build --workspace --bins` built, stripped as the `dist` profile does (a
+/// `dist` build takes minutes more; both link the same libraries): the debug binary is ten
+/// times larger, and every test holds a few copies of the image in memory.
 fn webhook() -> PathBuf {
-    mesh_testenv::workspace_binary("mesh-webhook").expect("mesh-webhook built")
+    static STRIPPED: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = STRIPPED.get_or_init(|| {
+        let built = mesh_testenv::workspace_binary("mesh-webhook").expect("mesh-webhook built");
+        let dir = tempfile::tempdir().unwrap();
+        let stripped = dir.path().join("mesh-webhook");
+        let status = Command::new("strip")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&built)
+            .status()
+            .expect("strip (Debian package binutils) runs");
+        assert!(status.success(), "strip {} failed", built.display());
+        (dir, stripped)
+    });
+    path.clone()
 }
 
 struct Entry {
