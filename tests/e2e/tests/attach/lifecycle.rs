@@ -256,3 +256,117 @@ async fn dry_run_prints_both_sides_and_creates_nothing() -> anyhow::Result<()> {
     );
     assert_nothing_left(env, remote, &remote.name).await
 }
+
+/// `--services-view`: a read-only identity on the remote that may read services,
+/// endpointslices and pods and nothing else, its kubeconfig on the primary owned by the
+/// MeshCluster; `check` verifies its rights; a re-run without the flag keeps it; detach removes
+/// it.
+#[tokio::test]
+async fn services_view_is_a_read_only_identity_that_detach_removes() -> anyhow::Result<()> {
+    let env = env().await?;
+    let (remote, _lock) = take_remote(env, 0).await?;
+    let name = remote.name.as_str();
+
+    attach(env, remote, &["--services-view"]).await?;
+    let selector = format!("{CLUSTER_LABEL}={name}");
+    let on_remote = labelled(remote, &selector, false).await?;
+    for object in [
+        "ClusterRole /kubectl-mesh-view",
+        "ClusterRoleBinding /kubectl-mesh-view",
+        "Secret kubectl-mesh/kubectl-mesh-view-token",
+        "ServiceAccount kubectl-mesh/kubectl-mesh-view",
+    ] {
+        assert!(
+            on_remote.iter().any(|o| o == object),
+            "{object}: {on_remote:?}"
+        );
+    }
+    let rc = remote.client().await?;
+    let role = Api::<ClusterRole>::all(rc).get("kubectl-mesh-view").await?;
+    let mut granted: Vec<String> = Vec::new();
+    for rule in role.rules.unwrap_or_default() {
+        assert_eq!(rule.resource_names, None, "{rule:?}");
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                granted.push(format!("{group}/{resource}: {}", rule.verbs.join(",")));
+            }
+        }
+    }
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            "/pods: get,list,watch",
+            "/services: get,list,watch",
+            "discovery.k8s.io/endpointslices: get,list,watch",
+        ]
+    );
+
+    // Its kubeconfig on the primary, owned by the MeshCluster; it reads workloads only.
+    let pc = env.primary().client().await?;
+    let mc = Api::<MeshCluster>::all(pc.clone()).get(name).await?;
+    let secret = Api::<Secret>::namespaced(pc.clone(), MESH_NS)
+        .get(&format!("cluster-{name}-view"))
+        .await?;
+    let owners = secret.owner_references();
+    assert_eq!(
+        owners.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
+        [mc.uid().unwrap_or_default().as_str()]
+    );
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("kubeconfig"))
+        .context("no kubeconfig key")?;
+    let kc = kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let viewer = kube::Client::try_from(config)?;
+    Api::<k8s_openapi::api::core::v1::Pod>::all(viewer.clone())
+        .list(&ListParams::default())
+        .await
+        .context("the view identity lists pods")?;
+    Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(viewer.clone())
+        .list(&ListParams::default())
+        .await
+        .context("the view identity lists endpointslices")?;
+    match Api::<Secret>::all(viewer.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("the view identity listed secrets: {other:?}"),
+    }
+    match Api::<Namespace>::all(viewer)
+        .list(&ListParams::default())
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => bail!("the view identity listed namespaces: {other:?}"),
+    }
+
+    // check asks the remote with those credentials.
+    let out = mesh(env, &["check", "-o", "json"], &[]).await?;
+    let report = mesh_e2e::check_report::CheckReport::parse(&out)?;
+    let rights = report
+        .cluster_check(name, "view credentials have exactly their rights")
+        .context("no view rights check")?;
+    assert_eq!(rights.result, "ok", "{rights:?}");
+
+    // A re-run without the flag keeps it, and says so.
+    let again = attach(env, remote, &[]).await?;
+    assert!(again.contains("view identity kept"), "{again}");
+    assert!(
+        labelled(remote, &selector, false)
+            .await?
+            .iter()
+            .any(|o| o == "ServiceAccount kubectl-mesh/kubectl-mesh-view")
+    );
+    assert!(
+        primary_by_name(env, name)
+            .await?
+            .contains(&format!("Secret cluster-{name}-view"))
+    );
+
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
+}

@@ -61,8 +61,8 @@ async fn assert_istio_system_as_before(
 }
 
 /// A real Ctrl-C while the first object of a step is stored but its answer has not come: in
-/// every step that creates objects ([`Step::creates`]; with --istio-remote-secret, so that the
-/// Istio steps create theirs), attach rolls back what it created, that object included.
+/// every step that creates objects ([`Step::creates`]; with --istio-remote-secret and
+/// --services-view, so that the Istio and view steps create theirs), attach rolls back what it created, that object included.
 #[tokio::test]
 async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -77,7 +77,12 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
         let istio_system = istio_system_before(&primary, step).await?;
         let step = step.name();
         let mut child = tokio::process::Command::from(fixtures::plugin(env)?)
-            .args(["attach", &kubeconfig, "--istio-remote-secret"])
+            .args([
+                "attach",
+                &kubeconfig,
+                "--istio-remote-secret",
+                "--services-view",
+            ])
             .env_remove("KUBECTL_MESH_FAIL_AFTER")
             .env("KUBECTL_MESH_STALL_IN", step)
             .env("NO_COLOR", "1")
@@ -154,8 +159,8 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
     assert_nothing_left(env, remote, name).await
 }
 
-/// A failure right after each step of [`Step::ALL`] (with --istio-remote-secret, so that the
-/// Istio steps run) rolls back everything; a re-run then goes through.
+/// A failure right after each step of [`Step::ALL`] (with --istio-remote-secret and
+/// --services-view, so that the Istio and view steps run) rolls back everything; a re-run then goes through.
 #[tokio::test]
 async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<()> {
     let env = env().await?;
@@ -170,7 +175,12 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
         let step = step.name();
         let out = mesh(
             env,
-            &["attach", &kubeconfig, "--istio-remote-secret"],
+            &[
+                "attach",
+                &kubeconfig,
+                "--istio-remote-secret",
+                "--services-view",
+            ],
             &[("KUBECTL_MESH_FAIL_AFTER", step)],
         )
         .await?;
@@ -200,10 +210,32 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     refused_in_one_line(&out, "unknown step")?;
     assert_nothing_left(env, remote, name).await?;
 
-    // The re-run goes through, Istio remote secret included.
+    // The re-run goes through, Istio remote secret and view identity included.
     let _istio = ISTIO_SYSTEM.lock().await;
     let istio_system_before = istio_system_exists(&primary).await?;
-    attach(env, remote, &["--istio-remote-secret"]).await?;
+    attach(env, remote, &["--istio-remote-secret", "--services-view"]).await?;
+    let view = Api::<Secret>::namespaced(primary.clone(), "kubectl-mesh")
+        .get(&format!("cluster-{name}-view"))
+        .await?;
+    let data = view
+        .data
+        .as_ref()
+        .and_then(|d| d.get("kubeconfig"))
+        .context("no kubeconfig in the view Secret")?;
+    let kc = Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let viewer = Client::try_from(config)?;
+    Api::<Pod>::all(viewer.clone())
+        .list(&ListParams::default())
+        .await
+        .context("the view identity lists pods")?;
+    let secrets = Api::<Secret>::all(viewer)
+        .list(&ListParams::default())
+        .await;
+    assert!(
+        matches!(&secrets, Err(kube::Error::Api(s)) if s.code == 403),
+        "the view identity must not list Secrets: {secrets:?}"
+    );
     let istio = Api::<Secret>::namespaced(primary.clone(), "istio-system")
         .get("istio-remote-secret-remote-1")
         .await?;

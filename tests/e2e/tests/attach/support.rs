@@ -212,7 +212,11 @@ where
 async fn remote_by_name(remote: &Cluster) -> anyhow::Result<Vec<String>> {
     let c = remote.client().await?;
     let mut found = vec![existing(Api::<Namespace>::all(c.clone()), "Namespace", MESH_NS).await?];
-    for name in ["kubectl-mesh-sync", "kubectl-mesh-istio-reader"] {
+    for name in [
+        "kubectl-mesh-sync",
+        "kubectl-mesh-istio-reader",
+        "kubectl-mesh-view",
+    ] {
         let in_ns = Api::<ServiceAccount>::namespaced(c.clone(), MESH_NS);
         found.push(existing(in_ns, "ServiceAccount", name).await?);
         found.push(existing(Api::<ClusterRole>::all(c.clone()), "ClusterRole", name).await?);
@@ -245,6 +249,12 @@ pub async fn primary_by_name(env: &TestEnv, name: &str) -> anyhow::Result<Vec<St
             Api::<Secret>::namespaced(c.clone(), "istio-system"),
             "Secret",
             &format!("istio-remote-secret-{name}"),
+        )
+        .await?,
+        existing(
+            Api::<Secret>::namespaced(c.clone(), MESH_NS),
+            "Secret",
+            &format!("cluster-{name}-view"),
         )
         .await?,
     ];
