@@ -140,6 +140,13 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_BACKOFF_MAX", default_value = "30s", value_parser = mesh_core::duration::parse)]
     pub backoff_max: Duration,
 
+    /// After SIGTERM, how long to keep answering, with `/readyz` failing, before closing the
+    /// listeners: until every kube-proxy and the apiserver have dropped this pod from the
+    /// Service's endpoints, calls still reach it, and one refused would be a change the
+    /// apiserver applies without pushing it (SIGINT stops at once).
+    #[arg(long, env = "MESH_WEBHOOK_SHUTDOWN_DELAY", default_value = "5s", value_parser = mesh_core::duration::parse)]
+    pub shutdown_delay: Duration,
+
     /// Connect and read timeout of calls to remote clusters.
     #[arg(long, env = "MESH_WEBHOOK_REMOTE_TIMEOUT", default_value = "2s", value_parser = mesh_core::duration::parse)]
     pub remote_timeout: Duration,
@@ -215,6 +222,7 @@ impl Args {
             backoff_max,
             remote_timeout,
             lease_name,
+            shutdown_delay,
             lease_duration,
             renew_deadline,
             retry_period,
@@ -319,7 +327,11 @@ impl Args {
             .await?;
 
         let shutdown = CancellationToken::new();
-        tokio::spawn(signalled(shutdown.clone()));
+        tokio::spawn(signalled(
+            shutdown.clone(),
+            webhook.readiness(),
+            shutdown_delay,
+        ));
         webhook.run(shutdown).await?;
         tracing::info!("stopped");
         Ok(())
@@ -358,23 +370,56 @@ async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
     Client::try_from(config).context("cannot build the primary client")
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn signalled(shutdown: CancellationToken) {
-    let terminate = async {
+/// Cancels `shutdown` on SIGINT, or `delay` after the first SIGTERM (not ready meanwhile; a
+/// second signal cuts the delay short).
+async fn signalled(
+    shutdown: CancellationToken,
+    readiness: crate::readiness::Readiness,
+    delay: Duration,
+) {
+    let mut terminate =
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
+            Ok(signal) => Some(signal),
             Err(error) => {
                 tracing::warn!(error = %error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+                None
             }
+        };
+    let sigterm = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT received, shutting down");
+            shutdown.cancel();
+            return;
+        }
+        () = sigterm => {}
     }
+    readiness.set_draining();
+    tracing::info!(
+        delay_ms = delay.as_millis() as u64,
+        "SIGTERM received: not ready, still serving until the endpoints drop this replica"
+    );
+    let again = async {
+        match terminate.as_mut() {
+            Some(signal) => {
+                signal.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = again => {}
+    }
+    tracing::info!("shutting down");
     shutdown.cancel();
 }
 

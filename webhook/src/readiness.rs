@@ -1,5 +1,5 @@
 //! What `/readyz` reports: set once the serving certificate is loaded and once the reconciler
-//! has listed the primary; read by the HTTP handlers. Apart so that neither of them depends on
+//! has listed the primary, unset again when shutting down; read by the HTTP handlers. Apart so that neither of them depends on
 //! the other.
 
 use std::sync::{
@@ -17,6 +17,7 @@ pub struct Readiness(Arc<ReadyFlags>);
 struct ReadyFlags {
     tls: AtomicBool,
     primary: AtomicBool,
+    draining: AtomicBool,
 }
 
 impl Readiness {
@@ -28,8 +29,14 @@ impl Readiness {
         self.0.primary.store(true, Ordering::Release);
     }
 
+    /// Shutting down: not ready any more, so that the Service stops sending calls here, while
+    /// the calls already on their way are still answered.
+    pub fn set_draining(&self) {
+        self.0.draining.store(true, Ordering::Release);
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.0.tls.load(Ordering::Acquire) && self.0.primary.load(Ordering::Acquire)
+        self.missing().is_empty()
     }
 
     /// What is still awaited, for the answer of `/readyz`.
@@ -41,6 +48,25 @@ impl Readiness {
         if !self.0.primary.load(Ordering::Acquire) {
             missing.push("primary cluster state");
         }
+        if self.0.draining.load(Ordering::Acquire) {
+            missing.push("not shutting down");
+        }
         missing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_shutting_down_is_not_ready_any_more() {
+        let readiness = Readiness::default();
+        readiness.set_tls_loaded();
+        readiness.set_primary_synced();
+        assert!(readiness.is_ready());
+        readiness.set_draining();
+        assert!(!readiness.is_ready());
+        assert_eq!(readiness.missing(), ["not shutting down"]);
     }
 }

@@ -32,7 +32,7 @@ async fn term(leadership: &mut Leadership, timeout: Duration) -> anyhow::Result<
 async fn a_term_ends_at_the_renew_deadline_while_renewals_hang() -> anyhow::Result<()> {
     let env = TestEnv::start(Options {
         remotes: 0,
-        dir: None,
+        ..Options::default()
     })
     .await?;
     let proxy = Proxy::start(env.primary()).await?;

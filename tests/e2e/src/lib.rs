@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 pub mod check_report;
 pub mod fixtures;
 pub mod forged;
+pub mod in_cluster;
 pub mod istio_mesh;
 
 pub use mesh_testenv;

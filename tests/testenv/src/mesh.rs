@@ -264,35 +264,9 @@ impl Mesh {
         cmd
     }
 
-    /// Waits until the primary's apiserver calls the webhook: it loads webhook configurations
-    /// asynchronously, so edits right after `install` may not go through the webhook yet. A
-    /// server-side dry run of a managed-label change is answered with the webhook's dry-run
-    /// warning once it does, and changes nothing anywhere.
+    /// Waits until the primary's apiserver calls the webhook ([`wait_webhook_effective`]).
     pub async fn wait_webhook_effective(&self, env: &TestEnv) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let mut probe = tokio::process::Command::from(env.kubectl(env.primary()));
-            probe.args([
-                "label",
-                "namespace",
-                "default",
-                "istio-injection=mesh-probe",
-                "--overwrite",
-                "--dry-run=server",
-            ]);
-            let output = probe.output().await.context("running kubectl")?;
-            if String::from_utf8_lossy(&output.stderr).contains("kubectl-mesh: dry run") {
-                return Ok(());
-            }
-            env.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "the primary did not call mesh-webhook within 60s; see {}",
-                    env.dir().join(format!("{WEBHOOK_PROCESS}.log")).display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_webhook_effective(env).await
     }
 
     /// Stops the webhook process, as when it crashes.
@@ -331,6 +305,37 @@ impl Mesh {
             ),
         )?;
         Ok(path)
+    }
+}
+
+/// Waits until the primary's apiserver calls the webhook: it loads webhook configurations
+/// asynchronously, so edits right after `install` may not go through the webhook yet. A
+/// server-side dry run of a managed-label change is answered with the webhook's dry-run
+/// warning once it does, and changes nothing anywhere.
+pub async fn wait_webhook_effective(env: &TestEnv) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut probe = tokio::process::Command::from(env.kubectl(env.primary()));
+        probe.args([
+            "label",
+            "namespace",
+            "default",
+            "istio-injection=mesh-probe",
+            "--overwrite",
+            "--dry-run=server",
+        ]);
+        let output = probe.output().await.context("running kubectl")?;
+        if String::from_utf8_lossy(&output.stderr).contains("kubectl-mesh: dry run") {
+            return Ok(());
+        }
+        env.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "the primary did not call mesh-webhook within 60s; see {}",
+                env.dir().join(format!("{WEBHOOK_PROCESS}.log")).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -1,0 +1,303 @@
+//! The path a cluster admin takes first: `kubectl mesh install --image` deploys the webhook as
+//! the Deployment install renders, two replicas in pods on a real node (kubelet, containerd,
+//! runc, CNI), the primary's apiserver calling it through its Service, the webhook reaching the
+//! primary through the `kubernetes` Service and every remote at its stored address. The image is
+//! the workspace's `mesh-webhook` packed by `mesh_testenv::image`, imported into the node.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use mesh_e2e::check_report::CheckReport;
+use mesh_e2e::fixtures::stand_in_injector;
+use mesh_e2e::in_cluster::{DEPLOYMENT, IMAGE, InCluster, NAMESPACE};
+use mesh_e2e::{create_everywhere, eventually, label_on_primary, labels, managed_labels, run};
+use serde_json::json;
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// One node and one install for the binary; the tests take turns (a rolling update or a killed
+/// leader must not overlap another test's measurement).
+async fn mesh() -> (&'static InCluster, MutexGuard<'static, ()>) {
+    static MESH: OnceCell<InCluster> = OnceCell::const_new();
+    static TURN: Mutex<()> = Mutex::const_new(());
+    let mesh = MESH
+        .get_or_init(|| async {
+            let mesh = match InCluster::start(2).await {
+                Ok(mesh) => mesh,
+                Err(error) => panic!("installing the mesh in the cluster: {error:#}"),
+            };
+            // No Istio here: check must still find istio-injection=enabled served.
+            for remote in mesh.env.remotes() {
+                if let Err(error) = stand_in_injector(remote).await {
+                    panic!("a stand-in injector on {}: {error:#}", remote.name);
+                }
+            }
+            mesh
+        })
+        .await;
+    (mesh, TURN.lock().await)
+}
+
+/// The host pid of the webhook process of `pod` (its containers run as host processes).
+fn webhook_process(pod: &Pod) -> anyhow::Result<u32> {
+    let uid = pod.metadata.uid.clone().context("pod without uid")?;
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+        if comm.trim() == "mesh-webhook" && cgroup.contains(&uid.replace('-', "_"))
+            || comm.trim() == "mesh-webhook" && cgroup.contains(&uid)
+        {
+            return Ok(pid);
+        }
+    }
+    anyhow::bail!("no mesh-webhook process of pod {uid} on this host")
+}
+
+#[tokio::test]
+async fn the_installed_deployment_propagates_before_kubectl_returns_as_non_root_on_a_read_only_root()
+-> anyhow::Result<()> {
+    let (mesh, _turn) = mesh().await;
+    let env = &mesh.env;
+
+    let ns = create_everywhere(env, "incluster").await?;
+    let warnings = label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+    // Pushed by a pod before the apiserver answered: on every remote already.
+    for remote in env.remotes() {
+        assert_eq!(
+            managed_labels(remote, &ns).await?,
+            Some(labels(&[("istio-injection", "enabled")])),
+            "{} right after kubectl returned; warnings: {warnings}",
+            remote.name
+        );
+    }
+
+    let pods = mesh.running_pods().await?;
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    for pod in &pods {
+        let pid = webhook_process(pod)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        assert!(
+            uid_line.split_whitespace().skip(1).all(|id| id == "65532"),
+            "{uid_line}"
+        );
+        let mounts = std::fs::read_to_string(format!("/proc/{pid}/mounts"))?;
+        let root = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("/"))
+            .context("no root mount")?;
+        let options = root.split_whitespace().nth(3).unwrap_or("");
+        assert!(options.split(',').any(|o| o == "ro"), "root mounted {root}");
+    }
+
+    let mut check = mesh.plugin();
+    check.args(["check", "-o", "json"]);
+    let report = CheckReport::parse(&run(check).await?)?;
+    let available = report
+        .sections
+        .iter()
+        .flat_map(|s| &s.checks)
+        .find(|c| c.description == format!("Deployment {DEPLOYMENT} is available"))
+        .with_context(|| format!("no Deployment check in {report:#?}"))?;
+    assert_eq!(available.result, "ok", "{available:?}");
+    assert_eq!(available.detail.as_deref(), Some("2/2 replicas"));
+    assert_eq!(report.errors, 0, "{report:#?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn killing_the_leader_pod_hands_the_lease_over_and_propagation_continues()
+-> anyhow::Result<()> {
+    let (mesh, _turn) = mesh().await;
+    let env = &mesh.env;
+    let leader = mesh.leader().await?;
+    let pods: Api<Pod> = Api::namespaced(env.primary().client().await?, NAMESPACE);
+    pods.delete(&leader, &DeleteParams::default().grace_period(0))
+        .await?;
+    let next = eventually("another pod holds the Lease", DEADLINE, || async {
+        let holder = mesh.leader().await?;
+        Ok((holder != leader).then_some(holder))
+    })
+    .await?;
+    assert_ne!(next, leader);
+
+    // The reconciler runs on the new leader: a hand edit on a remote is reverted.
+    let ns = create_everywhere(env, "handover").await?;
+    label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+    let remote = &env.remotes()[0];
+    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
+    mesh_e2e::namespaces(remote)
+        .await?
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
+    eventually("the new leader reverts the drift", DEADLINE, || async {
+        Ok(
+            (managed_labels(remote, &ns).await? == Some(labels(&[("istio-injection", "enabled")])))
+                .then_some(()),
+        )
+    })
+    .await?;
+    mesh.wait_rolled_out().await
+}
+
+#[tokio::test]
+async fn a_rolling_update_loses_no_change_made_during_it() -> anyhow::Result<()> {
+    let (mesh, _turn) = mesh().await;
+    let env = &mesh.env;
+    let mut namespaces = Vec::new();
+    for _ in 0..PARALLEL {
+        namespaces.push(create_everywhere(env, "rolling").await?);
+    }
+    let next_image = format!("{IMAGE}-next");
+    mesh.import_image(&next_image).await?;
+
+    // Rolled forward and back: each replica replaced twice, each replacement a chance for a
+    // call to reach a replica that stops.
+    let mut changes = Changes::default();
+    for image in [next_image.as_str(), IMAGE] {
+        changes.during_rollout(mesh, &namespaces, image).await?;
+    }
+    // The fast path is best effort during a rollout: a few calls (1-7% here) reach no replica
+    // that pushes before the apiserver answers (see the README's known limits). What must hold
+    // is that none is lost: the reconciler of whichever replica leads delivers it.
+    eprintln!(
+        "{} of {} changes during the rollouts were on every remote when the apiserver answered; \
+         not: {:?}",
+        changes.last - changes.missed.len(),
+        changes.last,
+        changes.missed
+    );
+    assert!(changes.last > 0);
+    // Every namespace ends as on the primary.
+    for ns in &namespaces {
+        let on_primary = managed_labels(env.primary(), ns).await?;
+        for remote in env.remotes() {
+            eventually(
+                &format!("{ns} on {} ends as on the primary", remote.name),
+                DEADLINE,
+                || async { Ok((managed_labels(remote, ns).await? == on_primary).then_some(())) },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Label changes made during rollouts, and those not on every remote when the apiserver
+/// answered.
+#[derive(Default)]
+struct Changes {
+    last: usize,
+    missed: Vec<String>,
+}
+
+/// Namespaces changed at the same time, each in a loop of its own: more calls in flight when a
+/// replica stops.
+const PARALLEL: usize = 3;
+
+impl Changes {
+    /// Rolls the webhook Deployment out to `image`, changing the label of each of `PARALLEL`
+    /// namespaces every 100 ms until the rollout is over and a second after; each change must
+    /// be on every remote when the apiserver answers (the webhook's push, not the reconciler's
+    /// later repair).
+    async fn during_rollout(
+        &mut self,
+        mesh: &InCluster,
+        namespaces: &[String],
+        image: &str,
+    ) -> anyhow::Result<()> {
+        let env = &mesh.env;
+        let mut set_image = env.kubectl(env.primary());
+        set_image.args([
+            "set",
+            "image",
+            "-n",
+            NAMESPACE,
+            &format!("deployment/{DEPLOYMENT}"),
+            &format!("{DEPLOYMENT}={image}"),
+        ]);
+        run(set_image).await?;
+        let done = AtomicBool::new(false);
+        let loops = namespaces.iter().map(|ns| change_until(mesh, ns, &done));
+        let watch = async {
+            let started = Instant::now();
+            while !rolled_out(mesh, image).await? {
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(180),
+                    "the rollout to {image} did not finish within 180s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            done.store(true, Ordering::Release);
+            Ok(())
+        };
+        let (loops, watched) = tokio::join!(futures::future::join_all(loops), watch);
+        watched?;
+        for result in loops {
+            let (count, missed) = result?;
+            self.last += count;
+            self.missed.extend(missed);
+        }
+        Ok(())
+    }
+}
+
+/// Changes `ns`'s label every 100 ms until `done`: how many changes, and those missed.
+async fn change_until(
+    mesh: &InCluster,
+    ns: &str,
+    done: &AtomicBool,
+) -> anyhow::Result<(usize, Vec<String>)> {
+    let env = &mesh.env;
+    let primary = mesh_e2e::namespaces(env.primary()).await?;
+    let mut remotes = Vec::new();
+    for remote in env.remotes() {
+        remotes.push((remote, mesh_e2e::namespaces(remote).await?));
+    }
+    let (mut count, mut missed) = (0, Vec::new());
+    while !done.load(Ordering::Acquire) {
+        count += 1;
+        // Values that ask Istio for nothing, so that check has nothing to say about them.
+        let value = format!("v{count}");
+        let patch = json!({"metadata": {"labels": {"istio-injection": value}}});
+        primary
+            .patch(ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        for (remote, api) in &remotes {
+            let now = api.get(ns).await?.metadata.labels.unwrap_or_default();
+            if now.get("istio-injection") != Some(&value) {
+                missed.push(format!("{ns} {value} on {}: {now:?}", remote.name));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((count, missed))
+}
+
+/// Every replica runs `image` and is available.
+async fn rolled_out(mesh: &InCluster, image: &str) -> anyhow::Result<bool> {
+    let d = mesh.deployment().await?;
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = d.status.unwrap_or_default();
+    let pods = mesh.running_pods().await?;
+    let all_new = pods.iter().all(|p| {
+        p.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .all(|c| c.image.as_deref() == Some(image))
+        })
+    });
+    Ok(status.updated_replicas == Some(wanted)
+        && status.available_replicas == Some(wanted)
+        && status.replicas == Some(wanted)
+        && all_new)
+}
