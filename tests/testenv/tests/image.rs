@@ -380,3 +380,123 @@ fn containerd_imports_and_runs_the_image() {
         .ctr(&["containers", "rm", "mesh-webhook-version"])
         .unwrap();
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The webhook as the image runs it (chrooted into the layer, 65532, read-only root, its
+/// kubeconfig and serving certificate mounted as the Deployment mounts them) against a real
+/// primary: it becomes ready, which means it loaded its certificate and listed the primary.
+#[tokio::test]
+async fn webhook_from_the_image_answers_readyz() {
+    assert!(
+        is_root(),
+        "this test chroots into the image's root filesystem: run the tests as root"
+    );
+    let env = mesh_testenv::TestEnv::start(mesh_testenv::Options {
+        remotes: 0,
+        dir: None,
+        node: false,
+    })
+    .await
+    .expect("control plane starts");
+    let kubeconfig = &env.primary().kubeconfig;
+    let kubectl = mesh_testenv::Binaries::ensure().unwrap().kubectl();
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests");
+    let applied = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f"])
+        .arg(manifests.join("crd.yaml"))
+        .arg("-f")
+        .arg(manifests.join("namespace.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let archive = image::pack(&webhook(), REFERENCE).unwrap();
+    let root = root_filesystem(&archive);
+    // What the Deployment mounts: the serving certificate (a Secret, readable by the pod's
+    // user) and, in place of the in-cluster account, a kubeconfig.
+    let conf = tempfile::tempdir().unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::create_dir(conf.path().join("tls")).unwrap();
+    std::fs::write(conf.path().join("tls/tls.crt"), key.cert.pem()).unwrap();
+    std::fs::write(
+        conf.path().join("tls/tls.key"),
+        key.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    std::fs::copy(kubeconfig, conf.path().join("kubeconfig")).unwrap();
+    let status = Command::new("chmod")
+        .arg("-R")
+        .arg("a+rX")
+        .arg(conf.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::create_dir_all(root.path().join("etc/mesh-webhook")).unwrap();
+
+    let (listen, metrics) = (free_port(), free_port());
+    let dir = root.path().to_str().unwrap();
+    let script = format!(
+        "mount --bind {dir} {dir} && mount --bind {conf} {dir}/etc/mesh-webhook && \
+         mount -o remount,bind,ro {dir} && \
+         exec chroot --userspec={USER} {dir} {WEBHOOK_PATH} \
+           --listen 127.0.0.1:{listen} --metrics-listen 127.0.0.1:{metrics} \
+           --cert-dir /etc/mesh-webhook/tls --kubeconfig /etc/mesh-webhook/kubeconfig",
+        conf = conf.path().display()
+    );
+    let log = conf.path().join("mesh-webhook.log");
+    // Every step execs: the child's pid ends up being mesh-webhook's.
+    let mut webhook = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let webhook = Kill(&mut webhook);
+
+    let mut config = kube::Config::new(format!("https://127.0.0.1:{metrics}").parse().unwrap());
+    config.root_cert = Some(vec![key.cert.der().to_vec()]);
+    let client = kube::Client::try_from(config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let request = http::Request::get("/readyz").body(Vec::new()).unwrap();
+        match client.request_text(request).await {
+            Ok(body) if body.trim() == "ok" => break,
+            _ => {}
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            webhook.0.try_wait().unwrap().is_none(),
+            "mesh-webhook exited:\n{log}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "mesh-webhook not ready within 30s:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // It runs as the image's user.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", webhook.0.id())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid.split_whitespace().nth(1), Some("65532"), "{uid}");
+}
