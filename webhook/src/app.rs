@@ -232,6 +232,12 @@ impl BoundWebhook {
     /// Runs until `shutdown`: stops accepting, drains in-flight requests, then stops the
     /// reconciler and hands the Lease over.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        self.run_until(listen::Stop::at_once(shutdown)).await
+    }
+
+    /// [`App::run`], the connections told to go at `stop.drain` and the listeners closed at
+    /// `stop.close` (see [`listen::Stop`]).
+    pub async fn run_until(self, stop: listen::Stop) -> Result<()> {
         let Self {
             webhook,
             listener,
@@ -324,8 +330,8 @@ impl BoundWebhook {
         tracing::info!(%local_addr, %metrics_addr, %identity, "serving admission webhook");
         let ops = http::ops_router(state.clone());
         tokio::join!(
-            listen::serve(listener, tls, http::router(state), limits, shutdown.clone()),
-            listen::serve(metrics_listener, metrics_tls, ops, limits, shutdown),
+            listen::serve(listener, tls, http::router(state), limits, stop.clone()),
+            listen::serve(metrics_listener, metrics_tls, ops, limits, stop),
         );
         tracing::info!("server drained, stopping reconciler");
         background.cancel();

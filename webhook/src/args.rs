@@ -9,7 +9,6 @@ use kube::{
     Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
 };
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 use crate::{
@@ -326,13 +325,9 @@ impl Args {
             .bind()
             .await?;
 
-        let shutdown = CancellationToken::new();
-        tokio::spawn(signalled(
-            shutdown.clone(),
-            webhook.readiness(),
-            shutdown_delay,
-        ));
-        webhook.run(shutdown).await?;
+        let stop = crate::listen::Stop::default();
+        tokio::spawn(signalled(stop.clone(), webhook.readiness(), shutdown_delay));
+        webhook.run_until(stop).await?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -370,10 +365,10 @@ async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
     Client::try_from(config).context("cannot build the primary client")
 }
 
-/// Cancels `shutdown` on SIGINT, or `delay` after the first SIGTERM (not ready meanwhile; a
-/// second signal cuts the delay short).
+/// Stops at once on SIGINT; on the first SIGTERM drains (not ready, open connections told to
+/// go) and closes `delay` later (a second signal cuts the delay short).
 async fn signalled(
-    shutdown: CancellationToken,
+    stop: crate::listen::Stop,
     readiness: crate::readiness::Readiness,
     delay: Duration,
 ) {
@@ -396,12 +391,14 @@ async fn signalled(
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("SIGINT received, shutting down");
-            shutdown.cancel();
+            stop.drain.cancel();
+            stop.close.cancel();
             return;
         }
         () = sigterm => {}
     }
     readiness.set_draining();
+    stop.drain.cancel();
     tracing::info!(
         delay_ms = delay.as_millis() as u64,
         "SIGTERM received: not ready, still serving until the endpoints drop this replica"
@@ -420,7 +417,7 @@ async fn signalled(
         () = again => {}
     }
     tracing::info!("shutting down");
-    shutdown.cancel();
+    stop.close.cancel();
 }
 
 /// Installs the global subscriber with a filter that can be replaced at run time.

@@ -114,15 +114,41 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, local_addr))
 }
 
-/// Serves `app` over TLS on `listener` within `limits` until `shutdown`, then lets in-flight
-/// requests finish (up to a grace period).
+/// When a server stops: `drain` first, `close` later (the same token: at once).
+///
+/// From `drain` on, the connections open until then are told to go (HTTP/2 GOAWAY, which a
+/// client answers by retrying unprocessed requests on a new connection; HTTP/1.1 closed after
+/// the response in progress), while new connections are still accepted and served without
+/// keep-alive: a Service's endpoints take a moment to drop a replica that stops, and its
+/// clients' connections stay pinned to it until it ends them, at a time of its choosing rather
+/// than in the middle of a call. At `close` the listener stops accepting and in-flight
+/// requests get a grace period.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    pub drain: CancellationToken,
+    pub close: CancellationToken,
+}
+
+impl Stop {
+    /// Draining and closing at once.
+    pub fn at_once(token: CancellationToken) -> Self {
+        Self {
+            drain: token.clone(),
+            close: token,
+        }
+    }
+}
+
+/// Serves `app` over TLS on `listener` within `limits` until `stop` closes it, then lets
+/// in-flight requests finish (up to a grace period).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     app: Router,
     limits: Limits,
-    shutdown: CancellationToken,
+    stop: Stop,
 ) {
+    let shutdown = stop.close.clone();
     let acceptor = TlsAcceptor::from(tls);
     let builder = http_builder(&limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -163,7 +189,7 @@ pub async fn serve(
         };
         // Admission answers are small and latency-bound.
         let _ = tcp.set_nodelay(true);
-        let shutdown = shutdown.clone();
+        let stop = stop.clone();
         let connection = Connection {
             acceptor: acceptor.clone(),
             builder: builder.clone(),
@@ -172,7 +198,7 @@ pub async fn serve(
             peer,
         };
         connections.spawn(async move {
-            connection.serve(tcp, shutdown).await;
+            connection.serve(tcp, stop).await;
             drop(slot);
         });
         while connections.try_join_next().is_some() {}
@@ -216,7 +242,9 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, tcp: tokio::net::TcpStream, shutdown: CancellationToken) {
+    async fn serve(self, tcp: tokio::net::TcpStream, stop: Stop) {
+        // Accepted while draining: served to the end, one request per HTTP/1.1 connection.
+        let late = stop.drain.is_cancelled();
         let Self {
             acceptor,
             builder,
@@ -237,11 +265,13 @@ impl Connection {
         };
         // The protocol was agreed in the handshake: no sniffing of the first bytes, which
         // hyper would wait for without any timeout.
-        let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-            builder.http2_only()
+        let mut builder = builder;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            builder = builder.http2_only();
         } else {
-            builder.http1_only()
-        };
+            builder = builder.http1_only();
+            builder.http1().keep_alive(!late);
+        }
         let activity = Activity::new();
         let service = {
             let activity = activity.clone();
@@ -259,9 +289,20 @@ impl Connection {
         };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
+        let drain = async {
+            if late {
+                std::future::pending::<()>().await;
+            }
+            stop.drain.cancelled().await;
+        };
         let result = tokio::select! {
             result = connection.as_mut() => result,
-            () = shutdown.cancelled() => {
+            () = drain => {
+                // The in-flight requests finish; the client sends the next ones elsewhere.
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+            () = stop.close.cancelled() => {
                 // Finish the request in flight, refuse new ones on this connection.
                 connection.as_mut().graceful_shutdown();
                 connection.await
@@ -334,7 +375,13 @@ mod tests {
                 .route("/healthz", get(|| async { "ok" }))
                 .route("/echo", post(|body: Bytes| async move { body }));
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(listener, config, app, limits, shutdown.clone()));
+            let task = tokio::spawn(serve(
+                listener,
+                config,
+                app,
+                limits,
+                Stop::at_once(shutdown.clone()),
+            ));
             Self {
                 addr,
                 shutdown,

@@ -176,6 +176,16 @@ async fn a_rolling_update_loses_no_change_made_during_it() -> anyhow::Result<()>
         changes.missed
     );
     assert!(changes.last > 0);
+    if !changes.missed.is_empty() {
+        let log = env.primary().apiserver_log();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.contains("failing open") || l.contains("Failed calling webhook"))
+        {
+            eprintln!("apiserver: {line}");
+        }
+    }
     // Every namespace ends as on the primary.
     for ns in &namespaces {
         let on_primary = managed_labels(env.primary(), ns).await?;

@@ -102,6 +102,11 @@ impl Cluster {
         self.host
     }
 
+    /// Its kube-apiserver's log.
+    pub fn apiserver_log(&self) -> PathBuf {
+        self.dir.join("kube-apiserver.log")
+    }
+
     /// Name of this cluster's kube-apiserver process, for [`TestEnv::pause_process`] and
     /// [`TestEnv::resume_process`].
     pub fn apiserver_name(&self) -> String {
