@@ -380,14 +380,6 @@ async fn signalled(
                 None
             }
         };
-    let sigterm = async {
-        match terminate.as_mut() {
-            Some(signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("SIGINT received, shutting down");
@@ -395,7 +387,7 @@ async fn signalled(
             stop.close.cancel();
             return;
         }
-        () = sigterm => {}
+        () = next(&mut terminate) => {}
     }
     readiness.set_draining();
     stop.drain.cancel();
@@ -403,21 +395,23 @@ async fn signalled(
         delay_ms = delay.as_millis() as u64,
         "SIGTERM received: not ready, still serving until the endpoints drop this replica"
     );
-    let again = async {
-        match terminate.as_mut() {
-            Some(signal) => {
-                signal.recv().await;
-            }
-            None => std::future::pending::<()>().await,
-        }
-    };
     tokio::select! {
         () = tokio::time::sleep(delay) => {}
         _ = tokio::signal::ctrl_c() => {}
-        () = again => {}
+        () = next(&mut terminate) => {}
     }
     tracing::info!("shutting down");
     stop.close.cancel();
+}
+
+/// The next delivery of `signal`; never when it could not be listened for.
+async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// Installs the global subscriber with a filter that can be replaced at run time.
