@@ -15,7 +15,9 @@ pub mod credentials;
 pub mod installed_rule;
 pub mod kubeconfig;
 pub mod mesh_state;
+pub mod namespace_scope;
 pub mod output;
+pub mod preview;
 pub mod remote_setup;
 pub mod render;
 pub mod sync_scope;
@@ -73,8 +75,13 @@ pub enum Command {
     Uninstall(cmd::uninstall::Uninstall),
     Attach(cmd::attach::Attach),
     Detach(cmd::detach::Detach),
+    Rotate(cmd::rotate::Rotate),
     List(cmd::list::List),
     Status(cmd::status::Status),
+    Plan(cmd::plan::Plan),
+    Scope(cmd::scope::Scope),
+    Services(cmd::services::Services),
+    Dashboard(cmd::dashboard::Dashboard),
     Sync(cmd::sync::Sync),
     Check(cmd::check::Check),
     Completion(cmd::completion::Completion),
@@ -341,8 +348,13 @@ impl Cli {
             Command::Uninstall(c) => c.run(&ctx).await,
             Command::Attach(c) => c.run(&ctx).await,
             Command::Detach(c) => c.run(&ctx).await,
+            Command::Rotate(c) => c.run(&ctx).await,
             Command::List(c) => c.run(&ctx).await,
             Command::Status(c) => c.run(&ctx).await,
+            Command::Plan(c) => c.run(&ctx).await,
+            Command::Scope(c) => c.run(&ctx).await,
+            Command::Services(c) => c.run(&ctx).await,
+            Command::Dashboard(c) => c.run(&ctx).await,
             Command::Sync(c) => c.run(&ctx).await,
             Command::Check(c) => c.run(&ctx).await,
             Command::Completion(c) => c.run(&ctx).await,
@@ -386,6 +398,10 @@ mod tests {
             "detach",
             "list",
             "status",
+            "plan",
+            "scope",
+            "services",
+            "dashboard",
             "sync",
             "check",
             "completion",

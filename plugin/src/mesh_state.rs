@@ -18,7 +18,7 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::MeshCluster,
-    labels::SyncRule,
+    labels::{ScopeError, SyncRule},
     remote::{self, Failure, RemoteOptions, error_chain},
 };
 
@@ -68,6 +68,25 @@ pub async fn rule_of(primary: &Client, target: &crate::access::Target) -> Result
             e,
         )
     })
+}
+
+/// The line that says `cluster`'s scope cannot be used, and how to fix it.
+pub fn scope_error(cluster: &str, error: &ScopeError) -> String {
+    scope_refusal(cluster, error).line()
+}
+
+fn scope_refusal(cluster: &str, error: &ScopeError) -> Error {
+    Error::Refused {
+        what: format!("the scope of {cluster} cannot be used ({error}); nothing is written there"),
+        hint: format!("set it again with kubectl mesh scope {cluster}"),
+    }
+}
+
+/// The installed rule narrowed to `cluster`'s namespace scope: what every command reads and
+/// writes that cluster with.
+pub fn scoped_rule(rule: &SyncRule, cluster: &MeshCluster) -> Result<SyncRule> {
+    rule.within(&cluster.spec.scope)
+        .map_err(|error| scope_refusal(&cluster.name_any(), &error))
 }
 
 /// Every `MeshCluster` on the primary, by name. Fails with a hint to install when the CRD is
@@ -256,6 +275,7 @@ pub(crate) mod fixtures {
                 secret_name: format!("cluster-{name}"),
                 primary_name: None,
                 remote_guard: Default::default(),
+                scope: Default::default(),
             },
         );
         c.metadata.creation_timestamp = created.parse().ok().map(Time);

@@ -50,11 +50,13 @@ use k8s_openapi::{
         core::v1::{Namespace, Secret, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
     },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
 };
 use mesh_core::{
     MANAGER, MESH_NAMESPACE,
-    cluster::{CLUSTER_LABEL, KUBECONFIG_KEY, MeshCluster, MeshClusterSpec, RemoteGuard},
+    cluster::{
+        CLUSTER_LABEL, KUBECONFIG_KEY, MeshCluster, MeshClusterSpec, NamespaceScope, RemoteGuard,
+    },
     labels::SyncRule,
 };
 
@@ -457,7 +459,7 @@ pub fn token_secret(name: &str, account: &str, cluster: &str) -> Secret {
 }
 
 /// What the remote guard says and to whom it applies.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Guard {
     /// Warn or Deny (Off installs nothing).
     pub mode: RemoteGuard,
@@ -469,6 +471,8 @@ pub struct Guard {
     pub managed_labels: Vec<String>,
     /// Namespaces the guard leaves alone (they are never synced either).
     pub excluded_namespaces: Vec<String>,
+    /// With a cluster scope's selector, only namespaces whose labels match are guarded.
+    pub namespace_selector: Option<LabelSelector>,
 }
 
 impl Guard {
@@ -486,6 +490,16 @@ impl Guard {
                 .iter()
                 .map(|s| (*s).to_owned())
                 .collect(),
+            namespace_selector: None,
+        }
+    }
+
+    /// The same guard over the namespaces `scope` leaves to kubectl-mesh: its excluded
+    /// names come with the rule [`within`](SyncRule::within) the scope, its selector here.
+    pub fn with_scope(self, scope: &NamespaceScope) -> Self {
+        Self {
+            namespace_selector: scope.namespace_selector.clone(),
+            ..self
         }
     }
 
@@ -631,6 +645,8 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
                     resources: strings(&["namespaces"]),
                     ..Default::default()
                 }]),
+                // For a Namespace, the apiserver matches the selector on its own labels.
+                namespace_selector: guard.namespace_selector.clone(),
                 ..Default::default()
             }),
             match_conditions: Some(conditions),
@@ -852,6 +868,8 @@ pub struct ClusterRecord {
     pub remote_namespace_created: bool,
     /// The remote's context in the kubeconfig attach was given.
     pub remote_context: String,
+    /// Which of the remote's namespaces kubectl-mesh may write.
+    pub scope: NamespaceScope,
 }
 
 /// The MeshCluster of an attached cluster.
@@ -864,6 +882,7 @@ pub fn mesh_cluster(record: &ClusterRecord) -> MeshCluster {
             secret_name: cluster_secret_name(&record.name),
             primary_name: Some(record.primary_name.clone()),
             remote_guard: record.guard,
+            scope: record.scope.clone(),
         },
     );
     mc.metadata.labels = Some(labels(&record.name));
@@ -1229,6 +1248,7 @@ mod tests {
             primary_name: "main".into(),
             remote_namespace_created: true,
             remote_context: "admin@east".into(),
+            scope: Default::default(),
         };
         let mc = mesh_cluster(&record);
         assert_eq!(mc.spec.secret_name, "cluster-east");

@@ -181,6 +181,14 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
             intent.namespace
         ));
     }
+    let out_of_scope = clusters(|r| matches!(r, PushResult::OutOfScope));
+    if !out_of_scope.is_empty() {
+        lines.push(format!(
+            "{WARNING_PREFIX}{}: namespace {} is outside the cluster's scope (left as it is)",
+            list(&out_of_scope),
+            intent.namespace
+        ));
+    }
     for outcome in &sorted {
         let cluster = &outcome.cluster;
         let what = match &outcome.result {
@@ -239,7 +247,7 @@ fn injection_warnings(
             o.cluster == known.cluster
                 && !matches!(
                     o.result,
-                    PushResult::NamespaceMissing | PushResult::Superseded
+                    PushResult::NamespaceMissing | PushResult::OutOfScope | PushResult::Superseded
                 )
         });
         if !pods_there {
@@ -843,11 +851,30 @@ mod tests {
     }
 
     #[test]
+    fn out_of_scope_cluster_is_told_apart() {
+        let req = delete(ns("foo").label("istio-injection", "enabled"));
+        let response = complete(
+            AdmissionResponse::from(&req),
+            &req,
+            &intent("foo", []),
+            &[outcome("remote-1", PushResult::OutOfScope)],
+            &[],
+        );
+        assert_eq!(
+            warnings_of(&response),
+            [
+                "kubectl-mesh: remote-1: namespace foo is outside the cluster's scope (left as it is)"
+            ]
+        );
+    }
+
+    #[test]
     fn metric_labels_are_stable() {
         let all = [
             (PushResult::Applied, "applied"),
             (PushResult::AlreadyInSync, "in_sync"),
             (PushResult::NamespaceMissing, "missing"),
+            (PushResult::OutOfScope, "out_of_scope"),
             (PushResult::Unreachable(String::new()), "unreachable"),
             (PushResult::Forbidden(String::new()), "forbidden"),
             (PushResult::Failed(String::new()), "failed"),

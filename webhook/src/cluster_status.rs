@@ -18,6 +18,7 @@ use mesh_core::{
     cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
     remote::{Failure, error_chain},
     sync::SyncReport,
+    token::{Claims, Standing},
 };
 
 /// Status and Event texts are cut here; the full story is in the logs.
@@ -86,6 +87,40 @@ impl Attempt<'_> {
             Self::Synced(_) => true,
             Self::Failed { answered, .. } => *answered,
         }
+    }
+}
+
+/// Reason of a remote's refusal of a stored token that has expired.
+pub(crate) const TOKEN_EXPIRED: &str = "TokenExpired";
+
+/// A refusal of the credentials whose token has expired says so, and what repairs it: the
+/// remote's own answer (401) cannot tell an expired token from a revoked one.
+pub(crate) fn with_token_expiry<'a>(
+    attempt: Attempt<'a>,
+    token: Option<Claims>,
+    cluster: &str,
+    now: Timestamp,
+) -> Attempt<'a> {
+    match (&attempt, token) {
+        (
+            Attempt::Failed {
+                reason: "Forbidden",
+                message,
+                ..
+            },
+            Some(claims),
+        ) if claims.standing(now) == Standing::Expired => {
+            let at = claims.expires_at.unwrap_or(now);
+            Attempt::Failed {
+                reason: TOKEN_EXPIRED,
+                message: format!(
+                    "the stored token expired at {at:.0}; `kubectl mesh rotate {cluster}` issues \
+                     a new one ({message})"
+                ),
+                answered: false,
+            }
+        }
+        _ => attempt,
     }
 }
 
@@ -306,6 +341,55 @@ mod tests {
         sync::{ChangeStatus, NamespaceChange, NamespaceError, SyncMode},
     };
 
+    #[test]
+    fn an_expired_token_is_told_apart_from_other_refusals() {
+        let now = Timestamp::from_second(10_000).unwrap();
+        let claims = |exp: i64| Claims {
+            issued_at: Some(Timestamp::from_second(0).unwrap()),
+            expires_at: Some(Timestamp::from_second(exp).unwrap()),
+        };
+        let refused = || Attempt::failed(Failure::Forbidden, "401 Unauthorized".to_owned());
+        let Attempt::Failed {
+            reason,
+            message,
+            answered,
+        } = with_token_expiry(refused(), Some(claims(9_000)), "east", now)
+        else {
+            panic!("not a failure");
+        };
+        assert_eq!(reason, TOKEN_EXPIRED);
+        assert!(message.contains("kubectl mesh rotate east"), "{message}");
+        assert!(message.contains("401 Unauthorized"), "{message}");
+        assert!(!answered);
+        let status = next_status(
+            None,
+            &with_token_expiry(refused(), Some(claims(9_000)), "east", now),
+            Some(1),
+            now,
+        );
+        let reachable = status.condition(CONDITION_REACHABLE).unwrap();
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", TOKEN_EXPIRED)
+        );
+
+        // Still valid, no expiry, or another failure: left as it was.
+        for (attempt, token) in [
+            (refused(), Some(claims(20_000))),
+            (refused(), None),
+            (
+                Attempt::failed(Failure::Unreachable, "refused".to_owned()),
+                Some(claims(9_000)),
+            ),
+        ] {
+            let Attempt::Failed { reason, .. } = with_token_expiry(attempt, token, "east", now)
+            else {
+                panic!("not a failure");
+            };
+            assert_ne!(reason, TOKEN_EXPIRED);
+        }
+    }
+
     fn report(in_sync: usize, corrected: &[&str], missing: &[&str], errors: &[&str]) -> SyncReport {
         SyncReport {
             mode: SyncMode::Apply,
@@ -331,6 +415,7 @@ mod tests {
                 })
                 .collect(),
             writes: u32::try_from(corrected.len()).expect("small"),
+            out_of_scope: Vec::new(),
         }
     }
 

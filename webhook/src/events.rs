@@ -210,6 +210,7 @@ fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
                 PushResult::Applied
                 | PushResult::AlreadyInSync
                 | PushResult::NamespaceMissing
+                | PushResult::OutOfScope
                 | PushResult::Superseded => {
                     return None;
                 }

@@ -45,6 +45,8 @@ pub enum PushResult {
     AlreadyInSync,
     /// The namespace does not exist on the remote; it is never created.
     NamespaceMissing,
+    /// The cluster's namespace scope leaves the namespace alone there; nothing was written.
+    OutOfScope,
     /// The remote's apiserver could not be reached.
     Unreachable(String),
     /// The remote refused kubectl-mesh's credentials or permissions.
@@ -65,6 +67,7 @@ impl PushResult {
             Self::Applied => "applied",
             Self::AlreadyInSync => "in_sync",
             Self::NamespaceMissing => "missing",
+            Self::OutOfScope => "out_of_scope",
             Self::Unreachable(_) => "unreachable",
             Self::Forbidden(_) => "forbidden",
             Self::Failed(_) => "failed",
@@ -94,6 +97,7 @@ impl From<Written> for PushResult {
             Written::Applied { .. } => Self::Applied,
             Written::AlreadyInSync => Self::AlreadyInSync,
             Written::Missing => Self::NamespaceMissing,
+            Written::OutOfScope => Self::OutOfScope,
             Written::Failed {
                 failure, message, ..
             } => match failure {
@@ -156,8 +160,12 @@ pub async fn fan_out_timed_from(
     join_all(remotes.iter().map(|remote| async move {
         let started = Instant::now();
         let read_first = AtomicBool::new(false);
-        let result = match remote.state() {
-            RemoteState::Ready(client) => {
+        let scoped = rule.within(remote.scope());
+        let result = match (remote.state(), &scoped) {
+            (_, Err(error)) => {
+                PushResult::Failed(format!("its namespace scope is unusable: {error}"))
+            }
+            (RemoteState::Ready(client), Ok(rule)) => {
                 let pushed = async {
                     match expected {
                         Some(expected) => {
@@ -170,7 +178,9 @@ pub async fn fan_out_timed_from(
                     .await
                     .unwrap_or(PushResult::TimedOut)
             }
-            RemoteState::Unavailable { message, .. } => PushResult::Unreachable(message.clone()),
+            (RemoteState::Unavailable { message, .. }, Ok(_)) => {
+                PushResult::Unreachable(message.clone())
+            }
         };
         let elapsed = started.elapsed();
         log_outcome(remote.name(), &intent.namespace, &result, elapsed);
@@ -193,6 +203,7 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
         PushResult::Applied
         | PushResult::AlreadyInSync
         | PushResult::NamespaceMissing
+        | PushResult::OutOfScope
         | PushResult::Superseded => {
             tracing::info!(%cluster, %namespace, %outcome, elapsed_ms, "push done");
         }

@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    cluster_status::{Attempt, next_status, status_needs_write, write_status},
+    cluster_status::{Attempt, next_status, status_needs_write, with_token_expiry, write_status},
     events,
     in_flight::InFlight,
     injectors::{Injectors, watch_injectors},
@@ -745,11 +745,15 @@ impl Worker {
         };
         let cancel = self.cancel.child_token();
         let shared = self.shared.clone();
+        // An unusable scope is reported by the sync; no write happens without one.
+        let Ok(scoped) = shared.rule.within(remote.scope()) else {
+            return;
+        };
         let is_drifted = move |seen: &Namespace| {
             let Some(name) = seen.metadata.name.as_deref() else {
                 return false;
             };
-            if shared.rule.is_excluded(name) {
+            if !scoped.covers(seen) {
                 return false;
             }
             let primary = StoreView {
@@ -781,31 +785,55 @@ impl Worker {
             rule: &shared.rule,
         };
         let remote = shared.remotes.get(cluster_name);
-        let result = match remote.as_deref().map(|r| r.state()) {
-            Some(RemoteState::Ready(client)) => {
-                sync_remote(&shared.rule, &primary, client, SyncMode::Apply)
+        let scoped = remote.as_deref().map(|r| shared.rule.within(r.scope()));
+        let result = match (remote.as_deref().map(|r| r.state()), scoped) {
+            (Some(RemoteState::Ready(client)), Some(Ok(scoped))) => {
+                sync_remote(&scoped, &primary, client, SyncMode::Apply)
                     .await
                     .map_err(|error| Attempt::failed(error.failure(), error.to_string()))
             }
-            Some(RemoteState::Unavailable { reason, message }) => Err(Attempt::Failed {
+            // Nothing is written where the scope cannot say what may be.
+            (Some(RemoteState::Ready(_)), Some(Err(error))) => Err(Attempt::Failed {
+                reason: "ScopeInvalid",
+                message: format!(
+                    "spec.scope cannot be used: {error}; correct it with kubectl mesh scope {cluster_name}"
+                ),
+                answered: false,
+            }),
+            (Some(RemoteState::Unavailable { reason, message }), _) => Err(Attempt::Failed {
                 reason,
                 message: message.clone(),
                 answered: false,
             }),
-            None => Err(Attempt::Failed {
+            (None, _) | (Some(RemoteState::Ready(_)), None) => Err(Attempt::Failed {
                 reason: "CredentialsMissing",
                 message: "no client built yet".to_owned(),
                 answered: false,
             }),
         };
+        let now = Timestamp::now();
+        let token = remote.as_deref().and_then(Remote::token);
+        let result = result.map_err(|failed| with_token_expiry(failed, token, cluster_name, now));
         let attempt = match &result {
             Ok(report) => Attempt::Synced(report),
             Err(failed) => failed.clone(),
         };
         let ok = result.is_ok();
         let prev = cluster.status.clone();
-        let now = Timestamp::now();
-        let next = next_status(prev.as_ref(), &attempt, cluster.metadata.generation, now);
+        let mut next = next_status(prev.as_ref(), &attempt, cluster.metadata.generation, now);
+        if ok {
+            // These credentials work: `kubectl mesh rotate` waits for this before it revokes
+            // the ones they replaced.
+            next.observed_credentials = remote
+                .as_deref()
+                .and_then(|r| r.fingerprint().secret_version.clone());
+        }
+        shared.metrics.set_token_expiry(
+            cluster_name,
+            token
+                .and_then(|t| t.expires_at)
+                .map(|exp| exp.duration_since(now).as_secs()),
+        );
 
         let reachable = attempt.reachable();
         shared.metrics.set_reachable(cluster_name, reachable);

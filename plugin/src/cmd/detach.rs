@@ -155,8 +155,14 @@ impl Detach {
 
         // The labels to strip are the ones the installed webhook manages, read before anything
         // is deleted so that a refusal leaves everything in place.
+        // Within the cluster's scope: a namespace left out of it was never written, and its
+        // labels are the remote's own.
         let strip = if strip_labels {
-            Some(mesh_state::rule_of(&primary, &primary_target).await?)
+            let rule = mesh_state::rule_of(&primary, &primary_target).await?;
+            Some(match &mc {
+                Some(mc) => mesh_state::scoped_rule(&rule, mc)?,
+                None => rule,
+            })
         } else {
             None
         };
@@ -478,11 +484,16 @@ async fn clean_remote(
     )
     .await
     .map_err(fail("delete the guard"))?;
+    // With the standbys an interrupted `rotate` may have left.
+    let standbys = super::rotate::standby_secrets();
     for secret in [
         setup::TOKEN_SECRET,
         setup::ISTIO_READER_TOKEN_SECRET,
         setup::VIEW_TOKEN_SECRET,
-    ] {
+    ]
+    .into_iter()
+    .chain(standbys.iter().map(String::as_str))
+    {
         let (c, ns) = in_ns(client);
         delete_ours(
             Api::<Secret>::namespaced(c, ns),
@@ -845,6 +856,7 @@ mod tests {
             primary_name: "main".into(),
             remote_namespace_created: false,
             remote_context: "east".into(),
+            scope: Default::default(),
         });
         let left = left_on_remote(Some(&mc), false, false);
         assert_eq!(left.len(), 1, "{left:?}");

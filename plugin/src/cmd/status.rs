@@ -17,7 +17,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
 };
 use kube::{Client, ResourceExt};
-use mesh_core::cluster::MeshCluster;
+use mesh_core::cluster::{MeshCluster, NamespaceScope};
 use mesh_core::injection::{self, Readiness};
 use mesh_core::labels::{Labels, SyncRule};
 use serde::Serialize;
@@ -120,6 +120,16 @@ impl Status {
         for line in report.injection_summary() {
             ctx.progress.warn(line);
         }
+        if ctx.output == OutputFormat::Wide {
+            let expiries = super::list::token_expiries(&client, &clusters).await;
+            for (warn, line) in super::list::token_lines(&expiries, jiff::Timestamp::now()) {
+                if warn {
+                    ctx.progress.warn(line);
+                } else {
+                    ctx.progress.info(line);
+                }
+            }
+        }
         for (warn, line) in report.pods_summary() {
             if warn {
                 ctx.progress.warn(line);
@@ -179,12 +189,14 @@ async fn read_view(
     match read {
         Ok((namespaces, injectors)) => RemoteView {
             name,
+            scope: cluster.spec.scope.clone(),
             namespaces: Ok(namespaces),
             injectors,
             pods,
         },
         Err(e) => RemoteView {
             name,
+            scope: cluster.spec.scope.clone(),
             namespaces: Err(e.to_string()),
             injectors: None,
             pods,
@@ -219,6 +231,8 @@ pub struct RemoteView {
     pub injectors: Option<Vec<MutatingWebhookConfiguration>>,
     /// Its pods.
     pub pods: PodsRead,
+    /// Its namespace scope (see [`SyncRule::within`]).
+    pub scope: NamespaceScope,
 }
 
 /// The namespace x cluster matrix, as `-o json|yaml` prints it.
@@ -343,6 +357,8 @@ pub enum CellState {
     Unreachable,
     /// The namespace is never synced.
     Excluded,
+    /// The cluster's scope leaves the namespace alone there.
+    OutOfScope,
 }
 
 impl StatusReport {
@@ -355,14 +371,27 @@ impl StatusReport {
         remotes: &[RemoteView],
         requested: &[String],
     ) -> Self {
-        let remote_maps: Vec<Option<BTreeMap<String, &Namespace>>> = remotes
+        // A cluster whose scope cannot be used is shown unread: nothing is judged by a rule
+        // that does not hold.
+        let scope_errors: Vec<Option<String>> = remotes
             .iter()
             .map(|r| {
-                r.namespaces
-                    .as_ref()
-                    .ok()
-                    .map(|list| list.iter().map(|ns| (ns.name_any(), ns)).collect())
+                rule.within(&r.scope)
+                    .err()
+                    .map(|e| mesh_state::scope_error(&r.name, &e))
             })
+            .collect();
+        let remote_maps: Vec<Option<BTreeMap<String, &Namespace>>> = remotes
+            .iter()
+            .zip(&scope_errors)
+            .map(|(r, scope_error)| {
+                let namespaces = r.namespaces.as_ref().ok().filter(|_| scope_error.is_none());
+                namespaces.map(|list| list.iter().map(|ns| (ns.name_any(), ns)).collect())
+            })
+            .collect();
+        let scoped_rules: Vec<SyncRule> = remotes
+            .iter()
+            .map(|r| rule.within(&r.scope).unwrap_or_else(|_| rule.clone()))
             .collect();
         let carries = |ns: &Namespace| !rule.managed_of(ns.metadata.labels.as_ref()).is_empty();
         let names: Vec<String> = if requested.is_empty() {
@@ -392,11 +421,14 @@ impl StatusReport {
         let mut report = Self {
             clusters: remotes
                 .iter()
-                .map(|r| ClusterColumn {
+                .zip(&scope_errors)
+                .map(|(r, scope_error)| ClusterColumn {
                     name: r.name.clone(),
-                    reachable: r.namespaces.is_ok(),
+                    reachable: r.namespaces.is_ok() && scope_error.is_none(),
                     injectors_known: r.injectors.is_some(),
-                    error: r.namespaces.as_ref().err().cloned(),
+                    error: scope_error
+                        .clone()
+                        .or_else(|| r.namespaces.as_ref().err().cloned()),
                     pods: match &r.pods {
                         PodsRead::NotAsked => None,
                         PodsRead::NoCredentials => Some(PodsColumn::NoCredentials {
@@ -429,13 +461,13 @@ impl StatusReport {
                 },
                 clusters: BTreeMap::new(),
             };
-            for (remote, map) in remotes.iter().zip(&remote_maps) {
+            for ((remote, map), scoped) in remotes.iter().zip(&remote_maps).zip(&scoped_rules) {
                 let cell = match map {
                     None => RemoteCell::bare(CellState::Unreachable, None),
                     Some(map) => match map.get(&name) {
                         // Missing exactly as the rule's plan says: a gap only where the
                         // primary has managed labels to give.
-                        None if !desired.is_empty() && !rule.is_excluded(&name) => {
+                        None if !desired.is_empty() && !scoped.is_excluded(&name) => {
                             report.missing += 1;
                             RemoteCell::bare(CellState::Missing, None)
                         }
@@ -444,6 +476,8 @@ impl StatusReport {
                             let labels = rule.managed_of(ns.metadata.labels.as_ref());
                             if rule.is_excluded(&name) {
                                 RemoteCell::bare(CellState::Excluded, Some(labels))
+                            } else if !scoped.covers(ns) {
+                                RemoteCell::bare(CellState::OutOfScope, Some(labels))
                             } else {
                                 // THE rule decides: drift is what a sync would write.
                                 let diff = rule.diff(&desired, ns);
@@ -715,6 +749,7 @@ impl RemoteCell {
             CellState::Absent => "(absent)".to_owned(),
             CellState::Unreachable => "(unreachable)".to_owned(),
             CellState::Excluded => format!("{} (excluded)", labels()),
+            CellState::OutOfScope => format!("{} (out of scope)", labels()),
         }
     }
 }
@@ -774,6 +809,7 @@ mod tests {
                     ns("kube-system", &[("istio-injection", "disabled")]),
                 ]),
                 pods: PodsRead::NotAsked,
+                scope: Default::default(),
             },
             RemoteView {
                 name: "west".into(),
@@ -784,12 +820,14 @@ mod tests {
                     ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
                 ]),
                 pods: PodsRead::NotAsked,
+                scope: Default::default(),
             },
             RemoteView {
                 name: "north".into(),
                 namespaces: Err("no answer within 5s".into()),
                 injectors: None,
                 pods: PodsRead::NotAsked,
+                scope: Default::default(),
             },
         ]
     }

@@ -73,11 +73,15 @@ impl Sync {
             let (client, primary, rule) = (&client, &primary, &rule);
             async move {
                 let name = c.name_any();
+                let rule = match mesh_state::scoped_rule(rule, c) {
+                    Ok(rule) => rule,
+                    Err(e) => return ClusterSync::failed(name, dry_run, e.line()),
+                };
                 let remote = match mesh_state::remote_client(client, c, remote_timeout).await {
                     Ok(remote) => remote,
                     Err(e) => return ClusterSync::failed(name, dry_run, e.to_string()),
                 };
-                match sync_remote(rule, primary, &remote, mode).await {
+                match sync_remote(&rule, primary, &remote, mode).await {
                     Ok(report) => ClusterSync::from_report(name, &report),
                     Err(e) => ClusterSync::failed(name, dry_run, e.to_string()),
                 }

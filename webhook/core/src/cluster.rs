@@ -4,7 +4,7 @@
 //! namespace. Its credentials live in a Secret in [`crate::MESH_NAMESPACE`] referenced by
 //! `spec.secretName`.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,38 @@ pub struct MeshClusterSpec {
     /// What the remote guard does with managed-label edits made directly on the remote.
     #[serde(default)]
     pub remote_guard: RemoteGuard,
+    /// Which of the remote's namespaces kubectl-mesh may write; the rest are left alone.
+    #[serde(default, skip_serializing_if = "NamespaceScope::is_everything")]
+    pub scope: NamespaceScope,
+}
+
+/// The part of a remote's namespaces kubectl-mesh syncs, on top of the installed rule's
+/// excluded namespaces: a platform or gateway namespace labelled on the remote itself stays
+/// as it is when left out here.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceScope {
+    /// Remote namespaces never written, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_namespaces: Vec<String>,
+    /// Only remote namespaces whose own labels match are written. It may not use a managed
+    /// label key: writing one must never move a namespace in or out of scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+impl NamespaceScope {
+    /// Whether this scope leaves every namespace to the installed rule.
+    pub fn is_everything(&self) -> bool {
+        self.exclude_namespaces.is_empty()
+            && self.namespace_selector.as_ref().is_none_or(|selector| {
+                selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                    && selector
+                        .match_expressions
+                        .as_ref()
+                        .is_none_or(|e| e.is_empty())
+            })
+    }
 }
 
 /// Admission policy installed on a remote for managed-label edits not made by kubectl-mesh.
@@ -91,6 +123,11 @@ pub struct MeshClusterStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The `resourceVersion` of the credentials Secret that the last successful sync used:
+    /// once it equals the Secret's own, credentials replaced there are in use and the ones
+    /// before them may be revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_credentials: Option<String>,
 }
 
 impl MeshClusterStatus {

@@ -26,7 +26,10 @@ use json_patch::{
     AddOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation, TestOperation,
 };
 use k8s_openapi::api::core::v1::Namespace;
+use kube::core::{Expression, Selector, SelectorExt};
 use serde_json::Value;
+
+use crate::cluster::NamespaceScope;
 
 /// Labels kubectl-mesh keeps equal between the primary and every remote, by default.
 pub const DEFAULT_MANAGED_LABELS: [&str; 3] =
@@ -57,10 +60,26 @@ pub const METADATA_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub type Labels = BTreeMap<String, String>;
 
 /// The sync rule: which label keys are managed and which namespaces are left alone.
+///
+/// The installed rule is the same for every remote; [`SyncRule::within`] narrows it to one
+/// remote's [`NamespaceScope`], and everything that reads or writes that remote uses the result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SyncRule {
     managed: BTreeSet<String>,
     excluded: BTreeSet<String>,
+    /// Namespaces the remote's scope leaves out by name.
+    out_of_scope: BTreeSet<String>,
+    /// Only remote namespaces whose labels match are written; `None` selects all.
+    selector: Option<Selector>,
+}
+
+/// Why a cluster's [`NamespaceScope`] cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    #[error("the namespace selector is not valid: {0}")]
+    Selector(String),
+    #[error("the namespace selector uses the managed label {0}, which kubectl-mesh itself writes")]
+    ManagedKey(String),
 }
 
 impl Default for SyncRule {
@@ -87,7 +106,57 @@ impl SyncRule {
                 .filter(|key| !key.is_empty() && key != METADATA_NAME_LABEL)
                 .collect(),
             excluded: excluded.into_iter().filter(|ns| !ns.is_empty()).collect(),
+            out_of_scope: BTreeSet::new(),
+            selector: None,
         }
+    }
+
+    /// This rule narrowed to one remote's scope. A selector on a managed key is refused:
+    /// writing that label would move the namespace out of reach of the next write.
+    pub fn within(&self, scope: &NamespaceScope) -> Result<Self, ScopeError> {
+        let selector = match &scope.namespace_selector {
+            None => None,
+            Some(selector) => {
+                let selector = Selector::try_from(selector.clone())
+                    .map_err(|error| ScopeError::Selector(error.to_string()))?;
+                if let Some(key) = selector_keys(&selector).find(|key| self.is_managed(key)) {
+                    return Err(ScopeError::ManagedKey(key));
+                }
+                (!selector.selects_all()).then_some(selector)
+            }
+        };
+        Ok(Self {
+            out_of_scope: self
+                .out_of_scope
+                .iter()
+                .cloned()
+                .chain(scope.exclude_namespaces.iter().cloned())
+                .filter(|name| !name.is_empty() && !self.excluded.contains(name))
+                .collect(),
+            selector,
+            ..self.clone()
+        })
+    }
+
+    /// Whether `namespace` is left out by the remote's scope (by name), as opposed to the
+    /// installed rule.
+    pub fn is_out_of_scope(&self, namespace: &str) -> bool {
+        self.out_of_scope.contains(namespace)
+    }
+
+    /// Whether writing a remote namespace needs its current labels first (to match the
+    /// scope's selector).
+    pub fn selects_by_labels(&self) -> bool {
+        self.selector.is_some()
+    }
+
+    /// Whether kubectl-mesh may write `remote`, a namespace of the remote this rule is for.
+    pub fn covers(&self, remote: &Namespace) -> bool {
+        let name = remote.metadata.name.as_deref().unwrap_or_default();
+        !self.is_excluded(name)
+            && self.selector.as_ref().is_none_or(|selector| {
+                selector.matches(remote.metadata.labels.as_ref().unwrap_or(&Labels::new()))
+            })
     }
 
     /// The managed label keys, in key order.
@@ -105,9 +174,10 @@ impl SyncRule {
         self.managed.contains(key)
     }
 
-    /// Whether `namespace` is never synced.
+    /// Whether `namespace` is never synced: excluded by the installed rule or, for a rule
+    /// [`within`](Self::within) a remote's scope, left out by name there.
     pub fn is_excluded(&self, namespace: &str) -> bool {
-        self.excluded.contains(namespace)
+        self.excluded.contains(namespace) || self.out_of_scope.contains(namespace)
     }
 
     /// The managed subset of `labels`.
@@ -221,7 +291,11 @@ impl SyncRule {
             let Some(name) = ns.metadata.name.as_deref() else {
                 continue;
             };
-            if !on_remote.insert(name) || self.is_excluded(name) {
+            if !on_remote.insert(name) || self.excluded.contains(name) {
+                continue;
+            }
+            if !self.covers(ns) {
+                plan.out_of_scope.push(name.to_owned());
                 continue;
             }
             let diff = self.diff(&self.desired(primary.get(name)), ns);
@@ -243,6 +317,7 @@ impl SyncRule {
             .map(|(name, _)| name.clone())
             .collect();
         plan.in_sync.sort();
+        plan.out_of_scope.sort();
         plan.changes.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         plan
     }
@@ -347,6 +422,8 @@ pub struct SyncPlan {
     pub in_sync: Vec<String>,
     /// Primary namespaces with managed labels that do not exist on the remote (never created).
     pub missing: Vec<String>,
+    /// Remote namespaces the remote's scope leaves alone (never written).
+    pub out_of_scope: Vec<String>,
 }
 
 impl SyncPlan {
@@ -354,6 +431,21 @@ impl SyncPlan {
     pub fn is_converged(&self) -> bool {
         self.changes.is_empty()
     }
+}
+
+/// The label keys a selector reads.
+fn selector_keys(selector: &Selector) -> impl Iterator<Item = String> {
+    selector
+        .clone()
+        .into_iter()
+        .map(|expression| match expression {
+            Expression::In(key, _)
+            | Expression::NotIn(key, _)
+            | Expression::Equal(key, _)
+            | Expression::NotEqual(key, _)
+            | Expression::Exists(key)
+            | Expression::DoesNotExist(key) => key,
+        })
 }
 
 #[cfg(test)]
@@ -736,6 +828,7 @@ mod tests {
                 ],
                 in_sync: vec!["a-synced".into(), "only-remote-plain".into()],
                 missing: vec!["d-missing".into()],
+                out_of_scope: vec![],
             }
         );
         assert!(!plan.is_converged());
@@ -761,6 +854,63 @@ mod tests {
         assert_eq!(plan.in_sync, ["kube-system"]);
         assert!(plan.changes.is_empty());
         assert!(plan.missing.is_empty());
+    }
+
+    fn scope(exclude: &[&str], selector: Option<&str>) -> NamespaceScope {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            LabelSelector, LabelSelectorRequirement,
+        };
+        NamespaceScope {
+            exclude_namespaces: exclude.iter().map(|n| (*n).to_owned()).collect(),
+            namespace_selector: selector.map(|key| LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: key.to_owned(),
+                    operator: "DoesNotExist".to_owned(),
+                    values: None,
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn scope_leaves_excluded_and_unselected_remote_namespaces_alone() {
+        let rule = SyncRule::default()
+            .within(&scope(&["gateways"], Some("platform/owned")))
+            .unwrap();
+        let primary = primary_of([ns("shop").label("istio-injection", "enabled")]);
+        let remote = [
+            ns("gateways").label("istio-injection", "enabled"),
+            ns("infra")
+                .label("platform/owned", "yes")
+                .label("istio.io/rev", "canary"),
+            ns("shop"),
+            ns("kube-system").label("istio-injection", "enabled"),
+        ];
+        let plan = rule.plan(&primary, &remote);
+        assert_eq!(plan.out_of_scope, ["gateways", "infra"]);
+        assert_eq!(plan.changes.len(), 1, "{plan:?}");
+        assert_eq!(plan.changes[0].namespace, "shop");
+        assert!(rule.is_out_of_scope("gateways") && rule.is_excluded("gateways"));
+        assert!(!rule.is_out_of_scope("kube-system"));
+        assert!(rule.selects_by_labels());
+    }
+
+    #[test]
+    fn scope_excluded_namespace_is_never_missing() {
+        let rule = SyncRule::default().within(&scope(&["shop"], None)).unwrap();
+        let primary = primary_of([ns("shop").label("istio-injection", "enabled")]);
+        let plan = rule.plan(&primary, &[]);
+        assert!(plan.missing.is_empty(), "{plan:?}");
+        assert!(!rule.selects_by_labels());
+    }
+
+    #[test]
+    fn scope_selector_on_a_managed_key_is_refused() {
+        let error = SyncRule::default()
+            .within(&scope(&[], Some("istio.io/rev")))
+            .unwrap_err();
+        assert!(error.to_string().contains("istio.io/rev"), "{error}");
     }
 
     #[test]

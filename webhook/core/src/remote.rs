@@ -22,7 +22,10 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig, KubeconfigError},
 };
 
-use crate::cluster::{KUBECONFIG_KEY, MeshCluster};
+use crate::{
+    cluster::{KUBECONFIG_KEY, MeshCluster, NamespaceScope},
+    token::Claims,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -165,6 +168,10 @@ pub struct Remote {
     /// The same credentials with [`WATCH_READ_TIMEOUT`], for long-running watches.
     watch_client: Option<Client>,
     fingerprint: Fingerprint,
+    /// The cluster's namespace scope (see [`SyncRule::within`](crate::labels::SyncRule::within)).
+    scope: NamespaceScope,
+    /// The time claims of the stored token, when it is a JWT.
+    token: Option<Claims>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -186,6 +193,8 @@ impl Remote {
             watch_client: Some(client.clone()),
             state: RemoteState::Ready(client),
             fingerprint: Fingerprint::default(),
+            token: None,
+            scope: NamespaceScope::default(),
         }
     }
 
@@ -199,6 +208,8 @@ impl Remote {
             },
             watch_client: None,
             fingerprint: Fingerprint::default(),
+            token: None,
+            scope: NamespaceScope::default(),
         }
     }
 
@@ -225,6 +236,22 @@ impl Remote {
 
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.fingerprint
+    }
+
+    /// Which of the remote's namespaces may be written.
+    pub fn scope(&self) -> &NamespaceScope {
+        &self.scope
+    }
+
+    /// The same remote with `scope` (a test's remote, built without a MeshCluster).
+    pub fn with_scope(mut self, scope: NamespaceScope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// When the stored token was issued and expires, if it is a JWT.
+    pub fn token(&self) -> Option<Claims> {
+        self.token
     }
 }
 
@@ -322,6 +349,8 @@ impl Remotes {
             state,
             watch_client,
             fingerprint,
+            token: secret.and_then(stored_token_claims),
+            scope: cluster.spec.scope.clone(),
         });
         self.write().insert(name, remote.clone());
         Some(remote)
@@ -336,6 +365,15 @@ impl Remotes {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Remote>>> {
         self.entries.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The time claims of the bearer token in a cluster Secret's kubeconfig, when there is one.
+pub fn stored_token_claims(secret: &Secret) -> Option<Claims> {
+    let data = secret.data.as_ref()?.get(KUBECONFIG_KEY)?;
+    let kubeconfig = Kubeconfig::from_yaml(std::str::from_utf8(&data.0).ok()?).ok()?;
+    let user = kubeconfig.auth_infos.first()?.auth_info.as_ref()?;
+    let user = serde_json::to_value(user).ok()?;
+    crate::token::claims(user.get("token")?.as_str()?)
 }
 
 /// Reads the Secret of `cluster` from the primary (in `namespace`, the mesh namespace) and
@@ -695,6 +733,27 @@ current-context: east
         );
     }
 
+    #[test]
+    fn the_stored_tokens_claims_are_read() {
+        let token = crate::token::tests::jwt(serde_json::json!({"iat": 10, "exp": 610}));
+        let mut secret = Secret::default();
+        secret.data = Some(
+            [(
+                KUBECONFIG_KEY.to_owned(),
+                ByteString(
+                    TOKEN_KUBECONFIG
+                        .replace("s3cr3t-token", &token)
+                        .into_bytes(),
+                ),
+            )]
+            .into(),
+        );
+        let claims = stored_token_claims(&secret).expect("claims");
+        assert_eq!(claims.expires_at.map(|t| t.as_second()), Some(610));
+        assert_eq!(claims.issued_at.map(|t| t.as_second()), Some(10));
+        assert_eq!(stored_token_claims(&Secret::default()), None);
+    }
+
     #[tokio::test]
     async fn registry_rebuilds_only_when_the_secret_changes() {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -706,6 +765,7 @@ current-context: east
                 secret_name: "east-creds".into(),
                 primary_name: None,
                 remote_guard: Default::default(),
+                scope: Default::default(),
             },
         );
         let mut secret = Secret::default();
@@ -724,6 +784,8 @@ current-context: east
             .await
             .expect("built");
         assert!(built.client().is_some(), "{:?}", built.state());
+        // An opaque token has no claims to read.
+        assert_eq!(built.token(), None);
         assert!(
             remotes
                 .refresh(&cluster, "ns", Some(&secret))

@@ -123,6 +123,8 @@ pub struct SyncReport {
     pub errors: Vec<NamespaceError>,
     /// Write requests that succeeded.
     pub writes: u32,
+    /// Remote namespaces the cluster's scope leaves alone, in name order.
+    pub out_of_scope: Vec<String>,
 }
 
 impl SyncReport {
@@ -178,6 +180,7 @@ pub async fn sync_remote(
         mode,
         in_sync: plan.in_sync.len(),
         missing: plan.missing,
+        out_of_scope: plan.out_of_scope,
         ..SyncReport::default()
     };
     if mode == SyncMode::DryRun {
@@ -223,6 +226,8 @@ pub async fn sync_remote(
                 });
             }
             Written::AlreadyInSync => report.in_sync += 1,
+            // Its labels moved out of the selector between the list and the write.
+            Written::OutOfScope => report.out_of_scope.push(namespace),
             Written::Missing => {
                 if wanted {
                     report.missing.push(namespace);
@@ -244,6 +249,7 @@ pub async fn sync_remote(
         }
     }
     report.missing.sort();
+    report.out_of_scope.sort();
     Ok(report)
 }
 
@@ -313,7 +319,7 @@ async fn write(
         Written::Failed { message, .. } => {
             tracing::warn!(namespace = %name, error = %message, "cannot correct remote labels");
         }
-        Written::AlreadyInSync | Written::Missing => {}
+        Written::AlreadyInSync | Written::Missing | Written::OutOfScope => {}
     }
     let wanted = matches!(written, Written::Missing) && !desired().is_empty();
     Outcome {

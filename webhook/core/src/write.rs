@@ -47,6 +47,8 @@ pub enum Written {
     AlreadyInSync,
     /// The namespace does not exist on the remote (or went away while being written).
     Missing,
+    /// The remote's scope leaves the namespace alone; nothing was written.
+    OutOfScope,
     /// The remote refused or did not answer; `diff` is the change attempted, when one was.
     Failed {
         failure: Failure,
@@ -69,9 +71,15 @@ pub async fn write_managed_labels(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..Default::default()
     };
+    if rule.is_excluded(name) {
+        return Written::OutOfScope;
+    }
     let mut current = match known {
         Known::Read(namespace) => Some(*namespace),
         Known::Nothing => None,
+        // A selector is matched against the namespace as read, and the write is conditional
+        // on that read: a bet without reading could write a namespace out of scope.
+        Known::Expecting { .. } if rule.selects_by_labels() => None,
         Known::Expecting { labels, refused } => {
             let want = desired();
             let patch = rule.guarded_patch(labels, &want);
@@ -105,6 +113,9 @@ pub async fn write_managed_labels(
                 Err(error) => return failed(&error, None),
             },
         };
+        if !rule.covers(&namespace) {
+            return Written::OutOfScope;
+        }
         let diff = rule.diff(&desired(), &namespace);
         if diff.is_empty() {
             return Written::AlreadyInSync;
@@ -127,5 +138,79 @@ fn failed(error: &kube::Error, diff: Option<LabelDiff>) -> Written {
         failure: Failure::of(error),
         message: error_chain(error),
         diff,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+
+    use super::*;
+    use crate::{cluster::NamespaceScope, fake_apiserver::FakeApiserver, fixtures::labels};
+
+    fn unowned_by_platform() -> NamespaceScope {
+        NamespaceScope {
+            exclude_namespaces: vec!["gateways".into()],
+            namespace_selector: Some(LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "platform/owned".into(),
+                    operator: "DoesNotExist".into(),
+                    values: None,
+                }]),
+                match_labels: None,
+            }),
+        }
+    }
+
+    fn counts(remote: &FakeApiserver) -> (usize, usize) {
+        let state = remote.0.lock().expect("lock");
+        (state.gets, state.patches)
+    }
+
+    #[tokio::test]
+    async fn a_selector_scope_reads_first_and_spares_what_it_does_not_select() {
+        let remote = FakeApiserver::default()
+            .with_namespace(
+                "infra",
+                &[("platform/owned", "yes"), ("istio-injection", "enabled")],
+            )
+            .with_namespace("shop", &[]);
+        let rule = SyncRule::default().within(&unowned_by_platform()).unwrap();
+        let api = Api::all(remote.client());
+        let refused = AtomicBool::new(false);
+        let before = labels(&[("istio-injection", "enabled")]);
+        let bet = Known::Expecting {
+            labels: &before,
+            refused: &refused,
+        };
+        let written = write_managed_labels(&api, &rule, "infra", Labels::new, bet).await;
+        assert!(matches!(written, Written::OutOfScope), "{written:?}");
+        assert_eq!(counts(&remote), (1, 0), "read, never patched");
+
+        let none = Labels::new();
+        let bet = Known::Expecting {
+            labels: &none,
+            refused: &refused,
+        };
+        let wanted = || labels(&[("istio-injection", "enabled")]);
+        let written = write_managed_labels(&api, &rule, "shop", wanted, bet).await;
+        assert!(matches!(written, Written::Applied { .. }), "{written:?}");
+        assert_eq!(
+            counts(&remote),
+            (2, 1),
+            "read first, then one conditional patch"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_namespace_excluded_by_name_is_never_asked_for() {
+        let remote =
+            FakeApiserver::default().with_namespace("gateways", &[("istio-injection", "enabled")]);
+        let rule = SyncRule::default().within(&unowned_by_platform()).unwrap();
+        let api = Api::all(remote.client());
+        let written =
+            write_managed_labels(&api, &rule, "gateways", Labels::new, Known::Nothing).await;
+        assert!(matches!(written, Written::OutOfScope), "{written:?}");
+        assert_eq!(counts(&remote), (0, 0));
     }
 }

@@ -9,8 +9,10 @@ use crate::{
     render::Manifest,
 };
 
-/// What `--dry-run` prints: every object attach would write, each YAML document preceded by
-/// a comment naming its cluster; tokens redacted. `-o json` gives a List.
+/// What `--dry-run` prints: what the first sync would change on the remote, as comments, then
+/// every object attach would write, each YAML document preceded by a comment naming its
+/// cluster; tokens redacted. `-o json` gives a List with the first sync's preview beside its
+/// items (`firstSync`).
 pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String> {
     let name = &plan.name;
     let mut docs: Vec<(String, serde_json::Value)> = Vec::new();
@@ -51,10 +53,19 @@ pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String
     ));
 
     if format == OutputFormat::Json {
-        let values: Vec<_> = docs.into_iter().map(|(_, v)| v).collect();
-        return output::render_values(format, &values);
+        let items: Vec<_> = docs.into_iter().map(|(_, v)| v).collect();
+        let list = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": items,
+            "firstSync": plan.preview,
+        });
+        return output::render_values(format, &[list]);
     }
     let mut text = String::new();
+    for line in plan.preview.lines() {
+        text.push_str(&format!("# first sync: {line}\n"));
+    }
     for (i, (side, value)) in docs.iter().enumerate() {
         if i > 0 {
             text.push_str("---\n");

@@ -18,6 +18,7 @@
 //! `--dry-run` stops after preflight and prints what the steps would write ([`dry_run`]).
 //! Test hooks (cargo feature `test-hooks`, see [`hooks`]) make a step fail or stall on demand.
 
+mod confirm;
 mod dry_run;
 pub mod hooks;
 mod objects;
@@ -35,7 +36,7 @@ use crate::{
 
 pub(crate) use preflight::remote_kubeconfig_error;
 pub use steps::Step;
-pub(crate) use waits::wait_namespace_gone;
+pub(crate) use waits::{wait_namespace_gone, wait_token};
 
 /// Attach a remote cluster to the mesh.
 ///
@@ -77,6 +78,21 @@ pub struct Attach {
     /// token for it is revoked).
     #[arg(long)]
     pub force: bool,
+    /// Remote namespaces kubectl-mesh never writes (comma-separated), e.g. a gateway labelled
+    /// on the remote itself. Replaces the recorded scope; `kubectl mesh scope` changes it later.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub exclude_namespaces: Vec<String>,
+    /// Only remote namespaces whose own labels match are written, as `kubectl get -l` takes
+    /// it (e.g. 'team!=platform'). Replaces the recorded scope.
+    #[arg(long, value_name = "SELECTOR")]
+    pub namespace_selector: Option<String>,
+    /// Before the first sync, copy the remote's managed labels to the primary for namespaces
+    /// on both sides that have none on the primary.
+    #[arg(long)]
+    pub adopt_remote_labels: bool,
+    /// Do not ask before a first sync that removes or changes labels on the remote.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     /// How long to wait for the remote's token and, with --wait, for the first sync.
     #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -125,6 +141,10 @@ impl Attach {
             remote_guard,
             primary_name,
             force,
+            exclude_namespaces,
+            namespace_selector,
+            adopt_remote_labels,
+            yes,
             timeout,
         } = self;
         let hooks = hooks::TestHooks::from_env()?;
@@ -137,12 +157,21 @@ impl Attach {
             guard: remote_guard.into(),
             primary_name,
             force,
+            scope: (!exclude_namespaces.is_empty() || namespace_selector.is_some())
+                .then_some((exclude_namespaces, namespace_selector)),
+            adopt: adopt_remote_labels,
         };
         let plan = preflight::preflight(&args, ctx).await?;
         if dry_run {
             return output::print_stdout(&dry_run::dry_run_output(&plan, ctx.output)?);
         }
         let progress = ctx.progress;
+        for line in plan.preview.lines() {
+            progress.info(format!("first sync: {line}"));
+        }
+        if !yes {
+            confirm::first_sync(&plan.preview)?;
+        }
         progress.ok(format!(
             "preflight: {} ({}) is cluster {}; {}",
             plan.name,

@@ -95,6 +95,7 @@ pub(super) fn cluster_record(plan: &Plan) -> ClusterRecord {
         primary_name: plan.guard.primary_name.clone(),
         remote_namespace_created: plan.remote_namespace.created_by_attach(),
         remote_context: plan.remote_context.clone(),
+        scope: plan.scope.clone(),
     }
 }
 

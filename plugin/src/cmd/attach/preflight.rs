@@ -8,14 +8,19 @@ use k8s_openapi::api::{
     rbac::v1::ClusterRole,
 };
 use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
-use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
+use mesh_core::{
+    GROUP, MESH_NAMESPACE,
+    cluster::{MeshCluster, NamespaceScope},
+    labels::SyncRule,
+};
 
 use super::objects::{Side, describe, dyn_api, remote_objects};
 use super::what_of;
 use crate::{
     Context, Error, Result,
     access::{self, Need, Target},
-    kubeconfig, mesh_state,
+    kubeconfig, mesh_state, namespace_scope,
+    preview::Preview,
     remote_setup::{self as setup, Guard, ReaderRole},
     render::{self, Manifest},
 };
@@ -30,6 +35,11 @@ pub(super) struct Args {
     pub(super) guard: mesh_core::cluster::RemoteGuard,
     pub(super) primary_name: Option<String>,
     pub(super) force: bool,
+    /// `--exclude-namespaces` and `--namespace-selector`, when either was given; otherwise
+    /// an attached cluster keeps its scope.
+    pub(super) scope: Option<(Vec<String>, Option<String>)>,
+    /// `--adopt-remote-labels`.
+    pub(super) adopt: bool,
 }
 
 /// What preflight found out: everything the steps need.
@@ -55,6 +65,10 @@ pub(super) struct Plan {
     pub(super) istio: Option<IstioPlan>,
     /// Whether the view identity is written (see [`ViewPlan`]).
     pub(super) view: ViewPlan,
+    /// Which of the remote's namespaces kubectl-mesh may write.
+    pub(super) scope: NamespaceScope,
+    /// What the first sync will change on the remote (and what is adopted before it).
+    pub(super) preview: Preview,
 }
 
 /// The read-only view identity (`--services-view`).
@@ -183,10 +197,16 @@ fn remote_needs(view: bool) -> Vec<Need> {
     needs
 }
 
-fn primary_needs(istio: bool) -> Vec<Need> {
+fn primary_needs(istio: bool, adopt: bool) -> Vec<Need> {
     const RW: &[&str] = &["get", "create", "patch", "delete"];
+    // Listed for the first sync's preview; patched to adopt the remote's labels.
+    let namespaces: &[&str] = if adopt {
+        &["get", "list", "patch"]
+    } else {
+        &["get", "list"]
+    };
     let mut needs = vec![
-        Need::cluster("", "namespaces", &["get"]),
+        Need::cluster("", "namespaces", namespaces),
         Need::namespaced("", "secrets", MESH_NAMESPACE, RW),
         Need::cluster(
             GROUP,
@@ -262,7 +282,10 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
 
     // Reachability and rights, both sides at once. The first review doubles as the
     // reachability check: every authenticated user may create one.
-    let (primary_wants, remote_wants) = (primary_needs(args.istio), remote_needs(view.wanted()));
+    let (primary_wants, remote_wants) = (
+        primary_needs(args.istio, args.adopt),
+        remote_needs(view.wanted()),
+    );
     let (primary_missing, remote_missing) = futures::join!(
         access::missing(&primary, &primary_wants),
         access::missing(&remote, &remote_wants),
@@ -358,7 +381,6 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     }
     let attached = attached.unwrap_or_default();
     let rule = mesh_state::rule_of(&primary, &primary_target).await?;
-    let guard = guard.with_rule(&rule);
 
     let (primary_id, cluster_id) =
         futures::join!(access::cluster_id(&primary), access::cluster_id(&remote));
@@ -425,6 +447,31 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         Some(_) => NamespaceState::Foreign,
     };
 
+    let scope = match &args.scope {
+        Some((exclude, selector)) => {
+            namespace_scope::from_flags(&rule, exclude, selector.as_deref())?
+        }
+        None => existing
+            .as_ref()
+            .map(|mc| mc.spec.scope.clone())
+            .unwrap_or_default(),
+    };
+    let scoped = rule.within(&scope).map_err(|error| Error::Refused {
+        what: format!("the recorded scope of {name} cannot be used: {error}"),
+        hint: "give the scope again with --exclude-namespaces and --namespace-selector".into(),
+    })?;
+    let guard = guard.with_rule(&scoped).with_scope(&scope);
+    let preview = first_sync(
+        &name,
+        &scoped,
+        &primary,
+        &primary_target,
+        &remote,
+        &remote_target,
+        args.adopt,
+    )
+    .await?;
+
     let plan = Plan {
         name,
         primary,
@@ -441,9 +488,46 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         remote_namespace,
         istio,
         view,
+        scope,
+        preview,
     };
     let takeover = check_ownership(&plan, &primary_target, args.force).await?;
     Ok(Plan { takeover, ..plan })
+}
+
+/// What the first sync will do on the remote: the preview of both sides' namespaces as they
+/// are now, read with the caller's credentials.
+async fn first_sync(
+    name: &str,
+    rule: &SyncRule,
+    primary: &Client,
+    primary_target: &Target,
+    remote: &Client,
+    remote_target: &Target,
+    adopt: bool,
+) -> Result<Preview> {
+    let params = ListParams::default();
+    let (primary_api, remote_api) = (
+        Api::<Namespace>::all(primary.clone()),
+        Api::<Namespace>::all(remote.clone()),
+    );
+    let (on_primary, on_remote) =
+        futures::join!(primary_api.list(&params), remote_api.list(&params));
+    let on_primary = on_primary
+        .map_err(|e| access::request_error(primary_target, "list namespaces", e))?
+        .items
+        .into_iter()
+        .map(|ns| (ns.name_any(), ns))
+        .collect();
+    let on_remote =
+        on_remote.map_err(|e| access::request_error(remote_target, "list namespaces", e))?;
+    Ok(Preview::compute(
+        name,
+        rule,
+        &on_primary,
+        &on_remote.items,
+        adopt,
+    ))
 }
 
 /// Every object attach writes must be absent or made by attach for this very cluster: attach

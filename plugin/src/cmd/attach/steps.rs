@@ -3,12 +3,17 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
 };
-use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, remote};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::MeshCluster,
+    labels::{LabelDiff, Labels},
+    remote,
+};
 
 use super::hooks::TestHooks;
 use super::objects::{
@@ -19,6 +24,7 @@ use super::preflight::{NamespaceState, Plan, ViewPlan};
 use super::waits::{wait_namespace_gone, wait_token};
 use super::what_of;
 use crate::cmd::apply;
+use crate::preview::Adoption;
 use crate::sync_scope::{self, Scope};
 use crate::{
     Error, Result, mesh_state,
@@ -62,6 +68,8 @@ pub enum Step {
     IstioRemoteSecret,
     /// With --services-view: the view identity's kubeconfig on the primary.
     ViewSecret,
+    /// With --adopt-remote-labels: the remote's managed labels copied to the primary.
+    AdoptLabels,
     /// The MeshCluster.
     MeshCluster,
     /// The primary's Secrets made owned by the MeshCluster.
@@ -70,7 +78,7 @@ pub enum Step {
 
 impl Step {
     /// Every step, in order.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::RemoteNamespace,
         Self::ServiceAccount,
         Self::ClusterRole,
@@ -87,6 +95,7 @@ impl Step {
         Self::PrimarySecret,
         Self::IstioRemoteSecret,
         Self::ViewSecret,
+        Self::AdoptLabels,
         Self::MeshCluster,
         Self::OwnerReferences,
     ];
@@ -110,6 +119,7 @@ impl Step {
             Self::PrimarySecret => "primary-secret",
             Self::IstioRemoteSecret => "istio-remote-secret",
             Self::ViewSecret => "view-secret",
+            Self::AdoptLabels => "adopt-labels",
             Self::MeshCluster => "mesh-cluster",
             Self::OwnerReferences => "owner-references",
         }
@@ -125,7 +135,11 @@ impl Step {
     /// making the Secrets owned only read or update.
     pub fn creates(self) -> bool {
         match self {
-            Self::Token | Self::SyncScopeEnforced | Self::OwnerReferences => false,
+            // Adopting labels writes labels on existing namespaces; the rollback puts them
+            // back as they were.
+            Self::Token | Self::SyncScopeEnforced | Self::AdoptLabels | Self::OwnerReferences => {
+                false
+            }
             Self::RemoteNamespace
             | Self::ServiceAccount
             | Self::ClusterRole
@@ -152,6 +166,8 @@ pub(super) struct Run<'a> {
     hooks: TestHooks,
     timeout: Duration,
     created: Vec<(Side, Manifest)>,
+    /// Primary namespaces given the remote's labels, for the rollback.
+    adopted: Vec<Adoption>,
     /// The step under way (for the error line).
     step: Option<Step>,
 }
@@ -170,6 +186,7 @@ impl<'a> Run<'a> {
             hooks,
             timeout,
             created: Vec::new(),
+            adopted: Vec::new(),
             step: None,
         }
     }
@@ -474,6 +491,13 @@ impl<'a> Run<'a> {
         };
         self.done(Step::ViewSecret)?;
 
+        self.begin(Step::AdoptLabels);
+        // Before the MeshCluster: once it exists, the first sync would strip what is adopted.
+        for adoption in &plan.preview.adopt {
+            self.adopt(adoption).await?;
+        }
+        self.done(Step::AdoptLabels)?;
+
         self.begin(Step::MeshCluster);
         let record = cluster_record(plan);
         self.ensure(Side::Primary, Manifest::new(&setup::mesh_cluster(&record))?)
@@ -633,6 +657,107 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Gives the primary's namespace the remote's managed labels, only if it still has none:
+    /// the write is conditional on the namespace as read.
+    async fn adopt(&mut self, adoption: &Adoption) -> Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.plan.primary.clone());
+        let name = &adoption.namespace;
+        let changed = || Error::Refused {
+            what: format!(
+                "namespace {name} changed on the primary while attaching (it has managed labels \
+                 now)"
+            ),
+            hint: "nothing is adopted over the primary's own labels; re-run attach to see the \
+                   new preview"
+                .into(),
+        };
+        let current = namespaces.get(name).await.map_err(Error::kube(format!(
+            "cannot read namespace {name} on the primary"
+        )))?;
+        if !self
+            .plan
+            .rule
+            .managed_of(current.metadata.labels.as_ref())
+            .is_empty()
+        {
+            return Err(changed());
+        }
+        let diff = LabelDiff {
+            namespace: name.clone(),
+            set: adoption.labels.clone(),
+            remove: Default::default(),
+        };
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        // Recorded first, as for created objects: an interrupted request may have landed.
+        self.adopted.push(adoption.clone());
+        match namespaces
+            .patch(
+                name,
+                &params,
+                &Patch::Json::<()>(diff.to_json_patch(&current)),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if remote::Failure::of(&e) == remote::Failure::Conflict => return Err(changed()),
+            Err(e) => {
+                return Err(Error::kube(format!(
+                    "cannot label namespace {name} on the primary"
+                ))(e));
+            }
+        }
+        self.progress.ok(format!(
+            "primary: namespace {name} adopted {} from {}",
+            diff.describe(),
+            self.plan.name
+        ));
+        Ok(())
+    }
+
+    /// Takes adopted labels off the primary again, where they are still as adopted.
+    async fn unadopt(&mut self) -> Vec<String> {
+        let namespaces: Api<Namespace> = Api::all(self.plan.primary.clone());
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        let mut left = Vec::new();
+        while let Some(adoption) = self.adopted.pop() {
+            let name = &adoption.namespace;
+            let patch = self
+                .plan
+                .rule
+                .guarded_patch(&adoption.labels, &Labels::new());
+            match namespaces
+                .patch(name, &params, &Patch::Json::<()>(patch))
+                .await
+            {
+                Ok(_) => self.progress.warn(format!(
+                    "rolled back: primary: namespace {name} adopts nothing"
+                )),
+                // Not as adopted (never written, or changed since): left as it is.
+                Err(e)
+                    if matches!(
+                        remote::Failure::of(&e),
+                        remote::Failure::Conflict
+                            | remote::Failure::Other
+                            | remote::Failure::NotFound
+                    ) => {}
+                Err(e) => {
+                    self.progress.fail(format!(
+                        "rollback: primary: namespace {name}: {}",
+                        remote::error_chain(&e)
+                    ));
+                    left.push(format!("primary: labels adopted on namespace {name}"));
+                }
+            }
+        }
+        left
+    }
+
     async fn remove_guard(&mut self) -> Result<()> {
         let name = self.plan.name.clone();
         let guard = Guard::new(mesh_core::cluster::RemoteGuard::Warn, "", "");
@@ -676,12 +801,12 @@ impl<'a> Run<'a> {
         let step = self.step.map_or("preparation", Step::name);
         let progress = self.progress;
         progress.fail(format!("step {step} failed: {}", what_of(&err)));
-        let undo = if self.created.is_empty() {
+        let undo = if self.created.is_empty() && self.adopted.is_empty() {
             "had created nothing, so nothing was rolled back"
         } else {
             "was rolled back"
         };
-        let mut left = Vec::new();
+        let mut left = self.unadopt().await;
         while let Some((side, m)) = self.created.pop() {
             let label = self.side_label(side).to_owned();
             let client = self.client(side).clone();

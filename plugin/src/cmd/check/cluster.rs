@@ -18,6 +18,7 @@ use mesh_core::{
     injection::{self, Readiness},
     labels::SyncRule,
     remote::error_chain,
+    sync::short_list,
 };
 
 use super::facts::{
@@ -34,6 +35,7 @@ use crate::{
     remote_setup as setup,
     sync_scope::Scope,
 };
+use mesh_core::token::{self, Standing};
 
 /// A token or certificate expiring sooner than this is a warning.
 const EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(24 * 7);
@@ -65,21 +67,40 @@ pub fn judge_mesh(facts: &MeshFacts, rule: &SyncRule, now: Timestamp) -> Vec<Sec
         MeshFacts::Attached(attached) => attached,
     };
     let primary_namespaces = attached.primary_namespaces.as_ref();
-    let mesh = Mesh {
-        clusters: &attached.clusters,
-        primary_uid: primary_namespaces
-            .ok()
-            .and_then(|m| m.get("kube-system"))
-            .and_then(|ns| ns.metadata.uid.as_deref()),
-        primary_namespaces: primary_namespaces.map_err(crate::Error::line),
-        rule,
-        now,
-    };
+    let primary_uid = primary_namespaces
+        .ok()
+        .and_then(|m| m.get("kube-system"))
+        .and_then(|ns| ns.metadata.uid.as_deref());
+    let primary_namespaces = primary_namespaces.map_err(crate::Error::line);
     attached
         .clusters
         .iter()
         .zip(&attached.remotes)
-        .map(|(cluster, facts)| judge(&mesh, cluster, facts))
+        .map(|(cluster, facts)| match rule.within(&cluster.spec.scope) {
+            // Judged by the rule narrowed to its scope, as the webhook syncs it.
+            Ok(scoped) => {
+                let mesh = Mesh {
+                    clusters: &attached.clusters,
+                    primary_uid,
+                    primary_namespaces: primary_namespaces.clone(),
+                    rule: &scoped,
+                    now,
+                };
+                judge(&mesh, cluster, facts)
+            }
+            Err(error) => Section {
+                name: format!("cluster {} ({})", cluster.name_any(), cluster.spec.server),
+                checks: vec![CheckResult::error(
+                    "its namespace scope can be used",
+                    error.to_string(),
+                    format!(
+                        "nothing is written to it until the scope is set again with kubectl \
+                         mesh scope {}",
+                        cluster.name_any()
+                    ),
+                )],
+            },
+        })
         .collect()
 }
 
@@ -194,6 +215,15 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
         }
         // Authenticated but not allowed to ask who it is: reachable all the same.
         Err(e) if refused(e) => checks.push(CheckResult::ok(what, None)),
+        Err(e) if e.is_forbidden() && expired_token(stored, mesh.now).is_some() => {
+            let when = expired_token(stored, mesh.now).unwrap_or_default();
+            checks.push(CheckResult::error(
+                what,
+                format!("the stored token {when}; {e}"),
+                format!("`kubectl mesh rotate {name}` issues a new one"),
+            ));
+            return section(checks);
+        }
         Err(e) => {
             let hint = if e.is_forbidden() {
                 format!("the remote refused the token (revoked or expired); {reattach}")
@@ -221,7 +251,7 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
     } = reads;
     checks.push(identity_result(mesh, cluster, kube_system));
     checks.push(rights_result(&name, rights, &reattach));
-    checks.push(token_result(stored, mesh.now, &reattach));
+    checks.push(token_result(stored, mesh.now, &name));
     checks.push(drift_result(mesh, &name, namespaces));
     checks.push(injection_result(mesh, &name, namespaces, injectors));
     if let ViewFacts::Read {
@@ -355,10 +385,21 @@ fn rights_result(
     }
 }
 
-/// The stored token's expiry, read from its JWT `exp` claim (service-account tokens are JWTs;
-/// a legacy token Secret's has none and never expires).
-fn token_result(stored: &Kubeconfig, now: Timestamp, reattach: &str) -> CheckResult {
+/// "expired 5m ago" when the stored token's `exp` has passed.
+fn expired_token(stored: &Kubeconfig, now: Timestamp) -> Option<String> {
+    match token_expiry(&stored_token(stored)?) {
+        TokenExpiry::At(exp) if exp <= now => Some(age::until(exp, now)),
+        _ => None,
+    }
+}
+
+/// The stored token's expiry, read from its JWT claims (service-account tokens are JWTs; a
+/// legacy token Secret's has no `exp` and never expires). A time-bound token is worth a
+/// warning once less than a fifth of its lifetime is left (the webhook renews it well
+/// before); one without `iat`, a week before it expires.
+fn token_result(stored: &Kubeconfig, now: Timestamp, name: &str) -> CheckResult {
     let what = "credentials do not expire soon";
+    let rotate = format!("`kubectl mesh rotate {name}` issues a new one");
     let Some(token) = stored_token(stored) else {
         return CheckResult::ok(what, Some("client certificate".into()));
     };
@@ -368,15 +409,24 @@ fn token_result(stored: &Kubeconfig, now: Timestamp, reattach: &str) -> CheckRes
             CheckResult::warning(what, "the token is not a JWT; its expiry is unknown", "")
         }
         TokenExpiry::At(exp) => {
-            let left = exp.duration_since(now);
+            let claims = token::claims(&token).unwrap_or_default();
             let when = age::until(exp, now);
-            if left.is_negative() {
-                CheckResult::error(what, format!("the token {when}"), reattach.to_owned())
-            } else if left < EXPIRY_WARNING {
+            let low = match claims.lifetime() {
+                Some(_) => claims.standing(now) == Standing::Low,
+                None => exp.duration_since(now) < EXPIRY_WARNING,
+            };
+            if claims.standing(now) == Standing::Expired {
+                CheckResult::error(what, format!("the token {when}"), rotate)
+            } else if low {
+                let renewed = if claims.lifetime().is_some() {
+                    " (less than a fifth of its lifetime left: is the webhook renewing it?)"
+                } else {
+                    ""
+                };
                 CheckResult::warning(
                     what,
-                    format!("the token expires {when} ({exp:.0})"),
-                    format!("{reattach} before then"),
+                    format!("the token expires {when} ({exp:.0}){renewed}"),
+                    rotate,
                 )
             } else {
                 CheckResult::ok(what, Some(format!("token expires {when}")))
@@ -411,7 +461,7 @@ fn drift_result(
     };
     // The very plan a sync would carry out.
     let plan = mesh.rule.plan(primary, namespaces);
-    let missing = if plan.missing.is_empty() {
+    let mut missing = if plan.missing.is_empty() {
         String::new()
     } else {
         format!(
@@ -420,6 +470,12 @@ fn drift_result(
             plan.missing.join(", ")
         )
     };
+    if !plan.out_of_scope.is_empty() {
+        missing.push_str(&format!(
+            "; out of scope: {}",
+            short_list(&plan.out_of_scope, 5)
+        ));
+    }
     if plan.changes.is_empty() {
         CheckResult::ok(
             what,
@@ -482,7 +538,7 @@ fn injection_result(
     let (mut served, mut unserved, mut conflicts) = (0, Vec::new(), Vec::new());
     for ns in namespaces {
         let ns_name = ns.name_any();
-        if mesh.rule.is_excluded(&ns_name) {
+        if !mesh.rule.covers(ns) {
             continue;
         }
         let labels = mesh
@@ -577,7 +633,7 @@ fn pods_result(
     let (mut checked, mut contrary, mut where_) = (0, 0, Vec::new());
     for ns in namespaces {
         let ns_name = ns.name_any();
-        if mesh.rule.is_excluded(&ns_name) {
+        if !mesh.rule.covers(ns) {
             continue;
         }
         let Some(here) = pods.get(&ns_name) else {
@@ -948,20 +1004,52 @@ mod tests {
             kubeconfig::build_stored_kubeconfig("east", "https://1.2.3.4", None, token)
         };
         let at = |s: i64| jwt(serde_json::json!({"exp": now.as_second() + s}));
-        let r = token_result(&stored(&at(3600)), now, "re-attach");
+        let r = token_result(&stored(&at(3600)), now, "east");
         assert_eq!(r.result, Outcome::Warning);
         assert_eq!(
             r.detail.as_deref(),
             Some("the token expires in 60m (2026-03-01T01:00:00Z)")
         );
-        assert_eq!(
-            token_result(&stored(&at(-60)), now, "x").result,
-            Outcome::Error
+        assert!(
+            r.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("kubectl mesh rotate east"))
+        );
+        let r = token_result(&stored(&at(-60)), now, "east");
+        assert_eq!(r.result, Outcome::Error);
+        assert!(
+            r.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("kubectl mesh rotate east"))
         );
         assert_eq!(
             token_result(&stored(&at(90 * 86_400)), now, "x").result,
             Outcome::Ok
         );
+        // A time-bound token of a day: fine with 5h left, a warning below a fifth (4.8h).
+        let bound = |left: i64| {
+            jwt(serde_json::json!({
+                "iat": now.as_second() + left - 86_400,
+                "exp": now.as_second() + left,
+            }))
+        };
+        assert_eq!(
+            token_result(&stored(&bound(5 * 3600)), now, "x").result,
+            Outcome::Ok
+        );
+        assert_eq!(
+            token_result(&stored(&bound(4 * 3600)), now, "x").result,
+            Outcome::Warning
+        );
+        assert_eq!(
+            token_result(&stored(&bound(-1)), now, "x").result,
+            Outcome::Error
+        );
+        assert_eq!(
+            expired_token(&stored(&bound(-1)), now).as_deref(),
+            Some("expired 1s ago")
+        );
+        assert_eq!(expired_token(&stored(&bound(60)), now), None);
         let r = token_result(&stored(&jwt(serde_json::json!({}))), now, "x");
         assert_eq!(
             (r.result, r.detail.as_deref()),
@@ -978,6 +1066,7 @@ mod tests {
             primary_name: primary.unwrap_or_default().into(),
             remote_namespace_created: true,
             remote_context: "east".into(),
+            scope: Default::default(),
         });
         mc.spec.primary_name = primary.map(str::to_owned);
         mc

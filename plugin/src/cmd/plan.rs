@@ -1,0 +1,137 @@
+//! `kubectl mesh plan`: what a sync would change on every remote now, changing nothing.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use serde::Serialize;
+
+use crate::{
+    Context, Error, Result,
+    mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
+    output::{self, OutputFormat},
+    preview::Preview,
+};
+
+/// Exit status when a sync would change something, as `terraform plan -detailed-exitcode`.
+pub const CHANGES_EXIT_CODE: u8 = 2;
+
+/// Show what a sync would change on every remote now, changing nothing.
+///
+/// Per cluster: labels added, changed and removed per namespace, the namespaces only the
+/// remote has, and those its scope leaves alone. Exits 0 when every remote is converged, 2 when a sync would write, 1 when a cluster
+/// could not be read.
+#[derive(Debug, clap::Args)]
+pub struct Plan {
+    /// Only this cluster (repeatable) [default: all].
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Vec<String>,
+    /// Connect and read timeout of each call to a remote.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
+    pub remote_timeout: Duration,
+}
+
+/// One cluster's plan, or why there is none.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum ClusterPlan {
+    Read(Preview),
+    Failed { cluster: String, error: String },
+}
+
+impl Plan {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Context) -> Result<()> {
+        let Self {
+            cluster,
+            remote_timeout,
+        } = self;
+        let client = ctx.client().await?;
+        let mut clusters = mesh_state::select(mesh_state::clusters(&client).await?, &cluster)?;
+        // As sync: a cluster being detached is synced no more.
+        clusters.retain(|c| c.metadata.deletion_timestamp.is_none());
+        if clusters.is_empty() {
+            ctx.progress.info(super::list::NO_CLUSTERS);
+            return Ok(());
+        }
+        let (rule, primary) = tokio::try_join!(
+            mesh_state::rule(&client),
+            mesh_state::primary_namespaces(&client)
+        )?;
+        let plans = mesh_state::for_each(&clusters, |c| {
+            let (client, primary, rule) = (&client, &primary, &rule);
+            async move {
+                let name = c.name_any();
+                let read = async {
+                    let rule = mesh_state::scoped_rule(rule, c).map_err(|e| e.line())?;
+                    let remote = mesh_state::remote_client(client, c, remote_timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let namespaces = mesh_state::remote_namespaces(&remote, remote_timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(Preview::compute(&name, &rule, primary, &namespaces, false))
+                };
+                match read.await {
+                    Ok(preview) => ClusterPlan::Read(preview),
+                    Err(error) => ClusterPlan::Failed {
+                        cluster: name,
+                        error,
+                    },
+                }
+            }
+        })
+        .await;
+
+        let text = match ctx.output {
+            OutputFormat::Table | OutputFormat::Wide => render_text(&plans),
+            format => {
+                let values = plans
+                    .iter()
+                    .map(serde_json::to_value)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| Error::Serialize {
+                        format: "JSON",
+                        source: Box::new(source),
+                    })?;
+                output::render_values(format, &values)?
+            }
+        };
+        output::print_stdout(&text)?;
+
+        let failed: Vec<&str> = plans
+            .iter()
+            .filter_map(|p| match p {
+                ClusterPlan::Failed { cluster, .. } => Some(cluster.as_str()),
+                ClusterPlan::Read(_) => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            return Err(Error::Refused {
+                what: format!("cannot plan {}", failed.join(", ")),
+                hint: "see the lines above; `kubectl mesh check` diagnoses a cluster".into(),
+            });
+        }
+        let changes = plans
+            .iter()
+            .any(|p| matches!(p, ClusterPlan::Read(preview) if preview.has_changes()));
+        if changes {
+            return Err(Error::Exit(CHANGES_EXIT_CODE));
+        }
+        Ok(())
+    }
+}
+
+fn render_text(plans: &[ClusterPlan]) -> String {
+    let mut text = String::new();
+    for plan in plans {
+        let lines = match plan {
+            ClusterPlan::Read(preview) => preview.lines(),
+            ClusterPlan::Failed { cluster, error } => vec![format!("{cluster}: {error}")],
+        };
+        for line in lines {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    text
+}
