@@ -53,6 +53,16 @@ pub fn enable_command(cluster: &str) -> String {
 /// Finds `cluster`'s view credentials on the primary: its view Secret, else its Istio remote
 /// secret. A Secret the caller may not read counts as absent.
 pub async fn credentials(primary: &Client, cluster: &str, timeout: Duration) -> Credentials {
+    credentials_with(primary, cluster, &mesh_state::remote_options(timeout)).await
+}
+
+/// [`credentials`] with a client of these timeouts (a watch needs a read timeout longer than
+/// its quiet periods).
+pub async fn credentials_with(
+    primary: &Client,
+    cluster: &str,
+    options: &remote::RemoteOptions,
+) -> Credentials {
     let read = |namespace: &str, name: String| {
         let api = Api::<Secret>::namespaced(primary.clone(), namespace);
         async move { api.get_opt(&name).await.ok().flatten() }
@@ -79,13 +89,7 @@ pub async fn credentials(primary: &Client, cluster: &str, timeout: Duration) -> 
         };
     };
     // Through the rule of stored kubeconfigs, as every remote client is built.
-    match remote::client_from_kubeconfig(
-        &secret.name_any(),
-        &yaml,
-        &mesh_state::remote_options(timeout),
-    )
-    .await
-    {
+    match remote::client_from_kubeconfig(&secret.name_any(), &yaml, options).await {
         Ok(client) => Credentials::Found { source, client },
         Err(e) => Credentials::Unusable {
             source,

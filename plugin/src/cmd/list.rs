@@ -66,7 +66,7 @@ async fn token_expiries(
 }
 
 /// The expiry of the token in a stored-kubeconfig Secret.
-fn expiry_of(secret: Option<&Secret>) -> TokenExpiry {
+pub fn expiry_of(secret: Option<&Secret>) -> TokenExpiry {
     secret
         .and_then(|s| s.data.as_ref()?.get(KUBECONFIG_KEY))
         .and_then(|yaml| std::str::from_utf8(&yaml.0).ok())

@@ -1,0 +1,133 @@
+// Renders the snapshots the server pushes (server-sent events): nothing is polled, nothing
+// is written. Text goes in with textContent only, never as HTML.
+'use strict';
+
+const MAX_SERVICE_ROWS = 500;
+let state = null;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null) continue;
+    if (key === 'class') node.className = value;
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function fill(tbody, rows) {
+  tbody.replaceChildren(...rows);
+}
+
+function labelsText(labels) {
+  const pairs = Object.entries(labels || {}).map(([k, v]) => `${k}=${v}`);
+  return pairs.length ? pairs.join(',') : '-';
+}
+
+function renderClusters() {
+  const rows = state.clusters.map((c) => el('tr', { 'data-cluster': c.name, 'data-reachability': c.reachability },
+    el('td', {}, c.name),
+    el('td', { class: `state-${c.reachability}`, title: c.error || '' },
+      c.error ? `${c.reachability}: ${c.error}` : c.reachability),
+    el('td', {}, c.reachableCondition),
+    el('td', {}, c.syncedCondition),
+    el('td', { class: 'num' }, c.inSync),
+    el('td', { class: 'num' }, c.drifted),
+    el('td', { class: 'num' }, c.missing),
+    el('td', {}, c.lastSync),
+    el('td', {}, c.tokenExpiry),
+    el('td', { class: `state-${c.view === 'none' || c.view === 'failed' ? 'failed' : 'read'}`, title: c.viewHint || '' },
+      c.viewHint ? `${c.view}: ${c.viewHint}` : c.view)));
+  fill(document.querySelector('#clusters tbody'), rows);
+}
+
+function renderMatrix() {
+  const matrix = state.matrix;
+  const head = el('tr', {}, el('th', {}, 'Namespace'), el('th', {}, 'primary'),
+    ...matrix.clusters.map((c) => el('th', {}, c.name)));
+  document.querySelector('#matrix thead').replaceChildren(head);
+  const rows = matrix.namespaces.map((row) => el('tr', { 'data-ns': row.name },
+    el('td', {}, row.name),
+    el('td', { 'data-ns': row.name, 'data-cluster': 'primary', 'data-state': row.primary.exists ? 'present' : 'absent' },
+      row.primary.exists ? labelsText(row.primary.labels) : '(absent)'),
+    ...matrix.clusters.map((c) => {
+      const cell = row.clusters[c.name];
+      const st = cell ? cell.state : 'unreachable';
+      let text;
+      if (st === 'missing' || st === 'absent' || st === 'unreachable') text = `(${st})`;
+      else if (st === 'drifted') text = `${labelsText(cell.labels)} (drift)`;
+      else if (st === 'excluded') text = `${labelsText(cell.labels)} (excluded)`;
+      else text = labelsText(cell.labels);
+      return el('td', { class: `state-${st}`, 'data-ns': row.name, 'data-cluster': c.name, 'data-state': st }, text);
+    })));
+  fill(document.querySelector('#matrix tbody'), rows);
+}
+
+function serviceCell(column, row) {
+  const cell = row.clusters[column.name];
+  if (!cell) {
+    const text = { 'no-credentials': '(no view credentials)', failed: '(cannot read)', unreachable: '(unreachable)' }[column.state] || '-';
+    return el('td', { class: `state-${column.state === 'no-credentials' ? 'failed' : column.state}`, 'data-cluster': column.name, title: column.enable || column.error || '' }, text);
+  }
+  let text = cell.exists ? `${cell.readyEndpoints} ready` : '-';
+  if (cell.injected) text += ' (injected)';
+  if (cell.pods) text += ` · pods ${cell.pods.withProxy} with proxy, ${cell.pods.withoutProxy} without`;
+  return el('td', { 'data-cluster': column.name, class: cell.exists ? '' : 'state-absent' }, text);
+}
+
+function renderServices() {
+  if (!state) return;
+  const report = state.services;
+  const head = el('tr', {}, el('th', {}, 'Namespace'), el('th', {}, 'Name'), el('th', {}, 'Type'), el('th', {}, 'Ports'),
+    ...report.clusters.map((c) => el('th', {}, c.name)));
+  document.querySelector('#services thead').replaceChildren(head);
+  const filter = document.getElementById('filter').value.trim();
+  const matching = report.services.filter((s) => !filter || `${s.namespace}/${s.name}`.includes(filter));
+  const rows = matching.slice(0, MAX_SERVICE_ROWS).map((s) => {
+    const ports = s.ports.map((p) => (p.name ? `${p.name}:` : '') + `${p.port}/${p.protocol}`).join(',') || '-';
+    return el('tr', { 'data-service': `${s.namespace}/${s.name}` },
+      el('td', {}, s.namespace), el('td', {}, s.name), el('td', {}, s.type),
+      el('td', { class: s.portsMatch ? '' : 'differ' }, s.portsMatch ? ports : `${ports} (differ)`),
+      ...report.clusters.map((c) => serviceCell(c, s)));
+  });
+  fill(document.querySelector('#services tbody'), rows);
+  const more = matching.length - rows.length;
+  document.getElementById('services-more').textContent =
+    more > 0 ? `${more} more services; filter to narrow` : `${matching.length} services`;
+}
+
+function renderEvents() {
+  const rows = state.events.map((e) => el('tr', { 'data-reason': e.reason },
+    el('td', {}, e.time), el('td', {}, e.type), el('td', {}, e.reason), el('td', {}, e.object),
+    el('td', {}, e.count > 1 ? `${e.note} (x${e.count})` : e.note)));
+  fill(document.querySelector('#events tbody'), rows);
+}
+
+function render() {
+  renderClusters();
+  renderMatrix();
+  renderServices();
+  renderEvents();
+  const error = document.getElementById('primary-error');
+  error.hidden = !state.primaryError;
+  error.textContent = state.primaryError ? `The primary cannot be read: ${state.primaryError}` : '';
+  document.getElementById('updated').textContent = `updated ${state.generatedAt}`;
+}
+
+function connection(name) {
+  const node = document.getElementById('connection');
+  node.dataset.state = name;
+  node.textContent = name;
+}
+
+const source = new EventSource('/events');
+source.addEventListener('state', (event) => {
+  state = JSON.parse(event.data);
+  render();
+  connection('live');
+});
+source.addEventListener('error', () => connection('reconnecting'));
+document.getElementById('filter').addEventListener('input', renderServices);

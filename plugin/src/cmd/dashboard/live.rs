@@ -1,0 +1,734 @@
+//! The mesh as the dashboard shows it, kept current by watches: the primary's namespaces,
+//! services, EndpointSlices, pods, MeshClusters and the webhook's Events; per remote, its
+//! namespaces (stored sync credentials) and its services, EndpointSlices and pods (view
+//! credentials), and whether it answers now. Every watched object is reduced on arrival to
+//! what the page needs ([`ClusterFacts`], a namespace's name and labels), so a mesh of
+//! thousands of services fits in a few megabytes.
+//!
+//! Each change marks the state dirty; one task turns it into a JSON snapshot at most every
+//! [`SETTLE`], with the same judges the CLI uses ([`StatusReport`], [`ServicesReport`]), and
+//! hands it to every open page.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use jiff::Timestamp;
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Secret, Service},
+    discovery::v1::EndpointSlice,
+    events::v1::Event,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::MeshCluster,
+    labels::SyncRule,
+    remote::{self, RemoteOptions},
+};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::cmd::list::{ClusterRow, expiry_of};
+use crate::cmd::services::{
+    self, ClusterFacts, ClusterRead, Key, PRIMARY, ReadState, ServicesReport,
+};
+use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
+use crate::credentials::TokenExpiry;
+use crate::view;
+
+/// How long changes may gather before a snapshot is sent: a burst of events (a relist of
+/// thousands of objects) becomes one update, and a single change still shows at once.
+pub const SETTLE: Duration = Duration::from_millis(250);
+
+/// How often each remote is asked whether it answers, and how long it has to answer.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Watches ask the server to end them after this long; clients read for longer, so a quiet
+/// watch is not mistaken for a dead server.
+const WATCH_SECONDS: u32 = 50;
+const WATCH_CLIENT: RemoteOptions = RemoteOptions {
+    connect_timeout: Duration::from_secs(5),
+    read_timeout: Duration::from_secs(70),
+};
+
+/// The Events kept, newest first.
+const MAX_EVENTS: usize = 50;
+
+/// The controller name the webhook records its Events with.
+const WEBHOOK_CONTROLLER: &str = "mesh-webhook";
+
+/// State shared by the watch tasks and the snapshot task.
+pub struct Shared {
+    live: Mutex<Live>,
+    dirty: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Live> {
+        // A panicking watch task cannot leave the maps half-written in a way that matters to a
+        // read-only page: keep serving.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Live)) {
+        f(&mut self.lock());
+        self.dirty.notify_one();
+    }
+}
+
+/// Everything watched, reduced.
+struct Live {
+    rule: SyncRule,
+    primary_namespaces: BTreeMap<String, Namespace>,
+    primary_facts: ClusterFacts,
+    primary_error: Option<String>,
+    clusters: BTreeMap<String, MeshCluster>,
+    remotes: BTreeMap<String, RemoteLive>,
+    events: BTreeMap<Key, EventRow>,
+}
+
+/// One remote.
+#[derive(Default)]
+struct RemoteLive {
+    /// `None` until first asked; then whether it answered, or why not.
+    probe: Option<Result<(), String>>,
+    namespaces: Option<BTreeMap<String, Namespace>>,
+    namespaces_error: Option<String>,
+    view: ViewState,
+    facts: ClusterFacts,
+    expiry: Option<TokenExpiry>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RemoteLive {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Whether a remote's services can be read.
+#[derive(Clone, Debug, Default)]
+enum ViewState {
+    #[default]
+    Pending,
+    NoCredentials,
+    Failed(String),
+    Read(view::Source),
+}
+
+/// A webhook Event, as the page lists it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRow {
+    pub time: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    /// `Namespace shop`, `MeshCluster remote-1`.
+    pub object: String,
+    pub note: String,
+    pub count: i32,
+}
+
+/// What the page receives.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Snapshot<'a> {
+    generated_at: String,
+    primary_error: Option<&'a str>,
+    clusters: Vec<ClusterInfo>,
+    matrix: StatusReport,
+    services: ServicesReport,
+    events: Vec<&'a EventRow>,
+}
+
+/// One remote in the clusters table.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterInfo {
+    name: String,
+    server: String,
+    /// `reachable`, `unreachable` or `unknown` (not asked yet), as seen from here now.
+    reachability: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// The webhook's conditions and counts (MeshCluster status).
+    reachable_condition: String,
+    synced_condition: String,
+    in_sync: String,
+    drifted: String,
+    missing: String,
+    last_sync: String,
+    token_expiry: String,
+    /// `view`, `istio-reader`, `none` or `failed`.
+    view: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view_hint: Option<String>,
+}
+
+impl Live {
+    /// The snapshot as JSON. Facts are moved out and back rather than cloned: a mesh of tens
+    /// of thousands of services would otherwise double its memory at every update.
+    fn snapshot(&mut self) -> String {
+        let now = Timestamp::now();
+        let clusters: Vec<ClusterInfo> = self
+            .clusters
+            .values()
+            .map(|c| {
+                let name = c.name_any();
+                let remote = self.remotes.get(&name);
+                let expiry = remote
+                    .and_then(|r| r.expiry)
+                    .unwrap_or(TokenExpiry::Unknown);
+                let row = ClusterRow::new(c, expiry, now);
+                let (reachability, error) = match remote.and_then(|r| r.probe.as_ref()) {
+                    None => ("unknown", None),
+                    Some(Ok(())) => ("reachable", None),
+                    Some(Err(e)) => ("unreachable", Some(e.clone())),
+                };
+                let (view, view_hint) = match remote.map(|r| &r.view) {
+                    None | Some(ViewState::Pending) => ("pending".to_owned(), None),
+                    Some(ViewState::NoCredentials) => {
+                        ("none".to_owned(), Some(view::enable_command(&name)))
+                    }
+                    Some(ViewState::Failed(e)) => ("failed".to_owned(), Some(e.clone())),
+                    Some(ViewState::Read(source)) => (source.to_string(), None),
+                };
+                ClusterInfo {
+                    name,
+                    server: row.server,
+                    reachability,
+                    error,
+                    reachable_condition: row.reachable,
+                    synced_condition: row.synced,
+                    in_sync: row.in_sync,
+                    drifted: row.drifted,
+                    missing: row.missing,
+                    last_sync: row.last_sync,
+                    token_expiry: row.token_expiry,
+                    view,
+                    view_hint,
+                }
+            })
+            .collect();
+
+        let names: Vec<String> = self.clusters.keys().cloned().collect();
+        let views: Vec<RemoteView> = names
+            .iter()
+            .map(|name| {
+                let remote = self.remotes.get(name);
+                let namespaces = match remote {
+                    None => Err("not read yet".to_owned()),
+                    Some(r) => match (&r.probe, &r.namespaces) {
+                        (Some(Err(e)), _) => Err(e.clone()),
+                        (_, Some(map)) => Ok(map.values().cloned().collect()),
+                        (_, None) => Err(r
+                            .namespaces_error
+                            .clone()
+                            .unwrap_or_else(|| "not read yet".to_owned())),
+                    },
+                };
+                RemoteView {
+                    name: name.clone(),
+                    scope: self
+                        .clusters
+                        .get(name)
+                        .map(|c| c.spec.scope.clone())
+                        .unwrap_or_default(),
+                    namespaces,
+                    injectors: None,
+                    pods: PodsRead::NotAsked,
+                }
+            })
+            .collect();
+        let matrix = StatusReport::compute(&self.rule, &self.primary_namespaces, &views, &[]);
+
+        let mut primary_facts = std::mem::take(&mut self.primary_facts);
+        primary_facts.injection = Some(injection_of(&self.primary_namespaces));
+        let mut reads = vec![ClusterRead {
+            name: PRIMARY.to_owned(),
+            state: ReadState::Read(primary_facts),
+        }];
+        for name in &names {
+            let state = match self.remotes.get_mut(name) {
+                None => ReadState::Unreachable {
+                    error: "not read yet".into(),
+                },
+                Some(r) => match (&r.probe, &r.view) {
+                    (Some(Err(e)), _) => ReadState::Unreachable { error: e.clone() },
+                    (_, ViewState::Pending) => ReadState::Unreachable {
+                        error: "not read yet".into(),
+                    },
+                    (_, ViewState::NoCredentials) => ReadState::NoCredentials {
+                        enable: view::enable_command(name),
+                    },
+                    (_, ViewState::Failed(error)) => ReadState::Failed {
+                        credentials: "view".into(),
+                        error: error.clone(),
+                    },
+                    (_, ViewState::Read(_)) => {
+                        let mut facts = std::mem::take(&mut r.facts);
+                        facts.injection = r.namespaces.as_ref().map(injection_of);
+                        ReadState::Read(facts)
+                    }
+                },
+            };
+            reads.push(ClusterRead {
+                name: name.clone(),
+                state,
+            });
+        }
+        let services = ServicesReport::compute(&reads);
+        for read in reads {
+            if let ReadState::Read(facts) = read.state {
+                match self.remotes.get_mut(&read.name) {
+                    Some(r) if read.name != PRIMARY => r.facts = facts,
+                    _ => self.primary_facts = facts,
+                }
+            }
+        }
+
+        let mut events: Vec<&EventRow> = self.events.values().collect();
+        events.sort_by(|a, b| b.time.cmp(&a.time));
+        events.truncate(MAX_EVENTS);
+        let snapshot = Snapshot {
+            generated_at: now.to_string(),
+            primary_error: self.primary_error.as_deref(),
+            clusters,
+            matrix,
+            services,
+            events,
+        };
+        // Plain data: serializing cannot fail.
+        serde_json::to_string(&snapshot).unwrap_or_default()
+    }
+}
+
+/// Namespaces whose labels ask for sidecars, as [`ClusterFacts::injection`] holds them.
+fn injection_of(namespaces: &BTreeMap<String, Namespace>) -> BTreeMap<String, String> {
+    namespaces
+        .iter()
+        .filter_map(|(name, ns)| Some((name.clone(), services::extract_injection(ns)?)))
+        .collect()
+}
+
+/// A watch event, as the reducers see it.
+enum Change<K> {
+    /// A relist starts: what it does not list again is gone.
+    Restart,
+    Apply(K),
+    Delete(K),
+    /// The relist ended.
+    Listed,
+    Failed(String),
+}
+
+/// Applies a watch of `api` to the shared state through `on`, forever (the watcher retries
+/// with backoff).
+async fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    shared: Arc<Shared>,
+    mut on: impl FnMut(&mut Live, Change<K>) + Send,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let stream = watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        let change = match event {
+            Ok(watcher::Event::Init) => Change::Restart,
+            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => Change::Apply(o),
+            Ok(watcher::Event::Delete(o)) => Change::Delete(o),
+            Ok(watcher::Event::InitDone) => Change::Listed,
+            Err(e) => Change::Failed(remote::error_chain(&e)),
+        };
+        shared.update(|live| on(live, change));
+    }
+}
+
+/// A map kept equal to a watched collection: keys not listed again after a restart go.
+struct Relist<Q> {
+    seen: Option<BTreeSet<Q>>,
+}
+
+impl<Q> Default for Relist<Q> {
+    fn default() -> Self {
+        Self { seen: None }
+    }
+}
+
+impl<Q: Ord + Clone> Relist<Q> {
+    fn apply<V, K: kube::Resource>(
+        &mut self,
+        map: &mut BTreeMap<Q, V>,
+        change: Change<K>,
+        reduce: impl Fn(&K) -> Option<(Q, V)>,
+    ) {
+        match change {
+            Change::Restart => self.seen = Some(BTreeSet::new()),
+            Change::Apply(o) => {
+                if let Some((key, value)) = reduce(&o) {
+                    if let Some(seen) = &mut self.seen {
+                        seen.insert(key.clone());
+                    }
+                    map.insert(key, value);
+                }
+            }
+            Change::Delete(o) => {
+                if let Some((key, _)) = reduce(&o) {
+                    map.remove(&key);
+                }
+            }
+            Change::Listed => {
+                if let Some(seen) = self.seen.take() {
+                    map.retain(|k, _| seen.contains(k));
+                }
+            }
+            Change::Failed(_) => {}
+        }
+    }
+}
+
+/// A namespace reduced to its name, labels and deletion mark: what the sync rule reads.
+fn reduce_namespace(ns: &Namespace) -> Option<(String, Namespace)> {
+    let mut small = Namespace::default();
+    small.metadata.name = ns.metadata.name.clone();
+    small.metadata.labels = ns.metadata.labels.clone();
+    small.metadata.deletion_timestamp = ns.metadata.deletion_timestamp.clone();
+    Some((ns.metadata.name.clone()?, small))
+}
+
+/// A webhook Event, or `None` for anyone else's.
+fn reduce_event(event: &Event) -> Option<(Key, EventRow)> {
+    if event.reporting_controller.as_deref() != Some(WEBHOOK_CONTROLLER) {
+        return None;
+    }
+    let time = event
+        .series
+        .as_ref()
+        .map(|s| s.last_observed_time.0.to_string())
+        .or_else(|| event.event_time.as_ref().map(|t| t.0.to_string()))
+        .or_else(|| {
+            event
+                .deprecated_last_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+        })
+        .unwrap_or_default();
+    let regarding = event.regarding.as_ref();
+    Some((
+        (event.namespace()?, event.metadata.name.clone()?),
+        EventRow {
+            time,
+            type_: event.type_.clone().unwrap_or_default(),
+            reason: event.reason.clone().unwrap_or_default(),
+            object: format!(
+                "{} {}",
+                regarding.and_then(|r| r.kind.clone()).unwrap_or_default(),
+                regarding.and_then(|r| r.name.clone()).unwrap_or_default()
+            ),
+            note: event.note.clone().unwrap_or_default(),
+            count: event.series.as_ref().map_or(1, |s| s.count),
+        },
+    ))
+}
+
+/// Watches the services, EndpointSlices and pods of one cluster into the facts `facts`
+/// selects in the live state.
+fn watch_workloads(
+    client: &Client,
+    shared: &Arc<Shared>,
+    facts: impl Fn(&mut Live) -> Option<&mut ClusterFacts> + Clone + Send + Sync + 'static,
+) -> Vec<JoinHandle<()>> {
+    let config = || watcher::Config::default().timeout(WATCH_SECONDS);
+    let mut tasks = Vec::new();
+    let f = facts.clone();
+    let mut relist = Relist::default();
+    tasks.push(tokio::spawn(follow(
+        Api::<Service>::all(client.clone()),
+        config(),
+        shared.clone(),
+        move |live, change| {
+            if let Some(facts) = f(live) {
+                relist.apply(&mut facts.services, change, services::extract_service);
+            }
+        },
+    )));
+    let f = facts.clone();
+    let mut relist = Relist::default();
+    tasks.push(tokio::spawn(follow(
+        Api::<EndpointSlice>::all(client.clone()),
+        config(),
+        shared.clone(),
+        move |live, change| {
+            if let Some(facts) = f(live) {
+                relist.apply(&mut facts.slices, change, services::extract_slice);
+            }
+        },
+    )));
+    let mut relist = Relist::default();
+    tasks.push(tokio::spawn(follow(
+        Api::<Pod>::all(client.clone()),
+        config(),
+        shared.clone(),
+        move |live, change| {
+            if let Some(facts) = facts(live) {
+                let pods = facts.pods.get_or_insert_with(BTreeMap::new);
+                relist.apply(pods, change, services::extract_pod);
+            }
+        },
+    )));
+    tasks
+}
+
+/// Starts every watch of the primary and of the remotes it lists; returns the snapshots,
+/// the first one once the primary's namespaces are listed.
+pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Arc<String>> {
+    let shared = Arc::new(Shared {
+        live: Mutex::new(Live {
+            rule,
+            primary_namespaces: BTreeMap::new(),
+            primary_facts: ClusterFacts {
+                pods: Some(BTreeMap::new()),
+                injection: Some(BTreeMap::new()),
+                ..ClusterFacts::default()
+            },
+            primary_error: None,
+            clusters: BTreeMap::new(),
+            remotes: BTreeMap::new(),
+            events: BTreeMap::new(),
+        }),
+        dirty: Notify::new(),
+    });
+    let (tx, rx) = watch::channel(Arc::new(String::new()));
+
+    // The primary's namespaces: the matrix's rows and the primary's injection.
+    let mut relist = Relist::default();
+    tokio::spawn(follow(
+        Api::<Namespace>::all(primary.clone()),
+        watcher::Config::default(),
+        shared.clone(),
+        move |live, change| {
+            if let Change::Failed(e) = &change {
+                live.primary_error = Some(e.clone());
+            } else {
+                live.primary_error = None;
+            }
+            relist.apply(&mut live.primary_namespaces, change, reduce_namespace);
+        },
+    ));
+    for task in watch_workloads(&primary, &shared, |live| Some(&mut live.primary_facts)) {
+        drop(task);
+    }
+    let mut relist = Relist::default();
+    tokio::spawn(follow(
+        Api::<Event>::all(primary.clone()),
+        watcher::Config::default(),
+        shared.clone(),
+        move |live, change| {
+            relist.apply(&mut live.events, change, reduce_event);
+            // Oldest first out: the page shows the latest only.
+            while live.events.len() > MAX_EVENTS * 4 {
+                let oldest = live
+                    .events
+                    .iter()
+                    .min_by(|a, b| a.1.time.cmp(&b.1.time))
+                    .map(|(k, _)| k.clone());
+                match oldest {
+                    Some(k) => live.events.remove(&k),
+                    None => break,
+                };
+            }
+        },
+    ));
+
+    // MeshClusters: their status, and the watches of each remote while it is attached.
+    let clusters_shared = shared.clone();
+    let client = primary.clone();
+    let mut listed: Option<BTreeSet<String>> = None;
+    tokio::spawn(follow(
+        Api::<MeshCluster>::all(primary.clone()),
+        watcher::Config::default(),
+        shared.clone(),
+        move |live, change| match change {
+            Change::Restart => listed = Some(BTreeSet::new()),
+            Change::Apply(mut cluster) => {
+                cluster.metadata.managed_fields = None;
+                let name = cluster.name_any();
+                if let Some(listed) = &mut listed {
+                    listed.insert(name.clone());
+                }
+                let credentials_changed = live
+                    .clusters
+                    .get(&name)
+                    .is_none_or(|old| old.spec.secret_name != cluster.spec.secret_name);
+                if credentials_changed || !live.remotes.contains_key(&name) {
+                    let tasks = watch_remote(&client, &clusters_shared, &cluster);
+                    let mut remote = RemoteLive::default();
+                    remote.tasks = tasks;
+                    live.remotes.insert(name.clone(), remote);
+                }
+                live.clusters.insert(name, cluster);
+            }
+            Change::Delete(cluster) => {
+                live.clusters.remove(&cluster.name_any());
+                live.remotes.remove(&cluster.name_any());
+            }
+            Change::Listed => {
+                if let Some(listed) = listed.take() {
+                    live.clusters.retain(|n, _| listed.contains(n));
+                    live.remotes.retain(|n, _| listed.contains(n));
+                }
+            }
+            Change::Failed(_) => {}
+        },
+    ));
+
+    // Snapshots, at most one per SETTLE.
+    tokio::spawn(async move {
+        loop {
+            shared.dirty.notified().await;
+            tokio::time::sleep(SETTLE).await;
+            let json = shared.lock().snapshot();
+            if tx.send(Arc::new(json)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The tasks that follow one remote: its reachability, the expiry of its stored token, its
+/// namespaces, and, with view credentials, its workloads.
+fn watch_remote(
+    primary: &Client,
+    shared: &Arc<Shared>,
+    cluster: &MeshCluster,
+) -> Vec<JoinHandle<()>> {
+    let name = cluster.name_any();
+    let mut tasks = Vec::new();
+
+    // Whether it answers now: a watch on a frozen server would wait for ever.
+    let (p, s, c, n) = (
+        primary.clone(),
+        shared.clone(),
+        cluster.clone(),
+        name.clone(),
+    );
+    tasks.push(tokio::spawn(async move {
+        let options = RemoteOptions {
+            connect_timeout: PROBE_TIMEOUT,
+            read_timeout: PROBE_TIMEOUT,
+        };
+        let secrets: Api<Secret> = Api::namespaced(p.clone(), MESH_NAMESPACE);
+        let expiry = expiry_of(
+            secrets
+                .get_opt(&c.spec.secret_name)
+                .await
+                .ok()
+                .flatten()
+                .as_ref(),
+        );
+        s.update(|live| {
+            if let Some(r) = live.remotes.get_mut(&n) {
+                r.expiry = Some(expiry);
+            }
+        });
+        loop {
+            let answer = async {
+                let client = remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &options)
+                    .await
+                    .map_err(|e| remote::error_chain(&e))?;
+                client
+                    .apiserver_version()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| remote::error_chain(&e))
+            };
+            let probe = tokio::time::timeout(PROBE_TIMEOUT, answer)
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())));
+            s.update(|live| {
+                if let Some(r) = live.remotes.get_mut(&n) {
+                    r.probe = Some(probe);
+                }
+            });
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+    }));
+
+    // Its namespaces, with the stored credentials, and its workloads with the view ones.
+    let (p, s, c, n) = (primary.clone(), shared.clone(), cluster.clone(), name);
+    tasks.push(tokio::spawn(async move {
+        let workloads = {
+            let (p, s, n) = (p.clone(), s.clone(), n.clone());
+            async move {
+                let state = match view::credentials_with(&p, &n, &WATCH_CLIENT).await {
+                    view::Credentials::None => ViewState::NoCredentials,
+                    view::Credentials::Unusable { error, .. } => ViewState::Failed(error),
+                    view::Credentials::Found { source, client } => {
+                        let key = n.clone();
+                        let tasks = watch_workloads(&client, &s, move |live| {
+                            live.remotes.get_mut(&key).map(|r| &mut r.facts)
+                        });
+                        s.update(|live| {
+                            if let Some(r) = live.remotes.get_mut(&n) {
+                                r.tasks.extend(tasks);
+                            }
+                        });
+                        ViewState::Read(source)
+                    }
+                };
+                s.update(|live| {
+                    if let Some(r) = live.remotes.get_mut(&n) {
+                        r.view = state;
+                    }
+                });
+            }
+        };
+        tokio::spawn(workloads);
+        let client = match remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &WATCH_CLIENT).await {
+            Ok(client) => client,
+            Err(e) => {
+                let error = remote::error_chain(&e);
+                s.update(|live| {
+                    if let Some(r) = live.remotes.get_mut(&n) {
+                        r.namespaces_error = Some(error);
+                    }
+                });
+                return;
+            }
+        };
+        let mut relist = Relist::default();
+        follow(
+            Api::<Namespace>::all(client),
+            watcher::Config::default().timeout(WATCH_SECONDS),
+            s.clone(),
+            move |live, change| {
+                let Some(r) = live.remotes.get_mut(&n) else {
+                    return;
+                };
+                if let Change::Failed(e) = &change {
+                    r.namespaces_error = Some(e.clone());
+                    return;
+                }
+                r.namespaces_error = None;
+                let map = r.namespaces.get_or_insert_with(BTreeMap::new);
+                relist.apply(map, change, reduce_namespace);
+            },
+        )
+        .await;
+    }));
+    tasks
+}

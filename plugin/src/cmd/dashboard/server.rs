@@ -1,0 +1,177 @@
+//! The dashboard's HTTP server: plain HTTP/1.1 on a loopback port, GET only, a handful of
+//! fixed paths. Loopback alone does not keep other sites out: a page the user visits can
+//! make its own host name resolve to 127.0.0.1 (DNS rebinding) and read the answers as
+//! same-origin. Every request whose Host is not this server's loopback address is refused.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The page, embedded: nothing is fetched from anywhere else.
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const STYLE_CSS: &str = include_str!("assets/style.css");
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Whether `host` (the Host header) names this server: `127.0.0.1:<port>` or
+/// `localhost:<port>` (without the port only on port 80, where browsers leave it out).
+pub fn allowed_host(host: Option<&str>, port: u16) -> bool {
+    let Some(host) = host else { return false };
+    let host = host.to_ascii_lowercase();
+    let (name, host_port) = match host.rsplit_once(':') {
+        Some((name, p)) => (name, p.parse::<u16>().ok()),
+        None => (host.as_str(), Some(80)),
+    };
+    host_port == Some(port) && matches!(name, "127.0.0.1" | "localhost")
+}
+
+/// Serves until the task is dropped. `snapshots` holds the latest state as JSON (empty until
+/// the first one).
+pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<String>>) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors or the like: wait a little rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let snapshots = snapshots.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let snapshots = snapshots.clone();
+                async move { Ok::<_, Infallible>(handle(&req, port, snapshots)) }
+            });
+            // A client that goes away mid-answer is nothing to report.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The answer to one request.
+fn handle(
+    req: &Request<Incoming>,
+    port: u16,
+    snapshots: watch::Receiver<Arc<String>>,
+) -> Response<Body> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !allowed_host(host, port) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "refused: this dashboard answers only requests for its own loopback address\n",
+        );
+    }
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only\n");
+    }
+    match req.uri().path() {
+        "/" => asset("text/html; charset=utf-8", INDEX_HTML),
+        "/app.js" => asset("text/javascript; charset=utf-8", APP_JS),
+        "/style.css" => asset("text/css; charset=utf-8", STYLE_CSS),
+        "/state.json" => {
+            let json = snapshots.borrow().clone();
+            if json.is_empty() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "not read yet\n");
+            }
+            asset("application/json", json.as_str())
+        }
+        "/events" => events(snapshots),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Server-sent events: the current snapshot, then each new one, as event `state`.
+fn events(snapshots: watch::Receiver<Arc<String>>) -> Response<Body> {
+    let stream = futures::stream::unfold(snapshots, |mut rx| async move {
+        // The first snapshot, or the next one: mark what is sent as seen.
+        let wait = rx.borrow().is_empty() || !rx.has_changed().unwrap_or(true);
+        if wait && rx.changed().await.is_err() {
+            return None;
+        }
+        let json = rx.borrow_and_update().clone();
+        let frame = Frame::data(Bytes::from(format!("event: state\ndata: {json}\n\n")));
+        Some((Ok::<_, Infallible>(frame), rx))
+    });
+    let mut response = Response::new(StreamBody::new(stream).boxed());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    secure(headers);
+    response
+}
+
+fn asset(content_type: &'static str, body: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())).boxed());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    secure(headers);
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    secure(headers);
+    response
+}
+
+/// The page runs only its own script and is never framed or cached.
+fn secure(headers: &mut http::HeaderMap) {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_its_own_loopback_host_is_allowed() {
+        assert!(allowed_host(Some("127.0.0.1:8123"), 8123));
+        assert!(allowed_host(Some("LOCALHOST:8123"), 8123));
+        assert!(allowed_host(Some("localhost"), 80));
+        assert!(!allowed_host(Some("127.0.0.1:8124"), 8123));
+        assert!(!allowed_host(Some("attacker.example:8123"), 8123));
+        assert!(!allowed_host(Some("127.0.0.1.attacker.example:8123"), 8123));
+        assert!(!allowed_host(Some("localhost"), 8123));
+        assert!(!allowed_host(None, 8123));
+    }
+
+    #[test]
+    fn assets_are_self_contained() {
+        for asset in [INDEX_HTML, APP_JS, STYLE_CSS] {
+            assert!(!asset.contains("http://") && !asset.contains("https://"));
+        }
+        assert!(INDEX_HTML.contains("/app.js") && INDEX_HTML.contains("/style.css"));
+    }
+}

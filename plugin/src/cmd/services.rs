@@ -1,0 +1,930 @@
+//! `kubectl mesh services`: the mesh's services across clusters.
+//!
+//! Istio merges Services of the same name and namespace across the clusters of a mesh, so
+//! one row is one (namespace, name) pair, with what each cluster has of it: whether it
+//! exists, its type and ports (ports that differ between clusters are flagged: the merged
+//! service gets one cluster's), its ready endpoints (EndpointSlices), and whether the
+//! namespace asks for sidecars there. The primary is read with the caller's credentials,
+//! each remote with its view credentials ([`crate::view`]) and, for its namespaces' labels,
+//! its stored sync credentials. A cluster that cannot be read is a column state, never an
+//! error of the command.
+//!
+//! The facts of a cluster are kept small ([`ClusterFacts`]): the dashboard holds them for
+//! every object it watches.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use mesh_core::{cluster::MeshCluster, injection};
+use serde::Serialize;
+
+use crate::{
+    Context, Error, Result,
+    mesh_state::{self, DEFAULT_REMOTE_TIMEOUT, RemoteError, with_deadline},
+    output::{self, OutputFormat},
+    view,
+};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The column of the primary.
+pub const PRIMARY: &str = "primary";
+
+/// Show the mesh's services across the primary and every remote.
+///
+/// One row per namespace and service name: the clusters where it exists with its ready
+/// endpoints, its type and ports (`(differ)` when clusters disagree: Istio merges
+/// same-named services), and `(injected)` where the namespace asks for sidecars. With
+/// `-o wide`, pods with and without an istio-proxy per cluster. Remotes are read with the
+/// view credentials of `attach --services-view` (or istiod's reader); a cluster without
+/// them says what to run.
+#[derive(Debug, clap::Args)]
+pub struct Services {
+    /// Namespaces to show [default: the current context's namespace].
+    #[arg(value_name = "NAMESPACE", conflicts_with = "all_namespaces")]
+    pub namespaces: Vec<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// How long to wait for each remote.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
+    pub remote_timeout: Duration,
+}
+
+impl Services {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Context) -> Result<()> {
+        let Self {
+            namespaces,
+            all_namespaces,
+            remote_timeout,
+        } = self;
+        let client = ctx.client().await?;
+        let scope = if all_namespaces {
+            Scope::All
+        } else if namespaces.is_empty() {
+            Scope::Namespaces(vec![client.default_namespace().to_owned()])
+        } else {
+            Scope::Namespaces(namespaces)
+        };
+        let with_pods = ctx.output != OutputFormat::Table;
+        let clusters = mesh_state::clusters(&client).await?;
+        let (primary, remotes) = tokio::join!(
+            read_primary(&client, &scope, with_pods),
+            mesh_state::for_each(&clusters, |c| read_remote(
+                &client,
+                c,
+                &scope,
+                remote_timeout,
+                with_pods
+            ))
+        );
+        let primary = primary?;
+        let mut columns = vec![primary];
+        columns.extend(remotes);
+        let report = ServicesReport::compute(&columns);
+
+        match ctx.output {
+            OutputFormat::Table | OutputFormat::Wide => {
+                if report.services.is_empty() {
+                    ctx.progress.info(match &scope {
+                        Scope::All => "No service in any namespace of any cluster.".to_owned(),
+                        Scope::Namespaces(n) => {
+                            format!("No service in {} on any cluster.", n.join(", "))
+                        }
+                    });
+                } else {
+                    output::print_stdout(&report.table(ctx.output == OutputFormat::Wide))?;
+                }
+            }
+            format => {
+                let value = serde_json::to_value(&report).map_err(|source| Error::Serialize {
+                    format: "JSON",
+                    source: Box::new(source),
+                })?;
+                output::print_stdout(&output::render_values(format, &[value])?)?;
+            }
+        }
+        for line in report.notes() {
+            ctx.progress.warn(line);
+        }
+        Ok(())
+    }
+}
+
+/// Which namespaces are read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (`-A`).
+    All,
+    /// These.
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    fn includes(&self, namespace: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Namespaces(names) => names.iter().any(|n| n == namespace),
+        }
+    }
+}
+
+/// Lists `K` in `scope` (one call per namespace when namespaces are named).
+async fn list_in<K>(client: &Client, scope: &Scope) -> std::result::Result<Vec<K>, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match scope {
+        Scope::All => Ok(Api::<K>::all(client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items),
+        Scope::Namespaces(names) => {
+            let lists = futures::future::try_join_all(names.iter().map(|ns| async move {
+                Api::<K>::namespaced(client.clone(), ns)
+                    .list(&ListParams::default())
+                    .await
+            }))
+            .await?;
+            Ok(lists.into_iter().flat_map(|l| l.items).collect())
+        }
+    }
+}
+
+/// Services, EndpointSlices (and pods) of `scope` on one cluster, as facts.
+async fn read_facts(
+    client: &Client,
+    scope: &Scope,
+    with_pods: bool,
+) -> std::result::Result<ClusterFacts, kube::Error> {
+    let pods = async {
+        if with_pods {
+            list_in::<Pod>(client, scope).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (services, slices, pods) = tokio::join!(
+        list_in::<Service>(client, scope),
+        list_in::<EndpointSlice>(client, scope),
+        pods
+    );
+    let mut facts = ClusterFacts::default();
+    for s in services? {
+        facts.apply_service(&s);
+    }
+    for s in slices? {
+        facts.apply_slice(&s);
+    }
+    if let Some(pods) = pods? {
+        let mut map = BTreeMap::new();
+        for pod in &pods {
+            if let Some((key, sidecar)) = extract_pod(pod) {
+                map.insert(key, sidecar);
+            }
+        }
+        facts.pods = Some(map);
+    }
+    Ok(facts)
+}
+
+/// Namespace labels of `namespaces`, as injection facts.
+fn injected_namespaces(namespaces: &[Namespace], scope: &Scope) -> BTreeMap<String, String> {
+    namespaces
+        .iter()
+        .filter(|ns| scope.includes(&ns.name_any()))
+        .filter_map(|ns| Some((ns.name_any(), extract_injection(ns)?)))
+        .collect()
+}
+
+/// The primary, read with the caller's own credentials: failing to read it fails the command.
+async fn read_primary(client: &Client, scope: &Scope, with_pods: bool) -> Result<ClusterRead> {
+    let namespaces_api = Api::<Namespace>::all(client.clone());
+    let params = ListParams::default();
+    let (facts, namespaces) = tokio::join!(
+        read_facts(client, scope, with_pods),
+        namespaces_api.list(&params)
+    );
+    let mut facts = facts.map_err(Error::kube("cannot read the primary's services"))?;
+    let namespaces = namespaces.map_err(Error::kube("cannot list the primary's namespaces"))?;
+    facts.injection = Some(injected_namespaces(&namespaces.items, scope));
+    Ok(ClusterRead {
+        name: PRIMARY.to_owned(),
+        state: ReadState::Read(facts),
+    })
+}
+
+/// One remote: its services with its view credentials, its namespaces with the stored ones.
+async fn read_remote(
+    primary: &Client,
+    cluster: &MeshCluster,
+    scope: &Scope,
+    timeout: Duration,
+    with_pods: bool,
+) -> ClusterRead {
+    let name = cluster.name_any();
+    let namespaces = async {
+        let read = async {
+            let client = mesh_state::remote_client(primary, cluster, timeout).await?;
+            mesh_state::remote_namespaces(&client, timeout).await
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Err(RemoteError::TimedOut(timeout)))
+    };
+    let facts = async {
+        match view::credentials(primary, &name, timeout).await {
+            view::Credentials::None => ReadState::NoCredentials {
+                enable: view::enable_command(&name),
+            },
+            view::Credentials::Unusable { source, error } => ReadState::Failed {
+                credentials: source.to_string(),
+                error,
+            },
+            view::Credentials::Found { source, client } => {
+                match with_deadline(timeout, read_facts(&client, scope, with_pods)).await {
+                    Ok(facts) => ReadState::Read(facts),
+                    Err(e) if e.is_forbidden() => ReadState::Failed {
+                        credentials: source.to_string(),
+                        error: e.to_string(),
+                    },
+                    Err(e) => ReadState::Unreachable {
+                        error: e.to_string(),
+                    },
+                }
+            }
+        }
+    };
+    let (namespaces, mut state) = tokio::join!(namespaces, facts);
+    if let ReadState::Read(facts) = &mut state {
+        // Labels unknown (stored credentials failing) are not "not injected".
+        facts.injection = namespaces
+            .ok()
+            .map(|list| injected_namespaces(&list, scope));
+    }
+    ClusterRead { name, state }
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortFacts {
+    /// The port's name, empty when unnamed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The Service port.
+    pub port: i32,
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+}
+
+impl PortFacts {
+    /// `http:80/TCP`, or `80/TCP` when unnamed.
+    pub fn text(&self) -> String {
+        if self.name.is_empty() {
+            format!("{}/{}", self.port, self.protocol)
+        } else {
+            format!("{}:{}/{}", self.name, self.port, self.protocol)
+        }
+    }
+}
+
+/// What the table needs of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceFacts {
+    /// ClusterIP, NodePort, LoadBalancer or ExternalName.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Sorted by port.
+    pub ports: Vec<PortFacts>,
+}
+
+/// (namespace, name).
+pub type Key = (String, String);
+
+/// What one cluster has, kept small: services, each EndpointSlice's service and ready count,
+/// whether each pod has a sidecar (when pods were read), which namespaces ask for sidecars
+/// (when their labels could be read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// By (namespace, name).
+    pub services: BTreeMap<Key, ServiceFacts>,
+    /// By (namespace, slice name): the Service it belongs to and its ready endpoints.
+    pub slices: BTreeMap<Key, (String, usize)>,
+    /// By (namespace, pod name): whether it carries istio-proxy. `None`: not read.
+    pub pods: Option<BTreeMap<Key, bool>>,
+    /// Namespaces whose labels ask for sidecars, with what they ask (`default`, `revision
+    /// canary`). `None`: labels not read.
+    pub injection: Option<BTreeMap<String, String>>,
+}
+
+impl ClusterFacts {
+    /// Records a Service (added or changed).
+    pub fn apply_service(&mut self, service: &Service) {
+        if let Some((key, facts)) = extract_service(service) {
+            self.services.insert(key, facts);
+        }
+    }
+
+    /// Records an EndpointSlice (added or changed).
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
+        if let Some((key, value)) = extract_slice(slice) {
+            self.slices.insert(key, value);
+        }
+    }
+}
+
+/// The key and facts of a Service.
+pub fn extract_service(service: &Service) -> Option<(Key, ServiceFacts)> {
+    let spec = service.spec.as_ref();
+    let mut ports: Vec<PortFacts> = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| PortFacts {
+            name: p.name.clone().unwrap_or_default(),
+            port: p.port,
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+        })
+        .collect();
+    ports.sort_by(|a, b| (a.port, &a.protocol, &a.name).cmp(&(b.port, &b.protocol, &b.name)));
+    Some((
+        key_of(service)?,
+        ServiceFacts {
+            type_: spec
+                .and_then(|s| s.type_.clone())
+                .unwrap_or_else(|| "ClusterIP".to_owned()),
+            ports,
+        },
+    ))
+}
+
+/// The key of an EndpointSlice, its Service and its ready endpoints (an endpoint whose
+/// `ready` condition is unset counts as ready, as the API says to read it).
+pub fn extract_slice(slice: &EndpointSlice) -> Option<(Key, (String, usize))> {
+    let service = slice.labels().get(SERVICE_NAME_LABEL)?.clone();
+    let ready = slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .count();
+    Some((key_of(slice)?, (service, ready)))
+}
+
+/// The key of a pod and whether it carries istio-proxy; `None` for finished pods, which no
+/// longer serve.
+pub fn extract_pod(pod: &Pod) -> Option<(Key, bool)> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    Some((key_of(pod)?, injection::has_sidecar(pod)))
+}
+
+/// What a namespace's labels ask of Istio's injector; `None` for no sidecars.
+pub fn extract_injection(namespace: &Namespace) -> Option<String> {
+    let labels = namespace.labels().clone().into_iter().collect();
+    match injection::requested(&labels).injection {
+        injection::Injection::None => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn key_of<K: ResourceExt>(object: &K) -> Option<Key> {
+    Some((object.namespace()?, object.meta().name.clone()?))
+}
+
+/// One cluster as read.
+#[derive(Clone, Debug)]
+pub struct ClusterRead {
+    /// `primary`, or the MeshCluster's name.
+    pub name: String,
+    /// What could be read.
+    pub state: ReadState,
+}
+
+/// Whether a cluster's services could be read.
+#[derive(Clone, Debug)]
+pub enum ReadState {
+    /// Read.
+    Read(ClusterFacts),
+    /// No view credentials; `enable` is what gives it some.
+    NoCredentials { enable: String },
+    /// The credentials exist and failed (refused, unusable).
+    Failed { credentials: String, error: String },
+    /// No answer.
+    Unreachable { error: String },
+}
+
+/// Services across the mesh, as `-o json|yaml` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServicesReport {
+    /// The primary, then every remote in name order.
+    pub clusters: Vec<ClusterColumn>,
+    /// One row per (namespace, name), sorted.
+    pub services: Vec<ServiceRow>,
+}
+
+/// One cluster's column.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterColumn {
+    /// `primary` or the MeshCluster's name.
+    pub name: String,
+    /// `read`, `no-credentials`, `failed` or `unreachable`.
+    pub state: ColumnState,
+    /// What to run to give it view credentials (`no-credentials`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enable: Option<String>,
+    /// Why it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Whether a cluster's services could be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColumnState {
+    Read,
+    NoCredentials,
+    Failed,
+    Unreachable,
+}
+
+impl ColumnState {
+    /// The cell of every row of such a cluster, when not read.
+    fn cell(self) -> &'static str {
+        match self {
+            Self::Read => "-",
+            Self::NoCredentials => "(no view credentials)",
+            Self::Failed => "(cannot read)",
+            Self::Unreachable => "(unreachable)",
+        }
+    }
+}
+
+/// One service name across the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRow {
+    pub namespace: String,
+    pub name: String,
+    /// The type where it exists (the primary's first), `mixed` when clusters disagree.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The ports of the first cluster that has it (the primary first).
+    pub ports: Vec<PortFacts>,
+    /// Whether every cluster that has it has the same ports.
+    pub ports_match: bool,
+    /// Every cluster that could be read, by name.
+    pub clusters: BTreeMap<String, ServiceCell>,
+}
+
+/// One service on one readable cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceCell {
+    /// Whether it exists there.
+    pub exists: bool,
+    /// Its type there.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_: Option<String>,
+    /// Its ports there, when they differ from the row's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<PortFacts>>,
+    /// Ready endpoints there.
+    pub ready_endpoints: usize,
+    /// Whether its namespace asks for sidecars there; absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injected: Option<bool>,
+    /// Pods of its namespace with and without istio-proxy; absent when not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodCounts>,
+}
+
+/// Pods of a namespace by sidecar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodCounts {
+    pub with_proxy: usize,
+    pub without_proxy: usize,
+}
+
+/// Ready endpoints by service and pods by namespace of one cluster.
+type Aggregate<'a> = (BTreeMap<Key, usize>, Option<BTreeMap<&'a str, PodCounts>>);
+
+impl ServicesReport {
+    /// Joins every cluster's facts by (namespace, name).
+    pub fn compute(clusters: &[ClusterRead]) -> Self {
+        let columns = clusters
+            .iter()
+            .map(|c| {
+                let (state, enable, error) = match &c.state {
+                    ReadState::Read(_) => (ColumnState::Read, None, None),
+                    ReadState::NoCredentials { enable } => {
+                        (ColumnState::NoCredentials, Some(enable.clone()), None)
+                    }
+                    ReadState::Failed { credentials, error } => (
+                        ColumnState::Failed,
+                        None,
+                        Some(format!("with the {credentials} credentials: {error}")),
+                    ),
+                    ReadState::Unreachable { error } => {
+                        (ColumnState::Unreachable, None, Some(error.clone()))
+                    }
+                };
+                ClusterColumn {
+                    name: c.name.clone(),
+                    state,
+                    enable,
+                    error,
+                }
+            })
+            .collect();
+        let read: Vec<(&str, &ClusterFacts)> = clusters
+            .iter()
+            .filter_map(|c| match &c.state {
+                ReadState::Read(facts) => Some((c.name.as_str(), facts)),
+                _ => None,
+            })
+            .collect();
+        // Ready endpoints and pod counts, aggregated once per cluster.
+        let aggregates: Vec<Aggregate> = read
+            .iter()
+            .map(|(_, facts)| {
+                let mut ready: BTreeMap<Key, usize> = BTreeMap::new();
+                for ((ns, _), (service, count)) in &facts.slices {
+                    *ready.entry((ns.clone(), service.clone())).or_default() += count;
+                }
+                let pods = facts.pods.as_ref().map(|pods| {
+                    let mut counts: BTreeMap<&str, PodCounts> = BTreeMap::new();
+                    for ((ns, _), sidecar) in pods {
+                        let c = counts.entry(ns.as_str()).or_default();
+                        if *sidecar {
+                            c.with_proxy += 1;
+                        } else {
+                            c.without_proxy += 1;
+                        }
+                    }
+                    counts
+                });
+                (ready, pods)
+            })
+            .collect();
+        let keys: BTreeSet<&Key> = read.iter().flat_map(|(_, f)| f.services.keys()).collect();
+        let services = keys
+            .into_iter()
+            .map(|key| {
+                let present: Vec<&ServiceFacts> = read
+                    .iter()
+                    .filter_map(|(_, f)| f.services.get(key))
+                    .collect();
+                let first = present[0];
+                let ports_match = present.iter().all(|s| s.ports == first.ports);
+                let type_ = if present.iter().all(|s| s.type_ == first.type_) {
+                    first.type_.clone()
+                } else {
+                    "mixed".to_owned()
+                };
+                let cells = read
+                    .iter()
+                    .zip(&aggregates)
+                    .map(|((name, facts), (ready, pods))| {
+                        let here = facts.services.get(key);
+                        let cell = ServiceCell {
+                            exists: here.is_some(),
+                            type_: here.map(|s| s.type_.clone()),
+                            ports: here
+                                .filter(|s| s.ports != first.ports)
+                                .map(|s| s.ports.clone()),
+                            ready_endpoints: ready.get(key).copied().unwrap_or(0),
+                            injected: facts.injection.as_ref().map(|inj| inj.contains_key(&key.0)),
+                            pods: pods
+                                .as_ref()
+                                .map(|p| p.get(key.0.as_str()).copied().unwrap_or_default()),
+                        };
+                        ((*name).to_owned(), cell)
+                    })
+                    .collect();
+                ServiceRow {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    type_,
+                    ports: first.ports.clone(),
+                    ports_match,
+                    clusters: cells,
+                }
+            })
+            .collect();
+        Self {
+            clusters: columns,
+            services,
+        }
+    }
+
+    /// NAMESPACE, NAME, TYPE, PORTS, then one column per cluster: its ready endpoints and
+    /// `(injected)`; `wide` adds its pods with and without istio-proxy.
+    pub fn table(&self, wide: bool) -> String {
+        let mut headers = vec![
+            "namespace".to_owned(),
+            "name".to_owned(),
+            "type".to_owned(),
+            "ports".to_owned(),
+        ];
+        headers.extend(self.clusters.iter().map(|c| c.name.clone()));
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let rows = self.services.iter().map(|row| {
+            let ports = row
+                .ports
+                .iter()
+                .map(PortFacts::text)
+                .collect::<Vec<_>>()
+                .join(",");
+            let ports = match (ports.is_empty(), row.ports_match) {
+                (true, true) => "-".to_owned(),
+                (_, true) => ports,
+                (_, false) => format!("{ports} (differ)"),
+            };
+            let mut cells = vec![
+                row.namespace.clone(),
+                row.name.clone(),
+                row.type_.clone(),
+                ports,
+            ];
+            cells.extend(
+                self.clusters
+                    .iter()
+                    .map(|c| match row.clusters.get(&c.name) {
+                        Some(cell) => cell.text(wide),
+                        None => c.state.cell().to_owned(),
+                    }),
+            );
+            cells
+        });
+        output::table(&headers, rows)
+    }
+
+    /// Lines after the table: clusters that could not be read, and what enables them.
+    pub fn notes(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for c in &self.clusters {
+            match c.state {
+                ColumnState::Read => {}
+                ColumnState::NoCredentials => lines.push(format!(
+                    "{}: services not read (no view credentials); run `{}`",
+                    c.name,
+                    c.enable.as_deref().unwrap_or_default()
+                )),
+                ColumnState::Failed => lines.push(format!(
+                    "{}: cannot read services {}",
+                    c.name,
+                    c.error.as_deref().unwrap_or_default()
+                )),
+                ColumnState::Unreachable => lines.push(format!(
+                    "{} unreachable: {}",
+                    c.name,
+                    c.error.as_deref().unwrap_or_default()
+                )),
+            }
+        }
+        let differ: Vec<String> = self
+            .services
+            .iter()
+            .filter(|s| !s.ports_match)
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect();
+        if !differ.is_empty() {
+            lines.push(format!(
+                "ports differ across clusters for {}: Istio merges same-named services, give \
+                 them the same ports everywhere",
+                differ.join(", ")
+            ));
+        }
+        lines
+    }
+}
+
+impl ServiceCell {
+    /// `2 ready (injected)`, `-` where it does not exist; `wide` adds the namespace's pods
+    /// with and without istio-proxy.
+    pub fn text(&self, wide: bool) -> String {
+        let mut text = if self.exists {
+            format!("{} ready", self.ready_endpoints)
+        } else {
+            "-".to_owned()
+        };
+        if self.exists && self.injected == Some(true) {
+            text.push_str(" (injected)");
+        }
+        if let Some(pods) = self.pods.filter(|_| wide && self.exists) {
+            text.push_str(&format!(
+                ", pods: {} with proxy, {} without",
+                pods.with_proxy, pods.without_proxy
+            ));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh_state::fixtures::ns;
+    use mesh_core::fixtures::{PodExt, pod};
+    use serde_json::json;
+
+    fn service(namespace: &str, name: &str, type_: &str, ports: &[(&str, i32)]) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": namespace, "name": name},
+            "spec": {
+                "type": type_,
+                "ports": ports.iter().map(|(n, p)| json!({"name": n, "port": p})).collect::<Vec<_>>(),
+            },
+        }))
+        .unwrap()
+    }
+
+    fn slice(namespace: &str, name: &str, service: &str, ready: &[Option<bool>]) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {
+                "namespace": namespace,
+                "name": name,
+                "labels": {SERVICE_NAME_LABEL: service},
+            },
+            "addressType": "IPv4",
+            "endpoints": ready.iter().map(|r| match r {
+                Some(r) => json!({"addresses": ["10.0.0.1"], "conditions": {"ready": r}}),
+                None => json!({"addresses": ["10.0.0.1"]}),
+            }).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    fn in_ns(mut p: Pod, namespace: &str) -> Pod {
+        p.metadata.namespace = Some(namespace.to_owned());
+        p
+    }
+
+    fn facts(
+        services: &[Service],
+        slices: &[EndpointSlice],
+        pods: &[Pod],
+        namespaces: &[Namespace],
+    ) -> ClusterFacts {
+        let mut f = ClusterFacts::default();
+        for s in services {
+            f.apply_service(s);
+        }
+        for s in slices {
+            f.apply_slice(s);
+        }
+        f.pods = Some(pods.iter().filter_map(extract_pod).collect());
+        f.injection = Some(
+            namespaces
+                .iter()
+                .filter_map(|n| Some((n.name_any(), extract_injection(n)?)))
+                .collect(),
+        );
+        f
+    }
+
+    fn clusters() -> Vec<ClusterRead> {
+        let primary = facts(
+            &[
+                service("shop", "cart", "ClusterIP", &[("http", 80)]),
+                service("shop", "web", "ClusterIP", &[("http", 80), ("grpc", 9090)]),
+            ],
+            &[
+                slice("shop", "web-a", "web", &[Some(true), None, Some(false)]),
+                slice("shop", "web-b", "web", &[Some(true)]),
+            ],
+            &[
+                in_ns(pod("web-1").sidecar(), "shop"),
+                in_ns(pod("web-2"), "shop"),
+            ],
+            &[ns("shop", &[("istio-injection", "enabled")])],
+        );
+        let east = facts(
+            &[
+                service("shop", "web", "ClusterIP", &[("http", 80)]),
+                service("db", "pg", "ClusterIP", &[("", 5432)]),
+            ],
+            &[slice("shop", "web-x", "web", &[Some(true)])],
+            &[in_ns(pod("web-9").sidecar(), "shop")],
+            &[ns("shop", &[("istio.io/rev", "canary")]), ns("db", &[])],
+        );
+        vec![
+            ClusterRead {
+                name: PRIMARY.into(),
+                state: ReadState::Read(primary),
+            },
+            ClusterRead {
+                name: "east".into(),
+                state: ReadState::Read(east),
+            },
+            ClusterRead {
+                name: "north".into(),
+                state: ReadState::Unreachable {
+                    error: "no answer within 5s".into(),
+                },
+            },
+            ClusterRead {
+                name: "west".into(),
+                state: ReadState::NoCredentials {
+                    enable: view::enable_command("west"),
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn extract_reads_what_the_table_needs() {
+        let (key, facts) =
+            extract_service(&service("shop", "web", "", &[("grpc", 9090), ("http", 80)])).unwrap();
+        assert_eq!(key, ("shop".to_owned(), "web".to_owned()));
+        assert_eq!(facts.ports[0].text(), "http:80/TCP", "sorted by port");
+        let (_, (svc, ready)) =
+            extract_slice(&slice("shop", "s", "web", &[Some(true), None, Some(false)])).unwrap();
+        assert_eq!(
+            (svc.as_str(), ready),
+            ("web", 2),
+            "unset ready counts as ready"
+        );
+        let mut orphan = slice("shop", "s", "web", &[]);
+        orphan.metadata.labels = None;
+        assert_eq!(extract_slice(&orphan), None);
+        let mut done = in_ns(pod("job"), "shop");
+        done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
+        assert_eq!(extract_pod(&done), None);
+        assert_eq!(
+            extract_injection(&ns("a", &[("istio-injection", "disabled")])),
+            None
+        );
+        assert_eq!(
+            extract_injection(&ns("a", &[("istio.io/rev", "canary")])).as_deref(),
+            Some("revision canary")
+        );
+    }
+
+    #[test]
+    fn rows_join_clusters_and_flag_differing_ports() {
+        let r = ServicesReport::compute(&clusters());
+        let names: Vec<String> = r
+            .services
+            .iter()
+            .map(|s| format!("{}/{}", s.namespace, s.name))
+            .collect();
+        assert_eq!(names, ["db/pg", "shop/cart", "shop/web"]);
+        let web = &r.services[2];
+        assert!(!web.ports_match);
+        assert_eq!(web.clusters["primary"].ready_endpoints, 3);
+        assert_eq!(web.clusters["east"].ready_endpoints, 1);
+        assert_eq!(web.clusters["east"].injected, Some(true));
+        assert_eq!(
+            web.clusters["east"].ports.as_ref().map(Vec::len),
+            Some(1),
+            "the cluster's own ports where they differ"
+        );
+        assert!(!r.services[0].clusters["primary"].exists);
+        assert!(!r.services.iter().any(|s| s.clusters.contains_key("north")));
+        insta::assert_snapshot!("services_table", r.table(false));
+        insta::assert_snapshot!("services_table_wide", r.table(true));
+        insta::assert_snapshot!("services_notes", r.notes().join("\n"));
+    }
+
+    #[test]
+    fn json_is_structured() {
+        let v = serde_json::to_value(ServicesReport::compute(&clusters())).unwrap();
+        assert_eq!(v["clusters"][2]["state"], "unreachable");
+        assert_eq!(v["clusters"][3]["state"], "no-credentials");
+        assert_eq!(
+            v["clusters"][3]["enable"],
+            "kubectl mesh attach <kubeconfig> --name west --services-view"
+        );
+        let web = &v["services"][2];
+        assert_eq!(web["portsMatch"], false);
+        assert_eq!(web["clusters"]["primary"]["readyEndpoints"], 3);
+        assert_eq!(web["clusters"]["primary"]["pods"]["withProxy"], 1);
+        assert_eq!(web["clusters"]["primary"]["pods"]["withoutProxy"], 1);
+        assert_eq!(web["ports"][1]["port"], 9090);
+    }
+
+    #[test]
+    fn namespaces_and_all_conflict() {
+        use clap::Parser as _;
+        let err = crate::Cli::try_parse_from(["kubectl-mesh", "services", "shop", "-A"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
+}
