@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use mesh_testenv::{Options, TestEnv};
 use tokio::sync::OnceCell;
 
+pub mod browser;
 pub mod check_report;
 pub mod fixtures;
 pub mod forged;

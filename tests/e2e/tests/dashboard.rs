@@ -1,0 +1,256 @@
+//! `kubectl mesh dashboard` in a real browser: the plugin serves the page against a real
+//! mesh, headless Chromium renders it, and the test reads the rendered DOM. A label change on
+//! the primary shows within seconds (pushed, the page is never reloaded), a remote label
+//! edited by hand shows as the webhook's correction Event, a frozen remote shows as
+//! unreachable and then reachable again, and a request for a foreign host is refused.
+//! Screenshots go to the target directory.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use mesh_e2e::browser::Browser;
+use mesh_e2e::{create_everywhere, describe, label_on_primary, shared_mesh};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+
+/// How long a change may take to show on the page: the webhook's push, the watch, the
+/// snapshot's settle time and the page's rendering, on a busy machine.
+const SHOWS_WITHIN: Duration = Duration::from_secs(10);
+/// Reachability is probed every 2s with a 3s deadline.
+const UNREACHABLE_WITHIN: Duration = Duration::from_secs(20);
+
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
+}
+
+/// The status line of a raw HTTP/1.1 request for `/` with this Host header.
+async fn status_for_host(port: u16, host: &str) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await??;
+    Ok(answer.lines().next().unwrap_or_default().to_owned())
+}
+
+/// Waits until `expression` (JavaScript) is true in the page; returns how long it took.
+async fn until(
+    browser: &mut Browser,
+    what: &str,
+    within: Duration,
+    expression: &str,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let deadline = start + within;
+    // Before the page has loaded (or rendered a row) the expression may throw: not yet.
+    let guarded =
+        format!("(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()");
+    loop {
+        let value = browser.eval(&guarded).await?;
+        if value == serde_json::Value::Bool(true) {
+            return Ok(start.elapsed());
+        }
+        if Instant::now() > deadline {
+            let page = browser.eval("document.body.innerText").await?;
+            anyhow::bail!(
+                "{what}: not true within {within:?}; the page reads:\n{}",
+                page.as_str().unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The text of the matrix cell of `ns` on `cluster`, as JavaScript.
+fn cell(ns: &str, cluster: &str) -> String {
+    format!(
+        r#"(document.querySelector('#matrix td[data-ns="{ns}"][data-cluster="{cluster}"]') || {{}}).textContent"#
+    )
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result<()> {
+    let (env, mesh) = shared_mesh(2).await;
+    let remote_1 = &env.remotes()[0];
+    let out = mesh.attach_with(remote_1, &["--services-view"]).await?;
+    anyhow::ensure!(out.status.success(), "attach: {}", describe(&out));
+    let ns = create_everywhere(env, "dash").await?;
+
+    let mut dashboard = tokio::process::Command::from(mesh.plugin());
+    dashboard
+        .args(["dashboard", "--no-browser"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut dashboard = dashboard.spawn()?;
+    let mut lines = BufReader::new(dashboard.stdout.take().context("stdout")?).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .context("the dashboard printed no URL within 60s")??
+        .context("the dashboard exited before printing its URL")?;
+    let port: u16 = url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+        .with_context(|| format!("not a loopback URL: {url}"))?;
+
+    // DNS rebinding: a request naming another host is refused; its own address is served.
+    let refused = status_for_host(port, &format!("attacker.example:{port}")).await?;
+    assert!(refused.contains(" 403 "), "{refused}");
+    let served = status_for_host(port, &format!("127.0.0.1:{port}")).await?;
+    assert!(served.contains(" 200 "), "{served}");
+
+    let mut browser = Browser::start(1400, 1000, &shots().join("chromium.log")).await?;
+    browser.navigate(&url).await?;
+    until(
+        &mut browser,
+        "the page is live",
+        Duration::from_secs(60),
+        "document.querySelector('#connection').dataset.state === 'live'",
+    )
+    .await?;
+    until(
+        &mut browser,
+        "every remote shows as reachable",
+        UNREACHABLE_WITHIN,
+        r#"['remote-1', 'remote-2'].every(n => (document.querySelector(`#clusters tr[data-cluster="${n}"]`) || {dataset: {}}).dataset.reachability === 'reachable')"#,
+    )
+    .await?;
+
+    // A label change on the primary appears without a reload, on the primary and, once the
+    // webhook pushed it, on the remotes.
+    let marker = browser.eval("window.__loaded = Date.now(); true").await?;
+    assert_eq!(marker, serde_json::Value::Bool(true));
+    label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+    let took = until(
+        &mut browser,
+        "the label shows on the primary",
+        SHOWS_WITHIN,
+        &format!("{} === 'istio-injection=enabled'", cell(&ns, "primary")),
+    )
+    .await?;
+    println!("the label showed on the page {took:?} after kubectl returned");
+    until(
+        &mut browser,
+        "the label shows on every remote, in sync",
+        SHOWS_WITHIN,
+        &format!(
+            "{} === 'istio-injection=enabled' && {} === 'istio-injection=enabled'",
+            cell(&ns, "remote-1"),
+            cell(&ns, "remote-2")
+        ),
+    )
+    .await?;
+    assert_eq!(
+        browser.eval("typeof window.__loaded === 'number'").await?,
+        serde_json::Value::Bool(true),
+        "the page was reloaded"
+    );
+
+    // A Service on the primary and remote-1 shows in the services table; remote-2, without
+    // view credentials, says so.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n  ports:\n  - name: http\n    port: 80\n"
+    );
+    for cluster in [env.primary(), remote_1] {
+        let mut apply = tokio::process::Command::from(env.kubectl(cluster));
+        apply
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = apply.spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(yaml.as_bytes())
+            .await?;
+        let out = child.wait_with_output().await?;
+        anyhow::ensure!(out.status.success(), "apply: {}", describe(&out));
+    }
+    let row = format!(r#"document.querySelector('#services tr[data-service="{ns}/web"]')"#);
+    until(
+        &mut browser,
+        "the service shows on both clusters",
+        SHOWS_WITHIN,
+        &format!(
+            r#"(() => {{ const r = {row}; if (!r) return false;
+                const c = n => r.querySelector(`td[data-cluster="${{n}}"]`).textContent;
+                return c('primary').startsWith('0 ready (injected)') && c('remote-1').startsWith('0 ready (injected)')
+                    && c('remote-2') === '(no view credentials)'; }})()"#
+        ),
+    )
+    .await?;
+
+    // A managed label edited by hand on a remote: the webhook corrects it and its Event shows.
+    let mut edit = tokio::process::Command::from(env.kubectl(remote_1));
+    edit.args([
+        "label",
+        "namespace",
+        &ns,
+        "istio-injection=disabled",
+        "--overwrite",
+    ]);
+    let out = edit.output().await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "label on remote-1: {}",
+        describe(&out)
+    );
+    until(
+        &mut browser,
+        "the correction Event shows",
+        Duration::from_secs(30),
+        &format!(
+            r#"[...document.querySelectorAll('#events tr[data-reason="RemoteLabelsCorrected"]')].some(r => r.textContent.includes('{ns}'))"#
+        ),
+    )
+    .await?;
+    browser.screenshot(&shots().join("dashboard.png")).await?;
+
+    // A frozen remote shows as unreachable, then reachable again once it answers.
+    env.pause_apiserver("remote-2")?;
+    let frozen = until(
+        &mut browser,
+        "remote-2 shows as unreachable",
+        UNREACHABLE_WITHIN,
+        r#"(() => { const r = document.querySelector('#clusters tr[data-cluster="remote-2"]');
+            return !!r && r.dataset.reachability === 'unreachable'
+                && r.querySelector('.state-unreachable').textContent.startsWith('unreachable'); })()"#,
+    )
+    .await;
+    let matrix = match &frozen {
+        Ok(_) => {
+            until(
+                &mut browser,
+                "remote-2's matrix cells show as unreachable",
+                SHOWS_WITHIN,
+                &format!("{} === '(unreachable)'", cell(&ns, "remote-2")),
+            )
+            .await
+        }
+        Err(_) => Ok(Duration::ZERO),
+    };
+    let shot = browser
+        .screenshot(&shots().join("dashboard-unreachable.png"))
+        .await;
+    env.resume_apiserver("remote-2").await?;
+    frozen?;
+    matrix?;
+    shot?;
+    until(
+        &mut browser,
+        "remote-2 shows as reachable again",
+        UNREACHABLE_WITHIN,
+        r#"document.querySelector('#clusters tr[data-cluster="remote-2"]').dataset.reachability === 'reachable'"#,
+    )
+    .await?;
+
+    // Through all of it the dashboard kept running.
+    assert!(dashboard.try_wait()?.is_none(), "the dashboard exited");
+    Ok(())
+}
