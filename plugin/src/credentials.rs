@@ -1,44 +1,9 @@
 //! Reading expiry dates out of credentials, without verifying them (only the issuer's
 //! counterpart can): the `exp` claim of a bearer token, the `notAfter` of certificates.
 
-use base64::Engine as _;
 use jiff::Timestamp;
 
-/// When a bearer token expires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenExpiry {
-    /// A JWT without `exp`.
-    Never,
-    /// Not a readable JWT.
-    Unknown,
-    /// The `exp` claim.
-    At(Timestamp),
-}
-
-/// Reads the `exp` claim of a JWT without verifying it (only the remote can).
-pub fn token_expiry(token: &str) -> TokenExpiry {
-    let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return TokenExpiry::Unknown;
-    };
-    let Ok(bytes) =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('='))
-    else {
-        return TokenExpiry::Unknown;
-    };
-    let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return TokenExpiry::Unknown;
-    };
-    match claims.get("exp") {
-        None => TokenExpiry::Never,
-        Some(exp) => exp
-            .as_i64()
-            .and_then(|s| Timestamp::from_second(s).ok())
-            .map_or(TokenExpiry::Unknown, TokenExpiry::At),
-    }
-}
+pub use mesh_core::token::{TokenExpiry, token_expiry};
 
 /// The bearer token of a stored kubeconfig's (only) user; `None` when it authenticates
 /// otherwise (a client certificate).
@@ -88,6 +53,7 @@ pub fn certificates(pem: &[u8]) -> std::result::Result<CertInfo, String> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use base64::Engine as _;
     use jiff::SignedDuration;
 
     use super::*;

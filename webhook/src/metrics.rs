@@ -100,6 +100,7 @@ pub struct Metrics {
     syncs: Family<SyncLabels, Counter>,
     leader: Gauge,
     pushes_in_flight: Gauge,
+    token_expiry: Family<ClusterLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -120,6 +121,7 @@ impl Metrics {
         let syncs = Family::<SyncLabels, Counter>::default();
         let leader = Gauge::default();
         let pushes_in_flight = Gauge::default();
+        let token_expiry = Family::<ClusterLabels, Gauge>::default();
         // prometheus-client appends `_total` to counters: register the bare names.
         registry.register(
             "propagation_latency_seconds",
@@ -168,6 +170,12 @@ impl Metrics {
              persisted or their time runs out",
             pushes_in_flight.clone(),
         );
+        registry.register(
+            "token_expiry_seconds",
+            "Seconds until the stored token of the remote cluster expires (negative once \
+             expired); absent for a token without expiry",
+            token_expiry.clone(),
+        );
         Self {
             registry,
             propagation_latency,
@@ -179,6 +187,7 @@ impl Metrics {
             syncs,
             leader,
             pushes_in_flight,
+            token_expiry,
         }
     }
 
@@ -256,6 +265,21 @@ impl Metrics {
             .inc();
     }
 
+    /// Records how long the cluster's stored token has left; `None` for one without expiry.
+    pub fn set_token_expiry(&self, cluster: &str, seconds: Option<i64>) {
+        let labels = ClusterLabels {
+            cluster: cluster.to_owned(),
+        };
+        match seconds {
+            Some(seconds) => {
+                self.token_expiry.get_or_create(&labels).set(seconds);
+            }
+            None => {
+                self.token_expiry.remove(&labels);
+            }
+        }
+    }
+
     /// Records one answered admission review.
     pub fn admission_review(&self, outcome: ReviewOutcome) {
         self.admission_reviews
@@ -273,6 +297,7 @@ impl Metrics {
         };
         self.cluster_reachable.remove(&labels);
         self.propagation_latency.remove(&labels);
+        self.token_expiry.remove(&labels);
     }
 
     /// The OpenMetrics text exposition of every family.
@@ -297,7 +322,18 @@ mod tests {
         metrics.set_reachable("east", true);
         metrics.admission_review(ReviewOutcome::Pushed);
         metrics.sync_finished("east", "ok");
+        metrics.set_token_expiry("east", Some(3600));
+        metrics.set_token_expiry("west", Some(60));
+        metrics.set_token_expiry("west", None);
         let text = metrics.encode().expect("encode");
+        assert!(
+            text.contains(r#"token_expiry_seconds{cluster="east"} 3600"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"token_expiry_seconds{cluster="west"}"#),
+            "{text}"
+        );
         assert!(
             text.contains("propagation_latency_seconds_bucket{"),
             "{text}"

@@ -47,7 +47,7 @@ impl List {
 
 /// When each cluster's stored token expires, by cluster name, read from the Secret attach
 /// stored its kubeconfig in.
-async fn token_expiries(
+pub(crate) async fn token_expiries(
     client: &Client,
     clusters: &[MeshCluster],
 ) -> BTreeMap<String, TokenExpiry> {
@@ -63,6 +63,34 @@ async fn token_expiries(
         expiries.insert(cluster.name_any(), expiry_of(secret.as_ref()));
     }
     expiries
+}
+
+/// One line per cluster on its stored token (`status -o wide`), and whether it is a warning.
+pub fn token_lines(
+    expiries: &BTreeMap<String, TokenExpiry>,
+    now: Timestamp,
+) -> Vec<(bool, String)> {
+    expiries
+        .iter()
+        .map(|(name, expiry)| match expiry {
+            TokenExpiry::Never => (false, format!("token of {name}: long-lived, never expires")),
+            TokenExpiry::Unknown => (true, format!("token of {name}: expiry unknown")),
+            TokenExpiry::At(at) if *at <= now => (
+                true,
+                format!(
+                    "token of {name}: {} ({at:.0}); `kubectl mesh rotate {name}` issues a new one",
+                    age::until(*at, now)
+                ),
+            ),
+            TokenExpiry::At(at) => (
+                false,
+                format!(
+                    "token of {name}: expires {} ({at:.0})",
+                    age::until(*at, now)
+                ),
+            ),
+        })
+        .collect()
 }
 
 /// The expiry of the token in a stored-kubeconfig Secret.
@@ -313,6 +341,37 @@ mod tests {
             )])),
             ..Secret::default()
         }
+    }
+
+    #[test]
+    fn token_lines_say_when_and_what_repairs_an_expired_one() {
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let expiries = BTreeMap::from([
+            (
+                "a".to_owned(),
+                TokenExpiry::At(Timestamp::from_second(1_000_000 + 7200).unwrap()),
+            ),
+            (
+                "b".to_owned(),
+                TokenExpiry::At(Timestamp::from_second(1_000_000 - 60).unwrap()),
+            ),
+            ("c".to_owned(), TokenExpiry::Never),
+        ]);
+        let lines = token_lines(&expiries, now);
+        assert_eq!(
+            lines[0],
+            (
+                false,
+                "token of a: expires in 120m (1970-01-12T15:46:40Z)".to_owned()
+            )
+        );
+        assert!(lines[1].0);
+        assert!(lines[1].1.contains("expired 60s ago"), "{lines:?}");
+        assert!(lines[1].1.contains("`kubectl mesh rotate b`"), "{lines:?}");
+        assert_eq!(
+            lines[2],
+            (false, "token of c: long-lived, never expires".to_owned())
+        );
     }
 
     #[test]

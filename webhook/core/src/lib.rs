@@ -25,6 +25,7 @@ pub mod kubeconfig;
 pub mod labels;
 pub mod remote;
 pub mod sync;
+pub mod token;
 pub mod write;
 
 /// Namespace on the primary that holds the webhook, its serving certificate and the

@@ -736,18 +736,20 @@ current-context: east
     #[test]
     fn the_stored_tokens_claims_are_read() {
         let token = crate::token::tests::jwt(serde_json::json!({"iat": 10, "exp": 610}));
-        let mut secret = Secret::default();
-        secret.data = Some(
-            [(
-                KUBECONFIG_KEY.to_owned(),
-                ByteString(
-                    TOKEN_KUBECONFIG
-                        .replace("s3cr3t-token", &token)
-                        .into_bytes(),
-                ),
-            )]
-            .into(),
-        );
+        let secret = Secret {
+            data: Some(
+                [(
+                    KUBECONFIG_KEY.to_owned(),
+                    ByteString(
+                        TOKEN_KUBECONFIG
+                            .replace("s3cr3t-token", &token)
+                            .into_bytes(),
+                    ),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
         let claims = stored_token_claims(&secret).expect("claims");
         assert_eq!(claims.expires_at.map(|t| t.as_second()), Some(610));
         assert_eq!(claims.issued_at.map(|t| t.as_second()), Some(10));

@@ -18,7 +18,7 @@ use mesh_core::{
 use crate::{Error, Result};
 
 /// Waits until kube-controller-manager has put a token into the Secret `secret`.
-pub(super) async fn wait_token(
+pub(crate) async fn wait_token(
     remote: &Client,
     cluster: &str,
     secret: &str,

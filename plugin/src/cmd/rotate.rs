@@ -1,0 +1,667 @@
+//! `kubectl mesh rotate`: new tokens for the identities attach created on a remote, and the
+//! old ones revoked, without a moment when the stored credentials do not work.
+//!
+//! Each identity has its token Secret on the remote (`kubectl-mesh-sync-token`, the name
+//! attach, check and detach know) and, during a rotation only, a standby one
+//! (`<name>-standby`). A rotation moves the stored kubeconfig to a freshly issued standby
+//! token, waits until the webhook has synced with it (MeshCluster
+//! `status.observedCredentials` equals the stored Secret's resourceVersion), deletes the own
+//! Secret, which revokes the old token, issues that one anew, moves the stored kubeconfig
+//! back to it, waits again and deletes the standby.
+//!
+//! A token Secret is deleted only while the stored kubeconfig holds another token that the
+//! webhook has used (or when the stored one has expired and cannot be used anyway), so an
+//! interruption at any step leaves working credentials, and a re-run goes on from what it
+//! finds. The view identity and the Istio reader have no webhook to wait for: `kubectl
+//! mesh` reads the view credentials on each run, and istiod reloads a remote secret when it
+//! changes.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, PostParams},
+    config::Kubeconfig,
+};
+use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, token};
+
+use super::attach::remote_kubeconfig_error;
+use crate::{
+    Context, Error, Result,
+    access::{self, Need, Target},
+    credentials, kubeconfig,
+    output::Progress,
+    remote_setup as setup,
+};
+
+/// Replace a cluster's stored tokens and revoke the old ones, without downtime.
+///
+/// Issues new tokens on the remote for the identities attach created there (the sync
+/// account, and the view identity and Istio reader when attached with them), stores them on
+/// the primary, waits until the webhook uses the new sync token, then revokes the old ones.
+/// Needs an admin kubeconfig of the remote like attach: --remote-kubeconfig, or the context
+/// attach used if your kubeconfig has it. Safe to interrupt and to re-run.
+#[derive(Debug, clap::Args)]
+pub struct Rotate {
+    /// Name of the attached cluster.
+    #[arg(value_name = "NAME", required_unless_present = "all")]
+    pub name: Option<String>,
+    /// Rotate every attached cluster (each with the context attach recorded).
+    #[arg(long, conflicts_with_all = ["name", "remote_kubeconfig"])]
+    pub all: bool,
+    /// Admin kubeconfig of the remote [default: your kubeconfig, with the context attach used].
+    #[arg(long, value_name = "FILE")]
+    pub remote_kubeconfig: Option<PathBuf>,
+    /// Context of the remote in that kubeconfig [default: its current context].
+    #[arg(long, value_name = "CONTEXT")]
+    pub remote_context: Option<String>,
+    /// Print the steps without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for each token to be issued and for the webhook to use it.
+    #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+/// Who holds a token and where its kubeconfig is stored on the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// The webhook: `kubectl-mesh/cluster-<name>`.
+    Sync,
+    /// `kubectl mesh status` and `check`: `kubectl-mesh/cluster-<name>-view`.
+    View,
+    /// istiod: `istio-system/istio-remote-secret-<name>`.
+    Istio,
+}
+
+impl Holder {
+    /// The remote ServiceAccount.
+    pub fn account(self) -> &'static str {
+        match self {
+            Self::Sync => setup::SYNC_ACCOUNT,
+            Self::View => setup::VIEW_ACCOUNT,
+            Self::Istio => setup::ISTIO_READER,
+        }
+    }
+
+    /// The token Secret attach created on the remote.
+    pub fn token_secret(self) -> &'static str {
+        match self {
+            Self::Sync => setup::TOKEN_SECRET,
+            Self::View => setup::VIEW_TOKEN_SECRET,
+            Self::Istio => setup::ISTIO_READER_TOKEN_SECRET,
+        }
+    }
+
+    /// Namespace and name of the Secret on the primary that stores the kubeconfig.
+    pub fn stored_at(self, cluster: &str) -> (&'static str, String) {
+        match self {
+            Self::Sync => (MESH_NAMESPACE, setup::cluster_secret_name(cluster)),
+            Self::View => (MESH_NAMESPACE, setup::view_secret_name(cluster)),
+            Self::Istio => (setup::ISTIO_NAMESPACE, setup::istio_secret_name(cluster)),
+        }
+    }
+}
+
+/// The token Secret that holds the stored token while its own one is issued anew.
+pub fn standby_secret(own: &str) -> String {
+    format!("{own}-standby")
+}
+
+/// Every standby name, for detach.
+pub fn standby_secrets() -> [String; 3] {
+    [Holder::Sync, Holder::View, Holder::Istio].map(|h| standby_secret(h.token_secret()))
+}
+
+/// The steps of one identity's rotation, as `--dry-run` prints them.
+pub fn steps(cluster: &str, holder: Holder) -> Vec<String> {
+    let own = holder.token_secret();
+    let standby = standby_secret(own);
+    let (ns, stored) = holder.stored_at(cluster);
+    let used = match holder {
+        Holder::Sync => format!(
+            "wait until the webhook has synced {cluster} with it (MeshCluster \
+             status.observedCredentials)"
+        ),
+        Holder::View => "(read by kubectl mesh on each run: nothing to wait for)".to_owned(),
+        Holder::Istio => "(istiod reloads the secret when it changes)".to_owned(),
+    };
+    vec![
+        format!("issue a token in Secret {MESH_NAMESPACE}/{standby} on {cluster}"),
+        format!("store it in Secret {ns}/{stored} on the primary; {used}"),
+        format!(
+            "delete Secret {MESH_NAMESPACE}/{own} on {cluster} (revokes the token it held) \
+             and issue it anew"
+        ),
+        format!("store the new token in Secret {ns}/{stored}; {used}"),
+        format!("delete Secret {MESH_NAMESPACE}/{standby} on {cluster}"),
+    ]
+}
+
+impl Rotate {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Context) -> Result<()> {
+        let Self {
+            name,
+            all,
+            remote_kubeconfig,
+            remote_context,
+            dry_run,
+            timeout,
+        } = self;
+        let progress = ctx.progress;
+        let (primary_kc, primary_context, primary_target) = ctx.primary_target()?;
+        let primary = access::client(primary_kc.clone(), Some(&primary_context)).await?;
+        let clusters: Api<MeshCluster> = Api::all(primary.clone());
+        let targets = if all {
+            let list = clusters
+                .list(&Default::default())
+                .await
+                .map_err(|e| access::request_error(&primary_target, "list MeshClusters", e))?;
+            if list.items.is_empty() {
+                return Err(Error::Refused {
+                    what: "no cluster is attached".into(),
+                    hint: "`kubectl mesh attach` attaches one".into(),
+                });
+            }
+            list.items
+        } else {
+            let name = name.unwrap_or_default();
+            let mc = clusters
+                .get_opt(&name)
+                .await
+                .map_err(|e| access::request_error(&primary_target, "read MeshClusters", e))?;
+            let Some(mc) = mc else {
+                return Err(Error::Refused {
+                    what: format!("cluster {name:?} is not attached"),
+                    hint: "`kubectl mesh list` shows the attached clusters".into(),
+                });
+            };
+            vec![mc]
+        };
+
+        let primary_id = access::cluster_id(&primary)
+            .await
+            .map_err(|e| access::request_error(&primary_target, "read kube-system", e))?;
+        for mc in &targets {
+            let name = mc.name_any();
+            let holders = holders_of(&primary, &primary_target, &name).await?;
+            if dry_run {
+                for holder in &holders {
+                    progress.info(format!(
+                        "{name}: would rotate the token of ServiceAccount {MESH_NAMESPACE}/{}:",
+                        holder.account()
+                    ));
+                    for (i, step) in steps(&name, *holder).iter().enumerate() {
+                        progress.info(format!("  {}. {step}", i + 1));
+                    }
+                }
+                continue;
+            }
+            let (remote, remote_target) = remote_client(
+                &name,
+                mc,
+                &primary_kc,
+                remote_kubeconfig.as_ref(),
+                remote_context.as_deref(),
+            )
+            .await?;
+            let rotation = Rotation {
+                cluster: &name,
+                primary: &primary,
+                primary_target: &primary_target,
+                remote: &remote,
+                remote_target: &remote_target,
+                primary_id: &primary_id,
+                timeout,
+                progress,
+            };
+            for holder in holders {
+                rotation.rotate(holder).await?;
+            }
+            progress.ok(format!("{name}: tokens rotated, the old ones revoked"));
+        }
+        Ok(())
+    }
+}
+
+/// The identities of `cluster` whose kubeconfig is stored on the primary: the sync account
+/// always, the others when attach created them.
+async fn holders_of(primary: &Client, target: &Target, cluster: &str) -> Result<Vec<Holder>> {
+    let mut out = vec![Holder::Sync];
+    for holder in [Holder::View, Holder::Istio] {
+        let (ns, secret) = holder.stored_at(cluster);
+        match Api::<Secret>::namespaced(primary.clone(), ns)
+            .get_opt(&secret)
+            .await
+        {
+            Ok(Some(s)) if setup::is_ours(&s.metadata, cluster) => out.push(holder),
+            Ok(_) => {}
+            // Not allowed to read istio-system: no Istio remote secret to rotate for us.
+            Err(kube::Error::Api(s)) if s.code == 403 && holder == Holder::Istio => {}
+            Err(e) => {
+                return Err(access::request_error(
+                    target,
+                    &format!("read Secret {ns}/{secret}"),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An admin client of the remote, checked to be that cluster with the rights rotate needs.
+async fn remote_client(
+    name: &str,
+    mc: &MeshCluster,
+    primary_kc: &Kubeconfig,
+    file: Option<&PathBuf>,
+    context: Option<&str>,
+) -> Result<(Client, Target)> {
+    let (kc, kc_context, where_configured) = match file {
+        Some(path) => (
+            kubeconfig::read_remote(path, context).map_err(|e| remote_kubeconfig_error(path, e))?,
+            None,
+            format!("the server address in {}", path.display()),
+        ),
+        None => {
+            let recorded = context
+                .map(str::to_owned)
+                .or_else(|| setup::remote_context(mc).map(str::to_owned))
+                .filter(|c| primary_kc.contexts.iter().any(|n| n.name == *c));
+            let Some(c) = recorded else {
+                return Err(Error::Refused {
+                    what: format!(
+                        "no credentials for remote cluster {name} ({}): rotate needs an admin \
+                         kubeconfig of it to issue tokens there",
+                        mc.spec.server
+                    ),
+                    hint: format!(
+                        "pass --remote-kubeconfig FILE (and --remote-context if it is not the \
+                         current one): `kubectl mesh rotate {name} --remote-kubeconfig FILE`"
+                    ),
+                });
+            };
+            (
+                primary_kc.clone(),
+                Some(c.clone()),
+                format!("the server of context {c} in your kubeconfig"),
+            )
+        }
+    };
+    let server = kubeconfig::select(&kc, kc_context.as_deref())?
+        .server()?
+        .to_owned();
+    let target = Target {
+        label: format!("remote cluster {name}"),
+        server,
+        where_configured,
+    };
+    let client = access::client(kc, kc_context.as_deref()).await?;
+    let id = access::cluster_id(&client)
+        .await
+        .map_err(|e| access::request_error(&target, "read kube-system", e))?;
+    if id != mc.spec.cluster_id {
+        return Err(Error::Refused {
+            what: format!(
+                "the remote kubeconfig reaches cluster id {id} at {}, but {name} is cluster id \
+                 {} at {}",
+                target.server, mc.spec.cluster_id, mc.spec.server
+            ),
+            hint: format!("pass the kubeconfig of {name} with --remote-kubeconfig"),
+        });
+    }
+    let needs = [Need::namespaced(
+        "",
+        "secrets",
+        MESH_NAMESPACE,
+        &["get", "create", "delete"],
+    )];
+    let missing = access::missing(&client, &needs)
+        .await
+        .map_err(|e| access::request_error(&target, "check rights", e))?;
+    if !missing.is_empty() {
+        return Err(Error::Refused {
+            what: format!(
+                "missing permissions on remote cluster {name} ({}): {}",
+                target.server,
+                missing.join(", ")
+            ),
+            hint: "use an admin kubeconfig of the remote".into(),
+        });
+    }
+    Ok((client, target))
+}
+
+/// One cluster's rotation.
+struct Rotation<'a> {
+    cluster: &'a str,
+    primary: &'a Client,
+    primary_target: &'a Target,
+    remote: &'a Client,
+    remote_target: &'a Target,
+    primary_id: &'a str,
+    timeout: Duration,
+    progress: Progress,
+}
+
+/// The token a token Secret holds, once issued.
+fn token_in(secret: Option<&Secret>) -> Option<String> {
+    secret?
+        .data
+        .as_ref()?
+        .get("token")
+        .and_then(|t| String::from_utf8(t.0.clone()).ok())
+        .filter(|t| !t.is_empty())
+}
+
+/// The stored Secret's kubeconfigs (one per key) with their user's token replaced.
+fn with_token(secret: &Secret, token: &str) -> Result<Secret> {
+    let mut out = secret.clone();
+    for value in out.data.iter_mut().flat_map(|d| d.values_mut()) {
+        let yaml = std::str::from_utf8(&value.0).map_err(|_| Error::Refused {
+            what: format!(
+                "Secret {} does not hold a UTF-8 kubeconfig",
+                secret.name_any()
+            ),
+            hint: "re-run `kubectl mesh attach` to store it anew".into(),
+        })?;
+        let kc = kubeconfig::parse_stored(yaml)?;
+        let mut json = serde_json::to_value(&kc).map_err(|e| Error::Serialize {
+            format: "JSON",
+            source: Box::new(e),
+        })?;
+        for user in json
+            .get_mut("users")
+            .and_then(|u| u.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(user) = user.get_mut("user").and_then(|u| u.as_object_mut()) {
+                user.insert("token".to_owned(), token.into());
+            }
+        }
+        let kc: Kubeconfig = serde_json::from_value(json).map_err(|e| Error::Serialize {
+            format: "kubeconfig",
+            source: Box::new(e),
+        })?;
+        *value = ByteString(kubeconfig::to_yaml(&kc)?.into_bytes());
+    }
+    Ok(out)
+}
+
+/// The token of the (first) kubeconfig a stored Secret holds.
+fn stored_token_of(secret: &Secret) -> Option<String> {
+    let value = secret.data.as_ref()?.values().next()?;
+    let kc = kubeconfig::parse_stored(std::str::from_utf8(&value.0).ok()?).ok()?;
+    credentials::stored_token(&kc)
+}
+
+impl Rotation<'_> {
+    async fn rotate(&self, holder: Holder) -> Result<()> {
+        let own = holder.token_secret();
+        let standby = standby_secret(own);
+        let account = holder.account();
+        self.progress.info(format!(
+            "{}: rotating the token of ServiceAccount {MESH_NAMESPACE}/{account}",
+            self.cluster
+        ));
+        let stored = self.stored(holder).await?;
+        let current = stored_token_of(&stored);
+        let standby_token = token_in(self.remote_secret(&standby).await?.as_ref());
+        if standby_token.is_none() || standby_token != current {
+            // Whatever the standby holds is not stored; but a previous run may have just
+            // moved the stored kubeconfig off it, so it goes only once that is in use.
+            self.settled(holder, current.as_deref()).await?;
+            self.delete_token_secret(&standby).await?;
+            let token = self.issue(&standby, account).await?;
+            self.store(holder, &token).await?;
+            self.settled(holder, Some(&token)).await?;
+        }
+        self.settled(holder, None).await?;
+        self.delete_token_secret(own).await?;
+        self.progress.ok(format!(
+            "{}: Secret {MESH_NAMESPACE}/{own} deleted: the old token is revoked",
+            self.cluster
+        ));
+        let token = self.issue(own, account).await?;
+        self.store(holder, &token).await?;
+        self.settled(holder, Some(&token)).await?;
+        self.delete_token_secret(&standby).await?;
+        Ok(())
+    }
+
+    async fn stored(&self, holder: Holder) -> Result<Secret> {
+        let (ns, name) = holder.stored_at(self.cluster);
+        Api::<Secret>::namespaced(self.primary.clone(), ns)
+            .get_opt(&name)
+            .await
+            .map_err(|e| {
+                access::request_error(self.primary_target, &format!("read Secret {ns}/{name}"), e)
+            })?
+            .ok_or_else(|| Error::Refused {
+                what: format!(
+                    "{}: Secret {ns}/{name} is missing on the primary",
+                    self.cluster
+                ),
+                hint: format!(
+                    "re-run `kubectl mesh attach` for {} to store its credentials",
+                    self.cluster
+                ),
+            })
+    }
+
+    async fn remote_secret(&self, name: &str) -> Result<Option<Secret>> {
+        Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE)
+            .get_opt(name)
+            .await
+            .map_err(|e| {
+                access::request_error(
+                    self.remote_target,
+                    &format!("read Secret {MESH_NAMESPACE}/{name}"),
+                    e,
+                )
+            })
+    }
+
+    /// Deletes a token Secret this primary created for this cluster, and waits until it is
+    /// gone (its name is issued anew next).
+    async fn delete_token_secret(&self, name: &str) -> Result<()> {
+        let Some(found) = self.remote_secret(name).await? else {
+            return Ok(());
+        };
+        if !setup::is_ours_from(&found.metadata, self.cluster, self.primary_id) {
+            return Err(Error::Refused {
+                what: format!(
+                    "Secret {MESH_NAMESPACE}/{name} on {} was not created by this primary for \
+                     this cluster",
+                    self.cluster
+                ),
+                hint: format!(
+                    "`kubectl mesh attach` with --force takes {} over from another primary",
+                    self.cluster
+                ),
+            });
+        }
+        let api = Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(access::request_error(
+                    self.remote_target,
+                    &format!("delete Secret {MESH_NAMESPACE}/{name}"),
+                    e,
+                ));
+            }
+        }
+        let deadline = Instant::now() + self.timeout;
+        while self.remote_secret(name).await?.is_some() {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("Secret {MESH_NAMESPACE}/{name} on {} to go", self.cluster),
+                    after: format!("{}s", self.timeout.as_secs()),
+                    hint: format!(
+                        "`kubectl -n {MESH_NAMESPACE} get secret {name} -o yaml` on {} shows what \
+                         holds it; then re-run rotate",
+                        self.cluster
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    /// Creates the token Secret `name` for `account` and waits for its token.
+    async fn issue(&self, name: &str, account: &str) -> Result<String> {
+        let mut secret = setup::token_secret(name, account, self.cluster);
+        secret.annotations_mut().insert(
+            setup::PRIMARY_ANNOTATION.to_owned(),
+            self.primary_id.to_owned(),
+        );
+        let api = Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE);
+        api.create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| {
+                access::request_error(
+                    self.remote_target,
+                    &format!("create Secret {MESH_NAMESPACE}/{name}"),
+                    e,
+                )
+            })?;
+        let token =
+            super::attach::wait_token(self.remote, self.cluster, name, self.timeout).await?;
+        self.progress.ok(format!(
+            "{}: new token of ServiceAccount {MESH_NAMESPACE}/{account} issued in Secret \
+             {MESH_NAMESPACE}/{name}",
+            self.cluster
+        ));
+        Ok(token)
+    }
+
+    /// Puts `token` into the stored kubeconfig of `holder`.
+    async fn store(&self, holder: Holder, token: &str) -> Result<()> {
+        let (ns, name) = holder.stored_at(self.cluster);
+        let api = Api::<Secret>::namespaced(self.primary.clone(), ns);
+        // The resourceVersion read makes this a conditional update: a concurrent attach
+        // makes it fail rather than be overwritten.
+        let updated = with_token(&self.stored(holder).await?, token)?;
+        api.replace(&name, &PostParams::default(), &updated)
+            .await
+            .map_err(|e| {
+                access::request_error(
+                    self.primary_target,
+                    &format!("update Secret {ns}/{name}"),
+                    e,
+                )
+            })?;
+        self.progress.ok(format!(
+            "{}: new token stored in Secret {ns}/{name}",
+            self.cluster
+        ));
+        Ok(())
+    }
+
+    /// Waits until the holder uses what is stored now. Only the webhook says so (in MeshCluster
+    /// status); a stored token that has expired is used by no one, and is not waited for.
+    /// `expected`, when given, is the token that must be stored.
+    async fn settled(&self, holder: Holder, expected: Option<&str>) -> Result<()> {
+        if holder != Holder::Sync {
+            return Ok(());
+        }
+        let clusters: Api<MeshCluster> = Api::all(self.primary.clone());
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let stored = self.stored(holder).await?;
+            let token = stored_token_of(&stored);
+            if let Some(expected) = expected
+                && token.as_deref() != Some(expected)
+            {
+                return Err(Error::Refused {
+                    what: format!(
+                        "the stored credentials of {} changed during the rotation",
+                        self.cluster
+                    ),
+                    hint: "was attach or rotate run at the same time? re-run rotate".into(),
+                });
+            }
+            let expired = token
+                .as_deref()
+                .and_then(token::claims)
+                .is_some_and(|c| c.standing(jiff_now()) == token::Standing::Expired);
+            if expired {
+                return Ok(());
+            }
+            let mc = clusters
+                .get(self.cluster)
+                .await
+                .map_err(|e| access::request_error(self.primary_target, "read MeshClusters", e))?;
+            let observed = mc.status.and_then(|s| s.observed_credentials);
+            if observed.is_some() && observed == stored.resource_version() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "the webhook to sync {} with the stored token (MeshCluster \
+                         status.observedCredentials = {})",
+                        self.cluster,
+                        stored.resource_version().unwrap_or_default()
+                    ),
+                    after: format!("{}s", self.timeout.as_secs()),
+                    hint: format!(
+                        "the previous token still works; `kubectl mesh status {0}` and `kubectl \
+                         mesh check` show what the webhook does; then re-run `kubectl mesh \
+                         rotate {0}`",
+                        self.cluster
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_replaced_in_every_stored_kubeconfig() {
+        let stored = kubeconfig::build_stored_kubeconfig("east", "https://1.2.3.4", None, "old");
+        let yaml = kubeconfig::to_yaml(&stored).unwrap();
+        let secret = setup::istio_remote_secret("east", &yaml);
+        let rotated = with_token(&secret, "new").unwrap();
+        assert_eq!(stored_token_of(&rotated).as_deref(), Some("new"));
+        assert_eq!(stored_token_of(&secret).as_deref(), Some("old"));
+        let data = rotated.data.as_ref().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), vec!["east"]);
+        let kc = kubeconfig::parse_stored(std::str::from_utf8(&data["east"].0).unwrap()).unwrap();
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("https://1.2.3.4")
+        );
+    }
+
+    #[test]
+    fn dry_run_names_every_step_and_the_wait() {
+        let steps = steps("east", Holder::Sync);
+        assert_eq!(steps.len(), 5);
+        assert!(
+            steps[0].contains("kubectl-mesh-sync-token-standby"),
+            "{steps:?}"
+        );
+        assert!(steps[1].contains("observedCredentials"), "{steps:?}");
+        assert!(steps[2].contains("revokes"), "{steps:?}");
+        assert!(steps[4].contains("delete Secret kubectl-mesh/kubectl-mesh-sync-token-standby"));
+        assert!(standby_secrets().contains(&"kubectl-mesh-istio-reader-token-standby".to_owned()));
+    }
+}

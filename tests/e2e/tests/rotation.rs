@@ -1,0 +1,530 @@
+//! Token rotation: `kubectl mesh rotate` replaces the stored tokens while label changes flow,
+//! revokes the old ones, survives an interruption, and repairs an expired token; status,
+//! check, list and the webhook's metrics say when a token expires.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::{
+    authentication::v1::SelfSubjectReview,
+    core::v1::{Namespace, Secret},
+};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::{CONDITION_REACHABLE, MeshCluster},
+    remote::{RemoteOptions, client_from_kubeconfig},
+};
+use mesh_e2e::{
+    create_everywhere, describe, eventually, fixtures::output, https_get, managed_labels,
+    own_mesh_with, text,
+};
+use mesh_testenv::{TestEnv, mesh::Mesh, mesh::MeshOptions};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const SYNC_TOKEN: &str = "kubectl-mesh-sync-token";
+const STANDBY: &str = "kubectl-mesh-sync-token-standby";
+
+/// The kubeconfig stored in Secret `namespace/name` on the primary under `key`.
+async fn stored_kubeconfig(
+    env: &TestEnv,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<String> {
+    let secret = Api::<Secret>::namespaced(env.primary().client().await?, namespace)
+        .get(name)
+        .await?;
+    let data = secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .ok_or_else(|| anyhow::anyhow!("no {key} in {namespace}/{name}"))?;
+    Ok(String::from_utf8(data.0)?)
+}
+
+fn token_of(kubeconfig: &str) -> anyhow::Result<String> {
+    let kc: serde_yaml::Value = serde_yaml::from_str(kubeconfig)?;
+    kc["users"][0]["user"]["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no token in the stored kubeconfig"))
+}
+
+/// `kubeconfig` with its token replaced.
+fn with_token(kubeconfig: &str, token: &str) -> anyhow::Result<String> {
+    let mut kc: serde_yaml::Value = serde_yaml::from_str(kubeconfig)?;
+    kc["users"][0]["user"]["token"] = token.into();
+    Ok(serde_yaml::to_string(&kc)?)
+}
+
+/// The HTTP status the remote answers "who am I" (a SelfSubjectReview, which any
+/// authenticated account may create) asked with `kubeconfig`: 201, or 401 for a token it
+/// does not accept.
+async fn answer_to(kubeconfig: &str) -> anyhow::Result<u16> {
+    let client = client_from_kubeconfig("probe", kubeconfig, &RemoteOptions::default()).await?;
+    let review = SelfSubjectReview::default();
+    match Api::<SelfSubjectReview>::all(client)
+        .create(&PostParams::default(), &review)
+        .await
+    {
+        Ok(_) => Ok(201),
+        Err(kube::Error::Api(s)) => Ok(s.code),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits until the remote refuses `kubeconfig`'s token. Not at once: the apiserver caches a
+/// successful token authentication for 10 s (`TokenSuccessCacheTTL`).
+async fn revoked(what: &str, kubeconfig: &str) -> anyhow::Result<()> {
+    eventually(
+        &format!("{what} refused with 401"),
+        Duration::from_secs(30),
+        || async { Ok((answer_to(kubeconfig).await? == 401).then_some(())) },
+    )
+    .await
+}
+
+/// Names of the token Secrets on the remote.
+async fn token_secrets(remote: &mesh_testenv::Cluster) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = Api::<Secret>::namespaced(remote.client().await?, MESH_NAMESPACE)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| s.type_.as_deref() == Some("kubernetes.io/service-account-token"))
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+async fn mesh_command(env: &TestEnv, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let mut cmd = mesh_e2e::fixtures::plugin(env)?;
+    cmd.args(args);
+    output(cmd).await
+}
+
+/// `pushes_total` of the webhook by result, over every cluster.
+async fn pushes(mesh: &Mesh) -> anyhow::Result<BTreeMap<String, f64>> {
+    let metrics = https_get(mesh.metrics_address(), &mesh.ca_pem()?, "/metrics").await?;
+    let mut out = BTreeMap::new();
+    for line in metrics.lines().filter(|l| l.starts_with("pushes_total{")) {
+        let result = line
+            .split("result=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default();
+        let count: f64 = line.rsplit(' ').next().unwrap_or("0").parse()?;
+        *out.entry(result.to_owned()).or_default() += count;
+    }
+    Ok(out)
+}
+
+async fn reachable_reason(env: &TestEnv, name: &str) -> anyhow::Result<Option<(String, String)>> {
+    let mc = Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(name)
+        .await?;
+    Ok(mc
+        .status
+        .and_then(|s| s.condition(CONDITION_REACHABLE).cloned())
+        .map(|c| (c.status, c.reason)))
+}
+
+#[tokio::test]
+async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old_tokens()
+-> anyhow::Result<()> {
+    let mut options = MeshOptions::from_workspace()?;
+    options.attach_args = vec!["--istio-remote-secret".into(), "--services-view".into()];
+    let (env, mesh) = own_mesh_with(1, options).await?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let ns = create_everywhere(&env, "rotation").await?;
+
+    let old_sync = stored_kubeconfig(
+        &env,
+        MESH_NAMESPACE,
+        &format!("cluster-{name}"),
+        "kubeconfig",
+    )
+    .await?;
+    let old_view = stored_kubeconfig(
+        &env,
+        MESH_NAMESPACE,
+        &format!("cluster-{name}-view"),
+        "kubeconfig",
+    )
+    .await?;
+    let old_istio = stored_kubeconfig(
+        &env,
+        "istio-system",
+        &format!("istio-remote-secret-{name}"),
+        &name,
+    )
+    .await?;
+    for kc in [&old_sync, &old_view, &old_istio] {
+        assert_eq!(answer_to(kc).await?, 201, "the attached tokens work");
+    }
+    let before = pushes(&mesh).await?;
+
+    // A change every 100 ms on the primary for as long as the rotation runs.
+    let primary = env.primary().client().await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let changer = {
+        let (primary, ns, stop) = (primary.clone(), ns.clone(), stop.clone());
+        tokio::spawn(async move {
+            let api: Api<Namespace> = Api::all(primary);
+            let mut n = 0u32;
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let patch =
+                    serde_json::json!({"metadata": {"labels": {"istio.io/rev": format!("v{n}")}}});
+                if let Err(e) = api
+                    .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    failures.push(e.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (n, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let rotate = mesh_command(
+        &env,
+        &[
+            "rotate",
+            &name,
+            "--remote-kubeconfig",
+            &remote.kubeconfig.display().to_string(),
+        ],
+    )
+    .await?;
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (changes, failures) = changer.await?;
+    assert!(rotate.status.success(), "rotate: {}", describe(&rotate));
+    assert!(failures.is_empty(), "label changes failed: {failures:?}");
+    eprintln!("rotation took {took:.2?} under {changes} label changes");
+    assert!(changes >= 10, "only {changes} changes during the rotation");
+
+    // No change lost: the remote ends with the last one.
+    let last = BTreeMap::from([("istio.io/rev".to_owned(), format!("v{changes}"))]);
+    eventually("the remote carries the last change", DEADLINE, || async {
+        Ok((managed_labels(remote, &ns).await?.as_ref() == Some(&last)).then_some(()))
+    })
+    .await?;
+    // And no push was refused (401) or failed otherwise during the rotation.
+    let after = pushes(&mesh).await?;
+    for result in ["forbidden", "failed", "unreachable", "timed_out"] {
+        let grew =
+            after.get(result).copied().unwrap_or(0.0) - before.get(result).copied().unwrap_or(0.0);
+        assert_eq!(
+            grew, 0.0,
+            "pushes {result} during rotation: {before:?} -> {after:?}"
+        );
+    }
+    assert!(
+        after.get("applied").copied().unwrap_or(0.0)
+            > before.get("applied").copied().unwrap_or(0.0),
+        "no push applied: {after:?}"
+    );
+
+    // The old tokens are revoked, the new ones work.
+    for (what, old, new) in [
+        (
+            "sync",
+            &old_sync,
+            stored_kubeconfig(
+                &env,
+                MESH_NAMESPACE,
+                &format!("cluster-{name}"),
+                "kubeconfig",
+            )
+            .await?,
+        ),
+        (
+            "view",
+            &old_view,
+            stored_kubeconfig(
+                &env,
+                MESH_NAMESPACE,
+                &format!("cluster-{name}-view"),
+                "kubeconfig",
+            )
+            .await?,
+        ),
+        (
+            "istio",
+            &old_istio,
+            stored_kubeconfig(
+                &env,
+                "istio-system",
+                &format!("istio-remote-secret-{name}"),
+                &name,
+            )
+            .await?,
+        ),
+    ] {
+        assert_ne!(token_of(old)?, token_of(&new)?, "{what} token unchanged");
+        revoked(&format!("the old {what} token"), old).await?;
+        assert_eq!(answer_to(&new).await?, 201, "new {what} token refused");
+    }
+    // `kubectl auth whoami` with the old token, as a user would try it.
+    let old_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(old_file.path(), &old_sync)?;
+    let mut whoami = std::process::Command::new(env.binaries().kubectl());
+    whoami
+        .arg("--kubeconfig")
+        .arg(old_file.path())
+        .args(["auth", "whoami"]);
+    let whoami = output(whoami).await?;
+    assert!(
+        !whoami.status.success(),
+        "whoami with the old token: {}",
+        describe(&whoami)
+    );
+    assert!(
+        text(&whoami.stderr).contains("Unauthorized") || text(&whoami.stderr).contains("401"),
+        "{}",
+        describe(&whoami)
+    );
+    assert_eq!(
+        token_secrets(remote).await?,
+        vec![
+            "kubectl-mesh-istio-reader-token".to_owned(),
+            SYNC_TOKEN.to_owned(),
+            "kubectl-mesh-view-token".to_owned()
+        ],
+        "one token Secret per identity, no standby left"
+    );
+    // The webhook reports the credentials it used: the stored Secret's version.
+    let mc = Api::<MeshCluster>::all(primary.clone()).get(&name).await?;
+    let stored = Api::<Secret>::namespaced(primary.clone(), MESH_NAMESPACE)
+        .get(&format!("cluster-{name}"))
+        .await?;
+    assert_eq!(
+        mc.status.and_then(|s| s.observed_credentials),
+        stored.metadata.resource_version
+    );
+
+    // Detach leaves nothing behind, standbys included.
+    let detach = mesh_command(
+        &env,
+        &[
+            "detach",
+            &name,
+            "--remote-kubeconfig",
+            &remote.kubeconfig.display().to_string(),
+        ],
+    )
+    .await?;
+    assert!(detach.status.success(), "{}", describe(&detach));
+    assert!(token_secrets(remote).await.unwrap_or_default().is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
+-> anyhow::Result<()> {
+    let (env, mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let remote_kc = remote.kubeconfig.display().to_string();
+    let ns = create_everywhere(&env, "interrupted").await?;
+    let secret = format!("cluster-{name}");
+    let old = stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?;
+
+    // Without a webhook to use the new token, rotate stops after storing it, before revoking.
+    env.stop_process(mesh_testenv::mesh::WEBHOOK_PROCESS)?;
+    let rotate = mesh_command(
+        &env,
+        &[
+            "rotate",
+            &name,
+            "--remote-kubeconfig",
+            &remote_kc,
+            "--timeout",
+            "5s",
+        ],
+    )
+    .await?;
+    assert!(
+        !rotate.status.success(),
+        "rotate without a webhook: {}",
+        describe(&rotate)
+    );
+    let err = text(&rotate.stderr);
+    assert!(err.contains("the previous token still works"), "{err}");
+    let midway = stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?;
+    assert_ne!(
+        token_of(&old)?,
+        token_of(&midway)?,
+        "the standby token is stored"
+    );
+    assert_eq!(
+        answer_to(&old).await?,
+        201,
+        "the old token is not revoked yet"
+    );
+    assert_eq!(answer_to(&midway).await?, 201, "the stored token works");
+    assert_eq!(
+        token_secrets(remote).await?,
+        vec![SYNC_TOKEN.to_owned(), STANDBY.to_owned()]
+    );
+
+    // The webhook back, the re-run finishes the job.
+    mesh.start_webhook(&env).await?;
+    let rerun = mesh_command(&env, &["rotate", &name, "--remote-kubeconfig", &remote_kc]).await?;
+    assert!(rerun.status.success(), "re-run: {}", describe(&rerun));
+    let last = stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?;
+    revoked("the old token", &old).await?;
+    revoked("the standby token", &midway).await?;
+    assert_eq!(answer_to(&last).await?, 201);
+    assert_eq!(token_secrets(remote).await?, vec![SYNC_TOKEN.to_owned()]);
+
+    // And sync works with it.
+    mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
+    eventually("the change reaches the remote", DEADLINE, || async {
+        Ok((managed_labels(remote, &ns).await?.as_ref() == Some(&expected)).then_some(()))
+    })
+    .await?;
+
+    // --dry-run names the steps and changes nothing.
+    let dry = mesh_command(&env, &["rotate", &name, "--dry-run"]).await?;
+    assert!(dry.status.success(), "{}", describe(&dry));
+    assert!(
+        text(&dry.stderr).contains("observedCredentials"),
+        "{}",
+        describe(&dry)
+    );
+    assert_eq!(
+        stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?,
+        last
+    );
+    Ok(())
+}
+
+/// An unsigned JWT whose `exp` has passed.
+///
+/// A fake, on purpose: a real apiserver issues tokens for at least ten minutes
+/// (TokenRequest's minimum), so a really expired one cannot be had on demand. The remote
+/// refuses this one with 401 as it refuses an expired token; what is tested is that
+/// kubectl-mesh tells it apart by its `exp` and that rotate repairs it.
+fn expired_jwt() -> String {
+    use base64::Engine as _;
+    let enc = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        enc(serde_json::json!({"alg": "RS256"})),
+        enc(
+            serde_json::json!({"iat": now - 3600, "exp": now - 60, "sub": "system:serviceaccount:kubectl-mesh:kubectl-mesh-sync"})
+        )
+    )
+}
+
+#[tokio::test]
+async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repairs_it()
+-> anyhow::Result<()> {
+    let (env, mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let ns = create_everywhere(&env, "expired").await?;
+    let secret_name = format!("cluster-{name}");
+    let secrets = Api::<Secret>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
+    let stored = stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?;
+    let mut secret = secrets.get(&secret_name).await?;
+    secret.data.get_or_insert_default().insert(
+        "kubeconfig".to_owned(),
+        k8s_openapi::ByteString(with_token(&stored, &expired_jwt())?.into_bytes()),
+    );
+    secrets
+        .replace(&secret_name, &PostParams::default(), &secret)
+        .await?;
+
+    eventually("Reachable=False TokenExpired", DEADLINE, || async {
+        Ok((reachable_reason(&env, &name).await?
+            == Some(("False".to_owned(), "TokenExpired".to_owned())))
+        .then_some(()))
+    })
+    .await?;
+    let metrics = https_get(mesh.metrics_address(), &mesh.ca_pem()?, "/metrics").await?;
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("token_expiry_seconds{{cluster=\"{name}\"}}")))
+        .ok_or_else(|| anyhow::anyhow!("no token_expiry_seconds for {name}: {metrics}"))?;
+    let seconds: f64 = gauge.rsplit(' ').next().unwrap_or_default().parse()?;
+    assert!(seconds < 0.0, "{gauge}");
+
+    let check = mesh_command(&env, &["check"]).await?;
+    assert!(
+        !check.status.success(),
+        "check passes with an expired token: {}",
+        describe(&check)
+    );
+    let all = format!("{}{}", text(&check.stdout), text(&check.stderr));
+    assert!(all.contains("expired"), "{all}");
+    assert!(
+        all.contains(&format!("kubectl mesh rotate {name}")),
+        "{all}"
+    );
+    let list = mesh_command(&env, &["list", "-o", "wide"]).await?;
+    assert!(
+        text(&list.stdout).contains("expired"),
+        "{}",
+        describe(&list)
+    );
+    let wide = mesh_command(&env, &["status", "-o", "wide"]).await?;
+    assert!(
+        text(&wide.stderr).contains(&format!("token of {name}: expired")),
+        "{}",
+        describe(&wide)
+    );
+
+    let rotate = mesh_command(
+        &env,
+        &[
+            "rotate",
+            &name,
+            "--remote-kubeconfig",
+            &remote.kubeconfig.display().to_string(),
+        ],
+    )
+    .await?;
+    assert!(rotate.status.success(), "rotate: {}", describe(&rotate));
+    eventually("Reachable=True", DEADLINE, || async {
+        Ok(
+            (reachable_reason(&env, &name).await?.map(|r| r.0) == Some("True".to_owned()))
+                .then_some(()),
+        )
+    })
+    .await?;
+    mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
+    eventually("the change reaches the remote", DEADLINE, || async {
+        Ok((managed_labels(remote, &ns).await?.as_ref() == Some(&expected)).then_some(()))
+    })
+    .await?;
+    let list = mesh_command(&env, &["list", "-o", "wide"]).await?;
+    assert!(
+        !text(&list.stdout).contains("expired"),
+        "{}",
+        describe(&list)
+    );
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Bearer tokens of stored kubeconfigs: when they expire, how much of their lifetime is left,
+//! and when a time-bound one is due for renewal. Claims are read without verifying the
+//! signature: only the remote that issued a token can, and these judgements only decide when
+//! to ask it for a new one or what to tell the user.
+
+use base64::Engine as _;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// When a bearer token expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenExpiry {
+    /// A JWT without `exp` (a long-lived ServiceAccount token Secret).
+    Never,
+    /// Not a readable JWT.
+    Unknown,
+    /// The `exp` claim.
+    At(Timestamp),
+}
+
+/// The time claims of a JWT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// `iat`: when it was issued.
+    pub issued_at: Option<Timestamp>,
+    /// `exp`: when it expires.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// The time claims of a JWT, `None` when it is not one.
+pub fn claims(token: &str) -> Option<Claims> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    let time = |key: &str| -> Option<Option<Timestamp>> {
+        match value.get(key) {
+            None => Some(None),
+            Some(v) => v
+                .as_i64()
+                .and_then(|s| Timestamp::from_second(s).ok())
+                .map(Some),
+        }
+    };
+    Some(Claims {
+        issued_at: time("iat")?,
+        expires_at: time("exp")?,
+    })
+}
+
+/// Reads the `exp` claim of a JWT.
+pub fn token_expiry(token: &str) -> TokenExpiry {
+    match claims(token) {
+        None => TokenExpiry::Unknown,
+        Some(Claims {
+            expires_at: None, ..
+        }) => TokenExpiry::Never,
+        Some(Claims {
+            expires_at: Some(at),
+            ..
+        }) => TokenExpiry::At(at),
+    }
+}
+
+/// Below this share of its lifetime left, a token is worth a warning.
+pub const LOW_LIFETIME_PERCENT: i64 = 20;
+
+/// How a token's expiry looks at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// No expiry, or plenty of time left.
+    Fine,
+    /// Less than [`LOW_LIFETIME_PERCENT`] of its lifetime left.
+    Low,
+    /// Past `exp`.
+    Expired,
+}
+
+impl Claims {
+    /// How the token stands at `now`. Without `iat` the lifetime is unknown, and only
+    /// expiry is judged.
+    pub fn standing(&self, now: Timestamp) -> Standing {
+        let Some(exp) = self.expires_at else {
+            return Standing::Fine;
+        };
+        if now >= exp {
+            return Standing::Expired;
+        }
+        let Some(iat) = self.issued_at.filter(|iat| *iat < exp) else {
+            return Standing::Fine;
+        };
+        let lifetime = exp.duration_since(iat).as_secs();
+        let left = exp.duration_since(now).as_secs();
+        if left * 100 < lifetime * LOW_LIFETIME_PERCENT {
+            Standing::Low
+        } else {
+            Standing::Fine
+        }
+    }
+
+    /// When a time-bound token should be replaced: once `fraction` (0 < f < 1) of its lifetime
+    /// has passed. `None` for a token that does not expire or whose lifetime is unknown.
+    pub fn renew_at(&self, fraction: f64) -> Option<Timestamp> {
+        let (iat, exp) = (self.issued_at?, self.expires_at?);
+        if iat >= exp {
+            return Some(iat);
+        }
+        let lifetime = exp.duration_since(iat).as_secs_f64();
+        let fraction = fraction.clamp(0.0, 1.0);
+        iat.checked_add(SignedDuration::from_secs_f64(lifetime * fraction))
+            .ok()
+    }
+
+    /// The token's lifetime (`exp - iat`), when both are known.
+    pub fn lifetime(&self) -> Option<SignedDuration> {
+        Some(self.expires_at?.duration_since(self.issued_at?))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An unsigned JWT carrying `claims`.
+    pub(crate) fn jwt(claims: serde_json::Value) -> String {
+        let enc = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            enc(&serde_json::json!({"alg": "RS256"})),
+            enc(&claims)
+        )
+    }
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn expiry_and_issue_time_are_read() {
+        let token = jwt(serde_json::json!({"iat": 1_000, "exp": 87_400}));
+        assert_eq!(
+            claims(&token),
+            Some(Claims {
+                issued_at: Some(at(1_000)),
+                expires_at: Some(at(87_400)),
+            })
+        );
+        assert_eq!(token_expiry(&token), TokenExpiry::At(at(87_400)));
+        let long_lived = jwt(serde_json::json!({"sub": "system:serviceaccount:a:b"}));
+        assert_eq!(token_expiry(&long_lived), TokenExpiry::Never);
+        assert_eq!(token_expiry("opaque"), TokenExpiry::Unknown);
+        assert_eq!(token_expiry("a.!!!.c"), TokenExpiry::Unknown);
+        assert_eq!(
+            token_expiry(&jwt(serde_json::json!({"exp": "soon"}))),
+            TokenExpiry::Unknown
+        );
+    }
+
+    #[test]
+    fn standing_warns_below_a_fifth_of_the_lifetime_and_fails_past_expiry() {
+        let c = Claims {
+            issued_at: Some(at(0)),
+            expires_at: Some(at(1_000)),
+        };
+        assert_eq!(c.standing(at(500)), Standing::Fine);
+        assert_eq!(c.standing(at(800)), Standing::Fine);
+        assert_eq!(c.standing(at(801)), Standing::Low);
+        assert_eq!(c.standing(at(999)), Standing::Low);
+        assert_eq!(c.standing(at(1_000)), Standing::Expired);
+        assert_eq!(c.standing(at(5_000)), Standing::Expired);
+        let no_iat = Claims {
+            issued_at: None,
+            ..c
+        };
+        assert_eq!(no_iat.standing(at(999)), Standing::Fine);
+        assert_eq!(no_iat.standing(at(1_001)), Standing::Expired);
+        assert_eq!(
+            Claims::default().standing(at(4_000_000_000)),
+            Standing::Fine
+        );
+    }
+
+    #[test]
+    fn renewal_is_due_after_the_given_fraction_of_the_lifetime() {
+        let c = Claims {
+            issued_at: Some(at(1_000)),
+            expires_at: Some(at(1_000 + 86_400)),
+        };
+        assert_eq!(c.renew_at(0.5), Some(at(1_000 + 43_200)));
+        assert_eq!(c.renew_at(0.75), Some(at(1_000 + 64_800)));
+        assert_eq!(c.renew_at(2.0), Some(at(1_000 + 86_400)));
+        assert_eq!(c.lifetime(), Some(SignedDuration::from_hours(24)));
+        assert_eq!(
+            Claims {
+                issued_at: None,
+                ..c
+            }
+            .renew_at(0.5),
+            None
+        );
+        assert_eq!(Claims::default().renew_at(0.5), None);
+    }
+}
