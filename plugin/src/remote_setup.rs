@@ -1095,6 +1095,32 @@ mod tests {
     }
 
     #[test]
+    fn guard_policy_follows_the_cluster_scope() {
+        let scope = NamespaceScope {
+            exclude_namespaces: vec!["gateways".into()],
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some([("mesh".to_owned(), "yes".to_owned())].into()),
+                match_expressions: None,
+            }),
+        };
+        let rule = SyncRule::default().within(&scope).unwrap();
+        let guard = guard(RemoteGuard::Warn).with_rule(&rule).with_scope(&scope);
+        let spec = guard_policy("east", &guard).spec.unwrap();
+        let conditions = spec.match_conditions.unwrap();
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.expression.contains("'gateways'")
+                    && c.expression.contains("'kube-system'")),
+            "{conditions:?}"
+        );
+        assert_eq!(
+            spec.match_constraints.unwrap().namespace_selector,
+            scope.namespace_selector
+        );
+    }
+
+    #[test]
     fn guard_policy_spares_the_sync_account_and_excluded_namespaces() {
         let p = guard_policy("east", &guard(RemoteGuard::Deny));
         let spec = p.spec.unwrap();

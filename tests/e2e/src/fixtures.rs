@@ -189,6 +189,7 @@ pub async fn attach(
         primary_name: "primary".to_owned(),
         remote_namespace_created: false,
         remote_context: remote.name.clone(),
+        scope: Default::default(),
     };
     apply_on(&primary, &setup::mesh_cluster(&record)).await?;
     apply_on(&primary, &setup::cluster_secret(name, &yaml)).await?;

@@ -59,10 +59,12 @@ impl InCluster {
         wait_webhook_effective(&mesh.env).await?;
         for remote in mesh.env.remotes() {
             let mut attach = mesh.plugin();
-            attach
-                .arg("attach")
-                .arg(&remote.kubeconfig)
-                .args(["--name", &remote.name, "--wait"]);
+            attach.arg("attach").arg(&remote.kubeconfig).args([
+                "--name",
+                &remote.name,
+                "--wait",
+                "--yes",
+            ]);
             run(attach).await?;
         }
         Ok(mesh)

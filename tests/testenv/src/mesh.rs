@@ -164,6 +164,8 @@ impl Mesh {
             .arg("attach")
             .arg(&remote.kubeconfig)
             .args(["--name", &remote.name])
+            // Set-up attaches accept the first sync; attach's own tests leave this out.
+            .arg("--yes")
             .args(args);
         run(attach).await
     }

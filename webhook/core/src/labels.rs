@@ -164,9 +164,10 @@ impl SyncRule {
         self.managed.iter().map(String::as_str)
     }
 
-    /// The excluded namespaces, in name order.
+    /// The namespaces never synced, in name order: the installed rule's and, for a rule
+    /// [`within`](Self::within) a remote's scope, those the scope leaves out by name.
     pub fn excluded_namespaces(&self) -> impl Iterator<Item = &str> {
-        self.excluded.iter().map(String::as_str)
+        self.excluded.union(&self.out_of_scope).map(String::as_str)
     }
 
     /// Whether `key` is one of the labels kubectl-mesh writes on remotes.
@@ -892,6 +893,7 @@ mod tests {
         assert_eq!(plan.changes.len(), 1, "{plan:?}");
         assert_eq!(plan.changes[0].namespace, "shop");
         assert!(rule.is_out_of_scope("gateways") && rule.is_excluded("gateways"));
+        assert!(rule.excluded_namespaces().any(|n| n == "gateways"));
         assert!(!rule.is_out_of_scope("kube-system"));
         assert!(rule.selects_by_labels());
     }

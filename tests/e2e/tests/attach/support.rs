@@ -302,11 +302,12 @@ pub async fn assert_nothing_left(
     .await
 }
 
-/// `kubectl mesh attach <remote's kubeconfig> <extra>`, which must succeed; returns its
-/// progress lines.
+/// `kubectl mesh attach <remote's kubeconfig> --yes <extra>`, which must succeed; returns its
+/// progress lines. (The question before a first sync that removes labels has tests of its
+/// own in `first_sync.rs`.)
 pub async fn attach(env: &TestEnv, remote: &Cluster, extra: &[&str]) -> anyhow::Result<String> {
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let mut args = vec!["attach", kubeconfig.as_str()];
+    let mut args = vec!["attach", kubeconfig.as_str(), "--yes"];
     args.extend(extra);
     let out = mesh(env, &args, &[]).await?;
     succeeded(&out, &format!("attach {}", remote.name))

@@ -1,0 +1,449 @@
+//! No surprises on attach: the preview of the first sync is what the first sync does, a
+//! first sync that takes labels away is confirmed (or refused without a terminal, cancelled by
+//! a "no"), per-cluster scopes spare the remote's own namespaces and change without a webhook
+//! restart, `plan` says whether a sync would write, and adoption copies the remote's labels to
+//! the primary.
+//!
+//! One mesh of its own, its remotes not attached at the start; the tests take turns (one of
+//! them stops the webhook for a moment).
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, ensure};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PostParams;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use mesh_core::cluster::MeshCluster;
+use mesh_e2e::fixtures::output;
+use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
+use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
+use mesh_e2e::{
+    DEFAULT_TIMEOUT, describe, eventually, labels, managed_labels, own_mesh_with, text, unique_name,
+};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+type Labels = BTreeMap<String, String>;
+
+/// The tests take turns: one stops the webhook, and `plan` covers every attached cluster.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn mesh() -> &'static (TestEnv, Mesh) {
+    static MESH: OnceCell<(TestEnv, Mesh)> = OnceCell::const_new();
+    MESH.get_or_init(|| async {
+        let mut options = MeshOptions::from_workspace().expect("workspace binaries");
+        options.attach_remotes = false;
+        own_mesh_with(2, options).await.expect("starting the mesh")
+    })
+    .await
+}
+
+/// `kubectl mesh <args>` against the primary, with no terminal on stdin.
+async fn plugin(mesh: &Mesh, args: &[&str]) -> anyhow::Result<Output> {
+    let mut cmd: Command = mesh.plugin();
+    cmd.args(args).env("NO_COLOR", "1").stdin(Stdio::null());
+    output(cmd).await
+}
+
+async fn succeeded(mesh: &Mesh, args: &[&str]) -> anyhow::Result<Output> {
+    let out = plugin(mesh, args).await?;
+    ensure!(out.status.success(), "{args:?}: {}", describe(&out));
+    Ok(out)
+}
+
+async fn create(cluster: &Cluster, name: &str, pairs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.to_owned());
+    ns.metadata.labels = Some(labels(pairs));
+    Api::<Namespace>::all(cluster.client().await?)
+        .create(&PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("creating {name} on {}", cluster.name))?;
+    Ok(())
+}
+
+/// `kubectl label ns <name> <args> --overwrite` on `cluster`; returns kubectl's stderr (the
+/// guard's warnings).
+async fn kubectl_label(
+    env: &TestEnv,
+    cluster: &Cluster,
+    name: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let mut cmd = env.kubectl(cluster);
+    cmd.args(["label", "namespace", name, "--overwrite"])
+        .args(args);
+    let out = output(cmd).await?;
+    ensure!(out.status.success(), "{}", describe(&out));
+    Ok(text(&out.stderr))
+}
+
+async fn managed(cluster: &Cluster, name: &str) -> anyhow::Result<Labels> {
+    managed_labels(cluster, name)
+        .await?
+        .with_context(|| format!("{name} missing on {}", cluster.name))
+}
+
+async fn is_attached(env: &TestEnv, name: &str) -> anyhow::Result<bool> {
+    Ok(Api::<MeshCluster>::all(env.primary().client().await?)
+        .get_opt(name)
+        .await?
+        .is_some())
+}
+
+/// Every distinct managed-label state each `prefix` namespace of `cluster` goes through, as a
+/// watch sees them, from now on.
+fn record(cluster: &Cluster, prefix: &str) -> Arc<Mutex<BTreeMap<String, Vec<Labels>>>> {
+    let seen: Arc<Mutex<BTreeMap<String, Vec<Labels>>>> = Arc::default();
+    let (cluster, prefix, sink) = (cluster.clone(), prefix.to_owned(), seen.clone());
+    tokio::spawn(async move {
+        let Ok(client) = cluster.client().await else {
+            return;
+        };
+        let mut events = watcher(Api::<Namespace>::all(client), watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(ns)) = events.next().await {
+            let name = ns.name_any();
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            let now: Labels = (ns.labels().iter())
+                .filter(|(k, _)| k.starts_with("istio"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut seen = sink.lock().expect("lock");
+            let states = seen.entry(name).or_default();
+            if states.last() != Some(&now) {
+                states.push(now);
+            }
+        }
+    });
+    seen
+}
+
+/// `before` with a preview change applied (`add`, `change`, `remove` of `-o json`).
+fn applied(before: &Labels, change: &Value) -> Labels {
+    let mut after = before.clone();
+    for (key, value) in change["add"].as_object().into_iter().flatten() {
+        after.insert(key.clone(), value.as_str().unwrap_or_default().to_owned());
+    }
+    for (key, value) in change["change"].as_object().into_iter().flatten() {
+        after.insert(
+            key.clone(),
+            value["to"].as_str().unwrap_or_default().to_owned(),
+        );
+    }
+    for key in change["remove"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+    {
+        after.remove(key);
+    }
+    after
+}
+
+fn json(out: &Output) -> anyhow::Result<Value> {
+    serde_json::from_slice(&out.stdout).with_context(|| describe(out))
+}
+
+/// The first sync writes exactly what the preview said; it asks first (and refuses without a
+/// terminal); an excluded remote namespace keeps its labels; `plan` exits 0 when converged
+/// and 2 after an edit on the remote; scope changes take effect at once, the guard with them.
+#[tokio::test]
+async fn preview_is_what_the_first_sync_does_and_scope_spares_the_remote_s_own()
+-> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    let (env, mesh) = mesh().await;
+    let remote = &env.remotes()[0];
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let p = unique_name("fs");
+    let [shop, pay, batch, gw] = ["shop", "pay", "batch", "gw"].map(|n| format!("{p}-{n}"));
+    create(env.primary(), &shop, &[("istio-injection", "enabled")]).await?;
+    create(env.primary(), &pay, &[("istio.io/rev", "stable")]).await?;
+    create(env.primary(), &batch, &[]).await?;
+    create(remote, &shop, &[]).await?;
+    create(remote, &pay, &[("istio.io/rev", "canary")]).await?;
+    create(remote, &batch, &[("istio-injection", "enabled")]).await?;
+    create(remote, &gw, &[("istio-injection", "enabled")]).await?;
+    let mut before = BTreeMap::new();
+    for ns in [&shop, &pay, &batch, &gw] {
+        before.insert(ns.clone(), managed(remote, ns).await?);
+    }
+
+    // Without a terminal and without --yes: refused in one line, nothing changed anywhere.
+    let attach = ["attach", kubeconfig.as_str(), "--name", "remote-1"];
+    let out = plugin(mesh, &attach).await?;
+    ensure!(!out.status.success(), "{}", describe(&out));
+    let last = text(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        last.starts_with("error: ") && last.contains(&batch) && last.contains("--yes"),
+        "{last}"
+    );
+    ensure!(
+        !is_attached(env, "remote-1").await?,
+        "a refused attach recorded the cluster"
+    );
+    for ns in [&shop, &pay, &batch, &gw] {
+        ensure!(
+            managed(remote, ns).await? == before[ns],
+            "{ns} changed by a refused attach"
+        );
+    }
+
+    // The preview, as scripts read it.
+    let excluded = ["--exclude-namespaces", gw.as_str()];
+    let dry = [&attach[..], &excluded, &["--dry-run", "-o", "json"]].concat();
+    let preview = json(&succeeded(mesh, &dry).await?)?["firstSync"].clone();
+    let ours = |list: &Value| -> Vec<String> {
+        (list.as_array().into_iter().flatten())
+            .filter_map(|v| v.as_str().or(v["namespace"].as_str()))
+            .filter(|n| n.starts_with(&p))
+            .map(str::to_owned)
+            .collect()
+    };
+    ensure!(
+        ours(&preview["changes"]) == [batch.clone(), pay.clone(), shop.clone()],
+        "{preview}"
+    );
+    ensure!(ours(&preview["outOfScope"]) == [gw.clone()], "{preview}");
+    let expected: BTreeMap<String, Labels> = (preview["changes"].as_array().into_iter().flatten())
+        .filter_map(|c| Some((c["namespace"].as_str()?.to_owned(), c)))
+        .filter(|(n, _)| n.starts_with(&p))
+        .map(|(n, c)| {
+            let after = applied(&before[&n], c);
+            (n, after)
+        })
+        .collect();
+
+    // The first sync, watched: each namespace goes straight from before to the preview's
+    // after, and nothing else moves.
+    let seen = record(remote, &p);
+    let attached = [&attach[..], &excluded, &["--yes", "--wait"]].concat();
+    succeeded(mesh, &attached).await?;
+    eventually("the first sync as previewed", DEFAULT_TIMEOUT, || async {
+        for (ns, after) in &expected {
+            let now = managed(remote, ns).await?;
+            ensure!(&now == after, "{ns}: {now:?}, previewed {after:?}");
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    {
+        let seen = seen.lock().expect("lock");
+        for (ns, after) in &expected {
+            let states = seen.get(ns).cloned().unwrap_or_default();
+            let path: Vec<&Labels> = states.iter().collect();
+            ensure!(
+                path == [&before[ns], after] || path == [after],
+                "{ns} went through {states:?}"
+            );
+        }
+        let gw_states = seen.get(&gw).cloned().unwrap_or_default();
+        ensure!(
+            gw_states.iter().all(|s| s == &before[&gw]),
+            "{gw}: {gw_states:?}"
+        );
+    }
+
+    // plan: converged, then an edit on the remote while no webhook corrects it.
+    let out = plugin(mesh, &["plan"]).await?;
+    ensure!(out.status.code() == Some(0), "{}", describe(&out));
+    mesh.stop_webhook(env)?;
+    kubectl_label(env, remote, &shop, &["istio-injection=disabled"]).await?;
+    let out = plugin(mesh, &["plan", "-o", "json"]).await?;
+    mesh.start_webhook(env).await?;
+    ensure!(out.status.code() == Some(2), "{}", describe(&out));
+    ensure!(
+        json(&out)?.to_string().contains(&shop),
+        "{}",
+        describe(&out)
+    );
+    eventually("the remote edit reverted", DEFAULT_TIMEOUT, || async {
+        ensure!(managed(remote, &shop).await? == labels(&[("istio-injection", "enabled")]));
+        Ok(Some(()))
+    })
+    .await?;
+
+    // A scope change takes effect without a restart: cleared, gw is synced (its label goes).
+    let scope = [
+        "scope",
+        "remote-1",
+        "--remote-kubeconfig",
+        kubeconfig.as_str(),
+    ];
+    succeeded(mesh, &[&scope[..], &["--clear"]].concat()).await?;
+    eventually("gw stripped once in scope", DEFAULT_TIMEOUT, || async {
+        ensure!(managed(remote, &gw).await?.is_empty());
+        Ok(Some(()))
+    })
+    .await?;
+    // Excluded again: the guard spares gw and still guards shop; a full sync later, gw keeps
+    // what the remote's admin set.
+    succeeded(
+        mesh,
+        &[&scope[..], &["--exclude-namespaces", gw.as_str()]].concat(),
+    )
+    .await?;
+    let show = succeeded(mesh, &["scope", "remote-1"]).await?;
+    ensure!(
+        text(&show.stdout).trim() == format!("not {gw}"),
+        "{}",
+        describe(&show)
+    );
+    // The webhook syncs by the new scope once a sync reports the MeshCluster's generation;
+    // the apiserver loads the changed guard a moment after it is written.
+    eventually("the webhook on the new scope", DEFAULT_TIMEOUT, || async {
+        let mc = Api::<MeshCluster>::all(env.primary().client().await?)
+            .get("remote-1")
+            .await?;
+        let observed = mc.status.and_then(|s| s.observed_generation);
+        ensure!(observed == mc.metadata.generation, "observed {observed:?}");
+        Ok(Some(()))
+    })
+    .await?;
+    let mut probe = 0;
+    eventually("the guard sparing gw", DEFAULT_TIMEOUT, || {
+        probe += 1;
+        let value = format!("istio-injection=probe-{probe}");
+        let gw = &gw;
+        async move {
+            let warned = kubectl_label(env, remote, gw, &[&value]).await?;
+            ensure!(
+                !warned.contains("managed by kubectl-mesh"),
+                "guard covers {gw}: {warned}"
+            );
+            Ok(Some(()))
+        }
+    })
+    .await?;
+    kubectl_label(env, remote, &gw, &["istio-injection=enabled"]).await?;
+    let edited_at = k8s_openapi::jiff::Timestamp::now();
+    let warned = kubectl_label(env, remote, &shop, &["istio-injection=disabled"]).await?;
+    ensure!(
+        warned.contains("managed by kubectl-mesh"),
+        "guard left {shop}: {warned}"
+    );
+    eventually("a full sync after the edits", DEFAULT_TIMEOUT, || async {
+        let mc = Api::<MeshCluster>::all(env.primary().client().await?)
+            .get("remote-1")
+            .await?;
+        let synced = (mc.status.and_then(|s| s.last_sync_time))
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok());
+        ensure!(
+            synced.is_some_and(|t| t > edited_at),
+            "last sync {synced:?}"
+        );
+        ensure!(managed(remote, &shop).await? == labels(&[("istio-injection", "enabled")]));
+        Ok(Some(()))
+    })
+    .await?;
+    ensure!(
+        managed(remote, &gw).await? == labels(&[("istio-injection", "enabled")]),
+        "{gw} written although out of scope"
+    );
+    Ok(())
+}
+
+/// A "no" on a terminal cancels and changes nothing; adoption copies the remote's labels to
+/// the primary where it has none; a selector scope leaves unselected namespaces alone, and
+/// status shows them as out of scope.
+#[tokio::test]
+async fn a_no_cancels_adoption_copies_and_a_selector_spares() -> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    let (env, mesh) = mesh().await;
+    let remote = &env.remotes()[1];
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let q = unique_name("ad");
+    let [legacy, app, infra] = ["legacy", "app", "infra"].map(|n| format!("{q}-{n}"));
+    create(env.primary(), &legacy, &[]).await?;
+    create(env.primary(), &app, &[("istio-injection", "enabled")]).await?;
+    create(remote, &legacy, &[("istio-injection", "enabled")]).await?;
+    create(remote, &app, &[]).await?;
+    create(
+        remote,
+        &infra,
+        &[("platform", "owned"), ("istio-injection", "enabled")],
+    )
+    .await?;
+
+    // On a terminal (a pseudo-terminal from script(1)), "n" cancels.
+    let plugin_path = mesh.plugin().get_program().to_string_lossy().into_owned();
+    let line = format!(
+        "{plugin_path} --kubeconfig {} attach {kubeconfig} --name remote-2 \
+         --namespace-selector platform!=owned",
+        env.primary().kubeconfig.display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("NO_COLOR", "1");
+    let mut script = tokio::process::Command::from(script);
+    script
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = script.spawn().context("running script(1)")?;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(b"n\n").await?;
+    }
+    let out = child.wait_with_output().await?;
+    let said = text(&out.stdout);
+    ensure!(!out.status.success(), "{}", describe(&out));
+    ensure!(said.contains("Attach anyway? [y/N]"), "{said}");
+    ensure!(
+        said.contains("attach cancelled; nothing was changed"),
+        "{said}"
+    );
+    ensure!(
+        !is_attached(env, "remote-2").await?,
+        "a cancelled attach recorded the cluster"
+    );
+    ensure!(managed(remote, &legacy).await? == labels(&[("istio-injection", "enabled")]));
+
+    // Adopted: the primary takes legacy's label, so the first sync removes nothing there.
+    let attach = [
+        "attach",
+        kubeconfig.as_str(),
+        "--name",
+        "remote-2",
+        "--namespace-selector",
+        "platform!=owned",
+        "--adopt-remote-labels",
+    ];
+    let dry = json(&succeeded(mesh, &[&attach[..], &["--dry-run", "-o", "json"]].concat()).await?)?;
+    let adopt = dry["firstSync"]["adopt"].to_string();
+    ensure!(adopt.contains(&legacy) && !adopt.contains(&app), "{adopt}");
+    succeeded(mesh, &[&attach[..], &["--yes", "--wait"]].concat()).await?;
+    ensure!(
+        managed(env.primary(), &legacy).await? == labels(&[("istio-injection", "enabled")]),
+        "not adopted on the primary"
+    );
+    eventually(
+        "app synced, legacy and infra kept",
+        DEFAULT_TIMEOUT,
+        || async {
+            ensure!(managed(remote, &app).await? == labels(&[("istio-injection", "enabled")]));
+            ensure!(managed(remote, &legacy).await? == labels(&[("istio-injection", "enabled")]));
+            ensure!(managed(remote, &infra).await? == labels(&[("istio-injection", "enabled")]));
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    let status = json(&succeeded(mesh, &["status", &infra, "-o", "json"]).await?)?;
+    let cell = &status["namespaces"][0]["clusters"]["remote-2"]["state"];
+    ensure!(cell == "out-of-scope", "{status}");
+    Ok(())
+}
