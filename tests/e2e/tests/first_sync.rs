@@ -355,34 +355,18 @@ async fn preview_is_what_the_first_sync_does_and_scope_spares_the_remote_s_own()
     Ok(())
 }
 
-/// A "no" on a terminal cancels and changes nothing; adoption copies the remote's labels to
-/// the primary where it has none; a selector scope leaves unselected namespaces alone, and
-/// status shows them as out of scope.
-#[tokio::test]
-async fn a_no_cancels_adoption_copies_and_a_selector_spares() -> anyhow::Result<()> {
-    let _turn = TURN.lock().await;
-    let (env, mesh) = mesh().await;
-    let remote = &env.remotes()[1];
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let q = unique_name("ad");
-    let [legacy, app, infra] = ["legacy", "app", "infra"].map(|n| format!("{q}-{n}"));
-    create(env.primary(), &legacy, &[]).await?;
-    create(env.primary(), &app, &[("istio-injection", "enabled")]).await?;
-    create(remote, &legacy, &[("istio-injection", "enabled")]).await?;
-    create(remote, &app, &[]).await?;
-    create(
-        remote,
-        &infra,
-        &[("platform", "owned"), ("istio-injection", "enabled")],
-    )
-    .await?;
-
-    // On a terminal (a pseudo-terminal from script(1)), "n" cancels.
-    let plugin_path = mesh.plugin().get_program().to_string_lossy().into_owned();
+/// `kubectl-mesh <args>` on a pseudo-terminal (script(1)), `answer` typed in; its output.
+async fn on_terminal(
+    mesh: &Mesh,
+    env: &TestEnv,
+    args: &[&str],
+    answer: &str,
+) -> anyhow::Result<Output> {
+    let plugin = mesh.plugin().get_program().to_string_lossy().into_owned();
     let line = format!(
-        "{plugin_path} --kubeconfig {} attach {kubeconfig} --name remote-2 \
-         --namespace-selector platform!=owned",
-        env.primary().kubeconfig.display()
+        "{plugin} --kubeconfig {} {}",
+        env.primary().kubeconfig.display(),
+        args.join(" ")
     );
     let mut script = Command::new("script");
     script
@@ -397,23 +381,35 @@ async fn a_no_cancels_adoption_copies_and_a_selector_spares() -> anyhow::Result<
     {
         use tokio::io::AsyncWriteExt;
         let mut stdin = child.stdin.take().context("stdin")?;
-        stdin.write_all(b"n\n").await?;
+        stdin.write_all(format!("{answer}\n").as_bytes()).await?;
     }
-    let out = child.wait_with_output().await?;
-    let said = text(&out.stdout);
-    ensure!(!out.status.success(), "{}", describe(&out));
-    ensure!(said.contains("Attach anyway? [y/N]"), "{said}");
-    ensure!(
-        said.contains("attach cancelled; nothing was changed"),
-        "{said}"
-    );
-    ensure!(
-        !is_attached(env, "remote-2").await?,
-        "a cancelled attach recorded the cluster"
-    );
-    ensure!(managed(remote, &legacy).await? == labels(&[("istio-injection", "enabled")]));
+    Ok(child.wait_with_output().await?)
+}
 
-    // Adopted: the primary takes legacy's label, so the first sync removes nothing there.
+/// On a terminal, "n" cancels and changes nothing, "y" goes on and the remote-only labelled
+/// namespace is stripped; adoption copies the remote's labels to the primary where it has
+/// none (and a failure after it takes them off again); a selector scope leaves unselected
+/// namespaces alone, and status shows them as out of scope.
+#[tokio::test]
+async fn a_no_cancels_a_yes_strips_adoption_copies_and_a_selector_spares() -> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    let (env, mesh) = mesh().await;
+    let remote = &env.remotes()[1];
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let q = unique_name("ad");
+    let [legacy, app, infra, old] = ["legacy", "app", "infra", "old"].map(|n| format!("{q}-{n}"));
+    let enabled = || labels(&[("istio-injection", "enabled")]);
+    create(env.primary(), &legacy, &[]).await?;
+    create(env.primary(), &app, &[("istio-injection", "enabled")]).await?;
+    create(remote, &legacy, &[("istio-injection", "enabled")]).await?;
+    create(remote, &app, &[]).await?;
+    create(
+        remote,
+        &infra,
+        &[("platform", "owned"), ("istio-injection", "enabled")],
+    )
+    .await?;
+    create(remote, &old, &[("istio-injection", "enabled")]).await?;
     let attach = [
         "attach",
         kubeconfig.as_str(),
@@ -423,21 +419,68 @@ async fn a_no_cancels_adoption_copies_and_a_selector_spares() -> anyhow::Result<
         "platform!=owned",
         "--adopt-remote-labels",
     ];
-    let dry = json(&succeeded(mesh, &[&attach[..], &["--dry-run", "-o", "json"]].concat()).await?)?;
+
+    // "n" cancels: nothing anywhere.
+    let out = on_terminal(mesh, env, &attach, "n").await?;
+    let said = text(&out.stdout);
+    ensure!(!out.status.success(), "{}", describe(&out));
+    ensure!(
+        said.contains(&old) && said.contains("Attach anyway? [y/N]"),
+        "{said}"
+    );
+    ensure!(
+        said.contains("attach cancelled; nothing was changed"),
+        "{said}"
+    );
+    ensure!(
+        !is_attached(env, "remote-2").await?,
+        "a cancelled attach recorded the cluster"
+    );
+    ensure!(
+        managed(env.primary(), &legacy).await?.is_empty(),
+        "adopted by a cancelled attach"
+    );
+    ensure!(managed(remote, &old).await? == enabled());
+
+    // A failure after the adoption takes the adopted labels off the primary again.
+    let mut failing: Command = mesh.plugin();
+    failing
+        .args(attach)
+        .arg("--yes")
+        .env("KUBECTL_MESH_FAIL_AFTER", "adopt-labels")
+        .stdin(Stdio::null());
+    let out = output(failing).await?;
+    ensure!(!out.status.success(), "{}", describe(&out));
+    let err = text(&out.stderr);
+    ensure!(
+        err.contains("failed at step adopt-labels and was rolled back"),
+        "(the test hooks need `cargo build --workspace --bins`) {err}"
+    );
+    ensure!(
+        managed(env.primary(), &legacy).await?.is_empty(),
+        "adoption not rolled back"
+    );
+    ensure!(!is_attached(env, "remote-2").await?);
+
+    // The preview lists the adoption; "y" goes on.
+    let dry = [&attach[..], &["--dry-run", "-o", "json"]].concat();
+    let dry = json(&succeeded(mesh, &dry).await?)?;
     let adopt = dry["firstSync"]["adopt"].to_string();
     ensure!(adopt.contains(&legacy) && !adopt.contains(&app), "{adopt}");
-    succeeded(mesh, &[&attach[..], &["--yes", "--wait"]].concat()).await?;
+    let out = on_terminal(mesh, env, &[&attach[..], &["--wait"]].concat(), "y").await?;
+    ensure!(out.status.success(), "{}", describe(&out));
     ensure!(
-        managed(env.primary(), &legacy).await? == labels(&[("istio-injection", "enabled")]),
+        managed(env.primary(), &legacy).await? == enabled(),
         "not adopted on the primary"
     );
     eventually(
-        "app synced, legacy and infra kept",
+        "app synced, old stripped, legacy and infra kept",
         DEFAULT_TIMEOUT,
         || async {
-            ensure!(managed(remote, &app).await? == labels(&[("istio-injection", "enabled")]));
-            ensure!(managed(remote, &legacy).await? == labels(&[("istio-injection", "enabled")]));
-            ensure!(managed(remote, &infra).await? == labels(&[("istio-injection", "enabled")]));
+            ensure!(managed(remote, &app).await? == enabled());
+            ensure!(managed(remote, &old).await?.is_empty());
+            ensure!(managed(remote, &legacy).await? == enabled());
+            ensure!(managed(remote, &infra).await? == enabled());
             Ok(Some(()))
         },
     )
