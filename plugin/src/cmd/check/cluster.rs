@@ -11,6 +11,7 @@ use k8s_openapi::api::{
     authentication::v1::SelfSubjectReview,
     core::v1::Namespace,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{ResourceExt, config::Kubeconfig};
 use mesh_core::{
     MESH_NAMESPACE,
@@ -792,7 +793,52 @@ pub fn judge_guard(what: &str, cluster: &MeshCluster, found: &FoundGuard) -> Che
             );
         }
     }
+    if let Some(stale) = guard_scope_gap(cluster, found.policy.as_ref()) {
+        return CheckResult::warning(
+            what,
+            format!("the guard does not follow spec.scope: {stale}"),
+            format!(
+                "set the scope again with `kubectl mesh scope {name} ...` (the same flags, and \
+                 --remote-kubeconfig), which updates the guard too"
+            ),
+        );
+    }
     CheckResult::ok(what, Some(format!("{wanted:?}")))
+}
+
+/// How the guard's matching differs from the cluster's scope (a scope changed with `kubectl
+/// patch` leaves the guard as it was), if it does.
+fn guard_scope_gap(
+    cluster: &MeshCluster,
+    policy: Option<&ValidatingAdmissionPolicy>,
+) -> Option<String> {
+    let spec = policy?.spec.as_ref()?;
+    let conditions: Vec<&str> = (spec.match_conditions.iter().flatten())
+        .map(|c| c.expression.as_str())
+        .collect();
+    let unguarded: Vec<&str> = (cluster.spec.scope.exclude_namespaces.iter())
+        .filter(|name| {
+            let literal = format!("'{name}'");
+            !conditions.iter().any(|c| c.contains(&literal))
+        })
+        .map(String::as_str)
+        .collect();
+    if !unguarded.is_empty() {
+        return Some(format!("it still guards {}", unguarded.join(", ")));
+    }
+    let selector = spec
+        .match_constraints
+        .as_ref()
+        .and_then(|m| m.namespace_selector.clone());
+    let selects_all = |s: &Option<LabelSelector>| {
+        s.as_ref().is_none_or(|s| {
+            s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+        })
+    };
+    let wanted = &cluster.spec.scope.namespace_selector;
+    let same = (selects_all(&selector) && selects_all(wanted)) || &selector == wanted;
+    (!same).then(|| "its namespace selector is not spec.scope.namespaceSelector".to_owned())
 }
 
 /// The remote guard must be what spec.remoteGuard and spec.primaryName say. It is read with
@@ -1078,6 +1124,29 @@ mod tests {
             policy: Some(setup::guard_policy("east", &g)),
             binding: Some(setup::guard_binding("east", &g)),
         }
+    }
+
+    #[test]
+    fn guard_must_follow_the_scope() {
+        let mut scoped = attached(RemoteGuard::Warn, Some("main"));
+        scoped.spec.scope.exclude_namespaces = vec!["gw".into()];
+        let r = judge_guard("guard", &scoped, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!(r.result, Outcome::Warning, "{r:?}");
+        assert!(
+            r.detail.as_deref().unwrap().contains("still guards gw"),
+            "{r:?}"
+        );
+
+        let rule = SyncRule::default().within(&scoped.spec.scope).unwrap();
+        let g = setup::Guard::new(RemoteGuard::Warn, "main", "admin@main")
+            .with_rule(&rule)
+            .with_scope(&scoped.spec.scope);
+        let following = FoundGuard {
+            policy: Some(setup::guard_policy("east", &g)),
+            binding: Some(setup::guard_binding("east", &g)),
+        };
+        let r = judge_guard("guard", &scoped, &following);
+        assert_eq!(r.result, Outcome::Ok, "{r:?}");
     }
 
     #[test]
