@@ -78,18 +78,32 @@ pub fn render_list<T: Serialize + Tabular>(format: OutputFormat, items: &[T]) ->
             let wide = format == OutputFormat::Wide;
             Ok(table(&T::headers(wide), items.iter().map(|i| i.row(wide))))
         }
-        OutputFormat::Json | OutputFormat::Yaml => {
-            let values = items
-                .iter()
-                .map(serde_json::to_value)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| Error::Serialize {
-                    format: "JSON",
-                    source: Box::new(source),
-                })?;
-            render_values(format, &values)
-        }
+        OutputFormat::Json | OutputFormat::Yaml => render_values(format, &to_values(items)?),
     }
+}
+
+/// Renders items as `text` gives them for the table formats, else as JSON or YAML.
+pub fn render_items<T: Serialize>(
+    format: OutputFormat,
+    items: &[T],
+    text: impl FnOnce(&[T]) -> String,
+) -> Result<String> {
+    match format {
+        OutputFormat::Table | OutputFormat::Wide => Ok(text(items)),
+        OutputFormat::Json | OutputFormat::Yaml => render_values(format, &to_values(items)?),
+    }
+}
+
+/// Items as JSON values.
+pub fn to_values<T: Serialize>(items: &[T]) -> Result<Vec<serde_json::Value>> {
+    items
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| Error::Serialize {
+            format: "JSON",
+            source: Box::new(source),
+        })
 }
 
 /// Renders serialized objects as JSON (one object, or a kubectl-style `List`) or as

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     Context, Error, Result,
     mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
-    output::{self, OutputFormat},
+    output,
     preview::Preview,
 };
 
@@ -82,20 +82,7 @@ impl Plan {
         })
         .await;
 
-        let text = match ctx.output {
-            OutputFormat::Table | OutputFormat::Wide => render_text(&plans),
-            format => {
-                let values = plans
-                    .iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|source| Error::Serialize {
-                        format: "JSON",
-                        source: Box::new(source),
-                    })?;
-                output::render_values(format, &values)?
-            }
-        };
+        let text = output::render_items(ctx.output, &plans, render_text)?;
         output::print_stdout(&text)?;
 
         let failed: Vec<&str> = plans

@@ -61,9 +61,12 @@ impl Scope {
             remote_context,
         } = self;
         let primary = ctx.client().await?;
-        let mc = mesh_state::select(mesh_state::clusters(&primary).await?, &[cluster.clone()])?
-            .pop()
-            .ok_or_else(|| not_attached(&cluster))?;
+        let mc = mesh_state::select(
+            mesh_state::clusters(&primary).await?,
+            std::slice::from_ref(&cluster),
+        )?
+        .pop()
+        .ok_or_else(|| not_attached(&cluster))?;
         let changing = clear || !exclude_namespaces.is_empty() || namespace_selector.is_some();
         if !changing {
             return show(ctx, &mc.spec.scope);

@@ -16,7 +16,7 @@ use super::status::plural;
 use crate::{
     Context, Error, Result,
     mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
-    output::{self, OutputFormat},
+    output,
 };
 
 /// Make every remote's managed labels equal the primary's, now.
@@ -89,20 +89,7 @@ impl Sync {
         })
         .await;
 
-        let text = match ctx.output {
-            OutputFormat::Table | OutputFormat::Wide => render_text(&results),
-            format => {
-                let values = results
-                    .iter()
-                    .map(serde_json::to_value)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|source| Error::Serialize {
-                        format: "JSON",
-                        source: Box::new(source),
-                    })?;
-                output::render_values(format, &values)?
-            }
-        };
+        let text = output::render_items(ctx.output, &results, render_text)?;
         output::print_stdout(&text)?;
 
         let failed: Vec<&str> = results
