@@ -1,8 +1,6 @@
 //! `kubectl-mesh`, run by kubectl as `kubectl mesh`.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
-
 fn main() {
     // kube's rustls client needs a process-wide crypto provider; ring is the one compiled in.
     // Installing fails only if one is already installed, which is then as good.
@@ -12,7 +10,7 @@ fn main() {
         if err.is_silent() {
             std::process::exit(err.exit_code());
         }
-        let prefix = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        let prefix = if kubectl_mesh::output::colors_for(&std::io::stderr()) {
             "\x1b[31merror:\x1b[0m"
         } else {
             "error:"

@@ -4,7 +4,7 @@
 //! progress, warnings and errors go to stderr. Colour is used only when the stream is a
 //! terminal, so captured output and CI logs stay plain.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use clap::ValueEnum;
 use comfy_table::{ContentArrangement, Table, presets::NOTHING};
@@ -157,6 +157,12 @@ pub fn print_stdout(text: &str) -> Result<()> {
     }
 }
 
+/// Whether text for `stream` is coloured: anstream's choice, which asks whether the stream
+/// is a terminal and honours NO_COLOR, CLICOLOR and CLICOLOR_FORCE.
+pub fn colors_for(stream: &impl anstream::stream::RawStream) -> bool {
+    anstream::AutoStream::choice(stream) != anstream::ColorChoice::Never
+}
+
 /// Progress lines on stderr: `✓ Namespace kubectl-mesh applied`.
 #[derive(Clone, Copy, Debug)]
 pub struct Progress {
@@ -165,9 +171,9 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Progress on stderr, coloured when stderr is a terminal and `NO_COLOR` is unset.
+    /// Progress on stderr, coloured as [`colors_for`] says.
     pub fn stderr() -> Self {
-        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let color = colors_for(&std::io::stderr());
         Self {
             color,
             quiet: false,

@@ -1,7 +1,5 @@
 //! How `check` prints its report: as `linkerd check` prints its own, or as JSON/YAML.
 
-use std::io::IsTerminal as _;
-
 use super::report::{CheckReport, Outcome};
 use crate::{
     Error, Result,
@@ -41,7 +39,7 @@ impl Outcome {
 pub fn render(report: &CheckReport, format: OutputFormat) -> Result<String> {
     match format {
         OutputFormat::Table | OutputFormat::Wide => {
-            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let color = output::colors_for(&std::io::stdout());
             Ok(report.text(color))
         }
         format => {
