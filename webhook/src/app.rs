@@ -40,6 +40,7 @@ pub struct Webhook {
     rule: Arc<SyncRule>,
     mesh_namespace: String,
     resync_period: Duration,
+    token_renew_fraction: f64,
     push_deadline: Duration,
     backoff: BackoffSettings,
     remote_options: RemoteOptions,
@@ -64,6 +65,7 @@ impl Webhook {
             rule: Arc::new(SyncRule::default()),
             mesh_namespace: mesh_core::MESH_NAMESPACE.to_owned(),
             resync_period: Duration::from_secs(60),
+            token_renew_fraction: reconcile::DEFAULT_TOKEN_RENEW_FRACTION,
             push_deadline: Duration::from_secs(2),
             backoff: BackoffSettings::default(),
             remote_options: RemoteOptions::default(),
@@ -108,6 +110,12 @@ impl Webhook {
 
     pub fn mesh_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.mesh_namespace = namespace.into();
+        self
+    }
+
+    /// Share of a time-bound stored token's lifetime after which it is renewed.
+    pub fn token_renew_fraction(mut self, fraction: f64) -> Self {
+        self.token_renew_fraction = fraction;
         self
     }
 
@@ -262,6 +270,7 @@ impl BoundWebhook {
             rule,
             mesh_namespace,
             resync_period,
+            token_renew_fraction,
             push_deadline,
             backoff,
             remote_options: _,
@@ -298,6 +307,7 @@ impl BoundWebhook {
         );
         let mut settings = reconcile::Settings::new(&mesh_namespace, &identity);
         settings.resync_period = resync_period;
+        settings.token_renew_fraction = token_renew_fraction;
         settings.drift_settle = push_deadline + Duration::from_secs(1);
         settings.backoff = backoff;
         let in_flight = InFlight::default();

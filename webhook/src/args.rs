@@ -125,6 +125,12 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_RESYNC_PERIOD", default_value = "60s", value_parser = mesh_core::duration::parse)]
     pub resync_period: Duration,
 
+    /// Renew a time-bound stored token (one issued by the TokenRequest API) once this fraction
+    /// of its lifetime has passed (between 0 and 1, exclusive); the leader asks the remote
+    /// for a new one and writes it into the cluster's Secret.
+    #[arg(long, env = "MESH_WEBHOOK_TOKEN_RENEW_FRACTION", default_value_t = crate::reconcile::DEFAULT_TOKEN_RENEW_FRACTION)]
+    pub token_renew_fraction: f64,
+
     /// Time the webhook spends pushing one change to the remotes before answering; keep it
     /// well under the webhook's timeoutSeconds (5s). Whatever misses it, the reconciler does.
     #[arg(long, env = "MESH_WEBHOOK_PUSH_DEADLINE", default_value = "2s", value_parser = mesh_core::duration::parse)]
@@ -216,6 +222,7 @@ impl Args {
             excluded_namespaces,
             mesh_namespace,
             resync_period,
+            token_renew_fraction,
             push_deadline,
             backoff_initial,
             backoff_max,
@@ -232,6 +239,10 @@ impl Args {
         let log_setter = init_tracing(&log_level, log_format)?;
         anyhow::ensure!(!resync_period.is_zero(), "--resync-period must be positive");
         anyhow::ensure!(!push_deadline.is_zero(), "--push-deadline must be positive");
+        anyhow::ensure!(
+            token_renew_fraction > 0.0 && token_renew_fraction < 1.0,
+            "--token-renew-fraction must be between 0 and 1 (e.g. 0.6)"
+        );
         anyhow::ensure!(
             !backoff_initial.is_zero(),
             "--backoff-initial must be positive"
@@ -309,6 +320,7 @@ impl Args {
             .rule(rule)
             .mesh_namespace(mesh_namespace)
             .resync_period(resync_period)
+            .token_renew_fraction(token_renew_fraction)
             .push_deadline(push_deadline)
             .backoff(BackoffSettings {
                 initial: backoff_initial,

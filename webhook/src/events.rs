@@ -27,6 +27,8 @@ pub const REASON_FAILED: &str = "PropagationFailed";
 /// Event reasons on the `MeshCluster` when its reachability flips.
 pub const REASON_UNREACHABLE: &str = "ClusterUnreachable";
 pub const REASON_REACHABLE: &str = "ClusterReachable";
+/// Event reason on the `MeshCluster`: its time-bound token could not be renewed.
+pub const REASON_RENEWAL_FAILED: &str = "TokenRenewalFailed";
 
 /// Past this many corrections in one sync, one summary Event replaces the per-namespace ones:
 /// attaching a cluster with hundreds of drifted namespaces must not flood the primary.
@@ -114,6 +116,17 @@ impl Publisher {
             self.publish(&event, &cluster.object_ref(&()), Series::Aggregate)
                 .await;
         }
+    }
+
+    /// A Warning on the MeshCluster: its token could not be renewed (retried every sync).
+    pub(crate) async fn token_renewal_failed(&self, cluster: &MeshCluster, message: &str) {
+        let note = format!(
+            "cluster {}: cannot renew the stored token: {message}",
+            cluster.name_any()
+        );
+        let event = sync_event(EventType::Warning, REASON_RENEWAL_FAILED, note, None);
+        self.publish(&event, &cluster.object_ref(&()), Series::Aggregate)
+            .await;
     }
 
     /// Records the failed pushes of an admission request as Events on the primary namespace,

@@ -29,7 +29,11 @@ use std::{
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
+    ByteString,
+    api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{Namespace, Secret, ServiceAccount},
+    },
     jiff::Timestamp,
 };
 use kube::{
@@ -61,11 +65,17 @@ use crate::{
 };
 
 use mesh_core::{
-    cluster::MeshCluster,
+    cluster::{KUBECONFIG_KEY, MeshCluster},
     labels::{Labels, SyncRule},
-    remote::{Remote, RemoteState, Remotes},
+    remote::{Remote, RemoteState, Remotes, error_chain},
     sync::{PrimaryView, SyncMode, sync_remote},
+    token,
 };
+
+/// Share of a time-bound token's lifetime after which the leader renews it: early enough
+/// that a webhook down for a while (or a failing renewal, retried every sync) still has
+/// time before it expires.
+pub const DEFAULT_TOKEN_RENEW_FRACTION: f64 = 0.6;
 
 /// Timing and placement of the reconciler.
 #[derive(Clone, Debug)]
@@ -87,6 +97,8 @@ pub struct Settings {
     pub status_refresh: Duration,
     /// Reporter of Events (controller name and replica identity).
     pub reporter: Reporter,
+    /// A time-bound stored token is renewed once this fraction of its lifetime has passed.
+    pub token_renew_fraction: f64,
 }
 
 impl Settings {
@@ -102,6 +114,7 @@ impl Settings {
                 controller: "mesh-webhook".to_owned(),
                 instance: Some(identity.into()),
             },
+            token_renew_fraction: DEFAULT_TOKEN_RENEW_FRACTION,
         }
     }
 }
@@ -711,7 +724,8 @@ impl Worker {
             };
             due = if ok {
                 self.backoff.reset();
-                Instant::now() + self.shared.settings.resync_period
+                let next = Instant::now() + self.shared.settings.resync_period;
+                self.renewal_due().map_or(next, |renewal| renewal.min(next))
             } else {
                 let delay = self.backoff.next_delay();
                 tracing::debug!(retry_in_ms = delay.as_millis(), "sync failed, backing off");
@@ -769,6 +783,18 @@ impl Worker {
                 .instrument(tracing::Span::current()),
         );
         self.watching = Some(RemoteWatch { remote, cancel });
+    }
+
+    /// When the stored token is due for renewal, if it is time-bound: not before a second
+    /// from now, so that a renewal that failed is retried without spinning.
+    fn renewal_due(&self) -> Option<Instant> {
+        let remote = self.shared.remotes.get(&self.name)?;
+        let at = remote
+            .token()?
+            .renew_at(self.shared.settings.token_renew_fraction)?;
+        let wait = at.duration_since(Timestamp::now());
+        let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
+        Some(Instant::now() + wait.max(Duration::from_secs(1)))
     }
 
     /// One full sync, its status, Events and metrics. `false` when the remote failed.
@@ -878,6 +904,26 @@ impl Worker {
             .events
             .reachability(&cluster, prev.as_ref(), &next, reachable);
         to_primary("events", reachability).await;
+        let renewal_due = token
+            .and_then(|t| t.renew_at(shared.settings.token_renew_fraction))
+            .is_some_and(|at| at <= now);
+        if ok
+            && renewal_due
+            && let Some(client) = remote.as_deref().and_then(Remote::client)
+        {
+            match to_primary("token", renew_token(shared, &cluster, client)).await {
+                Some(Ok(())) => tracing::info!("stored token renewed"),
+                Some(Err(message)) => {
+                    tracing::warn!(error = %message, "cannot renew the stored token");
+                    to_primary(
+                        "events",
+                        shared.events.token_renewal_failed(&cluster, &message),
+                    )
+                    .await;
+                }
+                None => {}
+            }
+        }
         if status_needs_write(prev.as_ref(), &next, shared.settings.status_refresh)
             && let Some(Err(error)) =
                 to_primary("status", write_status(&shared.primary, cluster_name, &next)).await
@@ -886,6 +932,72 @@ impl Worker {
         }
         ok
     }
+}
+
+/// Asks the remote, with the stored credentials, for a new token of the ServiceAccount the
+/// stored one was issued for, with the same lifetime, and writes it into the cluster's Secret
+/// in place (conditional on the version read, so a concurrent rotate or attach wins). Every
+/// replica's Secret watch then rebuilds its client. The error is safe to show.
+async fn renew_token(
+    shared: &Shared,
+    cluster: &MeshCluster,
+    client: &Client,
+) -> Result<(), String> {
+    let name = &cluster.spec.secret_name;
+    let secrets: Api<Secret> =
+        Api::namespaced(shared.primary.clone(), &shared.settings.mesh_namespace);
+    let mut secret = secrets
+        .get(name)
+        .await
+        .map_err(|e| format!("cannot read Secret {name}: {}", error_chain(&e)))?;
+    let yaml = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(KUBECONFIG_KEY))
+        .and_then(|v| std::str::from_utf8(&v.0).ok())
+        .map(str::to_owned)
+        .ok_or_else(|| format!("Secret {name} holds no kubeconfig"))?;
+    let current = token::kubeconfig_token(&yaml)
+        .ok_or_else(|| format!("the kubeconfig in Secret {name} holds no token"))?;
+    let lifetime = token::claims(&current)
+        .and_then(|c| c.lifetime())
+        .map(|l| l.as_secs())
+        .ok_or("the stored token has no lifetime (iat, exp)")?;
+    let (namespace, account) = token::service_account(&current)
+        .ok_or("the stored token was not issued for a ServiceAccount")?;
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(lifetime),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issued = Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+        .create_token_request(&account, &Default::default(), &request)
+        .await
+        .map_err(|e| {
+            format!(
+                "the remote refused a token for ServiceAccount {namespace}/{account} (it needs \
+                 create on serviceaccounts/token for itself): {}",
+                error_chain(&e)
+            )
+        })?;
+    let renewed = issued
+        .status
+        .map(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or("the remote answered without a token")?;
+    let yaml = token::with_kubeconfig_token(&yaml, &renewed)
+        .ok_or_else(|| format!("the kubeconfig in Secret {name} cannot be rewritten"))?;
+    secret
+        .data
+        .get_or_insert_default()
+        .insert(KUBECONFIG_KEY.to_owned(), ByteString(yaml.into_bytes()));
+    secrets
+        .replace(name, &Default::default(), &secret)
+        .await
+        .map_err(|e| format!("cannot write Secret {name}: {}", error_chain(&e)))?;
+    Ok(())
 }
 
 /// Bound of one write to the primary after a sync (status, Events). The primary client has no

@@ -378,7 +378,8 @@ pub fn role() -> Role {
     Role {
         metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
         rules: Some(vec![
-            rule(&[""], &["secrets"], &["get", "list", "watch"]),
+            // update: the leader writes renewed time-bound tokens into the stored kubeconfigs.
+            rule(&[""], &["secrets"], &["get", "list", "watch", "update"]),
             rule(
                 &["coordination.k8s.io"],
                 &["leases"],

@@ -528,3 +528,163 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
     );
     Ok(())
 }
+
+/// What the time-bound token of the sync account needs on the remote to be renewed by the
+/// webhook: `create` on `serviceaccounts/token` for that one ServiceAccount.
+async fn grant_token_renewal(remote: &mesh_testenv::Cluster) -> anyhow::Result<()> {
+    let client = remote.client().await?;
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "kubectl-mesh-sync-token-renewal", "namespace": MESH_NAMESPACE},
+        "rules": [{
+            "apiGroups": [""],
+            "resources": ["serviceaccounts/token"],
+            "resourceNames": ["kubectl-mesh-sync"],
+            "verbs": ["create"],
+        }],
+    }))?;
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kubectl-mesh-sync-token-renewal", "namespace": MESH_NAMESPACE},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "kubectl-mesh-sync-token-renewal",
+            },
+            "subjects": [{
+                "kind": "ServiceAccount",
+                "name": "kubectl-mesh-sync",
+                "namespace": MESH_NAMESPACE,
+            }],
+        }))?;
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), MESH_NAMESPACE)
+        .create(&PostParams::default(), &role)
+        .await?;
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(client, MESH_NAMESPACE)
+        .create(&PostParams::default(), &binding)
+        .await?;
+    Ok(())
+}
+
+/// `iat` and `exp` of a JWT.
+fn issued_and_expires(token: &str) -> anyhow::Result<(i64, i64)> {
+    let claims = mesh_core::token::claims(token)
+        .ok_or_else(|| anyhow::anyhow!("the stored token is not a JWT"))?;
+    Ok((
+        claims.issued_at.map(|t| t.as_second()).unwrap_or_default(),
+        claims.expires_at.map(|t| t.as_second()).unwrap_or_default(),
+    ))
+}
+
+/// The leader renews a time-bound stored token after `--token-renew-fraction` of its
+/// lifetime, with the sync account's own right to a new token, and sync goes on with it. The
+/// apiserver issues tokens for ten minutes at least, so the renewal is forced within seconds by
+/// a fraction of 0.01 (six seconds). The time-bound token is minted here with the TokenRequest
+/// API, as the admin would; without the right to renew, each attempt is an Event.
+#[tokio::test]
+async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one()
+-> anyhow::Result<()> {
+    let mut options = MeshOptions::from_workspace()?;
+    options.webhook_args = vec!["--token-renew-fraction".into(), "0.01".into()];
+    let (env, mesh) = own_mesh_with(1, options).await?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let ns = create_everywhere(&env, "renewal").await?;
+    let secret_name = format!("cluster-{name}");
+    let secrets = Api::<Secret>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
+
+    // A ten-minute token of the sync account, stored in place of the long-lived one.
+    let request = k8s_openapi::api::authentication::v1::TokenRequest {
+        spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
+            expiration_seconds: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let minted = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+        remote.client().await?,
+        MESH_NAMESPACE,
+    )
+    .create_token_request("kubectl-mesh-sync", &PostParams::default(), &request)
+    .await?
+    .status
+    .map(|s| s.token)
+    .unwrap_or_default();
+    let stored = stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?;
+    let mut secret = secrets.get(&secret_name).await?;
+    secret.data.get_or_insert_default().insert(
+        "kubeconfig".to_owned(),
+        k8s_openapi::ByteString(with_token(&stored, &minted)?.into_bytes()),
+    );
+    secrets
+        .replace(&secret_name, &PostParams::default(), &secret)
+        .await?;
+    let (minted_at, _) = issued_and_expires(&minted)?;
+
+    // Not allowed to renew yet: the failure is an Event on the MeshCluster, sync goes on.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::all(env.primary().client().await?);
+    eventually("a TokenRenewalFailed Event", DEADLINE, || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("TokenRenewalFailed")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+            })
+            .then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        token_of(&stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?)?,
+        minted,
+        "a failed renewal leaves the stored token as it was"
+    );
+
+    grant_token_renewal(remote).await?;
+    let renewed = eventually("the stored token renewed", DEADLINE, || async {
+        let token =
+            token_of(&stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?)?;
+        Ok((token != minted).then_some(token))
+    })
+    .await?;
+    let (issued, expires) = issued_and_expires(&renewed)?;
+    assert!(issued >= minted_at, "renewed token issued before the first");
+    assert!(
+        (expires - issued - 600).abs() <= 1,
+        "the renewed token keeps the lifetime: {issued}..{expires}"
+    );
+    assert_eq!(
+        answer_to(&stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?)
+            .await?,
+        201
+    );
+
+    // Sync goes on with the renewed token, through further renewals.
+    for value in ["enabled", "disabled"] {
+        mesh_e2e::label_on_primary(&env, &ns, &[&format!("istio-injection={value}")]).await?;
+        let expected = BTreeMap::from([("istio-injection".to_owned(), value.to_owned())]);
+        eventually("the change reaches the remote", DEADLINE, || async {
+            Ok((managed_labels(remote, &ns).await?.as_ref() == Some(&expected)).then_some(()))
+        })
+        .await?;
+        eventually("a further renewal", DEADLINE, || async {
+            let token = token_of(
+                &stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?,
+            )?;
+            Ok((token != renewed && token != minted).then_some(()))
+        })
+        .await?;
+    }
+    assert_eq!(
+        reachable_reason(&env, &name).await?.map(|r| r.0).as_deref(),
+        Some("True")
+    );
+    let metrics = https_get(mesh.metrics_address(), &mesh.ca_pem()?, "/metrics").await?;
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("token_expiry_seconds{{cluster=\"{name}\"}}")))
+        .ok_or_else(|| anyhow::anyhow!("no token_expiry_seconds for {name}"))?;
+    let seconds: f64 = gauge.rsplit(' ').next().unwrap_or_default().parse()?;
+    assert!((500.0..=600.0).contains(&seconds), "{gauge}");
+    Ok(())
+}

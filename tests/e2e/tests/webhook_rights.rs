@@ -16,8 +16,9 @@ const EXPECTED: &[&str] = &[
     "meshclusters.kubectl-mesh.io/status [] [patch]",
     "events [] [create patch]",
     "events.events.k8s.io [] [create patch]",
-    // In the mesh namespace only: the stored kubeconfigs and the leader's Lease.
-    "secrets [] [get list watch]",
+    // In the mesh namespace only: the stored kubeconfigs (update: renewed tokens) and the
+    // leader's Lease.
+    "secrets [] [get list watch update]",
     "leases.coordination.k8s.io [] [get create update]",
 ];
 

@@ -370,10 +370,8 @@ impl Remotes {
 /// The time claims of the bearer token in a cluster Secret's kubeconfig, when there is one.
 pub fn stored_token_claims(secret: &Secret) -> Option<Claims> {
     let data = secret.data.as_ref()?.get(KUBECONFIG_KEY)?;
-    let kubeconfig = Kubeconfig::from_yaml(std::str::from_utf8(&data.0).ok()?).ok()?;
-    let user = kubeconfig.auth_infos.first()?.auth_info.as_ref()?;
-    let user = serde_json::to_value(user).ok()?;
-    crate::token::claims(user.get("token")?.as_str()?)
+    let token = crate::token::kubeconfig_token(std::str::from_utf8(&data.0).ok()?)?;
+    crate::token::claims(&token)
 }
 
 /// Reads the Secret of `cluster` from the primary (in `namespace`, the mesh namespace) and

@@ -67,6 +67,40 @@ pub fn token_expiry(token: &str) -> TokenExpiry {
     }
 }
 
+/// Namespace and name of the ServiceAccount a token was issued for (its `sub` claim,
+/// `system:serviceaccount:<namespace>:<name>`).
+pub fn service_account(token: &str) -> Option<(String, String)> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    let sub = value.get("sub")?.as_str()?;
+    let mut parts = sub.strip_prefix("system:serviceaccount:")?.splitn(2, ':');
+    Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+}
+
+/// The bearer token of a kubeconfig's first user.
+pub fn kubeconfig_token(yaml: &str) -> Option<String> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml).ok()?;
+    let user = kubeconfig.auth_infos.first()?.auth_info.as_ref()?;
+    let user = serde_json::to_value(user).ok()?;
+    user.get("token")?.as_str().map(str::to_owned)
+}
+
+/// `yaml` (a stored kubeconfig) with every user's token replaced by `token`, written as JSON
+/// (which is YAML too). `None` when it is not a kubeconfig.
+pub fn with_kubeconfig_token(yaml: &str, token: &str) -> Option<String> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml).ok()?;
+    let mut value = serde_json::to_value(&kubeconfig).ok()?;
+    for user in value.get_mut("users")?.as_array_mut()? {
+        if let Some(user) = user.get_mut("user").and_then(|u| u.as_object_mut()) {
+            user.insert("token".to_owned(), token.into());
+        }
+    }
+    serde_json::to_string_pretty(&value).ok()
+}
+
 /// Below this share of its lifetime left, a token is worth a warning.
 pub const LOW_LIFETIME_PERCENT: i64 = 20;
 
@@ -185,6 +219,30 @@ pub(crate) mod tests {
             Claims::default().standing(at(4_000_000_000)),
             Standing::Fine
         );
+    }
+
+    #[test]
+    fn the_account_and_the_token_of_a_kubeconfig_are_found_and_replaced() {
+        let token = jwt(serde_json::json!({"sub": "system:serviceaccount:kubectl-mesh:sync"}));
+        assert_eq!(
+            service_account(&token),
+            Some(("kubectl-mesh".to_owned(), "sync".to_owned()))
+        );
+        assert_eq!(
+            service_account(&jwt(serde_json::json!({"sub": "admin"}))),
+            None
+        );
+        assert_eq!(service_account("opaque"), None);
+        let yaml = "apiVersion: v1\nkind: Config\nclusters:\n- name: e\n  cluster: {server: 'https://1.2.3.4'}\nusers:\n- name: e\n  user: {token: old}\ncontexts:\n- name: e\n  context: {cluster: e, user: e}\ncurrent-context: e\n";
+        assert_eq!(kubeconfig_token(yaml).as_deref(), Some("old"));
+        let renewed = with_kubeconfig_token(yaml, "new").expect("a kubeconfig");
+        assert_eq!(kubeconfig_token(&renewed).as_deref(), Some("new"));
+        let kc = kube::config::Kubeconfig::from_yaml(&renewed).unwrap();
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("https://1.2.3.4")
+        );
+        assert_eq!(with_kubeconfig_token("[", "new"), None);
     }
 
     #[test]
