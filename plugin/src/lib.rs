@@ -258,9 +258,9 @@ impl Error {
         matches!(self, Self::Exit(_))
     }
 
-    /// The whole error on one line: `<what went wrong>; <what to do>`. Causes are joined
-    /// with ": ", each said once (kube's errors repeat their source in their own message).
-    pub fn line(&self) -> String {
+    /// What went wrong, on one line, without the hint. Causes are joined with ": ", each
+    /// said once (kube's errors repeat their source in their own message).
+    pub fn what(&self) -> String {
         let mut what = self.to_string();
         let mut cause = std::error::Error::source(self);
         if let Self::Kube { source, .. } = self {
@@ -274,7 +274,12 @@ impl Error {
             }
             cause = c.source();
         }
-        format!("{}; {}", what.replace('\n', " "), self.hint())
+        what.replace('\n', " ")
+    }
+
+    /// The whole error on one line: `<what went wrong>; <what to do>`.
+    pub fn line(&self) -> String {
+        format!("{}; {}", self.what(), self.hint())
     }
 }
 
@@ -380,6 +385,15 @@ pub use mesh_core::duration::parse as parse_duration;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_is_the_line_without_its_hint() {
+        let err = Error::Refused {
+            what: "a".into(),
+            hint: "b".into(),
+        };
+        assert_eq!((err.what().as_str(), err.line().as_str()), ("a", "a; b"));
+    }
     use clap::CommandFactory as _;
 
     #[test]

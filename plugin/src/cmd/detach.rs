@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -46,7 +46,7 @@ use mesh_core::{
 };
 use serde::de::DeserializeOwned;
 
-use super::attach::{remote_kubeconfig_error, wait_namespace_gone, what_of};
+use super::attach::{remote_kubeconfig_error, wait_namespace_gone};
 use crate::{
     Context, Error, Result,
     access::{self, Need, Target},
@@ -278,6 +278,13 @@ fn remote_needs(strip_labels: bool) -> Vec<Need> {
         Need::cluster("", "namespaces", &namespaces),
         Need::namespaced("", "serviceaccounts", MESH_NAMESPACE, LD),
         Need::namespaced("", "secrets", MESH_NAMESPACE, LD),
+        Need::namespaced("rbac.authorization.k8s.io", "roles", MESH_NAMESPACE, LD),
+        Need::namespaced(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            MESH_NAMESPACE,
+            LD,
+        ),
         Need::cluster("rbac.authorization.k8s.io", "clusterroles", LD),
         Need::cluster("rbac.authorization.k8s.io", "clusterrolebindings", LD),
         Need::cluster(
@@ -393,7 +400,7 @@ async fn resolve_remote(
         Err(e) => {
             let err = access::request_error(&target, "check rights", e);
             let hint = err.hint();
-            return refuse_or_skip(what_of(&err), hint);
+            return refuse_or_skip(err.what(), hint);
         }
     };
     if let Some(mc) = mc {
@@ -402,7 +409,7 @@ async fn resolve_remote(
             Err(e) => {
                 let err = access::request_error(&target, "read kube-system", e);
                 let hint = err.hint();
-                return refuse_or_skip(what_of(&err), hint);
+                return refuse_or_skip(err.what(), hint);
             }
         };
         if id != mc.spec.cluster_id {
@@ -505,6 +512,26 @@ async fn clean_remote(
         .await
         .map_err(fail("delete the token Secrets"))?;
     }
+    // The sync account's right to renew a time-bound token (`attach --token-ttl`).
+    let (c, ns) = in_ns(client);
+    delete_ours(
+        Api::<RoleBinding>::namespaced(c.clone(), ns),
+        setup::TOKEN_RENEWAL,
+        name,
+        primary,
+        progress,
+    )
+    .await
+    .map_err(fail("delete the token renewal rights"))?;
+    delete_ours(
+        Api::<Role>::namespaced(c, ns),
+        setup::TOKEN_RENEWAL,
+        name,
+        primary,
+        progress,
+    )
+    .await
+    .map_err(fail("delete the token renewal rights"))?;
 
     if let Some(rule) = strip {
         strip_managed_labels(client, target, rule, name, timeout, progress).await?;

@@ -93,6 +93,10 @@ pub struct Attach {
     /// Do not ask before a first sync that removes or changes labels on the remote.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Store a time-bound token of the sync account valid this long (at least 10m), which
+    /// the webhook renews before it expires, instead of a long-lived one.
+    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    pub token_ttl: Option<Duration>,
     /// How long to wait for the remote's token and, with --wait, for the first sync.
     #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -120,13 +124,6 @@ impl From<RemoteGuardArg> for mesh_core::cluster::RemoteGuard {
     }
 }
 
-/// The `what` of an error's line, without its hint.
-pub(crate) fn what_of(err: &Error) -> String {
-    let line = err.line();
-    let hint = format!("; {}", err.hint());
-    line.strip_suffix(&hint).unwrap_or(&line).to_owned()
-}
-
 impl Attach {
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
@@ -145,8 +142,16 @@ impl Attach {
             namespace_selector,
             adopt_remote_labels,
             yes,
+            token_ttl,
             timeout,
         } = self;
+        // The TokenRequest API's minimum.
+        if token_ttl.is_some_and(|ttl| ttl < Duration::from_secs(600)) {
+            return Err(Error::Refused {
+                what: "--token-ttl is shorter than 10m, the least a remote issues".into(),
+                hint: "pass --token-ttl 10m or more, e.g. --token-ttl 24h".into(),
+            });
+        }
         let hooks = hooks::TestHooks::from_env()?;
         let args = preflight::Args {
             remote_kubeconfig,
@@ -184,7 +189,7 @@ impl Attach {
             }
         ));
 
-        let mut run = steps::Run::new(&plan, progress, hooks, timeout);
+        let mut run = steps::Run::new(&plan, progress, hooks, timeout).with_token_ttl(token_ttl);
         // Ctrl-C midway rolls back like any failure.
         let result = tokio::select! {
             result = run.steps() => result,
@@ -227,19 +232,5 @@ impl Attach {
             }
             OutputFormat::Table | OutputFormat::Wide => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn what_of_drops_the_hint() {
-        let err = Error::Refused {
-            what: "a".into(),
-            hint: "b".into(),
-        };
-        assert_eq!(what_of(&err), "a");
     }
 }

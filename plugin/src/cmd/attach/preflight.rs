@@ -15,7 +15,6 @@ use mesh_core::{
 };
 
 use super::objects::{Side, describe, dyn_api, remote_objects};
-use super::what_of;
 use crate::{
     Context, Error, Result,
     access::{self, Need, Target},
@@ -159,7 +158,7 @@ pub(crate) fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Er
         ),
         other => other.hint(),
     };
-    let mut what = what_of(&Error::from(err));
+    let mut what = Error::from(err).what();
     let in_file = format!("in {}", path.display());
     if what.contains("in the kubeconfig") {
         what = what.replace("in the kubeconfig", &in_file);

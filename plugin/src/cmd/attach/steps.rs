@@ -22,7 +22,6 @@ use super::objects::{
 };
 use super::preflight::{NamespaceState, Plan, ViewPlan};
 use super::waits::{wait_namespace_gone, wait_token};
-use super::what_of;
 use crate::cmd::apply;
 use crate::preview::Adoption;
 use crate::sync_scope::{self, Scope};
@@ -170,6 +169,8 @@ pub(super) struct Run<'a> {
     adopted: Vec<Adoption>,
     /// The step under way (for the error line).
     step: Option<Step>,
+    /// `--token-ttl`: a time-bound sync token instead of a long-lived one.
+    token_ttl: Option<Duration>,
 }
 
 impl<'a> Run<'a> {
@@ -188,7 +189,14 @@ impl<'a> Run<'a> {
             created: Vec::new(),
             adopted: Vec::new(),
             step: None,
+            token_ttl: None,
         }
+    }
+
+    /// With `Some`, the sync token is time-bound (see [`setup::token_anchor_secret`]).
+    pub(super) fn with_token_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.token_ttl = ttl;
+        self
     }
 
     fn client(&self, side: Side) -> &Client {
@@ -218,6 +226,39 @@ impl<'a> Run<'a> {
 
     /// Creates `m` or, if it exists, updates it (server-side apply); records a creation.
     /// A remote object is recorded as this primary's.
+    /// A re-run cannot turn a long-lived token Secret into the anchor of a time-bound one or
+    /// back (a Secret's type is immutable), nor should it quietly revoke the stored token.
+    async fn refuse_other_token_kind(&self, m: &Manifest) -> Result<()> {
+        let name = &self.plan.name;
+        let found = Api::<Secret>::namespaced(self.plan.remote.clone(), MESH_NAMESPACE)
+            .get_opt(&m.name)
+            .await
+            .map_err(Error::kube(format!("cannot read {}", describe(m))))?;
+        let wanted = m.object.get("type").and_then(|t| t.as_str());
+        match found.and_then(|s| s.type_) {
+            Some(kind) if Some(kind.as_str()) != wanted => Err(Error::Refused {
+                what: format!(
+                    "{name} is attached with a {} sync token",
+                    if self.token_ttl.is_some() {
+                        "long-lived"
+                    } else {
+                        "time-bound (--token-ttl)"
+                    }
+                ),
+                hint: format!(
+                    "re-run attach {} --token-ttl, or `kubectl mesh detach {name}` first to \
+                     switch",
+                    if self.token_ttl.is_some() {
+                        "without"
+                    } else {
+                        "with"
+                    }
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     async fn ensure(&mut self, side: Side, m: Manifest) -> Result<DynamicObject> {
         let m = match side {
             Side::Remote => for_primary(m, &self.plan.primary_id),
@@ -341,24 +382,61 @@ impl<'a> Run<'a> {
             ),
             (
                 Step::TokenSecret,
-                Manifest::new(&setup::token_secret(
-                    setup::TOKEN_SECRET,
-                    setup::SYNC_ACCOUNT,
-                    &name,
-                ))?,
+                Manifest::new(&match self.token_ttl {
+                    Some(_) => setup::token_anchor_secret(setup::TOKEN_SECRET, &name),
+                    None => setup::token_secret(setup::TOKEN_SECRET, setup::SYNC_ACCOUNT, &name),
+                })?,
             ),
         ];
+        let mut anchor = None;
         for (step, m) in remote_steps {
             self.begin(step);
-            if step == Step::TokenSecret && plan.takeover {
-                self.revoke_other_primarys_tokens().await?;
+            if step == Step::TokenSecret {
+                if plan.takeover {
+                    self.revoke_other_primarys_tokens().await?;
+                }
+                self.refuse_other_token_kind(&m).await?;
+                if self.token_ttl.is_some() {
+                    self.ensure(
+                        Side::Remote,
+                        Manifest::new(&setup::token_renewal_role(&name))?,
+                    )
+                    .await?;
+                    self.ensure(
+                        Side::Remote,
+                        Manifest::new(&setup::token_renewal_binding(&name))?,
+                    )
+                    .await?;
+                }
             }
-            self.ensure(Side::Remote, m).await?;
+            let applied = self.ensure(Side::Remote, m).await?;
+            if step == Step::TokenSecret {
+                anchor = Some(applied);
+            }
             self.done(step)?;
         }
 
         self.begin(Step::Token);
-        let token = wait_token(&plan.remote, &name, setup::TOKEN_SECRET, self.timeout).await?;
+        let token = match (self.token_ttl, anchor) {
+            (Some(ttl), Some(anchor)) => {
+                let anchor = Secret {
+                    metadata: anchor.metadata,
+                    ..Default::default()
+                };
+                super::super::rotate::mint_bound_token(
+                    &plan.remote,
+                    setup::SYNC_ACCOUNT,
+                    &anchor,
+                    ttl,
+                )
+                .await
+                .map_err(Error::kube(format!(
+                    "cannot request a token of ServiceAccount {MESH_NAMESPACE}/{} on {name}",
+                    setup::SYNC_ACCOUNT
+                )))?
+            }
+            _ => wait_token(&plan.remote, &name, setup::TOKEN_SECRET, self.timeout).await?,
+        };
         self.progress.ok(format!(
             "{name}: token of ServiceAccount {MESH_NAMESPACE}/{} issued",
             setup::SYNC_ACCOUNT
@@ -800,7 +878,7 @@ impl<'a> Run<'a> {
     pub(super) async fn roll_back(&mut self, err: Error) -> Error {
         let step = self.step.map_or("preparation", Step::name);
         let progress = self.progress;
-        progress.fail(format!("step {step} failed: {}", what_of(&err)));
+        progress.fail(format!("step {step} failed: {}", err.what()));
         let undo = if self.created.is_empty() && self.adopted.is_empty() {
             "had created nothing, so nothing was rolled back"
         } else {
@@ -818,13 +896,13 @@ impl<'a> Run<'a> {
                         // Gone for real before the next attach, which would otherwise find
                         // it terminating.
                         if let Err(e) = wait_namespace_gone(&client, &m.name, self.timeout).await {
-                            progress.warn(format!("rolled back: {label}: {}", what_of(&e)));
+                            progress.warn(format!("rolled back: {label}: {}", e.what()));
                         }
                     }
                     progress.warn(format!("rolled back: {label}: {} deleted", describe(&m)));
                 }
                 Err(e) => {
-                    progress.fail(format!("rollback: {label}: {}", what_of(&e)));
+                    progress.fail(format!("rollback: {label}: {}", e.what()));
                     left.push(format!("{label}: {}", describe(&m)));
                 }
             }
@@ -832,7 +910,7 @@ impl<'a> Run<'a> {
         let what = format!(
             "attaching {} failed at step {step} and {undo}: {}",
             self.plan.name,
-            what_of(&err)
+            err.what()
         );
         let hint = if left.is_empty() {
             if err.hint().contains("re-run attach") {
