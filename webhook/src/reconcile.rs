@@ -19,6 +19,11 @@
 //! while this replica holds the Lease, and drop a sync mid-way when its term ends. Status is written only when it says something new (see
 //! [`crate::cluster_status`]), and Events go to the primary namespace concerned (see
 //! [`crate::events`]).
+//!
+//! Not `kube::runtime::Controller`: its reconciles run to completion and it stops only as a
+//! whole, while a sync here must be dropped mid-way when the Lease term ends; and each worker
+//! owns watches of its remote through that remote's own credentials, rebuilt when they change,
+//! which the Controller's watches (all through one client) cannot express.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -31,7 +36,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::{
     ByteString,
     api::{
-        authentication::v1::{TokenRequest, TokenRequestSpec},
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
         core::v1::{Namespace, Secret, ServiceAccount},
     },
     jiff::Timestamp,
@@ -965,9 +970,18 @@ async fn renew_token(
         .ok_or("the stored token has no lifetime (iat, exp)")?;
     let (namespace, account) = token::service_account(&current)
         .ok_or("the stored token was not issued for a ServiceAccount")?;
+    // Bound to the same Secret as the token it replaces, so that deleting that Secret
+    // (`kubectl mesh rotate`, detach) revokes the renewed one too.
+    let bound_object_ref = token::bound_secret(&current).map(|(name, uid)| BoundObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Secret".to_owned()),
+        name: Some(name),
+        uid: Some(uid),
+    });
     let request = TokenRequest {
         spec: TokenRequestSpec {
             expiration_seconds: Some(lifetime),
+            bound_object_ref,
             ..Default::default()
         },
         ..Default::default()
