@@ -7,12 +7,14 @@
 //!
 //! Each change marks the state dirty; one task turns it into a JSON snapshot at most every
 //! [`SETTLE`], with the same judges the CLI uses ([`StatusReport`], [`ServicesReport`]), and
-//! hands it to every open page.
+//! hands it to every open page, framed once as the event that carries it: every page shares
+//! the same buffer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::{
@@ -178,7 +180,7 @@ struct ClusterInfo {
 impl Live {
     /// The snapshot as JSON. Facts are moved out and back rather than cloned: a mesh of tens
     /// of thousands of services would otherwise double its memory at every update.
-    fn snapshot(&mut self) -> String {
+    fn snapshot(&mut self, capacity: usize) -> Bytes {
         let now = Timestamp::now();
         let clusters: Vec<ClusterInfo> = self
             .clusters
@@ -308,8 +310,14 @@ impl Live {
             services,
             events,
         };
-        // Plain data: serializing cannot fail.
-        serde_json::to_string(&snapshot).unwrap_or_default()
+        // Written once, framed as the event stream sends it, into a buffer the size of the
+        // last one: growing a buffer of megabytes by doubling would hold both copies at once.
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(EVENT_PREFIX);
+        // Plain data into memory: serializing cannot fail.
+        let _ = serde_json::to_writer(&mut buf, &snapshot);
+        buf.extend_from_slice(EVENT_SUFFIX);
+        Bytes::from(buf)
     }
 }
 
@@ -319,6 +327,18 @@ fn injection_of(namespaces: &BTreeMap<String, Namespace>) -> BTreeMap<String, St
         .iter()
         .filter_map(|(name, ns)| Some((name.clone(), services::extract_injection(ns)?)))
         .collect()
+}
+
+/// How a snapshot is framed: one server-sent event `state` (JSON has no raw newline).
+pub const EVENT_PREFIX: &[u8] = b"event: state\ndata: ";
+pub const EVENT_SUFFIX: &[u8] = b"\n\n";
+
+/// The JSON of a framed snapshot; empty before the first one.
+pub fn json_of(framed: &Bytes) -> Bytes {
+    if framed.len() < EVENT_PREFIX.len() + EVENT_SUFFIX.len() {
+        return Bytes::new();
+    }
+    framed.slice(EVENT_PREFIX.len()..framed.len() - EVENT_SUFFIX.len())
 }
 
 /// A watch event, as the reducers see it.
@@ -494,7 +514,7 @@ fn watch_workloads(
 
 /// Starts every watch of the primary and of the remotes it lists; returns the snapshots,
 /// the first one once the primary's namespaces are listed.
-pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Arc<String>> {
+pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Bytes> {
     let shared = Arc::new(Shared {
         live: Mutex::new(Live {
             rule,
@@ -511,7 +531,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Arc<Strin
         }),
         dirty: Notify::new(),
     });
-    let (tx, rx) = watch::channel(Arc::new(String::new()));
+    let (tx, rx) = watch::channel(Bytes::new());
 
     // The primary's namespaces: the matrix's rows and the primary's injection.
     let mut relist = Relist::default();
@@ -600,8 +620,9 @@ pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Arc<Strin
         loop {
             shared.dirty.notified().await;
             tokio::time::sleep(SETTLE).await;
-            let json = shared.lock().snapshot();
-            if tx.send(Arc::new(json)).is_err() {
+            let capacity = tx.borrow().len() + tx.borrow().len() / 8;
+            let framed = shared.lock().snapshot(capacity);
+            if tx.send(framed).is_err() {
                 return;
             }
         }

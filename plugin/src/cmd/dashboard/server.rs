@@ -4,7 +4,6 @@
 //! same-origin. Every request whose Host is not this server's loopback address is refused.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -13,6 +12,8 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use super::live;
 
 /// The page, embedded: nothing is fetched from anywhere else.
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -35,7 +36,7 @@ pub fn allowed_host(host: Option<&str>, port: u16) -> bool {
 
 /// Serves until the task is dropped. `snapshots` holds the latest state as JSON (empty until
 /// the first one).
-pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<String>>) {
+pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Bytes>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -58,11 +59,7 @@ pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Arc<String>
 }
 
 /// The answer to one request.
-fn handle(
-    req: &Request<Incoming>,
-    port: u16,
-    snapshots: watch::Receiver<Arc<String>>,
-) -> Response<Body> {
+fn handle(req: &Request<Incoming>, port: u16, snapshots: watch::Receiver<Bytes>) -> Response<Body> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -77,15 +74,24 @@ fn handle(
         return text(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only\n");
     }
     match req.uri().path() {
-        "/" => asset("text/html; charset=utf-8", INDEX_HTML),
-        "/app.js" => asset("text/javascript; charset=utf-8", APP_JS),
-        "/style.css" => asset("text/css; charset=utf-8", STYLE_CSS),
+        "/" => asset(
+            "text/html; charset=utf-8",
+            Bytes::from_static(INDEX_HTML.as_bytes()),
+        ),
+        "/app.js" => asset(
+            "text/javascript; charset=utf-8",
+            Bytes::from_static(APP_JS.as_bytes()),
+        ),
+        "/style.css" => asset(
+            "text/css; charset=utf-8",
+            Bytes::from_static(STYLE_CSS.as_bytes()),
+        ),
         "/state.json" => {
-            let json = snapshots.borrow().clone();
+            let json = live::json_of(&snapshots.borrow());
             if json.is_empty() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "not read yet\n");
             }
-            asset("application/json", json.as_str())
+            asset("application/json", json)
         }
         "/events" => events(snapshots),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -93,15 +99,15 @@ fn handle(
 }
 
 /// Server-sent events: the current snapshot, then each new one, as event `state`.
-fn events(snapshots: watch::Receiver<Arc<String>>) -> Response<Body> {
+fn events(snapshots: watch::Receiver<Bytes>) -> Response<Body> {
     let stream = futures::stream::unfold(snapshots, |mut rx| async move {
         // The first snapshot, or the next one: mark what is sent as seen.
         let wait = rx.borrow().is_empty() || !rx.has_changed().unwrap_or(true);
         if wait && rx.changed().await.is_err() {
             return None;
         }
-        let json = rx.borrow_and_update().clone();
-        let frame = Frame::data(Bytes::from(format!("event: state\ndata: {json}\n\n")));
+        // Already framed: every page shares the buffer.
+        let frame = Frame::data(rx.borrow_and_update().clone());
         Some((Ok::<_, Infallible>(frame), rx))
     });
     let mut response = Response::new(StreamBody::new(stream).boxed());
@@ -114,8 +120,8 @@ fn events(snapshots: watch::Receiver<Arc<String>>) -> Response<Body> {
     response
 }
 
-fn asset(content_type: &'static str, body: &str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())).boxed());
+fn asset(content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body).boxed());
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     secure(headers);
