@@ -48,7 +48,9 @@ use k8s_openapi::{
             ValidatingAdmissionPolicySpec, Validation, Variable,
         },
         core::v1::{Namespace, Secret, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject},
+        rbac::v1::{
+            ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+        },
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
 };
@@ -455,6 +457,54 @@ pub fn token_secret(name: &str, account: &str, cluster: &str) -> Secret {
         metadata,
         type_: Some(SERVICE_ACCOUNT_TOKEN_TYPE.to_owned()),
         ..Default::default()
+    }
+}
+
+/// Role and RoleBinding (in the mesh namespace) that let the sync account renew its own
+/// time-bound token (`attach --token-ttl`).
+pub const TOKEN_RENEWAL: &str = "kubectl-mesh-sync-token-renewal";
+
+/// With `--token-ttl`, the Secret a time-bound token is bound to: no token in it, but the
+/// token is valid only while it exists, so deleting it revokes the token as deleting a
+/// long-lived token Secret does.
+pub fn token_anchor_secret(name: &str, cluster: &str) -> Secret {
+    Secret {
+        metadata: meta(name, Some(MESH_NAMESPACE), cluster),
+        type_: Some("Opaque".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// `create` on `serviceaccounts/token` for the sync account alone: what the webhook needs to
+/// renew a time-bound token with that token.
+pub fn token_renewal_role(cluster: &str) -> Role {
+    Role {
+        metadata: meta(TOKEN_RENEWAL, Some(MESH_NAMESPACE), cluster),
+        rules: Some(vec![PolicyRule {
+            api_groups: strings(&[""]),
+            resources: strings(&["serviceaccounts/token"]),
+            resource_names: strings(&[SYNC_ACCOUNT]),
+            verbs: vec!["create".to_owned()],
+            ..Default::default()
+        }]),
+    }
+}
+
+/// Binds [`token_renewal_role`] to the sync account.
+pub fn token_renewal_binding(cluster: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(TOKEN_RENEWAL, Some(MESH_NAMESPACE), cluster),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: TOKEN_RENEWAL.to_owned(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: SYNC_ACCOUNT.to_owned(),
+            namespace: Some(MESH_NAMESPACE.to_owned()),
+            ..Default::default()
+        }]),
     }
 }
 

@@ -19,7 +19,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::{ByteString, api::core::v1::Secret};
+use k8s_openapi::{
+    ByteString,
+    api::{
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+        core::v1::{Secret, ServiceAccount},
+    },
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, PostParams},
@@ -348,6 +354,33 @@ struct Rotation<'a> {
     progress: Progress,
 }
 
+/// A token of ServiceAccount `account` from the TokenRequest API, valid for `ttl` and only as
+/// long as the Secret `anchor` exists (deleting it revokes the token).
+pub(crate) async fn mint_bound_token(
+    remote: &Client,
+    account: &str,
+    anchor: &Secret,
+    ttl: Duration,
+) -> Result<String, kube::Error> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Secret".to_owned()),
+                name: anchor.metadata.name.clone(),
+                uid: anchor.metadata.uid.clone(),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issued = Api::<ServiceAccount>::namespaced(remote.clone(), MESH_NAMESPACE)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await?;
+    Ok(issued.status.map(|s| s.token).unwrap_or_default())
+}
+
 /// The token a token Secret holds, once issued.
 fn token_in(secret: Option<&Secret>) -> Option<String> {
     secret?
@@ -393,6 +426,14 @@ fn with_token(secret: &Secret, token: &str) -> Result<Secret> {
     Ok(out)
 }
 
+/// Whether the stored token is `expected` or, for a time-bound one, its renewal by the
+/// webhook (a token bound to the same Secret).
+fn same_credentials(stored: Option<&str>, expected: &str) -> bool {
+    let Some(stored) = stored else { return false };
+    stored == expected
+        || token::bound_secret(stored).is_some_and(|s| Some(s) == token::bound_secret(expected))
+}
+
 /// The token of the (first) kubeconfig a stored Secret holds.
 fn stored_token_of(secret: &Secret) -> Option<String> {
     let value = secret.data.as_ref()?.values().next()?;
@@ -411,13 +452,26 @@ impl Rotation<'_> {
         ));
         let stored = self.stored(holder).await?;
         let current = stored_token_of(&stored);
+        // A time-bound token (`attach --token-ttl`) is replaced by one of the same lifetime,
+        // bound to the Secret that stands for it.
+        let bound = current
+            .as_deref()
+            .filter(|t| token::bound_secret(t).is_some())
+            .and_then(token::claims)
+            .and_then(|c| c.lifetime())
+            .and_then(|l| Duration::try_from(l).ok());
         let standby_token = token_in(self.remote_secret(&standby).await?.as_ref());
-        if standby_token.is_none() || standby_token != current {
+        let bound_to_standby = current
+            .as_deref()
+            .and_then(token::bound_secret)
+            .is_some_and(|(name, _)| name == standby);
+        let on_standby = bound_to_standby || (standby_token.is_some() && standby_token == current);
+        if !on_standby {
             // Whatever the standby holds is not stored; but a previous run may have just
             // moved the stored kubeconfig off it, so it goes only once that is in use.
             self.settled(holder, current.as_deref()).await?;
             self.delete_token_secret(&standby).await?;
-            let token = self.issue(&standby, account).await?;
+            let token = self.issue(&standby, account, bound).await?;
             self.store(holder, &token).await?;
             self.settled(holder, Some(&token)).await?;
         }
@@ -427,7 +481,7 @@ impl Rotation<'_> {
             "{}: Secret {MESH_NAMESPACE}/{own} deleted: the old token is revoked",
             self.cluster
         ));
-        let token = self.issue(own, account).await?;
+        let token = self.issue(own, account, bound).await?;
         self.store(holder, &token).await?;
         self.settled(holder, Some(&token)).await?;
         self.delete_token_secret(&standby).await?;
@@ -516,15 +570,20 @@ impl Rotation<'_> {
         Ok(())
     }
 
-    /// Creates the token Secret `name` for `account` and waits for its token.
-    async fn issue(&self, name: &str, account: &str) -> Result<String> {
-        let mut secret = setup::token_secret(name, account, self.cluster);
+    /// Creates the token Secret `name` for `account` and waits for its token; with `bound`,
+    /// the Secret a token of that lifetime is bound to, and that token.
+    async fn issue(&self, name: &str, account: &str, bound: Option<Duration>) -> Result<String> {
+        let mut secret = match bound {
+            Some(_) => setup::token_anchor_secret(name, self.cluster),
+            None => setup::token_secret(name, account, self.cluster),
+        };
         secret.annotations_mut().insert(
             setup::PRIMARY_ANNOTATION.to_owned(),
             self.primary_id.to_owned(),
         );
         let api = Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE);
-        api.create(&PostParams::default(), &secret)
+        let created = api
+            .create(&PostParams::default(), &secret)
             .await
             .map_err(|e| {
                 access::request_error(
@@ -533,8 +592,20 @@ impl Rotation<'_> {
                     e,
                 )
             })?;
-        let token =
-            super::attach::wait_token(self.remote, self.cluster, name, self.timeout).await?;
+        let token = match bound {
+            Some(ttl) => mint_bound_token(self.remote, account, &created, ttl)
+                .await
+                .map_err(|e| {
+                    access::request_error(
+                        self.remote_target,
+                        &format!("request a token of ServiceAccount {MESH_NAMESPACE}/{account}"),
+                        e,
+                    )
+                })?,
+            None => {
+                super::attach::wait_token(self.remote, self.cluster, name, self.timeout).await?
+            }
+        };
         self.progress.ok(format!(
             "{}: new token of ServiceAccount {MESH_NAMESPACE}/{account} issued in Secret \
              {MESH_NAMESPACE}/{name}",
@@ -547,18 +618,24 @@ impl Rotation<'_> {
     async fn store(&self, holder: Holder, token: &str) -> Result<()> {
         let (ns, name) = holder.stored_at(self.cluster);
         let api = Api::<Secret>::namespaced(self.primary.clone(), ns);
-        // The resourceVersion read makes this a conditional update: a concurrent attach
-        // makes it fail rather than be overwritten.
-        let updated = with_token(&self.stored(holder).await?, token)?;
-        api.replace(&name, &PostParams::default(), &updated)
-            .await
-            .map_err(|e| {
-                access::request_error(
-                    self.primary_target,
-                    &format!("update Secret {ns}/{name}"),
-                    e,
-                )
-            })?;
+        // The resourceVersion read makes this a conditional update. A conflict is the
+        // webhook renewing a time-bound token meanwhile: read again and replace it.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let updated = with_token(&self.stored(holder).await?, token)?;
+            match api.replace(&name, &PostParams::default(), &updated).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => continue,
+                Err(e) => {
+                    return Err(access::request_error(
+                        self.primary_target,
+                        &format!("update Secret {ns}/{name}"),
+                        e,
+                    ));
+                }
+            }
+        }
         self.progress.ok(format!(
             "{}: new token stored in Secret {ns}/{name}",
             self.cluster
@@ -579,7 +656,7 @@ impl Rotation<'_> {
             let stored = self.stored(holder).await?;
             let token = stored_token_of(&stored);
             if let Some(expected) = expected
-                && token.as_deref() != Some(expected)
+                && !same_credentials(token.as_deref(), expected)
             {
                 return Err(Error::Refused {
                     what: format!(

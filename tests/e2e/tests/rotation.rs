@@ -688,3 +688,113 @@ async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one(
     assert!((500.0..=600.0).contains(&seconds), "{gauge}");
     Ok(())
 }
+
+/// `attach --token-ttl`: the stored token is time-bound and bound to the Secret attach made
+/// for it, the webhook renews it (forced within seconds by a fraction of 0.01 of its ten
+/// minutes), sync goes on, `rotate` revokes it while it is being renewed, and detach removes
+/// the renewal right.
+#[tokio::test]
+async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revokes()
+-> anyhow::Result<()> {
+    let mut options = MeshOptions::from_workspace()?;
+    options.attach_args = vec!["--token-ttl".into(), "10m".into()];
+    options.webhook_args = vec!["--token-renew-fraction".into(), "0.01".into()];
+    let (env, _mesh) = own_mesh_with(1, options).await?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let remote_kc = remote.kubeconfig.display().to_string();
+    let ns = create_everywhere(&env, "ttl").await?;
+    let secret_name = format!("cluster-{name}");
+    let stored_token = || async {
+        token_of(&stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?)
+    };
+
+    let first = stored_token().await?;
+    let (issued, expires) = issued_and_expires(&first)?;
+    assert_eq!(expires - issued, 600, "a ten-minute token");
+    assert_eq!(
+        mesh_core::token::bound_secret(&first)
+            .map(|s| s.0)
+            .as_deref(),
+        Some(SYNC_TOKEN),
+        "bound to the Secret attach made"
+    );
+    // No long-lived token of the sync account on the remote.
+    assert!(
+        !token_secrets(remote)
+            .await?
+            .contains(&SYNC_TOKEN.to_owned()),
+        "a long-lived token Secret exists"
+    );
+    let list = mesh_command(&env, &["list", "-o", "wide"]).await?;
+    assert!(
+        text(&list.stdout).contains(" in "),
+        "no expiry in list: {}",
+        describe(&list)
+    );
+
+    let renewed = eventually("the webhook renews the token", DEADLINE, || async {
+        let token = stored_token().await?;
+        Ok((token != first).then_some(token))
+    })
+    .await?;
+    assert_eq!(
+        mesh_core::token::bound_secret(&renewed)
+            .map(|s| s.0)
+            .as_deref(),
+        Some(SYNC_TOKEN)
+    );
+    mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
+    eventually("the change reaches the remote", DEADLINE, || async {
+        Ok((managed_labels(remote, &ns).await?.as_ref() == Some(&expected)).then_some(()))
+    })
+    .await?;
+
+    let before = stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?;
+    let rotate = mesh_command(&env, &["rotate", &name, "--remote-kubeconfig", &remote_kc]).await?;
+    assert!(rotate.status.success(), "rotate: {}", describe(&rotate));
+    revoked("the token before rotation", &before).await?;
+    let after = stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?;
+    assert_eq!(answer_to(&after).await?, 201);
+    let (issued, expires) = issued_and_expires(&token_of(&after)?)?;
+    assert_eq!(expires - issued, 600, "rotate keeps the lifetime");
+    let anchors: Vec<String> = Api::<Secret>::namespaced(remote.client().await?, MESH_NAMESPACE)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .filter(|n| n.starts_with(SYNC_TOKEN))
+        .collect();
+    assert_eq!(anchors, vec![SYNC_TOKEN.to_owned()], "no standby left");
+
+    // A re-run of attach without --token-ttl refuses to switch quietly.
+    let mut attach = mesh_e2e::fixtures::plugin(&env)?;
+    attach
+        .arg("attach")
+        .arg(&remote.kubeconfig)
+        .args(["--name", &name, "--yes"]);
+    let attach = output(attach).await?;
+    assert!(!attach.status.success(), "{}", describe(&attach));
+    assert!(
+        text(&attach.stderr).contains("time-bound"),
+        "{}",
+        describe(&attach)
+    );
+
+    let detach = mesh_command(&env, &["detach", &name, "--remote-kubeconfig", &remote_kc]).await?;
+    assert!(detach.status.success(), "{}", describe(&detach));
+    let roles =
+        Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(remote.client().await?, MESH_NAMESPACE);
+    assert!(
+        roles
+            .get_opt("kubectl-mesh-sync-token-renewal")
+            .await
+            .ok()
+            .flatten()
+            .is_none(),
+        "the renewal Role is left"
+    );
+    Ok(())
+}

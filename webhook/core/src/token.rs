@@ -80,6 +80,21 @@ pub fn service_account(token: &str) -> Option<(String, String)> {
     Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
 }
 
+/// Name and UID of the Secret a token is bound to: a bound token's
+/// `kubernetes.io.secret`, which TokenRequest sets from `boundObjectRef`.
+pub fn bound_secret(token: &str) -> Option<(String, String)> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    let secret = value.get("kubernetes.io")?.get("secret")?;
+    Some((
+        secret.get("name")?.as_str()?.to_owned(),
+        secret.get("uid")?.as_str()?.to_owned(),
+    ))
+}
+
 /// The bearer token of a kubeconfig's first user.
 pub fn kubeconfig_token(yaml: &str) -> Option<String> {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml).ok()?;
@@ -233,6 +248,14 @@ pub(crate) mod tests {
             None
         );
         assert_eq!(service_account("opaque"), None);
+        let bound = jwt(serde_json::json!({
+            "kubernetes.io": {"secret": {"name": "anchor", "uid": "u-1"}}
+        }));
+        assert_eq!(
+            bound_secret(&bound),
+            Some(("anchor".to_owned(), "u-1".to_owned()))
+        );
+        assert_eq!(bound_secret(&token), None);
         let yaml = "apiVersion: v1\nkind: Config\nclusters:\n- name: e\n  cluster: {server: 'https://1.2.3.4'}\nusers:\n- name: e\n  user: {token: old}\ncontexts:\n- name: e\n  context: {cluster: e, user: e}\ncurrent-context: e\n";
         assert_eq!(kubeconfig_token(yaml).as_deref(), Some("old"));
         let renewed = with_kubeconfig_token(yaml, "new").expect("a kubeconfig");
