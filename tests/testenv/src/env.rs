@@ -1,6 +1,5 @@
 //! A primary and N remote clusters on loopback.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -8,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::future::try_join_all;
+
+use crate::ports::free_port;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::binaries::Binaries;
@@ -485,13 +486,6 @@ pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
     Ok(kube::Client::try_from(config)?)
-}
-
-/// A port free on loopback now. Another process could take it before we bind it again; on a
-/// test machine that is rare enough, and the apiserver then fails loudly.
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding a loopback port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// The host's first global IPv4 address: pods reach it through their default route.

@@ -11,7 +11,6 @@
 //! unless told otherwise, the reader ClusterRole Istio's remote profile installs.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -25,6 +24,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::binaries::{Binaries, build_once};
+use crate::ports::{free_address, free_port};
 use crate::{Cluster, TestEnv};
 
 /// The pinned `istio.io/istio` module: Istio master, VERSION 1.31 (it publishes no tags).
@@ -592,14 +592,6 @@ fn text(value: &Value, key: &str) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned()
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
-}
-
-fn free_address() -> anyhow::Result<String> {
-    Ok(format!("127.0.0.1:{}", free_port()?))
 }
 
 #[cfg(test)]

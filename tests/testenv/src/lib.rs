@@ -19,6 +19,7 @@ mod kubeconfig;
 pub mod mesh;
 pub mod node;
 mod pki;
+pub mod ports;
 mod process;
 pub mod proxy;
 mod webhook_client;

@@ -3,7 +3,6 @@
 //! apiserver calls over TLS, and remotes attached with the real plugin. The demo (`up --mesh`)
 //! and the integration tests use this same path.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::ports::free_address;
 use crate::{Cluster, TestEnv, WebhookClient};
 
 /// Name of the webhook process inside the environment's process group.
@@ -354,12 +354,6 @@ async fn wait_listening(env: &TestEnv, listen: &str, name: &str) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-/// `127.0.0.1:<a port free now>`.
-fn free_address() -> anyhow::Result<String> {
-    let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
-    Ok(format!("127.0.0.1:{port}"))
 }
 
 fn shell_path(path: &Path) -> String {

@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::TestEnv;
 use crate::binaries::{Binaries, build_once};
+use crate::ports::free_port;
 
 /// The sandbox image the kubelet asks containerd for.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
@@ -502,10 +503,4 @@ fn which(tool: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(tool))
         .find(|p| p.is_file())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
-        .local_addr()?
-        .port())
 }

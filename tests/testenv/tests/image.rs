@@ -381,14 +381,6 @@ fn containerd_imports_and_runs_the_image() {
         .unwrap();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The webhook as the image runs it (chrooted into the layer, 65532, read-only root, its
 /// kubeconfig and serving certificate mounted as the Deployment mounts them) against a real
 /// primary: it becomes ready, which means it loaded its certificate and listed the primary.
@@ -446,7 +438,10 @@ async fn webhook_from_the_image_answers_readyz() {
     assert!(status.success());
     std::fs::create_dir_all(root.path().join("etc/mesh-webhook")).unwrap();
 
-    let (listen, metrics) = (free_port(), free_port());
+    let (listen, metrics) = (
+        mesh_testenv::ports::free_port().unwrap(),
+        mesh_testenv::ports::free_port().unwrap(),
+    );
     let dir = root.path().to_str().unwrap();
     let script = format!(
         "mount --bind {dir} {dir} && mount --bind {conf} {dir}/etc/mesh-webhook && \

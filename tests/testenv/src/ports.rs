@@ -1,0 +1,65 @@
+//! Ports for the environment's servers, chosen below the kernel's range for outgoing
+//! connections: between finding a port free and a server binding it, any client connecting
+//! anywhere may be given an ephemeral port, and on a busy machine sometimes this one (the
+//! apiserver then exits with "address already in use"). Ports under that range are never
+//! handed out that way; only another server choosing the same one at once could take it, which
+//! random choice over thousands of ports makes rare.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+
+/// The lowest port tried: clear of well-known and common development ports.
+const FLOOR: u16 = 20_000;
+
+/// A loopback port no one listens on now, outside the ephemeral range.
+pub fn free_port() -> anyhow::Result<u16> {
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let ceiling = ephemeral_start().unwrap_or(32_768);
+    if ceiling > FLOOR + 1_000 {
+        let random = RandomState::new();
+        for _ in 0..500 {
+            let draw = random.hash_one(DRAWS.fetch_add(1, Ordering::Relaxed));
+            let port = FLOOR + u16::try_from(draw % u64::from(ceiling - FLOOR)).unwrap_or(0);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    // A machine whose ephemeral range starts low: whatever the kernel gives.
+    let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding a loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `127.0.0.1:<free_port>`.
+pub fn free_address() -> anyhow::Result<String> {
+    Ok(format!("127.0.0.1:{}", free_port()?))
+}
+
+/// The first port of the kernel's range for outgoing connections.
+fn ephemeral_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_free_and_below_the_ephemeral_range() {
+        let ceiling = ephemeral_start().unwrap_or(32_768);
+        for _ in 0..20 {
+            let port = free_port().unwrap();
+            assert!((FLOOR..ceiling).contains(&port), "{port}");
+            TcpListener::bind(("127.0.0.1", port)).expect("still free");
+        }
+    }
+}
