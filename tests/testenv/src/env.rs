@@ -17,6 +17,11 @@ use crate::pki::ClusterPki;
 use crate::process::ProcessGroup;
 use crate::webhook_client::WebhookClient;
 
+/// How many apiservers start at once. They share one etcd and the machine's cores: started
+/// all together, tens of them make each other too slow for their own start-up checks (and
+/// their controller-managers' 10 s wait for /healthz).
+const START_WAVE: usize = 4;
+
 /// How long a control plane may take to answer /readyz before start fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -194,19 +199,23 @@ impl TestEnv {
         eprintln!("[testenv] etcd ready: {:.2?}", step.elapsed());
 
         let step = Instant::now();
-        for cluster in &env.clusters {
-            env.spawn_apiserver(cluster)?;
-        }
-        try_join_all(env.clusters.iter().map(|c| env.wait_ready(c))).await?;
-        // Only after its apiserver is ready: kube-controller-manager gives up when /healthz
-        // still fails 10 s after it starts, which a loaded machine can make happen.
-        for cluster in &env.clusters {
-            env.spawn_controller_manager(cluster)?;
+        for wave in env.clusters.chunks(START_WAVE) {
+            for cluster in wave {
+                env.spawn_apiserver(cluster)?;
+            }
+            try_join_all(wave.iter().map(|c| env.wait_ready(c))).await?;
+            // Only after its apiserver is ready: kube-controller-manager gives up when
+            // /healthz still fails 10 s after it starts, which a loaded machine can make
+            // happen.
+            for cluster in wave {
+                env.spawn_controller_manager(cluster)?;
+            }
         }
         eprintln!(
-            "[testenv] {} apiservers ready: {:.2?}",
+            "[testenv] {} apiservers ready: {:.2?}; resident memory {}",
             env.clusters.len(),
-            step.elapsed()
+            step.elapsed(),
+            env.memory_summary()
         );
         eprintln!("[testenv] environment up in {:.2?}", started.elapsed());
         Ok(env)
@@ -257,6 +266,20 @@ impl TestEnv {
     /// Process ids of every process this environment runs.
     pub fn pids(&self) -> Vec<u32> {
         self.lock().pids()
+    }
+
+    /// The environment's resident memory (VmRSS) in MiB: in all, and per cluster.
+    pub fn memory_summary(&self) -> String {
+        let kib: u64 = self
+            .pids()
+            .iter()
+            .filter_map(|pid| resident_kib(*pid))
+            .sum();
+        let mib = kib as f64 / 1024.0;
+        format!(
+            "{mib:.0} MiB ({:.0} MiB per cluster, etcd and controller-managers included)",
+            mib / self.clusters.len().max(1) as f64
+        )
     }
 
     /// Fails if any process of the environment has died.
@@ -486,6 +509,18 @@ pub async fn client_from(path: &Path) -> anyhow::Result<kube::Client> {
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// VmRSS of process `pid`, in KiB.
+fn resident_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The host's first global IPv4 address: pods reach it through their default route.
