@@ -18,6 +18,7 @@
 //! `--dry-run` stops after preflight and prints what the steps would write ([`dry_run`]).
 //! Test hooks (cargo feature `test-hooks`, see [`hooks`]) make a step fail or stall on demand.
 
+mod adopt;
 mod confirm;
 mod dry_run;
 pub mod hooks;

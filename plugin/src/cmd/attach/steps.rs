@@ -3,18 +3,14 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
 };
-use mesh_core::{
-    MESH_NAMESPACE,
-    cluster::MeshCluster,
-    labels::{LabelDiff, Labels},
-    remote,
-};
+use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, remote};
 
+use super::adopt;
 use super::hooks::TestHooks;
 use super::objects::{
     Side, cluster_record, describe, dyn_api, for_primary, istio_reader_objects, stored_kubeconfig,
@@ -572,7 +568,16 @@ impl<'a> Run<'a> {
         self.begin(Step::AdoptLabels);
         // Before the MeshCluster: once it exists, the first sync would strip what is adopted.
         for adoption in &plan.preview.adopt {
-            self.adopt(adoption).await?;
+            // Recorded first, as for created objects: an interrupted request may have landed.
+            self.adopted.push(adoption.clone());
+            adopt::adopt(
+                &plan.primary,
+                &plan.rule,
+                adoption,
+                &plan.name,
+                self.progress,
+            )
+            .await?;
         }
         self.done(Step::AdoptLabels)?;
 
@@ -735,107 +740,6 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Gives the primary's namespace the remote's managed labels, only if it still has none:
-    /// the write is conditional on the namespace as read.
-    async fn adopt(&mut self, adoption: &Adoption) -> Result<()> {
-        let namespaces: Api<Namespace> = Api::all(self.plan.primary.clone());
-        let name = &adoption.namespace;
-        let changed = || Error::Refused {
-            what: format!(
-                "namespace {name} changed on the primary while attaching (it has managed labels \
-                 now)"
-            ),
-            hint: "nothing is adopted over the primary's own labels; re-run attach to see the \
-                   new preview"
-                .into(),
-        };
-        let current = namespaces.get(name).await.map_err(Error::kube(format!(
-            "cannot read namespace {name} on the primary"
-        )))?;
-        if !self
-            .plan
-            .rule
-            .managed_of(current.metadata.labels.as_ref())
-            .is_empty()
-        {
-            return Err(changed());
-        }
-        let diff = LabelDiff {
-            namespace: name.clone(),
-            set: adoption.labels.clone(),
-            remove: Default::default(),
-        };
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..Default::default()
-        };
-        // Recorded first, as for created objects: an interrupted request may have landed.
-        self.adopted.push(adoption.clone());
-        match namespaces
-            .patch(
-                name,
-                &params,
-                &Patch::Json::<()>(diff.to_json_patch(&current)),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if remote::Failure::of(&e) == remote::Failure::Conflict => return Err(changed()),
-            Err(e) => {
-                return Err(Error::kube(format!(
-                    "cannot label namespace {name} on the primary"
-                ))(e));
-            }
-        }
-        self.progress.ok(format!(
-            "primary: namespace {name} adopted {} from {}",
-            diff.describe(),
-            self.plan.name
-        ));
-        Ok(())
-    }
-
-    /// Takes adopted labels off the primary again, where they are still as adopted.
-    async fn unadopt(&mut self) -> Vec<String> {
-        let namespaces: Api<Namespace> = Api::all(self.plan.primary.clone());
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..Default::default()
-        };
-        let mut left = Vec::new();
-        while let Some(adoption) = self.adopted.pop() {
-            let name = &adoption.namespace;
-            let patch = self
-                .plan
-                .rule
-                .guarded_patch(&adoption.labels, &Labels::new());
-            match namespaces
-                .patch(name, &params, &Patch::Json::<()>(patch))
-                .await
-            {
-                Ok(_) => self.progress.warn(format!(
-                    "rolled back: primary: namespace {name} adopts nothing"
-                )),
-                // Not as adopted (never written, or changed since): left as it is.
-                Err(e)
-                    if matches!(
-                        remote::Failure::of(&e),
-                        remote::Failure::Conflict
-                            | remote::Failure::Other
-                            | remote::Failure::NotFound
-                    ) => {}
-                Err(e) => {
-                    self.progress.fail(format!(
-                        "rollback: primary: namespace {name}: {}",
-                        remote::error_chain(&e)
-                    ));
-                    left.push(format!("primary: labels adopted on namespace {name}"));
-                }
-            }
-        }
-        left
-    }
-
     async fn remove_guard(&mut self) -> Result<()> {
         let name = self.plan.name.clone();
         let guard = Guard::new(mesh_core::cluster::RemoteGuard::Warn, "", "");
@@ -884,7 +788,8 @@ impl<'a> Run<'a> {
         } else {
             "was rolled back"
         };
-        let mut left = self.unadopt().await;
+        let adopted = std::mem::take(&mut self.adopted);
+        let mut left = adopt::unadopt(&self.plan.primary, &self.plan.rule, adopted, progress).await;
         while let Some((side, m)) = self.created.pop() {
             let label = self.side_label(side).to_owned();
             let client = self.client(side).clone();

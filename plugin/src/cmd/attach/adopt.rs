@@ -1,0 +1,103 @@
+//! `--adopt-remote-labels`: the remote's managed labels copied onto the primary's namespaces
+//! before the first sync, and taken off again when attach rolls back.
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use mesh_core::{
+    labels::{LabelDiff, Labels, SyncRule},
+    remote,
+};
+
+use crate::{Error, Result, output::Progress, preview::Adoption, render::FIELD_MANAGER};
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// Gives the primary's namespace the remote's managed labels, only if it still has none:
+/// the write is conditional on the namespace as read.
+pub(super) async fn adopt(
+    primary: &Client,
+    rule: &SyncRule,
+    adoption: &Adoption,
+    cluster: &str,
+    progress: Progress,
+) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(primary.clone());
+    let name = &adoption.namespace;
+    let changed = || Error::Refused {
+        what: format!(
+            "namespace {name} changed on the primary while attaching (it has managed labels now)"
+        ),
+        hint: "nothing is adopted over the primary's own labels; re-run attach to see the new \
+               preview"
+            .into(),
+    };
+    let current = namespaces.get(name).await.map_err(Error::kube(format!(
+        "cannot read namespace {name} on the primary"
+    )))?;
+    if !rule.managed_of(current.metadata.labels.as_ref()).is_empty() {
+        return Err(changed());
+    }
+    let diff = LabelDiff {
+        namespace: name.clone(),
+        set: adoption.labels.clone(),
+        remove: Default::default(),
+    };
+    let patch = Patch::Json::<()>(diff.to_json_patch(&current));
+    match namespaces.patch(name, &params(), &patch).await {
+        Ok(_) => {}
+        Err(e) if remote::Failure::of(&e) == remote::Failure::Conflict => return Err(changed()),
+        Err(e) => {
+            return Err(Error::kube(format!(
+                "cannot label namespace {name} on the primary"
+            ))(e));
+        }
+    }
+    progress.ok(format!(
+        "primary: namespace {name} adopted {} from {cluster}",
+        diff.describe()
+    ));
+    Ok(())
+}
+
+/// Takes adopted labels off the primary again, newest first, where they are still as
+/// adopted; returns what could not be taken off.
+pub(super) async fn unadopt(
+    primary: &Client,
+    rule: &SyncRule,
+    mut adopted: Vec<Adoption>,
+    progress: Progress,
+) -> Vec<String> {
+    let namespaces: Api<Namespace> = Api::all(primary.clone());
+    let mut left = Vec::new();
+    while let Some(adoption) = adopted.pop() {
+        let name = &adoption.namespace;
+        let patch = Patch::Json::<()>(rule.guarded_patch(&adoption.labels, &Labels::new()));
+        match namespaces.patch(name, &params(), &patch).await {
+            Ok(_) => progress.warn(format!(
+                "rolled back: primary: namespace {name} adopts nothing"
+            )),
+            // Not as adopted (never written, or changed since): left as it is.
+            Err(e)
+                if matches!(
+                    remote::Failure::of(&e),
+                    remote::Failure::Conflict | remote::Failure::Other | remote::Failure::NotFound
+                ) => {}
+            Err(e) => {
+                progress.fail(format!(
+                    "rollback: primary: namespace {name}: {}",
+                    remote::error_chain(&e)
+                ));
+                left.push(format!("primary: labels adopted on namespace {name}"));
+            }
+        }
+    }
+    left
+}
