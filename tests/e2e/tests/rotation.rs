@@ -399,6 +399,29 @@ async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
     })
     .await?;
 
+    // --all reaches each remote through the context attach recorded: without it in the
+    // kubeconfig, one line says what to pass and nothing changes; with it, every cluster
+    // rotates.
+    let refused = mesh_command(&env, &["rotate", "--all"]).await?;
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    let err = text(&refused.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--remote-kubeconfig"), "{err}");
+    assert_eq!(
+        stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?,
+        last
+    );
+    let mut all = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    all.args(["rotate", "--all", "--context", &env.primary().name])
+        .env(
+            "KUBECONFIG",
+            std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?,
+        );
+    let all = output(all).await?;
+    assert!(all.status.success(), "rotate --all: {}", describe(&all));
+    revoked("the token before rotate --all", &last).await?;
+    let last = stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?;
+
     // --dry-run names the steps and changes nothing.
     let dry = mesh_command(&env, &["rotate", &name, "--dry-run"]).await?;
     assert!(dry.status.success(), "{}", describe(&dry));
