@@ -821,3 +821,90 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
     );
     Ok(())
 }
+
+/// Ctrl-C after each step of a rotation leaves stored credentials that work; a re-run then
+/// ends with one token Secret and every token stored along the way revoked.
+#[tokio::test]
+async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_rest()
+-> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (env, _mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let remote_kc = remote.kubeconfig.display().to_string();
+    let secret = format!("cluster-{name}");
+    let mut seen_stored =
+        vec![stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?];
+
+    // A whole rotation prints seven lines (five when a previous one stopped on the standby):
+    // interrupt after the first, then the second... line of successive runs.
+    let mut interruptions = 0;
+    for after in 1..=6 {
+        let mut child =
+            tokio::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?)
+                .arg("--kubeconfig")
+                .arg(&env.primary().kubeconfig)
+                .args(["rotate", &name, "--remote-kubeconfig", &remote_kc])
+                .env("NO_COLOR", "1")
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut printed = Vec::new();
+        let mut finished = false;
+        while printed.len() < after {
+            match tokio::time::timeout(DEADLINE, lines.next_line()).await?? {
+                Some(line) => printed.push(line),
+                None => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        if finished {
+            let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
+            assert!(status.success(), "rotate failed: {printed:?}");
+        } else {
+            let pid = child.id().expect("running").to_string();
+            let interrupted = std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status()?;
+            assert!(interrupted.success());
+            let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
+            // It may have finished between its last line and the signal.
+            if !status.success() {
+                interruptions += 1;
+            }
+        }
+
+        let stored = stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?;
+        assert_eq!(
+            answer_to(&stored).await?,
+            201,
+            "stopped after {printed:?}: the stored token does not work"
+        );
+        if seen_stored.last() != Some(&stored) {
+            seen_stored.push(stored);
+        }
+    }
+    assert!(
+        interruptions >= 4,
+        "only {interruptions} rotations were interrupted"
+    );
+
+    let rerun = mesh_command(&env, &["rotate", &name, "--remote-kubeconfig", &remote_kc]).await?;
+    assert!(rerun.status.success(), "re-run: {}", describe(&rerun));
+    let last = stored_kubeconfig(&env, MESH_NAMESPACE, &secret, "kubeconfig").await?;
+    assert_eq!(answer_to(&last).await?, 201);
+    assert!(
+        seen_stored.len() >= 3,
+        "the interruptions stored {} tokens",
+        seen_stored.len()
+    );
+    for (i, stored) in seen_stored.iter().enumerate() {
+        revoked(&format!("stored token {i}"), stored).await?;
+    }
+    assert_eq!(token_secrets(remote).await?, vec![SYNC_TOKEN.to_owned()]);
+    Ok(())
+}
