@@ -111,7 +111,12 @@ async fn mesh_command(env: &TestEnv, args: &[&str]) -> anyhow::Result<std::proce
 
 /// `pushes_total` of the webhook by result, over every cluster.
 async fn pushes(mesh: &Mesh) -> anyhow::Result<BTreeMap<String, f64>> {
-    let metrics = https_get(mesh.metrics_address(), &mesh.ca_pem()?, "/metrics").await?;
+    pushes_at(mesh.metrics_address(), &mesh.ca_pem()?).await
+}
+
+/// `pushes_total` by result of the replica whose metrics port is `addr`.
+async fn pushes_at(addr: &str, ca: &str) -> anyhow::Result<BTreeMap<String, f64>> {
+    let metrics = https_get(addr, ca, "/metrics").await?;
     let mut out = BTreeMap::new();
     for line in metrics.lines().filter(|l| l.starts_with("pushes_total{")) {
         let result = line
@@ -906,5 +911,78 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
         revoked(&format!("stored token {i}"), stored).await?;
     }
     assert_eq!(token_secrets(remote).await?, vec![SYNC_TOKEN.to_owned()]);
+    Ok(())
+}
+
+/// A replica that does not lead (and so never writes status) reloads the stored credentials
+/// when rotate replaces them: its pushes go on with the new token once the old one is revoked.
+#[tokio::test]
+async fn a_follower_replica_pushes_with_the_rotated_token() -> anyhow::Result<()> {
+    let (env, mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let ca = mesh.ca_pem()?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let ns = create_everywhere(&env, "follower").await?;
+    let follower = mesh.start_replica(&env, "replica-b").await?;
+    let mut route = env.kubectl(env.primary());
+    route.args([
+        "patch",
+        "mutatingwebhookconfiguration",
+        kubectl_mesh::render::WEBHOOK_CONFIGURATION,
+        "--type=json",
+        "-p",
+        &serde_json::json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url",
+                 "value": format!("https://{}/mutate", follower.listen)}])
+        .to_string(),
+    ]);
+    mesh_e2e::run(route).await?;
+    // The apiserver picks the new URL up asynchronously: relabel until the follower pushed.
+    let mut revision = 0;
+    eventually("the follower pushes", DEADLINE, || {
+        revision += 1;
+        let (env, ns, ca, follower) = (&env, &ns, &ca, &follower);
+        async move {
+            mesh_e2e::label_on_primary(env, ns, &[&format!("istio.io/rev=r{revision}")]).await?;
+            let pushed = pushes_at(&follower.metrics, ca).await?;
+            Ok((pushed.get("applied").copied().unwrap_or(0.0) > 0.0).then_some(()))
+        }
+    })
+    .await?;
+
+    let old = stored_kubeconfig(
+        &env,
+        MESH_NAMESPACE,
+        &format!("cluster-{name}"),
+        "kubeconfig",
+    )
+    .await?;
+    let rotate = mesh_command(
+        &env,
+        &[
+            "rotate",
+            &name,
+            "--remote-kubeconfig",
+            &remote.kubeconfig.display().to_string(),
+        ],
+    )
+    .await?;
+    assert!(rotate.status.success(), "rotate: {}", describe(&rotate));
+    revoked("the old token", &old).await?;
+
+    let before = pushes_at(&follower.metrics, &ca).await?;
+    for value in ["after-1", "after-2", "after-3"] {
+        let warnings =
+            mesh_e2e::label_on_primary(&env, &ns, &[&format!("istio.io/rev={value}")]).await?;
+        assert!(
+            !warnings.contains("forbidden") && !warnings.contains("401"),
+            "{warnings}"
+        );
+    }
+    let after = pushes_at(&follower.metrics, &ca).await?;
+    let grew = |result: &str| {
+        after.get(result).copied().unwrap_or(0.0) - before.get(result).copied().unwrap_or(0.0)
+    };
+    assert_eq!(grew("forbidden"), 0.0, "{before:?} -> {after:?}");
+    assert_eq!(grew("applied"), 3.0, "{before:?} -> {after:?}");
     Ok(())
 }
