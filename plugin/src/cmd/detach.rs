@@ -36,6 +36,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams},
     config::Kubeconfig,
+    core::{ClusterResourceScope, NamespaceResourceScope},
 };
 use mesh_core::{
     GROUP, MESH_NAMESPACE,
@@ -470,27 +471,19 @@ async fn clean_remote(
         let doing = doing.to_owned();
         move |e: kube::Error| access::request_error(target, &doing, e)
     };
-    let all = |c: &Client| c.clone();
-    let in_ns = |c: &Client| (c.clone(), MESH_NAMESPACE);
+    let remove = Remover {
+        client,
+        target,
+        ours,
+        progress,
+    };
 
-    delete_ours(
-        Api::<ValidatingAdmissionPolicyBinding>::all(all(client)),
-        setup::GUARD,
-        name,
-        primary,
-        progress,
-    )
-    .await
-    .map_err(fail("delete the guard"))?;
-    delete_ours(
-        Api::<ValidatingAdmissionPolicy>::all(all(client)),
-        setup::GUARD,
-        name,
-        primary,
-        progress,
-    )
-    .await
-    .map_err(fail("delete the guard"))?;
+    remove
+        .cluster::<ValidatingAdmissionPolicyBinding>(setup::GUARD, "delete the guard")
+        .await?;
+    remove
+        .cluster::<ValidatingAdmissionPolicy>(setup::GUARD, "delete the guard")
+        .await?;
     // With the standbys an interrupted `rotate` may have left.
     let standbys = super::rotate::standby_secrets();
     for secret in [
@@ -501,94 +494,44 @@ async fn clean_remote(
     .into_iter()
     .chain(standbys.iter().map(String::as_str))
     {
-        let (c, ns) = in_ns(client);
-        delete_ours(
-            Api::<Secret>::namespaced(c, ns),
-            secret,
-            name,
-            primary,
-            progress,
-        )
-        .await
-        .map_err(fail("delete the token Secrets"))?;
+        remove
+            .in_mesh_namespace::<Secret>(secret, "delete the token Secrets")
+            .await?;
     }
     // The sync account's right to renew a time-bound token (`attach --token-ttl`).
-    let (c, ns) = in_ns(client);
-    delete_ours(
-        Api::<RoleBinding>::namespaced(c.clone(), ns),
-        setup::TOKEN_RENEWAL,
-        name,
-        primary,
-        progress,
-    )
-    .await
-    .map_err(fail("delete the token renewal rights"))?;
-    delete_ours(
-        Api::<Role>::namespaced(c, ns),
-        setup::TOKEN_RENEWAL,
-        name,
-        primary,
-        progress,
-    )
-    .await
-    .map_err(fail("delete the token renewal rights"))?;
+    let renewal = "delete the token renewal rights";
+    remove
+        .in_mesh_namespace::<RoleBinding>(setup::TOKEN_RENEWAL, renewal)
+        .await?;
+    remove
+        .in_mesh_namespace::<Role>(setup::TOKEN_RENEWAL, renewal)
+        .await?;
 
     if let Some(rule) = strip {
         strip_managed_labels(client, target, rule, name, timeout, progress).await?;
     }
 
     // The sync scope outlives the token it confines.
-    delete_ours(
-        Api::<ValidatingAdmissionPolicyBinding>::all(all(client)),
-        setup::SYNC_SCOPE,
-        name,
-        primary,
-        progress,
-    )
-    .await
-    .map_err(fail("delete the sync scope"))?;
-    delete_ours(
-        Api::<ValidatingAdmissionPolicy>::all(all(client)),
-        setup::SYNC_SCOPE,
-        name,
-        primary,
-        progress,
-    )
-    .await
-    .map_err(fail("delete the sync scope"))?;
+    remove
+        .cluster::<ValidatingAdmissionPolicyBinding>(setup::SYNC_SCOPE, "delete the sync scope")
+        .await?;
+    remove
+        .cluster::<ValidatingAdmissionPolicy>(setup::SYNC_SCOPE, "delete the sync scope")
+        .await?;
     for account in [
         setup::SYNC_ACCOUNT,
         setup::ISTIO_READER,
         setup::VIEW_ACCOUNT,
     ] {
-        delete_ours(
-            Api::<ClusterRoleBinding>::all(all(client)),
-            account,
-            name,
-            primary,
-            progress,
-        )
-        .await
-        .map_err(fail("delete ClusterRoleBindings"))?;
-        delete_ours(
-            Api::<ClusterRole>::all(all(client)),
-            account,
-            name,
-            primary,
-            progress,
-        )
-        .await
-        .map_err(fail("delete ClusterRoles"))?;
-        let (c, ns) = in_ns(client);
-        delete_ours(
-            Api::<ServiceAccount>::namespaced(c, ns),
-            account,
-            name,
-            primary,
-            progress,
-        )
-        .await
-        .map_err(fail("delete ServiceAccounts"))?;
+        remove
+            .cluster::<ClusterRoleBinding>(account, "delete ClusterRoleBindings")
+            .await?;
+        remove
+            .cluster::<ClusterRole>(account, "delete ClusterRoles")
+            .await?;
+        remove
+            .in_mesh_namespace::<ServiceAccount>(account, "delete ServiceAccounts")
+            .await?;
     }
 
     // The namespace: only if attach created it. The MeshCluster says so; without one (a
@@ -624,6 +567,51 @@ async fn clean_remote(
         wait_namespace_gone(client, MESH_NAMESPACE, timeout).await?;
     }
     Ok(())
+}
+
+/// Deletes by name what attach created on one remote for one primary ([`delete_ours`]); a
+/// refused request says what was being done.
+struct Remover<'a> {
+    client: &'a Client,
+    target: &'a Target,
+    ours: Ours<'a>,
+    progress: Progress,
+}
+
+impl Remover<'_> {
+    /// The cluster-scoped `object` of kind `K`.
+    async fn cluster<K>(&self, object: &str, doing: &str) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = ClusterResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.delete(Api::<K>::all(self.client.clone()), object, doing)
+            .await
+    }
+
+    /// The `object` of kind `K` in the mesh namespace.
+    async fn in_mesh_namespace<K>(&self, object: &str, doing: &str) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api = Api::<K>::namespaced(self.client.clone(), MESH_NAMESPACE);
+        self.delete(api, object, doing).await
+    }
+
+    async fn delete<K>(&self, api: Api<K>, object: &str, doing: &str) -> Result<()>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let Ours { cluster, primary } = self.ours;
+        delete_ours(api, object, cluster, primary, self.progress)
+            .await
+            .map_err(|e| access::request_error(self.target, doing, e))
+    }
 }
 
 /// Deletes the object `object` when attach created it for cluster `name`; one that is not
