@@ -22,6 +22,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
     events::v1::Event,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt as _, watcher},
@@ -60,6 +61,10 @@ const WATCH_CLIENT: RemoteOptions = RemoteOptions {
     read_timeout: Duration::from_secs(70),
 };
 
+/// Objects per page of a watch's list: a page is held whole while it is read, and a dozen
+/// watches list at once.
+const LIST_PAGE: u32 = 100;
+
 /// The Events kept, newest first.
 const MAX_EVENTS: usize = 50;
 
@@ -88,7 +93,7 @@ impl Shared {
 /// Everything watched, reduced.
 struct Live {
     rule: SyncRule,
-    primary_namespaces: BTreeMap<String, Namespace>,
+    primary_namespaces: BTreeMap<String, NsFacts>,
     primary_facts: ClusterFacts,
     primary_error: Option<String>,
     clusters: BTreeMap<String, MeshCluster>,
@@ -101,7 +106,7 @@ struct Live {
 struct RemoteLive {
     /// `None` until first asked; then whether it answered, or why not.
     probe: Option<Result<(), String>>,
-    namespaces: Option<BTreeMap<String, Namespace>>,
+    namespaces: Option<BTreeMap<String, NsFacts>>,
     namespaces_error: Option<String>,
     view: ViewState,
     facts: ClusterFacts,
@@ -223,6 +228,30 @@ impl Live {
             })
             .collect();
 
+        // The matrix needs only namespaces with a managed label somewhere (its rows) and,
+        // for them, where they exist: Namespace objects are rebuilt for those alone.
+        let rule = &self.rule;
+        let rows: BTreeSet<&str> = self
+            .primary_namespaces
+            .iter()
+            .chain(
+                self.remotes
+                    .values()
+                    .filter_map(|r| r.namespaces.as_ref())
+                    .flatten(),
+            )
+            .filter(|(_, ns)| ns.carries(rule))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let rebuild = |map: &BTreeMap<String, NsFacts>| -> Vec<Namespace> {
+            rows.iter()
+                .filter_map(|name| Some(map.get(*name)?.namespace(name)))
+                .collect()
+        };
+        let primary: BTreeMap<String, Namespace> = rebuild(&self.primary_namespaces)
+            .into_iter()
+            .map(|ns| (ns.name_any(), ns))
+            .collect();
         let names: Vec<String> = self.clusters.keys().cloned().collect();
         let views: Vec<RemoteView> = names
             .iter()
@@ -232,7 +261,7 @@ impl Live {
                     None => Err("not read yet".to_owned()),
                     Some(r) => match (&r.probe, &r.namespaces) {
                         (Some(Err(e)), _) => Err(e.clone()),
-                        (_, Some(map)) => Ok(map.values().cloned().collect()),
+                        (_, Some(map)) => Ok(rebuild(map)),
                         (_, None) => Err(r
                             .namespaces_error
                             .clone()
@@ -252,7 +281,8 @@ impl Live {
                 }
             })
             .collect();
-        let matrix = StatusReport::compute(&self.rule, &self.primary_namespaces, &views, &[]);
+        let matrix = StatusReport::compute(&self.rule, &primary, &views, &[]);
+        drop((primary, views));
 
         let mut primary_facts = std::mem::take(&mut self.primary_facts);
         primary_facts.injection = Some(injection_of(&self.primary_namespaces));
@@ -322,10 +352,16 @@ impl Live {
 }
 
 /// Namespaces whose labels ask for sidecars, as [`ClusterFacts::injection`] holds them.
-fn injection_of(namespaces: &BTreeMap<String, Namespace>) -> BTreeMap<String, String> {
+fn injection_of(namespaces: &BTreeMap<String, NsFacts>) -> BTreeMap<String, String> {
     namespaces
         .iter()
-        .filter_map(|(name, ns)| Some((name.clone(), services::extract_injection(ns)?)))
+        .filter(|(_, ns)| !ns.labels.is_empty())
+        .filter_map(|(name, ns)| {
+            Some((
+                name.clone(),
+                services::extract_injection(&ns.namespace(name))?,
+            ))
+        })
         .collect()
 }
 
@@ -420,13 +456,54 @@ impl<Q: Ord + Clone> Relist<Q> {
     }
 }
 
-/// A namespace reduced to its name, labels and deletion mark: what the sync rule reads.
-fn reduce_namespace(ns: &Namespace) -> Option<(String, Namespace)> {
-    let mut small = Namespace::default();
-    small.metadata.name = ns.metadata.name.clone();
-    small.metadata.labels = ns.metadata.labels.clone();
-    small.metadata.deletion_timestamp = ns.metadata.deletion_timestamp.clone();
-    Some((ns.metadata.name.clone()?, small))
+/// The label the apiserver sets on every namespace to its name: not kept, put back.
+const NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// A namespace as kept: its labels but [`NAME_LABEL`], and whether it is being deleted; what
+/// the sync rule reads, in tens of bytes where a Namespace object takes hundreds. Thousands
+/// of namespaces per cluster are kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct NsFacts {
+    labels: Box<[(String, String)]>,
+    deleting: bool,
+}
+
+impl NsFacts {
+    /// Whether it carries a label the rule manages.
+    fn carries(&self, rule: &SyncRule) -> bool {
+        self.labels
+            .iter()
+            .any(|(k, _)| rule.managed_keys().any(|m| m == k))
+    }
+
+    /// The Namespace the judges read.
+    fn namespace(&self, name: &str) -> Namespace {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.to_owned());
+        let mut labels: BTreeMap<String, String> = self.labels.iter().cloned().collect();
+        labels.insert(NAME_LABEL.to_owned(), name.to_owned());
+        ns.metadata.labels = Some(labels);
+        if self.deleting {
+            ns.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        }
+        ns
+    }
+}
+
+fn reduce_namespace(ns: &Namespace) -> Option<(String, NsFacts)> {
+    let labels = ns
+        .labels()
+        .iter()
+        .filter(|(k, _)| *k != NAME_LABEL)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some((
+        ns.metadata.name.clone()?,
+        NsFacts {
+            labels,
+            deleting: ns.metadata.deletion_timestamp.is_some(),
+        },
+    ))
 }
 
 /// A webhook Event, or `None` for anyone else's.
@@ -471,7 +548,11 @@ fn watch_workloads(
     shared: &Arc<Shared>,
     facts: impl Fn(&mut Live) -> Option<&mut ClusterFacts> + Clone + Send + Sync + 'static,
 ) -> Vec<JoinHandle<()>> {
-    let config = || watcher::Config::default().timeout(WATCH_SECONDS);
+    let config = || {
+        watcher::Config::default()
+            .timeout(WATCH_SECONDS)
+            .page_size(LIST_PAGE)
+    };
     let mut tasks = Vec::new();
     let f = facts.clone();
     let mut relist = Relist::default();
@@ -537,7 +618,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Bytes> {
     let mut relist = Relist::default();
     tokio::spawn(follow(
         Api::<Namespace>::all(primary.clone()),
-        watcher::Config::default(),
+        watcher::Config::default().page_size(LIST_PAGE),
         shared.clone(),
         move |live, change| {
             if let Change::Failed(e) = &change {
@@ -615,13 +696,17 @@ pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Bytes> {
         },
     ));
 
-    // Snapshots, at most one per SETTLE.
+    // Snapshots, at most one per SETTLE, and never more than a fifth of the time: while
+    // thousands of objects are listed, each snapshot of a large mesh takes a while.
     tokio::spawn(async move {
+        let mut took = Duration::ZERO;
         loop {
             shared.dirty.notified().await;
-            tokio::time::sleep(SETTLE).await;
+            tokio::time::sleep(SETTLE.max(took * 4)).await;
             let capacity = tx.borrow().len() + tx.borrow().len() / 8;
+            let started = std::time::Instant::now();
             let framed = shared.lock().snapshot(capacity);
+            took = started.elapsed();
             if tx.send(framed).is_err() {
                 return;
             }
@@ -734,7 +819,9 @@ fn watch_remote(
         let mut relist = Relist::default();
         follow(
             Api::<Namespace>::all(client),
-            watcher::Config::default().timeout(WATCH_SECONDS),
+            watcher::Config::default()
+                .timeout(WATCH_SECONDS)
+                .page_size(LIST_PAGE),
             s.clone(),
             move |live, change| {
                 let Some(r) = live.remotes.get_mut(&n) else {
