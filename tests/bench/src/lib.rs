@@ -80,6 +80,18 @@ pub struct Cli {
     #[arg(long, env = "MESH_BENCH_RESYNC_PERIOD", default_value = "10s", value_parser = mesh_core::duration::parse)]
     pub resync_period: Duration,
 
+    /// Namespaces per cluster in the services scenario.
+    #[arg(long, env = "MESH_BENCH_SERVICES_NAMESPACES", default_value_t = 2000)]
+    pub services_namespaces: usize,
+
+    /// Services per namespace in the services scenario.
+    #[arg(long, env = "MESH_BENCH_SERVICES_PER_NAMESPACE", default_value_t = 5)]
+    pub services_per_namespace: usize,
+
+    /// Remotes attached in the services scenario.
+    #[arg(long, env = "MESH_BENCH_SERVICES_REMOTES", default_value_t = 2)]
+    pub services_remotes: usize,
+
     /// Keep every environment's kubeconfigs and logs under this directory (one folder per
     /// figure) instead of a temporary directory.
     #[arg(long, env = "MESH_BENCH_DIR")]
@@ -114,6 +126,9 @@ pub enum Scenario {
     Resync,
     /// mesh-webhook's memory during the resync scenario (runs it).
     Footprint,
+    /// `kubectl mesh services -A` over many services on every cluster vs plain kubectl, and
+    /// the dashboard's memory with them.
+    Services,
     /// Every scenario, resync and footprint once.
     All,
 }
@@ -134,6 +149,9 @@ impl Cli {
             resync_namespaces,
             resync_remotes,
             resync_period,
+            services_namespaces,
+            services_per_namespace,
+            services_remotes,
             dir,
             no_build,
             no_client_auth,
@@ -203,6 +221,14 @@ impl Cli {
                 resync_period,
             };
             section(scenario::resync::run(&options, &config, subdir("resync")).await?);
+        }
+        if wants(Scenario::Services) {
+            let config = scenario::services::Config {
+                namespaces: services_namespaces,
+                services: services_per_namespace,
+                remotes: services_remotes,
+            };
+            section(scenario::services::run(&options, &config, subdir("services")).await?);
         }
         println!(
             "- load average at end (1/5/15 min): {}; total time {:.0?}",

@@ -3,4 +3,5 @@
 pub mod admission;
 pub mod propagation;
 pub mod resync;
+pub mod services;
 pub mod throughput;
