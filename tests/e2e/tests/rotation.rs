@@ -797,6 +797,25 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
         .collect();
     assert_eq!(anchors, vec![SYNC_TOKEN.to_owned()], "no standby left");
 
+    // The dry run shows the renewal right and a Secret without a token.
+    let mut dry = mesh_e2e::fixtures::plugin(&env)?;
+    dry.arg("attach").arg(&remote.kubeconfig).args([
+        "--name",
+        &name,
+        "--token-ttl",
+        "10m",
+        "--dry-run",
+    ]);
+    let dry = output(dry).await?;
+    assert!(dry.status.success(), "{}", describe(&dry));
+    let yaml = text(&dry.stdout);
+    assert!(yaml.contains("serviceaccounts/token"), "{yaml}");
+    assert!(yaml.contains("kubectl-mesh-sync-token-renewal"), "{yaml}");
+    assert!(
+        !yaml.contains("kubernetes.io/service-account-token"),
+        "{yaml}"
+    );
+
     // A re-run of attach without --token-ttl refuses to switch quietly.
     let mut attach = mesh_e2e::fixtures::plugin(&env)?;
     attach

@@ -169,7 +169,7 @@ impl Attach {
         };
         let plan = preflight::preflight(&args, ctx).await?;
         if dry_run {
-            return output::print_stdout(&dry_run::dry_run_output(&plan, ctx.output)?);
+            return output::print_stdout(&dry_run::dry_run_output(&plan, ctx.output, token_ttl)?);
         }
         let progress = ctx.progress;
         for line in plan.preview.lines() {
