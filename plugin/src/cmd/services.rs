@@ -521,36 +521,51 @@ pub struct PodCounts {
 }
 
 /// Ready endpoints by service and pods by namespace of one cluster.
-type Aggregate<'a> = (BTreeMap<Key, usize>, Option<BTreeMap<&'a str, PodCounts>>);
+type Aggregate<'a> = (
+    BTreeMap<(&'a str, &'a str), usize>,
+    Option<BTreeMap<&'a str, PodCounts>>,
+);
 
-impl ServicesReport {
-    /// Joins every cluster's facts by (namespace, name).
-    pub fn compute(clusters: &[ClusterRead]) -> Self {
-        let columns = clusters
-            .iter()
-            .map(|c| {
-                let (state, enable, error) = match &c.state {
-                    ReadState::Read(_) => (ColumnState::Read, None, None),
-                    ReadState::NoCredentials { enable } => {
-                        (ColumnState::NoCredentials, Some(enable.clone()), None)
-                    }
-                    ReadState::Failed { credentials, error } => (
-                        ColumnState::Failed,
-                        None,
-                        Some(format!("with the {credentials} credentials: {error}")),
-                    ),
-                    ReadState::Unreachable { error } => {
-                        (ColumnState::Unreachable, None, Some(error.clone()))
-                    }
-                };
-                ClusterColumn {
-                    name: c.name.clone(),
-                    state,
-                    enable,
-                    error,
+/// The columns of a report: one per cluster, in the given order.
+pub fn columns(clusters: &[ClusterRead]) -> Vec<ClusterColumn> {
+    clusters
+        .iter()
+        .map(|c| {
+            let (state, enable, error) = match &c.state {
+                ReadState::Read(_) => (ColumnState::Read, None, None),
+                ReadState::NoCredentials { enable } => {
+                    (ColumnState::NoCredentials, Some(enable.clone()), None)
                 }
-            })
-            .collect();
+                ReadState::Failed { credentials, error } => (
+                    ColumnState::Failed,
+                    None,
+                    Some(format!("with the {credentials} credentials: {error}")),
+                ),
+                ReadState::Unreachable { error } => {
+                    (ColumnState::Unreachable, None, Some(error.clone()))
+                }
+            };
+            ClusterColumn {
+                name: c.name.clone(),
+                state,
+                enable,
+                error,
+            }
+        })
+        .collect()
+}
+
+/// The rows of a report, made one at a time from the clusters' facts: the dashboard writes
+/// them out as they come rather than holding tens of thousands at once.
+pub struct Join<'a> {
+    read: Vec<(&'a str, &'a ClusterFacts)>,
+    aggregates: Vec<Aggregate<'a>>,
+    keys: BTreeSet<&'a Key>,
+}
+
+impl<'a> Join<'a> {
+    /// Ready endpoints and pod counts, aggregated once per readable cluster.
+    pub fn new(clusters: &'a [ClusterRead]) -> Self {
         let read: Vec<(&str, &ClusterFacts)> = clusters
             .iter()
             .filter_map(|c| match &c.state {
@@ -558,13 +573,12 @@ impl ServicesReport {
                 _ => None,
             })
             .collect();
-        // Ready endpoints and pod counts, aggregated once per cluster.
-        let aggregates: Vec<Aggregate> = read
+        let aggregates = read
             .iter()
             .map(|(_, facts)| {
-                let mut ready: BTreeMap<Key, usize> = BTreeMap::new();
+                let mut ready: BTreeMap<(&str, &str), usize> = BTreeMap::new();
                 for ((ns, _), (service, count)) in &facts.slices {
-                    *ready.entry((ns.clone(), service.clone())).or_default() += count;
+                    *ready.entry((ns.as_str(), service.as_str())).or_default() += count;
                 }
                 let pods = facts.pods.as_ref().map(|pods| {
                     let mut counts: BTreeMap<&str, PodCounts> = BTreeMap::new();
@@ -581,54 +595,73 @@ impl ServicesReport {
                 (ready, pods)
             })
             .collect();
-        let keys: BTreeSet<&Key> = read.iter().flat_map(|(_, f)| f.services.keys()).collect();
-        let services = keys
-            .into_iter()
-            .map(|key| {
-                let present: Vec<&ServiceFacts> = read
-                    .iter()
-                    .filter_map(|(_, f)| f.services.get(key))
-                    .collect();
-                let first = present[0];
-                let ports_match = present.iter().all(|s| s.ports == first.ports);
-                let type_ = if present.iter().all(|s| s.type_ == first.type_) {
-                    first.type_.clone()
-                } else {
-                    "mixed".to_owned()
+        let keys = read.iter().flat_map(|(_, f)| f.services.keys()).collect();
+        Self {
+            read,
+            aggregates,
+            keys,
+        }
+    }
+
+    /// One row per (namespace, name), sorted.
+    pub fn rows(&self) -> impl Iterator<Item = ServiceRow> + '_ {
+        self.keys.iter().map(|key| self.row(key))
+    }
+
+    fn row(&self, key: &Key) -> ServiceRow {
+        let present: Vec<&ServiceFacts> = self
+            .read
+            .iter()
+            .filter_map(|(_, f)| f.services.get(key))
+            .collect();
+        let first = present[0];
+        let ports_match = present.iter().all(|s| s.ports == first.ports);
+        let type_ = if present.iter().all(|s| s.type_ == first.type_) {
+            first.type_.clone()
+        } else {
+            "mixed".to_owned()
+        };
+        let cells = self
+            .read
+            .iter()
+            .zip(&self.aggregates)
+            .map(|((name, facts), (ready, pods))| {
+                let here = facts.services.get(key);
+                let cell = ServiceCell {
+                    exists: here.is_some(),
+                    type_: here.map(|s| s.type_.clone()),
+                    ports: here
+                        .filter(|s| s.ports != first.ports)
+                        .map(|s| s.ports.clone()),
+                    ready_endpoints: ready
+                        .get(&(key.0.as_str(), key.1.as_str()))
+                        .copied()
+                        .unwrap_or(0),
+                    injected: facts.injection.as_ref().map(|inj| inj.contains_key(&key.0)),
+                    pods: pods
+                        .as_ref()
+                        .map(|p| p.get(key.0.as_str()).copied().unwrap_or_default()),
                 };
-                let cells = read
-                    .iter()
-                    .zip(&aggregates)
-                    .map(|((name, facts), (ready, pods))| {
-                        let here = facts.services.get(key);
-                        let cell = ServiceCell {
-                            exists: here.is_some(),
-                            type_: here.map(|s| s.type_.clone()),
-                            ports: here
-                                .filter(|s| s.ports != first.ports)
-                                .map(|s| s.ports.clone()),
-                            ready_endpoints: ready.get(key).copied().unwrap_or(0),
-                            injected: facts.injection.as_ref().map(|inj| inj.contains_key(&key.0)),
-                            pods: pods
-                                .as_ref()
-                                .map(|p| p.get(key.0.as_str()).copied().unwrap_or_default()),
-                        };
-                        ((*name).to_owned(), cell)
-                    })
-                    .collect();
-                ServiceRow {
-                    namespace: key.0.clone(),
-                    name: key.1.clone(),
-                    type_,
-                    ports: first.ports.clone(),
-                    ports_match,
-                    clusters: cells,
-                }
+                ((*name).to_owned(), cell)
             })
             .collect();
+        ServiceRow {
+            namespace: key.0.clone(),
+            name: key.1.clone(),
+            type_,
+            ports: first.ports.clone(),
+            ports_match,
+            clusters: cells,
+        }
+    }
+}
+
+impl ServicesReport {
+    /// Joins every cluster's facts by (namespace, name).
+    pub fn compute(clusters: &[ClusterRead]) -> Self {
         Self {
-            clusters: columns,
-            services,
+            clusters: columns(clusters),
+            services: Join::new(clusters).rows().collect(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! thousands of services fits in a few megabytes.
 //!
 //! Each change marks the state dirty; one task turns it into a JSON snapshot at most every
-//! [`SETTLE`], with the same judges the CLI uses ([`StatusReport`], [`ServicesReport`]), and
+//! [`SETTLE`], with the same judges the CLI uses ([`StatusReport`], [`services::Join`]), and
 //! hands it to every open page, framed once as the event that carries it: every page shares
 //! the same buffer.
 
@@ -38,9 +38,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::cmd::list::{ClusterRow, expiry_of};
-use crate::cmd::services::{
-    self, ClusterFacts, ClusterRead, Key, PRIMARY, ReadState, ServicesReport,
-};
+use crate::cmd::services::{self, ClusterFacts, ClusterRead, Join, Key, PRIMARY, ReadState};
 use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
 use crate::credentials::TokenExpiry;
 use crate::view;
@@ -154,8 +152,23 @@ struct Snapshot<'a> {
     primary_error: Option<&'a str>,
     clusters: Vec<ClusterInfo>,
     matrix: StatusReport,
-    services: ServicesReport,
+    services: ServicesJson<'a>,
     events: Vec<&'a EventRow>,
+}
+
+/// [`ServicesReport`] as JSON, its rows written as they are made.
+#[derive(Serialize)]
+struct ServicesJson<'a> {
+    clusters: Vec<services::ClusterColumn>,
+    services: Rows<'a>,
+}
+
+struct Rows<'a>(&'a Join<'a>);
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.rows())
+    }
 }
 
 /// One remote in the clusters table.
@@ -319,16 +332,7 @@ impl Live {
                 state,
             });
         }
-        let services = ServicesReport::compute(&reads);
-        for read in reads {
-            if let ReadState::Read(facts) = read.state {
-                match self.remotes.get_mut(&read.name) {
-                    Some(r) if read.name != PRIMARY => r.facts = facts,
-                    _ => self.primary_facts = facts,
-                }
-            }
-        }
-
+        let join = Join::new(&reads);
         let mut events: Vec<&EventRow> = self.events.values().collect();
         events.sort_by(|a, b| b.time.cmp(&a.time));
         events.truncate(MAX_EVENTS);
@@ -337,7 +341,10 @@ impl Live {
             primary_error: self.primary_error.as_deref(),
             clusters,
             matrix,
-            services,
+            services: ServicesJson {
+                clusters: services::columns(&reads),
+                services: Rows(&join),
+            },
             events,
         };
         // Written once, framed as the event stream sends it, into a buffer the size of the
@@ -347,6 +354,16 @@ impl Live {
         // Plain data into memory: serializing cannot fail.
         let _ = serde_json::to_writer(&mut buf, &snapshot);
         buf.extend_from_slice(EVENT_SUFFIX);
+        drop(snapshot);
+        drop(join);
+        for read in reads {
+            if let ReadState::Read(facts) = read.state {
+                match self.remotes.get_mut(&read.name) {
+                    Some(r) if read.name != PRIMARY => r.facts = facts,
+                    _ => self.primary_facts = facts,
+                }
+            }
+        }
         Bytes::from(buf)
     }
 }
