@@ -779,6 +779,26 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
     })
     .await?;
 
+    // check: the time-bound token has time left, and its renewal right is no excess.
+    let check = mesh_command(&env, &["check", "-o", "json"]).await?;
+    let report = mesh_e2e::check_report::CheckReport::parse(&check)?;
+    for description in [
+        "credentials do not expire soon",
+        "credentials have exactly the rights label sync needs",
+    ] {
+        let entry = report
+            .cluster_check(&name, description)
+            .ok_or_else(|| anyhow::anyhow!("no check {description:?}: {report:?}"))?;
+        assert_eq!(entry.result, "ok", "{entry:?}");
+    }
+    assert!(
+        report
+            .cluster_check(&name, "credentials do not expire soon")
+            .and_then(|e| e.detail.as_deref())
+            .is_some_and(|d| d.starts_with("token expires in")),
+        "{report:?}"
+    );
+
     let before = stored_kubeconfig(&env, MESH_NAMESPACE, &secret_name, "kubeconfig").await?;
     let rotate = mesh_command(&env, &["rotate", &name, "--remote-kubeconfig", &remote_kc]).await?;
     assert!(rotate.status.success(), "rotate: {}", describe(&rotate));
