@@ -50,6 +50,8 @@ pub const SETTLE: Duration = Duration::from_millis(250);
 /// How often each remote is asked whether it answers, and how long it has to answer.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Every this many probes (a minute), the stored token's expiry is read again.
+const EXPIRY_EVERY_PROBES: u64 = 30;
 
 /// Watches ask the server to end them after this long; clients read for longer, so a quiet
 /// watch is not mistaken for a dead server.
@@ -755,20 +757,17 @@ fn watch_remote(
             read_timeout: PROBE_TIMEOUT,
         };
         let secrets: Api<Secret> = Api::namespaced(p.clone(), MESH_NAMESPACE);
-        let expiry = expiry_of(
-            secrets
-                .get_opt(&c.spec.secret_name)
-                .await
-                .ok()
-                .flatten()
-                .as_ref(),
-        );
-        s.update(|live| {
-            if let Some(r) = live.remotes.get_mut(&n) {
-                r.expiry = Some(expiry);
+        for round in 0u64.. {
+            // The stored token changes when it is rotated: its expiry is read again now and then.
+            if round % EXPIRY_EVERY_PROBES == 0 {
+                let secret = secrets.get_opt(&c.spec.secret_name).await.ok().flatten();
+                let expiry = expiry_of(secret.as_ref());
+                s.update(|live| {
+                    if let Some(r) = live.remotes.get_mut(&n) {
+                        r.expiry = Some(expiry);
+                    }
+                });
             }
-        });
-        loop {
             let answer = async {
                 let client = remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &options)
                     .await
@@ -805,10 +804,10 @@ fn watch_remote(
                         let tasks = watch_workloads(&client, &s, move |live| {
                             live.remotes.get_mut(&key).map(|r| &mut r.facts)
                         });
-                        s.update(|live| {
-                            if let Some(r) = live.remotes.get_mut(&n) {
-                                r.tasks.extend(tasks);
-                            }
+                        s.update(|live| match live.remotes.get_mut(&n) {
+                            Some(r) => r.tasks.extend(tasks),
+                            // Detached meanwhile: nothing to watch.
+                            None => tasks.iter().for_each(JoinHandle::abort),
                         });
                         ViewState::Read(source)
                     }
