@@ -17,6 +17,7 @@ pub mod fixtures;
 pub mod forged;
 pub mod in_cluster;
 pub mod istio_mesh;
+pub mod tokens;
 
 pub use mesh_testenv;
 

@@ -14,6 +14,7 @@ use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::istio_mesh::{
     Sidecar, WITHOUT_READER_ROLE, dry_run_pod, istio_mesh, shared_istio_mesh, sidecar, wait_sidecar,
 };
+use mesh_e2e::tokens::{answer_to, revoked, stored_kubeconfig, token_of};
 use mesh_e2e::{create_everywhere, eventually, label_on_primary, managed_labels, namespaces, run};
 use mesh_testenv::istio::{Istio, IstioBinaries, IstioOptions};
 use mesh_testenv::mesh::Mesh;
@@ -281,5 +282,36 @@ async fn revoked_istiod_credentials_fail_check_and_sync_and_detach_drops_the_clu
         .arg(&remote.kubeconfig);
     run(detach).await?;
     wait_istiod_sees(&istio, &remote.name, None).await?;
+    Ok(())
+}
+
+/// `rotate` gives istiod's reader a new token too: the Istio remote secret is rewritten in
+/// place, istiod goes on syncing the cluster, the old token is refused, and an istiod that
+/// reads the secret anew (restarted) syncs with the new one.
+#[tokio::test]
+async fn rotate_renews_istiods_token_and_istiod_keeps_the_cluster() -> anyhow::Result<()> {
+    let (env, istio, mesh) = istio_mesh(1, IstioOptions::default()).await?;
+    let remote = &env.remotes()[0];
+    wait_istiod_sees(&istio, &remote.name, Some("synced")).await?;
+    let secret = setup::istio_secret_name(&remote.name);
+    let read = || stored_kubeconfig(&env, setup::ISTIO_NAMESPACE, &secret, &remote.name);
+    let before = read().await?;
+
+    let mut rotate = mesh.plugin();
+    rotate
+        .args(["rotate", &remote.name, "--remote-kubeconfig"])
+        .arg(&remote.kubeconfig);
+    run(rotate).await?;
+    let after = read().await?;
+    anyhow::ensure!(
+        token_of(&after)? != token_of(&before)?,
+        "the Istio remote secret kept its token"
+    );
+    revoked("istiod's old token", &before).await?;
+    anyhow::ensure!(answer_to(&after).await? == 201, "the new token is refused");
+    wait_istiod_sees(&istio, &remote.name, Some("synced")).await?;
+
+    istio.restart(&env, "default").await?;
+    wait_istiod_sees(&istio, &remote.name, Some("synced")).await?;
     Ok(())
 }
