@@ -10,6 +10,7 @@ use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::BackoffSettings,
     client_auth::ClientCa,
     http::{self, AppState, LogLevelSetter},
     in_flight::InFlight,
@@ -18,7 +19,7 @@ use crate::{
     listen::{self, Limits, Result},
     metrics::Metrics,
     readiness::Readiness,
-    reconcile::{self, BackoffSettings, Reconciler},
+    reconcile::{self, Reconciler},
     tls::{self, CertResolver},
 };
 

@@ -13,10 +13,10 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberI
 
 use crate::{
     app::Webhook,
+    backoff::BackoffSettings,
     http::LogLevelSetter,
     leader::{self, LeaseTiming},
     listen::Limits,
-    reconcile::BackoffSettings,
 };
 
 use mesh_core::{

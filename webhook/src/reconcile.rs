@@ -26,19 +26,14 @@
 //! which the Controller's watches (all through one client) cannot express.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    hash::{BuildHasher, RandomState},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::Duration,
 };
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::{
-    ByteString,
-    api::{
-        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-        core::v1::{Namespace, Secret, ServiceAccount},
-    },
+    api::core::v1::{Namespace, Secret},
     jiff::Timestamp,
 };
 use kube::{
@@ -59,22 +54,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
+    backoff::{Backoff, BackoffSettings},
     cluster_status::{Attempt, next_status, status_needs_write, with_token_expiry, write_status},
     events,
     in_flight::InFlight,
     injectors::{Injectors, watch_injectors},
     leader::Leadership,
     metrics::Metrics,
+    primary_view::{StoreView, keep_what_the_rule_reads, watch_namespaces},
     readiness::Readiness,
     remote_watch::watch_for_drift,
+    renewal::renew_token,
 };
 
 use mesh_core::{
-    cluster::{KUBECONFIG_KEY, MeshCluster},
-    labels::{Labels, SyncRule},
-    remote::{Remote, RemoteState, Remotes, error_chain},
+    cluster::MeshCluster,
+    labels::SyncRule,
+    remote::{Remote, RemoteState, Remotes},
     sync::{PrimaryView, SyncMode, sync_remote},
-    token,
 };
 
 /// Share of a time-bound token's lifetime after which the leader renews it: early enough
@@ -121,65 +118,6 @@ impl Settings {
             },
             token_renew_fraction: DEFAULT_TOKEN_RENEW_FRACTION,
         }
-    }
-}
-
-/// Per-cluster exponential backoff while a remote fails.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BackoffSettings {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for BackoffSettings {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Delays of consecutive failed attempts: `initial`, doubling, capped at `max`, each shortened
-/// by up to 20% at random so that clusters failing together do not retry in lockstep.
-///
-/// Hand-written rather than `backon`: its jitter adds up to a whole delay on top, past the cap
-/// that `--backoff-max` promises; this one only shortens.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    settings: BackoffSettings,
-    failures: u32,
-    random: RandomState,
-}
-
-impl Backoff {
-    pub(crate) fn new(settings: BackoffSettings) -> Self {
-        Self {
-            settings,
-            failures: 0,
-            random: RandomState::new(),
-        }
-    }
-
-    /// The un-jittered delay after `failures` previous failures.
-    pub(crate) fn delay(settings: BackoffSettings, failures: u32) -> Duration {
-        let factor = 2u32.saturating_pow(failures.min(31));
-        settings.initial.saturating_mul(factor).min(settings.max)
-    }
-
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = Self::delay(self.settings, self.failures);
-        self.failures = self.failures.saturating_add(1);
-        let unit = (self.random.hash_one(self.failures) % 1000) as f64 / 1000.0;
-        delay.mul_f64(1.0 - 0.2 * unit)
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    pub(crate) fn is_failing(&self) -> bool {
-        self.failures > 0
     }
 }
 
@@ -347,115 +285,6 @@ impl Reconciler {
         );
         shutdown.cancelled().await;
         while tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Trims a primary namespace to its identity, deletion mark and managed labels before it is
-/// stored: each sync copies the whole store, and managedFields, annotations (kubectl's
-/// last-applied configuration) and other labels are most of a Namespace's bytes while nothing
-/// here reads them.
-fn keep_what_the_rule_reads(rule: &SyncRule, ns: &mut Namespace) {
-    let meta = &mut ns.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|key, _| rule.is_managed(key));
-    }
-    ns.spec = None;
-    ns.status = None;
-}
-
-/// The primary as the reconciler sees it: the watch's store, with the webhook's pushes that
-/// are not persisted yet laid over it ([`InFlight`]). Read afresh each time it is asked.
-struct StoreView<'a> {
-    namespaces: &'a Store<Namespace>,
-    in_flight: &'a InFlight,
-    rule: &'a SyncRule,
-}
-
-impl PrimaryView for StoreView<'_> {
-    fn namespaces(&self) -> BTreeMap<String, Namespace> {
-        let mut primary: BTreeMap<String, Namespace> = self
-            .namespaces
-            .state()
-            .into_iter()
-            .map(|ns| (ns.name_any(), ns.as_ref().clone()))
-            .collect();
-        self.in_flight.overlay(self.rule, &mut primary);
-        primary
-    }
-
-    fn namespace(&self, name: &str) -> Option<Namespace> {
-        let mut one: BTreeMap<String, Namespace> = self
-            .namespaces
-            .get(&ObjectRef::new(name))
-            .map(|ns| (name.to_owned(), ns.as_ref().clone()))
-            .into_iter()
-            .collect();
-        self.in_flight.overlay(self.rule, &mut one);
-        one.remove(name)
-    }
-}
-
-/// Feeds the namespace store and bumps `changed` whenever the managed labels a remote should
-/// carry change on the primary: other edits (annotations, status, other labels) cost nothing.
-async fn watch_namespaces(
-    events: impl Stream<Item = Result<watcher::Event<Namespace>, watcher::Error>>,
-    rule: Arc<SyncRule>,
-    in_flight: InFlight,
-    changed: watch::Sender<u64>,
-    shutdown: CancellationToken,
-) {
-    let mut desired: HashMap<String, Labels> = HashMap::new();
-    let mut relisted: HashMap<String, Labels> = HashMap::new();
-    let mut events = std::pin::pin!(events);
-    loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            () = shutdown.cancelled() => return,
-        };
-        let Some(event) = event else { return };
-        let bump = match event {
-            Ok(watcher::Event::Apply(ns)) => {
-                let labels = rule.desired(Some(&ns));
-                let name = ns.name_any();
-                in_flight.settle(&name, &labels, ns.metadata.resource_version.as_deref());
-                let old = if labels.is_empty() {
-                    desired.remove(&name)
-                } else {
-                    desired.insert(name, labels.clone())
-                };
-                old.unwrap_or_default() != labels
-            }
-            Ok(watcher::Event::Delete(ns)) => desired
-                .remove(&ns.name_any())
-                .is_some_and(|old| !old.is_empty()),
-            Ok(watcher::Event::Init) => {
-                relisted.clear();
-                false
-            }
-            Ok(watcher::Event::InitApply(ns)) => {
-                let labels = rule.desired(Some(&ns));
-                if !labels.is_empty() {
-                    relisted.insert(ns.name_any(), labels);
-                }
-                false
-            }
-            Ok(watcher::Event::InitDone) => {
-                let bump = relisted != desired;
-                desired = std::mem::take(&mut relisted);
-                bump
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "namespace watch failed, retrying");
-                false
-            }
-        };
-        if bump {
-            changed.send_modify(|generation| *generation = generation.wrapping_add(1));
-        }
     }
 }
 
@@ -916,7 +745,17 @@ impl Worker {
             && renewal_due
             && let Some(client) = remote.as_deref().and_then(Remote::client)
         {
-            match to_primary("token", renew_token(shared, &cluster, client)).await {
+            match to_primary(
+                "token",
+                renew_token(
+                    &shared.primary,
+                    &shared.settings.mesh_namespace,
+                    &cluster,
+                    client,
+                ),
+            )
+            .await
+            {
                 Some(Ok(())) => tracing::info!("stored token renewed"),
                 Some(Err(message)) => {
                     tracing::warn!(error = %message, "cannot renew the stored token");
@@ -939,81 +778,6 @@ impl Worker {
     }
 }
 
-/// Asks the remote, with the stored credentials, for a new token of the ServiceAccount the
-/// stored one was issued for, with the same lifetime, and writes it into the cluster's Secret
-/// in place (conditional on the version read, so a concurrent rotate or attach wins). Every
-/// replica's Secret watch then rebuilds its client. The error is safe to show.
-async fn renew_token(
-    shared: &Shared,
-    cluster: &MeshCluster,
-    client: &Client,
-) -> Result<(), String> {
-    let name = &cluster.spec.secret_name;
-    let secrets: Api<Secret> =
-        Api::namespaced(shared.primary.clone(), &shared.settings.mesh_namespace);
-    let mut secret = secrets
-        .get(name)
-        .await
-        .map_err(|e| format!("cannot read Secret {name}: {}", error_chain(&e)))?;
-    let yaml = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(KUBECONFIG_KEY))
-        .and_then(|v| std::str::from_utf8(&v.0).ok())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("Secret {name} holds no kubeconfig"))?;
-    let current = token::kubeconfig_token(&yaml)
-        .ok_or_else(|| format!("the kubeconfig in Secret {name} holds no token"))?;
-    let lifetime = token::claims(&current)
-        .and_then(|c| c.lifetime())
-        .map(|l| l.as_secs())
-        .ok_or("the stored token has no lifetime (iat, exp)")?;
-    let (namespace, account) = token::service_account(&current)
-        .ok_or("the stored token was not issued for a ServiceAccount")?;
-    // Bound to the same Secret as the token it replaces, so that deleting that Secret
-    // (`kubectl mesh rotate`, detach) revokes the renewed one too.
-    let bound_object_ref = token::bound_secret(&current).map(|(name, uid)| BoundObjectReference {
-        api_version: Some("v1".to_owned()),
-        kind: Some("Secret".to_owned()),
-        name: Some(name),
-        uid: Some(uid),
-    });
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(lifetime),
-            bound_object_ref,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let issued = Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
-        .create_token_request(&account, &Default::default(), &request)
-        .await
-        .map_err(|e| {
-            format!(
-                "the remote refused a token for ServiceAccount {namespace}/{account} (it needs \
-                 create on serviceaccounts/token for itself): {}",
-                error_chain(&e)
-            )
-        })?;
-    let renewed = issued
-        .status
-        .map(|s| s.token)
-        .filter(|t| !t.is_empty())
-        .ok_or("the remote answered without a token")?;
-    let yaml = token::with_kubeconfig_token(&yaml, &renewed)
-        .ok_or_else(|| format!("the kubeconfig in Secret {name} cannot be rewritten"))?;
-    secret
-        .data
-        .get_or_insert_default()
-        .insert(KUBECONFIG_KEY.to_owned(), ByteString(yaml.into_bytes()));
-    secrets
-        .replace(name, &Default::default(), &secret)
-        .await
-        .map_err(|e| format!("cannot write Secret {name}: {}", error_chain(&e)))?;
-    Ok(())
-}
-
 /// Bound of one write to the primary after a sync (status, Events). The primary client has no
 /// read timeout, its watches being long polls: a write on a connection gone half-open would
 /// otherwise hold the worker until this replica stops leading.
@@ -1030,109 +794,4 @@ async fn to_primary<T>(
         tracing::warn!(write = what, "no answer from the primary in time, given up");
     }
     done
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stored_primary_namespaces_keep_what_the_rule_and_events_read() {
-        use mesh_core::fixtures::{NamespaceExt, ns};
-
-        let rule = SyncRule::default();
-        for original in [
-            ns("web")
-                .label("istio-injection", "enabled")
-                .label("istio.io/rev", "1-25")
-                .label("team", "web")
-                .annotation("kubectl.kubernetes.io/last-applied-configuration", "{}")
-                .rv("42"),
-            ns("going").label("istio-injection", "enabled").deleting(),
-            ns("plain").label("team", "x"),
-        ] {
-            let mut stored = original.clone();
-            stored.metadata.uid = Some("uid-1".to_owned());
-            keep_what_the_rule_reads(&rule, &mut stored);
-            assert_eq!(rule.desired(Some(&stored)), rule.desired(Some(&original)));
-            assert_eq!(stored.metadata.name, original.metadata.name);
-            assert_eq!(
-                stored.metadata.resource_version,
-                original.metadata.resource_version
-            );
-            assert_eq!(stored.metadata.uid.as_deref(), Some("uid-1"));
-            assert_eq!(stored.metadata.annotations, None);
-            let kept: Vec<&String> = stored
-                .metadata
-                .labels
-                .iter()
-                .flatten()
-                .map(|(k, _)| k)
-                .collect();
-            assert!(kept.iter().all(|key| rule.is_managed(key)), "{kept:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn only_managed_label_changes_wake_the_workers() {
-        use mesh_core::fixtures::{NamespaceExt, ns};
-        use watcher::Event;
-
-        let events = vec![
-            Event::Init,
-            Event::InitApply(ns("a").label("istio-injection", "enabled")),
-            Event::InitApply(ns("b").label("team", "x")),
-            Event::InitDone, // 1
-            Event::Apply(
-                ns("a")
-                    .label("istio-injection", "enabled")
-                    .annotation("x", "y"),
-            ),
-            Event::Apply(ns("b").label("team", "y")),
-            Event::Apply(ns("a").label("istio-injection", "disabled")), // 2
-            Event::Apply(ns("c").label("istio.io/rev", "1-25")),        // 3
-            Event::Apply(ns("c").label("istio.io/rev", "1-25").deleting()), // 4
-            Event::Delete(ns("c")),
-            Event::Delete(ns("b")),
-            Event::Delete(ns("a").label("istio-injection", "disabled")), // 5
-            // A relist finding what we already know changes nothing.
-            Event::Init,
-            Event::InitApply(ns("b").label("team", "y")),
-            Event::InitDone,
-        ];
-        let (changed, seen) = watch::channel(0u64);
-        watch_namespaces(
-            futures::stream::iter(events.into_iter().map(Ok)),
-            Arc::new(SyncRule::default()),
-            crate::in_flight::InFlight::default(),
-            changed,
-            CancellationToken::new(),
-        )
-        .await;
-        assert_eq!(*seen.borrow(), 5);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let settings = BackoffSettings::default();
-        let delays: Vec<u64> = (0..8)
-            .map(|n| Backoff::delay(settings, n).as_secs())
-            .collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(Backoff::delay(settings, u32::MAX), settings.max);
-
-        let mut backoff = Backoff::new(settings);
-        assert!(!backoff.is_failing());
-        for n in 0..10 {
-            let delay = backoff.next_delay();
-            let full = Backoff::delay(settings, n);
-            assert!(
-                delay <= full && delay >= full.mul_f64(0.8),
-                "{delay:?} vs {full:?}"
-            );
-        }
-        assert!(backoff.is_failing());
-        backoff.reset();
-        assert!(!backoff.is_failing());
-    }
 }
