@@ -18,6 +18,7 @@ pub mod mesh_state;
 pub mod namespace_scope;
 pub mod output;
 pub mod preview;
+pub mod remote_policies;
 pub mod remote_setup;
 pub mod render;
 pub mod sync_scope;

@@ -42,27 +42,25 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     ByteString,
     api::{
-        admissionregistration::v1::{
-            MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
-            ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
-            ValidatingAdmissionPolicySpec, Validation, Variable,
-        },
         core::v1::{Namespace, Secret, ServiceAccount},
         rbac::v1::{
             ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
         },
     },
-    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use mesh_core::{
     MANAGER, MESH_NAMESPACE,
     cluster::{
         CLUSTER_LABEL, KUBECONFIG_KEY, MeshCluster, MeshClusterSpec, NamespaceScope, RemoteGuard,
     },
-    labels::SyncRule,
 };
 
 use crate::access::{self, Need};
+pub use crate::remote_policies::{
+    Guard, SYNC_SCOPE_MESSAGES, guard_binding, guard_policy, guard_primary_name,
+    sync_scope_binding, sync_scope_policy,
+};
 
 /// Label naming the tool that manages an object.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -201,7 +199,7 @@ pub fn default_cluster_name(context: &str) -> String {
     name.trim_end_matches('-').to_owned()
 }
 
-fn meta(name: &str, namespace: Option<&str>, cluster: &str) -> ObjectMeta {
+pub(crate) fn meta(name: &str, namespace: Option<&str>, cluster: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: namespace.map(str::to_owned),
@@ -210,7 +208,7 @@ fn meta(name: &str, namespace: Option<&str>, cluster: &str) -> ObjectMeta {
     }
 }
 
-fn strings(items: &[&str]) -> Option<Vec<String>> {
+pub(crate) fn strings(items: &[&str]) -> Option<Vec<String>> {
     Some(items.iter().map(|s| (*s).to_owned()).collect())
 }
 
@@ -508,338 +506,6 @@ pub fn token_renewal_binding(cluster: &str) -> RoleBinding {
     }
 }
 
-/// What the remote guard says and to whom it applies.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Guard {
-    /// Warn or Deny (Off installs nothing).
-    pub mode: RemoteGuard,
-    /// Name of the primary in messages.
-    pub primary_name: String,
-    /// Context of the primary to suggest in `kubectl --context ... label` commands.
-    pub primary_context: String,
-    /// Label keys the guard watches.
-    pub managed_labels: Vec<String>,
-    /// Namespaces the guard leaves alone (they are never synced either).
-    pub excluded_namespaces: Vec<String>,
-    /// With a cluster scope's selector, only namespaces whose labels match are guarded.
-    pub namespace_selector: Option<LabelSelector>,
-}
-
-impl Guard {
-    /// A guard over the default managed labels and excluded namespaces.
-    pub fn new(mode: RemoteGuard, primary_name: &str, primary_context: &str) -> Self {
-        Self {
-            mode,
-            primary_name: primary_name.to_owned(),
-            primary_context: primary_context.to_owned(),
-            managed_labels: mesh_core::labels::DEFAULT_MANAGED_LABELS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-            excluded_namespaces: mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
-            namespace_selector: None,
-        }
-    }
-
-    /// The same guard over the namespaces `scope` leaves to kubectl-mesh: its excluded
-    /// names come with the rule [`within`](SyncRule::within) the scope, its selector here.
-    pub fn with_scope(self, scope: &NamespaceScope) -> Self {
-        Self {
-            namespace_selector: scope.namespace_selector.clone(),
-            ..self
-        }
-    }
-
-    /// The same guard over the managed labels and excluded namespaces of `rule` (the
-    /// installed one: a guard over the default labels would leave a custom label unguarded).
-    pub fn with_rule(self, rule: &SyncRule) -> Self {
-        Self {
-            managed_labels: rule.managed_keys().map(str::to_owned).collect(),
-            excluded_namespaces: rule.excluded_namespaces().map(str::to_owned).collect(),
-            ..self
-        }
-    }
-
-    /// The validation action of the binding; `None` for [`RemoteGuard::Off`].
-    pub fn action(&self) -> Option<&'static str> {
-        match self.mode {
-            RemoteGuard::Warn => Some("Warn"),
-            RemoteGuard::Deny => Some("Deny"),
-            RemoteGuard::Off => None,
-        }
-    }
-}
-
-/// A CEL string literal.
-fn cel_str(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// Stands for a missing label in CEL comparisons; never a valid label value.
-const CEL_ABSENT: &str = "<absent>";
-
-/// CEL: the value of the label whose key is the CEL expression `key` on `var` (`object` or
-/// `oldObject`), or [`CEL_ABSENT`]. The guards come first: `oldObject` is null on CREATE and a
-/// namespace may have no labels map at all.
-fn cel_label_value(var: &str, key: &str) -> String {
-    format!(
-        "({var} != null && has({var}.metadata.labels) && {key} in {var}.metadata.labels \
-         ? {var}.metadata.labels[{key}] : {})",
-        cel_str(CEL_ABSENT)
-    )
-}
-
-/// In the guard's messageExpression, what comes right before the primary's name (a CEL
-/// string literal): [`guard_primary_name`] reads the name back from there.
-const MESSAGE_EXPRESSION_FROM: &str = "' managed by kubectl-mesh from cluster ' + ";
-/// In the guard's static message, what comes before the primary's name (then `; `).
-const MESSAGE_FROM: &str = "managed by kubectl-mesh from cluster ";
-
-/// Reads a CEL string literal written by [`cel_str`] at the start of `s`.
-fn read_cel_str(s: &str) -> Option<String> {
-    let mut chars = s.strip_prefix('\'')?.chars();
-    let mut out = String::new();
-    loop {
-        match chars.next()? {
-            '\\' => out.push(chars.next()?),
-            '\'' => return Some(out),
-            c => out.push(c),
-        }
-    }
-}
-
-/// The primary a guard policy's messages name, when they are the messages [`guard_policy`]
-/// renders and both (messageExpression and the static message, its fallback) name the same
-/// primary; `None` otherwise.
-pub fn guard_primary_name(policy: &ValidatingAdmissionPolicy) -> Option<String> {
-    let validation = policy.spec.as_ref()?.validations.as_ref()?.first()?;
-    let expression = validation.message_expression.as_deref()?;
-    let (_, rest) = expression.split_once(MESSAGE_EXPRESSION_FROM)?;
-    let name = read_cel_str(rest)?;
-    let message = validation.message.as_deref()?;
-    message
-        .contains(&format!("{MESSAGE_FROM}{name}; "))
-        .then_some(name)
-}
-
-/// The ValidatingAdmissionPolicy of the remote guard: on a namespace CREATE or UPDATE by
-/// anyone but the sync account that changes a managed label of a synced namespace, the
-/// validation fails with a message naming the primary and the command to run there. Whether
-/// that warns or denies is the binding's choice ([`guard_binding`]).
-///
-/// failurePolicy Ignore: the guard is a courtesy, not a security boundary (the reconciler
-/// undoes the edit anyway), and must never block namespace edits if its CEL cannot run.
-pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
-    let keys = guard
-        .managed_labels
-        .iter()
-        .map(|k| cel_str(k))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let excluded = guard
-        .excluded_namespaces
-        .iter()
-        .map(|n| cel_str(n))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let changed = format!(
-        "[{keys}].filter(k, {} != {})",
-        cel_label_value("object", "k"),
-        cel_label_value("oldObject", "k")
-    );
-    // `key=value` for a label set, `key-` for one removed: the arguments of `kubectl label`.
-    let wanted = format!(
-        "variables.changed.map(k, {} != {} ? k + '=' + object.metadata.labels[k] : k + '-')",
-        cel_label_value("object", "k"),
-        cel_str(CEL_ABSENT)
-    );
-    let message_expression = format!(
-        "variables.changed.join(', ') + ' on this cluster ' + \
-         (size(variables.changed) == 1 ? 'is' : 'are') + \
-         {from}{primary} + \
-         (size(variables.changed) == 1 ? '; set it there' : '; set them there') + \
-         ': kubectl --context ' + {context} + ' label ns ' + \
-         object.metadata.name + ' ' + {wanted}.join(' ') + ' --overwrite'",
-        from = MESSAGE_EXPRESSION_FROM,
-        primary = cel_str(&guard.primary_name),
-        context = cel_str(&guard.primary_context),
-    );
-    let message = format!(
-        "sidecar-injection labels on this cluster are {MESSAGE_FROM}{}; set them there with \
-         kubectl --context {} label ns",
-        guard.primary_name, guard.primary_context
-    );
-    let mut conditions = Vec::new();
-    if !excluded.is_empty() {
-        conditions.push(MatchCondition {
-            name: "not-excluded-namespace".to_owned(),
-            expression: format!("!(object.metadata.name in [{excluded}])"),
-        });
-    }
-    conditions.push(MatchCondition {
-        name: "not-kubectl-mesh".to_owned(),
-        expression: format!("request.userInfo.username != {}", cel_str(&sync_username())),
-    });
-    ValidatingAdmissionPolicy {
-        metadata: meta(GUARD, None, cluster),
-        spec: Some(ValidatingAdmissionPolicySpec {
-            failure_policy: Some("Ignore".to_owned()),
-            match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![NamedRuleWithOperations {
-                    api_groups: strings(&[""]),
-                    api_versions: strings(&["v1"]),
-                    operations: strings(&["CREATE", "UPDATE"]),
-                    resources: strings(&["namespaces"]),
-                    ..Default::default()
-                }]),
-                // For a Namespace, the apiserver matches the selector on its own labels.
-                namespace_selector: guard.namespace_selector.clone(),
-                ..Default::default()
-            }),
-            match_conditions: Some(conditions),
-            variables: Some(vec![Variable {
-                name: "changed".to_owned(),
-                expression: changed,
-            }]),
-            validations: Some(vec![Validation {
-                expression: "size(variables.changed) == 0".to_owned(),
-                message: Some(message),
-                message_expression: Some(message_expression),
-                reason: Some("Forbidden".to_owned()),
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Binds [`guard_policy`] with the guard's action (Warn or Deny).
-pub fn guard_binding(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicyBinding {
-    ValidatingAdmissionPolicyBinding {
-        metadata: meta(GUARD, None, cluster),
-        spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(GUARD.to_owned()),
-            validation_actions: guard.action().map(|a| vec![a.to_owned()]),
-            ..Default::default()
-        }),
-    }
-}
-
-/// A CEL list literal of strings.
-fn cel_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    let items: Vec<String> = items.into_iter().map(cel_str).collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// CEL: the field `path` (below `object`) is the same on `object` and `oldObject`, absent on
-/// both included.
-fn cel_unchanged(path: &str) -> String {
-    format!(
-        "(has(object.{path}) == has(oldObject.{path}) && \
-         (!has(object.{path}) || object.{path} == oldObject.{path}))"
-    )
-}
-
-/// Why [`sync_scope_policy`] refuses a request, in the order of its validations.
-pub const SYNC_SCOPE_MESSAGES: [&str; 3] = [
-    "the kubectl-mesh sync account may not create or delete namespaces",
-    "the kubectl-mesh sync account may not change a namespace the mesh excludes",
-    "the kubectl-mesh sync account may change only the managed labels of a namespace",
-];
-
-/// The ValidatingAdmissionPolicy confining the sync account to what label sync writes: on
-/// an UPDATE of a namespace the rule syncs, the managed labels of `rule`; nothing else (no
-/// other label, annotation, finalizer, ownerReference, spec), no CREATE, no DELETE.
-///
-/// failurePolicy Fail, unlike the guard: this one is a security boundary for a token stored
-/// on another cluster, and an expression that cannot be evaluated must not let it through.
-/// managedFields and resourceVersion change with every write and are not compared.
-pub fn sync_scope_policy(cluster: &str, rule: &SyncRule) -> ValidatingAdmissionPolicy {
-    let keys = cel_list(rule.managed_keys());
-    let excluded = cel_list(rule.excluded_namespaces());
-    // Every other label of the new object is in the old one with the same value, and every
-    // other label of the old object is still there. (Maps compare as wholes only; these
-    // two passes compare them but for the managed keys.)
-    let others_kept = format!(
-        "(!has(object.metadata.labels) || object.metadata.labels.all(k, k in {keys} || \
-         (has(oldObject.metadata.labels) && k in oldObject.metadata.labels && \
-         oldObject.metadata.labels[k] == object.metadata.labels[k]))) && \
-         (!has(oldObject.metadata.labels) || oldObject.metadata.labels.all(k, k in {keys} || \
-         (has(object.metadata.labels) && k in object.metadata.labels)))"
-    );
-    let rest_kept = [
-        "metadata.annotations",
-        "metadata.finalizers",
-        "metadata.ownerReferences",
-        "metadata.generateName",
-        "spec",
-    ]
-    .map(cel_unchanged)
-    .join(" && ");
-    let update = "request.operation == 'UPDATE'";
-    let [create_delete, excluded_message, others_message] = SYNC_SCOPE_MESSAGES;
-    let validation = |expression: String, message: &str| Validation {
-        expression,
-        message: Some(message.to_owned()),
-        reason: Some("Forbidden".to_owned()),
-        ..Default::default()
-    };
-    ValidatingAdmissionPolicy {
-        metadata: meta(SYNC_SCOPE, None, cluster),
-        spec: Some(ValidatingAdmissionPolicySpec {
-            failure_policy: Some("Fail".to_owned()),
-            match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![NamedRuleWithOperations {
-                    api_groups: strings(&[""]),
-                    api_versions: strings(&["*"]),
-                    operations: strings(&["CREATE", "UPDATE", "DELETE"]),
-                    resources: strings(&["namespaces"]),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            match_conditions: Some(vec![MatchCondition {
-                name: "kubectl-mesh-sync".to_owned(),
-                expression: format!("request.userInfo.username == {}", cel_str(&sync_username())),
-            }]),
-            variables: Some(vec![Variable {
-                name: "othersKept".to_owned(),
-                expression: format!("{others_kept} && {rest_kept}"),
-            }]),
-            // Only an UPDATE has both objects; the other validations pass anything else,
-            // which the first one refuses.
-            validations: Some(vec![
-                validation(update.to_owned(), create_delete),
-                validation(
-                    format!("!({update}) || !(oldObject.metadata.name in {excluded})"),
-                    excluded_message,
-                ),
-                validation(
-                    format!("!({update}) || variables.othersKept"),
-                    others_message,
-                ),
-            ]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Binds [`sync_scope_policy`], denying: whatever the guard's mode.
-pub fn sync_scope_binding(cluster: &str) -> ValidatingAdmissionPolicyBinding {
-    ValidatingAdmissionPolicyBinding {
-        metadata: meta(SYNC_SCOPE, None, cluster),
-        spec: Some(ValidatingAdmissionPolicyBindingSpec {
-            policy_name: Some(SYNC_SCOPE.to_owned()),
-            validation_actions: Some(vec!["Deny".to_owned()]),
-            ..Default::default()
-        }),
-    }
-}
-
 /// The Secret on the primary holding `cluster`'s stored kubeconfig (YAML).
 pub fn cluster_secret(cluster: &str, kubeconfig_yaml: &str) -> Secret {
     Secret {
@@ -981,6 +647,9 @@ pub fn remote_context(mc: &MeshCluster) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::admissionregistration::v1::Validation;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use mesh_core::labels::SyncRule;
 
     fn guard(mode: RemoteGuard) -> Guard {
         Guard::new(mode, "main", "admin@main")
@@ -1284,7 +953,7 @@ mod tests {
             }]);
         }
         assert_eq!(guard_primary_name(&p), None);
-        assert_eq!(read_cel_str("'unterminated"), None);
+        assert_eq!(crate::remote_policies::read_cel_str("'unterminated"), None);
     }
 
     #[test]
