@@ -53,23 +53,12 @@ pub fn certificates(pem: &[u8]) -> std::result::Result<CertInfo, String> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use base64::Engine as _;
     use jiff::SignedDuration;
 
     use super::*;
     use crate::{kubeconfig, render};
 
-    /// An unsigned JWT carrying `claims`.
-    pub(crate) fn jwt(claims: serde_json::Value) -> String {
-        let enc = |v: &serde_json::Value| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-        };
-        format!(
-            "{}.{}.c2lnbmF0dXJl",
-            enc(&serde_json::json!({"alg": "RS256"})),
-            enc(&claims)
-        )
-    }
+    pub(crate) use mesh_core::fixtures::jwt;
 
     #[test]
     fn token_expiry_from_jwt() {

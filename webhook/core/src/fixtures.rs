@@ -302,3 +302,16 @@ impl PodExt for Pod {
         self
     }
 }
+
+/// An unsigned JWT carrying `claims`: what token readers see in a stored kubeconfig.
+pub fn jwt(claims: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let encode = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        encode(&serde_json::json!({"alg": "RS256"})),
+        encode(&claims)
+    )
+}

@@ -175,17 +175,7 @@ impl Claims {
 pub(crate) mod tests {
     use super::*;
 
-    /// An unsigned JWT carrying `claims`.
-    pub(crate) fn jwt(claims: serde_json::Value) -> String {
-        let enc = |v: &serde_json::Value| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-        };
-        format!(
-            "{}.{}.c2lnbmF0dXJl",
-            enc(&serde_json::json!({"alg": "RS256"})),
-            enc(&claims)
-        )
-    }
+    pub(crate) use crate::fixtures::jwt;
 
     fn at(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
