@@ -108,6 +108,25 @@ pub async fn clusters(primary: &Client) -> Result<Vec<MeshCluster>> {
     Ok(list)
 }
 
+/// The clusters a sync (or its plan) covers: those named in `names` (all when empty), less
+/// those being detached, as the reconciler does: their detach may be stripping the very labels
+/// a sync would write. Each one left out is said on `progress`.
+pub async fn clusters_to_sync(
+    primary: &Client,
+    names: &[String],
+    progress: crate::output::Progress,
+) -> Result<Vec<MeshCluster>> {
+    let mut clusters = select(clusters(primary).await?, names)?;
+    clusters.retain(|c| {
+        let leaving = c.metadata.deletion_timestamp.is_some();
+        if leaving {
+            progress.info(format!("{} is being detached; not synced", c.name_any()));
+        }
+        !leaving
+    });
+    Ok(clusters)
+}
+
 /// The clusters named in `names` (all of them when empty), in name order. An unknown name is
 /// an error that lists the attached ones.
 pub fn select(clusters: Vec<MeshCluster>, names: &[String]) -> Result<Vec<MeshCluster>> {

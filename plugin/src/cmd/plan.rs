@@ -46,9 +46,7 @@ impl Plan {
             remote_timeout,
         } = self;
         let client = ctx.client().await?;
-        let mut clusters = mesh_state::select(mesh_state::clusters(&client).await?, &cluster)?;
-        // As sync: a cluster being detached is synced no more.
-        clusters.retain(|c| c.metadata.deletion_timestamp.is_none());
+        let clusters = mesh_state::clusters_to_sync(&client, &cluster, ctx.progress).await?;
         if clusters.is_empty() {
             ctx.progress.info(super::list::NO_CLUSTERS);
             return Ok(());

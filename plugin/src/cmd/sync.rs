@@ -45,17 +45,7 @@ impl Sync {
             remote_timeout,
         } = self;
         let client = ctx.client().await?;
-        let mut clusters = mesh_state::select(mesh_state::clusters(&client).await?, &cluster)?;
-        // As the reconciler does: a MeshCluster on its way out is detached already, and its
-        // detach may be stripping the very labels a sync would write.
-        clusters.retain(|c| {
-            let leaving = c.metadata.deletion_timestamp.is_some();
-            if leaving {
-                ctx.progress
-                    .info(format!("{} is being detached; not synced", c.name_any()));
-            }
-            !leaving
-        });
+        let clusters = mesh_state::clusters_to_sync(&client, &cluster, ctx.progress).await?;
         if clusters.is_empty() {
             ctx.progress.info(super::list::NO_CLUSTERS);
             return Ok(());
