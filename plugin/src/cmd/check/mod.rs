@@ -14,6 +14,7 @@
 pub mod caller_auth;
 pub mod cluster;
 pub mod facts;
+pub mod guard;
 pub mod install;
 pub mod istio_secret;
 pub mod render;

@@ -1,0 +1,363 @@
+//! The remote guard's check: what the remote has against what the MeshCluster declares
+//! (`spec.remoteGuard`, `spec.primaryName`, `spec.scope`).
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use mesh_core::cluster::{MeshCluster, RemoteGuard};
+
+use super::facts::{FoundGuard, GuardFacts};
+use super::report::{CheckResult, Outcome};
+use crate::remote_setup as setup;
+
+/// The guard mode a policy and binding amount to for the cluster `name`: nothing, or a
+/// policy nothing binds, guards nothing.
+pub fn guard_mode(
+    name: &str,
+    policy: Option<&ValidatingAdmissionPolicy>,
+    binding: Option<&ValidatingAdmissionPolicyBinding>,
+) -> RemoteGuard {
+    guard_state(name, policy, binding).unwrap_or(RemoteGuard::Off)
+}
+
+/// Like [`guard_mode`], but says why there is no guard.
+fn guard_state(
+    name: &str,
+    policy: Option<&ValidatingAdmissionPolicy>,
+    binding: Option<&ValidatingAdmissionPolicyBinding>,
+) -> std::result::Result<RemoteGuard, String> {
+    let (policy, binding) = match (policy, binding) {
+        (None, None) => return Err("neither its policy nor its binding exists".into()),
+        (None, Some(_)) => {
+            return Err(format!(
+                "ValidatingAdmissionPolicy {} not found (only its binding is there)",
+                setup::GUARD
+            ));
+        }
+        (Some(_), None) => {
+            return Err(format!(
+                "ValidatingAdmissionPolicyBinding {} not found (the policy is there, unbound)",
+                setup::GUARD
+            ));
+        }
+        (Some(p), Some(b)) => (p, b),
+    };
+    if !setup::is_ours(&policy.metadata, name) {
+        return Err(format!(
+            "ValidatingAdmissionPolicy {} was not installed for cluster {name}{}",
+            setup::GUARD,
+            setup::owner_cluster(&policy.metadata)
+                .map(|c| format!(" (it is cluster {c}'s)"))
+                .unwrap_or_default()
+        ));
+    }
+    let spec = binding.spec.as_ref();
+    let bound = spec.and_then(|s| s.policy_name.as_deref());
+    if bound != Some(policy.name_any().as_str()) {
+        return Err(format!(
+            "the binding binds policy {}, not {}",
+            bound.unwrap_or("(none)"),
+            setup::GUARD
+        ));
+    }
+    let actions = spec
+        .and_then(|s| s.validation_actions.clone())
+        .unwrap_or_default();
+    if actions.iter().any(|a| a == "Deny") {
+        Ok(RemoteGuard::Deny)
+    } else if actions.iter().any(|a| a == "Warn") {
+        Ok(RemoteGuard::Warn)
+    } else {
+        Err(format!(
+            "the binding's validationActions are [{}], neither Warn nor Deny",
+            actions.join(", ")
+        ))
+    }
+}
+
+/// Compares what is on the remote with what the MeshCluster declares: the mode
+/// (spec.remoteGuard), and the primary the guard's message names (spec.primaryName).
+pub fn judge_guard(what: &str, cluster: &MeshCluster, found: &FoundGuard) -> CheckResult {
+    let name = cluster.name_any();
+    let wanted = cluster.spec.remote_guard;
+    let primary = cluster.spec.primary_name.as_deref();
+    let fix = format!(
+        "re-run `kubectl mesh attach` for {name} with --remote-guard {}{} to install the guard \
+         it declares",
+        format!("{wanted:?}").to_lowercase(),
+        primary
+            .map(|p| format!(" --primary-name {p}"))
+            .unwrap_or_default()
+    );
+    let state = guard_state(&name, found.policy.as_ref(), found.binding.as_ref());
+    let mode = state.clone().unwrap_or(RemoteGuard::Off);
+    if mode != wanted {
+        let why = match (&state, wanted) {
+            (Err(why), RemoteGuard::Warn | RemoteGuard::Deny) => format!(": {why}"),
+            _ => String::new(),
+        };
+        return CheckResult::error(
+            what,
+            format!("spec.remoteGuard is {wanted:?} but the remote's guard is {mode:?}{why}"),
+            fix,
+        );
+    }
+    if wanted == RemoteGuard::Off {
+        return CheckResult::ok(what, Some(format!("{wanted:?}")));
+    }
+    if let Some(primary) = primary {
+        let named = found.policy.as_ref().and_then(setup::guard_primary_name);
+        if named.as_deref() != Some(primary) {
+            let found = match named {
+                Some(other) => format!("names primary {other}"),
+                None => "is not the message attach writes".to_owned(),
+            };
+            return CheckResult::error(
+                what,
+                format!(
+                    "spec.primaryName is {primary} but the guard's message {found}: people \
+                     editing labels on the remote are sent to the wrong cluster"
+                ),
+                fix,
+            );
+        }
+    }
+    if let Some(stale) = guard_scope_gap(cluster, found.policy.as_ref()) {
+        return CheckResult::warning(
+            what,
+            format!("the guard does not follow spec.scope: {stale}"),
+            format!(
+                "set the scope again with `kubectl mesh scope {name} ...` (the same flags, and \
+                 --remote-kubeconfig), which updates the guard too"
+            ),
+        );
+    }
+    CheckResult::ok(what, Some(format!("{wanted:?}")))
+}
+
+/// How the guard's matching differs from the cluster's scope (a scope changed with `kubectl
+/// patch` leaves the guard as it was), if it does.
+fn guard_scope_gap(
+    cluster: &MeshCluster,
+    policy: Option<&ValidatingAdmissionPolicy>,
+) -> Option<String> {
+    let spec = policy?.spec.as_ref()?;
+    let conditions: Vec<&str> = (spec.match_conditions.iter().flatten())
+        .map(|c| c.expression.as_str())
+        .collect();
+    let unguarded: Vec<&str> = (cluster.spec.scope.exclude_namespaces.iter())
+        .filter(|name| {
+            let literal = format!("'{name}'");
+            !conditions.iter().any(|c| c.contains(&literal))
+        })
+        .map(String::as_str)
+        .collect();
+    if !unguarded.is_empty() {
+        return Some(format!("it still guards {}", unguarded.join(", ")));
+    }
+    let selector = spec
+        .match_constraints
+        .as_ref()
+        .and_then(|m| m.namespace_selector.clone());
+    let selects_all = |s: &Option<LabelSelector>| {
+        s.as_ref().is_none_or(|s| {
+            s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+        })
+    };
+    let wanted = &cluster.spec.scope.namespace_selector;
+    let same = (selects_all(&selector) && selects_all(wanted)) || &selector == wanted;
+    (!same).then(|| "its namespace selector is not spec.scope.namespaceSelector".to_owned())
+}
+
+/// The remote guard must be what spec.remoteGuard and spec.primaryName say. It is read with
+/// the stored credentials, which may `get` the guard's two objects by name. A cluster
+/// attached by an older kubectl-mesh has credentials that may not: then it is judged as read
+/// with the user's own kubeconfig, through the context attach recorded (as detach does).
+pub(super) fn guard_result(cluster: &MeshCluster, guard: &GuardFacts) -> CheckResult {
+    let what = "remote guard matches spec.remoteGuard";
+    let stored_err = match &guard.stored {
+        Ok(found) => return judge_guard(what, cluster, found),
+        Err(e) => e,
+    };
+    let stored = if stored_err.is_forbidden() {
+        "the stored credentials may not read the guard".to_owned()
+    } else {
+        format!("the guard cannot be read with the stored credentials ({stored_err})")
+    };
+    let context = setup::remote_context(cluster);
+    let Some(with_context) = &guard.with_context else {
+        let through = match context {
+            Some(c) => format!("your kubeconfig has no context {c}"),
+            None => "attach recorded no remote context".to_owned(),
+        };
+        return CheckResult::warning(
+            what,
+            format!("not verified: {stored} and {through}"),
+            format!(
+                "re-run `kubectl mesh attach` for {} to let the stored credentials read it, \
+                 run check with a kubeconfig that also holds the remote's context, or look on \
+                 the remote: `kubectl{} get validatingadmissionpolicybinding {} -o yaml`",
+                cluster.name_any(),
+                context
+                    .map(|c| format!(" --context {c}"))
+                    .unwrap_or_default(),
+                setup::GUARD
+            ),
+        );
+    };
+    let context = context.unwrap_or_default();
+    match with_context {
+        Ok(found) => {
+            let mut result = judge_guard(what, cluster, found);
+            let note = format!("read with context {context}: {stored}");
+            match &mut result.detail {
+                Some(detail) if result.result == Outcome::Ok => {
+                    *detail = format!("{detail}; {note}");
+                }
+                Some(detail) => detail.push_str(&format!(" ({note})")),
+                None => result.detail = Some(note),
+            }
+            result
+        }
+        Err(e) => CheckResult::warning(
+            what,
+            format!("not verified: {stored}, and with context {context}: {e}"),
+            "",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::labels::SyncRule;
+
+    fn attached(guard: RemoteGuard, primary: Option<&str>) -> MeshCluster {
+        let mut mc = setup::mesh_cluster(&setup::ClusterRecord {
+            name: "east".into(),
+            cluster_id: "id".into(),
+            server: "https://e".into(),
+            guard,
+            primary_name: primary.unwrap_or_default().into(),
+            remote_namespace_created: true,
+            remote_context: "east".into(),
+            scope: Default::default(),
+        });
+        mc.spec.primary_name = primary.map(str::to_owned);
+        mc
+    }
+
+    fn installed(guard: RemoteGuard, primary: &str) -> FoundGuard {
+        let g = setup::Guard::new(guard, primary, "admin@main");
+        FoundGuard {
+            policy: Some(setup::guard_policy("east", &g)),
+            binding: Some(setup::guard_binding("east", &g)),
+        }
+    }
+
+    #[test]
+    fn guard_must_follow_the_scope() {
+        let mut scoped = attached(RemoteGuard::Warn, Some("main"));
+        scoped.spec.scope.exclude_namespaces = vec!["gw".into()];
+        let r = judge_guard("guard", &scoped, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!(r.result, Outcome::Warning, "{r:?}");
+        assert!(
+            r.detail.as_deref().unwrap().contains("still guards gw"),
+            "{r:?}"
+        );
+
+        let rule = SyncRule::default().within(&scoped.spec.scope).unwrap();
+        let g = setup::Guard::new(RemoteGuard::Warn, "main", "admin@main")
+            .with_rule(&rule)
+            .with_scope(&scoped.spec.scope);
+        let following = FoundGuard {
+            policy: Some(setup::guard_policy("east", &g)),
+            binding: Some(setup::guard_binding("east", &g)),
+        };
+        let r = judge_guard("guard", &scoped, &following);
+        assert_eq!(r.result, Outcome::Ok, "{r:?}");
+    }
+
+    #[test]
+    fn guard_must_match_mode_and_primary_name() {
+        let judge = |mc: &MeshCluster, found: &FoundGuard| judge_guard("guard", mc, found);
+        let warn = attached(RemoteGuard::Warn, Some("main"));
+        let r = judge(&warn, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!((r.result, r.detail.as_deref()), (Outcome::Ok, Some("Warn")));
+
+        // The primary's name in the message must be spec.primaryName.
+        let r = judge(&warn, &installed(RemoteGuard::Warn, "elsewhere"));
+        assert_eq!(r.result, Outcome::Error);
+        assert!(
+            r.detail.as_deref().unwrap().starts_with(
+                "spec.primaryName is main but the guard's message names primary elsewhere"
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            r.hint.as_deref(),
+            Some(
+                "re-run `kubectl mesh attach` for east with --remote-guard warn --primary-name \
+                 main to install the guard it declares"
+            )
+        );
+        // A MeshCluster of an older attach does not say: any name passes.
+        let unnamed = attached(RemoteGuard::Warn, None);
+        assert_eq!(
+            judge(&unnamed, &installed(RemoteGuard::Warn, "x")).result,
+            Outcome::Ok
+        );
+
+        // Deny declared, the binding deleted.
+        let deny = attached(RemoteGuard::Deny, Some("main"));
+        let mut found = installed(RemoteGuard::Deny, "main");
+        assert_eq!(judge(&deny, &found).result, Outcome::Ok);
+        found.binding = None;
+        let r = judge(&deny, &found);
+        assert_eq!(r.result, Outcome::Error);
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                "spec.remoteGuard is Deny but the remote's guard is Off: \
+                 ValidatingAdmissionPolicyBinding kubectl-mesh-guard not found (the policy is \
+                 there, unbound)"
+            )
+        );
+        let r = judge(&deny, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!(
+            r.detail.as_deref(),
+            Some("spec.remoteGuard is Deny but the remote's guard is Warn")
+        );
+        // Another cluster's guard is not this one's.
+        let g = setup::Guard::new(RemoteGuard::Deny, "main", "admin@main");
+        let foreign = FoundGuard {
+            policy: Some(setup::guard_policy("west", &g)),
+            binding: Some(setup::guard_binding("west", &g)),
+        };
+        let r = judge(&deny, &foreign);
+        assert!(
+            r.detail
+                .as_deref()
+                .unwrap()
+                .contains("(it is cluster west's)"),
+            "{r:?}"
+        );
+
+        // Off: absent is right, present is not.
+        let off = attached(RemoteGuard::Off, Some("main"));
+        let r = judge(&off, &FoundGuard::default());
+        assert_eq!((r.result, r.detail.as_deref()), (Outcome::Ok, Some("Off")));
+        let r = judge(&off, &installed(RemoteGuard::Warn, "main"));
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (
+                Outcome::Error,
+                Some("spec.remoteGuard is Off but the remote's guard is Warn")
+            )
+        );
+        assert!(r.hint.unwrap().contains("--remote-guard off"));
+    }
+}
