@@ -1,0 +1,418 @@
+//! Detach on the remote: every object attach created there for this cluster and primary is
+//! deleted by name, in an order that never leaves a token without its confinement, and, with
+//! `--strip-labels`, the managed labels go first through the same sync engine the webhook uses.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams},
+    core::{ClusterResourceScope, NamespaceResourceScope},
+};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::MeshCluster,
+    labels::SyncRule,
+    remote::Failure,
+    sync::{self, SyncMode, sync_remote},
+};
+use serde::de::DeserializeOwned;
+
+use super::super::attach::wait_namespace_gone;
+use crate::{
+    Error, Result,
+    access::{self, Target},
+    output::Progress,
+    remote_setup as setup,
+};
+
+/// Which remote objects a detach deletes: attach's for this cluster, from this primary.
+#[derive(Clone, Copy)]
+pub(super) struct Ours<'a> {
+    pub(super) cluster: &'a str,
+    /// UID of the primary's kube-system namespace.
+    pub(super) primary: &'a str,
+}
+
+/// Deletes the remote's objects of cluster `name`, in the order [`super`] explains; with
+/// `strip`, also the labels that rule manages.
+pub(super) async fn clean_remote(
+    client: &Client,
+    target: &Target,
+    ours: Ours<'_>,
+    mc: Option<&MeshCluster>,
+    strip: Option<&SyncRule>,
+    timeout: Duration,
+    progress: Progress,
+) -> Result<()> {
+    let Ours {
+        cluster: name,
+        primary,
+    } = ours;
+    let fail = |doing: &str| {
+        let doing = doing.to_owned();
+        move |e: kube::Error| access::request_error(target, &doing, e)
+    };
+    let remove = Remover {
+        client,
+        target,
+        ours,
+        progress,
+    };
+
+    remove
+        .cluster::<ValidatingAdmissionPolicyBinding>(setup::GUARD, "delete the guard")
+        .await?;
+    remove
+        .cluster::<ValidatingAdmissionPolicy>(setup::GUARD, "delete the guard")
+        .await?;
+    // With the standbys an interrupted `rotate` may have left.
+    let standbys = super::super::rotate::standby_secrets();
+    for secret in [
+        setup::TOKEN_SECRET,
+        setup::ISTIO_READER_TOKEN_SECRET,
+        setup::VIEW_TOKEN_SECRET,
+    ]
+    .into_iter()
+    .chain(standbys.iter().map(String::as_str))
+    {
+        remove
+            .in_mesh_namespace::<Secret>(secret, "delete the token Secrets")
+            .await?;
+    }
+    // The sync account's right to renew a time-bound token (`attach --token-ttl`).
+    let renewal = "delete the token renewal rights";
+    remove
+        .in_mesh_namespace::<RoleBinding>(setup::TOKEN_RENEWAL, renewal)
+        .await?;
+    remove
+        .in_mesh_namespace::<Role>(setup::TOKEN_RENEWAL, renewal)
+        .await?;
+
+    if let Some(rule) = strip {
+        strip_managed_labels(client, target, rule, name, timeout, progress).await?;
+    }
+
+    // The sync scope outlives the token it confines.
+    remove
+        .cluster::<ValidatingAdmissionPolicyBinding>(setup::SYNC_SCOPE, "delete the sync scope")
+        .await?;
+    remove
+        .cluster::<ValidatingAdmissionPolicy>(setup::SYNC_SCOPE, "delete the sync scope")
+        .await?;
+    for account in [
+        setup::SYNC_ACCOUNT,
+        setup::ISTIO_READER,
+        setup::VIEW_ACCOUNT,
+    ] {
+        remove
+            .cluster::<ClusterRoleBinding>(account, "delete ClusterRoleBindings")
+            .await?;
+        remove
+            .cluster::<ClusterRole>(account, "delete ClusterRoles")
+            .await?;
+        remove
+            .in_mesh_namespace::<ServiceAccount>(account, "delete ServiceAccounts")
+            .await?;
+    }
+
+    // The namespace: only if attach created it. The MeshCluster says so; without one (a
+    // re-run after the primary side is done), the namespace's own labels do, as attach
+    // labels only a namespace it creates.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let Some(ns) = namespaces
+        .get_opt(MESH_NAMESPACE)
+        .await
+        .map_err(fail("read the mesh namespace"))?
+    else {
+        return Ok(());
+    };
+    let created = mc
+        .and_then(setup::remote_namespace_created)
+        .unwrap_or_else(|| setup::is_ours_from(&ns.metadata, name, primary));
+    if !created {
+        progress.info(format!(
+            "{name}: Namespace {MESH_NAMESPACE} kept (it existed before attach)"
+        ));
+        return Ok(());
+    }
+    let deleted = remove_namespace_if_unused(
+        client,
+        MESH_NAMESPACE,
+        name,
+        Some((name, primary)),
+        progress,
+    )
+    .await
+    .map_err(fail("delete the mesh namespace"))?;
+    if deleted {
+        wait_namespace_gone(client, MESH_NAMESPACE, timeout).await?;
+    }
+    Ok(())
+}
+
+/// Deletes by name what attach created on one remote for one primary ([`delete_ours`]); a
+/// refused request says what was being done.
+struct Remover<'a> {
+    client: &'a Client,
+    target: &'a Target,
+    ours: Ours<'a>,
+    progress: Progress,
+}
+
+impl Remover<'_> {
+    /// The cluster-scoped `object` of kind `K`.
+    async fn cluster<K>(&self, object: &str, doing: &str) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = ClusterResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.delete(Api::<K>::all(self.client.clone()), object, doing)
+            .await
+    }
+
+    /// The `object` of kind `K` in the mesh namespace.
+    async fn in_mesh_namespace<K>(&self, object: &str, doing: &str) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api = Api::<K>::namespaced(self.client.clone(), MESH_NAMESPACE);
+        self.delete(api, object, doing).await
+    }
+
+    async fn delete<K>(&self, api: Api<K>, object: &str, doing: &str) -> Result<()>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let Ours { cluster, primary } = self.ours;
+        delete_ours(api, object, cluster, primary, self.progress)
+            .await
+            .map_err(|e| access::request_error(self.target, doing, e))
+    }
+}
+
+/// Deletes the object `object` when attach created it for cluster `name`; one that is not
+/// (another cluster's, or not kubectl-mesh's) is kept and said so. By name, never by
+/// selector: labels are anyone's to copy.
+async fn delete_ours<K>(
+    api: Api<K>,
+    object: &str,
+    name: &str,
+    primary: &str,
+    progress: Progress,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(found) = api.get_opt(object).await? else {
+        return Ok(());
+    };
+    if !setup::is_ours_from(found.meta(), name, primary) {
+        let kind = K::kind(&());
+        let why = match setup::primary_of(found.meta()) {
+            Some(other) if setup::is_ours(found.meta(), name) => {
+                format!("another primary (kube-system uid {other}) attached this cluster since")
+            }
+            _ => "attach did not create it for this cluster".to_owned(),
+        };
+        progress.info(format!("{name}: {kind} {object} kept: {why}"));
+        return Ok(());
+    }
+    delete(&api, object, name, progress).await
+}
+
+/// Deletes one object; one already gone is fine (re-runs).
+pub(super) async fn delete<K>(
+    api: &Api<K>,
+    name: &str,
+    side: &str,
+    progress: Progress,
+) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let what = match api.namespace() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    };
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => {
+            progress.ok(format!("{side}: {what} deleted"));
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes namespace `ns` if it holds nothing but what every namespace gets (the `default`
+/// ServiceAccount, the `kube-root-ca.crt` ConfigMap); otherwise keeps it and says why.
+/// `owner`: the cluster whose label the namespace must carry and the primary it must be
+/// recorded for, or `None` for a namespace shared by clusters (istio-system), which only
+/// needs the managed-by label. Returns whether it was deleted.
+pub(super) async fn remove_namespace_if_unused(
+    client: &Client,
+    ns: &str,
+    side: &str,
+    owner: Option<(&str, &str)>,
+    progress: Progress,
+) -> Result<bool, kube::Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let Some(found) = namespaces.get_opt(ns).await? else {
+        return Ok(false);
+    };
+    let ours = match owner {
+        Some((cluster, primary)) => setup::is_ours_from(&found.metadata, cluster, primary),
+        None => {
+            found
+                .labels()
+                .get(setup::MANAGED_BY_LABEL)
+                .map(String::as_str)
+                == Some(mesh_core::MANAGER)
+        }
+    };
+    if !ours || found.metadata.deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    let others = foreign_objects(client, ns, owner.map(|(_, primary)| primary)).await?;
+    if !others.is_empty() {
+        progress.warn(format!(
+            "{side}: Namespace {ns} kept: it holds objects kubectl-mesh did not create ({})",
+            others.join(", ")
+        ));
+        return Ok(false);
+    }
+    delete(&namespaces, ns, side, progress).await?;
+    Ok(true)
+}
+
+/// Objects in `ns` that neither kubectl-mesh (from `primary`, when given) nor Kubernetes put
+/// there.
+async fn foreign_objects(
+    client: &Client,
+    ns: &str,
+    primary: Option<&str>,
+) -> Result<Vec<String>, kube::Error> {
+    let lp = ListParams::default();
+    let mut out = Vec::new();
+    let keep = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let labels = meta.labels.as_ref();
+        labels
+            .and_then(|l| l.get(setup::MANAGED_BY_LABEL))
+            .map(String::as_str)
+            == Some(mesh_core::MANAGER)
+            && primary.is_none_or(|p| setup::primary_of(meta).is_none_or(|o| o == p))
+    };
+    for s in Api::<Secret>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        if !keep(&s.metadata) {
+            out.push(format!("Secret {}", s.name_any()));
+        }
+    }
+    for sa in Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        if sa.name_any() != "default" && !keep(&sa.metadata) {
+            out.push(format!("ServiceAccount {}", sa.name_any()));
+        }
+    }
+    for cm in Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        if cm.name_any() != "kube-root-ca.crt" && !keep(&cm.metadata) {
+            out.push(format!("ConfigMap {}", cm.name_any()));
+        }
+    }
+    for p in Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        out.push(format!("Pod {}", p.name_any()));
+    }
+    for s in Api::<Service>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await?
+        .items
+    {
+        out.push(format!("Service {}", s.name_any()));
+    }
+    Ok(out)
+}
+
+/// Removes the managed labels of every remote namespace the rule covers: a sync against an
+/// empty primary, through the engine and writer the reconciler uses. The guard deleted just
+/// before may still be enforced for a moment (the apiserver unloads policies asynchronously),
+/// so namespaces it refused are tried again until `timeout`.
+async fn strip_managed_labels(
+    client: &Client,
+    target: &Target,
+    rule: &SyncRule,
+    name: &str,
+    timeout: Duration,
+    progress: Progress,
+) -> Result<()> {
+    let no_primary = BTreeMap::<String, Namespace>::new();
+    let deadline = Instant::now() + timeout;
+    let mut stripped = 0;
+    loop {
+        let report = sync_remote(rule, &no_primary, client, SyncMode::Apply)
+            .await
+            .map_err(|error| match error {
+                sync::Error::ListNamespaces(e) | sync::Error::ListPrimary(e) => {
+                    access::request_error(target, "remove managed labels", e)
+                }
+            })?;
+        for change in report.applied() {
+            stripped += 1;
+            let removed: Vec<&str> = change.diff.remove.iter().map(String::as_str).collect();
+            progress.ok(format!(
+                "{name}: Namespace {}: removed {}",
+                change.diff.namespace,
+                removed.join(", ")
+            ));
+        }
+        let Some(error) = report.errors.first() else {
+            break;
+        };
+        let only_guard = report
+            .errors
+            .iter()
+            .all(|e| e.failure == Failure::Forbidden && e.message.contains(setup::GUARD));
+        if !(only_guard && Instant::now() < deadline) {
+            return Err(Error::Refused {
+                what: format!(
+                    "cannot remove managed labels of namespace {} on {}: {}",
+                    error.namespace, target.label, error.message
+                ),
+                hint: "check the remote's admission policies and your rights there, then re-run \
+                       detach --strip-labels"
+                    .into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if stripped == 0 {
+        progress.info(format!("{name}: no namespace carried managed labels"));
+    }
+    Ok(())
+}
