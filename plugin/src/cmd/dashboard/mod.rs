@@ -5,6 +5,7 @@
 //! `status` and `services`; [`server`] serves the embedded page and the snapshots.
 
 pub mod live;
+mod reduce;
 pub mod server;
 
 use std::net::{Ipv4Addr, SocketAddr};
