@@ -94,6 +94,11 @@ pub fn render_items<T: Serialize>(
     }
 }
 
+/// One serialized object as JSON or YAML.
+pub fn render_value<T: Serialize>(format: OutputFormat, item: &T) -> Result<String> {
+    render_values(format, &to_values(std::slice::from_ref(item))?)
+}
+
 /// Items as JSON values.
 pub fn to_values<T: Serialize>(items: &[T]) -> Result<Vec<serde_json::Value>> {
     items

@@ -147,13 +147,7 @@ fn show(ctx: &Context, scope: &NamespaceScope) -> Result<()> {
         OutputFormat::Table | OutputFormat::Wide => {
             output::print_stdout(&format!("{}\n", namespace_scope::describe(scope)))
         }
-        format => {
-            let value = serde_json::to_value(scope).map_err(|source| Error::Serialize {
-                format: "JSON",
-                source: Box::new(source),
-            })?;
-            output::print_stdout(&output::render_values(format, &[value])?)
-        }
+        format => output::print_stdout(&output::render_value(format, &scope)?),
     }
 }
 

@@ -104,11 +104,7 @@ impl Services {
                 }
             }
             format => {
-                let value = serde_json::to_value(&report).map_err(|source| Error::Serialize {
-                    format: "JSON",
-                    source: Box::new(source),
-                })?;
-                output::print_stdout(&output::render_values(format, &[value])?)?;
+                output::print_stdout(&output::render_value(format, &report)?)?;
             }
         }
         for line in report.notes() {

@@ -103,11 +103,7 @@ impl Status {
                 }
             }
             format => {
-                let value = serde_json::to_value(&report).map_err(|source| Error::Serialize {
-                    format: "JSON",
-                    source: Box::new(source),
-                })?;
-                output::print_stdout(&output::render_values(format, &[value])?)?;
+                output::print_stdout(&output::render_value(format, &report)?)?;
             }
         }
         for (state, line) in report.summary() {

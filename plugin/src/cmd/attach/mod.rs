@@ -225,11 +225,7 @@ impl Attach {
         };
         match ctx.output {
             OutputFormat::Json | OutputFormat::Yaml => {
-                let value = serde_json::to_value(&mc).map_err(|source| Error::Serialize {
-                    format: "JSON",
-                    source: Box::new(source),
-                })?;
-                output::print_stdout(&output::render_values(ctx.output, &[value])?)
+                output::print_stdout(&output::render_value(ctx.output, &mc)?)
             }
             OutputFormat::Table | OutputFormat::Wide => Ok(()),
         }

@@ -2,7 +2,7 @@
 
 use super::report::{CheckReport, Outcome};
 use crate::{
-    Error, Result,
+    Result,
     cmd::status::plural,
     output::{self, OutputFormat},
 };
@@ -42,13 +42,7 @@ pub fn render(report: &CheckReport, format: OutputFormat) -> Result<String> {
             let color = output::colors_for(&std::io::stdout());
             Ok(report.text(color))
         }
-        format => {
-            let value = serde_json::to_value(report).map_err(|source| Error::Serialize {
-                format: "JSON",
-                source: Box::new(source),
-            })?;
-            output::render_values(format, &[value])
-        }
+        format => output::render_value(format, &report),
     }
 }
 
