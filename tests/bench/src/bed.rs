@@ -87,12 +87,23 @@ impl Bed {
         dir: Option<PathBuf>,
         istio: bool,
     ) -> anyhow::Result<Self> {
-        let env = TestEnv::start(Options {
+        let env = Options {
             remotes,
             dir,
             ..Options::default()
-        })
-        .await?;
+        };
+        Self::start_env(env, options, attach, resync_period, istio).await
+    }
+
+    /// [`Bed::start_with`] with the test environment's [`Options`] given whole.
+    pub async fn start_env(
+        env: Options,
+        options: &MeshOptions,
+        attach: bool,
+        resync_period: Duration,
+        istio: bool,
+    ) -> anyhow::Result<Self> {
+        let env = TestEnv::start(env).await?;
         let istio = match istio {
             true => Some(Istio::start(&env, IstioOptions::default()).await?),
             false => None,

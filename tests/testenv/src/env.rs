@@ -26,7 +26,7 @@ const START_WAVE: usize = 4;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What to start.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Number of remote clusters besides the primary.
     pub remotes: usize,
@@ -36,6 +36,23 @@ pub struct Options {
     /// on the host's address, which the pod network routes to, instead of loopback (inside a
     /// pod, 127.0.0.1 is the pod itself).
     pub node: bool,
+    /// Run the controllers that write to every new namespace (`serviceaccount-controller`,
+    /// which creates its `default` ServiceAccount, and `root-ca-certificate-publisher-controller`,
+    /// its `kube-root-ca.crt` ConfigMap). Off, creating namespaces costs one write each instead
+    /// of three, for scenarios that create tens of thousands; kubectl-mesh needs neither (attach
+    /// creates its own ServiceAccount, whose token Secret the token controller still fills in).
+    pub per_namespace_controllers: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            remotes: 0,
+            dir: None,
+            node: false,
+            per_namespace_controllers: true,
+        }
+    }
 }
 
 /// The first address of the Service range: the `kubernetes` Service's ClusterIP.
@@ -124,6 +141,7 @@ impl Cluster {
 pub struct TestEnv {
     dir: PathBuf,
     node: bool,
+    per_namespace_controllers: bool,
     binaries: Binaries,
     etcd_url: String,
     clusters: Vec<Cluster>,
@@ -186,6 +204,7 @@ impl TestEnv {
         let scratch = temp.as_ref().map(|t| t.path().to_path_buf());
         let mut env = Self {
             node: options.node,
+            per_namespace_controllers: options.per_namespace_controllers,
             etcd_url: String::new(),
             dir,
             binaries,
@@ -436,12 +455,16 @@ impl TestEnv {
         // Service and makes the node schedulable.
         let mut controllers = vec![
             "namespace-controller",
-            "serviceaccount-controller",
             "serviceaccount-token-controller",
             "garbage-collector-controller",
-            "root-ca-certificate-publisher-controller",
             "clusterrole-aggregation-controller",
         ];
+        if self.per_namespace_controllers {
+            controllers.extend([
+                "serviceaccount-controller",
+                "root-ca-certificate-publisher-controller",
+            ]);
+        }
         if self.node && cluster.name == self.primary().name {
             controllers.extend([
                 "deployment-controller",

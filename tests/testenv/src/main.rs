@@ -136,7 +136,7 @@ async fn up(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let env = tokio::select! {
-        env = TestEnv::start(Options { remotes, dir: Some(dir.clone()), node }) => env?,
+        env = TestEnv::start(Options { remotes, dir: Some(dir.clone()), node, ..Options::default() }) => env?,
         _ = sigterm.recv() => return cleanup(&dir),
         _ = sigint.recv() => return cleanup(&dir),
     };

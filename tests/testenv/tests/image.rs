@@ -394,6 +394,7 @@ async fn webhook_from_the_image_answers_readyz() {
         remotes: 0,
         dir: None,
         node: false,
+        ..mesh_testenv::Options::default()
     })
     .await
     .expect("control plane starts");

@@ -3,5 +3,6 @@
 pub mod admission;
 pub mod propagation;
 pub mod resync;
+pub mod scale;
 pub mod services;
 pub mod throughput;

@@ -33,11 +33,11 @@ use crate::procfs::{Memory, mib};
 use crate::watch::NamespaceWatch;
 
 const SCENARIO: &str = "resync";
-const MANAGED_LABEL: &str = "istio-injection";
-const FLOOR_LABEL: &str = "mesh-bench/floor";
+pub(crate) const MANAGED_LABEL: &str = "istio-injection";
+pub(crate) const FLOOR_LABEL: &str = "mesh-bench/floor";
 /// The reconciler's write concurrency (`WRITE_CONCURRENCY` in webhook/src/sync.rs), for a
 /// floor that writes the same way.
-const WRITE_CONCURRENCY: usize = 8;
+pub(crate) const WRITE_CONCURRENCY: usize = 8;
 /// Namespaces created concurrently per cluster while setting up.
 const CREATE_CONCURRENCY: usize = 16;
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -54,23 +54,23 @@ pub struct Config {
 
 /// What was observed of one remote.
 #[derive(Default)]
-struct Remote {
-    name: String,
+pub(crate) struct Remote {
+    pub(crate) name: String,
     /// Bench namespaces carrying the managed label on the remote now.
-    labelled: HashSet<String>,
+    pub(crate) labelled: HashSet<String>,
     /// Watch events of bench namespaces since the counter was last reset.
-    writes: u64,
+    pub(crate) writes: u64,
     /// `writes` when the remote converged after its attach: the cold sync's writes.
-    writes_at_convergence: u64,
-    attach_started: Option<Instant>,
-    attach_returned: Option<Instant>,
-    created: Option<Instant>,
-    converged: Option<Instant>,
-    synced: Option<Instant>,
-    synced_status: Option<MeshClusterStatus>,
-    status: Option<MeshClusterStatus>,
+    pub(crate) writes_at_convergence: u64,
+    pub(crate) attach_started: Option<Instant>,
+    pub(crate) attach_returned: Option<Instant>,
+    pub(crate) created: Option<Instant>,
+    pub(crate) converged: Option<Instant>,
+    pub(crate) synced: Option<Instant>,
+    pub(crate) synced_status: Option<MeshClusterStatus>,
+    pub(crate) status: Option<MeshClusterStatus>,
     /// The webhook's RSS once this remote converged.
-    rss_after_kib: u64,
+    pub(crate) rss_after_kib: u64,
 }
 
 pub async fn run(
@@ -331,7 +331,7 @@ pub async fn run(
 }
 
 /// Applies whatever the watches have to say within the next 200 ms.
-async fn observe(
+pub(crate) async fn observe(
     watch: &mut NamespaceWatch,
     clusters: &mut mpsc::UnboundedReceiver<(String, Option<MeshClusterStatus>, Instant)>,
     remotes: &mut [Remote],
@@ -370,7 +370,7 @@ async fn observe(
 }
 
 /// MeshCluster events with their arrival time.
-async fn watch_clusters(
+pub(crate) async fn watch_clusters(
     primary: kube::Client,
     tx: mpsc::UnboundedSender<(String, Option<MeshClusterStatus>, Instant)>,
 ) {
