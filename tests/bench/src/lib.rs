@@ -15,6 +15,7 @@ pub mod bed;
 pub mod https;
 pub mod procfs;
 pub mod scenario;
+pub mod soak;
 pub mod stats;
 pub mod watch;
 
@@ -110,6 +111,22 @@ pub struct Cli {
     /// watches on every apiserver, the remotes attached with --istio-remote-secret.
     #[arg(long, env = "MESH_BENCH_ISTIO")]
     pub istio: bool,
+
+    /// Seed of the soak's operations and faults (the same seed, the same schedule).
+    #[arg(long, env = "MESH_BENCH_SEED", default_value_t = 1)]
+    pub seed: u64,
+
+    /// How long the soak's operations and faults go on.
+    #[arg(long, env = "MESH_BENCH_DURATION", default_value = "60s", value_parser = mesh_core::duration::parse)]
+    pub duration: Duration,
+
+    /// The soak's operations per second (on average).
+    #[arg(long, env = "MESH_BENCH_RATE", default_value_t = 2.0)]
+    pub rate: f64,
+
+    /// Mean time between two of the soak's faults.
+    #[arg(long, env = "MESH_BENCH_FAULT_EVERY", default_value = "4s", value_parser = mesh_core::duration::parse)]
+    pub fault_every: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -131,10 +148,17 @@ pub enum Scenario {
     Services,
     /// Every scenario, resync and footprint once.
     All,
+    /// Random operations and faults on a real mesh for `--duration`, recorded and checked
+    /// (convergence, no phantom values, no stale writer, nothing else touched, the primary
+    /// writable). Not part of `all`.
+    Soak,
 }
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
+        if self.scenario == Scenario::Soak {
+            return self.soak().await;
+        }
         let Self {
             scenario,
             changes,
@@ -156,6 +180,7 @@ impl Cli {
             no_build,
             no_client_auth,
             istio,
+            ..
         } = self;
         let started = Instant::now();
         let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -234,6 +259,43 @@ impl Cli {
             "- load average at end (1/5/15 min): {}; total time {:.0?}",
             procfs::load_averages(),
             started.elapsed()
+        );
+        Ok(())
+    }
+}
+
+impl Cli {
+    /// `mesh-bench soak`: prints the report; fails when the checker found a violation.
+    async fn soak(self) -> anyhow::Result<()> {
+        let options = bed::product_binaries(self.no_build)?;
+        let config = soak::SoakConfig {
+            seed: self.seed,
+            duration: self.duration,
+            rate: self.rate,
+            fault_every: self.fault_every,
+            dir: self.dir.clone(),
+            ..soak::SoakConfig::default()
+        };
+        println!("# mesh-bench soak\n");
+        println!(
+            "- command: `{}`",
+            std::env::args().collect::<Vec<_>>().join(" ")
+        );
+        println!("- machine: {}", procfs::machine());
+        println!(
+            "- load average at start (1/5/15 min): {}\n",
+            procfs::load_averages()
+        );
+        let run = soak::run(&options, &config).await?;
+        println!("{}", run.report);
+        println!(
+            "- load average at end (1/5/15 min): {}",
+            procfs::load_averages()
+        );
+        anyhow::ensure!(
+            run.verdict.violations.is_empty(),
+            "{} violation(s); the report above shows each",
+            run.verdict.violations.len()
         );
         Ok(())
     }
