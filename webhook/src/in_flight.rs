@@ -3,7 +3,7 @@
 //! The webhook pushes a change to the remotes *before* the primary's apiserver stores it. If
 //! the reconciler synced in between, it would read the primary's old labels and revert the
 //! push, and the remote would flap until the new labels arrive by watch. So the reconciler
-//! reads the primary through [`InFlight::overlay`]: a pushed change counts as the primary's
+//! reads the primary through [`InFlight::overlay_one`]: a pushed change counts as the primary's
 //! state until the watch shows it persisted ([`InFlight::settle`]) or its time runs out. When
 //! the apiserver rejected the request after the push (a later admission step said no), the
 //! entry expires and the reconciler, woken by [`InFlight::expired`], reverts the remotes to
@@ -139,20 +139,40 @@ impl InFlight {
 
     /// The primary's namespaces as the reconciler should see them: pushed changes still in
     /// flight replace the stored managed labels. Expired entries are dropped.
+    #[cfg(test)]
     pub fn overlay(&self, rule: &SyncRule, primary: &mut BTreeMap<String, Namespace>) {
         let now = Instant::now();
         let mut entries = self.lock();
         entries.retain(|_, entry| entry.until > now);
         for (name, entry) in entries.iter() {
-            let namespace = primary.entry(name.clone()).or_insert_with(|| {
-                let mut created = Namespace::default();
-                created.metadata.name = Some(name.clone());
-                created
-            });
-            let labels = namespace.metadata.labels.get_or_insert_with(BTreeMap::new);
-            labels.retain(|key, _| !rule.is_managed(key));
-            labels.extend(entry.labels.clone());
+            let stored = primary.remove(name);
+            primary.insert(name.clone(), stand_in(rule, name, entry, stored));
         }
+    }
+
+    /// What the reconciler should see of one primary namespace, `stored` as the primary holds
+    /// it: a push still in flight replaces its managed labels.
+    pub fn overlay_one(
+        &self,
+        rule: &SyncRule,
+        name: &str,
+        stored: Option<Namespace>,
+    ) -> Option<Namespace> {
+        let now = Instant::now();
+        match self.lock().get(name).filter(|entry| entry.until > now) {
+            Some(entry) => Some(stand_in(rule, name, entry, stored)),
+            None => stored,
+        }
+    }
+
+    /// The pushes standing in now: namespace and the managed labels pushed.
+    pub fn pushed(&self) -> Vec<(String, Labels)> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, entry)| entry.until > now)
+            .map(|(name, entry)| (name.clone(), entry.labels.clone()))
+            .collect()
     }
 
     /// Changes whenever an entry expires without having been persisted.
@@ -179,6 +199,19 @@ impl InFlight {
 /// that is not a number is simply not ordered.
 fn resource_version(version: &str) -> Option<u64> {
     version.parse().ok()
+}
+
+/// `stored` (or a namespace being created) with the managed labels of `entry`.
+fn stand_in(rule: &SyncRule, name: &str, entry: &Entry, stored: Option<Namespace>) -> Namespace {
+    let mut namespace = stored.unwrap_or_else(|| {
+        let mut created = Namespace::default();
+        created.metadata.name = Some(name.to_owned());
+        created
+    });
+    let labels = namespace.metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.retain(|key, _| !rule.is_managed(key));
+    labels.extend(entry.labels.clone());
+    namespace
 }
 
 #[cfg(test)]

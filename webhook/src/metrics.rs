@@ -98,6 +98,7 @@ pub struct Metrics {
     cluster_reachable: Family<ClusterLabels, Gauge>,
     admission_reviews: Family<OutcomeLabels, Counter>,
     syncs: Family<SyncLabels, Counter>,
+    sync_lists: Family<ClusterLabels, Counter>,
     leader: Gauge,
     pushes_in_flight: Gauge,
     token_expiry: Family<ClusterLabels, Gauge>,
@@ -119,6 +120,7 @@ impl Metrics {
         let cluster_reachable = Family::<ClusterLabels, Gauge>::default();
         let admission_reviews = Family::<OutcomeLabels, Counter>::default();
         let syncs = Family::<SyncLabels, Counter>::default();
+        let sync_lists = Family::<ClusterLabels, Counter>::default();
         let leader = Gauge::default();
         let pushes_in_flight = Gauge::default();
         let token_expiry = Family::<ClusterLabels, Gauge>::default();
@@ -160,6 +162,12 @@ impl Metrics {
             syncs.clone(),
         );
         registry.register(
+            "sync_lists",
+            "Syncs that listed the remote's namespaces because its namespace watch was not \
+             current (the others read what the watch holds)",
+            sync_lists.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the Lease and reconciles, else 0",
             leader.clone(),
@@ -185,6 +193,7 @@ impl Metrics {
             cluster_reachable,
             admission_reviews,
             syncs,
+            sync_lists,
             leader,
             pushes_in_flight,
             token_expiry,
@@ -244,6 +253,15 @@ impl Metrics {
             cluster: cluster.to_owned(),
         });
         counter.inc_by(namespaces);
+    }
+
+    /// Records a sync that had to list the remote's namespaces.
+    pub fn remote_listed(&self, cluster: &str) {
+        self.sync_lists
+            .get_or_create(&ClusterLabels {
+                cluster: cluster.to_owned(),
+            })
+            .inc();
     }
 
     /// Records whether the last attempt to reach the cluster succeeded.

@@ -2,10 +2,7 @@
 //! rule reads, the webhook's pushes not yet persisted laid over it, and a signal when the
 //! managed labels a remote should carry change.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
@@ -51,26 +48,29 @@ pub struct StoreView<'a> {
 }
 
 impl PrimaryView for StoreView<'_> {
-    fn namespaces(&self) -> BTreeMap<String, Namespace> {
-        let mut primary: BTreeMap<String, Namespace> = self
+    fn namespace(&self, name: &str) -> Option<Namespace> {
+        let stored = self
+            .namespaces
+            .get(&ObjectRef::new(name))
+            .map(|ns| ns.as_ref().clone());
+        self.in_flight.overlay_one(self.rule, name, stored)
+    }
+
+    fn labelled(&self, rule: &SyncRule) -> Vec<String> {
+        // A push in flight stands for its namespace's managed labels, whatever the store says.
+        let pushed: HashMap<String, Labels> = self.in_flight.pushed().into_iter().collect();
+        let stored = self
             .namespaces
             .state()
             .into_iter()
-            .map(|ns| (ns.name_any(), ns.as_ref().clone()))
-            .collect();
-        self.in_flight.overlay(self.rule, &mut primary);
-        primary
-    }
-
-    fn namespace(&self, name: &str) -> Option<Namespace> {
-        let mut one: BTreeMap<String, Namespace> = self
-            .namespaces
-            .get(&ObjectRef::new(name))
-            .map(|ns| (name.to_owned(), ns.as_ref().clone()))
-            .into_iter()
-            .collect();
-        self.in_flight.overlay(self.rule, &mut one);
-        one.remove(name)
+            .filter(|ns| !rule.desired(Some(ns)).is_empty())
+            .map(|ns| ns.name_any())
+            .filter(|name| !pushed.contains_key(name));
+        let pushed = pushed
+            .iter()
+            .filter(|(_, labels)| labels.keys().any(|key| rule.is_managed(key)))
+            .map(|(name, _)| name.clone());
+        stored.chain(pushed).collect()
     }
 }
 

@@ -63,7 +63,7 @@ use crate::{
     metrics::Metrics,
     primary_view::{StoreView, keep_what_the_rule_reads, watch_namespaces},
     readiness::Readiness,
-    remote_watch::watch_for_drift,
+    remote_watch::{SeenNamespaces, watch_for_drift},
     renewal::renew_token,
 };
 
@@ -71,7 +71,7 @@ use mesh_core::{
     cluster::MeshCluster,
     labels::SyncRule,
     remote::{Remote, RemoteState, Remotes},
-    sync::{PrimaryView, SyncMode, sync_remote},
+    sync::{PrimaryView, SyncMode, sync_remote, sync_seen},
 };
 
 /// Share of a time-bound token's lifetime after which the leader renews it: early enough
@@ -461,7 +461,14 @@ fn watch_injectors_of(
             )
             .instrument(tracing::info_span!(parent: None, "injectors", cluster = %name)),
         );
-        watches.insert(name.clone(), RemoteWatch { remote, cancel });
+        watches.insert(
+            name.clone(),
+            RemoteWatch {
+                remote,
+                cancel,
+                seen: None,
+            },
+        );
     }
 }
 
@@ -482,6 +489,8 @@ struct Worker {
 struct RemoteWatch {
     remote: Arc<Remote>,
     cancel: CancellationToken,
+    /// What the drift watch keeps of the remote's namespaces; none for the injector watches.
+    seen: Option<SeenNamespaces>,
 }
 
 impl Drop for RemoteWatch {
@@ -597,6 +606,7 @@ impl Worker {
         let Ok(scoped) = shared.rule.within(remote.scope()) else {
             return;
         };
+        let scoped_keys = scoped.keys_read();
         let is_drifted = move |seen: &Namespace| {
             let Some(name) = seen.metadata.name.as_deref() else {
                 return false;
@@ -612,11 +622,22 @@ impl Worker {
             let desired = shared.rule.desired(primary.namespace(name).as_ref());
             !shared.rule.diff(&desired, seen).is_empty()
         };
+        let seen = SeenNamespaces::new(scoped_keys);
         tokio::spawn(
-            watch_for_drift(client, is_drifted, self.drift.clone(), cancel.clone())
-                .instrument(tracing::Span::current()),
+            watch_for_drift(
+                client,
+                is_drifted,
+                self.drift.clone(),
+                seen.clone(),
+                cancel.clone(),
+            )
+            .instrument(tracing::Span::current()),
         );
-        self.watching = Some(RemoteWatch { remote, cancel });
+        self.watching = Some(RemoteWatch {
+            remote,
+            cancel,
+            seen: Some(seen),
+        });
     }
 
     /// When the stored token is due for renewal, if it is time-bound: not before a second
@@ -648,9 +669,28 @@ impl Worker {
         let scoped = remote.as_deref().map(|r| shared.rule.within(r.scope()));
         let result = match (remote.as_deref().map(|r| r.state()), scoped) {
             (Some(RemoteState::Ready(client)), Some(Ok(scoped))) => {
-                sync_remote(&scoped, &primary, client, SyncMode::Apply)
-                    .await
-                    .map_err(|error| Attempt::failed(error.failure(), error.to_string()))
+                // The drift watch of these very credentials and scope, when current, has
+                // what a LIST would read.
+                let seen = self
+                    .watching
+                    .as_ref()
+                    .filter(|watch| {
+                        remote
+                            .as_ref()
+                            .is_some_and(|r| Arc::ptr_eq(&watch.remote, r))
+                    })
+                    .and_then(|watch| watch.seen.as_ref()?.current());
+                match seen {
+                    Some(seen) => {
+                        Ok(sync_seen(&scoped, &primary, client, seen, SyncMode::Apply).await)
+                    }
+                    None => {
+                        shared.metrics.remote_listed(cluster_name);
+                        sync_remote(&scoped, &primary, client, SyncMode::Apply)
+                            .await
+                            .map_err(|error| Attempt::failed(error.failure(), error.to_string()))
+                    }
+                }
             }
             // Nothing is written where the scope cannot say what may be.
             (Some(RemoteState::Ready(_)), Some(Err(error))) => Err(Attempt::Failed {

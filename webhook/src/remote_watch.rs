@@ -1,16 +1,21 @@
-//! Watches one remote's namespaces for managed labels that differ from the primary's.
+//! Watches one remote's namespaces: wakes the worker when they drift from the primary, and
+//! keeps what a sync reads of them, so that the periodic resync of a remote whose watch is
+//! current needs no LIST.
 //!
-//! Without it, a namespace created on a remote after its twin was labelled on the primary, or a
-//! managed label edited by hand on a remote, would wait for the next periodic resync: pods
-//! started there meanwhile get the wrong injection. The watch reads metadata only and keeps no
-//! store, so a remote with thousands of namespaces costs one page of them at a time.
+//! Without the drift wake-up, a namespace created on a remote after its twin was labelled on
+//! the primary, or a managed label edited by hand on a remote, would wait for the next periodic
+//! resync: pods started there meanwhile get the wrong injection. The watch reads metadata only,
+//! and keeps of each namespace its name, resourceVersion and the labels the rule reads: a few
+//! dozen bytes, shared label strings, whatever the remote's namespaces carry besides.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
+    api::ObjectMeta,
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
@@ -18,17 +23,18 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Wakes `drift` whenever a namespace of the remote behind `client` is seen with managed labels
-/// other than the primary's (`is_drifted` decides), until `cancel`.
+/// other than the primary's (`is_drifted` decides), and keeps `seen` current, until `cancel`.
 pub(crate) async fn watch_for_drift(
     client: Client,
     is_drifted: impl Fn(&Namespace) -> bool,
     drift: Arc<Notify>,
+    seen: SeenNamespaces,
     cancel: CancellationToken,
 ) {
     let namespaces = Api::<PartialObjectMeta<Namespace>>::all(client);
     let events = watcher(namespaces, watcher::Config::default()).default_backoff();
     tokio::select! {
-        () = notify_on_drift(events, is_drifted, &drift) => {}
+        () = notify_on_drift(events, is_drifted, &drift, &seen) => {}
         () = cancel.cancelled() => {}
     }
 }
@@ -37,28 +43,174 @@ async fn notify_on_drift(
     events: impl Stream<Item = Result<watcher::Event<PartialObjectMeta<Namespace>>, watcher::Error>>,
     is_drifted: impl Fn(&Namespace) -> bool,
     drift: &Notify,
+    seen: &SeenNamespaces,
 ) {
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
-        let seen = match event {
-            // A (re)list shows what changed while the watch was down, so it counts too.
-            Ok(watcher::Event::Apply(meta) | watcher::Event::InitApply(meta)) => meta,
-            Ok(watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone) => {
-                continue;
-            }
+        let event = match event {
+            Ok(event) => event,
             Err(error) => {
                 // The worker's own sync reports an unreachable remote; this only retries.
                 tracing::debug!(error = %error, "remote namespace watch failed, retrying");
+                seen.lost();
                 continue;
             }
         };
-        let namespace = Namespace {
-            metadata: seen.metadata,
-            ..Namespace::default()
+        seen.apply(&event);
+        let namespace = match event {
+            // A (re)list shows what changed while the watch was down, so it counts too.
+            watcher::Event::Apply(meta) | watcher::Event::InitApply(meta) => Namespace {
+                metadata: meta.metadata,
+                ..Namespace::default()
+            },
+            watcher::Event::Delete(_) | watcher::Event::Init | watcher::Event::InitDone => {
+                continue;
+            }
         };
         if is_drifted(&namespace) {
             tracing::debug!(namespace = ?namespace.metadata.name, "remote labels drifted");
             drift.notify_one();
+        }
+    }
+}
+
+/// A remote's namespaces as its watch has shown them, trimmed to what a sync reads. Cheap to
+/// clone; clones share state.
+#[derive(Clone)]
+pub(crate) struct SeenNamespaces {
+    keys: Arc<BTreeSet<String>>,
+    state: Arc<Mutex<Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// Whether `namespaces` is what the remote holds, as far as its watch can tell: listed, and
+    /// the watch has not failed since without delivering an event again. (After a failure the
+    /// watcher resumes from its last resourceVersion, so nothing is lost once events flow; a
+    /// resourceVersion too old makes it list again.)
+    current: bool,
+    namespaces: HashMap<Box<str>, Trimmed>,
+    /// The namespaces of a list under way; they replace `namespaces` when it is done.
+    listing: Option<HashMap<Box<str>, Trimmed>>,
+    /// Label keys and values, each held once however many namespaces carry it.
+    strings: HashSet<Arc<str>>,
+}
+
+#[derive(Clone)]
+struct Trimmed {
+    resource_version: Box<str>,
+    labels: Box<[(Arc<str>, Arc<str>)]>,
+}
+
+impl SeenNamespaces {
+    /// Keeps, of each namespace's labels, those among `keys` ([`mesh_core::labels::SyncRule::keys_read`]).
+    pub(crate) fn new(keys: BTreeSet<String>) -> Self {
+        Self {
+            keys: Arc::new(keys),
+            state: Arc::default(),
+        }
+    }
+
+    /// Every namespace of the remote, as a sync reads them, when the watch is current. Made
+    /// one at a time as the sync reads them: the copy taken here is the trimmed entries.
+    pub(crate) fn current(&self) -> Option<impl Iterator<Item = Namespace> + use<>> {
+        let state = self.lock();
+        let entries: Vec<(Box<str>, Trimmed)> = state.current.then(|| {
+            let entries = state.namespaces.iter();
+            entries
+                .map(|(name, kept)| (name.clone(), kept.clone()))
+                .collect()
+        })?;
+        Some(
+            entries
+                .into_iter()
+                .map(|(name, trimmed)| trimmed.to_namespace(&name)),
+        )
+    }
+
+    fn apply(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        match event {
+            watcher::Event::Init => state.listing = Some(HashMap::new()),
+            watcher::Event::InitApply(meta) => {
+                if let Some((name, trimmed)) = self.trim(&mut state.strings, &meta.metadata) {
+                    state.listing.get_or_insert_default().insert(name, trimmed);
+                }
+            }
+            watcher::Event::InitDone => {
+                state.namespaces = state.listing.take().unwrap_or_default();
+                // Label strings no namespace carries any more.
+                state.strings.retain(|s| Arc::strong_count(s) > 1);
+                state.current = true;
+            }
+            watcher::Event::Apply(meta) => {
+                if let Some((name, trimmed)) = self.trim(&mut state.strings, &meta.metadata) {
+                    state.namespaces.insert(name, trimmed);
+                }
+                state.current |= state.listing.is_none();
+            }
+            watcher::Event::Delete(meta) => {
+                if let Some(name) = meta.metadata.name.as_deref() {
+                    state.namespaces.remove(name);
+                }
+                state.current |= state.listing.is_none();
+            }
+        }
+    }
+
+    fn lost(&self) {
+        self.lock().current = false;
+    }
+
+    fn trim(
+        &self,
+        strings: &mut HashSet<Arc<str>>,
+        meta: &ObjectMeta,
+    ) -> Option<(Box<str>, Trimmed)> {
+        let name = meta.name.as_deref()?;
+        let mut intern = |text: &str| match strings.get(text) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = Arc::from(text);
+                strings.insert(shared.clone());
+                shared
+            }
+        };
+        let labels = meta
+            .labels
+            .iter()
+            .flatten()
+            .filter(|(key, _)| self.keys.contains(*key))
+            .map(|(key, value)| (intern(key), intern(value)))
+            .collect();
+        let trimmed = Trimmed {
+            resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
+            labels,
+        };
+        Some((name.into(), trimmed))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Trimmed {
+    fn to_namespace(&self, name: &str) -> Namespace {
+        let labels = self
+            .labels
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                resource_version: Some(self.resource_version.to_string()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
         }
     }
 }
@@ -86,10 +238,12 @@ mod tests {
             !rule.diff(&rule.desired(twin), remote).is_empty()
         };
         let drift = Notify::new();
+        let seen = SeenNamespaces::new(rule.keys_read());
         notify_on_drift(
             futures::stream::iter(events.into_iter().map(Ok)),
             is_drifted,
             &drift,
+            &seen,
         )
         .await;
         tokio::time::timeout(std::time::Duration::ZERO, drift.notified())
@@ -132,5 +286,116 @@ mod tests {
             ])
             .await
         );
+    }
+
+    /// What `seen` holds after `events` (an `Err` item stands for a failed watch), by name
+    /// with its resourceVersion and labels; `None` while not current.
+    async fn kept(
+        events: Vec<Result<Event<PartialObjectMeta<Namespace>>, ()>>,
+    ) -> Option<Vec<(String, String, Vec<(String, String)>)>> {
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read());
+        let events = events
+            .into_iter()
+            .map(|event| event.map_err(|()| watcher::Error::NoResourceVersion));
+        notify_on_drift(
+            futures::stream::iter(events),
+            |_| false,
+            &Notify::new(),
+            &seen,
+        )
+        .await;
+        let mut kept: Vec<_> = seen
+            .current()?
+            .map(|ns| {
+                let labels = ns.metadata.labels.unwrap_or_default().into_iter().collect();
+                (
+                    ns.metadata.name.unwrap(),
+                    ns.metadata.resource_version.unwrap(),
+                    labels,
+                )
+            })
+            .collect();
+        kept.sort();
+        Some(kept)
+    }
+
+    fn at(namespace: Namespace, version: &str) -> PartialObjectMeta<Namespace> {
+        let mut meta = meta(namespace);
+        meta.metadata.resource_version = Some(version.to_owned());
+        meta
+    }
+
+    fn entry(
+        name: &str,
+        version: &str,
+        labels: &[(&str, &str)],
+    ) -> (String, String, Vec<(String, String)>) {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (name.to_owned(), version.to_owned(), labels)
+    }
+
+    #[tokio::test]
+    async fn keeps_each_namespace_with_its_version_and_only_the_labels_a_sync_reads() {
+        let kept = kept(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(at(
+                ns("web")
+                    .label("istio-injection", "enabled")
+                    .label("team", "a"),
+                "5",
+            ))),
+            Ok(Event::InitApply(at(ns("db"), "6"))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(at(
+                ns("db").label("istio.io/rev", "canary"),
+                "9",
+            ))),
+            Ok(Event::Apply(at(ns("new"), "10"))),
+            Ok(Event::Delete(at(ns("web"), "11"))),
+        ])
+        .await;
+        assert_eq!(
+            kept,
+            Some(vec![
+                entry("db", "9", &[("istio.io/rev", "canary")]),
+                entry("new", "10", &[]),
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn is_not_current_before_its_list_is_done_nor_after_a_failure() {
+        let listing = vec![Ok(Event::Init), Ok(Event::InitApply(at(ns("web"), "5")))];
+        assert_eq!(kept(listing).await, None, "list not done");
+        let failed = vec![Ok(Event::Init), Ok(Event::InitDone), Err(())];
+        assert_eq!(kept(failed).await, None, "failed since");
+        // Events flowing again mean the watch resumed where it stopped.
+        let resumed = vec![
+            Ok(Event::Init),
+            Ok(Event::InitDone),
+            Err(()),
+            Ok(Event::Apply(at(ns("web"), "7"))),
+        ];
+        assert_eq!(kept(resumed).await, Some(vec![entry("web", "7", &[])]));
+    }
+
+    #[tokio::test]
+    async fn a_new_list_replaces_what_the_previous_one_showed() {
+        let kept = kept(vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(at(ns("gone"), "5"))),
+            Ok(Event::InitDone),
+            Err(()),
+            Ok(Event::Init),
+            // Seen during the relist: not current until it is done.
+            Ok(Event::Apply(at(ns("during"), "8"))),
+            Ok(Event::InitApply(at(ns("web"), "9"))),
+            Ok(Event::InitDone),
+        ])
+        .await;
+        assert_eq!(kept, Some(vec![entry("web", "9", &[])]));
     }
 }

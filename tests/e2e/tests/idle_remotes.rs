@@ -1,13 +1,14 @@
 //! An idle mesh costs its remotes nothing but one open watch each: the webhook's watch of a
 //! remote's namespaces stays open while nothing changes (a remote's client gives up on reads
-//! within seconds, which must not cut a watch that is merely quiet), and still sees drift.
+//! within seconds, which must not cut a watch that is merely quiet), and still sees drift; the
+//! periodic resync reads what that watch holds instead of listing the remote again.
 
 use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, eventually, label_on_primary, labels, managed_labels, namespaces,
-    own_mesh, run,
+    NO_RESYNC, create_everywhere, eventually, label_on_primary, labels, managed_labels, metric_sum,
+    namespaces, own_mesh, run,
 };
 use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
@@ -15,17 +16,23 @@ use serde_json::json;
 /// How long the mesh is watched idle: several times the remote read timeout (2 s).
 const QUIET: Duration = Duration::from_secs(15);
 
-/// Watches of namespaces the apiserver of `cluster` has ended so far, whoever made them.
-async fn namespace_watches_ended(env: &TestEnv, cluster: &Cluster) -> anyhow::Result<f64> {
+/// Requests for namespaces with `verb` the apiserver of `cluster` has answered so far (for
+/// WATCH: ended), whoever made them.
+async fn namespace_requests(env: &TestEnv, cluster: &Cluster, verb: &str) -> anyhow::Result<f64> {
     let mut raw = env.kubectl(cluster);
     raw.args(["get", "--raw", "/metrics"]);
     let metrics = String::from_utf8(run(raw).await?.stdout)?;
+    let verb = format!(r#"verb="{verb}""#);
     Ok(metrics
         .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains(r#"resource="namespaces""#) && l.contains(r#"verb="WATCH""#))
+        .filter(|l| l.contains(r#"resource="namespaces""#) && l.contains(&verb))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+async fn namespace_watches_ended(env: &TestEnv, cluster: &Cluster) -> anyhow::Result<f64> {
+    namespace_requests(env, cluster, "WATCH").await
 }
 
 #[tokio::test]
@@ -58,6 +65,60 @@ async fn a_quiet_remote_keeps_its_watch_open_and_drift_is_still_seen() -> anyhow
             let now = managed_labels(remote, &ns).await?;
             Ok((now == Some(labels(&[("istio-injection", "enabled")]))).then_some(()))
         },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn periodic_resyncs_of_a_watched_remote_do_not_list_it() -> anyhow::Result<()> {
+    let (env, mesh) = own_mesh(1, Some(Duration::from_secs(1))).await?;
+    let remote = &env.remotes()[0];
+    let ca = mesh.ca_pem()?;
+    let syncs = || metric_sum(mesh.metrics_address(), &ca, "syncs_total");
+    let ns = create_everywhere(&env, "resynced").await?;
+    label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let enabled = Some(labels(&[("istio-injection", "enabled")]));
+    eventually(
+        "the remote is labelled",
+        Duration::from_secs(30),
+        || async { Ok((managed_labels(remote, &ns).await? == enabled).then_some(())) },
+    )
+    .await?;
+
+    // Once the watch has listed, every sync reads it: several periods, no LIST.
+    let first = syncs().await?;
+    eventually(
+        "a sync after the watch listed",
+        Duration::from_secs(30),
+        || async { Ok((syncs().await? >= first + 2.0).then_some(())) },
+    )
+    .await?;
+    let lists = namespace_requests(&env, remote, "LIST").await?;
+    let started = syncs().await?;
+    eventually(
+        "five more periodic syncs",
+        Duration::from_secs(60),
+        || async { Ok((syncs().await? >= started + 5.0).then_some(())) },
+    )
+    .await?;
+    let listed = namespace_requests(&env, remote, "LIST").await? - lists;
+    // The remote's controller-manager may relist its own informer once.
+    assert!(
+        listed <= 1.0,
+        "{listed} LISTs of namespaces during five resyncs"
+    );
+
+    // What the watch holds is enough to correct a hand edit, by a write conditional on it.
+    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
+    namespaces(remote)
+        .await?
+        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
+    eventually(
+        "the drift is corrected",
+        Duration::from_secs(30),
+        || async { Ok((managed_labels(remote, &ns).await? == enabled).then_some(())) },
     )
     .await?;
     Ok(())

@@ -285,42 +285,65 @@ impl SyncRule {
     ///
     /// All three lists are sorted by namespace name so that status and output are stable.
     pub fn plan(&self, primary: &BTreeMap<String, Namespace>, remote: &[Namespace]) -> SyncPlan {
+        let labelled = primary
+            .iter()
+            .filter(|(_, ns)| !self.desired(Some(ns)).is_empty())
+            .map(|(name, _)| name.clone());
+        self.plan_by(|name| primary.get(name).cloned(), labelled, remote, |_| {})
+    }
+
+    /// [`SyncRule::plan`] one remote namespace at a time, so that neither side is ever held
+    /// whole: `primary` looks one primary namespace up, `labelled` names the primary namespaces
+    /// that carry managed labels, and `differs` receives each remote namespace the plan changes.
+    pub fn plan_by<N: std::borrow::Borrow<Namespace>>(
+        &self,
+        primary: impl Fn(&str) -> Option<Namespace>,
+        labelled: impl IntoIterator<Item = String>,
+        remote: impl IntoIterator<Item = N>,
+        mut differs: impl FnMut(N),
+    ) -> SyncPlan {
         let mut plan = SyncPlan::default();
         let mut on_remote = BTreeSet::new();
-        for ns in remote {
+        for seen in remote {
+            let ns = seen.borrow();
             // A namespace without a name cannot be addressed; the apiserver never returns one.
             let Some(name) = ns.metadata.name.as_deref() else {
                 continue;
             };
-            if !on_remote.insert(name) || self.excluded.contains(name) {
+            if on_remote.contains(name) || self.excluded.contains(name) {
                 continue;
             }
+            on_remote.insert(name.to_owned());
             if !self.covers(ns) {
                 plan.out_of_scope.push(name.to_owned());
                 continue;
             }
-            let diff = self.diff(&self.desired(primary.get(name)), ns);
+            let diff = self.diff(&self.desired(primary(name).as_ref()), ns);
             if diff.is_empty() {
                 plan.in_sync.push(name.to_owned());
             } else {
                 plan.changes.push(diff);
+                differs(seen);
             }
         }
         // Only namespaces that would carry something are worth reporting as missing; a plain
         // namespace absent from a remote is the normal case.
-        plan.missing = primary
-            .iter()
-            .filter(|(name, ns)| {
-                !on_remote.contains(name.as_str())
-                    && !self.is_excluded(name)
-                    && !self.desired(Some(ns)).is_empty()
-            })
-            .map(|(name, _)| name.clone())
+        plan.missing = labelled
+            .into_iter()
+            .filter(|name| !on_remote.contains(name) && !self.is_excluded(name))
             .collect();
         plan.in_sync.sort();
         plan.out_of_scope.sort();
+        plan.missing.sort();
         plan.changes.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         plan
+    }
+
+    /// The labels of a remote namespace a sync reads: the managed ones, and those the scope's
+    /// selector matches on.
+    pub fn keys_read(&self) -> BTreeSet<String> {
+        let selected = self.selector.iter().flat_map(selector_keys);
+        self.managed.iter().cloned().chain(selected).collect()
     }
 }
 

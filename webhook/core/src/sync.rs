@@ -11,11 +11,14 @@
 //!   plan made from an older primary can never overwrite it;
 //! - namespaces missing on the remote are reported, never created.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, ObjectMeta},
+};
 
 use crate::{
     labels::{LabelDiff, SyncRule},
@@ -50,24 +53,26 @@ impl Error {
 
 /// Where a sync reads the primary's namespaces. It is asked after the remote was read, and
 /// again for one namespace after a write conflict, so that it answers with what is true *now*.
+/// It is asked one namespace at a time: a sync never copies the whole primary.
 pub trait PrimaryView: Sync {
-    /// Every primary namespace by name.
-    fn namespaces(&self) -> BTreeMap<String, Namespace>;
-
     /// One primary namespace, if it exists.
-    fn namespace(&self, name: &str) -> Option<Namespace> {
-        self.namespaces().remove(name)
-    }
+    fn namespace(&self, name: &str) -> Option<Namespace>;
+
+    /// The names of the primary namespaces that carry managed labels of `rule`.
+    fn labelled(&self, rule: &SyncRule) -> Vec<String>;
 }
 
 /// A fixed set, read before the sync (what the CLI has).
 impl PrimaryView for BTreeMap<String, Namespace> {
-    fn namespaces(&self) -> BTreeMap<String, Namespace> {
-        self.clone()
-    }
-
     fn namespace(&self, name: &str) -> Option<Namespace> {
         self.get(name).cloned()
+    }
+
+    fn labelled(&self, rule: &SyncRule) -> Vec<String> {
+        self.iter()
+            .filter(|(_, ns)| !rule.desired(Some(ns)).is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 }
 
@@ -172,10 +177,31 @@ pub async fn sync_remote(
     remote: &Client,
     mode: SyncMode,
 ) -> Result<SyncReport> {
+    let listed = list_namespaces(&Api::all(remote.clone()), rule).await?;
+    Ok(sync_seen(rule, primary, remote, listed, mode).await)
+}
+
+/// [`sync_remote`] without its LIST: `seen` is every namespace of the remote as just read by
+/// other means (a watch known to be current), each with the resourceVersion its write will be
+/// conditional on and at least the labels the rule reads ([`SyncRule::keys_read`]).
+pub async fn sync_seen(
+    rule: &SyncRule,
+    primary: &impl PrimaryView,
+    remote: &Client,
+    seen: impl IntoIterator<Item = Namespace>,
+    mode: SyncMode,
+) -> SyncReport {
     let api: Api<Namespace> = Api::all(remote.clone());
-    let listed = list_namespaces(&api).await?;
-    // After the list, not before: see the module documentation.
-    let plan = rule.plan(&primary.namespaces(), &listed);
+    let mut current: BTreeMap<String, Namespace> = BTreeMap::new();
+    // After the remote was read, not before: see the module documentation.
+    let plan = rule.plan_by(
+        |name| primary.namespace(name),
+        primary.labelled(rule),
+        seen,
+        |ns| {
+            current.insert(ns.name_any(), ns);
+        },
+    );
     let mut report = SyncReport {
         mode,
         in_sync: plan.in_sync.len(),
@@ -192,11 +218,9 @@ pub async fn sync_remote(
                 status: ChangeStatus::Planned,
             })
             .collect();
-        return Ok(report);
+        return report;
     }
 
-    let mut current: BTreeMap<String, Namespace> =
-        listed.into_iter().map(|ns| (ns.name_any(), ns)).collect();
     let jobs: Vec<(LabelDiff, Option<Namespace>)> = plan
         .changes
         .into_iter()
@@ -250,26 +274,48 @@ pub async fn sync_remote(
     }
     report.missing.sort();
     report.out_of_scope.sort();
-    Ok(report)
+    report
 }
 
-/// Every namespace of a remote, read in pages of [`LIST_PAGE`] without their managedFields:
-/// a remote with thousands of namespaces is never held as one response body plus every
-/// object's field-ownership records, which are most of a Namespace's bytes and which nothing
-/// here reads. The pages form one consistent snapshot (the continue token pins it).
-async fn list_namespaces(api: &Api<Namespace>) -> Result<Vec<Namespace>> {
+/// Every namespace of a remote, read in pages of [`LIST_PAGE`] and trimmed at once to what a
+/// sync reads ([`trimmed_for`]): a remote with thousands of namespaces is never held as one
+/// response body, nor with the annotations, field-ownership records and status that are most
+/// of a Namespace's bytes. The pages form one consistent snapshot (the continue token pins it).
+async fn list_namespaces(api: &Api<Namespace>, rule: &SyncRule) -> Result<Vec<Namespace>> {
+    let keys = rule.keys_read();
     let mut params = ListParams::default().limit(LIST_PAGE);
     let mut namespaces = Vec::new();
     loop {
         let page = api.list(&params).await.map_err(Error::ListNamespaces)?;
-        namespaces.extend(page.items.into_iter().map(|mut ns| {
-            ns.managed_fields_mut().clear();
-            ns
-        }));
+        namespaces.extend(
+            page.items
+                .into_iter()
+                .map(|ns| trimmed_for(&keys, ns.metadata)),
+        );
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(namespaces),
         }
+    }
+}
+
+/// A remote namespace as a sync needs it: its name, the resourceVersion a write is conditional
+/// on, and the labels among `keys` ([`SyncRule::keys_read`]).
+pub fn trimmed_for(keys: &BTreeSet<String>, meta: ObjectMeta) -> Namespace {
+    let labels = meta.labels.map(|labels| {
+        labels
+            .into_iter()
+            .filter(|(key, _)| keys.contains(key))
+            .collect()
+    });
+    Namespace {
+        metadata: ObjectMeta {
+            name: meta.name,
+            resource_version: meta.resource_version,
+            labels,
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
     }
 }
 
