@@ -327,7 +327,12 @@ fn touched(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
     };
     let mut first: HashMap<(ClusterIx, &str), (Labels, Labels)> = HashMap::new();
     let mut reported: BTreeSet<(ClusterIx, &str, &str)> = BTreeSet::new();
-    for event in history.events.iter().filter(|e| e.cluster != PRIMARY) {
+    // The mesh's own namespace is written by attach, under the same field manager.
+    let remote_events = history
+        .events
+        .iter()
+        .filter(|e| e.cluster != PRIMARY && !history.is_excluded(&e.name));
+    for event in remote_events {
         let remote = history.cluster_name(event.cluster);
         let mut flag = |what: &'static str, message: String| {
             // One violation per namespace and kind: the same cause shows in every later event.

@@ -154,10 +154,12 @@ pub fn plan(seed: u64, config: &FaultConfig) -> Vec<PlannedFault> {
                 )
             }
         };
-        let hold = if matches!(fault, FaultKind::Drift { .. }) {
-            0
-        } else {
-            hold
+        let hold = match (&fault, &target) {
+            (FaultKind::Drift { .. }, _) => 0,
+            // Long enough, at times, for the Lease to change hands (a paused leader) or for
+            // the other replica to take it (a killed one).
+            (_, Target::Leader | Target::Follower) => rng.random_range(2_000..=8_000u64),
+            _ => hold,
         };
         let mut start = at as Ms;
         if let Some((_, until)) = busy.iter().find(|(k, _)| *k == key) {

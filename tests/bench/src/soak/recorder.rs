@@ -132,6 +132,22 @@ impl<T> ContextMissing<T> for Option<T> {
     }
 }
 
+/// The watches retry every 200 ms: a watch that waits seconds to reconnect after its
+/// apiserver came back would date what happened meanwhile late.
+struct Retry;
+
+impl Iterator for Retry {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(std::time::Duration::from_millis(200))
+    }
+}
+
+impl kube::runtime::utils::Backoff for Retry {
+    fn reset(&mut self) {}
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -147,8 +163,7 @@ async fn watch_namespaces(
     let mut listed = Some(listed);
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut relisted: BTreeSet<String> = BTreeSet::new();
-    let stream =
-        watcher(Api::<Namespace>::all(client), watcher::Config::default()).default_backoff();
+    let stream = watcher(Api::<Namespace>::all(client), watcher::Config::default()).backoff(Retry);
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         let at = clock.now();
@@ -206,7 +221,7 @@ async fn watch_lease(
         Api::<Lease>::namespaced(primary, mesh_core::MESH_NAMESPACE),
         config,
     )
-    .default_backoff();
+    .backoff(Retry);
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         let lease = match event {

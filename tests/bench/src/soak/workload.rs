@@ -109,9 +109,9 @@ pub fn plan(seed: u64, config: &WorkloadConfig) -> Vec<PlannedOp> {
                     },
                 )
             }
-            70..80 => (PRIMARY, OpKind::Create),
-            80..85 => (PRIMARY, OpKind::Delete),
-            85..96 => (
+            70..77 => (PRIMARY, OpKind::Create),
+            77..85 => (PRIMARY, OpKind::Delete),
+            85..93 => (
                 1 + rng.random_range(0..config.remotes.max(1)),
                 OpKind::Create,
             ),
