@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::{Api, ResourceExt as _};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 
@@ -103,7 +104,8 @@ pub fn plan(seed: u64, config: &FaultConfig) -> Vec<PlannedFault> {
         serial += 1;
         let remote = 1 + rng.random_range(0..config.remotes.max(1));
         let hold = rng.random_range(1_000..=5_000u64);
-        let leader = rng.random_bool(0.5);
+        // The first cycle's replica faults hit the leader; later ones either replica.
+        let leader = rng.random_bool(0.5) || serial <= first.len();
         let (fault, target, key) = match kind {
             "remote-pause" => (
                 FaultKind::Pause,
@@ -203,6 +205,7 @@ impl Targets<'_> {
     /// Injects `planned`, holds it, heals it; returns what happened.
     pub async fn run(&self, id: usize, planned: &PlannedFault) -> Fault {
         let (target, was_leader) = self.resolve(&planned.target);
+        let planned = &self.drift_where_it_can(planned, &target).await;
         let start = self.clock.now();
         let result = self.inject_and_heal(planned, &target).await;
         Fault {
@@ -213,6 +216,52 @@ impl Targets<'_> {
             start,
             end: self.clock.now(),
             error: result.err().map(|e| format!("{e:#}")),
+        }
+    }
+
+    /// A drift planned on a namespace the remote lacks now (the workload deleted it) goes to
+    /// the first of the pool the remote has instead.
+    async fn drift_where_it_can(&self, planned: &PlannedFault, remote: &str) -> PlannedFault {
+        let FaultKind::Drift {
+            namespace,
+            key,
+            value,
+        } = &planned.kind
+        else {
+            return planned.clone();
+        };
+        let Ok(cluster) = self.env.cluster(remote) else {
+            return planned.clone();
+        };
+        let Ok(client) = cluster.client().await else {
+            return planned.clone();
+        };
+        let Ok(list) = Api::<Namespace>::all(client)
+            .list(&Default::default())
+            .await
+        else {
+            return planned.clone();
+        };
+        let present: Vec<String> = list
+            .items
+            .iter()
+            .filter(|ns| ns.metadata.deletion_timestamp.is_none())
+            .map(|ns| ns.name_any())
+            .filter(|name| name.starts_with("soak-"))
+            .collect();
+        if present.contains(namespace) {
+            return planned.clone();
+        }
+        let Some(instead) = present.into_iter().min() else {
+            return planned.clone();
+        };
+        PlannedFault {
+            kind: FaultKind::Drift {
+                namespace: instead,
+                key: key.clone(),
+                value: value.clone(),
+            },
+            ..planned.clone()
         }
     }
 
