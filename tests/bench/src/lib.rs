@@ -93,6 +93,23 @@ pub struct Cli {
     #[arg(long, env = "MESH_BENCH_SERVICES_REMOTES", default_value_t = 2)]
     pub services_remotes: usize,
 
+    /// Remotes of the scale scenario.
+    #[arg(long, env = "MESH_BENCH_SCALE_REMOTES", default_value_t = 20)]
+    pub scale_remotes: usize,
+
+    /// Namespaces on the primary and on each remote in the scale scenario; half of them are
+    /// labelled on the primary.
+    #[arg(long, env = "MESH_BENCH_SCALE_NAMESPACES", default_value_t = 10000)]
+    pub scale_namespaces: usize,
+
+    /// The webhook's resync period in the scale scenario.
+    #[arg(long, env = "MESH_BENCH_SCALE_RESYNC_PERIOD", default_value = "30s", value_parser = mesh_core::duration::parse)]
+    pub scale_resync_period: Duration,
+
+    /// Label changes per series (healthy, one remote frozen) in the scale scenario.
+    #[arg(long, env = "MESH_BENCH_SCALE_CHANGES", default_value_t = 40)]
+    pub scale_changes: usize,
+
     /// Keep every environment's kubeconfigs and logs under this directory (one folder per
     /// figure) instead of a temporary directory.
     #[arg(long, env = "MESH_BENCH_DIR")]
@@ -146,6 +163,9 @@ pub enum Scenario {
     /// `kubectl mesh services -A` over many services on every cluster vs plain kubectl, and
     /// the dashboard's memory with them.
     Services,
+    /// Many remotes x many namespaces: cold convergence, converged resync, the webhook's
+    /// memory, propagation, and one remote frozen. Not part of `all` (it takes tens of minutes).
+    Scale,
     /// Every scenario, resync and footprint once.
     All,
     /// Random operations and faults on a real mesh for `--duration`, recorded and checked
@@ -176,6 +196,10 @@ impl Cli {
             services_namespaces,
             services_per_namespace,
             services_remotes,
+            scale_remotes,
+            scale_namespaces,
+            scale_resync_period,
+            scale_changes,
             dir,
             no_build,
             no_client_auth,
@@ -254,6 +278,15 @@ impl Cli {
                 remotes: services_remotes,
             };
             section(scenario::services::run(&options, &config, subdir("services")).await?);
+        }
+        if scenario == Scenario::Scale {
+            let config = scenario::scale::Config {
+                remotes: scale_remotes,
+                namespaces: scale_namespaces,
+                resync_period: scale_resync_period,
+                changes: scale_changes,
+            };
+            section(scenario::scale::run(&options, &config, subdir("scale")).await?);
         }
         println!(
             "- load average at end (1/5/15 min): {}; total time {:.0?}",
