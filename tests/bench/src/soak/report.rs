@@ -120,7 +120,7 @@ pub fn render(history: &History, verdict: &Verdict, settings: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "\n| fault | count | errors | converged after: p50 | p99 | max | not before the end |"
+        "\n| fault | count | errors | converged after: p50 | p99 | max | only by the final listing |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     let mut all = Vec::new();
