@@ -251,6 +251,7 @@ fn phantoms(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
 }
 
 fn stale_writers(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
+    unattributed(history, config, out);
     let leases = &history.leases;
     for write in &history.writes {
         let cutoff = write.at.saturating_sub(config.stale_slack_before);
@@ -289,6 +290,55 @@ fn stale_writers(history: &History, config: &CheckConfig, out: &mut Vec<Violatio
                     write.replica, write.cluster, write.namespace, write.change
                 ),
                 excerpt: lines,
+            });
+        }
+    }
+}
+
+/// The remote's own evidence that the logs are complete: every change of a remote
+/// namespace's managed labels that its watch showed follows a push or a correction some
+/// replica logged for that cluster and namespace (a push given up on may land later, hence the
+/// window), or a drift fault made on it. A write no replica accounts for is one the stale
+/// writer check could not see.
+fn unattributed(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
+    let mut last: HashMap<(ClusterIx, &str), Labels> = HashMap::new();
+    let remote_events = history
+        .events
+        .iter()
+        .filter(|e| e.cluster != PRIMARY && !history.is_excluded(&e.name));
+    for event in remote_events {
+        let Observed::Seen(state) = &event.observed else {
+            continue;
+        };
+        let now = history.managed_of(&state.labels);
+        let before = last
+            .insert((event.cluster, state.uid.as_str()), now.clone())
+            .unwrap_or_default();
+        if event.initial || before == now {
+            continue;
+        }
+        let cluster = history.cluster_name(event.cluster);
+        let from = event.at.saturating_sub(config.phantom_window);
+        let to = event.at + config.stale_slack_after;
+        let logged = history.writes.iter().chain(&history.pushes).any(|w| {
+            w.cluster == cluster && w.namespace == event.name && w.at >= from && w.at <= to
+        });
+        let drifted = history.faults.iter().any(|f| {
+            f.target == cluster
+                && f.start >= from
+                && f.start <= event.at
+                && matches!(&f.kind, FaultKind::Drift { namespace, .. } if *namespace == event.name)
+        });
+        if !(logged || drifted) {
+            out.push(Violation {
+                kind: ViolationKind::StaleWriter,
+                at: event.at,
+                message: format!(
+                    "{cluster} {}: managed labels went from {before:?} to {now:?}, and no \
+                     replica logged a write there in the {} ms before",
+                    event.name, config.phantom_window
+                ),
+                excerpt: excerpt(history, config, &event.name, event.at),
             });
         }
     }
@@ -635,12 +685,13 @@ mod tests {
                 holder: Some("a".into()),
             }],
             writes: vec![ReplicaWrite {
-                at: 1_500,
+                at: 1_045,
                 replica: "a".into(),
                 cluster: "remote-1".into(),
                 namespace: "shop".into(),
                 change: "+istio-injection=enabled".into(),
             }],
+            pushes: Vec::new(),
             snapshot: Some(Snapshot {
                 at: 25_000,
                 clusters: vec![
@@ -781,6 +832,11 @@ mod tests {
         history
             .ops
             .push(label_op(1, 2_000, "shop", &[(INJ, "other")]));
+        // Written by a replica (its reconciler, say, from a stale view), not by no one.
+        history.writes.push(ReplicaWrite {
+            at: 89_990,
+            ..history.writes[0].clone()
+        });
         assert_eq!(kinds(&history), vec![ViolationKind::Phantom]);
     }
 
@@ -817,6 +873,31 @@ mod tests {
         let mut history = clean();
         history.writes[0].replica = "c".into();
         assert_eq!(kinds(&history), vec![ViolationKind::StaleWriter]);
+    }
+
+    #[test]
+    fn a_remote_change_no_replica_logged_is_reported() {
+        let mut history = clean();
+        // The clean history's change at 1,050 is a push's.
+        history.pushes.push(ReplicaWrite {
+            at: 1_040,
+            replica: "a".into(),
+            cluster: "remote-1".into(),
+            namespace: "shop".into(),
+            change: "applied".into(),
+        });
+        assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
+        history.pushes.clear();
+        history.writes.clear();
+        let verdict = check(&history, &CheckConfig::default());
+        let stale: Vec<_> = verdict
+            .violations
+            .iter()
+            .map(|v| (v.kind, v.message.clone()))
+            .collect();
+        assert_eq!(stale.len(), 1, "{stale:#?}");
+        assert_eq!(stale[0].0, ViolationKind::StaleWriter);
+        assert!(stale[0].1.contains("no replica logged"), "{}", stale[0].1);
     }
 
     #[test]

@@ -177,6 +177,10 @@ pub struct History {
     pub events: Vec<WatchEvent>,
     pub leases: Vec<LeaseSeen>,
     pub writes: Vec<ReplicaWrite>,
+    /// The pushes (admission's writes) the replicas logged, whatever their outcome (`change`
+    /// holds it): a push given up on may still land.
+    #[serde(default)]
+    pub pushes: Vec<ReplicaWrite>,
     pub snapshot: Option<Snapshot>,
 }
 

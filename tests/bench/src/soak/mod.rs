@@ -332,10 +332,22 @@ pub async fn run(options: &MeshOptions, config: &SoakConfig) -> anyhow::Result<S
         &clock,
     ));
     writes.sort_by_key(|w| w.at);
+    let mut pushes = recorder::replica_pushes(
+        &env.dir().join(format!("{WEBHOOK_PROCESS}.log")),
+        FIRST,
+        &clock,
+    );
+    pushes.extend(recorder::replica_pushes(
+        &env.dir().join(format!("{SECOND}.log")),
+        SECOND,
+        &clock,
+    ));
+    pushes.sort_by_key(|w| w.at);
     let history = History {
         events,
         leases,
         writes,
+        pushes,
         snapshot,
         ..draft
     };

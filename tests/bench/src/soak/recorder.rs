@@ -242,12 +242,38 @@ async fn watch_lease(
 
 /// The writes to remotes that `identity`'s reconciler logged (JSON lines) in `log`.
 pub fn replica_writes(log: &Path, identity: &str, clock: &Clock) -> Vec<ReplicaWrite> {
+    logged(log, identity, clock, &["corrected remote labels"], "change")
+}
+
+/// The pushes `identity` logged in `log`, whatever their outcome.
+pub fn replica_pushes(log: &Path, identity: &str, clock: &Clock) -> Vec<ReplicaWrite> {
+    logged(
+        log,
+        identity,
+        clock,
+        &["push done", "push failed", "push timed out"],
+        "outcome",
+    )
+}
+
+fn logged(
+    log: &Path,
+    identity: &str,
+    clock: &Clock,
+    messages: &[&str],
+    change: &str,
+) -> Vec<ReplicaWrite> {
     let Ok(text) = std::fs::read_to_string(log) else {
         return Vec::new();
     };
     text.lines()
-        .filter(|l| l.contains("corrected remote labels"))
+        .filter(|l| messages.iter().any(|m| l.contains(m)))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .is_some_and(|m| messages.contains(&m))
+        })
         .filter_map(|v| {
             let at = clock.from_rfc3339(v.get("timestamp")?.as_str()?)?;
             let field = |k: &str| {
@@ -262,7 +288,7 @@ pub fn replica_writes(log: &Path, identity: &str, clock: &Clock) -> Vec<ReplicaW
                 replica: identity.to_owned(),
                 cluster: field("cluster"),
                 namespace: field("namespace"),
-                change: field("change"),
+                change: field(change),
             })
         })
         .collect()
