@@ -144,6 +144,11 @@ pub struct Cli {
     /// Mean time between two of the soak's faults.
     #[arg(long, env = "MESH_BENCH_FAULT_EVERY", default_value = "4s", value_parser = mesh_core::duration::parse)]
     pub fault_every: Duration,
+
+    /// Soak: run no environment; check the history recorded in this file
+    /// (`soak-history.json`) again and print its report.
+    #[arg(long, env = "MESH_BENCH_RECHECK")]
+    pub recheck: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -300,6 +305,16 @@ impl Cli {
 impl Cli {
     /// `mesh-bench soak`: prints the report; fails when the checker found a violation.
     async fn soak(self) -> anyhow::Result<()> {
+        if let Some(path) = &self.recheck {
+            let run = soak::recheck(path)?;
+            println!("{}", run.report);
+            anyhow::ensure!(
+                run.verdict.violations.is_empty(),
+                "{} violation(s); the report above shows each",
+                run.verdict.violations.len()
+            );
+            return Ok(());
+        }
         let options = bed::product_binaries(self.no_build)?;
         let config = soak::SoakConfig {
             seed: self.seed,

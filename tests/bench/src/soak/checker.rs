@@ -666,6 +666,7 @@ mod tests {
         initial_r.initial = true;
         History {
             seed: 1,
+            start_unix_ms: 0,
             clusters: vec!["primary".into(), "remote-1".into()],
             managed: vec![INJ.into(), "istio.io/rev".into()],
             excluded: vec!["kube-system".into()],

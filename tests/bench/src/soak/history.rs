@@ -164,6 +164,9 @@ pub struct Snapshot {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub seed: u64,
+    /// The wall clock (Unix ms) at the run's zero.
+    #[serde(default)]
+    pub start_unix_ms: u64,
     /// Cluster names by index: `primary`, `remote-1`, ...
     pub clusters: Vec<String>,
     pub managed: Vec<String>,

@@ -54,6 +54,11 @@ impl Clock {
         }
     }
 
+    /// The wall clock (Unix ms) at its zero.
+    pub fn unix_ms(&self) -> u64 {
+        self.unix_ms
+    }
+
     pub fn now(&self) -> Ms {
         self.start.elapsed().as_millis() as Ms
     }
@@ -280,6 +285,7 @@ pub async fn run(options: &MeshOptions, config: &SoakConfig) -> anyhow::Result<S
     // the primary; then a listing of every cluster.
     let mut draft = History {
         seed: config.seed,
+        start_unix_ms: clock.unix_ms(),
         clusters: env.clusters().iter().map(|c| c.name.clone()).collect(),
         managed: mesh_core::labels::SyncRule::default()
             .managed_keys()
@@ -373,6 +379,24 @@ pub async fn run(options: &MeshOptions, config: &SoakConfig) -> anyhow::Result<S
         let _ = std::fs::write(&path, json);
         eprintln!("[soak] history written to {}", path.display());
     }
+    Ok(Soak {
+        history,
+        verdict,
+        report,
+    })
+}
+
+/// The checker and the report over a history recorded earlier (`soak-history.json`).
+pub fn recheck(path: &std::path::Path) -> anyhow::Result<Soak> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let history: History = serde_json::from_str(&text).context("parsing the history")?;
+    let verdict = checker::check(&history, &checker::CheckConfig::default());
+    let report = report::render(
+        &history,
+        &verdict,
+        &format!("checked again from {}", path.display()),
+    );
     Ok(Soak {
         history,
         verdict,
