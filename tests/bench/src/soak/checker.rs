@@ -33,8 +33,8 @@ pub struct CheckConfig {
     /// A replica's own acquisition of the Lease may be seen this much after its write (the
     /// Lease watch's latency, a primary restart's relist).
     pub stale_slack_after: Ms,
-    /// kubectl's own time on top of the webhook timeout.
-    pub writable_margin: Ms,
+    /// The identity of the replica the primary's apiserver calls.
+    pub registered: String,
     /// How long after a fault of the primary's apiserver its edits may still fail or wait.
     pub primary_recovery: Ms,
 }
@@ -45,7 +45,7 @@ impl Default for CheckConfig {
             phantom_window: 30_000,
             stale_slack_before: 500,
             stale_slack_after: 5_000,
-            writable_margin: 2_500,
+            registered: "local-mesh-webhook".to_owned(),
             primary_recovery: 3_000,
         }
     }
@@ -454,47 +454,83 @@ fn writable(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
         })
         .map(|f| (f.start, f.end + config.primary_recovery))
         .collect();
-    let limit = history.webhook_timeout_ms + config.writable_margin;
     for op in history.ops.iter().filter(|o| o.cluster == PRIMARY) {
         let during_fault = primary_faults
             .iter()
             .any(|(from, to)| op.start <= *to && op.end >= *from);
         let took = op.end.saturating_sub(op.start);
-        let by_webhook = op.outcome == Outcome::Failed && op.detail.contains("webhook");
-        let problem = if by_webhook {
-            Some(format!("failed because of the webhook after {took} ms"))
-        } else if during_fault {
-            None
-        } else if op.outcome == Outcome::Failed {
-            Some(format!(
-                "failed after {took} ms with the primary's apiserver up"
-            ))
-        } else if took > limit {
-            Some(format!(
-                "took {took} ms, beyond the webhook timeout ({} ms) and kubectl's margin",
-                history.webhook_timeout_ms
-            ))
+        let problem = if op.outcome == Outcome::Failed && op.detail.contains("webhook") {
+            format!("failed because of the webhook after {took} ms")
+        } else if op.outcome == Outcome::Failed && !during_fault {
+            format!("failed after {took} ms with the primary's apiserver up")
         } else {
-            None
+            continue;
         };
-        if let Some(problem) = problem {
-            out.push(Violation {
-                kind: ViolationKind::PrimaryNotWritable,
-                at: op.start,
-                message: format!("op #{} on {}: {problem}", op.id, op.namespace),
-                excerpt: vec![describe_op(history, op)]
-                    .into_iter()
-                    .chain(
-                        history
-                            .faults
-                            .iter()
-                            .filter(|f| f.start <= op.end && f.end >= op.start)
-                            .map(describe_fault),
-                    )
-                    .collect(),
-            });
-        }
+        out.push(Violation {
+            kind: ViolationKind::PrimaryNotWritable,
+            at: op.start,
+            message: format!("op #{} on {}: {problem}", op.id, op.namespace),
+            excerpt: faults_around(history, op.start, op.end, describe_op(history, op)),
+        });
     }
+    // The apiserver's word on how long the webhook held an edit: it gives a call up at the
+    // webhook timeout and lets the edit through. That may happen while the replica it calls is
+    // stopped or killed, or while the apiserver itself was; otherwise the webhook held an edit
+    // for the whole timeout (or refused the connection).
+    let excused: Vec<(Ms, Ms)> = history
+        .faults
+        .iter()
+        .filter(|f| {
+            matches!(f.kind, FaultKind::Pause | FaultKind::Kill)
+                && (f.target == history.cluster_name(PRIMARY) || f.target == config.registered)
+        })
+        .map(|f| {
+            (
+                f.start,
+                f.end + history.webhook_timeout_ms + config.primary_recovery,
+            )
+        })
+        .collect();
+    for fail in &history.fail_opens {
+        if excused
+            .iter()
+            .any(|(from, to)| fail.at >= *from && fail.at <= *to)
+        {
+            continue;
+        }
+        out.push(Violation {
+            kind: ViolationKind::PrimaryNotWritable,
+            at: fail.at,
+            message: format!(
+                "the primary's apiserver gave up on the webhook ({}) with neither it nor the \
+                 apiserver stopped",
+                if fail.deadline {
+                    "no answer within the timeout"
+                } else {
+                    "no connection"
+                }
+            ),
+            excerpt: faults_around(
+                history,
+                fail.at.saturating_sub(history.webhook_timeout_ms),
+                fail.at,
+                format!("{:>8} ms  apiserver: {}", fail.at, fail.line),
+            ),
+        });
+    }
+}
+
+/// `first`, then the faults that overlap `[from, to]`.
+fn faults_around(history: &History, from: Ms, to: Ms, first: String) -> Vec<String> {
+    std::iter::once(first)
+        .chain(
+            history
+                .faults
+                .iter()
+                .filter(|f| f.start <= to && f.end >= from)
+                .map(describe_fault),
+        )
+        .collect()
 }
 
 /// For every fault, the first moment after it healed at which every remote namespace's managed
@@ -599,7 +635,9 @@ fn excerpt(history: &History, config: &CheckConfig, namespace: &str, at: Ms) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::{Fault, LeaseSeen, NsState, ReplicaWrite, Snapshot, WatchEvent};
+    use super::super::history::{
+        FailOpen, Fault, LeaseSeen, NsState, ReplicaWrite, Snapshot, WatchEvent,
+    };
     use super::*;
 
     const INJ: &str = "istio-injection";
@@ -693,6 +731,7 @@ mod tests {
                 change: "+istio-injection=enabled".into(),
             }],
             pushes: Vec::new(),
+            fail_opens: Vec::new(),
             snapshot: Some(Snapshot {
                 at: 25_000,
                 clusters: vec![
@@ -964,31 +1003,55 @@ mod tests {
             ..label_op(1, 5_000, "shop", &[])
         });
         history.ops.push(Op {
-            end: 5_000 + 9_000,
+            outcome: Outcome::Failed,
+            detail: "etcdserver: request timed out".into(),
             ..label_op(2, 5_000, "shop", &[])
+        });
+        // The apiserver gave up on the webhook: held for the whole timeout.
+        history.fail_opens.push(FailOpen {
+            at: 7_000,
+            deadline: true,
+            line: "Failed calling webhook, failing open".into(),
         });
         assert_eq!(
             kinds(&history),
             vec![
                 ViolationKind::PrimaryNotWritable,
+                ViolationKind::PrimaryNotWritable,
                 ViolationKind::PrimaryNotWritable
             ]
         );
-        // While the primary's own apiserver was down, slow or failing edits are its fault.
+        // While the primary's own apiserver was down, failing edits are its fault; while the
+        // replica it calls was stopped, the apiserver giving up on it is expected.
         let mut history = clean();
         history
             .faults
             .push(fault(1, FaultKind::Kill, "primary", 4_000, 6_000));
+        history.faults.push(fault(
+            2,
+            FaultKind::Pause,
+            "local-mesh-webhook",
+            20_000,
+            22_000,
+        ));
         history.ops.push(Op {
             outcome: Outcome::Failed,
             detail: "connection refused".into(),
             ..label_op(1, 5_000, "shop", &[])
         });
+        // Slow, but the apiserver did not give up on the webhook: not the webhook's doing.
         history.ops.push(Op {
             end: 5_000 + 9_000,
             ..label_op(2, 5_000, "shop", &[])
         });
+        history.fail_opens.push(FailOpen {
+            at: 26_000,
+            deadline: true,
+            line: "Failed calling webhook, failing open".into(),
+        });
         assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
+        history.fail_opens[0].at = 40_000;
+        assert_eq!(kinds(&history), vec![ViolationKind::PrimaryNotWritable]);
     }
 
     #[test]

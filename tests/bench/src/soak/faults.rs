@@ -199,11 +199,44 @@ pub struct Targets<'a> {
     pub clock: &'a super::Clock,
     /// The Lease's holder as last seen.
     pub holder: &'a std::sync::Mutex<Option<String>>,
+    /// One lock per target: a fault waits until the previous one of its target is healed (a
+    /// restart can take longer than the plan left room for).
+    pub locks: Locks,
+}
+
+/// The per-target locks of [`Targets`].
+#[derive(Default)]
+pub struct Locks(
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+);
+
+impl Locks {
+    fn of(&self, key: String) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+}
+
+/// What a fault must have to itself: the apiserver, identity, replicas or proxy it acts on.
+fn lock_key(planned: &PlannedFault) -> String {
+    match (&planned.kind, &planned.target) {
+        (FaultKind::Rbac, Target::Remote(i)) => format!("rbac-{i}"),
+        (_, Target::Remote(i)) => format!("api-{i}"),
+        (_, Target::Primary) => "api-0".to_owned(),
+        (_, Target::Leader | Target::Follower) => "replicas".to_owned(),
+        (_, Target::Proxy) => "proxy".to_owned(),
+    }
 }
 
 impl Targets<'_> {
     /// Injects `planned`, holds it, heals it; returns what happened.
     pub async fn run(&self, id: usize, planned: &PlannedFault) -> Fault {
+        let lock = self.locks.of(lock_key(planned));
+        let _held = lock.lock().await;
         let (target, was_leader) = self.resolve(&planned.target);
         let planned = &self.drift_where_it_can(planned, &target).await;
         let start = self.clock.now();

@@ -154,6 +154,16 @@ pub struct ReplicaWrite {
     pub change: String,
 }
 
+/// One call of the webhook the primary's apiserver gave up on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailOpen {
+    pub at: Ms,
+    /// The webhook did not answer within the timeout (rather than refusing the connection or
+    /// closing it).
+    pub deadline: bool,
+    pub line: String,
+}
+
 /// Every cluster's namespaces, listed once after the quiet period.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -184,6 +194,10 @@ pub struct History {
     /// holds it): a push given up on may still land.
     #[serde(default)]
     pub pushes: Vec<ReplicaWrite>,
+    /// Every call of the webhook the primary's apiserver gave up on and let the edit through
+    /// without (its log's "failing open" lines).
+    #[serde(default)]
+    pub fail_opens: Vec<FailOpen>,
     pub snapshot: Option<Snapshot>,
 }
 

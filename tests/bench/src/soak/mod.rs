@@ -59,6 +59,19 @@ impl Clock {
         self.unix_ms
     }
 
+    /// The (UTC) year at its zero.
+    pub fn year(&self) -> i64 {
+        // Civil from days (Howard Hinnant's algorithm).
+        let z = (self.unix_ms / 86_400_000) as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        yoe + era * 400 + i64::from(month <= 2)
+    }
+
     pub fn now(&self) -> Ms {
         self.start.elapsed().as_millis() as Ms
     }
@@ -263,6 +276,7 @@ pub async fn run(options: &MeshOptions, config: &SoakConfig) -> anyhow::Result<S
         replicas: [(FIRST, WEBHOOK_PROCESS), (SECOND, SECOND)],
         clock: &clock,
         holder: &recorder.holder,
+        locks: faults::Locks::default(),
     };
     let faults = join_all(faults_plan.iter().enumerate().map(|(id, planned)| {
         let (clock, targets) = (&clock, &targets);
@@ -349,11 +363,13 @@ pub async fn run(options: &MeshOptions, config: &SoakConfig) -> anyhow::Result<S
         &clock,
     ));
     pushes.sort_by_key(|w| w.at);
+    let fail_opens = recorder::fail_opens(&env.primary().apiserver_log(), &clock);
     let history = History {
         events,
         leases,
         writes,
         pushes,
+        fail_opens,
         snapshot,
         ..draft
     };

@@ -14,7 +14,9 @@ use kube::{Api, ResourceExt};
 use tokio::task::JoinSet;
 
 use super::Clock;
-use super::history::{ClusterIx, LeaseSeen, Ms, NsState, Observed, ReplicaWrite, WatchEvent};
+use super::history::{
+    ClusterIx, FailOpen, LeaseSeen, Ms, NsState, Observed, ReplicaWrite, WatchEvent,
+};
 
 /// A namespace as the history keeps it.
 pub fn state_of(ns: &Namespace) -> NsState {
@@ -294,6 +296,28 @@ fn logged(
         .collect()
 }
 
+/// The calls of the webhook the primary's apiserver gave up on, from its log (klog lines
+/// `W1201 08:36:18.506415 ... failing open ...`, which carry no year: the clock's is used).
+pub fn fail_opens(log: &Path, clock: &Clock) -> Vec<FailOpen> {
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return Vec::new();
+    };
+    let year = clock.year();
+    text.lines()
+        .filter(|l| l.contains("failing open"))
+        .filter_map(|line| {
+            let (month, day) = (line.get(1..3)?, line.get(3..5)?);
+            let time = line.get(6..21)?;
+            let at = clock.from_rfc3339(&format!("{year}-{month}-{day}T{time}Z"))?;
+            Some(FailOpen {
+                at,
+                deadline: line.contains("deadline exceeded"),
+                line: super::history::truncate(line, 300),
+            })
+        })
+        .collect()
+}
+
 /// Every cluster's namespaces, listed now.
 pub async fn list_all(
     clients: &[kube::Client],
@@ -359,6 +383,27 @@ mod tests {
                 namespace: "soak-1".into(),
                 change: "+istio-injection=enabled".into(),
             }]
+        );
+    }
+
+    #[test]
+    fn reads_fail_opens_from_the_apiserver_log() {
+        let dir = tempfile_dir();
+        let log = dir.join("kube-apiserver.log");
+        std::fs::write(
+            &log,
+            concat!(
+                "I1201 08:00:01.000000   21287 other.go:1] hello\n",
+                "W1201 08:00:02.250000   21287 dispatcher.go:210] Failed calling webhook, failing open namespaces.kubectl-mesh.io: failed calling webhook: Post \"https://127.0.0.1:1/mutate?timeout=5s\": context deadline exceeded\n",
+                "W1201 08:00:03.500000   21287 dispatcher.go:210] Failed calling webhook, failing open namespaces.kubectl-mesh.io: dial tcp 127.0.0.1:1: connect: connection refused\n",
+            ),
+        )
+        .unwrap();
+        let clock = Clock::at_unix_ms(1_796_112_000_000); // 2026-12-01T08:00:00Z
+        let fails = fail_opens(&log, &clock);
+        assert_eq!(
+            fails.iter().map(|f| (f.at, f.deadline)).collect::<Vec<_>>(),
+            vec![(2_250, true), (3_500, false)]
         );
     }
 
