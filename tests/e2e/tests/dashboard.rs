@@ -19,6 +19,8 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 const SHOWS_WITHIN: Duration = Duration::from_secs(10);
 /// Reachability is probed every 2s with a 3s deadline.
 const UNREACHABLE_WITHIN: Duration = Duration::from_secs(20);
+/// Services created to fill more than the first page the page is sent (500 rows).
+const MANY_SERVICES: usize = 510;
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
@@ -185,6 +187,81 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         ),
     )
     .await?;
+
+    // Past the first page: a snapshot carries the first 500 services only; a filter asks the
+    // server, which finds a service beyond them.
+    let many: String = (0..MANY_SERVICES)
+        .map(|i| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: page-{i:03}\n  namespace: {ns}\nspec:\n  ports:\n  - port: 80\n"
+            )
+        })
+        .collect();
+    let mut create = tokio::process::Command::from(env.kubectl(env.primary()));
+    create
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = create.spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(many.as_bytes())
+        .await?;
+    let out = child.wait_with_output().await?;
+    anyhow::ensure!(out.status.success(), "apply: {}", describe(&out));
+    let last = format!("{ns}/page-{:03}", MANY_SERVICES - 1);
+    until(
+        &mut browser,
+        "the first page of services shows, the rest counted",
+        Duration::from_secs(30),
+        r#"document.querySelectorAll('#services tbody tr').length === 500
+            && document.querySelector('#services-more').textContent.endsWith('more services; filter to narrow')"#,
+    )
+    .await?;
+    assert_eq!(
+        browser
+            .eval(&format!(
+                r#"!document.querySelector('#services tr[data-service="{last}"]')"#
+            ))
+            .await?,
+        serde_json::Value::Bool(true),
+        "{last} is past the first page"
+    );
+    let filter = |text: &str| {
+        format!(
+            "(() => {{ const f = document.getElementById('filter'); f.value = '{text}'; \
+             f.dispatchEvent(new Event('input')); return true; }})()"
+        )
+    };
+    browser.eval(&filter(&last)).await?;
+    until(
+        &mut browser,
+        "the filter finds a service past the first page",
+        SHOWS_WITHIN,
+        &format!(
+            r#"(() => {{ const rows = document.querySelectorAll('#services tbody tr');
+                return rows.length === 1 && rows[0].dataset.service === '{last}'
+                    && rows[0].querySelector('td[data-cluster="primary"]').textContent.startsWith('0 ready (injected)')
+                    && document.querySelector('#services-more').textContent === '1 services'; }})()"#
+        ),
+    )
+    .await?;
+    browser.eval(&filter(&format!("{ns}/page-"))).await?;
+    until(
+        &mut browser,
+        "a filter matching many counts them all",
+        SHOWS_WITHIN,
+        &format!(
+            "document.querySelectorAll('#services tbody tr').length === 500 \
+             && document.querySelector('#services-more').textContent === '{} more services; filter to narrow'",
+            MANY_SERVICES - 500
+        ),
+    )
+    .await?;
+    browser.eval(&filter("")).await?;
 
     // A managed label edited by hand on a remote: the webhook corrects it and its Event shows.
     let mut edit = tokio::process::Command::from(env.kubectl(remote_1));

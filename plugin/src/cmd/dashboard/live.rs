@@ -18,8 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Secret, Service},
-    discovery::v1::EndpointSlice,
+    core::v1::{Namespace, Secret},
     events::v1::Event,
 };
 use kube::{
@@ -37,12 +36,14 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::cmd::list::{ClusterRow, expiry_of};
-use crate::cmd::services::{self, ClusterFacts, ClusterRead, Join, Key, PRIMARY, ReadState};
+use crate::cmd::services::{
+    self, ClusterFacts, ClusterRead, Join, Names, PRIMARY, ReadState, ServiceRow, wire,
+};
 use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
 use crate::credentials::TokenExpiry;
 use crate::view;
 
-use super::reduce::{Change, NsFacts, Relist, reduce_event, reduce_namespace};
+use super::reduce::{Change, EventKey, NsFacts, Relist, reduce_event, reduce_namespace};
 
 /// How long changes may gather before a snapshot is sent: a burst of events (a relist of
 /// thousands of objects) becomes one update, and a single change still shows at once.
@@ -69,6 +70,11 @@ const LIST_PAGE: u32 = 100;
 /// The Events kept, newest first.
 const MAX_EVENTS: usize = 50;
 
+/// Service rows each snapshot carries: the first ones, as the page shows them unfiltered.
+/// The page asks for others (a filter) with [`Dashboard::services_json`]: a mesh of tens of
+/// thousands of services is never written out whole.
+pub const SNAPSHOT_ROWS: usize = 500;
+
 /// The controller name the webhook records its Events with.
 pub(super) const WEBHOOK_CONTROLLER: &str = "mesh-webhook";
 
@@ -94,12 +100,14 @@ impl Shared {
 /// Everything watched, reduced.
 struct Live {
     rule: SyncRule,
+    /// The names every record points into.
+    names: Names,
     primary_namespaces: BTreeMap<String, NsFacts>,
     primary_facts: ClusterFacts,
     primary_error: Option<String>,
     clusters: BTreeMap<String, MeshCluster>,
     remotes: BTreeMap<String, RemoteLive>,
-    events: BTreeMap<Key, EventRow>,
+    events: BTreeMap<EventKey, EventRow>,
 }
 
 /// One remote.
@@ -155,23 +163,18 @@ struct Snapshot<'a> {
     primary_error: Option<&'a str>,
     clusters: Vec<ClusterInfo>,
     matrix: StatusReport,
-    services: ServicesJson<'a>,
+    services: ServicesJson,
     events: Vec<&'a EventRow>,
 }
 
-/// [`ServicesReport`] as JSON, its rows written as they are made.
+/// A page of [`services::ServicesReport`] as JSON: the columns, `total` rows matching the
+/// filter, and those from `offset` on.
 #[derive(Serialize)]
-struct ServicesJson<'a> {
+struct ServicesJson {
     clusters: Vec<services::ClusterColumn>,
-    services: Rows<'a>,
-}
-
-struct Rows<'a>(&'a Join<'a>);
-
-impl Serialize for Rows<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.rows())
-    }
+    total: usize,
+    offset: usize,
+    services: Vec<ServiceRow>,
 }
 
 /// One remote in the clusters table.
@@ -199,12 +202,38 @@ struct ClusterInfo {
 }
 
 impl Live {
-    /// The snapshot as JSON. Facts are moved out and back rather than cloned: a mesh of tens
-    /// of thousands of services would otherwise double its memory at every update.
-    fn snapshot(&mut self, capacity: usize) -> Bytes {
+    /// The snapshot, framed as the event that carries it: everything but the services past
+    /// the first [`SNAPSHOT_ROWS`].
+    fn snapshot(&mut self) -> Bytes {
         let now = Timestamp::now();
-        let clusters: Vec<ClusterInfo> = self
-            .clusters
+        let clusters = self.clusters_info(now);
+        let matrix = self.matrix();
+        let services = self.services_page("", 0, SNAPSHOT_ROWS);
+        let mut events: Vec<&EventRow> = self.events.values().collect();
+        events.sort_by(|a, b| b.time.cmp(&a.time));
+        events.truncate(MAX_EVENTS);
+        let snapshot = Snapshot {
+            generated_at: now.to_string(),
+            primary_error: self.primary_error.as_deref(),
+            clusters,
+            matrix,
+            services,
+            events,
+        };
+        let mut buf = Vec::new();
+        buf.extend_from_slice(EVENT_PREFIX);
+        // Plain data into memory: serializing cannot fail.
+        let _ = serde_json::to_writer(&mut buf, &snapshot);
+        buf.extend_from_slice(EVENT_SUFFIX);
+        drop(snapshot);
+        // Names of objects deleted since the last snapshot.
+        self.names.purge();
+        Bytes::from(buf)
+    }
+
+    /// One remote per row of the clusters table.
+    fn clusters_info(&self, now: Timestamp) -> Vec<ClusterInfo> {
+        self.clusters
             .values()
             .map(|c| {
                 let name = c.name_any();
@@ -242,8 +271,11 @@ impl Live {
                     view_hint,
                 }
             })
-            .collect();
+            .collect()
+    }
 
+    /// The namespaces' managed labels on every cluster.
+    fn matrix(&self) -> StatusReport {
         // The matrix needs only namespaces with a managed label somewhere (its rows) and,
         // for them, where they exist: Namespace objects are rebuilt for those alone.
         let rule = &self.rule;
@@ -297,9 +329,15 @@ impl Live {
                 }
             })
             .collect();
-        let matrix = StatusReport::compute(&self.rule, &primary, &views, &[]);
-        drop((primary, views));
+        StatusReport::compute(&self.rule, &primary, &views, &[])
+    }
 
+    /// The services whose `namespace/name` contains `filter`: how many, and `limit` of them
+    /// from `offset`, joined across clusters as `kubectl mesh services` joins them.
+    fn services_page(&mut self, filter: &str, offset: usize, limit: usize) -> ServicesJson {
+        // Facts are moved out and back rather than cloned: the join borrows them as the
+        // CLI's reads, and a copy of tens of thousands of records is what this avoids.
+        let names: Vec<String> = self.clusters.keys().cloned().collect();
         let mut primary_facts = std::mem::take(&mut self.primary_facts);
         primary_facts.injection = Some(injection_of(&self.primary_namespaces));
         let mut reads = vec![ClusterRead {
@@ -336,29 +374,14 @@ impl Live {
             });
         }
         let join = Join::new(&reads);
-        let mut events: Vec<&EventRow> = self.events.values().collect();
-        events.sort_by(|a, b| b.time.cmp(&a.time));
-        events.truncate(MAX_EVENTS);
-        let snapshot = Snapshot {
-            generated_at: now.to_string(),
-            primary_error: self.primary_error.as_deref(),
-            clusters,
-            matrix,
-            services: ServicesJson {
-                clusters: services::columns(&reads),
-                services: Rows(&join),
-            },
-            events,
-        };
-        // Written once, framed as the event stream sends it, into a buffer the size of the
-        // last one: growing a buffer of megabytes by doubling would hold both copies at once.
-        let mut buf = Vec::with_capacity(capacity);
-        buf.extend_from_slice(EVENT_PREFIX);
-        // Plain data into memory: serializing cannot fail.
-        let _ = serde_json::to_writer(&mut buf, &snapshot);
-        buf.extend_from_slice(EVENT_SUFFIX);
-        drop(snapshot);
+        let (total, services) = join.page(filter, offset, limit);
         drop(join);
+        let page = ServicesJson {
+            clusters: services::columns(&reads),
+            total,
+            offset,
+            services,
+        };
         for read in reads {
             if let ReadState::Read(facts) = read.state {
                 match self.remotes.get_mut(&read.name) {
@@ -367,7 +390,7 @@ impl Live {
                 }
             }
         }
-        Bytes::from(buf)
+        page
     }
 }
 
@@ -422,12 +445,24 @@ async fn follow<K>(
     }
 }
 
-/// Watches the services, EndpointSlices and pods of one cluster into the facts `facts`
-/// selects in the live state.
+/// The facts of the primary (`None`) or of the remote `which`.
+fn facts_of<'a>(
+    primary: &'a mut ClusterFacts,
+    remotes: &'a mut BTreeMap<String, RemoteLive>,
+    which: Option<&str>,
+) -> Option<&'a mut ClusterFacts> {
+    match which {
+        None => Some(primary),
+        Some(name) => remotes.get_mut(name).map(|r| &mut r.facts),
+    }
+}
+
+/// Watches the services, EndpointSlices and pods of one cluster, the primary (`which`
+/// `None`) or a remote, into its facts in the live state.
 fn watch_workloads(
     client: &Client,
     shared: &Arc<Shared>,
-    facts: impl Fn(&mut Live) -> Option<&mut ClusterFacts> + Clone + Send + Sync + 'static,
+    which: Option<String>,
 ) -> Vec<JoinHandle<()>> {
     let config = || {
         watcher::Config::default()
@@ -435,51 +470,99 @@ fn watch_workloads(
             .page_size(LIST_PAGE)
     };
     let mut tasks = Vec::new();
-    let f = facts.clone();
+    let w = which.clone();
     let mut relist = Relist::default();
     tasks.push(tokio::spawn(follow(
-        Api::<Service>::all(client.clone()),
+        Api::<wire::Service>::all(client.clone()),
         config(),
         shared.clone(),
         move |live, change| {
-            if let Some(facts) = f(live) {
-                relist.apply(&mut facts.services, change, services::extract_service);
+            let Live {
+                names,
+                primary_facts,
+                remotes,
+                ..
+            } = live;
+            if let Some(facts) = facts_of(primary_facts, remotes, w.as_deref()) {
+                relist.apply(&mut facts.services, change, |o| {
+                    services::extract_service(names, o)
+                });
             }
         },
     )));
-    let f = facts.clone();
+    let w = which.clone();
     let mut relist = Relist::default();
     tasks.push(tokio::spawn(follow(
-        Api::<EndpointSlice>::all(client.clone()),
+        Api::<wire::EndpointSlice>::all(client.clone()),
         config(),
         shared.clone(),
         move |live, change| {
-            if let Some(facts) = f(live) {
-                relist.apply(&mut facts.slices, change, services::extract_slice);
+            let Live {
+                names,
+                primary_facts,
+                remotes,
+                ..
+            } = live;
+            if let Some(facts) = facts_of(primary_facts, remotes, w.as_deref()) {
+                relist.apply(&mut facts.slices, change, |o| {
+                    services::extract_slice(names, o)
+                });
             }
         },
     )));
     let mut relist = Relist::default();
     tasks.push(tokio::spawn(follow(
-        Api::<Pod>::all(client.clone()),
+        Api::<wire::Pod>::all(client.clone()),
         config(),
         shared.clone(),
         move |live, change| {
-            if let Some(facts) = facts(live) {
+            let Live {
+                names,
+                primary_facts,
+                remotes,
+                ..
+            } = live;
+            if let Some(facts) = facts_of(primary_facts, remotes, which.as_deref()) {
                 let pods = facts.pods.get_or_insert_with(BTreeMap::new);
-                relist.apply(pods, change, services::extract_pod);
+                relist.apply(pods, change, |o| services::extract_pod(names, o));
             }
         },
     )));
     tasks
 }
 
-/// Starts every watch of the primary and of the remotes it lists; returns the snapshots,
-/// the first one once the primary's namespaces are listed.
-pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Bytes> {
+/// What the server reads: the latest snapshot, and pages of services on request.
+#[derive(Clone)]
+pub struct Feed {
+    shared: Arc<Shared>,
+    snapshots: watch::Receiver<Bytes>,
+}
+
+impl Feed {
+    /// The latest snapshot, framed as an event (empty until the first one), and each next.
+    pub fn snapshots(&self) -> watch::Receiver<Bytes> {
+        self.snapshots.clone()
+    }
+
+    /// The services whose `namespace/name` contains `filter`, `limit` of them from `offset`,
+    /// as JSON (the `services` of a snapshot); `None` before the first snapshot.
+    pub fn services_json(&self, filter: &str, offset: usize, limit: usize) -> Option<Bytes> {
+        if self.snapshots.borrow().is_empty() {
+            return None;
+        }
+        let page = self.shared.lock().services_page(filter, offset, limit);
+        // Plain data into memory: serializing cannot fail.
+        Some(Bytes::from(serde_json::to_vec(&page).unwrap_or_default()))
+    }
+}
+
+/// Starts every watch of the primary and of the remotes it lists; returns the feed of
+/// snapshots, the first one once the primary's namespaces are listed.
+pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     let shared = Arc::new(Shared {
         live: Mutex::new(Live {
             rule,
+            names: Names::default(),
             primary_namespaces: BTreeMap::new(),
             primary_facts: ClusterFacts {
                 pods: Some(BTreeMap::new()),
@@ -498,7 +581,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Bytes> {
     // The primary's namespaces: the matrix's rows and the primary's injection.
     let mut relist = Relist::default();
     tokio::spawn(follow(
-        Api::<Namespace>::all(primary.clone()),
+        Api::<wire::Namespace>::all(primary.clone()),
         watcher::Config::default().page_size(LIST_PAGE),
         shared.clone(),
         move |live, change| {
@@ -510,7 +593,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Bytes> {
             relist.apply(&mut live.primary_namespaces, change, reduce_namespace);
         },
     ));
-    for task in watch_workloads(&primary, &shared, |live| Some(&mut live.primary_facts)) {
+    for task in watch_workloads(&primary, &shared, None) {
         drop(task);
     }
     let mut relist = Relist::default();
@@ -579,21 +662,24 @@ pub async fn start(primary: Client, rule: SyncRule) -> watch::Receiver<Bytes> {
 
     // Snapshots, at most one per SETTLE, and never more than a fifth of the time: while
     // thousands of objects are listed, each snapshot of a large mesh takes a while.
+    let feed = Feed {
+        shared: shared.clone(),
+        snapshots: rx,
+    };
     tokio::spawn(async move {
         let mut took = Duration::ZERO;
         loop {
             shared.dirty.notified().await;
             tokio::time::sleep(SETTLE.max(took * 4)).await;
-            let capacity = tx.borrow().len() + tx.borrow().len() / 8;
             let started = std::time::Instant::now();
-            let framed = shared.lock().snapshot(capacity);
+            let framed = shared.lock().snapshot();
             took = started.elapsed();
             if tx.send(framed).is_err() {
                 return;
             }
         }
     });
-    rx
+    feed
 }
 
 /// The tasks that follow one remote: its reachability, the expiry of its stored token, its
@@ -662,10 +748,7 @@ fn watch_remote(
                     view::Credentials::None => ViewState::NoCredentials,
                     view::Credentials::Unusable { error, .. } => ViewState::Failed(error),
                     view::Credentials::Found { source, client } => {
-                        let key = n.clone();
-                        let tasks = watch_workloads(&client, &s, move |live| {
-                            live.remotes.get_mut(&key).map(|r| &mut r.facts)
-                        });
+                        let tasks = watch_workloads(&client, &s, Some(n.clone()));
                         s.update(|live| match live.remotes.get_mut(&n) {
                             Some(r) => r.tasks.extend(tasks),
                             // Detached meanwhile: nothing to watch.
@@ -696,7 +779,7 @@ fn watch_remote(
         };
         let mut relist = Relist::default();
         follow(
-            Api::<Namespace>::all(client),
+            Api::<wire::Namespace>::all(client),
             watcher::Config::default()
                 .timeout(WATCH_SECONDS)
                 .page_size(LIST_PAGE),

@@ -52,8 +52,8 @@ impl Dashboard {
             })?
             .port();
         let url = format!("http://127.0.0.1:{port}/");
-        let snapshots = live::start(client, rule).await;
-        let serving = tokio::spawn(server::serve(listener, snapshots));
+        let feed = live::start(client, rule).await;
+        let serving = tokio::spawn(server::serve(listener, feed));
 
         output::print_stdout(&format!("{url}\n"))?;
         ctx.progress

@@ -9,7 +9,10 @@ use kube::ResourceExt;
 use mesh_core::labels::SyncRule;
 
 use super::live::{EventRow, WEBHOOK_CONTROLLER};
-use crate::cmd::services::Key;
+use crate::cmd::services::wire;
+
+/// (namespace, name) of an Event.
+pub(super) type EventKey = (String, String);
 
 /// A watch event, as the reducers see it.
 pub(super) enum Change<K> {
@@ -38,10 +41,12 @@ impl<Q: Ord + Clone> Relist<Q> {
         &mut self,
         map: &mut BTreeMap<Q, V>,
         change: Change<K>,
-        reduce: impl Fn(&K) -> Option<(Q, V)>,
+        mut reduce: impl FnMut(&K) -> Option<(Q, V)>,
     ) {
         match change {
-            Change::Restart => self.seen = Some(BTreeSet::new()),
+            // Into an empty map (the first list) nothing can be stale: no keys are kept
+            // aside, tens of thousands of them.
+            Change::Restart => self.seen = (!map.is_empty()).then(BTreeSet::new),
             Change::Apply(o) => {
                 if let Some((key, value)) = reduce(&o) {
                     if let Some(seen) = &mut self.seen {
@@ -99,7 +104,7 @@ impl NsFacts {
     }
 }
 
-pub(super) fn reduce_namespace(ns: &Namespace) -> Option<(String, NsFacts)> {
+pub(super) fn reduce_namespace(ns: &wire::Namespace) -> Option<(String, NsFacts)> {
     let labels = ns
         .labels()
         .iter()
@@ -116,7 +121,7 @@ pub(super) fn reduce_namespace(ns: &Namespace) -> Option<(String, NsFacts)> {
 }
 
 /// A webhook Event, or `None` for anyone else's.
-pub(super) fn reduce_event(event: &Event) -> Option<(Key, EventRow)> {
+pub(super) fn reduce_event(event: &Event) -> Option<(EventKey, EventRow)> {
     if event.reporting_controller.as_deref() != Some(WEBHOOK_CONTROLLER) {
         return None;
     }

@@ -34,9 +34,12 @@ pub fn allowed_host(host: Option<&str>, port: u16) -> bool {
     host_port == Some(port) && matches!(name, "127.0.0.1" | "localhost")
 }
 
-/// Serves until the task is dropped. `snapshots` holds the latest state as JSON (empty until
-/// the first one).
-pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Bytes>) {
+/// Rows one `/services.json` answer carries at most.
+pub const MAX_PAGE: usize = 1000;
+
+/// Serves until the task is dropped. `feed` holds the latest snapshot (empty until the
+/// first one) and answers for pages of services.
+pub async fn serve(listener: TcpListener, feed: live::Feed) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -44,11 +47,11 @@ pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Bytes>) {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
-        let snapshots = snapshots.clone();
+        let feed = feed.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let snapshots = snapshots.clone();
-                async move { Ok::<_, Infallible>(handle(&req, port, snapshots)) }
+                let feed = feed.clone();
+                async move { Ok::<_, Infallible>(handle(&req, port, &feed)) }
             });
             // A client that goes away mid-answer is nothing to report.
             let _ = hyper::server::conn::http1::Builder::new()
@@ -59,7 +62,7 @@ pub async fn serve(listener: TcpListener, snapshots: watch::Receiver<Bytes>) {
 }
 
 /// The answer to one request.
-fn handle(req: &Request<Incoming>, port: u16, snapshots: watch::Receiver<Bytes>) -> Response<Body> {
+fn handle(req: &Request<Incoming>, port: u16, feed: &live::Feed) -> Response<Body> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -87,15 +90,84 @@ fn handle(req: &Request<Incoming>, port: u16, snapshots: watch::Receiver<Bytes>)
             Bytes::from_static(STYLE_CSS.as_bytes()),
         ),
         "/state.json" => {
-            let json = live::json_of(&snapshots.borrow());
+            let json = live::json_of(&feed.snapshots().borrow());
             if json.is_empty() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "not read yet\n");
             }
             asset("application/json", json)
         }
-        "/events" => events(snapshots),
+        "/services.json" => {
+            let query = ServicesQuery::parse(req.uri().query().unwrap_or_default());
+            match feed.services_json(&query.filter, query.offset, query.limit) {
+                Some(json) => asset("application/json", json),
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "not read yet\n"),
+            }
+        }
+        "/events" => events(feed.snapshots()),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// What `/services.json?filter=shop/&offset=500&limit=500` asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServicesQuery {
+    /// Rows whose `namespace/name` contains it; every row when empty.
+    pub filter: String,
+    pub offset: usize,
+    /// At most [`MAX_PAGE`]; [`live::SNAPSHOT_ROWS`] when not given.
+    pub limit: usize,
+}
+
+impl ServicesQuery {
+    /// Reads a query string; what it cannot read is left at its default.
+    pub fn parse(query: &str) -> Self {
+        let mut parsed = Self {
+            filter: String::new(),
+            offset: 0,
+            limit: live::SNAPSHOT_ROWS,
+        };
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "filter" => parsed.filter = value.trim().to_owned(),
+                "offset" => parsed.offset = value.parse().unwrap_or(0),
+                "limit" => {
+                    parsed.limit = value.parse().unwrap_or(live::SNAPSHOT_ROWS).min(MAX_PAGE);
+                }
+                _ => {}
+            }
+        }
+        parsed
+    }
+}
+
+/// A query string's value as text: `%XX` escapes and `+` for a space (as a form or
+/// `URLSearchParams` writes it); invalid escapes are kept as they are.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(byte) = hex {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Server-sent events: the current snapshot, then each new one, as event `state`.
@@ -171,6 +243,29 @@ mod tests {
         assert!(!allowed_host(Some("127.0.0.1.attacker.example:8123"), 8123));
         assert!(!allowed_host(Some("localhost"), 8123));
         assert!(!allowed_host(None, 8123));
+    }
+
+    #[test]
+    fn services_queries_are_read() {
+        assert_eq!(
+            ServicesQuery::parse("filter=sv-01%2Fsvc+1&offset=500&limit=20"),
+            ServicesQuery {
+                filter: "sv-01/svc 1".into(),
+                offset: 500,
+                limit: 20
+            }
+        );
+        assert_eq!(
+            ServicesQuery::parse("limit=99999&offset=x&other"),
+            ServicesQuery {
+                filter: String::new(),
+                offset: 0,
+                limit: MAX_PAGE
+            }
+        );
+        assert_eq!(ServicesQuery::parse("").limit, live::SNAPSHOT_ROWS);
+        assert_eq!(percent_decode("caf%C3%A9%2"), "café%2");
+        assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub async fn run(
     try_join_all(creations).await?;
     eprintln!("[bench]   created in {:.1?}", started.elapsed());
     let total = config.namespaces * config.services;
+    if let Some(path) = std::env::var_os("MESH_BENCH_SERVICES_HOLD") {
+        hold(&bed, PathBuf::from(path).as_path()).await?;
+    }
 
     // The floor: plain kubectl reading the same objects of every cluster at once.
     let mut floor = Vec::new();
@@ -158,33 +161,11 @@ pub async fn run(
     let page = tokio::spawn(read_events(port));
     let deadline = Instant::now() + Duration::from_secs(300);
     let complete = loop {
-        let state = get(port, "/state.json").await.unwrap_or_default();
-        if let Ok(state) = serde_json::from_str::<serde_json::Value>(&state) {
-            let rows = state["services"]["services"].as_array().map_or(0, Vec::len);
-            let read = state["services"]["clusters"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|c| c["state"] == "read")
-                .count();
-            let complete = state["services"]["services"]
-                .as_array()
-                .is_some_and(|rows| {
-                    // The bench's services: `default/kubernetes` has no ready endpoint here.
-                    let ours = |r: &&serde_json::Value| {
-                        r["namespace"]
-                            .as_str()
-                            .is_some_and(|n| n.starts_with("sv-"))
-                    };
-                    rows.iter().filter(ours).all(|r| {
-                        r["clusters"]
-                            .as_object()
-                            .is_some_and(|c| c.values().all(|cell| cell["readyEndpoints"] == 2))
-                    })
-                });
-            if rows >= total && read == bed.env.clusters().len() && complete {
-                break dashboard_started.elapsed();
-            }
+        if holds_every_service(port, total, bed.env.clusters().len())
+            .await
+            .unwrap_or(false)
+        {
+            break dashboard_started.elapsed();
         }
         if Instant::now() > deadline {
             bail!("the dashboard's state did not hold every service within 300s");
@@ -308,6 +289,45 @@ async fn quiet(mut cmd: tokio::process::Command) -> anyhow::Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Whether the dashboard holds every service of every cluster (`clusters` read, at least
+/// `total` rows, each of the bench's services with its two ready endpoints on every cluster),
+/// read a page at a time as the page reads them.
+async fn holds_every_service(port: u16, total: usize, clusters: usize) -> anyhow::Result<bool> {
+    const PAGE: usize = 1000;
+    let mut rows = 0;
+    loop {
+        let body = get(port, &format!("/services.json?offset={rows}&limit={PAGE}")).await?;
+        let page: serde_json::Value = serde_json::from_str(&body)?;
+        let read = page["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["state"] == "read")
+            .count();
+        let services = page["services"].as_array().context("no services")?;
+        // The bench's services: `default/kubernetes` has no ready endpoint here.
+        let ready = services
+            .iter()
+            .filter(|r| {
+                r["namespace"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("sv-"))
+            })
+            .all(|r| {
+                r["clusters"]
+                    .as_object()
+                    .is_some_and(|c| c.values().all(|cell| cell["readyEndpoints"] == 2))
+            });
+        if read != clusters || !ready {
+            return Ok(false);
+        }
+        rows += services.len();
+        if services.len() < PAGE {
+            return Ok(rows >= total);
+        }
+    }
+}
+
 /// One GET of the dashboard; the body.
 async fn get(port: u16, path: &str) -> anyhow::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
@@ -333,5 +353,38 @@ async fn read_events(port: u16) -> anyhow::Result<()> {
         .await?;
     let mut buf = vec![0; 64 * 1024];
     while stream.read(&mut buf).await? > 0 {}
+    Ok(())
+}
+
+/// For profiling by hand: writes a shell script that runs the plugin against this
+/// environment (`sh <path> dashboard --no-browser`) to `path`, and waits until it is removed.
+async fn hold(bed: &Bed, path: &std::path::Path) -> anyhow::Result<()> {
+    let plugin = bed.mesh.plugin();
+    let mut script = String::from("#!/bin/sh\n");
+    for (key, value) in plugin.get_envs() {
+        if let Some(value) = value {
+            script.push_str(&format!(
+                "export {}='{}'\n",
+                key.to_string_lossy(),
+                value.to_string_lossy()
+            ));
+        }
+    }
+    script.push_str(&format!(
+        "exec ${{WRAP:-}} '{}'",
+        plugin.get_program().to_string_lossy()
+    ));
+    for arg in plugin.get_args() {
+        script.push_str(&format!(" '{}'", arg.to_string_lossy()));
+    }
+    script.push_str(" \"$@\"\n");
+    std::fs::write(path, script)?;
+    eprintln!(
+        "[bench]   holding the environment until {} is removed",
+        path.display()
+    );
+    while path.exists() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     Ok(())
 }

@@ -1,9 +1,14 @@
 // Renders the snapshots the server pushes (server-sent events): nothing is polled, nothing
-// is written. Text goes in with textContent only, never as HTML.
+// is written. Text goes in with textContent only, never as HTML. A snapshot carries the
+// first services only; with a filter, the matching ones are asked for (/services.json) when
+// the filter changes and with each new snapshot.
 'use strict';
 
 const MAX_SERVICE_ROWS = 500;
 let state = null;
+// The server's answer for the filter last asked for: {filter, page}.
+let filtered = null;
+let asked = 0;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -78,15 +83,44 @@ function serviceCell(column, row) {
   return el('td', { 'data-cluster': column.name, class: cell.exists ? '' : 'state-absent' }, text);
 }
 
+function currentFilter() {
+  return document.getElementById('filter').value.trim();
+}
+
+async function fetchServices() {
+  const filter = currentFilter();
+  const ticket = ++asked;
+  if (!filter) {
+    filtered = null;
+    renderServices();
+    return;
+  }
+  try {
+    const response = await fetch(`/services.json?filter=${encodeURIComponent(filter)}&limit=${MAX_SERVICE_ROWS}`);
+    if (!response.ok) return;
+    const page = await response.json();
+    // An answer to an older question is dropped.
+    if (ticket !== asked) return;
+    filtered = { filter, page };
+    renderServices();
+  } catch (e) {
+    // The event stream shows whether the server is there.
+  }
+}
+
 function renderServices() {
   if (!state) return;
-  const report = state.services;
+  const filter = currentFilter();
+  let report = state.services;
+  if (filter) {
+    // Until the answer for this filter comes, the rows shown stay.
+    if (!filtered || filtered.filter !== filter) return;
+    report = filtered.page;
+  }
   const head = el('tr', {}, el('th', {}, 'Namespace'), el('th', {}, 'Name'), el('th', {}, 'Type'), el('th', {}, 'Ports'),
     ...report.clusters.map((c) => el('th', {}, c.name)));
   document.querySelector('#services thead').replaceChildren(head);
-  const filter = document.getElementById('filter').value.trim();
-  const matching = report.services.filter((s) => !filter || `${s.namespace}/${s.name}`.includes(filter));
-  const rows = matching.slice(0, MAX_SERVICE_ROWS).map((s) => {
+  const rows = report.services.slice(0, MAX_SERVICE_ROWS).map((s) => {
     const ports = s.ports.map((p) => (p.name ? `${p.name}:` : '') + `${p.port}/${p.protocol}`).join(',') || '-';
     return el('tr', { 'data-service': `${s.namespace}/${s.name}` },
       el('td', {}, s.namespace), el('td', {}, s.name), el('td', {}, s.type),
@@ -94,9 +128,9 @@ function renderServices() {
       ...report.clusters.map((c) => serviceCell(c, s)));
   });
   fill(document.querySelector('#services tbody'), rows);
-  const more = matching.length - rows.length;
+  const more = report.total - rows.length;
   document.getElementById('services-more').textContent =
-    more > 0 ? `${more} more services; filter to narrow` : `${matching.length} services`;
+    more > 0 ? `${more} more services; filter to narrow` : `${report.total} services`;
 }
 
 function renderEvents() {
@@ -128,6 +162,7 @@ source.addEventListener('state', (event) => {
   state = JSON.parse(event.data);
   render();
   connection('live');
+  if (currentFilter()) fetchServices();
 });
 source.addEventListener('error', () => connection('reconnecting'));
-document.getElementById('filter').addEventListener('input', renderServices);
+document.getElementById('filter').addEventListener('input', fetchServices);

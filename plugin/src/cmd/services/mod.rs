@@ -12,16 +12,20 @@
 //! The facts of a cluster are kept small ([`ClusterFacts`]): the dashboard holds them for
 //! every object it watches.
 
+pub mod names;
+pub mod wire;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use mesh_core::{cluster::MeshCluster, injection};
 use serde::Serialize;
+
+pub use names::{Name, Names};
+use wire::{EndpointSlice, Pod, Service};
 
 use crate::{
     Context, Error, Result,
@@ -176,17 +180,18 @@ async fn read_facts(
         list_in::<EndpointSlice>(client, scope),
         pods
     );
+    let mut names = Names::default();
     let mut facts = ClusterFacts::default();
     for s in services? {
-        facts.apply_service(&s);
+        facts.apply_service(&mut names, &s);
     }
     for s in slices? {
-        facts.apply_slice(&s);
+        facts.apply_slice(&mut names, &s);
     }
     if let Some(pods) = pods? {
         let mut map = BTreeMap::new();
         for pod in &pods {
-            if let Some((key, sidecar)) = extract_pod(pod) {
+            if let Some((key, sidecar)) = extract_pod(&mut names, pod) {
                 map.insert(key, sidecar);
             }
         }
@@ -273,7 +278,7 @@ async fn read_remote(
 }
 
 /// One port of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortFacts {
     /// The port's name, empty when unnamed.
@@ -296,18 +301,20 @@ impl PortFacts {
     }
 }
 
-/// What the table needs of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// What the table needs of a Service: two shared pointers ([`Names`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceFacts {
     /// ClusterIP, NodePort, LoadBalancer or ExternalName.
-    #[serde(rename = "type")]
-    pub type_: String,
+    pub type_: Name,
     /// Sorted by port.
-    pub ports: Vec<PortFacts>,
+    pub ports: Arc<[PortFacts]>,
 }
 
-/// (namespace, name).
-pub type Key = (String, String);
+/// (namespace, name) of a Service, both shared ([`Names`]).
+pub type Key = (Name, Name);
+
+/// (namespace, name) of an EndpointSlice or a pod: the namespace shared, the name, its own.
+pub type ObjectKey = (Name, Box<str>);
 
 /// What one cluster has, kept small: services, each EndpointSlice's service and ready count,
 /// whether each pod has a sidecar (when pods were read), which namespaces ask for sidecars
@@ -317,9 +324,9 @@ pub struct ClusterFacts {
     /// By (namespace, name).
     pub services: BTreeMap<Key, ServiceFacts>,
     /// By (namespace, slice name): the Service it belongs to and its ready endpoints.
-    pub slices: BTreeMap<Key, (String, usize)>,
+    pub slices: BTreeMap<ObjectKey, (Name, usize)>,
     /// By (namespace, pod name): whether it carries istio-proxy. `None`: not read.
-    pub pods: Option<BTreeMap<Key, bool>>,
+    pub pods: Option<BTreeMap<ObjectKey, bool>>,
     /// Namespaces whose labels ask for sidecars, with what they ask (`default`, `revision
     /// canary`). `None`: labels not read.
     pub injection: Option<BTreeMap<String, String>>,
@@ -327,22 +334,22 @@ pub struct ClusterFacts {
 
 impl ClusterFacts {
     /// Records a Service (added or changed).
-    pub fn apply_service(&mut self, service: &Service) {
-        if let Some((key, facts)) = extract_service(service) {
+    pub fn apply_service(&mut self, names: &mut Names, service: &Service) {
+        if let Some((key, facts)) = extract_service(names, service) {
             self.services.insert(key, facts);
         }
     }
 
     /// Records an EndpointSlice (added or changed).
-    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
-        if let Some((key, value)) = extract_slice(slice) {
+    pub fn apply_slice(&mut self, names: &mut Names, slice: &EndpointSlice) {
+        if let Some((key, value)) = extract_slice(names, slice) {
             self.slices.insert(key, value);
         }
     }
 }
 
 /// The key and facts of a Service.
-pub fn extract_service(service: &Service) -> Option<(Key, ServiceFacts)> {
+pub fn extract_service(names: &mut Names, service: &Service) -> Option<(Key, ServiceFacts)> {
     let spec = service.spec.as_ref();
     let mut ports: Vec<PortFacts> = spec
         .and_then(|s| s.ports.as_ref())
@@ -356,36 +363,40 @@ pub fn extract_service(service: &Service) -> Option<(Key, ServiceFacts)> {
         .collect();
     ports.sort_by(|a, b| (a.port, &a.protocol, &a.name).cmp(&(b.port, &b.protocol, &b.name)));
     Some((
-        key_of(service)?,
+        (
+            names.name(service.metadata.namespace.as_deref()?),
+            names.name(service.metadata.name.as_deref()?),
+        ),
         ServiceFacts {
-            type_: spec
-                .and_then(|s| s.type_.clone())
-                .unwrap_or_else(|| "ClusterIP".to_owned()),
-            ports,
+            type_: names.name(spec.and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP")),
+            ports: names.ports(ports),
         },
     ))
 }
 
 /// The key of an EndpointSlice, its Service and its ready endpoints (an endpoint whose
 /// `ready` condition is unset counts as ready, as the API says to read it).
-pub fn extract_slice(slice: &EndpointSlice) -> Option<(Key, (String, usize))> {
-    let service = slice.labels().get(SERVICE_NAME_LABEL)?.clone();
+pub fn extract_slice(
+    names: &mut Names,
+    slice: &EndpointSlice,
+) -> Option<(ObjectKey, (Name, usize))> {
+    let service = names.name(slice.labels().get(SERVICE_NAME_LABEL)?);
     let ready = slice
         .endpoints
         .iter()
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
         .count();
-    Some((key_of(slice)?, (service, ready)))
+    Some((key_of(names, slice)?, (service, ready)))
 }
 
 /// The key of a pod and whether it carries istio-proxy; `None` for finished pods, which no
 /// longer serve.
-pub fn extract_pod(pod: &Pod) -> Option<(Key, bool)> {
+pub fn extract_pod(names: &mut Names, pod: &Pod) -> Option<(ObjectKey, bool)> {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if matches!(phase, Some("Succeeded" | "Failed")) {
         return None;
     }
-    Some((key_of(pod)?, injection::has_sidecar(pod)))
+    Some((key_of(names, pod)?, pod.has_sidecar()))
 }
 
 /// What a namespace's labels ask of Istio's injector; `None` for no sidecars.
@@ -397,8 +408,12 @@ pub fn extract_injection(namespace: &Namespace) -> Option<String> {
     }
 }
 
-fn key_of<K: ResourceExt>(object: &K) -> Option<Key> {
-    Some((object.namespace()?, object.meta().name.clone()?))
+fn key_of<K: ResourceExt>(names: &mut Names, object: &K) -> Option<ObjectKey> {
+    let meta = object.meta();
+    Some((
+        names.name(meta.namespace.as_deref()?),
+        meta.name.as_deref()?.into(),
+    ))
 }
 
 /// One cluster as read.
@@ -552,7 +567,7 @@ pub fn columns(clusters: &[ClusterRead]) -> Vec<ClusterColumn> {
 }
 
 /// The rows of a report, made one at a time from the clusters' facts: the dashboard writes
-/// them out as they come rather than holding tens of thousands at once.
+/// them out as they come, a page at a time, rather than holding tens of thousands at once.
 pub struct Join<'a> {
     read: Vec<(&'a str, &'a ClusterFacts)>,
     aggregates: Vec<Aggregate<'a>>,
@@ -574,12 +589,12 @@ impl<'a> Join<'a> {
             .map(|(_, facts)| {
                 let mut ready: BTreeMap<(&str, &str), usize> = BTreeMap::new();
                 for ((ns, _), (service, count)) in &facts.slices {
-                    *ready.entry((ns.as_str(), service.as_str())).or_default() += count;
+                    *ready.entry((ns, service)).or_default() += count;
                 }
                 let pods = facts.pods.as_ref().map(|pods| {
                     let mut counts: BTreeMap<&str, PodCounts> = BTreeMap::new();
                     for ((ns, _), sidecar) in pods {
-                        let c = counts.entry(ns.as_str()).or_default();
+                        let c = counts.entry(ns).or_default();
                         if *sidecar {
                             c.with_proxy += 1;
                         } else {
@@ -604,6 +619,40 @@ impl<'a> Join<'a> {
         self.keys.iter().map(|key| self.row(key))
     }
 
+    /// Rows (namespace, name).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The rows whose `namespace/name` contains `filter` (all when empty), sorted: how many,
+    /// and `limit` of them from `offset`.
+    pub fn page(&self, filter: &str, offset: usize, limit: usize) -> (usize, Vec<ServiceRow>) {
+        let mut text = String::new();
+        let mut matches = |key: &&&Key| {
+            filter.is_empty() || {
+                text.clear();
+                text.push_str(&key.0);
+                text.push('/');
+                text.push_str(&key.1);
+                text.contains(filter)
+            }
+        };
+        let mut total = 0;
+        let mut rows = Vec::new();
+        for key in self.keys.iter().filter(|k| matches(k)) {
+            if total >= offset && rows.len() < limit {
+                rows.push(self.row(key));
+            }
+            total += 1;
+        }
+        (total, rows)
+    }
+
     fn row(&self, key: &Key) -> ServiceRow {
         let present: Vec<&ServiceFacts> = self
             .read
@@ -613,7 +662,7 @@ impl<'a> Join<'a> {
         let first = present[0];
         let ports_match = present.iter().all(|s| s.ports == first.ports);
         let type_ = if present.iter().all(|s| s.type_ == first.type_) {
-            first.type_.clone()
+            first.type_.to_string()
         } else {
             "mixed".to_owned()
         };
@@ -625,27 +674,27 @@ impl<'a> Join<'a> {
                 let here = facts.services.get(key);
                 let cell = ServiceCell {
                     exists: here.is_some(),
-                    type_: here.map(|s| s.type_.clone()),
+                    type_: here.map(|s| s.type_.to_string()),
                     ports: here
                         .filter(|s| s.ports != first.ports)
-                        .map(|s| s.ports.clone()),
-                    ready_endpoints: ready
-                        .get(&(key.0.as_str(), key.1.as_str()))
-                        .copied()
-                        .unwrap_or(0),
-                    injected: facts.injection.as_ref().map(|inj| inj.contains_key(&key.0)),
+                        .map(|s| s.ports.to_vec()),
+                    ready_endpoints: ready.get(&(&*key.0, &*key.1)).copied().unwrap_or(0),
+                    injected: facts
+                        .injection
+                        .as_ref()
+                        .map(|inj| inj.contains_key(&*key.0)),
                     pods: pods
                         .as_ref()
-                        .map(|p| p.get(key.0.as_str()).copied().unwrap_or_default()),
+                        .map(|p| p.get(&*key.0).copied().unwrap_or_default()),
                 };
                 ((*name).to_owned(), cell)
             })
             .collect();
         ServiceRow {
-            namespace: key.0.clone(),
-            name: key.1.clone(),
+            namespace: key.0.to_string(),
+            name: key.1.to_string(),
             type_,
-            ports: first.ports.clone(),
+            ports: first.ports.to_vec(),
             ports_match,
             clusters: cells,
         }
@@ -799,7 +848,9 @@ mod tests {
         .unwrap()
     }
 
-    fn in_ns(mut p: Pod, namespace: &str) -> Pod {
+    /// A fixture pod as these views read it, in `namespace`.
+    fn in_ns(p: k8s_openapi::api::core::v1::Pod, namespace: &str) -> Pod {
+        let mut p: Pod = serde_json::from_value(serde_json::to_value(p).unwrap()).unwrap();
         p.metadata.namespace = Some(namespace.to_owned());
         p
     }
@@ -810,14 +861,19 @@ mod tests {
         pods: &[Pod],
         namespaces: &[Namespace],
     ) -> ClusterFacts {
+        let mut names = Names::default();
         let mut f = ClusterFacts::default();
         for s in services {
-            f.apply_service(s);
+            f.apply_service(&mut names, s);
         }
         for s in slices {
-            f.apply_slice(s);
+            f.apply_slice(&mut names, s);
         }
-        f.pods = Some(pods.iter().filter_map(extract_pod).collect());
+        f.pods = Some(
+            pods.iter()
+                .filter_map(|p| extract_pod(&mut names, p))
+                .collect(),
+        );
         f.injection = Some(
             namespaces
                 .iter()
@@ -878,23 +934,27 @@ mod tests {
 
     #[test]
     fn extract_reads_what_the_table_needs() {
-        let (key, facts) =
-            extract_service(&service("shop", "web", "", &[("grpc", 9090), ("http", 80)])).unwrap();
-        assert_eq!(key, ("shop".to_owned(), "web".to_owned()));
+        let mut names = Names::default();
+        let (key, facts) = extract_service(
+            &mut names,
+            &service("shop", "web", "", &[("grpc", 9090), ("http", 80)]),
+        )
+        .unwrap();
+        assert_eq!((&*key.0, &*key.1), ("shop", "web"));
         assert_eq!(facts.ports[0].text(), "http:80/TCP", "sorted by port");
-        let (_, (svc, ready)) =
-            extract_slice(&slice("shop", "s", "web", &[Some(true), None, Some(false)])).unwrap();
-        assert_eq!(
-            (svc.as_str(), ready),
-            ("web", 2),
-            "unset ready counts as ready"
-        );
+        let (_, (svc, ready)) = extract_slice(
+            &mut names,
+            &slice("shop", "s", "web", &[Some(true), None, Some(false)]),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&svc, &key.1), "one copy of the service's name");
+        assert_eq!((&*svc, ready), ("web", 2), "unset ready counts as ready");
         let mut orphan = slice("shop", "s", "web", &[]);
         orphan.metadata.labels = None;
-        assert_eq!(extract_slice(&orphan), None);
+        assert_eq!(extract_slice(&mut names, &orphan), None);
         let mut done = in_ns(pod("job"), "shop");
         done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
-        assert_eq!(extract_pod(&done), None);
+        assert_eq!(extract_pod(&mut names, &done), None);
         assert_eq!(
             extract_injection(&ns("a", &[("istio-injection", "disabled")])),
             None
@@ -929,6 +989,30 @@ mod tests {
         insta::assert_snapshot!("services_table", r.table(false));
         insta::assert_snapshot!("services_table_wide", r.table(true));
         insta::assert_snapshot!("services_notes", r.notes().join("\n"));
+    }
+
+    #[test]
+    fn pages_are_filtered_and_counted() {
+        let clusters = clusters();
+        let join = Join::new(&clusters);
+        assert_eq!(join.len(), 3);
+        let (total, rows) = join.page("", 1, 1);
+        assert_eq!(total, 3);
+        assert_eq!(
+            rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            ["cart"]
+        );
+        let (total, rows) = join.page("shop/w", 0, 10);
+        assert_eq!((total, rows.len()), (1, 1));
+        assert_eq!(rows[0], ServicesReport::compute(&clusters).services[2]);
+        let (total, rows) = join.page("p/", 0, 10);
+        assert_eq!(
+            (total, rows[0].name.as_str()),
+            (2, "cart"),
+            "shop/cart, shop/web"
+        );
+        assert_eq!(join.page("nothing", 0, 10), (0, Vec::new()));
+        assert_eq!(join.page("", 5, 10), (3, Vec::new()));
     }
 
     #[test]

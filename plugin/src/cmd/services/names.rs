@@ -1,0 +1,85 @@
+//! One copy of each name: a namespace's name is shared by its services, EndpointSlices and
+//! pods on every cluster, a service's name by its EndpointSlices, a service type and a list
+//! of ports by most services. The dashboard keeps tens of thousands of records for as long as
+//! it runs; each holds reference-counted pointers into this table instead of its own strings.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::PortFacts;
+
+/// A shared name.
+pub type Name = Arc<str>;
+
+/// The table: names and port lists handed out, each stored once.
+#[derive(Debug, Default)]
+pub struct Names {
+    names: HashSet<Arc<str>>,
+    ports: HashSet<Arc<[PortFacts]>>,
+}
+
+impl Names {
+    /// The shared copy of `name`.
+    pub fn name(&mut self, name: &str) -> Name {
+        if let Some(shared) = self.names.get(name) {
+            return shared.clone();
+        }
+        let shared: Name = Arc::from(name);
+        self.names.insert(shared.clone());
+        shared
+    }
+
+    /// The shared copy of `ports`.
+    pub fn ports(&mut self, ports: Vec<PortFacts>) -> Arc<[PortFacts]> {
+        if let Some(shared) = self.ports.get(ports.as_slice()) {
+            return shared.clone();
+        }
+        let shared: Arc<[PortFacts]> = Arc::from(ports);
+        self.ports.insert(shared.clone());
+        shared
+    }
+
+    /// Forgets what no record holds any more (deleted objects' names).
+    pub fn purge(&mut self) {
+        self.names.retain(|n| Arc::strong_count(n) > 1);
+        self.ports.retain(|p| Arc::strong_count(p) > 1);
+    }
+
+    /// Names and port lists held.
+    pub fn len(&self) -> usize {
+        self.names.len() + self.ports.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_copy_each_until_unused() {
+        let mut names = Names::default();
+        let a = names.name("shop");
+        let b = names.name("shop");
+        assert!(Arc::ptr_eq(&a, &b));
+        let port = PortFacts {
+            name: "http".into(),
+            port: 80,
+            protocol: "TCP".into(),
+        };
+        let p = names.ports(vec![port.clone()]);
+        assert!(Arc::ptr_eq(&p, &names.ports(vec![port])));
+        let other = names.name("db");
+        assert_eq!(names.len(), 3);
+        drop(other);
+        names.purge();
+        assert_eq!(names.len(), 2, "db is held by no record");
+        drop((a, b, p));
+        names.purge();
+        assert!(names.is_empty());
+    }
+}
