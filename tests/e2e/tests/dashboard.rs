@@ -189,11 +189,11 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     .await?;
 
     // Past the first page: a snapshot carries the first 500 services only; a filter asks the
-    // server, which finds a service beyond them.
+    // server, which finds a service beyond them. Headless: the service range is a /24.
     let many: String = (0..MANY_SERVICES)
         .map(|i| {
             format!(
-                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: page-{i:03}\n  namespace: {ns}\nspec:\n  ports:\n  - port: 80\n"
+                "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: page-{i:03}\n  namespace: {ns}\nspec:\n  clusterIP: None\n  ports:\n  - port: 80\n"
             )
         })
         .collect();

@@ -154,3 +154,37 @@ pub(super) fn reduce_event(event: &Event) -> Option<(EventKey, EventRow)> {
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(name: &str) -> wire::Namespace {
+        let mut ns = wire::Namespace::default();
+        ns.metadata.name = Some(name.to_owned());
+        ns
+    }
+
+    #[test]
+    fn a_relist_drops_what_it_does_not_list_again() {
+        let mut relist = Relist::default();
+        let mut map = BTreeMap::new();
+        // The first list, into an empty map: no keys kept aside.
+        relist.apply(&mut map, Change::Restart, reduce_namespace);
+        assert!(relist.seen.is_none());
+        for name in ["a", "b"] {
+            relist.apply(&mut map, Change::Apply(ns(name)), reduce_namespace);
+        }
+        relist.apply(&mut map, Change::Listed, reduce_namespace);
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["a", "b"]);
+        // A relist that no longer lists `a`.
+        relist.apply(&mut map, Change::Restart, reduce_namespace);
+        relist.apply(&mut map, Change::Apply(ns("b")), reduce_namespace);
+        relist.apply(&mut map, Change::Apply(ns("c")), reduce_namespace);
+        assert_eq!(map.len(), 3, "nothing goes before the relist ends");
+        relist.apply(&mut map, Change::Listed, reduce_namespace);
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["b", "c"]);
+        relist.apply(&mut map, Change::Delete(ns("b")), reduce_namespace);
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["c"]);
+    }
+}
