@@ -63,7 +63,7 @@ use crate::{
     metrics::Metrics,
     primary_view::{StoreView, keep_what_the_rule_reads, watch_namespaces},
     readiness::Readiness,
-    remote_watch::{SeenNamespaces, watch_for_drift},
+    remote_watch::{Interner, SeenNamespaces, watch_for_drift},
     renewal::renew_token,
 };
 
@@ -71,7 +71,7 @@ use mesh_core::{
     cluster::MeshCluster,
     labels::SyncRule,
     remote::{Remote, RemoteState, Remotes},
-    sync::{PrimaryView, SyncMode, sync_remote, sync_seen},
+    sync::{PrimaryView, SyncMode, sync_remote, sync_watched},
 };
 
 /// Share of a time-bound token's lifetime after which the leader renews it: early enough
@@ -146,6 +146,8 @@ struct Shared {
     clusters: Store<MeshCluster>,
     in_flight: InFlight,
     injectors: Injectors,
+    /// Names and labels of every remote's kept namespaces, each held once.
+    interner: Interner,
 }
 
 impl Reconciler {
@@ -270,6 +272,7 @@ impl Reconciler {
             settings,
             namespaces,
             clusters,
+            interner: Interner::default(),
         });
         tasks.spawn(
             supervise(
@@ -622,7 +625,7 @@ impl Worker {
             let desired = shared.rule.desired(primary.namespace(name).as_ref());
             !shared.rule.diff(&desired, seen).is_empty()
         };
-        let seen = SeenNamespaces::new(scoped_keys);
+        let seen = SeenNamespaces::new(scoped_keys, self.shared.interner.clone());
         tokio::spawn(
             watch_for_drift(
                 client,
@@ -680,17 +683,16 @@ impl Worker {
                             .is_some_and(|r| Arc::ptr_eq(&watch.remote, r))
                     })
                     .and_then(|watch| watch.seen.as_ref()?.current());
-                match seen {
+                let synced = match seen {
                     Some(seen) => {
-                        Ok(sync_seen(&scoped, &primary, client, seen, SyncMode::Apply).await)
+                        sync_watched(&scoped, &primary, client, seen, SyncMode::Apply).await
                     }
                     None => {
                         shared.metrics.remote_listed(cluster_name);
-                        sync_remote(&scoped, &primary, client, SyncMode::Apply)
-                            .await
-                            .map_err(|error| Attempt::failed(error.failure(), error.to_string()))
+                        sync_remote(&scoped, &primary, client, SyncMode::Apply).await
                     }
-                }
+                };
+                synced.map_err(|error| Attempt::failed(error.failure(), error.to_string()))
             }
             // Nothing is written where the scope cannot say what may be.
             (Some(RemoteState::Ready(_)), Some(Err(error))) => Err(Attempt::Failed {

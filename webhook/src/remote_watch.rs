@@ -79,6 +79,7 @@ async fn notify_on_drift(
 #[derive(Clone)]
 pub(crate) struct SeenNamespaces {
     keys: Arc<BTreeSet<String>>,
+    shared: Interner,
     state: Arc<Mutex<Seen>>,
 }
 
@@ -89,24 +90,65 @@ struct Seen {
     /// watcher resumes from its last resourceVersion, so nothing is lost once events flow; a
     /// resourceVersion too old makes it list again.)
     current: bool,
-    namespaces: HashMap<Box<str>, Trimmed>,
+    /// A resourceVersion was not a number: this remote is listed by every sync.
+    unusable: bool,
+    namespaces: HashMap<Arc<str>, Trimmed>,
     /// The namespaces of a list under way; they replace `namespaces` when it is done.
-    listing: Option<HashMap<Box<str>, Trimmed>>,
-    /// Label keys and values, each held once however many namespaces carry it.
-    strings: HashSet<Arc<str>>,
+    listing: Option<HashMap<Arc<str>, Trimmed>>,
 }
 
+/// One namespace as kept: the same size whatever labels it carries, nothing allocated for it
+/// alone (its name and its label set are shared).
 #[derive(Clone)]
 struct Trimmed {
-    resource_version: Box<str>,
-    labels: Box<[(Arc<str>, Arc<str>)]>,
+    resource_version: u64,
+    labels: LabelSet,
+}
+
+/// The labels a sync reads of one namespace, sorted.
+type LabelSet = Arc<[(Arc<str>, Arc<str>)]>;
+
+/// Namespace names and label sets, each held once for every remote's [`SeenNamespaces`]: a
+/// namespace name is usually on every remote, and a handful of label sets cover thousands of
+/// namespaces. Cheap to clone; clones share state.
+#[derive(Clone, Default)]
+pub(crate) struct Interner(Arc<Mutex<Interned>>);
+
+#[derive(Default)]
+struct Interned {
+    strings: HashSet<Arc<str>>,
+    label_sets: HashSet<LabelSet>,
+}
+
+impl Interner {
+    fn string(interned: &mut Interned, text: &str) -> Arc<str> {
+        if let Some(shared) = interned.strings.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        interned.strings.insert(shared.clone());
+        shared
+    }
+
+    /// Drops what no store holds any more.
+    fn forget_unused(&self) {
+        let mut interned = self.lock();
+        interned.label_sets.retain(|set| Arc::strong_count(set) > 1);
+        interned.strings.retain(|text| Arc::strong_count(text) > 1);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Interned> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl SeenNamespaces {
-    /// Keeps, of each namespace's labels, those among `keys` ([`mesh_core::labels::SyncRule::keys_read`]).
-    pub(crate) fn new(keys: BTreeSet<String>) -> Self {
+    /// Keeps, of each namespace's labels, those among `keys`
+    /// ([`mesh_core::labels::SyncRule::keys_read`]); names and labels go through `shared`.
+    pub(crate) fn new(keys: BTreeSet<String>, shared: Interner) -> Self {
         Self {
             keys: Arc::new(keys),
+            shared,
             state: Arc::default(),
         }
     }
@@ -115,7 +157,7 @@ impl SeenNamespaces {
     /// one at a time as the sync reads them: the copy taken here is the trimmed entries.
     pub(crate) fn current(&self) -> Option<impl Iterator<Item = Namespace> + use<>> {
         let state = self.lock();
-        let entries: Vec<(Box<str>, Trimmed)> = state.current.then(|| {
+        let entries: Vec<(Arc<str>, Trimmed)> = (state.current && !state.unusable).then(|| {
             let entries = state.namespaces.iter();
             entries
                 .map(|(name, kept)| (name.clone(), kept.clone()))
@@ -133,20 +175,23 @@ impl SeenNamespaces {
         let state = &mut *state;
         match event {
             watcher::Event::Init => state.listing = Some(HashMap::new()),
-            watcher::Event::InitApply(meta) => {
-                if let Some((name, trimmed)) = self.trim(&mut state.strings, &meta.metadata) {
+            watcher::Event::InitApply(meta) => match self.trim(&meta.metadata) {
+                Some((name, trimmed)) => {
                     state.listing.get_or_insert_default().insert(name, trimmed);
                 }
-            }
+                None => state.unusable = true,
+            },
             watcher::Event::InitDone => {
                 state.namespaces = state.listing.take().unwrap_or_default();
-                // Label strings no namespace carries any more.
-                state.strings.retain(|s| Arc::strong_count(s) > 1);
                 state.current = true;
+                self.shared.forget_unused();
             }
             watcher::Event::Apply(meta) => {
-                if let Some((name, trimmed)) = self.trim(&mut state.strings, &meta.metadata) {
-                    state.namespaces.insert(name, trimmed);
+                match self.trim(&meta.metadata) {
+                    Some((name, trimmed)) => {
+                        state.namespaces.insert(name, trimmed);
+                    }
+                    None => state.unusable = true,
                 }
                 state.current |= state.listing.is_none();
             }
@@ -163,32 +208,36 @@ impl SeenNamespaces {
         self.lock().current = false;
     }
 
-    fn trim(
-        &self,
-        strings: &mut HashSet<Arc<str>>,
-        meta: &ObjectMeta,
-    ) -> Option<(Box<str>, Trimmed)> {
+    /// The name and what is kept of `meta`; `None` when it has no name or its resourceVersion
+    /// is not a number (which a sync could not be conditional on as kept).
+    fn trim(&self, meta: &ObjectMeta) -> Option<(Arc<str>, Trimmed)> {
         let name = meta.name.as_deref()?;
-        let mut intern = |text: &str| match strings.get(text) {
-            Some(shared) => shared.clone(),
-            None => {
-                let shared: Arc<str> = Arc::from(text);
-                strings.insert(shared.clone());
-                shared
-            }
-        };
-        let labels = meta
+        let resource_version = meta.resource_version.as_deref()?.parse().ok()?;
+        let mut interned = self.shared.lock();
+        let labels: Vec<(Arc<str>, Arc<str>)> = meta
             .labels
             .iter()
             .flatten()
             .filter(|(key, _)| self.keys.contains(*key))
-            .map(|(key, value)| (intern(key), intern(value)))
+            .map(|(key, value)| {
+                let key = Interner::string(&mut interned, key);
+                (key, Interner::string(&mut interned, value))
+            })
             .collect();
+        let labels = match interned.label_sets.get(labels.as_slice()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: LabelSet = labels.into();
+                interned.label_sets.insert(shared.clone());
+                shared
+            }
+        };
+        let name = Interner::string(&mut interned, name);
         let trimmed = Trimmed {
-            resource_version: meta.resource_version.as_deref().unwrap_or_default().into(),
+            resource_version,
             labels,
         };
-        Some((name.into(), trimmed))
+        Some((name, trimmed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
@@ -238,7 +287,7 @@ mod tests {
             !rule.diff(&rule.desired(twin), remote).is_empty()
         };
         let drift = Notify::new();
-        let seen = SeenNamespaces::new(rule.keys_read());
+        let seen = SeenNamespaces::new(rule.keys_read(), Interner::default());
         notify_on_drift(
             futures::stream::iter(events.into_iter().map(Ok)),
             is_drifted,
@@ -293,7 +342,7 @@ mod tests {
     async fn kept(
         events: Vec<Result<Event<PartialObjectMeta<Namespace>>, ()>>,
     ) -> Option<Vec<(String, String, Vec<(String, String)>)>> {
-        let seen = SeenNamespaces::new(SyncRule::default().keys_read());
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
         let events = events
             .into_iter()
             .map(|event| event.map_err(|()| watcher::Error::NoResourceVersion));
@@ -397,5 +446,48 @@ mod tests {
         ])
         .await;
         assert_eq!(kept, Some(vec![entry("web", "9", &[])]));
+    }
+
+    #[test]
+    fn names_and_label_sets_are_held_once_across_remotes() {
+        let shared = Interner::default();
+        let east = SeenNamespaces::new(SyncRule::default().keys_read(), shared.clone());
+        let west = SeenNamespaces::new(SyncRule::default().keys_read(), shared.clone());
+        let web = || ns("web").label("istio-injection", "enabled");
+        east.apply(&Event::Apply(at(web(), "5")));
+        east.apply(&Event::Apply(at(
+            ns("db").label("istio-injection", "enabled"),
+            "6",
+        )));
+        west.apply(&Event::Apply(at(web().label("team", "a"), "7")));
+        let kept = |seen: &SeenNamespaces, name: &str| {
+            let state = seen.lock();
+            let (name, trimmed) = state.namespaces.get_key_value(name).unwrap();
+            (name.clone(), trimmed.labels.clone())
+        };
+        let (east_web, east_labels) = kept(&east, "web");
+        let (west_web, west_labels) = kept(&west, "web");
+        let (_, db_labels) = kept(&east, "db");
+        assert!(
+            Arc::ptr_eq(&east_web, &west_web),
+            "one name for both remotes"
+        );
+        assert!(
+            Arc::ptr_eq(&east_labels, &west_labels),
+            "unmanaged labels are not kept"
+        );
+        assert!(
+            Arc::ptr_eq(&east_labels, &db_labels),
+            "one label set for both namespaces"
+        );
+    }
+
+    #[test]
+    fn a_resource_version_that_is_not_a_number_makes_every_sync_list() {
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        seen.apply(&Event::Init);
+        seen.apply(&Event::InitApply(at(ns("web"), "opaque")));
+        seen.apply(&Event::InitDone);
+        assert!(seen.current().is_none());
     }
 }

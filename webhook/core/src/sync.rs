@@ -181,6 +181,23 @@ pub async fn sync_remote(
     Ok(sync_seen(rule, primary, remote, listed, mode).await)
 }
 
+/// [`sync_seen`] of namespaces a watch keeps, after one LIST of a single namespace: credentials
+/// revoked or a remote gone since the watch last spoke fail the sync as its full LIST would
+/// have, for the price of one small request.
+pub async fn sync_watched(
+    rule: &SyncRule,
+    primary: &impl PrimaryView,
+    remote: &Client,
+    seen: impl IntoIterator<Item = Namespace>,
+    mode: SyncMode,
+) -> Result<SyncReport> {
+    Api::<Namespace>::all(remote.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .map_err(Error::ListNamespaces)?;
+    Ok(sync_seen(rule, primary, remote, seen, mode).await)
+}
+
 /// [`sync_remote`] without its LIST: `seen` is every namespace of the remote as just read by
 /// other means (a watch known to be current), each with the resourceVersion its write will be
 /// conditional on and at least the labels the rule reads ([`SyncRule::keys_read`]).
