@@ -674,7 +674,7 @@ impl Worker {
             (Some(RemoteState::Ready(client)), Some(Ok(scoped))) => {
                 // The drift watch of these very credentials and scope, when current, has
                 // what a LIST would read.
-                let seen = self
+                let watched = self
                     .watching
                     .as_ref()
                     .filter(|watch| {
@@ -682,7 +682,14 @@ impl Worker {
                             .as_ref()
                             .is_some_and(|r| Arc::ptr_eq(&watch.remote, r))
                     })
-                    .and_then(|watch| watch.seen.as_ref()?.current());
+                    .and_then(|watch| watch.seen.clone());
+                let seen = match watched {
+                    Some(watched) => {
+                        watched.heard(FIRST_LIST_PATIENCE).await;
+                        watched.current()
+                    }
+                    None => None,
+                };
                 let synced = match seen {
                     Some(seen) => {
                         sync_watched(&scoped, &primary, client, seen, SyncMode::Apply).await
@@ -819,6 +826,11 @@ impl Worker {
         ok
     }
 }
+
+/// How long a sync waits for a new drift watch's first list rather than list the remote itself:
+/// at attach, and when this replica starts leading, every remote would otherwise be listed
+/// twice at once (a few seconds' work each with thousands of namespaces).
+const FIRST_LIST_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Bound of one write to the primary after a sync (status, Events). The primary client has no
 /// read timeout, its watches being long polls: a write on a connection gone half-open would

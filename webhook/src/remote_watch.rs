@@ -81,6 +81,10 @@ pub(crate) struct SeenNamespaces {
     keys: Arc<BTreeSet<String>>,
     shared: Interner,
     state: Arc<Mutex<Seen>>,
+    /// Whether the watch has spoken since it started: listed (`Some(true)`) or failed
+    /// (`Some(false)`); `None` while its first list is under way.
+    heard: Arc<tokio::sync::watch::Sender<Option<bool>>>,
+    started: tokio::time::Instant,
 }
 
 #[derive(Default)]
@@ -150,7 +154,19 @@ impl SeenNamespaces {
             keys: Arc::new(keys),
             shared,
             state: Arc::default(),
+            heard: Arc::new(tokio::sync::watch::Sender::new(None)),
+            started: tokio::time::Instant::now(),
         }
+    }
+
+    /// Waits until the watch has listed or failed, at most until `patience` after it started: a
+    /// sync right after the watch started reads its list instead of making one more of its own,
+    /// while a remote that refuses or fails the watch is listed (and its failure reported) at
+    /// once, and one that does not answer it is waited for only once.
+    pub(crate) async fn heard(&self, patience: std::time::Duration) {
+        let mut heard = self.heard.subscribe();
+        let until = self.started + patience;
+        let _ = tokio::time::timeout_at(until, heard.wait_for(Option::is_some)).await;
     }
 
     /// Every namespace of the remote, as a sync reads them, when the watch is current. Made
@@ -184,6 +200,7 @@ impl SeenNamespaces {
             watcher::Event::InitDone => {
                 state.namespaces = state.listing.take().unwrap_or_default();
                 state.current = true;
+                self.heard.send_replace(Some(true));
                 self.shared.forget_unused();
             }
             watcher::Event::Apply(meta) => {
@@ -206,6 +223,11 @@ impl SeenNamespaces {
 
     fn lost(&self) {
         self.lock().current = false;
+        self.heard.send_if_modified(|heard| {
+            let first = heard.is_none();
+            heard.get_or_insert(false);
+            first
+        });
     }
 
     /// The name and what is kept of `meta`; `None` when it has no name or its resourceVersion
@@ -489,5 +511,40 @@ mod tests {
         seen.apply(&Event::InitApply(at(ns("web"), "opaque")));
         seen.apply(&Event::InitDone);
         assert!(seen.current().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_waits_for_the_first_list_only_while_the_watch_may_still_give_it() {
+        let patience = std::time::Duration::from_secs(10);
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        let started = tokio::time::Instant::now();
+        seen.lost();
+        seen.heard(patience).await;
+        assert_eq!(
+            started.elapsed(),
+            std::time::Duration::ZERO,
+            "failed: no wait"
+        );
+
+        let silent = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        silent.heard(patience).await;
+        assert_eq!(started.elapsed(), patience, "waited once");
+        silent.heard(patience).await;
+        assert_eq!(started.elapsed(), patience, "not again");
+
+        let listing = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        let waiter = tokio::spawn({
+            let listing = listing.clone();
+            async move { listing.heard(patience).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        listing.apply(&Event::Init);
+        listing.apply(&Event::InitDone);
+        waiter.await.unwrap();
+        assert_eq!(
+            started.elapsed(),
+            patience + std::time::Duration::from_secs(1)
+        );
+        assert!(listing.current().is_some());
     }
 }
