@@ -102,6 +102,10 @@ struct Live {
     rule: SyncRule,
     /// The names every record points into.
     names: Names,
+    /// The namespace matrix as JSON, as long as none of what it shows changed (namespaces,
+    /// MeshClusters, whether a remote answers): computing it for thousands of namespaces
+    /// takes megabytes for a moment, and services change far more often.
+    matrix: Option<Vec<u8>>,
     primary_namespaces: BTreeMap<String, NsFacts>,
     primary_facts: ClusterFacts,
     primary_error: Option<String>,
@@ -162,7 +166,7 @@ struct Snapshot<'a> {
     generated_at: String,
     primary_error: Option<&'a str>,
     clusters: Vec<ClusterInfo>,
-    matrix: StatusReport,
+    /// `matrix` (a [`StatusReport`]) is written beside these, kept from the last snapshot.
     services: ServicesJson,
     events: Vec<&'a EventRow>,
 }
@@ -207,7 +211,11 @@ impl Live {
     fn snapshot(&mut self) -> Bytes {
         let now = Timestamp::now();
         let clusters = self.clusters_info(now);
-        let matrix = self.matrix();
+        let matrix = match self.matrix.take() {
+            Some(json) => json,
+            // Plain data into memory: serializing cannot fail.
+            None => serde_json::to_vec(&self.matrix()).unwrap_or_default(),
+        };
         let services = self.services_page("", 0, SNAPSHOT_ROWS);
         let mut events: Vec<&EventRow> = self.events.values().collect();
         events.sort_by(|a, b| b.time.cmp(&a.time));
@@ -216,16 +224,21 @@ impl Live {
             generated_at: now.to_string(),
             primary_error: self.primary_error.as_deref(),
             clusters,
-            matrix,
             services,
             events,
         };
-        let mut buf = Vec::new();
-        buf.extend_from_slice(EVENT_PREFIX);
         // Plain data into memory: serializing cannot fail.
-        let _ = serde_json::to_writer(&mut buf, &snapshot);
-        buf.extend_from_slice(EVENT_SUFFIX);
+        let rest = serde_json::to_vec(&snapshot).unwrap_or_default();
         drop(snapshot);
+        // `{"matrix":<kept>,` then the rest of the object after its `{`.
+        let mut buf = Vec::with_capacity(rest.len() + matrix.len() + 64);
+        buf.extend_from_slice(EVENT_PREFIX);
+        buf.extend_from_slice(b"{\"matrix\":");
+        buf.extend_from_slice(&matrix);
+        buf.push(b',');
+        buf.extend_from_slice(rest.get(1..).unwrap_or_default());
+        buf.extend_from_slice(EVENT_SUFFIX);
+        self.matrix = Some(matrix);
         // Names of objects deleted since the last snapshot.
         self.names.purge();
         Bytes::from(buf)
@@ -563,6 +576,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
         live: Mutex::new(Live {
             rule,
             names: Names::default(),
+            matrix: None,
             primary_namespaces: BTreeMap::new(),
             primary_facts: ClusterFacts {
                 pods: Some(BTreeMap::new()),
@@ -585,6 +599,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
         watcher::Config::default().page_size(LIST_PAGE),
         shared.clone(),
         move |live, change| {
+            live.matrix = None;
             if let Change::Failed(e) = &change {
                 live.primary_error = Some(e.clone());
             } else {
@@ -629,6 +644,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
         move |live, change| match change {
             Change::Restart => listed = Some(BTreeSet::new()),
             Change::Apply(mut cluster) => {
+                live.matrix = None;
                 cluster.metadata.managed_fields = None;
                 let name = cluster.name_any();
                 if let Some(listed) = &mut listed {
@@ -647,10 +663,12 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
                 live.clusters.insert(name, cluster);
             }
             Change::Delete(cluster) => {
+                live.matrix = None;
                 live.clusters.remove(&cluster.name_any());
                 live.remotes.remove(&cluster.name_any());
             }
             Change::Listed => {
+                live.matrix = None;
                 if let Some(listed) = listed.take() {
                     live.clusters.retain(|n, _| listed.contains(n));
                     live.remotes.retain(|n, _| listed.contains(n));
@@ -731,7 +749,11 @@ fn watch_remote(
                 .unwrap_or_else(|_| Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())));
             s.update(|live| {
                 if let Some(r) = live.remotes.get_mut(&n) {
-                    r.probe = Some(probe);
+                    let probe = Some(probe);
+                    if r.probe != probe {
+                        r.probe = probe;
+                        live.matrix = None;
+                    }
                 }
             });
             tokio::time::sleep(PROBE_EVERY).await;
@@ -773,6 +795,7 @@ fn watch_remote(
                     if let Some(r) = live.remotes.get_mut(&n) {
                         r.namespaces_error = Some(error);
                     }
+                    live.matrix = None;
                 });
                 return;
             }
@@ -785,6 +808,7 @@ fn watch_remote(
                 .page_size(LIST_PAGE),
             s.clone(),
             move |live, change| {
+                live.matrix = None;
                 let Some(r) = live.remotes.get_mut(&n) else {
                     return;
                 };
