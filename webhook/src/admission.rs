@@ -219,6 +219,13 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
             list(&timed_out)
         ));
     }
+    let not_waited = clusters(|r| matches!(r, PushResult::NotWaited));
+    if !not_waited.is_empty() {
+        lines.push(format!(
+            "{WARNING_PREFIX}{} did not answer the last push, not waited for; the reconciler will retry",
+            list(&not_waited)
+        ));
+    }
     lines
 }
 

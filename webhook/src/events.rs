@@ -220,6 +220,9 @@ fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
                 PushResult::Forbidden(error) => format!("forbidden: {error}"),
                 PushResult::Failed(error) => error.clone(),
                 PushResult::TimedOut => "no answer before the deadline".to_owned(),
+                PushResult::NotWaited => {
+                    "not tried: no answer to the last push before its deadline".to_owned()
+                }
                 PushResult::Applied
                 | PushResult::AlreadyInSync
                 | PushResult::NamespaceMissing

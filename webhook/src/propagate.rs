@@ -55,6 +55,9 @@ pub enum PushResult {
     Failed(String),
     /// No answer before the webhook's deadline.
     TimedOut,
+    /// Not tried: the remote let a push run out its deadline a moment ago and has not answered
+    /// since ([`Remote::is_silent`]); the reconciler brings it the change.
+    NotWaited,
     /// Not pushed: a newer change of the namespace arrived while this one waited its turn,
     /// and pushes instead.
     Superseded,
@@ -72,6 +75,7 @@ impl PushResult {
             Self::Forbidden(_) => "forbidden",
             Self::Failed(_) => "failed",
             Self::TimedOut => "timed_out",
+            Self::NotWaited => "not_waited",
             Self::Superseded => "superseded",
         }
     }
@@ -121,6 +125,10 @@ pub struct TimedOutcome {
     pub read_first: bool,
 }
 
+/// How long pushes do not wait for a remote after one ran out its deadline, unless it answers
+/// before (a push of another replica, or the reconciler's sync, see [`Remote::answered`]).
+pub const SILENCE: Duration = Duration::from_secs(10);
+
 /// Pushes `intent` to every remote in parallel and returns one outcome per remote, in the order
 /// of `remotes`. A remote not done when `deadline` elapses is reported as
 /// [`PushResult::TimedOut`].
@@ -165,6 +173,7 @@ pub async fn fan_out_timed_from(
             (_, Err(error)) => {
                 PushResult::Failed(format!("its namespace scope is unusable: {error}"))
             }
+            (RemoteState::Ready(_), Ok(_)) if remote.is_silent() => PushResult::NotWaited,
             (RemoteState::Ready(client), Ok(rule)) => {
                 let pushed = async {
                     match expected {
@@ -174,9 +183,15 @@ pub async fn fan_out_timed_from(
                         None => push(client, rule, intent).await,
                     }
                 };
-                tokio::time::timeout_at(deadline, pushed)
+                let result = tokio::time::timeout_at(deadline, pushed)
                     .await
-                    .unwrap_or(PushResult::TimedOut)
+                    .unwrap_or(PushResult::TimedOut);
+                match result {
+                    PushResult::TimedOut => remote.went_silent(SILENCE),
+                    PushResult::Unreachable(_) => {}
+                    _ => remote.answered(),
+                }
+                result
             }
             (RemoteState::Unavailable { message, .. }, Ok(_)) => {
                 PushResult::Unreachable(message.clone())
@@ -214,6 +229,9 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
         }
         PushResult::TimedOut => {
             tracing::warn!(%cluster, %namespace, %outcome, elapsed_ms, "push timed out");
+        }
+        PushResult::NotWaited => {
+            tracing::warn!(%cluster, %namespace, %outcome, "push not tried: the remote did not answer the last one");
         }
     }
 }
@@ -514,6 +532,31 @@ pub(crate) mod tests {
                 ("c-slow", PushResult::TimedOut.metric_label()),
             ]
         );
+    }
+
+    /// A remote that cannot be frozen on demand in a unit test: the fake apiserver's delay
+    /// stands for it (e2e `hangs.rs` freezes a real one).
+    #[tokio::test]
+    async fn a_remote_that_let_a_push_time_out_is_not_waited_for_until_it_answers() {
+        let rule = SyncRule::default();
+        let slow = FakeApiserver::default().with_namespace("app", &[]);
+        slow.state().delay = Some(Duration::from_secs(5));
+        let remotes = vec![Arc::new(Remote::new("slow", slow.client()))];
+        let want = intent("app", &[("istio-injection", "enabled")]);
+        let deadline = Duration::from_millis(200);
+        let result = |outcomes: Vec<PushOutcome>| outcomes[0].result.clone();
+        let first = fan_out(&remotes, &rule, &want, deadline).await;
+        assert_eq!(result(first), PushResult::TimedOut);
+        let started = Instant::now();
+        let second = fan_out(&remotes, &rule, &want, deadline).await;
+        assert_eq!(result(second), PushResult::NotWaited);
+        assert!(started.elapsed() < deadline, "not waited for");
+
+        // Once it answers (here: the reconciler's sync did), pushes go to it again.
+        slow.state().delay = None;
+        remotes[0].answered();
+        let third = fan_out(&remotes, &rule, &want, deadline).await;
+        assert_eq!(result(third), PushResult::Applied);
     }
 
     #[tokio::test]

@@ -730,6 +730,10 @@ impl Worker {
         let ok = result.is_ok();
         let prev = cluster.status.clone();
         let mut next = next_status(prev.as_ref(), &attempt, cluster.metadata.generation, now);
+        if ok && let Some(remote) = remote.as_deref() {
+            // It answers again: pushes wait for it.
+            remote.answered();
+        }
         if ok {
             // These credentials work: `kubectl mesh rotate` waits for this before it revokes
             // the ones they replaced.

@@ -129,6 +129,24 @@ async fn a_hung_remote_holds_a_primary_edit_no_longer_than_the_push_deadline() -
         Some(&enabled)
     );
 
+    // The next edit does not wait for the remote that just let a push run out its deadline.
+    let started = Instant::now();
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
+    let elapsed = started.elapsed();
+    assert!(
+        warnings.contains(&format!(
+            "kubectl-mesh: {} did not answer the last push, not waited for; the reconciler will retry",
+            hung.name
+        )),
+        "kubectl printed: {warnings}"
+    );
+    assert!(
+        elapsed < PUSH_DEADLINE,
+        "the second edit took {elapsed:?} with {} hung: it waited for it again",
+        hung.name
+    );
+    let disabled = labels(&[("istio-injection", "disabled")]);
+
     // The periodic resync is an hour away: the reconciler's sync that the edit started, or
     // its retry with backoff, converges the remote once it answers.
     env.resume_apiserver(&hung.name).await?;
@@ -137,7 +155,7 @@ async fn a_hung_remote_holds_a_primary_edit_no_longer_than_the_push_deadline() -
         &format!("{ns} on {} converged after it answered again", hung.name),
         CONVERGE_DEADLINE,
         || async {
-            Ok((managed_labels(hung, &ns).await?.as_ref() == Some(&enabled)).then_some(()))
+            Ok((managed_labels(hung, &ns).await?.as_ref() == Some(&disabled)).then_some(()))
         },
     )
     .await?;

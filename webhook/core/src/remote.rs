@@ -12,8 +12,8 @@ use std::{
     collections::BTreeMap,
     error::Error as StdError,
     io,
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::{Duration, Instant},
 };
 
 use k8s_openapi::api::core::v1::Secret;
@@ -172,6 +172,8 @@ pub struct Remote {
     scope: NamespaceScope,
     /// The time claims of the stored token, when it is a JWT.
     token: Option<Claims>,
+    /// Until when pushes do not wait for this remote (see [`Remote::is_silent`]).
+    silent_until: Arc<Mutex<Option<Instant>>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -195,6 +197,7 @@ impl Remote {
             fingerprint: Fingerprint::default(),
             token: None,
             scope: NamespaceScope::default(),
+            silent_until: Arc::default(),
         }
     }
 
@@ -210,7 +213,32 @@ impl Remote {
             fingerprint: Fingerprint::default(),
             token: None,
             scope: NamespaceScope::default(),
+            silent_until: Arc::default(),
         }
+    }
+
+    /// Whether pushes should not wait for this remote: one ran out its deadline a moment ago
+    /// and nothing has answered since. A frozen remote then holds one primary edit for the
+    /// push deadline, not every one; the reconciler brings it the changes once it answers.
+    pub fn is_silent(&self) -> bool {
+        self.silence().is_some_and(|until| Instant::now() < until)
+    }
+
+    /// A push ran out its deadline: pushes do not wait for this remote for `quiet`, unless it
+    /// answers something before.
+    pub fn went_silent(&self, quiet: Duration) {
+        *self.silence() = Some(Instant::now() + quiet);
+    }
+
+    /// The remote answered a request: pushes wait for it again.
+    pub fn answered(&self) {
+        *self.silence() = None;
+    }
+
+    fn silence(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.silent_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The `MeshCluster` name.
@@ -351,6 +379,7 @@ impl Remotes {
             fingerprint,
             token: secret.and_then(stored_token_claims),
             scope: cluster.spec.scope.clone(),
+            silent_until: Arc::default(),
         });
         self.write().insert(name, remote.clone());
         Some(remote)
