@@ -88,6 +88,8 @@ pub struct Settings {
     pub resync_period: Duration,
     /// Quiet time after a change before syncing, so that bursts coalesce.
     pub debounce: Duration,
+    /// Least time between the end of a sync and a sync for a change on the primary.
+    pub primary_sync_interval: Duration,
     /// Wait between seeing a remote drift and syncing it. A push made by another replica
     /// lands on the remote before the primary stores the change (and this replica's in-flight
     /// view does not know it): waiting longer than a push may take lets the primary's watch
@@ -109,6 +111,7 @@ impl Settings {
             mesh_namespace: mesh_namespace.into(),
             resync_period: Duration::from_secs(60),
             debounce: Duration::from_millis(100),
+            primary_sync_interval: Duration::from_secs(1),
             drift_settle: Duration::from_secs(3),
             backoff: BackoffSettings::default(),
             status_refresh: Duration::from_secs(300),
@@ -506,6 +509,7 @@ impl Worker {
     async fn run(mut self) {
         let mut term: Option<CancellationToken> = None;
         let mut due = Instant::now();
+        let mut last_sync = Instant::now();
         loop {
             let now = self.is_leader.borrow_and_update().clone();
             // A term seen cancelled and a new one since: leadership was lost and won back.
@@ -540,7 +544,14 @@ impl Worker {
                 // While the remote fails, the backoff timer alone decides when to try again.
                 changed = self.primary_changed.changed(), if !failing => {
                     if changed.is_err() { return }
-                    tokio::time::sleep(debounce).await;
+                    // The webhook pushed the change already; this sync only catches what a
+                    // push missed. Paced, so that a stream of edits on the primary does not
+                    // become a stream of full syncs of every remote competing with the pushes.
+                    let paced = last_sync + self.shared.settings.primary_sync_interval;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(paced.max(Instant::now() + debounce)) => {}
+                        () = self.cancel.cancelled() => return,
+                    }
                 }
                 () = self.drift.notified(), if !failing => {
                     // Seconds long, unlike the debounce: shutdown must not wait for it.
@@ -568,6 +579,7 @@ impl Worker {
                 }
                 ok = self.sync_once() => ok,
             };
+            last_sync = Instant::now();
             due = if ok {
                 self.backoff.reset();
                 let next = Instant::now() + self.shared.settings.resync_period;
