@@ -1,0 +1,416 @@
+//! One attached cluster's worker: when to sync it, the sync itself with its status, Events
+//! and metrics, and the watch of the remote's namespaces it reads while this replica leads.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
+use kube::runtime::reflector::ObjectRef;
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Shared;
+use crate::{
+    backoff::Backoff,
+    cluster_status::{Attempt, next_status, status_needs_write, with_token_expiry, write_status},
+    leader::Leadership,
+    primary_view::StoreView,
+    remote_watch::{SeenNamespaces, watch_for_drift},
+    renewal::renew_token,
+};
+
+use mesh_core::{
+    remote::{Remote, RemoteState},
+    sync::{PrimaryView, SyncMode, sync_remote, sync_watched},
+};
+
+pub(super) struct Worker {
+    pub(super) name: String,
+    pub(super) shared: Arc<Shared>,
+    pub(super) primary_changed: watch::Receiver<u64>,
+    pub(super) is_leader: Leadership,
+    pub(super) kick: Arc<Notify>,
+    pub(super) cancel: CancellationToken,
+    pub(super) backoff: Backoff,
+    /// Woken by the watch of the remote's namespaces when they drift from the primary.
+    pub(super) drift: Arc<Notify>,
+    pub(super) watching: Option<RemoteWatch>,
+}
+
+/// The drift watch of one remote, for the client it was started with.
+pub(super) struct RemoteWatch {
+    pub(super) remote: Arc<Remote>,
+    pub(super) cancel: CancellationToken,
+    /// What the drift watch keeps of the remote's namespaces; none for the injector watches.
+    pub(super) seen: Option<SeenNamespaces>,
+}
+
+impl Drop for RemoteWatch {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Worker {
+    pub(super) async fn run(mut self) {
+        let mut term: Option<CancellationToken> = None;
+        let mut due = Instant::now();
+        let mut last_sync = Instant::now();
+        loop {
+            let now = self.is_leader.borrow_and_update().clone();
+            // A term seen cancelled and a new one since: leadership was lost and won back.
+            if now.is_some() && term.as_ref().is_none_or(CancellationToken::is_cancelled) {
+                // Whoever led before may have died mid-sync: start with a full one.
+                due = Instant::now();
+            }
+            term = now;
+            let leading = term.is_some();
+            self.watch_remote(leading);
+            if !leading {
+                tokio::select! {
+                    changed = self.is_leader.changed() => if changed.is_err() { return },
+                    () = self.cancel.cancelled() => return,
+                }
+                continue;
+            }
+            let failing = self.backoff.is_failing();
+            let debounce = self.shared.settings.debounce;
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                changed = self.is_leader.changed() => {
+                    if changed.is_err() { return }
+                    continue;
+                }
+                () = self.kick.notified() => {
+                    // New credentials or spec: worth trying now even while backing off.
+                    self.backoff.reset();
+                    tokio::time::sleep(debounce).await;
+                }
+                // While the remote fails, the backoff timer alone decides when to try again.
+                changed = self.primary_changed.changed(), if !failing => {
+                    if changed.is_err() { return }
+                    // The webhook pushed the change already; this sync only catches what a
+                    // push missed. Paced, so that a stream of edits on the primary does not
+                    // become a stream of full syncs of every remote competing with the pushes.
+                    let paced = last_sync + self.shared.settings.primary_sync_interval;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(paced.max(Instant::now() + debounce)) => {}
+                        () = self.cancel.cancelled() => return,
+                    }
+                }
+                () = self.drift.notified(), if !failing => {
+                    // Seconds long, unlike the debounce: shutdown must not wait for it.
+                    tokio::select! {
+                        () = tokio::time::sleep(self.shared.settings.drift_settle) => {}
+                        () = self.cancel.cancelled() => return,
+                    }
+                }
+                () = tokio::time::sleep_until(due) => {}
+            }
+            // Everything changed so far is in the store this sync reads.
+            self.primary_changed.borrow_and_update();
+            let Some(term) = self.is_leader.borrow().clone() else {
+                continue;
+            };
+            // The term ends before another replica may lead: from then on this replica's
+            // view of the primary may be stale, so the sync stops where it is and no write
+            // of it starts (the future is never polled again). A request already sent is
+            // left to its remote timeout.
+            let ok = tokio::select! {
+                biased;
+                () = term.cancelled() => {
+                    tracing::info!("leadership lost, sync abandoned");
+                    continue;
+                }
+                ok = self.sync_once() => ok,
+            };
+            last_sync = Instant::now();
+            due = if ok {
+                self.backoff.reset();
+                let next = Instant::now() + self.shared.settings.resync_period;
+                self.renewal_due().map_or(next, |renewal| renewal.min(next))
+            } else {
+                let delay = self.backoff.next_delay();
+                tracing::debug!(retry_in_ms = delay.as_millis(), "sync failed, backing off");
+                Instant::now() + delay
+            };
+        }
+    }
+
+    /// Keeps one drift watch running on the remote's current client while leading; none
+    /// otherwise. New credentials rebuild the client, and the watch with it.
+    fn watch_remote(&mut self, leading: bool) {
+        let remote = self
+            .shared
+            .remotes
+            .get(&self.name)
+            .filter(|remote| leading && remote.client().is_some());
+        let current = self.watching.as_ref().map(|watch| &watch.remote);
+        let unchanged = match (current, &remote) {
+            (Some(current), Some(remote)) => Arc::ptr_eq(current, remote),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return;
+        }
+        // Dropping the old watch stops it.
+        self.watching = None;
+        let Some(remote) = remote else { return };
+        let Some(client) = remote.watch_client().cloned() else {
+            return;
+        };
+        let cancel = self.cancel.child_token();
+        let shared = self.shared.clone();
+        // An unusable scope is reported by the sync; no write happens without one.
+        let Ok(scoped) = shared.rule.within(remote.scope()) else {
+            return;
+        };
+        let scoped_keys = scoped.keys_read();
+        let is_drifted = move |seen: &Namespace| {
+            let Some(name) = seen.metadata.name.as_deref() else {
+                return false;
+            };
+            if !scoped.covers(seen) {
+                return false;
+            }
+            let primary = StoreView {
+                namespaces: &shared.namespaces,
+                in_flight: &shared.in_flight,
+                rule: &shared.rule,
+            };
+            let desired = shared.rule.desired(primary.namespace(name).as_ref());
+            !shared.rule.diff(&desired, seen).is_empty()
+        };
+        let seen = SeenNamespaces::new(scoped_keys, self.shared.interner.clone());
+        tokio::spawn(
+            watch_for_drift(
+                client,
+                is_drifted,
+                self.drift.clone(),
+                seen.clone(),
+                cancel.clone(),
+            )
+            .instrument(tracing::Span::current()),
+        );
+        self.watching = Some(RemoteWatch {
+            remote,
+            cancel,
+            seen: Some(seen),
+        });
+    }
+
+    /// When the stored token is due for renewal, if it is time-bound: not before a second
+    /// from now, so that a renewal that failed is retried without spinning.
+    fn renewal_due(&self) -> Option<Instant> {
+        let remote = self.shared.remotes.get(&self.name)?;
+        let at = remote
+            .token()?
+            .renew_at(self.shared.settings.token_renew_fraction)?;
+        let wait = at.duration_since(Timestamp::now());
+        let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
+        Some(Instant::now() + wait.max(Duration::from_secs(1)))
+    }
+
+    /// One full sync, its status, Events and metrics. `false` when the remote failed.
+    async fn sync_once(&mut self) -> bool {
+        let shared = &self.shared;
+        let cluster_name = self.name.as_str();
+        let Some(cluster) = shared.clusters.get(&ObjectRef::new(cluster_name)) else {
+            // Deleted; the supervisor stops this worker.
+            return true;
+        };
+        let primary = StoreView {
+            namespaces: &shared.namespaces,
+            in_flight: &shared.in_flight,
+            rule: &shared.rule,
+        };
+        let remote = shared.remotes.get(cluster_name);
+        let scoped = remote.as_deref().map(|r| shared.rule.within(r.scope()));
+        let result = match (remote.as_deref().map(|r| r.state()), scoped) {
+            (Some(RemoteState::Ready(client)), Some(Ok(scoped))) => {
+                // The drift watch of these very credentials and scope, when current, has
+                // what a LIST would read.
+                let watched = self
+                    .watching
+                    .as_ref()
+                    .filter(|watch| {
+                        remote
+                            .as_ref()
+                            .is_some_and(|r| Arc::ptr_eq(&watch.remote, r))
+                    })
+                    .and_then(|watch| watch.seen.clone());
+                let seen = match watched {
+                    Some(watched) => {
+                        watched.heard(FIRST_LIST_PATIENCE).await;
+                        watched.current()
+                    }
+                    None => None,
+                };
+                let synced = match seen {
+                    Some(seen) => {
+                        sync_watched(&scoped, &primary, client, seen, SyncMode::Apply).await
+                    }
+                    None => {
+                        shared.metrics.remote_listed(cluster_name);
+                        sync_remote(&scoped, &primary, client, SyncMode::Apply).await
+                    }
+                };
+                synced.map_err(|error| Attempt::failed(error.failure(), error.to_string()))
+            }
+            // Nothing is written where the scope cannot say what may be.
+            (Some(RemoteState::Ready(_)), Some(Err(error))) => Err(Attempt::Failed {
+                reason: "ScopeInvalid",
+                message: format!(
+                    "spec.scope cannot be used: {error}; correct it with kubectl mesh scope {cluster_name}"
+                ),
+                answered: false,
+            }),
+            (Some(RemoteState::Unavailable { reason, message }), _) => Err(Attempt::Failed {
+                reason,
+                message: message.clone(),
+                answered: false,
+            }),
+            (None, _) | (Some(RemoteState::Ready(_)), None) => Err(Attempt::Failed {
+                reason: "CredentialsMissing",
+                message: "no client built yet".to_owned(),
+                answered: false,
+            }),
+        };
+        let now = Timestamp::now();
+        let token = remote.as_deref().and_then(Remote::token);
+        let result = result.map_err(|failed| with_token_expiry(failed, token, cluster_name, now));
+        let attempt = match &result {
+            Ok(report) => Attempt::Synced(report),
+            Err(failed) => failed.clone(),
+        };
+        let ok = result.is_ok();
+        let prev = cluster.status.clone();
+        let mut next = next_status(prev.as_ref(), &attempt, cluster.metadata.generation, now);
+        if ok && let Some(remote) = remote.as_deref() {
+            // It answers again: pushes wait for it.
+            remote.answered();
+        }
+        if ok {
+            // These credentials work: `kubectl mesh rotate` waits for this before it revokes
+            // the ones they replaced.
+            next.observed_credentials = remote
+                .as_deref()
+                .and_then(|r| r.fingerprint().secret_version.clone());
+        }
+        shared.metrics.set_token_expiry(
+            cluster_name,
+            token
+                .and_then(|t| t.expires_at)
+                .map(|exp| exp.duration_since(now).as_secs()),
+        );
+
+        let reachable = attempt.reachable();
+        shared.metrics.set_reachable(cluster_name, reachable);
+        match &result {
+            Ok(report) => {
+                shared.metrics.sync_finished(cluster_name, "ok");
+                let corrected = report.applied().count();
+                shared
+                    .metrics
+                    .drift_corrected(cluster_name, corrected as u64);
+                if report.is_converged() {
+                    tracing::debug!(
+                        in_sync = report.in_sync,
+                        missing = report.missing.len(),
+                        "remote in sync"
+                    );
+                } else {
+                    tracing::info!(
+                        in_sync = report.in_sync_after(),
+                        corrected,
+                        missing = report.missing.len(),
+                        errors = report.errors.len(),
+                        writes = report.writes,
+                        "remote synced"
+                    );
+                }
+                to_primary(
+                    "events",
+                    shared.events.sync_report(&cluster, &primary, report),
+                )
+                .await;
+            }
+            Err(Attempt::Failed {
+                reason, message, ..
+            }) => {
+                shared.metrics.sync_finished(cluster_name, reason);
+                tracing::warn!(%reason, error = %message, "cannot sync remote");
+            }
+            Err(Attempt::Synced(_)) => {}
+        }
+        let reachability = shared
+            .events
+            .reachability(&cluster, prev.as_ref(), &next, reachable);
+        to_primary("events", reachability).await;
+        let renewal_due = token
+            .and_then(|t| t.renew_at(shared.settings.token_renew_fraction))
+            .is_some_and(|at| at <= now);
+        if ok
+            && renewal_due
+            && let Some(client) = remote.as_deref().and_then(Remote::client)
+        {
+            match to_primary(
+                "token",
+                renew_token(
+                    &shared.primary,
+                    &shared.settings.mesh_namespace,
+                    &cluster,
+                    client,
+                ),
+            )
+            .await
+            {
+                Some(Ok(())) => tracing::info!("stored token renewed"),
+                Some(Err(message)) => {
+                    tracing::warn!(error = %message, "cannot renew the stored token");
+                    to_primary(
+                        "events",
+                        shared.events.token_renewal_failed(&cluster, &message),
+                    )
+                    .await;
+                }
+                None => {}
+            }
+        }
+        if status_needs_write(prev.as_ref(), &next, shared.settings.status_refresh)
+            && let Some(Err(error)) =
+                to_primary("status", write_status(&shared.primary, cluster_name, &next)).await
+        {
+            tracing::warn!(error = %error, "cannot write cluster status");
+        }
+        ok
+    }
+}
+
+/// How long a sync waits for a new drift watch's first list rather than list the remote itself:
+/// at attach, and when this replica starts leading, every remote would otherwise be listed
+/// twice at once (a few seconds' work each with thousands of namespaces).
+const FIRST_LIST_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Bound of one write to the primary after a sync (status, Events). The primary client has no
+/// read timeout, its watches being long polls: a write on a connection gone half-open would
+/// otherwise hold the worker until this replica stops leading.
+const PRIMARY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn to_primary<T>(
+    what: &'static str,
+    write: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let done = tokio::time::timeout(PRIMARY_WRITE_TIMEOUT, write)
+        .await
+        .ok();
+    if done.is_none() {
+        tracing::warn!(write = what, "no answer from the primary in time, given up");
+    }
+    done
+}
