@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 pub mod access;
 pub mod age;
+pub mod cel;
 pub mod cmd;
 pub mod credentials;
 pub mod installed_rule;

@@ -16,6 +16,7 @@ use mesh_core::{
     labels::SyncRule,
 };
 
+use crate::cel;
 use crate::remote_setup::{GUARD, SYNC_SCOPE, meta, strings, sync_username};
 
 /// What the remote guard says and to whom it applies.
@@ -83,32 +84,13 @@ impl Guard {
     }
 }
 
-/// A CEL string literal.
-fn cel_str(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// Stands for a missing label in CEL comparisons; never a valid label value.
-const CEL_ABSENT: &str = "<absent>";
-
-/// CEL: the value of the label whose key is the CEL expression `key` on `var` (`object` or
-/// `oldObject`), or [`CEL_ABSENT`]. The guards come first: `oldObject` is null on CREATE and a
-/// namespace may have no labels map at all.
-fn cel_label_value(var: &str, key: &str) -> String {
-    format!(
-        "({var} != null && has({var}.metadata.labels) && {key} in {var}.metadata.labels \
-         ? {var}.metadata.labels[{key}] : {})",
-        cel_str(CEL_ABSENT)
-    )
-}
-
 /// In the guard's messageExpression, what comes right before the primary's name (a CEL
 /// string literal): [`guard_primary_name`] reads the name back from there.
 const MESSAGE_EXPRESSION_FROM: &str = "' managed by kubectl-mesh from cluster ' + ";
 /// In the guard's static message, what comes before the primary's name (then `; `).
 const MESSAGE_FROM: &str = "managed by kubectl-mesh from cluster ";
 
-/// Reads a CEL string literal written by [`cel_str`] at the start of `s`.
+/// Reads a CEL string literal written by [`cel::string`] at the start of `s`.
 pub(crate) fn read_cel_str(s: &str) -> Option<String> {
     let mut chars = s.strip_prefix('\'')?.chars();
     let mut out = String::new();
@@ -146,25 +128,25 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
     let keys = guard
         .managed_labels
         .iter()
-        .map(|k| cel_str(k))
+        .map(|k| cel::string(k))
         .collect::<Vec<_>>()
         .join(", ");
     let excluded = guard
         .excluded_namespaces
         .iter()
-        .map(|n| cel_str(n))
+        .map(|n| cel::string(n))
         .collect::<Vec<_>>()
         .join(", ");
     let changed = format!(
         "[{keys}].filter(k, {} != {})",
-        cel_label_value("object", "k"),
-        cel_label_value("oldObject", "k")
+        cel::label_value("object", "k"),
+        cel::label_value("oldObject", "k")
     );
     // `key=value` for a label set, `key-` for one removed: the arguments of `kubectl label`.
     let wanted = format!(
         "variables.changed.map(k, {} != {} ? k + '=' + object.metadata.labels[k] : k + '-')",
-        cel_label_value("object", "k"),
-        cel_str(CEL_ABSENT)
+        cel::label_value("object", "k"),
+        cel::string(cel::ABSENT)
     );
     let message_expression = format!(
         "variables.changed.join(', ') + ' on this cluster ' + \
@@ -174,8 +156,8 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
          ': kubectl --context ' + {context} + ' label ns ' + \
          object.metadata.name + ' ' + {wanted}.join(' ') + ' --overwrite'",
         from = MESSAGE_EXPRESSION_FROM,
-        primary = cel_str(&guard.primary_name),
-        context = cel_str(&guard.primary_context),
+        primary = cel::string(&guard.primary_name),
+        context = cel::string(&guard.primary_context),
     );
     let message = format!(
         "sidecar-injection labels on this cluster are {MESSAGE_FROM}{}; set them there with \
@@ -191,7 +173,10 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
     }
     conditions.push(MatchCondition {
         name: "not-kubectl-mesh".to_owned(),
-        expression: format!("request.userInfo.username != {}", cel_str(&sync_username())),
+        expression: format!(
+            "request.userInfo.username != {}",
+            cel::string(&sync_username())
+        ),
     });
     ValidatingAdmissionPolicy {
         metadata: meta(GUARD, None, cluster),
@@ -240,7 +225,7 @@ pub fn guard_binding(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicyB
 
 /// A CEL list literal of strings.
 fn cel_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    let items: Vec<String> = items.into_iter().map(cel_str).collect();
+    let items: Vec<String> = items.into_iter().map(cel::string).collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -313,7 +298,10 @@ pub fn sync_scope_policy(cluster: &str, rule: &SyncRule) -> ValidatingAdmissionP
             }),
             match_conditions: Some(vec![MatchCondition {
                 name: "kubectl-mesh-sync".to_owned(),
-                expression: format!("request.userInfo.username == {}", cel_str(&sync_username())),
+                expression: format!(
+                    "request.userInfo.username == {}",
+                    cel::string(&sync_username())
+                ),
             }]),
             variables: Some(vec![Variable {
                 name: "othersKept".to_owned(),

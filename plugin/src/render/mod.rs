@@ -7,12 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::{
-    ByteString,
     api::{
-        admissionregistration::v1::{
-            MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
-            ServiceReference, WebhookClientConfig,
-        },
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
             Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
@@ -38,6 +33,7 @@ use serde::Serialize;
 mod client_ca;
 mod network_policy;
 mod serving_cert;
+mod webhook_configuration;
 
 pub use client_ca::{
     CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR, CLIENT_CA_ENV, CLIENT_CA_FLAG, CLIENT_CA_KEY,
@@ -45,6 +41,9 @@ pub use client_ca::{
 };
 pub use network_policy::network_policy;
 pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};
+pub use webhook_configuration::{
+    cel_label_changed, match_conditions, mutating_webhook_configuration,
+};
 
 /// Name of the webhook's ServiceAccount, Deployment, Service and Role.
 pub const WEBHOOK: &str = "mesh-webhook";
@@ -608,120 +607,6 @@ pub fn service() -> Service {
     }
 }
 
-/// A CEL string literal.
-fn cel_str(s: &str) -> String {
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// Stands for a missing label in CEL comparisons. Not a valid label value (those hold only
-/// alphanumerics, '-', '_' and '.'), so it never equals a real one.
-const CEL_ABSENT: &str = "<absent>";
-
-/// CEL: the value of label `key` on `var` (`object` or `oldObject`), or [`CEL_ABSENT`].
-/// `object` is null on DELETE and `oldObject` on CREATE, and a namespace may have no labels
-/// map at all: the guards come first, and CEL's `&&` yields false without evaluating (or
-/// despite errors in) the rest once a guard is false.
-fn cel_label_value(var: &str, key: &str) -> String {
-    let k = cel_str(key);
-    format!(
-        "({var} != null && has({var}.metadata.labels) && {k} in {var}.metadata.labels \
-         ? {var}.metadata.labels[{k}] : {})",
-        cel_str(CEL_ABSENT)
-    )
-}
-
-/// CEL: label `key` was added, removed, or changed value by this request. Covers CREATE (no
-/// old object) and DELETE (no new object) too: the label is absent on one side there.
-pub fn cel_label_changed(key: &str) -> String {
-    format!(
-        "{} != {}",
-        cel_label_value("object", key),
-        cel_label_value("oldObject", key)
-    )
-}
-
-/// The matchConditions that let the apiserver skip the webhook entirely unless a managed
-/// label changes on a namespace that is not excluded. All conditions must hold for a call.
-pub fn match_conditions(managed_labels: &[String], excluded: &[String]) -> Vec<MatchCondition> {
-    let mut conditions = Vec::new();
-    if !excluded.is_empty() {
-        let list = excluded
-            .iter()
-            .map(|n| cel_str(n))
-            .collect::<Vec<_>>()
-            .join(", ");
-        conditions.push(MatchCondition {
-            name: "not-excluded-namespace".to_owned(),
-            expression: format!("!(request.name in [{list}])"),
-        });
-    }
-    let changed = managed_labels
-        .iter()
-        .map(|k| cel_label_changed(k))
-        .collect::<Vec<_>>()
-        .join(" ||\n");
-    conditions.push(MatchCondition {
-        name: "managed-label-changed".to_owned(),
-        expression: changed,
-    });
-    conditions
-}
-
-/// The MutatingWebhookConfiguration. `ca_bundle` is the CA's PEM; `None` renders the
-/// configuration without one (the static manifests, which cannot know the CA).
-pub fn mutating_webhook_configuration(
-    options: &Options,
-    ca_bundle: Option<&[u8]>,
-) -> MutatingWebhookConfiguration {
-    let client_config = WebhookClientConfig {
-        ca_bundle: ca_bundle.map(|b| ByteString(b.to_vec())),
-        service: match &options.webhook_url {
-            Some(_) => None,
-            None => Some(ServiceReference {
-                namespace: MESH_NAMESPACE.to_owned(),
-                name: WEBHOOK.to_owned(),
-                path: Some(MUTATE_PATH.to_owned()),
-                port: Some(443),
-            }),
-        },
-        url: options.webhook_url.as_ref().map(|u| u.url.clone()),
-    };
-    let mut metadata = meta(WEBHOOK_CONFIGURATION, None, Some(WEBHOOK));
-    // The rule recorded where every command of the plugin can read it (the webhook itself
-    // may run outside the cluster, where nothing else of it can be read).
-    metadata.annotations = Some(crate::installed_rule::annotations(
-        &options.managed_labels,
-        &options.excluded_namespaces,
-    ));
-    MutatingWebhookConfiguration {
-        metadata,
-        webhooks: Some(vec![MutatingWebhook {
-            name: WEBHOOK_ENTRY.to_owned(),
-            admission_review_versions: vec!["v1".to_owned()],
-            client_config,
-            rules: Some(vec![RuleWithOperations {
-                api_groups: strings(&[""]),
-                api_versions: strings(&["v1"]),
-                operations: strings(&["CREATE", "UPDATE", "DELETE"]),
-                resources: strings(&["namespaces"]),
-                scope: Some("Cluster".to_owned()),
-            }]),
-            match_conditions: Some(match_conditions(
-                &options.managed_labels,
-                &options.excluded_namespaces,
-            )),
-            // Label sync must never block an edit of the primary: the reconciler catches up.
-            failure_policy: Some("Ignore".to_owned()),
-            match_policy: Some("Equivalent".to_owned()),
-            // Pushes to remotes are side effects, skipped when the request is a dry run.
-            side_effects: "NoneOnDryRun".to_owned(),
-            timeout_seconds: Some(5),
-            reinvocation_policy: Some("Never".to_owned()),
-            ..Default::default()
-        }]),
-    }
-}
-
 /// Everything `install` applies, in the order it applies them: the CRD and namespace first,
 /// then RBAC and the certificate the pods need, the webhook itself, and the webhook
 /// configuration last so that the apiserver calls a webhook that exists.
@@ -1024,11 +909,6 @@ mod tests {
                 .any(|e| e.name == "MESH_WEBHOOK_MANAGED_LABELS"),
             "the Deployment names the rule even when it is the default"
         );
-    }
-
-    #[test]
-    fn cel_strings_are_escaped() {
-        assert_eq!(cel_str(r"a'b\c"), r"'a\'b\\c'");
     }
 
     #[test]
