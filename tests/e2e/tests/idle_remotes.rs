@@ -70,6 +70,23 @@ async fn namespace_watches_ended(env: &TestEnv, cluster: &Cluster) -> anyhow::Re
     Ok(sum(&ended))
 }
 
+/// Sets `istio-injection=disabled` by hand on `ns` of `remote`, labelled `enabled` on the
+/// primary, and waits until the webhook has put it back.
+async fn hand_edit_is_corrected(remote: &Cluster, ns: &str) -> anyhow::Result<()> {
+    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
+    namespaces(remote)
+        .await?
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&drift))
+        .await?;
+    let enabled = Some(labels(&[("istio-injection", "enabled")]));
+    eventually(
+        "the drift is corrected",
+        Duration::from_secs(30),
+        || async { Ok((managed_labels(remote, ns).await? == enabled).then_some(())) },
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_quiet_remote_keeps_its_watch_open_and_drift_is_still_seen() -> anyhow::Result<()> {
     // No periodic sync: only the watch can see the drift below.
@@ -88,21 +105,7 @@ async fn a_quiet_remote_keeps_its_watch_open_and_drift_is_still_seen() -> anyhow
     );
 
     // The watch is alive: a hand edit on the remote is corrected, with no periodic sync.
-    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
-    namespaces(remote)
-        .await?
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
-        .await?;
-    eventually(
-        "the drift is corrected",
-        Duration::from_secs(30),
-        || async {
-            let now = managed_labels(remote, &ns).await?;
-            Ok((now == Some(labels(&[("istio-injection", "enabled")]))).then_some(()))
-        },
-    )
-    .await?;
-    Ok(())
+    hand_edit_is_corrected(remote, &ns).await
 }
 
 #[tokio::test]
@@ -150,16 +153,5 @@ async fn periodic_resyncs_of_a_watched_remote_do_not_list_it() -> anyhow::Result
     );
 
     // What the watch holds is enough to correct a hand edit, by a write conditional on it.
-    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
-    namespaces(remote)
-        .await?
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
-        .await?;
-    eventually(
-        "the drift is corrected",
-        Duration::from_secs(30),
-        || async { Ok((managed_labels(remote, &ns).await? == enabled).then_some(())) },
-    )
-    .await?;
-    Ok(())
+    hand_edit_is_corrected(remote, &ns).await
 }
