@@ -386,7 +386,7 @@ impl Live {
                 state,
             });
         }
-        let join = Join::new(&reads);
+        let join = Join::paged(&reads);
         let (total, services) = join.page(filter, offset, limit);
         drop(join);
         let page = ServicesJson {

@@ -570,8 +570,58 @@ pub fn columns(clusters: &[ClusterRead]) -> Vec<ClusterColumn> {
 /// them out as they come, a page at a time, rather than holding tens of thousands at once.
 pub struct Join<'a> {
     read: Vec<(&'a str, &'a ClusterFacts)>,
+    /// Per readable cluster; empty when each page aggregates its own namespaces.
     aggregates: Vec<Aggregate<'a>>,
     keys: BTreeSet<&'a Key>,
+}
+
+/// Ready endpoints by service and pods by namespace of one cluster, of `namespaces` alone
+/// when given.
+fn aggregate<'a>(
+    facts: &'a ClusterFacts,
+    namespaces: Option<&BTreeSet<&'a Name>>,
+) -> Aggregate<'a> {
+    // The first key of a namespace in a map by (namespace, name).
+    let from = |ns: &Name| (Name::clone(ns), Box::<str>::default())..;
+    let mut ready: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    let mut add_slice = |((ns, _), (service, count)): (&'a ObjectKey, &'a (Name, usize))| {
+        *ready.entry((ns, service)).or_default() += count;
+    };
+    match namespaces {
+        None => facts.slices.iter().for_each(&mut add_slice),
+        Some(set) => {
+            for ns in set {
+                facts
+                    .slices
+                    .range(from(ns))
+                    .take_while(|((n, _), _)| n == *ns)
+                    .for_each(&mut add_slice);
+            }
+        }
+    }
+    let pods = facts.pods.as_ref().map(|pods| {
+        let mut counts: BTreeMap<&str, PodCounts> = BTreeMap::new();
+        let mut add_pod = |((ns, _), sidecar): (&'a ObjectKey, &'a bool)| {
+            let c = counts.entry(ns).or_default();
+            if *sidecar {
+                c.with_proxy += 1;
+            } else {
+                c.without_proxy += 1;
+            }
+        };
+        match namespaces {
+            None => pods.iter().for_each(&mut add_pod),
+            Some(set) => {
+                for ns in set {
+                    pods.range(from(ns))
+                        .take_while(|((n, _), _)| n == *ns)
+                        .for_each(&mut add_pod);
+                }
+            }
+        }
+        counts
+    });
+    (ready, pods)
 }
 
 impl<'a> Join<'a> {
@@ -586,25 +636,7 @@ impl<'a> Join<'a> {
             .collect();
         let aggregates = read
             .iter()
-            .map(|(_, facts)| {
-                let mut ready: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-                for ((ns, _), (service, count)) in &facts.slices {
-                    *ready.entry((ns, service)).or_default() += count;
-                }
-                let pods = facts.pods.as_ref().map(|pods| {
-                    let mut counts: BTreeMap<&str, PodCounts> = BTreeMap::new();
-                    for ((ns, _), sidecar) in pods {
-                        let c = counts.entry(ns).or_default();
-                        if *sidecar {
-                            c.with_proxy += 1;
-                        } else {
-                            c.without_proxy += 1;
-                        }
-                    }
-                    counts
-                });
-                (ready, pods)
-            })
+            .map(|(_, facts)| aggregate(facts, None))
             .collect();
         let keys = read.iter().flat_map(|(_, f)| f.services.keys()).collect();
         Self {
@@ -614,9 +646,27 @@ impl<'a> Join<'a> {
         }
     }
 
+    /// The join of `clusters` for [`Join::page`] alone: each page aggregates the endpoints
+    /// and pods of its own namespaces rather than every cluster's all at once.
+    pub fn paged(clusters: &'a [ClusterRead]) -> Self {
+        let read: Vec<(&str, &ClusterFacts)> = clusters
+            .iter()
+            .filter_map(|c| match &c.state {
+                ReadState::Read(facts) => Some((c.name.as_str(), facts)),
+                _ => None,
+            })
+            .collect();
+        let keys = read.iter().flat_map(|(_, f)| f.services.keys()).collect();
+        Self {
+            read,
+            aggregates: Vec::new(),
+            keys,
+        }
+    }
+
     /// One row per (namespace, name), sorted.
     pub fn rows(&self) -> impl Iterator<Item = ServiceRow> + '_ {
-        self.keys.iter().map(|key| self.row(key))
+        self.keys.iter().map(|key| self.row(&self.aggregates, key))
     }
 
     /// Rows (namespace, name).
@@ -643,17 +693,30 @@ impl<'a> Join<'a> {
             }
         };
         let mut total = 0;
-        let mut rows = Vec::new();
+        let mut keys: Vec<&Key> = Vec::new();
         for key in self.keys.iter().filter(|k| matches(k)) {
-            if total >= offset && rows.len() < limit {
-                rows.push(self.row(key));
+            if total >= offset && keys.len() < limit {
+                keys.push(key);
             }
             total += 1;
         }
+        let local;
+        let aggregates = if self.aggregates.len() == self.read.len() {
+            &self.aggregates
+        } else {
+            let namespaces: BTreeSet<&Name> = keys.iter().map(|k| &k.0).collect();
+            local = self
+                .read
+                .iter()
+                .map(|(_, facts)| aggregate(facts, Some(&namespaces)))
+                .collect::<Vec<_>>();
+            &local
+        };
+        let rows = keys.into_iter().map(|k| self.row(aggregates, k)).collect();
         (total, rows)
     }
 
-    fn row(&self, key: &Key) -> ServiceRow {
+    fn row(&self, aggregates: &[Aggregate<'_>], key: &Key) -> ServiceRow {
         let present: Vec<&ServiceFacts> = self
             .read
             .iter()
@@ -669,7 +732,7 @@ impl<'a> Join<'a> {
         let cells = self
             .read
             .iter()
-            .zip(&self.aggregates)
+            .zip(aggregates)
             .map(|((name, facts), (ready, pods))| {
                 let here = facts.services.get(key);
                 let cell = ServiceCell {
@@ -1013,6 +1076,14 @@ mod tests {
         );
         assert_eq!(join.page("nothing", 0, 10), (0, Vec::new()));
         assert_eq!(join.page("", 5, 10), (3, Vec::new()));
+        // A paged join aggregates each page's namespaces alone, to the same rows.
+        let paged = Join::paged(&clusters);
+        for (filter, offset, limit) in [("", 0, 10), ("", 1, 1), ("shop/", 0, 10), ("db", 0, 1)] {
+            assert_eq!(
+                paged.page(filter, offset, limit),
+                join.page(filter, offset, limit)
+            );
+        }
     }
 
     #[test]

@@ -293,7 +293,8 @@ async fn quiet(mut cmd: tokio::process::Command) -> anyhow::Result<Vec<u8>> {
 /// `total` rows, each of the bench's services with its two ready endpoints on every cluster),
 /// read a page at a time as the page reads them.
 async fn holds_every_service(port: u16, total: usize, clusters: usize) -> anyhow::Result<bool> {
-    const PAGE: usize = 1000;
+    // As many as the page asks for at once.
+    const PAGE: usize = 500;
     let mut rows = 0;
     loop {
         let body = get(port, &format!("/services.json?offset={rows}&limit={PAGE}")).await?;
