@@ -24,6 +24,7 @@ mod dry_run;
 pub mod hooks;
 mod objects;
 mod preflight;
+mod step;
 mod steps;
 mod waits;
 
@@ -36,7 +37,7 @@ use crate::{
 };
 
 pub(crate) use preflight::remote_kubeconfig_error;
-pub use steps::Step;
+pub use step::Step;
 pub(crate) use waits::{wait_namespace_gone, wait_token};
 
 /// Attach a remote cluster to the mesh.
