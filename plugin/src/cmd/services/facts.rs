@@ -1,0 +1,153 @@
+//! What `services` keeps of each object it reads: small facts, extracted by pure functions, so
+//! that the dashboard can hold them for every object it watches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use mesh_core::injection;
+use serde::Serialize;
+
+use super::SERVICE_NAME_LABEL;
+use super::names::{Name, Names};
+use super::wire::{EndpointSlice, Pod, Service};
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortFacts {
+    /// The port's name, empty when unnamed.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The Service port.
+    pub port: i32,
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+}
+
+impl PortFacts {
+    /// `http:80/TCP`, or `80/TCP` when unnamed.
+    pub fn text(&self) -> String {
+        if self.name.is_empty() {
+            format!("{}/{}", self.port, self.protocol)
+        } else {
+            format!("{}:{}/{}", self.name, self.port, self.protocol)
+        }
+    }
+}
+
+/// What the table needs of a Service: two shared pointers ([`Names`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceFacts {
+    /// ClusterIP, NodePort, LoadBalancer or ExternalName.
+    pub type_: Name,
+    /// Sorted by port.
+    pub ports: Arc<[PortFacts]>,
+}
+
+/// (namespace, name) of a Service, both shared ([`Names`]).
+pub type Key = (Name, Name);
+
+/// (namespace, name) of an EndpointSlice or a pod: the namespace shared, the name, its own.
+pub type ObjectKey = (Name, Box<str>);
+
+/// What one cluster has, kept small: services, each EndpointSlice's service and ready count,
+/// whether each pod has a sidecar (when pods were read), which namespaces ask for sidecars
+/// (when their labels could be read).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterFacts {
+    /// By (namespace, name).
+    pub services: BTreeMap<Key, ServiceFacts>,
+    /// By (namespace, slice name): the Service it belongs to and its ready endpoints.
+    pub slices: BTreeMap<ObjectKey, (Name, usize)>,
+    /// By (namespace, pod name): whether it carries istio-proxy. `None`: not read.
+    pub pods: Option<BTreeMap<ObjectKey, bool>>,
+    /// Namespaces whose labels ask for sidecars, with what they ask (`default`, `revision
+    /// canary`). `None`: labels not read.
+    pub injection: Option<BTreeMap<String, String>>,
+}
+
+impl ClusterFacts {
+    /// Records a Service (added or changed).
+    pub fn apply_service(&mut self, names: &mut Names, service: &Service) {
+        if let Some((key, facts)) = extract_service(names, service) {
+            self.services.insert(key, facts);
+        }
+    }
+
+    /// Records an EndpointSlice (added or changed).
+    pub fn apply_slice(&mut self, names: &mut Names, slice: &EndpointSlice) {
+        if let Some((key, value)) = extract_slice(names, slice) {
+            self.slices.insert(key, value);
+        }
+    }
+}
+
+/// The key and facts of a Service.
+pub fn extract_service(names: &mut Names, service: &Service) -> Option<(Key, ServiceFacts)> {
+    let spec = service.spec.as_ref();
+    let mut ports: Vec<PortFacts> = spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| PortFacts {
+            name: p.name.clone().unwrap_or_default(),
+            port: p.port,
+            protocol: p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+        })
+        .collect();
+    ports.sort_by(|a, b| (a.port, &a.protocol, &a.name).cmp(&(b.port, &b.protocol, &b.name)));
+    Some((
+        (
+            names.name(service.metadata.namespace.as_deref()?),
+            names.name(service.metadata.name.as_deref()?),
+        ),
+        ServiceFacts {
+            type_: names.name(spec.and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP")),
+            ports: names.ports(ports),
+        },
+    ))
+}
+
+/// The key of an EndpointSlice, its Service and its ready endpoints (an endpoint whose
+/// `ready` condition is unset counts as ready, as the API says to read it).
+pub fn extract_slice(
+    names: &mut Names,
+    slice: &EndpointSlice,
+) -> Option<(ObjectKey, (Name, usize))> {
+    let service = names.name(slice.labels().get(SERVICE_NAME_LABEL)?);
+    let ready = slice
+        .endpoints
+        .iter()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .count();
+    Some((key_of(names, slice)?, (service, ready)))
+}
+
+/// The key of a pod and whether it carries istio-proxy; `None` for finished pods, which no
+/// longer serve.
+pub fn extract_pod(names: &mut Names, pod: &Pod) -> Option<(ObjectKey, bool)> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    Some((key_of(names, pod)?, pod.has_sidecar()))
+}
+
+/// What a namespace's labels ask of Istio's injector; `None` for no sidecars.
+pub fn extract_injection(namespace: &Namespace) -> Option<String> {
+    let labels = namespace.labels().clone().into_iter().collect();
+    match injection::requested(&labels).injection {
+        injection::Injection::None => None,
+        other => Some(other.to_string()),
+    }
+}
+
+fn key_of<K: ResourceExt>(names: &mut Names, object: &K) -> Option<ObjectKey> {
+    let meta = object.meta();
+    Some((
+        names.name(meta.namespace.as_deref()?),
+        meta.name.as_deref()?.into(),
+    ))
+}
