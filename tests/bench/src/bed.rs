@@ -273,6 +273,27 @@ impl Bed {
     }
 }
 
+/// The namespaces `names` of a scenario for one cluster, each labelled for the watches; on the
+/// primary every other one also carries `managed=enabled`.
+pub fn half_labelled(
+    names: &[String],
+    scenario: &str,
+    primary: bool,
+    managed: &str,
+) -> Vec<(String, BTreeMap<String, String>)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut labels = BTreeMap::from([(BENCH_LABEL.to_owned(), scenario.to_owned())]);
+            if primary && i % 2 == 0 {
+                labels.insert(managed.to_owned(), "enabled".to_owned());
+            }
+            (name.clone(), labels)
+        })
+        .collect()
+}
+
 /// Creates namespaces with labels, `concurrency` at a time.
 pub async fn create_namespaces(
     client: &kube::Client,

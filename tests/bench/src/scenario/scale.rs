@@ -35,7 +35,7 @@ use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 use tokio::sync::mpsc;
 
-use crate::bed::{BENCH_LABEL, Bed, create_namespaces, set_label};
+use crate::bed::{BENCH_LABEL, Bed, create_namespaces, half_labelled, set_label};
 use crate::https::sample;
 use crate::procfs::{Memory, mib};
 use crate::scenario::resync::{
@@ -118,17 +118,7 @@ pub async fn run(
     let step = Instant::now();
     let mut creations = Vec::new();
     for (index, cluster) in bed.env.clusters().iter().enumerate() {
-        let namespaces: Vec<(String, BTreeMap<String, String>)> = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let mut labels = BTreeMap::from([(BENCH_LABEL.to_owned(), SCENARIO.to_owned())]);
-                if index == 0 && i % 2 == 0 {
-                    labels.insert(MANAGED_LABEL.to_owned(), "enabled".to_owned());
-                }
-                (name.clone(), labels)
-            })
-            .collect();
+        let namespaces = half_labelled(&names, SCENARIO, index == 0, MANAGED_LABEL);
         let client = cluster.client().await?;
         let name = cluster.name.clone();
         creations.push(async move {
