@@ -1,9 +1,10 @@
 //! THE sync engine: make one remote's namespaces carry the primary's managed labels.
 //!
 //! Used by the reconciler for every attached cluster and by `kubectl mesh sync` from the CLI,
-//! so both apply exactly the same rule ([`SyncRule::plan`]) the same way:
-//! - one LIST of the remote's namespaces, then only the namespaces that differ are written;
-//!   a converged remote costs zero writes;
+//! so both apply exactly the same rule ([`SyncRule::plan_by`]) the same way:
+//! - one LIST of the remote's namespaces ([`sync_remote`]), or what a current watch of them
+//!   keeps ([`sync_watched`], the reconciler's periodic sync), then only the namespaces that
+//!   differ are written; a converged remote costs zero writes;
 //! - every write is a JSON patch that tests the resourceVersion it was computed from; on a
 //!   conflict that namespace is read again and re-planned once;
 //! - the primary is read *after* the remote, and again after a conflict ([`PrimaryView`]): a
@@ -181,9 +182,10 @@ pub async fn sync_remote(
     Ok(sync_seen(rule, primary, remote, listed, mode).await)
 }
 
-/// [`sync_seen`] of namespaces a watch keeps, after one LIST of a single namespace: credentials
-/// revoked or a remote gone since the watch last spoke fail the sync as its full LIST would
-/// have, for the price of one small request.
+/// [`sync_remote`] from the namespaces a watch keeps (`seen`: each with the resourceVersion its
+/// write is conditional on and at least the labels of [`SyncRule::keys_read`]) instead of a
+/// full LIST; one LIST of a single namespace first, so that credentials revoked or a remote gone
+/// since the watch last spoke fail the sync as the full LIST would have.
 pub async fn sync_watched(
     rule: &SyncRule,
     primary: &impl PrimaryView,
@@ -201,7 +203,7 @@ pub async fn sync_watched(
 /// [`sync_remote`] without its LIST: `seen` is every namespace of the remote as just read by
 /// other means (a watch known to be current), each with the resourceVersion its write will be
 /// conditional on and at least the labels the rule reads ([`SyncRule::keys_read`]).
-pub async fn sync_seen(
+async fn sync_seen(
     rule: &SyncRule,
     primary: &impl PrimaryView,
     remote: &Client,
@@ -318,7 +320,7 @@ async fn list_namespaces(api: &Api<Namespace>, rule: &SyncRule) -> Result<Vec<Na
 
 /// A remote namespace as a sync needs it: its name, the resourceVersion a write is conditional
 /// on, and the labels among `keys` ([`SyncRule::keys_read`]).
-pub fn trimmed_for(keys: &BTreeSet<String>, meta: ObjectMeta) -> Namespace {
+fn trimmed_for(keys: &BTreeSet<String>, meta: ObjectMeta) -> Namespace {
     let labels = meta.labels.map(|labels| {
         labels
             .into_iter()
