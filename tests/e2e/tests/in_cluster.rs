@@ -237,18 +237,12 @@ impl Changes {
         run(set_image).await?;
         let done = AtomicBool::new(false);
         let loops = namespaces.iter().map(|ns| change_until(mesh, ns, &done));
+        // The loops stop however the wait ends: a rollout that never finishes fails the test
+        // instead of leaving them changing labels forever.
         let watch = async {
-            let started = Instant::now();
-            while !rolled_out(mesh, image).await? {
-                anyhow::ensure!(
-                    started.elapsed() < Duration::from_secs(180),
-                    "the rollout to {image} did not finish within 180s"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let rolled = wait_rolled_out_to(mesh, image).await;
             done.store(true, Ordering::Release);
-            Ok(())
+            rolled
         };
         let (loops, watched) = tokio::join!(futures::future::join_all(loops), watch);
         watched?;
@@ -291,6 +285,45 @@ async fn change_until(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok((count, missed))
+}
+
+/// Waits until every replica runs `image` and is available, and a second more.
+async fn wait_rolled_out_to(mesh: &InCluster, image: &str) -> anyhow::Result<()> {
+    const ROLLOUT: Duration = Duration::from_secs(180);
+    let started = Instant::now();
+    while !rolled_out(mesh, image).await? {
+        if started.elapsed() > ROLLOUT {
+            let pods = mesh.running_pods().await.unwrap_or_default();
+            let states: Vec<String> = pods.iter().map(describe_pod).collect();
+            anyhow::bail!(
+                "the rollout to {image} did not finish within {ROLLOUT:?}; deployment status: \
+                 {:?}; running pods: {states:?}",
+                mesh.deployment().await.ok().and_then(|d| d.status)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// A pod's name, image and readiness, for a failure message.
+fn describe_pod(pod: &Pod) -> String {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    let image = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.as_deref())
+        .unwrap_or("?");
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str())
+        .unwrap_or("?");
+    format!("{name} {image} ready={ready}")
 }
 
 /// Every replica runs `image` and is available.

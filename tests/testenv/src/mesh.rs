@@ -360,13 +360,24 @@ fn shell_path(path: &Path) -> String {
     path.display().to_string().replace('"', "\\\"")
 }
 
+/// How long [`run`] lets a command run: far beyond any command of the tests, so that a hung
+/// one fails its test and names itself instead of holding the whole suite.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Runs a command to completion without blocking the runtime (an in-process server may have
-/// to answer the very request the command makes), failing with its stderr when it fails.
+/// to answer the very request the command makes), failing with its stderr when it fails, and
+/// killing it after [`RUN_TIMEOUT`].
 pub async fn run(cmd: Command) -> anyhow::Result<Output> {
+    run_within(cmd, RUN_TIMEOUT).await
+}
+
+/// [`run`] with another time limit.
+pub async fn run_within(cmd: Command, limit: Duration) -> anyhow::Result<Output> {
     let mut cmd = tokio::process::Command::from(cmd);
-    let output = cmd
-        .output()
+    cmd.kill_on_drop(true);
+    let output = tokio::time::timeout(limit, cmd.output())
         .await
+        .map_err(|_| anyhow::anyhow!("{cmd:?} did not finish within {limit:?}; killed"))?
         .with_context(|| format!("running {cmd:?}"))?;
     if !output.status.success() {
         bail!(
@@ -376,4 +387,29 @@ pub async fn run(cmd: Command) -> anyhow::Result<Output> {
         );
     }
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_command_over_its_time_limit_is_killed_and_named() {
+        let marker = format!("{}", std::process::id());
+        let mut sleep = Command::new("sleep");
+        sleep.arg(format!("30.{marker}"));
+        let started = Instant::now();
+        let error = run_within(sleep, Duration::from_millis(300))
+            .await
+            .expect_err("a sleep of 30 s cannot finish within 300 ms");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(error.to_string().contains("sleep"), "{error}");
+        assert!(error.to_string().contains("did not finish"), "{error}");
+        // Killed, not left behind.
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", &format!("sleep 30.{marker}")])
+            .output()
+            .expect("pgrep");
+        assert!(left.stdout.is_empty(), "still running: {:?}", left.stdout);
+    }
 }
