@@ -19,7 +19,7 @@
 //! Everything here is pure: callers fetch namespaces, this module says what to change, and
 //! [`LabelDiff::to_json_patch`] turns a change into a conditional JSON patch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{
@@ -303,40 +303,32 @@ impl SyncRule {
         mut differs: impl FnMut(N),
     ) -> SyncPlan {
         let mut plan = SyncPlan::default();
-        let mut on_remote = BTreeSet::new();
+        let mut planner = self.planner();
         for seen in remote {
-            let ns = seen.borrow();
-            // A namespace without a name cannot be addressed; the apiserver never returns one.
-            let Some(name) = ns.metadata.name.as_deref() else {
-                continue;
-            };
-            if on_remote.contains(name) || self.excluded.contains(name) {
-                continue;
-            }
-            on_remote.insert(name.to_owned());
-            if !self.covers(ns) {
-                plan.out_of_scope.push(name.to_owned());
-                continue;
-            }
-            let diff = self.diff(&self.desired(primary(name).as_ref()), ns);
-            if diff.is_empty() {
-                plan.in_sync.push(name.to_owned());
-            } else {
-                plan.changes.push(diff);
-                differs(seen);
+            match planner.consider(&primary, seen.borrow()) {
+                Verdict::Seen => {}
+                Verdict::OutOfScope(name) => plan.out_of_scope.push(name),
+                Verdict::InSync(name) => plan.in_sync.push(name),
+                Verdict::Differs(diff) => {
+                    plan.changes.push(diff);
+                    differs(seen);
+                }
             }
         }
-        // Only namespaces that would carry something are worth reporting as missing; a plain
-        // namespace absent from a remote is the normal case.
-        plan.missing = labelled
-            .into_iter()
-            .filter(|name| !on_remote.contains(name) && !self.is_excluded(name))
-            .collect();
+        plan.missing = planner.missing(labelled);
         plan.in_sync.sort();
         plan.out_of_scope.sort();
-        plan.missing.sort();
         plan.changes.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         plan
+    }
+
+    /// A plan made as the remote's namespaces come, for a sync that writes each change as it
+    /// is found instead of planning them all first.
+    pub fn planner(&self) -> Planner<'_> {
+        Planner {
+            rule: self,
+            on_remote: HashSet::new(),
+        }
     }
 
     /// The labels of a remote namespace a sync reads: the managed ones, and those the scope's
@@ -434,6 +426,65 @@ impl LabelDiff {
         let set = self.set.iter().map(|(key, value)| format!("{key}={value}"));
         let remove = self.remove.iter().map(|key| format!("-{key}"));
         set.chain(remove).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// [`SyncRule::plan`] one remote namespace at a time: remembers the names it was shown, to
+/// skip a name shown twice and to tell at the end which primary namespaces the remote lacks.
+pub struct Planner<'r> {
+    rule: &'r SyncRule,
+    on_remote: HashSet<String>,
+}
+
+/// What the plan says of one remote namespace.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to say: no name, excluded by name, or shown already.
+    Seen,
+    /// The cluster's scope leaves it alone.
+    OutOfScope(String),
+    /// It carries the primary's managed labels already.
+    InSync(String),
+    /// It needs this change.
+    Differs(LabelDiff),
+}
+
+impl Planner<'_> {
+    /// The verdict on remote namespace `remote`; `primary` looks its primary twin up.
+    pub fn consider(
+        &mut self,
+        primary: impl Fn(&str) -> Option<Namespace>,
+        remote: &Namespace,
+    ) -> Verdict {
+        let rule = self.rule;
+        // A namespace without a name cannot be addressed; the apiserver never returns one.
+        let Some(name) = remote.metadata.name.as_deref() else {
+            return Verdict::Seen;
+        };
+        if rule.excluded.contains(name) || !self.on_remote.insert(name.to_owned()) {
+            return Verdict::Seen;
+        }
+        if !rule.covers(remote) {
+            return Verdict::OutOfScope(name.to_owned());
+        }
+        let diff = rule.diff(&rule.desired(primary(name).as_ref()), remote);
+        if diff.is_empty() {
+            Verdict::InSync(name.to_owned())
+        } else {
+            Verdict::Differs(diff)
+        }
+    }
+
+    /// The primary namespaces among `labelled` (those carrying managed labels) that the remote
+    /// does not have, sorted. Only they are worth reporting as missing: a plain namespace
+    /// absent from a remote is the normal case.
+    pub fn missing(&self, labelled: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut missing: Vec<String> = labelled
+            .into_iter()
+            .filter(|name| !self.on_remote.contains(name) && !self.rule.is_excluded(name))
+            .collect();
+        missing.sort();
+        missing
     }
 }
 

@@ -22,7 +22,7 @@ use kube::{
 };
 
 use crate::{
-    labels::{LabelDiff, SyncRule},
+    labels::{LabelDiff, SyncRule, Verdict},
     remote::{Failure, error_chain},
     write::{Known, Written, write_managed_labels},
 };
@@ -211,76 +211,90 @@ async fn sync_seen(
     mode: SyncMode,
 ) -> SyncReport {
     let api: Api<Namespace> = Api::all(remote.clone());
-    let mut current: BTreeMap<String, Namespace> = BTreeMap::new();
-    // After the remote was read, not before: see the module documentation.
-    let plan = rule.plan_by(
-        |name| primary.namespace(name),
-        primary.labelled(rule),
-        seen,
-        |ns| {
-            current.insert(ns.name_any(), ns);
-        },
-    );
     let mut report = SyncReport {
         mode,
-        in_sync: plan.in_sync.len(),
-        missing: plan.missing,
-        out_of_scope: plan.out_of_scope,
         ..SyncReport::default()
     };
-    if mode == SyncMode::DryRun {
-        report.changes = plan
-            .changes
-            .into_iter()
-            .map(|diff| NamespaceChange {
-                diff,
-                status: ChangeStatus::Planned,
-            })
-            .collect();
-        return report;
-    }
-
-    let jobs: Vec<(LabelDiff, Option<Namespace>)> = plan
-        .changes
-        .into_iter()
-        .map(|diff| {
-            let ns = current.remove(&diff.namespace);
-            (diff, ns)
-        })
-        .collect();
-    let mut outcomes: Vec<Outcome> = stream::iter(jobs)
-        .map(|(diff, ns)| write(&api, rule, primary, diff, ns))
-        .buffer_unordered(WRITE_CONCURRENCY)
-        .collect()
-        .await;
-    outcomes.sort_by(|a, b| a.namespace.cmp(&b.namespace));
-    for Outcome {
-        namespace,
-        written,
-        wanted,
-    } in outcomes
+    let mut planner = rule.planner();
+    let (mut in_sync, mut out_of_scope) = (0, Vec::new());
     {
+        // Each change is written as the plan finds it, a few at a time: neither the plan nor
+        // the namespaces it changes are held whole, which a cold sync of thousands of
+        // namespaces would do once per remote at the same time. The primary is read after the
+        // remote was (see the module documentation).
+        let changes = seen.into_iter().filter_map(|ns| {
+            match planner.consider(|name| primary.namespace(name), &ns) {
+                Verdict::Seen => None,
+                Verdict::OutOfScope(name) => {
+                    out_of_scope.push(name);
+                    None
+                }
+                Verdict::InSync(_) => {
+                    in_sync += 1;
+                    None
+                }
+                Verdict::Differs(diff) => Some((diff, ns)),
+            }
+        });
+        if mode == SyncMode::DryRun {
+            report.changes = changes
+                .map(|(diff, _)| NamespaceChange {
+                    diff,
+                    status: ChangeStatus::Planned,
+                })
+                .collect();
+        } else {
+            let mut writes = stream::iter(changes)
+                .map(|(diff, ns)| write(&api, rule, primary, diff, Some(ns)))
+                .buffer_unordered(WRITE_CONCURRENCY);
+            while let Some(outcome) = writes.next().await {
+                report.record(outcome);
+            }
+        }
+    }
+    report.in_sync += in_sync;
+    report.out_of_scope.append(&mut out_of_scope);
+    report
+        .missing
+        .append(&mut planner.missing(primary.labelled(rule)));
+    report
+        .changes
+        .sort_by(|a, b| a.diff.namespace.cmp(&b.diff.namespace));
+    report.errors.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+    report.missing.sort();
+    report.out_of_scope.sort();
+    report
+}
+
+impl SyncReport {
+    /// Counts how the write of one differing namespace ended.
+    fn record(&mut self, outcome: Outcome) {
+        let Outcome {
+            namespace,
+            written,
+            wanted,
+        } = outcome;
         match written {
             Written::Applied { diff } => {
-                report.writes += 1;
-                report.changes.push(NamespaceChange {
+                self.writes += 1;
+                self.changes.push(NamespaceChange {
                     diff,
                     status: ChangeStatus::Applied,
                 });
             }
-            Written::AlreadyInSync => report.in_sync += 1,
-            // Its labels moved out of the selector between the list and the write.
-            Written::OutOfScope => report.out_of_scope.push(namespace),
+            Written::AlreadyInSync => self.in_sync += 1,
+            // Its labels moved out of the selector between the read and the write.
+            Written::OutOfScope => self.out_of_scope.push(namespace),
             Written::Missing => {
                 if wanted {
-                    report.missing.push(namespace);
+                    self.missing.push(namespace);
                 }
             }
             Written::Failed {
                 failure,
                 message,
                 diff,
-            } => report.errors.push(NamespaceError {
+            } => self.errors.push(NamespaceError {
                 diff: diff.unwrap_or_else(|| LabelDiff {
                     namespace: namespace.clone(),
                     ..LabelDiff::default()
@@ -291,9 +305,6 @@ async fn sync_seen(
             }),
         }
     }
-    report.missing.sort();
-    report.out_of_scope.sort();
-    report
 }
 
 /// Every namespace of a remote, read in pages of [`LIST_PAGE`] and trimmed at once to what a
@@ -416,6 +427,23 @@ mod tests {
             .collect()
     }
 
+    /// `total` namespaces, injected on the primary and plain on the remote: names, remote,
+    /// primary.
+    fn injected_on_primary_only(
+        total: usize,
+    ) -> (Vec<String>, FakeApiserver, BTreeMap<String, Namespace>) {
+        let names: Vec<String> = (0..total).map(|n| format!("ns-{n:05}")).collect();
+        let remote = names.iter().fold(FakeApiserver::default(), |remote, name| {
+            remote.with_namespace(name, &[])
+        });
+        let labelled: Vec<(&str, &[(&str, &str)])> = names
+            .iter()
+            .map(|name| (name.as_str(), &[("istio-injection", "enabled")][..]))
+            .collect();
+        let primary = primary(&labelled);
+        (names, remote, primary)
+    }
+
     /// One applying sync of `remote` with the default rule; panics if it fails.
     async fn apply_default_rule(
         primary: &BTreeMap<String, Namespace>,
@@ -434,15 +462,7 @@ mod tests {
     #[tokio::test]
     async fn reads_a_large_remote_in_pages() {
         let total = 2 * LIST_PAGE as usize + 1;
-        let names: Vec<String> = (0..total).map(|n| format!("ns-{n:05}")).collect();
-        let remote = names.iter().fold(FakeApiserver::default(), |remote, name| {
-            remote.with_namespace(name, &[])
-        });
-        let labelled: Vec<(&str, &[(&str, &str)])> = names
-            .iter()
-            .map(|name| (name.as_str(), &[("istio-injection", "enabled")][..]))
-            .collect();
-        let primary = primary(&labelled);
+        let (names, remote, primary) = injected_on_primary_only(total);
 
         let report = apply_default_rule(&primary, &remote).await;
         assert_eq!(report.changes.len(), total, "every page was read");
@@ -451,6 +471,34 @@ mod tests {
         assert_eq!(
             remote.labels(&names[total - 1])["istio-injection"],
             "enabled"
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_begin_before_the_remote_is_read_whole() {
+        // A cold sync of many remotes at once held every remote's plan and changed namespaces
+        // whole before its first write; each change must be written as it is found instead.
+        let total = 10 * WRITE_CONCURRENCY;
+        let (_, remote, primary) = injected_on_primary_only(total);
+        let as_read: Vec<Namespace> = remote
+            .state()
+            .namespaces
+            .values()
+            .map(|ns| serde_json::from_value(ns.clone()).expect("a namespace"))
+            .collect();
+        let writes_when_read = std::sync::Mutex::new(Vec::new());
+        let seen = as_read.into_iter().inspect(|_| {
+            let writes = remote.state().writes;
+            writes_when_read.lock().expect("lock").push(writes);
+        });
+
+        let rule = SyncRule::default();
+        let report = sync_seen(&rule, &primary, &remote.client(), seen, SyncMode::Apply).await;
+        assert_eq!(report.writes as usize, total);
+        let writes_when_read = writes_when_read.into_inner().expect("lock");
+        assert!(
+            writes_when_read[total - 1] >= total - WRITE_CONCURRENCY - 1,
+            "writes done when each namespace was read: {writes_when_read:?}"
         );
     }
 
