@@ -40,6 +40,13 @@ pub fn plugin(env: &TestEnv) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// `kubectl-mesh --kubeconfig <primary> <args>` without colours, whatever its exit status.
+pub async fn mesh_command(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
+    let mut cmd = plugin(env)?;
+    cmd.args(args).env("NO_COLOR", "1");
+    output(cmd).await
+}
+
 /// Runs a command to completion, whatever its exit status.
 pub async fn output(cmd: Command) -> anyhow::Result<Output> {
     let mut cmd = tokio::process::Command::from(cmd);

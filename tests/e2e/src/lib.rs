@@ -92,6 +92,27 @@ pub async fn own_mesh_with(
 /// reconciler's reaction to events) can make a remote change, never the periodic full sync.
 pub const NO_RESYNC: Duration = Duration::from_secs(3600);
 
+/// `kubectl apply -f -` of `yaml` on `cluster`.
+pub async fn kubectl_apply(
+    env: &TestEnv,
+    cluster: &mesh_testenv::Cluster,
+    yaml: &str,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cmd = tokio::process::Command::from(env.kubectl(cluster));
+    cmd.args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let mut stdin = child.stdin.take().context("piped stdin")?;
+    stdin.write_all(yaml.as_bytes()).await?;
+    drop(stdin);
+    let out = child.wait_with_output().await?;
+    anyhow::ensure!(out.status.success(), "kubectl apply: {}", describe(&out));
+    Ok(())
+}
+
 /// `kubectl label namespace <ns> --overwrite <args>` on the primary; returns kubectl's stderr,
 /// where the webhook's warnings say where the change landed.
 pub async fn label_on_primary(env: &TestEnv, ns: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -292,6 +313,44 @@ pub async fn metric_sum(addr: &str, ca_pem: &str, metric: &str) -> anyhow::Resul
         .sum())
 }
 
+/// `pushes_total` by result, summed over every cluster, of the replica whose metrics port is
+/// `addr`.
+pub async fn pushes_by_result(
+    addr: &str,
+    ca_pem: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let metrics = https_get(addr, ca_pem, "/metrics").await?;
+    let mut out = std::collections::BTreeMap::new();
+    for line in metrics.lines().filter(|l| l.starts_with("pushes_total{")) {
+        let result = line
+            .split("result=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default();
+        let count: f64 = line.rsplit(' ').next().unwrap_or("0").parse()?;
+        *out.entry(result.to_owned()).or_default() += count;
+    }
+    Ok(out)
+}
+
+/// Points the primary's webhook configuration at the replica listening on `listen`. The
+/// apiserver picks the new URL up asynchronously, so callers relabel until it has served.
+pub async fn route_admission_to(env: &TestEnv, listen: &str) -> anyhow::Result<()> {
+    let mut route = env.kubectl(env.primary());
+    route.args([
+        "patch",
+        "mutatingwebhookconfiguration",
+        kubectl_mesh::render::WEBHOOK_CONFIGURATION,
+        "--type=json",
+        "-p",
+        &serde_json::json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url",
+                 "value": format!("https://{listen}/mutate")}])
+        .to_string(),
+    ]);
+    run(route).await?;
+    Ok(())
+}
+
 /// Label keys kubectl-mesh manages (the default rule).
 pub const MANAGED_LABELS: [&str; 3] = mesh_core::labels::DEFAULT_MANAGED_LABELS;
 
@@ -338,6 +397,23 @@ pub async fn managed_labels(
             .filter(|(k, _)| MANAGED_LABELS.contains(&k.as_str()))
             .collect(),
     ))
+}
+
+/// Waits until namespace `ns` on `cluster` carries exactly the managed labels `expected`.
+pub async fn carries(
+    cluster: &mesh_testenv::Cluster,
+    ns: &str,
+    expected: &std::collections::BTreeMap<String, String>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    eventually(
+        &format!("{ns} on {} carries {expected:?}", cluster.name),
+        timeout,
+        || async {
+            Ok((managed_labels(cluster, ns).await?.as_ref() == Some(expected)).then_some(()))
+        },
+    )
+    .await
 }
 
 /// A label map from pairs.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::{authentication::v1::SelfSubjectReview, core::v1::Secret};
 use kube::{Api, api::PostParams};
+use mesh_core::MESH_NAMESPACE;
 use mesh_core::remote::{RemoteOptions, client_from_kubeconfig};
 use mesh_testenv::TestEnv;
 
@@ -40,6 +41,22 @@ pub fn with_token(kubeconfig: &str, token: &str) -> anyhow::Result<String> {
     let mut kc: serde_yaml::Value = serde_yaml::from_str(kubeconfig)?;
     kc["users"][0]["user"]["token"] = token.into();
     Ok(serde_yaml::to_string(&kc)?)
+}
+
+/// Replaces the token of the kubeconfig stored in Secret `kubectl-mesh/<secret>` on the
+/// primary, the way an admin would edit it by hand.
+pub async fn store_token(env: &TestEnv, secret: &str, token: &str) -> anyhow::Result<()> {
+    let secrets = Api::<Secret>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
+    let stored = stored_kubeconfig(env, MESH_NAMESPACE, secret, "kubeconfig").await?;
+    let mut object = secrets.get(secret).await?;
+    object.data.get_or_insert_default().insert(
+        "kubeconfig".to_owned(),
+        k8s_openapi::ByteString(with_token(&stored, token)?.into_bytes()),
+    );
+    secrets
+        .replace(secret, &PostParams::default(), &object)
+        .await?;
+    Ok(())
 }
 
 /// The HTTP status the remote answers "who am I" (a SelfSubjectReview, which any

@@ -1,0 +1,194 @@
+//! A rotation that stops midway, for want of a webhook or by Ctrl-C after any step, leaves
+//! stored credentials that work, and a re-run finishes it.
+
+use std::collections::BTreeMap;
+
+use mesh_e2e::tokens::{answer_to, revoked, token_of};
+use mesh_e2e::{
+    carries, create_everywhere, describe,
+    fixtures::{mesh_command, output},
+    own_mesh_with, text,
+};
+use mesh_testenv::mesh::MeshOptions;
+
+use crate::support::{DEADLINE, STANDBY, SYNC_TOKEN, rotate, stored_sync, token_secrets};
+
+#[tokio::test]
+async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
+-> anyhow::Result<()> {
+    let (env, mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let remote_kc = remote.kubeconfig.display().to_string();
+    let ns = create_everywhere(&env, "interrupted").await?;
+    let old = stored_sync(&env, &name).await?;
+
+    // Without a webhook to use the new token, rotate stops after storing it, before revoking.
+    env.stop_process(mesh_testenv::mesh::WEBHOOK_PROCESS)?;
+    let stopped = mesh_command(
+        &env,
+        &[
+            "rotate",
+            &name,
+            "--remote-kubeconfig",
+            &remote_kc,
+            "--timeout",
+            "5s",
+        ],
+    )
+    .await?;
+    assert!(
+        !stopped.status.success(),
+        "rotate without a webhook: {}",
+        describe(&stopped)
+    );
+    let err = text(&stopped.stderr);
+    assert!(err.contains("the previous token still works"), "{err}");
+    let midway = stored_sync(&env, &name).await?;
+    assert_ne!(
+        token_of(&old)?,
+        token_of(&midway)?,
+        "the standby token is stored"
+    );
+    assert_eq!(
+        answer_to(&old).await?,
+        201,
+        "the old token is not revoked yet"
+    );
+    assert_eq!(answer_to(&midway).await?, 201, "the stored token works");
+    assert_eq!(
+        token_secrets(remote).await?,
+        vec![SYNC_TOKEN.to_owned(), STANDBY.to_owned()]
+    );
+
+    // The webhook back, the re-run finishes the job.
+    mesh.start_webhook(&env).await?;
+    let rerun = rotate(&env, remote).await?;
+    assert!(rerun.status.success(), "re-run: {}", describe(&rerun));
+    let last = stored_sync(&env, &name).await?;
+    revoked("the old token", &old).await?;
+    revoked("the standby token", &midway).await?;
+    assert_eq!(answer_to(&last).await?, 201);
+    assert_eq!(token_secrets(remote).await?, vec![SYNC_TOKEN.to_owned()]);
+
+    // And sync works with it.
+    mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
+    carries(remote, &ns, &expected, DEADLINE).await?;
+
+    // --all reaches each remote through the context attach recorded: without it in the
+    // kubeconfig, one line says what to pass and nothing changes; with it, every cluster
+    // rotates.
+    let refused = mesh_command(&env, &["rotate", "--all"]).await?;
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    let err = text(&refused.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--remote-kubeconfig"), "{err}");
+    assert_eq!(stored_sync(&env, &name).await?, last);
+    let mut all = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    all.args(["rotate", "--all", "--context", &env.primary().name])
+        .env(
+            "KUBECONFIG",
+            std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?,
+        );
+    let all = output(all).await?;
+    assert!(all.status.success(), "rotate --all: {}", describe(&all));
+    revoked("the token before rotate --all", &last).await?;
+    let last = stored_sync(&env, &name).await?;
+
+    // --dry-run names the steps and changes nothing.
+    let dry = mesh_command(&env, &["rotate", &name, "--dry-run"]).await?;
+    assert!(dry.status.success(), "{}", describe(&dry));
+    assert!(
+        text(&dry.stderr).contains("observedCredentials"),
+        "{}",
+        describe(&dry)
+    );
+    assert_eq!(stored_sync(&env, &name).await?, last);
+    Ok(())
+}
+
+/// Ctrl-C after each step of a rotation leaves stored credentials that work; a re-run then
+/// ends with one token Secret and every token stored along the way revoked.
+#[tokio::test]
+async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_rest()
+-> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (env, _mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let remote = &env.remotes()[0];
+    let name = remote.name.clone();
+    let remote_kc = remote.kubeconfig.display().to_string();
+    let mut seen_stored = vec![stored_sync(&env, &name).await?];
+
+    // A whole rotation prints seven lines (five when a previous one stopped on the standby):
+    // interrupt after the first, then the second... line of successive runs.
+    let mut interruptions = 0;
+    for after in 1..=6 {
+        let mut child =
+            tokio::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?)
+                .arg("--kubeconfig")
+                .arg(&env.primary().kubeconfig)
+                .args(["rotate", &name, "--remote-kubeconfig", &remote_kc])
+                .env("NO_COLOR", "1")
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut printed = Vec::new();
+        let mut finished = false;
+        while printed.len() < after {
+            match tokio::time::timeout(DEADLINE, lines.next_line()).await?? {
+                Some(line) => printed.push(line),
+                None => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        if finished {
+            let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
+            assert!(status.success(), "rotate failed: {printed:?}");
+        } else {
+            let pid = child.id().expect("running").to_string();
+            let interrupted = std::process::Command::new("kill")
+                .args(["-INT", &pid])
+                .status()?;
+            assert!(interrupted.success());
+            let status = tokio::time::timeout(DEADLINE, child.wait()).await??;
+            // It may have finished between its last line and the signal.
+            if !status.success() {
+                interruptions += 1;
+            }
+        }
+
+        let stored = stored_sync(&env, &name).await?;
+        assert_eq!(
+            answer_to(&stored).await?,
+            201,
+            "stopped after {printed:?}: the stored token does not work"
+        );
+        if seen_stored.last() != Some(&stored) {
+            seen_stored.push(stored);
+        }
+    }
+    assert!(
+        interruptions >= 4,
+        "only {interruptions} rotations were interrupted"
+    );
+
+    let rerun = rotate(&env, remote).await?;
+    assert!(rerun.status.success(), "re-run: {}", describe(&rerun));
+    let last = stored_sync(&env, &name).await?;
+    assert_eq!(answer_to(&last).await?, 201);
+    assert!(
+        seen_stored.len() >= 3,
+        "the interruptions stored {} tokens",
+        seen_stored.len()
+    );
+    for (i, stored) in seen_stored.iter().enumerate() {
+        revoked(&format!("stored token {i}"), stored).await?;
+    }
+    assert_eq!(token_secrets(remote).await?, vec![SYNC_TOKEN.to_owned()]);
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Token rotation: `kubectl mesh rotate` replaces the stored tokens while label changes flow,
+//! revokes the old ones, survives an interruption, and repairs an expired token; status,
+//! check, list and the webhook's metrics say when a token expires; the webhook renews
+//! time-bound tokens.
+//!
+//! Every test starts a mesh of its own: rotation revokes the tokens the webhook syncs with,
+//! and some tests stop the webhook or edit the stored credentials.
+
+mod expired;
+mod follower;
+mod interrupted;
+mod renewal;
+mod support;
+mod under_load;

@@ -1,0 +1,94 @@
+//! What the rotation tests share: the remote's token Secrets, running `rotate`, the stored
+//! sync kubeconfig and what the webhook reports about it.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, api::ListParams};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::{CONDITION_REACHABLE, MeshCluster},
+};
+use mesh_e2e::{fixtures::mesh_command, https_get, pushes_by_result, tokens::stored_kubeconfig};
+use mesh_testenv::{Cluster, TestEnv, mesh::Mesh};
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+pub const SYNC_TOKEN: &str = "kubectl-mesh-sync-token";
+pub const STANDBY: &str = "kubectl-mesh-sync-token-standby";
+
+/// Names of the token Secrets on the remote.
+pub async fn token_secrets(remote: &Cluster) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> = Api::<Secret>::namespaced(remote.client().await?, MESH_NAMESPACE)
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| s.type_.as_deref() == Some("kubernetes.io/service-account-token"))
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `kubectl mesh rotate <remote> --remote-kubeconfig <its admin kubeconfig>`.
+pub async fn rotate(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
+    let remote_kc = remote.kubeconfig.display().to_string();
+    mesh_command(
+        env,
+        &["rotate", &remote.name, "--remote-kubeconfig", &remote_kc],
+    )
+    .await
+}
+
+/// The sync kubeconfig stored for cluster `name` (Secret `kubectl-mesh/cluster-<name>`).
+pub async fn stored_sync(env: &TestEnv, name: &str) -> anyhow::Result<String> {
+    stored_kubeconfig(
+        env,
+        MESH_NAMESPACE,
+        &format!("cluster-{name}"),
+        "kubeconfig",
+    )
+    .await
+}
+
+/// `pushes_total` of the webhook by result, over every cluster.
+pub async fn pushes(mesh: &Mesh) -> anyhow::Result<BTreeMap<String, f64>> {
+    pushes_by_result(mesh.metrics_address(), &mesh.ca_pem()?).await
+}
+
+/// Status and reason of the MeshCluster's Reachable condition.
+pub async fn reachable_reason(
+    env: &TestEnv,
+    name: &str,
+) -> anyhow::Result<Option<(String, String)>> {
+    let mc = Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(name)
+        .await?;
+    Ok(mc
+        .status
+        .and_then(|s| s.condition(CONDITION_REACHABLE).cloned())
+        .map(|c| (c.status, c.reason)))
+}
+
+/// The webhook's `token_expiry_seconds` line for cluster `name`, and its value.
+pub async fn token_expiry(mesh: &Mesh, name: &str) -> anyhow::Result<(String, f64)> {
+    let metrics = https_get(mesh.metrics_address(), &mesh.ca_pem()?, "/metrics").await?;
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("token_expiry_seconds{{cluster=\"{name}\"}}")))
+        .ok_or_else(|| anyhow::anyhow!("no token_expiry_seconds for {name}: {metrics}"))?;
+    let seconds: f64 = gauge.rsplit(' ').next().unwrap_or_default().parse()?;
+    Ok((gauge.to_owned(), seconds))
+}
+
+/// `iat` and `exp` of a JWT.
+pub fn issued_and_expires(token: &str) -> anyhow::Result<(i64, i64)> {
+    let claims = mesh_core::token::claims(token)
+        .ok_or_else(|| anyhow::anyhow!("the stored token is not a JWT"))?;
+    Ok((
+        claims.issued_at.map(|t| t.as_second()).unwrap_or_default(),
+        claims.expires_at.map(|t| t.as_second()).unwrap_or_default(),
+    ))
+}
