@@ -127,6 +127,23 @@ pub async fn clusters_to_sync(
     Ok(clusters)
 }
 
+/// What a sync and its plan compare, for the clusters named in `names` (all when empty): the
+/// clusters to sync ([`clusters_to_sync`]), the installed rule and the primary's namespaces.
+/// `None`, said on `progress`, when there is no cluster to sync.
+pub async fn sync_inputs(
+    primary: &Client,
+    names: &[String],
+    progress: crate::output::Progress,
+) -> Result<Option<(Vec<MeshCluster>, SyncRule, BTreeMap<String, Namespace>)>> {
+    let clusters = clusters_to_sync(primary, names, progress).await?;
+    if clusters.is_empty() {
+        progress.info(crate::cmd::list::NO_CLUSTERS);
+        return Ok(None);
+    }
+    let (rule, namespaces) = tokio::try_join!(rule(primary), primary_namespaces(primary))?;
+    Ok(Some((clusters, rule, namespaces)))
+}
+
 /// The clusters named in `names` (all of them when empty), in name order. An unknown name is
 /// an error that lists the attached ones.
 pub fn select(clusters: Vec<MeshCluster>, names: &[String]) -> Result<Vec<MeshCluster>> {

@@ -46,15 +46,11 @@ impl Plan {
             remote_timeout,
         } = self;
         let client = ctx.client().await?;
-        let clusters = mesh_state::clusters_to_sync(&client, &cluster, ctx.progress).await?;
-        if clusters.is_empty() {
-            ctx.progress.info(super::list::NO_CLUSTERS);
+        let Some((clusters, rule, primary)) =
+            mesh_state::sync_inputs(&client, &cluster, ctx.progress).await?
+        else {
             return Ok(());
-        }
-        let (rule, primary) = tokio::try_join!(
-            mesh_state::rule(&client),
-            mesh_state::primary_namespaces(&client)
-        )?;
+        };
         let plans = mesh_state::for_each(&clusters, |c| {
             let (client, primary, rule) = (&client, &primary, &rule);
             async move {
