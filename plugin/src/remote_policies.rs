@@ -17,7 +17,8 @@ use mesh_core::{
 };
 
 use crate::cel;
-use crate::remote_setup::{GUARD, SYNC_SCOPE, meta, strings, sync_username};
+use crate::remote_setup::{GUARD, SYNC_SCOPE, meta, sync_username};
+use crate::render::strings;
 
 /// What the remote guard says and to whom it applies.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,13 +45,11 @@ impl Guard {
             primary_name: primary_name.to_owned(),
             primary_context: primary_context.to_owned(),
             managed_labels: mesh_core::labels::DEFAULT_MANAGED_LABELS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+                .map(String::from)
+                .into(),
             excluded_namespaces: mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+                .map(String::from)
+                .into(),
             namespace_selector: None,
         }
     }

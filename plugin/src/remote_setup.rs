@@ -61,6 +61,7 @@ pub use crate::remote_policies::{
     Guard, SYNC_SCOPE_MESSAGES, guard_binding, guard_policy, guard_primary_name,
     sync_scope_binding, sync_scope_policy,
 };
+use crate::render::{rule, strings};
 
 /// Label naming the tool that manages an object.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -204,19 +205,6 @@ pub(crate) fn meta(name: &str, namespace: Option<&str>, cluster: &str) -> Object
         name: Some(name.to_owned()),
         namespace: namespace.map(str::to_owned),
         labels: Some(labels(cluster)),
-        ..Default::default()
-    }
-}
-
-pub(crate) fn strings(items: &[&str]) -> Option<Vec<String>> {
-    Some(items.iter().map(|s| (*s).to_owned()).collect())
-}
-
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: strings(groups),
-        resources: strings(resources),
-        verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
         ..Default::default()
     }
 }

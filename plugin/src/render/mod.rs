@@ -211,13 +211,11 @@ impl Default for Options {
             replicas: 2,
             webhook_url: None,
             managed_labels: mesh_core::labels::DEFAULT_MANAGED_LABELS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+                .map(String::from)
+                .into(),
             excluded_namespaces: mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+                .map(String::from)
+                .into(),
             client_ca: None,
         }
     }
@@ -290,7 +288,8 @@ fn meta(name: &str, namespace: Option<&str>, component: Option<&str>) -> ObjectM
     }
 }
 
-fn strings(items: &[&str]) -> Option<Vec<String>> {
+/// A list field of a Kubernetes object from string literals.
+pub(crate) fn strings(items: &[&str]) -> Option<Vec<String>> {
     Some(items.iter().map(|s| (*s).to_owned()).collect())
 }
 
@@ -320,7 +319,8 @@ pub fn service_account() -> ServiceAccount {
     }
 }
 
-fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+/// An RBAC rule of `verbs` on `resources` of API `groups`.
+pub(crate) fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
     PolicyRule {
         api_groups: strings(groups),
         resources: strings(resources),
