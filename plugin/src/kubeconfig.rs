@@ -848,16 +848,20 @@ users:
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    #[test]
-    fn sanitize_refuses_insecure_without_ca() {
-        let kc = Kubeconfig {
+    /// A cluster entry with only its server set.
+    fn server(url: &str) -> Cluster {
+        Cluster {
+            server: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    /// A user's kubeconfig whose one context `c` points at `cluster`.
+    fn user_with_cluster(cluster: Cluster) -> Kubeconfig {
+        Kubeconfig {
             clusters: vec![NamedCluster {
                 name: "c".into(),
-                cluster: Some(Cluster {
-                    server: Some("https://1.2.3.4".into()),
-                    insecure_skip_tls_verify: Some(true),
-                    ..Default::default()
-                }),
+                cluster: Some(cluster),
                 ..Default::default()
             }],
             contexts: vec![NamedContext {
@@ -870,33 +874,24 @@ users:
             }],
             current_context: Some("c".into()),
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn sanitize_refuses_insecure_without_ca() {
+        let kc = user_with_cluster(Cluster {
+            insecure_skip_tls_verify: Some(true),
+            ..server("https://1.2.3.4")
+        });
         assert!(matches!(sanitize(&kc, "c", "t"), Err(Error::Refused(_))));
     }
 
     #[test]
     fn sanitize_refuses_a_proxy_the_webhook_cannot_use() {
-        let kc = Kubeconfig {
-            clusters: vec![NamedCluster {
-                name: "c".into(),
-                cluster: Some(Cluster {
-                    server: Some("https://1.2.3.4".into()),
-                    proxy_url: Some("http://proxy:3128".into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            contexts: vec![NamedContext {
-                name: "c".into(),
-                context: Some(Context {
-                    cluster: "c".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            current_context: Some("c".into()),
-            ..Default::default()
-        };
+        let kc = user_with_cluster(Cluster {
+            proxy_url: Some("http://proxy:3128".into()),
+            ..server("https://1.2.3.4")
+        });
         match sanitize(&kc, "c", "t") {
             Err(Error::Refused(message)) => assert!(message.contains("proxy-url"), "{message}"),
             other => panic!("expected a refusal, got {other:?}"),
