@@ -10,8 +10,8 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, eventually, https_get, label_on_primary, labels, managed_labels,
-    namespaces, own_mesh, run, shared_mesh, unique_name,
+    NO_RESYNC, carries, create_everywhere, eventually, https_get, label_on_primary, labels,
+    managed_labels, namespaces, own_mesh, route_admission_to, run, shared_mesh, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -24,14 +24,7 @@ async fn wait_labels(
     ns: &str,
     expected: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
-    eventually(
-        &format!("{ns} on {} carries {expected:?}", cluster.name),
-        DEADLINE,
-        || async {
-            Ok((managed_labels(cluster, ns).await?.as_ref() == Some(expected)).then_some(()))
-        },
-    )
-    .await
+    carries(cluster, ns, expected, DEADLINE).await
 }
 
 async fn reachable(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String>> {
@@ -251,18 +244,7 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     })
     .await?;
     let follower = mesh.start_replica(&env, "replica-b").await?;
-    let mut route = env.kubectl(env.primary());
-    route.args([
-        "patch",
-        "mutatingwebhookconfiguration",
-        kubectl_mesh::render::WEBHOOK_CONFIGURATION,
-        "--type=json",
-        "-p",
-        &json!([{"op": "replace", "path": "/webhooks/0/clientConfig/url",
-                 "value": format!("https://{}/mutate", follower.listen)}])
-        .to_string(),
-    ]);
-    run(route).await?;
+    route_admission_to(&env, &follower.listen).await?;
 
     let remote = &env.remotes()[0];
     let ns = create_everywhere(&env, "follower-pushed").await?;
@@ -439,6 +421,18 @@ fn failed_checks(report: &serde_json::Value, cluster: &str) -> Vec<String> {
         .collect()
 }
 
+/// Re-attaching remote-1 stores fresh credentials: `istio-injection=<value>` reaches it, it is
+/// synced again and check passes.
+async fn reattach_repairs(env: &TestEnv, mesh: &Mesh, ns: &str, value: &str) -> anyhow::Result<()> {
+    let remote = &env.remotes()[0];
+    mesh.attach(remote).await?;
+    wait_labels(remote, ns, &labels(&[("istio-injection", value)])).await?;
+    synced_becomes(env, "remote-1", "True").await?;
+    let (code, report) = check(mesh).await?;
+    assert_eq!(code, 0, "check passes after re-attach:\n{report:#}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them()
 -> anyhow::Result<()> {
@@ -494,11 +488,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         "{report:#}"
     );
 
-    mesh.attach(remote).await?;
-    wait_labels(remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
-    synced_becomes(&env, "remote-1", "True").await?;
-    let (code, report) = check(&mesh).await?;
-    assert_eq!(code, 0, "check passes after re-attach:\n{report:#}");
+    reattach_repairs(&env, &mesh, &ns, "enabled").await?;
 
     // Token revoked: deleting its Secret invalidates the token itself.
     let mut revoke = env.kubectl(remote);
@@ -539,11 +529,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         "{report:#}"
     );
 
-    mesh.attach(remote).await?;
-    wait_labels(remote, &ns, &labels(&[("istio-injection", "disabled")])).await?;
-    synced_becomes(&env, "remote-1", "True").await?;
-    let (code, report) = check(&mesh).await?;
-    assert_eq!(code, 0, "check passes after re-attach:\n{report:#}");
+    reattach_repairs(&env, &mesh, &ns, "disabled").await?;
     Ok(())
 }
 
