@@ -31,6 +31,15 @@ pub static DEFAULT_MANAGED_LABELS_LIST: LazyLock<String> =
 pub static DEFAULT_EXCLUDED_NAMESPACES_LIST: LazyLock<String> =
     LazyLock::new(|| DEFAULT_EXCLUDED_NAMESPACES.join(","));
 
+/// The default rule's managed label keys and excluded namespaces, as the lists an
+/// installation's options hold.
+pub fn default_lists() -> (Vec<String>, Vec<String>) {
+    (
+        DEFAULT_MANAGED_LABELS.map(String::from).into(),
+        DEFAULT_EXCLUDED_NAMESPACES.map(String::from).into(),
+    )
+}
+
 /// A rule flag of `install` that cannot be used.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -263,11 +272,9 @@ fn rule_of(managed: Option<&str>, excluded: Option<&str>) -> SyncRule {
             .map(str::to_owned)
             .collect()
     };
-    let managed = managed.map_or_else(|| DEFAULT_MANAGED_LABELS.map(String::from).into(), split);
-    let mut excluded: Vec<String> = excluded.map_or_else(
-        || DEFAULT_EXCLUDED_NAMESPACES.map(String::from).into(),
-        split,
-    );
+    let (default_managed, default_excluded) = default_lists();
+    let managed = managed.map_or(default_managed, split);
+    let mut excluded = excluded.map_or(default_excluded, split);
     excluded.push(MESH_NAMESPACE.to_owned());
     let rule = SyncRule::new(managed, excluded);
     if rule.managed_keys().next().is_none() {

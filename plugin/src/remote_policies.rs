@@ -40,16 +40,13 @@ pub struct Guard {
 impl Guard {
     /// A guard over the default managed labels and excluded namespaces.
     pub fn new(mode: RemoteGuard, primary_name: &str, primary_context: &str) -> Self {
+        let (managed_labels, excluded_namespaces) = crate::installed_rule::default_lists();
         Self {
             mode,
             primary_name: primary_name.to_owned(),
             primary_context: primary_context.to_owned(),
-            managed_labels: mesh_core::labels::DEFAULT_MANAGED_LABELS
-                .map(String::from)
-                .into(),
-            excluded_namespaces: mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES
-                .map(String::from)
-                .into(),
+            managed_labels,
+            excluded_namespaces,
             namespace_selector: None,
         }
     }

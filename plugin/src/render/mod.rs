@@ -206,16 +206,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
+        let (managed_labels, excluded_namespaces) = crate::installed_rule::default_lists();
         Self {
             image: DEFAULT_IMAGE.to_owned(),
             replicas: 2,
             webhook_url: None,
-            managed_labels: mesh_core::labels::DEFAULT_MANAGED_LABELS
-                .map(String::from)
-                .into(),
-            excluded_namespaces: mesh_core::labels::DEFAULT_EXCLUDED_NAMESPACES
-                .map(String::from)
-                .into(),
+            managed_labels,
+            excluded_namespaces,
             client_ca: None,
         }
     }
