@@ -68,6 +68,16 @@ async fn delete_namespace(client: &Client, name: &str) {
         .await;
 }
 
+/// The column names of `table`.
+fn header(table: &str) -> Vec<&str> {
+    table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect()
+}
+
 /// The line of `table` whose first column is `first`.
 fn row<'a>(table: &'a str, first: &str) -> Option<Vec<&'a str>> {
     table
@@ -112,12 +122,7 @@ async fn list_shows_attached_clusters_and_says_when_there_are_none() -> anyhow::
     let out = mesh(env, &["list"]).await?;
     assert!(out.status.success(), "{}", describe(&out));
     let table = text(&out.stdout);
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header = header(&table);
     assert_eq!(
         header,
         [
@@ -211,12 +216,7 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
     let out = mesh(env, &["status", &ns, &in_sync, &absent]).await?;
     assert!(out.status.success(), "{}", describe(&out));
     let table = text(&out.stdout);
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header = header(&table);
     assert_eq!(
         header,
         ["NAMESPACE", "PRIMARY", name.to_uppercase().as_str()]
@@ -344,12 +344,7 @@ async fn unreachable_remote_is_a_column_in_status_and_a_failure_in_sync() -> any
     let out = mesh(env, &["status", "--remote-timeout", "3s", &ns]).await?;
     assert!(out.status.success(), "{}", describe(&out));
     let table = text(&out.stdout);
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header = header(&table);
     let column = |name: &str| header.iter().position(|h| *h == name.to_uppercase());
     let cells = row(&table, &ns).expect("row");
     assert_eq!(

@@ -8,7 +8,6 @@
 //! starting beside it on a small machine would blur.
 
 use std::collections::BTreeSet;
-use std::process::Output;
 use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -21,7 +20,7 @@ use kube::api::ListParams;
 use kubectl_mesh::remote_setup as setup;
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
-use mesh_e2e::fixtures::{output, plugin};
+use mesh_e2e::fixtures::mesh_command;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
@@ -35,13 +34,6 @@ use tokio::sync::{Mutex, MutexGuard};
 async fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::const_new(());
     LOCK.lock().await
-}
-
-/// `kubectl-mesh --kubeconfig <primary> <args>`, whatever its exit status.
-async fn mesh_command(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
-    let mut cmd = plugin(env)?;
-    cmd.args(args).env("NO_COLOR", "1");
-    output(cmd).await
 }
 
 /// `kubectl get <kinds> -A -l <selector> -o name` on `cluster`, as a set.

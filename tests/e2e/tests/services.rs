@@ -6,28 +6,13 @@
 
 use std::time::Duration;
 
-use mesh_e2e::{create_everywhere, describe, eventually, label_on_primary, shared_mesh, text};
-use mesh_testenv::{Cluster, TestEnv, mesh::Mesh};
+use mesh_e2e::{
+    create_everywhere, describe, eventually, kubectl_apply, label_on_primary, shared_mesh, text,
+};
+use mesh_testenv::mesh::Mesh;
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// `kubectl apply -f -` of `yaml` on `cluster`.
-async fn apply(env: &TestEnv, cluster: &Cluster, yaml: &str) -> anyhow::Result<()> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut cmd = tokio::process::Command::from(env.kubectl(cluster));
-    cmd.args(["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    stdin.write_all(yaml.as_bytes()).await?;
-    drop(stdin);
-    let out = child.wait_with_output().await?;
-    anyhow::ensure!(out.status.success(), "kubectl apply: {}", describe(&out));
-    Ok(())
-}
 
 /// A Service with these ports.
 fn service(ns: &str, name: &str, ports: &[(&str, u16)]) -> String {
@@ -86,7 +71,7 @@ async fn services_across_clusters_with_endpoints_ports_and_column_states() -> an
 
     let ns = create_everywhere(env, "svc").await?;
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    apply(
+    kubectl_apply(
         env,
         env.primary(),
         &(service(&ns, "web", &[("http", 80)])
@@ -94,7 +79,7 @@ async fn services_across_clusters_with_endpoints_ports_and_column_states() -> an
             + &slice(&ns, "web-p", "web", &[true])),
     )
     .await?;
-    apply(
+    kubectl_apply(
         env,
         remote_1,
         &(service(&ns, "web", &[("http", 80)])
@@ -104,7 +89,7 @@ async fn services_across_clusters_with_endpoints_ports_and_column_states() -> an
             + &slice(&ns, "web-b", "web", &[true])),
     )
     .await?;
-    apply(env, remote_2, &service(&ns, "web", &[("http", 80)])).await?;
+    kubectl_apply(env, remote_2, &service(&ns, "web", &[("http", 80)])).await?;
 
     // Until the label reached remote-1, its namespace is not injected there.
     let report = eventually(
