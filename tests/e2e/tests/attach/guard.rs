@@ -12,18 +12,32 @@ use mesh_e2e::check_report::{CheckEntry, CheckReport};
 use mesh_e2e::{DEFAULT_TIMEOUT, create_namespace, describe, eventually, text, unique_name};
 use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
+use tokio::sync::MutexGuard;
 
 use crate::support::*;
 
+/// remote-2 attached with the default guard, holding a fresh namespace named after
+/// `prefix`, and the remote's lock.
+async fn attached_with_namespace(
+    prefix: &str,
+) -> anyhow::Result<(
+    &'static TestEnv,
+    &'static Cluster,
+    MutexGuard<'static, ()>,
+    String,
+)> {
+    let env = env().await?;
+    let (remote, lock) = take_remote(env, 1).await?;
+    let ns = unique_name(prefix);
+    create_namespace(remote, &ns).await?;
+    attach(env, remote, &[]).await?;
+    Ok((env, remote, lock, ns))
+}
+
 #[tokio::test]
 async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 1).await?;
+    let (env, remote, _lock, ns) = attached_with_namespace("guarded").await?;
     let name = remote.name.as_str();
-    let ns = unique_name("guarded");
-    create_namespace(remote, &ns).await?;
-
-    attach(env, remote, &[]).await?;
     // Policies take effect asynchronously: edit (a changing value each time) until warned.
     let mut attempt = 0;
     let warning = eventually("the guard warns", DEFAULT_TIMEOUT, || {
@@ -152,13 +166,8 @@ async fn guard_warning_naming(
 /// another --primary-name changes both, and check tells when they disagree.
 #[tokio::test]
 async fn reattach_with_another_primary_name_updates_the_guard() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 1).await?;
+    let (env, remote, _lock, ns) = attached_with_namespace("renamed").await?;
     let name = remote.name.as_str();
-    let ns = unique_name("renamed");
-    create_namespace(remote, &ns).await?;
-
-    attach(env, remote, &[]).await?;
     assert_eq!(
         mesh_cluster(env, name).await?.spec.primary_name.as_deref(),
         Some("primary")

@@ -52,17 +52,22 @@ pub async fn take_remote(
     Ok((remote, guard))
 }
 
-/// Detaches every cluster name found for `remote`, on the primary or on the remote itself.
-async fn reset(env: &TestEnv, remote: &Cluster) -> anyhow::Result<()> {
+/// Names of the MeshClusters on the primary whose cluster ID is `remote`'s.
+async fn mesh_clusters_of(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Vec<String>> {
     let id = cluster_id(remote).await?;
-    let mut names: Vec<String> = Api::<MeshCluster>::all(env.primary().client().await?)
+    Ok(Api::<MeshCluster>::all(env.primary().client().await?)
         .list(&ListParams::default())
         .await?
         .items
         .into_iter()
         .filter(|mc| mc.spec.cluster_id == id)
         .map(|mc| mc.name_any())
-        .collect();
+        .collect())
+}
+
+/// Detaches every cluster name found for `remote`, on the primary or on the remote itself.
+async fn reset(env: &TestEnv, remote: &Cluster) -> anyhow::Result<()> {
+    let mut names = mesh_clusters_of(env, remote).await?;
     let client = remote.client().await?;
     let lp = ListParams::default().labels(MANAGED_BY);
     for sa in Api::<ServiceAccount>::namespaced(client.clone(), MESH_NS)
@@ -272,15 +277,7 @@ pub async fn assert_nothing_left(
     ensure!(on_primary.is_empty(), "left on the primary: {on_primary:?}");
     let by_name = primary_by_name(env, name).await?;
     ensure!(by_name.is_empty(), "left on the primary: {by_name:?}");
-    let id = cluster_id(remote).await?;
-    let same_cluster: Vec<String> = Api::<MeshCluster>::all(env.primary().client().await?)
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|mc| mc.spec.cluster_id == id)
-        .map(|mc| mc.name_any())
-        .collect();
+    let same_cluster = mesh_clusters_of(env, remote).await?;
     ensure!(
         same_cluster.is_empty(),
         "MeshClusters of {}: {same_cluster:?}",
