@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mesh_e2e::browser::Browser;
-use mesh_e2e::{create_everywhere, describe, label_on_primary, shared_mesh};
+use mesh_e2e::{create_everywhere, describe, kubectl_apply, label_on_primary, shared_mesh};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
 /// How long a change may take to show on the page: the webhook's push, the watch, the
@@ -158,21 +158,7 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: {ns}\nspec:\n  ports:\n  - name: http\n    port: 80\n"
     );
     for cluster in [env.primary(), remote_1] {
-        let mut apply = tokio::process::Command::from(env.kubectl(cluster));
-        apply
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = apply.spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(yaml.as_bytes())
-            .await?;
-        let out = child.wait_with_output().await?;
-        anyhow::ensure!(out.status.success(), "apply: {}", describe(&out));
+        kubectl_apply(env, cluster, &yaml).await?;
     }
     let row = format!(r#"document.querySelector('#services tr[data-service="{ns}/web"]')"#);
     until(
@@ -197,21 +183,7 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
             )
         })
         .collect();
-    let mut create = tokio::process::Command::from(env.kubectl(env.primary()));
-    create
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = create.spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(many.as_bytes())
-        .await?;
-    let out = child.wait_with_output().await?;
-    anyhow::ensure!(out.status.success(), "apply: {}", describe(&out));
+    kubectl_apply(env, env.primary(), &many).await?;
     let last = format!("{ns}/page-{:03}", MANY_SERVICES - 1);
     until(
         &mut browser,
