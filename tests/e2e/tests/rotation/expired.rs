@@ -4,12 +4,9 @@
 use std::collections::BTreeMap;
 
 use mesh_e2e::tokens::store_token;
-use mesh_e2e::{
-    carries, create_everywhere, describe, eventually, fixtures::mesh_command, own_mesh_with, text,
-};
-use mesh_testenv::mesh::MeshOptions;
+use mesh_e2e::{carries, create_everywhere, describe, eventually, fixtures::mesh_command, text};
 
-use crate::support::{DEADLINE, reachable_reason, rotate, token_expiry};
+use crate::support::{DEADLINE, one_remote, reachable_reason, rotate, token_expiry};
 
 /// An unsigned JWT whose `exp` has passed.
 ///
@@ -38,7 +35,7 @@ fn expired_jwt() -> String {
 #[tokio::test]
 async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repairs_it()
 -> anyhow::Result<()> {
-    let (env, mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let (env, mesh) = one_remote(&[], &[]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
     let ns = create_everywhere(&env, "expired").await?;

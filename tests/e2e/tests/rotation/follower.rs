@@ -1,18 +1,15 @@
 //! A replica that does not lead picks the rotated credentials up too.
 
 use mesh_e2e::tokens::revoked;
-use mesh_e2e::{
-    create_everywhere, describe, eventually, own_mesh_with, pushes_by_result, route_admission_to,
-};
-use mesh_testenv::mesh::MeshOptions;
+use mesh_e2e::{create_everywhere, describe, eventually, pushes_by_result, route_admission_to};
 
-use crate::support::{DEADLINE, rotate, stored_sync};
+use crate::support::{DEADLINE, one_remote, rotate, stored_sync};
 
 /// A replica that does not lead (and so never writes status) reloads the stored credentials
 /// when rotate replaces them: its pushes go on with the new token once the old one is revoked.
 #[tokio::test]
 async fn a_follower_replica_pushes_with_the_rotated_token() -> anyhow::Result<()> {
-    let (env, mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let (env, mesh) = one_remote(&[], &[]).await?;
     let ca = mesh.ca_pem()?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();

@@ -7,16 +7,17 @@ use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
     carries, create_everywhere, describe,
     fixtures::{mesh_command, output},
-    own_mesh_with, text,
+    text,
 };
-use mesh_testenv::mesh::MeshOptions;
 
-use crate::support::{DEADLINE, STANDBY, SYNC_TOKEN, rotate, stored_sync, token_secrets};
+use crate::support::{
+    DEADLINE, STANDBY, SYNC_TOKEN, one_remote, rotate, stored_sync, token_secrets,
+};
 
 #[tokio::test]
 async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
 -> anyhow::Result<()> {
-    let (env, mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let (env, mesh) = one_remote(&[], &[]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
     let remote_kc = remote.kubeconfig.display().to_string();
@@ -115,7 +116,7 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
 -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
-    let (env, _mesh) = own_mesh_with(1, MeshOptions::from_workspace()?).await?;
+    let (env, _mesh) = one_remote(&[], &[]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
     let remote_kc = remote.kubeconfig.display().to_string();

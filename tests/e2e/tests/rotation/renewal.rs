@@ -13,13 +13,12 @@ use mesh_e2e::tokens::{answer_to, revoked, store_token, token_of};
 use mesh_e2e::{
     carries, create_everywhere, describe, eventually,
     fixtures::{mesh_command, output},
-    own_mesh_with, text,
+    text,
 };
-use mesh_testenv::mesh::MeshOptions;
 
 use crate::support::{
-    DEADLINE, SYNC_TOKEN, issued_and_expires, reachable_reason, rotate, stored_sync, token_expiry,
-    token_secrets,
+    DEADLINE, SYNC_TOKEN, issued_and_expires, one_remote, reachable_reason, rotate, stored_sync,
+    token_expiry, token_secrets,
 };
 
 /// What the time-bound token of the sync account needs on the remote to be renewed by the
@@ -66,9 +65,7 @@ async fn grant_token_renewal(remote: &mesh_testenv::Cluster) -> anyhow::Result<(
 #[tokio::test]
 async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one()
 -> anyhow::Result<()> {
-    let mut options = MeshOptions::from_workspace()?;
-    options.webhook_args = vec!["--token-renew-fraction".into(), "0.01".into()];
-    let (env, mesh) = own_mesh_with(1, options).await?;
+    let (env, mesh) = one_remote(&[], &["--token-renew-fraction", "0.01"]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
     let ns = create_everywhere(&env, "renewal").await?;
@@ -154,10 +151,8 @@ async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one(
 #[tokio::test]
 async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revokes()
 -> anyhow::Result<()> {
-    let mut options = MeshOptions::from_workspace()?;
-    options.attach_args = vec!["--token-ttl".into(), "10m".into()];
-    options.webhook_args = vec!["--token-renew-fraction".into(), "0.01".into()];
-    let (env, _mesh) = own_mesh_with(1, options).await?;
+    let (env, _mesh) =
+        one_remote(&["--token-ttl", "10m"], &["--token-renew-fraction", "0.01"]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
     let remote_kc = remote.kubeconfig.display().to_string();

@@ -12,11 +12,26 @@ use mesh_core::{
     cluster::{CONDITION_REACHABLE, MeshCluster},
 };
 use mesh_e2e::{fixtures::mesh_command, https_get, pushes_by_result, tokens::stored_kubeconfig};
-use mesh_testenv::{Cluster, TestEnv, mesh::Mesh};
+use mesh_testenv::{
+    Cluster, TestEnv,
+    mesh::{Mesh, MeshOptions},
+};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 pub const SYNC_TOKEN: &str = "kubectl-mesh-sync-token";
 pub const STANDBY: &str = "kubectl-mesh-sync-token-standby";
+
+/// A mesh of its own with one remote, attached with `attach_args`, its webhook run with
+/// `webhook_args`: rotation revokes the very tokens the webhook syncs with.
+pub async fn one_remote(
+    attach_args: &[&str],
+    webhook_args: &[&str],
+) -> anyhow::Result<(TestEnv, Mesh)> {
+    let mut options = MeshOptions::from_workspace()?;
+    options.attach_args = attach_args.iter().map(|a| (*a).to_owned()).collect();
+    options.webhook_args = webhook_args.iter().map(|a| (*a).to_owned()).collect();
+    mesh_e2e::own_mesh_with(1, options).await
+}
 
 /// Names of the token Secrets on the remote.
 pub async fn token_secrets(remote: &Cluster) -> anyhow::Result<Vec<String>> {

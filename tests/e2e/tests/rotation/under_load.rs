@@ -16,11 +16,11 @@ use mesh_e2e::tokens::{answer_to, revoked, stored_kubeconfig, token_of};
 use mesh_e2e::{
     carries, create_everywhere, describe,
     fixtures::{mesh_command, output},
-    own_mesh_with, text,
+    text,
 };
-use mesh_testenv::{TestEnv, mesh::MeshOptions};
+use mesh_testenv::TestEnv;
 
-use crate::support::{DEADLINE, SYNC_TOKEN, pushes, rotate, token_secrets};
+use crate::support::{DEADLINE, SYNC_TOKEN, one_remote, pushes, rotate, token_secrets};
 
 /// The three kubeconfigs stored for cluster `name` (sync, services view, Istio's remote
 /// secret), by what they are for.
@@ -65,9 +65,7 @@ async fn stored_credentials(
 #[tokio::test]
 async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old_tokens()
 -> anyhow::Result<()> {
-    let mut options = MeshOptions::from_workspace()?;
-    options.attach_args = vec!["--istio-remote-secret".into(), "--services-view".into()];
-    let (env, mesh) = own_mesh_with(1, options).await?;
+    let (env, mesh) = one_remote(&["--istio-remote-secret", "--services-view"], &[]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
     let ns = create_everywhere(&env, "rotation").await?;
