@@ -416,6 +416,25 @@ pub async fn carries(
     .await
 }
 
+/// Merges `labels` (a JSON object; `null` removes a key) into the labels of namespace `ns` on
+/// `cluster` with its admin credentials, as a hand edit there would.
+pub async fn edit_labels(
+    cluster: &mesh_testenv::Cluster,
+    ns: &str,
+    labels: serde_json::Value,
+) -> anyhow::Result<()> {
+    let patch = serde_json::json!({"metadata": {"labels": labels}});
+    namespaces(cluster)
+        .await?
+        .patch(
+            ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
 /// A label map from pairs.
 pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     pairs

@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, eventually, label_on_primary, labels, managed_labels, metric_sum,
-    namespaces, own_mesh, run,
+    NO_RESYNC, create_everywhere, edit_labels, eventually, label_on_primary, labels,
+    managed_labels, metric_sum, own_mesh, run,
 };
 use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
@@ -73,11 +72,7 @@ async fn namespace_watches_ended(env: &TestEnv, cluster: &Cluster) -> anyhow::Re
 /// Sets `istio-injection=disabled` by hand on `ns` of `remote`, labelled `enabled` on the
 /// primary, and waits until the webhook has put it back.
 async fn hand_edit_is_corrected(remote: &Cluster, ns: &str) -> anyhow::Result<()> {
-    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
-    namespaces(remote)
-        .await?
-        .patch(ns, &PatchParams::default(), &Patch::Merge(&drift))
-        .await?;
+    edit_labels(remote, ns, json!({"istio-injection": "disabled"})).await?;
     let enabled = Some(labels(&[("istio-injection", "enabled")]));
     eventually(
         "the drift is corrected",

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, create_namespace, eventually, label_on_primary, labels,
-    managed_labels, namespaces, own_mesh, shared_mesh, unique_name,
+    NO_RESYNC, create_everywhere, create_namespace, edit_labels, eventually, label_on_primary,
+    labels, managed_labels, namespaces, own_mesh, shared_mesh, unique_name,
 };
 use mesh_testenv::TestEnv;
 use serde_json::json;
@@ -134,11 +134,7 @@ async fn unmanaged_labels_are_never_touched() -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(2).await;
     let ns = create_everywhere(env, "unmanaged").await?;
     let remote = &env.remotes()[0];
-    let patch = json!({"metadata": {"labels": {"team": "remote-team"}}});
-    namespaces(remote)
-        .await?
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    edit_labels(remote, &ns, json!({"team": "remote-team"})).await?;
 
     let warnings =
         label_on_primary(env, &ns, &["team=primary-team", "istio-injection=enabled"]).await?;
@@ -166,11 +162,7 @@ async fn a_label_set_only_on_a_remote_disappears() -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(2).await;
     let ns = create_everywhere(env, "remote-only").await?;
     let remote = &env.remotes()[1];
-    let patch = json!({"metadata": {"labels": {"istio-injection": "enabled"}}});
-    namespaces(remote)
-        .await?
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    edit_labels(remote, &ns, json!({"istio-injection": "enabled"})).await?;
     eventually("remote-only label removed", RESYNC_DEADLINE, || async {
         Ok(managed_labels(remote, &ns).await?.filter(|l| l.is_empty()))
     })
