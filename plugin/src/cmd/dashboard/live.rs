@@ -6,9 +6,8 @@
 //! thousands of services fits in a few megabytes.
 //!
 //! Each change marks the state dirty; one task turns it into a JSON snapshot at most every
-//! [`SETTLE`], with the same judges the CLI uses ([`StatusReport`], [`services::Join`]), and
-//! hands it to every open page, framed once as the event that carries it: every page shares
-//! the same buffer.
+//! [`SETTLE`] ([`super::snapshot`], with the same judges the CLI uses), and hands it to every
+//! open page, framed once as the event that carries it: every page shares the same buffer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,11 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
-use jiff::Timestamp;
-use k8s_openapi::api::{
-    core::v1::{Namespace, Secret},
-    events::v1::Event,
-};
+use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{WatchStreamExt as _, watcher},
@@ -35,11 +30,8 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::cmd::list::{ClusterRow, expiry_of};
-use crate::cmd::services::{
-    self, ClusterFacts, ClusterRead, Join, Names, PRIMARY, ReadState, ServiceRow, wire,
-};
-use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
+use crate::cmd::list::expiry_of;
+use crate::cmd::services::{self, ClusterFacts, Names, Records, wire};
 use crate::credentials::TokenExpiry;
 use crate::view;
 
@@ -68,12 +60,7 @@ const WATCH_CLIENT: RemoteOptions = RemoteOptions {
 const LIST_PAGE: u32 = 100;
 
 /// The Events kept, newest first.
-const MAX_EVENTS: usize = 50;
-
-/// Service rows each snapshot carries: the first ones, as the page shows them unfiltered.
-/// The page asks for others (a filter) with [`Dashboard::services_json`]: a mesh of tens of
-/// thousands of services is never written out whole.
-pub const SNAPSHOT_ROWS: usize = 500;
+pub(super) const MAX_EVENTS: usize = 50;
 
 /// The controller name the webhook records its Events with.
 pub(super) const WEBHOOK_CONTROLLER: &str = "mesh-webhook";
@@ -98,33 +85,54 @@ impl Shared {
 }
 
 /// Everything watched, reduced.
-struct Live {
-    rule: SyncRule,
+pub(super) struct Live {
+    pub(super) rule: SyncRule,
     /// The names every record points into.
-    names: Names,
+    pub(super) names: Names,
     /// The namespace matrix as JSON, as long as none of what it shows changed (namespaces,
     /// MeshClusters, whether a remote answers): computing it for thousands of namespaces
     /// takes megabytes for a moment, and services change far more often.
-    matrix: Option<Vec<u8>>,
-    primary_namespaces: BTreeMap<String, NsFacts>,
-    primary_facts: ClusterFacts,
-    primary_error: Option<String>,
-    clusters: BTreeMap<String, MeshCluster>,
-    remotes: BTreeMap<String, RemoteLive>,
-    events: BTreeMap<EventKey, EventRow>,
+    pub(super) matrix: Option<Vec<u8>>,
+    pub(super) primary_namespaces: Records<String, NsFacts>,
+    pub(super) primary_facts: ClusterFacts,
+    pub(super) primary_error: Option<String>,
+    pub(super) clusters: BTreeMap<String, MeshCluster>,
+    pub(super) remotes: BTreeMap<String, RemoteLive>,
+    pub(super) events: Records<EventKey, EventRow>,
+}
+
+impl Live {
+    /// Nothing watched yet.
+    pub(super) fn new(rule: SyncRule) -> Self {
+        Self {
+            rule,
+            names: Names::default(),
+            matrix: None,
+            primary_namespaces: Records::default(),
+            primary_facts: ClusterFacts {
+                pods: Some(Records::default()),
+                injection: Some(BTreeMap::new()),
+                ..ClusterFacts::default()
+            },
+            primary_error: None,
+            clusters: BTreeMap::new(),
+            remotes: BTreeMap::new(),
+            events: Records::default(),
+        }
+    }
 }
 
 /// One remote.
 #[derive(Default)]
-struct RemoteLive {
+pub(super) struct RemoteLive {
     /// `None` until first asked; then whether it answered, or why not.
-    probe: Option<Result<(), String>>,
-    namespaces: Option<BTreeMap<String, NsFacts>>,
-    namespaces_error: Option<String>,
-    view: ViewState,
-    facts: ClusterFacts,
-    expiry: Option<TokenExpiry>,
-    tasks: Vec<JoinHandle<()>>,
+    pub(super) probe: Option<Result<(), String>>,
+    pub(super) namespaces: Option<Records<String, NsFacts>>,
+    pub(super) namespaces_error: Option<String>,
+    pub(super) view: ViewState,
+    pub(super) facts: ClusterFacts,
+    pub(super) expiry: Option<TokenExpiry>,
+    pub(super) tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for RemoteLive {
@@ -137,7 +145,7 @@ impl Drop for RemoteLive {
 
 /// Whether a remote's services can be read.
 #[derive(Clone, Debug, Default)]
-enum ViewState {
+pub(super) enum ViewState {
     #[default]
     Pending,
     NoCredentials,
@@ -157,280 +165,6 @@ pub struct EventRow {
     pub object: String,
     pub note: String,
     pub count: i32,
-}
-
-/// What the page receives.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Snapshot<'a> {
-    generated_at: String,
-    primary_error: Option<&'a str>,
-    clusters: Vec<ClusterInfo>,
-    /// `matrix` (a [`StatusReport`]) is written beside these, kept from the last snapshot.
-    services: ServicesJson,
-    events: Vec<&'a EventRow>,
-}
-
-/// A page of [`services::ServicesReport`] as JSON: the columns, `total` rows matching the
-/// filter, and those from `offset` on.
-#[derive(Serialize)]
-struct ServicesJson {
-    clusters: Vec<services::ClusterColumn>,
-    total: usize,
-    offset: usize,
-    services: Vec<ServiceRow>,
-}
-
-/// One remote in the clusters table.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ClusterInfo {
-    name: String,
-    server: String,
-    /// `reachable`, `unreachable` or `unknown` (not asked yet), as seen from here now.
-    reachability: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    /// The webhook's conditions and counts (MeshCluster status).
-    reachable_condition: String,
-    synced_condition: String,
-    in_sync: String,
-    drifted: String,
-    missing: String,
-    last_sync: String,
-    token_expiry: String,
-    /// `view`, `istio-reader`, `none` or `failed`.
-    view: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    view_hint: Option<String>,
-}
-
-impl Live {
-    /// The snapshot, framed as the event that carries it: everything but the services past
-    /// the first [`SNAPSHOT_ROWS`].
-    fn snapshot(&mut self) -> Bytes {
-        let now = Timestamp::now();
-        let clusters = self.clusters_info(now);
-        let matrix = match self.matrix.take() {
-            Some(json) => json,
-            // Plain data into memory: serializing cannot fail.
-            None => serde_json::to_vec(&self.matrix()).unwrap_or_default(),
-        };
-        let services = self.services_page("", 0, SNAPSHOT_ROWS);
-        let mut events: Vec<&EventRow> = self.events.values().collect();
-        events.sort_by(|a, b| b.time.cmp(&a.time));
-        events.truncate(MAX_EVENTS);
-        let snapshot = Snapshot {
-            generated_at: now.to_string(),
-            primary_error: self.primary_error.as_deref(),
-            clusters,
-            services,
-            events,
-        };
-        // Plain data into memory: serializing cannot fail.
-        let rest = serde_json::to_vec(&snapshot).unwrap_or_default();
-        drop(snapshot);
-        // `{"matrix":<kept>,` then the rest of the object after its `{`.
-        let mut buf = Vec::with_capacity(rest.len() + matrix.len() + 64);
-        buf.extend_from_slice(EVENT_PREFIX);
-        buf.extend_from_slice(b"{\"matrix\":");
-        buf.extend_from_slice(&matrix);
-        buf.push(b',');
-        buf.extend_from_slice(rest.get(1..).unwrap_or_default());
-        buf.extend_from_slice(EVENT_SUFFIX);
-        self.matrix = Some(matrix);
-        // Names of objects deleted since the last snapshot.
-        self.names.purge();
-        Bytes::from(buf)
-    }
-
-    /// One remote per row of the clusters table.
-    fn clusters_info(&self, now: Timestamp) -> Vec<ClusterInfo> {
-        self.clusters
-            .values()
-            .map(|c| {
-                let name = c.name_any();
-                let remote = self.remotes.get(&name);
-                let expiry = remote
-                    .and_then(|r| r.expiry)
-                    .unwrap_or(TokenExpiry::Unknown);
-                let row = ClusterRow::new(c, expiry, now);
-                let (reachability, error) = match remote.and_then(|r| r.probe.as_ref()) {
-                    None => ("unknown", None),
-                    Some(Ok(())) => ("reachable", None),
-                    Some(Err(e)) => ("unreachable", Some(e.clone())),
-                };
-                let (view, view_hint) = match remote.map(|r| &r.view) {
-                    None | Some(ViewState::Pending) => ("pending".to_owned(), None),
-                    Some(ViewState::NoCredentials) => {
-                        ("none".to_owned(), Some(view::enable_command(&name)))
-                    }
-                    Some(ViewState::Failed(e)) => ("failed".to_owned(), Some(e.clone())),
-                    Some(ViewState::Read(source)) => (source.to_string(), None),
-                };
-                ClusterInfo {
-                    name,
-                    server: row.server,
-                    reachability,
-                    error,
-                    reachable_condition: row.reachable,
-                    synced_condition: row.synced,
-                    in_sync: row.in_sync,
-                    drifted: row.drifted,
-                    missing: row.missing,
-                    last_sync: row.last_sync,
-                    token_expiry: row.token_expiry,
-                    view,
-                    view_hint,
-                }
-            })
-            .collect()
-    }
-
-    /// The namespaces' managed labels on every cluster.
-    fn matrix(&self) -> StatusReport {
-        // The matrix needs only namespaces with a managed label somewhere (its rows) and,
-        // for them, where they exist: Namespace objects are rebuilt for those alone.
-        let rule = &self.rule;
-        let rows: BTreeSet<&str> = self
-            .primary_namespaces
-            .iter()
-            .chain(
-                self.remotes
-                    .values()
-                    .filter_map(|r| r.namespaces.as_ref())
-                    .flatten(),
-            )
-            .filter(|(_, ns)| ns.carries(rule))
-            .map(|(name, _)| name.as_str())
-            .collect();
-        let rebuild = |map: &BTreeMap<String, NsFacts>| -> Vec<Namespace> {
-            rows.iter()
-                .filter_map(|name| Some(map.get(*name)?.namespace(name)))
-                .collect()
-        };
-        let primary: BTreeMap<String, Namespace> = rebuild(&self.primary_namespaces)
-            .into_iter()
-            .map(|ns| (ns.name_any(), ns))
-            .collect();
-        let names: Vec<String> = self.clusters.keys().cloned().collect();
-        let views: Vec<RemoteView> = names
-            .iter()
-            .map(|name| {
-                let remote = self.remotes.get(name);
-                let namespaces = match remote {
-                    None => Err("not read yet".to_owned()),
-                    Some(r) => match (&r.probe, &r.namespaces) {
-                        (Some(Err(e)), _) => Err(e.clone()),
-                        (_, Some(map)) => Ok(rebuild(map)),
-                        (_, None) => Err(r
-                            .namespaces_error
-                            .clone()
-                            .unwrap_or_else(|| "not read yet".to_owned())),
-                    },
-                };
-                RemoteView {
-                    name: name.clone(),
-                    scope: self
-                        .clusters
-                        .get(name)
-                        .map(|c| c.spec.scope.clone())
-                        .unwrap_or_default(),
-                    namespaces,
-                    injectors: None,
-                    pods: PodsRead::NotAsked,
-                }
-            })
-            .collect();
-        StatusReport::compute(&self.rule, &primary, &views, &[])
-    }
-
-    /// The services whose `namespace/name` contains `filter`: how many, and `limit` of them
-    /// from `offset`, joined across clusters as `kubectl mesh services` joins them.
-    fn services_page(&mut self, filter: &str, offset: usize, limit: usize) -> ServicesJson {
-        // Facts are moved out and back rather than cloned: the join borrows them as the
-        // CLI's reads, and a copy of tens of thousands of records is what this avoids.
-        let names: Vec<String> = self.clusters.keys().cloned().collect();
-        let mut primary_facts = std::mem::take(&mut self.primary_facts);
-        primary_facts.injection = Some(injection_of(&self.primary_namespaces));
-        let mut reads = vec![ClusterRead {
-            name: PRIMARY.to_owned(),
-            state: ReadState::Read(primary_facts),
-        }];
-        for name in &names {
-            let state = match self.remotes.get_mut(name) {
-                None => ReadState::Unreachable {
-                    error: "not read yet".into(),
-                },
-                Some(r) => match (&r.probe, &r.view) {
-                    (Some(Err(e)), _) => ReadState::Unreachable { error: e.clone() },
-                    (_, ViewState::Pending) => ReadState::Unreachable {
-                        error: "not read yet".into(),
-                    },
-                    (_, ViewState::NoCredentials) => ReadState::NoCredentials {
-                        enable: view::enable_command(name),
-                    },
-                    (_, ViewState::Failed(error)) => ReadState::Failed {
-                        credentials: "view".into(),
-                        error: error.clone(),
-                    },
-                    (_, ViewState::Read(_)) => {
-                        let mut facts = std::mem::take(&mut r.facts);
-                        facts.injection = r.namespaces.as_ref().map(injection_of);
-                        ReadState::Read(facts)
-                    }
-                },
-            };
-            reads.push(ClusterRead {
-                name: name.clone(),
-                state,
-            });
-        }
-        let join = Join::paged(&reads);
-        let (total, services) = join.page(filter, offset, limit);
-        drop(join);
-        let page = ServicesJson {
-            clusters: services::columns(&reads),
-            total,
-            offset,
-            services,
-        };
-        for read in reads {
-            if let ReadState::Read(facts) = read.state {
-                match self.remotes.get_mut(&read.name) {
-                    Some(r) if read.name != PRIMARY => r.facts = facts,
-                    _ => self.primary_facts = facts,
-                }
-            }
-        }
-        page
-    }
-}
-
-/// Namespaces whose labels ask for sidecars, as [`ClusterFacts::injection`] holds them.
-fn injection_of(namespaces: &BTreeMap<String, NsFacts>) -> BTreeMap<String, String> {
-    namespaces
-        .iter()
-        .filter(|(_, ns)| !ns.labels.is_empty())
-        .filter_map(|(name, ns)| {
-            Some((
-                name.clone(),
-                services::extract_injection(&ns.namespace(name))?,
-            ))
-        })
-        .collect()
-}
-
-/// How a snapshot is framed: one server-sent event `state` (JSON has no raw newline).
-pub const EVENT_PREFIX: &[u8] = b"event: state\ndata: ";
-pub const EVENT_SUFFIX: &[u8] = b"\n\n";
-
-/// The JSON of a framed snapshot; empty before the first one.
-pub fn json_of(framed: &Bytes) -> Bytes {
-    if framed.len() < EVENT_PREFIX.len() + EVENT_SUFFIX.len() {
-        return Bytes::new();
-    }
-    framed.slice(EVENT_PREFIX.len()..framed.len() - EVENT_SUFFIX.len())
 }
 
 /// Applies a watch of `api` to the shared state through `on`, forever (the watcher retries
@@ -536,7 +270,7 @@ fn watch_workloads(
                 ..
             } = live;
             if let Some(facts) = facts_of(primary_facts, remotes, which.as_deref()) {
-                let pods = facts.pods.get_or_insert_with(BTreeMap::new);
+                let pods = facts.pods.get_or_insert_with(Records::default);
                 relist.apply(pods, change, |o| services::extract_pod(names, o));
             }
         },
@@ -563,9 +297,7 @@ impl Feed {
         if self.snapshots.borrow().is_empty() {
             return None;
         }
-        let page = self.shared.lock().services_page(filter, offset, limit);
-        // Plain data into memory: serializing cannot fail.
-        Some(Bytes::from(serde_json::to_vec(&page).unwrap_or_default()))
+        Some(self.shared.lock().services_json(filter, offset, limit))
     }
 }
 
@@ -573,21 +305,7 @@ impl Feed {
 /// snapshots, the first one once the primary's namespaces are listed.
 pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     let shared = Arc::new(Shared {
-        live: Mutex::new(Live {
-            rule,
-            names: Names::default(),
-            matrix: None,
-            primary_namespaces: BTreeMap::new(),
-            primary_facts: ClusterFacts {
-                pods: Some(BTreeMap::new()),
-                injection: Some(BTreeMap::new()),
-                ..ClusterFacts::default()
-            },
-            primary_error: None,
-            clusters: BTreeMap::new(),
-            remotes: BTreeMap::new(),
-            events: BTreeMap::new(),
-        }),
+        live: Mutex::new(Live::new(rule)),
         dirty: Notify::new(),
     });
     let (tx, rx) = watch::channel(Bytes::new());
@@ -817,7 +535,7 @@ fn watch_remote(
                     return;
                 }
                 r.namespaces_error = None;
-                let map = r.namespaces.get_or_insert_with(BTreeMap::new);
+                let map = r.namespaces.get_or_insert_with(Records::default);
                 relist.apply(map, change, reduce_namespace);
             },
         )

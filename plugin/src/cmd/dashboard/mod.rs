@@ -7,6 +7,7 @@
 pub mod live;
 mod reduce;
 pub mod server;
+pub mod snapshot;
 
 use std::net::{Ipv4Addr, SocketAddr};
 

@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use mesh_core::labels::SyncRule;
 
 use super::live::{EventRow, WEBHOOK_CONTROLLER};
-use crate::cmd::services::wire;
+use crate::cmd::services::{Records, wire};
 
 /// (namespace, name) of an Event.
 pub(super) type EventKey = (String, String);
@@ -39,7 +39,7 @@ impl<Q> Default for Relist<Q> {
 impl<Q: Ord + Clone> Relist<Q> {
     pub(super) fn apply<V, K: kube::Resource>(
         &mut self,
-        map: &mut BTreeMap<Q, V>,
+        map: &mut Records<Q, V>,
         change: Change<K>,
         mut reduce: impl FnMut(&K) -> Option<(Q, V)>,
     ) {
@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn a_relist_drops_what_it_does_not_list_again() {
         let mut relist = Relist::default();
-        let mut map = BTreeMap::new();
+        let mut map = Records::default();
         // The first list, into an empty map: no keys kept aside.
         relist.apply(&mut map, Change::Restart, reduce_namespace);
         assert!(relist.seen.is_none());

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::live;
+use super::{live, snapshot};
 
 /// The page, embedded: nothing is fetched from anywhere else.
 const INDEX_HTML: &str = include_str!("assets/index.html");
@@ -90,7 +90,7 @@ fn handle(req: &Request<Incoming>, port: u16, feed: &live::Feed) -> Response<Bod
             Bytes::from_static(STYLE_CSS.as_bytes()),
         ),
         "/state.json" => {
-            let json = live::json_of(&feed.snapshots().borrow());
+            let json = snapshot::json_of(&feed.snapshots().borrow());
             if json.is_empty() {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "not read yet\n");
             }
@@ -114,7 +114,7 @@ pub struct ServicesQuery {
     /// Rows whose `namespace/name` contains it; every row when empty.
     pub filter: String,
     pub offset: usize,
-    /// At most [`MAX_PAGE`]; [`live::SNAPSHOT_ROWS`] when not given.
+    /// At most [`MAX_PAGE`]; [`snapshot::SNAPSHOT_ROWS`] when not given.
     pub limit: usize,
 }
 
@@ -124,7 +124,7 @@ impl ServicesQuery {
         let mut parsed = Self {
             filter: String::new(),
             offset: 0,
-            limit: live::SNAPSHOT_ROWS,
+            limit: snapshot::SNAPSHOT_ROWS,
         };
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -133,7 +133,10 @@ impl ServicesQuery {
                 "filter" => parsed.filter = value.trim().to_owned(),
                 "offset" => parsed.offset = value.parse().unwrap_or(0),
                 "limit" => {
-                    parsed.limit = value.parse().unwrap_or(live::SNAPSHOT_ROWS).min(MAX_PAGE);
+                    parsed.limit = value
+                        .parse()
+                        .unwrap_or(snapshot::SNAPSHOT_ROWS)
+                        .min(MAX_PAGE);
                 }
                 _ => {}
             }
@@ -263,7 +266,7 @@ mod tests {
                 limit: MAX_PAGE
             }
         );
-        assert_eq!(ServicesQuery::parse("").limit, live::SNAPSHOT_ROWS);
+        assert_eq!(ServicesQuery::parse("").limit, snapshot::SNAPSHOT_ROWS);
         assert_eq!(percent_decode("caf%C3%A9%2"), "café%2");
         assert_eq!(percent_decode("%zz%41"), "%zzA");
     }

@@ -2,6 +2,7 @@
 //! that the dashboard can hold them for every object it watches.
 
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -11,6 +12,7 @@ use serde::Serialize;
 
 use super::SERVICE_NAME_LABEL;
 use super::names::{Name, Names};
+use super::records::Records;
 use super::wire::{EndpointSlice, Pod, Service};
 
 /// One port of a Service.
@@ -37,20 +39,35 @@ impl PortFacts {
     }
 }
 
-/// What the table needs of a Service: two shared pointers ([`Names`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceFacts {
+/// What the table needs of a Service: its type and ports, one copy shared by every service
+/// that has the same ([`Names::shape`]).
+pub type ServiceFacts = Arc<ServiceShape>;
+
+/// A Service's type and ports.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceShape {
     /// ClusterIP, NodePort, LoadBalancer or ExternalName.
-    pub type_: Name,
+    pub type_: Box<str>,
     /// Sorted by port.
-    pub ports: Arc<[PortFacts]>,
+    pub ports: Box<[PortFacts]>,
 }
 
 /// (namespace, name) of a Service, both shared ([`Names`]).
 pub type Key = (Name, Name);
 
-/// (namespace, name) of an EndpointSlice or a pod: the namespace shared, the name, its own.
-pub type ObjectKey = (Name, Box<str>);
+/// (namespace, hash of the name) of an EndpointSlice or a pod: the namespace shared, the name
+/// kept only as [`name_hash`]. Nothing shows these names; they only tell one object from
+/// another within a namespace, and a name costs an allocation where the hash costs 8 bytes.
+pub type ObjectKey = (Name, u64);
+
+/// The hash an [`ObjectKey`] keeps of a name: the same for the same name for as long as the
+/// process runs (SipHash with fixed keys); two names of one namespace sharing it would be
+/// taken for one object, a chance of about 1 in 10^11 with 10,000 objects in a namespace.
+pub fn name_hash(name: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// What one cluster has, kept small: services, each EndpointSlice's service and ready count,
 /// whether each pod has a sidecar (when pods were read), which namespaces ask for sidecars
@@ -58,11 +75,11 @@ pub type ObjectKey = (Name, Box<str>);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterFacts {
     /// By (namespace, name).
-    pub services: BTreeMap<Key, ServiceFacts>,
+    pub services: Records<Key, ServiceFacts>,
     /// By (namespace, slice name): the Service it belongs to and its ready endpoints.
-    pub slices: BTreeMap<ObjectKey, (Name, usize)>,
+    pub slices: Records<ObjectKey, (Name, usize)>,
     /// By (namespace, pod name): whether it carries istio-proxy. `None`: not read.
-    pub pods: Option<BTreeMap<ObjectKey, bool>>,
+    pub pods: Option<Records<ObjectKey, bool>>,
     /// Namespaces whose labels ask for sidecars, with what they ask (`default`, `revision
     /// canary`). `None`: labels not read.
     pub injection: Option<BTreeMap<String, String>>,
@@ -103,10 +120,13 @@ pub fn extract_service(names: &mut Names, service: &Service) -> Option<(Key, Ser
             names.name(service.metadata.namespace.as_deref()?),
             names.name(service.metadata.name.as_deref()?),
         ),
-        ServiceFacts {
-            type_: names.name(spec.and_then(|s| s.type_.as_deref()).unwrap_or("ClusterIP")),
-            ports: names.ports(ports),
-        },
+        names.shape(ServiceShape {
+            type_: spec
+                .and_then(|s| s.type_.as_deref())
+                .unwrap_or("ClusterIP")
+                .into(),
+            ports: ports.into(),
+        }),
     ))
 }
 
@@ -148,6 +168,6 @@ fn key_of<K: ResourceExt>(names: &mut Names, object: &K) -> Option<ObjectKey> {
     let meta = object.meta();
     Some((
         names.name(meta.namespace.as_deref()?),
-        meta.name.as_deref()?.into(),
+        name_hash(meta.name.as_deref()?),
     ))
 }

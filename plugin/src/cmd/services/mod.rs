@@ -14,6 +14,7 @@
 
 mod facts;
 pub mod names;
+pub mod records;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,10 +27,11 @@ use mesh_core::cluster::MeshCluster;
 use serde::Serialize;
 
 pub use facts::{
-    ClusterFacts, Key, ObjectKey, PortFacts, ServiceFacts, extract_injection, extract_pod,
-    extract_service, extract_slice,
+    ClusterFacts, Key, ObjectKey, PortFacts, ServiceFacts, ServiceShape, extract_injection,
+    extract_pod, extract_service, extract_slice, name_hash,
 };
 pub use names::{Name, Names};
+pub use records::Records;
 use wire::{EndpointSlice, Pod, Service};
 
 use crate::{
@@ -194,7 +196,7 @@ async fn read_facts(
         facts.apply_slice(&mut names, &s);
     }
     if let Some(pods) = pods? {
-        let mut map = BTreeMap::new();
+        let mut map = Records::default();
         for pod in &pods {
             if let Some((key, sidecar)) = extract_pod(&mut names, pod) {
                 map.insert(key, sidecar);
@@ -447,8 +449,8 @@ fn aggregate<'a>(
     facts: &'a ClusterFacts,
     namespaces: Option<&BTreeSet<&'a Name>>,
 ) -> Aggregate<'a> {
-    // The first key of a namespace in a map by (namespace, name).
-    let from = |ns: &Name| (Name::clone(ns), Box::<str>::default())..;
+    // The first key of a namespace in a map by (namespace, hash of the name).
+    let from = |ns: &Name| (Name::clone(ns), 0);
     let mut ready: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     let mut add_slice = |((ns, _), (service, count)): (&'a ObjectKey, &'a (Name, usize))| {
         *ready.entry((ns, service)).or_default() += count;
@@ -459,7 +461,7 @@ fn aggregate<'a>(
             for ns in set {
                 facts
                     .slices
-                    .range(from(ns))
+                    .range_from(&from(ns))
                     .take_while(|((n, _), _)| n == *ns)
                     .for_each(&mut add_slice);
             }
@@ -479,7 +481,7 @@ fn aggregate<'a>(
             None => pods.iter().for_each(&mut add_pod),
             Some(set) => {
                 for ns in set {
-                    pods.range(from(ns))
+                    pods.range_from(&from(ns))
                         .take_while(|((n, _), _)| n == *ns)
                         .for_each(&mut add_pod);
                 }

@@ -1,21 +1,21 @@
 //! One copy of each name: a namespace's name is shared by its services, EndpointSlices and
-//! pods on every cluster, a service's name by its EndpointSlices, a service type and a list
-//! of ports by most services. The dashboard keeps tens of thousands of records for as long as
+//! pods on every cluster, a service's name by its EndpointSlices, a service's type and ports
+//! by most services. The dashboard keeps tens of thousands of records for as long as
 //! it runs; each holds reference-counted pointers into this table instead of its own strings.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::PortFacts;
+use super::facts::ServiceShape;
 
 /// A shared name.
 pub type Name = Arc<str>;
 
-/// The table: names and port lists handed out, each stored once.
+/// The table: names and service shapes handed out, each stored once.
 #[derive(Debug, Default)]
 pub struct Names {
     names: HashSet<Arc<str>>,
-    ports: HashSet<Arc<[PortFacts]>>,
+    shapes: HashSet<Arc<ServiceShape>>,
 }
 
 impl Names {
@@ -29,25 +29,25 @@ impl Names {
         shared
     }
 
-    /// The shared copy of `ports`.
-    pub fn ports(&mut self, ports: Vec<PortFacts>) -> Arc<[PortFacts]> {
-        if let Some(shared) = self.ports.get(ports.as_slice()) {
+    /// The shared copy of `shape`.
+    pub fn shape(&mut self, shape: ServiceShape) -> Arc<ServiceShape> {
+        if let Some(shared) = self.shapes.get(&shape) {
             return shared.clone();
         }
-        let shared: Arc<[PortFacts]> = Arc::from(ports);
-        self.ports.insert(shared.clone());
+        let shared = Arc::new(shape);
+        self.shapes.insert(shared.clone());
         shared
     }
 
     /// Forgets what no record holds any more (deleted objects' names).
     pub fn purge(&mut self) {
         self.names.retain(|n| Arc::strong_count(n) > 1);
-        self.ports.retain(|p| Arc::strong_count(p) > 1);
+        self.shapes.retain(|p| Arc::strong_count(p) > 1);
     }
 
-    /// Names and port lists held.
+    /// Names and shapes held.
     pub fn len(&self) -> usize {
-        self.names.len() + self.ports.len()
+        self.names.len() + self.shapes.len()
     }
 
     /// Whether nothing is held.
@@ -59,6 +59,7 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::services::PortFacts;
 
     #[test]
     fn one_copy_each_until_unused() {
@@ -66,13 +67,17 @@ mod tests {
         let a = names.name("shop");
         let b = names.name("shop");
         assert!(Arc::ptr_eq(&a, &b));
-        let port = PortFacts {
-            name: "http".into(),
-            port: 80,
-            protocol: "TCP".into(),
+        let shape = ServiceShape {
+            type_: "ClusterIP".into(),
+            ports: [PortFacts {
+                name: "http".into(),
+                port: 80,
+                protocol: "TCP".into(),
+            }]
+            .into(),
         };
-        let p = names.ports(vec![port.clone()]);
-        assert!(Arc::ptr_eq(&p, &names.ports(vec![port])));
+        let p = names.shape(shape.clone());
+        assert!(Arc::ptr_eq(&p, &names.shape(shape)));
         let other = names.name("db");
         assert_eq!(names.len(), 3);
         drop(other);

@@ -1,0 +1,469 @@
+//! What the page receives: each snapshot of the live state, written as JSON and framed as
+//! the server-sent event that carries it, and pages of services on request. The namespace
+//! matrix and the services are judged as `status` and `services` judge them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use serde::Serialize;
+
+use crate::cmd::list::ClusterRow;
+use crate::cmd::services::{self, ClusterRead, Join, PRIMARY, ReadState, Records, ServiceRow};
+use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
+use crate::credentials::TokenExpiry;
+use crate::view;
+
+use super::live::{EventRow, Live, MAX_EVENTS, ViewState};
+use super::reduce::NsFacts;
+
+/// Service rows each snapshot carries: the first ones, as the page shows them unfiltered.
+/// The page asks for others (a filter) with [`super::live::Feed::services_json`]: a mesh of
+/// tens of thousands of services is never written out whole.
+pub const SNAPSHOT_ROWS: usize = 500;
+
+/// Rows of the namespace matrix judged at a time.
+const MATRIX_CHUNK: usize = 100;
+
+/// What the page receives.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Snapshot<'a> {
+    generated_at: String,
+    primary_error: Option<&'a str>,
+    clusters: Vec<ClusterInfo>,
+    /// `matrix` (a [`StatusReport`]) is written beside these, kept from the last snapshot.
+    services: ServicesJson,
+    events: Vec<&'a EventRow>,
+}
+
+/// A page of [`services::ServicesReport`] as JSON: the columns, `total` rows matching the
+/// filter, and those from `offset` on.
+#[derive(Serialize)]
+struct ServicesJson {
+    clusters: Vec<services::ClusterColumn>,
+    total: usize,
+    offset: usize,
+    services: Vec<ServiceRow>,
+}
+
+/// One remote in the clusters table.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ClusterInfo {
+    name: String,
+    server: String,
+    /// `reachable`, `unreachable` or `unknown` (not asked yet), as seen from here now.
+    reachability: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// The webhook's conditions and counts (MeshCluster status).
+    reachable_condition: String,
+    synced_condition: String,
+    in_sync: String,
+    drifted: String,
+    missing: String,
+    last_sync: String,
+    token_expiry: String,
+    /// `view`, `istio-reader`, `none` or `failed`.
+    view: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    view_hint: Option<String>,
+}
+
+impl Live {
+    /// The snapshot, framed as the event that carries it: everything but the services past
+    /// the first [`SNAPSHOT_ROWS`].
+    pub(super) fn snapshot(&mut self) -> Bytes {
+        let now = Timestamp::now();
+        let clusters = self.clusters_info(now);
+        let matrix = match self.matrix.take() {
+            Some(json) => json,
+            // Plain data into memory: serializing cannot fail.
+            None => self.matrix_json(MATRIX_CHUNK),
+        };
+        let services = self.services_page("", 0, SNAPSHOT_ROWS);
+        let mut events: Vec<&EventRow> = self.events.values().collect();
+        events.sort_by(|a, b| b.time.cmp(&a.time));
+        events.truncate(MAX_EVENTS);
+        let snapshot = Snapshot {
+            generated_at: now.to_string(),
+            primary_error: self.primary_error.as_deref(),
+            clusters,
+            services,
+            events,
+        };
+        // `{"matrix":<kept>,` then the rest of the snapshot's object after its `{`, written
+        // in place.
+        let mut buf = Vec::with_capacity(matrix.len() + 64 * 1024);
+        buf.extend_from_slice(EVENT_PREFIX);
+        buf.extend_from_slice(b"{\"matrix\":");
+        buf.extend_from_slice(&matrix);
+        buf.push(b',');
+        let rest = buf.len();
+        // Plain data into memory: serializing cannot fail.
+        serde_json::to_writer(&mut buf, &snapshot).unwrap_or_default();
+        drop(snapshot);
+        if buf.get(rest) == Some(&b'{') {
+            buf.remove(rest);
+        }
+        buf.extend_from_slice(EVENT_SUFFIX);
+        buf.shrink_to_fit();
+        self.matrix = Some(matrix);
+        // Names of objects deleted since the last snapshot.
+        self.names.purge();
+        Bytes::from(buf)
+    }
+
+    /// One remote per row of the clusters table.
+    fn clusters_info(&self, now: Timestamp) -> Vec<ClusterInfo> {
+        self.clusters
+            .values()
+            .map(|c| {
+                let name = c.name_any();
+                let remote = self.remotes.get(&name);
+                let expiry = remote
+                    .and_then(|r| r.expiry)
+                    .unwrap_or(TokenExpiry::Unknown);
+                let row = ClusterRow::new(c, expiry, now);
+                let (reachability, error) = match remote.and_then(|r| r.probe.as_ref()) {
+                    None => ("unknown", None),
+                    Some(Ok(())) => ("reachable", None),
+                    Some(Err(e)) => ("unreachable", Some(e.clone())),
+                };
+                let (view, view_hint) = match remote.map(|r| &r.view) {
+                    None | Some(ViewState::Pending) => ("pending".to_owned(), None),
+                    Some(ViewState::NoCredentials) => {
+                        ("none".to_owned(), Some(view::enable_command(&name)))
+                    }
+                    Some(ViewState::Failed(e)) => ("failed".to_owned(), Some(e.clone())),
+                    Some(ViewState::Read(source)) => (source.to_string(), None),
+                };
+                ClusterInfo {
+                    name,
+                    server: row.server,
+                    reachability,
+                    error,
+                    reachable_condition: row.reachable,
+                    synced_condition: row.synced,
+                    in_sync: row.in_sync,
+                    drifted: row.drifted,
+                    missing: row.missing,
+                    last_sync: row.last_sync,
+                    token_expiry: row.token_expiry,
+                    view,
+                    view_hint,
+                }
+            })
+            .collect()
+    }
+
+    /// The namespaces' managed labels on every cluster ([`StatusReport`]) as JSON, judged
+    /// [`MATRIX_CHUNK`] rows at a time: the judge reads Namespace objects, rebuilt for the
+    /// rows it judges, and a few thousand of them at once took megabytes.
+    pub(super) fn matrix_json(&self, chunk: usize) -> Vec<u8> {
+        let rows = self.matrix_rows();
+        let mut chunks = rows.chunks(chunk.max(1));
+        // The columns do not depend on the rows: no row is judged for them.
+        let columns = self.matrix_of(&[]).clusters;
+        let mut counts = [0; 4];
+        let mut buf = Vec::new();
+        buf.extend_from_slice(b"{\"clusters\":");
+        // Plain data into memory: serializing cannot fail.
+        serde_json::to_writer(&mut buf, &columns).unwrap_or_default();
+        buf.extend_from_slice(b",\"namespaces\":[");
+        let mut first = true;
+        for rows in chunks.by_ref() {
+            let report = self.matrix_of(rows);
+            for row in &report.namespaces {
+                if !first {
+                    buf.push(b',');
+                }
+                first = false;
+                serde_json::to_writer(&mut buf, row).unwrap_or_default();
+            }
+            for (count, add) in counts.iter_mut().zip([
+                report.drifted,
+                report.missing,
+                report.uninjected,
+                report.contrary_pods,
+            ]) {
+                *count += add;
+            }
+        }
+        let [drifted, missing, uninjected, contrary_pods] = counts;
+        buf.extend_from_slice(
+            format!(
+                "],\"drifted\":{drifted},\"missing\":{missing},\"uninjected\":{uninjected},\"contraryPods\":{contrary_pods}}}"
+            )
+            .as_bytes(),
+        );
+        buf
+    }
+
+    /// The matrix's rows, as [`StatusReport::compute`] chooses them when given none: the
+    /// namespaces with a managed label on the primary or on a remote whose namespaces are
+    /// judged, outside the rule's exclusions.
+    fn matrix_rows(&self) -> Vec<&str> {
+        let rule = &self.rule;
+        let judged = self.clusters.iter().filter_map(|(name, cluster)| {
+            rule.within(&cluster.spec.scope).ok()?;
+            self.remote_namespaces(name).ok()
+        });
+        let rows: BTreeSet<&str> = std::iter::once(&self.primary_namespaces)
+            .chain(judged)
+            .flatten()
+            .filter(|(name, ns)| ns.carries(rule) && !rule.is_excluded(name))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        rows.into_iter().collect()
+    }
+
+    /// The namespaces of a remote, or why they are not known.
+    fn remote_namespaces(&self, name: &str) -> Result<&Records<String, NsFacts>, String> {
+        match self.remotes.get(name) {
+            None => Err("not read yet".to_owned()),
+            Some(r) => match (&r.probe, &r.namespaces) {
+                (Some(Err(e)), _) => Err(e.clone()),
+                (_, Some(map)) => Ok(map),
+                (_, None) => Err(r
+                    .namespaces_error
+                    .clone()
+                    .unwrap_or_else(|| "not read yet".to_owned())),
+            },
+        }
+    }
+
+    /// Every remote as the judge reads it, with the Namespace objects `rebuild` makes of its
+    /// namespaces.
+    fn remote_views(
+        &self,
+        rebuild: impl Fn(&Records<String, NsFacts>) -> Vec<Namespace>,
+    ) -> Vec<RemoteView> {
+        self.clusters
+            .iter()
+            .map(|(name, cluster)| RemoteView {
+                name: name.clone(),
+                scope: cluster.spec.scope.clone(),
+                namespaces: self.remote_namespaces(name).map(&rebuild),
+                injectors: None,
+                pods: PodsRead::NotAsked,
+            })
+            .collect()
+    }
+
+    /// The matrix of `rows` alone (none: its columns only); Namespace objects are rebuilt
+    /// for them alone.
+    fn matrix_of(&self, rows: &[&str]) -> StatusReport {
+        let rebuild = |map: &Records<String, NsFacts>| -> Vec<Namespace> {
+            rows.iter()
+                .filter_map(|name| Some(map.get(*name)?.namespace(name)))
+                .collect()
+        };
+        let primary: BTreeMap<String, Namespace> = rebuild(&self.primary_namespaces)
+            .into_iter()
+            .map(|ns| (ns.name_any(), ns))
+            .collect();
+        let views = self.remote_views(rebuild);
+        let requested: Vec<String> = rows.iter().map(|&n| n.to_owned()).collect();
+        StatusReport::compute(&self.rule, &primary, &views, &requested)
+    }
+
+    /// [`Live::services_page`] as JSON.
+    pub(super) fn services_json(&mut self, filter: &str, offset: usize, limit: usize) -> Bytes {
+        let page = self.services_page(filter, offset, limit);
+        // Plain data into memory: serializing cannot fail.
+        Bytes::from(serde_json::to_vec(&page).unwrap_or_default())
+    }
+
+    /// The services whose `namespace/name` contains `filter`: how many, and `limit` of them
+    /// from `offset`, joined across clusters as `kubectl mesh services` joins them.
+    fn services_page(&mut self, filter: &str, offset: usize, limit: usize) -> ServicesJson {
+        // Facts are moved out and back rather than cloned: the join borrows them as the
+        // CLI's reads, and a copy of tens of thousands of records is what this avoids.
+        let names: Vec<String> = self.clusters.keys().cloned().collect();
+        let mut primary_facts = std::mem::take(&mut self.primary_facts);
+        primary_facts.injection = Some(injection_of(&self.primary_namespaces));
+        let mut reads = vec![ClusterRead {
+            name: PRIMARY.to_owned(),
+            state: ReadState::Read(primary_facts),
+        }];
+        for name in &names {
+            let state = match self.remotes.get_mut(name) {
+                None => ReadState::Unreachable {
+                    error: "not read yet".into(),
+                },
+                Some(r) => match (&r.probe, &r.view) {
+                    (Some(Err(e)), _) => ReadState::Unreachable { error: e.clone() },
+                    (_, ViewState::Pending) => ReadState::Unreachable {
+                        error: "not read yet".into(),
+                    },
+                    (_, ViewState::NoCredentials) => ReadState::NoCredentials {
+                        enable: view::enable_command(name),
+                    },
+                    (_, ViewState::Failed(error)) => ReadState::Failed {
+                        credentials: "view".into(),
+                        error: error.clone(),
+                    },
+                    (_, ViewState::Read(_)) => {
+                        let mut facts = std::mem::take(&mut r.facts);
+                        facts.injection = r.namespaces.as_ref().map(injection_of);
+                        ReadState::Read(facts)
+                    }
+                },
+            };
+            reads.push(ClusterRead {
+                name: name.clone(),
+                state,
+            });
+        }
+        let join = Join::paged(&reads);
+        let (total, services) = join.page(filter, offset, limit);
+        drop(join);
+        let page = ServicesJson {
+            clusters: services::columns(&reads),
+            total,
+            offset,
+            services,
+        };
+        for read in reads {
+            if let ReadState::Read(facts) = read.state {
+                match self.remotes.get_mut(&read.name) {
+                    Some(r) if read.name != PRIMARY => r.facts = facts,
+                    _ => self.primary_facts = facts,
+                }
+            }
+        }
+        page
+    }
+}
+
+/// Namespaces whose labels ask for sidecars, as [`ClusterFacts::injection`] holds them.
+fn injection_of(namespaces: &Records<String, NsFacts>) -> BTreeMap<String, String> {
+    namespaces
+        .iter()
+        .filter(|(_, ns)| !ns.labels.is_empty())
+        .filter_map(|(name, ns)| {
+            Some((
+                name.clone(),
+                services::extract_injection(&ns.namespace(name))?,
+            ))
+        })
+        .collect()
+}
+
+/// How a snapshot is framed: one server-sent event `state` (JSON has no raw newline).
+pub const EVENT_PREFIX: &[u8] = b"event: state\ndata: ";
+pub const EVENT_SUFFIX: &[u8] = b"\n\n";
+
+/// The JSON of a framed snapshot; empty before the first one.
+pub fn json_of(framed: &Bytes) -> Bytes {
+    if framed.len() < EVENT_PREFIX.len() + EVENT_SUFFIX.len() {
+        return Bytes::new();
+    }
+    framed.slice(EVENT_PREFIX.len()..framed.len() - EVENT_SUFFIX.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_core::labels::SyncRule;
+
+    use super::*;
+    use crate::cmd::dashboard::live::RemoteLive;
+    use crate::cmd::dashboard::reduce::reduce_namespace;
+    use crate::cmd::services::wire;
+    use crate::mesh_state::fixtures::{cluster, ns};
+
+    /// Namespaces as a watch keeps them.
+    fn kept(namespaces: &[(&str, &[(&str, &str)])]) -> Records<String, NsFacts> {
+        namespaces
+            .iter()
+            .filter_map(|(name, labels)| {
+                reduce_namespace(&wire::Namespace {
+                    metadata: ns(name, labels).metadata,
+                })
+            })
+            .collect()
+    }
+
+    /// A primary and three remotes: one read (drift, a missing namespace, one labelled only
+    /// there, an excluded one), one that does not answer, one not read yet.
+    fn live() -> Live {
+        let mut live = Live::new(SyncRule::default());
+        let on = [("istio-injection", "enabled")];
+        let off = [("istio-injection", "disabled")];
+        let rev = [("istio.io/rev", "canary")];
+        live.primary_namespaces = kept(&[
+            ("a", &on),
+            ("b", &[]),
+            ("c", &rev),
+            ("d", &on),
+            ("e", &on),
+            ("kube-system", &on),
+            ("f", &[("team", "x")]),
+        ]);
+        for name in ["remote-1", "remote-2", "remote-3"] {
+            live.clusters.insert(
+                name.to_owned(),
+                cluster(name, "https://10.0.0.1:6443", "2026-12-01T00:00:00Z"),
+            );
+        }
+        let mut read = RemoteLive::default();
+        read.probe = Some(Ok(()));
+        read.namespaces = Some(kept(&[
+            ("a", &on),
+            ("b", &off),
+            ("c", &[]),
+            ("e", &on),
+            ("g", &rev),
+            ("kube-system", &off),
+        ]));
+        live.remotes.insert("remote-1".to_owned(), read);
+        let mut silent = RemoteLive::default();
+        silent.probe = Some(Err("no answer within 3s".to_owned()));
+        silent.namespaces = Some(kept(&[("h", &on)]));
+        live.remotes.insert("remote-2".to_owned(), silent);
+        live
+    }
+
+    #[test]
+    fn the_matrix_judged_in_chunks_is_the_whole_matrix() {
+        let live = live();
+        // The judge over every namespace of every cluster, as `status` runs it.
+        let all = |map: &Records<String, NsFacts>| -> Vec<Namespace> {
+            map.iter().map(|(name, ns)| ns.namespace(name)).collect()
+        };
+        let primary = all(&live.primary_namespaces)
+            .into_iter()
+            .map(|ns| (ns.name_any(), ns))
+            .collect();
+        let views = live.remote_views(all);
+        let whole = StatusReport::compute(&live.rule, &primary, &views, &[]);
+        assert_eq!(
+            whole
+                .namespaces
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b", "c", "d", "e", "g"],
+            "h is only on a remote that does not answer, kube-system is excluded"
+        );
+        assert!(whole.drifted > 0 && whole.missing > 0);
+        let whole = serde_json::to_value(&whole).unwrap();
+        for chunk in [1, 2, 4, 100] {
+            let chunked: serde_json::Value =
+                serde_json::from_slice(&live.matrix_json(chunk)).unwrap();
+            assert_eq!(chunked, whole, "{chunk} rows at a time");
+        }
+    }
+
+    #[test]
+    fn an_empty_mesh_has_an_empty_matrix() {
+        let live = Live::new(SyncRule::default());
+        let json: serde_json::Value = serde_json::from_slice(&live.matrix_json(100)).unwrap();
+        let empty = StatusReport::compute(&live.rule, &BTreeMap::new(), &[], &[]);
+        assert_eq!(json, serde_json::to_value(&empty).unwrap());
+    }
+}
