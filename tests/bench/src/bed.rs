@@ -28,8 +28,9 @@ pub const MANAGED_LABEL_CONDITION: &str = "managed-label-changed";
 pub const BENCH_LABEL: &str = "mesh-bench";
 
 /// Builds `kubectl-mesh` and `mesh-webhook` with this tool's profile (cargo builds only the
-/// libraries of a `cargo run -p mesh-bench`), unless `skip`. Returns where they are.
-pub fn product_binaries(skip: bool) -> anyhow::Result<MeshOptions> {
+/// libraries of a `cargo run -p mesh-bench`), or with `profile` (`dist`), unless `skip`.
+/// Returns where they are.
+pub fn product_binaries(skip: bool, profile: Option<&str>) -> anyhow::Result<MeshOptions> {
     if !skip {
         let release = std::env::current_exe()?
             .parent()
@@ -42,8 +43,14 @@ pub fn product_binaries(skip: bool) -> anyhow::Result<MeshOptions> {
             .arg("--manifest-path")
             .arg(&manifest)
             .args(["-p", "kubectl-mesh", "-p", "mesh-webhook"]);
-        if release {
-            build.arg("--release");
+        match profile {
+            Some(profile) => {
+                build.args(["--profile", profile]);
+            }
+            None if release => {
+                build.arg("--release");
+            }
+            None => {}
         }
         eprintln!("[bench] building kubectl-mesh and mesh-webhook");
         let status = build.status().context("running cargo")?;
@@ -51,7 +58,27 @@ pub fn product_binaries(skip: bool) -> anyhow::Result<MeshOptions> {
             bail!("building kubectl-mesh and mesh-webhook failed; see the cargo output above");
         }
     }
-    MeshOptions::from_workspace()
+    let mut options = MeshOptions::from_workspace()?;
+    if let Some(profile) = profile {
+        // This tool runs from target/<its profile>/: the others are beside that folder.
+        let exe = std::env::current_exe()?;
+        let dir = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .context("no target folder above this tool")?
+            .join(profile);
+        options.plugin = dir.join("kubectl-mesh");
+        options.webhook = dir.join("mesh-webhook");
+        for binary in [&options.plugin, &options.webhook] {
+            if !binary.is_file() {
+                bail!(
+                    "{} not found; build it: cargo build --profile {profile} -p kubectl-mesh -p mesh-webhook",
+                    binary.display()
+                );
+            }
+        }
+    }
+    Ok(options)
 }
 
 /// Control planes, the mesh, and the webhook process.

@@ -119,6 +119,12 @@ pub struct Cli {
     #[arg(long, env = "MESH_BENCH_NO_BUILD")]
     pub no_build: bool,
 
+    /// Measure the kubectl-mesh and mesh-webhook of this cargo profile (`dist`: the stripped
+    /// binaries users download) instead of those of this tool's own profile; they are built
+    /// with it unless --no-build.
+    #[arg(long, env = "MESH_BENCH_PROFILE", value_name = "PROFILE")]
+    pub profile: Option<String>,
+
     /// Run the webhook without `--client-ca-file` (callers unauthenticated), to compare with
     /// the default, where it requires the apiserver's client certificate.
     #[arg(long, env = "MESH_BENCH_NO_CLIENT_AUTH")]
@@ -207,6 +213,7 @@ impl Cli {
             scale_changes,
             dir,
             no_build,
+            profile,
             no_client_auth,
             istio,
             ..
@@ -233,9 +240,14 @@ impl Cli {
                 "the apiserver's client certificate required (--client-ca-file)"
             }
         );
+        let mut options = bed::product_binaries(no_build, profile.as_deref())?;
+        println!(
+            "- binaries measured: `{}` and `{}`",
+            options.plugin.display(),
+            options.webhook.display()
+        );
         println!();
 
-        let mut options = bed::product_binaries(no_build)?;
         options.client_auth = !no_client_auth;
         let subdir = |name: &str| dir.as_ref().map(|d| d.join(name));
         let wants = |s: Scenario| scenario == s || scenario == Scenario::All;
@@ -315,7 +327,7 @@ impl Cli {
             );
             return Ok(());
         }
-        let options = bed::product_binaries(self.no_build)?;
+        let options = bed::product_binaries(self.no_build, self.profile.as_deref())?;
         let config = soak::SoakConfig {
             seed: self.seed,
             duration: self.duration,
