@@ -34,6 +34,22 @@ fn injection_checks(report: &CheckReport) -> Vec<Option<CheckEntry>> {
         .collect()
 }
 
+/// Runs check until the injection check of every remote has `result`; that report.
+async fn injection_checks_become(
+    mesh: &Mesh,
+    result: &str,
+    what: &str,
+) -> anyhow::Result<CheckReport> {
+    eventually(what, DEADLINE, || async {
+        let report = check(mesh).await?;
+        let all = injection_checks(&report)
+            .iter()
+            .all(|c| c.as_ref().is_some_and(|c| c.result == result));
+        Ok(all.then_some(report))
+    })
+    .await
+}
+
 /// `kubectl mesh status -o wide` for `ns`: its stdout and stderr.
 async fn status_wide(mesh: &Mesh, ns: &str) -> anyhow::Result<(String, String)> {
     let mut cmd = tokio::process::Command::from(mesh.plugin());
@@ -113,18 +129,8 @@ async fn a_revision_without_an_injector_is_said_and_fails_check_until_it_runs() 
 
     // The canary revision's istiod, with its injector on every remote.
     istio.start_revision(&env, "canary").await?;
-    let report = eventually(
-        "check passes with the canary injectors",
-        DEADLINE,
-        || async {
-            let report = check(&mesh).await?;
-            let ok = injection_checks(&report)
-                .iter()
-                .all(|c| c.as_ref().is_some_and(|c| c.result == "ok"));
-            Ok(ok.then_some(report))
-        },
-    )
-    .await?;
+    let report =
+        injection_checks_become(&mesh, "ok", "check passes with the canary injectors").await?;
     assert_eq!(
         injection_checks(&report)[0]
             .as_ref()
@@ -168,14 +174,8 @@ async fn a_revision_without_an_injector_is_said_and_fails_check_until_it_runs() 
         ),
         "{stderr}"
     );
-    let report = eventually("check warns about the conflict", DEADLINE, || async {
-        let report = check(&mesh).await?;
-        let warned = injection_checks(&report)
-            .iter()
-            .all(|c| c.as_ref().is_some_and(|c| c.result == "warning"));
-        Ok(warned.then_some(report))
-    })
-    .await?;
+    let report =
+        injection_checks_become(&mesh, "warning", "check warns about the conflict").await?;
     let conflict = injection_checks(&report)[0].clone().and_then(|c| c.detail);
     assert_eq!(
         conflict,
