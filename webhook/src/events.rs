@@ -33,6 +33,7 @@ pub const REASON_RENEWAL_FAILED: &str = "TokenRenewalFailed";
 /// Past this many corrections in one sync, one summary Event replaces the per-namespace ones:
 /// attaching a cluster with hundreds of drifted namespaces must not flood the primary.
 const MAX_EVENTS_PER_SYNC: usize = 20;
+const _: () = assert!(MAX_EVENTS_PER_SYNC <= mesh_core::sync::KEPT_CHANGES);
 
 /// How a repeated Event is recorded. kube's [`Recorder`] folds events with the same reason
 /// on the same object into one series and keeps the first note: right for a failure that
@@ -76,16 +77,16 @@ impl Publisher {
             Some(ns) => (ns.object_ref(&()), Some(cluster_ref.clone())),
             None => (cluster_ref.clone(), None),
         };
-        let applied: Vec<_> = report.applied().collect();
-        if applied.len() > MAX_EVENTS_PER_SYNC {
+        // The report keeps a few of the changes written, and counts them all.
+        if report.writes as usize > MAX_EVENTS_PER_SYNC {
             let note = format!(
                 "cluster {cluster_name}: corrected the managed labels of {} namespaces",
-                applied.len()
+                report.writes
             );
             let event = sync_event(EventType::Normal, REASON_CORRECTED, note, None);
             self.publish(&event, &cluster_ref, Series::Distinct).await;
         } else {
-            for change in applied {
+            for change in report.applied() {
                 let note = format!("cluster {cluster_name}: {}", change.diff.describe());
                 let (object, related) = regarding(&change.diff.namespace);
                 let event = sync_event(EventType::Normal, REASON_CORRECTED, note, related);

@@ -144,7 +144,15 @@ struct Shared {
     injectors: Injectors,
     /// Names and labels of every remote's kept namespaces, each held once.
     interner: Interner,
+    /// Syncs running at once, across remotes: what a sync holds while it runs (the remote's
+    /// namespaces as read, the names it has planned, the writes in flight) then grows with
+    /// the number of remotes only this far. The apiservers' own pace bounds a cold sync of many
+    /// remotes anyway, so more at once would cost memory and buy no time.
+    sync_permits: tokio::sync::Semaphore,
 }
+
+/// See [`Shared::sync_permits`].
+const SYNCS_AT_ONCE: usize = 4;
 
 impl Reconciler {
     pub fn new(
@@ -269,6 +277,7 @@ impl Reconciler {
             namespaces,
             clusters,
             interner: Interner::default(),
+            sync_permits: tokio::sync::Semaphore::new(SYNCS_AT_ONCE),
         });
         tasks.spawn(
             supervise(

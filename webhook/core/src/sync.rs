@@ -85,7 +85,15 @@ pub enum SyncMode {
     Apply,
     /// Compute and report the differences, write nothing.
     DryRun,
+    /// Write the differences, and keep in the report only the first [`KEPT_CHANGES`] changes
+    /// written (the counts stay whole): a reconciler tells corrections by their count past a
+    /// few, and a cold sync of thousands of namespaces on many remotes at once would otherwise
+    /// hold every change of every remote.
+    Reconcile,
 }
+
+/// The changes written that a [`SyncMode::Reconcile`] report keeps.
+pub const KEPT_CHANGES: usize = 32;
 
 /// What happened to one remote namespace whose managed labels differed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +126,8 @@ pub struct NamespaceError {
 #[derive(Debug, Default)]
 pub struct SyncReport {
     pub mode: SyncMode,
-    /// Namespaces that differed, in name order.
+    /// Namespaces that differed, in name order ([`SyncMode::Reconcile`]: the first
+    /// [`KEPT_CHANGES`] written).
     pub changes: Vec<NamespaceChange>,
     /// Namespaces whose managed labels already equalled the primary's (including any found
     /// fixed by someone else when re-read after a conflict).
@@ -142,7 +151,7 @@ impl SyncReport {
     /// Namespaces carrying the primary's labels once this sync is done (for a dry run: the
     /// ones that already do).
     pub fn in_sync_after(&self) -> usize {
-        self.in_sync + self.applied().count()
+        self.in_sync + self.writes as usize
     }
 
     /// The changes actually written.
@@ -277,10 +286,12 @@ impl SyncReport {
         match written {
             Written::Applied { diff } => {
                 self.writes += 1;
-                self.changes.push(NamespaceChange {
-                    diff,
-                    status: ChangeStatus::Applied,
-                });
+                if self.mode != SyncMode::Reconcile || self.changes.len() < KEPT_CHANGES {
+                    self.changes.push(NamespaceChange {
+                        diff,
+                        status: ChangeStatus::Applied,
+                    });
+                }
             }
             Written::AlreadyInSync => self.in_sync += 1,
             // Its labels moved out of the selector between the read and the write.
@@ -500,6 +511,21 @@ mod tests {
             writes_when_read[total - 1] >= total - WRITE_CONCURRENCY - 1,
             "writes done when each namespace was read: {writes_when_read:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reconciling_sync_counts_every_change_and_keeps_a_few() {
+        let total = 3 * KEPT_CHANGES;
+        let (_, remote, primary) = injected_on_primary_only(total);
+        let rule = SyncRule::default();
+        let report = sync_remote(&rule, &primary, &remote.client(), SyncMode::Reconcile)
+            .await
+            .expect("sync");
+        assert_eq!(report.writes as usize, total);
+        assert_eq!(report.in_sync_after(), total);
+        assert_eq!(report.changes.len(), KEPT_CHANGES);
+        assert!(report.applied().count() == KEPT_CHANGES && !report.is_converged());
+        assert_eq!(remote.state().writes, total);
     }
 
     #[tokio::test]

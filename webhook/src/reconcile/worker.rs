@@ -244,20 +244,20 @@ impl Worker {
                             .is_some_and(|r| Arc::ptr_eq(&watch.remote, r))
                     })
                     .and_then(|watch| watch.seen.clone());
-                let seen = match watched {
-                    Some(watched) => {
-                        watched.heard(FIRST_LIST_PATIENCE).await;
-                        watched.current()
-                    }
-                    None => None,
-                };
+                if let Some(watched) = &watched {
+                    watched.heard(FIRST_LIST_PATIENCE).await;
+                }
+                // Never closed: the semaphore lives as long as `shared`. Taken before the
+                // watch's namespaces are read, so that they are not held while waiting.
+                let _permit = shared.sync_permits.acquire().await;
+                let seen = watched.and_then(|watched| watched.current());
                 let synced = match seen {
                     Some(seen) => {
-                        sync_watched(&scoped, &primary, client, seen, SyncMode::Apply).await
+                        sync_watched(&scoped, &primary, client, seen, SyncMode::Reconcile).await
                     }
                     None => {
                         shared.metrics.remote_listed(cluster_name);
-                        sync_remote(&scoped, &primary, client, SyncMode::Apply).await
+                        sync_remote(&scoped, &primary, client, SyncMode::Reconcile).await
                     }
                 };
                 synced.map_err(|error| Attempt::failed(error.failure(), error.to_string()))
@@ -314,7 +314,7 @@ impl Worker {
         match &result {
             Ok(report) => {
                 shared.metrics.sync_finished(cluster_name, "ok");
-                let corrected = report.applied().count();
+                let corrected = report.writes;
                 shared
                     .metrics
                     .drift_corrected(cluster_name, corrected as u64);
