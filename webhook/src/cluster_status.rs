@@ -136,11 +136,12 @@ pub(crate) fn next_status(
     match attempt {
         Attempt::Synced(report) => {
             let in_sync = report.in_sync_after();
+            let corrected = report.writes;
             // Whole seconds, as Kubernetes writes its own timestamps.
             next.last_sync_time = Some(format!("{now:.0}"));
             next.namespaces_in_sync = u32::try_from(in_sync).unwrap_or(u32::MAX);
             next.missing_namespaces = report.missing.clone();
-            next.namespaces_drifted = report.writes;
+            next.namespaces_drifted = corrected;
             next.last_sync_writes = report.writes;
             next.last_error = report.errors.first().map(|e| {
                 truncate(

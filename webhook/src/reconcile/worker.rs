@@ -317,7 +317,7 @@ impl Worker {
                 let corrected = report.writes;
                 shared
                     .metrics
-                    .drift_corrected(cluster_name, corrected as u64);
+                    .drift_corrected(cluster_name, u64::from(corrected));
                 if report.is_converged() {
                     tracing::debug!(
                         in_sync = report.in_sync,
