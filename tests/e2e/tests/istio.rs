@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kubectl_mesh::remote_setup as setup;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::istio_mesh::{
     Sidecar, WITHOUT_READER_ROLE, dry_run_pod, istio_mesh, shared_istio_mesh, sidecar, wait_sidecar,
 };
 use mesh_e2e::tokens::{answer_to, revoked, stored_kubeconfig, token_of};
-use mesh_e2e::{create_everywhere, eventually, label_on_primary, managed_labels, namespaces, run};
+use mesh_e2e::{create_everywhere, edit_labels, eventually, label_on_primary, managed_labels, run};
 use mesh_testenv::istio::{Istio, IstioBinaries, IstioOptions};
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -155,11 +155,7 @@ async fn injection_follows_the_primary(env: &TestEnv, native: bool) -> anyhow::R
 
     let stray = create_everywhere(env, "stray").await?;
     let remote = &env.remotes()[0];
-    let hand_edit = json!({"metadata": {"labels": {"istio-injection": "enabled"}}});
-    namespaces(remote)
-        .await?
-        .patch(&stray, &PatchParams::default(), &Patch::Merge(&hand_edit))
-        .await?;
+    edit_labels(remote, &stray, json!({"istio-injection": "enabled"})).await?;
     eventually(
         "the reconciler reverts the remote's label",
         DEADLINE,
