@@ -1,18 +1,15 @@
-//! The primary's namespaces as the reconciler keeps them: a watch's store trimmed to what the
-//! rule reads, the webhook's pushes not yet persisted laid over it, and a signal when the
+//! The primary's namespaces as the reconciler keeps them: of each, what the rule and the
+//! Events read; the webhook's pushes not yet persisted laid over them; and a signal when the
 //! managed labels a remote should carry change.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::{
-    ResourceExt,
-    runtime::{
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
-};
+use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Time};
+use kube::{ResourceExt, api::ObjectMeta, runtime::watcher};
 use mesh_core::{
     labels::{Labels, SyncRule},
     sync::PrimaryView,
@@ -20,39 +17,170 @@ use mesh_core::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::in_flight::InFlight;
+use crate::{
+    in_flight::InFlight,
+    remote_watch::{Interner, LabelSet, kept_namespace},
+};
 
-/// Trims a primary namespace to its identity, deletion mark and managed labels before it is
-/// stored: each sync copies the whole store, and managedFields, annotations (kubectl's
-/// last-applied configuration) and other labels are most of a Namespace's bytes while nothing
-/// here reads them.
-pub fn keep_what_the_rule_reads(rule: &SyncRule, ns: &mut Namespace) {
-    let meta = &mut ns.metadata;
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-    meta.finalizers = None;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|key, _| rule.is_managed(key));
-    }
-    ns.spec = None;
-    ns.status = None;
+/// The primary's namespaces, each kept as its uid, resourceVersion, deletion mark and managed
+/// labels (what the rule and the Events read), its name and label set shared through an
+/// [`Interner`]: under a hundred bytes each, where a whole Namespace object, even stripped of
+/// its annotations and field records, took about a kilobyte. Cheap to clone; clones share
+/// state.
+#[derive(Clone)]
+pub struct PrimaryNamespaces {
+    rule: Arc<SyncRule>,
+    interner: Interner,
+    state: Arc<Mutex<Kept>>,
+    listed: Arc<watch::Sender<bool>>,
 }
 
-/// The primary as the reconciler sees it: the watch's store, with the webhook's pushes that
-/// are not persisted yet laid over it ([`InFlight`]). Read afresh each time it is asked.
+#[derive(Default)]
+struct Kept {
+    namespaces: HashMap<Arc<str>, Entry>,
+    /// The namespaces of a list under way; they replace `namespaces` when it is done.
+    listing: Option<HashMap<Arc<str>, Entry>>,
+}
+
+/// One primary namespace as kept.
+#[derive(Clone)]
+struct Entry {
+    uid: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+    deletion: Option<Time>,
+    /// Its managed labels, sorted.
+    labels: LabelSet,
+}
+
+impl PrimaryNamespaces {
+    pub fn new(rule: Arc<SyncRule>, interner: Interner) -> Self {
+        Self {
+            rule,
+            interner,
+            state: Arc::default(),
+            listed: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    /// Waits until the watch has listed the primary once.
+    pub async fn wait_listed(&self) {
+        let _ = self.listed.subscribe().wait_for(|listed| *listed).await;
+    }
+
+    /// Namespace `name` as kept: its name, uid, resourceVersion, deletion mark and managed
+    /// labels.
+    pub fn get(&self, name: &str) -> Option<Namespace> {
+        let state = self.lock();
+        state
+            .namespaces
+            .get(name)
+            .map(|entry| entry.to_namespace(name))
+    }
+
+    /// The names of the namespaces whose namesakes `rule` would label.
+    fn labelled(&self, rule: &SyncRule) -> Vec<String> {
+        let state = self.lock();
+        state
+            .namespaces
+            .iter()
+            .filter(|(name, entry)| !rule.desired(Some(&entry.to_namespace(name))).is_empty())
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// Applies one watch event; whether the managed labels a remote should carry changed.
+    fn apply(&self, event: &watcher::Event<Namespace>) -> bool {
+        let mut state = self.lock();
+        let state = &mut *state;
+        match event {
+            watcher::Event::Init => {
+                state.listing = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply(ns) => {
+                let (name, entry) = self.keep(&ns.metadata);
+                state.listing.get_or_insert_default().insert(name, entry);
+                false
+            }
+            watcher::Event::InitDone => {
+                let listed = state.listing.take().unwrap_or_default();
+                let old = std::mem::replace(&mut state.namespaces, listed);
+                self.listed.send_replace(true);
+                let new = &state.namespaces;
+                let changed = new.iter().any(|(name, entry)| {
+                    self.desired(name, Some(entry)) != self.desired(name, old.get(name))
+                }) || old.iter().any(|(name, entry)| {
+                    !new.contains_key(name) && !self.desired(name, Some(entry)).is_empty()
+                });
+                drop(old);
+                self.interner.forget_unused();
+                changed
+            }
+            watcher::Event::Apply(ns) => {
+                let (name, entry) = self.keep(&ns.metadata);
+                let desired = self.desired(&name, Some(&entry));
+                let old = state.namespaces.insert(name.clone(), entry);
+                self.desired(&name, old.as_ref()) != desired
+            }
+            watcher::Event::Delete(ns) => {
+                let name = ns.name_any();
+                let old = state.namespaces.remove(name.as_str());
+                !self.desired(&name, old.as_ref()).is_empty()
+            }
+        }
+    }
+
+    /// What the rule wants on the remotes for namespace `name` as kept in `entry`.
+    fn desired(&self, name: &str, entry: Option<&Entry>) -> Labels {
+        let namespace = entry.map(|entry| entry.to_namespace(name));
+        self.rule.desired(namespace.as_ref())
+    }
+
+    /// The name and what is kept of `meta`.
+    fn keep(&self, meta: &ObjectMeta) -> (Arc<str>, Entry) {
+        let managed = meta
+            .labels
+            .iter()
+            .flatten()
+            .filter(|(key, _)| self.rule.is_managed(key));
+        let name = meta.name.as_deref().unwrap_or_default();
+        let (name, labels) = self.interner.intern(name, managed);
+        let entry = Entry {
+            uid: meta.uid.as_deref().map(Box::from),
+            resource_version: meta.resource_version.as_deref().map(Box::from),
+            deletion: meta.deletion_timestamp.clone(),
+            labels,
+        };
+        (name, entry)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Entry {
+    fn to_namespace(&self, name: &str) -> Namespace {
+        let mut namespace = kept_namespace(name, &self.labels);
+        let meta = &mut namespace.metadata;
+        meta.uid = self.uid.as_deref().map(str::to_owned);
+        meta.resource_version = self.resource_version.as_deref().map(str::to_owned);
+        meta.deletion_timestamp = self.deletion.clone();
+        namespace
+    }
+}
+
+/// The primary as the reconciler sees it: the kept namespaces, with the webhook's pushes that
+/// are not persisted yet laid over them ([`InFlight`]). Read afresh each time it is asked.
 pub struct StoreView<'a> {
-    pub namespaces: &'a Store<Namespace>,
+    pub namespaces: &'a PrimaryNamespaces,
     pub in_flight: &'a InFlight,
     pub rule: &'a SyncRule,
 }
 
 impl PrimaryView for StoreView<'_> {
     fn namespace(&self, name: &str) -> Option<Namespace> {
-        let stored = self
-            .namespaces
-            .get(&ObjectRef::new(name))
-            .map(|ns| ns.as_ref().clone());
+        let stored = self.namespaces.get(name);
         self.in_flight.overlay_one(self.rule, name, stored)
     }
 
@@ -61,10 +189,8 @@ impl PrimaryView for StoreView<'_> {
         let pushed: HashMap<String, Labels> = self.in_flight.pushed().into_iter().collect();
         let stored = self
             .namespaces
-            .state()
+            .labelled(rule)
             .into_iter()
-            .filter(|ns| !rule.desired(Some(ns)).is_empty())
-            .map(|ns| ns.name_any())
             .filter(|name| !pushed.contains_key(name));
         let pushed = pushed
             .iter()
@@ -74,17 +200,16 @@ impl PrimaryView for StoreView<'_> {
     }
 }
 
-/// Feeds the namespace store and bumps `changed` whenever the managed labels a remote should
-/// carry change on the primary: other edits (annotations, status, other labels) cost nothing.
+/// Feeds `store` from the primary's namespace watch and bumps `changed` whenever the managed
+/// labels a remote should carry change on the primary: other edits (annotations, status,
+/// other labels) cost nothing.
 pub async fn watch_namespaces(
     events: impl Stream<Item = Result<watcher::Event<Namespace>, watcher::Error>>,
-    rule: Arc<SyncRule>,
+    store: PrimaryNamespaces,
     in_flight: InFlight,
     changed: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
-    let mut desired: HashMap<String, Labels> = HashMap::new();
-    let mut relisted: HashMap<String, Labels> = HashMap::new();
     let mut events = std::pin::pin!(events);
     loop {
         let event = tokio::select! {
@@ -92,43 +217,19 @@ pub async fn watch_namespaces(
             () = shutdown.cancelled() => return,
         };
         let Some(event) = event else { return };
-        let bump = match event {
-            Ok(watcher::Event::Apply(ns)) => {
-                let labels = rule.desired(Some(&ns));
-                let name = ns.name_any();
-                in_flight.settle(&name, &labels, ns.metadata.resource_version.as_deref());
-                let old = if labels.is_empty() {
-                    desired.remove(&name)
-                } else {
-                    desired.insert(name, labels.clone())
-                };
-                old.unwrap_or_default() != labels
-            }
-            Ok(watcher::Event::Delete(ns)) => desired
-                .remove(&ns.name_any())
-                .is_some_and(|old| !old.is_empty()),
-            Ok(watcher::Event::Init) => {
-                relisted.clear();
-                false
-            }
-            Ok(watcher::Event::InitApply(ns)) => {
-                let labels = rule.desired(Some(&ns));
-                if !labels.is_empty() {
-                    relisted.insert(ns.name_any(), labels);
-                }
-                false
-            }
-            Ok(watcher::Event::InitDone) => {
-                let bump = relisted != desired;
-                desired = std::mem::take(&mut relisted);
-                bump
-            }
+        let event = match event {
+            Ok(event) => event,
             Err(error) => {
                 tracing::warn!(error = %error, "namespace watch failed, retrying");
-                false
+                continue;
             }
         };
-        if bump {
+        if let watcher::Event::Apply(ns) = &event {
+            let labels = store.rule.desired(Some(ns));
+            let name = ns.name_any();
+            in_flight.settle(&name, &labels, ns.metadata.resource_version.as_deref());
+        }
+        if store.apply(&event) {
             changed.send_modify(|generation| *generation = generation.wrapping_add(1));
         }
     }
@@ -137,12 +238,16 @@ pub async fn watch_namespaces(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_core::fixtures::{NamespaceExt, ns};
+
+    fn store() -> PrimaryNamespaces {
+        PrimaryNamespaces::new(Arc::new(SyncRule::default()), Interner::default())
+    }
 
     #[test]
-    fn stored_primary_namespaces_keep_what_the_rule_and_events_read() {
-        use mesh_core::fixtures::{NamespaceExt, ns};
-
+    fn kept_primary_namespaces_hold_what_the_rule_and_events_read() {
         let rule = SyncRule::default();
+        let store = store();
         for original in [
             ns("web")
                 .label("istio-injection", "enabled")
@@ -153,14 +258,20 @@ mod tests {
             ns("going").label("istio-injection", "enabled").deleting(),
             ns("plain").label("team", "x"),
         ] {
-            let mut stored = original.clone();
-            stored.metadata.uid = Some("uid-1".to_owned());
-            keep_what_the_rule_reads(&rule, &mut stored);
+            let mut original = original;
+            original.metadata.uid = Some("uid-1".to_owned());
+            store.apply(&watcher::Event::Apply(original.clone()));
+            let name = original.name_any();
+            let stored = store.get(&name).expect("kept");
             assert_eq!(rule.desired(Some(&stored)), rule.desired(Some(&original)));
             assert_eq!(stored.metadata.name, original.metadata.name);
             assert_eq!(
                 stored.metadata.resource_version,
                 original.metadata.resource_version
+            );
+            assert_eq!(
+                stored.metadata.deletion_timestamp,
+                original.metadata.deletion_timestamp
             );
             assert_eq!(stored.metadata.uid.as_deref(), Some("uid-1"));
             assert_eq!(stored.metadata.annotations, None);
@@ -173,11 +284,15 @@ mod tests {
                 .collect();
             assert!(kept.iter().all(|key| rule.is_managed(key)), "{kept:?}");
         }
+        let mut labelled = store.labelled(&rule);
+        labelled.sort();
+        assert_eq!(labelled, ["web"], "a namespace being deleted wants nothing");
+        store.apply(&watcher::Event::Delete(ns("web")));
+        assert!(store.get("web").is_none());
     }
 
     #[tokio::test]
     async fn only_managed_label_changes_wake_the_workers() {
-        use mesh_core::fixtures::{NamespaceExt, ns};
         use watcher::Event;
 
         let events = vec![
@@ -203,14 +318,16 @@ mod tests {
             Event::InitDone,
         ];
         let (changed, seen) = watch::channel(0u64);
+        let store = store();
         watch_namespaces(
             futures::stream::iter(events.into_iter().map(Ok)),
-            Arc::new(SyncRule::default()),
+            store.clone(),
             crate::in_flight::InFlight::default(),
             changed,
             CancellationToken::new(),
         )
         .await;
         assert_eq!(*seen.borrow(), 5);
+        assert!(store.get("b").is_some() && store.get("a").is_none());
     }
 }

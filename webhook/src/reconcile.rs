@@ -56,7 +56,7 @@ use crate::{
     injectors::{Injectors, watch_injectors},
     leader::Leadership,
     metrics::Metrics,
-    primary_view::{keep_what_the_rule_reads, watch_namespaces},
+    primary_view::{PrimaryNamespaces, watch_namespaces},
     readiness::Readiness,
     remote_watch::Interner,
 };
@@ -138,7 +138,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     events: events::Publisher,
     settings: Settings,
-    namespaces: Store<Namespace>,
+    namespaces: PrimaryNamespaces,
     clusters: Store<MeshCluster>,
     in_flight: InFlight,
     injectors: Injectors,
@@ -202,7 +202,8 @@ impl Reconciler {
             in_flight,
             injectors,
         } = self;
-        let (namespaces, ns_writer) = reflector::store::<Namespace>();
+        let interner = Interner::default();
+        let namespaces = PrimaryNamespaces::new(rule.clone(), interner.clone());
         let (clusters, mc_writer) = reflector::store::<MeshCluster>();
         let (secrets, secret_writer) = reflector::store::<Secret>();
         let (primary_changed, _) = watch::channel(0u64);
@@ -213,16 +214,11 @@ impl Reconciler {
             Api::<Namespace>::all(primary.clone()),
             watcher::Config::default(),
         )
-        .default_backoff()
-        .modify({
-            let rule = rule.clone();
-            move |ns| keep_what_the_rule_reads(&rule, ns)
-        })
-        .reflect(ns_writer);
+        .default_backoff();
         tasks.spawn(
             watch_namespaces(
                 ns_events,
-                rule.clone(),
+                namespaces.clone(),
                 in_flight.clone(),
                 primary_changed.clone(),
                 shutdown.clone(),
@@ -276,7 +272,7 @@ impl Reconciler {
             settings,
             namespaces,
             clusters,
-            interner: Interner::default(),
+            interner,
             sync_permits: tokio::sync::Semaphore::new(SYNCS_AT_ONCE),
         });
         tasks.spawn(
@@ -333,7 +329,7 @@ async fn supervise(
     shutdown: CancellationToken,
 ) {
     let loaded = async {
-        let _ = shared.namespaces.wait_until_ready().await;
+        shared.namespaces.wait_listed().await;
         let _ = shared.clusters.wait_until_ready().await;
         let _ = secrets.wait_until_ready().await;
     };

@@ -110,7 +110,7 @@ struct Trimmed {
 }
 
 /// The labels a sync reads of one namespace, sorted.
-type LabelSet = Arc<[(Arc<str>, Arc<str>)]>;
+pub(crate) type LabelSet = Arc<[(Arc<str>, Arc<str>)]>;
 
 /// Namespace names and label sets, each held once for every remote's [`SeenNamespaces`]: a
 /// namespace name is usually on every remote, and a handful of label sets cover thousands of
@@ -134,8 +134,32 @@ impl Interner {
         shared
     }
 
+    /// `name` and `labels` (sorted), each as held once.
+    pub(crate) fn intern<'l>(
+        &self,
+        name: &str,
+        labels: impl Iterator<Item = (&'l String, &'l String)>,
+    ) -> (Arc<str>, LabelSet) {
+        let mut interned = self.lock();
+        let labels: Vec<(Arc<str>, Arc<str>)> = labels
+            .map(|(key, value)| {
+                let key = Self::string(&mut interned, key);
+                (key, Self::string(&mut interned, value))
+            })
+            .collect();
+        let labels = match interned.label_sets.get(labels.as_slice()) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: LabelSet = labels.into();
+                interned.label_sets.insert(shared.clone());
+                shared
+            }
+        };
+        (Self::string(&mut interned, name), labels)
+    }
+
     /// Drops what no store holds any more.
-    fn forget_unused(&self) {
+    pub(crate) fn forget_unused(&self) {
         let mut interned = self.lock();
         interned.label_sets.retain(|set| Arc::strong_count(set) > 1);
         interned.strings.retain(|text| Arc::strong_count(text) > 1);
@@ -235,26 +259,8 @@ impl SeenNamespaces {
     fn trim(&self, meta: &ObjectMeta) -> Option<(Arc<str>, Trimmed)> {
         let name = meta.name.as_deref()?;
         let resource_version = meta.resource_version.as_deref()?.parse().ok()?;
-        let mut interned = self.shared.lock();
-        let labels: Vec<(Arc<str>, Arc<str>)> = meta
-            .labels
-            .iter()
-            .flatten()
-            .filter(|(key, _)| self.keys.contains(*key))
-            .map(|(key, value)| {
-                let key = Interner::string(&mut interned, key);
-                (key, Interner::string(&mut interned, value))
-            })
-            .collect();
-        let labels = match interned.label_sets.get(labels.as_slice()) {
-            Some(shared) => shared.clone(),
-            None => {
-                let shared: LabelSet = labels.into();
-                interned.label_sets.insert(shared.clone());
-                shared
-            }
-        };
-        let name = Interner::string(&mut interned, name);
+        let read = (meta.labels.iter().flatten()).filter(|(key, _)| self.keys.contains(*key));
+        let (name, labels) = self.shared.intern(name, read);
         let trimmed = Trimmed {
             resource_version,
             labels,
@@ -269,20 +275,25 @@ impl SeenNamespaces {
 
 impl Trimmed {
     fn to_namespace(&self, name: &str) -> Namespace {
-        let labels = self
-            .labels
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect();
-        Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                resource_version: Some(self.resource_version.to_string()),
-                labels: Some(labels),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        }
+        let mut namespace = kept_namespace(name, &self.labels);
+        namespace.metadata.resource_version = Some(self.resource_version.to_string());
+        namespace
+    }
+}
+
+/// A namespace named `name` carrying `labels`, as a store that keeps them shared gives it out.
+pub(crate) fn kept_namespace(name: &str, labels: &LabelSet) -> Namespace {
+    let labels = labels
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
     }
 }
 
