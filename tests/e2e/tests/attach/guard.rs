@@ -1,6 +1,8 @@
 //! The remote guard: warn, deny, the sync account spared, and the primary's name in its
 //! message.
 
+use std::process::Output;
+
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::{admissionregistration::v1::ValidatingAdmissionPolicy, core::v1::Namespace};
 use kube::{
@@ -34,26 +36,38 @@ async fn attached_with_namespace(
     Ok((env, remote, lock, ns))
 }
 
+/// Sets `istio-injection=<prefix><n>` on `ns` of `remote`, a new value each time, until
+/// `outcome` of kubectl's answer is `Some`: the guard's policies take effect asynchronously.
+async fn edit_until<T>(
+    env: &TestEnv,
+    remote: &Cluster,
+    ns: &str,
+    prefix: &str,
+    what: &str,
+    outcome: impl Fn(&Output) -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let mut attempt = 0;
+    eventually(what, DEFAULT_TIMEOUT, || {
+        attempt += 1;
+        let label = format!("istio-injection={prefix}{attempt}");
+        let outcome = &outcome;
+        async move { outcome(&kubectl_label(env, remote, ns, &label).await?) }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Result<()> {
     let (env, remote, _lock, ns) = attached_with_namespace("guarded").await?;
     let name = remote.name.as_str();
-    // Policies take effect asynchronously: edit (a changing value each time) until warned.
-    let mut attempt = 0;
-    let warning = eventually("the guard warns", DEFAULT_TIMEOUT, || {
-        attempt += 1;
-        let label = format!("istio-injection=v{attempt}");
-        let ns = ns.clone();
-        async move {
-            let out = kubectl_label(env, remote, &ns, &label).await?;
-            ensure!(
-                out.status.success(),
-                "warn mode refused: {}",
-                text(&out.stderr)
-            );
-            let err = text(&out.stderr);
-            Ok(err.contains("managed by kubectl-mesh").then_some(err))
-        }
+    let warning = edit_until(env, remote, &ns, "v", "the guard warns", |out| {
+        ensure!(
+            out.status.success(),
+            "warn mode refused: {}",
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        Ok(err.contains("managed by kubectl-mesh").then_some(err))
     })
     .await?;
     assert!(
@@ -73,15 +87,8 @@ async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Resu
 
     // Deny: a re-run of attach switches the guard.
     attach(env, remote, &["--remote-guard", "deny"]).await?;
-    let mut attempt = 0;
-    let refusal = eventually("the guard denies", DEFAULT_TIMEOUT, || {
-        attempt += 1;
-        let label = format!("istio-injection=d{attempt}");
-        let ns = ns.clone();
-        async move {
-            let out = kubectl_label(env, remote, &ns, &label).await?;
-            Ok((!out.status.success()).then(|| text(&out.stderr)))
-        }
+    let refusal = edit_until(env, remote, &ns, "d", "the guard denies", |out| {
+        Ok((!out.status.success()).then(|| text(&out.stderr)))
     })
     .await?;
     assert!(refusal.contains("managed by kubectl-mesh"), "{refusal}");
@@ -115,15 +122,8 @@ async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Resu
             .await?
             .is_none()
     );
-    let mut attempt = 0;
-    eventually("edits are free again", DEFAULT_TIMEOUT, || {
-        attempt += 1;
-        let label = format!("istio-injection=f{attempt}");
-        let ns = ns.clone();
-        async move {
-            let out = kubectl_label(env, remote, &ns, &label).await?;
-            Ok((out.status.success() && !text(&out.stderr).contains("kubectl-mesh")).then_some(()))
-        }
+    edit_until(env, remote, &ns, "f", "edits are free again", |out| {
+        Ok((out.status.success() && !text(&out.stderr).contains("kubectl-mesh")).then_some(()))
     })
     .await?;
     assert_nothing_left(env, remote, name).await?;
