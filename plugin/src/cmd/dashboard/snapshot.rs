@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::cmd::list::ClusterRow;
-use crate::cmd::services::{self, ClusterRead, Join, PRIMARY, ReadState, Records, ServiceRow};
+use crate::cmd::services::{self, ClusterRead, Join, PRIMARY, PageRows, ReadState, Records};
 use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
 use crate::credentials::TokenExpiry;
 use crate::view;
@@ -34,19 +34,19 @@ struct Snapshot<'a> {
     generated_at: String,
     primary_error: Option<&'a str>,
     clusters: Vec<ClusterInfo>,
-    /// `matrix` (a [`StatusReport`]) is written beside these, kept from the last snapshot.
-    services: ServicesJson,
+    /// `matrix` (a [`StatusReport`], kept from the last snapshot) and `services` (the first
+    /// page of services) are written beside these.
     events: Vec<&'a EventRow>,
 }
 
 /// A page of [`services::ServicesReport`] as JSON: the columns, `total` rows matching the
-/// filter, and those from `offset` on.
+/// filter, and those from `offset` on, each row made as it is written.
 #[derive(Serialize)]
-struct ServicesJson {
+struct ServicesJson<'j, 'a> {
     clusters: Vec<services::ClusterColumn>,
     total: usize,
     offset: usize,
-    services: Vec<ServiceRow>,
+    services: PageRows<'j, 'a>,
 }
 
 /// One remote in the clusters table.
@@ -84,7 +84,15 @@ impl Live {
             // Plain data into memory: serializing cannot fail.
             None => self.matrix_json(MATRIX_CHUNK),
         };
-        let services = self.services_page("", 0, SNAPSHOT_ROWS);
+        // `{"matrix":<kept>,"services":<first page>,` then the rest of the snapshot's object
+        // after its `{`, all written in place.
+        let mut buf = Vec::with_capacity(matrix.len() + 256 * 1024);
+        buf.extend_from_slice(EVENT_PREFIX);
+        buf.extend_from_slice(b"{\"matrix\":");
+        buf.extend_from_slice(&matrix);
+        buf.extend_from_slice(b",\"services\":");
+        self.services_page("", 0, SNAPSHOT_ROWS, &mut buf);
+        buf.push(b',');
         let mut events: Vec<&EventRow> = self.events.values().collect();
         events.sort_by(|a, b| b.time.cmp(&a.time));
         events.truncate(MAX_EVENTS);
@@ -92,16 +100,8 @@ impl Live {
             generated_at: now.to_string(),
             primary_error: self.primary_error.as_deref(),
             clusters,
-            services,
             events,
         };
-        // `{"matrix":<kept>,` then the rest of the snapshot's object after its `{`, written
-        // in place.
-        let mut buf = Vec::with_capacity(matrix.len() + 64 * 1024);
-        buf.extend_from_slice(EVENT_PREFIX);
-        buf.extend_from_slice(b"{\"matrix\":");
-        buf.extend_from_slice(&matrix);
-        buf.push(b',');
         let rest = buf.len();
         // Plain data into memory: serializing cannot fail.
         serde_json::to_writer(&mut buf, &snapshot).unwrap_or_default();
@@ -200,6 +200,8 @@ impl Live {
             )
             .as_bytes(),
         );
+        // Kept until a namespace changes: without room to grow.
+        buf.shrink_to_fit();
         buf
     }
 
@@ -271,16 +273,17 @@ impl Live {
         StatusReport::compute(&self.rule, &primary, &views, &requested)
     }
 
-    /// [`Live::services_page`] as JSON.
+    /// [`Live::services_page`] on its own.
     pub(super) fn services_json(&mut self, filter: &str, offset: usize, limit: usize) -> Bytes {
-        let page = self.services_page(filter, offset, limit);
-        // Plain data into memory: serializing cannot fail.
-        Bytes::from(serde_json::to_vec(&page).unwrap_or_default())
+        let mut json = Vec::new();
+        self.services_page(filter, offset, limit, &mut json);
+        Bytes::from(json)
     }
 
     /// The services whose `namespace/name` contains `filter`: how many, and `limit` of them
-    /// from `offset`, joined across clusters as `kubectl mesh services` joins them.
-    fn services_page(&mut self, filter: &str, offset: usize, limit: usize) -> ServicesJson {
+    /// from `offset`, joined across clusters as `kubectl mesh services` joins them, as JSON
+    /// written to `out`.
+    fn services_page(&mut self, filter: &str, offset: usize, limit: usize, out: &mut Vec<u8>) {
         // Facts are moved out and back rather than cloned: the join borrows them as the
         // CLI's reads, and a copy of tens of thousands of records is what this avoids.
         let names: Vec<String> = self.clusters.keys().cloned().collect();
@@ -320,14 +323,17 @@ impl Live {
             });
         }
         let join = Join::paged(&reads);
-        let (total, services) = join.page(filter, offset, limit);
-        drop(join);
+        let (total, services) = join.page_rows(filter, offset, limit);
         let page = ServicesJson {
             clusters: services::columns(&reads),
             total,
             offset,
             services,
         };
+        // Plain data into memory: serializing cannot fail.
+        serde_json::to_writer(out, &page).unwrap_or_default();
+        drop(page);
+        drop(join);
         for read in reads {
             if let ReadState::Read(facts) = read.state {
                 match self.remotes.get_mut(&read.name) {
@@ -336,7 +342,6 @@ impl Live {
                 }
             }
         }
-        page
     }
 }
 
@@ -465,5 +470,34 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&live.matrix_json(100)).unwrap();
         let empty = StatusReport::compute(&live.rule, &BTreeMap::new(), &[], &[]);
         assert_eq!(json, serde_json::to_value(&empty).unwrap());
+    }
+
+    #[test]
+    fn a_snapshot_is_one_json_object() {
+        let mut live = live();
+        let framed = live.snapshot();
+        assert!(framed.starts_with(EVENT_PREFIX) && framed.ends_with(EVENT_SUFFIX));
+        let json: serde_json::Value = serde_json::from_slice(&json_of(&framed)).unwrap();
+        let keys: BTreeSet<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([
+                "matrix",
+                "services",
+                "generatedAt",
+                "primaryError",
+                "clusters",
+                "events"
+            ])
+        );
+        assert_eq!(json["matrix"]["namespaces"].as_array().unwrap().len(), 6);
+        assert_eq!(json["services"]["total"], 0);
+        assert_eq!(json["services"]["clusters"][0]["name"], PRIMARY);
+        assert_eq!(json["clusters"].as_array().unwrap().len(), 3);
     }
 }

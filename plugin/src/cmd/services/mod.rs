@@ -440,7 +440,6 @@ pub struct Join<'a> {
     read: Vec<(&'a str, &'a ClusterFacts)>,
     /// Per readable cluster; empty when each page aggregates its own namespaces.
     aggregates: Vec<Aggregate<'a>>,
-    keys: BTreeSet<&'a Key>,
 }
 
 /// Ready endpoints by service and pods by namespace of one cluster, of `namespaces` alone
@@ -506,12 +505,7 @@ impl<'a> Join<'a> {
             .iter()
             .map(|(_, facts)| aggregate(facts, None))
             .collect();
-        let keys = read.iter().flat_map(|(_, f)| f.services.keys()).collect();
-        Self {
-            read,
-            aggregates,
-            keys,
-        }
+        Self { read, aggregates }
     }
 
     /// The join of `clusters` for [`Join::page`] alone: each page aggregates the endpoints
@@ -524,34 +518,62 @@ impl<'a> Join<'a> {
                 _ => None,
             })
             .collect();
-        let keys = read.iter().flat_map(|(_, f)| f.services.keys()).collect();
         Self {
             read,
             aggregates: Vec::new(),
-            keys,
         }
+    }
+
+    /// The (namespace, name) of every readable cluster's services, sorted, each once: the
+    /// clusters' sorted keys merged as they are read, not a set of tens of thousands of them.
+    fn keys(&self) -> impl Iterator<Item = &'a Key> + '_ {
+        let mut heads: Vec<_> = self
+            .read
+            .iter()
+            .map(|&(_, facts)| facts.services.keys().peekable())
+            .collect();
+        std::iter::from_fn(move || {
+            let next = heads.iter_mut().filter_map(|h| h.peek().copied()).min()?;
+            for head in &mut heads {
+                if head.peek() == Some(&next) {
+                    head.next();
+                }
+            }
+            Some(next)
+        })
     }
 
     /// One row per (namespace, name), sorted.
     pub fn rows(&self) -> impl Iterator<Item = ServiceRow> + '_ {
-        self.keys.iter().map(|key| self.row(&self.aggregates, key))
+        self.keys().map(|key| self.row(&self.aggregates, key))
     }
 
     /// Rows (namespace, name).
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys().count()
     }
 
     /// Whether there is no row.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys().next().is_none()
     }
 
     /// The rows whose `namespace/name` contains `filter` (all when empty), sorted: how many,
     /// and `limit` of them from `offset`.
     pub fn page(&self, filter: &str, offset: usize, limit: usize) -> (usize, Vec<ServiceRow>) {
+        let (total, rows) = self.page_rows(filter, offset, limit);
+        (total, rows.rows().collect())
+    }
+
+    /// [`Join::page`], its rows made one at a time as they are read or serialized.
+    pub fn page_rows(
+        &self,
+        filter: &str,
+        offset: usize,
+        limit: usize,
+    ) -> (usize, PageRows<'_, 'a>) {
         let mut text = String::new();
-        let mut matches = |key: &&&Key| {
+        let mut matches = |key: &&Key| {
             filter.is_empty() || {
                 text.clear();
                 text.push_str(&key.0);
@@ -562,26 +584,29 @@ impl<'a> Join<'a> {
         };
         let mut total = 0;
         let mut keys: Vec<&Key> = Vec::new();
-        for key in self.keys.iter().filter(|k| matches(k)) {
+        for key in self.keys().filter(|k| matches(k)) {
             if total >= offset && keys.len() < limit {
                 keys.push(key);
             }
             total += 1;
         }
-        let local;
-        let aggregates = if self.aggregates.len() == self.read.len() {
-            &self.aggregates
+        let local = if self.aggregates.len() == self.read.len() {
+            Vec::new()
         } else {
             let namespaces: BTreeSet<&Name> = keys.iter().map(|k| &k.0).collect();
-            local = self
-                .read
+            self.read
                 .iter()
                 .map(|(_, facts)| aggregate(facts, Some(&namespaces)))
-                .collect::<Vec<_>>();
-            &local
+                .collect()
         };
-        let rows = keys.into_iter().map(|k| self.row(aggregates, k)).collect();
-        (total, rows)
+        (
+            total,
+            PageRows {
+                join: self,
+                local,
+                keys,
+            },
+        )
     }
 
     fn row(&self, aggregates: &[Aggregate<'_>], key: &Key) -> ServiceRow {
@@ -629,6 +654,35 @@ impl<'a> Join<'a> {
             ports_match,
             clusters: cells,
         }
+    }
+}
+
+/// A page of a [`Join`]'s rows, each made when it is read.
+pub struct PageRows<'j, 'a> {
+    join: &'j Join<'a>,
+    /// The page's own aggregates, when the join has none.
+    local: Vec<Aggregate<'a>>,
+    keys: Vec<&'a Key>,
+}
+
+impl PageRows<'_, '_> {
+    /// The rows, in order.
+    pub fn rows(&self) -> impl Iterator<Item = ServiceRow> + '_ {
+        let aggregates = if self.local.is_empty() {
+            &self.join.aggregates
+        } else {
+            &self.local
+        };
+        self.keys.iter().map(|k| self.join.row(aggregates, k))
+    }
+}
+
+impl Serialize for PageRows<'_, '_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.rows())
     }
 }
 
