@@ -351,6 +351,22 @@ pub async fn route_admission_to(env: &TestEnv, listen: &str) -> anyhow::Result<(
     Ok(())
 }
 
+/// Full syncs the replica serving metrics on `addr` has finished (`syncs_total`).
+pub async fn syncs(addr: &str, ca_pem: &str) -> anyhow::Result<f64> {
+    metric_sum(addr, ca_pem, "syncs_total").await
+}
+
+/// The identity of the webhook replica holding the reconciler's Lease on the primary.
+pub async fn lease_holder(primary: &kube::Client) -> anyhow::Result<Option<String>> {
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(primary.clone(), mesh_core::MESH_NAMESPACE);
+    Ok(leases
+        .get_opt("mesh-webhook")
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity))
+}
+
 /// Label keys kubectl-mesh manages (the default rule).
 pub const MANAGED_LABELS: [&str; 3] = mesh_core::labels::DEFAULT_MANAGED_LABELS;
 

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
 use mesh_e2e::{
     NO_RESYNC, carries, create_everywhere, eventually, https_get, label_on_primary, labels,
-    managed_labels, namespaces, own_mesh, route_admission_to, run, shared_mesh, unique_name,
+    lease_holder, managed_labels, metric_sum, namespaces, own_mesh, route_admission_to, run,
+    shared_mesh, syncs, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -240,7 +240,11 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     let (env, mesh) = own_mesh(1, Some(Duration::from_secs(3600))).await?;
     let ca = mesh.ca_pem()?;
     eventually("first replica holds the Lease", DEADLINE, || async {
-        Ok((lease_holder(&env).await?.as_deref() == Some("local-mesh-webhook")).then_some(()))
+        Ok((lease_holder(&env.primary().client().await?)
+            .await?
+            .as_deref()
+            == Some("local-mesh-webhook"))
+        .then_some(()))
     })
     .await?;
     let follower = mesh.start_replica(&env, "replica-b").await?;
@@ -268,7 +272,9 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
         .unwrap_or_default();
     wait_labels(remote, &ns, &stable).await?;
     assert_eq!(
-        lease_holder(&env).await?.as_deref(),
+        lease_holder(&env.primary().client().await?)
+            .await?
+            .as_deref(),
         Some("local-mesh-webhook")
     );
 
@@ -283,34 +289,9 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     Ok(())
 }
 
-async fn lease_holder(env: &TestEnv) -> anyhow::Result<Option<String>> {
-    let leases: Api<Lease> =
-        Api::namespaced(env.primary().client().await?, mesh_core::MESH_NAMESPACE);
-    Ok(leases
-        .get_opt("mesh-webhook")
-        .await?
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity))
-}
-
 /// Sum of the `admission_reviews_total` samples a replica exposes.
 async fn admission_reviews(addr: &str, ca: &str) -> anyhow::Result<f64> {
     metric_sum(addr, ca, "admission_reviews_total").await
-}
-
-/// Sum of the samples of `metric` a replica exposes.
-async fn metric_sum(addr: &str, ca: &str, metric: &str) -> anyhow::Result<f64> {
-    let metrics = https_get(addr, ca, "/metrics").await?;
-    Ok(metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(metric))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
-/// Sum of the `syncs_total` samples a replica exposes.
-async fn syncs(addr: &str, ca: &str) -> anyhow::Result<f64> {
-    metric_sum(addr, ca, "syncs_total").await
 }
 
 #[tokio::test]
@@ -319,7 +300,11 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
     let ca = mesh.ca_pem()?;
     let first = mesh.metrics_address().to_string();
     eventually("first replica holds the Lease", DEADLINE, || async {
-        Ok((lease_holder(&env).await?.as_deref() == Some("local-mesh-webhook")).then_some(()))
+        Ok((lease_holder(&env.primary().client().await?)
+            .await?
+            .as_deref()
+            == Some("local-mesh-webhook"))
+        .then_some(()))
     })
     .await?;
     let second = mesh.start_replica(&env, "replica-b").await?.metrics;
@@ -338,7 +323,9 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
     wait_labels(remote, &ns, &labels(&[])).await?;
     assert_eq!(syncs(&second, &ca).await?, 0.0, "a follower reconciled");
     assert_eq!(
-        lease_holder(&env).await?.as_deref(),
+        lease_holder(&env.primary().client().await?)
+            .await?
+            .as_deref(),
         Some("local-mesh-webhook")
     );
 
@@ -346,7 +333,13 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
     eventually(
         "second replica takes the Lease",
         Duration::from_secs(60),
-        || async { Ok((lease_holder(&env).await?.as_deref() == Some("replica-b")).then_some(())) },
+        || async {
+            Ok((lease_holder(&env.primary().client().await?)
+                .await?
+                .as_deref()
+                == Some("replica-b"))
+            .then_some(()))
+        },
     )
     .await?;
     namespaces(remote)

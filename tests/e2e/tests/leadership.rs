@@ -4,11 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
 use mesh_e2e::{
-    create_everywhere, eventually, https_get, label_on_primary, labels, managed_labels, metric_sum,
-    own_mesh_with,
+    create_everywhere, eventually, https_get, label_on_primary, labels, lease_holder,
+    managed_labels, own_mesh_with, syncs,
 };
 use mesh_testenv::mesh::MeshOptions;
 use mesh_testenv::proxy::Proxy;
@@ -186,20 +184,6 @@ async fn watch_handover(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn lease_holder(primary: &kube::Client) -> anyhow::Result<Option<String>> {
-    let leases: Api<Lease> = Api::namespaced(primary.clone(), mesh_core::MESH_NAMESPACE);
-    Ok(leases
-        .get_opt("mesh-webhook")
-        .await?
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity))
-}
-
-/// Full syncs the replica serving metrics on `addr` has finished.
-async fn syncs(addr: &str, ca: &str) -> anyhow::Result<f64> {
-    metric_sum(addr, ca, "syncs_total").await
 }
 
 /// Whether the replica serving metrics on `addr` says it leads (its `leader` gauge).
