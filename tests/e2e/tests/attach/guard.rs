@@ -56,6 +56,18 @@ async fn edit_until<T>(
     .await
 }
 
+/// `check` with the stored credentials passes the guard of cluster `name`, in warn mode.
+async fn guard_check_passes(env: &TestEnv, name: &str) -> anyhow::Result<()> {
+    let out = check_with_stored_credentials(env).await?;
+    assert_eq!(
+        CheckReport::parse(&out)?.cluster_check(name, GUARD_CHECK),
+        Some(&CheckEntry::ok(GUARD_CHECK, "Warn")),
+        "{}",
+        describe(&out)
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Result<()> {
     let (env, remote, _lock, ns) = attached_with_namespace("guarded").await?;
@@ -199,13 +211,7 @@ async fn reattach_with_another_primary_name_updates_the_guard() -> anyhow::Resul
     );
     assert!(!warning.contains("from cluster primary"), "{warning}");
 
-    let out = check_with_stored_credentials(env).await?;
-    assert_eq!(
-        CheckReport::parse(&out)?.cluster_check(name, GUARD_CHECK),
-        Some(&CheckEntry::ok(GUARD_CHECK, "Warn")),
-        "{}",
-        describe(&out)
-    );
+    guard_check_passes(env, name).await?;
 
     // The MeshCluster says another name than the guard's message: ×.
     let clusters = Api::<MeshCluster>::all(env.primary().client().await?);
@@ -235,13 +241,7 @@ async fn reattach_with_another_primary_name_updates_the_guard() -> anyhow::Resul
     );
     // What the hint says repairs it.
     attach(env, remote, &["--primary-name", "somewhere"]).await?;
-    let out = check_with_stored_credentials(env).await?;
-    assert_eq!(
-        CheckReport::parse(&out)?.cluster_check(name, GUARD_CHECK),
-        Some(&CheckEntry::ok(GUARD_CHECK, "Warn")),
-        "{}",
-        describe(&out)
-    );
+    guard_check_passes(env, name).await?;
 
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await?;
