@@ -1,58 +1,83 @@
-//! A map kept as one sorted vector of its entries. The dashboard keeps tens of thousands of
+//! A map kept as sorted blocks of its entries. The dashboard keeps tens of thousands of
 //! services, EndpointSlices and pods for as long as it runs: a `BTreeMap` of them is mostly
 //! half-full nodes (objects arrive in key order, and each split leaves the left node half
-//! empty), a vector is just the entries, grown by an eighth at a time. Watches change a few
-//! objects at a time after their first list, so shifting part of the vector on an insert or
-//! a removal costs little.
+//! empty); here a block fills up before the next one starts, so objects listed in key order
+//! take their own size and little more. Blocks are small and allocated once at their full
+//! size: growing a map never moves it whole (a vector of half a megabyte reallocated leaves
+//! a hole of its old size in the heap each time). Watches change a few objects at a time
+//! after their first list: an insert shifts part of one block, or splits a full one.
 
 use std::borrow::Borrow;
 
-/// Entries a map grows by at least.
-const MIN_GROWTH: usize = 16;
+/// Entries per block.
+const BLOCK: usize = 128;
 
 /// Entries sorted by key, each key once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Records<K, V> {
-    entries: Vec<(K, V)>,
+    /// None empty, each at most [`BLOCK`] long, each key greater than the previous block's.
+    blocks: Vec<Vec<(K, V)>>,
+    len: usize,
 }
 
 impl<K, V> Default for Records<K, V> {
     fn default() -> Self {
         Self {
-            entries: Vec::new(),
+            blocks: Vec::new(),
+            len: 0,
         }
     }
 }
 
+/// A block of its full size, holding `entries`.
+fn block<K, V>(entries: impl IntoIterator<Item = (K, V)>) -> Vec<(K, V)> {
+    let mut block = Vec::with_capacity(BLOCK);
+    block.extend(entries);
+    block
+}
+
 impl<K: Ord, V> Records<K, V> {
-    /// Where `key` is, or where it would go.
-    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    /// The block that holds `key` if any does: the first whose last key is not below it.
+    fn block_of<Q: Ord + ?Sized>(&self, key: &Q) -> usize
     where
         K: Borrow<Q>,
     {
-        self.entries.binary_search_by(|(k, _)| k.borrow().cmp(key))
+        self.blocks
+            .partition_point(|b| b.last().is_some_and(|(k, _)| k.borrow() < key))
     }
 
     /// Sets `key` to `value`; the value it had.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
-        // Listed objects come in key order: most inserts are appends.
-        let at = match self.entries.last() {
-            Some((last, _)) if *last < key => self.entries.len(),
-            _ => match self.find(&key) {
-                Ok(i) => {
-                    return self
-                        .entries
-                        .get_mut(i)
-                        .map(|(_, v)| std::mem::replace(v, value));
-                }
-                Err(i) => i,
-            },
+        // Past every key: into the last block (listed objects come in key order).
+        let i = self.block_of(&key).min(self.blocks.len().saturating_sub(1));
+        let Some(b) = self.blocks.get_mut(i) else {
+            self.blocks.push(block([(key, value)]));
+            self.len += 1;
+            return None;
         };
-        if self.entries.len() == self.entries.capacity() {
-            self.entries
-                .reserve_exact((self.entries.len() / 8).max(MIN_GROWTH));
+        let at = match b.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(j) => return b.get_mut(j).map(|(_, v)| std::mem::replace(v, value)),
+            Err(j) => j,
+        };
+        self.len += 1;
+        if b.len() < BLOCK {
+            b.insert(at, (key, value));
+        } else if at == BLOCK {
+            // After a full block: the next one, or a new one.
+            match self.blocks.get_mut(i + 1) {
+                Some(next) if next.len() < BLOCK => next.insert(0, (key, value)),
+                _ => self.blocks.insert(i + 1, block([(key, value)])),
+            }
+        } else {
+            // A full block splits in two halves.
+            let mut tail = block(b.drain(BLOCK / 2..));
+            if at <= BLOCK / 2 {
+                b.insert(at, (key, value));
+            } else {
+                tail.insert(at - BLOCK / 2, (key, value));
+            }
+            self.blocks.insert(i + 1, tail);
         }
-        self.entries.insert(at, (key, value));
         None
     }
 
@@ -61,9 +86,14 @@ impl<K: Ord, V> Records<K, V> {
     where
         K: Borrow<Q>,
     {
-        let i = self.find(key).ok()?;
-        let (_, value) = self.entries.remove(i);
-        self.shrink();
+        let i = self.block_of(key);
+        let b = self.blocks.get_mut(i)?;
+        let j = b.binary_search_by(|(k, _)| k.borrow().cmp(key)).ok()?;
+        let (_, value) = b.remove(j);
+        if b.is_empty() {
+            self.blocks.remove(i);
+        }
+        self.len -= 1;
         Some(value)
     }
 
@@ -72,8 +102,9 @@ impl<K: Ord, V> Records<K, V> {
     where
         K: Borrow<Q>,
     {
-        let i = self.find(key).ok()?;
-        self.entries.get(i).map(|(_, v)| v)
+        let b = self.blocks.get(self.block_of(key))?;
+        let j = b.binary_search_by(|(k, _)| k.borrow().cmp(key)).ok()?;
+        b.get(j).map(|(_, v)| v)
     }
 
     /// Whether `key` is there.
@@ -81,13 +112,16 @@ impl<K: Ord, V> Records<K, V> {
     where
         K: Borrow<Q>,
     {
-        self.find(key).is_ok()
+        self.get(key).is_some()
     }
 
     /// Keeps the entries for which `keep` holds.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
-        self.entries.retain_mut(|(k, v)| keep(k, v));
-        self.shrink();
+        for b in &mut self.blocks {
+            b.retain_mut(|(k, v)| keep(k, v));
+        }
+        self.blocks.retain(|b| !b.is_empty());
+        self.len = self.blocks.iter().map(Vec::len).sum();
     }
 
     /// The entries from `start` on (`BTreeMap::range(start..)`).
@@ -95,56 +129,53 @@ impl<K: Ord, V> Records<K, V> {
     where
         K: Borrow<Q>,
     {
-        let from = self.entries.partition_point(|(k, _)| k.borrow() < start);
-        self.entries
-            .get(from..)
-            .unwrap_or_default()
-            .iter()
-            .map(|(k, v)| (k, v))
-    }
-
-    /// Gives back room left by removals, keeping an eighth for growth.
-    fn shrink(&mut self) {
-        let len = self.entries.len();
-        if self.entries.capacity() > len + len / 4 + MIN_GROWTH {
-            self.entries.shrink_to(len + len / 8);
-        }
+        let i = self.block_of(start);
+        let rest = self.blocks.get(i..).unwrap_or_default();
+        let skip = rest
+            .first()
+            .map_or(0, |b| b.partition_point(|(k, _)| k.borrow() < start));
+        rest.iter().flatten().skip(skip).map(|(k, v)| (k, v))
     }
 }
 
 impl<K, V> Records<K, V> {
     /// The entries, sorted by key.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + ExactSizeIterator {
-        self.entries.iter().map(|(k, v)| (k, v))
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.into_iter()
     }
 
     /// The values, by key.
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = &V> + ExactSizeIterator {
-        self.entries.iter().map(|(_, v)| v)
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
     }
 
     /// The keys, sorted.
-    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &K> + ExactSizeIterator {
-        self.entries.iter().map(|(k, _)| k)
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 }
 
+type Entries<'a, K, V> = std::iter::Map<
+    std::iter::Flatten<std::slice::Iter<'a, Vec<(K, V)>>>,
+    fn(&'a (K, V)) -> (&'a K, &'a V),
+>;
+
 impl<'a, K, V> IntoIterator for &'a Records<K, V> {
     type Item = (&'a K, &'a V);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (K, V)>, fn(&'a (K, V)) -> (&'a K, &'a V)>;
+    type IntoIter = Entries<'a, K, V>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.entries.iter().map(|(k, v)| (k, v))
+        self.blocks.iter().flatten().map(|(k, v)| (k, v))
     }
 }
 
@@ -154,14 +185,12 @@ impl<K: Ord, V> FromIterator<(K, V)> for Records<K, V> {
         let mut entries: Vec<(K, V)> = iter.into_iter().collect();
         // Stable: of equal keys, the last one collected stays last.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut kept: Vec<(K, V)> = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match kept.last_mut() {
-                Some(last) if last.0 == entry.0 => *last = entry,
-                _ => kept.push(entry),
-            }
+        let mut records = Self::default();
+        for (key, value) in entries {
+            // In key order: each lands at the end, the last of equal keys winning.
+            records.insert(key, value);
         }
-        Self { entries: kept }
+        records
     }
 }
 
@@ -182,8 +211,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0u16..300, any::<u8>()).prop_map(|(k, v)| Op::Insert(k, v)),
-            2 => (0u16..300).prop_map(Op::Remove),
+            4 => (0u16..1000, any::<u8>()).prop_map(|(k, v)| Op::Insert(k, v)),
+            2 => (0u16..1000).prop_map(Op::Remove),
             1 => (1u16..7).prop_map(Op::Retain),
         ]
     }
@@ -191,7 +220,7 @@ mod tests {
     proptest! {
         /// Every operation leaves it equal to a `BTreeMap` given the same operations.
         #[test]
-        fn behaves_as_a_btreemap(ops in proptest::collection::vec(op(), 0..400), from in 0u16..300) {
+        fn behaves_as_a_btreemap(ops in proptest::collection::vec(op(), 0..1500), from in 0u16..1000) {
             let mut records = Records::default();
             let mut map = BTreeMap::new();
             for op in ops {
@@ -205,9 +234,10 @@ mod tests {
                 }
                 prop_assert_eq!(records.len(), map.len());
             }
+            prop_assert!(records.blocks.iter().all(|b| !b.is_empty() && b.len() <= BLOCK));
             prop_assert!(records.iter().eq(map.iter()));
             prop_assert!(records.range_from(&from).eq(map.range(from..)));
-            for k in 0..300u16 {
+            for k in 0..1000u16 {
                 prop_assert_eq!(records.get(&k), map.get(&k));
                 prop_assert_eq!(records.contains_key(&k), map.contains_key(&k));
             }
@@ -223,15 +253,23 @@ mod tests {
     }
 
     #[test]
-    fn grows_by_an_eighth_and_gives_room_back() {
+    fn entries_listed_in_order_fill_their_blocks() {
         let mut records = Records::default();
         for k in 0..10_000u32 {
             records.insert(k, ());
         }
-        let capacity = records.entries.capacity();
-        assert!(capacity <= 10_000 + 10_000 / 8 + MIN_GROWTH, "{capacity}");
+        assert_eq!(records.blocks.len(), 10_000_usize.div_ceil(BLOCK));
+        assert!(records.blocks.iter().all(|b| b.capacity() == BLOCK));
+        assert!(
+            records
+                .blocks
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|b| b.len() == BLOCK)
+        );
         records.retain(|k, _| *k < 1_000);
-        assert!(records.entries.capacity() <= 1_000 + 1_000 / 4 + MIN_GROWTH);
+        assert_eq!(records.blocks.len(), 1_000_usize.div_ceil(BLOCK));
         assert_eq!(
             records.keys().copied().collect::<Vec<_>>(),
             (0..1_000).collect::<Vec<_>>()
