@@ -239,14 +239,7 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     // can notice the remote now differs from the primary.
     let (env, mesh) = own_mesh(1, Some(Duration::from_secs(3600))).await?;
     let ca = mesh.ca_pem()?;
-    eventually("first replica holds the Lease", DEADLINE, || async {
-        Ok((lease_holder(&env.primary().client().await?)
-            .await?
-            .as_deref()
-            == Some("local-mesh-webhook"))
-        .then_some(()))
-    })
-    .await?;
+    holds_the_lease(&env, "local-mesh-webhook", DEADLINE).await?;
     let follower = mesh.start_replica(&env, "replica-b").await?;
     route_admission_to(&env, &follower.listen).await?;
 
@@ -271,12 +264,7 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
         .await?
         .unwrap_or_default();
     wait_labels(remote, &ns, &stable).await?;
-    assert_eq!(
-        lease_holder(&env.primary().client().await?)
-            .await?
-            .as_deref(),
-        Some("local-mesh-webhook")
-    );
+    assert_eq!(holder(&env).await?.as_deref(), Some("local-mesh-webhook"));
 
     refuse_rejected_revision(&env, &scope, &ns).await?;
     let revisions = RevisionsSeen::start(remote, &ns).await?;
@@ -289,6 +277,19 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     Ok(())
 }
 
+/// The replica holding the Lease now.
+async fn holder(env: &TestEnv) -> anyhow::Result<Option<String>> {
+    lease_holder(&env.primary().client().await?).await
+}
+
+/// Waits until replica `identity` holds the Lease.
+async fn holds_the_lease(env: &TestEnv, identity: &str, timeout: Duration) -> anyhow::Result<()> {
+    eventually(&format!("{identity} holds the Lease"), timeout, || async {
+        Ok((holder(env).await?.as_deref() == Some(identity)).then_some(()))
+    })
+    .await
+}
+
 /// Sum of the `admission_reviews_total` samples a replica exposes.
 async fn admission_reviews(addr: &str, ca: &str) -> anyhow::Result<f64> {
     metric_sum(addr, ca, "admission_reviews_total").await
@@ -299,14 +300,7 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
     let (env, mesh) = own_mesh(1, None).await?;
     let ca = mesh.ca_pem()?;
     let first = mesh.metrics_address().to_string();
-    eventually("first replica holds the Lease", DEADLINE, || async {
-        Ok((lease_holder(&env.primary().client().await?)
-            .await?
-            .as_deref()
-            == Some("local-mesh-webhook"))
-        .then_some(()))
-    })
-    .await?;
+    holds_the_lease(&env, "local-mesh-webhook", DEADLINE).await?;
     let second = mesh.start_replica(&env, "replica-b").await?.metrics;
     eventually("first replica has reconciled", DEADLINE, || async {
         Ok((syncs(&first, &ca).await? > 0.0).then_some(()))
@@ -322,26 +316,10 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
         .await?;
     wait_labels(remote, &ns, &labels(&[])).await?;
     assert_eq!(syncs(&second, &ca).await?, 0.0, "a follower reconciled");
-    assert_eq!(
-        lease_holder(&env.primary().client().await?)
-            .await?
-            .as_deref(),
-        Some("local-mesh-webhook")
-    );
+    assert_eq!(holder(&env).await?.as_deref(), Some("local-mesh-webhook"));
 
     mesh.stop_webhook(&env)?;
-    eventually(
-        "second replica takes the Lease",
-        Duration::from_secs(60),
-        || async {
-            Ok((lease_holder(&env.primary().client().await?)
-                .await?
-                .as_deref()
-                == Some("replica-b"))
-            .then_some(()))
-        },
-    )
-    .await?;
+    holds_the_lease(&env, "replica-b", Duration::from_secs(60)).await?;
     namespaces(remote)
         .await?
         .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
