@@ -33,7 +33,8 @@ const CREATE_CONCURRENCY: usize = 32;
 const RUNS: usize = 5;
 /// Targets.
 const TARGET_SERVICES: Duration = Duration::from_secs(2);
-const TARGET_DASHBOARD_KIB: u64 = 30 * 1024;
+/// 30 MB (the unit), 28.6 MiB.
+const TARGET_DASHBOARD_KIB: u64 = 30_000_000 / 1024;
 
 pub struct Config {
     pub namespaces: usize,
@@ -226,7 +227,7 @@ pub async fn run(
         }
     ));
     md.push_str(&format!(
-        "- target: dashboard under {} MiB: {}\n",
+        "- target: dashboard under 30 MB ({} MiB): {}\n",
         mib(TARGET_DASHBOARD_KIB),
         crate::verdict(memory.hwm_kib < TARGET_DASHBOARD_KIB)
     ));
