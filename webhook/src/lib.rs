@@ -25,3 +25,4 @@ pub mod reconcile;
 mod remote_watch;
 mod renewal;
 pub mod tls;
+mod watch_events;

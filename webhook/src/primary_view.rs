@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{ResourceExt, api::ObjectMeta, runtime::watcher};
 use mesh_core::{
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     in_flight::InFlight,
     remote_watch::{Interner, LabelSet, kept_namespace},
+    watch_events::for_each_event,
 };
 
 /// The primary's namespaces, each kept as its uid, resourceVersion, deletion mark and managed
@@ -210,20 +211,7 @@ pub async fn watch_namespaces(
     changed: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) {
-    let mut events = std::pin::pin!(events);
-    loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            () = shutdown.cancelled() => return,
-        };
-        let Some(event) = event else { return };
-        let event = match event {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::warn!(error = %error, "namespace watch failed, retrying");
-                continue;
-            }
-        };
+    for_each_event(events, &shutdown, |event| {
         if let watcher::Event::Apply(ns) = &event {
             let labels = store.rule.desired(Some(ns));
             let name = ns.name_any();
@@ -232,7 +220,8 @@ pub async fn watch_namespaces(
         if store.apply(&event) {
             changed.send_modify(|generation| *generation = generation.wrapping_add(1));
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

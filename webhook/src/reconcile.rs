@@ -31,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -59,6 +59,7 @@ use crate::{
     primary_view::{PrimaryNamespaces, watch_namespaces},
     readiness::Readiness,
     remote_watch::Interner,
+    watch_events::for_each_event,
 };
 
 use mesh_core::{cluster::MeshCluster, labels::SyncRule, remote::Remotes};
@@ -298,19 +299,12 @@ async fn notify_on_events<K>(
     notify: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut events = std::pin::pin!(events);
-    loop {
-        let event = tokio::select! {
-            event = events.next() => event,
-            () = shutdown.cancelled() => return,
-        };
-        match event {
-            None => return,
-            Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
-            Some(Ok(_)) => notify.notify_one(),
-            Some(Err(error)) => tracing::warn!(error = %error, "watch failed, retrying"),
+    for_each_event(events, &shutdown, |event| {
+        if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+            notify.notify_one();
         }
-    }
+    })
+    .await;
 }
 
 struct WorkerHandle {
