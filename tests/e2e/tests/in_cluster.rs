@@ -291,13 +291,20 @@ async fn change_until(
 async fn wait_rolled_out_to(mesh: &InCluster, image: &str) -> anyhow::Result<()> {
     const ROLLOUT: Duration = Duration::from_secs(180);
     let started = Instant::now();
-    while !rolled_out(mesh, image).await? {
+    // A read that fails on the busy apiserver is asked again: only the deadline fails the wait.
+    let mut last_error = None;
+    loop {
+        match rolled_out(mesh, image).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(error) => last_error = Some(error),
+        }
         if started.elapsed() > ROLLOUT {
             let pods = mesh.running_pods().await.unwrap_or_default();
             let states: Vec<String> = pods.iter().map(describe_pod).collect();
             anyhow::bail!(
                 "the rollout to {image} did not finish within {ROLLOUT:?}; deployment status: \
-                 {:?}; running pods: {states:?}",
+                 {:?}; running pods: {states:?}; last error reading them: {last_error:?}",
                 mesh.deployment().await.ok().and_then(|d| d.status)
             );
         }
