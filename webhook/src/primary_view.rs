@@ -84,6 +84,8 @@ impl PrimaryNamespaces {
         state
             .namespaces
             .iter()
+            // Without managed labels, a namespace wants none on the remotes: no need to ask.
+            .filter(|(_, entry)| !entry.labels.is_empty())
             .filter(|(name, entry)| !rule.desired(Some(&entry.to_namespace(name))).is_empty())
             .map(|(name, _)| name.to_string())
             .collect()
@@ -133,7 +135,10 @@ impl PrimaryNamespaces {
 
     /// What the rule wants on the remotes for namespace `name` as kept in `entry`.
     fn desired(&self, name: &str, entry: Option<&Entry>) -> Labels {
-        let namespace = entry.map(|entry| entry.to_namespace(name));
+        // Without managed labels, a namespace wants none on the remotes: no need to ask.
+        let namespace = entry
+            .filter(|entry| !entry.labels.is_empty())
+            .map(|entry| entry.to_namespace(name));
         self.rule.desired(namespace.as_ref())
     }
 

@@ -254,7 +254,7 @@ async fn sync_seen(
                 .collect();
         } else {
             let mut writes = stream::iter(changes)
-                .map(|(diff, ns)| write(&api, rule, primary, diff, Some(ns)))
+                .map(|(diff, ns)| write(&api, rule, primary, diff, ns))
                 .buffer_unordered(WRITE_CONCURRENCY);
             while let Some(outcome) = writes.next().await {
                 report.record(outcome);
@@ -388,16 +388,13 @@ async fn write(
     rule: &SyncRule,
     primary: &impl PrimaryView,
     diff: LabelDiff,
-    current: Option<Namespace>,
+    current: Namespace,
 ) -> Outcome {
     let name = diff.namespace.clone();
     // The plan's diff is what the writer recomputes from the same namespace and primary; the
     // primary is asked again only after a conflict.
     let desired = || rule.desired(primary.namespace(&name).as_ref());
-    let known = match current {
-        Some(namespace) => Known::Read(Box::new(namespace)),
-        None => Known::Nothing,
-    };
+    let known = Known::Read(Box::new(current));
     let written = write_managed_labels(api, rule, &name, desired, known).await;
     match &written {
         Written::Applied { diff } => {
