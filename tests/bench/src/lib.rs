@@ -110,6 +110,11 @@ pub struct Cli {
     #[arg(long, env = "MESH_BENCH_SCALE_CHANGES", default_value_t = 40)]
     pub scale_changes: usize,
 
+    /// Start the scale scenario's remotes with the primary's labels already set (the cold sync
+    /// then has nothing to write) instead of none.
+    #[arg(long, env = "MESH_BENCH_SCALE_LABELLED_REMOTES")]
+    pub scale_labelled_remotes: bool,
+
     /// Keep every environment's kubeconfigs and logs under this directory (one folder per
     /// figure) instead of a temporary directory.
     #[arg(long, env = "MESH_BENCH_DIR")]
@@ -211,6 +216,7 @@ impl Cli {
             scale_namespaces,
             scale_resync_period,
             scale_changes,
+            scale_labelled_remotes,
             dir,
             no_build,
             profile,
@@ -302,6 +308,7 @@ impl Cli {
                 namespaces: scale_namespaces,
                 resync_period: scale_resync_period,
                 changes: scale_changes,
+                labelled_remotes: scale_labelled_remotes,
             };
             section(scenario::scale::run(&options, &config, subdir("scale")).await?);
         }

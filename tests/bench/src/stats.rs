@@ -63,6 +63,26 @@ pub struct Row<'a> {
     pub baseline: Option<&'a Summary>,
 }
 
+impl<'a> Row<'a> {
+    /// A baseline row: its ratios print as `-`.
+    pub fn baseline(name: impl Into<String>, summary: Summary) -> Self {
+        Self {
+            name: name.into(),
+            summary,
+            baseline: None,
+        }
+    }
+
+    /// A row with its ratios to `baseline`.
+    pub fn against(name: impl Into<String>, summary: Summary, baseline: &'a Summary) -> Self {
+        Self {
+            name: name.into(),
+            summary,
+            baseline: Some(baseline),
+        }
+    }
+}
+
 /// A markdown table: count, p50/p95/p99/max in ms, then the p50/p95/p99 ratios to the
 /// row's baseline (`-` for the baseline itself).
 pub fn latency_table(rows: &[Row<'_>]) -> String {
@@ -137,16 +157,8 @@ mod tests {
         let base = Summary::of(&millis(&[2, 2, 2])).expect("non-empty");
         let slow = Summary::of(&millis(&[4, 4, 4])).expect("non-empty");
         let table = latency_table(&[
-            Row {
-                name: "floor".into(),
-                summary: base,
-                baseline: None,
-            },
-            Row {
-                name: "webhook".into(),
-                summary: slow,
-                baseline: Some(&base),
-            },
+            Row::baseline("floor", base),
+            Row::against("webhook", slow, &base),
         ]);
         assert!(
             table.contains("| floor | 3 | 2.00 | 2.00 | 2.00 | 2.00 | - | - | - |"),

@@ -118,21 +118,13 @@ pub async fn run(
     let (on, on_calls) = summary(Mode::Registered)?;
     let (bare, bare_calls) = summary(Mode::NoMatchConditions)?;
     let rows = [
-        Row {
-            name: "not registered (configuration deleted)".into(),
-            summary: off,
-            baseline: None,
-        },
-        Row {
-            name: "**registered as installed (matchConditions)**".into(),
-            summary: on,
-            baseline: Some(&off),
-        },
-        Row {
-            name: "registered without the managed-label-changed matchCondition".into(),
-            summary: bare,
-            baseline: Some(&off),
-        },
+        Row::baseline("not registered (configuration deleted)", off),
+        Row::against("**registered as installed (matchConditions)**", on, &off),
+        Row::against(
+            "registered without the managed-label-changed matchCondition",
+            bare,
+            &off,
+        ),
     ];
     let added = |a: Duration, b: Duration| {
         let delta = a.as_secs_f64() - b.as_secs_f64();

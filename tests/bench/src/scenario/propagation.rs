@@ -159,59 +159,46 @@ async fn one_count(
     let answered_r = summary(&reconcile.answered)?;
     let floor_all = Summary::of(&webhook.floor_all);
     let mut rows = vec![
-        Row {
-            name: "floor: direct PATCH on a remote -> its watch event (webhook phase)".into(),
-            summary: floor_w,
-            baseline: None,
-        },
-        Row {
-            name: format!("**webhook path: primary PATCH -> all {remotes} remote(s)**"),
-            summary: webhook_all,
-            baseline: Some(&floor_w),
-        },
+        Row::baseline(
+            "floor: direct PATCH on a remote -> its watch event (webhook phase)",
+            floor_w,
+        ),
+        Row::against(
+            format!("**webhook path: primary PATCH -> all {remotes} remote(s)**"),
+            webhook_all,
+            &floor_w,
+        ),
     ];
     if remotes > 1 {
-        rows.push(Row {
-            name: "webhook path: primary PATCH -> first remote".into(),
-            summary: webhook_first,
-            baseline: Some(&floor_w),
-        });
+        rows.push(Row::against(
+            "webhook path: primary PATCH -> first remote",
+            webhook_first,
+            &floor_w,
+        ));
     }
     if let Some(floor_all) = &floor_all {
-        rows.push(Row {
-            name: format!(
+        rows.push(Row::against(format!(
                 "parallel floor: one direct PATCH to each of the {remotes} remotes at once -> all their watch events"
-            ),
-            summary: *floor_all,
-            baseline: Some(&floor_w),
-        });
-        rows.push(Row {
-            name: format!("webhook path -> all {remotes} remotes, against the parallel floor"),
-            summary: webhook_all,
-            baseline: Some(floor_all),
-        });
+            ), *floor_all, &floor_w));
+        rows.push(Row::against(
+            format!("webhook path -> all {remotes} remotes, against the parallel floor"),
+            webhook_all,
+            floor_all,
+        ));
     }
     rows.extend([
-        Row {
-            name: "floor (reconcile-only phase)".into(),
-            summary: floor_r,
-            baseline: None,
-        },
-        Row {
-            name: format!("reconcile-only: primary PATCH -> all {remotes} remote(s)"),
-            summary: reconcile_all,
-            baseline: Some(&floor_r),
-        },
-        Row {
-            name: "primary PATCH answered, no webhook registered".into(),
-            summary: answered_r,
-            baseline: None,
-        },
-        Row {
-            name: "primary PATCH answered, webhook pushing".into(),
-            summary: answered_w,
-            baseline: Some(&answered_r),
-        },
+        Row::baseline("floor (reconcile-only phase)", floor_r),
+        Row::against(
+            format!("reconcile-only: primary PATCH -> all {remotes} remote(s)"),
+            reconcile_all,
+            &floor_r,
+        ),
+        Row::baseline("primary PATCH answered, no webhook registered", answered_r),
+        Row::against(
+            "primary PATCH answered, webhook pushing",
+            answered_w,
+            &answered_r,
+        ),
     ]);
     let p50_ratio = webhook_all.p50.as_secs_f64() / floor_w.p50.as_secs_f64();
     let parallel = floor_all.map_or(String::new(), |f| {

@@ -2,7 +2,8 @@
 //!
 //! A primary and `remotes` remotes (20 by default, one shared etcd), each with `namespaces`
 //! namespaces (10,000 by default), half of them labelled `istio-injection=enabled` on the
-//! primary. The controller-manager's per-namespace controllers (default ServiceAccount,
+//! primary, and on the remotes too with `labelled_remotes` (a mesh adopted where the labels were
+//! already set by hand: the cold sync reads and writes nothing). The controller-manager's per-namespace controllers (default ServiceAccount,
 //! `kube-root-ca.crt`) are left out: they would triple the writes of creating 210,000
 //! namespaces and kubectl-mesh needs neither.
 //!
@@ -20,7 +21,11 @@
 //! - the same with one remote's apiserver frozen (SIGSTOP): the other remotes and the primary's
 //!   answer, against the webhook's push deadline; then the frozen remote resumed and converged.
 
-use std::collections::{BTreeMap, HashSet};
+mod changes;
+mod cold;
+mod requests;
+mod sampler;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,19 +33,18 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt, TryStreamExt, future::try_join_all, stream};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::ListParams;
-use kube::{Api, ResourceExt};
-use mesh_core::cluster::{CONDITION_SYNCED, MeshCluster};
+use kube::Api;
 use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 use tokio::sync::mpsc;
 
+use self::changes::{Changes, wait_converged};
+use self::cold::{AttachTimes, attach_all, cold_floor, wait_active};
+use self::requests::{VERBS, converged_resync, median_max};
+use self::sampler::{Sampler, lock};
 use crate::bed::{BENCH_LABEL, Bed, create_namespaces, half_labelled, set_label};
-use crate::https::sample;
 use crate::procfs::{Memory, mib};
-use crate::scenario::resync::{
-    FLOOR_LABEL, MANAGED_LABEL, Remote, WRITE_CONCURRENCY, observe, watch_clusters,
-};
+use crate::scenario::resync::{MANAGED_LABEL, Remote, WRITE_CONCURRENCY, observe, watch_clusters};
 use crate::stats::{Row, Summary, latency_table, ms, ratio};
 use crate::watch::NamespaceWatch;
 
@@ -76,6 +80,8 @@ pub struct Config {
     pub namespaces: usize,
     pub resync_period: Duration,
     pub changes: usize,
+    /// The remotes start with the primary's labels instead of none.
+    pub labelled_remotes: bool,
 }
 
 pub async fn run(
@@ -118,7 +124,12 @@ pub async fn run(
     let step = Instant::now();
     let mut creations = Vec::new();
     for (index, cluster) in bed.env.clusters().iter().enumerate() {
-        let namespaces = half_labelled(&names, SCENARIO, index == 0, MANAGED_LABEL);
+        let namespaces = half_labelled(
+            &names,
+            SCENARIO,
+            index == 0 || config.labelled_remotes,
+            MANAGED_LABEL,
+        );
         let client = cluster.client().await?;
         let name = cluster.name.clone();
         creations.push(async move {
@@ -166,9 +177,16 @@ pub async fn run(
         })
         .collect();
 
-    // The parallel floor of the cold sync.
-    eprintln!("[bench]   parallel floor: LIST + {labelled_target} PATCHes on every remote");
-    let to_write: Vec<String> = names.iter().step_by(2).cloned().collect();
+    // The parallel floor of the cold sync: what the sync must write, after one LIST.
+    let to_write: Vec<String> = if config.labelled_remotes {
+        Vec::new()
+    } else {
+        names.iter().step_by(2).cloned().collect()
+    };
+    eprintln!(
+        "[bench]   parallel floor: LIST + {} PATCHes on every remote",
+        to_write.len()
+    );
     let floor = cold_floor(&remote_clients, &to_write, &mut watch).await?;
     eprintln!(
         "[bench]   parallel floor: writes returned {:.1?}, seen {:.1?}",
@@ -182,6 +200,13 @@ pub async fn run(
     let mc_watch = tokio::spawn(watch_clusters(bed.primary().await?, mc_tx));
     let times: AttachTimes = Arc::new(Mutex::new(vec![(None, None); r]));
     let attach_started = Instant::now();
+    if config.labelled_remotes {
+        // Already showing the primary's labels: only Synced=True is awaited.
+        for remote in &mut remotes {
+            remote.labelled = names.iter().step_by(2).cloned().collect();
+            remote.converged = Some(attach_started);
+        }
+    }
     eprintln!("[bench]   attaching {r} remotes, {ATTACH_CONCURRENCY} at a time");
     let mut attaches = Some(tokio::spawn(attach_all(
         bed.mesh.clone(),
@@ -226,6 +251,11 @@ pub async fn run(
         .max()
         .context("no remote converged")?;
     let cold = cold_end - attach_started;
+    let cold_writes: u64 = if config.labelled_remotes {
+        remotes.iter().map(|r| r.writes).sum()
+    } else {
+        remotes.iter().map(|r| r.writes_at_convergence).sum()
+    };
     let converged = Memory::of(pid)?;
     let cold_peak = sampler.peak_between(attach_started, Instant::now());
     eprintln!("[bench]   cold convergence {cold:.1?}");
@@ -338,8 +368,13 @@ pub async fn run(
     // Figures.
     let secs = |d: Duration| format!("{:.2}", d.as_secs_f64());
     let mut out = format!(
-        "## scale\n\n{n} namespaces on the primary ({labelled_target} labelled `{MANAGED_LABEL}=enabled`) and {n} unlabelled on each of {r} remotes ({} namespaces in all, {clusters_total} per cluster with the system ones); one shared etcd; the controller-manager without its per-namespace controllers (no default ServiceAccount, no `kube-root-ca.crt`). Resync period {:?}, push deadline {:?}. Times observed by watches (MeshClusters on the primary, bench namespaces on each remote).\n\n\
+        "## scale\n\n{n} namespaces on the primary ({labelled_target} labelled `{MANAGED_LABEL}=enabled`) and {n} {} on each of {r} remotes ({} namespaces in all, {clusters_total} per cluster with the system ones); one shared etcd; the controller-manager without its per-namespace controllers (no default ServiceAccount, no `kube-root-ca.crt`). Resync period {:?}, push deadline {:?}. Times observed by watches (MeshClusters on the primary, bench namespaces on each remote).\n\n\
          Setup: {} clusters and the mesh up in {} s; {} namespaces created in {} s ({:.0}/s, {CREATE_CONCURRENCY} at a time per cluster, every cluster at once); all Active, checked in {} s.\n\n",
+        if config.labelled_remotes {
+            "labelled as on the primary"
+        } else {
+            "unlabelled"
+        },
         n * (r + 1),
         config.resync_period,
         PUSH_DEADLINE,
@@ -358,21 +393,21 @@ pub async fn run(
         .collect();
     let syncs: Vec<Duration> = remotes
         .iter()
-        .filter_map(|r| Some(r.converged? - r.created?))
+        .filter_map(|r| Some(r.converged?.max(r.synced?) - r.created?))
         .collect();
     let attach_summary = Summary::of(&attach_times).context("no attach time")?;
     let sync_summary = Summary::of(&syncs).context("no sync time")?;
-    let cold_writes: u64 = remotes.iter().map(|r| r.writes_at_convergence).sum();
     out.push_str(&format!(
         "### Cold convergence\n\n\
          | series | s | vs parallel floor |\n|---|---:|---:|\n\
-         | parallel floor: one LIST and {labelled_target} label PATCHes per remote ({WRITE_CONCURRENCY} at a time), all {r} remotes at once, until every watch showed them (baseline) | {} | - |\n\
+         | parallel floor: one LIST and {} label PATCHes per remote ({WRITE_CONCURRENCY} at a time), all {r} remotes at once, until every watch showed them (baseline) | {} | - |\n\
          | parallel floor: until the last PATCH returned | {} | {} |\n\
          | **first attach started -> every MeshCluster Synced=True and every remote showing all {labelled_target} labelled** | **{}** | **{}** |\n\
          | `kubectl-mesh attach` command ({ATTACH_CONCURRENCY} at a time), p50 / max | {} / {} | - |\n\
-         | MeshCluster created -> that remote converged, p50 / max | {} / {} | {} (max) |\n\n\
+         | MeshCluster created -> that remote converged and Synced=True, p50 / max | {} / {} | {} (max) |\n\n\
          The floor's LIST took {} s p50 across remotes. Label writes seen on the remotes' watches during the cold sync: {cold_writes} (expected {}).\n\n\
          **Target: cold convergence <= {} s on 2 cores: {} s: {}.**\n\n",
+        to_write.len(),
         secs(floor.seen),
         secs(floor.returned),
         ratio(floor.returned, floor.seen),
@@ -384,7 +419,7 @@ pub async fn run(
         secs(sync_summary.max),
         ratio(sync_summary.max, floor.seen),
         secs(floor.list_p50),
-        r * labelled_target,
+        r * to_write.len(),
         TARGET_COLD.as_secs(),
         secs(cold),
         crate::verdict(cold <= TARGET_COLD),
@@ -498,21 +533,9 @@ pub async fn run(
         ROTATING.min(n),
     ));
     out.push_str(&latency_table(&[
-        Row {
-            name: format!("parallel floor: one PATCH to each of the {r} remotes at once -> all their watch events"),
-            summary: h_floor,
-            baseline: None,
-        },
-        Row {
-            name: format!("**webhook path: primary PATCH -> all {r} remotes**"),
-            summary: h_all,
-            baseline: Some(&h_floor),
-        },
-        Row {
-            name: "primary PATCH answered (the webhook pushes before it answers)".into(),
-            summary: h_answer,
-            baseline: Some(&h_floor),
-        },
+        Row::baseline(format!("parallel floor: one PATCH to each of the {r} remotes at once -> all their watch events"), h_floor),
+        Row::against(format!("**webhook path: primary PATCH -> all {r} remotes**"), h_all, &h_floor),
+        Row::against("primary PATCH answered (the webhook pushes before it answers)", h_answer, &h_floor),
     ]));
     out.push_str(&format!(
         "\n### One remote frozen\n\n{frozen_name}'s apiserver stopped (SIGSTOP) for the same {} changes; times to the other {}.\n\n",
@@ -520,26 +543,10 @@ pub async fn run(
         r - 1
     ));
     out.push_str(&latency_table(&[
-        Row {
-            name: format!("parallel floor: one PATCH to each of the {} others at once -> all their watch events", r - 1),
-            summary: f_floor,
-            baseline: None,
-        },
-        Row {
-            name: format!("**webhook path: primary PATCH -> the {} others**", r - 1),
-            summary: f_all,
-            baseline: Some(&f_floor),
-        },
-        Row {
-            name: "webhook path, healthy (above), for comparison".into(),
-            summary: h_all,
-            baseline: Some(&f_floor),
-        },
-        Row {
-            name: "**primary PATCH answered, one remote frozen**".into(),
-            summary: f_answer,
-            baseline: Some(&h_answer),
-        },
+        Row::baseline(format!("parallel floor: one PATCH to each of the {} others at once -> all their watch events", r - 1), f_floor),
+        Row::against(format!("**webhook path: primary PATCH -> the {} others**", r - 1), f_all, &f_floor),
+        Row::against("webhook path, healthy (above), for comparison", h_all, &f_floor),
+        Row::against("**primary PATCH answered, one remote frozen**", f_answer, &h_answer),
     ]));
     let others_ok = f_all.p99 <= h_all.p99 + PUSH_DEADLINE;
     let answer_ok = f_answer.max <= PUSH_DEADLINE + h_answer.p99;
@@ -556,437 +563,4 @@ pub async fn run(
         crate::verdict(answer_ok),
     ));
     Ok(out)
-}
-
-/// Namespace verbs reported from the apiservers' counters.
-const VERBS: &[&str] = &["LIST", "GET", "WATCH", "PATCH", "UPDATE", "CREATE"];
-
-/// p50 (nearest rank) and max.
-fn median_max(values: &[f64]) -> (f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if sorted.is_empty() {
-        return (0.0, 0.0);
-    }
-    let rank = (sorted.len() as f64 * 0.5).ceil() as usize;
-    (
-        sorted[rank.clamp(1, sorted.len()) - 1],
-        sorted[sorted.len() - 1],
-    )
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The webhook's RSS every 50 ms.
-struct Sampler {
-    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Sampler {
-    fn start(pid: u32) -> Self {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let task = {
-            let samples = samples.clone();
-            tokio::spawn(async move {
-                while let Ok(memory) = Memory::of(pid) {
-                    lock(&samples).push((Instant::now(), memory.rss_kib));
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
-        Self { samples, task }
-    }
-
-    fn peak_between(&self, from: Instant, to: Instant) -> u64 {
-        lock(&self.samples)
-            .iter()
-            .filter(|(at, _)| *at >= from && *at <= to)
-            .map(|s| s.1)
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn stop(self) -> Vec<(Instant, u64)> {
-        self.task.abort();
-        std::mem::take(&mut *lock(&self.samples))
-    }
-}
-
-/// Waits until `namespaces` bench namespaces are listed Active; returns how many namespaces
-/// the cluster has in all.
-async fn wait_active(client: &kube::Client, namespaces: usize) -> anyhow::Result<usize> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let list = api.list(&ListParams::default()).await?;
-        let active = list
-            .items
-            .iter()
-            .filter(|ns| ns.labels().get(BENCH_LABEL).is_some_and(|v| v == SCENARIO))
-            .filter(|ns| {
-                ns.status
-                    .as_ref()
-                    .and_then(|s| s.phase.as_deref())
-                    .is_some_and(|p| p == "Active")
-            })
-            .count();
-        if active >= namespaces {
-            return Ok(list.items.len());
-        }
-        if Instant::now() > deadline {
-            bail!("only {active} of {namespaces} namespaces Active within {SETTLE_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-struct ColdFloor {
-    /// Start -> the last PATCH returned.
-    returned: Duration,
-    /// Start -> every remote's watch showed every PATCH.
-    seen: Duration,
-    /// p50 of the LISTs.
-    list_p50: Duration,
-}
-
-/// On every remote at once: one LIST, then an unmanaged-label PATCH of each of `namespaces`,
-/// `WRITE_CONCURRENCY` at a time; timed until the watches showed every one.
-async fn cold_floor(
-    clients: &[kube::Client],
-    namespaces: &[String],
-    watch: &mut NamespaceWatch,
-) -> anyhow::Result<ColdFloor> {
-    let started = Instant::now();
-    let writers = tokio::spawn({
-        let clients = clients.to_vec();
-        let namespaces = namespaces.to_vec();
-        async move {
-            try_join_all(clients.into_iter().map(|client| {
-                let namespaces = namespaces.clone();
-                async move {
-                    let api: Api<Namespace> = Api::all(client);
-                    let listing = Instant::now();
-                    api.list(&ListParams::default().limit(LIST_PAGE as u32))
-                        .await?;
-                    let list = listing.elapsed();
-                    stream::iter(namespaces)
-                        .map(|name| {
-                            let api = api.clone();
-                            async move { set_label(&api, &name, FLOOR_LABEL, Some("1")).await }
-                        })
-                        .buffer_unordered(WRITE_CONCURRENCY)
-                        .try_for_each(|()| async { Ok(()) })
-                        .await?;
-                    anyhow::Ok((list, Instant::now()))
-                }
-            }))
-            .await
-        }
-    });
-    let deadline = started + CONVERGE_TIMEOUT;
-    let mut seen: Vec<HashSet<String>> = vec![HashSet::new(); clients.len()];
-    while seen.iter().any(|s| s.len() < namespaces.len()) {
-        let Some(event) = watch.next_until(deadline).await? else {
-            bail!(
-                "the parallel floor's writes not all seen within {CONVERGE_TIMEOUT:?}: {:?} of {}",
-                seen.iter().map(HashSet::len).collect::<Vec<_>>(),
-                namespaces.len()
-            );
-        };
-        if event.labels.get(FLOOR_LABEL).is_some_and(|v| v == "1") {
-            seen[event.cluster].insert(event.name);
-        }
-    }
-    let seen = started.elapsed();
-    let results = writers.await.context("the floor's writers")??;
-    let returned = results
-        .iter()
-        .map(|(_, done)| *done - started)
-        .max()
-        .unwrap_or_default();
-    let lists: Vec<Duration> = results.iter().map(|(list, _)| *list).collect();
-    Ok(ColdFloor {
-        returned,
-        seen,
-        list_p50: Summary::of(&lists).map(|s| s.p50).unwrap_or_default(),
-    })
-}
-
-/// When each remote's `kubectl-mesh attach` started and returned.
-type AttachTimes = Arc<Mutex<Vec<(Option<Instant>, Option<Instant>)>>>;
-
-/// Attaches every remote with `kubectl-mesh attach`, `ATTACH_CONCURRENCY` at a time, noting
-/// when each started and returned.
-async fn attach_all(
-    mesh: mesh_testenv::mesh::Mesh,
-    remotes: Vec<mesh_testenv::Cluster>,
-    times: AttachTimes,
-) -> anyhow::Result<()> {
-    stream::iter(remotes.into_iter().enumerate())
-        .map(|(index, remote)| {
-            let mesh = mesh.clone();
-            let times = times.clone();
-            async move {
-                lock(&times)[index].0 = Some(Instant::now());
-                mesh.attach(&remote)
-                    .await
-                    .with_context(|| format!("attaching {}", remote.name))?;
-                lock(&times)[index].1 = Some(Instant::now());
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(ATTACH_CONCURRENCY)
-        .try_for_each(|()| async { Ok(()) })
-        .await
-}
-
-/// Namespace requests one apiserver counted, by verb.
-#[derive(Clone, Default)]
-struct Requests(BTreeMap<String, f64>);
-
-impl Requests {
-    fn get(&self, verb: &str) -> f64 {
-        self.0.get(verb).copied().unwrap_or(0.0)
-    }
-
-    fn minus(&self, before: &Self) -> Self {
-        Self(
-            self.0
-                .iter()
-                .map(|(verb, count)| (verb.clone(), count - before.get(verb)))
-                .collect(),
-        )
-    }
-}
-
-/// `apiserver_request_total{resource="namespaces"}` of every apiserver, summed per verb.
-async fn apiserver_requests(clients: &[kube::Client]) -> anyhow::Result<Vec<Requests>> {
-    try_join_all(clients.iter().map(|client| async move {
-        let request = hyper::Request::get("/metrics").body(Vec::new())?;
-        let text = client
-            .request_text(request)
-            .await
-            .context("reading an apiserver's /metrics")?;
-        Ok(Requests(
-            VERBS
-                .iter()
-                .map(|verb| {
-                    let count = sample(
-                        &text,
-                        "apiserver_request_total",
-                        &[("resource", "namespaces"), ("verb", verb)],
-                    );
-                    ((*verb).to_owned(), count)
-                })
-                .collect(),
-        ))
-    }))
-    .await
-}
-
-struct Resync {
-    after_convergence: Duration,
-    window: Duration,
-    periods: f64,
-    syncs_min: f64,
-    syncs_max: f64,
-    /// Per remote.
-    requests: Vec<Requests>,
-    /// Events on the remotes' watches.
-    writes: u64,
-    corrections: f64,
-}
-
-/// Counts every remote's namespace requests over at least two resync periods, and the
-/// writes of the syncs in them.
-async fn converged_resync(
-    bed: &Bed,
-    clients: &[kube::Client],
-    watch: &mut NamespaceWatch,
-    mc_events: &mut mpsc::UnboundedReceiver<(
-        String,
-        Option<mesh_core::cluster::MeshClusterStatus>,
-        Instant,
-    )>,
-    remotes: &mut [Remote],
-    labelled_target: usize,
-    period: Duration,
-) -> anyhow::Result<Resync> {
-    let converged_at = Instant::now();
-    let ok = |text: &str, name: &str| {
-        sample(text, "syncs_total", &[("cluster", name), ("result", "ok")])
-    };
-    let corrections = |text: &str| sample(text, "drift_corrections_total", &[]);
-    let webhook_before = bed.metrics().await?;
-    let before = apiserver_requests(clients).await?;
-    for remote in remotes.iter_mut() {
-        remote.writes = 0;
-    }
-    let started = Instant::now();
-    let deadline = started + period * 4 + Duration::from_secs(120);
-    let webhook_after = loop {
-        observe(watch, mc_events, remotes, labelled_target).await?;
-        if started.elapsed() >= period * 2 {
-            let now = bed.metrics().await?;
-            if remotes
-                .iter()
-                .all(|r| ok(&now, &r.name) - ok(&webhook_before, &r.name) >= 2.0)
-            {
-                break now;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "not every remote resynced twice within {:?}",
-                deadline - started
-            );
-        }
-    };
-    // Writes of the last sync, if any, reach the watches within moments.
-    let settle = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < settle {
-        observe(watch, mc_events, remotes, labelled_target).await?;
-    }
-    let after = apiserver_requests(clients).await?;
-    let window = started.elapsed();
-    let syncs: Vec<f64> = remotes
-        .iter()
-        .map(|r| ok(&webhook_after, &r.name) - ok(&webhook_before, &r.name))
-        .collect();
-    Ok(Resync {
-        after_convergence: started - converged_at,
-        window,
-        periods: window.as_secs_f64() / period.as_secs_f64(),
-        syncs_min: syncs.iter().copied().fold(f64::INFINITY, f64::min),
-        syncs_max: syncs.iter().copied().fold(0.0, f64::max),
-        requests: after.iter().zip(&before).map(|(a, b)| a.minus(b)).collect(),
-        writes: remotes.iter().map(|r| r.writes).sum(),
-        corrections: corrections(&webhook_after) - corrections(&webhook_before),
-    })
-}
-
-/// Latencies of one series of changes.
-#[derive(Default)]
-struct Samples {
-    floor: Vec<Duration>,
-    all: Vec<Duration>,
-    answered: Vec<Duration>,
-}
-
-/// Label changes on the primary, each until the watches of the first `active` remotes show it,
-/// interleaved with the parallel floor.
-struct Changes<'a> {
-    primary: Api<Namespace>,
-    remote_apis: Vec<Api<Namespace>>,
-    watch: &'a mut NamespaceWatch,
-    names: &'a [String],
-    /// The managed label's value of every namespace on the primary.
-    expected: &'a mut Vec<Option<&'static str>>,
-    rotating: Vec<usize>,
-    step: usize,
-}
-
-impl Changes<'_> {
-    async fn measure(&mut self, active: usize, changes: usize) -> anyhow::Result<Samples> {
-        let clusters: Vec<usize> = (0..active).collect();
-        let mut samples = Samples::default();
-        for i in 0..WARMUP + changes {
-            let index = self.rotating[self.step % self.rotating.len()];
-            self.step += 1;
-            let name = self.names[index].clone();
-
-            // The parallel floor: an unmanaged label on every active remote at once.
-            let value = format!("v{}", self.step);
-            let started = Instant::now();
-            try_join_all(
-                self.remote_apis[..active]
-                    .iter()
-                    .map(|api| set_label(api, &name, FLOOR_LABEL, Some(&value))),
-            )
-            .await?;
-            let at = self
-                .watch
-                .wait_label(&clusters, &name, (FLOOR_LABEL, &value), CHANGE_TIMEOUT)
-                .await?;
-            let floor = at.iter().max().copied().unwrap_or(started) - started;
-            tokio::time::sleep(PAUSE).await;
-
-            // The webhook path.
-            let value = match self.expected[index] {
-                Some("enabled") => "disabled",
-                _ => "enabled",
-            };
-            let started = Instant::now();
-            set_label(&self.primary, &name, MANAGED_LABEL, Some(value)).await?;
-            let answered = started.elapsed();
-            self.expected[index] = Some(value);
-            let at = self
-                .watch
-                .wait_label(&clusters, &name, (MANAGED_LABEL, value), CHANGE_TIMEOUT)
-                .await?;
-            let all = at.iter().max().copied().unwrap_or(started) - started;
-            tokio::time::sleep(PAUSE).await;
-            if i >= WARMUP {
-                samples.floor.push(floor);
-                samples.all.push(all);
-                samples.answered.push(answered);
-            }
-        }
-        Ok(samples)
-    }
-}
-
-/// Waits until the remote shows every bench namespace with the managed label the primary has
-/// and its MeshCluster reports Synced=True; returns when.
-async fn wait_converged(
-    remote: &kube::Client,
-    primary: &kube::Client,
-    name: &str,
-    names: &[String],
-    expected: &[Option<&'static str>],
-) -> anyhow::Result<Instant> {
-    let api: Api<Namespace> = Api::all(remote.clone());
-    let clusters: Api<MeshCluster> = Api::all(primary.clone());
-    let params = ListParams::default().labels(&format!("{BENCH_LABEL}={SCENARIO}"));
-    let want: BTreeMap<&str, Option<&str>> = names
-        .iter()
-        .map(String::as_str)
-        .zip(expected.iter().copied())
-        .collect();
-    let deadline = Instant::now() + RESUME_TIMEOUT;
-    loop {
-        let list = api.list(&params).await;
-        let wrong = match &list {
-            Ok(list) => list
-                .items
-                .iter()
-                .filter(|ns| {
-                    let name = ns.name_any();
-                    want.get(name.as_str()).is_some_and(|want| {
-                        ns.labels().get(MANAGED_LABEL).map(String::as_str) != *want
-                    })
-                })
-                .count(),
-            Err(_) => usize::MAX,
-        };
-        let synced = clusters.get(name).await.is_ok_and(|mc| {
-            mc.status
-                .as_ref()
-                .is_some_and(|s| s.is_true(CONDITION_SYNCED))
-        });
-        if wrong == 0 && synced {
-            return Ok(Instant::now());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{name} not converged within {RESUME_TIMEOUT:?} of its resume ({wrong} namespaces differ, Synced={synced})"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
