@@ -211,56 +211,55 @@ fn watch_workloads(
     shared: &Arc<Shared>,
     which: Option<String>,
 ) -> Vec<JoinHandle<()>> {
-    let config = || {
-        watcher::Config::default()
-            .timeout(WATCH_SECONDS)
-            .page_size(LIST_PAGE)
-    };
-    let mut tasks = Vec::new();
-    let w = which.clone();
-    let mut relist = Relist::default();
-    tasks.push(tokio::spawn(follow(
-        Api::<wire::Service>::all(client.clone()),
-        config(),
-        shared.clone(),
-        move |live, change| {
-            let Live {
-                names,
-                primary_facts,
-                remotes,
-                ..
-            } = live;
-            if let Some(facts) = facts_of(primary_facts, remotes, w.as_deref()) {
-                relist.apply(&mut facts.services, change, |o| {
+    let mut service_relist = Relist::default();
+    let mut slice_relist = Relist::default();
+    let mut pod_relist = Relist::default();
+    vec![
+        watch_facts::<wire::Service>(
+            client,
+            shared,
+            which.clone(),
+            move |names, facts, change| {
+                service_relist.apply(&mut facts.services, change, |o| {
                     services::extract_service(names, o)
                 });
-            }
-        },
-    )));
-    let w = which.clone();
-    let mut relist = Relist::default();
-    tasks.push(tokio::spawn(follow(
-        Api::<wire::EndpointSlice>::all(client.clone()),
-        config(),
-        shared.clone(),
-        move |live, change| {
-            let Live {
-                names,
-                primary_facts,
-                remotes,
-                ..
-            } = live;
-            if let Some(facts) = facts_of(primary_facts, remotes, w.as_deref()) {
-                relist.apply(&mut facts.slices, change, |o| {
+            },
+        ),
+        watch_facts::<wire::EndpointSlice>(
+            client,
+            shared,
+            which.clone(),
+            move |names, facts, change| {
+                slice_relist.apply(&mut facts.slices, change, |o| {
                     services::extract_slice(names, o)
                 });
-            }
-        },
-    )));
-    let mut relist = Relist::default();
-    tasks.push(tokio::spawn(follow(
-        Api::<wire::Pod>::all(client.clone()),
-        config(),
+            },
+        ),
+        watch_facts::<wire::Pod>(client, shared, which, move |names, facts, change| {
+            let records = facts.pods.get_or_insert_with(Records::default);
+            pod_relist.apply(records, change, |o| services::extract_pod(names, o));
+        }),
+    ]
+}
+
+/// Watches every `K` of one cluster: `on` gets the names every record points into, the facts
+/// of the cluster `which` (the primary when `None`) and each change; nothing once a remote is
+/// gone.
+fn watch_facts<K>(
+    client: &Client,
+    shared: &Arc<Shared>,
+    which: Option<String>,
+    mut on: impl FnMut(&mut Names, &mut ClusterFacts, Change<K>) + Send + 'static,
+) -> JoinHandle<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    tokio::spawn(follow(
+        Api::<K>::all(client.clone()),
+        watcher::Config::default()
+            .timeout(WATCH_SECONDS)
+            .page_size(LIST_PAGE),
         shared.clone(),
         move |live, change| {
             let Live {
@@ -270,12 +269,10 @@ fn watch_workloads(
                 ..
             } = live;
             if let Some(facts) = facts_of(primary_facts, remotes, which.as_deref()) {
-                let pods = facts.pods.get_or_insert_with(Records::default);
-                relist.apply(pods, change, |o| services::extract_pod(names, o));
+                on(names, facts, change);
             }
         },
-    )));
-    tasks
+    ))
 }
 
 /// What the server reads: the latest snapshot, and pages of services on request.
