@@ -185,32 +185,27 @@ fn events(snapshots: watch::Receiver<Bytes>) -> Response<Body> {
         let frame = Frame::data(rx.borrow_and_update().clone());
         Some((Ok::<_, Infallible>(frame), rx))
     });
-    let mut response = Response::new(StreamBody::new(stream).boxed());
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    secure(headers);
-    response
+    respond("text/event-stream", StreamBody::new(stream).boxed())
 }
 
 fn asset(content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Full::new(body).boxed());
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    secure(headers);
-    response
+    respond(content_type, Full::new(body).boxed())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).boxed());
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+    let mut response = asset(
+        "text/plain; charset=utf-8",
+        Bytes::from_static(body.as_bytes()),
     );
+    *response.status_mut() = status;
+    response
+}
+
+/// A response of `content_type`, with the headers of [`secure`].
+fn respond(content_type: &'static str, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     secure(headers);
     response
 }
