@@ -18,7 +18,7 @@ use mesh_core::{
     sync::short_list,
 };
 
-use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, RemoteReads, ViewFacts};
+use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, RemoteReads, Stored, ViewFacts};
 use super::guard::guard_result;
 use super::report::{CheckResult, Section};
 use super::rights;
@@ -114,6 +114,32 @@ pub struct Mesh<'a> {
     pub now: Timestamp,
 }
 
+/// The valid stored kubeconfig of a cluster, or the check `what` failed for want of one.
+fn stored_kubeconfig<'a>(
+    facts: &'a ClusterFacts,
+    what: &str,
+    secret_name: &str,
+    reattach: &str,
+) -> Result<&'a Stored, CheckResult> {
+    Err(match facts {
+        ClusterFacts::Stored(stored) => return Ok(stored),
+        ClusterFacts::SecretUnreadable(e) => {
+            CheckResult::kube_failure(what, "cannot read the Secret on the primary", e)
+        }
+        ClusterFacts::SecretMissing => CheckResult::error(
+            what,
+            format!("Secret {MESH_NAMESPACE}/{secret_name} not found"),
+            reattach,
+        ),
+        ClusterFacts::KeyMissing => CheckResult::error(
+            what,
+            format!("Secret {MESH_NAMESPACE}/{secret_name} has no {KUBECONFIG_KEY:?} key"),
+            reattach,
+        ),
+        ClusterFacts::Invalid(e) => CheckResult::error(what, e.to_string(), e.hint()),
+    })
+}
+
 /// Whether the remote answered who the stored credentials are: a refusal (403) counts, as
 /// the remote authenticated them; any other failure ends the cluster's checks.
 pub fn reached(whoami: &RemoteResult<SelfSubjectReview>) -> bool {
@@ -141,36 +167,12 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
     // The stored kubeconfig, checked against the rule of stored kubeconfigs.
     let what = "Secret holds a valid kubeconfig";
     let secret_name = &cluster.spec.secret_name;
-    let (stored, remote) = match facts {
-        ClusterFacts::SecretUnreadable(e) => {
-            checks.push(CheckResult::kube_failure(
-                what,
-                "cannot read the Secret on the primary",
-                e,
-            ));
+    let (stored, remote) = match stored_kubeconfig(facts, what, secret_name, &reattach) {
+        Ok(stored) => (&stored.kubeconfig, &stored.remote),
+        Err(failed) => {
+            checks.push(failed);
             return section(checks);
         }
-        ClusterFacts::SecretMissing => {
-            checks.push(CheckResult::error(
-                what,
-                format!("Secret {MESH_NAMESPACE}/{secret_name} not found"),
-                reattach,
-            ));
-            return section(checks);
-        }
-        ClusterFacts::KeyMissing => {
-            checks.push(CheckResult::error(
-                what,
-                format!("Secret {MESH_NAMESPACE}/{secret_name} has no {KUBECONFIG_KEY:?} key"),
-                reattach,
-            ));
-            return section(checks);
-        }
-        ClusterFacts::Invalid(e) => {
-            checks.push(CheckResult::error(what, e.to_string(), e.hint()));
-            return section(checks);
-        }
-        ClusterFacts::Stored(stored) => (&stored.kubeconfig, &stored.remote),
     };
     let server = kubeconfig::select(stored, None)
         .ok()

@@ -229,22 +229,24 @@ mod tests {
         assert_eq!(result.result, super::super::Outcome::Ok);
     }
 
+    /// The check of `facts`, asserted to fail with a detail that says `detail`.
+    fn fails_saying(facts: &IstioSecretFacts, detail: &str) -> CheckResult {
+        let result = judge("east", facts).unwrap();
+        assert_eq!(result.result, super::super::Outcome::Error);
+        assert!(
+            result.detail.as_deref().unwrap().contains(detail),
+            "{result:?}"
+        );
+        result
+    }
+
     #[test]
     fn a_revoked_token_fails_and_says_to_reattach() {
         let facts = with_secret(Ok(ReaderFacts {
             whoami: Err(unauthorized()),
             cannot_list: Err(unauthorized()),
         }));
-        let result = judge("east", &facts).unwrap();
-        assert_eq!(result.result, super::super::Outcome::Error);
-        assert!(
-            result
-                .detail
-                .as_deref()
-                .unwrap()
-                .contains("refuses the token"),
-            "{result:?}"
-        );
+        let result = fails_saying(&facts, "refuses the token");
         assert!(
             result
                 .hint
@@ -256,19 +258,7 @@ mod tests {
 
     #[test]
     fn a_reader_missing_a_watched_resource_fails_naming_it() {
-        let result = judge(
-            "east",
-            &with_secret(Ok(answered(vec!["configmaps".into()]))),
-        )
-        .unwrap();
-        assert_eq!(result.result, super::super::Outcome::Error);
-        assert!(
-            result
-                .detail
-                .as_deref()
-                .unwrap()
-                .contains("may not list configmaps"),
-            "{result:?}"
-        );
+        let facts = with_secret(Ok(answered(vec!["configmaps".into()])));
+        fails_saying(&facts, "may not list configmaps");
     }
 }
