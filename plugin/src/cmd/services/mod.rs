@@ -491,16 +491,21 @@ fn aggregate<'a>(
     (ready, pods)
 }
 
+/// The clusters whose facts were read, by name.
+fn readable(clusters: &[ClusterRead]) -> Vec<(&str, &ClusterFacts)> {
+    clusters
+        .iter()
+        .filter_map(|c| match &c.state {
+            ReadState::Read(facts) => Some((c.name.as_str(), facts)),
+            _ => None,
+        })
+        .collect()
+}
+
 impl<'a> Join<'a> {
     /// Ready endpoints and pod counts, aggregated once per readable cluster.
     pub fn new(clusters: &'a [ClusterRead]) -> Self {
-        let read: Vec<(&str, &ClusterFacts)> = clusters
-            .iter()
-            .filter_map(|c| match &c.state {
-                ReadState::Read(facts) => Some((c.name.as_str(), facts)),
-                _ => None,
-            })
-            .collect();
+        let read = readable(clusters);
         let aggregates = read
             .iter()
             .map(|(_, facts)| aggregate(facts, None))
@@ -511,15 +516,8 @@ impl<'a> Join<'a> {
     /// The join of `clusters` for [`Join::page`] alone: each page aggregates the endpoints
     /// and pods of its own namespaces rather than every cluster's all at once.
     pub fn paged(clusters: &'a [ClusterRead]) -> Self {
-        let read: Vec<(&str, &ClusterFacts)> = clusters
-            .iter()
-            .filter_map(|c| match &c.state {
-                ReadState::Read(facts) => Some((c.name.as_str(), facts)),
-                _ => None,
-            })
-            .collect();
         Self {
-            read,
+            read: readable(clusters),
             aggregates: Vec::new(),
         }
     }
