@@ -1,8 +1,5 @@
 //! `kubectl mesh uninstall`: remove what install created from the primary.
 
-use kube::{Api, api::ListParams};
-use mesh_core::cluster::MeshCluster;
-
 use super::apply::{self, Deleted};
 use crate::{Context, Error, Result, output, render};
 
@@ -45,7 +42,9 @@ impl Uninstall {
         }
 
         let client = ctx.client().await?;
-        let attached = attached_clusters(&client).await?;
+        let attached = mesh_core::cluster::names(&client)
+            .await
+            .map_err(Error::kube("cannot list MeshClusters"))?;
         if !attached.is_empty() {
             if !force {
                 return Err(Error::Refused {
@@ -76,19 +75,5 @@ impl Uninstall {
                 .info("the MeshCluster CRD is kept; `kubectl mesh uninstall --crd` removes it");
         }
         Ok(())
-    }
-}
-
-/// Names of the MeshClusters on the primary; none when the CRD is not installed.
-async fn attached_clusters(client: &kube::Client) -> Result<Vec<String>> {
-    let api: Api<MeshCluster> = Api::all(client.clone());
-    match api.list_metadata(&ListParams::default()).await {
-        Ok(list) => Ok(list
-            .items
-            .into_iter()
-            .filter_map(|m| m.metadata.name)
-            .collect()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
-        Err(e) => Err(Error::kube("cannot list MeshClusters")(e)),
     }
 }

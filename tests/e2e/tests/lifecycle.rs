@@ -16,7 +16,6 @@ use k8s_openapi::api::core::v1::{Container, Namespace};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::ListParams;
 use kubectl_mesh::remote_setup as setup;
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
@@ -82,16 +81,7 @@ async fn attach_objects_on_remote(
 
 /// Names of the MeshClusters on the primary; none when their CRD is gone.
 async fn mesh_clusters(env: &TestEnv) -> anyhow::Result<Vec<String>> {
-    let api: Api<MeshCluster> = Api::all(env.primary().client().await?);
-    match api.list_metadata(&ListParams::default()).await {
-        Ok(list) => Ok(list
-            .items
-            .into_iter()
-            .filter_map(|m| m.metadata.name)
-            .collect()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(mesh_core::cluster::names(&env.primary().client().await?).await?)
 }
 
 /// Whether the primary's apiserver still sends a managed-label change to a webhook: a

@@ -5,7 +5,7 @@
 //! `spec.secretName`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::CustomResource;
+use kube::{Api, Client, CustomResource, api::ListParams};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -139,5 +139,20 @@ impl MeshClusterStatus {
     /// Whether the condition of the given type is recorded as "True".
     pub fn is_true(&self, type_: &str) -> bool {
         self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}
+
+/// Names of the MeshClusters on the cluster `client` reaches; none when their CRD is not
+/// installed.
+pub async fn names(client: &Client) -> Result<Vec<String>, kube::Error> {
+    let api: Api<MeshCluster> = Api::all(client.clone());
+    match api.list_metadata(&ListParams::default()).await {
+        Ok(list) => Ok(list
+            .items
+            .into_iter()
+            .filter_map(|m| m.metadata.name)
+            .collect()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }
