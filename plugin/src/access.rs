@@ -4,7 +4,7 @@
 //! Every check here is read-only (SelfSubjectAccessReviews are not stored), so a refused
 //! command leaves nothing behind, and every failure is one line naming the cluster.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use futures::{StreamExt as _, stream};
 use k8s_openapi::api::{
@@ -13,8 +13,11 @@ use k8s_openapi::api::{
     rbac::v1::PolicyRule,
 };
 use kube::{Api, Client, api::PostParams, config::Kubeconfig};
+use mesh_core::cluster::MeshCluster;
 
-use crate::{Error, Result, kubeconfig};
+use crate::{
+    Error, Result, cmd::attach::remote_kubeconfig_error, kubeconfig, remote_setup as setup,
+};
 
 /// How long connecting to an apiserver may take: a remote that is down must fail the
 /// preflight in seconds, not after the OS gives up.
@@ -50,6 +53,63 @@ pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<Client> {
         }
         .into()
     })
+}
+
+/// An admin kubeconfig of a remote, as the user passed it or as attach recorded it.
+pub struct RemoteAdmin {
+    kubeconfig: Kubeconfig,
+    /// `None`: the file's current context.
+    context: Option<String>,
+    /// See [`Target::where_configured`].
+    where_configured: String,
+}
+
+impl RemoteAdmin {
+    /// The kubeconfig `file` (at `context`) when given; else `context`, or the one attach
+    /// recorded on `mc`, when the user's kubeconfig `primary_kc` has it; `None` when neither.
+    pub fn find(
+        mc: Option<&MeshCluster>,
+        primary_kc: &Kubeconfig,
+        file: Option<&PathBuf>,
+        context: Option<&str>,
+    ) -> Result<Option<Self>> {
+        if let Some(path) = file {
+            return Ok(Some(Self {
+                kubeconfig: kubeconfig::read_remote(path, context)
+                    .map_err(|e| remote_kubeconfig_error(path, e))?,
+                context: None,
+                where_configured: format!("the server address in {}", path.display()),
+            }));
+        }
+        let recorded = context
+            .map(str::to_owned)
+            .or_else(|| mc.and_then(setup::remote_context).map(str::to_owned))
+            .filter(|c| primary_kc.contexts.iter().any(|n| n.name == *c));
+        Ok(recorded.map(|c| Self {
+            kubeconfig: primary_kc.clone(),
+            where_configured: format!("the server of context {c} in your kubeconfig"),
+            context: Some(c),
+        }))
+    }
+
+    /// A client of the remote cluster `name`, and the target errors about reaching it name.
+    pub async fn connect(self, name: &str) -> Result<(Client, Target)> {
+        let server = kubeconfig::select(&self.kubeconfig, self.context.as_deref())?
+            .server()?
+            .to_owned();
+        let target = Target {
+            label: format!("remote cluster {name}"),
+            server,
+            where_configured: self.where_configured,
+        };
+        let client = client(self.kubeconfig, self.context.as_deref()).await?;
+        Ok((client, target))
+    }
+
+    /// A client of the remote.
+    pub async fn client(self) -> Result<Client> {
+        client(self.kubeconfig, self.context.as_deref()).await
+    }
 }
 
 /// Whether an error means the request never got an answer from the apiserver.

@@ -137,6 +137,16 @@ impl Context {
         Ok((kc, context, target))
     }
 
+    /// A client for the primary, with the kubeconfig and the target of
+    /// [`Context::primary_target`].
+    pub async fn primary_client(
+        &self,
+    ) -> Result<(kube::config::Kubeconfig, access::Target, kube::Client)> {
+        let (kc, context, target) = self.primary_target()?;
+        let client = access::client(kc.clone(), Some(&context)).await?;
+        Ok((kc, target, client))
+    }
+
     /// Name of the primary's context: `--context` or the kubeconfig's current one.
     pub fn context_name(&self) -> Result<String> {
         let kc = self.load_kubeconfig()?;

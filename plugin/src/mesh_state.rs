@@ -108,6 +108,16 @@ pub async fn clusters(primary: &Client) -> Result<Vec<MeshCluster>> {
     Ok(list)
 }
 
+/// The refusal of a command that needs kubectl-mesh installed on the primary, which has no
+/// MeshCluster resource; `hint` says what to do.
+pub fn not_installed_on_primary(hint: &str) -> Error {
+    Error::Refused {
+        what: "kubectl-mesh is not installed on the primary (it has no MeshCluster resource)"
+            .into(),
+        hint: hint.into(),
+    }
+}
+
 /// The clusters a sync (or its plan) covers: those named in `names` (all when empty), less
 /// those being detached, as the reconciler does: their detach may be stripping the very labels
 /// a sync would write. Each one left out is said on `progress`.

@@ -33,10 +33,9 @@ use kube::{
 };
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, token};
 
-use super::attach::remote_kubeconfig_error;
 use crate::{
     Context, Error, Result,
-    access::{self, Need, Target},
+    access::{self, Need, RemoteAdmin, Target},
     credentials, kubeconfig,
     output::Progress,
     remote_setup as setup,
@@ -158,8 +157,7 @@ impl Rotate {
             timeout,
         } = self;
         let progress = ctx.progress;
-        let (primary_kc, primary_context, primary_target) = ctx.primary_target()?;
-        let primary = access::client(primary_kc.clone(), Some(&primary_context)).await?;
+        let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
         let clusters: Api<MeshCluster> = Api::all(primary.clone());
         let targets = if all {
             let list = clusters
@@ -267,46 +265,20 @@ async fn remote_client(
     file: Option<&PathBuf>,
     context: Option<&str>,
 ) -> Result<(Client, Target)> {
-    let (kc, kc_context, where_configured) = match file {
-        Some(path) => (
-            kubeconfig::read_remote(path, context).map_err(|e| remote_kubeconfig_error(path, e))?,
-            None,
-            format!("the server address in {}", path.display()),
-        ),
-        None => {
-            let recorded = context
-                .map(str::to_owned)
-                .or_else(|| setup::remote_context(mc).map(str::to_owned))
-                .filter(|c| primary_kc.contexts.iter().any(|n| n.name == *c));
-            let Some(c) = recorded else {
-                return Err(Error::Refused {
-                    what: format!(
-                        "no credentials for remote cluster {name} ({}): rotate needs an admin \
-                         kubeconfig of it to issue tokens there",
-                        mc.spec.server
-                    ),
-                    hint: format!(
-                        "pass --remote-kubeconfig FILE (and --remote-context if it is not the \
-                         current one): `kubectl mesh rotate {name} --remote-kubeconfig FILE`"
-                    ),
-                });
-            };
-            (
-                primary_kc.clone(),
-                Some(c.clone()),
-                format!("the server of context {c} in your kubeconfig"),
-            )
-        }
+    let Some(admin) = RemoteAdmin::find(Some(mc), primary_kc, file, context)? else {
+        return Err(Error::Refused {
+            what: format!(
+                "no credentials for remote cluster {name} ({}): rotate needs an admin \
+                 kubeconfig of it to issue tokens there",
+                mc.spec.server
+            ),
+            hint: format!(
+                "pass --remote-kubeconfig FILE (and --remote-context if it is not the \
+                 current one): `kubectl mesh rotate {name} --remote-kubeconfig FILE`"
+            ),
+        });
     };
-    let server = kubeconfig::select(&kc, kc_context.as_deref())?
-        .server()?
-        .to_owned();
-    let target = Target {
-        label: format!("remote cluster {name}"),
-        server,
-        where_configured,
-    };
-    let client = access::client(kc, kc_context.as_deref()).await?;
+    let (client, target) = admin.connect(name).await?;
     let id = access::cluster_id(&client)
         .await
         .map_err(|e| access::request_error(&target, "read kube-system", e))?;

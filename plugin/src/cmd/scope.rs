@@ -15,7 +15,9 @@ use mesh_core::cluster::{MeshCluster, NamespaceScope, RemoteGuard};
 use serde_json::json;
 
 use crate::{
-    Context, Error, Result, access, kubeconfig, mesh_state, namespace_scope,
+    Context, Error, Result,
+    access::{self, RemoteAdmin},
+    mesh_state, namespace_scope,
     output::{self, OutputFormat},
     remote_setup::{self as setup, Guard},
     render::FIELD_MANAGER,
@@ -184,34 +186,18 @@ async fn remote_admin(
     context: Option<&str>,
 ) -> Result<Client> {
     let name = mc.name_any();
-    let (kc, context) = match file {
-        Some(path) => (
-            kubeconfig::read_remote(path, context)
-                .map_err(|e| super::attach::remote_kubeconfig_error(path, e))?,
-            None,
-        ),
-        None => {
-            let recorded = context
-                .map(str::to_owned)
-                .or_else(|| setup::remote_context(mc).map(str::to_owned))
-                .filter(|c| primary_kc.contexts.iter().any(|n| n.name == *c));
-            match recorded {
-                Some(c) => (primary_kc.clone(), Some(c)),
-                None => {
-                    return Err(Error::Refused {
-                        what: format!(
-                            "{name} has a remote guard, which follows the scope, and there are \
-                             no credentials for the remote to update it; nothing was changed"
-                        ),
-                        hint: "pass --remote-kubeconfig FILE (an admin kubeconfig of the \
-                               remote, as for attach)"
-                            .into(),
-                    });
-                }
-            }
-        }
+    let Some(admin) = RemoteAdmin::find(Some(mc), primary_kc, file, context)? else {
+        return Err(Error::Refused {
+            what: format!(
+                "{name} has a remote guard, which follows the scope, and there are no \
+                 credentials for the remote to update it; nothing was changed"
+            ),
+            hint: "pass --remote-kubeconfig FILE (an admin kubeconfig of the remote, as for \
+                   attach)"
+                .into(),
+        });
     };
-    let client = access::client(kc, context.as_deref()).await?;
+    let client = admin.client().await?;
     let id = access::cluster_id(&client)
         .await
         .map_err(Error::kube(format!(

@@ -298,12 +298,9 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     let attached = match clusters.list(&ListParams::default()).await {
         Ok(list) => Some(list.items),
         Err(kube::Error::Api(s)) if s.code == 404 => {
-            return Err(Error::Refused {
-                what: "kubectl-mesh is not installed on the primary (it has no MeshCluster \
-                       resource)"
-                    .into(),
-                hint: "run kubectl mesh install first".into(),
-            });
+            return Err(mesh_state::not_installed_on_primary(
+                "run kubectl mesh install first",
+            ));
         }
         // Reported with the other missing rights below.
         Err(kube::Error::Api(s)) if s.code == 403 => None,

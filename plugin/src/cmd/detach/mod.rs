@@ -35,11 +35,10 @@ use mesh_core::{
 
 mod remote;
 
-use super::attach::remote_kubeconfig_error;
 use crate::{
     Context, Error, Result,
-    access::{self, Need, Target},
-    kubeconfig, mesh_state, remote_setup as setup,
+    access::{self, Need, RemoteAdmin, Target},
+    mesh_state, remote_setup as setup,
 };
 use remote::{Ours, clean_remote, delete, remove_namespace_if_unused};
 
@@ -88,19 +87,15 @@ impl Detach {
             timeout,
         } = self;
         let progress = ctx.progress;
-        let (primary_kc, primary_context, primary_target) = ctx.primary_target()?;
-        let primary = access::client(primary_kc.clone(), Some(&primary_context)).await?;
+        let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
 
         let clusters: Api<MeshCluster> = Api::all(primary.clone());
         let mc = match clusters.get_opt(&name).await {
             Ok(mc) => mc,
             Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Err(Error::Refused {
-                    what: "kubectl-mesh is not installed on the primary (it has no MeshCluster \
-                           resource)"
-                        .into(),
-                    hint: "nothing is attached; `kubectl mesh install` installs it".into(),
-                });
+                return Err(mesh_state::not_installed_on_primary(
+                    "nothing is attached; `kubectl mesh install` installs it",
+                ));
             }
             Err(e) => {
                 return Err(access::request_error(
@@ -330,59 +325,27 @@ async fn resolve_remote(
             })
         }
     };
-    // Which kubeconfig and context, and whether the user named them (then a cluster
-    // mismatch is their mistake, not a reason to skip).
-    let (kc, kc_context, where_configured, explicit) = match file {
-        Some(path) => {
-            let kc = kubeconfig::read_remote(path, context)
-                .map_err(|e| remote_kubeconfig_error(path, e))?;
-            (
-                kc,
-                None,
-                format!("the server address in {}", path.display()),
-                true,
-            )
-        }
-        None => {
-            let recorded = context
-                .map(str::to_owned)
-                .or_else(|| mc.and_then(setup::remote_context).map(str::to_owned));
-            let usable = recorded.filter(|c| primary_kc.contexts.iter().any(|n| n.name == *c));
-            match usable {
-                Some(c) => (
-                    primary_kc.clone(),
-                    Some(c.clone()),
-                    format!("the server of context {c} in your kubeconfig"),
-                    context.is_some(),
-                ),
-                None => {
-                    return refuse_or_skip(
-                        format!(
-                            "no credentials for remote cluster {name}{}: detach needs an admin \
-                             kubeconfig of it to delete what attach created there",
-                            if server_hint.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" ({server_hint})")
-                            }
-                        ),
-                        "pass --remote-kubeconfig FILE (and --remote-context if it is not the \
-                         current one)"
-                            .into(),
-                    );
+    // Which kubeconfig and context.
+    let Some(admin) = RemoteAdmin::find(mc, primary_kc, file, context)? else {
+        return refuse_or_skip(
+            format!(
+                "no credentials for remote cluster {name}{}: detach needs an admin kubeconfig \
+                 of it to delete what attach created there",
+                if server_hint.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({server_hint})")
                 }
-            }
-        }
+            ),
+            "pass --remote-kubeconfig FILE (and --remote-context if it is not the current \
+             one)"
+                .into(),
+        );
     };
-    let server = kubeconfig::select(&kc, kc_context.as_deref())?
-        .server()?
-        .to_owned();
-    let target = Target {
-        label: format!("remote cluster {name}"),
-        server,
-        where_configured,
-    };
-    let client = access::client(kc, kc_context.as_deref()).await?;
+    // Whether the user named them (then a cluster mismatch is their mistake, not a reason to
+    // skip).
+    let explicit = file.is_some() || context.is_some();
+    let (client, target) = admin.connect(name).await?;
     let missing = match access::missing(&client, &remote_needs(strip_labels)).await {
         Ok(m) => m,
         Err(e) => {
