@@ -547,6 +547,11 @@ mod tests {
         );
     }
 
+    /// What "me" decides on seeing `lease` `secs` seconds after `t0`.
+    fn decide_at(lease: &Lease, seen: &mut Observed, t0: Instant, secs: u64) -> Step {
+        decide(Some(lease), "me", seen, t0 + Duration::from_secs(secs), D)
+    }
+
     #[test]
     fn takes_over_only_after_a_full_duration_without_change() {
         let mut seen = Observed::default();
@@ -555,41 +560,14 @@ mod tests {
         let follow = Step::Follow {
             holder: "other".into(),
         };
-        assert_eq!(decide(Some(&theirs), "me", &mut seen, t0, D), follow);
-        assert_eq!(
-            decide(
-                Some(&theirs),
-                "me",
-                &mut seen,
-                t0 + Duration::from_secs(14),
-                D
-            ),
-            follow
-        );
+        assert_eq!(decide_at(&theirs, &mut seen, t0, 0), follow);
+        assert_eq!(decide_at(&theirs, &mut seen, t0, 14), follow);
         // The holder renewed: the clock starts again from this observation.
         let renewed = lease(Some("other"), "8", 15);
         let t1 = t0 + Duration::from_secs(14);
-        assert_eq!(decide(Some(&renewed), "me", &mut seen, t1, D), follow);
-        assert_eq!(
-            decide(
-                Some(&renewed),
-                "me",
-                &mut seen,
-                t1 + Duration::from_secs(10),
-                D
-            ),
-            follow
-        );
-        assert_eq!(
-            decide(
-                Some(&renewed),
-                "me",
-                &mut seen,
-                t1 + Duration::from_secs(15),
-                D
-            ),
-            Step::Acquire
-        );
+        assert_eq!(decide_at(&renewed, &mut seen, t1, 0), follow);
+        assert_eq!(decide_at(&renewed, &mut seen, t1, 10), follow);
+        assert_eq!(decide_at(&renewed, &mut seen, t1, 15), Step::Acquire);
     }
 
     #[test]
@@ -598,19 +576,10 @@ mod tests {
         let t0 = Instant::now();
         let short = lease(Some("other"), "9", 3);
         assert!(matches!(
-            decide(Some(&short), "me", &mut seen, t0, D),
+            decide_at(&short, &mut seen, t0, 0),
             Step::Follow { .. }
         ));
-        assert_eq!(
-            decide(
-                Some(&short),
-                "me",
-                &mut seen,
-                t0 + Duration::from_secs(3),
-                D
-            ),
-            Step::Acquire
-        );
+        assert_eq!(decide_at(&short, &mut seen, t0, 3), Step::Acquire);
     }
 
     #[test]

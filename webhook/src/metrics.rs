@@ -344,40 +344,20 @@ mod tests {
         metrics.set_token_expiry("west", Some(60));
         metrics.set_token_expiry("west", None);
         let text = metrics.encode().expect("encode");
-        assert!(
-            text.contains(r#"token_expiry_seconds{cluster="east"} 3600"#),
-            "{text}"
-        );
+        for expected in [
+            r#"token_expiry_seconds{cluster="east"} 3600"#,
+            "propagation_latency_seconds_bucket{",
+            r#"pushes_total{cluster="east",result="applied"} 1"#,
+            r#"pushes_read_first_total{cluster="east"} 1"#,
+            r#"drift_corrections_total{cluster="east"} 3"#,
+            r#"cluster_reachable{cluster="east"} 1"#,
+            r#"admission_reviews_total{outcome="pushed"} 1"#,
+            r#"syncs_total{cluster="east",result="ok"} 1"#,
+        ] {
+            assert!(text.contains(expected), "{expected} missing from {text}");
+        }
         assert!(
             !text.contains(r#"token_expiry_seconds{cluster="west"}"#),
-            "{text}"
-        );
-        assert!(
-            text.contains("propagation_latency_seconds_bucket{"),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"pushes_total{cluster="east",result="applied"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"pushes_read_first_total{cluster="east"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"drift_corrections_total{cluster="east"} 3"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"cluster_reachable{cluster="east"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"admission_reviews_total{outcome="pushed"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"syncs_total{cluster="east",result="ok"} 1"#),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
