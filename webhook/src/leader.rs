@@ -374,6 +374,16 @@ async fn bounded<T>(
         })
 }
 
+/// The Lease `name` (`None`: there is none), read by `deadline`.
+async fn read(api: &Api<Lease>, name: &str, deadline: Instant) -> Result<Option<Lease>> {
+    bounded(deadline, name, "read", api.get_opt(name))
+        .await?
+        .map_err(|source| Error::Get {
+            name: name.to_owned(),
+            source,
+        })
+}
+
 async fn try_acquire_or_renew(
     api: &Api<Lease>,
     settings: &LeaseSettings,
@@ -381,12 +391,7 @@ async fn try_acquire_or_renew(
     deadline: Instant,
 ) -> Result<Held> {
     let name = &settings.name;
-    let current = bounded(deadline, name, "read", api.get_opt(name))
-        .await?
-        .map_err(|source| Error::Get {
-            name: name.clone(),
-            source,
-        })?;
+    let current = read(api, name, deadline).await?;
     let now = Timestamp::now();
     let duration = settings.timing.lease_seconds();
     let step = decide(
@@ -467,12 +472,7 @@ async fn release(api: &Api<Lease>, settings: &LeaseSettings) {
     let name = &settings.name;
     let deadline = Instant::now() + settings.timing.renew_deadline;
     let result = async {
-        let current = bounded(deadline, name, "read", api.get_opt(name))
-            .await?
-            .map_err(|source| Error::Get {
-                name: name.clone(),
-                source,
-            })?;
+        let current = read(api, name, deadline).await?;
         let Some(mut lease) = current else {
             return Ok(());
         };

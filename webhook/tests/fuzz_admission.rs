@@ -14,12 +14,12 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     body::Body,
-    http::{Request, Response, StatusCode, header},
+    http::{Request, StatusCode, header},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use mesh_core::{
+    fake_apiserver,
     labels::SyncRule,
     remote::{Remote, Remotes},
 };
@@ -62,17 +62,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// warning paths of the response are exercised too.
 fn remote(name: &str, status: StatusCode) -> Remote {
     let service = tower::service_fn(move |_request: Request<kube::client::Body>| async move {
-        let body = json!({
-            "apiVersion": "v1", "kind": "Status", "status": "Failure",
-            "code": status.as_u16(), "reason": "Whatever",
-            "message": "first line\nsecond line",
-        });
-        let response = Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("response");
-        Ok::<_, Infallible>(response)
+        let (status, body) = fake_apiserver::status(status, "Whatever", "first line\nsecond line");
+        Ok::<_, Infallible>(fake_apiserver::json_response(status, &body))
     });
     Remote::new(name, kube::Client::new(service, "default"))
 }

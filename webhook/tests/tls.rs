@@ -17,9 +17,8 @@ use std::{
     time::Duration,
 };
 
-use axum::http::{Request, Response, StatusCode, header};
-use bytes::Bytes;
-use http_body_util::Full;
+use axum::http::{Request, StatusCode};
+use mesh_core::fake_apiserver;
 use mesh_webhook::{app::Webhook, http::BODY_LIMIT};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -113,18 +112,9 @@ fn empty_primary() -> kube::Client {
             });
             (StatusCode::OK, list)
         } else {
-            let status = json!({
-                "apiVersion": "v1", "kind": "Status", "status": "Failure",
-                "code": 404, "reason": "NotFound", "message": "not found",
-            });
-            (StatusCode::NOT_FOUND, status)
+            fake_apiserver::status(StatusCode::NOT_FOUND, "NotFound", "not found")
         };
-        let response = Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("response");
-        Ok::<_, Infallible>(response)
+        Ok::<_, Infallible>(fake_apiserver::json_response(status, &body))
     });
     kube::Client::new(service, "default")
 }

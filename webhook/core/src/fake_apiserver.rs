@@ -14,6 +14,24 @@ use http_body_util::Full;
 use kube::Client;
 use serde_json::{Value, json};
 
+/// An apiserver's answer: `body` as JSON, with `code`.
+pub fn json_response(code: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("response")
+}
+
+/// An apiserver's failure: `code` and the Status object that says it.
+pub fn status(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) {
+    let body = json!({
+        "apiVersion": "v1", "kind": "Status", "status": "Failure",
+        "code": code.as_u16(), "reason": reason, "message": message,
+    });
+    (code, body)
+}
+
 #[derive(Default)]
 pub struct State {
     pub namespaces: BTreeMap<String, Value>,
@@ -90,29 +108,16 @@ impl FakeApiserver {
                     parts.uri.query().unwrap_or_default(),
                     &body,
                 );
-                let response = Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(value.to_string())))
-                    .expect("response");
-                Ok::<_, std::convert::Infallible>(response)
+                Ok::<_, std::convert::Infallible>(json_response(code, &value))
             }
         });
         Client::new(service, "default")
     }
 
-    fn status(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Value) {
-        let body = json!({
-            "apiVersion": "v1", "kind": "Status", "status": "Failure",
-            "code": code.as_u16(), "reason": reason, "message": message,
-        });
-        (code, body)
-    }
-
     fn handle(&self, method: &Method, path: &str, query: &str, body: &[u8]) -> (StatusCode, Value) {
         let mut state = self.state();
         if state.forbidden {
-            return Self::status(StatusCode::FORBIDDEN, "Forbidden", "no");
+            return status(StatusCode::FORBIDDEN, "Forbidden", "no");
         }
         let name = path.strip_prefix("/api/v1/namespaces/").map(str::to_owned);
         match (method, name) {
@@ -157,7 +162,7 @@ impl FakeApiserver {
                 state.gets += 1;
                 match state.namespaces.get(&name) {
                     Some(ns) => (StatusCode::OK, ns.clone()),
-                    None => Self::status(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                    None => status(StatusCode::NOT_FOUND, "NotFound", "not found"),
                 }
             }
             (&Method::PATCH, Some(name)) => {
@@ -172,18 +177,18 @@ impl FakeApiserver {
                     }
                 }
                 let Some(current) = state.namespaces.get(&name).cloned() else {
-                    return Self::status(StatusCode::NOT_FOUND, "NotFound", "not found");
+                    return status(StatusCode::NOT_FOUND, "NotFound", "not found");
                 };
                 let patch: json_patch::Patch = match serde_json::from_slice(body) {
                     Ok(patch) => patch,
                     Err(e) => {
-                        return Self::status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
+                        return status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string());
                     }
                 };
                 let mut next = current;
                 if let Err(e) = json_patch::patch(&mut next, &patch) {
                     // What the apiserver answers when a `test` op fails.
-                    return Self::status(StatusCode::UNPROCESSABLE_ENTITY, "", &e.to_string());
+                    return status(StatusCode::UNPROCESSABLE_ENTITY, "", &e.to_string());
                 }
                 state.version += 1;
                 state.writes += 1;
@@ -191,7 +196,7 @@ impl FakeApiserver {
                 state.namespaces.insert(name, next.clone());
                 (StatusCode::OK, next)
             }
-            _ => Self::status(StatusCode::NOT_FOUND, "NotFound", "no route"),
+            _ => status(StatusCode::NOT_FOUND, "NotFound", "no route"),
         }
     }
 }
