@@ -687,6 +687,17 @@ mod tests {
     use k8s_openapi::api::core::v1::Pod;
     use mesh_core::fixtures::{PodExt, istio_injector, pod};
 
+    /// A mesh of no other cluster, whose primary holds `primary`, at the epoch.
+    fn mesh_of<'a>(primary: &'a BTreeMap<String, Namespace>, rule: &'a SyncRule) -> Mesh<'a> {
+        Mesh {
+            clusters: &[],
+            primary_namespaces: Ok(primary),
+            primary_uid: None,
+            rule,
+            now: Timestamp::UNIX_EPOCH,
+        }
+    }
+
     #[test]
     fn pods_contrary_to_their_labels_warn_with_the_namespaces_to_restart() {
         let primary: BTreeMap<String, Namespace> = [(
@@ -695,13 +706,7 @@ mod tests {
         )]
         .into();
         let rule = SyncRule::default();
-        let mesh = Mesh {
-            clusters: &[],
-            primary_namespaces: Ok(&primary),
-            primary_uid: None,
-            rule: &rule,
-            now: Timestamp::UNIX_EPOCH,
-        };
+        let mesh = mesh_of(&primary, &rule);
         let remote = Ok(vec![ns("shop", &[]), ns("web", &[])]);
         let injectors = Ok(vec![istio_injector("default")]);
         let read = |pods: Vec<(&str, Pod)>| {
@@ -756,13 +761,7 @@ mod tests {
             .map(|(name, labels)| (name.to_string(), ns(name, labels)))
             .collect();
         let rule = SyncRule::default();
-        let mesh = Mesh {
-            clusters: &[],
-            primary_namespaces: Ok(&primary),
-            primary_uid: None,
-            rule: &rule,
-            now: Timestamp::UNIX_EPOCH,
-        };
+        let mesh = mesh_of(&primary, &rule);
         let remote = Ok(remote.iter().map(|name| ns(name, &[])).collect());
         injection_result(&mesh, "east", &remote, &injectors)
     }
