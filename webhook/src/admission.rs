@@ -148,44 +148,38 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
     }
     let mut sorted: Vec<&PushOutcome> = outcomes.iter().collect();
     sorted.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-    let clusters = |wanted: fn(&PushResult) -> bool| -> Vec<&str> {
-        sorted
+    // The clusters whose push ended as `wanted`, listed; `None` when there are none.
+    let listed = |wanted: fn(&PushResult) -> bool| -> Option<String> {
+        let clusters: Vec<&str> = sorted
             .iter()
             .filter(|o| wanted(&o.result))
             .map(|o| o.cluster.as_str())
-            .collect()
+            .collect();
+        (!clusters.is_empty()).then(|| list(&clusters))
     };
 
     let mut lines = Vec::new();
-    let applied = clusters(|r| matches!(r, PushResult::Applied));
-    if !applied.is_empty() {
+    if let Some(applied) = listed(|r| matches!(r, PushResult::Applied)) {
         let change = if intent.labels.is_empty() {
             "managed labels removed".to_owned()
         } else {
             format!("{} applied", summary(&intent.labels))
         };
-        lines.push(format!("{WARNING_PREFIX}{change} on {}", list(&applied)));
+        lines.push(format!("{WARNING_PREFIX}{change} on {applied}"));
     }
-    let in_sync = clusters(|r| matches!(r, PushResult::AlreadyInSync));
-    if !in_sync.is_empty() {
-        lines.push(format!(
-            "{WARNING_PREFIX}{} already in sync",
-            list(&in_sync)
-        ));
+    if let Some(in_sync) = listed(|r| matches!(r, PushResult::AlreadyInSync)) {
+        lines.push(format!("{WARNING_PREFIX}{in_sync} already in sync"));
     }
-    let missing = clusters(|r| matches!(r, PushResult::NamespaceMissing));
-    if !missing.is_empty() {
+    if let Some(missing) = listed(|r| matches!(r, PushResult::NamespaceMissing)) {
         lines.push(format!(
-            "{WARNING_PREFIX}{}: namespace {} does not exist there (not created)",
-            list(&missing),
+            "{WARNING_PREFIX}{missing}: namespace {} does not exist there (not created)",
             intent.namespace
         ));
     }
-    let out_of_scope = clusters(|r| matches!(r, PushResult::OutOfScope));
-    if !out_of_scope.is_empty() {
+    if let Some(out_of_scope) = listed(|r| matches!(r, PushResult::OutOfScope)) {
         lines.push(format!(
-            "{WARNING_PREFIX}{}: namespace {} is outside the cluster's scope (left as it is)",
-            list(&out_of_scope),
+            "{WARNING_PREFIX}{out_of_scope}: namespace {} is outside the cluster's scope (left \
+             as it is)",
             intent.namespace
         ));
     }
@@ -212,18 +206,15 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
             intent.namespace
         ));
     }
-    let timed_out = clusters(|r| matches!(r, PushResult::TimedOut));
-    if !timed_out.is_empty() {
+    if let Some(timed_out) = listed(|r| matches!(r, PushResult::TimedOut)) {
         lines.push(format!(
-            "{WARNING_PREFIX}{} did not answer in time; the reconciler will retry",
-            list(&timed_out)
+            "{WARNING_PREFIX}{timed_out} did not answer in time; the reconciler will retry"
         ));
     }
-    let not_waited = clusters(|r| matches!(r, PushResult::NotWaited));
-    if !not_waited.is_empty() {
+    if let Some(not_waited) = listed(|r| matches!(r, PushResult::NotWaited)) {
         lines.push(format!(
-            "{WARNING_PREFIX}{} did not answer the last push, not waited for; the reconciler will retry",
-            list(&not_waited)
+            "{WARNING_PREFIX}{not_waited} did not answer the last push, not waited for; the \
+             reconciler will retry"
         ));
     }
     lines

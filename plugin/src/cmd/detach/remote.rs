@@ -305,8 +305,6 @@ async fn foreign_objects(
     ns: &str,
     primary: Option<&str>,
 ) -> Result<Vec<String>, kube::Error> {
-    let lp = ListParams::default();
-    let mut out = Vec::new();
     let keep = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         let labels = meta.labels.as_ref();
         labels
@@ -315,48 +313,45 @@ async fn foreign_objects(
             == Some(mesh_core::MANAGER)
             && primary.is_none_or(|p| setup::primary_of(meta).is_none_or(|o| o == p))
     };
-    for s in Api::<Secret>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await?
-        .items
-    {
-        if !keep(&s.metadata) {
-            out.push(format!("Secret {}", s.name_any()));
-        }
-    }
-    for sa in Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await?
-        .items
-    {
-        if sa.name_any() != "default" && !keep(&sa.metadata) {
-            out.push(format!("ServiceAccount {}", sa.name_any()));
-        }
-    }
-    for cm in Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await?
-        .items
-    {
-        if cm.name_any() != "kube-root-ca.crt" && !keep(&cm.metadata) {
-            out.push(format!("ConfigMap {}", cm.name_any()));
-        }
-    }
-    for p in Api::<Pod>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await?
-        .items
-    {
-        out.push(format!("Pod {}", p.name_any()));
-    }
-    for s in Api::<Service>::namespaced(client.clone(), ns)
-        .list(&lp)
-        .await?
-        .items
-    {
-        out.push(format!("Service {}", s.name_any()));
-    }
+    let mut out = named::<Secret>(client, ns, |s| !keep(&s.metadata)).await?;
+    out.extend(
+        named::<ServiceAccount>(client, ns, |sa| {
+            sa.name_any() != "default" && !keep(&sa.metadata)
+        })
+        .await?,
+    );
+    out.extend(
+        named::<ConfigMap>(client, ns, |cm| {
+            cm.name_any() != "kube-root-ca.crt" && !keep(&cm.metadata)
+        })
+        .await?,
+    );
+    out.extend(named::<Pod>(client, ns, |_| true).await?);
+    out.extend(named::<Service>(client, ns, |_| true).await?);
     Ok(out)
+}
+
+/// The objects of kind `K` in `ns` that `wanted` picks, as `<kind> <name>`.
+async fn named<K>(
+    client: &Client,
+    ns: &str,
+    wanted: impl Fn(&K) -> bool,
+) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let objects = Api::<K>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    Ok(objects
+        .iter()
+        .filter(|o| wanted(o))
+        .map(|o| format!("{} {}", K::kind(&()), o.name_any()))
+        .collect())
 }
 
 /// Removes the managed labels of every remote namespace the rule covers: a sync against an
