@@ -66,12 +66,7 @@ pub(super) async fn clean_remote(
         progress,
     };
 
-    remove
-        .cluster::<ValidatingAdmissionPolicyBinding>(setup::GUARD, "delete the guard")
-        .await?;
-    remove
-        .cluster::<ValidatingAdmissionPolicy>(setup::GUARD, "delete the guard")
-        .await?;
+    remove.policy(setup::GUARD, "delete the guard").await?;
     // With the standbys an interrupted `rotate` may have left.
     let standbys = super::super::rotate::standby_secrets();
     for secret in [
@@ -101,10 +96,7 @@ pub(super) async fn clean_remote(
 
     // The sync scope outlives the token it confines.
     remove
-        .cluster::<ValidatingAdmissionPolicyBinding>(setup::SYNC_SCOPE, "delete the sync scope")
-        .await?;
-    remove
-        .cluster::<ValidatingAdmissionPolicy>(setup::SYNC_SCOPE, "delete the sync scope")
+        .policy(setup::SYNC_SCOPE, "delete the sync scope")
         .await?;
     for account in [
         setup::SYNC_ACCOUNT,
@@ -177,6 +169,13 @@ impl Remover<'_> {
     {
         self.delete(Api::<K>::all(self.client.clone()), object, doing)
             .await
+    }
+
+    /// The ValidatingAdmissionPolicyBinding `name`, then the policy of that name.
+    async fn policy(&self, name: &str, doing: &str) -> Result<()> {
+        self.cluster::<ValidatingAdmissionPolicyBinding>(name, doing)
+            .await?;
+        self.cluster::<ValidatingAdmissionPolicy>(name, doing).await
     }
 
     /// The `object` of kind `K` in the mesh namespace.
