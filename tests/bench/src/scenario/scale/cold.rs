@@ -109,6 +109,12 @@ pub(super) async fn cold_floor(
         .map(|(_, done)| *done - started)
         .max()
         .unwrap_or_default();
+    // With nothing to write, the LISTs are the whole floor.
+    let seen = if namespaces.is_empty() {
+        returned
+    } else {
+        seen
+    };
     let lists: Vec<Duration> = results.iter().map(|(list, _)| *list).collect();
     Ok(ColdFloor {
         returned,
