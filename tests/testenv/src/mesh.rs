@@ -315,6 +315,20 @@ impl Mesh {
 /// server-side dry run of a managed-label change is answered with the webhook's dry-run
 /// warning once it does, and changes nothing anywhere.
 pub async fn wait_webhook_effective(env: &TestEnv) -> anyhow::Result<()> {
+    if dry_run_label_until(env, "istio-injection=mesh-probe", "kubectl-mesh: dry run").await? {
+        return Ok(());
+    }
+    bail!(
+        "the primary did not call mesh-webhook within 60s; see {}",
+        env.dir().join(format!("{WEBHOOK_PROCESS}.log")).display()
+    )
+}
+
+/// Repeats a server-side dry run of `kubectl label namespace default LABEL` on the primary
+/// until its error output contains `answer`, for at most 60 s: the apiserver loads admission
+/// configuration asynchronously, and a dry run shows when it is in force without changing
+/// anything. `false` when it never answered so.
+pub async fn dry_run_label_until(env: &TestEnv, label: &str, answer: &str) -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut probe = tokio::process::Command::from(env.kubectl(env.primary()));
@@ -322,20 +336,17 @@ pub async fn wait_webhook_effective(env: &TestEnv) -> anyhow::Result<()> {
             "label",
             "namespace",
             "default",
-            "istio-injection=mesh-probe",
+            label,
             "--overwrite",
             "--dry-run=server",
         ]);
         let output = probe.output().await.context("running kubectl")?;
-        if String::from_utf8_lossy(&output.stderr).contains("kubectl-mesh: dry run") {
-            return Ok(());
+        if String::from_utf8_lossy(&output.stderr).contains(answer) {
+            return Ok(true);
         }
         env.check_alive()?;
         if Instant::now() > deadline {
-            bail!(
-                "the primary did not call mesh-webhook within 60s; see {}",
-                env.dir().join(format!("{WEBHOOK_PROCESS}.log")).display()
-            );
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -456,26 +456,12 @@ spec:
     apply.arg("apply").arg("-f").arg(&path);
     mesh_testenv::mesh::run(apply).await?;
     // The apiserver loads policies asynchronously: wait until a dry run is refused.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut probe = tokio::process::Command::from(env.kubectl(env.primary()));
-        probe.args([
-            "label",
-            "namespace",
-            "default",
-            &format!("soak-probe={}probe", workload::REFUSED_PREFIX),
-            "--dry-run=server",
-        ]);
-        let output = probe.output().await.context("running kubectl")?;
-        if String::from_utf8_lossy(&output.stderr).contains("ValidatingAdmissionPolicy") {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the primary did not enforce {REFUSE_POLICY} within 60s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let probe = format!("soak-probe={}probe", workload::REFUSED_PREFIX);
+    anyhow::ensure!(
+        mesh_testenv::mesh::dry_run_label_until(env, &probe, "ValidatingAdmissionPolicy").await?,
+        "the primary did not enforce {REFUSE_POLICY} within 60s"
+    );
+    Ok(())
 }
 
 /// The timeout of the installed webhook configuration.
