@@ -15,7 +15,7 @@ pub mod recorder;
 pub mod report;
 pub mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -341,28 +341,19 @@ pub async fn run(options: &MeshOptions, config: &SoakConfig) -> anyhow::Result<S
     // The watches' last events of what the listing showed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (events, leases) = recorder.finish();
-    let mut writes = recorder::replica_writes(
-        &env.dir().join(format!("{WEBHOOK_PROCESS}.log")),
-        FIRST,
-        &clock,
-    );
-    writes.extend(recorder::replica_writes(
-        &env.dir().join(format!("{SECOND}.log")),
-        SECOND,
-        &clock,
-    ));
-    writes.sort_by_key(|w| w.at);
-    let mut pushes = recorder::replica_pushes(
-        &env.dir().join(format!("{WEBHOOK_PROCESS}.log")),
-        FIRST,
-        &clock,
-    );
-    pushes.extend(recorder::replica_pushes(
-        &env.dir().join(format!("{SECOND}.log")),
-        SECOND,
-        &clock,
-    ));
-    pushes.sort_by_key(|w| w.at);
+    // Both replicas' logs, merged in time.
+    let logged = |read: fn(&Path, &str, &Clock) -> Vec<history::ReplicaWrite>| {
+        let mut all: Vec<_> = [(WEBHOOK_PROCESS, FIRST), (SECOND, SECOND)]
+            .into_iter()
+            .flat_map(|(process, identity)| {
+                read(&env.dir().join(format!("{process}.log")), identity, &clock)
+            })
+            .collect();
+        all.sort_by_key(|w| w.at);
+        all
+    };
+    let writes = logged(recorder::replica_writes);
+    let pushes = logged(recorder::replica_pushes);
     let fail_opens = recorder::fail_opens(&env.primary().apiserver_log(), &clock);
     let history = History {
         events,
