@@ -367,6 +367,20 @@ pub async fn set_label(
     Ok(())
 }
 
+/// Sets one label on each of `namespaces`, `concurrency` PATCHes at a time.
+pub async fn set_label_on_all(
+    api: &Api<Namespace>,
+    namespaces: impl IntoIterator<Item = impl AsRef<str>>,
+    (key, value): (&str, Option<&str>),
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    stream::iter(namespaces)
+        .map(|name| async move { set_label(api, name.as_ref(), key, value).await })
+        .buffer_unordered(concurrency.max(1))
+        .try_for_each(|()| async { Ok(()) })
+        .await
+}
+
 /// Waits until istiod reports every remote of `env` synced.
 async fn wait_istiod_synced(istio: &Istio, env: &TestEnv) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::{StreamExt, TryStreamExt, future::try_join_all, stream};
+use futures::{StreamExt, future::try_join_all};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::ListParams;
 use kube::runtime::watcher;
@@ -27,7 +27,7 @@ use mesh_core::cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus};
 use mesh_testenv::mesh::MeshOptions;
 use tokio::sync::mpsc;
 
-use crate::bed::{BENCH_LABEL, Bed, create_namespaces, half_labelled, set_label};
+use crate::bed::{BENCH_LABEL, Bed, create_namespaces, half_labelled, set_label_on_all};
 use crate::https::sample;
 use crate::procfs::{Memory, mib};
 use crate::watch::NamespaceWatch;
@@ -71,6 +71,19 @@ pub(crate) struct Remote {
     pub(crate) status: Option<MeshClusterStatus>,
     /// The webhook's RSS once this remote converged.
     pub(crate) rss_after_kib: u64,
+}
+
+impl Remote {
+    /// One per remote of `env`, nothing observed yet.
+    pub(crate) fn each_of(env: &mesh_testenv::TestEnv) -> Vec<Self> {
+        env.remotes()
+            .iter()
+            .map(|remote| Self {
+                name: remote.name.clone(),
+                ..Self::default()
+            })
+            .collect()
+    }
 }
 
 pub async fn run(
@@ -129,15 +142,7 @@ pub async fn run(
     let remote_clients = bed.remote_clients().await?;
     let mut watch =
         NamespaceWatch::start(remote_clients.clone(), &format!("{BENCH_LABEL}={SCENARIO}")).await?;
-    let mut remotes: Vec<Remote> = bed
-        .env
-        .remotes()
-        .iter()
-        .map(|r| Remote {
-            name: r.name.clone(),
-            ..Remote::default()
-        })
-        .collect();
+    let mut remotes: Vec<Remote> = Remote::each_of(&bed.env);
 
     // The floor, on the last remote: what the writes of a sync cost by themselves.
     let floor_client = remote_clients.last().context("no remote")?;
@@ -394,14 +399,13 @@ async fn write_floor(client: &kube::Client, namespaces: &[String]) -> anyhow::Re
     api.list(&ListParams::default()).await?;
     let list = started.elapsed();
     let started = Instant::now();
-    stream::iter(namespaces)
-        .map(|name| {
-            let api = api.clone();
-            async move { set_label(&api, name, FLOOR_LABEL, Some("1")).await }
-        })
-        .buffer_unordered(WRITE_CONCURRENCY)
-        .try_for_each(|()| async { Ok(()) })
-        .await?;
+    set_label_on_all(
+        &api,
+        namespaces,
+        (FLOOR_LABEL, Some("1")),
+        WRITE_CONCURRENCY,
+    )
+    .await?;
     Ok(Floor {
         list,
         writes: started.elapsed(),

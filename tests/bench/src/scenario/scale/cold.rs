@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 
 use super::sampler::lock;
 use super::{ATTACH_CONCURRENCY, CONVERGE_TIMEOUT, LIST_PAGE, SCENARIO, SETTLE_TIMEOUT};
-use crate::bed::{BENCH_LABEL, set_label};
+use crate::bed::{BENCH_LABEL, set_label_on_all};
 use crate::scenario::resync::{FLOOR_LABEL, WRITE_CONCURRENCY};
 use crate::stats::Summary;
 use crate::watch::NamespaceWatch;
@@ -74,14 +74,8 @@ pub(super) async fn cold_floor(
                     api.list(&ListParams::default().limit(LIST_PAGE as u32))
                         .await?;
                     let list = listing.elapsed();
-                    stream::iter(namespaces)
-                        .map(|name| {
-                            let api = api.clone();
-                            async move { set_label(&api, &name, FLOOR_LABEL, Some("1")).await }
-                        })
-                        .buffer_unordered(WRITE_CONCURRENCY)
-                        .try_for_each(|()| async { Ok(()) })
-                        .await?;
+                    let label = (FLOOR_LABEL, Some("1"));
+                    set_label_on_all(&api, namespaces, label, WRITE_CONCURRENCY).await?;
                     anyhow::Ok((list, Instant::now()))
                 }
             }))

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use futures::{StreamExt, TryStreamExt, future::try_join_all, stream};
+use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use mesh_testenv::Options;
@@ -42,7 +42,7 @@ use self::changes::{Changes, wait_converged};
 use self::cold::{AttachTimes, attach_all, cold_floor, wait_active};
 use self::requests::{VERBS, converged_resync, median_max};
 use self::sampler::{Sampler, lock};
-use crate::bed::{BENCH_LABEL, Bed, create_namespaces, half_labelled, set_label};
+use crate::bed::{BENCH_LABEL, Bed, create_namespaces, half_labelled, set_label_on_all};
 use crate::procfs::{Memory, mib};
 use crate::scenario::resync::{MANAGED_LABEL, Remote, WRITE_CONCURRENCY, observe, watch_clusters};
 use crate::stats::{Row, Summary, latency_table, ms, ratio};
@@ -167,15 +167,7 @@ pub async fn run(
     let mut watch =
         NamespaceWatch::start(remote_clients.clone(), &format!("{BENCH_LABEL}={SCENARIO}")).await?;
     eprintln!("[bench]   remote watches listed in {:.1?}", step.elapsed());
-    let mut remotes: Vec<Remote> = bed
-        .env
-        .remotes()
-        .iter()
-        .map(|c| Remote {
-            name: c.name.clone(),
-            ..Remote::default()
-        })
-        .collect();
+    let mut remotes: Vec<Remote> = Remote::each_of(&bed.env);
 
     // The parallel floor of the cold sync: what the sync must write, after one LIST.
     let to_write: Vec<String> = if config.labelled_remotes {
@@ -297,14 +289,8 @@ pub async fn run(
         let more = more.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            stream::iter(more)
-                .map(|name| {
-                    let api = primary.clone();
-                    async move { set_label(&api, &name, MANAGED_LABEL, Some("enabled")).await }
-                })
-                .buffer_unordered(WRITE_CONCURRENCY)
-                .try_for_each(|()| async { Ok(()) })
-                .await?;
+            let label = (MANAGED_LABEL, Some("enabled"));
+            set_label_on_all(&primary, more, label, WRITE_CONCURRENCY).await?;
             anyhow::Ok(started.elapsed())
         })
     };
