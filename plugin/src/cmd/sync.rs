@@ -115,6 +115,9 @@ pub struct ClusterSync {
     pub in_sync: usize,
     /// Primary namespaces with managed labels absent on the remote (never created).
     pub missing: Vec<String>,
+    /// Remote namespaces the cluster's scope (`kubectl mesh scope`) leaves alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub out_of_scope: Vec<String>,
     /// Namespaces that could not be written.
     pub failures: Vec<Failure>,
     /// Write requests made.
@@ -157,6 +160,7 @@ impl ClusterSync {
             changes: Vec::new(),
             in_sync: 0,
             missing: Vec::new(),
+            out_of_scope: Vec::new(),
             failures: Vec::new(),
             writes: 0,
         }
@@ -183,6 +187,7 @@ impl ClusterSync {
                 .collect(),
             in_sync: report.in_sync,
             missing: report.missing.clone(),
+            out_of_scope: report.out_of_scope.clone(),
             failures: report
                 .errors
                 .iter()
@@ -201,7 +206,8 @@ impl ClusterSync {
         self.error.is_some() || !self.failures.is_empty()
     }
 
-    /// `east: 2 namespaces corrected, 5 in sync, 1 missing (payments), 2 writes`.
+    /// `east: 2 namespaces corrected, 5 in sync, 1 missing (payments), 1 out of scope
+    /// (istio-system), 2 writes`.
     pub fn summary(&self) -> String {
         if let Some(error) = &self.error {
             return format!("{}: failed: {error}", self.cluster);
@@ -227,6 +233,13 @@ impl ClusterSync {
                 "{} missing ({})",
                 self.missing.len(),
                 short_list(&self.missing)
+            ));
+        }
+        if !self.out_of_scope.is_empty() {
+            parts.push(format!(
+                "{} out of scope ({})",
+                self.out_of_scope.len(),
+                short_list(&self.out_of_scope)
             ));
         }
         if self.dry_run {
@@ -353,6 +366,7 @@ mod tests {
                 changes: Vec::new(),
                 in_sync: 7,
                 missing: Vec::new(),
+                out_of_scope: Vec::new(),
                 failures: Vec::new(),
                 writes: 0,
             },
@@ -363,6 +377,7 @@ mod tests {
                 changes,
                 in_sync: 12,
                 missing: vec!["payments".into()],
+                out_of_scope: vec!["istio-system".into()],
                 failures,
                 writes: if dry_run { 0 } else { 2 },
             },
@@ -405,6 +420,9 @@ mod tests {
         assert_eq!(v["changes"][1]["remove"][0], "istio-injection");
         assert_eq!(v["changes"][1]["status"], "planned");
         assert_eq!(v["inSync"], 12);
+        assert_eq!(v["outOfScope"][0], "istio-system");
         assert!(v.get("error").is_none());
+        let converged = serde_json::to_value(&results(true)[0]).unwrap();
+        assert!(converged.get("outOfScope").is_none(), "{converged}");
     }
 }

@@ -389,7 +389,7 @@ async fn on_terminal(
 /// On a terminal, "n" cancels and changes nothing, "y" goes on and the remote-only labelled
 /// namespace is stripped; adoption copies the remote's labels to the primary where it has
 /// none (and a failure after it takes them off again); a selector scope leaves unselected
-/// namespaces alone, and status shows them as out of scope.
+/// namespaces alone, and status and sync show them as out of scope.
 #[tokio::test]
 async fn a_no_cancels_a_yes_strips_adoption_copies_and_a_selector_spares() -> anyhow::Result<()> {
     let _turn = TURN.lock().await;
@@ -488,5 +488,15 @@ async fn a_no_cancels_a_yes_strips_adoption_copies_and_a_selector_spares() -> an
     let status = json(&succeeded(mesh, &["status", &infra, "-o", "json"]).await?)?;
     let cell = &status["namespaces"][0]["clusters"]["remote-2"]["state"];
     ensure!(cell == "out-of-scope", "{status}");
+    // `sync` names what the scope leaves alone, in its summary and in JSON.
+    let sync = ["sync", "--cluster", "remote-2"];
+    let synced = json(&succeeded(mesh, &[&sync[..], &["-o", "json"]].concat()).await?)?;
+    let spared = synced["outOfScope"].to_string();
+    ensure!(
+        spared.contains(&infra) && !spared.contains(&app),
+        "{synced}"
+    );
+    let summary = text(&succeeded(mesh, &sync).await?.stdout);
+    ensure!(summary.contains("out of scope ("), "{summary}");
     Ok(())
 }
