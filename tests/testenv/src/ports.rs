@@ -21,17 +21,22 @@ pub fn free_port() -> anyhow::Result<u16> {
     let ceiling = ephemeral_start().unwrap_or(32_768);
     if ceiling > FLOOR + 1_000 {
         let random = RandomState::new();
-        for _ in 0..500 {
+        let draws = (0..500).map(|_| {
             let draw = random.hash_one(DRAWS.fetch_add(1, Ordering::Relaxed));
-            let port = FLOOR + u16::try_from(draw % u64::from(ceiling - FLOOR)).unwrap_or(0);
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
+            FLOOR + u16::try_from(draw % u64::from(ceiling - FLOOR)).unwrap_or(0)
+        });
+        if let Some(port) = first_free(draws) {
+            return Ok(port);
         }
     }
     // A machine whose ephemeral range starts low: whatever the kernel gives.
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding a loopback port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// The first of `ports` no one listens on now.
+fn first_free(mut ports: impl Iterator<Item = u16>) -> Option<u16> {
+    ports.find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
 }
 
 /// `127.0.0.1:<free_port>`.
@@ -54,12 +59,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_free_and_below_the_ephemeral_range() {
+    fn ports_are_below_the_ephemeral_range() {
         let ceiling = ephemeral_start().unwrap_or(32_768);
         for _ in 0..20 {
             let port = free_port().unwrap();
             assert!((FLOOR..ceiling).contains(&port), "{port}");
-            TcpListener::bind(("127.0.0.1", port)).expect("still free");
         }
+    }
+
+    /// Rebinding a port `free_port` returned would race with every other server on the machine
+    /// (a CI run once lost that race); a port held here is deterministic.
+    #[test]
+    fn a_port_someone_listens_on_is_passed_over() {
+        let listening = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let held = listening.local_addr().unwrap().port();
+        let spare = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let spare_port = spare.local_addr().unwrap().port();
+        drop(spare);
+        assert_eq!(first_free([held].into_iter()), None);
+        assert_ne!(first_free([held, spare_port].into_iter()), Some(held));
     }
 }
