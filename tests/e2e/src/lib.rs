@@ -402,17 +402,21 @@ pub async fn managed_labels(
     cluster: &mesh_testenv::Cluster,
     name: &str,
 ) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
-    let Some(ns) = namespaces(cluster).await?.get_opt(name).await? else {
-        return Ok(None);
-    };
-    Ok(Some(
-        ns.metadata
-            .labels
-            .unwrap_or_default()
+    Ok(stored_labels(cluster, name).await?.map(|labels| {
+        labels
             .into_iter()
             .filter(|(k, _)| MANAGED_LABELS.contains(&k.as_str()))
-            .collect(),
-    ))
+            .collect()
+    }))
+}
+
+/// Every label namespace `name` carries on `cluster` (None when it does not exist there).
+async fn stored_labels(
+    cluster: &mesh_testenv::Cluster,
+    name: &str,
+) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
+    let ns = namespaces(cluster).await?.get_opt(name).await?;
+    Ok(ns.map(|ns| ns.metadata.labels.unwrap_or_default()))
 }
 
 /// Waits until namespace `ns` on `cluster` carries exactly the managed labels `expected`.
@@ -524,12 +528,10 @@ pub async fn namespace_labels(
     cluster: &mesh_testenv::Cluster,
     name: &str,
 ) -> anyhow::Result<Option<std::collections::BTreeMap<String, String>>> {
-    let Some(ns) = namespaces(cluster).await?.get_opt(name).await? else {
-        return Ok(None);
-    };
-    let mut labels = ns.metadata.labels.unwrap_or_default();
-    labels.remove("kubernetes.io/metadata.name");
-    Ok(Some(labels))
+    Ok(stored_labels(cluster, name).await?.map(|mut labels| {
+        labels.remove("kubernetes.io/metadata.name");
+        labels
+    }))
 }
 
 /// A client from the kubeconfig attach stored on the primary for cluster `name`, read from its
@@ -552,13 +554,45 @@ pub async fn stored_client_on(
     )
     .get(&format!("cluster-{name}"))
     .await?;
+    client_from_secret(&secret, "kubeconfig").await
+}
+
+/// A client from the kubeconfig under `key` of a Secret attach stored (`kubeconfig` in the
+/// sync's and the view's, the cluster's name in Istio's remote secret), and that kubeconfig.
+pub async fn client_from_secret(
+    secret: &k8s_openapi::api::core::v1::Secret,
+    key: &str,
+) -> anyhow::Result<(kube::Client, kube::config::Kubeconfig)> {
     let data = secret
         .data
         .as_ref()
-        .and_then(|d| d.get("kubeconfig"))
-        .context("no kubeconfig key")?;
+        .and_then(|d| d.get(key))
+        .with_context(|| format!("no {key} key in Secret {:?}", secret.metadata.name))?;
     let kubeconfig = kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &Default::default()).await?;
     Ok((kube::Client::try_from(config)?, kubeconfig))
+}
+
+/// The MutatingWebhookConfiguration `kubectl mesh install` left on the primary, and its one
+/// webhook.
+pub async fn installed_webhook(
+    env: &TestEnv,
+) -> anyhow::Result<(
+    k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    k8s_openapi::api::admissionregistration::v1::MutatingWebhook,
+)> {
+    let configuration = kube::Api::<
+        k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+    >::all(env.primary().client().await?)
+    .get(kubectl_mesh::render::WEBHOOK_CONFIGURATION)
+    .await?;
+    let webhook = configuration
+        .webhooks
+        .iter()
+        .flatten()
+        .next()
+        .cloned()
+        .context("the webhook configuration has no webhook")?;
+    Ok((configuration, webhook))
 }

@@ -8,10 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, eventually, label_on_primary, labels, managed_labels,
-    own_mesh_with,
+    NO_RESYNC, create_everywhere, eventually, installed_webhook, label_on_primary, labels,
+    managed_labels, own_mesh_with,
 };
 use mesh_testenv::TestEnv;
 use mesh_testenv::mesh::MeshOptions;
@@ -60,17 +59,7 @@ impl Drop for ResumeOnDrop<'_> {
 /// The webhook's timeout in the installed webhook configuration, after checking that its
 /// failure policy lets the edit through when the webhook does not answer.
 async fn installed_webhook_timeout(env: &TestEnv) -> anyhow::Result<Duration> {
-    let configurations =
-        kube::Api::<MutatingWebhookConfiguration>::all(env.primary().client().await?);
-    let installed = configurations
-        .get(kubectl_mesh::render::WEBHOOK_CONFIGURATION)
-        .await?;
-    let webhook = installed
-        .webhooks
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the webhook configuration has no webhook"))?;
+    let (_, webhook) = installed_webhook(env).await?;
     assert_eq!(webhook.failure_policy.as_deref(), Some("Ignore"));
     let seconds = webhook
         .timeout_seconds

@@ -24,8 +24,8 @@ use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
     DEFAULT_TIMEOUT, NO_RESYNC, create_everywhere, create_namespace, describe, eventually,
-    label_on_primary, labels, managed_labels, metric_sum, own_mesh, own_mesh_with, run, text,
-    unique_name,
+    installed_webhook, label_on_primary, labels, managed_labels, metric_sum, own_mesh,
+    own_mesh_with, run, text, unique_name,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -334,17 +334,8 @@ struct RenderedRule {
 }
 
 async fn rendered_rule(env: &TestEnv) -> anyhow::Result<RenderedRule> {
-    let client = env.primary().client().await?;
-    let configuration = Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .get("kubectl-mesh")
-        .await?;
-    let webhook = configuration
-        .webhooks
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("the webhook configuration has no webhook"))?;
-    let deployment = Api::<Deployment>::namespaced(client, MESH_NAMESPACE)
+    let (configuration, webhook) = installed_webhook(env).await?;
+    let deployment = Api::<Deployment>::namespaced(env.primary().client().await?, MESH_NAMESPACE)
         .get_opt("mesh-webhook")
         .await?;
     let container: Option<Container> = deployment

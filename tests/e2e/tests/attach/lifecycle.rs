@@ -1,6 +1,6 @@
 //! Attach creates both sides (and with --dry-run prints them), detach removes everything.
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     core::v1::{Namespace, Secret},
@@ -11,7 +11,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::{create_namespace, text, unique_name};
+use mesh_e2e::{client_from_secret, create_namespace, text, unique_name};
 use serde_json::json;
 
 use crate::support::*;
@@ -133,20 +133,18 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
         )
         .await
         .context("the stored token patches a managed label")?;
-    match Api::<Secret>::all(stored.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => bail!("the stored token listed secrets: {other:?}"),
-    }
-    match Api::<Namespace>::all(stored.clone())
-        .delete(&probe, &DeleteParams::default())
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => bail!("the stored token deleted a namespace: {other:?}"),
-    }
+    forbidden(
+        Api::<Secret>::all(stored.clone())
+            .list(&ListParams::default())
+            .await,
+        "the stored token listed secrets",
+    )?;
+    forbidden(
+        Api::<Namespace>::all(stored.clone())
+            .delete(&probe, &DeleteParams::default())
+            .await,
+        "the stored token deleted a namespace",
+    )?;
     // It reads its own guard, and no other admission policy; it cannot change the guard.
     let stored_policies = Api::<ValidatingAdmissionPolicy>::all(stored.clone());
     stored_policies
@@ -157,21 +155,20 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
         .get("kubectl-mesh-guard")
         .await
         .context("the stored token reads the guard's binding")?;
-    match stored_policies.list(&ListParams::default()).await {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => bail!("the stored token listed admission policies: {other:?}"),
-    }
-    match stored_policies.get_opt("some-other-policy").await {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => bail!("the stored token read another admission policy: {other:?}"),
-    }
-    match stored_policies
-        .delete("kubectl-mesh-guard", &DeleteParams::default())
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => bail!("the stored token deleted the guard: {other:?}"),
-    }
+    forbidden(
+        stored_policies.list(&ListParams::default()).await,
+        "the stored token listed admission policies",
+    )?;
+    forbidden(
+        stored_policies.get_opt("some-other-policy").await,
+        "the stored token read another admission policy",
+    )?;
+    forbidden(
+        stored_policies
+            .delete("kubectl-mesh-guard", &DeleteParams::default())
+            .await,
+        "the stored token deleted the guard",
+    )?;
     delete_namespace(remote, &probe).await?;
 
     // A re-run updates, creates nothing new, and keeps the MeshCluster.
@@ -313,14 +310,7 @@ async fn services_view_is_a_read_only_identity_that_detach_removes() -> anyhow::
         owners.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
         [mc.uid().unwrap_or_default().as_str()]
     );
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("kubeconfig"))
-        .context("no kubeconfig key")?;
-    let kc = kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let viewer = kube::Client::try_from(config)?;
+    let (viewer, _) = client_from_secret(&secret, "kubeconfig").await?;
     Api::<k8s_openapi::api::core::v1::Pod>::all(viewer.clone())
         .list(&ListParams::default())
         .await
@@ -329,20 +319,18 @@ async fn services_view_is_a_read_only_identity_that_detach_removes() -> anyhow::
         .list(&ListParams::default())
         .await
         .context("the view identity lists endpointslices")?;
-    match Api::<Secret>::all(viewer.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => bail!("the view identity listed secrets: {other:?}"),
-    }
-    match Api::<Namespace>::all(viewer)
-        .list(&ListParams::default())
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.code == 403 => {}
-        other => bail!("the view identity listed namespaces: {other:?}"),
-    }
+    forbidden(
+        Api::<Secret>::all(viewer.clone())
+            .list(&ListParams::default())
+            .await,
+        "the view identity listed secrets",
+    )?;
+    forbidden(
+        Api::<Namespace>::all(viewer)
+            .list(&ListParams::default())
+            .await,
+        "the view identity listed namespaces",
+    )?;
 
     // check asks the remote with those credentials.
     let out = mesh(env, &["check", "-o", "json"], &[]).await?;

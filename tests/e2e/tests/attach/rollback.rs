@@ -3,9 +3,9 @@
 
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
+use kube::{Api, Client, ResourceExt, api::ListParams};
 use kubectl_mesh::cmd::attach::Step;
-use mesh_e2e::{DEFAULT_TIMEOUT, eventually, fixtures, text};
+use mesh_e2e::{DEFAULT_TIMEOUT, client_from_secret, eventually, fixtures, text};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::support::*;
@@ -217,25 +217,17 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     let view = Api::<Secret>::namespaced(primary.clone(), "kubectl-mesh")
         .get(&format!("cluster-{name}-view"))
         .await?;
-    let data = view
-        .data
-        .as_ref()
-        .and_then(|d| d.get("kubeconfig"))
-        .context("no kubeconfig in the view Secret")?;
-    let kc = Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let viewer = Client::try_from(config)?;
+    let (viewer, _) = client_from_secret(&view, "kubeconfig").await?;
     Api::<Pod>::all(viewer.clone())
         .list(&ListParams::default())
         .await
         .context("the view identity lists pods")?;
-    let secrets = Api::<Secret>::all(viewer)
-        .list(&ListParams::default())
-        .await;
-    assert!(
-        matches!(&secrets, Err(kube::Error::Api(s)) if s.code == 403),
-        "the view identity must not list Secrets: {secrets:?}"
-    );
+    forbidden(
+        Api::<Secret>::all(viewer)
+            .list(&ListParams::default())
+            .await,
+        "the view identity listed Secrets",
+    )?;
     let istio = Api::<Secret>::namespaced(primary.clone(), "istio-system")
         .get("istio-remote-secret-remote-1")
         .await?;
@@ -250,18 +242,11 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
             .map(String::as_str),
         Some(name)
     );
-    let data = istio
-        .data
-        .as_ref()
-        .and_then(|d| d.get(name))
-        .context("no data key")?;
-    let kc = Kubeconfig::from_yaml(std::str::from_utf8(&data.0)?)?;
+    let (reader, kc) = client_from_secret(&istio, name).await?;
     assert_eq!(kc.current_context.as_deref(), Some(name));
     assert_eq!(kc.clusters[0].name, name);
     assert_eq!(kc.auth_infos[0].name, name);
     // Its token is istiod's reader's, which can list pods (the sync account cannot).
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    let reader = Client::try_from(config)?;
     Api::<Pod>::all(reader)
         .list(&ListParams::default())
         .await

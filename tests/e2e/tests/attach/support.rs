@@ -460,3 +460,15 @@ pub async fn require_test_hooks(env: &TestEnv) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Fails unless the apiserver refused the request as forbidden (403); `what_went_through`
+/// names what the identity could do instead.
+pub fn forbidden<T: std::fmt::Debug>(
+    result: kube::Result<T>,
+    what_went_through: &str,
+) -> anyhow::Result<()> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+        other => anyhow::bail!("{what_went_through}: {other:?}"),
+    }
+}
