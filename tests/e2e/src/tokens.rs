@@ -3,13 +3,39 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::{authentication::v1::SelfSubjectReview, core::v1::Secret};
+use anyhow::Context as _;
+use k8s_openapi::api::{
+    authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec},
+    core::v1::{Secret, ServiceAccount},
+};
 use kube::{Api, api::PostParams};
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::remote::{RemoteOptions, client_from_kubeconfig};
 use mesh_testenv::TestEnv;
 
 use crate::eventually;
+
+/// A token of service account `name`, valid `seconds`, minted with the TokenRequest API as an
+/// admin would.
+pub async fn mint_token(
+    accounts: &Api<ServiceAccount>,
+    name: &str,
+    seconds: i64,
+) -> anyhow::Result<String> {
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(seconds),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Ok(accounts
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("TokenRequest returned no status")?
+        .token)
+}
 
 /// The kubeconfig stored in Secret `namespace/name` on the primary under `key`.
 pub async fn stored_kubeconfig(

@@ -11,12 +11,13 @@ use anyhow::Context;
 use axum::Json;
 use axum::routing::post;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::{Api, Client};
+use mesh_e2e::tokens::mint_token;
 use mesh_e2e::{
     DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, run, shared_env, text,
     unique_name,
@@ -263,20 +264,7 @@ async fn token_request_authenticates_on_its_own_cluster_only() -> anyhow::Result
             &serde_json::from_value(json!({"metadata": {"name": "prober"}}))?,
         )
         .await?;
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request("prober", &PostParams::default(), &request)
-        .await?
-        .status
-        .context("TokenRequest returned no status")?
-        .token;
+    let token = mint_token(&accounts, "prober", 600).await?;
 
     // Each cluster's CA comes from its admin kubeconfig; only the token differs in trust.
     let ca_of = |cluster: &mesh_testenv::Cluster| -> anyhow::Result<Vec<u8>> {

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
     core::v1::ServiceAccount,
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
@@ -13,7 +12,7 @@ use kube::{
     api::{DeleteParams, PostParams},
     config::Kubeconfig,
 };
-use mesh_e2e::unique_name;
+use mesh_e2e::{tokens::mint_token, unique_name};
 use mesh_testenv::Cluster;
 use serde_json::json;
 
@@ -168,20 +167,7 @@ async fn limited_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<Path
             &serde_json::from_value(json!({"metadata": {"name": name}}))?,
         )
         .await?;
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(&name, &PostParams::default(), &request)
-        .await?
-        .status
-        .context("TokenRequest returned no status")?
-        .token;
+    let token = mint_token(&accounts, &name, 3600).await?;
     let admin = Kubeconfig::read_from(&remote.kubeconfig)?;
     let ca = admin
         .clusters

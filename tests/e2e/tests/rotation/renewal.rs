@@ -9,7 +9,7 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use mesh_core::MESH_NAMESPACE;
-use mesh_e2e::tokens::{answer_to, revoked, store_token, token_of};
+use mesh_e2e::tokens::{answer_to, mint_token, revoked, store_token, token_of};
 use mesh_e2e::{
     carries, create_everywhere, describe, eventually,
     fixtures::{mesh_command, output},
@@ -71,22 +71,11 @@ async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one(
     let ns = create_everywhere(&env, "renewal").await?;
 
     // A ten-minute token of the sync account, stored in place of the long-lived one.
-    let request = k8s_openapi::api::authentication::v1::TokenRequest {
-        spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
-            expiration_seconds: Some(600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let minted = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+    let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
         remote.client().await?,
         MESH_NAMESPACE,
-    )
-    .create_token_request("kubectl-mesh-sync", &PostParams::default(), &request)
-    .await?
-    .status
-    .map(|s| s.token)
-    .unwrap_or_default();
+    );
+    let minted = mint_token(&accounts, "kubectl-mesh-sync", 600).await?;
     store_token(&env, &format!("cluster-{name}"), &minted).await?;
     let (minted_at, _) = issued_and_expires(&minted)?;
 
