@@ -13,13 +13,12 @@ use crate::{
     backoff::BackoffSettings,
     client_auth::ClientCa,
     http::{self, AppState, LogLevelSetter},
-    in_flight::InFlight,
-    injectors::Injectors,
     leader::{self, LeaseSettings, LeaseTiming},
     listen::{self, Limits, Result},
     metrics::Metrics,
     readiness::Readiness,
     reconcile::{self, Reconciler},
+    shared_state::SharedState,
     tls::{self, CertResolver},
 };
 
@@ -29,27 +28,39 @@ use mesh_core::{
 };
 
 /// The whole `mesh-webhook` process: HTTPS server, leader election, reconciler and registry.
-/// Usable in-process (tests, demos): build, [`Webhook::bind`], then [`BoundWebhook::run`].
+/// Usable in-process (tests, demos): [`Webhook::new`] with the command line's defaults, change
+/// the fields that matter, then [`Webhook::bind`] and [`BoundWebhook::run`].
 pub struct Webhook {
-    primary: Client,
-    listen: SocketAddr,
-    metrics_listen: SocketAddr,
-    client_ca: Option<PathBuf>,
-    limits: Limits,
-    tls_cert: PathBuf,
-    tls_key: PathBuf,
-    rule: Arc<SyncRule>,
-    mesh_namespace: String,
-    resync_period: Duration,
-    token_renew_fraction: f64,
-    push_deadline: Duration,
-    backoff: BackoffSettings,
-    remote_options: RemoteOptions,
-    lease_name: Option<String>,
-    lease_timing: LeaseTiming,
-    identity: String,
-    metrics: Arc<Metrics>,
-    log_level: Option<LogLevelSetter>,
+    pub primary: Client,
+    /// Address to listen on; port 0 picks a free one (see [`BoundWebhook::local_addr`]).
+    pub listen: SocketAddr,
+    /// Address of the port serving probes and metrics (no client certificate asked); port 0
+    /// picks a free one (see [`BoundWebhook::metrics_addr`]).
+    pub metrics_listen: SocketAddr,
+    /// Require callers of the webhook port to present a certificate signed by the CA in this
+    /// PEM file (re-read when it changes); `None` asks for none.
+    pub client_ca: Option<PathBuf>,
+    /// Connection limits and timeouts of both ports.
+    pub limits: Limits,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub rule: Arc<SyncRule>,
+    pub mesh_namespace: String,
+    pub resync_period: Duration,
+    /// Share of a time-bound stored token's lifetime after which it is renewed.
+    pub token_renew_fraction: f64,
+    pub push_deadline: Duration,
+    /// How long the reconciler waits before retrying a remote that keeps failing.
+    pub backoff: BackoffSettings,
+    pub remote_options: RemoteOptions,
+    /// Name of the Lease to elect a leader with; `None` makes this process always lead (a
+    /// single replica, or a test).
+    pub lease_name: Option<String>,
+    /// Lease duration, renew deadline and retry period (see [`LeaseTiming::validate`]).
+    pub lease_timing: LeaseTiming,
+    pub identity: String,
+    pub metrics: Arc<Metrics>,
+    pub log_level: Option<LogLevelSetter>,
 }
 
 impl Webhook {
@@ -78,97 +89,6 @@ impl Webhook {
         }
     }
 
-    /// Address to listen on; port 0 picks a free one (see [`BoundWebhook::local_addr`]).
-    pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.listen = addr;
-        self
-    }
-
-    /// Address of the port serving probes and metrics (no client certificate asked); port 0
-    /// picks a free one (see [`BoundWebhook::metrics_addr`]).
-    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
-        self.metrics_listen = addr;
-        self
-    }
-
-    /// Require callers of the webhook port to present a certificate signed by the CA in this
-    /// PEM file (re-read when it changes); `None` asks for none.
-    pub fn client_ca(mut self, path: Option<PathBuf>) -> Self {
-        self.client_ca = path;
-        self
-    }
-
-    /// Connection limits and timeouts of both ports.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    pub fn rule(mut self, rule: SyncRule) -> Self {
-        self.rule = Arc::new(rule);
-        self
-    }
-
-    pub fn mesh_namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.mesh_namespace = namespace.into();
-        self
-    }
-
-    /// Share of a time-bound stored token's lifetime after which it is renewed.
-    pub fn token_renew_fraction(mut self, fraction: f64) -> Self {
-        self.token_renew_fraction = fraction;
-        self
-    }
-
-    pub fn resync_period(mut self, period: Duration) -> Self {
-        self.resync_period = period;
-        self
-    }
-
-    pub fn push_deadline(mut self, deadline: Duration) -> Self {
-        self.push_deadline = deadline;
-        self
-    }
-
-    /// How long the reconciler waits before retrying a remote that keeps failing.
-    pub fn backoff(mut self, backoff: BackoffSettings) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    pub fn remote_options(mut self, options: RemoteOptions) -> Self {
-        self.remote_options = options;
-        self
-    }
-
-    /// Name of the Lease to elect a leader with; `None` makes this process always lead (a
-    /// single replica, or a test).
-    pub fn lease_name(mut self, name: Option<String>) -> Self {
-        self.lease_name = name;
-        self
-    }
-
-    /// Lease duration, renew deadline and retry period (see [`LeaseTiming::validate`]).
-    pub fn lease_timing(mut self, timing: LeaseTiming) -> Self {
-        self.lease_timing = timing;
-        self
-    }
-
-    pub fn identity(mut self, identity: impl Into<String>) -> Self {
-        self.identity = identity.into();
-        self
-    }
-
-    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = metrics;
-        self
-    }
-
-    pub fn log_level_setter(mut self, setter: LogLevelSetter) -> Self {
-        self.log_level = Some(setter);
-        self
-    }
-
     /// Loads the serving certificate and the client CA and binds both ports: what can fail at
     /// startup fails here.
     pub async fn bind(self) -> Result<BoundWebhook> {
@@ -181,10 +101,15 @@ impl Webhook {
         let metrics_tls = tls::server_config(resolver.clone(), None)?;
         let (listener, local_addr) = listen::bind(self.listen).await?;
         let (metrics_listener, metrics_addr) = listen::bind(self.metrics_listen).await?;
-        let readiness = Readiness::default();
-        readiness.set_tls_loaded();
-        Ok(BoundWebhook {
+        let shared = SharedState {
+            rule: self.rule.clone(),
             remotes: Remotes::new(self.remote_options),
+            metrics: self.metrics.clone(),
+            ..SharedState::default()
+        };
+        shared.readiness.set_tls_loaded();
+        Ok(BoundWebhook {
+            shared,
             webhook: self,
             listener,
             local_addr,
@@ -194,7 +119,6 @@ impl Webhook {
             client_ca,
             tls,
             metrics_tls,
-            readiness,
         })
     }
 }
@@ -210,8 +134,7 @@ pub struct BoundWebhook {
     client_ca: Option<Arc<ClientCa>>,
     tls: Arc<ServerConfig>,
     metrics_tls: Arc<ServerConfig>,
-    remotes: Remotes,
-    readiness: Readiness,
+    shared: SharedState,
 }
 
 impl BoundWebhook {
@@ -227,15 +150,15 @@ impl BoundWebhook {
 
     /// The registry of remote clients the webhook pushes to.
     pub fn remotes(&self) -> Remotes {
-        self.remotes.clone()
+        self.shared.remotes.clone()
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.webhook.metrics.clone()
+        self.shared.metrics.clone()
     }
 
     pub fn readiness(&self) -> Readiness {
-        self.readiness.clone()
+        self.shared.readiness.clone()
     }
 
     /// Runs until `shutdown`: stops accepting, drains in-flight requests, then stops the
@@ -257,8 +180,7 @@ impl BoundWebhook {
             client_ca,
             tls,
             metrics_tls,
-            remotes,
-            readiness,
+            shared,
         } = self;
         let Webhook {
             primary,
@@ -268,7 +190,7 @@ impl BoundWebhook {
             limits,
             tls_cert: _,
             tls_key: _,
-            rule,
+            rule: _,
             mesh_namespace,
             resync_period,
             token_renew_fraction,
@@ -278,7 +200,7 @@ impl BoundWebhook {
             lease_name,
             lease_timing,
             identity,
-            metrics,
+            metrics: _,
             log_level,
         } = webhook;
         let background = CancellationToken::new();
@@ -302,7 +224,8 @@ impl BoundWebhook {
             None => leader::always_leader(),
         };
         tasks.spawn(
-            metrics
+            shared
+                .metrics
                 .clone()
                 .follow_leadership(is_leader.clone(), background.clone()),
         );
@@ -311,30 +234,14 @@ impl BoundWebhook {
         settings.token_renew_fraction = token_renew_fraction;
         settings.drift_settle = push_deadline + Duration::from_secs(1);
         settings.backoff = backoff;
-        let in_flight = InFlight::default();
-        let injectors = Injectors::default();
-        let reconciler = Reconciler::new(
-            primary.clone(),
-            rule.clone(),
-            remotes.clone(),
-            metrics.clone(),
-            is_leader,
-            readiness.clone(),
-            settings,
-        )
-        .with_in_flight(in_flight.clone())
-        .with_injectors(injectors.clone());
+        let reconciler = Reconciler::new(primary.clone(), shared.clone(), is_leader, settings);
         tasks.spawn(reconciler.run(background.clone()));
 
         let reporter = Reporter {
             controller: "mesh-webhook".to_owned(),
             instance: Some(identity.clone()),
         };
-        let mut state = AppState::new(rule, remotes, metrics, push_deadline)
-            .with_in_flight(in_flight)
-            .with_injectors(injectors)
-            .with_readiness(readiness)
-            .with_events(primary.clone(), reporter);
+        let mut state = AppState::new(shared, push_deadline).with_events(primary.clone(), reporter);
         if let Some(setter) = log_level {
             state = state.with_log_level(setter);
         }

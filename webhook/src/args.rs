@@ -312,30 +312,32 @@ impl Args {
 
         let identity = identity.unwrap_or_else(leader::default_identity);
         let lease_name = Some(lease_name).filter(|name| !name.is_empty());
-        let webhook = Webhook::new(primary, tls_cert, tls_key)
-            .listen(listen)
-            .metrics_listen(metrics_listen)
-            .client_ca(client_ca_file)
-            .limits(limits)
-            .rule(rule)
-            .mesh_namespace(mesh_namespace)
-            .resync_period(resync_period)
-            .token_renew_fraction(token_renew_fraction)
-            .push_deadline(push_deadline)
-            .backoff(BackoffSettings {
+        let webhook = Webhook {
+            listen,
+            metrics_listen,
+            client_ca: client_ca_file,
+            limits,
+            rule: Arc::new(rule),
+            mesh_namespace,
+            resync_period,
+            token_renew_fraction,
+            push_deadline,
+            backoff: BackoffSettings {
                 initial: backoff_initial,
                 max: backoff_max,
-            })
-            .remote_options(RemoteOptions {
+            },
+            remote_options: RemoteOptions {
                 connect_timeout: remote_timeout,
                 read_timeout: remote_timeout,
-            })
-            .lease_name(lease_name)
-            .lease_timing(lease_timing)
-            .identity(identity)
-            .log_level_setter(log_setter)
-            .bind()
-            .await?;
+            },
+            lease_name,
+            lease_timing,
+            identity,
+            log_level: Some(log_setter),
+            ..Webhook::new(primary, tls_cert, tls_key)
+        }
+        .bind()
+        .await?;
 
         let stop = crate::listen::Stop::default();
         tokio::spawn(signalled(stop.clone(), webhook.readiness(), shutdown_delay));

@@ -27,19 +27,14 @@ use serde_json::json;
 use crate::{
     admission::{self, Decision},
     events,
-    in_flight::InFlight,
-    injectors::Injectors,
     listen::PeerAddr,
-    metrics::{self, Metrics, ReviewOutcome},
+    metrics::{self, ReviewOutcome},
     propagate::{PushIntent, PushOutcome, PushResult, fan_out_timed_from},
     push_queue::{PushQueue, Turn},
-    readiness::Readiness,
+    shared_state::SharedState,
 };
 
-use mesh_core::{
-    labels::{Labels, SyncRule},
-    remote::{Remote, Remotes},
-};
+use mesh_core::{labels::Labels, remote::Remote};
 
 /// Largest AdmissionReview accepted. A Namespace review is a few KiB; the apiserver's own
 /// limit on objects is far above this, but nothing this webhook reads needs more.
@@ -51,59 +46,27 @@ pub type LogLevelSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 /// What the handlers need. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    rule: Arc<SyncRule>,
-    remotes: Remotes,
-    metrics: Arc<Metrics>,
+    shared: SharedState,
     push_deadline: Duration,
-    readiness: Readiness,
     log_level: Option<LogLevelSetter>,
     events: Option<events::Publisher>,
-    in_flight: InFlight,
     push_queue: PushQueue,
-    injectors: Injectors,
 }
 
 impl AppState {
-    pub fn new(
-        rule: Arc<SyncRule>,
-        remotes: Remotes,
-        metrics: Arc<Metrics>,
-        push_deadline: Duration,
-    ) -> Self {
+    pub fn new(shared: SharedState, push_deadline: Duration) -> Self {
         Self {
-            rule,
-            remotes,
-            metrics,
+            shared,
             push_deadline,
-            readiness: Readiness::default(),
             log_level: None,
             events: None,
-            in_flight: InFlight::default(),
             push_queue: PushQueue::default(),
-            injectors: Injectors::default(),
         }
-    }
-
-    /// Reads the remotes' injectors as the reconciler's watches see them.
-    pub fn with_injectors(mut self, injectors: Injectors) -> Self {
-        self.injectors = injectors;
-        self
-    }
-
-    /// Shares pushed-but-not-yet-persisted changes with the reconciler.
-    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
-        self.in_flight = in_flight;
-        self
     }
 
     /// Publish a `PropagationFailed` Event on the namespace when a push fails.
     pub fn with_events(mut self, primary: Client, reporter: Reporter) -> Self {
         self.events = Some(events::Publisher::new(primary, reporter));
-        self
-    }
-
-    pub fn with_readiness(mut self, readiness: Readiness) -> Self {
-        self.readiness = readiness;
         self
     }
 
@@ -122,7 +85,7 @@ impl AppState {
         based_on: Option<&str>,
     ) -> Vec<PushOutcome> {
         let deadline = tokio::time::Instant::now() + self.push_deadline;
-        let remotes = self.remotes.snapshot();
+        let remotes = self.shared.remotes.snapshot();
         let _ticket = match self.push_queue.turn(&intent.namespace, deadline).await {
             Turn::Go(ticket) => ticket,
             Turn::Superseded => return every_remote(&remotes, PushResult::Superseded),
@@ -130,11 +93,12 @@ impl AppState {
         };
         // Before the first write lands: a sync that reads a remote after this push must also
         // find the push in the primary it compares with, or it would revert it.
-        self.in_flight
+        self.shared
+            .in_flight
             .record(&intent.namespace, intent.labels.clone(), based_on);
         let timed = fan_out_timed_from(
             &remotes,
-            &self.rule,
+            &self.shared.rule,
             intent,
             Some(expected),
             deadline.saturating_duration_since(tokio::time::Instant::now()),
@@ -144,10 +108,11 @@ impl AppState {
             .into_iter()
             .map(|timed| {
                 let outcome = timed.outcome;
-                self.metrics
+                self.shared
+                    .metrics
                     .observe_push(&outcome.cluster, &outcome.result, timed.elapsed);
                 if timed.read_first {
-                    self.metrics.push_read_first(&outcome.cluster);
+                    self.shared.metrics.push_read_first(&outcome.cluster);
                 }
                 outcome
             })
@@ -200,7 +165,10 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
     let request = match request {
         Ok(request) => request,
         Err((status, message)) => {
-            state.metrics.admission_review(ReviewOutcome::Invalid);
+            state
+                .shared
+                .metrics
+                .admission_review(ReviewOutcome::Invalid);
             tracing::warn!(status = status.as_u16(), error = %message, "unreadable admission request");
             return error_response(status, message);
         }
@@ -210,7 +178,7 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
         response,
         push,
         previous,
-    } = admission::review(&state.rule, &request);
+    } = admission::review(&state.shared.rule, &request);
     let (response, outcome) = match push {
         Some(intent) => {
             let based_on = request
@@ -221,14 +189,17 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
             if let Some(events) = &state.events {
                 events.spawn_push_failures(&request, &intent, &outcomes);
             }
-            let readiness = state.injectors.readiness(&intent.namespace, &intent.labels);
+            let readiness = state
+                .shared
+                .injectors
+                .readiness(&intent.namespace, &intent.labels);
             let response = admission::complete(response, &request, &intent, &outcomes, &readiness);
             (response, ReviewOutcome::Pushed)
         }
         None if response.allowed => (response, ReviewOutcome::NoPush),
         None => (response, ReviewOutcome::Denied),
     };
-    state.metrics.admission_review(outcome);
+    state.shared.metrics.admission_review(outcome);
     tracing::debug!(
         uid = %request.uid,
         namespace = %request.name,
@@ -266,7 +237,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let missing = state.readiness.missing();
+    let missing = state.shared.readiness.missing();
     if missing.is_empty() {
         "ok".into_response()
     } else {
@@ -276,8 +247,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> Response {
-    state.metrics.set_pushes_in_flight(state.in_flight.len());
-    match state.metrics.encode() {
+    state
+        .shared
+        .metrics
+        .set_pushes_in_flight(state.shared.in_flight.len());
+    match state.shared.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics"),
     }
@@ -323,12 +297,7 @@ mod tests {
     const DRY_RUN: &str = include_str!("../tests/fixtures/namespace-update-dry-run.json");
 
     fn state() -> AppState {
-        AppState::new(
-            Arc::new(SyncRule::default()),
-            Remotes::default(),
-            Arc::new(Metrics::new()),
-            Duration::from_millis(500),
-        )
+        AppState::new(SharedState::default(), Duration::from_millis(500))
     }
 
     async fn call(app: Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
@@ -368,12 +337,13 @@ mod tests {
         let remote = mesh_core::fake_apiserver::FakeApiserver::default();
         let state = state();
         state
+            .shared
             .remotes
             .insert(mesh_core::remote::Remote::new("east", remote.client()));
         let (status, body) = call(router(state.clone()), post_mutate(DRY_RUN)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(remote.state().patches, 0);
-        let text = state.metrics.encode().expect("metrics");
+        let text = state.shared.metrics.encode().expect("metrics");
         assert!(!text.contains("pushes_total{"), "{text}");
     }
 
@@ -415,8 +385,8 @@ mod tests {
             call(app.clone(), get("/readyz")).await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        state.readiness.set_tls_loaded();
-        state.readiness.set_primary_synced();
+        state.shared.readiness.set_tls_loaded();
+        state.shared.readiness.set_primary_synced();
         assert_eq!(call(app.clone(), get("/readyz")).await.0, StatusCode::OK);
         let (_, _) = call(router(state.clone()), post_mutate("{")).await;
         // What an unauthenticated caller may read is on the metrics port only.

@@ -24,5 +24,6 @@ pub mod readiness;
 pub mod reconcile;
 mod remote_watch;
 mod renewal;
+pub mod shared_state;
 pub mod tls;
 mod watch_events;

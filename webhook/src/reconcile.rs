@@ -52,17 +52,15 @@ use tracing::Instrument;
 use crate::{
     backoff::{Backoff, BackoffSettings},
     events,
-    in_flight::InFlight,
-    injectors::{Injectors, watch_injectors},
+    injectors::watch_injectors,
     leader::Leadership,
-    metrics::Metrics,
     primary_view::{PrimaryNamespaces, watch_namespaces},
-    readiness::Readiness,
     remote_watch::Interner,
+    shared_state::SharedState,
     watch_events::for_each_event,
 };
 
-use mesh_core::{cluster::MeshCluster, labels::SyncRule, remote::Remotes};
+use mesh_core::cluster::MeshCluster;
 
 mod worker;
 
@@ -121,28 +119,19 @@ impl Settings {
 /// Everything the reconciler needs. Build with [`Reconciler::new`], then [`Reconciler::run`].
 pub struct Reconciler {
     primary: Client,
-    rule: Arc<SyncRule>,
-    remotes: Remotes,
-    metrics: Arc<Metrics>,
+    state: SharedState,
     is_leader: Leadership,
-    readiness: Readiness,
     settings: Settings,
-    in_flight: InFlight,
-    injectors: Injectors,
 }
 
 /// State shared by the supervisor and the workers.
 struct Shared {
     primary: Client,
-    rule: Arc<SyncRule>,
-    remotes: Remotes,
-    metrics: Arc<Metrics>,
+    state: SharedState,
     events: events::Publisher,
     settings: Settings,
     namespaces: PrimaryNamespaces,
     clusters: Store<MeshCluster>,
-    in_flight: InFlight,
-    injectors: Injectors,
     /// Names and labels of every remote's kept namespaces, each held once.
     interner: Interner,
     /// Syncs running at once, across remotes: what a sync holds while it runs (the remote's
@@ -158,53 +147,28 @@ const SYNCS_AT_ONCE: usize = 4;
 impl Reconciler {
     pub fn new(
         primary: Client,
-        rule: Arc<SyncRule>,
-        remotes: Remotes,
-        metrics: Arc<Metrics>,
+        state: SharedState,
         is_leader: Leadership,
-        readiness: Readiness,
         settings: Settings,
     ) -> Self {
         Self {
             primary,
-            rule,
-            remotes,
-            metrics,
+            state,
             is_leader,
-            readiness,
             settings,
-            in_flight: InFlight::default(),
-            injectors: Injectors::default(),
         }
-    }
-
-    /// Keeps the remotes' injectors in `injectors`, for the admission answers.
-    pub fn with_injectors(mut self, injectors: Injectors) -> Self {
-        self.injectors = injectors;
-        self
-    }
-
-    /// Reads the primary through the webhook's pushes still in flight (see [`InFlight`]).
-    pub fn with_in_flight(mut self, in_flight: InFlight) -> Self {
-        self.in_flight = in_flight;
-        self
     }
 
     /// Runs the watches, the registry upkeep and the workers until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let Self {
             primary,
-            rule,
-            remotes,
-            metrics,
+            state,
             is_leader,
-            readiness,
             settings,
-            in_flight,
-            injectors,
         } = self;
         let interner = Interner::default();
-        let namespaces = PrimaryNamespaces::new(rule.clone(), interner.clone());
+        let namespaces = PrimaryNamespaces::new(state.rule.clone(), interner.clone());
         let (clusters, mc_writer) = reflector::store::<MeshCluster>();
         let (secrets, secret_writer) = reflector::store::<Secret>();
         let (primary_changed, _) = watch::channel(0u64);
@@ -220,7 +184,7 @@ impl Reconciler {
             watch_namespaces(
                 ns_events,
                 namespaces.clone(),
-                in_flight.clone(),
+                state.in_flight.clone(),
                 primary_changed.clone(),
                 shutdown.clone(),
             )
@@ -249,7 +213,7 @@ impl Reconciler {
         );
 
         // A push the apiserver then rejected is reverted as soon as its entry expires.
-        let mut expired = in_flight.expired();
+        let mut expired = state.in_flight.expired();
         let wake = primary_changed.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -263,13 +227,9 @@ impl Reconciler {
         });
 
         let shared = Arc::new(Shared {
-            in_flight,
-            injectors,
             events: events::Publisher::new(primary.clone(), settings.reporter.clone()),
             primary,
-            rule,
-            remotes,
-            metrics,
+            state,
             settings,
             namespaces,
             clusters,
@@ -283,7 +243,6 @@ impl Reconciler {
                 clusters_changed,
                 primary_changed,
                 is_leader,
-                readiness,
                 shutdown.clone(),
             )
             .instrument(tracing::info_span!("supervisor")),
@@ -319,7 +278,6 @@ async fn supervise(
     changed: Arc<Notify>,
     primary_changed: watch::Sender<u64>,
     is_leader: Leadership,
-    readiness: Readiness,
     shutdown: CancellationToken,
 ) {
     let loaded = async {
@@ -346,6 +304,7 @@ async fn supervise(
                 ObjectRef::new(&cluster.spec.secret_name).within(&shared.settings.mesh_namespace);
             let secret = secrets.get(&key);
             let rebuilt = shared
+                .state
                 .remotes
                 .refresh(&cluster, &shared.settings.mesh_namespace, secret.as_deref())
                 .await
@@ -387,7 +346,7 @@ async fn supervise(
             if !keep {
                 tracing::info!(cluster = %name, "cluster detached");
                 worker.cancel.cancel();
-                shared.metrics.forget_cluster(name);
+                shared.state.metrics.forget_cluster(name);
             }
             keep
         });
@@ -399,12 +358,12 @@ async fn supervise(
             &shutdown,
         );
         // Entries built from a MeshCluster that is gone; entries inserted by hand (no UID) stay.
-        for remote in shared.remotes.snapshot() {
+        for remote in shared.state.remotes.snapshot() {
             if !attached.contains(remote.name()) && remote.fingerprint().cluster_uid.is_some() {
-                shared.remotes.remove(remote.name());
+                shared.state.remotes.remove(remote.name());
             }
         }
-        readiness.set_primary_synced();
+        shared.state.readiness.set_primary_synced();
         tokio::select! {
             () = changed.notified() => {}
             () = shutdown.cancelled() => break,
@@ -431,12 +390,12 @@ fn watch_injectors_of(
     watches.retain(|name, _| {
         let keep = attached.contains(name);
         if !keep {
-            shared.injectors.forget(name);
+            shared.state.injectors.forget(name);
         }
         keep
     });
     for name in attached {
-        let remote = shared.remotes.get(name);
+        let remote = shared.state.remotes.get(name);
         let current = watches.get(name).map(|watch| &watch.remote);
         if let (Some(current), Some(remote)) = (current, &remote)
             && Arc::ptr_eq(current, remote)
@@ -454,7 +413,7 @@ fn watch_injectors_of(
             watch_injectors(
                 name.clone(),
                 client,
-                shared.injectors.clone(),
+                shared.state.injectors.clone(),
                 cancel.clone(),
             )
             .instrument(tracing::info_span!(parent: None, "injectors", cluster = %name)),

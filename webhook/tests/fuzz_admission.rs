@@ -25,7 +25,7 @@ use mesh_core::{
 };
 use mesh_webhook::{
     http::{AppState, BODY_LIMIT, router},
-    metrics::Metrics,
+    shared_state::SharedState,
 };
 use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
 use serde_json::{Value, json};
@@ -73,9 +73,7 @@ fn state() -> AppState {
     remotes.insert(remote("east", StatusCode::NOT_FOUND));
     remotes.insert(remote("west", StatusCode::INTERNAL_SERVER_ERROR));
     AppState::new(
-        Arc::new(SyncRule::default()),
-        remotes,
-        Arc::new(Metrics::new()),
+        SharedState::new(Arc::new(SyncRule::default()), remotes),
         Duration::from_millis(500),
     )
 }

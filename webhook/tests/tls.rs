@@ -137,15 +137,17 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         write_atomically(&dir.path().join("tls.crt"), &first.cert_pem);
         write_atomically(&dir.path().join("tls.key"), &first.key_pem);
-        let bound = Webhook::new(
-            empty_primary(),
-            dir.path().join("tls.crt"),
-            dir.path().join("tls.key"),
-        )
-        .listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .metrics_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .lease_name(None)
-        .identity("tls-test")
+        let bound = Webhook {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lease_name: None,
+            identity: "tls-test".to_owned(),
+            ..Webhook::new(
+                empty_primary(),
+                dir.path().join("tls.crt"),
+                dir.path().join("tls.key"),
+            )
+        }
         .bind()
         .await
         .expect("bind");

@@ -146,6 +146,7 @@ impl Worker {
     fn watch_remote(&mut self, leading: bool) {
         let remote = self
             .shared
+            .state
             .remotes
             .get(&self.name)
             .filter(|remote| leading && remote.client().is_some());
@@ -167,7 +168,7 @@ impl Worker {
         let cancel = self.cancel.child_token();
         let shared = self.shared.clone();
         // An unusable scope is reported by the sync; no write happens without one.
-        let Ok(scoped) = shared.rule.within(remote.scope()) else {
+        let Ok(scoped) = shared.state.rule.within(remote.scope()) else {
             return;
         };
         let scoped_keys = scoped.keys_read();
@@ -180,11 +181,11 @@ impl Worker {
             }
             let primary = StoreView {
                 namespaces: &shared.namespaces,
-                in_flight: &shared.in_flight,
-                rule: &shared.rule,
+                in_flight: &shared.state.in_flight,
+                rule: &shared.state.rule,
             };
-            let desired = shared.rule.desired(primary.namespace(name).as_ref());
-            !shared.rule.diff(&desired, seen).is_empty()
+            let desired = shared.state.rule.desired(primary.namespace(name).as_ref());
+            !shared.state.rule.diff(&desired, seen).is_empty()
         };
         let seen = SeenNamespaces::new(scoped_keys, self.shared.interner.clone());
         tokio::spawn(
@@ -207,7 +208,7 @@ impl Worker {
     /// When the stored token is due for renewal, if it is time-bound: not before a second
     /// from now, so that a renewal that failed is retried without spinning.
     fn renewal_due(&self) -> Option<Instant> {
-        let remote = self.shared.remotes.get(&self.name)?;
+        let remote = self.shared.state.remotes.get(&self.name)?;
         let at = remote
             .token()?
             .renew_at(self.shared.settings.token_renew_fraction)?;
@@ -226,11 +227,13 @@ impl Worker {
         };
         let primary = StoreView {
             namespaces: &shared.namespaces,
-            in_flight: &shared.in_flight,
-            rule: &shared.rule,
+            in_flight: &shared.state.in_flight,
+            rule: &shared.state.rule,
         };
-        let remote = shared.remotes.get(cluster_name);
-        let scoped = remote.as_deref().map(|r| shared.rule.within(r.scope()));
+        let remote = shared.state.remotes.get(cluster_name);
+        let scoped = remote
+            .as_deref()
+            .map(|r| shared.state.rule.within(r.scope()));
         let result = match (remote.as_deref().map(|r| r.state()), scoped) {
             (Some(RemoteState::Ready(client)), Some(Ok(scoped))) => {
                 // The drift watch of these very credentials and scope, when current, has
@@ -256,7 +259,7 @@ impl Worker {
                         sync_watched(&scoped, &primary, client, seen, SyncMode::Reconcile).await
                     }
                     None => {
-                        shared.metrics.remote_listed(cluster_name);
+                        shared.state.metrics.remote_listed(cluster_name);
                         sync_remote(&scoped, &primary, client, SyncMode::Reconcile).await
                     }
                 };
@@ -302,7 +305,7 @@ impl Worker {
                 .as_deref()
                 .and_then(|r| r.fingerprint().secret_version.clone());
         }
-        shared.metrics.set_token_expiry(
+        shared.state.metrics.set_token_expiry(
             cluster_name,
             token
                 .and_then(|t| t.expires_at)
@@ -310,12 +313,13 @@ impl Worker {
         );
 
         let reachable = attempt.reachable();
-        shared.metrics.set_reachable(cluster_name, reachable);
+        shared.state.metrics.set_reachable(cluster_name, reachable);
         match &result {
             Ok(report) => {
-                shared.metrics.sync_finished(cluster_name, "ok");
+                shared.state.metrics.sync_finished(cluster_name, "ok");
                 let corrected = report.writes;
                 shared
+                    .state
                     .metrics
                     .drift_corrected(cluster_name, u64::from(corrected));
                 if report.is_converged() {
@@ -343,7 +347,7 @@ impl Worker {
             Err(Attempt::Failed {
                 reason, message, ..
             }) => {
-                shared.metrics.sync_finished(cluster_name, reason);
+                shared.state.metrics.sync_finished(cluster_name, reason);
                 tracing::warn!(%reason, error = %message, "cannot sync remote");
             }
             Err(Attempt::Synced(_)) => {}
