@@ -137,21 +137,56 @@ pub async fn clusters_to_sync(
     Ok(clusters)
 }
 
-/// What a sync and its plan compare, for the clusters named in `names` (all when empty): the
-/// clusters to sync ([`clusters_to_sync`]), the installed rule and the primary's namespaces.
-/// `None`, said on `progress`, when there is no cluster to sync.
+/// What a sync and its plan compare: the clusters to sync ([`clusters_to_sync`]), the
+/// installed rule and the primary's namespaces, with the primary's client that reaches the
+/// remotes' credentials.
+pub struct SyncInputs {
+    /// Client of the primary.
+    pub primary: Client,
+    /// The clusters to sync, in name order.
+    pub clusters: Vec<MeshCluster>,
+    /// The installed rule, before any cluster's scope narrows it.
+    pub rule: SyncRule,
+    /// Every namespace of the primary, by name.
+    pub primary_namespaces: BTreeMap<String, Namespace>,
+}
+
+/// The [`SyncInputs`] for the clusters named in `names` (all when empty). `None`, said on
+/// `progress`, when there is no cluster to sync.
 pub async fn sync_inputs(
-    primary: &Client,
+    primary: Client,
     names: &[String],
     progress: crate::output::Progress,
-) -> Result<Option<(Vec<MeshCluster>, SyncRule, BTreeMap<String, Namespace>)>> {
-    let clusters = clusters_to_sync(primary, names, progress).await?;
+) -> Result<Option<SyncInputs>> {
+    let clusters = clusters_to_sync(&primary, names, progress).await?;
     if clusters.is_empty() {
         progress.info(crate::cmd::list::NO_CLUSTERS);
         return Ok(None);
     }
-    let (rule, namespaces) = tokio::try_join!(rule(primary), primary_namespaces(primary))?;
-    Ok(Some((clusters, rule, namespaces)))
+    let (rule, primary_namespaces) =
+        tokio::try_join!(rule(&primary), primary_namespaces(&primary))?;
+    Ok(Some(SyncInputs {
+        primary,
+        clusters,
+        rule,
+        primary_namespaces,
+    }))
+}
+
+impl SyncInputs {
+    /// What a sync of `cluster` writes with: the installed rule within its scope, and a client
+    /// for its remote. The error is the line that says why the cluster cannot be synced.
+    pub async fn open(
+        &self,
+        cluster: &MeshCluster,
+        timeout: Duration,
+    ) -> std::result::Result<(SyncRule, Client), String> {
+        let rule = scoped_rule(&self.rule, cluster).map_err(|e| e.line())?;
+        let remote = remote_client(&self.primary, cluster, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((rule, remote))
+    }
 }
 
 /// The clusters named in `names` (all of them when empty), in name order. An unknown name is

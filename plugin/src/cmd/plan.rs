@@ -45,25 +45,27 @@ impl Plan {
             cluster,
             remote_timeout,
         } = self;
-        let client = ctx.client().await?;
-        let Some((clusters, rule, primary)) =
-            mesh_state::sync_inputs(&client, &cluster, ctx.progress).await?
+        let Some(inputs) =
+            mesh_state::sync_inputs(ctx.client().await?, &cluster, ctx.progress).await?
         else {
             return Ok(());
         };
-        let plans = mesh_state::for_each(&clusters, |c| {
-            let (client, primary, rule) = (&client, &primary, &rule);
+        let plans = mesh_state::for_each(&inputs.clusters, |c| {
+            let inputs = &inputs;
             async move {
                 let name = c.name_any();
                 let read = async {
-                    let rule = mesh_state::scoped_rule(rule, c).map_err(|e| e.line())?;
-                    let remote = mesh_state::remote_client(client, c, remote_timeout)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let (rule, remote) = inputs.open(c, remote_timeout).await?;
                     let namespaces = mesh_state::remote_namespaces(&remote, remote_timeout)
                         .await
                         .map_err(|e| e.to_string())?;
-                    Ok::<_, String>(Preview::compute(&name, &rule, primary, &namespaces, false))
+                    Ok::<_, String>(Preview::compute(
+                        &name,
+                        &rule,
+                        &inputs.primary_namespaces,
+                        &namespaces,
+                        false,
+                    ))
                 };
                 match read.await {
                     Ok(preview) => ClusterPlan::Read(preview),

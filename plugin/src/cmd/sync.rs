@@ -44,9 +44,8 @@ impl Sync {
             cluster,
             remote_timeout,
         } = self;
-        let client = ctx.client().await?;
-        let Some((clusters, rule, primary)) =
-            mesh_state::sync_inputs(&client, &cluster, ctx.progress).await?
+        let Some(inputs) =
+            mesh_state::sync_inputs(ctx.client().await?, &cluster, ctx.progress).await?
         else {
             return Ok(());
         };
@@ -55,19 +54,15 @@ impl Sync {
         } else {
             SyncMode::Apply
         };
-        let results = mesh_state::for_each(&clusters, |c| {
-            let (client, primary, rule) = (&client, &primary, &rule);
+        let results = mesh_state::for_each(&inputs.clusters, |c| {
+            let inputs = &inputs;
             async move {
                 let name = c.name_any();
-                let rule = match mesh_state::scoped_rule(rule, c) {
-                    Ok(rule) => rule,
-                    Err(e) => return ClusterSync::failed(name, dry_run, e.line()),
+                let (rule, remote) = match inputs.open(c, remote_timeout).await {
+                    Ok(opened) => opened,
+                    Err(line) => return ClusterSync::failed(name, dry_run, line),
                 };
-                let remote = match mesh_state::remote_client(client, c, remote_timeout).await {
-                    Ok(remote) => remote,
-                    Err(e) => return ClusterSync::failed(name, dry_run, e.to_string()),
-                };
-                match sync_remote(&rule, primary, &remote, mode).await {
+                match sync_remote(&rule, &inputs.primary_namespaces, &remote, mode).await {
                     Ok(report) => ClusterSync::from_report(name, &report),
                     Err(e) => ClusterSync::failed(name, dry_run, e.to_string()),
                 }
