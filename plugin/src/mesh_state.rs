@@ -295,10 +295,7 @@ pub async fn remote_client(
 
 /// Every namespace of a remote.
 pub async fn remote_namespaces(client: &Client, timeout: Duration) -> RemoteResult<Vec<Namespace>> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    with_deadline(timeout, api.list(&ListParams::default()))
-        .await
-        .map(|l| l.items)
+    list_all(client, timeout).await
 }
 
 /// Every MutatingWebhookConfiguration of a remote: where Istio's injectors are.
@@ -306,7 +303,16 @@ pub async fn remote_injectors(
     client: &Client,
     timeout: Duration,
 ) -> RemoteResult<Vec<MutatingWebhookConfiguration>> {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    list_all(client, timeout).await
+}
+
+/// Every `K` of a remote, in one list under `timeout`.
+async fn list_all<K>(client: &Client, timeout: Duration) -> RemoteResult<Vec<K>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::all(client.clone());
     with_deadline(timeout, api.list(&ListParams::default()))
         .await
         .map(|l| l.items)
