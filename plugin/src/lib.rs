@@ -238,6 +238,17 @@ impl Error {
         move |source| Self::Kube { action, source }
     }
 
+    /// Wraps an error met writing `format` (JSON, YAML): `.map_err(Error::serialize("JSON"))`.
+    pub fn serialize<E>(format: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |source| Self::Serialize {
+            format,
+            source: Box::new(source),
+        }
+    }
+
     /// What the user can do about it.
     pub fn hint(&self) -> String {
         match self {

@@ -105,10 +105,7 @@ pub fn to_values<T: Serialize>(items: &[T]) -> Result<Vec<serde_json::Value>> {
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::Serialize {
-            format: "JSON",
-            source: Box::new(source),
-        })
+        .map_err(Error::serialize("JSON"))
 }
 
 /// Renders serialized objects as JSON (one object, or a kubectl-style `List`) or as
@@ -125,11 +122,7 @@ pub fn render_values(format: OutputFormat, values: &[serde_json::Value]) -> Resu
                     "items": many,
                 }),
             };
-            let mut text =
-                serde_json::to_string_pretty(&doc).map_err(|source| Error::Serialize {
-                    format: "JSON",
-                    source: Box::new(source),
-                })?;
+            let mut text = serde_json::to_string_pretty(&doc).map_err(Error::serialize("JSON"))?;
             text.push('\n');
             Ok(text)
         }
@@ -143,10 +136,7 @@ pub fn yaml_documents<T: Serialize>(values: &[T]) -> Result<String> {
         .iter()
         .map(serde_yaml::to_string)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::Serialize {
-            format: "YAML",
-            source: Box::new(source),
-        })?;
+        .map_err(Error::serialize("YAML"))?;
     Ok(docs.join("---\n"))
 }
 

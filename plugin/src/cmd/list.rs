@@ -148,10 +148,7 @@ pub fn render(
 fn resource_value(cluster: &MeshCluster) -> Result<serde_json::Value> {
     let mut cluster = cluster.clone();
     cluster.metadata.managed_fields = None;
-    let mut value = serde_json::to_value(&cluster).map_err(|source| Error::Serialize {
-        format: "JSON",
-        source: Box::new(source),
-    })?;
+    let mut value = serde_json::to_value(&cluster).map_err(Error::serialize("JSON"))?;
     if let Some(map) = value.as_object_mut() {
         // `MeshCluster::new` sets them; objects read from the apiserver may lack them.
         map.insert("apiVersion".into(), "kubectl-mesh.io/v1alpha1".into());

@@ -375,10 +375,7 @@ fn with_token(secret: &Secret, token: &str) -> Result<Secret> {
             hint: "re-run `kubectl mesh attach` to store it anew".into(),
         })?;
         let kc = kubeconfig::parse_stored(yaml)?;
-        let mut json = serde_json::to_value(&kc).map_err(|e| Error::Serialize {
-            format: "JSON",
-            source: Box::new(e),
-        })?;
+        let mut json = serde_json::to_value(&kc).map_err(Error::serialize("JSON"))?;
         for user in json
             .get_mut("users")
             .and_then(|u| u.as_array_mut())
@@ -389,10 +386,8 @@ fn with_token(secret: &Secret, token: &str) -> Result<Secret> {
                 user.insert("token".to_owned(), token.into());
             }
         }
-        let kc: Kubeconfig = serde_json::from_value(json).map_err(|e| Error::Serialize {
-            format: "kubeconfig",
-            source: Box::new(e),
-        })?;
+        let kc: Kubeconfig =
+            serde_json::from_value(json).map_err(Error::serialize("kubeconfig"))?;
         *value = ByteString(kubeconfig::to_yaml(&kc)?.into_bytes());
     }
     Ok(out)
