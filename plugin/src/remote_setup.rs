@@ -43,9 +43,7 @@ use k8s_openapi::{
     ByteString,
     api::{
         core::v1::{Namespace, Secret, ServiceAccount},
-        rbac::v1::{
-            ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
-        },
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
@@ -61,7 +59,7 @@ pub use crate::remote_policies::{
     Guard, SYNC_SCOPE_MESSAGES, guard_binding, guard_policy, guard_primary_name,
     sync_scope_binding, sync_scope_policy,
 };
-use crate::render::{rule, strings};
+use crate::render::{mesh_service_account, role_ref, rule, strings};
 
 /// Label naming the tool that manages an object.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -416,17 +414,8 @@ pub fn istio_reader_binding(role: &ReaderRole, cluster: &str) -> ClusterRoleBind
 fn binding_to(name: &str, role: &str, cluster: &str) -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(name, None, cluster),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "ClusterRole".to_owned(),
-            name: role.to_owned(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".to_owned(),
-            name: name.to_owned(),
-            namespace: Some(MESH_NAMESPACE.to_owned()),
-            ..Default::default()
-        }]),
+        role_ref: role_ref("ClusterRole", role),
+        subjects: Some(vec![mesh_service_account(name)]),
     }
 }
 
@@ -480,17 +469,8 @@ pub fn token_renewal_role(cluster: &str) -> Role {
 pub fn token_renewal_binding(cluster: &str) -> RoleBinding {
     RoleBinding {
         metadata: meta(TOKEN_RENEWAL, Some(MESH_NAMESPACE), cluster),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "Role".to_owned(),
-            name: TOKEN_RENEWAL.to_owned(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".to_owned(),
-            name: SYNC_ACCOUNT.to_owned(),
-            namespace: Some(MESH_NAMESPACE.to_owned()),
-            ..Default::default()
-        }]),
+        role_ref: role_ref("Role", TOKEN_RENEWAL),
+        subjects: Some(vec![mesh_service_account(SYNC_ACCOUNT)]),
     }
 }
 

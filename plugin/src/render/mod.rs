@@ -346,10 +346,20 @@ pub fn cluster_role() -> ClusterRole {
     }
 }
 
-fn webhook_subject() -> Subject {
+/// A reference to the RBAC `kind` (Role, ClusterRole) named `name`.
+pub(crate) fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".to_owned(),
+        kind: kind.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// The ServiceAccount `name` of [`MESH_NAMESPACE`], as a binding's subject.
+pub(crate) fn mesh_service_account(name: &str) -> Subject {
     Subject {
         kind: "ServiceAccount".to_owned(),
-        name: WEBHOOK.to_owned(),
+        name: name.to_owned(),
         namespace: Some(MESH_NAMESPACE.to_owned()),
         ..Default::default()
     }
@@ -359,12 +369,8 @@ fn webhook_subject() -> Subject {
 pub fn cluster_role_binding() -> ClusterRoleBinding {
     ClusterRoleBinding {
         metadata: meta(CLUSTER_ROLE, None, Some(WEBHOOK)),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "ClusterRole".to_owned(),
-            name: CLUSTER_ROLE.to_owned(),
-        },
-        subjects: Some(vec![webhook_subject()]),
+        role_ref: role_ref("ClusterRole", CLUSTER_ROLE),
+        subjects: Some(vec![mesh_service_account(WEBHOOK)]),
     }
 }
 
@@ -389,12 +395,8 @@ pub fn role() -> Role {
 pub fn role_binding() -> RoleBinding {
     RoleBinding {
         metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
-        role_ref: RoleRef {
-            api_group: "rbac.authorization.k8s.io".to_owned(),
-            kind: "Role".to_owned(),
-            name: WEBHOOK.to_owned(),
-        },
-        subjects: Some(vec![webhook_subject()]),
+        role_ref: role_ref("Role", WEBHOOK),
+        subjects: Some(vec![mesh_service_account(WEBHOOK)]),
     }
 }
 
