@@ -316,7 +316,8 @@ pub fn describe(rule: &SyncRule) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
+    use crate::render::env_from_field;
+    use k8s_openapi::api::core::v1::EnvVar;
 
     fn strings(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| (*s).to_owned()).collect()
@@ -522,17 +523,10 @@ mod tests {
         assert_eq!(empty, SyncRule::default());
 
         let mut unreadable = container(&[], &[]);
-        unreadable.env = Some(vec![EnvVar {
-            name: MANAGED_LABELS_ENV.to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.annotations['x']".to_owned(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]);
+        unreadable.env = Some(vec![env_from_field(
+            MANAGED_LABELS_ENV,
+            "metadata.annotations['x']",
+        )]);
         assert_eq!(from_container(&unreadable), None);
     }
 

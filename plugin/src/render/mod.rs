@@ -438,18 +438,23 @@ pub fn webhook_env(options: &Options) -> Vec<EnvVar> {
         ),
         // The start of the replica's Lease identity: unique among live pods, where the pid
         // (always 1) and the hostname are not.
-        EnvVar {
-            name: "POD_NAME".to_owned(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".to_owned(),
-                    ..Default::default()
-                }),
+        env_from_field("POD_NAME", "metadata.name"),
+    ]
+}
+
+/// The variable `name` set to the pod's own field `field_path` (the downward API).
+pub(crate) fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.to_owned(),
                 ..Default::default()
             }),
             ..Default::default()
-        },
-    ]
+        }),
+        ..Default::default()
+    }
 }
 
 fn https_probe(path: &str, period: i32) -> Probe {
