@@ -55,6 +55,34 @@ pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<Client> {
     })
 }
 
+/// How the user names an admin kubeconfig of an attached remote, for the commands that
+/// change it (detach, rotate); without flags, the context attach recorded.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct RemoteAdminFlags {
+    /// Admin kubeconfig of the remote [default: your kubeconfig, with the context attach used].
+    #[arg(long, value_name = "FILE")]
+    pub remote_kubeconfig: Option<PathBuf>,
+    /// Context of the remote in that kubeconfig [default: its current context].
+    #[arg(long, value_name = "CONTEXT")]
+    pub remote_context: Option<String>,
+}
+
+impl RemoteAdminFlags {
+    /// [`RemoteAdmin::find`] with these flags.
+    pub fn find(
+        &self,
+        mc: Option<&MeshCluster>,
+        primary_kc: &Kubeconfig,
+    ) -> Result<Option<RemoteAdmin>> {
+        RemoteAdmin::find(
+            mc,
+            primary_kc,
+            self.remote_kubeconfig.as_ref(),
+            self.remote_context.as_deref(),
+        )
+    }
+}
+
 /// An admin kubeconfig of a remote, as the user passed it or as attach recorded it.
 pub struct RemoteAdmin {
     kubeconfig: Kubeconfig,

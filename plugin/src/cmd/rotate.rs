@@ -16,7 +16,6 @@
 //! mesh` reads the view credentials on each run, and istiod reloads a remote secret when it
 //! changes.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::{
@@ -35,7 +34,7 @@ use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, token};
 
 use crate::{
     Context, Error, Result,
-    access::{self, Need, RemoteAdmin, Target},
+    access::{self, Need, RemoteAdminFlags, Target},
     credentials, kubeconfig,
     output::Progress,
     remote_setup as setup,
@@ -56,12 +55,8 @@ pub struct Rotate {
     /// Rotate every attached cluster (each with the context attach recorded).
     #[arg(long, conflicts_with_all = ["name", "remote_kubeconfig"])]
     pub all: bool,
-    /// Admin kubeconfig of the remote [default: your kubeconfig, with the context attach used].
-    #[arg(long, value_name = "FILE")]
-    pub remote_kubeconfig: Option<PathBuf>,
-    /// Context of the remote in that kubeconfig [default: its current context].
-    #[arg(long, value_name = "CONTEXT")]
-    pub remote_context: Option<String>,
+    #[command(flatten)]
+    pub remote_admin: RemoteAdminFlags,
     /// Print the steps without changing anything.
     #[arg(long)]
     pub dry_run: bool,
@@ -151,8 +146,7 @@ impl Rotate {
         let Self {
             name,
             all,
-            remote_kubeconfig,
-            remote_context,
+            remote_admin,
             dry_run,
             timeout,
         } = self;
@@ -204,14 +198,8 @@ impl Rotate {
                 }
                 continue;
             }
-            let (remote, remote_target) = remote_client(
-                &name,
-                mc,
-                &primary_kc,
-                remote_kubeconfig.as_ref(),
-                remote_context.as_deref(),
-            )
-            .await?;
+            let (remote, remote_target) =
+                remote_client(&name, mc, &primary_kc, &remote_admin).await?;
             let rotation = Rotation {
                 cluster: &name,
                 primary: &primary,
@@ -262,10 +250,9 @@ async fn remote_client(
     name: &str,
     mc: &MeshCluster,
     primary_kc: &Kubeconfig,
-    file: Option<&PathBuf>,
-    context: Option<&str>,
+    flags: &RemoteAdminFlags,
 ) -> Result<(Client, Target)> {
-    let Some(admin) = RemoteAdmin::find(Some(mc), primary_kc, file, context)? else {
+    let Some(admin) = flags.find(Some(mc), primary_kc)? else {
         return Err(Error::Refused {
             what: format!(
                 "no credentials for remote cluster {name} ({}): rotate needs an admin \

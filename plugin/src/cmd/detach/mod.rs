@@ -23,7 +23,6 @@
 //! kubeconfig. When the remote cannot be reached (or no credentials are at hand), detach
 //! refuses; --force detaches from the primary anyway and lists what stays on the remote.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -37,7 +36,7 @@ mod remote;
 
 use crate::{
     Context, Error, Result,
-    access::{self, Need, RemoteAdmin, Target},
+    access::{self, Need, RemoteAdminFlags, Target},
     mesh_state, remote_setup as setup,
 };
 use remote::{Ours, clean_remote, delete, remove_namespace_if_unused};
@@ -58,12 +57,8 @@ pub struct Detach {
     /// Also remove the managed labels kubectl-mesh set on the remote's namespaces.
     #[arg(long)]
     pub strip_labels: bool,
-    /// Admin kubeconfig of the remote [default: your kubeconfig, with the context attach used].
-    #[arg(long, value_name = "FILE")]
-    pub remote_kubeconfig: Option<PathBuf>,
-    /// Context of the remote in that kubeconfig [default: its current context].
-    #[arg(long, value_name = "CONTEXT")]
-    pub remote_context: Option<String>,
+    #[command(flatten)]
+    pub remote_admin: RemoteAdminFlags,
     /// How long to wait for the remote's mesh namespace to be deleted.
     #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -82,8 +77,7 @@ impl Detach {
             name,
             force,
             strip_labels,
-            remote_kubeconfig,
-            remote_context,
+            remote_admin,
             timeout,
         } = self;
         let progress = ctx.progress;
@@ -127,7 +121,7 @@ impl Detach {
         let primary_secrets = labelled_secrets(&primary, &name)
             .await
             .map_err(|e| access::request_error(&primary_target, "list Secrets", e))?;
-        if mc.is_none() && primary_secrets.is_empty() && remote_kubeconfig.is_none() {
+        if mc.is_none() && primary_secrets.is_empty() && remote_admin.remote_kubeconfig.is_none() {
             return Err(Error::Refused {
                 what: format!("cluster {name:?} is not attached"),
                 hint: "`kubectl mesh list` shows the attached clusters; to clean up a remote \
@@ -154,8 +148,7 @@ impl Detach {
             &name,
             mc.as_ref(),
             &primary_kc,
-            remote_kubeconfig.as_ref(),
-            remote_context.as_deref(),
+            &remote_admin,
             strip_labels,
             force,
         )
@@ -306,8 +299,7 @@ async fn resolve_remote(
     name: &str,
     mc: Option<&MeshCluster>,
     primary_kc: &Kubeconfig,
-    file: Option<&PathBuf>,
-    context: Option<&str>,
+    flags: &RemoteAdminFlags,
     strip_labels: bool,
     force: bool,
 ) -> Result<RemoteAccess> {
@@ -326,7 +318,7 @@ async fn resolve_remote(
         }
     };
     // Which kubeconfig and context.
-    let Some(admin) = RemoteAdmin::find(mc, primary_kc, file, context)? else {
+    let Some(admin) = flags.find(mc, primary_kc)? else {
         return refuse_or_skip(
             format!(
                 "no credentials for remote cluster {name}{}: detach needs an admin kubeconfig \
@@ -344,7 +336,7 @@ async fn resolve_remote(
     };
     // Whether the user named them (then a cluster mismatch is their mistake, not a reason to
     // skip).
-    let explicit = file.is_some() || context.is_some();
+    let explicit = flags.remote_kubeconfig.is_some() || flags.remote_context.is_some();
     let (client, target) = admin.connect(name).await?;
     let missing = match access::missing(&client, &remote_needs(strip_labels)).await {
         Ok(m) => m,
