@@ -388,6 +388,21 @@ pub async fn cluster_id(client: &Client) -> Result<String, kube::Error> {
 mod tests {
     use super::*;
 
+    /// The line `err` reads as when a read of the cluster `label` fails.
+    fn read_error_line(
+        label: &str,
+        server: &str,
+        where_configured: &str,
+        err: kube::Error,
+    ) -> String {
+        let target = Target {
+            label: label.into(),
+            server: server.into(),
+            where_configured: where_configured.into(),
+        };
+        request_error(&target, "read", err).line()
+    }
+
     #[test]
     fn refused_connection_is_named_plainly() {
         let err = kube::Error::Service(Box::new(std::io::Error::new(
@@ -396,12 +411,12 @@ mod tests {
         )));
         assert!(is_unreachable(&err));
         assert_eq!(transport_cause(&err), "connection refused");
-        let target = Target {
-            label: "remote cluster east".into(),
-            server: "https://127.0.0.1:1".into(),
-            where_configured: "the server address in east.yaml".into(),
-        };
-        let line = request_error(&target, "read", err).line();
+        let line = read_error_line(
+            "remote cluster east",
+            "https://127.0.0.1:1",
+            "the server address in east.yaml",
+            err,
+        );
         assert_eq!(
             line,
             "cannot reach remote cluster east at https://127.0.0.1:1: connection refused; \
@@ -417,12 +432,12 @@ mod tests {
                 .boxed(),
         );
         assert!(!is_unreachable(&err));
-        let target = Target {
-            label: "the primary".into(),
-            server: "https://p".into(),
-            where_configured: "context main of your kubeconfig".into(),
-        };
-        let line = request_error(&target, "read", err).line();
+        let line = read_error_line(
+            "the primary",
+            "https://p",
+            "context main of your kubeconfig",
+            err,
+        );
         assert!(
             line.starts_with("the primary at https://p did not accept"),
             "{line}"

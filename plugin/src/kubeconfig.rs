@@ -659,23 +659,29 @@ mod tests {
     }
 
     #[test]
-    fn refuses_token_files() {
-        let kc = with_user(|u| u.token_file = Some("/var/run/token".into()));
-        assert!(refused(&kc).contains("token from a file"));
-    }
-
-    #[test]
-    fn refuses_client_cert_and_key_files() {
-        let kc = with_user(|u| u.client_certificate = Some("/home/me/cert.pem".into()));
-        assert!(refused(&kc).contains("client certificate or key from a file"));
-        let kc = with_user(|u| u.client_key = Some("/home/me/key.pem".into()));
-        assert!(refused(&kc).contains("client certificate or key from a file"));
-    }
-
-    #[test]
-    fn refuses_basic_auth() {
-        let kc = with_user(|u| u.username = Some("admin".into()));
-        assert!(refused(&kc).contains("username and password"));
+    fn refuses_credentials_from_files_and_basic_auth() {
+        let cases = [
+            (
+                with_user(|u| u.token_file = Some("/var/run/token".into())),
+                "token from a file",
+            ),
+            (
+                with_user(|u| u.client_certificate = Some("/home/me/cert.pem".into())),
+                "client certificate or key from a file",
+            ),
+            (
+                with_user(|u| u.client_key = Some("/home/me/key.pem".into())),
+                "client certificate or key from a file",
+            ),
+            (
+                with_user(|u| u.username = Some("admin".into())),
+                "username and password",
+            ),
+        ];
+        for (kc, refusal) in cases {
+            let message = refused(&kc);
+            assert!(message.contains(refusal), "{message}");
+        }
     }
 
     #[test]

@@ -791,40 +791,45 @@ mod tests {
         .collect()
     }
 
+    /// A remote read as `namespaces` (or not, with the error), without pods or scope.
+    fn remote(
+        name: &str,
+        injectors: Option<Vec<MutatingWebhookConfiguration>>,
+        namespaces: std::result::Result<Vec<Namespace>, String>,
+    ) -> RemoteView {
+        RemoteView {
+            name: name.into(),
+            namespaces,
+            injectors,
+            pods: PodsRead::NotAsked,
+            scope: Default::default(),
+        }
+    }
+
     fn remotes() -> Vec<RemoteView> {
         vec![
-            RemoteView {
-                name: "east".into(),
+            remote(
+                "east",
                 // Only the default revision: nothing injects revision 1-24.
-                injectors: Some(vec![istio_injector("default")]),
-                namespaces: Ok(vec![
+                Some(vec![istio_injector("default")]),
+                Ok(vec![
                     ns("bookinfo", &[("istio-injection", "enabled")]),
                     ns("payments", &[("istio.io/rev", "1-23")]),
                     ns("plain", &[]),
                     ns("legacy", &[("istio-injection", "enabled")]),
                     ns("kube-system", &[("istio-injection", "disabled")]),
                 ]),
-                pods: PodsRead::NotAsked,
-                scope: Default::default(),
-            },
-            RemoteView {
-                name: "west".into(),
-                injectors: Some(vec![istio_injector("default"), istio_injector("1-24")]),
-                namespaces: Ok(vec![
+            ),
+            remote(
+                "west",
+                Some(vec![istio_injector("default"), istio_injector("1-24")]),
+                Ok(vec![
                     ns("bookinfo", &[("istio-injection", "enabled"), ("app", "x")]),
                     ns("payments", &[("istio.io/rev", "1-24")]),
                     ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
                 ]),
-                pods: PodsRead::NotAsked,
-                scope: Default::default(),
-            },
-            RemoteView {
-                name: "north".into(),
-                namespaces: Err("no answer within 5s".into()),
-                injectors: None,
-                pods: PodsRead::NotAsked,
-                scope: Default::default(),
-            },
+            ),
+            remote("north", None, Err("no answer within 5s".into())),
         ]
     }
 
