@@ -179,13 +179,7 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Ignore".to_owned()),
             match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![NamedRuleWithOperations {
-                    api_groups: strings(&[""]),
-                    api_versions: strings(&["v1"]),
-                    operations: strings(&["CREATE", "UPDATE"]),
-                    resources: strings(&["namespaces"]),
-                    ..Default::default()
-                }]),
+                resource_rules: Some(vec![namespace_requests(&["v1"], &["CREATE", "UPDATE"])]),
                 // For a Namespace, the apiserver matches the selector on its own labels.
                 namespace_selector: guard.namespace_selector.clone(),
                 ..Default::default()
@@ -216,6 +210,17 @@ pub fn guard_binding(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicyB
             validation_actions: guard.action().map(|a| vec![a.to_owned()]),
             ..Default::default()
         }),
+    }
+}
+
+/// The `operations` on namespaces (core group, `api_versions`) a policy matches.
+fn namespace_requests(api_versions: &[&str], operations: &[&str]) -> NamedRuleWithOperations {
+    NamedRuleWithOperations {
+        api_groups: strings(&[""]),
+        api_versions: strings(api_versions),
+        operations: strings(operations),
+        resources: strings(&["namespaces"]),
+        ..Default::default()
     }
 }
 
@@ -283,13 +288,10 @@ pub fn sync_scope_policy(cluster: &str, rule: &SyncRule) -> ValidatingAdmissionP
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".to_owned()),
             match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![NamedRuleWithOperations {
-                    api_groups: strings(&[""]),
-                    api_versions: strings(&["*"]),
-                    operations: strings(&["CREATE", "UPDATE", "DELETE"]),
-                    resources: strings(&["namespaces"]),
-                    ..Default::default()
-                }]),
+                resource_rules: Some(vec![namespace_requests(
+                    &["*"],
+                    &["CREATE", "UPDATE", "DELETE"],
+                )]),
                 ..Default::default()
             }),
             match_conditions: Some(vec![MatchCondition {
