@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
@@ -129,6 +130,18 @@ impl<'a> Run<'a> {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Writes `secret` on the primary, owned by `owner` (the MeshCluster, when a re-run finds
+    /// it).
+    async fn ensure_owned_secret(
+        &mut self,
+        mut secret: Secret,
+        owner: Option<&OwnerReference>,
+    ) -> Result<()> {
+        secret.metadata.owner_references = owner.cloned().map(|o| vec![o]);
+        self.ensure(Side::Primary, Manifest::new(&secret)?).await?;
+        Ok(())
     }
 
     async fn ensure(&mut self, side: Side, m: Manifest) -> Result<DynamicObject> {
@@ -396,15 +409,8 @@ impl<'a> Run<'a> {
         // On a re-run the MeshCluster exists: keep the Secrets' ownerReference in place
         // rather than drop it until the last step.
         let known_owner = plan.existing.as_ref().and_then(setup::owner_reference);
-        let owned = |mut secret: Secret| {
-            secret.metadata.owner_references = known_owner.clone().map(|o| vec![o]);
-            secret
-        };
-        self.ensure(
-            Side::Primary,
-            Manifest::new(&owned(setup::cluster_secret(&name, &stored)))?,
-        )
-        .await?;
+        self.ensure_owned_secret(setup::cluster_secret(&name, &stored), known_owner.as_ref())
+            .await?;
         self.done(Step::PrimarySecret)?;
 
         self.begin(Step::IstioRemoteSecret);
@@ -415,11 +421,9 @@ impl<'a> Run<'a> {
                         .await?;
                 }
                 let kc = stored_kubeconfig(&plan.remote_kc, &name, reader_token)?;
-                self.ensure(
-                    Side::Primary,
-                    Manifest::new(&owned(setup::istio_remote_secret(&name, &kc)))?,
-                )
-                .await?;
+                let secret = setup::istio_remote_secret(&name, &kc);
+                self.ensure_owned_secret(secret, known_owner.as_ref())
+                    .await?;
                 Some(kc)
             }
             _ => None,
@@ -430,11 +434,8 @@ impl<'a> Run<'a> {
         let view_kubeconfig = match &view_token {
             Some(token) => {
                 let kc = stored_kubeconfig(&plan.remote_kc, &name, token)?;
-                self.ensure(
-                    Side::Primary,
-                    Manifest::new(&owned(setup::view_secret(&name, &kc)))?,
-                )
-                .await?;
+                self.ensure_owned_secret(setup::view_secret(&name, &kc), known_owner.as_ref())
+                    .await?;
                 Some(kc)
             }
             None => None,
