@@ -61,6 +61,16 @@ impl CheckReport {
             .find(|c| c.description == description)
     }
 
+    /// The first check of any section described as `description`; an error naming the report
+    /// when there is none.
+    pub fn check(&self, description: &str) -> anyhow::Result<&CheckEntry> {
+        self.sections
+            .iter()
+            .flat_map(|s| &s.checks)
+            .find(|c| c.description == description)
+            .with_context(|| format!("no check {description:?} in {self:#?}"))
+    }
+
     /// The failed checks of every section.
     pub fn failed(&self) -> Vec<&CheckEntry> {
         self.sections

@@ -106,12 +106,7 @@ async fn check_reports_that_the_webhook_authenticates_its_callers() -> anyhow::R
     let mut cmd = mesh.plugin();
     cmd.args(["check", "-o", "json"]);
     let report = CheckReport::parse(&run(cmd).await?)?;
-    let line = report
-        .sections
-        .iter()
-        .flat_map(|s| &s.checks)
-        .find(|c| c.description == CALLER_CHECK)
-        .with_context(|| format!("no check {CALLER_CHECK:?} in {report:#?}"))?;
+    let line = report.check(CALLER_CHECK)?;
     assert_eq!(line.result, "ok", "{line:?}");
     assert_eq!(
         line.detail.as_deref(),

@@ -101,12 +101,7 @@ async fn the_installed_deployment_propagates_before_kubectl_returns_as_non_root_
     let mut check = mesh.plugin();
     check.args(["check", "-o", "json"]);
     let report = CheckReport::parse(&run(check).await?)?;
-    let available = report
-        .sections
-        .iter()
-        .flat_map(|s| &s.checks)
-        .find(|c| c.description == format!("Deployment {DEPLOYMENT} is available"))
-        .with_context(|| format!("no Deployment check in {report:#?}"))?;
+    let available = report.check(&format!("Deployment {DEPLOYMENT} is available"))?;
     assert_eq!(available.result, "ok", "{available:?}");
     assert_eq!(available.detail.as_deref(), Some("2/2 replicas"));
     assert_eq!(report.errors, 0, "{report:#?}");
