@@ -9,6 +9,7 @@ use mesh_e2e::{
     NO_RESYNC, create_everywhere, edit_labels, eventually, label_on_primary, labels,
     managed_labels, metric_sum, own_mesh, run,
 };
+use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
 
@@ -103,12 +104,21 @@ async fn a_quiet_remote_keeps_its_watch_open_and_drift_is_still_seen() -> anyhow
     hand_edit_is_corrected(remote, &ns).await
 }
 
+/// Waits until the webhook has run `n` more syncs than when called.
+async fn more_syncs(mesh: &Mesh, what: &str, n: f64, timeout: Duration) -> anyhow::Result<()> {
+    let ca = mesh.ca_pem()?;
+    let syncs = || metric_sum(mesh.metrics_address(), &ca, "syncs_total");
+    let from = syncs().await?;
+    eventually(what, timeout, || async {
+        Ok((syncs().await? >= from + n).then_some(()))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn periodic_resyncs_of_a_watched_remote_do_not_list_it() -> anyhow::Result<()> {
     let (env, mesh) = own_mesh(1, Some(Duration::from_secs(1))).await?;
     let remote = &env.remotes()[0];
-    let ca = mesh.ca_pem()?;
-    let syncs = || metric_sum(mesh.metrics_address(), &ca, "syncs_total");
     let ns = create_everywhere(&env, "resynced").await?;
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     let enabled = Some(labels(&[("istio-injection", "enabled")]));
@@ -125,19 +135,19 @@ async fn periodic_resyncs_of_a_watched_remote_do_not_list_it() -> anyhow::Result
     }
     // Once the watch has listed, every sync reads it: several periods, no full LIST (each sync
     // still asks for one namespace, to know the remote answers and the credentials work).
-    let first = syncs().await?;
-    eventually(
+    more_syncs(
+        &mesh,
         "a sync after the watch listed",
+        2.0,
         Duration::from_secs(30),
-        || async { Ok((syncs().await? >= first + 2.0).then_some(())) },
     )
     .await?;
     let lists = full_namespace_lists(&env, remote).await?;
-    let started = syncs().await?;
-    eventually(
+    more_syncs(
+        &mesh,
         "five more periodic syncs",
+        5.0,
         Duration::from_secs(60),
-        || async { Ok((syncs().await? >= started + 5.0).then_some(())) },
     )
     .await?;
     let listed = full_namespace_lists(&env, remote).await? - lists;
