@@ -97,10 +97,16 @@ impl Webhook {
             Some(path) => Some(ClientCa::load(path, resolver.provider())?),
             None => None,
         };
-        let tls = tls::server_config(resolver.clone(), client_ca.clone())?;
-        let metrics_tls = tls::server_config(resolver.clone(), None)?;
-        let (listener, local_addr) = listen::bind(self.listen).await?;
-        let (metrics_listener, metrics_addr) = listen::bind(self.metrics_listen).await?;
+        let webhook_port = Port::bind(
+            self.listen,
+            tls::server_config(resolver.clone(), client_ca.clone())?,
+        )
+        .await?;
+        let metrics_port = Port::bind(
+            self.metrics_listen,
+            tls::server_config(resolver.clone(), None)?,
+        )
+        .await?;
         let shared = SharedState {
             rule: self.rule.clone(),
             remotes: Remotes::new(self.remote_options),
@@ -111,41 +117,55 @@ impl Webhook {
         Ok(BoundWebhook {
             shared,
             webhook: self,
-            listener,
-            local_addr,
-            metrics_listener,
-            metrics_addr,
+            webhook_port,
+            metrics_port,
             resolver,
             client_ca,
-            tls,
-            metrics_tls,
         })
+    }
+}
+
+/// A bound port and the TLS configuration it serves with.
+struct Port {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Arc<ServerConfig>,
+}
+
+impl Port {
+    async fn bind(addr: SocketAddr, tls: Arc<ServerConfig>) -> Result<Self> {
+        let (listener, addr) = listen::bind(addr).await?;
+        Ok(Self {
+            listener,
+            addr,
+            tls,
+        })
+    }
+
+    async fn serve(self, app: axum::Router, limits: Limits, stop: listen::Stop) {
+        listen::serve(self.listener, self.tls, app, limits, stop).await
     }
 }
 
 /// A [`Webhook`] with its port bound and certificate loaded.
 pub struct BoundWebhook {
     webhook: Webhook,
-    listener: TcpListener,
-    local_addr: SocketAddr,
-    metrics_listener: TcpListener,
-    metrics_addr: SocketAddr,
+    webhook_port: Port,
+    metrics_port: Port,
     resolver: Arc<CertResolver>,
     client_ca: Option<Arc<ClientCa>>,
-    tls: Arc<ServerConfig>,
-    metrics_tls: Arc<ServerConfig>,
     shared: SharedState,
 }
 
 impl BoundWebhook {
     /// The webhook port.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.webhook_port.addr
     }
 
     /// The port of probes and metrics.
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics_addr
+        self.metrics_port.addr
     }
 
     /// The registry of remote clients the webhook pushes to.
@@ -172,14 +192,10 @@ impl BoundWebhook {
     pub async fn run_until(self, stop: listen::Stop) -> Result<()> {
         let Self {
             webhook,
-            listener,
-            local_addr,
-            metrics_listener,
-            metrics_addr,
+            webhook_port,
+            metrics_port,
             resolver,
             client_ca,
-            tls,
-            metrics_tls,
             shared,
         } = self;
         let Webhook {
@@ -245,11 +261,16 @@ impl BoundWebhook {
         if let Some(setter) = log_level {
             state = state.with_log_level(setter);
         }
-        tracing::info!(%local_addr, %metrics_addr, %identity, "serving admission webhook");
+        tracing::info!(
+            local_addr = %webhook_port.addr,
+            metrics_addr = %metrics_port.addr,
+            %identity,
+            "serving admission webhook"
+        );
         let ops = http::ops_router(state.clone());
         tokio::join!(
-            listen::serve(listener, tls, http::router(state), limits, stop.clone()),
-            listen::serve(metrics_listener, metrics_tls, ops, limits, stop),
+            webhook_port.serve(http::router(state), limits, stop.clone()),
+            metrics_port.serve(ops, limits, stop),
         );
         tracing::info!("server drained, stopping reconciler");
         background.cancel();
