@@ -121,20 +121,9 @@ pub fn guard_primary_name(policy: &ValidatingAdmissionPolicy) -> Option<String> 
 /// failurePolicy Ignore: the guard is a courtesy, not a security boundary (the reconciler
 /// undoes the edit anyway), and must never block namespace edits if its CEL cannot run.
 pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
-    let keys = guard
-        .managed_labels
-        .iter()
-        .map(|k| cel::string(k))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let excluded = guard
-        .excluded_namespaces
-        .iter()
-        .map(|n| cel::string(n))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let keys = cel_list(guard.managed_labels.iter().map(String::as_str));
     let changed = format!(
-        "[{keys}].filter(k, {} != {})",
+        "{keys}.filter(k, {} != {})",
         cel::label_value("object", "k"),
         cel::label_value("oldObject", "k")
     );
@@ -161,10 +150,11 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
         guard.primary_name, guard.primary_context
     );
     let mut conditions = Vec::new();
-    if !excluded.is_empty() {
+    if !guard.excluded_namespaces.is_empty() {
+        let excluded = cel_list(guard.excluded_namespaces.iter().map(String::as_str));
         conditions.push(MatchCondition {
             name: "not-excluded-namespace".to_owned(),
-            expression: format!("!(object.metadata.name in [{excluded}])"),
+            expression: format!("!(object.metadata.name in {excluded})"),
         });
     }
     conditions.push(MatchCondition {
