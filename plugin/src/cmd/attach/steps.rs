@@ -132,6 +132,21 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// The token kube-controller-manager issues into the remote's Secret `secret` for the
+    /// ServiceAccount `account`, once it is there.
+    async fn issued_token(&self, secret: &str, account: &str) -> Result<String> {
+        let token = wait_token(&self.plan.remote, &self.plan.name, secret, self.timeout).await?;
+        self.say_token_issued(account);
+        Ok(token)
+    }
+
+    fn say_token_issued(&self, account: &str) {
+        self.progress.ok(format!(
+            "{}: token of ServiceAccount {MESH_NAMESPACE}/{account} issued",
+            self.plan.name
+        ));
+    }
+
     /// Writes `secret` on the primary, owned by `owner` (the MeshCluster, when a re-run finds
     /// it).
     async fn ensure_owned_secret(
@@ -322,10 +337,7 @@ impl<'a> Run<'a> {
             }
             _ => wait_token(&plan.remote, &name, setup::TOKEN_SECRET, self.timeout).await?,
         };
-        self.progress.ok(format!(
-            "{name}: token of ServiceAccount {MESH_NAMESPACE}/{} issued",
-            setup::SYNC_ACCOUNT
-        ));
+        self.say_token_issued(setup::SYNC_ACCOUNT);
         self.done(Step::Token)?;
 
         self.begin(Step::SyncScopeEnforced);
@@ -366,18 +378,10 @@ impl<'a> Run<'a> {
                     setup::istio_own_reader_role()
                 ));
             }
-            let token = wait_token(
-                &plan.remote,
-                &name,
-                setup::ISTIO_READER_TOKEN_SECRET,
-                self.timeout,
+            Some(
+                self.issued_token(setup::ISTIO_READER_TOKEN_SECRET, setup::ISTIO_READER)
+                    .await?,
             )
-            .await?;
-            self.progress.ok(format!(
-                "{name}: token of ServiceAccount {MESH_NAMESPACE}/{} issued",
-                setup::ISTIO_READER
-            ));
-            Some(token)
         } else {
             None
         };
@@ -393,13 +397,10 @@ impl<'a> Run<'a> {
             for m in view_objects(&name)? {
                 self.ensure(Side::Remote, m).await?;
             }
-            let token =
-                wait_token(&plan.remote, &name, setup::VIEW_TOKEN_SECRET, self.timeout).await?;
-            self.progress.ok(format!(
-                "{name}: token of ServiceAccount {MESH_NAMESPACE}/{} issued",
-                setup::VIEW_ACCOUNT
-            ));
-            Some(token)
+            Some(
+                self.issued_token(setup::VIEW_TOKEN_SECRET, setup::VIEW_ACCOUNT)
+                    .await?,
+            )
         } else {
             None
         };
