@@ -211,35 +211,50 @@ fn watch_workloads(
     shared: &Arc<Shared>,
     which: Option<String>,
 ) -> Vec<JoinHandle<()>> {
-    let mut service_relist = Relist::default();
-    let mut slice_relist = Relist::default();
-    let mut pod_relist = Relist::default();
     vec![
-        watch_facts::<wire::Service>(
+        watch_records(
             client,
             shared,
             which.clone(),
-            move |names, facts, change| {
-                service_relist.apply(&mut facts.services, change, |o| {
-                    services::extract_service(names, o)
-                });
-            },
+            |facts| &mut facts.services,
+            services::extract_service,
         ),
-        watch_facts::<wire::EndpointSlice>(
+        watch_records(
             client,
             shared,
             which.clone(),
-            move |names, facts, change| {
-                slice_relist.apply(&mut facts.slices, change, |o| {
-                    services::extract_slice(names, o)
-                });
-            },
+            |facts| &mut facts.slices,
+            services::extract_slice,
         ),
-        watch_facts::<wire::Pod>(client, shared, which, move |names, facts, change| {
-            let records = facts.pods.get_or_insert_with(Records::default);
-            pod_relist.apply(records, change, |o| services::extract_pod(names, o));
-        }),
+        watch_records(
+            client,
+            shared,
+            which,
+            |facts| facts.pods.get_or_insert_with(Records::default),
+            services::extract_pod,
+        ),
     ]
+}
+
+/// Watches every `K` of one cluster into the records `records` picks from its facts, each
+/// object reduced by `extract`; what a relist no longer finds is dropped.
+fn watch_records<K, Q, V>(
+    client: &Client,
+    shared: &Arc<Shared>,
+    which: Option<String>,
+    records: fn(&mut ClusterFacts) -> &mut Records<Q, V>,
+    extract: fn(&mut Names, &K) -> Option<(Q, V)>,
+) -> JoinHandle<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+    Q: Ord + Clone + Send + 'static,
+    V: 'static,
+{
+    let mut relist = Relist::default();
+    watch_facts::<K>(client, shared, which, move |names, facts, change| {
+        relist.apply(records(facts), change, |o| extract(names, o));
+    })
 }
 
 /// Watches every `K` of one cluster: `on` gets the names every record points into, the facts
