@@ -443,16 +443,66 @@ pub async fn edit_labels(
     ns: &str,
     labels: serde_json::Value,
 ) -> anyhow::Result<()> {
+    patch_labels(cluster.client().await?, ns, labels).await?;
+    Ok(())
+}
+
+/// Merges `labels` (a JSON object; `null` removes a key) into the labels of namespace `ns`
+/// through `client`, whichever identity it holds; the apiserver's answer, refusals included.
+pub async fn patch_labels(
+    client: kube::Client,
+    ns: &str,
+    labels: serde_json::Value,
+) -> kube::Result<k8s_openapi::api::core::v1::Namespace> {
     let patch = serde_json::json!({"metadata": {"labels": labels}});
-    namespaces(cluster)
-        .await?
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
         .patch(
             ns,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(&patch),
         )
-        .await?;
-    Ok(())
+        .await
+}
+
+/// `kubectl label namespace <ns> <labels> --overwrite` on `cluster`, whatever its result.
+pub async fn label_namespace(
+    env: &TestEnv,
+    cluster: &mesh_testenv::Cluster,
+    ns: &str,
+    labels: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    let mut cmd = env.kubectl(cluster);
+    cmd.args(["label", "namespace", ns, "--overwrite"])
+        .args(labels);
+    fixtures::output(cmd).await
+}
+
+/// Labels namespace `ns` on `cluster` with kubectl until `outcome` of kubectl's answer is
+/// `Some`, with new values every attempt (`labels` of the attempt's number, from 1) so that
+/// each one is an edit: the apiserver loads admission webhooks and policies asynchronously,
+/// and the first edits may pass before they are in force.
+pub async fn relabel_until<T, Fut>(
+    env: &TestEnv,
+    cluster: &mesh_testenv::Cluster,
+    ns: &str,
+    what: &str,
+    labels: impl Fn(u32) -> Vec<String>,
+    outcome: impl Fn(std::process::Output) -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let mut attempt = 0;
+    eventually(what, DEFAULT_TIMEOUT, || {
+        attempt += 1;
+        let labels = labels(attempt);
+        let outcome = &outcome;
+        async move {
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            outcome(label_namespace(env, cluster, ns, &labels).await?).await
+        }
+    })
+    .await
 }
 
 /// A label map from pairs.

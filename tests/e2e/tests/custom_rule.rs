@@ -11,18 +11,13 @@
 
 use std::process::Command;
 
-use anyhow::Context;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::{
-    Api,
-    api::{Patch, PatchParams},
-};
+use anyhow::{Context, ensure};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{TestEnv, workspace_binary};
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, NO_RESYNC, create_everywhere, create_namespace, eventually, label_on_primary,
-    labels, namespace_labels, own_mesh_with, remote_names, reviews_with_outcome, run,
-    stored_client, text,
+    NO_RESYNC, create_everywhere, create_namespace, describe, label_on_primary, labels,
+    namespace_labels, own_mesh_with, patch_labels, relabel_until, remote_names,
+    reviews_with_outcome, run, stored_client, text,
 };
 use serde_json::json;
 use tokio::sync::{Mutex, OnceCell};
@@ -217,40 +212,26 @@ async fn the_remote_guard_and_the_sync_scope_follow_the_custom_rule() -> anyhow:
     let ns = create_everywhere(env, "guarded").await?;
     let remote = &env.remotes()[0];
 
-    let mut attempt = 0;
-    eventually(
+    let warning = format!("{ZONE} on this cluster is managed by kubectl-mesh");
+    relabel_until(
+        env,
+        remote,
+        &ns,
         "the guard warns about the custom label",
-        DEFAULT_TIMEOUT,
-        || {
-            attempt += 1;
-            let mut label = env.kubectl(remote);
-            label.args([
-                "label",
-                "namespace",
-                &ns,
-                "--overwrite",
-                &format!("{ZONE}=v{attempt}"),
-            ]);
+        |attempt| vec![format!("{ZONE}=v{attempt}")],
+        |out| {
+            let warned = text(&out.stderr).contains(&warning);
             async move {
-                let stderr = text(&run(label).await?.stderr);
-                Ok(stderr
-                    .contains(&format!(
-                        "{ZONE} on this cluster is managed by kubectl-mesh"
-                    ))
-                    .then_some(()))
+                ensure!(out.status.success(), "{}", describe(&out));
+                Ok(warned.then_some(()))
             }
         },
     )
     .await?;
 
-    let stored = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
-    let patch = |key: &str| Patch::Merge(json!({"metadata": {"labels": {key: "from-token"}}}));
-    stored
-        .patch(&ns, &PatchParams::default(), &patch(ZONE))
-        .await?;
-    let refused = stored
-        .patch(&ns, &PatchParams::default(), &patch(REVISION))
-        .await;
+    let (stored, _) = stored_client(env, &remote.name).await?;
+    patch_labels(stored.clone(), &ns, json!({ZONE: "from-token"})).await?;
+    let refused = patch_labels(stored, &ns, json!({REVISION: "from-token"})).await;
     assert!(
         refused
             .as_ref()

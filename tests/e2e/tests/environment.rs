@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
+use anyhow::{Context, ensure};
 
 use axum::Json;
 use axum::routing::post;
@@ -19,8 +19,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::{Api, Client};
 use mesh_e2e::tokens::mint_token;
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, run, shared_env, text,
-    unique_name,
+    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, relabel_until, run,
+    shared_env, text, unique_name,
 };
 use serde_json::json;
 
@@ -182,26 +182,22 @@ async fn apiserver_calls_a_webhook_over_tls_and_applies_its_patch() -> anyhow::R
     // The apiserver loads webhook configurations asynchronously, so the first edits may pass
     // before it knows the webhook: label again until the patch shows on the stored object.
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut attempt = 0;
-    let uid = eventually(
+    let uid = relabel_until(
+        env,
+        primary,
+        &namespace,
         "webhook patch on the stored namespace",
-        DEFAULT_TIMEOUT,
-        || {
-            attempt += 1;
-            let mut label = env.kubectl(primary);
-            label.args([
-                "label",
-                "namespace",
-                &namespace,
-                "--overwrite",
-                &format!("e2e-webhook={selector_label}"),
-                &format!("e2e-attempt={attempt}"),
-            ]);
-            let namespaces = namespaces.clone();
-            let namespace = namespace.clone();
+        |attempt| {
+            vec![
+                format!("e2e-webhook={selector_label}"),
+                format!("e2e-attempt={attempt}"),
+            ]
+        },
+        |out| {
+            let (namespaces, namespace) = (&namespaces, &namespace);
             async move {
-                run(label).await?;
-                let stored = namespaces.get(&namespace).await?;
+                ensure!(out.status.success(), "{}", describe(&out));
+                let stored = namespaces.get(namespace).await?;
                 let annotations: BTreeMap<String, String> =
                     stored.metadata.annotations.unwrap_or_default();
                 Ok(annotations.get(CALLED_ANNOTATION).cloned())
@@ -527,24 +523,19 @@ async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result
         assert_eq!(row.get(2), Some(&"True"), "{remote} reachable in\n{table}");
     }
 
-    let created = up.in_demo_shell("kubectl create namespace shop").await?;
-    assert_eq!(
-        text(&created.stdout),
-        "namespace/shop created\n",
-        "{}",
-        describe(&created)
-    );
-    let created = up
-        .in_demo_shell(&format!(
-            "kubectl --kubeconfig {dir}/remote-1.kubeconfig create namespace shop"
-        ))
-        .await?;
-    assert_eq!(
-        text(&created.stdout),
-        "namespace/shop created\n",
-        "{}",
-        describe(&created)
-    );
+    // On the primary and remote-1 only: the label's warnings then tell of remote-2.
+    for create in [
+        "kubectl create namespace shop".to_owned(),
+        format!("kubectl --kubeconfig {dir}/remote-1.kubeconfig create namespace shop"),
+    ] {
+        let created = up.in_demo_shell(&create).await?;
+        assert_eq!(
+            text(&created.stdout),
+            "namespace/shop created\n",
+            "{}",
+            describe(&created)
+        );
+    }
     let labelled = up
         .in_demo_shell("kubectl label namespace shop istio-injection=enabled")
         .await?;

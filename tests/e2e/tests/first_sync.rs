@@ -22,7 +22,8 @@ use mesh_e2e::fixtures::output;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, describe, eventually, labels, managed_labels, own_mesh_with, text, unique_name,
+    DEFAULT_TIMEOUT, describe, eventually, label_namespace, labels, managed_labels, own_mesh_with,
+    relabel_until, text, unique_name,
 };
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -74,10 +75,7 @@ async fn kubectl_label(
     name: &str,
     args: &[&str],
 ) -> anyhow::Result<String> {
-    let mut cmd = env.kubectl(cluster);
-    cmd.args(["label", "namespace", name, "--overwrite"])
-        .args(args);
-    let out = output(cmd).await?;
+    let out = label_namespace(env, cluster, name, args).await?;
     ensure!(out.status.success(), "{}", describe(&out));
     Ok(text(&out.stderr))
 }
@@ -312,20 +310,25 @@ async fn preview_is_what_the_first_sync_does_and_scope_spares_the_remote_s_own()
         Ok(Some(()))
     })
     .await?;
-    let mut probe = 0;
-    eventually("the guard sparing gw", DEFAULT_TIMEOUT, || {
-        probe += 1;
-        let value = format!("istio-injection=probe-{probe}");
-        let gw = &gw;
-        async move {
-            let warned = kubectl_label(env, remote, gw, &[&value]).await?;
-            ensure!(
-                !warned.contains("managed by kubectl-mesh"),
-                "guard covers {gw}: {warned}"
-            );
-            Ok(Some(()))
-        }
-    })
+    relabel_until(
+        env,
+        remote,
+        &gw,
+        "the guard sparing gw",
+        |probe| vec![format!("istio-injection=probe-{probe}")],
+        |out| {
+            let gw = &gw;
+            async move {
+                ensure!(out.status.success(), "{}", describe(&out));
+                let warned = text(&out.stderr);
+                ensure!(
+                    !warned.contains("managed by kubectl-mesh"),
+                    "guard covers {gw}: {warned}"
+                );
+                Ok(Some(()))
+            }
+        },
+    )
     .await?;
     kubectl_label(env, remote, &gw, &["istio-injection=enabled"]).await?;
     let edited_at = k8s_openapi::jiff::Timestamp::now();

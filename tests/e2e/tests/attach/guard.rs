@@ -4,14 +4,17 @@
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::{admissionregistration::v1::ValidatingAdmissionPolicy, core::v1::Namespace};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use kube::{
     Api,
     api::{Patch, PatchParams},
 };
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::check_report::{CheckEntry, CheckReport};
-use mesh_e2e::{DEFAULT_TIMEOUT, create_namespace, describe, eventually, text, unique_name};
+use mesh_e2e::{
+    DEFAULT_TIMEOUT, create_namespace, describe, eventually, label_namespace, patch_labels,
+    relabel_until, text, unique_name,
+};
 use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
 use tokio::sync::MutexGuard;
@@ -46,12 +49,9 @@ async fn edit_until<T>(
     what: &str,
     outcome: impl Fn(&Output) -> anyhow::Result<Option<T>>,
 ) -> anyhow::Result<T> {
-    let mut attempt = 0;
-    eventually(what, DEFAULT_TIMEOUT, || {
-        attempt += 1;
-        let label = format!("istio-injection={prefix}{attempt}");
-        let outcome = &outcome;
-        async move { outcome(&kubectl_label(env, remote, ns, &label).await?) }
+    let label = |attempt| vec![format!("istio-injection={prefix}{attempt}")];
+    relabel_until(env, remote, ns, what, label, |out| {
+        std::future::ready(outcome(&out))
     })
     .await
 }
@@ -89,7 +89,7 @@ async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Resu
             )),
         "{warning}"
     );
-    let out = kubectl_label(env, remote, &ns, "team=payments").await?;
+    let out = label_namespace(env, remote, &ns, &["team=payments"]).await?;
     ensure!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         !text(&out.stderr).contains("managed by kubectl-mesh"),
@@ -104,7 +104,7 @@ async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Resu
     })
     .await?;
     assert!(refusal.contains("managed by kubectl-mesh"), "{refusal}");
-    let out = kubectl_label(env, remote, &ns, "team=checkout").await?;
+    let out = label_namespace(env, remote, &ns, &["team=checkout"]).await?;
     ensure!(
         out.status.success(),
         "unmanaged label refused: {}",
@@ -113,12 +113,7 @@ async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Resu
 
     // The sync account's own write goes through.
     let (stored, _) = stored_client(env, name).await?;
-    Api::<Namespace>::all(stored)
-        .patch(
-            &ns,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": "from-primary"}}})),
-        )
+    patch_labels(stored, &ns, json!({"istio-injection": "from-primary"}))
         .await
         .context("the sync account labels despite the deny guard")?;
     let mc = Api::<MeshCluster>::all(env.primary().client().await?)
@@ -155,7 +150,7 @@ async fn guard_warning_naming(
         &format!("the guard's warning naming {primary}"),
         DEFAULT_TIMEOUT,
         || async {
-            let out = kubectl_label(env, remote, ns, "istio-injection=enabled").await?;
+            let out = label_namespace(env, remote, ns, &["istio-injection=enabled"]).await?;
             ensure!(
                 out.status.success(),
                 "warn mode refused: {}",
@@ -166,7 +161,7 @@ async fn guard_warning_naming(
                 return Ok(Some(err));
             }
             // Unset it, so that the next attempt changes the label again.
-            let out = kubectl_label(env, remote, ns, "istio-injection-").await?;
+            let out = label_namespace(env, remote, ns, &["istio-injection-"]).await?;
             ensure!(out.status.success(), "{}", text(&out.stderr));
             Ok(None)
         },

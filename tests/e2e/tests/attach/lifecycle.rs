@@ -8,10 +8,10 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams},
 };
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::{client_from_secret, create_namespace, text, unique_name};
+use mesh_e2e::{client_from_secret, create_namespace, patch_labels, text, unique_name};
 use serde_json::json;
 
 use crate::support::*;
@@ -125,14 +125,13 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
     assert!(user.exec.is_none() && user.token_file.is_none());
     let probe = unique_name("stored-token");
     create_namespace(remote, &probe).await?;
-    Api::<Namespace>::all(stored.clone())
-        .patch(
-            &probe,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": "enabled"}}})),
-        )
-        .await
-        .context("the stored token patches a managed label")?;
+    patch_labels(
+        stored.clone(),
+        &probe,
+        json!({"istio-injection": "enabled"}),
+    )
+    .await
+    .context("the stored token patches a managed label")?;
     forbidden(
         Api::<Secret>::all(stored.clone())
             .list(&ListParams::default())

@@ -378,18 +378,6 @@ pub fn unreachable_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<(P
     Ok((path, closed_server))
 }
 
-/// `kubectl label ns <ns> <label> --overwrite` directly on `cluster`, whatever its result.
-pub async fn kubectl_label(
-    env: &TestEnv,
-    cluster: &Cluster,
-    ns: &str,
-    label: &str,
-) -> anyhow::Result<Output> {
-    let mut cmd = env.kubectl(cluster);
-    cmd.args(["label", "namespace", ns, label, "--overwrite"]);
-    fixtures::output(cmd).await
-}
-
 /// The MeshCluster `name` on the primary.
 pub async fn mesh_cluster(env: &TestEnv, name: &str) -> anyhow::Result<MeshCluster> {
     Ok(Api::<MeshCluster>::all(env.primary().client().await?)
