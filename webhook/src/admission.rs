@@ -336,10 +336,20 @@ mod tests {
     const DELETE: &str = include_str!("../tests/fixtures/namespace-delete.json");
     const DRY_RUN: &str = include_str!("../tests/fixtures/namespace-update-dry-run.json");
 
-    fn parse(body: &str) -> AdmissionRequest<Namespace> {
+    /// Parses a recorded AdmissionReview, checks its operation and reviews it: the answer
+    /// carries the request's uid.
+    fn review_fixture(
+        body: &str,
+        operation: Operation,
+        uid: &str,
+    ) -> (AdmissionRequest<Namespace>, Decision) {
         let review: AdmissionReview<Namespace> =
             serde_json::from_str(body).expect("fixture is an AdmissionReview");
-        review.try_into().expect("fixture has a request")
+        let req: AdmissionRequest<Namespace> = review.try_into().expect("fixture has a request");
+        assert_eq!(req.operation, operation);
+        let decision = super::review(&SyncRule::default(), &req);
+        assert_eq!(decision.response.uid, uid);
+        (req, decision)
     }
 
     /// A namespace request as the apiserver would send it, minus what `review` ignores.
@@ -416,6 +426,22 @@ mod tests {
         decision.push
     }
 
+    /// [`complete`] on a fresh response to `req`.
+    fn completed(
+        req: &AdmissionRequest<Namespace>,
+        intent: &PushIntent,
+        outcomes: &[PushOutcome],
+        readiness: &[ClusterReadiness],
+    ) -> AdmissionResponse {
+        complete(
+            AdmissionResponse::from(req),
+            req,
+            intent,
+            outcomes,
+            readiness,
+        )
+    }
+
     fn warnings_of(response: &AdmissionResponse) -> Vec<String> {
         response.warnings.clone().unwrap_or_default()
     }
@@ -441,42 +467,73 @@ mod tests {
     }
 
     #[test]
-    fn create_with_managed_label_pushes() {
-        let req = create(
+    fn what_each_request_pushes() {
+        let enabled = || ns("foo").label("istio-injection", "enabled");
+        let ambient = |revision| {
             ns("foo")
-                .label("istio-injection", "enabled")
-                .label("app", "x"),
-        );
-        assert_eq!(
-            pushed(&req),
-            Some(intent("foo", [("istio-injection", "enabled")]))
-        );
-    }
-
-    #[test]
-    fn create_without_managed_label_does_not_push() {
-        assert_eq!(pushed(&create(ns("foo").label("app", "x"))), None);
-    }
-
-    #[test]
-    fn add_label_pushes() {
-        let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
-        assert_eq!(
-            pushed(&req),
-            Some(intent("foo", [("istio-injection", "enabled")]))
-        );
-    }
-
-    #[test]
-    fn overwrite_label_pushes() {
-        let req = update(
-            ns("foo").label("istio-injection", "enabled"),
-            ns("foo").label("istio-injection", "disabled"),
-        );
-        assert_eq!(
-            pushed(&req),
-            Some(intent("foo", [("istio-injection", "disabled")]))
-        );
+                .label("istio.io/rev", revision)
+                .label("istio.io/dataplane-mode", "ambient")
+        };
+        let cases = [
+            (
+                "a create with a managed label",
+                create(enabled().label("app", "x")),
+                Some(intent("foo", [("istio-injection", "enabled")])),
+            ),
+            (
+                "a create without one",
+                create(ns("foo").label("app", "x")),
+                None,
+            ),
+            (
+                "a label added",
+                update(ns("foo"), enabled()),
+                Some(intent("foo", [("istio-injection", "enabled")])),
+            ),
+            (
+                "a label overwritten",
+                update(enabled(), ns("foo").label("istio-injection", "disabled")),
+                Some(intent("foo", [("istio-injection", "disabled")])),
+            ),
+            (
+                "a label removed: an empty set",
+                update(enabled().label("app", "x"), ns("foo").label("app", "x")),
+                Some(intent("foo", [])),
+            ),
+            (
+                "a revision switch: the whole managed set",
+                update(ambient("1-24"), ambient("1-25")),
+                Some(intent(
+                    "foo",
+                    [
+                        ("istio.io/dataplane-mode", "ambient"),
+                        ("istio.io/rev", "1-25"),
+                    ],
+                )),
+            ),
+            (
+                "a delete of a namespace with managed labels: their removal",
+                delete(ns("foo").label("istio.io/rev", "1-25")),
+                Some(intent("foo", [])),
+            ),
+            (
+                "a delete of one without",
+                delete(ns("foo").label("app", "x")),
+                None,
+            ),
+            (
+                // Removing a finalizer: the labels of a terminating namespace count as gone.
+                "an update of a terminating namespace",
+                update(
+                    enabled().deleting(),
+                    ns("foo").label("istio-injection", "disabled").deleting(),
+                ),
+                None,
+            ),
+        ];
+        for (case, request, expected) in cases {
+            assert_eq!(pushed(&request), expected, "{case}");
+        }
     }
 
     #[test]
@@ -499,100 +556,43 @@ mod tests {
     }
 
     #[test]
-    fn remove_label_pushes_empty_labels() {
-        let req = update(
-            ns("foo")
-                .label("istio-injection", "enabled")
-                .label("app", "x"),
-            ns("foo").label("app", "x"),
-        );
-        assert_eq!(pushed(&req), Some(intent("foo", [])));
-    }
-
-    #[test]
-    fn revision_switch_pushes_full_managed_set() {
-        let req = update(
-            ns("foo")
-                .label("istio.io/rev", "1-24")
-                .label("istio.io/dataplane-mode", "ambient"),
-            ns("foo")
-                .label("istio.io/rev", "1-25")
-                .label("istio.io/dataplane-mode", "ambient"),
-        );
-        assert_eq!(
-            pushed(&req),
-            Some(intent(
-                "foo",
-                [
-                    ("istio.io/dataplane-mode", "ambient"),
-                    ("istio.io/rev", "1-25")
-                ]
-            ))
-        );
-    }
-
-    #[test]
-    fn unmanaged_only_change_does_not_push() {
-        let req = update(
-            ns("foo")
-                .label("istio-injection", "enabled")
-                .label("app", "x"),
-            ns("foo")
-                .label("istio-injection", "enabled")
-                .label("app", "y")
-                .annotation("note", "z"),
-        );
-        let decision = review(&SyncRule::default(), &req);
-        assert_eq!(decision.push, None);
-        assert_eq!(
-            decision.response.warnings, None,
-            "silent when nothing to do"
-        );
-    }
-
-    #[test]
-    fn delete_pushes_removal_when_old_had_managed_labels() {
-        let req = delete(ns("foo").label("istio.io/rev", "1-25"));
-        assert_eq!(pushed(&req), Some(intent("foo", [])));
-        assert_eq!(pushed(&delete(ns("foo").label("app", "x"))), None);
-    }
-
-    #[test]
-    fn updates_of_deleting_namespace_do_not_push() {
-        // Removing a finalizer from a terminating namespace: the labels already count as gone.
-        let old = ns("foo").label("istio-injection", "enabled").deleting();
-        let new = ns("foo").label("istio-injection", "disabled").deleting();
-        assert_eq!(pushed(&update(old, new)), None);
-    }
-
-    #[test]
-    fn excluded_namespace_does_not_push_and_says_so() {
-        let req = update(
-            ns("kube-system"),
-            ns("kube-system").label("istio-injection", "enabled"),
-        );
-        let decision = review(&SyncRule::default(), &req);
-        assert_eq!(decision.push, None);
-        assert!(decision.response.allowed);
-        assert_eq!(
-            warnings_of(&decision.response),
-            [
-                "kubectl-mesh: namespace kube-system is excluded from sync; remote clusters not changed"
-            ]
-        );
-    }
-
-    #[test]
-    fn dry_run_does_not_push() {
-        let mut req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
-        req.dry_run = true;
-        let decision = review(&SyncRule::default(), &req);
-        assert_eq!(decision.push, None);
-        assert!(decision.response.allowed);
-        assert_eq!(
-            warnings_of(&decision.response),
-            ["kubectl-mesh: dry run; remote clusters not changed"]
-        );
+    fn what_is_not_pushed_and_what_the_answer_says() {
+        let mut dry_run = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
+        dry_run.dry_run = true;
+        let cases = [
+            (
+                update(
+                    ns("foo")
+                        .label("istio-injection", "enabled")
+                        .label("app", "x"),
+                    ns("foo")
+                        .label("istio-injection", "enabled")
+                        .label("app", "y")
+                        .annotation("note", "z"),
+                ),
+                // Silent when there is nothing to do.
+                None,
+            ),
+            (
+                update(
+                    ns("kube-system"),
+                    ns("kube-system").label("istio-injection", "enabled"),
+                ),
+                Some(
+                    "kubectl-mesh: namespace kube-system is excluded from sync; remote clusters not changed",
+                ),
+            ),
+            (
+                dry_run,
+                Some("kubectl-mesh: dry run; remote clusters not changed"),
+            ),
+        ];
+        for (request, warning) in cases {
+            assert_eq!(pushed(&request), None, "{warning:?}");
+            let decision = review(&SyncRule::default(), &request);
+            let expected = warning.map(|w| vec![w.to_owned()]);
+            assert_eq!(decision.response.warnings, expected);
+        }
     }
 
     #[test]
@@ -685,8 +685,7 @@ mod tests {
     fn complete_names_each_remote_without_an_injector() {
         let req = create(ns("shop").label("istio.io/rev", "canary"));
         let canary = Readiness::Unserved(Injection::Revision("canary".into()));
-        let response = complete(
-            AdmissionResponse::from(&req),
+        let response = completed(
             &req,
             &intent("shop", [("istio.io/rev", "canary")]),
             &[
@@ -720,8 +719,7 @@ mod tests {
         let labels = [("istio-injection", "enabled"), ("istio.io/rev", "canary")];
         let req = create(ns("shop").label(labels[0].0, labels[0].1));
         let long = "c".repeat(60);
-        let response = complete(
-            AdmissionResponse::from(&req),
+        let response = completed(
             &req,
             &intent("shop", labels),
             &[outcome(&long, PushResult::Applied)],
@@ -741,8 +739,7 @@ mod tests {
     #[test]
     fn complete_without_clusters_says_so() {
         let req = create(ns("foo").label("istio-injection", "enabled"));
-        let response = complete(
-            AdmissionResponse::from(&req),
+        let response = completed(
             &req,
             &intent("foo", [("istio-injection", "enabled")]),
             &[],
@@ -784,8 +781,7 @@ mod tests {
             .map(|i| outcome(&format!("c{i}"), PushResult::Applied))
             .collect();
         outcomes.push(outcome("z", PushResult::Failed("x".repeat(500))));
-        let response = complete(
-            AdmissionResponse::from(&req),
+        let response = completed(
             &req,
             &intent("foo", [("istio-injection", "enabled")]),
             &outcomes,
@@ -806,8 +802,7 @@ mod tests {
     #[test]
     fn complete_creates_annotations_map_when_absent() {
         let req = create(ns("foo").label("istio-injection", "enabled"));
-        let response = complete(
-            AdmissionResponse::from(&req),
+        let response = completed(
             &req,
             &intent("foo", [("istio-injection", "enabled")]),
             &[outcome("remote-1", PushResult::Applied)],
@@ -832,38 +827,28 @@ mod tests {
     }
 
     #[test]
-    fn complete_on_delete_only_warns() {
+    fn complete_on_delete_only_warns_and_tells_missing_from_out_of_scope() {
         let req = delete(ns("foo").label("istio-injection", "enabled"));
-        let response = complete(
-            AdmissionResponse::from(&req),
-            &req,
-            &intent("foo", []),
-            &[outcome("remote-1", PushResult::NamespaceMissing)],
-            &[],
-        );
-        assert_eq!(response.patch, None);
-        assert_eq!(
-            warnings_of(&response),
-            ["kubectl-mesh: remote-1: namespace foo does not exist there (not created)"]
-        );
-    }
-
-    #[test]
-    fn out_of_scope_cluster_is_told_apart() {
-        let req = delete(ns("foo").label("istio-injection", "enabled"));
-        let response = complete(
-            AdmissionResponse::from(&req),
-            &req,
-            &intent("foo", []),
-            &[outcome("remote-1", PushResult::OutOfScope)],
-            &[],
-        );
-        assert_eq!(
-            warnings_of(&response),
-            [
-                "kubectl-mesh: remote-1: namespace foo is outside the cluster's scope (left as it is)"
-            ]
-        );
+        let cases = [
+            (
+                PushResult::NamespaceMissing,
+                "kubectl-mesh: remote-1: namespace foo does not exist there (not created)",
+            ),
+            (
+                PushResult::OutOfScope,
+                "kubectl-mesh: remote-1: namespace foo is outside the cluster's scope (left as it is)",
+            ),
+        ];
+        for (result, warning) in cases {
+            let response = completed(
+                &req,
+                &intent("foo", []),
+                &[outcome("remote-1", result)],
+                &[],
+            );
+            assert_eq!(response.patch, None);
+            assert_eq!(warnings_of(&response), [warning]);
+        }
     }
 
     #[test]
@@ -886,12 +871,10 @@ mod tests {
 
     #[test]
     fn fixture_create() {
-        let req = parse(CREATE);
-        assert_eq!(req.operation, Operation::Create);
-        let decision = review(&SyncRule::default(), &req);
-        assert_eq!(
-            decision.response.uid,
-            "3b1f6e2a-8c4d-4a47-9f0e-2d6c5b7a9e10"
+        let (req, decision) = review_fixture(
+            CREATE,
+            Operation::Create,
+            "3b1f6e2a-8c4d-4a47-9f0e-2d6c5b7a9e10",
         );
         assert_eq!(
             decision.push,
@@ -922,12 +905,10 @@ mod tests {
 
     #[test]
     fn fixture_update_rev_switch() {
-        let req = parse(UPDATE);
-        assert_eq!(req.operation, Operation::Update);
-        let decision = review(&SyncRule::default(), &req);
-        assert_eq!(
-            decision.response.uid,
-            "a7d0c9e4-51b2-4f3e-8a66-0c1d2e3f4a5b"
+        let (req, decision) = review_fixture(
+            UPDATE,
+            Operation::Update,
+            "a7d0c9e4-51b2-4f3e-8a66-0c1d2e3f4a5b",
         );
         let push = decision.push.clone().expect("managed labels changed");
         assert_eq!(push, intent("shop", [("istio.io/rev", "1-25")]));
@@ -954,14 +935,12 @@ mod tests {
 
     #[test]
     fn fixture_delete() {
-        let req = parse(DELETE);
-        assert_eq!(req.operation, Operation::Delete);
-        assert!(req.object.is_none());
-        let decision = review(&SyncRule::default(), &req);
-        assert_eq!(
-            decision.response.uid,
-            "e41b7f09-2c3d-4e5f-a6b7-c8d9e0f1a2b3"
+        let (req, decision) = review_fixture(
+            DELETE,
+            Operation::Delete,
+            "e41b7f09-2c3d-4e5f-a6b7-c8d9e0f1a2b3",
         );
+        assert!(req.object.is_none());
         let push = decision.push.clone().expect("old object had istio.io/rev");
         assert_eq!(push, intent("shop", []));
         let response = complete(
@@ -977,13 +956,12 @@ mod tests {
 
     #[test]
     fn fixture_dry_run() {
-        let req = parse(DRY_RUN);
-        assert!(req.dry_run);
-        let decision = review(&SyncRule::default(), &req);
-        assert_eq!(
-            decision.response.uid,
-            "5c2e8d71-9a0b-4c1d-8e2f-3a4b5c6d7e8f"
+        let (req, decision) = review_fixture(
+            DRY_RUN,
+            Operation::Update,
+            "5c2e8d71-9a0b-4c1d-8e2f-3a4b5c6d7e8f",
         );
+        assert!(req.dry_run);
         assert!(decision.response.allowed);
         assert_eq!(decision.push, None);
         assert_eq!(decision.response.patch, None);
