@@ -140,50 +140,19 @@ async fn up(
         _ = sigterm.recv() => return cleanup(&dir),
         _ = sigint.recv() => return cleanup(&dir),
     };
-    let mut started_node = None;
-    if node {
-        let started = tokio::select! {
-            node = Node::start(&env) => node,
-            _ = sigterm.recv() => return cleanup(&dir),
-            _ = sigint.recv() => return cleanup(&dir),
-        };
-        match started {
-            Ok(node) => started_node = Some(node),
-            Err(error) => {
-                drop(env);
-                cleanup(&dir)?;
-                return Err(error);
-            }
-        }
-    }
-    let mut istio = None;
-    if with_istio {
-        let started = tokio::select! {
-            istio = Istio::start(&env, IstioOptions::default()) => istio,
-            _ = sigterm.recv() => return cleanup(&dir),
-            _ = sigint.recv() => return cleanup(&dir),
-        };
-        match started {
-            Ok(started) => istio = Some(started),
-            Err(error) => {
-                drop(env);
-                cleanup(&dir)?;
-                return Err(error);
-            }
-        }
-    }
-    if with_mesh {
-        let started = tokio::select! {
-            mesh = start_mesh(&env, with_istio) => mesh,
-            _ = sigterm.recv() => return cleanup(&dir),
-            _ = sigint.recv() => return cleanup(&dir),
-        };
-        if let Err(error) = started {
+    let started = tokio::select! {
+        started = start_on(&env, node, with_istio, with_mesh) => started,
+        _ = sigterm.recv() => return cleanup(&dir),
+        _ = sigint.recv() => return cleanup(&dir),
+    };
+    let (started_node, istio) = match started {
+        Ok(started) => started,
+        Err(error) => {
             drop(env);
             cleanup(&dir)?;
             return Err(error);
         }
-    }
+    };
     std::fs::write(dir.join(READY_FILE), "")?;
     println!("clusters ready in {}:", dir.display());
     for cluster in env.clusters() {
@@ -226,6 +195,30 @@ async fn up(
     drop(env);
     eprintln!("stopped");
     cleanup(&dir)
+}
+
+/// Starts what `up` was asked for on the clusters of `env`, in order: the node, Istio, the
+/// mesh. On a failure, a node already started stops before the clusters under it.
+async fn start_on(
+    env: &TestEnv,
+    node: bool,
+    with_istio: bool,
+    with_mesh: bool,
+) -> anyhow::Result<(Option<Node>, Option<Istio>)> {
+    let node = if node {
+        Some(Node::start(env).await?)
+    } else {
+        None
+    };
+    let istio = if with_istio {
+        Some(Istio::start(env, IstioOptions::default()).await?)
+    } else {
+        None
+    };
+    if with_mesh {
+        start_mesh(env, with_istio).await?;
+    }
+    Ok((node, istio))
 }
 
 /// Builds the product binaries with the profile this tool was built with, then sets up the mesh.
