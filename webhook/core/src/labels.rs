@@ -575,6 +575,17 @@ mod tests {
         apply(&diff, remote).expect("patch applies")
     }
 
+    /// What the default rule changes on `remote` to follow `primary`.
+    fn default_diff(primary: &Namespace, remote: &Namespace) -> LabelDiff {
+        let rule = SyncRule::default();
+        rule.diff(&rule.desired(Some(primary)), remote)
+    }
+
+    /// The labels `remote` ends with once synced to `primary` under the default rule.
+    fn default_sync(primary: &Namespace, remote: &Namespace) -> Labels {
+        sync(&SyncRule::default(), Some(primary), remote)
+    }
+
     #[test]
     fn default_rule_lists() {
         let rule = SyncRule::default();
@@ -661,10 +672,9 @@ mod tests {
 
     #[test]
     fn add_label_on_remote() {
-        let rule = SyncRule::default();
         let primary = ns("foo").label("istio-injection", "enabled");
         let remote = ns("foo").label("app", "web").rv("7");
-        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        let diff = default_diff(&primary, &remote);
         assert_eq!(
             diff,
             LabelDiff {
@@ -682,12 +692,11 @@ mod tests {
 
     #[test]
     fn overwrite_label_on_remote() {
-        let rule = SyncRule::default();
         let primary = ns("foo").label("istio-injection", "disabled");
         let remote = ns("foo")
             .label("istio-injection", "enabled")
             .label("app", "web");
-        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        let diff = default_diff(&primary, &remote);
         assert_eq!(diff.set, labels([("istio-injection", "disabled")]));
         assert!(diff.remove.is_empty());
         let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
@@ -696,38 +705,33 @@ mod tests {
             json!([{"op": "replace", "path": "/metadata/labels/istio-injection", "value": "disabled"}])
         );
         assert_eq!(
-            sync(&rule, Some(&primary), &remote),
+            default_sync(&primary, &remote),
             labels([("app", "web"), ("istio-injection", "disabled")])
         );
     }
 
     #[test]
     fn remove_label_missing_on_primary() {
-        let rule = SyncRule::default();
         let primary = ns("foo").label("app", "web");
         let remote = ns("foo")
             .label("istio-injection", "enabled")
             .label("app", "other");
-        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        let diff = default_diff(&primary, &remote);
         assert!(diff.set.is_empty());
         assert_eq!(diff.remove, keys(["istio-injection"]));
         assert_eq!(diff.describe(), "-istio-injection");
         // Unmanaged labels stay as the remote has them, even when they differ from the primary.
-        assert_eq!(
-            sync(&rule, Some(&primary), &remote),
-            labels([("app", "other")])
-        );
+        assert_eq!(default_sync(&primary, &remote), labels([("app", "other")]));
     }
 
     #[test]
     fn revision_switch_escapes_slash() {
-        let rule = SyncRule::default();
         let primary = ns("foo").label("istio.io/rev", "1-25");
         let remote = ns("foo")
             .label("istio-injection", "enabled")
             .label("istio.io/rev", "1-24")
             .rv("42");
-        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        let diff = default_diff(&primary, &remote);
         assert_eq!(diff.describe(), "istio.io/rev=1-25, -istio-injection");
         let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
         assert_eq!(
@@ -746,14 +750,13 @@ mod tests {
 
     #[test]
     fn unmanaged_only_difference_is_in_sync() {
-        let rule = SyncRule::default();
         let primary = ns("foo")
             .label("istio-injection", "enabled")
             .label("team", "a");
         let remote = ns("foo")
             .label("istio-injection", "enabled")
             .label("team", "b");
-        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        let diff = default_diff(&primary, &remote);
         assert!(diff.is_empty());
         assert_eq!(diff.describe(), "no change");
         assert!(diff.to_json_patch(&remote).is_empty());
@@ -774,12 +777,11 @@ mod tests {
 
     #[test]
     fn namespace_deleting_on_primary_loses_managed_labels() {
-        let rule = SyncRule::default();
         let primary = ns("foo").label("istio-injection", "enabled").deleting();
         let remote = ns("foo").label("istio-injection", "enabled");
-        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        let diff = default_diff(&primary, &remote);
         assert_eq!(diff.remove, keys(["istio-injection"]));
-        assert!(sync(&rule, Some(&primary), &remote).is_empty());
+        assert!(default_sync(&primary, &remote).is_empty());
     }
 
     #[test]
@@ -792,10 +794,9 @@ mod tests {
 
     #[test]
     fn patch_creates_labels_map_when_absent() {
-        let rule = SyncRule::default();
         let primary = ns("foo").label("istio.io/rev", "stable");
         let remote = ns("foo").rv("3");
-        let diff = rule.diff(&rule.desired(Some(&primary)), &remote);
+        let diff = default_diff(&primary, &remote);
         let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
         assert_eq!(
             patch,
