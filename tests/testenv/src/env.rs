@@ -306,6 +306,28 @@ impl TestEnv {
         self.lock().check_alive()
     }
 
+    /// Polls `ready` every `poll` until it holds. Fails as soon as a process of the environment
+    /// has died (waiting longer would only hide it), or after `timeout`, saying what was not so
+    /// (`not_yet`) and where to look (`log`).
+    pub async fn wait_until<Fut: std::future::Future<Output = bool>>(
+        &self,
+        not_yet: &str,
+        log: &Path,
+        timeout: Duration,
+        poll: Duration,
+        mut ready: impl FnMut() -> Fut,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !ready().await {
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("{not_yet} within {timeout:?}; see {}", log.display());
+            }
+            tokio::time::sleep(poll).await;
+        }
+        Ok(())
+    }
+
     /// Starts a process that lives and dies with the environment (e.g. a local mesh-webhook),
     /// logging to `<dir>/<name>.log`.
     pub fn spawn_process(&self, name: &str, cmd: Command) -> anyhow::Result<u32> {
@@ -389,17 +411,14 @@ impl TestEnv {
             .arg("--log-level=warn");
         self.lock().spawn("etcd", cmd, &self.dir.join("etcd.log"))?;
         self.etcd_url = client_url;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if std::net::TcpStream::connect(("127.0.0.1", client_port)).is_ok() {
-                return Ok(());
-            }
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                bail!("etcd did not listen on {client_port} within 30s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_until(
+            &format!("etcd did not listen on {client_port}"),
+            &self.dir.join("etcd.log"),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || std::future::ready(std::net::TcpStream::connect(("127.0.0.1", client_port)).is_ok()),
+        )
+        .await
     }
 
     fn spawn_apiserver(&self, cluster: &Cluster) -> anyhow::Result<()> {
@@ -496,25 +515,25 @@ impl TestEnv {
 
     async fn wait_ready(&self, cluster: &Cluster) -> anyhow::Result<()> {
         let client = cluster.client().await?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let request = http::Request::get("/readyz").body(Vec::new())?;
-            match client.request_text(request).await {
-                Ok(body) if body.trim() == "ok" => return Ok(()),
-                // Connection refused while starting, 403 until RBAC bootstrap, 500 until
-                // post-start hooks finish: all mean "not yet".
-                _ => {}
-            }
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "{} apiserver not ready within {READY_TIMEOUT:?}; see {}",
-                    cluster.name,
-                    cluster.dir.join("kube-apiserver.log").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let ready = || async {
+            let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
+                return false;
+            };
+            // Connection refused while starting, 403 until RBAC bootstrap, 500 until
+            // post-start hooks finish: all mean "not yet".
+            client
+                .request_text(request)
+                .await
+                .is_ok_and(|body| body.trim() == "ok")
+        };
+        self.wait_until(
+            &format!("{} apiserver not ready", cluster.name),
+            &cluster.dir.join("kube-apiserver.log"),
+            READY_TIMEOUT,
+            Duration::from_millis(100),
+            ready,
+        )
+        .await
     }
 }
 

@@ -443,23 +443,14 @@ impl Istio {
     }
 
     async fn wait_ready(&self, env: &TestEnv, istiod: &Istiod) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok((200, _)) = http_get(&istiod.http, "/ready").await {
-                return Ok(());
-            }
-            env.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "istiod ({}) not ready within {READY_TIMEOUT:?}; see {}",
-                    istiod.revision,
-                    env.dir()
-                        .join(format!("{}.log", istiod.process_name()))
-                        .display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        env.wait_until(
+            &format!("istiod ({}) not ready", istiod.revision),
+            &env.dir().join(format!("{}.log", istiod.process_name())),
+            READY_TIMEOUT,
+            Duration::from_millis(200),
+            || async { matches!(http_get(&istiod.http, "/ready").await, Ok((200, _))) },
+        )
+        .await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Istiod>> {

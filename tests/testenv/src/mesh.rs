@@ -353,18 +353,14 @@ pub async fn dry_run_label_until(env: &TestEnv, label: &str, answer: &str) -> an
 }
 
 async fn wait_listening(env: &TestEnv, listen: &str, name: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(listen).is_err() {
-        env.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "{name} did not listen on {listen} within 30s; see {}",
-                env.dir().join(format!("{name}.log")).display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    env.wait_until(
+        &format!("{name} did not listen on {listen}"),
+        &env.dir().join(format!("{name}.log")),
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || std::future::ready(std::net::TcpStream::connect(listen).is_ok()),
+    )
+    .await
 }
 
 fn shell_path(path: &Path) -> String {

@@ -247,9 +247,13 @@ state = "{state}"
         let mut cmd = Command::new("containerd");
         cmd.arg("--config").arg(&config_path);
         let pid = env.spawn_process("node/containerd", cmd)?;
-        wait_for(env, "containerd's socket", || {
-            self.containerd_socket.exists()
-        })
+        env.wait_until(
+            "containerd's socket not there",
+            env.dir(),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || std::future::ready(self.containerd_socket.exists()),
+        )
         .await?;
         Ok(pid)
     }
@@ -378,33 +382,30 @@ for ns in $(ls /run/netns 2>/dev/null | grep '^cni-'); do [ -n "$(ip netns pids 
 
     async fn wait_ready(&self, env: &TestEnv) -> anyhow::Result<()> {
         let nodes: kube::Api<KubeNode> = kube::Api::all(env.primary().client().await?);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(node)) = nodes.get_opt(&self.name).await {
-                let ready = node
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                let tainted = node
-                    .spec
-                    .and_then(|s| s.taints)
-                    .is_some_and(|t| !t.is_empty());
-                if ready && !tainted {
-                    return Ok(());
-                }
-            }
-            env.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "node {} not Ready and untainted within {READY_TIMEOUT:?}; see {}",
-                    self.name,
-                    env.dir().join("node").display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let ready_and_untainted = || async {
+            let Ok(Some(node)) = nodes.get_opt(&self.name).await else {
+                return false;
+            };
+            let ready = node
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let tainted = node
+                .spec
+                .and_then(|s| s.taints)
+                .is_some_and(|t| !t.is_empty());
+            ready && !tainted
+        };
+        env.wait_until(
+            &format!("node {} not Ready and untainted", self.name),
+            &env.dir().join("node"),
+            READY_TIMEOUT,
+            Duration::from_millis(200),
+            ready_and_untainted,
+        )
+        .await
     }
 }
 
@@ -474,18 +475,6 @@ fn sandbox_image_archive(program: &Path, work: &Path, archive: &Path) -> anyhow:
         "tar -cf '{}' manifest.json config.json layer.tar",
         archive.display()
     ))?;
-    Ok(())
-}
-
-async fn wait_for(env: &TestEnv, what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        env.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("{what} not there within 30s; see {}", env.dir().display());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     Ok(())
 }
 
