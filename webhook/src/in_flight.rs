@@ -278,10 +278,7 @@ mod tests {
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
         in_flight.record("shop", labels(&[("istio-injection", "enabled")]), None);
-        tokio::time::timeout(Duration::from_secs(11), expired.changed())
-            .await
-            .expect("expiry signalled")
-            .expect("sender alive");
+        expiry_signalled(&mut expired).await;
         let mut view = primary(vec![ns("shop")]);
         in_flight.overlay(&rule, &mut view);
         assert!(
@@ -291,16 +288,21 @@ mod tests {
         assert!(in_flight.is_empty());
     }
 
+    /// Waits past the 10 s lifetime the expiry tests give their entries.
+    async fn expiry_signalled(expired: &mut watch::Receiver<u64>) {
+        tokio::time::timeout(Duration::from_secs(11), expired.changed())
+            .await
+            .expect("expiry signalled")
+            .expect("sender alive");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_unpersisted_push_is_dropped_without_a_reconciler() {
         // A follower runs no reconciler: nothing calls overlay there.
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
         in_flight.record("forged", labels(&[("istio-injection", "disabled")]), None);
-        tokio::time::timeout(Duration::from_secs(11), expired.changed())
-            .await
-            .expect("expiry signalled")
-            .expect("sender alive");
+        expiry_signalled(&mut expired).await;
         assert!(in_flight.is_empty());
     }
 

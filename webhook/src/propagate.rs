@@ -334,71 +334,88 @@ pub(crate) mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_remote_in_the_expected_state_takes_one_patch_and_no_read() {
-        let api = FakeApiserver::default()
-            .with_namespace("app", &[("istio-injection", "enabled"), ("team", "a")]);
-        let rule = SyncRule::default();
-        let want = intent(
-            "app",
-            &[("istio-injection", "disabled"), ("istio.io/rev", "1-25")],
-        );
-        let before = labels(&[("istio-injection", "enabled")]);
-        let result = push_from(&api.client(), &rule, &want, &before).await;
-        assert_eq!(result, PushResult::Applied);
-        let (gets, patches) = {
-            let state = api.state();
-            (state.gets, state.patches)
-        };
-        assert_eq!((gets, patches), (0, 1));
-        assert_eq!(
-            api.labels("app"),
-            labels(&[
-                ("istio-injection", "disabled"),
-                ("istio.io/rev", "1-25"),
-                ("team", "a")
-            ])
-        );
-
-        // Removing the last managed label, from a namespace with a stray one.
-        let api = FakeApiserver::default().with_namespace(
-            "app",
-            &[
-                ("istio.io/rev", "1-25"),
-                ("istio.io/dataplane-mode", "stray"),
-            ],
-        );
-        let before = labels(&[("istio.io/rev", "1-25")]);
-        let result = push_from(&api.client(), &rule, &intent("app", &[]), &before).await;
-        assert_eq!(result, PushResult::Applied);
-        assert_eq!(api.state().gets, 0);
-        assert_eq!(api.labels("app"), Labels::new(), "exactly the intent");
+    /// Pushes `wanted` to namespace `app` of a remote whose labels are `remote`, expecting the
+    /// managed labels `before`, under the default rule.
+    async fn push_to(
+        remote: &[(&str, &str)],
+        wanted: &[(&str, &str)],
+        before: &[(&str, &str)],
+    ) -> (FakeApiserver, PushResult) {
+        let api = FakeApiserver::default().with_namespace("app", remote);
+        let result = push_from(
+            &api.client(),
+            &SyncRule::default(),
+            &intent("app", wanted),
+            &labels(before),
+        )
+        .await;
+        (api, result)
     }
 
     #[tokio::test]
-    async fn a_remote_off_the_expected_state_is_read_and_diffed() {
-        let rule = SyncRule::default();
-        // Already where the primary goes (e.g. the reconciler was first): nothing written.
-        let api =
-            FakeApiserver::default().with_namespace("app", &[("istio-injection", "disabled")]);
-        let want = intent("app", &[("istio-injection", "disabled")]);
-        let before = labels(&[("istio-injection", "enabled")]);
-        let result = push_from(&api.client(), &rule, &want, &before).await;
-        assert_eq!(result, PushResult::AlreadyInSync);
-        let (gets, writes) = {
+    async fn a_push_reads_the_remote_only_when_it_is_off_the_expected_state() {
+        let rev = |value| [("istio.io/rev", value)];
+        let injection = |value| [("istio-injection", value)];
+        // (case, remote's labels, pushed, expected before, result, (GETs, PATCHes, PATCHes
+        // applied), after)
+        let cases: [(&str, &[_], &[_], &[_], _, _, &[_]); 4] = [
+            (
+                "as expected: one patch, no read",
+                &[("istio-injection", "enabled"), ("team", "a")],
+                &[("istio-injection", "disabled"), ("istio.io/rev", "1-25")],
+                &injection("enabled"),
+                PushResult::Applied,
+                (0, 1, 1),
+                &[
+                    ("istio-injection", "disabled"),
+                    ("istio.io/rev", "1-25"),
+                    ("team", "a"),
+                ],
+            ),
+            (
+                "as expected, the last managed label removed beside a stray one: exactly the intent",
+                &[
+                    ("istio.io/rev", "1-25"),
+                    ("istio.io/dataplane-mode", "stray"),
+                ],
+                &[],
+                &rev("1-25"),
+                PushResult::Applied,
+                (0, 1, 1),
+                &[],
+            ),
+            (
+                // E.g. the reconciler was first.
+                "already where the primary goes: read, nothing written",
+                &injection("disabled"),
+                &injection("disabled"),
+                &injection("enabled"),
+                PushResult::AlreadyInSync,
+                (1, 1, 0),
+                &injection("disabled"),
+            ),
+            (
+                "drifted elsewhere: read, then the conditional write of the diff",
+                &rev("old"),
+                &rev("new"),
+                &rev("older"),
+                PushResult::Applied,
+                (1, 2, 1),
+                &rev("new"),
+            ),
+        ];
+        for (case, remote, wanted, before, result, requests, after) in cases {
+            let (api, pushed) = push_to(remote, wanted, before).await;
+            assert_eq!(pushed, result, "{case}");
             let state = api.state();
-            (state.gets, state.writes)
-        };
-        assert_eq!((gets, writes), (1, 0));
-
-        // Drifted elsewhere: read, then the conditional write of the diff.
-        let api = FakeApiserver::default().with_namespace("app", &[("istio.io/rev", "old")]);
-        let want = intent("app", &[("istio.io/rev", "new")]);
-        let before = labels(&[("istio.io/rev", "older")]);
-        let result = push_from(&api.client(), &rule, &want, &before).await;
-        assert_eq!(result, PushResult::Applied);
-        assert_eq!(api.state().gets, 1);
-        assert_eq!(api.labels("app"), labels(&[("istio.io/rev", "new")]));
+            assert_eq!(
+                (state.gets, state.patches, state.writes),
+                requests,
+                "{case}"
+            );
+            drop(state);
+            assert_eq!(api.labels("app"), labels(after), "{case}");
+        }
     }
 
     #[tokio::test]
