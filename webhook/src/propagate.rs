@@ -138,25 +138,16 @@ pub async fn fan_out(
     intent: &PushIntent,
     deadline: Duration,
 ) -> Vec<PushOutcome> {
-    fan_out_timed(remotes, rule, intent, deadline)
+    fan_out_timed_from(remotes, rule, intent, None, deadline)
         .await
         .into_iter()
         .map(|timed| timed.outcome)
         .collect()
 }
 
-/// [`fan_out`], with the time each remote took.
-pub async fn fan_out_timed(
-    remotes: &[Arc<Remote>],
-    rule: &SyncRule,
-    intent: &PushIntent,
-    deadline: Duration,
-) -> Vec<TimedOutcome> {
-    fan_out_timed_from(remotes, rule, intent, None, deadline).await
-}
-
-/// [`fan_out_timed`] of a change from `expected`, the managed labels the primary had before
-/// it: each remote first gets [`push_from`]. `None` reads every remote first ([`push`]).
+/// [`fan_out`] of a change from `expected` (the managed labels the primary had before it),
+/// with the time each remote took: each remote first gets [`push_from`]. `None` reads every
+/// remote first ([`push`]).
 pub async fn fan_out_timed_from(
     remotes: &[Arc<Remote>],
     rule: &SyncRule,
