@@ -26,8 +26,8 @@ pub struct Claims {
     pub expires_at: Option<Timestamp>,
 }
 
-/// The time claims of a JWT, `None` when it is not one.
-pub fn claims(token: &str) -> Option<Claims> {
+/// The claims of a JWT (header, payload, signature), `None` when it is not one.
+fn payload(token: &str) -> Option<serde_json::Value> {
     let mut parts = token.split('.');
     let (Some(_), Some(payload), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -37,7 +37,12 @@ pub fn claims(token: &str) -> Option<Claims> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The time claims of a JWT, `None` when it is not one.
+pub fn claims(token: &str) -> Option<Claims> {
+    let value = payload(token)?;
     let time = |key: &str| -> Option<Option<Timestamp>> {
         match value.get(key) {
             None => Some(None),
@@ -70,11 +75,7 @@ pub fn token_expiry(token: &str) -> TokenExpiry {
 /// Namespace and name of the ServiceAccount a token was issued for (its `sub` claim,
 /// `system:serviceaccount:<namespace>:<name>`).
 pub fn service_account(token: &str) -> Option<(String, String)> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    let value = payload(token)?;
     let sub = value.get("sub")?.as_str()?;
     let mut parts = sub.strip_prefix("system:serviceaccount:")?.splitn(2, ':');
     Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
@@ -83,11 +84,7 @@ pub fn service_account(token: &str) -> Option<(String, String)> {
 /// Name and UID of the Secret a token is bound to: a bound token's
 /// `kubernetes.io.secret`, which TokenRequest sets from `boundObjectRef`.
 pub fn bound_secret(token: &str) -> Option<(String, String)> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    let value = payload(token)?;
     let secret = value.get("kubernetes.io")?.get("secret")?;
     Some((
         secret.get("name")?.as_str()?.to_owned(),
