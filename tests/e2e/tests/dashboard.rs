@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use mesh_e2e::browser::Browser;
 use mesh_e2e::{create_everywhere, describe, kubectl_apply, label_on_primary, shared_mesh};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// How long a change may take to show on the page: the webhook's push, the watch, the
 /// snapshot's settle time and the page's rendering, on a busy machine.
@@ -82,22 +81,8 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     anyhow::ensure!(out.status.success(), "attach: {}", describe(&out));
     let ns = create_everywhere(env, "dash").await?;
 
-    let mut dashboard = tokio::process::Command::from(mesh.plugin());
-    dashboard
-        .args(["dashboard", "--no-browser"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut dashboard = dashboard.spawn()?;
-    let mut lines = BufReader::new(dashboard.stdout.take().context("stdout")?).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .context("the dashboard printed no URL within 60s")??
-        .context("the dashboard exited before printing its URL")?;
-    let port: u16 = url
-        .strip_prefix("http://127.0.0.1:")
-        .and_then(|rest| rest.trim_end_matches('/').parse().ok())
-        .with_context(|| format!("not a loopback URL: {url}"))?;
+    let mut dashboard = mesh.dashboard(Stdio::inherit()).await?;
+    let (url, port) = (dashboard.url.clone(), dashboard.port);
 
     // DNS rebinding: a request naming another host is refused; its own address is served.
     let refused = status_for_host(port, &format!("attacker.example:{port}")).await?;
@@ -300,6 +285,9 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     .await?;
 
     // Through all of it the dashboard kept running.
-    assert!(dashboard.try_wait()?.is_none(), "the dashboard exited");
+    assert!(
+        dashboard.process.try_wait()?.is_none(),
+        "the dashboard exited"
+    );
     Ok(())
 }

@@ -4,12 +4,14 @@
 //! and the integration tests use this same path.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::ports::free_address;
 use crate::{Cluster, TestEnv, WebhookClient};
@@ -82,6 +84,16 @@ pub struct Replica {
     pub metrics: String,
 }
 
+/// A running `kubectl mesh dashboard`, killed on drop.
+pub struct Dashboard {
+    pub process: tokio::process::Child,
+    /// `http://127.0.0.1:<port>/`, as it printed it.
+    pub url: String,
+    pub port: u16,
+    /// Held open: the dashboard may print more, and must not fail writing it.
+    _stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
 impl Mesh {
     /// Installs the mesh on the environment's primary, starts the webhook, attaches remotes.
     pub async fn start(env: &TestEnv, options: MeshOptions) -> anyhow::Result<Self> {
@@ -150,6 +162,32 @@ impl Mesh {
         let mut cmd = Command::new(&self.options.plugin);
         cmd.arg("--kubeconfig").arg(&self.primary_kubeconfig);
         cmd
+    }
+
+    /// Starts `kubectl mesh dashboard --no-browser`, its stderr to `stderr`, and reads the
+    /// loopback URL it prints first (within 60 s).
+    pub async fn dashboard(&self, stderr: Stdio) -> anyhow::Result<Dashboard> {
+        let mut cmd = tokio::process::Command::from(self.plugin());
+        cmd.args(["dashboard", "--no-browser"])
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        let mut process = cmd.spawn().context("starting kubectl mesh dashboard")?;
+        let mut stdout = BufReader::new(process.stdout.take().context("stdout")?).lines();
+        let url = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+            .await
+            .context("the dashboard printed no URL within 60s")??
+            .context("the dashboard exited before printing its URL")?;
+        let port = url
+            .strip_prefix("http://127.0.0.1:")
+            .and_then(|rest| rest.trim_end_matches('/').parse().ok())
+            .with_context(|| format!("not a loopback URL: {url}"))?;
+        Ok(Dashboard {
+            process,
+            url,
+            port,
+            _stdout: stdout,
+        })
     }
 
     /// `kubectl-mesh attach <remote kubeconfig> --name <cluster name>`.

@@ -20,7 +20,7 @@ use kube::Api;
 use kube::api::PostParams;
 use mesh_testenv::mesh::MeshOptions;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::bed::{BENCH_LABEL, Bed, create_namespaces};
 use crate::procfs::{Memory, mib};
@@ -141,23 +141,11 @@ pub async fn run(
     );
 
     // The dashboard: peak memory once its state holds everything, a page connected.
-    let mut dashboard = tokio::process::Command::from(bed.mesh.plugin());
-    dashboard
-        .args(["dashboard", "--no-browser"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-    let mut dashboard = dashboard.spawn()?;
-    let pid = dashboard.id().context("dashboard pid")?;
-    let mut lines = BufReader::new(dashboard.stdout.take().context("stdout")?).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .context("no dashboard URL within 60s")??
-        .context("the dashboard exited")?;
-    let port: u16 = url
-        .trim_start_matches("http://127.0.0.1:")
-        .trim_end_matches('/')
-        .parse()?;
+    let dashboard = bed.mesh.dashboard(Stdio::null()).await?;
+    let (pid, port) = (
+        dashboard.process.id().context("dashboard pid")?,
+        dashboard.port,
+    );
     let dashboard_started = Instant::now();
     let page = tokio::spawn(read_events(port));
     let deadline = Instant::now() + Duration::from_secs(300);
