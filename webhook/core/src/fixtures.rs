@@ -27,18 +27,12 @@ pub trait NamespaceExt {
 
 impl NamespaceExt for Namespace {
     fn label(mut self, key: &str, value: &str) -> Self {
-        self.metadata
-            .labels
-            .get_or_insert_default()
-            .insert(key.to_owned(), value.to_owned());
+        set(&mut self.metadata.labels, key, value);
         self
     }
 
     fn annotation(mut self, key: &str, value: &str) -> Self {
-        self.metadata
-            .annotations
-            .get_or_insert_default()
-            .insert(key.to_owned(), value.to_owned());
+        set(&mut self.metadata.annotations, key, value);
         self
     }
 
@@ -51,6 +45,12 @@ impl NamespaceExt for Namespace {
         self.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
         self
     }
+}
+
+/// Sets `key` in a label or annotation map, created when absent.
+fn set(map: &mut Option<std::collections::BTreeMap<String, String>>, key: &str, value: &str) {
+    map.get_or_insert_default()
+        .insert(key.to_owned(), value.to_owned());
 }
 
 /// Property-test settings shared by every crate: `PROPTEST_CASES` (proptest's own variable)
@@ -282,18 +282,12 @@ impl PodExt for Pod {
     }
 
     fn label(mut self, key: &str, value: &str) -> Self {
-        self.metadata
-            .labels
-            .get_or_insert_with(Default::default)
-            .insert(key.to_owned(), value.to_owned());
+        set(&mut self.metadata.labels, key, value);
         self
     }
 
     fn annotation(mut self, key: &str, value: &str) -> Self {
-        self.metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(key.to_owned(), value.to_owned());
+        set(&mut self.metadata.annotations, key, value);
         self
     }
 
