@@ -121,12 +121,7 @@ pub async fn run(
             if output == "json" {
                 let report: serde_json::Value = serde_json::from_slice(&stdout)?;
                 let rows = report["services"].as_array().map_or(0, Vec::len);
-                let read = report["clusters"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|c| c["state"] == "read")
-                    .count();
+                let read = clusters_read(&report);
                 if rows < total || read != bed.env.clusters().len() {
                     bail!(
                         "services -A listed {rows} services (want {total}) and read {read} clusters"
@@ -288,12 +283,7 @@ async fn holds_every_service(port: u16, total: usize, clusters: usize) -> anyhow
     loop {
         let body = get(port, &format!("/services.json?offset={rows}&limit={PAGE}")).await?;
         let page: serde_json::Value = serde_json::from_str(&body)?;
-        let read = page["clusters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|c| c["state"] == "read")
-            .count();
+        let read = clusters_read(&page);
         let services = page["services"].as_array().context("no services")?;
         // The bench's services: `default/kubernetes` has no ready endpoint here.
         let ready = services
@@ -316,6 +306,17 @@ async fn holds_every_service(port: u16, total: usize, clusters: usize) -> anyhow
             return Ok(rows >= total);
         }
     }
+}
+
+/// How many clusters a services report (of `services -o json` or a dashboard page) says it
+/// read.
+fn clusters_read(report: &serde_json::Value) -> usize {
+    report["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["state"] == "read")
+        .count()
 }
 
 /// One GET of the dashboard; the body.

@@ -360,20 +360,16 @@ mod tests {
 
     #[test]
     fn reads_corrections_from_a_json_log() {
-        let dir = tempfile_dir();
-        let log = dir.join("replica.log");
-        std::fs::write(
-            &log,
+        let log = log_file(
+            "replica.log",
             concat!(
                 r#"{"timestamp":"2026-12-01T08:00:01.500000Z","level":"INFO","message":"corrected remote labels","namespace":"soak-1","change":"+istio-injection=enabled","span":{"cluster":"remote-2","name":"cluster"}}"#,
                 "\n",
                 r#"{"timestamp":"2026-12-01T08:00:02Z","level":"INFO","message":"push done"}"#,
                 "\nnot json\n"
             ),
-        )
-        .unwrap();
-        let clock = Clock::at_unix_ms(1_796_112_000_000); // 2026-12-01T08:00:00Z
-        let writes = replica_writes(&log, "a", &clock);
+        );
+        let writes = replica_writes(&log, "a", &eight_o_clock());
         assert_eq!(
             writes,
             vec![ReplicaWrite {
@@ -388,28 +384,32 @@ mod tests {
 
     #[test]
     fn reads_fail_opens_from_the_apiserver_log() {
-        let dir = tempfile_dir();
-        let log = dir.join("kube-apiserver.log");
-        std::fs::write(
-            &log,
+        let log = log_file(
+            "kube-apiserver.log",
             concat!(
                 "I1201 08:00:01.000000   21287 other.go:1] hello\n",
                 "W1201 08:00:02.250000   21287 dispatcher.go:210] Failed calling webhook, failing open namespaces.kubectl-mesh.io: failed calling webhook: Post \"https://127.0.0.1:1/mutate?timeout=5s\": context deadline exceeded\n",
                 "W1201 08:00:03.500000   21287 dispatcher.go:210] Failed calling webhook, failing open namespaces.kubectl-mesh.io: dial tcp 127.0.0.1:1: connect: connection refused\n",
             ),
-        )
-        .unwrap();
-        let clock = Clock::at_unix_ms(1_796_112_000_000); // 2026-12-01T08:00:00Z
-        let fails = fail_opens(&log, &clock);
+        );
+        let fails = fail_opens(&log, &eight_o_clock());
         assert_eq!(
             fails.iter().map(|f| (f.at, f.deadline)).collect::<Vec<_>>(),
             vec![(2_250, true), (3_500, false)]
         );
     }
 
-    fn tempfile_dir() -> std::path::PathBuf {
+    /// A log file `name` holding `text`, in this process's temporary directory.
+    fn log_file(name: &str, text: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("mesh-bench-soak-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        let log = dir.join(name);
+        std::fs::write(&log, text).unwrap();
+        log
+    }
+
+    /// The clock of a soak started at 2026-12-01T08:00:00Z, the day of the logs above.
+    fn eight_o_clock() -> Clock {
+        Clock::at_unix_ms(1_796_112_000_000)
     }
 }
