@@ -13,7 +13,7 @@ use kube::config::Kubeconfig;
 use kubectl_mesh::kubeconfig::{
     self, build_stored_kubeconfig, parse_stored, read_remote, sanitize, to_yaml, validate_stored,
 };
-use mesh_testenv::json_doc::{pointers, remove, set};
+use mesh_testenv::json_doc::{Splices, damage_byte, nested, pointers, remove, set};
 use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
 use serde_json::Value;
 
@@ -306,7 +306,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 /// serialization.
 fn mutate(yaml: &str, mutations: &[Mutation]) -> Vec<u8> {
     let mut doc: Value = serde_yaml::from_str(yaml).expect("valid YAML");
-    let mut splices = Vec::new();
+    let mut splices = Splices::default();
     let mut text_edits = Vec::new();
     for mutation in mutations {
         let paths = pointers(&doc);
@@ -319,24 +319,19 @@ fn mutate(yaml: &str, mutations: &[Mutation]) -> Vec<u8> {
                 set(&mut doc, &pick(i), Value::from(ch.to_string().repeat(*len)));
             }
             Mutation::Deep(i, depth, sequences) => {
-                let marker = format!("deep-marker-{}", splices.len());
-                let (open, close) = if *sequences {
-                    ("[", "]")
+                let nested = if *sequences {
+                    nested(*depth, "[", "]")
                 } else {
-                    ("{a: ", "}")
+                    nested(*depth, "{a: ", "}")
                 };
-                let nested = format!("{}0{}", open.repeat(*depth), close.repeat(*depth));
-                set(&mut doc, &pick(i), Value::from(marker.clone()));
-                splices.push((marker, nested));
+                splices.put(&mut doc, &pick(i), nested);
             }
             Mutation::Snippet(..) | Mutation::Bytes(..) => text_edits.push(mutation.clone()),
         }
     }
-    let mut text = serde_yaml::to_string(&doc).expect("serialize");
-    for (marker, nested) in splices {
-        text = text.replacen(&marker, &nested, 1);
-    }
-    let mut bytes = text.into_bytes();
+    let mut bytes = splices
+        .into_text(serde_yaml::to_string(&doc).expect("serialize"), "")
+        .into_bytes();
     for edit in text_edits {
         match edit {
             Mutation::Snippet(i, snippet) => {
@@ -354,11 +349,7 @@ fn mutate(yaml: &str, mutations: &[Mutation]) -> Vec<u8> {
             }
             Mutation::Bytes(i, op, byte) if !bytes.is_empty() => {
                 let at = i.index(bytes.len());
-                match op % 3 {
-                    0 => bytes.truncate(at),
-                    1 => bytes[at] = byte,
-                    _ => bytes.insert(at, byte),
-                }
+                damage_byte(&mut bytes, at, op, byte);
             }
             _ => {}
         }

@@ -9,7 +9,7 @@
 //! Case counts: `PROPTEST_CASES` (proptest's own variable) when set, else 256 ([`mesh_core::fixtures::proptest_config`]),
 //! which keeps this file to a few seconds in a debug build.
 
-use mesh_testenv::json_doc::{pointers, remove, set};
+use mesh_testenv::json_doc::{Splices, damage_byte, nested, pointers, remove, set};
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
@@ -293,7 +293,7 @@ fn wrong_type(current: Option<&Value>, pick: u8) -> Value {
 /// The fixture with `mutations` applied, serialized.
 fn mutate(fixture: &str, mutations: &[Mutation]) -> Vec<u8> {
     let mut doc: Value = serde_json::from_str(fixture).expect("fixture");
-    let mut splices = Vec::new();
+    let mut splices = Splices::default();
     for mutation in mutations {
         let paths = pointers(&doc);
         let pick = |i: &Index| i.get(&paths).clone();
@@ -309,24 +309,17 @@ fn mutate(fixture: &str, mutations: &[Mutation]) -> Vec<u8> {
                 set(&mut doc, &pick(i), Value::from(ch.to_string().repeat(*len)));
             }
             Mutation::Deep(i, depth, arrays) => {
-                let marker = format!("@@deep-{}@@", splices.len());
-                let (open, close) = if *arrays {
-                    ("[", "]")
+                let nested = if *arrays {
+                    nested(*depth, "[", "]")
                 } else {
-                    (r#"{"a":"#, "}")
+                    nested(*depth, r#"{"a":"#, "}")
                 };
-                let nested = format!("{}0{}", open.repeat(*depth), close.repeat(*depth));
-                set(&mut doc, &pick(i), Value::from(marker.clone()));
-                splices.push((format!("\"{marker}\""), nested));
+                splices.put(&mut doc, &pick(i), nested);
             }
             Mutation::Field(field, value) => set(&mut doc, field, value.clone()),
         }
     }
-    let mut text = doc.to_string();
-    for (marker, nested) in splices {
-        text = text.replacen(&marker, &nested, 1);
-    }
-    text.into_bytes()
+    splices.into_text(doc.to_string(), "\"").into_bytes()
 }
 
 /// Byte-level damage to a serialized fixture: cut it, or overwrite or insert bytes.
@@ -336,12 +329,8 @@ fn damage(mut body: Vec<u8>, edits: &[(Index, u8, u8)]) -> Vec<u8> {
             body.push(*byte);
             continue;
         }
-        let i = at.index(body.len());
-        match op % 3 {
-            0 => body.truncate(i),
-            1 => body[i] = *byte,
-            _ => body.insert(i, *byte),
-        }
+        let at = at.index(body.len());
+        damage_byte(&mut body, at, *op, *byte);
     }
     body
 }
