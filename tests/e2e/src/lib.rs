@@ -419,6 +419,26 @@ async fn stored_labels(
     Ok(ns.map(|ns| ns.metadata.labels.unwrap_or_default()))
 }
 
+/// Asserts that namespace `ns` carries exactly the managed labels `expected` on every remote,
+/// read at once: the webhook pushes before it answers, so a change is there when kubectl
+/// returns. `context` (what was done, what kubectl said) goes into the failure message.
+pub async fn assert_remotes(
+    env: &TestEnv,
+    ns: &str,
+    expected: &std::collections::BTreeMap<String, String>,
+    context: &str,
+) -> anyhow::Result<()> {
+    for remote in env.remotes() {
+        assert_eq!(
+            managed_labels(remote, ns).await?.as_ref(),
+            Some(expected),
+            "managed labels of {ns} on {}: {context}",
+            remote.name
+        );
+    }
+    Ok(())
+}
+
 /// Waits until namespace `ns` on `cluster` carries exactly the managed labels `expected`.
 pub async fn carries(
     cluster: &mesh_testenv::Cluster,

@@ -13,7 +13,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::stand_in_injector;
 use mesh_e2e::in_cluster::{DEPLOYMENT, IMAGE, InCluster, NAMESPACE};
-use mesh_e2e::{create_everywhere, eventually, label_on_primary, labels, managed_labels, run};
+use mesh_e2e::{
+    assert_remotes, create_everywhere, eventually, label_on_primary, labels, managed_labels, run,
+};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
 
@@ -70,14 +72,13 @@ async fn the_installed_deployment_propagates_before_kubectl_returns_as_non_root_
     let ns = create_everywhere(env, "incluster").await?;
     let warnings = label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
     // Pushed by a pod before the apiserver answered: on every remote already.
-    for remote in env.remotes() {
-        assert_eq!(
-            managed_labels(remote, &ns).await?,
-            Some(labels(&[("istio-injection", "enabled")])),
-            "{} right after kubectl returned; warnings: {warnings}",
-            remote.name
-        );
-    }
+    assert_remotes(
+        env,
+        &ns,
+        &labels(&[("istio-injection", "enabled")]),
+        &format!("right after kubectl returned; warnings: {warnings}"),
+    )
+    .await?;
 
     let pods = mesh.running_pods().await?;
     assert_eq!(pods.len(), 2, "{pods:?}");

@@ -9,10 +9,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, create_namespace, edit_labels, eventually, label_on_primary,
-    labels, managed_labels, namespaces, own_mesh, shared_mesh, unique_name,
+    NO_RESYNC, assert_remotes, create_everywhere, create_namespace, edit_labels, eventually,
+    label_on_primary, labels, managed_labels, namespaces, own_mesh, shared_mesh, unique_name,
 };
-use mesh_testenv::TestEnv;
 use serde_json::json;
 
 /// Resync period of the test webhook (5 s) plus room for a slow machine.
@@ -57,23 +56,6 @@ fn assert_landed(warnings: &str, change: &str) {
     );
 }
 
-/// Asserts every remote carries exactly `expected` managed labels on `namespace` right now.
-async fn assert_remotes(
-    env: &TestEnv,
-    namespace: &str,
-    expected: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    for remote in env.remotes() {
-        assert_eq!(
-            managed_labels(remote, namespace).await?.as_ref(),
-            Some(expected),
-            "managed labels of {namespace} on {}",
-            remote.name
-        );
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_returns()
 -> anyhow::Result<()> {
@@ -82,14 +64,32 @@ async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_ret
 
     let warnings = label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
     // No waiting: the webhook pushed before the apiserver answered kubectl.
-    assert_remotes(env, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    assert_remotes(
+        env,
+        &ns,
+        &labels(&[("istio-injection", "enabled")]),
+        "right after kubectl returned",
+    )
+    .await?;
     assert_landed(&warnings, "istio-injection=enabled applied on");
 
     label_on_primary(env, &ns, &["istio-injection=disabled"]).await?;
-    assert_remotes(env, &ns, &labels(&[("istio-injection", "disabled")])).await?;
+    assert_remotes(
+        env,
+        &ns,
+        &labels(&[("istio-injection", "disabled")]),
+        "right after kubectl returned",
+    )
+    .await?;
 
     label_on_primary(env, &ns, &["istio-injection-", "istio.io/rev=stable"]).await?;
-    assert_remotes(env, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
+    assert_remotes(
+        env,
+        &ns,
+        &labels(&[("istio.io/rev", "stable")]),
+        "right after kubectl returned",
+    )
+    .await?;
 
     label_on_primary(
         env,
@@ -104,12 +104,13 @@ async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_ret
             ("istio.io/rev", "canary"),
             ("istio.io/dataplane-mode", "ambient"),
         ]),
+        "right after kubectl returned",
     )
     .await?;
 
     let warnings =
         label_on_primary(env, &ns, &["istio.io/rev-", "istio.io/dataplane-mode-"]).await?;
-    assert_remotes(env, &ns, &labels(&[])).await?;
+    assert_remotes(env, &ns, &labels(&[]), "right after kubectl returned").await?;
     assert_landed(&warnings, "managed labels removed on");
 
     // The outcome is recorded on the primary namespace.
@@ -191,7 +192,13 @@ async fn deleting_a_namespace_on_the_primary_removes_its_labels_on_remotes() -> 
     let (env, _mesh) = shared_mesh(2).await;
     let ns = create_everywhere(env, "deleted").await?;
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    assert_remotes(env, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    assert_remotes(
+        env,
+        &ns,
+        &labels(&[("istio-injection", "enabled")]),
+        "right after kubectl returned",
+    )
+    .await?;
 
     namespaces(env.primary())
         .await?
@@ -247,12 +254,18 @@ async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
         "kubectl printed: {warnings}"
     );
     // A push would have landed before kubectl returned.
-    assert_remotes(env, &ns, &labels(&[])).await?;
+    assert_remotes(env, &ns, &labels(&[]), "right after kubectl returned").await?;
     assert_eq!(managed_labels(env.primary(), &ns).await?, Some(labels(&[])));
     // The same edit for real is on the remotes when kubectl returns: looking right after the
     // dry run would have seen a push.
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    assert_remotes(env, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    assert_remotes(
+        env,
+        &ns,
+        &labels(&[("istio-injection", "enabled")]),
+        "right after kubectl returned",
+    )
+    .await?;
     Ok(())
 }
 
@@ -425,6 +438,6 @@ async fn fifty_concurrent_flips_end_in_the_primary_s_final_state_everywhere() ->
         }
     });
     futures::future::try_join_all(watched).await?;
-    assert_remotes(&env, &ns, &last).await?;
+    assert_remotes(&env, &ns, &last, "after the last response").await?;
     Ok(())
 }

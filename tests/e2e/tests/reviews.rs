@@ -9,7 +9,7 @@
 //! turns.
 
 use mesh_e2e::{
-    create_everywhere, create_namespace, label_on_primary, labels, managed_labels, namespaces,
+    assert_remotes, create_everywhere, create_namespace, label_on_primary, labels, namespaces,
     remote_names, reviews_with_outcome, run, shared_mesh, text, unique_name,
 };
 use mesh_webhook::admission::PROPAGATION_ANNOTATION;
@@ -42,15 +42,16 @@ async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
     create.args(["create", "-f"]).arg(&manifest);
     let warnings = text(&run(create).await?.stderr);
     // Read at once: the webhook pushes before it answers the CREATE review.
-    for remote in env.remotes() {
-        assert_eq!(
-            managed_labels(remote, &name).await?,
-            Some(labels(&[("istio-injection", "enabled")])),
-            "{}: the created namespace's label did not land before kubectl returned; \
-             kubectl said: {warnings}",
-            remote.name
-        );
-    }
+    assert_remotes(
+        env,
+        &name,
+        &labels(&[("istio-injection", "enabled")]),
+        &format!(
+            "the created namespace's label did not land before kubectl returned; \
+             kubectl said: {warnings}"
+        ),
+    )
+    .await?;
     assert_eq!(
         reviews_with_outcome(mesh, "pushed").await?,
         (pushed + 1.0, all + 1.0),
@@ -89,14 +90,13 @@ async fn deleting_a_labelled_namespace_removes_its_label_before_kubectl_returns(
     let _turn = TURN.lock().await;
     let name = create_everywhere(env, "deleted").await?;
     label_on_primary(env, &name, &["istio-injection=enabled"]).await?;
-    for remote in env.remotes() {
-        assert_eq!(
-            managed_labels(remote, &name).await?,
-            Some(labels(&[("istio-injection", "enabled")])),
-            "{}: the label to be removed is there",
-            remote.name
-        );
-    }
+    assert_remotes(
+        env,
+        &name,
+        &labels(&[("istio-injection", "enabled")]),
+        "the label to be removed is there",
+    )
+    .await?;
 
     let (pushed, _) = reviews_with_outcome(mesh, "pushed").await?;
     // --wait=false: kubectl returns once the apiserver has answered the DELETE (and so the
@@ -105,15 +105,16 @@ async fn deleting_a_labelled_namespace_removes_its_label_before_kubectl_returns(
     let mut delete = env.kubectl(env.primary());
     delete.args(["delete", "namespace", &name, "--wait=false"]);
     let warnings = text(&run(delete).await?.stderr);
-    for remote in env.remotes() {
-        assert_eq!(
-            managed_labels(remote, &name).await?,
-            Some(labels(&[])),
-            "{}: the label of the namespace deleted on the primary was not removed before \
-             kubectl returned (or the namespace went); kubectl said: {warnings}",
-            remote.name
-        );
-    }
+    assert_remotes(
+        env,
+        &name,
+        &labels(&[]),
+        &format!(
+            "the label of the namespace deleted on the primary was not removed before kubectl \
+             returned (or the namespace went); kubectl said: {warnings}"
+        ),
+    )
+    .await?;
     // Only pushes are counted here: once the namespace is finalized, the namespace controller
     // deletes it once more, a review answered without a push that may already have come.
     assert_eq!(
