@@ -146,8 +146,7 @@ fn check_with_result<'a>(
 /// there is one, and a re-attach grants the read. Rights beyond the guard read are reported.
 #[tokio::test]
 async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 0).await?;
+    let (env, remote, _lock) = open_with_remote(0).await?;
     let name = remote.name.as_str();
     let rc = remote.client().await?;
     attach(env, remote, &["--remote-guard", "deny"]).await?;

@@ -13,8 +13,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn detach_of_an_unreachable_remote_needs_force_and_can_finish_later() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 0).await?;
+    let (env, remote, _lock) = open_with_remote(0).await?;
     let name = "flaky";
     attach(env, remote, &["--name", name]).await?;
 
@@ -72,8 +71,7 @@ async fn detach_of_an_unreachable_remote_needs_force_and_can_finish_later() -> a
 #[tokio::test]
 async fn detach_keeps_what_attach_did_not_create_and_strips_only_managed_labels()
 -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 1).await?;
+    let (env, remote, _lock) = open_with_remote(1).await?;
     let name = remote.name.as_str();
     let rc = remote.client().await?;
 

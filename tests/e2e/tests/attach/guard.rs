@@ -31,8 +31,7 @@ async fn attached_with_namespace(
     MutexGuard<'static, ()>,
     String,
 )> {
-    let env = env().await?;
-    let (remote, lock) = take_remote(env, 1).await?;
+    let (env, remote, lock) = open_with_remote(1).await?;
     let ns = unique_name(prefix);
     create_namespace(remote, &ns).await?;
     attach(env, remote, &[]).await?;

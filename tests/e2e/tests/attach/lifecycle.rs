@@ -18,9 +18,8 @@ use crate::support::*;
 
 #[tokio::test]
 async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Result<()> {
-    let env = env().await?;
+    let (env, remote, _lock) = open_with_remote(0).await?;
     require_test_hooks(env).await?;
-    let (remote, _lock) = take_remote(env, 0).await?;
     let name = remote.name.as_str();
 
     let progress = attach(env, remote, &[]).await?;
@@ -212,8 +211,7 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
 
 #[tokio::test]
 async fn dry_run_prints_both_sides_and_creates_nothing() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 1).await?;
+    let (env, remote, _lock) = open_with_remote(1).await?;
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
 
     let out = mesh(
@@ -259,8 +257,7 @@ async fn dry_run_prints_both_sides_and_creates_nothing() -> anyhow::Result<()> {
 /// it.
 #[tokio::test]
 async fn services_view_is_a_read_only_identity_that_detach_removes() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 0).await?;
+    let (env, remote, _lock) = open_with_remote(0).await?;
     let name = remote.name.as_str();
 
     attach(env, remote, &["--services-view"]).await?;

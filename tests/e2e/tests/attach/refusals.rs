@@ -20,8 +20,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 1).await?;
+    let (env, remote, _lock) = open_with_remote(1).await?;
     let dir = tempfile::tempdir()?;
 
     let malformed = write(
@@ -187,8 +186,7 @@ async fn limited_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<Path
 
 #[tokio::test]
 async fn attach_refuses_objects_it_did_not_create() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 0).await?;
+    let (env, remote, _lock) = open_with_remote(0).await?;
     let rc = remote.client().await?;
     let role: ClusterRole = serde_json::from_value(json!({
         "metadata": {"name": "kubectl-mesh-sync"},

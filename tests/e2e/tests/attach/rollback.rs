@@ -67,9 +67,8 @@ async fn assert_istio_system_as_before(
 async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
-    let env = env().await?;
+    let (env, remote, _lock) = open_with_remote(1).await?;
     require_test_hooks(env).await?;
-    let (remote, _lock) = take_remote(env, 1).await?;
     let name = remote.name.as_str();
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let primary = env.primary().client().await?;
@@ -163,9 +162,8 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
 /// --services-view, so that the Istio and view steps run) rolls back everything; a re-run then goes through.
 #[tokio::test]
 async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<()> {
-    let env = env().await?;
+    let (env, remote, _lock) = open_with_remote(0).await?;
     require_test_hooks(env).await?;
-    let (remote, _lock) = take_remote(env, 0).await?;
     let name = remote.name.as_str();
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let primary = env.primary().client().await?;

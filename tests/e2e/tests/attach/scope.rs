@@ -27,8 +27,7 @@ async fn as_sync(stored: &Api<Namespace>, ns: &str, metadata: Value) -> Option<S
 
 #[tokio::test]
 async fn the_stored_token_may_change_only_managed_labels() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 1).await?;
+    let (env, remote, _lock) = open_with_remote(1).await?;
     let ns = unique_name("scoped");
     create_labelled_namespace(remote, &ns, json!({"team": "a"})).await?;
     attach(env, remote, &[]).await?;

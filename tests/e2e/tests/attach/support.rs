@@ -52,6 +52,16 @@ pub async fn take_remote(
     Ok((remote, guard))
 }
 
+/// The opening of most attach tests: the environment ([`env`]) and remote `index` with its
+/// lock ([`take_remote`]).
+pub async fn open_with_remote(
+    index: usize,
+) -> anyhow::Result<(&'static TestEnv, &'static Cluster, MutexGuard<'static, ()>)> {
+    let env = env().await?;
+    let (remote, lock) = take_remote(env, index).await?;
+    Ok((env, remote, lock))
+}
+
 /// Names of the MeshClusters on the primary whose cluster ID is `remote`'s.
 async fn mesh_clusters_of(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Vec<String>> {
     let id = cluster_id(remote).await?;

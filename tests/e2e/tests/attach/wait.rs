@@ -10,8 +10,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn wait_without_a_reconciler_times_out_with_a_hint() -> anyhow::Result<()> {
-    let env = env().await?;
-    let (remote, _lock) = take_remote(env, 1).await?;
+    let (env, remote, _lock) = open_with_remote(1).await?;
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let out = mesh(
         env,
