@@ -276,9 +276,7 @@ impl Args {
         };
         raise_open_files(max_connections);
         if client_ca_file.is_none() {
-            tracing::warn!(
-                "no --client-ca-file: anyone who reaches the webhook port can make it write                  namespaces on every remote"
-            );
+            tracing::warn!("{NO_CLIENT_CA}");
         }
         if push_deadline >= Duration::from_secs(5) {
             tracing::warn!(
@@ -348,6 +346,10 @@ impl Args {
 }
 
 /// Raises the open-files limit, and says when it still cannot hold both ports' connections.
+/// Logged at startup without --client-ca-file.
+const NO_CLIENT_CA: &str = "no --client-ca-file: anyone who reaches the webhook port can make \
+                            it write namespaces on every remote";
+
 fn raise_open_files(max_connections: u32) {
     // Both ports, plus what the process needs besides (clients of the clusters, files).
     let needed = 2 * u64::from(max_connections) + 256;
@@ -458,6 +460,14 @@ fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<LogLevelSette
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn the_missing_client_ca_warning_is_one_sentence() {
+        assert_eq!(
+            NO_CLIENT_CA,
+            "no --client-ca-file: anyone who reaches the webhook port can make it write namespaces on every remote"
+        );
+    }
 
     #[test]
     fn cli_is_consistent() {

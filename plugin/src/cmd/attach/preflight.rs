@@ -87,6 +87,16 @@ impl ViewPlan {
     pub(super) fn wanted(self) -> bool {
         self != Self::None
     }
+
+    /// What attach tells the user about the view identity of cluster `name`, if anything.
+    pub(super) fn notice(self, name: &str) -> Option<String> {
+        (self == Self::Kept).then(|| {
+            format!(
+                "{name}: view identity kept (attached with --services-view before; \
+                 `kubectl mesh detach {name}` removes it)"
+            )
+        })
+    }
 }
 
 /// With --istio-remote-secret: whether istio-system exists on the primary, and the ClusterRole
@@ -627,6 +637,18 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_view_identity_is_told_in_one_sentence() {
+        assert_eq!(ViewPlan::Asked.notice("east"), None);
+        assert_eq!(
+            ViewPlan::Kept.notice("east").as_deref(),
+            Some(
+                "east: view identity kept (attached with --services-view before; \
+                 `kubectl mesh detach east` removes it)"
+            )
+        );
+    }
 
     #[test]
     fn remote_needs_cover_what_the_sync_role_grants() {

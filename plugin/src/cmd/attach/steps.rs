@@ -17,7 +17,7 @@ use super::objects::{
     Side, cluster_record, describe, dyn_api, for_primary, istio_reader_objects, stored_kubeconfig,
     view_objects,
 };
-use super::preflight::{NamespaceState, Plan, ViewPlan};
+use super::preflight::{NamespaceState, Plan};
 use super::waits::{wait_namespace_gone, wait_token};
 use crate::cmd::apply;
 use crate::preview::Adoption;
@@ -389,10 +389,8 @@ impl<'a> Run<'a> {
 
         self.begin(Step::ViewIdentity);
         let view_token = if plan.view.wanted() {
-            if plan.view == ViewPlan::Kept {
-                self.progress.info(format!(
-                    "{name}: view identity kept (attached with --services-view before; `kubectl                      mesh detach {name}` removes it)"
-                ));
+            if let Some(notice) = plan.view.notice(&name) {
+                self.progress.info(notice);
             }
             for m in view_objects(&name)? {
                 self.ensure(Side::Remote, m).await?;
