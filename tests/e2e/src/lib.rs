@@ -538,6 +538,11 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Whether `line` is one of the lines of `text`, whole: a line of a command's report.
+pub fn has_line(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
 /// A command's exit status, stdout and stderr, for assertion messages.
 pub fn describe(out: &std::process::Output) -> String {
     format!(

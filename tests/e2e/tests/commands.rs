@@ -18,7 +18,7 @@ use kubectl_mesh::remote_setup as setup;
 use mesh_core::cluster::RemoteGuard;
 use mesh_e2e::fixtures::{self, AttachOptions, Token, output, plugin};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
-use mesh_e2e::{DEFAULT_TIMEOUT, describe, eventually, shared_env, text, unique_name};
+use mesh_e2e::{DEFAULT_TIMEOUT, describe, eventually, has_line, shared_env, text, unique_name};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -449,7 +449,7 @@ async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> 
         "✓ credentials do not expire soon (long-lived token)".to_owned(),
         "✓ remote guard matches spec.remoteGuard (Warn)".to_owned(),
     ] {
-        assert!(stdout.lines().any(|l| l == line), "missing {line:?} in\n{stdout}");
+        assert!(has_line(&stdout, &line), "missing {line:?} in\n{stdout}");
     }
     assert!(
         stdout
@@ -486,9 +486,10 @@ async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> 
             let out = check(env, remote).await?;
             let stdout = text(&out.stdout);
             Ok((out.status.code() == Some(1)
-                && stdout
-                    .lines()
-                    .any(|l| l == "× credentials have exactly the rights label sync needs"))
+                && has_line(
+                    &stdout,
+                    "× credentials have exactly the rights label sync needs",
+                ))
             .then_some(stdout))
         },
     )
@@ -512,9 +513,7 @@ async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> 
         "{stdout}"
     );
     assert!(
-        stdout
-            .lines()
-            .any(|l| l == "× remote namespaces carry the primary's labels"),
+        has_line(&stdout, "× remote namespaces carry the primary's labels"),
         "{stdout}"
     );
 
@@ -571,9 +570,7 @@ async fn check_passes_with_a_running_webhook() -> anyhow::Result<()> {
         "{stdout}"
     );
     assert!(
-        stdout
-            .lines()
-            .any(|l| l == "✓ remote guard matches spec.remoteGuard (Deny)"),
+        has_line(&stdout, "✓ remote guard matches spec.remoteGuard (Deny)"),
         "{stdout}"
     );
     assert!(
@@ -668,9 +665,10 @@ async fn commands_fail_in_one_line_without_an_installation() -> anyhow::Result<(
     let out = output(cmd).await?;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
-        text(&out.stdout)
-            .lines()
-            .any(|l| l == "× MeshCluster CustomResourceDefinition is established"),
+        has_line(
+            &text(&out.stdout),
+            "× MeshCluster CustomResourceDefinition is established"
+        ),
         "{}",
         describe(&out)
     );

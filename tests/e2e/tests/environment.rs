@@ -19,8 +19,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::{Api, Client};
 use mesh_e2e::tokens::mint_token;
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, relabel_until, run,
-    shared_env, text, unique_name,
+    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, has_line, relabel_until,
+    run, shared_env, text, unique_name,
 };
 use serde_json::json;
 
@@ -546,10 +546,7 @@ async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result
         "Warning: kubectl-mesh: istio-injection=enabled applied on remote-1",
         "Warning: kubectl-mesh: remote-2: namespace shop does not exist there (not created)",
     ] {
-        assert!(
-            warnings.lines().any(|l| l == line),
-            "{line:?} in\n{warnings}"
-        );
+        assert!(has_line(&warnings, line), "{line:?} in\n{warnings}");
     }
     // istiod's injector on remote-1 acts on the label: no warning says otherwise.
     assert!(!warnings.contains("no injector"), "{warnings}");
@@ -597,7 +594,7 @@ async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result
         "✓ namespaces asking for sidecars have an injector (1 namespace served)",
         "✓ istiod's remote secret reads the cluster (istio-system/istio-remote-secret-remote-1)",
     ] {
-        assert!(report.lines().any(|l| l == line), "{line:?} in\n{report}");
+        assert!(has_line(&report, line), "{line:?} in\n{report}");
     }
     assert!(
         report.ends_with("Status check results are ✓ (0 errors, 0 warnings)\n"),
@@ -622,7 +619,7 @@ async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result
     let exit = up.wait_exit().await?;
     assert!(exit.success(), "{exit}: {}", up.output("stderr"));
     assert!(
-        up.output("stderr").lines().any(|l| l == "stopped"),
+        has_line(&up.output("stderr"), "stopped"),
         "{}",
         up.output("stderr")
     );

@@ -24,7 +24,7 @@ use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
     DEFAULT_TIMEOUT, NO_RESYNC, create_everywhere, create_namespace, describe, eventually,
-    installed_webhook, label_on_primary, labels, managed_labels, metric_sum, own_mesh,
+    has_line, installed_webhook, label_on_primary, labels, managed_labels, metric_sum, own_mesh,
     own_mesh_with, run, text, unique_name,
 };
 use tokio::sync::{Mutex, MutexGuard};
@@ -205,7 +205,7 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
         "✓ Namespace kubectl-mesh deleted",
         "• the MeshCluster CRD is kept; `kubectl mesh uninstall --crd` removes it",
     ] {
-        assert!(stderr.lines().any(|l| l == line), "{line:?} in\n{stderr}");
+        assert!(has_line(&stderr, line), "{line:?} in\n{stderr}");
     }
 
     // On the primary: gone, read back from the API.
@@ -283,18 +283,16 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
     let out = mesh_command(&env, &["uninstall", "--force", "--crd"]).await?;
     assert!(out.status.success(), "{}", describe(&out));
     let stderr = text(&out.stderr);
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l == "• MutatingWebhookConfiguration kubectl-mesh not found"),
-        "{stderr}"
-    );
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l == "✓ CustomResourceDefinition meshclusters.kubectl-mesh.io deleted"),
-        "{stderr}"
-    );
+    for line in [
+        "• MutatingWebhookConfiguration kubectl-mesh not found",
+        "✓ CustomResourceDefinition meshclusters.kubectl-mesh.io deleted",
+    ] {
+        assert!(
+            has_line(&stderr, line),
+            "{line:?} in
+{stderr}"
+        );
+    }
     eventually(
         "nothing of kubectl-mesh left on the primary",
         DEFAULT_TIMEOUT,
