@@ -268,7 +268,7 @@ fn adopted(
 mod tests {
     use super::*;
     use mesh_core::cluster::NamespaceScope;
-    use mesh_core::fixtures::{NamespaceExt, ns};
+    use mesh_core::fixtures::{MetadataExt, ns};
 
     fn primary() -> BTreeMap<String, Namespace> {
         [

@@ -327,7 +327,7 @@ mod tests {
     use k8s_openapi::api::authentication::v1::UserInfo;
     use kube::core::admission::AdmissionReview;
     use kube::core::{GroupVersionKind, GroupVersionResource, TypeMeta};
-    use mesh_core::fixtures::{NamespaceExt, ns};
+    use mesh_core::fixtures::{MetadataExt, NamespaceExt, ns};
     use mesh_core::injection::Injection;
     use serde_json::json;
 

@@ -217,7 +217,7 @@ fn stand_in(rule: &SyncRule, name: &str, entry: &Entry, stored: Option<Namespace
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::fixtures::{NamespaceExt, ns};
+    use mesh_core::fixtures::{MetadataExt, ns};
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs

@@ -232,7 +232,7 @@ pub async fn watch_namespaces(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::fixtures::{NamespaceExt, ns};
+    use mesh_core::fixtures::{MetadataExt, NamespaceExt, ns};
 
     fn store() -> PrimaryNamespaces {
         PrimaryNamespaces::new(Arc::new(SyncRule::default()), Interner::default())

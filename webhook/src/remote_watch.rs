@@ -300,7 +300,7 @@ pub(crate) fn kept_namespace(name: &str, labels: &LabelSet) -> Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::fixtures::{NamespaceExt, ns};
+    use mesh_core::fixtures::{MetadataExt, ns};
     use mesh_core::labels::SyncRule;
     use watcher::Event;
 

@@ -17,25 +17,28 @@ pub fn ns(name: &str) -> Namespace {
     ns
 }
 
+/// Fluent label and annotation setters on any object, for readable test fixtures.
+pub trait MetadataExt: kube::Resource + Sized {
+    fn label(mut self, key: &str, value: &str) -> Self {
+        set(&mut self.meta_mut().labels, key, value);
+        self
+    }
+
+    fn annotation(mut self, key: &str, value: &str) -> Self {
+        set(&mut self.meta_mut().annotations, key, value);
+        self
+    }
+}
+
+impl<K: kube::Resource> MetadataExt for K {}
+
 /// Fluent setters on [`Namespace`] for readable test fixtures.
 pub trait NamespaceExt {
-    fn label(self, key: &str, value: &str) -> Self;
-    fn annotation(self, key: &str, value: &str) -> Self;
     fn rv(self, resource_version: &str) -> Self;
     fn deleting(self) -> Self;
 }
 
 impl NamespaceExt for Namespace {
-    fn label(mut self, key: &str, value: &str) -> Self {
-        set(&mut self.metadata.labels, key, value);
-        self
-    }
-
-    fn annotation(mut self, key: &str, value: &str) -> Self {
-        set(&mut self.metadata.annotations, key, value);
-        self
-    }
-
     fn rv(mut self, resource_version: &str) -> Self {
         self.metadata.resource_version = Some(resource_version.to_owned());
         self
@@ -257,8 +260,6 @@ pub trait PodExt {
     fn sidecar(self) -> Self;
     /// `istio-proxy` added as a restartable init container (`ENABLE_NATIVE_SIDECARS`).
     fn native_sidecar(self) -> Self;
-    fn label(self, key: &str, value: &str) -> Self;
-    fn annotation(self, key: &str, value: &str) -> Self;
     fn phase(self, phase: &str) -> Self;
 }
 
@@ -278,16 +279,6 @@ impl PodExt for Pod {
                 .get_or_insert_with(Vec::new)
                 .push(proxy);
         }
-        self
-    }
-
-    fn label(mut self, key: &str, value: &str) -> Self {
-        set(&mut self.metadata.labels, key, value);
-        self
-    }
-
-    fn annotation(mut self, key: &str, value: &str) -> Self {
-        set(&mut self.metadata.annotations, key, value);
         self
     }
 

@@ -261,7 +261,7 @@ fn holds(requirement: &LabelSelectorRequirement, labels: &Labels) -> bool {
 mod tests {
     use super::*;
     use crate::fixtures::{
-        InjectorExt, PodExt, istio_injector, labels, pod, revision_tag, webhook_config,
+        InjectorExt, MetadataExt, PodExt, istio_injector, labels, pod, revision_tag, webhook_config,
     };
 
     fn served_by(readiness: Readiness) -> Vec<String> {

@@ -526,7 +526,7 @@ fn selector_keys(selector: &Selector) -> impl Iterator<Item = String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{NamespaceExt, ns};
+    use crate::fixtures::{MetadataExt, NamespaceExt, ns};
     use serde_json::json;
 
     #[test]
