@@ -432,7 +432,7 @@ pub async fn assert_remotes(
         assert_eq!(
             managed_labels(remote, ns).await?.as_ref(),
             Some(expected),
-            "managed labels of {ns} on {}: {context}",
+            "managed labels of {ns} on {} right after kubectl returned, {context}",
             remote.name
         );
     }

@@ -76,7 +76,7 @@ async fn the_installed_deployment_propagates_before_kubectl_returns_as_non_root_
         env,
         &ns,
         &labels(&[("istio-injection", "enabled")]),
-        &format!("right after kubectl returned; warnings: {warnings}"),
+        &format!("warnings: {warnings}"),
     )
     .await?;
 

@@ -56,62 +56,61 @@ fn assert_landed(warnings: &str, change: &str) {
     );
 }
 
+/// A change of the managed labels on the primary, and what it must leave on every remote.
+struct Transition {
+    /// `kubectl label` arguments.
+    change: &'static [&'static str],
+    /// The managed labels it leaves on the namespace.
+    leaves: &'static [(&'static str, &'static str)],
+    /// What kubectl's warnings say of every remote, where the test reads them.
+    reported: Option<&'static str>,
+}
+
 #[tokio::test]
 async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_returns()
 -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(2).await;
     let ns = create_everywhere(env, "transitions").await?;
 
-    let warnings = label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    // No waiting: the webhook pushed before the apiserver answered kubectl.
-    assert_remotes(
-        env,
-        &ns,
-        &labels(&[("istio-injection", "enabled")]),
-        "right after kubectl returned",
-    )
-    .await?;
-    assert_landed(&warnings, "istio-injection=enabled applied on");
-
-    label_on_primary(env, &ns, &["istio-injection=disabled"]).await?;
-    assert_remotes(
-        env,
-        &ns,
-        &labels(&[("istio-injection", "disabled")]),
-        "right after kubectl returned",
-    )
-    .await?;
-
-    label_on_primary(env, &ns, &["istio-injection-", "istio.io/rev=stable"]).await?;
-    assert_remotes(
-        env,
-        &ns,
-        &labels(&[("istio.io/rev", "stable")]),
-        "right after kubectl returned",
-    )
-    .await?;
-
-    label_on_primary(
-        env,
-        &ns,
-        &["istio.io/rev=canary", "istio.io/dataplane-mode=ambient"],
-    )
-    .await?;
-    assert_remotes(
-        env,
-        &ns,
-        &labels(&[
-            ("istio.io/rev", "canary"),
-            ("istio.io/dataplane-mode", "ambient"),
-        ]),
-        "right after kubectl returned",
-    )
-    .await?;
-
-    let warnings =
-        label_on_primary(env, &ns, &["istio.io/rev-", "istio.io/dataplane-mode-"]).await?;
-    assert_remotes(env, &ns, &labels(&[]), "right after kubectl returned").await?;
-    assert_landed(&warnings, "managed labels removed on");
+    let transitions = [
+        Transition {
+            change: &["istio-injection=enabled"],
+            leaves: &[("istio-injection", "enabled")],
+            reported: Some("istio-injection=enabled applied on"),
+        },
+        Transition {
+            change: &["istio-injection=disabled"],
+            leaves: &[("istio-injection", "disabled")],
+            reported: None,
+        },
+        Transition {
+            change: &["istio-injection-", "istio.io/rev=stable"],
+            leaves: &[("istio.io/rev", "stable")],
+            reported: None,
+        },
+        Transition {
+            change: &["istio.io/rev=canary", "istio.io/dataplane-mode=ambient"],
+            leaves: &[
+                ("istio.io/rev", "canary"),
+                ("istio.io/dataplane-mode", "ambient"),
+            ],
+            reported: None,
+        },
+        Transition {
+            change: &["istio.io/rev-", "istio.io/dataplane-mode-"],
+            leaves: &[],
+            reported: Some("managed labels removed on"),
+        },
+    ];
+    for transition in transitions {
+        let warnings = label_on_primary(env, &ns, transition.change).await?;
+        // No waiting: the webhook pushed before the apiserver answered kubectl.
+        let context = format!("after {:?}; kubectl printed: {warnings}", transition.change);
+        assert_remotes(env, &ns, &labels(transition.leaves), &context).await?;
+        if let Some(reported) = transition.reported {
+            assert_landed(&warnings, reported);
+        }
+    }
 
     // The outcome is recorded on the primary namespace.
     let primary = namespaces(env.primary()).await?.get(&ns).await?;
@@ -192,13 +191,8 @@ async fn deleting_a_namespace_on_the_primary_removes_its_labels_on_remotes() -> 
     let (env, _mesh) = shared_mesh(2).await;
     let ns = create_everywhere(env, "deleted").await?;
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    assert_remotes(
-        env,
-        &ns,
-        &labels(&[("istio-injection", "enabled")]),
-        "right after kubectl returned",
-    )
-    .await?;
+    let enabled = labels(&[("istio-injection", "enabled")]);
+    assert_remotes(env, &ns, &enabled, "labelled before the delete").await?;
 
     namespaces(env.primary())
         .await?
@@ -254,18 +248,13 @@ async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
         "kubectl printed: {warnings}"
     );
     // A push would have landed before kubectl returned.
-    assert_remotes(env, &ns, &labels(&[]), "right after kubectl returned").await?;
+    assert_remotes(env, &ns, &labels(&[]), "after the dry run").await?;
     assert_eq!(managed_labels(env.primary(), &ns).await?, Some(labels(&[])));
     // The same edit for real is on the remotes when kubectl returns: looking right after the
     // dry run would have seen a push.
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    assert_remotes(
-        env,
-        &ns,
-        &labels(&[("istio-injection", "enabled")]),
-        "right after kubectl returned",
-    )
-    .await?;
+    let enabled = labels(&[("istio-injection", "enabled")]);
+    assert_remotes(env, &ns, &enabled, "after the same edit for real").await?;
     Ok(())
 }
 
