@@ -11,7 +11,7 @@ use kube::{
     api::{DeleteParams, ListParams},
 };
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::{client_from_secret, create_namespace, patch_labels, text, unique_name};
+use mesh_e2e::{create_namespace, patch_labels, text, unique_name};
 use serde_json::json;
 
 use crate::support::*;
@@ -306,27 +306,7 @@ async fn services_view_is_a_read_only_identity_that_detach_removes() -> anyhow::
         owners.iter().map(|o| o.uid.as_str()).collect::<Vec<_>>(),
         [mc.uid().unwrap_or_default().as_str()]
     );
-    let (viewer, _) = client_from_secret(&secret, "kubeconfig").await?;
-    Api::<k8s_openapi::api::core::v1::Pod>::all(viewer.clone())
-        .list(&ListParams::default())
-        .await
-        .context("the view identity lists pods")?;
-    Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(viewer.clone())
-        .list(&ListParams::default())
-        .await
-        .context("the view identity lists endpointslices")?;
-    forbidden(
-        Api::<Secret>::all(viewer.clone())
-            .list(&ListParams::default())
-            .await,
-        "the view identity listed secrets",
-    )?;
-    forbidden(
-        Api::<Namespace>::all(viewer)
-            .list(&ListParams::default())
-            .await,
-        "the view identity listed namespaces",
-    )?;
+    reads_workloads_only(&secret).await?;
 
     // check asks the remote with those credentials.
     let out = mesh(env, &["check", "-o", "json"], &[]).await?;

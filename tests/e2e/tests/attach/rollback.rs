@@ -215,17 +215,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     let view = Api::<Secret>::namespaced(primary.clone(), "kubectl-mesh")
         .get(&format!("cluster-{name}-view"))
         .await?;
-    let (viewer, _) = client_from_secret(&view, "kubeconfig").await?;
-    Api::<Pod>::all(viewer.clone())
-        .list(&ListParams::default())
-        .await
-        .context("the view identity lists pods")?;
-    forbidden(
-        Api::<Secret>::all(viewer)
-            .list(&ListParams::default())
-            .await,
-        "the view identity listed Secrets",
-    )?;
+    reads_workloads_only(&view).await?;
     let istio = Api::<Secret>::namespaced(primary.clone(), "istio-system")
         .get("istio-remote-secret-remote-1")
         .await?;

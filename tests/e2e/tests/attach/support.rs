@@ -470,3 +470,22 @@ pub fn forbidden<T: std::fmt::Debug>(
         other => anyhow::bail!("{what_went_through}: {other:?}"),
     }
 }
+
+/// Fails unless the view identity stored in `secret` (its `kubeconfig` key) lists pods and
+/// endpointslices everywhere, and neither secrets nor namespaces.
+pub async fn reads_workloads_only(secret: &Secret) -> anyhow::Result<()> {
+    let (viewer, _) = mesh_e2e::client_from_secret(secret, "kubeconfig").await?;
+    let all = ListParams::default();
+    Api::<k8s_openapi::api::core::v1::Pod>::all(viewer.clone())
+        .list(&all)
+        .await
+        .context("the view identity lists pods")?;
+    Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(viewer.clone())
+        .list(&all)
+        .await
+        .context("the view identity lists endpointslices")?;
+    let secrets = Api::<Secret>::all(viewer.clone()).list(&all).await;
+    forbidden(secrets, "the view identity listed secrets")?;
+    let namespaces = Api::<Namespace>::all(viewer).list(&all).await;
+    forbidden(namespaces, "the view identity listed namespaces")
+}
