@@ -9,9 +9,9 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
 use mesh_e2e::{
-    NO_RESYNC, carries, create_everywhere, eventually, https_get, label_on_primary, labels,
-    lease_holder, managed_labels, metric_sum, namespaces, own_mesh, route_admission_to, run,
-    shared_mesh, syncs, unique_name,
+    NO_RESYNC, carries, create_everywhere, edit_labels, eventually, https_get, label_on_primary,
+    labels, lease_holder, managed_labels, metric_sum, namespaces, own_mesh, route_admission_to,
+    run, shared_mesh, syncs, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -309,21 +309,15 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
     // The second replica serves (its metrics answer) but never syncs while it is not leader.
     let remote = &env.remotes()[0];
     let ns = create_everywhere(&env, "handover").await?;
-    let drift = json!({"metadata": {"labels": {"istio-injection": "enabled"}}});
-    namespaces(remote)
-        .await?
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
-        .await?;
+    let drift = json!({"istio-injection": "enabled"});
+    edit_labels(remote, &ns, drift.clone()).await?;
     wait_labels(remote, &ns, &labels(&[])).await?;
     assert_eq!(syncs(&second, &ca).await?, 0.0, "a follower reconciled");
     assert_eq!(holder(&env).await?.as_deref(), Some("local-mesh-webhook"));
 
     mesh.stop_webhook(&env)?;
     holds_the_lease(&env, "replica-b", Duration::from_secs(60)).await?;
-    namespaces(remote)
-        .await?
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
-        .await?;
+    edit_labels(remote, &ns, drift).await?;
     wait_labels(remote, &ns, &labels(&[])).await?;
     assert!(
         syncs(&second, &ca).await? > 0.0,

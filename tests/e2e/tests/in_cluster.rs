@@ -14,7 +14,8 @@ use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::stand_in_injector;
 use mesh_e2e::in_cluster::{DEPLOYMENT, IMAGE, InCluster, NAMESPACE};
 use mesh_e2e::{
-    assert_remotes, create_everywhere, eventually, label_on_primary, labels, managed_labels, run,
+    assert_remotes, create_everywhere, edit_labels, eventually, label_on_primary, labels,
+    managed_labels, run,
 };
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
@@ -129,11 +130,7 @@ async fn killing_the_leader_pod_hands_the_lease_over_and_propagation_continues()
     let ns = create_everywhere(env, "handover").await?;
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
     let remote = &env.remotes()[0];
-    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
-    mesh_e2e::namespaces(remote)
-        .await?
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
-        .await?;
+    edit_labels(remote, &ns, json!({"istio-injection": "disabled"})).await?;
     eventually("the new leader reverts the drift", DEADLINE, || async {
         Ok(
             (managed_labels(remote, &ns).await? == Some(labels(&[("istio-injection", "enabled")])))

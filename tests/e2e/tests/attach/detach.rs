@@ -6,7 +6,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::{create_namespace, unique_name};
+use mesh_e2e::{create_namespace, patch_labels, unique_name};
 use serde_json::json;
 
 use crate::support::*;
@@ -89,13 +89,12 @@ async fn detach_keeps_what_attach_did_not_create_and_strips_only_managed_labels(
     )
     .await?;
     let namespaces = Api::<Namespace>::all(rc.clone());
-    namespaces
-        .patch(
-            "kube-public",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"istio-injection": "enabled"}}})),
-        )
-        .await?;
+    patch_labels(
+        rc.clone(),
+        "kube-public",
+        json!({"istio-injection": "enabled"}),
+    )
+    .await?;
 
     attach(env, remote, &["--remote-guard", "deny"]).await?;
     let mc = Api::<MeshCluster>::all(env.primary().client().await?)
