@@ -265,17 +265,18 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
     assert_eq!(cell["state"], "drifted", "{v}");
     assert_eq!(cell["set"]["istio-injection"], "enabled", "{v}");
 
+    // The row sync prints for the drift, in a dry run and for real.
+    let shows_the_drift = |stdout: &str| {
+        stdout.lines().any(|l| {
+            l.split_whitespace().collect::<Vec<_>>()
+                == [name.as_str(), ns.as_str(), "+istio-injection=enabled"]
+        })
+    };
     // A dry run prints the change and makes none.
     let out = mesh(env, &["sync", "--dry-run", "--cluster", &name]).await?;
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = text(&out.stdout);
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                == [name.as_str(), ns.as_str(), "+istio-injection=enabled"]),
-        "{stdout}"
-    );
+    assert!(shows_the_drift(&stdout), "{stdout}");
     assert!(stdout.contains("dry run, nothing written"), "{stdout}");
     assert_eq!(
         labels_of(&remote_client, &ns).await["istio-injection"],
@@ -287,13 +288,7 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
     let out = mesh(env, &["sync", "--cluster", &name]).await?;
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = text(&out.stdout);
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                == [name.as_str(), ns.as_str(), "+istio-injection=enabled"]),
-        "{stdout}"
-    );
+    assert!(shows_the_drift(&stdout), "{stdout}");
     let summary = stdout
         .lines()
         .find(|l| l.starts_with(&format!("{name}: ")))
