@@ -116,10 +116,21 @@ pub async fn kubectl_apply(
 /// `kubectl label namespace <ns> --overwrite <args>` on the primary; returns kubectl's stderr,
 /// where the webhook's warnings say where the change landed.
 pub async fn label_on_primary(env: &TestEnv, ns: &str, args: &[&str]) -> anyhow::Result<String> {
-    let mut cmd = env.kubectl(env.primary());
-    cmd.args(["label", "namespace", ns, "--overwrite"])
-        .args(args);
+    let cmd = label_command(env, env.primary(), ns, args);
     Ok(String::from_utf8(run(cmd).await?.stderr)?)
+}
+
+/// `kubectl label namespace NS --overwrite LABELS...` on `cluster`.
+fn label_command(
+    env: &TestEnv,
+    cluster: &mesh_testenv::Cluster,
+    ns: &str,
+    labels: &[&str],
+) -> std::process::Command {
+    let mut cmd = env.kubectl(cluster);
+    cmd.args(["label", "namespace", ns, "--overwrite"])
+        .args(labels);
+    cmd
 }
 
 /// A DNS-1123 name unique within this test run.
@@ -491,10 +502,7 @@ pub async fn label_namespace(
     ns: &str,
     labels: &[&str],
 ) -> anyhow::Result<std::process::Output> {
-    let mut cmd = env.kubectl(cluster);
-    cmd.args(["label", "namespace", ns, "--overwrite"])
-        .args(labels);
-    fixtures::output(cmd).await
+    fixtures::output(label_command(env, cluster, ns, labels)).await
 }
 
 /// Labels namespace `ns` on `cluster` with kubectl until `outcome` of kubectl's answer is
