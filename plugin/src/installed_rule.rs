@@ -151,24 +151,12 @@ fn label_key_problem(key: &str) -> Option<String> {
             return Some(format!("its prefix {why}"));
         }
     }
-    if name.is_empty() {
-        return Some("the name is empty".into());
-    }
-    if name.len() > 63 {
-        return Some("the name is longer than 63 characters".into());
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Some("the name may hold only letters, digits, '-', '_' and '.'".into());
-    }
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !name.ends_with(|c: char| c.is_ascii_alphanumeric())
-    {
-        return Some("the name must start and end with a letter or digit".into());
-    }
-    None
+    short_name_problem(
+        name,
+        "the name",
+        |c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'),
+        "letters, digits, '-', '_' and '.'",
+    )
 }
 
 /// Why `text` is not a DNS-1123 subdomain (a label prefix), if it is not.
@@ -183,20 +171,39 @@ fn dns_subdomain_problem(text: &str) -> Option<String> {
 
 /// Why `text` is not a DNS-1123 label (a namespace name), if it is not.
 fn dns_label_problem(text: &str) -> Option<String> {
+    short_name_problem(
+        text,
+        "it",
+        |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-',
+        "lowercase letters, digits and '-'",
+    )
+}
+
+/// Why `text` is not 1 to 63 characters out of `allowed` (said as `alphabet`) that start and
+/// end with a letter or digit, if it is not: the form Kubernetes gives both the name of a
+/// label key and a DNS-1123 label, with different alphabets. `subject` names `text` in the
+/// reason.
+fn short_name_problem(
+    text: &str,
+    subject: &str,
+    allowed: impl Fn(char) -> bool,
+    alphabet: &str,
+) -> Option<String> {
     if text.is_empty() {
-        return Some("it is empty".into());
+        return Some(format!("{subject} is empty"));
     }
     if text.len() > 63 {
-        return Some("it is longer than 63 characters".into());
+        return Some(format!("{subject} is longer than 63 characters"));
     }
-    if !text
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    if !text.chars().all(allowed) {
+        return Some(format!("{subject} may hold only {alphabet}"));
+    }
+    if !text.starts_with(|c: char| c.is_ascii_alphanumeric())
+        || !text.ends_with(|c: char| c.is_ascii_alphanumeric())
     {
-        return Some("it may hold only lowercase letters, digits and '-'".into());
-    }
-    if text.starts_with('-') || text.ends_with('-') {
-        return Some("it must start and end with a letter or digit".into());
+        return Some(format!(
+            "{subject} must start and end with a letter or digit"
+        ));
     }
     None
 }
