@@ -217,14 +217,7 @@ fn stand_in(rule: &SyncRule, name: &str, entry: &Entry, stored: Option<Namespace
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::fixtures::{MetadataExt, ns};
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use mesh_core::fixtures::{MetadataExt, labels, ns};
 
     fn primary(namespaces: Vec<Namespace>) -> BTreeMap<String, Namespace> {
         namespaces

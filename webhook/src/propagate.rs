@@ -276,6 +276,7 @@ async fn push_knowing(
 pub(crate) mod tests {
     use super::*;
     use mesh_core::fake_apiserver::FakeApiserver;
+    use mesh_core::fixtures::labels;
     use mesh_core::labels::Labels;
 
     fn label(result: PushResult) -> &'static str {
@@ -286,13 +287,10 @@ pub(crate) mod tests {
         result.metric_label()
     }
 
-    fn intent(namespace: &str, labels: &[(&str, &str)]) -> PushIntent {
+    fn intent(namespace: &str, pairs: &[(&str, &str)]) -> PushIntent {
         PushIntent {
             namespace: namespace.to_owned(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<Labels>(),
+            labels: labels(pairs),
         }
     }
 
@@ -316,13 +314,6 @@ pub(crate) mod tests {
             PushResult::AlreadyInSync.metric_label()
         );
         assert_eq!(api.state().writes, 1, "converged means zero writes");
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
     }
 
     /// Pushes `wanted` to namespace `app` of a remote whose labels are `remote`, expecting the

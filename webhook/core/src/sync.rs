@@ -417,20 +417,16 @@ async fn write(
 mod tests {
     use super::*;
     use crate::fake_apiserver::FakeApiserver;
+    use crate::fixtures::{labels, ns};
 
+    /// The primary's namespaces by name, each with exactly the labels given.
     fn primary(entries: &[(&str, &[(&str, &str)])]) -> BTreeMap<String, Namespace> {
         entries
             .iter()
-            .map(|(name, labels)| {
-                let mut ns = Namespace::default();
-                ns.metadata.name = Some((*name).to_owned());
-                ns.metadata.labels = Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                );
-                ((*name).to_owned(), ns)
+            .map(|(name, pairs)| {
+                let mut namespace = ns(name);
+                namespace.metadata.labels = Some(labels(pairs));
+                ((*name).to_owned(), namespace)
             })
             .collect()
     }
