@@ -45,21 +45,15 @@ impl Binaries {
     /// Returns the cached binaries, building the missing ones first (10-20 minutes on 2
     /// cores, once).
     pub fn ensure() -> anyhow::Result<Self> {
-        let binaries = Self {
-            dir: Self::cache_dir(),
-        };
+        let dir = Self::cache_dir();
         build_once(
-            &binaries.dir,
+            &dir,
             BUILD_SCRIPT,
             &[KUBERNETES_VERSION, ETCD_VERSION],
+            &NAMES,
             &format!("Kubernetes v{KUBERNETES_VERSION} and etcd v{ETCD_VERSION} (10-20 min)"),
-            || binaries.complete(),
         )?;
-        Ok(binaries)
-    }
-
-    fn complete(&self) -> bool {
-        NAMES.iter().all(|n| self.dir.join(n).is_file())
+        Ok(Self { dir })
     }
 
     pub fn etcd(&self) -> PathBuf {
@@ -81,16 +75,17 @@ impl Binaries {
     }
 }
 
-/// Runs the build `script` (bash, with `dir` and `args` as arguments) unless `complete` says
-/// `dir` already holds its output. A file lock keeps concurrent test binaries from building
+/// Runs the build `script` (bash, with `dir` and `args` as arguments) unless `dir` already
+/// holds every one of its `outputs`. A file lock keeps concurrent test binaries from building
 /// twice; `what` names the build in the progress line.
 pub(crate) fn build_once(
     dir: &Path,
     script: &str,
     args: &[&str],
+    outputs: &[&str],
     what: &str,
-    complete: impl Fn() -> bool,
 ) -> anyhow::Result<()> {
+    let complete = || outputs.iter().all(|name| dir.join(name).is_file());
     if complete() {
         return Ok(());
     }

@@ -60,17 +60,15 @@ impl IstioBinaries {
     /// Returns the cached binaries, building them first when missing (5-10 minutes on 2
     /// cores, once per machine).
     pub fn ensure() -> anyhow::Result<Self> {
-        let binaries = Self {
-            dir: Self::cache_dir(),
-        };
+        let dir = Self::cache_dir();
         build_once(
-            &binaries.dir,
+            &dir,
             BUILD_SCRIPT,
             &[ISTIO_MODULE_VERSION, ISTIO_VERSION],
+            &["pilot-discovery", "istioctl"],
             &format!("Istio {ISTIO_VERSION} (pilot-discovery, istioctl; 5-10 min)"),
-            || binaries.pilot_discovery().is_file() && binaries.istioctl().is_file(),
         )?;
-        Ok(binaries)
+        Ok(Self { dir })
     }
 
     pub fn pilot_discovery(&self) -> PathBuf {

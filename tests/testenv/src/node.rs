@@ -103,8 +103,8 @@ impl NodeBinaries {
                 crate::ETCD_VERSION,
                 &kube.join(" "),
             ],
+            &kube,
             "kubelet, kube-proxy and kube-scheduler (2-6 min)",
-            || kube.iter().all(|b| node.dir.join(b).is_file()),
         )?;
         let source = node.dir.join("pause.go");
         std::fs::write(&source, PAUSE_SOURCE)?;
@@ -112,8 +112,8 @@ impl NodeBinaries {
             &node.dir,
             PAUSE_BUILD,
             &[&source.display().to_string()],
+            &["pause"],
             "the sandbox program",
-            || node.dir.join("pause").is_file(),
         )?;
         for tool in ["containerd", "ctr", "runc"] {
             if which(tool).is_none() {
