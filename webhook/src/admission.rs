@@ -648,7 +648,7 @@ mod tests {
             ),
             outcome("remote-9", PushResult::Failed("conflict:\n  retry".into())),
         ];
-        let response = complete(AdmissionResponse::from(&req), &req, &intent, &outcomes, &[]);
+        let response = completed(&req, &intent, &outcomes, &[]);
         assert!(response.allowed);
         assert_eq!(response.uid, "test-uid");
         assert_eq!(
