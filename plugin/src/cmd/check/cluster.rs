@@ -737,9 +737,8 @@ mod tests {
             )
         );
         assert!(
-            r.hint
-                .unwrap()
-                .contains("rollout restart deployment -n shop")
+            r.hint_mentions("rollout restart deployment -n shop"),
+            "{r:?}"
         );
         let r = judge(read(vec![("shop", pod("b").sidecar())])).unwrap();
         assert_eq!(
@@ -815,9 +814,7 @@ mod tests {
         let r = injection(&[("shop", both)], &["shop"], forbidden);
         assert_eq!(r.result, Outcome::Warning);
         assert!(
-            r.hint
-                .as_deref()
-                .is_some_and(|h| h.contains("re-run `kubectl mesh attach` for east")),
+            r.hint_mentions("re-run `kubectl mesh attach` for east"),
             "{r:?}"
         );
     }
@@ -835,18 +832,10 @@ mod tests {
             r.detail.as_deref(),
             Some("the token expires in 60m (2026-03-01T01:00:00Z)")
         );
-        assert!(
-            r.hint
-                .as_deref()
-                .is_some_and(|h| h.contains("kubectl mesh rotate east"))
-        );
+        assert!(r.hint_mentions("kubectl mesh rotate east"), "{r:?}");
         let r = token_result(&stored(&at(-60)), now, "east");
         assert_eq!(r.result, Outcome::Error);
-        assert!(
-            r.hint
-                .as_deref()
-                .is_some_and(|h| h.contains("kubectl mesh rotate east"))
-        );
+        assert!(r.hint_mentions("kubectl mesh rotate east"), "{r:?}");
         assert_eq!(
             token_result(&stored(&at(90 * 86_400)), now, "x").result,
             Outcome::Ok

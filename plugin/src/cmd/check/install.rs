@@ -479,13 +479,7 @@ mod tests {
                  kubectl-mesh, legacy"
             )
         );
-        assert!(
-            differs
-                .hint
-                .as_deref()
-                .is_some_and(|h| h.contains("kubectl mesh install")),
-            "{differs:?}"
-        );
+        assert!(differs.hint_mentions("kubectl mesh install"), "{differs:?}");
 
         let mut empty = render::deployment(&default);
         empty

@@ -247,13 +247,7 @@ mod tests {
             cannot_list: Err(unauthorized()),
         }));
         let result = fails_saying(&facts, "refuses the token");
-        assert!(
-            result
-                .hint
-                .as_deref()
-                .unwrap()
-                .contains("--istio-remote-secret")
-        );
+        assert!(result.hint_mentions("--istio-remote-secret"), "{result:?}");
     }
 
     #[test]

@@ -74,6 +74,14 @@ impl CheckResult {
     }
 }
 
+#[cfg(test)]
+impl CheckResult {
+    /// Whether it has a hint that mentions `text` (the command to run, the flag to use).
+    pub(crate) fn hint_mentions(&self, text: &str) -> bool {
+        self.hint.as_deref().is_some_and(|h| h.contains(text))
+    }
+}
+
 /// A group of checks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Section {

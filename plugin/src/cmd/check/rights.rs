@@ -249,10 +249,8 @@ mod tests {
             )
         );
         assert!(
-            older
-                .hint
-                .unwrap()
-                .contains("kubectl mesh attach` for east")
+            older.hint_mentions("kubectl mesh attach` for east"),
+            "{older:?}"
         );
 
         // Attached before injectors were read: label sync works, readiness is not checked.
@@ -266,7 +264,10 @@ mod tests {
                  injector acts on the synced labels is not checked"
             )
         );
-        assert!(blind.hint.unwrap().contains("re-run `kubectl mesh attach`"));
+        assert!(
+            blind.hint_mentions("re-run `kubectl mesh attach`"),
+            "{blind:?}"
+        );
 
         // Revoked: everything missing is an error that lists it all.
         let revoked = judge(&needed(), &[]);
