@@ -197,32 +197,7 @@ impl Node {
     /// Starts containerd; returns its pid.
     async fn start_containerd(&self, env: &TestEnv) -> anyhow::Result<u32> {
         let d = &self.dir;
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{socket}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  # The machine withholds CAP_SYS_RESOURCE: without this every sandbox fails to start.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{cni}"
-"#,
-            root = d.join("containerd-root").display(),
-            state = d.join("containerd-state").display(),
-            socket = self.containerd_socket.display(),
-            cni = d.join("cni").display(),
-        );
+        let config = containerd_config(d, &self.containerd_socket);
         std::fs::create_dir_all(d.join("cni"))?;
         let network = json!({
             "cniVersion": "1.0.0",
@@ -413,6 +388,38 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = Command::new("sh").arg(&self.cleanup).status();
     }
+}
+
+/// The configuration of a node's containerd: its root and state under `dir`, its socket at
+/// `socket`, its CNI networks in `dir/cni`, and the settings this machine needs (cgroupfs, no
+/// OOM score changes).
+pub fn containerd_config(dir: &Path, socket: &Path) -> String {
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{socket}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # The machine withholds CAP_SYS_RESOURCE: without this every sandbox fails to start.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{cni}"
+"#,
+        root = dir.join("containerd-root").display(),
+        state = dir.join("containerd-state").display(),
+        socket = socket.display(),
+        cni = dir.join("cni").display(),
+    )
 }
 
 /// Runs `cleanup` once this process is gone, from a process of its own group (the

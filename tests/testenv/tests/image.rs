@@ -254,23 +254,8 @@ impl Containerd {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        // The machine withholds CAP_SYS_RESOURCE: without restrict_oom_score_adj every
-        // container fails to start (see the node notes).
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{sock}"
-[plugins."io.containerd.grpc.v1.cri"]
-  restrict_oom_score_adj = true
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-  SystemdCgroup = false
-"#,
-            root = d.join("root").display(),
-            state = d.join("state").display(),
-            sock = d.join("containerd.sock").display(),
-        );
+        // The node's configuration: the image loads and runs as it would on the node.
+        let config = mesh_testenv::node::containerd_config(d, &d.join("containerd.sock"));
         std::fs::write(d.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let child = Command::new("containerd")
