@@ -11,7 +11,8 @@ use mesh_e2e::{
 };
 
 use crate::support::{
-    DEADLINE, STANDBY, SYNC_TOKEN, one_remote, rotate, stored_sync, token_secrets,
+    DEADLINE, STANDBY, SYNC_TOKEN, one_remote, remote_command, rotate, rotate_with, stored_sync,
+    token_secrets,
 };
 
 #[tokio::test]
@@ -20,24 +21,12 @@ async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
     let (env, mesh) = one_remote(&[], &[]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
-    let remote_kc = remote.kubeconfig.display().to_string();
     let ns = create_everywhere(&env, "interrupted").await?;
     let old = stored_sync(&env, &name).await?;
 
     // Without a webhook to use the new token, rotate stops after storing it, before revoking.
     env.stop_process(mesh_testenv::mesh::WEBHOOK_PROCESS)?;
-    let stopped = mesh_command(
-        &env,
-        &[
-            "rotate",
-            &name,
-            "--remote-kubeconfig",
-            &remote_kc,
-            "--timeout",
-            "5s",
-        ],
-    )
-    .await?;
+    let stopped = rotate_with(&env, remote, &["--timeout", "5s"]).await?;
     assert!(
         !stopped.status.success(),
         "rotate without a webhook: {}",
@@ -119,22 +108,16 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
     let (env, _mesh) = one_remote(&[], &[]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
-    let remote_kc = remote.kubeconfig.display().to_string();
     let mut seen_stored = vec![stored_sync(&env, &name).await?];
 
     // A whole rotation prints seven lines (five when a previous one stopped on the standby):
     // interrupt after the first, then the second... line of successive runs.
     let mut interruptions = 0;
     for after in 1..=6 {
-        let mut child =
-            tokio::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?)
-                .arg("--kubeconfig")
-                .arg(&env.primary().kubeconfig)
-                .args(["rotate", &name, "--remote-kubeconfig", &remote_kc])
-                .env("NO_COLOR", "1")
-                .stderr(std::process::Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()?;
+        let mut child = tokio::process::Command::from(remote_command(&env, "rotate", remote)?)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
         let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let mut printed = Vec::new();
         let mut finished = false;

@@ -17,8 +17,8 @@ use mesh_e2e::{
 };
 
 use crate::support::{
-    DEADLINE, SYNC_TOKEN, issued_and_expires, one_remote, reachable_reason, rotate, stored_sync,
-    token_expiry, token_secrets,
+    DEADLINE, SYNC_TOKEN, detach, issued_and_expires, one_remote, reachable_reason, rotate,
+    stored_sync, token_expiry, token_secrets,
 };
 
 /// What the time-bound token of the sync account needs on the remote to be renewed by the
@@ -144,7 +144,6 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
         one_remote(&["--token-ttl", "10m"], &["--token-renew-fraction", "0.01"]).await?;
     let remote = &env.remotes()[0];
     let name = remote.name.clone();
-    let remote_kc = remote.kubeconfig.display().to_string();
     let ns = create_everywhere(&env, "ttl").await?;
     let stored_token = || async { token_of(&stored_sync(&env, &name).await?) };
 
@@ -258,8 +257,8 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
         describe(&attach)
     );
 
-    let detach = mesh_command(&env, &["detach", &name, "--remote-kubeconfig", &remote_kc]).await?;
-    assert!(detach.status.success(), "{}", describe(&detach));
+    let detached = detach(&env, remote).await?;
+    assert!(detached.status.success(), "{}", describe(&detached));
     let roles =
         Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(remote.client().await?, MESH_NAMESPACE);
     assert!(

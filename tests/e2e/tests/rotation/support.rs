@@ -1,8 +1,8 @@
-//! What the rotation tests share: the remote's token Secrets, running `rotate`, the stored
-//! sync kubeconfig and what the webhook reports about it.
+//! What the rotation tests share: the remote's token Secrets, running `rotate` and `detach`, the
+//! stored sync kubeconfig and what the webhook reports about it.
 
 use std::collections::BTreeMap;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -11,7 +11,11 @@ use mesh_core::{
     MESH_NAMESPACE,
     cluster::{CONDITION_REACHABLE, MeshCluster},
 };
-use mesh_e2e::{fixtures::mesh_command, https_get, pushes_by_result, tokens::stored_kubeconfig};
+use mesh_e2e::{
+    fixtures::{output, plugin},
+    https_get, pushes_by_result,
+    tokens::stored_kubeconfig,
+};
 use mesh_testenv::{
     Cluster, TestEnv,
     mesh::{Mesh, MeshOptions},
@@ -47,14 +51,37 @@ pub async fn token_secrets(remote: &Cluster) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// `kubectl mesh rotate <remote> --remote-kubeconfig <its admin kubeconfig>`.
+/// `kubectl mesh <verb> <remote> --remote-kubeconfig <its admin kubeconfig>` without colours,
+/// not yet run (a test that interrupts it spawns it itself).
+pub fn remote_command(env: &TestEnv, verb: &str, remote: &Cluster) -> anyhow::Result<Command> {
+    let mut cmd = plugin(env)?;
+    cmd.args([verb, &remote.name, "--remote-kubeconfig"])
+        .arg(&remote.kubeconfig)
+        .env("NO_COLOR", "1");
+    Ok(cmd)
+}
+
+/// `kubectl mesh rotate <remote> --remote-kubeconfig <its admin kubeconfig>`, whatever its exit
+/// status.
 pub async fn rotate(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
-    let remote_kc = remote.kubeconfig.display().to_string();
-    mesh_command(
-        env,
-        &["rotate", &remote.name, "--remote-kubeconfig", &remote_kc],
-    )
-    .await
+    rotate_with(env, remote, &[]).await
+}
+
+/// [`rotate`] with `extra` arguments.
+pub async fn rotate_with(
+    env: &TestEnv,
+    remote: &Cluster,
+    extra: &[&str],
+) -> anyhow::Result<Output> {
+    let mut cmd = remote_command(env, "rotate", remote)?;
+    cmd.args(extra);
+    output(cmd).await
+}
+
+/// `kubectl mesh detach <remote> --remote-kubeconfig <its admin kubeconfig>`, whatever its
+/// exit status.
+pub async fn detach(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
+    output(remote_command(env, "detach", remote)?).await
 }
 
 /// The sync kubeconfig stored for cluster `name` (Secret `kubectl-mesh/cluster-<name>`).

@@ -13,14 +13,10 @@ use kube::{
 };
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster};
 use mesh_e2e::tokens::{answer_to, revoked, stored_kubeconfig, token_of};
-use mesh_e2e::{
-    carries, create_everywhere, describe,
-    fixtures::{mesh_command, output},
-    text,
-};
+use mesh_e2e::{carries, create_everywhere, describe, fixtures::output, text};
 use mesh_testenv::TestEnv;
 
-use crate::support::{DEADLINE, SYNC_TOKEN, one_remote, pushes, rotate, token_secrets};
+use crate::support::{DEADLINE, SYNC_TOKEN, detach, one_remote, pushes, rotate, token_secrets};
 
 /// The three kubeconfigs stored for cluster `name` (sync, services view, Istio's remote
 /// secret), by what they are for.
@@ -177,9 +173,8 @@ async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old
     );
 
     // Detach leaves nothing behind, standbys included.
-    let remote_kc = remote.kubeconfig.display().to_string();
-    let detach = mesh_command(&env, &["detach", &name, "--remote-kubeconfig", &remote_kc]).await?;
-    assert!(detach.status.success(), "{}", describe(&detach));
+    let detached = detach(&env, remote).await?;
+    assert!(detached.status.success(), "{}", describe(&detached));
     assert!(token_secrets(remote).await.unwrap_or_default().is_empty());
     Ok(())
 }
