@@ -302,11 +302,7 @@ fn stale_writers(history: &History, config: &CheckConfig, out: &mut Vec<Violatio
 /// writer check could not see.
 fn unattributed(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
     let mut last: HashMap<(ClusterIx, &str), Labels> = HashMap::new();
-    let remote_events = history
-        .events
-        .iter()
-        .filter(|e| e.cluster != PRIMARY && !history.is_excluded(&e.name));
-    for event in remote_events {
+    for event in history.synced_remote_events() {
         let Observed::Seen(state) = &event.observed else {
             continue;
         };
@@ -378,11 +374,7 @@ fn touched(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
     let mut first: HashMap<(ClusterIx, &str), (Labels, Labels)> = HashMap::new();
     let mut reported: BTreeSet<(ClusterIx, &str, &str)> = BTreeSet::new();
     // The mesh's own namespace is written by attach, under the same field manager.
-    let remote_events = history
-        .events
-        .iter()
-        .filter(|e| e.cluster != PRIMARY && !history.is_excluded(&e.name));
-    for event in remote_events {
+    for event in history.synced_remote_events() {
         let remote = history.cluster_name(event.cluster);
         let mut flag = |what: &'static str, message: String| {
             // One violation per namespace and kind: the same cause shows in every later event.

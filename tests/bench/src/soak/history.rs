@@ -222,6 +222,13 @@ impl History {
     pub fn is_excluded(&self, namespace: &str) -> bool {
         self.excluded.iter().any(|e| e == namespace)
     }
+
+    /// What the remotes' watches showed of the namespaces the mesh syncs (not excluded ones).
+    pub fn synced_remote_events(&self) -> impl Iterator<Item = &WatchEvent> {
+        self.events
+            .iter()
+            .filter(|e| e.cluster != PRIMARY && !self.is_excluded(&e.name))
+    }
 }
 
 /// One line of history for a report excerpt.
