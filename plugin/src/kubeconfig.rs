@@ -126,7 +126,7 @@ pub enum Error {
         /// The name.
         name: String,
         /// Which rule it breaks.
-        why: &'static str,
+        why: String,
     },
     /// A kubeconfig could not be written or read as YAML.
     #[error("invalid kubeconfig YAML")]
@@ -166,7 +166,7 @@ impl Error {
             Self::Refused(_) => "stored kubeconfigs carry only a bearer token and inline \
                 certificate-authority-data; re-run `kubectl mesh attach` to recreate it"
                 .into(),
-            Self::InvalidName { .. } => "choose another with --name: lower-case letters, digits \
+            Self::InvalidName { .. } => "choose another with --name: lowercase letters, digits \
                 and '-', at most 63 characters, starting and ending with a letter or digit"
                 .into(),
             Self::Yaml(_) => "check the kubeconfig's YAML".into(),
@@ -550,21 +550,7 @@ pub fn parse_stored(yaml: &str) -> Result<Kubeconfig> {
 
 /// Checks that a cluster name can name Kubernetes objects and label values: a DNS-1123 label.
 pub fn validate_cluster_name(name: &str) -> Result<()> {
-    let why = if name.is_empty() {
-        Some("it is empty")
-    } else if name.len() > 63 {
-        Some("it is longer than 63 characters")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        Some("it may hold only lower-case letters, digits and '-'")
-    } else if name.starts_with('-') || name.ends_with('-') {
-        Some("it must start and end with a letter or digit")
-    } else {
-        None
-    };
-    match why {
+    match crate::object_names::dns_label_problem(name) {
         Some(why) => Err(Error::InvalidName {
             name: name.to_owned(),
             why,
@@ -910,6 +896,11 @@ users:
         for bad in ["", "East", "-a", "a-", "a_b", &"a".repeat(64)] {
             assert!(validate_cluster_name(bad).is_err(), "{bad:?}");
         }
+        // Said in the words `install --excluded-namespaces` uses for the same rule.
+        assert_eq!(
+            validate_cluster_name("East").unwrap_err().to_string(),
+            "invalid cluster name \"East\": it may hold only lowercase letters, digits and '-'"
+        );
     }
 
     fn tempdir() -> PathBuf {

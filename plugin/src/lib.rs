@@ -17,6 +17,7 @@ pub mod installed_rule;
 pub mod kubeconfig;
 pub mod mesh_state;
 pub mod namespace_scope;
+pub mod object_names;
 pub mod output;
 pub mod preview;
 pub mod remote_policies;
