@@ -13,7 +13,7 @@ use kube::config::Kubeconfig;
 use kubectl_mesh::kubeconfig::{
     self, build_stored_kubeconfig, parse_stored, read_remote, sanitize, to_yaml, validate_stored,
 };
-use mesh_testenv::json_doc::{Splices, damage_byte, nested, pointers, remove, set};
+use mesh_testenv::json_doc::{Splices, Syntax, TreeEdit, damage_byte, tree_edit};
 use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
 use serde_json::Value;
 
@@ -228,19 +228,10 @@ fn yaml_snippet() -> impl Strategy<Value = &'static str> {
     ])
 }
 
-/// One change to a valid kubeconfig. `Index`es pick a node as the document is at that point.
+/// One change to a valid kubeconfig: on its tree, or on its text once serialized.
 #[derive(Clone, Debug)]
 enum Mutation {
-    /// Drop a key or an element.
-    Remove(Index),
-    /// Put any value in its place.
-    Replace(Index, Value),
-    /// A well-known field set to something.
-    Field(&'static str, Value),
-    /// A string of `len` copies of `ch`.
-    Huge(Index, usize, char),
-    /// Sequences or mappings nested `depth` deep, spliced in as flow-style text.
-    Deep(Index, usize, bool),
+    Tree(TreeEdit),
     /// Raw YAML inserted before the line picked.
     Snippet(Index, &'static str),
     /// Bytes: cut, overwrite or insert at the place picked.
@@ -288,15 +279,10 @@ const FIELDS: &[&str] = &[
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
-        3 => any::<Index>().prop_map(Mutation::Remove),
-        3 => (any::<Index>(), arb_value()).prop_map(|(i, v)| Mutation::Replace(i, v)),
-        6 => (prop::sample::select(FIELDS), arb_value()).prop_map(|(f, v)| Mutation::Field(f, v)),
+        12 => tree_edit(arb_value(), FIELDS, 0usize..256 * 1024, 1usize..10_000)
+            .prop_map(Mutation::Tree),
         4 => (prop::sample::select(FIELDS), interesting_string())
-            .prop_map(|(f, v)| Mutation::Field(f, Value::from(v))),
-        1 => (any::<Index>(), 0usize..256 * 1024, any::<char>())
-            .prop_map(|(i, n, c)| Mutation::Huge(i, n, c)),
-        1 => (any::<Index>(), 1usize..10_000, any::<bool>())
-            .prop_map(|(i, d, a)| Mutation::Deep(i, d, a)),
+            .prop_map(|(f, v)| Mutation::Tree(TreeEdit::Field(f, Value::from(v)))),
         2 => (any::<Index>(), yaml_snippet()).prop_map(|(i, s)| Mutation::Snippet(i, s)),
         2 => (any::<Index>(), any::<u8>(), any::<u8>()).prop_map(|(i, o, b)| Mutation::Bytes(i, o, b)),
     ]
@@ -306,31 +292,16 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 /// serialization.
 fn mutate(yaml: &str, mutations: &[Mutation]) -> Vec<u8> {
     let mut doc: Value = serde_yaml::from_str(yaml).expect("valid YAML");
-    let mut splices = Splices::default();
+    let mut splices = Splices::new(Syntax::Yaml);
     let mut text_edits = Vec::new();
     for mutation in mutations {
-        let paths = pointers(&doc);
-        let pick = |i: &Index| i.get(&paths).clone();
         match mutation {
-            Mutation::Remove(i) => remove(&mut doc, &pick(i)),
-            Mutation::Replace(i, value) => set(&mut doc, &pick(i), value.clone()),
-            Mutation::Field(field, value) => set(&mut doc, field, value.clone()),
-            Mutation::Huge(i, len, ch) => {
-                set(&mut doc, &pick(i), Value::from(ch.to_string().repeat(*len)));
-            }
-            Mutation::Deep(i, depth, sequences) => {
-                let nested = if *sequences {
-                    nested(*depth, "[", "]")
-                } else {
-                    nested(*depth, "{a: ", "}")
-                };
-                splices.put(&mut doc, &pick(i), nested);
-            }
-            Mutation::Snippet(..) | Mutation::Bytes(..) => text_edits.push(mutation.clone()),
+            Mutation::Tree(edit) => edit.apply(&mut doc, &mut splices),
+            text => text_edits.push(text.clone()),
         }
     }
     let mut bytes = splices
-        .into_text(serde_yaml::to_string(&doc).expect("serialize"), "")
+        .into_text(serde_yaml::to_string(&doc).expect("serialize"))
         .into_bytes();
     for edit in text_edits {
         match edit {

@@ -9,7 +9,7 @@
 //! Case counts: `PROPTEST_CASES` (proptest's own variable) when set, else 256 ([`mesh_core::fixtures::proptest_config`]),
 //! which keeps this file to a few seconds in a debug build.
 
-use mesh_testenv::json_doc::{Splices, damage_byte, nested, pointers, remove, set};
+use mesh_testenv::json_doc::{Splices, Syntax, TreeEdit, damage_byte, pointers, set, tree_edit};
 use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
@@ -216,22 +216,12 @@ fn arb_json() -> impl Strategy<Value = Value> {
     })
 }
 
-/// One change to a fixture. `Index`es pick a node of the document as it is at that point.
+/// One change to a fixture's tree.
 #[derive(Clone, Debug)]
 enum Mutation {
-    /// Drop a field or an array element.
-    Remove(Index),
-    /// Put any JSON value in its place.
-    Replace(Index, Value),
+    Tree(TreeEdit),
     /// Same place, value of another JSON type.
     WrongType(Index, u8),
-    /// A string of `len` copies of `ch` (sometimes more than the body limit).
-    Huge(Index, usize, char),
-    /// Arrays or objects nested `depth` deep (spliced in as text after serializing, so that the
-    /// test itself never recurses that deep).
-    Deep(Index, usize, bool),
-    /// A well-known field set to something wrong.
-    Field(&'static str, Value),
 }
 
 /// Fields the handler and `review` look at.
@@ -263,14 +253,9 @@ const FIELDS: &[&str] = &[
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
-        3 => any::<Index>().prop_map(Mutation::Remove),
-        3 => (any::<Index>(), arb_json()).prop_map(|(i, v)| Mutation::Replace(i, v)),
+        12 => tree_edit(arb_json(), FIELDS, 0usize..=BODY_LIMIT + 4096, 1usize..100_000)
+            .prop_map(Mutation::Tree),
         3 => (any::<Index>(), 0u8..6).prop_map(|(i, t)| Mutation::WrongType(i, t)),
-        1 => (any::<Index>(), 0usize..=BODY_LIMIT + 4096, any::<char>())
-            .prop_map(|(i, n, c)| Mutation::Huge(i, n, c)),
-        1 => (any::<Index>(), 1usize..100_000, any::<bool>())
-            .prop_map(|(i, d, a)| Mutation::Deep(i, d, a)),
-        4 => (prop::sample::select(FIELDS), arb_json()).prop_map(|(f, v)| Mutation::Field(f, v)),
     ]
 }
 
@@ -293,33 +278,18 @@ fn wrong_type(current: Option<&Value>, pick: u8) -> Value {
 /// The fixture with `mutations` applied, serialized.
 fn mutate(fixture: &str, mutations: &[Mutation]) -> Vec<u8> {
     let mut doc: Value = serde_json::from_str(fixture).expect("fixture");
-    let mut splices = Splices::default();
+    let mut splices = Splices::new(Syntax::Json);
     for mutation in mutations {
-        let paths = pointers(&doc);
-        let pick = |i: &Index| i.get(&paths).clone();
         match mutation {
-            Mutation::Remove(i) => remove(&mut doc, &pick(i)),
-            Mutation::Replace(i, value) => set(&mut doc, &pick(i), value.clone()),
+            Mutation::Tree(edit) => edit.apply(&mut doc, &mut splices),
             Mutation::WrongType(i, choice) => {
-                let at = pick(i);
+                let at = i.get(&pointers(&doc)).clone();
                 let value = wrong_type(doc.pointer(&at), *choice);
                 set(&mut doc, &at, value);
             }
-            Mutation::Huge(i, len, ch) => {
-                set(&mut doc, &pick(i), Value::from(ch.to_string().repeat(*len)));
-            }
-            Mutation::Deep(i, depth, arrays) => {
-                let nested = if *arrays {
-                    nested(*depth, "[", "]")
-                } else {
-                    nested(*depth, r#"{"a":"#, "}")
-                };
-                splices.put(&mut doc, &pick(i), nested);
-            }
-            Mutation::Field(field, value) => set(&mut doc, field, value.clone()),
         }
     }
-    splices.into_text(doc.to_string(), "\"").into_bytes()
+    splices.into_text(doc.to_string()).into_bytes()
 }
 
 /// Byte-level damage to a serialized fixture: cut it, or overwrite or insert bytes.
