@@ -327,7 +327,7 @@ mod tests {
     use k8s_openapi::api::authentication::v1::UserInfo;
     use kube::core::admission::AdmissionReview;
     use kube::core::{GroupVersionKind, GroupVersionResource, TypeMeta};
-    use mesh_core::fixtures::{MetadataExt, NamespaceExt, ns};
+    use mesh_core::fixtures::{MetadataExt, NamespaceExt, labels, ns};
     use mesh_core::injection::Injection;
     use serde_json::json;
 
@@ -398,17 +398,10 @@ mod tests {
         request(Operation::Delete, Some(old), None)
     }
 
-    fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-    }
-
     fn intent<const N: usize>(namespace: &str, pairs: [(&str, &str); N]) -> PushIntent {
         PushIntent {
             namespace: namespace.into(),
-            labels: labels(pairs),
+            labels: labels(&pairs),
         }
     }
 
@@ -546,7 +539,7 @@ mod tests {
         );
         let decision = review(&SyncRule::default(), &req);
         assert!(decision.push.is_some());
-        assert_eq!(decision.previous, labels([("istio-injection", "enabled")]));
+        assert_eq!(decision.previous, labels(&[("istio-injection", "enabled")]));
         let created = review(
             &SyncRule::default(),
             &create(ns("foo").label("istio.io/rev", "1")),

@@ -526,7 +526,7 @@ fn selector_keys(selector: &Selector) -> impl Iterator<Item = String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{MetadataExt, NamespaceExt, ns};
+    use crate::fixtures::{MetadataExt, NamespaceExt, labels, ns};
     use serde_json::json;
 
     #[test]
@@ -536,18 +536,11 @@ mod tests {
             .label("team", "a")
             .label("istio-injection", "enabled")
             .label("istio.io/rev", "old");
-        let desired = labels([("istio.io/rev", "canary"), ("team", "ignored")]);
+        let desired = labels(&[("istio.io/rev", "canary"), ("team", "ignored")]);
         assert_eq!(
             rule.after_sync(&desired, &remote),
-            labels([("istio.io/rev", "canary"), ("team", "a")])
+            labels(&[("istio.io/rev", "canary"), ("team", "a")])
         );
-    }
-
-    fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
     }
 
     fn keys<const N: usize>(keys: [&str; N]) -> BTreeSet<String> {
@@ -642,14 +635,14 @@ mod tests {
     #[test]
     fn managed_of_keeps_only_managed_keys() {
         let rule = SyncRule::default();
-        let all = labels([
+        let all = labels(&[
             ("istio-injection", "enabled"),
             ("app", "web"),
             (METADATA_NAME_LABEL, "foo"),
         ]);
         assert_eq!(
             rule.managed_of(Some(&all)),
-            labels([("istio-injection", "enabled")])
+            labels(&[("istio-injection", "enabled")])
         );
         assert!(rule.managed_of(None).is_empty());
     }
@@ -660,7 +653,7 @@ mod tests {
         let primary = ns("foo").label("istio.io/rev", "1-24").label("team", "a");
         assert_eq!(
             rule.desired(Some(&primary)),
-            labels([("istio.io/rev", "1-24")])
+            labels(&[("istio.io/rev", "1-24")])
         );
         assert!(rule.desired(None).is_empty(), "absent on the primary");
         assert!(
@@ -679,14 +672,14 @@ mod tests {
             diff,
             LabelDiff {
                 namespace: "foo".into(),
-                set: labels([("istio-injection", "enabled")]),
+                set: labels(&[("istio-injection", "enabled")]),
                 remove: BTreeSet::new(),
             }
         );
         assert_eq!(diff.describe(), "istio-injection=enabled");
         assert_eq!(
             apply(&diff, &remote).expect("applies"),
-            labels([("app", "web"), ("istio-injection", "enabled")])
+            labels(&[("app", "web"), ("istio-injection", "enabled")])
         );
     }
 
@@ -697,7 +690,7 @@ mod tests {
             .label("istio-injection", "enabled")
             .label("app", "web");
         let diff = default_diff(&primary, &remote);
-        assert_eq!(diff.set, labels([("istio-injection", "disabled")]));
+        assert_eq!(diff.set, labels(&[("istio-injection", "disabled")]));
         assert!(diff.remove.is_empty());
         let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
         assert_eq!(
@@ -706,7 +699,7 @@ mod tests {
         );
         assert_eq!(
             default_sync(&primary, &remote),
-            labels([("app", "web"), ("istio-injection", "disabled")])
+            labels(&[("app", "web"), ("istio-injection", "disabled")])
         );
     }
 
@@ -721,7 +714,7 @@ mod tests {
         assert_eq!(diff.remove, keys(["istio-injection"]));
         assert_eq!(diff.describe(), "-istio-injection");
         // Unmanaged labels stay as the remote has them, even when they differ from the primary.
-        assert_eq!(default_sync(&primary, &remote), labels([("app", "other")]));
+        assert_eq!(default_sync(&primary, &remote), labels(&[("app", "other")]));
     }
 
     #[test]
@@ -744,7 +737,7 @@ mod tests {
         );
         assert_eq!(
             apply(&diff, &remote).expect("applies"),
-            labels([("istio.io/rev", "1-25")])
+            labels(&[("istio.io/rev", "1-25")])
         );
     }
 
@@ -771,7 +764,7 @@ mod tests {
             .label(METADATA_NAME_LABEL, "foo");
         assert_eq!(
             sync(&rule, None, &remote),
-            labels([(METADATA_NAME_LABEL, "foo")])
+            labels(&[(METADATA_NAME_LABEL, "foo")])
         );
     }
 
@@ -787,9 +780,9 @@ mod tests {
     #[test]
     fn diff_ignores_unmanaged_desired_keys() {
         let rule = SyncRule::default();
-        let desired = labels([("istio-injection", "enabled"), ("app", "web")]);
+        let desired = labels(&[("istio-injection", "enabled"), ("app", "web")]);
         let diff = rule.diff(&desired, &ns("foo"));
-        assert_eq!(diff.set, labels([("istio-injection", "enabled")]));
+        assert_eq!(diff.set, labels(&[("istio-injection", "enabled")]));
     }
 
     #[test]
@@ -808,7 +801,7 @@ mod tests {
         );
         assert_eq!(
             apply(&diff, &remote).expect("applies"),
-            labels([("istio.io/rev", "stable")])
+            labels(&[("istio.io/rev", "stable")])
         );
     }
 
@@ -817,7 +810,7 @@ mod tests {
         // A diff computed against an older read: `current` already has part of it.
         let diff = LabelDiff {
             namespace: "foo".into(),
-            set: labels([("istio-injection", "enabled"), ("istio.io/rev", "canary")]),
+            set: labels(&[("istio-injection", "enabled"), ("istio.io/rev", "canary")]),
             remove: keys(["istio.io/dataplane-mode", "istio.io/rev"]),
         };
         let current = ns("foo").label("istio-injection", "enabled");
@@ -888,7 +881,7 @@ mod tests {
                 changes: vec![
                     LabelDiff {
                         namespace: "b-drifted".into(),
-                        set: labels([("istio.io/rev", "1-25")]),
+                        set: labels(&[("istio.io/rev", "1-25")]),
                         remove: BTreeSet::new(),
                     },
                     LabelDiff {
