@@ -777,8 +777,8 @@ users:
 
     #[test]
     fn read_remote_inlines_ca_file_and_keeps_one_context() {
-        let dir = tempdir();
-        let path = user_kubeconfig(&dir);
+        let dir = tempfile::tempdir().unwrap();
+        let path = user_kubeconfig(dir.path());
         let kc = read_remote(&path, None).unwrap();
         assert_eq!(kc.contexts.len(), 1);
         assert_eq!(kc.clusters.len(), 1);
@@ -808,36 +808,33 @@ users:
             select(&west, None).unwrap().server().unwrap(),
             "https://127.0.0.1:7443"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn missing_ca_file_and_unknown_context_are_clear() {
-        let dir = tempdir();
-        let path = user_kubeconfig(&dir);
+        let dir = tempfile::tempdir().unwrap();
+        let path = user_kubeconfig(dir.path());
         let err = read_remote(&path, Some("nope")).unwrap_err();
         assert_eq!(
             err.to_string(),
             "context \"nope\" not found in the kubeconfig"
         );
         assert_eq!(err.hint(), "use one of: admin@east, admin@west");
-        std::fs::remove_file(dir.join("ca.crt")).unwrap();
+        std::fs::remove_file(dir.path().join("ca.crt")).unwrap();
         let err = read_remote(&path, None).unwrap_err();
         assert!(matches!(err, Error::ReadCa { .. }), "{err:?}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn load_reads_the_given_file() {
-        let dir = tempdir();
-        let path = user_kubeconfig(&dir);
+        let dir = tempfile::tempdir().unwrap();
+        let path = user_kubeconfig(dir.path());
         let kc = load(Some(&path)).unwrap();
         assert_eq!(kc.contexts.len(), 2);
         assert_eq!(select(&kc, None).unwrap().context, "admin@east");
-        let err = load(Some(&dir.join("missing"))).unwrap_err();
+        let err = load(Some(&dir.path().join("missing"))).unwrap_err();
         assert!(matches!(err, Error::Read { .. }), "{err:?}");
         assert!(err.hint().contains("--kubeconfig"));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// A cluster entry with only its server set.
@@ -901,17 +898,5 @@ users:
             validate_cluster_name("East").unwrap_err().to_string(),
             "invalid cluster name \"East\": it may hold only lowercase letters, digits and '-'"
         );
-    }
-
-    fn tempdir() -> PathBuf {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "kubectl-mesh-kubeconfig-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 }
