@@ -178,10 +178,10 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
 
     // A re-run that fails rolls back only what it created: nothing, the attach stands.
     let before = labelled(remote, &selector, false).await?;
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let out = mesh(
+    let out = try_attach(
         env,
-        &["attach", &kubeconfig],
+        remote,
+        &[],
         &[("KUBECTL_MESH_FAIL_AFTER", "mesh-cluster")],
     )
     .await?;
@@ -212,14 +212,8 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
 #[tokio::test]
 async fn dry_run_prints_both_sides_and_creates_nothing() -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(1).await?;
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
 
-    let out = mesh(
-        env,
-        &["attach", &kubeconfig, "--dry-run", "--istio-remote-secret"],
-        &[],
-    )
-    .await?;
+    let out = try_attach(env, remote, &["--dry-run", "--istio-remote-secret"], &[]).await?;
     let yaml = String::from_utf8(out.stdout.clone())?;
     succeeded(&out, "dry run")?;
     for expected in [
@@ -235,12 +229,7 @@ async fn dry_run_prints_both_sides_and_creates_nothing() -> anyhow::Result<()> {
     ] {
         assert!(yaml.contains(expected), "{expected} missing in:\n{yaml}");
     }
-    let out = mesh(
-        env,
-        &["attach", &kubeconfig, "--dry-run", "-o", "json"],
-        &[],
-    )
-    .await?;
+    let out = try_attach(env, remote, &["--dry-run", "-o", "json"], &[]).await?;
     succeeded(&out, "dry run -o json")?;
     let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(list["kind"], "List");

@@ -112,7 +112,7 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
     // The same cluster under a second name: refused, the first attach untouched.
     attach(env, remote, &[]).await?;
     let before = labelled(remote, MANAGED_BY, false).await?;
-    let out = mesh(env, &["attach", &remote_path, "--name", "second"], &[]).await?;
+    let out = try_attach(env, remote, &["--name", "second"], &[]).await?;
     let line = refused_in_one_line(&out, "second name")?;
     assert!(line.contains("already attached as \"remote-2\""), "{line}");
     assert!(primary_by_name(env, "second").await?.is_empty());
@@ -195,8 +195,7 @@ async fn attach_refuses_objects_it_did_not_create() -> anyhow::Result<()> {
     Api::<ClusterRole>::all(rc.clone())
         .create(&PostParams::default(), &role)
         .await?;
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let out = mesh(env, &["attach", &kubeconfig], &[]).await?;
+    let out = try_attach(env, remote, &[], &[]).await?;
     let result = refused_in_one_line(&out, "attach over a foreign ClusterRole");
     Api::<ClusterRole>::all(rc.clone())
         .delete("kubectl-mesh-sync", &DeleteParams::default())

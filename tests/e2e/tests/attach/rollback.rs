@@ -15,6 +15,10 @@ use crate::support::*;
 /// pull it from under another attach. Taken after the remote's lock.
 static ISTIO_SYSTEM: Mutex<()> = Mutex::const_new(());
 
+/// Attach flags under which every step of [`Step::ALL`] runs: the Istio and view steps run only
+/// when asked for.
+const EVERY_STEP: [&str; 2] = ["--istio-remote-secret", "--services-view"];
+
 /// Whether an attach with --istio-remote-secret that stops in or right after `step` has
 /// reached the primary's istio-system namespace.
 fn reaches_istio_system(step: Step) -> bool {
@@ -76,12 +80,8 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
         let istio_system = istio_system_before(&primary, step).await?;
         let step = step.name();
         let mut child = tokio::process::Command::from(fixtures::plugin(env)?)
-            .args([
-                "attach",
-                &kubeconfig,
-                "--istio-remote-secret",
-                "--services-view",
-            ])
+            .args(["attach", &kubeconfig])
+            .args(EVERY_STEP)
             .env_remove("KUBECTL_MESH_FAIL_AFTER")
             .env("KUBECTL_MESH_STALL_IN", step)
             .env("NO_COLOR", "1")
@@ -141,12 +141,7 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
     // run through.
     for step in Step::ALL.into_iter().filter(|s| !s.creates()) {
         let step = step.name();
-        let out = mesh(
-            env,
-            &["attach", &kubeconfig],
-            &[("KUBECTL_MESH_STALL_IN", step)],
-        )
-        .await?;
+        let out = try_attach(env, remote, &[], &[("KUBECTL_MESH_STALL_IN", step)]).await?;
         let line = refused_in_one_line(&out, step)?;
         assert!(
             line.contains(&format!(
@@ -165,20 +160,15 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     let (env, remote, _lock) = open_with_remote(0).await?;
     require_test_hooks(env).await?;
     let name = remote.name.as_str();
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let primary = env.primary().client().await?;
 
     for step in Step::ALL {
         let istio_system = istio_system_before(&primary, step).await?;
         let step = step.name();
-        let out = mesh(
+        let out = try_attach(
             env,
-            &[
-                "attach",
-                &kubeconfig,
-                "--istio-remote-secret",
-                "--services-view",
-            ],
+            remote,
+            &EVERY_STEP,
             &[("KUBECTL_MESH_FAIL_AFTER", step)],
         )
         .await?;
@@ -199,9 +189,10 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     }
 
     // An unknown step is refused before anything happens.
-    let out = mesh(
+    let out = try_attach(
         env,
-        &["attach", &kubeconfig],
+        remote,
+        &[],
         &[("KUBECTL_MESH_FAIL_AFTER", "no-such-step")],
     )
     .await?;
@@ -211,7 +202,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     // The re-run goes through, Istio remote secret and view identity included.
     let _istio = ISTIO_SYSTEM.lock().await;
     let istio_system_before = istio_system_exists(&primary).await?;
-    attach(env, remote, &["--istio-remote-secret", "--services-view"]).await?;
+    attach(env, remote, &EVERY_STEP).await?;
     let view = Api::<Secret>::namespaced(primary.clone(), "kubectl-mesh")
         .get(&format!("cluster-{name}-view"))
         .await?;

@@ -313,11 +313,24 @@ pub async fn assert_nothing_left(
 /// progress lines. (The question before a first sync that removes labels has tests of its
 /// own in `first_sync.rs`.)
 pub async fn attach(env: &TestEnv, remote: &Cluster, extra: &[&str]) -> anyhow::Result<String> {
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let mut args = vec!["attach", kubeconfig.as_str(), "--yes"];
+    let mut args = vec!["--yes"];
     args.extend(extra);
-    let out = mesh(env, &args, &[]).await?;
+    let out = try_attach(env, remote, &args, &[]).await?;
     succeeded(&out, &format!("attach {}", remote.name))
+}
+
+/// `kubectl mesh attach <remote's kubeconfig> <extra>` with the extra environment variables
+/// `vars` (see [`mesh`]); returns its output, whatever its exit status.
+pub async fn try_attach(
+    env: &TestEnv,
+    remote: &Cluster,
+    extra: &[&str],
+    vars: &[(&str, &str)],
+) -> anyhow::Result<Output> {
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let mut args = vec!["attach", kubeconfig.as_str()];
+    args.extend(extra);
+    mesh(env, &args, vars).await
 }
 
 /// `kubectl mesh detach <name> --remote-kubeconfig <remote's> <extra>`, which must succeed;

@@ -11,13 +11,7 @@ use crate::support::*;
 #[tokio::test]
 async fn wait_without_a_reconciler_times_out_with_a_hint() -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(1).await?;
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let out = mesh(
-        env,
-        &["attach", &kubeconfig, "--wait", "--timeout", "2s"],
-        &[],
-    )
-    .await?;
+    let out = try_attach(env, remote, &["--wait", "--timeout", "2s"], &[]).await?;
     let line = failed_last_line(&out, "attach --wait")?;
     assert!(line.contains("timed out after 2s"), "{line}");
     assert!(
