@@ -460,6 +460,26 @@ mod tests {
         }
     }
 
+    /// detach, rotate and scope reach a remote with the same credentials the same way: their
+    /// help says so in the same words.
+    #[test]
+    fn remote_admin_flags_read_alike_everywhere() {
+        let mut cli = Cli::command();
+        cli.build();
+        let help = |command: &str, flag: &str| {
+            let sub = cli.find_subcommand(command).expect(command);
+            let arg = sub.get_arguments().find(|a| a.get_long() == Some(flag));
+            arg.and_then(|a| a.get_help()).map(ToString::to_string)
+        };
+        for flag in ["remote-kubeconfig", "remote-context"] {
+            let detach = help("detach", flag);
+            assert!(detach.is_some(), "detach has no --{flag}");
+            for command in ["rotate", "scope"] {
+                assert_eq!(help(command, flag), detach, "{command} --{flag}");
+            }
+        }
+    }
+
     #[test]
     fn global_flags_go_anywhere() {
         let cli =

@@ -4,8 +4,6 @@
 //! change at once. The remote guard follows it too; changing the guard needs the remote's
 //! admin credentials, so a cluster with a guard needs them here as attach does.
 
-use std::path::PathBuf;
-
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use kube::{
     Api, Client, ResourceExt,
@@ -16,7 +14,7 @@ use serde_json::json;
 
 use crate::{
     Context, Error, Result,
-    access::{self, RemoteAdmin},
+    access::{self, RemoteAdminFlags},
     mesh_state, namespace_scope,
     output::{self, OutputFormat},
     remote_setup::{self as setup, Guard},
@@ -43,12 +41,9 @@ pub struct Scope {
     /// Remove the scope: every namespace the installed rule syncs is written again.
     #[arg(long, conflicts_with_all = ["exclude_namespaces", "namespace_selector"])]
     pub clear: bool,
-    /// Admin kubeconfig of the remote, to update its guard.
-    #[arg(long, value_name = "FILE")]
-    pub remote_kubeconfig: Option<PathBuf>,
-    /// Context of --remote-kubeconfig [default: the context attach recorded, else current].
-    #[arg(long, value_name = "CONTEXT")]
-    pub remote_context: Option<String>,
+    /// The remote's admin credentials, to update its guard.
+    #[command(flatten)]
+    pub remote_admin: RemoteAdminFlags,
 }
 
 impl Scope {
@@ -59,8 +54,7 @@ impl Scope {
             exclude_namespaces,
             namespace_selector,
             clear,
-            remote_kubeconfig,
-            remote_context,
+            remote_admin: remote_admin_flags,
         } = self;
         let primary = ctx.client().await?;
         let mc = mesh_state::select(
@@ -93,13 +87,7 @@ impl Scope {
             RemoteGuard::Off => None,
             RemoteGuard::Warn | RemoteGuard::Deny => {
                 let (kc, _, _) = ctx.primary_target()?;
-                let remote = remote_admin(
-                    &mc,
-                    &kc,
-                    remote_kubeconfig.as_ref(),
-                    remote_context.as_deref(),
-                )
-                .await?;
+                let remote = remote_admin(&mc, &kc, &remote_admin_flags).await?;
                 let guard = Guard::new(mc.spec.remote_guard, "", "")
                     .with_rule(&mesh_state::scoped_rule(&rule, &with_scope(&mc, &scope))?)
                     .with_scope(&scope);
@@ -182,11 +170,10 @@ fn scope_patch(scope: &NamespaceScope) -> serde_json::Value {
 async fn remote_admin(
     mc: &MeshCluster,
     primary_kc: &kube::config::Kubeconfig,
-    file: Option<&PathBuf>,
-    context: Option<&str>,
+    flags: &RemoteAdminFlags,
 ) -> Result<Client> {
     let name = mc.name_any();
-    let Some(admin) = RemoteAdmin::find(Some(mc), primary_kc, file, context)? else {
+    let Some(admin) = flags.find(Some(mc), primary_kc)? else {
         return Err(Error::Refused {
             what: format!(
                 "{name} has a remote guard, which follows the scope, and there are no \
