@@ -56,7 +56,7 @@ pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<Client> {
 }
 
 /// How the user names an admin kubeconfig of an attached remote, for the commands that
-/// change it (detach, rotate); without flags, the context attach recorded.
+/// change it (detach, rotate, scope); without flags, the context attach recorded.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct RemoteAdminFlags {
     /// Admin kubeconfig of the remote [default: your kubeconfig, with the context attach used].
