@@ -113,6 +113,17 @@ pub async fn kubectl_apply(
     Ok(())
 }
 
+/// `kubectl <args>` on `cluster`, which must succeed; returns its stdout.
+pub async fn kubectl(
+    env: &TestEnv,
+    cluster: &mesh_testenv::Cluster,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let mut cmd = env.kubectl(cluster);
+    cmd.args(args);
+    Ok(String::from_utf8(run(cmd).await?.stdout)?)
+}
+
 /// `kubectl label namespace <ns> --overwrite <args>` on the primary; returns kubectl's stderr,
 /// where the webhook's warnings say where the change landed.
 pub async fn label_on_primary(env: &TestEnv, ns: &str, args: &[&str]) -> anyhow::Result<String> {

@@ -15,7 +15,7 @@ use anyhow::{Context, ensure};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{TestEnv, workspace_binary};
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, create_namespace, describe, label_on_primary, labels,
+    NO_RESYNC, create_everywhere, create_namespace, describe, kubectl, label_on_primary, labels,
     namespace_labels, own_mesh_with, patch_labels, relabel_until, remote_names,
     reviews_with_outcome, run, stored_client, text,
 };
@@ -139,9 +139,8 @@ async fn a_label_no_longer_managed_does_not_reach_the_webhook_nor_the_remotes() 
     let ns = create_everywhere(env, "revised").await?;
     // Each remote's own revision: no longer managed, it is the remote's to keep.
     for remote in env.remotes() {
-        let mut label = env.kubectl(remote);
-        label.args(["label", "namespace", &ns, &format!("{REVISION}=stable")]);
-        run(label).await?;
+        let stable = format!("{REVISION}=stable");
+        kubectl(env, remote, &["label", "namespace", &ns, &stable]).await?;
     }
 
     let (_, all) = reviews_with_outcome(mesh, "pushed").await?;

@@ -19,8 +19,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::{Api, Client};
 use mesh_e2e::tokens::mint_token;
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, has_line, relabel_until,
-    run, shared_env, text, unique_name,
+    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, has_line, kubectl,
+    relabel_until, run, shared_env, text, unique_name,
 };
 use serde_json::json;
 
@@ -66,45 +66,47 @@ async fn namespaces_live_and_die_on_every_cluster_with_kubectl() -> anyhow::Resu
     let env = shared_env(2).await;
     for cluster in env.clusters() {
         let name = unique_name("kubectl");
-        let mut create = env.kubectl(cluster);
-        create.args(["create", "namespace", &name]);
-        run(create).await?;
-        let mut label = env.kubectl(cluster);
-        label.args(["label", "namespace", &name, "istio.io/rev=canary"]);
-        run(label).await?;
-        let mut get = env.kubectl(cluster);
-        get.args([
-            "get",
-            "namespace",
-            &name,
-            "-o",
-            "jsonpath={.metadata.labels.istio\\.io/rev}",
-        ]);
-        assert_eq!(
-            String::from_utf8(run(get).await?.stdout)?,
-            "canary",
-            "on {}",
-            cluster.name
-        );
+        kubectl(env, cluster, &["create", "namespace", &name]).await?;
+        kubectl(
+            env,
+            cluster,
+            &["label", "namespace", &name, "istio.io/rev=canary"],
+        )
+        .await?;
+        let rev = kubectl(
+            env,
+            cluster,
+            &[
+                "get",
+                "namespace",
+                &name,
+                "-o",
+                "jsonpath={.metadata.labels.istio\\.io/rev}",
+            ],
+        )
+        .await?;
+        assert_eq!(rev, "canary", "on {}", cluster.name);
         // --wait makes kubectl return only once the namespace controller finished.
-        let mut delete = env.kubectl(cluster);
-        delete.args(["delete", "namespace", &name, "--wait=true", "--timeout=60s"]);
-        run(delete).await?;
-        let mut after = env.kubectl(cluster);
-        after.args([
-            "get",
-            "namespace",
-            &name,
-            "--ignore-not-found",
-            "-o",
-            "name",
-        ]);
-        assert_eq!(
-            String::from_utf8(run(after).await?.stdout)?,
-            "",
-            "{name} still on {}",
-            cluster.name
-        );
+        kubectl(
+            env,
+            cluster,
+            &["delete", "namespace", &name, "--wait=true", "--timeout=60s"],
+        )
+        .await?;
+        let left = kubectl(
+            env,
+            cluster,
+            &[
+                "get",
+                "namespace",
+                &name,
+                "--ignore-not-found",
+                "-o",
+                "name",
+            ],
+        )
+        .await?;
+        assert_eq!(left, "", "{name} still on {}", cluster.name);
     }
     Ok(())
 }
@@ -175,9 +177,7 @@ async fn apiserver_calls_a_webhook_over_tls_and_applies_its_patch() -> anyhow::R
     webhooks.create(&PostParams::default(), &webhook).await?;
 
     let namespace = unique_name("webhook-target");
-    let mut create = env.kubectl(primary);
-    create.args(["create", "namespace", &namespace]);
-    run(create).await?;
+    kubectl(env, primary, &["create", "namespace", &namespace]).await?;
 
     // The apiserver loads webhook configurations asynchronously, so the first edits may pass
     // before it knows the webhook: label again until the patch shows on the stored object.

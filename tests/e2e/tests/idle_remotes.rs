@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, edit_labels, eventually, label_on_primary, labels,
-    managed_labels, metric_sum, own_mesh, run,
+    NO_RESYNC, create_everywhere, edit_labels, eventually, kubectl, label_on_primary, labels,
+    managed_labels, metric_sum, own_mesh,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -24,9 +24,7 @@ async fn namespace_metric(
     prefix: &str,
     verb: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let mut raw = env.kubectl(cluster);
-    raw.args(["get", "--raw", "/metrics"]);
-    let metrics = String::from_utf8(run(raw).await?.stdout)?;
+    let metrics = kubectl(env, cluster, &["get", "--raw", "/metrics"]).await?;
     let verb = format!(r#"verb="{verb}""#);
     Ok(metrics
         .lines()

@@ -24,8 +24,8 @@ use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
     DEFAULT_TIMEOUT, NO_RESYNC, create_everywhere, create_namespace, describe, eventually,
-    has_line, installed_webhook, label_on_primary, labels, managed_labels, metric_sum, own_mesh,
-    own_mesh_with, run, text, unique_name,
+    has_line, installed_webhook, kubectl, label_on_primary, labels, managed_labels, metric_sum,
+    own_mesh, own_mesh_with, run, text, unique_name,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -42,12 +42,13 @@ async fn objects(
     kinds: &str,
     selector: &str,
 ) -> anyhow::Result<BTreeSet<String>> {
-    let mut get = env.kubectl(cluster);
-    get.args(["get", kinds, "-A", "-l", selector, "-o", "name"]);
-    Ok(text(&run(get).await?.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect())
+    let names = kubectl(
+        env,
+        cluster,
+        &["get", kinds, "-A", "-l", selector, "-o", "name"],
+    )
+    .await?;
+    Ok(names.lines().map(str::to_owned).collect())
 }
 
 /// Everything on the primary labelled as made by kubectl-mesh, of every kind install or

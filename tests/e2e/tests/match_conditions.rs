@@ -3,7 +3,7 @@
 //! Alone in its test binary: it counts every review the webhook answers.
 
 use mesh_e2e::{
-    create_everywhere, https_get, label_on_primary, labels, managed_labels, run, shared_mesh,
+    create_everywhere, https_get, kubectl, label_on_primary, labels, managed_labels, shared_mesh,
 };
 
 async fn reviews_answered(addr: &str, ca: &str) -> anyhow::Result<f64> {
@@ -27,15 +27,13 @@ async fn only_managed_label_changes_reach_the_webhook() -> anyhow::Result<()> {
         .enumerate()
     {
         label_on_primary(env, &ns, &args).await?;
-        let mut annotate = env.kubectl(env.primary());
-        annotate.args([
-            "annotate",
-            "namespace",
-            &ns,
-            "--overwrite",
-            &format!("note=edit-{i}"),
-        ]);
-        run(annotate).await?;
+        let note = format!("note=edit-{i}");
+        kubectl(
+            env,
+            env.primary(),
+            &["annotate", "namespace", &ns, "--overwrite", &note],
+        )
+        .await?;
     }
     assert_eq!(
         reviews_answered(mesh.metrics_address(), &ca).await?,

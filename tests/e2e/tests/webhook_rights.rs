@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use mesh_e2e::{run, shared_mesh};
+use mesh_e2e::{kubectl, shared_mesh};
 use mesh_testenv::TestEnv;
 use mesh_testenv::mesh::WEBHOOK_ACCOUNT;
 
@@ -25,19 +25,22 @@ const EXPECTED: &[&str] = &[
 /// The resource rows of `kubectl auth can-i --list` in the mesh namespace for ServiceAccount
 /// `account` there, whitespace folded.
 async fn resource_rights(env: &TestEnv, account: &str) -> anyhow::Result<BTreeSet<String>> {
-    let mut can_i = env.kubectl(env.primary());
-    can_i.args([
-        "auth",
-        "can-i",
-        "--list",
-        "--namespace",
-        mesh_core::MESH_NAMESPACE,
-        &format!(
-            "--as=system:serviceaccount:{}:{account}",
-            mesh_core::MESH_NAMESPACE
-        ),
-    ]);
-    let output = String::from_utf8(run(can_i).await?.stdout)?;
+    let output = kubectl(
+        env,
+        env.primary(),
+        &[
+            "auth",
+            "can-i",
+            "--list",
+            "--namespace",
+            mesh_core::MESH_NAMESPACE,
+            &format!(
+                "--as=system:serviceaccount:{}:{account}",
+                mesh_core::MESH_NAMESPACE
+            ),
+        ],
+    )
+    .await?;
     Ok(output
         .lines()
         .skip(1)
@@ -55,15 +58,18 @@ async fn resource_rights(env: &TestEnv, account: &str) -> anyhow::Result<BTreeSe
 async fn the_webhook_may_do_what_its_code_does_and_no_more() -> anyhow::Result<()> {
     let (env, _mesh) = shared_mesh(0).await;
     // Whatever any account may do on this apiserver is not the webhook's doing.
-    let mut nobody = env.kubectl(env.primary());
-    nobody.args([
-        "create",
-        "serviceaccount",
-        "nobody",
-        "-n",
-        mesh_core::MESH_NAMESPACE,
-    ]);
-    run(nobody).await?;
+    kubectl(
+        env,
+        env.primary(),
+        &[
+            "create",
+            "serviceaccount",
+            "nobody",
+            "-n",
+            mesh_core::MESH_NAMESPACE,
+        ],
+    )
+    .await?;
     let baseline = resource_rights(env, "nobody").await?;
 
     let granted: BTreeSet<String> = resource_rights(env, WEBHOOK_ACCOUNT)
