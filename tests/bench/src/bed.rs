@@ -91,55 +91,33 @@ pub struct Bed {
     tls: Arc<rustls::ClientConfig>,
 }
 
+/// What a [`Bed`] runs.
+pub struct BedOptions {
+    /// The control planes: how many remotes, where their files go.
+    pub env: Options,
+    /// The mesh installed on them; the remotes are attached when `mesh.attach_remotes`.
+    pub mesh: MeshOptions,
+    /// A real istiod for the primary beside the mesh: the remotes are attached with
+    /// `--istio-remote-secret`, and the bed is ready once istiod has synced every one (its
+    /// watches then load every apiserver as in production).
+    pub istio: bool,
+}
+
 impl Bed {
-    /// A primary and `remotes` remotes, the mesh installed, remotes attached if `attach`.
-    pub async fn start(
-        options: &MeshOptions,
-        remotes: usize,
-        attach: bool,
-        resync_period: Duration,
-        dir: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
-        Self::start_with(options, remotes, attach, resync_period, dir, false).await
-    }
-
-    /// [`Bed::start`], and with `istio` a real istiod for the primary beside the mesh: the
-    /// remotes are attached with `--istio-remote-secret`, and the bed is ready once istiod has
-    /// synced every one (its watches then load every apiserver as in production).
-    pub async fn start_with(
-        options: &MeshOptions,
-        remotes: usize,
-        attach: bool,
-        resync_period: Duration,
-        dir: Option<PathBuf>,
-        istio: bool,
-    ) -> anyhow::Result<Self> {
-        let env = Options {
-            remotes,
-            dir,
-            ..Options::default()
-        };
-        Self::start_env(env, options, attach, resync_period, istio).await
-    }
-
-    /// [`Bed::start_with`] with the test environment's [`Options`] given whole.
-    pub async fn start_env(
-        env: Options,
-        options: &MeshOptions,
-        attach: bool,
-        resync_period: Duration,
-        istio: bool,
-    ) -> anyhow::Result<Self> {
+    /// Starts what `options` say; with attached remotes, returns once the webhook has synced
+    /// every one.
+    pub async fn start(options: BedOptions) -> anyhow::Result<Self> {
+        let BedOptions {
+            env,
+            mesh: mut options,
+            istio,
+        } = options;
         let env = TestEnv::start(env).await?;
         let istio = match istio {
             true => Some(Istio::start(&env, IstioOptions::default()).await?),
             false => None,
         };
-        let mut options = MeshOptions {
-            attach_remotes: attach,
-            resync_period,
-            ..options.clone()
-        };
+        let attach = options.attach_remotes;
         if istio.is_some() {
             options.attach_args.push("--istio-remote-secret".to_owned());
         }

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
+use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 
-use crate::bed::{Bed, set_label};
+use crate::bed::{Bed, BedOptions, set_label};
 use crate::https::sample;
 use crate::stats::{Row, Summary, latency_table, ms, ratio};
 use crate::watch::NamespaceWatch;
@@ -110,7 +111,20 @@ async fn one_count(
     remotes: usize,
     dir: Option<PathBuf>,
 ) -> anyhow::Result<Figure> {
-    let bed = Bed::start_with(options, remotes, true, RESYNC_PERIOD, dir, config.istio).await?;
+    let bed = Bed::start(BedOptions {
+        env: Options {
+            remotes,
+            dir,
+            ..Options::default()
+        },
+        mesh: MeshOptions {
+            attach_remotes: true,
+            resync_period: RESYNC_PERIOD,
+            ..options.clone()
+        },
+        istio: config.istio,
+    })
+    .await?;
     let names: Vec<String> = (0..config.namespaces.max(1))
         .map(|i| format!("prop-{i}"))
         .collect();

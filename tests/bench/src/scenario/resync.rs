@@ -24,10 +24,13 @@ use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use mesh_core::cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus};
+use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 use tokio::sync::mpsc;
 
-use crate::bed::{BENCH_LABEL, Bed, create_namespaces, half_labelled, set_label_on_all};
+use crate::bed::{
+    BENCH_LABEL, Bed, BedOptions, create_namespaces, half_labelled, set_label_on_all,
+};
 use crate::https::sample;
 use crate::procfs::{Memory, mib};
 use crate::watch::NamespaceWatch;
@@ -92,13 +95,19 @@ pub async fn run(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<String> {
     eprintln!("[bench] resync and footprint");
-    let bed = Bed::start(
-        options,
-        config.remotes.max(1),
-        false,
-        config.resync_period,
-        dir,
-    )
+    let bed = Bed::start(BedOptions {
+        env: Options {
+            remotes: config.remotes.max(1),
+            dir,
+            ..Options::default()
+        },
+        mesh: MeshOptions {
+            attach_remotes: false,
+            resync_period: config.resync_period,
+            ..options.clone()
+        },
+        istio: false,
+    })
     .await?;
     let pid = bed.webhook_pid;
     let idle = Memory::of(pid)?;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 use serde_json::{Value, json};
 
-use crate::bed::Bed;
+use crate::bed::{Bed, BedOptions};
 use crate::https::{self, sample};
 use crate::procfs;
 use crate::stats::{Summary, ms};
@@ -63,7 +64,19 @@ pub async fn run(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<String> {
     eprintln!("[bench] throughput");
-    let bed = Bed::start(options, 0, false, Duration::from_secs(600), dir).await?;
+    let bed = Bed::start(BedOptions {
+        env: Options {
+            dir,
+            ..Options::default()
+        },
+        mesh: MeshOptions {
+            attach_remotes: false,
+            resync_period: Duration::from_secs(600),
+            ..options.clone()
+        },
+        istio: false,
+    })
+    .await?;
     let addr = bed.mesh.listen_address().to_owned();
     let review = Bytes::from(serde_json::to_vec(&no_op_review())?);
     check_answer(&addr, &bed, &review).await?;

@@ -42,7 +42,9 @@ use self::changes::{Changes, wait_converged};
 use self::cold::{AttachTimes, attach_all, cold_floor, wait_active};
 use self::requests::{VERBS, converged_resync, median_max};
 use self::sampler::{Sampler, lock};
-use crate::bed::{BENCH_LABEL, Bed, create_namespaces, half_labelled, set_label_on_all};
+use crate::bed::{
+    BENCH_LABEL, Bed, BedOptions, create_namespaces, half_labelled, set_label_on_all,
+};
 use crate::procfs::{Memory, mib};
 use crate::scenario::resync::{MANAGED_LABEL, Remote, WRITE_CONCURRENCY, observe, watch_clusters};
 use crate::stats::{Row, Summary, latency_table, ms, ratio};
@@ -96,18 +98,20 @@ pub async fn run(
     let r = config.remotes.max(2);
     let n = config.namespaces.max(4);
     let started = Instant::now();
-    let bed = Bed::start_env(
-        Options {
+    let bed = Bed::start(BedOptions {
+        env: Options {
             remotes: r,
             dir,
             per_namespace_controllers: false,
             ..Options::default()
         },
-        options,
-        false,
-        config.resync_period,
-        false,
-    )
+        mesh: MeshOptions {
+            attach_remotes: false,
+            resync_period: config.resync_period,
+            ..options.clone()
+        },
+        istio: false,
+    })
     .await?;
     let bed_up = started.elapsed();
     eprintln!(
