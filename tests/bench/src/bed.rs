@@ -103,6 +103,38 @@ pub struct BedOptions {
     pub istio: bool,
 }
 
+impl BedOptions {
+    /// `remotes` remotes with their files in `dir` (a temporary directory when `None`), and
+    /// the mesh of `mesh` on them resyncing every `resync_period`, remotes not attached, no
+    /// istiod.
+    pub fn new(
+        mesh: &MeshOptions,
+        remotes: usize,
+        resync_period: Duration,
+        dir: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            env: Options {
+                remotes,
+                dir,
+                ..Options::default()
+            },
+            mesh: MeshOptions {
+                attach_remotes: false,
+                resync_period,
+                ..mesh.clone()
+            },
+            istio: false,
+        }
+    }
+
+    /// With every remote attached.
+    pub fn attached(mut self) -> Self {
+        self.mesh.attach_remotes = true;
+        self
+    }
+}
+
 impl Bed {
     /// Starts what `options` say; with attached remotes, returns once the webhook has synced
     /// every one.

@@ -15,7 +15,6 @@ use anyhow::Context as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
-use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 
 use crate::bed::{Bed, BedOptions, MANAGED_LABEL_CONDITION, set_label};
@@ -50,20 +49,8 @@ pub async fn run(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<String> {
     eprintln!("[bench] admission-overhead");
-    let bed = Bed::start(BedOptions {
-        env: Options {
-            remotes: 1,
-            dir,
-            ..Options::default()
-        },
-        mesh: MeshOptions {
-            attach_remotes: true,
-            resync_period: Duration::from_secs(600),
-            ..options.clone()
-        },
-        istio: false,
-    })
-    .await?;
+    let bed =
+        Bed::start(BedOptions::new(options, 1, Duration::from_secs(600), dir).attached()).await?;
     bed.namespace_everywhere(NAMESPACE, SCENARIO).await?;
     let primary: Api<Namespace> = Api::all(bed.primary().await?);
     let installed = bed.webhook_configuration().await?;

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
-use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 
 use crate::bed::{Bed, BedOptions, set_label};
@@ -112,17 +111,8 @@ async fn one_count(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<Figure> {
     let bed = Bed::start(BedOptions {
-        env: Options {
-            remotes,
-            dir,
-            ..Options::default()
-        },
-        mesh: MeshOptions {
-            attach_remotes: true,
-            resync_period: RESYNC_PERIOD,
-            ..options.clone()
-        },
         istio: config.istio,
+        ..BedOptions::new(options, remotes, RESYNC_PERIOD, dir).attached()
     })
     .await?;
     let names: Vec<String> = (0..config.namespaces.max(1))

@@ -24,7 +24,6 @@ use kube::api::ListParams;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use mesh_core::cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus};
-use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 use tokio::sync::mpsc;
 
@@ -95,19 +94,12 @@ pub async fn run(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<String> {
     eprintln!("[bench] resync and footprint");
-    let bed = Bed::start(BedOptions {
-        env: Options {
-            remotes: config.remotes.max(1),
-            dir,
-            ..Options::default()
-        },
-        mesh: MeshOptions {
-            attach_remotes: false,
-            resync_period: config.resync_period,
-            ..options.clone()
-        },
-        istio: false,
-    })
+    let bed = Bed::start(BedOptions::new(
+        options,
+        config.remotes.max(1),
+        config.resync_period,
+        dir,
+    ))
     .await?;
     let pid = bed.webhook_pid;
     let idle = Memory::of(pid)?;

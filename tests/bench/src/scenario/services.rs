@@ -18,7 +18,6 @@ use futures::{StreamExt as _, TryStreamExt as _, future::try_join_all, stream};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use kube::Api;
 use kube::api::PostParams;
-use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -51,19 +50,15 @@ pub async fn run(
     eprintln!("[bench] services");
     let mut options = options.clone();
     options.attach_args.push("--services-view".to_owned());
-    let bed = Bed::start(BedOptions {
-        env: Options {
-            remotes: config.remotes.max(1),
+    let bed = Bed::start(
+        BedOptions::new(
+            &options,
+            config.remotes.max(1),
+            Duration::from_secs(60),
             dir,
-            ..Options::default()
-        },
-        mesh: MeshOptions {
-            attach_remotes: true,
-            resync_period: Duration::from_secs(60),
-            ..options
-        },
-        istio: false,
-    })
+        )
+        .attached(),
+    )
     .await?;
     let names: Vec<String> = (0..config.namespaces)
         .map(|i| format!("sv-{i:05}"))

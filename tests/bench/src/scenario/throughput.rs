@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 use serde_json::{Value, json};
 
@@ -64,19 +63,7 @@ pub async fn run(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<String> {
     eprintln!("[bench] throughput");
-    let bed = Bed::start(BedOptions {
-        env: Options {
-            dir,
-            ..Options::default()
-        },
-        mesh: MeshOptions {
-            attach_remotes: false,
-            resync_period: Duration::from_secs(600),
-            ..options.clone()
-        },
-        istio: false,
-    })
-    .await?;
+    let bed = Bed::start(BedOptions::new(options, 0, Duration::from_secs(600), dir)).await?;
     let addr = bed.mesh.listen_address().to_owned();
     let review = Bytes::from(serde_json::to_vec(&no_op_review())?);
     check_answer(&addr, &bed, &review).await?;

@@ -34,7 +34,6 @@ use anyhow::{Context as _, bail};
 use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
-use mesh_testenv::Options;
 use mesh_testenv::mesh::MeshOptions;
 use tokio::sync::mpsc;
 
@@ -98,21 +97,9 @@ pub async fn run(
     let r = config.remotes.max(2);
     let n = config.namespaces.max(4);
     let started = Instant::now();
-    let bed = Bed::start(BedOptions {
-        env: Options {
-            remotes: r,
-            dir,
-            per_namespace_controllers: false,
-            ..Options::default()
-        },
-        mesh: MeshOptions {
-            attach_remotes: false,
-            resync_period: config.resync_period,
-            ..options.clone()
-        },
-        istio: false,
-    })
-    .await?;
+    let mut bed_options = BedOptions::new(options, r, config.resync_period, dir);
+    bed_options.env.per_namespace_controllers = false;
+    let bed = Bed::start(bed_options).await?;
     let bed_up = started.elapsed();
     eprintln!(
         "[bench]   {} clusters and the mesh up in {bed_up:.1?}",
