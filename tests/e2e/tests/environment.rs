@@ -639,10 +639,14 @@ async fn up_refuses_a_second_environment_in_its_directory_and_down_stops_it() ->
     let counts = count_by_command(&processes);
     assert_eq!(counts.get("kube-apiserver"), Some(&2), "{counts:?}");
     let testenv = mesh_e2e::mesh_testenv::workspace_binary("mesh-testenv")?;
+    // `mesh-testenv <verb> --dir <dir>`: the environment this test started.
+    let in_dir = |verb: &str| {
+        let mut cmd = std::process::Command::new(&testenv);
+        cmd.args([verb, "--dir", &dir]);
+        cmd
+    };
 
-    let mut again = std::process::Command::new(&testenv);
-    again.args(["up", "--dir", &dir]);
-    let out = mesh_e2e::fixtures::output(again).await?;
+    let out = mesh_e2e::fixtures::output(in_dir("up")).await?;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert_eq!(
         text(&out.stderr),
@@ -657,11 +661,9 @@ async fn up_refuses_a_second_environment_in_its_directory_and_down_stops_it() ->
         "the refused up left it alone"
     );
 
-    let mut down = std::process::Command::new(&testenv);
-    down.args(["down", "--dir", &dir]);
     // `down` waits until the pid is gone, and the pid of an exited child lasts until its parent
     // (this test, as a shell would) reaps it: reap while `down` waits.
-    let (out, exit) = tokio::join!(run(down), up.wait_exit());
+    let (out, exit) = tokio::join!(run(in_dir("down")), up.wait_exit());
     assert_eq!(
         text(&out?.stdout),
         format!("stopped the environment in {dir}\n")
@@ -669,9 +671,7 @@ async fn up_refuses_a_second_environment_in_its_directory_and_down_stops_it() ->
     assert!(exit?.success(), "{}", up.output("stderr"));
     all_gone(&processes).await?;
 
-    let mut down = std::process::Command::new(&testenv);
-    down.args(["down", "--dir", &dir]);
-    let out = mesh_e2e::fixtures::output(down).await?;
+    let out = mesh_e2e::fixtures::output(in_dir("down")).await?;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert_eq!(
         text(&out.stderr),

@@ -178,13 +178,7 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
 
     // A re-run that fails rolls back only what it created: nothing, the attach stands.
     let before = labelled(remote, &selector, false).await?;
-    let out = try_attach(
-        env,
-        remote,
-        &[],
-        &[("KUBECTL_MESH_FAIL_AFTER", "mesh-cluster")],
-    )
-    .await?;
+    let out = attach_failing_after(env, remote, "mesh-cluster", &[]).await?;
     let line = failed_last_line(&out, "failing re-run")?;
     assert!(line.contains("nothing was rolled back"), "{line}");
     assert!(

@@ -165,13 +165,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     for step in Step::ALL {
         let istio_system = istio_system_before(&primary, step).await?;
         let step = step.name();
-        let out = try_attach(
-            env,
-            remote,
-            &EVERY_STEP,
-            &[("KUBECTL_MESH_FAIL_AFTER", step)],
-        )
-        .await?;
+        let out = attach_failing_after(env, remote, step, &EVERY_STEP).await?;
         let line = failed_last_line(&out, step)?;
         assert!(
             line.contains(&format!("failed at step {step} and was rolled back")),
@@ -189,13 +183,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     }
 
     // An unknown step is refused before anything happens.
-    let out = try_attach(
-        env,
-        remote,
-        &[],
-        &[("KUBECTL_MESH_FAIL_AFTER", "no-such-step")],
-    )
-    .await?;
+    let out = attach_failing_after(env, remote, "no-such-step", &[]).await?;
     refused_in_one_line(&out, "unknown step")?;
     assert_nothing_left(env, remote, name).await?;
 

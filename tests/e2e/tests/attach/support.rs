@@ -333,6 +333,16 @@ pub async fn try_attach(
     mesh(env, &args, vars).await
 }
 
+/// [`try_attach`] made to fail right after `step` by the test hook `KUBECTL_MESH_FAIL_AFTER`.
+pub async fn attach_failing_after(
+    env: &TestEnv,
+    remote: &Cluster,
+    step: &str,
+    extra: &[&str],
+) -> anyhow::Result<Output> {
+    try_attach(env, remote, extra, &[("KUBECTL_MESH_FAIL_AFTER", step)]).await
+}
+
 /// `kubectl mesh detach <name> --remote-kubeconfig <remote's> <extra>`, which must succeed;
 /// returns its progress lines.
 pub async fn detach(
