@@ -4,14 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
 use mesh_e2e::{
-    NO_RESYNC, carries, create_everywhere, edit_labels, eventually, https_get, label_on_primary,
-    labels, lease_holder, managed_labels, metric_sum, namespaces, own_mesh, route_admission_to,
-    run, shared_mesh, syncs, unique_name,
+    NO_RESYNC, carries, create_everywhere, edit_labels, eventually, https_get, kubectl,
+    label_on_primary, labels, lease_holder, managed_labels, metric_sum, namespaces, own_mesh,
+    route_admission_to, shared_mesh, syncs, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -108,9 +109,8 @@ async fn refuse_rejected_revision(env: &TestEnv, scope: &str, ns: &str) -> anyho
             object["kind"].as_str().unwrap_or("x")
         ));
         std::fs::write(&path, object.to_string())?;
-        let mut apply = env.kubectl(primary);
-        apply.arg("create").arg("-f").arg(&path);
-        run(apply).await?;
+        let file = path.to_str().context("temporary path is not UTF-8")?;
+        kubectl(env, primary, &["create", "-f", file]).await?;
         let _ = std::fs::remove_file(path);
     }
     // Policies load asynchronously: probe with server-side dry runs (the webhook pushes
@@ -200,15 +200,18 @@ async fn a_pushed_change_the_primary_then_rejects_is_reverted_on_remotes() -> an
     let ns = create_everywhere(env, "rejected").await?;
     let scope = unique_name("vap");
     let primary = env.primary();
-    let mut label = env.kubectl(primary);
-    label.args([
-        "label",
-        "namespace",
-        &ns,
-        &format!("e2e-vap={scope}"),
-        "istio.io/rev=stable",
-    ]);
-    run(label).await?;
+    kubectl(
+        env,
+        primary,
+        &[
+            "label",
+            "namespace",
+            &ns,
+            &format!("e2e-vap={scope}"),
+            "istio.io/rev=stable",
+        ],
+    )
+    .await?;
     for remote in env.remotes() {
         wait_labels(remote, &ns, &labels(&[("istio.io/rev", "stable")])).await?;
     }
@@ -409,9 +412,12 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
     synced_becomes(&env, "remote-1", "True").await?;
 
     // RBAC removed: the token still authenticates but may no longer patch namespaces.
-    let mut unbind = env.kubectl(remote);
-    unbind.args(["delete", "clusterrolebinding", "kubectl-mesh-sync"]);
-    run(unbind).await?;
+    kubectl(
+        &env,
+        remote,
+        &["delete", "clusterrolebinding", "kubectl-mesh-sync"],
+    )
+    .await?;
     let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     assert!(
         warnings.contains("remote-1 forbids the change"),
@@ -456,15 +462,17 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
     reattach_repairs(&env, &mesh, &ns, "enabled").await?;
 
     // Token revoked: deleting its Secret invalidates the token itself.
-    let mut revoke = env.kubectl(remote);
-    revoke.args([
-        "delete",
-        "secret",
-        "-n",
-        "kubectl-mesh",
-        "kubectl-mesh-sync-token",
-    ]);
-    run(revoke).await?;
+    kubectl(
+        &env,
+        remote,
+        &[
+            "delete",
+            "-n",
+            "kubectl-mesh",
+            "secret/kubectl-mesh-sync-token",
+        ],
+    )
+    .await?;
     label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
     let (synced, reachable) = synced_becomes(&env, "remote-1", "Unknown").await?;
     assert_eq!(synced.reason, "Forbidden", "{synced:?}");

@@ -14,7 +14,7 @@ use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::stand_in_injector;
 use mesh_e2e::in_cluster::{DEPLOYMENT, IMAGE, InCluster, NAMESPACE};
 use mesh_e2e::{
-    assert_remotes, create_everywhere, edit_labels, eventually, label_on_primary, labels,
+    assert_remotes, create_everywhere, edit_labels, eventually, kubectl, label_on_primary, labels,
     managed_labels, run,
 };
 use serde_json::json;
@@ -218,16 +218,19 @@ impl Changes {
         image: &str,
     ) -> anyhow::Result<()> {
         let env = &mesh.env;
-        let mut set_image = env.kubectl(env.primary());
-        set_image.args([
-            "set",
-            "image",
-            "-n",
-            NAMESPACE,
-            &format!("deployment/{DEPLOYMENT}"),
-            &format!("{DEPLOYMENT}={image}"),
-        ]);
-        run(set_image).await?;
+        kubectl(
+            env,
+            env.primary(),
+            &[
+                "set",
+                "image",
+                "-n",
+                NAMESPACE,
+                &format!("deployment/{DEPLOYMENT}"),
+                &format!("{DEPLOYMENT}={image}"),
+            ],
+        )
+        .await?;
         let done = AtomicBool::new(false);
         let loops = namespaces.iter().map(|ns| change_until(mesh, ns, &done));
         // The loops stop however the wait ends: a rollout that never finishes fails the test

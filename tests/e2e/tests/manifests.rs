@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use mesh_e2e::{run, shared_env};
+use anyhow::Context as _;
+use mesh_e2e::{kubectl, shared_env};
 
 fn manifests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests")
@@ -12,20 +13,19 @@ fn manifests_dir() -> PathBuf {
 async fn every_manifest_passes_a_server_side_dry_run() -> anyhow::Result<()> {
     let env = shared_env(0).await;
     let primary = env.primary();
+    let dir = manifests_dir();
+    let dir = dir.to_str().context("manifests path is not UTF-8")?;
     // Namespaced objects are validated against their namespace, which a dry run of the
     // namespace itself does not create: create it for real first.
-    let mut namespace = env.kubectl(primary);
-    namespace
-        .args(["apply", "-f"])
-        .arg(manifests_dir().join("namespace.yaml"));
-    run(namespace).await?;
+    let namespace = format!("{dir}/namespace.yaml");
+    kubectl(env, primary, &["apply", "-f", &namespace]).await?;
 
-    let mut apply = env.kubectl(primary);
-    apply
-        .args(["apply", "--dry-run=server", "-o", "name", "-k"])
-        .arg(manifests_dir());
-    let output = run(apply).await?;
-    let applied = String::from_utf8(output.stdout)?;
+    let applied = kubectl(
+        env,
+        primary,
+        &["apply", "--dry-run=server", "-o", "name", "-k", dir],
+    )
+    .await?;
     for expected in [
         "customresourcedefinition.apiextensions.k8s.io/meshclusters.kubectl-mesh.io",
         "namespace/kubectl-mesh",
