@@ -572,6 +572,17 @@ pub fn describe(out: &std::process::Output) -> String {
     )
 }
 
+/// Asserts that a command succeeded, failing the calling test with its exit status, stdout and
+/// stderr ([`describe`]) when it did not.
+#[track_caller]
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "the command failed: {}",
+        describe(out)
+    );
+}
+
 /// The admission reviews the mesh's webhook has answered, per outcome (`pushed`, `no_push`,
 /// ...), from `admission_reviews_total` on its `/metrics`: a request the apiserver did not
 /// send (matchConditions) counts nowhere.

@@ -18,7 +18,9 @@ use kubectl_mesh::remote_setup as setup;
 use mesh_core::cluster::RemoteGuard;
 use mesh_e2e::fixtures::{self, AttachOptions, Token, output, plugin};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
-use mesh_e2e::{DEFAULT_TIMEOUT, describe, eventually, has_line, shared_env, text, unique_name};
+use mesh_e2e::{
+    DEFAULT_TIMEOUT, assert_success, describe, eventually, has_line, shared_env, text, unique_name,
+};
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -95,7 +97,7 @@ fn row<'a>(table: &'a str, first: &str) -> Option<Vec<&'a str>> {
 async fn list_shows_attached_clusters_and_says_when_there_are_none() -> anyhow::Result<()> {
     let (_serial, env) = serial().await;
     let out = mesh(env, &["list"]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     assert_eq!(text(&out.stdout), "", "{}", describe(&out));
     assert_eq!(
         text(&out.stderr),
@@ -120,7 +122,7 @@ async fn list_shows_attached_clusters_and_says_when_there_are_none() -> anyhow::
     let west = fixtures::attach(env, &env.remotes()[1], &west_name, Default::default()).await?;
 
     let out = mesh(env, &["list"]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let table = text(&out.stdout);
     let header = header(&table);
     assert_eq!(
@@ -214,7 +216,7 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
 
     // The matrix: drift marked where the remote differs, in sync and missing where not.
     let out = mesh(env, &["status", &ns, &in_sync, &absent]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let table = text(&out.stdout);
     let header = header(&table);
     assert_eq!(
@@ -274,7 +276,7 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
     };
     // A dry run prints the change and makes none.
     let out = mesh(env, &["sync", "--dry-run", "--cluster", &name]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let stdout = text(&out.stdout);
     assert!(shows_the_drift(&stdout), "{stdout}");
     assert!(stdout.contains("dry run, nothing written"), "{stdout}");
@@ -286,7 +288,7 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
 
     // The real sync converges, touching nothing but managed labels.
     let out = mesh(env, &["sync", "--cluster", &name]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let stdout = text(&out.stdout);
     assert!(shows_the_drift(&stdout), "{stdout}");
     let summary = stdout
@@ -310,7 +312,7 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
 
     // Converged: a second sync writes nothing, status finds no drift.
     let out = mesh(env, &["sync", "--cluster", &name]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let stdout = text(&out.stdout);
     assert!(stdout.ends_with(", 0 writes\n"), "{stdout}");
     assert!(!stdout.contains(&format!("   {ns}   ")), "{stdout}");
@@ -337,7 +339,7 @@ async fn unreachable_remote_is_a_column_in_status_and_a_failure_in_sync() -> any
     create_namespace(&primary, &ns, &[("istio-injection", "enabled")]).await;
 
     let out = mesh(env, &["status", "--remote-timeout", "3s", &ns]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let table = text(&out.stdout);
     let header = header(&table);
     let column = |name: &str| header.iter().position(|h| *h == name.to_uppercase());
@@ -600,7 +602,7 @@ async fn kubectl_finds_the_plugin_on_path() -> anyhow::Result<()> {
     );
 
     let out = output(kubectl(&["mesh", "--help"])).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let help = text(&out.stdout);
     assert!(
         help.starts_with("Manage a multi-cluster Istio mesh from its primary cluster"),
@@ -619,7 +621,7 @@ async fn kubectl_finds_the_plugin_on_path() -> anyhow::Result<()> {
 
     let primary = env.primary().kubeconfig.to_string_lossy().into_owned();
     let out = output(kubectl(&["mesh", "list", "--kubeconfig", &primary])).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     assert_eq!(
         text(&out.stderr),
         "No clusters attached. Attach one with: kubectl mesh attach <kubeconfig>\n"
@@ -628,7 +630,7 @@ async fn kubectl_finds_the_plugin_on_path() -> anyhow::Result<()> {
     let name = unique_name("found");
     fixtures::attach(env, &env.remotes()[0], &name, Default::default()).await?;
     let out = output(kubectl(&["mesh", "list", "--kubeconfig", &primary])).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     assert!(
         row(&text(&out.stdout), &name).is_some(),
         "{}",

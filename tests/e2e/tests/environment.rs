@@ -19,8 +19,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::{Api, Client};
 use mesh_e2e::tokens::mint_token;
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, describe, eventually, has_line, kubectl,
-    relabel_until, run, shared_env, text, unique_name,
+    DEFAULT_TIMEOUT, HttpsServer, TestCertificate, assert_success, describe, eventually, has_line,
+    kubectl, relabel_until, run, shared_env, text, unique_name,
 };
 use serde_json::json;
 
@@ -512,7 +512,7 @@ async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result
     );
 
     let list = up.in_demo_shell("kubectl mesh list").await?;
-    assert!(list.status.success(), "{}", describe(&list));
+    assert_success(&list);
     let table = text(&list.stdout);
     for remote in ["remote-1", "remote-2"] {
         let row: Vec<&str> = table
@@ -539,7 +539,7 @@ async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result
     let labelled = up
         .in_demo_shell("kubectl label namespace shop istio-injection=enabled")
         .await?;
-    assert!(labelled.status.success(), "{}", describe(&labelled));
+    assert_success(&labelled);
     assert_eq!(text(&labelled.stdout), "namespace/shop labeled\n");
     let warnings = text(&labelled.stderr);
     for line in [
@@ -568,7 +568,7 @@ async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result
         describe(&shown)
     );
     let status = up.in_demo_shell("kubectl mesh status").await?;
-    assert!(status.status.success(), "{}", describe(&status));
+    assert_success(&status);
     let rows: Vec<Vec<String>> = text(&status.stdout)
         .lines()
         .map(|l| l.split_whitespace().map(str::to_owned).collect())
@@ -588,7 +588,7 @@ async fn the_readme_demo_runs_and_ctrl_c_stops_every_process() -> anyhow::Result
         describe(&status)
     );
     let check = up.in_demo_shell("kubectl mesh check").await?;
-    assert!(check.status.success(), "{}", describe(&check));
+    assert_success(&check);
     let report = text(&check.stdout);
     for line in [
         "✓ namespaces asking for sidecars have an injector (1 namespace served)",

@@ -23,9 +23,9 @@ use mesh_e2e::fixtures::mesh_command;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, NO_RESYNC, create_everywhere, create_namespace, describe, eventually,
-    has_line, installed_webhook, kubectl, label_on_primary, labels, managed_labels, metric_sum,
-    own_mesh, own_mesh_with, run, text, unique_name,
+    DEFAULT_TIMEOUT, NO_RESYNC, assert_success, create_everywhere, create_namespace, describe,
+    eventually, has_line, installed_webhook, kubectl, label_on_primary, labels, managed_labels,
+    metric_sum, own_mesh, own_mesh_with, run, text, unique_name,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -150,7 +150,7 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
 
     // A dry run lists what goes, the CRD only with --crd, and deletes nothing.
     let out = mesh_command(&env, &["uninstall", "--dry-run"]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let plan = text(&out.stdout);
     for row in [
         "MutatingWebhookConfiguration",
@@ -190,14 +190,14 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
         ],
     )
     .await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     assert_eq!(
         attach_objects_on_remote(&env, detached, &detached.name).await?,
         BTreeSet::new()
     );
 
     let out = mesh_command(&env, &["uninstall", "--force"]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let stderr = text(&out.stderr);
     for line in [
         "! leaving the remote objects of remote-1 behind (--force)",
@@ -282,7 +282,7 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
 
     // Re-running is safe; --crd takes the CRD and every MeshCluster with it.
     let out = mesh_command(&env, &["uninstall", "--force", "--crd"]).await?;
-    assert!(out.status.success(), "{}", describe(&out));
+    assert_success(&out);
     let stderr = text(&out.stderr);
     for line in [
         "• MutatingWebhookConfiguration kubectl-mesh not found",

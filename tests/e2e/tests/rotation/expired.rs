@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use mesh_e2e::tokens::store_token;
-use mesh_e2e::{carries, create_everywhere, describe, eventually, fixtures::mesh_command, text};
+use mesh_e2e::{
+    assert_success, carries, create_everywhere, describe, eventually, fixtures::mesh_command, text,
+};
 
 use crate::support::{DEADLINE, one_remote, reachable_reason, rotate, token_expiry};
 
@@ -76,7 +78,7 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
     );
 
     let rotated = rotate(&env, remote).await?;
-    assert!(rotated.status.success(), "rotate: {}", describe(&rotated));
+    assert_success(&rotated);
     eventually("Reachable=True", DEADLINE, || async {
         Ok(
             (reachable_reason(&env, &name).await?.map(|r| r.0) == Some("True".to_owned()))

@@ -1,7 +1,9 @@
 //! A replica that does not lead picks the rotated credentials up too.
 
 use mesh_e2e::tokens::revoked;
-use mesh_e2e::{create_everywhere, describe, eventually, pushes_by_result, route_admission_to};
+use mesh_e2e::{
+    assert_success, create_everywhere, eventually, pushes_by_result, route_admission_to,
+};
 
 use crate::support::{DEADLINE, one_remote, rotate, stored_sync};
 
@@ -31,7 +33,7 @@ async fn a_follower_replica_pushes_with_the_rotated_token() -> anyhow::Result<()
 
     let old = stored_sync(&env, &name).await?;
     let rotated = rotate(&env, remote).await?;
-    assert!(rotated.status.success(), "rotate: {}", describe(&rotated));
+    assert_success(&rotated);
     revoked("the old token", &old).await?;
 
     let before = pushes_by_result(&follower.metrics, &ca).await?;

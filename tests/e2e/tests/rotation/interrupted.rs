@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
-    carries, create_everywhere, describe,
+    assert_success, carries, create_everywhere, describe,
     fixtures::{mesh_command, output},
     text,
 };
@@ -54,7 +54,7 @@ async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
     // The webhook back, the re-run finishes the job.
     mesh.start_webhook(&env).await?;
     let rerun = rotate(&env, remote).await?;
-    assert!(rerun.status.success(), "re-run: {}", describe(&rerun));
+    assert_success(&rerun);
     let last = stored_sync(&env, &name).await?;
     revoked("the old token", &old).await?;
     revoked("the standby token", &midway).await?;
@@ -82,13 +82,13 @@ async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
             std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?,
         );
     let all = output(all).await?;
-    assert!(all.status.success(), "rotate --all: {}", describe(&all));
+    assert_success(&all);
     revoked("the token before rotate --all", &last).await?;
     let last = stored_sync(&env, &name).await?;
 
     // --dry-run names the steps and changes nothing.
     let dry = mesh_command(&env, &["rotate", &name, "--dry-run"]).await?;
-    assert!(dry.status.success(), "{}", describe(&dry));
+    assert_success(&dry);
     assert!(
         text(&dry.stderr).contains("observedCredentials"),
         "{}",
@@ -162,7 +162,7 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
     );
 
     let rerun = rotate(&env, remote).await?;
-    assert!(rerun.status.success(), "re-run: {}", describe(&rerun));
+    assert_success(&rerun);
     let last = stored_sync(&env, &name).await?;
     assert_eq!(answer_to(&last).await?, 201);
     assert!(

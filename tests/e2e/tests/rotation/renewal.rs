@@ -11,7 +11,7 @@ use kube::{
 use mesh_core::MESH_NAMESPACE;
 use mesh_e2e::tokens::{answer_to, mint_token, revoked, store_token, token_of};
 use mesh_e2e::{
-    carries, create_everywhere, describe, eventually,
+    assert_success, carries, create_everywhere, describe, eventually,
     fixtures::{mesh_command, output},
     text,
 };
@@ -208,7 +208,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
 
     let before = stored_sync(&env, &name).await?;
     let rotated = rotate(&env, remote).await?;
-    assert!(rotated.status.success(), "rotate: {}", describe(&rotated));
+    assert_success(&rotated);
     revoked("the token before rotation", &before).await?;
     let after = stored_sync(&env, &name).await?;
     assert_eq!(answer_to(&after).await?, 201);
@@ -234,7 +234,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
         "--dry-run",
     ]);
     let dry = output(dry).await?;
-    assert!(dry.status.success(), "{}", describe(&dry));
+    assert_success(&dry);
     let yaml = text(&dry.stdout);
     assert!(yaml.contains("serviceaccounts/token"), "{yaml}");
     assert!(yaml.contains("kubectl-mesh-sync-token-renewal"), "{yaml}");
@@ -258,7 +258,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
     );
 
     let detached = detach(&env, remote).await?;
-    assert!(detached.status.success(), "{}", describe(&detached));
+    assert_success(&detached);
     let roles =
         Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(remote.client().await?, MESH_NAMESPACE);
     assert!(

@@ -13,7 +13,7 @@ use kube::{
 };
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster};
 use mesh_e2e::tokens::{answer_to, revoked, stored_kubeconfig, token_of};
-use mesh_e2e::{carries, create_everywhere, describe, fixtures::output, text};
+use mesh_e2e::{assert_success, carries, create_everywhere, describe, fixtures::output, text};
 use mesh_testenv::TestEnv;
 
 use crate::support::{DEADLINE, SYNC_TOKEN, detach, one_remote, pushes, rotate, token_secrets};
@@ -103,7 +103,7 @@ async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let (changes, failures) = changer.await?;
-    assert!(rotated.status.success(), "rotate: {}", describe(&rotated));
+    assert_success(&rotated);
     assert!(failures.is_empty(), "label changes failed: {failures:?}");
     eprintln!("rotation took {took:.2?} under {changes} label changes");
     assert!(changes >= 10, "only {changes} changes during the rotation");
@@ -174,7 +174,7 @@ async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old
 
     // Detach leaves nothing behind, standbys included.
     let detached = detach(&env, remote).await?;
-    assert!(detached.status.success(), "{}", describe(&detached));
+    assert_success(&detached);
     assert!(token_secrets(remote).await.unwrap_or_default().is_empty());
     Ok(())
 }
