@@ -119,9 +119,21 @@ pub async fn kubectl(
     cluster: &mesh_testenv::Cluster,
     args: &[&str],
 ) -> anyhow::Result<String> {
+    Ok(String::from_utf8(
+        kubectl_output(env, cluster, args).await?.stdout,
+    )?)
+}
+
+/// `kubectl <args>` on `cluster`, which must succeed; returns its output, for the warnings
+/// kubectl prints on stderr.
+pub async fn kubectl_output(
+    env: &TestEnv,
+    cluster: &mesh_testenv::Cluster,
+    args: &[&str],
+) -> anyhow::Result<std::process::Output> {
     let mut cmd = env.kubectl(cluster);
     cmd.args(args);
-    Ok(String::from_utf8(run(cmd).await?.stdout)?)
+    run(cmd).await
 }
 
 /// `kubectl label namespace <ns> --overwrite <args>` on the primary; returns kubectl's stderr,

@@ -24,8 +24,8 @@ use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
     DEFAULT_TIMEOUT, NO_RESYNC, assert_success, create_everywhere, create_namespace, describe,
-    eventually, has_line, installed_webhook, kubectl, label_on_primary, labels, managed_labels,
-    metric_sum, own_mesh, own_mesh_with, run, text, unique_name,
+    eventually, has_line, installed_webhook, kubectl, kubectl_output, label_on_primary, labels,
+    managed_labels, metric_sum, own_mesh, own_mesh_with, text, unique_name,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -88,16 +88,16 @@ async fn mesh_clusters(env: &TestEnv) -> anyhow::Result<Vec<String>> {
 /// Whether the primary's apiserver still sends a managed-label change to a webhook: a
 /// server-side dry run is answered with the webhook's dry-run warning when it does.
 async fn primary_calls_a_webhook(env: &TestEnv, ns: &str) -> anyhow::Result<bool> {
-    let mut probe = env.kubectl(env.primary());
-    probe.args([
+    let probe = [
         "label",
         "namespace",
         ns,
         "istio-injection=webhook-probe",
         "--overwrite",
         "--dry-run=server",
-    ]);
-    Ok(text(&run(probe).await?.stderr).contains("kubectl-mesh: dry run"))
+    ];
+    let out = kubectl_output(env, env.primary(), &probe).await?;
+    Ok(text(&out.stderr).contains("kubectl-mesh: dry run"))
 }
 
 async fn admission_reviews(mesh: &Mesh) -> anyhow::Result<f64> {

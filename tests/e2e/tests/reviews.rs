@@ -8,9 +8,10 @@
 //! Alone in its test binary: its tests count every review the webhook answers, so they take
 //! turns.
 
+use anyhow::Context as _;
 use mesh_e2e::{
-    assert_remotes, create_everywhere, create_namespace, label_on_primary, labels, namespaces,
-    remote_names, reviews_with_outcome, run, shared_mesh, text, unique_name,
+    assert_remotes, create_everywhere, create_namespace, kubectl_output, label_on_primary, labels,
+    namespaces, remote_names, reviews_with_outcome, shared_mesh, text, unique_name,
 };
 use mesh_webhook::admission::PROPAGATION_ANNOTATION;
 use tokio::sync::Mutex;
@@ -38,9 +39,9 @@ async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
     )?;
 
     let (pushed, all) = reviews_with_outcome(mesh, "pushed").await?;
-    let mut create = env.kubectl(env.primary());
-    create.args(["create", "-f"]).arg(&manifest);
-    let warnings = text(&run(create).await?.stderr);
+    let file = manifest.to_str().context("manifest path is not UTF-8")?;
+    let created = kubectl_output(env, env.primary(), &["create", "-f", file]).await?;
+    let warnings = text(&created.stderr);
     // Read at once: the webhook pushes before it answers the CREATE review.
     assert_remotes(
         env,
@@ -99,9 +100,8 @@ async fn deleting_a_labelled_namespace_removes_its_label_before_kubectl_returns(
     // --wait=false: kubectl returns once the apiserver has answered the DELETE (and so the
     // webhook has), not after the namespace is finalized, when the reconciler could have
     // removed the label instead.
-    let mut delete = env.kubectl(env.primary());
-    delete.args(["delete", "namespace", &name, "--wait=false"]);
-    let warnings = text(&run(delete).await?.stderr);
+    let delete = ["delete", "namespace", &name, "--wait=false"];
+    let warnings = text(&kubectl_output(env, env.primary(), &delete).await?.stderr);
     assert_remotes(
         env,
         &name,
