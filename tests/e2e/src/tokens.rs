@@ -11,7 +11,7 @@ use k8s_openapi::api::{
 use kube::{Api, api::PostParams};
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::remote::{RemoteOptions, client_from_kubeconfig};
-use mesh_testenv::TestEnv;
+use mesh_testenv::{Cluster, TestEnv};
 
 use crate::eventually;
 
@@ -110,4 +110,16 @@ pub async fn revoked(what: &str, kubeconfig: &str) -> anyhow::Result<()> {
         || async { Ok((answer_to(kubeconfig).await? == 401).then_some(())) },
     )
     .await
+}
+
+/// Deletes the token Secret `secret` in the mesh namespace of `cluster`: the token it holds is
+/// refused from then on (see [`revoked`] for when).
+pub async fn revoke(env: &TestEnv, cluster: &Cluster, secret: &str) -> anyhow::Result<()> {
+    crate::kubectl(
+        env,
+        cluster,
+        &["delete", "secret", "-n", MESH_NAMESPACE, secret],
+    )
+    .await?;
+    Ok(())
 }

@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
+use kubectl_mesh::remote_setup as setup;
 use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
+use mesh_e2e::tokens::revoke;
 use mesh_e2e::{
     NO_RESYNC, carries, create_everywhere, edit_labels, eventually, https_get, kubectl,
     label_on_primary, labels, lease_holder, managed_labels, metric_sum, namespaces, own_mesh,
@@ -462,17 +464,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
     reattach_repairs(&env, &mesh, &ns, "enabled").await?;
 
     // Token revoked: deleting its Secret invalidates the token itself.
-    kubectl(
-        &env,
-        remote,
-        &[
-            "delete",
-            "-n",
-            "kubectl-mesh",
-            "secret/kubectl-mesh-sync-token",
-        ],
-    )
-    .await?;
+    revoke(&env, remote, setup::TOKEN_SECRET).await?;
     label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
     let (synced, reachable) = synced_becomes(&env, "remote-1", "Unknown").await?;
     assert_eq!(synced.reason, "Forbidden", "{synced:?}");

@@ -14,10 +14,8 @@ use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::istio_mesh::{
     Sidecar, WITHOUT_READER_ROLE, dry_run_pod, istio_mesh, shared_istio_mesh, sidecar, wait_sidecar,
 };
-use mesh_e2e::tokens::{answer_to, revoked, stored_kubeconfig, token_of};
-use mesh_e2e::{
-    create_everywhere, edit_labels, eventually, kubectl, label_on_primary, managed_labels, run,
-};
+use mesh_e2e::tokens::{answer_to, revoke, revoked, stored_kubeconfig, token_of};
+use mesh_e2e::{create_everywhere, edit_labels, eventually, label_on_primary, managed_labels, run};
 use mesh_testenv::istio::{Istio, IstioBinaries, IstioOptions};
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -243,18 +241,7 @@ async fn revoked_istiod_credentials_fail_check_and_sync_and_detach_drops_the_clu
     wait_istiod_sees(&istio, &remote.name, Some("synced")).await?;
 
     // Revoked: the reader's token Secret deleted on the remote, its token refused at once.
-    kubectl(
-        &env,
-        remote,
-        &[
-            "delete",
-            "secret",
-            "-n",
-            mesh_core::MESH_NAMESPACE,
-            setup::ISTIO_READER_TOKEN_SECRET,
-        ],
-    )
-    .await?;
+    revoke(&env, remote, setup::ISTIO_READER_TOKEN_SECRET).await?;
     let report = eventually("check sees the token refused", DEADLINE, || async {
         let report = check(&mesh).await?;
         let failed = report
