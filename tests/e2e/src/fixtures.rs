@@ -40,11 +40,17 @@ pub fn plugin(env: &TestEnv) -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
-/// `kubectl-mesh --kubeconfig <primary> <args>` without colours, whatever its exit status.
-pub async fn mesh_command(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
+/// `kubectl-mesh --kubeconfig <primary> <args>` without colours, not yet run (for a test that
+/// adds to it or spawns it itself).
+pub fn mesh_invocation(env: &TestEnv, args: &[&str]) -> anyhow::Result<Command> {
     let mut cmd = plugin(env)?;
     cmd.args(args).env("NO_COLOR", "1");
-    output(cmd).await
+    Ok(cmd)
+}
+
+/// [`mesh_invocation`] run, whatever its exit status.
+pub async fn mesh_command(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
+    output(mesh_invocation(env, args)?).await
 }
 
 /// Runs a command to completion, whatever its exit status.

@@ -12,7 +12,7 @@ use mesh_core::{
     cluster::{CONDITION_REACHABLE, MeshCluster},
 };
 use mesh_e2e::{
-    fixtures::{output, plugin},
+    fixtures::{mesh_invocation, output},
     https_get, pushes_by_result,
     tokens::stored_kubeconfig,
 };
@@ -54,11 +54,11 @@ pub async fn token_secrets(remote: &Cluster) -> anyhow::Result<Vec<String>> {
 /// `kubectl mesh <verb> <remote> --remote-kubeconfig <its admin kubeconfig>` without colours,
 /// not yet run (a test that interrupts it spawns it itself).
 pub fn remote_command(env: &TestEnv, verb: &str, remote: &Cluster) -> anyhow::Result<Command> {
-    let mut cmd = plugin(env)?;
-    cmd.args([verb, &remote.name, "--remote-kubeconfig"])
-        .arg(&remote.kubeconfig)
-        .env("NO_COLOR", "1");
-    Ok(cmd)
+    let kubeconfig = remote.kubeconfig.to_string_lossy();
+    mesh_invocation(
+        env,
+        &[verb, &remote.name, "--remote-kubeconfig", &kubeconfig],
+    )
 }
 
 /// `kubectl mesh rotate <remote> --remote-kubeconfig <its admin kubeconfig>`, whatever its exit
