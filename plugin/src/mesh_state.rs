@@ -273,11 +273,12 @@ where
     }
 }
 
-/// Connect and read timeouts of remote clients for a per-remote deadline.
+/// Remote clients whose every call, answer included, ends within `timeout`.
 pub fn remote_options(timeout: Duration) -> RemoteOptions {
     RemoteOptions {
         connect_timeout: timeout,
         read_timeout: timeout,
+        call_deadline: Some(timeout),
     }
 }
 

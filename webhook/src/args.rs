@@ -156,6 +156,12 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_REMOTE_TIMEOUT", default_value = "2s", value_parser = mesh_core::duration::parse)]
     pub remote_timeout: Duration,
 
+    /// Longest a whole call to a remote cluster may take, its answer included: a remote that
+    /// answers a few bytes at a time never trips --remote-timeout, and would otherwise hold
+    /// its sync for as long as it pleases.
+    #[arg(long, env = "MESH_WEBHOOK_REMOTE_CALL_DEADLINE", default_value = "30s", value_parser = mesh_core::duration::parse)]
+    pub remote_call_deadline: Duration,
+
     /// Name of the Lease electing the replica that reconciles; empty disables the election
     /// (this replica always reconciles: only for a single replica).
     #[arg(long, env = "MESH_WEBHOOK_LEASE_NAME", default_value = "mesh-webhook")]
@@ -227,6 +233,7 @@ impl Args {
             backoff_initial,
             backoff_max,
             remote_timeout,
+            remote_call_deadline,
             lease_name,
             shutdown_delay,
             lease_duration,
@@ -263,6 +270,7 @@ impl Args {
             ("--body-timeout", body_timeout),
             ("--http2-keepalive-interval", http2_keepalive_interval),
             ("--http2-keepalive-timeout", http2_keepalive_timeout),
+            ("--remote-call-deadline", remote_call_deadline),
         ] {
             anyhow::ensure!(!value.is_zero(), "{flag} must be positive");
         }
@@ -327,6 +335,7 @@ impl Args {
             remote_options: RemoteOptions {
                 connect_timeout: remote_timeout,
                 read_timeout: remote_timeout,
+                call_deadline: Some(remote_call_deadline),
             },
             lease_name,
             lease_timing,

@@ -31,7 +31,7 @@ pub struct Sync {
     /// Sync only this cluster (repeatable) [default: all].
     #[arg(long, value_name = "NAME")]
     pub cluster: Vec<String>,
-    /// Connect and read timeout of each call to a remote.
+    /// Longest each call to a remote may take, its answer included.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
     pub remote_timeout: Duration,
 }

@@ -401,6 +401,22 @@ pub async fn lease_holder(primary: &kube::Client) -> anyhow::Result<Option<Strin
         .and_then(|s| s.holder_identity))
 }
 
+/// The condition of type `kind` (e.g. [`mesh_core::cluster::CONDITION_REACHABLE`]) in the
+/// status of MeshCluster `cluster`, if it has one.
+pub async fn cluster_condition(
+    env: &TestEnv,
+    cluster: &str,
+    kind: &str,
+) -> anyhow::Result<Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>> {
+    let api: kube::Api<mesh_core::cluster::MeshCluster> =
+        kube::Api::all(env.primary().client().await?);
+    Ok(api
+        .get(cluster)
+        .await?
+        .status
+        .and_then(|s| s.condition(kind).cloned()))
+}
+
 /// Label keys kubectl-mesh manages (the default rule).
 pub const MANAGED_LABELS: [&str; 3] = mesh_core::labels::DEFAULT_MANAGED_LABELS;
 

@@ -12,9 +12,9 @@ use kubectl_mesh::remote_setup as setup;
 use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
 use mesh_e2e::tokens::revoke;
 use mesh_e2e::{
-    NO_RESYNC, carries, create_everywhere, edit_labels, eventually, https_get, kubectl,
-    label_on_primary, labels, lease_holder, managed_labels, metric_sum, namespaces, own_mesh,
-    route_admission_to, shared_mesh, syncs, unique_name,
+    NO_RESYNC, carries, cluster_condition, create_everywhere, edit_labels, eventually, https_get,
+    kubectl, label_on_primary, labels, lease_holder, managed_labels, metric_sum, namespaces,
+    own_mesh, route_admission_to, shared_mesh, syncs, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -31,12 +31,9 @@ async fn wait_labels(
 }
 
 async fn reachable(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String>> {
-    let api: Api<MeshCluster> = Api::all(env.primary().client().await?);
-    Ok(api
-        .get(cluster)
+    Ok(cluster_condition(env, cluster, CONDITION_REACHABLE)
         .await?
-        .status
-        .and_then(|s| s.condition(CONDITION_REACHABLE).map(|c| c.status.clone())))
+        .map(|c| c.status))
 }
 
 #[tokio::test]

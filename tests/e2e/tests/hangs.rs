@@ -2,18 +2,21 @@
 //! a hung or partitioned process looks from outside) never blocks an edit of the primary. A
 //! hung remote holds it no longer than the push deadline, a hung webhook no longer than the
 //! webhook timeout, and the remotes converge once it answers again, without the periodic
-//! resync.
+//! resync. A remote that answers a few bytes at a time holds no call past its deadline.
 //!
 //! Every test has a mesh of its own: a frozen process would stall the tests sharing it.
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use mesh_core::cluster::CONDITION_REACHABLE;
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, eventually, installed_webhook, label_on_primary, labels,
-    managed_labels, own_mesh_with,
+    NO_RESYNC, carries, cluster_condition, create_everywhere, describe, eventually, fixtures,
+    installed_webhook, label_on_primary, labels, managed_labels, own_mesh_with,
 };
 use mesh_testenv::TestEnv;
 use mesh_testenv::mesh::MeshOptions;
+use mesh_testenv::proxy::Proxy;
 
 /// The webhook's push deadline in these meshes (its default, set explicitly).
 const PUSH_DEADLINE: Duration = Duration::from_secs(2);
@@ -203,5 +206,73 @@ async fn a_hung_webhook_holds_a_primary_edit_no_longer_than_its_timeout() -> any
         },
     )
     .await?;
+    Ok(())
+}
+
+/// The call deadline of the webhook's clients in [`a_remote_answering_a_few_bytes_at_a_time`].
+const CALL_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A remote that answers a few bytes at a time, never slowly enough to trip a read timeout:
+/// every call to it still ends by its deadline, so the reconciler's sync fails as timed out
+/// and says so in the cluster's status instead of holding its worker (and a permit shared by
+/// every remote's syncs) for minutes, and `kubectl mesh sync` ends by its `--remote-timeout`.
+/// Once the remote answers at full speed again, it converges.
+#[tokio::test]
+async fn a_remote_answering_a_few_bytes_at_a_time() -> anyhow::Result<()> {
+    // Connect and read timeouts a minute away: only the call deadline can end the calls.
+    let deadline = format!("{}s", CALL_DEADLINE.as_secs());
+    let webhook_args = [
+        "--remote-timeout",
+        "60s",
+        "--remote-call-deadline",
+        &deadline,
+    ];
+    let (env, _mesh) = own_mesh_with(1, options(&webhook_args)?).await?;
+    let remote = &env.remotes()[0];
+    let proxy = Proxy::start(remote).await?;
+    let proxied = format!("https://{}", proxy.local_addr());
+    fixtures::point_at(&env, &remote.name, &proxied).await?;
+    let ns = create_everywhere(&env, "trickled").await?;
+    label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let enabled = labels(&[("istio-injection", "enabled")]);
+    carries(remote, &ns, &enabled, CONVERGE_DEADLINE).await?;
+
+    // 80 bytes a second: a TLS handshake alone takes most of a minute, a namespace list more.
+    proxy.trickle(8, Duration::from_millis(100));
+    label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
+    let timed_out = format!("did not arrive within {deadline}");
+    let reachable = eventually(
+        &format!("{} Reachable=False for its call deadline", remote.name),
+        CONVERGE_DEADLINE,
+        || async {
+            Ok(cluster_condition(&env, &remote.name, CONDITION_REACHABLE)
+                .await?
+                .filter(|c| c.status == "False" && c.message.contains(&timed_out)))
+        },
+    )
+    .await?;
+    assert_eq!(reachable.reason, "TimedOut", "{reachable:?}");
+
+    // A new connection's TLS handshake is itself slower than the plugin's timeout here, so it
+    // is the connect timeout or the call deadline, whichever comes first; either way the
+    // command ends and says it timed out.
+    let mut sync = tokio::process::Command::from(fixtures::mesh_invocation(
+        &env,
+        &["sync", "--cluster", &remote.name, "--remote-timeout", "2s"],
+    )?);
+    sync.kill_on_drop(true);
+    let out = tokio::time::timeout(CONVERGE_DEADLINE, sync.output())
+        .await
+        .context("kubectl mesh sync --remote-timeout 2s still waited for the trickling remote")??;
+    let text = describe(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("did not arrive within 2s") || text.contains("deadline has elapsed"),
+        "{text}"
+    );
+
+    proxy.thaw();
+    let disabled = labels(&[("istio-injection", "disabled")]);
+    carries(remote, &ns, &disabled, CONVERGE_DEADLINE).await?;
     Ok(())
 }

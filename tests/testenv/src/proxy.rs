@@ -1,14 +1,16 @@
 //! A TCP forwarder in front of a cluster's apiserver that a test can freeze: it then stops
 //! passing bytes in both directions while every socket stays open, as a network partition or
-//! a half-open connection does to one client. No real part produces that on demand for one
-//! client alone (a stopped apiserver refuses or resets connections, a paused one freezes
-//! every client), so the harness does.
+//! a half-open connection does to one client. It can also trickle: pass a few bytes at a
+//! time, as a congested link or a hostile peer does, often enough that no read timeout trips.
+//! No real part produces either on demand for one client alone (a stopped apiserver refuses
+//! or resets connections, a paused one freezes every client), so the harness does.
 //!
 //! The bytes are forwarded untouched, TLS included: the apiserver's serving certificate names
 //! 127.0.0.1, which is where the proxy listens too.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,8 +24,20 @@ use crate::Cluster;
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
-    frozen: watch::Sender<bool>,
+    flow: watch::Sender<Flow>,
     accept: JoinHandle<()>,
+}
+
+/// How the proxy passes bytes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flow {
+    Open,
+    Frozen,
+    /// `bytes` at a time, each piece `every` after the one before.
+    Trickle {
+        bytes: usize,
+        every: Duration,
+    },
 }
 
 impl Proxy {
@@ -35,15 +49,15 @@ impl Proxy {
             .unwrap_or(&cluster.server)
             .parse()
             .with_context(|| format!("apiserver address of {}", cluster.name))?;
+        Self::forwarding_to(upstream).await
+    }
+
+    async fn forwarding_to(upstream: SocketAddr) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
-        let (frozen, _) = watch::channel(false);
-        let accept = tokio::spawn(accept(listener, upstream, frozen.clone()));
-        Ok(Self {
-            addr,
-            frozen,
-            accept,
-        })
+        let (flow, _) = watch::channel(Flow::Open);
+        let accept = tokio::spawn(accept(listener, upstream, flow.clone()));
+        Ok(Self { addr, flow, accept })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -53,12 +67,20 @@ impl Proxy {
     /// Stops forwarding: bytes already read are held back, connections (new ones too) stay
     /// open and silent.
     pub fn freeze(&self) {
-        self.frozen.send_replace(true);
+        self.flow.send_replace(Flow::Frozen);
     }
 
-    /// Forwards again, held-back bytes first.
+    /// Forwards again at full speed, held-back bytes first.
     pub fn thaw(&self) {
-        self.frozen.send_replace(false);
+        self.flow.send_replace(Flow::Open);
+    }
+
+    /// Forwards `bytes` at a time in each direction, waiting `every` before each piece.
+    pub fn trickle(&self, bytes: usize, every: Duration) {
+        self.flow.send_replace(Flow::Trickle {
+            bytes: bytes.max(1),
+            every,
+        });
     }
 
     /// Writes to `path` a copy of `kubeconfig` whose server `server` (e.g. the cluster's) is
@@ -83,14 +105,14 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept(listener: TcpListener, upstream: SocketAddr, frozen: watch::Sender<bool>) {
+async fn accept(listener: TcpListener, upstream: SocketAddr, flow: watch::Sender<Flow>) {
     let mut connections = JoinSet::new();
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
         while connections.try_join_next().is_some() {}
-        let frozen = frozen.subscribe();
+        let flow = flow.subscribe();
         connections.spawn(async move {
             let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
@@ -99,8 +121,8 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, frozen: watch::Send
             let (server_read, server_write) = server.into_split();
             // Either direction ending ends the connection.
             tokio::select! {
-                _ = pump(client_read, server_write, frozen.clone()) => {}
-                _ = pump(server_read, client_write, frozen) => {}
+                _ = pump(client_read, server_write, flow.clone()) => {}
+                _ = pump(server_read, client_write, flow) => {}
             }
         });
     }
@@ -109,7 +131,7 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, frozen: watch::Send
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
-    mut frozen: watch::Receiver<bool>,
+    mut flow: watch::Receiver<Flow>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0; 16 * 1024];
     loop {
@@ -117,10 +139,26 @@ async fn pump(
         if n == 0 {
             return to.shutdown().await;
         }
-        if frozen.wait_for(|frozen| !frozen).await.is_err() {
-            return Ok(());
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            // Asked before each piece, so that a change of flow applies mid-chunk.
+            let Ok(now) = flow
+                .wait_for(|flow| *flow != Flow::Frozen)
+                .await
+                .map(|now| *now)
+            else {
+                return Ok(());
+            };
+            let piece = match now {
+                Flow::Trickle { bytes, every } => {
+                    tokio::time::sleep(every).await;
+                    bytes.min(rest.len())
+                }
+                Flow::Open | Flow::Frozen => rest.len(),
+            };
+            to.write_all(&rest[..piece]).await?;
+            rest = &rest[piece..];
         }
-        to.write_all(&buf[..n]).await?;
     }
 }
 
@@ -129,10 +167,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// The proxy against a plain echo server: forwards, holds bytes while frozen without
-    /// closing anything, then delivers them when thawed.
-    #[tokio::test]
-    async fn freezes_and_thaws_without_closing() -> anyhow::Result<()> {
+    /// A plain echo server behind a proxy.
+    async fn echo_proxy() -> anyhow::Result<Proxy> {
         let echo = TcpListener::bind(("127.0.0.1", 0)).await?;
         let echo_addr = echo.local_addr()?;
         tokio::spawn(async move {
@@ -143,15 +179,14 @@ mod tests {
                 });
             }
         });
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let (frozen, _) = watch::channel(false);
-        let proxy = Proxy {
-            addr,
-            accept: tokio::spawn(accept(listener, echo_addr, frozen.clone())),
-            frozen,
-        };
+        Proxy::forwarding_to(echo_addr).await
+    }
 
+    /// Forwards, holds bytes while frozen without closing anything, then delivers them when
+    /// thawed.
+    #[tokio::test]
+    async fn freezes_and_thaws_without_closing() -> anyhow::Result<()> {
+        let proxy = echo_proxy().await?;
         let mut client = TcpStream::connect(proxy.local_addr()).await?;
         let mut got = [0u8; 5];
         client.write_all(b"hello").await?;
@@ -166,6 +201,30 @@ mod tests {
         proxy.thaw();
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await??;
         assert_eq!(&got, b"again");
+        Ok(())
+    }
+
+    /// A trickling proxy passes everything, a few bytes at a time and no faster.
+    #[tokio::test]
+    async fn trickles_a_few_bytes_at_a_time() -> anyhow::Result<()> {
+        let proxy = echo_proxy().await?;
+        proxy.trickle(8, Duration::from_millis(50));
+        let mut client = TcpStream::connect(proxy.local_addr()).await?;
+        let sent: Vec<u8> = (0..64).collect();
+        let started = std::time::Instant::now();
+        client.write_all(&sent).await?;
+        let mut first = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), client.read(&mut first)).await??;
+        assert!((1..=8).contains(&n), "the first read got {n} bytes");
+        let mut rest = vec![0u8; 64 - n];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut rest)).await??;
+        assert_eq!([&first[..n], &rest[..]].concat(), sent);
+        // Eight pieces each way, each after a wait of 50 ms.
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(400),
+            "took only {elapsed:?}"
+        );
         Ok(())
     }
 }

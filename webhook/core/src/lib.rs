@@ -14,6 +14,7 @@ macro_rules! group_literal {
     };
 }
 
+pub mod call_deadline;
 pub mod cluster;
 pub mod duration;
 #[cfg(any(test, feature = "testing"))]

@@ -19,10 +19,12 @@ use std::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Config, ResourceExt,
+    client::ClientBuilder,
     config::{KubeConfigOptions, Kubeconfig, KubeconfigError},
 };
 
 use crate::{
+    call_deadline::CallDeadlineLayer,
     cluster::{KUBECONFIG_KEY, MeshCluster, NamespaceScope},
     token::Claims,
 };
@@ -98,14 +100,23 @@ impl Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteOptions {
     pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of an answer.
     pub read_timeout: Duration,
+    /// Longest a whole call may take, its answer included ([`crate::call_deadline`]); `None`
+    /// only for clients that watch, whose calls last minutes by design.
+    pub call_deadline: Option<Duration>,
 }
+
+/// [`RemoteOptions::call_deadline`] by default: a page of a remote's namespaces fits in it
+/// many times over on a slow link.
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Default for RemoteOptions {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
+            call_deadline: Some(DEFAULT_CALL_DEADLINE),
         }
     }
 }
@@ -351,6 +362,7 @@ impl Remotes {
         let secret_name = &cluster.spec.secret_name;
         let watching = RemoteOptions {
             read_timeout: WATCH_READ_TIMEOUT,
+            call_deadline: None,
             ..self.options
         };
         let mut watch_client = None;
@@ -483,9 +495,13 @@ pub async fn client_from_kubeconfig(
     // Without this a pooled connection's idle time counts against the read timeout of the next
     // request and a healthy remote looks dead after a quiet minute.
     config.reset_reader_on_write = true;
-    Client::try_from(config).map_err(|source| Error::Client {
+    let client = ClientBuilder::try_from(config).map_err(|source| Error::Client {
         name: name.to_owned(),
         source,
+    })?;
+    Ok(match options.call_deadline {
+        Some(deadline) => client.with_layer(&CallDeadlineLayer::new(deadline)).build(),
+        None => client.build(),
     })
 }
 

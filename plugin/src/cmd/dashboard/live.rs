@@ -53,6 +53,7 @@ const WATCH_SECONDS: u32 = 50;
 const WATCH_CLIENT: RemoteOptions = RemoteOptions {
     connect_timeout: Duration::from_secs(5),
     read_timeout: Duration::from_secs(70),
+    call_deadline: None,
 };
 
 /// Objects per page of a watch's list: a page is held whole while it is read, and a dozen
@@ -451,6 +452,7 @@ fn watch_remote(
         let options = RemoteOptions {
             connect_timeout: PROBE_TIMEOUT,
             read_timeout: PROBE_TIMEOUT,
+            call_deadline: Some(PROBE_TIMEOUT),
         };
         let secrets: Api<Secret> = Api::namespaced(p.clone(), MESH_NAMESPACE);
         for round in 0u64.. {
