@@ -35,16 +35,52 @@ pub const DEAD_WEBHOOK_URL: &str = "https://127.0.0.1:1/mutate";
 
 /// `kubectl-mesh --kubeconfig <primary's admin kubeconfig>`.
 pub fn plugin(env: &TestEnv) -> anyhow::Result<Command> {
+    plugin_on(env.primary())
+}
+
+/// `kubectl-mesh --kubeconfig <admin kubeconfig of primary>`: `primary` as the primary.
+pub fn plugin_on(primary: &Cluster) -> anyhow::Result<Command> {
     let mut cmd = Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
-    cmd.arg("--kubeconfig").arg(&env.primary().kubeconfig);
+    cmd.arg("--kubeconfig").arg(&primary.kubeconfig);
     Ok(cmd)
 }
 
 /// `kubectl-mesh --kubeconfig <primary> <args>` without colours, not yet run (for a test that
 /// adds to it or spawns it itself).
 pub fn mesh_invocation(env: &TestEnv, args: &[&str]) -> anyhow::Result<Command> {
-    let mut cmd = plugin(env)?;
+    mesh_invocation_on(env.primary(), args)
+}
+
+/// [`mesh_invocation`] with `primary` as the primary.
+pub fn mesh_invocation_on(primary: &Cluster, args: &[&str]) -> anyhow::Result<Command> {
+    let mut cmd = plugin_on(primary)?;
     cmd.args(args).env("NO_COLOR", "1");
+    Ok(cmd)
+}
+
+/// `kubectl-mesh <args>` without colours, with `KUBECONFIG` listing the admin kubeconfigs of
+/// the primary and of `remote` (merged as kubectl merges them), as a user of both clusters runs
+/// it; not yet run.
+pub fn merged_kubeconfig_invocation(
+    env: &TestEnv,
+    remote: &Cluster,
+    args: &[&str],
+) -> anyhow::Result<Command> {
+    let kubeconfig = std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?;
+    let mut cmd = Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    cmd.args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("NO_COLOR", "1");
+    Ok(cmd)
+}
+
+/// `kubectl-mesh <args>` without colours and with a kubeconfig that does not exist, not yet
+/// run: for what needs no cluster (`--dry-run` renderings, refused flags).
+pub fn offline_invocation(args: &[&str]) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    cmd.args(args)
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("NO_COLOR", "1");
     Ok(cmd)
 }
 

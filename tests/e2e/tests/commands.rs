@@ -6,7 +6,6 @@
 //! its reconciler would correct the drift these tests set up on purpose.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::process::Output;
 use std::time::Duration;
 
@@ -37,8 +36,8 @@ async fn serial() -> (MutexGuard<'static, ()>, &'static TestEnv) {
 
 /// `kubectl-mesh --kubeconfig <primary> <args>`, whatever its exit status.
 async fn mesh(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
-    let mut cmd = plugin(env)?;
-    cmd.args(args).env_remove("KUBECONFIG").env("NO_COLOR", "1");
+    let mut cmd = fixtures::mesh_invocation(env, args)?;
+    cmd.env_remove("KUBECONFIG");
     output(cmd).await
 }
 
@@ -390,13 +389,13 @@ async fn unreachable_remote_is_a_column_in_status_and_a_failure_in_sync() -> any
 /// runs it (the guard is read with the stored credentials all the same; `attach.rs` checks
 /// with the primary's kubeconfig alone, and with credentials of an older attach).
 async fn check(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
-    let mut cmd = std::process::Command::new(mesh_testenv_binary()?);
-    let kubeconfig: OsString =
-        std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?;
-    cmd.args(["check", "--context", &env.primary().name])
-        .env("KUBECONFIG", kubeconfig)
-        .env("NO_COLOR", "1");
-    output(cmd).await
+    let context = &env.primary().name;
+    output(fixtures::merged_kubeconfig_invocation(
+        env,
+        remote,
+        &["check", "--context", context],
+    )?)
+    .await
 }
 
 fn mesh_testenv_binary() -> anyhow::Result<std::path::PathBuf> {
@@ -645,9 +644,7 @@ async fn commands_fail_in_one_line_without_an_installation() -> anyhow::Result<(
     let (_serial, env) = serial().await;
     let remote = &env.remotes()[1];
     for args in [["list"].as_slice(), &["status"], &["sync"]] {
-        let mut cmd = std::process::Command::new(mesh_testenv_binary()?);
-        cmd.arg("--kubeconfig").arg(&remote.kubeconfig).args(args);
-        let out = output(cmd).await?;
+        let out = output(fixtures::mesh_invocation_on(remote, args)?).await?;
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
         assert_eq!(
             text(&out.stderr),
@@ -657,9 +654,7 @@ async fn commands_fail_in_one_line_without_an_installation() -> anyhow::Result<(
         );
     }
     // check says what is missing instead, in its own format.
-    let mut cmd = std::process::Command::new(mesh_testenv_binary()?);
-    cmd.arg("--kubeconfig").arg(&remote.kubeconfig).arg("check");
-    let out = output(cmd).await?;
+    let out = output(fixtures::mesh_invocation_on(remote, &["check"])?).await?;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         has_line(

@@ -9,14 +9,12 @@
 //! without periodic resync, so only the webhook and the reconciler's reactions change a
 //! remote. Its tests take turns: each counts every review the webhook answers.
 
-use std::process::Command;
-
 use anyhow::{Context, ensure};
+use mesh_e2e::mesh_testenv::TestEnv;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
-use mesh_e2e::mesh_testenv::{TestEnv, workspace_binary};
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, create_namespace, describe, kubectl, label_on_primary, labels,
-    namespace_labels, own_mesh_with, patch_labels, relabel_until, remote_names,
+    NO_RESYNC, create_everywhere, create_namespace, describe, fixtures, kubectl, label_on_primary,
+    labels, namespace_labels, own_mesh_with, patch_labels, relabel_until, remote_names,
     reviews_with_outcome, run, stored_client, text,
 };
 use serde_json::json;
@@ -71,17 +69,13 @@ async fn start_custom_mesh() -> anyhow::Result<CustomMesh> {
 /// The flags install tells whoever runs the webhook outside the cluster to start it with for
 /// [`RULE`]: the webhook gets exactly those, as an operator following install would pass them.
 async fn webhook_flags_printed_by_install() -> anyhow::Result<Vec<String>> {
-    let mut install = Command::new(workspace_binary("kubectl-mesh")?);
-    install
-        .env("KUBECONFIG", "/nonexistent/kubeconfig")
-        .env("NO_COLOR", "1")
-        .args([
-            "install",
-            "--dry-run",
-            "--webhook-url",
-            "https://127.0.0.1:9443",
-        ])
-        .args(RULE);
+    let mut install = fixtures::offline_invocation(&[
+        "install",
+        "--dry-run",
+        "--webhook-url",
+        "https://127.0.0.1:9443",
+    ])?;
+    install.args(RULE);
     let stderr = text(&run(install).await?.stderr);
     let flags = stderr
         .lines()

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::PostParams;
 use mesh_e2e::check_report::CheckReport;
-use mesh_e2e::fixtures::{self, DEAD_WEBHOOK_URL, output, plugin};
-use mesh_e2e::mesh_testenv::{Cluster, workspace_binary};
+use mesh_e2e::fixtures::{self, DEAD_WEBHOOK_URL, mesh_invocation, offline_invocation, output};
+use mesh_e2e::mesh_testenv::Cluster;
 use mesh_e2e::{describe, labels, shared_env, text, unique_name};
 use serde_json::{Value, json};
 
@@ -21,14 +21,6 @@ use serde_json::{Value, json};
 const ZONE: &str = "team.example.com/zone";
 /// A default managed label the custom rule leaves out.
 const REVISION: &str = "istio.io/rev";
-
-/// `kubectl-mesh` without a kubeconfig: for what needs no cluster.
-fn offline_plugin() -> anyhow::Result<Command> {
-    let mut cmd = Command::new(workspace_binary("kubectl-mesh")?);
-    cmd.env("KUBECONFIG", "/nonexistent/kubeconfig")
-        .env("NO_COLOR", "1");
-    Ok(cmd)
-}
 
 async fn succeeded(cmd: Command) -> anyhow::Result<Output> {
     let out = output(cmd).await?;
@@ -54,8 +46,7 @@ fn env_value<'a>(deployment: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test]
 async fn install_renders_the_rule_for_the_webhook_and_the_apiserver() -> anyhow::Result<()> {
-    let mut install = offline_plugin()?;
-    install.args([
+    let install = offline_invocation(&[
         "install",
         "--dry-run",
         "-o",
@@ -64,7 +55,7 @@ async fn install_renders_the_rule_for_the_webhook_and_the_apiserver() -> anyhow:
         &format!("{ZONE},istio-injection"),
         "--excluded-namespaces",
         "legacy",
-    ]);
+    ])?;
     let out = succeeded(install).await?;
     let list: Value = serde_json::from_slice(&out.stdout)?;
     let deployment = item(&list, "Deployment");
@@ -91,15 +82,14 @@ async fn install_renders_the_rule_for_the_webhook_and_the_apiserver() -> anyhow:
     assert_eq!(text(&out.stderr), "", "{}", describe(&out));
 
     // A webhook outside the cluster is told how to start.
-    let mut url_mode = offline_plugin()?;
-    url_mode.args([
+    let url_mode = offline_invocation(&[
         "install",
         "--dry-run",
         "--webhook-url",
         "https://127.0.0.1:9443",
         "--managed-labels",
         ZONE,
-    ]);
+    ])?;
     let out = succeeded(url_mode).await?;
     assert_eq!(
         text(&out.stderr),
@@ -125,9 +115,7 @@ async fn install_renders_the_rule_for_the_webhook_and_the_apiserver() -> anyhow:
             "error: invalid --excluded-namespaces name \"Legacy\": ",
         ),
     ] {
-        let mut bad = offline_plugin()?;
-        bad.args(["install", "--dry-run", flag, value]);
-        let out = output(bad).await?;
+        let out = output(offline_invocation(&["install", "--dry-run", flag, value])?).await?;
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
         let stderr = text(&out.stderr);
         assert!(stderr.starts_with(error), "{}", describe(&out));
@@ -165,16 +153,18 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
     // Attached under the default rule (the fixture installs it), then the rule changes.
     fixtures::attach(env, remote, &name, Default::default()).await?;
     let legacy = unique_name("legacy");
-    let mut install = plugin(env)?;
-    install.env("NO_COLOR", "1").args([
-        "install",
-        "--webhook-url",
-        DEAD_WEBHOOK_URL,
-        "--managed-labels",
-        &format!("{ZONE},istio-injection"),
-        "--excluded-namespaces",
-        &legacy,
-    ]);
+    let install = mesh_invocation(
+        env,
+        &[
+            "install",
+            "--webhook-url",
+            DEAD_WEBHOOK_URL,
+            "--managed-labels",
+            &format!("{ZONE},istio-injection"),
+            "--excluded-namespaces",
+            &legacy,
+        ],
+    )?;
     let out = succeeded(install).await?;
     let stderr = text(&out.stderr);
     assert!(
@@ -195,8 +185,7 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
 
     // The remote's sync scope still follows the rule of its attach: check tells, and a
     // re-attach (as install says) repairs it.
-    let mut check = plugin(env)?;
-    check.args(["check", "-o", "json"]);
+    let check = mesh_invocation(env, &["check", "-o", "json"])?;
     let report = CheckReport::parse(&output(check).await?)?;
     let scope = report.cluster_check(&name, "credentials may change only the managed labels");
     assert!(
@@ -215,8 +204,7 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
     create_namespace(primary, &legacy, &[(ZONE, "b")]).await;
     create_namespace(remote, &legacy, &[]).await;
 
-    let mut status = plugin(env)?;
-    status.args(["status", "-o", "json", &shop, &legacy]);
+    let status = mesh_invocation(env, &["status", "-o", "json", &shop, &legacy])?;
     let out = succeeded(status).await?;
     let report: Value = serde_json::from_slice(&out.stdout)?;
     let row = |ns: &str| {
@@ -242,23 +230,17 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
     );
     assert_eq!(report["drifted"], 1, "{report}");
 
-    let mut sync = plugin(env)?;
-    sync.arg("sync");
-    succeeded(sync).await?;
+    succeeded(mesh_invocation(env, &["sync"])?).await?;
     assert_eq!(
         labels_of(remote, &shop).await?,
         labels(&[(ZONE, "a"), (REVISION, "stable")]),
         "sync wrote the zone and left the unmanaged revision alone"
     );
     assert_eq!(labels_of(remote, &legacy).await?, labels(&[]));
-    let mut converged = plugin(env)?;
-    converged.args(["status", "--exit-code", &shop]);
-    succeeded(converged).await?;
+    succeeded(mesh_invocation(env, &["status", "--exit-code", &shop])?).await?;
 
-    let mut detach = plugin(env)?;
-    detach
-        .args(["detach", &name, "--strip-labels", "--remote-kubeconfig"])
-        .arg(&remote.kubeconfig);
+    let mut detach = mesh_invocation(env, &["detach", &name, "--strip-labels"])?;
+    detach.arg("--remote-kubeconfig").arg(&remote.kubeconfig);
     succeeded(detach).await?;
     assert_eq!(
         labels_of(remote, &shop).await?,

@@ -79,15 +79,16 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
     for step in Step::ALL.into_iter().filter(|s| s.creates()) {
         let istio_system = istio_system_before(&primary, step).await?;
         let step = step.name();
-        let mut child = tokio::process::Command::from(fixtures::plugin(env)?)
-            .args(["attach", &kubeconfig])
-            .args(EVERY_STEP)
-            .env_remove("KUBECTL_MESH_FAIL_AFTER")
-            .env("KUBECTL_MESH_STALL_IN", step)
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
+        let mut child = tokio::process::Command::from(fixtures::mesh_invocation(
+            env,
+            &["attach", &kubeconfig],
+        )?)
+        .args(EVERY_STEP)
+        .env_remove("KUBECTL_MESH_FAIL_AFTER")
+        .env("KUBECTL_MESH_STALL_IN", step)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
         let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
         let mut seen = Vec::new();
         // The object is stored and attach waits for an answer that does not come.

@@ -119,9 +119,7 @@ pub async fn mesh_on(
     args: &[&str],
     vars: &[(&str, &str)],
 ) -> anyhow::Result<Output> {
-    let mut cmd = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
-    cmd.arg("--kubeconfig").arg(&primary.kubeconfig);
-    cmd.args(args).env("NO_COLOR", "1");
+    let mut cmd = fixtures::mesh_invocation_on(primary, args)?;
     for hook in TEST_HOOKS {
         cmd.env_remove(hook);
     }
@@ -443,19 +441,16 @@ pub async fn check_with_stored_credentials(env: &TestEnv) -> anyhow::Result<Outp
 /// `kubectl mesh check -o json` with a kubeconfig holding the primary and `remote`, whose
 /// context is the one attach recorded.
 pub async fn check_with_remote_context(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
-    let kubeconfig = std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?;
-    let mut cmd = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
-    cmd.args([
+    let args = [
         "check",
         "-o",
         "json",
         "--remote-timeout",
         "10s",
         "--context",
-    ])
-    .arg(&env.primary().name)
-    .env("KUBECONFIG", kubeconfig)
-    .env("NO_COLOR", "1");
+    ];
+    let mut cmd = fixtures::merged_kubeconfig_invocation(env, remote, &args)?;
+    cmd.arg(&env.primary().name);
     for hook in TEST_HOOKS {
         cmd.env_remove(hook);
     }
