@@ -78,7 +78,7 @@ pub(crate) async fn watch_injectors(
     cancel: CancellationToken,
 ) {
     let configs = Api::<MutatingWebhookConfiguration>::all(client);
-    let events = watcher(configs, watcher::Config::default())
+    let events = watcher(configs, mesh_core::remote::watch_config())
         .default_backoff()
         .modify(trim);
     tokio::select! {

@@ -32,7 +32,7 @@ pub(crate) async fn watch_for_drift(
     cancel: CancellationToken,
 ) {
     let namespaces = Api::<PartialObjectMeta<Namespace>>::all(client);
-    let events = watcher(namespaces, watcher::Config::default()).default_backoff();
+    let events = watcher(namespaces, mesh_core::remote::watch_config()).default_backoff();
     tokio::select! {
         () = notify_on_drift(events, is_drifted, &drift, &seen) => {}
         () = cancel.cancelled() => {}
@@ -92,7 +92,8 @@ struct Seen {
     /// Whether `namespaces` is what the remote holds, as far as its watch can tell: listed, and
     /// the watch has not failed since without delivering an event again. (After a failure the
     /// watcher resumes from its last resourceVersion, so nothing is lost once events flow; a
-    /// resourceVersion too old makes it list again.)
+    /// resourceVersion too old makes it list again.) A connection that died silently fails the
+    /// watch within [`mesh_core::remote::WATCH_READ_TIMEOUT`].
     current: bool,
     /// A resourceVersion was not a number: this remote is listed by every sync.
     unusable: bool,

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use mesh_core::cluster::CONDITION_REACHABLE;
 use mesh_e2e::{
-    NO_RESYNC, carries, cluster_condition, create_everywhere, describe, eventually, fixtures,
-    installed_webhook, label_on_primary, labels, managed_labels, own_mesh_with,
+    NO_RESYNC, carries, cluster_condition, create_everywhere, create_namespace, describe,
+    eventually, fixtures, installed_webhook, label_on_primary, labels, managed_labels,
+    own_mesh_with, unique_name,
 };
 use mesh_testenv::TestEnv;
 use mesh_testenv::mesh::MeshOptions;
@@ -274,5 +275,53 @@ async fn a_remote_answering_a_few_bytes_at_a_time() -> anyhow::Result<()> {
     proxy.thaw();
     let disabled = labels(&[("istio-injection", "disabled")]);
     carries(remote, &ns, &disabled, CONVERGE_DEADLINE).await?;
+    Ok(())
+}
+
+/// A remote whose connections died without a word, as when a NAT or a load balancer drops
+/// idle flows: the drift watch hears nothing, not even that it is dead, while new connections
+/// get through. The watch is found dead within its read timeout and listed again, so a
+/// namespace created on the remote after the drop still gets the primary's labels, without
+/// waiting minutes for what a dead watch would never show.
+#[tokio::test]
+async fn a_watch_whose_connection_died_silently_is_replaced() -> anyhow::Result<()> {
+    let mut options = options(&[])?;
+    // Frequent resyncs: only what the reconciler believes of the remote can hold a change back.
+    options.resync_period = Duration::from_secs(5);
+    let (env, _mesh) = own_mesh_with(1, options).await?;
+    let (primary, remote) = (env.primary(), &env.remotes()[0]);
+    let proxy = Proxy::start(remote).await?;
+    fixtures::point_at(
+        &env,
+        &remote.name,
+        &format!("https://{}", proxy.local_addr()),
+    )
+    .await?;
+    // The webhook rebuilt its clients of the remote through the proxy: its watches and a sync.
+    eventually(
+        "the webhook connects through the proxy",
+        CONVERGE_DEADLINE,
+        || async { Ok((proxy.connections() >= 2).then_some(())) },
+    )
+    .await?;
+    let enabled = labels(&[("istio-injection", "enabled")]);
+    let before = unique_name("before-drop");
+    create_namespace(primary, &before).await?;
+    label_on_primary(&env, &before, &["istio-injection=enabled"]).await?;
+    create_namespace(remote, &before).await?;
+    carries(remote, &before, &enabled, CONVERGE_DEADLINE).await?;
+
+    proxy.freeze_open_connections();
+    let after = unique_name("after-drop");
+    create_namespace(primary, &after).await?;
+    label_on_primary(&env, &after, &["istio-injection=enabled"]).await?;
+    create_namespace(remote, &after).await?;
+    carries(
+        remote,
+        &after,
+        &enabled,
+        mesh_core::remote::WATCH_READ_TIMEOUT + CONVERGE_DEADLINE,
+    )
+    .await?;
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! A TCP forwarder in front of a cluster's apiserver that a test can freeze: it then stops
 //! passing bytes in both directions while every socket stays open, as a network partition or
-//! a half-open connection does to one client. It can also trickle: pass a few bytes at a
-//! time, as a congested link or a hostile peer does, often enough that no read timeout trips.
+//! a half-open connection does to one client; or freeze only the connections open now, as a
+//! NAT or load balancer that silently dropped them does while new ones get through. It can
+//! also trickle: pass a few bytes at a time, as a congested link or a hostile peer does, often
+//! enough that no read timeout trips.
 //! No real part produces either on demand for one client alone (a stopped apiserver refuses
 //! or resets connections, a paused one freezes every client), so the harness does.
 //!
@@ -10,6 +12,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +29,8 @@ use crate::Cluster;
 pub struct Proxy {
     addr: SocketAddr,
     flow: watch::Sender<Flow>,
+    /// Connections accepted so far; each is numbered in that order from 0.
+    accepted: Arc<AtomicU64>,
     accept: JoinHandle<()>,
 }
 
@@ -33,6 +39,10 @@ pub struct Proxy {
 enum Flow {
     Open,
     Frozen,
+    /// Connections numbered below `before` are frozen, later ones open.
+    FrozenBefore {
+        before: u64,
+    },
     /// `bytes` at a time, each piece `every` after the one before.
     Trickle {
         bytes: usize,
@@ -56,18 +66,36 @@ impl Proxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (flow, _) = watch::channel(Flow::Open);
-        let accept = tokio::spawn(accept(listener, upstream, flow.clone()));
-        Ok(Self { addr, flow, accept })
+        let accepted = Arc::new(AtomicU64::new(0));
+        let accept = tokio::spawn(accept(listener, upstream, flow.clone(), accepted.clone()));
+        Ok(Self {
+            addr,
+            flow,
+            accepted,
+            accept,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     /// Stops forwarding: bytes already read are held back, connections (new ones too) stay
     /// open and silent.
     pub fn freeze(&self) {
         self.flow.send_replace(Flow::Frozen);
+    }
+
+    /// Freezes the connections open now, as a NAT or a load balancer that dropped them does:
+    /// nothing arrives on them and nothing says so. New connections get through.
+    pub fn freeze_open_connections(&self) {
+        let before = self.accepted.load(Ordering::SeqCst);
+        self.flow.send_replace(Flow::FrozenBefore { before });
     }
 
     /// Forwards again at full speed, held-back bytes first.
@@ -105,12 +133,29 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept(listener: TcpListener, upstream: SocketAddr, flow: watch::Sender<Flow>) {
+impl Flow {
+    /// Whether connection number `connection` holds its bytes back.
+    fn holds(self, connection: u64) -> bool {
+        match self {
+            Self::Frozen => true,
+            Self::FrozenBefore { before } => connection < before,
+            Self::Open | Self::Trickle { .. } => false,
+        }
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    upstream: SocketAddr,
+    flow: watch::Sender<Flow>,
+    accepted: Arc<AtomicU64>,
+) {
     let mut connections = JoinSet::new();
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
+        let connection = accepted.fetch_add(1, Ordering::SeqCst);
         while connections.try_join_next().is_some() {}
         let flow = flow.subscribe();
         connections.spawn(async move {
@@ -121,8 +166,8 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, flow: watch::Sender
             let (server_read, server_write) = server.into_split();
             // Either direction ending ends the connection.
             tokio::select! {
-                _ = pump(client_read, server_write, flow.clone()) => {}
-                _ = pump(server_read, client_write, flow) => {}
+                _ = pump(client_read, server_write, connection, flow.clone()) => {}
+                _ = pump(server_read, client_write, connection, flow) => {}
             }
         });
     }
@@ -131,6 +176,7 @@ async fn accept(listener: TcpListener, upstream: SocketAddr, flow: watch::Sender
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
+    connection: u64,
     mut flow: watch::Receiver<Flow>,
 ) -> std::io::Result<()> {
     let mut buf = vec![0; 16 * 1024];
@@ -143,7 +189,7 @@ async fn pump(
         while !rest.is_empty() {
             // Asked before each piece, so that a change of flow applies mid-chunk.
             let Ok(now) = flow
-                .wait_for(|flow| *flow != Flow::Frozen)
+                .wait_for(|flow| !flow.holds(connection))
                 .await
                 .map(|now| *now)
             else {
@@ -154,7 +200,7 @@ async fn pump(
                     tokio::time::sleep(every).await;
                     bytes.min(rest.len())
                 }
-                Flow::Open | Flow::Frozen => rest.len(),
+                Flow::Open | Flow::Frozen | Flow::FrozenBefore { .. } => rest.len(),
             };
             to.write_all(&rest[..piece]).await?;
             rest = &rest[piece..];
@@ -201,6 +247,26 @@ mod tests {
         proxy.thaw();
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await??;
         assert_eq!(&got, b"again");
+        Ok(())
+    }
+
+    /// Connections open when frozen stay silent; a new one gets through.
+    #[tokio::test]
+    async fn freezes_only_the_connections_open_then() -> anyhow::Result<()> {
+        let proxy = echo_proxy().await?;
+        let mut old = TcpStream::connect(proxy.local_addr()).await?;
+        let mut got = [0u8; 5];
+        old.write_all(b"hello").await?;
+        old.read_exact(&mut got).await?;
+
+        proxy.freeze_open_connections();
+        old.write_all(b"again").await?;
+        let read = tokio::time::timeout(Duration::from_millis(300), old.read(&mut got)).await;
+        assert!(read.is_err(), "bytes passed a frozen connection: {read:?}");
+        let mut new = TcpStream::connect(proxy.local_addr()).await?;
+        new.write_all(b"fresh").await?;
+        tokio::time::timeout(Duration::from_secs(5), new.read_exact(&mut got)).await??;
+        assert_eq!(&got, b"fresh");
         Ok(())
     }
 

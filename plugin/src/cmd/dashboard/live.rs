@@ -47,12 +47,11 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Every this many probes (a minute), the stored token's expiry is read again.
 const EXPIRY_EVERY_PROBES: u64 = 30;
 
-/// Watches ask the server to end them after this long; clients read for longer, so a quiet
-/// watch is not mistaken for a dead server.
-const WATCH_SECONDS: u32 = 50;
+/// Watches end and resume as the webhook's do ([`remote::WATCH_SECONDS`]), so that a
+/// connection that died silently is found out as soon.
 const WATCH_CLIENT: RemoteOptions = RemoteOptions {
     connect_timeout: Duration::from_secs(5),
-    read_timeout: Duration::from_secs(70),
+    read_timeout: remote::WATCH_READ_TIMEOUT,
     call_deadline: None,
 };
 
@@ -273,9 +272,7 @@ where
 {
     tokio::spawn(follow(
         Api::<K>::all(client.clone()),
-        watcher::Config::default()
-            .timeout(WATCH_SECONDS)
-            .page_size(LIST_PAGE),
+        remote::watch_config().page_size(LIST_PAGE),
         shared.clone(),
         move |live, change| {
             let Live {
@@ -535,9 +532,7 @@ fn watch_remote(
         let mut relist = Relist::default();
         follow(
             Api::<wire::Namespace>::all(client),
-            watcher::Config::default()
-                .timeout(WATCH_SECONDS)
-                .page_size(LIST_PAGE),
+            remote::watch_config().page_size(LIST_PAGE),
             s.clone(),
             move |live, change| {
                 live.matrix = None;
