@@ -228,23 +228,41 @@ mod tests {
         Proxy::forwarding_to(echo_addr).await
     }
 
+    /// A new connection through `proxy`, once bytes went through it both ways.
+    async fn connected(proxy: &Proxy) -> anyhow::Result<TcpStream> {
+        let mut client = TcpStream::connect(proxy.local_addr()).await?;
+        echoes(&mut client, b"hello").await?;
+        Ok(client)
+    }
+
+    /// Sends `bytes` and reads them back, within seconds.
+    async fn echoes(client: &mut TcpStream, bytes: &[u8]) -> anyhow::Result<()> {
+        client.write_all(bytes).await?;
+        let mut got = vec![0u8; bytes.len()];
+        tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await??;
+        assert_eq!(got, bytes);
+        Ok(())
+    }
+
+    /// Sends `bytes`; nothing comes back for a while.
+    async fn holds_back(client: &mut TcpStream, bytes: &[u8]) -> anyhow::Result<()> {
+        client.write_all(bytes).await?;
+        let mut got = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(300), client.read(&mut got)).await;
+        assert!(read.is_err(), "bytes passed a frozen connection: {read:?}");
+        Ok(())
+    }
+
     /// Forwards, holds bytes while frozen without closing anything, then delivers them when
     /// thawed.
     #[tokio::test]
     async fn freezes_and_thaws_without_closing() -> anyhow::Result<()> {
         let proxy = echo_proxy().await?;
-        let mut client = TcpStream::connect(proxy.local_addr()).await?;
-        let mut got = [0u8; 5];
-        client.write_all(b"hello").await?;
-        client.read_exact(&mut got).await?;
-        assert_eq!(&got, b"hello");
-
+        let mut client = connected(&proxy).await?;
         proxy.freeze();
-        client.write_all(b"again").await?;
-        let read = tokio::time::timeout(Duration::from_millis(300), client.read(&mut got)).await;
-        assert!(read.is_err(), "bytes passed a frozen proxy: {read:?}");
-
+        holds_back(&mut client, b"again").await?;
         proxy.thaw();
+        let mut got = [0u8; 5];
         tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got)).await??;
         assert_eq!(&got, b"again");
         Ok(())
@@ -254,20 +272,10 @@ mod tests {
     #[tokio::test]
     async fn freezes_only_the_connections_open_then() -> anyhow::Result<()> {
         let proxy = echo_proxy().await?;
-        let mut old = TcpStream::connect(proxy.local_addr()).await?;
-        let mut got = [0u8; 5];
-        old.write_all(b"hello").await?;
-        old.read_exact(&mut got).await?;
-
+        let mut old = connected(&proxy).await?;
         proxy.freeze_open_connections();
-        old.write_all(b"again").await?;
-        let read = tokio::time::timeout(Duration::from_millis(300), old.read(&mut got)).await;
-        assert!(read.is_err(), "bytes passed a frozen connection: {read:?}");
-        let mut new = TcpStream::connect(proxy.local_addr()).await?;
-        new.write_all(b"fresh").await?;
-        tokio::time::timeout(Duration::from_secs(5), new.read_exact(&mut got)).await??;
-        assert_eq!(&got, b"fresh");
-        Ok(())
+        holds_back(&mut old, b"again").await?;
+        connected(&proxy).await.map(drop)
     }
 
     /// A trickling proxy passes everything, a few bytes at a time and no faster.
