@@ -208,8 +208,36 @@ impl Args {
         Self::parse().run().await
     }
 
+    /// Refuses values the flags' types let through but the webhook cannot run with, one line
+    /// each, naming the flag.
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.token_renew_fraction > 0.0 && self.token_renew_fraction < 1.0,
+            "--token-renew-fraction must be between 0 and 1 (e.g. 0.6)"
+        );
+        for (flag, value) in [
+            ("--resync-period", self.resync_period),
+            ("--push-deadline", self.push_deadline),
+            ("--backoff-initial", self.backoff_initial),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--http2-keepalive-interval", self.http2_keepalive_interval),
+            ("--http2-keepalive-timeout", self.http2_keepalive_timeout),
+            ("--remote-call-deadline", self.remote_call_deadline),
+        ] {
+            anyhow::ensure!(!value.is_zero(), "{flag} must be positive");
+        }
+        anyhow::ensure!(
+            self.backoff_max >= self.backoff_initial,
+            "--backoff-max must not be shorter than --backoff-initial"
+        );
+        Ok(())
+    }
+
     /// Runs the webhook until SIGTERM or SIGINT.
     pub async fn run(self) -> anyhow::Result<()> {
+        self.check()?;
         let Self {
             listen,
             metrics_listen,
@@ -244,36 +272,12 @@ impl Args {
             log_format,
         } = self;
         let log_setter = init_tracing(&log_level, log_format)?;
-        anyhow::ensure!(!resync_period.is_zero(), "--resync-period must be positive");
-        anyhow::ensure!(!push_deadline.is_zero(), "--push-deadline must be positive");
-        anyhow::ensure!(
-            token_renew_fraction > 0.0 && token_renew_fraction < 1.0,
-            "--token-renew-fraction must be between 0 and 1 (e.g. 0.6)"
-        );
-        anyhow::ensure!(
-            !backoff_initial.is_zero(),
-            "--backoff-initial must be positive"
-        );
-        anyhow::ensure!(
-            backoff_max >= backoff_initial,
-            "--backoff-max must not be shorter than --backoff-initial"
-        );
         let lease_timing = LeaseTiming {
             lease_duration,
             renew_deadline,
             retry_period,
         };
         lease_timing.validate()?;
-        for (flag, value) in [
-            ("--header-read-timeout", header_read_timeout),
-            ("--idle-timeout", idle_timeout),
-            ("--body-timeout", body_timeout),
-            ("--http2-keepalive-interval", http2_keepalive_interval),
-            ("--http2-keepalive-timeout", http2_keepalive_timeout),
-            ("--remote-call-deadline", remote_call_deadline),
-        ] {
-            anyhow::ensure!(!value.is_zero(), "{flag} must be positive");
-        }
         let limits = Limits {
             header_read_timeout,
             idle_timeout,
@@ -537,6 +541,43 @@ mod tests {
             LeaseTiming::default()
         );
         assert_eq!(args.log_format, LogFormat::Plain);
+        assert_eq!(
+            args.remote_call_deadline,
+            mesh_core::remote::DEFAULT_CALL_DEADLINE
+        );
+        args.check().expect("the defaults are accepted");
+    }
+
+    /// What clap lets through but the webhook cannot run with is refused in one line naming
+    /// the flag.
+    #[test]
+    fn values_it_cannot_run_with_are_refused() {
+        let refusal = |flag: &str, value: &str| {
+            let args = Args::try_parse_from(["mesh-webhook", "--cert-dir=/tls", flag, value])
+                .expect("parse");
+            args.check().expect_err("refused").to_string()
+        };
+        for flag in [
+            "--resync-period",
+            "--push-deadline",
+            "--backoff-initial",
+            "--header-read-timeout",
+            "--idle-timeout",
+            "--body-timeout",
+            "--http2-keepalive-interval",
+            "--http2-keepalive-timeout",
+            "--remote-call-deadline",
+        ] {
+            assert_eq!(refusal(flag, "0s"), format!("{flag} must be positive"));
+        }
+        assert_eq!(
+            refusal("--backoff-max", "500ms"),
+            "--backoff-max must not be shorter than --backoff-initial"
+        );
+        assert_eq!(
+            refusal("--token-renew-fraction", "1"),
+            "--token-renew-fraction must be between 0 and 1 (e.g. 0.6)"
+        );
     }
 
     #[test]
