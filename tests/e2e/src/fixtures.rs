@@ -40,9 +40,16 @@ pub fn plugin(env: &TestEnv) -> anyhow::Result<Command> {
 
 /// `kubectl-mesh --kubeconfig <admin kubeconfig of primary>`: `primary` as the primary.
 pub fn plugin_on(primary: &Cluster) -> anyhow::Result<Command> {
-    let mut cmd = Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    let mut cmd = workspace_plugin()?;
     cmd.arg("--kubeconfig").arg(&primary.kubeconfig);
     Ok(cmd)
+}
+
+/// The workspace's `kubectl-mesh` binary, with nothing set.
+fn workspace_plugin() -> anyhow::Result<Command> {
+    Ok(Command::new(mesh_testenv::workspace_binary(
+        "kubectl-mesh",
+    )?))
 }
 
 /// `kubectl-mesh --kubeconfig <primary> <args>` without colours, not yet run (for a test that
@@ -67,7 +74,7 @@ pub fn merged_kubeconfig_invocation(
     args: &[&str],
 ) -> anyhow::Result<Command> {
     let kubeconfig = std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?;
-    let mut cmd = Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    let mut cmd = workspace_plugin()?;
     cmd.args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("NO_COLOR", "1");
@@ -77,7 +84,7 @@ pub fn merged_kubeconfig_invocation(
 /// `kubectl-mesh <args>` without colours and with a kubeconfig that does not exist, not yet
 /// run: for what needs no cluster (`--dry-run` renderings, refused flags).
 pub fn offline_invocation(args: &[&str]) -> anyhow::Result<Command> {
-    let mut cmd = Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+    let mut cmd = workspace_plugin()?;
     cmd.args(args)
         .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .env("NO_COLOR", "1");

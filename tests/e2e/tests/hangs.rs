@@ -15,9 +15,9 @@ use mesh_e2e::{
     eventually, fixtures, installed_webhook, label_on_primary, labels, managed_labels,
     own_mesh_with, unique_name,
 };
-use mesh_testenv::TestEnv;
 use mesh_testenv::mesh::MeshOptions;
 use mesh_testenv::proxy::Proxy;
+use mesh_testenv::{Cluster, TestEnv};
 
 /// The webhook's push deadline in these meshes (its default, set explicitly).
 const PUSH_DEADLINE: Duration = Duration::from_secs(2);
@@ -210,6 +210,15 @@ async fn a_hung_webhook_holds_a_primary_edit_no_longer_than_its_timeout() -> any
     Ok(())
 }
 
+/// A proxy in front of `remote`'s apiserver, and the remote's stored kubeconfig pointed at it:
+/// the mesh reaches the remote only through the proxy from then on.
+async fn through_proxy(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Proxy> {
+    let proxy = Proxy::start(remote).await?;
+    let server = format!("https://{}", proxy.local_addr());
+    fixtures::point_at(env, &remote.name, &server).await?;
+    Ok(proxy)
+}
+
 /// The call deadline of the webhook's clients in [`a_remote_answering_a_few_bytes_at_a_time`].
 const CALL_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -230,9 +239,7 @@ async fn a_remote_answering_a_few_bytes_at_a_time() -> anyhow::Result<()> {
     ];
     let (env, _mesh) = own_mesh_with(1, options(&webhook_args)?).await?;
     let remote = &env.remotes()[0];
-    let proxy = Proxy::start(remote).await?;
-    let proxied = format!("https://{}", proxy.local_addr());
-    fixtures::point_at(&env, &remote.name, &proxied).await?;
+    let proxy = through_proxy(&env, remote).await?;
     let ns = create_everywhere(&env, "trickled").await?;
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     let enabled = labels(&[("istio-injection", "enabled")]);
@@ -290,13 +297,7 @@ async fn a_watch_whose_connection_died_silently_is_replaced() -> anyhow::Result<
     options.resync_period = Duration::from_secs(5);
     let (env, _mesh) = own_mesh_with(1, options).await?;
     let (primary, remote) = (env.primary(), &env.remotes()[0]);
-    let proxy = Proxy::start(remote).await?;
-    fixtures::point_at(
-        &env,
-        &remote.name,
-        &format!("https://{}", proxy.local_addr()),
-    )
-    .await?;
+    let proxy = through_proxy(&env, remote).await?;
     // The webhook rebuilt its clients of the remote through the proxy: its watches and a sync.
     eventually(
         "the webhook connects through the proxy",
