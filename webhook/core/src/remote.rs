@@ -614,6 +614,7 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
         };
         let text = match status {
             Some(status) => describe_status(status),
+            None if is_elapsed(err) => "timed out".to_owned(),
             None => err.to_string(),
         };
         if !out.contains(&text) {
@@ -629,6 +630,16 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
         next = err.source();
     }
     out
+}
+
+/// A timeout of kube-client's own (its connect timeout): tokio's error inside, whose text
+/// ("deadline has elapsed") says neither what ran late nor that it was a timeout.
+fn is_elapsed(err: &(dyn StdError + 'static)) -> bool {
+    let inner = match err.downcast_ref::<std::io::Error>() {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+        None => Some(err),
+    };
+    inner.is_some_and(|inner| inner.is::<tokio::time::error::Elapsed>())
 }
 
 /// The reason kube-client gives a `Status` it made up from an error body that was not one.
@@ -722,6 +733,49 @@ current-context: east
         let text = error_chain(&err);
         assert!(text.contains("tcp connect error"), "{text}");
         assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+    }
+
+    /// A server that accepts connections and never answers the TLS handshake: the connect
+    /// timeout ends the call, and the error says that it timed out.
+    #[tokio::test]
+    async fn a_connect_that_times_out_says_so() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = format!("https://{}", listener.local_addr().expect("address"));
+        let silent = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                open.push(connection);
+            }
+        });
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("CA");
+        use base64::Engine as _;
+        let ca_data = base64::engine::general_purpose::STANDARD.encode(ca.cert.pem());
+        let yaml = TOKEN_KUBECONFIG
+            .replace("https://127.0.0.1:1", &server)
+            .replace(
+                r#"certificate-authority-data: """#,
+                &format!("certificate-authority-data: {ca_data}"),
+            );
+        let options = RemoteOptions {
+            connect_timeout: Duration::from_millis(300),
+            read_timeout: Duration::from_secs(30),
+            call_deadline: None,
+        };
+        let client = client_from_kubeconfig("east-creds", &yaml, &options)
+            .await
+            .expect("client");
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        let error = api
+            .list(&Default::default())
+            .await
+            .expect_err("no handshake");
+        silent.abort();
+        assert_eq!(Failure::of(&error), Failure::TimedOut, "{error}");
+        let chain = error_chain(&error);
+        assert!(chain.ends_with("(Connect): timed out"), "{chain}");
     }
 
     #[test]
