@@ -19,6 +19,7 @@ pub mod mesh_state;
 pub mod namespace_scope;
 pub mod object_names;
 pub mod output;
+pub mod poll;
 pub mod preview;
 pub mod remote_policies;
 pub mod remote_setup;
@@ -522,7 +523,7 @@ mod tests {
         let Command::Sync(s) = cli.command else {
             panic!("not sync");
         };
-        assert_eq!(s.cluster, ["a", "b"]);
+        assert_eq!(s.targets.cluster, ["a", "b"]);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use mesh_core::{
     remote::{self, Failure, RemoteOptions, error_chain},
 };
 
-use crate::{Error, Result, describe_kube, installed_rule, render};
+use crate::{Error, Result, access, describe_kube, installed_rule, render};
 
 /// Per-remote deadline of `status`, `sync` and `check` when `--remote-timeout` is not given.
 pub const DEFAULT_REMOTE_TIMEOUT: &str = "5s";
@@ -95,26 +95,43 @@ pub async fn clusters(primary: &Client) -> Result<Vec<MeshCluster>> {
     let api: Api<MeshCluster> = Api::all(primary.clone());
     let mut list = match api.list(&ListParams::default()).await {
         Ok(list) => list.items,
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            return Err(Error::Refused {
-                what: "kubectl-mesh is not installed on this cluster (no MeshCluster resource)"
-                    .into(),
-                hint: "run `kubectl mesh install`, or pick the primary with --context".into(),
-            });
-        }
+        Err(kube::Error::Api(s)) if s.code == 404 => return Err(not_installed()),
         Err(e) => return Err(Error::kube("cannot list MeshClusters")(e)),
     };
     list.sort_by_key(ResourceExt::name_any);
     Ok(list)
 }
 
-/// The refusal of a command that needs kubectl-mesh installed on the primary, which has no
-/// MeshCluster resource; `hint` says what to do.
-pub fn not_installed_on_primary(hint: &str) -> Error {
+/// The MeshCluster `name`, `None` when no such cluster is attached. On a cluster without
+/// kubectl-mesh the get answers 404 with no Status (the resource itself is unknown): the user
+/// is told to install, or to pick the primary.
+pub async fn cluster_named(
+    primary: &Client,
+    target: &access::Target,
+    name: &str,
+) -> Result<Option<MeshCluster>> {
+    let api: Api<MeshCluster> = Api::all(primary.clone());
+    match api.get_opt(name).await {
+        Ok(found) => Ok(found),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(not_installed()),
+        Err(e) => Err(access::request_error(target, "read MeshClusters", e)),
+    }
+}
+
+/// The refusal of a command that needs kubectl-mesh installed on the cluster it was pointed
+/// at as the primary, which has no MeshCluster resource.
+pub fn not_installed() -> Error {
     Error::Refused {
-        what: "kubectl-mesh is not installed on the primary (it has no MeshCluster resource)"
-            .into(),
-        hint: hint.into(),
+        what: "kubectl-mesh is not installed on this cluster (no MeshCluster resource)".into(),
+        hint: "run `kubectl mesh install`, or pick the primary with --context".into(),
+    }
+}
+
+/// The refusal of a command about one cluster that is not attached.
+pub fn not_attached(name: &str) -> Error {
+    Error::Refused {
+        what: format!("cluster {name:?} is not attached"),
+        hint: "`kubectl mesh list` shows the attached clusters".into(),
     }
 }
 
@@ -347,9 +364,8 @@ where
 
 #[cfg(test)]
 pub(crate) mod fixtures {
-    //! `MeshCluster`s and namespaces for the table tests.
+    //! `MeshCluster`s for the table tests (namespaces: [`mesh_core::fixtures`]).
 
-    use k8s_openapi::api::core::v1::Namespace;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     use mesh_core::cluster::{MeshCluster, MeshClusterSpec, MeshClusterStatus};
 
@@ -384,19 +400,6 @@ pub(crate) mod fixtures {
     pub(crate) fn with_status(mut c: MeshCluster, status: MeshClusterStatus) -> MeshCluster {
         c.status = Some(status);
         c
-    }
-
-    /// A namespace with managed and other labels.
-    pub(crate) fn ns(name: &str, labels: &[(&str, &str)]) -> Namespace {
-        let mut ns = Namespace::default();
-        ns.metadata.name = Some(name.to_owned());
-        ns.metadata.labels = Some(
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        );
-        ns
     }
 }
 

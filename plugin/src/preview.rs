@@ -268,17 +268,14 @@ fn adopted(
 mod tests {
     use super::*;
     use mesh_core::cluster::NamespaceScope;
-    use mesh_core::fixtures::{MetadataExt, ns};
+    use mesh_core::fixtures::{MetadataExt, by_name, ns};
 
     fn primary() -> BTreeMap<String, Namespace> {
-        [
+        by_name([
             ns("shop").label("istio-injection", "enabled"),
             ns("pay").label("istio.io/rev", "stable"),
             ns("batch"),
-        ]
-        .into_iter()
-        .map(|n| (n.name_any(), n))
-        .collect()
+        ])
     }
 
     fn remote() -> Vec<Namespace> {

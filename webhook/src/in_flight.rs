@@ -217,14 +217,7 @@ fn stand_in(rule: &SyncRule, name: &str, entry: &Entry, stored: Option<Namespace
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::fixtures::{MetadataExt, labels, ns};
-
-    fn primary(namespaces: Vec<Namespace>) -> BTreeMap<String, Namespace> {
-        namespaces
-            .into_iter()
-            .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
-            .collect()
-    }
+    use mesh_core::fixtures::{MetadataExt, by_name as primary, labels, ns};
 
     #[tokio::test]
     async fn a_push_stands_in_for_the_primary_until_persisted() {

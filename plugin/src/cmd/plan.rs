@@ -1,16 +1,10 @@
 //! `kubectl mesh plan`: what a sync would change on every remote now, changing nothing.
 
-use std::time::Duration;
-
 use kube::ResourceExt;
 use serde::Serialize;
 
-use crate::{
-    Context, Error, Result,
-    mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
-    output,
-    preview::Preview,
-};
+use super::sync::Targets;
+use crate::{Context, Error, Result, mesh_state, output, preview::Preview};
 
 /// Exit status when a sync would change something, as `terraform plan -detailed-exitcode`.
 pub const CHANGES_EXIT_CODE: u8 = 2;
@@ -22,12 +16,8 @@ pub const CHANGES_EXIT_CODE: u8 = 2;
 /// could not be read.
 #[derive(Debug, clap::Args)]
 pub struct Plan {
-    /// Only this cluster (repeatable) [default: all].
-    #[arg(long, value_name = "NAME")]
-    pub cluster: Vec<String>,
-    /// Longest each call to a remote may take, its answer included.
-    #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
-    pub remote_timeout: Duration,
+    #[command(flatten)]
+    pub targets: Targets,
 }
 
 /// One cluster's plan, or why there is none.
@@ -41,15 +31,11 @@ enum ClusterPlan {
 impl Plan {
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
-        let Self {
-            cluster,
-            remote_timeout,
-        } = self;
-        let Some(inputs) =
-            mesh_state::sync_inputs(ctx.client().await?, &cluster, ctx.progress).await?
-        else {
+        let Self { targets } = self;
+        let Some(inputs) = targets.inputs(ctx).await? else {
             return Ok(());
         };
+        let remote_timeout = targets.remote_timeout;
         let plans = mesh_state::for_each(&inputs.clusters, |c| {
             let inputs = &inputs;
             async move {

@@ -16,7 +16,8 @@
 //! mesh` reads the view credentials on each run, and istiod reloads a remote secret when it
 //! changes.
 
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow::{Break, Continue};
+use std::time::Duration;
 
 use k8s_openapi::{
     ByteString,
@@ -35,8 +36,9 @@ use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, token};
 use crate::{
     Context, Error, Result,
     access::{self, Need, RemoteAdminFlags, Target},
-    credentials, kubeconfig,
+    credentials, kubeconfig, mesh_state,
     output::Progress,
+    poll::{self, Late},
     remote_setup as setup,
 };
 
@@ -152,32 +154,19 @@ impl Rotate {
         } = self;
         let progress = ctx.progress;
         let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
-        let clusters: Api<MeshCluster> = Api::all(primary.clone());
         let targets = if all {
-            let list = clusters
-                .list(&Default::default())
-                .await
-                .map_err(|e| access::request_error(&primary_target, "list MeshClusters", e))?;
-            if list.items.is_empty() {
+            let list = mesh_state::clusters(&primary).await?;
+            if list.is_empty() {
                 return Err(Error::Refused {
                     what: "no cluster is attached".into(),
                     hint: "`kubectl mesh attach` attaches one".into(),
                 });
             }
-            list.items
+            list
         } else {
             let name = name.unwrap_or_default();
-            let mc = clusters
-                .get_opt(&name)
-                .await
-                .map_err(|e| access::request_error(&primary_target, "read MeshClusters", e))?;
-            let Some(mc) = mc else {
-                return Err(Error::Refused {
-                    what: format!("cluster {name:?} is not attached"),
-                    hint: "`kubectl mesh list` shows the attached clusters".into(),
-                });
-            };
-            vec![mc]
+            let mc = mesh_state::cluster_named(&primary, &primary_target, &name).await?;
+            vec![mc.ok_or_else(|| mesh_state::not_attached(&name))?]
         };
 
         let primary_id = access::cluster_id(&primary)
@@ -506,22 +495,21 @@ impl Rotation<'_> {
                 ));
             }
         }
-        let deadline = Instant::now() + self.timeout;
-        while self.remote_secret(name).await?.is_some() {
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    what: format!("Secret {MESH_NAMESPACE}/{name} on {} to go", self.cluster),
-                    after: format!("{}s", self.timeout.as_secs()),
-                    hint: format!(
-                        "`kubectl -n {MESH_NAMESPACE} get secret {name} -o yaml` on {} shows what \
-                         holds it; then re-run rotate",
-                        self.cluster
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(())
+        let gone = async || {
+            Ok(match self.remote_secret(name).await? {
+                None => Break(()),
+                Some(_) => Continue(()),
+            })
+        };
+        poll::until(self.timeout, Duration::from_millis(200), gone, |()| Late {
+            what: format!("Secret {MESH_NAMESPACE}/{name} on {} to go", self.cluster),
+            hint: format!(
+                "`kubectl -n {MESH_NAMESPACE} get secret {name} -o yaml` on {} shows what holds \
+                 it; then re-run rotate",
+                self.cluster
+            ),
+        })
+        .await
     }
 
     /// Creates the token Secret `name` for `account` and waits for its token; with `bound`,
@@ -605,8 +593,7 @@ impl Rotation<'_> {
             return Ok(());
         }
         let clusters: Api<MeshCluster> = Api::all(self.primary.clone());
-        let deadline = Instant::now() + self.timeout;
-        loop {
+        let used = async || {
             let stored = self.stored(holder).await?;
             let token = stored_token_of(&stored);
             if let Some(expected) = expected
@@ -625,35 +612,36 @@ impl Rotation<'_> {
                 .and_then(token::claims)
                 .is_some_and(|c| c.standing(jiff_now()) == token::Standing::Expired);
             if expired {
-                return Ok(());
+                return Ok(Break(()));
             }
             let mc = clusters
                 .get(self.cluster)
                 .await
                 .map_err(|e| access::request_error(self.primary_target, "read MeshClusters", e))?;
             let observed = mc.status.and_then(|s| s.observed_credentials);
-            if observed.is_some() && observed == stored.resource_version() {
-                return Ok(());
+            Ok(
+                if observed.is_some() && observed == stored.resource_version() {
+                    Break(())
+                } else {
+                    Continue(stored.resource_version().unwrap_or_default())
+                },
+            )
+        };
+        poll::until(self.timeout, Duration::from_millis(250), used, |stored| {
+            Late {
+                what: format!(
+                    "the webhook to sync {} with the stored token (MeshCluster \
+                 status.observedCredentials = {stored})",
+                    self.cluster,
+                ),
+                hint: format!(
+                    "the previous token still works; `kubectl mesh status {0}` and `kubectl mesh \
+                 check` show what the webhook does; then re-run `kubectl mesh rotate {0}`",
+                    self.cluster
+                ),
             }
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout {
-                    what: format!(
-                        "the webhook to sync {} with the stored token (MeshCluster \
-                         status.observedCredentials = {})",
-                        self.cluster,
-                        stored.resource_version().unwrap_or_default()
-                    ),
-                    after: format!("{}s", self.timeout.as_secs()),
-                    hint: format!(
-                        "the previous token still works; `kubectl mesh status {0}` and `kubectl \
-                         mesh check` show what the webhook does; then re-run `kubectl mesh \
-                         rotate {0}`",
-                        self.cluster
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
     }
 }
 

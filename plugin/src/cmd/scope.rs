@@ -56,13 +56,10 @@ impl Scope {
             clear,
             remote_admin: remote_admin_flags,
         } = self;
-        let primary = ctx.client().await?;
-        let mc = mesh_state::select(
-            mesh_state::clusters(&primary).await?,
-            std::slice::from_ref(&cluster),
-        )?
-        .pop()
-        .ok_or_else(|| not_attached(&cluster))?;
+        let (_, primary_target, primary) = ctx.primary_client().await?;
+        let mc = mesh_state::cluster_named(&primary, &primary_target, &cluster)
+            .await?
+            .ok_or_else(|| mesh_state::not_attached(&cluster))?;
         let changing = clear || !exclude_namespaces.is_empty() || namespace_selector.is_some();
         if !changing {
             return show(ctx, &mc.spec.scope);
@@ -138,13 +135,6 @@ fn show(ctx: &Context, scope: &NamespaceScope) -> Result<()> {
             output::print_stdout(&format!("{}\n", namespace_scope::describe(scope)))
         }
         format => output::print_stdout(&output::render_value(format, &scope)?),
-    }
-}
-
-fn not_attached(cluster: &str) -> Error {
-    Error::Refused {
-        what: format!("cluster {cluster:?} is not attached"),
-        hint: "`kubectl mesh list` shows the attached clusters".into(),
     }
 }
 

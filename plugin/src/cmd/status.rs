@@ -774,21 +774,18 @@ pub fn plural(n: usize, noun: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh_state::fixtures::ns;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use mesh_core::fixtures::{PodExt, istio_injector, pod};
+    use mesh_core::fixtures::{by_name, labelled};
 
     fn primary() -> BTreeMap<String, Namespace> {
-        [
-            ns("bookinfo", &[("istio-injection", "enabled"), ("team", "a")]),
-            ns("payments", &[("istio.io/rev", "1-24")]),
-            ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
-            ns("plain", &[("team", "b")]),
-            ns("kube-system", &[]),
-        ]
-        .into_iter()
-        .map(|n| (n.name_any(), n))
-        .collect()
+        by_name([
+            labelled("bookinfo", &[("istio-injection", "enabled"), ("team", "a")]),
+            labelled("payments", &[("istio.io/rev", "1-24")]),
+            labelled("ambient", &[("istio.io/dataplane-mode", "ambient")]),
+            labelled("plain", &[("team", "b")]),
+            labelled("kube-system", &[]),
+        ])
     }
 
     /// A remote read as `namespaces` (or not, with the error), without pods or scope.
@@ -813,20 +810,20 @@ mod tests {
                 // Only the default revision: nothing injects revision 1-24.
                 Some(vec![istio_injector("default")]),
                 Ok(vec![
-                    ns("bookinfo", &[("istio-injection", "enabled")]),
-                    ns("payments", &[("istio.io/rev", "1-23")]),
-                    ns("plain", &[]),
-                    ns("legacy", &[("istio-injection", "enabled")]),
-                    ns("kube-system", &[("istio-injection", "disabled")]),
+                    labelled("bookinfo", &[("istio-injection", "enabled")]),
+                    labelled("payments", &[("istio.io/rev", "1-23")]),
+                    labelled("plain", &[]),
+                    labelled("legacy", &[("istio-injection", "enabled")]),
+                    labelled("kube-system", &[("istio-injection", "disabled")]),
                 ]),
             ),
             remote(
                 "west",
                 Some(vec![istio_injector("default"), istio_injector("1-24")]),
                 Ok(vec![
-                    ns("bookinfo", &[("istio-injection", "enabled"), ("app", "x")]),
-                    ns("payments", &[("istio.io/rev", "1-24")]),
-                    ns("ambient", &[("istio.io/dataplane-mode", "ambient")]),
+                    labelled("bookinfo", &[("istio-injection", "enabled"), ("app", "x")]),
+                    labelled("payments", &[("istio.io/rev", "1-24")]),
+                    labelled("ambient", &[("istio.io/dataplane-mode", "ambient")]),
                 ]),
             ),
             remote("north", None, Err("no answer within 5s".into())),
@@ -898,7 +895,7 @@ mod tests {
     #[test]
     fn missing_only_where_the_rule_reports_it() {
         let mut primary = primary();
-        let mut leaving = ns("leaving", &[("istio-injection", "enabled")]);
+        let mut leaving = labelled("leaving", &[("istio-injection", "enabled")]);
         leaving.metadata.deletion_timestamp = "2026-01-01T00:00:00Z".parse().ok().map(Time);
         primary.insert("leaving".into(), leaving);
         let r = StatusReport::compute(

@@ -28,7 +28,14 @@ pub struct Sync {
     /// Print the changes and make none.
     #[arg(long)]
     pub dry_run: bool,
-    /// Sync only this cluster (repeatable) [default: all].
+    #[command(flatten)]
+    pub targets: Targets,
+}
+
+/// The clusters a sync (or its plan) covers, and how long it may wait on each.
+#[derive(Debug, clap::Args)]
+pub struct Targets {
+    /// Only this cluster (repeatable) [default: all].
     #[arg(long, value_name = "NAME")]
     pub cluster: Vec<String>,
     /// Longest each call to a remote may take, its answer included.
@@ -36,19 +43,22 @@ pub struct Sync {
     pub remote_timeout: Duration,
 }
 
+impl Targets {
+    /// What a sync of these clusters compares; `None`, said on the progress line, when there
+    /// is no cluster to sync.
+    pub async fn inputs(&self, ctx: &Context) -> Result<Option<mesh_state::SyncInputs>> {
+        mesh_state::sync_inputs(ctx.client().await?, &self.cluster, ctx.progress).await
+    }
+}
+
 impl Sync {
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
-        let Self {
-            dry_run,
-            cluster,
-            remote_timeout,
-        } = self;
-        let Some(inputs) =
-            mesh_state::sync_inputs(ctx.client().await?, &cluster, ctx.progress).await?
-        else {
+        let Self { dry_run, targets } = self;
+        let Some(inputs) = targets.inputs(ctx).await? else {
             return Ok(());
         };
+        let remote_timeout = targets.remote_timeout;
         let mode = if dry_run {
             SyncMode::DryRun
         } else {

@@ -643,7 +643,16 @@ async fn commands_fail_in_one_line_without_an_installation() -> anyhow::Result<(
     // A remote's admin kubeconfig: kubectl-mesh is not installed there.
     let (_serial, env) = serial().await;
     let remote = &env.remotes()[1];
-    for args in [["list"].as_slice(), &["status"], &["sync"]] {
+    // Commands about one cluster too: a get of a MeshCluster answers 404 there as for a
+    // cluster not attached, and they must not say that.
+    for args in [
+        ["list"].as_slice(),
+        &["status"],
+        &["sync"],
+        &["detach", "remote-1"],
+        &["rotate", "remote-1"],
+        &["scope", "remote-1"],
+    ] {
         let out = output(fixtures::mesh_invocation_on(remote, args)?).await?;
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
         assert_eq!(

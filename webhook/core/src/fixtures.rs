@@ -17,6 +17,23 @@ pub fn ns(name: &str) -> Namespace {
     ns
 }
 
+/// A namespace with exactly the labels of `pairs`.
+pub fn labelled(name: &str, pairs: &[(&str, &str)]) -> Namespace {
+    let mut ns = ns(name);
+    ns.metadata.labels = Some(labels(pairs));
+    ns
+}
+
+/// Namespaces by name, as a primary's view holds them.
+pub fn by_name(
+    namespaces: impl IntoIterator<Item = Namespace>,
+) -> std::collections::BTreeMap<String, Namespace> {
+    namespaces
+        .into_iter()
+        .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+        .collect()
+}
+
 /// Fluent label and annotation setters on any object, for readable test fixtures.
 pub trait MetadataExt: kube::Resource + Sized {
     fn label(mut self, key: &str, value: &str) -> Self {

@@ -417,18 +417,11 @@ async fn write(
 mod tests {
     use super::*;
     use crate::fake_apiserver::FakeApiserver;
-    use crate::fixtures::{labels, ns};
+    use crate::fixtures::{by_name, labelled};
 
     /// The primary's namespaces by name, each with exactly the labels given.
     fn primary(entries: &[(&str, &[(&str, &str)])]) -> BTreeMap<String, Namespace> {
-        entries
-            .iter()
-            .map(|(name, pairs)| {
-                let mut namespace = ns(name);
-                namespace.metadata.labels = Some(labels(pairs));
-                ((*name).to_owned(), namespace)
-            })
-            .collect()
+        by_name(entries.iter().map(|(name, pairs)| labelled(name, pairs)))
     }
 
     /// `total` namespaces, injected on the primary and plain on the remote: names, remote,

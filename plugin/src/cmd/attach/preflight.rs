@@ -308,9 +308,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     let attached = match clusters.list(&ListParams::default()).await {
         Ok(list) => Some(list.items),
         Err(kube::Error::Api(s)) if s.code == 404 => {
-            return Err(mesh_state::not_installed_on_primary(
-                "run kubectl mesh install first",
-            ));
+            return Err(mesh_state::not_installed());
         }
         // Reported with the other missing rights below.
         Err(kube::Error::Api(s)) if s.code == 403 => None,

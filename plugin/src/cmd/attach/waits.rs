@@ -1,12 +1,8 @@
 //! What attach waits for: the remote's token, a namespace to go, and with `--wait` the first
-//! sync.
-//!
-//! These poll with `get` rather than use `kube::runtime::wait::await_condition`: a watch needs
-//! `list` and `watch`, which attach neither checks in preflight nor needs otherwise (Secrets
-//! in the mesh namespace, MeshClusters, the primary's namespaces), so a caller with exactly
-//! the rights attach asks for would be refused halfway through.
+//! sync (each through [`poll::until`]).
 
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow::{Break, Continue};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{Api, Client};
@@ -15,6 +11,7 @@ use mesh_core::{
     cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
 };
 
+use crate::poll::{self, Late};
 use crate::{Error, Result};
 
 /// Waits until kube-controller-manager has put a token into the Secret `secret`.
@@ -25,8 +22,7 @@ pub(crate) async fn wait_token(
     timeout: Duration,
 ) -> Result<String> {
     let api: Api<Secret> = Api::namespaced(remote.clone(), MESH_NAMESPACE);
-    let deadline = Instant::now() + timeout;
-    loop {
+    let look = async || {
         let found = api.get_opt(secret).await.map_err(Error::kube(format!(
             "cannot read Secret {MESH_NAMESPACE}/{secret} on {cluster}"
         )))?;
@@ -46,25 +42,19 @@ pub(crate) async fn wait_token(
             .and_then(|d| d.get("token"))
             .and_then(|t| String::from_utf8(t.0.clone()).ok())
             .filter(|t| !t.is_empty());
-        if let Some(token) = token {
-            return Ok(token);
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                what: format!(
-                    "a token in Secret {MESH_NAMESPACE}/{secret} on {cluster} (it is filled by \
-                     kube-controller-manager)"
-                ),
-                after: format!("{}s", timeout.as_secs()),
-                hint: format!(
-                    "check that the remote's kube-controller-manager runs its \
-                     serviceaccount-token controller: `kubectl -n {MESH_NAMESPACE} describe \
-                     secret {secret}` on {cluster}"
-                ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok(token.map_or(Continue(()), Break))
+    };
+    poll::until(timeout, Duration::from_millis(200), look, |()| Late {
+        what: format!(
+            "a token in Secret {MESH_NAMESPACE}/{secret} on {cluster} (it is filled by \
+             kube-controller-manager)"
+        ),
+        hint: format!(
+            "check that the remote's kube-controller-manager runs its serviceaccount-token \
+             controller: `kubectl -n {MESH_NAMESPACE} describe secret {secret}` on {cluster}"
+        ),
+    })
+    .await
 }
 
 /// Waits until the namespace `name` is gone.
@@ -74,26 +64,22 @@ pub(crate) async fn wait_namespace_gone(
     timeout: Duration,
 ) -> Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
-    let deadline = Instant::now() + timeout;
-    loop {
+    let look = async || {
         let found = api
             .get_opt(name)
             .await
             .map_err(Error::kube(format!("cannot read Namespace {name}")))?;
-        if found.is_none() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(Error::Timeout {
-                what: format!("Namespace {name} to be deleted"),
-                after: format!("{}s", timeout.as_secs()),
-                hint: format!(
-                    "`kubectl get ns {name} -o yaml` shows what holds it (its conditions)"
-                ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(if found.is_none() {
+            Break(())
+        } else {
+            Continue(())
+        })
+    };
+    poll::until(timeout, Duration::from_millis(250), look, |()| Late {
+        what: format!("Namespace {name} to be deleted"),
+        hint: format!("`kubectl get ns {name} -o yaml` shows what holds it (its conditions)"),
+    })
+    .await
 }
 
 /// Waits until the reconciler reports the cluster Synced.
@@ -103,32 +89,32 @@ pub(super) async fn wait_synced(
     timeout: Duration,
 ) -> Result<MeshCluster> {
     let api: Api<MeshCluster> = Api::all(primary.clone());
-    let deadline = Instant::now() + timeout;
-    loop {
+    let look = async || {
         let mc = api
             .get(name)
             .await
             .map_err(Error::kube(format!("cannot read MeshCluster {name}")))?;
         let status = mc.status.clone().unwrap_or_default();
-        if status.is_true(CONDITION_SYNCED) {
-            return Ok(mc);
+        Ok(if status.is_true(CONDITION_SYNCED) {
+            Break(mc)
+        } else {
+            Continue(status)
+        })
+    };
+    poll::until(timeout, Duration::from_millis(500), look, |status| {
+        let last = status
+            .condition(CONDITION_SYNCED)
+            .map(|c| format!(" (last: {} {}: {})", c.status, c.reason, c.message))
+            .unwrap_or_else(|| " (no status was ever written: no reconciler runs)".into());
+        Late {
+            what: format!("the first sync of {name}, which is attached{last}"),
+            hint: format!(
+                "check that mesh-webhook runs (`kubectl -n {MESH_NAMESPACE} get pods`), or sync \
+                 once from here: `kubectl mesh sync --cluster {name}`"
+            ),
         }
-        if Instant::now() >= deadline {
-            let last = status
-                .condition(CONDITION_SYNCED)
-                .map(|c| format!(" (last: {} {}: {})", c.status, c.reason, c.message))
-                .unwrap_or_else(|| " (no status was ever written: no reconciler runs)".into());
-            return Err(Error::Timeout {
-                what: format!("the first sync of {name}, which is attached{last}"),
-                after: format!("{}s", timeout.as_secs()),
-                hint: format!(
-                    "check that mesh-webhook runs (`kubectl -n {MESH_NAMESPACE} get pods`), or \
-                     sync once from here: `kubectl mesh sync --cluster {name}`"
-                ),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }
 
 /// One line about a sync's result, from the MeshCluster's status.

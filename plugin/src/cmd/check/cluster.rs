@@ -18,7 +18,7 @@ use mesh_core::{
     sync::short_list,
 };
 
-use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, RemoteReads, Stored, ViewFacts};
+use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, Stored, ViewFacts};
 use super::guard::guard_result;
 use super::report::{CheckResult, Section};
 use super::rights;
@@ -238,24 +238,17 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
     let Some(reads) = reads else {
         return section(checks);
     };
-    let RemoteReads {
-        kube_system,
-        rights,
-        namespaces,
-        guard,
-        scope,
-        injectors,
-        view,
-    } = reads;
-    checks.push(identity_result(mesh, cluster, kube_system));
-    checks.push(rights_result(&name, rights, &reattach));
+    let namespaces = &reads.namespaces;
+    let injectors = &reads.injectors;
+    checks.push(identity_result(mesh, cluster, &reads.kube_system));
+    checks.push(rights_result(&name, &reads.rights, &reattach));
     checks.push(token_result(stored, mesh.now, &name));
     checks.push(drift_result(mesh, &name, namespaces));
     checks.push(injection_result(mesh, &name, namespaces, injectors));
     if let ViewFacts::Read {
         rights: Some(rights),
         ..
-    } = view
+    } = &reads.view
     {
         checks.push(match rights {
             Ok(answers) => rights::judge_view_answers(&name, answers),
@@ -266,9 +259,9 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
             ),
         });
     }
-    checks.extend(pods_result(mesh, &name, namespaces, injectors, view));
-    checks.push(scope_result(scope, &name));
-    checks.push(guard_result(cluster, guard));
+    checks.extend(pods_result(mesh, &name, namespaces, injectors, &reads.view));
+    checks.push(scope_result(&reads.scope, &name));
+    checks.push(guard_result(cluster, &reads.guard));
     section(checks)
 }
 
@@ -683,8 +676,9 @@ mod tests {
     use super::super::report::Outcome;
     use super::*;
     use crate::credentials::tests::jwt;
-    use crate::mesh_state::{RemoteError, fixtures::ns};
+    use crate::mesh_state::RemoteError;
     use k8s_openapi::api::core::v1::Pod;
+    use mesh_core::fixtures::labelled;
     use mesh_core::fixtures::{PodExt, istio_injector, pod};
 
     /// A mesh of no other cluster, whose primary holds `primary`, at the epoch.
@@ -702,12 +696,12 @@ mod tests {
     fn pods_contrary_to_their_labels_warn_with_the_namespaces_to_restart() {
         let primary: BTreeMap<String, Namespace> = [(
             "shop".to_owned(),
-            ns("shop", &[("istio-injection", "enabled")]),
+            labelled("shop", &[("istio-injection", "enabled")]),
         )]
         .into();
         let rule = SyncRule::default();
         let mesh = mesh_of(&primary, &rule);
-        let remote = Ok(vec![ns("shop", &[]), ns("web", &[])]);
+        let remote = Ok(vec![labelled("shop", &[]), labelled("web", &[])]);
         let injectors = Ok(vec![istio_injector("default")]);
         let read = |pods: Vec<(&str, Pod)>| {
             let mut by_ns: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
@@ -757,11 +751,11 @@ mod tests {
     ) -> CheckResult {
         let primary: BTreeMap<String, Namespace> = primary
             .iter()
-            .map(|(name, labels)| (name.to_string(), ns(name, labels)))
+            .map(|(name, labels)| (name.to_string(), labelled(name, labels)))
             .collect();
         let rule = SyncRule::default();
         let mesh = mesh_of(&primary, &rule);
-        let remote = Ok(remote.iter().map(|name| ns(name, &[])).collect());
+        let remote = Ok(remote.iter().map(|name| labelled(name, &[])).collect());
         injection_result(&mesh, "east", &remote, &injectors)
     }
 

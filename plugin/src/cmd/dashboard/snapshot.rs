@@ -379,7 +379,8 @@ mod tests {
     use crate::cmd::dashboard::live::RemoteLive;
     use crate::cmd::dashboard::reduce::reduce_namespace;
     use crate::cmd::services::wire;
-    use crate::mesh_state::fixtures::{cluster, ns};
+    use crate::mesh_state::fixtures::cluster;
+    use mesh_core::fixtures::labelled;
 
     /// Namespaces as a watch keeps them.
     fn kept(namespaces: &[(&str, &[(&str, &str)])]) -> Records<String, NsFacts> {
@@ -387,7 +388,7 @@ mod tests {
             .iter()
             .filter_map(|(name, labels)| {
                 reduce_namespace(&wire::Namespace {
-                    metadata: ns(name, labels).metadata,
+                    metadata: labelled(name, labels).metadata,
                 })
             })
             .collect()

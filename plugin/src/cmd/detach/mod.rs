@@ -83,22 +83,7 @@ impl Detach {
         let progress = ctx.progress;
         let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
 
-        let clusters: Api<MeshCluster> = Api::all(primary.clone());
-        let mc = match clusters.get_opt(&name).await {
-            Ok(mc) => mc,
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Err(mesh_state::not_installed_on_primary(
-                    "nothing is attached; `kubectl mesh install` installs it",
-                ));
-            }
-            Err(e) => {
-                return Err(access::request_error(
-                    &primary_target,
-                    "read MeshClusters",
-                    e,
-                ));
-            }
-        };
+        let mc = mesh_state::cluster_named(&primary, &primary_target, &name).await?;
         let missing = access::missing(&primary, &primary_needs(strip_labels))
             .await
             .map_err(|e| access::request_error(&primary_target, "check rights", e))?;
@@ -204,6 +189,7 @@ impl Detach {
                 .map_err(|e| access::request_error(&primary_target, "delete istio-system", e))?;
         }
         if mc.is_some() {
+            let clusters: Api<MeshCluster> = Api::all(primary.clone());
             delete(&clusters, &name, "primary", progress)
                 .await
                 .map_err(|e| access::request_error(&primary_target, "delete the MeshCluster", e))?;

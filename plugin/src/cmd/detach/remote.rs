@@ -149,6 +149,15 @@ pub(super) async fn clean_remote(
     Ok(())
 }
 
+/// A kind of object detach reads and deletes through a typed `Api`.
+pub(super) trait Object:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug
+{
+}
+
+impl<K> Object for K where K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug
+{}
+
 /// Deletes by name what attach created on one remote for one primary ([`delete_ours`]); a
 /// refused request says what was being done.
 struct Remover<'a> {
@@ -162,10 +171,7 @@ impl Remover<'_> {
     /// The cluster-scoped `object` of kind `K`.
     async fn cluster<K>(&self, object: &str, doing: &str) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = ClusterResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Object + Resource<Scope = ClusterResourceScope>,
     {
         self.delete(Api::<K>::all(self.client.clone()), object, doing)
             .await
@@ -181,10 +187,7 @@ impl Remover<'_> {
     /// The `object` of kind `K` in the mesh namespace.
     async fn in_mesh_namespace<K>(&self, object: &str, doing: &str) -> Result<()>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + std::fmt::Debug,
+        K: Object + Resource<Scope = NamespaceResourceScope>,
     {
         let api = Api::<K>::namespaced(self.client.clone(), MESH_NAMESPACE);
         self.delete(api, object, doing).await
@@ -192,7 +195,7 @@ impl Remover<'_> {
 
     async fn delete<K>(&self, api: Api<K>, object: &str, doing: &str) -> Result<()>
     where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+        K: Object,
     {
         let Ours { cluster, primary } = self.ours;
         delete_ours(api, object, cluster, primary, self.progress)
@@ -212,7 +215,7 @@ async fn delete_ours<K>(
     progress: Progress,
 ) -> Result<(), kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Object,
 {
     let Some(found) = api.get_opt(object).await? else {
         return Ok(());
@@ -239,7 +242,7 @@ pub(super) async fn delete<K>(
     progress: Progress,
 ) -> Result<(), kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Object,
 {
     let kind = K::kind(&());
     let what = match api.namespace() {
@@ -337,10 +340,7 @@ async fn named<K>(
     wanted: impl Fn(&K) -> bool,
 ) -> Result<Vec<String>, kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Object + Resource<Scope = NamespaceResourceScope>,
 {
     let objects = Api::<K>::namespaced(client.clone(), ns)
         .list(&ListParams::default())

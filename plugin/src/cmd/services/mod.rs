@@ -800,7 +800,7 @@ impl ServiceCell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh_state::fixtures::ns;
+    use mesh_core::fixtures::labelled;
     use mesh_core::fixtures::{PodExt, pod};
     use serde_json::json;
     use std::sync::Arc;
@@ -881,7 +881,7 @@ mod tests {
                 in_ns(pod("web-1").sidecar(), "shop"),
                 in_ns(pod("web-2"), "shop"),
             ],
-            &[ns("shop", &[("istio-injection", "enabled")])],
+            &[labelled("shop", &[("istio-injection", "enabled")])],
         );
         let east = facts(
             &[
@@ -890,7 +890,10 @@ mod tests {
             ],
             &[slice("shop", "web-x", "web", &[Some(true)])],
             &[in_ns(pod("web-9").sidecar(), "shop")],
-            &[ns("shop", &[("istio.io/rev", "canary")]), ns("db", &[])],
+            &[
+                labelled("shop", &[("istio.io/rev", "canary")]),
+                labelled("db", &[]),
+            ],
         );
         vec![
             ClusterRead {
@@ -940,11 +943,11 @@ mod tests {
         done.status = Some(serde_json::from_value(json!({"phase": "Succeeded"})).unwrap());
         assert_eq!(extract_pod(&mut names, &done), None);
         assert_eq!(
-            extract_injection(&ns("a", &[("istio-injection", "disabled")])),
+            extract_injection(&labelled("a", &[("istio-injection", "disabled")])),
             None
         );
         assert_eq!(
-            extract_injection(&ns("a", &[("istio.io/rev", "canary")])).as_deref(),
+            extract_injection(&labelled("a", &[("istio.io/rev", "canary")])).as_deref(),
             Some("revision canary")
         );
     }

@@ -598,28 +598,24 @@ fn convergence_times(history: &History) -> Vec<Convergence> {
 fn excerpt(history: &History, config: &CheckConfig, namespace: &str, at: Ms) -> Vec<String> {
     let from = at.saturating_sub(config.phantom_window);
     let to = at + 2_000;
-    let mut lines: Vec<(Ms, String)> = Vec::new();
-    lines.extend(
-        history
-            .ops
-            .iter()
-            .filter(|o| o.namespace == namespace && o.start >= from && o.start <= to)
-            .map(|o| (o.start, describe_op(history, o))),
-    );
-    lines.extend(
-        history
-            .events
-            .iter()
-            .filter(|e| e.name == namespace && e.at >= from && e.at <= to)
-            .map(|e| (e.at, describe_event(history, e))),
-    );
-    lines.extend(
-        history
-            .faults
-            .iter()
-            .filter(|f| f.start <= to && f.end >= from)
-            .map(|f| (f.start, describe_fault(f))),
-    );
+    let within = |t: Ms| (from..=to).contains(&t);
+    let ops = history
+        .ops
+        .iter()
+        .filter(|o| o.namespace == namespace && within(o.start))
+        .map(|o| (o.start, describe_op(history, o)));
+    let events = history
+        .events
+        .iter()
+        .filter(|e| e.name == namespace && within(e.at))
+        .map(|e| (e.at, describe_event(history, e)));
+    // A fault counts when it overlaps the window.
+    let faults = history
+        .faults
+        .iter()
+        .filter(|f| f.start <= to && f.end >= from)
+        .map(|f| (f.start, describe_fault(f)));
+    let mut lines: Vec<(Ms, String)> = ops.chain(events).chain(faults).collect();
     lines.sort_by_key(|(at, _)| *at);
     let keep = lines.len().saturating_sub(24);
     lines.into_iter().skip(keep).map(|(_, l)| l).collect()
