@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     core::v1::Namespace,
     rbac::v1::PolicyRule,
 };
-use kube::{Api, Client, api::PostParams, config::Kubeconfig};
+use kube::{Api, Client, ResourceExt, api::PostParams, config::Kubeconfig};
 use mesh_core::cluster::MeshCluster;
 
 use crate::{
@@ -376,6 +376,44 @@ pub async fn missing(client: &Client, needs: &[Need]) -> Result<Vec<String>, kub
         .collect())
 }
 
+/// What the caller of `client` lacks of `needs` on `target`, in one phrase: "on the primary
+/// (https://…): secrets in namespace kubectl-mesh (create/delete)"; `None` when nothing.
+pub async fn missing_on(
+    client: &Client,
+    target: &Target,
+    needs: &[Need],
+) -> Result<Option<String>> {
+    let missing = missing(client, needs)
+        .await
+        .map_err(|e| request_error(target, "check rights", e))?;
+    Ok(lacking(target, &missing))
+}
+
+fn lacking(target: &Target, missing: &[String]) -> Option<String> {
+    (!missing.is_empty()).then(|| {
+        format!(
+            "on {} ({}): {}",
+            target.label,
+            target.server,
+            missing.join(", ")
+        )
+    })
+}
+
+/// Why the remote `target` reached, whose cluster id is `id`, is not `cluster`; `None` when it
+/// is.
+pub fn other_cluster(id: &str, target: &Target, cluster: &MeshCluster) -> Option<String> {
+    (id != cluster.spec.cluster_id).then(|| {
+        format!(
+            "the remote kubeconfig reaches cluster id {id} at {}, but {} is cluster id {} at {}",
+            target.server,
+            cluster.name_any(),
+            cluster.spec.cluster_id,
+            cluster.spec.server
+        )
+    })
+}
+
 /// The identity of a cluster: the UID of its kube-system namespace.
 pub async fn cluster_id(client: &Client) -> Result<String, kube::Error> {
     let ns = Api::<Namespace>::all(client.clone())
@@ -387,6 +425,38 @@ pub async fn cluster_id(client: &Client) -> Result<String, kube::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn east() -> Target {
+        Target {
+            label: "remote cluster east".into(),
+            server: "https://east:6443".into(),
+            where_configured: "east.yaml".into(),
+        }
+    }
+
+    #[test]
+    fn missing_rights_are_said_with_where_they_are_missing() {
+        assert_eq!(lacking(&east(), &[]), None);
+        let missing = ["secrets (get)".to_owned(), "namespaces (list)".to_owned()];
+        assert_eq!(
+            lacking(&east(), &missing).as_deref(),
+            Some("on remote cluster east (https://east:6443): secrets (get), namespaces (list)")
+        );
+    }
+
+    #[test]
+    fn a_kubeconfig_reaching_another_cluster_is_named_with_both_ids() {
+        let cluster = crate::mesh_state::fixtures::cluster("east", "https://10.0.0.1:6443", "");
+        let id = cluster.spec.cluster_id.clone();
+        assert_eq!(other_cluster(&id, &east(), &cluster), None);
+        assert_eq!(
+            other_cluster("uid-west", &east(), &cluster),
+            Some(format!(
+                "the remote kubeconfig reaches cluster id uid-west at https://east:6443, but \
+                 east is cluster id {id} at https://10.0.0.1:6443"
+            ))
+        );
+    }
 
     /// The line `err` reads as when a read of the cluster `label` fails.
     fn read_error_line(

@@ -5,7 +5,7 @@
 //! `list` and `watch`, which those commands neither check beforehand nor need otherwise, so a
 //! caller with exactly the rights they ask for would be refused halfway through.
 
-use std::ops::ControlFlow;
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::time::{Duration, Instant};
 
 use crate::{Error, Result};
@@ -30,8 +30,8 @@ pub async fn until<T, S>(
     let deadline = Instant::now() + timeout;
     loop {
         let last = match look().await? {
-            ControlFlow::Break(found) => return Ok(found),
-            ControlFlow::Continue(last) => last,
+            Break(found) => return Ok(found),
+            Continue(last) => last,
         };
         if Instant::now() >= deadline {
             let Late { what, hint } = late(last);
@@ -49,53 +49,38 @@ pub async fn until<T, S>(
 mod tests {
     use super::*;
 
-    const EVERY: Duration = Duration::from_millis(10);
-
-    fn late(looks: u32) -> Late {
-        Late {
+    /// Waits up to `timeout` on a look whose n-th call (from 1) answers `answer(n)`; gives the
+    /// wait's result and how many looks it took.
+    async fn wait(
+        timeout: Duration,
+        answer: impl Fn(u32) -> Result<ControlFlow<&'static str, u32>>,
+    ) -> (Result<&'static str>, u32) {
+        let mut looks = 0;
+        let look = async || {
+            looks += 1;
+            answer(looks)
+        };
+        let late = |looks| Late {
             what: format!("the answer after {looks} looks"),
             hint: "ask again".into(),
-        }
+        };
+        let result = until(timeout, Duration::from_millis(10), look, late).await;
+        (result, looks)
     }
 
     #[tokio::test]
     async fn returns_what_the_look_found() {
-        let mut looks = 0;
-        let found = until(
-            Duration::from_secs(5),
-            EVERY,
-            async || {
-                looks += 1;
-                Ok(if looks == 3 {
-                    ControlFlow::Break("found")
-                } else {
-                    ControlFlow::Continue(looks)
-                })
-            },
-            late,
-        )
-        .await;
-        assert_eq!(found.ok(), Some("found"));
-        assert_eq!(looks, 3);
+        let answer = |n| Ok(if n == 3 { Break("found") } else { Continue(n) });
+        let (found, looks) = wait(Duration::from_secs(5), answer).await;
+        assert_eq!((found.ok(), looks), (Some("found"), 3));
     }
 
     #[tokio::test]
     async fn times_out_with_the_last_finding() {
-        let mut looks = 0;
-        let late = until(
-            Duration::from_millis(50),
-            EVERY,
-            async || {
-                looks += 1;
-                Ok(ControlFlow::<(), u32>::Continue(looks))
-            },
-            late,
-        )
-        .await
-        .expect_err("never found");
-        let text = format!("{late}; {}", late.hint());
+        let (late, looks) = wait(Duration::from_millis(50), |n| Ok(Continue(n))).await;
+        let late = late.expect_err("never found");
         assert_eq!(
-            text,
+            format!("{late}; {}", late.hint()),
             format!("timed out after 0s waiting for the answer after {looks} looks; ask again")
         );
         assert!(looks > 1, "looked again before giving up");
@@ -103,16 +88,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_look_ends_the_wait() {
-        let mut looks = 0;
-        let failed = until(
-            Duration::from_secs(5),
-            EVERY,
-            async || {
-                looks += 1;
-                Err::<ControlFlow<(), u32>, _>(Error::NotImplemented("look"))
-            },
-            late,
-        )
+        let (failed, looks) = wait(Duration::from_secs(5), |_| {
+            Err(Error::NotImplemented("look"))
+        })
         .await;
         assert!(matches!(failed, Err(Error::NotImplemented("look"))));
         assert_eq!(looks, 1);

@@ -258,13 +258,9 @@ async fn remote_client(
     let id = access::cluster_id(&client)
         .await
         .map_err(|e| access::request_error(&target, "read kube-system", e))?;
-    if id != mc.spec.cluster_id {
+    if let Some(what) = access::other_cluster(&id, &target, mc) {
         return Err(Error::Refused {
-            what: format!(
-                "the remote kubeconfig reaches cluster id {id} at {}, but {name} is cluster id \
-                 {} at {}",
-                target.server, mc.spec.cluster_id, mc.spec.server
-            ),
+            what,
             hint: format!("pass the kubeconfig of {name} with --remote-kubeconfig"),
         });
     }
@@ -274,16 +270,9 @@ async fn remote_client(
         MESH_NAMESPACE,
         &["get", "create", "delete"],
     )];
-    let missing = access::missing(&client, &needs)
-        .await
-        .map_err(|e| access::request_error(&target, "check rights", e))?;
-    if !missing.is_empty() {
+    if let Some(missing) = access::missing_on(&client, &target, &needs).await? {
         return Err(Error::Refused {
-            what: format!(
-                "missing permissions on remote cluster {name} ({}): {}",
-                target.server,
-                missing.join(", ")
-            ),
+            what: format!("missing permissions {missing}"),
             hint: "use an admin kubeconfig of the remote".into(),
         });
     }

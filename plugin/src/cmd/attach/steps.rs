@@ -17,7 +17,7 @@ use super::objects::{
     Side, cluster_record, describe, dyn_api, for_primary, istio_reader_objects, stored_kubeconfig,
     view_objects,
 };
-use super::preflight::{NamespaceState, Plan};
+use super::preflight::{IstioPlan, NamespaceState, Plan};
 use super::waits::{wait_namespace_gone, wait_token};
 use crate::cmd::apply;
 use crate::preview::Adoption;
@@ -367,38 +367,15 @@ impl<'a> Run<'a> {
         self.done(Step::GuardBinding)?;
 
         self.begin(Step::IstioReader);
-        let reader_token = if let Some(istio) = &plan.istio {
-            self.retire_other_reader_role(&istio.reader_role).await?;
-            for m in istio_reader_objects(&name, &istio.reader_role)? {
-                self.ensure(Side::Remote, m).await?;
-            }
-            if istio.reader_role == ReaderRole::Istio {
-                self.progress.ok(format!(
-                    "{name}: istiod's reader bound to Istio's own ClusterRole {}",
-                    setup::istio_own_reader_role()
-                ));
-            }
-            Some(
-                self.issued_token(setup::ISTIO_READER_TOKEN_SECRET, setup::ISTIO_READER)
-                    .await?,
-            )
-        } else {
-            None
+        let reader_token = match &plan.istio {
+            Some(istio) => Some(self.istio_reader(istio).await?),
+            None => None,
         };
         self.done(Step::IstioReader)?;
 
         self.begin(Step::ViewIdentity);
         let view_token = if plan.view.wanted() {
-            if let Some(notice) = plan.view.notice(&name) {
-                self.progress.info(notice);
-            }
-            for m in view_objects(&name)? {
-                self.ensure(Side::Remote, m).await?;
-            }
-            Some(
-                self.issued_token(setup::VIEW_TOKEN_SECRET, setup::VIEW_ACCOUNT)
-                    .await?,
-            )
+            Some(self.view_identity().await?)
         } else {
             None
         };
@@ -496,6 +473,36 @@ impl<'a> Run<'a> {
         }
         self.done(Step::OwnerReferences)?;
         Ok(mc)
+    }
+
+    /// istiod's reader identity on the remote (`--istio-remote-secret`); its token.
+    async fn istio_reader(&mut self, istio: &IstioPlan) -> Result<String> {
+        let name = self.plan.name.clone();
+        self.retire_other_reader_role(&istio.reader_role).await?;
+        for m in istio_reader_objects(&name, &istio.reader_role)? {
+            self.ensure(Side::Remote, m).await?;
+        }
+        if istio.reader_role == ReaderRole::Istio {
+            self.progress.ok(format!(
+                "{name}: istiod's reader bound to Istio's own ClusterRole {}",
+                setup::istio_own_reader_role()
+            ));
+        }
+        self.issued_token(setup::ISTIO_READER_TOKEN_SECRET, setup::ISTIO_READER)
+            .await
+    }
+
+    /// The read-only view identity on the remote (`--services-view`); its token.
+    async fn view_identity(&mut self) -> Result<String> {
+        let name = self.plan.name.clone();
+        if let Some(notice) = self.plan.view.notice(&name) {
+            self.progress.info(notice);
+        }
+        for m in view_objects(&name)? {
+            self.ensure(Side::Remote, m).await?;
+        }
+        self.issued_token(setup::VIEW_TOKEN_SECRET, setup::VIEW_ACCOUNT)
+            .await
     }
 
     /// Waits until the remote refuses the token anything but the managed labels, as the

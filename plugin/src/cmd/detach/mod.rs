@@ -84,16 +84,10 @@ impl Detach {
         let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
 
         let mc = mesh_state::cluster_named(&primary, &primary_target, &name).await?;
-        let missing = access::missing(&primary, &primary_needs(strip_labels))
-            .await
-            .map_err(|e| access::request_error(&primary_target, "check rights", e))?;
-        if !missing.is_empty() {
+        let needs = primary_needs(strip_labels);
+        if let Some(missing) = access::missing_on(&primary, &primary_target, &needs).await? {
             return Err(Error::Refused {
-                what: format!(
-                    "missing permissions on the primary ({}): {}",
-                    primary_target.server,
-                    missing.join(", ")
-                ),
+                what: format!("missing permissions {missing}"),
                 hint: "use an admin context or ask a cluster admin (`kubectl auth can-i --list` \
                        shows yours)"
                     .into(),
@@ -324,10 +318,9 @@ async fn resolve_remote(
     // skip).
     let explicit = flags.remote_kubeconfig.is_some() || flags.remote_context.is_some();
     let (client, target) = admin.connect(name).await?;
-    let missing = match access::missing(&client, &remote_needs(strip_labels)).await {
-        Ok(m) => m,
-        Err(e) => {
-            let err = access::request_error(&target, "check rights", e);
+    let missing = match access::missing_on(&client, &target, &remote_needs(strip_labels)).await {
+        Ok(missing) => missing,
+        Err(err) => {
             let hint = err.hint();
             return refuse_or_skip(err.what(), hint);
         }
@@ -341,12 +334,7 @@ async fn resolve_remote(
                 return refuse_or_skip(err.what(), hint);
             }
         };
-        if id != mc.spec.cluster_id {
-            let what = format!(
-                "the remote kubeconfig reaches cluster id {id} at {}, but {name} is cluster id \
-                 {} at {}",
-                target.server, mc.spec.cluster_id, mc.spec.server
-            );
+        if let Some(what) = access::other_cluster(&id, &target, mc) {
             if explicit {
                 return Err(Error::Refused {
                     what,
@@ -359,13 +347,9 @@ async fn resolve_remote(
             );
         }
     }
-    if !missing.is_empty() {
+    if let Some(missing) = missing {
         return refuse_or_skip(
-            format!(
-                "missing permissions on remote cluster {name} ({}): {}",
-                target.server,
-                missing.join(", ")
-            ),
+            format!("missing permissions {missing}"),
             "use an admin kubeconfig of the remote".into(),
         );
     }
