@@ -52,6 +52,8 @@ pub struct Webhook {
     pub push_deadline: Duration,
     /// How long the reconciler waits before retrying a remote that keeps failing.
     pub backoff: BackoffSettings,
+    /// Remotes synced at once ([`reconcile::Settings::concurrent_syncs`]).
+    pub concurrent_syncs: usize,
     pub remote_options: RemoteOptions,
     /// Name of the Lease to elect a leader with; `None` makes this process always lead (a
     /// single replica, or a test).
@@ -80,6 +82,7 @@ impl Webhook {
             token_renew_fraction: reconcile::DEFAULT_TOKEN_RENEW_FRACTION,
             push_deadline: Duration::from_secs(2),
             backoff: BackoffSettings::default(),
+            concurrent_syncs: reconcile::DEFAULT_CONCURRENT_SYNCS,
             remote_options: RemoteOptions::default(),
             lease_name: Some("mesh-webhook".to_owned()),
             lease_timing: LeaseTiming::default(),
@@ -212,6 +215,7 @@ impl BoundWebhook {
             token_renew_fraction,
             push_deadline,
             backoff,
+            concurrent_syncs,
             remote_options: _,
             lease_name,
             lease_timing,
@@ -250,6 +254,7 @@ impl BoundWebhook {
         settings.token_renew_fraction = token_renew_fraction;
         settings.drift_settle = push_deadline + Duration::from_secs(1);
         settings.backoff = backoff;
+        settings.concurrent_syncs = concurrent_syncs;
         let reconciler = Reconciler::new(primary.clone(), shared.clone(), is_leader, settings);
         tasks.spawn(reconciler.run(background.clone()));
 

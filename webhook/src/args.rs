@@ -145,6 +145,12 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_BACKOFF_MAX", default_value = "30s", value_parser = mesh_core::duration::parse)]
     pub backoff_max: Duration,
 
+    /// Remotes synced at once (each sync holds that remote's namespaces while it runs); the
+    /// retries of remotes whose last sync failed take turns apart, as many at once again, so
+    /// that they never delay the others.
+    #[arg(long, env = "MESH_WEBHOOK_CONCURRENT_SYNCS", default_value_t = crate::reconcile::DEFAULT_CONCURRENT_SYNCS)]
+    pub concurrent_syncs: usize,
+
     /// After SIGTERM, how long to keep answering, with `/readyz` failing, before closing the
     /// listeners: until every kube-proxy and the apiserver have dropped this pod from the
     /// Service's endpoints, calls still reach it, and one refused would be a change the
@@ -232,6 +238,10 @@ impl Args {
             self.backoff_max >= self.backoff_initial,
             "--backoff-max must not be shorter than --backoff-initial"
         );
+        anyhow::ensure!(
+            self.concurrent_syncs > 0,
+            "--concurrent-syncs must be at least 1"
+        );
         Ok(())
     }
 
@@ -260,6 +270,7 @@ impl Args {
             push_deadline,
             backoff_initial,
             backoff_max,
+            concurrent_syncs,
             remote_timeout,
             remote_call_deadline,
             lease_name,
@@ -336,6 +347,7 @@ impl Args {
                 initial: backoff_initial,
                 max: backoff_max,
             },
+            concurrent_syncs,
             remote_options: RemoteOptions {
                 connect_timeout: remote_timeout,
                 read_timeout: remote_timeout,
@@ -524,6 +536,10 @@ mod tests {
             BackoffSettings::default()
         );
         assert_eq!(
+            args.concurrent_syncs,
+            crate::reconcile::DEFAULT_CONCURRENT_SYNCS
+        );
+        assert_eq!(
             args.managed_labels,
             DEFAULT_MANAGED_LABELS.map(String::from)
         );
@@ -577,6 +593,10 @@ mod tests {
         assert_eq!(
             refusal("--token-renew-fraction", "1"),
             "--token-renew-fraction must be between 0 and 1 (e.g. 0.6)"
+        );
+        assert_eq!(
+            refusal("--concurrent-syncs", "0"),
+            "--concurrent-syncs must be at least 1"
         );
     }
 

@@ -95,6 +95,9 @@ pub struct Settings {
     pub reporter: Reporter,
     /// A time-bound stored token is renewed once this fraction of its lifetime has passed.
     pub token_renew_fraction: f64,
+    /// Syncs of remotes that answered their last sync running at once; as many again of
+    /// remotes whose last sync failed (see [`Shared::sync_permits`]).
+    pub concurrent_syncs: usize,
 }
 
 impl Settings {
@@ -112,6 +115,7 @@ impl Settings {
                 instance: Some(identity.into()),
             },
             token_renew_fraction: DEFAULT_TOKEN_RENEW_FRACTION,
+            concurrent_syncs: DEFAULT_CONCURRENT_SYNCS,
         }
     }
 }
@@ -139,10 +143,15 @@ struct Shared {
     /// the number of remotes only this far. The apiservers' own pace bounds a cold sync of many
     /// remotes anyway, so more at once would cost memory and buy no time.
     sync_permits: tokio::sync::Semaphore,
+    /// The same for the retries of remotes whose last sync failed, apart: a remote that fails
+    /// slowly (its calls running out their deadline) would otherwise hold permits the healthy
+    /// remotes' syncs wait for. A failing remote rarely holds much (it seldom gets as far as
+    /// reading its namespaces).
+    retry_permits: tokio::sync::Semaphore,
 }
 
-/// See [`Shared::sync_permits`].
-const SYNCS_AT_ONCE: usize = 4;
+/// [`Settings::concurrent_syncs`] by default.
+pub const DEFAULT_CONCURRENT_SYNCS: usize = 4;
 
 impl Reconciler {
     pub fn new(
@@ -226,6 +235,7 @@ impl Reconciler {
             }
         });
 
+        let concurrent_syncs = settings.concurrent_syncs;
         let shared = Arc::new(Shared {
             events: events::Publisher::new(primary.clone(), settings.reporter.clone()),
             primary,
@@ -234,7 +244,8 @@ impl Reconciler {
             namespaces,
             clusters,
             interner,
-            sync_permits: tokio::sync::Semaphore::new(SYNCS_AT_ONCE),
+            sync_permits: tokio::sync::Semaphore::new(concurrent_syncs),
+            retry_permits: tokio::sync::Semaphore::new(concurrent_syncs),
         });
         tasks.spawn(
             supervise(

@@ -2,7 +2,8 @@
 //! a hung or partitioned process looks from outside) never blocks an edit of the primary. A
 //! hung remote holds it no longer than the push deadline, a hung webhook no longer than the
 //! webhook timeout, and the remotes converge once it answers again, without the periodic
-//! resync. A remote that answers a few bytes at a time holds no call past its deadline.
+//! resync. A remote that answers a few bytes at a time holds no call past its deadline, and a
+//! remote whose syncs fail that slowly never delays the others' syncs.
 //!
 //! Every test has a mesh of its own: a frozen process would stall the tests sharing it.
 
@@ -324,5 +325,81 @@ async fn a_watch_whose_connection_died_silently_is_replaced() -> anyhow::Result<
         mesh_core::remote::WATCH_READ_TIMEOUT + CONVERGE_DEADLINE,
     )
     .await?;
+    Ok(())
+}
+
+/// How long each sync of the failing remote in
+/// [`a_remote_failing_slowly_never_delays_the_others`] holds its turn: its call deadline.
+const SLOW_FAILURE: Duration = Duration::from_secs(20);
+
+/// A remote whose syncs fail slowly (every call running out its deadline) retries in turns of
+/// its own: with one sync at a time, a healthy remote's drift is still corrected as soon as it
+/// is seen, not after the failing remote's attempt. Before, the healthy remote waited for
+/// the failing one's turn, up to a whole call deadline each time.
+#[tokio::test]
+async fn a_remote_failing_slowly_never_delays_the_others() -> anyhow::Result<()> {
+    let deadline = format!("{}s", SLOW_FAILURE.as_secs());
+    // One sync at a time, and the failing remote retried at once: left alone, it would hold
+    // the one turn nearly all the time.
+    let webhook_args = [
+        "--concurrent-syncs",
+        "1",
+        "--backoff-initial",
+        "100ms",
+        "--backoff-max",
+        "100ms",
+        "--remote-timeout",
+        "60s",
+        "--remote-call-deadline",
+        &deadline,
+    ];
+    let (env, _mesh) = own_mesh_with(2, options(&webhook_args)?).await?;
+    let (slow, healthy) = (&env.remotes()[0], &env.remotes()[1]);
+    let proxy = through_proxy(&env, slow).await?;
+    // In sync through the proxy, its drift watch current: each retry then goes straight to
+    // writing the label below, and holds its turn for the whole call deadline.
+    let stuck = create_everywhere(&env, "stuck").await?;
+    eventually(
+        "the webhook watches the slow remote through the proxy",
+        CONVERGE_DEADLINE,
+        || async { Ok((proxy.connections() >= 2).then_some(())) },
+    )
+    .await?;
+    proxy.trickle(8, Duration::from_millis(100));
+    label_on_primary(&env, &stuck, &["istio-injection=enabled"]).await?;
+    let failing = || async {
+        Ok(cluster_condition(&env, &slow.name, CONDITION_REACHABLE)
+            .await?
+            .filter(|c| c.status == "False" && c.reason == "TimedOut"))
+    };
+    eventually(
+        &format!("{} failing as timed out", slow.name),
+        SLOW_FAILURE + CONVERGE_DEADLINE,
+        failing,
+    )
+    .await?;
+
+    // A namespace the healthy remote gets after the push: only its sync labels it, once the
+    // drift settles (the push deadline and a second), far sooner than a failing attempt ends.
+    // A few rounds, so that a sync that had to wait for the failing remote cannot pass by luck.
+    let enabled = labels(&[("istio-injection", "enabled")]);
+    for _ in 0..4 {
+        let ns = unique_name("beside-a-slow-remote");
+        create_namespace(env.primary(), &ns).await?;
+        label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+        create_namespace(healthy, &ns).await?;
+        carries(
+            healthy,
+            &ns,
+            &enabled,
+            PUSH_DEADLINE + Duration::from_secs(5),
+        )
+        .await?;
+    }
+    anyhow::ensure!(
+        failing().await?.is_some(),
+        "{} stopped failing during the test",
+        slow.name
+    );
     Ok(())
 }

@@ -252,7 +252,14 @@ impl Worker {
                 }
                 // Never closed: the semaphore lives as long as `shared`. Taken before the
                 // watch's namespaces are read, so that they are not held while waiting.
-                let _permit = shared.sync_permits.acquire().await;
+                // A remote whose last sync failed retries in turns of its own
+                // ([`Shared::retry_permits`]).
+                let permits = if self.backoff.is_failing() {
+                    &shared.retry_permits
+                } else {
+                    &shared.sync_permits
+                };
+                let _permit = permits.acquire().await;
                 let seen = watched.and_then(|watched| watched.current());
                 let synced = match seen {
                     Some(seen) => {
