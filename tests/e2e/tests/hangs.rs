@@ -220,6 +220,50 @@ async fn through_proxy(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Proxy>
     Ok(proxy)
 }
 
+/// Waits until the webhook has rebuilt its clients of the remote behind `proxy`: its watches
+/// and a sync connect through it.
+async fn connected_through(proxy: &Proxy) -> anyhow::Result<()> {
+    eventually(
+        "the webhook connects through the proxy",
+        CONVERGE_DEADLINE,
+        || async { Ok((proxy.connections() >= 2).then_some(())) },
+    )
+    .await
+}
+
+/// A namespace labelled `istio-injection=enabled` on the primary, then created on `remote`:
+/// the push found nothing to label there, so only a sync of `remote` can. Waits until it
+/// carries the label, for at most `within`.
+async fn synced_after_its_push(
+    env: &TestEnv,
+    remote: &Cluster,
+    prefix: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let ns = unique_name(prefix);
+    create_namespace(env.primary(), &ns).await?;
+    label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+    create_namespace(remote, &ns).await?;
+    carries(
+        remote,
+        &ns,
+        &labels(&[("istio-injection", "enabled")]),
+        within,
+    )
+    .await
+}
+
+/// Webhook flags under which its calls to a remote end only by `call_deadline`: connect and
+/// read timeouts a minute away.
+fn ending_calls_at(call_deadline: Duration) -> Vec<String> {
+    vec![
+        "--remote-timeout".into(),
+        "60s".into(),
+        "--remote-call-deadline".into(),
+        format!("{}ms", call_deadline.as_millis()),
+    ]
+}
+
 /// The call deadline of the webhook's clients in [`a_remote_answering_a_few_bytes_at_a_time`].
 const CALL_DEADLINE: Duration = Duration::from_secs(3);
 
@@ -230,15 +274,9 @@ const CALL_DEADLINE: Duration = Duration::from_secs(3);
 /// Once the remote answers at full speed again, it converges.
 #[tokio::test]
 async fn a_remote_answering_a_few_bytes_at_a_time() -> anyhow::Result<()> {
-    // Connect and read timeouts a minute away: only the call deadline can end the calls.
-    let deadline = format!("{}s", CALL_DEADLINE.as_secs());
-    let webhook_args = [
-        "--remote-timeout",
-        "60s",
-        "--remote-call-deadline",
-        &deadline,
-    ];
-    let (env, _mesh) = own_mesh_with(1, options(&webhook_args)?).await?;
+    let mut options = options(&[])?;
+    options.webhook_args.extend(ending_calls_at(CALL_DEADLINE));
+    let (env, _mesh) = own_mesh_with(1, options).await?;
     let remote = &env.remotes()[0];
     let proxy = through_proxy(&env, remote).await?;
     let ns = create_everywhere(&env, "trickled").await?;
@@ -249,7 +287,7 @@ async fn a_remote_answering_a_few_bytes_at_a_time() -> anyhow::Result<()> {
     // 80 bytes a second: a TLS handshake alone takes most of a minute, a namespace list more.
     proxy.trickle(8, Duration::from_millis(100));
     label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
-    let timed_out = format!("did not arrive within {deadline}");
+    let timed_out = format!("did not arrive within {CALL_DEADLINE:?}");
     let reachable = eventually(
         &format!("{} Reachable=False for its call deadline", remote.name),
         CONVERGE_DEADLINE,
@@ -297,35 +335,14 @@ async fn a_watch_whose_connection_died_silently_is_replaced() -> anyhow::Result<
     // Frequent resyncs: only what the reconciler believes of the remote can hold a change back.
     options.resync_period = Duration::from_secs(5);
     let (env, _mesh) = own_mesh_with(1, options).await?;
-    let (primary, remote) = (env.primary(), &env.remotes()[0]);
+    let remote = &env.remotes()[0];
     let proxy = through_proxy(&env, remote).await?;
-    // The webhook rebuilt its clients of the remote through the proxy: its watches and a sync.
-    eventually(
-        "the webhook connects through the proxy",
-        CONVERGE_DEADLINE,
-        || async { Ok((proxy.connections() >= 2).then_some(())) },
-    )
-    .await?;
-    let enabled = labels(&[("istio-injection", "enabled")]);
-    let before = unique_name("before-drop");
-    create_namespace(primary, &before).await?;
-    label_on_primary(&env, &before, &["istio-injection=enabled"]).await?;
-    create_namespace(remote, &before).await?;
-    carries(remote, &before, &enabled, CONVERGE_DEADLINE).await?;
+    connected_through(&proxy).await?;
+    synced_after_its_push(&env, remote, "before-drop", CONVERGE_DEADLINE).await?;
 
     proxy.freeze_open_connections();
-    let after = unique_name("after-drop");
-    create_namespace(primary, &after).await?;
-    label_on_primary(&env, &after, &["istio-injection=enabled"]).await?;
-    create_namespace(remote, &after).await?;
-    carries(
-        remote,
-        &after,
-        &enabled,
-        mesh_core::remote::WATCH_READ_TIMEOUT + CONVERGE_DEADLINE,
-    )
-    .await?;
-    Ok(())
+    let within = mesh_core::remote::WATCH_READ_TIMEOUT + CONVERGE_DEADLINE;
+    synced_after_its_push(&env, remote, "after-drop", within).await
 }
 
 /// How long each sync of the failing remote in
@@ -338,33 +355,24 @@ const SLOW_FAILURE: Duration = Duration::from_secs(20);
 /// the failing one's turn, up to a whole call deadline each time.
 #[tokio::test]
 async fn a_remote_failing_slowly_never_delays_the_others() -> anyhow::Result<()> {
-    let deadline = format!("{}s", SLOW_FAILURE.as_secs());
     // One sync at a time, and the failing remote retried at once: left alone, it would hold
     // the one turn nearly all the time.
-    let webhook_args = [
+    let mut options = options(&[
         "--concurrent-syncs",
         "1",
         "--backoff-initial",
         "100ms",
         "--backoff-max",
         "100ms",
-        "--remote-timeout",
-        "60s",
-        "--remote-call-deadline",
-        &deadline,
-    ];
-    let (env, _mesh) = own_mesh_with(2, options(&webhook_args)?).await?;
+    ])?;
+    options.webhook_args.extend(ending_calls_at(SLOW_FAILURE));
+    let (env, _mesh) = own_mesh_with(2, options).await?;
     let (slow, healthy) = (&env.remotes()[0], &env.remotes()[1]);
     let proxy = through_proxy(&env, slow).await?;
     // In sync through the proxy, its drift watch current: each retry then goes straight to
     // writing the label below, and holds its turn for the whole call deadline.
     let stuck = create_everywhere(&env, "stuck").await?;
-    eventually(
-        "the webhook watches the slow remote through the proxy",
-        CONVERGE_DEADLINE,
-        || async { Ok((proxy.connections() >= 2).then_some(())) },
-    )
-    .await?;
+    connected_through(&proxy).await?;
     proxy.trickle(8, Duration::from_millis(100));
     label_on_primary(&env, &stuck, &["istio-injection=enabled"]).await?;
     let failing = || async {
@@ -379,22 +387,12 @@ async fn a_remote_failing_slowly_never_delays_the_others() -> anyhow::Result<()>
     )
     .await?;
 
-    // A namespace the healthy remote gets after the push: only its sync labels it, once the
-    // drift settles (the push deadline and a second), far sooner than a failing attempt ends.
-    // A few rounds, so that a sync that had to wait for the failing remote cannot pass by luck.
-    let enabled = labels(&[("istio-injection", "enabled")]);
+    // Labelled by a sync of the healthy remote once the drift settles (the push deadline and
+    // a second), far sooner than a failing attempt ends. A few rounds, so that a sync that had
+    // to wait for the failing remote cannot pass by luck.
+    let within = PUSH_DEADLINE + Duration::from_secs(5);
     for _ in 0..4 {
-        let ns = unique_name("beside-a-slow-remote");
-        create_namespace(env.primary(), &ns).await?;
-        label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
-        create_namespace(healthy, &ns).await?;
-        carries(
-            healthy,
-            &ns,
-            &enabled,
-            PUSH_DEADLINE + Duration::from_secs(5),
-        )
-        .await?;
+        synced_after_its_push(&env, healthy, "beside-a-slow-remote", within).await?;
     }
     anyhow::ensure!(
         failing().await?.is_some(),
