@@ -290,12 +290,15 @@ where
     }
 }
 
-/// Remote clients whose every call, answer included, ends within `timeout`.
+/// Remote clients whose every call, answer included, ends within `timeout`. Their answers are
+/// not bounded in size: commands read a remote's namespaces (and pods) in one list each, and
+/// hold them only until they end.
 pub fn remote_options(timeout: Duration) -> RemoteOptions {
     RemoteOptions {
         connect_timeout: timeout,
         read_timeout: timeout,
         call_deadline: Some(timeout),
+        max_answer_line: None,
     }
 }
 

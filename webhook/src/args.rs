@@ -352,6 +352,7 @@ impl Args {
                 connect_timeout: remote_timeout,
                 read_timeout: remote_timeout,
                 call_deadline: Some(remote_call_deadline),
+                ..RemoteOptions::default()
             },
             lease_name,
             lease_timing,

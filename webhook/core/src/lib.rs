@@ -14,6 +14,7 @@ macro_rules! group_literal {
     };
 }
 
+pub mod answer_limit;
 pub mod call_deadline;
 pub mod cluster;
 pub mod duration;

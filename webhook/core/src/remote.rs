@@ -24,6 +24,7 @@ use kube::{
 };
 
 use crate::{
+    answer_limit::{AnswerLimitLayer, AnswerTooLarge, DEFAULT_MAX_ANSWER_LINE},
     call_deadline::CallDeadlineLayer,
     cluster::{KUBECONFIG_KEY, MeshCluster, NamespaceScope},
     token::Claims,
@@ -95,8 +96,8 @@ impl Error {
     }
 }
 
-/// Timeouts of remote clients. Short on purpose: a dead remote must fail within the admission
-/// deadline instead of holding a namespace edit on the primary.
+/// Timeouts and bounds of remote clients. Short on purpose: a dead remote must fail within the
+/// admission deadline instead of holding a namespace edit on the primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteOptions {
     pub connect_timeout: Duration,
@@ -105,6 +106,9 @@ pub struct RemoteOptions {
     /// Longest a whole call may take, its answer included ([`crate::call_deadline`]); `None`
     /// only for clients that watch, whose calls last minutes by design.
     pub call_deadline: Option<Duration>,
+    /// Most bytes an answer may bring without a line break ([`crate::answer_limit`]); `None`
+    /// only where whole unpaged lists are read, and for a command's lifetime.
+    pub max_answer_line: Option<usize>,
 }
 
 /// [`RemoteOptions::call_deadline`] by default: a page of a remote's namespaces fits in it
@@ -117,6 +121,7 @@ impl Default for RemoteOptions {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
             call_deadline: Some(DEFAULT_CALL_DEADLINE),
+            max_answer_line: Some(DEFAULT_MAX_ANSWER_LINE),
         }
     }
 }
@@ -510,6 +515,9 @@ pub async fn client_from_kubeconfig(
         name: name.to_owned(),
         source,
     })?;
+    // A layer that is not asked for passes everything: one client type either way.
+    let limit = AnswerLimitLayer::new(options.max_answer_line.unwrap_or(usize::MAX));
+    let client = client.with_layer(&limit);
     Ok(match options.call_deadline {
         Some(deadline) => client.with_layer(&CallDeadlineLayer::new(deadline)).build(),
         None => client.build(),
@@ -536,6 +544,9 @@ pub enum Failure {
 impl Failure {
     /// Classifies an error of a call to a remote.
     pub fn of(error: &kube::Error) -> Self {
+        if refused_as_too_large(error) {
+            return Self::Other;
+        }
         match error {
             kube::Error::Api(status) => match status.code {
                 401 | 403 => Self::Forbidden,
@@ -579,6 +590,18 @@ impl Failure {
     pub fn answered(self) -> bool {
         !matches!(self, Self::Unreachable | Self::TimedOut)
     }
+}
+
+/// Whether [`crate::answer_limit`] refused the answer: the remote answered, too much.
+fn refused_as_too_large(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(err) = next {
+        if err.is::<AnswerTooLarge>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 fn timed_out(error: &(dyn StdError + 'static)) -> bool {
@@ -763,6 +786,7 @@ current-context: east
             connect_timeout: Duration::from_millis(300),
             read_timeout: Duration::from_secs(30),
             call_deadline: None,
+            ..RemoteOptions::default()
         };
         let client = client_from_kubeconfig("east-creds", &yaml, &options)
             .await
