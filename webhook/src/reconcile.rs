@@ -95,8 +95,8 @@ pub struct Settings {
     pub reporter: Reporter,
     /// A time-bound stored token is renewed once this fraction of its lifetime has passed.
     pub token_renew_fraction: f64,
-    /// Syncs of remotes that answered their last sync running at once; as many again of
-    /// remotes whose last sync failed (see [`Shared::sync_permits`]).
+    /// Syncs running at once of remotes whose last sync did not fail; as many again for the
+    /// retries of remotes whose last sync failed (see [`Shared::retry_permits`]).
     pub concurrent_syncs: usize,
 }
 
