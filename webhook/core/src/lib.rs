@@ -14,8 +14,7 @@ macro_rules! group_literal {
     };
 }
 
-pub mod answer_limit;
-pub mod call_deadline;
+pub mod call_limits;
 pub mod cluster;
 pub mod duration;
 #[cfg(any(test, feature = "testing"))]

@@ -24,8 +24,7 @@ use kube::{
 };
 
 use crate::{
-    answer_limit::{AnswerLimitLayer, AnswerTooLarge, DEFAULT_MAX_ANSWER_LINE},
-    call_deadline::CallDeadlineLayer,
+    call_limits::{AnswerTooLarge, CallLimitsLayer, DEFAULT_MAX_ANSWER_LINE},
     cluster::{KUBECONFIG_KEY, MeshCluster, NamespaceScope},
     token::Claims,
 };
@@ -103,10 +102,10 @@ pub struct RemoteOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an answer.
     pub read_timeout: Duration,
-    /// Longest a whole call may take, its answer included ([`crate::call_deadline`]); `None`
+    /// Longest a whole call may take, its answer included ([`crate::call_limits`]); `None`
     /// only for clients that watch, whose calls last minutes by design.
     pub call_deadline: Option<Duration>,
-    /// Most bytes an answer may bring without a line break ([`crate::answer_limit`]); `None`
+    /// Most bytes an answer may bring without a line break ([`crate::call_limits`]); `None`
     /// only where whole unpaged lists are read, and for a command's lifetime.
     pub max_answer_line: Option<usize>,
 }
@@ -515,13 +514,8 @@ pub async fn client_from_kubeconfig(
         name: name.to_owned(),
         source,
     })?;
-    // A layer that is not asked for passes everything: one client type either way.
-    let limit = AnswerLimitLayer::new(options.max_answer_line.unwrap_or(usize::MAX));
-    let client = client.with_layer(&limit);
-    Ok(match options.call_deadline {
-        Some(deadline) => client.with_layer(&CallDeadlineLayer::new(deadline)).build(),
-        None => client.build(),
-    })
+    let limits = CallLimitsLayer::new(options.call_deadline, options.max_answer_line);
+    Ok(client.with_layer(&limits).build())
 }
 
 /// How a call to a remote apiserver failed, coarse enough for status reasons and metrics.
@@ -592,7 +586,7 @@ impl Failure {
     }
 }
 
-/// Whether [`crate::answer_limit`] refused the answer: the remote answered, too much.
+/// Whether [`crate::call_limits`] refused the answer: the remote answered, too much.
 fn refused_as_too_large(error: &(dyn StdError + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(err) = next {

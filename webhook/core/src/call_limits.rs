@@ -1,0 +1,346 @@
+//! The bounds of each call to a remote: a deadline on the whole call, its answer included, and
+//! the most bytes an answer may bring without a line break.
+//!
+//! The connect and read timeouts of a client bound each wait for the next bytes, not the call:
+//! a remote (or a network in between) that sends its answer a few bytes at a time never trips
+//! them, and a sync waiting on it would hold its worker, and one of the reconciler's turns, for
+//! as long as it pleases. Under the deadline such a call fails as timed out once it passes,
+//! whatever has arrived by then.
+//!
+//! kube-client reads a whole answer into memory before it parses it, and a watch's answer one
+//! line (one event) at a time, with no bound on either. A remote that sends an endless answer
+//! (a compromised apiserver, or whatever server a stored kubeconfig points at) would grow the
+//! webhook's memory until it is killed, and with it the sync of every other remote. Under the
+//! line bound such an answer fails once it runs past it. An apiserver ends every JSON answer
+//! and every watch event with a line break, and the largest answers the webhook asks for (pages
+//! of namespaces) are a few MiB.
+
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+use tower::{BoxError, Layer, Service};
+
+/// [`crate::remote::RemoteOptions::max_answer_line`] by default.
+pub const DEFAULT_MAX_ANSWER_LINE: usize = 64 * 1024 * 1024;
+
+/// The error of an answer that ran past its line bound.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer ran past {} MiB without a line break, and was refused", .max / (1024 * 1024))]
+pub struct AnswerTooLarge {
+    max: usize,
+}
+
+/// Wraps a client's service so that each call, answer included, ends within `deadline`, and
+/// no answer brings more than `max_line` bytes without a line break; `None` bounds nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimitsLayer {
+    deadline: Option<Duration>,
+    max_line: Option<usize>,
+}
+
+impl CallLimitsLayer {
+    pub fn new(deadline: Option<Duration>, max_line: Option<usize>) -> Self {
+        Self { deadline, max_line }
+    }
+}
+
+impl<S> Layer<S> for CallLimitsLayer {
+    type Service = CallLimits<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallLimits {
+            inner,
+            limits: *self,
+        }
+    }
+}
+
+/// See [`CallLimitsLayer`].
+#[derive(Clone, Debug)]
+pub struct CallLimits<S> {
+    inner: S,
+    limits: CallLimitsLayer,
+}
+
+impl<S, RequestBody, AnswerBody> Service<Request<RequestBody>> for CallLimits<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<AnswerBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<LimitedBody<AnswerBody>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        let CallLimitsLayer { deadline, max_line } = self.limits;
+        let until = deadline.map(|deadline| (Instant::now() + deadline, deadline));
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let answer = match until {
+                Some((at, deadline)) => match tokio::time::timeout_at(at, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(elapsed(deadline)),
+                },
+                None => call.await,
+            };
+            let answer = answer.map_err(Into::into)?;
+            Ok(answer.map(|body| LimitedBody {
+                body,
+                expires: until
+                    .map(|(at, deadline)| (Box::pin(tokio::time::sleep_until(at)), deadline)),
+                max_line: max_line.unwrap_or(usize::MAX),
+                line: 0,
+            }))
+        })
+    }
+}
+
+/// An answer's body that fails once its call's deadline has passed, or once `max_line` bytes
+/// arrived without a line break.
+#[derive(Debug)]
+pub struct LimitedBody<B> {
+    body: B,
+    expires: Option<(Pin<Box<Sleep>>, Duration)>,
+    max_line: usize,
+    /// Bytes since the last line break.
+    line: usize,
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // The deadline first: a body that always has a few more bytes ready would otherwise
+        // never let it be looked at.
+        if let Some((expires, deadline)) = &mut self.expires
+            && expires.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(elapsed(*deadline))));
+        }
+        let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            self.line = match data.iter().rposition(|&b| b == b'\n') {
+                Some(at) => data.len() - at - 1,
+                None => self.line.saturating_add(data.len()),
+            };
+            if self.line > self.max_line {
+                let max = self.max_line;
+                return Poll::Ready(Some(Err(Box::new(AnswerTooLarge { max }))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A timed-out I/O error, so that [`crate::remote::Failure::of`] classifies it as one.
+fn elapsed(deadline: Duration) -> BoxError {
+    Box::new(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("call timed out: the whole answer did not arrive within {deadline:?}"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::{Failure, error_chain};
+    use futures::StreamExt as _;
+    use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::{Api, Client, api::WatchParams, core::WatchEvent};
+
+    /// The line bound of the tests of answers that are too large.
+    const MAX: usize = 1024 * 1024;
+
+    /// A namespace list that arrives one byte every `pace` and takes about a second whole:
+    /// each wait for the next bytes is short, the whole answer is not. A test double: the
+    /// e2e tests drive a real apiserver through a proxy that trickles its answers
+    /// (`hangs.rs`); here the layer alone is under test.
+    fn trickling(pace: Duration) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
+        let text = r#"{"apiVersion":"v1","kind":"NamespaceList","metadata":{},"items":[]}"#;
+        let bytes: Vec<u8> = text.bytes().collect();
+        let frames = futures::stream::unfold(bytes.into_iter(), move |mut rest| async move {
+            let byte = rest.next()?;
+            tokio::time::sleep(pace).await;
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from(vec![byte]))),
+                rest,
+            ))
+        });
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(StreamBody::new(frames).boxed_unsync())
+            .expect("response")
+    }
+
+    fn client(deadline: Duration, pace: Duration) -> Client {
+        let service = tower::service_fn(move |_: Request<kube::client::Body>| async move {
+            Ok::<_, BoxError>(trickling(pace))
+        });
+        kube::client::ClientBuilder::new(service, "default")
+            .with_layer(&CallLimitsLayer::new(Some(deadline), None))
+            .build()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_trickling_past_the_deadline_times_out() {
+        let started = Instant::now();
+        let api: Api<Namespace> = Api::all(client(
+            Duration::from_millis(300),
+            Duration::from_millis(15),
+        ));
+        let error = api.list(&Default::default()).await.expect_err("timed out");
+        assert_eq!(Failure::of(&error), Failure::TimedOut, "{error}");
+        assert!(
+            error.to_string().contains("within 300ms"),
+            "the error names the deadline: {error}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_whole_before_the_deadline_is_read() {
+        let api: Api<Namespace> =
+            Api::all(client(Duration::from_secs(5), Duration::from_millis(15)));
+        let list = api.list(&Default::default()).await.expect("listed");
+        assert!(list.items.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_read_by_hand_ends_with_the_deadline() {
+        let mut service =
+            CallLimitsLayer::new(Some(Duration::from_millis(100)), None).layer(tower::service_fn(
+                |_: Request<()>| async { Ok::<_, BoxError>(trickling(Duration::from_millis(30))) },
+            ));
+        let answer = service.call(Request::new(())).await.expect("headers");
+        let error = answer.into_body().collect().await.expect_err("cut short");
+        let io = error.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(io.kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// An answer of `lines` sent in pieces of 64 KiB. A test double: no apiserver can be made
+    /// to send an endless answer on demand.
+    fn in_pieces(lines: Vec<String>) -> Response<UnsyncBoxBody<Bytes, BoxError>> {
+        let bytes = Bytes::from(lines.concat());
+        let pieces: Vec<Bytes> = (0..bytes.len())
+            .step_by(64 * 1024)
+            .map(|at| bytes.slice(at..(at + 64 * 1024).min(bytes.len())))
+            .collect();
+        let frames = futures::stream::iter(pieces).map(|piece| Ok(Frame::data(piece)));
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(StreamBody::new(frames).boxed_unsync())
+            .expect("response")
+    }
+
+    fn answering(lines: Vec<String>) -> Client {
+        let service = tower::service_fn(move |_: Request<kube::client::Body>| {
+            let lines = lines.clone();
+            async move { Ok::<_, BoxError>(in_pieces(lines)) }
+        });
+        kube::client::ClientBuilder::new(service, "default")
+            .with_layer(&CallLimitsLayer::new(None, Some(MAX)))
+            .build()
+    }
+
+    /// A namespace list whose one namespace carries an annotation of `size` bytes, on one line.
+    fn list_of(size: usize) -> String {
+        let note = "x".repeat(size);
+        format!(
+            r#"{{"apiVersion":"v1","kind":"NamespaceList","metadata":{{}},"items":[{{"metadata":{{"name":"big","annotations":{{"note":"{note}"}}}}}}]}}"#
+        ) + "\n"
+    }
+
+    /// A watch event of a namespace whose annotation has `size` bytes.
+    fn event_of(size: usize) -> String {
+        let note = "x".repeat(size);
+        format!(
+            r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"big","resourceVersion":"1","annotations":{{"note":"{note}"}}}}}}}}"#
+        ) + "\n"
+    }
+
+    #[tokio::test]
+    async fn an_answer_within_the_limit_is_read() {
+        let api: Api<Namespace> = Api::all(answering(vec![list_of(MAX / 2)]));
+        let list = api.list(&Default::default()).await.expect("listed");
+        assert_eq!(list.items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_limit_is_refused_and_says_why() {
+        let api: Api<Namespace> = Api::all(answering(vec![list_of(2 * MAX)]));
+        let error = api.list(&Default::default()).await.expect_err("refused");
+        assert_eq!(Failure::of(&error), Failure::Other, "{error}");
+        let chain = error_chain(&error);
+        assert!(
+            chain.ends_with("the answer ran past 1 MiB without a line break, and was refused"),
+            "{chain}"
+        );
+    }
+
+    /// A watch may bring more than the limit in all, never in one event.
+    #[tokio::test]
+    async fn a_watch_is_bounded_by_each_event() {
+        let events = vec![event_of(MAX / 2), event_of(MAX / 2), event_of(MAX / 2)];
+        let api: Api<Namespace> = Api::all(answering(events));
+        let stream = api
+            .watch(&WatchParams::default(), "0")
+            .await
+            .expect("watch");
+        let read: Vec<_> = stream.collect().await;
+        assert_eq!(read.len(), 3, "three events of half the limit each");
+        assert!(read.iter().all(|e| matches!(e, Ok(WatchEvent::Added(_)))));
+
+        let api: Api<Namespace> = Api::all(answering(vec![event_of(MAX / 2), event_of(2 * MAX)]));
+        let stream = api
+            .watch(&WatchParams::default(), "0")
+            .await
+            .expect("watch");
+        let read: Vec<_> = stream.collect().await;
+        assert!(matches!(read.first(), Some(Ok(WatchEvent::Added(_)))));
+        let error = read
+            .get(1)
+            .expect("the second event")
+            .as_ref()
+            .expect_err("refused");
+        assert!(
+            error_chain(error).contains("without a line break"),
+            "{error}"
+        );
+    }
+}
