@@ -102,7 +102,7 @@ where
                 body,
                 expires: until
                     .map(|(at, deadline)| (Box::pin(tokio::time::sleep_until(at)), deadline)),
-                max_line: max_line.unwrap_or(usize::MAX),
+                max_line,
                 line: 0,
             }))
         })
@@ -115,7 +115,7 @@ where
 pub struct LimitedBody<B> {
     body: B,
     expires: Option<(Pin<Box<Sleep>>, Duration)>,
-    max_line: usize,
+    max_line: Option<usize>,
     /// Bytes since the last line break.
     line: usize,
 }
@@ -145,13 +145,13 @@ where
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
-        if let Some(data) = frame.data_ref() {
+        // Unbounded answers are not scanned at all.
+        if let (Some(max), Some(data)) = (self.max_line, frame.data_ref()) {
             self.line = match data.iter().rposition(|&b| b == b'\n') {
                 Some(at) => data.len() - at - 1,
                 None => self.line.saturating_add(data.len()),
             };
-            if self.line > self.max_line {
-                let max = self.max_line;
+            if self.line > max {
                 return Poll::Ready(Some(Err(Box::new(AnswerTooLarge { max }))));
             }
         }
