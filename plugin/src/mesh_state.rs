@@ -16,9 +16,10 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use mesh_core::{
-    MESH_NAMESPACE,
+    MESH_NAMESPACE, call_limits,
     cluster::MeshCluster,
     labels::{ScopeError, SyncRule},
+    list,
     remote::{self, Failure, RemoteOptions, error_chain},
 };
 
@@ -290,15 +291,15 @@ where
     }
 }
 
-/// Remote clients whose every call, answer included, ends within `timeout`. Their answers are
-/// not bounded in size: commands read a remote's namespaces (and pods) in one list each, and
-/// hold them only until they end.
+/// Remote clients whose every call, answer included, ends within `timeout`, and whose answers
+/// are bounded as the webhook's are (a stored kubeconfig may point at any server): commands
+/// read lists in pages ([`mesh_core::list`]), which stay far below the bound.
 pub fn remote_options(timeout: Duration) -> RemoteOptions {
     RemoteOptions {
         connect_timeout: timeout,
         read_timeout: timeout,
         call_deadline: Some(timeout),
-        max_answer_line: None,
+        max_answer_line: call_limits::DEFAULT_MAX_ANSWER_LINE,
     }
 }
 
@@ -327,16 +328,14 @@ pub async fn remote_injectors(
     list_all(client, timeout).await
 }
 
-/// Every `K` of a remote, in one list under `timeout`.
+/// Every `K` of a remote, its pages read under `timeout`.
 async fn list_all<K>(client: &Client, timeout: Duration) -> RemoteResult<Vec<K>>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::all(client.clone());
-    with_deadline(timeout, api.list(&ListParams::default()))
-        .await
-        .map(|l| l.items)
+    with_deadline(timeout, list::in_pages(&api, &ListParams::default(), |k| k)).await
 }
 
 /// Every namespace of `cluster`'s remote, read with its stored credentials. The whole read
@@ -408,6 +407,9 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
+    use mesh_core::fake_apiserver::FakeApiserver;
+    use mesh_testenv::endless_answer::EndlessAnswer;
+
     use super::fixtures::cluster;
     use super::*;
 
@@ -447,5 +449,44 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(slow.to_string(), "no answer within 0.01s");
+    }
+
+    #[tokio::test]
+    async fn a_remote_is_read_in_pages() {
+        let total = 2 * list::PAGE as usize + 1;
+        let remote = (0..total).fold(FakeApiserver::default(), |remote, i| {
+            remote.with_namespace(&format!("ns-{i:05}"), &[])
+        });
+        let namespaces = remote_namespaces(&remote.client(), Duration::from_secs(10))
+            .await
+            .expect("list");
+        assert_eq!(namespaces.len(), total);
+        assert_eq!(remote.state().lists, 3, "one request a page");
+    }
+
+    /// A server that sends an answer without end (a stand-in: no apiserver does it on demand).
+    /// The command's client refuses it at the bound, long before its timeout.
+    #[tokio::test]
+    async fn a_remote_answering_without_end_is_refused() {
+        let server = EndlessAnswer::start(call_limits::DEFAULT_MAX_ANSWER_LINE + (32 << 20))
+            .await
+            .expect("server");
+        let timeout = Duration::from_secs(60);
+        let client = remote::client_from_kubeconfig(
+            "endless",
+            &server.kubeconfig(),
+            &remote_options(timeout),
+        )
+        .await
+        .expect("client");
+        let error = remote_namespaces(&client, timeout)
+            .await
+            .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("ran past 64 MiB without a line break"),
+            "{error}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client, ResourceExt, api::ListParams};
-use mesh_core::{MESH_NAMESPACE, cluster::KUBECONFIG_KEY, remote};
+use mesh_core::{MESH_NAMESPACE, cluster::KUBECONFIG_KEY, list, remote};
 
 use crate::{
     mesh_state::{self, RemoteResult, with_deadline},
@@ -101,9 +101,9 @@ pub async fn credentials_with(
 /// Every pod of the remote, by namespace.
 pub async fn pods(client: &Client, timeout: Duration) -> RemoteResult<BTreeMap<String, Vec<Pod>>> {
     let api: Api<Pod> = Api::all(client.clone());
-    let list = with_deadline(timeout, api.list(&ListParams::default())).await?;
+    let pods = with_deadline(timeout, list::in_pages(&api, &ListParams::default(), |p| p)).await?;
     let mut by_namespace: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
-    for pod in list.items {
+    for pod in pods {
         by_namespace
             .entry(pod.namespace().unwrap_or_default())
             .or_default()

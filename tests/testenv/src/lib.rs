@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod binaries;
+pub mod endless_answer;
 mod env;
 pub mod image;
 pub mod istio;

@@ -24,6 +24,7 @@ pub mod fixtures;
 pub mod injection;
 pub mod kubeconfig;
 pub mod labels;
+pub mod list;
 pub mod remote;
 pub mod sync;
 pub mod token;

@@ -105,9 +105,10 @@ pub struct RemoteOptions {
     /// Longest a whole call may take, its answer included ([`crate::call_limits`]); `None`
     /// only for clients that watch, whose calls last minutes by design.
     pub call_deadline: Option<Duration>,
-    /// Most bytes an answer may bring without a line break ([`crate::call_limits`]); `None`
-    /// only where whole unpaged lists are read, and for a command's lifetime.
-    pub max_answer_line: Option<usize>,
+    /// Most bytes an answer may bring without a line break ([`crate::call_limits`]): every
+    /// remote client is bounded, since a stored kubeconfig may point at any server. Lists are
+    /// read in pages ([`crate::list`]), far below it.
+    pub max_answer_line: usize,
 }
 
 /// [`RemoteOptions::call_deadline`] by default: a page of a remote's namespaces fits in it
@@ -120,7 +121,7 @@ impl Default for RemoteOptions {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
             call_deadline: Some(DEFAULT_CALL_DEADLINE),
-            max_answer_line: Some(DEFAULT_MAX_ANSWER_LINE),
+            max_answer_line: DEFAULT_MAX_ANSWER_LINE,
         }
     }
 }
@@ -514,7 +515,7 @@ pub async fn client_from_kubeconfig(
         name: name.to_owned(),
         source,
     })?;
-    let limits = CallLimitsLayer::new(options.call_deadline, options.max_answer_line);
+    let limits = CallLimitsLayer::new(options.call_deadline, Some(options.max_answer_line));
     Ok(client.with_layer(&limits).build())
 }
 

@@ -23,6 +23,7 @@ use kube::{
 
 use crate::{
     labels::{LabelDiff, SyncRule, Verdict},
+    list,
     remote::{Failure, error_chain},
     write::{Known, Written, write_managed_labels},
 };
@@ -30,8 +31,6 @@ use crate::{
 /// Remote namespaces written concurrently: enough to converge a cluster with hundreds of
 /// namespaces in a few round trips, few enough not to look like a flood to its apiserver.
 const WRITE_CONCURRENCY: usize = 8;
-/// Remote namespaces read per LIST request.
-const LIST_PAGE: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -318,26 +317,16 @@ impl SyncReport {
     }
 }
 
-/// Every namespace of a remote, read in pages of [`LIST_PAGE`] and trimmed at once to what a
-/// sync reads ([`trimmed_for`]): a remote with thousands of namespaces is never held as one
-/// response body, nor with the annotations, field-ownership records and status that are most
-/// of a Namespace's bytes. The pages form one consistent snapshot (the continue token pins it).
+/// Every namespace of a remote, read in pages ([`list::in_pages`]) and trimmed at once to what
+/// a sync reads ([`trimmed_for`]): a remote with thousands of namespaces is never held with the
+/// annotations, field-ownership records and status that are most of a Namespace's bytes.
 async fn list_namespaces(api: &Api<Namespace>, rule: &SyncRule) -> Result<Vec<Namespace>> {
     let keys = rule.keys_read();
-    let mut params = ListParams::default().limit(LIST_PAGE);
-    let mut namespaces = Vec::new();
-    loop {
-        let page = api.list(&params).await.map_err(Error::ListNamespaces)?;
-        namespaces.extend(
-            page.items
-                .into_iter()
-                .map(|ns| trimmed_for(&keys, ns.metadata)),
-        );
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(namespaces),
-        }
-    }
+    list::in_pages(api, &ListParams::default(), |ns| {
+        trimmed_for(&keys, ns.metadata)
+    })
+    .await
+    .map_err(Error::ListNamespaces)
 }
 
 /// A remote namespace as a sync needs it: its name, the resourceVersion a write is conditional
@@ -458,7 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_a_large_remote_in_pages() {
-        let total = 2 * LIST_PAGE as usize + 1;
+        let total = 2 * list::PAGE as usize + 1;
         let (names, remote, primary) = injected_on_primary_only(total);
 
         let report = apply_default_rule(&primary, &remote).await;

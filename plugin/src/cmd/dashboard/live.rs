@@ -53,7 +53,7 @@ const WATCH_CLIENT: RemoteOptions = RemoteOptions {
     connect_timeout: Duration::from_secs(5),
     read_timeout: remote::WATCH_READ_TIMEOUT,
     call_deadline: None,
-    max_answer_line: Some(mesh_core::call_limits::DEFAULT_MAX_ANSWER_LINE),
+    max_answer_line: mesh_core::call_limits::DEFAULT_MAX_ANSWER_LINE,
 };
 
 /// Objects per page of a watch's list: a page is held whole while it is read, and a dozen

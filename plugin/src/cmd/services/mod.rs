@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, ResourceExt, api::ListParams};
-use mesh_core::cluster::MeshCluster;
+use mesh_core::{cluster::MeshCluster, list};
 use serde::Serialize;
 
 pub use facts::{
@@ -152,19 +152,16 @@ where
         + std::fmt::Debug,
     K::DynamicType: Default,
 {
+    let every = ListParams::default();
     match scope {
-        Scope::All => Ok(Api::<K>::all(client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items),
+        Scope::All => list::in_pages(&Api::<K>::all(client.clone()), &every, |k| k).await,
         Scope::Namespaces(names) => {
-            let lists = futures::future::try_join_all(names.iter().map(|ns| async move {
-                Api::<K>::namespaced(client.clone(), ns)
-                    .list(&ListParams::default())
-                    .await
+            let lists = futures::future::try_join_all(names.iter().map(|ns| {
+                let (api, every) = (Api::<K>::namespaced(client.clone(), ns), &every);
+                async move { list::in_pages(&api, every, |k| k).await }
             }))
             .await?;
-            Ok(lists.into_iter().flat_map(|l| l.items).collect())
+            Ok(lists.into_iter().flatten().collect())
         }
     }
 }
@@ -219,14 +216,14 @@ fn injected_namespaces(namespaces: &[Namespace], scope: &Scope) -> BTreeMap<Stri
 /// The primary, read with the caller's own credentials: failing to read it fails the command.
 async fn read_primary(client: &Client, scope: &Scope, with_pods: bool) -> Result<ClusterRead> {
     let namespaces_api = Api::<Namespace>::all(client.clone());
-    let params = ListParams::default();
+    let every = ListParams::default();
     let (facts, namespaces) = tokio::join!(
         read_facts(client, scope, with_pods),
-        namespaces_api.list(&params)
+        list::in_pages(&namespaces_api, &every, |ns| ns)
     );
     let mut facts = facts.map_err(Error::kube("cannot read the primary's services"))?;
     let namespaces = namespaces.map_err(Error::kube("cannot list the primary's namespaces"))?;
-    facts.injection = Some(injected_namespaces(&namespaces.items, scope));
+    facts.injection = Some(injected_namespaces(&namespaces, scope));
     Ok(ClusterRead {
         name: PRIMARY.to_owned(),
         state: ReadState::Read(facts),

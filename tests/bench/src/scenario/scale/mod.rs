@@ -54,8 +54,8 @@ const SCENARIO: &str = "scale";
 const CREATE_CONCURRENCY: usize = 8;
 /// `kubectl-mesh attach` processes run at once.
 const ATTACH_CONCURRENCY: usize = 4;
-/// Page size of the reconciler's full LIST (`LIST_PAGE` in webhook/core/src/sync.rs).
-const LIST_PAGE: usize = 500;
+/// Page size of the reconciler's full LIST.
+const LIST_PAGE: usize = mesh_core::list::PAGE as usize;
 /// mesh-webhook's `--push-deadline` default (webhook/src/args.rs), which the bed runs with.
 const PUSH_DEADLINE: Duration = Duration::from_secs(2);
 /// Namespaces the propagation changes rotate over.
