@@ -12,6 +12,7 @@ use mesh_core::{
     GROUP, MESH_NAMESPACE,
     cluster::{MeshCluster, NamespaceScope},
     labels::SyncRule,
+    list,
 };
 
 use super::objects::{Side, describe, dyn_api, remote_objects};
@@ -515,23 +516,17 @@ async fn first_sync(
         Api::<Namespace>::all(primary.clone()),
         Api::<Namespace>::all(remote.clone()),
     );
-    let (on_primary, on_remote) =
-        futures::join!(primary_api.list(&params), remote_api.list(&params));
+    let (on_primary, on_remote) = futures::join!(
+        list::in_pages(&primary_api, &params, |ns| (ns.name_any(), ns)),
+        list::in_pages(&remote_api, &params, |ns| ns)
+    );
     let on_primary = on_primary
         .map_err(|e| access::request_error(primary_target, "list namespaces", e))?
-        .items
         .into_iter()
-        .map(|ns| (ns.name_any(), ns))
         .collect();
     let on_remote =
         on_remote.map_err(|e| access::request_error(remote_target, "list namespaces", e))?;
-    Ok(Preview::compute(
-        name,
-        rule,
-        &on_primary,
-        &on_remote.items,
-        adopt,
-    ))
+    Ok(Preview::compute(name, rule, &on_primary, &on_remote, adopt))
 }
 
 /// Every object attach writes must be absent or made by attach for this very cluster: attach

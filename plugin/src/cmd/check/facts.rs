@@ -26,7 +26,7 @@ use mesh_core::{
     MESH_NAMESPACE,
     cluster::{KUBECONFIG_KEY, MeshCluster},
     labels::SyncRule,
-    remote,
+    list, remote,
 };
 
 use super::{caller_auth, cluster, install, rights};
@@ -158,11 +158,9 @@ async fn probe(client: &Client, rule: &SyncRule) -> Probe {
     else {
         return Probe::NoLabel;
     };
-    let namespaces = match Api::<Namespace>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        Ok(list) => list.items,
+    let api = Api::<Namespace>::all(client.clone());
+    let namespaces = match list::in_pages(&api, &ListParams::default(), |ns| ns).await {
+        Ok(namespaces) => namespaces,
         Err(e) => return Probe::ListFailed(e),
     };
     let probed = namespaces
