@@ -1,7 +1,10 @@
 //! The two ValidatingAdmissionPolicies attach installs on a remote, rendered from the sync
 //! rule: the guard (warns or refuses managed-label edits not made by kubectl-mesh, a
-//! courtesy) and the sync scope (confines the sync account to the managed labels, a security
-//! boundary). Their CEL is built here and nowhere else.
+//! courtesy) and the sync scope (confines the sync account to the managed labels of the
+//! namespaces the cluster's scope covers, a security boundary). Their CEL is built here and in
+//! [`crate::cel`], nowhere else.
+
+use std::collections::BTreeSet;
 
 use k8s_openapi::{
     api::admissionregistration::v1::{
@@ -230,22 +233,38 @@ fn cel_unchanged(path: &str) -> String {
 }
 
 /// Why [`sync_scope_policy`] refuses a request, in the order of its validations.
-pub const SYNC_SCOPE_MESSAGES: [&str; 3] = [
+pub const SYNC_SCOPE_MESSAGES: [&str; 4] = [
     "the kubectl-mesh sync account may not create or delete namespaces",
     "the kubectl-mesh sync account may not change a namespace the mesh excludes",
+    "the kubectl-mesh sync account may not change a namespace outside its cluster's namespace selector",
     "the kubectl-mesh sync account may change only the managed labels of a namespace",
 ];
 
 /// The ValidatingAdmissionPolicy confining the sync account to what label sync writes: on
-/// an UPDATE of a namespace the rule syncs, the managed labels of `rule`; nothing else (no
-/// other label, annotation, finalizer, ownerReference, spec), no CREATE, no DELETE.
+/// an UPDATE of a namespace the rule syncs and the cluster's `scope` covers, the managed
+/// labels of `rule`; nothing else (no other label, annotation, finalizer, ownerReference,
+/// spec), no CREATE, no DELETE. The remote thus enforces the scope its admin attached with,
+/// whatever the primary then asks: only its admin's credentials can widen it.
 ///
 /// failurePolicy Fail, unlike the guard: this one is a security boundary for a token stored
 /// on another cluster, and an expression that cannot be evaluated must not let it through.
 /// managedFields and resourceVersion change with every write and are not compared.
-pub fn sync_scope_policy(cluster: &str, rule: &SyncRule) -> ValidatingAdmissionPolicy {
+pub fn sync_scope_policy(
+    cluster: &str,
+    rule: &SyncRule,
+    scope: &NamespaceScope,
+) -> ValidatingAdmissionPolicy {
     let keys = cel_list(rule.managed_keys());
-    let excluded = cel_list(rule.excluded_namespaces());
+    let excluded: BTreeSet<&str> = (rule.excluded_namespaces())
+        .chain(scope.exclude_namespaces.iter().map(String::as_str))
+        .collect();
+    let excluded = cel_list(excluded);
+    // The selector may not name a managed key, which a write changes: the old and the new
+    // object are alike for it.
+    let selected = match &scope.namespace_selector {
+        Some(selector) => cel::selects("oldObject", selector),
+        None => "true".to_owned(),
+    };
     // Every other label of the new object is in the old one with the same value, and every
     // other label of the old object is still there. (Maps compare as wholes only; these
     // two passes compare them but for the managed keys.)
@@ -266,7 +285,12 @@ pub fn sync_scope_policy(cluster: &str, rule: &SyncRule) -> ValidatingAdmissionP
     .map(cel_unchanged)
     .join(" && ");
     let update = "request.operation == 'UPDATE'";
-    let [create_delete, excluded_message, others_message] = SYNC_SCOPE_MESSAGES;
+    let [
+        create_delete,
+        excluded_message,
+        unselected_message,
+        others_message,
+    ] = SYNC_SCOPE_MESSAGES;
     let validation = |expression: String, message: &str| Validation {
         expression,
         message: Some(message.to_owned()),
@@ -303,6 +327,7 @@ pub fn sync_scope_policy(cluster: &str, rule: &SyncRule) -> ValidatingAdmissionP
                     format!("!({update}) || !(oldObject.metadata.name in {excluded})"),
                     excluded_message,
                 ),
+                validation(format!("!({update}) || ({selected})"), unselected_message),
                 validation(
                     format!("!({update}) || variables.othersKept"),
                     others_message,

@@ -17,8 +17,8 @@
 //!   that kube-controller-manager fills in. It never expires; deleting the Secret revokes it
 //!   at once, which the reconciler and `check` see as a 401;
 //! - the ValidatingAdmissionPolicy and binding [`SYNC_SCOPE`] that deny the sync account any
-//!   namespace change but the managed labels' (its ClusterRole may patch every namespace, and
-//!   RBAC cannot narrow a patch to some fields);
+//!   namespace change but the managed labels' of the namespaces the cluster's scope covers (its
+//!   ClusterRole may patch every namespace, and RBAC cannot narrow a patch to some fields);
 //! - unless `--remote-guard=off`, the ValidatingAdmissionPolicy and binding [`GUARD`] that warn
 //!   about (or deny) managed-label edits made on the remote by anyone but the sync account;
 //! - with `--istio-remote-secret`, ServiceAccount, ClusterRole, ClusterRoleBinding and token
@@ -845,7 +845,9 @@ mod tests {
     #[test]
     fn sync_scope_denies_the_sync_account_all_but_the_rules_labels() {
         let rule = SyncRule::new(vec!["team.example.com/zone".into()], vec!["legacy".into()]);
-        let spec = sync_scope_policy("east", &rule).spec.unwrap();
+        let spec = sync_scope_policy("east", &rule, &NamespaceScope::default())
+            .spec
+            .unwrap();
         assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
         assert_eq!(
             spec.match_conditions.unwrap()[0].expression,
@@ -863,8 +865,48 @@ mod tests {
         let validations = spec.validations.unwrap();
         assert_eq!(validations[0].expression, "request.operation == 'UPDATE'");
         assert!(validations[1].expression.contains("['legacy']"));
+        assert!(validations[2].expression.ends_with("|| (true)"));
         let binding = sync_scope_binding("east").spec.unwrap();
         assert_eq!(binding.validation_actions.unwrap(), ["Deny"]);
+    }
+
+    #[test]
+    fn sync_scope_denies_the_sync_account_what_the_clusters_scope_leaves_out() {
+        let rule = SyncRule::new(vec!["istio-injection".into()], vec!["legacy".into()]);
+        let selector = LabelSelector {
+            match_labels: Some([("team".to_owned(), "a".to_owned())].into()),
+            ..Default::default()
+        };
+        let scope = NamespaceScope {
+            exclude_namespaces: vec!["payments".into(), "legacy".into()],
+            namespace_selector: Some(selector.clone()),
+        };
+        let validations = sync_scope_policy("east", &rule, &scope)
+            .spec
+            .unwrap()
+            .validations
+            .unwrap();
+        assert!(
+            validations[1]
+                .expression
+                .ends_with("in ['legacy', 'payments'])"),
+            "{}",
+            validations[1].expression
+        );
+        assert_eq!(
+            validations[2].expression,
+            format!(
+                "!(request.operation == 'UPDATE') || ({})",
+                crate::cel::selects("oldObject", &selector)
+            )
+        );
+        assert_eq!(
+            validations
+                .iter()
+                .map(|v| v.message.as_deref())
+                .collect::<Vec<_>>(),
+            SYNC_SCOPE_MESSAGES.map(Some)
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Whether a remote enforces [`SYNC_SCOPE`](setup::SYNC_SCOPE) on the sync account as the
-//! installed rule wants it, asked the only way that tells for sure: as the sync account, a
-//! dry-run write the policy must refuse, and one it must let through (the managed labels of
-//! a synced namespace).
+//! installed rule and the cluster's scope want it, asked the only way that tells for sure: as
+//! the sync account, dry-run writes the policy must refuse (an annotation; the managed labels
+//! of a namespace the scope leaves out), and one it must let through (the managed labels of a
+//! synced namespace).
 //!
 //! Attach waits for it before it stores the token on the primary (an apiserver loads a new or
 //! updated policy a moment after it is written), and `check` asks it with the stored
@@ -32,6 +33,13 @@ pub enum Scope {
         /// The synced namespace the labels were tried on.
         namespace: String,
     },
+    /// The policy lets the managed labels through on namespace `namespace`, which the
+    /// cluster's scope leaves out: it was written for a wider scope (the MeshCluster was
+    /// edited by hand, or attached before the remote enforced scopes), or not loaded yet.
+    Wider {
+        /// The out-of-scope namespace the labels were tried on.
+        namespace: String,
+    },
 }
 
 /// The value the probe gives the managed labels (never stored: a dry run).
@@ -43,9 +51,10 @@ const NAMESPACES_LOOKED_AT: u32 = 100;
 const PROBE_ANNOTATION: &str = "kubectl-mesh.io/scope-probe";
 
 /// As `client` (the sync account): a dry-run annotation of the remote's mesh namespace, an
-/// edit the policy must refuse; then a dry-run change of every label `rule` manages on a
-/// namespace it syncs, which the policy must let through. Another refusal (RBAC, another
-/// policy) is an error: it says nothing about this policy.
+/// edit the policy must refuse; then a dry-run change of every label `rule` (the installed
+/// rule within the cluster's scope) manages on a namespace it syncs, which the policy must let
+/// through, and on one only the scope leaves out, which it must refuse. Another refusal (RBAC,
+/// another policy) is an error: it says nothing about this policy.
 pub async fn probe(client: &Client, rule: &SyncRule) -> Result<Scope, kube::Error> {
     let namespaces = Api::<Namespace>::all(client.clone());
     let annotation = json!({"metadata": {"annotations": {PROBE_ANNOTATION: PROBE_VALUE}}});
@@ -55,22 +64,29 @@ pub async fn probe(client: &Client, rule: &SyncRule) -> Result<Scope, kube::Erro
     let listed = namespaces
         .list(&ListParams::default().limit(NAMESPACES_LOOKED_AT))
         .await?;
-    let Some(synced) = listed
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .find(|n| !rule.is_excluded(n))
-    else {
-        // Nothing to try the labels on; the refusal above is all there is to know.
-        return Ok(Scope::Enforced);
-    };
     let labels: serde_json::Map<String, Value> = rule
         .managed_keys()
         .map(|k| (k.to_owned(), PROBE_VALUE.into()))
         .collect();
     let managed = json!({"metadata": {"labels": labels}});
-    if refused_by_scope(dry_run(&namespaces, &synced, &managed).await)? {
+    // Where there is no namespace to try, the refusal above is all there is to know.
+    let synced = listed.items.iter().find(|ns| rule.covers(ns));
+    if let Some(synced) = synced.map(ResourceExt::name_any)
+        && refused_by_scope(dry_run(&namespaces, &synced, &managed).await)?
+    {
         return Ok(Scope::Stale { namespace: synced });
+    }
+    let only_out_of_scope = |ns: &&Namespace| {
+        let name = ns.name_any();
+        !rule.covers(ns) && (rule.is_out_of_scope(&name) || !rule.is_excluded(&name))
+    };
+    let left_out = listed.items.iter().find(only_out_of_scope);
+    if let Some(left_out) = left_out.map(ResourceExt::name_any)
+        && !refused_by_scope(dry_run(&namespaces, &left_out, &managed).await)?
+    {
+        return Ok(Scope::Wider {
+            namespace: left_out,
+        });
     }
     Ok(Scope::Enforced)
 }

@@ -1,10 +1,14 @@
 //! `kubectl mesh scope`: show or change which of a remote's namespaces kubectl-mesh writes.
 //!
 //! The scope lives in the MeshCluster (`spec.scope`): the webhook and the reconciler follow a
-//! change at once. The remote guard follows it too; changing the guard needs the remote's
-//! admin credentials, so a cluster with a guard needs them here as attach does.
+//! change at once. The remote enforces it too (the sync scope policy refuses the sync account
+//! what the scope leaves out, and the guard guards what it covers): changing those needs the
+//! remote's admin credentials, as attach does, so that only the remote's admin can widen what
+//! the token stored on the primary may write.
 
-use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicySpec,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
@@ -24,9 +28,10 @@ use crate::{
 /// Show or change which of a remote's namespaces kubectl-mesh writes.
 ///
 /// Without flags, prints the cluster's scope. `--exclude-namespaces` and
-/// `--namespace-selector` replace it, `--clear` removes it. The webhook follows at once; with a
-/// remote guard, the guard is updated on the remote too (with --remote-kubeconfig, or the
-/// context attach recorded when your kubeconfig has it).
+/// `--namespace-selector` replace it, `--clear` removes it. The webhook follows at once; the
+/// remote's admission policies (its sync scope, and its guard if any) are updated on the remote
+/// first, with its admin credentials (--remote-kubeconfig, or the context attach recorded when
+/// your kubeconfig has it).
 #[derive(Debug, clap::Args)]
 pub struct Scope {
     /// Name of the attached cluster.
@@ -78,20 +83,32 @@ impl Scope {
             return Ok(());
         }
 
-        // The guard first: it then spares what the webhook stops writing a moment later, and
-        // a refusal here leaves everything as it was.
-        let guarded = match mc.spec.remote_guard {
-            RemoteGuard::Off => None,
-            RemoteGuard::Warn | RemoteGuard::Deny => {
-                let (kc, _, _) = ctx.primary_target()?;
-                let remote = remote_admin(&mc, &kc, &remote_admin_flags).await?;
-                let guard = Guard::new(mc.spec.remote_guard, "", "")
-                    .with_rule(&mesh_state::scoped_rule(&rule, &with_scope(&mc, &scope))?)
-                    .with_scope(&scope);
-                let before = patch_guard(&remote, &cluster, &guard).await?;
-                Some((remote, before))
+        // The remote's policies first, so that a refusal here leaves everything as it was;
+        // the guard first of them: it then spares what the webhook stops writing a moment
+        // later.
+        let (kc, _, _) = ctx.primary_target()?;
+        let remote = remote_admin(&mc, &kc, &remote_admin_flags).await?;
+        let mut wanted = Vec::new();
+        if mc.spec.remote_guard != RemoteGuard::Off {
+            let guard = Guard::new(mc.spec.remote_guard, "", "")
+                .with_rule(&mesh_state::scoped_rule(&rule, &with_scope(&mc, &scope))?)
+                .with_scope(&scope);
+            wanted.push((Follower::GUARD, setup::guard_policy(&cluster, &guard)));
+        }
+        wanted.push((
+            Follower::SYNC_SCOPE,
+            setup::sync_scope_policy(&cluster, &rule, &scope),
+        ));
+        let mut changed: Vec<(Follower, ValidatingAdmissionPolicy)> = Vec::new();
+        for (follower, policy) in wanted {
+            match follower.update(&remote, &cluster, &policy).await {
+                Ok(before) => changed.push((follower, before)),
+                Err(e) => {
+                    restore(&remote, &changed).await;
+                    return Err(e);
+                }
             }
-        };
+        }
         let patch = json!({ "spec": { "scope": scope_patch(&scope) } });
         let clusters: Api<MeshCluster> = Api::all(primary.clone());
         let stored = clusters
@@ -105,22 +122,17 @@ impl Scope {
             )
             .await;
         if let Err(e) = stored {
-            if let Some((remote, before)) = &guarded {
-                // Put the guard back as it was: the MeshCluster still has the old scope.
-                let _ = restore_guard(remote, before).await;
-            }
+            // The policies back as they were: the MeshCluster still has the old scope.
+            restore(&remote, &changed).await;
             return Err(Error::kube(format!("cannot update MeshCluster {cluster}"))(
                 e,
             ));
         }
+        let updated: Vec<&str> = changed.iter().map(|(f, _)| f.what).collect();
         ctx.progress.ok(format!(
-            "{cluster}: scope is now {}; the webhook follows at once{}",
+            "{cluster}: scope is now {}; the remote's {} updated, the webhook follows at once",
             namespace_scope::describe(&scope),
-            if guarded.is_some() {
-                ", and the remote guard was updated"
-            } else {
-                ""
-            }
+            updated.join(" and "),
         ));
         ctx.progress.info(format!(
             "`kubectl mesh plan --cluster {cluster}` shows what a sync changes now"
@@ -166,8 +178,8 @@ async fn remote_admin(
     let Some(admin) = flags.find(Some(mc), primary_kc)? else {
         return Err(Error::Refused {
             what: format!(
-                "{name} has a remote guard, which follows the scope, and there are no \
-                 credentials for the remote to update it; nothing was changed"
+                "the remote {name} enforces the scope, and there are no credentials for the \
+                 remote to update it; nothing was changed"
             ),
             hint: "pass --remote-kubeconfig FILE (an admin kubeconfig of the remote, as for \
                    attach)"
@@ -192,39 +204,73 @@ async fn remote_admin(
     Ok(client)
 }
 
-/// Sets the guard policy's matching to `guard`'s; returns the policy as it was.
-async fn patch_guard(
-    remote: &Client,
-    cluster: &str,
-    guard: &Guard,
-) -> Result<ValidatingAdmissionPolicy> {
-    let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
-    let before = api.get(setup::GUARD).await.map_err(Error::kube(format!(
-        "cannot read the remote guard of {cluster} (ValidatingAdmissionPolicy {})",
-        setup::GUARD
-    )))?;
-    let wanted = setup::guard_policy(cluster, guard).spec.unwrap_or_default();
-    let patch = matching_patch(&wanted);
-    api.patch(
-        setup::GUARD,
-        &PatchParams {
+/// A policy on the remote that follows the scope, and the part of its spec that does.
+#[derive(Clone, Copy)]
+struct Follower {
+    name: &'static str,
+    /// What it is, in messages.
+    what: &'static str,
+    /// A merge patch setting that part to a spec's.
+    part: fn(&ValidatingAdmissionPolicySpec) -> serde_json::Value,
+}
+
+impl Follower {
+    const GUARD: Self = Self {
+        name: setup::GUARD,
+        what: "guard",
+        part: matching_patch,
+    };
+    const SYNC_SCOPE: Self = Self {
+        name: setup::SYNC_SCOPE,
+        what: "sync scope",
+        part: validations_patch,
+    };
+
+    /// Sets the policy's following part to `wanted`'s; returns the policy as it was.
+    async fn update(
+        self,
+        remote: &Client,
+        cluster: &str,
+        wanted: &ValidatingAdmissionPolicy,
+    ) -> Result<ValidatingAdmissionPolicy> {
+        let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
+        let before = api.get(self.name).await.map_err(Error::kube(format!(
+            "cannot read the remote {} of {cluster} (ValidatingAdmissionPolicy {})",
+            self.what, self.name
+        )))?;
+        let patch = (self.part)(wanted.spec.as_ref().unwrap_or(&Default::default()));
+        let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
-        },
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::kube(format!(
-        "cannot update the remote guard of {cluster}"
-    )))?;
-    Ok(before)
+        };
+        api.patch(self.name, &params, &Patch::Merge(&patch))
+            .await
+            .map_err(Error::kube(format!(
+                "cannot update the remote {} of {cluster}",
+                self.what
+            )))?;
+        Ok(before)
+    }
+}
+
+/// Puts back the policies `changed` as they were, as far as the remote lets it (the error
+/// that made this necessary is the one to report).
+async fn restore(remote: &Client, changed: &[(Follower, ValidatingAdmissionPolicy)]) {
+    let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
+    for (follower, before) in changed {
+        let patch = (follower.part)(before.spec.as_ref().unwrap_or(&Default::default()));
+        let _ = (api.patch(
+            follower.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ))
+        .await;
+    }
 }
 
 /// A merge patch setting a policy's matchConditions and namespaceSelector to `spec`'s (an
 /// absent selector is written as `null`, which removes the one there).
-fn matching_patch(
-    spec: &k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicySpec,
-) -> serde_json::Value {
+fn matching_patch(spec: &ValidatingAdmissionPolicySpec) -> serde_json::Value {
     let selector = spec
         .match_constraints
         .as_ref()
@@ -235,10 +281,7 @@ fn matching_patch(
     }})
 }
 
-async fn restore_guard(remote: &Client, before: &ValidatingAdmissionPolicy) -> kube::Result<()> {
-    let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
-    let patch = matching_patch(&before.spec.clone().unwrap_or_default());
-    api.patch(setup::GUARD, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(drop)
+/// A merge patch setting a policy's validations to `spec`'s.
+fn validations_patch(spec: &ValidatingAdmissionPolicySpec) -> serde_json::Value {
+    json!({ "spec": { "validations": spec.validations } })
 }

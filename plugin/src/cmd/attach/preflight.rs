@@ -59,6 +59,8 @@ pub(super) struct Plan {
     pub(super) takeover: bool,
     /// The installed sync rule: what the guard and the sync scope cover.
     pub(super) rule: SyncRule,
+    /// That rule within the cluster's `scope`: the namespaces the sync account may write.
+    pub(super) scoped: SyncRule,
     pub(super) guard: Guard,
     pub(super) existing: Option<MeshCluster>,
     pub(super) remote_namespace: NamespaceState,
@@ -488,6 +490,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         primary_id,
         takeover: false,
         rule,
+        scoped,
         guard,
         existing,
         remote_namespace,

@@ -274,7 +274,7 @@ impl<'a> Run<'a> {
             ),
             (
                 Step::SyncScopePolicy,
-                Manifest::new(&setup::sync_scope_policy(&name, &plan.rule))?,
+                Manifest::new(&setup::sync_scope_policy(&name, &plan.rule, &plan.scope))?,
             ),
             (
                 Step::SyncScopeBinding,
@@ -523,7 +523,7 @@ impl<'a> Run<'a> {
             "ValidatingAdmissionPolicy {} enforced on the token",
             setup::SYNC_SCOPE
         );
-        match sync_scope::wait_enforced(&client, &self.plan.rule, self.timeout).await {
+        match sync_scope::wait_enforced(&client, &self.plan.scoped, self.timeout).await {
             Ok(Scope::Enforced) => {
                 self.progress.ok(format!("{name}: {what}"));
                 Ok(())
@@ -539,6 +539,14 @@ impl<'a> Run<'a> {
                      validatingadmissionpolicies` on {name}; raise --timeout if the remote is \
                      only slow"
                 ),
+            }),
+            Ok(Scope::Wider { namespace }) => Err(Error::Refused {
+                what: format!(
+                    "{name} still lets the token change the managed labels of namespace \
+                     {namespace}, which the scope leaves out, after {}s",
+                    self.timeout.as_secs()
+                ),
+                hint: "raise --timeout if the remote is only slow to load the policy".into(),
             }),
             Ok(Scope::NotEnforced) => Err(Error::Refused {
                 what: format!(

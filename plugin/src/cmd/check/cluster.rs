@@ -266,13 +266,14 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
 }
 
 /// The stored identity may patch every namespace; the remote's sync scope policy must refuse
-/// it anything but the managed labels of the installed rule. Asked by trying: a dry-run edit
-/// it must refuse, and a dry-run change of the managed labels it must let through.
+/// it anything but the managed labels of the installed rule, on the namespaces the cluster's
+/// scope covers. Asked by trying: a dry-run edit it must refuse, a dry-run change of the
+/// managed labels it must let through, and one outside the scope it must refuse.
 fn scope_result(scope: &RemoteResult<Scope>, name: &str) -> CheckResult {
     let what = "credentials may change only the managed labels";
     let fix = format!(
         "re-run `kubectl mesh attach` for {name}: it installs ValidatingAdmissionPolicy {} \
-         and its binding for the installed rule",
+         and its binding for the installed rule and the cluster's scope",
         setup::SYNC_SCOPE
     );
     match scope {
@@ -297,6 +298,14 @@ fn scope_result(scope: &RemoteResult<Scope>, name: &str) -> CheckResult {
                 "ValidatingAdmissionPolicy {} refuses a dry-run change of the managed labels \
                  of namespace {namespace}: it was installed for another sync rule",
                 setup::SYNC_SCOPE
+            ),
+            fix,
+        ),
+        Ok(Scope::Wider { namespace }) => CheckResult::error(
+            what,
+            format!(
+                "a dry-run change of the managed labels of namespace {namespace} went through, \
+                 which the cluster's scope leaves out: the remote does not enforce the scope"
             ),
             fix,
         ),

@@ -465,7 +465,9 @@ async fn remote_facts(
     let rights = answers(remote, timeout, rights::asked()).await;
     let namespaces = mesh_state::remote_namespaces(remote, timeout).await;
     let guard = guard_facts(remote, cluster, user_kubeconfig, timeout).await;
-    let scope = with_deadline(timeout, sync_scope::probe(remote, rule)).await;
+    // A recorded scope that cannot be used is reported by the cluster's own checks.
+    let scoped = mesh_state::scoped_rule(rule, cluster).unwrap_or_else(|_| rule.clone());
+    let scope = with_deadline(timeout, sync_scope::probe(remote, &scoped)).await;
     let injectors = mesh_state::remote_injectors(remote, timeout).await;
     let view = view_facts(primary, &cluster.name_any(), timeout).await;
     RemoteFacts::Asked(Box::new(Asked {

@@ -9,6 +9,7 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
 };
+use mesh_core::cluster::MeshCluster;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{DEFAULT_TIMEOUT, eventually, unique_name};
 use serde_json::{Value, json};
@@ -90,4 +91,101 @@ async fn the_stored_token_may_change_only_managed_labels() -> anyhow::Result<()>
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await?;
     delete_namespace(remote, &ns).await
+}
+
+/// The remote enforces the cluster's scope on the stored token: a namespace the scope leaves
+/// out, by name or by its labels, refuses it even a managed label. Only the remote's admin
+/// credentials change that (`kubectl mesh scope`), and without them nothing changes anywhere.
+#[tokio::test]
+async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    let [named, unselected, covered] = ["named", "unselected", "covered"].map(unique_name);
+    create_labelled_namespace(remote, &named, json!({})).await?;
+    create_labelled_namespace(remote, &unselected, json!({"team": "platform"})).await?;
+    create_labelled_namespace(remote, &covered, json!({"team": "shop"})).await?;
+    let scope = [
+        "--exclude-namespaces",
+        &named,
+        "--namespace-selector",
+        "team!=platform",
+    ];
+    attach(env, remote, &scope).await?;
+    let stored = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
+    let managed = || json!({"labels": {"istio-injection": "enabled"}});
+
+    for (ns, why) in [
+        (&named, "a namespace the mesh excludes"),
+        (&unselected, "outside its cluster's namespace selector"),
+    ] {
+        let refusal = as_sync(&stored, ns, managed()).await;
+        ensure!(
+            refusal.as_deref().is_some_and(|r| r.contains(why)),
+            "{ns}: {refusal:?}"
+        );
+    }
+    let allowed = as_sync(&stored, &covered, managed()).await;
+    ensure!(allowed.is_none(), "{covered}: {allowed:?}");
+
+    // Without the remote's credentials the scope cannot change, on either side.
+    let out = mesh(env, &["scope", &remote.name, "--clear"], &[]).await?;
+    let refusal = refused_in_one_line(&out, "scope --clear without the remote")?;
+    ensure!(refusal.contains("enforces the scope"), "{refusal}");
+    let recorded = mesh_cluster(env, &remote.name).await?.spec.scope;
+    ensure!(
+        recorded.exclude_namespaces == [named.clone()],
+        "{recorded:?}"
+    );
+
+    // With them, the remote lets the token write what the scope now covers.
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let args = [
+        "scope",
+        &remote.name,
+        "--clear",
+        "--remote-kubeconfig",
+        &kubeconfig,
+    ];
+    succeeded(&mesh(env, &args, &[]).await?, "scope --clear")?;
+    ensure!(
+        mesh_cluster(env, &remote.name)
+            .await?
+            .spec
+            .scope
+            .is_everything()
+    );
+    for ns in [&named, &unselected] {
+        eventually("the widened scope enforced", DEFAULT_TIMEOUT, || async {
+            Ok(as_sync(&stored, ns, managed())
+                .await
+                .is_none()
+                .then_some(()))
+        })
+        .await?;
+    }
+
+    // A scope narrowed by hand on the primary leaves the remote's policy wider: check says so.
+    let narrowed = json!({"spec": {"scope": {"excludeNamespaces": [&covered]}}});
+    Api::<MeshCluster>::all(env.primary().client().await?)
+        .patch(
+            &remote.name,
+            &PatchParams::default(),
+            &Patch::Merge(&narrowed),
+        )
+        .await?;
+    let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
+    let check = report.cluster_check(&remote.name, SCOPE_CHECK).cloned();
+    ensure!(
+        check
+            .as_ref()
+            .is_some_and(|c| c.result == "error"
+                && c.detail.as_deref().is_some_and(|d| d.contains(&covered))),
+        "{check:?}"
+    );
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await?;
+    for ns in [&named, &unselected, &covered] {
+        delete_namespace(remote, ns).await?;
+    }
+    Ok(())
 }
