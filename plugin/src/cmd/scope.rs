@@ -259,12 +259,10 @@ async fn restore(remote: &Client, changed: &[(Follower, ValidatingAdmissionPolic
     let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
     for (follower, before) in changed {
         let patch = (follower.part)(before.spec.as_ref().unwrap_or(&Default::default()));
-        let _ = (api.patch(
-            follower.name,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        ))
-        .await;
+        let params = PatchParams::default();
+        let _ = api
+            .patch(follower.name, &params, &Patch::Merge(&patch))
+            .await;
     }
 }
 

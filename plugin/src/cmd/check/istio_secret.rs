@@ -16,7 +16,7 @@ use mesh_core::{cluster::MeshCluster, remote};
 use super::facts::Fetched;
 use super::report::{CheckResult, Section};
 use crate::{
-    mesh_state::{self, RemoteResult, with_deadline},
+    mesh_state::{self, RemoteError, RemoteResult, with_deadline},
     remote_setup as setup,
 };
 
@@ -165,13 +165,18 @@ pub fn judge(name: &str, facts: &IstioSecretFacts) -> Option<CheckResult> {
         Ok(reader) => reader,
         Err(e) => return Some(CheckResult::error(what, format!("{secret}: {e}"), reattach)),
     };
-    if let Err(e) = &reader.whoami {
+    // Whichever read the cluster refused: a token revoked between the two is refused by the
+    // second only.
+    let failed = |e: &RemoteError| {
         let detail = if e.is_forbidden() {
             format!("the cluster refuses the token in {secret} ({e}): istiod cannot read it")
         } else {
             format!("{secret}: {e}")
         };
-        return Some(CheckResult::error(what, detail, reattach));
+        CheckResult::error(what, detail, &reattach)
+    };
+    if let Err(e) = &reader.whoami {
+        return Some(failed(e));
     }
     Some(match &reader.cannot_list {
         Ok(denied) if denied.is_empty() => CheckResult::ok(what, Some(secret)),
@@ -181,16 +186,15 @@ pub fn judge(name: &str, facts: &IstioSecretFacts) -> Option<CheckResult> {
                 "the token in {secret} may not list {}: istiod never syncs the cluster",
                 denied.join(", ")
             ),
-            reattach,
+            &reattach,
         ),
-        Err(e) => CheckResult::error(what, format!("{secret}: {e}"), reattach),
+        Err(e) => failed(e),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_state::RemoteError;
 
     fn with_secret(reader: Result<ReaderFacts, String>) -> IstioSecretFacts {
         IstioSecretFacts {
@@ -248,6 +252,15 @@ mod tests {
         }));
         let result = fails_saying(&facts, "refuses the token");
         assert!(result.hint_mentions("--istio-remote-secret"), "{result:?}");
+    }
+
+    #[test]
+    fn a_token_revoked_between_the_reads_fails_alike() {
+        let facts = with_secret(Ok(ReaderFacts {
+            whoami: Ok(SelfSubjectReview::default()),
+            cannot_list: Err(unauthorized()),
+        }));
+        fails_saying(&facts, "refuses the token");
     }
 
     #[test]
