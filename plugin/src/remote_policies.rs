@@ -4,8 +4,6 @@
 //! namespaces the cluster's scope covers, a security boundary). Their CEL is built here and in
 //! [`crate::cel`], nowhere else.
 
-use std::collections::BTreeSet;
-
 use k8s_openapi::{
     api::admissionregistration::v1::{
         MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
@@ -241,10 +239,11 @@ pub const SYNC_SCOPE_MESSAGES: [&str; 4] = [
 ];
 
 /// The ValidatingAdmissionPolicy confining the sync account to what label sync writes: on
-/// an UPDATE of a namespace the rule syncs and the cluster's `scope` covers, the managed
-/// labels of `rule`; nothing else (no other label, annotation, finalizer, ownerReference,
-/// spec), no CREATE, no DELETE. The remote thus enforces the scope its admin attached with,
-/// whatever the primary then asks: only its admin's credentials can widen it.
+/// an UPDATE of a namespace that `rule` (the installed rule [`within`](SyncRule::within) the
+/// cluster's scope) syncs and `selector` (the scope's) selects, the managed labels of `rule`;
+/// nothing else (no other label, annotation, finalizer, ownerReference, spec), no CREATE, no
+/// DELETE. The remote thus enforces the scope its admin attached with, whatever the primary
+/// then asks: only its admin's credentials can widen it.
 ///
 /// failurePolicy Fail, unlike the guard: this one is a security boundary for a token stored
 /// on another cluster, and an expression that cannot be evaluated must not let it through.
@@ -252,19 +251,13 @@ pub const SYNC_SCOPE_MESSAGES: [&str; 4] = [
 pub fn sync_scope_policy(
     cluster: &str,
     rule: &SyncRule,
-    scope: &NamespaceScope,
+    selector: Option<&LabelSelector>,
 ) -> ValidatingAdmissionPolicy {
     let keys = cel_list(rule.managed_keys());
-    let excluded: BTreeSet<&str> = (rule.excluded_namespaces())
-        .chain(scope.exclude_namespaces.iter().map(String::as_str))
-        .collect();
-    let excluded = cel_list(excluded);
+    let excluded = cel_list(rule.excluded_namespaces());
     // The selector may not name a managed key, which a write changes: the old and the new
     // object are alike for it.
-    let selected = match &scope.namespace_selector {
-        Some(selector) => cel::selects("oldObject", selector),
-        None => "true".to_owned(),
-    };
+    let selected = selector.map_or_else(|| "true".to_owned(), |s| cel::selects("oldObject", s));
     // Every other label of the new object is in the old one with the same value, and every
     // other label of the old object is still there. (Maps compare as wholes only; these
     // two passes compare them but for the managed keys.)

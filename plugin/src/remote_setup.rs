@@ -845,9 +845,7 @@ mod tests {
     #[test]
     fn sync_scope_denies_the_sync_account_all_but_the_rules_labels() {
         let rule = SyncRule::new(vec!["team.example.com/zone".into()], vec!["legacy".into()]);
-        let spec = sync_scope_policy("east", &rule, &NamespaceScope::default())
-            .spec
-            .unwrap();
+        let spec = sync_scope_policy("east", &rule, None).spec.unwrap();
         assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
         assert_eq!(
             spec.match_conditions.unwrap()[0].expression,
@@ -881,7 +879,8 @@ mod tests {
             exclude_namespaces: vec!["payments".into(), "legacy".into()],
             namespace_selector: Some(selector.clone()),
         };
-        let validations = sync_scope_policy("east", &rule, &scope)
+        let scoped = rule.within(&scope).unwrap();
+        let validations = sync_scope_policy("east", &scoped, Some(&selector))
             .spec
             .unwrap()
             .validations

@@ -88,16 +88,18 @@ impl Scope {
         // later.
         let (kc, _, _) = ctx.primary_target()?;
         let remote = remote_admin(&mc, &kc, &remote_admin_flags).await?;
+        let scoped = mesh_state::scoped_rule(&rule, &with_scope(&mc, &scope))?;
+        let selector = scope.namespace_selector.as_ref();
         let mut wanted = Vec::new();
         if mc.spec.remote_guard != RemoteGuard::Off {
             let guard = Guard::new(mc.spec.remote_guard, "", "")
-                .with_rule(&mesh_state::scoped_rule(&rule, &with_scope(&mc, &scope))?)
+                .with_rule(&scoped)
                 .with_scope(&scope);
             wanted.push((Follower::GUARD, setup::guard_policy(&cluster, &guard)));
         }
         wanted.push((
             Follower::SYNC_SCOPE,
-            setup::sync_scope_policy(&cluster, &rule, &scope),
+            setup::sync_scope_policy(&cluster, &scoped, selector),
         ));
         let mut changed: Vec<(Follower, ValidatingAdmissionPolicy)> = Vec::new();
         for (follower, policy) in wanted {

@@ -274,7 +274,11 @@ impl<'a> Run<'a> {
             ),
             (
                 Step::SyncScopePolicy,
-                Manifest::new(&setup::sync_scope_policy(&name, &plan.rule, &plan.scope))?,
+                Manifest::new(&setup::sync_scope_policy(
+                    &name,
+                    &plan.scoped,
+                    plan.scope.namespace_selector.as_ref(),
+                ))?,
             ),
             (
                 Step::SyncScopeBinding,
