@@ -22,6 +22,10 @@ use crate::webhook_client::WebhookClient;
 /// their controller-managers' 10 s wait for /healthz).
 const START_WAVE: usize = 4;
 
+/// How many times one wave of apiservers may move to other ports, or etcd to others, because
+/// another server took a port first.
+const PORT_MOVES: usize = 3;
+
 /// How long a control plane may take to answer /readyz before start fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -135,6 +139,18 @@ impl Cluster {
     pub fn apiserver_name(&self) -> String {
         format!("{}/kube-apiserver", self.name)
     }
+
+    /// Points the cluster, and its admin kubeconfig, at another port (before its apiserver
+    /// starts there).
+    fn move_to(&mut self, port: u16) -> anyhow::Result<()> {
+        self.port = port;
+        self.server = format!("https://{}:{port}", self.host);
+        std::fs::write(
+            &self.kubeconfig,
+            admin_kubeconfig(&self.name, &self.server, &self.pki),
+        )
+        .with_context(|| format!("writing {}", self.kubeconfig.display()))
+    }
 }
 
 /// Running control planes. Dropping it stops every process it started.
@@ -155,8 +171,17 @@ impl TestEnv {
     /// Builds the binaries if needed, then starts etcd, and for every cluster a
     /// kube-apiserver and a kube-controller-manager; returns once every apiserver is ready.
     pub async fn start(options: Options) -> anyhow::Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let started = Instant::now();
+        let mut env = Self::prepare(options).await?;
+        env.launch().await?;
+        eprintln!("[testenv] environment up in {:.2?}", started.elapsed());
+        Ok(env)
+    }
+
+    /// Everything but the processes: binaries, directories, certificates, kubeconfigs and the
+    /// port of every apiserver.
+    async fn prepare(options: Options) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let binaries = tokio::task::spawn_blocking(Binaries::ensure).await??;
         let step = Instant::now();
         let (dir, temp) = match options.dir {
@@ -202,7 +227,7 @@ impl TestEnv {
         );
 
         let scratch = temp.as_ref().map(|t| t.path().to_path_buf());
-        let mut env = Self {
+        Ok(Self {
             node: options.node,
             per_namespace_controllers: options.per_namespace_controllers,
             etcd_url: String::new(),
@@ -212,32 +237,65 @@ impl TestEnv {
             webhook_client,
             processes: Mutex::new(ProcessGroup::with_scratch_dir(scratch)),
             _temp: temp,
-        };
+        })
+    }
+
+    /// Starts etcd, then the clusters' control planes in waves; returns once every apiserver
+    /// is ready.
+    async fn launch(&mut self) -> anyhow::Result<()> {
         let step = Instant::now();
-        env.start_etcd().await?;
+        self.start_etcd().await?;
         eprintln!("[testenv] etcd ready: {:.2?}", step.elapsed());
 
         let step = Instant::now();
-        for wave in env.clusters.chunks(START_WAVE) {
-            for cluster in wave {
-                env.spawn_apiserver(cluster)?;
-            }
-            try_join_all(wave.iter().map(|c| env.wait_ready(c))).await?;
+        for first in (0..self.clusters.len()).step_by(START_WAVE) {
+            let wave = first..self.clusters.len().min(first + START_WAVE);
+            self.start_apiservers(wave.clone()).await?;
             // Only after its apiserver is ready: kube-controller-manager gives up when
             // /healthz still fails 10 s after it starts, which a loaded machine can make
             // happen.
-            for cluster in wave {
-                env.spawn_controller_manager(cluster)?;
+            for cluster in &self.clusters[wave] {
+                self.spawn_controller_manager(cluster)?;
             }
         }
         eprintln!(
             "[testenv] {} apiservers ready: {:.2?}; resident memory {}",
-            env.clusters.len(),
+            self.clusters.len(),
             step.elapsed(),
-            env.memory_summary()
+            self.memory_summary()
         );
-        eprintln!("[testenv] environment up in {:.2?}", started.elapsed());
-        Ok(env)
+        Ok(())
+    }
+
+    /// Starts the apiservers of the clusters in `wave` and waits until they are ready. Their
+    /// ports are chosen before they start (kubeconfigs and token issuers name them), so another
+    /// server on the machine may bind one first, as a test binary running alongside did once;
+    /// an apiserver that exits for that moves to another port.
+    async fn start_apiservers(&mut self, wave: std::ops::Range<usize>) -> anyhow::Result<()> {
+        for cluster in &self.clusters[wave.clone()] {
+            self.spawn_apiserver(cluster)?;
+        }
+        let mut moves = 0;
+        loop {
+            let clusters = &self.clusters[wave.clone()];
+            let Err(error) = try_join_all(clusters.iter().map(|c| self.wait_ready(c))).await else {
+                return Ok(());
+            };
+            let mut moved = Vec::new();
+            for (index, cluster) in wave.clone().zip(clusters) {
+                if self.lock().exited_on_taken_port(&cluster.apiserver_name()) {
+                    moved.push(index);
+                }
+            }
+            if moved.is_empty() || moves == PORT_MOVES {
+                return Err(error);
+            }
+            moves += 1;
+            for index in moved {
+                self.clusters[index].move_to(free_port()?)?;
+                self.spawn_apiserver(&self.clusters[index])?;
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -391,7 +449,21 @@ impl TestEnv {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Starts etcd and waits until it listens; like an apiserver (see
+    /// [`TestEnv::start_apiservers`]), it moves to other ports if another server took one.
     async fn start_etcd(&mut self) -> anyhow::Result<()> {
+        let mut moves = 0;
+        loop {
+            let started = self.try_start_etcd().await;
+            if started.is_err() && moves < PORT_MOVES && self.lock().exited_on_taken_port("etcd") {
+                moves += 1;
+                continue;
+            }
+            return started;
+        }
+    }
+
+    async fn try_start_etcd(&mut self) -> anyhow::Result<()> {
         let client_port = free_port()?;
         let peer_port = free_port()?;
         let data = self.dir.join("etcd-data");
@@ -577,4 +649,32 @@ fn routable_address() -> anyhow::Result<std::net::Ipv4Addr> {
         .nth(1)
         .and_then(|cidr| cidr.split('/').next()?.parse().ok())
         .context("the host has no global IPv4 address: pods could not reach the apiservers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Another server binding an apiserver's port before it starts (a test binary alongside
+    /// did once) made the whole environment fail; here the port is held on purpose.
+    #[tokio::test]
+    async fn an_apiserver_whose_port_is_taken_starts_on_another() -> anyhow::Result<()> {
+        let mut env = TestEnv::prepare(Options::default()).await?;
+        let taken = std::net::TcpListener::bind(("127.0.0.1", env.primary().port))?;
+        env.launch().await?;
+        let primary = env.primary();
+        assert_ne!(primary.port, taken.local_addr()?.port());
+        let namespaces = Command::new(env.binaries().kubectl())
+            .arg("--kubeconfig")
+            .arg(&primary.kubeconfig)
+            .args(["get", "namespace", "default", "-o", "name"])
+            .output()?;
+        assert_eq!(
+            String::from_utf8_lossy(&namespaces.stdout).trim(),
+            "namespace/default",
+            "{}",
+            String::from_utf8_lossy(&namespaces.stderr)
+        );
+        Ok(())
+    }
 }

@@ -100,6 +100,20 @@ impl ProcessGroup {
         Ok(())
     }
 
+    /// Whether the process `name` has exited because another socket held its port, as its
+    /// log says ("address already in use"); if so it is forgotten, so that it can start again.
+    pub fn exited_on_taken_port(&mut self, name: &str) -> bool {
+        let Some(index) = self.children.iter_mut().position(|m| {
+            m.name == name
+                && matches!(m.child.try_wait(), Ok(Some(_)))
+                && log_tail(&m.log, 15).contains("address already in use")
+        }) else {
+            return false;
+        };
+        self.children.remove(index);
+        true
+    }
+
     /// Process ids of every running child, for leak checks.
     pub fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|m| m.child.id()).collect()
