@@ -2,15 +2,21 @@
 //! connections: between finding a port free and a server binding it, any client connecting
 //! anywhere may be given an ephemeral port, and on a busy machine sometimes this one (the
 //! apiserver then exits with "address already in use"). Ports under that range are never
-//! handed out that way; only another server choosing the same one at once could take it, which
-//! random choice over thousands of ports makes rare.
+//! handed out that way. Another test process choosing the same port before either binds it
+//! would see it free too: each chosen port is also claimed, with a lock on a file named after
+//! it, which every test process on the machine respects and the kernel drops when the process
+//! exits.
 
 use std::collections::hash_map::RandomState;
+use std::fs::File;
 use std::hash::BuildHasher;
 use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
+use nix::fcntl::{Flock, FlockArg};
 
 /// The lowest port tried: clear of well-known and common development ports.
 const FLOOR: u16 = 20_000;
@@ -34,9 +40,43 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// The first of `ports` no one listens on now.
+/// The first of `ports` no one listens on now and no test process has claimed; it is claimed.
 fn first_free(mut ports: impl Iterator<Item = u16>) -> Option<u16> {
-    ports.find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+    ports.find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok() && claim(*port))
+}
+
+/// Claims `port` for this process until it exits; false if another claim holds it.
+fn claim(port: u16) -> bool {
+    /// Held for the life of the process: a port is never chosen twice, even after its server
+    /// stopped (a restarted server may want it back).
+    static CLAIMS: Mutex<Vec<Flock<File>>> = Mutex::new(Vec::new());
+    let Ok(file) = claims_dir().and_then(|dir| {
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+    }) else {
+        // Nowhere to record claims: the bind test alone, as on a machine without /tmp.
+        return true;
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(claimed) => {
+            CLAIMS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(claimed);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// One lock file per claimed port, shared by every test process of the machine.
+fn claims_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join("mesh-testenv-ports");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// `127.0.0.1:<free_port>`.
@@ -78,5 +118,27 @@ mod tests {
         drop(spare);
         assert_eq!(first_free([held].into_iter()), None);
         assert_ne!(first_free([held, spare_port].into_iter()), Some(held));
+    }
+
+    /// A port another test process chose and has not bound yet looked free (a CI run lost an
+    /// apiserver's port that way); its claim is seen. A lock through another open file stands
+    /// in for the other process: flock locks conflict between open files alike.
+    #[test]
+    fn a_port_another_process_claimed_is_passed_over() {
+        let spare = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let claimed = spare.local_addr().unwrap().port();
+        drop(spare);
+        let file = File::create(claims_dir().unwrap().join(claimed.to_string())).unwrap();
+        let _claim = Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap();
+        assert_eq!(first_free([claimed].into_iter()), None);
+    }
+
+    #[test]
+    fn a_chosen_port_is_not_chosen_again() {
+        let spare = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = spare.local_addr().unwrap().port();
+        drop(spare);
+        assert_eq!(first_free([port].into_iter()), Some(port));
+        assert_eq!(first_free([port].into_iter()), None);
     }
 }
