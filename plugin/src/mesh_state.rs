@@ -335,7 +335,7 @@ where
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::all(client.clone());
-    with_deadline(timeout, list::in_pages(&api, &ListParams::default(), |k| k)).await
+    with_deadline(timeout, list::all(&api, &ListParams::default())).await
 }
 
 /// Every namespace of `cluster`'s remote, read with its stored credentials. The whole read

@@ -15,7 +15,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
-use mesh_core::{MESH_NAMESPACE, labels::SyncRule};
+use mesh_core::{MESH_NAMESPACE, labels::SyncRule, list};
 use serde_json::{Value, json};
 
 use crate::remote_setup as setup;
@@ -44,11 +44,18 @@ pub enum Scope {
 
 /// The value the probe gives the managed labels (never stored: a dry run).
 const PROBE_VALUE: &str = "kubectl-mesh-probe";
-/// How many namespaces the probe looks through for one the rule syncs.
-const NAMESPACES_LOOKED_AT: u32 = 100;
-
 /// Annotation the probe tries to add (never stored: a dry run).
 const PROBE_ANNOTATION: &str = "kubectl-mesh.io/scope-probe";
+
+/// What a namespace of the remote is to the probe.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The rule within the scope syncs it: the policy must let the managed labels through.
+    Synced,
+    /// Only the cluster's scope leaves it out: the policy must refuse them.
+    OnlyOutOfScope,
+    Neither,
+}
 
 /// As `client` (the sync account): a dry-run annotation of the remote's mesh namespace, an
 /// edit the policy must refuse; then a dry-run change of every label `rule` (the installed
@@ -61,31 +68,44 @@ pub async fn probe(client: &Client, rule: &SyncRule) -> Result<Scope, kube::Erro
     if !refused_by_scope(dry_run(&namespaces, MESH_NAMESPACE, &annotation).await)? {
         return Ok(Scope::NotEnforced);
     }
-    let listed = namespaces
-        .list(&ListParams::default().limit(NAMESPACES_LOOKED_AT))
-        .await?;
+    // Every namespace, in pages: on a remote with many, the ones to try may come late.
+    let listed = list::in_pages(&namespaces, &ListParams::default(), |ns| {
+        let name = ns.name_any();
+        let role = if rule.covers(&ns) {
+            Role::Synced
+        } else if rule.is_out_of_scope(&name) || !rule.is_excluded(&name) {
+            // Not merely excluded by the installed rule, which the policy need not refuse.
+            Role::OnlyOutOfScope
+        } else {
+            Role::Neither
+        };
+        (role, name)
+    })
+    .await?;
+    let first = |wanted: Role| {
+        listed
+            .iter()
+            .find(|(role, _)| *role == wanted)
+            .map(|(_, name)| name.as_str())
+    };
     let labels: serde_json::Map<String, Value> = rule
         .managed_keys()
         .map(|k| (k.to_owned(), PROBE_VALUE.into()))
         .collect();
     let managed = json!({"metadata": {"labels": labels}});
     // Where there is no namespace to try, the refusal above is all there is to know.
-    let synced = listed.items.iter().find(|ns| rule.covers(ns));
-    if let Some(synced) = synced.map(ResourceExt::name_any)
-        && refused_by_scope(dry_run(&namespaces, &synced, &managed).await)?
+    if let Some(synced) = first(Role::Synced)
+        && refused_by_scope(dry_run(&namespaces, synced, &managed).await)?
     {
-        return Ok(Scope::Stale { namespace: synced });
+        return Ok(Scope::Stale {
+            namespace: synced.to_owned(),
+        });
     }
-    let only_out_of_scope = |ns: &&Namespace| {
-        let name = ns.name_any();
-        !rule.covers(ns) && (rule.is_out_of_scope(&name) || !rule.is_excluded(&name))
-    };
-    let left_out = listed.items.iter().find(only_out_of_scope);
-    if let Some(left_out) = left_out.map(ResourceExt::name_any)
-        && !refused_by_scope(dry_run(&namespaces, &left_out, &managed).await)?
+    if let Some(left_out) = first(Role::OnlyOutOfScope)
+        && !refused_by_scope(dry_run(&namespaces, left_out, &managed).await)?
     {
         return Ok(Scope::Wider {
-            namespace: left_out,
+            namespace: left_out.to_owned(),
         });
     }
     Ok(Scope::Enforced)

@@ -101,7 +101,7 @@ pub async fn credentials_with(
 /// Every pod of the remote, by namespace.
 pub async fn pods(client: &Client, timeout: Duration) -> RemoteResult<BTreeMap<String, Vec<Pod>>> {
     let api: Api<Pod> = Api::all(client.clone());
-    let pods = with_deadline(timeout, list::in_pages(&api, &ListParams::default(), |p| p)).await?;
+    let pods = with_deadline(timeout, list::all(&api, &ListParams::default())).await?;
     let mut by_namespace: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
     for pod in pods {
         by_namespace

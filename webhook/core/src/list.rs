@@ -33,6 +33,14 @@ where
     }
 }
 
+/// Every object `api` lists with `params`, read in pages as [`in_pages`] reads them.
+pub async fn all<K>(api: &Api<K>, params: &ListParams) -> kube::Result<Vec<K>>
+where
+    K: Clone + DeserializeOwned + Debug,
+{
+    in_pages(api, params, |object| object).await
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::Namespace;

@@ -521,7 +521,7 @@ async fn first_sync(
     );
     let (on_primary, on_remote) = futures::join!(
         list::in_pages(&primary_api, &params, |ns| (ns.name_any(), ns)),
-        list::in_pages(&remote_api, &params, |ns| ns)
+        list::all(&remote_api, &params)
     );
     let on_primary = on_primary
         .map_err(|e| access::request_error(primary_target, "list namespaces", e))?

@@ -159,7 +159,7 @@ async fn probe(client: &Client, rule: &SyncRule) -> Probe {
         return Probe::NoLabel;
     };
     let api = Api::<Namespace>::all(client.clone());
-    let namespaces = match list::in_pages(&api, &ListParams::default(), |ns| ns).await {
+    let namespaces = match list::all(&api, &ListParams::default()).await {
         Ok(namespaces) => namespaces,
         Err(e) => return Probe::ListFailed(e),
     };

@@ -154,11 +154,11 @@ where
 {
     let every = ListParams::default();
     match scope {
-        Scope::All => list::in_pages(&Api::<K>::all(client.clone()), &every, |k| k).await,
+        Scope::All => list::all(&Api::<K>::all(client.clone()), &every).await,
         Scope::Namespaces(names) => {
             let lists = futures::future::try_join_all(names.iter().map(|ns| {
                 let (api, every) = (Api::<K>::namespaced(client.clone(), ns), &every);
-                async move { list::in_pages(&api, every, |k| k).await }
+                async move { list::all(&api, every).await }
             }))
             .await?;
             Ok(lists.into_iter().flatten().collect())
@@ -219,7 +219,7 @@ async fn read_primary(client: &Client, scope: &Scope, with_pods: bool) -> Result
     let every = ListParams::default();
     let (facts, namespaces) = tokio::join!(
         read_facts(client, scope, with_pods),
-        list::in_pages(&namespaces_api, &every, |ns| ns)
+        list::all(&namespaces_api, &every)
     );
     let mut facts = facts.map_err(Error::kube("cannot read the primary's services"))?;
     let namespaces = namespaces.map_err(Error::kube("cannot list the primary's namespaces"))?;

@@ -6,12 +6,13 @@ use k8s_openapi::api::{
     admissionregistration::v1::ValidatingAdmissionPolicyBinding, core::v1::Namespace,
 };
 use kube::{
-    Api,
-    api::{DeleteParams, Patch, PatchParams},
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{DEFAULT_TIMEOUT, eventually, unique_name};
+use mesh_testenv::Cluster;
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -24,6 +25,32 @@ async fn as_sync(stored: &Api<Namespace>, ns: &str, metadata: Value) -> Option<S
     let patch = Patch::Merge(json!({ "metadata": metadata }));
     let result = stored.patch(ns, &PatchParams::default(), &patch).await;
     result.err().map(|e| e.to_string())
+}
+
+/// Creates `count` namespaces on `cluster` whose names sort before any other test's, labelled
+/// alike; returns their label selector.
+async fn create_fillers(cluster: &Cluster, count: usize) -> anyhow::Result<String> {
+    let label = unique_name("filler");
+    for i in 0..count {
+        let name = format!("a-{label}-{i:03}");
+        create_labelled_namespace(cluster, &name, json!({ "filler": &label })).await?;
+    }
+    Ok(format!("filler={label}"))
+}
+
+/// Deletes the namespaces [`create_fillers`] created and waits until they are gone.
+async fn delete_fillers(cluster: &Cluster, selector: &str) -> anyhow::Result<()> {
+    let api = Api::<Namespace>::all(cluster.client().await?);
+    let fillers = ListParams::default().labels(selector);
+    // Namespaces have no delete-collection: one delete each, then one wait for all.
+    for filler in api.list(&fillers).await? {
+        api.delete(&filler.name_any(), &DeleteParams::default())
+            .await?;
+    }
+    eventually("filler namespaces gone", DEFAULT_TIMEOUT, || async {
+        Ok(api.list(&fillers).await?.items.is_empty().then_some(()))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -163,7 +190,9 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
         .await?;
     }
 
-    // A scope narrowed by hand on the primary leaves the remote's policy wider: check says so.
+    // A scope narrowed by hand on the primary leaves the remote's policy wider: check says so,
+    // though a hundred namespaces are listed before the one the scope now leaves out.
+    let fillers = create_fillers(remote, 100).await?;
     let narrowed = json!({"spec": {"scope": {"excludeNamespaces": [&covered]}}});
     Api::<MeshCluster>::all(env.primary().client().await?)
         .patch(
@@ -182,6 +211,7 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
         "{check:?}"
     );
 
+    delete_fillers(remote, &fillers).await?;
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await?;
     for ns in [&named, &unselected, &covered] {
