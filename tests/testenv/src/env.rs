@@ -269,8 +269,8 @@ impl TestEnv {
 
     /// Starts the apiservers of the clusters in `wave` and waits until they are ready. Their
     /// ports are chosen before they start (kubeconfigs and token issuers name them), so another
-    /// server on the machine may bind one first, as a test binary running alongside did once;
-    /// an apiserver that exits for that moves to another port.
+    /// server on the machine may bind one first (one did in a CI run, with environments of other
+    /// tests starting alongside); an apiserver that exits for that moves to another port.
     async fn start_apiservers(&mut self, wave: std::ops::Range<usize>) -> anyhow::Result<()> {
         for cluster in &self.clusters[wave.clone()] {
             self.spawn_apiserver(cluster)?;
@@ -655,8 +655,8 @@ fn routable_address() -> anyhow::Result<std::net::Ipv4Addr> {
 mod tests {
     use super::*;
 
-    /// Another server binding an apiserver's port before it starts (a test binary alongside
-    /// did once) made the whole environment fail; here the port is held on purpose.
+    /// Another server binding an apiserver's port before it starts (as in a CI run) made the
+    /// whole environment fail; here the port is held on purpose.
     #[tokio::test]
     async fn an_apiserver_whose_port_is_taken_starts_on_another() -> anyhow::Result<()> {
         let mut env = TestEnv::prepare(Options::default()).await?;

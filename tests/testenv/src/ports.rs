@@ -2,10 +2,10 @@
 //! connections: between finding a port free and a server binding it, any client connecting
 //! anywhere may be given an ephemeral port, and on a busy machine sometimes this one (the
 //! apiserver then exits with "address already in use"). Ports under that range are never
-//! handed out that way. Another test process choosing the same port before either binds it
-//! would see it free too: each chosen port is also claimed, with a lock on a file named after
-//! it, which every test process on the machine respects and the kernel drops when the process
-//! exits.
+//! handed out that way. Another test choosing the same port before either binds it (tests of
+//! one binary start their environments at once, binaries may run side by side) would see it
+//! free too: each chosen port is also claimed, with a lock on a file named after it, which
+//! every test process on the machine respects and the kernel drops when the process exits.
 
 use std::collections::hash_map::RandomState;
 use std::fs::File;
@@ -120,8 +120,8 @@ mod tests {
         assert_ne!(first_free([held, spare_port].into_iter()), Some(held));
     }
 
-    /// A port another test process chose and has not bound yet looked free (a CI run lost an
-    /// apiserver's port that way); its claim is seen. A lock through another open file stands
+    /// A port another test chose and has not bound yet looked free (how a CI run most likely
+    /// lost an apiserver's port); its claim is seen. A lock through another open file stands
     /// in for the other process: flock locks conflict between open files alike.
     #[test]
     fn a_port_another_process_claimed_is_passed_over() {
