@@ -47,80 +47,85 @@ const PROBE_VALUE: &str = "kubectl-mesh-probe";
 /// Annotation the probe tries to add (never stored: a dry run).
 const PROBE_ANNOTATION: &str = "kubectl-mesh.io/scope-probe";
 
-/// What a namespace of the remote is to the probe.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    /// The rule within the scope syncs it: the policy must let the managed labels through.
-    Synced,
-    /// Only the cluster's scope leaves it out: the policy must refuse them.
-    OnlyOutOfScope,
-    Neither,
-}
-
 /// As `client` (the sync account): a dry-run annotation of the remote's mesh namespace, an
 /// edit the policy must refuse; then a dry-run change of every label `rule` (the installed
 /// rule within the cluster's scope) manages on a namespace it syncs, which the policy must let
 /// through, and on one only the scope leaves out, which it must refuse. Another refusal (RBAC,
 /// another policy) is an error: it says nothing about this policy.
 pub async fn probe(client: &Client, rule: &SyncRule) -> Result<Scope, kube::Error> {
-    let namespaces = Api::<Namespace>::all(client.clone());
-    let annotation = json!({"metadata": {"annotations": {PROBE_ANNOTATION: PROBE_VALUE}}});
-    if !refused_by_scope(dry_run(&namespaces, MESH_NAMESPACE, &annotation).await)? {
-        return Ok(Scope::NotEnforced);
-    }
-    // Every namespace, in pages: on a remote with many, the ones to try may come late.
-    let listed = list::in_pages(&namespaces, &ListParams::default(), |ns| {
-        let name = ns.name_any();
-        let role = if rule.covers(&ns) {
-            Role::Synced
-        } else if rule.is_out_of_scope(&name) || !rule.is_excluded(&name) {
-            // Not merely excluded by the installed rule, which the policy need not refuse.
-            Role::OnlyOutOfScope
-        } else {
-            Role::Neither
-        };
-        (role, name)
-    })
-    .await?;
-    let first = |wanted: Role| {
-        listed
-            .iter()
-            .find(|(role, _)| *role == wanted)
-            .map(|(_, name)| name.as_str())
-    };
-    let labels: serde_json::Map<String, Value> = rule
-        .managed_keys()
-        .map(|k| (k.to_owned(), PROBE_VALUE.into()))
-        .collect();
-    let managed = json!({"metadata": {"labels": labels}});
-    // Where there is no namespace to try, the refusal above is all there is to know.
-    if let Some(synced) = first(Role::Synced)
-        && refused_by_scope(dry_run(&namespaces, synced, &managed).await)?
-    {
-        return Ok(Scope::Stale {
-            namespace: synced.to_owned(),
-        });
-    }
-    if let Some(left_out) = first(Role::OnlyOutOfScope)
-        && !refused_by_scope(dry_run(&namespaces, left_out, &managed).await)?
-    {
-        return Ok(Scope::Wider {
-            namespace: left_out.to_owned(),
-        });
-    }
-    Ok(Scope::Enforced)
+    Probe::read(client, rule).await?.run().await
 }
 
-async fn dry_run(
-    namespaces: &Api<Namespace>,
-    name: &str,
-    patch: &Value,
-) -> Result<Namespace, kube::Error> {
-    let params = PatchParams {
-        dry_run: true,
-        ..PatchParams::default()
-    };
-    namespaces.patch(name, &params, &Patch::Merge(patch)).await
+/// The writes [`probe`] tries, on namespaces picked once from every namespace of the remote.
+struct Probe {
+    namespaces: Api<Namespace>,
+    /// A namespace the rule syncs: the policy must let the managed labels through.
+    synced: Option<String>,
+    /// A namespace only the cluster's scope leaves out (not merely excluded by the installed
+    /// rule, which the policy need not refuse): the policy must refuse them.
+    only_out_of_scope: Option<String>,
+    /// Every label the rule manages, set to [`PROBE_VALUE`].
+    managed: Value,
+}
+
+impl Probe {
+    async fn read(client: &Client, rule: &SyncRule) -> Result<Self, kube::Error> {
+        let namespaces = Api::<Namespace>::all(client.clone());
+        let (mut synced, mut only_out_of_scope) = (None, None);
+        // Every namespace, in pages: on a remote with many, the ones to try may come late.
+        list::in_pages(&namespaces, &ListParams::default(), |ns| {
+            let name = ns.name_any();
+            if rule.covers(&ns) {
+                synced.get_or_insert(name);
+            } else if rule.is_out_of_scope(&name) || !rule.is_excluded(&name) {
+                only_out_of_scope.get_or_insert(name);
+            }
+        })
+        .await?;
+        let labels: serde_json::Map<String, Value> = rule
+            .managed_keys()
+            .map(|k| (k.to_owned(), PROBE_VALUE.into()))
+            .collect();
+        Ok(Self {
+            namespaces,
+            synced,
+            only_out_of_scope,
+            managed: json!({"metadata": {"labels": labels}}),
+        })
+    }
+
+    async fn run(&self) -> Result<Scope, kube::Error> {
+        let annotation = json!({"metadata": {"annotations": {PROBE_ANNOTATION: PROBE_VALUE}}});
+        if !refused_by_scope(self.dry_run(MESH_NAMESPACE, &annotation).await)? {
+            return Ok(Scope::NotEnforced);
+        }
+        // Where there is no namespace to try, the refusal above is all there is to know.
+        if let Some(synced) = &self.synced
+            && refused_by_scope(self.dry_run(synced, &self.managed).await)?
+        {
+            return Ok(Scope::Stale {
+                namespace: synced.clone(),
+            });
+        }
+        if let Some(left_out) = &self.only_out_of_scope
+            && !refused_by_scope(self.dry_run(left_out, &self.managed).await)?
+        {
+            return Ok(Scope::Wider {
+                namespace: left_out.clone(),
+            });
+        }
+        Ok(Scope::Enforced)
+    }
+
+    async fn dry_run(&self, name: &str, patch: &Value) -> Result<Namespace, kube::Error> {
+        let params = PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        };
+        self.namespaces
+            .patch(name, &params, &Patch::Merge(patch))
+            .await
+    }
 }
 
 /// Whether [`SYNC_SCOPE`](setup::SYNC_SCOPE) refused a write; any other failure is an error.
@@ -139,8 +144,10 @@ pub async fn wait_enforced(
     timeout: Duration,
 ) -> Result<Scope, kube::Error> {
     let deadline = Instant::now() + timeout;
+    // The namespaces to try are picked once: only the policy is waited for.
+    let probe = Probe::read(client, rule).await?;
     loop {
-        let found = probe(client, rule).await?;
+        let found = probe.run().await?;
         if found == Scope::Enforced || Instant::now() >= deadline {
             return Ok(found);
         }
