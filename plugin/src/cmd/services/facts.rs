@@ -2,8 +2,8 @@
 //! that the dashboard can hold them for every object it watches.
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash as _, Hasher as _};
-use std::sync::Arc;
+use std::hash::{BuildHasher as _, RandomState};
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -61,12 +61,13 @@ pub type Key = (Name, Name);
 pub type ObjectKey = (Name, u64);
 
 /// The hash an [`ObjectKey`] keeps of a name: the same for the same name for as long as the
-/// process runs (SipHash with fixed keys); two names of one namespace sharing it would be
-/// taken for one object, a chance of about 1 in 10^11 with 10,000 objects in a namespace.
+/// process runs. Two names of one namespace sharing it would be taken for one object, a chance
+/// of about 1 in 10^11 with 10,000 objects in a namespace; its keys are drawn once per process,
+/// so that no one who may create pods can choose a name ahead of time to hide another's (with
+/// the fixed keys of `DefaultHasher::new`, anyone can compute every name's hash).
 pub fn name_hash(name: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    name.hash(&mut hasher);
-    hasher.finish()
+    static KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    KEYS.hash_one(name)
 }
 
 /// What one cluster has, kept small: services, each EndpointSlice's service and ready count,
@@ -170,4 +171,20 @@ fn key_of<K: ResourceExt>(names: &mut Names, object: &K) -> Option<ObjectKey> {
         names.name(meta.namespace.as_deref()?),
         name_hash(meta.name.as_deref()?),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+
+    use super::*;
+
+    #[test]
+    fn names_are_hashed_with_keys_of_this_process() {
+        assert_eq!(name_hash("web-0"), name_hash("web-0"));
+        assert_ne!(name_hash("web-0"), name_hash("web-1"));
+        let mut fixed_keys = DefaultHasher::new();
+        "web-0".hash(&mut fixed_keys);
+        assert_ne!(name_hash("web-0"), fixed_keys.finish());
+    }
 }
