@@ -9,7 +9,6 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use futures::{StreamExt as _, stream};
 use k8s_openapi::api::{
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    core::v1::Namespace,
     rbac::v1::PolicyRule,
 };
 use kube::{Api, Client, ResourceExt, api::PostParams, config::Kubeconfig};
@@ -414,13 +413,7 @@ pub fn other_cluster(id: &str, target: &Target, cluster: &MeshCluster) -> Option
     })
 }
 
-/// The identity of a cluster: the UID of its kube-system namespace.
-pub async fn cluster_id(client: &Client) -> Result<String, kube::Error> {
-    let ns = Api::<Namespace>::all(client.clone())
-        .get("kube-system")
-        .await?;
-    Ok(ns.metadata.uid.unwrap_or_default())
-}
+pub use mesh_core::remote::cluster_id;
 
 #[cfg(test)]
 mod tests {

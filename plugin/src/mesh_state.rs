@@ -303,16 +303,20 @@ pub fn remote_options(timeout: Duration) -> RemoteOptions {
     }
 }
 
-/// A client for `cluster` built from its Secret by the webhook's own code.
+/// A client for `cluster` built from its Secret by the webhook's own code, once its server
+/// proved to be that cluster (as the webhook's [`remote::Remote::verify`]): nothing is read
+/// from or written to another cluster under this one's name.
 pub async fn remote_client(
     primary: &Client,
     cluster: &MeshCluster,
     timeout: Duration,
 ) -> RemoteResult<Client> {
-    Ok(
+    let client =
         remote::client_for_cluster(primary, MESH_NAMESPACE, cluster, &remote_options(timeout))
-            .await?,
-    )
+            .await?;
+    let found = with_deadline(timeout, remote::cluster_id(&client)).await?;
+    remote::Identity::of(cluster).check(&found)?;
+    Ok(client)
 }
 
 /// Every namespace of a remote.

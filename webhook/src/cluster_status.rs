@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use mesh_core::{
     cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
-    remote::{Failure, error_chain},
+    remote::{self, Failure, error_chain},
     sync::SyncReport,
     token::{Claims, Standing},
 };
@@ -66,18 +66,27 @@ pub(crate) enum Attempt<'a> {
 
 impl Attempt<'_> {
     pub(crate) fn failed(failure: Failure, message: String) -> Self {
-        let reason = match failure {
-            Failure::Unreachable => "Unreachable",
-            Failure::TimedOut => "TimedOut",
-            Failure::Forbidden => "Forbidden",
-            Failure::NotFound | Failure::Conflict | Failure::Other => "SyncFailed",
-        };
+        let reason = failure.reason();
         // A remote that refuses our credentials is no more usable than one that is down.
         let answered = failure.answered() && failure != Failure::Forbidden;
         Self::Failed {
             reason,
             message,
             answered,
+        }
+    }
+
+    /// The remote's server could not be shown to be its cluster ([`remote::Remote::verify`]):
+    /// a call that failed, or credentials that reach another cluster, which are as unusable as
+    /// missing ones.
+    pub(crate) fn unverified(error: &remote::Error) -> Self {
+        match error.call_failure() {
+            Some(failure) => Self::failed(failure, error.to_string()),
+            None => Self::Failed {
+                reason: error.reason(),
+                message: error.to_string(),
+                answered: false,
+            },
         }
     }
 

@@ -23,7 +23,7 @@ use kube::{Api, Client};
 
 use mesh_core::{
     labels::{Labels, SyncRule},
-    remote::{Failure, Remote, RemoteState},
+    remote::{self, Failure, Remote, RemoteState},
     write::{Known, Written, write_managed_labels},
 };
 
@@ -104,13 +104,29 @@ impl From<Written> for PushResult {
             Written::OutOfScope => Self::OutOfScope,
             Written::Failed {
                 failure, message, ..
-            } => match failure {
-                Failure::Unreachable => Self::Unreachable(message),
-                Failure::TimedOut => Self::TimedOut,
-                Failure::Forbidden => Self::Forbidden(message),
-                Failure::NotFound => Self::NamespaceMissing,
-                Failure::Conflict | Failure::Other => Self::Failed(message),
-            },
+            } => Self::failed(failure, message),
+        }
+    }
+}
+
+impl PushResult {
+    /// A call to the remote that failed this way.
+    fn failed(failure: Failure, message: String) -> Self {
+        match failure {
+            Failure::Unreachable => Self::Unreachable(message),
+            Failure::TimedOut => Self::TimedOut,
+            Failure::Forbidden => Self::Forbidden(message),
+            Failure::NotFound => Self::NamespaceMissing,
+            Failure::Conflict | Failure::Other => Self::Failed(message),
+        }
+    }
+
+    /// Not pushed: the remote's server could not be shown to be its cluster
+    /// ([`Remote::verify`]).
+    fn unverified(error: &remote::Error) -> Self {
+        match error.call_failure() {
+            Some(failure) => Self::failed(failure, error.to_string()),
+            None => Self::Failed(error.to_string()),
         }
     }
 }
@@ -167,6 +183,9 @@ pub async fn fan_out_timed_from(
             (RemoteState::Ready(_), Ok(_)) if remote.is_silent() => PushResult::NotWaited,
             (RemoteState::Ready(client), Ok(rule)) => {
                 let pushed = async {
+                    if let Err(error) = remote.verify().await {
+                        return PushResult::unverified(&error);
+                    }
                     match expected {
                         Some(expected) => {
                             push_from_noting(client, rule, intent, expected, &read_first).await
@@ -276,7 +295,7 @@ async fn push_knowing(
 pub(crate) mod tests {
     use super::*;
     use mesh_core::fake_apiserver::FakeApiserver;
-    use mesh_core::fixtures::labels;
+    use mesh_core::fixtures::{labels, mesh_cluster};
     use mesh_core::labels::Labels;
 
     fn label(result: PushResult) -> &'static str {
@@ -531,6 +550,31 @@ pub(crate) mod tests {
                 ("c-slow", PushResult::TimedOut.metric_label()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_pushed_through_credentials_that_reach_another_cluster() {
+        let other = FakeApiserver::default()
+            .with_namespace("kube-system", &[])
+            .with_namespace("app", &[]);
+        let east = mesh_cluster("east", "uid-of-east");
+        let remotes = [Arc::new(
+            Remote::new("east", other.client()).with_identity(&east),
+        )];
+        let want = intent("app", &[("istio-injection", "enabled")]);
+        let outcomes = fan_out(
+            &remotes,
+            &SyncRule::default(),
+            &want,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            matches!(&outcomes[0].result, PushResult::Failed(message)
+                if message.contains("reaches the cluster whose id is uid-kube-system, not east")),
+            "{outcomes:?}"
+        );
+        assert_eq!(other.state().patches, 0);
     }
 
     /// A remote that cannot be frozen on demand in a unit test: the fake apiserver's delay

@@ -69,7 +69,10 @@ impl FakeApiserver {
                 name.to_owned(),
                 json!({
                     "apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": name, "resourceVersion": version, "labels": labels},
+                    "metadata": {
+                        "name": name, "uid": format!("uid-{name}"),
+                        "resourceVersion": version, "labels": labels,
+                    },
                 }),
             );
         }

@@ -24,6 +24,22 @@ pub fn labelled(name: &str, pairs: &[(&str, &str)]) -> Namespace {
     ns
 }
 
+/// MeshCluster `name` as attach records it: its remote's kube-system has UID `cluster_id`,
+/// its credentials are in Secret `cluster-<name>`.
+pub fn mesh_cluster(name: &str, cluster_id: &str) -> crate::cluster::MeshCluster {
+    crate::cluster::MeshCluster::new(
+        name,
+        crate::cluster::MeshClusterSpec {
+            cluster_id: cluster_id.to_owned(),
+            server: "https://127.0.0.1:1".to_owned(),
+            secret_name: format!("cluster-{name}"),
+            primary_name: None,
+            remote_guard: Default::default(),
+            scope: Default::default(),
+        },
+    )
+}
+
 /// Namespaces by name, as a primary's view holds them.
 pub fn by_name(
     namespaces: impl IntoIterator<Item = Namespace>,

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Config, ResourceExt,
     client::ClientBuilder,
@@ -76,6 +76,29 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+
+    #[error(
+        "the kubeconfig in secret {secret} reaches the cluster whose id is {found}, not \
+         {cluster} ({expected}): nothing is sent there; restore the Secret, or attach {cluster} \
+         again"
+    )]
+    OtherCluster {
+        secret: String,
+        cluster: String,
+        found: String,
+        expected: String,
+    },
+
+    #[error(
+        "cannot read which cluster the kubeconfig in secret {secret} reaches (its kube-system \
+         namespace): {}",
+        error_chain(.source)
+    )]
+    IdentityUnread {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -91,6 +114,17 @@ impl Error {
             | Self::Kubeconfig { .. }
             | Self::Refused { .. }
             | Self::Client { .. } => "InvalidCredentials",
+            Self::OtherCluster { .. } => "ClusterMismatch",
+            Self::IdentityUnread { source, .. } => Failure::of(source).reason(),
+        }
+    }
+
+    /// How the call failed, for the errors that are a failed call to the remote (which, unlike
+    /// unusable credentials, may pass on their own).
+    pub fn call_failure(&self) -> Option<Failure> {
+        match self {
+            Self::IdentityUnread { source, .. } => Some(Failure::of(source)),
+            _ => None,
         }
     }
 }
@@ -201,6 +235,10 @@ pub struct Remote {
     token: Option<Claims>,
     /// Until when pushes do not wait for this remote (see [`Remote::is_silent`]).
     silent_until: Arc<Mutex<Option<Instant>>>,
+    /// The cluster its server must be ([`Remote::verify`]); `None` for a test's remote.
+    identity: Option<Identity>,
+    /// The id its server answered with, once read.
+    found_id: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -225,6 +263,8 @@ impl Remote {
             token: None,
             scope: NamespaceScope::default(),
             silent_until: Arc::default(),
+            identity: None,
+            found_id: Arc::default(),
         }
     }
 
@@ -241,7 +281,25 @@ impl Remote {
             token: None,
             scope: NamespaceScope::default(),
             silent_until: Arc::default(),
+            identity: None,
+            found_id: Arc::default(),
         }
+    }
+
+    /// Proves that this entry's server is the cluster attach recorded before anything is
+    /// written through it: a Secret edited to point elsewhere, or a MeshCluster naming another
+    /// cluster's Secret, would otherwise have one cluster's labels written on another. The id
+    /// is read once per entry (a changed Secret or MeshCluster makes a new one); a failed read
+    /// is tried again by the next caller. An entry without a client has nothing to prove.
+    pub async fn verify(&self) -> Result<()> {
+        let (Some(identity), RemoteState::Ready(client)) = (&self.identity, &self.state) else {
+            return Ok(());
+        };
+        let found = self
+            .found_id
+            .get_or_try_init(|| identity.read(client))
+            .await?;
+        identity.check(found)
     }
 
     /// Whether pushes should not wait for this remote: one ran out its deadline a moment ago
@@ -301,6 +359,13 @@ impl Remote {
     /// The same remote with `scope` (a test's remote, built without a MeshCluster).
     pub fn with_scope(mut self, scope: NamespaceScope) -> Self {
         self.scope = scope;
+        self
+    }
+
+    /// The same remote bound to `cluster`'s identity, as [`Remotes::refresh`] builds it (a
+    /// test's remote, built from a client).
+    pub fn with_identity(mut self, cluster: &MeshCluster) -> Self {
+        self.identity = Some(Identity::of(cluster));
         self
     }
 
@@ -408,6 +473,8 @@ impl Remotes {
             token: secret.and_then(stored_token_claims),
             scope: cluster.spec.scope.clone(),
             silent_until: Arc::default(),
+            identity: Some(Identity::of(cluster)),
+            found_id: Arc::default(),
         });
         self.write().insert(name, remote.clone());
         Some(remote)
@@ -449,6 +516,57 @@ pub async fn client_for_cluster(
             source,
         })?;
     client_from_secret(namespace, name, secret.as_ref(), options).await
+}
+
+/// The identity of a cluster: the UID of its kube-system namespace, which attach records as the
+/// `MeshCluster`'s `spec.clusterId`.
+pub async fn cluster_id(client: &Client) -> Result<String, kube::Error> {
+    let kube_system = Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?;
+    Ok(kube_system.metadata.uid.unwrap_or_default())
+}
+
+/// The cluster a client built from a `MeshCluster`'s Secret must reach.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    cluster: String,
+    secret: String,
+    /// `spec.clusterId`.
+    expected: String,
+}
+
+impl Identity {
+    pub fn of(cluster: &MeshCluster) -> Self {
+        Self {
+            cluster: cluster.name_any(),
+            secret: cluster.spec.secret_name.clone(),
+            expected: cluster.spec.cluster_id.clone(),
+        }
+    }
+
+    /// The id of the cluster `client` reaches ([`cluster_id`]).
+    pub async fn read(&self, client: &Client) -> Result<String> {
+        cluster_id(client)
+            .await
+            .map_err(|source| Error::IdentityUnread {
+                secret: self.secret.clone(),
+                source,
+            })
+    }
+
+    /// Whether `found`, the id a client's server answered with, is this cluster's.
+    pub fn check(&self, found: &str) -> Result<()> {
+        if found == self.expected {
+            return Ok(());
+        }
+        Err(Error::OtherCluster {
+            secret: self.secret.clone(),
+            cluster: self.cluster.clone(),
+            found: found.to_owned(),
+            expected: self.expected.clone(),
+        })
+    }
 }
 
 /// Builds the client of a remote from its Secret.
@@ -581,6 +699,16 @@ impl Failure {
         }
     }
 
+    /// PascalCase reason of a status condition about a call that failed this way.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Unreachable => "Unreachable",
+            Self::TimedOut => "TimedOut",
+            Self::Forbidden => "Forbidden",
+            Self::NotFound | Self::Conflict | Self::Other => "SyncFailed",
+        }
+    }
+
     /// Whether the remote answered at all (for the `Reachable` condition).
     pub fn answered(self) -> bool {
         !matches!(self, Self::Unreachable | Self::TimedOut)
@@ -692,6 +820,7 @@ fn describe_status(status: &kube::core::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{fake_apiserver::FakeApiserver, fixtures::mesh_cluster};
     use k8s_openapi::ByteString;
     use kube::core::Status;
 
@@ -878,22 +1007,51 @@ current-context: east
         assert_eq!(stored_token_claims(&Secret::default()), None);
     }
 
+    /// A remote for `east` whose server answers `kube-system`'s id as `uid-kube-system`.
+    fn serving_kube_system(cluster_id: &str) -> (FakeApiserver, Remote) {
+        let api = FakeApiserver::default().with_namespace("kube-system", &[]);
+        let remote =
+            Remote::new("east", api.client()).with_identity(&mesh_cluster("east", cluster_id));
+        (api, remote)
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_the_recorded_cluster_is_read_once() {
+        let (api, remote) = serving_kube_system("uid-kube-system");
+        remote.verify().await.expect("the recorded cluster");
+        remote.verify().await.expect("still the recorded cluster");
+        assert_eq!(api.state().gets, 1);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_another_cluster_is_refused() {
+        let (_api, remote) = serving_kube_system("uid-of-east");
+        let error = remote.verify().await.expect_err("another cluster");
+        assert_eq!(error.reason(), "ClusterMismatch");
+        assert_eq!(
+            error.to_string(),
+            "the kubeconfig in secret cluster-east reaches the cluster whose id is \
+             uid-kube-system, not east (uid-of-east): nothing is sent there; restore the \
+             Secret, or attach east again"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_id_that_could_not_be_read_is_read_again() {
+        let (api, remote) = serving_kube_system("uid-kube-system");
+        api.state().forbidden = true;
+        let error = remote.verify().await.expect_err("refused");
+        assert_eq!(error.call_failure(), Some(Failure::Forbidden));
+        api.state().forbidden = false;
+        remote.verify().await.expect("read on the second call");
+    }
+
     #[tokio::test]
     async fn registry_rebuilds_only_when_the_secret_changes() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let cluster = MeshCluster::new(
-            "east",
-            crate::cluster::MeshClusterSpec {
-                cluster_id: "uid".into(),
-                server: "https://127.0.0.1:1".into(),
-                secret_name: "east-creds".into(),
-                primary_name: None,
-                remote_guard: Default::default(),
-                scope: Default::default(),
-            },
-        );
+        let cluster = mesh_cluster("east", "uid");
         let mut secret = Secret::default();
-        secret.metadata.name = Some("east-creds".into());
+        secret.metadata.name = Some("cluster-east".into());
         secret.metadata.resource_version = Some("1".into());
         secret.data = Some(
             [(

@@ -234,7 +234,13 @@ impl Worker {
         let scoped = remote
             .as_deref()
             .map(|r| shared.state.rule.within(r.scope()));
+        // Nothing is written through credentials that reach another cluster.
+        let unverified = match remote.as_deref() {
+            Some(remote) => remote.verify().await.err(),
+            None => None,
+        };
         let result = match (remote.as_deref().map(|r| r.state()), scoped) {
+            _ if let Some(error) = unverified => Err(Attempt::unverified(&error)),
             (Some(RemoteState::Ready(client)), Some(Ok(scoped))) => {
                 // The drift watch of these very credentials and scope, when current, has
                 // what a LIST would read.
