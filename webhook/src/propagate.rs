@@ -571,7 +571,7 @@ pub(crate) mod tests {
         .await;
         assert!(
             matches!(&outcomes[0].result, PushResult::Failed(message)
-                if message.contains("reaches the cluster whose id is uid-kube-system, not east")),
+                if message.contains("reaches another cluster than east (id uid-kube-system, not uid-of-east)")),
             "{outcomes:?}"
         );
         assert_eq!(other.state().patches, 0);

@@ -630,3 +630,79 @@ async fn a_stored_kubeconfig_edited_to_break_the_rule_is_refused_before_anything
     );
     Ok(())
 }
+
+/// Points MeshCluster `cluster` at Secret `secret`, as a hand edit would.
+async fn name_secret(env: &TestEnv, cluster: &str, secret: &str) -> anyhow::Result<()> {
+    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    let patch = json!({"spec": {"secretName": secret}});
+    clusters
+        .patch(cluster, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Waits until `cluster`'s `Reachable` condition is False for `reason`; returns it.
+async fn unreachable_for(env: &TestEnv, cluster: &str, reason: &str) -> anyhow::Result<Condition> {
+    let (_, reachable) = eventually(
+        &format!("{cluster} Reachable=False {reason}"),
+        DEADLINE,
+        || async {
+            Ok(conditions(env, cluster)
+                .await?
+                .filter(|(_, reachable)| reachable.status == "False" && reachable.reason == reason))
+        },
+    )
+    .await?;
+    Ok(reachable)
+}
+
+#[tokio::test]
+async fn credentials_that_reach_another_cluster_are_never_written_through() -> anyhow::Result<()> {
+    let (env, mesh) = own_mesh(2, None).await?;
+    let (east, west) = (&env.remotes()[0], &env.remotes()[1]);
+    let ns = create_everywhere(&env, "elsewhere").await?;
+    synced_becomes(&env, &west.name, "True").await?;
+    // West's own entry loses its credentials, so that only east's could still write on west;
+    // then a managed label set on west alone, which any sync of west would remove.
+    name_secret(&env, &west.name, "cluster-nowhere").await?;
+    unreachable_for(&env, &west.name, "CredentialsMissing").await?;
+    edit_labels(west, &ns, json!({"istio-injection": "enabled"})).await?;
+
+    // East's MeshCluster names west's Secret: its credentials now reach west.
+    name_secret(&env, &east.name, &format!("cluster-{}", west.name)).await?;
+    let reachable = unreachable_for(&env, &east.name, "ClusterMismatch").await?;
+    assert!(
+        reachable
+            .message
+            .starts_with("secret cluster-remote-2 reaches another cluster than remote-1 (id ")
+            && reachable.message.contains("attach remote-1 again"),
+        "{reachable:?}"
+    );
+    // Neither the webhook's push nor the CLI's sync writes through them.
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
+    assert!(
+        warnings.contains("remote-1 failed (secret cluster-remote-2 reaches another cluster"),
+        "kubectl printed: {warnings}"
+    );
+    let mut sync = mesh.plugin();
+    sync.args(["sync", "--cluster", &east.name]);
+    let out = tokio::process::Command::from(sync).output().await?;
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stdout)
+                .contains("reaches another cluster than remote-1"),
+        "{}",
+        mesh_e2e::describe(&out)
+    );
+    assert_eq!(
+        managed_labels(west, &ns).await?,
+        Some(labels(&[("istio-injection", "enabled")])),
+        "west was written through east's credentials"
+    );
+
+    // Attaching east again, as the condition says, repairs it.
+    mesh.attach(east).await?;
+    wait_labels(east, &ns, &labels(&[("istio-injection", "disabled")])).await?;
+    synced_becomes(&env, &east.name, "True").await?;
+    Ok(())
+}

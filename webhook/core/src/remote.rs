@@ -78,9 +78,8 @@ pub enum Error {
     },
 
     #[error(
-        "the kubeconfig in secret {secret} reaches the cluster whose id is {found}, not \
-         {cluster} ({expected}): nothing is sent there; restore the Secret, or attach {cluster} \
-         again"
+        "secret {secret} reaches another cluster than {cluster} (id {found}, not {expected}): \
+         nothing is sent there; restore the Secret, or attach {cluster} again"
     )]
     OtherCluster {
         secret: String,
@@ -1030,9 +1029,8 @@ current-context: east
         assert_eq!(error.reason(), "ClusterMismatch");
         assert_eq!(
             error.to_string(),
-            "the kubeconfig in secret cluster-east reaches the cluster whose id is \
-             uid-kube-system, not east (uid-of-east): nothing is sent there; restore the \
-             Secret, or attach east again"
+            "secret cluster-east reaches another cluster than east (id uid-kube-system, not \
+             uid-of-east): nothing is sent there; restore the Secret, or attach east again"
         );
     }
 
