@@ -699,6 +699,21 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
         Some(labels(&[("istio-injection", "enabled")])),
         "west was written through east's credentials"
     );
+    // Nor does status show west's namespaces as east's.
+    let mut status = mesh.plugin();
+    status.args(["-o", "json", "status"]);
+    let out = tokio::process::Command::from(status).output().await?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("status -o json: {e}: {}", mesh_e2e::describe(&out)))?;
+    let column = &report["clusters"][0];
+    assert!(
+        column["name"] == "remote-1"
+            && column["reachable"] == false
+            && column["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("reaches another cluster than remote-1")),
+        "{report:#}"
+    );
 
     // Attaching east again, as the condition says, repairs it.
     mesh.attach(east).await?;

@@ -465,15 +465,17 @@ fn watch_remote(
                     }
                 });
             }
+            // The probe asks the one thing that also proves the server is this cluster.
             let answer = async {
                 let client = remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &options)
                     .await
                     .map_err(|e| remote::error_chain(&e))?;
-                client
-                    .apiserver_version()
+                let found = remote::cluster_id(&client)
                     .await
-                    .map(|_| ())
-                    .map_err(|e| remote::error_chain(&e))
+                    .map_err(|e| remote::error_chain(&e))?;
+                remote::Identity::of(&c)
+                    .check(&found)
+                    .map_err(|e| e.to_string())
             };
             let probe = tokio::time::timeout(PROBE_TIMEOUT, answer)
                 .await
