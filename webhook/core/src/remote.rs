@@ -254,28 +254,28 @@ impl std::fmt::Debug for Remote {
 impl Remote {
     /// A remote with a ready client, e.g. one built by a test.
     pub fn new(name: impl Into<String>, client: Client) -> Self {
-        Self {
-            name: name.into(),
-            watch_client: Some(client.clone()),
-            state: RemoteState::Ready(client),
-            fingerprint: Fingerprint::default(),
-            token: None,
-            scope: NamespaceScope::default(),
-            silent_until: Arc::default(),
-            identity: None,
-            found_id: Arc::default(),
-        }
+        Self::in_state(
+            name.into(),
+            RemoteState::Ready(client.clone()),
+            Some(client),
+        )
     }
 
     /// A remote whose credentials cannot be used.
     pub fn unavailable(name: impl Into<String>, error: &Error) -> Self {
+        let state = RemoteState::Unavailable {
+            reason: error.reason(),
+            message: error.to_string(),
+        };
+        Self::in_state(name.into(), state, None)
+    }
+
+    /// A remote bound to no MeshCluster: no scope, token or identity known.
+    fn in_state(name: String, state: RemoteState, watch_client: Option<Client>) -> Self {
         Self {
-            name: name.into(),
-            state: RemoteState::Unavailable {
-                reason: error.reason(),
-                message: error.to_string(),
-            },
-            watch_client: None,
+            name,
+            state,
+            watch_client,
             fingerprint: Fingerprint::default(),
             token: None,
             scope: NamespaceScope::default(),
@@ -465,15 +465,11 @@ impl Remotes {
             }
         };
         let remote = Arc::new(Remote {
-            name: name.clone(),
-            state,
-            watch_client,
             fingerprint,
             token: secret.and_then(stored_token_claims),
             scope: cluster.spec.scope.clone(),
-            silent_until: Arc::default(),
             identity: Some(Identity::of(cluster)),
-            found_id: Arc::default(),
+            ..Remote::in_state(name.clone(), state, watch_client)
         });
         self.write().insert(name, remote.clone());
         Some(remote)
