@@ -714,6 +714,14 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
                 .is_some_and(|e| e.contains("reaches another cluster than remote-1")),
         "{report:#}"
     );
+    let (code, report) = check(&mesh).await?;
+    assert!(
+        code != 0
+            && failed_checks(&report, "remote-1")
+                .iter()
+                .any(|c| c.starts_with("remote is the cluster that was attached: ")),
+        "{report:#}"
+    );
 
     // Attaching east again, as the condition says, repairs it.
     mesh.attach(east).await?;
