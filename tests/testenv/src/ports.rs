@@ -23,8 +23,12 @@ const FLOOR: u16 = 20_000;
 
 /// A loopback port no one listens on now, outside the ephemeral range.
 pub fn free_port() -> anyhow::Result<u16> {
+    free_port_below(ephemeral_start().unwrap_or(32_768))
+}
+
+/// [`free_port`] for a machine whose ephemeral range starts at `ceiling`.
+fn free_port_below(ceiling: u16) -> anyhow::Result<u16> {
     static DRAWS: AtomicU64 = AtomicU64::new(0);
-    let ceiling = ephemeral_start().unwrap_or(32_768);
     if ceiling > FLOOR + 1_000 {
         let random = RandomState::new();
         let draws = (0..500).map(|_| {
@@ -35,9 +39,12 @@ pub fn free_port() -> anyhow::Result<u16> {
             return Ok(port);
         }
     }
-    // A machine whose ephemeral range starts low: whatever the kernel gives.
-    let listener = TcpListener::bind(("127.0.0.1", 0)).context("binding a loopback port")?;
-    Ok(listener.local_addr()?.port())
+    // A machine whose ephemeral range starts low: ports the kernel gives, claimed alike.
+    let given = std::iter::repeat_with(|| {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).ok()?;
+        Some(listener.local_addr().ok()?.port())
+    });
+    first_free(given.take(100).flatten()).context("no loopback port is free to claim")
 }
 
 /// The first of `ports` no one listens on now and no test process has claimed; it is claimed.
@@ -139,6 +146,12 @@ mod tests {
         let port = spare.local_addr().unwrap().port();
         drop(spare);
         assert_eq!(first_free([port].into_iter()), Some(port));
+        assert_eq!(first_free([port].into_iter()), None);
+    }
+
+    #[test]
+    fn a_port_the_kernel_gives_is_claimed_too() {
+        let port = free_port_below(FLOOR).unwrap();
         assert_eq!(first_free([port].into_iter()), None);
     }
 }
