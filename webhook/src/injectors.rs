@@ -12,13 +12,16 @@ use std::sync::{Arc, RwLock};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     runtime::{WatchStreamExt, watcher},
 };
 use tokio_util::sync::CancellationToken;
 
 use mesh_core::injection::{self, Readiness};
 use mesh_core::labels::Labels;
+use mesh_core::remote::Remote;
+
+use crate::remote_watch::{Proof, prove};
 
 /// Whether pods of a namespace on one remote will get sidecars.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,15 +71,26 @@ impl Injectors {
     }
 }
 
-/// Keeps `injectors`' entry of `cluster` equal to the remote's configurations until `cancel`.
-/// What it saw last stays: a watch replaced for new credentials keeps its cluster's entry
-/// until the next list, and the supervisor forgets a detached cluster's.
+/// Keeps `injectors`' entry of `cluster` equal to the remote's configurations until `cancel`,
+/// once `remote` is proved to be the cluster that was attached; forgets it when `remote` is
+/// another cluster. What it saw last stays otherwise: a watch replaced for new credentials
+/// keeps its cluster's entry until the next list, and the supervisor forgets a detached
+/// cluster's.
 pub(crate) async fn watch_injectors(
     cluster: String,
-    client: Client,
+    remote: Arc<Remote>,
     injectors: Injectors,
     cancel: CancellationToken,
 ) {
+    let Some(client) = remote.watch_client().cloned() else {
+        return;
+    };
+    match prove(&remote, &cancel, || ()).await {
+        Proof::Proved => {}
+        // Another cluster's injectors would say where this one's pods get sidecars.
+        Proof::OtherCluster => return injectors.forget(&cluster),
+        Proof::Cancelled => return,
+    }
     let configs = Api::<MutatingWebhookConfiguration>::all(client);
     let events = watcher(configs, mesh_core::remote::watch_config())
         .default_backoff()
@@ -157,7 +171,8 @@ fn forbidden(error: &watcher::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::fixtures::{istio_injector, labels};
+    use mesh_core::fake_apiserver::FakeApiserver;
+    use mesh_core::fixtures::{istio_injector, labels, mesh_cluster};
     use mesh_core::injection::Injection;
     use watcher::Event;
 
@@ -227,5 +242,19 @@ mod tests {
             canary_after(&injectors, vec![Err(forbidden_list())]).await,
             None
         );
+    }
+
+    #[tokio::test]
+    async fn another_clusters_injectors_are_never_taken_for_this_ones() {
+        let other = FakeApiserver::default().with_namespace("kube-system", &[]);
+        let east = mesh_cluster("east", "uid-of-east");
+        let remote = Arc::new(Remote::new("east", other.client()).with_identity(&east));
+        let injectors = Injectors::default();
+        injectors.set("east", vec![istio_injector("canary")]);
+        let watched = watch_injectors("east".into(), remote, injectors.clone(), Default::default());
+        tokio::time::timeout(std::time::Duration::from_secs(5), watched)
+            .await
+            .expect("the watch ends at once");
+        assert_eq!(injectors.readiness("shop", &labels(&[])), []);
     }
 }

@@ -416,14 +416,14 @@ fn watch_injectors_of(
         // Dropping the old watch stops it; new credentials get a new one.
         watches.remove(name);
         let Some(remote) = remote else { continue };
-        let Some(client) = remote.watch_client().cloned() else {
+        if remote.watch_client().is_none() {
             continue;
-        };
+        }
         let cancel = shutdown.child_token();
         tasks.spawn(
             watch_injectors(
                 name.clone(),
-                client,
+                remote.clone(),
                 shared.state.injectors.clone(),
                 cancel.clone(),
             )

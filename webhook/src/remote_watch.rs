@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client,
+    Api,
     api::ObjectMeta,
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, watcher},
@@ -22,15 +22,69 @@ use kube::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Wakes `drift` whenever a namespace of the remote behind `client` is seen with managed labels
-/// other than the primary's (`is_drifted` decides), and keeps `seen` current, until `cancel`.
+use crate::backoff::{Backoff, BackoffSettings};
+use mesh_core::remote::{self, Remote};
+
+/// What became of proving which cluster a remote's credentials reach, before a watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// The cluster that was attached: watch.
+    Proved,
+    /// Another cluster: nothing of it may be taken for this one's, so it is not watched.
+    OtherCluster,
+    /// Stopped before the credentials could be proved.
+    Cancelled,
+}
+
+/// Proves that `remote`'s credentials reach the cluster that was attached before anything is
+/// watched through them, reading again (with backoff) while the remote does not answer;
+/// `unproved` is called after every attempt that did not prove them.
+pub(crate) async fn prove(
+    remote: &Remote,
+    cancel: &CancellationToken,
+    mut unproved: impl FnMut(),
+) -> Proof {
+    let mut backoff = Backoff::new(BackoffSettings::default());
+    loop {
+        let verified = tokio::select! {
+            verified = remote.verify() => verified,
+            () = cancel.cancelled() => return Proof::Cancelled,
+        };
+        match verified {
+            Ok(()) => return Proof::Proved,
+            Err(remote::Error::OtherCluster { .. }) => {
+                // The worker's sync reports it; nothing is read there.
+                unproved();
+                return Proof::OtherCluster;
+            }
+            Err(error) => {
+                tracing::debug!(error = %error, "remote not proved yet, retrying");
+                unproved();
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = cancel.cancelled() => return Proof::Cancelled,
+        }
+    }
+}
+
+/// Wakes `drift` whenever a namespace of `remote` is seen with managed labels other than the
+/// primary's (`is_drifted` decides), and keeps `seen` current, until `cancel`; once `remote` is
+/// proved to be the cluster that was attached.
 pub(crate) async fn watch_for_drift(
-    client: Client,
+    remote: Arc<Remote>,
     is_drifted: impl Fn(&Namespace) -> bool,
     drift: Arc<Notify>,
     seen: SeenNamespaces,
     cancel: CancellationToken,
 ) {
+    let Some(client) = remote.watch_client().cloned() else {
+        return;
+    };
+    if prove(&remote, &cancel, || seen.lost()).await != Proof::Proved {
+        return;
+    }
     let namespaces = Api::<PartialObjectMeta<Namespace>>::all(client);
     let events = watcher(namespaces, mesh_core::remote::watch_config()).default_backoff();
     tokio::select! {
@@ -301,7 +355,8 @@ pub(crate) fn kept_namespace(name: &str, labels: &LabelSet) -> Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::fixtures::{MetadataExt, ns};
+    use mesh_core::fake_apiserver::FakeApiserver;
+    use mesh_core::fixtures::{MetadataExt, mesh_cluster, ns};
     use mesh_core::labels::SyncRule;
     use watcher::Event;
 
@@ -558,5 +613,65 @@ mod tests {
             patience + std::time::Duration::from_secs(1)
         );
         assert!(listing.current().is_some());
+    }
+
+    /// A remote entry whose credentials reach `found` (by its kube-system UID) while
+    /// `east` was attached as `uid-of-east`.
+    fn east_reaching(found: &FakeApiserver) -> Arc<Remote> {
+        let east = mesh_cluster("east", "uid-of-east");
+        Arc::new(Remote::new("east", found.client()).with_identity(&east))
+    }
+
+    async fn watch(remote: Arc<Remote>, seen: SeenNamespaces, cancel: CancellationToken) {
+        watch_for_drift(remote, |_| true, Arc::default(), seen, cancel).await;
+    }
+
+    #[tokio::test]
+    async fn nothing_of_another_cluster_is_watched() {
+        let other = FakeApiserver::default().with_namespace("kube-system", &[]);
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        let watched = watch(
+            east_reaching(&other),
+            seen.clone(),
+            CancellationToken::new(),
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(5), watched)
+            .await
+            .expect("the watch ends at once");
+        assert_eq!(
+            other.state().lists,
+            0,
+            "another cluster's namespaces were listed"
+        );
+        // A sync does not wait for a list that never comes.
+        let started = tokio::time::Instant::now();
+        seen.heard(std::time::Duration::from_secs(10)).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// The remote cannot be made to fail one read on demand: the fake apiserver's 403 stands
+    /// for any failed call.
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_not_proved_yet_is_watched_once_it_is() {
+        let east = FakeApiserver::default().with_namespace("kube-system", &[]);
+        east.state().forbidden = true;
+        let remote = Arc::new(
+            Remote::new("east", east.client())
+                .with_identity(&mesh_cluster("east", "uid-kube-system")),
+        );
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        let cancel = CancellationToken::new();
+        let watching = tokio::spawn(watch(remote, seen.clone(), cancel.clone()));
+        seen.heard(std::time::Duration::from_secs(10)).await;
+        assert_eq!(east.state().lists, 0, "listed before it was proved");
+
+        east.state().forbidden = false;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while east.state().lists == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never watched");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        cancel.cancel();
+        watching.await.expect("the watch stops when cancelled");
     }
 }

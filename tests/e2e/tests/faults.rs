@@ -662,6 +662,25 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
     let (east, west) = (&env.remotes()[0], &env.remotes()[1]);
     let ns = create_everywhere(&env, "elsewhere").await?;
     synced_becomes(&env, &west.name, "True").await?;
+    // East has an injector, west none; the webhook's watches know both.
+    mesh_e2e::fixtures::stand_in_injector(east).await?;
+    let served = create_everywhere(&env, "served").await?;
+    let unserved = |cluster: &str| format!("{cluster}: no injector for istio-injection=enabled");
+    let injection_warnings = || async {
+        label_on_primary(&env, &served, &["istio-injection-"]).await?;
+        label_on_primary(&env, &served, &["istio-injection=enabled"]).await
+    };
+    eventually(
+        "the webhook knows east's injector and west's lack of one",
+        DEADLINE,
+        || async {
+            let warnings = injection_warnings().await?;
+            let known = warnings.contains(&unserved("remote-2"))
+                && !warnings.contains(&unserved("remote-1"));
+            Ok(known.then_some(()))
+        },
+    )
+    .await?;
     // West's own entry loses its credentials, so that only east's could still write on west;
     // then a managed label set on west alone, which any sync of west would remove.
     name_secret(&env, &west.name, "cluster-nowhere").await?;
@@ -721,6 +740,12 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
                 .iter()
                 .any(|c| c.starts_with("remote is the cluster that was attached: ")),
         "{report:#}"
+    );
+    // Nor are west's injectors taken for east's: no false warning that east has none.
+    let warnings = injection_warnings().await?;
+    assert!(
+        !warnings.contains(&unserved("remote-1")) && warnings.contains(&unserved("remote-2")),
+        "kubectl printed: {warnings}"
     );
 
     // Attaching east again, as the condition says, repairs it.

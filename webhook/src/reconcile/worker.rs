@@ -162,9 +162,9 @@ impl Worker {
         // Dropping the old watch stops it.
         self.watching = None;
         let Some(remote) = remote else { return };
-        let Some(client) = remote.watch_client().cloned() else {
+        if remote.watch_client().is_none() {
             return;
-        };
+        }
         let cancel = self.cancel.child_token();
         let shared = self.shared.clone();
         // An unusable scope is reported by the sync; no write happens without one.
@@ -190,7 +190,7 @@ impl Worker {
         let seen = SeenNamespaces::new(scoped_keys, self.shared.interner.clone());
         tokio::spawn(
             watch_for_drift(
-                client,
+                remote.clone(),
                 is_drifted,
                 self.drift.clone(),
                 seen.clone(),
