@@ -738,7 +738,10 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
         code != 0
             && failed_checks(&report, "remote-1")
                 .iter()
-                .any(|c| c.starts_with("remote is the cluster that was attached: ")),
+                .any(|c| c.starts_with(
+                    "remote is the cluster that was attached: secret cluster-remote-2 reaches \
+                     another cluster than remote-1"
+                )),
         "{report:#}"
     );
     // Nor are west's injectors taken for east's: no false warning that east has none.

@@ -61,6 +61,11 @@ pub trait MetadataExt: kube::Resource + Sized {
         set(&mut self.meta_mut().annotations, key, value);
         self
     }
+
+    fn with_uid(mut self, uid: &str) -> Self {
+        self.meta_mut().uid = Some(uid.to_owned());
+        self
+    }
 }
 
 impl<K: kube::Resource> MetadataExt for K {}

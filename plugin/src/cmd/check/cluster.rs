@@ -14,7 +14,7 @@ use mesh_core::{
     cluster::{KUBECONFIG_KEY, MeshCluster},
     injection::{self, Readiness},
     labels::SyncRule,
-    remote::error_chain,
+    remote::{Identity, error_chain},
     sync::short_list,
 };
 
@@ -348,18 +348,13 @@ fn identity_result(
         );
     }
     match kube_system {
-        Ok(ns) if ns.metadata.uid.as_deref() == Some(id.as_str()) => {
-            CheckResult::ok(what, Some(format!("cluster ID {id}")))
+        // The webhook's rule: what it refuses to write through, check fails with its words.
+        Ok(ns) => {
+            match Identity::of(cluster).check(ns.metadata.uid.as_deref().unwrap_or("unknown")) {
+                Ok(()) => CheckResult::ok(what, Some(format!("cluster ID {id}"))),
+                Err(other) => CheckResult::error(what, other.to_string(), ""),
+            }
         }
-        Ok(ns) => CheckResult::error(
-            what,
-            format!(
-                "the remote's cluster ID is {}, not spec.clusterId {id}: the server now \
-                 answers for another cluster",
-                ns.metadata.uid.as_deref().unwrap_or("unknown")
-            ),
-            format!("detach {name} and attach the right cluster"),
-        ),
         Err(e) => CheckResult::warning(
             what,
             format!("cannot read namespace kube-system to compare: {e}"),
@@ -687,8 +682,33 @@ mod tests {
     use crate::credentials::tests::jwt;
     use crate::mesh_state::RemoteError;
     use k8s_openapi::api::core::v1::Pod;
-    use mesh_core::fixtures::labelled;
+    use mesh_core::fixtures::{MetadataExt, labelled};
     use mesh_core::fixtures::{PodExt, istio_injector, pod};
+
+    #[test]
+    fn a_remote_that_answers_for_another_cluster_fails_with_the_webhooks_words() {
+        let primary = BTreeMap::new();
+        let rule = SyncRule::default();
+        let clusters = [mesh_core::fixtures::mesh_cluster("east", "uid-of-east")];
+        let mesh = Mesh {
+            clusters: &clusters,
+            ..mesh_of(&primary, &rule)
+        };
+        let judge = |uid: &str| {
+            let kube_system = Ok(labelled("kube-system", &[]).with_uid(uid));
+            identity_result(&mesh, &clusters[0], &kube_system)
+        };
+        assert_eq!(judge("uid-of-east").result, Outcome::Ok);
+        let other = judge("uid-of-west");
+        assert_eq!(other.result, Outcome::Error);
+        assert_eq!(
+            other.detail.as_deref(),
+            Some(
+                "secret cluster-east reaches another cluster than east (id uid-of-west, not \
+                 uid-of-east): nothing is sent there; restore the Secret, or attach east again"
+            )
+        );
+    }
 
     /// A mesh of no other cluster, whose primary holds `primary`, at the epoch.
     fn mesh_of<'a>(primary: &'a BTreeMap<String, Namespace>, rule: &'a SyncRule) -> Mesh<'a> {
