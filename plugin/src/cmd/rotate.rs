@@ -169,6 +169,10 @@ impl Rotate {
             vec![mc.ok_or_else(|| mesh_state::not_attached(&name))?]
         };
 
+        // Refused before anything is rotated, for every target: nothing is left half-done.
+        for mc in &targets {
+            own_secret_named(mc)?;
+        }
         let primary_id = access::cluster_id(&primary)
             .await
             .map_err(|e| access::request_error(&primary_target, "read kube-system", e))?;
@@ -206,6 +210,27 @@ impl Rotate {
         }
         Ok(())
     }
+}
+
+/// Rotate renews the Secret attach stores for a cluster; a MeshCluster edited to name another
+/// one would wait for the webhook to use credentials it never reads (or, renewed there,
+/// write this cluster's token into another cluster's kubeconfig).
+fn own_secret_named(mc: &MeshCluster) -> Result<()> {
+    let name = mc.name_any();
+    let own = setup::cluster_secret_name(&name);
+    if mc.spec.secret_name == own {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        what: format!(
+            "{name} names Secret {MESH_NAMESPACE}/{} for its credentials, not {own}, the one \
+             attach stores and rotate renews",
+            mc.spec.secret_name
+        ),
+        hint: format!(
+            "attach {name} again (`kubectl mesh attach`) to record its own Secret; then rotate"
+        ),
+    })
 }
 
 /// The identities of `cluster` whose kubeconfig is stored on the primary: the sync account
@@ -656,6 +681,19 @@ mod tests {
         assert_eq!(
             kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
             Some("https://1.2.3.4")
+        );
+    }
+
+    #[test]
+    fn only_the_secret_attach_stores_is_rotated() {
+        let mut east = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
+        own_secret_named(&east).expect("attach's own Secret");
+        east.spec.secret_name = "cluster-west".into();
+        let refused = own_secret_named(&east).expect_err("another Secret");
+        assert_eq!(
+            refused.to_string(),
+            "east names Secret kubectl-mesh/cluster-west for its credentials, not cluster-east, \
+             the one attach stores and rotate renews"
         );
     }
 

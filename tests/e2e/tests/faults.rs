@@ -744,6 +744,26 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
                 )),
         "{report:#}"
     );
+    // Rotate refuses at once rather than wait for the webhook to use a Secret it never reads.
+    let admin = east.kubeconfig.to_string_lossy();
+    let rotate = [
+        "rotate",
+        &east.name,
+        "--remote-kubeconfig",
+        &admin,
+        "--timeout",
+        "20s",
+    ];
+    let out = mesh_e2e::fixtures::mesh_command(&env, &rotate).await?;
+    assert!(
+        !out.status.success()
+            && mesh_e2e::describe(&out).contains(
+                "remote-1 names Secret kubectl-mesh/cluster-remote-2 for its credentials, not \
+                 cluster-remote-1"
+            ),
+        "{}",
+        mesh_e2e::describe(&out)
+    );
     // Nor are west's injectors taken for east's: no false warning that east has none.
     let warnings = injection_warnings().await?;
     assert!(
