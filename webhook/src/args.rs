@@ -391,19 +391,25 @@ fn raise_open_files(max_connections: u32) {
 }
 
 async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
-    let Some(path) = kubeconfig else {
-        return Client::try_default()
+    let mut config = match kubeconfig {
+        None => Config::infer()
             .await
-            .context("cannot configure a client for the primary cluster");
+            .context("cannot configure a client for the primary cluster")?,
+        Some(path) => {
+            // Read as UTF-8 here: kube-client's own reader panics on a truncated UTF-16 file.
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            let kubeconfig = Kubeconfig::from_yaml(&text)
+                .with_context(|| format!("cannot parse kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
+        }
     };
-    // Read as UTF-8 here: kube-client's own reader panics on a truncated UTF-16 file.
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-    let kubeconfig = Kubeconfig::from_yaml(&text)
-        .with_context(|| format!("cannot parse kubeconfig {}", path.display()))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .with_context(|| format!("cannot use kubeconfig {}", path.display()))?;
+    // Its watches are the reconciler's view of the primary: one on a connection gone silent
+    // (a stalled apiserver, a peer gone without a word) would be trusted for good. Every
+    // watch ends within `WATCH_SECONDS`, so a connection silent this long is dead.
+    config.read_timeout = Some(mesh_core::remote::WATCH_READ_TIMEOUT);
     Client::try_from(config).context("cannot build the primary client")
 }
 

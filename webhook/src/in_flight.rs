@@ -9,7 +9,13 @@
 //! entry expires and the reconciler, woken by [`InFlight::expired`], reverts the remotes to
 //! what the primary really holds.
 //!
-//! Every replica drops an entry when its time runs out, and the map holds at most
+//! Where a reconciler confirms expiries ([`InFlight::confirm_expiries`]), an entry whose time
+//! ran out keeps standing in until a read of the primary says the push was not persisted: a
+//! watch of the primary gone silent (a stalled apiserver, a connection dead without a word)
+//! shows neither the push nor its rejection, and its stale view must not undo the push.
+//!
+//! Every replica drops an entry when its time runs out or, confirming, once the primary is
+//! read not to hold it (a forged review's push among them), and the map holds at most
 //! [`MAX_ENTRIES`]: reviews come from outside (and, forged, could name any namespace), so
 //! neither their names nor their number may grow the map for good.
 //!
@@ -18,6 +24,7 @@
 //! up, as it would without this.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -37,6 +44,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// reconciler reverts it for a moment, as without this map).
 pub const MAX_ENTRIES: usize = 10_000;
 
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     labels: Labels,
     until: Instant,
@@ -44,6 +52,39 @@ struct Entry {
     /// after it is this push persisted. An older version with the same labels (a change the
     /// other way and back: A, B, A) must not settle it.
     after: Option<u64>,
+    /// Its time ran out; it stands in until confirmed ([`InFlight::due`]).
+    due: bool,
+}
+
+impl Entry {
+    /// Whether the primary storing `labels` at `version` is this push persisted.
+    fn persisted_by(&self, labels: &Labels, version: Option<&str>) -> bool {
+        let stored_after = match (self.after, version.and_then(resource_version)) {
+            (Some(after), Some(version)) => version > after,
+            // Versions that are not numbers cannot be ordered: the labels alone decide.
+            _ => true,
+        };
+        self.labels == *labels && stored_after
+    }
+}
+
+/// A push whose time ran out, to be confirmed by a read of the primary.
+#[derive(Clone, Debug)]
+pub struct Due {
+    pub namespace: String,
+    entry: Entry,
+}
+
+impl Due {
+    /// Whether `stored`, the primary's namespace as just read (`None`: there is none), holds
+    /// this push.
+    pub fn persisted_in(&self, rule: &SyncRule, stored: Option<&Namespace>) -> bool {
+        stored.is_some_and(|stored| {
+            let version = stored.metadata.resource_version.as_deref();
+            self.entry
+                .persisted_by(&rule.desired(Some(stored)), version)
+        })
+    }
 }
 
 /// Pushed changes by namespace name. Cheap to clone; clones share state.
@@ -52,6 +93,8 @@ pub struct InFlight {
     entries: Arc<Mutex<HashMap<String, Entry>>>,
     expired: watch::Sender<u64>,
     ttl: Duration,
+    /// A reconciler confirms expired entries before they stop standing in.
+    confirmed: Arc<AtomicBool>,
 }
 
 impl Default for InFlight {
@@ -66,7 +109,15 @@ impl InFlight {
             entries: Arc::default(),
             expired: watch::channel(0).0,
             ttl,
+            confirmed: Arc::default(),
         }
+    }
+
+    /// From now on an entry whose time runs out stands in until [`InFlight::not_persisted`]
+    /// drops it or [`InFlight::stand_in_again`] renews it; [`InFlight::expired`] says when
+    /// there are entries [`InFlight::due`] for confirmation.
+    pub fn confirm_expiries(&self) {
+        self.confirmed.store(true, Ordering::Relaxed);
     }
 
     /// Remembers that `namespace` was pushed with these managed labels, and arranges for
@@ -97,26 +148,41 @@ impl InFlight {
                     labels,
                     until,
                     after,
+                    due: false,
                 },
             );
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (entries, expired) = (self.entries.clone(), self.expired.clone());
-            let namespace = namespace.to_owned();
-            runtime.spawn(async move {
-                tokio::time::sleep_until(until).await;
-                let mut entries = entries.lock().unwrap_or_else(PoisonError::into_inner);
-                // A newer push of the namespace keeps its own, later deadline.
-                if entries
-                    .get(&namespace)
-                    .is_some_and(|entry| entry.until <= Instant::now())
-                {
-                    entries.remove(&namespace);
-                    drop(entries);
-                    expired.send_modify(|generation| *generation = generation.wrapping_add(1));
-                }
-            });
-        }
+        self.expire_at(namespace, until);
+    }
+
+    /// Ends the standing in of `namespace`'s entry at `until`, unless a newer push or a
+    /// renewal has set a later time by then.
+    fn expire_at(&self, namespace: &str, until: Instant) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        let namespace = namespace.to_owned();
+        runtime.spawn(async move {
+            tokio::time::sleep_until(until).await;
+            let now = Instant::now();
+            let confirmed = this.confirmed.load(Ordering::Relaxed);
+            let mut entries = this.lock();
+            let Some(entry) = entries.get_mut(&namespace).filter(|e| e.until <= now) else {
+                return;
+            };
+            if confirmed {
+                // Standing in while a read of the primary is made; no timer: the confirmation
+                // renews or drops it, and the overlay ignores it past this.
+                entry.due = true;
+                entry.until = now + this.ttl;
+            } else {
+                entries.remove(&namespace);
+            }
+            drop(entries);
+            this.expired
+                .send_modify(|generation| *generation = generation.wrapping_add(1));
+        });
     }
 
     /// The watch saw `namespace` stored with these managed labels at `version`: if that is
@@ -124,16 +190,50 @@ impl InFlight {
     /// needs no standing in any more.
     pub fn settle(&self, namespace: &str, persisted: &Labels, version: Option<&str>) {
         let mut entries = self.lock();
-        let stored_after = |entry: &Entry| match (entry.after, version.and_then(resource_version)) {
-            (Some(after), Some(version)) => version > after,
-            // Versions that are not numbers cannot be ordered: the labels alone decide.
-            _ => true,
-        };
         if entries
             .get(namespace)
-            .is_some_and(|entry| entry.labels == *persisted && stored_after(entry))
+            .is_some_and(|entry| entry.persisted_by(persisted, version))
         {
             entries.remove(namespace);
+        }
+    }
+
+    /// The entries whose time ran out, to be confirmed by a read of the primary.
+    pub fn due(&self) -> Vec<Due> {
+        self.lock()
+            .iter()
+            .filter(|(_, entry)| entry.due)
+            .map(|(name, entry)| Due {
+                namespace: name.clone(),
+                entry: entry.clone(),
+            })
+            .collect()
+    }
+
+    /// `due` was persisted, or the primary could not say: it stands in for another lifetime
+    /// (unless a newer push replaced it meanwhile).
+    pub fn stand_in_again(&self, due: &Due) {
+        let until = Instant::now() + self.ttl;
+        {
+            let mut entries = self.lock();
+            let Some(entry) = entries
+                .get_mut(&due.namespace)
+                .filter(|entry| **entry == due.entry)
+            else {
+                return;
+            };
+            entry.due = false;
+            entry.until = until;
+        }
+        self.expire_at(&due.namespace, until);
+    }
+
+    /// The primary does not hold `due`: it stops standing in (unless a newer push replaced it
+    /// meanwhile), and the sync that follows reverts the remotes.
+    pub fn not_persisted(&self, due: &Due) {
+        let mut entries = self.lock();
+        if entries.get(&due.namespace) == Some(&due.entry) {
+            entries.remove(&due.namespace);
         }
     }
 
@@ -217,7 +317,7 @@ fn stand_in(rule: &SyncRule, name: &str, entry: &Entry, stored: Option<Namespace
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::fixtures::{MetadataExt, by_name as primary, labels, ns};
+    use mesh_core::fixtures::{MetadataExt, NamespaceExt, by_name as primary, labels, ns};
 
     #[tokio::test]
     async fn a_push_stands_in_for_the_primary_until_persisted() {
@@ -333,5 +433,87 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// With a reconciler confirming expiries: the push `shop` `istio-injection=enabled` once
+    /// its time ran out, still standing in while the read that confirms it is made.
+    async fn due_after_expiry(in_flight: &InFlight) -> Due {
+        let mut expired = in_flight.expired();
+        expiry_signalled(&mut expired).await;
+        let mut view = primary(vec![ns("shop")]);
+        in_flight.overlay(&SyncRule::default(), &mut view);
+        assert_eq!(
+            SyncRule::default().desired(view.get("shop")),
+            labels(&[("istio-injection", "enabled")]),
+            "it stands in while confirmed"
+        );
+        let mut due = in_flight.due();
+        assert_eq!(due.len(), 1, "due for confirmation");
+        due.remove(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_push_stands_in_until_a_read_says_the_primary_does_not_hold_it() {
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        in_flight.confirm_expiries();
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), Some("7"));
+        let due = due_after_expiry(&in_flight).await;
+        let rule = SyncRule::default();
+        assert!(!due.persisted_in(&rule, None), "not created");
+        assert!(
+            !due.persisted_in(&rule, Some(&ns("shop").rv("8"))),
+            "no label"
+        );
+        let older = ns("shop").label("istio-injection", "enabled").rv("6");
+        assert!(
+            !due.persisted_in(&rule, Some(&older)),
+            "stored before the push"
+        );
+        in_flight.not_persisted(&due);
+        assert!(in_flight.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_push_the_primary_holds_stands_in_again() {
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        in_flight.confirm_expiries();
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), Some("7"));
+        let held = ns("shop").label("istio-injection", "enabled").rv("8");
+        let due = due_after_expiry(&in_flight).await;
+        assert!(due.persisted_in(&SyncRule::default(), Some(&held)));
+        in_flight.stand_in_again(&due);
+        assert!(in_flight.due().is_empty());
+        // Another lifetime, then confirmed again; the watch, once it shows the push, settles it.
+        let due = due_after_expiry(&in_flight).await;
+        in_flight.stand_in_again(&due);
+        in_flight.settle(
+            "shop",
+            &labels(&[("istio-injection", "enabled")]),
+            Some("8"),
+        );
+        assert!(in_flight.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_push_is_not_dropped_by_the_confirmation_of_the_one_it_replaced() {
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        in_flight.confirm_expiries();
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), Some("7"));
+        let due = due_after_expiry(&in_flight).await;
+        in_flight.record(
+            "shop",
+            labels(&[("istio-injection", "disabled")]),
+            Some("8"),
+        );
+        in_flight.not_persisted(&due);
+        in_flight.stand_in_again(&due);
+        assert_eq!(
+            in_flight.pushed(),
+            [(
+                "shop".to_owned(),
+                labels(&[("istio-injection", "disabled")])
+            )]
+        );
+        assert!(in_flight.due().is_empty());
     }
 }

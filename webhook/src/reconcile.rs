@@ -186,7 +186,7 @@ impl Reconciler {
         let mut tasks = JoinSet::new();
         let ns_events = watcher(
             Api::<Namespace>::all(primary.clone()),
-            watcher::Config::default(),
+            mesh_core::remote::watch_config(),
         )
         .default_backoff();
         tasks.spawn(
@@ -201,7 +201,7 @@ impl Reconciler {
         );
         let mc_events = watcher(
             Api::<MeshCluster>::all(primary.clone()),
-            watcher::Config::default(),
+            mesh_core::remote::watch_config(),
         )
         .default_backoff()
         .reflect(mc_writer);
@@ -211,7 +211,7 @@ impl Reconciler {
         );
         let secret_events = watcher(
             Api::<Secret>::namespaced(primary.clone(), &settings.mesh_namespace),
-            watcher::Config::default(),
+            mesh_core::remote::watch_config(),
         )
         .default_backoff()
         .modify(|secret| secret.managed_fields_mut().clear())
@@ -221,19 +221,15 @@ impl Reconciler {
                 .instrument(tracing::info_span!("watch", kind = "Secret")),
         );
 
-        // A push the apiserver then rejected is reverted as soon as its entry expires.
-        let mut expired = state.in_flight.expired();
-        let wake = primary_changed.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    changed = expired.changed() => if changed.is_err() { return },
-                    () = stop.cancelled() => return,
-                }
-                wake.send_modify(|generation| *generation = generation.wrapping_add(1));
-            }
-        });
+        // A push the apiserver then rejected is reverted as soon as its entry expires and a
+        // read of the primary confirms it was not persisted.
+        state.in_flight.confirm_expiries();
+        tasks.spawn(confirm_expiries(
+            primary.clone(),
+            state.clone(),
+            primary_changed.clone(),
+            shutdown.clone(),
+        ));
 
         let concurrent_syncs = settings.concurrent_syncs;
         let shared = Arc::new(Shared {
@@ -387,6 +383,55 @@ async fn supervise(
         worker.cancel.cancel();
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Bound of the read that confirms an expired push: below the push's lifetime, so that it
+/// still stands in when the answer comes.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Confirms every push whose time ran out with a read of the primary: one it does not hold
+/// stops standing in and the workers are woken to revert it; one it holds (its watch is
+/// behind, or silent) stands in again, as does every push while the primary cannot say.
+async fn confirm_expiries(
+    primary: Client,
+    state: SharedState,
+    changed: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
+    let mut expired = state.in_flight.expired();
+    let namespaces = Api::<Namespace>::all(primary);
+    loop {
+        tokio::select! {
+            changed = expired.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => return,
+        }
+        let mut reverted = false;
+        // Once one read goes unanswered, the others would wait as long: they stand in until
+        // the next round.
+        let mut answering = true;
+        for due in state.in_flight.due() {
+            let read = async {
+                let read = namespaces.get_opt(&due.namespace);
+                tokio::time::timeout(CONFIRM_TIMEOUT, read).await.ok()?.ok()
+            };
+            let stored = if answering { read.await } else { None };
+            if answering && stored.is_none() {
+                tracing::debug!("cannot read the primary, expired pushes stand in still");
+            }
+            answering &= stored.is_some();
+            match stored {
+                Some(stored) if !due.persisted_in(&state.rule, stored.as_ref()) => {
+                    state.in_flight.not_persisted(&due);
+                    reverted = true;
+                }
+                // Persisted (the watch is behind, or silent), or the primary cannot say now.
+                _ => state.in_flight.stand_in_again(&due),
+            }
+        }
+        if reverted {
+            changed.send_modify(|generation| *generation = generation.wrapping_add(1));
+        }
+    }
 }
 
 /// Keeps one injector watch per attached remote, on its current client, in every replica

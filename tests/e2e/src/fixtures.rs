@@ -416,3 +416,20 @@ pub async fn stand_in_injector(cluster: &Cluster) -> anyhow::Result<()> {
         Err(e) => Err(e).context("creating a stand-in injector"),
     }
 }
+
+/// Restarts `mesh`'s webhook (same identity) reaching the primary through a proxy the test can
+/// freeze: the harness's stand-in for a partition or a stalled apiserver, which no real part
+/// produces for one client.
+pub async fn webhook_through_proxy(
+    env: &TestEnv,
+    mesh: &mesh_testenv::mesh::Mesh,
+) -> anyhow::Result<mesh_testenv::proxy::Proxy> {
+    let proxy = mesh_testenv::proxy::Proxy::start(env.primary()).await?;
+    let proxied = env.dir().join("mesh-webhook-through-proxy.kubeconfig");
+    proxy.kubeconfig(mesh.webhook_kubeconfig(), &env.primary().server, &proxied)?;
+    mesh.stop_webhook(env)?;
+    mesh.with_webhook_kubeconfig(proxied)
+        .start_webhook(env)
+        .await?;
+    Ok(proxy)
+}

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
+use mesh_e2e::fixtures::webhook_through_proxy;
 use mesh_e2e::{
     create_everywhere, eventually, https_get, label_on_primary, labels, lease_holder,
     managed_labels, own_mesh_with, syncs,
 };
 use mesh_testenv::mesh::MeshOptions;
-use mesh_testenv::proxy::Proxy;
 
 const DEADLINE: Duration = Duration::from_secs(45);
 const LEASE_DURATION: Duration = Duration::from_secs(4);
@@ -48,16 +48,9 @@ async fn a_leader_cut_off_from_the_primary_steps_down_before_the_other_takes_ove
     })
     .await?;
 
-    // The first replica again, now reaching the primary through a proxy the test can freeze:
-    // the harness's stand-in for a partition, which no real part produces for one client.
+    // The first replica again, now reaching the primary through a proxy the test can freeze.
     // Same identity, so it renews its own Lease at once.
-    let proxy = Proxy::start(env.primary()).await?;
-    let proxied = env.dir().join("mesh-webhook-through-proxy.kubeconfig");
-    proxy.kubeconfig(mesh.webhook_kubeconfig(), &env.primary().server, &proxied)?;
-    mesh.stop_webhook(&env)?;
-    mesh.with_webhook_kubeconfig(proxied)
-        .start_webhook(&env)
-        .await?;
+    let proxy = webhook_through_proxy(&env, &mesh).await?;
     let first = mesh.metrics_address().to_owned();
     eventually("the first replica leads again", DEADLINE, || async {
         Ok(

@@ -159,19 +159,19 @@ impl Default for RemoteOptions {
     }
 }
 
-/// How long each watch request to a remote lasts before its apiserver ends it and the watcher
-/// resumes where it was. A connection that died without a word (a NAT or a load balancer that
+/// How long each watch request (to a remote, or from the webhook to the primary) lasts before
+/// its apiserver ends it and the watcher resumes where it was. A connection that died without a word (a NAT or a load balancer that
 /// dropped an idle flow tells neither end) delivers nothing, not even that end: only
 /// [`WATCH_READ_TIMEOUT`] tells, and what the watch showed is trusted until then. Kube's
 /// default, 290 s, would leave a sync reading a dead watch's view for five minutes.
 pub const WATCH_SECONDS: u32 = 50;
 
-/// Read timeout of the clients that watch a remote: a live watch request ends within
+/// Read timeout of the clients that watch a cluster: a live watch request ends within
 /// [`WATCH_SECONDS`], so a connection silent this long is dead. (The short read timeout of
 /// [`RemoteOptions`] would cut every quiet watch and reopen it, for nothing.)
 pub const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(70);
 
-/// What every watch of a remote asks: [`WATCH_SECONDS`] per request.
+/// What every watch asks: [`WATCH_SECONDS`] per request.
 pub fn watch_config() -> kube::runtime::watcher::Config {
     kube::runtime::watcher::Config::default().timeout(WATCH_SECONDS)
 }

@@ -414,9 +414,9 @@ impl Worker {
 /// twice at once (a few seconds' work each with thousands of namespaces).
 const FIRST_LIST_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Bound of one write to the primary after a sync (status, Events). The primary client has no
-/// read timeout, its watches being long polls: a write on a connection gone half-open would
-/// otherwise hold the worker until this replica stops leading.
+/// Bound of one write to the primary after a sync (status, Events). The primary client's read
+/// timeout is long enough for its watches (`WATCH_READ_TIMEOUT`): a write on a connection gone
+/// half-open would hold the worker that long.
 const PRIMARY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn to_primary<T>(
