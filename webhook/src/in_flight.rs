@@ -435,6 +435,16 @@ mod tests {
         );
     }
 
+    /// A map whose expiries a reconciler confirms, and its push of `shop`
+    /// `istio-injection=enabled` (from version 7) once due.
+    async fn expired_push() -> (InFlight, Due) {
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        in_flight.confirm_expiries();
+        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), Some("7"));
+        let due = due_after_expiry(&in_flight).await;
+        (in_flight, due)
+    }
+
     /// With a reconciler confirming expiries: the push `shop` `istio-injection=enabled` once
     /// its time ran out, still standing in while the read that confirms it is made.
     async fn due_after_expiry(in_flight: &InFlight) -> Due {
@@ -454,10 +464,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_expired_push_stands_in_until_a_read_says_the_primary_does_not_hold_it() {
-        let in_flight = InFlight::new(Duration::from_secs(10));
-        in_flight.confirm_expiries();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), Some("7"));
-        let due = due_after_expiry(&in_flight).await;
+        let (in_flight, due) = expired_push().await;
         let rule = SyncRule::default();
         assert!(!due.persisted_in(&rule, None), "not created");
         assert!(
@@ -475,11 +482,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_expired_push_the_primary_holds_stands_in_again() {
-        let in_flight = InFlight::new(Duration::from_secs(10));
-        in_flight.confirm_expiries();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), Some("7"));
+        let (in_flight, due) = expired_push().await;
         let held = ns("shop").label("istio-injection", "enabled").rv("8");
-        let due = due_after_expiry(&in_flight).await;
         assert!(due.persisted_in(&SyncRule::default(), Some(&held)));
         in_flight.stand_in_again(&due);
         assert!(in_flight.due().is_empty());
@@ -496,10 +500,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_newer_push_is_not_dropped_by_the_confirmation_of_the_one_it_replaced() {
-        let in_flight = InFlight::new(Duration::from_secs(10));
-        in_flight.confirm_expiries();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), Some("7"));
-        let due = due_after_expiry(&in_flight).await;
+        let (in_flight, due) = expired_push().await;
         in_flight.record(
             "shop",
             labels(&[("istio-injection", "disabled")]),
