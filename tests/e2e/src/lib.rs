@@ -390,6 +390,26 @@ pub async fn syncs(addr: &str, ca_pem: &str) -> anyhow::Result<f64> {
     metric_sum(addr, ca_pem, "syncs_total").await
 }
 
+/// Full syncs the mesh's webhook has finished (`syncs_total`).
+pub async fn mesh_syncs(mesh: &mesh_testenv::mesh::Mesh) -> anyhow::Result<f64> {
+    syncs(mesh.metrics_address(), &mesh.ca_pem()?).await
+}
+
+/// Waits until the mesh's webhook has finished `n` more full syncs than `from` (a count of
+/// [`mesh_syncs`]).
+pub async fn more_syncs_than(
+    mesh: &mesh_testenv::mesh::Mesh,
+    from: f64,
+    n: f64,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    eventually(what, timeout, || async {
+        Ok((mesh_syncs(mesh).await? >= from + n).then_some(()))
+    })
+    .await
+}
+
 /// The identity of the webhook replica holding the reconciler's Lease on the primary.
 pub async fn lease_holder(primary: &kube::Client) -> anyhow::Result<Option<String>> {
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =

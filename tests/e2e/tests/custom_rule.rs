@@ -9,13 +9,15 @@
 //! without periodic resync, so only the webhook and the reconciler's reactions change a
 //! remote. Its tests take turns: each counts every review the webhook answers.
 
+use std::time::Duration;
+
 use anyhow::{Context, ensure};
 use mesh_e2e::mesh_testenv::TestEnv;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::{
     NO_RESYNC, create_everywhere, create_namespace, describe, fixtures, kubectl, label_on_primary,
-    labels, namespace_labels, own_mesh_with, patch_labels, relabel_until, remote_names,
-    reviews_with_outcome, run, stored_client, text,
+    labels, mesh_syncs, more_syncs_than, namespace_labels, own_mesh_with, patch_labels,
+    relabel_until, remote_names, reviews_with_outcome, run, stored_client, text,
 };
 use serde_json::json;
 use tokio::sync::{Mutex, OnceCell};
@@ -96,6 +98,7 @@ async fn a_custom_managed_label_reaches_the_webhook_and_lands_before_kubectl_ret
         (format!("{ZONE}-"), labels(&[])),
     ] {
         let (pushed, all) = reviews_with_outcome(mesh, "pushed").await?;
+        let synced = mesh_syncs(mesh).await?;
         let warnings = label_on_primary(env, &ns, &[&change]).await?;
         // Read at once: the webhook pushes before it answers, so no waiting.
         for remote in env.remotes() {
@@ -121,6 +124,13 @@ async fn a_custom_managed_label_reaches_the_webhook_and_lands_before_kubectl_ret
             warnings.contains(&format!("kubectl-mesh: {landed} on {}", remote_names(env))),
             "{warnings}"
         );
+        // The reconciler follows the stored change with a sync of every remote, paced up to a
+        // second later. It must be over before the next change: a sync planned while that
+        // change is pushed reads the push standing in for the primary and may write it first,
+        // and the push then finds the remote "already in sync".
+        let remotes = env.remotes().len() as f64;
+        let what = format!("the reconciler's sync of every remote after {change}");
+        more_syncs_than(mesh, synced, remotes, &what, Duration::from_secs(30)).await?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mesh_e2e::{
     NO_RESYNC, create_everywhere, edit_labels, eventually, kubectl, label_on_primary, labels,
-    managed_labels, metric_sum, own_mesh,
+    managed_labels, mesh_syncs, more_syncs_than, own_mesh,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -108,13 +108,7 @@ async fn a_quiet_remote_keeps_its_watch_open_and_drift_is_still_seen() -> anyhow
 
 /// Waits until the webhook has run `n` more syncs than when called.
 async fn more_syncs(mesh: &Mesh, what: &str, n: f64, timeout: Duration) -> anyhow::Result<()> {
-    let ca = mesh.ca_pem()?;
-    let syncs = || metric_sum(mesh.metrics_address(), &ca, "syncs_total");
-    let from = syncs().await?;
-    eventually(what, timeout, || async {
-        Ok((syncs().await? >= from + n).then_some(()))
-    })
-    .await
+    more_syncs_than(mesh, mesh_syncs(mesh).await?, n, what, timeout).await
 }
 
 #[tokio::test]
