@@ -461,9 +461,6 @@ fn watch_injectors_of(
         // Dropping the old watch stops it; new credentials get a new one.
         watches.remove(name);
         let Some(remote) = remote else { continue };
-        if remote.watch_client().is_none() {
-            continue;
-        }
         let cancel = shutdown.child_token();
         tasks.spawn(
             watch_injectors(

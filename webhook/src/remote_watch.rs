@@ -50,18 +50,15 @@ pub(crate) async fn prove(
             verified = remote.verify() => verified,
             () = cancel.cancelled() => return Proof::Cancelled,
         };
-        match verified {
-            Ok(()) => return Proof::Proved,
-            Err(remote::Error::OtherCluster { .. }) => {
-                // The worker's sync reports it; nothing is read there.
-                unproved();
-                return Proof::OtherCluster;
-            }
-            Err(error) => {
-                tracing::debug!(error = %error, "remote not proved yet, retrying");
-                unproved();
-            }
+        let Err(error) = verified else {
+            return Proof::Proved;
+        };
+        unproved();
+        if let remote::Error::OtherCluster { .. } = error {
+            // The worker's sync reports it; nothing is read there.
+            return Proof::OtherCluster;
         }
+        tracing::debug!(error = %error, "remote not proved yet, retrying");
         tokio::select! {
             () = tokio::time::sleep(backoff.next_delay()) => {}
             () = cancel.cancelled() => return Proof::Cancelled,
