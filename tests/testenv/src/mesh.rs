@@ -38,6 +38,8 @@ pub struct MeshOptions {
     pub attach_args: Vec<String>,
     /// More arguments for every `mesh-webhook` replica (e.g. the same rule's flags).
     pub webhook_args: Vec<String>,
+    /// More environment variables for every `mesh-webhook` replica (e.g. `HTTPS_PROXY`).
+    pub webhook_env: Vec<(String, String)>,
     /// Callers of the webhook must present the primary apiserver's client certificate
     /// (`install --client-ca-file` and the webhook's `--client-ca-file`), as in production.
     pub client_auth: bool,
@@ -54,6 +56,7 @@ impl MeshOptions {
             install_args: Vec::new(),
             attach_args: Vec::new(),
             webhook_args: Vec::new(),
+            webhook_env: Vec::new(),
             client_auth: true,
         })
     }
@@ -300,7 +303,8 @@ impl Mesh {
             .env(
                 "RUST_LOG",
                 std::env::var("MESH_WEBHOOK_LOG").unwrap_or_else(|_| "info".into()),
-            );
+            )
+            .envs(self.options.webhook_env.iter().cloned());
         cmd
     }
 
