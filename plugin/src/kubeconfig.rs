@@ -507,12 +507,13 @@ pub fn sanitize(remote: &Kubeconfig, cluster_name: &str, token: &str) -> Result<
             sel.cluster_name
         )));
     }
-    // The webhook connects to remotes directly and refuses stored kubeconfigs with a proxy:
-    // attaching such a cluster would succeed and then never sync.
+    // A stored kubeconfig may not route the webhook's calls (the webhook refuses one with a
+    // proxy): attaching such a cluster would succeed and then never sync.
     if cluster.proxy_url.is_some() {
         return Err(Error::Refused(format!(
-            "cluster {:?} is reached through proxy-url, which mesh-webhook does not support; \
-             attach with a kubeconfig whose server the primary reaches directly",
+            "cluster {:?} is reached through proxy-url, which a stored kubeconfig may not name; \
+             attach with a kubeconfig without it (set HTTPS_PROXY instead; mesh-webhook uses \
+             the HTTPS_PROXY of its own environment)",
             sel.cluster_name
         )));
     }
