@@ -390,18 +390,23 @@ fn raise_open_files(max_connections: u32) {
     }
 }
 
+/// The kubeconfig at `path`, its certificate, key and exec paths resolved against its directory
+/// as kubectl resolves them.
+fn read_kubeconfig(path: &std::path::Path) -> anyhow::Result<Kubeconfig> {
+    // Read as UTF-8 first: kube-client's own reader panics on a truncated UTF-16 file.
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+    Kubeconfig::read_from(path)
+        .with_context(|| format!("cannot parse kubeconfig {}", path.display()))
+}
+
 async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
     let mut config = match kubeconfig {
         None => Config::infer()
             .await
             .context("cannot configure a client for the primary cluster")?,
         Some(path) => {
-            // Read as UTF-8 here: kube-client's own reader panics on a truncated UTF-16 file.
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            let kubeconfig = Kubeconfig::from_yaml(&text)
-                .with_context(|| format!("cannot parse kubeconfig {}", path.display()))?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            Config::from_custom_kubeconfig(read_kubeconfig(path)?, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("cannot use kubeconfig {}", path.display()))?
         }
@@ -499,6 +504,47 @@ mod tests {
         assert_eq!(
             NO_CLIENT_CA,
             "no --client-ca-file: anyone who reaches the webhook port can make it write namespaces on every remote"
+        );
+    }
+
+    #[test]
+    fn kubeconfig_paths_are_read_against_the_files_directory() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("primary.kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: p\n  cluster:\n    \
+             server: https://127.0.0.1:6443\n    certificate-authority: certs/ca.crt\n\
+             users:\n- name: p\n  user:\n    client-certificate: certs/me.crt\n    \
+             client-key: /elsewhere/me.key\ncontexts:\n- name: p\n  context: {cluster: p, user: p}\n\
+             current-context: p\n",
+        )
+        .expect("write");
+        let kubeconfig = read_kubeconfig(&path).expect("read");
+        let cluster = kubeconfig.clusters[0].cluster.as_ref().expect("cluster");
+        let user = kubeconfig.auth_infos[0].auth_info.as_ref().expect("user");
+        let certs = dir.path().join("certs");
+        assert_eq!(
+            cluster.certificate_authority.as_deref(),
+            certs.join("ca.crt").to_str()
+        );
+        assert_eq!(
+            user.client_certificate.as_deref(),
+            certs.join("me.crt").to_str()
+        );
+        assert_eq!(user.client_key.as_deref(), Some("/elsewhere/me.key"));
+    }
+
+    #[test]
+    fn a_kubeconfig_that_is_not_utf8_is_refused_in_one_line() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("utf16.kubeconfig");
+        // A UTF-16 byte-order mark and an odd number of bytes after it.
+        std::fs::write(&path, [0xFF, 0xFE, b'a', 0, b'b']).expect("write");
+        let error = read_kubeconfig(&path).expect_err("refused");
+        assert!(
+            error.to_string().starts_with("cannot read kubeconfig "),
+            "{error:#}"
         );
     }
 
