@@ -359,14 +359,12 @@ pub async fn client_config(kc: Kubeconfig, context: Option<&str>) -> Result<kube
         cluster: None,
         user: None,
     };
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &options)
+    kube::Config::from_custom_kubeconfig(kc, &options)
         .await
         .map_err(|source| Error::Config {
             context: name,
             source,
-        })?;
-    mesh_core::answers_as_they_come(&mut config);
-    Ok(config)
+        })
 }
 
 /// A client for the context named `context`, or the current one.

@@ -415,7 +415,6 @@ async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
     // (a stalled apiserver, a peer gone without a word) would be trusted for good. Every
     // watch ends within `WATCH_SECONDS`, so a connection silent this long is dead.
     config.read_timeout = Some(mesh_core::remote::WATCH_READ_TIMEOUT);
-    mesh_core::answers_as_they_come(&mut config);
     Client::try_from(config).context("cannot build the primary client")
 }
 

@@ -30,14 +30,6 @@ pub mod sync;
 pub mod token;
 pub mod write;
 
-/// Makes the client built from `config` take an apiserver's answer as it comes. kube retries
-/// answers 429, 503 and 504 on its own, up to 15 times and minutes in all, where kubectl
-/// reports them at once: every caller here either retries on its own terms (the webhook's
-/// workers, watches and lease) or has someone waiting for the answer (the plugin).
-pub fn answers_as_they_come(config: &mut kube::Config) {
-    config.default_retry = false;
-}
-
 /// Namespace on the primary that holds the webhook, its serving certificate and the
 /// kubeconfig Secrets of attached clusters.
 pub const MESH_NAMESPACE: &str = "kubectl-mesh";
