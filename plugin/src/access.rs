@@ -45,7 +45,7 @@ pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<Client> {
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
     config.write_timeout = Some(READ_TIMEOUT);
-    Client::try_from(config).map_err(|source| {
+    mesh_core::retry_after::client(config).map_err(|source| {
         kubeconfig::Error::Client {
             context: name,
             source,

@@ -371,7 +371,7 @@ pub async fn client_config(kc: Kubeconfig, context: Option<&str>) -> Result<kube
 pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<kube::Client> {
     let name = select(&kc, context)?.context.to_owned();
     let config = client_config(kc, Some(&name)).await?;
-    kube::Client::try_from(config).map_err(|source| Error::Client {
+    mesh_core::retry_after::client(config).map_err(|source| Error::Client {
         context: name,
         source,
     })

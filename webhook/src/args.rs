@@ -415,7 +415,7 @@ async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
     // (a stalled apiserver, a peer gone without a word) would be trusted for good. Every
     // watch ends within `WATCH_SECONDS`, so a connection silent this long is dead.
     config.read_timeout = Some(mesh_core::remote::WATCH_READ_TIMEOUT);
-    Client::try_from(config).context("cannot build the primary client")
+    mesh_core::retry_after::client(config).context("cannot build the primary client")
 }
 
 /// Stops at once on SIGINT; on the first SIGTERM drains (not ready, open connections told to

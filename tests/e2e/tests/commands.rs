@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{DeleteParams, PostParams};
@@ -673,5 +675,79 @@ async fn commands_fail_in_one_line_without_an_installation() -> anyhow::Result<(
         "{}",
         describe(&out)
     );
+    Ok(())
+}
+
+/// MeshClusters on `cluster` served by an aggregated API whose backend does not exist: the
+/// apiserver answers every request for them 503, as it does while an extension is down (and as
+/// a load balancer without backends does). Unregistered when dropped, even by a failed test:
+/// the cluster is shared.
+struct UnavailableMeshApi<'a> {
+    env: &'a TestEnv,
+    cluster: &'a Cluster,
+}
+
+impl<'a> UnavailableMeshApi<'a> {
+    const NAME: &'static str = "v1alpha1.kubectl-mesh.io";
+
+    async fn register(env: &'a TestEnv, cluster: &'a Cluster) -> anyhow::Result<Self> {
+        let manifest = env.dir().join("unavailable-mesh-api.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata:\n  name: {}\n\
+                 spec:\n  group: {}\n  version: v1alpha1\n  groupPriorityMinimum: 1000\n  \
+                 versionPriority: 15\n  insecureSkipTLSVerify: true\n  service:\n    \
+                 namespace: default\n    name: mesh-api-gone\n    port: 443\n",
+                Self::NAME,
+                mesh_core::GROUP
+            ),
+        )?;
+        let manifest = manifest.to_str().context("manifest path is not UTF-8")?;
+        mesh_e2e::kubectl(env, cluster, &["apply", "-f", manifest]).await?;
+        let unavailable = Self { env, cluster };
+        let path = format!("/apis/{}/v1alpha1/meshclusters", mesh_core::GROUP);
+        eventually("MeshClusters answered 503", DEFAULT_TIMEOUT, || async {
+            let mut get = tokio::process::Command::from(env.kubectl(cluster));
+            let out = get.args(["get", "--raw", &path]).output().await?;
+            Ok(text(&out.stderr)
+                .contains("ServiceUnavailable")
+                .then_some(()))
+        })
+        .await?;
+        Ok(unavailable)
+    }
+}
+
+impl Drop for UnavailableMeshApi<'_> {
+    fn drop(&mut self) {
+        let mut delete = self.env.kubectl(self.cluster);
+        delete.args(["delete", "apiservice", Self::NAME, "--ignore-not-found"]);
+        if let Err(error) = delete.output() {
+            eprintln!("cannot unregister {}: {error}", Self::NAME);
+        }
+    }
+}
+
+#[tokio::test]
+async fn commands_fail_at_once_when_the_apiserver_answers_unavailable() -> anyhow::Result<()> {
+    let (_serial, env) = serial().await;
+    let remote = &env.remotes()[1];
+    let _unavailable = UnavailableMeshApi::register(env, remote).await?;
+    for args in [["list"].as_slice(), &["status"], &["sync"]] {
+        // kubectl itself answers within a second; minutes of hidden retries must not hide the
+        // answer.
+        let run = output(fixtures::mesh_invocation_on(remote, args)?);
+        let out = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .with_context(|| format!("{args:?} still running after 30 s"))??;
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {}", describe(&out));
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("service unavailable"),
+            "{args:?}: {stderr}"
+        );
+    }
     Ok(())
 }

@@ -26,6 +26,7 @@ pub mod kubeconfig;
 pub mod labels;
 pub mod list;
 pub mod remote;
+pub mod retry_after;
 pub mod sync;
 pub mod token;
 pub mod write;

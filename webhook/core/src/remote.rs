@@ -19,7 +19,6 @@ use std::{
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Config, ResourceExt,
-    client::ClientBuilder,
     config::{KubeConfigOptions, Kubeconfig, KubeconfigError},
 };
 
@@ -624,7 +623,7 @@ pub async fn client_from_kubeconfig(
     // Without this a pooled connection's idle time counts against the read timeout of the next
     // request and a healthy remote looks dead after a quiet minute.
     config.reset_reader_on_write = true;
-    let client = ClientBuilder::try_from(config).map_err(|source| Error::Client {
+    let client = crate::retry_after::client_builder(config).map_err(|source| Error::Client {
         name: name.to_owned(),
         source,
     })?;
@@ -818,6 +817,7 @@ mod tests {
     use crate::{fake_apiserver::FakeApiserver, fixtures::mesh_cluster};
     use k8s_openapi::ByteString;
     use kube::core::Status;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     const TOKEN_KUBECONFIG: &str = r#"
 apiVersion: v1
@@ -893,14 +893,7 @@ current-context: east
             }
         });
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("CA");
-        use base64::Engine as _;
-        let ca_data = base64::engine::general_purpose::STANDARD.encode(ca.cert.pem());
-        let yaml = TOKEN_KUBECONFIG
-            .replace("https://127.0.0.1:1", &server)
-            .replace(
-                r#"certificate-authority-data: """#,
-                &format!("certificate-authority-data: {ca_data}"),
-            );
+        let yaml = kubeconfig_of(&server, &ca.cert);
         let options = RemoteOptions {
             connect_timeout: Duration::from_millis(300),
             read_timeout: Duration::from_secs(30),
@@ -919,6 +912,90 @@ current-context: east
         assert_eq!(Failure::of(&error), Failure::TimedOut, "{error}");
         let chain = error_chain(&error);
         assert!(chain.ends_with("(Connect): timed out"), "{chain}");
+    }
+
+    /// [`TOKEN_KUBECONFIG`] for `server`, whose serving certificate is `ca`.
+    fn kubeconfig_of(server: &str, ca: &rcgen::Certificate) -> String {
+        use base64::Engine as _;
+        let ca_data = base64::engine::general_purpose::STANDARD.encode(ca.pem());
+        TOKEN_KUBECONFIG
+            .replace("https://127.0.0.1:1", server)
+            .replace(
+                r#"certificate-authority-data: """#,
+                &format!("certificate-authority-data: {ca_data}"),
+            )
+    }
+
+    /// A TLS server on 127.0.0.1 that answers every request 503, as a load balancer without
+    /// backends does (no real apiserver answers 503 for namespaces on demand); its URL and
+    /// how many requests it has answered.
+    async fn answering_unavailable() -> (String, rcgen::Certificate, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = format!("https://{}", listener.local_addr().expect("address"));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
+        tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(connection).await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0; 4096];
+                    // Requests without a body: one read each is enough here.
+                    while let Ok(read) = tls.read(&mut buffer).await {
+                        if read == 0 {
+                            return;
+                        }
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"no backend","code":503}"#;
+                        let answer = format!(
+                            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if tls.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (server, key.cert, answered)
+    }
+
+    /// kube would retry a 503 by itself, up to 15 times and minutes in all: a push would spend
+    /// its deadline and be reported timed out, a sync would hold its worker.
+    #[tokio::test]
+    async fn an_unavailable_remote_is_reported_at_its_first_answer() {
+        let (server, cert, answered) = answering_unavailable().await;
+        let options = RemoteOptions {
+            call_deadline: None,
+            ..RemoteOptions::default()
+        };
+        let client = client_from_kubeconfig("east-creds", &kubeconfig_of(&server, &cert), &options)
+            .await
+            .expect("client");
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        let error = tokio::time::timeout(Duration::from_secs(10), api.list(&Default::default()))
+            .await
+            .expect("answered within seconds")
+            .expect_err("503");
+        assert_eq!(Failure::of(&error), Failure::Unreachable, "{error}");
+        assert_eq!(answered.load(Ordering::Relaxed), 1);
     }
 
     #[test]
