@@ -23,18 +23,12 @@ pub const WITHOUT_READER_ROLE: &str = "remote-2";
 /// [`WITHOUT_READER_ROLE`] without.
 pub async fn shared_istio_mesh() -> (&'static TestEnv, &'static Istio, &'static Mesh) {
     static SHARED: OnceCell<(TestEnv, Istio, Mesh)> = OnceCell::const_new();
-    let (env, istio, mesh) = SHARED
-        .get_or_init(|| async {
-            let options = IstioOptions {
-                without_reader_role: vec![WITHOUT_READER_ROLE.to_owned()],
-                ..IstioOptions::default()
-            };
-            match istio_mesh(2, options).await {
-                Ok(shared) => shared,
-                Err(error) => panic!("starting the mesh with Istio: {error:#}"),
-            }
-        })
-        .await;
+    let options = IstioOptions {
+        without_reader_role: vec![WITHOUT_READER_ROLE.to_owned()],
+        ..IstioOptions::default()
+    };
+    let (env, istio, mesh) =
+        crate::shared(&SHARED, "the mesh with Istio", istio_mesh(2, options)).await;
     (env, istio, mesh)
 }
 

@@ -26,16 +26,24 @@ pub use mesh_testenv;
 /// The environment's watchdog stops the processes when the test binary exits.
 pub async fn shared_env(remotes: usize) -> &'static TestEnv {
     static ENV: OnceCell<TestEnv> = OnceCell::const_new();
-    ENV.get_or_init(|| async {
-        match TestEnv::start(Options {
-            remotes,
-            ..Options::default()
-        })
-        .await
-        {
-            Ok(env) => env,
-            Err(error) => panic!("starting the test environment: {error:#}"),
-        }
+    let options = Options {
+        remotes,
+        ..Options::default()
+    };
+    shared(&ENV, "the test environment", TestEnv::start(options)).await
+}
+
+/// What `cell` holds for the whole test binary, made by `start` when a test first needs it. A
+/// start that fails fails each test that needs it, with the cause.
+pub async fn shared<T>(
+    cell: &'static OnceCell<T>,
+    what: &str,
+    start: impl Future<Output = anyhow::Result<T>>,
+) -> &'static T {
+    cell.get_or_init(|| async {
+        start
+            .await
+            .unwrap_or_else(|error| panic!("starting {what}: {error:#}"))
     })
     .await
 }
@@ -45,19 +53,11 @@ pub async fn shared_env(remotes: usize) -> &'static TestEnv {
 pub async fn shared_mesh(remotes: usize) -> (&'static TestEnv, &'static mesh_testenv::mesh::Mesh) {
     static MESH: OnceCell<mesh_testenv::mesh::Mesh> = OnceCell::const_new();
     let env = shared_env(remotes).await;
-    let mesh = MESH
-        .get_or_init(|| async {
-            let options = match mesh_testenv::mesh::MeshOptions::from_workspace() {
-                Ok(options) => options,
-                Err(error) => panic!("{error:#}"),
-            };
-            match mesh_testenv::mesh::Mesh::start(env, options).await {
-                Ok(mesh) => mesh,
-                Err(error) => panic!("starting the mesh: {error:#}"),
-            }
-        })
-        .await;
-    (env, mesh)
+    let start = async {
+        let options = mesh_testenv::mesh::MeshOptions::from_workspace()?;
+        mesh_testenv::mesh::Mesh::start(env, options).await
+    };
+    (env, shared(&MESH, "the mesh", start).await)
 }
 
 /// A mesh of its own, for a test that stops processes or needs other webhook settings: a

@@ -25,13 +25,7 @@ struct ProxiedMesh {
 
 async fn proxied_mesh() -> &'static ProxiedMesh {
     static MESH: OnceCell<ProxiedMesh> = OnceCell::const_new();
-    MESH.get_or_init(|| async {
-        match start().await {
-            Ok(mesh) => mesh,
-            Err(error) => panic!("starting a mesh behind a proxy: {error:#}"),
-        }
-    })
-    .await
+    mesh_e2e::shared(&MESH, "a mesh behind a proxy", start()).await
 }
 
 async fn start() -> anyhow::Result<ProxiedMesh> {

@@ -46,13 +46,7 @@ struct CustomMesh {
 
 async fn custom_mesh() -> &'static CustomMesh {
     static MESH: OnceCell<CustomMesh> = OnceCell::const_new();
-    MESH.get_or_init(|| async {
-        match start_custom_mesh().await {
-            Ok(mesh) => mesh,
-            Err(error) => panic!("starting the mesh with a custom rule: {error:#}"),
-        }
-    })
-    .await
+    mesh_e2e::shared(&MESH, "the mesh with a custom rule", start_custom_mesh()).await
 }
 
 async fn start_custom_mesh() -> anyhow::Result<CustomMesh> {

@@ -35,12 +35,12 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn mesh() -> &'static (TestEnv, Mesh) {
     static MESH: OnceCell<(TestEnv, Mesh)> = OnceCell::const_new();
-    MESH.get_or_init(|| async {
-        let mut options = MeshOptions::from_workspace().expect("workspace binaries");
+    let start = async {
+        let mut options = MeshOptions::from_workspace()?;
         options.attach_remotes = false;
-        own_mesh_with(2, options).await.expect("starting the mesh")
-    })
-    .await
+        own_mesh_with(2, options).await
+    };
+    mesh_e2e::shared(&MESH, "the mesh", start).await
 }
 
 /// `kubectl mesh <args>` against the primary, with no terminal on stdin.

@@ -27,21 +27,17 @@ const DEADLINE: Duration = Duration::from_secs(60);
 async fn mesh() -> (&'static InCluster, MutexGuard<'static, ()>) {
     static MESH: OnceCell<InCluster> = OnceCell::const_new();
     static TURN: Mutex<()> = Mutex::const_new(());
-    let mesh = MESH
-        .get_or_init(|| async {
-            let mesh = match InCluster::start(2).await {
-                Ok(mesh) => mesh,
-                Err(error) => panic!("installing the mesh in the cluster: {error:#}"),
-            };
-            // No Istio here: check must still find istio-injection=enabled served.
-            for remote in mesh.env.remotes() {
-                if let Err(error) = stand_in_injector(remote).await {
-                    panic!("a stand-in injector on {}: {error:#}", remote.name);
-                }
-            }
-            mesh
-        })
-        .await;
+    let start = async {
+        let mesh = InCluster::start(2).await?;
+        // No Istio here: check must still find istio-injection=enabled served.
+        for remote in mesh.env.remotes() {
+            stand_in_injector(remote)
+                .await
+                .with_context(|| format!("a stand-in injector on {}", remote.name))?;
+        }
+        Ok(mesh)
+    };
+    let mesh = mesh_e2e::shared(&MESH, "the mesh in the cluster", start).await;
     (mesh, TURN.lock().await)
 }
 
