@@ -18,9 +18,10 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 use mesh_core::{
     MESH_NAMESPACE, call_limits,
     cluster::MeshCluster,
+    failure::{Failure, error_chain},
     labels::{ScopeError, SyncRule},
     list,
-    remote::{self, Failure, RemoteOptions, error_chain},
+    remote::{self, RemoteOptions},
 };
 
 use crate::{Error, Result, access, describe_kube, installed_rule, render};

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client, ResourceExt, api::ListParams};
-use mesh_core::{MESH_NAMESPACE, cluster::KUBECONFIG_KEY, list, remote};
+use mesh_core::{MESH_NAMESPACE, cluster::KUBECONFIG_KEY, failure, list, remote};
 
 use crate::{
     mesh_state::{self, RemoteResult, with_deadline},
@@ -93,7 +93,7 @@ pub async fn credentials_with(
         Ok(client) => Credentials::Found { source, client },
         Err(e) => Credentials::Unusable {
             source,
-            error: remote::error_chain(&e),
+            error: failure::error_chain(&e),
         },
     }
 }

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use mesh_core::{
     cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
-    remote::{self, Failure, error_chain},
+    failure::{Failure, error_chain},
+    remote,
     sync::SyncReport,
     token::{Claims, Standing},
 };

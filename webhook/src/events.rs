@@ -11,7 +11,7 @@ use kube::{
 
 use mesh_core::{
     cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus},
-    remote::error_chain,
+    failure::error_chain,
     sync::{PrimaryView, SyncReport},
 };
 
@@ -283,7 +283,7 @@ mod tests {
     use super::*;
     use crate::cluster_status::{Attempt, next_status};
     use k8s_openapi::jiff::Timestamp;
-    use mesh_core::remote::Failure;
+    use mesh_core::failure::Failure;
 
     fn status_after(prev: Option<&MeshClusterStatus>, attempt: &Attempt<'_>) -> MeshClusterStatus {
         next_status(prev, attempt, None, Timestamp::UNIX_EPOCH)

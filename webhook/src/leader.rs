@@ -39,7 +39,7 @@ use kube::{
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use mesh_core::remote::error_chain;
+use mesh_core::failure::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -22,8 +22,9 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client};
 
 use mesh_core::{
+    failure::Failure,
     labels::{Labels, SyncRule},
-    remote::{self, Failure, Remote, RemoteState},
+    remote::{self, Remote, RemoteState},
     write::{Known, Written, write_managed_labels},
 };
 

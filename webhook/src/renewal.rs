@@ -10,7 +10,7 @@ use k8s_openapi::{
 use kube::{Api, Client};
 use mesh_core::{
     cluster::{KUBECONFIG_KEY, MeshCluster},
-    remote::error_chain,
+    failure::error_chain,
     token,
 };
 

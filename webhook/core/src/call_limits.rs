@@ -167,7 +167,7 @@ where
     }
 }
 
-/// A timed-out I/O error, so that [`crate::remote::Failure::of`] classifies it as one.
+/// A timed-out I/O error, so that [`crate::failure::Failure::of`] classifies it as one.
 fn elapsed(deadline: Duration) -> BoxError {
     Box::new(io::Error::new(
         io::ErrorKind::TimedOut,
@@ -178,7 +178,7 @@ fn elapsed(deadline: Duration) -> BoxError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::{Failure, error_chain};
+    use crate::failure::{Failure, error_chain};
     use futures::StreamExt as _;
     use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
     use k8s_openapi::api::core::v1::Namespace;

@@ -17,6 +17,7 @@ macro_rules! group_literal {
 pub mod call_limits;
 pub mod cluster;
 pub mod duration;
+pub mod failure;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_apiserver;
 #[cfg(any(test, feature = "testing"))]

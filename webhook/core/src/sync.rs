@@ -22,9 +22,9 @@ use kube::{
 };
 
 use crate::{
+    failure::{Failure, error_chain},
     labels::{LabelDiff, SyncRule, Verdict},
     list,
-    remote::{Failure, error_chain},
     write::{Known, Written, write_managed_labels},
 };
 

@@ -18,8 +18,8 @@ use kube::{
 
 use crate::{
     FIELD_MANAGER,
+    failure::{Failure, error_chain},
     labels::{LabelDiff, Labels, SyncRule},
-    remote::{Failure, error_chain},
 };
 
 /// What the writer knows of the remote namespace before it writes.

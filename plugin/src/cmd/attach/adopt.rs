@@ -7,8 +7,8 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use mesh_core::{
+    failure,
     labels::{LabelDiff, Labels, SyncRule},
-    remote,
 };
 
 use crate::{Error, Result, output::Progress, preview::Adoption, render::FIELD_MANAGER};
@@ -53,7 +53,7 @@ pub(super) async fn adopt(
     let patch = Patch::Json::<()>(diff.to_json_patch(&current));
     match namespaces.patch(name, &params(), &patch).await {
         Ok(_) => {}
-        Err(e) if remote::Failure::of(&e) == remote::Failure::Conflict => return Err(changed()),
+        Err(e) if failure::Failure::of(&e) == failure::Failure::Conflict => return Err(changed()),
         Err(e) => {
             return Err(Error::kube(format!(
                 "cannot label namespace {name} on the primary"
@@ -87,13 +87,15 @@ pub(super) async fn unadopt(
             // Not as adopted (never written, or changed since): left as it is.
             Err(e)
                 if matches!(
-                    remote::Failure::of(&e),
-                    remote::Failure::Conflict | remote::Failure::Other | remote::Failure::NotFound
+                    failure::Failure::of(&e),
+                    failure::Failure::Conflict
+                        | failure::Failure::Other
+                        | failure::Failure::NotFound
                 ) => {}
             Err(e) => {
                 progress.fail(format!(
                     "rollback: primary: namespace {name}: {}",
-                    remote::error_chain(&e)
+                    failure::error_chain(&e)
                 ));
                 left.push(format!("primary: labels adopted on namespace {name}"));
             }

@@ -9,7 +9,7 @@ use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
 };
-use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, remote};
+use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, failure, remote};
 
 use super::adopt;
 use super::hooks::TestHooks;
@@ -519,7 +519,7 @@ impl<'a> Run<'a> {
             .map_err(|e| Error::Refused {
                 what: format!(
                     "cannot use the new token of {name}: {}",
-                    remote::error_chain(&e)
+                    failure::error_chain(&e)
                 ),
                 hint: "check the remote's kubeconfig with `kubectl get ns`".into(),
             })?;

@@ -12,9 +12,10 @@ use kube::{ResourceExt, config::Kubeconfig};
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::{KUBECONFIG_KEY, MeshCluster},
+    failure::error_chain,
     injection::{self, Readiness},
     labels::SyncRule,
-    remote::{Identity, error_chain},
+    remote::Identity,
     sync::short_list,
 };
 

@@ -23,6 +23,7 @@ use kube::{
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::MeshCluster,
+    failure,
     labels::SyncRule,
     remote::{self, RemoteOptions},
 };
@@ -187,7 +188,7 @@ async fn follow<K>(
             Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => Change::Apply(o),
             Ok(watcher::Event::Delete(o)) => Change::Delete(o),
             Ok(watcher::Event::InitDone) => Change::Listed,
-            Err(e) => Change::Failed(remote::error_chain(&e)),
+            Err(e) => Change::Failed(failure::error_chain(&e)),
         };
         shared.update(|live| on(live, change));
     }
@@ -469,10 +470,10 @@ fn watch_remote(
             let answer = async {
                 let client = remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &options)
                     .await
-                    .map_err(|e| remote::error_chain(&e))?;
+                    .map_err(|e| failure::error_chain(&e))?;
                 let found = remote::cluster_id(&client)
                     .await
-                    .map_err(|e| remote::error_chain(&e))?;
+                    .map_err(|e| failure::error_chain(&e))?;
                 remote::Identity::of(&c)
                     .check(&found)
                     .map_err(|e| e.to_string())
@@ -523,7 +524,7 @@ fn watch_remote(
         let client = match remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &WATCH_CLIENT).await {
             Ok(client) => client,
             Err(e) => {
-                let error = remote::error_chain(&e);
+                let error = failure::error_chain(&e);
                 s.update(|live| {
                     if let Some(r) = live.remotes.get_mut(&n) {
                         r.namespaces_error = Some(error);

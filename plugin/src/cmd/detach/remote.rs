@@ -18,8 +18,8 @@ use kube::{
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::MeshCluster,
+    failure::Failure,
     labels::SyncRule,
-    remote::Failure,
     sync::{self, SyncMode, sync_remote},
 };
 use serde::de::DeserializeOwned;

@@ -1,0 +1,266 @@
+//! How a call to a cluster failed: a coarse class for status reasons, Events and metric
+//! labels, and the error's text on one line. Shared by every caller of a remote or the primary,
+//! so that one failure reads the same in a warning, a condition, a log line and `kubectl mesh`.
+
+use std::{error::Error as StdError, io};
+
+use crate::call_limits::AnswerTooLarge;
+
+/// How a call to a remote apiserver failed, coarse enough for status reasons and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// No answer: refused connection, DNS, TLS handshake, 502/503.
+    Unreachable,
+    /// Connect or read timeout.
+    TimedOut,
+    /// 401 or 403: the stored credentials are rejected or lack permissions.
+    Forbidden,
+    /// 404.
+    NotFound,
+    /// 409, or 422 from a failed JSON patch `test` operation.
+    Conflict,
+    /// Anything else: a refused write, an unreadable answer.
+    Other,
+}
+
+impl Failure {
+    /// Classifies an error of a call to a remote.
+    pub fn of(error: &kube::Error) -> Self {
+        if refused_as_too_large(error) {
+            return Self::Other;
+        }
+        match error {
+            kube::Error::Api(status) => match status.code {
+                401 | 403 => Self::Forbidden,
+                404 => Self::NotFound,
+                // A JSON patch whose `test` op fails is answered 422 by the apiserver; an
+                // invalid label value is too, and retrying that once costs one round trip.
+                409 | 422 => Self::Conflict,
+                502..=504 => Self::Unreachable,
+                _ => Self::Other,
+            },
+            kube::Error::Auth(_) => Self::Forbidden,
+            kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::RustlsTls(_) => {
+                if timed_out(error) {
+                    Self::TimedOut
+                } else {
+                    Self::Unreachable
+                }
+            }
+            _ => {
+                if timed_out(error) {
+                    Self::TimedOut
+                } else {
+                    Self::Other
+                }
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::TimedOut => "timed_out",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::Other => "failed",
+        }
+    }
+
+    /// PascalCase reason of a status condition about a call that failed this way.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Unreachable => "Unreachable",
+            Self::TimedOut => "TimedOut",
+            Self::Forbidden => "Forbidden",
+            Self::NotFound | Self::Conflict | Self::Other => "SyncFailed",
+        }
+    }
+
+    /// Whether the remote answered at all (for the `Reachable` condition).
+    pub fn answered(self) -> bool {
+        !matches!(self, Self::Unreachable | Self::TimedOut)
+    }
+}
+
+/// Whether [`crate::call_limits`] refused the answer: the remote answered, too much.
+fn refused_as_too_large(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(err) = next {
+        if err.is::<AnswerTooLarge>() {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+fn timed_out(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        // hyper-timeout and tower's timeout do not always surface an io::Error.
+        let text = err.to_string();
+        if text.contains("timed out") || text.contains("deadline has elapsed") {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// The error and its causes on one line, skipping causes already quoted by their parent
+/// (kube's Display of a service error repeats its source, and the innermost cause is the one
+/// that tells a connection refused from a certificate mismatch).
+/// An apiserver's refusal reads as `401 Unauthorized: <message>` instead of kube's Display,
+/// which dumps the whole `Status` struct.
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut out = String::new();
+    let mut next = Some(error);
+    while let Some(err) = next {
+        let status = match err.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(status)) => Some(status.as_ref()),
+            _ => err.downcast_ref::<kube::core::Status>(),
+        };
+        let text = match status {
+            Some(status) => describe_status(status),
+            None if is_elapsed(err) => "timed out".to_owned(),
+            None => err.to_string(),
+        };
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        if status.is_some() {
+            // A Status is the end of the story; its source is itself.
+            break;
+        }
+        next = err.source();
+    }
+    out
+}
+
+/// A timeout of kube-client's own (its connect timeout): tokio's error inside, whose text
+/// ("deadline has elapsed") says neither what ran late nor that it was a timeout.
+fn is_elapsed(err: &(dyn StdError + 'static)) -> bool {
+    let inner = match err.downcast_ref::<std::io::Error>() {
+        Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+        None => Some(err),
+    };
+    inner.is_some_and(|inner| inner.is::<tokio::time::error::Elapsed>())
+}
+
+/// The reason kube-client gives a `Status` it made up from an error body that was not one.
+const UNPARSED_BODY: &str = "Failed to parse error data";
+
+/// `<code> <reason>: <message>` of an apiserver's `Status`. A body that was not a `Status` (an
+/// HTML page of whatever server a stored kubeconfig points at) is reduced to its HTTP status:
+/// its text could be anything, and it ends up in MeshCluster status and Events.
+fn describe_status(status: &kube::core::Status) -> String {
+    if status.reason == UNPARSED_BODY {
+        let reason = http::StatusCode::from_u16(status.code)
+            .ok()
+            .and_then(|code| code.canonical_reason())
+            .unwrap_or("error");
+        return format!(
+            "{} {reason} (the response was not a Kubernetes Status)",
+            status.code
+        );
+    }
+    let mut text = status.code.to_string();
+    if !status.reason.is_empty() {
+        text.push(' ');
+        text.push_str(&status.reason);
+    }
+    if !status.message.is_empty() && status.message != status.reason {
+        text.push_str(": ");
+        text.push_str(&status.message);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Status::failure("boom", "Reason").with_code(code).boxed())
+    }
+
+    #[test]
+    fn api_errors_are_classified_by_code() {
+        assert_eq!(Failure::of(&api_error(403)), Failure::Forbidden);
+        assert_eq!(Failure::of(&api_error(401)), Failure::Forbidden);
+        assert_eq!(Failure::of(&api_error(404)), Failure::NotFound);
+        assert_eq!(Failure::of(&api_error(409)), Failure::Conflict);
+        assert_eq!(Failure::of(&api_error(422)), Failure::Conflict);
+        assert_eq!(Failure::of(&api_error(503)), Failure::Unreachable);
+        assert_eq!(Failure::of(&api_error(500)), Failure::Other);
+    }
+
+    #[test]
+    fn transport_errors_tell_timeouts_from_refusals() {
+        let refused = kube::Error::Service(Box::new(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )));
+        assert_eq!(Failure::of(&refused), Failure::Unreachable);
+        let timed_out =
+            kube::Error::Service(Box::new(io::Error::new(io::ErrorKind::TimedOut, "slow")));
+        assert_eq!(Failure::of(&timed_out), Failure::TimedOut);
+        assert!(!Failure::TimedOut.answered());
+        assert!(Failure::Forbidden.answered());
+    }
+
+    #[test]
+    fn error_chain_keeps_the_innermost_cause() {
+        let err = kube::Error::Service(Box::new(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "tcp connect error",
+        )));
+        let text = error_chain(&err);
+        assert!(text.contains("tcp connect error"), "{text}");
+        assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+    }
+
+    #[test]
+    fn api_errors_read_as_code_reason_message() {
+        let err = kube::Error::Api(
+            Status::failure(
+                "namespaces is forbidden: User \"x\" cannot list",
+                "Forbidden",
+            )
+            .with_code(403)
+            .boxed(),
+        );
+        assert_eq!(
+            error_chain(&err),
+            r#"403 Forbidden: namespaces is forbidden: User "x" cannot list"#
+        );
+        let err = kube::Error::Api(
+            Status::failure("Unauthorized", "Unauthorized")
+                .with_code(401)
+                .boxed(),
+        );
+        assert_eq!(error_chain(&err), "401 Unauthorized");
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_status_is_reduced_to_its_http_status() {
+        // What kube-client makes of an HTML error page.
+        let page = "<html><body>internal admin console: db=10.0.0.7</body></html>";
+        let err = kube::Error::Api(Status::failure(page, UNPARSED_BODY).with_code(502).boxed());
+        assert_eq!(
+            error_chain(&err),
+            "502 Bad Gateway (the response was not a Kubernetes Status)"
+        );
+    }
+}
