@@ -249,18 +249,25 @@ pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Nam
         })
 }
 
-/// Why a remote could not be used.
+/// Why a remote could not be used. Each text holds its whole cause, so none is a `source`
+/// as well (it would print twice).
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
     /// The stored credentials are missing, unreadable or unusable.
     #[error("{}", error_chain(.0))]
-    Credentials(#[from] remote::Error),
+    Credentials(remote::Error),
     /// A call to the remote failed.
     #[error("{}", describe_remote(.0))]
-    Call(#[source] kube::Error),
+    Call(kube::Error),
     /// The remote did not answer in time.
     #[error("no answer within {}s", .0.as_secs_f32())]
     TimedOut(Duration),
+}
+
+impl From<remote::Error> for RemoteError {
+    fn from(error: remote::Error) -> Self {
+        Self::Credentials(error)
+    }
 }
 
 impl RemoteError {
@@ -417,6 +424,17 @@ mod tests {
 
     use super::fixtures::cluster;
     use super::*;
+
+    #[test]
+    fn remote_errors_print_each_cause_once() {
+        use mesh_core::fixtures::{assert_each_cause_prints_once, refused_connection};
+        assert_each_cause_prints_once(&RemoteError::Call(refused_connection()));
+        let unread = mesh_core::remote::Error::IdentityUnread {
+            secret: "cluster-east".into(),
+            cause: refused_connection(),
+        };
+        assert_each_cause_prints_once(&RemoteError::from(unread));
+    }
 
     #[test]
     fn select_keeps_order_and_names_unknown_clusters() {

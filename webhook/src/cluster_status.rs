@@ -27,12 +27,9 @@ pub(crate) const MAX_MESSAGE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot write the status of MeshCluster {name}: {}", error_chain(.source))]
-    WriteStatus {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
+    // The cause is in the text, so it is not a `source` as well (it would print twice).
+    #[error("cannot write the status of MeshCluster {name}: {}", error_chain(.cause))]
+    WriteStatus { name: String, cause: kube::Error },
     #[error("cannot encode the status of MeshCluster {name}")]
     EncodeStatus {
         name: String,
@@ -42,15 +39,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::WriteStatus { .. } => "write_status",
-            Self::EncodeStatus { .. } => "encode_status",
-        }
-    }
-}
 
 /// What one sync attempt found, as the status sees it.
 #[derive(Clone, Debug)]
@@ -305,9 +293,9 @@ pub(crate) async fn write_status(
     Api::<MeshCluster>::all(primary.clone())
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(|source| Error::WriteStatus {
+        .map_err(|cause| Error::WriteStatus {
             name: name.to_owned(),
-            source,
+            cause,
         })?;
     Ok(())
 }
@@ -350,6 +338,15 @@ mod tests {
         labels::LabelDiff,
         sync::{ChangeStatus, NamespaceChange, NamespaceError, SyncMode},
     };
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        use mesh_core::fixtures::{assert_each_cause_prints_once, refused_connection};
+        assert_each_cause_prints_once(&Error::WriteStatus {
+            name: "east".into(),
+            cause: refused_connection(),
+        });
+    }
 
     #[test]
     fn an_expired_token_is_told_apart_from_other_refusals() {

@@ -43,18 +43,11 @@ use mesh_core::failure::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read lease {name}: {}", error_chain(.source))]
-    Get {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("cannot write lease {name}: {}", error_chain(.source))]
-    Write {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
+    // The cause is in the text, so it is not a `source` as well (it would print twice).
+    #[error("cannot read lease {name}: {}", error_chain(.cause))]
+    Get { name: String, cause: kube::Error },
+    #[error("cannot write lease {name}: {}", error_chain(.cause))]
+    Write { name: String, cause: kube::Error },
     #[error("no answer to the {call} of lease {name} before the renew deadline")]
     TimedOut { name: String, call: &'static str },
     #[error("the lease duration ({0:?}) must be at least 1s")]
@@ -378,9 +371,9 @@ async fn bounded<T>(
 async fn read(api: &Api<Lease>, name: &str, deadline: Instant) -> Result<Option<Lease>> {
     bounded(deadline, name, "read", api.get_opt(name))
         .await?
-        .map_err(|source| Error::Get {
+        .map_err(|cause| Error::Get {
             name: name.to_owned(),
-            source,
+            cause,
         })
 }
 
@@ -459,9 +452,9 @@ fn held(write: Result<Lease, kube::Error>, name: &str) -> Result<Held> {
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(Held::No {
             holder: "another replica".to_owned(),
         }),
-        Err(source) => Err(Error::Write {
+        Err(cause) => Err(Error::Write {
             name: name.to_owned(),
-            source,
+            cause,
         }),
     }
 }
@@ -487,9 +480,9 @@ async fn release(api: &Api<Lease>, settings: &LeaseSettings) {
             api.replace(name, &PostParams::default(), &lease).await
         })
         .await?
-        .map_err(|source| Error::Write {
+        .map_err(|cause| Error::Write {
             name: name.clone(),
-            source,
+            cause,
         })?;
         Ok::<_, Error>(())
     }
@@ -522,6 +515,20 @@ mod tests {
     }
 
     const D: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        use mesh_core::fixtures::{assert_each_cause_prints_once, refused_connection};
+        let name = "mesh-webhook".to_owned();
+        assert_each_cause_prints_once(&Error::Get {
+            name: name.clone(),
+            cause: refused_connection(),
+        });
+        assert_each_cause_prints_once(&Error::Write {
+            name,
+            cause: refused_connection(),
+        });
+    }
 
     #[test]
     fn creates_missing_and_takes_free_lease() {

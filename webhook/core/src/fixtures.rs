@@ -338,3 +338,25 @@ pub fn jwt(claims: serde_json::Value) -> String {
         encode(&claims)
     )
 }
+
+/// Fails when a cause of `error` prints again in the text of the error above it: a chain
+/// printed whole (`error_chain`, anyhow's `{:#}`, a log line) would then say it twice.
+pub fn assert_each_cause_prints_once(error: &(dyn std::error::Error + 'static)) {
+    let mut above = error;
+    while let Some(cause) = above.source() {
+        let (text, cause_text) = (above.to_string(), cause.to_string());
+        assert!(
+            !text.contains(&cause_text),
+            "the cause {cause_text:?} prints again in {text:?}"
+        );
+        above = cause;
+    }
+}
+
+/// What a call to an apiserver that refuses connections fails with: an error with a cause.
+pub fn refused_connection() -> kube::Error {
+    kube::Error::Service(Box::new(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "connection refused",
+    )))
+}

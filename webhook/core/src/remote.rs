@@ -32,12 +32,12 @@ pub enum Error {
     #[error("secret {namespace}/{name} not found")]
     SecretMissing { namespace: String, name: String },
 
-    #[error("cannot read secret {namespace}/{name}: {}", error_chain(.source))]
+    // Variants whose text quotes their cause have no `source` (it would print twice).
+    #[error("cannot read secret {namespace}/{name}: {}", error_chain(.cause))]
     ReadSecret {
         namespace: String,
         name: String,
-        #[source]
-        source: kube::Error,
+        cause: kube::Error,
     },
 
     #[error("secret {namespace}/{name} has no {key:?} key")]
@@ -89,13 +89,9 @@ pub enum Error {
     #[error(
         "cannot read which cluster the kubeconfig in secret {secret} reaches (its kube-system \
          namespace): {}",
-        error_chain(.source)
+        error_chain(.cause)
     )]
-    IdentityUnread {
-        secret: String,
-        #[source]
-        source: kube::Error,
-    },
+    IdentityUnread { secret: String, cause: kube::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -112,7 +108,7 @@ impl Error {
             | Self::Refused { .. }
             | Self::Client { .. } => "InvalidCredentials",
             Self::OtherCluster { .. } => "ClusterMismatch",
-            Self::IdentityUnread { source, .. } => Failure::of(source).reason(),
+            Self::IdentityUnread { cause, .. } => Failure::of(cause).reason(),
         }
     }
 
@@ -120,7 +116,7 @@ impl Error {
     /// unusable credentials, may pass on their own).
     pub fn call_failure(&self) -> Option<Failure> {
         match self {
-            Self::IdentityUnread { source, .. } => Some(Failure::of(source)),
+            Self::IdentityUnread { cause, .. } => Some(Failure::of(cause)),
             _ => None,
         }
     }
@@ -503,10 +499,10 @@ pub async fn client_for_cluster(
     let secret = Api::<Secret>::namespaced(primary.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|source| Error::ReadSecret {
+        .map_err(|cause| Error::ReadSecret {
             namespace: namespace.to_owned(),
             name: name.clone(),
-            source,
+            cause,
         })?;
     client_from_secret(namespace, name, secret.as_ref(), options).await
 }
@@ -542,9 +538,9 @@ impl Identity {
     pub async fn read(&self, client: &Client) -> Result<String> {
         cluster_id(client)
             .await
-            .map_err(|source| Error::IdentityUnread {
+            .map_err(|cause| Error::IdentityUnread {
                 secret: self.secret.clone(),
-                source,
+                cause,
             })
     }
 
@@ -633,7 +629,10 @@ pub async fn client_from_kubeconfig(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{fake_apiserver::FakeApiserver, fixtures::mesh_cluster};
+    use crate::{
+        fake_apiserver::FakeApiserver,
+        fixtures::{assert_each_cause_prints_once, mesh_cluster, refused_connection},
+    };
     use k8s_openapi::ByteString;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -774,6 +773,25 @@ current-context: east
             .expect_err("503");
         assert_eq!(Failure::of(&error), Failure::Unreachable, "{error}");
         assert_eq!(answered.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        let unread = Error::ReadSecret {
+            namespace: "kubectl-mesh".into(),
+            name: "cluster-east".into(),
+            cause: refused_connection(),
+        };
+        assert!(
+            unread.to_string().ends_with("connection refused"),
+            "{unread}"
+        );
+        assert_each_cause_prints_once(&unread);
+        let unproved = Error::IdentityUnread {
+            secret: "cluster-east".into(),
+            cause: refused_connection(),
+        };
+        assert_each_cause_prints_once(&unproved);
     }
 
     #[tokio::test]

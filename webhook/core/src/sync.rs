@@ -1,7 +1,7 @@
 //! THE sync engine: make one remote's namespaces carry the primary's managed labels.
 //!
 //! Used by the reconciler for every attached cluster and by `kubectl mesh sync` from the CLI,
-//! so both apply exactly the same rule ([`SyncRule::plan_by`]) the same way:
+//! so both apply exactly the same rule ([`SyncRule::planner`]) the same way:
 //! - one LIST of the remote's namespaces ([`sync_remote`]), or what a current watch of them
 //!   keeps ([`sync_watched`], the reconciler's periodic sync), then only the namespaces that
 //!   differ are written; a converged remote costs zero writes;
@@ -34,10 +34,11 @@ const WRITE_CONCURRENCY: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    // The cause is in the text, so it is not a `source` as well (it would print twice).
     #[error("cannot list the remote's namespaces: {}", error_chain(.0))]
-    ListNamespaces(#[source] kube::Error),
+    ListNamespaces(kube::Error),
     #[error("cannot list the primary's namespaces: {}", error_chain(.0))]
-    ListPrimary(#[source] kube::Error),
+    ListPrimary(kube::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -176,7 +177,7 @@ pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Nam
         .collect())
 }
 
-/// Syncs one remote against the primary's namespaces (keyed by name).
+/// Syncs one remote against the primary's namespaces, as `primary` shows them.
 ///
 /// Fails only when the remote's namespaces cannot be listed; errors writing single namespaces
 /// are in [`SyncReport::errors`].
@@ -406,7 +407,13 @@ async fn write(
 mod tests {
     use super::*;
     use crate::fake_apiserver::FakeApiserver;
-    use crate::fixtures::{by_name, labelled};
+    use crate::fixtures::{assert_each_cause_prints_once, by_name, labelled, refused_connection};
+
+    #[test]
+    fn errors_print_each_cause_once() {
+        assert_each_cause_prints_once(&Error::ListNamespaces(refused_connection()));
+        assert_each_cause_prints_once(&Error::ListPrimary(refused_connection()));
+    }
 
     /// The primary's namespaces by name, each with exactly the labels given.
     fn primary(entries: &[(&str, &[(&str, &str)])]) -> BTreeMap<String, Namespace> {

@@ -23,6 +23,7 @@ use crate::{
 };
 
 use mesh_core::{
+    failure::error_chain,
     remote::{Remote, RemoteState},
     sync::{PrimaryView, SyncMode, sync_remote, sync_watched},
 };
@@ -403,7 +404,7 @@ impl Worker {
             && let Some(Err(error)) =
                 to_primary("status", write_status(&shared.primary, cluster_name, &next)).await
         {
-            tracing::warn!(error = %error, "cannot write cluster status");
+            tracing::warn!(error = %error_chain(&error), "cannot write cluster status");
         }
         ok
     }
