@@ -649,8 +649,8 @@ impl Rotation<'_> {
                     self.cluster,
                 ),
                 hint: format!(
-                    "the previous token still works; `kubectl mesh status {0}` and `kubectl mesh \
-                 check` show what the webhook does; then re-run `kubectl mesh rotate {0}`",
+                    "the previous token still works; `kubectl mesh list` and `kubectl mesh check` \
+                 show what the webhook does with {0}; then re-run `kubectl mesh rotate {0}`",
                     self.cluster
                 ),
             }

@@ -219,7 +219,7 @@ impl Attach {
             mc
         } else {
             progress.info(format!(
-                "`kubectl mesh status {}` shows its sync; `--wait` waits for it",
+                "`kubectl mesh list` shows the sync of {}; `--wait` waits for it",
                 plan.name
             ));
             mc

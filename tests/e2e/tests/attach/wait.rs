@@ -1,9 +1,10 @@
 //! `attach --wait`: without a reconciler it times out with a hint, with one it reports the
 //! first sync.
 
+use anyhow::Context as _;
 use kube::Api;
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::unique_name;
+use mesh_e2e::{text, unique_name};
 use serde_json::json;
 
 use crate::support::*;
@@ -60,4 +61,39 @@ async fn wait_reports_the_first_sync_of_a_running_webhook() -> anyhow::Result<()
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await?;
     delete_namespace(env.primary(), &ns).await
+}
+
+#[tokio::test]
+async fn without_wait_the_hinted_command_shows_the_cluster() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    let progress = attach(env, remote, &[]).await?;
+    let hinted = progress
+        .lines()
+        .find(|line| line.contains("--wait` waits for it"))
+        .and_then(|line| line.split('`').nth(1))
+        .with_context(|| format!("no hint of a command to run: {progress}"))?
+        .to_owned();
+    let args: Vec<&str> = hinted
+        .strip_prefix("kubectl mesh ")
+        .with_context(|| format!("the hint `{hinted}` is not a kubectl mesh command"))?
+        .split_whitespace()
+        .collect();
+    let out = mesh(env, &args, &[]).await?;
+    detach(env, remote, &remote.name, &[]).await?;
+    // A table of clusters with their sync: a header NAME ... SYNCED, and the cluster's row.
+    let shown = text(&out.stdout);
+    let mut rows = shown
+        .lines()
+        .map(|row| row.split_whitespace().collect::<Vec<_>>());
+    let header = rows.next().unwrap_or_default();
+    assert!(
+        out.status.success()
+            && header.first() == Some(&"NAME")
+            && header.contains(&"SYNCED")
+            && rows.any(|row| row.first() == Some(&remote.name.as_str())),
+        "`{hinted}` shows no sync of {}:\n{shown}{}",
+        remote.name,
+        text(&out.stderr)
+    );
+    assert_nothing_left(env, remote, &remote.name).await
 }
