@@ -149,14 +149,6 @@ impl Context {
         Ok((kc, target, client))
     }
 
-    /// Name of the primary's context: `--context` or the kubeconfig's current one.
-    pub fn context_name(&self) -> Result<String> {
-        let kc = self.load_kubeconfig()?;
-        Ok(kubeconfig::select(&kc, self.context.as_deref())?
-            .context
-            .to_owned())
-    }
-
     /// A client for the primary cluster.
     pub async fn client(&self) -> Result<kube::Client> {
         let kc = self.load_kubeconfig()?;
@@ -221,9 +213,6 @@ pub enum Error {
         /// What to do.
         hint: String,
     },
-    /// A command whose body is not written yet.
-    #[error("`kubectl mesh {0}` is not implemented yet")]
-    NotImplemented(&'static str),
     /// The command ran to its end and its verdict is the exit status alone, like
     /// `git diff --exit-code`: the output already said everything, no error line follows.
     #[error("exit status {0}")]
@@ -263,9 +252,6 @@ impl Error {
                 "this is a bug in kubectl-mesh; please report it with the command you ran".into()
             }
             Self::Timeout { hint, .. } | Self::Refused { hint, .. } => hint.clone(),
-            Self::NotImplemented(_) => {
-                "use a newer kubectl-mesh, or `kubectl mesh --help` for what works today".into()
-            }
             Self::Exit(_) => String::new(),
         }
     }

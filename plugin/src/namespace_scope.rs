@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use mesh_core::{cluster::NamespaceScope, labels::SyncRule};
 
-use crate::{Error, Result};
+use crate::{Error, Result, object_names::label_key_problem};
 
 /// The scope `exclude` and `selector` (flag values) describe, checked against `rule`.
 pub fn from_flags(
@@ -152,15 +152,12 @@ fn set_term<'a>(
     Some((key, values))
 }
 
+/// The label-key rule of `--managed-labels`, so that the apiserver never refuses a key that
+/// passed here (in the sync scope's admission policy binding, for one).
 fn check_key(key: &str) -> std::result::Result<(), String> {
-    let valid = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if valid {
-        Ok(())
-    } else {
-        Err(format!("{key:?} is not a label key"))
+    match label_key_problem(key) {
+        Some(why) => Err(format!("{key:?} is not a label key: {why}")),
+        None => Ok(()),
     }
 }
 
@@ -191,11 +188,16 @@ mod tests {
             parse_selector("tier in (a").unwrap_err(),
             "unbalanced parentheses"
         );
-        assert!(
-            parse_selector("no spaces=x")
-                .unwrap_err()
-                .contains("not a label key")
-        );
+        for bad in [
+            "no spaces=x",
+            "-team=x",
+            "a/b/c",
+            "example.com/",
+            &"k".repeat(64),
+        ] {
+            let why = parse_selector(bad).unwrap_err();
+            assert!(why.contains("is not a label key: "), "{bad}: {why}");
+        }
     }
 
     #[test]

@@ -183,11 +183,6 @@ impl Progress {
         }
     }
 
-    /// Whether lines are coloured.
-    pub fn is_color(&self) -> bool {
-        self.color
-    }
-
     /// A step that succeeded.
     pub fn ok(&self, msg: impl std::fmt::Display) {
         self.line("✓", GREEN, msg);

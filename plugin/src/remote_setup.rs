@@ -15,7 +15,9 @@
 //!   ([`sync_rights`]);
 //! - Secret [`TOKEN_SECRET`] of type `kubernetes.io/service-account-token`: a long-lived token
 //!   that kube-controller-manager fills in. It never expires; deleting the Secret revokes it
-//!   at once, which the reconciler and `check` see as a 401;
+//!   at once, which the reconciler and `check` see as a 401. With `--token-ttl`, the Secret is
+//!   instead the anchor a time-bound token is bound to ([`token_anchor_secret`]), and the Role
+//!   and RoleBinding [`TOKEN_RENEWAL`] let the sync account renew that token with itself;
 //! - the ValidatingAdmissionPolicy and binding [`SYNC_SCOPE`] that deny the sync account any
 //!   namespace change but the managed labels' of the namespaces the cluster's scope covers (its
 //!   ClusterRole may patch every namespace, and RBAC cannot narrow a patch to some fields);
@@ -66,7 +68,8 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// ServiceAccount (in [`MESH_NAMESPACE`]), ClusterRole and ClusterRoleBinding the webhook
 /// uses on a remote.
 pub const SYNC_ACCOUNT: &str = "kubectl-mesh-sync";
-/// The long-lived token Secret of [`SYNC_ACCOUNT`].
+/// The token Secret of [`SYNC_ACCOUNT`]: its long-lived token, or with `--token-ttl` the
+/// anchor its time-bound token is bound to.
 pub const TOKEN_SECRET: &str = "kubectl-mesh-sync-token";
 /// ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding of the remote guard.
 pub const GUARD: &str = "kubectl-mesh-guard";
@@ -420,8 +423,8 @@ fn binding_to(name: &str, role: &str, cluster: &str) -> ClusterRoleBinding {
 }
 
 /// A long-lived token Secret for the ServiceAccount `account`; kube-controller-manager fills
-/// in `token` and `ca.crt`. Long-lived on purpose: a TokenRequest token expires and nothing
-/// would be there to renew it. Revocation is deleting this Secret.
+/// in `token` and `ca.crt`. The default, since a time-bound token (`--token-ttl`) stops
+/// working whenever the webhook cannot renew it in time. Revocation is deleting this Secret.
 pub fn token_secret(name: &str, account: &str, cluster: &str) -> Secret {
     let mut metadata = meta(name, Some(MESH_NAMESPACE), cluster);
     metadata.annotations = Some(BTreeMap::from([(

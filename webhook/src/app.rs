@@ -190,7 +190,7 @@ impl BoundWebhook {
         self.run_until(listen::Stop::at_once(shutdown)).await
     }
 
-    /// [`App::run`], the connections told to go at `stop.drain` and the listeners closed at
+    /// [`BoundWebhook::run`], the connections told to go at `stop.drain` and the listeners closed at
     /// `stop.close` (see [`listen::Stop`]).
     pub async fn run_until(self, stop: listen::Stop) -> Result<()> {
         let Self {

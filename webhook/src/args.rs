@@ -371,11 +371,11 @@ impl Args {
     }
 }
 
-/// Raises the open-files limit, and says when it still cannot hold both ports' connections.
 /// Logged at startup without --client-ca-file.
 const NO_CLIENT_CA: &str = "no --client-ca-file: anyone who reaches the webhook port can make \
                             it write namespaces on every remote";
 
+/// Raises the open-files limit, and says when it still cannot hold both ports' connections.
 fn raise_open_files(max_connections: u32) {
     // Both ports, plus what the process needs besides (clients of the clusters, files).
     let needed = 2 * u64::from(max_connections) + 256;

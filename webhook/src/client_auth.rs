@@ -51,16 +51,6 @@ pub enum Error {
     },
 }
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Read { .. } => "client_ca_read",
-            Self::Pem { .. } | Self::NoCertificate { .. } => "client_ca_pem",
-            Self::Verifier { .. } => "client_ca",
-        }
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A [`ClientCertVerifier`] requiring a client certificate signed by the CA last loaded from

@@ -172,9 +172,7 @@ impl Publisher {
                 let event = KubeEvent {
                     type_: EventType::Warning,
                     reason: REASON_FAILED.to_owned(),
-                    note: Some(format!(
-                        "cluster {cluster}: {change} not applied ({why}); the reconciler will retry"
-                    )),
+                    note: Some(push_failure_note(&cluster, &change, &why)),
                     action: "Push".to_owned(),
                     secondary: Some(ObjectReference {
                         api_version: Some(MeshCluster::api_version(&()).into_owned()),
@@ -262,6 +260,15 @@ fn reachability_event(
     Some(sync_event(type_, reason, note, None))
 }
 
+/// The note of a push that failed on `cluster`, cut to [`MAX_MESSAGE`]: `why` may quote what
+/// the remote answered, and the apiserver refuses an Event whose note runs past 1 KiB.
+fn push_failure_note(cluster: &str, change: &str, why: &str) -> String {
+    truncate(
+        format!("cluster {cluster}: {change} not applied ({why}); the reconciler will retry"),
+        MAX_MESSAGE,
+    )
+}
+
 /// An Event of the reconciler, its note cut to [`MAX_MESSAGE`].
 fn sync_event(
     type_: EventType,
@@ -291,6 +298,17 @@ mod tests {
 
     fn reason(event: Option<KubeEvent>) -> Option<String> {
         event.map(|e| e.reason)
+    }
+
+    #[test]
+    fn a_push_failure_note_fits_an_event() {
+        let short = push_failure_note("east", "istio-injection=enabled", "timed out");
+        assert_eq!(
+            short,
+            "cluster east: istio-injection=enabled not applied (timed out); the reconciler will retry"
+        );
+        let long = push_failure_note("east", "istio-injection=enabled", &"x".repeat(4000));
+        assert_eq!(long.len(), MAX_MESSAGE, "{long}");
     }
 
     #[test]

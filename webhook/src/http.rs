@@ -262,7 +262,7 @@ async fn set_log_level(
     peer: Option<axum::Extension<PeerAddr>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    // The webhook port is reachable from the whole cluster; changing what it logs is for
+    // The metrics port is reachable from the whole cluster; changing what it logs is for
     // operators who can port-forward or exec into the pod.
     if !peer.is_some_and(|axum::Extension(PeerAddr(addr))| addr.ip().is_loopback()) {
         return error_response(StatusCode::FORBIDDEN, "only accepted from loopback");

@@ -56,16 +56,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Tls(error) => error.metric_label(),
-            Self::ClientCa(error) => error.metric_label(),
-            Self::Bind { .. } => "bind",
-        }
-    }
-}
-
 /// What one client may hold of the server, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

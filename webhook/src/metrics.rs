@@ -65,12 +65,11 @@ impl MetricConstructor<Histogram> for LatencyBuckets {
 pub enum ReviewOutcome {
     /// The request could not be read (HTTP 400 or 413).
     Invalid,
-    /// Allowed without any push: no managed label changed, or the namespace is excluded.
+    /// Allowed without any push: no managed label changed, the namespace is excluded, or a
+    /// dry run.
     NoPush,
     /// Allowed after pushing to the remotes.
     Pushed,
-    /// A dry run that would have pushed: nothing was sent.
-    DryRun,
     /// Refused by the review.
     Denied,
 }
@@ -81,7 +80,6 @@ impl ReviewOutcome {
             Self::Invalid => "invalid",
             Self::NoPush => "no_push",
             Self::Pushed => "pushed",
-            Self::DryRun => "dry_run",
             Self::Denied => "denied",
         }
     }
@@ -273,7 +271,8 @@ impl Metrics {
             .set(i64::from(reachable));
     }
 
-    /// Records the end of one full sync; `result` is "ok" or an error's `metric_label()`.
+    /// Records the end of one full sync; `result` is "ok" or the reason of the cluster's
+    /// status condition (`Unreachable`, `TokenExpired`, ...).
     pub fn sync_finished(&self, cluster: &str, result: &str) {
         self.syncs
             .get_or_create(&SyncLabels {

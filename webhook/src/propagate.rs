@@ -143,7 +143,7 @@ pub struct TimedOutcome {
 }
 
 /// How long pushes do not wait for a remote after one ran out its deadline, unless it answers
-/// before (a push of another replica, or the reconciler's sync, see [`Remote::answered`]).
+/// before (to the reconciler's sync, see [`Remote::answered`]).
 pub const SILENCE: Duration = Duration::from_secs(10);
 
 /// Pushes `intent` to every remote in parallel and returns one outcome per remote, in the order

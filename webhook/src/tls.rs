@@ -53,17 +53,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl Error {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Read { .. } => "read",
-            Self::NoCertificate { .. } | Self::Pem { .. } => "pem",
-            Self::Key { .. } => "key",
-            Self::Config(_) => "config",
-        }
-    }
-}
-
 /// How often the files are checked for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 

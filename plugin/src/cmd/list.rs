@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster},
@@ -151,8 +151,8 @@ fn resource_value(cluster: &MeshCluster) -> Result<serde_json::Value> {
     let mut value = serde_json::to_value(&cluster).map_err(Error::serialize("JSON"))?;
     if let Some(map) = value.as_object_mut() {
         // `MeshCluster::new` sets them; objects read from the apiserver may lack them.
-        map.insert("apiVersion".into(), "kubectl-mesh.io/v1alpha1".into());
-        map.insert("kind".into(), "MeshCluster".into());
+        map.insert("apiVersion".into(), MeshCluster::api_version(&()).into());
+        map.insert("kind".into(), MeshCluster::kind(&()).into());
     }
     Ok(value)
 }

@@ -46,7 +46,7 @@ pub struct Scope {
     /// Remove the scope: every namespace the installed rule syncs is written again.
     #[arg(long, conflicts_with_all = ["exclude_namespaces", "namespace_selector"])]
     pub clear: bool,
-    /// The remote's admin credentials, to update its guard.
+    /// The remote's admin credentials, to update its guard and sync-scope policies.
     #[command(flatten)]
     pub remote_admin: RemoteAdminFlags,
 }

@@ -4,7 +4,6 @@
 //! output of `install --dry-run`, and what `install` applies, so the three cannot disagree.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use k8s_openapi::{
     api::{
@@ -175,11 +174,6 @@ impl WebhookUrl {
             url,
             host: host.to_owned(),
         })
-    }
-
-    /// Whether the host is an IP address (it then needs an IP SAN, not a DNS one).
-    pub fn is_ip(&self) -> bool {
-        self.host.parse::<IpAddr>().is_ok()
     }
 }
 
@@ -721,16 +715,13 @@ mod tests {
         let u = WebhookUrl::parse("https://127.0.0.1:9443").unwrap();
         assert_eq!(u.url, "https://127.0.0.1:9443/mutate");
         assert_eq!(u.host, "127.0.0.1");
-        assert!(u.is_ip());
         let u = WebhookUrl::parse("https://[::1]:9443/hook").unwrap();
         assert_eq!(
             (u.url.as_str(), u.host.as_str()),
             ("https://[::1]:9443/hook", "::1")
         );
-        assert!(u.is_ip());
         let u = WebhookUrl::parse("https://webhook.example.com/").unwrap();
         assert_eq!(u.url, "https://webhook.example.com/mutate");
-        assert!(!u.is_ip());
         for bad in [
             "http://127.0.0.1",
             "https://",

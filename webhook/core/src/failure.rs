@@ -9,7 +9,7 @@ use crate::call_limits::AnswerTooLarge;
 /// How a call to a remote apiserver failed, coarse enough for status reasons and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// No answer: refused connection, DNS, TLS handshake, 502/503.
+    /// No answer: refused connection, DNS, TLS handshake, 502 to 504.
     Unreachable,
     /// Connect or read timeout.
     TimedOut,

@@ -283,7 +283,7 @@ impl SyncRule {
     /// Full-sync plan for one remote: `primary` = every primary namespace by name, `remote` =
     /// every remote namespace.
     ///
-    /// All three lists are sorted by namespace name so that status and output are stable.
+    /// All four lists are sorted by namespace name so that status and output are stable.
     pub fn plan(&self, primary: &BTreeMap<String, Namespace>, remote: &[Namespace]) -> SyncPlan {
         let labelled = primary
             .iter()

@@ -34,7 +34,8 @@ use crate::{
 };
 use mesh_core::token::{self, Standing};
 
-/// A token or certificate expiring sooner than this is a warning.
+/// A token whose lifetime is unknown (no `iat`) and that expires sooner than this is a
+/// warning; a token with a lifetime is judged by [`token::Claims::standing`].
 const EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(24 * 7);
 
 /// The attached clusters' sections: one that says why none could be checked, or one per

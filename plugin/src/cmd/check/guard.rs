@@ -12,17 +12,8 @@ use super::facts::{FoundGuard, GuardFacts};
 use super::report::{CheckResult, Outcome};
 use crate::remote_setup as setup;
 
-/// The guard mode a policy and binding amount to for the cluster `name`: nothing, or a
-/// policy nothing binds, guards nothing.
-pub fn guard_mode(
-    name: &str,
-    policy: Option<&ValidatingAdmissionPolicy>,
-    binding: Option<&ValidatingAdmissionPolicyBinding>,
-) -> RemoteGuard {
-    guard_state(name, policy, binding).unwrap_or(RemoteGuard::Off)
-}
-
-/// Like [`guard_mode`], but says why there is no guard.
+/// The guard mode a policy and binding amount to for the cluster `name`, or why there is no
+/// guard (nothing, or a policy nothing binds, guards nothing).
 fn guard_state(
     name: &str,
     policy: Option<&ValidatingAdmissionPolicy>,

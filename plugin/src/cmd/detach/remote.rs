@@ -1,6 +1,7 @@
 //! Detach on the remote: every object attach created there for this cluster and primary is
 //! deleted by name, in an order that never leaves a token without its confinement, and, with
-//! `--strip-labels`, the managed labels go first through the same sync engine the webhook uses.
+//! `--strip-labels`, the managed labels go once the tokens are revoked, through the same sync
+//! engine the webhook uses.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

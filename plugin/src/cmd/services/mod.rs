@@ -6,8 +6,8 @@
 //! service gets one cluster's), its ready endpoints (EndpointSlices), and whether the
 //! namespace asks for sidecars there. The primary is read with the caller's credentials,
 //! each remote with its view credentials ([`crate::view`]) and, for its namespaces' labels,
-//! its stored sync credentials. A cluster that cannot be read is a column state, never an
-//! error of the command.
+//! its stored sync credentials. A remote that cannot be read is a column state, never an
+//! error of the command (the primary must be readable).
 //!
 //! The facts of a cluster are kept small ([`ClusterFacts`]): the dashboard holds them for
 //! every object it watches.
