@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use mesh_core::failure::error_chain;
 
 pub mod access;
 pub mod age;
@@ -270,21 +271,12 @@ impl Error {
     }
 
     /// What went wrong, on one line, without the hint. Causes are joined with ": ", each
-    /// said once (kube's errors repeat their source in their own message).
+    /// said once ([`error_chain`]); an apiserver's answer by its own message.
     pub fn what(&self) -> String {
-        let mut what = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        if let Self::Kube { source, .. } = self {
-            what = format!("{what}: {}", describe_kube(source));
-            cause = None;
-        }
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !text.is_empty() && !what.contains(&text) {
-                what = format!("{what}: {text}");
-            }
-            cause = c.source();
-        }
+        let what = match self {
+            Self::Kube { source, .. } => format!("{self}: {}", describe_kube(source)),
+            other => error_chain(other),
+        };
         what.replace('\n', " ")
     }
 
@@ -299,18 +291,7 @@ pub fn describe_kube(err: &kube::Error) -> String {
     match err {
         kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
         kube::Error::Api(status) => format!("{} ({})", status.reason, status.code),
-        other => {
-            let mut text = other.to_string();
-            let mut cause = std::error::Error::source(other);
-            while let Some(c) = cause {
-                let t = c.to_string();
-                if !text.contains(&t) {
-                    text = format!("{text}: {t}");
-                }
-                cause = c.source();
-            }
-            text
-        }
+        other => error_chain(other),
     }
 }
 
@@ -540,6 +521,14 @@ mod tests {
         assert_eq!(
             err.line(),
             "cannot write /x/tls.key: No such file; check the path and its permissions"
+        );
+        let err = Error::Kube {
+            action: "cannot list namespaces".into(),
+            source: mesh_core::fixtures::refused_connection(),
+        };
+        assert_eq!(
+            err.what(),
+            "cannot list namespaces: ServiceError: connection refused"
         );
     }
 }
