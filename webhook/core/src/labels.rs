@@ -285,36 +285,21 @@ impl SyncRule {
     ///
     /// All four lists are sorted by namespace name so that status and output are stable.
     pub fn plan(&self, primary: &BTreeMap<String, Namespace>, remote: &[Namespace]) -> SyncPlan {
+        let lookup = |name: &str| primary.get(name).cloned();
+        let mut plan = SyncPlan::default();
+        let mut planner = self.planner();
+        for seen in remote {
+            match planner.consider(lookup, seen) {
+                Verdict::Seen => {}
+                Verdict::OutOfScope(name) => plan.out_of_scope.push(name),
+                Verdict::InSync(name) => plan.in_sync.push(name),
+                Verdict::Differs(diff) => plan.changes.push(diff),
+            }
+        }
         let labelled = primary
             .iter()
             .filter(|(_, ns)| !self.desired(Some(ns)).is_empty())
             .map(|(name, _)| name.clone());
-        self.plan_by(|name| primary.get(name).cloned(), labelled, remote, |_| {})
-    }
-
-    /// [`SyncRule::plan`] one remote namespace at a time, so that neither side is ever held
-    /// whole: `primary` looks one primary namespace up, `labelled` names the primary namespaces
-    /// that carry managed labels, and `differs` receives each remote namespace the plan changes.
-    pub fn plan_by<N: std::borrow::Borrow<Namespace>>(
-        &self,
-        primary: impl Fn(&str) -> Option<Namespace>,
-        labelled: impl IntoIterator<Item = String>,
-        remote: impl IntoIterator<Item = N>,
-        mut differs: impl FnMut(N),
-    ) -> SyncPlan {
-        let mut plan = SyncPlan::default();
-        let mut planner = self.planner();
-        for seen in remote {
-            match planner.consider(&primary, seen.borrow()) {
-                Verdict::Seen => {}
-                Verdict::OutOfScope(name) => plan.out_of_scope.push(name),
-                Verdict::InSync(name) => plan.in_sync.push(name),
-                Verdict::Differs(diff) => {
-                    plan.changes.push(diff);
-                    differs(seen);
-                }
-            }
-        }
         plan.missing = planner.missing(labelled);
         plan.in_sync.sort();
         plan.out_of_scope.sort();

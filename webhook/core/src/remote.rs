@@ -349,12 +349,6 @@ impl Remote {
         &self.scope
     }
 
-    /// The same remote with `scope` (a test's remote, built without a MeshCluster).
-    pub fn with_scope(mut self, scope: NamespaceScope) -> Self {
-        self.scope = scope;
-        self
-    }
-
     /// The same remote bound to `cluster`'s identity, as [`Remotes::refresh`] builds it (a
     /// test's remote, built from a client).
     pub fn with_identity(mut self, cluster: &MeshCluster) -> Self {
@@ -383,10 +377,6 @@ impl Remotes {
         }
     }
 
-    pub fn options(&self) -> RemoteOptions {
-        self.options
-    }
-
     pub fn get(&self, name: &str) -> Option<Arc<Remote>> {
         self.read().get(name).cloned()
     }
@@ -398,14 +388,6 @@ impl Remotes {
 
     pub fn names(&self) -> Vec<String> {
         self.read().keys().cloned().collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.read().is_empty()
     }
 
     /// Adds or replaces an entry as is.
