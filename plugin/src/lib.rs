@@ -404,21 +404,14 @@ mod tests {
     fn help_snapshot() {
         let mut cmd = Cli::command();
         insta::assert_snapshot!("help", cmd.render_help().to_string());
-        for name in [
-            "install",
-            "uninstall",
-            "attach",
-            "detach",
-            "list",
-            "status",
-            "plan",
-            "scope",
-            "services",
-            "dashboard",
-            "sync",
-            "check",
-            "completion",
-        ] {
+        // Every subcommand, so that a new one cannot be left out.
+        let names: Vec<String> = cmd
+            .get_subcommands()
+            .map(|sub| sub.get_name().to_owned())
+            .filter(|name| name != "help")
+            .collect();
+        assert!(names.len() > 10, "{names:?}");
+        for name in &names {
             let mut sub = Cli::command();
             sub.build();
             let sub = sub

@@ -26,7 +26,8 @@ use mesh_core::{
 
 use crate::{Error, Result, access, describe_kube, installed_rule, render};
 
-/// Per-remote deadline of `status`, `sync` and `check` when `--remote-timeout` is not given.
+/// Deadline of each call to a remote when `--remote-timeout` is not given (`status`, `sync`,
+/// `plan`, `check`, `services`).
 pub const DEFAULT_REMOTE_TIMEOUT: &str = "5s";
 
 /// The sync rule of the installation on `primary`: the one its webhook runs with, as `install`

@@ -52,7 +52,7 @@ pub struct Status {
     /// Exit with status 3 when any namespace differs from the primary.
     #[arg(long)]
     pub exit_code: bool,
-    /// How long to wait for each remote.
+    /// How long each call to a remote may take, its answer included.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
     pub remote_timeout: Duration,
 }

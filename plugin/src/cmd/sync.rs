@@ -38,7 +38,7 @@ pub struct Targets {
     /// Only this cluster (repeatable) [default: all].
     #[arg(long, value_name = "NAME")]
     pub cluster: Vec<String>,
-    /// Longest each call to a remote may take, its answer included.
+    /// How long each call to a remote may take, its answer included.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
     pub remote_timeout: Duration,
 }

@@ -38,7 +38,7 @@ use crate::{Context, Error, Result, mesh_state::DEFAULT_REMOTE_TIMEOUT, output};
 /// do not change the exit status.
 #[derive(Debug, clap::Args)]
 pub struct Check {
-    /// How long to wait for each call to a remote.
+    /// How long each call to a remote may take, its answer included.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
     pub remote_timeout: Duration,
 }

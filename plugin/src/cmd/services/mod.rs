@@ -63,7 +63,7 @@ pub struct Services {
     /// Every namespace.
     #[arg(short = 'A', long)]
     pub all_namespaces: bool,
-    /// How long to wait for each remote.
+    /// How long each call to a remote may take, its answer included.
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_REMOTE_TIMEOUT, value_parser = crate::parse_duration)]
     pub remote_timeout: Duration,
 }
