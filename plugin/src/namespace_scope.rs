@@ -5,7 +5,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use mesh_core::{cluster::NamespaceScope, labels::SyncRule};
 
-use crate::{Error, Result, object_names::label_key_problem};
+use crate::{
+    Error, Result,
+    object_names::{dns_label_problem, label_key_problem},
+};
 
 /// The scope `exclude` and `selector` (flag values) describe, checked against `rule`.
 pub fn from_flags(
@@ -20,6 +23,14 @@ pub fn from_flags(
         .collect();
     exclude_namespaces.sort();
     exclude_namespaces.dedup();
+    for name in &exclude_namespaces {
+        if let Some(why) = dns_label_problem(name) {
+            return Err(Error::Refused {
+                what: format!("invalid --exclude-namespaces name {name:?}: {why}"),
+                hint: "give namespace names, comma-separated".into(),
+            });
+        }
+    }
     let namespace_selector = match selector.map(str::trim) {
         None | Some("") => None,
         Some(text) => Some(parse_selector(text).map_err(|what| {
@@ -212,6 +223,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(describe(&scope), "not a, gw; only team!=x");
+        let err = from_flags(&rule, &["Gateways".into()], None).unwrap_err();
+        assert!(
+            err.line()
+                .starts_with("invalid --exclude-namespaces name \"Gateways\": "),
+            "{}",
+            err.line()
+        );
         assert_eq!(describe(&NamespaceScope::default()), "all namespaces");
     }
 }
