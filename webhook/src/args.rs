@@ -386,7 +386,10 @@ fn raise_open_files(max_connections: u32) {
             "the open-files limit is below what --max-connections allows: lower it or raise the hard limit"
         ),
         Ok(_) => {}
-        Err(error) => tracing::warn!(error = %error, "cannot raise the open-files limit"),
+        Err(error) => tracing::warn!(
+            error = %mesh_core::failure::error_chain(&error),
+            "cannot raise the open-files limit"
+        ),
     }
 }
 

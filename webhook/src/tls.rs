@@ -205,7 +205,7 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<C
 /// Calls `reload` every [`RELOAD_INTERVAL`] until `shutdown` and logs what it swapped in. A
 /// failure keeps what is loaded and is logged once until a reload succeeds again: a rotation in
 /// progress fails once or twice.
-pub(crate) async fn reload_periodically<E: fmt::Display + Send + 'static>(
+pub(crate) async fn reload_periodically<E: std::error::Error + Send + 'static>(
     what: &'static str,
     path: PathBuf,
     reload: impl Fn() -> std::result::Result<bool, E> + Clone + Send + 'static,
@@ -226,7 +226,10 @@ pub(crate) async fn reload_periodically<E: fmt::Display + Send + 'static>(
             Ok(Ok(false)) => failing = false,
             Ok(Err(error)) => {
                 if !failing {
-                    tracing::warn!(error = %error, "cannot reload {what}, keeping the current one");
+                    tracing::warn!(
+                        error = %mesh_core::failure::error_chain(&error),
+                        "cannot reload {what}, keeping the current one"
+                    );
                 }
                 failing = true;
             }
@@ -331,6 +334,63 @@ pub(crate) mod testdata {
 #[cfg(test)]
 mod tests {
     use super::{testdata::*, *};
+
+    /// Log lines written while the subscriber this returns is the default.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("log").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_reload_is_logged_with_its_cause() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let missing = PathBuf::from("/nonexistent/tls.crt");
+        let reload = {
+            let path = missing.clone();
+            move || -> Result<bool> {
+                Err(Error::Read {
+                    path: path.clone(),
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                })
+            }
+        };
+        let logged = async {
+            while !log.text().contains("cannot reload") {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            () = reload_periodically("certificate", missing, reload, CancellationToken::new()) => {}
+            result = tokio::time::timeout(RELOAD_INTERVAL * 10, logged) => {
+                result.expect("no reload failure logged");
+            }
+        }
+        let text = log.text();
+        assert!(
+            text.contains("cannot read /nonexistent/tls.crt: entity not found"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn loads_and_reloads_when_files_change() {
