@@ -180,35 +180,6 @@ impl Browser {
         Ok(result["result"]["value"].clone())
     }
 
-    /// The text of the first element matching a CSS selector, `None` when there is none.
-    pub async fn text_of(&mut self, selector: &str) -> anyhow::Result<Option<String>> {
-        let selector = serde_json::to_string(selector)?;
-        let value = self
-            .eval(&format!(
-                "(() => {{ const n = document.querySelector({selector}); return n ? n.textContent : null; }})()"
-            ))
-            .await?;
-        Ok(value.as_str().map(str::to_owned))
-    }
-
-    /// An attribute of the first element matching a CSS selector.
-    pub async fn attribute(
-        &mut self,
-        selector: &str,
-        name: &str,
-    ) -> anyhow::Result<Option<String>> {
-        let (selector, name) = (
-            serde_json::to_string(selector)?,
-            serde_json::to_string(name)?,
-        );
-        let value = self
-            .eval(&format!(
-                "(() => {{ const n = document.querySelector({selector}); return n ? n.getAttribute({name}) : null; }})()"
-            ))
-            .await?;
-        Ok(value.as_str().map(str::to_owned))
-    }
-
     /// Saves a PNG of the whole page to `path`.
     pub async fn screenshot(&mut self, path: &Path) -> anyhow::Result<()> {
         let shot = self

@@ -44,6 +44,13 @@ impl CheckReport {
             .with_context(|| format!("check -o json: {}", crate::describe(out)))
     }
 
+    /// `<plugin> check -o json`, whatever its exit status (`plugin`: a `kubectl-mesh` command
+    /// set up for the primary).
+    pub async fn of(mut plugin: std::process::Command) -> anyhow::Result<Self> {
+        plugin.args(["check", "-o", "json"]);
+        Self::parse(&crate::run(plugin).await?)
+    }
+
     /// The checks of cluster `cluster`'s section (none without one).
     pub fn cluster_checks(&self, cluster: &str) -> Vec<&CheckEntry> {
         let title = format!("cluster {cluster} (");

@@ -12,14 +12,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::{
-    admissionregistration::v1::{
-        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    },
-    core::v1::ServiceAccount,
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use kubectl_mesh::{cmd::apply, kubeconfig, remote_setup as setup, render::Manifest, sync_scope};
@@ -208,7 +204,11 @@ pub async fn attach(
 
     let token = match options.token {
         Token::LongLived => long_lived_token(&remote_client, name).await?,
-        Token::Expiring(ttl) => requested_token(&remote_client, ttl).await?,
+        Token::Expiring(ttl) => {
+            let accounts = Api::namespaced(remote_client.clone(), MESH_NAMESPACE);
+            crate::tokens::mint_token(&accounts, setup::SYNC_ACCOUNT, ttl.as_secs().try_into()?)
+                .await?
+        }
     };
 
     // The stored kubeconfig: the remote's server and CA from its admin kubeconfig, the token.
@@ -295,25 +295,6 @@ async fn long_lived_token(remote: &Client, name: &str) -> anyhow::Result<String>
             .filter(|t| !t.is_empty()))
     })
     .await
-}
-
-/// A bound token of the sync account that expires after `ttl`.
-async fn requested_token(remote: &Client, ttl: Duration) -> anyhow::Result<String> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(remote.clone(), MESH_NAMESPACE);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: i64::try_from(ttl.as_secs()).ok(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let status = accounts
-        .create_token_request(setup::SYNC_ACCOUNT, &PostParams::default(), &request)
-        .await?
-        .status
-        .context("TokenRequest returned no status")?;
-    Ok(status.token)
 }
 
 /// Removes a MeshCluster and its Secret from the primary (not the remote's objects: other

@@ -271,7 +271,7 @@ impl Drop for HttpsServer {
     }
 }
 
-/// Re-export for tests that wait a fixed upper bound.
+/// How long a test waits for what should happen soon, where it has no bound of its own.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A TLS client of the mesh's webhook trusting only its CA; with `as_apiserver`, presenting
@@ -345,6 +345,12 @@ pub async fn metric_sum(addr: &str, ca_pem: &str, metric: &str) -> anyhow::Resul
         .filter(|l| !l.starts_with('#') && l.contains(metric))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
+}
+
+/// Every admission review the replica whose metrics port is `addr` answered, whatever the
+/// outcome.
+pub async fn reviews_answered(addr: &str, ca_pem: &str) -> anyhow::Result<f64> {
+    metric_sum(addr, ca_pem, "admission_reviews_total").await
 }
 
 /// `pushes_total` by result, summed over every cluster, of the replica whose metrics port is

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{
-    create_everywhere, eventually, forged, https_get, managed_labels, run, shared_mesh,
+    create_everywhere, eventually, forged, https_get, managed_labels, shared_mesh,
     webhook_tls_client,
 };
 
@@ -103,9 +103,7 @@ async fn probes_and_metrics_are_served_without_a_client_certificate() -> anyhow:
 #[tokio::test]
 async fn check_reports_that_the_webhook_authenticates_its_callers() -> anyhow::Result<()> {
     let (_env, mesh) = shared_mesh(2).await;
-    let mut cmd = mesh.plugin();
-    cmd.args(["check", "-o", "json"]);
-    let report = CheckReport::parse(&run(cmd).await?)?;
+    let report = CheckReport::of(mesh.plugin()).await?;
     let line = report.check(CALLER_CHECK)?;
     assert_eq!(line.result, "ok", "{line:?}");
     assert_eq!(

@@ -404,20 +404,26 @@ impl Up {
 
     /// Waits for `DIR/ready`, failing at once with the tool's output if it exits first.
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        eventually(
-            "mesh-testenv up writes DIR/ready",
+        // An exit ends the wait as a value: an error would only be kept as the last one seen
+        // while `eventually` polls on to its deadline.
+        let exited = eventually(
+            "mesh-testenv up writes DIR/ready or exits",
             std::time::Duration::from_secs(180),
             || async {
                 if let Some(status) = self.lock().try_wait()? {
-                    anyhow::bail!(
-                        "mesh-testenv up exited ({status}) before it was ready:\n{}",
-                        self.output("stderr")
-                    );
+                    return Ok(Some(Some(status)));
                 }
-                Ok(self.dir.join("ready").exists().then_some(()))
+                Ok(self.dir.join("ready").exists().then_some(None))
             },
         )
-        .await
+        .await?;
+        match exited {
+            Some(status) => anyhow::bail!(
+                "mesh-testenv up exited ({status}) before it was ready:\n{}",
+                self.output("stderr")
+            ),
+            None => Ok(()),
+        }
     }
 
     /// Waits until the tool has exited, and returns how.

@@ -10,11 +10,12 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use kubectl_mesh::remote_setup as setup;
 use mesh_core::cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster};
+use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::tokens::revoke;
 use mesh_e2e::{
     NO_RESYNC, carries, cluster_condition, create_everywhere, edit_labels, eventually, https_get,
-    kubectl, label_on_primary, labels, lease_holder, managed_labels, metric_sum, namespaces,
-    own_mesh, route_admission_to, shared_mesh, syncs, unique_name,
+    kubectl, label_on_primary, labels, lease_holder, managed_labels, namespaces, own_mesh,
+    reviews_answered, route_admission_to, run, shared_mesh, syncs, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -258,7 +259,7 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
         let (env, ns, ca, follower) = (&env, &ns, &ca, &follower);
         async move {
             label_on_primary(env, ns, &[&vap, &rev]).await?;
-            Ok((admission_reviews(&follower.metrics, ca).await? > 0.0).then_some(()))
+            Ok((reviews_answered(&follower.metrics, ca).await? > 0.0).then_some(()))
         }
     })
     .await?;
@@ -290,11 +291,6 @@ async fn holds_the_lease(env: &TestEnv, identity: &str, timeout: Duration) -> an
         Ok((holder(env).await?.as_deref() == Some(identity)).then_some(()))
     })
     .await
-}
-
-/// Sum of the `admission_reviews_total` samples a replica exposes.
-async fn admission_reviews(addr: &str, ca: &str) -> anyhow::Result<f64> {
-    metric_sum(addr, ca, "admission_reviews_total").await
 }
 
 #[tokio::test]
@@ -357,32 +353,27 @@ async fn synced_becomes(
 }
 
 /// `kubectl mesh check -o json` on the primary: its exit code and report.
-async fn check(mesh: &Mesh) -> anyhow::Result<(i32, serde_json::Value)> {
+async fn check(mesh: &Mesh) -> anyhow::Result<(i32, CheckReport)> {
     let mut cmd = mesh.plugin();
-    cmd.args(["-o", "json", "check"]);
-    let output = tokio::process::Command::from(cmd).output().await?;
-    let report = serde_json::from_slice(&output.stdout)
-        .map_err(|e| anyhow::anyhow!("check -o json: {e}: {}", mesh_e2e::describe(&output)))?;
-    Ok((output.status.code().unwrap_or(-1), report))
+    cmd.args(["check", "-o", "json"]);
+    let output = run(cmd).await?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        CheckReport::parse(&output)?,
+    ))
 }
 
 /// The failed checks (×) of `cluster`'s section of a check report, as
 /// `description: detail (hint)`.
-fn failed_checks(report: &serde_json::Value, cluster: &str) -> Vec<String> {
-    let title = format!("cluster {cluster} (");
-    report["sections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(&title)))
-        .flat_map(|s| s["checks"].as_array().into_iter().flatten())
-        .filter(|c| c["result"] == "error")
+fn failed_checks(report: &CheckReport, cluster: &str) -> Vec<String> {
+    (report.cluster_checks(cluster).into_iter())
+        .filter(|c| c.result == "error")
         .map(|c| {
             format!(
                 "{}: {} ({})",
-                c["description"].as_str().unwrap_or_default(),
-                c["detail"].as_str().unwrap_or_default(),
-                c["hint"].as_str().unwrap_or_default()
+                c.description,
+                c.detail.as_deref().unwrap_or_default(),
+                c.hint.as_deref().unwrap_or_default()
             )
         })
         .collect()
@@ -396,7 +387,7 @@ async fn reattach_repairs(env: &TestEnv, mesh: &Mesh, ns: &str, value: &str) -> 
     wait_labels(remote, ns, &labels(&[("istio-injection", value)])).await?;
     synced_becomes(env, "remote-1", "True").await?;
     let (code, report) = check(mesh).await?;
-    assert_eq!(code, 0, "check passes after re-attach:\n{report:#}");
+    assert_eq!(code, 0, "check passes after re-attach:\n{report:#?}");
     Ok(())
 }
 
@@ -438,7 +429,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         "{reachable:?}"
     );
     let (code, report) = check(&mesh).await?;
-    assert_eq!(code, 1, "check must fail:\n{report:#}");
+    assert_eq!(code, 1, "check must fail:\n{report:#?}");
     // The rights check says which rights are gone, and listing fails with the apiserver's
     // "forbidden".
     assert_eq!(
@@ -455,7 +446,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
              cannot list resource \"namespaces\" in API group \"\" at the cluster scope (label \
              sync cannot work until this does; see the rights check above)",
         ],
-        "{report:#}"
+        "{report:#?}"
     );
 
     reattach_repairs(&env, &mesh, &ns, "enabled").await?;
@@ -479,7 +470,10 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         "{reachable:?}"
     );
     let (code, report) = check(&mesh).await?;
-    assert_eq!(code, 1, "check must fail with a revoked token:\n{report:#}");
+    assert_eq!(
+        code, 1,
+        "check must fail with a revoked token:\n{report:#?}"
+    );
     // The remote refuses the token itself.
     assert_eq!(
         failed_checks(&report, "remote-1"),
@@ -488,7 +482,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
              token (revoked or expired); re-run `kubectl mesh attach` for remote-1 to store \
              fresh credentials)"
         ],
-        "{report:#}"
+        "{report:#?}"
     );
 
     reattach_repairs(&env, &mesh, &ns, "disabled").await?;
@@ -742,7 +736,7 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
                     "remote is the cluster that was attached: secret cluster-remote-2 reaches \
                      another cluster than remote-1"
                 )),
-        "{report:#}"
+        "{report:#?}"
     );
     // Rotate refuses at once rather than wait for the webhook to use a Secret it never reads.
     let admin = east.kubeconfig.to_string_lossy();

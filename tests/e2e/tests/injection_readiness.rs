@@ -19,13 +19,6 @@ use serde_json::json;
 const DEADLINE: Duration = Duration::from_secs(60);
 const INJECTION_CHECK: &str = "namespaces asking for sidecars have an injector";
 
-/// `kubectl mesh check -o json`, whatever its exit status.
-async fn check(mesh: &Mesh) -> anyhow::Result<CheckReport> {
-    let mut cmd = tokio::process::Command::from(mesh.plugin());
-    cmd.args(["check", "-o", "json"]);
-    CheckReport::parse(&cmd.output().await?)
-}
-
 /// The injection check of every remote, in cluster order.
 fn injection_checks(report: &CheckReport) -> Vec<Option<CheckEntry>> {
     ["remote-1", "remote-2"]
@@ -41,7 +34,7 @@ async fn injection_checks_become(
     what: &str,
 ) -> anyhow::Result<CheckReport> {
     eventually(what, DEADLINE, || async {
-        let report = check(mesh).await?;
+        let report = CheckReport::of(mesh.plugin()).await?;
         let all = injection_checks(&report)
             .iter()
             .all(|c| c.as_ref().is_some_and(|c| c.result == result));
@@ -101,7 +94,7 @@ async fn a_revision_without_an_injector_is_said_and_fails_check_until_it_runs() 
     let pod = dry_run_pod(&env.remotes()[0], &shop).await?;
     assert_eq!(sidecar(&pod), None);
 
-    let report = check(&mesh).await?;
+    let report = CheckReport::of(mesh.plugin()).await?;
     let failed = CheckEntry::error(
         INJECTION_CHECK,
         &format!("no injector for {shop} (revision canary): their pods will not get sidecars"),
@@ -211,7 +204,7 @@ async fn a_revision_without_an_injector_is_said_and_fails_check_until_it_runs() 
         "check cannot tell on remote-2 and fails on remote-1",
         DEADLINE,
         || async {
-            let report = check(&mesh).await?;
+            let report = CheckReport::of(mesh.plugin()).await?;
             let checks = injection_checks(&report);
             let results: Vec<&str> = checks.iter().flatten().map(|c| c.result.as_str()).collect();
             Ok((results == ["error", "warning"]).then_some(report))

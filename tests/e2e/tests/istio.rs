@@ -17,7 +17,6 @@ use mesh_e2e::istio_mesh::{
 use mesh_e2e::tokens::{answer_to, revoke, revoked, stored_kubeconfig, token_of};
 use mesh_e2e::{create_everywhere, edit_labels, eventually, label_on_primary, managed_labels, run};
 use mesh_testenv::istio::{Istio, IstioBinaries, IstioOptions};
-use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
 use tokio::sync::OnceCell;
@@ -41,13 +40,6 @@ async fn wait_istiod_sees(
         },
     )
     .await
-}
-
-/// `kubectl mesh check -o json`, whatever its exit status.
-async fn check(mesh: &Mesh) -> anyhow::Result<CheckReport> {
-    let mut cmd = tokio::process::Command::from(mesh.plugin());
-    cmd.args(["check", "-o", "json"]);
-    CheckReport::parse(&cmd.output().await?)
 }
 
 /// A sidecar as the default istiod injects it for `cluster`.
@@ -88,7 +80,7 @@ async fn istiod_syncs_every_attached_remote_with_the_reader_role_istio_expects()
         assert_eq!(binding.role_ref.name, expected, "on {}", remote.name);
     }
 
-    let report = check(mesh).await?;
+    let report = CheckReport::of(mesh.plugin()).await?;
     for remote in env.remotes() {
         let line = report
             .cluster_check(&remote.name, SECRET_CHECK)
@@ -240,10 +232,11 @@ async fn revoked_istiod_credentials_fail_check_and_sync_and_detach_drops_the_clu
     let remote = &env.remotes()[0];
     wait_istiod_sees(&istio, &remote.name, Some("synced")).await?;
 
-    // Revoked: the reader's token Secret deleted on the remote, its token refused at once.
+    // Revoked: the reader's token Secret deleted on the remote; its token is refused once the
+    // apiserver's token cache lets go of it (seconds), hence the wait below.
     revoke(&env, remote, setup::ISTIO_READER_TOKEN_SECRET).await?;
     let report = eventually("check sees the token refused", DEADLINE, || async {
-        let report = check(&mesh).await?;
+        let report = CheckReport::of(mesh.plugin()).await?;
         let failed = report
             .cluster_check(&remote.name, SECRET_CHECK)
             .is_some_and(|c| c.result == "error");

@@ -25,7 +25,7 @@ use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
     DEFAULT_TIMEOUT, NO_RESYNC, assert_success, create_everywhere, create_namespace, describe,
     eventually, has_line, installed_webhook, kubectl, kubectl_output, label_on_primary, labels,
-    managed_labels, metric_sum, own_mesh, own_mesh_with, text, unique_name,
+    managed_labels, own_mesh, own_mesh_with, reviews_answered, text, unique_name,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -101,12 +101,7 @@ async fn primary_calls_a_webhook(env: &TestEnv, ns: &str) -> anyhow::Result<bool
 }
 
 async fn admission_reviews(mesh: &Mesh) -> anyhow::Result<f64> {
-    metric_sum(
-        mesh.metrics_address(),
-        &mesh.ca_pem()?,
-        "admission_reviews_total",
-    )
-    .await
+    reviews_answered(mesh.metrics_address(), &mesh.ca_pem()?).await
 }
 
 #[tokio::test]

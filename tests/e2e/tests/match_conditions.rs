@@ -3,17 +3,9 @@
 //! Alone in its test binary: it counts every review the webhook answers.
 
 use mesh_e2e::{
-    create_everywhere, https_get, kubectl, label_on_primary, labels, managed_labels, shared_mesh,
+    create_everywhere, kubectl, label_on_primary, labels, managed_labels, reviews_answered,
+    shared_mesh,
 };
-
-async fn reviews_answered(addr: &str, ca: &str) -> anyhow::Result<f64> {
-    let metrics = https_get(addr, ca, "/metrics").await?;
-    Ok(metrics
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains("admission_reviews_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
 
 #[tokio::test]
 async fn only_managed_label_changes_reach_the_webhook() -> anyhow::Result<()> {

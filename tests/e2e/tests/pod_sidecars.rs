@@ -60,9 +60,7 @@ async fn wait_contrary(mesh: &Mesh, ns: &str, expected: &[&str]) -> anyhow::Resu
 
 /// The pods check of every remote.
 async fn pods_checks(mesh: &Mesh) -> anyhow::Result<Vec<Option<CheckEntry>>> {
-    let mut cmd = tokio::process::Command::from(mesh.plugin());
-    cmd.args(["check", "-o", "json"]);
-    let report = CheckReport::parse(&cmd.output().await?)?;
+    let report = CheckReport::of(mesh.plugin()).await?;
     Ok(REMOTES
         .iter()
         .map(|c| report.cluster_check(c, PODS_CHECK).cloned())

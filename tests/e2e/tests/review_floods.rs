@@ -1,6 +1,7 @@
 //! Floods of admission reviews, sent as the apiserver would (with its client certificate: a
 //! caller that has it, or an apiserver gone wrong), cost the remotes a bounded number of
-//! writes and leave the webhook's memory as it was.
+//! writes, and what the webhook holds of them (its pushes in flight) is forgotten once their
+//! time runs out.
 //!
 //! The reviews are hand-made: no real apiserver sends a hundred reviews of one change at once.
 

@@ -5,16 +5,16 @@
 //! Alone in its test binary: the custom rule is installed on this binary's own primary, which
 //! no other test shares. No webhook runs; `sync` does the webhook's work.
 
-use std::collections::BTreeMap;
 use std::process::{Command, Output};
 
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::PostParams;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::{self, DEAD_WEBHOOK_URL, mesh_invocation, offline_invocation, output};
 use mesh_e2e::mesh_testenv::Cluster;
-use mesh_e2e::{describe, labels, shared_env, text, unique_name};
+use mesh_e2e::{describe, labels, namespace_labels, shared_env, text, unique_name};
 use serde_json::{Value, json};
 
 /// A label key outside the default rule.
@@ -136,15 +136,6 @@ async fn create_namespace(cluster: &Cluster, name: &str, pairs: &[(&str, &str)])
         .unwrap_or_else(|e| panic!("creating namespace {name} on {}: {e}", cluster.name));
 }
 
-async fn labels_of(cluster: &Cluster, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let ns = Api::<Namespace>::all(cluster.client().await?)
-        .get(name)
-        .await?;
-    let mut labels = ns.metadata.labels.unwrap_or_default();
-    labels.remove("kubernetes.io/metadata.name");
-    Ok(labels)
-}
-
 #[tokio::test]
 async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
     let env = shared_env(1).await;
@@ -232,18 +223,27 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
 
     succeeded(mesh_invocation(env, &["sync"])?).await?;
     assert_eq!(
-        labels_of(remote, &shop).await?,
+        namespace_labels(remote, &shop)
+            .await?
+            .context("shop is gone")?,
         labels(&[(ZONE, "a"), (REVISION, "stable")]),
         "sync wrote the zone and left the unmanaged revision alone"
     );
-    assert_eq!(labels_of(remote, &legacy).await?, labels(&[]));
+    assert_eq!(
+        namespace_labels(remote, &legacy)
+            .await?
+            .context("legacy is gone")?,
+        labels(&[])
+    );
     succeeded(mesh_invocation(env, &["status", "--exit-code", &shop])?).await?;
 
     let mut detach = mesh_invocation(env, &["detach", &name, "--strip-labels"])?;
     detach.arg("--remote-kubeconfig").arg(&remote.kubeconfig);
     succeeded(detach).await?;
     assert_eq!(
-        labels_of(remote, &shop).await?,
+        namespace_labels(remote, &shop)
+            .await?
+            .context("shop is gone")?,
         labels(&[(REVISION, "stable")]),
         "detach stripped the managed zone and only it"
     );

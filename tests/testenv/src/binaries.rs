@@ -68,11 +68,6 @@ impl Binaries {
     pub fn kubectl(&self) -> PathBuf {
         self.dir.join("kubectl")
     }
-
-    /// Whether `path` is one of these binaries (used to recognise leaked processes).
-    pub fn owns(&self, path: &Path) -> bool {
-        path.starts_with(&self.dir)
-    }
 }
 
 /// Runs the build `script` (bash, with `dir` and `args` as arguments) unless `dir` already

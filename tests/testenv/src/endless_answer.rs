@@ -28,9 +28,9 @@ pub struct EndlessAnswer {
 }
 
 impl EndlessAnswer {
-    /// Each answer brings `bytes` bytes without a line break, then holds its connection open
-    /// without a word (so a client that does not refuse it waits for its own timeout, and
-    /// holds no more than `bytes` meanwhile).
+    /// Each answer brings at least `bytes` bytes without a line break (in whole 64 KiB
+    /// chunks), then holds its connection open without a word (so a client that does not
+    /// refuse it waits for its own timeout).
     pub async fn start(bytes: usize) -> anyhow::Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir()?;

@@ -225,19 +225,6 @@ impl Istio {
         self.start_revision_with(env, revision, false).await
     }
 
-    /// Restarts the istiod of `revision` with `ENABLE_NATIVE_SIDECARS` set to `native`, on the
-    /// same addresses.
-    pub async fn set_native_sidecars(
-        &self,
-        env: &TestEnv,
-        revision: &str,
-        native: bool,
-    ) -> anyhow::Result<()> {
-        let mut istiod = self.istiod(revision)?;
-        istiod.native_sidecars = native;
-        self.restart_with(env, istiod).await
-    }
-
     /// Restarts the istiod of `revision` as it ran: it reads every remote secret afresh.
     pub async fn restart(&self, env: &TestEnv, revision: &str) -> anyhow::Result<()> {
         self.restart_with(env, self.istiod(revision)?).await

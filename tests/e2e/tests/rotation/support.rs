@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::ListParams};
-use mesh_core::{
-    MESH_NAMESPACE,
-    cluster::{CONDITION_REACHABLE, MeshCluster},
-};
+use mesh_core::{MESH_NAMESPACE, cluster::CONDITION_REACHABLE};
 use mesh_e2e::{
     fixtures::{mesh_invocation, output},
     https_get, pushes_by_result,
@@ -105,13 +102,8 @@ pub async fn reachable_reason(
     env: &TestEnv,
     name: &str,
 ) -> anyhow::Result<Option<(String, String)>> {
-    let mc = Api::<MeshCluster>::all(env.primary().client().await?)
-        .get(name)
-        .await?;
-    Ok(mc
-        .status
-        .and_then(|s| s.condition(CONDITION_REACHABLE).cloned())
-        .map(|c| (c.status, c.reason)))
+    let reachable = mesh_e2e::cluster_condition(env, name, CONDITION_REACHABLE).await?;
+    Ok(reachable.map(|c| (c.status, c.reason)))
 }
 
 /// The webhook's `token_expiry_seconds` line for cluster `name`, and its value.

@@ -175,6 +175,6 @@ async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old
     // Detach leaves nothing behind, standbys included.
     let detached = detach(&env, remote).await?;
     assert_success(&detached);
-    assert!(token_secrets(remote).await.unwrap_or_default().is_empty());
+    assert!(token_secrets(remote).await?.is_empty());
     Ok(())
 }
