@@ -48,7 +48,7 @@ impl CheckReport {
     /// set up for the primary).
     pub async fn of(mut plugin: std::process::Command) -> anyhow::Result<Self> {
         plugin.args(["check", "-o", "json"]);
-        Self::parse(&crate::run(plugin).await?)
+        Self::parse(&tokio::process::Command::from(plugin).output().await?)
     }
 
     /// The checks of cluster `cluster`'s section (none without one).

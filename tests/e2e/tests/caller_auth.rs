@@ -104,6 +104,7 @@ async fn probes_and_metrics_are_served_without_a_client_certificate() -> anyhow:
 async fn check_reports_that_the_webhook_authenticates_its_callers() -> anyhow::Result<()> {
     let (_env, mesh) = shared_mesh(2).await;
     let report = CheckReport::of(mesh.plugin()).await?;
+    assert_eq!(report.errors, 0, "{report:#?}");
     let line = report.check(CALLER_CHECK)?;
     assert_eq!(line.result, "ok", "{line:?}");
     assert_eq!(

@@ -15,7 +15,7 @@ use mesh_e2e::tokens::revoke;
 use mesh_e2e::{
     NO_RESYNC, carries, cluster_condition, create_everywhere, edit_labels, eventually, https_get,
     kubectl, label_on_primary, labels, lease_holder, managed_labels, namespaces, own_mesh,
-    reviews_answered, route_admission_to, run, shared_mesh, syncs, unique_name,
+    reviews_answered, route_admission_to, shared_mesh, syncs, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -356,7 +356,7 @@ async fn synced_becomes(
 async fn check(mesh: &Mesh) -> anyhow::Result<(i32, CheckReport)> {
     let mut cmd = mesh.plugin();
     cmd.args(["check", "-o", "json"]);
-    let output = run(cmd).await?;
+    let output = tokio::process::Command::from(cmd).output().await?;
     Ok((
         output.status.code().unwrap_or(-1),
         CheckReport::parse(&output)?,
