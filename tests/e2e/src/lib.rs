@@ -347,6 +347,25 @@ pub async fn metric_sum(addr: &str, ca_pem: &str, metric: &str) -> anyhow::Resul
         .sum())
 }
 
+/// Asserts kubectl's warnings say the change reached every remote of `env`: pushed by the
+/// webhook ("<change> on remote-1, ..."), or found already there because the reconciler, which
+/// sees the push as soon as it starts, got to a remote first (the README's known limits).
+pub fn assert_landed(env: &TestEnv, warnings: &str, change: &str) {
+    for remote in env.remotes() {
+        let name = remote.name.as_str();
+        assert!(
+            warnings.lines().any(|line| line.contains("kubectl-mesh: ")
+                && line.contains(name)
+                && (line.contains(change) || line.contains("already in sync"))),
+            "{name} not reported as landed; kubectl printed: {warnings}"
+        );
+    }
+    assert!(
+        !warnings.contains("retry"),
+        "a remote missed the change; kubectl printed: {warnings}"
+    );
+}
+
 /// Every admission review the replica whose metrics port is `addr` answered, whatever the
 /// outcome.
 pub async fn reviews_answered(addr: &str, ca_pem: &str) -> anyhow::Result<f64> {

@@ -9,8 +9,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
 use mesh_e2e::{
-    NO_RESYNC, assert_remotes, create_everywhere, create_namespace, edit_labels, eventually,
-    label_on_primary, labels, managed_labels, namespaces, own_mesh, shared_mesh, unique_name,
+    NO_RESYNC, assert_landed, assert_remotes, create_everywhere, create_namespace, edit_labels,
+    eventually, label_on_primary, labels, managed_labels, namespaces, own_mesh, shared_mesh,
+    unique_name,
 };
 use serde_json::json;
 
@@ -36,24 +37,6 @@ fn managed_labels_of(namespace: Namespace) -> BTreeMap<String, String> {
     let mut labels = namespace.metadata.labels.unwrap_or_default();
     labels.retain(|key, _| mesh_e2e::MANAGED_LABELS.contains(&key.as_str()));
     labels
-}
-
-/// Asserts kubectl's warnings say the change reached every remote: pushed by the webhook
-/// ("<change> on remote-1, ..."), or found already there because the reconciler, which sees
-/// the push as soon as it starts, got to a remote first.
-fn assert_landed(warnings: &str, change: &str) {
-    for remote in ["remote-1", "remote-2"] {
-        assert!(
-            warnings.lines().any(|line| line.contains("kubectl-mesh: ")
-                && line.contains(remote)
-                && (line.contains(change) || line.contains("already in sync"))),
-            "{remote} not reported as landed; kubectl printed: {warnings}"
-        );
-    }
-    assert!(
-        !warnings.contains("retry"),
-        "a remote missed the change; kubectl printed: {warnings}"
-    );
 }
 
 /// A change of the managed labels on the primary, and what it must leave on every remote.
@@ -108,7 +91,7 @@ async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_ret
         let context = format!("after {:?}; kubectl printed: {warnings}", transition.change);
         assert_remotes(env, &ns, &labels(transition.leaves), &context).await?;
         if let Some(reported) = transition.reported {
-            assert_landed(&warnings, reported);
+            assert_landed(env, &warnings, reported);
         }
     }
 

@@ -10,8 +10,8 @@
 
 use anyhow::Context as _;
 use mesh_e2e::{
-    assert_remotes, create_everywhere, create_namespace, kubectl_output, label_on_primary, labels,
-    namespaces, remote_names, reviews_with_outcome, shared_mesh, text, unique_name,
+    assert_landed, assert_remotes, create_everywhere, create_namespace, kubectl_output,
+    label_on_primary, labels, namespaces, reviews_with_outcome, shared_mesh, text, unique_name,
 };
 use mesh_webhook::admission::PROPAGATION_ANNOTATION;
 use tokio::sync::Mutex;
@@ -55,13 +55,7 @@ async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
         (pushed + 1.0, all + 1.0),
         "the CREATE is sent to the webhook once and pushed"
     );
-    assert!(
-        warnings.contains(&format!(
-            "kubectl-mesh: istio-injection=enabled applied on {}",
-            remote_names(env)
-        )),
-        "{warnings}"
-    );
+    assert_landed(env, &warnings, "istio-injection=enabled applied");
     // The CREATE review also mutates the new namespace: where its label landed.
     let created = namespaces(env.primary()).await?.get(&name).await?;
     let landed: serde_json::Value = serde_json::from_str(
@@ -116,12 +110,6 @@ async fn deleting_a_labelled_namespace_removes_its_label_before_kubectl_returns(
         pushed + 1.0,
         "the DELETE is sent to the webhook and pushed"
     );
-    assert!(
-        warnings.contains(&format!(
-            "kubectl-mesh: managed labels removed on {}",
-            remote_names(env)
-        )),
-        "{warnings}"
-    );
+    assert_landed(env, &warnings, "managed labels removed");
     Ok(())
 }
