@@ -12,7 +12,10 @@ use k8s_openapi::api::{
     rbac::v1::PolicyRule,
 };
 use kube::{Api, Client, ResourceExt, api::PostParams, config::Kubeconfig};
-use mesh_core::cluster::MeshCluster;
+use mesh_core::{
+    cluster::MeshCluster,
+    failure::{is_unreachable, transport_cause},
+};
 
 use crate::{
     Error, Result, cmd::attach::remote_kubeconfig_error, kubeconfig, remote_setup as setup,
@@ -137,37 +140,6 @@ impl RemoteAdmin {
     pub async fn client(self) -> Result<Client> {
         client(self.kubeconfig, self.context.as_deref()).await
     }
-}
-
-/// Whether an error means the request never got an answer from the apiserver.
-pub fn is_unreachable(err: &kube::Error) -> bool {
-    !matches!(err, kube::Error::Api(_) | kube::Error::Auth(_))
-}
-
-/// The cause of a transport failure in a few words: "connection refused", "connection timed
-/// out", "invalid peer certificate: UnknownIssuer"; else the innermost cause.
-pub fn transport_cause(err: &kube::Error) -> String {
-    let mut innermost = err.to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
-                std::io::ErrorKind::TimedOut => return "connection timed out".into(),
-                std::io::ErrorKind::ConnectionReset => return "connection reset".into(),
-                _ => {}
-            }
-        }
-        let text = c.to_string();
-        if text.contains("deadline has elapsed") || text.contains("timed out") {
-            return "timed out".into();
-        }
-        if !text.is_empty() {
-            innermost = text;
-        }
-        cause = c.source();
-    }
-    innermost
 }
 
 /// The one-line error for a request to `target` that failed before anything was changed.
@@ -472,8 +444,6 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused,
             "tcp connect error: Connection refused (os error 111)",
         )));
-        assert!(is_unreachable(&err));
-        assert_eq!(transport_cause(&err), "connection refused");
         let line = read_error_line(
             "remote cluster east",
             "https://127.0.0.1:1",
@@ -494,7 +464,6 @@ mod tests {
                 .with_code(401)
                 .boxed(),
         );
-        assert!(!is_unreachable(&err));
         let line = read_error_line(
             "the primary",
             "https://p",

@@ -152,8 +152,14 @@ impl Context {
 
     /// A client for the primary cluster.
     pub async fn client(&self) -> Result<kube::Client> {
+        Ok(self.client_and_kubeconfig().await?.0)
+    }
+
+    /// [`Context::client`] and the user's kubeconfig it was made from, read once.
+    pub async fn client_and_kubeconfig(&self) -> Result<(kube::Client, kube::config::Kubeconfig)> {
         let kc = self.load_kubeconfig()?;
-        Ok(kubeconfig::client(kc, self.context.as_deref()).await?)
+        let client = kubeconfig::client(kc.clone(), self.context.as_deref()).await?;
+        Ok((client, kc))
     }
 }
 

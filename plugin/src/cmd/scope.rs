@@ -61,7 +61,7 @@ impl Scope {
             clear,
             remote_admin: remote_admin_flags,
         } = self;
-        let (_, primary_target, primary) = ctx.primary_client().await?;
+        let (kc, primary_target, primary) = ctx.primary_client().await?;
         let mc = mesh_state::cluster_named(&primary, &primary_target, &cluster)
             .await?
             .ok_or_else(|| mesh_state::not_attached(&cluster))?;
@@ -86,7 +86,6 @@ impl Scope {
         // The remote's policies first, so that a refusal here leaves everything as it was;
         // the guard first of them: it then spares what the webhook stops writing a moment
         // later.
-        let (kc, _, _) = ctx.primary_target()?;
         let remote = remote_admin(&mc, &kc, &remote_admin_flags).await?;
         let scoped = mesh_state::scoped_rule(&rule, &with_scope(&mc, &scope))?;
         let selector = scope.namespace_selector.as_ref();

@@ -84,34 +84,62 @@ impl Failure {
     }
 }
 
+/// Whether a request that failed with `error` got no answer worth quoting: anything but the
+/// apiserver's refusal or the client's own credentials; how the plugin tells "cannot reach"
+/// from a refusal before it changes anything. Not `!Failure::of(error).answered()`, on purpose:
+/// a 502 to 504 still carries the apiserver's (or its proxy's) message, and an answer that
+/// could not be read carries none, so its [`transport_cause`] is the best line there is.
+pub fn is_unreachable(error: &kube::Error) -> bool {
+    !matches!(error, kube::Error::Api(_) | kube::Error::Auth(_))
+}
+
+/// The cause of a transport failure in a few words: "connection refused", "connection timed
+/// out", "invalid peer certificate: UnknownIssuer"; else the innermost cause.
+pub fn transport_cause(error: &(dyn StdError + 'static)) -> String {
+    let mut innermost = String::new();
+    for err in chain(error) {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                io::ErrorKind::TimedOut => return "connection timed out".into(),
+                io::ErrorKind::ConnectionReset => return "connection reset".into(),
+                _ => {}
+            }
+        }
+        let text = err.to_string();
+        if says_timed_out(&text) {
+            return "timed out".into();
+        }
+        if !text.is_empty() {
+            innermost = text;
+        }
+    }
+    innermost
+}
+
+/// `error` and its causes, outermost first: the one walk every question about a chain takes.
+fn chain<'a>(
+    error: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |&err| err.source())
+}
+
 /// Whether [`crate::call_limits`] refused the answer: the remote answered, too much.
 fn refused_as_too_large(error: &(dyn StdError + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(err) = next {
-        if err.is::<AnswerTooLarge>() {
-            return true;
-        }
-        next = err.source();
-    }
-    false
+    chain(error).any(|err| err.is::<AnswerTooLarge>())
 }
 
 fn timed_out(error: &(dyn StdError + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(err) = next {
-        if let Some(io) = err.downcast_ref::<io::Error>()
-            && io.kind() == io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        // hyper-timeout and tower's timeout do not always surface an io::Error.
-        let text = err.to_string();
-        if text.contains("timed out") || text.contains("deadline has elapsed") {
-            return true;
-        }
-        next = err.source();
-    }
-    false
+    chain(error).any(|err| {
+        err.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+            || says_timed_out(&err.to_string())
+    })
+}
+
+/// hyper-timeout and tower's timeout do not always surface an io::Error, only this text.
+fn says_timed_out(text: &str) -> bool {
+    text.contains("timed out") || text.contains("deadline has elapsed")
 }
 
 /// The error and its causes on one line, skipping causes already quoted by their parent
@@ -121,8 +149,7 @@ fn timed_out(error: &(dyn StdError + 'static)) -> bool {
 /// which dumps the whole `Status` struct.
 pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut out = String::new();
-    let mut next = Some(error);
-    while let Some(err) = next {
+    for err in chain(error) {
         let status = match err.downcast_ref::<kube::Error>() {
             Some(kube::Error::Api(status)) => Some(status.as_ref()),
             _ => err.downcast_ref::<kube::core::Status>(),
@@ -142,7 +169,6 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
             // A Status is the end of the story; its source is itself.
             break;
         }
-        next = err.source();
     }
     out
 }
@@ -195,6 +221,11 @@ mod tests {
         kube::Error::Api(Status::failure("boom", "Reason").with_code(code).boxed())
     }
 
+    /// A request that got no answer, failing with an I/O error of `kind`.
+    fn service_error(kind: io::ErrorKind, text: &str) -> kube::Error {
+        kube::Error::Service(Box::new(io::Error::new(kind, text)))
+    }
+
     #[test]
     fn api_errors_are_classified_by_code() {
         assert_eq!(Failure::of(&api_error(403)), Failure::Forbidden);
@@ -208,24 +239,47 @@ mod tests {
 
     #[test]
     fn transport_errors_tell_timeouts_from_refusals() {
-        let refused = kube::Error::Service(Box::new(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            "connection refused",
-        )));
+        let refused = service_error(io::ErrorKind::ConnectionRefused, "connection refused");
         assert_eq!(Failure::of(&refused), Failure::Unreachable);
-        let timed_out =
-            kube::Error::Service(Box::new(io::Error::new(io::ErrorKind::TimedOut, "slow")));
+        let timed_out = service_error(io::ErrorKind::TimedOut, "slow");
         assert_eq!(Failure::of(&timed_out), Failure::TimedOut);
         assert!(!Failure::TimedOut.answered());
         assert!(Failure::Forbidden.answered());
     }
 
     #[test]
-    fn error_chain_keeps_the_innermost_cause() {
-        let err = kube::Error::Service(Box::new(io::Error::new(
+    fn transport_causes_are_said_in_a_few_words() {
+        let refused = service_error(
             io::ErrorKind::ConnectionRefused,
-            "tcp connect error",
-        )));
+            "tcp connect error: Connection refused (os error 111)",
+        );
+        assert!(is_unreachable(&refused));
+        assert_eq!(transport_cause(&refused), "connection refused");
+        let slow = service_error(io::ErrorKind::TimedOut, "slow");
+        assert_eq!(transport_cause(&slow), "connection timed out");
+        let late = service_error(io::ErrorKind::Other, "deadline has elapsed");
+        assert_eq!(transport_cause(&late), "timed out");
+        let tls = service_error(
+            io::ErrorKind::Other,
+            "invalid peer certificate: UnknownIssuer",
+        );
+        assert_eq!(
+            transport_cause(&tls),
+            "invalid peer certificate: UnknownIssuer"
+        );
+    }
+
+    #[test]
+    fn only_a_refusal_or_the_credentials_count_as_reached() {
+        assert!(!is_unreachable(&api_error(401)));
+        // Unlike Failure::of: a gateway's answer is quoted, not called unreachable.
+        assert!(!is_unreachable(&api_error(503)));
+        assert!(!Failure::of(&api_error(503)).answered());
+    }
+
+    #[test]
+    fn error_chain_keeps_the_innermost_cause() {
+        let err = service_error(io::ErrorKind::ConnectionRefused, "tcp connect error");
         let text = error_chain(&err);
         assert!(text.contains("tcp connect error"), "{text}");
         assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");

@@ -349,26 +349,27 @@ impl<'a> Run<'a> {
         self.wait_sync_scope(&stored).await?;
         self.done(Step::SyncScopeEnforced)?;
 
-        self.begin(Step::GuardPolicy);
-        if plan.guard.action().is_some() {
-            self.ensure(
-                Side::Remote,
+        let guarded = plan.guard.action().is_some();
+        for (step, m) in [
+            (
+                Step::GuardPolicy,
                 Manifest::new(&setup::guard_policy(&name, &plan.guard))?,
-            )
-            .await?;
-        }
-        self.done(Step::GuardPolicy)?;
-        self.begin(Step::GuardBinding);
-        if plan.guard.action().is_some() {
-            self.ensure(
-                Side::Remote,
+            ),
+            (
+                Step::GuardBinding,
                 Manifest::new(&setup::guard_binding(&name, &plan.guard))?,
-            )
-            .await?;
-        } else {
-            self.remove_guard().await?;
+            ),
+        ] {
+            self.begin(step);
+            if guarded {
+                self.ensure(Side::Remote, m).await?;
+            } else if step == Step::GuardBinding {
+                // Unguarded now: the last step of the guard removes both objects an earlier
+                // attach may have left.
+                self.remove_guard().await?;
+            }
+            self.done(step)?;
         }
-        self.done(Step::GuardBinding)?;
 
         self.begin(Step::IstioReader);
         let reader_token = match &plan.istio {

@@ -371,7 +371,7 @@ pub struct GuardFacts {
 /// credentials can read (the remotes concurrently, each call bounded by `timeout`).
 pub async fn mesh(
     client: &Client,
-    user_kubeconfig: Option<&Kubeconfig>,
+    user_kubeconfig: &Kubeconfig,
     rule: &SyncRule,
     timeout: Duration,
 ) -> MeshFacts {
@@ -395,7 +395,7 @@ pub async fn mesh(
 async fn cluster_facts(
     primary: &Client,
     cluster: &MeshCluster,
-    user_kubeconfig: Option<&Kubeconfig>,
+    user_kubeconfig: &Kubeconfig,
     rule: &SyncRule,
     timeout: Duration,
 ) -> ClusterFacts {
@@ -441,7 +441,7 @@ async fn remote_facts(
     primary: &Client,
     remote: &Client,
     cluster: &MeshCluster,
-    user_kubeconfig: Option<&Kubeconfig>,
+    user_kubeconfig: &Kubeconfig,
     rule: &SyncRule,
     timeout: Duration,
 ) -> RemoteFacts {
@@ -548,7 +548,7 @@ async fn read_guard(client: &Client, timeout: Duration) -> RemoteResult<FoundGua
 async fn guard_facts(
     remote: &Client,
     cluster: &MeshCluster,
-    user_kubeconfig: Option<&Kubeconfig>,
+    user_kubeconfig: &Kubeconfig,
     timeout: Duration,
 ) -> GuardFacts {
     let stored = read_guard(remote, timeout).await;
@@ -558,9 +558,11 @@ async fn guard_facts(
             with_context: None,
         };
     }
-    let admin = match (setup::remote_context(cluster), user_kubeconfig) {
-        (Some(context), Some(kc)) if kubeconfig::select(kc, Some(context)).is_ok() => {
-            kubeconfig::client(kc.clone(), Some(context)).await.ok()
+    let admin = match setup::remote_context(cluster) {
+        Some(context) if kubeconfig::select(user_kubeconfig, Some(context)).is_ok() => {
+            kubeconfig::client(user_kubeconfig.clone(), Some(context))
+                .await
+                .ok()
         }
         _ => None,
     };

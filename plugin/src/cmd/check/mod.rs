@@ -47,15 +47,8 @@ impl Check {
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
         let Self { remote_timeout } = self;
-        let client = ctx.client().await?;
-        let user_kubeconfig = ctx.load_kubeconfig().ok();
-        let report = check_all(
-            &client,
-            user_kubeconfig.as_ref(),
-            remote_timeout,
-            Timestamp::now(),
-        )
-        .await;
+        let (client, user_kubeconfig) = ctx.client_and_kubeconfig().await?;
+        let report = check_all(&client, &user_kubeconfig, remote_timeout, Timestamp::now()).await;
         output::print_stdout(&render::render(&report, ctx.output)?)?;
         if report.errors > 0 {
             return Err(Error::Refused {
@@ -70,7 +63,7 @@ impl Check {
 /// Runs every check against the primary `client` and the attached remotes.
 pub async fn check_all(
     client: &Client,
-    user_kubeconfig: Option<&kube::config::Kubeconfig>,
+    user_kubeconfig: &kube::config::Kubeconfig,
     remote_timeout: Duration,
     now: Timestamp,
 ) -> CheckReport {

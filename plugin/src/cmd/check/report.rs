@@ -48,12 +48,7 @@ impl CheckResult {
         detail: impl Into<String>,
         hint: impl Into<String>,
     ) -> Self {
-        Self {
-            description: description.into(),
-            result: Outcome::Warning,
-            detail: Some(detail.into()),
-            hint: Some(hint.into()).filter(|h: &String| !h.is_empty()),
-        }
+        Self::not_ok(Outcome::Warning, description, detail, hint)
     }
 
     /// A failed check.
@@ -62,9 +57,21 @@ impl CheckResult {
         detail: impl Into<String>,
         hint: impl Into<String>,
     ) -> Self {
+        Self::not_ok(Outcome::Error, description, detail, hint)
+    }
+
+    /// A check that did not pass, with what was found; an empty `hint` is none.
+    fn not_ok(
+        result: Outcome,
+        description: impl Into<String>,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Self {
-            result: Outcome::Error,
-            ..Self::warning(description, detail, hint)
+            description: description.into(),
+            result,
+            detail: Some(detail.into()),
+            hint: Some(hint.into()).filter(|h: &String| !h.is_empty()),
         }
     }
 
