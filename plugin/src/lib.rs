@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use mesh_core::failure::error_chain;
+use mesh_core::{
+    failure::{error_chain, status_message},
+    printable::one_line,
+};
 
 pub mod access;
 pub mod age;
@@ -283,7 +286,7 @@ impl Error {
             Self::Kube { source, .. } => format!("{self}: {}", describe_kube(source)),
             other => error_chain(other),
         };
-        what.replace('\n', " ")
+        one_line(&what).into_owned()
     }
 
     /// The whole error on one line: `<what went wrong>; <what to do>`.
@@ -295,8 +298,7 @@ impl Error {
 /// A kube error in a few words: the apiserver's own message when it answered.
 pub fn describe_kube(err: &kube::Error) -> String {
     match err {
-        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        kube::Error::Api(status) => format!("{} ({})", status.reason, status.code),
+        kube::Error::Api(status) => status_message(status),
         other => error_chain(other),
     }
 }
@@ -398,6 +400,30 @@ mod tests {
             hint: "b".into(),
         };
         assert_eq!((err.what().as_str(), err.line().as_str()), ("a", "a; b"));
+    }
+
+    /// What a server answered is quoted, never obeyed by the terminal, and a page that is not
+    /// a Kubernetes answer is not quoted at all.
+    #[test]
+    fn what_a_server_answered_is_shown_on_one_inert_line() {
+        let answer = |message: &str, reason: &str| {
+            let status = kube::core::Status::failure(message, reason).with_code(500);
+            Error::kube("cannot read MeshCluster east")(kube::Error::Api(status.boxed()))
+        };
+        let hostile = answer("fine\x1b[2J\x1b[1Aall clear\nsecond line", "InternalError");
+        assert_eq!(
+            hostile.what(),
+            "cannot read MeshCluster east: fine\\u{1b}[2J\\u{1b}[1Aall clear second line"
+        );
+        let page = answer(
+            "<html>console: db=10.0.0.7</html>",
+            "Failed to parse error data",
+        );
+        assert_eq!(
+            page.what(),
+            "cannot read MeshCluster east: 500 Internal Server Error (the response was not a \
+             Kubernetes Status)"
+        );
     }
     use clap::CommandFactory as _;
 

@@ -8,6 +8,7 @@ use std::io::Write;
 
 use clap::ValueEnum;
 use comfy_table::{ContentArrangement, Table, presets::NOTHING};
+use mesh_core::printable::one_line;
 use serde::Serialize;
 
 use crate::{Error, Result};
@@ -56,7 +57,12 @@ where
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(headers.iter().map(|h| h.to_uppercase()));
     for row in rows {
-        table.add_row(row.into_iter().collect::<Vec<_>>());
+        // Cells quote what clusters say (condition messages, errors): shown, never obeyed.
+        table.add_row(
+            row.into_iter()
+                .map(|cell| one_line(&cell).into_owned())
+                .collect::<Vec<_>>(),
+        );
     }
     for column in table.column_iter_mut() {
         column.set_padding((0, 3));
@@ -205,6 +211,7 @@ impl Progress {
 
     /// The text of one line, as [`Progress::ok`] and friends print it.
     pub fn format(&self, mark: &str, color: &str, msg: impl std::fmt::Display) -> String {
+        let msg = one_line(&msg.to_string()).into_owned();
         if self.color {
             format!("{color}{mark}{RESET} {msg}")
         } else {
@@ -285,6 +292,17 @@ mod tests {
         );
         let text = render_list(OutputFormat::Table, &ROWS).unwrap();
         assert_eq!(text, "NAME\neast\nwest-long-name\n");
+    }
+
+    #[test]
+    fn cells_and_progress_cannot_drive_the_terminal() {
+        let text = table(
+            &["message"],
+            [vec!["ok\x1b[2J\x1b]0;t\x07\nnext".to_owned()]],
+        );
+        assert_eq!(text, "MESSAGE\nok\\u{1b}[2J\\u{1b}]0;t\\u{7} next\n");
+        let line = Progress::quiet().format("!", YELLOW, "remote says \x1b[31mred");
+        assert_eq!(line, "! remote says \\u{1b}[31mred");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::{error::Error as StdError, io};
 
-use crate::call_limits::AnswerTooLarge;
+use crate::{call_limits::AnswerTooLarge, printable::one_line};
 
 /// How a call to a remote apiserver failed, coarse enough for status reasons and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,7 +111,7 @@ pub fn transport_cause(error: &(dyn StdError + 'static)) -> String {
             return "timed out".into();
         }
         if !text.is_empty() {
-            innermost = text;
+            innermost = one_line(&text).into_owned();
         }
     }
     innermost
@@ -146,7 +146,8 @@ fn says_timed_out(text: &str) -> bool {
 /// (kube's Display of a service error repeats its source, and the innermost cause is the one
 /// that tells a connection refused from a certificate mismatch).
 /// An apiserver's refusal reads as `401 Unauthorized: <message>` instead of kube's Display,
-/// which dumps the whole `Status` struct.
+/// which dumps the whole `Status` struct. Every piece is [`one_line`]: a remote's words end up
+/// on terminals.
 pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut out = String::new();
     for err in chain(error) {
@@ -157,7 +158,7 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
         let text = match status {
             Some(status) => describe_status(status),
             None if is_elapsed(err) => "timed out".to_owned(),
-            None => err.to_string(),
+            None => one_line(&err.to_string()).into_owned(),
         };
         if !out.contains(&text) {
             if !out.is_empty() {
@@ -186,30 +187,53 @@ fn is_elapsed(err: &(dyn StdError + 'static)) -> bool {
 /// The reason kube-client gives a `Status` it made up from an error body that was not one.
 const UNPARSED_BODY: &str = "Failed to parse error data";
 
-/// `<code> <reason>: <message>` of an apiserver's `Status`. A body that was not a `Status` (an
-/// HTML page of whatever server a stored kubeconfig points at) is reduced to its HTTP status:
-/// its text could be anything, and it ends up in MeshCluster status and Events.
+/// `<code> <reason>: <message>` of an apiserver's `Status`, on one line. A body that was not a
+/// `Status` (an HTML page of whatever server a stored kubeconfig points at) is reduced to its
+/// HTTP status: its text could be anything, and it ends up in MeshCluster status and Events.
 fn describe_status(status: &kube::core::Status) -> String {
-    if status.reason == UNPARSED_BODY {
-        let reason = http::StatusCode::from_u16(status.code)
-            .ok()
-            .and_then(|code| code.canonical_reason())
-            .unwrap_or("error");
-        return format!(
-            "{} {reason} (the response was not a Kubernetes Status)",
-            status.code
-        );
+    if let Some(unparsed) = unparsed_body(status) {
+        return unparsed;
     }
     let mut text = status.code.to_string();
     if !status.reason.is_empty() {
         text.push(' ');
-        text.push_str(&status.reason);
+        text.push_str(&one_line(&status.reason));
     }
     if !status.message.is_empty() && status.message != status.reason {
         text.push_str(": ");
-        text.push_str(&status.message);
+        text.push_str(&one_line(&status.message));
     }
     text
+}
+
+/// The short form of an apiserver's answer, as `kubectl mesh` quotes it after what it was
+/// doing: the apiserver's own message, else its reason and code; on one line, and a body that
+/// was not a `Status` reduced as [`error_chain`] reduces it.
+pub fn status_message(status: &kube::core::Status) -> String {
+    if let Some(unparsed) = unparsed_body(status) {
+        return unparsed;
+    }
+    if status.message.is_empty() {
+        format!("{} ({})", one_line(&status.reason), status.code)
+    } else {
+        one_line(&status.message).into_owned()
+    }
+}
+
+/// `<code> <reason> (the response was not a Kubernetes Status)` when kube-client made the
+/// `Status` up from a body that was not one.
+fn unparsed_body(status: &kube::core::Status) -> Option<String> {
+    if status.reason != UNPARSED_BODY {
+        return None;
+    }
+    let reason = http::StatusCode::from_u16(status.code)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or("error");
+    Some(format!(
+        "{} {reason} (the response was not a Kubernetes Status)",
+        status.code
+    ))
 }
 
 #[cfg(test)]
@@ -316,5 +340,40 @@ mod tests {
             error_chain(&err),
             "502 Bad Gateway (the response was not a Kubernetes Status)"
         );
+        assert_eq!(
+            status_message(&err_status(&err)),
+            "502 Bad Gateway (the response was not a Kubernetes Status)"
+        );
+    }
+
+    #[test]
+    fn a_status_cannot_drive_the_terminal_that_shows_it() {
+        let hostile = "denied\x1b[2J\x1b[1A\r\nall good";
+        let err = kube::Error::Api(
+            Status::failure(hostile, "Forbidden\x1b[32m")
+                .with_code(403)
+                .boxed(),
+        );
+        for shown in [error_chain(&err), status_message(&err_status(&err))] {
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            assert!(shown.contains("denied\\u{1b}[2J"), "{shown:?}");
+        }
+        let transport = service_error(io::ErrorKind::Other, "bad frame \x1b]0;title\x07");
+        assert!(!transport_cause(&transport).chars().any(char::is_control));
+    }
+
+    #[test]
+    fn status_message_is_the_apiservers_own_words() {
+        let err = api_error(409);
+        assert_eq!(status_message(&err_status(&err)), "boom");
+        let bare = Status::failure("", "Conflict").with_code(409);
+        assert_eq!(status_message(&bare), "Conflict (409)");
+    }
+
+    fn err_status(err: &kube::Error) -> Status {
+        match err {
+            kube::Error::Api(status) => status.as_ref().clone(),
+            other => panic!("not an apiserver's answer: {other}"),
+        }
     }
 }

@@ -26,6 +26,7 @@ pub mod injection;
 pub mod kubeconfig;
 pub mod labels;
 pub mod list;
+pub mod printable;
 pub mod remote;
 pub mod retry_after;
 pub mod sync;

@@ -1,5 +1,7 @@
 //! How `check` prints its report: as `linkerd check` prints its own, or as JSON/YAML.
 
+use mesh_core::printable::one_line;
+
 use super::report::{CheckReport, Outcome};
 use crate::{
     Result,
@@ -57,7 +59,10 @@ impl CheckReport {
             out.push('\n');
             for check in &section.checks {
                 let mark = check.result.painted(color);
-                match (&check.result, &check.detail) {
+                // Details quote what clusters answered: shown, never obeyed by the terminal.
+                let detail = check.detail.as_deref().map(one_line);
+                let hint = check.hint.as_deref().map(one_line);
+                match (&check.result, detail) {
                     (Outcome::Ok, Some(detail)) => {
                         out.push_str(&format!("{mark} {} ({detail})\n", check.description));
                     }
@@ -69,7 +74,7 @@ impl CheckReport {
                         if let Some(detail) = detail {
                             out.push_str(&format!("    {detail}\n"));
                         }
-                        if let Some(hint) = &check.hint {
+                        if let Some(hint) = hint {
                             out.push_str(&format!("    hint: {hint}\n"));
                         }
                     }
@@ -145,5 +150,27 @@ mod tests {
         let text = report().text(true);
         assert!(text.contains("\x1b[31m×\x1b[0m webhook answers"), "{text}");
         assert!(!report().text(false).contains('\x1b'));
+    }
+
+    #[test]
+    fn what_a_cluster_answered_cannot_drive_the_terminal() {
+        let report = CheckReport::new(vec![Section {
+            name: "cluster east (https://10.0.0.1:6443)".into(),
+            checks: vec![
+                CheckResult::error("reachable", "403: no\x1b[2J\x1b[Hall ok", "hint\x1b[8m"),
+                CheckResult::ok("answers", Some("v1\u{202e}".into())),
+            ],
+        }]);
+        let text = report.text(false);
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("    403: no\\u{1b}[2J\\u{1b}[Hall ok\n"),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,63 @@
+//! Text that came from a cluster, made safe to show on one line of a terminal.
+//!
+//! What a remote answers travels into admission warnings (which kubectl prints on the terminal
+//! of whoever labelled a namespace), Events, MeshCluster status and `kubectl mesh` output. A
+//! control character in it could clear the screen, move the cursor over earlier lines or
+//! recolour them, and a bidirectional override could make a line read other than it is; each
+//! is shown escaped instead (`\u{1b}`), and line breaks become spaces so that one error stays
+//! one line.
+
+use std::borrow::Cow;
+
+/// `text` on one line with every control character and bidirectional formatting mark escaped.
+pub fn one_line(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_care) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if needs_care(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_care(c: char) -> bool {
+    // `is_control` covers C0, DEL and C1 (where the 8-bit CSI lives).
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_kept_as_it_is() {
+        let text = "403 Forbidden: namespaces \"shop\" is forbidden — «café»";
+        assert!(matches!(one_line(text), Cow::Borrowed(t) if t == text));
+    }
+
+    #[test]
+    fn terminal_sequences_are_escaped_and_lines_joined() {
+        let hostile = "boom\x1b[2J\x1b]0;owned\x07\r\nnext\tcell\u{9b}31m";
+        let shown = one_line(hostile);
+        assert_eq!(
+            shown,
+            "boom\\u{1b}[2J\\u{1b}]0;owned\\u{7}  next cell\\u{9b}31m"
+        );
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    }
+
+    #[test]
+    fn bidirectional_overrides_are_escaped() {
+        assert_eq!(one_line("a\u{202e}cba"), "a\\u{202e}cba");
+        assert_eq!(one_line("x\u{2066}y"), "x\\u{2066}y");
+    }
+}
