@@ -46,9 +46,16 @@ impl CheckReport {
 
     /// `<plugin> check -o json`, whatever its exit status (`plugin`: a `kubectl-mesh` command
     /// set up for the primary).
-    pub async fn of(mut plugin: std::process::Command) -> anyhow::Result<Self> {
+    pub async fn of(plugin: std::process::Command) -> anyhow::Result<Self> {
+        Ok(Self::with_exit_code(plugin).await?.1)
+    }
+
+    /// [`CheckReport::of`] and check's exit code: 0 when every check passed, 1 when one failed
+    /// (-1 when it was killed by a signal).
+    pub async fn with_exit_code(mut plugin: std::process::Command) -> anyhow::Result<(i32, Self)> {
         plugin.args(["check", "-o", "json"]);
-        Self::parse(&tokio::process::Command::from(plugin).output().await?)
+        let out = tokio::process::Command::from(plugin).output().await?;
+        Ok((out.status.code().unwrap_or(-1), Self::parse(&out)?))
     }
 
     /// The checks of cluster `cluster`'s section (none without one).

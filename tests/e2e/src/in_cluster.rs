@@ -9,19 +9,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use mesh_testenv::mesh::{run, wait_webhook_effective};
 use mesh_testenv::node::Node;
 use mesh_testenv::{Options, TestEnv};
 
-use crate::eventually;
+use crate::{eventually, lease_holder};
 
-/// The webhook's namespace, Deployment and Lease, as install names them.
+/// The webhook's namespace and Deployment, as install names them.
 pub const NAMESPACE: &str = mesh_core::MESH_NAMESPACE;
 pub const DEPLOYMENT: &str = "mesh-webhook";
-pub const LEASE: &str = "mesh-webhook";
 /// The tag the test image is imported under (never pulled: it is on the node already).
 pub const IMAGE: &str = "kubectl-mesh.local/mesh-webhook:e2e";
 
@@ -136,18 +134,13 @@ impl InCluster {
 
     /// The pod holding the Lease (its holder identity is the pod name plus a suffix).
     pub async fn leader(&self) -> anyhow::Result<String> {
-        let api: Api<Lease> = Api::namespaced(self.env.primary().client().await?, NAMESPACE);
+        let primary = self.env.primary().client().await?;
         eventually(
             "a running pod holds the Lease",
             Duration::from_secs(60),
             || async {
                 let pods = self.running_pods().await?;
-                let holder = api
-                    .get(LEASE)
-                    .await?
-                    .spec
-                    .and_then(|s| s.holder_identity)
-                    .unwrap_or_default();
+                let holder = lease_holder(&primary).await?.unwrap_or_default();
                 Ok(pods
                     .iter()
                     .filter_map(|p| p.metadata.name.clone())

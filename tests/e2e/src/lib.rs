@@ -88,6 +88,45 @@ pub async fn own_mesh_with(
     Ok((env, mesh))
 }
 
+/// What [`one_remote_mesh`] starts: the environment (bound for the whole test, as `_env` if
+/// unused: dropping it stops every process), the mesh, its remote (`env.remotes()[0]`) and
+/// the namespace's name.
+pub type OneRemote = (
+    TestEnv,
+    mesh_testenv::mesh::Mesh,
+    mesh_testenv::Cluster,
+    String,
+);
+
+/// How most tests of a mesh of their own open: [`own_mesh`] with one remote, and a namespace
+/// named after `prefix` on every cluster.
+pub async fn one_remote_mesh(
+    resync_period: Option<Duration>,
+    prefix: &str,
+) -> anyhow::Result<OneRemote> {
+    let (env, mesh) = own_mesh(1, resync_period).await?;
+    with_namespace(env, mesh, prefix).await
+}
+
+/// [`one_remote_mesh`] with every mesh option chosen by the test.
+pub async fn one_remote_mesh_with(
+    options: mesh_testenv::mesh::MeshOptions,
+    prefix: &str,
+) -> anyhow::Result<OneRemote> {
+    let (env, mesh) = own_mesh_with(1, options).await?;
+    with_namespace(env, mesh, prefix).await
+}
+
+async fn with_namespace(
+    env: TestEnv,
+    mesh: mesh_testenv::mesh::Mesh,
+    prefix: &str,
+) -> anyhow::Result<OneRemote> {
+    let ns = create_everywhere(&env, prefix).await?;
+    let remote = env.remotes()[0].clone();
+    Ok((env, mesh, remote, ns))
+}
+
 /// A resync period no test outlives: in a mesh started with it, only the webhook (and the
 /// reconciler's reaction to events) can make a remote change, never the periodic full sync.
 pub const NO_RESYNC: Duration = Duration::from_secs(3600);
@@ -474,12 +513,24 @@ pub async fn namespaces(
 
 /// Creates namespace `name` on `cluster`.
 pub async fn create_namespace(cluster: &mesh_testenv::Cluster, name: &str) -> anyhow::Result<()> {
-    let ns: k8s_openapi::api::core::v1::Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+    create_labelled_namespace(cluster, name, &[]).await
+}
+
+/// Creates namespace `name` on `cluster` carrying the labels `pairs`, with its admin
+/// credentials: a namespace as it stood before the test's first step.
+pub async fn create_labelled_namespace(
+    cluster: &mesh_testenv::Cluster,
+    name: &str,
+    pairs: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+    ns.metadata.name = Some(name.to_owned());
+    ns.metadata.labels = Some(labels(pairs));
     namespaces(cluster)
         .await?
         .create(&Default::default(), &ns)
-        .await?;
+        .await
+        .with_context(|| format!("creating namespace {name} on {}", cluster.name))?;
     Ok(())
 }
 

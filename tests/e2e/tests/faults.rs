@@ -14,8 +14,8 @@ use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::tokens::revoke;
 use mesh_e2e::{
     NO_RESYNC, carries, cluster_condition, create_everywhere, edit_labels, eventually, https_get,
-    kubectl, label_on_primary, labels, lease_holder, managed_labels, namespaces, own_mesh,
-    reviews_answered, route_admission_to, shared_mesh, syncs, unique_name,
+    kubectl, label_on_primary, labels, lease_holder, managed_labels, namespaces, one_remote_mesh,
+    own_mesh, reviews_answered, route_admission_to, shared_mesh, syncs, unique_name,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -39,9 +39,7 @@ async fn reachable(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String
 
 #[tokio::test]
 async fn a_remote_that_was_down_converges_when_it_returns() -> anyhow::Result<()> {
-    let (env, _mesh) = own_mesh(1, None).await?;
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "outage").await?;
+    let (env, _mesh, remote, ns) = one_remote_mesh(None, "outage").await?;
     eventually("remote-1 reachable", DEADLINE, || async {
         Ok((reachable(&env, "remote-1").await?.as_deref() == Some("True")).then_some(()))
     })
@@ -61,7 +59,7 @@ async fn a_remote_that_was_down_converges_when_it_returns() -> anyhow::Result<()
     .await?;
 
     env.start_apiserver(&remote.name).await?;
-    wait_labels(remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    wait_labels(&remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
     eventually(
         "status shows remote-1 reachable again",
         DEADLINE,
@@ -240,14 +238,12 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     // The follower serves admission but does not reconcile, and the leader never saw its push
     // in flight. With the periodic resync out of reach, only the leader's watch of the remote
     // can notice the remote now differs from the primary.
-    let (env, mesh) = own_mesh(1, Some(Duration::from_secs(3600))).await?;
+    let (env, mesh, remote, ns) = one_remote_mesh(Some(NO_RESYNC), "follower-pushed").await?;
     let ca = mesh.ca_pem()?;
     holds_the_lease(&env, "local-mesh-webhook", DEADLINE).await?;
     let follower = mesh.start_replica(&env, "replica-b").await?;
     route_admission_to(&env, &follower.listen).await?;
 
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "follower-pushed").await?;
     let scope = unique_name("vap");
     // The apiserver picks up the new URL asynchronously: relabel until the follower has
     // served a review.
@@ -266,16 +262,16 @@ async fn a_change_a_follower_pushed_and_the_primary_rejected_is_reverted_by_the_
     let stable = managed_labels(env.primary(), &ns)
         .await?
         .unwrap_or_default();
-    wait_labels(remote, &ns, &stable).await?;
+    wait_labels(&remote, &ns, &stable).await?;
     assert_eq!(holder(&env).await?.as_deref(), Some("local-mesh-webhook"));
 
     refuse_rejected_revision(&env, &scope, &ns).await?;
-    let revisions = RevisionsSeen::start(remote, &ns).await?;
+    let revisions = RevisionsSeen::start(&remote, &ns).await?;
     assert!(
         label_rejected(&env, &ns, false).await?,
         "the real edit is refused"
     );
-    wait_labels(remote, &ns, &stable).await?;
+    wait_labels(&remote, &ns, &stable).await?;
     revisions.assert_saw("rejected");
     Ok(())
 }
@@ -295,7 +291,7 @@ async fn holds_the_lease(env: &TestEnv, identity: &str, timeout: Duration) -> an
 
 #[tokio::test]
 async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow::Result<()> {
-    let (env, mesh) = own_mesh(1, None).await?;
+    let (env, mesh, remote, ns) = one_remote_mesh(None, "handover").await?;
     let ca = mesh.ca_pem()?;
     let first = mesh.metrics_address().to_string();
     holds_the_lease(&env, "local-mesh-webhook", DEADLINE).await?;
@@ -305,18 +301,16 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
     })
     .await?;
     // The second replica serves (its metrics answer) but never syncs while it is not leader.
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "handover").await?;
     let drift = json!({"istio-injection": "enabled"});
-    edit_labels(remote, &ns, drift.clone()).await?;
-    wait_labels(remote, &ns, &labels(&[])).await?;
+    edit_labels(&remote, &ns, drift.clone()).await?;
+    wait_labels(&remote, &ns, &labels(&[])).await?;
     assert_eq!(syncs(&second, &ca).await?, 0.0, "a follower reconciled");
     assert_eq!(holder(&env).await?.as_deref(), Some("local-mesh-webhook"));
 
     mesh.stop_webhook(&env)?;
     holds_the_lease(&env, "replica-b", Duration::from_secs(60)).await?;
-    edit_labels(remote, &ns, drift).await?;
-    wait_labels(remote, &ns, &labels(&[])).await?;
+    edit_labels(&remote, &ns, drift).await?;
+    wait_labels(&remote, &ns, &labels(&[])).await?;
     assert!(
         syncs(&second, &ca).await? > 0.0,
         "the new leader reconciled"
@@ -352,17 +346,6 @@ async fn synced_becomes(
     .await
 }
 
-/// `kubectl mesh check -o json` on the primary: its exit code and report.
-async fn check(mesh: &Mesh) -> anyhow::Result<(i32, CheckReport)> {
-    let mut cmd = mesh.plugin();
-    cmd.args(["check", "-o", "json"]);
-    let output = tokio::process::Command::from(cmd).output().await?;
-    Ok((
-        output.status.code().unwrap_or(-1),
-        CheckReport::parse(&output)?,
-    ))
-}
-
 /// The failed checks (×) of `cluster`'s section of a check report, as
 /// `description: detail (hint)`.
 fn failed_checks(report: &CheckReport, cluster: &str) -> Vec<String> {
@@ -386,7 +369,7 @@ async fn reattach_repairs(env: &TestEnv, mesh: &Mesh, ns: &str, value: &str) -> 
     mesh.attach(remote).await?;
     wait_labels(remote, ns, &labels(&[("istio-injection", value)])).await?;
     synced_becomes(env, "remote-1", "True").await?;
-    let (code, report) = check(mesh).await?;
+    let (code, report) = CheckReport::with_exit_code(mesh.plugin()).await?;
     assert_eq!(code, 0, "check passes after re-attach:\n{report:#?}");
     Ok(())
 }
@@ -394,17 +377,15 @@ async fn reattach_repairs(env: &TestEnv, mesh: &Mesh, ns: &str, value: &str) -> 
 #[tokio::test]
 async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them()
 -> anyhow::Result<()> {
-    let (env, mesh) = own_mesh(1, None).await?;
-    let remote = &env.remotes()[0];
+    let (env, mesh, remote, ns) = one_remote_mesh(None, "revoked").await?;
     // Repaired means check passes: that needs an injector for the label this test sets.
-    mesh_e2e::fixtures::stand_in_injector(remote).await?;
-    let ns = create_everywhere(&env, "revoked").await?;
+    mesh_e2e::fixtures::stand_in_injector(&remote).await?;
     synced_becomes(&env, "remote-1", "True").await?;
 
     // RBAC removed: the token still authenticates but may no longer patch namespaces.
     kubectl(
         &env,
-        remote,
+        &remote,
         &["delete", "clusterrolebinding", "kubectl-mesh-sync"],
     )
     .await?;
@@ -428,7 +409,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         ),
         "{reachable:?}"
     );
-    let (code, report) = check(&mesh).await?;
+    let (code, report) = CheckReport::with_exit_code(mesh.plugin()).await?;
     assert_eq!(code, 1, "check must fail:\n{report:#?}");
     // The rights check says which rights are gone, and listing fails with the apiserver's
     // "forbidden".
@@ -452,7 +433,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
     reattach_repairs(&env, &mesh, &ns, "enabled").await?;
 
     // Token revoked: deleting its Secret invalidates the token itself.
-    revoke(&env, remote, setup::TOKEN_SECRET).await?;
+    revoke(&env, &remote, setup::TOKEN_SECRET).await?;
     label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
     let (synced, reachable) = synced_becomes(&env, "remote-1", "Unknown").await?;
     assert_eq!(synced.reason, "Forbidden", "{synced:?}");
@@ -469,7 +450,7 @@ async fn revoked_credentials_show_in_status_and_check_and_reattach_repairs_them(
         ),
         "{reachable:?}"
     );
-    let (code, report) = check(&mesh).await?;
+    let (code, report) = CheckReport::with_exit_code(mesh.plugin()).await?;
     assert_eq!(
         code, 1,
         "check must fail with a revoked token:\n{report:#?}"
@@ -505,6 +486,27 @@ fn webhook_log(env: &TestEnv, ns: &str) -> String {
     format!("mesh-webhook logged about {ns}:\n{}", lines.join("\n"))
 }
 
+/// Labels `ns` on the primary with `change` and asserts that kubectl returned once the push had
+/// left remote-1 carrying the managed labels `expected`.
+async fn pushed_to_remote_1(
+    env: &TestEnv,
+    ns: &str,
+    change: &str,
+    expected: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let warnings = label_on_primary(env, ns, &[change]).await?;
+    assert!(
+        warnings.contains("applied on remote-1"),
+        "{warnings}\n{}",
+        webhook_log(env, ns)
+    );
+    assert_eq!(
+        managed_labels(&env.remotes()[0], ns).await?,
+        Some(labels(expected))
+    );
+    Ok(())
+}
+
 /// The webhook bets that a remote carries the primary's labels from before the change and
 /// sends one JSON patch that `test`s them. A real remote that differs refuses it; the push
 /// then reads the remote and writes the difference, before kubectl returns all the same.
@@ -512,55 +514,28 @@ fn webhook_log(env: &TestEnv, ns: &str) -> String {
 async fn a_remote_that_refuses_the_one_patch_push_still_gets_the_change_in_time()
 -> anyhow::Result<()> {
     // No periodic sync to repair the remote behind the push's back.
-    let (env, mesh) = own_mesh(1, Some(NO_RESYNC)).await?;
+    let (env, mesh, remote, ns) = one_remote_mesh(Some(NO_RESYNC), "conflict").await?;
     let (webhook, ca) = (mesh.metrics_address().to_string(), mesh.ca_pem()?);
     let read_first = r#"pushes_read_first_total{cluster="remote-1"}"#;
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "conflict").await?;
-    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
-    assert!(
-        warnings.contains("applied on remote-1"),
-        "{warnings}\n{}",
-        webhook_log(&env, &ns)
-    );
-    assert_eq!(
-        managed_labels(remote, &ns).await?,
-        Some(labels(&[("istio-injection", "enabled")]))
-    );
+    let enabled = [("istio-injection", "enabled")];
+    pushed_to_remote_1(&env, &ns, "istio-injection=enabled", &enabled).await?;
     // A remote as expected took the one patch.
     assert_eq!(series(&webhook, &ca, read_first).await?, 0.0);
 
     // A hand edit on the remote is corrected by the reconciler. Waiting for that also waits
     // out the sync the label above caused (a tenth of a second later), which would otherwise
     // undo the next hand edit before the push below meets it.
-    let remote_namespaces = namespaces(remote).await?;
-    let drift = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
-    remote_namespaces
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
-        .await?;
-    wait_labels(remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
+    let drift = json!({"istio-injection": "disabled"});
+    edit_labels(&remote, &ns, drift.clone()).await?;
+    wait_labels(&remote, &ns, &labels(&enabled)).await?;
 
     // The same edit, then at once (the drift watch corrects it only a few seconds later) a
     // change on the primary: the push's patch tests istio-injection=enabled, which the
     // remote's apiserver refuses.
-    remote_namespaces
-        .patch(&ns, &PatchParams::default(), &Patch::Merge(&drift))
-        .await?;
-    let warnings = label_on_primary(&env, &ns, &["istio.io/rev=canary"]).await?;
-
+    edit_labels(&remote, &ns, drift).await?;
     // (a) On the remote when kubectl returns, the hand edit undone too.
-    assert!(
-        warnings.contains("applied on remote-1"),
-        "{warnings}\n{}",
-        webhook_log(&env, &ns)
-    );
-    assert_eq!(
-        managed_labels(remote, &ns).await?,
-        Some(labels(&[
-            ("istio-injection", "enabled"),
-            ("istio.io/rev", "canary")
-        ]))
-    );
+    let canary = [("istio-injection", "enabled"), ("istio.io/rev", "canary")];
+    pushed_to_remote_1(&env, &ns, "istio.io/rev=canary", &canary).await?;
     // (b) Through the read-first fallback.
     assert_eq!(
         series(&webhook, &ca, read_first).await?,
@@ -574,9 +549,7 @@ async fn a_remote_that_refuses_the_one_patch_push_still_gets_the_change_in_time(
 #[tokio::test]
 async fn a_stored_kubeconfig_edited_to_break_the_rule_is_refused_before_anything_is_sent()
 -> anyhow::Result<()> {
-    let (env, _mesh) = own_mesh(1, None).await?;
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "broken-secret").await?;
+    let (env, _mesh, remote, ns) = one_remote_mesh(None, "broken-secret").await?;
     synced_becomes(&env, &remote.name, "True").await?;
 
     // A plain-HTTP server of the test's own: whatever the webhook sent there would arrive here.
@@ -727,7 +700,7 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
                 .is_some_and(|e| e.contains("reaches another cluster than remote-1")),
         "{report:#}"
     );
-    let (code, report) = check(&mesh).await?;
+    let (code, report) = CheckReport::with_exit_code(mesh.plugin()).await?;
     assert!(
         code != 0
             && failed_checks(&report, "remote-1")

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use mesh_core::cluster::MeshCluster;
@@ -22,25 +21,27 @@ use mesh_e2e::fixtures::output;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, describe, eventually, label_namespace, labels, managed_labels, own_mesh_with,
-    relabel_until, text, unique_name,
+    DEFAULT_TIMEOUT, create_labelled_namespace, describe, eventually, label_namespace, labels,
+    managed_labels, own_mesh_with, relabel_until, text, unique_name,
 };
 use serde_json::Value;
-use tokio::sync::OnceCell;
+use tokio::sync::{MutexGuard, OnceCell};
 
 type Labels = BTreeMap<String, String>;
 
-/// The tests take turns: one stops the webhook, and `plan` covers every attached cluster.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn mesh() -> &'static (TestEnv, Mesh) {
+/// The mesh of the binary, and the calling test's turn with it until the guard is dropped:
+/// the tests take turns, as one stops the webhook and `plan` covers every attached cluster.
+async fn turn() -> (MutexGuard<'static, ()>, &'static TestEnv, &'static Mesh) {
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     static MESH: OnceCell<(TestEnv, Mesh)> = OnceCell::const_new();
+    let turn = TURN.lock().await;
     let start = async {
         let mut options = MeshOptions::from_workspace()?;
         options.attach_remotes = false;
         own_mesh_with(2, options).await
     };
-    mesh_e2e::shared(&MESH, "the mesh", start).await
+    let (env, mesh) = mesh_e2e::shared(&MESH, "the mesh", start).await;
+    (turn, env, mesh)
 }
 
 /// `kubectl mesh <args>` against the primary, with no terminal on stdin.
@@ -54,17 +55,6 @@ async fn succeeded(mesh: &Mesh, args: &[&str]) -> anyhow::Result<Output> {
     let out = plugin(mesh, args).await?;
     ensure!(out.status.success(), "{args:?}: {}", describe(&out));
     Ok(out)
-}
-
-async fn create(cluster: &Cluster, name: &str, pairs: &[(&str, &str)]) -> anyhow::Result<()> {
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some(name.to_owned());
-    ns.metadata.labels = Some(labels(pairs));
-    Api::<Namespace>::all(cluster.client().await?)
-        .create(&PostParams::default(), &ns)
-        .await
-        .with_context(|| format!("creating {name} on {}", cluster.name))?;
-    Ok(())
 }
 
 /// `kubectl label ns <name> <args> --overwrite` on `cluster`; returns kubectl's stderr (the
@@ -157,19 +147,18 @@ fn json(out: &Output) -> anyhow::Result<Value> {
 #[tokio::test]
 async fn preview_is_what_the_first_sync_does_and_scope_spares_the_remote_s_own()
 -> anyhow::Result<()> {
-    let _turn = TURN.lock().await;
-    let (env, mesh) = mesh().await;
+    let (_turn, env, mesh) = turn().await;
     let remote = &env.remotes()[0];
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let p = unique_name("fs");
     let [shop, pay, batch, gw] = ["shop", "pay", "batch", "gw"].map(|n| format!("{p}-{n}"));
-    create(env.primary(), &shop, &[("istio-injection", "enabled")]).await?;
-    create(env.primary(), &pay, &[("istio.io/rev", "stable")]).await?;
-    create(env.primary(), &batch, &[]).await?;
-    create(remote, &shop, &[]).await?;
-    create(remote, &pay, &[("istio.io/rev", "canary")]).await?;
-    create(remote, &batch, &[("istio-injection", "enabled")]).await?;
-    create(remote, &gw, &[("istio-injection", "enabled")]).await?;
+    create_labelled_namespace(env.primary(), &shop, &[("istio-injection", "enabled")]).await?;
+    create_labelled_namespace(env.primary(), &pay, &[("istio.io/rev", "stable")]).await?;
+    create_labelled_namespace(env.primary(), &batch, &[]).await?;
+    create_labelled_namespace(remote, &shop, &[]).await?;
+    create_labelled_namespace(remote, &pay, &[("istio.io/rev", "canary")]).await?;
+    create_labelled_namespace(remote, &batch, &[("istio-injection", "enabled")]).await?;
+    create_labelled_namespace(remote, &gw, &[("istio-injection", "enabled")]).await?;
     let mut before = BTreeMap::new();
     for ns in [&shop, &pay, &batch, &gw] {
         before.insert(ns.clone(), managed(remote, ns).await?);
@@ -395,24 +384,23 @@ async fn on_terminal(
 /// namespaces alone, and status and sync show them as out of scope.
 #[tokio::test]
 async fn a_no_cancels_a_yes_strips_adoption_copies_and_a_selector_spares() -> anyhow::Result<()> {
-    let _turn = TURN.lock().await;
-    let (env, mesh) = mesh().await;
+    let (_turn, env, mesh) = turn().await;
     let remote = &env.remotes()[1];
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let q = unique_name("ad");
     let [legacy, app, infra, old] = ["legacy", "app", "infra", "old"].map(|n| format!("{q}-{n}"));
     let enabled = || labels(&[("istio-injection", "enabled")]);
-    create(env.primary(), &legacy, &[]).await?;
-    create(env.primary(), &app, &[("istio-injection", "enabled")]).await?;
-    create(remote, &legacy, &[("istio-injection", "enabled")]).await?;
-    create(remote, &app, &[]).await?;
-    create(
+    create_labelled_namespace(env.primary(), &legacy, &[]).await?;
+    create_labelled_namespace(env.primary(), &app, &[("istio-injection", "enabled")]).await?;
+    create_labelled_namespace(remote, &legacy, &[("istio-injection", "enabled")]).await?;
+    create_labelled_namespace(remote, &app, &[]).await?;
+    create_labelled_namespace(
         remote,
         &infra,
         &[("platform", "owned"), ("istio-injection", "enabled")],
     )
     .await?;
-    create(remote, &old, &[("istio-injection", "enabled")]).await?;
+    create_labelled_namespace(remote, &old, &[("istio-injection", "enabled")]).await?;
     let attach = [
         "attach",
         kubeconfig.as_str(),

@@ -13,9 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, config::Kubeconfig};
 use mesh_core::cluster::{CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster};
-use mesh_e2e::{
-    HttpsServer, TestCertificate, create_everywhere, eventually, label_on_primary, own_mesh,
-};
+use mesh_e2e::{HttpsServer, TestCertificate, eventually, label_on_primary, one_remote_mesh};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(45);
@@ -59,9 +57,7 @@ async fn store_server(
 
 #[tokio::test]
 async fn a_foreign_server_page_never_reaches_status_events_or_warnings() -> anyhow::Result<()> {
-    let (env, _mesh) = own_mesh(1, None).await?;
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "foreign").await?;
+    let (env, _mesh, remote, ns) = one_remote_mesh(None, "foreign").await?;
 
     let cert = TestCertificate::for_loopback()?;
     let page = Router::new().fallback(|| async {

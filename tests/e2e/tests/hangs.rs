@@ -14,7 +14,7 @@ use mesh_core::cluster::CONDITION_REACHABLE;
 use mesh_e2e::{
     NO_RESYNC, carries, cluster_condition, create_everywhere, create_namespace, describe,
     eventually, fixtures, installed_webhook, label_on_primary, labels, managed_labels,
-    own_mesh_with, unique_name,
+    one_remote_mesh_with, own_mesh_with, unique_name,
 };
 use mesh_testenv::mesh::MeshOptions;
 use mesh_testenv::proxy::Proxy;
@@ -158,10 +158,8 @@ async fn a_hung_remote_holds_a_primary_edit_no_longer_than_the_push_deadline() -
 
 #[tokio::test]
 async fn a_hung_webhook_holds_a_primary_edit_no_longer_than_its_timeout() -> anyhow::Result<()> {
-    let (env, mesh) = own_mesh_with(1, options(&[])?).await?;
+    let (env, mesh, remote, ns) = one_remote_mesh_with(options(&[])?, "hung-webhook").await?;
     let webhook_timeout = installed_webhook_timeout(&env).await?;
-    let ns = create_everywhere(&env, "hung-webhook").await?;
-    let remote = &env.remotes()[0];
     let enabled = labels(&[("istio-injection", "enabled")]);
 
     mesh.pause_webhook(&env)?;
@@ -191,7 +189,7 @@ async fn a_hung_webhook_holds_a_primary_edit_no_longer_than_its_timeout() -> any
     // after a push that could have been under way had time to land.
     let watched_until = Instant::now() + PUSH_DEADLINE;
     while Instant::now() < watched_until {
-        assert_eq!(managed_labels(remote, &ns).await?, Some(labels(&[])));
+        assert_eq!(managed_labels(&remote, &ns).await?, Some(labels(&[])));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -206,7 +204,7 @@ async fn a_hung_webhook_holds_a_primary_edit_no_longer_than_its_timeout() -> any
         ),
         CONVERGE_DEADLINE,
         || async {
-            Ok((managed_labels(remote, &ns).await?.as_ref() == Some(&enabled)).then_some(()))
+            Ok((managed_labels(&remote, &ns).await?.as_ref() == Some(&enabled)).then_some(()))
         },
     )
     .await?;
@@ -278,13 +276,11 @@ const CALL_DEADLINE: Duration = Duration::from_secs(3);
 async fn a_remote_answering_a_few_bytes_at_a_time() -> anyhow::Result<()> {
     let mut options = options(&[])?;
     options.webhook_args.extend(ending_calls_at(CALL_DEADLINE));
-    let (env, _mesh) = own_mesh_with(1, options).await?;
-    let remote = &env.remotes()[0];
-    let proxy = through_proxy(&env, remote).await?;
-    let ns = create_everywhere(&env, "trickled").await?;
+    let (env, _mesh, remote, ns) = one_remote_mesh_with(options, "trickled").await?;
+    let proxy = through_proxy(&env, &remote).await?;
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     let enabled = labels(&[("istio-injection", "enabled")]);
-    carries(remote, &ns, &enabled, CONVERGE_DEADLINE).await?;
+    carries(&remote, &ns, &enabled, CONVERGE_DEADLINE).await?;
 
     // 80 bytes a second: a TLS handshake alone takes most of a minute, a namespace list more.
     proxy.trickle(8, Duration::from_millis(100));
@@ -329,7 +325,7 @@ async fn a_remote_answering_a_few_bytes_at_a_time() -> anyhow::Result<()> {
 
     proxy.thaw();
     let disabled = labels(&[("istio-injection", "disabled")]);
-    carries(remote, &ns, &disabled, CONVERGE_DEADLINE).await?;
+    carries(&remote, &ns, &disabled, CONVERGE_DEADLINE).await?;
     Ok(())
 }
 

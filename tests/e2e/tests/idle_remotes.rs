@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use mesh_e2e::{
-    NO_RESYNC, create_everywhere, edit_labels, eventually, kubectl, label_on_primary, labels,
-    managed_labels, mesh_syncs, more_syncs_than, own_mesh,
+    NO_RESYNC, edit_labels, eventually, kubectl, label_on_primary, labels, managed_labels,
+    mesh_syncs, more_syncs_than, one_remote_mesh,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -85,14 +85,12 @@ async fn hand_edit_is_corrected(remote: &Cluster, ns: &str) -> anyhow::Result<()
 #[tokio::test]
 async fn a_quiet_remote_keeps_its_watch_open_and_drift_is_still_seen() -> anyhow::Result<()> {
     // No periodic sync: only the watch can see the drift below.
-    let (env, _mesh) = own_mesh(1, Some(NO_RESYNC)).await?;
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "quiet").await?;
+    let (env, _mesh, remote, ns) = one_remote_mesh(Some(NO_RESYNC), "quiet").await?;
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
 
-    let before = namespace_watches_ended(&env, remote).await?;
+    let before = namespace_watches_ended(&env, &remote).await?;
     tokio::time::sleep(QUIET).await;
-    let ended = namespace_watches_ended(&env, remote).await? - before;
+    let ended = namespace_watches_ended(&env, &remote).await? - before;
     // Cut by the read timeout, the webhook's watch would end every few seconds. It ends once
     // every `WATCH_SECONDS` (50 s) and the remote's controller-manager renews its own every
     // 5-10 minutes: each may end once in the window.
@@ -103,7 +101,7 @@ async fn a_quiet_remote_keeps_its_watch_open_and_drift_is_still_seen() -> anyhow
     );
 
     // The watch is alive: a hand edit on the remote is corrected, with no periodic sync.
-    hand_edit_is_corrected(remote, &ns).await
+    hand_edit_is_corrected(&remote, &ns).await
 }
 
 /// Waits until the webhook has run `n` more syncs than when called.
@@ -113,21 +111,19 @@ async fn more_syncs(mesh: &Mesh, what: &str, n: f64, timeout: Duration) -> anyho
 
 #[tokio::test]
 async fn periodic_resyncs_of_a_watched_remote_do_not_list_it() -> anyhow::Result<()> {
-    let (env, mesh) = own_mesh(1, Some(Duration::from_secs(1))).await?;
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "resynced").await?;
+    let (env, mesh, remote, ns) = one_remote_mesh(Some(Duration::from_secs(1)), "resynced").await?;
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     let enabled = Some(labels(&[("istio-injection", "enabled")]));
     eventually(
         "the remote is labelled",
         Duration::from_secs(30),
-        || async { Ok((managed_labels(remote, &ns).await? == enabled).then_some(())) },
+        || async { Ok((managed_labels(&remote, &ns).await? == enabled).then_some(())) },
     )
     .await?;
 
     // Enough namespaces that a list of them all is told from a one-namespace probe by size.
     for n in 0..30 {
-        mesh_e2e::create_namespace(remote, &format!("bulk-{n}")).await?;
+        mesh_e2e::create_namespace(&remote, &format!("bulk-{n}")).await?;
     }
     // Once the watch has listed, every sync reads it: several periods, no full LIST (each sync
     // still asks for one namespace, to know the remote answers and the credentials work).
@@ -138,7 +134,7 @@ async fn periodic_resyncs_of_a_watched_remote_do_not_list_it() -> anyhow::Result
         Duration::from_secs(30),
     )
     .await?;
-    let lists = full_namespace_lists(&env, remote).await?;
+    let lists = full_namespace_lists(&env, &remote).await?;
     more_syncs(
         &mesh,
         "five more periodic syncs",
@@ -146,7 +142,7 @@ async fn periodic_resyncs_of_a_watched_remote_do_not_list_it() -> anyhow::Result
         Duration::from_secs(60),
     )
     .await?;
-    let listed = full_namespace_lists(&env, remote).await? - lists;
+    let listed = full_namespace_lists(&env, &remote).await? - lists;
     // The remote's controller-manager may relist its own informer once.
     assert!(
         listed <= 1.0,
@@ -154,5 +150,5 @@ async fn periodic_resyncs_of_a_watched_remote_do_not_list_it() -> anyhow::Result
     );
 
     // What the watch holds is enough to correct a hand edit, by a write conditional on it.
-    hand_edit_is_corrected(remote, &ns).await
+    hand_edit_is_corrected(&remote, &ns).await
 }

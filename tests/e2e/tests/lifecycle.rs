@@ -25,7 +25,7 @@ use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
     DEFAULT_TIMEOUT, NO_RESYNC, assert_success, create_everywhere, create_namespace, describe,
     eventually, has_line, installed_webhook, kubectl, kubectl_output, label_on_primary, labels,
-    managed_labels, own_mesh, own_mesh_with, reviews_answered, text, unique_name,
+    managed_labels, one_remote_mesh_with, own_mesh, reviews_answered, text, unique_name,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -527,10 +527,8 @@ async fn an_unreachable_remote_is_retried_with_growing_capped_delays_until_it_re
         ],
         ..MeshOptions::from_workspace()?
     };
-    let (env, _mesh) = own_mesh_with(1, options).await?;
-    let remote = &env.remotes()[0];
+    let (env, _mesh, remote, ns) = one_remote_mesh_with(options, "backoff").await?;
     let log_path = env.dir().join("mesh-webhook.log");
-    let ns = create_everywhere(&env, "backoff").await?;
 
     let offset = log_length(&log_path)?;
     env.stop_apiserver(&remote.name)?;
@@ -600,7 +598,7 @@ async fn an_unreachable_remote_is_retried_with_growing_capped_delays_until_it_re
     .await?;
     assert_eq!(status.last_error, None, "{status:?}");
     assert_eq!(
-        managed_labels(remote, &ns).await?,
+        managed_labels(&remote, &ns).await?,
         Some(labels(&[("istio-injection", "enabled")]))
     );
 

@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
 use mesh_e2e::{
     NO_RESYNC, assert_landed, assert_remotes, create_everywhere, create_namespace, edit_labels,
-    eventually, label_on_primary, labels, managed_labels, namespaces, own_mesh, shared_mesh,
-    unique_name,
+    eventually, label_on_primary, labels, managed_labels, namespaces, one_remote_mesh, own_mesh,
+    shared_mesh, unique_name,
 };
 use serde_json::json;
 
@@ -245,8 +245,7 @@ async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
 async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() -> anyhow::Result<()>
 {
     // Its own environment: stopping the shared webhook would disturb the other tests.
-    let (env, mesh) = own_mesh(1, None).await?;
-    let ns = create_everywhere(&env, "webhook-down").await?;
+    let (env, mesh, remote, ns) = one_remote_mesh(None, "webhook-down").await?;
     mesh.stop_webhook(&env)?;
     // failurePolicy Ignore: the edit goes through without the webhook.
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
@@ -256,16 +255,13 @@ async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() 
     );
     // Nothing reached the remote while the webhook was down: what converges it below is the
     // webhook coming back.
-    assert_eq!(
-        managed_labels(&env.remotes()[0], &ns).await?,
-        Some(labels(&[]))
-    );
+    assert_eq!(managed_labels(&remote, &ns).await?, Some(labels(&[])));
     mesh.start_webhook(&env).await?;
     eventually(
         "remote converged after the webhook came back",
         RESYNC_DEADLINE,
         || async {
-            Ok(managed_labels(&env.remotes()[0], &ns)
+            Ok(managed_labels(&remote, &ns)
                 .await?
                 .filter(|l| *l == labels(&[("istio-injection", "enabled")])))
         },
@@ -278,7 +274,7 @@ async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() 
 async fn remote_edits_are_corrected_as_they_happen_not_at_the_next_resync() -> anyhow::Result<()> {
     // Its own mesh, whose periodic resync never comes within the test: only the webhook's watch
     // of the remote's namespaces can make these corrections.
-    let (env, _mesh) = own_mesh(1, Some(Duration::from_secs(3600))).await?;
+    let (env, _mesh) = own_mesh(1, Some(NO_RESYNC)).await?;
     let remote = &env.remotes()[0];
     let deadline = Duration::from_secs(20);
     let enabled = labels(&[("istio-injection", "enabled")]);

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use mesh_e2e::{
-    create_everywhere, eventually, forged, managed_labels, metric_sum, own_mesh, webhook_tls_client,
+    eventually, forged, managed_labels, metric_sum, one_remote_mesh, own_mesh, webhook_tls_client,
 };
 use mesh_testenv::mesh::Mesh;
 
@@ -37,9 +37,7 @@ async fn flood(mesh: &Mesh, addr: &str, reviews: Vec<String>) -> anyhow::Result<
 
 #[tokio::test]
 async fn a_hundred_reviews_of_one_change_cost_each_remote_two_pushes() -> anyhow::Result<()> {
-    let (env, mesh) = own_mesh(1, None).await?;
-    let remote = &env.remotes()[0];
-    let ns = create_everywhere(&env, "flooded").await?;
+    let (_env, mesh, remote, ns) = one_remote_mesh(None, "flooded").await?;
     let (metrics, ca) = (mesh.metrics_address(), mesh.ca_pem()?);
     let made = |result: &'static str| {
         let series = format!(
@@ -57,7 +55,7 @@ async fn a_hundred_reviews_of_one_change_cost_each_remote_two_pushes() -> anyhow
 
     // The change landed (so pushes were made at all)...
     assert_eq!(
-        managed_labels(remote, &ns).await?.unwrap_or_default()["istio-injection"],
+        managed_labels(&remote, &ns).await?.unwrap_or_default()["istio-injection"],
         "disabled"
     );
     // ...by at most the push that ran and the newest that waited; the others were dropped.

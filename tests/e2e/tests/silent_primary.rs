@@ -10,8 +10,7 @@ use kube::api::{Patch, PatchParams};
 use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster};
 use mesh_e2e::fixtures::webhook_through_proxy;
 use mesh_e2e::{
-    cluster_condition, create_everywhere, eventually, label_on_primary, labels, managed_labels,
-    own_mesh_with,
+    cluster_condition, eventually, label_on_primary, labels, managed_labels, one_remote_mesh_with,
 };
 use mesh_testenv::mesh::MeshOptions;
 use serde_json::json;
@@ -32,10 +31,8 @@ async fn a_primary_gone_silent_never_turns_a_push_back_and_its_watches_are_renew
         resync_period: RESYNC,
         ..MeshOptions::from_workspace()?
     };
-    let (env, mesh) = own_mesh_with(1, options).await?;
-    let remote = &env.remotes()[0];
+    let (env, mesh, remote, ns) = one_remote_mesh_with(options, "silent").await?;
     let proxy = webhook_through_proxy(&env, &mesh).await?;
-    let ns = create_everywhere(&env, "silent").await?;
     let (stale, fresh) = (
         labels(&[("istio-injection", "stale")]),
         labels(&[("istio-injection", "fresh")]),
@@ -46,7 +43,7 @@ async fn a_primary_gone_silent_never_turns_a_push_back_and_its_watches_are_renew
         Ok(warnings.contains("applied on remote-1").then_some(()))
     })
     .await?;
-    assert_eq!(managed_labels(remote, &ns).await?, Some(stale));
+    assert_eq!(managed_labels(&remote, &ns).await?, Some(stale));
 
     // Every connection the webhook holds to the primary goes silent; new ones get through.
     proxy.freeze_open_connections();
@@ -59,7 +56,7 @@ async fn a_primary_gone_silent_never_turns_a_push_back_and_its_watches_are_renew
     let mut checks = 0u32;
     while Instant::now() < window_end {
         assert_eq!(
-            managed_labels(remote, &ns).await?.as_ref(),
+            managed_labels(&remote, &ns).await?.as_ref(),
             Some(&fresh),
             "{:?} after the push, the remote went back",
             pushed_at.elapsed()
@@ -85,6 +82,6 @@ async fn a_primary_gone_silent_never_turns_a_push_back_and_its_watches_are_renew
         },
     )
     .await?;
-    assert_eq!(managed_labels(remote, &ns).await?, Some(fresh));
+    assert_eq!(managed_labels(&remote, &ns).await?, Some(fresh));
     Ok(())
 }

@@ -8,13 +8,12 @@
 use std::process::{Command, Output};
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::Api;
-use kube::api::PostParams;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::{self, DEAD_WEBHOOK_URL, mesh_invocation, offline_invocation, output};
-use mesh_e2e::mesh_testenv::Cluster;
-use mesh_e2e::{describe, labels, namespace_labels, shared_env, text, unique_name};
+use mesh_e2e::{
+    create_labelled_namespace, create_namespace, describe, labels, namespace_labels, shared_env,
+    text, unique_name,
+};
 use serde_json::{Value, json};
 
 /// A label key outside the default rule.
@@ -125,17 +124,6 @@ async fn install_renders_the_rule_for_the_webhook_and_the_apiserver() -> anyhow:
     Ok(())
 }
 
-async fn create_namespace(cluster: &Cluster, name: &str, pairs: &[(&str, &str)]) {
-    let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": labels(pairs)}
-    }))
-    .expect("namespace");
-    Api::<Namespace>::all(cluster.client().await.expect("client"))
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {name} on {}: {e}", cluster.name));
-}
-
 #[tokio::test]
 async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
     let env = shared_env(1).await;
@@ -190,10 +178,10 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
 
     // On the primary: a zone (managed now) and a revision (no longer managed).
     let shop = unique_name("shop");
-    create_namespace(primary, &shop, &[(ZONE, "a"), (REVISION, "canary")]).await;
-    create_namespace(remote, &shop, &[(REVISION, "stable")]).await;
-    create_namespace(primary, &legacy, &[(ZONE, "b")]).await;
-    create_namespace(remote, &legacy, &[]).await;
+    create_labelled_namespace(primary, &shop, &[(ZONE, "a"), (REVISION, "canary")]).await?;
+    create_labelled_namespace(remote, &shop, &[(REVISION, "stable")]).await?;
+    create_labelled_namespace(primary, &legacy, &[(ZONE, "b")]).await?;
+    create_namespace(remote, &legacy).await?;
 
     let status = mesh_invocation(env, &["status", "-o", "json", &shop, &legacy])?;
     let out = succeeded(status).await?;

@@ -373,17 +373,16 @@ impl TestEnv {
         log: &Path,
         timeout: Duration,
         poll: Duration,
-        mut ready: impl FnMut() -> Fut,
+        ready: impl FnMut() -> Fut,
     ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while !ready().await {
-            self.check_alive()?;
-            if Instant::now() > deadline {
-                bail!("{not_yet} within {timeout:?}; see {}", log.display());
-            }
-            tokio::time::sleep(poll).await;
-        }
-        Ok(())
+        poll_until(not_yet, log, timeout, poll, || self.check_alive(), ready).await
+    }
+
+    /// Waits until process `name` of the environment (logging to `<dir>/<name>.log`) accepts
+    /// connections on `address`.
+    pub(crate) async fn wait_listening(&self, name: &str, address: &str) -> anyhow::Result<()> {
+        let log = self.dir.join(format!("{name}.log"));
+        crate::ports::wait_listening(name, address, &log, || self.check_alive()).await
     }
 
     /// Starts a process that lives and dies with the environment (e.g. a local mesh-webhook),
@@ -483,14 +482,8 @@ impl TestEnv {
             .arg("--log-level=warn");
         self.lock().spawn("etcd", cmd, &self.dir.join("etcd.log"))?;
         self.etcd_url = client_url;
-        self.wait_until(
-            &format!("etcd did not listen on {client_port}"),
-            &self.dir.join("etcd.log"),
-            Duration::from_secs(30),
-            Duration::from_millis(50),
-            || std::future::ready(std::net::TcpStream::connect(("127.0.0.1", client_port)).is_ok()),
-        )
-        .await
+        self.wait_listening("etcd", &format!("127.0.0.1:{client_port}"))
+            .await
     }
 
     fn spawn_apiserver(&self, cluster: &Cluster) -> anyhow::Result<()> {
@@ -607,6 +600,28 @@ impl TestEnv {
         )
         .await
     }
+}
+
+/// Polls `ready` every `poll` until it holds. Fails as soon as `alive` fails (what is waited for
+/// has died: waiting longer would only hide it), or after `timeout`, saying what was not so
+/// (`not_yet`) and where to look (`log`).
+pub(crate) async fn poll_until<Fut: std::future::Future<Output = bool>>(
+    not_yet: &str,
+    log: &Path,
+    timeout: Duration,
+    poll: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+    mut ready: impl FnMut() -> Fut,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready().await {
+        alive()?;
+        if Instant::now() > deadline {
+            bail!("{not_yet} within {timeout:?}; see {}", log.display());
+        }
+        tokio::time::sleep(poll).await;
+    }
+    Ok(())
 }
 
 impl Drop for TestEnv {

@@ -3,12 +3,11 @@
 //! does. It logs every request it forwards.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
-use crate::ports::free_port;
+use crate::ports::{free_port, wait_listening};
 
 /// A running tinyproxy; dropping it stops it.
 #[derive(Debug)]
@@ -33,7 +32,7 @@ impl HttpProxy {
                 log.display()
             ),
         )?;
-        let process = Command::new("tinyproxy")
+        let mut process = Command::new("tinyproxy")
             .arg("-d")
             .arg("-c")
             .arg(&config)
@@ -42,21 +41,15 @@ impl HttpProxy {
             .kill_on_drop(true)
             .spawn()
             .context("cannot start tinyproxy (Debian package tinyproxy; .ci/run installs it)")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                bail!(
-                    "tinyproxy did not listen on 127.0.0.1:{port} within 10s; see {}",
-                    log.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let address = format!("127.0.0.1:{port}");
+        // In the foreground (-d), so an exit is tinyproxy giving up.
+        let running = || match process.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("tinyproxy exited ({status})"),
+        };
+        wait_listening("tinyproxy", &address, &log, running).await?;
         Ok(Self {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{address}"),
             log,
             _process: process,
         })

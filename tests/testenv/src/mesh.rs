@@ -217,8 +217,9 @@ impl Mesh {
         let cmd = self.webhook_command(&self.listen, &self.metrics_listen, "local-mesh-webhook");
         let pid = env.spawn_process(WEBHOOK_PROCESS, cmd)?;
         self.webhook_pid.store(pid, Ordering::Relaxed);
-        wait_listening(env, &self.listen, WEBHOOK_PROCESS).await?;
-        wait_listening(env, &self.metrics_listen, WEBHOOK_PROCESS).await
+        env.wait_listening(WEBHOOK_PROCESS, &self.listen).await?;
+        env.wait_listening(WEBHOOK_PROCESS, &self.metrics_listen)
+            .await
     }
 
     /// Starts one more webhook replica named `name` on free ports (not registered with the
@@ -232,8 +233,8 @@ impl Mesh {
             name,
             self.webhook_command(&replica.listen, &replica.metrics, name),
         )?;
-        wait_listening(env, &replica.listen, name).await?;
-        wait_listening(env, &replica.metrics, name).await?;
+        env.wait_listening(name, &replica.listen).await?;
+        env.wait_listening(name, &replica.metrics).await?;
         Ok(replica)
     }
 
@@ -392,17 +393,6 @@ pub async fn dry_run_label_until(env: &TestEnv, label: &str, answer: &str) -> an
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn wait_listening(env: &TestEnv, listen: &str, name: &str) -> anyhow::Result<()> {
-    env.wait_until(
-        &format!("{name} did not listen on {listen}"),
-        &env.dir().join(format!("{name}.log")),
-        Duration::from_secs(30),
-        Duration::from_millis(50),
-        || std::future::ready(std::net::TcpStream::connect(listen).is_ok()),
-    )
-    .await
 }
 
 fn shell_path(path: &Path) -> String {

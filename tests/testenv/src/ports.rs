@@ -11,9 +11,10 @@ use std::collections::hash_map::RandomState;
 use std::fs::File;
 use std::hash::BuildHasher;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use nix::fcntl::{Flock, FlockArg};
@@ -84,6 +85,25 @@ fn claims_dir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join("mesh-testenv-ports");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Waits until server `name` accepts connections on `address` (`host:port`). Fails as soon as
+/// `alive` does (the server has died), or after 30 s, pointing at `log`.
+pub(crate) async fn wait_listening(
+    name: &str,
+    address: &str,
+    log: &Path,
+    alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    crate::env::poll_until(
+        &format!("{name} did not listen on {address}"),
+        log,
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        alive,
+        || std::future::ready(std::net::TcpStream::connect(address).is_ok()),
+    )
+    .await
 }
 
 /// `127.0.0.1:<free_port>`.

@@ -6,7 +6,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::{create_namespace, patch_labels, unique_name};
+use mesh_e2e::{create_labelled_namespace, create_namespace, patch_labels, unique_name};
 use serde_json::json;
 
 use crate::support::*;
@@ -85,7 +85,11 @@ async fn detach_keeps_what_attach_did_not_create_and_strips_only_managed_labels(
     create_labelled_namespace(
         remote,
         &shop,
-        json!({"istio-injection": "enabled", "istio.io/rev": "canary", "team": "a"}),
+        &[
+            ("istio-injection", "enabled"),
+            ("istio.io/rev", "canary"),
+            ("team", "a"),
+        ],
     )
     .await?;
     let namespaces = Api::<Namespace>::all(rc.clone());

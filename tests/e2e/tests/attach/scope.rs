@@ -11,7 +11,9 @@ use kube::{
 };
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::check_report::CheckReport;
-use mesh_e2e::{DEFAULT_TIMEOUT, eventually, unique_name};
+use mesh_e2e::{
+    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, unique_name,
+};
 use mesh_testenv::Cluster;
 use serde_json::{Value, json};
 
@@ -33,7 +35,7 @@ async fn create_fillers(cluster: &Cluster, count: usize) -> anyhow::Result<Strin
     let label = unique_name("filler");
     for i in 0..count {
         let name = format!("a-{label}-{i:03}");
-        create_labelled_namespace(cluster, &name, json!({ "filler": &label })).await?;
+        create_labelled_namespace(cluster, &name, &[("filler", &label)]).await?;
     }
     Ok(format!("filler={label}"))
 }
@@ -57,7 +59,7 @@ async fn delete_fillers(cluster: &Cluster, selector: &str) -> anyhow::Result<()>
 async fn the_stored_token_may_change_only_managed_labels() -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(1).await?;
     let ns = unique_name("scoped");
-    create_labelled_namespace(remote, &ns, json!({"team": "a"})).await?;
+    create_labelled_namespace(remote, &ns, &[("team", "a")]).await?;
     attach(env, remote, &[]).await?;
     let stored = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
 
@@ -127,9 +129,9 @@ async fn the_stored_token_may_change_only_managed_labels() -> anyhow::Result<()>
 async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(1).await?;
     let [named, unselected, covered] = ["named", "unselected", "covered"].map(unique_name);
-    create_labelled_namespace(remote, &named, json!({})).await?;
-    create_labelled_namespace(remote, &unselected, json!({"team": "platform"})).await?;
-    create_labelled_namespace(remote, &covered, json!({"team": "shop"})).await?;
+    create_namespace(remote, &named).await?;
+    create_labelled_namespace(remote, &unselected, &[("team", "platform")]).await?;
+    create_labelled_namespace(remote, &covered, &[("team", "shop")]).await?;
     let scope = [
         "--exclude-namespaces",
         &named,

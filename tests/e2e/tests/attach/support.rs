@@ -13,13 +13,12 @@ use k8s_openapi::api::{
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, ListParams},
     config::Kubeconfig,
 };
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::{DEFAULT_TIMEOUT, eventually, fixtures, shared_env, text};
 use mesh_testenv::{Cluster, TestEnv};
-use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
 
 /// Serializes the tests that attach remote-1, and those that attach remote-2.
@@ -357,20 +356,6 @@ pub async fn detach(
 }
 
 pub use mesh_e2e::stored_client;
-
-/// Creates namespace `name` on `cluster` with `labels` (a JSON object).
-pub async fn create_labelled_namespace(
-    cluster: &Cluster,
-    name: &str,
-    labels: serde_json::Value,
-) -> anyhow::Result<()> {
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))?;
-    Api::<Namespace>::all(cluster.client().await?)
-        .create(&PostParams::default(), &ns)
-        .await?;
-    Ok(())
-}
 
 /// Deletes namespace `name` on `cluster` (if it is there) and waits until it is gone.
 pub async fn delete_namespace(cluster: &Cluster, name: &str) -> anyhow::Result<()> {

@@ -4,8 +4,7 @@
 use anyhow::Context as _;
 use kube::Api;
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::{text, unique_name};
-use serde_json::json;
+use mesh_e2e::{create_labelled_namespace, text, unique_name};
 
 use crate::support::*;
 
@@ -38,8 +37,7 @@ async fn wait_reports_the_first_sync_of_a_running_webhook() -> anyhow::Result<()
     // A primary namespace the remote lacks: the first sync reports it missing.
     let ns = unique_name("waited");
     let result = async {
-        create_labelled_namespace(env.primary(), &ns, json!({"istio-injection": "enabled"}))
-            .await?;
+        create_labelled_namespace(env.primary(), &ns, &[("istio-injection", "enabled")]).await?;
         attach(env, remote, &["--wait", "--timeout", "60s"]).await
     }
     .await;

@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use mesh_e2e::tokens::store_token;
-use mesh_e2e::{
-    assert_success, carries, create_everywhere, describe, eventually, fixtures::mesh_command, text,
-};
+use mesh_e2e::{assert_success, carries, describe, eventually, fixtures::mesh_command, text};
 
 use crate::support::{DEADLINE, one_remote, reachable_reason, rotate, token_expiry};
 
@@ -37,10 +35,8 @@ fn expired_jwt() -> String {
 #[tokio::test]
 async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repairs_it()
 -> anyhow::Result<()> {
-    let (env, mesh) = one_remote(&[], &[]).await?;
-    let remote = &env.remotes()[0];
+    let (env, mesh, remote, ns) = one_remote(&[], &[], "expired").await?;
     let name = remote.name.clone();
-    let ns = create_everywhere(&env, "expired").await?;
     store_token(&env, &format!("cluster-{name}"), &expired_jwt()).await?;
 
     eventually("Reachable=False TokenExpired", DEADLINE, || async {
@@ -77,7 +73,7 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
         describe(&wide)
     );
 
-    let rotated = rotate(&env, remote).await?;
+    let rotated = rotate(&env, &remote).await?;
     assert_success(&rotated);
     eventually("Reachable=True", DEADLINE, || async {
         Ok(
@@ -88,7 +84,7 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
     .await?;
     mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
-    carries(remote, &ns, &expected, DEADLINE).await?;
+    carries(&remote, &ns, &expected, DEADLINE).await?;
     let list = mesh_command(&env, &["list", "-o", "wide"]).await?;
     assert!(
         !text(&list.stdout).contains("expired"),

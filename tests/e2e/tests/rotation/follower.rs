@@ -1,9 +1,7 @@
 //! A replica that does not lead picks the rotated credentials up too.
 
 use mesh_e2e::tokens::revoked;
-use mesh_e2e::{
-    assert_success, create_everywhere, eventually, pushes_by_result, route_admission_to,
-};
+use mesh_e2e::{assert_success, eventually, pushes_by_result, route_admission_to};
 
 use crate::support::{DEADLINE, one_remote, rotate, stored_sync};
 
@@ -11,11 +9,9 @@ use crate::support::{DEADLINE, one_remote, rotate, stored_sync};
 /// when rotate replaces them: its pushes go on with the new token once the old one is revoked.
 #[tokio::test]
 async fn a_follower_replica_pushes_with_the_rotated_token() -> anyhow::Result<()> {
-    let (env, mesh) = one_remote(&[], &[]).await?;
+    let (env, mesh, remote, ns) = one_remote(&[], &[], "follower").await?;
     let ca = mesh.ca_pem()?;
-    let remote = &env.remotes()[0];
     let name = remote.name.clone();
-    let ns = create_everywhere(&env, "follower").await?;
     let follower = mesh.start_replica(&env, "replica-b").await?;
     route_admission_to(&env, &follower.listen).await?;
     // The apiserver picks the new URL up asynchronously: relabel until the follower pushed.
@@ -32,7 +28,7 @@ async fn a_follower_replica_pushes_with_the_rotated_token() -> anyhow::Result<()
     .await?;
 
     let old = stored_sync(&env, &name).await?;
-    let rotated = rotate(&env, remote).await?;
+    let rotated = rotate(&env, &remote).await?;
     assert_success(&rotated);
     revoked("the old token", &old).await?;
 

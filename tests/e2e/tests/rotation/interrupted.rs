@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
-    assert_success, carries, create_everywhere, describe,
+    assert_success, carries, describe,
     fixtures::{mesh_command, output},
     text,
 };
@@ -18,15 +18,13 @@ use crate::support::{
 #[tokio::test]
 async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
 -> anyhow::Result<()> {
-    let (env, mesh) = one_remote(&[], &[]).await?;
-    let remote = &env.remotes()[0];
+    let (env, mesh, remote, ns) = one_remote(&[], &[], "interrupted").await?;
     let name = remote.name.clone();
-    let ns = create_everywhere(&env, "interrupted").await?;
     let old = stored_sync(&env, &name).await?;
 
     // Without a webhook to use the new token, rotate stops after storing it, before revoking.
     env.stop_process(mesh_testenv::mesh::WEBHOOK_PROCESS)?;
-    let stopped = rotate_with(&env, remote, &["--timeout", "5s"]).await?;
+    let stopped = rotate_with(&env, &remote, &["--timeout", "5s"]).await?;
     assert!(
         !stopped.status.success(),
         "rotate without a webhook: {}",
@@ -47,24 +45,24 @@ async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
     );
     assert_eq!(answer_to(&midway).await?, 201, "the stored token works");
     assert_eq!(
-        token_secrets(remote).await?,
+        token_secrets(&remote).await?,
         vec![SYNC_TOKEN.to_owned(), STANDBY.to_owned()]
     );
 
     // The webhook back, the re-run finishes the job.
     mesh.start_webhook(&env).await?;
-    let rerun = rotate(&env, remote).await?;
+    let rerun = rotate(&env, &remote).await?;
     assert_success(&rerun);
     let last = stored_sync(&env, &name).await?;
     revoked("the old token", &old).await?;
     revoked("the standby token", &midway).await?;
     assert_eq!(answer_to(&last).await?, 201);
-    assert_eq!(token_secrets(remote).await?, vec![SYNC_TOKEN.to_owned()]);
+    assert_eq!(token_secrets(&remote).await?, vec![SYNC_TOKEN.to_owned()]);
 
     // And sync works with it.
     mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
-    carries(remote, &ns, &expected, DEADLINE).await?;
+    carries(&remote, &ns, &expected, DEADLINE).await?;
 
     // --all reaches each remote through the context attach recorded: without it in the
     // kubeconfig, one line says what to pass and nothing changes; with it, every cluster
@@ -105,8 +103,7 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
 -> anyhow::Result<()> {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
-    let (env, _mesh) = one_remote(&[], &[]).await?;
-    let remote = &env.remotes()[0];
+    let (env, _mesh, remote, _) = one_remote(&[], &[], "ctrl-c").await?;
     let name = remote.name.clone();
     let mut seen_stored = vec![stored_sync(&env, &name).await?];
 
@@ -114,7 +111,7 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
     // interrupt after the first, then the second... line of successive runs.
     let mut interruptions = 0;
     for after in 1..=6 {
-        let mut child = tokio::process::Command::from(remote_command(&env, "rotate", remote)?)
+        let mut child = tokio::process::Command::from(remote_command(&env, "rotate", &remote)?)
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
@@ -161,7 +158,7 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
         "only {interruptions} rotations were interrupted"
     );
 
-    let rerun = rotate(&env, remote).await?;
+    let rerun = rotate(&env, &remote).await?;
     assert_success(&rerun);
     let last = stored_sync(&env, &name).await?;
     assert_eq!(answer_to(&last).await?, 201);
@@ -173,6 +170,6 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
     for (i, stored) in seen_stored.iter().enumerate() {
         revoked(&format!("stored token {i}"), stored).await?;
     }
-    assert_eq!(token_secrets(remote).await?, vec![SYNC_TOKEN.to_owned()]);
+    assert_eq!(token_secrets(&remote).await?, vec![SYNC_TOKEN.to_owned()]);
     Ok(())
 }

@@ -11,7 +11,7 @@ use kube::{
 use mesh_core::MESH_NAMESPACE;
 use mesh_e2e::tokens::{answer_to, mint_token, revoked, store_token, token_of};
 use mesh_e2e::{
-    assert_success, carries, create_everywhere, describe, eventually,
+    assert_success, carries, describe, eventually,
     fixtures::{mesh_command, output},
     text,
 };
@@ -65,10 +65,9 @@ async fn grant_token_renewal(remote: &mesh_testenv::Cluster) -> anyhow::Result<(
 #[tokio::test]
 async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one()
 -> anyhow::Result<()> {
-    let (env, mesh) = one_remote(&[], &["--token-renew-fraction", "0.01"]).await?;
-    let remote = &env.remotes()[0];
+    let (env, mesh, remote, ns) =
+        one_remote(&[], &["--token-renew-fraction", "0.01"], "renewal").await?;
     let name = remote.name.clone();
-    let ns = create_everywhere(&env, "renewal").await?;
 
     // A ten-minute token of the sync account, stored in place of the long-lived one.
     let accounts = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
@@ -99,7 +98,7 @@ async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one(
         "a failed renewal leaves the stored token as it was"
     );
 
-    grant_token_renewal(remote).await?;
+    grant_token_renewal(&remote).await?;
     let renewed = eventually("the stored token renewed", DEADLINE, || async {
         let token = token_of(&stored_sync(&env, &name).await?)?;
         Ok((token != minted).then_some(token))
@@ -117,7 +116,7 @@ async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one(
     for value in ["enabled", "disabled"] {
         mesh_e2e::label_on_primary(&env, &ns, &[&format!("istio-injection={value}")]).await?;
         let expected = BTreeMap::from([("istio-injection".to_owned(), value.to_owned())]);
-        carries(remote, &ns, &expected, DEADLINE).await?;
+        carries(&remote, &ns, &expected, DEADLINE).await?;
         eventually("a further renewal", DEADLINE, || async {
             let token = token_of(&stored_sync(&env, &name).await?)?;
             Ok((token != renewed && token != minted).then_some(()))
@@ -140,11 +139,13 @@ async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one(
 #[tokio::test]
 async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revokes()
 -> anyhow::Result<()> {
-    let (env, _mesh) =
-        one_remote(&["--token-ttl", "10m"], &["--token-renew-fraction", "0.01"]).await?;
-    let remote = &env.remotes()[0];
+    let (env, _mesh, remote, ns) = one_remote(
+        &["--token-ttl", "10m"],
+        &["--token-renew-fraction", "0.01"],
+        "ttl",
+    )
+    .await?;
     let name = remote.name.clone();
-    let ns = create_everywhere(&env, "ttl").await?;
     let stored_token = || async { token_of(&stored_sync(&env, &name).await?) };
 
     let first = stored_token().await?;
@@ -159,7 +160,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
     );
     // No long-lived token of the sync account on the remote.
     assert!(
-        !token_secrets(remote)
+        !token_secrets(&remote)
             .await?
             .contains(&SYNC_TOKEN.to_owned()),
         "a long-lived token Secret exists"
@@ -184,7 +185,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
     );
     mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
-    carries(remote, &ns, &expected, DEADLINE).await?;
+    carries(&remote, &ns, &expected, DEADLINE).await?;
 
     // check: the time-bound token has time left, and its renewal right is no excess.
     let check = mesh_command(&env, &["check", "-o", "json"]).await?;
@@ -207,7 +208,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
     );
 
     let before = stored_sync(&env, &name).await?;
-    let rotated = rotate(&env, remote).await?;
+    let rotated = rotate(&env, &remote).await?;
     assert_success(&rotated);
     revoked("the token before rotation", &before).await?;
     let after = stored_sync(&env, &name).await?;
@@ -257,7 +258,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
         describe(&attach)
     );
 
-    let detached = detach(&env, remote).await?;
+    let detached = detach(&env, &remote).await?;
     assert_success(&detached);
     let roles =
         Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(remote.client().await?, MESH_NAMESPACE);

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::ListParams};
 use mesh_core::{MESH_NAMESPACE, cluster::CONDITION_REACHABLE};
 use mesh_e2e::{
+    OneRemote,
     fixtures::{mesh_invocation, output},
     https_get, pushes_by_result,
     tokens::stored_kubeconfig,
@@ -23,15 +24,17 @@ pub const SYNC_TOKEN: &str = "kubectl-mesh-sync-token";
 pub const STANDBY: &str = "kubectl-mesh-sync-token-standby";
 
 /// A mesh of its own with one remote, attached with `attach_args`, its webhook run with
-/// `webhook_args`: rotation revokes the very tokens the webhook syncs with.
+/// `webhook_args` (rotation revokes the very tokens the webhook syncs with), and a namespace
+/// named after `prefix` on every cluster.
 pub async fn one_remote(
     attach_args: &[&str],
     webhook_args: &[&str],
-) -> anyhow::Result<(TestEnv, Mesh)> {
+    prefix: &str,
+) -> anyhow::Result<OneRemote> {
     let mut options = MeshOptions::from_workspace()?;
     options.attach_args = attach_args.iter().map(|a| (*a).to_owned()).collect();
     options.webhook_args = webhook_args.iter().map(|a| (*a).to_owned()).collect();
-    mesh_e2e::own_mesh_with(1, options).await
+    mesh_e2e::one_remote_mesh_with(options, prefix).await
 }
 
 /// Names of the token Secrets on the remote.

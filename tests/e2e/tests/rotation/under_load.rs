@@ -13,7 +13,7 @@ use kube::{
 };
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster};
 use mesh_e2e::tokens::{answer_to, revoked, stored_kubeconfig, token_of};
-use mesh_e2e::{assert_success, carries, create_everywhere, describe, fixtures::output, text};
+use mesh_e2e::{assert_success, carries, describe, fixtures::output, text};
 use mesh_testenv::TestEnv;
 
 use crate::support::{DEADLINE, SYNC_TOKEN, detach, one_remote, pushes, rotate, token_secrets};
@@ -61,10 +61,13 @@ async fn stored_credentials(
 #[tokio::test]
 async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old_tokens()
 -> anyhow::Result<()> {
-    let (env, mesh) = one_remote(&["--istio-remote-secret", "--services-view"], &[]).await?;
-    let remote = &env.remotes()[0];
+    let (env, mesh, remote, ns) = one_remote(
+        &["--istio-remote-secret", "--services-view"],
+        &[],
+        "rotation",
+    )
+    .await?;
     let name = remote.name.clone();
-    let ns = create_everywhere(&env, "rotation").await?;
 
     let old = stored_credentials(&env, &name).await?;
     for (_, kc) in &old {
@@ -98,7 +101,7 @@ async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let rotated = rotate(&env, remote).await?;
+    let rotated = rotate(&env, &remote).await?;
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -110,7 +113,7 @@ async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old
 
     // No change lost: the remote ends with the last one.
     let last = BTreeMap::from([("istio.io/rev".to_owned(), format!("v{changes}"))]);
-    carries(remote, &ns, &last, DEADLINE).await?;
+    carries(&remote, &ns, &last, DEADLINE).await?;
     // And no push was refused (401) or failed otherwise during the rotation.
     let after = pushes(&mesh).await?;
     for result in ["forbidden", "failed", "unreachable", "timed_out"] {
@@ -154,7 +157,7 @@ async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old
         describe(&whoami)
     );
     assert_eq!(
-        token_secrets(remote).await?,
+        token_secrets(&remote).await?,
         vec![
             "kubectl-mesh-istio-reader-token".to_owned(),
             SYNC_TOKEN.to_owned(),
@@ -173,8 +176,8 @@ async fn rotation_under_a_stream_of_label_changes_loses_none_and_revokes_the_old
     );
 
     // Detach leaves nothing behind, standbys included.
-    let detached = detach(&env, remote).await?;
+    let detached = detach(&env, &remote).await?;
     assert_success(&detached);
-    assert!(token_secrets(remote).await?.is_empty());
+    assert!(token_secrets(&remote).await?.is_empty());
     Ok(())
 }
