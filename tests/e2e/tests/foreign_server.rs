@@ -2,23 +2,33 @@
 //! now belongs to something else): what that server answers must not travel into MeshCluster
 //! status, Events or kubectl's warnings, where anyone who reads them would see it.
 //!
+//! And a server that answers like an apiserver, with words that would drive a terminal: they
+//! are shown escaped wherever they are quoted.
+//!
 //! The foreign server is the test's own HTTPS server: no real part answers every request
-//! with an HTML page on demand.
+//! with an HTML page, or with a hostile `Status`, on demand.
 
 use std::time::Duration;
 
-use axum::{Router, http::StatusCode, response::Html};
+use axum::{Json, Router, http::StatusCode, response::Html};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, config::Kubeconfig};
 use mesh_core::cluster::{CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster};
-use mesh_e2e::{HttpsServer, TestCertificate, eventually, label_on_primary, one_remote_mesh};
+use mesh_e2e::fixtures::mesh_command;
+use mesh_e2e::{
+    HttpsServer, TestCertificate, describe, eventually, label_on_primary, one_remote_mesh,
+};
 use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(45);
 /// What an internal page might hold.
 const PAGE_SECRET: &str = "internal-admin-console-db-password";
+/// A refusal that, printed as it is, would clear the screen and write over the line above.
+const HOSTILE: &str = "denied\x1b[2J\x1b[1A\rall clear";
+/// How it reads once shown escaped.
+const HOSTILE_SHOWN: &str = "denied\\u{1b}[2J\\u{1b}[1A all clear";
 
 /// Points the stored kubeconfig of `cluster` at `server`, trusting `ca_pem`.
 async fn store_server(
@@ -106,5 +116,63 @@ async fn a_foreign_server_page_never_reaches_status_events_or_warnings() -> anyh
     );
     assert!(!seen.contains(PAGE_SECRET), "the page leaked:\n{seen}");
     assert!(seen.contains("500 Internal Server Error"), "{seen}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn terminal_sequences_in_an_answer_are_shown_escaped_everywhere() -> anyhow::Result<()> {
+    let (env, _mesh, remote, ns) = one_remote_mesh(None, "escapes").await?;
+    let cert = TestCertificate::for_loopback()?;
+    let refusal = Router::new().fallback(|| async {
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": HOSTILE, "reason": "Forbidden", "code": 403,
+        });
+        (StatusCode::FORBIDDEN, Json(status))
+    });
+    let foreign = HttpsServer::start(refusal, &cert).await?;
+    let server = format!("https://{}", foreign.addr);
+    store_server(&env, &remote.name, &server, &cert.ca_pem).await?;
+
+    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    let last_error = eventually("remote-1 fails with 403", DEADLINE, || async {
+        let status = clusters.get(&remote.name).await?.status;
+        Ok(status
+            .and_then(|s| s.last_error)
+            .filter(|e| e.contains("403")))
+    })
+    .await?;
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    let events: Api<Event> = Api::all(env.primary().client().await?);
+    let notes = eventually("an Event about the refusal", DEADLINE, || async {
+        let notes: Vec<String> = (events.list(&ListParams::default()).await?.items)
+            .into_iter()
+            .filter_map(|e| e.note)
+            .filter(|note| note.contains("denied"))
+            .collect();
+        Ok((!notes.is_empty()).then_some(notes))
+    })
+    .await?;
+    let check = mesh_command(&env, &["check"]).await?;
+    let status = mesh_command(&env, &["status", &ns]).await?;
+
+    for (place, said) in [
+        ("lastError", last_error),
+        ("Events", notes.join("\n")),
+        ("check", describe(&check)),
+        ("status", describe(&status)),
+    ] {
+        assert!(
+            said.contains(HOSTILE_SHOWN),
+            "{place} lacks the refusal: {said}"
+        );
+        assert!(
+            !said.contains('\x1b'),
+            "{place} carries an escape: {said:?}"
+        );
+    }
+    // kubectl prints the webhook's warnings; whatever it does with them, none holds one.
+    assert!(warnings.contains("remote-1"), "kubectl printed: {warnings}");
+    assert!(!warnings.contains('\x1b'), "warnings: {warnings:?}");
     Ok(())
 }
