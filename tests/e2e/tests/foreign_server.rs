@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, config::Kubeconfig};
-use mesh_core::cluster::{CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster};
+use mesh_core::cluster::{CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster, MeshClusterStatus};
 use mesh_e2e::fixtures::mesh_command;
 use mesh_e2e::{
     HttpsServer, TestCertificate, describe, eventually, label_on_primary, one_remote_mesh,
@@ -65,51 +65,67 @@ async fn store_server(
     Ok(())
 }
 
+/// Starts `server` as the remote `remote` of `env` now reaches (what its stored kubeconfig
+/// points at); serving until dropped.
+async fn serve_as(
+    env: &mesh_testenv::TestEnv,
+    remote: &str,
+    server: Router,
+) -> anyhow::Result<HttpsServer> {
+    let cert = TestCertificate::for_loopback()?;
+    let foreign = HttpsServer::start(server, &cert).await?;
+    let url = format!("https://{}", foreign.addr);
+    store_server(env, remote, &url, &cert.ca_pem).await?;
+    Ok(foreign)
+}
+
+/// The status of MeshCluster `remote` once a sync failed with HTTP status `code`.
+async fn failed_with(
+    env: &mesh_testenv::TestEnv,
+    remote: &str,
+    code: &str,
+) -> anyhow::Result<MeshClusterStatus> {
+    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    eventually(&format!("{remote} fails with {code}"), DEADLINE, || async {
+        let status = clusters.get(remote).await?.status;
+        Ok(status.filter(|s| s.last_error.as_deref().is_some_and(|e| e.contains(code))))
+    })
+    .await
+}
+
+/// The notes of the Events on the primary that contain `needle`, once there is one.
+async fn event_notes(env: &mesh_testenv::TestEnv, needle: &str) -> anyhow::Result<Vec<String>> {
+    let events: Api<Event> = Api::all(env.primary().client().await?);
+    eventually(&format!("an Event saying {needle}"), DEADLINE, || async {
+        let notes: Vec<String> = (events.list(&ListParams::default()).await?.items)
+            .into_iter()
+            .filter_map(|e| e.note)
+            .filter(|note| note.contains(needle))
+            .collect();
+        Ok((!notes.is_empty()).then_some(notes))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_foreign_server_page_never_reaches_status_events_or_warnings() -> anyhow::Result<()> {
     let (env, _mesh, remote, ns) = one_remote_mesh(None, "foreign").await?;
-
-    let cert = TestCertificate::for_loopback()?;
     let page = Router::new().fallback(|| async {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             Html(format!("<html><body>{PAGE_SECRET}</body></html>")),
         )
     });
-    let foreign = HttpsServer::start(page, &cert).await?;
-    store_server(
-        &env,
-        &remote.name,
-        &format!("https://{}", foreign.addr),
-        &cert.ca_pem,
-    )
-    .await?;
+    let _foreign = serve_as(&env, &remote.name, page).await?;
 
     // The reconciler met the server: its answer shows as a failed sync with the HTTP status.
-    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
-    let status = eventually("remote-1 fails with 500", DEADLINE, || async {
-        let status = clusters.get(&remote.name).await?.status;
-        Ok(status.filter(|s| s.last_error.as_deref().is_some_and(|e| e.contains("500"))))
-    })
-    .await?;
+    let status = failed_with(&env, &remote.name, "500").await?;
     // A push meets it too: its warning and its Event.
     let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     assert!(warnings.contains("remote-1"), "kubectl printed: {warnings}");
+    let notes = event_notes(&env, "500").await?;
 
     let synced = status.condition(CONDITION_SYNCED).cloned();
-    let events: Api<Event> = Api::all(env.primary().client().await?);
-    let notes = eventually("an Event about remote-1", DEADLINE, || async {
-        let notes: Vec<String> = events
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter_map(|e| e.note)
-            .filter(|note| note.contains("500"))
-            .collect();
-        Ok((!notes.is_empty()).then_some(notes))
-    })
-    .await?;
     let seen = format!(
         "lastError: {:?}\nSynced: {synced:?}\nwarnings: {warnings}\nevents: {notes:?}",
         status.last_error
@@ -122,7 +138,6 @@ async fn a_foreign_server_page_never_reaches_status_events_or_warnings() -> anyh
 #[tokio::test]
 async fn terminal_sequences_in_an_answer_are_shown_escaped_everywhere() -> anyhow::Result<()> {
     let (env, _mesh, remote, ns) = one_remote_mesh(None, "escapes").await?;
-    let cert = TestCertificate::for_loopback()?;
     let refusal = Router::new().fallback(|| async {
         let status = json!({
             "kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -130,34 +145,16 @@ async fn terminal_sequences_in_an_answer_are_shown_escaped_everywhere() -> anyho
         });
         (StatusCode::FORBIDDEN, Json(status))
     });
-    let foreign = HttpsServer::start(refusal, &cert).await?;
-    let server = format!("https://{}", foreign.addr);
-    store_server(&env, &remote.name, &server, &cert.ca_pem).await?;
+    let _foreign = serve_as(&env, &remote.name, refusal).await?;
 
-    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
-    let last_error = eventually("remote-1 fails with 403", DEADLINE, || async {
-        let status = clusters.get(&remote.name).await?.status;
-        Ok(status
-            .and_then(|s| s.last_error)
-            .filter(|e| e.contains("403")))
-    })
-    .await?;
+    let last_error = failed_with(&env, &remote.name, "403").await?.last_error;
     let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
-    let events: Api<Event> = Api::all(env.primary().client().await?);
-    let notes = eventually("an Event about the refusal", DEADLINE, || async {
-        let notes: Vec<String> = (events.list(&ListParams::default()).await?.items)
-            .into_iter()
-            .filter_map(|e| e.note)
-            .filter(|note| note.contains("denied"))
-            .collect();
-        Ok((!notes.is_empty()).then_some(notes))
-    })
-    .await?;
+    let notes = event_notes(&env, "denied").await?;
     let check = mesh_command(&env, &["check"]).await?;
     let status = mesh_command(&env, &["status", &ns]).await?;
 
     for (place, said) in [
-        ("lastError", last_error),
+        ("lastError", last_error.unwrap_or_default()),
         ("Events", notes.join("\n")),
         ("check", describe(&check)),
         ("status", describe(&status)),
