@@ -291,7 +291,7 @@ impl Error {
 
     /// The whole error on one line: `<what went wrong>; <what to do>`.
     pub fn line(&self) -> String {
-        format!("{}; {}", self.what(), self.hint())
+        format!("{}; {}", self.what(), one_line(&self.hint()))
     }
 }
 
@@ -414,6 +414,14 @@ mod tests {
         assert_eq!(
             hostile.what(),
             "cannot read MeshCluster east: fine\\u{1b}[2J\\u{1b}[1Aall clear second line"
+        );
+        let hinted = Error::Refused {
+            what: "no context".into(),
+            hint: "choose one of admin\u{202e}lirpa".into(),
+        };
+        assert_eq!(
+            hinted.line(),
+            "no context; choose one of admin\\u{202e}lirpa"
         );
         let page = answer(
             "<html>console: db=10.0.0.7</html>",

@@ -1,6 +1,7 @@
 //! `kubectl mesh plan`: what a sync would change on every remote now, changing nothing.
 
 use kube::ResourceExt;
+use mesh_core::printable::one_line;
 use serde::Serialize;
 
 use super::sync::Targets;
@@ -98,7 +99,8 @@ fn render_text(plans: &[ClusterPlan]) -> String {
             ClusterPlan::Failed { cluster, error } => vec![format!("{cluster}: {error}")],
         };
         for line in lines {
-            text.push_str(&line);
+            // Label values and namespace names as the remote holds them: shown, never obeyed.
+            text.push_str(&one_line(&line));
             text.push('\n');
         }
     }

@@ -14,6 +14,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use mesh_core::cluster::{MeshCluster, NamespaceScope, RemoteGuard};
+use mesh_core::printable::one_line;
 use serde_json::json;
 
 use crate::{
@@ -145,7 +146,9 @@ impl Scope {
 fn show(ctx: &Context, scope: &NamespaceScope) -> Result<()> {
     match ctx.output {
         OutputFormat::Table | OutputFormat::Wide => {
-            output::print_stdout(&format!("{}\n", namespace_scope::describe(scope)))
+            // The selector is whatever the MeshCluster holds.
+            let described = namespace_scope::describe(scope);
+            output::print_stdout(&format!("{}\n", one_line(&described)))
         }
         format => output::print_stdout(&output::render_value(format, &scope)?),
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use mesh_core::labels::{LabelDiff, Labels};
+use mesh_core::printable::one_line;
 use mesh_core::sync::{ChangeStatus, SyncMode, SyncReport, sync_remote};
 use serde::Serialize;
 
@@ -293,6 +294,10 @@ pub fn render_text(results: &[ClusterSync]) -> String {
             ]);
         }
     }
+    // Namespace names and label values are what the remotes hold: shown, never obeyed.
+    let mut lines: Vec<[String; 3]> = (lines.into_iter())
+        .map(|line| line.map(|cell| one_line(&cell).into_owned()))
+        .collect();
     // Failures sort with the changes of their namespace's cluster, by namespace.
     lines.sort_by(|a, b| (&a[0], &a[1]).cmp(&(&b[0], &b[1])));
     let width = |i: usize| {
@@ -310,7 +315,7 @@ pub fn render_text(results: &[ClusterSync]) -> String {
     let by_name: BTreeMap<&str, &ClusterSync> =
         results.iter().map(|r| (r.cluster.as_str(), r)).collect();
     for r in by_name.values() {
-        out.push_str(&r.summary());
+        out.push_str(&one_line(&r.summary()));
         out.push('\n');
     }
     out
@@ -398,6 +403,18 @@ mod tests {
     fn text_snapshot() {
         insta::assert_snapshot!("sync_text", render_text(&results(false)));
         insta::assert_snapshot!("sync_text_dry_run", render_text(&results(true)));
+    }
+
+    /// A remote that is not what it claims holds any namespace name and label value.
+    #[test]
+    fn what_a_remote_holds_is_shown_never_obeyed() {
+        let mut results = results(false);
+        results[1].changes[0].set = labels(&[("istio-injection", "on\x1b[2J")]);
+        results[1].out_of_scope = vec!["kube\u{202e}metsys".into()];
+        let text = render_text(&results);
+        assert!(!text.contains(['\x1b', '\u{202e}']), "{text:?}");
+        assert!(text.contains("istio-injection=on\\u{1b}[2J"), "{text}");
+        assert!(text.contains("kube\\u{202e}metsys"), "{text}");
     }
 
     #[test]

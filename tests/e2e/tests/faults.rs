@@ -291,7 +291,7 @@ async fn holds_the_lease(env: &TestEnv, identity: &str, timeout: Duration) -> an
 
 #[tokio::test]
 async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow::Result<()> {
-    let (env, mesh, remote, ns) = one_remote_mesh(None, "handover").await?;
+    let (env, mesh) = own_mesh(1, None).await?;
     let ca = mesh.ca_pem()?;
     let first = mesh.metrics_address().to_string();
     holds_the_lease(&env, "local-mesh-webhook", DEADLINE).await?;
@@ -300,17 +300,20 @@ async fn only_the_lease_holder_reconciles_and_killing_it_hands_over() -> anyhow:
         Ok((syncs(&first, &ca).await? > 0.0).then_some(()))
     })
     .await?;
-    // The second replica serves (its metrics answer) but never syncs while it is not leader.
+    // The second replica serves (its metrics answer) but never syncs while it is not leader:
+    // neither on a namespace created meanwhile nor on a drift.
+    let remote = &env.remotes()[0];
+    let ns = create_everywhere(&env, "handover").await?;
     let drift = json!({"istio-injection": "enabled"});
-    edit_labels(&remote, &ns, drift.clone()).await?;
-    wait_labels(&remote, &ns, &labels(&[])).await?;
+    edit_labels(remote, &ns, drift.clone()).await?;
+    wait_labels(remote, &ns, &labels(&[])).await?;
     assert_eq!(syncs(&second, &ca).await?, 0.0, "a follower reconciled");
     assert_eq!(holder(&env).await?.as_deref(), Some("local-mesh-webhook"));
 
     mesh.stop_webhook(&env)?;
     holds_the_lease(&env, "replica-b", Duration::from_secs(60)).await?;
-    edit_labels(&remote, &ns, drift).await?;
-    wait_labels(&remote, &ns, &labels(&[])).await?;
+    edit_labels(remote, &ns, drift).await?;
+    wait_labels(remote, &ns, &labels(&[])).await?;
     assert!(
         syncs(&second, &ca).await? > 0.0,
         "the new leader reconciled"

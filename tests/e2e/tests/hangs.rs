@@ -278,6 +278,8 @@ async fn a_remote_answering_a_few_bytes_at_a_time() -> anyhow::Result<()> {
     options.webhook_args.extend(ending_calls_at(CALL_DEADLINE));
     let (env, _mesh, remote, ns) = one_remote_mesh_with(options, "trickled").await?;
     let proxy = through_proxy(&env, &remote).await?;
+    // Only clients behind the proxy can be slowed by it.
+    connected_through(&proxy).await?;
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     let enabled = labels(&[("istio-injection", "enabled")]);
     carries(&remote, &ns, &enabled, CONVERGE_DEADLINE).await?;

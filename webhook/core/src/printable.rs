@@ -3,13 +3,14 @@
 //! What a remote answers travels into admission warnings (which kubectl prints on the terminal
 //! of whoever labelled a namespace), Events, MeshCluster status and `kubectl mesh` output. A
 //! control character in it could clear the screen, move the cursor over earlier lines or
-//! recolour them, and a bidirectional override could make a line read other than it is; each
-//! is shown escaped instead (`\u{1b}`), and line breaks become spaces so that one error stays
-//! one line.
+//! recolour them, a bidirectional override could make a line read other than it is, and a
+//! Unicode line separator or zero-width mark could split or hide text; each is shown escaped
+//! instead (`\u{1b}`), and line breaks become spaces so that one error stays one line.
 
 use std::borrow::Cow;
 
-/// `text` on one line with every control character and bidirectional formatting mark escaped.
+/// `text` on one line, every control character, invisible formatting mark and Unicode line
+/// separator escaped.
 pub fn one_line(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_care) {
         return Cow::Borrowed(text);
@@ -30,7 +31,11 @@ fn needs_care(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            '\u{061c}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
         )
 }
 
@@ -59,5 +64,7 @@ mod tests {
     fn bidirectional_overrides_are_escaped() {
         assert_eq!(one_line("a\u{202e}cba"), "a\\u{202e}cba");
         assert_eq!(one_line("x\u{2066}y"), "x\\u{2066}y");
+        // Line and paragraph separators break a line as \n does; zero-width marks hide text.
+        assert_eq!(one_line("a\u{2028}b\u{200b}"), "a\\u{2028}b\\u{200b}");
     }
 }

@@ -24,6 +24,7 @@ use crate::{
     call_limits::{CallLimitsLayer, DEFAULT_MAX_ANSWER_LINE},
     cluster::{KUBECONFIG_KEY, MeshCluster, NamespaceScope},
     failure::{Failure, error_chain},
+    printable::one_line,
     token::Claims,
 };
 
@@ -498,6 +499,9 @@ pub async fn cluster_id(client: &Client) -> Result<String, kube::Error> {
     Ok(kube_system.metadata.uid.unwrap_or_default())
 }
 
+/// Most characters of a foreign cluster id quoted in an error (a uid has 36).
+const MAX_QUOTED_ID: usize = 64;
+
 /// The cluster a client built from a `MeshCluster`'s Secret must reach.
 #[derive(Clone, Debug)]
 pub struct Identity {
@@ -531,10 +535,13 @@ impl Identity {
         if found == self.expected {
             return Ok(());
         }
+        // Whatever answered chose this text, and it travels into status, Events and warnings:
+        // quoted inert, and no longer than a uid.
+        let found: String = one_line(found).chars().take(MAX_QUOTED_ID).collect();
         Err(Error::OtherCluster {
             secret: self.secret.clone(),
             cluster: self.cluster.clone(),
-            found: found.to_owned(),
+            found,
             expected: self.expected.clone(),
         })
     }
@@ -774,6 +781,24 @@ current-context: east
             cause: refused_connection(),
         };
         assert_each_cause_prints_once(&unproved);
+    }
+
+    #[test]
+    fn a_foreign_id_is_quoted_inert_and_short() {
+        let identity = Identity {
+            cluster: "east".into(),
+            secret: "cluster-east".into(),
+            expected: "uid-east".into(),
+        };
+        let hostile = format!("uid\x1b[2J{}", "x".repeat(500));
+        let text = identity
+            .check(&hostile)
+            .expect_err("another id")
+            .to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains("(id uid\\u{1b}[2Jxxx"), "{text}");
+        assert!(text.len() < 300, "{text}");
+        assert!(identity.check("uid-east").is_ok());
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::{Error, Result, cmd::status::plural, preview::Preview};
+use mesh_core::printable::one_line;
 use mesh_core::sync::short_list;
 
 /// Goes on when the first sync removes or changes nothing, or the user says yes.
@@ -20,7 +21,8 @@ pub(super) fn first_sync(preview: &Preview) -> Result<()> {
                 .into(),
         });
     }
-    eprint!("{what}. Attach anyway? [y/N] ");
+    // `what` names the remote's namespaces.
+    eprint!("{}. Attach anyway? [y/N] ", one_line(&what));
     let _ = std::io::stderr().flush();
     let mut answer = String::new();
     // An unreadable answer is a no.

@@ -1,5 +1,7 @@
 //! `--dry-run`: what attach would write, after preflight, with tokens redacted.
 
+use mesh_core::printable::one_line;
+
 use super::objects::{cluster_record, for_primary, remote_objects, stored_kubeconfig};
 use super::preflight::Plan;
 use crate::{
@@ -83,7 +85,8 @@ pub(super) fn dry_run_output(
     }
     let mut text = String::new();
     for line in plan.preview.lines() {
-        text.push_str(&format!("# first sync: {line}\n"));
+        // What the remote holds: shown, never obeyed.
+        text.push_str(&format!("# first sync: {}\n", one_line(&line)));
     }
     for (i, (side, value)) in docs.iter().enumerate() {
         if i > 0 {

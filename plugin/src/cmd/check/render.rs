@@ -53,9 +53,11 @@ impl CheckReport {
     pub fn text(&self, color: bool) -> String {
         let mut out = String::new();
         for section in &self.sections {
-            out.push_str(&section.name);
+            // A cluster's section names the server its MeshCluster records.
+            let name = one_line(&section.name);
+            out.push_str(&name);
             out.push('\n');
-            out.push_str(&"-".repeat(section.name.chars().count()));
+            out.push_str(&"-".repeat(name.chars().count()));
             out.push('\n');
             for check in &section.checks {
                 let mark = check.result.painted(color);
@@ -155,7 +157,7 @@ mod tests {
     #[test]
     fn what_a_cluster_answered_cannot_drive_the_terminal() {
         let report = CheckReport::new(vec![Section {
-            name: "cluster east (https://10.0.0.1:6443)".into(),
+            name: "cluster east (https://10.0.0.1:6443\x1b[2J)".into(),
             checks: vec![
                 CheckResult::error("reachable", "403: no\x1b[2J\x1b[Hall ok", "hint\x1b[8m"),
                 CheckResult::ok("answers", Some("v1\u{202e}".into())),
@@ -170,6 +172,10 @@ mod tests {
         );
         assert!(
             text.contains("    403: no\\u{1b}[2J\\u{1b}[Hall ok\n"),
+            "{text}"
+        );
+        assert!(
+            text.starts_with("cluster east (https://10.0.0.1:6443\\u{1b}[2J)\n"),
             "{text}"
         );
     }
