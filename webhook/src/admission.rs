@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use mesh_core::injection::{self, Readiness};
 use mesh_core::labels::{Labels, SyncRule};
+use mesh_core::printable;
 
 use crate::injectors::ClusterReadiness;
 use crate::propagate::{PushIntent, PushOutcome, PushResult};
@@ -187,12 +188,12 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
         let cluster = &outcome.cluster;
         let what = match &outcome.result {
             PushResult::Unreachable(reason) => {
-                format!("{cluster} unreachable ({})", one_line(reason))
+                format!("{cluster} unreachable ({})", short_reason(reason))
             }
             PushResult::Forbidden(reason) => {
-                format!("{cluster} forbids the change ({})", one_line(reason))
+                format!("{cluster} forbids the change ({})", short_reason(reason))
             }
-            PushResult::Failed(reason) => format!("{cluster} failed ({})", one_line(reason)),
+            PushResult::Failed(reason) => format!("{cluster} failed ({})", short_reason(reason)),
             _ => continue,
         };
         lines.push(format!("{WARNING_PREFIX}{what}; the reconciler will retry"));
@@ -310,9 +311,12 @@ fn list(clusters: &[&str]) -> String {
     }
 }
 
-/// A remote's error text as one short line: warnings are single lines in kubectl's output.
-fn one_line(reason: &str) -> String {
-    let flat = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+/// A remote's error text as one short line: warnings are single lines in kubectl's output
+/// (and, as everything a remote said, [`printable::one_line`]).
+fn short_reason(reason: &str) -> String {
+    let flat = (printable::one_line(reason).split_whitespace())
+        .collect::<Vec<_>>()
+        .join(" ");
     if flat.chars().count() <= MAX_REASON_CHARS {
         return flat;
     }
@@ -790,6 +794,21 @@ mod tests {
             "{warnings:?}"
         );
         assert!(warnings[1].contains('…'));
+    }
+
+    #[test]
+    fn a_remotes_words_reach_kubectl_inert() {
+        let req = create(ns("foo").label("istio-injection", "enabled"));
+        let hostile = PushResult::Forbidden("no\x1b[2J\x1b]0;x\x07\u{2028}more".into());
+        let response = completed(
+            &req,
+            &intent("foo", [("istio-injection", "enabled")]),
+            &[outcome("remote-1", hostile)],
+            &[],
+        );
+        let warnings = warnings_of(&response).join("\n");
+        assert!(!warnings.contains(['\x1b', '\x07']), "{warnings:?}");
+        assert!(warnings.contains("(no\\u{1b}[2J"), "{warnings}");
     }
 
     #[test]
