@@ -301,20 +301,25 @@ pub(super) async fn remove_namespace_if_unused(
     Ok(true)
 }
 
-/// Objects in `ns` that neither kubectl-mesh (from `primary`, when given) nor Kubernetes put
-/// there.
+/// Objects in `ns` that neither this cluster's kubectl-mesh objects (made for `primary`) nor
+/// Kubernetes put there. Without a `primary`, `ns` is shared by clusters (the primary's
+/// istio-system) and this cluster's objects are gone already: whatever kubectl-mesh object is
+/// left there belongs to another cluster, and keeps the namespace.
 async fn foreign_objects(
     client: &Client,
     ns: &str,
     primary: Option<&str>,
 ) -> Result<Vec<String>, kube::Error> {
     let keep = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let Some(primary) = primary else {
+            return false;
+        };
         let labels = meta.labels.as_ref();
         labels
             .and_then(|l| l.get(setup::MANAGED_BY_LABEL))
             .map(String::as_str)
             == Some(mesh_core::MANAGER)
-            && primary.is_none_or(|p| setup::primary_of(meta).is_none_or(|o| o == p))
+            && setup::primary_of(meta).is_none_or(|o| o == primary)
     };
     let mut out = named::<Secret>(client, ns, |s| !keep(&s.metadata)).await?;
     out.extend(

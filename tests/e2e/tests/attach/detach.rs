@@ -1,6 +1,6 @@
 //! Detach: of an unreachable remote, and of a remote holding what attach did not create.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -165,5 +165,44 @@ async fn detach_keeps_what_attach_did_not_create_and_strips_only_managed_labels(
         .await?;
     delete_namespace(remote, &shop).await?;
     delete_namespace(remote, MESH_NS).await?;
+    Ok(())
+}
+
+/// The primary's istio-system holds the Istio remote secret of every cluster attached with
+/// --istio-remote-secret: detaching one keeps the others', and the namespace with them.
+#[tokio::test]
+async fn detaching_one_cluster_keeps_the_istio_secrets_of_the_others() -> anyhow::Result<()> {
+    let (env, first, _lock_1) = open_with_remote(0).await?;
+    let (second, _lock_2) = take_remote(env, 1).await?;
+    let _istio_system = ISTIO_SYSTEM.lock().await;
+    attach(env, first, &["--istio-remote-secret"]).await?;
+    attach(env, second, &["--istio-remote-secret"]).await?;
+    let primary = env.primary().client().await?;
+    let secrets: Api<Secret> = Api::namespaced(primary.clone(), "istio-system");
+    let second_secret = format!("istio-remote-secret-{}", second.name);
+
+    detach(env, first, &first.name, &[]).await?;
+    let first_secret = format!("istio-remote-secret-{}", first.name);
+    assert!(
+        secrets.get_opt(&first_secret).await?.is_none(),
+        "{first_secret} left"
+    );
+    let kept = secrets.get_opt(&second_secret).await?;
+    assert!(
+        kept.is_some_and(|s| s.metadata.deletion_timestamp.is_none()),
+        "detaching {} took {second_secret} with it",
+        first.name
+    );
+    let namespace = Api::<Namespace>::all(primary).get("istio-system").await?;
+    assert!(
+        namespace.metadata.deletion_timestamp.is_none(),
+        "istio-system is being deleted"
+    );
+
+    detach(env, second, &second.name, &[]).await?;
+    assert!(
+        secrets.get_opt(&second_secret).await?.is_none(),
+        "{second_secret} left"
+    );
     Ok(())
 }

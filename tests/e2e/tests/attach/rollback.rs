@@ -6,14 +6,9 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use kubectl_mesh::cmd::attach::Step;
 use mesh_e2e::{DEFAULT_TIMEOUT, client_from_secret, eventually, fixtures, text};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::MutexGuard;
 
 use crate::support::*;
-
-/// Serializes the attaches that reach the primary's istio-system namespace, whichever the
-/// remote: they create it when it is absent and their rollback deletes it again, which would
-/// pull it from under another attach. Taken after the remote's lock.
-static ISTIO_SYSTEM: Mutex<()> = Mutex::const_new(());
 
 /// Attach flags under which every step of [`Step::ALL`] runs: the Istio and view steps run only
 /// when asked for.

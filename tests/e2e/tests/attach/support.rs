@@ -32,6 +32,11 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by=kubectl-mesh";
 /// set them on purpose.
 const TEST_HOOKS: [&str; 2] = ["KUBECTL_MESH_FAIL_AFTER", "KUBECTL_MESH_STALL_IN"];
 
+/// Serializes the attaches and detaches that reach the primary's istio-system namespace,
+/// whichever the remote: they create it when it is absent and a rollback or detach deletes it
+/// again, which would pull it from under another. Taken after the remotes' locks.
+pub static ISTIO_SYSTEM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The shared environment with kubectl-mesh installed on the primary (once per binary).
 pub async fn env() -> anyhow::Result<&'static TestEnv> {
     let env = shared_env(2).await;
