@@ -217,16 +217,38 @@ pub async fn watch_namespaces(
     shutdown: CancellationToken,
 ) {
     for_each_event(events, &shutdown, |event| {
-        if let watcher::Event::Apply(ns) = &event {
-            let labels = store.rule.desired(Some(ns));
-            let name = ns.name_any();
-            in_flight.settle(&name, &labels, ns.metadata.resource_version.as_deref());
+        let changed_labels = store.apply(&event);
+        // Settled only once the store holds what settles it: between the two, a sync would
+        // read neither the push nor the labels that persisted it.
+        match &event {
+            watcher::Event::Apply(ns) => settle(&in_flight, &store.rule, ns),
+            // A relist (a new replica, a watch that expired) may hold pushes persisted while
+            // no event could say so; unsettled, they would stand in for good, renewed by every
+            // confirmation, and undo a later change made elsewhere.
+            watcher::Event::InitDone => {
+                for (name, _) in in_flight.pushed() {
+                    if let Some(ns) = store.get(&name) {
+                        settle(&in_flight, &store.rule, &ns);
+                    }
+                }
+            }
+            _ => {}
         }
-        if store.apply(&event) {
+        if changed_labels {
             changed.send_modify(|generation| *generation = generation.wrapping_add(1));
         }
     })
     .await;
+}
+
+/// Ends the standing in of a push to `ns` that `ns`, as the primary stores it, persisted.
+fn settle(in_flight: &InFlight, rule: &SyncRule, ns: &Namespace) {
+    let labels = rule.desired(Some(ns));
+    in_flight.settle(
+        &ns.name_any(),
+        &labels,
+        ns.metadata.resource_version.as_deref(),
+    );
 }
 
 #[cfg(test)]
@@ -323,5 +345,34 @@ mod tests {
         .await;
         assert_eq!(*seen.borrow(), 5);
         assert!(store.get("b").is_some() && store.get("a").is_none());
+    }
+
+    /// A push persisted while the watch was relisting is settled by the list.
+    #[tokio::test]
+    async fn a_relist_settles_the_pushes_it_shows_persisted() {
+        use watcher::Event;
+
+        let in_flight = crate::in_flight::InFlight::default();
+        let enabled = mesh_core::fixtures::labels(&[("istio-injection", "enabled")]);
+        in_flight.record("a", enabled.clone(), Some("10"));
+        in_flight.record("b", enabled, Some("10"));
+        let persisted = ns("a").label("istio-injection", "enabled").rv("11");
+        let not_yet = ns("b").rv("10");
+        let events = [
+            Event::Init,
+            Event::InitApply(persisted),
+            Event::InitApply(not_yet),
+            Event::InitDone,
+        ];
+        watch_namespaces(
+            futures::stream::iter(events.into_iter().map(Ok)),
+            store(),
+            in_flight.clone(),
+            watch::channel(0u64).0,
+            CancellationToken::new(),
+        )
+        .await;
+        let standing: Vec<String> = in_flight.pushed().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(standing, ["b"]);
     }
 }
