@@ -490,6 +490,22 @@ mod tests {
         assert_eq!(cli.global.context.as_deref(), Some("primary"));
     }
 
+    /// `rotate --all` takes each cluster's recorded context: one remote's credentials would
+    /// reach the first cluster and be refused by the next, half-way through.
+    #[test]
+    fn rotate_all_refuses_one_remotes_credentials() {
+        for flag in ["--remote-context", "--remote-kubeconfig"] {
+            let parsed = Cli::try_parse_from(["kubectl-mesh", "rotate", "--all", flag, "x"]);
+            let error = parsed.expect_err(flag);
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag}"
+            );
+        }
+        assert!(Cli::try_parse_from(["kubectl-mesh", "rotate", "--all"]).is_ok());
+    }
+
     #[test]
     fn attach_flags() {
         let cli = Cli::try_parse_from([

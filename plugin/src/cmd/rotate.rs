@@ -55,7 +55,8 @@ pub struct Rotate {
     #[arg(value_name = "NAME", required_unless_present = "all")]
     pub name: Option<String>,
     /// Rotate every attached cluster (each with the context attach recorded).
-    #[arg(long, conflicts_with_all = ["name", "remote_kubeconfig"])]
+    // One remote's kubeconfig or context cannot serve every cluster.
+    #[arg(long, conflicts_with_all = ["name", "remote_kubeconfig", "remote_context"])]
     pub all: bool,
     #[command(flatten)]
     pub remote_admin: RemoteAdminFlags,
