@@ -88,6 +88,11 @@ impl Scope {
         // the guard first of them: it then spares what the webhook stops writing a moment
         // later.
         let remote = remote_admin(&mc, &kc, &remote_admin_flags).await?;
+        // Only the policies this primary's attach made are changed (another primary may have
+        // taken the cluster over since).
+        let primary_id = access::cluster_id(&primary)
+            .await
+            .map_err(|e| access::request_error(&primary_target, "read kube-system", e))?;
         let scoped = mesh_state::scoped_rule(&rule, &with_scope(&mc, &scope))?;
         let selector = scope.namespace_selector.as_ref();
         let mut wanted = Vec::new();
@@ -103,7 +108,10 @@ impl Scope {
         ));
         let mut changed: Vec<(Follower, ValidatingAdmissionPolicy)> = Vec::new();
         for (follower, policy) in wanted {
-            match follower.update(&remote, &cluster, &policy).await {
+            match follower
+                .update(&remote, &cluster, &primary_id, &policy)
+                .await
+            {
                 Ok(before) => changed.push((follower, before)),
                 Err(e) => {
                     restore(&remote, &changed).await;
@@ -230,11 +238,13 @@ impl Follower {
         part: validations_patch,
     };
 
-    /// Sets the policy's following part to `wanted`'s; returns the policy as it was.
+    /// Sets the policy's following part to `wanted`'s, when the attach of `cluster` from the
+    /// primary `primary_id` made it; returns the policy as it was.
     async fn update(
         self,
         remote: &Client,
         cluster: &str,
+        primary_id: &str,
         wanted: &ValidatingAdmissionPolicy,
     ) -> Result<ValidatingAdmissionPolicy> {
         let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
@@ -242,6 +252,19 @@ impl Follower {
             "cannot read the remote {} of {cluster} (ValidatingAdmissionPolicy {})",
             self.what, self.name
         )))?;
+        if !setup::is_ours_from(&before.metadata, cluster, primary_id) {
+            return Err(Error::Refused {
+                what: format!(
+                    "the remote {} of {cluster} (ValidatingAdmissionPolicy {}) was not made by \
+                     this primary's attach: another primary took {cluster} over",
+                    self.what, self.name
+                ),
+                hint: format!(
+                    "change the scope from the primary that holds {cluster} now, or `kubectl \
+                     mesh detach {cluster}` here"
+                ),
+            });
+        }
         let patch = (self.part)(wanted.spec.as_ref().unwrap_or(&Default::default()));
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),

@@ -3,6 +3,7 @@
 //! alone. remote-1 plays the second primary (kubectl-mesh installed there for the test).
 
 use anyhow::ensure;
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, api::ListParams};
 use mesh_e2e::{
@@ -58,6 +59,26 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
         },
     )
     .await?;
+
+    // The first primary's scope no longer reaches the remote's policies, now the second's.
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(remote.client().await?);
+    let sync_scope = || async { anyhow::Ok(policies.get("kubectl-mesh-sync-scope").await?.spec) };
+    let before = sync_scope().await?;
+    let scope_args = [
+        "scope",
+        remote.name.as_str(),
+        "--exclude-namespaces",
+        "kept-out",
+        "--remote-kubeconfig",
+        kubeconfig.as_str(),
+    ];
+    let out = mesh(env, &scope_args, &[]).await?;
+    let line = refused_in_one_line(&out, "scope from the primary that lost the remote")?;
+    ensure!(line.contains("another primary took"), "{line}");
+    ensure!(
+        sync_scope().await? == before,
+        "the second primary's sync scope changed"
+    );
 
     // The first primary detaches: the second's objects stay, its token works.
     detach(env, remote, &remote.name, &[]).await?;
