@@ -111,6 +111,11 @@ impl RemoteAdmin {
                 where_configured: format!("the server address in {}", path.display()),
             }));
         }
+        if let Some(asked) = context {
+            // Asked for by name: a context the kubeconfig lacks is a typo to report, not a
+            // reason to go on without the remote.
+            kubeconfig::select(primary_kc, Some(asked))?;
+        }
         let recorded = context
             .map(str::to_owned)
             .or_else(|| mc.and_then(setup::remote_context).map(str::to_owned))
@@ -474,6 +479,24 @@ mod tests {
             line.starts_with("the primary at https://p did not accept"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_remote_context_asked_for_by_name_must_exist() {
+        let kc = Kubeconfig::from_yaml(
+            "contexts: [{name: east, context: {cluster: east, user: admin}}]\n\
+             clusters: [{name: east, cluster: {server: 'https://east:6443'}}]\n\
+             users: [{name: admin, user: {token: t}}]\n",
+        )
+        .unwrap();
+        let Err(error) = RemoteAdmin::find(None, &kc, None, Some("esat")) else {
+            panic!("an unknown context accepted");
+        };
+        assert!(error.line().contains("esat"), "{}", error.line());
+        let found = RemoteAdmin::find(None, &kc, None, Some("east")).unwrap();
+        assert_eq!(found.and_then(|a| a.context).as_deref(), Some("east"));
+        // Not asked for: a recorded context the kubeconfig lacks means no credentials here.
+        assert!(RemoteAdmin::find(None, &kc, None, None).unwrap().is_none());
     }
 
     #[test]
