@@ -747,3 +747,64 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
     synced_becomes(&env, &east.name, "True").await?;
     Ok(())
 }
+
+/// A write the remote refused (its own admission policy) is retried with the backoff, so the
+/// namespace converges soon after the remote lets it through: nothing else would wake the
+/// reconciler for it, the remote and the primary both unchanged, and the resync is an hour
+/// away. Before, the sync counted as done and the namespace waited for the resync.
+#[tokio::test]
+async fn a_namespace_write_the_remote_refused_is_retried_until_it_lands() -> anyhow::Result<()> {
+    let (env, _mesh, remote, ns) = one_remote_mesh(Some(NO_RESYNC), "refused").await?;
+    let policy = format!("refuse-{ns}");
+    let refusal = format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {policy}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [""], apiVersions: [v1], operations: [UPDATE], resources: [namespaces]}}
+  validations:
+  - {{expression: "object.metadata.name != '{ns}'", message: refused by the test}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {policy}}}
+spec: {{policyName: {policy}, validationActions: [Deny]}}
+"#
+    );
+    mesh_e2e::kubectl_apply(&env, &remote, &refusal).await?;
+    // Policies take effect a moment after they are stored.
+    let probe = ["label", "namespace", &ns, "probe=1", "--dry-run=server"];
+    eventually(
+        "the remote refusing writes to the namespace",
+        DEADLINE,
+        || async {
+            let out = env.kubectl(&remote).args(probe).output()?;
+            Ok((!out.status.success()).then_some(()))
+        },
+    )
+    .await?;
+
+    label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    eventually("remote-1 not synced", DEADLINE, || async {
+        Ok(cluster_condition(&env, &remote.name, CONDITION_SYNCED)
+            .await?
+            .filter(|c| c.status == "False" && c.message.contains(&ns)))
+    })
+    .await?;
+    kubectl(
+        &env,
+        &remote,
+        &["delete", "validatingadmissionpolicybinding", &policy],
+    )
+    .await?;
+    kubectl(
+        &env,
+        &remote,
+        &["delete", "validatingadmissionpolicy", &policy],
+    )
+    .await?;
+    wait_labels(&remote, &ns, &labels(&[("istio-injection", "enabled")])).await
+}

@@ -218,7 +218,8 @@ impl Worker {
         Some(Instant::now() + wait.max(Duration::from_secs(1)))
     }
 
-    /// One full sync, its status, Events and metrics. `false` when the remote failed.
+    /// One full sync, its status, Events and metrics. `false` when the remote failed, or a
+    /// write to one of its namespaces did: then it is retried with the backoff.
     async fn sync_once(&mut self) -> bool {
         let shared = &self.shared;
         let cluster_name = self.name.as_str();
@@ -406,7 +407,9 @@ impl Worker {
         {
             tracing::warn!(error = %error_chain(&error), "cannot write cluster status");
         }
-        ok
+        // Nothing else wakes this worker for a namespace whose write failed (the remote did
+        // not change, nor did the primary): at the resync period it would wait an hour.
+        ok && result.is_ok_and(|report| report.errors.is_empty())
     }
 }
 
