@@ -137,7 +137,8 @@ pub struct Args {
     pub push_deadline: Duration,
 
     /// Wait before the first retry of a remote whose sync failed (unreachable, refused
-    /// credentials); every further failure doubles it, up to --backoff-max.
+    /// credentials, a namespace write refused); every further failure doubles it, up to
+    /// --backoff-max.
     #[arg(long, env = "MESH_WEBHOOK_BACKOFF_INITIAL", default_value = "1s", value_parser = mesh_core::duration::parse)]
     pub backoff_initial: Duration,
 
