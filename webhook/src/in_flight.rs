@@ -384,7 +384,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unpersisted_push_is_dropped_without_a_reconciler() {
-        // A follower runs no reconciler: nothing calls overlay there.
+        // Nothing has called confirm_expiries (no reconciler runs beside the reviews).
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
         in_flight.record("forged", labels(&[("istio-injection", "disabled")]), None);
