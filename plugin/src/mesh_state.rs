@@ -17,7 +17,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use mesh_core::{
     MESH_NAMESPACE, call_limits,
-    cluster::MeshCluster,
+    cluster::{MeshCluster, NamespaceScope},
     failure::{Failure, error_chain},
     labels::{ScopeError, SyncRule},
     list,
@@ -88,8 +88,13 @@ fn scope_refusal(cluster: &str, error: &ScopeError) -> Error {
 /// The installed rule narrowed to `cluster`'s namespace scope: what every command reads and
 /// writes that cluster with.
 pub fn scoped_rule(rule: &SyncRule, cluster: &MeshCluster) -> Result<SyncRule> {
-    rule.within(&cluster.spec.scope)
-        .map_err(|error| scope_refusal(&cluster.name_any(), &error))
+    rule_within(rule, &cluster.name_any(), &cluster.spec.scope)
+}
+
+/// The installed rule narrowed to `scope`, the scope of `cluster`.
+pub fn rule_within(rule: &SyncRule, cluster: &str, scope: &NamespaceScope) -> Result<SyncRule> {
+    rule.within(scope)
+        .map_err(|error| scope_refusal(cluster, &error))
 }
 
 /// Every `MeshCluster` on the primary, by name. Fails with a hint to install when the CRD is

@@ -243,7 +243,8 @@ pub const SYNC_SCOPE_MESSAGES: [&str; 4] = [
 /// cluster's scope) syncs and `selector` (the scope's) selects, the managed labels of `rule`;
 /// nothing else (no other label, annotation, finalizer, ownerReference, spec), no CREATE, no
 /// DELETE. The remote thus enforces the scope its admin attached with, whatever the primary
-/// then asks: only its admin's credentials can widen it.
+/// then asks: only its admin's credentials can widen it. The scope itself is recorded on it
+/// ([`SCOPE_ANNOTATION`]).
 ///
 /// failurePolicy Fail, unlike the guard: this one is a security boundary for a token stored
 /// on another cluster, and an expression that cannot be evaluated must not let it through.
@@ -251,8 +252,9 @@ pub const SYNC_SCOPE_MESSAGES: [&str; 4] = [
 pub fn sync_scope_policy(
     cluster: &str,
     rule: &SyncRule,
-    selector: Option<&LabelSelector>,
+    scope: &NamespaceScope,
 ) -> ValidatingAdmissionPolicy {
+    let selector = scope.namespace_selector.as_ref();
     let keys = cel_list(rule.managed_keys());
     let excluded = cel_list(rule.excluded_namespaces());
     // The selector may not name a managed key, which a write changes: the old and the new
@@ -290,8 +292,10 @@ pub fn sync_scope_policy(
         reason: Some("Forbidden".to_owned()),
         ..Default::default()
     };
+    let mut metadata = meta(SYNC_SCOPE, None, cluster);
+    metadata.annotations = Some([(SCOPE_ANNOTATION.to_owned(), scope_record(scope))].into());
     ValidatingAdmissionPolicy {
-        metadata: meta(SYNC_SCOPE, None, cluster),
+        metadata,
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".to_owned()),
             match_constraints: Some(MatchResources {
@@ -330,6 +334,26 @@ pub fn sync_scope_policy(
         }),
         ..Default::default()
     }
+}
+
+/// Annotation of the sync scope policy: the cluster's scope as JSON. A detach after the
+/// MeshCluster is gone (a forced detach, then a re-run) strips labels within it.
+pub const SCOPE_ANNOTATION: &str = "kubectl-mesh.io/scope";
+
+/// `scope` as [`SCOPE_ANNOTATION`] holds it.
+pub fn scope_record(scope: &NamespaceScope) -> String {
+    serde_json::to_string(scope).unwrap_or_default()
+}
+
+/// The scope recorded on a sync scope policy; `None` when it holds none (an older attach) or
+/// one that does not parse.
+pub fn recorded_scope(policy: &ValidatingAdmissionPolicy) -> Option<NamespaceScope> {
+    let record = policy
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(SCOPE_ANNOTATION)?;
+    serde_json::from_str(record).ok()
 }
 
 /// Binds [`sync_scope_policy`], denying: whatever the guard's mode.

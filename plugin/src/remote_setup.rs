@@ -58,8 +58,8 @@ use mesh_core::{
 
 use crate::access::{self, Need};
 pub use crate::remote_policies::{
-    Guard, SYNC_SCOPE_MESSAGES, guard_binding, guard_policy, guard_primary_name,
-    sync_scope_binding, sync_scope_policy,
+    Guard, SCOPE_ANNOTATION, SYNC_SCOPE_MESSAGES, guard_binding, guard_policy, guard_primary_name,
+    recorded_scope, scope_record, sync_scope_binding, sync_scope_policy,
 };
 use crate::render::{mesh_service_account, role_ref, rule, strings};
 
@@ -848,7 +848,9 @@ mod tests {
     #[test]
     fn sync_scope_denies_the_sync_account_all_but_the_rules_labels() {
         let rule = SyncRule::new(vec!["team.example.com/zone".into()], vec!["legacy".into()]);
-        let spec = sync_scope_policy("east", &rule, None).spec.unwrap();
+        let policy = sync_scope_policy("east", &rule, &NamespaceScope::default());
+        assert_eq!(recorded_scope(&policy), Some(NamespaceScope::default()));
+        let spec = policy.spec.unwrap();
         assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
         assert_eq!(
             spec.match_conditions.unwrap()[0].expression,
@@ -883,11 +885,9 @@ mod tests {
             namespace_selector: Some(selector.clone()),
         };
         let scoped = rule.within(&scope).unwrap();
-        let validations = sync_scope_policy("east", &scoped, Some(&selector))
-            .spec
-            .unwrap()
-            .validations
-            .unwrap();
+        let policy = sync_scope_policy("east", &scoped, &scope);
+        assert_eq!(recorded_scope(&policy), Some(scope));
+        let validations = policy.spec.unwrap().validations.unwrap();
         assert!(
             validations[1]
                 .expression

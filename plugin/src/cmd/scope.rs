@@ -6,9 +6,7 @@
 //! remote's admin credentials, as attach does, so that only the remote's admin can widen what
 //! the token stored on the primary may write.
 
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicySpec,
-};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
@@ -94,7 +92,6 @@ impl Scope {
             .await
             .map_err(|e| access::request_error(&primary_target, "read kube-system", e))?;
         let scoped = mesh_state::scoped_rule(&rule, &with_scope(&mc, &scope))?;
-        let selector = scope.namespace_selector.as_ref();
         let mut wanted = Vec::new();
         if mc.spec.remote_guard != RemoteGuard::Off {
             let guard = Guard::new(mc.spec.remote_guard, "", "")
@@ -104,7 +101,7 @@ impl Scope {
         }
         wanted.push((
             Follower::SYNC_SCOPE,
-            setup::sync_scope_policy(&cluster, &scoped, selector),
+            setup::sync_scope_policy(&cluster, &scoped, &scope),
         ));
         let mut changed: Vec<(Follower, ValidatingAdmissionPolicy)> = Vec::new();
         for (follower, policy) in wanted {
@@ -222,8 +219,8 @@ struct Follower {
     name: &'static str,
     /// What it is, in messages.
     what: &'static str,
-    /// A merge patch setting that part to a spec's.
-    part: fn(&ValidatingAdmissionPolicySpec) -> serde_json::Value,
+    /// A merge patch setting that part to a policy's.
+    part: fn(&ValidatingAdmissionPolicy) -> serde_json::Value,
 }
 
 impl Follower {
@@ -265,7 +262,7 @@ impl Follower {
                 ),
             });
         }
-        let patch = (self.part)(wanted.spec.as_ref().unwrap_or(&Default::default()));
+        let patch = (self.part)(wanted);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
@@ -285,7 +282,7 @@ impl Follower {
 async fn restore(remote: &Client, changed: &[(Follower, ValidatingAdmissionPolicy)]) {
     let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
     for (follower, before) in changed {
-        let patch = (follower.part)(before.spec.as_ref().unwrap_or(&Default::default()));
+        let patch = (follower.part)(before);
         let params = PatchParams::default();
         let _ = api
             .patch(follower.name, &params, &Patch::Merge(&patch))
@@ -293,9 +290,10 @@ async fn restore(remote: &Client, changed: &[(Follower, ValidatingAdmissionPolic
     }
 }
 
-/// A merge patch setting a policy's matchConditions and namespaceSelector to `spec`'s (an
+/// A merge patch setting a policy's matchConditions and namespaceSelector to `policy`'s (an
 /// absent selector is written as `null`, which removes the one there).
-fn matching_patch(spec: &ValidatingAdmissionPolicySpec) -> serde_json::Value {
+fn matching_patch(policy: &ValidatingAdmissionPolicy) -> serde_json::Value {
+    let spec = policy.spec.clone().unwrap_or_default();
     let selector = spec
         .match_constraints
         .as_ref()
@@ -306,7 +304,17 @@ fn matching_patch(spec: &ValidatingAdmissionPolicySpec) -> serde_json::Value {
     }})
 }
 
-/// A merge patch setting a policy's validations to `spec`'s.
-fn validations_patch(spec: &ValidatingAdmissionPolicySpec) -> serde_json::Value {
-    json!({ "spec": { "validations": spec.validations } })
+/// A merge patch setting a policy's validations and recorded scope to `policy`'s (an absent
+/// record is written as `null`, which removes the one there).
+fn validations_patch(policy: &ValidatingAdmissionPolicy) -> serde_json::Value {
+    let validations = policy.spec.as_ref().and_then(|s| s.validations.clone());
+    let record = policy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(setup::SCOPE_ANNOTATION));
+    json!({
+        "metadata": { "annotations": { setup::SCOPE_ANNOTATION: record } },
+        "spec": { "validations": validations },
+    })
 }

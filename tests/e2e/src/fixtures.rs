@@ -192,7 +192,11 @@ pub async fn attach(
     // The rule installed on the primary, as attach reads it.
     let rule = kubectl_mesh::mesh_state::read_installed_rule(&primary).await?;
     // No scope: the cluster is recorded without one.
-    apply_on(&remote_client, &setup::sync_scope_policy(name, &rule, None)).await?;
+    apply_on(
+        &remote_client,
+        &setup::sync_scope_policy(name, &rule, &Default::default()),
+    )
+    .await?;
     apply_on(&remote_client, &setup::sync_scope_binding(name)).await?;
     let guard = setup::Guard::new(options.guard, "primary", &env.primary().name).with_rule(&rule);
     if options.guard == RemoteGuard::Off {

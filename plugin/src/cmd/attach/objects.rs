@@ -24,11 +24,7 @@ pub(super) fn remote_objects(plan: &Plan) -> Result<Vec<Manifest>> {
         Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, name))?,
         Manifest::new(&setup::sync_cluster_role(name))?,
         Manifest::new(&setup::cluster_role_binding(setup::SYNC_ACCOUNT, name))?,
-        Manifest::new(&setup::sync_scope_policy(
-            name,
-            &plan.scoped,
-            plan.scope.namespace_selector.as_ref(),
-        ))?,
+        Manifest::new(&setup::sync_scope_policy(name, &plan.scoped, &plan.scope))?,
         Manifest::new(&setup::sync_scope_binding(name))?,
         Manifest::new(&setup::token_secret(
             setup::TOKEN_SECRET,

@@ -274,11 +274,7 @@ impl<'a> Run<'a> {
             ),
             (
                 Step::SyncScopePolicy,
-                Manifest::new(&setup::sync_scope_policy(
-                    &name,
-                    &plan.scoped,
-                    plan.scope.namespace_selector.as_ref(),
-                ))?,
+                Manifest::new(&setup::sync_scope_policy(&name, &plan.scoped, &plan.scope))?,
             ),
             (
                 Step::SyncScopeBinding,

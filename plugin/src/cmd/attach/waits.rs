@@ -77,7 +77,10 @@ pub(crate) async fn wait_namespace_gone(
     };
     poll::until(timeout, Duration::from_millis(250), look, |()| Late {
         what: format!("Namespace {name} to be deleted"),
-        hint: format!("`kubectl get ns {name} -o yaml` shows what holds it (its conditions)"),
+        hint: format!(
+            "`kubectl get ns {name} -o yaml` shows what holds it (its conditions); re-run once \
+             it is gone, or with a longer --timeout"
+        ),
     })
     .await
 }

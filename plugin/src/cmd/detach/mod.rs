@@ -32,6 +32,7 @@ use mesh_core::{
     cluster::{MeshCluster, RemoteGuard},
 };
 
+mod contents;
 mod remote;
 
 use crate::{
@@ -39,7 +40,7 @@ use crate::{
     access::{self, Need, RemoteAdminFlags, Target},
     mesh_state, remote_setup as setup,
 };
-use remote::{Ours, clean_remote, delete, remove_namespace_if_unused};
+use remote::{Ours, clean_remote, delete, recorded_scope, remove_namespace_if_unused};
 
 /// Detach a cluster from the mesh.
 ///
@@ -111,14 +112,8 @@ impl Detach {
 
         // The labels to strip are the ones the installed webhook manages, read before anything
         // is deleted so that a refusal leaves everything in place.
-        // Within the cluster's scope: a namespace left out of it was never written, and its
-        // labels are the remote's own.
-        let strip = if strip_labels {
-            let rule = mesh_state::rule_of(&primary, &primary_target).await?;
-            Some(match &mc {
-                Some(mc) => mesh_state::scoped_rule(&rule, mc)?,
-                None => rule,
-            })
+        let rule = if strip_labels {
+            Some(mesh_state::rule_of(&primary, &primary_target).await?)
         } else {
             None
         };
@@ -132,6 +127,21 @@ impl Detach {
             force,
         )
         .await?;
+        // Within the cluster's scope: a namespace left out of it was never written, and its
+        // labels are the remote's own. Without the MeshCluster, the scope recorded on the
+        // remote's sync scope policy says which.
+        let ours = Ours {
+            cluster: &name,
+            primary: &primary_id,
+        };
+        let strip = match (rule, &mc, &remote) {
+            (Some(rule), Some(mc), _) => Some(mesh_state::scoped_rule(&rule, mc)?),
+            (Some(rule), None, RemoteAccess::Ready { client, target }) => {
+                let scope = recorded_scope(client, target, ours).await?;
+                Some(mesh_state::rule_within(&rule, &name, &scope)?)
+            }
+            _ => None,
+        };
 
         let mut left = Vec::new();
         match &remote {
@@ -139,10 +149,7 @@ impl Detach {
                 clean_remote(
                     client,
                     target,
-                    Ours {
-                        cluster: &name,
-                        primary: &primary_id,
-                    },
+                    ours,
                     mc.as_ref(),
                     strip.as_ref(),
                     timeout,

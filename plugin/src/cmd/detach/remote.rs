@@ -8,24 +8,24 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
-    core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount},
+    core::v1::{Namespace, Secret, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams},
+    api::DeleteParams,
     core::{ClusterResourceScope, NamespaceResourceScope},
 };
 use mesh_core::{
     MESH_NAMESPACE,
-    cluster::MeshCluster,
+    cluster::{MeshCluster, NamespaceScope},
     failure::Failure,
     labels::SyncRule,
     sync::{self, SyncMode, sync_remote},
 };
 use serde::de::DeserializeOwned;
 
-use super::super::attach::wait_namespace_gone;
+use super::{super::attach::wait_namespace_gone, contents};
 use crate::{
     Error, Result,
     access::{self, Target},
@@ -148,6 +148,37 @@ pub(super) async fn clean_remote(
         wait_namespace_gone(client, MESH_NAMESPACE, timeout).await?;
     }
     Ok(())
+}
+
+/// The scope the attach of `ours` recorded on the remote's sync scope policy, for stripping
+/// labels once the MeshCluster that held it is gone. Refuses when there is none to read: the
+/// installed rule alone would reach namespaces the scope kept out.
+pub(super) async fn recorded_scope(
+    client: &Client,
+    target: &Target,
+    ours: Ours<'_>,
+) -> Result<NamespaceScope> {
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let policy = policies
+        .get_opt(setup::SYNC_SCOPE)
+        .await
+        .map_err(|e| access::request_error(target, "read the sync scope", e))?
+        .filter(|p| setup::is_ours_from(&p.metadata, ours.cluster, ours.primary));
+    let why = match policy.as_ref().map(setup::recorded_scope) {
+        Some(Some(scope)) => return Ok(scope),
+        Some(None) => "its sync scope policy does not record it",
+        None => "its sync scope policy, which records it, is gone",
+    };
+    Err(Error::Refused {
+        what: format!(
+            "cannot tell which namespaces of {} the labels may be stripped from: its \
+             MeshCluster is gone and {why}; nothing was changed",
+            ours.cluster
+        ),
+        hint: "run detach without --strip-labels, then remove the labels you want gone with \
+               `kubectl label namespace NAME KEY-` on the remote"
+            .into(),
+    })
 }
 
 /// A kind of object detach reads and deletes through a typed `Api`.
@@ -289,11 +320,11 @@ pub(super) async fn remove_namespace_if_unused(
     if !ours || found.metadata.deletion_timestamp.is_some() {
         return Ok(false);
     }
-    let others = foreign_objects(client, ns, owner.map(|(_, primary)| primary)).await?;
+    let others = contents::foreign_objects(client, ns, owner.map(|(_, primary)| primary)).await?;
     if !others.is_empty() {
         progress.warn(format!(
             "{side}: Namespace {ns} kept: it holds objects kubectl-mesh did not create ({})",
-            others.join(", ")
+            first_few(&others)
         ));
         return Ok(false);
     }
@@ -301,62 +332,14 @@ pub(super) async fn remove_namespace_if_unused(
     Ok(true)
 }
 
-/// Objects in `ns` that neither this cluster's kubectl-mesh objects (made for `primary`) nor
-/// Kubernetes put there. Without a `primary`, `ns` is shared by clusters (the primary's
-/// istio-system) and this cluster's objects are gone already: whatever kubectl-mesh object is
-/// left there belongs to another cluster, and keeps the namespace.
-async fn foreign_objects(
-    client: &Client,
-    ns: &str,
-    primary: Option<&str>,
-) -> Result<Vec<String>, kube::Error> {
-    let keep = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-        let Some(primary) = primary else {
-            return false;
-        };
-        let labels = meta.labels.as_ref();
-        labels
-            .and_then(|l| l.get(setup::MANAGED_BY_LABEL))
-            .map(String::as_str)
-            == Some(mesh_core::MANAGER)
-            && setup::primary_of(meta).is_none_or(|o| o == primary)
-    };
-    let mut out = named::<Secret>(client, ns, |s| !keep(&s.metadata)).await?;
-    out.extend(
-        named::<ServiceAccount>(client, ns, |sa| {
-            sa.name_any() != "default" && !keep(&sa.metadata)
-        })
-        .await?,
-    );
-    out.extend(
-        named::<ConfigMap>(client, ns, |cm| {
-            cm.name_any() != "kube-root-ca.crt" && !keep(&cm.metadata)
-        })
-        .await?,
-    );
-    out.extend(named::<Pod>(client, ns, |_| true).await?);
-    out.extend(named::<Service>(client, ns, |_| true).await?);
-    Ok(out)
-}
-
-/// The objects of kind `K` in `ns` that `wanted` picks, as `<kind> <name>`.
-async fn named<K>(
-    client: &Client,
-    ns: &str,
-    wanted: impl Fn(&K) -> bool,
-) -> Result<Vec<String>, kube::Error>
-where
-    K: Object + Resource<Scope = NamespaceResourceScope>,
-{
-    let objects = Api::<K>::namespaced(client.clone(), ns)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    Ok(objects
-        .iter()
-        .filter(|o| wanted(o))
-        .map(|o| format!("{} {}", K::kind(&()), o.name_any()))
-        .collect())
+/// The first few of `names`, and how many more there are: a namespace may hold thousands.
+fn first_few(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let shown = names[..names.len().min(SHOWN)].join(", ");
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 /// Removes the managed labels of every remote namespace the rule covers: a sync against an

@@ -1,12 +1,19 @@
 //! Detach: of an unreachable remote, and of a remote holding what attach did not create.
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use anyhow::Context as _;
+use k8s_openapi::api::{
+    admissionregistration::v1::ValidatingAdmissionPolicy,
+    core::v1::{ConfigMap, Namespace, Secret},
+    rbac::v1::Role,
+};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::{create_labelled_namespace, create_namespace, patch_labels, unique_name};
+use mesh_e2e::{
+    create_labelled_namespace, create_namespace, namespace_labels, patch_labels, unique_name,
+};
 use serde_json::json;
 
 use crate::support::*;
@@ -205,4 +212,144 @@ async fn detaching_one_cluster_keeps_the_istio_secrets_of_the_others() -> anyhow
         "{second_secret} left"
     );
     Ok(())
+}
+
+/// The mesh namespace attach created is deleted only when it holds nothing else, of any kind:
+/// a Role someone put there keeps it.
+#[tokio::test]
+async fn detach_keeps_the_mesh_namespace_while_it_holds_a_kind_of_object_of_someone_else()
+-> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    attach(env, remote, &[]).await?;
+    let rc = remote.client().await?;
+    let role: Role = serde_json::from_value(json!({"metadata": {"name": "team-reader"}}))?;
+    let roles = Api::<Role>::namespaced(rc.clone(), MESH_NS);
+    roles.create(&PostParams::default(), &role).await?;
+
+    let progress = detach(env, remote, &remote.name, &[]).await?;
+    assert!(progress.contains("Role team-reader"), "{progress}");
+    let namespace = Api::<Namespace>::all(rc).get(MESH_NS).await?;
+    assert!(
+        namespace.metadata.deletion_timestamp.is_none(),
+        "the mesh namespace is being deleted, with the Role in it"
+    );
+    assert!(roles.get_opt("team-reader").await?.is_some());
+    delete_namespace(remote, MESH_NS).await
+}
+
+/// A mesh namespace whose deletion is held up (here by a finalizer) fails detach after
+/// --timeout with how to go on; once it is released, a re-run finishes the detach.
+#[tokio::test]
+async fn a_detach_that_times_out_on_the_namespace_says_to_re_run_and_a_re_run_finishes()
+-> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    attach(env, remote, &[]).await?;
+    let namespaces = Api::<Namespace>::all(remote.client().await?);
+    let hold = |finalizers: serde_json::Value| {
+        Patch::Merge(json!({"metadata": {"finalizers": finalizers}}))
+    };
+    namespaces
+        .patch(
+            MESH_NS,
+            &PatchParams::default(),
+            &hold(json!(["example.com/hold"])),
+        )
+        .await?;
+
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let args = [
+        "detach",
+        remote.name.as_str(),
+        "--remote-kubeconfig",
+        &kubeconfig,
+        "--timeout",
+        "2s",
+    ];
+    let out = mesh(env, &args, &[]).await?;
+    let line = failed_last_line(&out, "detach of a namespace held up")?;
+    assert!(line.contains("re-run once it is gone"), "{line}");
+
+    namespaces
+        .patch(MESH_NS, &PatchParams::default(), &hold(json!(null)))
+        .await?;
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
+
+/// After a forced detach the MeshCluster and its scope are gone from the primary: a re-run
+/// with --strip-labels strips within the scope recorded on the remote, and refuses, changing
+/// nothing, when the remote holds no record of it.
+#[tokio::test]
+async fn strip_labels_after_a_forced_detach_keeps_to_the_scope_attach_recorded()
+-> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let name = remote.name.as_str();
+    let (inside, outside) = (unique_name("inside"), unique_name("outside"));
+    let injected = [("istio-injection", "enabled")];
+    create_labelled_namespace(env.primary(), &inside, &injected).await?;
+    create_labelled_namespace(remote, &inside, &injected).await?;
+    create_labelled_namespace(remote, &outside, &injected).await?;
+    attach(env, remote, &["--exclude-namespaces", &outside]).await?;
+    let injection = async |ns: &str| -> anyhow::Result<Option<String>> {
+        let labels = namespace_labels(remote, ns).await?.unwrap_or_default();
+        Ok(labels.get("istio-injection").cloned())
+    };
+
+    let dir = tempfile::tempdir()?;
+    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
+    let unreachable = unreachable.to_string_lossy().into_owned();
+    let forced = [
+        "detach",
+        name,
+        "--remote-kubeconfig",
+        &unreachable,
+        "--force",
+    ];
+    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
+
+    // Without the record, refused before anything is deleted.
+    let policies = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?);
+    let record = |value: serde_json::Value| {
+        Patch::Merge(json!({"metadata": {"annotations": {"kubectl-mesh.io/scope": value}}}))
+    };
+    let recorded = policies
+        .get("kubectl-mesh-sync-scope")
+        .await?
+        .annotations()
+        .get("kubectl-mesh.io/scope")
+        .cloned()
+        .context("attach recorded no scope")?;
+    let params = PatchParams::default();
+    policies
+        .patch("kubectl-mesh-sync-scope", &params, &record(json!(null)))
+        .await?;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let strip = [
+        "detach",
+        name,
+        "--remote-kubeconfig",
+        &kubeconfig,
+        "--strip-labels",
+    ];
+    let line = refused_in_one_line(&mesh(env, &strip, &[]).await?, "strip without a scope")?;
+    assert!(line.contains("does not record it"), "{line}");
+    assert!(
+        policies.get_opt("kubectl-mesh-guard").await?.is_some(),
+        "refused, yet changed"
+    );
+
+    policies
+        .patch("kubectl-mesh-sync-scope", &params, &record(json!(recorded)))
+        .await?;
+    succeeded(&mesh(env, &strip, &[]).await?, "detach --strip-labels")?;
+    assert_eq!(injection(&inside).await?, None, "{inside} kept its label");
+    assert_eq!(
+        injection(&outside).await?.as_deref(),
+        Some("enabled"),
+        "{outside}, out of the scope, was stripped"
+    );
+    assert_nothing_left(env, remote, name).await?;
+    delete_namespace(remote, &outside).await?;
+    delete_namespace(remote, &inside).await?;
+    delete_namespace(env.primary(), &inside).await
 }

@@ -1,15 +1,16 @@
 //! The sync scope: the token stored on the primary may change the managed labels of a remote
 //! namespace and nothing else of it, and `check` tells when the remote stops enforcing that.
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 use k8s_openapi::api::{
-    admissionregistration::v1::ValidatingAdmissionPolicyBinding, core::v1::Namespace,
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
+    core::v1::Namespace,
 };
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
-use mesh_core::cluster::MeshCluster;
+use mesh_core::cluster::{MeshCluster, NamespaceScope};
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{
     DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, unique_name,
@@ -27,6 +28,19 @@ async fn as_sync(stored: &Api<Namespace>, ns: &str, metadata: Value) -> Option<S
     let patch = Patch::Merge(json!({ "metadata": metadata }));
     let result = stored.patch(ns, &PatchParams::default(), &patch).await;
     result.err().map(|e| e.to_string())
+}
+
+/// The scope recorded on `remote`'s sync scope policy, which a detach without the MeshCluster
+/// strips labels within.
+async fn scope_recorded_on(remote: &Cluster) -> anyhow::Result<NamespaceScope> {
+    let policy = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?)
+        .get("kubectl-mesh-sync-scope")
+        .await?;
+    let record = policy
+        .annotations()
+        .get("kubectl-mesh.io/scope")
+        .context("the sync scope policy records no scope")?;
+    Ok(serde_json::from_str(record)?)
 }
 
 /// Creates `count` namespaces on `cluster` whose names sort before any other test's, labelled
@@ -139,6 +153,8 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
         "team!=platform",
     ];
     attach(env, remote, &scope).await?;
+    let attached = mesh_cluster(env, &remote.name).await?.spec.scope;
+    ensure!(scope_recorded_on(remote).await? == attached, "{attached:?}");
     let stored = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
     let managed = || json!({"labels": {"istio-injection": "enabled"}});
 
@@ -164,6 +180,7 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
         recorded.exclude_namespaces == [named.clone()],
         "{recorded:?}"
     );
+    ensure!(scope_recorded_on(remote).await? == recorded);
 
     // With them, the remote lets the token write what the scope now covers.
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
@@ -182,6 +199,7 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
             .scope
             .is_everything()
     );
+    ensure!(scope_recorded_on(remote).await?.is_everything());
     for ns in [&named, &unselected] {
         eventually("the widened scope enforced", DEFAULT_TIMEOUT, || async {
             Ok(as_sync(&stored, ns, managed())

@@ -1,0 +1,172 @@
+//! What a namespace detach would delete holds besides kubectl-mesh's objects. Every namespaced
+//! kind the apiserver serves is listed, not a fixed few: deleting a namespace deletes all of
+//! them (a Role, a PersistentVolumeClaim, a custom resource), so a kind left unread is data
+//! lost. A kind that cannot be listed counts as holding something.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, ListParams},
+    discovery::{Discovery, Scope, verbs},
+};
+use mesh_core::failure;
+
+use crate::remote_setup as setup;
+
+/// What `ns` holds that neither kubectl-mesh (for `primary`) nor Kubernetes put there, as
+/// `<Kind> <name>`, plus `<plural> (could not be listed: ...)` for each kind that could not be
+/// read. Without a `primary`, `ns` is shared by clusters (the primary's istio-system) and this
+/// cluster's objects are gone already: a kubectl-mesh object left there belongs to another
+/// cluster, and counts.
+pub(super) async fn foreign_objects(
+    client: &Client,
+    ns: &str,
+    primary: Option<&str>,
+) -> Result<Vec<String>, kube::Error> {
+    // Aggregated discovery is two requests; servers without it get the per-group walk.
+    let discovery = match Discovery::new(client.clone()).run_aggregated().await {
+        Ok(discovery) => discovery,
+        Err(_) => Discovery::new(client.clone()).run().await?,
+    };
+    let mut out = Vec::new();
+    for group in discovery.groups() {
+        for (resource, capabilities) in group.recommended_resources() {
+            if capabilities.scope != Scope::Namespaced
+                || !capabilities.supports_operation(verbs::LIST)
+                || is_event(&resource)
+            {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+            match api.list_metadata(&ListParams::default()).await {
+                Ok(list) => out.extend(
+                    list.items
+                        .iter()
+                        .filter(|o| is_foreign(&resource.kind, &o.metadata, primary))
+                        .map(|o| {
+                            let name = o.metadata.name.as_deref().unwrap_or_default();
+                            format!("{} {name}", resource.kind)
+                        }),
+                ),
+                Err(e) => out.push(format!(
+                    "{} (could not be listed: {})",
+                    resource.plural,
+                    failure::error_chain(&e)
+                )),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Events record what happened to other objects; they are not content of their own.
+fn is_event(resource: &ApiResource) -> bool {
+    resource.kind == "Event" && (resource.group.is_empty() || resource.group == "events.k8s.io")
+}
+
+/// Whether an object of `kind` with `meta` is someone else's: not what Kubernetes gives every
+/// namespace, and not kubectl-mesh's for `primary` (see [`foreign_objects`]).
+fn is_foreign(kind: &str, meta: &ObjectMeta, primary: Option<&str>) -> bool {
+    let name = meta.name.as_deref().unwrap_or_default();
+    let every_namespace_has_it = matches!(
+        (kind, name),
+        ("ServiceAccount", "default") | ("ConfigMap", "kube-root-ca.crt")
+    );
+    if every_namespace_has_it {
+        return false;
+    }
+    let Some(primary) = primary else {
+        return true;
+    };
+    let ours = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(setup::MANAGED_BY_LABEL))
+        .map(String::as_str)
+        == Some(mesh_core::MANAGER)
+        && setup::primary_of(meta).is_none_or(|o| o == primary);
+    !ours
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(name: &str, labels: &[(&str, &str)], primary: Option<&str>) -> ObjectMeta {
+        let mut meta = ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        };
+        if let Some(primary) = primary {
+            meta.annotations =
+                Some([(setup::PRIMARY_ANNOTATION.to_string(), primary.into())].into());
+        }
+        meta
+    }
+
+    const OURS: (&str, &str) = (setup::MANAGED_BY_LABEL, mesh_core::MANAGER);
+
+    #[test]
+    fn what_every_namespace_gets_is_nobodys() {
+        for primary in [Some("p"), None] {
+            assert!(!is_foreign(
+                "ServiceAccount",
+                &meta("default", &[], None),
+                primary
+            ));
+            assert!(!is_foreign(
+                "ConfigMap",
+                &meta("kube-root-ca.crt", &[], None),
+                primary
+            ));
+            assert!(is_foreign("Secret", &meta("default", &[], None), primary));
+        }
+    }
+
+    #[test]
+    fn any_other_kind_is_foreign_unless_this_primary_made_it() {
+        assert!(is_foreign("Role", &meta("app", &[], None), Some("p")));
+        assert!(is_foreign(
+            "PersistentVolumeClaim",
+            &meta("data", &[], None),
+            Some("p")
+        ));
+        assert!(!is_foreign(
+            "Role",
+            &meta("r", &[OURS], Some("p")),
+            Some("p")
+        ));
+        assert!(!is_foreign("Role", &meta("r", &[OURS], None), Some("p")));
+        assert!(is_foreign(
+            "Role",
+            &meta("r", &[OURS], Some("q")),
+            Some("p")
+        ));
+    }
+
+    #[test]
+    fn in_a_shared_namespace_another_clusters_object_is_foreign() {
+        assert!(is_foreign("Secret", &meta("s", &[OURS], Some("p")), None));
+    }
+
+    #[test]
+    fn only_events_are_skipped() {
+        let event = |group: &str, kind: &str| ApiResource {
+            group: group.into(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: kind.into(),
+            plural: "x".into(),
+        };
+        assert!(is_event(&event("", "Event")));
+        assert!(is_event(&event("events.k8s.io", "Event")));
+        assert!(!is_event(&event("example.com", "Event")));
+        assert!(!is_event(&event("", "Endpoints")));
+    }
+}
