@@ -38,13 +38,13 @@ pub(super) async fn foreign_objects(
                 continue;
             }
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
-            match api.list_metadata(&ListParams::default()).await {
-                Ok(list) => out.extend(
-                    list.items
+            match metadata_of_all(&api).await {
+                Ok(objects) => out.extend(
+                    objects
                         .iter()
-                        .filter(|o| is_foreign(&resource.kind, &o.metadata, primary))
-                        .map(|o| {
-                            let name = o.metadata.name.as_deref().unwrap_or_default();
+                        .filter(|meta| is_foreign(&resource.kind, meta, primary))
+                        .map(|meta| {
+                            let name = meta.name.as_deref().unwrap_or_default();
                             format!("{} {name}", resource.kind)
                         }),
                 ),
@@ -57,6 +57,22 @@ pub(super) async fn foreign_objects(
         }
     }
     Ok(out)
+}
+
+/// The metadata of every object `api` lists: metadata only where the server can (it spares
+/// reading Secrets' data), the whole objects from an aggregated API that cannot.
+async fn metadata_of_all(api: &Api<DynamicObject>) -> Result<Vec<ObjectMeta>, kube::Error> {
+    let params = ListParams::default();
+    match api.list_metadata(&params).await {
+        Ok(list) => Ok(list.items.into_iter().map(|o| o.metadata).collect()),
+        Err(_) => Ok(api
+            .list(&params)
+            .await?
+            .items
+            .into_iter()
+            .map(|o| o.metadata)
+            .collect()),
+    }
 }
 
 /// Events record what happened to other objects; they are not content of their own.
