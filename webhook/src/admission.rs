@@ -52,8 +52,10 @@ pub struct Decision {
 /// Always allowed. Nothing is pushed when the object is not a core `Namespace`, when its
 /// managed labels are the same before and after (a deleted or deleting namespace counts as
 /// carrying none), when it has no name yet (`generateName`; the reconciler catches it), when it
-/// is excluded, or on a dry run (the webhook declares `sideEffects: NoneOnDryRun`).
-pub fn review(rule: &SyncRule, req: &AdmissionRequest<Namespace>) -> Decision {
+/// creates a namespace that `exists` (the webhook's view of the primary holds one of the
+/// request's name, terminating or not), when it is excluded, or on a dry run (the webhook
+/// declares `sideEffects: NoneOnDryRun`).
+pub fn review(rule: &SyncRule, req: &AdmissionRequest<Namespace>, exists: bool) -> Decision {
     let mut response = AdmissionResponse::from(req);
     if !req.kind.group.is_empty() || req.kind.kind != "Namespace" {
         return Decision {
@@ -78,6 +80,12 @@ pub fn review(rule: &SyncRule, req: &AdmissionRequest<Namespace>) -> Decision {
     let Some(namespace) = namespace_name(req) else {
         return no_push(response);
     };
+    // Admission runs before storage: a create of an existing namespace is reviewed with no old
+    // object, then fails with AlreadyExists. Its labels must not reach the remotes. Should the
+    // view be stale (the namespace just deleted), the reconciler syncs the new one.
+    if req.operation == Operation::Create && exists {
+        return no_push(response);
+    }
     if rule.is_excluded(&namespace) {
         let warning = format!(
             "{WARNING_PREFIX}namespace {namespace} is excluded from sync; remote clusters not changed"
@@ -351,7 +359,7 @@ mod tests {
             serde_json::from_str(body).expect("fixture is an AdmissionReview");
         let req: AdmissionRequest<Namespace> = review.try_into().expect("fixture has a request");
         assert_eq!(req.operation, operation);
-        let decision = super::review(&SyncRule::default(), &req);
+        let decision = reviewed(&SyncRule::default(), &req);
         assert_eq!(decision.response.uid, uid);
         (req, decision)
     }
@@ -390,6 +398,11 @@ mod tests {
         }
     }
 
+    /// [`review`] of `req` with the namespace on the primary unless `req` creates it.
+    fn reviewed(rule: &SyncRule, req: &AdmissionRequest<Namespace>) -> Decision {
+        review(rule, req, req.operation != Operation::Create)
+    }
+
     fn create(new: Namespace) -> AdmissionRequest<Namespace> {
         request(Operation::Create, None, Some(new))
     }
@@ -417,7 +430,7 @@ mod tests {
     }
 
     fn pushed(req: &AdmissionRequest<Namespace>) -> Option<PushIntent> {
-        let decision = review(&SyncRule::default(), req);
+        let decision = reviewed(&SyncRule::default(), req);
         assert!(decision.response.allowed, "the webhook never blocks");
         assert_eq!(decision.response.uid, req.uid);
         decision.push
@@ -534,6 +547,21 @@ mod tests {
     }
 
     #[test]
+    fn a_create_of_a_namespace_the_primary_holds_pushes_nothing() {
+        let rule = SyncRule::default();
+        let req = create(ns("foo").label("istio-injection", "enabled"));
+        // `kubectl create` of an existing namespace: the apiserver will refuse it.
+        let decision = review(&rule, &req, true);
+        assert_eq!(decision.push, None);
+        assert!(decision.response.allowed);
+        assert_eq!(decision.response.warnings, None);
+        assert!(review(&rule, &req, false).push.is_some());
+        // Only a create is refused for existing: an update of the same namespace pushes.
+        let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
+        assert!(review(&rule, &req, true).push.is_some());
+    }
+
+    #[test]
     fn a_push_starts_from_the_managed_labels_before_the_request() {
         let req = update(
             ns("foo")
@@ -541,10 +569,10 @@ mod tests {
                 .label("app", "x"),
             ns("foo").label("istio-injection", "disabled"),
         );
-        let decision = review(&SyncRule::default(), &req);
+        let decision = reviewed(&SyncRule::default(), &req);
         assert!(decision.push.is_some());
         assert_eq!(decision.previous, labels(&[("istio-injection", "enabled")]));
-        let created = review(
+        let created = reviewed(
             &SyncRule::default(),
             &create(ns("foo").label("istio.io/rev", "1")),
         );
@@ -586,7 +614,7 @@ mod tests {
         ];
         for (request, warning) in cases {
             assert_eq!(pushed(&request), None, "{warning:?}");
-            let decision = review(&SyncRule::default(), &request);
+            let decision = reviewed(&SyncRule::default(), &request);
             let expected = warning.map(|w| vec![w.to_owned()]);
             assert_eq!(decision.response.warnings, expected);
         }
@@ -615,13 +643,13 @@ mod tests {
             ns("kube-system"),
             ns("kube-system").label("team/mesh", "on"),
         );
-        let decision = review(&rule, &req);
+        let decision = reviewed(&rule, &req);
         assert_eq!(
             decision.push,
             Some(intent("kube-system", [("team/mesh", "on")]))
         );
         let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
-        assert_eq!(review(&rule, &req).push, None);
+        assert_eq!(reviewed(&rule, &req).push, None);
     }
 
     #[test]

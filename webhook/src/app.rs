@@ -111,10 +111,9 @@ impl Webhook {
         )
         .await?;
         let shared = SharedState {
-            rule: self.rule.clone(),
-            remotes: Remotes::new(self.remote_options),
             metrics: self.metrics.clone(),
-            ..SharedState::default()
+            // `new`: the primary's view keeps namespaces by the same rule.
+            ..SharedState::new(self.rule.clone(), Remotes::new(self.remote_options))
         };
         shared.readiness.set_tls_loaded();
         Ok(BoundWebhook {

@@ -19,7 +19,7 @@ use axum::{
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Client,
-    core::admission::{AdmissionRequest, AdmissionReview},
+    core::admission::{AdmissionRequest, AdmissionReview, Operation},
     runtime::events::Reporter,
 };
 use serde_json::json;
@@ -174,11 +174,14 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
         }
     };
     // review() alone decides whether to push: never on a dry run (sideEffects NoneOnDryRun).
+    // Only a create asks (one lock of the primary's view), not every review.
+    let exists =
+        request.operation == Operation::Create && state.shared.primary.holds(&request.name);
     let Decision {
         response,
         push,
         previous,
-    } = admission::review(&state.shared.rule, &request);
+    } = admission::review(&state.shared.rule, &request, exists);
     let (response, outcome) = match push {
         Some(intent) => {
             let based_on = request

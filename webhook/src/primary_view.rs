@@ -78,6 +78,16 @@ impl PrimaryNamespaces {
             .map(|entry| entry.to_namespace(name))
     }
 
+    /// Whether namespace `name` is kept, terminating or not.
+    pub fn holds(&self, name: &str) -> bool {
+        self.lock().namespaces.contains_key(name)
+    }
+
+    /// Where names and label sets are held once: the remotes' stores share it.
+    pub(crate) fn interner(&self) -> &Interner {
+        &self.interner
+    }
+
     /// The names of the namespaces whose namesakes `rule` would label.
     fn labelled(&self, rule: &SyncRule) -> Vec<String> {
         let state = self.lock();
@@ -303,8 +313,10 @@ mod tests {
         let mut labelled = store.labelled(&rule);
         labelled.sort();
         assert_eq!(labelled, ["web"], "a namespace being deleted wants nothing");
+        // A terminating namespace exists: creating it fails.
+        assert!(store.holds("going"));
         store.apply(&watcher::Event::Delete(ns("web")));
-        assert!(store.get("web").is_none());
+        assert!(store.get("web").is_none() && !store.holds("web"));
     }
 
     #[tokio::test]

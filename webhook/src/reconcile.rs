@@ -54,8 +54,7 @@ use crate::{
     events,
     injectors::watch_injectors,
     leader::Leadership,
-    primary_view::{PrimaryNamespaces, watch_namespaces},
-    remote_watch::Interner,
+    primary_view::watch_namespaces,
     shared_state::SharedState,
     watch_events::for_each_event,
 };
@@ -134,10 +133,7 @@ struct Shared {
     state: SharedState,
     events: events::Publisher,
     settings: Settings,
-    namespaces: PrimaryNamespaces,
     clusters: Store<MeshCluster>,
-    /// Names and labels of every remote's kept namespaces, each held once.
-    interner: Interner,
     /// Syncs running at once, across remotes: what a sync holds while it runs (the remote's
     /// namespaces as read, the names it has planned, the writes in flight) then grows with
     /// the number of remotes only this far. The apiservers' own pace bounds a cold sync of many
@@ -176,8 +172,6 @@ impl Reconciler {
             is_leader,
             settings,
         } = self;
-        let interner = Interner::default();
-        let namespaces = PrimaryNamespaces::new(state.rule.clone(), interner.clone());
         let (clusters, mc_writer) = reflector::store::<MeshCluster>();
         let (secrets, secret_writer) = reflector::store::<Secret>();
         let (primary_changed, _) = watch::channel(0u64);
@@ -192,7 +186,7 @@ impl Reconciler {
         tasks.spawn(
             watch_namespaces(
                 ns_events,
-                namespaces.clone(),
+                state.primary.clone(),
                 state.in_flight.clone(),
                 primary_changed.clone(),
                 shutdown.clone(),
@@ -237,9 +231,7 @@ impl Reconciler {
             primary,
             state,
             settings,
-            namespaces,
             clusters,
-            interner,
             sync_permits: tokio::sync::Semaphore::new(concurrent_syncs),
             retry_permits: tokio::sync::Semaphore::new(concurrent_syncs),
         });
@@ -288,7 +280,7 @@ async fn supervise(
     shutdown: CancellationToken,
 ) {
     let loaded = async {
-        shared.namespaces.wait_listed().await;
+        shared.state.primary.wait_listed().await;
         let _ = shared.clusters.wait_until_ready().await;
         let _ = secrets.wait_until_ready().await;
     };

@@ -4,12 +4,15 @@ use std::sync::Arc;
 
 use mesh_core::{labels::SyncRule, remote::Remotes};
 
-use crate::{in_flight::InFlight, injectors::Injectors, metrics::Metrics, readiness::Readiness};
+use crate::{
+    in_flight::InFlight, injectors::Injectors, metrics::Metrics, primary_view::PrimaryNamespaces,
+    readiness::Readiness, remote_watch::Interner,
+};
 
-/// The sync rule, the remotes' registry and injectors, the pushes still in flight, the metrics
-/// and readiness: built once by [`crate::app`] and cloned into the handlers and the reconciler,
-/// so that what one learns the other reads. Cheap to clone.
-#[derive(Clone, Default)]
+/// The sync rule, the remotes' registry and injectors, the primary's namespaces, the pushes
+/// still in flight, the metrics and readiness: built once by [`crate::app`] and cloned into the
+/// handlers and the reconciler, so that what one learns the other reads. Cheap to clone.
+#[derive(Clone)]
 pub struct SharedState {
     pub rule: Arc<SyncRule>,
     /// Kept current by the reconciler's watches, read by every push.
@@ -22,15 +25,28 @@ pub struct SharedState {
     /// answers' warnings.
     pub injectors: Injectors,
     pub readiness: Readiness,
+    /// The primary's namespaces as the reconciler's watch keeps them, by `rule`: what every
+    /// sync compares with, and what tells a review which namespaces exist already.
+    pub(crate) primary: PrimaryNamespaces,
 }
 
 impl SharedState {
     /// A state with `rule` and `remotes`, everything else new.
     pub fn new(rule: Arc<SyncRule>, remotes: Remotes) -> Self {
         Self {
+            primary: PrimaryNamespaces::new(rule.clone(), Interner::default()),
             rule,
             remotes,
-            ..Self::default()
+            metrics: Arc::default(),
+            in_flight: InFlight::default(),
+            injectors: Injectors::default(),
+            readiness: Readiness::default(),
         }
+    }
+}
+
+impl Default for SharedState {
+    fn default() -> Self {
+        Self::new(Arc::default(), Remotes::default())
     }
 }

@@ -3,15 +3,17 @@
 //! the webhook (matchConditions compare with the absent old or new object), which pushes the
 //! change to every remote before it answers, as for a label edit. On DELETE the remotes end
 //! with no managed label (a namespace being deleted on the primary carries none by the rule);
-//! the remote namespace itself stays.
+//! the remote namespace itself stays. A CREATE of a namespace that exists, which the apiserver
+//! refuses only after admission, changes no remote.
 //!
 //! Alone in its test binary: its tests count every review the webhook answers, so they take
 //! turns.
 
 use anyhow::Context as _;
 use mesh_e2e::{
-    assert_landed, assert_remotes, create_everywhere, create_namespace, kubectl_output,
-    label_on_primary, labels, namespaces, reviews_with_outcome, shared_mesh, text, unique_name,
+    assert_landed, assert_remotes, create_everywhere, create_namespace, describe, fixtures::output,
+    kubectl_output, label_on_primary, labels, namespaces, reviews_with_outcome, shared_mesh, text,
+    unique_name,
 };
 use mesh_webhook::admission::PROPAGATION_ANNOTATION;
 use tokio::sync::Mutex;
@@ -72,6 +74,53 @@ async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
         .map(|r| (r.name.clone(), "applied".into()))
         .collect();
     assert_eq!(landed, serde_json::Value::Object(expected));
+    Ok(())
+}
+
+#[tokio::test]
+async fn creating_a_namespace_that_exists_changes_no_remote() -> anyhow::Result<()> {
+    let (env, mesh) = shared_mesh(2).await;
+    let _turn = TURN.lock().await;
+    let name = create_everywhere(env, "recreated").await?;
+    let disabled = labels(&[("istio-injection", "disabled")]);
+    label_on_primary(env, &name, &["istio-injection=disabled"]).await?;
+    assert_remotes(env, &name, &disabled, "the label before the create").await?;
+    let manifest = env.dir().join(format!("{name}.yaml"));
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+             istio-injection: enabled\n"
+        ),
+    )?;
+
+    let (pushed, _) = reviews_with_outcome(mesh, "pushed").await?;
+    let file = manifest.to_str().context("manifest path is not UTF-8")?;
+    let mut create = env.kubectl(env.primary());
+    create.args(["create", "-f", file]);
+    let created = output(create).await?;
+    assert!(
+        !created.status.success() && text(&created.stderr).contains("AlreadyExists"),
+        "the create must fail: {}",
+        describe(&created)
+    );
+    // Read at once: a wrong push lands before the apiserver answers, and is reverted only
+    // seconds later.
+    assert_remotes(
+        env,
+        &name,
+        &disabled,
+        &format!(
+            "after a failed create; kubectl said: {}",
+            describe(&created)
+        ),
+    )
+    .await?;
+    assert_eq!(
+        reviews_with_outcome(mesh, "pushed").await?.0,
+        pushed,
+        "the CREATE of an existing namespace is not pushed"
+    );
     Ok(())
 }
 

@@ -181,14 +181,14 @@ impl Worker {
                 return false;
             }
             let primary = StoreView {
-                namespaces: &shared.namespaces,
+                namespaces: &shared.state.primary,
                 in_flight: &shared.state.in_flight,
                 rule: &shared.state.rule,
             };
             let desired = shared.state.rule.desired(primary.namespace(name).as_ref());
             !shared.state.rule.diff(&desired, seen).is_empty()
         };
-        let seen = SeenNamespaces::new(scoped_keys, self.shared.interner.clone());
+        let seen = SeenNamespaces::new(scoped_keys, self.shared.state.primary.interner().clone());
         tokio::spawn(
             watch_for_drift(
                 remote.clone(),
@@ -228,7 +228,7 @@ impl Worker {
             return true;
         };
         let primary = StoreView {
-            namespaces: &shared.namespaces,
+            namespaces: &shared.state.primary,
             in_flight: &shared.state.in_flight,
             rule: &shared.state.rule,
         };
