@@ -1,13 +1,18 @@
 //! `kubectl mesh uninstall`: remove what install created from the primary.
 
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use mesh_core::{MESH_NAMESPACE, cluster::CLUSTER_LABEL};
+
 use super::apply::{self, Deleted};
 use crate::{Context, Error, Result, output, render};
 
 /// Remove kubectl-mesh from the primary cluster.
 ///
 /// Deletes the webhook configuration, webhook, RBAC, serving certificate and the
-/// kubectl-mesh namespace (with the credentials of attached clusters). Safe to re-run.
-/// Remote clusters are not touched: detach them first.
+/// kubectl-mesh namespace (with the credentials of attached clusters), which stays when this
+/// cluster is itself attached to a primary. Safe to re-run. Remote clusters are not touched:
+/// detach them first.
 #[derive(Debug, clap::Args)]
 pub struct Uninstall {
     /// Also delete the MeshCluster CRD, and with it every MeshCluster.
@@ -64,7 +69,19 @@ impl Uninstall {
             ));
         }
 
+        let attached_as = attached_as(&client).await.map_err(Error::kube(format!(
+            "cannot read Namespace {MESH_NAMESPACE}"
+        )))?;
         for m in &manifests {
+            if let (Some(cluster), "Namespace") = (&attached_as, m.resource.kind.as_str()) {
+                ctx.progress.warn(format!(
+                    "{} kept: this cluster is attached to a primary as {cluster}, and that \
+                     attach's identity lives there; `kubectl mesh detach {cluster}` on that \
+                     primary removes it",
+                    m.describe()
+                ));
+                continue;
+            }
             match apply::delete(&client, m).await? {
                 Deleted::Deleted => ctx.progress.ok(format!("{} deleted", m.describe())),
                 Deleted::NotFound => ctx.progress.info(format!("{} not found", m.describe())),
@@ -76,4 +93,27 @@ impl Uninstall {
         }
         Ok(())
     }
+}
+
+/// The name this cluster is attached to a primary under, when it is one's remote: attach then
+/// created the mesh namespace, or put its ServiceAccounts in it. Uninstall keeps the namespace
+/// then: deleting it would revoke that primary's tokens behind its back (a cluster may be a
+/// primary and another mesh's remote, and uninstall may be run against the wrong context).
+async fn attached_as(client: &Client) -> Result<Option<String>, kube::Error> {
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get_opt(MESH_NAMESPACE)
+        .await?;
+    let Some(namespace) = namespace else {
+        return Ok(None);
+    };
+    if let Some(cluster) = namespace.labels().get(CLUSTER_LABEL) {
+        return Ok(Some(cluster.clone()));
+    }
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), MESH_NAMESPACE)
+        .list(&ListParams::default().labels(CLUSTER_LABEL))
+        .await?;
+    Ok(accounts
+        .items
+        .iter()
+        .find_map(|account| account.labels().get(CLUSTER_LABEL).cloned()))
 }

@@ -2,7 +2,7 @@
 //! the remote over with --force, and the detach of the first then leaves the second's token
 //! alone. remote-1 plays the second primary (kubectl-mesh installed there for the test).
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, api::ListParams};
@@ -88,4 +88,44 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
         .await
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("the second primary's token after the first's detach: {e}"))
+}
+
+/// A cluster may be a primary and another mesh's remote at once: uninstalling its own
+/// installation keeps the identity the other primary's attach put in the kubectl-mesh
+/// namespace, so that primary's stored token goes on working.
+#[tokio::test]
+async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    attach(env, remote, &[]).await?;
+    let install = ["install", "--webhook-url", DEAD_WEBHOOK_URL];
+    succeeded(
+        &mesh_on(remote, &install, &[]).await?,
+        "install on the remote",
+    )?;
+
+    let out = mesh_on(remote, &["uninstall", "--crd"], &[]).await?;
+    let progress = succeeded(&out, "uninstall on the remote")?;
+    let kept = format!(
+        "kept: this cluster is attached to a primary as {}",
+        remote.name
+    );
+    ensure!(progress.contains(&kept), "{progress}");
+    let namespace = Api::<Namespace>::all(remote.client().await?)
+        .get("kubectl-mesh")
+        .await?;
+    ensure!(
+        namespace.metadata.deletion_timestamp.is_none(),
+        "the namespace holding the primary's identity is being deleted"
+    );
+    let (stored, _) = stored_client(env, &remote.name).await?;
+    Api::<Namespace>::all(stored)
+        .list(&ListParams::default())
+        .await
+        .context("the primary's stored token stopped working")?;
+
+    // Install took the namespace over too: detach leaves it, as it does any namespace attach
+    // no longer holds alone.
+    detach(env, remote, &remote.name, &[]).await?;
+    delete_namespace(remote, "kubectl-mesh").await?;
+    assert_nothing_left(env, remote, &remote.name).await
 }
