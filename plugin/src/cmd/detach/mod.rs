@@ -30,6 +30,7 @@ use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
 use mesh_core::{
     GROUP, MESH_NAMESPACE,
     cluster::{MeshCluster, RemoteGuard},
+    labels::SyncRule,
 };
 
 mod contents;
@@ -40,7 +41,7 @@ use crate::{
     access::{self, Need, RemoteAdminFlags, Target},
     mesh_state, remote_setup as setup,
 };
-use remote::{Ours, clean_remote, delete, recorded_scope, remove_namespace_if_unused};
+use remote::{Ours, SyncScope, clean_remote, delete, remove_namespace_if_unused, sync_scope};
 
 /// Detach a cluster from the mesh.
 ///
@@ -129,16 +130,23 @@ impl Detach {
         .await?;
         // Within the cluster's scope: a namespace left out of it was never written, and its
         // labels are the remote's own. Without the MeshCluster, the scope recorded on the
-        // remote's sync scope policy says which.
+        // remote's sync scope policy says which. Not at all once another primary has taken the
+        // cluster over: the labels are that primary's now.
         let ours = Ours {
             cluster: &name,
             primary: &primary_id,
         };
-        let strip = match (rule, &mc, &remote) {
-            (Some(rule), Some(mc), _) => Some(mesh_state::scoped_rule(&rule, mc)?),
-            (Some(rule), None, RemoteAccess::Ready { client, target }) => {
-                let scope = recorded_scope(client, target, ours).await?;
-                Some(mesh_state::rule_within(&rule, &name, &scope)?)
+        let strip = match (rule, &remote) {
+            (Some(rule), RemoteAccess::Ready { client, target }) => {
+                let on_remote = sync_scope(client, target, ours).await?;
+                let strip = strip_rule(&rule, mc.as_ref(), on_remote, ours)?;
+                if strip.is_none() {
+                    progress.warn(format!(
+                        "{name}: managed labels kept: another primary attached {name} since, \
+                         and manages them now"
+                    ));
+                }
+                strip
             }
             _ => None,
         };
@@ -211,6 +219,37 @@ impl Detach {
         }
         Ok(())
     }
+}
+
+/// The rule `--strip-labels` strips with: the installed `rule` within the cluster's scope, as
+/// its MeshCluster `mc` holds it or, that gone, as the remote's sync scope records it; `None`
+/// when another primary holds the cluster now. Refuses when the scope cannot be known: the
+/// installed rule alone would reach namespaces the scope kept out.
+fn strip_rule(
+    rule: &SyncRule,
+    mc: Option<&MeshCluster>,
+    on_remote: SyncScope,
+    ours: Ours<'_>,
+) -> Result<Option<SyncRule>> {
+    let why = match (on_remote, mc) {
+        (SyncScope::Others, _) => return Ok(None),
+        (_, Some(mc)) => return mesh_state::scoped_rule(rule, mc).map(Some),
+        (SyncScope::Ours(Some(scope)), None) => {
+            return mesh_state::rule_within(rule, ours.cluster, &scope).map(Some);
+        }
+        (SyncScope::Ours(None), None) => "its sync scope policy does not record it",
+        (SyncScope::Gone, None) => "its sync scope policy, which records it, is gone",
+    };
+    Err(Error::Refused {
+        what: format!(
+            "cannot tell which namespaces of {} the labels may be stripped from: its \
+             MeshCluster is gone and {why}; nothing was changed",
+            ours.cluster
+        ),
+        hint: "run detach without --strip-labels, then remove the labels you want gone with \
+               `kubectl label namespace NAME KEY-` on the remote"
+            .into(),
+    })
 }
 
 fn primary_needs(strip_labels: bool) -> Vec<Need> {

@@ -150,34 +150,33 @@ pub(super) async fn clean_remote(
     Ok(())
 }
 
-/// The scope the attach of `ours` recorded on the remote's sync scope policy, for stripping
-/// labels once the MeshCluster that held it is gone. Refuses when there is none to read: the
-/// installed rule alone would reach namespaces the scope kept out.
-pub(super) async fn recorded_scope(
+/// The remote's sync scope policy, as `--strip-labels` needs to know it.
+pub(super) enum SyncScope {
+    /// Made by the attach of this cluster from this primary, with the scope it records (none
+    /// from an older attach).
+    Ours(Option<NamespaceScope>),
+    /// Made by another primary's attach: that primary manages the labels now.
+    Others,
+    /// Not there.
+    Gone,
+}
+
+/// Reads the remote's sync scope policy: whose it is, and the scope it records.
+pub(super) async fn sync_scope(
     client: &Client,
     target: &Target,
     ours: Ours<'_>,
-) -> Result<NamespaceScope> {
-    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let policy = policies
+) -> Result<SyncScope> {
+    let policy = Api::<ValidatingAdmissionPolicy>::all(client.clone())
         .get_opt(setup::SYNC_SCOPE)
         .await
-        .map_err(|e| access::request_error(target, "read the sync scope", e))?
-        .filter(|p| setup::is_ours_from(&p.metadata, ours.cluster, ours.primary));
-    let why = match policy.as_ref().map(setup::recorded_scope) {
-        Some(Some(scope)) => return Ok(scope),
-        Some(None) => "its sync scope policy does not record it",
-        None => "its sync scope policy, which records it, is gone",
-    };
-    Err(Error::Refused {
-        what: format!(
-            "cannot tell which namespaces of {} the labels may be stripped from: its \
-             MeshCluster is gone and {why}; nothing was changed",
-            ours.cluster
-        ),
-        hint: "run detach without --strip-labels, then remove the labels you want gone with \
-               `kubectl label namespace NAME KEY-` on the remote"
-            .into(),
+        .map_err(|e| access::request_error(target, "read the sync scope", e))?;
+    Ok(match policy {
+        None => SyncScope::Gone,
+        Some(p) if setup::is_ours_from(&p.metadata, ours.cluster, ours.primary) => {
+            SyncScope::Ours(setup::recorded_scope(&p))
+        }
+        Some(_) => SyncScope::Others,
     })
 }
 

@@ -7,7 +7,8 @@ use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, api::ListParams};
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, eventually, fixtures::DEAD_WEBHOOK_URL, stored_client, stored_client_on,
+    DEFAULT_TIMEOUT, create_labelled_namespace, eventually, fixtures::DEAD_WEBHOOK_URL,
+    namespace_labels, stored_client, stored_client_on, unique_name,
 };
 use mesh_testenv::{Cluster, TestEnv};
 
@@ -80,8 +81,19 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
         "the second primary's sync scope changed"
     );
 
-    // The first primary detaches: the second's objects stay, its token works.
-    detach(env, remote, &remote.name, &[]).await?;
+    // The first primary detaches: the second's objects stay, its token works, and the labels
+    // it manages now stay too.
+    let shop = unique_name("shop");
+    let injected = [("istio-injection", "enabled")];
+    create_labelled_namespace(remote, &shop, &injected).await?;
+    let progress = detach(env, remote, &remote.name, &["--strip-labels"]).await?;
+    ensure!(progress.contains("managed labels kept"), "{progress}");
+    let labels = namespace_labels(remote, &shop).await?.unwrap_or_default();
+    delete_namespace(remote, &shop).await?;
+    ensure!(
+        labels.get("istio-injection").map(String::as_str) == Some("enabled"),
+        "the first primary stripped the second's labels: {labels:?}"
+    );
     let (second_token, _) = stored_client_on(second, &remote.name).await?;
     Api::<Namespace>::all(second_token)
         .list(&ListParams::default())
