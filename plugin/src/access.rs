@@ -256,11 +256,18 @@ impl Need {
 
     /// The review asking whether the caller may `verb` these objects.
     pub fn review(&self, verb: &str) -> SelfSubjectAccessReview {
+        // RBAC writes a subresource into the resource (`serviceaccounts/token`); a review asks
+        // for it apart.
+        let (resource, subresource) = match self.resource.split_once('/') {
+            Some((resource, subresource)) => (resource, Some(subresource.to_owned())),
+            None => (self.resource, None),
+        };
         SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(self.group.to_owned()),
-                    resource: Some(self.resource.to_owned()),
+                    resource: Some(resource.to_owned()),
+                    subresource,
                     namespace: self.namespace.clone(),
                     name: self.name.map(str::to_owned),
                     verb: Some(verb.to_owned()),
@@ -520,6 +527,20 @@ mod tests {
             (Some("patch"), Some("one"))
         );
         assert_eq!(attributes.namespace, None);
+        assert_eq!(attributes.subresource, None);
+    }
+
+    #[test]
+    fn a_subresource_is_asked_for_apart() {
+        let need = Need::namespaced("", "serviceaccounts/token", "kubectl-mesh", &["create"]);
+        let attributes = need.review("create").spec.resource_attributes.unwrap();
+        assert_eq!(
+            (
+                attributes.resource.as_deref(),
+                attributes.subresource.as_deref()
+            ),
+            (Some("serviceaccounts"), Some("token"))
+        );
     }
 
     #[test]

@@ -15,34 +15,15 @@ use crate::{
 /// every object attach would write, each YAML document preceded by a comment naming its
 /// cluster; tokens redacted. `-o json` gives a List with the first sync's preview beside its
 /// items (`firstSync`).
-pub(super) fn dry_run_output(
-    plan: &Plan,
-    format: OutputFormat,
-    token_ttl: Option<std::time::Duration>,
-) -> Result<String> {
+pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String> {
     let name = &plan.name;
     let mut docs: Vec<(String, serde_json::Value)> = Vec::new();
     for m in remote_objects(plan)? {
         if m.resource.kind == "Namespace" && !plan.remote_namespace.created_by_attach() {
             continue;
         }
-        // With --token-ttl the sync token is requested, bound to a Secret without one.
-        let ms = if token_ttl.is_some()
-            && m.resource.kind == "Secret"
-            && m.name == setup::TOKEN_SECRET
-        {
-            vec![
-                Manifest::new(&setup::token_renewal_role(name))?,
-                Manifest::new(&setup::token_renewal_binding(name))?,
-                Manifest::new(&setup::token_anchor_secret(setup::TOKEN_SECRET, name))?,
-            ]
-        } else {
-            vec![m]
-        };
-        for m in ms {
-            let m = for_primary(m, &plan.primary_id);
-            docs.push((format!("remote cluster {name}"), m.object));
-        }
+        let m = for_primary(m, &plan.primary_id);
+        docs.push((format!("remote cluster {name}"), m.object));
     }
     let stored = stored_kubeconfig(&plan.remote_kc, name, setup::REDACTED)?;
     let mut secrets = vec![setup::cluster_secret(name, &stored)];

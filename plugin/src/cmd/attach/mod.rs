@@ -167,10 +167,11 @@ impl Attach {
             scope: (!exclude_namespaces.is_empty() || namespace_selector.is_some())
                 .then_some((exclude_namespaces, namespace_selector)),
             adopt: adopt_remote_labels,
+            token_ttl,
         };
         let plan = preflight::preflight(&args, ctx).await?;
         if dry_run {
-            return output::print_stdout(&dry_run::dry_run_output(&plan, ctx.output, token_ttl)?);
+            return output::print_stdout(&dry_run::dry_run_output(&plan, ctx.output)?);
         }
         let progress = ctx.progress;
         for line in plan.preview.lines() {
@@ -191,7 +192,7 @@ impl Attach {
             }
         ));
 
-        let mut run = steps::Run::new(&plan, progress, hooks, timeout).with_token_ttl(token_ttl);
+        let mut run = steps::Run::new(&plan, progress, hooks, timeout);
         // Ctrl-C midway rolls back like any failure.
         let result = tokio::select! {
             result = run.steps() => result,

@@ -26,12 +26,8 @@ pub(super) fn remote_objects(plan: &Plan) -> Result<Vec<Manifest>> {
         Manifest::new(&setup::cluster_role_binding(setup::SYNC_ACCOUNT, name))?,
         Manifest::new(&setup::sync_scope_policy(name, &plan.scoped, &plan.scope))?,
         Manifest::new(&setup::sync_scope_binding(name))?,
-        Manifest::new(&setup::token_secret(
-            setup::TOKEN_SECRET,
-            setup::SYNC_ACCOUNT,
-            name,
-        ))?,
     ];
+    out.extend(sync_token_objects(plan)?);
     if plan.guard.action().is_some() {
         out.push(Manifest::new(&setup::guard_policy(name, &plan.guard))?);
         out.push(Manifest::new(&setup::guard_binding(name, &plan.guard))?);
@@ -43,6 +39,24 @@ pub(super) fn remote_objects(plan: &Plan) -> Result<Vec<Manifest>> {
         out.extend(view_objects(name)?);
     }
     Ok(out)
+}
+
+/// The sync account's token Secret; with --token-ttl, the Secret its time-bound token is bound
+/// to, after the Role and binding that let the webhook renew that token.
+pub(super) fn sync_token_objects(plan: &Plan) -> Result<Vec<Manifest>> {
+    let name = &plan.name;
+    Ok(match plan.token_ttl {
+        Some(_) => vec![
+            Manifest::new(&setup::token_renewal_role(name))?,
+            Manifest::new(&setup::token_renewal_binding(name))?,
+            Manifest::new(&setup::token_anchor_secret(setup::TOKEN_SECRET, name))?,
+        ],
+        None => vec![Manifest::new(&setup::token_secret(
+            setup::TOKEN_SECRET,
+            setup::SYNC_ACCOUNT,
+            name,
+        ))?],
+    })
 }
 
 /// With --services-view: the read-only view account, its ClusterRole and binding, and its

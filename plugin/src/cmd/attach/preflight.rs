@@ -2,12 +2,17 @@
 //! nothing anywhere and prints one line.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Secret},
     rbac::v1::ClusterRole,
 };
-use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DynamicObject, ListParams},
+    config::Kubeconfig,
+};
 use mesh_core::{
     GROUP, MESH_NAMESPACE,
     cluster::{MeshCluster, NamespaceScope},
@@ -40,6 +45,8 @@ pub(super) struct Args {
     pub(super) scope: Option<(Vec<String>, Option<String>)>,
     /// `--adopt-remote-labels`.
     pub(super) adopt: bool,
+    /// `--token-ttl`.
+    pub(super) token_ttl: Option<Duration>,
 }
 
 /// What preflight found out: everything the steps need.
@@ -71,6 +78,8 @@ pub(super) struct Plan {
     pub(super) scope: NamespaceScope,
     /// What the first sync will change on the remote (and what is adopted before it).
     pub(super) preview: Preview,
+    /// `--token-ttl`: a time-bound sync token instead of a long-lived one.
+    pub(super) token_ttl: Option<Duration>,
 }
 
 /// The read-only view identity (`--services-view`).
@@ -181,7 +190,7 @@ pub(crate) fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Er
     Error::Refused { what, hint }
 }
 
-fn remote_needs(view: bool) -> Vec<Need> {
+fn remote_needs(view: bool, token_ttl: bool) -> Vec<Need> {
     const RW: &[&str] = &["get", "create", "patch", "delete"];
     let mut needs = vec![
         // get/list/watch/patch too: RBAC lets a user grant only rights they hold.
@@ -205,6 +214,27 @@ fn remote_needs(view: bool) -> Vec<Need> {
     if view {
         // Granted to the view account: again only by a holder.
         needs.extend(setup::view_rights());
+    }
+    if token_ttl {
+        // The renewal Role and its binding, and the right it grants, used by attach too.
+        needs.push(Need::namespaced(
+            "rbac.authorization.k8s.io",
+            "roles",
+            MESH_NAMESPACE,
+            RW,
+        ));
+        needs.push(Need::namespaced(
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            MESH_NAMESPACE,
+            RW,
+        ));
+        needs.push(Need::namespaced(
+            "",
+            "serviceaccounts/token",
+            MESH_NAMESPACE,
+            &["create"],
+        ));
     }
     needs
 }
@@ -296,7 +326,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     // reachability check: every authenticated user may create one.
     let (primary_wants, remote_wants) = (
         primary_needs(args.istio, args.adopt),
-        remote_needs(view.wanted()),
+        remote_needs(view.wanted(), args.token_ttl.is_some()),
     );
     let (primary_missing, remote_missing) = futures::join!(
         access::missing(&primary, &primary_wants),
@@ -498,6 +528,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         view,
         scope,
         preview,
+        token_ttl: args.token_ttl,
     };
     let takeover = check_ownership(&plan, &primary_target, args.force).await?;
     Ok(Plan { takeover, ..plan })
@@ -578,7 +609,7 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
             Some(c) if c == plan.name => {
                 let other = setup::primary_of(&found.metadata).filter(|p| *p != plan.primary_id);
                 match other {
-                    None => {}
+                    None => refuse_other_token_kind(plan, &m, &found)?,
                     Some(_) if force => takeover = true,
                     Some(other) => {
                         return Err(Error::Refused {
@@ -630,6 +661,36 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
     Ok(takeover)
 }
 
+/// A re-run cannot turn a long-lived token Secret `found` into the anchor of a time-bound one
+/// (`m`) or back: a Secret's type is immutable, and the stored token must not be quietly
+/// revoked. Known before anything is written.
+fn refuse_other_token_kind(plan: &Plan, m: &Manifest, found: &DynamicObject) -> Result<()> {
+    if m.resource.kind != "Secret" || m.name != setup::TOKEN_SECRET {
+        return Ok(());
+    }
+    let kind = |object: &serde_json::Value| {
+        object
+            .get("type")
+            .and_then(|t| t.as_str())
+            .map(str::to_owned)
+    };
+    let found_kind = kind(&found.data);
+    if found_kind.is_none() || found_kind == kind(&m.object) {
+        return Ok(());
+    }
+    let name = &plan.name;
+    let (attached_with, rerun) = match plan.token_ttl {
+        Some(_) => ("a long-lived", "without"),
+        None => ("a time-bound (--token-ttl)", "with"),
+    };
+    Err(Error::Refused {
+        what: format!("{name} is attached with {attached_with} sync token"),
+        hint: format!(
+            "re-run attach {rerun} --token-ttl, or `kubectl mesh detach {name}` first to switch"
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -648,9 +709,10 @@ mod tests {
 
     #[test]
     fn remote_needs_cover_what_the_sync_role_grants() {
-        let needs = remote_needs(true);
+        let needs = remote_needs(true, true);
         let mut rules = setup::sync_cluster_role("east").rules.unwrap_or_default();
         rules.extend(setup::view_cluster_role("east").rules.unwrap_or_default());
+        rules.extend(setup::token_renewal_role("east").rules.unwrap_or_default());
         for rule in rules {
             let group = rule.api_groups.unwrap_or_default();
             for resource in rule.resources.unwrap_or_default() {

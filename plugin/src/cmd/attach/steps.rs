@@ -42,8 +42,6 @@ pub(super) struct Run<'a> {
     adopted: Vec<Adoption>,
     /// The step under way (for the error line).
     step: Option<Step>,
-    /// `--token-ttl`: a time-bound sync token instead of a long-lived one.
-    token_ttl: Option<Duration>,
 }
 
 impl<'a> Run<'a> {
@@ -62,14 +60,7 @@ impl<'a> Run<'a> {
             created: Vec::new(),
             adopted: Vec::new(),
             step: None,
-            token_ttl: None,
         }
-    }
-
-    /// With `Some`, the sync token is time-bound (see [`setup::token_anchor_secret`]).
-    pub(super) fn with_token_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.token_ttl = ttl;
-        self
     }
 
     fn client(&self, side: Side) -> &Client {
@@ -95,41 +86,6 @@ impl<'a> Run<'a> {
         self.hooks.fail_after(step)?;
         self.step = None;
         Ok(())
-    }
-
-    /// Creates `m` or, if it exists, updates it (server-side apply); records a creation.
-    /// A remote object is recorded as this primary's.
-    /// A re-run cannot turn a long-lived token Secret into the anchor of a time-bound one or
-    /// back (a Secret's type is immutable), nor should it quietly revoke the stored token.
-    async fn refuse_other_token_kind(&self, m: &Manifest) -> Result<()> {
-        let name = &self.plan.name;
-        let found = Api::<Secret>::namespaced(self.plan.remote.clone(), MESH_NAMESPACE)
-            .get_opt(&m.name)
-            .await
-            .map_err(Error::kube(format!("cannot read {}", describe(m))))?;
-        let wanted = m.object.get("type").and_then(|t| t.as_str());
-        match found.and_then(|s| s.type_) {
-            Some(kind) if Some(kind.as_str()) != wanted => Err(Error::Refused {
-                what: format!(
-                    "{name} is attached with a {} sync token",
-                    if self.token_ttl.is_some() {
-                        "long-lived"
-                    } else {
-                        "time-bound (--token-ttl)"
-                    }
-                ),
-                hint: format!(
-                    "re-run attach {} --token-ttl, or `kubectl mesh detach {name}` first to \
-                     switch",
-                    if self.token_ttl.is_some() {
-                        "without"
-                    } else {
-                        "with"
-                    }
-                ),
-            }),
-            _ => Ok(()),
-        }
     }
 
     /// The token kube-controller-manager issues into the remote's Secret `secret` for the
@@ -159,6 +115,8 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Creates `m` or, if it exists, updates it (server-side apply); records a creation.
+    /// A remote object is recorded as this primary's.
     async fn ensure(&mut self, side: Side, m: Manifest) -> Result<DynamicObject> {
         let m = match side {
             Side::Remote => for_primary(m, &self.plan.primary_id),
@@ -282,7 +240,7 @@ impl<'a> Run<'a> {
             ),
             (
                 Step::TokenSecret,
-                Manifest::new(&match self.token_ttl {
+                Manifest::new(&match plan.token_ttl {
                     Some(_) => setup::token_anchor_secret(setup::TOKEN_SECRET, &name),
                     None => setup::token_secret(setup::TOKEN_SECRET, setup::SYNC_ACCOUNT, &name),
                 })?,
@@ -295,8 +253,7 @@ impl<'a> Run<'a> {
                 if plan.takeover {
                     self.revoke_other_primarys_tokens().await?;
                 }
-                self.refuse_other_token_kind(&m).await?;
-                if self.token_ttl.is_some() {
+                if plan.token_ttl.is_some() {
                     self.ensure(
                         Side::Remote,
                         Manifest::new(&setup::token_renewal_role(&name))?,
@@ -317,7 +274,7 @@ impl<'a> Run<'a> {
         }
 
         self.begin(Step::Token);
-        let token = match (self.token_ttl, anchor) {
+        let token = match (plan.token_ttl, anchor) {
             (Some(ttl), Some(anchor)) => {
                 let anchor = Secret {
                     metadata: anchor.metadata,

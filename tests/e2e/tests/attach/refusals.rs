@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use k8s_openapi::api::{
     core::v1::ServiceAccount,
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role},
 };
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
     config::Kubeconfig,
 };
-use mesh_e2e::{tokens::mint_token, unique_name};
+use mesh_e2e::{create_namespace, tokens::mint_token, unique_name};
 use mesh_testenv::Cluster;
 use serde_json::json;
 
@@ -204,5 +204,24 @@ async fn attach_refuses_objects_it_did_not_create() -> anyhow::Result<()> {
     assert!(line.contains("ClusterRole kubectl-mesh-sync"), "{line}");
     assert!(line.contains("not created by kubectl-mesh"), "{line}");
     assert_nothing_left(env, remote, &remote.name).await?;
-    Ok(())
+
+    // With --token-ttl, the Role that lets the webhook renew the token is attach's too.
+    create_namespace(remote, MESH_NS).await?;
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "kubectl-mesh-sync-token-renewal"},
+        "rules": [],
+    }))?;
+    Api::<Role>::namespaced(rc.clone(), MESH_NS)
+        .create(&PostParams::default(), &role)
+        .await?;
+    let out = try_attach(env, remote, &["--token-ttl", "1h"], &[]).await?;
+    let result = refused_in_one_line(&out, "attach over a foreign renewal Role");
+    delete_namespace(remote, MESH_NS).await?;
+    let line = result?;
+    assert!(
+        line.contains("Role kubectl-mesh/kubectl-mesh-sync-token-renewal"),
+        "{line}"
+    );
+    assert!(line.contains("not created by kubectl-mesh"), "{line}");
+    assert_nothing_left(env, remote, &remote.name).await
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{admissionregistration::v1::ValidatingAdmissionPolicy, core::v1::Secret};
 use kube::{
     Api,
     api::{ListParams, PostParams},
@@ -244,18 +244,30 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
         "{yaml}"
     );
 
-    // A re-run of attach without --token-ttl refuses to switch quietly.
+    // A re-run of attach without --token-ttl refuses to switch quietly, before it changes
+    // anything: the scope it was also given does not reach the remote.
     let mut attach = mesh_e2e::fixtures::plugin(&env)?;
-    attach
-        .arg("attach")
-        .arg(&remote.kubeconfig)
-        .args(["--name", &name, "--yes"]);
+    attach.arg("attach").arg(&remote.kubeconfig).args([
+        "--name",
+        &name,
+        "--yes",
+        "--exclude-namespaces",
+        "kept-out",
+    ]);
     let attach = output(attach).await?;
     assert!(!attach.status.success(), "{}", describe(&attach));
+    let refusal = text(&attach.stderr);
     assert!(
-        text(&attach.stderr).contains("time-bound"),
+        refusal.contains("time-bound") && refusal.trim_end().lines().count() == 1,
         "{}",
         describe(&attach)
+    );
+    let sync_scope = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?)
+        .get("kubectl-mesh-sync-scope")
+        .await?;
+    assert!(
+        !serde_json::to_string(&sync_scope)?.contains("kept-out"),
+        "the refused re-run changed the remote's sync scope"
     );
 
     let detached = detach(&env, &remote).await?;
