@@ -312,11 +312,7 @@ fn summary(labels: &Labels) -> String {
 
 /// `a, b, c`, or `a, b, c, d, e and 3 more` past [`MAX_LISTED_CLUSTERS`].
 fn list(clusters: &[&str]) -> String {
-    let shown = clusters[..clusters.len().min(MAX_LISTED_CLUSTERS)].join(", ");
-    match clusters.len().saturating_sub(MAX_LISTED_CLUSTERS) {
-        0 => shown,
-        more => format!("{shown} and {more} more"),
-    }
+    printable::first_few(clusters, clusters.len(), MAX_LISTED_CLUSTERS)
 }
 
 /// A remote's error text as one short line: warnings are single lines in kubectl's output

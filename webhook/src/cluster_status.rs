@@ -15,7 +15,10 @@ use kube::{
 use serde_json::{Value, json};
 
 use mesh_core::{
-    cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
+    cluster::{
+        CONDITION_REACHABLE, CONDITION_SYNCED, MISSING_NAMESPACES_LISTED, MeshCluster,
+        MeshClusterStatus,
+    },
     failure::{Failure, error_chain},
     remote,
     sync::SyncReport,
@@ -138,7 +141,8 @@ pub(crate) fn next_status(
             // Whole seconds, as Kubernetes writes its own timestamps.
             next.last_sync_time = Some(format!("{now:.0}"));
             next.namespaces_in_sync = u32::try_from(in_sync).unwrap_or(u32::MAX);
-            next.missing_namespaces = report.missing.clone();
+            next.missing_namespaces = listed_missing(&report.missing);
+            next.namespaces_missing = u32::try_from(report.missing.len()).unwrap_or(u32::MAX);
             next.namespaces_drifted = corrected;
             next.last_sync_writes = report.writes;
             next.last_error = report.errors.first().map(|e| {
@@ -218,6 +222,17 @@ pub(crate) fn next_status(
         }
     }
     next
+}
+
+/// The names `missingNamespaces` carries: the first [`MISSING_NAMESPACES_LISTED`] by name.
+fn listed_missing(missing: &[String]) -> Vec<String> {
+    let mut names: Vec<&String> = missing.iter().collect();
+    names.sort_unstable();
+    names
+        .into_iter()
+        .take(MISSING_NAMESPACES_LISTED)
+        .cloned()
+        .collect()
 }
 
 /// Sets a condition, keeping `lastTransitionTime` unless its status changes.
@@ -438,6 +453,7 @@ mod tests {
         assert_eq!(status.namespaces_drifted, 2);
         assert_eq!(status.last_sync_writes, 2);
         assert_eq!(status.missing_namespaces, ["m"]);
+        assert_eq!(status.namespaces_missing, 1);
         assert_eq!(status.last_error, None);
         assert_eq!(status.observed_generation, Some(3));
         assert!(status.is_true(CONDITION_REACHABLE));
@@ -451,6 +467,32 @@ mod tests {
             synced.message
         );
         assert_eq!(synced.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn missing_namespaces_are_capped_and_counted() {
+        // A nearly empty remote under a primary with tens of thousands of labelled namespaces.
+        let names: Vec<String> = (0..50_000).rev().map(|i| format!("ci-{i:05}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let report = report(0, &[], &names, &[]);
+        let status = next_status(None, &Attempt::Synced(&report), Some(1), at(0));
+
+        let first: Vec<String> = (0..MISSING_NAMESPACES_LISTED)
+            .map(|i| format!("ci-{i:05}"))
+            .collect();
+        assert_eq!(status.missing_namespaces, first);
+        assert_eq!(status.namespaces_missing, 50_000);
+        assert_eq!(status.missing_count(), 50_000);
+        let synced = status.condition(CONDITION_SYNCED).expect("synced");
+        assert!(
+            synced.message.contains("50000 absent on the remote"),
+            "{}",
+            synced.message
+        );
+        let patch = status_patch(&status).expect("encode");
+        assert_eq!(patch["status"]["namespacesMissing"], json!(50_000));
+        let size = serde_json::to_vec(&patch).expect("encode").len();
+        assert!(size < 16 * 1024, "status patch of {size} bytes");
     }
 
     #[test]
@@ -565,6 +607,7 @@ mod tests {
         let status = &patch["status"];
         assert_eq!(status["lastError"], Value::Null);
         assert_eq!(status["missingNamespaces"], json!([]));
+        assert_eq!(status["namespacesMissing"], json!(0));
         assert_eq!(status["namespacesInSync"], json!(0));
     }
 

@@ -103,6 +103,17 @@ impl PrimaryNamespaces {
 
     /// Applies one watch event; whether the managed labels a remote should carry changed.
     fn apply(&self, event: &watcher::Event<Namespace>) -> bool {
+        let changed = self.update(event);
+        // Outside the state lock, which admission takes (`holds`).
+        if matches!(event, watcher::Event::InitDone) {
+            self.interner.forget_unused();
+        } else {
+            self.interner.forget_unused_if_grown();
+        }
+        changed
+    }
+
+    fn update(&self, event: &watcher::Event<Namespace>) -> bool {
         let mut state = self.lock();
         let state = &mut *state;
         match event {
@@ -120,14 +131,11 @@ impl PrimaryNamespaces {
                 let old = std::mem::replace(&mut state.namespaces, listed);
                 self.listed.send_replace(true);
                 let new = &state.namespaces;
-                let changed = new.iter().any(|(name, entry)| {
+                new.iter().any(|(name, entry)| {
                     self.desired(name, Some(entry)) != self.desired(name, old.get(name))
                 }) || old.iter().any(|(name, entry)| {
                     !new.contains_key(name) && !self.desired(name, Some(entry)).is_empty()
-                });
-                drop(old);
-                self.interner.forget_unused();
-                changed
+                })
             }
             watcher::Event::Apply(ns) => {
                 let (name, entry) = self.keep(&ns.metadata);
@@ -317,6 +325,20 @@ mod tests {
         assert!(store.holds("going"));
         store.apply(&watcher::Event::Delete(ns("web")));
         assert!(store.get("web").is_none() && !store.holds("web"));
+    }
+
+    #[test]
+    fn churning_namespaces_do_not_grow_the_interner_without_relists() {
+        let store = store();
+        for i in 0..20_000 {
+            // CI namespaces, each created with its own label value and deleted.
+            let name = format!("ci-{i}");
+            let labelled = ns(&name).label("istio.io/rev", &format!("rev-{i}"));
+            store.apply(&watcher::Event::Apply(labelled.clone()));
+            store.apply(&watcher::Event::Delete(labelled));
+        }
+        let len = store.interner().len();
+        assert!(len <= 4 * 1024, "the interner holds {len} entries");
     }
 
     #[tokio::test]

@@ -174,7 +174,19 @@ pub(crate) struct Interner(Arc<Mutex<Interned>>);
 struct Interned {
     strings: HashSet<Arc<str>>,
     label_sets: HashSet<LabelSet>,
+    /// How many entries the last [`Interner::forget_unused`] kept.
+    kept_at_last_forget: usize,
 }
+
+impl Interned {
+    fn len(&self) -> usize {
+        self.strings.len() + self.label_sets.len()
+    }
+}
+
+/// Below this many entries the interner is never swept for growth alone: sweeping a small one
+/// at every few new names would cost more than it frees.
+const INTERNER_SWEEP_FLOOR: usize = 1024;
 
 impl Interner {
     fn string(interned: &mut Interned, text: &str) -> Arc<str> {
@@ -212,9 +224,28 @@ impl Interner {
 
     /// Drops what no store holds any more.
     pub(crate) fn forget_unused(&self) {
+        Self::sweep(&mut self.lock());
+    }
+
+    /// [`Self::forget_unused`] once the interner has doubled since it last ran: a watch with
+    /// bookmarks almost never relists, and the names of namespaces created and deleted all day
+    /// would pile up. Each sweep costs its size, paid for by as many new entries before it.
+    pub(crate) fn forget_unused_if_grown(&self) {
         let mut interned = self.lock();
+        if interned.len() > 2 * interned.kept_at_last_forget.max(INTERNER_SWEEP_FLOOR) {
+            Self::sweep(&mut interned);
+        }
+    }
+
+    fn sweep(interned: &mut Interned) {
         interned.label_sets.retain(|set| Arc::strong_count(set) > 1);
         interned.strings.retain(|text| Arc::strong_count(text) > 1);
+        interned.kept_at_last_forget = interned.len();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Interned> {
@@ -263,6 +294,11 @@ impl SeenNamespaces {
     }
 
     fn apply(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) {
+        self.update(event);
+        self.shared.forget_unused_if_grown();
+    }
+
+    fn update(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) {
         let mut state = self.lock();
         let state = &mut *state;
         match event {

@@ -214,7 +214,7 @@ impl ClusterRow {
             reachable: condition(CONDITION_REACHABLE),
             synced: condition(CONDITION_SYNCED),
             in_sync: count(status.namespaces_in_sync as usize),
-            missing: count(status.missing_namespaces.len()),
+            missing: count(status.missing_count()),
             drifted: count(status.namespaces_drifted as usize),
             last_sync: age::since_rfc3339(status.last_sync_time.as_deref(), now),
             token_expiry,
@@ -389,6 +389,25 @@ mod tests {
             TokenExpiry::Unknown
         );
         assert_eq!(expiry_of(None), TokenExpiry::Unknown);
+    }
+
+    #[test]
+    fn missing_counts_namespaces_past_the_listed_ones() {
+        let capped = |listed: usize, counted: u32| {
+            with_status(
+                cluster("east", "https://10.0.0.1:6443", "2026-02-27T09:30:00Z"),
+                MeshClusterStatus {
+                    last_sync_time: Some("2026-03-01T11:59:48Z".into()),
+                    missing_namespaces: (0..listed).map(|i| format!("ns-{i}")).collect(),
+                    namespaces_missing: counted,
+                    ..Default::default()
+                },
+            )
+        };
+        let row = |c: &MeshCluster| ClusterRow::new(c, TokenExpiry::Never, now()).missing;
+        assert_eq!(row(&capped(100, 25_000)), "25000");
+        // Written before namespacesMissing existed: the list is whole.
+        assert_eq!(row(&capped(3, 0)), "3");
     }
 
     #[test]

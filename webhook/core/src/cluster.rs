@@ -20,6 +20,11 @@ pub const CONDITION_REACHABLE: &str = "Reachable";
 /// Condition type: every remote namespace carries the primary's managed labels.
 pub const CONDITION_SYNCED: &str = "Synced";
 
+/// Most names `status.missingNamespaces` lists: the whole list of a nearly empty remote under
+/// a primary with tens of thousands of labelled namespaces would outgrow the apiserver's
+/// object size limit and fail every status write.
+pub const MISSING_NAMESPACES_LISTED: usize = 100;
+
 /// A remote cluster whose namespaces mirror the primary's sidecar-injection labels.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -108,9 +113,13 @@ pub struct MeshClusterStatus {
     /// Remote namespaces whose managed labels equal the primary's.
     #[serde(default)]
     pub namespaces_in_sync: u32,
-    /// Primary namespaces with managed labels that do not exist on the remote (not created).
+    /// Primary namespaces with managed labels that do not exist on the remote (not created):
+    /// the first 100 by name; `namespacesMissing` counts them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_namespaces: Vec<String>,
+    /// How many primary namespaces with managed labels do not exist on the remote.
+    #[serde(default)]
+    pub namespaces_missing: u32,
     /// Remote namespaces that differed from the primary at the last sync and were corrected.
     #[serde(default)]
     pub namespaces_drifted: u32,
@@ -134,6 +143,12 @@ impl MeshClusterStatus {
     /// The condition of the given type, if recorded.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// How many primary namespaces are missing on the remote. `missingNamespaces` may list
+    /// only some of them, and a status written before `namespacesMissing` existed lists all.
+    pub fn missing_count(&self) -> usize {
+        (self.namespaces_missing as usize).max(self.missing_namespaces.len())
     }
 
     /// Whether the condition of the given type is recorded as "True".

@@ -26,6 +26,17 @@ pub fn one_line(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The first `at_most` of `names`, comma-separated, then `and N more` for the rest of
+/// `total` (which may exceed `names`: a list that was cut short already). A line stays a line
+/// however many there are.
+pub fn first_few<S: AsRef<str>>(names: &[S], total: usize, at_most: usize) -> String {
+    let shown: Vec<&str> = names.iter().take(at_most).map(AsRef::as_ref).collect();
+    match total.saturating_sub(shown.len()) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
 fn needs_care(c: char) -> bool {
     // `is_control` covers C0, DEL and C1 (where the 8-bit CSI lives).
     c.is_control()
@@ -42,6 +53,15 @@ fn needs_care(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_few_says_how_many_more() {
+        assert_eq!(first_few(&["a", "b"], 2, 5), "a, b");
+        assert_eq!(first_few(&["a", "b", "c"], 3, 2), "a, b and 1 more");
+        // A list cut short already: the total counts what it left out.
+        assert_eq!(first_few(&["a", "b"], 40, 5), "a, b and 38 more");
+        assert_eq!(first_few::<&str>(&[], 0, 5), "");
+    }
 
     #[test]
     fn plain_text_is_kept_as_it_is() {

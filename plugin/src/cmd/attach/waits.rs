@@ -9,6 +9,7 @@ use kube::{Api, Client};
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::{CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
+    printable,
 };
 
 use crate::poll::{self, Late};
@@ -126,13 +127,12 @@ pub(super) fn sync_summary(name: &str, status: &MeshClusterStatus) -> String {
         "{name} in sync: {} namespaces carry the primary's labels, {} drifted and corrected",
         status.namespaces_in_sync, status.namespaces_drifted
     );
-    if status.missing_namespaces.is_empty() {
-        line.push_str(", none missing");
-    } else {
-        line.push_str(&format!(
+    match status.missing_count() {
+        0 => line.push_str(", none missing"),
+        count => line.push_str(&format!(
             ", missing on the remote: {}",
-            status.missing_namespaces.join(", ")
-        ));
+            printable::first_few(&status.missing_namespaces, count, 5)
+        )),
     }
     line
 }
@@ -153,6 +153,16 @@ mod tests {
             sync_summary("east", &status),
             "east in sync: 3 namespaces carry the primary's labels, 1 drifted and corrected, \
              missing on the remote: shop"
+        );
+        let status = MeshClusterStatus {
+            missing_namespaces: (0..100).map(|i| format!("ns-{i:03}")).collect(),
+            namespaces_missing: 20_000,
+            ..Default::default()
+        };
+        assert!(
+            sync_summary("east", &status).ends_with("ns-003, ns-004 and 19995 more"),
+            "{}",
+            sync_summary("east", &status)
         );
     }
 }

@@ -21,6 +21,7 @@ use mesh_core::{
     cluster::{MeshCluster, NamespaceScope},
     failure::Failure,
     labels::SyncRule,
+    printable,
     sync::{self, SyncMode, sync_remote},
 };
 use serde::de::DeserializeOwned;
@@ -323,22 +324,12 @@ pub(super) async fn remove_namespace_if_unused(
     if !others.is_empty() {
         progress.warn(format!(
             "{side}: Namespace {ns} kept: it holds objects kubectl-mesh did not create ({})",
-            first_few(&others)
+            printable::first_few(&others, others.len(), 5)
         ));
         return Ok(false);
     }
     delete(&namespaces, ns, side, progress).await?;
     Ok(true)
-}
-
-/// The first few of `names`, and how many more there are: a namespace may hold thousands.
-fn first_few(names: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let shown = names[..names.len().min(SHOWN)].join(", ");
-    match names.len().saturating_sub(SHOWN) {
-        0 => shown,
-        more => format!("{shown} and {more} more"),
-    }
 }
 
 /// Removes the managed labels of every remote namespace the rule covers: a sync against an
