@@ -96,12 +96,17 @@ impl AppState {
         self.shared
             .in_flight
             .record(&intent.namespace, intent.labels.clone(), based_on);
+        // Waiting for its turn may have used most of the deadline: a remote that then runs
+        // out what is left is not taken for silent unless it had at least half of it.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let blame_timeouts = left >= self.push_deadline / 2;
         let timed = fan_out_timed_from(
             &remotes,
             &self.shared.rule,
             intent,
             Some(expected),
-            deadline.saturating_duration_since(tokio::time::Instant::now()),
+            left,
+            blame_timeouts,
         )
         .await;
         timed

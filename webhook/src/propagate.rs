@@ -155,7 +155,7 @@ pub async fn fan_out(
     intent: &PushIntent,
     deadline: Duration,
 ) -> Vec<PushOutcome> {
-    fan_out_timed_from(remotes, rule, intent, None, deadline)
+    fan_out_timed_from(remotes, rule, intent, None, deadline, true)
         .await
         .into_iter()
         .map(|timed| timed.outcome)
@@ -164,13 +164,16 @@ pub async fn fan_out(
 
 /// [`fan_out`] of a change from `expected` (the managed labels the primary had before it),
 /// with the time each remote took: each remote first gets [`push_from`]. `None` reads every
-/// remote first ([`push`]).
+/// remote first ([`push`]). With `blame_timeouts` false a remote that runs out the deadline is
+/// not taken for silent: the deadline was cut short before the push began (it waited its turn
+/// behind another push of the namespace), and the remote is not to blame.
 pub async fn fan_out_timed_from(
     remotes: &[Arc<Remote>],
     rule: &SyncRule,
     intent: &PushIntent,
     expected: Option<&Labels>,
     deadline: Duration,
+    blame_timeouts: bool,
 ) -> Vec<TimedOutcome> {
     let deadline = tokio::time::Instant::now() + deadline;
     join_all(remotes.iter().map(|remote| async move {
@@ -198,7 +201,8 @@ pub async fn fan_out_timed_from(
                     .await
                     .unwrap_or(PushResult::TimedOut);
                 match result {
-                    PushResult::TimedOut => remote.went_silent(SILENCE),
+                    PushResult::TimedOut if blame_timeouts => remote.went_silent(SILENCE),
+                    PushResult::TimedOut => {}
                     PushResult::Unreachable(_) => {}
                     _ => remote.answered(),
                 }
@@ -442,6 +446,7 @@ pub(crate) mod tests {
             &want,
             Some(&before),
             Duration::from_secs(5),
+            true,
         )
         .await;
         let seen: Vec<_> = timed
@@ -601,6 +606,23 @@ pub(crate) mod tests {
         remotes[0].answered();
         let third = fan_out(&remotes, &rule, &want, deadline).await;
         assert_eq!(result(third), PushResult::Applied);
+    }
+
+    /// A push that waited its turn starts with little of its deadline left: running it out
+    /// does not make the remote silent for the pushes that follow.
+    #[tokio::test]
+    async fn a_timeout_of_a_push_cut_short_does_not_silence_the_remote() {
+        let rule = SyncRule::default();
+        let slow = FakeApiserver::default().with_namespace("app", &[]);
+        slow.state().delay = Some(Duration::from_millis(500));
+        let remotes = vec![Arc::new(Remote::new("slow", slow.client()))];
+        let want = intent("app", &[("istio-injection", "enabled")]);
+        let cut_short = Duration::from_millis(100);
+        let first = fan_out_timed_from(&remotes, &rule, &want, None, cut_short, false).await;
+        assert_eq!(first[0].outcome.result, PushResult::TimedOut);
+        assert!(!remotes[0].is_silent());
+        let second = fan_out(&remotes, &rule, &want, Duration::from_secs(5)).await;
+        assert_eq!(second[0].result, PushResult::Applied);
     }
 
     #[tokio::test]
