@@ -26,6 +26,7 @@ mod objects;
 mod preflight;
 mod step;
 mod steps;
+mod undo;
 mod waits;
 
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! The steps of an attach, in order, each with its undo: every object a run creates is
-//! recorded, and a failed or interrupted run deletes them again, newest first.
+//! The steps of an attach, in order, each with its undo: every object a run creates, updates
+//! or deletes is recorded ([`Change`]), and a failed or interrupted run puts them back, newest
+//! first.
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ use crate::{
 };
 
 use super::step::Step;
+use super::undo::{Change, Undone};
 
 /// One attach in progress: what it created so far, for the rollback.
 pub(super) struct Run<'a> {
@@ -37,7 +39,7 @@ pub(super) struct Run<'a> {
     progress: Progress,
     hooks: TestHooks,
     timeout: Duration,
-    created: Vec<(Side, Manifest)>,
+    changes: Vec<Change>,
     /// Primary namespaces given the remote's labels, for the rollback.
     adopted: Vec<Adoption>,
     /// The step under way (for the error line).
@@ -57,7 +59,7 @@ impl<'a> Run<'a> {
             progress,
             hooks,
             timeout,
-            created: Vec::new(),
+            changes: Vec::new(),
             adopted: Vec::new(),
             step: None,
         }
@@ -137,7 +139,7 @@ impl<'a> Run<'a> {
                 self.step,
                 describe(&m)
             );
-            self.created.push((side, m.clone()));
+            self.changes.push(Change::Created(side, m.clone()));
         }
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let applied = api
@@ -153,7 +155,7 @@ impl<'a> Run<'a> {
             Err(err) => {
                 // Refused, so nothing was created.
                 if before.is_none() {
-                    self.created.pop();
+                    self.changes.pop();
                 }
                 return Err(err);
             }
@@ -165,10 +167,14 @@ impl<'a> Run<'a> {
                 })
                 .await;
         }
-        let verb = match &before {
+        let verb = match before {
             None => "created",
             Some(b) if b.metadata.resource_version == obj.metadata.resource_version => "unchanged",
-            Some(_) => "updated",
+            Some(b) => {
+                self.changes
+                    .push(Change::Updated(side, m.clone(), Box::new(b)));
+                "updated"
+            }
         };
         self.progress.ok(format!(
             "{}: {} {verb}",
@@ -551,10 +557,16 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// `--remote-guard=off` on a re-run: the guard of an earlier attach of this cluster goes
-    /// (binding first, so that no policy is left bound). Objects of that name that attach did
-    /// not create for this cluster stay. Preflight made sure the caller may read them; should
-    /// a read still be refused, that is said and the run goes on (`check` tells what is left).
+    /// Deletes the remote object `m`, found as `found`, recording it for the rollback.
+    async fn delete_remote(&mut self, m: Manifest, found: DynamicObject) -> Result<apply::Deleted> {
+        let deleted = apply::delete(&self.plan.remote, &m).await?;
+        if deleted == apply::Deleted::Deleted {
+            self.changes
+                .push(Change::Deleted(Side::Remote, m, Box::new(found)));
+        }
+        Ok(deleted)
+    }
+
     /// A re-attach that binds istiod's reader to another ClusterRole than before: the binding's
     /// roleRef cannot change, so the old binding goes (it is recreated next), and so does the
     /// ClusterRole of ours that nothing uses any more.
@@ -577,10 +589,16 @@ impl<'a> Run<'a> {
         {
             return Ok(());
         }
-        apply::delete(&self.plan.remote, &binding).await?;
+        self.delete_remote(binding, found).await?;
         if *role == ReaderRole::Istio {
             let own = Manifest::new(&setup::istio_reader_cluster_role(&name))?;
-            apply::delete(&self.plan.remote, &own).await?;
+            let found = dyn_api(&self.plan.remote, &own)
+                .get_opt(&own.name)
+                .await
+                .map_err(Error::kube(format!("cannot read {}", describe(&own))))?;
+            if let Some(found) = found {
+                self.delete_remote(own, found).await?;
+            }
         }
         self.progress.ok(format!(
             "{name}: istiod's reader moves to ClusterRole {}",
@@ -589,6 +607,10 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// `--remote-guard=off` on a re-run: the guard of an earlier attach of this cluster goes
+    /// (binding first, so that no policy is left bound). Objects of that name that attach did
+    /// not create for this cluster stay. Preflight made sure the caller may read them; should
+    /// a read still be refused, that is said and the run goes on (`check` tells what is left).
     async fn remove_guard(&mut self) -> Result<()> {
         let name = self.plan.name.clone();
         let guard = Guard::new(mesh_core::cluster::RemoteGuard::Warn, "", "");
@@ -616,36 +638,36 @@ impl<'a> Run<'a> {
                 ));
                 continue;
             }
-            if apply::delete(&self.plan.remote, &m).await? == apply::Deleted::Deleted {
-                self.progress.ok(format!(
-                    "{name}: {} deleted (--remote-guard=off)",
-                    describe(&m)
-                ));
+            let what = describe(&m);
+            if self.delete_remote(m, found).await? == apply::Deleted::Deleted {
+                self.progress
+                    .ok(format!("{name}: {what} deleted (--remote-guard=off)"));
             }
         }
         Ok(())
     }
 
-    /// Deletes what this run created, newest first, and turns `err` into the one line the
+    /// Puts back what this run changed, newest first, and turns `err` into the one line the
     /// command fails with.
     pub(super) async fn roll_back(&mut self, err: Error) -> Error {
         let step = self.step.map_or("preparation", Step::name);
         let progress = self.progress;
         progress.fail(format!("step {step} failed: {}", err.what()));
-        let undo = if self.created.is_empty() && self.adopted.is_empty() {
-            "had created nothing, so nothing was rolled back"
+        let undo = if self.changes.is_empty() && self.adopted.is_empty() {
+            "had changed nothing, so nothing was rolled back"
         } else {
             "was rolled back"
         };
         let adopted = std::mem::take(&mut self.adopted);
         let mut left = adopt::unadopt(&self.plan.primary, &self.plan.rule, adopted, progress).await;
-        while let Some((side, m)) = self.created.pop() {
-            let label = self.side_label(side).to_owned();
-            let client = self.client(side).clone();
-            match apply::delete(&client, &m).await {
+        while let Some(change) = self.changes.pop() {
+            let label = self.side_label(change.side()).to_owned();
+            let client = self.client(change.side()).clone();
+            let m = change.manifest();
+            match change.undo(&client).await {
                 // Its create was interrupted before the apiserver stored it.
-                Ok(apply::Deleted::NotFound) => {}
-                Ok(apply::Deleted::Deleted) => {
+                Ok(Undone::NothingToDo) => {}
+                Ok(Undone::Deleted) => {
                     if m.resource.kind == "Namespace" {
                         // Gone for real before the next attach, which would otherwise find
                         // it terminating.
@@ -653,11 +675,14 @@ impl<'a> Run<'a> {
                             progress.warn(format!("rolled back: {label}: {}", e.what()));
                         }
                     }
-                    progress.warn(format!("rolled back: {label}: {} deleted", describe(&m)));
+                    progress.warn(format!("rolled back: {label}: {} deleted", describe(m)));
+                }
+                Ok(Undone::Restored) => {
+                    progress.warn(format!("rolled back: {label}: {} put back", describe(m)));
                 }
                 Err(e) => {
                     progress.fail(format!("rollback: {label}: {}", e.what()));
-                    left.push(format!("{label}: {}", describe(&m)));
+                    left.push(format!("{label}: {}", describe(m)));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! test hooks of the kubectl-mesh binary, built with its `test-hooks` feature).
 
 use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use kubectl_mesh::cmd::attach::Step;
@@ -221,4 +222,39 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
         Ok((istio_system_exists(&primary).await? == istio_system_before).then_some(()))
     })
     .await
+}
+
+/// A re-run with other flags that fails puts back what it changed, not only what it created:
+/// the remote's sync scope, the guard it deleted and the MeshCluster are as the first attach
+/// left them, so the remote enforces what the MeshCluster records.
+#[tokio::test]
+async fn a_failed_re_run_puts_back_what_it_changed() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    require_test_hooks(env).await?;
+    attach(env, remote, &[]).await?;
+    let policies = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?);
+    let state = async || -> anyhow::Result<_> {
+        let scope = policies.get("kubectl-mesh-sync-scope").await?;
+        let guard = policies.get_opt("kubectl-mesh-guard").await?;
+        let mc = mesh_cluster(env, &remote.name).await?.spec;
+        Ok((
+            (scope.metadata.annotations, scope.spec),
+            guard.map(|g| g.spec),
+            serde_json::to_value(mc)?,
+        ))
+    };
+    let before = state().await?;
+    ensure!(before.1.is_some(), "the first attach made no guard");
+
+    let other_flags = ["--exclude-namespaces", "kept-out", "--remote-guard", "off"];
+    let out = attach_failing_after(env, remote, "mesh-cluster", &other_flags).await?;
+    let line = failed_last_line(&out, "a failing re-run with other flags")?;
+    ensure!(line.contains("was rolled back"), "{line}");
+    let after = state().await?;
+    ensure!(after.0 == before.0, "the sync scope was not put back");
+    ensure!(after.1 == before.1, "the guard was not put back");
+    ensure!(after.2 == before.2, "the MeshCluster was not put back");
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
 }

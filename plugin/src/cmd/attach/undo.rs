@@ -1,0 +1,85 @@
+//! What a run of attach changed, and how each change is put back when the run fails: an object
+//! it created is deleted, one it updated gets its earlier content back, one it deleted is
+//! created again. A re-run with other flags updates and deletes what an earlier attach made;
+//! undoing only its creations would leave the remote enforcing flags the MeshCluster never
+//! recorded.
+
+use kube::{
+    Client,
+    api::{DynamicObject, PostParams},
+};
+
+use super::objects::{Side, describe, dyn_api};
+use crate::{Error, Result, cmd::apply, render::Manifest};
+
+/// One change a run made.
+pub(super) enum Change {
+    /// `m` did not exist.
+    Created(Side, Manifest),
+    /// `m` existed as `before`, and the run changed it.
+    Updated(Side, Manifest, Box<DynamicObject>),
+    /// `m` existed as `before`, and the run deleted it.
+    Deleted(Side, Manifest, Box<DynamicObject>),
+}
+
+/// How a change was put back.
+pub(super) enum Undone {
+    /// The created object is deleted (a namespace may take a while to go).
+    Deleted,
+    /// Nothing to do: the create never landed.
+    NothingToDo,
+    /// The object has its earlier content again, or exists again.
+    Restored,
+}
+
+impl Change {
+    pub(super) fn side(&self) -> Side {
+        match self {
+            Self::Created(side, _) | Self::Updated(side, ..) | Self::Deleted(side, ..) => *side,
+        }
+    }
+
+    pub(super) fn manifest(&self) -> &Manifest {
+        match self {
+            Self::Created(_, m) | Self::Updated(_, m, _) | Self::Deleted(_, m, _) => m,
+        }
+    }
+
+    /// Puts the change back on `client`, the cluster of its side.
+    pub(super) async fn undo(&self, client: &Client) -> Result<Undone> {
+        match self {
+            Self::Created(_, m) => Ok(match apply::delete(client, m).await? {
+                apply::Deleted::Deleted => Undone::Deleted,
+                apply::Deleted::NotFound => Undone::NothingToDo,
+            }),
+            Self::Updated(_, m, before) | Self::Deleted(_, m, before) => {
+                restore(client, m, before).await.map(|()| Undone::Restored)
+            }
+        }
+    }
+}
+
+/// Gives `m` the content `before` again: replaced over what is there now, or created again
+/// when it is gone.
+async fn restore(client: &Client, m: &Manifest, before: &DynamicObject) -> Result<()> {
+    let api = dyn_api(client, m);
+    let fail = |e| Error::kube(format!("cannot put back {}", describe(m)))(e);
+    let mut earlier = before.clone();
+    earlier.metadata.managed_fields = None;
+    match api.get_opt(&m.name).await.map_err(fail)? {
+        Some(now) => {
+            earlier.metadata.resource_version = now.metadata.resource_version;
+            api.replace(&m.name, &PostParams::default(), &earlier)
+                .await
+                .map_err(fail)?;
+        }
+        None => {
+            let meta = &mut earlier.metadata;
+            (meta.resource_version, meta.uid, meta.creation_timestamp) = (None, None, None);
+            api.create(&PostParams::default(), &earlier)
+                .await
+                .map_err(fail)?;
+        }
+    }
+    Ok(())
+}
