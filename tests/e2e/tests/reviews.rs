@@ -9,17 +9,37 @@
 //! Alone in its test binary: its tests count every review the webhook answers, so they take
 //! turns.
 
+use std::process::Output;
+
 use anyhow::Context as _;
 use mesh_e2e::{
     assert_landed, assert_remotes, create_everywhere, create_namespace, describe, fixtures::output,
     kubectl_output, label_on_primary, labels, namespaces, reviews_with_outcome, shared_mesh, text,
     unique_name,
 };
+use mesh_testenv::TestEnv;
 use mesh_webhook::admission::PROPAGATION_ANNOTATION;
 use tokio::sync::Mutex;
 
 /// Held by each test while it counts reviews.
 static TURN: Mutex<()> = Mutex::const_new(());
+
+/// `kubectl create -f` of a file holding namespace `name` labelled istio-injection=enabled;
+/// kubectl's output, whatever its exit status.
+async fn create_injected_from_file(env: &TestEnv, name: &str) -> anyhow::Result<Output> {
+    let manifest = env.dir().join(format!("{name}.yaml"));
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
+             istio-injection: enabled\n"
+        ),
+    )?;
+    let file = manifest.to_str().context("manifest path is not UTF-8")?;
+    let mut create = env.kubectl(env.primary());
+    create.args(["create", "-f", file]);
+    output(create).await
+}
 
 #[tokio::test]
 async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
@@ -31,18 +51,10 @@ async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
     for remote in env.remotes() {
         create_namespace(remote, &name).await?;
     }
-    let manifest = env.dir().join(format!("{name}.yaml"));
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
-             istio-injection: enabled\n"
-        ),
-    )?;
 
     let (pushed, all) = reviews_with_outcome(mesh, "pushed").await?;
-    let file = manifest.to_str().context("manifest path is not UTF-8")?;
-    let created = kubectl_output(env, env.primary(), &["create", "-f", file]).await?;
+    let created = create_injected_from_file(env, &name).await?;
+    assert!(created.status.success(), "{}", describe(&created));
     let warnings = text(&created.stderr);
     // Read at once: the webhook pushes before it answers the CREATE review.
     assert_remotes(
@@ -85,20 +97,9 @@ async fn creating_a_namespace_that_exists_changes_no_remote() -> anyhow::Result<
     let disabled = labels(&[("istio-injection", "disabled")]);
     label_on_primary(env, &name, &["istio-injection=disabled"]).await?;
     assert_remotes(env, &name, &disabled, "the label before the create").await?;
-    let manifest = env.dir().join(format!("{name}.yaml"));
-    std::fs::write(
-        &manifest,
-        format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    \
-             istio-injection: enabled\n"
-        ),
-    )?;
 
     let (pushed, _) = reviews_with_outcome(mesh, "pushed").await?;
-    let file = manifest.to_str().context("manifest path is not UTF-8")?;
-    let mut create = env.kubectl(env.primary());
-    create.args(["create", "-f", file]);
-    let created = output(create).await?;
+    let created = create_injected_from_file(env, &name).await?;
     assert!(
         !created.status.success() && text(&created.stderr).contains("AlreadyExists"),
         "the create must fail: {}",
