@@ -7,18 +7,52 @@
 //! Attach waits for it before it stores the token on the primary (an apiserver loads a new or
 //! updated policy a moment after it is written), and `check` asks it with the stored
 //! credentials. A dry run stores nothing; admission policies run on it all the same.
+//!
+//! The policy also records the cluster's scope ([`recorded`]): what a forced detach leaves on
+//! the remote tells a later detach or attach which namespaces it covers.
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::{admissionregistration::v1::ValidatingAdmissionPolicy, core::v1::Namespace};
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
-use mesh_core::{MESH_NAMESPACE, labels::SyncRule, list};
+use mesh_core::{MESH_NAMESPACE, cluster::NamespaceScope, labels::SyncRule, list};
 use serde_json::{Value, json};
 
 use crate::remote_setup as setup;
+
+/// The remote's sync scope policy, as a later command finds it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Recorded {
+    /// Made by the attach of this cluster from this primary, with the scope it records (none
+    /// from an older attach).
+    Ours(Option<NamespaceScope>),
+    /// Made by another primary's attach: that primary holds the cluster now.
+    Others,
+    /// Not there.
+    Gone,
+}
+
+/// Reads the remote's sync scope policy: whether the attach of `cluster` from the primary
+/// whose id is `primary` made it, and the scope it records.
+pub async fn recorded(
+    client: &Client,
+    cluster: &str,
+    primary: &str,
+) -> Result<Recorded, kube::Error> {
+    let policy = Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .get_opt(setup::SYNC_SCOPE)
+        .await?;
+    Ok(match policy {
+        None => Recorded::Gone,
+        Some(p) if setup::is_ours_from(&p.metadata, cluster, primary) => {
+            Recorded::Ours(setup::recorded_scope(&p))
+        }
+        Some(_) => Recorded::Others,
+    })
+}
 
 /// What the probe found.
 #[derive(Clone, Debug, PartialEq, Eq)]

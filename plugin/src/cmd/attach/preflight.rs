@@ -28,6 +28,7 @@ use crate::{
     preview::Preview,
     remote_setup::{self as setup, Guard, ReaderRole},
     render::{self, Manifest},
+    sync_scope::{self, Recorded},
 };
 
 /// The flags preflight looks at.
@@ -488,10 +489,21 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         Some((exclude, selector)) => {
             namespace_scope::from_flags(&rule, exclude, selector.as_deref())?
         }
-        None => existing
-            .as_ref()
-            .map(|mc| mc.spec.scope.clone())
-            .unwrap_or_default(),
+        None => match &existing {
+            Some(mc) => mc.spec.scope.clone(),
+            // Attached before and detached with --force: the remote still records the scope.
+            None => match sync_scope::recorded(&remote, &name, &primary_id).await {
+                Ok(Recorded::Ours(Some(scope))) => scope,
+                Ok(_) => NamespaceScope::default(),
+                Err(e) => {
+                    return Err(access::request_error(
+                        &remote_target,
+                        "read the sync scope",
+                        e,
+                    ));
+                }
+            },
+        },
     };
     let scoped = rule.within(&scope).map_err(|error| Error::Refused {
         what: format!("the recorded scope of {name} cannot be used: {error}"),

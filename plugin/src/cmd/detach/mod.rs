@@ -40,8 +40,9 @@ use crate::{
     Context, Error, Result,
     access::{self, Need, RemoteAdminFlags, Target},
     mesh_state, remote_setup as setup,
+    sync_scope::{self, Recorded},
 };
-use remote::{Ours, SyncScope, clean_remote, delete, remove_namespace_if_unused, sync_scope};
+use remote::{Ours, clean_remote, delete, remove_namespace_if_unused};
 
 /// Detach a cluster from the mesh.
 ///
@@ -138,7 +139,9 @@ impl Detach {
         };
         let strip = match (rule, &remote) {
             (Some(rule), RemoteAccess::Ready { client, target }) => {
-                let on_remote = sync_scope(client, target, ours).await?;
+                let on_remote = sync_scope::recorded(client, &name, &primary_id)
+                    .await
+                    .map_err(|e| access::request_error(target, "read the sync scope", e))?;
                 let strip = strip_rule(&rule, mc.as_ref(), on_remote, ours)?;
                 if strip.is_none() {
                     progress.warn(format!(
@@ -228,17 +231,17 @@ impl Detach {
 fn strip_rule(
     rule: &SyncRule,
     mc: Option<&MeshCluster>,
-    on_remote: SyncScope,
+    on_remote: Recorded,
     ours: Ours<'_>,
 ) -> Result<Option<SyncRule>> {
     let why = match (on_remote, mc) {
-        (SyncScope::Others, _) => return Ok(None),
+        (Recorded::Others, _) => return Ok(None),
         (_, Some(mc)) => return mesh_state::scoped_rule(rule, mc).map(Some),
-        (SyncScope::Ours(Some(scope)), None) => {
+        (Recorded::Ours(Some(scope)), None) => {
             return mesh_state::rule_within(rule, ours.cluster, &scope).map(Some);
         }
-        (SyncScope::Ours(None), None) => "its sync scope policy does not record it",
-        (SyncScope::Gone, None) => "its sync scope policy, which records it, is gone",
+        (Recorded::Ours(None), None) => "its sync scope policy does not record it",
+        (Recorded::Gone, None) => "its sync scope policy, which records it, is gone",
     };
     Err(Error::Refused {
         what: format!(

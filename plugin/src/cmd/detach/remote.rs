@@ -18,7 +18,7 @@ use kube::{
 };
 use mesh_core::{
     MESH_NAMESPACE,
-    cluster::{MeshCluster, NamespaceScope},
+    cluster::MeshCluster,
     failure::Failure,
     labels::SyncRule,
     printable,
@@ -149,36 +149,6 @@ pub(super) async fn clean_remote(
         wait_namespace_gone(client, MESH_NAMESPACE, timeout).await?;
     }
     Ok(())
-}
-
-/// The remote's sync scope policy, as `--strip-labels` needs to know it.
-pub(super) enum SyncScope {
-    /// Made by the attach of this cluster from this primary, with the scope it records (none
-    /// from an older attach).
-    Ours(Option<NamespaceScope>),
-    /// Made by another primary's attach: that primary manages the labels now.
-    Others,
-    /// Not there.
-    Gone,
-}
-
-/// Reads the remote's sync scope policy: whose it is, and the scope it records.
-pub(super) async fn sync_scope(
-    client: &Client,
-    target: &Target,
-    ours: Ours<'_>,
-) -> Result<SyncScope> {
-    let policy = Api::<ValidatingAdmissionPolicy>::all(client.clone())
-        .get_opt(setup::SYNC_SCOPE)
-        .await
-        .map_err(|e| access::request_error(target, "read the sync scope", e))?;
-    Ok(match policy {
-        None => SyncScope::Gone,
-        Some(p) if setup::is_ours_from(&p.metadata, ours.cluster, ours.primary) => {
-            SyncScope::Ours(setup::recorded_scope(&p))
-        }
-        Some(_) => SyncScope::Others,
-    })
 }
 
 /// A kind of object detach reads and deletes through a typed `Api`.

@@ -353,3 +353,35 @@ async fn strip_labels_after_a_forced_detach_keeps_to_the_scope_attach_recorded()
     delete_namespace(remote, &inside).await?;
     delete_namespace(env.primary(), &inside).await
 }
+
+/// A re-attach after a forced detach, without scope flags, keeps the scope the remote records:
+/// the MeshCluster that held it is gone, and widening it silently would let the token write
+/// what the remote's admin kept out.
+#[tokio::test]
+async fn a_re_attach_after_a_forced_detach_keeps_the_recorded_scope() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let name = remote.name.as_str();
+    let outside = unique_name("outside");
+    attach(env, remote, &["--exclude-namespaces", &outside]).await?;
+    let dir = tempfile::tempdir()?;
+    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
+    let unreachable = unreachable.to_string_lossy().into_owned();
+    let forced = [
+        "detach",
+        name,
+        "--remote-kubeconfig",
+        &unreachable,
+        "--force",
+    ];
+    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
+
+    attach(env, remote, &[]).await?;
+    let scope = mesh_cluster(env, name).await?.spec.scope;
+    assert_eq!(
+        scope.exclude_namespaces,
+        std::slice::from_ref(&outside),
+        "{scope:?}"
+    );
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
+}
