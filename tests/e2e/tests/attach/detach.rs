@@ -14,6 +14,7 @@ use mesh_core::cluster::MeshCluster;
 use mesh_e2e::{
     create_labelled_namespace, create_namespace, namespace_labels, patch_labels, unique_name,
 };
+use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
 
 use crate::support::*;
@@ -276,6 +277,23 @@ async fn a_detach_that_times_out_on_the_namespace_says_to_re_run_and_a_re_run_fi
     assert_nothing_left(env, remote, &remote.name).await
 }
 
+/// `detach --force` of cluster `name` with an unreachable kubeconfig of `remote`: the primary
+/// forgets the cluster, the remote keeps what attach made there.
+async fn detach_forced(env: &TestEnv, remote: &Cluster, name: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
+    let unreachable = unreachable.to_string_lossy().into_owned();
+    let forced = [
+        "detach",
+        name,
+        "--remote-kubeconfig",
+        &unreachable,
+        "--force",
+    ];
+    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
+    Ok(())
+}
+
 /// After a forced detach the MeshCluster and its scope are gone from the primary: a re-run
 /// with --strip-labels strips within the scope recorded on the remote, and refuses, changing
 /// nothing, when the remote holds no record of it.
@@ -295,17 +313,7 @@ async fn strip_labels_after_a_forced_detach_keeps_to_the_scope_attach_recorded()
         Ok(labels.get("istio-injection").cloned())
     };
 
-    let dir = tempfile::tempdir()?;
-    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
-    let unreachable = unreachable.to_string_lossy().into_owned();
-    let forced = [
-        "detach",
-        name,
-        "--remote-kubeconfig",
-        &unreachable,
-        "--force",
-    ];
-    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
+    detach_forced(env, remote, name).await?;
 
     // Without the record, refused before anything is deleted.
     let policies = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?);
@@ -363,17 +371,7 @@ async fn a_re_attach_after_a_forced_detach_keeps_the_recorded_scope() -> anyhow:
     let name = remote.name.as_str();
     let outside = unique_name("outside");
     attach(env, remote, &["--exclude-namespaces", &outside]).await?;
-    let dir = tempfile::tempdir()?;
-    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
-    let unreachable = unreachable.to_string_lossy().into_owned();
-    let forced = [
-        "detach",
-        name,
-        "--remote-kubeconfig",
-        &unreachable,
-        "--force",
-    ];
-    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
+    detach_forced(env, remote, name).await?;
 
     attach(env, remote, &[]).await?;
     let scope = mesh_cluster(env, name).await?.spec.scope;
