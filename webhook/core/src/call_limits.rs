@@ -11,9 +11,10 @@
 //! line (one event) at a time, with no bound on either. A remote that sends an endless answer
 //! (a compromised apiserver, or whatever server a stored kubeconfig points at) would grow the
 //! webhook's memory until it is killed, and with it the sync of every other remote. Under the
-//! line bound such an answer fails once it runs past it. An apiserver ends every JSON answer
-//! and every watch event with a line break, and the largest answers the webhook asks for (pages
-//! of namespaces) are a few MiB.
+//! bound such an answer fails once it runs past it: a watch's event by event (its line), any
+//! other answer as a whole (JSON allows line breaks anywhere, so lines alone do not bound a
+//! list). An apiserver ends every JSON answer and every watch event with a line break, and the
+//! largest answers the webhook asks for (pages of namespaces) are a few MiB.
 
 use std::{
     future::Future,
@@ -32,15 +33,22 @@ use tower::{BoxError, Layer, Service};
 /// [`crate::remote::RemoteOptions::max_answer_line`] by default.
 pub const DEFAULT_MAX_ANSWER_LINE: usize = 64 * 1024 * 1024;
 
-/// The error of an answer that ran past its line bound.
+/// The error of an answer that ran past its bound.
 #[derive(Debug, thiserror::Error)]
-#[error("the answer ran past {} MiB without a line break, and was refused", .max / (1024 * 1024))]
+#[error(
+    "the answer ran past {} MiB{}, and was refused",
+    .max / (1024 * 1024),
+    if *.whole { "" } else { " without a line break" }
+)]
 pub struct AnswerTooLarge {
     max: usize,
+    /// The answer as a whole ran past it, not one line.
+    whole: bool,
 }
 
 /// Wraps a client's service so that each call, answer included, ends within `deadline`, and
-/// no answer brings more than `max_line` bytes without a line break; `None` bounds nothing.
+/// no answer brings more than `max_line` bytes without a line break, nor in all unless it is a
+/// watch; `None` bounds nothing.
 #[derive(Clone, Copy, Debug)]
 pub struct CallLimitsLayer {
     deadline: Option<Duration>,
@@ -87,6 +95,7 @@ where
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         let CallLimitsLayer { deadline, max_line } = self.limits;
+        let max_whole = max_line.filter(|_| !is_watch(request.uri()));
         let until = deadline.map(|deadline| (Instant::now() + deadline, deadline));
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -104,6 +113,8 @@ where
                     .map(|(at, deadline)| (Box::pin(tokio::time::sleep_until(at)), deadline)),
                 max_line,
                 line: 0,
+                max_whole,
+                whole: 0,
             }))
         })
     }
@@ -118,6 +129,10 @@ pub struct LimitedBody<B> {
     max_line: Option<usize>,
     /// Bytes since the last line break.
     line: usize,
+    /// The most bytes in all: set but for a watch, whose events come as long as it lasts.
+    max_whole: Option<usize>,
+    /// Bytes so far.
+    whole: usize,
 }
 
 impl<B> Body for LimitedBody<B>
@@ -152,7 +167,15 @@ where
                 None => self.line.saturating_add(data.len()),
             };
             if self.line > max {
-                return Poll::Ready(Some(Err(Box::new(AnswerTooLarge { max }))));
+                let error = AnswerTooLarge { max, whole: false };
+                return Poll::Ready(Some(Err(Box::new(error))));
+            }
+        }
+        if let (Some(max), Some(data)) = (self.max_whole, frame.data_ref()) {
+            self.whole = self.whole.saturating_add(data.len());
+            if self.whole > max {
+                let error = AnswerTooLarge { max, whole: true };
+                return Poll::Ready(Some(Err(Box::new(error))));
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -165,6 +188,15 @@ where
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Whether a request asks for a watch (`?watch=true` or `?watch=1`).
+fn is_watch(uri: &http::Uri) -> bool {
+    uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| matches!(pair, "watch=true" | "watch=1"))
+    })
 }
 
 /// A timed-out I/O error, so that [`crate::failure::Failure::of`] classifies it as one.
@@ -311,6 +343,34 @@ mod tests {
             chain.ends_with("the answer ran past 1 MiB without a line break, and was refused"),
             "{chain}"
         );
+    }
+
+    /// JSON allows line breaks anywhere: a list of endless short lines is bounded as a whole.
+    #[tokio::test]
+    async fn a_list_of_short_lines_past_the_limit_is_refused_as_a_whole() {
+        let mut lines = vec![
+            r#"{"apiVersion":"v1","kind":"NamespaceList","metadata":{},"items":["#.to_owned()
+                + "\n",
+        ];
+        lines.extend((0..2 * MAX / 1024).map(|_| " ".repeat(1023) + "\n"));
+        lines.push("]}\n".to_owned());
+        let api: Api<Namespace> = Api::all(answering(lines));
+        let error = api.list(&Default::default()).await.expect_err("refused");
+        let chain = error_chain(&error);
+        assert!(
+            chain.ends_with("the answer ran past 1 MiB, and was refused"),
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn watches_are_told_by_their_query() {
+        let watch = |uri: &str| is_watch(&uri.parse().expect("uri"));
+        assert!(watch("/api/v1/namespaces?watch=true&resourceVersion=1"));
+        assert!(watch("/api/v1/namespaces?resourceVersion=1&watch=1"));
+        assert!(!watch("/api/v1/namespaces?limit=500"));
+        assert!(!watch("/api/v1/namespaces?watch=false"));
+        assert!(!watch("/api/v1/namespaces"));
     }
 
     /// A watch may bring more than the limit in all, never in one event.
