@@ -40,6 +40,9 @@ use mesh_core::{labels::Labels, remote::Remote};
 /// limit on objects is far above this, but nothing this webhook reads needs more.
 pub const BODY_LIMIT: usize = 1 << 20;
 
+/// The most a log filter may be (`PUT /log-level`): a few directives, never a megabyte.
+const LOG_FILTER_LIMIT: usize = 4 << 10;
+
 /// Changes the log filter at run time; returns why a filter was refused.
 pub type LogLevelSetter = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
@@ -155,7 +158,6 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .route("/log-level", put(set_log_level))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
@@ -268,19 +270,22 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
 async fn set_log_level(
     State(state): State<AppState>,
     peer: Option<axum::Extension<PeerAddr>>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     // The metrics port is reachable from the whole cluster; changing what it logs is for
-    // operators who can port-forward or exec into the pod.
+    // operators who can port-forward or exec into the pod. Asked before the body is read: any
+    // pod could otherwise make the webhook hold a body per connection.
     if !peer.is_some_and(|axum::Extension(PeerAddr(addr))| addr.ip().is_loopback()) {
         return error_response(StatusCode::FORBIDDEN, "only accepted from loopback");
     }
     let Some(setter) = &state.log_level else {
         return error_response(StatusCode::NOT_FOUND, "the log level is not reloadable");
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return error_response(rejection.status(), rejection.body_text()),
+    let Ok(body) = axum::body::to_bytes(body, LOG_FILTER_LIMIT).await else {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a log filter is at most {LOG_FILTER_LIMIT} bytes"),
+        );
     };
     let Ok(filter) = std::str::from_utf8(&body) else {
         return error_response(StatusCode::BAD_REQUEST, "the filter is not UTF-8");
@@ -439,8 +444,27 @@ mod tests {
             StatusCode::OK
         );
         assert_eq!(
-            call(app, put("127.0.0.1:5000", "nope")).await.0,
+            call(app.clone(), put("127.0.0.1:5000", "nope")).await.0,
             StatusCode::BAD_REQUEST
         );
+        assert_eq!(
+            call(app, put("127.0.0.1:5000", &"x".repeat(5000))).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    /// Refused before its body is read: a body that never ends gets its answer at once.
+    #[tokio::test]
+    async fn log_level_from_elsewhere_is_refused_without_reading_the_body() {
+        let app = ops_router(state().with_log_level(Arc::new(|_| Ok(()))));
+        let endless = futures::stream::pending::<Result<Bytes, std::io::Error>>();
+        let mut request = Request::put("/log-level")
+            .body(Body::from_stream(endless))
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(PeerAddr("10.0.0.1:5000".parse().expect("addr")));
+        let answered = tokio::time::timeout(Duration::from_secs(5), call(app, request)).await;
+        assert_eq!(answered.expect("answered at once").0, StatusCode::FORBIDDEN);
     }
 }
