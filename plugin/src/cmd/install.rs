@@ -365,13 +365,17 @@ pub fn write_cert_dir(dir: &Path, cert: &ServingCert) -> Result<()> {
         let path = dir.join(name);
         // Write a sibling and rename, so a webhook watching the directory never reads half a
         // file, and a key file that already exists with looser rights is replaced, not reused.
+        // The sibling is made anew (a leftover removed first, never followed if a link): the
+        // mode applies only to a file this call creates.
         let tmp = dir.join(format!(".{name}.tmp"));
-        let result = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
+        let result = remove_if_there(&tmp)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&tmp)
+            })
             .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
             .and_then(|()| std::fs::rename(&tmp, &path));
         result.map_err(|source| Error::Io {
@@ -380,6 +384,14 @@ pub fn write_cert_dir(dir: &Path, cert: &ServingCert) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Removes `path` (a link itself, not what it points to) if it is there.
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -395,6 +407,15 @@ mod tests {
         write_cert_dir(&dir, &cert).unwrap();
         // Twice: a re-run replaces the files.
         write_cert_dir(&dir, &cert).unwrap();
+        // A leftover sibling readable by all, and one that links elsewhere: neither is used.
+        let tmp = dir.join(format!(".{}.tmp", render::TLS_KEY));
+        std::fs::write(&tmp, "old").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_cert_dir(&dir, &cert).unwrap();
+        let elsewhere = dir.join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+        write_cert_dir(&dir, &cert).unwrap();
+        assert!(!elsewhere.exists(), "the key was written through a link");
         let key = dir.join(render::TLS_KEY);
         assert_eq!(std::fs::read_to_string(&key).unwrap(), cert.key_pem);
         assert_eq!(
