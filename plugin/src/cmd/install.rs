@@ -25,8 +25,9 @@ use crate::{
 /// primary's kube-apiserver a client certificate for webhook calls (an AdmissionConfiguration
 /// passed with --admission-control-config-file, whose MutatingAdmissionWebhook plugin names a
 /// kubeconfig with a user `mesh-webhook.kubectl-mesh.svc` holding the certificate and key),
-/// then run `kubectl mesh install --client-ca-file <CA of that certificate>`. `kubectl mesh
-/// check` says whether callers are authenticated.
+/// then run `kubectl mesh install --client-ca-file <CA of that certificate>`, a CA that signs
+/// nothing else (every certificate it signs may call the webhook). `kubectl mesh check` says
+/// whether callers are authenticated.
 #[derive(Debug, clap::Args)]
 pub struct Install {
     /// Image of the webhook.
