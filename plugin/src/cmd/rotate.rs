@@ -177,6 +177,15 @@ impl Rotate {
         let primary_id = access::cluster_id(&primary)
             .await
             .map_err(|e| access::request_error(&primary_target, "read kube-system", e))?;
+        // Every remote reached and checked before the first is rotated: a cluster refused
+        // halfway through --all would leave some rotated and some not.
+        let mut remotes = Vec::new();
+        if !dry_run {
+            for mc in &targets {
+                remotes.push(remote_client(&mc.name_any(), mc, &primary_kc, &remote_admin).await?);
+            }
+        }
+        let mut remotes = remotes.into_iter();
         for mc in &targets {
             let name = mc.name_any();
             let holders = holders_of(&primary, &primary_target, &name).await?;
@@ -192,8 +201,9 @@ impl Rotate {
                 }
                 continue;
             }
-            let (remote, remote_target) =
-                remote_client(&name, mc, &primary_kc, &remote_admin).await?;
+            let Some((remote, remote_target)) = remotes.next() else {
+                break;
+            };
             let rotation = Rotation {
                 cluster: &name,
                 primary: &primary,

@@ -3,12 +3,18 @@
 
 use std::collections::BTreeMap;
 
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use mesh_core::cluster::MeshCluster;
 use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
     assert_success, carries, describe,
     fixtures::{mesh_command, output},
     text,
 };
+use serde_json::json;
 
 use crate::support::{
     DEADLINE, STANDBY, SYNC_TOKEN, one_remote, remote_command, rotate, rotate_with, stored_sync,
@@ -73,13 +79,41 @@ async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--remote-kubeconfig"), "{err}");
     assert_eq!(stored_sync(&env, &name).await?, last);
-    let mut all = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
-    all.args(["rotate", "--all", "--context", &env.primary().name])
-        .env(
-            "KUBECONFIG",
-            std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?,
-        );
-    let all = output(all).await?;
+    let rotate_all = || -> anyhow::Result<std::process::Command> {
+        let mut all = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+        all.args(["rotate", "--all", "--context", &env.primary().name])
+            .env(
+                "KUBECONFIG",
+                std::env::join_paths([&env.primary().kubeconfig, &remote.kubeconfig])?,
+            );
+        Ok(all)
+    };
+    // A cluster that comes after this one, without credentials: refused before this one is
+    // rotated, not halfway.
+    let clusters = Api::<MeshCluster>::all(env.primary().client().await?);
+    let elsewhere: MeshCluster = serde_json::from_value(json!({
+        "apiVersion": "kubectl-mesh.io/v1alpha1", "kind": "MeshCluster",
+        "metadata": {"name": "zz-elsewhere"},
+        "spec": {"clusterId": "uid-elsewhere", "server": "https://192.0.2.1:6443",
+                 "secretName": "cluster-zz-elsewhere"},
+    }))?;
+    clusters.create(&PostParams::default(), &elsewhere).await?;
+    let refused = output(rotate_all()?).await?;
+    clusters
+        .delete("zz-elsewhere", &DeleteParams::default())
+        .await?;
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    assert!(
+        text(&refused.stderr).contains("zz-elsewhere"),
+        "{}",
+        describe(&refused)
+    );
+    assert_eq!(
+        stored_sync(&env, &name).await?,
+        last,
+        "rotated before the refusal of another cluster"
+    );
+    let all = output(rotate_all()?).await?;
     assert_success(&all);
     revoked("the token before rotate --all", &last).await?;
     let last = stored_sync(&env, &name).await?;
