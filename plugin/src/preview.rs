@@ -205,13 +205,13 @@ impl Preview {
         if !self.out_of_scope.is_empty() {
             summary.push_str(&format!(
                 ", out of scope: {}",
-                mesh_core::sync::short_list(&self.out_of_scope, 5)
+                mesh_core::printable::few(&self.out_of_scope)
             ));
         }
         if !self.missing.is_empty() {
             summary.push_str(&format!(
                 ", absent there: {}",
-                mesh_core::sync::short_list(&self.missing, 5)
+                mesh_core::printable::few(&self.missing)
             ));
         }
         lines.push(summary);

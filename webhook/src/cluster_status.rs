@@ -330,7 +330,7 @@ pub(crate) fn status_patch(status: &MeshClusterStatus) -> Result<Value, serde_js
 
 /// Namespace lists in status messages.
 fn list(names: &[String]) -> String {
-    mesh_core::sync::short_list(names, 10)
+    mesh_core::printable::first_few(names, names.len(), 10)
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary, ending with `...` when cut.
@@ -617,6 +617,6 @@ mod tests {
         let cut = truncate(text, 101);
         assert!(cut.len() <= 101 && cut.ends_with("..."));
         let names: Vec<String> = (0..12).map(|i| format!("ns{i}")).collect();
-        assert!(list(&names).ends_with(", … (12 in all)"));
+        assert!(list(&names).ends_with(" and 2 more"));
     }
 }

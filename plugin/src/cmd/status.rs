@@ -20,6 +20,7 @@ use kube::{Client, ResourceExt};
 use mesh_core::cluster::{MeshCluster, NamespaceScope};
 use mesh_core::injection::{self, Readiness};
 use mesh_core::labels::{Labels, SyncRule};
+use mesh_core::printable::few;
 use serde::Serialize;
 
 use crate::{
@@ -642,7 +643,7 @@ impl StatusReport {
             if !unserved.is_empty() {
                 lines.push(format!(
                     "{name}: no injector for {}: their pods will not get sidecars there",
-                    unserved.join(", ")
+                    few(&unserved)
                 ));
             }
             if unknown {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use mesh_core::labels::{LabelDiff, Labels};
-use mesh_core::printable::one_line;
+use mesh_core::printable::{few, one_line};
 use mesh_core::sync::{ChangeStatus, SyncMode, SyncReport, sync_remote};
 use serde::Serialize;
 
@@ -238,14 +238,14 @@ impl ClusterSync {
             parts.push(format!(
                 "{} missing ({})",
                 self.missing.len(),
-                short_list(&self.missing)
+                few(&self.missing)
             ));
         }
         if !self.out_of_scope.is_empty() {
             parts.push(format!(
                 "{} out of scope ({})",
                 self.out_of_scope.len(),
-                short_list(&self.out_of_scope)
+                few(&self.out_of_scope)
             ));
         }
         if self.dry_run {
@@ -271,10 +271,6 @@ fn labels_change(set: &Labels, remove: &BTreeSet<String>) -> String {
 }
 
 /// Namespace lists in the command's summary lines.
-fn short_list(names: &[String]) -> String {
-    mesh_core::sync::short_list(names, 5)
-}
-
 /// The text output: one aligned line per change or failure, then one summary per cluster.
 pub fn render_text(results: &[ClusterSync]) -> String {
     let mut lines: Vec<[String; 3]> = Vec::new();

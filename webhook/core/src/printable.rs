@@ -26,6 +26,15 @@ pub fn one_line(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// How many names a one-line message shows before `and N more`, where it has no reason to
+/// show more.
+pub const FEW: usize = 5;
+
+/// [`first_few`] of a whole list, [`FEW`] shown.
+pub fn few<S: AsRef<str>>(names: &[S]) -> String {
+    first_few(names, names.len(), FEW)
+}
+
 /// The first `at_most` of `names`, comma-separated, then `and N more` for the rest of
 /// `total` (which may exceed `names`: a list that was cut short already). A line stays a line
 /// however many there are.
@@ -61,6 +70,10 @@ mod tests {
         // A list cut short already: the total counts what it left out.
         assert_eq!(first_few(&["a", "b"], 40, 5), "a, b and 38 more");
         assert_eq!(first_few::<&str>(&[], 0, 5), "");
+        assert_eq!(
+            few(&["a", "b", "c", "d", "e", "f", "g"]),
+            "a, b, c, d, e and 2 more"
+        );
     }
 
     #[test]

@@ -350,21 +350,6 @@ fn trimmed_for(keys: &BTreeSet<String>, meta: ObjectMeta) -> Namespace {
     }
 }
 
-/// `a, b, c` or, past `shown` names, `a, b, c, … (12 in all)`: namespace lists in status
-/// messages and command output stay one readable line.
-pub fn short_list(names: &[String], shown: usize) -> String {
-    let mut text = names
-        .iter()
-        .take(shown)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    if names.len() > shown {
-        text.push_str(&format!(", … ({} in all)", names.len()));
-    }
-    text
-}
-
 /// How the write of one differing namespace ended, with the namespace it was about.
 struct Outcome {
     namespace: String,

@@ -4,8 +4,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::{Error, Result, cmd::status::plural, preview::Preview};
-use mesh_core::printable::one_line;
-use mesh_core::sync::short_list;
+use mesh_core::printable::{few, one_line};
 
 /// Goes on when the first sync removes or changes nothing, or the user says yes.
 pub(super) fn first_sync(preview: &Preview) -> Result<()> {
@@ -51,7 +50,7 @@ fn question(preview: &Preview) -> Option<String> {
             "the first sync of {} would remove or change managed labels on {} ({})",
             preview.cluster,
             plural(destructive.len(), "namespace"),
-            short_list(&destructive, 5)
+            few(&destructive)
         )
     })
 }

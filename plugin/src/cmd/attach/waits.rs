@@ -131,7 +131,7 @@ pub(super) fn sync_summary(name: &str, status: &MeshClusterStatus) -> String {
         0 => line.push_str(", none missing"),
         count => line.push_str(&format!(
             ", missing on the remote: {}",
-            printable::first_few(&status.missing_namespaces, count, 5)
+            printable::first_few(&status.missing_namespaces, count, printable::FEW)
         )),
     }
     line

@@ -16,7 +16,7 @@ use mesh_core::{
     injection::{self, Readiness},
     labels::SyncRule,
     remote::Identity,
-    sync::short_list,
+    printable::few,
 };
 
 use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, Stored, ViewFacts};
@@ -464,13 +464,13 @@ fn drift_result(
         format!(
             "; {} absent there: {}",
             plan.missing.len(),
-            plan.missing.join(", ")
+            few(&plan.missing)
         )
     };
     if !plan.out_of_scope.is_empty() {
         missing.push_str(&format!(
             "; out of scope: {}",
-            short_list(&plan.out_of_scope, 5)
+            few(&plan.out_of_scope)
         ));
     }
     if plan.changes.is_empty() {
@@ -488,7 +488,7 @@ fn drift_result(
             format!(
                 "{} differ from the primary: {}{missing}",
                 plural(names.len(), "namespace"),
-                names.join(", ")
+                few(&names)
             ),
             format!(
                 "the webhook's reconciler corrects them at its next resync; \
@@ -555,7 +555,7 @@ fn injection_result(
             what,
             format!(
                 "no injector for {}: their pods will not get sidecars",
-                unserved.join(", ")
+                few(&unserved)
             ),
             format!(
                 "install that Istio revision (or a revision tag of that name) on {name}, or \
@@ -568,7 +568,7 @@ fn injection_result(
             what,
             format!(
                 "istio-injection and istio.io/rev both set on {}: Istio ignores istio.io/rev",
-                conflicts.join(", ")
+                few(&conflicts)
             ),
             "remove one of the two labels on the primary",
         );
@@ -816,6 +816,24 @@ mod tests {
         // A namespace absent on the remote has no pods there to inject.
         let r = injection(&primary, &["web"], Ok(vec![istio_injector("default")]));
         assert_eq!(r.result, Outcome::Ok);
+    }
+
+    #[test]
+    fn a_long_list_of_unserved_namespaces_stays_one_short_line() {
+        let canary: &[(&str, &str)] = &[("istio.io/rev", "canary")];
+        let names: Vec<String> = (0..40).map(|i| format!("ns-{i:02}")).collect();
+        let primary: Vec<(&str, &[(&str, &str)])> =
+            names.iter().map(|n| (n.as_str(), canary)).collect();
+        let remote: Vec<&str> = names.iter().map(String::as_str).collect();
+        let r = injection(&primary, &remote, Ok(vec![istio_injector("default")]));
+        assert_eq!(
+            r.detail.as_deref(),
+            Some(
+                "no injector for ns-00 (revision canary), ns-01 (revision canary), ns-02 \
+                 (revision canary), ns-03 (revision canary), ns-04 (revision canary) and 35 \
+                 more: their pods will not get sidecars"
+            )
+        );
     }
 
     #[test]

@@ -436,19 +436,11 @@ fn left_on_remote(mc: Option<&MeshCluster>, istio: bool, view: bool) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_core::cluster::NamespaceScope;
 
     #[test]
     fn leftovers_follow_the_record() {
-        let mut mc = setup::mesh_cluster(&setup::ClusterRecord {
-            name: "east".into(),
-            cluster_id: "id".into(),
-            server: "https://e".into(),
-            guard: RemoteGuard::Off,
-            primary_name: "main".into(),
-            remote_namespace_created: false,
-            remote_context: "east".into(),
-            scope: Default::default(),
-        });
+        let mut mc = record_with_scope(NamespaceScope::default());
         let left = left_on_remote(Some(&mc), false, false);
         assert_eq!(left.len(), 1, "{left:?}");
         assert!(left[0].contains("ClusterRole"));
@@ -459,6 +451,57 @@ mod tests {
         assert!(left[3].contains(setup::VIEW_ACCOUNT), "{left:?}");
         let left = left_on_remote(None, false, false);
         assert!(left.iter().any(|l| l.contains("Namespace")), "{left:?}");
+    }
+
+    fn record_with_scope(scope: NamespaceScope) -> MeshCluster {
+        setup::mesh_cluster(&setup::ClusterRecord {
+            name: "east".into(),
+            cluster_id: "id".into(),
+            server: "https://e".into(),
+            guard: RemoteGuard::Off,
+            primary_name: "main".into(),
+            remote_namespace_created: false,
+            remote_context: "east".into(),
+            scope,
+        })
+    }
+
+    #[test]
+    fn strip_rule_keeps_to_the_scope_the_cluster_was_attached_with() {
+        let rule = SyncRule::default();
+        let ours = Ours {
+            cluster: "east",
+            primary: "primary-id",
+        };
+        let not = |name: &str| NamespaceScope {
+            exclude_namespaces: vec![name.into()],
+            ..Default::default()
+        };
+        let strips = |on_remote, mc: Option<&MeshCluster>| {
+            let stripped = strip_rule(&rule, mc, on_remote, ours).expect("a rule");
+            stripped.map(|r| ["shop", "web"].map(|ns| !r.is_excluded(ns)))
+        };
+        // The MeshCluster's scope wins over what the remote records.
+        let mc = record_with_scope(not("shop"));
+        assert_eq!(
+            strips(Recorded::Ours(Some(not("web"))), Some(&mc)),
+            Some([false, true])
+        );
+        // MeshCluster gone: the remote's record.
+        assert_eq!(
+            strips(Recorded::Ours(Some(not("web"))), None),
+            Some([true, false])
+        );
+        // Another primary holds the cluster now: nothing is stripped.
+        assert_eq!(strips(Recorded::Others, Some(&mc)), None);
+        // No scope known at all: refused, whatever the installed rule would cover.
+        for unknown in [Recorded::Ours(None), Recorded::Gone] {
+            let refused = strip_rule(&rule, None, unknown.clone(), ours).unwrap_err();
+            assert!(
+                refused.to_string().contains("nothing was changed"),
+                "{unknown:?}"
+            );
+        }
     }
 
     #[test]

@@ -294,7 +294,7 @@ pub(super) async fn remove_namespace_if_unused(
     if !others.is_empty() {
         progress.warn(format!(
             "{side}: Namespace {ns} kept: it holds objects kubectl-mesh did not create ({})",
-            printable::first_few(&others, others.len(), 5)
+            printable::few(&others)
         ));
         return Ok(false);
     }
