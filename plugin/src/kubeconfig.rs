@@ -755,24 +755,7 @@ users:
         write(
             dir,
             "config",
-            r#"
-apiVersion: v1
-kind: Config
-current-context: admin@east
-clusters:
-- name: east
-  cluster: {server: "https://127.0.0.1:6443", certificate-authority: ca.crt}
-- name: west
-  cluster: {server: "https://127.0.0.1:7443"}
-contexts:
-- name: admin@east
-  context: {cluster: east, user: admin, namespace: team-a}
-- name: admin@west
-  context: {cluster: west, user: admin}
-users:
-- name: admin
-  user: {client-certificate: admin.crt, client-key: admin.key}
-"#,
+            include_str!("../tests/data/user-kubeconfig.yaml"),
         )
     }
 

@@ -22,30 +22,10 @@ const TOKEN: &str = "s3cr3t-t0ken-9f8e7d";
 
 const CA: &[u8] = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
-/// A user's kubeconfig as `kubectl mesh attach --remote-kubeconfig` reads it: two contexts,
-/// a CA file next to it, file-based client credentials on one user and an exec plugin on the
-/// other (both allowed there, never in a stored kubeconfig).
-const USER_KUBECONFIG: &str = r#"
-apiVersion: v1
-kind: Config
-current-context: admin@east
-clusters:
-- name: east
-  cluster: {server: "https://127.0.0.1:6443", certificate-authority: ca.crt, tls-server-name: api.east}
-- name: west
-  cluster: {server: "https://127.0.0.1:7443", certificate-authority-data: "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=", insecure-skip-tls-verify: false}
-contexts:
-- name: admin@east
-  context: {cluster: east, user: admin, namespace: team-a}
-- name: admin@west
-  context: {cluster: west, user: sso}
-users:
-- name: admin
-  user: {client-certificate: admin.crt, client-key: admin.key, token: abc}
-- name: sso
-  user:
-    exec: {apiVersion: client.authentication.k8s.io/v1, command: kubelogin, args: [get-token]}
-"#;
+/// A user's kubeconfig as `kubectl mesh attach --remote-kubeconfig` reads it: two contexts, a CA
+/// file next to it, file-based client credentials on one user and an exec plugin on the other
+/// (both allowed there, never in a stored kubeconfig). The plugin's unit tests read it too.
+const USER_KUBECONFIG: &str = include_str!("data/user-kubeconfig.yaml");
 
 fn stored_yaml() -> String {
     let kc = build_stored_kubeconfig("east", "https://127.0.0.1:6443", Some(CA), TOKEN);
