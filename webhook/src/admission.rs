@@ -32,7 +32,6 @@ const WARNING_PREFIX: &str = "kubectl-mesh: ";
 /// The apiserver asks for warnings of at most 120 characters and truncates past 256: long
 /// remote error texts and cluster lists are shortened to keep lines readable.
 const MAX_REASON_CHARS: usize = 80;
-const MAX_LISTED_CLUSTERS: usize = 5;
 const MAX_WARNING_CHARS: usize = 120;
 
 /// What [`review`] decided.
@@ -310,9 +309,9 @@ fn summary(labels: &Labels) -> String {
         .join(", ")
 }
 
-/// `a, b, c`, or `a, b, c, d, e and 3 more` past [`MAX_LISTED_CLUSTERS`].
+/// `a, b, c`, or `a, b, c, d, e and 3 more` past [`printable::FEW`].
 fn list(clusters: &[&str]) -> String {
-    printable::first_few(clusters, clusters.len(), MAX_LISTED_CLUSTERS)
+    printable::few(clusters)
 }
 
 /// A remote's error text as one short line: warnings are single lines in kubectl's output
@@ -652,23 +651,34 @@ mod tests {
     fn complete_groups_warnings() {
         let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
         let intent = intent("foo", [("istio-injection", "enabled")]);
-        let outcomes = [
-            outcome("remote-2", PushResult::Applied),
-            outcome("remote-1", PushResult::Applied),
-            outcome("remote-3", PushResult::NamespaceMissing),
-            outcome(
+        // (remote, its result, as the propagation annotation records it), out of order.
+        let remotes = [
+            ("remote-2", PushResult::Applied, "applied"),
+            ("remote-1", PushResult::Applied, "applied"),
+            ("remote-3", PushResult::NamespaceMissing, "missing"),
+            (
                 "remote-4",
                 PushResult::Unreachable("connection refused".into()),
+                "unreachable",
             ),
-            outcome("remote-5", PushResult::AlreadyInSync),
-            outcome("remote-6", PushResult::TimedOut),
-            outcome("remote-7", PushResult::TimedOut),
-            outcome(
+            ("remote-5", PushResult::AlreadyInSync, "in_sync"),
+            ("remote-6", PushResult::TimedOut, "timed_out"),
+            ("remote-7", PushResult::TimedOut, "timed_out"),
+            (
                 "remote-8",
                 PushResult::Forbidden("namespaces \"foo\" is forbidden".into()),
+                "forbidden",
             ),
-            outcome("remote-9", PushResult::Failed("conflict:\n  retry".into())),
+            (
+                "remote-9",
+                PushResult::Failed("conflict:\n  retry".into()),
+                "failed",
+            ),
         ];
+        let outcomes: Vec<_> = remotes
+            .iter()
+            .map(|(remote, result, _)| outcome(remote, result.clone()))
+            .collect();
         let response = completed(&req, &intent, &outcomes, &[]);
         assert!(response.allowed);
         assert_eq!(response.uid, "test-uid");
@@ -684,15 +694,12 @@ mod tests {
                 "kubectl-mesh: remote-6, remote-7 did not answer in time; the reconciler will retry",
             ]
         );
+        let recorded: serde_json::Map<_, _> = remotes
+            .into_iter()
+            .map(|(remote, _, recorded)| (remote.to_owned(), recorded.into()))
+            .collect();
         let after = patched(&response, req.object.as_ref().expect("object"));
-        assert_eq!(
-            propagation(&after),
-            json!({
-                "remote-1": "applied", "remote-2": "applied", "remote-3": "missing",
-                "remote-4": "unreachable", "remote-5": "in_sync", "remote-6": "timed_out",
-                "remote-7": "timed_out", "remote-8": "forbidden", "remote-9": "failed",
-            })
-        );
+        assert_eq!(propagation(&after), Value::Object(recorded));
     }
 
     fn ready(cluster: &str, readiness: Readiness) -> ClusterReadiness {

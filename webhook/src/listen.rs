@@ -455,6 +455,27 @@ mod tests {
         started.elapsed()
     }
 
+    /// Limits closing connections idle for `timeout`. The header read timeout, which hyper also
+    /// applies to idle HTTP/1.1 connections, is a minute: the idle timeout is what closes them.
+    fn idle_timeout(timeout: Duration) -> Limits {
+        Limits {
+            idle_timeout: timeout,
+            header_read_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        }
+    }
+
+    /// Limits giving a request's head and its body `timeout` each to arrive. Idle connections
+    /// are kept a minute: the read timeouts are what close them.
+    fn read_timeouts(timeout: Duration) -> Limits {
+        Limits {
+            header_read_timeout: timeout,
+            body_timeout: timeout,
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        }
+    }
+
     #[tokio::test]
     async fn serves_https_and_refuses_plain_http() {
         let server = Server::start(None, Limits::default()).await;
@@ -517,12 +538,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_connections_are_closed_after_the_idle_timeout() {
-        let limits = Limits {
-            idle_timeout: Duration::from_millis(500),
-            header_read_timeout: Duration::from_secs(60),
-            ..Limits::default()
-        };
-        let server = Server::start(None, limits).await;
+        let server = Server::start(None, idle_timeout(Duration::from_millis(500))).await;
 
         // Never a request: closed after the idle time, not before.
         let mut silent = server.connect(None).await.expect("handshake");
@@ -550,13 +566,7 @@ mod tests {
 
     #[tokio::test]
     async fn headers_and_bodies_must_arrive_in_time() {
-        let limits = Limits {
-            header_read_timeout: Duration::from_millis(500),
-            body_timeout: Duration::from_millis(500),
-            idle_timeout: Duration::from_secs(60),
-            ..Limits::default()
-        };
-        let server = Server::start(None, limits).await;
+        let server = Server::start(None, read_timeouts(Duration::from_millis(500))).await;
 
         // Half a request head, then nothing: closed.
         let mut slow_head = server.connect(None).await.expect("handshake");

@@ -318,11 +318,31 @@ pub(crate) mod tests {
         }
     }
 
+    /// The push most tests make: `istio-injection=enabled` on namespace `app`.
+    fn enable_injection() -> PushIntent {
+        intent("app", &[("istio-injection", "enabled")])
+    }
+
+    /// A remote's apiserver, with an unlabelled namespace `app`, answering each request only
+    /// after `delay`.
+    fn slow_apiserver(delay: Duration) -> FakeApiserver {
+        let slow = FakeApiserver::default().with_namespace("app", &[]);
+        slow.state().delay = Some(delay);
+        slow
+    }
+
+    /// The one remote `slow`, behind a [`slow_apiserver`]; that apiserver too, to speed it up.
+    fn slow_remote(delay: Duration) -> (FakeApiserver, Vec<Arc<Remote>>) {
+        let slow = slow_apiserver(delay);
+        let remotes = vec![Arc::new(Remote::new("slow", slow.client()))];
+        (slow, remotes)
+    }
+
     #[tokio::test]
     async fn applies_then_reports_in_sync() {
         let api = FakeApiserver::default().with_namespace("app", &[("team", "a")]);
         let rule = SyncRule::default();
-        let want = intent("app", &[("istio-injection", "enabled")]);
+        let want = enable_injection();
         assert_eq!(
             label(push(&api.client(), &rule, &want).await),
             PushResult::Applied.metric_label()
@@ -466,7 +486,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn the_one_patch_push_reports_like_the_read_first_one() {
         let rule = SyncRule::default();
-        let want = intent("app", &[("istio-injection", "enabled")]);
+        let want = enable_injection();
         let missing = FakeApiserver::default();
         let result = push_from(&missing.client(), &rule, &want, &Labels::new()).await;
         assert_eq!(result, PushResult::NamespaceMissing);
@@ -502,7 +522,7 @@ pub(crate) mod tests {
     async fn conflict_is_retried_once() {
         let api = FakeApiserver::default().with_namespace("app", &[]);
         api.state().interfere = vec![("team".into(), "b".into())];
-        let want = intent("app", &[("istio-injection", "enabled")]);
+        let want = enable_injection();
         assert_eq!(
             label(push(&api.client(), &SyncRule::default(), &want).await),
             PushResult::Applied.metric_label()
@@ -527,14 +547,13 @@ pub(crate) mod tests {
         let ok = FakeApiserver::default().with_namespace("app", &[]);
         let denied = FakeApiserver::default();
         denied.state().forbidden = true;
-        let slow = FakeApiserver::default().with_namespace("app", &[]);
-        slow.state().delay = Some(Duration::from_secs(5));
+        let slow = slow_apiserver(Duration::from_secs(5));
         let remotes = vec![
             Arc::new(Remote::new("a-ok", ok.client())),
             Arc::new(Remote::new("b-denied", denied.client())),
             Arc::new(Remote::new("c-slow", slow.client())),
         ];
-        let want = intent("app", &[("istio-injection", "enabled")]);
+        let want = enable_injection();
         let started = Instant::now();
         let outcomes = fan_out(&remotes, &rule, &want, Duration::from_millis(300)).await;
         assert!(
@@ -567,11 +586,10 @@ pub(crate) mod tests {
         let remotes = [Arc::new(
             Remote::new("east", other.client()).with_identity(&east),
         )];
-        let want = intent("app", &[("istio-injection", "enabled")]);
         let outcomes = fan_out(
             &remotes,
             &SyncRule::default(),
-            &want,
+            &enable_injection(),
             Duration::from_secs(5),
         )
         .await;
@@ -587,11 +605,9 @@ pub(crate) mod tests {
     /// stands for it (e2e `hangs.rs` freezes a real one).
     #[tokio::test]
     async fn a_remote_that_let_a_push_time_out_is_not_waited_for_until_it_answers() {
+        let (slow, remotes) = slow_remote(Duration::from_secs(5));
         let rule = SyncRule::default();
-        let slow = FakeApiserver::default().with_namespace("app", &[]);
-        slow.state().delay = Some(Duration::from_secs(5));
-        let remotes = vec![Arc::new(Remote::new("slow", slow.client()))];
-        let want = intent("app", &[("istio-injection", "enabled")]);
+        let want = enable_injection();
         let deadline = Duration::from_millis(200);
         let result = |outcomes: Vec<PushOutcome>| outcomes[0].result.clone();
         let first = fan_out(&remotes, &rule, &want, deadline).await;
@@ -612,11 +628,9 @@ pub(crate) mod tests {
     /// does not make the remote silent for the pushes that follow.
     #[tokio::test]
     async fn a_timeout_of_a_push_cut_short_does_not_silence_the_remote() {
+        let (_slow, remotes) = slow_remote(Duration::from_millis(500));
         let rule = SyncRule::default();
-        let slow = FakeApiserver::default().with_namespace("app", &[]);
-        slow.state().delay = Some(Duration::from_millis(500));
-        let remotes = vec![Arc::new(Remote::new("slow", slow.client()))];
-        let want = intent("app", &[("istio-injection", "enabled")]);
+        let want = enable_injection();
         let cut_short = Duration::from_millis(100);
         let first = fan_out_timed_from(&remotes, &rule, &want, None, cut_short, false).await;
         assert_eq!(first[0].outcome.result, PushResult::TimedOut);

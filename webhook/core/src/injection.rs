@@ -264,13 +264,6 @@ mod tests {
         InjectorExt, MetadataExt, PodExt, istio_injector, labels, pod, revision_tag, webhook_config,
     };
 
-    fn served_by(readiness: Readiness) -> Vec<String> {
-        match readiness {
-            Readiness::Served(names) => names,
-            other => panic!("expected an injector, got {other:?}"),
-        }
-    }
-
     #[test]
     fn istio_injection_takes_precedence_over_the_revision() {
         let both = requested(&labels(&[
@@ -295,71 +288,80 @@ mod tests {
     }
 
     #[test]
-    fn a_revision_is_served_only_by_its_own_injector() {
-        let configs = [istio_injector("default"), istio_injector("canary")];
-        let canary = labels(&[("istio.io/rev", "canary")]);
-        assert_eq!(
-            served_by(readiness("shop", &canary, &configs)),
-            ["istio-sidecar-injector-canary"]
-        );
-        // Only the default revision: nothing acts on canary.
-        assert_eq!(
-            readiness("shop", &canary, &configs[..1]),
-            Readiness::Unserved(Injection::Revision("canary".into()))
-        );
-        let default = labels(&[("istio.io/rev", "default")]);
-        assert_eq!(
-            served_by(readiness("shop", &default, &configs)),
-            ["istio-sidecar-injector"]
-        );
-    }
-
-    #[test]
-    fn istio_injection_enabled_needs_the_default_injector() {
-        let enabled = labels(&[("istio-injection", "enabled")]);
-        let default = [istio_injector("default")];
-        assert_eq!(
-            served_by(readiness("shop", &enabled, &default)),
-            ["istio-sidecar-injector"]
-        );
-        // A canary alone serves only istio.io/rev=canary.
-        assert_eq!(
-            readiness("shop", &enabled, &[istio_injector("canary")]),
-            Readiness::Unserved(Injection::Default)
-        );
-        // istio-injection=enabled wins over the revision: the canary does not help.
-        let both = labels(&[("istio-injection", "enabled"), ("istio.io/rev", "canary")]);
-        assert_eq!(
-            readiness("shop", &both, &[istio_injector("canary")]),
-            Readiness::Unserved(Injection::Default)
-        );
-    }
-
-    #[test]
-    fn a_revision_tag_serves_its_tag() {
-        let configs = [istio_injector("canary"), revision_tag("prod")];
-        let prod = labels(&[("istio.io/rev", "prod")]);
-        assert_eq!(
-            served_by(readiness("shop", &prod, &configs)),
-            ["istio-revision-tag-prod"]
-        );
-        let stable = labels(&[("istio.io/rev", "stable")]);
-        assert!(matches!(
-            readiness("shop", &stable, &configs),
-            Readiness::Unserved(_)
-        ));
-    }
-
-    #[test]
-    fn nothing_requested_needs_no_injector() {
-        for pairs in [
-            &[][..],
-            &[("istio-injection", "disabled")],
-            &[("istio.io/dataplane-mode", "ambient")],
-        ] {
+    fn a_namespace_is_served_by_the_injectors_acting_on_its_labels() {
+        let served =
+            |names: &[&str]| Readiness::Served(names.iter().map(|n| n.to_string()).collect());
+        let default = || istio_injector("default");
+        let canary = || istio_injector("canary");
+        // (case, the namespace's labels, the injectors installed, readiness)
+        let cases = [
+            (
+                "a revision, served by its own injector",
+                &[("istio.io/rev", "canary")][..],
+                vec![default(), canary()],
+                served(&["istio-sidecar-injector-canary"]),
+            ),
+            (
+                "a revision, only the default installed: nothing acts on it",
+                &[("istio.io/rev", "canary")],
+                vec![default()],
+                Readiness::Unserved(Injection::Revision("canary".into())),
+            ),
+            (
+                "the default revision",
+                &[("istio.io/rev", "default")],
+                vec![default(), canary()],
+                served(&["istio-sidecar-injector"]),
+            ),
+            (
+                "istio-injection=enabled, served by the default injector",
+                &[("istio-injection", "enabled")],
+                vec![default()],
+                served(&["istio-sidecar-injector"]),
+            ),
+            (
+                "istio-injection=enabled, a canary alone serves only istio.io/rev=canary",
+                &[("istio-injection", "enabled")],
+                vec![canary()],
+                Readiness::Unserved(Injection::Default),
+            ),
+            (
+                "istio-injection=enabled wins over the revision: the canary does not help",
+                &[("istio-injection", "enabled"), ("istio.io/rev", "canary")],
+                vec![canary()],
+                Readiness::Unserved(Injection::Default),
+            ),
+            (
+                "a revision tag, served by its tag",
+                &[("istio.io/rev", "prod")],
+                vec![canary(), revision_tag("prod")],
+                served(&["istio-revision-tag-prod"]),
+            ),
+            (
+                "a revision neither installed nor tagged",
+                &[("istio.io/rev", "stable")],
+                vec![canary(), revision_tag("prod")],
+                Readiness::Unserved(Injection::Revision("stable".into())),
+            ),
+            ("nothing requested", &[], vec![], Readiness::NotRequested),
+            (
+                "injection disabled",
+                &[("istio-injection", "disabled")],
+                vec![],
+                Readiness::NotRequested,
+            ),
+            (
+                "ambient",
+                &[("istio.io/dataplane-mode", "ambient")],
+                vec![],
+                Readiness::NotRequested,
+            ),
+        ];
+        for (case, pairs, injectors, expected) in cases {
             assert_eq!(
-                readiness("shop", &labels(pairs), &[]),
-                Readiness::NotRequested
+                readiness("shop", &labels(pairs), &injectors),
+                expected,
+                "{case}"
             );
         }
     }

@@ -559,11 +559,6 @@ mod tests {
         rule.diff(&rule.desired(Some(primary)), remote)
     }
 
-    /// The labels `remote` ends with once synced to `primary` under the default rule.
-    fn default_sync(primary: &Namespace, remote: &Namespace) -> Labels {
-        sync(&SyncRule::default(), Some(primary), remote)
-    }
-
     #[test]
     fn default_rule_lists() {
         let rule = SyncRule::default();
@@ -649,97 +644,121 @@ mod tests {
     }
 
     #[test]
-    fn add_label_on_remote() {
-        let primary = ns("foo").label("istio-injection", "enabled");
-        let remote = ns("foo").label("app", "web").rv("7");
-        let diff = default_diff(&primary, &remote);
-        assert_eq!(
-            diff,
-            LabelDiff {
+    fn default_rule_makes_the_remote_follow_the_primary() {
+        // (case, primary, remote, labels set, keys removed, the diff described, the JSON patch,
+        // the remote's labels once patched)
+        let cases = [
+            (
+                "a managed label added",
+                ns("foo").label("istio-injection", "enabled"),
+                ns("foo").label("app", "web").rv("7"),
+                labels(&[("istio-injection", "enabled")]),
+                keys([]),
+                "istio-injection=enabled",
+                json!([
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+                    {"op": "add", "path": "/metadata/labels/istio-injection", "value": "enabled"},
+                ]),
+                labels(&[("app", "web"), ("istio-injection", "enabled")]),
+            ),
+            (
+                "a managed label overwritten",
+                ns("foo").label("istio-injection", "disabled"),
+                ns("foo")
+                    .label("istio-injection", "enabled")
+                    .label("app", "web"),
+                labels(&[("istio-injection", "disabled")]),
+                keys([]),
+                "istio-injection=disabled",
+                json!([{"op": "replace", "path": "/metadata/labels/istio-injection", "value": "disabled"}]),
+                labels(&[("app", "web"), ("istio-injection", "disabled")]),
+            ),
+            (
+                // Unmanaged labels stay as the remote has them, even when they differ from the
+                // primary.
+                "a managed label missing on the primary removed",
+                ns("foo").label("app", "web"),
+                ns("foo")
+                    .label("istio-injection", "enabled")
+                    .label("app", "other"),
+                labels(&[]),
+                keys(["istio-injection"]),
+                "-istio-injection",
+                json!([{"op": "remove", "path": "/metadata/labels/istio-injection"}]),
+                labels(&[("app", "other")]),
+            ),
+            (
+                "a revision switch: `/` escaped in the patch",
+                ns("foo").label("istio.io/rev", "1-25"),
+                ns("foo")
+                    .label("istio-injection", "enabled")
+                    .label("istio.io/rev", "1-24")
+                    .rv("42"),
+                labels(&[("istio.io/rev", "1-25")]),
+                keys(["istio-injection"]),
+                "istio.io/rev=1-25, -istio-injection",
+                json!([
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
+                    {"op": "replace", "path": "/metadata/labels/istio.io~1rev", "value": "1-25"},
+                    {"op": "remove", "path": "/metadata/labels/istio-injection"},
+                ]),
+                labels(&[("istio.io/rev", "1-25")]),
+            ),
+            (
+                "only unmanaged labels differ: in sync",
+                ns("foo")
+                    .label("istio-injection", "enabled")
+                    .label("team", "a"),
+                ns("foo")
+                    .label("istio-injection", "enabled")
+                    .label("team", "b"),
+                labels(&[]),
+                keys([]),
+                "no change",
+                json!([]),
+                labels(&[("istio-injection", "enabled"), ("team", "b")]),
+            ),
+            (
+                "the namespace being deleted on the primary: managed labels removed",
+                ns("foo").label("istio-injection", "enabled").deleting(),
+                ns("foo").label("istio-injection", "enabled"),
+                labels(&[]),
+                keys(["istio-injection"]),
+                "-istio-injection",
+                json!([{"op": "remove", "path": "/metadata/labels/istio-injection"}]),
+                labels(&[]),
+            ),
+            (
+                "no labels map on the remote: the patch creates it",
+                ns("foo").label("istio.io/rev", "stable"),
+                ns("foo").rv("3"),
+                labels(&[("istio.io/rev", "stable")]),
+                keys([]),
+                "istio.io/rev=stable",
+                json!([
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": "3"},
+                    {"op": "add", "path": "/metadata/labels", "value": {}},
+                    {"op": "add", "path": "/metadata/labels/istio.io~1rev", "value": "stable"},
+                ]),
+                labels(&[("istio.io/rev", "stable")]),
+            ),
+        ];
+        for (case, primary, remote, set, remove, described, patch, after) in cases {
+            let in_sync = set.is_empty() && remove.is_empty();
+            let expected = LabelDiff {
                 namespace: "foo".into(),
-                set: labels(&[("istio-injection", "enabled")]),
-                remove: BTreeSet::new(),
-            }
-        );
-        assert_eq!(diff.describe(), "istio-injection=enabled");
-        assert_eq!(
-            apply(&diff, &remote).expect("applies"),
-            labels(&[("app", "web"), ("istio-injection", "enabled")])
-        );
+                set,
+                remove,
+            };
+            let diff = default_diff(&primary, &remote);
+            assert_eq!(diff, expected, "{case}");
+            assert_eq!(diff.is_empty(), in_sync, "{case}");
+            assert_eq!(diff.describe(), described, "{case}");
+            let sent = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
+            assert_eq!(sent, patch, "{case}");
+            assert_eq!(apply(&diff, &remote).expect("applies"), after, "{case}");
+        }
     }
-
-    #[test]
-    fn overwrite_label_on_remote() {
-        let primary = ns("foo").label("istio-injection", "disabled");
-        let remote = ns("foo")
-            .label("istio-injection", "enabled")
-            .label("app", "web");
-        let diff = default_diff(&primary, &remote);
-        assert_eq!(diff.set, labels(&[("istio-injection", "disabled")]));
-        assert!(diff.remove.is_empty());
-        let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
-        assert_eq!(
-            patch,
-            json!([{"op": "replace", "path": "/metadata/labels/istio-injection", "value": "disabled"}])
-        );
-        assert_eq!(
-            default_sync(&primary, &remote),
-            labels(&[("app", "web"), ("istio-injection", "disabled")])
-        );
-    }
-
-    #[test]
-    fn remove_label_missing_on_primary() {
-        let primary = ns("foo").label("app", "web");
-        let remote = ns("foo")
-            .label("istio-injection", "enabled")
-            .label("app", "other");
-        let diff = default_diff(&primary, &remote);
-        assert!(diff.set.is_empty());
-        assert_eq!(diff.remove, keys(["istio-injection"]));
-        assert_eq!(diff.describe(), "-istio-injection");
-        // Unmanaged labels stay as the remote has them, even when they differ from the primary.
-        assert_eq!(default_sync(&primary, &remote), labels(&[("app", "other")]));
-    }
-
-    #[test]
-    fn revision_switch_escapes_slash() {
-        let primary = ns("foo").label("istio.io/rev", "1-25");
-        let remote = ns("foo")
-            .label("istio-injection", "enabled")
-            .label("istio.io/rev", "1-24")
-            .rv("42");
-        let diff = default_diff(&primary, &remote);
-        assert_eq!(diff.describe(), "istio.io/rev=1-25, -istio-injection");
-        let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
-        assert_eq!(
-            patch,
-            json!([
-                {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
-                {"op": "replace", "path": "/metadata/labels/istio.io~1rev", "value": "1-25"},
-                {"op": "remove", "path": "/metadata/labels/istio-injection"},
-            ])
-        );
-        assert_eq!(
-            apply(&diff, &remote).expect("applies"),
-            labels(&[("istio.io/rev", "1-25")])
-        );
-    }
-
-    #[test]
-    fn unmanaged_only_difference_is_in_sync() {
-        let primary = ns("foo")
-            .label("istio-injection", "enabled")
-            .label("team", "a");
-        let remote = ns("foo")
-            .label("istio-injection", "enabled")
-            .label("team", "b");
-        let diff = default_diff(&primary, &remote);
-        assert!(diff.is_empty());
-        assert_eq!(diff.describe(), "no change");
-        assert!(diff.to_json_patch(&remote).is_empty());
-    }
-
     #[test]
     fn namespace_absent_on_primary_loses_managed_labels() {
         let rule = SyncRule::default();
@@ -754,40 +773,11 @@ mod tests {
     }
 
     #[test]
-    fn namespace_deleting_on_primary_loses_managed_labels() {
-        let primary = ns("foo").label("istio-injection", "enabled").deleting();
-        let remote = ns("foo").label("istio-injection", "enabled");
-        let diff = default_diff(&primary, &remote);
-        assert_eq!(diff.remove, keys(["istio-injection"]));
-        assert!(default_sync(&primary, &remote).is_empty());
-    }
-
-    #[test]
     fn diff_ignores_unmanaged_desired_keys() {
         let rule = SyncRule::default();
         let desired = labels(&[("istio-injection", "enabled"), ("app", "web")]);
         let diff = rule.diff(&desired, &ns("foo"));
         assert_eq!(diff.set, labels(&[("istio-injection", "enabled")]));
-    }
-
-    #[test]
-    fn patch_creates_labels_map_when_absent() {
-        let primary = ns("foo").label("istio.io/rev", "stable");
-        let remote = ns("foo").rv("3");
-        let diff = default_diff(&primary, &remote);
-        let patch = serde_json::to_value(diff.to_json_patch(&remote)).expect("serializes");
-        assert_eq!(
-            patch,
-            json!([
-                {"op": "test", "path": "/metadata/resourceVersion", "value": "3"},
-                {"op": "add", "path": "/metadata/labels", "value": {}},
-                {"op": "add", "path": "/metadata/labels/istio.io~1rev", "value": "stable"},
-            ])
-        );
-        assert_eq!(
-            apply(&diff, &remote).expect("applies"),
-            labels(&[("istio.io/rev", "stable")])
-        );
     }
 
     #[test]
