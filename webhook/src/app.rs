@@ -40,6 +40,9 @@ pub struct Webhook {
     /// Require callers of the webhook port to present a certificate signed by the CA in this
     /// PEM file (re-read when it changes); `None` asks for none.
     pub client_ca: Option<PathBuf>,
+    /// Subject common names a caller's certificate must carry, one of them; empty accepts any
+    /// the client CA signed.
+    pub client_allowed_names: Vec<String>,
     /// Connection limits and timeouts of both ports.
     pub limits: Limits,
     pub tls_cert: PathBuf,
@@ -73,6 +76,7 @@ impl Webhook {
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9443)),
             client_ca: None,
+            client_allowed_names: Vec::new(),
             limits: Limits::default(),
             tls_cert: tls_cert.into(),
             tls_key: tls_key.into(),
@@ -97,7 +101,11 @@ impl Webhook {
     pub async fn bind(self) -> Result<BoundWebhook> {
         let resolver = CertResolver::load(&self.tls_cert, &self.tls_key)?;
         let client_ca = match &self.client_ca {
-            Some(path) => Some(ClientCa::load(path, resolver.provider())?),
+            Some(path) => Some(ClientCa::load_allowing(
+                path,
+                self.client_allowed_names.clone(),
+                resolver.provider(),
+            )?),
             None => None,
         };
         let webhook_port = Port::bind(
@@ -205,6 +213,7 @@ impl BoundWebhook {
             listen: _,
             metrics_listen: _,
             client_ca: _,
+            client_allowed_names: _,
             limits,
             tls_cert: _,
             tls_key: _,

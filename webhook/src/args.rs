@@ -49,6 +49,17 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_CLIENT_CA_FILE", value_name = "PEM")]
     pub client_ca_file: Option<PathBuf>,
 
+    /// Subject common names a client certificate must carry, one of them (comma-separated;
+    /// empty: any the CA signed). Needs --client-ca-file.
+    #[arg(
+        long,
+        env = "MESH_WEBHOOK_CLIENT_ALLOWED_NAMES",
+        value_delimiter = ',',
+        value_name = "NAMES",
+        requires = "client_ca_file"
+    )]
+    pub client_allowed_names: Vec<String>,
+
     /// Time a client gets to send a request's headers (this also closes HTTP/1.1 connections
     /// idle that long).
     #[arg(long, env = "MESH_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = mesh_core::duration::parse)]
@@ -253,6 +264,7 @@ impl Args {
             listen,
             metrics_listen,
             client_ca_file,
+            client_allowed_names,
             header_read_timeout,
             idle_timeout,
             body_timeout,
@@ -338,6 +350,11 @@ impl Args {
             listen,
             metrics_listen,
             client_ca: client_ca_file,
+            client_allowed_names: client_allowed_names
+                .into_iter()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+                .collect(),
             limits,
             rule: Arc::new(rule),
             mesh_namespace,
@@ -564,6 +581,25 @@ mod tests {
             }
             assert!(arg.get_env().is_some(), "--{} has no env var", arg.get_id());
         }
+    }
+
+    #[test]
+    fn allowed_client_names_need_the_client_ca() {
+        let error = Args::try_parse_from([
+            "mesh-webhook",
+            "--cert-dir=/tls",
+            "--client-allowed-names=kube-apiserver",
+        ])
+        .expect_err("names without a CA");
+        assert!(error.to_string().contains("--client-ca-file"), "{error}");
+        let args = Args::try_parse_from([
+            "mesh-webhook",
+            "--cert-dir=/tls",
+            "--client-ca-file=/ca.crt",
+            "--client-allowed-names=kube-apiserver,front-proxy",
+        ])
+        .expect("parse");
+        assert_eq!(args.client_allowed_names, ["kube-apiserver", "front-proxy"]);
     }
 
     #[test]

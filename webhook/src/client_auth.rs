@@ -3,6 +3,10 @@
 //! Without it, any pod that reaches the port could post a hand-made AdmissionReview and make
 //! the webhook write namespaces on every remote.
 //!
+//! With `--client-allowed-names`, the certificate must also carry one of those subject common
+//! names (as kube-apiserver's `--requestheader-allowed-names`): a CA that signs more than the
+//! apiserver's certificate then still lets only the apiserver in.
+//!
 //! The CA file is re-read when it changes, like the serving certificate ([`crate::tls`]): a
 //! rotated CA is trusted by the next handshake, without a restart. A file that cannot be used
 //! keeps the previous CA.
@@ -14,7 +18,7 @@ use std::{
 };
 
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
     client::danger::HandshakeSignatureValid,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, UnixTime, pem::PemObject},
@@ -54,9 +58,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A [`ClientCertVerifier`] requiring a client certificate signed by the CA last loaded from
-/// its file.
+/// its file and, when names are given, issued to one of them.
 pub struct ClientCa {
     path: PathBuf,
+    /// Subject common names accepted; empty accepts any the CA signed.
+    allowed_names: Vec<String>,
     provider: Arc<CryptoProvider>,
     current: RwLock<(Arc<dyn ClientCertVerifier>, FileVersion)>,
 }
@@ -65,18 +71,31 @@ impl fmt::Debug for ClientCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCa")
             .field("path", &self.path)
+            .field("allowed_names", &self.allowed_names)
             .finish_non_exhaustive()
     }
 }
 
 impl ClientCa {
     /// Loads the CA once; fails if it is unusable (the process must not start open to all).
+    /// Any certificate it signed is accepted.
     pub fn load(path: impl Into<PathBuf>, provider: Arc<CryptoProvider>) -> Result<Arc<Self>> {
+        Self::load_allowing(path, Vec::new(), provider)
+    }
+
+    /// [`ClientCa::load`], accepting only certificates whose subject common name is one of
+    /// `allowed_names` (any, when it is empty).
+    pub fn load_allowing(
+        path: impl Into<PathBuf>,
+        allowed_names: Vec<String>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Arc<Self>> {
         let path = path.into();
         let version = version(&path)?;
         let verifier = load_verifier(&path, &provider)?;
         Ok(Arc::new(Self {
             path,
+            allowed_names,
             provider,
             current: RwLock::new((verifier, version)),
         }))
@@ -114,6 +133,13 @@ impl ClientCa {
         // Only whole values are ever stored, so a poisoned lock still holds a valid verifier.
         self.current.read().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// The subject common name of a certificate the verifier accepted (the first, if several).
+fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let name = parsed.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(name.to_owned())
 }
 
 fn version(path: &Path) -> Result<FileVersion> {
@@ -170,8 +196,30 @@ impl ClientCertVerifier for ClientCa {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.verifier()
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = self
+            .verifier()
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.allowed_names.is_empty() {
+            return Ok(verified);
+        }
+        let name = common_name(end_entity);
+        if name
+            .as_deref()
+            .is_some_and(|name| self.allowed_names.iter().any(|allowed| allowed == name))
+        {
+            return Ok(verified);
+        }
+        // Only a holder of a certificate the trusted CA signed gets this far: worth a warning,
+        // as it is either a misconfigured apiserver or a certificate the CA should not have
+        // issued.
+        tracing::warn!(
+            common_name = name.as_deref().map(mesh_core::printable::one_line).as_deref(),
+            allowed = ?self.allowed_names,
+            "refused a client certificate of the trusted CA: its name is not among --client-allowed-names"
+        );
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))
     }
 
     fn verify_tls12_signature(
@@ -234,5 +282,35 @@ mod tests {
         assert!(ca.reload_if_changed().expect("reload"));
         assert!(ca.verify_client_cert(&second_client, &[], now).is_ok());
         assert!(ca.verify_client_cert(&first_client, &[], now).is_err());
+    }
+
+    #[test]
+    fn with_allowed_names_only_certificates_of_those_names_are_accepted() {
+        let dir = crate::tls::testdata::tempdir::TempDir::new();
+        let path = dir.path().join("client-ca.crt");
+        let (ca_pem, leaves) = crate::tls::testdata::client_pki_named(
+            "shared-ca",
+            &[Some("kube-apiserver"), Some("kubelet"), None],
+        );
+        std::fs::write(&path, &ca_pem).expect("write");
+        let der: Vec<CertificateDer<'static>> = leaves
+            .iter()
+            .map(|(cert, _)| CertificateDer::from_pem_slice(cert.as_bytes()).expect("der"))
+            .collect();
+        let [apiserver, kubelet, nameless] = der.as_slice() else {
+            panic!("three certificates asked for");
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let now = UnixTime::now();
+        let pinned =
+            ClientCa::load_allowing(&path, vec!["kube-apiserver".into()], provider.clone())
+                .expect("load");
+        assert!(pinned.verify_client_cert(apiserver, &[], now).is_ok());
+        assert!(pinned.verify_client_cert(kubelet, &[], now).is_err());
+        assert!(pinned.verify_client_cert(nameless, &[], now).is_err());
+        // Without names, whatever the CA signed.
+        let any = ClientCa::load(&path, provider).expect("load");
+        assert!(any.verify_client_cert(kubelet, &[], now).is_ok());
+        assert!(any.verify_client_cert(nameless, &[], now).is_ok());
     }
 }

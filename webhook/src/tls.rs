@@ -272,6 +272,17 @@ pub(crate) mod testdata {
     /// A fresh CA named `ca_name` and a client certificate it signed: (CA, certificate, key),
     /// PEM.
     pub(crate) fn client_pki(ca_name: &str) -> (String, String, String) {
+        let (ca_pem, mut leaves) = client_pki_named(ca_name, &[None]);
+        let (cert_pem, key_pem) = leaves.remove(0);
+        (ca_pem, cert_pem, key_pem)
+    }
+
+    /// A client CA named `ca_name` and one client certificate (PEM) and key per entry of
+    /// `common_names`, each with that subject common name, if any.
+    pub(crate) fn client_pki_named(
+        ca_name: &str,
+        common_names: &[Option<&str>],
+    ) -> (String, Vec<(String, String)>) {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
             KeyPair,
@@ -282,11 +293,20 @@ pub(crate) mod testdata {
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_pem = ca.self_signed(&ca_key).expect("ca").pem();
         let issuer = Issuer::new(ca, ca_key);
-        let key = KeyPair::generate().expect("key");
-        let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert_pem = leaf.signed_by(&key, &issuer).expect("leaf").pem();
-        (ca_pem, cert_pem, key.serialize_pem())
+        let leaves = common_names
+            .iter()
+            .map(|name| {
+                let key = KeyPair::generate().expect("key");
+                let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
+                leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+                if let Some(name) = name {
+                    leaf.distinguished_name.push(DnType::CommonName, *name);
+                }
+                let cert_pem = leaf.signed_by(&key, &issuer).expect("leaf").pem();
+                (cert_pem, key.serialize_pem())
+            })
+            .collect();
+        (ca_pem, leaves)
     }
 
     /// A directory holding `tls.crt`/`tls.key` with pair A.

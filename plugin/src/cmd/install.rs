@@ -72,6 +72,16 @@ pub struct Install {
     /// kubectl-mesh/mesh-webhook-client-ca). Without it, any TLS client may call the webhook.
     #[arg(long, value_name = "PEM")]
     pub client_ca_file: Option<PathBuf>,
+    /// Subject common names the apiserver's client certificate may carry (comma-separated):
+    /// the webhook refuses a certificate of that CA issued to any other name. Needs
+    /// --client-ca-file.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NAMES",
+        requires = "client_ca_file"
+    )]
+    pub client_allowed_names: Vec<String>,
     /// Issue a new CA and serving certificate even if the installed ones are still good.
     #[arg(long)]
     pub rotate_certs: bool,
@@ -97,6 +107,7 @@ impl Install {
             managed_labels,
             excluded_namespaces,
             client_ca_file,
+            client_allowed_names,
             rotate_certs,
             dry_run,
             wait,
@@ -109,7 +120,10 @@ impl Install {
             webhook_url: webhook_url.as_deref().map(WebhookUrl::parse).transpose()?,
             managed_labels: installed_rule::managed_labels(&managed_labels)?,
             excluded_namespaces: installed_rule::excluded_namespaces(&excluded_namespaces)?,
-            client_ca: client_ca_file.as_deref().map(read_client_ca).transpose()?,
+            client_auth: client_ca_file
+                .as_deref()
+                .map(|path| client_auth(path, &client_allowed_names))
+                .transpose()?,
         };
         let sans = render::serving_sans(options.webhook_url.as_ref());
         // No Deployment carries the rule to a webhook run elsewhere: whoever starts it must
@@ -121,11 +135,15 @@ impl Install {
         }
         // Whether callers are authenticated at all is `check`'s to report, not every install's.
         if let (Some(path), Some(_)) = (&client_ca_file, &options.webhook_url) {
-            progress.info(format!(
-                "start mesh-webhook with {} {}",
-                render::CLIENT_CA_FLAG,
-                path.display()
-            ));
+            let mut flags = format!("{} {}", render::CLIENT_CA_FLAG, path.display());
+            if !client_allowed_names.is_empty() {
+                flags.push_str(&format!(
+                    " {} {}",
+                    render::CLIENT_ALLOWED_NAMES_FLAG,
+                    client_allowed_names.join(",")
+                ));
+            }
+            progress.info(format!("start mesh-webhook with {flags}"));
         }
 
         if dry_run {
@@ -156,7 +174,7 @@ impl Install {
             }
         }
 
-        if options.client_ca.is_none() {
+        if options.client_auth.is_none() {
             remove_client_ca(&client, ctx).await?;
         }
         if options.webhook_url.is_some() {
@@ -287,6 +305,23 @@ async fn remove_in_cluster_webhook(client: &Client, ctx: &Context) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// `--client-ca-file` read, with the names of `--client-allowed-names` (none empty).
+fn client_auth(ca_file: &Path, allowed_names: &[String]) -> Result<render::ClientAuth> {
+    let allowed_names: Vec<String> = allowed_names.iter().map(|n| n.trim().to_owned()).collect();
+    if allowed_names.iter().any(String::is_empty) {
+        return Err(Error::Refused {
+            what: "--client-allowed-names holds an empty name".into(),
+            hint: "pass the subject common names of the apiserver's client certificate, \
+                   comma-separated"
+                .into(),
+        });
+    }
+    Ok(render::ClientAuth {
+        ca_pem: read_client_ca(ca_file)?,
+        allowed_names,
+    })
 }
 
 /// Reads `--client-ca-file`: at least one valid PEM certificate.
@@ -450,6 +485,30 @@ mod tests {
         std::fs::write(&path, &cert.ca_pem).unwrap();
         assert_eq!(read_client_ca(&path).unwrap(), cert.ca_pem);
         assert!(read_client_ca(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn allowed_client_names_are_trimmed_and_none_may_be_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        std::fs::write(&path, &cert.ca_pem).unwrap();
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let auth = client_auth(&path, &names(&[" kube-apiserver", "front-proxy "])).unwrap();
+        assert_eq!(auth.allowed_names, ["kube-apiserver", "front-proxy"]);
+        let err = client_auth(&path, &names(&["kube-apiserver", " "])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--client-allowed-names holds an empty name"
+        );
+        // Names without a CA are refused by the command line itself.
+        let err = crate::Cli::try_parse_from([
+            "kubectl-mesh",
+            "install",
+            "--client-allowed-names=kube-apiserver",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--client-ca-file"), "{err}");
     }
 
     #[test]

@@ -18,10 +18,22 @@ pub const CLIENT_CA_KEY: &str = "ca.crt";
 pub const CLIENT_CA_DIR: &str = "/etc/mesh-webhook/client-ca";
 /// The webhook's flag that turns client authentication on.
 pub const CLIENT_CA_FLAG: &str = "--client-ca-file";
+/// The webhook's flag naming the certificates it accepts of that CA.
+pub const CLIENT_ALLOWED_NAMES_FLAG: &str = "--client-allowed-names";
 /// Its environment variable (what a Deployment edited by hand may use instead).
 pub const CLIENT_CA_ENV: &str = "MESH_WEBHOOK_CLIENT_CA_FILE";
 
 const VOLUME: &str = "client-ca";
+
+/// How the webhook authenticates its callers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM of the CA whose client certificates the webhook requires.
+    pub ca_pem: String,
+    /// Subject common names a caller's certificate must carry, one of them; empty accepts any
+    /// certificate the CA signed.
+    pub allowed_names: Vec<String>,
+}
 
 /// The ConfigMap holding `pem`, the CA certificate(s).
 pub fn client_ca_config_map(pem: &str) -> ConfigMap {
@@ -32,9 +44,16 @@ pub fn client_ca_config_map(pem: &str) -> ConfigMap {
     }
 }
 
-/// `--client-ca-file=<the mounted file>`.
-pub fn client_ca_arg() -> String {
-    format!("{CLIENT_CA_FLAG}={CLIENT_CA_DIR}/{CLIENT_CA_KEY}")
+/// `--client-ca-file=<the mounted file>` and, with names, `--client-allowed-names=a,b`.
+pub fn client_auth_args(auth: &ClientAuth) -> Vec<String> {
+    let mut args = vec![format!("{CLIENT_CA_FLAG}={CLIENT_CA_DIR}/{CLIENT_CA_KEY}")];
+    if !auth.allowed_names.is_empty() {
+        args.push(format!(
+            "{CLIENT_ALLOWED_NAMES_FLAG}={}",
+            auth.allowed_names.join(",")
+        ));
+    }
+    args
 }
 
 pub(super) fn volume() -> Volume {
@@ -66,7 +85,10 @@ mod tests {
     fn the_client_ca_is_stored_mounted_and_passed() {
         let pem = "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n";
         let options = Options {
-            client_ca: Some(pem.to_owned()),
+            client_auth: Some(ClientAuth {
+                ca_pem: pem.to_owned(),
+                allowed_names: vec!["kube-apiserver".into(), "front-proxy".into()],
+            }),
             ..Options::default()
         };
         let d = serde_json::to_value(deployment(&options)).unwrap();
@@ -80,6 +102,10 @@ mod tests {
             .collect();
         assert!(
             args.contains(&"--client-ca-file=/etc/mesh-webhook/client-ca/ca.crt"),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--client-allowed-names=kube-apiserver,front-proxy"),
             "{args:?}"
         );
         assert!(
@@ -106,6 +132,17 @@ mod tests {
             .find(|m| m.describe() == format!("ConfigMap {CLIENT_CA_CONFIG_MAP}"))
             .expect("the ConfigMap is applied");
         assert_eq!(stored.object["data"][CLIENT_CA_KEY], pem);
+
+        // Without names: any certificate of the CA.
+        let any_name = Options {
+            client_auth: Some(ClientAuth {
+                ca_pem: pem.to_owned(),
+                allowed_names: Vec::new(),
+            }),
+            ..Options::default()
+        };
+        let d = serde_json::to_string(&deployment(&any_name)).unwrap();
+        assert!(!d.contains("--client-allowed-names"), "{d}");
 
         // Without a CA: no flag, no mount, no ConfigMap.
         let plain = serde_json::to_value(deployment(&Options::default())).unwrap();

@@ -35,8 +35,8 @@ mod serving_cert;
 mod webhook_configuration;
 
 pub use client_ca::{
-    CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR, CLIENT_CA_ENV, CLIENT_CA_FLAG, CLIENT_CA_KEY,
-    client_ca_arg, client_ca_config_map,
+    CLIENT_ALLOWED_NAMES_FLAG, CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR, CLIENT_CA_ENV, CLIENT_CA_FLAG,
+    CLIENT_CA_KEY, ClientAuth, client_auth_args, client_ca_config_map,
 };
 pub use network_policy::network_policy;
 pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};
@@ -193,9 +193,9 @@ pub struct Options {
     /// Namespaces whose changes are never sent to the webhook and that it never syncs
     /// (validated by [`crate::installed_rule::excluded_namespaces`], mesh namespace included).
     pub excluded_namespaces: Vec<String>,
-    /// PEM of the CA whose client certificates the webhook requires of its callers; `None`
-    /// lets any TLS client call it.
-    pub client_ca: Option<String>,
+    /// The CA (and names) whose client certificates the webhook requires of its callers;
+    /// `None` lets any TLS client call it.
+    pub client_auth: Option<ClientAuth>,
 }
 
 impl Default for Options {
@@ -207,7 +207,7 @@ impl Default for Options {
             webhook_url: None,
             managed_labels,
             excluded_namespaces,
-            client_ca: None,
+            client_auth: None,
         }
     }
 }
@@ -404,8 +404,8 @@ pub fn webhook_args(options: &Options) -> Vec<String> {
         format!("--tls-cert={CERT_DIR}/{TLS_CRT}"),
         format!("--tls-key={CERT_DIR}/{TLS_KEY}"),
     ];
-    if options.client_ca.is_some() {
-        args.push(client_ca_arg());
+    if let Some(auth) = &options.client_auth {
+        args.extend(client_auth_args(auth));
     }
     args
 }
@@ -523,7 +523,7 @@ pub fn deployment(options: &Options) -> Deployment {
             })
             .chain(
                 options
-                    .client_ca
+                    .client_auth
                     .as_ref()
                     .map(|_| client_ca::volume_mount()),
             )
@@ -574,7 +574,7 @@ pub fn deployment(options: &Options) -> Deployment {
                             }),
                             ..Default::default()
                         })
-                        .chain(options.client_ca.as_ref().map(|_| client_ca::volume()))
+                        .chain(options.client_auth.as_ref().map(|_| client_ca::volume()))
                         .collect(),
                     ),
                     ..Default::default()
@@ -619,8 +619,8 @@ pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
         Manifest::new(&role_binding())?,
         Manifest::new(&tls_secret(cert))?,
     ];
-    if let Some(pem) = &options.client_ca {
-        out.push(Manifest::new(&client_ca_config_map(pem))?);
+    if let Some(auth) = &options.client_auth {
+        out.push(Manifest::new(&client_ca_config_map(&auth.ca_pem))?);
     }
     if options.webhook_url.is_none() {
         out.push(Manifest::new(&deployment(options))?);

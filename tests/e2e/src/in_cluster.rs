@@ -49,9 +49,11 @@ impl InCluster {
         };
         mesh.import_image(IMAGE).await?;
         let mut install = mesh.plugin();
+        let client = mesh.env.webhook_client();
         install
             .args(["install", "--image", IMAGE, "--client-ca-file"])
-            .arg(&mesh.env.webhook_client().ca_cert);
+            .arg(&client.ca_cert)
+            .args(["--client-allowed-names", &client.name]);
         run(install).await?;
         mesh.wait_rolled_out().await?;
         wait_webhook_effective(&mesh.env).await?;

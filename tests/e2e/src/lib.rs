@@ -313,11 +313,21 @@ impl Drop for HttpsServer {
 /// How long a test waits for what should happen soon, where it has no bound of its own.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A TLS client of the mesh's webhook trusting only its CA; with `as_apiserver`, presenting
-/// the client certificate the primary's apiserver calls it with (the webhook port requires it).
+/// Who a test's TLS client of the webhook port says it is.
+#[derive(Clone, Copy, Debug)]
+pub enum Caller {
+    /// No client certificate.
+    Anonymous,
+    /// The client certificate the primary's apiserver calls webhooks with.
+    Apiserver,
+    /// A certificate of the apiserver's CA issued to another name.
+    OtherNameOfItsCa,
+}
+
+/// A TLS client of the mesh's webhook trusting only its CA, presenting `caller`'s certificate.
 pub fn webhook_tls_client(
     mesh: &mesh_testenv::mesh::Mesh,
-    as_apiserver: bool,
+    caller: Caller,
 ) -> anyhow::Result<tokio_rustls::TlsConnector> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -326,16 +336,21 @@ pub fn webhook_tls_client(
         roots.add(cert?)?;
     }
     let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = if as_apiserver {
-        let identity = mesh
-            .client_identity()
-            .context("this mesh's webhook requires no client certificate")?;
-        let chain =
-            CertificateDer::pem_file_iter(&identity.cert)?.collect::<Result<Vec<_>, _>>()?;
-        builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(&identity.key)?)?
-    } else {
-        builder.with_no_client_auth()
+    let identity = || {
+        mesh.client_identity()
+            .context("this mesh's webhook requires no client certificate")
     };
+    let (cert, key) = match caller {
+        Caller::Anonymous => {
+            return Ok(tokio_rustls::TlsConnector::from(Arc::new(
+                builder.with_no_client_auth(),
+            )));
+        }
+        Caller::Apiserver => (&identity()?.cert, &identity()?.key),
+        Caller::OtherNameOfItsCa => (&identity()?.other_cert, &identity()?.other_key),
+    };
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let config = builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key)?)?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 

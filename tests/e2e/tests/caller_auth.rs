@@ -1,15 +1,17 @@
 //! Only the primary's apiserver may call the webhook: the test environment gives it a client
 //! certificate for webhook calls (an AdmissionConfiguration), and the mesh's webhook requires
-//! one of that CA (`--client-ca-file`). A pod that reaches the webhook port and posts a
-//! hand-made AdmissionReview without one is refused at the handshake and changes nothing on
-//! any remote; probes and metrics stay readable on their own port without a certificate.
+//! one of that CA issued to the apiserver's name (`--client-ca-file`, `--client-allowed-names`).
+//! A pod that reaches the webhook port and posts a hand-made AdmissionReview without one, or
+//! with a certificate of that CA issued to another name, is refused at the handshake and
+//! changes nothing on any remote; probes and metrics stay readable on their own port without a
+//! certificate.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{
-    create_everywhere, eventually, forged, https_get, managed_labels, shared_mesh,
+    Caller, create_everywhere, eventually, forged, https_get, managed_labels, shared_mesh,
     webhook_tls_client,
 };
 
@@ -23,36 +25,44 @@ async fn a_forged_review_without_the_apiservers_certificate_changes_no_remote() 
     let forged_ns = create_everywhere(env, "forged").await?;
     let control_ns = create_everywhere(env, "control").await?;
 
-    // Without a client certificate: the handshake is refused, nothing HTTP is answered.
-    let stranger = webhook_tls_client(mesh, false)?;
-    let refused = tokio::time::timeout(
-        DEADLINE,
-        forged::post(
-            &stranger,
-            mesh.listen_address(),
-            &forged::review(&forged_ns, "enabled"),
+    // The handshake is refused, nothing HTTP is answered: without a client certificate, and
+    // with one the apiserver's CA signed for another name.
+    for (caller, alert) in [
+        (
+            Caller::Anonymous,
+            rustls::AlertDescription::CertificateRequired,
         ),
-    )
-    .await
-    .context("the webhook answers or refuses in time")?;
-    let error = refused.expect_err("a caller without a client certificate was served");
-    let tls_error = error
-        .downcast_ref::<std::io::Error>()
-        .and_then(|e| e.get_ref())
-        .and_then(|e| e.downcast_ref::<rustls::Error>());
-    assert!(
-        matches!(
+        (
+            Caller::OtherNameOfItsCa,
+            rustls::AlertDescription::AccessDenied,
+        ),
+    ] {
+        let stranger = webhook_tls_client(mesh, caller)?;
+        let refused = tokio::time::timeout(
+            DEADLINE,
+            forged::post(
+                &stranger,
+                mesh.listen_address(),
+                &forged::review(&forged_ns, "enabled"),
+            ),
+        )
+        .await
+        .context("the webhook answers or refuses in time")?;
+        let error = refused.expect_err("a caller without the apiserver's certificate was served");
+        let tls_error = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.get_ref())
+            .and_then(|e| e.downcast_ref::<rustls::Error>());
+        assert_eq!(
             tls_error,
-            Some(rustls::Error::AlertReceived(
-                rustls::AlertDescription::CertificateRequired
-            ))
-        ),
-        "not refused for want of a certificate: {error:#}"
-    );
+            Some(&rustls::Error::AlertReceived(alert)),
+            "{caller:?} not refused as it should be: {error:#}"
+        );
+    }
 
     // The control: the same kind of review with the apiserver's certificate is served and its
     // push lands on the remotes before the answer, so the forged one would have by now too.
-    let apiserver = webhook_tls_client(mesh, true)?;
+    let apiserver = webhook_tls_client(mesh, Caller::Apiserver)?;
     let answer = forged::post(
         &apiserver,
         mesh.listen_address(),

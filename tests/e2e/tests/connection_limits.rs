@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::{StreamExt as _, stream};
-use mesh_e2e::{create_everywhere, label_on_primary, own_mesh_with, webhook_tls_client};
+use mesh_e2e::{Caller, create_everywhere, label_on_primary, own_mesh_with, webhook_tls_client};
 use mesh_testenv::mesh::MeshOptions;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -100,7 +100,7 @@ async fn idle_and_stalled_connections_neither_starve_the_apiserver_nor_stay_open
     ];
     let (env, mesh) = own_mesh_with(1, options).await?;
     let ns = create_everywhere(&env, "crowded").await?;
-    let connector = webhook_tls_client(&mesh, true)?;
+    let connector = webhook_tls_client(&mesh, Caller::Apiserver)?;
     let addr = mesh.listen_address().to_owned();
 
     // The idle crowd: handshakes completed, then silence.

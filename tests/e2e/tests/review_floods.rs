@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use mesh_e2e::{
-    eventually, forged, managed_labels, metric_sum, one_remote_mesh, own_mesh, webhook_tls_client,
+    Caller, eventually, forged, managed_labels, metric_sum, one_remote_mesh, own_mesh,
+    webhook_tls_client,
 };
 use mesh_testenv::mesh::Mesh;
 
@@ -17,7 +18,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// Sends every review at once, each on a connection of its own opened beforehand (so that
 /// they arrive together, not paced by TLS handshakes); fails unless every one was answered 200.
 async fn flood(mesh: &Mesh, addr: &str, reviews: Vec<String>) -> anyhow::Result<()> {
-    let connector = webhook_tls_client(mesh, true)?;
+    let connector = webhook_tls_client(mesh, Caller::Apiserver)?;
     let connections =
         futures::future::try_join_all(reviews.iter().map(|_| forged::connect(&connector, addr)))
             .await?;

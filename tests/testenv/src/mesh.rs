@@ -124,7 +124,10 @@ impl Mesh {
             .args(&mesh.options.install_args);
         if let Some(client) = &mesh.client {
             // Recorded in the cluster as for an in-cluster webhook: what runs is what check reads.
-            install.arg("--client-ca-file").arg(&client.ca_cert);
+            install
+                .arg("--client-ca-file")
+                .arg(&client.ca_cert)
+                .args(["--client-allowed-names", &client.name]);
         }
         run(install).await?;
         eprintln!("[mesh] installed on the primary: {:.2?}", started.elapsed());
@@ -295,11 +298,14 @@ impl Mesh {
             .args(["--identity", identity])
             .arg("--resync-period")
             .arg(format!("{}ms", self.options.resync_period.as_millis()))
-            .args(
-                self.client
-                    .iter()
-                    .flat_map(|c| [Path::new("--client-ca-file"), &c.ca_cert]),
-            )
+            .args(self.client.iter().flat_map(|c| {
+                [
+                    "--client-ca-file".into(),
+                    c.ca_cert.clone().into_os_string(),
+                    "--client-allowed-names".into(),
+                    c.name.clone().into(),
+                ]
+            }))
             .args(&self.options.webhook_args)
             .env(
                 "RUST_LOG",

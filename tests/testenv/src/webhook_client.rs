@@ -2,7 +2,9 @@
 //! certificate of a CA of its own, given to the apiserver through an AdmissionConfiguration
 //! (`--admission-control-config-file`) whose webhook plugins read a kubeconfig with user `*`
 //! (any webhook host). A webhook started with `--client-ca-file` = [`WebhookClient::ca_cert`]
-//! then serves the apiserver, and refuses anyone without such a certificate.
+//! then serves the apiserver, and refuses anyone without such a certificate; with
+//! `--client-allowed-names` = [`WebhookClient::name`], also a certificate of that CA issued to
+//! another name ([`WebhookClient::other_cert`]).
 
 use std::path::{Path, PathBuf};
 
@@ -13,15 +15,25 @@ use serde_json::json;
 
 use crate::pki::{client_cert, new_ca};
 
+/// The subject common name of the apiserver's webhook client certificate.
+const APISERVER_NAME: &str = "kube-apiserver-webhook-client";
+
 /// PEM files of the apiserver's webhook client identity and its admission configuration.
 #[derive(Clone, Debug)]
 pub struct WebhookClient {
+    /// The subject common name of [`WebhookClient::cert`].
+    pub name: String,
     /// The CA that signed [`WebhookClient::cert`]: what a webhook trusts callers with.
     pub ca_cert: PathBuf,
     /// The client certificate the apiserver presents.
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
+    /// A certificate of the same CA issued to another name (`kubelet`), as a CA that signs more
+    /// than the apiserver's certificate lets others hold.
+    pub other_cert: PathBuf,
+    /// Its key.
+    pub other_key: PathBuf,
     /// The AdmissionConfiguration for `--admission-control-config-file`.
     pub admission_config: PathBuf,
 }
@@ -31,7 +43,8 @@ impl WebhookClient {
     pub fn generate(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let (ca_pem, issuer) = new_ca("webhook-client-ca")?;
-        let (cert_pem, key_pem) = client_cert(&issuer, "kube-apiserver-webhook-client")?;
+        let (cert_pem, key_pem) = client_cert(&issuer, APISERVER_NAME)?;
+        let (other_cert_pem, other_key_pem) = client_cert(&issuer, "kubelet")?;
         let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
             let path = dir.join(name);
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -66,9 +79,12 @@ impl WebhookClient {
             "plugins": [plugin("ValidatingAdmissionWebhook"), plugin("MutatingAdmissionWebhook")],
         });
         Ok(Self {
+            name: APISERVER_NAME.to_owned(),
             ca_cert: write("ca.crt", &ca_pem)?,
             cert: write("client.crt", &cert_pem)?,
             key: write("client.key", &key_pem)?,
+            other_cert: write("other-client.crt", &other_cert_pem)?,
+            other_key: write("other-client.key", &other_key_pem)?,
             admission_config: write("admission-config.json", &admission.to_string())?,
         })
     }

@@ -215,7 +215,10 @@ mod tests {
     #[test]
     fn deployments_are_judged_by_their_flag() {
         let with = render::Options {
-            client_ca: Some("PEM".into()),
+            client_auth: Some(render::ClientAuth {
+                ca_pem: "PEM".into(),
+                allowed_names: Vec::new(),
+            }),
             ..render::Options::default()
         };
         let judged = judge_deployment(&Ok(Some(render::deployment(&with)))).unwrap();
