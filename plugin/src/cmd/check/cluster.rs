@@ -15,8 +15,8 @@ use mesh_core::{
     failure::error_chain,
     injection::{self, Readiness},
     labels::SyncRule,
-    remote::Identity,
     printable::few,
+    remote::Identity,
 };
 
 use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, Stored, ViewFacts};
@@ -468,10 +468,7 @@ fn drift_result(
         )
     };
     if !plan.out_of_scope.is_empty() {
-        missing.push_str(&format!(
-            "; out of scope: {}",
-            few(&plan.out_of_scope)
-        ));
+        missing.push_str(&format!("; out of scope: {}", few(&plan.out_of_scope)));
     }
     if plan.changes.is_empty() {
         CheckResult::ok(
