@@ -13,6 +13,21 @@ use mesh_testenv::mesh::MeshOptions;
 /// The seed of the suite's run: its schedule has every kind of operation and fault.
 const SEED: u64 = 20_261_201;
 
+/// Asserts that every kind in `expected` is among those `seen` of `what`; a failure lists the
+/// kinds missing and those seen.
+fn assert_every_kind(what: &str, seen: impl Iterator<Item = String>, expected: &[&str]) {
+    let seen: BTreeSet<String> = seen.collect();
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|kind| !seen.contains(*kind))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: none of the kinds {missing:?}, only {seen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_of_random_faults_leaves_no_violation() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -27,12 +42,8 @@ async fn a_minute_of_random_faults_leaves_no_violation() -> anyhow::Result<()> {
 
     // What was planned happened: every kind of operation was run, and the primary accepted
     // or refused (by its policy) some of each kind that changes it.
-    let kinds: BTreeSet<String> = history
-        .ops
-        .iter()
-        .map(|op| report::op_kind(history, op))
-        .collect();
-    for kind in [
+    let op_kinds = history.ops.iter().map(|op| report::op_kind(history, op));
+    let every_op_kind = [
         "label",
         "remove",
         "switch",
@@ -44,9 +55,8 @@ async fn a_minute_of_random_faults_leaves_no_violation() -> anyhow::Result<()> {
         "delete namespace",
         "create namespace (remote)",
         "delete namespace (remote)",
-    ] {
-        assert!(kinds.contains(kind), "no {kind} operation ran: {kinds:?}");
-    }
+    ];
+    assert_every_kind("operations run", op_kinds, &every_op_kind);
     let ok = |f: &dyn Fn(&OpKind) -> bool| {
         history
             .ops
@@ -70,13 +80,12 @@ async fn a_minute_of_random_faults_leaves_no_violation() -> anyhow::Result<()> {
     );
 
     // Every kind of fault was injected and healed.
-    let faults: BTreeSet<String> = history
+    let fault_kinds = history
         .faults
         .iter()
         .filter(|f| f.error.is_none())
-        .map(|f| report::fault_kind(history, f))
-        .collect();
-    for kind in [
+        .map(|f| report::fault_kind(history, f));
+    let every_fault_kind = [
         "SIGSTOP/SIGCONT: remote apiserver",
         "kill -9 and restart: remote apiserver",
         "SIGSTOP/SIGCONT: primary apiserver",
@@ -85,9 +94,8 @@ async fn a_minute_of_random_faults_leaves_no_violation() -> anyhow::Result<()> {
         "connection to the primary slowed: registered replica",
         "RBAC of the sync identity removed and restored: remote",
         "label edited on the remote: remote",
-    ] {
-        assert!(faults.contains(kind), "no {kind} fault: {faults:?}");
-    }
+    ];
+    assert_every_kind("faults injected and healed", fault_kinds, &every_fault_kind);
     let replica_faults = history
         .faults
         .iter()

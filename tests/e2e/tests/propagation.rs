@@ -8,10 +8,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
+use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{
-    NO_RESYNC, assert_landed, assert_remotes, create_everywhere, create_namespace, edit_labels,
-    eventually, label_on_primary, labels, managed_labels, namespaces, one_remote_mesh, own_mesh,
-    shared_mesh, unique_name,
+    NO_RESYNC, assert_landed, assert_remotes, carries, create_everywhere, create_namespace,
+    edit_labels, eventually, label_on_primary, labels, managed_labels, namespace_labels,
+    namespaces, one_remote_mesh, own_mesh, shared_mesh, unique_name,
 };
 use serde_json::json;
 
@@ -30,6 +31,35 @@ const PUSH_DEADLINE: Duration = Duration::from_secs(2);
 fn burst_settle_window() -> Duration {
     let drift_settle = PUSH_DEADLINE + Duration::from_secs(1);
     mesh_webhook::in_flight::DEFAULT_TTL.max(drift_settle) + Duration::from_secs(2)
+}
+
+/// The shared mesh of two remotes, and a namespace with a fresh name made of `prefix` on every
+/// cluster of it.
+async fn shared_namespace(prefix: &str) -> anyhow::Result<(&'static TestEnv, String)> {
+    let (env, _mesh) = shared_mesh(2).await;
+    Ok((env, create_everywhere(env, prefix).await?))
+}
+
+/// [`shared_namespace`], its labels on remote `ix` then edited by hand: `edit` merged into them.
+async fn hand_edited_on_remote(
+    prefix: &str,
+    ix: usize,
+    edit: serde_json::Value,
+) -> anyhow::Result<(&'static TestEnv, String, &'static Cluster)> {
+    let (env, ns) = shared_namespace(prefix).await?;
+    let remote = &env.remotes()[ix];
+    edit_labels(remote, &ns, edit).await?;
+    Ok((env, ns, remote))
+}
+
+/// The managed labels `istio-injection=enabled` leaves.
+fn injection_enabled() -> BTreeMap<String, String> {
+    labels(&[("istio-injection", "enabled")])
+}
+
+/// Asserts that kubectl's warnings say `said`.
+fn assert_printed(warnings: &str, said: &str) {
+    assert!(warnings.contains(said), "kubectl printed: {warnings}");
 }
 
 /// The managed labels of a namespace object (as a watch delivers it).
@@ -52,8 +82,7 @@ struct Transition {
 #[tokio::test]
 async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_returns()
 -> anyhow::Result<()> {
-    let (env, _mesh) = shared_mesh(2).await;
-    let ns = create_everywhere(env, "transitions").await?;
+    let (env, ns) = shared_namespace("transitions").await?;
 
     let transitions = [
         Transition {
@@ -114,24 +143,13 @@ async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_ret
 
 #[tokio::test]
 async fn unmanaged_labels_are_never_touched() -> anyhow::Result<()> {
-    let (env, _mesh) = shared_mesh(2).await;
-    let ns = create_everywhere(env, "unmanaged").await?;
-    let remote = &env.remotes()[0];
-    edit_labels(remote, &ns, json!({"team": "remote-team"})).await?;
+    let (env, ns, remote) =
+        hand_edited_on_remote("unmanaged", 0, json!({"team": "remote-team"})).await?;
 
     let warnings =
         label_on_primary(env, &ns, &["team=primary-team", "istio-injection=enabled"]).await?;
-    assert!(
-        warnings.contains("applied on"),
-        "kubectl printed: {warnings}"
-    );
-    let stored = namespaces(remote)
-        .await?
-        .get(&ns)
-        .await?
-        .metadata
-        .labels
-        .unwrap_or_default();
+    assert_printed(&warnings, "applied on");
+    let stored = namespace_labels(remote, &ns).await?.unwrap_or_default();
     assert_eq!(stored.get("team").map(String::as_str), Some("remote-team"));
     assert_eq!(
         stored.get("istio-injection").map(String::as_str),
@@ -142,14 +160,10 @@ async fn unmanaged_labels_are_never_touched() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_label_set_only_on_a_remote_disappears() -> anyhow::Result<()> {
-    let (env, _mesh) = shared_mesh(2).await;
-    let ns = create_everywhere(env, "remote-only").await?;
-    let remote = &env.remotes()[1];
-    edit_labels(remote, &ns, json!({"istio-injection": "enabled"})).await?;
-    eventually("remote-only label removed", RESYNC_DEADLINE, || async {
-        Ok(managed_labels(remote, &ns).await?.filter(|l| l.is_empty()))
-    })
-    .await?;
+    let (env, ns, remote) =
+        hand_edited_on_remote("remote-only", 1, json!({"istio-injection": "enabled"})).await?;
+    // Removed again, the primary having no such label.
+    carries(remote, &ns, &labels(&[]), RESYNC_DEADLINE).await?;
     // The correction is reported where people look: an Event about the primary namespace.
     let events: kube::Api<k8s_openapi::api::events::v1::Event> =
         kube::Api::all(env.primary().client().await?);
@@ -171,23 +185,16 @@ async fn a_label_set_only_on_a_remote_disappears() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn deleting_a_namespace_on_the_primary_removes_its_labels_on_remotes() -> anyhow::Result<()> {
-    let (env, _mesh) = shared_mesh(2).await;
-    let ns = create_everywhere(env, "deleted").await?;
+    let (env, ns) = shared_namespace("deleted").await?;
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    let enabled = labels(&[("istio-injection", "enabled")]);
-    assert_remotes(env, &ns, &enabled, "labelled before the delete").await?;
+    assert_remotes(env, &ns, &injection_enabled(), "labelled before the delete").await?;
 
     namespaces(env.primary())
         .await?
         .delete(&ns, &DeleteParams::default())
         .await?;
     for remote in env.remotes() {
-        eventually(
-            &format!("labels of {ns} removed on {}", remote.name),
-            RESYNC_DEADLINE,
-            || async { Ok(managed_labels(remote, &ns).await?.filter(|l| l.is_empty())) },
-        )
-        .await?;
+        carries(remote, &ns, &labels(&[]), RESYNC_DEADLINE).await?;
     }
     Ok(())
 }
@@ -199,11 +206,9 @@ async fn a_namespace_created_later_on_a_remote_gets_the_label_within_a_resync() 
     let ns = unique_name("late");
     create_namespace(env.primary(), &ns).await?;
     let warnings = label_on_primary(env, &ns, &["istio.io/rev=stable"]).await?;
-    assert!(
-        warnings.contains(&format!(
-            "namespace {ns} does not exist there (not created)"
-        )),
-        "kubectl printed: {warnings}"
+    assert_printed(
+        &warnings,
+        &format!("namespace {ns} does not exist there (not created)"),
     );
     // Not created on the remotes.
     for remote in env.remotes() {
@@ -211,24 +216,19 @@ async fn a_namespace_created_later_on_a_remote_gets_the_label_within_a_resync() 
     }
     let remote = &env.remotes()[0];
     create_namespace(remote, &ns).await?;
-    eventually("late namespace labelled", RESYNC_DEADLINE, || async {
-        Ok(managed_labels(remote, &ns)
-            .await?
-            .filter(|l| *l == labels(&[("istio.io/rev", "stable")])))
-    })
-    .await?;
+    let stable = labels(&[("istio.io/rev", "stable")]);
+    carries(remote, &ns, &stable, RESYNC_DEADLINE).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
-    let (env, _mesh) = shared_mesh(2).await;
-    let ns = create_everywhere(env, "dry-run").await?;
+    let (env, ns) = shared_namespace("dry-run").await?;
     let warnings =
         label_on_primary(env, &ns, &["istio-injection=enabled", "--dry-run=server"]).await?;
-    assert!(
-        warnings.contains("kubectl-mesh: dry run; remote clusters not changed"),
-        "kubectl printed: {warnings}"
+    assert_printed(
+        &warnings,
+        "kubectl-mesh: dry run; remote clusters not changed",
     );
     // A push would have landed before kubectl returned.
     assert_remotes(env, &ns, &labels(&[]), "after the dry run").await?;
@@ -236,8 +236,13 @@ async fn a_dry_run_pushes_nothing() -> anyhow::Result<()> {
     // The same edit for real is on the remotes when kubectl returns: looking right after the
     // dry run would have seen a push.
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    let enabled = labels(&[("istio-injection", "enabled")]);
-    assert_remotes(env, &ns, &enabled, "after the same edit for real").await?;
+    assert_remotes(
+        env,
+        &ns,
+        &injection_enabled(),
+        "after the same edit for real",
+    )
+    .await?;
     Ok(())
 }
 
@@ -251,22 +256,13 @@ async fn primary_edits_succeed_and_remotes_converge_while_the_webhook_is_down() 
     label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     assert_eq!(
         managed_labels(env.primary(), &ns).await?,
-        Some(labels(&[("istio-injection", "enabled")]))
+        Some(injection_enabled())
     );
     // Nothing reached the remote while the webhook was down: what converges it below is the
     // webhook coming back.
     assert_eq!(managed_labels(&remote, &ns).await?, Some(labels(&[])));
     mesh.start_webhook(&env).await?;
-    eventually(
-        "remote converged after the webhook came back",
-        RESYNC_DEADLINE,
-        || async {
-            Ok(managed_labels(&remote, &ns)
-                .await?
-                .filter(|l| *l == labels(&[("istio-injection", "enabled")])))
-        },
-    )
-    .await?;
+    carries(&remote, &ns, &injection_enabled(), RESYNC_DEADLINE).await?;
     Ok(())
 }
 
@@ -277,7 +273,7 @@ async fn remote_edits_are_corrected_as_they_happen_not_at_the_next_resync() -> a
     let (env, _mesh) = own_mesh(1, Some(NO_RESYNC)).await?;
     let remote = &env.remotes()[0];
     let deadline = Duration::from_secs(20);
-    let enabled = labels(&[("istio-injection", "enabled")]);
+    let enabled = injection_enabled();
 
     // A namespace created on the remote after its primary twin was labelled.
     let late = unique_name("late-watched");
@@ -300,43 +296,23 @@ async fn remote_edits_are_corrected_as_they_happen_not_at_the_next_resync() -> a
     )
     .await?;
     create_namespace(remote, &late).await?;
-    eventually("late namespace labelled", deadline, || async {
-        Ok(managed_labels(remote, &late)
-            .await?
-            .filter(|l| *l == enabled))
-    })
-    .await?;
+    carries(remote, &late, &enabled, deadline).await?;
 
     // A managed label changed by hand on the remote goes back to the primary's value.
-    let remote_namespaces = namespaces(remote).await?;
-    let flip = json!({"metadata": {"labels": {"istio-injection": "disabled"}}});
-    remote_namespaces
-        .patch(&late, &PatchParams::default(), &Patch::Merge(&flip))
-        .await?;
-    eventually("hand edit reverted", deadline, || async {
-        Ok(managed_labels(remote, &late)
-            .await?
-            .filter(|l| *l == enabled))
-    })
-    .await?;
+    edit_labels(remote, &late, json!({"istio-injection": "disabled"})).await?;
+    carries(remote, &late, &enabled, deadline).await?;
 
     // A managed label the primary does not have is removed; other labels stay.
     let plain = create_everywhere(&env, "plain-watched").await?;
-    let add = json!({"metadata": {"labels": {"istio.io/rev": "canary", "team": "web"}}});
-    remote_namespaces
-        .patch(&plain, &PatchParams::default(), &Patch::Merge(&add))
-        .await?;
-    eventually("remote-only label removed", deadline, || async {
-        Ok(managed_labels(remote, &plain)
-            .await?
-            .filter(|l| l.is_empty()))
-    })
+    edit_labels(
+        remote,
+        &plain,
+        json!({"istio.io/rev": "canary", "team": "web"}),
+    )
     .await?;
-    let team = remote_namespaces.get(&plain).await?.metadata.labels;
-    assert_eq!(
-        team.unwrap_or_default().get("team").map(String::as_str),
-        Some("web")
-    );
+    carries(remote, &plain, &labels(&[]), deadline).await?;
+    let team = namespace_labels(remote, &plain).await?.unwrap_or_default();
+    assert_eq!(team.get("team").map(String::as_str), Some("web"));
     Ok(())
 }
 

@@ -258,25 +258,33 @@ mod tests {
         Ok(())
     }
 
+    /// What [`frozen_connection`] sends on the connection it froze.
+    const HELD: &[u8] = b"again";
+
+    /// An echo proxy and a connection through it that bytes went through both ways before
+    /// `freeze` (of the proxy); then [`HELD`], sent on it, does not come back.
+    async fn frozen_connection(freeze: fn(&Proxy)) -> anyhow::Result<(Proxy, TcpStream)> {
+        let proxy = echo_proxy().await?;
+        let mut client = connected(&proxy).await?;
+        freeze(&proxy);
+        holds_back(&mut client, HELD).await?;
+        Ok((proxy, client))
+    }
+
     /// Forwards, holds bytes while frozen without closing anything, then delivers them when
     /// thawed.
     #[tokio::test]
     async fn freezes_and_thaws_without_closing() -> anyhow::Result<()> {
-        let proxy = echo_proxy().await?;
-        let mut client = connected(&proxy).await?;
-        proxy.freeze();
-        holds_back(&mut client, b"again").await?;
+        let (proxy, mut client) = frozen_connection(Proxy::freeze).await?;
         proxy.thaw();
-        receives(&mut client, b"again").await
+        receives(&mut client, HELD).await
     }
 
     /// Connections open when frozen stay silent; a new one gets through.
     #[tokio::test]
     async fn freezes_only_the_connections_open_then() -> anyhow::Result<()> {
-        let proxy = echo_proxy().await?;
-        let mut old = connected(&proxy).await?;
-        proxy.freeze_open_connections();
-        holds_back(&mut old, b"again").await?;
+        // The old connection stays open (and frozen) while the new one is made.
+        let (proxy, _old) = frozen_connection(Proxy::freeze_open_connections).await?;
         connected(&proxy).await.map(drop)
     }
 

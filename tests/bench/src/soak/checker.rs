@@ -655,6 +655,16 @@ mod tests {
         }
     }
 
+    /// The primary's watch showing its namespace `shop` with the labels `pairs`.
+    fn primary_shows(at: Ms, pairs: &[(&str, &str)]) -> WatchEvent {
+        seen(at, PRIMARY, "shop", ns("p", pairs))
+    }
+
+    /// The remote's watch showing its namespace `shop` with the labels `pairs`.
+    fn remote_shows(at: Ms, pairs: &[(&str, &str)]) -> WatchEvent {
+        seen(at, 1, "shop", ns("r", pairs))
+    }
+
     fn label_op(id: usize, start: Ms, name: &str, pairs: &[(&str, &str)]) -> Op {
         Op {
             id,
@@ -671,6 +681,15 @@ mod tests {
         }
     }
 
+    /// An edit of `shop` on the primary at 5,000 that failed with `detail`.
+    fn failed_edit(id: usize, detail: &str) -> Op {
+        Op {
+            outcome: Outcome::Failed,
+            detail: detail.to_owned(),
+            ..label_op(id, 5_000, "shop", &[])
+        }
+    }
+
     fn fault(id: usize, kind: FaultKind, target: &str, start: Ms, end: Ms) -> Fault {
         Fault {
             id,
@@ -683,13 +702,28 @@ mod tests {
         }
     }
 
+    fn lease_held_by(at: Ms, holder: &str) -> LeaseSeen {
+        LeaseSeen {
+            at,
+            holder: Some(holder.to_owned()),
+        }
+    }
+
+    /// The primary's apiserver giving up on the webhook after the whole timeout.
+    fn webhook_given_up_on(at: Ms) -> FailOpen {
+        FailOpen {
+            at,
+            deadline: true,
+            line: "Failed calling webhook, failing open".into(),
+        }
+    }
+
     /// A clean run: one namespace on the primary and one remote, labelled once, converged.
     fn clean() -> History {
-        let shop = |uid: &str, pairs: &[(&str, &str)]| ns(uid, pairs);
-        let mut initial_p = seen(0, 0, "shop", shop("p", &[]));
-        initial_p.initial = true;
-        let mut initial_r = seen(0, 1, "shop", shop("r", &[]));
-        initial_r.initial = true;
+        let initial = |event| WatchEvent {
+            initial: true,
+            ..event
+        };
         History {
             seed: 1,
             start_unix_ms: 0,
@@ -701,16 +735,13 @@ mod tests {
             ops: vec![label_op(0, 1_000, "shop", &[(INJ, "enabled")])],
             faults: vec![fault(0, FaultKind::Pause, "remote-1", 2_000, 4_000)],
             events: vec![
-                initial_p,
-                initial_r,
-                seen(1_050, 1, "shop", shop("r", &[(INJ, "enabled")])),
-                seen(1_080, 0, "shop", shop("p", &[(INJ, "enabled")])),
-                seen(4_500, 1, "shop", shop("r", &[(INJ, "enabled")])),
+                initial(primary_shows(0, &[])),
+                initial(remote_shows(0, &[])),
+                remote_shows(1_050, &[(INJ, "enabled")]),
+                primary_shows(1_080, &[(INJ, "enabled")]),
+                remote_shows(4_500, &[(INJ, "enabled")]),
             ],
-            leases: vec![LeaseSeen {
-                at: 500,
-                holder: Some("a".into()),
-            }],
+            leases: vec![lease_held_by(500, "a")],
             writes: vec![ReplicaWrite {
                 at: 1_045,
                 replica: "a".into(),
@@ -723,25 +754,51 @@ mod tests {
             snapshot: Some(Snapshot {
                 at: 25_000,
                 clusters: vec![
-                    BTreeMap::from([("shop".into(), shop("p", &[(INJ, "enabled")]))]),
-                    BTreeMap::from([("shop".into(), shop("r", &[(INJ, "enabled")]))]),
+                    BTreeMap::from([("shop".into(), ns("p", &[(INJ, "enabled")]))]),
+                    BTreeMap::from([("shop".into(), ns("r", &[(INJ, "enabled")]))]),
                 ],
             }),
         }
     }
 
-    fn kinds(history: &History) -> Vec<ViolationKind> {
+    /// The clean history with `edit` made to it.
+    fn clean_but(edit: impl FnOnce(&mut History)) -> History {
+        let mut history = clean();
+        edit(&mut history);
+        history
+    }
+
+    /// The clean history's replica write again, at `at`.
+    fn write_again_at(history: &History, at: Ms) -> ReplicaWrite {
+        ReplicaWrite {
+            at,
+            ..history.writes[0].clone()
+        }
+    }
+
+    fn verdict_on(history: &History) -> Verdict {
         check(history, &CheckConfig::default())
+    }
+
+    fn kinds(history: &History) -> Vec<ViolationKind> {
+        verdict_on(history)
             .violations
             .iter()
             .map(|v| v.kind)
             .collect()
     }
 
+    fn violations_of(verdict: &Verdict, kind: ViolationKind) -> Vec<&Violation> {
+        verdict
+            .violations
+            .iter()
+            .filter(|v| v.kind == kind)
+            .collect()
+    }
+
     #[test]
     fn a_clean_history_has_no_violation_and_converges_after_its_fault() {
-        let history = clean();
-        let verdict = check(&history, &CheckConfig::default());
+        let verdict = verdict_on(&clean());
         assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
         assert_eq!(verdict.convergence.len(), 1);
         // Equal when it healed (at 4,000): the last event before left both sides alike.
@@ -750,47 +807,42 @@ mod tests {
 
     #[test]
     fn a_remote_left_unlike_the_primary_is_not_converged() {
-        let mut history = clean();
-        let snapshot = history.snapshot.as_mut().unwrap();
-        snapshot.clusters[1].insert("shop".into(), ns("r", &[(INJ, "disabled")]));
-        // A namespace the primary lacks must carry no managed label.
-        snapshot.clusters[1].insert("only-here".into(), ns("x", &[("istio.io/rev", "canary")]));
-        let verdict = check(&history, &CheckConfig::default());
-        let not_converged: Vec<_> = verdict
-            .violations
-            .iter()
-            .filter(|v| v.kind == ViolationKind::NotConverged)
-            .collect();
+        let history = clean_but(|h| {
+            let remote = &mut h.snapshot.as_mut().unwrap().clusters[1];
+            remote.insert("shop".into(), ns("r", &[(INJ, "disabled")]));
+            // A namespace the primary lacks must carry no managed label.
+            remote.insert("only-here".into(), ns("x", &[("istio.io/rev", "canary")]));
+        });
+        let verdict = verdict_on(&history);
+        let not_converged = violations_of(&verdict, ViolationKind::NotConverged);
         assert_eq!(not_converged.len(), 2, "{not_converged:#?}");
         assert!(
-            not_converged[0].message.contains("disabled")
-                || not_converged[1].message.contains("disabled")
+            not_converged.iter().any(|v| v.message.contains("disabled")),
+            "{not_converged:#?}"
         );
-        // A namespace being deleted on the primary must carry none either.
-        let mut history = clean();
-        history.snapshot.as_mut().unwrap().clusters[0]
-            .get_mut("shop")
-            .unwrap()
-            .deleting = true;
-        assert_eq!(kinds(&history), vec![ViolationKind::NotConverged]);
-        // No final listing at all is not convergence.
-        let mut history = clean();
-        history.snapshot = None;
-        assert_eq!(kinds(&history), vec![ViolationKind::NotConverged]);
+        let cases = [
+            // A namespace being deleted on the primary must carry none either.
+            (
+                "shop being deleted on the primary",
+                clean_but(|h| {
+                    let primary = &mut h.snapshot.as_mut().unwrap().clusters[PRIMARY];
+                    primary.get_mut("shop").unwrap().deleting = true;
+                }),
+            ),
+            // No final listing at all is not convergence.
+            ("no final listing", clean_but(|h| h.snapshot = None)),
+        ];
+        for (case, history) in cases {
+            assert_eq!(kinds(&history), vec![ViolationKind::NotConverged], "{case}");
+        }
     }
 
     #[test]
     fn a_value_nobody_asked_for_is_a_phantom_with_its_history() {
-        let mut history = clean();
-        history
-            .events
-            .push(seen(6_000, 1, "shop", ns("r", &[(INJ, "disabled")])));
-        let verdict = check(&history, &CheckConfig::default());
-        let phantom = verdict
-            .violations
-            .iter()
-            .find(|v| v.kind == ViolationKind::Phantom)
-            .expect("a phantom");
+        let history = clean_but(|h| h.events.push(remote_shows(6_000, &[(INJ, "disabled")])));
+        let verdict = verdict_on(&history);
+        let phantoms = violations_of(&verdict, ViolationKind::Phantom);
+        let phantom = phantoms.first().expect("a phantom");
         assert!(
             phantom.message.contains("istio-injection=disabled"),
             "{}",
@@ -805,86 +857,62 @@ mod tests {
 
     #[test]
     fn a_dry_run_value_on_a_remote_is_a_phantom() {
-        let mut history = clean();
-        history.ops.push(Op {
-            kind: OpKind::DryRun {
-                set: labels(&[(INJ, "dry")]),
-            },
-            ..label_op(1, 5_000, "shop", &[])
+        let history = clean_but(|h| {
+            h.ops.push(Op {
+                kind: OpKind::DryRun {
+                    set: labels(&[(INJ, "dry")]),
+                },
+                ..label_op(1, 5_000, "shop", &[])
+            });
+            h.events.push(remote_shows(5_050, &[(INJ, "dry")]));
         });
-        history
-            .events
-            .push(seen(5_050, 1, "shop", ns("r", &[(INJ, "dry")])));
         assert!(kinds(&history).contains(&ViolationKind::Phantom));
     }
 
     #[test]
     fn asked_refused_and_drifted_values_are_no_phantoms_within_the_window() {
-        let mut history = clean();
-        history.ops.push(Op {
-            kind: OpKind::Refused {
-                set: labels(&[(INJ, "refused-1")]),
-            },
-            outcome: Outcome::Refused,
-            ..label_op(1, 5_000, "shop", &[])
-        });
-        history
-            .events
-            .push(seen(5_050, 1, "shop", ns("r", &[(INJ, "refused-1")])));
-        history.faults.push(fault(
-            1,
-            FaultKind::Drift {
+        let mut history = clean_but(|h| {
+            h.ops.push(Op {
+                kind: OpKind::Refused {
+                    set: labels(&[(INJ, "refused-1")]),
+                },
+                outcome: Outcome::Refused,
+                ..label_op(1, 5_000, "shop", &[])
+            });
+            let drift = FaultKind::Drift {
                 namespace: "shop".into(),
                 key: INJ.into(),
                 value: "drift-1".into(),
-            },
-            "remote-1",
-            6_000,
-            6_000,
-        ));
-        history
-            .events
-            .push(seen(6_020, 1, "shop", ns("r", &[(INJ, "drift-1")])));
-        history
-            .events
-            .push(seen(7_000, 1, "shop", ns("r", &[(INJ, "enabled")])));
+            };
+            h.faults.push(fault(1, drift, "remote-1", 6_000, 6_000));
+            h.events.extend([
+                remote_shows(5_050, &[(INJ, "refused-1")]),
+                remote_shows(6_020, &[(INJ, "drift-1")]),
+                remote_shows(7_000, &[(INJ, "enabled")]),
+            ]);
+        });
         assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
         // The same drift, but on another remote than the one it was made on: a phantom.
         history.faults[1].target = "remote-2".into();
         assert_eq!(kinds(&history), vec![ViolationKind::Phantom]);
         // A value asked for long before the window: a phantom too.
-        let mut history = clean();
-        history
-            .events
-            .push(seen(90_000, 1, "shop", ns("r", &[(INJ, "other")])));
-        history
-            .ops
-            .push(label_op(1, 2_000, "shop", &[(INJ, "other")]));
-        // Written by a replica (its reconciler, say, from a stale view), not by no one.
-        history.writes.push(ReplicaWrite {
-            at: 89_990,
-            ..history.writes[0].clone()
+        let history = clean_but(|h| {
+            h.events.push(remote_shows(90_000, &[(INJ, "other")]));
+            h.ops.push(label_op(1, 2_000, "shop", &[(INJ, "other")]));
+            // Written by a replica (its reconciler, say, from a stale view), not by no one.
+            h.writes.push(write_again_at(h, 89_990));
         });
         assert_eq!(kinds(&history), vec![ViolationKind::Phantom]);
     }
 
     #[test]
     fn a_write_after_losing_the_lease_is_a_stale_writer() {
-        let mut history = clean();
-        history.leases.push(LeaseSeen {
-            at: 3_000,
-            holder: Some("b".into()),
+        let mut history = clean_but(|h| {
+            h.leases.push(lease_held_by(3_000, "b"));
+            h.writes.push(write_again_at(h, 3_600));
         });
-        history.writes.push(ReplicaWrite {
-            at: 3_600,
-            ..history.writes[0].clone()
-        });
-        let verdict = check(&history, &CheckConfig::default());
-        let stale: Vec<_> = verdict
-            .violations
-            .iter()
-            .filter(|v| v.kind == ViolationKind::StaleWriter)
-            .collect();
+        let verdict = verdict_on(&history);
+        let stale = violations_of(&verdict, ViolationKind::StaleWriter);
         assert_eq!(stale.len(), 1, "{:#?}", verdict.violations);
         assert!(
             stale[0].message.contains("while b held"),
@@ -892,79 +920,74 @@ mod tests {
             stale[0].message
         );
         // Taken back before the write (seen a little after it): fine.
-        history.leases.push(LeaseSeen {
-            at: 3_700,
-            holder: Some("a".into()),
-        });
+        history.leases.push(lease_held_by(3_700, "a"));
         assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
         // A replica that never held it.
-        let mut history = clean();
-        history.writes[0].replica = "c".into();
+        let history = clean_but(|h| h.writes[0].replica = "c".into());
         assert_eq!(kinds(&history), vec![ViolationKind::StaleWriter]);
     }
 
     #[test]
     fn a_remote_change_no_replica_logged_is_reported() {
-        let mut history = clean();
         // The clean history's change at 1,050 is a push's.
-        history.pushes.push(ReplicaWrite {
-            at: 1_040,
-            replica: "a".into(),
-            cluster: "remote-1".into(),
-            namespace: "shop".into(),
-            change: "applied".into(),
+        let mut history = clean_but(|h| {
+            h.pushes.push(ReplicaWrite {
+                change: "applied".into(),
+                ..write_again_at(h, 1_040)
+            })
         });
         assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
         history.pushes.clear();
         history.writes.clear();
-        let verdict = check(&history, &CheckConfig::default());
-        let stale: Vec<_> = verdict
-            .violations
-            .iter()
-            .map(|v| (v.kind, v.message.clone()))
-            .collect();
-        assert_eq!(stale.len(), 1, "{stale:#?}");
-        assert_eq!(stale[0].0, ViolationKind::StaleWriter);
-        assert!(stale[0].1.contains("no replica logged"), "{}", stale[0].1);
+        let violations = verdict_on(&history).violations;
+        assert_eq!(violations.len(), 1, "{violations:#?}");
+        assert_eq!(violations[0].kind, ViolationKind::StaleWriter);
+        assert!(
+            violations[0].message.contains("no replica logged"),
+            "{}",
+            violations[0].message
+        );
     }
 
     #[test]
     fn anything_but_managed_labels_written_on_a_remote_is_touched() {
-        // A field owned by the mesh that is no managed label.
-        let mut history = clean();
-        let mut state = ns("r", &[(INJ, "enabled")]);
-        state.mesh_fields = vec![
-            "f:metadata/f:labels/.".into(),
-            "f:metadata/f:labels/f:istio-injection".into(),
-            "f:metadata/f:annotations/f:note".into(),
+        let enabled = || ns("r", &[(INJ, "enabled")]);
+        let cases = [
+            (
+                "a field owned by the mesh that is no managed label",
+                NsState {
+                    mesh_fields: vec![
+                        "f:metadata/f:labels/.".into(),
+                        "f:metadata/f:labels/f:istio-injection".into(),
+                        "f:metadata/f:annotations/f:note".into(),
+                    ],
+                    ..enabled()
+                },
+            ),
+            (
+                "an unmanaged label that changed",
+                ns("r", &[(INJ, "enabled"), ("team", "x")]),
+            ),
+            (
+                "an annotation",
+                NsState {
+                    annotations: labels(&[("a", "b")]),
+                    ..enabled()
+                },
+            ),
         ];
-        history.events.push(seen(5_000, 1, "shop", state));
-        assert_eq!(kinds(&history), vec![ViolationKind::Touched]);
-        // An unmanaged label that changed.
-        let mut history = clean();
-        history.events.push(seen(
-            5_000,
-            1,
-            "shop",
-            ns("r", &[(INJ, "enabled"), ("team", "x")]),
-        ));
-        assert_eq!(kinds(&history), vec![ViolationKind::Touched]);
-        // An annotation.
-        let mut history = clean();
-        let mut state = ns("r", &[(INJ, "enabled")]);
-        state.annotations.insert("a".into(), "b".into());
-        history.events.push(seen(5_000, 1, "shop", state));
-        assert_eq!(kinds(&history), vec![ViolationKind::Touched]);
+        for (case, state) in cases {
+            let history = clean_but(|h| h.events.push(seen(5_000, 1, "shop", state)));
+            assert_eq!(kinds(&history), vec![ViolationKind::Touched], "{case}");
+        }
         // A namespace that appears on a remote without the workload creating it, and one that
         // goes away without the workload deleting it.
-        let mut history = clean();
-        history.events.push(seen(5_000, 1, "new", ns("n", &[])));
-        history.events.push(WatchEvent {
-            at: 6_000,
-            cluster: 1,
-            name: "shop".into(),
-            observed: Observed::Gone,
-            initial: false,
+        let mut history = clean_but(|h| {
+            h.events.push(seen(5_000, 1, "new", ns("n", &[])));
+            h.events.push(WatchEvent {
+                observed: Observed::Gone,
+                ..remote_shows(6_000, &[])
+            });
         });
         assert_eq!(
             kinds(&history),
@@ -984,58 +1007,35 @@ mod tests {
 
     #[test]
     fn an_edit_failed_or_held_by_the_webhook_means_the_primary_was_not_writable() {
-        let mut history = clean();
-        history.ops.push(Op {
-            outcome: Outcome::Failed,
-            detail: "Internal error occurred: failed calling webhook \"kubectl-mesh\"".into(),
-            ..label_op(1, 5_000, "shop", &[])
+        let history = clean_but(|h| {
+            h.ops.push(failed_edit(
+                1,
+                "Internal error occurred: failed calling webhook \"kubectl-mesh\"",
+            ));
+            h.ops.push(failed_edit(2, "etcdserver: request timed out"));
+            // The apiserver gave up on the webhook: held for the whole timeout.
+            h.fail_opens.push(webhook_given_up_on(7_000));
         });
-        history.ops.push(Op {
-            outcome: Outcome::Failed,
-            detail: "etcdserver: request timed out".into(),
-            ..label_op(2, 5_000, "shop", &[])
-        });
-        // The apiserver gave up on the webhook: held for the whole timeout.
-        history.fail_opens.push(FailOpen {
-            at: 7_000,
-            deadline: true,
-            line: "Failed calling webhook, failing open".into(),
-        });
-        assert_eq!(
-            kinds(&history),
-            vec![
-                ViolationKind::PrimaryNotWritable,
-                ViolationKind::PrimaryNotWritable,
-                ViolationKind::PrimaryNotWritable
-            ]
-        );
+        assert_eq!(kinds(&history), vec![ViolationKind::PrimaryNotWritable; 3]);
         // While the primary's own apiserver was down, failing edits are its fault; while the
         // replica it calls was stopped, the apiserver giving up on it is expected.
-        let mut history = clean();
-        history
-            .faults
-            .push(fault(1, FaultKind::Kill, "primary", 4_000, 6_000));
-        history.faults.push(fault(
-            2,
-            FaultKind::Pause,
-            "local-mesh-webhook",
-            20_000,
-            22_000,
-        ));
-        history.ops.push(Op {
-            outcome: Outcome::Failed,
-            detail: "connection refused".into(),
-            ..label_op(1, 5_000, "shop", &[])
-        });
-        // Slow, but the apiserver did not give up on the webhook: not the webhook's doing.
-        history.ops.push(Op {
-            end: 5_000 + 9_000,
-            ..label_op(2, 5_000, "shop", &[])
-        });
-        history.fail_opens.push(FailOpen {
-            at: 26_000,
-            deadline: true,
-            line: "Failed calling webhook, failing open".into(),
+        let mut history = clean_but(|h| {
+            h.faults
+                .push(fault(1, FaultKind::Kill, "primary", 4_000, 6_000));
+            h.faults.push(fault(
+                2,
+                FaultKind::Pause,
+                "local-mesh-webhook",
+                20_000,
+                22_000,
+            ));
+            h.ops.push(failed_edit(1, "connection refused"));
+            // Slow, but the apiserver did not give up on the webhook: not the webhook's doing.
+            h.ops.push(Op {
+                end: 5_000 + 9_000,
+                ..label_op(2, 5_000, "shop", &[])
+            });
+            h.fail_opens.push(webhook_given_up_on(26_000));
         });
         assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
         history.fail_opens[0].at = 40_000;
@@ -1044,12 +1044,8 @@ mod tests {
 
     #[test]
     fn convergence_time_is_unknown_when_a_remote_never_caught_up() {
-        let mut history = clean();
-        history
-            .events
-            .push(seen(3_000, 0, "shop", ns("p", &[(INJ, "disabled")])));
-        let verdict = check(&history, &CheckConfig::default());
+        let history = clean_but(|h| h.events.push(primary_shows(3_000, &[(INJ, "disabled")])));
         // 4,500 shows the remote still at "enabled": never converged after the fault.
-        assert_eq!(verdict.convergence[0].after, None);
+        assert_eq!(verdict_on(&history).convergence[0].after, None);
     }
 }

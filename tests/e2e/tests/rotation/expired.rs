@@ -1,12 +1,12 @@
 //! An expired stored token: status, check, list and the webhook's metrics say so, and
 //! `rotate` repairs it.
 
-use std::collections::BTreeMap;
-
 use mesh_e2e::tokens::store_token;
-use mesh_e2e::{assert_success, carries, describe, eventually, fixtures::mesh_command, text};
+use mesh_e2e::{assert_success, describe, eventually, fixtures::mesh_command, text};
 
-use crate::support::{DEADLINE, one_remote, reachable_reason, rotate, token_expiry};
+use crate::support::{
+    DEADLINE, injection_syncs, one_remote, reachable_reason, rotate, token_expiry, wide_list,
+};
 
 /// An unsigned JWT whose `exp` has passed.
 ///
@@ -60,12 +60,8 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
         all.contains(&format!("kubectl mesh rotate {name}")),
         "{all}"
     );
-    let list = mesh_command(&env, &["list", "-o", "wide"]).await?;
-    assert!(
-        text(&list.stdout).contains("expired"),
-        "{}",
-        describe(&list)
-    );
+    let (table, run) = wide_list(&env).await?;
+    assert!(table.contains("expired"), "{run}");
     let wide = mesh_command(&env, &["status", "-o", "wide"]).await?;
     assert!(
         text(&wide.stderr).contains(&format!("token of {name}: expired")),
@@ -82,14 +78,8 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
         )
     })
     .await?;
-    mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
-    let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
-    carries(&remote, &ns, &expected, DEADLINE).await?;
-    let list = mesh_command(&env, &["list", "-o", "wide"]).await?;
-    assert!(
-        !text(&list.stdout).contains("expired"),
-        "{}",
-        describe(&list)
-    );
+    injection_syncs(&env, &remote, &ns, "enabled").await?;
+    let (table, run) = wide_list(&env).await?;
+    assert!(!table.contains("expired"), "{run}");
     Ok(())
 }

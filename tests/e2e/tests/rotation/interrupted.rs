@@ -1,8 +1,6 @@
 //! A rotation that stops midway, for want of a webhook or by Ctrl-C after any step, leaves
 //! stored credentials that work, and a re-run finishes it.
 
-use std::collections::BTreeMap;
-
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
@@ -10,15 +8,15 @@ use kube::{
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
-    assert_success, carries, describe,
+    assert_success, describe,
     fixtures::{mesh_command, output},
     text,
 };
 use serde_json::json;
 
 use crate::support::{
-    DEADLINE, STANDBY, SYNC_TOKEN, one_remote, remote_command, rotate, rotate_with, stored_sync,
-    token_secrets,
+    DEADLINE, STANDBY, SYNC_TOKEN, injection_syncs, one_remote, remote_command, rotate,
+    rotate_with, stored_sync, token_secrets,
 };
 
 #[tokio::test]
@@ -66,9 +64,7 @@ async fn an_interrupted_rotation_keeps_a_working_token_and_a_rerun_finishes_it()
     assert_eq!(token_secrets(&remote).await?, vec![SYNC_TOKEN.to_owned()]);
 
     // And sync works with it.
-    mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
-    let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
-    carries(&remote, &ns, &expected, DEADLINE).await?;
+    injection_syncs(&env, &remote, &ns, "enabled").await?;
 
     // --all reaches each remote through the context attach recorded: without it in the
     // kubeconfig, one line says what to pass and nothing changes; with it, every cluster

@@ -1,7 +1,7 @@
 //! Time-bound stored tokens: the leader renews them with the sync account's own right, and
 //! `attach --token-ttl` stores one that `rotate` revokes.
 
-use std::collections::BTreeMap;
+use std::process::Output;
 
 use k8s_openapi::api::{admissionregistration::v1::ValidatingAdmissionPolicy, core::v1::Secret};
 use kube::{
@@ -11,19 +11,20 @@ use kube::{
 use mesh_core::MESH_NAMESPACE;
 use mesh_e2e::tokens::{answer_to, mint_token, revoked, store_token, token_of};
 use mesh_e2e::{
-    assert_success, carries, describe, eventually,
-    fixtures::{mesh_command, output},
+    assert_success, describe, eventually,
+    fixtures::{mesh_command, output, plugin},
     text,
 };
+use mesh_testenv::{Cluster, TestEnv};
 
 use crate::support::{
-    DEADLINE, SYNC_TOKEN, detach, issued_and_expires, one_remote, reachable_reason, rotate,
-    stored_sync, token_expiry, token_secrets,
+    DEADLINE, SYNC_TOKEN, detach, injection_syncs, issued_and_expires, one_remote,
+    reachable_reason, rotate, stored_sync, token_expiry, token_secrets, wide_list,
 };
 
 /// What the time-bound token of the sync account needs on the remote to be renewed by the
 /// webhook: `create` on `serviceaccounts/token` for that one ServiceAccount.
-async fn grant_token_renewal(remote: &mesh_testenv::Cluster) -> anyhow::Result<()> {
+async fn grant_token_renewal(remote: &Cluster) -> anyhow::Result<()> {
     let client = remote.client().await?;
     let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "kubectl-mesh-sync-token-renewal", "namespace": MESH_NAMESPACE},
@@ -55,6 +56,18 @@ async fn grant_token_renewal(remote: &mesh_testenv::Cluster) -> anyhow::Result<(
         .create(&PostParams::default(), &binding)
         .await?;
     Ok(())
+}
+
+/// `kubectl mesh attach <remote's admin kubeconfig> --name <remote> <extra>`, once more, whatever
+/// its exit status.
+async fn attach_again(env: &TestEnv, remote: &Cluster, extra: &[&str]) -> anyhow::Result<Output> {
+    let mut attach = plugin(env)?;
+    attach
+        .arg("attach")
+        .arg(&remote.kubeconfig)
+        .args(["--name", &remote.name])
+        .args(extra);
+    output(attach).await
 }
 
 /// The leader renews a time-bound stored token after `--token-renew-fraction` of its
@@ -114,9 +127,7 @@ async fn the_leader_renews_a_time_bound_token_and_sync_goes_on_with_the_new_one(
 
     // Sync goes on with the renewed token, through further renewals.
     for value in ["enabled", "disabled"] {
-        mesh_e2e::label_on_primary(&env, &ns, &[&format!("istio-injection={value}")]).await?;
-        let expected = BTreeMap::from([("istio-injection".to_owned(), value.to_owned())]);
-        carries(&remote, &ns, &expected, DEADLINE).await?;
+        injection_syncs(&env, &remote, &ns, value).await?;
         eventually("a further renewal", DEADLINE, || async {
             let token = token_of(&stored_sync(&env, &name).await?)?;
             Ok((token != renewed && token != minted).then_some(()))
@@ -165,12 +176,8 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
             .contains(&SYNC_TOKEN.to_owned()),
         "a long-lived token Secret exists"
     );
-    let list = mesh_command(&env, &["list", "-o", "wide"]).await?;
-    assert!(
-        text(&list.stdout).contains(" in "),
-        "no expiry in list: {}",
-        describe(&list)
-    );
+    let (table, run) = wide_list(&env).await?;
+    assert!(table.contains(" in "), "no expiry in list: {run}");
 
     let renewed = eventually("the webhook renews the token", DEADLINE, || async {
         let token = stored_token().await?;
@@ -183,9 +190,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
             .as_deref(),
         Some(SYNC_TOKEN)
     );
-    mesh_e2e::label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
-    let expected = BTreeMap::from([("istio-injection".to_owned(), "enabled".to_owned())]);
-    carries(&remote, &ns, &expected, DEADLINE).await?;
+    injection_syncs(&env, &remote, &ns, "enabled").await?;
 
     // check: the time-bound token has time left, and its renewal right is no excess.
     let check = mesh_command(&env, &["check", "-o", "json"]).await?;
@@ -226,15 +231,7 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
     assert_eq!(anchors, vec![SYNC_TOKEN.to_owned()], "no standby left");
 
     // The dry run shows the renewal right and a Secret without a token.
-    let mut dry = mesh_e2e::fixtures::plugin(&env)?;
-    dry.arg("attach").arg(&remote.kubeconfig).args([
-        "--name",
-        &name,
-        "--token-ttl",
-        "10m",
-        "--dry-run",
-    ]);
-    let dry = output(dry).await?;
+    let dry = attach_again(&env, &remote, &["--token-ttl", "10m", "--dry-run"]).await?;
     assert_success(&dry);
     let yaml = text(&dry.stdout);
     assert!(yaml.contains("serviceaccounts/token"), "{yaml}");
@@ -246,15 +243,12 @@ async fn attach_with_a_token_ttl_stores_a_renewed_bound_token_that_rotate_revoke
 
     // A re-run of attach without --token-ttl refuses to switch quietly, before it changes
     // anything: the scope it was also given does not reach the remote.
-    let mut attach = mesh_e2e::fixtures::plugin(&env)?;
-    attach.arg("attach").arg(&remote.kubeconfig).args([
-        "--name",
-        &name,
-        "--yes",
-        "--exclude-namespaces",
-        "kept-out",
-    ]);
-    let attach = output(attach).await?;
+    let attach = attach_again(
+        &env,
+        &remote,
+        &["--yes", "--exclude-namespaces", "kept-out"],
+    )
+    .await?;
     assert!(!attach.status.success(), "{}", describe(&attach));
     let refusal = text(&attach.stderr);
     assert!(

@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::ListParams};
 use mesh_core::{MESH_NAMESPACE, cluster::CONDITION_REACHABLE};
 use mesh_e2e::{
-    OneRemote,
-    fixtures::{mesh_invocation, output},
-    https_get, pushes_by_result,
+    OneRemote, carries, describe,
+    fixtures::{mesh_command, mesh_invocation, output},
+    https_get, pushes_by_result, text,
     tokens::stored_kubeconfig,
 };
 use mesh_testenv::{
@@ -82,6 +82,26 @@ pub async fn rotate_with(
 /// exit status.
 pub async fn detach(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Output> {
     output(remote_command(env, "detach", remote)?).await
+}
+
+/// Sets `istio-injection=<value>` on namespace `ns` of the primary and waits until `remote`
+/// carries it too: sync works.
+pub async fn injection_syncs(
+    env: &TestEnv,
+    remote: &Cluster,
+    ns: &str,
+    value: &str,
+) -> anyhow::Result<()> {
+    mesh_e2e::label_on_primary(env, ns, &[&format!("istio-injection={value}")]).await?;
+    let expected = BTreeMap::from([("istio-injection".to_owned(), value.to_owned())]);
+    carries(remote, ns, &expected, DEADLINE).await
+}
+
+/// `kubectl mesh list -o wide`, whatever its exit status: the table it printed, and the run
+/// described for a failure message.
+pub async fn wide_list(env: &TestEnv) -> anyhow::Result<(String, String)> {
+    let list = mesh_command(env, &["list", "-o", "wide"]).await?;
+    Ok((text(&list.stdout), describe(&list)))
 }
 
 /// The sync kubeconfig stored for cluster `name` (Secret `kubectl-mesh/cluster-<name>`).
