@@ -7,14 +7,14 @@
 //! names (as kube-apiserver's `--requestheader-allowed-names`): a CA that signs more than the
 //! apiserver's certificate then still lets only the apiserver in.
 //!
-//! The CA file is re-read when it changes, like the serving certificate ([`crate::tls`]): a
-//! rotated CA is trusted by the next handshake, without a restart. A file that cannot be used
+//! The CA file is re-read when it changes ([`crate::reloading`]), like the serving certificate:
+//! a rotated CA is trusted by the next handshake, without a restart. A file that cannot be used
 //! keeps the previous CA.
 
 use std::{
     fmt, io,
     path::{Path, PathBuf},
-    sync::{Arc, PoisonError, RwLock},
+    sync::Arc,
 };
 
 use rustls::{
@@ -29,7 +29,7 @@ use rustls::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::{self, FileVersion};
+use crate::reloading::Reloading;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,17 +60,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A [`ClientCertVerifier`] requiring a client certificate signed by the CA last loaded from
 /// its file and, when names are given, issued to one of them.
 pub struct ClientCa {
-    path: PathBuf,
     /// Subject common names accepted; empty accepts any the CA signed.
     allowed_names: Vec<String>,
-    provider: Arc<CryptoProvider>,
-    current: RwLock<(Arc<dyn ClientCertVerifier>, FileVersion)>,
+    verifier: Arc<Reloading<Arc<dyn ClientCertVerifier>, Error>>,
 }
 
 impl fmt::Debug for ClientCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientCa")
-            .field("path", &self.path)
+            .field("file", &self.verifier.paths())
             .field("allowed_names", &self.allowed_names)
             .finish_non_exhaustive()
     }
@@ -91,47 +89,31 @@ impl ClientCa {
         provider: Arc<CryptoProvider>,
     ) -> Result<Arc<Self>> {
         let path = path.into();
-        let version = version(&path)?;
-        let verifier = load_verifier(&path, &provider)?;
+        let verifier = Reloading::load(
+            "client CA",
+            vec![path.clone()],
+            |path, source| Error::Read { path, source },
+            move || load_verifier(&path, &provider),
+        )?;
         Ok(Arc::new(Self {
-            path,
             allowed_names,
-            provider,
-            current: RwLock::new((verifier, version)),
+            verifier,
         }))
     }
 
     /// Reloads the CA if its file changed. `Ok(true)` when the new CA is used now; on error
     /// the previous one stays.
     pub fn reload_if_changed(&self) -> Result<bool> {
-        let version = version(&self.path)?;
-        if self.read().1 == version {
-            return Ok(false);
-        }
-        let verifier = load_verifier(&self.path, &self.provider)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (verifier, version);
-        Ok(true)
+        self.verifier.reload_if_changed()
     }
 
-    /// Checks the file every [`tls::RELOAD_INTERVAL`] until `shutdown`.
+    /// Checks the file every [`crate::reloading::RELOAD_INTERVAL`] until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let path = self.path.clone();
-        tls::reload_periodically(
-            "client CA",
-            path,
-            move || self.reload_if_changed(),
-            shutdown,
-        )
-        .await;
+        self.verifier.clone().watch(shutdown).await;
     }
 
     fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        self.read().0.clone()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<dyn ClientCertVerifier>, FileVersion)> {
-        // Only whole values are ever stored, so a poisoned lock still holds a valid verifier.
-        self.current.read().unwrap_or_else(PoisonError::into_inner)
+        self.verifier.current()
     }
 }
 
@@ -140,13 +122,6 @@ fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
     let name = parsed.subject().iter_common_name().next()?.as_str().ok()?;
     Some(name.to_owned())
-}
-
-fn version(path: &Path) -> Result<FileVersion> {
-    FileVersion::of(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })
 }
 
 fn load_verifier(

@@ -22,6 +22,7 @@ pub mod propagate;
 pub mod push_queue;
 pub mod readiness;
 pub mod reconcile;
+mod reloading;
 mod remote_watch;
 mod renewal;
 pub mod shared_state;

@@ -1,16 +1,13 @@
-//! Serving certificate of the webhook, reloaded when its files change.
+//! Serving certificate of the webhook, reloaded when its files change ([`crate::reloading`]).
 //!
 //! The certificate and key usually come from a Secret mounted as a volume (cert-manager or
-//! `kubectl mesh install` rotate it); the kubelet swaps the files in place. A background task
-//! checks the files' modification time and size about once a second and swaps the
-//! [`CertifiedKey`] handed to new handshakes. A half-written rotation (new certificate, old key)
-//! fails the key-match check and is retried on the next tick while the old pair keeps serving.
+//! `kubectl mesh install` rotate it). A half-written rotation (new certificate, old key) fails
+//! the key-match check, and the old pair keeps serving until both files agree.
 
 use std::{
     fmt, io,
     path::{Path, PathBuf},
-    sync::{Arc, PoisonError, RwLock},
-    time::{Duration, SystemTime},
+    sync::Arc,
 };
 
 use rustls::{
@@ -23,6 +20,7 @@ use rustls::{
 use tokio_util::sync::CancellationToken;
 
 use crate::client_auth::ClientCa;
+use crate::reloading::Reloading;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -53,55 +51,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// How often the files are checked for changes.
-pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What identifies one version of a file without reading it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct FileVersion(Option<SystemTime>, u64);
-
-impl FileVersion {
-    pub(crate) fn of(path: &Path) -> io::Result<Self> {
-        std::fs::metadata(path).map(|m| Self(m.modified().ok(), m.len()))
-    }
-}
-
-/// What identifies one version of the pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    cert: FileVersion,
-    key: FileVersion,
-}
-
-impl Stamp {
-    fn of(cert: &Path, key: &Path) -> Result<Self> {
-        let stat = |path: &Path| {
-            FileVersion::of(path).map_err(|source| Error::Read {
-                path: path.to_owned(),
-                source,
-            })
-        };
-        Ok(Self {
-            cert: stat(cert)?,
-            key: stat(key)?,
-        })
-    }
-}
-
-/// A [`ResolvesServerCert`] serving the pair last loaded from `cert_path` and `key_path`.
+/// A [`ResolvesServerCert`] serving the pair last loaded from its two files.
 pub struct CertResolver {
-    cert_path: PathBuf,
-    key_path: PathBuf,
     provider: Arc<CryptoProvider>,
-    current: RwLock<(Arc<CertifiedKey>, Stamp)>,
+    pair: Arc<Reloading<Arc<CertifiedKey>, Error>>,
 }
 
 impl fmt::Debug for CertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print key material.
         f.debug_struct("CertResolver")
-            .field("cert_path", &self.cert_path)
-            .field("key_path", &self.key_path)
+            .field("files", &self.pair.paths())
             .finish_non_exhaustive()
     }
 }
@@ -109,41 +69,29 @@ impl fmt::Debug for CertResolver {
 impl CertResolver {
     /// Loads the pair once; fails if it is unusable (the process must not start without one).
     pub fn load(cert_path: impl Into<PathBuf>, key_path: impl Into<PathBuf>) -> Result<Arc<Self>> {
-        let cert_path = cert_path.into();
-        let key_path = key_path.into();
+        let (cert_path, key_path) = (cert_path.into(), key_path.into());
         let provider = Arc::new(ring::default_provider());
-        let stamp = Stamp::of(&cert_path, &key_path)?;
-        let key = load_pair(&cert_path, &key_path, &provider)?;
-        Ok(Arc::new(Self {
-            cert_path,
-            key_path,
-            provider,
-            current: RwLock::new((key, stamp)),
-        }))
+        let pair = Reloading::load(
+            "serving certificate",
+            vec![cert_path.clone(), key_path.clone()],
+            |path, source| Error::Read { path, source },
+            {
+                let provider = provider.clone();
+                move || load_pair(&cert_path, &key_path, &provider)
+            },
+        )?;
+        Ok(Arc::new(Self { provider, pair }))
     }
 
     /// Reloads the pair if the files changed since the last load. `Ok(true)` when a new pair
     /// is now served; on error the previous pair stays.
     pub fn reload_if_changed(&self) -> Result<bool> {
-        let stamp = Stamp::of(&self.cert_path, &self.key_path)?;
-        if self.read().1 == stamp {
-            return Ok(false);
-        }
-        let key = load_pair(&self.cert_path, &self.key_path, &self.provider)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (key, stamp);
-        Ok(true)
+        self.pair.reload_if_changed()
     }
 
-    /// Checks the files every [`RELOAD_INTERVAL`] until `shutdown`.
+    /// Checks the files every [`crate::reloading::RELOAD_INTERVAL`] until `shutdown`.
     pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
-        let path = self.cert_path.clone();
-        reload_periodically(
-            "serving certificate",
-            path,
-            move || self.reload_if_changed(),
-            shutdown,
-        )
-        .await;
+        self.pair.clone().watch(shutdown).await;
     }
 
     /// The crypto provider of the pair, for the rest of the server's TLS.
@@ -153,12 +101,7 @@ impl CertResolver {
 
     /// The pair served now.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        self.read().0.clone()
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<CertifiedKey>, Stamp)> {
-        // Only whole values are ever stored, so a poisoned lock still holds a valid pair.
-        self.current.read().unwrap_or_else(PoisonError::into_inner)
+        self.pair.current()
     }
 }
 
@@ -200,42 +143,6 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Arc<C
             source,
         })?;
     Ok(Arc::new(pair))
-}
-
-/// Calls `reload` every [`RELOAD_INTERVAL`] until `shutdown` and logs what it swapped in. A
-/// failure keeps what is loaded and is logged once until a reload succeeds again: a rotation in
-/// progress fails once or twice.
-pub(crate) async fn reload_periodically<E: std::error::Error + Send + 'static>(
-    what: &'static str,
-    path: PathBuf,
-    reload: impl Fn() -> std::result::Result<bool, E> + Clone + Send + 'static,
-    shutdown: CancellationToken,
-) {
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(RELOAD_INTERVAL) => {}
-            () = shutdown.cancelled() => return,
-        }
-        // Blocking file reads stay off the async workers.
-        match tokio::task::spawn_blocking(reload.clone()).await {
-            Ok(Ok(true)) => {
-                failing = false;
-                tracing::info!(path = %path.display(), "reloaded {what}");
-            }
-            Ok(Ok(false)) => failing = false,
-            Ok(Err(error)) => {
-                if !failing {
-                    tracing::warn!(
-                        error = %mesh_core::failure::error_chain(&error),
-                        "cannot reload {what}, keeping the current one"
-                    );
-                }
-                failing = true;
-            }
-            Err(error) => tracing::warn!(error = %error, "{what} reload task failed"),
-        }
-    }
 }
 
 /// The server configuration: TLS 1.2 and 1.3 only, the certificate from `resolver`, HTTP/2
@@ -354,63 +261,6 @@ pub(crate) mod testdata {
 #[cfg(test)]
 mod tests {
     use super::{testdata::*, *};
-
-    /// Log lines written while the subscriber this returns is the default.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().expect("log").extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.0.lock().expect("log")).into_owned()
-        }
-    }
-
-    #[tokio::test]
-    async fn a_failed_reload_is_logged_with_its_cause() {
-        let log = Captured::default();
-        let writer = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
-        let missing = PathBuf::from("/nonexistent/tls.crt");
-        let reload = {
-            let path = missing.clone();
-            move || -> Result<bool> {
-                Err(Error::Read {
-                    path: path.clone(),
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                })
-            }
-        };
-        let logged = async {
-            while !log.text().contains("cannot reload") {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::select! {
-            () = reload_periodically("certificate", missing, reload, CancellationToken::new()) => {}
-            result = tokio::time::timeout(RELOAD_INTERVAL * 10, logged) => {
-                result.expect("no reload failure logged");
-            }
-        }
-        let text = log.text();
-        assert!(
-            text.contains("cannot read /nonexistent/tls.crt: entity not found"),
-            "{text}"
-        );
-    }
 
     #[test]
     fn loads_and_reloads_when_files_change() {
