@@ -53,11 +53,19 @@ pub fn judge_deployment(deployment: &Fetched<Deployment>) -> Option<CheckResult>
             .any(|e| e.name == render::CLIENT_CA_ENV);
         flag || env
     });
+    // The names as install renders them: one `--client-allowed-names=a,b` argument.
+    let names = containers.iter().find_map(|c| {
+        c.args.iter().flatten().find_map(|a| {
+            a.strip_prefix(render::CLIENT_ALLOWED_NAMES_FLAG)?
+                .strip_prefix('=')
+        })
+    });
     Some(if requires {
+        let only = names.map_or(String::new(), |names| format!(", callers named {names}"));
         CheckResult::ok(
             WHAT,
             Some(format!(
-                "Deployment {} runs with {}",
+                "Deployment {} runs with {}{only}",
                 render::WEBHOOK,
                 render::CLIENT_CA_FLAG
             )),
@@ -223,6 +231,24 @@ mod tests {
         };
         let judged = judge_deployment(&Ok(Some(render::deployment(&with)))).unwrap();
         assert_eq!(judged.result, Outcome::Ok, "{judged:?}");
+        assert_eq!(
+            judged.detail.as_deref(),
+            Some("Deployment mesh-webhook runs with --client-ca-file")
+        );
+        let named = render::Options {
+            client_auth: Some(render::ClientAuth {
+                ca_pem: "PEM".into(),
+                allowed_names: vec!["kube-apiserver".into()],
+            }),
+            ..render::Options::default()
+        };
+        let judged = judge_deployment(&Ok(Some(render::deployment(&named)))).unwrap();
+        assert_eq!(
+            judged.detail.as_deref(),
+            Some(
+                "Deployment mesh-webhook runs with --client-ca-file, callers named kube-apiserver"
+            )
+        );
         let without = render::deployment(&render::Options::default());
         let judged = judge_deployment(&Ok(Some(without))).unwrap();
         assert_eq!(judged.result, Outcome::Warning, "{judged:?}");
