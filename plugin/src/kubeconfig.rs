@@ -784,8 +784,13 @@ users:
         let s = select(&stored, None).unwrap();
         assert_eq!((s.context, s.cluster_name), ("east", "east"));
         assert_eq!(s.ca_data().unwrap().as_deref(), Some(CA));
+        assert_eq!(s.cluster.tls_server_name.as_deref(), Some("api.east"));
         let u = s.auth.unwrap();
-        assert!(u.client_certificate.is_none() && u.token.is_some());
+        assert!(u.client_certificate.is_none());
+        assert!(u.token.is_some());
+        // The token given, not the user's own (`abc`).
+        let doc = serde_json::to_value(&stored).unwrap();
+        assert_eq!(doc["users"][0]["user"]["token"], "tok");
 
         let west = read_remote(&path, Some("admin@west")).unwrap();
         assert_eq!(

@@ -254,6 +254,14 @@ impl Args {
             self.concurrent_syncs > 0,
             "--concurrent-syncs must be at least 1"
         );
+        anyhow::ensure!(
+            self.client_allowed_names
+                .iter()
+                .all(|name| !name.trim().is_empty()),
+            "--client-allowed-names holds an empty name: list the common names of the \
+             apiserver's client certificate, comma-separated, or leave the flag out to accept any \
+             certificate the client CA signs"
+        );
         Ok(())
     }
 
@@ -311,8 +319,13 @@ impl Args {
             http2_keepalive_timeout,
         };
         raise_open_files(max_connections);
-        if client_ca_file.is_none() {
-            tracing::warn!("{NO_CLIENT_CA}");
+        match (&client_ca_file, client_allowed_names.as_slice()) {
+            (None, _) => tracing::warn!("{NO_CLIENT_CA}"),
+            (Some(_), []) => tracing::info!("callers need a certificate of the client CA"),
+            (Some(_), names) => tracing::info!(
+                allowed = ?names,
+                "callers need a certificate of the client CA issued to one of the allowed names"
+            ),
         }
         if push_deadline >= Duration::from_secs(5) {
             tracing::warn!(
@@ -353,7 +366,6 @@ impl Args {
             client_allowed_names: client_allowed_names
                 .into_iter()
                 .map(|name| name.trim().to_owned())
-                .filter(|name| !name.is_empty())
                 .collect(),
             limits,
             rule: Arc::new(rule),
@@ -600,6 +612,23 @@ mod tests {
         ])
         .expect("parse");
         assert_eq!(args.client_allowed_names, ["kube-apiserver", "front-proxy"]);
+        // An empty name would quietly accept any: refused.
+        for names in ["", ",", " ", "kube-apiserver,"] {
+            let args = Args::try_parse_from([
+                "mesh-webhook",
+                "--cert-dir=/tls",
+                "--client-ca-file=/ca.crt",
+                &format!("--client-allowed-names={names}"),
+            ])
+            .expect("parse");
+            let error = args.check().expect_err("an empty name");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("--client-allowed-names holds an empty name"),
+                "{names:?}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,8 @@
 use std::{
     fmt, io,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use rustls::{
@@ -62,6 +63,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct ClientCa {
     /// Subject common names accepted; empty accepts any the CA signed.
     allowed_names: Vec<String>,
+    refusals_logged: LogBudget,
     verifier: Arc<Reloading<Arc<dyn ClientCertVerifier>, Error>>,
 }
 
@@ -97,6 +99,7 @@ impl ClientCa {
         )?;
         Ok(Arc::new(Self {
             allowed_names,
+            refusals_logged: LogBudget::default(),
             verifier,
         }))
     }
@@ -117,11 +120,45 @@ impl ClientCa {
     }
 }
 
-/// The subject common name of a certificate the verifier accepted (the first, if several).
-fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    let name = parsed.subject().iter_common_name().next()?.as_str().ok()?;
-    Some(name.to_owned())
+/// The subject common names of a certificate the verifier accepted; one that is not a string
+/// counts as an empty name, which no allowed name equals.
+fn common_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return Vec::new();
+    };
+    parsed
+        .subject()
+        .iter_common_name()
+        .map(|name| name.as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// A name from a client's certificate as a log line may show it: one line, not too long.
+fn shown_name(name: &str) -> String {
+    const SHOWN_CHARS: usize = 64;
+    let line = mesh_core::printable::one_line(name);
+    match line.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.into_owned(),
+    }
+}
+
+/// At most one log line per [`LogBudget::EVERY`].
+#[derive(Debug, Default)]
+struct LogBudget(Mutex<Option<Instant>>);
+
+impl LogBudget {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn allow(&self) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < Self::EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 fn load_verifier(
@@ -177,21 +214,26 @@ impl ClientCertVerifier for ClientCa {
         if self.allowed_names.is_empty() {
             return Ok(verified);
         }
-        let name = common_name(end_entity);
-        if name
-            .as_deref()
-            .is_some_and(|name| self.allowed_names.iter().any(|allowed| allowed == name))
+        let names = common_names(end_entity);
+        // Exactly one: with several, programs disagree on which is the name (Go's x509, and so
+        // kube-apiserver, takes the last).
+        if let [name] = names.as_slice()
+            && self.allowed_names.iter().any(|allowed| allowed == name)
         {
             return Ok(verified);
         }
-        // Only a holder of a certificate the trusted CA signed gets this far: worth a warning,
-        // as it is either a misconfigured apiserver or a certificate the CA should not have
-        // issued.
-        tracing::warn!(
-            common_name = name.as_deref().map(mesh_core::printable::one_line).as_deref(),
-            allowed = ?self.allowed_names,
-            "refused a client certificate of the trusted CA: its name is not among --client-allowed-names"
-        );
+        // Only a holder of a certificate the trusted CA signed gets this far: worth a warning
+        // (a misconfigured apiserver, or a certificate the CA should not have issued), but not
+        // one per handshake of a client that keeps trying.
+        if self.refusals_logged.allow() {
+            let shown: Vec<String> = names.iter().map(|name| shown_name(name)).collect();
+            tracing::warn!(
+                common_names = ?shown,
+                allowed = ?self.allowed_names,
+                "refused a client certificate of the trusted CA: it does not carry exactly one \
+                 common name among --client-allowed-names"
+            );
+        }
         Err(rustls::Error::InvalidCertificate(
             CertificateError::ApplicationVerificationFailure,
         ))
@@ -223,6 +265,28 @@ impl ClientCertVerifier for ClientCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_name_is_logged_short_on_one_line_and_not_at_every_handshake() {
+        let long = format!("evil\x1b[2J{}", "x".repeat(100));
+        let shown = shown_name(&long);
+        assert!(
+            shown.starts_with("evil\\u{1b}[2J") && shown.ends_with("..."),
+            "{shown}"
+        );
+        assert_eq!(shown.chars().count(), 64 + 3);
+        assert_eq!(shown_name("kubelet"), "kubelet");
+        let budget = LogBudget::default();
+        assert!(budget.allow());
+        assert!(!budget.allow(), "a second line within the interval");
+    }
+
+    /// A CA named `name` and a client certificate it signed for `common_name` (DER).
+    fn ca_and_client_named(name: &str, common_name: &str) -> (String, CertificateDer<'static>) {
+        let (ca_pem, leaves) = crate::tls::testdata::client_pki_named(name, &[&[common_name]]);
+        let der = CertificateDer::from_pem_slice(leaves[0].0.as_bytes()).expect("der");
+        (ca_pem, der)
+    }
 
     /// A CA named `name` and a client certificate it signed (DER).
     fn ca_and_client(name: &str) -> (String, CertificateDer<'static>) {
@@ -265,15 +329,22 @@ mod tests {
         let path = dir.path().join("client-ca.crt");
         let (ca_pem, leaves) = crate::tls::testdata::client_pki_named(
             "shared-ca",
-            &[Some("kube-apiserver"), Some("kubelet"), None],
+            &[
+                &["kube-apiserver"],
+                &["kubelet"],
+                &[],
+                // Programs disagree on which of several is the name (Go takes the last).
+                &["kube-apiserver", "kubelet"],
+                &["kubelet", "kube-apiserver"],
+            ],
         );
         std::fs::write(&path, &ca_pem).expect("write");
         let der: Vec<CertificateDer<'static>> = leaves
             .iter()
             .map(|(cert, _)| CertificateDer::from_pem_slice(cert.as_bytes()).expect("der"))
             .collect();
-        let [apiserver, kubelet, nameless] = der.as_slice() else {
-            panic!("three certificates asked for");
+        let [apiserver, kubelet, nameless, both, both_reversed] = der.as_slice() else {
+            panic!("five certificates asked for");
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let now = UnixTime::now();
@@ -281,8 +352,12 @@ mod tests {
             ClientCa::load_allowing(&path, vec!["kube-apiserver".into()], provider.clone())
                 .expect("load");
         assert!(pinned.verify_client_cert(apiserver, &[], now).is_ok());
-        assert!(pinned.verify_client_cert(kubelet, &[], now).is_err());
-        assert!(pinned.verify_client_cert(nameless, &[], now).is_err());
+        for refused in [kubelet, nameless, both, both_reversed] {
+            assert!(pinned.verify_client_cert(refused, &[], now).is_err());
+        }
+        // The right name from another CA is no better.
+        let (_, other) = ca_and_client_named("other-ca", "kube-apiserver");
+        assert!(pinned.verify_client_cert(&other, &[], now).is_err());
         // Without names, whatever the CA signed.
         let any = ClientCa::load(&path, provider).expect("load");
         assert!(any.verify_client_cert(kubelet, &[], now).is_ok());

@@ -179,16 +179,16 @@ pub(crate) mod testdata {
     /// A fresh CA named `ca_name` and a client certificate it signed: (CA, certificate, key),
     /// PEM.
     pub(crate) fn client_pki(ca_name: &str) -> (String, String, String) {
-        let (ca_pem, mut leaves) = client_pki_named(ca_name, &[None]);
+        let (ca_pem, mut leaves) = client_pki_named(ca_name, &[&[]]);
         let (cert_pem, key_pem) = leaves.remove(0);
         (ca_pem, cert_pem, key_pem)
     }
 
     /// A client CA named `ca_name` and one client certificate (PEM) and key per entry of
-    /// `common_names`, each with that subject common name, if any.
+    /// `common_names`, each with those subject common names, in that order.
     pub(crate) fn client_pki_named(
         ca_name: &str,
-        common_names: &[Option<&str>],
+        common_names: &[&[&str]],
     ) -> (String, Vec<(String, String)>) {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -202,12 +202,16 @@ pub(crate) mod testdata {
         let issuer = Issuer::new(ca, ca_key);
         let leaves = common_names
             .iter()
-            .map(|name| {
+            .map(|names| {
                 let key = KeyPair::generate().expect("key");
                 let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("params");
                 leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-                if let Some(name) = name {
-                    leaf.distinguished_name.push(DnType::CommonName, *name);
+                // rcgen keeps one entry per type: a second common name is given by its OID
+                // (2.5.4.3), and a third could not be.
+                assert!(names.len() <= 2, "at most two common names");
+                let types = [DnType::CommonName, DnType::CustomDnType(vec![2, 5, 4, 3])];
+                for (common_name, name) in types.into_iter().zip(names.iter()) {
+                    leaf.distinguished_name.push(common_name, *name);
                 }
                 let cert_pem = leaf.signed_by(&key, &issuer).expect("leaf").pem();
                 (cert_pem, key.serialize_pem())

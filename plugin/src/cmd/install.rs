@@ -26,8 +26,9 @@ use crate::{
 /// passed with --admission-control-config-file, whose MutatingAdmissionWebhook plugin names a
 /// kubeconfig with a user `mesh-webhook.kubectl-mesh.svc` holding the certificate and key),
 /// then run `kubectl mesh install --client-ca-file <CA of that certificate>`, a CA that signs
-/// nothing else (every certificate it signs may call the webhook). `kubectl mesh check` says
-/// whether callers are authenticated.
+/// nothing else (every certificate it signs may call the webhook) or, with
+/// --client-allowed-names, nothing else under those names. `kubectl mesh check` says whether
+/// callers are authenticated.
 #[derive(Debug, clap::Args)]
 pub struct Install {
     /// Image of the webhook.
@@ -134,16 +135,13 @@ impl Install {
             progress.info(format!("start mesh-webhook with {webhook_flags}"));
         }
         // Whether callers are authenticated at all is `check`'s to report, not every install's.
-        if let (Some(path), Some(_)) = (&client_ca_file, &options.webhook_url) {
-            let mut flags = format!("{} {}", render::CLIENT_CA_FLAG, path.display());
-            if !client_allowed_names.is_empty() {
-                flags.push_str(&format!(
-                    " {} {}",
-                    render::CLIENT_ALLOWED_NAMES_FLAG,
-                    client_allowed_names.join(",")
-                ));
-            }
-            progress.info(format!("start mesh-webhook with {flags}"));
+        if let (Some(path), Some(auth), Some(_)) =
+            (&client_ca_file, &options.client_auth, &options.webhook_url)
+        {
+            progress.info(format!(
+                "start mesh-webhook with {}",
+                render::client_auth_command_line(&path.to_string_lossy(), auth)
+            ));
         }
 
         if dry_run {

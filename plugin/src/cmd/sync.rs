@@ -270,7 +270,6 @@ fn labels_change(set: &Labels, remove: &BTreeSet<String>) -> String {
         .join(" ")
 }
 
-/// Namespace lists in the command's summary lines.
 /// The text output: one aligned line per change or failure, then one summary per cluster.
 pub fn render_text(results: &[ClusterSync]) -> String {
     let mut lines: Vec<[String; 3]> = Vec::new();

@@ -20,6 +20,8 @@ pub const CLIENT_CA_DIR: &str = "/etc/mesh-webhook/client-ca";
 pub const CLIENT_CA_FLAG: &str = "--client-ca-file";
 /// The webhook's flag naming the certificates it accepts of that CA.
 pub const CLIENT_ALLOWED_NAMES_FLAG: &str = "--client-allowed-names";
+/// Its environment variable.
+pub const CLIENT_ALLOWED_NAMES_ENV: &str = "MESH_WEBHOOK_CLIENT_ALLOWED_NAMES";
 /// Its environment variable (what a Deployment edited by hand may use instead).
 pub const CLIENT_CA_ENV: &str = "MESH_WEBHOOK_CLIENT_CA_FILE";
 
@@ -56,6 +58,30 @@ pub fn client_auth_args(auth: &ClientAuth) -> Vec<String> {
     args
 }
 
+/// The same flags for a webhook started by hand with the CA file at `ca_file`, as one
+/// shell-ready line (a common name may hold spaces).
+pub fn client_auth_command_line(ca_file: &str, auth: &ClientAuth) -> String {
+    let mut line = format!("{CLIENT_CA_FLAG} {}", shell_word(ca_file));
+    if !auth.allowed_names.is_empty() {
+        line.push_str(&format!(
+            " {CLIENT_ALLOWED_NAMES_FLAG} {}",
+            shell_word(&auth.allowed_names.join(","))
+        ));
+    }
+    line
+}
+
+/// `word` as a POSIX shell reads it back: as it is when it holds nothing special, else in
+/// single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 pub(super) fn volume() -> Volume {
     Volume {
         name: VOLUME.to_owned(),
@@ -80,6 +106,26 @@ pub(super) fn volume_mount() -> VolumeMount {
 mod tests {
     use super::super::{Options, ServingCert, deployment, render, serving_sans};
     use super::*;
+
+    #[test]
+    fn a_webhook_started_by_hand_is_told_its_flags_shell_ready() {
+        let auth = |names: &[&str]| ClientAuth {
+            ca_pem: String::new(),
+            allowed_names: names.iter().map(|n| n.to_string()).collect(),
+        };
+        assert_eq!(
+            client_auth_command_line("/etc/ca.crt", &auth(&[])),
+            "--client-ca-file /etc/ca.crt"
+        );
+        assert_eq!(
+            client_auth_command_line("my certs/ca.crt", &auth(&["kube-apiserver", "Kube API"])),
+            "--client-ca-file 'my certs/ca.crt' --client-allowed-names 'kube-apiserver,Kube API'"
+        );
+        assert_eq!(
+            client_auth_command_line("/ca", &auth(&["o'brien"])),
+            "--client-ca-file /ca --client-allowed-names 'o'\\''brien'"
+        );
+    }
 
     #[test]
     fn the_client_ca_is_stored_mounted_and_passed() {

@@ -35,8 +35,9 @@ mod serving_cert;
 mod webhook_configuration;
 
 pub use client_ca::{
-    CLIENT_ALLOWED_NAMES_FLAG, CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR, CLIENT_CA_ENV, CLIENT_CA_FLAG,
-    CLIENT_CA_KEY, ClientAuth, client_auth_args, client_ca_config_map,
+    CLIENT_ALLOWED_NAMES_ENV, CLIENT_ALLOWED_NAMES_FLAG, CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR,
+    CLIENT_CA_ENV, CLIENT_CA_FLAG, CLIENT_CA_KEY, ClientAuth, client_auth_args,
+    client_auth_command_line, client_ca_config_map,
 };
 pub use network_policy::network_policy;
 pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};

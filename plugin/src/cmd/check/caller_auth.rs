@@ -17,6 +17,7 @@ use rustls::{AlertDescription, pki_types::ServerName};
 use super::facts::Fetched;
 use super::report::CheckResult;
 use crate::render;
+use mesh_core::printable::one_line;
 
 /// What the handshake without a client certificate showed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,15 +54,24 @@ pub fn judge_deployment(deployment: &Fetched<Deployment>) -> Option<CheckResult>
             .any(|e| e.name == render::CLIENT_CA_ENV);
         flag || env
     });
-    // The names as install renders them: one `--client-allowed-names=a,b` argument.
+    // The names as install renders them (one `--client-allowed-names=a,b` argument), or as a
+    // Deployment edited by hand may give them.
     let names = containers.iter().find_map(|c| {
-        c.args.iter().flatten().find_map(|a| {
+        let flag = c.args.iter().flatten().find_map(|a| {
             a.strip_prefix(render::CLIENT_ALLOWED_NAMES_FLAG)?
                 .strip_prefix('=')
-        })
+        });
+        let env = c.env.iter().flatten().find_map(|e| {
+            (e.name == render::CLIENT_ALLOWED_NAMES_ENV)
+                .then_some(e.value.as_deref())
+                .flatten()
+        });
+        flag.or(env).filter(|names| !names.trim().is_empty())
     });
     Some(if requires {
-        let only = names.map_or(String::new(), |names| format!(", callers named {names}"));
+        let only = names.map_or(String::new(), |names| {
+            format!(", callers named {}", one_line(names))
+        });
         CheckResult::ok(
             WHAT,
             Some(format!(
