@@ -13,6 +13,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, ResourceExt, api::PostParams, config::Kubeconfig};
 use mesh_core::{
+    MESH_NAMESPACE,
     cluster::MeshCluster,
     failure::{is_unreachable, transport_cause},
 };
@@ -222,6 +223,12 @@ impl Need {
         }
     }
 
+    /// Requesting a time-bound token of the mesh's ServiceAccounts (the TokenRequest API), as
+    /// attach and rotate do for `--token-ttl`.
+    pub fn token_request() -> Self {
+        Self::namespaced("", "serviceaccounts/token", MESH_NAMESPACE, &["create"])
+    }
+
     /// `verbs` on `resource` of `group` in `namespace`.
     pub fn namespaced(
         group: &'static str,
@@ -370,6 +377,25 @@ pub async fn missing_on(
         .await
         .map_err(|e| request_error(target, "check rights", e))?;
     Ok(lacking(target, &missing))
+}
+
+/// What to do when the primary refuses: said by every command that asks its rights upfront.
+pub const ASK_AN_ADMIN: &str =
+    "use an admin context or ask a cluster admin (`kubectl auth can-i --list` shows yours)";
+
+/// What to do when a remote refuses.
+pub const USE_A_REMOTE_ADMIN: &str = "use an admin kubeconfig of the remote";
+
+/// Refuses, before anything is changed, when the caller of `client` lacks any of `needs` on
+/// `target`; `hint` says what to do instead.
+pub async fn require(client: &Client, target: &Target, needs: &[Need], hint: &str) -> Result<()> {
+    match missing_on(client, target, needs).await? {
+        None => Ok(()),
+        Some(missing) => Err(Error::Refused {
+            what: format!("missing permissions {missing}"),
+            hint: hint.to_owned(),
+        }),
+    }
 }
 
 fn lacking(target: &Target, missing: &[String]) -> Option<String> {

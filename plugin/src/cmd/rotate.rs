@@ -31,7 +31,7 @@ use kube::{
     api::{DeleteParams, PostParams},
     config::Kubeconfig,
 };
-use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, token};
+use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster, token};
 
 use crate::{
     Context, Error, Result,
@@ -177,18 +177,36 @@ impl Rotate {
         let primary_id = access::cluster_id(&primary)
             .await
             .map_err(|e| access::request_error(&primary_target, "read kube-system", e))?;
-        // Every remote reached and checked before the first is rotated: a cluster refused
-        // halfway through --all would leave some rotated and some not.
-        let mut remotes = Vec::new();
-        if !dry_run {
-            for mc in &targets {
-                remotes.push(remote_client(&mc.name_any(), mc, &primary_kc, &remote_admin).await?);
-            }
-        }
-        let mut remotes = remotes.into_iter();
+        // What each rotation involves, read before anything is rotated: whose tokens, and
+        // whether they are time-bound (issued through the TokenRequest API).
+        let mut plans = Vec::new();
         for mc in &targets {
             let name = mc.name_any();
             let holders = holders_of(&primary, &primary_target, &name).await?;
+            let mut time_bound = false;
+            if !dry_run {
+                for holder in &holders {
+                    let stored = stored_secret(&primary, &primary_target, &name, *holder).await?;
+                    time_bound |= lifetime_of(stored_token_of(&stored).as_deref()).is_some();
+                }
+            }
+            plans.push((name, holders, time_bound));
+        }
+        // Every right on the primary and every remote reached and checked before the first
+        // is rotated: a refusal halfway (or halfway through --all) would leave some tokens
+        // rotated and some not.
+        let mut remotes = Vec::new();
+        if !dry_run {
+            let istio = plans.iter().any(|(_, h, _)| h.contains(&Holder::Istio));
+            let needs = primary_needs(istio);
+            access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
+            for (mc, (name, _, time_bound)) in targets.iter().zip(&plans) {
+                remotes
+                    .push(remote_client(name, mc, &primary_kc, &remote_admin, *time_bound).await?);
+            }
+        }
+        let mut remotes = remotes.into_iter();
+        for (name, holders, _) in plans {
             if dry_run {
                 for holder in &holders {
                     progress.info(format!(
@@ -270,12 +288,46 @@ async fn holders_of(primary: &Client, target: &Target, cluster: &str) -> Result<
     Ok(out)
 }
 
-/// An admin client of the remote, checked to be that cluster with the rights rotate needs.
+/// What rotate writes on the primary: the stored kubeconfigs, replaced (`update`) with the new
+/// tokens; `istio`: the Istio remote secret's among them. `get` on MeshClusters too: between
+/// its steps rotate reads which credentials the webhook uses, and a read refused there would
+/// stop it halfway.
+fn primary_needs(istio: bool) -> Vec<Need> {
+    const RW: &[&str] = &["get", "update"];
+    let mut needs = vec![
+        Need::namespaced("", "secrets", MESH_NAMESPACE, RW),
+        Need::cluster(GROUP, "meshclusters", &["get"]),
+    ];
+    if istio {
+        needs.push(Need::namespaced("", "secrets", setup::ISTIO_NAMESPACE, RW));
+    }
+    needs
+}
+
+/// What rotate does on the remote: token Secrets read, deleted (revoking their tokens) and
+/// created anew; with `time_bound` tokens (`attach --token-ttl`), each is requested through the
+/// TokenRequest API (`serviceaccounts/token`) rather than filled in by the remote.
+fn remote_needs(time_bound: bool) -> Vec<Need> {
+    let mut needs = vec![Need::namespaced(
+        "",
+        "secrets",
+        MESH_NAMESPACE,
+        &["get", "create", "delete"],
+    )];
+    if time_bound {
+        needs.push(Need::token_request());
+    }
+    needs
+}
+
+/// An admin client of the remote, checked to be that cluster with the rights rotate needs
+/// (see [`remote_needs`] for `time_bound`).
 async fn remote_client(
     name: &str,
     mc: &MeshCluster,
     primary_kc: &Kubeconfig,
     flags: &RemoteAdminFlags,
+    time_bound: bool,
 ) -> Result<(Client, Target)> {
     let Some(admin) = flags.find(Some(mc), primary_kc)? else {
         return Err(Error::Refused {
@@ -300,18 +352,8 @@ async fn remote_client(
             hint: format!("pass the kubeconfig of {name} with --remote-kubeconfig"),
         });
     }
-    let needs = [Need::namespaced(
-        "",
-        "secrets",
-        MESH_NAMESPACE,
-        &["get", "create", "delete"],
-    )];
-    if let Some(missing) = access::missing_on(&client, &target, &needs).await? {
-        return Err(Error::Refused {
-            what: format!("missing permissions {missing}"),
-            hint: "use an admin kubeconfig of the remote".into(),
-        });
-    }
+    let needs = remote_needs(time_bound);
+    access::require(&client, &target, &needs, access::USE_A_REMOTE_ADMIN).await?;
     Ok((client, target))
 }
 
@@ -402,6 +444,34 @@ fn same_credentials(stored: Option<&str>, expected: &str) -> bool {
         || token::bound_secret(stored).is_some_and(|s| Some(s) == token::bound_secret(expected))
 }
 
+/// The lifetime of `token` when it is time-bound (`attach --token-ttl`): bound to a Secret,
+/// its replacement is requested with the same lifetime through the TokenRequest API.
+fn lifetime_of(token: Option<&str>) -> Option<Duration> {
+    token
+        .filter(|t| token::bound_secret(t).is_some())
+        .and_then(token::claims)
+        .and_then(|c| c.lifetime())
+        .and_then(|l| Duration::try_from(l).ok())
+}
+
+/// The Secret on the primary that stores the kubeconfig of `holder` of `cluster`.
+async fn stored_secret(
+    primary: &Client,
+    target: &Target,
+    cluster: &str,
+    holder: Holder,
+) -> Result<Secret> {
+    let (ns, name) = holder.stored_at(cluster);
+    Api::<Secret>::namespaced(primary.clone(), ns)
+        .get_opt(&name)
+        .await
+        .map_err(|e| access::request_error(target, &format!("read Secret {ns}/{name}"), e))?
+        .ok_or_else(|| Error::Refused {
+            what: format!("{cluster}: Secret {ns}/{name} is missing on the primary"),
+            hint: format!("re-run `kubectl mesh attach` for {cluster} to store its credentials"),
+        })
+}
+
 /// The token of the (first) kubeconfig a stored Secret holds.
 fn stored_token_of(secret: &Secret) -> Option<String> {
     let value = secret.data.as_ref()?.values().next()?;
@@ -422,12 +492,7 @@ impl Rotation<'_> {
         let current = stored_token_of(&stored);
         // A time-bound token (`attach --token-ttl`) is replaced by one of the same lifetime,
         // bound to the Secret that stands for it.
-        let bound = current
-            .as_deref()
-            .filter(|t| token::bound_secret(t).is_some())
-            .and_then(token::claims)
-            .and_then(|c| c.lifetime())
-            .and_then(|l| Duration::try_from(l).ok());
+        let bound = lifetime_of(current.as_deref());
         let standby_token = token_in(self.remote_secret(&standby).await?.as_ref());
         let bound_to_standby = current
             .as_deref()
@@ -457,23 +522,7 @@ impl Rotation<'_> {
     }
 
     async fn stored(&self, holder: Holder) -> Result<Secret> {
-        let (ns, name) = holder.stored_at(self.cluster);
-        Api::<Secret>::namespaced(self.primary.clone(), ns)
-            .get_opt(&name)
-            .await
-            .map_err(|e| {
-                access::request_error(self.primary_target, &format!("read Secret {ns}/{name}"), e)
-            })?
-            .ok_or_else(|| Error::Refused {
-                what: format!(
-                    "{}: Secret {ns}/{name} is missing on the primary",
-                    self.cluster
-                ),
-                hint: format!(
-                    "re-run `kubectl mesh attach` for {} to store its credentials",
-                    self.cluster
-                ),
-            })
+        stored_secret(self.primary, self.primary_target, self.cluster, holder).await
     }
 
     async fn remote_secret(&self, name: &str) -> Result<Option<Secret>> {
@@ -706,6 +755,49 @@ mod tests {
             "east names Secret kubectl-mesh/cluster-west for its credentials, not cluster-east, \
              the one attach stores and rotate renews"
         );
+    }
+
+    fn asks(needs: &[Need], namespace: &str, resource: &str, verb: &str) -> bool {
+        needs.iter().any(|n| {
+            n.namespace.as_deref() == Some(namespace)
+                && n.resource == resource
+                && n.verbs.contains(&verb)
+        })
+    }
+
+    /// Rotate replaces the stored kubeconfigs on the primary: asked before the first token is
+    /// issued, for istio-system too when there is an Istio remote secret to rotate.
+    #[test]
+    fn replacing_the_stored_kubeconfigs_is_asked() {
+        let needs = primary_needs(false);
+        assert!(
+            asks(&needs, MESH_NAMESPACE, "secrets", "update"),
+            "{needs:?}"
+        );
+        assert!(asks(&needs, MESH_NAMESPACE, "secrets", "get"), "{needs:?}");
+        assert!(
+            needs
+                .iter()
+                .any(|n| n.resource == "meshclusters" && n.verbs.contains(&"get")),
+            "{needs:?}"
+        );
+        assert!(!asks(&needs, setup::ISTIO_NAMESPACE, "secrets", "update"));
+        let needs = primary_needs(true);
+        assert!(
+            asks(&needs, setup::ISTIO_NAMESPACE, "secrets", "update"),
+            "{needs:?}"
+        );
+    }
+
+    /// A time-bound token is requested through the TokenRequest API: asked on the remote.
+    #[test]
+    fn requesting_a_time_bound_token_is_asked() {
+        let token = "serviceaccounts/token";
+        for verb in ["get", "create", "delete"] {
+            assert!(asks(&remote_needs(false), MESH_NAMESPACE, "secrets", verb));
+        }
+        assert!(!asks(&remote_needs(false), MESH_NAMESPACE, token, "create"));
+        assert!(asks(&remote_needs(true), MESH_NAMESPACE, token, "create"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use mesh_testenv::{Options, TestEnv};
 use tokio::sync::OnceCell;
 
 pub mod browser;
+pub mod callers;
 pub mod check_report;
 pub mod fixtures;
 pub mod forged;

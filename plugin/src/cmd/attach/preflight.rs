@@ -230,12 +230,7 @@ fn remote_needs(view: bool, token_ttl: bool) -> Vec<Need> {
             MESH_NAMESPACE,
             RW,
         ));
-        needs.push(Need::namespaced(
-            "",
-            "serviceaccounts/token",
-            MESH_NAMESPACE,
-            &["create"],
-        ));
+        needs.push(Need::token_request());
     }
     needs
 }

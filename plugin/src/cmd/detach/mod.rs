@@ -25,7 +25,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
 use mesh_core::{
     GROUP, MESH_NAMESPACE,
@@ -87,15 +87,13 @@ impl Detach {
         let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
 
         let mc = mesh_state::cluster_named(&primary, &primary_target, &name).await?;
-        let needs = primary_needs(strip_labels);
-        if let Some(missing) = access::missing_on(&primary, &primary_target, &needs).await? {
-            return Err(Error::Refused {
-                what: format!("missing permissions {missing}"),
-                hint: "use an admin context or ask a cluster admin (`kubectl auth can-i --list` \
-                       shows yours)"
-                    .into(),
-            });
-        }
+        access::require(
+            &primary,
+            &primary_target,
+            &primary_needs(strip_labels),
+            access::ASK_AN_ADMIN,
+        )
+        .await?;
         // What attach recorded on the remote's objects: only this primary's are deleted.
         let primary_id = access::cluster_id(&primary)
             .await
@@ -103,6 +101,24 @@ impl Detach {
         let primary_secrets = labelled_secrets(&primary, &name)
             .await
             .map_err(|e| access::request_error(&primary_target, "list Secrets", e))?;
+        // The Istio remote secret is found only where the caller may list istio-system; once
+        // found, it is deleted, and istio-system too when attach created it and it is empty
+        // then: rights asked now, before the remote is cleaned, not found missing after.
+        if primary_secrets
+            .iter()
+            .any(|s| s.namespace().as_deref() == Some(setup::ISTIO_NAMESPACE))
+        {
+            let created = istio_namespace_created(&primary)
+                .await
+                .map_err(|e| access::request_error(&primary_target, "read istio-system", e))?;
+            access::require(
+                &primary,
+                &primary_target,
+                &istio_needs(created),
+                access::ASK_AN_ADMIN,
+            )
+            .await?;
+        }
         if mc.is_none() && primary_secrets.is_empty() && remote_admin.remote_kubeconfig.is_none() {
             return Err(Error::Refused {
                 what: format!("cluster {name:?} is not attached"),
@@ -273,6 +289,33 @@ fn primary_needs(strip_labels: bool) -> Vec<Need> {
     needs
 }
 
+/// Whether the primary's istio-system is one attach created (and detach may delete once it is
+/// empty). A caller who may not read it is asked for `get` by [`istio_needs`].
+async fn istio_namespace_created(primary: &Client) -> Result<bool, kube::Error> {
+    match Api::<Namespace>::all(primary.clone())
+        .get_opt(setup::ISTIO_NAMESPACE)
+        .await
+    {
+        Ok(found) => Ok(found.is_some_and(|ns| remote::created_by_attach(&ns, None))),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// What deleting the Istio remote secret on the primary takes: the Secret, istio-system read
+/// to see whether it goes too, and deleted when `created` (attach created it).
+fn istio_needs(created: bool) -> Vec<Need> {
+    let namespace: &[&str] = if created {
+        &["get", "delete"]
+    } else {
+        &["get"]
+    };
+    vec![
+        Need::namespaced("", "secrets", setup::ISTIO_NAMESPACE, &["delete"]),
+        Need::cluster("", "namespaces", namespace).named(setup::ISTIO_NAMESPACE),
+    ]
+}
+
 fn remote_needs(strip_labels: bool) -> Vec<Need> {
     const LD: &[&str] = &["get", "delete"];
     let mut namespaces = vec!["get", "delete"];
@@ -399,7 +442,7 @@ async fn resolve_remote(
     if let Some(missing) = missing {
         return refuse_or_skip(
             format!("missing permissions {missing}"),
-            "use an admin kubeconfig of the remote".into(),
+            access::USE_A_REMOTE_ADMIN.into(),
         );
     }
     Ok(RemoteAccess::Ready { client, target })
@@ -509,6 +552,28 @@ mod tests {
         let needs = remote_needs(true);
         assert!(needs[0].verbs.contains(&"patch") && needs[0].verbs.contains(&"list"));
         assert!(!remote_needs(false)[0].verbs.contains(&"patch"));
+    }
+
+    /// Every write detach makes on the primary is asked before the remote is cleaned: the
+    /// Istio remote secret's deletion (and istio-system's, when attach created it) too.
+    #[test]
+    fn deleting_the_istio_secret_and_its_namespace_is_asked() {
+        let asks = |needs: &[Need], resource: &str, verb: &str| {
+            needs.iter().any(|n| {
+                n.resource == resource
+                    && n.namespace.as_deref().or(n.name) == Some(setup::ISTIO_NAMESPACE)
+                    && n.verbs.contains(&verb)
+            })
+        };
+        for created in [false, true] {
+            let needs = istio_needs(created);
+            assert!(asks(&needs, "secrets", "delete"), "{needs:?}");
+            assert!(asks(&needs, "namespaces", "get"), "{needs:?}");
+            assert_eq!(asks(&needs, "namespaces", "delete"), created, "{needs:?}");
+        }
+        // Never istio-system's on the primary's list asked of everyone: the Istio secret is
+        // found only where the caller may list it.
+        assert!(!asks(&primary_needs(true), "secrets", "delete"));
     }
 
     #[test]

@@ -277,17 +277,7 @@ pub(super) async fn remove_namespace_if_unused(
     let Some(found) = namespaces.get_opt(ns).await? else {
         return Ok(false);
     };
-    let ours = match owner {
-        Some((cluster, primary)) => setup::is_ours_from(&found.metadata, cluster, primary),
-        None => {
-            found
-                .labels()
-                .get(setup::MANAGED_BY_LABEL)
-                .map(String::as_str)
-                == Some(mesh_core::MANAGER)
-        }
-    };
-    if !ours || found.metadata.deletion_timestamp.is_some() {
+    if !created_by_attach(&found, owner) {
         return Ok(false);
     }
     let others = contents::foreign_objects(client, ns, owner.map(|(_, primary)| primary)).await?;
@@ -300,6 +290,18 @@ pub(super) async fn remove_namespace_if_unused(
     }
     delete(&namespaces, ns, side, progress).await?;
     Ok(true)
+}
+
+/// Whether [`remove_namespace_if_unused`] may delete `ns` (once it holds nothing else): attach
+/// created it, for `owner` (see there), and it is not being deleted already.
+pub(super) fn created_by_attach(ns: &Namespace, owner: Option<(&str, &str)>) -> bool {
+    let ours = match owner {
+        Some((cluster, primary)) => setup::is_ours_from(&ns.metadata, cluster, primary),
+        None => {
+            ns.labels().get(setup::MANAGED_BY_LABEL).map(String::as_str) == Some(mesh_core::MANAGER)
+        }
+    };
+    ours && ns.metadata.deletion_timestamp.is_none()
 }
 
 /// Removes the managed labels of every remote namespace the rule covers: a sync against an

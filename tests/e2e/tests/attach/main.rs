@@ -8,6 +8,7 @@
 //! on the primary. Tests that attach the same remote hold that remote's lock, and every test
 //! starts by cleaning its remote, so a failed test cannot make the next one fail.
 
+mod asked_rights;
 mod check;
 mod detach;
 mod guard;

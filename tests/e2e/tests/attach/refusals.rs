@@ -3,16 +3,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use k8s_openapi::api::{
-    core::v1::ServiceAccount,
-    rbac::v1::{ClusterRole, ClusterRoleBinding, Role},
-};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use kube::{
     Api,
     api::{DeleteParams, PostParams},
     config::Kubeconfig,
 };
-use mesh_e2e::{create_namespace, tokens::mint_token, unique_name};
+use mesh_e2e::callers::{Grant, kubeconfig_granting};
+use mesh_e2e::create_namespace;
 use mesh_testenv::Cluster;
 use serde_json::json;
 
@@ -142,46 +140,8 @@ fn unverified_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<PathBuf
 /// built-in `view` role cannot be used, as the test clusters do not run the ClusterRole
 /// aggregation controller that fills it.
 async fn limited_kubeconfig(remote: &Cluster, dir: &Path) -> anyhow::Result<PathBuf> {
-    let client = remote.client().await?;
-    let name = unique_name("e2e-viewer");
-    let role: ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "rules": [{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "configmaps"], "verbs": ["get", "list", "watch"]}],
-    }))?;
-    Api::<ClusterRole>::all(client.clone())
-        .create(&PostParams::default(), &role)
-        .await?;
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "default"}],
-    }))?;
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .create(&PostParams::default(), &binding)
-        .await?;
-    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), "default");
-    accounts
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": name}}))?,
-        )
-        .await?;
-    let token = mint_token(&accounts, &name, 3600).await?;
-    let admin = Kubeconfig::read_from(&remote.kubeconfig)?;
-    let ca = admin
-        .clusters
-        .first()
-        .and_then(|c| c.cluster.as_ref())
-        .and_then(|c| c.certificate_authority_data.clone())
-        .context("no CA in the admin kubeconfig")?;
-    let kubeconfig = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "remote-2", "cluster": {"server": remote.server, "certificate-authority-data": ca}}],
-        "users": [{"name": "viewer", "user": {"token": token}}],
-        "contexts": [{"name": "remote-2", "context": {"cluster": "remote-2", "user": "viewer"}}],
-        "current-context": "remote-2",
-    });
-    write(dir, "limited.yaml", &kubeconfig.to_string())
+    let read = json!([{"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "configmaps"], "verbs": ["get", "list", "watch"]}]);
+    kubeconfig_granting(remote, dir, &[Grant::everywhere(read)]).await
 }
 
 #[tokio::test]

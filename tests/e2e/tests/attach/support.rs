@@ -142,17 +142,7 @@ pub fn succeeded(out: &Output, what: &str) -> anyhow::Result<String> {
     Ok(text(&out.stderr))
 }
 
-/// The command failed with exactly one line on stderr, `error: ...`; returns that line.
-pub fn refused_in_one_line(out: &Output, what: &str) -> anyhow::Result<String> {
-    let err = text(&out.stderr);
-    ensure!(!out.status.success(), "{what} succeeded: {err}");
-    let lines: Vec<&str> = err.trim_end().lines().collect();
-    ensure!(
-        lines.len() == 1 && lines[0].starts_with("error: "),
-        "{what}: stderr is not one error line:\n{err}"
-    );
-    Ok(lines[0].to_owned())
-}
+pub use mesh_e2e::callers::refused_in_one_line;
 
 /// The command failed and its last stderr line is the error.
 pub fn failed_last_line(out: &Output, what: &str) -> anyhow::Result<String> {

@@ -6,6 +6,7 @@
 //! Every test starts a mesh of its own: rotation revokes the tokens the webhook syncs with,
 //! and some tests stop the webhook or edit the stored credentials.
 
+mod asked_rights;
 mod expired;
 mod follower;
 mod interrupted;

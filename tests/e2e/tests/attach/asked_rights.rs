@@ -1,0 +1,134 @@
+//! Detach asks for every right it uses before it changes anything: a caller lacking one is
+//! refused in one line, with both clusters as they were.
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, ResourceExt};
+use mesh_e2e::{DEFAULT_TIMEOUT, eventually};
+use serde_json::json;
+
+use crate::support::*;
+use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as};
+
+/// Everything detach asks of the primary (see `primary_needs` in detach), on every namespace.
+fn detach_rights() -> serde_json::Value {
+    json!([
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]},
+        {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["get", "delete"]},
+    ])
+}
+
+/// The primary's Istio remote secret (and istio-system, when attach created it) is deleted
+/// after the remote was cleaned: a caller who may do everything else but that is refused before
+/// anything changed, not after the remote's objects and the stored credentials are gone.
+#[tokio::test]
+async fn detach_by_a_caller_who_may_not_delete_the_istio_secret_changes_nothing()
+-> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let name = remote.name.as_str();
+    let dir = tempfile::tempdir()?;
+    let remote_kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let args = [
+        "detach",
+        name,
+        "--remote-kubeconfig",
+        remote_kubeconfig.as_str(),
+    ];
+    let selector = format!("{CLUSTER_LABEL}={name}");
+
+    // Secrets may be deleted in kubectl-mesh only; istio-system as well.
+    let no_istio_secret = vec![
+        Grant::everywhere(detach_rights()),
+        Grant::everywhere(json!([
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["delete"]},
+        ])),
+        Grant::within(
+            MESH_NS,
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["delete"]}]),
+        ),
+    ];
+    // Secrets may be deleted everywhere, and everything in istio-system listed (so that it
+    // is found empty), but istio-system not deleted.
+    let no_istio_system = vec![
+        Grant::everywhere(detach_rights()),
+        Grant::everywhere(json!([
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["delete"]},
+        ])),
+        // Not by a RoleBinding in istio-system: that would keep it.
+        Grant::everywhere(json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["list"]}])),
+    ];
+    let cases = [
+        (
+            "may not delete the Istio remote secret",
+            no_istio_secret,
+            "secrets in namespace istio-system (delete)",
+            false,
+        ),
+        (
+            "may not delete istio-system",
+            no_istio_system,
+            "namespaces named istio-system (delete)",
+            true,
+        ),
+    ];
+    let primary = env.primary().client().await?;
+    let namespaces = Api::<Namespace>::all(primary);
+    let mut failures = Vec::new();
+    for (case, grants, missing, only_if_attach_created_it) in cases {
+        attach(env, remote, &["--istio-remote-secret"]).await?;
+        let kubeconfig = kubeconfig_granting(env.primary(), dir.path(), &grants).await?;
+        let istio_system = namespaces.get("istio-system").await?;
+        let attach_created_it = istio_system
+            .labels()
+            .get("app.kubernetes.io/managed-by")
+            .is_some_and(|m| m == "kubectl-mesh");
+        let primary_before = (
+            primary_by_name(env, name).await?,
+            labelled(env.primary(), &selector, true).await?,
+        );
+        let remote_before = labelled(remote, MANAGED_BY, false).await?;
+        let out = mesh_as(&kubeconfig, &args).await?;
+        let outcome = async {
+            if only_if_attach_created_it && !attach_created_it {
+                eprintln!("{case}: skipped, istio-system existed before attach");
+                return Ok(());
+            }
+            let line = refused_in_one_line(&out, case)?;
+            anyhow::ensure!(
+                line.contains("missing permissions on the primary") && line.contains(missing),
+                "{case}: {line}"
+            );
+            let primary_after = (
+                primary_by_name(env, name).await?,
+                labelled(env.primary(), &selector, true).await?,
+            );
+            anyhow::ensure!(
+                primary_after == primary_before,
+                "{case}: the primary changed: {primary_before:?} -> {primary_after:?}"
+            );
+            let remote_after = labelled(remote, MANAGED_BY, false).await?;
+            anyhow::ensure!(
+                remote_after == remote_before,
+                "{case}: the remote changed: {remote_before:?} -> {remote_after:?}"
+            );
+            Ok(())
+        }
+        .await;
+        if let Err(e) = outcome {
+            failures.push(format!("{e:#}"));
+        }
+        // An admin detaches it all, whatever a refused detach left; the next attach must not
+        // find istio-system terminating.
+        detach(env, remote, name, &[]).await?;
+        eventually("istio-system not terminating", DEFAULT_TIMEOUT, || async {
+            let found = namespaces.get_opt("istio-system").await?;
+            Ok(found
+                .is_none_or(|ns| ns.metadata.deletion_timestamp.is_none())
+                .then_some(()))
+        })
+        .await?;
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_nothing_left(env, remote, name).await
+}
