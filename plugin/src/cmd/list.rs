@@ -130,15 +130,13 @@ pub fn render(
                 .iter()
                 .map(resource_value)
                 .collect::<Result<Vec<_>>>()?;
-            if values.is_empty() {
-                // An empty List, as `kubectl get -o json|yaml` prints, rather than nothing.
-                let empty = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": []});
-                return match format {
-                    OutputFormat::Json => output::render_values(format, &[empty]),
-                    _ => output::yaml_documents(&[empty]),
-                };
+            // Always a List, as `kubectl get -o json|yaml` prints: one shape for scripts,
+            // whether none, one or many clusters are attached.
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": values});
+            match format {
+                OutputFormat::Json => output::render_values(format, &[list]),
+                _ => output::yaml_documents(&[list]),
             }
-            output::render_values(format, &values)
         }
     }
 }
@@ -432,8 +430,17 @@ mod tests {
         assert_eq!(v["items"][0]["status"]["namespacesInSync"], 42);
         assert_eq!(v["items"][1]["spec"]["server"], "https://10.0.0.2:6443");
 
+        // One cluster is a List of one, in either format.
+        let one = render(OutputFormat::Json, &clusters()[..1], &expiries(), now()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&one).unwrap();
+        assert_eq!(
+            (v["kind"].as_str(), v["items"].as_array().map(Vec::len)),
+            (Some("List"), Some(1))
+        );
         let yaml = render(OutputFormat::Yaml, &clusters()[..1], &expiries(), now()).unwrap();
-        assert!(yaml.starts_with("apiVersion: kubectl-mesh.io/v1alpha1\nkind: MeshCluster\n"));
+        let v: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(v["kind"], "List", "{yaml}");
+        assert_eq!(v["items"][0]["kind"], "MeshCluster", "{yaml}");
         assert!(yaml.contains("clusterId: east-"), "{yaml}");
     }
 

@@ -50,7 +50,8 @@ pub struct Status {
     /// Namespaces to show [default: every namespace with a managed label].
     #[arg(value_name = "NAMESPACE")]
     pub namespaces: Vec<String>,
-    /// Exit with status 3 when any namespace differs from the primary.
+    /// Exit with status 3 when any namespace differs from the primary, and 1 when a remote
+    /// could not be read (its drift is unknown).
     #[arg(long)]
     pub exit_code: bool,
     /// How long each call to a remote may take, its answer included.
@@ -134,8 +135,8 @@ impl Status {
                 ctx.progress.info(line);
             }
         }
-        if exit_code && report.drifted > 0 {
-            return Err(Error::Exit(DRIFT_EXIT_CODE));
+        if exit_code {
+            return report.exit_status();
         }
         Ok(())
     }
@@ -359,6 +360,27 @@ pub enum CellState {
 }
 
 impl StatusReport {
+    /// `status --exit-code`: 1 (an error) when a remote could not be read, as nothing can be
+    /// said of its drift; else [`DRIFT_EXIT_CODE`] when a namespace drifted.
+    pub fn exit_status(&self) -> Result<()> {
+        let unread: Vec<&str> = self
+            .clusters
+            .iter()
+            .filter(|c| !c.reachable)
+            .map(|c| c.name.as_str())
+            .collect();
+        if !unread.is_empty() {
+            return Err(Error::Refused {
+                what: format!("cannot tell whether {} drifted", few(&unread)),
+                hint: "see the lines above; `kubectl mesh check` diagnoses a cluster".into(),
+            });
+        }
+        if self.drifted > 0 {
+            return Err(Error::Exit(DRIFT_EXIT_CODE));
+        }
+        Ok(())
+    }
+
     /// Compares every remote with the primary. `requested` names the rows; empty means every
     /// namespace that carries a managed label on the primary or on a readable remote (excluded
     /// namespaces left out).
@@ -833,6 +855,22 @@ mod tests {
 
     fn report() -> StatusReport {
         StatusReport::compute(&SyncRule::default(), &primary(), &remotes(), &[])
+    }
+
+    #[test]
+    fn the_exit_status_says_drift_only_when_every_remote_was_read() {
+        let unread = report().exit_status().unwrap_err();
+        assert_eq!(unread.to_string(), "cannot tell whether north drifted");
+        let mut read = remotes();
+        read.pop();
+        let drifted = StatusReport::compute(&SyncRule::default(), &primary(), &read, &[]);
+        assert!(matches!(
+            drifted.exit_status(),
+            Err(Error::Exit(DRIFT_EXIT_CODE))
+        ));
+        let none: Vec<RemoteView> = Vec::new();
+        let alone = StatusReport::compute(&SyncRule::default(), &primary(), &none, &[]);
+        assert!(alone.exit_status().is_ok());
     }
 
     #[test]
