@@ -66,7 +66,7 @@ mod worker;
 use worker::{RemoteWatch, Worker};
 
 /// Share of a time-bound token's lifetime after which the leader renews it: early enough
-/// that a webhook down for a while (or a failing renewal, retried every sync) still has
+/// that a webhook down for a while (or a failing renewal, retried once per resync period) still has
 /// time before it expires.
 pub const DEFAULT_TOKEN_RENEW_FRACTION: f64 = 0.6;
 
@@ -323,6 +323,7 @@ async fn supervise(
                         backoff: Backoff::new(shared.settings.backoff),
                         drift: Arc::new(Notify::new()),
                         watching: None,
+                        renewal_not_before: None,
                     };
                     workers.insert(
                         name.clone(),

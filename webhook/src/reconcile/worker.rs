@@ -39,6 +39,10 @@ pub(super) struct Worker {
     /// Woken by the watch of the remote's namespaces when they drift from the primary.
     pub(super) drift: Arc<Notify>,
     pub(super) watching: Option<RemoteWatch>,
+    /// No token renewal is tried before this: one try per resync period, whatever wakes the
+    /// worker. A failing renewal is not retried every second, and a successful one is not
+    /// repeated before the registry holds the new token.
+    pub(super) renewal_not_before: Option<Instant>,
 }
 
 /// The drift watch of one remote, for the client it was started with.
@@ -206,8 +210,7 @@ impl Worker {
         });
     }
 
-    /// When the stored token is due for renewal, if it is time-bound: not before a second
-    /// from now, so that a renewal that failed is retried without spinning.
+    /// When the stored token is due for renewal, if it is time-bound.
     fn renewal_due(&self) -> Option<Instant> {
         let remote = self.shared.state.remotes.get(&self.name)?;
         let at = remote
@@ -215,7 +218,7 @@ impl Worker {
             .renew_at(self.shared.settings.token_renew_fraction)?;
         let wait = at.duration_since(Timestamp::now());
         let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
-        Some(Instant::now() + wait.max(Duration::from_secs(1)))
+        Some(renewal_time(wait, self.renewal_not_before, Instant::now()))
     }
 
     /// One full sync, its status, Events and metrics. `false` when the remote failed, or a
@@ -374,10 +377,15 @@ impl Worker {
         let renewal_due = token
             .and_then(|t| t.renew_at(shared.settings.token_renew_fraction))
             .is_some_and(|at| at <= now);
+        let renewal_allowed = self
+            .renewal_not_before
+            .is_none_or(|not_before| not_before <= Instant::now());
         if ok
             && renewal_due
+            && renewal_allowed
             && let Some(client) = remote.as_deref().and_then(Remote::client)
         {
+            self.renewal_not_before = Some(Instant::now() + shared.settings.resync_period);
             match to_primary(
                 "token",
                 renew_token(
@@ -434,4 +442,29 @@ async fn to_primary<T>(
         tracing::warn!(write = what, "no answer from the primary in time, given up");
     }
     done
+}
+/// When to renew a token due in `wait`: not before a second from `now` (no spinning), nor
+/// before `not_before` (the last try's pacing).
+fn renewal_time(wait: Duration, not_before: Option<Instant>, now: Instant) -> Instant {
+    let at = now + wait.max(Duration::from_secs(1));
+    not_before.map_or(at, |not_before| at.max(not_before))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_is_tried_once_per_pacing_not_every_second() {
+        let now = Instant::now();
+        let soon = now + Duration::from_secs(1);
+        // Overdue and never tried: in a second.
+        assert_eq!(renewal_time(Duration::ZERO, None, now), soon);
+        // Overdue, tried (and failed) a moment ago: not before the next try is due.
+        let next_try = now + Duration::from_secs(60);
+        assert_eq!(renewal_time(Duration::ZERO, Some(next_try), now), next_try);
+        // Due later than that: when it is due.
+        let later = Duration::from_secs(3600);
+        assert_eq!(renewal_time(later, Some(next_try), now), now + later);
+    }
 }
