@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::{
     Context, Error, Result,
-    access::{self, RemoteAdminFlags},
+    access::{self, Need, RemoteAdminFlags},
     mesh_state, namespace_scope,
     output::{self, OutputFormat},
     remote_setup::{self as setup, Guard},
@@ -82,6 +82,10 @@ impl Scope {
             return Ok(());
         }
 
+        // Every right asked before the first write: the MeshCluster is patched last, and a
+        // refusal there would leave the remote's policies changed for nothing.
+        let needs = [Need::cluster(mesh_core::GROUP, "meshclusters", &["patch"])];
+        access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
         // The remote's policies first, so that a refusal here leaves everything as it was;
         // the guard first of them: it then spares what the webhook stops writing a moment
         // later.
@@ -110,10 +114,7 @@ impl Scope {
                 .await
             {
                 Ok(before) => changed.push((follower, before)),
-                Err(e) => {
-                    restore(&remote, &changed).await;
-                    return Err(e);
-                }
+                Err(e) => return Err(restored(e, &cluster, restore(&remote, &changed).await)),
             }
         }
         let patch = json!({ "spec": { "scope": scope_patch(&scope) } });
@@ -130,10 +131,8 @@ impl Scope {
             .await;
         if let Err(e) = stored {
             // The policies back as they were: the MeshCluster still has the old scope.
-            restore(&remote, &changed).await;
-            return Err(Error::kube(format!("cannot update MeshCluster {cluster}"))(
-                e,
-            ));
+            let error = Error::kube(format!("cannot update MeshCluster {cluster}"))(e);
+            return Err(restored(error, &cluster, restore(&remote, &changed).await));
         }
         let updated: Vec<&str> = changed.iter().map(|(f, _)| f.what).collect();
         ctx.progress.ok(format!(
@@ -195,21 +194,23 @@ async fn remote_admin(
                 .into(),
         });
     };
-    let client = admin.client().await?;
+    let (client, target) = admin.connect(&name).await?;
     let id = access::cluster_id(&client)
         .await
-        .map_err(Error::kube(format!(
-            "cannot read kube-system of remote cluster {name}"
-        )))?;
-    if id != mc.spec.cluster_id {
+        .map_err(|e| access::request_error(&target, "read kube-system", e))?;
+    if let Some(what) = access::other_cluster(&id, &target, mc) {
         return Err(Error::Refused {
-            what: format!(
-                "the remote kubeconfig reaches cluster id {id}, but {name} is cluster id {}",
-                mc.spec.cluster_id
-            ),
+            what,
             hint: format!("pass the kubeconfig of {name} with --remote-kubeconfig"),
         });
     }
+    // The policies are read and patched (and patched back if a later write fails).
+    let needs = [Need::cluster(
+        "admissionregistration.k8s.io",
+        "validatingadmissionpolicies",
+        &["get", "patch"],
+    )];
+    access::require(&client, &target, &needs, access::USE_A_REMOTE_ADMIN).await?;
     Ok(client)
 }
 
@@ -277,16 +278,47 @@ impl Follower {
     }
 }
 
-/// Puts back the policies `changed` as they were, as far as the remote lets it (the error
-/// that made this necessary is the one to report).
-async fn restore(remote: &Client, changed: &[(Follower, ValidatingAdmissionPolicy)]) {
+/// Puts back the policies `changed` as they were, as far as the remote lets it; returns what
+/// it could not put back.
+async fn restore(
+    remote: &Client,
+    changed: &[(Follower, ValidatingAdmissionPolicy)],
+) -> Vec<&'static str> {
     let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    };
+    let mut left = Vec::new();
     for (follower, before) in changed {
         let patch = (follower.part)(before);
-        let params = PatchParams::default();
-        let _ = api
+        if api
             .patch(follower.name, &params, &Patch::Merge(&patch))
-            .await;
+            .await
+            .is_err()
+        {
+            left.push(follower.what);
+        }
+    }
+    left
+}
+
+/// `error`, which made the run put the remote's policies back, saying which could not be: the
+/// remote then enforces a scope the MeshCluster does not record.
+fn restored(error: Error, cluster: &str, left: Vec<&str>) -> Error {
+    if left.is_empty() {
+        return error;
+    }
+    Error::Refused {
+        what: format!(
+            "{}; the remote's {} of {cluster} could not be put back: the remote enforces the new scope",
+            error.what(),
+            left.join(" and ")
+        ),
+        hint: format!(
+            "re-run `kubectl mesh scope {cluster}` with the same flags once the cause is fixed, \
+             or with the old scope"
+        ),
     }
 }
 
@@ -317,4 +349,28 @@ fn validations_patch(policy: &ValidatingAdmissionPolicy) -> serde_json::Value {
         "metadata": { "annotations": { setup::SCOPE_ANNOTATION: record } },
         "spec": { "validations": validations },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_that_could_not_be_put_back_is_said_with_what_to_do() {
+        let cause = || Error::Refused {
+            what: "cannot update MeshCluster east".into(),
+            hint: "h".into(),
+        };
+        let line = restored(cause(), "east", Vec::new()).line();
+        assert_eq!(line, "cannot update MeshCluster east; h");
+        let line = restored(cause(), "east", vec!["guard", "sync scope"]).line();
+        assert!(
+            line.starts_with(
+                "cannot update MeshCluster east; the remote's guard and sync scope of east could \
+                 not be put back: the remote enforces the new scope; re-run `kubectl mesh scope \
+                 east`"
+            ),
+            "{line}"
+        );
+    }
 }

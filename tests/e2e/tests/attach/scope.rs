@@ -19,6 +19,7 @@ use mesh_testenv::Cluster;
 use serde_json::{Value, json};
 
 use crate::support::*;
+use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as};
 
 /// The description of check's sync scope check.
 const SCOPE_CHECK: &str = "credentials may change only the managed labels";
@@ -182,7 +183,8 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
     );
     ensure!(scope_recorded_on(remote).await? == recorded);
 
-    // With them, the remote lets the token write what the scope now covers.
+    // With them, but without the right to record the scope on the primary: refused before
+    // the remote's policies are touched (not changed, then put back).
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let args = [
         "scope",
@@ -191,6 +193,43 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
         "--remote-kubeconfig",
         &kubeconfig,
     ];
+    let dir = tempfile::tempdir()?;
+    let reader = kubeconfig_granting(
+        env.primary(),
+        dir.path(),
+        &[Grant::everywhere(json!([
+            {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["get", "list"]},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        ]))],
+    )
+    .await?;
+    let policies = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?);
+    let versions = async || -> anyhow::Result<Vec<Option<String>>> {
+        let mut out = Vec::new();
+        for name in ["kubectl-mesh-sync-scope", "kubectl-mesh-guard"] {
+            out.push(
+                policies
+                    .get_opt(name)
+                    .await?
+                    .and_then(|p| p.resource_version()),
+            );
+        }
+        Ok(out)
+    };
+    let before = versions().await?;
+    let out = mesh_as(&reader, &args).await?;
+    let refusal = refused_in_one_line(&out, "scope --clear without the right to patch")?;
+    ensure!(
+        refusal.contains("missing permissions on the primary") && refusal.contains("meshclusters"),
+        "{refusal}"
+    );
+    ensure!(
+        versions().await? == before,
+        "the remote's policies were written"
+    );
+
+    // With them, the remote lets the token write what the scope now covers.
     succeeded(&mesh(env, &args, &[]).await?, "scope --clear")?;
     ensure!(
         mesh_cluster(env, &remote.name)
