@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::{
     Context, Error, Result,
-    access::{self, Need, RemoteAdminFlags},
+    access::{self, Need, RemoteAdminFlags, Target},
     mesh_state, namespace_scope,
     output::{self, OutputFormat},
     remote_setup::{self as setup, Guard},
@@ -89,7 +89,7 @@ impl Scope {
         // The remote's policies first, so that a refusal here leaves everything as it was;
         // the guard first of them: it then spares what the webhook stops writing a moment
         // later.
-        let remote = remote_admin(&mc, &kc, &remote_admin_flags).await?;
+        let (remote, remote_target) = remote_admin(&mc, &kc, &remote_admin_flags).await?;
         // Only the policies this primary's attach made are changed (another primary may have
         // taken the cluster over since).
         let primary_id = access::cluster_id(&primary)
@@ -110,7 +110,7 @@ impl Scope {
         let mut changed: Vec<(Follower, ValidatingAdmissionPolicy)> = Vec::new();
         for (follower, policy) in wanted {
             match follower
-                .update(&remote, &cluster, &primary_id, &policy)
+                .update(&remote, &remote_target, &cluster, &primary_id, &policy)
                 .await
             {
                 Ok(before) => changed.push((follower, before)),
@@ -181,7 +181,7 @@ async fn remote_admin(
     mc: &MeshCluster,
     primary_kc: &kube::config::Kubeconfig,
     flags: &RemoteAdminFlags,
-) -> Result<Client> {
+) -> Result<(Client, Target)> {
     let name = mc.name_any();
     let Some(admin) = flags.find(Some(mc), primary_kc)? else {
         return Err(Error::Refused {
@@ -211,7 +211,7 @@ async fn remote_admin(
         &["get", "patch"],
     )];
     access::require(&client, &target, &needs, access::USE_A_REMOTE_ADMIN).await?;
-    Ok(client)
+    Ok((client, target))
 }
 
 /// A policy on the remote that follows the scope, and the part of its spec that does.
@@ -241,15 +241,32 @@ impl Follower {
     async fn update(
         self,
         remote: &Client,
+        target: &Target,
         cluster: &str,
         primary_id: &str,
         wanted: &ValidatingAdmissionPolicy,
     ) -> Result<ValidatingAdmissionPolicy> {
         let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
-        let before = api.get(self.name).await.map_err(Error::kube(format!(
-            "cannot read the remote {} of {cluster} (ValidatingAdmissionPolicy {})",
-            self.what, self.name
-        )))?;
+        let before = match api.get(self.name).await {
+            Ok(before) => before,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(Error::Refused {
+                    what: format!(
+                        "the remote {} of {cluster} (ValidatingAdmissionPolicy {}) is missing; \
+                         nothing was changed",
+                        self.what, self.name
+                    ),
+                    hint: format!(
+                        "re-run `kubectl mesh attach` for {cluster} (with --name {cluster}) to \
+                         make it again"
+                    ),
+                });
+            }
+            Err(e) => {
+                let doing = format!("read ValidatingAdmissionPolicy {}", self.name);
+                return Err(access::request_error(target, &doing, e));
+            }
+        };
         if !setup::is_ours_from(&before.metadata, cluster, primary_id) {
             return Err(Error::Refused {
                 what: format!(
@@ -270,10 +287,10 @@ impl Follower {
         };
         api.patch(self.name, &params, &Patch::Merge(&patch))
             .await
-            .map_err(Error::kube(format!(
-                "cannot update the remote {} of {cluster}",
-                self.what
-            )))?;
+            .map_err(|e| {
+                let doing = format!("update ValidatingAdmissionPolicy {}", self.name);
+                access::request_error(target, &doing, e)
+            })?;
         Ok(before)
     }
 }
