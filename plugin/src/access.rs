@@ -142,6 +142,24 @@ impl RemoteAdmin {
         Ok((client, target))
     }
 
+    /// [`RemoteAdmin::connect`] to the cluster `mc` names, checked to reach that very cluster
+    /// (by its id) and to hold `needs` there: refused, before anything is changed, otherwise.
+    pub async fn connect_to(self, mc: &MeshCluster, needs: &[Need]) -> Result<(Client, Target)> {
+        let name = mc.name_any();
+        let (client, target) = self.connect(&name).await?;
+        let id = cluster_id(&client)
+            .await
+            .map_err(|e| request_error(&target, "read kube-system", e))?;
+        if let Some(what) = other_cluster(&id, &target, mc) {
+            return Err(Error::Refused {
+                what,
+                hint: format!("pass the kubeconfig of {name} with --remote-kubeconfig"),
+            });
+        }
+        require(&client, &target, needs, USE_A_REMOTE_ADMIN).await?;
+        Ok((client, target))
+    }
+
     /// A client of the remote.
     pub async fn client(self) -> Result<Client> {
         client(self.kubeconfig, self.context.as_deref()).await

@@ -342,19 +342,7 @@ async fn remote_client(
             ),
         });
     };
-    let (client, target) = admin.connect(name).await?;
-    let id = access::cluster_id(&client)
-        .await
-        .map_err(|e| access::request_error(&target, "read kube-system", e))?;
-    if let Some(what) = access::other_cluster(&id, &target, mc) {
-        return Err(Error::Refused {
-            what,
-            hint: format!("pass the kubeconfig of {name} with --remote-kubeconfig"),
-        });
-    }
-    let needs = remote_needs(time_bound);
-    access::require(&client, &target, &needs, access::USE_A_REMOTE_ADMIN).await?;
-    Ok((client, target))
+    admin.connect_to(mc, &remote_needs(time_bound)).await
 }
 
 /// One cluster's rotation.

@@ -194,24 +194,13 @@ async fn remote_admin(
                 .into(),
         });
     };
-    let (client, target) = admin.connect(&name).await?;
-    let id = access::cluster_id(&client)
-        .await
-        .map_err(|e| access::request_error(&target, "read kube-system", e))?;
-    if let Some(what) = access::other_cluster(&id, &target, mc) {
-        return Err(Error::Refused {
-            what,
-            hint: format!("pass the kubeconfig of {name} with --remote-kubeconfig"),
-        });
-    }
     // The policies are read and patched (and patched back if a later write fails).
     let needs = [Need::cluster(
         "admissionregistration.k8s.io",
         "validatingadmissionpolicies",
         &["get", "patch"],
     )];
-    access::require(&client, &target, &needs, access::USE_A_REMOTE_ADMIN).await?;
-    Ok((client, target))
+    admin.connect_to(mc, &needs).await
 }
 
 /// A policy on the remote that follows the scope, and the part of its spec that does.
