@@ -88,15 +88,47 @@ pub fn render_list<T: Serialize + Tabular>(format: OutputFormat, items: &[T]) ->
     }
 }
 
-/// Renders items as `text` gives them for the table formats, else as JSON or YAML.
+/// Renders items as `text` gives them for the table formats, else as JSON or YAML: the one
+/// item itself when one was asked for by name (`one_asked`), else a `List` of them, however
+/// many there are, so that a script reads one shape.
 pub fn render_items<T: Serialize>(
     format: OutputFormat,
     items: &[T],
+    one_asked: bool,
     text: impl FnOnce(&[T]) -> String,
 ) -> Result<String> {
     match format {
         OutputFormat::Table | OutputFormat::Wide => Ok(text(items)),
-        OutputFormat::Json | OutputFormat::Yaml => render_values(format, &to_values(items)?),
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let values = to_values(items)?;
+            match values.as_slice() {
+                [one] if one_asked => render_values(format, std::slice::from_ref(one)),
+                _ => render_list_document(format, values),
+            }
+        }
+    }
+}
+
+/// `values` as one kubectl-style `List`, in JSON or YAML.
+pub fn render_list_document(
+    format: OutputFormat,
+    values: Vec<serde_json::Value>,
+) -> Result<String> {
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": values});
+    match format {
+        OutputFormat::Json => render_values(format, &[list]),
+        _ => yaml_documents(&[list]),
+    }
+}
+
+/// For a command that found nothing to show: an empty `List` in JSON or YAML (as
+/// `kubectl get` prints), nothing in the table formats (a progress line says why).
+pub fn print_empty(format: OutputFormat) -> Result<()> {
+    match format {
+        OutputFormat::Table | OutputFormat::Wide => Ok(()),
+        OutputFormat::Json | OutputFormat::Yaml => {
+            print_stdout(&render_list_document(format, Vec::new())?)
+        }
     }
 }
 
@@ -246,6 +278,24 @@ pub const RESET: &str = "\x1b[0m";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn items_are_a_list_unless_one_was_asked_for_by_name() {
+        let text = |_: &[serde_json::Value]| String::new();
+        let one = [serde_json::json!({"cluster": "east"})];
+        let shape = |format, items: &[serde_json::Value], one_asked| {
+            let rendered = render_items(format, items, one_asked, text).unwrap();
+            let doc: serde_json::Value = serde_yaml::from_str(&rendered).unwrap();
+            doc["kind"].as_str().unwrap_or("object").to_owned()
+        };
+        for format in [OutputFormat::Json, OutputFormat::Yaml] {
+            assert_eq!(shape(format, &one, false), "List", "{format:?}");
+            assert_eq!(shape(format, &one, true), "object", "{format:?}");
+            assert_eq!(shape(format, &[], false), "List", "{format:?}");
+            let two = [one[0].clone(), serde_json::json!({"cluster": "west"})];
+            assert_eq!(shape(format, &two, false), "List", "{format:?}");
+        }
+    }
 
     #[derive(Serialize)]
     struct Row {

@@ -132,11 +132,7 @@ pub fn render(
                 .collect::<Result<Vec<_>>>()?;
             // Always a List, as `kubectl get -o json|yaml` prints: one shape for scripts,
             // whether none, one or many clusters are attached.
-            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": values});
-            match format {
-                OutputFormat::Json => output::render_values(format, &[list]),
-                _ => output::yaml_documents(&[list]),
-            }
+            output::render_list_document(format, values)
         }
     }
 }

@@ -34,7 +34,7 @@ impl Plan {
     pub async fn run(self, ctx: &Context) -> Result<()> {
         let Self { targets } = self;
         let Some(inputs) = targets.inputs(ctx).await? else {
-            return Ok(());
+            return output::print_empty(ctx.output);
         };
         let remote_timeout = targets.remote_timeout;
         let plans = mesh_state::for_each(&inputs.clusters, |c| {
@@ -65,7 +65,7 @@ impl Plan {
         })
         .await;
 
-        let text = output::render_items(ctx.output, &plans, render_text)?;
+        let text = output::render_items(ctx.output, &plans, targets.one_asked(), render_text)?;
         output::print_stdout(&text)?;
 
         let failed: Vec<&str> = plans

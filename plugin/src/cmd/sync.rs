@@ -45,6 +45,11 @@ pub struct Targets {
 }
 
 impl Targets {
+    /// Whether one cluster was asked for by name: its answer is that cluster's alone.
+    pub fn one_asked(&self) -> bool {
+        self.cluster.len() == 1
+    }
+
     /// What a sync of these clusters compares; `None`, said on the progress line, when there
     /// is no cluster to sync.
     pub async fn inputs(&self, ctx: &Context) -> Result<Option<mesh_state::SyncInputs>> {
@@ -57,7 +62,7 @@ impl Sync {
     pub async fn run(self, ctx: &Context) -> Result<()> {
         let Self { dry_run, targets } = self;
         let Some(inputs) = targets.inputs(ctx).await? else {
-            return Ok(());
+            return output::print_empty(ctx.output);
         };
         let remote_timeout = targets.remote_timeout;
         let mode = if dry_run {
@@ -81,7 +86,7 @@ impl Sync {
         })
         .await;
 
-        let text = output::render_items(ctx.output, &results, render_text)?;
+        let text = output::render_items(ctx.output, &results, targets.one_asked(), render_text)?;
         output::print_stdout(&text)?;
 
         let failed: Vec<&str> = results
