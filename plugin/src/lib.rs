@@ -386,8 +386,15 @@ fn init_tracing() {
         .try_init();
 }
 
-/// The duration grammar of every flag (shared with the webhook).
-pub use mesh_core::duration::parse as parse_duration;
+/// A duration flag of the plugin (`90s`, `2m`, `1h30m`, the grammar the webhook's flags share):
+/// above zero, as every one is a time to wait for something (zero would give up before asking).
+pub fn parse_duration(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let duration = mesh_core::duration::parse(text)?;
+    if duration.is_zero() {
+        return Err(format!("{text:?} is no time at all; use e.g. 5s, 2m or 1h"));
+    }
+    Ok(duration)
+}
 
 #[cfg(test)]
 mod tests {
@@ -438,6 +445,19 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn duration_flags_must_be_above_zero() {
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        for zero in ["0", "0s", "0m0s"] {
+            let error = parse_duration(zero).unwrap_err();
+            assert!(error.contains("no time at all"), "{zero}: {error}");
+        }
+        assert!(Cli::try_parse_from(["kubectl-mesh", "status", "--remote-timeout", "0"]).is_err());
     }
 
     #[test]
