@@ -549,20 +549,15 @@ pub fn parse_stored(yaml: &str) -> Result<Kubeconfig> {
     Ok(kc)
 }
 
-/// Checks that a cluster name can name Kubernetes objects and label values (a DNS-1123
-/// label), and is not the primary's name beside the clusters'.
+/// Checks that a cluster name can name Kubernetes objects and label values: a DNS-1123 label.
 pub fn validate_cluster_name(name: &str) -> Result<()> {
-    let why = match crate::object_names::dns_label_problem(name) {
-        Some(why) => why,
-        None if name == crate::output::PRIMARY_COLUMN => {
-            "it names the primary in `status` and `services`".to_owned()
-        }
-        None => return Ok(()),
-    };
-    Err(Error::InvalidName {
-        name: name.to_owned(),
-        why,
-    })
+    match crate::object_names::dns_label_problem(name) {
+        Some(why) => Err(Error::InvalidName {
+            name: name.to_owned(),
+            why,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn decode_ca(cluster_name: &str, cluster: &Cluster) -> Result<Option<Vec<u8>>> {
@@ -891,10 +886,6 @@ users:
         assert_eq!(
             validate_cluster_name("East").unwrap_err().to_string(),
             "invalid cluster name \"East\": it may hold only lowercase letters, digits and '-'"
-        );
-        assert_eq!(
-            validate_cluster_name("primary").unwrap_err().to_string(),
-            "invalid cluster name \"primary\": it names the primary in `status` and `services`"
         );
     }
 }

@@ -76,10 +76,6 @@ where
     text
 }
 
-/// The name of the primary's column beside the clusters' in `status` and `services` (and its
-/// key among them in their JSON): no attached cluster may take it.
-pub const PRIMARY_COLUMN: &str = "primary";
-
 /// Renders items in the given format: a table of [`Tabular`] rows, a JSON `List`, or
 /// multi-document YAML.
 pub fn render_list<T: Serialize + Tabular>(format: OutputFormat, items: &[T]) -> Result<String> {

@@ -548,7 +548,7 @@ impl StatusReport {
     /// The matrix as a kubectl-like table: NAMESPACE, PRIMARY, then one column per remote;
     /// `wide` adds whether an injector acts on each remote cell's labels.
     pub fn table(&self, wide: bool) -> String {
-        let mut headers = vec!["namespace".to_owned(), output::PRIMARY_COLUMN.to_owned()];
+        let mut headers = vec!["namespace".to_owned(), "primary".to_owned()];
         headers.extend(self.clusters.iter().map(|c| c.name.clone()));
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
         let rows = self.namespaces.iter().map(|row| {
