@@ -135,12 +135,11 @@ fn common_names(cert: &CertificateDer<'_>) -> Vec<String> {
 
 /// A name from a client's certificate as a log line may show it: one line, not too long.
 fn shown_name(name: &str) -> String {
-    const SHOWN_CHARS: usize = 64;
-    let line = mesh_core::printable::one_line(name);
-    match line.char_indices().nth(SHOWN_CHARS) {
-        Some((cut, _)) => format!("{}...", &line[..cut]),
-        None => line.into_owned(),
-    }
+    const SHOWN_BYTES: usize = 64;
+    crate::cluster_status::truncate(
+        mesh_core::printable::one_line(name).into_owned(),
+        SHOWN_BYTES,
+    )
 }
 
 /// At most one log line per [`LogBudget::EVERY`].
@@ -274,7 +273,7 @@ mod tests {
             shown.starts_with("evil\\u{1b}[2J") && shown.ends_with("..."),
             "{shown}"
         );
-        assert_eq!(shown.chars().count(), 64 + 3);
+        assert_eq!(shown.len(), 64);
         assert_eq!(shown_name("kubelet"), "kubelet");
         let budget = LogBudget::default();
         assert!(budget.allow());
