@@ -76,18 +76,6 @@ where
     text
 }
 
-/// Renders items in the given format: a table of [`Tabular`] rows, a JSON `List`, or
-/// multi-document YAML.
-pub fn render_list<T: Serialize + Tabular>(format: OutputFormat, items: &[T]) -> Result<String> {
-    match format {
-        OutputFormat::Table | OutputFormat::Wide => {
-            let wide = format == OutputFormat::Wide;
-            Ok(table(&T::headers(wide), items.iter().map(|i| i.row(wide))))
-        }
-        OutputFormat::Json | OutputFormat::Yaml => render_values(format, &to_values(items)?),
-    }
-}
-
 /// Renders items as `text` gives them for the table formats, else as JSON or YAML: the one
 /// item itself when one was asked for by name (`one_asked`), else a `List` of them, however
 /// many there are, so that a script reads one shape.
@@ -333,15 +321,15 @@ mod tests {
 
     #[test]
     fn table_is_kubectl_like() {
-        let text = render_list(OutputFormat::Wide, &ROWS).unwrap();
+        let rows_table = |wide| table(&Row::headers(wide), ROWS.iter().map(|r| r.row(wide)));
+        let text = rows_table(true);
         assert_eq!(
             text,
             "NAME             SERVER\n\
              east             https://127.0.0.1:6443\n\
              west-long-name   https://10.0.0.1\n"
         );
-        let text = render_list(OutputFormat::Table, &ROWS).unwrap();
-        assert_eq!(text, "NAME\neast\nwest-long-name\n");
+        assert_eq!(rows_table(false), "NAME\neast\nwest-long-name\n");
     }
 
     #[test]
@@ -356,19 +344,22 @@ mod tests {
     }
 
     #[test]
-    fn json_list_and_single_object() {
-        let text = render_list(OutputFormat::Json, &ROWS).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["kind"], "List");
-        assert_eq!(v["items"][1]["name"], "west-long-name");
-        let text = render_list(OutputFormat::Json, &ROWS[..1]).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v["name"], "east");
+    fn json_is_a_list_unless_one_was_asked_for() {
+        let json = |rows: &[Row], one_asked| {
+            let text = render_items(OutputFormat::Json, rows, one_asked, |_| String::new());
+            serde_json::from_str::<serde_json::Value>(&text.unwrap()).unwrap()
+        };
+        let all = json(&ROWS, false);
+        assert_eq!(all["kind"], "List");
+        assert_eq!(all["items"][1]["name"], "west-long-name");
+        // One found among all asked for is still a list: a script reads one shape.
+        assert_eq!(json(&ROWS[..1], false)["items"][0]["name"], "east");
+        assert_eq!(json(&ROWS[..1], true)["name"], "east");
     }
 
     #[test]
     fn yaml_is_multi_document() {
-        let text = render_list(OutputFormat::Yaml, &ROWS).unwrap();
+        let text = render_values(OutputFormat::Yaml, &to_values(&ROWS).unwrap()).unwrap();
         assert_eq!(
             text,
             "name: east\nserver: https://127.0.0.1:6443\n---\nname: west-long-name\nserver: https://10.0.0.1\n"

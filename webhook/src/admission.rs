@@ -31,7 +31,7 @@ const WARNING_PREFIX: &str = "kubectl-mesh: ";
 
 /// The apiserver asks for warnings of at most 120 characters and truncates past 256: long
 /// remote error texts and cluster lists are shortened to keep lines readable.
-const MAX_REASON_CHARS: usize = 80;
+const MAX_REASON_BYTES: usize = 80;
 const MAX_WARNING_CHARS: usize = 120;
 
 /// What [`review`] decided.
@@ -320,12 +320,7 @@ fn short_reason(reason: &str) -> String {
     let flat = (printable::one_line(reason).split_whitespace())
         .collect::<Vec<_>>()
         .join(" ");
-    if flat.chars().count() <= MAX_REASON_CHARS {
-        return flat;
-    }
-    let mut short: String = flat.chars().take(MAX_REASON_CHARS - 1).collect();
-    short.push('…');
-    short
+    printable::cut(flat, MAX_REASON_BYTES)
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ fn common_names(cert: &CertificateDer<'_>) -> Vec<String> {
 /// A name from a client's certificate as a log line may show it: one line, not too long.
 fn shown_name(name: &str) -> String {
     const SHOWN_BYTES: usize = 64;
-    crate::cluster_status::truncate(
+    mesh_core::printable::cut(
         mesh_core::printable::one_line(name).into_owned(),
         SHOWN_BYTES,
     )
@@ -270,7 +270,7 @@ mod tests {
         let long = format!("evil\x1b[2J{}", "x".repeat(100));
         let shown = shown_name(&long);
         assert!(
-            shown.starts_with("evil\\u{1b}[2J") && shown.ends_with("..."),
+            shown.starts_with("evil\\u{1b}[2J") && shown.ends_with('…'),
             "{shown}"
         );
         assert_eq!(shown.len(), 64);

@@ -20,6 +20,7 @@ use mesh_core::{
         MeshClusterStatus,
     },
     failure::{Failure, error_chain},
+    printable::cut,
     remote,
     sync::SyncReport,
     token::{Claims, Standing},
@@ -146,7 +147,7 @@ pub(crate) fn next_status(
             next.namespaces_drifted = corrected;
             next.last_sync_writes = report.writes;
             next.last_error = report.errors.first().map(|e| {
-                truncate(
+                cut(
                     format!("namespace {}: {}", e.namespace, e.message),
                     MAX_MESSAGE,
                 )
@@ -198,7 +199,7 @@ pub(crate) fn next_status(
             message,
             answered,
         } => {
-            let message = truncate(message.clone(), MAX_MESSAGE);
+            let message = cut(message.clone(), MAX_MESSAGE);
             next.last_error = Some(message.clone());
             let reachable = if *answered { "True" } else { "False" };
             set_condition(
@@ -245,7 +246,7 @@ pub(crate) fn set_condition(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let message = truncate(message, MAX_MESSAGE);
+    let message = cut(message, MAX_MESSAGE);
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(condition) => {
             if condition.status != status {
@@ -333,18 +334,6 @@ fn list(names: &[String]) -> String {
     mesh_core::printable::first_few(names, names.len(), 10)
 }
 
-/// `text` cut to at most `max` bytes, on a character boundary, ending with `...` when cut.
-pub(crate) fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max.saturating_sub(3);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("...");
-    }
-    text
-}
 
 #[cfg(test)]
 mod tests {
@@ -612,10 +601,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_truncated_on_char_boundaries() {
-        let text = "é".repeat(1000);
-        let cut = truncate(text, 101);
-        assert!(cut.len() <= 101 && cut.ends_with("..."));
+    fn namespace_lists_say_how_many_more() {
         let names: Vec<String> = (0..12).map(|i| format!("ns{i}")).collect();
         assert!(list(&names).ends_with(" and 2 more"));
     }

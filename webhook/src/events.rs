@@ -16,7 +16,7 @@ use mesh_core::{
 };
 
 use crate::{
-    cluster_status::{MAX_MESSAGE, truncate},
+    cluster_status::MAX_MESSAGE,
     propagate::{PushIntent, PushOutcome, PushResult},
 };
 
@@ -263,7 +263,7 @@ fn reachability_event(
 /// The note of a push that failed on `cluster`, cut to [`MAX_MESSAGE`]: `why` may quote what
 /// the remote answered, and the apiserver refuses an Event whose note runs past 1 KiB.
 fn push_failure_note(cluster: &str, change: &str, why: &str) -> String {
-    truncate(
+    mesh_core::printable::cut(
         format!("cluster {cluster}: {change} not applied ({why}); the reconciler will retry"),
         MAX_MESSAGE,
     )
@@ -279,7 +279,7 @@ fn sync_event(
     KubeEvent {
         type_,
         reason: reason.to_owned(),
-        note: Some(truncate(note, MAX_MESSAGE)),
+        note: Some(mesh_core::printable::cut(note, MAX_MESSAGE)),
         action: "Sync".to_owned(),
         secondary: related,
     }

@@ -46,6 +46,21 @@ pub fn first_few<S: AsRef<str>>(names: &[S], total: usize, at_most: usize) -> St
     }
 }
 
+/// `text` cut to at most `max_bytes` (the limit of the field it goes to: an Event's note, a
+/// condition's message, a warning), on a character boundary, ending with `…` when cut.
+pub fn cut(mut text: String, max_bytes: usize) -> String {
+    const MARK: &str = "…";
+    if text.len() > max_bytes {
+        let mut end = max_bytes.saturating_sub(MARK.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(MARK);
+    }
+    text
+}
+
 fn needs_care(c: char) -> bool {
     // `is_control` covers C0, DEL and C1 (where the 8-bit CSI lives).
     c.is_control()
@@ -74,6 +89,14 @@ mod tests {
             few(&["a", "b", "c", "d", "e", "f", "g"]),
             "a, b, c, d, e and 2 more"
         );
+    }
+
+    #[test]
+    fn cut_keeps_within_the_bytes_on_a_character_boundary() {
+        assert_eq!(cut("short".to_owned(), 5), "short");
+        assert_eq!(cut("abcdefgh".to_owned(), 6), "abc…");
+        // Two bytes a character: three fit before the three bytes of the mark.
+        assert_eq!(cut("é".repeat(100), 10), "ééé…");
     }
 
     #[test]
