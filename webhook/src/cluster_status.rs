@@ -334,7 +334,6 @@ fn list(names: &[String]) -> String {
     mesh_core::printable::first_few(names, names.len(), 10)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
