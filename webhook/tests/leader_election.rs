@@ -30,11 +30,7 @@ async fn term(leadership: &mut Leadership, timeout: Duration) -> anyhow::Result<
 
 #[tokio::test]
 async fn a_term_ends_at_the_renew_deadline_while_renewals_hang() -> anyhow::Result<()> {
-    let env = TestEnv::start(Options {
-        remotes: 0,
-        ..Options::default()
-    })
-    .await?;
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
     let proxy = Proxy::start(env.primary()).await?;
     let proxied = env.dir().join("through-proxy.kubeconfig");
     proxy.kubeconfig(&env.primary().kubeconfig, &env.primary().server, &proxied)?;

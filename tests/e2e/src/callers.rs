@@ -124,3 +124,18 @@ pub fn refused_in_one_line(out: &Output, what: &str) -> anyhow::Result<String> {
     );
     Ok(lines[0].to_owned())
 }
+
+/// `Ok` when `after` is `before`, else an error naming the `case` and what changed: a refused
+/// command must leave everything as it was.
+pub fn unchanged<T: PartialEq + std::fmt::Debug>(
+    case: &str,
+    what: &str,
+    before: &T,
+    after: &T,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        after == before,
+        "{case}: {what} changed: {before:?} -> {after:?}"
+    );
+    Ok(())
+}

@@ -36,9 +36,8 @@ impl InCluster {
     /// attached.
     pub async fn start(remotes: usize) -> anyhow::Result<Self> {
         let env = TestEnv::start(Options {
-            remotes,
             node: true,
-            ..Options::default()
+            ..Options::with_remotes(remotes)
         })
         .await?;
         let node = Node::start(&env).await?;

@@ -38,11 +38,7 @@ pub async fn istio_mesh(
     remotes: usize,
     options: IstioOptions,
 ) -> anyhow::Result<(TestEnv, Istio, Mesh)> {
-    let env = TestEnv::start(Options {
-        remotes,
-        ..Options::default()
-    })
-    .await?;
+    let env = TestEnv::start(Options::with_remotes(remotes)).await?;
     let istio = Istio::start(&env, options).await?;
     let mut mesh_options = MeshOptions::from_workspace()?;
     mesh_options

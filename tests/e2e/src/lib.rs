@@ -80,11 +80,7 @@ pub async fn own_mesh_with(
     remotes: usize,
     options: mesh_testenv::mesh::MeshOptions,
 ) -> anyhow::Result<(TestEnv, mesh_testenv::mesh::Mesh)> {
-    let env = TestEnv::start(Options {
-        remotes,
-        ..Options::default()
-    })
-    .await?;
+    let env = TestEnv::start(Options::with_remotes(remotes)).await?;
     let mesh = mesh_testenv::mesh::Mesh::start(&env, options).await?;
     Ok((env, mesh))
 }

@@ -354,11 +354,7 @@ async fn install(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
 async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> anyhow::Result<()> {
     let _serial = serial().await;
     // Only the primary: install applies, and no webhook needs to run for what it renders.
-    let env = TestEnv::start(Options {
-        remotes: 0,
-        ..Options::default()
-    })
-    .await?;
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
     let custom_labels = format!("{ZONE},istio-injection");
     let default_excluded = "kube-system,kube-public,kube-node-lease,kubectl-mesh";
 

@@ -16,11 +16,7 @@ fn alive(pid: u32) -> bool {
 
 #[tokio::test]
 async fn dropping_the_environment_stops_every_process() -> anyhow::Result<()> {
-    let env = TestEnv::start(Options {
-        remotes: 1,
-        ..Options::default()
-    })
-    .await?;
+    let env = TestEnv::start(Options::with_remotes(1)).await?;
     let pids = env.pids();
     // etcd, and an apiserver and a controller-manager per cluster.
     assert_eq!(pids.len(), 5, "processes: {pids:?}");

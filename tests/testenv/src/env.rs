@@ -59,6 +59,16 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// A primary and `remotes` remote clusters, everything else as by default.
+    pub fn with_remotes(remotes: usize) -> Self {
+        Self {
+            remotes,
+            ..Self::default()
+        }
+    }
+}
+
 /// The first address of the Service range: the `kubernetes` Service's ClusterIP.
 pub const KUBERNETES_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 1);
 

@@ -7,7 +7,7 @@ use mesh_e2e::{DEFAULT_TIMEOUT, eventually};
 use serde_json::json;
 
 use crate::support::*;
-use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as};
+use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as, unchanged};
 
 /// Everything detach asks of the primary (see `primary_needs` in detach), on every namespace.
 fn detach_rights() -> serde_json::Value {
@@ -103,16 +103,9 @@ async fn detach_by_a_caller_who_may_not_delete_the_istio_secret_changes_nothing(
                 primary_by_name(env, name).await?,
                 labelled(env.primary(), &selector, true).await?,
             );
-            anyhow::ensure!(
-                primary_after == primary_before,
-                "{case}: the primary changed: {primary_before:?} -> {primary_after:?}"
-            );
+            unchanged(case, "the primary", &primary_before, &primary_after)?;
             let remote_after = labelled(remote, MANAGED_BY, false).await?;
-            anyhow::ensure!(
-                remote_after == remote_before,
-                "{case}: the remote changed: {remote_before:?} -> {remote_after:?}"
-            );
-            Ok(())
+            unchanged(case, "the remote", &remote_before, &remote_after)
         }
         .await;
         if let Err(e) = outcome {

@@ -10,7 +10,7 @@ use mesh_testenv::Cluster;
 use serde_json::json;
 
 use crate::support::*;
-use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as, refused_in_one_line};
+use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as, refused_in_one_line, unchanged};
 
 /// Every Secret in the remote's mesh namespace (token Secrets and the Secrets time-bound
 /// tokens are bound to), with its uid: one deleted and created anew differs.
@@ -106,18 +106,16 @@ async fn rotate_by_a_caller_lacking_a_right_changes_nothing() -> anyhow::Result<
                 "{case}: {line}"
             );
             let secrets_after = remote_secrets(&remote).await?;
-            ensure!(
-                secrets_after == secrets_before,
-                "{case}: the remote's Secrets changed: {secrets_before:?} -> {secrets_after:?}"
-            );
+            unchanged(
+                case,
+                "the remote's Secrets",
+                &secrets_before,
+                &secrets_after,
+            )?;
             // Renewed by the webhook or not, the stored token is bound to the same Secret.
             let stored_after =
                 mesh_core::token::bound_secret(&token_of(&stored_sync(&env, &name).await?)?);
-            ensure!(
-                stored_after == stored_before,
-                "{case}: the stored token changed: {stored_before:?} -> {stored_after:?}"
-            );
-            Ok(())
+            unchanged(case, "the stored token", &stored_before, &stored_after)
         }
         .await;
         if let Err(e) = outcome {
