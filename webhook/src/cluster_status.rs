@@ -47,6 +47,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What one sync attempt found, as the status sees it.
 #[derive(Clone, Debug)]
 pub(crate) enum Attempt<'a> {
+    /// A sync that ran to its end: made by [`Attempt::synced`], which judges one the remote
+    /// stopped answering part-way a failure.
     Synced(&'a SyncReport),
     Failed {
         /// PascalCase condition reason.
@@ -57,7 +59,28 @@ pub(crate) enum Attempt<'a> {
     },
 }
 
-impl Attempt<'_> {
+impl<'a> Attempt<'a> {
+    /// What a sync's report says. A write the remote did not answer stopped the sync
+    /// ([`SyncReport::stopped_at`]): the remote failed as a whole, as when it cannot be listed,
+    /// not that one namespace.
+    pub(crate) fn synced(report: &'a SyncReport) -> Self {
+        let Some(stop) = report.stopped_at() else {
+            return Self::Synced(report);
+        };
+        Self::Failed {
+            reason: stop.failure.reason(),
+            message: format!(
+                "the remote stopped answering mid-sync ({} namespaces corrected, {} not): \
+                 namespace {}: {}",
+                report.writes,
+                report.unwritten + 1,
+                stop.namespace,
+                stop.message
+            ),
+            answered: false,
+        }
+    }
+
     pub(crate) fn failed(failure: Failure, message: String) -> Self {
         let reason = failure.reason();
         // A remote that refuses our credentials is no more usable than one that is down.
@@ -216,7 +239,7 @@ pub(crate) fn next_status(
                 CONDITION_SYNCED,
                 "Unknown",
                 reason,
-                "the last sync could not read the remote".to_owned(),
+                "the last sync did not complete; Reachable says why".to_owned(),
                 generation,
                 now,
             );
@@ -425,6 +448,7 @@ mod tests {
                 })
                 .collect(),
             writes: u32::try_from(corrected.len()).expect("small"),
+            unwritten: 0,
             out_of_scope: Vec::new(),
         }
     }
@@ -499,6 +523,38 @@ mod tests {
                 .as_deref()
                 .is_some_and(|e| e.contains("namespace x"))
         );
+    }
+
+    #[test]
+    fn a_sync_the_remote_stopped_answering_is_unreachable_not_a_write_failure() {
+        let before = next_status(
+            None,
+            &Attempt::Synced(&report(5, &[], &[], &[])),
+            None,
+            at(0),
+        );
+        let mut stopped = report(4, &["a"], &[], &["b"]);
+        stopped.errors[0].failure = Failure::Unreachable;
+        stopped.errors[0].message = "connection refused".to_owned();
+        stopped.unwritten = 7;
+
+        let after = next_status(Some(&before), &Attempt::synced(&stopped), None, at(60));
+        let reachable = after.condition(CONDITION_REACHABLE).expect("reachable");
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", "Unreachable")
+        );
+        let message = &reachable.message;
+        assert!(
+            message.contains("1 namespaces corrected, 8 not"),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("namespace b: connection refused"),
+            "{message}"
+        );
+        assert_eq!(after.namespaces_in_sync, 5, "counts of the last whole sync");
+        assert!(!Attempt::synced(&stopped).reachable());
     }
 
     #[test]

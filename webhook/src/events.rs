@@ -1,6 +1,16 @@
 //! Kubernetes Events on the primary: what the reconciler corrected or could not, a cluster
 //! becoming (un)reachable, and the pushes of the admission path that failed. Best effort: an
 //! Event that cannot be published is logged at debug level and never stops a sync or an answer.
+//!
+//! Repeats are held back ([`Throttle`]): a remote controller that fights a label, or a script
+//! relabelling namespaces while clusters are dark, would otherwise write an Event per sync or
+//! per review and per cluster to the primary. The first of a (cluster, namespace) is published
+//! at once; the next one after the window says how many were held.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::{
@@ -12,11 +22,16 @@ use kube::{
 use mesh_core::{
     cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus},
     failure::error_chain,
-    sync::{PrimaryView, SyncReport},
+    sync::{NamespaceChange, PrimaryView, SyncReport},
 };
+
+mod repeats;
+
+use repeats::{Offer, PushFailures, Throttle, Verdict};
 
 use crate::{
     cluster_status::MAX_MESSAGE,
+    metrics::Metrics,
     propagate::{PushIntent, PushOutcome, PushResult},
 };
 
@@ -35,6 +50,21 @@ pub const REASON_RENEWAL_FAILED: &str = "TokenRenewalFailed";
 const MAX_EVENTS_PER_SYNC: usize = 20;
 const _: () = assert!(MAX_EVENTS_PER_SYNC <= mesh_core::sync::KEPT_CHANGES);
 
+/// How long repeated corrections of one (cluster, namespace) make no new Event or log line: a
+/// remote controller that fights a label is corrected every few seconds.
+const CORRECTION_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// How long repeated push failures of one (cluster, namespace) make no new Event: each review
+/// already warned its user, and the cluster's reachability has its own Events.
+const PUSH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Push failure Events waiting for the one task that publishes them; past this, a failure is
+/// dropped and counted (`events_dropped_total`): the primary is slower than failures arrive.
+const PUSH_FAILURE_QUEUE: usize = 256;
+
+/// What a correction is: its cluster and namespace, or `None` for a sync's summary Event.
+type CorrectionKey = (String, Option<String>);
+/// What a push failure is: its cluster and namespace.
+type PushFailureKey = (String, String);
+
 /// How a repeated Event is recorded. kube's [`Recorder`] folds events with the same reason
 /// on the same object into one series and keeps the first note: right for a failure that
 /// repeats every retry, wrong for corrections whose notes say what changed each time.
@@ -44,22 +74,54 @@ enum Series {
     Distinct,
 }
 
-/// Publishes the Events of one replica on the primary. Cheap to clone.
+/// Publishes the Events of one replica on the primary. Cheap to clone; clones share what
+/// they held back.
 #[derive(Clone)]
 pub struct Publisher {
     primary: Client,
     reporter: Reporter,
     /// Shared by every [`Series::Aggregate`] Event, so that repeats fold into one series.
     aggregate: Recorder,
+    /// The corrections Events told, and apart, those the reconciler's log told (each asks
+    /// once per sync, so neither may take the other's turn).
+    corrections: Arc<Mutex<Throttle<CorrectionKey>>>,
+    correction_logs: Arc<Mutex<Throttle<CorrectionKey>>>,
+    push_failures: Arc<Mutex<PushFailures<PushFailureKey, PushFailureEvent>>>,
+    /// Counts the push failure Events dropped.
+    metrics: Arc<Metrics>,
+}
+
+/// A push failure Event waiting to be published.
+struct PushFailureEvent {
+    event: KubeEvent,
+    regarding: ObjectReference,
 }
 
 impl Publisher {
-    pub fn new(primary: Client, reporter: Reporter) -> Self {
+    pub fn new(primary: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
         Self {
+            metrics,
             aggregate: Recorder::new(primary.clone(), reporter.clone()),
             primary,
             reporter,
+            corrections: Arc::new(Mutex::new(Throttle::new(CORRECTION_WINDOW))),
+            correction_logs: Arc::new(Mutex::new(Throttle::new(CORRECTION_WINDOW))),
+            push_failures: Arc::new(Mutex::new(PushFailures::new(
+                PUSH_FAILURE_WINDOW,
+                PUSH_FAILURE_QUEUE,
+            ))),
         }
+    }
+
+    /// Whether the reconciler's line about this sync of `cluster` tells something new: an
+    /// error, or a correction not logged in the last [`CORRECTION_WINDOW`]. Ask once per sync.
+    pub fn sync_is_news(&self, cluster: &str, report: &SyncReport) -> bool {
+        sync_is_news(
+            &mut lock(&self.correction_logs),
+            cluster,
+            report,
+            Instant::now(),
+        )
     }
 
     /// The corrections and failures of one sync of `cluster`: on the primary namespace,
@@ -77,21 +139,30 @@ impl Publisher {
             Some(ns) => (ns.object_ref(&()), Some(cluster_ref.clone())),
             None => (cluster_ref.clone(), None),
         };
-        // The report keeps a few of the changes written, and counts them all.
-        if report.writes as usize > MAX_EVENTS_PER_SYNC {
-            let note = format!(
-                "cluster {cluster_name}: corrected the managed labels of {} namespaces",
-                report.writes
-            );
-            let event = sync_event(EventType::Normal, REASON_CORRECTED, note, None);
-            self.publish(&event, &cluster_ref, Series::Distinct).await;
-        } else {
-            for change in report.applied() {
-                let note = format!("cluster {cluster_name}: {}", change.diff.describe());
-                let (object, related) = regarding(&change.diff.namespace);
-                let event = sync_event(EventType::Normal, REASON_CORRECTED, note, related);
-                self.publish(&event, &object, Series::Distinct).await;
-            }
+        let corrections = throttled_corrections(
+            &mut lock(&self.corrections),
+            &cluster_name,
+            report,
+            Instant::now(),
+        );
+        for Correction { change, held } in corrections {
+            let subject = format!("cluster {cluster_name}{}", held_since_last(held));
+            // None: the report keeps a few of the changes written, and counts them all.
+            let (note, (object, related)) = match change {
+                None => (
+                    format!(
+                        "{subject}: corrected the managed labels of {} namespaces",
+                        report.writes
+                    ),
+                    (cluster_ref.clone(), None),
+                ),
+                Some(change) => (
+                    format!("{subject}: {}", change.diff.describe()),
+                    regarding(&change.diff.namespace),
+                ),
+            };
+            let event = sync_event(EventType::Normal, REASON_CORRECTED, note, related);
+            self.publish(&event, &object, Series::Distinct).await;
         }
         for error in report.errors.iter().take(MAX_EVENTS_PER_SYNC) {
             let note = format!(
@@ -132,7 +203,8 @@ impl Publisher {
 
     /// Records the failed pushes of an admission request as Events on the primary namespace,
     /// in the background: the admission answer must not wait for them. The warnings already
-    /// told the user; the Event is for whoever looks later.
+    /// told the user; the Event is for whoever looks later. One task at a time publishes them,
+    /// from a bounded queue ([`PushFailures`]).
     pub(crate) fn spawn_push_failures(
         &self,
         request: &AdmissionRequest<Namespace>,
@@ -166,27 +238,55 @@ impl Publisher {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let publisher = self.clone();
-        tokio::spawn(async move {
+        let now = Instant::now();
+        let (mut start, mut dropped) = (false, 0);
+        {
+            let mut queue = lock(&self.push_failures);
             for (cluster, why) in failed {
-                let event = KubeEvent {
-                    type_: EventType::Warning,
-                    reason: REASON_FAILED.to_owned(),
-                    note: Some(push_failure_note(&cluster, &change, &why)),
-                    action: "Push".to_owned(),
-                    secondary: Some(ObjectReference {
-                        api_version: Some(MeshCluster::api_version(&()).into_owned()),
-                        kind: Some(MeshCluster::kind(&()).into_owned()),
-                        name: Some(cluster),
-                        ..ObjectReference::default()
-                    }),
-                };
-                // Distinct: each note names another cluster and why.
-                publisher
-                    .publish(&event, &regarding, Series::Distinct)
-                    .await;
+                let key = (cluster.clone(), intent.namespace.clone());
+                let offer = queue.offer(key, now, |held| PushFailureEvent {
+                    event: KubeEvent {
+                        type_: EventType::Warning,
+                        reason: REASON_FAILED.to_owned(),
+                        note: Some(push_failure_note(&cluster, held, &change, &why)),
+                        action: "Push".to_owned(),
+                        secondary: Some(ObjectReference {
+                            api_version: Some(MeshCluster::api_version(&()).into_owned()),
+                            kind: Some(MeshCluster::kind(&()).into_owned()),
+                            name: Some(cluster.clone()),
+                            ..ObjectReference::default()
+                        }),
+                    },
+                    regarding: regarding.clone(),
+                });
+                match offer {
+                    Offer::Queued { start_task } => start |= start_task,
+                    Offer::Held => {}
+                    Offer::Dropped => dropped += 1,
+                }
             }
-        });
+        }
+        if dropped > 0 {
+            self.metrics.events_dropped(REASON_FAILED, dropped);
+            tracing::debug!(dropped, "push failure events dropped: the primary is slow");
+        }
+        if start {
+            let publisher = self.clone();
+            tokio::spawn(async move { publisher.publish_push_failures().await });
+        }
+    }
+
+    /// Publishes the queued push failures until none is left (see [`PushFailures::next`]).
+    async fn publish_push_failures(self) {
+        loop {
+            // Its own statement: the lock must not be held across the publishing.
+            let next = lock(&self.push_failures).next();
+            let Some(PushFailureEvent { event, regarding }) = next else {
+                return;
+            };
+            // Distinct: each note names another cluster and why.
+            self.publish(&event, &regarding, Series::Distinct).await;
+        }
     }
 
     async fn publish(&self, event: &KubeEvent, regarding: &ObjectReference, series: Series) {
@@ -207,6 +307,56 @@ impl Publisher {
             );
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // What is held back is counts; a panic mid-update leaves nothing worth refusing.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One correction Event to publish: of one namespace, or `None` for the summary of a sync with
+/// more than [`MAX_EVENTS_PER_SYNC`]; `held` repeats of it were not published.
+#[derive(Debug)]
+struct Correction<'r> {
+    change: Option<&'r NamespaceChange>,
+    held: u32,
+}
+
+/// The corrections of `report` that `throttle` lets through now.
+fn throttled_corrections<'r>(
+    throttle: &mut Throttle<CorrectionKey>,
+    cluster: &str,
+    report: &'r SyncReport,
+    now: Instant,
+) -> Vec<Correction<'r>> {
+    let candidates: Vec<Option<&NamespaceChange>> = if report.writes as usize > MAX_EVENTS_PER_SYNC
+    {
+        vec![None]
+    } else {
+        report.applied().map(Some).collect()
+    };
+    candidates
+        .into_iter()
+        .filter_map(|change| {
+            let namespace = change.map(|c| c.diff.namespace.clone());
+            match throttle.check((cluster.to_owned(), namespace), now) {
+                Verdict::Report { held } => Some(Correction { change, held }),
+                Verdict::Hold => None,
+            }
+        })
+        .collect()
+}
+
+/// See [`Publisher::sync_is_news`].
+fn sync_is_news(
+    throttle: &mut Throttle<CorrectionKey>,
+    cluster: &str,
+    report: &SyncReport,
+    now: Instant,
+) -> bool {
+    // First, so that the corrections are counted whatever else the sync holds.
+    let corrections = throttled_corrections(throttle, cluster, report, now);
+    !corrections.is_empty() || !report.errors.is_empty()
 }
 
 /// The clusters a push did not reach, with why, in the words of the Event.
@@ -260,13 +410,23 @@ fn reachability_event(
     Some(sync_event(type_, reason, note, None))
 }
 
-/// The note of a push that failed on `cluster`, cut to [`MAX_MESSAGE`]: `why` may quote what
-/// the remote answered, and the apiserver refuses an Event whose note runs past 1 KiB.
-fn push_failure_note(cluster: &str, change: &str, why: &str) -> String {
+/// The note of a push that failed on `cluster`, after `held` failures of it without an Event,
+/// cut to [`MAX_MESSAGE`]: `why` may quote what the remote answered, and the apiserver refuses
+/// an Event whose note runs past 1 KiB.
+fn push_failure_note(cluster: &str, held: u32, change: &str, why: &str) -> String {
+    let held = held_since_last(held);
     mesh_core::printable::cut(
-        format!("cluster {cluster}: {change} not applied ({why}); the reconciler will retry"),
+        format!("cluster {cluster}{held}: {change} not applied ({why}); the reconciler will retry"),
         MAX_MESSAGE,
     )
+}
+
+/// How an Event's note tells the repeats held before it, early: the rest may be cut.
+fn held_since_last(held: u32) -> String {
+    match held {
+        0 => String::new(),
+        held => format!(" ({held} more since the last Event)"),
+    }
 }
 
 /// An Event of the reconciler, its note cut to [`MAX_MESSAGE`].
@@ -287,10 +447,27 @@ fn sync_event(
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        convert::Infallible,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
     use super::*;
-    use crate::cluster_status::{Attempt, next_status};
+    use crate::{
+        cluster_status::{Attempt, next_status},
+        http::parse_review,
+    };
+    use hyper::StatusCode;
     use k8s_openapi::jiff::Timestamp;
-    use mesh_core::failure::Failure;
+    use mesh_core::{
+        failure::Failure,
+        fake_apiserver::{json_response, status},
+        fixtures::{by_name, labels, mesh_cluster, ns},
+        labels::LabelDiff,
+        sync::{ChangeStatus, NamespaceChange, NamespaceError},
+    };
+
+    const UPDATE: &str = include_str!("../tests/fixtures/namespace-update.json");
 
     fn status_after(prev: Option<&MeshClusterStatus>, attempt: &Attempt<'_>) -> MeshClusterStatus {
         next_status(prev, attempt, None, Timestamp::UNIX_EPOCH)
@@ -300,15 +477,176 @@ mod tests {
         event.map(|e| e.reason)
     }
 
+    /// A primary that counts the Event writes it receives: it answers each with a failure at
+    /// once, or with `hang` never (a primary too slow to answer while the test looks).
+    #[derive(Clone, Default)]
+    struct RecordingPrimary {
+        writes: Arc<AtomicUsize>,
+        hang: bool,
+    }
+
+    impl RecordingPrimary {
+        fn publisher(&self) -> Publisher {
+            let this = self.clone();
+            let service = tower::service_fn(move |_: hyper::Request<kube::client::Body>| {
+                let this = this.clone();
+                async move {
+                    this.writes.fetch_add(1, Ordering::SeqCst);
+                    if this.hang {
+                        std::future::pending::<()>().await;
+                    }
+                    let (code, body) = status(StatusCode::INTERNAL_SERVER_ERROR, "", "refused");
+                    Ok::<_, Infallible>(json_response(code, &body))
+                }
+            });
+            let reporter = Reporter {
+                controller: "test".to_owned(),
+                instance: None,
+            };
+            Publisher::new(Client::new(service, "default"), reporter, Arc::default())
+        }
+
+        fn writes(&self) -> usize {
+            self.writes.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Runs every other task of the (paused, single-threaded) test runtime until all wait:
+    /// its clock moves on only then.
+    async fn until_idle() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    fn timed_out(clusters: usize) -> Vec<PushOutcome> {
+        (0..clusters)
+            .map(|i| PushOutcome {
+                cluster: format!("dark-{i}"),
+                result: PushResult::TimedOut,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_primary_gets_one_push_failure_event_at_a_time() {
+        let primary = RecordingPrimary {
+            hang: true,
+            ..RecordingPrimary::default()
+        };
+        let events = primary.publisher();
+        let request = parse_review(UPDATE.as_bytes()).expect("fixture");
+        let dark = timed_out(30);
+        for value in ["enabled", "disabled"].repeat(10) {
+            let intent = PushIntent {
+                namespace: request.name.clone(),
+                labels: labels(&[("istio-injection", value)]),
+            };
+            events.spawn_push_failures(&request, &intent, &dark);
+        }
+        until_idle().await;
+        assert_eq!(primary.writes(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_contested_namespace_makes_one_correction_event_per_window() {
+        let primary = RecordingPrimary::default();
+        let events = primary.publisher();
+        let cluster = mesh_cluster("east", "uid-east");
+        let namespaces = by_name([ns("shop")]);
+        let fought = corrected(&["shop"]);
+        for _ in 0..3 {
+            events.sync_report(&cluster, &namespaces, &fought).await;
+        }
+        assert_eq!(primary.writes(), 1);
+        // Another namespace is news at once.
+        events
+            .sync_report(&cluster, &namespaces, &corrected(&["cart"]))
+            .await;
+        assert_eq!(primary.writes(), 2);
+    }
+
+    #[test]
+    fn a_contested_namespace_is_reported_and_logged_once_per_window() {
+        let start = Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        let (mut events, mut logs) = (
+            Throttle::new(CORRECTION_WINDOW),
+            Throttle::new(CORRECTION_WINDOW),
+        );
+        // What one sync reports as Events, by namespace ("*": the summary) and repeats held,
+        // and whether it is logged.
+        let mut cycle = |report: &SyncReport, now| {
+            let reported: Vec<(String, u32)> =
+                throttled_corrections(&mut events, "east", report, now)
+                    .into_iter()
+                    .map(|c| {
+                        (
+                            c.change.map_or("*".into(), |c| c.diff.namespace.clone()),
+                            c.held,
+                        )
+                    })
+                    .collect();
+            (reported, sync_is_news(&mut logs, "east", report, now))
+        };
+        let fought = corrected(&["shop"]);
+        assert_eq!(cycle(&fought, at(0)), (vec![("shop".to_owned(), 0)], true));
+        assert_eq!(cycle(&fought, at(3)), (vec![], false));
+        // Another namespace in the same sync is news at once; the fought one is not.
+        let both = corrected(&["cart", "shop"]);
+        assert_eq!(cycle(&both, at(6)), (vec![("cart".to_owned(), 0)], true));
+        assert_eq!(
+            cycle(&fought, at(300)),
+            (vec![("shop".to_owned(), 2)], true)
+        );
+        // A sync with too many to name has one summary, held the same way.
+        let many: Vec<String> = (0..=MAX_EVENTS_PER_SYNC)
+            .map(|i| format!("ns-{i}"))
+            .collect();
+        let many = corrected(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(cycle(&many, at(301)), (vec![("*".to_owned(), 0)], true));
+        assert_eq!(cycle(&many, at(304)), (vec![], false));
+        // A failure is always news.
+        let mut failing = corrected(&["shop"]);
+        failing.errors.push(NamespaceError {
+            namespace: "cart".to_owned(),
+            diff: LabelDiff::default(),
+            failure: Failure::Forbidden,
+            message: "forbidden".to_owned(),
+        });
+        assert!(cycle(&failing, at(305)).1);
+    }
+
+    /// A sync that corrected `namespaces`.
+    fn corrected(namespaces: &[&str]) -> SyncReport {
+        SyncReport {
+            changes: namespaces
+                .iter()
+                .map(|namespace| NamespaceChange {
+                    diff: LabelDiff {
+                        namespace: (*namespace).to_owned(),
+                        set: labels(&[("istio-injection", "enabled")]),
+                        ..LabelDiff::default()
+                    },
+                    status: ChangeStatus::Applied,
+                })
+                .collect(),
+            writes: u32::try_from(namespaces.len()).expect("few"),
+            ..SyncReport::default()
+        }
+    }
+
     #[test]
     fn a_push_failure_note_fits_an_event() {
-        let short = push_failure_note("east", "istio-injection=enabled", "timed out");
+        let short = push_failure_note("east", 0, "istio-injection=enabled", "timed out");
         assert_eq!(
             short,
             "cluster east: istio-injection=enabled not applied (timed out); the reconciler will retry"
         );
-        let long = push_failure_note("east", "istio-injection=enabled", &"x".repeat(4000));
+        let long = push_failure_note("east", 3, "istio-injection=enabled", &"x".repeat(4000));
         assert_eq!(long.len(), MAX_MESSAGE, "{long}");
+        assert!(
+            long.starts_with("cluster east (3 more since the last Event): "),
+            "{long}"
+        );
     }
 
     #[test]

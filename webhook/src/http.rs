@@ -69,7 +69,8 @@ impl AppState {
 
     /// Publish a `PropagationFailed` Event on the namespace when a push fails.
     pub fn with_events(mut self, primary: Client, reporter: Reporter) -> Self {
-        self.events = Some(events::Publisher::new(primary, reporter));
+        let metrics = self.shared.metrics.clone();
+        self.events = Some(events::Publisher::new(primary, reporter, metrics));
         self
     }
 

@@ -49,6 +49,12 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of `events_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub reason: String,
+}
+
 /// Buckets of `propagation_latency_seconds`: 5 ms to ~5 s, which spans a healthy remote and
 /// one that runs into the push deadline.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +106,7 @@ pub struct Metrics {
     leader: Gauge,
     pushes_in_flight: Gauge,
     token_expiry: Family<ClusterLabels, Gauge>,
+    events_dropped: Family<EventLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -122,6 +129,7 @@ impl Metrics {
         let leader = Gauge::default();
         let pushes_in_flight = Gauge::default();
         let token_expiry = Family::<ClusterLabels, Gauge>::default();
+        let events_dropped = Family::<EventLabels, Counter>::default();
         // prometheus-client appends `_total` to counters: register the bare names.
         registry.register(
             "propagation_latency_seconds",
@@ -166,6 +174,11 @@ impl Metrics {
             sync_lists.clone(),
         );
         registry.register(
+            "events_dropped",
+            "Events not published because too many waited for a slow primary, by reason",
+            events_dropped.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the Lease and reconciles, else 0",
             leader.clone(),
@@ -195,7 +208,17 @@ impl Metrics {
             leader,
             pushes_in_flight,
             token_expiry,
+            events_dropped,
         }
+    }
+
+    /// Records `count` Events of `reason` not published: their queue was full.
+    pub fn events_dropped(&self, reason: &str, count: u64) {
+        self.events_dropped
+            .get_or_create(&EventLabels {
+                reason: reason.to_owned(),
+            })
+            .inc_by(count);
     }
 
     /// Sets the `pushes_in_flight` gauge (read when metrics are scraped).
@@ -342,6 +365,7 @@ mod tests {
         metrics.set_token_expiry("east", Some(3600));
         metrics.set_token_expiry("west", Some(60));
         metrics.set_token_expiry("west", None);
+        metrics.events_dropped("PropagationFailed", 2);
         let text = metrics.encode().expect("encode");
         for expected in [
             r#"token_expiry_seconds{cluster="east"} 3600"#,
@@ -352,6 +376,7 @@ mod tests {
             r#"cluster_reachable{cluster="east"} 1"#,
             r#"admission_reviews_total{outcome="pushed"} 1"#,
             r#"syncs_total{cluster="east",result="ok"} 1"#,
+            r#"events_dropped_total{reason="PropagationFailed"} 2"#,
         ] {
             assert!(text.contains(expected), "{expected} missing from {text}");
         }

@@ -227,7 +227,11 @@ impl Reconciler {
 
         let concurrent_syncs = settings.concurrent_syncs;
         let shared = Arc::new(Shared {
-            events: events::Publisher::new(primary.clone(), settings.reporter.clone()),
+            events: events::Publisher::new(
+                primary.clone(),
+                settings.reporter.clone(),
+                state.metrics.clone(),
+            ),
             primary,
             state,
             settings,

@@ -4,7 +4,8 @@
 //! which the e2e tests cover with real apiservers.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    io,
     sync::{Arc, Mutex},
 };
 
@@ -48,6 +49,13 @@ pub struct State {
     pub interfere: Vec<(String, String)>,
     /// Answer every request with 403.
     pub forbidden: bool,
+    /// Answer a PATCH of these namespaces with 403 (an admission policy of the remote).
+    pub forbidden_namespaces: BTreeSet<String>,
+    /// Once this many PATCH requests were applied, refuse every connection: a remote that goes
+    /// dark mid-sync, which a real apiserver cannot be made to do on demand.
+    pub dark_after_writes: Option<usize>,
+    /// Number of requests refused while dark.
+    pub refused: usize,
     /// Delay every answer.
     pub delay: Option<std::time::Duration>,
 }
@@ -105,16 +113,32 @@ impl FakeApiserver {
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
+                if this.is_dark() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "connection refused",
+                    ));
+                }
                 let (code, value) = this.handle(
                     &parts.method,
                     parts.uri.path(),
                     parts.uri.query().unwrap_or_default(),
                     &body,
                 );
-                Ok::<_, std::convert::Infallible>(json_response(code, &value))
+                Ok(json_response(code, &value))
             }
         });
         Client::new(service, "default")
+    }
+
+    /// Whether it stopped answering ([`State::dark_after_writes`]); counts the refusal.
+    fn is_dark(&self) -> bool {
+        let mut state = self.state();
+        let dark = state
+            .dark_after_writes
+            .is_some_and(|after| state.writes >= after);
+        state.refused += usize::from(dark);
+        dark
     }
 
     fn handle(&self, method: &Method, path: &str, query: &str, body: &[u8]) -> (StatusCode, Value) {
@@ -170,6 +194,9 @@ impl FakeApiserver {
             }
             (&Method::PATCH, Some(name)) => {
                 state.patches += 1;
+                if state.forbidden_namespaces.contains(&name) {
+                    return status(StatusCode::FORBIDDEN, "Forbidden", "denied by a policy");
+                }
                 if !state.interfere.is_empty() {
                     let (k, v) = state.interfere.remove(0);
                     state.version += 1;

@@ -10,7 +10,9 @@
 //! - the primary is read *after* the remote, and again after a conflict ([`PrimaryView`]): a
 //!   webhook push that lands between the two reads changes the remote's resourceVersion, so a
 //!   plan made from an older primary can never overwrite it;
-//! - namespaces missing on the remote are reported, never created.
+//! - namespaces missing on the remote are reported, never created;
+//! - a write the remote does not answer (unreachable, timed out) ends the writing: the remote
+//!   is gone for every namespace, not for that one ([`SyncReport::stopped_at`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -134,8 +136,12 @@ pub struct SyncReport {
     pub in_sync: usize,
     /// Primary namespaces with managed labels that do not exist on the remote.
     pub missing: Vec<String>,
-    /// Namespaces that differed and could not be written, in name order.
+    /// Namespaces that differed and could not be written, in name order. One the remote did
+    /// not answer stopped the sync ([`SyncReport::stopped_at`]).
     pub errors: Vec<NamespaceError>,
+    /// Namespaces that differed and were not written, or whose write was abandoned, because
+    /// the sync stopped: zero unless [`SyncReport::stopped_at`] says why.
+    pub unwritten: usize,
     /// Write requests that succeeded.
     pub writes: u32,
     /// Remote namespaces the cluster's scope leaves alone, in name order.
@@ -160,6 +166,13 @@ impl SyncReport {
             .iter()
             .filter(|c| c.status == ChangeStatus::Applied)
     }
+
+    /// The write the remote did not answer, after which this sync wrote nothing more (see
+    /// [`SyncReport::unwritten`]): the remote failed as a whole, as a failed LIST does, though
+    /// what it wrote before is in the report. At most one, also in [`SyncReport::errors`].
+    pub fn stopped_at(&self) -> Option<&NamespaceError> {
+        self.errors.iter().find(|e| !e.failure.answered())
+    }
 }
 
 /// The primary's namespaces keyed by name: the `primary` argument of [`sync_remote`] for a
@@ -180,7 +193,8 @@ pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Nam
 /// Syncs one remote against the primary's namespaces, as `primary` shows them.
 ///
 /// Fails only when the remote's namespaces cannot be listed; errors writing single namespaces
-/// are in [`SyncReport::errors`].
+/// are in [`SyncReport::errors`], and a remote that stops answering part-way is in
+/// [`SyncReport::stopped_at`].
 pub async fn sync_remote(
     rule: &SyncRule,
     primary: &impl PrimaryView,
@@ -225,13 +239,14 @@ async fn sync_seen(
         ..SyncReport::default()
     };
     let mut planner = rule.planner();
-    let (mut in_sync, mut out_of_scope) = (0, Vec::new());
+    let (mut in_sync, mut out_of_scope, mut differing) = (0, Vec::new(), 0);
+    let mut written = 0;
     {
         // Each change is written as the plan finds it, a few at a time: neither the plan nor
         // the namespaces it changes are held whole, which a cold sync of thousands of
         // namespaces would do once per remote at the same time. The primary is read after the
         // remote was (see the module documentation).
-        let changes = seen.into_iter().filter_map(|ns| {
+        let mut changes = seen.into_iter().filter_map(|ns| {
             match planner.consider(|name| primary.namespace(name), &ns) {
                 Verdict::Seen => None,
                 Verdict::OutOfScope(name) => {
@@ -242,7 +257,10 @@ async fn sync_seen(
                     in_sync += 1;
                     None
                 }
-                Verdict::Differs(diff) => Some((diff, ns)),
+                Verdict::Differs(diff) => {
+                    differing += 1;
+                    Some((diff, ns))
+                }
             }
         });
         if mode == SyncMode::DryRun {
@@ -253,13 +271,27 @@ async fn sync_seen(
                 })
                 .collect();
         } else {
-            let mut writes = stream::iter(changes)
+            let mut writes = stream::iter(changes.by_ref())
                 .map(|(diff, ns)| write(&api, rule, primary, diff, ns))
                 .buffer_unordered(WRITE_CONCURRENCY);
             while let Some(outcome) = writes.next().await {
+                let unanswered = outcome.unanswered();
                 report.record(outcome);
+                written += 1;
+                if unanswered {
+                    // Every other write would wait out its timeout or be refused as well.
+                    // Dropping the stream abandons the writes in flight.
+                    break;
+                }
             }
+            drop(writes);
+            // The rest is only planned: the counts (and the names missing, which the planner
+            // knows once it saw every namespace) stay whole.
+            changes.for_each(drop);
         }
+    }
+    if mode != SyncMode::DryRun {
+        report.unwritten = differing - written;
     }
     report.in_sync += in_sync;
     report.out_of_scope.append(&mut out_of_scope);
@@ -273,6 +305,13 @@ async fn sync_seen(
     report.missing.sort();
     report.out_of_scope.sort();
     report
+}
+
+impl Outcome {
+    /// Whether the remote did not answer the write: it is gone for every namespace.
+    fn unanswered(&self) -> bool {
+        matches!(self.written, Written::Failed { failure, .. } if !failure.answered())
+    }
 }
 
 impl SyncReport {
@@ -572,6 +611,38 @@ mod tests {
         let report = apply_default_rule(&primary, &remote).await;
         assert_eq!(report.in_sync_after(), 1);
         assert_eq!(remote.labels("a")["istio-injection"], "enabled");
+    }
+
+    #[tokio::test]
+    async fn a_remote_gone_dark_mid_sync_stops_the_writes() {
+        // The fake stops answering after a few writes: a real apiserver cannot be made to go
+        // dark between two writes of one sync.
+        let total = 10 * WRITE_CONCURRENCY;
+        let (_, remote, primary) = injected_on_primary_only(total);
+        remote.state().dark_after_writes = Some(WRITE_CONCURRENCY);
+
+        let report = apply_default_rule(&primary, &remote).await;
+        let stopped = report.stopped_at().expect("the sync says it stopped");
+        assert_eq!(stopped.failure, Failure::Unreachable);
+        assert_eq!(report.errors.len(), 1, "one failure, not one per namespace");
+        assert_eq!(report.writes as usize, WRITE_CONCURRENCY);
+        assert_eq!(report.unwritten, total - WRITE_CONCURRENCY - 1);
+        // At most the writes already in flight when the first went unanswered.
+        let refused = remote.state().refused;
+        assert!(refused <= WRITE_CONCURRENCY, "{refused} writes tried after");
+    }
+
+    #[tokio::test]
+    async fn a_namespace_refused_alone_does_not_stop_the_sync() {
+        let total = 4 * WRITE_CONCURRENCY;
+        let (names, remote, primary) = injected_on_primary_only(total);
+        remote.state().forbidden_namespaces.insert(names[1].clone());
+
+        let report = apply_default_rule(&primary, &remote).await;
+        assert_eq!(report.writes as usize, total - 1);
+        assert_eq!(report.errors.len(), 1);
+        assert_eq!(report.errors[0].failure, Failure::Forbidden);
+        assert!(report.stopped_at().is_none() && report.unwritten == 0);
     }
 
     #[tokio::test]

@@ -306,10 +306,11 @@ impl Worker {
         let token = remote.as_deref().and_then(Remote::token);
         let result = result.map_err(|failed| with_token_expiry(failed, token, cluster_name, now));
         let attempt = match &result {
-            Ok(report) => Attempt::Synced(report),
+            Ok(report) => Attempt::synced(report),
             Err(failed) => failed.clone(),
         };
-        let ok = result.is_ok();
+        // A sync the remote stopped answering part-way failed, though it wrote some.
+        let ok = matches!(attempt, Attempt::Synced(_));
         let prev = cluster.status.clone();
         let mut next = next_status(prev.as_ref(), &attempt, cluster.metadata.generation, now);
         if ok && let Some(remote) = remote.as_deref() {
@@ -332,43 +333,49 @@ impl Worker {
 
         let reachable = attempt.reachable();
         shared.state.metrics.set_reachable(cluster_name, reachable);
-        match &result {
-            Ok(report) => {
-                shared.state.metrics.sync_finished(cluster_name, "ok");
-                let corrected = report.writes;
-                shared
-                    .state
-                    .metrics
-                    .drift_corrected(cluster_name, u64::from(corrected));
-                if report.is_converged() {
-                    tracing::debug!(
-                        in_sync = report.in_sync,
-                        missing = report.missing.len(),
-                        "remote in sync"
-                    );
-                } else {
-                    tracing::info!(
-                        in_sync = report.in_sync_after(),
-                        corrected,
-                        missing = report.missing.len(),
-                        errors = report.errors.len(),
-                        writes = report.writes,
-                        "remote synced"
-                    );
-                }
-                to_primary(
-                    "events",
-                    shared.events.sync_report(&cluster, &primary, report),
-                )
-                .await;
-            }
-            Err(Attempt::Failed {
+        match &attempt {
+            Attempt::Synced(_) => shared.state.metrics.sync_finished(cluster_name, "ok"),
+            Attempt::Failed {
                 reason, message, ..
-            }) => {
+            } => {
                 shared.state.metrics.sync_finished(cluster_name, reason);
                 tracing::warn!(%reason, error = %message, "cannot sync remote");
             }
-            Err(Attempt::Synced(_)) => {}
+        }
+        // Also when the remote stopped answering part-way: what it wrote before is news.
+        if let Ok(report) = &result {
+            let corrected = report.writes;
+            shared
+                .state
+                .metrics
+                .drift_corrected(cluster_name, u64::from(corrected));
+            if report.is_converged() {
+                tracing::debug!(
+                    in_sync = report.in_sync,
+                    missing = report.missing.len(),
+                    "remote in sync"
+                );
+            } else if shared.events.sync_is_news(cluster_name, report) {
+                tracing::info!(
+                    in_sync = report.in_sync_after(),
+                    corrected,
+                    missing = report.missing.len(),
+                    errors = report.errors.len(),
+                    writes = report.writes,
+                    "remote synced"
+                );
+            } else {
+                // A label fought over by a remote controller: told once per window.
+                tracing::debug!(
+                    writes = report.writes,
+                    "remote synced, corrections repeated"
+                );
+            }
+            to_primary(
+                "events",
+                shared.events.sync_report(&cluster, &primary, report),
+            )
+            .await;
         }
         let reachability = shared
             .events
