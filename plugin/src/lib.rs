@@ -28,6 +28,7 @@ pub mod preview;
 pub mod remote_policies;
 pub mod remote_setup;
 pub mod render;
+pub mod request_timeout;
 pub mod sync_scope;
 pub mod view;
 
@@ -74,6 +75,16 @@ pub struct GlobalArgs {
         value_name = "FORMAT"
     )]
     pub output: OutputFormat,
+    /// How long one request to the primary may take, from connecting to the end of its
+    /// answer (a watch: to its start).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = request_timeout::DEFAULT_REQUEST_TIMEOUT,
+        value_parser = parse_duration
+    )]
+    pub request_timeout: std::time::Duration,
 }
 
 /// The subcommands.
@@ -104,6 +115,8 @@ pub struct Context {
     pub context: Option<String>,
     /// `-o/--output`.
     pub output: OutputFormat,
+    /// `--request-timeout`: the deadline of each request to the primary.
+    pub request_timeout: std::time::Duration,
     /// Progress lines on stderr.
     pub progress: output::Progress,
 }
@@ -115,11 +128,13 @@ impl Context {
             kubeconfig,
             context,
             output,
+            request_timeout,
         } = global;
         Self {
             kubeconfig,
             context,
             output,
+            request_timeout,
             progress: output::Progress::stderr(),
         }
     }
@@ -144,24 +159,38 @@ impl Context {
     }
 
     /// A client for the primary, with the kubeconfig and the target of
-    /// [`Context::primary_target`].
+    /// [`Context::primary_target`]. Each request ends within `--request-timeout`
+    /// ([`request_timeout::client`]); a request that does not fails with
+    /// [`request_timeout::Unanswered`], whose line says so.
     pub async fn primary_client(
         &self,
     ) -> Result<(kube::config::Kubeconfig, access::Target, kube::Client)> {
         let (kc, context, target) = self.primary_target()?;
-        let client = access::client(kc.clone(), Some(&context)).await?;
+        let client = self
+            .primary_client_of(kc.clone(), &context, &target)
+            .await?;
         Ok((kc, target, client))
     }
 
-    /// A client for the primary cluster.
+    /// A client for `context` of `kc`, the primary `target`, whose requests end within
+    /// `--request-timeout`.
+    pub async fn primary_client_of(
+        &self,
+        kc: kube::config::Kubeconfig,
+        context: &str,
+        target: &access::Target,
+    ) -> Result<kube::Client> {
+        request_timeout::client(kc, context, target, self.request_timeout).await
+    }
+
+    /// A client for the primary cluster ([`Context::primary_client`]).
     pub async fn client(&self) -> Result<kube::Client> {
         Ok(self.client_and_kubeconfig().await?.0)
     }
 
     /// [`Context::client`] and the user's kubeconfig it was made from, read once.
     pub async fn client_and_kubeconfig(&self) -> Result<(kube::Client, kube::config::Kubeconfig)> {
-        let kc = self.load_kubeconfig()?;
-        let client = kubeconfig::client(kc.clone(), self.context.as_deref()).await?;
+        let (kc, _, client) = self.primary_client().await?;
         Ok((client, kc))
     }
 }
@@ -250,8 +279,21 @@ impl Error {
         }
     }
 
+    /// The primary's not answering in time, when that is what went wrong: said as such,
+    /// whatever was being asked.
+    fn unanswered(&self) -> Option<Error> {
+        match self {
+            Self::Kube { source, .. } => request_timeout::Unanswered::within(source)
+                .map(request_timeout::Unanswered::refusal),
+            _ => None,
+        }
+    }
+
     /// What the user can do about it.
     pub fn hint(&self) -> String {
+        if let Some(refusal) = self.unanswered() {
+            return refusal.hint();
+        }
         match self {
             Self::Kubeconfig(e) => e.hint(),
             Self::Render(e) => e.hint(),
@@ -282,6 +324,9 @@ impl Error {
     /// What went wrong, on one line, without the hint. Causes are joined with ": ", each
     /// said once ([`error_chain`]); an apiserver's answer by its own message.
     pub fn what(&self) -> String {
+        if let Some(refusal) = self.unanswered() {
+            return refusal.what();
+        }
         let what = match self {
             Self::Kube { source, .. } => format!("{self}: {}", describe_kube(source)),
             other => error_chain(other),

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::{StreamExt as _, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -45,24 +46,32 @@ impl List {
     }
 }
 
+/// Secrets read at once by [`token_expiries`]: a mesh of dozens of remotes is read in a few
+/// round trips, without a burst of requests on the primary.
+const SECRET_READS: usize = 8;
+
 /// When each cluster's stored token expires, by cluster name, read from the Secret attach
-/// stored its kubeconfig in.
+/// stored its kubeconfig in. The Secrets are read [`SECRET_READS`] at once; the map keeps
+/// them in name order whatever order they arrive in.
 pub(crate) async fn token_expiries(
     client: &Client,
     clusters: &[MeshCluster],
 ) -> BTreeMap<String, TokenExpiry> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), MESH_NAMESPACE);
-    let mut expiries = BTreeMap::new();
-    for cluster in clusters {
-        // Unreadable (no right to read Secrets, or gone) shows as unknown, like a bad token.
-        let secret = secrets
-            .get_opt(&cluster.spec.secret_name)
-            .await
-            .ok()
-            .flatten();
-        expiries.insert(cluster.name_any(), expiry_of(secret.as_ref()));
-    }
-    expiries
+    let secrets = &secrets;
+    stream::iter(clusters)
+        .map(|cluster| async move {
+            // Unreadable (no right to read Secrets, or gone) shows as unknown, like a bad token.
+            let secret = secrets
+                .get_opt(&cluster.spec.secret_name)
+                .await
+                .ok()
+                .flatten();
+            (cluster.name_any(), expiry_of(secret.as_ref()))
+        })
+        .buffer_unordered(SECRET_READS)
+        .collect()
+        .await
 }
 
 /// One line per cluster on its stored token (`status -o wide`), and whether it is a warning.
@@ -383,6 +392,83 @@ mod tests {
             TokenExpiry::Unknown
         );
         assert_eq!(expiry_of(None), TokenExpiry::Unknown);
+    }
+
+    /// A primary answering each Secret read after `delay`, the n-th cluster's Secret missing
+    /// when n is odd; the most reads it held at once.
+    fn slow_secrets(
+        delay: std::time::Duration,
+    ) -> (Client, std::sync::Arc<std::sync::Mutex<(usize, usize)>>) {
+        use mesh_core::fake_apiserver::{json_response, status};
+        let lasting = crate::credentials::tests::jwt(serde_json::json!({"sub": "x"}));
+        let in_flight = std::sync::Arc::new(std::sync::Mutex::new((0_usize, 0_usize)));
+        let seen = in_flight.clone();
+        let server = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let (seen, lasting) = (seen.clone(), lasting.clone());
+            async move {
+                {
+                    let mut held = seen.lock().expect("lock");
+                    held.0 += 1;
+                    held.1 = held.1.max(held.0);
+                }
+                tokio::time::sleep(delay).await;
+                seen.lock().expect("lock").0 -= 1;
+                let name = request.uri().path().rsplit('/').next().unwrap_or_default();
+                let n: usize = name.trim_start_matches("cluster-c").parse().unwrap_or(1);
+                let answer = if n % 2 == 1 {
+                    let (code, body) = status(http::StatusCode::NOT_FOUND, "NotFound", "gone");
+                    json_response(code, &body)
+                } else {
+                    let mut secret = stored_secret(&lasting);
+                    secret.metadata.name = Some(name.to_owned());
+                    let body = serde_json::to_value(&secret).expect("json");
+                    json_response(http::StatusCode::OK, &body)
+                };
+                Ok::<_, std::convert::Infallible>(answer)
+            }
+        });
+        (Client::new(server, "default"), in_flight)
+    }
+
+    /// The Secrets are read a few at once, not one after another nor all together, and every
+    /// cluster gets its expiry under its own name, whatever order the answers came in.
+    #[tokio::test(start_paused = true)]
+    async fn token_expiries_are_read_a_few_at_once() {
+        let delay = std::time::Duration::from_secs(1);
+        let (client, in_flight) = slow_secrets(delay);
+        let clusters: Vec<MeshCluster> = (0..20)
+            .map(|n| {
+                cluster(
+                    &format!("c{n:02}"),
+                    "https://10.0.0.1:6443",
+                    "2026-03-01T00:00:00Z",
+                )
+            })
+            .collect();
+        let started = tokio::time::Instant::now();
+        let expiries = token_expiries(&client, &clusters).await;
+        let took = started.elapsed();
+        let names: Vec<&str> = expiries.keys().map(String::as_str).collect();
+        let expected: Vec<String> = (0..20).map(|n| format!("c{n:02}")).collect();
+        assert_eq!(
+            names,
+            expected.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        for (n, name) in expected.iter().enumerate() {
+            let want = if n % 2 == 1 {
+                TokenExpiry::Unknown
+            } else {
+                TokenExpiry::Never
+            };
+            assert_eq!(expiries[name], want, "{name}");
+        }
+        assert_eq!(
+            in_flight.lock().expect("lock").1,
+            SECRET_READS,
+            "reads at once"
+        );
+        // 20 reads, 8 at once: three rounds of one delay each, not twenty.
+        assert!(took < delay * 4, "{took:?}");
     }
 
     #[test]

@@ -740,3 +740,101 @@ async fn commands_fail_at_once_when_the_apiserver_answers_unavailable() -> anyho
     }
     Ok(())
 }
+
+/// A local socket that accepts connections and never says a word: it stands in for a hung
+/// apiserver (a frozen process, whose kernel still accepts, or a load balancer whose backend
+/// hangs). The connections stay open until the listener is dropped.
+struct HungApiserver {
+    address: std::net::SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl HungApiserver {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Ok(Self { address, accepting })
+    }
+}
+
+impl Drop for HungApiserver {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+/// The read commands give up on a primary that never answers after `--request-timeout`, with
+/// one line saying where they looked and what to do: whether the TLS handshake never completes
+/// (https) or the request is never answered (http, where the connection itself succeeds).
+#[tokio::test]
+async fn read_commands_give_up_on_a_hung_primary_after_the_request_timeout() -> anyhow::Result<()> {
+    const REQUEST_TIMEOUT: &str = "2s";
+    /// Far below kube's own connect timeout (30 s), and a hang without end.
+    const DEADLINE: Duration = Duration::from_secs(20);
+    let hung = HungApiserver::start().await?;
+    let dir = tempfile::tempdir()?;
+    for scheme in ["https", "http"] {
+        let server = format!("{scheme}://{}", hung.address);
+        let kubeconfig = dir.path().join(format!("{scheme}.kubeconfig"));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: hung\n  cluster:\n    server: \
+                 {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    \
+                 token: not-asked\ncontexts:\n- name: hung\n  context:\n    cluster: hung\n    \
+                 user: admin\ncurrent-context: hung\n"
+            ),
+        )?;
+        let runs = [
+            ["status"].as_slice(),
+            &["list"],
+            &["services"],
+            &["check"],
+            &["plan"],
+            &["dashboard", "--no-browser"],
+        ]
+        .map(|args| {
+            let (kubeconfig, server) = (&kubeconfig, &server);
+            async move {
+                let mut cmd = tokio::process::Command::new(
+                    mesh_e2e::mesh_testenv::workspace_binary("kubectl-mesh")?,
+                );
+                cmd.args(args)
+                    .arg("--kubeconfig")
+                    .arg(kubeconfig)
+                    .args(["--request-timeout", REQUEST_TIMEOUT])
+                    .env("NO_COLOR", "1")
+                    .env_remove("KUBECONFIG")
+                    .kill_on_drop(true);
+                let out = tokio::time::timeout(DEADLINE, cmd.output())
+                    .await
+                    .with_context(|| {
+                        format!("{args:?} on {server}: still running after {DEADLINE:?}")
+                    })??;
+                anyhow::Ok((args, out))
+            }
+        });
+        for run in futures::future::join_all(runs).await {
+            let (args, out) = run?;
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+            assert_eq!(
+                text(&out.stderr),
+                format!(
+                    "error: cannot reach the primary at {server}: timed out after \
+                     {REQUEST_TIMEOUT}; check the server of context hung in your kubeconfig, or \
+                     pass a longer --request-timeout\n"
+                ),
+                "{args:?}: {}",
+                describe(&out)
+            );
+            assert_eq!(text(&out.stdout), "", "{args:?}");
+        }
+    }
+    Ok(())
+}

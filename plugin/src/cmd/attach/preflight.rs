@@ -301,7 +301,9 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         args.primary_name.as_deref().unwrap_or(&primary_context),
         &primary_context,
     );
-    let primary = access::client(primary_kc, Some(&primary_context)).await?;
+    let primary = ctx
+        .primary_client_of(primary_kc, &primary_context, &primary_target)
+        .await?;
     let remote = access::client(remote_kc.clone(), None).await?;
 
     // A view identity an earlier attach stored is kept. A read the caller may not make

@@ -102,15 +102,17 @@ pub enum Probe {
 
 /// Reads what the installation checks need.
 pub async fn install(client: &Client) -> InstallFacts {
-    let crd = Api::<CustomResourceDefinition>::all(client.clone())
-        .get_opt(MeshCluster::crd_name())
-        .await;
-    let namespace = Api::<Namespace>::all(client.clone())
-        .get_opt(MESH_NAMESPACE)
-        .await;
-    let webhook = Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .get_opt(render::WEBHOOK_CONFIGURATION)
-        .await;
+    // At once: a primary that does not answer costs one --request-timeout, not three.
+    let (crds, namespaces, webhooks) = (
+        Api::<CustomResourceDefinition>::all(client.clone()),
+        Api::<Namespace>::all(client.clone()),
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+    );
+    let (crd, namespace, webhook) = tokio::join!(
+        crds.get_opt(MeshCluster::crd_name()),
+        namespaces.get_opt(MESH_NAMESPACE),
+        webhooks.get_opt(render::WEBHOOK_CONFIGURATION),
+    );
     let mut facts = InstallFacts {
         crd,
         namespace,

@@ -48,7 +48,7 @@ impl Check {
     pub async fn run(self, ctx: &Context) -> Result<()> {
         let Self { remote_timeout } = self;
         let (client, user_kubeconfig) = ctx.client_and_kubeconfig().await?;
-        let report = check_all(&client, &user_kubeconfig, remote_timeout, Timestamp::now()).await;
+        let report = check_all(&client, &user_kubeconfig, remote_timeout, Timestamp::now()).await?;
         output::print_stdout(&render::render(&report, ctx.output)?)?;
         if report.errors > 0 {
             return Err(Error::Refused {
@@ -60,14 +60,22 @@ impl Check {
     }
 }
 
-/// Runs every check against the primary `client` and the attached remotes.
+/// Runs every check against the primary `client` and the attached remotes. Fails, with
+/// nothing checked, only when the primary does not answer within `--request-timeout`: every
+/// check would say so after as long again.
 pub async fn check_all(
     client: &Client,
     user_kubeconfig: &kube::config::Kubeconfig,
     remote_timeout: Duration,
     now: Timestamp,
-) -> CheckReport {
-    let installation = install::judge(&facts::install(client).await, now);
+) -> Result<CheckReport> {
+    let facts = facts::install(client).await;
+    if let Err(e) = &facts.crd
+        && let Some(unanswered) = crate::request_timeout::Unanswered::within(e)
+    {
+        return Err(unanswered.refusal());
+    }
+    let installation = install::judge(&facts, now);
     let mut sections = vec![installation.section];
     // Without the CRD there are no MeshClusters to check.
     if installation.crd_established {
@@ -79,5 +87,5 @@ pub async fn check_all(
         }
         sections.extend(clusters);
     }
-    CheckReport::new(sections)
+    Ok(CheckReport::new(sections))
 }

@@ -1,0 +1,318 @@
+//! `--request-timeout`: how long the primary may take to answer one request, as kubectl's flag
+//! of that name.
+//!
+//! kube's own timeouts do not bound a request: its connect timeout ends with the TCP and TLS
+//! handshakes, and it has no read timeout, so a primary that accepts a connection and never
+//! answers (a hung apiserver, a half-dead load balancer) holds a command for as long as the
+//! kernel keeps the connection. Every client of the primary therefore runs each request under
+//! one deadline, from connecting to the last byte of its answer; a watch only until it starts,
+//! since its answer lasts as long as the watch (the dashboard's, install's waits).
+
+use std::{
+    error::Error as StdError,
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, SizeHint};
+use kube::{Client, config::Kubeconfig};
+use tokio::time::{Instant, Sleep};
+use tower::{BoxError, Layer, Service};
+
+use crate::{Error, Result, access::Target, kubeconfig};
+
+/// `--request-timeout` when not given: as long as kube waits to connect, ample for one answer.
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
+
+/// `after` as the flags spell it: `30s`, `1.5s`.
+pub fn seconds(after: Duration) -> String {
+    format!("{}s", after.as_secs_f64())
+}
+
+/// The primary did not answer a request within `--request-timeout`.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("timed out after {}", seconds(*.after))]
+pub struct Unanswered {
+    /// The primary as the user's kubeconfig names it.
+    pub target: Target,
+    /// `--request-timeout`.
+    pub after: Duration,
+}
+
+impl Unanswered {
+    /// The [`Unanswered`] in `error`'s chain of causes, if any.
+    pub fn within<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a Self> {
+        std::iter::successors(Some(error), |&e| e.source()).find_map(|e| e.downcast_ref())
+    }
+
+    /// What it means and what to do, as the one line of the command's error.
+    pub fn refusal(&self) -> Error {
+        let Target {
+            label,
+            server,
+            where_configured,
+        } = &self.target;
+        Error::Refused {
+            what: format!("cannot reach {label} at {server}: {self}"),
+            hint: format!("check {where_configured}, or pass a longer --request-timeout"),
+        }
+    }
+}
+
+/// A client of the primary `target` (`context` of `kc`) whose every request ends within
+/// `after` ([`DeadlineLayer`]).
+pub async fn client(
+    kc: Kubeconfig,
+    context: &str,
+    target: &Target,
+    after: Duration,
+) -> Result<Client> {
+    let mut config = kubeconfig::client_config(kc, Some(context)).await?;
+    config.connect_timeout = Some(after);
+    let builder = mesh_core::retry_after::client_builder(config).map_err(|source| {
+        kubeconfig::Error::Client {
+            context: context.to_owned(),
+            source,
+        }
+    })?;
+    let layer = DeadlineLayer {
+        unanswered: Unanswered {
+            target: target.clone(),
+            after,
+        },
+    };
+    Ok(builder.with_layer(&layer).build())
+}
+
+/// Runs each request under [`Unanswered::after`]: its answer must start in time, and but for
+/// a watch's, end in time. A request that runs late, or that the connect timeout (the same
+/// time) ended at its deadline, fails with the [`Unanswered`].
+#[derive(Clone, Debug)]
+pub struct DeadlineLayer {
+    unanswered: Unanswered,
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            unanswered: self.unanswered.clone(),
+        }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Clone, Debug)]
+pub struct Deadline<S> {
+    inner: S,
+    unanswered: Unanswered,
+}
+
+impl<S, RequestBody, AnswerBody> Service<Request<RequestBody>> for Deadline<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<AnswerBody>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<DeadlineBody<AnswerBody>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        let unanswered = self.unanswered.clone();
+        let watch = is_watch(request.uri());
+        let at = Instant::now() + unanswered.after;
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let answer = match tokio::time::timeout_at(at, call).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(error)) => {
+                    let error: BoxError = error.into();
+                    // kube's connect timeout, set to the same time, started just after.
+                    return Err(if timed_out(error.as_ref()) && Instant::now() >= at {
+                        Box::new(unanswered)
+                    } else {
+                        error
+                    });
+                }
+                Err(_) => return Err(Box::new(unanswered)),
+            };
+            Ok(answer.map(|body| DeadlineBody {
+                body,
+                expires: (!watch).then(|| (Box::pin(tokio::time::sleep_until(at)), unanswered)),
+            }))
+        })
+    }
+}
+
+/// An answer's body that fails with the [`Unanswered`] once its request's deadline passed;
+/// a watch's has none.
+#[derive(Debug)]
+pub struct DeadlineBody<B> {
+    body: B,
+    expires: Option<(Pin<Box<Sleep>>, Unanswered)>,
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // The deadline first: a body that always has a few more bytes ready would otherwise
+        // never let it be looked at.
+        if let Some((expires, unanswered)) = &mut self.expires
+            && expires.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(Box::new(unanswered.clone()))));
+        }
+        Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Whether a request asks for a watch (`?watch=true` or `?watch=1`).
+fn is_watch(uri: &http::Uri) -> bool {
+    uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| matches!(pair, "watch=true" | "watch=1"))
+    })
+}
+
+/// Whether `error` is a timeout of the connection.
+fn timed_out(error: &(dyn StdError + 'static)) -> bool {
+    std::iter::successors(Some(error), |&e| e.source()).any(|e| {
+        e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use futures::stream;
+    use http_body_util::{BodyExt as _, StreamBody};
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::Api;
+
+    use super::*;
+
+    fn target(server: &str) -> Target {
+        Target {
+            label: "the primary".into(),
+            server: server.into(),
+            where_configured: "the server of context hung in your kubeconfig".into(),
+        }
+    }
+
+    /// A server that accepts connections and never says a word, as a hung apiserver: the
+    /// request fails once its deadline passed, with the line that says what to do.
+    #[tokio::test]
+    async fn a_primary_that_never_answers_fails_at_the_deadline() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = format!("https://{}", listener.local_addr().expect("address"));
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let kc = Kubeconfig::from_yaml(&format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: hung\n  cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}\nusers:\n- name: hung\n  user: {{token: t}}\ncontexts:\n- name: hung\n  context: {{cluster: hung, user: hung}}\ncurrent-context: hung\n"
+        ))
+        .expect("kubeconfig");
+        let after = Duration::from_millis(300);
+        let client = client(kc, "hung", &target(&server), after)
+            .await
+            .expect("client");
+        let started = std::time::Instant::now();
+        let error = Api::<Namespace>::all(client)
+            .list(&Default::default())
+            .await
+            .expect_err("no answer");
+        let took = started.elapsed();
+        assert!(took >= after && took < after * 10, "{took:?}");
+        let error = Error::kube("cannot list namespaces")(error);
+        assert_eq!(
+            error.line(),
+            format!(
+                "cannot reach the primary at {server}: timed out after 0.3s; check the server \
+                 of context hung in your kubeconfig, or pass a longer --request-timeout"
+            )
+        );
+        held.abort();
+    }
+
+    /// An answer whose body comes `late`, for `uri`, through the deadline of `after`.
+    async fn late_body(uri: &str, after: Duration, late: Duration) -> Result<Bytes, BoxError> {
+        let inner = tower::service_fn(move |_: Request<()>| async move {
+            let chunk = stream::once(async move {
+                tokio::time::sleep(late).await;
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"{}\n")))
+            });
+            Ok::<_, Infallible>(Response::new(StreamBody::new(Box::pin(chunk))))
+        });
+        let layer = DeadlineLayer {
+            unanswered: Unanswered {
+                target: target("https://10.0.0.1:6443"),
+                after,
+            },
+        };
+        let answer = layer
+            .layer(inner)
+            .call(Request::get(uri).body(()).expect("request"))
+            .await?;
+        Ok(answer.into_body().collect().await?.to_bytes())
+    }
+
+    /// An answer must end by the deadline, but for a watch's, which lasts as long as the watch
+    /// (the dashboard's, install's waits): only its start is bounded.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_watch_may_answer_past_the_deadline() {
+        let (after, late) = (Duration::from_secs(5), Duration::from_secs(60));
+        let list = late_body("/api/v1/namespaces", after, late)
+            .await
+            .expect_err("cut");
+        assert!(Unanswered::within(list.as_ref()).is_some(), "{list}");
+        let watch = late_body(
+            "/api/v1/namespaces?watch=true&timeoutSeconds=290",
+            after,
+            late,
+        )
+        .await
+        .expect("a watch goes on");
+        assert_eq!(watch, Bytes::from_static(b"{}\n"));
+        let prompt = late_body("/api/v1/namespaces", after, Duration::from_secs(1))
+            .await
+            .expect("in time");
+        assert_eq!(prompt, Bytes::from_static(b"{}\n"));
+    }
+}
