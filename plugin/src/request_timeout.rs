@@ -8,21 +8,10 @@
 //! one deadline, from connecting to the last byte of its answer; a watch only until it starts,
 //! since its answer lasts as long as the watch (the dashboard's, install's waits).
 
-use std::{
-    error::Error as StdError,
-    future::Future,
-    io,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{error::Error as StdError, time::Duration};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use hyper::body::{Body, Frame, SizeHint};
 use kube::{Client, config::Kubeconfig};
-use tokio::time::{Instant, Sleep};
-use tower::{BoxError, Layer, Service};
+use mesh_core::call_limits::CallLimitsLayer;
 
 use crate::{Error, Result, access::Target, kubeconfig};
 
@@ -65,7 +54,7 @@ impl Unanswered {
 }
 
 /// A client of the primary `target` (`context` of `kc`) whose every request ends within
-/// `after` ([`DeadlineLayer`]).
+/// `after`, or fails with the [`Unanswered`] ([`layer`]).
 pub async fn client(
     kc: Kubeconfig,
     context: &str,
@@ -73,153 +62,44 @@ pub async fn client(
     after: Duration,
 ) -> Result<Client> {
     let mut config = kubeconfig::client_config(kc, Some(context)).await?;
-    config.connect_timeout = Some(after);
+    // The deadline covers connecting: kube's own connect timeout would end a slow handshake
+    // with an error of its own, or outlast a deadline set higher.
+    config.connect_timeout = None;
     let builder = mesh_core::retry_after::client_builder(config).map_err(|source| {
         kubeconfig::Error::Client {
             context: context.to_owned(),
             source,
         }
     })?;
-    let layer = DeadlineLayer {
-        unanswered: Unanswered {
-            target: target.clone(),
-            after,
-        },
-    };
-    Ok(builder.with_layer(&layer).build())
+    Ok(builder.with_layer(&layer(target, after)).build())
 }
 
-/// Runs each request under [`Unanswered::after`]: its answer must start in time, and but for
-/// a watch's, end in time. A request that runs late, or that the connect timeout (the same
-/// time) ended at its deadline, fails with the [`Unanswered`].
-#[derive(Clone, Debug)]
-pub struct DeadlineLayer {
-    unanswered: Unanswered,
-}
-
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Deadline {
-            inner,
-            unanswered: self.unanswered.clone(),
-        }
-    }
-}
-
-/// See [`DeadlineLayer`].
-#[derive(Clone, Debug)]
-pub struct Deadline<S> {
-    inner: S,
-    unanswered: Unanswered,
-}
-
-impl<S, RequestBody, AnswerBody> Service<Request<RequestBody>> for Deadline<S>
-where
-    S: Service<Request<RequestBody>, Response = Response<AnswerBody>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = Response<DeadlineBody<AnswerBody>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        let unanswered = self.unanswered.clone();
-        let watch = is_watch(request.uri());
-        let at = Instant::now() + unanswered.after;
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let answer = match tokio::time::timeout_at(at, call).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(error)) => {
-                    let error: BoxError = error.into();
-                    // kube's connect timeout, set to the same time, started just after.
-                    return Err(if timed_out(error.as_ref()) && Instant::now() >= at {
-                        Box::new(unanswered)
-                    } else {
-                        error
-                    });
-                }
-                Err(_) => return Err(Box::new(unanswered)),
-            };
-            Ok(answer.map(|body| DeadlineBody {
-                body,
-                expires: (!watch).then(|| (Box::pin(tokio::time::sleep_until(at)), unanswered)),
-            }))
+/// Each request under a deadline of `after` ([`CallLimitsLayer`]): its answer must start in
+/// time, and but for a watch's, end in time; one that does not fails with the [`Unanswered`].
+fn layer(target: &Target, after: Duration) -> CallLimitsLayer {
+    let target = target.clone();
+    CallLimitsLayer::new(Some(after), None)
+        .watches_last()
+        .late_error(move |after| {
+            Box::new(Unanswered {
+                target: target.clone(),
+                after,
+            })
         })
-    }
-}
-
-/// An answer's body that fails with the [`Unanswered`] once its request's deadline passed;
-/// a watch's has none.
-#[derive(Debug)]
-pub struct DeadlineBody<B> {
-    body: B,
-    expires: Option<(Pin<Box<Sleep>>, Unanswered)>,
-}
-
-impl<B> Body for DeadlineBody<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // The deadline first: a body that always has a few more bytes ready would otherwise
-        // never let it be looked at.
-        if let Some((expires, unanswered)) = &mut self.expires
-            && expires.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(Some(Err(Box::new(unanswered.clone()))));
-        }
-        Pin::new(&mut self.body).poll_frame(cx).map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Whether a request asks for a watch (`?watch=true` or `?watch=1`).
-fn is_watch(uri: &http::Uri) -> bool {
-    uri.query().is_some_and(|query| {
-        query
-            .split('&')
-            .any(|pair| matches!(pair, "watch=true" | "watch=1"))
-    })
-}
-
-/// Whether `error` is a timeout of the connection.
-fn timed_out(error: &(dyn StdError + 'static)) -> bool {
-    std::iter::successors(Some(error), |&e| e.source()).any(|e| {
-        e.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == io::ErrorKind::TimedOut)
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
 
+    use bytes::Bytes;
     use futures::stream;
+    use http::{Request, Response};
     use http_body_util::{BodyExt as _, StreamBody};
+    use hyper::body::Frame;
     use k8s_openapi::api::core::v1::Namespace;
     use kube::Api;
+    use tower::{BoxError, Layer as _, Service as _};
 
     use super::*;
 
@@ -280,13 +160,7 @@ mod tests {
             });
             Ok::<_, Infallible>(Response::new(StreamBody::new(Box::pin(chunk))))
         });
-        let layer = DeadlineLayer {
-            unanswered: Unanswered {
-                target: target("https://10.0.0.1:6443"),
-                after,
-            },
-        };
-        let answer = layer
+        let answer = layer(&target("https://10.0.0.1:6443"), after)
             .layer(inner)
             .call(Request::get(uri).body(()).expect("request"))
             .await?;

@@ -17,9 +17,11 @@
 //! largest answers the webhook asks for (pages of namespaces) are a few MiB.
 
 use std::{
+    fmt,
     future::Future,
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -49,15 +51,50 @@ pub struct AnswerTooLarge {
 /// Wraps a client's service so that each call, answer included, ends within `deadline`, and
 /// no answer brings more than `max_line` bytes without a line break, nor in all unless it is a
 /// watch; `None` bounds nothing.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CallLimitsLayer {
     deadline: Option<Duration>,
     max_line: Option<usize>,
+    /// A watch's answer lasts as long as the watch: the deadline bounds only its start.
+    watches_last: bool,
+    late: LateError,
 }
 
 impl CallLimitsLayer {
     pub fn new(deadline: Option<Duration>, max_line: Option<usize>) -> Self {
-        Self { deadline, max_line }
+        Self {
+            deadline,
+            max_line,
+            watches_last: false,
+            late: LateError(Arc::new(elapsed)),
+        }
+    }
+
+    /// The deadline bounds a watch until its answer starts, not the answer: for a client whose
+    /// watches are waits (a command's), not reads that must end.
+    pub fn watches_last(mut self) -> Self {
+        self.watches_last = true;
+        self
+    }
+
+    /// `late` makes the error of a call past its deadline, from the deadline: one its caller
+    /// can tell from every other failure (a command's, which says which flag to raise).
+    pub fn late_error(
+        mut self,
+        late: impl Fn(Duration) -> BoxError + Send + Sync + 'static,
+    ) -> Self {
+        self.late = LateError(Arc::new(late));
+        self
+    }
+}
+
+/// Makes the error of a call past its deadline ([`CallLimitsLayer::late_error`]).
+#[derive(Clone)]
+struct LateError(Arc<dyn Fn(Duration) -> BoxError + Send + Sync>);
+
+impl fmt::Debug for LateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LateError")
     }
 }
 
@@ -67,7 +104,7 @@ impl<S> Layer<S> for CallLimitsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         CallLimits {
             inner,
-            limits: *self,
+            limits: self.clone(),
         }
     }
 }
@@ -94,23 +131,32 @@ where
     }
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
-        let CallLimitsLayer { deadline, max_line } = self.limits;
-        let max_whole = max_line.filter(|_| !is_watch(request.uri()));
+        let CallLimitsLayer {
+            deadline,
+            max_line,
+            watches_last,
+            late,
+        } = self.limits.clone();
+        let watch = is_watch(request.uri());
+        let max_whole = max_line.filter(|_| !watch);
         let until = deadline.map(|deadline| (Instant::now() + deadline, deadline));
         let call = self.inner.call(request);
         Box::pin(async move {
             let answer = match until {
                 Some((at, deadline)) => match tokio::time::timeout_at(at, call).await {
                     Ok(answer) => answer,
-                    Err(_) => return Err(elapsed(deadline)),
+                    Err(_) => return Err((late.0)(deadline)),
                 },
                 None => call.await,
             };
             let answer = answer.map_err(Into::into)?;
+            let expires = until
+                .filter(|_| !(watch && watches_last))
+                .map(|(at, deadline)| (Box::pin(tokio::time::sleep_until(at)), deadline));
             Ok(answer.map(|body| LimitedBody {
                 body,
-                expires: until
-                    .map(|(at, deadline)| (Box::pin(tokio::time::sleep_until(at)), deadline)),
+                expires,
+                late,
                 max_line,
                 line: 0,
                 max_whole,
@@ -126,6 +172,7 @@ where
 pub struct LimitedBody<B> {
     body: B,
     expires: Option<(Pin<Box<Sleep>>, Duration)>,
+    late: LateError,
     max_line: Option<usize>,
     /// Bytes since the last line break.
     line: usize,
@@ -149,10 +196,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         // The deadline first: a body that always has a few more bytes ready would otherwise
         // never let it be looked at.
-        if let Some((expires, deadline)) = &mut self.expires
+        let this = &mut *self;
+        if let Some((expires, deadline)) = &mut this.expires
             && expires.as_mut().poll(cx).is_ready()
         {
-            return Poll::Ready(Some(Err(elapsed(*deadline))));
+            return Poll::Ready(Some(Err((this.late.0)(*deadline))));
         }
         let frame = match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
