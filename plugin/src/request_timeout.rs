@@ -99,6 +99,7 @@ mod tests {
     use hyper::body::Frame;
     use k8s_openapi::api::core::v1::Namespace;
     use kube::Api;
+    use mesh_core::fixtures::SilentServer;
     use tower::{BoxError, Layer as _, Service as _};
 
     use super::*;
@@ -115,22 +116,14 @@ mod tests {
     /// request fails once its deadline passed, with the line that says what to do.
     #[tokio::test]
     async fn a_primary_that_never_answers_fails_at_the_deadline() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let server = format!("https://{}", listener.local_addr().expect("address"));
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                open.push(socket);
-            }
-        });
+        let silent = SilentServer::start().await;
+        let server = &silent.url;
         let kc = Kubeconfig::from_yaml(&format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: hung\n  cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}\nusers:\n- name: hung\n  user: {{token: t}}\ncontexts:\n- name: hung\n  context: {{cluster: hung, user: hung}}\ncurrent-context: hung\n"
         ))
         .expect("kubeconfig");
         let after = Duration::from_millis(300);
-        let client = client(kc, "hung", &target(&server), after)
+        let client = client(kc, "hung", &target(server), after)
             .await
             .expect("client");
         let started = std::time::Instant::now();
@@ -148,7 +141,6 @@ mod tests {
                  of context hung in your kubeconfig, or pass a longer --request-timeout"
             )
         );
-        held.abort();
     }
 
     /// An answer whose body comes `late`, for `uri`, through the deadline of `after`.

@@ -360,3 +360,33 @@ pub fn refused_connection() -> kube::Error {
         "connection refused",
     )))
 }
+
+/// A server on loopback that accepts connections and never says a word, not even its part of
+/// a TLS handshake: a hung apiserver or a half-dead load balancer. Served until dropped.
+pub struct SilentServer {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentServer {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("address"));
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                open.push(connection);
+            }
+        });
+        Self { url, task }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

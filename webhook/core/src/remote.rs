@@ -620,7 +620,7 @@ mod tests {
     use super::*;
     use crate::{
         fake_apiserver::FakeApiserver,
-        fixtures::{assert_each_cause_prints_once, mesh_cluster, refused_connection},
+        fixtures::{SilentServer, assert_each_cause_prints_once, mesh_cluster, refused_connection},
     };
     use k8s_openapi::ByteString;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -648,18 +648,9 @@ current-context: east
     #[tokio::test]
     async fn a_connect_that_times_out_says_so() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let server = format!("https://{}", listener.local_addr().expect("address"));
-        let silent = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((connection, _)) = listener.accept().await {
-                open.push(connection);
-            }
-        });
+        let silent = SilentServer::start().await;
         let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("CA");
-        let yaml = kubeconfig_of(&server, &ca.cert);
+        let yaml = kubeconfig_of(&silent.url, &ca.cert);
         let options = RemoteOptions {
             connect_timeout: Duration::from_millis(300),
             read_timeout: Duration::from_secs(30),
@@ -674,7 +665,6 @@ current-context: east
             .list(&Default::default())
             .await
             .expect_err("no handshake");
-        silent.abort();
         assert_eq!(Failure::of(&error), Failure::TimedOut, "{error}");
         let chain = error_chain(&error);
         assert!(chain.ends_with("(Connect): timed out"), "{chain}");
