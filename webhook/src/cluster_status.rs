@@ -67,11 +67,17 @@ impl<'a> Attempt<'a> {
         let Some(stop) = report.stopped_at() else {
             return Self::Synced(report);
         };
+        // Failures it answered before are counted here: the Synced condition, which would
+        // name them, says only that this sync did not complete.
+        let refused = match report.errors.len() - 1 {
+            0 => String::new(),
+            refused => format!(", {refused} refused"),
+        };
         Self::Failed {
             reason: stop.failure.reason(),
             message: format!(
-                "the remote stopped answering mid-sync ({} namespaces corrected, {} not): \
-                 namespace {}: {}",
+                "the remote stopped answering mid-sync ({} namespaces corrected{refused}, {} not \
+                 written): namespace {}: {}",
                 report.writes,
                 report.unwritten + 1,
                 stop.namespace,
@@ -449,6 +455,7 @@ mod tests {
                 .collect(),
             writes: u32::try_from(corrected.len()).expect("small"),
             unwritten: 0,
+            stopped_in: None,
             out_of_scope: Vec::new(),
         }
     }
@@ -533,10 +540,11 @@ mod tests {
             None,
             at(0),
         );
-        let mut stopped = report(4, &["a"], &[], &["b"]);
+        let mut stopped = report(4, &["a"], &[], &["b", "c"]);
         stopped.errors[0].failure = Failure::Unreachable;
         stopped.errors[0].message = "connection refused".to_owned();
         stopped.unwritten = 7;
+        stopped.stopped_in = Some("b".to_owned());
 
         let after = next_status(Some(&before), &Attempt::synced(&stopped), None, at(60));
         let reachable = after.condition(CONDITION_REACHABLE).expect("reachable");
@@ -546,7 +554,7 @@ mod tests {
         );
         let message = &reachable.message;
         assert!(
-            message.contains("1 namespaces corrected, 8 not"),
+            message.contains("1 namespaces corrected, 1 refused, 8 not written"),
             "{message}"
         );
         assert!(

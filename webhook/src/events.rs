@@ -5,7 +5,8 @@
 //! Repeats are held back ([`Throttle`]): a remote controller that fights a label, or a script
 //! relabelling namespaces while clusters are dark, would otherwise write an Event per sync or
 //! per review and per cluster to the primary. The first of a (cluster, namespace) is published
-//! at once; the next one after the window says how many were held.
+//! at once; the next one after the window says how many were held, unless none came for a whole
+//! window after the last (then the count is forgotten with the key).
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -59,6 +60,11 @@ const PUSH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Push failure Events waiting for the one task that publishes them; past this, a failure is
 /// dropped and counted (`events_dropped_total`): the primary is slower than failures arrive.
 const PUSH_FAILURE_QUEUE: usize = 256;
+
+/// Bound of one Event's write. The primary client's read timeout is as long as its watches
+/// need: an Event on a connection gone half-open would hold the one task publishing push
+/// failures (and a sync's Events) that long.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a correction is: its cluster and namespace, or `None` for a sync's summary Event.
 type CorrectionKey = (String, Option<String>);
@@ -164,7 +170,13 @@ impl Publisher {
             let event = sync_event(EventType::Normal, REASON_CORRECTED, note, related);
             self.publish(&event, &object, Series::Distinct).await;
         }
-        for error in report.errors.iter().take(MAX_EVENTS_PER_SYNC) {
+        // The write a sync stopped at is the cluster's failure, told by its reachability Event.
+        let stopped_at = report.stopped_at().map(|stop| stop.namespace.as_str());
+        let errors = report
+            .errors
+            .iter()
+            .filter(|error| Some(error.namespace.as_str()) != stopped_at);
+        for error in errors.take(MAX_EVENTS_PER_SYNC) {
             let note = format!(
                 "cluster {cluster_name}: cannot apply {}: {}",
                 error.diff.describe(),
@@ -290,22 +302,27 @@ impl Publisher {
     }
 
     async fn publish(&self, event: &KubeEvent, regarding: &ObjectReference, series: Series) {
-        let result = match series {
-            Series::Aggregate => self.aggregate.publish(event, regarding).await,
-            Series::Distinct => {
-                Recorder::new(self.primary.clone(), self.reporter.clone())
-                    .publish(event, regarding)
-                    .await
+        let publishing = async {
+            match series {
+                Series::Aggregate => self.aggregate.publish(event, regarding).await,
+                Series::Distinct => {
+                    Recorder::new(self.primary.clone(), self.reporter.clone())
+                        .publish(event, regarding)
+                        .await
+                }
             }
         };
-        if let Err(error) = result {
-            tracing::debug!(
-                error = %error_chain(&error),
-                reason = %event.reason,
-                regarding = regarding.name.as_deref().unwrap_or_default(),
-                "cannot publish event"
-            );
-        }
+        let error = match tokio::time::timeout(PUBLISH_TIMEOUT, publishing).await {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error_chain(&error),
+            Err(_) => format!("no answer within {PUBLISH_TIMEOUT:?}"),
+        };
+        tracing::debug!(
+            error = %error,
+            reason = %event.reason,
+            regarding = regarding.name.as_deref().unwrap_or_default(),
+            "cannot publish event"
+        );
     }
 }
 
@@ -483,6 +500,7 @@ mod tests {
     struct RecordingPrimary {
         writes: Arc<AtomicUsize>,
         hang: bool,
+        metrics: Arc<Metrics>,
     }
 
     impl RecordingPrimary {
@@ -503,7 +521,11 @@ mod tests {
                 controller: "test".to_owned(),
                 instance: None,
             };
-            Publisher::new(Client::new(service, "default"), reporter, Arc::default())
+            Publisher::new(
+                Client::new(service, "default"),
+                reporter,
+                self.metrics.clone(),
+            )
         }
 
         fn writes(&self) -> usize {
@@ -534,16 +556,21 @@ mod tests {
         };
         let events = primary.publisher();
         let request = parse_review(UPDATE.as_bytes()).expect("fixture");
-        let dark = timed_out(30);
-        for value in ["enabled", "disabled"].repeat(10) {
+        let (reviews, dark) = (20, timed_out(30));
+        for review in 0..reviews {
             let intent = PushIntent {
-                namespace: request.name.clone(),
-                labels: labels(&[("istio-injection", value)]),
+                namespace: format!("ns-{review}"),
+                labels: labels(&[("istio-injection", "enabled")]),
             };
             events.spawn_push_failures(&request, &intent, &dark);
         }
         until_idle().await;
         assert_eq!(primary.writes(), 1);
+        // Every failure is news (its own namespace): what the queue cannot hold is counted.
+        let dropped = reviews * dark.len() - PUSH_FAILURE_QUEUE;
+        let metrics = primary.metrics.encode().expect("encode");
+        let line = format!("events_dropped_total{{reason=\"PropagationFailed\"}} {dropped}");
+        assert!(metrics.contains(&line), "{line} not in {metrics}");
     }
 
     #[tokio::test]
@@ -562,6 +589,27 @@ mod tests {
             .sync_report(&cluster, &namespaces, &corrected(&["cart"]))
             .await;
         assert_eq!(primary.writes(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_write_a_sync_stopped_at_is_no_namespace_event() {
+        let primary = RecordingPrimary::default();
+        let events = primary.publisher();
+        let cluster = mesh_cluster("east", "uid-east");
+        let mut stopped = SyncReport::default();
+        for (namespace, failure) in [("cart", Failure::Forbidden), ("shop", Failure::Unreachable)] {
+            stopped.errors.push(NamespaceError {
+                namespace: namespace.to_owned(),
+                diff: LabelDiff::default(),
+                failure,
+                message: "no".to_owned(),
+            });
+        }
+        stopped.stopped_in = Some("shop".to_owned());
+        let namespaces = by_name([ns("cart"), ns("shop")]);
+        events.sync_report(&cluster, &namespaces, &stopped).await;
+        // The refusal of cart is its own; the remote going dark is the cluster's Event.
+        assert_eq!(primary.writes(), 1);
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct State {
     pub forbidden: bool,
     /// Answer a PATCH of these namespaces with 403 (an admission policy of the remote).
     pub forbidden_namespaces: BTreeSet<String>,
+    /// Answer a PATCH of these namespaces with 504, as an apiserver whose admission webhook
+    /// for them hangs (a timeout no real apiserver gives on demand).
+    pub timed_out_namespaces: BTreeSet<String>,
     /// Once this many PATCH requests were applied, refuse every connection: a remote that goes
     /// dark mid-sync, which a real apiserver cannot be made to do on demand.
     pub dark_after_writes: Option<usize>,
@@ -196,6 +199,9 @@ impl FakeApiserver {
                 state.patches += 1;
                 if state.forbidden_namespaces.contains(&name) {
                     return status(StatusCode::FORBIDDEN, "Forbidden", "denied by a policy");
+                }
+                if state.timed_out_namespaces.contains(&name) {
+                    return status(StatusCode::GATEWAY_TIMEOUT, "Timeout", "webhook timed out");
                 }
                 if !state.interfere.is_empty() {
                     let (k, v) = state.interfere.remove(0);

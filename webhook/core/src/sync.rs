@@ -142,6 +142,8 @@ pub struct SyncReport {
     /// Namespaces that differed and were not written, or whose write was abandoned, because
     /// the sync stopped: zero unless [`SyncReport::stopped_at`] says why.
     pub unwritten: usize,
+    /// The namespace whose unanswered write stopped the sync ([`SyncReport::stopped_at`]).
+    pub stopped_in: Option<String>,
     /// Write requests that succeeded.
     pub writes: u32,
     /// Remote namespaces the cluster's scope leaves alone, in name order.
@@ -167,11 +169,13 @@ impl SyncReport {
             .filter(|c| c.status == ChangeStatus::Applied)
     }
 
-    /// The write the remote did not answer, after which this sync wrote nothing more (see
-    /// [`SyncReport::unwritten`]): the remote failed as a whole, as a failed LIST does, though
-    /// what it wrote before is in the report. At most one, also in [`SyncReport::errors`].
+    /// The write the remote did not answer, nor a read asked after it, after which this sync
+    /// wrote nothing more (see [`SyncReport::unwritten`]): the remote failed as a whole, as a
+    /// failed LIST does, though what it wrote before is in the report. Also in
+    /// [`SyncReport::errors`].
     pub fn stopped_at(&self) -> Option<&NamespaceError> {
-        self.errors.iter().find(|e| !e.failure.answered())
+        let namespace = self.stopped_in.as_deref()?;
+        self.errors.iter().find(|e| e.namespace == namespace)
     }
 }
 
@@ -275,12 +279,17 @@ async fn sync_seen(
                 .map(|(diff, ns)| write(&api, rule, primary, diff, ns))
                 .buffer_unordered(WRITE_CONCURRENCY);
             while let Some(outcome) = writes.next().await {
-                let unanswered = outcome.unanswered();
+                let unanswered = outcome.unanswered().map(str::to_owned);
                 report.record(outcome);
                 written += 1;
-                if unanswered {
+                // A write can go unanswered for one namespace alone (a remote admission
+                // webhook that hangs on some); the remote answering nothing more cannot.
+                if let Some(namespace) = unanswered
+                    && !answers(&api).await
+                {
                     // Every other write would wait out its timeout or be refused as well.
                     // Dropping the stream abandons the writes in flight.
+                    report.stopped_in = Some(namespace);
                     break;
                 }
             }
@@ -308,9 +317,18 @@ async fn sync_seen(
 }
 
 impl Outcome {
-    /// Whether the remote did not answer the write: it is gone for every namespace.
-    fn unanswered(&self) -> bool {
+    /// The namespace, when the remote did not answer its write.
+    fn unanswered(&self) -> Option<&str> {
         matches!(self.written, Written::Failed { failure, .. } if !failure.answered())
+            .then_some(self.namespace.as_str())
+    }
+}
+
+/// Whether the remote answers a read of one namespace (its answer may be a refusal).
+async fn answers(api: &Api<Namespace>) -> bool {
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(error) => Failure::of(&error).answered(),
     }
 }
 
@@ -430,7 +448,7 @@ async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_apiserver::FakeApiserver;
+    use crate::fake_apiserver::{FakeApiserver, State as FakeApiserverState};
     use crate::fixtures::{assert_each_cause_prints_once, by_name, labelled, refused_connection};
 
     #[test]
@@ -633,16 +651,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_namespace_refused_alone_does_not_stop_the_sync() {
-        let total = 4 * WRITE_CONCURRENCY;
-        let (names, remote, primary) = injected_on_primary_only(total);
-        remote.state().forbidden_namespaces.insert(names[1].clone());
+    async fn a_namespace_refused_or_timed_out_alone_does_not_stop_the_sync() {
+        type Refuse = fn(&mut FakeApiserverState, String);
+        let cases: [(&str, Refuse, Failure); 2] = [
+            (
+                "forbidden",
+                |s, ns| {
+                    s.forbidden_namespaces.insert(ns);
+                },
+                Failure::Forbidden,
+            ),
+            // Unanswered, yet the remote still answers: a hanging webhook of its own.
+            (
+                "timed out",
+                |s, ns| {
+                    s.timed_out_namespaces.insert(ns);
+                },
+                Failure::Unreachable,
+            ),
+        ];
+        for (case, refuse, failure) in cases {
+            let total = 4 * WRITE_CONCURRENCY;
+            let (names, remote, primary) = injected_on_primary_only(total);
+            refuse(&mut remote.state(), names[1].clone());
 
-        let report = apply_default_rule(&primary, &remote).await;
-        assert_eq!(report.writes as usize, total - 1);
-        assert_eq!(report.errors.len(), 1);
-        assert_eq!(report.errors[0].failure, Failure::Forbidden);
-        assert!(report.stopped_at().is_none() && report.unwritten == 0);
+            let report = apply_default_rule(&primary, &remote).await;
+            assert_eq!(report.writes as usize, total - 1, "{case}");
+            assert_eq!(report.errors.len(), 1, "{case}");
+            assert_eq!(report.errors[0].failure, failure, "{case}");
+            assert!(
+                report.stopped_at().is_none() && report.unwritten == 0,
+                "{case}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -355,6 +355,8 @@ impl Worker {
                     missing = report.missing.len(),
                     "remote in sync"
                 );
+            } else if !ok {
+                // Stopped part-way: the warning above says what it wrote and why it stopped.
             } else if shared.events.sync_is_news(cluster_name, report) {
                 tracing::info!(
                     in_sync = report.in_sync_after(),
