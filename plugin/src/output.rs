@@ -34,6 +34,11 @@ impl OutputFormat {
     }
 }
 
+/// The primary's column in `status` and `services`, beside one per remote named after its
+/// MeshCluster (and its key in their JSON, beside the remotes' names): attach refuses it as a
+/// cluster name.
+pub const PRIMARY: &str = "primary";
+
 /// A row type that can be printed as a kubectl-like table.
 pub trait Tabular {
     /// Column headers; `wide` adds the columns of `-o wide`. Written in any case, printed

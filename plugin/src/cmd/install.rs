@@ -4,21 +4,29 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Secret, ServiceAccount},
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client};
 use mesh_core::{MESH_NAMESPACE, labels::SyncRule};
 
 use super::apply::{self, Deleted};
 use crate::{
-    Context, Error, Result, installed_rule, mesh_state,
+    Context, Error, Result,
+    access::Target,
+    installed_rule, mesh_state,
     output::{self, OutputFormat},
+    remote_setup as setup,
     render::{self, Manifest, Options, ServingCert, WebhookUrl},
 };
 
 /// Install (or upgrade) kubectl-mesh on the primary cluster.
 ///
 /// Safe to re-run: objects are server-side applied, and the existing serving certificate is
-/// kept unless --rotate-certs is given or it no longer fits.
+/// kept unless --rotate-certs is given or it no longer fits. Refused on a cluster attached as
+/// a primary's remote (install on that primary, or detach the cluster first).
 ///
 /// Authenticating the apiserver (recommended): without it, anything that reaches the webhook
 /// can post a hand-made AdmissionReview and make it write namespaces on every remote. Give the
@@ -155,7 +163,8 @@ impl Install {
             return output::print_stdout(&dry_run_output(ctx.output, &manifests)?);
         }
 
-        let client = ctx.client().await?;
+        let (_, target, client) = ctx.primary_client().await?;
+        refuse_attached_remote(&client, &target).await?;
         warn_rule_change(&client, &options, ctx).await?;
         let (cert, issued) = serving_cert(&client, &sans, rotate_certs, ctx).await?;
         if issued && options.webhook_url.is_some() && webhook_cert_dir.is_none() {
@@ -193,6 +202,86 @@ impl Install {
         }
         progress.info("next: `kubectl mesh attach <remote-kubeconfig>` joins a remote cluster");
         Ok(())
+    }
+}
+
+/// The attach a cluster's mesh namespace records, when the cluster is a primary's remote and
+/// install does not hold that namespace already.
+#[derive(Debug, PartialEq, Eq)]
+struct Attached {
+    /// The name the primary knows the cluster by.
+    cluster: String,
+    /// That primary's id (UID of its kube-system), if attach recorded it.
+    primary: Option<String>,
+}
+
+/// Whether install must keep off the cluster whose [`MESH_NAMESPACE`] is `namespace` and whose
+/// sync ServiceAccount there is `sync_account`: attach created that namespace, or uses one
+/// install did not create for its identity. Install applies its Namespace with the field
+/// manager attach applies it with, so it would drop what attach recorded there (the cluster
+/// label and the primary annotation), by which attach and detach know their namespace, and
+/// it would run a webhook on a remote. A namespace carrying install's labels is install's:
+/// re-applying it is the same installation (a primary may also be another mesh's remote, if
+/// installed before it was attached).
+fn attached_remote(namespace: &ObjectMeta, sync_account: Option<&ObjectMeta>) -> Option<Attached> {
+    let attached = |meta: &ObjectMeta| {
+        setup::owner_cluster(meta).map(|cluster| Attached {
+            cluster: cluster.to_owned(),
+            primary: setup::primary_of(meta).map(str::to_owned),
+        })
+    };
+    if let Some(found) = attached(namespace) {
+        return Some(found);
+    }
+    let labels = namespace.labels.clone().unwrap_or_default();
+    let installs = render::namespace().metadata.labels.unwrap_or_default();
+    if installs.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+        return None;
+    }
+    sync_account.and_then(attached)
+}
+
+/// Refuses, before anything is written, to install on a cluster attached as a remote
+/// ([`attached_remote`]).
+async fn refuse_attached_remote(client: &Client, target: &Target) -> Result<()> {
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get_opt(MESH_NAMESPACE)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read Namespace {MESH_NAMESPACE}"
+        )))?;
+    let Some(namespace) = namespace else {
+        return Ok(());
+    };
+    let account = Api::<ServiceAccount>::namespaced(client.clone(), MESH_NAMESPACE)
+        .get_opt(setup::SYNC_ACCOUNT)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read ServiceAccount {MESH_NAMESPACE}/{}",
+            setup::SYNC_ACCOUNT
+        )))?;
+    match attached_remote(&namespace.metadata, account.as_ref().map(|a| &a.metadata)) {
+        None => Ok(()),
+        Some(found) => Err(attached_refusal(&target.server, &found)),
+    }
+}
+
+/// The one line of [`refuse_attached_remote`].
+fn attached_refusal(server: &str, found: &Attached) -> Error {
+    let Attached { cluster, primary } = found;
+    let primary = match primary {
+        Some(id) => format!("primary {id} (kube-system uid)"),
+        None => "a primary".to_owned(),
+    };
+    Error::Refused {
+        what: format!(
+            "the cluster at {server} is attached as remote {cluster:?} of {primary}; nothing \
+             was installed"
+        ),
+        hint: format!(
+            "install on the primary (--kubeconfig/--context of the primary), or run `kubectl \
+             mesh detach {cluster}` on that primary first"
+        ),
     }
 }
 
@@ -534,6 +623,50 @@ mod tests {
             ["team.example.com/zone", "istio-injection"]
         );
         assert_eq!(install.excluded_namespaces, ["legacy", "batch"]);
+    }
+
+    fn labelled(labels: &[(&str, &str)]) -> ObjectMeta {
+        mesh_core::fixtures::labelled(MESH_NAMESPACE, labels).metadata
+    }
+
+    #[test]
+    fn install_keeps_off_a_namespace_attach_holds() {
+        let attach = setup::remote_namespace("east").metadata;
+        let mut recorded = attach.clone();
+        recorded
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(setup::PRIMARY_ANNOTATION.to_owned(), "uid-a".to_owned());
+        let east = |primary: Option<&str>| Attached {
+            cluster: "east".into(),
+            primary: primary.map(str::to_owned),
+        };
+        // Attach created the namespace: refused, naming the primary it recorded (if any).
+        assert_eq!(attached_remote(&recorded, None), Some(east(Some("uid-a"))));
+        assert_eq!(attached_remote(&attach, None), Some(east(None)));
+        // Install's own namespace: re-applied, even where another primary attached the
+        // cluster after it was installed.
+        let installed = render::namespace().metadata;
+        assert_eq!(attached_remote(&installed, None), None);
+        assert_eq!(attached_remote(&installed, Some(&recorded)), None);
+        // Someone else's namespace holding attach's identity: refused too.
+        let foreign = labelled(&[("team", "platform")]);
+        assert_eq!(attached_remote(&foreign, None), None);
+        assert_eq!(
+            attached_remote(&foreign, Some(&recorded)),
+            Some(east(Some("uid-a")))
+        );
+        let unrelated = labelled(&[(setup::MANAGED_BY_LABEL, "helm")]);
+        assert_eq!(attached_remote(&foreign, Some(&unrelated)), None);
+
+        let line = attached_refusal("https://10.0.0.9:6443", &east(Some("uid-a"))).line();
+        assert_eq!(
+            line,
+            "the cluster at https://10.0.0.9:6443 is attached as remote \"east\" of primary \
+             uid-a (kube-system uid); nothing was installed; install on the primary \
+             (--kubeconfig/--context of the primary), or run `kubectl mesh detach east` on that \
+             primary first"
+        );
     }
 
     #[test]

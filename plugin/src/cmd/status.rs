@@ -548,7 +548,7 @@ impl StatusReport {
     /// The matrix as a kubectl-like table: NAMESPACE, PRIMARY, then one column per remote;
     /// `wide` adds whether an injector acts on each remote cell's labels.
     pub fn table(&self, wide: bool) -> String {
-        let mut headers = vec!["namespace".to_owned(), "primary".to_owned()];
+        let mut headers = vec!["namespace".to_owned(), output::PRIMARY.to_owned()];
         headers.extend(self.clusters.iter().map(|c| c.name.clone()));
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
         let rows = self.namespaces.iter().map(|row| {
@@ -1091,7 +1091,8 @@ mod tests {
         assert_eq!(v["clusters"][2]["reachable"], false);
         assert_eq!(v["clusters"][2]["error"], "no answer within 5s");
         let payments = &v["namespaces"][3];
-        assert_eq!(payments["primary"]["labels"]["istio.io/rev"], "1-24");
+        // Under the name of the primary's column, which no remote may take.
+        assert_eq!(payments[output::PRIMARY]["labels"]["istio.io/rev"], "1-24");
         assert_eq!(payments["clusters"]["east"]["state"], "drifted");
         assert_eq!(payments["clusters"]["east"]["set"]["istio.io/rev"], "1-24");
         assert_eq!(payments["clusters"]["west"]["state"], "in-sync");

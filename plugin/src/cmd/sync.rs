@@ -131,8 +131,19 @@ pub struct ClusterSync {
     pub out_of_scope: Vec<String>,
     /// Namespaces that could not be written.
     pub failures: Vec<Failure>,
+    /// The namespace whose write the remote did not answer (also in `failures`): the remote
+    /// stopped answering mid-sync, and nothing more was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+    /// Namespaces that differed and were not written because the sync stopped there.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub unwritten: usize,
     /// Write requests made.
     pub writes: u32,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One namespace's change.
@@ -173,6 +184,8 @@ impl ClusterSync {
             missing: Vec::new(),
             out_of_scope: Vec::new(),
             failures: Vec::new(),
+            stopped_at: None,
+            unwritten: 0,
             writes: 0,
         }
     }
@@ -208,6 +221,8 @@ impl ClusterSync {
                     message: e.message.clone(),
                 })
                 .collect(),
+            stopped_at: report.stopped_at().map(|e| e.namespace.clone()),
+            unwritten: report.unwritten,
             writes: report.writes,
         }
     }
@@ -218,7 +233,8 @@ impl ClusterSync {
     }
 
     /// `east: 2 namespaces corrected, 5 in sync, 1 missing (payments), 1 out of scope
-    /// (istio-system), 2 writes`.
+    /// (istio-system), 2 writes`; a remote that stopped answering mid-sync adds `1 failed,
+    /// 6 not written (the remote stopped answering at shop)`.
     pub fn summary(&self) -> String {
         if let Some(error) = &self.error {
             return format!("{}: failed: {error}", self.cluster);
@@ -237,6 +253,16 @@ impl ClusterSync {
         }
         if !self.failures.is_empty() {
             parts.push(format!("{} failed", self.failures.len()));
+        }
+        match &self.stopped_at {
+            Some(namespace) => parts.push(format!(
+                "{} not written (the remote stopped answering at {namespace})",
+                self.unwritten
+            )),
+            None if self.unwritten > 0 => {
+                parts.push(format!("{} not written", self.unwritten));
+            }
+            None => {}
         }
         parts.push(format!("{} in sync", self.in_sync));
         if !self.missing.is_empty() {
@@ -378,6 +404,8 @@ mod tests {
                 missing: Vec::new(),
                 out_of_scope: Vec::new(),
                 failures: Vec::new(),
+                stopped_at: None,
+                unwritten: 0,
                 writes: 0,
             },
             ClusterSync {
@@ -389,6 +417,8 @@ mod tests {
                 missing: vec!["payments".into()],
                 out_of_scope: vec!["istio-system".into()],
                 failures,
+                stopped_at: None,
+                unwritten: 0,
                 writes: if dry_run { 0 } else { 2 },
             },
             ClusterSync::failed(
@@ -433,6 +463,33 @@ mod tests {
             dry[2].is_failed(),
             "an unreadable remote fails a dry run too"
         );
+    }
+
+    /// The remote stopped answering at `locked`: what was not written after it is counted.
+    fn stopped(results: &mut [ClusterSync]) {
+        let east = &mut results[1];
+        east.failures[0].message = "cannot patch namespace locked: operation timed out".into();
+        east.stopped_at = Some("locked".into());
+        east.unwritten = 6;
+    }
+
+    #[test]
+    fn a_remote_that_stopped_answering_says_what_it_left_unwritten() {
+        let mut results = results(false);
+        stopped(&mut results);
+        assert_eq!(
+            results[1].summary(),
+            "east: 2 namespaces corrected, 1 failed, 6 not written (the remote stopped \
+             answering at locked), 12 in sync, 1 missing (payments), 1 out of scope \
+             (istio-system), 2 writes"
+        );
+        assert!(results[1].is_failed());
+        let v = serde_json::to_value(&results[1]).unwrap();
+        assert_eq!(v["stoppedAt"], "locked");
+        assert_eq!(v["unwritten"], 6);
+        let converged = serde_json::to_value(&results[0]).unwrap();
+        assert!(converged.get("stoppedAt").is_none(), "{converged}");
+        assert!(converged.get("unwritten").is_none(), "{converged}");
     }
 
     #[test]

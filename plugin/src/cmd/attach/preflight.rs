@@ -24,7 +24,7 @@ use super::objects::{Side, describe, dyn_api, remote_objects};
 use crate::{
     Context, Error, Result,
     access::{self, Need, Target},
-    kubeconfig, mesh_state, namespace_scope,
+    kubeconfig, mesh_state, namespace_scope, output,
     preview::Preview,
     remote_setup::{self as setup, Guard, ReaderRole},
     render::{self, Manifest},
@@ -136,6 +136,23 @@ impl NamespaceState {
     pub(super) fn created_by_attach(self) -> bool {
         !matches!(self, Self::Foreign)
     }
+}
+
+/// A remote may not be named [`output::PRIMARY`]: `status` and `services` show the primary
+/// under that name, beside one column (and JSON key) per remote. Checked once the remote is
+/// known not to be the primary itself, which is the better answer when its context is named
+/// so.
+fn refuse_reserved_name(name: &str) -> Result<()> {
+    if name != output::PRIMARY {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        what: format!(
+            "the cluster name {name:?} is reserved: status and services show the primary \
+             under it"
+        ),
+        hint: "pass --name <other> to attach this cluster under another name".into(),
+    })
 }
 
 /// The remote's kubeconfig file could not be used: same error, hints about that file.
@@ -440,6 +457,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
                 .into(),
         });
     }
+    refuse_reserved_name(&name)?;
     let mut existing = None;
     for mc in attached {
         let mc_name = mc.name_any();
@@ -734,6 +752,19 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_primary_s_column_is_no_cluster_name() {
+        let err = refuse_reserved_name(output::PRIMARY).unwrap_err();
+        assert_eq!(
+            err.line(),
+            "the cluster name \"primary\" is reserved: status and services show the primary \
+             under it; pass --name <other> to attach this cluster under another name"
+        );
+        for name in ["east", "primary-2", "my-primary"] {
+            assert!(refuse_reserved_name(name).is_ok(), "{name}");
         }
     }
 

@@ -45,7 +45,7 @@ use crate::{
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The column of the primary.
-pub const PRIMARY: &str = "primary";
+pub use crate::output::PRIMARY;
 
 /// Show the mesh's services across the primary and every remote.
 ///

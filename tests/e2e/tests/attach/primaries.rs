@@ -1,11 +1,18 @@
 //! Two primaries attaching one remote under one name: the second is refused unless it takes
 //! the remote over with --force, and the detach of the first then leaves the second's token
 //! alone. remote-1 plays the second primary (kubectl-mesh installed there for the test).
+//! A cluster installed as a primary may be attached as another's remote; an attached remote
+//! refuses a later install.
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
+};
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, api::ListParams};
+use mesh_e2e::callers::unchanged;
 use mesh_e2e::{
     DEFAULT_TIMEOUT, create_labelled_namespace, eventually, fixtures::DEAD_WEBHOOK_URL,
     namespace_labels, stored_client, stored_client_on, unique_name,
@@ -102,17 +109,23 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
         .map_err(|e| anyhow::anyhow!("the second primary's token after the first's detach: {e}"))
 }
 
-/// A cluster may be a primary and another mesh's remote at once: uninstalling its own
-/// installation keeps the identity the other primary's attach put in the kubectl-mesh
-/// namespace, so that primary's stored token goes on working.
+/// A cluster may be a primary and another mesh's remote at once, installed before it is
+/// attached: install may be re-applied there, and uninstalling its own installation keeps the
+/// identity the other primary's attach put in the kubectl-mesh namespace, so that primary's
+/// stored token goes on working.
 #[tokio::test]
 async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(0).await?;
-    attach(env, remote, &[]).await?;
+    uninstalled(remote).await?;
     let install = ["install", "--webhook-url", DEAD_WEBHOOK_URL];
     succeeded(
         &mesh_on(remote, &install, &[]).await?,
         "install on the remote",
+    )?;
+    attach(env, remote, &[]).await?;
+    succeeded(
+        &mesh_on(remote, &install, &[]).await?,
+        "install again on the remote, attached since",
     )?;
 
     let out = mesh_on(remote, &["uninstall", "--crd"], &[]).await?;
@@ -135,9 +148,76 @@ async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow:
         .await
         .context("the primary's stored token stopped working")?;
 
-    // Install took the namespace over too: detach leaves it, as it does any namespace attach
-    // no longer holds alone.
+    // Install created the namespace: detach leaves it, as it does any namespace attach did
+    // not create.
     detach(env, remote, &remote.name, &[]).await?;
     delete_namespace(remote, "kubectl-mesh").await?;
     assert_nothing_left(env, remote, &remote.name).await
+}
+
+/// `install` run by mistake with the kubeconfig of a cluster attached as a remote: refused
+/// in one line before anything is written, so the namespace keeps what attach recorded there
+/// and detach still finds everything. A dry run contacts no cluster and writes nothing.
+#[tokio::test]
+async fn install_on_an_attached_remote_is_refused() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    attach(env, remote, &[]).await?;
+    let before = install_traces(remote).await?;
+    let install = ["install", "--webhook-url", DEAD_WEBHOOK_URL];
+    let out = mesh_on(remote, &install, &[]).await?;
+    let dry_run = mesh_on(remote, &["install", "--dry-run"], &[]).await?;
+    let after = install_traces(remote).await?;
+    unchanged("install", "the remote", &before, &after)?;
+    let line = refused_in_one_line(&out, "install on an attached remote")?;
+    let attached_as = format!(
+        "attached as remote {:?} of primary {}",
+        remote.name,
+        cluster_id(env.primary()).await?
+    );
+    ensure!(
+        line.contains(&attached_as) && line.contains("install on the primary"),
+        "{line}"
+    );
+    succeeded(&dry_run, "install --dry-run on an attached remote")?;
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
+
+/// What install would change on `cluster`: the kubectl-mesh namespace's labels and
+/// annotations, the objects labelled as kubectl-mesh's, and its webhook configuration.
+async fn install_traces(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    let client = cluster.client().await?;
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get("kubectl-mesh")
+        .await?;
+    let mut traces = vec![
+        format!("labels {:?}", namespace.metadata.labels),
+        format!("annotations {:?}", namespace.metadata.annotations),
+    ];
+    traces.extend(labelled(cluster, MANAGED_BY, false).await?);
+    let configuration = Api::<MutatingWebhookConfiguration>::all(client)
+        .get_opt("kubectl-mesh")
+        .await?;
+    traces.push(format!(
+        "webhook configuration: {}",
+        configuration.is_some()
+    ));
+    Ok(traces)
+}
+
+/// Waits until what an earlier `uninstall --crd` on `cluster` deleted (the kubectl-mesh
+/// namespace and the MeshCluster CRD) is gone: an install meanwhile would fail on them.
+async fn uninstalled(cluster: &Cluster) -> anyhow::Result<()> {
+    let client = cluster.client().await?;
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let namespaces = Api::<Namespace>::all(client);
+    let deleting = |meta: Option<ObjectMeta>| meta.is_some_and(|m| m.deletion_timestamp.is_some());
+    let what = format!("kubectl-mesh uninstalled on {}", cluster.name);
+    eventually(&what, DEFAULT_TIMEOUT, || async {
+        let crd = crds.get_opt("meshclusters.kubectl-mesh.io").await?;
+        let namespace = namespaces.get_opt("kubectl-mesh").await?;
+        let gone = !deleting(crd.map(|c| c.metadata)) && !deleting(namespace.map(|n| n.metadata));
+        Ok(gone.then_some(()))
+    })
+    .await
 }

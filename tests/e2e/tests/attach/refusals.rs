@@ -74,6 +74,13 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
             vec![remote_path.clone(), "--name".into(), "Not_A_Label".into()],
             "invalid cluster name",
         ),
+        (
+            // The primary's column in status and services. The row above, whose context is
+            // named `primary` too, is refused as the primary itself.
+            "reserved name",
+            vec![remote_path.clone(), "--name".into(), "primary".into()],
+            "the cluster name \"primary\" is reserved",
+        ),
     ];
     for (case, args, expected) in &cases {
         let mut argv = vec!["attach"];
@@ -89,6 +96,9 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
             assert!(line.contains(&closed_server), "{line}");
             assert!(line.contains("connection refused"), "{line}");
             assert!(line.contains("check the server address in"), "{line}");
+        }
+        if *case == "reserved name" {
+            assert!(line.contains("pass --name <other>"), "{line}");
         }
         if *case == "caller lacks permissions" {
             assert!(
