@@ -169,7 +169,7 @@ impl RemoteAdmin {
 /// The one-line error for a request to `target` that failed before anything was changed.
 pub fn request_error(target: &Target, doing: &str, err: kube::Error) -> Error {
     if let Some(unanswered) = crate::request_timeout::Unanswered::within(&err) {
-        return unanswered.refusal();
+        return unanswered.refusal(doing);
     }
     match &err {
         e if is_unreachable(e) => Error::Refused {

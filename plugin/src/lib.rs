@@ -76,15 +76,15 @@ pub struct GlobalArgs {
     )]
     pub output: OutputFormat,
     /// How long one request to the primary may take, from connecting to the end of its
-    /// answer (a watch: to its start).
+    /// answer (a watch: to its start); 0 waits as long as it takes.
     #[arg(
         long,
         global = true,
         value_name = "DURATION",
         default_value = request_timeout::DEFAULT_REQUEST_TIMEOUT,
-        value_parser = parse_duration
+        value_parser = request_timeout::parse
     )]
-    pub request_timeout: std::time::Duration,
+    pub request_timeout: request_timeout::RequestTimeout,
 }
 
 /// The subcommands.
@@ -116,7 +116,7 @@ pub struct Context {
     /// `-o/--output`.
     pub output: OutputFormat,
     /// `--request-timeout`: the deadline of each request to the primary.
-    pub request_timeout: std::time::Duration,
+    pub request_timeout: request_timeout::RequestTimeout,
     /// Progress lines on stderr.
     pub progress: output::Progress,
 }
@@ -283,8 +283,9 @@ impl Error {
     /// whatever was being asked.
     fn unanswered(&self) -> Option<Error> {
         match self {
-            Self::Kube { source, .. } => request_timeout::Unanswered::within(source)
-                .map(request_timeout::Unanswered::refusal),
+            Self::Kube { action, source } => {
+                request_timeout::Unanswered::within(source).map(|late| late.refusal(action))
+            }
             _ => None,
         }
     }

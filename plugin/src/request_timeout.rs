@@ -1,12 +1,14 @@
 //! `--request-timeout`: how long the primary may take to answer one request, as kubectl's flag
-//! of that name.
+//! of that name (`0`: as long as it takes).
 //!
 //! kube's own timeouts do not bound a request: its connect timeout ends with the TCP and TLS
 //! handshakes, and it has no read timeout, so a primary that accepts a connection and never
 //! answers (a hung apiserver, a half-dead load balancer) holds a command for as long as the
-//! kernel keeps the connection. Every client of the primary therefore runs each request under
-//! one deadline, from connecting to the last byte of its answer; a watch only until it starts,
-//! since its answer lasts as long as the watch (the dashboard's, install's waits).
+//! kernel keeps the connection. Every client of the primary therefore runs each try of a
+//! request under one deadline, from connecting to the last byte of its answer; a watch only
+//! until it starts, since its answer lasts as long as the watch (the dashboard's, install's
+//! waits). A try the primary asks to repeat later (`Retry-After`) gets a deadline of its own, as
+//! kubectl gives it.
 
 use std::{error::Error as StdError, time::Duration};
 
@@ -15,8 +17,19 @@ use mesh_core::call_limits::CallLimitsLayer;
 
 use crate::{Error, Result, access::Target, kubeconfig};
 
-/// `--request-timeout` when not given: as long as kube waits to connect, ample for one answer.
+/// `--request-timeout` when not given. kubectl waits as long as it takes by default; a command
+/// of this plugin reads several clusters, and a hung primary should not hold it for ever.
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
+
+/// `--request-timeout`: `None` for `0`, no deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTimeout(pub Option<Duration>);
+
+/// Parses `--request-timeout`: a duration (`30s`, `2m`), or `0` for none.
+pub fn parse(text: &str) -> std::result::Result<RequestTimeout, String> {
+    let duration = mesh_core::duration::parse(text)?;
+    Ok(RequestTimeout((!duration.is_zero()).then_some(duration)))
+}
 
 /// `after` as the flags spell it: `30s`, `1.5s`.
 pub fn seconds(after: Duration) -> String {
@@ -25,7 +38,7 @@ pub fn seconds(after: Duration) -> String {
 
 /// The primary did not answer a request within `--request-timeout`.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("timed out after {}", seconds(*.after))]
+#[error("{} at {} did not answer within {}", .target.label, .target.server, seconds(*.after))]
 pub struct Unanswered {
     /// The primary as the user's kubeconfig names it.
     pub target: Target,
@@ -39,46 +52,47 @@ impl Unanswered {
         std::iter::successors(Some(error), |&e| e.source()).find_map(|e| e.downcast_ref())
     }
 
-    /// What it means and what to do, as the one line of the command's error.
-    pub fn refusal(&self) -> Error {
-        let Target {
-            label,
-            server,
-            where_configured,
-        } = &self.target;
+    /// The one line of a command whose request `doing` went unanswered: what it did, that the
+    /// primary did not answer, and what to do.
+    pub fn refusal(&self, doing: &str) -> Error {
         Error::Refused {
-            what: format!("cannot reach {label} at {server}: {self}"),
-            hint: format!("check {where_configured}, or pass a longer --request-timeout"),
+            what: format!("{doing}: {self}"),
+            hint: format!(
+                "check {}, or pass a longer --request-timeout",
+                self.target.where_configured
+            ),
         }
     }
 }
 
-/// A client of the primary `target` (`context` of `kc`) whose every request ends within
-/// `after`, or fails with the [`Unanswered`] ([`layer`]).
+/// A client of the primary `target` (`context` of `kc`) each of whose requests ends within
+/// `timeout`, or fails with the [`Unanswered`] ([`layer`]).
 pub async fn client(
     kc: Kubeconfig,
     context: &str,
     target: &Target,
-    after: Duration,
+    timeout: RequestTimeout,
 ) -> Result<Client> {
     let mut config = kubeconfig::client_config(kc, Some(context)).await?;
-    // The deadline covers connecting: kube's own connect timeout would end a slow handshake
-    // with an error of its own, or outlast a deadline set higher.
-    config.connect_timeout = None;
-    let builder = mesh_core::retry_after::client_builder(config).map_err(|source| {
-        kubeconfig::Error::Client {
+    if timeout.0.is_some() {
+        // The deadline covers connecting: kube's own connect timeout would end a slow
+        // handshake with an error of its own, or outlast a deadline set higher.
+        config.connect_timeout = None;
+    }
+    let builder = mesh_core::retry_after::client_builder_each_try(config, &layer(target, timeout))
+        .map_err(|source| kubeconfig::Error::Client {
             context: context.to_owned(),
             source,
-        }
-    })?;
-    Ok(builder.with_layer(&layer(target, after)).build())
+        })?;
+    Ok(builder.build())
 }
 
-/// Each request under a deadline of `after` ([`CallLimitsLayer`]): its answer must start in
-/// time, and but for a watch's, end in time; one that does not fails with the [`Unanswered`].
-fn layer(target: &Target, after: Duration) -> CallLimitsLayer {
+/// Each try of a request under the deadline of `timeout` ([`CallLimitsLayer`]): its answer
+/// must start in time, and but for a watch's, end in time; one that does not fails with the
+/// [`Unanswered`].
+pub(crate) fn layer(target: &Target, timeout: RequestTimeout) -> CallLimitsLayer {
     let target = target.clone();
-    CallLimitsLayer::new(Some(after), None)
+    CallLimitsLayer::new(timeout.0, None)
         .watches_last()
         .late_error(move |after| {
             Box::new(Unanswered {
@@ -112,6 +126,17 @@ mod tests {
         }
     }
 
+    #[test]
+    fn zero_waits_as_long_as_it_takes_as_kubectls() {
+        assert_eq!(parse("0"), Ok(RequestTimeout(None)));
+        assert_eq!(parse("0s"), Ok(RequestTimeout(None)));
+        assert_eq!(
+            parse("1m30s"),
+            Ok(RequestTimeout(Some(Duration::from_secs(90))))
+        );
+        assert!(parse("soon").is_err());
+    }
+
     /// A server that accepts connections and never says a word, as a hung apiserver: the
     /// request fails once its deadline passed, with the line that says what to do.
     #[tokio::test]
@@ -123,7 +148,7 @@ mod tests {
         ))
         .expect("kubeconfig");
         let after = Duration::from_millis(300);
-        let client = client(kc, "hung", &target(server), after)
+        let client = client(kc, "hung", &target(server), RequestTimeout(Some(after)))
             .await
             .expect("client");
         let started = std::time::Instant::now();
@@ -137,8 +162,9 @@ mod tests {
         assert_eq!(
             error.line(),
             format!(
-                "cannot reach the primary at {server}: timed out after 0.3s; check the server \
-                 of context hung in your kubeconfig, or pass a longer --request-timeout"
+                "cannot list namespaces: the primary at {server} did not answer within 0.3s; check \
+                 the server of context hung in your kubeconfig, or pass a longer \
+                 --request-timeout"
             )
         );
     }
@@ -152,10 +178,13 @@ mod tests {
             });
             Ok::<_, Infallible>(Response::new(StreamBody::new(Box::pin(chunk))))
         });
-        let answer = layer(&target("https://10.0.0.1:6443"), after)
-            .layer(inner)
-            .call(Request::get(uri).body(()).expect("request"))
-            .await?;
+        let answer = layer(
+            &target("https://10.0.0.1:6443"),
+            RequestTimeout(Some(after)),
+        )
+        .layer(inner)
+        .call(Request::get(uri).body(()).expect("request"))
+        .await?;
         Ok(answer.into_body().collect().await?.to_bytes())
     }
 

@@ -65,10 +65,13 @@ where
 {
     match tokio::time::timeout(timeout, await_condition(api, name, cond)).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(Error::Refused {
-            what: format!("cannot watch {what}: {e}"),
-            hint: "check that the cluster is reachable and re-run the command".into(),
-        }),
+        Ok(Err(e)) => match crate::request_timeout::Unanswered::within(&e) {
+            Some(late) => Err(late.refusal(&format!("cannot watch {what}"))),
+            None => Err(Error::Refused {
+                what: format!("cannot watch {what}: {e}"),
+                hint: "check that the cluster is reachable and re-run the command".into(),
+            }),
+        },
         Err(_) => Err(Error::Timeout {
             what: what.to_owned(),
             after: format!("{}s", timeout.as_secs()),

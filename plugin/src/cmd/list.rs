@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use futures::{StreamExt as _, stream};
+use futures::{StreamExt as _, TryStreamExt as _, stream};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -17,6 +17,7 @@ use crate::{
     kubeconfig,
     mesh_state::{self},
     output::{self, OutputFormat, Tabular},
+    request_timeout::Unanswered,
 };
 
 /// What `list` prints on stderr when no cluster is attached.
@@ -41,7 +42,7 @@ impl List {
             eprintln!("{NO_CLUSTERS}");
             return Ok(());
         }
-        let expiries = token_expiries(&client, &clusters).await;
+        let expiries = token_expiries(&client, &clusters).await?;
         output::print_stdout(&render(ctx.output, &clusters, &expiries, Timestamp::now())?)
     }
 }
@@ -56,21 +57,26 @@ const SECRET_READS: usize = 8;
 pub(crate) async fn token_expiries(
     client: &Client,
     clusters: &[MeshCluster],
-) -> BTreeMap<String, TokenExpiry> {
+) -> Result<BTreeMap<String, TokenExpiry>> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), MESH_NAMESPACE);
     let secrets = &secrets;
     stream::iter(clusters)
         .map(|cluster| async move {
-            // Unreadable (no right to read Secrets, or gone) shows as unknown, like a bad token.
-            let secret = secrets
-                .get_opt(&cluster.spec.secret_name)
-                .await
-                .ok()
-                .flatten();
-            (cluster.name_any(), expiry_of(secret.as_ref()))
+            let name = &cluster.spec.secret_name;
+            let secret = match secrets.get_opt(name).await {
+                Ok(secret) => secret,
+                // A primary that does not answer in time would not for the next one either.
+                Err(e) if Unanswered::within(&e).is_some() => {
+                    let doing = format!("cannot read Secret {MESH_NAMESPACE}/{name}");
+                    return Err(Error::kube(doing)(e));
+                }
+                // Unreadable (no right to read Secrets) shows as unknown, like a bad token.
+                Err(_) => None,
+            };
+            Ok((cluster.name_any(), expiry_of(secret.as_ref())))
         })
         .buffer_unordered(SECRET_READS)
-        .collect()
+        .try_collect()
         .await
 }
 
@@ -278,6 +284,7 @@ impl Tabular for ClusterRow {
 mod tests {
     use super::*;
     use crate::mesh_state::fixtures::{cluster, condition, with_status};
+    use crate::request_timeout::RequestTimeout;
     use mesh_core::cluster::MeshClusterStatus;
 
     fn now() -> Timestamp {
@@ -395,9 +402,10 @@ mod tests {
     }
 
     /// A primary answering each Secret read after `delay`, the n-th cluster's Secret missing
-    /// when n is odd; the most reads it held at once.
+    /// when n is odd, its client's requests under `timeout`; the most reads it held at once.
     fn slow_secrets(
         delay: std::time::Duration,
+        timeout: RequestTimeout,
     ) -> (Client, std::sync::Arc<std::sync::Mutex<(usize, usize)>>) {
         use mesh_core::fake_apiserver::{json_response, status};
         let lasting = crate::credentials::tests::jwt(serde_json::json!({"sub": "x"}));
@@ -427,16 +435,17 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(answer)
             }
         });
+        let target = crate::access::Target {
+            label: "the primary".into(),
+            server: "https://10.0.0.1:6443".into(),
+            where_configured: "its server".into(),
+        };
+        let server = tower::Layer::layer(&crate::request_timeout::layer(&target, timeout), server);
         (Client::new(server, "default"), in_flight)
     }
 
-    /// The Secrets are read a few at once, not one after another nor all together, and every
-    /// cluster gets its expiry under its own name, whatever order the answers came in.
-    #[tokio::test(start_paused = true)]
-    async fn token_expiries_are_read_a_few_at_once() {
-        let delay = std::time::Duration::from_secs(1);
-        let (client, in_flight) = slow_secrets(delay);
-        let clusters: Vec<MeshCluster> = (0..20)
+    fn many_clusters(count: usize) -> Vec<MeshCluster> {
+        (0..count)
             .map(|n| {
                 cluster(
                     &format!("c{n:02}"),
@@ -444,9 +453,38 @@ mod tests {
                     "2026-03-01T00:00:00Z",
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    /// A primary too slow for `--request-timeout` is said so, not shown as unknown expiries.
+    #[tokio::test(start_paused = true)]
+    async fn token_expiries_of_a_primary_too_slow_are_an_error() {
+        let timeout = RequestTimeout(Some(std::time::Duration::from_millis(500)));
+        let (client, _) = slow_secrets(std::time::Duration::from_secs(1), timeout);
+        let error = token_expiries(&client, &many_clusters(3))
+            .await
+            .expect_err("late");
+        assert!(
+            error
+                .line()
+                .starts_with("cannot read Secret kubectl-mesh/cluster-c0")
+                && error
+                    .line()
+                    .contains("the primary at https://10.0.0.1:6443 did not answer within 0.5s"),
+            "{}",
+            error.line()
+        );
+    }
+
+    /// The Secrets are read a few at once, not one after another nor all together, and every
+    /// cluster gets its expiry under its own name, whatever order the answers came in.
+    #[tokio::test(start_paused = true)]
+    async fn token_expiries_are_read_a_few_at_once() {
+        let delay = std::time::Duration::from_secs(1);
+        let (client, in_flight) = slow_secrets(delay, RequestTimeout(None));
+        let clusters = many_clusters(20);
         let started = tokio::time::Instant::now();
-        let expiries = token_expiries(&client, &clusters).await;
+        let expiries = token_expiries(&client, &clusters).await.expect("read");
         let took = started.elapsed();
         let names: Vec<&str> = expiries.keys().map(String::as_str).collect();
         let expected: Vec<String> = (0..20).map(|n| format!("c{n:02}")).collect();

@@ -119,7 +119,7 @@ impl Status {
             ctx.progress.warn(line);
         }
         if ctx.output == OutputFormat::Wide {
-            let expiries = super::list::token_expiries(&client, &clusters).await;
+            let expiries = super::list::token_expiries(&client, &clusters).await?;
             for (warn, line) in super::list::token_lines(&expiries, jiff::Timestamp::now()) {
                 if warn {
                     ctx.progress.warn(line);

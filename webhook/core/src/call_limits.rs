@@ -333,6 +333,30 @@ mod tests {
         assert_eq!(io.kind(), io::ErrorKind::TimedOut);
     }
 
+    /// A watch's answer is cut at the deadline too (a remote's watch is a read that must
+    /// end), unless the layer lets watches last (a command's waits).
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_answer_ends_with_the_deadline_unless_watches_last() {
+        let deadline = Duration::from_millis(100);
+        for (layer, cut) in [
+            (CallLimitsLayer::new(Some(deadline), None), true),
+            (
+                CallLimitsLayer::new(Some(deadline), None).watches_last(),
+                false,
+            ),
+        ] {
+            let mut service = layer.layer(tower::service_fn(|_: Request<()>| async {
+                Ok::<_, BoxError>(trickling(Duration::from_millis(30)))
+            }));
+            let watch = Request::get("/api/v1/namespaces?watch=true")
+                .body(())
+                .expect("request");
+            let answer = service.call(watch).await.expect("headers");
+            let read = answer.into_body().collect().await;
+            assert_eq!(read.is_err(), cut, "watches_last: {}", !cut);
+        }
+    }
+
     /// An answer of `lines` sent in pieces of 64 KiB. A test double: no apiserver can be made
     /// to send an endless answer on demand.
     fn in_pieces(lines: Vec<String>) -> Response<UnsyncBoxBody<Bytes, BoxError>> {

@@ -15,9 +15,11 @@ use std::{future::Future, pin::Pin, time::Duration};
 use http::{Request, Response, StatusCode};
 use kube::client::{Body, ClientBuilder, DynBody};
 use tower::{
-    BoxError, Service, ServiceBuilder, buffer::BufferLayer, layer::layer_fn, retry::Policy,
+    BoxError, Layer, Service, ServiceBuilder, buffer::BufferLayer, layer::layer_fn, retry::Policy,
     retry::RetryLayer, util::BoxService,
 };
+
+use crate::call_limits::{CallLimitsLayer, LimitedBody};
 
 /// How many times one call is tried again at the server's request (client-go's number).
 pub const MAX_RETRIES: u32 = 10;
@@ -26,13 +28,39 @@ pub const MAX_RETRIES: u32 = 10;
 const PENDING_CALLS: usize = 1024;
 
 /// The service under every client: kube's stack, boxed.
-pub type ClientService = BoxService<Request<Body>, Response<Box<DynBody>>, BoxError>;
+pub type ClientService = RetriedService<Box<DynBody>>;
+
+/// A client's service retried at the server's request, answering bodies of type `B`.
+pub type RetriedService<B> = BoxService<Request<Body>, Response<B>, BoxError>;
 
 /// A client builder for `config` whose calls are retried only at the server's request; the
 /// caller may add layers (limits of each call) before it builds.
 pub fn client_builder(mut config: kube::Config) -> kube::Result<ClientBuilder<ClientService>> {
     config.default_retry = false;
     Ok(ClientBuilder::try_from(config)?.with_layer(&layer_fn(retried_when_asked)))
+}
+
+/// [`client_builder`] with `each_try` under the retries: its deadline bounds each try, not
+/// the tries and the waits between them together (as kubectl's `--request-timeout` does).
+pub fn client_builder_each_try(
+    mut config: kube::Config,
+    each_try: &CallLimitsLayer,
+) -> kube::Result<ClientBuilder<RetriedService<LimitedBody<Box<DynBody>>>>> {
+    config.default_retry = false;
+    let stack = layer_fn(|inner| retried_each_try(inner, each_try));
+    Ok(ClientBuilder::try_from(config)?.with_layer(&stack))
+}
+
+/// `inner` under `each_try`, the whole retried at the server's request ([`retried_when_asked`]).
+pub fn retried_each_try<S, L, B>(inner: S, each_try: &L) -> RetriedService<B>
+where
+    L: Layer<S>,
+    L::Service: Service<Request<Body>, Response = Response<B>> + Send + 'static,
+    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    <L::Service as Service<Request<Body>>>::Error: Into<BoxError> + Send + Sync,
+    B: Send + 'static,
+{
+    retried_when_asked(each_try.layer(inner))
 }
 
 /// A client for `config` whose calls are retried only at the server's request.
@@ -209,6 +237,39 @@ mod tests {
         assert!(listed.is_ok(), "{listed:?}");
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_of_each_try_does_not_count_the_waits_between_tries() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let server = tower::service_fn(move |_: Request<Body>| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let (code, body) = status(http::StatusCode::TOO_MANY_REQUESTS, "Busy", "wait");
+                let mut response = json_response(code, &body);
+                if call < 2 {
+                    let wait = http::HeaderValue::from_static("1");
+                    response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, wait);
+                } else {
+                    response = json_response(
+                        http::StatusCode::OK,
+                        &serde_json::json!({
+                            "apiVersion": "v1", "kind": "NamespaceList",
+                            "metadata": {"resourceVersion": "1"}, "items": [],
+                        }),
+                    );
+                }
+                Ok::<_, BoxError>(response)
+            }
+        });
+        // Two waits of a second, each try at once: within a limit of 1.5 s a try.
+        let each_try =
+            crate::call_limits::CallLimitsLayer::new(Some(Duration::from_millis(1500)), None);
+        let client = kube::Client::new(retried_each_try(server, &each_try), "default");
+        let listed = namespaces(client).list(&Default::default()).await;
+        assert!(listed.is_ok(), "{listed:?}");
     }
 
     #[tokio::test(start_paused = true)]

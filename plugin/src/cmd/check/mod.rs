@@ -73,7 +73,7 @@ pub async fn check_all(
     if let Err(e) = &facts.crd
         && let Some(unanswered) = crate::request_timeout::Unanswered::within(e)
     {
-        return Err(unanswered.refusal());
+        return Err(unanswered.refusal("cannot read the MeshCluster CRD"));
     }
     let installation = install::judge(&facts, now);
     let mut sections = vec![installation.section];
