@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{Namespace, Secret, ServiceAccount},
+    core::v1::{Namespace, Secret},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client};
@@ -215,30 +215,17 @@ struct Attached {
     primary: Option<String>,
 }
 
-/// Whether install must keep off the cluster whose [`MESH_NAMESPACE`] is `namespace` and whose
-/// sync ServiceAccount there is `sync_account`: attach created that namespace, or uses one
-/// install did not create for its identity. Install applies its Namespace with the field
-/// manager attach applies it with, so it would drop what attach recorded there (the cluster
-/// label and the primary annotation), by which attach and detach know their namespace, and
-/// it would run a webhook on a remote. A namespace carrying install's labels is install's:
-/// re-applying it is the same installation (a primary may also be another mesh's remote, if
-/// installed before it was attached).
-fn attached_remote(namespace: &ObjectMeta, sync_account: Option<&ObjectMeta>) -> Option<Attached> {
-    let attached = |meta: &ObjectMeta| {
-        setup::owner_cluster(meta).map(|cluster| Attached {
-            cluster: cluster.to_owned(),
-            primary: setup::primary_of(meta).map(str::to_owned),
-        })
-    };
-    if let Some(found) = attached(namespace) {
-        return Some(found);
-    }
-    let labels = namespace.labels.clone().unwrap_or_default();
-    let installs = render::namespace().metadata.labels.unwrap_or_default();
-    if installs.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-        return None;
-    }
-    sync_account.and_then(attached)
+/// Whether install must keep off the cluster whose [`MESH_NAMESPACE`] is `namespace`: attach
+/// recorded a cluster's identity on it. Install applies its Namespace with the field manager
+/// attach applies it with, so it would drop those records (the cluster label and the primary
+/// annotation), by which attach and detach know their namespace. A namespace without them is
+/// install's or someone else's, and install leaves what attach keeps elsewhere alone (a primary
+/// may also be another mesh's remote, if installed before it was attached).
+fn attached_remote(namespace: &ObjectMeta) -> Option<Attached> {
+    setup::owner_cluster(namespace).map(|cluster| Attached {
+        cluster: cluster.to_owned(),
+        primary: setup::primary_of(namespace).map(str::to_owned),
+    })
 }
 
 /// Refuses, before anything is written, to install on a cluster attached as a remote
@@ -250,17 +237,7 @@ async fn refuse_attached_remote(client: &Client, target: &Target) -> Result<()> 
         .map_err(Error::kube(format!(
             "cannot read Namespace {MESH_NAMESPACE}"
         )))?;
-    let Some(namespace) = namespace else {
-        return Ok(());
-    };
-    let account = Api::<ServiceAccount>::namespaced(client.clone(), MESH_NAMESPACE)
-        .get_opt(setup::SYNC_ACCOUNT)
-        .await
-        .map_err(Error::kube(format!(
-            "cannot read ServiceAccount {MESH_NAMESPACE}/{}",
-            setup::SYNC_ACCOUNT
-        )))?;
-    match attached_remote(&namespace.metadata, account.as_ref().map(|a| &a.metadata)) {
+    match namespace.and_then(|ns| attached_remote(&ns.metadata)) {
         None => Ok(()),
         Some(found) => Err(attached_refusal(&target.server, &found)),
     }
@@ -280,7 +257,8 @@ fn attached_refusal(server: &str, found: &Attached) -> Error {
         ),
         hint: format!(
             "install on the primary (--kubeconfig/--context of the primary), or run `kubectl \
-             mesh detach {cluster}` on that primary first"
+             mesh detach {cluster}` on that primary first (if that primary is gone, `kubectl \
+             delete namespace {MESH_NAMESPACE}` here)"
         ),
     }
 }
@@ -641,23 +619,15 @@ mod tests {
             cluster: "east".into(),
             primary: primary.map(str::to_owned),
         };
-        // Attach created the namespace: refused, naming the primary it recorded (if any).
-        assert_eq!(attached_remote(&recorded, None), Some(east(Some("uid-a"))));
-        assert_eq!(attached_remote(&attach, None), Some(east(None)));
-        // Install's own namespace: re-applied, even where another primary attached the
-        // cluster after it was installed.
-        let installed = render::namespace().metadata;
-        assert_eq!(attached_remote(&installed, None), None);
-        assert_eq!(attached_remote(&installed, Some(&recorded)), None);
-        // Someone else's namespace holding attach's identity: refused too.
-        let foreign = labelled(&[("team", "platform")]);
-        assert_eq!(attached_remote(&foreign, None), None);
-        assert_eq!(
-            attached_remote(&foreign, Some(&recorded)),
-            Some(east(Some("uid-a")))
-        );
-        let unrelated = labelled(&[(setup::MANAGED_BY_LABEL, "helm")]);
-        assert_eq!(attached_remote(&foreign, Some(&unrelated)), None);
+        // Attach recorded its cluster on the namespace: refused, naming the primary it
+        // recorded (if any).
+        assert_eq!(attached_remote(&recorded), Some(east(Some("uid-a"))));
+        assert_eq!(attached_remote(&attach), Some(east(None)));
+        // Install's own namespace, or someone else's (where a later attach recorded nothing,
+        // and install drops nothing of it): installed.
+        assert_eq!(attached_remote(&render::namespace().metadata), None);
+        let managed_by_gitops = labelled(&[(setup::MANAGED_BY_LABEL, "argocd")]);
+        assert_eq!(attached_remote(&managed_by_gitops), None);
 
         let line = attached_refusal("https://10.0.0.9:6443", &east(Some("uid-a"))).line();
         assert_eq!(
@@ -665,7 +635,8 @@ mod tests {
             "the cluster at https://10.0.0.9:6443 is attached as remote \"east\" of primary \
              uid-a (kube-system uid); nothing was installed; install on the primary \
              (--kubeconfig/--context of the primary), or run `kubectl mesh detach east` on that \
-             primary first"
+             primary first (if that primary is gone, `kubectl delete namespace kubectl-mesh` \
+             here)"
         );
     }
 

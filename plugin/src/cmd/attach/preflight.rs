@@ -141,9 +141,10 @@ impl NamespaceState {
 /// A remote may not be named [`output::PRIMARY`]: `status` and `services` show the primary
 /// under that name, beside one column (and JSON key) per remote. Checked once the remote is
 /// known not to be the primary itself, which is the better answer when its context is named
-/// so.
-fn refuse_reserved_name(name: &str) -> Result<()> {
-    if name != output::PRIMARY {
+/// so, and for a new cluster only: one an older version attached under that name may still be
+/// updated by a re-run (`attached`).
+fn refuse_reserved_name(name: &str, attached: bool) -> Result<()> {
+    if name != output::PRIMARY || attached {
         return Ok(());
     }
     Err(Error::Refused {
@@ -457,7 +458,6 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
                 .into(),
         });
     }
-    refuse_reserved_name(&name)?;
     let mut existing = None;
     for mc in attached {
         let mc_name = mc.name_any();
@@ -487,6 +487,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
             existing = Some(mc);
         }
     }
+    refuse_reserved_name(&name, existing.is_some())?;
 
     let namespaces: Api<Namespace> = Api::all(remote.clone());
     let remote_namespace = match namespaces
@@ -757,15 +758,17 @@ mod tests {
 
     #[test]
     fn the_primary_s_column_is_no_cluster_name() {
-        let err = refuse_reserved_name(output::PRIMARY).unwrap_err();
+        let err = refuse_reserved_name(output::PRIMARY, false).unwrap_err();
         assert_eq!(
             err.line(),
             "the cluster name \"primary\" is reserved: status and services show the primary \
              under it; pass --name <other> to attach this cluster under another name"
         );
         for name in ["east", "primary-2", "my-primary"] {
-            assert!(refuse_reserved_name(name).is_ok(), "{name}");
+            assert!(refuse_reserved_name(name, false).is_ok(), "{name}");
         }
+        // Attached under it by an older version: a re-run still updates it.
+        assert!(refuse_reserved_name(output::PRIMARY, true).is_ok());
     }
 
     #[test]
