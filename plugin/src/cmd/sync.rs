@@ -110,7 +110,7 @@ impl Sync {
 }
 
 /// The result of syncing one cluster, as printed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSync {
     /// Name of the MeshCluster.
@@ -179,14 +179,7 @@ impl ClusterSync {
             cluster,
             dry_run,
             error: Some(error),
-            changes: Vec::new(),
-            in_sync: 0,
-            missing: Vec::new(),
-            out_of_scope: Vec::new(),
-            failures: Vec::new(),
-            stopped_at: None,
-            unwritten: 0,
-            writes: 0,
+            ..Self::default()
         }
     }
 
@@ -399,14 +392,8 @@ mod tests {
                 cluster: "west".into(),
                 dry_run,
                 error: None,
-                changes: Vec::new(),
                 in_sync: 7,
-                missing: Vec::new(),
-                out_of_scope: Vec::new(),
-                failures: Vec::new(),
-                stopped_at: None,
-                unwritten: 0,
-                writes: 0,
+                ..ClusterSync::default()
             },
             ClusterSync {
                 cluster: "east".into(),
@@ -417,9 +404,8 @@ mod tests {
                 missing: vec!["payments".into()],
                 out_of_scope: vec!["istio-system".into()],
                 failures,
-                stopped_at: None,
-                unwritten: 0,
                 writes: if dry_run { 0 } else { 2 },
+                ..ClusterSync::default()
             },
             ClusterSync::failed(
                 "north".into(),
