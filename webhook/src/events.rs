@@ -5,8 +5,8 @@
 //! Repeats are held back ([`Throttle`]): a remote controller that fights a label, or a script
 //! relabelling namespaces while clusters are dark, would otherwise write an Event per sync or
 //! per review and per cluster to the primary. The first of a (cluster, namespace) is published
-//! at once; the next one after the window says how many were held, unless none came for a whole
-//! window after the last (then the count is forgotten with the key).
+//! at once; the next one after the window says how many were held (an Event the primary did not
+//! take among them), unless none came for ten windows.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -97,8 +97,10 @@ pub struct Publisher {
     metrics: Arc<Metrics>,
 }
 
-/// A push failure Event waiting to be published.
+/// A push failure Event waiting to be published; `held` repeats of `key` came before it.
 struct PushFailureEvent {
+    key: PushFailureKey,
+    held: u32,
     event: KubeEvent,
     regarding: ObjectReference,
 }
@@ -122,12 +124,7 @@ impl Publisher {
     /// Whether the reconciler's line about this sync of `cluster` tells something new: an
     /// error, or a correction not logged in the last [`CORRECTION_WINDOW`]. Ask once per sync.
     pub fn sync_is_news(&self, cluster: &str, report: &SyncReport) -> bool {
-        sync_is_news(
-            &mut lock(&self.correction_logs),
-            cluster,
-            report,
-            Instant::now(),
-        )
+        sync_is_news(&mut lock(&self.correction_logs), cluster, report, now())
     }
 
     /// The corrections and failures of one sync of `cluster`: on the primary namespace,
@@ -145,13 +142,9 @@ impl Publisher {
             Some(ns) => (ns.object_ref(&()), Some(cluster_ref.clone())),
             None => (cluster_ref.clone(), None),
         };
-        let corrections = throttled_corrections(
-            &mut lock(&self.corrections),
-            &cluster_name,
-            report,
-            Instant::now(),
-        );
-        for Correction { change, held } in corrections {
+        let corrections =
+            throttled_corrections(&mut lock(&self.corrections), &cluster_name, report, now());
+        for Correction { key, change, held } in corrections {
             let subject = format!("cluster {cluster_name}{}", held_since_last(held));
             // None: the report keeps a few of the changes written, and counts them all.
             let (note, (object, related)) = match change {
@@ -168,7 +161,9 @@ impl Publisher {
                 ),
             };
             let event = sync_event(EventType::Normal, REASON_CORRECTED, note, related);
-            self.publish(&event, &object, Series::Distinct).await;
+            if !self.publish(&event, &object, Series::Distinct).await {
+                lock(&self.corrections).unpublished(&key, held);
+            }
         }
         // The write a sync stopped at is the cluster's failure, told by its reachability Event.
         let stopped_at = report.stopped_at().map(|stop| stop.namespace.as_str());
@@ -250,13 +245,15 @@ impl Publisher {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let now = Instant::now();
+        let now = now();
         let (mut start, mut dropped) = (false, 0);
         {
             let mut queue = lock(&self.push_failures);
             for (cluster, why) in failed {
                 let key = (cluster.clone(), intent.namespace.clone());
-                let offer = queue.offer(key, now, |held| PushFailureEvent {
+                let offer = queue.offer(key.clone(), now, |held| PushFailureEvent {
+                    key,
+                    held,
                     event: KubeEvent {
                         type_: EventType::Warning,
                         reason: REASON_FAILED.to_owned(),
@@ -293,15 +290,29 @@ impl Publisher {
         loop {
             // Its own statement: the lock must not be held across the publishing.
             let next = lock(&self.push_failures).next();
-            let Some(PushFailureEvent { event, regarding }) = next else {
+            let Some(PushFailureEvent {
+                key,
+                held,
+                event,
+                regarding,
+            }) = next
+            else {
                 return;
             };
             // Distinct: each note names another cluster and why.
-            self.publish(&event, &regarding, Series::Distinct).await;
+            if !self.publish(&event, &regarding, Series::Distinct).await {
+                lock(&self.push_failures).unpublished(&key, held);
+            }
         }
     }
 
-    async fn publish(&self, event: &KubeEvent, regarding: &ObjectReference, series: Series) {
+    /// Publishes `event`; whether it was.
+    async fn publish(
+        &self,
+        event: &KubeEvent,
+        regarding: &ObjectReference,
+        series: Series,
+    ) -> bool {
         let publishing = async {
             match series {
                 Series::Aggregate => self.aggregate.publish(event, regarding).await,
@@ -313,7 +324,7 @@ impl Publisher {
             }
         };
         let error = match tokio::time::timeout(PUBLISH_TIMEOUT, publishing).await {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return true,
             Ok(Err(error)) => error_chain(&error),
             Err(_) => format!("no answer within {PUBLISH_TIMEOUT:?}"),
         };
@@ -323,7 +334,13 @@ impl Publisher {
             regarding = regarding.name.as_deref().unwrap_or_default(),
             "cannot publish event"
         );
+        false
     }
+}
+
+/// Now, by the runtime's clock: tests that pause it cross the throttles' windows at once.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -335,6 +352,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// more than [`MAX_EVENTS_PER_SYNC`]; `held` repeats of it were not published.
 #[derive(Debug)]
 struct Correction<'r> {
+    key: CorrectionKey,
     change: Option<&'r NamespaceChange>,
     held: u32,
 }
@@ -355,9 +373,9 @@ fn throttled_corrections<'r>(
     candidates
         .into_iter()
         .filter_map(|change| {
-            let namespace = change.map(|c| c.diff.namespace.clone());
-            match throttle.check((cluster.to_owned(), namespace), now) {
-                Verdict::Report { held } => Some(Correction { change, held }),
+            let key = (cluster.to_owned(), change.map(|c| c.diff.namespace.clone()));
+            match throttle.check(key.clone(), now) {
+                Verdict::Report { held } => Some(Correction { key, change, held }),
                 Verdict::Hold => None,
             }
         })
@@ -474,6 +492,7 @@ mod tests {
         cluster_status::{Attempt, next_status},
         http::parse_review,
     };
+    use http_body_util::BodyExt;
     use hyper::StatusCode;
     use k8s_openapi::jiff::Timestamp;
     use mesh_core::{
@@ -494,11 +513,13 @@ mod tests {
         event.map(|e| e.reason)
     }
 
-    /// A primary that counts the Event writes it receives: it answers each with a failure at
-    /// once, or with `hang` never (a primary too slow to answer while the test looks).
+    /// A primary that counts the Event writes it receives and keeps their notes: it answers
+    /// each with a failure at once, or with `hang` never (a primary too slow to answer while
+    /// the test looks).
     #[derive(Clone, Default)]
     struct RecordingPrimary {
         writes: Arc<AtomicUsize>,
+        notes: Arc<Mutex<Vec<String>>>,
         hang: bool,
         metrics: Arc<Metrics>,
     }
@@ -506,10 +527,15 @@ mod tests {
     impl RecordingPrimary {
         fn publisher(&self) -> Publisher {
             let this = self.clone();
-            let service = tower::service_fn(move |_: hyper::Request<kube::client::Body>| {
+            let service = tower::service_fn(move |request: hyper::Request<kube::client::Body>| {
                 let this = this.clone();
                 async move {
                     this.writes.fetch_add(1, Ordering::SeqCst);
+                    let body = request.into_body().collect().await.expect("body");
+                    let event: serde_json::Value =
+                        serde_json::from_slice(&body.to_bytes()).expect("an Event");
+                    let note = event["note"].as_str().unwrap_or_default().to_owned();
+                    lock(&this.notes).push(note);
                     if this.hang {
                         std::future::pending::<()>().await;
                     }
@@ -530,6 +556,10 @@ mod tests {
 
         fn writes(&self) -> usize {
             self.writes.load(Ordering::SeqCst)
+        }
+
+        fn last_note(&self) -> String {
+            lock(&self.notes).last().cloned().unwrap_or_default()
         }
     }
 
@@ -589,6 +619,47 @@ mod tests {
             .sync_report(&cluster, &namespaces, &corrected(&["cart"]))
             .await;
         assert_eq!(primary.writes(), 2);
+    }
+
+    /// Refused Events, as a primary whose Event quota or RBAC says no: the next Event after the
+    /// window counts what they would have said.
+    #[tokio::test(start_paused = true)]
+    async fn repeats_an_unpublished_event_held_are_counted_in_the_next() {
+        let primary = RecordingPrimary::default();
+        let events = primary.publisher();
+        let cluster = mesh_cluster("east", "uid-east");
+        let namespaces = by_name([ns("shop")]);
+        let fought = corrected(&["shop"]);
+        for _ in 0..3 {
+            events.sync_report(&cluster, &namespaces, &fought).await;
+        }
+        tokio::time::advance(CORRECTION_WINDOW).await;
+        events.sync_report(&cluster, &namespaces, &fought).await;
+        assert_eq!(primary.writes(), 2);
+        let note = primary.last_note();
+        assert!(
+            note.starts_with("cluster east (3 more since the last Event): "),
+            "{note}"
+        );
+
+        let request = parse_review(UPDATE.as_bytes()).expect("fixture");
+        let intent = PushIntent {
+            namespace: "shop".to_owned(),
+            labels: labels(&[("istio-injection", "enabled")]),
+        };
+        for _ in 0..2 {
+            events.spawn_push_failures(&request, &intent, &timed_out(1));
+            until_idle().await;
+        }
+        tokio::time::advance(PUSH_FAILURE_WINDOW).await;
+        events.spawn_push_failures(&request, &intent, &timed_out(1));
+        until_idle().await;
+        assert_eq!(primary.writes(), 4);
+        let note = primary.last_note();
+        assert!(
+            note.starts_with("cluster dark-0 (2 more since the last Event): "),
+            "{note}"
+        );
     }
 
     #[tokio::test]

@@ -741,34 +741,6 @@ async fn commands_fail_at_once_when_the_apiserver_answers_unavailable() -> anyho
     Ok(())
 }
 
-/// A local socket that accepts connections and never says a word: it stands in for a hung
-/// apiserver (a frozen process, whose kernel still accepts, or a load balancer whose backend
-/// hangs). The connections stay open until the listener is dropped.
-struct HungApiserver {
-    address: std::net::SocketAddr,
-    accepting: tokio::task::JoinHandle<()>,
-}
-
-impl HungApiserver {
-    async fn start() -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let accepting = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
-        Ok(Self { address, accepting })
-    }
-}
-
-impl Drop for HungApiserver {
-    fn drop(&mut self) {
-        self.accepting.abort();
-    }
-}
-
 /// The read commands give up on a primary that never answers after `--request-timeout`, with
 /// one line saying where they looked and what to do: whether the TLS handshake never completes
 /// (https) or the request is never answered (http, where the connection itself succeeds).
@@ -777,7 +749,7 @@ async fn read_commands_give_up_on_a_hung_primary_after_the_request_timeout() -> 
     const REQUEST_TIMEOUT: &str = "2s";
     /// Far below kube's own connect timeout (30 s), and a hang without end.
     const DEADLINE: Duration = Duration::from_secs(20);
-    let hung = HungApiserver::start().await?;
+    let hung = mesh_core::fixtures::SilentServer::start().await;
     let dir = tempfile::tempdir()?;
     for scheme in ["https", "http"] {
         let server = format!("{scheme}://{}", hung.address);

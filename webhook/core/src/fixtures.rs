@@ -362,9 +362,11 @@ pub fn refused_connection() -> kube::Error {
 }
 
 /// A server on loopback that accepts connections and never says a word, not even its part of
-/// a TLS handshake: a hung apiserver or a half-dead load balancer. Served until dropped.
+/// a TLS handshake: a hung apiserver, a frozen process whose kernel still accepts, or a
+/// half-dead load balancer. Served until dropped.
 pub struct SilentServer {
-    /// `https://127.0.0.1:PORT`.
+    pub address: std::net::SocketAddr,
+    /// `https://ADDRESS`.
     pub url: String,
     task: tokio::task::JoinHandle<()>,
 }
@@ -374,14 +376,18 @@ impl SilentServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("https://{}", listener.local_addr().expect("address"));
+        let address = listener.local_addr().expect("address");
         let task = tokio::spawn(async move {
             let mut open = Vec::new();
             while let Ok((connection, _)) = listener.accept().await {
                 open.push(connection);
             }
         });
-        Self { url, task }
+        Self {
+            address,
+            url: format!("https://{address}"),
+            task,
+        }
     }
 }
 

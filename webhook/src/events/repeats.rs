@@ -8,6 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// How many windows a key holding repeats not yet told outlives its last occurrence.
+const HELD_KEPT_FOR: u32 = 10;
+
 /// Holds back repeats of the same key within a window: the first is reported at once, the
 /// others are only counted, and the first report after the window carries their count.
 /// Pure: time is given.
@@ -72,6 +75,15 @@ impl<K: Hash + Eq> Throttle<K> {
         }
     }
 
+    /// A report of `key` that [`Throttle::check`] let through, carrying `held` repeats, was
+    /// not published: the window stays taken (a primary refusing Events must not get one per
+    /// occurrence), and the next report counts it and what it carried.
+    pub(super) fn unpublished(&mut self, key: &K, held: u32) {
+        if let Some(seen) = self.seen.get_mut(key) {
+            seen.held = seen.held.saturating_add(held).saturating_add(1);
+        }
+    }
+
     /// Whether [`Throttle::check`] would hold `key` now.
     fn holds(&self, key: &K, now: Instant) -> bool {
         self.seen
@@ -79,8 +91,9 @@ impl<K: Hash + Eq> Throttle<K> {
             .is_some_and(|seen| now.saturating_duration_since(seen.reported_at) < self.window)
     }
 
-    /// Forgets keys quiet for a window, once per window: the map holds only what is active.
-    /// A key forgotten with repeats held starts afresh; their count is lost.
+    /// Forgets keys quiet for a window, once per window: the map holds only what is recent.
+    /// A key holding repeats not yet told is kept [`HELD_KEPT_FOR`] windows, so that its next
+    /// report after a quiet spell still counts them.
     fn prune(&mut self, now: Instant) {
         if self
             .pruned_at
@@ -89,8 +102,10 @@ impl<K: Hash + Eq> Throttle<K> {
             return;
         }
         let window = self.window;
-        self.seen
-            .retain(|_, seen| now.saturating_duration_since(seen.last) < window);
+        self.seen.retain(|_, seen| {
+            let quiet = now.saturating_duration_since(seen.last);
+            quiet < window || (seen.held > 0 && quiet < window * HELD_KEPT_FOR)
+        });
         self.pruned_at = Some(now);
     }
 }
@@ -143,6 +158,11 @@ impl<K: Hash + Eq, T> PushFailures<K, T> {
         }
     }
 
+    /// See [`Throttle::unpublished`].
+    pub(super) fn unpublished(&mut self, key: &K, held: u32) {
+        self.throttle.unpublished(key, held);
+    }
+
     /// The next Event for the publishing task; `None` ends it.
     pub(super) fn next(&mut self) -> Option<T> {
         let next = self.pending.pop_front();
@@ -166,8 +186,18 @@ mod tests {
         assert_eq!(throttle.check("a", at(59)), Verdict::Hold);
         assert_eq!(throttle.check("a", at(60)), Verdict::Report { held: 2 });
         assert_eq!(throttle.check("a", at(61)), Verdict::Hold);
-        // Quiet for a window: forgotten, so the map holds only what is active.
+        // A report not published is counted, with what it carried, in the next one.
+        throttle.unpublished(&"b", 0);
+        assert_eq!(throttle.check("b", at(62)), Verdict::Hold);
+        assert_eq!(throttle.check("b", at(63)), Verdict::Report { held: 2 });
+        throttle.unpublished(&"b", 2);
+        assert_eq!(throttle.check("b", at(123)), Verdict::Report { held: 3 });
+        // Quiet for a window: forgotten, so the map holds only what is recent; ten windows
+        // when it holds repeats not yet told.
         assert_eq!(throttle.check("c", at(200)), Verdict::Report { held: 0 });
+        assert_eq!(throttle.seen.len(), 2);
+        assert_eq!(throttle.check("a", at(600)), Verdict::Report { held: 1 });
+        assert_eq!(throttle.check("d", at(1200)), Verdict::Report { held: 0 });
         assert_eq!(throttle.seen.len(), 1);
     }
 

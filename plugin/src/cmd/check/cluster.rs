@@ -102,6 +102,24 @@ pub fn judge_mesh(facts: &MeshFacts, rule: &SyncRule, now: Timestamp) -> Vec<Sec
         .collect()
 }
 
+/// A cluster an older version attached under the primary's name (attach refuses it now):
+/// `status`, `services` and the dashboard cannot tell its column from the primary's.
+fn reserved_name_result(name: &str) -> Option<CheckResult> {
+    (name == crate::output::PRIMARY).then(|| {
+        CheckResult::warning(
+            "its name is not the primary's",
+            format!(
+                "status, services and the dashboard show the primary as {name:?}: its column \
+                 cannot be told from the primary's"
+            ),
+            format!(
+                "detach it with `kubectl mesh detach {name}` and attach it again with --name \
+                 <other>"
+            ),
+        )
+    })
+}
+
 /// What the per-cluster judges share.
 pub struct Mesh<'a> {
     /// Every attached cluster.
@@ -165,6 +183,7 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
         checks,
     };
     let reattach = format!("re-run `kubectl mesh attach` for {name} to store fresh credentials");
+    checks.extend(reserved_name_result(&name));
 
     // The stored kubeconfig, checked against the rule of stored kubeconfigs.
     let what = "Secret holds a valid kubeconfig";
@@ -857,6 +876,18 @@ mod tests {
             r.hint_mentions("re-run `kubectl mesh attach` for east"),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn a_cluster_named_like_the_primary_warns() {
+        let warned = reserved_name_result("primary").expect("a warning");
+        assert_eq!(warned.result, Outcome::Warning);
+        let hint = warned.hint.unwrap_or_default();
+        assert!(
+            hint.contains("detach primary") && hint.contains("--name"),
+            "{hint}"
+        );
+        assert!(reserved_name_result("east").is_none());
     }
 
     #[test]
