@@ -194,6 +194,7 @@ impl Detach {
                     mc.as_ref(),
                     has(setup::ISTIO_NAMESPACE, &setup::istio_secret_name(&name)),
                     has(MESH_NAMESPACE, &setup::view_secret_name(&name)),
+                    strip_labels,
                 );
                 progress.warn(format!("skipping remote cluster {name} (--force): {why}"));
             }
@@ -230,9 +231,11 @@ impl Detach {
                 "{name} detached from the primary; left on the remote: {}",
                 left.join(", ")
             ));
+            // The labels too, when asked: the re-run finds their scope on the remote.
+            let strip = if strip_labels { " --strip-labels" } else { "" };
             progress.info(format!(
-                "once it is reachable, `kubectl mesh detach {name} --remote-kubeconfig <file>` \
-                 removes them (it finds them by name and their label {}={name})",
+                "once it is reachable, `kubectl mesh detach {name} --remote-kubeconfig \
+                 <file>{strip}` removes them (it finds them by name and their label {}={name})",
                 mesh_core::cluster::CLUSTER_LABEL
             ));
         }
@@ -409,7 +412,15 @@ async fn resolve_remote(
     // Whether the user named them (then a cluster mismatch is their mistake, not a reason to
     // skip).
     let explicit = flags.remote_kubeconfig.is_some() || flags.remote_context.is_some();
-    let (client, target) = admin.connect(name).await?;
+    // A recorded context whose cluster or files are gone is one more way of not reaching it.
+    let (client, target) = match admin.connect(name).await {
+        Ok(connected) => connected,
+        Err(err) if !explicit => {
+            let hint = err.hint();
+            return refuse_or_skip(err.what(), hint);
+        }
+        Err(err) => return Err(err),
+    };
     let missing = match access::missing_on(&client, &target, &remote_needs(strip_labels)).await {
         Ok(missing) => missing,
         Err(err) => {
@@ -448,8 +459,9 @@ async fn resolve_remote(
     Ok(RemoteAccess::Ready { client, target })
 }
 
-/// What stays on a remote that detach could not reach, as far as the primary knows.
-fn left_on_remote(mc: Option<&MeshCluster>, istio: bool, view: bool) -> Vec<String> {
+/// What stays on a remote that detach could not reach, as far as the primary knows: with
+/// `strip`, the labels `--strip-labels` would have removed too.
+fn left_on_remote(mc: Option<&MeshCluster>, istio: bool, view: bool, strip: bool) -> Vec<String> {
     let mut left = Vec::new();
     if mc.is_none_or(|m| m.spec.remote_guard != RemoteGuard::Off) {
         left.push(format!(
@@ -459,19 +471,28 @@ fn left_on_remote(mc: Option<&MeshCluster>, istio: bool, view: bool) -> Vec<Stri
     }
     left.push(format!(
         "ClusterRoleBinding, ClusterRole and ServiceAccount {MESH_NAMESPACE}/{0}, Secret \
-         {MESH_NAMESPACE}/{1}, ValidatingAdmissionPolicyBinding and ValidatingAdmissionPolicy \
-         {2}",
+         {MESH_NAMESPACE}/{1} (and a -standby one an interrupted rotate left), Role and \
+         RoleBinding {MESH_NAMESPACE}/{2} (with --token-ttl), ValidatingAdmissionPolicyBinding \
+         and ValidatingAdmissionPolicy {3}",
         setup::SYNC_ACCOUNT,
         setup::TOKEN_SECRET,
+        setup::TOKEN_RENEWAL,
         setup::SYNC_SCOPE
     ));
+    // The Istio reader may be bound to Istio's own ClusterRole, which detach never deletes.
     for (used, account) in [(istio, setup::ISTIO_READER), (view, setup::VIEW_ACCOUNT)] {
         if used {
-            left.push(format!("the same for {account}"));
+            left.push(format!(
+                "the ServiceAccount, token Secret, ClusterRoleBinding and own ClusterRole of \
+                 {account}"
+            ));
         }
     }
     if mc.and_then(setup::remote_namespace_created) != Some(false) {
         left.push(format!("Namespace {MESH_NAMESPACE}"));
+    }
+    if strip {
+        left.push("the managed labels of its namespaces".to_owned());
     }
     left
 }
@@ -484,16 +505,21 @@ mod tests {
     #[test]
     fn leftovers_follow_the_record() {
         let mut mc = record_with_scope(NamespaceScope::default());
-        let left = left_on_remote(Some(&mc), false, false);
+        let left = left_on_remote(Some(&mc), false, false, false);
         assert_eq!(left.len(), 1, "{left:?}");
         assert!(left[0].contains("ClusterRole"));
+        assert!(left[0].contains("-standby") && left[0].contains(setup::TOKEN_RENEWAL));
         mc.spec.remote_guard = RemoteGuard::Deny;
-        let left = left_on_remote(Some(&mc), true, true);
+        let left = left_on_remote(Some(&mc), true, true, false);
         assert_eq!(left.len(), 4, "{left:?}");
         assert!(left[0].contains(setup::GUARD));
         assert!(left[3].contains(setup::VIEW_ACCOUNT), "{left:?}");
-        let left = left_on_remote(None, false, false);
+        let left = left_on_remote(None, false, false, true);
         assert!(left.iter().any(|l| l.contains("Namespace")), "{left:?}");
+        assert_eq!(
+            left.last().map(String::as_str),
+            Some("the managed labels of its namespaces")
+        );
     }
 
     fn record_with_scope(scope: NamespaceScope) -> MeshCluster {

@@ -76,6 +76,47 @@ async fn detach_of_an_unreachable_remote_needs_force_and_can_finish_later() -> a
     assert_nothing_left(env, remote, name).await
 }
 
+/// A forced detach goes on without a remote whose recorded context lost its cluster (as
+/// `kubectl config delete-cluster` leaves it), and its list of what stays there names the
+/// labels `--strip-labels` could not remove, as its re-run hint keeps that flag.
+#[tokio::test]
+async fn forced_detach_skips_a_recorded_context_without_its_cluster() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let name = "orphan";
+    attach(env, remote, &["--name", name]).await?;
+    let mc = Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(name)
+        .await?;
+    let context = &mc.annotations()["kubectl-mesh.io/remote-context"];
+    let dir = tempfile::tempdir()?;
+    let broken = dir.path().join("broken.kubeconfig");
+    std::fs::write(
+        &broken,
+        format!(
+            "apiVersion: v1\nkind: Config\ncontexts:\n- name: {context}\n  context:\n    \
+             cluster: deleted\n    user: deleted\n"
+        ),
+    )?;
+    let kubeconfig = std::env::join_paths([env.primary().kubeconfig.as_path(), &broken])?;
+    let out = tokio::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?)
+        .args(["detach", name, "--force", "--strip-labels"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("NO_COLOR", "1")
+        .output()
+        .await?;
+    let err = succeeded(&out, "detach --force through a broken context")?;
+    for said in [
+        "skipping remote cluster orphan (--force)",
+        "the managed labels of its namespaces",
+        "--remote-kubeconfig <file> --strip-labels` removes them",
+    ] {
+        assert!(err.contains(said), "{said:?} not in:\n{err}");
+    }
+    assert!(primary_by_name(env, name).await?.is_empty());
+    detach(env, remote, name, &["--strip-labels"]).await?;
+    assert_nothing_left(env, remote, name).await
+}
+
 #[tokio::test]
 async fn detach_keeps_what_attach_did_not_create_and_strips_only_managed_labels()
 -> anyhow::Result<()> {
