@@ -4,14 +4,17 @@
 //! only from loopback, i.e. through `kubectl port-forward` or `exec`) ([`ops_router`]). The
 //! handler of `/mutate` only converts the AdmissionReview and calls
 //! [`admission::review`], [`fan_out_timed_from`] and [`admission::complete`]; a body it cannot
-//! read is answered 400 (413 past 1 MiB) with `{"error": ...}`, never a panic.
+//! read is answered 400 (413 past 1 MiB) with `{"error": ...}`, never a panic. Its bodies are
+//! read under the process's [`BodyBudget`]: one that would pass it is answered 503 at once.
+
+mod body_budget;
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    body::Body,
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post, put},
@@ -24,6 +27,8 @@ use kube::{
 };
 use serde_json::json;
 
+pub use self::body_budget::BodyBudget;
+use self::body_budget::{Held, Refused};
 use crate::{
     admission::{self, Decision},
     events,
@@ -40,6 +45,11 @@ use mesh_core::{labels::Labels, remote::Remote};
 /// limit on objects is far above this, but nothing this webhook reads needs more.
 pub const BODY_LIMIT: usize = 1 << 20;
 
+/// Bytes of `/mutate` bodies held at once by the whole process: 64 bodies at [`BODY_LIMIT`], or
+/// some 16,000 real reviews (a few KiB each, far more than an apiserver sends at once), and a
+/// quarter of the 256 MiB the Deployment allows the pod.
+pub const BODY_BUDGET: usize = 64 << 20;
+
 /// The most a log filter may be (`PUT /log-level`): a few directives, never a megabyte.
 const LOG_FILTER_LIMIT: usize = 4 << 10;
 
@@ -54,6 +64,7 @@ pub struct AppState {
     log_level: Option<LogLevelSetter>,
     events: Option<events::Publisher>,
     push_queue: PushQueue,
+    body_budget: Arc<BodyBudget>,
 }
 
 impl AppState {
@@ -64,7 +75,19 @@ impl AppState {
             log_level: None,
             events: None,
             push_queue: PushQueue::default(),
+            body_budget: Arc::new(BodyBudget::new(BODY_BUDGET)),
         }
+    }
+
+    /// Holds at most `bytes` of `/mutate` bodies at once (default [`BODY_BUDGET`]).
+    pub fn with_body_budget(mut self, bytes: usize) -> Self {
+        self.body_budget = Arc::new(BodyBudget::new(bytes));
+        self
+    }
+
+    /// The budget of `/mutate` bodies, shared by every clone of this state.
+    pub fn body_budget(&self) -> &BodyBudget {
+        &self.body_budget
     }
 
     /// Publish a `PropagationFailed` Event on the namespace when a push fails.
@@ -99,7 +122,7 @@ impl AppState {
         // find the push in the primary it compares with, or it would revert it.
         self.shared
             .in_flight
-            .record(&intent.namespace, intent.labels.clone(), based_on);
+            .record(&intent.namespace, intent.labels.clone(), expected, based_on);
         // Waiting for its turn may have used most of the deadline: a remote that then runs
         // out what is left is not taken for silent unless it had at least half of it.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -147,7 +170,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
@@ -166,20 +188,11 @@ fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let request = body
-        .map_err(|rejection| (rejection.status(), rejection.body_text()))
-        .and_then(|body| parse_review(&body).map_err(|e| (StatusCode::BAD_REQUEST, e)));
-    let request = match request {
-        Ok(request) => request,
-        Err((status, message)) => {
-            state
-                .shared
-                .metrics
-                .admission_review(ReviewOutcome::Invalid);
-            tracing::warn!(status = status.as_u16(), error = %message, "unreadable admission request");
-            return error_response(status, message);
-        }
+async fn mutate(State(state): State<AppState>, body: Body) -> Response {
+    // Held until the answer is built: the parsed review is about as large as its body.
+    let (request, _held) = match read_review(&state, body).await {
+        Ok(read) => read,
+        Err(response) => return response,
     };
     // review() alone decides whether to push: never on a dry run (sideEffects NoneOnDryRun).
     // Only a create asks (one lock of the primary's view), not every review.
@@ -219,6 +232,46 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
         "admission review answered"
     );
     Json(response.into_review()).into_response()
+}
+
+/// Reads the review of `body` within the budget; the answer to give when it cannot.
+async fn read_review(
+    state: &AppState,
+    body: Body,
+) -> Result<(AdmissionRequest<Namespace>, Held<'_>), Response> {
+    let invalid = |status: StatusCode, message: String| {
+        state
+            .shared
+            .metrics
+            .admission_review(ReviewOutcome::Invalid);
+        tracing::warn!(status = status.as_u16(), error = %message, "unreadable admission request");
+        error_response(status, message)
+    };
+    let (body, held) = match state.body_budget.read(body, BODY_LIMIT).await {
+        Ok(read) => read,
+        Err(Refused::OverBudget) => {
+            state.shared.metrics.admission_review(ReviewOutcome::Busy);
+            if state.body_budget.warning_due() {
+                tracing::warn!(
+                    budget = state.body_budget.capacity(),
+                    "review bodies are at their memory budget: answering 503 (the apiserver \
+                     fails open, the reconciler converges the remotes)"
+                );
+            }
+            return Err(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Refused::OverBudget.to_string(),
+            ));
+        }
+        Err(refused @ Refused::TooLarge(_)) => {
+            return Err(invalid(StatusCode::PAYLOAD_TOO_LARGE, refused.to_string()));
+        }
+        Err(refused @ Refused::Unreadable(_)) => {
+            return Err(invalid(StatusCode::BAD_REQUEST, refused.to_string()));
+        }
+    };
+    let request = parse_review(&body).map_err(|e| invalid(StatusCode::BAD_REQUEST, e))?;
+    Ok((request, held))
 }
 
 /// Reads a v1 AdmissionReview of a core Namespace.
@@ -303,9 +356,16 @@ async fn set_log_level(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::{body::Body, http::Request};
+    use axum::{
+        body::{Body, Bytes},
+        http::Request,
+    };
     use http_body_util::BodyExt;
+    use std::io;
     use tower::ServiceExt;
+
+    /// Longer than any answer given at once may take.
+    const DEADLINE: Duration = Duration::from_secs(5);
 
     const UPDATE: &str = include_str!("../tests/fixtures/namespace-update.json");
     const DRY_RUN: &str = include_str!("../tests/fixtures/namespace-update-dry-run.json");
@@ -452,6 +512,101 @@ mod tests {
             call(app, put("127.0.0.1:5000", &"x".repeat(5000))).await.0,
             StatusCode::PAYLOAD_TOO_LARGE
         );
+    }
+
+    /// How a request holding part of the budget ends.
+    #[derive(Clone, Copy, Debug)]
+    enum Ending {
+        Completes,
+        Fails,
+        TimesOut,
+        ClientLeaves,
+    }
+
+    /// While bodies hold the budget, a review it cannot cover is answered 503 at once, whether
+    /// its length is announced or its bytes just arrive; however the holder ends (answered,
+    /// its body failing or late, its client gone), the budget is given back and reviews are
+    /// served again.
+    #[tokio::test]
+    async fn past_the_body_budget_reviews_are_503_at_once_until_it_is_given_back() {
+        let whole = UPDATE.len();
+        let part = whole / 2 + 1;
+        let state = state().with_body_budget(whole + whole / 2);
+        let app = router(state.clone());
+        let budget = state.body_budget.clone();
+        let mut busy = 0;
+        for ending in [
+            Ending::Completes,
+            Ending::Fails,
+            Ending::TimesOut,
+            Ending::ClientLeaves,
+        ] {
+            let (sender, chunks) = futures::channel::mpsc::unbounded::<Result<Bytes, io::Error>>();
+            let held = match ending {
+                Ending::TimesOut => Body::new(crate::listen::DeadlineBody::new(
+                    Body::from_stream(chunks),
+                    Duration::from_millis(300),
+                )),
+                _ => Body::from_stream(chunks),
+            };
+            let holder = tokio::spawn(call(app.clone(), post_mutate(held)));
+            sender
+                .unbounded_send(Ok(Bytes::from_static(&UPDATE.as_bytes()[..part])))
+                .expect("send");
+            budget.until_in_use(part).await;
+
+            // What is left is a byte short of a review: announced, or arriving unannounced.
+            let unannounced = Body::from_stream(futures::stream::iter([Ok::<_, io::Error>(
+                Bytes::from_static(UPDATE.as_bytes()),
+            )]));
+            for body in [Body::from(UPDATE), unannounced] {
+                let answered = tokio::time::timeout(DEADLINE, call(app.clone(), post_mutate(body)));
+                let (status, value) = answered.await.expect("answered at once");
+                assert_eq!(
+                    status,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "{ending:?}: {value}"
+                );
+                assert!(
+                    value["error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("too many reviews at once")),
+                    "{value}"
+                );
+                busy += 1;
+                assert_eq!(budget.in_use(), part, "{ending:?}");
+            }
+
+            match ending {
+                Ending::Completes => {
+                    let rest = Bytes::from_static(&UPDATE.as_bytes()[part..]);
+                    sender.unbounded_send(Ok(rest)).expect("send");
+                    drop(sender);
+                    let (status, value) = holder.await.expect("join");
+                    assert_eq!(status, StatusCode::OK, "{value}");
+                }
+                Ending::Fails => {
+                    let error = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
+                    sender.unbounded_send(Err(error)).expect("send");
+                    assert_eq!(holder.await.expect("join").0, StatusCode::BAD_REQUEST);
+                }
+                Ending::TimesOut => {
+                    assert_eq!(holder.await.expect("join").0, StatusCode::BAD_REQUEST);
+                    drop(sender);
+                }
+                Ending::ClientLeaves => {
+                    holder.abort();
+                    assert!(holder.await.expect_err("aborted").is_cancelled());
+                    drop(sender);
+                }
+            }
+            budget.until_in_use(0).await;
+            let (status, value) = call(app.clone(), post_mutate(UPDATE)).await;
+            assert_eq!(status, StatusCode::OK, "{ending:?}: {value}");
+        }
+        let text = state.shared.metrics.encode().expect("metrics");
+        let line = format!(r#"admission_reviews_total{{outcome="busy"}} {busy}"#);
+        assert!(text.contains(&line), "{line} missing from {text}");
     }
 
     /// Refused before its body is read: a body that never ends gets its answer at once.

@@ -4,10 +4,11 @@
 //! the reconciler synced in between, it would read the primary's old labels and revert the
 //! push, and the remote would flap until the new labels arrive by watch. So the reconciler
 //! reads the primary through [`InFlight::overlay_one`]: a pushed change counts as the primary's
-//! state until the watch shows it persisted ([`InFlight::settle`]) or its time runs out. When
-//! the apiserver rejected the request after the push (a later admission step said no), the
-//! entry expires and the reconciler, woken by [`InFlight::expired`], reverts the remotes to
-//! what the primary really holds.
+//! state until the watch shows it persisted or another change of the managed labels stored
+//! after it ([`InFlight::settle`]), or its time runs out. When the apiserver rejected the
+//! request after the push (a later admission step said no), the entry expires and the
+//! reconciler, woken by [`InFlight::expired`], reverts the remotes to what the primary really
+//! holds.
 //!
 //! Where a reconciler confirms expiries ([`InFlight::confirm_expiries`]), an entry whose time
 //! ran out keeps standing in until a read of the primary says the push was not persisted: a
@@ -47,6 +48,8 @@ pub const MAX_ENTRIES: usize = 10_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry {
     labels: Labels,
+    /// The managed labels the push changed from.
+    before: Labels,
     until: Instant,
     /// resourceVersion of the primary's namespace the request changed: only a version stored
     /// after it is this push persisted. An older version with the same labels (a change the
@@ -57,6 +60,21 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether the primary storing `labels` at `version` ends this push's standing in: it
+    /// persisted the push, or another change of the managed labels superseded it. A request is
+    /// stored only over the version it was reviewed on: once a later version holds other
+    /// managed labels than before the push, the request failed (a conflict) or is retried,
+    /// and a retry is reviewed, and recorded, afresh. A later version still holding the labels
+    /// before the push (an edit of something else) leaves it standing in: its retry will most
+    /// likely push the same again, and reverting the remotes meanwhile would make them flap.
+    fn ended_by(&self, labels: &Labels, version: Option<&str>) -> bool {
+        let superseded = matches!(
+            (self.after, version.and_then(resource_version)),
+            (Some(after), Some(version)) if version > after
+        ) && *labels != self.before;
+        superseded || self.persisted_by(labels, version)
+    }
+
     /// Whether the primary storing `labels` at `version` is this push persisted.
     fn persisted_by(&self, labels: &Labels, version: Option<&str>) -> bool {
         let stored_after = match (self.after, version.and_then(resource_version)) {
@@ -123,9 +141,9 @@ impl InFlight {
     /// Remembers that `namespace` was pushed with these managed labels, and arranges for
     /// [`InFlight::expired`] to fire when the entry runs out.
     ///
-    /// `based_on` is the resourceVersion of the primary's namespace the change applies to
-    /// (none for a creation).
-    pub fn record(&self, namespace: &str, labels: Labels, based_on: Option<&str>) {
+    /// `before` are the namespace's managed labels the change applies to, and `based_on` the
+    /// resourceVersion of the primary's namespace they are read from (none for a creation).
+    pub fn record(&self, namespace: &str, labels: Labels, before: &Labels, based_on: Option<&str>) {
         let after = based_on.and_then(resource_version);
         let now = Instant::now();
         let until = now + self.ttl;
@@ -146,6 +164,7 @@ impl InFlight {
                 namespace.to_owned(),
                 Entry {
                     labels,
+                    before: before.clone(),
                     until,
                     after,
                     due: false,
@@ -186,13 +205,13 @@ impl InFlight {
     }
 
     /// The watch saw `namespace` stored with these managed labels at `version`: if that is
-    /// what was pushed, stored after the version the push changed, the push is persisted and
-    /// needs no standing in any more.
+    /// what was pushed, or any version stored after the one the push changed, the push needs
+    /// no standing in any more ([`Entry::ended_by`]).
     pub fn settle(&self, namespace: &str, persisted: &Labels, version: Option<&str>) {
         let mut entries = self.lock();
         if entries
             .get(namespace)
-            .is_some_and(|entry| entry.persisted_by(persisted, version))
+            .is_some_and(|entry| entry.ended_by(persisted, version))
         {
             entries.remove(namespace);
         }
@@ -323,7 +342,12 @@ mod tests {
     async fn a_push_stands_in_for_the_primary_until_persisted() {
         let rule = SyncRule::default();
         let in_flight = InFlight::default();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), None);
+        in_flight.record(
+            "shop",
+            labels(&[("istio-injection", "enabled")]),
+            &Labels::new(),
+            None,
+        );
         let mut view = primary(vec![
             ns("shop").label("team", "a").label("istio.io/rev", "old"),
         ]);
@@ -349,7 +373,12 @@ mod tests {
     async fn a_push_for_a_namespace_being_created_appears_in_the_view() {
         let rule = SyncRule::default();
         let in_flight = InFlight::default();
-        in_flight.record("new", labels(&[("istio.io/rev", "stable")]), None);
+        in_flight.record(
+            "new",
+            labels(&[("istio.io/rev", "stable")]),
+            &Labels::new(),
+            None,
+        );
         let mut view = BTreeMap::new();
         in_flight.overlay(&rule, &mut view);
         assert_eq!(
@@ -363,7 +392,12 @@ mod tests {
         let rule = SyncRule::default();
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), None);
+        in_flight.record(
+            "shop",
+            labels(&[("istio-injection", "enabled")]),
+            &Labels::new(),
+            None,
+        );
         expiry_signalled(&mut expired).await;
         let mut view = primary(vec![ns("shop")]);
         in_flight.overlay(&rule, &mut view);
@@ -387,7 +421,12 @@ mod tests {
         // Nothing has called confirm_expiries (no reconciler runs beside the reviews).
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
-        in_flight.record("forged", labels(&[("istio-injection", "disabled")]), None);
+        in_flight.record(
+            "forged",
+            labels(&[("istio-injection", "disabled")]),
+            &Labels::new(),
+            None,
+        );
         expiry_signalled(&mut expired).await;
         assert!(in_flight.is_empty());
     }
@@ -399,6 +438,7 @@ mod tests {
             in_flight.record(
                 &format!("ns-{n}"),
                 labels(&[("istio-injection", "enabled")]),
+                &Labels::new(),
                 None,
             );
         }
@@ -415,18 +455,45 @@ mod tests {
         // watch, late, delivers version 10 now.
         let in_flight = InFlight::default();
         let enabled = labels(&[("istio-injection", "enabled")]);
-        in_flight.record("shop", enabled.clone(), Some("11"));
+        in_flight.record("shop", enabled.clone(), &Labels::new(), Some("11"));
         in_flight.settle("shop", &enabled, Some("10"));
         assert_eq!(in_flight.len(), 1, "version 10 is not this push");
         in_flight.settle("shop", &enabled, Some("12"));
         assert!(in_flight.is_empty());
     }
 
+    /// A push another request's change overtook (another replica's, or one made while a later
+    /// admission step refused this one): that change is the primary's now.
+    #[tokio::test]
+    async fn a_later_change_of_the_managed_labels_ends_a_push() {
+        let in_flight = InFlight::default();
+        let none = Labels::new();
+        in_flight.record(
+            "shop",
+            labels(&[("istio-injection", "enabled")]),
+            &none,
+            Some("100"),
+        );
+        // Only an annotation changed: the request is retried, most likely to the same labels.
+        in_flight.settle("shop", &none, Some("101"));
+        assert_eq!(in_flight.len(), 1, "an edit of something else ends nothing");
+        in_flight.settle("shop", &labels(&[("istio.io/rev", "canary")]), Some("102"));
+        assert!(
+            in_flight.is_empty(),
+            "another change of the managed labels won"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_settled_push_does_not_signal_expiry() {
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), None);
+        in_flight.record(
+            "shop",
+            labels(&[("istio-injection", "enabled")]),
+            &Labels::new(),
+            None,
+        );
         in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]), None);
         assert!(
             tokio::time::timeout(Duration::from_secs(20), expired.changed())
@@ -440,7 +507,12 @@ mod tests {
     async fn expired_push() -> (InFlight, Due) {
         let in_flight = InFlight::new(Duration::from_secs(10));
         in_flight.confirm_expiries();
-        in_flight.record("shop", labels(&[("istio-injection", "enabled")]), Some("7"));
+        in_flight.record(
+            "shop",
+            labels(&[("istio-injection", "enabled")]),
+            &Labels::new(),
+            Some("7"),
+        );
         let due = due_after_expiry(&in_flight).await;
         (in_flight, due)
     }
@@ -504,6 +576,7 @@ mod tests {
         in_flight.record(
             "shop",
             labels(&[("istio-injection", "disabled")]),
+            &labels(&[("istio-injection", "enabled")]),
             Some("8"),
         );
         in_flight.not_persisted(&due);

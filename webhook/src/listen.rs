@@ -6,7 +6,9 @@
 //! A hostile network cannot exhaust it: at most [`Limits::max_connections`] are open (then it
 //! stops accepting until one closes), each must finish its handshake, its headers and its
 //! request bodies in bounded time, and a connection without a request in progress is closed
-//! after the idle timeout (HTTP/2 ones also when they stop answering pings).
+//! after the idle timeout (HTTP/2 ones also when they stop answering pings). What the bodies
+//! of all those requests may hold at once is the handler's to bound (see
+//! [`crate::http::BodyBudget`]): this module knows no route, nor what a body is worth.
 //!
 //! hyper drives the connections directly (not axum-server): it measured faster here.
 
@@ -349,6 +351,13 @@ mod tests {
 
     impl Server {
         async fn start(client_ca: Option<&str>, limits: Limits) -> Self {
+            let app = Router::new()
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/echo", post(|body: Bytes| async move { body }));
+            Self::serving(app, client_ca, limits).await
+        }
+
+        async fn serving(app: Router, client_ca: Option<&str>, limits: Limits) -> Self {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let (dir, cert, key) = crate::tls::testdata::dir();
             let resolver = CertResolver::load(&cert, &key).expect("load");
@@ -361,9 +370,6 @@ mod tests {
             let (listener, addr) = bind("127.0.0.1:0".parse().expect("addr"))
                 .await
                 .expect("bind");
-            let app = Router::new()
-                .route("/healthz", get(|| async { "ok" }))
-                .route("/echo", post(|body: Bytes| async move { body }));
             let shutdown = CancellationToken::new();
             let task = tokio::spawn(serve(
                 listener,
@@ -442,6 +448,16 @@ mod tests {
         let mut answer = Vec::new();
         tls.read_to_end(&mut answer).await?;
         Ok(String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    /// What the server sends until it closes the connection (an error ends it too).
+    async fn answer_until_closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
+        let mut answer = Vec::new();
+        tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+            .await
+            .expect("answered in time")
+            .ok();
+        String::from_utf8_lossy(&answer).into_owned()
     }
 
     /// Reads until the server closes the connection; how long that took.
@@ -585,13 +601,53 @@ mod tests {
             )
             .await
             .expect("write");
-        let mut answer = Vec::new();
-        tokio::time::timeout(DEADLINE, slow_body.read_to_end(&mut answer))
-            .await
-            .expect("answered in time")
-            .ok();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = answer_until_closed(&mut slow_body).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        server.stop().await;
+    }
+
+    /// Without a client CA, connections that each announce a review body and send part of it
+    /// hold the webhook's budget of bodies: the next review is answered 503 at once rather than
+    /// read, and once those clients leave mid-body, reviews are served again.
+    #[tokio::test]
+    async fn bodies_held_open_by_strangers_are_bounded_by_the_review_budget() {
+        const UPDATE: &str = include_str!("../tests/fixtures/namespace-update.json");
+        const ANNOUNCED: usize = 16 << 10;
+        let state = crate::http::AppState::new(Default::default(), Duration::from_millis(500))
+            .with_body_budget(4 * ANNOUNCED);
+        let app = crate::http::router(state.clone());
+        let server = Server::serving(app, None, Limits::default()).await;
+        let head = |length: usize| {
+            format!(
+                "POST /mutate HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+            )
+        };
+        let review = || async {
+            let mut tls = server.connect(None).await.expect("handshake");
+            tls.write_all(format!("{}{UPDATE}", head(UPDATE.len())).as_bytes())
+                .await
+                .expect("write");
+            answer_until_closed(&mut tls).await
+        };
+        let mut holders = Vec::new();
+        for _ in 0..4 {
+            let mut tls = server.connect(None).await.expect("handshake");
+            tls.write_all(format!("{}{{\"apiVersion\"", head(ANNOUNCED)).as_bytes())
+                .await
+                .expect("write");
+            holders.push(tls);
+        }
+        state.body_budget().until_in_use(4 * ANNOUNCED).await;
+
+        let answer = review().await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("too many reviews at once"), "{answer}");
+
+        drop(holders);
+        state.body_budget().until_in_use(0).await;
+        let answer = review().await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         server.stop().await;
     }
 

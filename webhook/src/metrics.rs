@@ -78,6 +78,9 @@ pub enum ReviewOutcome {
     Pushed,
     /// Refused by the review.
     Denied,
+    /// Refused before its body was read (HTTP 503): the bodies being read and handled at once
+    /// would have passed the process's budget.
+    Busy,
 }
 
 impl ReviewOutcome {
@@ -87,6 +90,7 @@ impl ReviewOutcome {
             Self::NoPush => "no_push",
             Self::Pushed => "pushed",
             Self::Denied => "denied",
+            Self::Busy => "busy",
         }
     }
 }

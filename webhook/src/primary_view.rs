@@ -388,8 +388,8 @@ mod tests {
 
         let in_flight = crate::in_flight::InFlight::default();
         let enabled = mesh_core::fixtures::labels(&[("istio-injection", "enabled")]);
-        in_flight.record("a", enabled.clone(), Some("10"));
-        in_flight.record("b", enabled, Some("10"));
+        in_flight.record("a", enabled.clone(), &Labels::new(), Some("10"));
+        in_flight.record("b", enabled, &Labels::new(), Some("10"));
         let persisted = ns("a").label("istio-injection", "enabled").rv("11");
         let not_yet = ns("b").rv("10");
         let events = [
