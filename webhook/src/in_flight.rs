@@ -338,16 +338,18 @@ mod tests {
     use super::*;
     use mesh_core::fixtures::{MetadataExt, NamespaceExt, by_name as primary, labels, ns};
 
+    /// Records a push of `istio-injection=enabled` to namespace shop, which had no managed
+    /// label at version `based_on`.
+    fn push_enabled(in_flight: &InFlight, based_on: Option<&str>) {
+        let enabled = labels(&[("istio-injection", "enabled")]);
+        in_flight.record("shop", enabled, &Labels::new(), based_on);
+    }
+
     #[tokio::test]
     async fn a_push_stands_in_for_the_primary_until_persisted() {
         let rule = SyncRule::default();
         let in_flight = InFlight::default();
-        in_flight.record(
-            "shop",
-            labels(&[("istio-injection", "enabled")]),
-            &Labels::new(),
-            None,
-        );
+        push_enabled(&in_flight, None);
         let mut view = primary(vec![
             ns("shop").label("team", "a").label("istio.io/rev", "old"),
         ]);
@@ -392,12 +394,7 @@ mod tests {
         let rule = SyncRule::default();
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
-        in_flight.record(
-            "shop",
-            labels(&[("istio-injection", "enabled")]),
-            &Labels::new(),
-            None,
-        );
+        push_enabled(&in_flight, None);
         expiry_signalled(&mut expired).await;
         let mut view = primary(vec![ns("shop")]);
         in_flight.overlay(&rule, &mut view);
@@ -467,15 +464,9 @@ mod tests {
     #[tokio::test]
     async fn a_later_change_of_the_managed_labels_ends_a_push() {
         let in_flight = InFlight::default();
-        let none = Labels::new();
-        in_flight.record(
-            "shop",
-            labels(&[("istio-injection", "enabled")]),
-            &none,
-            Some("100"),
-        );
+        push_enabled(&in_flight, Some("100"));
         // Only an annotation changed: the request is retried, most likely to the same labels.
-        in_flight.settle("shop", &none, Some("101"));
+        in_flight.settle("shop", &Labels::new(), Some("101"));
         assert_eq!(in_flight.len(), 1, "an edit of something else ends nothing");
         in_flight.settle("shop", &labels(&[("istio.io/rev", "canary")]), Some("102"));
         assert!(
@@ -488,12 +479,7 @@ mod tests {
     async fn a_settled_push_does_not_signal_expiry() {
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
-        in_flight.record(
-            "shop",
-            labels(&[("istio-injection", "enabled")]),
-            &Labels::new(),
-            None,
-        );
+        push_enabled(&in_flight, None);
         in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]), None);
         assert!(
             tokio::time::timeout(Duration::from_secs(20), expired.changed())
@@ -507,12 +493,7 @@ mod tests {
     async fn expired_push() -> (InFlight, Due) {
         let in_flight = InFlight::new(Duration::from_secs(10));
         in_flight.confirm_expiries();
-        in_flight.record(
-            "shop",
-            labels(&[("istio-injection", "enabled")]),
-            &Labels::new(),
-            Some("7"),
-        );
+        push_enabled(&in_flight, Some("7"));
         let due = due_after_expiry(&in_flight).await;
         (in_flight, due)
     }

@@ -50,13 +50,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    backoff::{Backoff, BackoffSettings},
-    events,
-    injectors::watch_injectors,
-    leader::Leadership,
-    primary_view::watch_namespaces,
-    shared_state::SharedState,
-    watch_events::for_each_event,
+    backoff::BackoffSettings, events, injectors::watch_injectors, leader::Leadership,
+    primary_view::watch_namespaces, shared_state::SharedState, watch_events::for_each_event,
 };
 
 use mesh_core::cluster::MeshCluster;
@@ -317,18 +312,13 @@ async fn supervise(
                 Some(_) => {}
                 None => {
                     tracing::info!(cluster = %name, "cluster attached");
-                    let worker = Worker {
-                        name: name.clone(),
-                        shared: shared.clone(),
-                        primary_changed: primary_changed.subscribe(),
-                        is_leader: is_leader.clone(),
-                        kick: Arc::new(Notify::new()),
-                        cancel: shutdown.child_token(),
-                        backoff: Backoff::new(shared.settings.backoff),
-                        drift: Arc::new(Notify::new()),
-                        watching: None,
-                        renewal_not_before: None,
-                    };
+                    let worker = Worker::new(
+                        name.clone(),
+                        shared.clone(),
+                        primary_changed.subscribe(),
+                        is_leader.clone(),
+                        shutdown.child_token(),
+                    );
                     workers.insert(
                         name.clone(),
                         WorkerHandle {
@@ -349,8 +339,8 @@ async fn supervise(
             let keep = attached.contains(name);
             if !keep {
                 tracing::info!(cluster = %name, "cluster detached");
+                // It forgets the cluster's gauges once its sync, if any, is dropped.
                 worker.cancel.cancel();
-                shared.state.metrics.forget_cluster(name);
             }
             keep
         });

@@ -107,7 +107,12 @@ async fn notify_on_drift(
                 continue;
             }
         };
-        seen.apply(&event);
+        // A namespace whose read labels did not change since they were last seen is not
+        // looked at again: one the remote refuses to correct (an admission policy) still
+        // differs after every sync, and would wake the worker at every other edit of it.
+        if !seen.apply(&event) {
+            continue;
+        }
         let namespace = match event {
             // A (re)list shows what changed while the watch was down, so it counts too.
             watcher::Event::Apply(meta) | watcher::Event::InitApply(meta) => Namespace {
@@ -293,42 +298,64 @@ impl SeenNamespaces {
         )
     }
 
-    fn apply(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) {
-        self.update(event);
+    /// Keeps what `event` shows; whether it shows a namespace that is new, or whose read labels
+    /// changed since they were last seen (the last list's, during a list).
+    fn apply(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) -> bool {
+        let changed = self.update(event);
         self.shared.forget_unused_if_grown();
+        changed
     }
 
-    fn update(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) {
+    fn update(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) -> bool {
         let mut state = self.lock();
         let state = &mut *state;
+        let differs = |kept: Option<&Trimmed>, trimmed: &Trimmed| {
+            kept.is_none_or(|kept| kept.labels != trimmed.labels)
+        };
         match event {
-            watcher::Event::Init => state.listing = Some(HashMap::new()),
+            watcher::Event::Init => {
+                state.listing = Some(HashMap::new());
+                false
+            }
             watcher::Event::InitApply(meta) => match self.trim(&meta.metadata) {
                 Some((name, trimmed)) => {
+                    let changed = differs(state.namespaces.get(&name), &trimmed);
                     state.listing.get_or_insert_default().insert(name, trimmed);
+                    changed
                 }
-                None => state.unusable = true,
+                None => {
+                    state.unusable = true;
+                    true
+                }
             },
             watcher::Event::InitDone => {
                 state.namespaces = state.listing.take().unwrap_or_default();
                 state.current = true;
                 self.heard.send_replace(Some(true));
                 self.shared.forget_unused();
+                false
             }
             watcher::Event::Apply(meta) => {
-                match self.trim(&meta.metadata) {
+                let changed = match self.trim(&meta.metadata) {
                     Some((name, trimmed)) => {
+                        let changed = differs(state.namespaces.get(&name), &trimmed);
                         state.namespaces.insert(name, trimmed);
+                        changed
                     }
-                    None => state.unusable = true,
-                }
+                    None => {
+                        state.unusable = true;
+                        true
+                    }
+                };
                 state.current |= state.listing.is_none();
+                changed
             }
             watcher::Event::Delete(meta) => {
                 if let Some(name) = meta.metadata.name.as_deref() {
                     state.namespaces.remove(name);
                 }
                 state.current |= state.listing.is_none();
+                false
             }
         }
     }
@@ -400,26 +427,54 @@ mod tests {
         }
     }
 
-    /// Runs the events through and says whether `drift` was woken.
-    async fn woken(events: Vec<Event<PartialObjectMeta<Namespace>>>) -> bool {
+    /// Runs the events through and says how many times `drift` was woken.
+    async fn wake_ups(events: Vec<Event<PartialObjectMeta<Namespace>>>) -> usize {
         let rule = SyncRule::default();
         let primary = ns("web").label("istio-injection", "enabled");
+        let found = std::cell::Cell::new(0);
         let is_drifted = |remote: &Namespace| {
             let twin = (remote.metadata.name == primary.metadata.name).then_some(&primary);
-            !rule.diff(&rule.desired(twin), remote).is_empty()
+            let drifted = !rule.diff(&rule.desired(twin), remote).is_empty();
+            found.set(found.get() + usize::from(drifted));
+            drifted
         };
-        let drift = Notify::new();
         let seen = SeenNamespaces::new(rule.keys_read(), Interner::default());
         notify_on_drift(
             futures::stream::iter(events.into_iter().map(Ok)),
             is_drifted,
-            &drift,
+            &Notify::new(),
             &seen,
         )
         .await;
-        tokio::time::timeout(std::time::Duration::ZERO, drift.notified())
-            .await
-            .is_ok()
+        found.get()
+    }
+
+    async fn woken(events: Vec<Event<PartialObjectMeta<Namespace>>>) -> bool {
+        wake_ups(events).await > 0
+    }
+
+    /// A namespace the remote refuses to correct differs still after every sync: it wakes the
+    /// worker when its labels change, not at every other edit of it, nor at a relist.
+    #[tokio::test]
+    async fn a_namespace_that_still_differs_wakes_only_when_its_labels_change() {
+        let refused = || ns("web").label("team", "a");
+        let events = vec![
+            Event::Init,
+            Event::InitApply(at(refused(), "5")), // 1
+            Event::InitDone,
+            Event::Apply(at(refused().annotation("heartbeat", "1"), "6")),
+            Event::Apply(at(refused().annotation("heartbeat", "2"), "7")),
+            Event::Apply(at(refused().label("istio-injection", "disabled"), "8")), // 2
+            Event::Init,
+            Event::InitApply(at(refused().label("istio-injection", "disabled"), "9")),
+            Event::InitDone,
+            // Deleted and made again: new.
+            Event::Delete(at(refused(), "10")),
+            Event::Apply(at(refused(), "11")), // 3
+            // Corrected: it changed, and agrees.
+            Event::Apply(at(refused().label("istio-injection", "enabled"), "12")),
+        ];
+        assert_eq!(wake_ups(events).await, 3);
     }
 
     #[tokio::test]

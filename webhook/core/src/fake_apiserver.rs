@@ -1,5 +1,6 @@
 //! An in-memory apiserver serving only namespaces: enough to drive the push and sync logic
-//! through a real `kube::Client`, including JSON patch `test` failures.
+//! through a real `kube::Client`, including JSON patch `test` failures, and the watches of
+//! the reconciler's workers.
 //! Pure logic is what it tests: the rule and the writer's retries, not Kubernetes itself,
 //! which the e2e tests cover with real apiservers.
 
@@ -33,10 +34,23 @@ pub fn status(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Val
     (code, body)
 }
 
+/// How often a watch with nothing to show looks again.
+const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The value of `key` in a request's query.
+fn param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}
+
 #[derive(Default)]
 pub struct State {
     pub namespaces: BTreeMap<String, Value>,
     pub version: u64,
+    /// Method, path and query of every request as it arrives (before [`State::delay`]),
+    /// e.g. `GET /api/v1/namespaces?&limit=500`.
+    pub received: Vec<String>,
     /// Number of GET requests of one namespace received.
     pub gets: usize,
     /// Number of LIST requests (pages) received.
@@ -112,7 +126,13 @@ impl FakeApiserver {
             async move {
                 let (parts, body) = req.into_parts();
                 let body = body.collect_bytes().await.unwrap_or_default();
-                let delay = this.state().delay;
+                let delay = {
+                    let mut state = this.state();
+                    state
+                        .received
+                        .push(format!("{} {}", parts.method, parts.uri));
+                    state.delay
+                };
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
@@ -122,16 +142,76 @@ impl FakeApiserver {
                         "connection refused",
                     ));
                 }
-                let (code, value) = this.handle(
-                    &parts.method,
-                    parts.uri.path(),
-                    parts.uri.query().unwrap_or_default(),
-                    &body,
-                );
+                let query = parts.uri.query().unwrap_or_default();
+                if parts.method == Method::GET
+                    && parts.uri.path() == "/api/v1/namespaces"
+                    && param(query, "watch").is_some_and(|watch| watch != "false")
+                {
+                    return Ok(this.watch(query).await);
+                }
+                let (code, value) = this.handle(&parts.method, parts.uri.path(), query, &body);
                 Ok(json_response(code, &value))
             }
         });
         Client::new(service, "default")
+    }
+
+    /// Changes namespace `name` as a writer other than the tested code would: `edit` gets its
+    /// object, which is then stored with a new resourceVersion (and shown to watches).
+    pub fn edit(&self, name: &str, edit: impl FnOnce(&mut Value)) {
+        let mut state = self.state();
+        state.version += 1;
+        let version = state.version.to_string();
+        let ns = state.namespaces.get_mut(name).expect("namespace to edit");
+        edit(ns);
+        ns["metadata"]["resourceVersion"] = json!(version);
+    }
+
+    /// A watch of namespaces from `resourceVersion`: answers the namespaces changed since then
+    /// (each once, as it is now) as soon as there are any, or nothing once `timeoutSeconds`
+    /// have passed; the watcher then watches again from the last version it saw. Deletions
+    /// are not shown.
+    async fn watch(&self, query: &str) -> Response<Full<Bytes>> {
+        let since: u64 = param(query, "resourceVersion")
+            .and_then(|version| version.parse().ok())
+            .unwrap_or_default();
+        let timeout = param(query, "timeoutSeconds")
+            .and_then(|seconds| seconds.parse().ok())
+            .map_or(std::time::Duration::MAX, std::time::Duration::from_secs);
+        let until = tokio::time::Instant::now().checked_add(timeout);
+        loop {
+            let lines = {
+                let state = self.state();
+                if state.forbidden {
+                    let (code, body) = status(StatusCode::FORBIDDEN, "Forbidden", "no");
+                    return json_response(code, &body);
+                }
+                let version = |ns: &Value| {
+                    ns["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|version| version.parse::<u64>().ok())
+                        .unwrap_or_default()
+                };
+                let mut changed: Vec<&Value> = (state.namespaces.values())
+                    .filter(|ns| version(ns) > since)
+                    .collect();
+                changed.sort_by_key(|ns| version(ns));
+                changed
+                    .into_iter()
+                    .map(|ns| format!("{}\n", json!({"type": "MODIFIED", "object": ns})))
+                    .collect::<String>()
+            };
+            let timed_out = until.is_some_and(|until| tokio::time::Instant::now() >= until);
+            if !lines.is_empty() || timed_out {
+                return Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(lines)))
+                    .expect("response");
+            }
+            // Edits through `state()` notify no one: looked for at this pace.
+            tokio::time::sleep(WATCH_POLL).await;
+        }
     }
 
     /// Whether it stopped answering ([`State::dark_after_writes`]); counts the refusal.
@@ -155,15 +235,10 @@ impl FakeApiserver {
                 state.lists += 1;
                 // Pages like the apiserver: `limit` items, then a continue token (here
                 // the last name served) for the rest.
-                let param = |key: &str| {
-                    query.split('&').find_map(|pair| {
-                        pair.strip_prefix(key)?.strip_prefix('=').map(str::to_owned)
-                    })
-                };
-                let limit = param("limit")
+                let limit = param(query, "limit")
                     .and_then(|limit| limit.parse().ok())
                     .unwrap_or(usize::MAX);
-                let after = param("continue").unwrap_or_default();
+                let after = param(query, "continue").unwrap_or_default();
                 let mut rest = state
                     .namespaces
                     .iter()

@@ -40,6 +40,17 @@ pub fn mesh_cluster(name: &str, cluster_id: &str) -> crate::cluster::MeshCluster
     )
 }
 
+/// The Secret of [`mesh_cluster`] `name` (version 1) holding the stored `kubeconfig`.
+pub fn stored_credentials(name: &str, kubeconfig: &str) -> k8s_openapi::api::core::v1::Secret {
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some(format!("cluster-{name}"));
+    secret.metadata.uid = Some(format!("uid-secret-{name}"));
+    secret.metadata.resource_version = Some("1".to_owned());
+    let kubeconfig = k8s_openapi::ByteString(kubeconfig.as_bytes().to_vec());
+    secret.data = Some([(crate::cluster::KUBECONFIG_KEY.to_owned(), kubeconfig)].into());
+    secret
+}
+
 /// Namespaces by name, as a primary's view holds them.
 pub fn by_name(
     namespaces: impl IntoIterator<Item = Namespace>,

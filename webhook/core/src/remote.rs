@@ -620,7 +620,10 @@ mod tests {
     use super::*;
     use crate::{
         fake_apiserver::FakeApiserver,
-        fixtures::{SilentServer, assert_each_cause_prints_once, mesh_cluster, refused_connection},
+        fixtures::{
+            SilentServer, assert_each_cause_prints_once, mesh_cluster, refused_connection,
+            stored_credentials,
+        },
     };
     use k8s_openapi::ByteString;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -881,16 +884,7 @@ current-context: east
     async fn registry_rebuilds_only_when_the_secret_changes() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let cluster = mesh_cluster("east", "uid");
-        let mut secret = Secret::default();
-        secret.metadata.name = Some("cluster-east".into());
-        secret.metadata.resource_version = Some("1".into());
-        secret.data = Some(
-            [(
-                KUBECONFIG_KEY.to_owned(),
-                ByteString(TOKEN_KUBECONFIG.as_bytes().to_vec()),
-            )]
-            .into(),
-        );
+        let mut secret = stored_credentials("east", TOKEN_KUBECONFIG);
         let remotes = Remotes::default();
         let built = remotes
             .refresh(&cluster, "ns", Some(&secret))

@@ -150,16 +150,22 @@ impl Claims {
     }
 
     /// When a time-bound token should be replaced: once `fraction` (0 < f < 1) of its lifetime
-    /// has passed. `None` for a token that does not expire or whose lifetime is unknown.
-    pub fn renew_at(&self, fraction: f64) -> Option<Timestamp> {
+    /// has passed, counted from its `iat` or from `seen` (when this process first saw it, by
+    /// its own clock), whichever comes first. `iat` and `exp` are the remote's clock, and the
+    /// token ends `exp - iat` after it was issued whatever the clocks say: counted from `iat`
+    /// alone, a remote clock ahead by more than the rest of the lifetime would put the renewal
+    /// after the end. Counted from `seen`, it is late only by how long the token waited before
+    /// it was seen. `None` for a token that does not expire or whose lifetime is unknown.
+    pub fn renew_at(&self, fraction: f64, seen: Timestamp) -> Option<Timestamp> {
         let (iat, exp) = (self.issued_at?, self.expires_at?);
         if iat >= exp {
-            return Some(iat);
+            return Some(iat.min(seen));
         }
         let lifetime = exp.duration_since(iat).as_secs_f64();
-        let fraction = fraction.clamp(0.0, 1.0);
-        iat.checked_add(SignedDuration::from_secs_f64(lifetime * fraction))
-            .ok()
+        let part = SignedDuration::from_secs_f64(lifetime * fraction.clamp(0.0, 1.0));
+        let by_issue = iat.checked_add(part).ok()?;
+        let by_sight = seen.checked_add(part).ok();
+        Some(by_sight.map_or(by_issue, |by_sight| by_sight.min(by_issue)))
     }
 
     /// The token's lifetime (`exp - iat`), when both are known.
@@ -261,18 +267,38 @@ pub(crate) mod tests {
             issued_at: Some(at(1_000)),
             expires_at: Some(at(1_000 + 86_400)),
         };
-        assert_eq!(c.renew_at(0.5), Some(at(1_000 + 43_200)));
-        assert_eq!(c.renew_at(0.75), Some(at(1_000 + 64_800)));
-        assert_eq!(c.renew_at(2.0), Some(at(1_000 + 86_400)));
+        // Seen as it was issued, by clocks that agree.
+        let seen = at(1_000);
+        assert_eq!(c.renew_at(0.5, seen), Some(at(1_000 + 43_200)));
+        assert_eq!(c.renew_at(0.75, seen), Some(at(1_000 + 64_800)));
+        assert_eq!(c.renew_at(2.0, seen), Some(at(1_000 + 86_400)));
+        // Seen hours after it was issued (a restart): counted from its issue.
+        assert_eq!(c.renew_at(0.5, at(20_000)), Some(at(1_000 + 43_200)));
         assert_eq!(c.lifetime(), Some(SignedDuration::from_hours(24)));
         assert_eq!(
             Claims {
                 issued_at: None,
                 ..c
             }
-            .renew_at(0.5),
+            .renew_at(0.5, seen),
             None
         );
-        assert_eq!(Claims::default().renew_at(0.5), None);
+        assert_eq!(Claims::default().renew_at(0.5, seen), None);
+    }
+
+    /// The remote's clock runs 12 hours ahead: a one-hour token issued at local time 1 000
+    /// says it was issued at 44 200 and ends at 47 800, yet it ends at local time 4 600.
+    #[test]
+    fn renewal_is_due_before_the_end_whatever_the_remote_clock_says() {
+        let skew = 43_200;
+        let c = Claims {
+            issued_at: Some(at(1_000 + skew)),
+            expires_at: Some(at(1_000 + skew + 3_600)),
+        };
+        let ends = at(1_000 + 3_600);
+        // Seen a minute after it was issued.
+        let due = c.renew_at(0.6, at(1_060)).expect("time-bound");
+        assert_eq!(due, at(1_060 + 2_160));
+        assert!(due < ends, "due at {due}, after its end at {ends}");
     }
 }

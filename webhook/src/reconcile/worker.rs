@@ -26,6 +26,7 @@ use mesh_core::{
     failure::error_chain,
     remote::{Remote, RemoteState},
     sync::{PrimaryView, SyncMode, sync_remote, sync_watched},
+    token::Claims,
 };
 
 pub(super) struct Worker {
@@ -36,6 +37,9 @@ pub(super) struct Worker {
     pub(super) kick: Arc<Notify>,
     pub(super) cancel: CancellationToken,
     pub(super) backoff: Backoff,
+    /// Delays of the retries of namespaces the remote refused to write while it answers: it
+    /// is not failing, so the wake-ups stay on.
+    pub(super) refused: Backoff,
     /// Woken by the watch of the remote's namespaces when they drift from the primary.
     pub(super) drift: Arc<Notify>,
     pub(super) watching: Option<RemoteWatch>,
@@ -43,6 +47,8 @@ pub(super) struct Worker {
     /// worker. A failing renewal is not retried every second, and a successful one is not
     /// repeated before the registry holds the new token.
     pub(super) renewal_not_before: Option<Instant>,
+    /// The stored token last seen, and when this worker first saw it (see [`Claims::renew_at`]).
+    pub(super) token_seen: Option<(Claims, Timestamp)>,
 }
 
 /// The drift watch of one remote, for the client it was started with.
@@ -59,8 +65,54 @@ impl Drop for RemoteWatch {
     }
 }
 
+/// How a sync ended, for when the next one is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Ran to its end and wrote every namespace that differed.
+    Synced,
+    /// Ran to its end, the remote refused some writes (an admission policy, a conflict): it
+    /// answers, so what wakes a worker still does, and the next sync, at the latest after
+    /// [`Worker::refused`]'s delay, writes them again.
+    Refused,
+    /// The remote did not answer, refused the credentials, or stopped answering mid-sync:
+    /// retried with [`Worker::backoff`] alone.
+    Failed,
+}
+
 impl Worker {
+    pub(super) fn new(
+        name: String,
+        shared: Arc<Shared>,
+        primary_changed: watch::Receiver<u64>,
+        is_leader: Leadership,
+        cancel: CancellationToken,
+    ) -> Self {
+        let backoff = shared.settings.backoff;
+        Self {
+            name,
+            shared,
+            primary_changed,
+            is_leader,
+            kick: Arc::new(Notify::new()),
+            cancel,
+            backoff: Backoff::new(backoff),
+            refused: Backoff::new(backoff),
+            drift: Arc::new(Notify::new()),
+            watching: None,
+            renewal_not_before: None,
+            token_seen: None,
+        }
+    }
+
+    /// Works until cancelled (the cluster detached, or shutdown), then forgets the cluster's
+    /// gauges: a sync under way is dropped first, so that nothing sets them again, nor writes
+    /// the status or Events of a cluster that is gone.
     pub(super) async fn run(mut self) {
+        self.work().await;
+        self.shared.state.metrics.forget_cluster(&self.name);
+    }
+
+    async fn work(&mut self) {
         let mut term: Option<CancellationToken> = None;
         let mut due = Instant::now();
         let mut last_sync = Instant::now();
@@ -124,24 +176,34 @@ impl Worker {
             // The term ends before another replica may lead: from then on this replica's
             // view of the primary may be stale, so the sync stops where it is and no write
             // of it starts (the future is never polled again). A request already sent is
-            // left to its remote timeout.
-            let ok = tokio::select! {
+            // left to its remote timeout. Detached, it stops the same way.
+            let cancel = self.cancel.clone();
+            let outcome = tokio::select! {
                 biased;
+                () = cancel.cancelled() => return,
                 () = term.cancelled() => {
                     tracing::info!("leadership lost, sync abandoned");
                     continue;
                 }
-                ok = self.sync_once() => ok,
+                outcome = self.sync_once() => outcome,
             };
             last_sync = Instant::now();
-            due = if ok {
-                self.backoff.reset();
-                let next = Instant::now() + self.shared.settings.resync_period;
-                self.renewal_due().map_or(next, |renewal| renewal.min(next))
-            } else {
+            due = if outcome == Outcome::Failed {
                 let delay = self.backoff.next_delay();
                 tracing::debug!(retry_in_ms = delay.as_millis(), "sync failed, backing off");
                 Instant::now() + delay
+            } else {
+                self.backoff.reset();
+                let mut next = Instant::now() + self.shared.settings.resync_period;
+                if outcome == Outcome::Refused {
+                    // Nothing else wakes this worker for a namespace the remote refused (it
+                    // did not change, nor did the primary): at the resync period it would
+                    // wait an hour.
+                    next = next.min(Instant::now() + self.refused.next_delay());
+                } else {
+                    self.refused.reset();
+                }
+                self.renewal_due().map_or(next, |renewal| renewal.min(next))
             };
         }
     }
@@ -211,24 +273,23 @@ impl Worker {
     }
 
     /// When the stored token is due for renewal, if it is time-bound.
-    fn renewal_due(&self) -> Option<Instant> {
+    fn renewal_due(&mut self) -> Option<Instant> {
         let remote = self.shared.state.remotes.get(&self.name)?;
-        let at = remote
-            .token()?
-            .renew_at(self.shared.settings.token_renew_fraction)?;
-        let wait = at.duration_since(Timestamp::now());
+        let now = Timestamp::now();
+        let fraction = self.shared.settings.token_renew_fraction;
+        let at = renew_at(&mut self.token_seen, remote.token()?, fraction, now)?;
+        let wait = at.duration_since(now);
         let wait = Duration::try_from(wait).unwrap_or(Duration::ZERO);
         Some(renewal_time(wait, self.renewal_not_before, Instant::now()))
     }
 
-    /// One full sync, its status, Events and metrics. `false` when the remote failed, or a
-    /// write to one of its namespaces did: then it is retried with the backoff.
-    async fn sync_once(&mut self) -> bool {
+    /// One full sync, its status, Events and metrics.
+    async fn sync_once(&mut self) -> Outcome {
         let shared = &self.shared;
         let cluster_name = self.name.as_str();
         let Some(cluster) = shared.clusters.get(&ObjectRef::new(cluster_name)) else {
             // Deleted; the supervisor stops this worker.
-            return true;
+            return Outcome::Synced;
         };
         let primary = StoreView {
             namespaces: &shared.state.primary,
@@ -312,7 +373,13 @@ impl Worker {
         // A sync the remote stopped answering part-way failed, though it wrote some.
         let ok = matches!(attempt, Attempt::Synced(_));
         let prev = cluster.status.clone();
-        let mut next = next_status(prev.as_ref(), &attempt, cluster.metadata.generation, now);
+        // The spec this sync used is the one its remote entry was built from: the store may
+        // hold a newer one already, which the supervisor has not built an entry of yet.
+        let generation = remote
+            .as_deref()
+            .and_then(|r| r.fingerprint().cluster_generation)
+            .or(cluster.metadata.generation);
+        let mut next = next_status(prev.as_ref(), &attempt, generation, now);
         if ok && let Some(remote) = remote.as_deref() {
             // It answers again: pushes wait for it.
             remote.answered();
@@ -383,8 +450,9 @@ impl Worker {
             .events
             .reachability(&cluster, prev.as_ref(), &next, reachable);
         to_primary("events", reachability).await;
+        let fraction = shared.settings.token_renew_fraction;
         let renewal_due = token
-            .and_then(|t| t.renew_at(shared.settings.token_renew_fraction))
+            .and_then(|t| renew_at(&mut self.token_seen, t, fraction, now))
             .is_some_and(|at| at <= now);
         let renewal_allowed = self
             .renewal_not_before
@@ -424,10 +492,30 @@ impl Worker {
         {
             tracing::warn!(error = %error_chain(&error), "cannot write cluster status");
         }
-        // Nothing else wakes this worker for a namespace whose write failed (the remote did
-        // not change, nor did the primary): at the resync period it would wait an hour.
-        ok && result.is_ok_and(|report| report.errors.is_empty())
+        match result {
+            _ if !ok => Outcome::Failed,
+            Ok(report) if !report.errors.is_empty() => Outcome::Refused,
+            _ => Outcome::Synced,
+        }
     }
+}
+
+/// When `token` is due for renewal ([`Claims::renew_at`]), counted from when it was first seen:
+/// `seen` holds the last token seen and when, `now` if `token` is another one.
+fn renew_at(
+    seen: &mut Option<(Claims, Timestamp)>,
+    token: Claims,
+    fraction: f64,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let first_seen = match *seen {
+        Some((known, at)) if known == token => at,
+        _ => {
+            *seen = Some((token, now));
+            now
+        }
+    };
+    token.renew_at(fraction, first_seen)
 }
 
 /// How long a sync waits for a new drift watch's first list rather than list the remote itself:
@@ -461,7 +549,316 @@ fn renewal_time(wait: Duration, not_before: Option<Instant>, now: Instant) -> In
 
 #[cfg(test)]
 mod tests {
+    use std::{
+        convert::Infallible,
+        sync::{Mutex, PoisonError},
+    };
+
+    use http_body_util::BodyExt;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::runtime::{reflector, watcher};
+    use mesh_core::{
+        cluster::MeshCluster,
+        fake_apiserver::{FakeApiserver, json_response, status},
+        fixtures::{MetadataExt, mesh_cluster, ns, stored_credentials},
+        remote::Remotes,
+    };
+    use serde_json::{Value, json};
+
     use super::*;
+    use crate::{
+        backoff::BackoffSettings, events::Publisher, leader::always_leader,
+        primary_view::watch_namespaces, reconcile::Settings, shared_state::SharedState,
+    };
+
+    /// A primary that keeps every request the worker sends it ("METHOD path" and body) and
+    /// refuses it: what was written, not what became of it, is what these tests look at.
+    #[derive(Clone, Default)]
+    struct Primary(Arc<Mutex<Vec<(String, Value)>>>);
+
+    impl Primary {
+        fn client(&self) -> kube::Client {
+            let this = self.clone();
+            let service = tower::service_fn(move |request: hyper::Request<kube::client::Body>| {
+                let this = this.clone();
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = body.collect().await.expect("body").to_bytes();
+                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    this.requests()
+                        .push((format!("{} {}", parts.method, parts.uri.path()), body));
+                    let (code, body) = status(hyper::StatusCode::INTERNAL_SERVER_ERROR, "", "no");
+                    Ok::<_, Infallible>(json_response(code, &body))
+                }
+            });
+            kube::Client::new(service, "default")
+        }
+
+        fn requests(&self) -> std::sync::MutexGuard<'_, Vec<(String, Value)>> {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        /// The bodies of the status writes of MeshCluster east.
+        fn status_writes(&self) -> Vec<Value> {
+            let requests = self.requests();
+            let writes = requests
+                .iter()
+                .filter(|(call, _)| call.ends_with("/east/status"));
+            writes.map(|(_, body)| body.clone()).collect()
+        }
+    }
+
+    /// One worker of cluster east, leading, with its primary and registry.
+    struct Running {
+        shared: Arc<Shared>,
+        primary: Primary,
+        cancel: CancellationToken,
+        worker: tokio::task::JoinHandle<()>,
+        // Dropped, it would read as the primary's watch gone, which stops the worker.
+        _primary_changed: watch::Sender<u64>,
+    }
+
+    /// Starts the worker of `cluster` (as the store holds it) with the registry `remotes`, over
+    /// a primary holding `namespaces`.
+    async fn start(
+        cluster: MeshCluster,
+        remotes: Remotes,
+        namespaces: Vec<Namespace>,
+        settings: Settings,
+    ) -> Running {
+        let state = SharedState::new(Arc::default(), remotes);
+        let listed = [watcher::Event::Init]
+            .into_iter()
+            .chain(namespaces.into_iter().map(watcher::Event::InitApply))
+            .chain([watcher::Event::InitDone]);
+        watch_namespaces(
+            futures::stream::iter(listed.map(Ok)),
+            state.primary.clone(),
+            state.in_flight.clone(),
+            watch::channel(0).0,
+            CancellationToken::new(),
+        )
+        .await;
+        let (clusters, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Apply(cluster));
+        let primary = Primary::default();
+        let shared = Arc::new(Shared {
+            primary: primary.client(),
+            events: Publisher::new(
+                primary.client(),
+                settings.reporter.clone(),
+                state.metrics.clone(),
+            ),
+            state,
+            clusters,
+            sync_permits: tokio::sync::Semaphore::new(settings.concurrent_syncs),
+            retry_permits: tokio::sync::Semaphore::new(settings.concurrent_syncs),
+            settings,
+        });
+        let (primary_changed, changes) = watch::channel(0);
+        let cancel = CancellationToken::new();
+        let worker = Worker::new(
+            "east".to_owned(),
+            shared.clone(),
+            changes,
+            always_leader(),
+            cancel.clone(),
+        );
+        Running {
+            worker: tokio::spawn(worker.run()),
+            shared,
+            primary,
+            cancel,
+            _primary_changed: primary_changed,
+        }
+    }
+
+    impl Running {
+        fn metrics(&self) -> String {
+            self.shared.state.metrics.encode().expect("metrics")
+        }
+    }
+
+    /// Waits until `done`, failing the test after `within` (tokio's time: paused in these tests).
+    async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Remote east served by `api`, as a test builds it (no identity to prove).
+    fn served_by(api: &FakeApiserver) -> Remotes {
+        let remotes = Remotes::default();
+        remotes.insert(Remote::new("east", api.client()));
+        remotes
+    }
+
+    fn enabled(name: &str) -> Namespace {
+        ns(name).label("istio-injection", "enabled")
+    }
+
+    fn settings() -> Settings {
+        let mut settings = Settings::new("mesh", "test");
+        // Retries far apart, so that only a wake-up can sync soon.
+        let apart = Duration::from_secs(30);
+        settings.backoff = BackoffSettings {
+            initial: apart,
+            max: apart,
+        };
+        settings
+    }
+
+    /// The worker of a remote whose admission policy refuses `app`'s labels, as Kyverno or
+    /// Gatekeeper would (the fake apiserver refuses it on demand; a real one cannot be made
+    /// to), once its first sync has tried `app` and written the status.
+    async fn refusing_app() -> (FakeApiserver, Running) {
+        let api = FakeApiserver::default()
+            .with_namespace("app", &[])
+            .with_namespace("web", &[("istio-injection", "enabled")]);
+        api.state().forbidden_namespaces.insert("app".to_owned());
+        let running = start(
+            mesh_cluster("east", "uid-east"),
+            served_by(&api),
+            vec![enabled("app"), enabled("web")],
+            settings(),
+        )
+        .await;
+        let within = Duration::from_secs(10);
+        wait_until("app refused", within, || patches_of(&api, "app") == 1).await;
+        wait_until("status written", within, || {
+            !running.primary.status_writes().is_empty()
+        })
+        .await;
+        (api, running)
+    }
+
+    fn patches_of(api: &FakeApiserver, name: &str) -> usize {
+        let path = format!("PATCH /api/v1/namespaces/{name}");
+        let calls = api.state().received.clone();
+        let of_name = |call: &&String| call.split('?').next() == Some(path.as_str());
+        calls.iter().filter(of_name).count()
+    }
+
+    /// The remote answers but refuses one namespace: it is not failing, so a hand edit of
+    /// another namespace is corrected at the drift wake-up, not at the next retry.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_namespace_leaves_the_wake_ups_on() {
+        let (api, running) = refusing_app().await;
+        api.edit("web", |ns| {
+            ns["metadata"]["labels"]["istio-injection"] = json!("disabled");
+        });
+        let settle = running.shared.settings.drift_settle;
+        wait_until("web corrected", settle + Duration::from_secs(2), || {
+            api.labels("web")["istio-injection"] == "enabled"
+        })
+        .await;
+        running.cancel.cancel();
+    }
+
+    /// A controller of the remote that keeps editing a namespace the remote refuses to
+    /// correct (an annotation, as Rancher's do) does not make a sync of each edit: the
+    /// refused namespace is written again at the retries only.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_namespace_edited_elsewhere_is_retried_at_its_pace() {
+        let (api, running) = refusing_app().await;
+        let minute = Duration::from_secs(60);
+        let end = Instant::now() + minute;
+        let mut edits = 0;
+        while Instant::now() < end {
+            edits += 1;
+            api.edit("app", |ns| {
+                ns["metadata"]["annotations"] = json!({"heartbeat": edits.to_string()});
+            });
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        // A retry every 24 to 30 s.
+        let retries = patches_of(&api, "app") - 1;
+        assert!(
+            retries <= 3,
+            "{retries} writes of app for {edits} edits of it"
+        );
+        running.cancel.cancel();
+    }
+
+    /// A cluster detached while its sync waits for the remote: the sync stops, nothing is
+    /// written to the primary after, and the cluster's gauges are gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_cluster_writes_nothing_more_and_its_gauges_go() {
+        let api = FakeApiserver::default().with_namespace("web", &[("istio-injection", "enabled")]);
+        let running = start(
+            mesh_cluster("east", "uid-east"),
+            served_by(&api),
+            vec![enabled("web")],
+            settings(),
+        )
+        .await;
+        let gauge = r#"cluster_reachable{cluster="east"}"#;
+        wait_until("first sync", Duration::from_secs(10), || {
+            running.metrics().contains(gauge)
+        })
+        .await;
+
+        // The next sync, woken by a hand edit, waits a minute for the remote's answer to its
+        // first read.
+        api.state().delay = Some(Duration::from_secs(60));
+        let before = api.state().received.len();
+        api.edit("web", |ns| ns["metadata"]["labels"] = json!({}));
+        wait_until("the sync reads the remote", Duration::from_secs(10), || {
+            let state = api.state();
+            let since = &state.received[before..];
+            since.iter().any(|call| call.ends_with("limit=1"))
+        })
+        .await;
+        // As the supervisor does when the MeshCluster is gone.
+        let mut running = running;
+        let written = running.primary.requests().len();
+        running.cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(1), &mut running.worker)
+            .await
+            .expect("the worker outlived its cancel")
+            .expect("the worker ends");
+        assert_eq!(running.primary.requests().len(), written, "written after");
+        assert!(!running.metrics().contains(gauge), "{}", running.metrics());
+    }
+
+    /// A Secret of cluster east whose kubeconfig reaches nothing (port 1).
+    fn unreachable_credentials() -> Secret {
+        let kubeconfig = "{apiVersion: v1, kind: Config, current-context: east, \
+            clusters: [{name: east, cluster: {server: 'https://127.0.0.1:1', \
+            certificate-authority-data: ''}}], \
+            users: [{name: east, user: {token: t}}], \
+            contexts: [{name: east, context: {cluster: east, user: east}}]}";
+        stored_credentials("east", kubeconfig)
+    }
+
+    /// The MeshCluster was edited (generation 2) and the registry still holds the entry built
+    /// from generation 1 (the supervisor builds it after its debounce): the status says the
+    /// sync used generation 1.
+    #[tokio::test(start_paused = true)]
+    async fn the_status_observes_the_generation_the_sync_used() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut built_from = mesh_cluster("east", "uid-east");
+        built_from.metadata.uid = Some("uid-mc".to_owned());
+        built_from.metadata.generation = Some(1);
+        let mut stored = built_from.clone();
+        stored.metadata.generation = Some(2);
+        let remotes = Remotes::default();
+        let secret = unreachable_credentials();
+        remotes
+            .refresh(&built_from, "mesh", Some(&secret))
+            .await
+            .expect("built");
+        let running = start(stored, remotes, vec![enabled("web")], settings()).await;
+        wait_until("status written", Duration::from_secs(60), || {
+            !running.primary.status_writes().is_empty()
+        })
+        .await;
+        let written = running.primary.status_writes();
+        assert_eq!(written[0]["status"]["observedGeneration"], json!(1));
+        running.cancel.cancel();
+    }
 
     #[test]
     fn a_renewal_is_tried_once_per_pacing_not_every_second() {
@@ -475,5 +872,30 @@ mod tests {
         // Due later than that: when it is due.
         let later = Duration::from_secs(3600);
         assert_eq!(renewal_time(later, Some(next_try), now), now + later);
+    }
+
+    #[test]
+    fn a_token_is_counted_from_when_it_was_first_seen() {
+        let at = |s| Timestamp::from_second(s).unwrap();
+        let token = |iat| Claims {
+            issued_at: Some(at(iat)),
+            expires_at: Some(at(iat + 1_000)),
+        };
+        let mut seen = None;
+        // Issued by a remote clock 900 s ahead, seen at 100: due 500 s later by the local one.
+        assert_eq!(
+            renew_at(&mut seen, token(1_000), 0.5, at(100)),
+            Some(at(600))
+        );
+        // Seen again later: still counted from 100.
+        assert_eq!(
+            renew_at(&mut seen, token(1_000), 0.5, at(550)),
+            Some(at(600))
+        );
+        // Renewed: the new token counts from when it is seen.
+        assert_eq!(
+            renew_at(&mut seen, token(1_700), 0.5, at(800)),
+            Some(at(1_300))
+        );
     }
 }
