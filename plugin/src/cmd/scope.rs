@@ -4,7 +4,8 @@
 //! change at once. The remote enforces it too (the sync scope policy refuses the sync account
 //! what the scope leaves out, and the guard guards what it covers): changing those needs the
 //! remote's admin credentials, as attach does, so that only the remote's admin can widen what
-//! the token stored on the primary may write.
+//! the token stored on the primary may write. The scope the MeshCluster records already is
+//! written to the remote's policies alone, which a `kubectl patch` of it left as they were.
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use kube::{
@@ -30,7 +31,8 @@ use crate::{
 /// `--namespace-selector` replace it, `--clear` removes it. The webhook follows at once; the
 /// remote's admission policies (its sync scope, and its guard if any) are updated on the remote
 /// first, with its admin credentials (--remote-kubeconfig, or the context attach recorded when
-/// your kubeconfig has it).
+/// your kubeconfig has it). Flags giving the scope the cluster has already bring the remote's
+/// policies in line with it (after a `kubectl patch` of the MeshCluster left them behind).
 #[derive(Debug, clap::Args)]
 pub struct Scope {
     /// Name of the attached cluster.
@@ -74,18 +76,16 @@ impl Scope {
         } else {
             namespace_scope::from_flags(&rule, &exclude_namespaces, namespace_selector.as_deref())?
         };
-        if scope == mc.spec.scope {
-            ctx.progress.ok(format!(
-                "{cluster}: scope unchanged ({})",
-                namespace_scope::describe(&scope)
-            ));
-            return Ok(());
-        }
+        // The scope the MeshCluster records already: only the remote's policies are brought
+        // in line with it (a `kubectl patch` of the MeshCluster leaves them as they were).
+        let recorded = scope == mc.spec.scope;
 
         // Every right asked before the first write: the MeshCluster is patched last, and a
         // refusal there would leave the remote's policies changed for nothing.
-        let needs = [Need::cluster(mesh_core::GROUP, "meshclusters", &["patch"])];
-        access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
+        if !recorded {
+            let needs = [Need::cluster(mesh_core::GROUP, "meshclusters", &["patch"])];
+            access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
+        }
         // The remote's policies first, so that a refusal here leaves everything as it was;
         // the guard first of them: it then spares what the webhook stops writing a moment
         // later.
@@ -113,33 +113,51 @@ impl Scope {
                 .update(&remote, &remote_target, &cluster, &primary_id, &policy)
                 .await
             {
-                Ok(before) => changed.push((follower, before)),
+                Ok(Some(before)) => changed.push((follower, before)),
+                Ok(None) => {}
                 Err(e) => return Err(restored(e, &cluster, restore(&remote, &changed).await)),
             }
         }
-        let patch = json!({ "spec": { "scope": scope_patch(&scope) } });
-        let clusters: Api<MeshCluster> = Api::all(primary.clone());
-        let stored = clusters
-            .patch(
-                &cluster,
-                &PatchParams {
-                    field_manager: Some(FIELD_MANAGER.to_owned()),
-                    ..Default::default()
-                },
-                &Patch::Merge(&patch),
-            )
-            .await;
-        if let Err(e) = stored {
-            // The policies back as they were: the MeshCluster still has the old scope.
-            let error = Error::kube(format!("cannot update MeshCluster {cluster}"))(e);
-            return Err(restored(error, &cluster, restore(&remote, &changed).await));
+        let described = namespace_scope::describe(&scope);
+        let policies: Vec<&str> = changed.iter().map(|(f, _)| f.what).collect();
+        let policies = policies.join(" and ");
+        if recorded {
+            if changed.is_empty() {
+                ctx.progress
+                    .ok(format!("{cluster}: scope unchanged ({described})"));
+                return Ok(());
+            }
+            ctx.progress.ok(format!(
+                "{cluster}: scope unchanged ({described}); the remote's {policies} brought in \
+                 line with it"
+            ));
+        } else {
+            let patch = json!({ "spec": { "scope": scope_patch(&scope) } });
+            let clusters: Api<MeshCluster> = Api::all(primary.clone());
+            let stored = clusters
+                .patch(
+                    &cluster,
+                    &PatchParams {
+                        field_manager: Some(FIELD_MANAGER.to_owned()),
+                        ..Default::default()
+                    },
+                    &Patch::Merge(&patch),
+                )
+                .await;
+            if let Err(e) = stored {
+                // The policies back as they were: the MeshCluster still has the old scope.
+                let error = Error::kube(format!("cannot update MeshCluster {cluster}"))(e);
+                return Err(restored(error, &cluster, restore(&remote, &changed).await));
+            }
+            let remote_side = if changed.is_empty() {
+                "the remote's policies already followed it".to_owned()
+            } else {
+                format!("the remote's {policies} updated")
+            };
+            ctx.progress.ok(format!(
+                "{cluster}: scope is now {described}; {remote_side}, the webhook follows at once"
+            ));
         }
-        let updated: Vec<&str> = changed.iter().map(|(f, _)| f.what).collect();
-        ctx.progress.ok(format!(
-            "{cluster}: scope is now {}; the remote's {} updated, the webhook follows at once",
-            namespace_scope::describe(&scope),
-            updated.join(" and "),
-        ));
         ctx.progress.info(format!(
             "`kubectl mesh plan --cluster {cluster}` shows what a sync changes now"
         ));
@@ -226,7 +244,7 @@ impl Follower {
     };
 
     /// Sets the policy's following part to `wanted`'s, when the attach of `cluster` from the
-    /// primary `primary_id` made it; returns the policy as it was.
+    /// primary `primary_id` made it; returns the policy as it was if that changed it.
     async fn update(
         self,
         remote: &Client,
@@ -234,7 +252,7 @@ impl Follower {
         cluster: &str,
         primary_id: &str,
         wanted: &ValidatingAdmissionPolicy,
-    ) -> Result<ValidatingAdmissionPolicy> {
+    ) -> Result<Option<ValidatingAdmissionPolicy>> {
         let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
         let before = match api.get(self.name).await {
             Ok(before) => before,
@@ -274,13 +292,15 @@ impl Follower {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
-        api.patch(self.name, &params, &Patch::Merge(&patch))
+        let after = api
+            .patch(self.name, &params, &Patch::Merge(&patch))
             .await
             .map_err(|e| {
                 let doing = format!("update ValidatingAdmissionPolicy {}", self.name);
                 access::request_error(target, &doing, e)
             })?;
-        Ok(before)
+        // Compared as the apiserver stores both (with its defaults), not with `wanted`.
+        Ok(((self.part)(&after) != (self.part)(&before)).then_some(before))
     }
 }
 

@@ -13,7 +13,7 @@ use kube::{
 use mesh_core::cluster::{MeshCluster, NamespaceScope};
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, unique_name,
+    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, kubectl, unique_name,
 };
 use mesh_testenv::Cluster;
 use serde_json::{Value, json};
@@ -277,4 +277,56 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
         delete_namespace(remote, ns).await?;
     }
     Ok(())
+}
+
+/// A scope set with `kubectl patch` leaves the remote's policies as they were (check warns of
+/// the guard); `kubectl mesh scope` with the same flags brings them in line with it.
+#[tokio::test]
+async fn the_same_scope_again_brings_the_remote_in_line() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    let kept = unique_name("kept");
+    create_namespace(remote, &kept).await?;
+    attach(env, remote, &[]).await?;
+    let narrowed = json!({"spec": {"scope": {"excludeNamespaces": [&kept]}}}).to_string();
+    let patch = [
+        "patch",
+        "meshcluster",
+        &remote.name,
+        "--type",
+        "merge",
+        "-p",
+        &narrowed,
+    ];
+    kubectl(env, env.primary(), &patch).await?;
+    let guard_check = async || -> anyhow::Result<Option<String>> {
+        let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
+        Ok(report
+            .cluster_check(&remote.name, GUARD_CHECK)
+            .map(|c| c.result.clone()))
+    };
+    ensure!(guard_check().await?.as_deref() == Some("warning"));
+
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let args = ["scope", &remote.name, "--exclude-namespaces", &kept];
+    let args = [&args[..], &["--remote-kubeconfig", &kubeconfig]].concat();
+    let progress = succeeded(&mesh(env, &args, &[]).await?, "scope as patched")?;
+    ensure!(progress.contains("brought in line"), "{progress}");
+    ensure!(scope_recorded_on(remote).await?.exclude_namespaces == std::slice::from_ref(&kept));
+    ensure!(guard_check().await?.as_deref() == Some("ok"));
+    let stored = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
+    let managed = json!({"labels": {"istio-injection": "enabled"}});
+    eventually("the patched scope enforced", DEFAULT_TIMEOUT, || async {
+        Ok(as_sync(&stored, &kept, managed.clone()).await.map(drop))
+    })
+    .await?;
+    // In line now: a third run says the scope is unchanged, and no more.
+    let progress = succeeded(&mesh(env, &args, &[]).await?, "scope once more")?;
+    ensure!(
+        progress.contains("scope unchanged") && !progress.contains("brought"),
+        "{progress}"
+    );
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await?;
+    delete_namespace(remote, &kept).await
 }
