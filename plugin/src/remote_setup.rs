@@ -124,6 +124,23 @@ pub fn istio_secret_name(cluster: &str) -> String {
     format!("istio-remote-secret-{cluster}")
 }
 
+/// The token Secret that holds an identity's stored token while its own one, `own`, is issued
+/// anew (`kubectl mesh rotate`); an interrupted rotation leaves it behind.
+pub fn standby_secret(own: &str) -> String {
+    format!("{own}-standby")
+}
+
+/// Every token Secret a primary may have on a remote: each identity's own and its standby.
+/// Deleting them revokes every token that primary holds there: detach and a takeover (`attach
+/// --force`) delete them all, the standby an interrupted rotation left included.
+pub fn token_secrets() -> Vec<String> {
+    let own = [TOKEN_SECRET, ISTIO_READER_TOKEN_SECRET, VIEW_TOKEN_SECRET];
+    own.iter()
+        .map(|s| (*s).to_owned())
+        .chain(own.iter().map(|s| standby_secret(s)))
+        .collect()
+}
+
 /// Labels of every object attach creates for `cluster`.
 pub fn labels(cluster: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
@@ -675,6 +692,19 @@ mod tests {
             selector("east"),
             "app.kubernetes.io/managed-by=kubectl-mesh,kubectl-mesh.io/cluster=east"
         );
+    }
+
+    #[test]
+    fn every_identitys_token_secret_and_its_standby_are_listed_once() {
+        let names = token_secrets();
+        for own in [TOKEN_SECRET, ISTIO_READER_TOKEN_SECRET, VIEW_TOKEN_SECRET] {
+            assert!(names.iter().any(|n| n == own), "{own}");
+            assert!(names.contains(&format!("{own}-standby")), "{own}");
+        }
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
     }
 
     #[test]

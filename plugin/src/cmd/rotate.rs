@@ -9,6 +9,10 @@
 //! Secret, which revokes the old token, issues that one anew, moves the stored kubeconfig
 //! back to it, waits again and deletes the standby.
 //!
+//! Nothing is issued for a cluster another primary took over (`attach --force`): its
+//! ServiceAccounts and token Secrets on the remote must be this primary's, checked before the
+//! first token of any cluster is issued.
+//!
 //! A token Secret is deleted only while the stored kubeconfig holds another token that the
 //! webhook has used (or when the stored one has expired and cannot be used anyway), so an
 //! interruption at any step leaves working credentials, and a re-run goes on from what it
@@ -25,6 +29,7 @@ use k8s_openapi::{
         authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
         core::v1::{Secret, ServiceAccount},
     },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -108,20 +113,10 @@ impl Holder {
     }
 }
 
-/// The token Secret that holds the stored token while its own one is issued anew.
-pub fn standby_secret(own: &str) -> String {
-    format!("{own}-standby")
-}
-
-/// Every standby name, for detach.
-pub fn standby_secrets() -> [String; 3] {
-    [Holder::Sync, Holder::View, Holder::Istio].map(|h| standby_secret(h.token_secret()))
-}
-
 /// The steps of one identity's rotation, as `--dry-run` prints them.
 pub fn steps(cluster: &str, holder: Holder) -> Vec<String> {
     let own = holder.token_secret();
-    let standby = standby_secret(own);
+    let standby = setup::standby_secret(own);
     let (ns, stored) = holder.stored_at(cluster);
     let used = match holder {
         Holder::Sync => format!(
@@ -200,9 +195,11 @@ impl Rotate {
             let istio = plans.iter().any(|(_, h, _)| h.contains(&Holder::Istio));
             let needs = primary_needs(istio);
             access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
-            for (mc, (name, _, time_bound)) in targets.iter().zip(&plans) {
-                remotes
-                    .push(remote_client(name, mc, &primary_kc, &remote_admin, *time_bound).await?);
+            for (mc, (name, holders, time_bound)) in targets.iter().zip(&plans) {
+                let (remote, target) =
+                    remote_client(name, mc, &primary_kc, &remote_admin, *time_bound).await?;
+                refuse_taken_over(&remote, &target, name, &primary_id, holders).await?;
+                remotes.push((remote, target));
             }
         }
         let mut remotes = remotes.into_iter();
@@ -304,16 +301,15 @@ fn primary_needs(istio: bool) -> Vec<Need> {
     needs
 }
 
-/// What rotate does on the remote: token Secrets read, deleted (revoking their tokens) and
-/// created anew; with `time_bound` tokens (`attach --token-ttl`), each is requested through the
-/// TokenRequest API (`serviceaccounts/token`) rather than filled in by the remote.
+/// What rotate does on the remote: ServiceAccounts read (whose they are), token Secrets read,
+/// deleted (revoking their tokens) and created anew; with `time_bound` tokens (`attach
+/// --token-ttl`), each is requested through the TokenRequest API (`serviceaccounts/token`)
+/// rather than filled in by the remote.
 fn remote_needs(time_bound: bool) -> Vec<Need> {
-    let mut needs = vec![Need::namespaced(
-        "",
-        "secrets",
-        MESH_NAMESPACE,
-        &["get", "create", "delete"],
-    )];
+    let mut needs = vec![
+        Need::namespaced("", "serviceaccounts", MESH_NAMESPACE, &["get"]),
+        Need::namespaced("", "secrets", MESH_NAMESPACE, &["get", "create", "delete"]),
+    ];
     if time_bound {
         needs.push(Need::token_request());
     }
@@ -343,6 +339,80 @@ async fn remote_client(
         });
     };
     admin.connect_to(mc, &remote_needs(time_bound)).await
+}
+
+/// Refuses, before any token is issued, a cluster another primary took over (`attach
+/// --force`): its ServiceAccounts are that primary's now, and a token issued for them here
+/// would let this primary write there again (the sync scope policy matches the account's
+/// name only). Checked: each of `holders`' ServiceAccount and token Secrets, standby included.
+async fn refuse_taken_over(
+    remote: &Client,
+    target: &Target,
+    cluster: &str,
+    primary_id: &str,
+    holders: &[Holder],
+) -> Result<()> {
+    let read = |(kind, name): (&str, &str)| {
+        let doing = format!("read {kind} {MESH_NAMESPACE}/{name}");
+        move |e| access::request_error(target, &doing, e)
+    };
+    let accounts = Api::<ServiceAccount>::namespaced(remote.clone(), MESH_NAMESPACE);
+    let secrets = Api::<Secret>::namespaced(remote.clone(), MESH_NAMESPACE);
+    for holder in holders {
+        let account = ("ServiceAccount", holder.account());
+        let Some(found) = accounts.get_opt(account.1).await.map_err(read(account))? else {
+            return Err(Error::Refused {
+                what: format!(
+                    "ServiceAccount {MESH_NAMESPACE}/{} is missing on {cluster}",
+                    account.1
+                ),
+                hint: format!("re-run `kubectl mesh attach` for {cluster}; then rotate"),
+            });
+        };
+        ours_or_refused(&found.metadata, account, cluster, primary_id)?;
+        let own = holder.token_secret();
+        for name in [own.to_owned(), setup::standby_secret(own)] {
+            let secret = ("Secret", name.as_str());
+            if let Some(found) = secrets.get_opt(&name).await.map_err(read(secret))? {
+                ours_or_refused(&found.metadata, secret, cluster, primary_id)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The remote object `kind` `name` (in the mesh namespace) of `cluster`, found with `meta`,
+/// must be one this primary's attach (or rotate) created for it.
+fn ours_or_refused(
+    meta: &ObjectMeta,
+    (kind, name): (&str, &str),
+    cluster: &str,
+    primary_id: &str,
+) -> Result<()> {
+    if setup::is_ours_from(meta, cluster, primary_id) {
+        return Ok(());
+    }
+    let object = format!("{kind} {MESH_NAMESPACE}/{name} on {cluster}");
+    Err(match setup::primary_of(meta) {
+        Some(other) if setup::is_ours(meta, cluster) => Error::Refused {
+            what: format!(
+                "{object} belongs to another primary (kube-system uid {other}): it took \
+                 {cluster} over"
+            ),
+            hint: format!(
+                "rotate from the primary that holds {cluster} now; here `kubectl mesh detach \
+                 {cluster}` drops it, or `kubectl mesh attach` with --force takes it back"
+            ),
+        },
+        _ => Error::Refused {
+            what: format!("{object} was not created by kubectl-mesh for {cluster}"),
+            hint: format!(
+                "`kubectl -n {MESH_NAMESPACE} get {} {name} -o yaml` on {cluster} shows whose \
+                 it is; rotate replaces only what attach created",
+                kind.to_lowercase()
+            ),
+        },
+    })
 }
 
 /// One cluster's rotation.
@@ -470,7 +540,7 @@ fn stored_token_of(secret: &Secret) -> Option<String> {
 impl Rotation<'_> {
     async fn rotate(&self, holder: Holder) -> Result<()> {
         let own = holder.token_secret();
-        let standby = standby_secret(own);
+        let standby = setup::standby_secret(own);
         let account = holder.account();
         self.progress.info(format!(
             "{}: rotating the token of ServiceAccount {MESH_NAMESPACE}/{account}",
@@ -532,19 +602,12 @@ impl Rotation<'_> {
         let Some(found) = self.remote_secret(name).await? else {
             return Ok(());
         };
-        if !setup::is_ours_from(&found.metadata, self.cluster, self.primary_id) {
-            return Err(Error::Refused {
-                what: format!(
-                    "Secret {MESH_NAMESPACE}/{name} on {} was not created by this primary for \
-                     this cluster",
-                    self.cluster
-                ),
-                hint: format!(
-                    "`kubectl mesh attach` with --force takes {} over from another primary",
-                    self.cluster
-                ),
-            });
-        }
+        ours_or_refused(
+            &found.metadata,
+            ("Secret", name),
+            self.cluster,
+            self.primary_id,
+        )?;
         let api = Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE);
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -785,6 +848,13 @@ mod tests {
             assert!(asks(&remote_needs(false), MESH_NAMESPACE, "secrets", verb));
         }
         assert!(!asks(&remote_needs(false), MESH_NAMESPACE, token, "create"));
+        // Whose the ServiceAccounts are, before a token is issued for them.
+        assert!(asks(
+            &remote_needs(false),
+            MESH_NAMESPACE,
+            "serviceaccounts",
+            "get"
+        ));
         assert!(asks(&remote_needs(true), MESH_NAMESPACE, token, "create"));
     }
 
@@ -799,6 +869,52 @@ mod tests {
         assert!(steps[1].contains("observedCredentials"), "{steps:?}");
         assert!(steps[2].contains("revokes"), "{steps:?}");
         assert!(steps[4].contains("delete Secret kubectl-mesh/kubectl-mesh-sync-token-standby"));
-        assert!(standby_secrets().contains(&"kubectl-mesh-istio-reader-token-standby".to_owned()));
+    }
+
+    /// Detach and a takeover revoke what rotate issues: every token Secret it may leave is in
+    /// the one list they delete.
+    #[test]
+    fn every_secret_rotate_issues_is_revoked_by_detach_and_takeover() {
+        let revoked = setup::token_secrets();
+        for holder in [Holder::Sync, Holder::View, Holder::Istio] {
+            let own = holder.token_secret();
+            for issued in [own.to_owned(), setup::standby_secret(own)] {
+                assert!(revoked.contains(&issued), "{issued} in {revoked:?}");
+            }
+        }
+    }
+
+    /// A remote object rotate would use or replace is refused, in one line saying what to do,
+    /// unless this primary's attach (or an older one, which records no primary) made it.
+    #[test]
+    fn only_this_primarys_objects_are_rotated() {
+        let account = ("ServiceAccount", setup::SYNC_ACCOUNT);
+        let mut json = serde_json::to_value(setup::service_account(account.1, "east")).unwrap();
+        let older: ServiceAccount = serde_json::from_value(json.clone()).unwrap();
+        ours_or_refused(&older.metadata, account, "east", "uid-a").expect("an older attach");
+        setup::record_primary(&mut json, "uid-b");
+        let theirs: ServiceAccount = serde_json::from_value(json).unwrap();
+        let line = ours_or_refused(&theirs.metadata, account, "east", "uid-a")
+            .expect_err("taken over")
+            .line();
+        assert_eq!(
+            line,
+            "ServiceAccount kubectl-mesh/kubectl-mesh-sync on east belongs to another primary \
+             (kube-system uid uid-b): it took east over; rotate from the primary that holds east \
+             now; here `kubectl mesh detach east` drops it, or `kubectl mesh attach` with \
+             --force takes it back"
+        );
+        ours_or_refused(&theirs.metadata, account, "east", "uid-b").expect("that primary's");
+        let line = ours_or_refused(&older.metadata, account, "west", "uid-a")
+            .expect_err("another cluster's")
+            .line();
+        assert!(
+            line.contains("not created by kubectl-mesh for west"),
+            "{line}"
+        );
+        assert!(
+            line.contains("get serviceaccount kubectl-mesh-sync"),
+            "{line}"
+        );
     }
 }

@@ -594,6 +594,8 @@ async fn first_sync(
 /// Every object attach writes must be absent or made by attach for this very cluster: attach
 /// never takes over objects it did not create, nor another cluster's. Those made for this
 /// cluster from another primary are taken over with `force` only; returns whether any are.
+/// So are the token Secrets this run does not write (a standby an interrupted rotation left,
+/// an identity not asked for again): a takeover revokes another primary's among them.
 async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> Result<bool> {
     let mut takeover = false;
     let placeholder = "";
@@ -601,6 +603,21 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
         .into_iter()
         .map(|m| (Side::Remote, m))
         .collect();
+    let written = objects.len();
+    for secret in setup::token_secrets() {
+        let m = Manifest::new(&setup::token_secret(
+            &secret,
+            setup::SYNC_ACCOUNT,
+            &plan.name,
+        ))?;
+        if !objects
+            .iter()
+            .any(|(_, o)| o.resource.kind == "Secret" && o.name == m.name)
+        {
+            objects.push((Side::Remote, m));
+        }
+    }
+    let unwritten = written..objects.len();
     objects.push((
         Side::Primary,
         Manifest::new(&setup::cluster_secret(&plan.name, placeholder))?,
@@ -617,10 +634,11 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
             Manifest::new(&setup::view_secret(&plan.name, placeholder))?,
         ));
     }
-    for (side, m) in objects {
+    for (i, (side, m)) in objects.into_iter().enumerate() {
         // The namespace is checked as the other objects are only for its primary: attach
-        // uses one it did not create as it is.
+        // uses one it did not create as it is; so are the token Secrets it does not write.
         let namespace = m.resource.kind == "Namespace";
+        let only_its_primary = namespace || unwritten.contains(&i);
         if namespace && plan.remote_namespace != NamespaceState::Ours {
             continue;
         }
@@ -656,7 +674,7 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
                     }
                 }
             }
-            _ if namespace => {}
+            _ if only_its_primary => {}
             Some(other) => {
                 return Err(Error::Refused {
                     what: format!(

@@ -528,15 +528,12 @@ impl<'a> Run<'a> {
     }
 
     /// `--force` over another primary's attach of this cluster: its token Secrets go, which
-    /// revokes its tokens, and this run creates new ones.
+    /// revokes its tokens, and this run creates new ones. A standby its interrupted rotation
+    /// left goes too: its stored kubeconfig may hold that token.
     async fn revoke_other_primarys_tokens(&mut self) -> Result<()> {
         let name = self.plan.name.clone();
-        for secret in [
-            setup::TOKEN_SECRET,
-            setup::ISTIO_READER_TOKEN_SECRET,
-            setup::VIEW_TOKEN_SECRET,
-        ] {
-            let m = Manifest::new(&setup::token_secret(secret, setup::SYNC_ACCOUNT, &name))?;
+        for secret in setup::token_secrets() {
+            let m = Manifest::new(&setup::token_secret(&secret, setup::SYNC_ACCOUNT, &name))?;
             let found = dyn_api(&self.plan.remote, &m)
                 .get_opt(&m.name)
                 .await

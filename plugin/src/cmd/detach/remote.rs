@@ -70,17 +70,9 @@ pub(super) async fn clean_remote(
 
     remove.policy(setup::GUARD, "delete the guard").await?;
     // With the standbys an interrupted `rotate` may have left.
-    let standbys = super::super::rotate::standby_secrets();
-    for secret in [
-        setup::TOKEN_SECRET,
-        setup::ISTIO_READER_TOKEN_SECRET,
-        setup::VIEW_TOKEN_SECRET,
-    ]
-    .into_iter()
-    .chain(standbys.iter().map(String::as_str))
-    {
+    for secret in setup::token_secrets() {
         remove
-            .in_mesh_namespace::<Secret>(secret, "delete the token Secrets")
+            .in_mesh_namespace::<Secret>(&secret, "delete the token Secrets")
             .await?;
     }
     // The sync account's right to renew a time-bound token (`attach --token-ttl`).

@@ -53,7 +53,8 @@ async fn rotate_by_a_caller_lacking_a_right_changes_nothing() -> anyhow::Result<
         ]))],
     )
     .await?;
-    // On the remote: token Secrets read, created and deleted, no token requested.
+    // On the remote: ServiceAccounts read, token Secrets read, created and deleted, no token
+    // requested.
     let remote_without_token_requests = kubeconfig_granting(
         &remote,
         dir.path(),
@@ -65,6 +66,7 @@ async fn rotate_by_a_caller_lacking_a_right_changes_nothing() -> anyhow::Result<
                 MESH_NAMESPACE,
                 json!([
                     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]},
+                    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get"]},
                 ]),
             ),
         ],

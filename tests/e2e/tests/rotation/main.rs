@@ -1,7 +1,7 @@
 //! Token rotation: `kubectl mesh rotate` replaces the stored tokens while label changes flow,
 //! revokes the old ones, survives an interruption, and repairs an expired token; status,
 //! check, list and the webhook's metrics say when a token expires; the webhook renews
-//! time-bound tokens.
+//! time-bound tokens; a cluster another primary took over gets no token back.
 //!
 //! Every test starts a mesh of its own: rotation revokes the tokens the webhook syncs with,
 //! and some tests stop the webhook or edit the stored credentials.
@@ -12,4 +12,5 @@ mod follower;
 mod interrupted;
 mod renewal;
 mod support;
+mod taken_over;
 mod under_load;
