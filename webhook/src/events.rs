@@ -162,7 +162,7 @@ impl Publisher {
             };
             let event = sync_event(EventType::Normal, REASON_CORRECTED, note, related);
             if !self.publish(&event, &object, Series::Distinct).await {
-                lock(&self.corrections).unpublished(&key, held);
+                lock(&self.corrections).unpublished(key, held, now());
             }
         }
         // The write a sync stopped at is the cluster's failure, told by its reachability Event.
@@ -301,7 +301,7 @@ impl Publisher {
             };
             // Distinct: each note names another cluster and why.
             if !self.publish(&event, &regarding, Series::Distinct).await {
-                lock(&self.push_failures).unpublished(&key, held);
+                lock(&self.push_failures).unpublished(key, held, now());
             }
         }
     }

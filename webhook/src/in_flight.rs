@@ -206,14 +206,18 @@ impl InFlight {
 
     /// The watch saw `namespace` stored with these managed labels at `version`: if that is
     /// what was pushed, or any version stored after the one the push changed, the push needs
-    /// no standing in any more ([`Entry::ended_by`]).
-    pub fn settle(&self, namespace: &str, persisted: &Labels, version: Option<&str>) {
+    /// no standing in any more ([`Entry::ended_by`]). Whether what the reconciler sees of the
+    /// namespace changed: the push ended without being what the primary holds.
+    #[must_use]
+    pub fn settle(&self, namespace: &str, persisted: &Labels, version: Option<&str>) -> bool {
         let mut entries = self.lock();
-        if entries
-            .get(namespace)
-            .is_some_and(|entry| entry.ended_by(persisted, version))
-        {
-            entries.remove(namespace);
+        match entries.get(namespace) {
+            Some(entry) if entry.ended_by(persisted, version) => {
+                let seen_differs = entry.labels != *persisted;
+                entries.remove(namespace);
+                seen_differs
+            }
+            _ => false,
         }
     }
 
@@ -361,13 +365,17 @@ mod tests {
         // Unmanaged labels are the primary's own business and stay.
         assert_eq!(view["shop"].metadata.labels.as_ref().unwrap()["team"], "a");
 
-        in_flight.settle("shop", &labels(&[("istio-injection", "other")]), None);
+        let _ = in_flight.settle("shop", &labels(&[("istio-injection", "other")]), None);
         assert_eq!(
             in_flight.len(),
             1,
             "a different persisted state does not settle it"
         );
-        in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]), None);
+        let persisted = labels(&[("istio-injection", "enabled")]);
+        assert!(
+            !in_flight.settle("shop", &persisted, None),
+            "seen as it was"
+        );
         assert!(in_flight.is_empty());
     }
 
@@ -453,9 +461,9 @@ mod tests {
         let in_flight = InFlight::default();
         let enabled = labels(&[("istio-injection", "enabled")]);
         in_flight.record("shop", enabled.clone(), &Labels::new(), Some("11"));
-        in_flight.settle("shop", &enabled, Some("10"));
+        let _ = in_flight.settle("shop", &enabled, Some("10"));
         assert_eq!(in_flight.len(), 1, "version 10 is not this push");
-        in_flight.settle("shop", &enabled, Some("12"));
+        let _ = in_flight.settle("shop", &enabled, Some("12"));
         assert!(in_flight.is_empty());
     }
 
@@ -466,9 +474,11 @@ mod tests {
         let in_flight = InFlight::default();
         push_enabled(&in_flight, Some("100"));
         // Only an annotation changed: the request is retried, most likely to the same labels.
-        in_flight.settle("shop", &Labels::new(), Some("101"));
+        assert!(!in_flight.settle("shop", &Labels::new(), Some("101")));
         assert_eq!(in_flight.len(), 1, "an edit of something else ends nothing");
-        in_flight.settle("shop", &labels(&[("istio.io/rev", "canary")]), Some("102"));
+        // The reconciler saw the push; now it must look again.
+        let canary = labels(&[("istio.io/rev", "canary")]);
+        assert!(in_flight.settle("shop", &canary, Some("102")));
         assert!(
             in_flight.is_empty(),
             "another change of the managed labels won"
@@ -480,7 +490,7 @@ mod tests {
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
         push_enabled(&in_flight, None);
-        in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]), None);
+        let _ = in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]), None);
         assert!(
             tokio::time::timeout(Duration::from_secs(20), expired.changed())
                 .await
@@ -543,7 +553,7 @@ mod tests {
         // Another lifetime, then confirmed again; the watch, once it shows the push, settles it.
         let due = due_after_expiry(&in_flight).await;
         in_flight.stand_in_again(&due);
-        in_flight.settle(
+        let _ = in_flight.settle(
             "shop",
             &labels(&[("istio-injection", "enabled")]),
             Some("8"),

@@ -235,18 +235,19 @@ pub async fn watch_namespaces(
     shutdown: CancellationToken,
 ) {
     for_each_event(events, &shutdown, |event| {
-        let changed_labels = store.apply(&event);
+        let mut changed_labels = store.apply(&event);
         // Settled only once the store holds what settles it: between the two, a sync would
-        // read neither the push nor the labels that persisted it.
+        // read neither the push nor the labels that persisted it. A push that ended without
+        // being what the primary holds changed what the reconciler sees, as a change would.
         match &event {
-            watcher::Event::Apply(ns) => settle(&in_flight, &store.rule, ns),
+            watcher::Event::Apply(ns) => changed_labels |= settle(&in_flight, &store.rule, ns),
             // A relist (a new replica, a watch that expired) may hold pushes persisted while
             // no event could say so; unsettled, they would stand in for good, renewed by every
             // confirmation, and undo a later change made elsewhere.
             watcher::Event::InitDone => {
                 for (name, _) in in_flight.pushed() {
                     if let Some(ns) = store.get(&name) {
-                        settle(&in_flight, &store.rule, &ns);
+                        changed_labels |= settle(&in_flight, &store.rule, &ns);
                     }
                 }
             }
@@ -259,14 +260,15 @@ pub async fn watch_namespaces(
     .await;
 }
 
-/// Ends the standing in of a push to `ns` that `ns`, as the primary stores it, persisted.
-fn settle(in_flight: &InFlight, rule: &SyncRule, ns: &Namespace) {
+/// Ends the standing in of a push to `ns` that `ns`, as the primary stores it, persisted or
+/// superseded; whether the reconciler must look again ([`InFlight::settle`]).
+fn settle(in_flight: &InFlight, rule: &SyncRule, ns: &Namespace) -> bool {
     let labels = rule.desired(Some(ns));
     in_flight.settle(
         &ns.name_any(),
         &labels,
         ns.metadata.resource_version.as_deref(),
-    );
+    )
 }
 
 #[cfg(test)]
@@ -408,5 +410,36 @@ mod tests {
         .await;
         let standing: Vec<String> = in_flight.pushed().into_iter().map(|(n, _)| n).collect();
         assert_eq!(standing, ["b"]);
+    }
+
+    /// A push another change overtook ends, and the workers look again: the primary's labels
+    /// did not change in the store, but what the reconciler saw of them did.
+    #[tokio::test]
+    async fn a_push_overtaken_wakes_the_reconciler() {
+        use watcher::Event;
+
+        let in_flight = crate::in_flight::InFlight::default();
+        let enabled = mesh_core::fixtures::labels(&[("istio-injection", "enabled")]);
+        let canary = ns("a").label("istio.io/rev", "canary");
+        in_flight.record("a", enabled, &Labels::new(), Some("100"));
+        let events = [
+            // The watch, behind the request's review, shows an older version first.
+            Event::Apply(canary.clone().rv("99")),
+            // Only an annotation changed: the store's labels are as they were.
+            Event::Apply(canary.annotation("edited", "yes").rv("102")),
+        ];
+        let (changed, seen) = watch::channel(0u64);
+        let store = store();
+        watch_namespaces(
+            futures::stream::iter(events.into_iter().map(Ok)),
+            store,
+            in_flight.clone(),
+            changed,
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(in_flight.is_empty());
+        // The namespace's labels, then the push's end.
+        assert_eq!(*seen.borrow(), 2);
     }
 }

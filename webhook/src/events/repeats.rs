@@ -77,11 +77,15 @@ impl<K: Hash + Eq> Throttle<K> {
 
     /// A report of `key` that [`Throttle::check`] let through, carrying `held` repeats, was
     /// not published: the window stays taken (a primary refusing Events must not get one per
-    /// occurrence), and the next report counts it and what it carried.
-    pub(super) fn unpublished(&mut self, key: &K, held: u32) {
-        if let Some(seen) = self.seen.get_mut(key) {
-            seen.held = seen.held.saturating_add(held).saturating_add(1);
-        }
+    /// occurrence), and the next report counts it and what it carried, even when the key was
+    /// forgotten while the report waited to be published.
+    pub(super) fn unpublished(&mut self, key: K, held: u32, now: Instant) {
+        let seen = self.seen.entry(key).or_insert(Seen {
+            reported_at: now,
+            last: now,
+            held: 0,
+        });
+        seen.held = seen.held.saturating_add(held).saturating_add(1);
     }
 
     /// Whether [`Throttle::check`] would hold `key` now.
@@ -159,8 +163,8 @@ impl<K: Hash + Eq, T> PushFailures<K, T> {
     }
 
     /// See [`Throttle::unpublished`].
-    pub(super) fn unpublished(&mut self, key: &K, held: u32) {
-        self.throttle.unpublished(key, held);
+    pub(super) fn unpublished(&mut self, key: K, held: u32, now: Instant) {
+        self.throttle.unpublished(key, held, now);
     }
 
     /// The next Event for the publishing task; `None` ends it.
@@ -187,10 +191,10 @@ mod tests {
         assert_eq!(throttle.check("a", at(60)), Verdict::Report { held: 2 });
         assert_eq!(throttle.check("a", at(61)), Verdict::Hold);
         // A report not published is counted, with what it carried, in the next one.
-        throttle.unpublished(&"b", 0);
+        throttle.unpublished("b", 0, at(61));
         assert_eq!(throttle.check("b", at(62)), Verdict::Hold);
         assert_eq!(throttle.check("b", at(63)), Verdict::Report { held: 2 });
-        throttle.unpublished(&"b", 2);
+        throttle.unpublished("b", 2, at(63));
         assert_eq!(throttle.check("b", at(123)), Verdict::Report { held: 3 });
         // Quiet for a window: forgotten, so the map holds only what is recent; ten windows
         // when it holds repeats not yet told.
@@ -199,6 +203,10 @@ mod tests {
         assert_eq!(throttle.check("a", at(600)), Verdict::Report { held: 1 });
         assert_eq!(throttle.check("d", at(1200)), Verdict::Report { held: 0 });
         assert_eq!(throttle.seen.len(), 1);
+        // A report that waited past its key's window to be refused still counts.
+        assert_eq!(throttle.check("e", at(1300)), Verdict::Report { held: 0 });
+        throttle.unpublished("d", 0, at(1300));
+        assert_eq!(throttle.check("d", at(1360)), Verdict::Report { held: 1 });
     }
 
     #[test]

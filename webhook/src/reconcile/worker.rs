@@ -374,10 +374,13 @@ impl Worker {
         let ok = matches!(attempt, Attempt::Synced(_));
         let prev = cluster.status.clone();
         // The spec this sync used is the one its remote entry was built from: the store may
-        // hold a newer one already, which the supervisor has not built an entry of yet.
+        // hold a newer one already, which the supervisor has not built an entry of yet. An
+        // entry of an object deleted and created again under this name says nothing of it.
         let generation = remote
             .as_deref()
-            .and_then(|r| r.fingerprint().cluster_generation)
+            .map(|r| r.fingerprint())
+            .filter(|built| built.cluster_uid == cluster.metadata.uid)
+            .and_then(|built| built.cluster_generation)
             .or(cluster.metadata.generation);
         let mut next = next_status(prev.as_ref(), &attempt, generation, now);
         if ok && let Some(remote) = remote.as_deref() {
@@ -839,25 +842,40 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_status_observes_the_generation_the_sync_used() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut built_from = mesh_cluster("east", "uid-east");
-        built_from.metadata.uid = Some("uid-mc".to_owned());
-        built_from.metadata.generation = Some(1);
-        let mut stored = built_from.clone();
-        stored.metadata.generation = Some(2);
-        let remotes = Remotes::default();
-        let secret = unreachable_credentials();
-        remotes
-            .refresh(&built_from, "mesh", Some(&secret))
-            .await
-            .expect("built");
-        let running = start(stored, remotes, vec![enabled("web")], settings()).await;
-        wait_until("status written", Duration::from_secs(60), || {
-            !running.primary.status_writes().is_empty()
-        })
-        .await;
-        let written = running.primary.status_writes();
-        assert_eq!(written[0]["status"]["observedGeneration"], json!(1));
-        running.cancel.cancel();
+        // (built from: uid, generation), (stored: uid, generation), observed.
+        let cases = [
+            (("uid-mc", 1), ("uid-mc", 2), 1),
+            // Deleted and created again: the entry of the old object says nothing of it.
+            (("uid-old", 5), ("uid-new", 1), 1),
+        ];
+        for ((built_uid, built_generation), (uid, generation), observed) in cases {
+            let with = |uid: &str, generation| {
+                let mut cluster = mesh_cluster("east", "uid-east");
+                cluster.metadata.uid = Some(uid.to_owned());
+                cluster.metadata.generation = Some(generation);
+                cluster
+            };
+            let remotes = Remotes::default();
+            let secret = unreachable_credentials();
+            let built_from = with(built_uid, built_generation);
+            remotes
+                .refresh(&built_from, "mesh", Some(&secret))
+                .await
+                .expect("built");
+            let stored = with(uid, generation);
+            let running = start(stored, remotes, vec![enabled("web")], settings()).await;
+            wait_until("status written", Duration::from_secs(60), || {
+                !running.primary.status_writes().is_empty()
+            })
+            .await;
+            let written = running.primary.status_writes();
+            assert_eq!(
+                written[0]["status"]["observedGeneration"],
+                json!(observed),
+                "built from {built_uid}/{built_generation}, stored {uid}/{generation}"
+            );
+            running.cancel.cancel();
+        }
     }
 
     #[test]
