@@ -609,6 +609,56 @@ mod tests {
         assert!(text.contains(&line), "{line} missing from {text}");
     }
 
+    /// A body announcing `length` bytes that never sends one; says so once it is first read.
+    struct Silent {
+        length: u64,
+        read: Option<futures::channel::oneshot::Sender<()>>,
+    }
+
+    impl hyper::body::Body for Silent {
+        type Data = Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
+            if let Some(read) = self.read.take() {
+                let _ = read.send(());
+            }
+            std::task::Poll::Pending
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.length)
+        }
+    }
+
+    /// Headers announcing the largest body, with no byte of it sent, hold none of the budget:
+    /// however many such requests wait, a review is still read and answered.
+    #[tokio::test]
+    async fn announced_lengths_hold_no_budget_until_their_bytes_arrive() {
+        let state = state().with_body_budget(4 * BODY_LIMIT);
+        let app = router(state.clone());
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            let (read, being_read) = futures::channel::oneshot::channel();
+            let body = Body::new(Silent {
+                length: BODY_LIMIT as u64,
+                read: Some(read),
+            });
+            silent.push(tokio::spawn(call(app.clone(), post_mutate(body))));
+            being_read.await.expect("the body is read");
+        }
+        let (status, value) = call(app.clone(), post_mutate(UPDATE)).await;
+        assert_eq!(status, StatusCode::OK, "{value}");
+        assert_eq!(state.body_budget.in_use(), 0);
+        for request in silent {
+            assert!(!request.is_finished(), "a silent body was answered");
+            request.abort();
+        }
+    }
+
     /// Refused before its body is read: a body that never ends gets its answer at once.
     #[tokio::test]
     async fn log_level_from_elsewhere_is_refused_without_reading_the_body() {

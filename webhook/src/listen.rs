@@ -606,15 +606,17 @@ mod tests {
         server.stop().await;
     }
 
-    /// Without a client CA, connections that each announce a review body and send part of it
-    /// hold the webhook's budget of bodies: the next review is answered 503 at once rather than
-    /// read, and once those clients leave mid-body, reviews are served again.
+    /// Without a client CA, connections that each send part of a larger body they announce
+    /// fill the webhook's budget of bodies with the bytes they sent: the next review is
+    /// answered 503 at once rather than read, and once those clients leave mid-body, the
+    /// budget is all given back and reviews are served again.
     #[tokio::test]
     async fn bodies_held_open_by_strangers_are_bounded_by_the_review_budget() {
         const UPDATE: &str = include_str!("../tests/fixtures/namespace-update.json");
-        const ANNOUNCED: usize = 16 << 10;
+        const ANNOUNCED: usize = 64 << 10;
+        const SENT: usize = 16 << 10;
         let state = crate::http::AppState::new(Default::default(), Duration::from_millis(500))
-            .with_body_budget(4 * ANNOUNCED);
+            .with_body_budget(4 * SENT);
         let app = crate::http::router(state.clone());
         let server = Server::serving(app, None, Limits::default()).await;
         let head = |length: usize| {
@@ -633,12 +635,12 @@ mod tests {
         let mut holders = Vec::new();
         for _ in 0..4 {
             let mut tls = server.connect(None).await.expect("handshake");
-            tls.write_all(format!("{}{{\"apiVersion\"", head(ANNOUNCED)).as_bytes())
-                .await
-                .expect("write");
+            let mut sent = head(ANNOUNCED).into_bytes();
+            sent.resize(sent.len() + SENT, b' ');
+            tls.write_all(&sent).await.expect("write");
             holders.push(tls);
         }
-        state.body_budget().until_in_use(4 * ANNOUNCED).await;
+        state.body_budget().until_in_use(4 * SENT).await;
 
         let answer = review().await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");

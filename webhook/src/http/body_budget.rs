@@ -2,14 +2,14 @@
 //! ([`super::BODY_LIMIT`]), but a client without a certificate (`--client-ca-file` is
 //! optional) could open every allowed connection, and streams on each, and send a megabyte on
 //! all of them: a [`BodyBudget`] makes the sum bounded too. A body takes from it as its bytes
-//! arrive (at once when it announces its length) and gives back when its request is answered;
-//! a body the budget cannot cover is refused at once rather than waited for, since the
-//! apiserver then fails open and the reconciler converges the remotes anyway.
+//! arrive (what it announces only decides the 413: announcing costs a client nothing) and
+//! gives back when its request is answered; a body whose bytes the budget cannot cover is
+//! refused at once rather than waited for, since the apiserver then fails open and the
+//! reconciler converges the remotes anyway.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use axum::body::{Body, Bytes};
-use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use tokio::time::Instant;
@@ -66,44 +66,49 @@ impl BodyBudget {
         self.in_use.load(Ordering::Relaxed)
     }
 
-    /// Reads `body`, at most `limit` bytes, holding its bytes in the budget until the returned
-    /// [`Held`] is dropped. Refused before any byte is read when it announces more than the
-    /// limit or than the budget has left.
+    /// Reads `body`, at most `limit` bytes, holding the memory of the bytes received in the
+    /// budget until the returned [`Held`] is dropped. Refused before any byte is read when it
+    /// announces more than the limit; refused as soon as its bytes arrive when the budget has
+    /// not enough left for them.
     pub async fn read(&self, mut body: Body, limit: usize) -> Result<(Bytes, Held<'_>), Refused> {
-        let announced = usize::try_from(body.size_hint().lower()).unwrap_or(usize::MAX);
+        let hint = body.size_hint();
+        let announced = usize::try_from(hint.lower()).unwrap_or(usize::MAX);
         if announced > limit {
             return Err(Refused::TooLarge(limit));
         }
+        let most = hint.upper().map_or(limit, |upper| {
+            usize::try_from(upper).unwrap_or(limit).min(limit)
+        });
         let mut held = Held {
             budget: self,
             bytes: 0,
         };
-        held.cover(announced)?;
-        // Most bodies are one frame: kept as it came, copied only when a second one arrives.
-        let mut single: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
-        let mut received = 0;
+        let mut joined = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|error| Refused::Unreadable(error.to_string()))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            received += data.len();
+            let received = joined.len() + data.len();
             if received > limit {
                 return Err(Refused::TooLarge(limit));
             }
-            held.cover(received)?;
-            if single.is_none() && joined.is_empty() {
-                single = Some(data);
-            } else {
-                if let Some(first) = single.take() {
-                    joined.reserve(announced.max(received));
-                    joined.extend_from_slice(&first);
-                }
-                joined.extend_from_slice(&data);
+            if received > joined.capacity() {
+                // Frames are copied into one buffer whose capacity, not length, is held: that
+                // is the memory it takes. Kept as they come, hyper's frames would pin its read
+                // buffers (one byte can keep kilobytes alive). The buffer is exact for a first
+                // frame (most bodies are one), then grows to powers of two, never past the
+                // announced length: under twice what arrived, with few copies.
+                let capacity = match joined.capacity() {
+                    0 => received,
+                    _ => received.next_power_of_two().min(most).max(received),
+                };
+                held.cover(capacity)?;
+                joined.reserve_exact(capacity - joined.len());
             }
+            joined.extend_from_slice(&data);
         }
-        Ok((single.unwrap_or_else(|| joined.freeze()), held))
+        Ok((Bytes::from(joined), held))
     }
 
     /// Whether a refusal should be logged now: once per interval, whichever request asks first.
@@ -176,12 +181,12 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn bodies_hold_what_they_announce_or_receive_until_dropped() {
+    async fn bodies_hold_the_memory_of_what_they_received_until_dropped() {
         let budget = BodyBudget::new(10);
         let (first, held) = budget.read(Body::from("123456"), 8).await.expect("read");
         assert_eq!(first, "123456");
         assert_eq!(budget.in_use(), 6);
-        // Announced: refused before a byte is read; unannounced: as its bytes pass the rest.
+        // Refused once bytes arrive that the rest cannot cover, announced or not.
         assert!(matches!(
             budget.read(Body::from("12345"), 8).await,
             Err(Refused::OverBudget)
@@ -197,8 +202,11 @@ mod tests {
         assert_eq!(budget.in_use(), 0);
         let chunks = ["12", "345"].map(|c| Ok::<_, std::io::Error>(Bytes::from(c)));
         let streamed = Body::from_stream(futures::stream::iter(chunks));
-        let (joined, _held) = budget.read(streamed, 8).await.expect("read");
+        let (joined, held) = budget.read(streamed, 8).await.expect("read");
         assert_eq!(joined, "12345");
+        // Its buffer: 2 bytes for the first frame, then grown to a power of two.
+        assert_eq!(budget.in_use(), 8);
+        drop(held);
         assert!(matches!(
             budget.read(Body::from("123456789"), 8).await,
             Err(Refused::TooLarge(8))
