@@ -361,13 +361,7 @@ async fn refuse_taken_over(
     for holder in holders {
         let account = ("ServiceAccount", holder.account());
         let Some(found) = accounts.get_opt(account.1).await.map_err(read(account))? else {
-            return Err(Error::Refused {
-                what: format!(
-                    "ServiceAccount {MESH_NAMESPACE}/{} is missing on {cluster}",
-                    account.1
-                ),
-                hint: format!("re-run `kubectl mesh attach` for {cluster}; then rotate"),
-            });
+            return Err(missing_account(*holder, cluster));
         };
         ours_or_refused(&found.metadata, account, cluster, primary_id)?;
         let own = holder.token_secret();
@@ -379,6 +373,22 @@ async fn refuse_taken_over(
         }
     }
     Ok(())
+}
+
+/// The ServiceAccount of `holder` is not on `cluster`'s remote: attach makes it again.
+fn missing_account(holder: Holder, cluster: &str) -> Error {
+    // A re-run of attach keeps the view identity, but makes the Istio reader only when asked.
+    let asked = match holder {
+        Holder::Istio => " with --istio-remote-secret",
+        Holder::Sync | Holder::View => "",
+    };
+    Error::Refused {
+        what: format!(
+            "ServiceAccount {MESH_NAMESPACE}/{} is missing on {cluster}",
+            holder.account()
+        ),
+        hint: format!("re-run `kubectl mesh attach` for {cluster}{asked}; then rotate"),
+    }
 }
 
 /// The remote object `kind` `name` (in the mesh namespace) of `cluster`, found with `meta`,
@@ -881,6 +891,22 @@ mod tests {
             for issued in [own.to_owned(), setup::standby_secret(own)] {
                 assert!(revoked.contains(&issued), "{issued} in {revoked:?}");
             }
+        }
+    }
+
+    /// A missing identity is made again by attach; the Istio reader only when asked for.
+    #[test]
+    fn a_missing_account_names_the_attach_that_makes_it_again() {
+        let hint = |holder| missing_account(holder, "east").hint();
+        assert_eq!(
+            hint(Holder::Istio),
+            "re-run `kubectl mesh attach` for east with --istio-remote-secret; then rotate"
+        );
+        for holder in [Holder::Sync, Holder::View] {
+            assert_eq!(
+                hint(holder),
+                "re-run `kubectl mesh attach` for east; then rotate"
+            );
         }
     }
 

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::{
     Context, Error, Result,
-    access::{self, Need, RemoteAdminFlags, Target},
+    access::{self, Need, RemoteAdmin, RemoteAdminFlags, Target},
     mesh_state, namespace_scope,
     output::{self, OutputFormat},
     remote_setup::{self as setup, Guard},
@@ -89,7 +89,19 @@ impl Scope {
         // The remote's policies first, so that a refusal here leaves everything as it was;
         // the guard first of them: it then spares what the webhook stops writing a moment
         // later.
-        let (remote, remote_target) = remote_admin(&mc, &kc, &remote_admin_flags).await?;
+        // The scope it has already, and no credentials of the remote at hand: the primary has
+        // nothing to change, so a script that re-applies its scope from where only the
+        // primary is known gets a warning, not a failure.
+        let admin = remote_admin_flags.find(Some(&mc), &kc)?;
+        if recorded && admin.is_none() {
+            ctx.progress.warn(format!(
+                "{cluster}: scope unchanged ({}); the remote's policies were not checked: pass \
+                 --remote-kubeconfig to bring them in line",
+                namespace_scope::describe(&scope)
+            ));
+            return Ok(());
+        }
+        let (remote, remote_target) = remote_admin(&mc, admin).await?;
         // Only the policies this primary's attach made are changed (another primary may have
         // taken the cluster over since).
         let primary_id = access::cluster_id(&primary)
@@ -193,15 +205,11 @@ fn scope_patch(scope: &NamespaceScope) -> serde_json::Value {
     })
 }
 
-/// A client of the remote with admin rights: `file`, else the context attach recorded when
-/// the user's kubeconfig has it. It must reach the cluster the MeshCluster names.
-async fn remote_admin(
-    mc: &MeshCluster,
-    primary_kc: &kube::config::Kubeconfig,
-    flags: &RemoteAdminFlags,
-) -> Result<(Client, Target)> {
+/// A client of the remote with `admin`'s rights (found by [`RemoteAdminFlags::find`]); it
+/// must reach the cluster the MeshCluster names.
+async fn remote_admin(mc: &MeshCluster, admin: Option<RemoteAdmin>) -> Result<(Client, Target)> {
     let name = mc.name_any();
-    let Some(admin) = flags.find(Some(mc), primary_kc)? else {
+    let Some(admin) = admin else {
         return Err(Error::Refused {
             what: format!(
                 "the remote {name} enforces the scope, and there are no credentials for the \

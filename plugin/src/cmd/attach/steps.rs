@@ -538,7 +538,11 @@ impl<'a> Run<'a> {
                 .get_opt(&m.name)
                 .await
                 .map_err(Error::kube(format!("cannot read {}", describe(&m))))?;
-            let other = found.as_ref().and_then(|f| setup::primary_of(&f.metadata));
+            // Only this cluster's: preflight let another cluster's pass untouched.
+            let other = found
+                .as_ref()
+                .filter(|f| setup::is_ours(&f.metadata, &name))
+                .and_then(|f| setup::primary_of(&f.metadata));
             let Some(other) = other.filter(|p| *p != self.plan.primary_id) else {
                 continue;
             };

@@ -325,6 +325,9 @@ async fn the_same_scope_again_brings_the_remote_in_line() -> anyhow::Result<()> 
         progress.contains("scope unchanged") && !progress.contains("brought"),
         "{progress}"
     );
+    // Without the remote's credentials, the primary has nothing to change: a warning.
+    let without = succeeded(&mesh(env, &args[..4], &[]).await?, "scope, primary only")?;
+    ensure!(without.contains("were not checked"), "{without}");
 
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await?;
