@@ -30,25 +30,25 @@ use mesh_core::{
 };
 
 pub(super) struct Worker {
-    pub(super) name: String,
-    pub(super) shared: Arc<Shared>,
-    pub(super) primary_changed: watch::Receiver<u64>,
-    pub(super) is_leader: Leadership,
+    name: String,
+    shared: Arc<Shared>,
+    primary_changed: watch::Receiver<u64>,
+    is_leader: Leadership,
     pub(super) kick: Arc<Notify>,
     pub(super) cancel: CancellationToken,
-    pub(super) backoff: Backoff,
+    backoff: Backoff,
     /// Delays of the retries of namespaces the remote refused to write while it answers: it
     /// is not failing, so the wake-ups stay on.
-    pub(super) refused: Backoff,
+    refused: Backoff,
     /// Woken by the watch of the remote's namespaces when they drift from the primary.
-    pub(super) drift: Arc<Notify>,
-    pub(super) watching: Option<RemoteWatch>,
+    drift: Arc<Notify>,
+    watching: Option<RemoteWatch>,
     /// No token renewal is tried before this: one try per resync period, whatever wakes the
     /// worker. A failing renewal is not retried every second, and a successful one is not
     /// repeated before the registry holds the new token.
-    pub(super) renewal_not_before: Option<Instant>,
+    renewal_not_before: Option<Instant>,
     /// The stored token last seen, and when this worker first saw it (see [`Claims::renew_at`]).
-    pub(super) token_seen: Option<(Claims, Timestamp)>,
+    token_seen: Option<(Claims, Timestamp)>,
 }
 
 /// The drift watch of one remote, for the client it was started with.
