@@ -32,7 +32,8 @@ use crate::{
 /// remote's admission policies (its sync scope, and its guard if any) are updated on the remote
 /// first, with its admin credentials (--remote-kubeconfig, or the context attach recorded when
 /// your kubeconfig has it). Flags giving the scope the cluster has already bring the remote's
-/// policies in line with it (after a `kubectl patch` of the MeshCluster left them behind).
+/// policies in line with it (after a `kubectl patch` of the MeshCluster left them behind);
+/// without credentials of the remote, that is a warning that they were not checked.
 #[derive(Debug, clap::Args)]
 pub struct Scope {
     /// Name of the attached cluster.
@@ -86,21 +87,22 @@ impl Scope {
             let needs = [Need::cluster(mesh_core::GROUP, "meshclusters", &["patch"])];
             access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
         }
-        // The remote's policies first, so that a refusal here leaves everything as it was;
-        // the guard first of them: it then spares what the webhook stops writing a moment
-        // later.
         // The scope it has already, and no credentials of the remote at hand: the primary has
         // nothing to change, so a script that re-applies its scope from where only the
         // primary is known gets a warning, not a failure.
         let admin = remote_admin_flags.find(Some(&mc), &kc)?;
         if recorded && admin.is_none() {
             ctx.progress.warn(format!(
-                "{cluster}: scope unchanged ({}); the remote's policies were not checked: pass \
-                 --remote-kubeconfig to bring them in line",
+                "{cluster}: the remote's policies were not checked (no credentials of the \
+                 remote; the primary holds this scope already: {}): pass --remote-kubeconfig to \
+                 bring them in line",
                 namespace_scope::describe(&scope)
             ));
             return Ok(());
         }
+        // The remote's policies first, so that a refusal here leaves everything as it was;
+        // the guard first of them: it then spares what the webhook stops writing a moment
+        // later.
         let (remote, remote_target) = remote_admin(&mc, admin).await?;
         // Only the policies this primary's attach made are changed (another primary may have
         // taken the cluster over since).

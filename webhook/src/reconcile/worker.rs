@@ -375,13 +375,16 @@ impl Worker {
         let prev = cluster.status.clone();
         // The spec this sync used is the one its remote entry was built from: the store may
         // hold a newer one already, which the supervisor has not built an entry of yet. An
-        // entry of an object deleted and created again under this name says nothing of it.
-        let generation = remote
-            .as_deref()
-            .map(|r| r.fingerprint())
-            .filter(|built| built.cluster_uid == cluster.metadata.uid)
-            .and_then(|built| built.cluster_generation)
-            .or(cluster.metadata.generation);
+        // entry of an object deleted and created again under this name used none of the new
+        // object's spec: what that status observed stays.
+        let generation = match remote.as_deref().map(|r| r.fingerprint()) {
+            Some(built) if built.cluster_uid != cluster.metadata.uid => {
+                prev.as_ref().and_then(|status| status.observed_generation)
+            }
+            built => built
+                .and_then(|built| built.cluster_generation)
+                .or(cluster.metadata.generation),
+        };
         let mut next = next_status(prev.as_ref(), &attempt, generation, now);
         if ok && let Some(remote) = remote.as_deref() {
             // It answers again: pushes wait for it.
@@ -844,9 +847,9 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // (built from: uid, generation), (stored: uid, generation), observed.
         let cases = [
-            (("uid-mc", 1), ("uid-mc", 2), 1),
-            // Deleted and created again: the entry of the old object says nothing of it.
-            (("uid-old", 5), ("uid-new", 1), 1),
+            (("uid-mc", 1), ("uid-mc", 2), Some(1)),
+            // Deleted and created again: the entry of the old object used none of its spec.
+            (("uid-old", 5), ("uid-new", 1), None),
         ];
         for ((built_uid, built_generation), (uid, generation), observed) in cases {
             let with = |uid: &str, generation| {
