@@ -179,6 +179,12 @@ pub fn is_ours_from(meta: &ObjectMeta, cluster: &str, primary: &str) -> bool {
     is_ours(meta, cluster) && primary_of(meta).is_none_or(|p| p == primary)
 }
 
+/// The other primary an object attach created for `cluster` records, when it is not `primary`.
+/// Another cluster's objects name none: a takeover of one cluster never touches them.
+pub fn other_primary<'a>(meta: &'a ObjectMeta, cluster: &str, primary: &str) -> Option<&'a str> {
+    primary_of(meta).filter(|p| is_ours(meta, cluster) && *p != primary)
+}
+
 /// `object` (a remote object as JSON) recorded as created by the primary `primary`.
 pub fn record_primary(object: &mut serde_json::Value, primary: &str) {
     let Some(metadata) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) else {
@@ -721,6 +727,14 @@ mod tests {
         assert!(is_ours_from(&recorded.metadata, "east", "uid-a"));
         assert!(!is_ours_from(&recorded.metadata, "east", "uid-b"));
         assert!(!is_ours_from(&recorded.metadata, "west", "uid-a"));
+        // A takeover revokes what another primary recorded for this cluster, nothing else.
+        assert_eq!(
+            other_primary(&recorded.metadata, "east", "uid-b"),
+            Some("uid-a")
+        );
+        assert_eq!(other_primary(&recorded.metadata, "east", "uid-a"), None);
+        assert_eq!(other_primary(&recorded.metadata, "west", "uid-b"), None);
+        assert_eq!(other_primary(&older.metadata, "east", "uid-b"), None);
         // Other annotations stay.
         let mut secret =
             serde_json::to_value(token_secret(TOKEN_SECRET, SYNC_ACCOUNT, "east")).unwrap();

@@ -653,7 +653,7 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
         let Some(found) = found else { continue };
         match setup::owner_cluster(&found.metadata) {
             Some(c) if c == plan.name => {
-                let other = setup::primary_of(&found.metadata).filter(|p| *p != plan.primary_id);
+                let other = setup::other_primary(&found.metadata, &plan.name, &plan.primary_id);
                 match other {
                     None => refuse_other_token_kind(plan, &m, &found)?,
                     Some(_) if force => takeover = true,

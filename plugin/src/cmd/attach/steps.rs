@@ -541,9 +541,8 @@ impl<'a> Run<'a> {
             // Only this cluster's: preflight let another cluster's pass untouched.
             let other = found
                 .as_ref()
-                .filter(|f| setup::is_ours(&f.metadata, &name))
-                .and_then(|f| setup::primary_of(&f.metadata));
-            let Some(other) = other.filter(|p| *p != self.plan.primary_id) else {
+                .and_then(|f| setup::other_primary(&f.metadata, &name, &self.plan.primary_id));
+            let Some(other) = other else {
                 continue;
             };
             let other = other.to_owned();
