@@ -172,8 +172,6 @@ pub struct SyncInputs {
     pub clusters: Vec<MeshCluster>,
     /// The installed rule, before any cluster's scope narrows it.
     pub rule: SyncRule,
-    /// Every namespace of the primary, by name.
-    pub primary_namespaces: BTreeMap<String, Namespace>,
 }
 
 /// The [`SyncInputs`] for the clusters named in `names` (all when empty). `None`, said on
@@ -188,13 +186,12 @@ pub async fn sync_inputs(
         progress.info(crate::cmd::list::NO_CLUSTERS);
         return Ok(None);
     }
-    let (rule, primary_namespaces) =
-        tokio::try_join!(rule(&primary), primary_namespaces(&primary))?;
+    // The primary's namespaces are read for each remote, after it: see `sync_from_primary`.
+    let rule = rule(&primary).await?;
     Ok(Some(SyncInputs {
         primary,
         clusters,
         rule,
-        primary_namespaces,
     }))
 }
 

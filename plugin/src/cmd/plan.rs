@@ -46,13 +46,11 @@ impl Plan {
                     let namespaces = mesh_state::remote_namespaces(&remote, remote_timeout)
                         .await
                         .map_err(|e| e.to_string())?;
-                    Ok::<_, String>(Preview::compute(
-                        &name,
-                        &rule,
-                        &inputs.primary_namespaces,
-                        &namespaces,
-                        false,
-                    ))
+                    // After the remote, as sync reads them.
+                    let primary = mesh_state::primary_namespaces(&inputs.primary)
+                        .await
+                        .map_err(|e| e.line())?;
+                    Ok::<_, String>(Preview::compute(&name, &rule, &primary, &namespaces, false))
                 };
                 match read.await {
                     Ok(preview) => ClusterPlan::Read(preview),

@@ -1,8 +1,8 @@
 //! `kubectl mesh sync`: converge remotes on the primary's labels now.
 //!
-//! Runs the webhook's own sync engine ([`mesh_core::sync::sync_remote`]) once per cluster from
-//! this machine: the same plan, the same conditional patches, the same zero writes when a
-//! remote is converged. It needs no running webhook.
+//! Runs the webhook's own sync engine ([`mesh_core::sync::sync_from_primary`]) once per cluster
+//! from this machine: the same plan, the same conditional patches, the same zero writes when a
+//! remote is converged, the primary read after each remote. It needs no running webhook.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use kube::ResourceExt;
 use mesh_core::labels::{LabelDiff, Labels};
 use mesh_core::printable::{few, one_line};
-use mesh_core::sync::{ChangeStatus, SyncMode, SyncReport, sync_remote};
+use mesh_core::sync::{ChangeStatus, SyncMode, SyncReport, sync_from_primary};
 use serde::Serialize;
 
 use super::status::plural;
@@ -78,7 +78,7 @@ impl Sync {
                     Ok(opened) => opened,
                     Err(line) => return ClusterSync::failed(name, dry_run, line),
                 };
-                match sync_remote(&rule, &inputs.primary_namespaces, &remote, mode).await {
+                match sync_from_primary(&rule, &inputs.primary, &remote, mode).await {
                     Ok(report) => ClusterSync::from_report(name, &report),
                     Err(e) => ClusterSync::failed(name, dry_run, e.to_string()),
                 }

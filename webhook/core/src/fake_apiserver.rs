@@ -75,6 +75,9 @@ pub struct State {
     pub refused: usize,
     /// Delay every answer.
     pub delay: Option<std::time::Duration>,
+    /// Run once, before the next LIST of namespaces is answered: what others do between a
+    /// client's reads of two clusters (e.g. a label set on the primary and pushed here).
+    pub before_next_list: Option<Box<dyn FnOnce() + Send>>,
 }
 
 #[derive(Clone, Default)]
@@ -148,6 +151,13 @@ impl FakeApiserver {
                     && param(query, "watch").is_some_and(|watch| watch != "false")
                 {
                     return Ok(this.watch(query).await);
+                }
+                if parts.method == Method::GET && parts.uri.path() == "/api/v1/namespaces" {
+                    // Taken first: it may edit this very server.
+                    let before = this.state().before_next_list.take();
+                    if let Some(before) = before {
+                        before();
+                    }
                 }
                 let (code, value) = this.handle(&parts.method, parts.uri.path(), query, &body);
                 Ok(json_response(code, &value))

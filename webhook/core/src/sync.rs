@@ -209,6 +209,20 @@ pub async fn sync_remote(
     Ok(sync_seen(rule, primary, remote, listed, mode).await)
 }
 
+/// [`sync_remote`] for a one-shot sync (`kubectl mesh sync`): the primary's namespaces are
+/// listed right after the remote's, never before, so that a label set on the primary (and
+/// pushed to the remote) while the sync runs is not undone from an older list.
+pub async fn sync_from_primary(
+    rule: &SyncRule,
+    primary: &Client,
+    remote: &Client,
+    mode: SyncMode,
+) -> Result<SyncReport> {
+    let listed = list_namespaces(&Api::all(remote.clone()), rule).await?;
+    let primary = primary_namespaces(primary).await?;
+    Ok(sync_seen(rule, &primary, remote, listed, mode).await)
+}
+
 /// [`sync_remote`] from the namespaces a watch keeps (`seen`: each with the resourceVersion its
 /// write is conditional on and at least the labels of [`SyncRule::keys_read`]) instead of a
 /// full LIST; one LIST of a single namespace first, so that credentials revoked or a remote gone
@@ -494,6 +508,29 @@ mod tests {
         .expect("sync")
     }
 
+    /// `kubectl mesh sync` listed the primary once before it reached the remotes: a label set
+    /// on the primary in between, and pushed to a remote, was removed there again.
+    #[tokio::test]
+    async fn a_one_shot_sync_keeps_a_label_set_on_the_primary_while_it_runs() {
+        let primary = FakeApiserver::default().with_namespace("shop", &[]);
+        let remote = FakeApiserver::default().with_namespace("shop", &[]);
+        let enable = |ns: &mut serde_json::Value| {
+            ns["metadata"]["labels"]["istio-injection"] = "enabled".into();
+        };
+        let (on_primary, on_remote) = (primary.clone(), remote.clone());
+        remote.state().before_next_list = Some(Box::new(move || {
+            on_primary.edit("shop", enable);
+            on_remote.edit("shop", enable);
+        }));
+
+        let rule = SyncRule::default();
+        let report = sync_from_primary(&rule, &primary.client(), &remote.client(), SyncMode::Apply)
+            .await
+            .expect("sync");
+        assert_eq!(remote.labels("shop")["istio-injection"], "enabled");
+        assert_eq!((report.writes, report.in_sync), (0, 1));
+    }
+
     #[tokio::test]
     async fn reads_a_large_remote_in_pages() {
         let total = 2 * list::PAGE as usize + 1;
@@ -626,7 +663,11 @@ mod tests {
             .await
             .expect("list");
         assert_eq!(primary.keys().collect::<Vec<_>>(), ["a", "b"]);
-        let report = apply_default_rule(&primary, &remote).await;
+        let rule = SyncRule::default();
+        let (primary, remote_client) = (primary_api.client(), remote.client());
+        let report = sync_from_primary(&rule, &primary, &remote_client, SyncMode::Apply)
+            .await
+            .expect("sync");
         assert_eq!(report.in_sync_after(), 1);
         assert_eq!(remote.labels("a")["istio-injection"], "enabled");
     }
