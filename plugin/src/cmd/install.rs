@@ -97,7 +97,8 @@ pub struct Install {
     /// Print what would be applied and change nothing (no cluster is contacted).
     #[arg(long)]
     pub dry_run: bool,
-    /// Wait until the webhook Deployment is available.
+    /// Wait until the webhook Deployment has rolled out: every replica updated and available,
+    /// no old one left (fails at once when its progress deadline is exceeded).
     #[arg(long)]
     pub wait: bool,
     /// How long to wait for the CRD to be established and, with --wait, for the webhook.
@@ -418,34 +419,115 @@ async fn remove_client_ca(client: &Client, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// Waits until the webhook Deployment's current generation has an available replica.
+/// Where a Deployment's rollout stands, read as `kubectl rollout status` reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rollout {
+    /// Every replica runs the current template and is available; no old pod is left.
+    Done,
+    /// Not yet: what it waits for.
+    Waiting(String),
+    /// The rollout will not finish by itself: why.
+    Failed(String),
+}
+
+/// The rollout state of `d` (its spec and status), following kubectl's
+/// `DeploymentStatusViewer`: the controller has seen the current generation; every replica
+/// of the spec is updated; no old replica is left (old pods may keep the Deployment
+/// `Available` while the new ones crash); every updated replica is available. A `Progressing`
+/// condition False with reason `ProgressDeadlineExceeded` fails it at once.
+pub fn rollout(d: &Deployment) -> Rollout {
+    let status = d.status.clone().unwrap_or_default();
+    if status.observed_generation < d.metadata.generation {
+        return Rollout::Waiting("the controller to observe the new spec".into());
+    }
+    let stalled = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if let Some(c) = stalled {
+        let why = c.message.as_deref().unwrap_or_default();
+        return Rollout::Failed(format!(
+            "Deployment {}/{} exceeded its progress deadline{}",
+            d.metadata.namespace.as_deref().unwrap_or(MESH_NAMESPACE),
+            d.metadata.name.as_deref().unwrap_or(render::WEBHOOK),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", mesh_core::printable::one_line(why))
+            }
+        ));
+    }
+    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let replicas = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if updated < wanted {
+        Rollout::Waiting(format!("{updated} of {wanted} new replicas updated"))
+    } else if replicas > updated {
+        Rollout::Waiting(format!(
+            "{} old replicas pending termination",
+            replicas - updated
+        ))
+    } else if available < updated {
+        Rollout::Waiting(format!(
+            "{available} of {updated} updated replicas available"
+        ))
+    } else {
+        Rollout::Done
+    }
+}
+
+/// Waits until the webhook Deployment has rolled out ([`rollout`]); fails at once when its
+/// progress deadline is exceeded, and says on a timeout what it was still waiting for.
 async fn wait_available(client: &Client, timeout: Duration) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), MESH_NAMESPACE);
-    apply::wait_for(
+    let hint = "check the pods: `kubectl -n kubectl-mesh get pods` and `kubectl -n kubectl-mesh \
+                describe deploy mesh-webhook`";
+    let last = std::sync::Arc::new(std::sync::Mutex::new(Rollout::Waiting(
+        "the Deployment to exist".into(),
+    )));
+    let seen = last.clone();
+    let waited = apply::wait_for(
         api,
         render::WEBHOOK,
         &format!(
-            "Deployment {MESH_NAMESPACE}/{} to be available",
+            "Deployment {MESH_NAMESPACE}/{} to roll out",
             render::WEBHOOK
         ),
         timeout,
-        "check the pods: `kubectl -n kubectl-mesh get pods` and `kubectl -n kubectl-mesh \
-         describe deploy mesh-webhook`",
-        |d: Option<&Deployment>| {
-            let Some(d) = d else { return false };
-            let Some(status) = &d.status else {
-                return false;
-            };
-            let current = status.observed_generation >= d.metadata.generation;
-            let available = status
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Available" && c.status == "True");
-            current && available
+        hint,
+        move |d: Option<&Deployment>| {
+            let state = d.map_or_else(
+                || Rollout::Waiting("the Deployment to exist".into()),
+                rollout,
+            );
+            let ended = !matches!(state, Rollout::Waiting(_));
+            *seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
+            ended
         },
     )
-    .await
+    .await;
+    let last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    match (waited, last) {
+        (Ok(()), Rollout::Failed(what)) => Err(Error::Refused {
+            what,
+            hint: hint.into(),
+        }),
+        (Err(Error::Timeout { what, after, hint }), Rollout::Waiting(pending)) => {
+            Err(Error::Timeout {
+                what: format!("{what} ({pending})"),
+                after,
+                hint,
+            })
+        }
+        (waited, _) => waited,
+    }
 }
 
 /// Writes the certificate, key and CA where a webhook run outside the cluster reads them.
@@ -500,6 +582,130 @@ mod tests {
     use super::*;
     use clap::Parser as _;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A webhook Deployment of `wanted` replicas at generation 2, with `status` (JSON).
+    fn deployment(wanted: i32, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "mesh-webhook", "namespace": "kubectl-mesh", "generation": 2},
+            "spec": {
+                "replicas": wanted,
+                "selector": {"matchLabels": {"app": "mesh-webhook"}},
+                "template": {"spec": {"containers": [{"name": "webhook"}]}},
+            },
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn available() -> serde_json::Value {
+        serde_json::json!({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"})
+    }
+
+    fn waiting(what: &str) -> Rollout {
+        Rollout::Waiting(what.into())
+    }
+
+    #[test]
+    fn rollout_waits_while_old_pods_keep_the_deployment_available() {
+        // A new image crash-looping: the new ReplicaSet's pod is updated but not available,
+        // the old pods still are, and the Deployment says Available.
+        let mid = deployment(
+            2,
+            serde_json::json!({
+                "observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
+                "availableReplicas": 2, "readyReplicas": 2, "unavailableReplicas": 1,
+                "conditions": [available(), {"type": "Progressing", "status": "True",
+                                             "reason": "ReplicaSetUpdated"}],
+            }),
+        );
+        assert_eq!(rollout(&mid), waiting("1 of 2 new replicas updated"));
+        // Every new pod created, none available yet, the old ones still there.
+        let all_new = deployment(
+            2,
+            serde_json::json!({
+                "observedGeneration": 2, "replicas": 4, "updatedReplicas": 2,
+                "availableReplicas": 2, "conditions": [available()],
+            }),
+        );
+        assert_eq!(
+            rollout(&all_new),
+            waiting("2 old replicas pending termination")
+        );
+        // The old pods gone, a new one not yet available.
+        let last = deployment(
+            2,
+            serde_json::json!({
+                "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 1, "conditions": [available()],
+            }),
+        );
+        assert_eq!(rollout(&last), waiting("1 of 2 updated replicas available"));
+    }
+
+    #[test]
+    fn rollout_waits_for_the_controller_to_observe_the_generation() {
+        let stale = deployment(
+            2,
+            serde_json::json!({
+                "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 2, "conditions": [available()],
+            }),
+        );
+        assert_eq!(
+            rollout(&stale),
+            waiting("the controller to observe the new spec")
+        );
+        let no_status = deployment(2, serde_json::Value::Null);
+        assert_eq!(
+            rollout(&no_status),
+            waiting("the controller to observe the new spec")
+        );
+    }
+
+    #[test]
+    fn rollout_is_done_when_every_replica_is_updated_and_available() {
+        let done = deployment(
+            2,
+            serde_json::json!({
+                "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                "availableReplicas": 2, "readyReplicas": 2,
+                "conditions": [available(), {"type": "Progressing", "status": "True",
+                                             "reason": "NewReplicaSetAvailable"}],
+            }),
+        );
+        assert_eq!(rollout(&done), Rollout::Done);
+    }
+
+    #[test]
+    fn rollout_fails_at_once_past_its_progress_deadline() {
+        let stuck = deployment(
+            2,
+            serde_json::json!({
+                "observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
+                "availableReplicas": 2,
+                "conditions": [available(), {
+                    "type": "Progressing", "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": "ReplicaSet \"mesh-webhook-5d9\" has timed out progressing.",
+                }],
+            }),
+        );
+        assert_eq!(
+            rollout(&stuck),
+            Rollout::Failed(
+                "Deployment kubectl-mesh/mesh-webhook exceeded its progress deadline \
+                 (ReplicaSet \"mesh-webhook-5d9\" has timed out progressing.)"
+                    .into()
+            )
+        );
+        // A deadline exceeded by an earlier generation is not this one's.
+        let mut next = stuck.clone();
+        next.metadata.generation = Some(3);
+        assert_eq!(
+            rollout(&next),
+            waiting("the controller to observe the new spec")
+        );
+    }
 
     #[test]
     fn cert_dir_files_and_modes() {
