@@ -331,43 +331,27 @@ pub async fn remote_client(
 }
 
 /// Every namespace of a remote.
-pub async fn remote_namespaces(client: &Client, timeout: Duration) -> RemoteResult<Vec<Namespace>> {
-    list_all(client, timeout).await
+pub async fn remote_namespaces(client: &Client) -> RemoteResult<Vec<Namespace>> {
+    list_all(client).await
 }
 
 /// Every MutatingWebhookConfiguration of a remote: where Istio's injectors are.
-pub async fn remote_injectors(
-    client: &Client,
-    timeout: Duration,
-) -> RemoteResult<Vec<MutatingWebhookConfiguration>> {
-    list_all(client, timeout).await
+pub async fn remote_injectors(client: &Client) -> RemoteResult<Vec<MutatingWebhookConfiguration>> {
+    list_all(client).await
 }
 
-/// Every `K` of a remote, its pages read under `timeout`.
-async fn list_all<K>(client: &Client, timeout: Duration) -> RemoteResult<Vec<K>>
+/// Every `K` of a remote, page by page. Each page is a call of its own, bounded by the client
+/// (`--remote-timeout`, [`remote_options`]): a large remote behind a slow link takes as many
+/// timeouts as it has pages, not one.
+pub async fn list_all<K>(client: &Client) -> RemoteResult<Vec<K>>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::all(client.clone());
-    with_deadline(timeout, list::all(&api, &ListParams::default())).await
-}
-
-/// Every namespace of `cluster`'s remote, read with its stored credentials. The whole read
-/// (Secret, client, list) is bounded by `timeout`.
-pub async fn read_remote(
-    primary: &Client,
-    cluster: &MeshCluster,
-    timeout: Duration,
-) -> RemoteResult<Vec<Namespace>> {
-    let read = async {
-        let client = remote_client(primary, cluster, timeout).await?;
-        remote_namespaces(&client, timeout).await
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(result) => result,
-        Err(_) => Err(RemoteError::TimedOut(timeout)),
-    }
+    list::all(&api, &ListParams::default())
+        .await
+        .map_err(RemoteError::Call)
 }
 
 /// Runs `f` for every cluster concurrently and returns the results in the clusters' order.
@@ -483,11 +467,25 @@ mod tests {
         let remote = (0..total).fold(FakeApiserver::default(), |remote, i| {
             remote.with_namespace(&format!("ns-{i:05}"), &[])
         });
-        let namespaces = remote_namespaces(&remote.client(), Duration::from_secs(10))
-            .await
-            .expect("list");
+        let namespaces = remote_namespaces(&remote.client()).await.expect("list");
         assert_eq!(namespaces.len(), total);
         assert_eq!(remote.state().lists, 3, "one request a page");
+    }
+
+    /// `--remote-timeout` bounds each call: a remote whose pages each take most of it is read
+    /// whole, though the pages take longer than one timeout together.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_remote_is_given_a_timeout_a_page() {
+        let total = 2 * list::PAGE as usize + 1;
+        let remote = (0..total).fold(FakeApiserver::default(), |remote, i| {
+            remote.with_namespace(&format!("ns-{i:05}"), &[])
+        });
+        let timeout = crate::parse_duration(DEFAULT_REMOTE_TIMEOUT).expect("default");
+        remote.state().delay = Some(timeout.mul_f64(0.6));
+        let started = tokio::time::Instant::now();
+        let namespaces = remote_namespaces(&remote.client()).await.expect("list");
+        assert_eq!(namespaces.len(), total);
+        assert!(started.elapsed() > timeout, "{:?}", started.elapsed());
     }
 
     /// A server that sends an answer without end (a stand-in: no apiserver does it on demand).
@@ -505,9 +503,7 @@ mod tests {
         )
         .await
         .expect("client");
-        let error = remote_namespaces(&client, timeout)
-            .await
-            .expect_err("refused");
+        let error = remote_namespaces(&client).await.expect_err("refused");
         assert!(
             error
                 .to_string()

@@ -9,11 +9,11 @@ use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::{Api, Client, ResourceExt, api::ListParams};
-use mesh_core::{MESH_NAMESPACE, cluster::KUBECONFIG_KEY, failure, list, remote};
+use kube::{Api, Client, ResourceExt};
+use mesh_core::{MESH_NAMESPACE, cluster::KUBECONFIG_KEY, failure, remote};
 
 use crate::{
-    mesh_state::{self, RemoteResult, with_deadline},
+    mesh_state::{self, RemoteResult},
     remote_setup as setup,
 };
 
@@ -99,9 +99,8 @@ pub async fn credentials_with(
 }
 
 /// Every pod of the remote, by namespace.
-pub async fn pods(client: &Client, timeout: Duration) -> RemoteResult<BTreeMap<String, Vec<Pod>>> {
-    let api: Api<Pod> = Api::all(client.clone());
-    let pods = with_deadline(timeout, list::all(&api, &ListParams::default())).await?;
+pub async fn pods(client: &Client) -> RemoteResult<BTreeMap<String, Vec<Pod>>> {
+    let pods: Vec<Pod> = mesh_state::list_all(client).await?;
     let mut by_namespace: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
     for pod in pods {
         by_namespace

@@ -43,7 +43,7 @@ impl Plan {
                 let name = c.name_any();
                 let read = async {
                     let (rule, remote) = inputs.open(c, remote_timeout).await?;
-                    let namespaces = mesh_state::remote_namespaces(&remote, remote_timeout)
+                    let namespaces = mesh_state::remote_namespaces(&remote)
                         .await
                         .map_err(|e| e.to_string())?;
                     // After the remote, as sync reads them.

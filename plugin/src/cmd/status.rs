@@ -158,30 +158,24 @@ async fn read_view(
         match view::credentials(primary, &name, timeout).await {
             view::Credentials::None => PodsRead::NoCredentials,
             view::Credentials::Unusable { source, error } => PodsRead::Failed { source, error },
-            view::Credentials::Found { source, client } => {
-                match view::pods(&client, timeout).await {
-                    Ok(pods) => PodsRead::Read { source, pods },
-                    Err(e) => PodsRead::Failed {
-                        source,
-                        error: e.to_string(),
-                    },
-                }
-            }
+            view::Credentials::Found { source, client } => match view::pods(&client).await {
+                Ok(pods) => PodsRead::Read { source, pods },
+                Err(e) => PodsRead::Failed {
+                    source,
+                    error: e.to_string(),
+                },
+            },
         }
     };
+    // Each call is bounded by `timeout`, not the whole read: see `mesh_state::list_all`.
     let read = async {
         let client = mesh_state::remote_client(primary, cluster, timeout).await?;
         let (namespaces, injectors) = tokio::join!(
-            mesh_state::remote_namespaces(&client, timeout),
-            mesh_state::remote_injectors(&client, timeout),
+            mesh_state::remote_namespaces(&client),
+            mesh_state::remote_injectors(&client),
         );
         // Clusters attached by an older kubectl-mesh may not read them: unknown, not an error.
         Ok::<_, mesh_state::RemoteError>((namespaces?, injectors.ok()))
-    };
-    let read = async {
-        tokio::time::timeout(timeout, read)
-            .await
-            .unwrap_or(Err(mesh_state::RemoteError::TimedOut(timeout)))
     };
     let (read, pods) = tokio::join!(read, pods);
     match read {

@@ -465,12 +465,12 @@ async fn remote_facts(
     )
     .await;
     let rights = answers(remote, timeout, rights::asked()).await;
-    let namespaces = mesh_state::remote_namespaces(remote, timeout).await;
+    let namespaces = mesh_state::remote_namespaces(remote).await;
     let guard = guard_facts(remote, cluster, user_kubeconfig, timeout).await;
     // A recorded scope that cannot be used is reported by the cluster's own checks.
     let scoped = mesh_state::scoped_rule(rule, cluster).unwrap_or_else(|_| rule.clone());
     let scope = with_deadline(timeout, sync_scope::probe(remote, &scoped)).await;
-    let injectors = mesh_state::remote_injectors(remote, timeout).await;
+    let injectors = mesh_state::remote_injectors(remote).await;
     let view = view_facts(primary, &cluster.name_any(), timeout).await;
     RemoteFacts::Asked(Box::new(Asked {
         whoami,
@@ -500,7 +500,7 @@ async fn view_facts(primary: &Client, cluster: &str, timeout: Duration) -> ViewF
             ViewFacts::Read {
                 source,
                 rights,
-                pods: view::pods(&client, timeout).await,
+                pods: view::pods(&client).await,
             }
         }
     }

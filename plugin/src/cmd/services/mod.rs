@@ -36,7 +36,7 @@ use wire::{EndpointSlice, Pod, Service};
 
 use crate::{
     Context, Error, Result,
-    mesh_state::{self, DEFAULT_REMOTE_TIMEOUT, RemoteError, with_deadline},
+    mesh_state::{self, DEFAULT_REMOTE_TIMEOUT, RemoteError},
     output::{self, OutputFormat},
     view,
 };
@@ -239,14 +239,10 @@ async fn read_remote(
     with_pods: bool,
 ) -> ClusterRead {
     let name = cluster.name_any();
+    // Each call is bounded by `timeout`, not the whole read: see `mesh_state::list_all`.
     let namespaces = async {
-        let read = async {
-            let client = mesh_state::remote_client(primary, cluster, timeout).await?;
-            mesh_state::remote_namespaces(&client, timeout).await
-        };
-        tokio::time::timeout(timeout, read)
-            .await
-            .unwrap_or(Err(RemoteError::TimedOut(timeout)))
+        let client = mesh_state::remote_client(primary, cluster, timeout).await?;
+        mesh_state::remote_namespaces(&client).await
     };
     let facts = async {
         match view::credentials(primary, &name, timeout).await {
@@ -258,7 +254,10 @@ async fn read_remote(
                 error,
             },
             view::Credentials::Found { source, client } => {
-                match with_deadline(timeout, read_facts(&client, scope, with_pods)).await {
+                match read_facts(&client, scope, with_pods)
+                    .await
+                    .map_err(RemoteError::Call)
+                {
                     Ok(facts) => ReadState::Read(facts),
                     Err(e) if e.is_forbidden() => ReadState::Failed {
                         credentials: source.to_string(),
