@@ -45,6 +45,9 @@ pub struct Webhook {
     pub client_allowed_names: Vec<String>,
     /// Connection limits and timeouts of both ports.
     pub limits: Limits,
+    /// Bytes the `/mutate` bodies being read and handled may hold at once
+    /// ([`http::BODY_BUDGET`] by default; at least [`http::BODY_LIMIT`] to serve a whole review).
+    pub body_budget: usize,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
     pub rule: Arc<SyncRule>,
@@ -78,6 +81,7 @@ impl Webhook {
             client_ca: None,
             client_allowed_names: Vec::new(),
             limits: Limits::default(),
+            body_budget: http::BODY_BUDGET,
             tls_cert: tls_cert.into(),
             tls_key: tls_key.into(),
             rule: Arc::new(SyncRule::default()),
@@ -215,6 +219,7 @@ impl BoundWebhook {
             client_ca: _,
             client_allowed_names: _,
             limits,
+            body_budget,
             tls_cert: _,
             tls_key: _,
             rule: _,
@@ -270,7 +275,9 @@ impl BoundWebhook {
             controller: "mesh-webhook".to_owned(),
             instance: Some(identity.clone()),
         };
-        let mut state = AppState::new(shared, push_deadline).with_events(primary.clone(), reporter);
+        let mut state = AppState::new(shared, push_deadline)
+            .with_body_budget(body_budget)
+            .with_events(primary.clone(), reporter);
         if let Some(setter) = log_level {
             state = state.with_log_level(setter);
         }

@@ -14,7 +14,7 @@ use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberI
 use crate::{
     app::Webhook,
     backoff::BackoffSettings,
-    http::LogLevelSetter,
+    http::{self, LogLevelSetter},
     leader::{self, LeaseTiming},
     listen::Limits,
 };
@@ -77,6 +77,12 @@ pub struct Args {
     /// until one closes.
     #[arg(long, env = "MESH_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Memory, in MiB, that the bodies of the reviews being read and handled may hold at once,
+    /// whatever the connections; a review past it is answered 503 at once (the apiserver then
+    /// fails open and the reconciler converges the remotes). At least 1: one whole review.
+    #[arg(long, env = "MESH_WEBHOOK_REVIEW_BODY_BUDGET_MIB", default_value_t = DEFAULT_REVIEW_BODY_BUDGET_MIB, value_name = "MIB")]
+    pub review_body_budget_mib: u32,
 
     /// HTTP/2 connections are pinged this often...
     #[arg(long, env = "MESH_WEBHOOK_HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = mesh_core::duration::parse)]
@@ -214,6 +220,9 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+/// `--review-body-budget-mib`'s default: [`http::BODY_BUDGET`] in MiB.
+const DEFAULT_REVIEW_BODY_BUDGET_MIB: u32 = (http::BODY_BUDGET >> 20) as u32;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Plain,
@@ -221,6 +230,11 @@ pub enum LogFormat {
 }
 
 impl Args {
+    /// `--review-body-budget-mib` in bytes (saturating: a budget past memory is no budget).
+    fn review_body_budget(&self) -> usize {
+        usize::try_from(u64::from(self.review_body_budget_mib) << 20).unwrap_or(usize::MAX)
+    }
+
     /// Parses the process arguments and runs until SIGTERM or SIGINT.
     pub async fn parse_and_run() -> anyhow::Result<()> {
         Self::parse().run().await
@@ -255,6 +269,11 @@ impl Args {
             "--concurrent-syncs must be at least 1"
         );
         anyhow::ensure!(
+            self.review_body_budget() >= http::BODY_LIMIT,
+            "--review-body-budget-mib must be at least {}: the budget must hold one whole review",
+            http::BODY_LIMIT.div_ceil(1 << 20)
+        );
+        anyhow::ensure!(
             self.client_allowed_names
                 .iter()
                 .all(|name| !name.trim().is_empty()),
@@ -268,6 +287,7 @@ impl Args {
     /// Runs the webhook until SIGTERM or SIGINT.
     pub async fn run(self) -> anyhow::Result<()> {
         self.check()?;
+        let body_budget = self.review_body_budget();
         let Self {
             listen,
             metrics_listen,
@@ -277,6 +297,7 @@ impl Args {
             idle_timeout,
             body_timeout,
             max_connections,
+            review_body_budget_mib: _,
             http2_keepalive_interval,
             http2_keepalive_timeout,
             tls_cert,
@@ -317,6 +338,7 @@ impl Args {
             max_connections: max_connections as usize,
             http2_keepalive_interval,
             http2_keepalive_timeout,
+            ..Limits::default()
         };
         raise_open_files(max_connections);
         match (&client_ca_file, client_allowed_names.as_slice()) {
@@ -368,6 +390,7 @@ impl Args {
                 .map(|name| name.trim().to_owned())
                 .collect(),
             limits,
+            body_budget,
             rule: Arc::new(rule),
             mesh_namespace,
             resync_period,
@@ -645,9 +668,11 @@ mod tests {
                 max_connections: args.max_connections as usize,
                 http2_keepalive_interval: args.http2_keepalive_interval,
                 http2_keepalive_timeout: args.http2_keepalive_timeout,
+                ..Limits::default()
             },
             Limits::default()
         );
+        assert_eq!(args.review_body_budget(), http::BODY_BUDGET);
         assert_eq!(args.resync_period, Duration::from_secs(60));
         assert_eq!(args.push_deadline, Duration::from_secs(2));
         assert_eq!(
@@ -720,6 +745,31 @@ mod tests {
             refusal("--concurrent-syncs", "0"),
             "--concurrent-syncs must be at least 1"
         );
+        assert_eq!(
+            refusal("--review-body-budget-mib", "0"),
+            "--review-body-budget-mib must be at least 1: the budget must hold one whole review"
+        );
+    }
+
+    #[test]
+    fn the_review_body_budget_is_given_in_mib() {
+        let parse = |value: &str| {
+            Args::try_parse_from([
+                "mesh-webhook",
+                "--cert-dir=/tls",
+                &format!("--review-body-budget-mib={value}"),
+            ])
+        };
+        let args = parse("1").expect("parse");
+        args.check().expect("one whole review is enough");
+        assert_eq!(args.review_body_budget(), http::BODY_LIMIT);
+        let args = parse("256").expect("parse");
+        args.check().expect("accepted");
+        assert_eq!(args.review_body_budget(), 256 << 20);
+        assert!(args.review_body_budget() > http::BODY_BUDGET);
+        for value in ["-1", "0.5", "64MiB"] {
+            assert!(parse(value).is_err(), "{value} parsed");
+        }
     }
 
     #[test]

@@ -45,7 +45,8 @@ use mesh_core::{labels::Labels, remote::Remote};
 /// limit on objects is far above this, but nothing this webhook reads needs more.
 pub const BODY_LIMIT: usize = 1 << 20;
 
-/// Bytes of `/mutate` bodies held at once by the whole process: 64 bodies at [`BODY_LIMIT`], or
+/// Bytes of `/mutate` bodies held at once by the whole process, by default
+/// (`--review-body-budget-mib`; its use is on `/metrics`): 64 bodies at [`BODY_LIMIT`], or
 /// some 16,000 real reviews (a few KiB each, far more than an apiserver sends at once), and a
 /// quarter of the 256 MiB the Deployment allows the pod.
 pub const BODY_BUDGET: usize = 64 << 20;
@@ -315,6 +316,10 @@ async fn metrics_handler(State(state): State<AppState>) -> Response {
         .shared
         .metrics
         .set_pushes_in_flight(state.shared.in_flight.len());
+    state
+        .shared
+        .metrics
+        .set_body_budget(state.body_budget.capacity(), state.body_budget.in_use());
     match state.shared.metrics.encode() {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics"),
@@ -468,13 +473,40 @@ mod tests {
             call(router(state.clone()), get("/metrics")).await.0,
             StatusCode::NOT_FOUND
         );
-        let (status, body) = call(app, get("/metrics")).await;
+        let (status, body) = call(app.clone(), get("/metrics")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(
             body.as_str()
                 .is_some_and(|t| t.contains(r#"admission_reviews_total{outcome="invalid"} 1"#)),
             "{body}"
         );
+
+        // The bytes of a body being read show while it is held, and are gone once answered.
+        let scrape = || async {
+            let (status, body) = call(app.clone(), get("/metrics")).await;
+            assert_eq!(status, StatusCode::OK);
+            body.as_str().expect("text").to_owned()
+        };
+        let has_line = |text: &str, line: &str| text.lines().any(|l| l == line);
+        let (sender, chunks) = futures::channel::mpsc::unbounded::<Result<Bytes, io::Error>>();
+        let held = post_mutate(Body::from_stream(chunks));
+        let holder = tokio::spawn(call(router(state.clone()), held));
+        let part = UPDATE.len() / 2;
+        sender
+            .unbounded_send(Ok(Bytes::from_static(&UPDATE.as_bytes()[..part])))
+            .expect("send");
+        state.body_budget.until_in_use(part).await;
+        let text = scrape().await;
+        let budget = format!("admission_body_budget_bytes {BODY_BUDGET}");
+        assert!(has_line(&text, &budget), "{budget} missing from {text}");
+        let in_use = format!("admission_body_in_use_bytes {part}");
+        assert!(has_line(&text, &in_use), "{in_use} missing from {text}");
+        let rest = Bytes::from_static(&UPDATE.as_bytes()[part..]);
+        sender.unbounded_send(Ok(rest)).expect("send");
+        drop(sender);
+        assert_eq!(holder.await.expect("join").0, StatusCode::OK);
+        let text = scrape().await;
+        assert!(has_line(&text, "admission_body_in_use_bytes 0"), "{text}");
     }
 
     #[tokio::test]

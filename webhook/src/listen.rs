@@ -6,9 +6,11 @@
 //! A hostile network cannot exhaust it: at most [`Limits::max_connections`] are open (then it
 //! stops accepting until one closes), each must finish its handshake, its headers and its
 //! request bodies in bounded time, and a connection without a request in progress is closed
-//! after the idle timeout (HTTP/2 ones also when they stop answering pings). What the bodies
-//! of all those requests may hold at once is the handler's to bound (see
-//! [`crate::http::BodyBudget`]): this module knows no route, nor what a body is worth.
+//! after the idle timeout (HTTP/2 ones also when they stop answering pings). What hyper itself
+//! holds of a connection's bodies before a handler reads them is bounded by its HTTP/2 flow
+//! control windows and HTTP/1.1 read buffer ([`Limits`]); what the bodies of all those requests
+//! may hold once read is the handler's to bound (see [`crate::http::BodyBudget`]): this module
+//! knows no route, nor what a body is worth.
 //!
 //! hyper drives the connections directly (not axum-server): it measured faster here.
 
@@ -41,6 +43,8 @@ const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// Time an idle connection gets to close in order (an HTTP/2 GOAWAY) before it is dropped:
 /// one that never finished its HTTP/2 handshake would otherwise wait for it for ever.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// The smallest HTTP/1.1 read buffer hyper accepts.
+const HTTP1_MIN_BUF_SIZE: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -75,6 +79,18 @@ pub struct Limits {
     pub http2_keepalive_interval: Duration,
     /// ...and closed when a ping is not answered within this.
     pub http2_keepalive_timeout: Duration,
+    /// Bytes of a request body an HTTP/2 client may send ahead of what the handler has read
+    /// (the initial stream window). hyper holds them until read.
+    pub http2_stream_window: u32,
+    /// Bytes of all request bodies of one HTTP/2 connection a client may send ahead of what
+    /// the handlers have read (the connection window): what hyper may hold per connection.
+    pub http2_connection_window: u32,
+    /// Requests in progress at once on one HTTP/2 connection.
+    pub http2_max_concurrent_streams: u32,
+    /// Largest read buffer of an HTTP/1.1 connection (request head and body bytes read ahead,
+    /// give or take one read); a request head that does not fit is refused (431). At least
+    /// 8 KiB (hyper's minimum).
+    pub http1_max_buf_size: usize,
 }
 
 impl Default for Limits {
@@ -90,6 +106,18 @@ impl Default for Limits {
             max_connections: 4096,
             http2_keepalive_interval: Duration::from_secs(30),
             http2_keepalive_timeout: Duration::from_secs(10),
+            // hyper's defaults (1 MiB windows, a ~400 KiB HTTP/1.1 buffer) times 4096
+            // connections are gigabytes strangers could make it hold. A review of 1 MiB
+            // (`http::BODY_LIMIT`) still goes through, with more WINDOW_UPDATEs; a few-KiB one
+            // fits the first window, no round trip waited for.
+            http2_stream_window: 64 << 10,
+            // Four whole stream windows: concurrent reviews on one connection flow at once.
+            http2_connection_window: 256 << 10,
+            // hyper's present default, pinned (hyper may change it); Go's HTTP/2 client, the
+            // apiserver's, opens another connection past it.
+            http2_max_concurrent_streams: 200,
+            // An apiserver's request head is a few hundred bytes; bodies are read as they come.
+            http1_max_buf_size: 64 << 10,
         }
     }
 }
@@ -215,12 +243,19 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper panics below its minimum: a smaller setting means the minimum.
+        .max_buf_size(limits.http1_max_buf_size.max(HTTP1_MIN_BUF_SIZE));
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.http2_keepalive_interval)
-        .keep_alive_timeout(limits.http2_keepalive_timeout);
+        .keep_alive_timeout(limits.http2_keepalive_timeout)
+        .initial_stream_window_size(limits.http2_stream_window)
+        .initial_connection_window_size(limits.http2_connection_window)
+        // Adaptive windows would grow past the configured ones with the bandwidth measured.
+        .adaptive_window(false)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams);
     builder
 }
 
@@ -650,6 +685,196 @@ mod tests {
         state.body_budget().until_in_use(0).await;
         let answer = review().await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        server.stop().await;
+    }
+
+    /// An HTTP/2 client of `server` (TLS, ALPN h2) whose own send buffer is larger than any
+    /// window the server may grant, so that what it may send is what the server allows.
+    async fn h2_client(server: &Server) -> h2::client::SendRequest<Bytes> {
+        let tls = connect_with_alpn(server.addr, None, b"h2")
+            .await
+            .expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (client, connection) = h2::client::Builder::new()
+            .max_send_buffer_size(4 * crate::http::BODY_LIMIT)
+            .handshake(tls)
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// Sends a request on `client` once it may open a stream.
+    async fn h2_send(
+        client: &h2::client::SendRequest<Bytes>,
+        request: Request<()>,
+        end_of_stream: bool,
+    ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+        let mut ready = client.clone().ready().await.expect("ready");
+        ready.send_request(request, end_of_stream).expect("sent")
+    }
+
+    /// `GET /healthz` on `client`, answered: every frame the server sent before its answer
+    /// (its settings, its connection window, ...) has been received and applied.
+    async fn h2_healthz(client: &h2::client::SendRequest<Bytes>) {
+        let request = Request::get("https://localhost/healthz")
+            .body(())
+            .expect("request");
+        let (response, _) = h2_send(client, request, true).await;
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+    }
+
+    /// Sends `data` on `stream` as flow control allows, then ends it; how many grants of
+    /// capacity it took.
+    async fn h2_send_all(stream: &mut h2::SendStream<Bytes>, mut data: Bytes) -> usize {
+        let mut grants = 0;
+        while !data.is_empty() {
+            stream.reserve_capacity(data.len());
+            let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx))
+                .await
+                .expect("the stream stays open")
+                .expect("capacity");
+            grants += 1;
+            let chunk = data.split_to(granted.min(data.len()));
+            stream.send_data(chunk, data.is_empty()).expect("sent");
+        }
+        grants
+    }
+
+    /// What an HTTP/2 client may send ahead of the handlers is the configured windows, far
+    /// under hyper's defaults (1 MiB per stream and per connection): streams whose bodies the
+    /// server does not read are granted the stream window each, until the connection window
+    /// is spent.
+    #[tokio::test]
+    async fn http2_clients_may_send_only_the_configured_windows_ahead() {
+        let limits = Limits::default();
+        let stream_window = limits.http2_stream_window as usize;
+        let connection_window = limits.http2_connection_window as usize;
+        assert!(stream_window < connection_window);
+        assert!(connection_window < crate::http::BODY_LIMIT);
+        let release = CancellationToken::new();
+        let hold = {
+            let release = release.clone();
+            // Holds its body unread until released.
+            move |body: axum::body::Body| async move {
+                release.cancelled().await;
+                drop(body);
+                "released"
+            }
+        };
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/hold", post(hold));
+        let server = Server::serving(app, None, limits).await;
+        let client = h2_client(&server).await;
+        h2_healthz(&client).await;
+
+        // One stream more than the connection window has room for.
+        let mut held = Vec::new();
+        for _ in 0..=connection_window / stream_window {
+            let request = Request::post("https://localhost/hold")
+                .body(())
+                .expect("request");
+            let (response, mut body) = h2_send(&client, request, false).await;
+            body.reserve_capacity(crate::http::BODY_LIMIT);
+            held.push((response, body));
+        }
+        // Streams open in order, each granted what the windows allow as it opens: once a later
+        // request is answered, that is all they get until the server reads their bodies.
+        h2_healthz(&client).await;
+        let granted: Vec<usize> = held.iter().map(|(_, body)| body.capacity()).collect();
+        let mut left = connection_window;
+        let expected: Vec<usize> = held
+            .iter()
+            .map(|_| {
+                let grant = stream_window.min(left);
+                left -= grant;
+                grant
+            })
+            .collect();
+        assert_eq!(granted, expected);
+        assert_eq!(expected.last(), Some(&0));
+
+        release.cancel();
+        drop(held);
+        drop(client);
+        server.stop().await;
+    }
+
+    /// The largest review the webhook takes still goes through HTTP/2's small windows: it only
+    /// takes more window updates.
+    #[tokio::test]
+    async fn a_review_of_the_body_limit_goes_through_http2() {
+        const UPDATE: &str = include_str!("../tests/fixtures/namespace-update.json");
+        let limits = Limits::default();
+        let state = crate::http::AppState::new(Default::default(), Duration::from_millis(500));
+        let server = Server::serving(crate::http::router(state.clone()), None, limits).await;
+        let client = h2_client(&server).await;
+        let mut review = UPDATE.as_bytes().to_vec();
+        review.resize(crate::http::BODY_LIMIT, b' ');
+        let request = Request::post("https://localhost/mutate")
+            .header("content-type", "application/json")
+            .body(())
+            .expect("request");
+        let (response, mut body) = h2_send(&client, request, false).await;
+        let grants = tokio::time::timeout(DEADLINE, h2_send_all(&mut body, review.into()))
+            .await
+            .expect("sent in time");
+        assert!(
+            grants >= crate::http::BODY_LIMIT / limits.http2_stream_window as usize,
+            "{grants} grants"
+        );
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+        let mut answer = response.into_body();
+        let mut text = Vec::new();
+        while let Some(data) = answer.data().await {
+            let data = data.expect("data");
+            let _ = answer.flow_control().release_capacity(data.len());
+            text.extend_from_slice(&data);
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&text).expect("json");
+        let request: serde_json::Value = serde_json::from_str(UPDATE).expect("fixture");
+        assert_eq!(answer["response"]["uid"], request["request"]["uid"]);
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
+        drop(client);
+        server.stop().await;
+    }
+
+    /// An HTTP/1.1 request head must fit the configured read buffer (hyper's default would
+    /// take ~400 KiB): past it the request is refused with 431, within it served. hyper checks
+    /// the buffer between reads, so a head may pass it by one read: twice it never fits.
+    #[tokio::test]
+    async fn http1_request_heads_must_fit_the_read_buffer() {
+        let limits = Limits::default();
+        let server = Server::start(None, limits).await;
+        let request = |padding: usize| {
+            format!(
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                 X-Padding: {}\r\n\r\n",
+                "x".repeat(padding)
+            )
+        };
+        for (padding, status) in [
+            (limits.http1_max_buf_size / 2, "HTTP/1.1 200"),
+            (2 * limits.http1_max_buf_size, "HTTP/1.1 431"),
+        ] {
+            let mut tls = server.connect(None).await.expect("handshake");
+            tls.write_all(request(padding).as_bytes())
+                .await
+                .expect("write");
+            let answer = answer_until_closed(&mut tls).await;
+            assert!(answer.starts_with(status), "{padding}: {answer}");
+        }
         server.stop().await;
     }
 

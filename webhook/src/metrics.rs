@@ -109,6 +109,8 @@ pub struct Metrics {
     sync_lists: Family<ClusterLabels, Counter>,
     leader: Gauge,
     pushes_in_flight: Gauge,
+    body_budget: Gauge,
+    body_in_use: Gauge,
     token_expiry: Family<ClusterLabels, Gauge>,
     events_dropped: Family<EventLabels, Counter>,
 }
@@ -132,6 +134,8 @@ impl Metrics {
         let sync_lists = Family::<ClusterLabels, Counter>::default();
         let leader = Gauge::default();
         let pushes_in_flight = Gauge::default();
+        let body_budget = Gauge::default();
+        let body_in_use = Gauge::default();
         let token_expiry = Family::<ClusterLabels, Gauge>::default();
         let events_dropped = Family::<EventLabels, Counter>::default();
         // prometheus-client appends `_total` to counters: register the bare names.
@@ -194,6 +198,17 @@ impl Metrics {
             pushes_in_flight.clone(),
         );
         registry.register(
+            "admission_body_budget_bytes",
+            "Bytes the bodies of admission reviews being read and handled may hold at once \
+             (--review-body-budget-mib); past it, reviews are answered 503",
+            body_budget.clone(),
+        );
+        registry.register(
+            "admission_body_in_use_bytes",
+            "Bytes the bodies of admission reviews being read and handled hold now",
+            body_in_use.clone(),
+        );
+        registry.register(
             "token_expiry_seconds",
             "Seconds until the stored token of the remote cluster expires (negative once \
              expired); absent for a token without expiry",
@@ -211,6 +226,8 @@ impl Metrics {
             sync_lists,
             leader,
             pushes_in_flight,
+            body_budget,
+            body_in_use,
             token_expiry,
             events_dropped,
         }
@@ -229,6 +246,15 @@ impl Metrics {
     pub fn set_pushes_in_flight(&self, pushes: usize) {
         self.pushes_in_flight
             .set(i64::try_from(pushes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the `admission_body_budget_bytes` and `admission_body_in_use_bytes` gauges (read
+    /// when metrics are scraped, so that reviews pay nothing for them).
+    pub fn set_body_budget(&self, capacity: usize, in_use: usize) {
+        self.body_budget
+            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        self.body_in_use
+            .set(i64::try_from(in_use).unwrap_or(i64::MAX));
     }
 
     /// Keeps the `leader` gauge equal to this replica's standing until `stop`.
@@ -370,8 +396,11 @@ mod tests {
         metrics.set_token_expiry("west", Some(60));
         metrics.set_token_expiry("west", None);
         metrics.events_dropped("PropagationFailed", 2);
+        metrics.set_body_budget(64 << 20, 4096);
         let text = metrics.encode().expect("encode");
         for expected in [
+            "admission_body_budget_bytes 67108864",
+            "admission_body_in_use_bytes 4096",
             r#"token_expiry_seconds{cluster="east"} 3600"#,
             "propagation_latency_seconds_bucket{",
             r#"pushes_total{cluster="east",result="applied"} 1"#,
