@@ -18,7 +18,15 @@ use tokio::time::Instant;
 /// Pushes being made or waiting, by namespace. Cheap to clone; clones share state.
 #[derive(Clone, Default)]
 pub struct PushQueue {
-    namespaces: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
+    namespaces: Arc<Mutex<HashMap<String, Entry>>>,
+}
+
+/// A namespace's slot and the reviews holding a place in it, counted under the map's lock:
+/// the last to leave removes the entry. (Counting the slot's references instead misses it
+/// when two leave at once: each sees the other's not yet dropped.)
+struct Entry {
+    slot: Arc<Slot>,
+    places: usize,
 }
 
 #[derive(Default)]
@@ -54,9 +62,11 @@ struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         let mut namespaces = self.queue.lock();
-        // The map's reference and this one: nobody else is waiting.
-        if Arc::strong_count(&self.slot) == 2 {
-            namespaces.remove(&self.namespace);
+        if let Some(entry) = namespaces.get_mut(&self.namespace) {
+            entry.places -= 1;
+            if entry.places == 0 {
+                namespaces.remove(&self.namespace);
+            }
         }
     }
 }
@@ -66,7 +76,14 @@ impl PushQueue {
     pub async fn turn(&self, namespace: &str, deadline: Instant) -> Turn {
         let (place, ticket) = {
             let mut namespaces = self.lock();
-            let slot = namespaces.entry(namespace.to_owned()).or_default().clone();
+            let entry = namespaces
+                .entry(namespace.to_owned())
+                .or_insert_with(|| Entry {
+                    slot: Arc::default(),
+                    places: 0,
+                });
+            entry.places += 1;
+            let slot = entry.slot.clone();
             let ticket = slot.newest.fetch_add(1, Ordering::SeqCst) + 1;
             let place = Place {
                 queue: self.clone(),
@@ -97,7 +114,7 @@ impl PushQueue {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // The map holds plain data; a panic elsewhere cannot leave it half-updated.
         self.namespaces
             .lock()
@@ -148,7 +165,7 @@ mod tests {
             .collect();
         // Every waiter has taken its ticket before the running push ends.
         tokio::time::timeout(Duration::from_secs(5), async {
-            while queue.lock()["shop"].newest.load(Ordering::SeqCst) < 21 {
+            while queue.lock()["shop"].slot.newest.load(Ordering::SeqCst) < 21 {
                 tokio::task::yield_now().await;
             }
         })
@@ -165,6 +182,22 @@ mod tests {
         }
         assert_eq!(went, 1, "only the newest waiter pushes");
         assert!(queue.is_empty());
+    }
+
+    /// The last two places of a namespace leaving at once on two threads left its entry
+    /// behind, each seeing the other's reference to the slot not yet dropped: forged names
+    /// would then grow the map. That moment, held here with a reference of the test's own (no
+    /// schedule makes two threads meet there on demand): the entry still goes.
+    #[tokio::test]
+    async fn the_last_place_to_leave_removes_the_entry_whatever_still_holds_the_slot() {
+        let queue = PushQueue::default();
+        let Turn::Go(ticket) = queue.turn("shop", soon()).await else {
+            panic!("an idle namespace must go");
+        };
+        let leaving = queue.lock()["shop"].slot.clone();
+        drop(ticket);
+        assert!(queue.is_empty(), "{} entries left", queue.len());
+        drop(leaving);
     }
 
     #[tokio::test(start_paused = true)]
