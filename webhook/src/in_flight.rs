@@ -60,6 +60,13 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether it still counts as the primary's state at `now`.
+    fn stands_in(&self, now: Instant) -> bool {
+        self.due || self.until > now
+    }
+}
+
+impl Entry {
     /// Whether the primary storing `labels` at `version` ends this push's standing in: it
     /// persisted the push, or another change of the managed labels superseded it. A request is
     /// stored only over the version it was reviewed on: once a later version holds other
@@ -150,7 +157,7 @@ impl InFlight {
         {
             let mut entries = self.lock();
             if entries.len() >= MAX_ENTRIES && !entries.contains_key(namespace) {
-                entries.retain(|_, entry| entry.until > now);
+                entries.retain(|_, entry| entry.stands_in(now));
                 if entries.len() >= MAX_ENTRIES
                     && let Some(first) = entries
                         .iter()
@@ -191,8 +198,9 @@ impl InFlight {
                 return;
             };
             if confirmed {
-                // Standing in while a read of the primary is made; no timer: the confirmation
-                // renews or drops it, and the overlay ignores it past this.
+                // Standing in while a read of the primary is made, however long the round of
+                // reads takes; no timer: the confirmation renews or drops it. The time only
+                // orders it among the entries to forget first when the map is full.
                 entry.due = true;
                 entry.until = now + this.ttl;
             } else {
@@ -282,7 +290,7 @@ impl InFlight {
         stored: Option<Namespace>,
     ) -> Option<Namespace> {
         let now = Instant::now();
-        match self.lock().get(name).filter(|entry| entry.until > now) {
+        match self.lock().get(name).filter(|entry| entry.stands_in(now)) {
             Some(entry) => Some(stand_in(rule, name, entry, stored)),
             None => stored,
         }
@@ -293,7 +301,7 @@ impl InFlight {
         let now = Instant::now();
         self.lock()
             .iter()
-            .filter(|(_, entry)| entry.until > now)
+            .filter(|(_, entry)| entry.stands_in(now))
             .map(|(name, entry)| (name.clone(), entry.labels.clone()))
             .collect()
     }
@@ -541,6 +549,23 @@ mod tests {
         );
         in_flight.not_persisted(&due);
         assert!(in_flight.is_empty());
+    }
+
+    /// The reads that confirm expired pushes are made one after another, each bounded by
+    /// seconds: one checked late in a round stood in no more once a second lifetime passed
+    /// before its read, and a sync in that gap reverted it on the remotes.
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_push_stands_in_however_long_its_check_waits() {
+        let (in_flight, _due) = expired_push().await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let rule = SyncRule::default();
+        let seen = in_flight.overlay_one(&rule, "shop", Some(ns("shop")));
+        assert_eq!(
+            rule.desired(seen.as_ref()),
+            labels(&[("istio-injection", "enabled")])
+        );
+        assert_eq!(in_flight.pushed().len(), 1);
+        assert_eq!(in_flight.due().len(), 1, "still to be checked");
     }
 
     #[tokio::test(start_paused = true)]
