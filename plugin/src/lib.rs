@@ -572,6 +572,21 @@ mod tests {
         assert!(Cli::try_parse_from(["kubectl-mesh", "rotate", "--all"]).is_ok());
     }
 
+    /// With `--webhook-url` no Deployment is installed: its flags would be ignored.
+    #[test]
+    fn install_refuses_deployment_flags_with_a_webhook_url() {
+        for flags in [&["--wait"][..], &["--replicas", "3"]] {
+            let url = ["kubectl-mesh", "install", "--webhook-url", "https://10.0.0.1/mutate"];
+            let parsed = Cli::try_parse_from(url.iter().chain(flags));
+            let error = parsed.expect_err(flags[0]);
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flags:?}"
+            );
+        }
+    }
+
     #[test]
     fn attach_flags() {
         let cli = Cli::try_parse_from([

@@ -43,7 +43,7 @@ pub struct Install {
     #[arg(long, env = "KUBECTL_MESH_IMAGE", hide_env_values = true, default_value = render::DEFAULT_IMAGE)]
     pub image: String,
     /// Replicas of the webhook Deployment.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..), conflicts_with = "webhook_url")]
     pub replicas: i32,
     /// Call the webhook at this https URL instead of running it in the cluster (no Deployment
     /// or Service is installed); its host is added to the serving certificate.
@@ -99,7 +99,7 @@ pub struct Install {
     pub dry_run: bool,
     /// Wait until the webhook Deployment has rolled out: every replica updated and available,
     /// no old one left (fails at once when its progress deadline is exceeded).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "webhook_url")]
     pub wait: bool,
     /// How long to wait for the CRD to be established and, with --wait, for the webhook.
     #[arg(long, default_value = "2m", value_parser = crate::parse_duration, value_name = "DURATION")]
@@ -362,6 +362,7 @@ async fn remove_in_cluster_webhook(client: &Client, ctx: &Context) -> Result<()>
     for m in [
         Manifest::new(&render::service())?,
         Manifest::new(&render::deployment(&Options::default()))?,
+        Manifest::new(&render::network_policy())?,
     ] {
         if apply::delete(client, &m).await? == Deleted::Deleted {
             ctx.progress.ok(format!(
