@@ -576,7 +576,12 @@ mod tests {
     #[test]
     fn install_refuses_deployment_flags_with_a_webhook_url() {
         for flags in [&["--wait"][..], &["--replicas", "3"]] {
-            let url = ["kubectl-mesh", "install", "--webhook-url", "https://10.0.0.1/mutate"];
+            let url = [
+                "kubectl-mesh",
+                "install",
+                "--webhook-url",
+                "https://10.0.0.1/mutate",
+            ];
             let parsed = Cli::try_parse_from(url.iter().chain(flags));
             let error = parsed.expect_err(flags[0]);
             assert_eq!(
