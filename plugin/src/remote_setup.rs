@@ -207,6 +207,23 @@ pub fn owner_cluster(meta: &ObjectMeta) -> Option<&str> {
     labels.get(CLUSTER_LABEL).map(String::as_str)
 }
 
+/// The cluster whose stored credentials an object is, when it is one of the Secrets attach
+/// stores on the primary: [`cluster_secret`] or [`view_secret`] in [`MESH_NAMESPACE`], or
+/// [`istio_remote_secret`] in [`ISTIO_NAMESPACE`], by their labels, name and namespace.
+/// What another primary's attach created in [`MESH_NAMESPACE`] when this cluster is also its
+/// remote (ServiceAccounts, their token Secrets, the token renewal Role) carries the same
+/// labels under other names, and is never one.
+pub fn stored_credential_of(meta: &ObjectMeta) -> Option<&str> {
+    let cluster = owner_cluster(meta)?;
+    let name = meta.name.as_deref()?;
+    let stored = match meta.namespace.as_deref()? {
+        MESH_NAMESPACE => name == cluster_secret_name(cluster) || name == view_secret_name(cluster),
+        ISTIO_NAMESPACE => name == istio_secret_name(cluster),
+        _ => false,
+    };
+    stored.then_some(cluster)
+}
+
 /// The default name of a cluster in the mesh: its context's name made a DNS-1123 label
 /// (`admin@East_1` becomes `admin-east-1`). Empty when nothing usable is left.
 pub fn default_cluster_name(context: &str) -> String {
@@ -698,6 +715,46 @@ mod tests {
             selector("east"),
             "app.kubernetes.io/managed-by=kubectl-mesh,kubectl-mesh.io/cluster=east"
         );
+    }
+
+    #[test]
+    fn stored_credentials_are_the_primarys_secrets_never_a_remotes_identity() {
+        for meta in [
+            cluster_secret("east", "x").metadata,
+            view_secret("east", "x").metadata,
+            istio_remote_secret("east", "x").metadata,
+        ] {
+            assert_eq!(stored_credential_of(&meta), Some("east"), "{meta:?}");
+        }
+        // What another primary's attach put in this cluster's mesh namespace, this cluster
+        // being its remote "east" (or even one named like a stored Secret's cluster).
+        for cluster in ["east", "cluster-east"] {
+            let mut remote_side = vec![
+                service_account(SYNC_ACCOUNT, cluster).metadata,
+                service_account(ISTIO_READER, cluster).metadata,
+                service_account(VIEW_ACCOUNT, cluster).metadata,
+                token_anchor_secret(TOKEN_SECRET, cluster).metadata,
+                token_renewal_role(cluster).metadata,
+                token_renewal_binding(cluster).metadata,
+                remote_namespace(cluster).metadata,
+            ];
+            for name in token_secrets() {
+                remote_side.push(token_secret(&name, SYNC_ACCOUNT, cluster).metadata);
+            }
+            for meta in remote_side {
+                assert_eq!(stored_credential_of(&meta), None, "{meta:?}");
+            }
+        }
+        // Unlabelled, another cluster's name, or elsewhere: not attach's.
+        let mut unlabelled = cluster_secret("east", "x").metadata;
+        unlabelled.labels = None;
+        let mut renamed = cluster_secret("east", "x").metadata;
+        renamed.name = Some("cluster-west".into());
+        let mut elsewhere = cluster_secret("east", "x").metadata;
+        elsewhere.namespace = Some("default".into());
+        for meta in [unlabelled, renamed, elsewhere] {
+            assert_eq!(stored_credential_of(&meta), None, "{meta:?}");
+        }
     }
 
     #[test]

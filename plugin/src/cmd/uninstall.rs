@@ -1,16 +1,20 @@
 //! `kubectl mesh uninstall`: remove what install created from the primary.
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client, ResourceExt, api::ListParams};
-use mesh_core::{MESH_NAMESPACE, cluster::CLUSTER_LABEL};
+use mesh_core::{MANAGER, MESH_NAMESPACE, cluster::CLUSTER_LABEL};
+use serde::Serialize;
 
 use super::apply::{self, Deleted};
+use crate::remote_setup as setup;
+use crate::render::Manifest;
 use crate::{Context, Error, Result, output, render};
 
 /// Remove kubectl-mesh from the primary cluster.
 ///
-/// Deletes the webhook configuration, webhook, RBAC, serving certificate and the
-/// kubectl-mesh namespace (with the credentials of attached clusters), which stays when this
+/// Deletes the webhook configuration, webhook, RBAC, serving certificate, the stored
+/// credentials of attached clusters and the kubectl-mesh namespace, which stays when this
 /// cluster is itself attached to a primary. Safe to re-run. Remote clusters are not touched:
 /// detach them first.
 #[derive(Debug, clap::Args)]
@@ -21,7 +25,8 @@ pub struct Uninstall {
     /// Uninstall even though clusters are still attached (their remote objects stay).
     #[arg(long)]
     pub force: bool,
-    /// Print what would be deleted and change nothing.
+    /// Print what would be deleted and what kept, and change nothing (the cluster is read:
+    /// what the run would refuse is refused).
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -35,16 +40,6 @@ impl Uninstall {
             dry_run,
         } = self;
         let manifests = render::uninstall_order(crd)?;
-        if dry_run {
-            let rows = manifests.iter().map(|m| {
-                vec![
-                    m.resource.kind.clone(),
-                    m.namespace.clone().unwrap_or_default(),
-                    m.name.clone(),
-                ]
-            });
-            return output::print_stdout(&output::table(&["kind", "namespace", "name"], rows));
-        }
 
         let client = ctx.client().await?;
         let attached = mesh_core::cluster::names(&client)
@@ -72,19 +67,44 @@ impl Uninstall {
         let attached_as = attached_as(&client).await.map_err(Error::kube(format!(
             "cannot read Namespace {MESH_NAMESPACE}"
         )))?;
-        for m in &manifests {
-            if let (Some(cluster), "Namespace") = (&attached_as, m.resource.kind.as_str()) {
-                ctx.progress.warn(format!(
-                    "{} kept: this cluster is attached to a primary as {cluster}, and that \
-                     attach's identity lives there; `kubectl mesh detach {cluster}` on that \
-                     primary removes it",
-                    m.describe()
-                ));
+        let credentials = stored_credentials(&client).await?;
+        let steps = plan(manifests, credentials, attached_as.is_some());
+        if dry_run {
+            if let Some(cluster) = &attached_as {
+                for step in steps.iter().filter(|s| s.keep) {
+                    ctx.progress.warn(kept(&step.manifest, cluster));
+                }
+            }
+            let rows: Vec<Row> = steps.iter().map(Row::of).collect();
+            let text = output::render_items(ctx.output, &rows, false, |rows| {
+                output::table(
+                    &["kind", "namespace", "name", "action"],
+                    rows.iter().map(|r| {
+                        vec![
+                            r.kind.clone(),
+                            r.namespace.clone(),
+                            r.name.clone(),
+                            r.action.to_owned(),
+                        ]
+                    }),
+                )
+            })?;
+            return output::print_stdout(&text);
+        }
+
+        for step in &steps {
+            let m = &step.manifest;
+            if let (true, Some(cluster)) = (step.keep, &attached_as) {
+                ctx.progress.warn(kept(m, cluster));
                 continue;
             }
-            match apply::delete(&client, m).await? {
-                Deleted::Deleted => ctx.progress.ok(format!("{} deleted", m.describe())),
-                Deleted::NotFound => ctx.progress.info(format!("{} not found", m.describe())),
+            match (apply::delete(&client, m).await?, &step.credentials_of) {
+                (Deleted::Deleted, Some(cluster)) => ctx.progress.ok(format!(
+                    "{} deleted (stored credentials of {cluster})",
+                    m.describe()
+                )),
+                (Deleted::Deleted, None) => ctx.progress.ok(format!("{} deleted", m.describe())),
+                (Deleted::NotFound, _) => ctx.progress.info(format!("{} not found", m.describe())),
             }
         }
         if !crd {
@@ -93,6 +113,115 @@ impl Uninstall {
         }
         Ok(())
     }
+}
+
+/// The warning for the namespace uninstall keeps.
+fn kept(m: &Manifest, cluster: &str) -> String {
+    format!(
+        "{} kept: this cluster is attached to a primary as {cluster}, and that attach's \
+         identity lives there; `kubectl mesh detach {cluster}` on that primary removes it",
+        m.describe()
+    )
+}
+
+/// One object uninstall deletes or keeps.
+#[derive(Debug)]
+pub struct Step {
+    /// The object (by kind, namespace and name).
+    pub manifest: Manifest,
+    /// Kept rather than deleted: the namespace, when this cluster is attached elsewhere.
+    pub keep: bool,
+    /// The attached cluster whose stored credentials it is.
+    pub credentials_of: Option<String>,
+}
+
+/// A [`Step`] as `--dry-run` prints it.
+#[derive(Debug, Serialize)]
+struct Row {
+    kind: String,
+    namespace: String,
+    name: String,
+    action: &'static str,
+}
+
+impl Row {
+    fn of(step: &Step) -> Self {
+        let m = &step.manifest;
+        Self {
+            kind: m.resource.kind.clone(),
+            namespace: m.namespace.clone().unwrap_or_default(),
+            name: m.name.clone(),
+            action: if step.keep { "keep" } else { "delete" },
+        }
+    }
+}
+
+/// What uninstall does, in order: install's objects (`manifests`, by name), with the stored
+/// credentials of attached clusters (`credentials`, found by their labels) deleted just before
+/// the namespace, so that they go whether or not the namespace does; the namespace kept when
+/// `keep_namespace` (this cluster is attached to a primary, whose identity lives there).
+pub fn plan(
+    manifests: Vec<Manifest>,
+    credentials: Vec<(Manifest, String)>,
+    keep_namespace: bool,
+) -> Vec<Step> {
+    let is_namespace = |m: &Manifest| m.resource.kind == "Namespace" && m.namespace.is_none();
+    let at = manifests
+        .iter()
+        .position(is_namespace)
+        .unwrap_or(manifests.len());
+    let mut steps: Vec<Step> = Vec::new();
+    let mut manifests = manifests.into_iter();
+    steps.extend(manifests.by_ref().take(at).map(|manifest| Step {
+        manifest,
+        keep: false,
+        credentials_of: None,
+    }));
+    steps.extend(credentials.into_iter().map(|(manifest, cluster)| Step {
+        manifest,
+        keep: false,
+        credentials_of: Some(cluster),
+    }));
+    steps.extend(manifests.map(|manifest| Step {
+        keep: keep_namespace && is_namespace(&manifest),
+        manifest,
+        credentials_of: None,
+    }));
+    steps
+}
+
+/// The Secrets attach stored on this primary for its attached clusters (their kubeconfigs,
+/// view kubeconfigs and Istio remote secrets: [`setup::stored_credential_of`]), found by
+/// their labels, each with its cluster; their metadata only is read. What another primary's
+/// attach put in the mesh namespace, this cluster being its remote, carries the same labels
+/// and is left out.
+async fn stored_credentials(client: &Client) -> Result<Vec<(Manifest, String)>> {
+    let selector = format!("{}={MANAGER},{CLUSTER_LABEL}", setup::MANAGED_BY_LABEL);
+    let lp = ListParams::default().labels(&selector);
+    let mut out = Vec::new();
+    for namespace in [MESH_NAMESPACE, setup::ISTIO_NAMESPACE] {
+        let found = Api::<Secret>::namespaced(client.clone(), namespace)
+            .list_metadata(&lp)
+            .await
+            .map_err(Error::kube(format!("cannot list Secrets in {namespace}")))?;
+        for secret in found.items {
+            let Some(cluster) = setup::stored_credential_of(&secret.metadata) else {
+                continue;
+            };
+            let cluster = cluster.to_owned();
+            let metadata = ObjectMeta {
+                name: secret.metadata.name,
+                namespace: secret.metadata.namespace,
+                ..Default::default()
+            };
+            let secret = Secret {
+                metadata,
+                ..Default::default()
+            };
+            out.push((Manifest::new(&secret)?, cluster));
+        }
+    }
+    Ok(out)
 }
 
 /// The name this cluster is attached to a primary under, when it is one's remote: attach then
@@ -116,4 +245,82 @@ async fn attached_as(client: &Client) -> Result<Option<String>, kube::Error> {
         .items
         .iter()
         .find_map(|account| account.labels().get(CLUSTER_LABEL).cloned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(steps: &[Step]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| {
+                let r = Row::of(s);
+                format!(
+                    "{} {}/{} {}{}",
+                    r.kind,
+                    r.namespace,
+                    r.name,
+                    r.action,
+                    s.credentials_of
+                        .as_deref()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    fn credentials() -> Vec<(Manifest, String)> {
+        [
+            setup::cluster_secret("east", "x"),
+            setup::view_secret("east", "x"),
+            setup::istio_remote_secret("east", "x"),
+        ]
+        .iter()
+        .map(|s| (Manifest::new(s).unwrap(), "east".to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn stored_credentials_go_before_the_namespace_kept_or_not() {
+        for keep in [false, true] {
+            let steps = plan(render::uninstall_order(true).unwrap(), credentials(), keep);
+            let rows = rows(&steps);
+            let at = rows
+                .iter()
+                .position(|r| r.starts_with("Namespace "))
+                .unwrap();
+            let namespace = if keep { "keep" } else { "delete" };
+            assert_eq!(
+                rows[at - 3..=at],
+                [
+                    "Secret kubectl-mesh/cluster-east delete (east)".to_owned(),
+                    "Secret kubectl-mesh/cluster-east-view delete (east)".to_owned(),
+                    "Secret istio-system/istio-remote-secret-east delete (east)".to_owned(),
+                    format!("Namespace /kubectl-mesh {namespace}"),
+                ],
+                "{rows:#?}"
+            );
+            // Everything else is deleted, the client CA and leader Lease included.
+            assert_eq!(
+                rows.iter().filter(|r| r.ends_with(" keep")).count(),
+                usize::from(keep)
+            );
+            for object in [
+                "ConfigMap kubectl-mesh/mesh-webhook-client-ca delete",
+                "Lease kubectl-mesh/mesh-webhook delete",
+                "Secret kubectl-mesh/mesh-webhook-tls delete",
+            ] {
+                assert!(
+                    rows[..at].iter().any(|r| r == object),
+                    "{object}: {rows:#?}"
+                );
+            }
+            assert_eq!(
+                rows.last().unwrap(),
+                "CustomResourceDefinition /meshclusters.kubectl-mesh.io delete"
+            );
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
+        coordination::v1::Lease,
         core::v1::{
             Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
             ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
@@ -635,9 +636,11 @@ pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
-/// Everything `uninstall` deletes, in the order it deletes them: the webhook configuration
-/// first so that the apiserver stops calling, the namespace (and with it anything left in
-/// it) near the end, the CRD (and with it every MeshCluster) only when asked.
+/// Everything `uninstall` deletes by name, in the order it deletes them: the webhook
+/// configuration first so that the apiserver stops calling, the client CA and the leader
+/// Lease the webhook wrote, the namespace (and with it anything left in it) near the end,
+/// the CRD (and with it every MeshCluster) only when asked. The stored credentials of
+/// attached clusters are found by their labels (see `cmd::uninstall`).
 pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
     let options = Options::default();
     let mut out = vec![
@@ -652,6 +655,12 @@ pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
         Manifest::new(&service_account())?,
         Manifest::new(&Secret {
             metadata: meta(TLS_SECRET, Some(MESH_NAMESPACE), Some(WEBHOOK)),
+            ..Default::default()
+        })?,
+        Manifest::new(&client_ca_config_map(""))?,
+        // The webhook's leader election creates it (`--lease-name`, by default this name).
+        Manifest::new(&Lease {
+            metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
             ..Default::default()
         })?,
         Manifest::new(&namespace())?,

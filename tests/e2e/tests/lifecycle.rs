@@ -19,7 +19,7 @@ use kube::Api;
 use kubectl_mesh::remote_setup as setup;
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
-use mesh_e2e::fixtures::mesh_command;
+use mesh_e2e::fixtures::{mesh_command, uninstall_plan};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
@@ -143,34 +143,40 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
         "{left_on_kept:?}"
     );
 
-    // A dry run lists what goes, the CRD only with --crd, and deletes nothing.
-    let out = mesh_command(&env, &["uninstall", "--dry-run"]).await?;
-    assert_success(&out);
-    let plan = text(&out.stdout);
-    for row in [
-        "MutatingWebhookConfiguration",
-        "ClusterRole ",
-        "Namespace ",
-        "Secret ",
-    ] {
-        assert!(plan.lines().any(|l| l.starts_with(row)), "{row}: {plan}");
+    // Attached clusters: refused, nothing deleted; a dry run refuses in the same words.
+    let refusal = "error: 2 cluster(s) still attached: remote-1, remote-2; run `kubectl mesh \
+                   detach <name>` for each first, or pass --force to leave their remote objects \
+                   behind\n";
+    for args in [&["uninstall"][..], &["uninstall", "--dry-run"]] {
+        let out = mesh_command(&env, args).await?;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert_eq!(text(&out.stderr), refusal, "{args:?}");
     }
-    assert!(!plan.contains("CustomResourceDefinition"), "{plan}");
-    let out = mesh_command(&env, &["uninstall", "--dry-run", "--crd"]).await?;
-    assert!(
-        text(&out.stdout).contains("CustomResourceDefinition"),
-        "{}",
-        describe(&out)
-    );
-    assert_eq!(mesh_objects_on_primary(&env).await?, installed);
 
-    // Attached clusters: refused, nothing deleted.
-    let out = mesh_command(&env, &["uninstall"]).await?;
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert_eq!(
-        text(&out.stderr),
-        "error: 2 cluster(s) still attached: remote-1, remote-2; run `kubectl mesh detach \
-         <name>` for each first, or pass --force to leave their remote objects behind\n"
+    // With --force a dry run lists what goes, the stored credentials too, the CRD only with
+    // --crd, and deletes nothing.
+    let plan = uninstall_plan(env.primary(), &["--force"])
+        .await?
+        .map_err(|out| anyhow::anyhow!("{}", describe(&out)))?;
+    for row in [
+        "MutatingWebhookConfiguration /kubectl-mesh delete",
+        "ClusterRole /kubectl-mesh:mesh-webhook delete",
+        "Secret kubectl-mesh/cluster-remote-1 delete",
+        "Namespace /kubectl-mesh delete",
+    ] {
+        assert!(plan.iter().any(|r| r == row), "{row}: {plan:#?}");
+    }
+    assert!(
+        !plan.iter().any(|r| r.contains("CustomResourceDefinition")),
+        "{plan:#?}"
+    );
+    let plan = uninstall_plan(env.primary(), &["--force", "--crd"])
+        .await?
+        .map_err(|out| anyhow::anyhow!("{}", describe(&out)))?;
+    assert!(
+        plan.iter()
+            .any(|r| r.starts_with("CustomResourceDefinition ")),
+        "{plan:#?}"
     );
     assert_eq!(mesh_objects_on_primary(&env).await?, installed);
 
@@ -198,6 +204,7 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
         "! leaving the remote objects of remote-1 behind (--force)",
         "✓ MutatingWebhookConfiguration kubectl-mesh deleted",
         "✓ ClusterRole kubectl-mesh:mesh-webhook deleted",
+        "✓ Secret cluster-remote-1 deleted (stored credentials of remote-1)",
         "✓ Namespace kubectl-mesh deleted",
         "• the MeshCluster CRD is kept; `kubectl mesh uninstall --crd` removes it",
     ] {

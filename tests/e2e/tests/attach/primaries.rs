@@ -8,14 +8,20 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
 };
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Api, api::ListParams};
+use kube::{
+    Api,
+    api::{ListParams, PostParams},
+};
+use kubectl_mesh::remote_setup as setup;
 use mesh_e2e::callers::unchanged;
+use mesh_e2e::fixtures::uninstall_plan;
 use mesh_e2e::{
     DEFAULT_TIMEOUT, create_labelled_namespace, eventually, fixtures::DEAD_WEBHOOK_URL,
-    namespace_labels, stored_client, stored_client_on, unique_name,
+    namespace_labels, stored_client, stored_client_on, text, unique_name,
 };
 use mesh_testenv::{Cluster, TestEnv};
 
@@ -112,7 +118,8 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
 /// A cluster may be a primary and another mesh's remote at once, installed before it is
 /// attached: install may be re-applied there, and uninstalling its own installation keeps the
 /// identity the other primary's attach put in the kubectl-mesh namespace, so that primary's
-/// stored token goes on working.
+/// stored token goes on working, but deletes what its own mesh stored there (the credentials
+/// of the clusters attached to it, the leader Lease); its dry run says so.
 #[tokio::test]
 async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(0).await?;
@@ -128,8 +135,61 @@ async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow:
         "install again on the remote, attached since",
     )?;
 
+    // What its own mesh stored in the namespace, as attach and the webhook store it.
+    let client = remote.client().await?;
+    let secrets = Api::<Secret>::namespaced(client.clone(), MESH_NS);
+    let stored = [
+        setup::cluster_secret("elsewhere", "x"),
+        setup::view_secret("elsewhere", "x"),
+    ];
+    for secret in &stored {
+        secrets.create(&PostParams::default(), secret).await?;
+    }
+    let leases = Api::<Lease>::namespaced(client, MESH_NS);
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some("mesh-webhook".into()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+    };
+    leases.create(&PostParams::default(), &lease).await?;
+    let identity = format!("{CLUSTER_LABEL}={}", remote.name);
+    let identity_before = labelled(remote, &identity, false).await?;
+    ensure!(!identity_before.is_empty(), "no identity attached");
+
+    let plan = uninstall_plan(remote, &["--crd"])
+        .await?
+        .map_err(|out| anyhow::anyhow!("dry run: {}", text(&out.stderr)))?;
+    for row in [
+        "Namespace /kubectl-mesh keep",
+        "Secret kubectl-mesh/cluster-elsewhere delete",
+        "Secret kubectl-mesh/cluster-elsewhere-view delete",
+        "Lease kubectl-mesh/mesh-webhook delete",
+    ] {
+        ensure!(plan.iter().any(|r| r == row), "{row}: {plan:#?}");
+    }
+    ensure!(
+        !plan.iter().any(|r| r.contains("kubectl-mesh-sync")),
+        "the identity in the plan: {plan:#?}"
+    );
+
     let out = mesh_on(remote, &["uninstall", "--crd"], &[]).await?;
     let progress = succeeded(&out, "uninstall on the remote")?;
+    for secret in &stored {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let line = format!("Secret {name} deleted (stored credentials of elsewhere)");
+        ensure!(progress.contains(&line), "{line}: {progress}");
+        ensure!(secrets.get_opt(name).await?.is_none(), "{name} left");
+    }
+    ensure!(
+        leases.get_opt("mesh-webhook").await?.is_none(),
+        "Lease left"
+    );
+    ensure!(
+        labelled(remote, &identity, false).await? == identity_before,
+        "the identity another primary attached here changed"
+    );
     let kept = format!(
         "kept: this cluster is attached to a primary as {}",
         remote.name
