@@ -13,6 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Namespace};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
@@ -442,6 +443,11 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
     assert_eq!(
         url_rule.webhook_env, None,
         "URL mode removes the Deployment"
+    );
+    let policies = Api::<NetworkPolicy>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
+    assert!(
+        policies.get_opt("mesh-webhook").await?.is_none(),
+        "and the NetworkPolicy of its pods"
     );
     Ok(())
 }
