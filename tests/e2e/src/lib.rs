@@ -533,6 +533,11 @@ pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, Stri
         .collect()
 }
 
+/// The managed labels `istio-injection=enabled` leaves.
+pub fn injection_enabled() -> std::collections::BTreeMap<String, String> {
+    labels(&[("istio-injection", "enabled")])
+}
+
 /// A command's output as text, lossy.
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

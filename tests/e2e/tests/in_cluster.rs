@@ -14,8 +14,8 @@ use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::stand_in_injector;
 use mesh_e2e::in_cluster::{DEPLOYMENT, IMAGE, InCluster, NAMESPACE};
 use mesh_e2e::{
-    assert_remotes, create_everywhere, edit_labels, eventually, kubectl, label_on_primary, labels,
-    managed_labels,
+    assert_remotes, create_everywhere, edit_labels, eventually, injection_enabled, kubectl,
+    label_on_primary, managed_labels,
 };
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
@@ -72,7 +72,7 @@ async fn the_installed_deployment_propagates_before_kubectl_returns_as_non_root_
     assert_remotes(
         env,
         &ns,
-        &labels(&[("istio-injection", "enabled")]),
+        &injection_enabled(),
         &format!("warnings: {warnings}"),
     )
     .await?;
@@ -124,10 +124,7 @@ async fn killing_the_leader_pod_hands_the_lease_over_and_propagation_continues()
     let remote = &env.remotes()[0];
     edit_labels(remote, &ns, json!({"istio-injection": "disabled"})).await?;
     eventually("the new leader reverts the drift", DEADLINE, || async {
-        Ok(
-            (managed_labels(remote, &ns).await? == Some(labels(&[("istio-injection", "enabled")])))
-                .then_some(()),
-        )
+        Ok((managed_labels(remote, &ns).await? == Some(injection_enabled())).then_some(()))
     })
     .await?;
     mesh.wait_rolled_out().await

@@ -11,8 +11,8 @@ use kube::api::{DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{
     NO_RESYNC, assert_landed, assert_remotes, carries, create_everywhere, create_namespace,
-    edit_labels, eventually, label_on_primary, labels, managed_labels, namespace_labels,
-    namespaces, one_remote_mesh, own_mesh, shared_mesh, unique_name,
+    edit_labels, eventually, injection_enabled, label_on_primary, labels, managed_labels,
+    namespace_labels, namespaces, one_remote_mesh, own_mesh, shared_mesh, unique_name,
 };
 use serde_json::json;
 
@@ -50,11 +50,6 @@ async fn hand_edited_on_remote(
     let remote = &env.remotes()[ix];
     edit_labels(remote, &ns, edit).await?;
     Ok((env, ns, remote))
-}
-
-/// The managed labels `istio-injection=enabled` leaves.
-fn injection_enabled() -> BTreeMap<String, String> {
-    labels(&[("istio-injection", "enabled")])
 }
 
 /// Asserts that kubectl's warnings say `said`.

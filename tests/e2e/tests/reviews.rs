@@ -14,8 +14,8 @@ use std::process::Output;
 use anyhow::Context as _;
 use mesh_e2e::{
     assert_landed, assert_remotes, create_everywhere, create_namespace, describe, fixtures::output,
-    kubectl_output, label_on_primary, labels, namespaces, reviews_with_outcome, shared_mesh, text,
-    unique_name,
+    injection_enabled, kubectl_output, label_on_primary, labels, namespaces, reviews_with_outcome,
+    shared_mesh, text, unique_name,
 };
 use mesh_testenv::TestEnv;
 use mesh_webhook::admission::PROPAGATION_ANNOTATION;
@@ -60,7 +60,7 @@ async fn creating_a_labelled_namespace_pushes_its_label_before_kubectl_returns()
     assert_remotes(
         env,
         &name,
-        &labels(&[("istio-injection", "enabled")]),
+        &injection_enabled(),
         &format!("the created namespace's label; kubectl said: {warnings}"),
     )
     .await?;
@@ -135,7 +135,7 @@ async fn deleting_a_labelled_namespace_removes_its_label_before_kubectl_returns(
     assert_remotes(
         env,
         &name,
-        &labels(&[("istio-injection", "enabled")]),
+        &injection_enabled(),
         "the label to be removed is there",
     )
     .await?;

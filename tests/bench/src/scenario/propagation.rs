@@ -104,6 +104,31 @@ struct Samples {
     answered: Vec<Duration>,
 }
 
+/// The summaries of one mode's [`Samples`].
+struct Summaries {
+    floor: Summary,
+    /// `None` with one remote.
+    floor_all: Option<Summary>,
+    all_remotes: Summary,
+    first_remote: Summary,
+    answered: Summary,
+}
+
+impl Samples {
+    /// Every series summed up: an error where one has no sample (but the parallel floor,
+    /// which one remote does not have).
+    fn summaries(&self) -> anyhow::Result<Summaries> {
+        let summary = |v: &[Duration]| Summary::of(v).context("no samples");
+        Ok(Summaries {
+            floor: summary(&self.floor)?,
+            floor_all: Summary::of(&self.floor_all),
+            all_remotes: summary(&self.all_remotes)?,
+            first_remote: summary(&self.first_remote)?,
+            answered: summary(&self.answered)?,
+        })
+    }
+}
+
 async fn one_count(
     options: &MeshOptions,
     config: &Config,
@@ -153,70 +178,65 @@ async fn one_count(
     let corrected = |text: &str| sample(text, "drift_corrections_total", &[]);
     let total = (config.warmup + config.changes) as f64;
 
-    let summary = |v: &[Duration]| Summary::of(v).context("no samples");
-    let floor_w = summary(&webhook.floor)?;
-    let floor_r = summary(&reconcile.floor)?;
-    let webhook_all = summary(&webhook.all_remotes)?;
-    let webhook_first = summary(&webhook.first_remote)?;
-    let reconcile_all = summary(&reconcile.all_remotes)?;
-    let answered_w = summary(&webhook.answered)?;
-    let answered_r = summary(&reconcile.answered)?;
-    let floor_all = Summary::of(&webhook.floor_all);
+    let (webhook, reconcile) = (webhook.summaries()?, reconcile.summaries()?);
     let mut rows = vec![
         Row::baseline(
             "floor: direct PATCH on a remote -> its watch event (webhook phase)",
-            floor_w,
+            webhook.floor,
         ),
         Row::against(
             format!("**webhook path: primary PATCH -> all {remotes} remote(s)**"),
-            webhook_all,
-            &floor_w,
+            webhook.all_remotes,
+            &webhook.floor,
         ),
     ];
     if remotes > 1 {
         rows.push(Row::against(
             "webhook path: primary PATCH -> first remote",
-            webhook_first,
-            &floor_w,
+            webhook.first_remote,
+            &webhook.floor,
         ));
     }
-    if let Some(floor_all) = &floor_all {
+    if let Some(floor_all) = &webhook.floor_all {
         rows.push(Row::against(format!(
                 "parallel floor: one direct PATCH to each of the {remotes} remotes at once -> all their watch events"
-            ), *floor_all, &floor_w));
+            ), *floor_all, &webhook.floor));
         rows.push(Row::against(
             format!("webhook path -> all {remotes} remotes, against the parallel floor"),
-            webhook_all,
+            webhook.all_remotes,
             floor_all,
         ));
     }
     rows.extend([
-        Row::baseline("floor (reconcile-only phase)", floor_r),
+        Row::baseline("floor (reconcile-only phase)", reconcile.floor),
         Row::against(
             format!("reconcile-only: primary PATCH -> all {remotes} remote(s)"),
-            reconcile_all,
-            &floor_r,
+            reconcile.all_remotes,
+            &reconcile.floor,
         ),
-        Row::baseline("primary PATCH answered, no webhook registered", answered_r),
+        Row::baseline(
+            "primary PATCH answered, no webhook registered",
+            reconcile.answered,
+        ),
         Row::against(
             "primary PATCH answered, webhook pushing",
-            answered_w,
-            &answered_r,
+            webhook.answered,
+            &reconcile.answered,
         ),
     ]);
-    let p50_ratio = webhook_all.p50.as_secs_f64() / floor_w.p50.as_secs_f64();
-    let parallel = floor_all.map_or(String::new(), |f| {
+    let p50_ratio = webhook.all_remotes.p50.as_secs_f64() / webhook.floor.p50.as_secs_f64();
+    let parallel = webhook.floor_all.map_or(String::new(), |f| {
         format!(
             " (and {} the parallel floor's {} ms)",
-            ratio(webhook_all.p50, f.p50),
+            ratio(webhook.all_remotes.p50, f.p50),
             ms(f.p50)
         )
     });
     let verdict = format!(
         "{remotes} remote(s): webhook p50 {} ms = {} the floor's {} ms{parallel}: {}",
-        ms(webhook_all.p50),
-        ratio(webhook_all.p50, floor_w.p50),
-        ms(floor_w.p50),
+        ms(webhook.all_remotes.p50),
+        ratio(webhook.all_remotes.p50, webhook.floor.p50),
+        ms(webhook.floor.p50),
         crate::verdict(p50_ratio <= TARGET_RATIO),
     );
     let markdown = format!(

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::ListParams;
@@ -14,6 +14,7 @@ use mesh_core::cluster::{CONDITION_SYNCED, MeshCluster};
 use super::{CHANGE_TIMEOUT, PAUSE, RESUME_TIMEOUT, SCENARIO, WARMUP};
 use crate::bed::{BENCH_LABEL, set_label};
 use crate::scenario::resync::{FLOOR_LABEL, MANAGED_LABEL};
+use crate::stats::Summary;
 use crate::watch::NamespaceWatch;
 
 /// Latencies of one series of changes.
@@ -22,6 +23,25 @@ pub(super) struct Samples {
     pub(super) floor: Vec<Duration>,
     pub(super) all: Vec<Duration>,
     pub(super) answered: Vec<Duration>,
+}
+
+/// The summaries of one series' [`Samples`].
+pub(super) struct Summaries {
+    pub(super) floor: Summary,
+    pub(super) all: Summary,
+    pub(super) answered: Summary,
+}
+
+impl Samples {
+    /// Every series summed up: an error where one has no sample.
+    pub(super) fn summaries(&self) -> anyhow::Result<Summaries> {
+        let summary = |v: &[Duration]| Summary::of(v).context("no samples");
+        Ok(Summaries {
+            floor: summary(&self.floor)?,
+            all: summary(&self.all)?,
+            answered: summary(&self.answered)?,
+        })
+    }
 }
 
 /// Label changes on the primary, each until the watches of the first `active` remotes show it,

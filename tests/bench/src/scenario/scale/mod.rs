@@ -506,22 +506,16 @@ pub async fn run(
     ));
 
     // Propagation.
-    let summary = |v: &[Duration]| Summary::of(v).context("no samples");
-    let h_floor = summary(&healthy.floor)?;
-    let h_all = summary(&healthy.all)?;
-    let h_answer = summary(&healthy.answered)?;
-    let f_floor = summary(&frozen.floor)?;
-    let f_all = summary(&frozen.all)?;
-    let f_answer = summary(&frozen.answered)?;
+    let (healthy, frozen) = (healthy.summaries()?, frozen.summaries()?);
     out.push_str(&format!(
         "### Propagation to {r} remotes\n\n{} sequential changes of `{MANAGED_LABEL}` (enabled/disabled, rotating over {} namespaces), {WARMUP} unmeasured first, {PAUSE:?} apart, each interleaved with one parallel-floor sample: an unmanaged label written directly to every remote at once by a plain client. Latency = request issued -> watch event received on every remote.\n\n",
         config.changes,
         ROTATING.min(n),
     ));
     out.push_str(&latency_table(&[
-        Row::baseline(format!("parallel floor: one PATCH to each of the {r} remotes at once -> all their watch events"), h_floor),
-        Row::against(format!("**webhook path: primary PATCH -> all {r} remotes**"), h_all, &h_floor),
-        Row::against("primary PATCH answered (the webhook pushes before it answers)", h_answer, &h_floor),
+        Row::baseline(format!("parallel floor: one PATCH to each of the {r} remotes at once -> all their watch events"), healthy.floor),
+        Row::against(format!("**webhook path: primary PATCH -> all {r} remotes**"), healthy.all, &healthy.floor),
+        Row::against("primary PATCH answered (the webhook pushes before it answers)", healthy.answered, &healthy.floor),
     ]));
     out.push_str(&format!(
         "\n### One remote frozen\n\n{frozen_name}'s apiserver stopped (SIGSTOP) for the same {} changes; times to the other {}.\n\n",
@@ -529,23 +523,23 @@ pub async fn run(
         r - 1
     ));
     out.push_str(&latency_table(&[
-        Row::baseline(format!("parallel floor: one PATCH to each of the {} others at once -> all their watch events", r - 1), f_floor),
-        Row::against(format!("**webhook path: primary PATCH -> the {} others**", r - 1), f_all, &f_floor),
-        Row::against("webhook path, healthy (above), for comparison", h_all, &f_floor),
-        Row::against("**primary PATCH answered, one remote frozen**", f_answer, &h_answer),
+        Row::baseline(format!("parallel floor: one PATCH to each of the {} others at once -> all their watch events", r - 1), frozen.floor),
+        Row::against(format!("**webhook path: primary PATCH -> the {} others**", r - 1), frozen.all, &frozen.floor),
+        Row::against("webhook path, healthy (above), for comparison", healthy.all, &frozen.floor),
+        Row::against("**primary PATCH answered, one remote frozen**", frozen.answered, &healthy.answered),
     ]));
-    let others_ok = f_all.p99 <= h_all.p99 + PUSH_DEADLINE;
-    let answer_ok = f_answer.max <= PUSH_DEADLINE + h_answer.p99;
+    let others_ok = frozen.all.p99 <= healthy.all.p99 + PUSH_DEADLINE;
+    let answer_ok = frozen.answered.max <= PUSH_DEADLINE + healthy.answered.p99;
     out.push_str(&format!(
         "\n{frozen_name} resumed: it showed the primary's labels on every namespace {} s later.\n\n\
          **Target: propagation to the other {} unaffected beyond the push deadline ({} s): p99 {} ms with one frozen, {} ms healthy (allowed: healthy p99 + push deadline): {}. Target: the primary's PATCH answers within the push deadline (allowed: push deadline + the healthy PATCH's p99, the apiserver's own work): max {} ms: {}.**\n",
         secs(resume_converged),
         r - 1,
         secs(PUSH_DEADLINE),
-        ms(f_all.p99),
-        ms(h_all.p99),
+        ms(frozen.all.p99),
+        ms(healthy.all.p99),
         crate::verdict(others_ok),
-        ms(f_answer.max),
+        ms(frozen.answered.max),
         crate::verdict(answer_ok),
     ));
     Ok(out)
