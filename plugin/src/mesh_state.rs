@@ -151,20 +151,37 @@ pub async fn clusters_to_sync(
     names: &[String],
     progress: crate::output::Progress,
 ) -> Result<Vec<MeshCluster>> {
-    let mut clusters = select(clusters(primary).await?, names)?;
-    clusters.retain(|c| {
-        let leaving = c.metadata.deletion_timestamp.is_some();
-        if leaving {
-            progress.info(format!("{} is being detached; not synced", c.name_any()));
-        }
-        !leaving
-    });
+    let (clusters, leaving) = syncable(clusters(primary).await?, names)?;
+    for name in leaving {
+        progress.info(format!("{name} is being detached; not synced"));
+    }
     Ok(clusters)
 }
 
-/// What a sync and its plan compare: the clusters to sync ([`clusters_to_sync`]), the
-/// installed rule and the primary's namespaces, with the primary's client that reaches the
-/// remotes' credentials.
+/// Of `clusters`, those named in `names` (all when empty) that may be synced, and the names
+/// of those being detached. One asked for alone and being detached is refused: that is the
+/// answer, not an empty list.
+fn syncable(
+    clusters: Vec<MeshCluster>,
+    names: &[String],
+) -> Result<(Vec<MeshCluster>, Vec<String>)> {
+    let (leaving, clusters): (Vec<_>, Vec<_>) = select(clusters, names)?
+        .into_iter()
+        .partition(|c| c.metadata.deletion_timestamp.is_some());
+    let leaving: Vec<String> = leaving.iter().map(ResourceExt::name_any).collect();
+    if let ([name], [_]) = (names, leaving.as_slice()) {
+        return Err(Error::Refused {
+            what: format!("{name} is being detached; not synced"),
+            hint: "wait for its detach to end (kubectl mesh list), then attach it again to sync it"
+                .into(),
+        });
+    }
+    Ok((clusters, leaving))
+}
+
+/// What a sync and its plan start from: the clusters to sync ([`clusters_to_sync`]) and the
+/// installed rule, with the primary's client that reaches the remotes' credentials (and the
+/// primary's namespaces, read after each remote's).
 pub struct SyncInputs {
     /// Client of the primary.
     pub primary: Client,
@@ -439,6 +456,25 @@ mod tests {
         );
         let err = select(Vec::new(), &["north".into()]).unwrap_err();
         assert!(err.hint().contains("kubectl mesh attach"), "{}", err.line());
+    }
+
+    /// `sync --cluster east` while east was being detached printed an empty list and exited 0.
+    #[test]
+    fn a_cluster_being_detached_is_left_out_and_refused_when_asked_alone() {
+        let mut east = cluster("east", "https://e", "2026-01-01T00:00:00Z");
+        east.metadata.deletion_timestamp = east.metadata.creation_timestamp.clone();
+        let all = vec![east, cluster("west", "https://w", "2026-01-01T00:00:00Z")];
+        let (synced, leaving) = syncable(all.clone(), &[]).unwrap();
+        assert_eq!(
+            synced.iter().map(ResourceExt::name_any).collect::<Vec<_>>(),
+            ["west"]
+        );
+        assert_eq!(leaving, ["east"]);
+        let err = syncable(all, &["east".into()]).unwrap_err();
+        assert_eq!(
+            err.line(),
+            "east is being detached; not synced; wait for its detach to end (kubectl mesh list), then attach it again to sync it"
+        );
     }
 
     #[tokio::test]
