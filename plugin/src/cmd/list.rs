@@ -42,9 +42,19 @@ impl List {
             eprintln!("{NO_CLUSTERS}");
             return Ok(());
         }
-        let expiries = token_expiries(&client, &clusters).await?;
+        // Only `-o wide` shows them: the others need no Secret read (nor the right to).
+        let expiries = if shows_token_expiry(ctx.output) {
+            token_expiries(&client, &clusters).await?
+        } else {
+            BTreeMap::new()
+        };
         output::print_stdout(&render(ctx.output, &clusters, &expiries, Timestamp::now())?)
     }
+}
+
+/// Whether [`render`] in `format` shows the stored tokens' expiry.
+fn shows_token_expiry(format: OutputFormat) -> bool {
+    format == OutputFormat::Wide
 }
 
 /// Secrets read at once by [`token_expiries`]: a mesh of dozens of remotes is read in a few
@@ -289,6 +299,26 @@ mod tests {
 
     fn now() -> Timestamp {
         "2026-03-01T12:00:00Z".parse().unwrap()
+    }
+
+    /// `list` read every stored kubeconfig Secret, whatever it printed.
+    #[test]
+    fn token_expiries_are_read_only_for_the_format_that_shows_them() {
+        let expiring = TokenExpiry::At(Timestamp::from_second(1_900_000_000).unwrap());
+        let expiries: BTreeMap<String, TokenExpiry> = clusters()
+            .iter()
+            .map(|c| (c.name_any(), expiring))
+            .collect();
+        for format in [
+            OutputFormat::Table,
+            OutputFormat::Wide,
+            OutputFormat::Json,
+            OutputFormat::Yaml,
+        ] {
+            let with = render(format, &clusters(), &expiries, now()).unwrap();
+            let without = render(format, &clusters(), &BTreeMap::new(), now()).unwrap();
+            assert_eq!(with != without, shows_token_expiry(format), "{format:?}");
+        }
     }
 
     fn clusters() -> Vec<MeshCluster> {
