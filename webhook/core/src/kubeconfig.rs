@@ -58,7 +58,10 @@ pub fn validate_stored(kc: &Kubeconfig) -> Result<(), Refused> {
     };
     match c.server.as_deref() {
         Some(s) if s.starts_with("https://") => {}
-        Some(s) => return refuse(format!("server {s:?} of cluster {name:?} is not https")),
+        Some(s) => {
+            let s = scheme_and_host(s);
+            return refuse(format!("server {s:?} of cluster {name:?} is not https"));
+        }
         None => return refuse(format!("cluster {name:?} has no server")),
     }
     if c.certificate_authority.is_some() {
@@ -112,6 +115,21 @@ pub fn validate_stored(kc: &Kubeconfig) -> Result<(), Refused> {
         return refuse(format!("user {name:?} has no token"));
     }
     Ok(())
+}
+
+/// `server` as far as it may be quoted: its scheme and host (with port), never a
+/// `user:password@`, path, query or fragment, which may carry a credential.
+fn scheme_and_host(server: &str) -> String {
+    let (scheme, rest) = match server.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, server),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}"),
+        None => host.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -178,5 +196,15 @@ current-context: east
         let two =
             "clusters:\n- name: west\n  cluster: {server: \"https://127.0.0.1:2\"}\n- name: east";
         assert!(refused("clusters:\n- name: east", two).contains("exactly one cluster"));
+    }
+
+    #[test]
+    fn refusing_a_server_never_quotes_its_userinfo_path_or_query() {
+        let reason = refused("https://127.0.0.1:1", "http://u:s3cr3t@h");
+        assert!(reason.contains(r#"server "http://h" "#), "{reason}");
+        let reason = refused("https://127.0.0.1:1", "http://h:8/p?t=s3cr3t#s3cr3t");
+        assert!(reason.contains(r#"server "http://h:8" "#), "{reason}");
+        let reason = refused("https://127.0.0.1:1", "u:s3cr3t@h/x");
+        assert!(reason.contains(r#"server "h" "#), "{reason}");
     }
 }
