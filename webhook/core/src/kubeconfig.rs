@@ -125,7 +125,9 @@ fn scheme_and_host(server: &str) -> String {
         None => (None, server),
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     match scheme {
         Some(scheme) => format!("{scheme}://{host}"),
         None => host.to_owned(),
