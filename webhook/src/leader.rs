@@ -8,6 +8,16 @@
 //! saw that record* (clocks of different nodes are never compared). Every write is a
 //! conditional update on the resourceVersion just read, so two candidates cannot both win.
 //!
+//! A Lease found missing counts as such a record: a replica creates it only once it has stayed
+//! missing for a whole lease duration by its clock (the longer of its own and the one the
+//! holder it last saw wrote), counted from the round that first found it missing. A Lease
+//! deleted from outside (`kubectl delete lease`, a partial re-apply of the manifests) says
+//! nothing about whether its holder's term has ended, and this replica cannot tell a Lease
+//! that never existed from one deleted a moment ago: so the first replica of a fresh install
+//! also waits one lease duration before it leads, and a leader that finds its Lease gone steps
+//! down. Only a release (the holder ends its term first, then frees the Lease) lets another
+//! replica take over at once.
+//!
 //! A leader leads until the start of its last successful renewal plus `renew_deadline`, and
 //! not a moment longer: every call to the apiserver is bounded by that instant, and the term
 //! ends when it passes even while a call hangs on a half-open connection. A renewal starts
@@ -235,9 +245,9 @@ async fn run(
                     tx.send_replace(Some(CancellationToken::new()));
                 }
             }
-            Ok(Held::No { holder }) => {
+            Ok(Held::No { reason }) => {
                 if renewed.take().is_some() {
-                    end_term(&tx, lease, identity, &format!("{holder} holds the lease"));
+                    end_term(&tx, lease, identity, &reason);
                 }
             }
             Err(error) => {
@@ -285,14 +295,44 @@ fn next_round(renewed: Option<Instant>, now: Instant, timing: LeaseTiming) -> In
 
 enum Held {
     Yes,
-    No { holder: String },
+    /// Not this replica's: why (a leader steps down with it).
+    No {
+        reason: String,
+    },
 }
 
-/// The last record of the Lease we saw held by someone else, and when we first saw it.
+/// What the rounds wait on, by this replica's clock: the last record of the Lease seen held by
+/// someone else, or the Lease seen missing, and when it was first seen so.
 #[derive(Debug, Default)]
 struct Observed {
-    resource_version: Option<String>,
-    since: Option<Instant>,
+    /// The record and the instant it was first seen; forgotten once a round acts on the Lease
+    /// (creates it, renews it, takes it free).
+    waiting_on: Option<(Record, Instant)>,
+    /// The lease duration written by the last holder seen: a Lease deleted under it stays
+    /// missing at least that long before this replica creates it anew.
+    holder_duration: Option<Duration>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Record {
+    /// Held by someone else, at this resourceVersion.
+    Held { resource_version: Option<String> },
+    /// No Lease at all.
+    Missing,
+}
+
+impl Observed {
+    /// Notes `record`, seen at `now`; whether it has stood unchanged for `duration` since it
+    /// was first seen (never on the round that first sees it).
+    fn stood_for(&mut self, record: Record, now: Instant, duration: Duration) -> bool {
+        match &self.waiting_on {
+            Some((seen, since)) if *seen == record => now.duration_since(*since) >= duration,
+            _ => {
+                self.waiting_on = Some((record, now));
+                false
+            }
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -300,7 +340,11 @@ enum Step {
     Create,
     Renew,
     Acquire,
-    Follow { holder: String },
+    Follow {
+        holder: String,
+    },
+    /// The Lease is missing, not yet for a whole lease duration.
+    AwaitMissing,
 }
 
 /// Decides what to do with the Lease as just read (`None`: it does not exist).
@@ -312,42 +356,45 @@ fn decide(
     default_duration: Duration,
 ) -> Step {
     let Some(lease) = lease else {
-        return Step::Create;
+        // Deleted from outside, its holder may lead still: missing counts as a record just
+        // seen, and the Lease is created once it has stayed missing for a whole duration. At
+        // a first start too: nothing tells a Lease never created from one just deleted.
+        let duration = observed
+            .holder_duration
+            .map_or(default_duration, |d| d.max(default_duration));
+        if observed.stood_for(Record::Missing, now, duration) {
+            // Whatever comes of the create, a Lease missing again is a new record.
+            observed.waiting_on = None;
+            return Step::Create;
+        }
+        return Step::AwaitMissing;
     };
     let spec = lease.spec.as_ref();
     let holder = spec
         .and_then(|s| s.holder_identity.as_deref())
         .unwrap_or_default();
-    if holder.is_empty() {
-        return Step::Acquire;
-    }
-    if holder == identity {
-        return Step::Renew;
+    if holder.is_empty() || holder == identity {
+        observed.waiting_on = None;
+        return if holder.is_empty() {
+            Step::Acquire
+        } else {
+            Step::Renew
+        };
     }
     let duration = spec
         .and_then(|s| s.lease_duration_seconds)
         .and_then(|s| u64::try_from(s).ok())
         .map_or(default_duration, Duration::from_secs);
-    let version = lease.metadata.resource_version.clone();
-    match observed.since {
-        Some(since) if observed.resource_version == version => {
-            if now.duration_since(since) >= duration {
-                Step::Acquire
-            } else {
-                Step::Follow {
-                    holder: holder.to_owned(),
-                }
-            }
-        }
-        _ => {
-            // A new record: the holder is alive as of now, by our clock.
-            *observed = Observed {
-                resource_version: version,
-                since: Some(now),
-            };
-            Step::Follow {
-                holder: holder.to_owned(),
-            }
+    observed.holder_duration = Some(duration);
+    let record = Record::Held {
+        resource_version: lease.metadata.resource_version.clone(),
+    };
+    // A record not seen before starts the count: its holder is alive as of now, by our clock.
+    if observed.stood_for(record, now, duration) {
+        Step::Acquire
+    } else {
+        Step::Follow {
+            holder: holder.to_owned(),
         }
     }
 }
@@ -395,7 +442,17 @@ async fn try_acquire_or_renew(
         settings.timing.lease_duration,
     );
     let lease = match (step, current) {
-        (Step::Follow { holder }, _) => return Ok(Held::No { holder }),
+        (Step::Follow { holder }, _) => {
+            return Ok(Held::No {
+                reason: format!("{holder} holds the lease"),
+            });
+        }
+        (Step::AwaitMissing, _) => {
+            tracing::debug!(lease = %name, "the lease is missing; waiting a lease duration before creating it");
+            return Ok(Held::No {
+                reason: "the lease is missing".to_owned(),
+            });
+        }
         (Step::Create, _) => {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -435,7 +492,7 @@ async fn try_acquire_or_renew(
         // decide() only renews or acquires a Lease that exists.
         (Step::Renew | Step::Acquire, None) => {
             return Ok(Held::No {
-                holder: String::new(),
+                reason: "the lease is missing".to_owned(),
             });
         }
     };
@@ -450,7 +507,7 @@ fn held(write: Result<Lease, kube::Error>, name: &str) -> Result<Held> {
         Ok(_) => Ok(Held::Yes),
         // Someone else wrote first (409 on replace, AlreadyExists on create): they won.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(Held::No {
-            holder: "another replica".to_owned(),
+            reason: "another replica holds the lease".to_owned(),
         }),
         Err(cause) => Err(Error::Write {
             name: name.to_owned(),
@@ -533,7 +590,10 @@ mod tests {
     #[test]
     fn creates_missing_and_takes_free_lease() {
         let mut seen = Observed::default();
-        let now = Instant::now();
+        let t0 = Instant::now();
+        // At a first start too, a missing Lease is created only once missing for a duration.
+        assert_eq!(decide(None, "me", &mut seen, t0, D), Step::AwaitMissing);
+        let now = t0 + D;
         assert_eq!(decide(None, "me", &mut seen, now, D), Step::Create);
         let free = lease(None, "1", 15);
         assert_eq!(decide(Some(&free), "me", &mut seen, now, D), Step::Acquire);
@@ -575,6 +635,68 @@ mod tests {
         assert_eq!(decide_at(&renewed, &mut seen, t1, 0), follow);
         assert_eq!(decide_at(&renewed, &mut seen, t1, 10), follow);
         assert_eq!(decide_at(&renewed, &mut seen, t1, 15), Step::Acquire);
+    }
+
+    /// What "me" decides on finding no Lease `secs` seconds after `t0`.
+    fn decide_missing_at(seen: &mut Observed, t0: Instant, secs: u64) -> Step {
+        decide(None, "me", seen, t0 + Duration::from_secs(secs), D)
+    }
+
+    /// A Lease deleted from outside while "other" leads: its term may run on, so the Lease is
+    /// created only once it has been missing for a whole lease duration by our clock.
+    #[test]
+    fn creates_a_deleted_lease_only_after_a_full_duration_missing() {
+        let mut seen = Observed::default();
+        let t0 = Instant::now();
+        let theirs = lease(Some("other"), "7", 15);
+        let follow = Step::Follow {
+            holder: "other".into(),
+        };
+        assert_eq!(decide_at(&theirs, &mut seen, t0, 0), follow);
+        assert_eq!(decide_at(&theirs, &mut seen, t0, 2), follow);
+        // Deleted: counted from the first round that finds it missing.
+        let t1 = t0 + Duration::from_secs(4);
+        assert_eq!(decide_missing_at(&mut seen, t1, 0), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t1, 14), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t1, 15), Step::Create);
+        // Missing again after that create (ours failed, or someone deleted it again): a new
+        // record, counted anew.
+        let t2 = t1 + Duration::from_secs(16);
+        assert_eq!(decide_missing_at(&mut seen, t2, 0), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t2, 14), Step::AwaitMissing);
+        // The holder wrote a longer duration than ours: waited as long as it counts.
+        let mut seen = Observed::default();
+        let long = lease(Some("other"), "9", 30);
+        assert_eq!(decide_at(&long, &mut seen, t0, 0), follow);
+        assert_eq!(decide_missing_at(&mut seen, t1, 0), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t1, 29), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t1, 30), Step::Create);
+    }
+
+    /// A leader that finds its Lease deleted does not recreate it at once (it steps down), nor
+    /// does a Lease missing before its term count towards a later deletion.
+    #[test]
+    fn a_leader_whose_lease_is_deleted_waits_too() {
+        let mut seen = Observed::default();
+        let t0 = Instant::now();
+        assert_eq!(decide_missing_at(&mut seen, t0, 0), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t0, 15), Step::Create);
+        let mine = lease(Some("me"), "3", 15);
+        assert_eq!(decide_at(&mine, &mut seen, t0, 16), Step::Renew);
+        assert_eq!(decide_missing_at(&mut seen, t0, 40), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t0, 54), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t0, 55), Step::Create);
+        // Seen missing, then held: the count of the missing Lease starts again.
+        let mut seen = Observed::default();
+        assert_eq!(decide_missing_at(&mut seen, t0, 0), Step::AwaitMissing);
+        let theirs = lease(Some("other"), "4", 15);
+        assert!(matches!(
+            decide_at(&theirs, &mut seen, t0, 10),
+            Step::Follow { .. }
+        ));
+        assert_eq!(decide_missing_at(&mut seen, t0, 16), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t0, 30), Step::AwaitMissing);
+        assert_eq!(decide_missing_at(&mut seen, t0, 31), Step::Create);
     }
 
     #[test]
@@ -665,6 +787,49 @@ mod tests {
                      old term runs",
                     taken_over - t0
                 );
+            }
+        }
+    }
+
+    /// The same guarantee when the Lease is deleted from outside right after the old leader's
+    /// renewal was recorded: whether the candidate had seen that record or starts just then, it
+    /// creates the Lease only once the old term has ended.
+    #[test]
+    fn a_term_ends_before_anyone_may_create_a_deleted_lease() {
+        for timing in [
+            LeaseTiming::default(),
+            LeaseTiming {
+                lease_duration: Duration::from_secs(4),
+                renew_deadline: Duration::from_secs(2),
+                retry_period: Duration::from_millis(500),
+            },
+        ] {
+            let step = Duration::from_millis(50);
+            let t0 = Instant::now();
+            for recorded in [Duration::ZERO, step, timing.renew_deadline - step] {
+                for saw_the_record in [true, false] {
+                    let mut seen = Observed::default();
+                    let record = lease(Some("old"), "41", timing.lease_seconds());
+                    let mut now = t0 + recorded;
+                    if saw_the_record {
+                        let first = decide(Some(&record), "new", &mut seen, now, D);
+                        assert!(matches!(first, Step::Follow { .. }));
+                    }
+                    // Deleted at once: every later round finds it missing.
+                    let created = loop {
+                        let step_now = decide(None, "new", &mut seen, now, timing.lease_duration);
+                        if step_now == Step::Create {
+                            break now;
+                        }
+                        now += step;
+                    };
+                    assert!(
+                        renew_overdue(Some(t0), created, timing.renew_deadline),
+                        "{timing:?}, recorded after {recorded:?}, record seen: \
+                         {saw_the_record}: created at {:?} while the old term runs",
+                        created - t0
+                    );
+                }
             }
         }
     }
