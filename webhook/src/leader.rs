@@ -8,15 +8,16 @@
 //! saw that record* (clocks of different nodes are never compared). Every write is a
 //! conditional update on the resourceVersion just read, so two candidates cannot both win.
 //!
-//! A Lease found missing counts as such a record: a replica creates it only once it has stayed
-//! missing for a whole lease duration by its clock (the longer of its own and the one the
-//! holder it last saw wrote), counted from the round that first found it missing. A Lease
-//! deleted from outside (`kubectl delete lease`, a partial re-apply of the manifests) says
-//! nothing about whether its holder's term has ended, and this replica cannot tell a Lease
-//! that never existed from one deleted a moment ago: so the first replica of a fresh install
-//! also waits one lease duration before it leads, and a leader that finds its Lease gone steps
-//! down. Only a release (the holder ends its term first, then frees the Lease) lets another
-//! replica take over at once.
+//! A Lease found missing, once this replica has seen it exist, counts as such a record: the
+//! replica creates it only once it has stayed missing for a whole lease duration by its clock
+//! (the longer of its own and the one the holder it last saw wrote), counted from the round
+//! that first found it missing. A Lease deleted from outside (`kubectl delete lease`, a partial
+//! re-apply of the manifests) says nothing about whether its holder's term has ended, so a
+//! leader that finds its Lease gone steps down too. Only a release (the holder ends its term
+//! first, then frees the Lease) lets another replica take over at once. A replica that never
+//! saw the Lease creates it at once, as client-go does: it cannot tell a Lease never created
+//! from one deleted that very moment, and a fresh install must not wait a lease duration for
+//! its first sync.
 //!
 //! A leader leads until the start of its last successful renewal plus `renew_deadline`, and
 //! not a moment longer: every call to the apiserver is bounded by that instant, and the term
@@ -311,6 +312,8 @@ struct Observed {
     /// The lease duration written by the last holder seen: a Lease deleted under it stays
     /// missing at least that long before this replica creates it anew.
     holder_duration: Option<Duration>,
+    /// Whether this replica has seen the Lease exist.
+    seen_lease: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -356,9 +359,15 @@ fn decide(
     default_duration: Duration,
 ) -> Step {
     let Some(lease) = lease else {
+        // Never seen: created at once, as client-go does. A first start cannot tell a Lease
+        // never created from one deleted a moment ago, but waiting a duration at every first
+        // start (each install, each new mesh) would delay the first sync for the sake of an
+        // outside deletion at that very moment.
+        if !observed.seen_lease {
+            return Step::Create;
+        }
         // Deleted from outside, its holder may lead still: missing counts as a record just
-        // seen, and the Lease is created once it has stayed missing for a whole duration. At
-        // a first start too: nothing tells a Lease never created from one just deleted.
+        // seen, and the Lease is created once it has stayed missing for a whole duration.
         let duration = observed
             .holder_duration
             .map_or(default_duration, |d| d.max(default_duration));
@@ -369,6 +378,7 @@ fn decide(
         }
         return Step::AwaitMissing;
     };
+    observed.seen_lease = true;
     let spec = lease.spec.as_ref();
     let holder = spec
         .and_then(|s| s.holder_identity.as_deref())
@@ -590,10 +600,8 @@ mod tests {
     #[test]
     fn creates_missing_and_takes_free_lease() {
         let mut seen = Observed::default();
-        let t0 = Instant::now();
-        // At a first start too, a missing Lease is created only once missing for a duration.
-        assert_eq!(decide(None, "me", &mut seen, t0, D), Step::AwaitMissing);
-        let now = t0 + D;
+        let now = Instant::now();
+        // Never seen by this replica: created at once.
         assert_eq!(decide(None, "me", &mut seen, now, D), Step::Create);
         let free = lease(None, "1", 15);
         assert_eq!(decide(Some(&free), "me", &mut seen, now, D), Step::Acquire);
@@ -679,15 +687,17 @@ mod tests {
     fn a_leader_whose_lease_is_deleted_waits_too() {
         let mut seen = Observed::default();
         let t0 = Instant::now();
-        assert_eq!(decide_missing_at(&mut seen, t0, 0), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t0, 15), Step::Create);
+        assert_eq!(decide_missing_at(&mut seen, t0, 0), Step::Create);
         let mine = lease(Some("me"), "3", 15);
         assert_eq!(decide_at(&mine, &mut seen, t0, 16), Step::Renew);
         assert_eq!(decide_missing_at(&mut seen, t0, 40), Step::AwaitMissing);
         assert_eq!(decide_missing_at(&mut seen, t0, 54), Step::AwaitMissing);
         assert_eq!(decide_missing_at(&mut seen, t0, 55), Step::Create);
         // Seen missing, then held: the count of the missing Lease starts again.
-        let mut seen = Observed::default();
+        let mut seen = Observed {
+            seen_lease: true,
+            ..Observed::default()
+        };
         assert_eq!(decide_missing_at(&mut seen, t0, 0), Step::AwaitMissing);
         let theirs = lease(Some("other"), "4", 15);
         assert!(matches!(
@@ -807,6 +817,8 @@ mod tests {
             let step = Duration::from_millis(50);
             let t0 = Instant::now();
             for recorded in [Duration::ZERO, step, timing.renew_deadline - step] {
+                // Seen as a record or as missing since: either way the Lease existed for this
+                // replica (one never seen is created at once, as client-go does).
                 for saw_the_record in [true, false] {
                     let mut seen = Observed::default();
                     let record = lease(Some("old"), "41", timing.lease_seconds());
@@ -814,6 +826,8 @@ mod tests {
                     if saw_the_record {
                         let first = decide(Some(&record), "new", &mut seen, now, D);
                         assert!(matches!(first, Step::Follow { .. }));
+                    } else {
+                        seen.seen_lease = true;
                     }
                     // Deleted at once: every later round finds it missing.
                     let created = loop {
