@@ -394,6 +394,7 @@ pub(crate) mod fixtures {
             MeshClusterSpec {
                 cluster_id: format!("{name}-0b6e-4b8e-9d52-uid"),
                 server: server.to_owned(),
+                ca_fingerprint: None,
                 secret_name: format!("cluster-{name}"),
                 primary_name: None,
                 remote_guard: Default::default(),

@@ -585,8 +585,11 @@ pub struct ClusterRecord {
     pub name: String,
     /// UID of the remote's kube-system namespace.
     pub cluster_id: String,
-    /// API server URL of the remote.
+    /// API server URL of the remote, as the stored kubeconfigs name it.
     pub server: String,
+    /// The fingerprint of the CA the stored kubeconfigs trust
+    /// ([`mesh_core::recorded::ca_fingerprint`]).
+    pub ca_fingerprint: Option<String>,
     /// The guard installed.
     pub guard: RemoteGuard,
     /// Name of the primary.
@@ -606,6 +609,7 @@ pub fn mesh_cluster(record: &ClusterRecord) -> MeshCluster {
         MeshClusterSpec {
             cluster_id: record.cluster_id.clone(),
             server: record.server.clone(),
+            ca_fingerprint: record.ca_fingerprint.clone(),
             secret_name: cluster_secret_name(&record.name),
             primary_name: Some(record.primary_name.clone()),
             remote_guard: record.guard,
@@ -1102,6 +1106,7 @@ mod tests {
             name: "east".into(),
             cluster_id: "uid-1".into(),
             server: "https://10.0.0.1".into(),
+            ca_fingerprint: None,
             guard: RemoteGuard::Deny,
             primary_name: "main".into(),
             remote_namespace_created: true,

@@ -270,6 +270,7 @@ pub async fn attach(
         name: name.to_owned(),
         cluster_id: cluster_id.clone(),
         server: remote.server.clone(),
+        ca_fingerprint: mesh_core::recorded::ca_fingerprint(&stored),
         guard: options.guard,
         primary_name: "primary".to_owned(),
         remote_namespace_created: false,

@@ -46,6 +46,13 @@ pub struct MeshClusterSpec {
     pub cluster_id: String,
     /// API server URL of the remote, as stored in its kubeconfig.
     pub server: String,
+    /// Fingerprint of the certificate authority attach stored with the credentials:
+    /// `sha256:<hex>` of the decoded certificate-authority-data (of no bytes when it stored
+    /// none). A stored kubeconfig whose server is not `server`, or whose CA does not hash to
+    /// this, is refused before anything is sent (see `mesh_core::recorded`). Absent on clusters
+    /// attached before it was recorded, which are checked on their server only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
     /// Secret in the mesh namespace whose `kubeconfig` key holds the sanitized credentials.
     pub secret_name: String,
     /// Name of the primary cluster, shown to people editing labels on the remote.

@@ -27,6 +27,7 @@ pub mod kubeconfig;
 pub mod labels;
 pub mod list;
 pub mod printable;
+pub mod recorded;
 pub mod remote;
 pub mod retry_after;
 pub mod sync;

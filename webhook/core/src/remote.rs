@@ -77,6 +77,18 @@ pub enum Error {
     },
 
     #[error(
+        "the kubeconfig in secret {secret} is not what attach recorded for {cluster}: {what}; \
+         nothing is sent there; restore the Secret, or attach {cluster} again (`kubectl mesh \
+         attach <its kubeconfig> --name {cluster}`)"
+    )]
+    CredentialsMismatch {
+        secret: String,
+        cluster: String,
+        /// [`crate::recorded::Mismatch`]: what differs, never a credential.
+        what: String,
+    },
+
+    #[error(
         "secret {secret} reaches another cluster than {cluster} (id {found}, not {expected}): \
          nothing is sent there; restore the Secret, or attach {cluster} again"
     )]
@@ -108,6 +120,7 @@ impl Error {
             | Self::Kubeconfig { .. }
             | Self::Refused { .. }
             | Self::Client { .. } => "InvalidCredentials",
+            Self::CredentialsMismatch { .. } => "CredentialsMismatch",
             Self::OtherCluster { .. } => "ClusterMismatch",
             Self::IdentityUnread { cause, .. } => Failure::of(cause).reason(),
         }
@@ -416,19 +429,18 @@ impl Remotes {
         {
             return None;
         }
-        let secret_name = &cluster.spec.secret_name;
         let watching = RemoteOptions {
             read_timeout: WATCH_READ_TIMEOUT,
             call_deadline: None,
             ..self.options
         };
         let mut watch_client = None;
-        let state = match client_from_secret(namespace, secret_name, secret, &self.options).await {
+        let state = match client_from_secret(namespace, cluster, secret, &self.options).await {
             Ok(client) => {
                 tracing::info!(cluster = %name, "built remote client");
                 // The same stored kubeconfig, which just passed: this cannot fail
                 // differently.
-                watch_client = client_from_secret(namespace, secret_name, secret, &watching)
+                watch_client = client_from_secret(namespace, cluster, secret, &watching)
                     .await
                     .ok();
                 RemoteState::Ready(client)
@@ -487,7 +499,7 @@ pub async fn client_for_cluster(
             name: name.clone(),
             cause,
         })?;
-    client_from_secret(namespace, name, secret.as_ref(), options).await
+    client_from_secret(namespace, cluster, secret.as_ref(), options).await
 }
 
 /// The identity of a cluster: the UID of its kube-system namespace, which attach records as the
@@ -547,13 +559,15 @@ impl Identity {
     }
 }
 
-/// Builds the client of a remote from its Secret.
+/// Builds the client of `cluster`'s remote from its Secret (`spec.secretName`, looked up by
+/// the caller in `namespace`), through [`client_for_record`].
 pub async fn client_from_secret(
     namespace: &str,
-    secret_name: &str,
+    cluster: &MeshCluster,
     secret: Option<&Secret>,
     options: &RemoteOptions,
 ) -> Result<Client> {
+    let secret_name = &cluster.spec.secret_name;
     let secret = secret.ok_or_else(|| Error::SecretMissing {
         namespace: namespace.to_owned(),
         name: secret_name.to_owned(),
@@ -571,17 +585,51 @@ pub async fn client_from_secret(
         name: secret_name.to_owned(),
         source,
     })?;
-    client_from_kubeconfig(secret_name, yaml, options).await
+    client_for_record(cluster, secret_name, yaml, options).await
 }
 
-/// Builds a client from a stored kubeconfig after checking it against the rule of stored kubeconfigs
-/// ([`crate::kubeconfig::validate_stored`]).
-/// `name` only labels errors.
+/// Builds a client of `cluster`'s remote from a kubeconfig stored for it (in Secret `name`:
+/// its sync, view or Istio credentials), after checking it against the rule of stored
+/// kubeconfigs ([`crate::kubeconfig::validate_stored`]) and against what attach recorded in
+/// the MeshCluster ([`crate::recorded::check`]): a kubeconfig edited to name another server
+/// or trust another CA is refused before anything is sent.
+pub async fn client_for_record(
+    cluster: &MeshCluster,
+    name: &str,
+    yaml: &str,
+    options: &RemoteOptions,
+) -> Result<Client> {
+    let kubeconfig = parse_stored(name, yaml)?;
+    check_record(cluster, name, &kubeconfig)?;
+    build_client(name, kubeconfig, options).await
+}
+
+/// [`crate::recorded::check`] as an [`Error`] about Secret `name` of `cluster`.
+pub fn check_record(cluster: &MeshCluster, name: &str, kubeconfig: &Kubeconfig) -> Result<()> {
+    crate::recorded::check(kubeconfig, &cluster.spec).map_err(|mismatch| {
+        Error::CredentialsMismatch {
+            secret: name.to_owned(),
+            cluster: cluster.name_any(),
+            what: mismatch.to_string(),
+        }
+    })
+}
+
+/// Builds a client from a stored kubeconfig after checking it against the rule of stored
+/// kubeconfigs ([`crate::kubeconfig::validate_stored`]), for one not (yet) recorded in a
+/// MeshCluster (attach's own, before it records it); a MeshCluster's go through
+/// [`client_for_record`]. `name` only labels errors.
 pub async fn client_from_kubeconfig(
     name: &str,
     yaml: &str,
     options: &RemoteOptions,
 ) -> Result<Client> {
+    let kubeconfig = parse_stored(name, yaml)?;
+    build_client(name, kubeconfig, options).await
+}
+
+/// Parses a stored kubeconfig and checks it with the rule of stored kubeconfigs.
+fn parse_stored(name: &str, yaml: &str) -> Result<Kubeconfig> {
     let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(|source| match source {
         KubeconfigError::Parse(_) => Error::Yaml {
             name: name.to_owned(),
@@ -595,6 +643,14 @@ pub async fn client_from_kubeconfig(
         name: name.to_owned(),
         reason: reason.to_string(),
     })?;
+    Ok(kubeconfig)
+}
+
+async fn build_client(
+    name: &str,
+    kubeconfig: Kubeconfig,
+    options: &RemoteOptions,
+) -> Result<Client> {
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|source| Error::Kubeconfig {
@@ -878,6 +934,111 @@ current-context: east
         assert_eq!(error.call_failure(), Some(Failure::Forbidden));
         api.state().forbidden = false;
         remote.verify().await.expect("read on the second call");
+    }
+
+    /// A listener that counts the connections made to it (and never answers): a stored
+    /// kubeconfig's server that must never be reached.
+    async fn counting_connections() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("address"));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                open.push(connection);
+            }
+        });
+        (url, connections)
+    }
+
+    /// The entry `Remotes::refresh` builds for `cluster` from a Secret holding `kubeconfig`,
+    /// once asked to prove its identity (which, with a client, would send a request).
+    async fn refreshed(cluster: &MeshCluster, kubeconfig: &str) -> Arc<Remote> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let remotes = Remotes::new(RemoteOptions {
+            connect_timeout: Duration::from_millis(300),
+            ..RemoteOptions::default()
+        });
+        let secret = stored_credentials("east", kubeconfig);
+        let remote = remotes
+            .refresh(cluster, "ns", Some(&secret))
+            .await
+            .expect("built");
+        let _ = remote.verify().await;
+        remote
+    }
+
+    fn mismatch_message(remote: &Remote) -> &str {
+        match remote.state() {
+            RemoteState::Unavailable {
+                reason: "CredentialsMismatch",
+                message,
+            } => message,
+            state => panic!("not refused as a mismatch: {state:?}"),
+        }
+    }
+
+    /// A Secret edited to point at another server (a relaying proxy with a CA of its own) is
+    /// refused before anything reaches that server.
+    #[tokio::test]
+    async fn a_stored_server_other_than_the_recorded_one_is_never_reached() {
+        let (proxy, connections) = counting_connections().await;
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("CA");
+        // The MeshCluster records https://127.0.0.1:1, as attach stored it.
+        let cluster = mesh_cluster("east", "uid-kube-system");
+        let remote = refreshed(&cluster, &kubeconfig_of(&proxy, &ca.cert)).await;
+        let message = mismatch_message(&remote);
+        assert_eq!(
+            message,
+            format!(
+                "the kubeconfig in secret cluster-east is not what attach recorded for east: its \
+                 server \"{proxy}\" is not \"https://127.0.0.1:1\", the one attach recorded; \
+                 nothing is sent there; restore the Secret, or attach east again (`kubectl mesh \
+                 attach <its kubeconfig> --name east`)"
+            )
+        );
+        assert!(!message.contains("s3cr3t"), "{message}");
+        assert!(remote.client().is_none() && remote.watch_client().is_none());
+        assert_eq!(
+            connections.load(Ordering::Relaxed),
+            0,
+            "the proxy was reached"
+        );
+    }
+
+    /// The recorded server, trusted through another CA than attach stored (a proxy on the
+    /// path presenting its own certificate): refused before anything is sent.
+    #[tokio::test]
+    async fn a_stored_ca_other_than_the_recorded_one_is_never_used() {
+        let (server, connections) = counting_connections().await;
+        let attached = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("CA");
+        let forged = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("CA");
+        let as_attached = kubeconfig_of(&server, &attached.cert);
+        let mut cluster = mesh_cluster("east", "uid-kube-system");
+        cluster.spec.server = server.clone();
+        cluster.spec.ca_fingerprint =
+            crate::recorded::ca_fingerprint(&Kubeconfig::from_yaml(&as_attached).expect("parse"));
+        let remote = refreshed(&cluster, &kubeconfig_of(&server, &forged.cert)).await;
+        let message = mismatch_message(&remote);
+        assert!(
+            message.contains(": its certificate authority (sha256:")
+                && message.contains("is not the one attach recorded (sha256:"),
+            "{message}"
+        );
+        assert_eq!(
+            connections.load(Ordering::Relaxed),
+            0,
+            "the server was reached"
+        );
+
+        // The CA attach stored, at a trailing slash of difference: built.
+        cluster.spec.server = format!("{server}/");
+        let remote = refreshed(&cluster, &as_attached).await;
+        assert!(remote.client().is_some(), "{:?}", remote.state());
     }
 
     #[tokio::test]

@@ -58,6 +58,9 @@ pub(super) struct Plan {
     pub(super) remote_target: Target,
     /// The remote's kubeconfig, reduced to the chosen context (for the stored one).
     pub(super) remote_kc: Kubeconfig,
+    /// The fingerprint of the CA the stored kubeconfigs trust, recorded in the MeshCluster
+    /// ([`mesh_core::recorded`]).
+    pub(super) ca_fingerprint: Option<String>,
     pub(super) remote_context: String,
     pub(super) cluster_id: String,
     /// The primary's id (UID of its kube-system), recorded on every remote object.
@@ -301,12 +304,15 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     kubeconfig::validate_cluster_name(&name)?;
     // The stored kubeconfig must pass the rule the webhook reads it with: known now, before
     // anything is written anywhere (the token is the only part still to come).
-    kubeconfig::sanitize(&remote_kc, &name, setup::REDACTED).map_err(|e| Error::Refused {
-        what: format!("{} cannot be attached: {e}", file.display()),
-        hint: "the primary keeps only a bearer token, the server (https) and inline \
+    let sanitized =
+        kubeconfig::sanitize(&remote_kc, &name, setup::REDACTED).map_err(|e| Error::Refused {
+            what: format!("{} cannot be attached: {e}", file.display()),
+            hint: "the primary keeps only a bearer token, the server (https) and inline \
                certificate-authority-data; attach with a kubeconfig whose cluster has them"
-            .into(),
-    })?;
+                .into(),
+        })?;
+    // What the MeshCluster records of the stored kubeconfigs' CA: their CA is this one's.
+    let ca_fingerprint = mesh_core::recorded::ca_fingerprint(&sanitized);
 
     let (primary_kc, primary_context, primary_target) = ctx.primary_target()?;
     let remote_target = Target {
@@ -543,6 +549,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         remote,
         remote_target,
         remote_kc,
+        ca_fingerprint,
         remote_context,
         cluster_id,
         primary_id,

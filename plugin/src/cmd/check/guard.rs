@@ -231,6 +231,7 @@ mod tests {
             name: "east".into(),
             cluster_id: "id".into(),
             server: "https://e".into(),
+            ca_fingerprint: None,
             guard,
             primary_name: primary.unwrap_or_default().into(),
             remote_namespace_created: true,

@@ -527,6 +527,7 @@ mod tests {
             name: "east".into(),
             cluster_id: "id".into(),
             server: "https://e".into(),
+            ca_fingerprint: None,
             guard: RemoteGuard::Off,
             primary_name: "main".into(),
             remote_namespace_created: false,

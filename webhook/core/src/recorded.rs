@@ -1,0 +1,208 @@
+//! THE rule that ties a stored kubeconfig to what attach recorded in its `MeshCluster`.
+//!
+//! A stored kubeconfig that passes [`crate::kubeconfig::validate_stored`] may still name any
+//! https server and trust any CA: whoever can edit the Secret could point it at a TLS proxy of
+//! their own, which relays every request (bearer token included) to the real apiserver, so
+//! even the check of the cluster's identity ([`crate::remote::Remote::verify`]) passes. The
+//! `MeshCluster` (cluster-scoped, harder to edit than a Secret) records the server
+//! (`spec.server`) and a fingerprint of the CA (`spec.caFingerprint`) attach stored; every
+//! client built from a stored kubeconfig for a `MeshCluster` checks them first, before a byte
+//! is sent anywhere.
+//!
+//! A `MeshCluster` attached before the fingerprint was recorded is checked on its server only.
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
+use kube::config::Kubeconfig;
+use sha2::{Digest as _, Sha256};
+
+use crate::{cluster::MeshClusterSpec, printable::one_line};
+
+/// Prefix of [`ca_fingerprint`]'s value.
+const SHA256: &str = "sha256:";
+
+/// Most characters of a stored server URL quoted in a message.
+const MAX_QUOTED_SERVER: usize = 200;
+
+/// What differs between a stored kubeconfig and its `MeshCluster`'s record: one line, naming
+/// the server or the CA, never quoting a credential.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Mismatch(String);
+
+/// The fingerprint attach records of a stored kubeconfig's CA: `sha256:<hex>` of the decoded
+/// certificate-authority-data of its (first) cluster, whitespace in the base64 ignored; of no
+/// bytes at all when it holds none (the system's roots), so that a CA added later differs too.
+/// `None` when the data is not valid base64 (which the rule of stored kubeconfigs refuses).
+pub fn ca_fingerprint(kc: &Kubeconfig) -> Option<String> {
+    let data = kc
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.certificate_authority_data.as_deref())
+        .unwrap_or_default();
+    let compact: String = data.split_whitespace().collect();
+    let bytes = BASE64.decode(compact).ok()?;
+    Some(fingerprint_of(&bytes))
+}
+
+/// `sha256:<hex>` of `bytes`.
+fn fingerprint_of(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(SHA256.len() + 2 * digest.len());
+    out.push_str(SHA256);
+    for byte in digest {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// Checks that `kc` (a stored kubeconfig, already through the rule of stored kubeconfigs) is
+/// what attach recorded in `spec`: its server equals `spec.server` (a trailing slash aside),
+/// and its CA hashes to `spec.caFingerprint` when one is recorded.
+pub fn check(kc: &Kubeconfig, spec: &MeshClusterSpec) -> Result<(), Mismatch> {
+    let cluster = kc.clusters.first().and_then(|c| c.cluster.as_ref());
+    let server = cluster
+        .and_then(|c| c.server.as_deref())
+        .unwrap_or_default();
+    if trimmed(server) != trimmed(&spec.server) {
+        return Err(Mismatch(format!(
+            "its server {} is not {}, the one attach recorded",
+            quoted(server),
+            quoted(&spec.server)
+        )));
+    }
+    if let Some(recorded) = spec.ca_fingerprint.as_deref() {
+        let stored = ca_fingerprint(kc);
+        if stored.as_deref() != Some(recorded) {
+            return Err(Mismatch(format!(
+                "its certificate authority ({}) is not the one attach recorded ({})",
+                stored.as_deref().map_or("unreadable".into(), short),
+                short(recorded)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn trimmed(server: &str) -> &str {
+    server.trim_end_matches('/')
+}
+
+/// A server URL to quote: without userinfo (`https://user:password@host` shows as
+/// `https://host`), on one line, bounded.
+fn quoted(server: &str) -> String {
+    let shown = match server.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => server
+            .rsplit_once('@')
+            .map_or(server, |(_, h)| h)
+            .to_owned(),
+    };
+    let shown: String = one_line(&shown).chars().take(MAX_QUOTED_SERVER).collect();
+    format!("{shown:?}")
+}
+
+/// The start of a fingerprint, enough to tell two apart in a message.
+fn short(fingerprint: &str) -> String {
+    let shown: String = one_line(fingerprint)
+        .chars()
+        .take(SHA256.len() + 12)
+        .collect();
+    if shown.len() < fingerprint.len() {
+        format!("{shown}…")
+    } else {
+        shown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::mesh_cluster;
+
+    /// A stored kubeconfig of `server` trusting `ca` (base64 as given).
+    fn stored(server: &str, ca: Option<&str>) -> Kubeconfig {
+        let ca = ca.map_or(String::new(), |ca| {
+            format!(", certificate-authority-data: \"{ca}\"")
+        });
+        Kubeconfig::from_yaml(&format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: east, cluster: {{server: \"{server}\"{ca}}}}}]\n\
+             users: [{{name: east, user: {{token: s3cr3t-token}}}}]\n\
+             contexts: [{{name: east, context: {{cluster: east, user: east}}}}]\n\
+             current-context: east\n"
+        ))
+        .expect("parse")
+    }
+
+    fn spec(server: &str, ca_fingerprint: Option<String>) -> MeshClusterSpec {
+        let mut spec = mesh_cluster("east", "uid").spec;
+        spec.server = server.to_owned();
+        spec.ca_fingerprint = ca_fingerprint;
+        spec
+    }
+
+    const CA: &str = "Q0EgYnl0ZXM="; // "CA bytes"
+    const OTHER_CA: &str = "b3RoZXIgQ0E="; // "other CA"
+
+    #[test]
+    fn the_fingerprint_is_of_the_decoded_bytes() {
+        let fingerprint = ca_fingerprint(&stored("https://a", Some(CA))).expect("valid");
+        assert_eq!(fingerprint, fingerprint_of(b"CA bytes"));
+        assert!(fingerprint.starts_with("sha256:") && fingerprint.len() == 7 + 64);
+        // Wrapped base64 is the same CA.
+        let wrapped = ca_fingerprint(&stored("https://a", Some("Q0Eg\n  Ynl0ZXM=")));
+        assert_eq!(wrapped.as_deref(), Some(fingerprint.as_str()));
+        // No CA data is the fingerprint of nothing, not no fingerprint.
+        let none = ca_fingerprint(&stored("https://a", None));
+        assert_eq!(none, Some(fingerprint_of(b"")));
+        assert_eq!(ca_fingerprint(&stored("https://a", Some("%%%"))), None);
+    }
+
+    #[test]
+    fn what_attach_recorded_passes() {
+        let kc = stored("https://10.0.0.1:6443", Some(CA));
+        let recorded = ca_fingerprint(&kc);
+        assert_eq!(check(&kc, &spec("https://10.0.0.1:6443", recorded)), Ok(()));
+        assert_eq!(check(&kc, &spec("https://10.0.0.1:6443/", None)), Ok(()));
+    }
+
+    #[test]
+    fn another_server_is_named_without_its_userinfo() {
+        let kc = stored("https://admin:hunter2@10.9.9.9:443/", Some(CA));
+        let recorded = ca_fingerprint(&kc);
+        let mismatch = check(&kc, &spec("https://10.0.0.1:6443", recorded))
+            .expect_err("another server")
+            .to_string();
+        assert_eq!(
+            mismatch,
+            "its server \"https://10.9.9.9:443/\" is not \"https://10.0.0.1:6443\", the one \
+             attach recorded"
+        );
+    }
+
+    #[test]
+    fn another_ca_is_refused_when_one_is_recorded() {
+        let recorded = ca_fingerprint(&stored("https://a", Some(CA)));
+        let kc = stored("https://a", Some(OTHER_CA));
+        let mismatch = check(&kc, &spec("https://a", recorded.clone()))
+            .expect_err("another CA")
+            .to_string();
+        let shown = &recorded.as_deref().expect("valid")[..19];
+        assert!(
+            mismatch.starts_with("its certificate authority (sha256:")
+                && mismatch.ends_with(&format!("is not the one attach recorded ({shown}…)")),
+            "{mismatch}"
+        );
+        // A CA added where attach stored none differs too.
+        let none = ca_fingerprint(&stored("https://a", None));
+        assert!(check(&kc, &spec("https://a", none)).is_err());
+        // Attached before fingerprints were recorded: the server only.
+        assert_eq!(check(&kc, &spec("https://a", None)), Ok(()));
+    }
+}
