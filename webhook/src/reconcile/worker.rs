@@ -19,7 +19,7 @@ use crate::{
     leader::Leadership,
     primary_view::StoreView,
     remote_watch::{SeenNamespaces, watch_for_drift},
-    renewal::renew_token,
+    renewal::{Renewal, renew_token},
 };
 
 use mesh_core::{
@@ -466,7 +466,9 @@ impl Worker {
         if ok
             && renewal_due
             && renewal_allowed
-            && let Some(client) = remote.as_deref().and_then(Remote::client)
+            && let Some(remote) = remote.as_deref()
+            && let Some(client) = remote.client()
+            && let Some(stored) = token
         {
             self.renewal_not_before = Some(Instant::now() + shared.settings.resync_period);
             match to_primary(
@@ -476,11 +478,17 @@ impl Worker {
                     &shared.settings.mesh_namespace,
                     &cluster,
                     client,
+                    remote.fingerprint(),
+                    stored,
                 ),
             )
             .await
             {
-                Some(Ok(())) => tracing::info!("stored token renewed"),
+                Some(Ok(Renewal::Renewed)) => tracing::info!("stored token renewed"),
+                Some(Ok(Renewal::Stale)) => tracing::warn!(
+                    "stored token not renewed: its Secret changed since the client was built \
+                     (the next try renews from the rebuilt one)"
+                ),
                 Some(Err(message)) => {
                     tracing::warn!(error = %message, "cannot renew the stored token");
                     to_primary(
