@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client, ResourceExt};
-use mesh_core::{MESH_NAMESPACE, cluster::KUBECONFIG_KEY, failure, remote};
+use mesh_core::{
+    MESH_NAMESPACE,
+    cluster::{KUBECONFIG_KEY, MeshCluster},
+    failure, remote,
+};
 
 use crate::{
     mesh_state::{self, RemoteResult},
@@ -51,8 +55,13 @@ pub fn enable_command(cluster: &str) -> String {
 }
 
 /// Finds `cluster`'s view credentials on the primary: its view Secret, else its Istio remote
-/// secret. A Secret the caller may not read counts as absent.
-pub async fn credentials(primary: &Client, cluster: &str, timeout: Duration) -> Credentials {
+/// secret. A Secret the caller may not read counts as absent; one that is not what attach
+/// recorded in `cluster` ([`mesh_core::recorded`]) is unusable, and nothing is sent with it.
+pub async fn credentials(
+    primary: &Client,
+    cluster: &MeshCluster,
+    timeout: Duration,
+) -> Credentials {
     credentials_with(primary, cluster, &mesh_state::remote_options(timeout)).await
 }
 
@@ -60,9 +69,11 @@ pub async fn credentials(primary: &Client, cluster: &str, timeout: Duration) -> 
 /// its quiet periods).
 pub async fn credentials_with(
     primary: &Client,
-    cluster: &str,
+    mc: &MeshCluster,
     options: &remote::RemoteOptions,
 ) -> Credentials {
+    let name = mc.name_any();
+    let cluster = name.as_str();
     let read = |namespace: &str, name: String| {
         let api = Api::<Secret>::namespaced(primary.clone(), namespace);
         async move { api.get_opt(&name).await.ok().flatten() }
@@ -88,8 +99,9 @@ pub async fn credentials_with(
             error: format!("Secret {} has no key {key}", secret.name_any()),
         };
     };
-    // Through the rule of stored kubeconfigs, as every remote client is built.
-    match remote::client_from_kubeconfig(&secret.name_any(), &yaml, options).await {
+    // Through the rule of stored kubeconfigs and the MeshCluster's record, as every remote
+    // client is built.
+    match remote::client_for_record(mc, &secret.name_any(), &yaml, options).await {
         Ok(client) => Credentials::Found { source, client },
         Err(e) => Credentials::Unusable {
             source,

@@ -182,6 +182,9 @@ impl Rotate {
             if !dry_run {
                 for holder in &holders {
                     let stored = stored_secret(&primary, &primary_target, &name, *holder).await?;
+                    // Before any token is issued: new tokens go nowhere but where attach
+                    // stored the old ones.
+                    stored_as_recorded(mc, *holder, &stored)?;
                     time_bound |= lifetime_of(stored_token_of(&stored).as_deref()).is_some();
                 }
             }
@@ -203,7 +206,7 @@ impl Rotate {
             }
         }
         let mut remotes = remotes.into_iter();
-        for (name, holders, _) in plans {
+        for (mc, (name, holders, _)) in targets.iter().zip(plans) {
             if dry_run {
                 for holder in &holders {
                     progress.info(format!(
@@ -221,6 +224,7 @@ impl Rotate {
             };
             let rotation = Rotation {
                 cluster: &name,
+                record: mc,
                 primary: &primary,
                 primary_target: &primary_target,
                 remote: &remote,
@@ -428,6 +432,8 @@ fn ours_or_refused(
 /// One cluster's rotation.
 struct Rotation<'a> {
     cluster: &'a str,
+    /// Its MeshCluster: what the stored kubeconfigs must be ([`stored_as_recorded`]).
+    record: &'a MeshCluster,
     primary: &'a Client,
     primary_target: &'a Target,
     remote: &'a Client,
@@ -472,6 +478,35 @@ fn token_in(secret: Option<&Secret>) -> Option<String> {
         .get("token")
         .and_then(|t| String::from_utf8(t.0.clone()).ok())
         .filter(|t| !t.is_empty())
+}
+
+/// Each kubeconfig `stored` holds for `holder` of `mc` must be what attach recorded in `mc`
+/// ([`mesh_core::recorded`]: the server of `spec.server`, the CA of `spec.caFingerprint`): a
+/// Secret edited to name another server (a relaying proxy) would otherwise receive every new
+/// token, and rotating would never get rid of whoever edited it.
+fn stored_as_recorded(mc: &MeshCluster, holder: Holder, stored: &Secret) -> Result<()> {
+    let cluster = mc.name_any();
+    let (ns, name) = holder.stored_at(&cluster);
+    for value in stored.data.iter().flat_map(|d| d.values()) {
+        let yaml = std::str::from_utf8(&value.0).map_err(|_| Error::Refused {
+            what: format!("Secret {ns}/{name} does not hold a UTF-8 kubeconfig"),
+            hint: "re-run `kubectl mesh attach` to store it anew".into(),
+        })?;
+        let kc = kubeconfig::parse_stored(yaml)?;
+        if let Err(mismatch) = mesh_core::recorded::check(&kc, &mc.spec) {
+            return Err(Error::Refused {
+                what: format!(
+                    "{cluster}: the kubeconfig in Secret {ns}/{name} is not what attach recorded \
+                     ({mismatch}); no token is issued, rotating would store the new ones there"
+                ),
+                hint: format!(
+                    "restore the Secret, or attach {cluster} again (`kubectl mesh attach <its \
+                     kubeconfig> --name {cluster}`), which rewrites it; then rotate"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The stored Secret's kubeconfigs (one per key) with their user's token replaced.
@@ -700,7 +735,10 @@ impl Rotation<'_> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let updated = with_token(&self.stored(holder).await?, token)?;
+            let stored = self.stored(holder).await?;
+            // Read again on every write: an edit made during the rotation is refused too.
+            stored_as_recorded(self.record, holder, &stored)?;
+            let updated = with_token(&stored, token)?;
             match api.replace(&name, &PostParams::default(), &updated).await {
                 Ok(_) => break,
                 Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => continue,
@@ -802,6 +840,55 @@ mod tests {
         assert_eq!(
             kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
             Some("https://1.2.3.4")
+        );
+    }
+
+    #[test]
+    fn a_stored_kubeconfig_other_than_the_recorded_one_is_refused() {
+        let ca = b"-----BEGIN CERTIFICATE-----\nattached\n-----END CERTIFICATE-----\n";
+        let attached =
+            kubeconfig::build_stored_kubeconfig("east", "https://10.0.0.1:6443", Some(ca), "old");
+        let mut east = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
+        east.spec.server = "https://10.0.0.1:6443".into();
+        east.spec.ca_fingerprint = mesh_core::recorded::ca_fingerprint(&attached);
+        let secret =
+            |kc: &Kubeconfig| setup::istio_remote_secret("east", &kubeconfig::to_yaml(kc).unwrap());
+        stored_as_recorded(&east, Holder::Istio, &secret(&attached)).expect("as attached");
+
+        let elsewhere =
+            kubeconfig::build_stored_kubeconfig("east", "https://10.6.6.6:443", Some(ca), "old");
+        let refused = stored_as_recorded(&east, Holder::Istio, &secret(&elsewhere))
+            .expect_err("another server");
+        assert_eq!(
+            refused.to_string(),
+            "east: the kubeconfig in Secret istio-system/istio-remote-secret-east is not what \
+             attach recorded (its server \"https://10.6.6.6:443\" is not \
+             \"https://10.0.0.1:6443\", the one attach recorded); no token is issued, rotating \
+             would store the new ones there"
+        );
+        assert_eq!(
+            refused.hint(),
+            "restore the Secret, or attach east again (`kubectl mesh attach <its kubeconfig> \
+             --name east`), which rewrites it; then rotate"
+        );
+        assert!(!refused.to_string().contains("old"), "{refused}");
+
+        let other_ca = b"-----BEGIN CERTIFICATE-----\nforged\n-----END CERTIFICATE-----\n";
+        let forged = kubeconfig::build_stored_kubeconfig(
+            "east",
+            "https://10.0.0.1:6443",
+            Some(other_ca),
+            "old",
+        );
+        let refused = stored_as_recorded(&east, Holder::Sync, &secret(&forged))
+            .expect_err("another CA")
+            .to_string();
+        assert!(
+            refused.starts_with(
+                "east: the kubeconfig in Secret kubectl-mesh/cluster-east is not what attach \
+                 recorded (its certificate authority (sha256:"
+            ),
+            "{refused}"
         );
     }
 

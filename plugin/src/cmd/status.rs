@@ -155,7 +155,7 @@ async fn read_view(
         if !with_pods {
             return PodsRead::NotAsked;
         }
-        match view::credentials(primary, &name, timeout).await {
+        match view::credentials(primary, cluster, timeout).await {
             view::Credentials::None => PodsRead::NoCredentials,
             view::Credentials::Unusable { source, error } => PodsRead::Failed { source, error },
             view::Credentials::Found { source, client } => match view::pods(&client).await {

@@ -423,7 +423,8 @@ async fn cluster_facts(
         Err(e) => return ClusterFacts::Invalid(e),
     };
     // Through the webhook's own client code: what passes here is what the webhook can do.
-    let remote = match remote::client_from_kubeconfig(
+    let remote = match remote::client_for_record(
+        cluster,
         secret_name,
         &yaml,
         &mesh_state::remote_options(timeout),
@@ -471,7 +472,7 @@ async fn remote_facts(
     let scoped = mesh_state::scoped_rule(rule, cluster).unwrap_or_else(|_| rule.clone());
     let scope = with_deadline(timeout, sync_scope::probe(remote, &scoped)).await;
     let injectors = mesh_state::remote_injectors(remote).await;
-    let view = view_facts(primary, &cluster.name_any(), timeout).await;
+    let view = view_facts(primary, cluster, timeout).await;
     RemoteFacts::Asked(Box::new(Asked {
         whoami,
         reads: Some(RemoteReads {
@@ -488,7 +489,7 @@ async fn remote_facts(
 
 /// Reads the remote's pods with `cluster`'s view credentials and, for the view identity, asks
 /// what it may do.
-async fn view_facts(primary: &Client, cluster: &str, timeout: Duration) -> ViewFacts {
+async fn view_facts(primary: &Client, cluster: &MeshCluster, timeout: Duration) -> ViewFacts {
     match view::credentials(primary, cluster, timeout).await {
         view::Credentials::None => ViewFacts::None,
         view::Credentials::Unusable { source, error } => ViewFacts::Unusable { source, error },

@@ -55,7 +55,7 @@ pub async fn facts(primary: &Client, cluster: &MeshCluster, timeout: Duration) -
         .get_opt(&setup::istio_secret_name(&name))
         .await;
     let reader = match &secret {
-        Ok(Some(secret)) => Some(reader_facts(secret, &name, timeout).await),
+        Ok(Some(secret)) => Some(reader_facts(secret, cluster, timeout).await),
         _ => None,
     };
     IstioSecretFacts { secret, reader }
@@ -63,9 +63,10 @@ pub async fn facts(primary: &Client, cluster: &MeshCluster, timeout: Duration) -
 
 async fn reader_facts(
     secret: &Secret,
-    name: &str,
+    cluster: &MeshCluster,
     timeout: Duration,
 ) -> Result<ReaderFacts, String> {
+    let name = &cluster.metadata.name.clone().unwrap_or_default();
     // istiod reads the key named after the cluster.
     let yaml = secret
         .data
@@ -73,7 +74,9 @@ async fn reader_facts(
         .and_then(|d| d.get(name))
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .ok_or_else(|| format!("the secret has no key {name}"))?;
-    let client = remote::client_from_kubeconfig(
+    // As every client of a MeshCluster: only when it is the server and CA attach recorded.
+    let client = remote::client_for_record(
+        cluster,
         &setup::istio_secret_name(name),
         &yaml,
         &mesh_state::remote_options(timeout),

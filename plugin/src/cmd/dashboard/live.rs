@@ -498,9 +498,9 @@ fn watch_remote(
     let (p, s, c, n) = (primary.clone(), shared.clone(), cluster.clone(), name);
     tasks.push(tokio::spawn(async move {
         let workloads = {
-            let (p, s, n) = (p.clone(), s.clone(), n.clone());
+            let (p, s, c, n) = (p.clone(), s.clone(), c.clone(), n.clone());
             async move {
-                let state = match view::credentials_with(&p, &n, &WATCH_CLIENT).await {
+                let state = match view::credentials_with(&p, &c, &WATCH_CLIENT).await {
                     view::Credentials::None => ViewState::NoCredentials,
                     view::Credentials::Unusable { error, .. } => ViewState::Failed(error),
                     view::Credentials::Found { source, client } => {

@@ -245,7 +245,7 @@ async fn read_remote(
         mesh_state::remote_namespaces(&client).await
     };
     let facts = async {
-        match view::credentials(primary, &name, timeout).await {
+        match view::credentials(primary, cluster, timeout).await {
             view::Credentials::None => ReadState::NoCredentials {
                 enable: view::enable_command(&name),
             },
