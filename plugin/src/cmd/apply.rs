@@ -22,11 +22,37 @@ fn api(client: &Client, m: &Manifest) -> Api<DynamicObject> {
 /// Server-side applies `m` with field manager `kubectl-mesh`, taking over fields another
 /// manager set (install is the authority over what it renders).
 pub async fn apply(client: &Client, m: &Manifest) -> Result<DynamicObject> {
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    apply_as(client, m, false)
+        .await
+        .map_err(Error::kube(format!("cannot apply {}", m.describe())))
+}
+
+/// [`apply`] with `dryRun=All`: the apiserver answers as it would to the write (authorization,
+/// RBAC escalation checks, admission, validation) and stores nothing. Its own error, so that
+/// the caller can tell why.
+pub async fn apply_dry_run(client: &Client, m: &Manifest) -> Result<DynamicObject, kube::Error> {
+    apply_as(client, m, true).await
+}
+
+/// [`apply`], for real or as a dry run, with the apiserver's own error.
+pub async fn apply_as(
+    client: &Client,
+    m: &Manifest,
+    dry_run: bool,
+) -> Result<DynamicObject, kube::Error> {
+    let mut params = PatchParams::apply(FIELD_MANAGER).force();
+    params.dry_run = dry_run;
     api(client, m)
         .patch(&m.name, &params, &Patch::Apply(&m.object))
         .await
-        .map_err(Error::kube(format!("cannot apply {}", m.describe())))
+}
+
+/// The object `m` names as the cluster holds it, if it exists.
+pub async fn get(client: &Client, m: &Manifest) -> Result<Option<DynamicObject>> {
+    api(client, m)
+        .get_opt(&m.name)
+        .await
+        .map_err(Error::kube(format!("cannot read {}", m.describe())))
 }
 
 /// What [`delete`] found.

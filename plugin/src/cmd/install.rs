@@ -174,7 +174,12 @@ impl Install {
                  re-run with --webhook-cert-dir DIR and point the webhook at DIR",
             );
         }
-        for m in render::render(&options, &cert)? {
+        let manifests = render::render(&options, &cert)?;
+        // Nothing is written unless a dry run of each object is accepted (approach (a): a dry
+        // run cannot see what it did not store, so an absent namespace, or role a binding needs,
+        // is created for real first and deleted again on a refusal; see install_check).
+        super::install_check::check(&client, &manifests).await?;
+        for m in manifests {
             apply::apply(&client, &m).await?;
             progress.ok(format!("{} applied", m.describe()));
             if m.resource.kind == "CustomResourceDefinition" {

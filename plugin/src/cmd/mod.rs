@@ -9,6 +9,7 @@ pub mod completion;
 pub mod dashboard;
 pub mod detach;
 pub mod install;
+pub mod install_check;
 pub mod list;
 pub mod plan;
 pub mod rotate;

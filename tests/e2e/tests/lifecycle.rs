@@ -15,11 +15,13 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kubectl_mesh::remote_setup as setup;
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
+use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as};
 use mesh_e2e::fixtures::{mesh_command, uninstall_plan};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
@@ -28,6 +30,7 @@ use mesh_e2e::{
     eventually, has_line, installed_webhook, kubectl, kubectl_output, label_on_primary, labels,
     managed_labels, one_remote_mesh_with, own_mesh, reviews_answered, text, unique_name,
 };
+use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
 
 /// One test at a time (see the module comment).
@@ -449,6 +452,109 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
         policies.get_opt("mesh-webhook").await?.is_none(),
         "and the NetworkPolicy of its pods"
     );
+    Ok(())
+}
+
+/// Rights on every kind install writes, all but `missing`: `*`, or `role_verbs` on roles and
+/// ClusterRoles.
+fn install_rights_but(missing: &str, role_verbs: &[&str]) -> serde_json::Value {
+    let kinds = [
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+        ),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings"),
+        ("rbac.authorization.k8s.io", "roles"),
+        ("rbac.authorization.k8s.io", "rolebindings"),
+        ("", "namespaces"),
+        ("", "serviceaccounts"),
+        ("", "secrets"),
+        ("", "configmaps"),
+        ("", "services"),
+        ("apps", "deployments"),
+        ("networking.k8s.io", "networkpolicies"),
+    ];
+    let rules: Vec<_> = kinds
+        .iter()
+        .filter(|(_, plural)| *plural != missing)
+        .map(|(group, plural)| {
+            let verbs = if plural.ends_with("roles") {
+                role_verbs
+            } else {
+                &["*"]
+            };
+            json!({"apiGroups": [group], "resources": [plural], "verbs": verbs})
+        })
+        .collect();
+    json!(rules)
+}
+
+#[tokio::test]
+async fn install_refused_for_want_of_rights_leaves_nothing_behind() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
+    let primary = env.primary().client().await?;
+    let dir = tempfile::tempdir()?;
+    // Refused on a cluster-scoped object (nothing is created for the check), then on a
+    // namespaced one (the namespace is, and goes again).
+    for (missing, refused) in [
+        (
+            "clusterrolebindings",
+            "ClusterRoleBinding kubectl-mesh:mesh-webhook",
+        ),
+        ("deployments", "Deployment mesh-webhook"),
+    ] {
+        let rights = Grant::everywhere(install_rights_but(missing, &["*"]));
+        let limited = kubeconfig_granting(env.primary(), dir.path(), &[rights]).await?;
+        let out = mesh_as(&limited, &["install"]).await?;
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let stderr = text(&out.stderr);
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect();
+        assert!(
+            matches!(errors[..], [line] if line.starts_with(&format!("error: cannot apply {refused}: "))
+                && line.contains("run install as a cluster admin")),
+            "{stderr}"
+        );
+        eventually("nothing of the install left", DEFAULT_TIMEOUT, || async {
+            let crd = Api::<CustomResourceDefinition>::all(primary.clone())
+                .get_opt("meshclusters.kubectl-mesh.io")
+                .await?;
+            let ns = Api::<Namespace>::all(primary.clone())
+                .get_opt(MESH_NAMESPACE)
+                .await?;
+            let left = mesh_objects_on_primary(&env).await?;
+            Ok((crd.is_none() && ns.is_none() && left.is_empty()).then_some(()))
+        })
+        .await?;
+        let roles = Api::<ClusterRole>::all(primary.clone());
+        assert!(roles.get_opt("kubectl-mesh:mesh-webhook").await?.is_none());
+    }
+
+    // Without `bind` but holding what the roles grant, a binding is allowed once its role
+    // exists: the check is not stricter than the install, first or re-run.
+    let no_bind = [
+        "get", "list", "watch", "create", "update", "patch", "delete", "escalate",
+    ];
+    let held = json!([
+        {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters", "meshclusters/status"], "verbs": ["*"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["*"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
+    ]);
+    let rights = [
+        Grant::everywhere(install_rights_but("", &no_bind)),
+        Grant::everywhere(held),
+    ];
+    let limited = kubeconfig_granting(env.primary(), dir.path(), &rights).await?;
+    for _ in 0..2 {
+        let out = mesh_as(&limited, &["install"]).await?;
+        assert_success(&out);
+    }
+    assert!(!mesh_objects_on_primary(&env).await?.is_empty());
     Ok(())
 }
 

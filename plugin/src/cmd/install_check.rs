@@ -1,0 +1,369 @@
+//! Install's check before it writes: the apiserver is asked, with a server-side dry run of the
+//! very apply install then makes, whether it would accept every object (authorization, RBAC
+//! escalation checks, admission, validation). Refused, install changes nothing.
+//!
+//! A dry run stores nothing, so an object whose check needs another one to exist sees it
+//! missing: a namespaced object its namespace (the apiserver refuses content in a namespace
+//! that does not exist), a binding the role it binds (a caller without `bind` on the role may
+//! still bind it if they hold its rights, which the apiserver reads from the stored role).
+//! Such an object, absent before the run, is created for real once its own check passes (on its
+//! own it grants and holds nothing), and deleted again when anything is refused.
+
+use kube::Client;
+
+use super::apply::{self, Deleted};
+use crate::{Error, Result, render::Manifest};
+
+/// Asks the apiserver whether it would accept every object of `manifests` ([module
+/// docs](self)); on a refusal, deletes what the check itself created and says, on one line,
+/// which object was refused, why, and what to do.
+pub async fn check(client: &Client, manifests: &[Manifest]) -> Result<()> {
+    let mut created = Vec::new();
+    let Err(refused) = check_each(client, manifests, &mut created).await else {
+        return Ok(());
+    };
+    let mut left = Vec::new();
+    for m in created.iter().rev() {
+        match apply::delete(client, m).await {
+            Ok(Deleted::Deleted | Deleted::NotFound) => {}
+            Err(e) => left.push(format!("{} ({})", m.describe(), e.what())),
+        }
+    }
+    Err(Error::Refused {
+        what: format!("{}; {}", refused.what(), outcome(&left)),
+        hint: refused.hint(),
+    })
+}
+
+/// What a refused check left: nothing, or what it could not delete again.
+fn outcome(left: &[String]) -> String {
+    if left.is_empty() {
+        "nothing was changed".to_owned()
+    } else {
+        format!(
+            "created for the check and not deleted again: {} (delete by hand)",
+            left.join(", ")
+        )
+    }
+}
+
+async fn check_each<'a>(
+    client: &Client,
+    manifests: &'a [Manifest],
+    created: &mut Vec<&'a Manifest>,
+) -> Result<()> {
+    for m in check_order(manifests) {
+        if is_namespace(m) {
+            match apply::get(client, m).await? {
+                Some(ns) if ns.metadata.deletion_timestamp.is_some() => {
+                    return Err(terminating(m));
+                }
+                Some(_) => dry_run(client, m).await?,
+                None => create(client, m, created).await?,
+            }
+            continue;
+        }
+        match apply::apply_dry_run(client, m).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                // A binding of a role this install creates, which does not exist yet: it is
+                // checked against the role once that is there.
+                let Some(role) = bound_role(m, manifests) else {
+                    return Err(refusal(m, kube::Error::Api(s)));
+                };
+                if apply::get(client, role).await?.is_some() {
+                    return Err(refusal(m, kube::Error::Api(s)));
+                }
+                create(client, role, created).await?;
+                dry_run(client, m).await?;
+            }
+            Err(e) => return Err(refusal(m, e)),
+        }
+    }
+    Ok(())
+}
+
+async fn dry_run(client: &Client, m: &Manifest) -> Result<()> {
+    apply::apply_dry_run(client, m)
+        .await
+        .map(drop)
+        .map_err(|e| refusal(m, e))
+}
+
+/// Applies `m`, absent before, for real: another object's check needs it.
+async fn create<'a>(
+    client: &Client,
+    m: &'a Manifest,
+    created: &mut Vec<&'a Manifest>,
+) -> Result<()> {
+    // Recorded first: a write that failed on the way back may still have been made.
+    created.push(m);
+    apply::apply_as(client, m, false)
+        .await
+        .map(drop)
+        .map_err(|e| refusal(m, e))
+}
+
+/// The order of the check: cluster-scoped objects (namespaces apart), which need nothing of
+/// this install, then the namespaces, then the namespaced objects; the order of the apply
+/// within each.
+fn check_order(manifests: &[Manifest]) -> Vec<&Manifest> {
+    let cluster = manifests
+        .iter()
+        .filter(|m| m.namespace.is_none() && !is_namespace(m));
+    let namespaces = manifests.iter().filter(|m| is_namespace(m));
+    let namespaced = manifests.iter().filter(|m| m.namespace.is_some());
+    cluster.chain(namespaces).chain(namespaced).collect()
+}
+
+fn is_namespace(m: &Manifest) -> bool {
+    m.resource.group.is_empty() && m.resource.kind == "Namespace"
+}
+
+/// The role of `manifests` that `binding` (a ClusterRoleBinding or RoleBinding) binds.
+fn bound_role<'a>(binding: &Manifest, manifests: &'a [Manifest]) -> Option<&'a Manifest> {
+    const RBAC: &str = "rbac.authorization.k8s.io";
+    let binds = |kind: &str| binding.resource.group == RBAC && binding.resource.kind == kind;
+    if !binds("ClusterRoleBinding") && !binds("RoleBinding") {
+        return None;
+    }
+    let role_ref = &binding.object["roleRef"];
+    let kind = role_ref["kind"].as_str()?;
+    let name = role_ref["name"].as_str()?;
+    // A RoleBinding's Role is in its own namespace; a ClusterRole in none.
+    let namespace = (kind == "Role")
+        .then(|| binding.namespace.clone())
+        .flatten();
+    manifests.iter().find(|m| {
+        m.resource.group == RBAC
+            && m.resource.kind == kind
+            && m.name == name
+            && m.namespace == namespace
+    })
+}
+
+/// Whether the apiserver's answer is a refusal for want of rights: RBAC authorization (`...
+/// is forbidden: User "..." cannot create resource ...`) or its escalation check (`... is
+/// forbidden: user "..." ... is attempting to grant RBAC permissions not currently held`), not
+/// admission (a webhook's or policy's denial) nor validation.
+fn wants_rights(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(s) => {
+            s.code == 403 && s.message.to_ascii_lowercase().contains("forbidden: user ")
+        }
+        _ => false,
+    }
+}
+
+/// The error of `m`'s check, refused with `err`: what to ask for when rights are wanting.
+fn refusal(m: &Manifest, err: kube::Error) -> Error {
+    let wants_rights = wants_rights(&err);
+    let err = Error::kube(format!("cannot apply {}", m.describe()))(err);
+    if !wants_rights {
+        return err;
+    }
+    Error::Refused {
+        what: err.what(),
+        hint: rights_hint(m),
+    }
+}
+
+/// What to ask for when the check of `m` was refused for want of rights.
+fn rights_hint(m: &Manifest) -> String {
+    let resource = if m.resource.group.is_empty() {
+        m.resource.plural.clone()
+    } else {
+        format!("{}.{}", m.resource.plural, m.resource.group)
+    };
+    let place = m
+        .namespace
+        .as_deref()
+        .map(|ns| format!(" in namespace {ns}"))
+        .unwrap_or_default();
+    let what = format!("create and patch {resource}{place}");
+    let role = m.object["roleRef"]["kind"]
+        .as_str()
+        .zip(m.object["roleRef"]["name"].as_str());
+    let rights = match (m.resource.kind.as_str(), role) {
+        ("ClusterRole" | "Role", _) => format!(
+            "{what} and to grant what {} grants (hold those rights, or the `escalate` verb on \
+             {resource})",
+            m.describe()
+        ),
+        ("ClusterRoleBinding" | "RoleBinding", Some((kind, name))) => {
+            format!("{what} and to bind {kind} {name} (the `bind` verb on it, or hold its rights)")
+        }
+        _ => what,
+    };
+    format!("ask for the rights to {rights}, or run install as a cluster admin")
+}
+
+/// The refusal when the namespace `m` is being deleted: nothing can be created in it.
+fn terminating(m: &Manifest) -> Error {
+    Error::Refused {
+        what: format!("{} is being deleted", m.describe()),
+        hint: format!(
+            "wait until it is gone (`kubectl get namespace {}`), then re-run install",
+            m.name
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{self, Options};
+
+    fn manifests(options: &Options) -> Vec<Manifest> {
+        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        render::render(options, &cert).unwrap()
+    }
+
+    fn described(list: &[&Manifest]) -> Vec<String> {
+        list.iter().map(|m| m.describe()).collect()
+    }
+
+    #[test]
+    fn cluster_scoped_objects_are_checked_first_then_the_namespace_then_the_rest() {
+        let all = manifests(&Options::default());
+        let order = check_order(&all);
+        assert_eq!(order.len(), all.len());
+        let kinds: Vec<&str> = order.iter().map(|m| m.resource.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "CustomResourceDefinition",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "MutatingWebhookConfiguration",
+                "Namespace",
+                "ServiceAccount",
+                "Role",
+                "RoleBinding",
+                "Secret",
+                "Deployment",
+                "Service",
+                "NetworkPolicy",
+            ]
+        );
+        // Every namespaced object comes after every namespace.
+        let first_namespaced = order.iter().position(|m| m.namespace.is_some()).unwrap();
+        assert!(order[first_namespaced..].iter().all(|m| !is_namespace(m)));
+    }
+
+    #[test]
+    fn bindings_find_the_role_they_bind() {
+        let all = manifests(&Options::default());
+        let by_kind = |kind: &str| all.iter().find(|m| m.resource.kind == kind).unwrap();
+        let cluster_role = bound_role(by_kind("ClusterRoleBinding"), &all).unwrap();
+        assert_eq!(cluster_role.resource.kind, "ClusterRole");
+        assert_eq!(cluster_role.name, by_kind("ClusterRole").name);
+        let role = bound_role(by_kind("RoleBinding"), &all).unwrap();
+        assert_eq!(described(&[role]), described(&[by_kind("Role")]));
+        assert_eq!(role.namespace, by_kind("RoleBinding").namespace);
+        // Anything else binds nothing; a role of another name is not this install's.
+        assert!(bound_role(by_kind("Deployment"), &all).is_none());
+        let mut other = by_kind("ClusterRoleBinding").clone();
+        other.object["roleRef"]["name"] = "cluster-admin".into();
+        assert!(bound_role(&other, &all).is_none());
+        // A RoleBinding in another namespace binds a Role there, not install's.
+        let mut elsewhere = by_kind("RoleBinding").clone();
+        elsewhere.namespace = Some("default".into());
+        assert!(bound_role(&elsewhere, &all).is_none());
+    }
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "status": "Failure", "message": message, "reason": "Forbidden", "code": code,
+            }))
+            .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn a_refusal_for_want_of_rights_names_the_object_and_the_rights() {
+        let all = manifests(&Options::default());
+        let binding = all
+            .iter()
+            .find(|m| m.resource.kind == "ClusterRoleBinding")
+            .unwrap();
+        let denied = api_error(
+            403,
+            "clusterrolebindings.rbac.authorization.k8s.io is forbidden: User \
+             \"system:serviceaccount:default:alice\" cannot create resource \
+             \"clusterrolebindings\" in API group \"rbac.authorization.k8s.io\" at the cluster \
+             scope",
+        );
+        let line = refusal(binding, denied).line();
+        assert_eq!(
+            line,
+            format!(
+                "cannot apply ClusterRoleBinding {name}: clusterrolebindings.rbac.authorization.k8s.io \
+                 is forbidden: User \"system:serviceaccount:default:alice\" cannot create \
+                 resource \"clusterrolebindings\" in API group \"rbac.authorization.k8s.io\" at \
+                 the cluster scope; ask for the rights to create and patch \
+                 clusterrolebindings.rbac.authorization.k8s.io and to bind ClusterRole {role} (the \
+                 `bind` verb on it, or hold its rights), or run install as a cluster admin",
+                name = binding.name,
+                role = bound_role(binding, &all).unwrap().name,
+            )
+        );
+        let role = all.iter().find(|m| m.resource.kind == "Role").unwrap();
+        let escalation = api_error(
+            403,
+            "roles.rbac.authorization.k8s.io \"mesh-webhook\" is forbidden: user \"alice\" \
+             (groups=[\"system:authenticated\"]) is attempting to grant RBAC permissions not \
+             currently held",
+        );
+        let hint = refusal(role, escalation).hint();
+        assert!(
+            hint.starts_with(
+                "ask for the rights to create and patch roles.rbac.authorization.k8s.io in \
+                 namespace kubectl-mesh and to grant what Role mesh-webhook grants"
+            ),
+            "{hint}"
+        );
+        let secret = all.iter().find(|m| m.resource.kind == "Secret").unwrap();
+        assert_eq!(
+            rights_hint(secret),
+            "ask for the rights to create and patch secrets in namespace kubectl-mesh, or run \
+             install as a cluster admin"
+        );
+    }
+
+    #[test]
+    fn admission_denials_and_other_errors_keep_their_own_hint() {
+        let all = manifests(&Options::default());
+        let ns = all.iter().find(|m| is_namespace(m)).unwrap();
+        let denied = api_error(
+            403,
+            "admission webhook \"policy.example.com\" denied the request: no such namespace",
+        );
+        assert!(!wants_rights(&denied));
+        let err = refusal(ns, denied);
+        assert!(
+            err.what()
+                .starts_with("cannot apply Namespace kubectl-mesh: admission webhook")
+        );
+        assert!(!err.hint().contains("cluster admin"), "{}", err.hint());
+        assert!(!wants_rights(&api_error(422, "forbidden: user \"x\"")));
+    }
+
+    #[test]
+    fn a_refused_check_says_what_it_could_not_undo() {
+        assert_eq!(outcome(&[]), "nothing was changed");
+        assert_eq!(
+            outcome(&["Namespace kubectl-mesh (cannot delete Namespace kubectl-mesh: x)".into()]),
+            "created for the check and not deleted again: Namespace kubectl-mesh (cannot delete \
+             Namespace kubectl-mesh: x) (delete by hand)"
+        );
+        let all = manifests(&Options::default());
+        let ns = all.iter().find(|m| is_namespace(m)).unwrap();
+        assert_eq!(
+            terminating(ns).line(),
+            "Namespace kubectl-mesh is being deleted; wait until it is gone (`kubectl get \
+             namespace kubectl-mesh`), then re-run install"
+        );
+    }
+}
