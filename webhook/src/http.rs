@@ -8,6 +8,7 @@
 //! read under the process's [`BodyBudget`]: one that would pass it is answered 503 at once.
 
 mod body_budget;
+mod review_body;
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,13 +23,15 @@ use axum::{
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Client,
-    core::admission::{AdmissionRequest, AdmissionReview, Operation},
+    core::admission::{AdmissionRequest, Operation},
     runtime::events::Reporter,
 };
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 pub use self::body_budget::BodyBudget;
 use self::body_budget::{Held, Refused};
+pub use self::review_body::parse_review;
 use crate::{
     admission::{self, Decision},
     events,
@@ -45,11 +48,25 @@ use mesh_core::{labels::Labels, remote::Remote};
 /// limit on objects is far above this, but nothing this webhook reads needs more.
 pub const BODY_LIMIT: usize = 1 << 20;
 
-/// Bytes of `/mutate` bodies held at once by the whole process, by default
-/// (`--review-body-budget-mib`; its use is on `/metrics`): 64 bodies at [`BODY_LIMIT`], or
-/// some 16,000 real reviews (a few KiB each, far more than an apiserver sends at once), and a
-/// quarter of the 256 MiB the Deployment allows the pod.
+/// Bytes of `/mutate` bodies, and of the reviews parsed from them, held at once by the whole
+/// process, by default (`--review-body-budget-mib`; its use is on `/metrics`): some 500 real
+/// reviews (a few KiB each, and [`PARSED_BYTES_PER_BODY_BYTE`] times that parsed: far more
+/// than an apiserver sends at once), or three at [`BODY_LIMIT`], and a quarter of the 256 MiB
+/// the Deployment allows the pod.
 pub const BODY_BUDGET: usize = 64 << 20;
+
+/// Bytes of memory a parsed review may take for each byte of its body, at the worst a stranger
+/// can shape it: only its labels are kept whole ([`parse_review`]), some 9 bytes for each of
+/// theirs (`tests/parse_memory.rs` measures it). Charged to the budget before the body is
+/// parsed, held until the review is answered.
+pub const PARSED_BYTES_PER_BODY_BYTE: usize = 16;
+
+/// The most of the budget one review may hold: a body of [`BODY_LIMIT`], parsed.
+pub const REVIEW_MEMORY_LIMIT: usize = BODY_LIMIT * (1 + PARSED_BYTES_PER_BODY_BYTE);
+
+/// `/mutate` requests handled at once, bodies not yet arrived included: headers alone hold no
+/// budget, and each HTTP/2 stream is a handler of its own. Past it, 503 at once.
+pub const REVIEWS_IN_PROGRESS: usize = 1024;
 
 /// The most a log filter may be (`PUT /log-level`): a few directives, never a megabyte.
 const LOG_FILTER_LIMIT: usize = 4 << 10;
@@ -66,6 +83,7 @@ pub struct AppState {
     events: Option<events::Publisher>,
     push_queue: PushQueue,
     body_budget: Arc<BodyBudget>,
+    in_progress: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -77,12 +95,20 @@ impl AppState {
             events: None,
             push_queue: PushQueue::default(),
             body_budget: Arc::new(BodyBudget::new(BODY_BUDGET)),
+            in_progress: Arc::new(Semaphore::new(REVIEWS_IN_PROGRESS)),
         }
     }
 
     /// Holds at most `bytes` of `/mutate` bodies at once (default [`BODY_BUDGET`]).
     pub fn with_body_budget(mut self, bytes: usize) -> Self {
         self.body_budget = Arc::new(BodyBudget::new(bytes));
+        self
+    }
+
+    /// Handles at most `reviews` `/mutate` requests at once (default [`REVIEWS_IN_PROGRESS`]).
+    #[cfg(test)]
+    fn with_reviews_in_progress(mut self, reviews: usize) -> Self {
+        self.in_progress = Arc::new(Semaphore::new(reviews));
         self
     }
 
@@ -190,7 +216,10 @@ fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn mutate(State(state): State<AppState>, body: Body) -> Response {
-    // Held until the answer is built: the parsed review is about as large as its body.
+    let Ok(_in_progress) = state.in_progress.try_acquire() else {
+        return busy(&state, "the webhook is handling too many reviews at once");
+    };
+    // Held until the answer is built, with the memory of the parsed review.
     let (request, _held) = match read_review(&state, body).await {
         Ok(read) => read,
         Err(response) => return response,
@@ -248,22 +277,10 @@ async fn read_review(
         tracing::warn!(status = status.as_u16(), error = %message, "unreadable admission request");
         error_response(status, message)
     };
-    let (body, held) = match state.body_budget.read(body, BODY_LIMIT).await {
+    let over_budget = || busy(state, &Refused::OverBudget.to_string());
+    let (body, mut held) = match state.body_budget.read(body, BODY_LIMIT).await {
         Ok(read) => read,
-        Err(Refused::OverBudget) => {
-            state.shared.metrics.admission_review(ReviewOutcome::Busy);
-            if state.body_budget.warning_due() {
-                tracing::warn!(
-                    budget = state.body_budget.capacity(),
-                    "review bodies are at their memory budget: answering 503 (the apiserver \
-                     fails open, the reconciler converges the remotes)"
-                );
-            }
-            return Err(error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Refused::OverBudget.to_string(),
-            ));
-        }
+        Err(Refused::OverBudget) => return Err(over_budget()),
         Err(refused @ Refused::TooLarge(_)) => {
             return Err(invalid(StatusCode::PAYLOAD_TOO_LARGE, refused.to_string()));
         }
@@ -271,30 +288,25 @@ async fn read_review(
             return Err(invalid(StatusCode::BAD_REQUEST, refused.to_string()));
         }
     };
+    held.also(body.len().saturating_mul(PARSED_BYTES_PER_BODY_BYTE))
+        .map_err(|_| over_budget())?;
     let request = parse_review(&body).map_err(|e| invalid(StatusCode::BAD_REQUEST, e))?;
     Ok((request, held))
 }
 
-/// Reads a v1 AdmissionReview of a core Namespace.
-pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<Namespace>, String> {
-    let review: AdmissionReview<Namespace> = serde_json::from_slice(body)
-        .map_err(|e| format!("not an AdmissionReview of a Namespace: {e}"))?;
-    if review.types.api_version != "admission.k8s.io/v1" || review.types.kind != "AdmissionReview" {
-        return Err(format!(
-            "expected admission.k8s.io/v1 AdmissionReview, got {} {}",
-            review.types.api_version, review.types.kind
-        ));
+/// The answer to a review the webhook has no room for now: 503 at once, logged once a minute
+/// (under a flood, every review is refused). The apiserver fails open, and the reconciler
+/// converges the remotes.
+fn busy(state: &AppState, why: &str) -> Response {
+    state.shared.metrics.admission_review(ReviewOutcome::Busy);
+    if state.body_budget.warning_due() {
+        tracing::warn!(
+            budget = state.body_budget.capacity(),
+            in_progress_limit = REVIEWS_IN_PROGRESS,
+            "{why}: answering 503 (the apiserver fails open, the reconciler converges the remotes)"
+        );
     }
-    let request: AdmissionRequest<Namespace> = review
-        .try_into()
-        .map_err(|_| "the AdmissionReview has no request".to_owned())?;
-    if !request.kind.group.is_empty() || request.kind.kind != "Namespace" {
-        return Err(format!(
-            "expected a core Namespace, got {}/{} {}",
-            request.kind.group, request.kind.version, request.kind.kind
-        ));
-    }
-    Ok(request)
+    error_response(StatusCode::SERVICE_UNAVAILABLE, why)
 }
 
 async fn healthz() -> &'static str {
@@ -563,7 +575,8 @@ mod tests {
     async fn past_the_body_budget_reviews_are_503_at_once_until_it_is_given_back() {
         let whole = UPDATE.len();
         let part = whole / 2 + 1;
-        let state = state().with_body_budget(whole + whole / 2);
+        // One review, parsed, and less than half another.
+        let state = state().with_body_budget((1 + PARSED_BYTES_PER_BODY_BYTE) * whole + whole / 2);
         let app = router(state.clone());
         let budget = state.body_budget.clone();
         let mut busy = 0;
@@ -689,6 +702,41 @@ mod tests {
             assert!(!request.is_finished(), "a silent body was answered");
             request.abort();
         }
+    }
+
+    /// Each HTTP/2 stream is a handler, and headers alone hold no budget: requests whose body
+    /// never comes were limited only by the connections' streams (hundreds of thousands).
+    /// Past the reviews in progress, the next is answered 503 at once; once they end, reviews
+    /// are served again.
+    #[tokio::test]
+    async fn past_the_reviews_in_progress_the_next_is_503_at_once() {
+        let state = state().with_reviews_in_progress(2);
+        let app = router(state.clone());
+        let mut silent = Vec::new();
+        for _ in 0..2 {
+            let (read, being_read) = futures::channel::oneshot::channel();
+            let body = Body::new(Silent {
+                length: 16,
+                read: Some(read),
+            });
+            silent.push(tokio::spawn(call(app.clone(), post_mutate(body))));
+            being_read.await.expect("the body is read");
+        }
+        let answered = tokio::time::timeout(DEADLINE, call(app.clone(), post_mutate(UPDATE)));
+        let (status, value) = answered.await.expect("answered at once");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+        assert!(
+            value["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("handling too many reviews at once")),
+            "{value}"
+        );
+        for request in silent {
+            request.abort();
+            assert!(request.await.expect_err("aborted").is_cancelled());
+        }
+        let (status, value) = call(app.clone(), post_mutate(UPDATE)).await;
+        assert_eq!(status, StatusCode::OK, "{value}");
     }
 
     /// Refused before its body is read: a body that never ends gets its answer at once.

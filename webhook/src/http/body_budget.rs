@@ -153,6 +153,11 @@ impl BodyBudget {
 }
 
 impl Held<'_> {
+    /// Holds `bytes` more: what the body becomes once parsed.
+    pub fn also(&mut self, bytes: usize) -> Result<(), Refused> {
+        self.cover(self.bytes.saturating_add(bytes))
+    }
+
     /// Holds `bytes` in all, taking what is missing.
     fn cover(&mut self, bytes: usize) -> Result<(), Refused> {
         let more = bytes.saturating_sub(self.bytes);
