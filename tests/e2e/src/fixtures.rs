@@ -373,9 +373,25 @@ pub async fn detach_all(env: &TestEnv) -> anyhow::Result<()> {
     .await
 }
 
-/// Points the stored kubeconfig of `name` at `server` (e.g. a port nobody listens on), as
-/// when a remote goes away.
+/// Points cluster `name` at `server` (e.g. a port nobody listens on), as when a remote goes
+/// away: both its stored kubeconfig and what its MeshCluster records (`spec.server`, which a
+/// stored kubeconfig must match before anything is sent).
 pub async fn point_at(env: &TestEnv, name: &str, server: &str) -> anyhow::Result<()> {
+    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    let patch = serde_json::json!({"spec": {"server": server}});
+    clusters
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    edit_stored_server(env, name, server).await
+}
+
+/// Edits the server of the stored kubeconfig of `name` to `server`, and nothing else: a hand
+/// edit of the Secret, which its MeshCluster's record (`spec.server`) no longer matches.
+pub async fn edit_stored_server(env: &TestEnv, name: &str, server: &str) -> anyhow::Result<()> {
     let primary = env.primary().client().await?;
     let secrets: Api<Secret> = Api::namespaced(primary, MESH_NAMESPACE);
     let secret_name = setup::cluster_secret_name(name);

@@ -657,7 +657,18 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
     unreachable_for(&env, &west.name, "CredentialsMissing").await?;
     edit_labels(west, &ns, json!({"istio-injection": "enabled"})).await?;
 
-    // East's MeshCluster names west's Secret: its credentials now reach west.
+    // East's MeshCluster names west's Secret, and records west's server and CA (else the
+    // stored kubeconfig is refused as not what attach recorded, before anything is sent):
+    // its credentials now reach west.
+    let clusters: Api<MeshCluster> = Api::all(env.primary().client().await?);
+    let west_spec = clusters.get(&west.name).await?.spec;
+    let record = json!({"spec": {
+        "server": west_spec.server,
+        "caFingerprint": west_spec.ca_fingerprint,
+    }});
+    clusters
+        .patch(&east.name, &PatchParams::default(), &Patch::Merge(&record))
+        .await?;
     name_secret(&env, &east.name, &format!("cluster-{}", west.name)).await?;
     let reachable = unreachable_for(&env, &east.name, "ClusterMismatch").await?;
     assert!(

@@ -30,7 +30,9 @@ const HOSTILE: &str = "denied\x1b[2J\x1b[1A\rall clear";
 /// How it reads once shown escaped.
 const HOSTILE_SHOWN: &str = "denied\\u{1b}[2J\\u{1b}[1A all clear";
 
-/// Points the stored kubeconfig of `cluster` at `server`, trusting `ca_pem`.
+/// Points `cluster` at `server`, trusting `ca_pem`: its stored kubeconfig and what its
+/// MeshCluster records of it (as when the recorded address now belongs to something else; a
+/// stored kubeconfig edited alone is refused before anything is sent, see `rotation`).
 async fn store_server(
     env: &mesh_testenv::TestEnv,
     cluster: &str,
@@ -56,6 +58,13 @@ async fn store_server(
         entry.certificate_authority_data =
             Some(base64::engine::general_purpose::STANDARD.encode(ca_pem));
     }
+    let record = json!({"spec": {
+        "server": server,
+        "caFingerprint": mesh_core::recorded::ca_fingerprint(&kubeconfig),
+    }});
+    clusters
+        .patch(cluster, &PatchParams::default(), &Patch::Merge(&record))
+        .await?;
     // JSON is YAML.
     let edited = serde_json::to_string(&kubeconfig)?;
     let patch = json!({"stringData": {KUBECONFIG_KEY: edited}});

@@ -7,6 +7,7 @@
 //! and some tests stop the webhook or edit the stored credentials.
 
 mod asked_rights;
+mod edited_server;
 mod expired;
 mod follower;
 mod interrupted;

@@ -1,0 +1,65 @@
+//! A stored kubeconfig whose server is edited by hand (to a relaying proxy, say): nothing is
+//! sent there, the cluster shows `Reachable=False` with reason `CredentialsMismatch`, and
+//! `rotate` issues no token (it would store the new ones in the edited kubeconfig).
+
+use std::time::Duration;
+
+use mesh_core::cluster::CONDITION_REACHABLE;
+use mesh_e2e::{cluster_condition, describe, eventually, fixtures, text};
+
+use crate::support::{DEADLINE, one_remote, reachable_reason, rotate, token_secrets};
+
+#[tokio::test]
+async fn a_stored_server_edited_by_hand_is_never_reached_nor_rotated() -> anyhow::Result<()> {
+    let (env, _mesh, remote, _ns) = one_remote(&[], &[], "edited").await?;
+    let name = remote.name.clone();
+    eventually("Reachable=True", DEADLINE, || async {
+        Ok(
+            (reachable_reason(&env, &name).await?.map(|r| r.0) == Some("True".to_owned()))
+                .then_some(()),
+        )
+    })
+    .await?;
+
+    // A listener of the test's own: whatever was sent to the edited server would arrive here.
+    let decoy = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let decoy_url = format!("https://{}", decoy.local_addr()?);
+    fixtures::edit_stored_server(&env, &name, &decoy_url).await?;
+
+    eventually("Reachable=False CredentialsMismatch", DEADLINE, || async {
+        Ok((reachable_reason(&env, &name).await?
+            == Some(("False".to_owned(), "CredentialsMismatch".to_owned())))
+        .then_some(()))
+    })
+    .await?;
+    let reachable = cluster_condition(&env, &name, CONDITION_REACHABLE)
+        .await?
+        .expect("recorded");
+    assert!(
+        reachable.message.contains(&format!(
+            "its server \"{decoy_url}\" is not \"{}\"",
+            remote.server
+        )) && reachable.message.contains("restore the Secret"),
+        "{reachable:?}"
+    );
+
+    let tokens = token_secrets(&remote).await?;
+    let rotated = rotate(&env, &remote).await?;
+    let said = format!("{}{}", text(&rotated.stdout), text(&rotated.stderr));
+    assert!(
+        !rotated.status.success()
+            && said.contains("is not what attach recorded")
+            && said.contains("no token is issued"),
+        "{}",
+        describe(&rotated)
+    );
+    assert_eq!(
+        token_secrets(&remote).await?,
+        tokens,
+        "rotate issued a token"
+    );
+
+    let reached = tokio::time::timeout(Duration::from_millis(500), decoy.accept()).await;
+    assert!(reached.is_err(), "something connected to the edited server");
+    Ok(())
+}
