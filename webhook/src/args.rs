@@ -61,11 +61,11 @@ pub struct Args {
     pub client_allowed_names: Vec<String>,
 
     /// Time a client gets to send a request's headers (this also closes HTTP/1.1 connections
-    /// idle that long).
+    /// idle that long, and connections that made no request within it of being accepted).
     #[arg(long, env = "MESH_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = mesh_core::duration::parse)]
     pub header_read_timeout: Duration,
 
-    /// A connection without a request in progress this long is closed.
+    /// A connection without a request in progress this long, once it made one, is closed.
     #[arg(long, env = "MESH_WEBHOOK_IDLE_TIMEOUT", default_value = "120s", value_parser = mesh_core::duration::parse)]
     pub idle_timeout: Duration,
 
@@ -73,8 +73,9 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_BODY_TIMEOUT", default_value = "10s", value_parser = mesh_core::duration::parse)]
     pub body_timeout: Duration,
 
-    /// Connections open at once on each port; past it, new ones wait in the kernel's queue
-    /// until one closes.
+    /// Connections open at once on each port; past it, a new one takes the place of the one
+    /// idle longest (one that never made a request first), and new ones wait in the kernel's
+    /// queue only while every connection has a request in progress.
     #[arg(long, env = "MESH_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
@@ -431,7 +432,8 @@ const NO_CLIENT_CA: &str = "no --client-ca-file: anyone who reaches the webhook 
 /// Raises the open-files limit, and says when it still cannot hold both ports' connections.
 fn raise_open_files(max_connections: u32) {
     // Both ports, plus what the process needs besides (clients of the clusters, files).
-    let needed = 2 * u64::from(max_connections) + 256;
+    let per_port = crate::listen::max_sockets(max_connections as usize) as u64;
+    let needed = 2 * per_port + 256;
     match crate::fd_limit::raise() {
         Ok(limit) if limit < needed => tracing::warn!(
             limit,

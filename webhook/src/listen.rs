@@ -3,19 +3,22 @@
 //! handshake and is never served. What is served is any axum [`Router`]: this module knows no
 //! route.
 //!
-//! A hostile network cannot exhaust it: at most [`Limits::max_connections`] are open (then it
-//! stops accepting until one closes), each must finish its handshake, its headers and its
-//! request bodies in bounded time, and a connection without a request in progress is closed
-//! after the idle timeout (HTTP/2 ones also when they stop answering pings). What hyper itself
-//! holds of a connection's bodies before a handler reads them is bounded by its HTTP/2 flow
-//! control windows and HTTP/1.1 read buffer ([`Limits`]); what the bodies of all those requests
-//! may hold once read is the handler's to bound (see [`crate::http::BodyBudget`]): this module
-//! knows no route, nor what a body is worth.
+//! A hostile network cannot exhaust it: at most [`Limits::max_connections`] are open (past it,
+//! a new connection takes the place of the one idle longest, see [`eviction`]; accepting waits
+//! only while every connection has a request in progress), each must finish its handshake, its
+//! first request's headers, its headers and its request bodies in bounded time, and a
+//! connection without a request in progress is closed after the idle timeout (HTTP/2 ones also
+//! when they stop answering pings). What hyper itself holds of a connection's bodies before a
+//! handler reads them is bounded by its HTTP/2 flow control windows and HTTP/1.1 read buffer
+//! ([`Limits`]); what the bodies of all those requests may hold once read is the handler's to
+//! bound (see [`crate::http::BodyBudget`]): this module knows no route, nor what a body is
+//! worth.
 //!
 //! hyper drives the connections directly (not axum-server): it measured faster here.
 
 mod activity;
 mod body_deadline;
+mod eviction;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -25,20 +28,23 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio::{net::TcpListener, task::JoinSet};
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use self::activity::Activity;
 pub use self::body_deadline::{BodyTimedOut, DeadlineBody};
+use self::eviction::{Admission, Admitted, Eviction, Open};
 use crate::{client_auth, tls};
 
-/// Time a client gets to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to finish the TLS handshake. A real one (the apiserver, the kubelet, a
+/// Prometheus) takes a round trip or two on the cluster network, milliseconds; 3 s leaves room
+/// for a loaded node and a lost packet's retransmission (1 s), and a stranger that sends no
+/// ClientHello is closed well within the apiserver's 5 s webhook timeout.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time in-flight requests get to finish after shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a connection limit that stays reached is logged.
+/// How often a connection limit that stays reached (or evicts) is logged.
 const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// Time an idle connection gets to close in order (an HTTP/2 GOAWAY) before it is dropped:
 /// one that never finished its HTTP/2 handshake would otherwise wait for it for ever.
@@ -67,13 +73,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Limits {
     /// Time to send a request's headers once the server waits for them. hyper starts this
     /// clock as soon as an HTTP/1.1 connection waits for its next request, so it also bounds
-    /// the idle time of HTTP/1.1 keep-alive connections.
+    /// the idle time of HTTP/1.1 keep-alive connections. It also bounds, from when it was
+    /// accepted, a connection that has not made a request yet (HTTP/2 ones included): a real
+    /// client sends one as soon as it has connected.
     pub header_read_timeout: Duration,
-    /// A connection without a request in progress for this long is closed.
+    /// A connection without a request in progress for this long, once it made one, is closed.
     pub idle_timeout: Duration,
     /// Time to receive a request's whole body, from when its headers came.
     pub body_timeout: Duration,
-    /// Connections open at once, handshakes included; past it, accepting waits.
+    /// Connections open at once, handshakes included; past it, a new one takes the place of
+    /// the one idle longest, and accepting waits only while every one has a request in
+    /// progress.
     pub max_connections: usize,
     /// HTTP/2 connections are pinged this often...
     pub http2_keepalive_interval: Duration,
@@ -97,7 +107,8 @@ impl Default for Limits {
     /// Go's net/http and Envoy-class values: headers and bodies in 10 s (an AdmissionReview is
     /// a few KiB), idle connections kept 120 s, above the 90 s after which the apiserver's
     /// client drops idle connections itself, so the client, not the server, closes them and
-    /// never reuses one the server is closing.
+    /// never reuses one the server is closing. A connection that has made no request yet gets
+    /// the header read time only: the apiserver sends its review as soon as it has connected.
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
@@ -113,13 +124,24 @@ impl Default for Limits {
             http2_stream_window: 64 << 10,
             // Four whole stream windows: concurrent reviews on one connection flow at once.
             http2_connection_window: 256 << 10,
-            // hyper's present default, pinned (hyper may change it); Go's HTTP/2 client, the
-            // apiserver's, opens another connection past it.
-            http2_max_concurrent_streams: 200,
+            // Requests in progress on one connection are handler work a single connection
+            // holds, and a connection with one is never evicted: 32 is far more than the
+            // reviews an apiserver has in flight on one connection, and past it Go's HTTP/2
+            // client, the apiserver's, opens another connection rather than queue
+            // (x/net/http2 Transport.StrictMaxConcurrentStreams is false by default, and
+            // client-go sets only its ping timeouts), so it costs it a handshake, not a wait.
+            http2_max_concurrent_streams: 32,
             // An apiserver's request head is a few hundred bytes; bodies are read as they come.
             http1_max_buf_size: 64 << 10,
         }
     }
+}
+
+/// Sockets one port may hold with `max_connections` open: the evicted ones still closing
+/// besides.
+pub fn max_sockets(max_connections: usize) -> usize {
+    let max = max_connections.max(1);
+    max + eviction::max_closing(max)
 }
 
 /// Address of the peer of the connection a request came on, in the request's extensions.
@@ -171,30 +193,27 @@ pub async fn serve(
     let shutdown = stop.close.clone();
     let acceptor = TlsAcceptor::from(tls);
     let builder = http_builder(&limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let open = Open::new(limits.max_connections);
     let mut connections = JoinSet::new();
     let mut warned_full: Option<tokio::time::Instant> = None;
+    let mut warn_full = |message: &str| {
+        // Once a minute at most: under a flood this is hit on every accept.
+        if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_INTERVAL) {
+            warned_full = Some(tokio::time::Instant::now());
+            tracing::warn!(
+                max = limits.max_connections,
+                "connection limit reached: {message}"
+            );
+        }
+    };
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                // Once a minute at most: under a flood this is hit on every accept.
-                if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_INTERVAL) {
-                    warned_full = Some(tokio::time::Instant::now());
-                    tracing::warn!(
-                        max = limits.max_connections,
-                        "connection limit reached: not accepting until one closes"
-                    );
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                    () = shutdown.cancelled() => break,
-                }
-            }
-        };
+        if !open.has_room() {
+            warn_full("every connection has a request in progress: not accepting until one ends");
+        }
+        tokio::select! {
+            () = open.room() => {}
+            () = shutdown.cancelled() => break,
+        }
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -207,6 +226,21 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        // The room seen before accepting may have been taken since by a request starting.
+        let admitted = loop {
+            match open.admit() {
+                Admission::Admitted(admitted) => break Some(admitted),
+                Admission::Evicted(admitted) => {
+                    warn_full("closing the connections idle longest to make room");
+                    break Some(admitted);
+                }
+                Admission::Full => tokio::select! {
+                    () = open.room() => {}
+                    () = shutdown.cancelled() => break None,
+                },
+            }
+        };
+        let Some(admitted) = admitted else { break };
         // Admission answers are small and latency-bound.
         let _ = tcp.set_nodelay(true);
         let stop = stop.clone();
@@ -217,10 +251,7 @@ pub async fn serve(
             limits,
             peer,
         };
-        connections.spawn(async move {
-            connection.serve(tcp, stop).await;
-            drop(slot);
-        });
+        connections.spawn(connection.serve(tcp, stop, admitted));
         while connections.try_join_next().is_some() {}
     }
     drop(listener);
@@ -269,7 +300,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, tcp: tokio::net::TcpStream, stop: Stop) {
+    async fn serve(self, tcp: tokio::net::TcpStream, stop: Stop, admitted: Admitted) {
         // Accepted while draining: served to the end, one request per HTTP/1.1 connection.
         let late = stop.drain.is_cancelled();
         let Self {
@@ -279,14 +310,35 @@ impl Connection {
             limits,
             peer,
         } = self;
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, error = %error, "TLS handshake failed");
-                return;
+        // Its place is given back when this returns.
+        let Admitted {
+            activity,
+            evicted,
+            place: _place,
+        } = admitted;
+        let evicted = async {
+            match evicted.await {
+                Ok(how) => how,
+                // The listener is gone: never evicted.
+                Err(_) => std::future::pending().await,
             }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
+        };
+        let mut evicted = std::pin::pin!(evicted);
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+        let stream = tokio::select! {
+            handshake = handshake => match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, error = %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            },
+            _ = evicted.as_mut() => {
+                tracing::debug!(%peer, "closing a connection still in its handshake to make room");
                 return;
             }
         };
@@ -299,7 +351,6 @@ impl Connection {
             builder = builder.http1_only();
             builder.http1().keep_alive(!late);
         }
-        let activity = Activity::new();
         let service = {
             let activity = activity.clone();
             hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -334,13 +385,28 @@ impl Connection {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
-            () = activity.idle_for(limits.idle_timeout) => {
+            () = activity.idle_for(limits.header_read_timeout, limits.idle_timeout) => {
                 tracing::debug!(%peer, "closing idle connection");
                 connection.as_mut().graceful_shutdown();
                 // Past the grace, dropping the connection closes the socket.
                 tokio::time::timeout(IDLE_CLOSE_GRACE, connection)
                     .await
                     .unwrap_or(Ok(()))
+            }
+            how = evicted.as_mut() => match how {
+                Eviction::Now => {
+                    tracing::debug!(%peer, "closing an idle connection to make room");
+                    Ok(())
+                }
+                Eviction::InOrder(closing) => {
+                    tracing::debug!(%peer, "closing an idle connection to make room, in order");
+                    connection.as_mut().graceful_shutdown();
+                    let closed = tokio::time::timeout(IDLE_CLOSE_GRACE, connection)
+                        .await
+                        .unwrap_or(Ok(()));
+                    drop(closing);
+                    closed
+                }
             }
         };
         if let Err(error) = result {
@@ -591,7 +657,33 @@ mod tests {
     async fn idle_connections_are_closed_after_the_idle_timeout() {
         let server = Server::start(None, idle_timeout(Duration::from_millis(500))).await;
 
-        // Never a request: closed after the idle time, not before.
+        // Idle after a request on a keep-alive connection: closed after the idle time, not
+        // before.
+        let mut kept = server.connect(None).await.expect("handshake");
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut head = [0u8; 12];
+        kept.read_exact(&mut head).await.expect("answer");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let waited = closed_after(&mut kept).await;
+        assert!(waited >= Duration::from_millis(400), "{waited:?}");
+
+        server.stop().await;
+    }
+
+    /// A connection that has made no request yet is held to the header read timeout, not to
+    /// the idle timeout a client that made requests keeps its connection for.
+    #[tokio::test]
+    async fn connections_without_a_request_are_closed_after_the_header_read_timeout() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        let server = Server::start(None, limits).await;
+
+        // Never a request: closed after the header read time, not before.
         let mut silent = server.connect(None).await.expect("handshake");
         let waited = closed_after(&mut silent).await;
         assert!(waited >= Duration::from_millis(400), "{waited:?}");
@@ -601,17 +693,90 @@ mod tests {
             .await
             .expect("handshake");
         assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        closed_after(&mut h2).await;
+        let waited = closed_after(&mut h2).await;
+        assert!(waited >= Duration::from_millis(400), "{waited:?}");
+        server.stop().await;
+    }
 
-        // Idle after a request on a keep-alive connection: closed too.
-        let mut kept = server.connect(None).await.expect("handshake");
-        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    /// A TCP connection that never sends a ClientHello is closed after the handshake timeout,
+    /// well within the apiserver's 5 s webhook timeout.
+    #[tokio::test]
+    async fn connections_without_a_client_hello_are_closed_after_the_handshake_timeout() {
+        let server = Server::start(None, Limits::default()).await;
+        let mut tcp = tokio::net::TcpStream::connect(server.addr)
             .await
-            .expect("write");
-        let mut head = [0u8; 12];
-        kept.read_exact(&mut head).await.expect("answer");
-        assert_eq!(&head, b"HTTP/1.1 200");
-        closed_after(&mut kept).await;
+            .expect("connect");
+        let waited = closed_after(&mut tcp).await;
+        assert!(
+            waited >= HANDSHAKE_TIMEOUT - Duration::from_millis(100),
+            "{waited:?}"
+        );
+        assert!(waited < HANDSHAKE_TIMEOUT + IDLE_CLOSE_GRACE, "{waited:?}");
+        server.stop().await;
+    }
+
+    /// Under this a caller is answered while strangers fill every place: well under the
+    /// handshake and header read timeouts that would end the strangers' connections anyway.
+    const PROMPTLY: Duration = Duration::from_secs(2);
+
+    /// Connections that complete TLS (and agree on HTTP/2) and send nothing more fill every
+    /// place: a caller's connection takes the place of the oldest and is served at once.
+    #[tokio::test]
+    async fn silent_connections_do_not_keep_callers_out() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let server = Server::start(None, limits).await;
+        let mut oldest = connect_with_alpn(server.addr, None, b"h2")
+            .await
+            .expect("handshake");
+        let _newer = connect_with_alpn(server.addr, None, b"h2")
+            .await
+            .expect("handshake");
+        for _ in 0..3 {
+            let answer = tokio::time::timeout(PROMPTLY, get_healthz(&server, None))
+                .await
+                .expect("answered promptly")
+                .expect("served");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        // The oldest was closed to make room.
+        let waited = closed_after(&mut oldest).await;
+        assert!(waited < PROMPTLY, "{waited:?}");
+
+        // HTTP/2 requests too.
+        let client = h2_client(&server).await;
+        tokio::time::timeout(PROMPTLY, h2_healthz(&client))
+            .await
+            .expect("answered promptly");
+        server.stop().await;
+    }
+
+    /// Connections that never send a ClientHello need no client certificate to fill every
+    /// place, even with a client CA: a caller's connection takes the place of the oldest.
+    #[tokio::test]
+    async fn connections_without_a_client_hello_do_not_keep_callers_out() {
+        let trusted = ClientPki::new("trusted client CA");
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let server = Server::start(Some(&trusted.ca_pem), limits).await;
+        let mut strangers = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(server.addr)
+                .await
+                .expect("connect");
+            strangers.push(tcp);
+        }
+        let answer = tokio::time::timeout(PROMPTLY, get_healthz(&server, Some(&trusted)))
+            .await
+            .expect("answered promptly")
+            .expect("served");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let waited = closed_after(&mut strangers[0]).await;
+        assert!(waited < PROMPTLY, "{waited:?}");
         server.stop().await;
     }
 
@@ -878,26 +1043,66 @@ mod tests {
         server.stop().await;
     }
 
+    /// Past the limit, accepting waits while every connection has a request in progress (none
+    /// is cut to make room), and takes the place of the first to become idle.
     #[tokio::test]
-    async fn past_the_connection_limit_accepting_waits_until_one_closes() {
+    async fn past_the_connection_limit_accepting_waits_while_every_connection_is_busy() {
         let limits = Limits {
             max_connections: 2,
             ..Limits::default()
         };
-        let server = Server::start(None, limits).await;
-        let first = server.connect(None).await.expect("handshake");
-        let _second = server.connect(None).await.expect("handshake");
-        // The kernel queues the third; the server does not take it while two are open.
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (entered, mut entered_rx) = tokio::sync::mpsc::unbounded_channel();
+        let hold = {
+            let release = release.clone();
+            // Answers once released, one request per permit.
+            move || async move {
+                let _ = entered.send(());
+                release.acquire().await.expect("open").forget();
+                "released"
+            }
+        };
+        let app = Router::new().route("/hold", get(hold));
+        let server = Server::serving(app, None, limits).await;
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let mut tls = server.connect(None).await.expect("handshake");
+            tls.write_all(b"GET /hold HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .expect("write");
+            tokio::time::timeout(DEADLINE, entered_rx.recv())
+                .await
+                .expect("in progress in time")
+                .expect("entered");
+            busy.push(tls);
+        }
+        // The kernel queues the third; the server does not take it while both are busy.
         let addr = server.addr;
         let third = tokio::spawn(async move { connect(addr, None).await.map(drop) });
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!third.is_finished(), "a third connection was served");
-        drop(first);
+
+        // One request ends: the third takes that connection's place.
+        release.add_permits(1);
+        let mut head = [0u8; 12];
+        tokio::time::timeout(DEADLINE, busy[0].read_exact(&mut head))
+            .await
+            .expect("answered in time")
+            .expect("answer");
+        assert_eq!(&head, b"HTTP/1.1 200");
         tokio::time::timeout(DEADLINE, third)
             .await
-            .expect("served once a connection closed")
+            .expect("served once a connection was idle")
             .expect("join")
             .expect("handshake");
+
+        // The request still in progress was not cut.
+        release.add_permits(1);
+        tokio::time::timeout(DEADLINE, busy[1].read_exact(&mut head))
+            .await
+            .expect("answered in time")
+            .expect("answer");
+        assert_eq!(&head, b"HTTP/1.1 200");
         server.stop().await;
     }
 }
