@@ -509,8 +509,10 @@ mod tests {
         assert_eq!(remote.state().lists, 3, "one request a page");
     }
 
-    /// `--remote-timeout` bounds each call: a remote whose pages each take most of it is read
-    /// whole, though the pages take longer than one timeout together.
+    /// `--remote-timeout` bounds each call of a remote's client, and nothing bounds a whole
+    /// read: a remote whose pages each take most of it is read whole, though they take longer
+    /// than one timeout together (status and services bounded the whole read, and showed such
+    /// a remote unreachable); a page past it still fails.
     #[tokio::test(start_paused = true)]
     async fn a_slow_remote_is_given_a_timeout_a_page() {
         let total = 2 * list::PAGE as usize + 1;
@@ -518,11 +520,16 @@ mod tests {
             remote.with_namespace(&format!("ns-{i:05}"), &[])
         });
         let timeout = crate::parse_duration(DEFAULT_REMOTE_TIMEOUT).expect("default");
+        assert_eq!(remote_options(timeout).call_deadline, Some(timeout));
+        let client = remote.client_with_deadline(timeout);
         remote.state().delay = Some(timeout.mul_f64(0.6));
         let started = tokio::time::Instant::now();
-        let namespaces = remote_namespaces(&remote.client()).await.expect("list");
+        let namespaces = remote_namespaces(&client).await.expect("list");
         assert_eq!(namespaces.len(), total);
         assert!(started.elapsed() > timeout, "{:?}", started.elapsed());
+        remote.state().delay = Some(timeout.mul_f64(1.5));
+        let late = remote_namespaces(&client).await.expect_err("a page past the timeout");
+        assert!(late.to_string().contains("timed out"), "{late}");
     }
 
     /// A server that sends an answer without end (a stand-in: no apiserver does it on demand).

@@ -79,9 +79,10 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Memory, in MiB, that the bodies of the reviews being read and handled may hold at once,
-    /// whatever the connections; a review past it is answered 503 at once (the apiserver then
-    /// fails open and the reconciler converges the remotes). At least 1: one whole review.
+    /// Memory, in MiB, that the reviews being read and handled may hold at once (their bodies,
+    /// and what they become parsed), whatever the connections; a review past it is answered 503
+    /// at once (the apiserver then fails open and the reconciler converges the remotes). At
+    /// least 17: one review of the largest body, 1 MiB, parsed.
     #[arg(long, env = "MESH_WEBHOOK_REVIEW_BODY_BUDGET_MIB", default_value_t = DEFAULT_REVIEW_BODY_BUDGET_MIB, value_name = "MIB")]
     pub review_body_budget_mib: u32,
 
@@ -270,9 +271,9 @@ impl Args {
             "--concurrent-syncs must be at least 1"
         );
         anyhow::ensure!(
-            self.review_body_budget() >= http::BODY_LIMIT,
+            self.review_body_budget() >= http::REVIEW_MEMORY_LIMIT,
             "--review-body-budget-mib must be at least {}: the budget must hold one whole review",
-            http::BODY_LIMIT.div_ceil(1 << 20)
+            http::REVIEW_MEMORY_LIMIT.div_ceil(1 << 20)
         );
         anyhow::ensure!(
             self.client_allowed_names
@@ -748,8 +749,8 @@ mod tests {
             "--concurrent-syncs must be at least 1"
         );
         assert_eq!(
-            refusal("--review-body-budget-mib", "0"),
-            "--review-body-budget-mib must be at least 1: the budget must hold one whole review"
+            refusal("--review-body-budget-mib", "16"),
+            "--review-body-budget-mib must be at least 17: the budget must hold one whole review"
         );
     }
 
@@ -762,9 +763,9 @@ mod tests {
                 &format!("--review-body-budget-mib={value}"),
             ])
         };
-        let args = parse("1").expect("parse");
+        let args = parse("17").expect("parse");
         args.check().expect("one whole review is enough");
-        assert_eq!(args.review_body_budget(), http::BODY_LIMIT);
+        assert_eq!(args.review_body_budget(), http::REVIEW_MEMORY_LIMIT);
         let args = parse("256").expect("parse");
         args.check().expect("accepted");
         assert_eq!(args.review_body_budget(), 256 << 20);

@@ -428,6 +428,11 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
     assert!(!stderr.contains("sync rule"), "{stderr}");
 
     // With an external webhook, the warning says how to restart it.
+    let policies = Api::<NetworkPolicy>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
+    assert!(
+        policies.get_opt("mesh-webhook").await?.is_some(),
+        "the in-cluster webhook's pods have a NetworkPolicy"
+    );
     let url = "https://127.0.0.1:9443/mutate";
     install(&env, &["--webhook-url", url, "--managed-labels", ZONE]).await?;
     let stderr = install(&env, &["--webhook-url", url]).await?;
@@ -447,7 +452,6 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
         url_rule.webhook_env, None,
         "URL mode removes the Deployment"
     );
-    let policies = Api::<NetworkPolicy>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
     assert!(
         policies.get_opt("mesh-webhook").await?.is_none(),
         "and the NetworkPolicy of its pods"

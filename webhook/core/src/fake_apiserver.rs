@@ -123,8 +123,31 @@ impl FakeApiserver {
     }
 
     pub fn client(&self) -> Client {
-        let this = self.clone();
-        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        Client::new(self.clone().service(), "default")
+    }
+
+    /// A client whose every call is bounded by `deadline`, its answer included, as a remote's
+    /// client is ([`crate::call_limits`]).
+    pub fn client_with_deadline(&self, deadline: std::time::Duration) -> Client {
+        let limits = crate::call_limits::CallLimitsLayer::new(Some(deadline), None);
+        Client::new(
+            tower::Layer::layer(&limits, self.clone().service()),
+            "default",
+        )
+    }
+
+    fn service(
+        self,
+    ) -> impl tower::Service<
+        Request<kube::client::Body>,
+        Response = Response<Full<Bytes>>,
+        Error = io::Error,
+        Future = impl Future<Output = Result<Response<Full<Bytes>>, io::Error>> + Send,
+    > + Send
+    + Clone
+    + 'static {
+        let this = self;
+        tower::service_fn(move |req: Request<kube::client::Body>| {
             let this = this.clone();
             async move {
                 let (parts, body) = req.into_parts();
@@ -162,8 +185,7 @@ impl FakeApiserver {
                 let (code, value) = this.handle(&parts.method, parts.uri.path(), query, &body);
                 Ok(json_response(code, &value))
             }
-        });
-        Client::new(service, "default")
+        })
     }
 
     /// Changes namespace `name` as a writer other than the tested code would: `edit` gets its
