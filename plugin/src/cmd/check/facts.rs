@@ -82,14 +82,20 @@ pub enum Probe {
     BuildFailed(String),
     /// The request got no answer.
     SendFailed(kube::Error),
-    /// The apiserver refused the change.
+    /// The apiserver refused the change: the caller may not patch namespaces, or admission
+    /// (the webhook, or a validation after it) rejected it.
     Refused {
         /// The namespace probed.
         namespace: String,
         /// The HTTP status, as `403 Forbidden`.
         status: String,
+        /// The reason of the apiserver's Status, as `Forbidden` (empty without one).
+        reason: String,
         /// The apiserver's message (else the body).
         message: String,
+        /// The admission warnings returned with the refusal: a webhook that answered before
+        /// a later step refused leaves its warning there.
+        warnings: Vec<String>,
     },
     /// The apiserver accepted the change.
     Accepted {
@@ -221,13 +227,15 @@ async fn probe(client: &Client, rule: &SyncRule) -> Probe {
         .collect_bytes()
         .await
         .unwrap_or_default();
-    let message = serde_json::from_slice::<kube::core::Status>(&body)
-        .map(|s| s.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+    let (reason, message) = serde_json::from_slice::<kube::core::Status>(&body)
+        .map(|s| (s.reason, s.message))
+        .unwrap_or_else(|_| (String::new(), String::from_utf8_lossy(&body).into_owned()));
     Probe::Refused {
         namespace,
         status: status.to_string(),
+        reason,
         message,
+        warnings,
     }
 }
 

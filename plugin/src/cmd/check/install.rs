@@ -16,6 +16,7 @@ use super::facts::{Fetched, InstallFacts, Probe};
 use super::report::{CheckResult, Section};
 use crate::credentials::{CertInfo, certificates};
 use crate::{age, installed_rule, render};
+use mesh_core::printable::one_line;
 
 /// Prefix of every warning the webhook returns.
 const WEBHOOK_WARNING_PREFIX: &str = "kubectl-mesh:";
@@ -381,10 +382,43 @@ fn probe_result(target: &str, probe: &Probe) -> CheckResult {
             "this is a bug in kubectl-mesh; please report it",
         ),
         Probe::SendFailed(e) => CheckResult::kube_failure(what, "the dry-run probe failed", e),
+        // The webhook answered, and a later step (a ValidatingAdmissionPolicy, another
+        // webhook) refused the change: the webhook is not at fault.
         Probe::Refused {
             namespace,
             status,
             message,
+            warnings,
+            ..
+        } if has_webhook_warning(warnings) => CheckResult::ok(
+            what,
+            Some(format!(
+                "dry-run probe on namespace {namespace}, refused after the webhook answered                  ({status}): {}",
+                one_line(message)
+            )),
+        ),
+        // Authorization comes before admission: the webhook was never called.
+        Probe::Refused {
+            namespace,
+            status,
+            reason,
+            message,
+            ..
+        } if refused_by_authorization(reason, message) => CheckResult::warning(
+            what,
+            format!(
+                "cannot verify it: you may not patch namespaces, which its probe (a dry-run \
+                 label change on namespace {namespace}) needs ({status}): {}",
+                one_line(message)
+            ),
+            "run `kubectl mesh check` as a user who may patch namespaces (the probe is a \
+             server-side dry run: nothing is changed), or ask for that right",
+        ),
+        Probe::Refused {
+            namespace,
+            status,
+            message,
+            ..
         } => CheckResult::error(
             what,
             format!("a dry-run label change on namespace {namespace} failed ({status}): {message}"),
@@ -393,7 +427,7 @@ fn probe_result(target: &str, probe: &Probe) -> CheckResult {
         Probe::Accepted {
             namespace,
             warnings,
-        } if warnings.iter().any(|w| w.contains(WEBHOOK_WARNING_PREFIX)) => CheckResult::ok(
+        } if has_webhook_warning(warnings) => CheckResult::ok(
             what,
             Some(format!("dry-run probe on namespace {namespace}")),
         ),
@@ -409,10 +443,30 @@ fn probe_result(target: &str, probe: &Probe) -> CheckResult {
     }
 }
 
-/// Whether the webhook answered the dry-run probe (its warning is the proof).
+/// Whether the webhook answered the dry-run probe (its warning is the proof), whether the
+/// change then went through or a later admission step refused it.
 fn webhook_answered(probe: &Probe) -> bool {
-    matches!(probe, Probe::Accepted { warnings, .. }
-        if warnings.iter().any(|w| w.contains(WEBHOOK_WARNING_PREFIX)))
+    match probe {
+        Probe::Accepted { warnings, .. } | Probe::Refused { warnings, .. } => {
+            has_webhook_warning(warnings)
+        }
+        _ => false,
+    }
+}
+
+/// Whether admission warnings hold the webhook's own.
+fn has_webhook_warning(warnings: &[String]) -> bool {
+    warnings.iter().any(|w| w.contains(WEBHOOK_WARNING_PREFIX))
+}
+
+/// Whether a refusal of the probe is the authorizer's (the caller may not patch namespaces),
+/// not an admission step's: RBAC says `namespaces "x" is forbidden: User "u" cannot patch
+/// resource "namespaces" ...`, where a ValidatingAdmissionPolicy or a webhook that denies
+/// names itself after `is forbidden:`.
+fn refused_by_authorization(reason: &str, message: &str) -> bool {
+    reason == "Forbidden"
+        && message.contains("is forbidden: User \"")
+        && message.contains(" cannot patch resource \"namespaces\"")
 }
 
 /// Certificates expiring within 30 days are worth a look; expired or unreadable, broken.
@@ -540,16 +594,100 @@ mod tests {
         );
         let refused = probe_result(
             "https://w",
-            &Probe::Refused {
-                namespace: "default".into(),
-                status: "403 Forbidden".into(),
-                message: "denied".into(),
-            },
+            &refused("403 Forbidden", "Forbidden", "denied", &[]),
         );
         assert_eq!(
             refused.detail.as_deref(),
             Some("a dry-run label change on namespace default failed (403 Forbidden): denied")
         );
+    }
+
+    fn refused(status: &str, reason: &str, message: &str, warnings: &[&str]) -> Probe {
+        Probe::Refused {
+            namespace: "default".into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            warnings: warnings.iter().map(|w| (*w).to_owned()).collect(),
+        }
+    }
+
+    const ANSWER: &str = "299 - \"kubectl-mesh: dry run; remote clusters not changed\"";
+
+    #[test]
+    fn a_refusal_after_the_webhook_answered_is_an_answer() {
+        // A ValidatingAdmissionPolicy that allows only known istio.io/rev values rejects the
+        // probe's value after the mutating webhook answered, with 422 or 403.
+        for (status, reason, message) in [
+            (
+                "422 Unprocessable Entity",
+                "Invalid",
+                "namespaces \"default\" is invalid: : ValidatingAdmissionPolicy 'known-revs' \
+                 with binding 'known-revs' denied request: unknown revision",
+            ),
+            (
+                "403 Forbidden",
+                "Forbidden",
+                "namespaces \"default\" is forbidden: ValidatingAdmissionPolicy 'known-revs' \
+                 with binding 'known-revs' denied request: unknown revision",
+            ),
+        ] {
+            let probe = refused(status, reason, message, &[ANSWER]);
+            let result = probe_result("https://w", &probe);
+            assert_eq!(result.result, Outcome::Ok, "{result:?}");
+            assert!(
+                result.detail.as_deref().unwrap().contains(status),
+                "{result:?}"
+            );
+            assert!(webhook_answered(&probe), "{probe:?}");
+            // So the webhook's callers are judged too.
+            let unknown = caller_auth::Probe::Unknown("unreachable from here".into());
+            assert!(
+                caller_auth::judge_probe("https://w", &unknown, webhook_answered(&probe)).is_some()
+            );
+        }
+        // Without the webhook's warning, the same refusal says nothing of the webhook.
+        let silent = refused(
+            "422 Unprocessable Entity",
+            "Invalid",
+            "denied",
+            &["299 - \"x\""],
+        );
+        assert_eq!(probe_result("https://w", &silent).result, Outcome::Error);
+        assert!(!webhook_answered(&silent));
+    }
+
+    #[test]
+    fn a_caller_without_patch_on_namespaces_cannot_verify_the_webhook() {
+        let rbac = refused(
+            "403 Forbidden",
+            "Forbidden",
+            "namespaces \"default\" is forbidden: User \"dev\" cannot patch resource \
+             \"namespaces\" in API group \"\" at the cluster scope",
+            &[],
+        );
+        let result = probe_result("https://w", &rbac);
+        assert_eq!(result.result, Outcome::Warning, "{result:?}");
+        let detail = result.detail.as_deref().unwrap();
+        assert!(
+            detail.starts_with("cannot verify it: you may not patch namespaces"),
+            "{detail}"
+        );
+        assert!(
+            result.hint_mentions("who may patch namespaces"),
+            "{result:?}"
+        );
+        assert!(!result.hint_mentions("logs"), "{result:?}");
+        assert!(!webhook_answered(&rbac));
+        // A policy's 403 is admission's, not the caller's rights.
+        let policy = refused(
+            "403 Forbidden",
+            "Forbidden",
+            "namespaces \"default\" is forbidden: ValidatingAdmissionPolicy 'p' with binding \
+             'b' denied request: User \"dev\" cannot patch resource \"namespaces\"",
+            &[],
+        );
+        assert_eq!(probe_result("https://w", &policy).result, Outcome::Error);
     }
 
     #[test]
