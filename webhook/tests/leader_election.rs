@@ -1,10 +1,13 @@
 //! The election against a real apiserver, one candidate reaching it through a proxy the test
 //! freezes (the harness's stand-in for a partition of one client; see `mesh_testenv::proxy`):
 //! a leader whose renewals hang ends its term by the renew deadline, its token cancelled,
-//! before a candidate on a healthy connection may take the Lease; reconnected, it follows.
+//! before a candidate on a healthy connection may take the Lease; reconnected, it follows. A
+//! Lease deleted from outside ends the term and is not taken again for a lease duration.
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, api::DeleteParams};
 use mesh_testenv::{Options, TestEnv, client_from, proxy::Proxy};
 use mesh_webhook::leader::{self, Leadership, LeaseSettings, LeaseTiming};
 use tokio_util::sync::CancellationToken;
@@ -97,5 +100,46 @@ async fn a_term_ends_at_the_renew_deadline_while_renewals_hang() -> anyhow::Resu
         assert!(!second_term.is_cancelled(), "the new leader stepped down");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// A Lease deleted from outside (`kubectl delete lease`) says nothing of whether its holder's
+/// term has ended: the leader steps down, and no replica that saw the Lease creates it again
+/// before a whole lease duration after it went missing.
+#[tokio::test]
+async fn a_deleted_lease_ends_the_term_and_is_taken_only_a_lease_duration_later()
+-> anyhow::Result<()> {
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
+    let client = env.primary().client().await?;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let (mut first, _) = leader::spawn(client.clone(), settings("first"), shutdown.clone());
+    let first_term = term(&mut first, Duration::from_secs(30)).await?;
+    let (mut second, _) = leader::spawn(client.clone(), settings("second"), shutdown.clone());
+    // The second follows: it has seen the Lease.
+    let leases: Api<Lease> = Api::namespaced(client, "default");
+    let followed = Instant::now();
+    while followed.elapsed() < TIMING.lease_duration {
+        assert!(second.borrow().is_none(), "two leaders");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    leases
+        .delete("election-test", &DeleteParams::default())
+        .await?;
+    let deleted_at = Instant::now();
+    tokio::time::timeout(TIMING.lease_duration, first_term.cancelled())
+        .await
+        .map_err(|_| anyhow::anyhow!("the leader still leads its deleted Lease"))?;
+    let next = tokio::select! {
+        term = term(&mut first, Duration::from_secs(30)) => term?,
+        term = term(&mut second, Duration::from_secs(30)) => term?,
+    };
+    assert!(
+        deleted_at.elapsed() >= TIMING.lease_duration,
+        "led again {:?} after the Lease was deleted",
+        deleted_at.elapsed()
+    );
+    assert!(!next.is_cancelled());
     Ok(())
 }
