@@ -18,6 +18,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     Api, Client, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{WatchStreamExt as _, watcher},
 };
 use mesh_core::{
@@ -34,6 +35,7 @@ use tokio::task::JoinHandle;
 use crate::cmd::list::expiry_of;
 use crate::cmd::services::{self, ClusterFacts, Names, Records, wire};
 use crate::credentials::TokenExpiry;
+use crate::remote_setup::view_secret_name;
 use crate::view;
 
 use super::reduce::{Change, EventKey, NsFacts, Relist, reduce_event, reduce_namespace};
@@ -56,6 +58,15 @@ const WATCH_CLIENT: RemoteOptions = RemoteOptions {
     call_deadline: None,
     max_answer_line: mesh_core::call_limits::DEFAULT_MAX_ANSWER_LINE,
 };
+
+/// A remote client that cannot be built (its Secret missing or unusable) is tried again after
+/// [`RETRY_FIRST`], then twice as long each time, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How long the MeshClusters wait for the Secrets' first list (or its failure) at start, so
+/// that a remote is not built before the version of its Secret is known, then again.
+const SECRETS_LISTED_WITHIN: Duration = Duration::from_secs(10);
 
 /// Objects per page of a watch's list: a page is held whole while it is read, and a dozen
 /// watches list at once.
@@ -99,7 +110,12 @@ pub(super) struct Live {
     pub(super) primary_facts: ClusterFacts,
     pub(super) primary_error: Option<String>,
     pub(super) clusters: BTreeMap<String, MeshCluster>,
+    /// The version of every Secret in the mesh namespace (metadata only): a remote's tasks are
+    /// built again when its Secret changes.
+    pub(super) secrets: BTreeMap<String, SecretVersion>,
     pub(super) remotes: BTreeMap<String, RemoteLive>,
+    /// The last [`RemoteLive::epoch`] given.
+    epochs: u64,
     pub(super) events: Records<EventKey, EventRow>,
 }
 
@@ -118,7 +134,9 @@ impl Live {
             },
             primary_error: None,
             clusters: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             remotes: BTreeMap::new(),
+            epochs: 0,
             events: Records::default(),
         }
     }
@@ -130,11 +148,105 @@ pub(super) struct RemoteLive {
     /// `None` until first asked; then whether it answered, or why not.
     pub(super) probe: Option<Result<(), String>>,
     pub(super) namespaces: Option<Records<String, NsFacts>>,
+    /// Why its namespace watch fails now; its namespaces, if any, are what it was.
     pub(super) namespaces_error: Option<String>,
     pub(super) view: ViewState,
+    /// Why a watch of its workloads fails now, by the kind it watches.
+    pub(super) view_errors: BTreeMap<String, String>,
     pub(super) facts: ClusterFacts,
     pub(super) expiry: Option<TokenExpiry>,
+    /// What its tasks were built from.
+    pub(super) built: Built,
+    /// Which build of its tasks may write here: a task of an earlier one, replaced, may not.
+    pub(super) epoch: u64,
     pub(super) tasks: Vec<JoinHandle<()>>,
+}
+
+impl RemoteLive {
+    /// Why its workloads, read with view credentials, are not current: a watch failing.
+    pub(super) fn view_error(&self) -> Option<&str> {
+        self.view_errors.values().next().map(String::as_str)
+    }
+}
+
+/// A Secret's version, as its metadata says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct SecretVersion {
+    pub(super) uid: Option<String>,
+    pub(super) resource_version: Option<String>,
+}
+
+impl SecretVersion {
+    fn of(meta: &kube::core::ObjectMeta) -> Self {
+        Self {
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+        }
+    }
+}
+
+/// What a remote's tasks are built from: its MeshCluster's spec (uid and generation) and the
+/// versions of the Secrets its clients are made of (the stored one, `spec.secretName`, and
+/// the view one); `None` for a Secret not there (or not known).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Built {
+    pub(super) cluster_uid: Option<String>,
+    pub(super) generation: Option<i64>,
+    pub(super) secret: Option<SecretVersion>,
+    pub(super) view_secret: Option<SecretVersion>,
+}
+
+impl Built {
+    pub(super) fn of(cluster: &MeshCluster, secrets: &BTreeMap<String, SecretVersion>) -> Self {
+        Self {
+            cluster_uid: cluster.metadata.uid.clone(),
+            generation: cluster.metadata.generation,
+            secret: secrets.get(&cluster.spec.secret_name).cloned(),
+            view_secret: secrets.get(&view_secret_name(&cluster.name_any())).cloned(),
+        }
+    }
+
+    /// Whether it is the same cluster as `other`, spec and all (its Secrets aside).
+    fn same_cluster(&self, other: &Self) -> bool {
+        self.cluster_uid == other.cluster_uid && self.generation == other.generation
+    }
+}
+
+/// Whether a remote whose tasks were built from `old` (`None`: none were) must have them built
+/// again for `new`: a Secret rotated in place (a new token, the old one revoked) keeps its name
+/// but not its resourceVersion, and a watch keeps the client it started with for ever.
+pub(super) fn must_rebuild(old: Option<&Built>, new: &Built) -> bool {
+    old != Some(new)
+}
+
+/// How long to wait before building a client again after `failures` failures in a row.
+pub(super) fn retry_after(failures: u32) -> Duration {
+    RETRY_FIRST
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(RETRY_MAX)
+}
+
+/// A remote, as one build of its tasks knows it.
+#[derive(Clone, Debug)]
+struct Which {
+    name: String,
+    epoch: u64,
+}
+
+impl Live {
+    /// The remote `which` names, unless its tasks were built again since.
+    fn remote(&mut self, which: &Which) -> Option<&mut RemoteLive> {
+        remote_of(&mut self.remotes, which)
+    }
+}
+
+fn remote_of<'a>(
+    remotes: &'a mut BTreeMap<String, RemoteLive>,
+    which: &Which,
+) -> Option<&'a mut RemoteLive> {
+    remotes
+        .get_mut(&which.name)
+        .filter(|r| r.epoch == which.epoch)
 }
 
 impl Drop for RemoteLive {
@@ -194,24 +306,12 @@ async fn follow<K>(
     }
 }
 
-/// The facts of the primary (`None`) or of the remote `which`.
-fn facts_of<'a>(
-    primary: &'a mut ClusterFacts,
-    remotes: &'a mut BTreeMap<String, RemoteLive>,
-    which: Option<&str>,
-) -> Option<&'a mut ClusterFacts> {
-    match which {
-        None => Some(primary),
-        Some(name) => remotes.get_mut(name).map(|r| &mut r.facts),
-    }
-}
-
 /// Watches the services, EndpointSlices and pods of one cluster, the primary (`which`
 /// `None`) or a remote, into its facts in the live state.
 fn watch_workloads(
     client: &Client,
     shared: &Arc<Shared>,
-    which: Option<String>,
+    which: Option<Which>,
 ) -> Vec<JoinHandle<()>> {
     vec![
         watch_records(
@@ -243,7 +343,7 @@ fn watch_workloads(
 fn watch_records<K, Q, V>(
     client: &Client,
     shared: &Arc<Shared>,
-    which: Option<String>,
+    which: Option<Which>,
     records: fn(&mut ClusterFacts) -> &mut Records<Q, V>,
     extract: fn(&mut Names, &K) -> Option<(Q, V)>,
 ) -> JoinHandle<()>
@@ -261,17 +361,19 @@ where
 
 /// Watches every `K` of one cluster: `on` gets the names every record points into, the facts
 /// of the cluster `which` (the primary when `None`) and each change; nothing once a remote is
-/// gone.
+/// gone or its tasks were built again. A remote's watch that fails is recorded in its
+/// [`RemoteLive::view_errors`] until it lists again.
 fn watch_facts<K>(
     client: &Client,
     shared: &Arc<Shared>,
-    which: Option<String>,
+    which: Option<Which>,
     mut on: impl FnMut(&mut Names, &mut ClusterFacts, Change<K>) + Send + 'static,
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K::DynamicType: Default,
 {
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
     tokio::spawn(follow(
         Api::<K>::all(client.clone()),
         remote::watch_config().page_size(LIST_PAGE),
@@ -283,9 +385,21 @@ where
                 remotes,
                 ..
             } = live;
-            if let Some(facts) = facts_of(primary_facts, remotes, which.as_deref()) {
-                on(names, facts, change);
-            }
+            let facts = match &which {
+                None => primary_facts,
+                Some(which) => {
+                    let Some(r) = remote_of(remotes, which) else {
+                        return;
+                    };
+                    if let Change::Failed(e) = &change {
+                        r.view_errors.insert(kind.clone(), e.clone());
+                    } else if !r.view_errors.is_empty() {
+                        r.view_errors.remove(&kind);
+                    }
+                    &mut r.facts
+                }
+            };
+            on(names, facts, change);
         },
     ))
 }
@@ -363,6 +477,54 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
         },
     ));
 
+    // The versions of the Secrets in the mesh namespace (metadata only, never their data):
+    // a remote's watches keep the client they started with, so a Secret replaced under them
+    // (rotate, a renewed token) has them built again.
+    let (secrets_listed, listed_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut secrets_listed = Some(secrets_listed);
+    let (client, remotes_shared) = (primary.clone(), shared.clone());
+    let mut listed: Option<BTreeMap<String, SecretVersion>> = None;
+    tokio::spawn(follow(
+        Api::<PartialObjectMeta<Secret>>::namespaced(primary.clone(), MESH_NAMESPACE),
+        watcher::Config::default(),
+        shared.clone(),
+        move |live, change: Change<PartialObjectMeta<Secret>>| {
+            match change {
+                Change::Restart => listed = Some(BTreeMap::new()),
+                Change::Apply(secret) => {
+                    let version = SecretVersion::of(&secret.metadata);
+                    let name = secret.name_any();
+                    match &mut listed {
+                        // Changed while listed: the whole list is applied at its end.
+                        Some(listed) => drop(listed.insert(name, version)),
+                        None => drop(live.secrets.insert(name, version)),
+                    }
+                }
+                Change::Delete(secret) => drop(live.secrets.remove(&secret.name_any())),
+                Change::Listed => {
+                    if let Some(listed) = listed.take() {
+                        live.secrets = listed;
+                    }
+                    if let Some(tx) = secrets_listed.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                // Not readable (no right to list them): remotes are built all the same, and
+                // again only when their MeshCluster changes.
+                Change::Failed(_) => {
+                    if let Some(tx) = secrets_listed.take() {
+                        let _ = tx.send(());
+                    }
+                    return;
+                }
+            }
+            if listed.is_none() {
+                reconcile_all(live, &client, &remotes_shared);
+            }
+        },
+    ));
+    let _ = tokio::time::timeout(SECRETS_LISTED_WITHIN, listed_rx).await;
+
     // MeshClusters: their status, and the watches of each remote while it is attached.
     let clusters_shared = shared.clone();
     let client = primary.clone();
@@ -380,17 +542,8 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
                 if let Some(listed) = &mut listed {
                     listed.insert(name.clone());
                 }
-                let credentials_changed = live
-                    .clusters
-                    .get(&name)
-                    .is_none_or(|old| old.spec.secret_name != cluster.spec.secret_name);
-                if credentials_changed || !live.remotes.contains_key(&name) {
-                    let tasks = watch_remote(&client, &clusters_shared, &cluster);
-                    let mut remote = RemoteLive::default();
-                    remote.tasks = tasks;
-                    live.remotes.insert(name.clone(), remote);
-                }
-                live.clusters.insert(name, cluster);
+                live.clusters.insert(name.clone(), cluster);
+                reconcile(live, &client, &clusters_shared, &name);
             }
             Change::Delete(cluster) => {
                 live.matrix = None;
@@ -430,14 +583,56 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     feed
 }
 
+/// [`reconcile`] of every MeshCluster.
+fn reconcile_all(live: &mut Live, primary: &Client, shared: &Arc<Shared>) {
+    let names: Vec<String> = live.clusters.keys().cloned().collect();
+    for name in &names {
+        reconcile(live, primary, shared, name);
+    }
+}
+
+/// Builds the tasks of the remote `name` (again) unless they were built from its MeshCluster
+/// and Secrets as they are now ([`must_rebuild`]). What was read of it is kept while the new
+/// tasks list it again, unless the MeshCluster itself changed.
+fn reconcile(live: &mut Live, primary: &Client, shared: &Arc<Shared>, name: &str) {
+    let Some(cluster) = live.clusters.get(name) else {
+        return;
+    };
+    let wanted = Built::of(cluster, &live.secrets);
+    let old = live.remotes.get(name).map(|r| &r.built);
+    if !must_rebuild(old, &wanted) {
+        return;
+    }
+    let same_cluster = old.is_some_and(|old| old.same_cluster(&wanted));
+    live.epochs += 1;
+    let which = Which {
+        name: name.to_owned(),
+        epoch: live.epochs,
+    };
+    let tasks = watch_remote(primary, shared, cluster, &which);
+    live.matrix = None;
+    let remote = live.remotes.entry(name.to_owned()).or_default();
+    if !same_cluster {
+        // Dropping it ends its tasks.
+        *remote = RemoteLive::default();
+    }
+    for task in remote.tasks.drain(..) {
+        task.abort();
+    }
+    remote.tasks = tasks;
+    remote.built = wanted;
+    remote.epoch = which.epoch;
+}
+
 /// The tasks that follow one remote: its reachability, the expiry of its stored token, its
 /// namespaces, and, with view credentials, its workloads.
 fn watch_remote(
     primary: &Client,
     shared: &Arc<Shared>,
     cluster: &MeshCluster,
+    which: &Which,
 ) -> Vec<JoinHandle<()>> {
-    let name = cluster.name_any();
+    let name = which.clone();
     let mut tasks = Vec::new();
 
     // Whether it answers now: a watch on a frozen server would wait for ever.
@@ -461,7 +656,7 @@ fn watch_remote(
                 let secret = secrets.get_opt(&c.spec.secret_name).await.ok().flatten();
                 let expiry = expiry_of(secret.as_ref());
                 s.update(|live| {
-                    if let Some(r) = live.remotes.get_mut(&n) {
+                    if let Some(r) = live.remote(&n) {
                         r.expiry = Some(expiry);
                     }
                 });
@@ -482,7 +677,7 @@ fn watch_remote(
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())));
             s.update(|live| {
-                if let Some(r) = live.remotes.get_mut(&n) {
+                if let Some(r) = live.remote(&n) {
                     let probe = Some(probe);
                     if r.probe != probe {
                         r.probe = probe;
@@ -494,44 +689,53 @@ fn watch_remote(
         }
     }));
 
-    // Its namespaces, with the stored credentials, and its workloads with the view ones.
-    let (p, s, c, n) = (primary.clone(), shared.clone(), cluster.clone(), name);
+    // Its workloads, with the view credentials.
+    let (p, s, c, n) = (
+        primary.clone(),
+        shared.clone(),
+        cluster.clone(),
+        name.clone(),
+    );
     tasks.push(tokio::spawn(async move {
-        let workloads = {
-            let (p, s, c, n) = (p.clone(), s.clone(), c.clone(), n.clone());
-            async move {
-                let state = match view::credentials_with(&p, &c, &WATCH_CLIENT).await {
-                    view::Credentials::None => ViewState::NoCredentials,
-                    view::Credentials::Unusable { error, .. } => ViewState::Failed(error),
-                    view::Credentials::Found { source, client } => {
-                        let tasks = watch_workloads(&client, &s, Some(n.clone()));
-                        s.update(|live| match live.remotes.get_mut(&n) {
-                            Some(r) => r.tasks.extend(tasks),
-                            // Detached meanwhile: nothing to watch.
-                            None => tasks.iter().for_each(JoinHandle::abort),
-                        });
-                        ViewState::Read(source)
-                    }
-                };
-                s.update(|live| {
-                    if let Some(r) = live.remotes.get_mut(&n) {
-                        r.view = state;
-                    }
+        let state = match view::credentials_with(&p, &c, &WATCH_CLIENT).await {
+            view::Credentials::None => ViewState::NoCredentials,
+            view::Credentials::Unusable { error, .. } => ViewState::Failed(error),
+            view::Credentials::Found { source, client } => {
+                let tasks = watch_workloads(&client, &s, Some(n.clone()));
+                s.update(|live| match live.remote(&n) {
+                    Some(r) => r.tasks.extend(tasks),
+                    // Detached or built again meanwhile: nothing to watch.
+                    None => tasks.iter().for_each(JoinHandle::abort),
                 });
+                ViewState::Read(source)
             }
         };
-        tokio::spawn(workloads);
-        let client = match remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &WATCH_CLIENT).await {
-            Ok(client) => client,
-            Err(e) => {
-                let error = failure::error_chain(&e);
-                s.update(|live| {
-                    if let Some(r) = live.remotes.get_mut(&n) {
-                        r.namespaces_error = Some(error);
-                    }
-                    live.matrix = None;
-                });
-                return;
+        s.update(|live| {
+            if let Some(r) = live.remote(&n) {
+                r.view = state;
+            }
+        });
+    }));
+
+    // Its namespaces, with the stored credentials; a client that cannot be built (the Secret
+    // missing or unusable) is tried again, less and less often.
+    let (p, s, c, n) = (primary.clone(), shared.clone(), cluster.clone(), name);
+    tasks.push(tokio::spawn(async move {
+        let mut failures = 0;
+        let client = loop {
+            match remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &WATCH_CLIENT).await {
+                Ok(client) => break client,
+                Err(e) => {
+                    let error = failure::error_chain(&e);
+                    s.update(|live| {
+                        if let Some(r) = live.remote(&n) {
+                            r.namespaces_error = Some(error);
+                        }
+                        live.matrix = None;
+                    });
+                    failures += 1;
+                    tokio::time::sleep(retry_after(failures)).await;
+                }
             }
         };
         let mut relist = Relist::default();
@@ -541,7 +745,7 @@ fn watch_remote(
             s.clone(),
             move |live, change| {
                 live.matrix = None;
-                let Some(r) = live.remotes.get_mut(&n) else {
+                let Some(r) = live.remote(&n) else {
                     return;
                 };
                 if let Change::Failed(e) = &change {
@@ -556,4 +760,80 @@ fn watch_remote(
         .await;
     }));
     tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh_state::fixtures::cluster;
+
+    fn version(uid: &str, resource_version: &str) -> SecretVersion {
+        SecretVersion {
+            uid: Some(uid.to_owned()),
+            resource_version: Some(resource_version.to_owned()),
+        }
+    }
+
+    /// A MeshCluster `east` of this generation, and the Secrets of the mesh namespace.
+    fn built(generation: i64, secrets: &[(&str, SecretVersion)]) -> Built {
+        let mut east = cluster("east", "https://10.0.0.1:6443", "2026-12-01T00:00:00Z");
+        east.metadata.uid = Some("east-uid".to_owned());
+        east.metadata.generation = Some(generation);
+        let secrets = secrets
+            .iter()
+            .map(|(name, v)| ((*name).to_owned(), v.clone()))
+            .collect();
+        Built::of(&east, &secrets)
+    }
+
+    #[test]
+    fn a_remote_is_built_again_when_its_secret_or_its_cluster_changes() {
+        let stored = [("cluster-east", version("s-1", "100"))];
+        let now = built(1, &stored);
+        assert!(must_rebuild(None, &now), "never built");
+        assert!(
+            !must_rebuild(Some(&now), &built(1, &stored)),
+            "nothing changed"
+        );
+        // Another cluster's Secret, or one it does not use, changed: nothing to do.
+        let others = [stored[0].clone(), ("cluster-west", version("w-1", "105"))];
+        assert!(!must_rebuild(Some(&now), &built(1, &others)));
+        // `kubectl mesh rotate east`: the same Secret, a new token, a new resourceVersion.
+        let rotated = built(1, &[("cluster-east", version("s-1", "101"))]);
+        assert!(must_rebuild(Some(&now), &rotated));
+        // Deleted and created again (even at an equal version), or deleted.
+        assert!(must_rebuild(
+            Some(&now),
+            &built(1, &[("cluster-east", version("s-2", "100"))])
+        ));
+        assert!(must_rebuild(Some(&now), &built(1, &[])));
+        // Created after the remote was built without it (missing at start).
+        assert!(must_rebuild(Some(&built(1, &[])), &now));
+        // The MeshCluster's spec changed (server, CA, Secret name: a new generation).
+        assert!(must_rebuild(Some(&now), &built(2, &stored)));
+        // Its view Secret created or rotated.
+        let viewed = [
+            stored[0].clone(),
+            ("cluster-east-view", version("v-1", "102")),
+        ];
+        assert!(must_rebuild(Some(&now), &built(1, &viewed)));
+        let view_rotated = [
+            stored[0].clone(),
+            ("cluster-east-view", version("v-1", "103")),
+        ];
+        assert!(must_rebuild(
+            Some(&built(1, &viewed)),
+            &built(1, &view_rotated)
+        ));
+        // What was read of it is kept over a rotation, not over a change of its cluster.
+        assert!(now.same_cluster(&rotated));
+        assert!(!now.same_cluster(&built(2, &stored)));
+    }
+
+    #[test]
+    fn a_client_that_cannot_be_built_is_tried_again_less_and_less_often() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(retry_after(u32::MAX), RETRY_MAX);
+    }
 }

@@ -16,7 +16,7 @@ use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
 use crate::credentials::TokenExpiry;
 use crate::view;
 
-use super::live::{EventRow, Live, MAX_EVENTS, ViewState};
+use super::live::{EventRow, Live, MAX_EVENTS, RemoteLive, ViewState};
 use super::reduce::NsFacts;
 
 /// Service rows each snapshot carries: the first ones, as the page shows them unfiltered.
@@ -139,7 +139,13 @@ impl Live {
                         ("none".to_owned(), Some(view::enable_command(&name)))
                     }
                     Some(ViewState::Failed(e)) => ("failed".to_owned(), Some(e.clone())),
-                    Some(ViewState::Read(source)) => (source.to_string(), None),
+                    // Read, until a watch of its workloads fails.
+                    Some(ViewState::Read(source)) => {
+                        match remote.and_then(RemoteLive::view_error) {
+                            Some(e) => ("failed".to_owned(), Some(e.to_owned())),
+                            None => (source.to_string(), None),
+                        }
+                    }
                 };
                 ClusterInfo {
                     name,
@@ -227,13 +233,13 @@ impl Live {
     fn remote_namespaces(&self, name: &str) -> Result<&Records<String, NsFacts>, String> {
         match self.remotes.get(name) {
             None => Err("not read yet".to_owned()),
-            Some(r) => match (&r.probe, &r.namespaces) {
-                (Some(Err(e)), _) => Err(e.clone()),
-                (_, Some(map)) => Ok(map),
-                (_, None) => Err(r
-                    .namespaces_error
-                    .clone()
-                    .unwrap_or_else(|| "not read yet".to_owned())),
+            // A failing watch's map is what the remote was, not what it is: a token revoked
+            // under it must not leave the last one read looking current.
+            Some(r) => match (&r.probe, &r.namespaces_error, &r.namespaces) {
+                (Some(Err(e)), _, _) => Err(e.clone()),
+                (_, Some(e), _) => Err(e.clone()),
+                (_, None, Some(map)) => Ok(map),
+                (_, None, None) => Err("not read yet".to_owned()),
             },
         }
     }
@@ -310,11 +316,18 @@ impl Live {
                         credentials: "view".into(),
                         error: error.clone(),
                     },
-                    (_, ViewState::Read(_)) => {
-                        let mut facts = std::mem::take(&mut r.facts);
-                        facts.injection = r.namespaces.as_ref().map(injection_of);
-                        ReadState::Read(facts)
-                    }
+                    // A watch of its workloads failing: what was read is no longer current.
+                    (_, ViewState::Read(_)) => match r.view_error() {
+                        Some(error) => ReadState::Failed {
+                            credentials: "view".into(),
+                            error: error.to_owned(),
+                        },
+                        None => {
+                            let mut facts = std::mem::take(&mut r.facts);
+                            facts.injection = r.namespaces.as_ref().map(injection_of);
+                            ReadState::Read(facts)
+                        }
+                    },
                 },
             };
             reads.push(ClusterRead {
@@ -334,12 +347,19 @@ impl Live {
         serde_json::to_writer(out, &page).unwrap_or_default();
         drop(page);
         drop(join);
-        for read in reads {
-            if let ReadState::Read(facts) = read.state {
-                match self.remotes.get_mut(&read.name) {
-                    Some(r) if read.name != PRIMARY => r.facts = facts,
-                    _ => self.primary_facts = facts,
-                }
+        // Back by position, not by name: a remote may be named `primary` (an older version
+        // allowed it), and its facts are not the primary's.
+        let mut reads = reads.into_iter();
+        if let Some(ClusterRead {
+            state: ReadState::Read(facts),
+            ..
+        }) = reads.next()
+        {
+            self.primary_facts = facts;
+        }
+        for (name, read) in names.iter().zip(reads) {
+            if let (ReadState::Read(facts), Some(r)) = (read.state, self.remotes.get_mut(name)) {
+                r.facts = facts;
             }
         }
     }
@@ -500,5 +520,114 @@ mod tests {
         assert_eq!(json["services"]["total"], 0);
         assert_eq!(json["services"]["clusters"][0]["name"], PRIMARY);
         assert_eq!(json["clusters"].as_array().unwrap().len(), 3);
+    }
+
+    /// A remote whose namespace watch fails now (its token revoked under it) while the probe,
+    /// with a fresh client, says it answers: the matrix cannot read it, though the map read
+    /// before it failed is still there.
+    #[test]
+    fn a_remote_whose_namespace_watch_fails_cannot_be_read_despite_an_older_map() {
+        let mut live = live();
+        let error = "Unauthorized (401)";
+        let remote = live.remotes.get_mut("remote-1").unwrap();
+        assert!(remote.namespaces.is_some() && matches!(remote.probe, Some(Ok(()))));
+        remote.namespaces_error = Some(error.to_owned());
+        let json: serde_json::Value = serde_json::from_slice(&live.matrix_json(100)).unwrap();
+        let column = json["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "remote-1")
+            .unwrap();
+        assert_eq!(column["reachable"], false, "{column}");
+        assert_eq!(column["error"], error, "{column}");
+        let row = json["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "a")
+            .unwrap();
+        assert!(
+            row["clusters"]["remote-1"].is_null()
+                || row["clusters"]["remote-1"]["state"] == "unreachable",
+            "the labels read before it failed are not shown as current: {row}"
+        );
+        assert!(
+            json["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["name"] != "g"),
+            "g is labelled only on remote-1, which cannot be read"
+        );
+    }
+
+    /// A remote whose workloads were read with view credentials and whose watch of them fails
+    /// now: its services column and its view say so, as for credentials that fail.
+    #[test]
+    fn a_remote_whose_view_watch_fails_cannot_be_read() {
+        let mut live = live();
+        let error = "Unauthorized (401)";
+        let remote = live.remotes.get_mut("remote-1").unwrap();
+        remote.view = ViewState::Read(view::Source::View);
+        let services = |live: &mut Live| -> serde_json::Value {
+            serde_json::from_slice(&live.services_json("", 0, 10)).unwrap()
+        };
+        assert_eq!(services(&mut live)["clusters"][1]["state"], "read");
+        let remote = live.remotes.get_mut("remote-1").unwrap();
+        remote
+            .view_errors
+            .insert("Service".to_owned(), error.to_owned());
+        let json = services(&mut live);
+        let column = &json["clusters"][1];
+        assert_eq!(column["name"], "remote-1");
+        assert_eq!(column["state"], "failed", "{column}");
+        assert!(
+            column["error"].as_str().unwrap().contains(error),
+            "{column}"
+        );
+        let info = live.clusters_info(Timestamp::now());
+        assert_eq!(info[0].name, "remote-1");
+        assert_eq!(info[0].view, "failed");
+        assert_eq!(info[0].view_hint.as_deref(), Some(error));
+        // Listed again: read.
+        let remote = live.remotes.get_mut("remote-1").unwrap();
+        remote.view_errors.clear();
+        assert_eq!(services(&mut live)["clusters"][1]["state"], "read");
+        assert_eq!(live.clusters_info(Timestamp::now())[0].view, "view");
+    }
+
+    /// A remote named `primary` (an older version allowed the name): its services stay its
+    /// own after a page of services is written, and the primary's stay the primary's.
+    #[test]
+    fn a_remote_named_primary_keeps_its_own_services() {
+        let service = |name: &str| {
+            let mut s = wire::Service::default();
+            s.metadata.name = Some(name.to_owned());
+            s.metadata.namespace = Some("shop".to_owned());
+            s
+        };
+        let mut live = Live::new(SyncRule::default());
+        live.clusters.insert(
+            PRIMARY.to_owned(),
+            cluster(PRIMARY, "https://10.0.0.1:6443", "2026-12-01T00:00:00Z"),
+        );
+        let mut remote = RemoteLive::default();
+        remote.probe = Some(Ok(()));
+        remote.namespaces = Some(Records::default());
+        remote.view = ViewState::Read(view::Source::View);
+        for name in ["remote-a", "remote-b"] {
+            remote.facts.apply_service(&mut live.names, &service(name));
+        }
+        live.remotes.insert(PRIMARY.to_owned(), remote);
+        live.primary_facts
+            .apply_service(&mut live.names, &service("on-primary"));
+        for _ in 0..2 {
+            let json: serde_json::Value =
+                serde_json::from_slice(&live.services_json("", 0, 10)).unwrap();
+            assert_eq!(json["total"], 3, "{json}");
+            assert_eq!(live.primary_facts.services.len(), 1);
+            assert_eq!(live.remotes[PRIMARY].facts.services.len(), 2);
+        }
     }
 }
