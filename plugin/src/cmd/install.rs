@@ -520,6 +520,12 @@ async fn wait_available(client: &Client, timeout: Duration) -> Result<()> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
+    waited_for_rollout(waited, last, hint)
+}
+
+/// What a wait for the rollout, `waited`, says once `last` was the rollout's state: a failed
+/// rollout is refused at once, a timeout says what it still waited for.
+fn waited_for_rollout(waited: Result<()>, last: Rollout, hint: &str) -> Result<()> {
     match (waited, last) {
         (Ok(()), Rollout::Failed(what)) => Err(Error::Refused {
             what,
@@ -646,6 +652,27 @@ mod tests {
             }),
         );
         assert_eq!(rollout(&last), waiting("1 of 2 updated replicas available"));
+    }
+
+    /// A rollout past its progress deadline ends the wait refused at once; a timeout says
+    /// what it still waited for; a finished rollout is no error.
+    #[test]
+    fn the_wait_says_how_the_rollout_ended() {
+        let timeout = || Error::Timeout {
+            what: "Deployment kubectl-mesh/mesh-webhook to roll out".into(),
+            after: "2m".into(),
+            hint: "check the pods".into(),
+        };
+        let failed = waited_for_rollout(Ok(()), Rollout::Failed("past its deadline".into()), "h");
+        assert_eq!(failed.unwrap_err().line(), "past its deadline; h");
+        let pending = Rollout::Waiting("1 of 2 updated replicas available".into());
+        let late = waited_for_rollout(Err(timeout()), pending, "h").unwrap_err();
+        assert_eq!(
+            late.line(),
+            "timed out after 2m waiting for Deployment kubectl-mesh/mesh-webhook to roll out \
+             (1 of 2 updated replicas available); check the pods"
+        );
+        assert!(waited_for_rollout(Ok(()), Rollout::Done, "h").is_ok());
     }
 
     #[test]
