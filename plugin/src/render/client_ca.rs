@@ -73,7 +73,7 @@ pub fn client_auth_command_line(ca_file: &str, auth: &ClientAuth) -> String {
 
 /// `word` as a POSIX shell reads it back: as it is when it holds nothing special, else in
 /// single quotes.
-fn shell_word(word: &str) -> String {
+pub fn shell_word(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {
         word.to_owned()

@@ -38,7 +38,7 @@ mod webhook_configuration;
 pub use client_ca::{
     CLIENT_ALLOWED_NAMES_ENV, CLIENT_ALLOWED_NAMES_FLAG, CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR,
     CLIENT_CA_ENV, CLIENT_CA_FLAG, CLIENT_CA_KEY, ClientAuth, client_auth_args,
-    client_auth_command_line, client_ca_config_map,
+    client_auth_command_line, client_ca_config_map, shell_word,
 };
 pub use network_policy::network_policy;
 pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};

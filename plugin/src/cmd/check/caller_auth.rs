@@ -32,17 +32,20 @@ pub enum Probe {
 
 const WHAT: &str = "webhook authenticates its callers (client certificates)";
 const OPEN: &str = "any TLS client that reaches it can make it write namespaces on every remote";
-const HINT: &str = "give the primary's apiserver a client certificate for webhook calls, then \
-    run `kubectl mesh install --client-ca-file <its CA>` (see `kubectl mesh install --help`)";
+/// What to do about callers not being authenticated; `install` is how to re-run install
+/// with a client CA while keeping the rest of the installation
+/// ([`InstalledWith::install`](super::install::InstalledWith::install)).
+fn hint(install: &str) -> String {
+    format!(
+        "give the primary's apiserver a client certificate for webhook calls, then run \
+         {install} (see `kubectl mesh install --help`)"
+    )
+}
 
-/// Judges a webhook in the cluster by its Deployment (`None` when the Deployment could not be
-/// read: reported elsewhere).
-pub fn judge_deployment(deployment: &Fetched<Deployment>) -> Option<CheckResult> {
-    let Ok(Some(deployment)) = deployment else {
-        return None;
-    };
-    let containers = super::install::pod_containers(deployment);
-    let requires = containers.iter().any(|c| {
+/// Whether a Deployment's webhook requires client certificates (its `--client-ca-file`, or the
+/// variable a Deployment edited by hand may set instead).
+pub fn requires_client_cert(deployment: &Deployment) -> bool {
+    super::install::pod_containers(deployment).iter().any(|c| {
         let flag = c.args.iter().flatten().any(|a| {
             a.strip_prefix(render::CLIENT_CA_FLAG)
                 .is_some_and(|rest| rest.starts_with('=') || rest.is_empty())
@@ -53,21 +56,36 @@ pub fn judge_deployment(deployment: &Fetched<Deployment>) -> Option<CheckResult>
             .flatten()
             .any(|e| e.name == render::CLIENT_CA_ENV);
         flag || env
-    });
-    // The names as install renders them (one `--client-allowed-names=a,b` argument), or as a
-    // Deployment edited by hand may give them.
-    let names = containers.iter().find_map(|c| {
-        let flag = c.args.iter().flatten().find_map(|a| {
-            a.strip_prefix(render::CLIENT_ALLOWED_NAMES_FLAG)?
-                .strip_prefix('=')
-        });
-        let env = c.env.iter().flatten().find_map(|e| {
-            (e.name == render::CLIENT_ALLOWED_NAMES_ENV)
-                .then_some(e.value.as_deref())
-                .flatten()
-        });
-        flag.or(env).filter(|names| !names.trim().is_empty())
-    });
+    })
+}
+
+/// The names of a Deployment's `--client-allowed-names`: as install renders them (one
+/// `--client-allowed-names=a,b` argument), or as a Deployment edited by hand may give them.
+pub fn allowed_names(deployment: &Deployment) -> Option<&str> {
+    super::install::pod_containers(deployment)
+        .iter()
+        .find_map(|c| {
+            let flag = c.args.iter().flatten().find_map(|a| {
+                a.strip_prefix(render::CLIENT_ALLOWED_NAMES_FLAG)?
+                    .strip_prefix('=')
+            });
+            let env = c.env.iter().flatten().find_map(|e| {
+                (e.name == render::CLIENT_ALLOWED_NAMES_ENV)
+                    .then_some(e.value.as_deref())
+                    .flatten()
+            });
+            flag.or(env).filter(|names| !names.trim().is_empty())
+        })
+}
+
+/// Judges a webhook in the cluster by its Deployment (`None` when the Deployment could not be
+/// read: reported elsewhere); `install` as for [`hint`].
+pub fn judge_deployment(deployment: &Fetched<Deployment>, install: &str) -> Option<CheckResult> {
+    let Ok(Some(deployment)) = deployment else {
+        return None;
+    };
+    let requires = requires_client_cert(deployment);
+    let names = allowed_names(deployment);
     Some(if requires {
         let only = names.map_or(String::new(), |names| {
             format!(", callers named {}", one_line(names))
@@ -88,7 +106,7 @@ pub fn judge_deployment(deployment: &Fetched<Deployment>) -> Option<CheckResult>
                 render::WEBHOOK,
                 render::CLIENT_CA_FLAG
             ),
-            HINT,
+            hint(install),
         )
     })
 }
@@ -96,7 +114,13 @@ pub fn judge_deployment(deployment: &Fetched<Deployment>) -> Option<CheckResult>
 /// Judges a webhook called by `url` by what [`probe`] saw. When the handshake failed for
 /// another reason, the line is only worth it if the apiserver reaches the webhook
 /// (`webhook_answers`): otherwise the check of its answers already says it is unreachable.
-pub fn judge_probe(url: &str, probe: &Probe, webhook_answers: bool) -> Option<CheckResult> {
+/// `install` as for [`hint`].
+pub fn judge_probe(
+    url: &str,
+    probe: &Probe,
+    webhook_answers: bool,
+    install: &str,
+) -> Option<CheckResult> {
     Some(match probe {
         Probe::Required => CheckResult::ok(
             WHAT,
@@ -107,7 +131,7 @@ pub fn judge_probe(url: &str, probe: &Probe, webhook_answers: bool) -> Option<Ch
         Probe::NotRequired => CheckResult::warning(
             WHAT,
             format!("{url} serves clients without a certificate: {OPEN}"),
-            HINT,
+            hint(install),
         ),
         Probe::Unknown(_) if !webhook_answers => return None,
         Probe::Unknown(why) => CheckResult::warning(
@@ -216,6 +240,8 @@ mod tests {
     use super::super::report::Outcome;
     use super::*;
 
+    const INSTALL: &str = "`kubectl mesh install --client-ca-file <its CA>`";
+
     #[test]
     fn hosts_and_ports_of_urls() {
         assert_eq!(
@@ -239,7 +265,7 @@ mod tests {
             }),
             ..render::Options::default()
         };
-        let judged = judge_deployment(&Ok(Some(render::deployment(&with)))).unwrap();
+        let judged = judge_deployment(&Ok(Some(render::deployment(&with))), INSTALL).unwrap();
         assert_eq!(judged.result, Outcome::Ok, "{judged:?}");
         assert_eq!(
             judged.detail.as_deref(),
@@ -252,7 +278,7 @@ mod tests {
             }),
             ..render::Options::default()
         };
-        let judged = judge_deployment(&Ok(Some(render::deployment(&named)))).unwrap();
+        let judged = judge_deployment(&Ok(Some(render::deployment(&named))), INSTALL).unwrap();
         assert_eq!(
             judged.detail.as_deref(),
             Some(
@@ -260,16 +286,16 @@ mod tests {
             )
         );
         let without = render::deployment(&render::Options::default());
-        let judged = judge_deployment(&Ok(Some(without))).unwrap();
+        let judged = judge_deployment(&Ok(Some(without)), INSTALL).unwrap();
         assert_eq!(judged.result, Outcome::Warning, "{judged:?}");
         assert!(judged.hint_mentions("--client-ca-file"), "{judged:?}");
-        assert_eq!(judge_deployment(&Ok(None)), None);
+        assert_eq!(judge_deployment(&Ok(None), INSTALL), None);
     }
 
     #[test]
     fn probes_pass_only_when_refused_without_a_certificate() {
         let url = "https://127.0.0.1:1/mutate";
-        let judged = |probe: &Probe, answers: bool| judge_probe(url, probe, answers);
+        let judged = |probe: &Probe, answers: bool| judge_probe(url, probe, answers, INSTALL);
         assert_eq!(judged(&Probe::Required, true).unwrap().result, Outcome::Ok);
         assert_eq!(
             judged(&Probe::NotRequired, true).unwrap().result,

@@ -14,7 +14,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     authentication::v1::SelfSubjectReview,
     authorization::v1::SelfSubjectAccessReview,
-    core::v1::{Namespace, Pod, Secret},
+    core::v1::{ConfigMap, Namespace, Pod, Secret},
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
@@ -61,6 +61,9 @@ pub struct InstallFacts {
     pub webhook: Fetched<MutatingWebhookConfiguration>,
     /// The serving certificate's Secret, read when the webhook entry has a caBundle.
     pub tls_secret: Option<Fetched<Secret>>,
+    /// The client CA's ConfigMap (`install --client-ca-file`), read when the configuration has
+    /// the webhook entry: a re-run of install must pass that flag again to keep it.
+    pub client_ca: Option<Fetched<ConfigMap>>,
     /// The webhook Deployment, read in the namespace of the Service clientConfig names.
     pub deployment: Option<(String, Fetched<Deployment>)>,
     /// The dry-run probe of the webhook, made when the configuration has its entry.
@@ -124,6 +127,7 @@ pub async fn install(client: &Client) -> InstallFacts {
         namespace,
         webhook,
         tls_secret: None,
+        client_ca: None,
         deployment: None,
         probe: None,
         caller_auth: None,
@@ -141,6 +145,10 @@ pub async fn install(client: &Client) -> InstallFacts {
             .await;
         facts.tls_secret = Some(secret);
     }
+    let client_ca = Api::<ConfigMap>::namespaced(client.clone(), MESH_NAMESPACE)
+        .get_opt(render::CLIENT_CA_CONFIG_MAP)
+        .await;
+    facts.client_ca = Some(client_ca);
     if let Some(service) = &hook.client_config.service {
         let deployment = Api::<Deployment>::namespaced(client.clone(), &service.namespace)
             .get_opt(render::WEBHOOK)

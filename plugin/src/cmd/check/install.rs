@@ -36,10 +36,11 @@ pub struct Installation {
 /// Judges the installation.
 pub fn judge(facts: &InstallFacts, now: Timestamp) -> Installation {
     let mut checks = Vec::new();
-    let (crd, crd_established) = crd_result(&facts.crd);
+    let installed = InstalledWith::read(facts);
+    let (crd, crd_established) = crd_result(&facts.crd, &installed);
     checks.push(crd);
-    checks.push(namespace_result(&facts.namespace));
-    let rule = webhook_results(facts, now, &mut checks);
+    checks.push(namespace_result(&facts.namespace, &installed));
+    let rule = webhook_results(facts, &installed, now, &mut checks);
     Installation {
         section: Section {
             name: "kubectl-mesh installation".into(),
@@ -50,7 +51,119 @@ pub fn judge(facts: &InstallFacts, now: Timestamp) -> Installation {
     }
 }
 
-fn crd_result(crd: &Fetched<CustomResourceDefinition>) -> (CheckResult, bool) {
+/// What a re-run of `kubectl mesh install` must be given again not to undo the installation,
+/// as far as `check` read it: install takes nothing from the installed objects, so a re-run
+/// without `--client-ca-file` deletes the client CA, without the rule flags resets the rule,
+/// without `--webhook-url` deploys a webhook in the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstalledWith {
+    /// The sync rule the webhook configuration records; `None` when it records none.
+    pub rule: Option<SyncRule>,
+    /// The URL the webhook configuration calls the webhook at, when it uses one.
+    pub webhook_url: Option<String>,
+    /// Whether the client-CA ConfigMap is in use (install was given `--client-ca-file`).
+    pub client_ca: bool,
+    /// The names of `--client-allowed-names` the webhook's Deployment runs with.
+    pub client_allowed_names: Option<String>,
+}
+
+/// How a hint re-runs install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rerun {
+    /// As installed.
+    Same,
+    /// As installed, with a new CA and serving certificate.
+    RotateCerts,
+    /// As installed but for the sync rule, which the hint asks the user for.
+    OtherRule,
+    /// As installed, with a client CA the hint asks the user for.
+    NewClientCa,
+}
+
+impl InstalledWith {
+    /// What `facts` show of the installation.
+    pub fn read(facts: &InstallFacts) -> Self {
+        let Ok(Some(mwc)) = &facts.webhook else {
+            return Self::default();
+        };
+        let recorded = mwc
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(mesh_core::labels::MANAGED_LABELS_ANNOTATION));
+        let rule =
+            recorded.then(|| installed_rule::from_annotations(mwc.metadata.annotations.as_ref()));
+        let webhook_url = webhook_entry(mwc).and_then(|h| h.client_config.url.clone());
+        let deployment = match &facts.deployment {
+            Some((_, Ok(Some(d)))) if webhook_url.is_none() => Some(d),
+            _ => None,
+        };
+        // A Deployment says what its webhook runs with; without one (a webhook run elsewhere,
+        // or none read), the ConfigMap that install keeps only with --client-ca-file does.
+        let (client_ca, client_allowed_names) = match deployment {
+            Some(d) => (
+                caller_auth::requires_client_cert(d),
+                caller_auth::allowed_names(d).map(str::to_owned),
+            ),
+            None => (matches!(facts.client_ca, Some(Ok(Some(_)))), None),
+        };
+        Self {
+            rule,
+            webhook_url,
+            client_ca,
+            client_allowed_names,
+        }
+    }
+
+    /// The command that re-runs install as `rerun` says, in backquotes: every hint of these
+    /// checks to run install is made here.
+    pub fn install(&self, rerun: Rerun) -> String {
+        let mut line = "kubectl mesh install".to_owned();
+        if rerun == Rerun::RotateCerts {
+            line.push_str(" --rotate-certs");
+        }
+        if let Some(url) = &self.webhook_url {
+            line.push_str(" --webhook-url ");
+            line.push_str(&render::shell_word(url));
+            // The webhook run elsewhere must be given the new certificate.
+            if rerun == Rerun::RotateCerts {
+                line.push_str(
+                    " --webhook-cert-dir <the directory the webhook reads its certificate from>",
+                );
+            }
+        }
+        if let Some(rule) = self.rule.as_ref().filter(|_| rerun != Rerun::OtherRule) {
+            let managed: Vec<String> = rule.managed_keys().map(str::to_owned).collect();
+            let excluded: Vec<String> = rule.excluded_namespaces().map(str::to_owned).collect();
+            let flags = installed_rule::webhook_flags(&managed, &excluded);
+            if !flags.is_empty() {
+                line.push(' ');
+                line.push_str(&flags);
+            }
+        }
+        if rerun == Rerun::NewClientCa {
+            line.push_str(&format!(" {} <its CA>", render::CLIENT_CA_FLAG));
+        } else if self.client_ca {
+            line.push_str(&format!(
+                " {} <the CA file used at install>",
+                render::CLIENT_CA_FLAG
+            ));
+            if let Some(names) = &self.client_allowed_names {
+                line.push_str(&format!(
+                    " {} {}",
+                    render::CLIENT_ALLOWED_NAMES_FLAG,
+                    render::shell_word(names)
+                ));
+            }
+        }
+        format!("`{line}`")
+    }
+}
+
+fn crd_result(
+    crd: &Fetched<CustomResourceDefinition>,
+    installed: &InstalledWith,
+) -> (CheckResult, bool) {
     let name = MeshCluster::crd_name();
     let what = "MeshCluster CustomResourceDefinition is established";
     match crd {
@@ -77,7 +190,7 @@ fn crd_result(crd: &Fetched<CustomResourceDefinition>) -> (CheckResult, bool) {
             let result = CheckResult::error(
                 what,
                 format!("CustomResourceDefinition {name} not found"),
-                "run `kubectl mesh install`",
+                format!("run {}", installed.install(Rerun::Same)),
             );
             (result, false)
         }
@@ -88,16 +201,17 @@ fn crd_result(crd: &Fetched<CustomResourceDefinition>) -> (CheckResult, bool) {
     }
 }
 
-fn namespace_result(namespace: &Fetched<Namespace>) -> CheckResult {
+fn namespace_result(namespace: &Fetched<Namespace>, installed: &InstalledWith) -> CheckResult {
     let what = format!("namespace {MESH_NAMESPACE} exists");
+    let install = installed.install(Rerun::Same);
     match namespace {
         Ok(Some(ns)) if ns.metadata.deletion_timestamp.is_some() => CheckResult::error(
             what,
             "it is being deleted",
-            "wait for the deletion to finish, then run `kubectl mesh install`",
+            format!("wait for the deletion to finish, then run {install}"),
         ),
         Ok(Some(_)) => CheckResult::ok(what, None),
-        Ok(None) => CheckResult::error(what, "not found", "run `kubectl mesh install`"),
+        Ok(None) => CheckResult::error(what, "not found", format!("run {install}")),
         Err(e) => CheckResult::kube_failure(&what, "cannot read it", e),
     }
 }
@@ -113,9 +227,11 @@ pub fn webhook_entry(mwc: &MutatingWebhookConfiguration) -> Option<&MutatingWebh
 /// Checks the webhook configuration and what it points at. Returns the sync rule it records.
 fn webhook_results(
     facts: &InstallFacts,
+    installed: &InstalledWith,
     now: Timestamp,
     checks: &mut Vec<CheckResult>,
 ) -> SyncRule {
+    let install = installed.install(Rerun::Same);
     let what = format!(
         "MutatingWebhookConfiguration {} is present",
         render::WEBHOOK_CONFIGURATION
@@ -126,7 +242,7 @@ fn webhook_results(
             checks.push(CheckResult::error(
                 what,
                 "not found: namespace label changes are not pushed to remotes as they happen",
-                "run `kubectl mesh install`",
+                format!("run {install}"),
             ));
             return SyncRule::default();
         }
@@ -140,12 +256,12 @@ fn webhook_results(
         checks.push(CheckResult::error(
             what,
             format!("it has no webhook named {}", render::WEBHOOK_ENTRY),
-            "run `kubectl mesh install` to restore it",
+            format!("run {install} to restore it"),
         ));
         return rule;
     };
     checks.push(CheckResult::ok(what, None));
-    checks.push(recorded_rule_result(mwc, &rule));
+    checks.push(recorded_rule_result(mwc, &rule, installed));
 
     // caBundle: what the apiserver trusts when it calls the webhook.
     let what = "caBundle is a valid, unexpired CA certificate";
@@ -158,12 +274,12 @@ fn webhook_results(
         None => checks.push(CheckResult::error(
             what,
             "the webhook configuration has no caBundle",
-            "run `kubectl mesh install` to restore it",
+            format!("run {install} to restore it"),
         )),
-        Some(result) => checks.push(expiry_result(what, result, now)),
+        Some(result) => checks.push(expiry_result(what, result, now, installed)),
     }
     if let (Some(ca), Some(secret)) = (ca, &facts.tls_secret) {
-        checks.push(tls_secret_result(ca, secret, now));
+        checks.push(tls_secret_result(ca, secret, now, installed));
     }
 
     let what = "clientConfig says where the webhook is";
@@ -183,35 +299,45 @@ fn webhook_results(
         None => checks.push(CheckResult::error(
             what,
             "clientConfig has neither url nor service",
-            "run `kubectl mesh install` to restore it",
+            format!("run {install} to restore it"),
         )),
     }
     if hook.failure_policy.as_deref() == Some("Fail") {
         checks.push(CheckResult::warning(
             "failurePolicy lets namespace edits through when the webhook is down",
             "failurePolicy is Fail: a dead webhook blocks every namespace edit it matches",
-            "run `kubectl mesh install` to restore failurePolicy Ignore",
+            format!("run {install} to restore failurePolicy Ignore"),
         ));
     }
     if let Some((namespace, deployment)) = &facts.deployment {
-        checks.push(deployment_available(namespace, deployment));
+        checks.push(deployment_available(namespace, deployment, installed));
         if let Ok(Some(d)) = deployment {
-            checks.push(deployment_rule_result(d, &rule));
+            checks.push(deployment_rule_result(d, &rule, installed));
         }
-        checks.extend(caller_auth::judge_deployment(deployment));
+        let new_ca = installed.install(Rerun::NewClientCa);
+        checks.extend(caller_auth::judge_deployment(deployment, &new_ca));
     }
     if let (Some(url), Some(probe)) = (&hook.client_config.url, &facts.caller_auth) {
         let answers = facts.probe.as_ref().is_some_and(webhook_answered);
-        checks.extend(caller_auth::judge_probe(url, probe, answers));
+        let new_ca = installed.install(Rerun::NewClientCa);
+        checks.extend(caller_auth::judge_probe(url, probe, answers, &new_ca));
     }
     if let Some(probe) = &facts.probe {
-        checks.push(probe_result(target.as_deref().unwrap_or("nowhere"), probe));
+        checks.push(probe_result(
+            target.as_deref().unwrap_or("nowhere"),
+            probe,
+            installed,
+        ));
     }
     rule
 }
 
 /// Whether the webhook configuration records the sync rule the commands apply.
-fn recorded_rule_result(mwc: &MutatingWebhookConfiguration, rule: &SyncRule) -> CheckResult {
+fn recorded_rule_result(
+    mwc: &MutatingWebhookConfiguration,
+    rule: &SyncRule,
+    installed: &InstalledWith,
+) -> CheckResult {
     let what = "webhook configuration records the sync rule";
     let recorded = mwc
         .metadata
@@ -228,22 +354,31 @@ fn recorded_rule_result(mwc: &MutatingWebhookConfiguration, rule: &SyncRule) -> 
                  default rule",
                 mesh_core::labels::MANAGED_LABELS_ANNOTATION
             ),
-            "re-run `kubectl mesh install`, with the --managed-labels and \
-             --excluded-namespaces the webhook runs with if they are not the defaults",
+            format!(
+                "re-run {}, with the --managed-labels and --excluded-namespaces the webhook \
+                 runs with if they are not the defaults",
+                installed.install(Rerun::OtherRule)
+            ),
         )
     }
 }
 
 /// The serving certificate must be valid and the caBundle its CA.
-fn tls_secret_result(ca: &[u8], secret: &Fetched<Secret>, now: Timestamp) -> CheckResult {
+fn tls_secret_result(
+    ca: &[u8],
+    secret: &Fetched<Secret>,
+    now: Timestamp,
+    installed: &InstalledWith,
+) -> CheckResult {
     let what = "serving certificate is valid and signed by the caBundle's CA";
+    let install = installed.install(Rerun::Same);
     let secret = match secret {
         Ok(Some(s)) => s,
         Ok(None) => {
             return CheckResult::error(
                 what,
                 format!("Secret {MESH_NAMESPACE}/{} not found", render::TLS_SECRET),
-                "run `kubectl mesh install`",
+                format!("run {install}"),
             );
         }
         Err(e) => {
@@ -267,13 +402,17 @@ fn tls_secret_result(ca: &[u8], secret: &Fetched<Secret>, now: Timestamp) -> Che
                 render::CA_CRT,
                 render::TLS_SECRET
             ),
-            "run `kubectl mesh install` to write both again",
+            format!("run {install} to write both again"),
         );
     }
-    expiry_result(what, certificates(key(render::TLS_CRT)), now)
+    expiry_result(what, certificates(key(render::TLS_CRT)), now, installed)
 }
 
-fn deployment_available(namespace: &str, deployment: &Fetched<Deployment>) -> CheckResult {
+fn deployment_available(
+    namespace: &str,
+    deployment: &Fetched<Deployment>,
+    installed: &InstalledWith,
+) -> CheckResult {
     let what = format!("Deployment {} is available", render::WEBHOOK);
     match deployment {
         Ok(Some(d)) => {
@@ -305,7 +444,7 @@ fn deployment_available(namespace: &str, deployment: &Fetched<Deployment>) -> Ch
         Ok(None) => CheckResult::error(
             what,
             format!("Deployment {namespace}/{} not found", render::WEBHOOK),
-            "run `kubectl mesh install`",
+            format!("run {}", installed.install(Rerun::Same)),
         ),
         Err(e) => CheckResult::kube_failure(&what, "cannot read it", e),
     }
@@ -324,7 +463,11 @@ pub(super) fn pod_containers(deployment: &Deployment) -> &[k8s_openapi::api::cor
 /// Whether the webhook container runs with `recorded`, the rule of the webhook configuration
 /// (its matchConditions and what the commands apply): a hand edit of either side makes the
 /// webhook sync other labels than the apiserver sends it and the commands report.
-fn deployment_rule_result(deployment: &Deployment, recorded: &SyncRule) -> CheckResult {
+fn deployment_rule_result(
+    deployment: &Deployment,
+    recorded: &SyncRule,
+    installed: &InstalledWith,
+) -> CheckResult {
     let what = format!("Deployment {} runs the recorded sync rule", render::WEBHOOK);
     let containers = pod_containers(deployment);
     let Some(container) = containers
@@ -335,7 +478,7 @@ fn deployment_rule_result(deployment: &Deployment, recorded: &SyncRule) -> Check
         return CheckResult::error(
             what,
             "it has no container",
-            "run `kubectl mesh install` to restore it",
+            format!("run {} to restore it", installed.install(Rerun::Same)),
         );
     };
     match installed_rule::from_container(container) {
@@ -347,8 +490,11 @@ fn deployment_rule_result(deployment: &Deployment, recorded: &SyncRule) -> Check
                 installed_rule::describe(&running),
                 installed_rule::describe(recorded)
             ),
-            "re-run `kubectl mesh install` with the --managed-labels and --excluded-namespaces \
-             you want: it writes both",
+            format!(
+                "re-run {} with the --managed-labels and --excluded-namespaces you want: it \
+                 writes both",
+                installed.install(Rerun::OtherRule)
+            ),
         ),
         None => CheckResult::warning(
             what,
@@ -360,13 +506,16 @@ fn deployment_rule_result(deployment: &Deployment, recorded: &SyncRule) -> Check
 
 /// Whether the webhook answered the dry-run probe: it answers a dry run with a
 /// `kubectl-mesh:` warning; without one, the call failed and failurePolicy Ignore hid it.
-fn probe_result(target: &str, probe: &Probe) -> CheckResult {
+fn probe_result(target: &str, probe: &Probe, installed: &InstalledWith) -> CheckResult {
     let what = "webhook answers admission requests";
     match probe {
         Probe::NoLabel => CheckResult::error(
             what,
             "the sync rule manages no label to probe the webhook with",
-            "re-run `kubectl mesh install`",
+            format!(
+                "re-run {} with the --managed-labels to sync",
+                installed.install(Rerun::OtherRule)
+            ),
         ),
         Probe::ListFailed(e) => {
             CheckResult::kube_failure(what, "cannot list namespaces to probe", e)
@@ -474,8 +623,9 @@ fn expiry_result(
     what: &str,
     certs: std::result::Result<CertInfo, String>,
     now: Timestamp,
+    installed: &InstalledWith,
 ) -> CheckResult {
-    let renew = "run `kubectl mesh install --rotate-certs`";
+    let renew = format!("run {}", installed.install(Rerun::RotateCerts));
     match certs {
         Err(e) => CheckResult::error(what, e, renew),
         Ok(info) => {
@@ -497,6 +647,11 @@ mod tests {
     use super::super::report::Outcome;
     use super::*;
 
+    /// An installation with every default.
+    fn bare() -> InstalledWith {
+        InstalledWith::default()
+    }
+
     #[test]
     fn deployment_rule_follows_the_recorded_one() {
         let custom = render::Options {
@@ -512,13 +667,15 @@ mod tests {
                     .as_ref(),
             )
         };
-        let same = deployment_rule_result(&render::deployment(&custom), &recorded(&custom));
+        let same =
+            deployment_rule_result(&render::deployment(&custom), &recorded(&custom), &bare());
         assert_eq!(same.result, Outcome::Ok, "{same:?}");
 
         // The Deployment edited back to the defaults by hand: the webhook disagrees with the
         // matchConditions and with what the commands apply.
         let default = render::Options::default();
-        let differs = deployment_rule_result(&render::deployment(&default), &recorded(&custom));
+        let differs =
+            deployment_rule_result(&render::deployment(&default), &recorded(&custom), &bare());
         assert_eq!(differs.result, Outcome::Error, "{differs:?}");
         assert_eq!(
             differs.description,
@@ -546,7 +703,7 @@ mod tests {
             .unwrap()
             .containers = Vec::new();
         assert_eq!(
-            deployment_rule_result(&empty, &recorded(&default)).result,
+            deployment_rule_result(&empty, &recorded(&default), &bare()).result,
             Outcome::Error
         );
     }
@@ -556,7 +713,7 @@ mod tests {
         let options = render::Options::default();
         let mut mwc = render::mutating_webhook_configuration(&options, None);
         let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
-        let recorded = recorded_rule_result(&mwc, &rule);
+        let recorded = recorded_rule_result(&mwc, &rule, &bare());
         assert_eq!(recorded.result, Outcome::Ok);
         assert_eq!(
             recorded.detail.as_deref(),
@@ -566,7 +723,7 @@ mod tests {
             )
         );
         mwc.metadata.annotations = None;
-        let older = recorded_rule_result(&mwc, &SyncRule::default());
+        let older = recorded_rule_result(&mwc, &SyncRule::default(), &bare());
         assert_eq!(older.result, Outcome::Warning, "{older:?}");
     }
 
@@ -576,13 +733,17 @@ mod tests {
             namespace: "default".into(),
             warnings: warnings.iter().map(|w| (*w).to_owned()).collect(),
         };
-        let answered = probe_result("https://w", &accepted(&["299 - \"kubectl-mesh: dry run\""]));
+        let answered = probe_result(
+            "https://w",
+            &accepted(&["299 - \"kubectl-mesh: dry run\""]),
+            &bare(),
+        );
         assert_eq!(
             (answered.result, answered.detail.as_deref()),
             (Outcome::Ok, Some("dry-run probe on namespace default"))
         );
         // failurePolicy Ignore: the change goes through, with someone else's warning or none.
-        let silent = probe_result("https://w", &accepted(&["299 - \"other\""]));
+        let silent = probe_result("https://w", &accepted(&["299 - \"other\""]), &bare());
         assert_eq!(silent.result, Outcome::Error);
         assert!(
             silent
@@ -595,6 +756,7 @@ mod tests {
         let refused = probe_result(
             "https://w",
             &refused("403 Forbidden", "Forbidden", "denied", &[]),
+            &bare(),
         );
         assert_eq!(
             refused.detail.as_deref(),
@@ -633,7 +795,7 @@ mod tests {
             ),
         ] {
             let probe = refused(status, reason, message, &[ANSWER]);
-            let result = probe_result("https://w", &probe);
+            let result = probe_result("https://w", &probe, &bare());
             assert_eq!(result.result, Outcome::Ok, "{result:?}");
             assert!(
                 result.detail.as_deref().unwrap().contains(status),
@@ -643,7 +805,8 @@ mod tests {
             // So the webhook's callers are judged too.
             let unknown = caller_auth::Probe::Unknown("unreachable from here".into());
             assert!(
-                caller_auth::judge_probe("https://w", &unknown, webhook_answered(&probe)).is_some()
+                caller_auth::judge_probe("https://w", &unknown, webhook_answered(&probe), "")
+                    .is_some()
             );
         }
         // Without the webhook's warning, the same refusal says nothing of the webhook.
@@ -653,7 +816,10 @@ mod tests {
             "denied",
             &["299 - \"x\""],
         );
-        assert_eq!(probe_result("https://w", &silent).result, Outcome::Error);
+        assert_eq!(
+            probe_result("https://w", &silent, &bare()).result,
+            Outcome::Error
+        );
         assert!(!webhook_answered(&silent));
     }
 
@@ -666,7 +832,7 @@ mod tests {
              \"namespaces\" in API group \"\" at the cluster scope",
             &[],
         );
-        let result = probe_result("https://w", &rbac);
+        let result = probe_result("https://w", &rbac, &bare());
         assert_eq!(result.result, Outcome::Warning, "{result:?}");
         let detail = result.detail.as_deref().unwrap();
         assert!(
@@ -687,7 +853,178 @@ mod tests {
              'b' denied request: User \"dev\" cannot patch resource \"namespaces\"",
             &[],
         );
-        assert_eq!(probe_result("https://w", &policy).result, Outcome::Error);
+        assert_eq!(
+            probe_result("https://w", &policy, &bare()).result,
+            Outcome::Error
+        );
+    }
+
+    /// What check reads of an installation made with `options`: the CRD and namespace gone
+    /// and the webhook configuration without its caBundle, so that many hints say to re-run
+    /// install; the client CA's ConfigMap there when `options` has one.
+    fn installed_with(options: &render::Options) -> InstallFacts {
+        let in_cluster = options.webhook_url.is_none();
+        InstallFacts {
+            crd: Ok(None),
+            namespace: Ok(None),
+            webhook: Ok(Some(render::mutating_webhook_configuration(options, None))),
+            tls_secret: None,
+            client_ca: Some(Ok(options
+                .client_auth
+                .as_ref()
+                .map(|auth| render::client_ca_config_map(&auth.ca_pem)))),
+            deployment: in_cluster.then(|| {
+                let mut deployment = render::deployment(options);
+                deployment.status = None;
+                (MESH_NAMESPACE.to_owned(), Ok(Some(deployment)))
+            }),
+            probe: None,
+            caller_auth: (!in_cluster).then_some(caller_auth::Probe::NotRequired),
+        }
+    }
+
+    /// The hints of `facts`' checks that say to re-run install as it is (not those that ask
+    /// for a new client CA), and the renewal hint of an expired certificate.
+    fn install_hints(facts: &InstallFacts) -> Vec<String> {
+        let judged = judge(facts, Timestamp::now());
+        let installed = InstalledWith::read(facts);
+        let cert = render::generate_serving_cert(&["localhost".into()]).unwrap();
+        let info = certificates(cert.ca_pem.as_bytes()).unwrap();
+        let later = info.not_after + SignedDuration::from_hours(1);
+        let expired = expiry_result("ca", Ok(info), later, &installed);
+        let hints: Vec<String> = judged
+            .section
+            .checks
+            .iter()
+            .chain([&expired])
+            .filter_map(|c| c.hint.clone())
+            .filter(|h| h.contains("kubectl mesh install") && !h.contains("<its CA>"))
+            .collect();
+        assert!(hints.len() >= 4, "{hints:#?}");
+        hints
+    }
+
+    /// The command of a hint, between its backquotes.
+    fn command(hint: &str) -> &str {
+        let start = hint.find("`kubectl mesh install").unwrap() + 1;
+        let len = hint[start..].find('`').unwrap();
+        &hint[start..start + len]
+    }
+
+    #[test]
+    fn hints_to_reinstall_keep_a_webhook_called_by_url() {
+        let options = render::Options {
+            webhook_url: Some(render::WebhookUrl::parse("https://10.0.0.5:9443").unwrap()),
+            ..render::Options::default()
+        };
+        let facts = installed_with(&options);
+        let Ok(Some(mwc)) = &facts.webhook else {
+            unreachable!()
+        };
+        let url = webhook_entry(mwc)
+            .unwrap()
+            .client_config
+            .url
+            .clone()
+            .unwrap();
+        for hint in install_hints(&facts) {
+            let command = command(&hint);
+            assert!(command.contains(&format!(" --webhook-url {url}")), "{hint}");
+            assert!(!command.contains("--managed-labels"), "{hint}");
+            assert!(!command.contains("--client-ca-file <the CA"), "{hint}");
+            // A new certificate must reach the webhook run elsewhere.
+            assert_eq!(
+                command.contains("--rotate-certs"),
+                command.contains("--webhook-cert-dir"),
+                "{hint}"
+            );
+        }
+        // Turning client authentication on keeps the URL too.
+        let judged = judge(&facts, Timestamp::now());
+        let callers = judged
+            .section
+            .checks
+            .iter()
+            .find(|c| {
+                c.description
+                    .starts_with("webhook authenticates its callers")
+            })
+            .unwrap();
+        assert_eq!(
+            command(callers.hint.as_deref().unwrap()),
+            format!("kubectl mesh install --webhook-url {url} --client-ca-file <its CA>")
+        );
+    }
+
+    #[test]
+    fn hints_to_reinstall_keep_the_client_ca() {
+        let auth = |names: &[&str]| render::ClientAuth {
+            ca_pem: "PEM".into(),
+            allowed_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        };
+        let in_cluster = render::Options {
+            client_auth: Some(auth(&["kube-apiserver", "api server"])),
+            ..render::Options::default()
+        };
+        for hint in install_hints(&installed_with(&in_cluster)) {
+            assert!(
+                command(&hint).ends_with(
+                    " --client-ca-file <the CA file used at install> --client-allowed-names \
+                     'kube-apiserver,api server'"
+                ),
+                "{hint}"
+            );
+        }
+        // Called by URL, only the ConfigMap says so.
+        let by_url = render::Options {
+            webhook_url: Some(render::WebhookUrl::parse("https://10.0.0.5:9443").unwrap()),
+            client_auth: Some(auth(&[])),
+            ..render::Options::default()
+        };
+        for hint in install_hints(&installed_with(&by_url)) {
+            assert!(
+                command(&hint).ends_with(" --client-ca-file <the CA file used at install>"),
+                "{hint}"
+            );
+        }
+    }
+
+    #[test]
+    fn hints_to_reinstall_keep_a_custom_rule() {
+        let options = render::Options {
+            managed_labels: vec!["team.example.com/zone".into()],
+            excluded_namespaces: vec!["legacy".into(), MESH_NAMESPACE.into()],
+            ..render::Options::default()
+        };
+        let facts = installed_with(&options);
+        for hint in install_hints(&facts) {
+            let command = command(&hint);
+            // Except where the hint asks which rule to install.
+            if hint.contains("the --managed-labels") {
+                assert!(!command.contains("--managed-labels"), "{hint}");
+                continue;
+            }
+            assert!(
+                command.contains(
+                    " --managed-labels team.example.com/zone --excluded-namespaces \
+                     kubectl-mesh,legacy"
+                ),
+                "{hint}"
+            );
+            assert!(!command.contains("--client-ca-file <the CA"), "{hint}");
+            assert!(!command.contains("--webhook-url"), "{hint}");
+        }
+        // The default installation: install as it is.
+        for hint in install_hints(&installed_with(&render::Options::default())) {
+            assert!(
+                [
+                    "kubectl mesh install",
+                    "kubectl mesh install --rotate-certs"
+                ]
+                .contains(&command(&hint)),
+                "{hint}"
+            );
+        }
     }
 
     #[test]
@@ -696,11 +1033,11 @@ mod tests {
         let now = Timestamp::now();
         let info = certificates(cert.ca_pem.as_bytes()).unwrap();
         assert_eq!(
-            expiry_result("ca", Ok(info.clone()), now).result,
+            expiry_result("ca", Ok(info.clone()), now, &bare()).result,
             Outcome::Ok
         );
         let later = info.not_after + SignedDuration::from_hours(1);
-        let r = expiry_result("ca", Ok(info), later);
+        let r = expiry_result("ca", Ok(info), later, &bare());
         assert_eq!(
             (r.result, r.detail.as_deref()),
             (Outcome::Error, Some("the certificate expired 60m ago"))
