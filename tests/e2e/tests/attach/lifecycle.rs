@@ -115,6 +115,24 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
     // The stored kubeconfig: a bearer token, nothing else; it may patch namespaces only
     // (their managed labels: see scope.rs).
     let (stored, kubeconfig) = stored_client(env, name).await?;
+    // The MeshCluster records the CA the stored kubeconfig trusts, which the remote's
+    // admin kubeconfig gave (the test environment's own CA).
+    assert_eq!(
+        mc.spec.ca_fingerprint,
+        mesh_core::recorded::ca_fingerprint(&kubeconfig),
+        "MeshCluster spec: {:?}",
+        mc.spec
+    );
+    assert!(
+        mc.spec
+            .ca_fingerprint
+            .as_deref()
+            .is_some_and(|f| f.starts_with("sha256:")
+                && f != mesh_core::recorded::ca_fingerprint(&Default::default())
+                    .unwrap_or_default()),
+        "{:?}",
+        mc.spec.ca_fingerprint
+    );
     let user = kubeconfig.auth_infos[0]
         .auth_info
         .as_ref()
