@@ -78,7 +78,7 @@ pub struct ClusterFacts {
     /// By (namespace, name).
     pub services: Records<Key, ServiceFacts>,
     /// By (namespace, slice name): the Service it belongs to and its ready endpoints.
-    pub slices: Records<ObjectKey, (Name, usize)>,
+    pub slices: Records<ObjectKey, SliceFacts>,
     /// By (namespace, pod name): whether it carries istio-proxy. `None`: not read.
     pub pods: Option<Records<ObjectKey, bool>>,
     /// Namespaces whose labels ask for sidecars, with what they ask (`default`, `revision
@@ -131,19 +131,85 @@ pub fn extract_service(names: &mut Names, service: &Service) -> Option<(Key, Ser
     ))
 }
 
-/// The key of an EndpointSlice, its Service and its ready endpoints (an endpoint whose
-/// `ready` condition is unset counts as ready, as the API says to read it).
-pub fn extract_slice(
-    names: &mut Names,
-    slice: &EndpointSlice,
-) -> Option<(ObjectKey, (Name, usize))> {
+/// What is kept of an EndpointSlice: its Service and its ready endpoints, so that an endpoint
+/// listed by several slices of the Service counts once (a dual-stack Service has an IPv4 and
+/// an IPv6 slice of the same pods).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceFacts {
+    /// The Service it belongs to.
+    pub service: Name,
+    /// Its address family (`IPv4`, `IPv6`, `FQDN`; empty when unset).
+    pub family: Name,
+    /// Its ready endpoints that say what they are (a targetRef), each as the [`name_hash`] of
+    /// its uid (else its kind and name): the same in every slice that lists it.
+    pub targets: Box<[u64]>,
+    /// Its ready endpoints without a targetRef, which only their addresses tell apart.
+    pub untargeted: usize,
+}
+
+/// The key of an EndpointSlice, and its facts (an endpoint whose `ready` condition is unset
+/// counts as ready, as the API says to read it).
+pub fn extract_slice(names: &mut Names, slice: &EndpointSlice) -> Option<(ObjectKey, SliceFacts)> {
     let service = names.name(slice.labels().get(SERVICE_NAME_LABEL)?);
+    let family = names.name(slice.address_type.as_deref().unwrap_or_default());
+    let mut targets = Vec::new();
+    let mut untargeted = 0;
     let ready = slice
         .endpoints
         .iter()
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-        .count();
-    Some((key_of(names, slice)?, (service, ready)))
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
+    for endpoint in ready {
+        let target = endpoint.target_ref.as_ref();
+        let identity = match target.and_then(|t| t.uid.as_deref().filter(|u| !u.is_empty())) {
+            Some(uid) => Some(name_hash(uid)),
+            None => target.and_then(|t| {
+                let name = t.name.as_deref().filter(|n| !n.is_empty())?;
+                Some(name_hash(&format!(
+                    "{}/{name}",
+                    t.kind.as_deref().unwrap_or_default()
+                )))
+            }),
+        };
+        match identity {
+            Some(hash) => targets.push(hash),
+            None => untargeted += 1,
+        }
+    }
+    targets.sort_unstable();
+    targets.dedup();
+    Some((
+        key_of(names, slice)?,
+        SliceFacts {
+            service,
+            family,
+            targets: targets.into(),
+            untargeted,
+        },
+    ))
+}
+
+/// The ready endpoints of one Service, gathered from its slices: each endpoint that says what
+/// it is once, whatever the slices that list it; those that do not, in one address family
+/// (the one with the most), as each family's slices list the same endpoints again.
+#[derive(Debug, Default)]
+pub struct ReadyEndpoints<'a> {
+    targets: std::collections::HashSet<u64>,
+    untargeted: BTreeMap<&'a str, usize>,
+}
+
+impl<'a> ReadyEndpoints<'a> {
+    /// Adds a slice of the Service.
+    pub fn add(&mut self, slice: &'a SliceFacts) {
+        self.targets.extend(slice.targets.iter().copied());
+        if slice.untargeted > 0 {
+            *self.untargeted.entry(&slice.family).or_default() += slice.untargeted;
+        }
+    }
+
+    /// How many.
+    pub fn count(&self) -> usize {
+        self.targets.len() + self.untargeted.values().copied().max().unwrap_or(0)
+    }
 }
 
 /// The key of a pod and whether it carries istio-proxy; `None` for finished pods, which no

@@ -27,8 +27,8 @@ use mesh_core::{cluster::MeshCluster, list};
 use serde::Serialize;
 
 pub use facts::{
-    ClusterFacts, Key, ObjectKey, PortFacts, ServiceFacts, ServiceShape, extract_injection,
-    extract_pod, extract_service, extract_slice, name_hash,
+    ClusterFacts, Key, ObjectKey, PortFacts, ReadyEndpoints, ServiceFacts, ServiceShape,
+    SliceFacts, extract_injection, extract_pod, extract_service, extract_slice, name_hash,
 };
 pub use names::{Name, Names};
 pub use records::Records;
@@ -446,9 +446,9 @@ fn aggregate<'a>(
 ) -> Aggregate<'a> {
     // The first key of a namespace in a map by (namespace, hash of the name).
     let from = |ns: &Name| (Name::clone(ns), 0);
-    let mut ready: BTreeMap<(&str, &str), usize> = BTreeMap::new();
-    let mut add_slice = |((ns, _), (service, count)): (&'a ObjectKey, &'a (Name, usize))| {
-        *ready.entry((ns, service)).or_default() += count;
+    let mut ready: BTreeMap<(&str, &str), ReadyEndpoints<'a>> = BTreeMap::new();
+    let mut add_slice = |((ns, _), slice): (&'a ObjectKey, &'a SliceFacts)| {
+        ready.entry((ns, &slice.service)).or_default().add(slice);
     };
     match namespaces {
         None => facts.slices.iter().for_each(&mut add_slice),
@@ -484,6 +484,7 @@ fn aggregate<'a>(
         }
         counts
     });
+    let ready = ready.into_iter().map(|(k, r)| (k, r.count())).collect();
     (ready, pods)
 }
 
@@ -925,13 +926,18 @@ mod tests {
         .unwrap();
         assert_eq!((&*key.0, &*key.1), ("shop", "web"));
         assert_eq!(facts.ports[0].text(), "http:80/TCP", "sorted by port");
-        let (_, (svc, ready)) = extract_slice(
+        let (_, slice_facts) = extract_slice(
             &mut names,
             &slice("shop", "s", "web", &[Some(true), None, Some(false)]),
         )
         .unwrap();
-        assert!(Arc::ptr_eq(&svc, &key.1), "one copy of the service's name");
-        assert_eq!((&*svc, ready), ("web", 2), "unset ready counts as ready");
+        let svc = &slice_facts.service;
+        assert!(Arc::ptr_eq(svc, &key.1), "one copy of the service's name");
+        assert_eq!(
+            (&**svc, slice_facts.untargeted),
+            ("web", 2),
+            "unset ready counts as ready"
+        );
         let mut orphan = slice("shop", "s", "web", &[]);
         orphan.metadata.labels = None;
         assert_eq!(extract_slice(&mut names, &orphan), None);
@@ -945,6 +951,77 @@ mod tests {
         assert_eq!(
             extract_injection(&labelled("a", &[("istio.io/rev", "canary")])).as_deref(),
             Some("revision canary")
+        );
+    }
+
+    /// An EndpointSlice of `family` listing `pods` (name, uid; no uid: no targetRef), ready.
+    fn family_slice(name: &str, family: &str, pods: &[(&str, Option<&str>)]) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {
+                "namespace": "shop",
+                "name": name,
+                "labels": {SERVICE_NAME_LABEL: "web"},
+            },
+            "addressType": family,
+            "endpoints": pods.iter().enumerate().map(|(i, (pod, uid))| {
+                let address = if family == "IPv6" { format!("fd00::{i}") } else { format!("10.0.0.{i}") };
+                match uid {
+                    Some(uid) => json!({
+                        "addresses": [address],
+                        "conditions": {"ready": true},
+                        "targetRef": {"kind": "Pod", "namespace": "shop", "name": pod, "uid": uid},
+                    }),
+                    None => json!({"addresses": [address], "conditions": {"ready": true}}),
+                }
+            }).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn dual_stack_endpoints_count_once() {
+        let web = || service("shop", "web", "ClusterIP", &[("http", 80)]);
+        let ready = |slices: &[EndpointSlice]| {
+            let clusters = [ClusterRead {
+                name: PRIMARY.into(),
+                state: ReadState::Read(facts(&[web()], slices, &[], &[])),
+            }];
+            let report = ServicesReport::compute(&clusters);
+            let json = serde_json::to_value(&report).unwrap();
+            let cell = &report.services[0].clusters[PRIMARY];
+            assert_eq!(
+                json["services"][0]["clusters"][PRIMARY]["readyEndpoints"],
+                cell.ready_endpoints
+            );
+            cell.ready_endpoints
+        };
+        // One pod, one slice per family.
+        let pod = [("web-0", Some("uid-0"))];
+        assert_eq!(
+            ready(&[
+                family_slice("web-v4", "IPv4", &pod),
+                family_slice("web-v6", "IPv6", &pod),
+            ]),
+            1
+        );
+        // Two pods, split over several slices of each family.
+        let (a, b) = (("web-0", Some("uid-0")), ("web-1", Some("uid-1")));
+        assert_eq!(
+            ready(&[
+                family_slice("web-v4-a", "IPv4", &[a]),
+                family_slice("web-v4-b", "IPv4", &[b]),
+                family_slice("web-v6", "IPv6", &[b, a]),
+            ]),
+            2
+        );
+        // Without targetRefs, one family counts.
+        let bare = [("", None), ("", None)];
+        assert_eq!(
+            ready(&[
+                family_slice("web-v4", "IPv4", &bare),
+                family_slice("web-v6", "IPv6", &bare[..1]),
+            ]),
+            2
         );
     }
 

@@ -96,18 +96,34 @@ resource!(
     k8s_openapi::NamespaceResourceScope
 );
 
-/// An EndpointSlice: its labels (the Service it belongs to) and its endpoints' readiness.
+/// An EndpointSlice: its labels (the Service it belongs to), its address family, and its
+/// endpoints' readiness and what each is (a dual-stack Service has a slice per family, listing
+/// the same pods).
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     #[serde(deserialize_with = "meta", default)]
     pub metadata: ObjectMeta,
+    /// IPv4, IPv6 or FQDN.
+    pub address_type: Option<String>,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     pub conditions: Option<EndpointConditions>,
+    /// What the endpoint is, usually its pod.
+    pub target_ref: Option<TargetRef>,
+}
+
+/// The object an endpoint stands for.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TargetRef {
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub uid: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -230,6 +246,27 @@ mod tests {
         )
         .unwrap();
         assert!(!plain.has_sidecar());
+
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-x", "namespace": "shop"},
+            "addressType": "IPv6",
+            "endpoints": [{
+                "addresses": ["fd00::1"],
+                "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-0", "uid": "u-1"},
+            }],
+        }))
+        .unwrap();
+        assert_eq!(slice.address_type.as_deref(), Some("IPv6"));
+        let target = slice.endpoints[0].target_ref.as_ref().unwrap();
+        assert_eq!(
+            (
+                target.kind.as_deref(),
+                target.name.as_deref(),
+                target.uid.as_deref()
+            ),
+            (Some("Pod"), Some("web-0"), Some("u-1"))
+        );
     }
 
     #[test]
