@@ -627,8 +627,8 @@ mod tests {
         decide(Some(lease), "me", seen, t0 + Duration::from_secs(secs), D)
     }
 
-    #[test]
-    fn takes_over_only_after_a_full_duration_without_change() {
+    /// "me" seeing, at `t0`, the Lease `theirs` that "other" holds: it follows (`follow`).
+    fn following_other() -> (Observed, Instant, Lease, Step) {
         let mut seen = Observed::default();
         let t0 = Instant::now();
         let theirs = lease(Some("other"), "7", 15);
@@ -636,6 +636,12 @@ mod tests {
             holder: "other".into(),
         };
         assert_eq!(decide_at(&theirs, &mut seen, t0, 0), follow);
+        (seen, t0, theirs, follow)
+    }
+
+    #[test]
+    fn takes_over_only_after_a_full_duration_without_change() {
+        let (mut seen, t0, theirs, follow) = following_other();
         assert_eq!(decide_at(&theirs, &mut seen, t0, 14), follow);
         // The holder renewed: the clock starts again from this observation.
         let renewed = lease(Some("other"), "8", 15);
@@ -650,23 +656,27 @@ mod tests {
         decide(None, "me", seen, t0 + Duration::from_secs(secs), D)
     }
 
+    /// What "me" decides on finding no Lease at each of `secs` after `t0`, in turn: waiting
+    /// until the last, which creates it.
+    fn creates_missing_only_at_last(seen: &mut Observed, t0: Instant, secs: &[u64]) {
+        let steps: Vec<Step> = secs
+            .iter()
+            .map(|s| decide_missing_at(seen, t0, *s))
+            .collect();
+        let mut expected: Vec<Step> = secs[1..].iter().map(|_| Step::AwaitMissing).collect();
+        expected.push(Step::Create);
+        assert_eq!(steps, expected, "missing at {secs:?}s");
+    }
+
     /// A Lease deleted from outside while "other" leads: its term may run on, so the Lease is
     /// created only once it has been missing for a whole lease duration by our clock.
     #[test]
     fn creates_a_deleted_lease_only_after_a_full_duration_missing() {
-        let mut seen = Observed::default();
-        let t0 = Instant::now();
-        let theirs = lease(Some("other"), "7", 15);
-        let follow = Step::Follow {
-            holder: "other".into(),
-        };
-        assert_eq!(decide_at(&theirs, &mut seen, t0, 0), follow);
+        let (mut seen, t0, theirs, follow) = following_other();
         assert_eq!(decide_at(&theirs, &mut seen, t0, 2), follow);
         // Deleted: counted from the first round that finds it missing.
         let t1 = t0 + Duration::from_secs(4);
-        assert_eq!(decide_missing_at(&mut seen, t1, 0), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t1, 14), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t1, 15), Step::Create);
+        creates_missing_only_at_last(&mut seen, t1, &[0, 14, 15]);
         // Missing again after that create (ours failed, or someone deleted it again): a new
         // record, counted anew.
         let t2 = t1 + Duration::from_secs(16);
@@ -676,9 +686,7 @@ mod tests {
         let mut seen = Observed::default();
         let long = lease(Some("other"), "9", 30);
         assert_eq!(decide_at(&long, &mut seen, t0, 0), follow);
-        assert_eq!(decide_missing_at(&mut seen, t1, 0), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t1, 29), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t1, 30), Step::Create);
+        creates_missing_only_at_last(&mut seen, t1, &[0, 29, 30]);
     }
 
     /// A leader that finds its Lease deleted does not recreate it at once (it steps down), nor
@@ -690,9 +698,7 @@ mod tests {
         assert_eq!(decide_missing_at(&mut seen, t0, 0), Step::Create);
         let mine = lease(Some("me"), "3", 15);
         assert_eq!(decide_at(&mine, &mut seen, t0, 16), Step::Renew);
-        assert_eq!(decide_missing_at(&mut seen, t0, 40), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t0, 54), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t0, 55), Step::Create);
+        creates_missing_only_at_last(&mut seen, t0, &[40, 54, 55]);
         // Seen missing, then held: the count of the missing Lease starts again.
         let mut seen = Observed {
             seen_lease: true,
@@ -704,9 +710,7 @@ mod tests {
             decide_at(&theirs, &mut seen, t0, 10),
             Step::Follow { .. }
         ));
-        assert_eq!(decide_missing_at(&mut seen, t0, 16), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t0, 30), Step::AwaitMissing);
-        assert_eq!(decide_missing_at(&mut seen, t0, 31), Step::Create);
+        creates_missing_only_at_last(&mut seen, t0, &[16, 30, 31]);
     }
 
     #[test]
@@ -764,18 +768,23 @@ mod tests {
         assert_eq!(next_round(None, late, timing), late + timing.retry_period);
     }
 
-    /// The guarantee of the whole module: whenever a follower may take the Lease over, the
-    /// old leader's term has already ended, however long its last renewal took to be recorded.
-    #[test]
-    fn a_term_ends_before_anyone_else_may_take_over() {
-        for timing in [
+    /// The default timing and a short one (as tests of the whole webhook use).
+    fn timings() -> [LeaseTiming; 2] {
+        [
             LeaseTiming::default(),
             LeaseTiming {
                 lease_duration: Duration::from_secs(4),
                 renew_deadline: Duration::from_secs(2),
                 retry_period: Duration::from_millis(500),
             },
-        ] {
+        ]
+    }
+
+    /// The guarantee of the whole module: whenever a follower may take the Lease over, the
+    /// old leader's term has already ended, however long its last renewal took to be recorded.
+    #[test]
+    fn a_term_ends_before_anyone_else_may_take_over() {
+        for timing in timings() {
             timing.validate().expect("valid timing");
             let step = Duration::from_millis(50);
             let t0 = Instant::now();
@@ -802,18 +811,11 @@ mod tests {
     }
 
     /// The same guarantee when the Lease is deleted from outside right after the old leader's
-    /// renewal was recorded: whether the candidate had seen that record or starts just then, it
-    /// creates the Lease only once the old term has ended.
+    /// renewal was recorded: whether the candidate had seen that record or only the Lease
+    /// missing since, it creates the Lease only once the old term has ended.
     #[test]
     fn a_term_ends_before_anyone_may_create_a_deleted_lease() {
-        for timing in [
-            LeaseTiming::default(),
-            LeaseTiming {
-                lease_duration: Duration::from_secs(4),
-                renew_deadline: Duration::from_secs(2),
-                retry_period: Duration::from_millis(500),
-            },
-        ] {
+        for timing in timings() {
             let step = Duration::from_millis(50);
             let t0 = Instant::now();
             for recorded in [Duration::ZERO, step, timing.renew_deadline - step] {

@@ -108,24 +108,16 @@ pub fn parse_review(body: &[u8]) -> Result<AdmissionRequest<Namespace>, String> 
 
 impl Object {
     fn into_namespace(self) -> Namespace {
-        let Metadata {
-            name,
-            generate_name,
-            uid,
-            resource_version,
-            deletion_timestamp,
-            labels,
-            annotations,
-        } = self.metadata;
+        let kept = self.metadata;
         Namespace {
             metadata: ObjectMeta {
-                name,
-                generate_name,
-                uid,
-                resource_version,
-                deletion_timestamp,
-                labels,
-                annotations: annotations.map(|_| BTreeMap::new()),
+                name: kept.name,
+                generate_name: kept.generate_name,
+                uid: kept.uid,
+                resource_version: kept.resource_version,
+                deletion_timestamp: kept.deletion_timestamp,
+                labels: kept.labels,
+                annotations: kept.annotations.map(|_| BTreeMap::new()),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
