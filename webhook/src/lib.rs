@@ -24,7 +24,7 @@ pub mod readiness;
 pub mod reconcile;
 mod reloading;
 mod remote_watch;
-mod renewal;
+pub mod renewal;
 pub mod shared_state;
 pub mod tls;
 mod watch_events;
