@@ -17,6 +17,7 @@ use kube::api::DeleteParams;
 use kube::{Api, Client};
 use kubectl_mesh::remote_setup as setup;
 use mesh_core::cluster::RemoteGuard;
+use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as};
 use mesh_e2e::fixtures::{self, AttachOptions, Token, output, plugin};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{
@@ -178,6 +179,87 @@ async fn list_shows_attached_clusters_and_says_when_there_are_none() -> anyhow::
         text(&out.stdout).contains(&format!("name: {west_name}")),
         "{}",
         describe(&out)
+    );
+    Ok(())
+}
+
+/// Makes the requests about Secrets that the ServiceAccount of `caller` (a kubeconfig of
+/// [`kubeconfig_granting`]) sends the primary countable, allowed or refused: a FlowSchema of
+/// their own, whose requests the apiserver counts as it dispatches them, before it authorizes
+/// them. Returns the FlowSchema's name once the apiserver classifies requests by it.
+async fn count_secret_requests(env: &TestEnv, caller: &std::path::Path) -> anyhow::Result<String> {
+    let account = caller
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .context("account")?;
+    let schema = format!("{account}-secrets");
+    let flow_schema = json!({
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+        "metadata": {"name": schema},
+        "spec": {"matchingPrecedence": 500, "priorityLevelConfiguration": {"name": "catch-all"},
+            "rules": [{
+                "subjects": [{"kind": "ServiceAccount",
+                    "serviceAccount": {"name": account, "namespace": "default"}}],
+                "resourceRules": [{"verbs": ["*"], "apiGroups": [""], "resources": ["secrets"],
+                    "namespaces": ["*"]}]}]},
+    });
+    mesh_e2e::kubectl_apply(env, env.primary(), &flow_schema.to_string()).await?;
+    let dangling = r#"jsonpath={.status.conditions[?(@.type=="Dangling")].status}"#;
+    let args = ["get", "flowschema", &schema, "-o", dangling];
+    eventually("the FlowSchema in force", DEFAULT_TIMEOUT, || async {
+        Ok((mesh_e2e::kubectl(env, env.primary(), &args).await? == "False").then_some(()))
+    })
+    .await?;
+    Ok(schema)
+}
+
+/// Requests the primary has dispatched through FlowSchema `schema` so far.
+async fn requests_through(env: &TestEnv, schema: &str) -> anyhow::Result<f64> {
+    let metrics = mesh_e2e::kubectl(env, env.primary(), &["get", "--raw", "/metrics"]).await?;
+    let label = format!(r#"flow_schema="{schema}""#);
+    Ok(metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_flowcontrol_dispatched_requests_total{"))
+        .filter(|l| l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Only `list -o wide` shows the stored tokens' expiry, so only it reads Secrets: a caller
+/// who may read MeshClusters but not Secrets lists the clusters as a table and as JSON
+/// without asking for a Secret; `-o wide` asks, is refused, and shows the expiry unknown.
+#[tokio::test]
+async fn list_reads_secrets_only_for_the_format_that_shows_token_expiries() -> anyhow::Result<()> {
+    let (_serial, env) = serial().await;
+    let name = unique_name("east");
+    fixtures::attach(env, &env.remotes()[0], &name, Default::default()).await?;
+    let rules = json!([{"apiGroups": [mesh_core::GROUP], "resources": ["meshclusters"],
+        "verbs": ["get", "list"]}]);
+    let caller = kubeconfig_granting(env.primary(), env.dir(), &[Grant::everywhere(rules)]).await?;
+    let schema = count_secret_requests(env, &caller).await?;
+    for args in [["list"].as_slice(), &["list", "-o", "json"]] {
+        let out = mesh_as(&caller, args).await?;
+        assert_success(&out);
+        assert!(
+            text(&out.stdout).contains(&name),
+            "{args:?}: {}",
+            describe(&out)
+        );
+        assert_eq!(
+            requests_through(env, &schema).await?,
+            0.0,
+            "{args:?} asked for a Secret"
+        );
+    }
+    let wide = mesh_as(&caller, &["list", "-o", "wide"]).await?;
+    assert_success(&wide);
+    let table = text(&wide.stdout);
+    let cells = row(&table, &name).expect("listed");
+    assert_eq!(cells[cells.len() - 2], "unknown", "{table}");
+    assert_eq!(
+        requests_through(env, &schema).await?,
+        1.0,
+        "wide: one Secret asked for"
     );
     Ok(())
 }
