@@ -358,6 +358,43 @@ pub async fn cluster_condition(
         .and_then(|s| s.condition(kind).cloned()))
 }
 
+/// Waits until MeshCluster `cluster`'s `Reachable` condition is True; returns it.
+pub async fn reachable(
+    env: &TestEnv,
+    cluster: &str,
+) -> anyhow::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    reachable_is(env, cluster, "True", None).await
+}
+
+/// Waits until MeshCluster `cluster`'s `Reachable` condition is False for `reason` (e.g.
+/// `CredentialsMismatch`); returns it.
+pub async fn unreachable_for(
+    env: &TestEnv,
+    cluster: &str,
+    reason: &str,
+) -> anyhow::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    reachable_is(env, cluster, "False", Some(reason)).await
+}
+
+/// Waits until `cluster`'s `Reachable` condition has `status` (and `reason`, if given).
+async fn reachable_is(
+    env: &TestEnv,
+    cluster: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let what = format!(
+        "{cluster} Reachable={status} {}",
+        reason.unwrap_or_default()
+    );
+    eventually(what.trim_end(), DEFAULT_TIMEOUT, || async {
+        let reachable =
+            cluster_condition(env, cluster, mesh_core::cluster::CONDITION_REACHABLE).await?;
+        Ok(reachable.filter(|c| c.status == status && reason.is_none_or(|r| c.reason == r)))
+    })
+    .await
+}
+
 /// Label keys kubectl-mesh manages (the default rule).
 pub const MANAGED_LABELS: [&str; 3] = mesh_core::labels::DEFAULT_MANAGED_LABELS;
 

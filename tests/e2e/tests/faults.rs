@@ -15,7 +15,8 @@ use mesh_e2e::tokens::revoke;
 use mesh_e2e::{
     NO_RESYNC, carries, cluster_condition, create_everywhere, edit_labels, eventually, https_get,
     kubectl, label_on_primary, labels, lease_holder, managed_labels, namespaces, one_remote_mesh,
-    own_mesh, reviews_answered, route_admission_to, shared_mesh, syncs, unique_name,
+    own_mesh, reachable, reviews_answered, route_admission_to, shared_mesh, syncs, unique_name,
+    unreachable_for,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -31,7 +32,8 @@ async fn wait_labels(
     carries(cluster, ns, expected, DEADLINE).await
 }
 
-async fn reachable(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String>> {
+/// The status of `cluster`'s `Reachable` condition, if it has one.
+async fn reachable_status(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String>> {
     Ok(cluster_condition(env, cluster, CONDITION_REACHABLE)
         .await?
         .map(|c| c.status))
@@ -40,10 +42,7 @@ async fn reachable(env: &TestEnv, cluster: &str) -> anyhow::Result<Option<String
 #[tokio::test]
 async fn a_remote_that_was_down_converges_when_it_returns() -> anyhow::Result<()> {
     let (env, _mesh, remote, ns) = one_remote_mesh(None, "outage").await?;
-    eventually("remote-1 reachable", DEADLINE, || async {
-        Ok((reachable(&env, "remote-1").await?.as_deref() == Some("True")).then_some(()))
-    })
-    .await?;
+    reachable(&env, "remote-1").await?;
 
     env.stop_apiserver(&remote.name)?;
     // The edit succeeds on the primary; kubectl is told the remote missed it.
@@ -54,20 +53,13 @@ async fn a_remote_that_was_down_converges_when_it_returns() -> anyhow::Result<()
         "kubectl printed: {warnings}"
     );
     eventually("status shows remote-1 unreachable", DEADLINE, || async {
-        Ok((reachable(&env, "remote-1").await?.as_deref() == Some("False")).then_some(()))
+        Ok((reachable_status(&env, "remote-1").await?.as_deref() == Some("False")).then_some(()))
     })
     .await?;
 
     env.start_apiserver(&remote.name).await?;
     wait_labels(&remote, &ns, &labels(&[("istio-injection", "enabled")])).await?;
-    eventually(
-        "status shows remote-1 reachable again",
-        DEADLINE,
-        || async {
-            Ok((reachable(&env, "remote-1").await?.as_deref() == Some("True")).then_some(()))
-        },
-    )
-    .await?;
+    reachable(&env, "remote-1").await?;
     Ok(())
 }
 
@@ -609,21 +601,6 @@ async fn name_secret(env: &TestEnv, cluster: &str, secret: &str) -> anyhow::Resu
         .patch(cluster, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
-}
-
-/// Waits until `cluster`'s `Reachable` condition is False for `reason`; returns it.
-async fn unreachable_for(env: &TestEnv, cluster: &str, reason: &str) -> anyhow::Result<Condition> {
-    let (_, reachable) = eventually(
-        &format!("{cluster} Reachable=False {reason}"),
-        DEADLINE,
-        || async {
-            Ok(conditions(env, cluster)
-                .await?
-                .filter(|(_, reachable)| reachable.status == "False" && reachable.reason == reason))
-        },
-    )
-    .await?;
-    Ok(reachable)
 }
 
 #[tokio::test]

@@ -4,37 +4,22 @@
 
 use std::time::Duration;
 
-use mesh_core::cluster::CONDITION_REACHABLE;
-use mesh_e2e::{cluster_condition, describe, eventually, fixtures, text};
+use mesh_e2e::{describe, fixtures, reachable, text, unreachable_for};
 
-use crate::support::{DEADLINE, one_remote, reachable_reason, rotate, token_secrets};
+use crate::support::{one_remote, rotate, token_secrets};
 
 #[tokio::test]
 async fn a_stored_server_edited_by_hand_is_never_reached_nor_rotated() -> anyhow::Result<()> {
     let (env, _mesh, remote, _ns) = one_remote(&[], &[], "edited").await?;
     let name = remote.name.clone();
-    eventually("Reachable=True", DEADLINE, || async {
-        Ok(
-            (reachable_reason(&env, &name).await?.map(|r| r.0) == Some("True".to_owned()))
-                .then_some(()),
-        )
-    })
-    .await?;
+    reachable(&env, &name).await?;
 
     // A listener of the test's own: whatever was sent to the edited server would arrive here.
     let decoy = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let decoy_url = format!("https://{}", decoy.local_addr()?);
     fixtures::edit_stored_server(&env, &name, &decoy_url).await?;
 
-    eventually("Reachable=False CredentialsMismatch", DEADLINE, || async {
-        Ok((reachable_reason(&env, &name).await?
-            == Some(("False".to_owned(), "CredentialsMismatch".to_owned())))
-        .then_some(()))
-    })
-    .await?;
-    let reachable = cluster_condition(&env, &name, CONDITION_REACHABLE)
-        .await?
-        .expect("recorded");
+    let reachable = unreachable_for(&env, &name, "CredentialsMismatch").await?;
     assert!(
         reachable.message.contains(&format!(
             "its server \"{decoy_url}\" is not \"{}\"",

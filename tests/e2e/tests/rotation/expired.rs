@@ -2,11 +2,11 @@
 //! `rotate` repairs it.
 
 use mesh_e2e::tokens::store_token;
-use mesh_e2e::{assert_success, describe, eventually, fixtures::mesh_command, text};
-
-use crate::support::{
-    DEADLINE, injection_syncs, one_remote, reachable_reason, rotate, token_expiry, wide_list,
+use mesh_e2e::{
+    assert_success, describe, fixtures::mesh_command, reachable, text, unreachable_for,
 };
+
+use crate::support::{injection_syncs, one_remote, rotate, token_expiry, wide_list};
 
 /// An unsigned JWT whose `exp` has passed.
 ///
@@ -39,12 +39,7 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
     let name = remote.name.clone();
     store_token(&env, &format!("cluster-{name}"), &expired_jwt()).await?;
 
-    eventually("Reachable=False TokenExpired", DEADLINE, || async {
-        Ok((reachable_reason(&env, &name).await?
-            == Some(("False".to_owned(), "TokenExpired".to_owned())))
-        .then_some(()))
-    })
-    .await?;
+    unreachable_for(&env, &name, "TokenExpired").await?;
     let (gauge, seconds) = token_expiry(&mesh, &name).await?;
     assert!(seconds < 0.0, "{gauge}");
 
@@ -71,13 +66,7 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
 
     let rotated = rotate(&env, &remote).await?;
     assert_success(&rotated);
-    eventually("Reachable=True", DEADLINE, || async {
-        Ok(
-            (reachable_reason(&env, &name).await?.map(|r| r.0) == Some("True".to_owned()))
-                .then_some(()),
-        )
-    })
-    .await?;
+    reachable(&env, &name).await?;
     injection_syncs(&env, &remote, &ns, "enabled").await?;
     let (table, run) = wide_list(&env).await?;
     assert!(!table.contains("expired"), "{run}");
