@@ -2,7 +2,8 @@
 //! mesh, headless Chromium renders it, and the test reads the rendered DOM. A label change on
 //! the primary shows within seconds (pushed, the page is never reloaded), a remote label
 //! edited by hand shows as the webhook's correction Event, a frozen remote shows as
-//! unreachable and then reachable again, and a request for a foreign host is refused.
+//! unreachable and then reachable again, a remote whose credentials are rotated under the page
+//! is still read (with the new ones), and a request for a foreign host is refused.
 //! Screenshots go to the target directory.
 
 use std::path::PathBuf;
@@ -20,6 +21,9 @@ const SHOWS_WITHIN: Duration = Duration::from_secs(10);
 const UNREACHABLE_WITHIN: Duration = Duration::from_secs(20);
 /// Services created to fill more than the first page the page is sent (500 rows).
 const MANY_SERVICES: usize = 510;
+/// How long a watch lasts before it is made again (`remote::WATCH_SECONDS`, 50 s) and then
+/// some: past it, a watch made with a revoked token would be refused.
+const WATCHES_MADE_AGAIN_WITHIN: Duration = Duration::from_secs(60);
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
@@ -244,6 +248,43 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     )
     .await?;
     browser.screenshot(&shots().join("dashboard.png")).await?;
+
+    // `kubectl mesh rotate remote-1` while the page is open: the stored and view Secrets keep
+    // their names and get new tokens, the old ones revoked. Once every watch had to be made
+    // again, a label pushed to remote-1 still shows there, and its services are still read.
+    let mut rotate = tokio::process::Command::from(mesh.plugin());
+    rotate
+        .args(["rotate", "remote-1", "--remote-kubeconfig"])
+        .arg(&remote_1.kubeconfig)
+        .env("NO_COLOR", "1");
+    let out = rotate.output().await?;
+    anyhow::ensure!(out.status.success(), "rotate remote-1: {}", describe(&out));
+    tokio::time::sleep(WATCHES_MADE_AGAIN_WITHIN).await;
+    label_on_primary(env, &ns, &["istio-injection=disabled"]).await?;
+    until(
+        &mut browser,
+        "after rotate, the label shows on remote-1, read with its new credentials",
+        SHOWS_WITHIN,
+        &format!(
+            "{} === 'istio-injection=disabled' && {} === 'istio-injection=disabled'",
+            cell(&ns, "primary"),
+            cell(&ns, "remote-1")
+        ),
+    )
+    .await?;
+    browser.eval(&filter(&format!("{ns}/web"))).await?;
+    until(
+        &mut browser,
+        "after rotate, remote-1's services are still read",
+        SHOWS_WITHIN,
+        &format!(
+            r#"(() => {{ const r = document.querySelector('#services tr[data-service="{ns}/web"]');
+                return !!r && r.querySelector('td[data-cluster="remote-1"]').textContent.startsWith('0 ready')
+                    && document.querySelector('#clusters tr[data-cluster="remote-1"]').dataset.reachability === 'reachable'; }})()"#
+        ),
+    )
+    .await?;
+    browser.eval(&filter("")).await?;
 
     // A frozen remote shows as unreachable, then reachable again once it answers.
     env.pause_apiserver("remote-2")?;
