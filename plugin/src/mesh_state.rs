@@ -528,7 +528,9 @@ mod tests {
         assert_eq!(namespaces.len(), total);
         assert!(started.elapsed() > timeout, "{:?}", started.elapsed());
         remote.state().delay = Some(timeout.mul_f64(1.5));
-        let late = remote_namespaces(&client).await.expect_err("a page past the timeout");
+        let late = remote_namespaces(&client)
+            .await
+            .expect_err("a page past the timeout");
         assert!(late.to_string().contains("timed out"), "{late}");
     }
 
