@@ -624,6 +624,15 @@ fn reconcile(live: &mut Live, primary: &Client, shared: &Arc<Shared>, name: &str
     remote.epoch = which.epoch;
 }
 
+/// What a task that follows one remote works with.
+#[derive(Clone)]
+struct Followed {
+    primary: Client,
+    shared: Arc<Shared>,
+    cluster: MeshCluster,
+    which: Which,
+}
+
 /// The tasks that follow one remote: its reachability, the expiry of its stored token, its
 /// namespaces, and, with view credentials, its workloads.
 fn watch_remote(
@@ -632,134 +641,149 @@ fn watch_remote(
     cluster: &MeshCluster,
     which: &Which,
 ) -> Vec<JoinHandle<()>> {
-    let name = which.clone();
-    let mut tasks = Vec::new();
+    let remote = Followed {
+        primary: primary.clone(),
+        shared: shared.clone(),
+        cluster: cluster.clone(),
+        which: which.clone(),
+    };
+    vec![
+        tokio::spawn(probe_remote(remote.clone())),
+        tokio::spawn(read_remote_workloads(remote.clone())),
+        tokio::spawn(follow_remote_namespaces(remote)),
+    ]
+}
 
-    // Whether it answers now: a watch on a frozen server would wait for ever.
-    let (p, s, c, n) = (
-        primary.clone(),
-        shared.clone(),
-        cluster.clone(),
-        name.clone(),
-    );
-    tasks.push(tokio::spawn(async move {
-        let options = RemoteOptions {
-            connect_timeout: PROBE_TIMEOUT,
-            read_timeout: PROBE_TIMEOUT,
-            call_deadline: Some(PROBE_TIMEOUT),
-            ..RemoteOptions::default()
-        };
-        let secrets: Api<Secret> = Api::namespaced(p.clone(), MESH_NAMESPACE);
-        for round in 0u64.. {
-            // The stored token changes when it is rotated: its expiry is read again now and then.
-            if round % EXPIRY_EVERY_PROBES == 0 {
-                let secret = secrets.get_opt(&c.spec.secret_name).await.ok().flatten();
-                let expiry = expiry_of(secret.as_ref());
-                s.update(|live| {
-                    if let Some(r) = live.remote(&n) {
-                        r.expiry = Some(expiry);
-                    }
-                });
-            }
-            // The probe asks the one thing that also proves the server is this cluster.
-            let answer = async {
-                let client = remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &options)
-                    .await
-                    .map_err(|e| failure::error_chain(&e))?;
-                let found = remote::cluster_id(&client)
-                    .await
-                    .map_err(|e| failure::error_chain(&e))?;
-                remote::Identity::of(&c)
-                    .check(&found)
-                    .map_err(|e| e.to_string())
-            };
-            let probe = tokio::time::timeout(PROBE_TIMEOUT, answer)
+/// Whether it answers now: a watch on a frozen server would wait for ever.
+async fn probe_remote(followed: Followed) {
+    let options = RemoteOptions {
+        connect_timeout: PROBE_TIMEOUT,
+        read_timeout: PROBE_TIMEOUT,
+        call_deadline: Some(PROBE_TIMEOUT),
+        ..RemoteOptions::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(followed.primary.clone(), MESH_NAMESPACE);
+    for round in 0u64.. {
+        // The stored token changes when it is rotated: its expiry is read again now and then.
+        if round % EXPIRY_EVERY_PROBES == 0 {
+            let secret = secrets
+                .get_opt(&followed.cluster.spec.secret_name)
                 .await
-                .unwrap_or_else(|_| Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())));
-            s.update(|live| {
-                if let Some(r) = live.remote(&n) {
-                    let probe = Some(probe);
-                    if r.probe != probe {
-                        r.probe = probe;
-                        live.matrix = None;
-                    }
+                .ok()
+                .flatten();
+            let expiry = expiry_of(secret.as_ref());
+            followed.shared.update(|live| {
+                if let Some(r) = live.remote(&followed.which) {
+                    r.expiry = Some(expiry);
                 }
             });
-            tokio::time::sleep(PROBE_EVERY).await;
         }
-    }));
+        // The probe asks the one thing that also proves the server is this cluster.
+        let answer = async {
+            let client = remote::client_for_cluster(
+                &followed.primary,
+                MESH_NAMESPACE,
+                &followed.cluster,
+                &options,
+            )
+            .await
+            .map_err(|e| failure::error_chain(&e))?;
+            let found = remote::cluster_id(&client)
+                .await
+                .map_err(|e| failure::error_chain(&e))?;
+            remote::Identity::of(&followed.cluster)
+                .check(&found)
+                .map_err(|e| e.to_string())
+        };
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, answer)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())));
+        followed.shared.update(|live| {
+            if let Some(r) = live.remote(&followed.which) {
+                let probe = Some(probe);
+                if r.probe != probe {
+                    r.probe = probe;
+                    live.matrix = None;
+                }
+            }
+        });
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
 
-    // Its workloads, with the view credentials.
-    let (p, s, c, n) = (
-        primary.clone(),
-        shared.clone(),
-        cluster.clone(),
-        name.clone(),
-    );
-    tasks.push(tokio::spawn(async move {
-        let state = match view::credentials_with(&p, &c, &WATCH_CLIENT).await {
-            view::Credentials::None => ViewState::NoCredentials,
-            view::Credentials::Unusable { error, .. } => ViewState::Failed(error),
-            view::Credentials::Found { source, client } => {
-                let tasks = watch_workloads(&client, &s, Some(n.clone()));
-                s.update(|live| match live.remote(&n) {
+/// Its workloads, with the view credentials.
+async fn read_remote_workloads(followed: Followed) {
+    let state = match view::credentials_with(&followed.primary, &followed.cluster, &WATCH_CLIENT)
+        .await
+    {
+        view::Credentials::None => ViewState::NoCredentials,
+        view::Credentials::Unusable { error, .. } => ViewState::Failed(error),
+        view::Credentials::Found { source, client } => {
+            let tasks = watch_workloads(&client, &followed.shared, Some(followed.which.clone()));
+            followed
+                .shared
+                .update(|live| match live.remote(&followed.which) {
                     Some(r) => r.tasks.extend(tasks),
                     // Detached or built again meanwhile: nothing to watch.
                     None => tasks.iter().for_each(JoinHandle::abort),
                 });
-                ViewState::Read(source)
-            }
-        };
-        s.update(|live| {
-            if let Some(r) = live.remote(&n) {
-                r.view = state;
-            }
-        });
-    }));
+            ViewState::Read(source)
+        }
+    };
+    followed.shared.update(|live| {
+        if let Some(r) = live.remote(&followed.which) {
+            r.view = state;
+        }
+    });
+}
 
-    // Its namespaces, with the stored credentials; a client that cannot be built (the Secret
-    // missing or unusable) is tried again, less and less often.
-    let (p, s, c, n) = (primary.clone(), shared.clone(), cluster.clone(), name);
-    tasks.push(tokio::spawn(async move {
-        let mut failures = 0;
-        let client = loop {
-            match remote::client_for_cluster(&p, MESH_NAMESPACE, &c, &WATCH_CLIENT).await {
-                Ok(client) => break client,
-                Err(e) => {
-                    let error = failure::error_chain(&e);
-                    s.update(|live| {
-                        if let Some(r) = live.remote(&n) {
-                            r.namespaces_error = Some(error);
-                        }
-                        live.matrix = None;
-                    });
-                    failures += 1;
-                    tokio::time::sleep(retry_after(failures)).await;
-                }
-            }
-        };
-        let mut relist = Relist::default();
-        follow(
-            Api::<wire::Namespace>::all(client),
-            remote::watch_config().page_size(LIST_PAGE),
-            s.clone(),
-            move |live, change| {
-                live.matrix = None;
-                let Some(r) = live.remote(&n) else {
-                    return;
-                };
-                if let Change::Failed(e) = &change {
-                    r.namespaces_error = Some(e.clone());
-                    return;
-                }
-                r.namespaces_error = None;
-                let map = r.namespaces.get_or_insert_with(Records::default);
-                relist.apply(map, change, reduce_namespace);
-            },
+/// Its namespaces, with the stored credentials; a client that cannot be built (the Secret
+/// missing or unusable) is tried again, less and less often.
+async fn follow_remote_namespaces(followed: Followed) {
+    let mut failures = 0;
+    let client = loop {
+        match remote::client_for_cluster(
+            &followed.primary,
+            MESH_NAMESPACE,
+            &followed.cluster,
+            &WATCH_CLIENT,
         )
-        .await;
-    }));
-    tasks
+        .await
+        {
+            Ok(client) => break client,
+            Err(e) => {
+                let error = failure::error_chain(&e);
+                followed.shared.update(|live| {
+                    if let Some(r) = live.remote(&followed.which) {
+                        r.namespaces_error = Some(error);
+                    }
+                    live.matrix = None;
+                });
+                failures += 1;
+                tokio::time::sleep(retry_after(failures)).await;
+            }
+        }
+    };
+    let mut relist = Relist::default();
+    follow(
+        Api::<wire::Namespace>::all(client),
+        remote::watch_config().page_size(LIST_PAGE),
+        followed.shared.clone(),
+        move |live, change| {
+            live.matrix = None;
+            let Some(r) = live.remote(&followed.which) else {
+                return;
+            };
+            if let Change::Failed(e) = &change {
+                r.namespaces_error = Some(e.clone());
+                return;
+            }
+            r.namespaces_error = None;
+            let map = r.namespaces.get_or_insert_with(Records::default);
+            relist.apply(map, change, reduce_namespace);
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]
