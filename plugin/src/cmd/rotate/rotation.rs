@@ -1,0 +1,259 @@
+//! One cluster's rotation, step by step: each holder's token moved to a standby and back,
+//! waiting for the webhook between the moves.
+
+use super::*;
+
+/// One cluster's rotation.
+pub(super) struct Rotation<'a> {
+    pub(super) cluster: &'a str,
+    /// Its MeshCluster: what the stored kubeconfigs must be ([`stored_as_recorded`]).
+    pub(super) record: &'a MeshCluster,
+    pub(super) primary: &'a Client,
+    pub(super) primary_target: &'a Target,
+    pub(super) remote: &'a Client,
+    pub(super) remote_target: &'a Target,
+    pub(super) primary_id: &'a str,
+    pub(super) timeout: Duration,
+    pub(super) progress: Progress,
+}
+
+impl Rotation<'_> {
+    pub(super) async fn rotate(&self, holder: Holder) -> Result<()> {
+        let own = holder.token_secret();
+        let standby = setup::standby_secret(own);
+        let account = holder.account();
+        self.progress.info(format!(
+            "{}: rotating the token of ServiceAccount {MESH_NAMESPACE}/{account}",
+            self.cluster
+        ));
+        let stored = self.stored(holder).await?;
+        let current = stored_token_of(&stored);
+        // A time-bound token (`attach --token-ttl`) is replaced by one of the same lifetime,
+        // bound to the Secret that stands for it.
+        let bound = lifetime_of(current.as_deref());
+        let standby_token = token_in(self.remote_secret(&standby).await?.as_ref());
+        let bound_to_standby = current
+            .as_deref()
+            .and_then(token::bound_secret)
+            .is_some_and(|(name, _)| name == standby);
+        let on_standby = bound_to_standby || (standby_token.is_some() && standby_token == current);
+        if !on_standby {
+            // Whatever the standby holds is not stored; but a previous run may have just
+            // moved the stored kubeconfig off it, so it goes only once that is in use.
+            self.settled(holder, current.as_deref()).await?;
+            self.delete_token_secret(&standby).await?;
+            let token = self.issue(&standby, account, bound).await?;
+            self.store(holder, &token).await?;
+            self.settled(holder, Some(&token)).await?;
+        }
+        self.settled(holder, None).await?;
+        self.delete_token_secret(own).await?;
+        self.progress.ok(format!(
+            "{}: Secret {MESH_NAMESPACE}/{own} deleted: the old token is revoked",
+            self.cluster
+        ));
+        let token = self.issue(own, account, bound).await?;
+        self.store(holder, &token).await?;
+        self.settled(holder, Some(&token)).await?;
+        self.delete_token_secret(&standby).await?;
+        Ok(())
+    }
+
+    async fn stored(&self, holder: Holder) -> Result<Secret> {
+        stored_secret(self.primary, self.primary_target, self.cluster, holder).await
+    }
+
+    async fn remote_secret(&self, name: &str) -> Result<Option<Secret>> {
+        Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE)
+            .get_opt(name)
+            .await
+            .map_err(|e| {
+                access::request_error(
+                    self.remote_target,
+                    &format!("read Secret {MESH_NAMESPACE}/{name}"),
+                    e,
+                )
+            })
+    }
+
+    /// Deletes a token Secret this primary created for this cluster, and waits until it is
+    /// gone (its name is issued anew next).
+    async fn delete_token_secret(&self, name: &str) -> Result<()> {
+        let Some(found) = self.remote_secret(name).await? else {
+            return Ok(());
+        };
+        ours_or_refused(
+            &found.metadata,
+            ("Secret", name),
+            self.cluster,
+            self.primary_id,
+        )?;
+        let api = Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE);
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(access::request_error(
+                    self.remote_target,
+                    &format!("delete Secret {MESH_NAMESPACE}/{name}"),
+                    e,
+                ));
+            }
+        }
+        let gone = async || {
+            Ok(match self.remote_secret(name).await? {
+                None => Break(()),
+                Some(_) => Continue(()),
+            })
+        };
+        poll::until(self.timeout, Duration::from_millis(200), gone, |()| Late {
+            what: format!("Secret {MESH_NAMESPACE}/{name} on {} to go", self.cluster),
+            hint: format!(
+                "`kubectl -n {MESH_NAMESPACE} get secret {name} -o yaml` on {} shows what holds \
+                 it; then re-run rotate",
+                self.cluster
+            ),
+        })
+        .await
+    }
+
+    /// Creates the token Secret `name` for `account` and waits for its token; with `bound`,
+    /// the Secret a token of that lifetime is bound to, and that token.
+    async fn issue(&self, name: &str, account: &str, bound: Option<Duration>) -> Result<String> {
+        let mut secret = match bound {
+            Some(_) => setup::token_anchor_secret(name, self.cluster),
+            None => setup::token_secret(name, account, self.cluster),
+        };
+        secret.annotations_mut().insert(
+            setup::PRIMARY_ANNOTATION.to_owned(),
+            self.primary_id.to_owned(),
+        );
+        let api = Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE);
+        let created = api
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| {
+                access::request_error(
+                    self.remote_target,
+                    &format!("create Secret {MESH_NAMESPACE}/{name}"),
+                    e,
+                )
+            })?;
+        let token = match bound {
+            Some(ttl) => mint_bound_token(self.remote, account, &created, ttl)
+                .await
+                .map_err(|e| {
+                    access::request_error(
+                        self.remote_target,
+                        &format!("request a token of ServiceAccount {MESH_NAMESPACE}/{account}"),
+                        e,
+                    )
+                })?,
+            None => {
+                crate::cmd::attach::wait_token(self.remote, self.cluster, name, self.timeout)
+                    .await?
+            }
+        };
+        self.progress.ok(format!(
+            "{}: new token of ServiceAccount {MESH_NAMESPACE}/{account} issued in Secret \
+             {MESH_NAMESPACE}/{name}",
+            self.cluster
+        ));
+        Ok(token)
+    }
+
+    /// Puts `token` into the stored kubeconfig of `holder`.
+    async fn store(&self, holder: Holder, token: &str) -> Result<()> {
+        let (ns, name) = holder.stored_at(self.cluster);
+        let api = Api::<Secret>::namespaced(self.primary.clone(), ns);
+        // The resourceVersion read makes this a conditional update. A conflict is the
+        // webhook renewing a time-bound token meanwhile: read again and replace it.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let stored = self.stored(holder).await?;
+            // Read again on every write: an edit made during the rotation is refused too.
+            stored_as_recorded(self.record, holder, &stored)?;
+            let updated = with_token(&stored, token)?;
+            match api.replace(&name, &PostParams::default(), &updated).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => continue,
+                Err(e) => {
+                    return Err(access::request_error(
+                        self.primary_target,
+                        &format!("update Secret {ns}/{name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        self.progress.ok(format!(
+            "{}: new token stored in Secret {ns}/{name}",
+            self.cluster
+        ));
+        Ok(())
+    }
+
+    /// Waits until the holder uses what is stored now. Only the webhook says so (in MeshCluster
+    /// status); a stored token that has expired is used by no one, and is not waited for.
+    /// `expected`, when given, is the token that must be stored.
+    async fn settled(&self, holder: Holder, expected: Option<&str>) -> Result<()> {
+        if holder != Holder::Sync {
+            return Ok(());
+        }
+        let clusters: Api<MeshCluster> = Api::all(self.primary.clone());
+        let used = async || {
+            let stored = self.stored(holder).await?;
+            let token = stored_token_of(&stored);
+            if let Some(expected) = expected
+                && !same_credentials(token.as_deref(), expected)
+            {
+                return Err(Error::Refused {
+                    what: format!(
+                        "the stored credentials of {} changed during the rotation",
+                        self.cluster
+                    ),
+                    hint: "was attach or rotate run at the same time? re-run rotate".into(),
+                });
+            }
+            let expired = token
+                .as_deref()
+                .and_then(token::claims)
+                .is_some_and(|c| c.standing(jiff_now()) == token::Standing::Expired);
+            if expired {
+                return Ok(Break(()));
+            }
+            let mc = clusters
+                .get(self.cluster)
+                .await
+                .map_err(|e| access::request_error(self.primary_target, "read MeshClusters", e))?;
+            let observed = mc.status.and_then(|s| s.observed_credentials);
+            Ok(
+                if observed.is_some() && observed == stored.resource_version() {
+                    Break(())
+                } else {
+                    Continue(stored.resource_version().unwrap_or_default())
+                },
+            )
+        };
+        poll::until(self.timeout, Duration::from_millis(250), used, |stored| {
+            Late {
+                what: format!(
+                    "the webhook to sync {} with the stored token (MeshCluster \
+                 status.observedCredentials = {stored})",
+                    self.cluster,
+                ),
+                hint: format!(
+                    "the previous token still works; `kubectl mesh list` and `kubectl mesh check` \
+                 show what the webhook does with {0}; then re-run `kubectl mesh rotate {0}`",
+                    self.cluster
+                ),
+            }
+        })
+        .await
+    }
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
