@@ -86,23 +86,32 @@ pub(crate) async fn wait_namespace_gone(
     .await
 }
 
-/// Waits until the reconciler reports the cluster Synced.
+/// Waits until the reconciler reports the cluster Synced with the spec and the credentials
+/// this run wrote.
 pub(super) async fn wait_synced(
     primary: &Client,
     name: &str,
     timeout: Duration,
 ) -> Result<MeshCluster> {
-    let api: Api<MeshCluster> = Api::all(primary.clone());
+    let clusters: Api<MeshCluster> = Api::all(primary.clone());
+    let secrets: Api<Secret> = Api::namespaced(primary.clone(), MESH_NAMESPACE);
     let look = async || {
-        let mc = api
+        let mc = clusters
             .get(name)
             .await
             .map_err(Error::kube(format!("cannot read MeshCluster {name}")))?;
-        let status = mc.status.clone().unwrap_or_default();
-        Ok(if status.is_true(CONDITION_SYNCED) {
+        let stored = secrets
+            .get_opt(&mc.spec.secret_name)
+            .await
+            .map_err(Error::kube(format!(
+                "cannot read Secret {MESH_NAMESPACE}/{}",
+                mc.spec.secret_name
+            )))?;
+        let stored_version = stored.and_then(|s| s.metadata.resource_version);
+        Ok(if synced_now(&mc, stored_version.as_deref()) {
             Break(mc)
         } else {
-            Continue(status)
+            Continue(mc.status.unwrap_or_default())
         })
     };
     poll::until(timeout, Duration::from_millis(500), look, |status| {
@@ -119,6 +128,22 @@ pub(super) async fn wait_synced(
         }
     })
     .await
+}
+
+/// Whether the cluster's last sync used its current spec and the stored credentials of
+/// `stored_version`: on a re-run, the status still says `Synced` of the sync before it.
+fn synced_now(mc: &MeshCluster, stored_version: Option<&str>) -> bool {
+    let Some(status) = &mc.status else {
+        return false;
+    };
+    let spec_seen = match (status.observed_generation, mc.metadata.generation) {
+        (Some(observed), Some(current)) => observed >= current,
+        (None, Some(_)) => false,
+        (_, None) => true,
+    };
+    status.is_true(CONDITION_SYNCED)
+        && spec_seen
+        && status.observed_credentials.as_deref() == stored_version
 }
 
 /// One line about a sync's result, from the MeshCluster's status.
@@ -140,6 +165,31 @@ pub(super) fn sync_summary(name: &str, status: &MeshClusterStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh_state::fixtures::{cluster, condition};
+
+    /// `east` at generation 2, Synced by a sync of `observed` generation with `credentials`.
+    fn synced_east(observed: Option<i64>, credentials: Option<&str>) -> MeshCluster {
+        let mut east = cluster("east", "https://10.0.0.1:6443", "2026-12-01T00:00:00Z");
+        east.metadata.generation = Some(2);
+        let status = east.status.get_or_insert_with(Default::default);
+        status.conditions = vec![condition(CONDITION_SYNCED, "True")];
+        status.observed_generation = observed;
+        status.observed_credentials = credentials.map(str::to_owned);
+        east
+    }
+
+    #[test]
+    fn a_re_run_waits_for_a_sync_of_its_own_spec_and_credentials() {
+        assert!(synced_now(&synced_east(Some(2), Some("7")), Some("7")));
+        // The sync before the re-run: an older spec, or the credentials it replaced.
+        assert!(!synced_now(&synced_east(Some(1), Some("7")), Some("7")));
+        assert!(!synced_now(&synced_east(None, Some("7")), Some("7")));
+        assert!(!synced_now(&synced_east(Some(2), Some("6")), Some("7")));
+        // Never synced.
+        let mut east = synced_east(Some(2), Some("7"));
+        east.status = None;
+        assert!(!synced_now(&east, Some("7")));
+    }
 
     #[test]
     fn summary_names_missing_namespaces() {
