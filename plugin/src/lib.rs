@@ -614,7 +614,7 @@ mod tests {
         };
         assert_eq!(a.remote_kubeconfig, PathBuf::from("remote.yaml"));
         assert_eq!(cli.global.kubeconfig, Some(PathBuf::from("primary.yaml")));
-        assert_eq!(a.remote_guard, cmd::attach::RemoteGuardArg::Deny);
+        assert_eq!(a.remote_guard, Some(cmd::attach::RemoteGuardArg::Deny));
         assert!(a.dry_run && !a.wait);
     }
 

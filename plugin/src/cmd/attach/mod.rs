@@ -71,10 +71,12 @@ pub struct Attach {
     /// what `status -o wide` and `check` show of workloads. Kept on a re-run without it.
     #[arg(long)]
     pub services_view: bool,
-    /// What happens to managed-label edits made directly on the remote.
-    #[arg(long, value_enum, default_value_t, value_name = "MODE")]
-    pub remote_guard: RemoteGuardArg,
-    /// Name of the primary in the remote guard's messages [default: the primary's context].
+    /// What happens to managed-label edits made directly on the remote [default: warn for a
+    /// new cluster; an attached one keeps its guard].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub remote_guard: Option<RemoteGuardArg>,
+    /// Name of the primary in the remote guard's messages [default: the primary's context for
+    /// a new cluster; an attached one keeps its recorded name].
     #[arg(long, value_name = "NAME")]
     pub primary_name: Option<String>,
     /// Take over a remote whose kubectl-mesh objects another primary attached (that primary's
@@ -162,7 +164,7 @@ impl Attach {
             name,
             istio: istio_remote_secret,
             services_view,
-            guard: remote_guard.into(),
+            guard: remote_guard.map(Into::into),
             primary_name,
             force,
             scope: (!exclude_namespaces.is_empty() || namespace_selector.is_some())

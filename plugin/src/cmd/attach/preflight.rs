@@ -15,7 +15,7 @@ use kube::{
 };
 use mesh_core::{
     GROUP, MESH_NAMESPACE,
-    cluster::{MeshCluster, NamespaceScope},
+    cluster::{MeshCluster, MeshClusterSpec, NamespaceScope, RemoteGuard},
     labels::SyncRule,
     list,
 };
@@ -38,7 +38,9 @@ pub(super) struct Args {
     pub(super) name: Option<String>,
     pub(super) istio: bool,
     pub(super) services_view: bool,
-    pub(super) guard: mesh_core::cluster::RemoteGuard,
+    /// `--remote-guard` and `--primary-name`, when given; otherwise an attached cluster
+    /// keeps its guard ([`guard_settings`]).
+    pub(super) guard: Option<RemoteGuard>,
     pub(super) primary_name: Option<String>,
     pub(super) force: bool,
     /// `--exclude-namespaces` and `--namespace-selector`, when either was given; otherwise
@@ -320,11 +322,6 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         server: remote_server,
         where_configured: format!("the server address in {}", file.display()),
     };
-    let guard = Guard::new(
-        args.guard,
-        args.primary_name.as_deref().unwrap_or(&primary_context),
-        &primary_context,
-    );
     let primary = ctx
         .primary_client_of(primary_kc, &primary_context, &primary_target)
         .await?;
@@ -531,7 +528,15 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         what: format!("the recorded scope of {name} cannot be used: {error}"),
         hint: "give the scope again with --exclude-namespaces and --namespace-selector".into(),
     })?;
-    let guard = guard.with_rule(&scoped).with_scope(&scope);
+    let (mode, primary_name) = guard_settings(
+        args.guard,
+        args.primary_name.as_deref(),
+        existing.as_ref().map(|mc| &mc.spec),
+        &primary_context,
+    );
+    let guard = Guard::new(mode, &primary_name, &primary_context)
+        .with_rule(&scoped)
+        .with_scope(&scope);
     let preview = first_sync(
         &name,
         &scoped,
@@ -567,6 +572,24 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     };
     let takeover = check_ownership(&plan, &primary_target, args.force).await?;
     Ok(Plan { takeover, ..plan })
+}
+
+/// The guard's mode and the primary's name in its messages: the flags where given (`flag`,
+/// `primary_name`); otherwise what the MeshCluster of an attached cluster records
+/// (`recorded`), and for a new cluster warn and the primary's context.
+fn guard_settings(
+    flag: Option<RemoteGuard>,
+    primary_name: Option<&str>,
+    recorded: Option<&MeshClusterSpec>,
+    primary_context: &str,
+) -> (RemoteGuard, String) {
+    let mode = flag
+        .or(recorded.map(|spec| spec.remote_guard))
+        .unwrap_or_default();
+    let primary_name = primary_name
+        .or(recorded.and_then(|spec| spec.primary_name.as_deref()))
+        .unwrap_or(primary_context);
+    (mode, primary_name.to_owned())
 }
 
 /// What the first sync will do on the remote: the preview of both sides' namespaces as they
@@ -747,6 +770,72 @@ fn refuse_other_token_kind(plan: &Plan, m: &Manifest, found: &DynamicObject) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spec of a cluster attached with `guard`, its primary named `primary_name`.
+    fn recorded(guard: &str, primary_name: Option<&str>) -> MeshClusterSpec {
+        serde_json::from_value(serde_json::json!({
+            "clusterId": "east-id",
+            "server": "https://east.example:6443",
+            "secretName": "cluster-east",
+            "remoteGuard": guard,
+            "primaryName": primary_name,
+        }))
+        .expect("a MeshCluster spec")
+    }
+
+    #[test]
+    fn a_new_cluster_without_the_flags_gets_warn_named_after_the_primary_context() {
+        assert_eq!(
+            guard_settings(None, None, None, "main-ctx"),
+            (RemoteGuard::Warn, "main-ctx".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_new_cluster_gets_the_flags() {
+        assert_eq!(
+            guard_settings(Some(RemoteGuard::Deny), Some("main"), None, "main-ctx"),
+            (RemoteGuard::Deny, "main".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_re_run_without_the_flag_keeps_the_recorded_guard() {
+        for guard in [RemoteGuard::Deny, RemoteGuard::Off, RemoteGuard::Warn] {
+            let spec = recorded(&format!("{guard:?}"), Some("main"));
+            assert_eq!(
+                guard_settings(None, None, Some(&spec), "main-ctx"),
+                (guard, "main".to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn a_re_run_with_the_flags_replaces_the_recorded_guard() {
+        let spec = recorded("Deny", Some("main"));
+        assert_eq!(
+            guard_settings(Some(RemoteGuard::Warn), Some("other"), Some(&spec), "ctx"),
+            (RemoteGuard::Warn, "other".to_owned())
+        );
+        // Each flag on its own: the other setting is kept.
+        assert_eq!(
+            guard_settings(Some(RemoteGuard::Off), None, Some(&spec), "ctx"),
+            (RemoteGuard::Off, "main".to_owned())
+        );
+        assert_eq!(
+            guard_settings(None, Some("other"), Some(&spec), "ctx"),
+            (RemoteGuard::Deny, "other".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_re_run_of_a_cluster_recording_no_primary_name_names_the_primary_context() {
+        let spec = recorded("Deny", None);
+        assert_eq!(
+            guard_settings(None, None, Some(&spec), "main-ctx"),
+            (RemoteGuard::Deny, "main-ctx".to_owned())
+        );
+    }
 
     #[test]
     fn a_kept_view_identity_is_told_in_one_sentence() {

@@ -4,7 +4,9 @@
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use kube::{
     Api,
     api::{Patch, PatchParams},
@@ -240,4 +242,41 @@ async fn reattach_with_another_primary_name_updates_the_guard() -> anyhow::Resul
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await?;
     delete_namespace(remote, &ns).await
+}
+
+/// A re-run of attach without `--remote-guard` and `--primary-name` keeps the guard the
+/// cluster has (deny stays deny, the recorded primary name stays), like every other setting.
+#[tokio::test]
+async fn a_re_run_without_guard_flags_keeps_the_deny_guard_and_its_primary_name()
+-> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    let name = remote.name.as_str();
+    attach(
+        env,
+        remote,
+        &["--remote-guard", "deny", "--primary-name", "elsewhere"],
+    )
+    .await?;
+
+    let progress = attach(env, remote, &[]).await?;
+    for line in [
+        "ValidatingAdmissionPolicy kubectl-mesh-guard unchanged",
+        "ValidatingAdmissionPolicyBinding kubectl-mesh-guard unchanged",
+        "remote guard deny",
+    ] {
+        assert!(progress.contains(line), "{line} missing in\n{progress}");
+    }
+    let binding = Api::<ValidatingAdmissionPolicyBinding>::all(remote.client().await?)
+        .get("kubectl-mesh-guard")
+        .await?;
+    assert_eq!(
+        binding.spec.and_then(|s| s.validation_actions),
+        Some(vec!["Deny".to_owned()])
+    );
+    let mc = mesh_cluster(env, name).await?;
+    assert_eq!(mc.spec.remote_guard, mesh_core::cluster::RemoteGuard::Deny);
+    assert_eq!(mc.spec.primary_name.as_deref(), Some("elsewhere"));
+
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
 }
