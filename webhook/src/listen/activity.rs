@@ -74,15 +74,15 @@ impl Activity {
     }
 
     /// Resolves once no request has been in progress for `idle`, or, before any request came,
-    /// `first` after the connection was accepted: a real client sends its first request as
-    /// soon as it has connected, so one that sends none is held to the time a request's head
-    /// gets, not to the time a client that made requests may keep a connection for the next.
+    /// the shorter of `first` and `idle` after the connection was accepted: a real client
+    /// sends its first request as soon as it has connected, so one that sends none is held to
+    /// the time a request's head gets, and never kept longer than an idle connection.
     pub(super) async fn idle_for(&self, first: Duration, idle: Duration) {
         let mut changes = self.state.subscribe();
         loop {
             let state = *changes.borrow_and_update();
             if state.in_progress == 0 {
-                let limit = if state.served { idle } else { first };
+                let limit = if state.served { idle } else { first.min(idle) };
                 tokio::select! {
                     () = tokio::time::sleep_until(state.since + limit) => return,
                     _ = changes.changed() => {}
@@ -161,6 +161,17 @@ mod tests {
         let ended = Instant::now();
         activity.idle_for(first, idle).await;
         assert_eq!(Instant::now() - ended, idle);
+    }
+
+    /// A first-request time longer than the idle time does not keep a connection that never
+    /// made a request open past the idle time.
+    #[tokio::test(start_paused = true)]
+    async fn before_any_request_the_idle_time_still_bounds_a_connection() {
+        let (first, idle) = (Duration::from_secs(300), Duration::from_secs(30));
+        let activity = Activity::new(Arc::default());
+        let accepted = Instant::now();
+        activity.idle_for(first, idle).await;
+        assert_eq!(Instant::now() - accepted, idle);
     }
 
     #[tokio::test(start_paused = true)]
