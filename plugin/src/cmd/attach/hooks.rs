@@ -6,8 +6,8 @@
 //! step, so that tests can check the rollback of every stage. It names a step of
 //! [`Step::ALL`]; any other value is refused before anything is done.
 //! `KUBECTL_MESH_STALL_IN=<step>` ([`STALL_IN_ENV`]) makes the first object that step creates
-//! look like a request still waiting for its answer once the apiserver has stored it, so that
-//! tests can interrupt attach (Ctrl-C) exactly there. It names a step that creates objects
+//! or changes look like a request still waiting for its answer once the apiserver has stored
+//! it, so that tests can interrupt attach (Ctrl-C) exactly there. It names a step that creates objects
 //! ([`Step::creates`]); a step that creates nothing is refused, as it could never stall.
 
 use std::ffi::OsString;
@@ -20,7 +20,7 @@ use crate::{Result, output::Progress};
 pub const FAIL_AFTER_ENV: &str = "KUBECTL_MESH_FAIL_AFTER";
 
 /// Environment variable of the interruption test hook: the first object the named step
-/// creates is stored, then attach waits as if the answer had not come.
+/// creates or changes is stored, then attach waits as if the answer had not come.
 pub const STALL_IN_ENV: &str = "KUBECTL_MESH_STALL_IN";
 
 pub(super) use imp::TestHooks;
@@ -74,18 +74,18 @@ mod imp {
             self.stall_in.is_some() && self.stall_in == step
         }
 
-        /// When the stall hook names `step`, whose object `created` was just stored: says so
-        /// and never returns (only Ctrl-C ends the run).
+        /// When the stall hook names `step`, whose object `stored` was just created or
+        /// changed: says so and never returns (only Ctrl-C ends the run).
         pub(in crate::cmd::attach) async fn stall_if_in(
             &self,
             step: Option<Step>,
             progress: Progress,
-            created: impl FnOnce() -> String,
+            stored: impl FnOnce() -> String,
         ) {
             if self.stalls_in(step) {
                 progress.info(format!(
                     "{}; stalling as if its answer had not come ({STALL_IN_ENV})",
-                    created()
+                    stored()
                 ));
                 std::future::pending::<()>().await;
             }
@@ -166,7 +166,7 @@ mod imp {
             &self,
             _step: Option<Step>,
             _progress: Progress,
-            _created: impl FnOnce() -> String,
+            _stored: impl FnOnce() -> String,
         ) {
         }
     }

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Client,
-    api::{DynamicObject, Patch, PatchParams},
+    api::{DeleteParams, DynamicObject, Patch, PatchParams},
 };
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, failure, remote};
 
@@ -31,7 +31,7 @@ use crate::{
 };
 
 use super::step::Step;
-use super::undo::{Change, Undone};
+use super::undo::{self, Change, Undone};
 
 /// One attach in progress: what it created so far, for the rollback.
 pub(super) struct Run<'a> {
@@ -129,38 +129,41 @@ impl<'a> Run<'a> {
             .get_opt(&m.name)
             .await
             .map_err(Error::kube(format!("cannot read {}", describe(&m))))?;
-        // Recorded before the request: if Ctrl-C drops this future while the create is in
-        // flight, the rollback still deletes what the apiserver may have stored.
-        if before.is_none() {
-            // The interruption tests cover the steps that say they create.
-            debug_assert!(
-                self.step.is_some_and(Step::creates),
-                "step {:?} creates {} but Step::creates says it creates nothing",
-                self.step,
-                describe(&m)
-            );
-            self.changes.push(Change::Created(side, m.clone()));
-        }
+        // Recorded before the request: if Ctrl-C drops this future while the write is in
+        // flight, or its answer never comes, the rollback still puts back what the apiserver
+        // may have stored.
+        let change = match &before {
+            None => {
+                // The interruption tests cover the steps that say they create.
+                debug_assert!(
+                    self.step.is_some_and(Step::creates),
+                    "step {:?} creates {} but Step::creates says it creates nothing",
+                    self.step,
+                    describe(&m)
+                );
+                Change::Created(side, m.clone())
+            }
+            Some(b) => Change::Updated(side, m.clone(), Box::new(b.clone())),
+        };
+        self.changes.push(change);
         let params = PatchParams::apply(FIELD_MANAGER).force();
-        let applied = api
-            .patch(&m.name, &params, &Patch::Apply(&m.object))
-            .await
-            .map_err(Error::kube(format!(
-                "cannot apply {} on {}",
-                describe(&m),
-                self.side_label(side)
-            )));
-        let obj = match applied {
+        let obj = match api.patch(&m.name, &params, &Patch::Apply(&m.object)).await {
             Ok(obj) => obj,
-            Err(err) => {
-                // Refused, so nothing was created.
-                if before.is_none() {
+            Err(e) => {
+                if undo::stored_nothing(&e) {
                     self.changes.pop();
                 }
-                return Err(err);
+                return Err(Error::kube(format!(
+                    "cannot apply {} on {}",
+                    describe(&m),
+                    self.side_label(side)
+                ))(e));
             }
         };
-        if before.is_none() {
+        let changed = before
+            .as_ref()
+            .is_none_or(|b| b.metadata.resource_version != obj.metadata.resource_version);
+        if changed {
             self.hooks
                 .stall_if_in(self.step, self.progress, || {
                     format!("{}: {} stored", self.side_label(side), describe(&m))
@@ -169,12 +172,11 @@ impl<'a> Run<'a> {
         }
         let verb = match before {
             None => "created",
-            Some(b) if b.metadata.resource_version == obj.metadata.resource_version => "unchanged",
-            Some(b) => {
-                self.changes
-                    .push(Change::Updated(side, m.clone(), Box::new(b)));
-                "updated"
+            Some(b) if b.metadata.resource_version == obj.metadata.resource_version => {
+                self.changes.pop();
+                "unchanged"
             }
+            Some(_) => "updated",
         };
         self.progress.ok(format!(
             "{}: {} {verb}",
@@ -558,13 +560,23 @@ impl<'a> Run<'a> {
     }
 
     /// Deletes the remote object `m`, found as `found`, recording it for the rollback.
+    /// Recorded before the request, as [`Self::ensure`] records.
     async fn delete_remote(&mut self, m: Manifest, found: DynamicObject) -> Result<apply::Deleted> {
-        let deleted = apply::delete(&self.plan.remote, &m).await?;
-        if deleted == apply::Deleted::Deleted {
-            self.changes
-                .push(Change::Deleted(Side::Remote, m, Box::new(found)));
+        self.changes
+            .push(Change::Deleted(Side::Remote, m.clone(), Box::new(found)));
+        let api = dyn_api(&self.plan.remote, &m);
+        match api.delete(&m.name, &DeleteParams::background()).await {
+            Ok(_) => Ok(apply::Deleted::Deleted),
+            Err(e) => {
+                if undo::stored_nothing(&e) {
+                    self.changes.pop();
+                }
+                match e {
+                    kube::Error::Api(s) if s.code == 404 => Ok(apply::Deleted::NotFound),
+                    e => Err(Error::kube(format!("cannot delete {}", describe(&m)))(e)),
+                }
+            }
         }
-        Ok(deleted)
     }
 
     /// A re-attach that binds istiod's reader to another ClusterRole than before: the binding's

@@ -60,13 +60,64 @@ async fn assert_istio_system_as_before(
     Ok(())
 }
 
+/// Runs `attach <args> <flags>` with the stall hook in `step`, waits until the step's object
+/// is stored and attach waits for an answer that does not come, then sends a real Ctrl-C
+/// (SIGINT); returns every line attach wrote and how it exited.
+async fn interrupted_when_stalled(
+    env: &mesh_testenv::TestEnv,
+    args: &[&str],
+    flags: &[&str],
+    step: &str,
+) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut attach = vec!["attach"];
+    attach.extend(args);
+    let mut child = tokio::process::Command::from(fixtures::mesh_invocation(env, &attach)?)
+        .args(flags)
+        .env_remove("KUBECTL_MESH_FAIL_AFTER")
+        .env("KUBECTL_MESH_STALL_IN", step)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEFAULT_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            let stalled = line.contains("stalling as if its answer had not come");
+            seen.push(line);
+            if stalled {
+                return anyhow::Ok(());
+            }
+        }
+        bail!(
+            "{step}: attach ended without stalling:\n{}",
+            seen.join("\n")
+        )
+    })
+    .await
+    .with_context(|| format!("{step}: no stall within {DEFAULT_TIMEOUT:?}"))??;
+    let pid = child.id().context("attach already exited")?;
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    ensure!(interrupted.success(), "kill -INT {pid} failed");
+    let status = tokio::time::timeout(DEFAULT_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            seen.push(line);
+        }
+        anyhow::Ok(child.wait().await?)
+    })
+    .await
+    .with_context(|| format!("{step}: attach did not exit after Ctrl-C"))??;
+    Ok((seen, status))
+}
+
 /// A real Ctrl-C while the first object of a step is stored but its answer has not come: in
 /// every step that creates objects ([`Step::creates`]; with --istio-remote-secret and
 /// --services-view, so that the Istio and view steps create theirs), attach rolls back what it created, that object included.
 #[tokio::test]
 async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()> {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let (env, remote, _lock) = open_with_remote(1).await?;
     require_test_hooks(env).await?;
     let name = remote.name.as_str();
@@ -75,47 +126,8 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
     for step in Step::ALL.into_iter().filter(|s| s.creates()) {
         let istio_system = istio_system_before(&primary, step).await?;
         let step = step.name();
-        let mut child = tokio::process::Command::from(fixtures::mesh_invocation(
-            env,
-            &["attach", &kubeconfig],
-        )?)
-        .args(EVERY_STEP)
-        .env_remove("KUBECTL_MESH_FAIL_AFTER")
-        .env("KUBECTL_MESH_STALL_IN", step)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-        let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-        let mut seen = Vec::new();
-        // The object is stored and attach waits for an answer that does not come.
-        tokio::time::timeout(DEFAULT_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await? {
-                let stalled = line.contains("stalling as if its answer had not come");
-                seen.push(line);
-                if stalled {
-                    return anyhow::Ok(());
-                }
-            }
-            bail!(
-                "{step}: attach ended without stalling:\n{}",
-                seen.join("\n")
-            )
-        })
-        .await
-        .with_context(|| format!("{step}: no stall within {DEFAULT_TIMEOUT:?}"))??;
-        let pid = child.id().context("attach already exited")?;
-        let interrupted = std::process::Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status()?;
-        ensure!(interrupted.success(), "kill -INT {pid} failed");
-        let status = tokio::time::timeout(DEFAULT_TIMEOUT, async {
-            while let Some(line) = lines.next_line().await? {
-                seen.push(line);
-            }
-            anyhow::Ok(child.wait().await?)
-        })
-        .await
-        .with_context(|| format!("{step}: attach did not exit after Ctrl-C"))??;
+        let (seen, status) =
+            interrupted_when_stalled(env, &[&kubeconfig], &EVERY_STEP, step).await?;
         ensure!(!status.success(), "{step}: interrupted attach succeeded");
         let last = seen.last().cloned().unwrap_or_default();
         assert!(
@@ -254,6 +266,42 @@ async fn a_failed_re_run_puts_back_what_it_changed() -> anyhow::Result<()> {
     ensure!(after.0 == before.0, "the sync scope was not put back");
     ensure!(after.1 == before.1, "the guard was not put back");
     ensure!(after.2 == before.2, "the MeshCluster was not put back");
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
+
+/// A real Ctrl-C while a re-run's change of the remote's sync scope is stored but its answer
+/// has not come: the rollback puts the scope back, so the remote enforces what the MeshCluster
+/// records (a change was recorded for the rollback only once its answer had come).
+#[tokio::test]
+async fn ctrl_c_while_an_update_is_in_flight_puts_it_back() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    require_test_hooks(env).await?;
+    attach(env, remote, &[]).await?;
+    let policies = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?);
+    let scope = async || -> anyhow::Result<_> {
+        let policy = policies.get("kubectl-mesh-sync-scope").await?;
+        Ok((policy.metadata.annotations, policy.spec))
+    };
+    let before = scope().await?;
+
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let flags = ["--exclude-namespaces", "kept-out"];
+    let step = Step::SyncScopePolicy.name();
+    let (seen, status) = interrupted_when_stalled(env, &[&kubeconfig], &flags, step).await?;
+    ensure!(!status.success(), "the interrupted re-run succeeded");
+    let last = seen.last().cloned().unwrap_or_default();
+    ensure!(
+        last.contains(&format!("failed at step {step} and was rolled back")),
+        "{}",
+        seen.join("\n")
+    );
+    ensure!(
+        scope().await? == before,
+        "the sync scope the re-run changed was not put back:\n{}",
+        seen.join("\n")
+    );
 
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await
