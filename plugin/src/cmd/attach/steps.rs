@@ -42,6 +42,9 @@ pub(super) struct Run<'a> {
     changes: Vec<Change>,
     /// Primary namespaces given the remote's labels, for the rollback.
     adopted: Vec<Adoption>,
+    /// The kube-system UIDs of the primaries whose tokens `--force` revoked: no rollback
+    /// issues them again.
+    revoked: Vec<String>,
     /// The step under way (for the error line).
     step: Option<Step>,
 }
@@ -61,6 +64,7 @@ impl<'a> Run<'a> {
             timeout,
             changes: Vec::new(),
             adopted: Vec::new(),
+            revoked: Vec::new(),
             step: None,
         }
     }
@@ -548,6 +552,10 @@ impl<'a> Run<'a> {
                 continue;
             };
             let other = other.to_owned();
+            // Before the request: one whose answer never came may have revoked it too.
+            if !self.revoked.contains(&other) {
+                self.revoked.push(other.clone());
+            }
             if apply::delete(&self.plan.remote, &m).await? == apply::Deleted::Deleted {
                 self.progress.warn(format!(
                     "{name}: {} of the primary with kube-system uid {other} deleted (--force): \
@@ -670,6 +678,7 @@ impl<'a> Run<'a> {
         } else {
             "was rolled back"
         };
+        let revoked = revoked_note(&self.revoked);
         let adopted = std::mem::take(&mut self.adopted);
         let mut left = adopt::unadopt(&self.plan.primary, &self.plan.rule, adopted, progress).await;
         while let Some(change) = self.changes.pop() {
@@ -699,11 +708,16 @@ impl<'a> Run<'a> {
             }
         }
         let what = format!(
-            "attaching {} failed at step {step} and {undo}: {}",
+            "attaching {} failed at step {step} and {undo}{revoked}: {}",
             self.plan.name,
             err.what()
         );
-        let hint = if left.is_empty() {
+        let hint = if left.is_empty() && !self.revoked.is_empty() {
+            format!(
+                "{}; then re-run attach with --force to finish the takeover",
+                err.hint()
+            )
+        } else if left.is_empty() {
             if err.hint().contains("re-run attach") {
                 err.hint()
             } else {
@@ -717,5 +731,18 @@ impl<'a> Run<'a> {
             )
         };
         Error::Refused { what, hint }
+    }
+}
+
+/// What the error line adds when `--force` revoked other primaries' tokens (their kube-system
+/// UIDs): a rollback cannot issue them again, so that primary no longer syncs the cluster.
+fn revoked_note(revoked: &[String]) -> String {
+    match revoked {
+        [] => String::new(),
+        uids => format!(
+            ", but the tokens of the primary with kube-system uid {} stay revoked (--force): \
+             it can no longer sync this cluster",
+            uids.join(", ")
+        ),
     }
 }

@@ -45,6 +45,66 @@ async fn a_second_primary_takes_a_remote_over_only_with_force() -> anyhow::Resul
     assert_nothing_left(env, remote, &remote.name).await
 }
 
+/// A takeover that fails after `--force` revoked the first primary's tokens says that they stay
+/// revoked (it said "was rolled back", and a re-run without --force is refused), and a re-run
+/// with --force finishes it.
+#[tokio::test]
+async fn a_failed_takeover_says_the_revoked_tokens_stay_revoked() -> anyhow::Result<()> {
+    let env = env().await?;
+    require_test_hooks(env).await?;
+    let (second, _lock_1) = take_remote(env, 0).await?;
+    let (remote, _lock_2) = take_remote(env, 1).await?;
+    succeeded(
+        &mesh_on(second, &["install", "--webhook-url", DEAD_WEBHOOK_URL], &[]).await?,
+        "install on the second primary",
+    )?;
+    let result = fail_a_takeover(env, second, remote).await;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let detach_args = ["detach", &remote.name, "--remote-kubeconfig", &kubeconfig];
+    mesh_on(second, &detach_args, &[]).await?;
+    mesh_on(second, &["uninstall", "--force", "--crd"], &[]).await?;
+    result?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
+
+async fn fail_a_takeover(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow::Result<()> {
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    attach(env, remote, &[]).await?;
+    let failing = [("KUBECTL_MESH_FAIL_AFTER", "token-secret")];
+    let out = mesh_on(second, &["attach", &kubeconfig, "--force"], &failing).await?;
+    let line = failed_last_line(&out, "a takeover failing after its revocation")?;
+    ensure!(
+        line.contains("stay revoked") && line.contains("re-run attach with --force"),
+        "{line}"
+    );
+    // As it says: the first primary's stored token no longer works.
+    first_primarys_token_revoked(env, remote).await?;
+    succeeded(
+        &mesh_on(second, &["attach", &kubeconfig, "--force"], &[]).await?,
+        "--force again",
+    )?;
+    detach(env, remote, &remote.name, &[]).await?;
+    Ok(())
+}
+
+/// Waits until the first primary's stored token is refused by `remote` (the apiserver may still
+/// accept it from its token cache for a few seconds).
+async fn first_primarys_token_revoked(env: &TestEnv, remote: &Cluster) -> anyhow::Result<()> {
+    let first = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
+    eventually(
+        "the first primary's token revoked",
+        DEFAULT_TIMEOUT,
+        || async {
+            Ok(first
+                .list(&ListParams::default())
+                .await
+                .is_err()
+                .then_some(()))
+        },
+    )
+    .await
+}
+
 async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow::Result<()> {
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     attach(env, remote, &[]).await?;
@@ -59,20 +119,7 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
         &mesh_on(second, &["attach", &kubeconfig, "--force"], &[]).await?,
         "--force",
     )?;
-    let first = Api::<Namespace>::all(stored_client(env, &remote.name).await?.0);
-    // The apiserver may still accept it from its token cache for a few seconds.
-    eventually(
-        "the first primary's token revoked",
-        DEFAULT_TIMEOUT,
-        || async {
-            Ok(first
-                .list(&ListParams::default())
-                .await
-                .is_err()
-                .then_some(()))
-        },
-    )
-    .await?;
+    first_primarys_token_revoked(env, remote).await?;
 
     // The first primary's scope no longer reaches the remote's policies, now the second's.
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(remote.client().await?);
