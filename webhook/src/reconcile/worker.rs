@@ -25,7 +25,7 @@ use crate::{
 use mesh_core::{
     failure::error_chain,
     remote::{Remote, RemoteState},
-    sync::{PrimaryView, SyncMode, sync_remote, sync_watched},
+    sync::{PrimaryView, SyncMode, SyncReport, sync_remote, sync_watched},
     token::Claims,
 };
 
@@ -74,8 +74,8 @@ enum Outcome {
     /// answers, so what wakes a worker still does, and the next sync, at the latest after
     /// [`Worker::refused`]'s delay, writes them again.
     Refused,
-    /// The remote did not answer, refused the credentials, or stopped answering mid-sync:
-    /// retried with [`Worker::backoff`] alone.
+    /// The remote did not answer, refused the credentials, stopped answering mid-sync, or
+    /// answered none of the writes it was sent: retried with [`Worker::backoff`] alone.
     Failed,
 }
 
@@ -386,7 +386,10 @@ impl Worker {
                 .or(cluster.metadata.generation),
         };
         let mut next = next_status(prev.as_ref(), &attempt, generation, now);
-        if ok && let Some(remote) = remote.as_deref() {
+        let outcome = outcome_of(ok, result.as_ref().ok());
+        if outcome != Outcome::Failed
+            && let Some(remote) = remote.as_deref()
+        {
             // It answers again: pushes wait for it.
             remote.answered();
         }
@@ -506,11 +509,28 @@ impl Worker {
         {
             tracing::warn!(error = %error_chain(&error), "cannot write cluster status");
         }
-        match result {
-            _ if !ok => Outcome::Failed,
-            Ok(report) if !report.errors.is_empty() => Outcome::Refused,
-            _ => Outcome::Synced,
+        outcome
+    }
+}
+
+/// How a sync ended, from whether it ran to its end (`ok`) and its report. One in which the
+/// remote answered no write (every write it was sent went unanswered while its reads answer:
+/// an admission webhook that hangs) failed: pushes still do not wait for that remote (it would
+/// hold every primary edit for the push deadline), and it retries with the backoff, in the
+/// turns of the remotes that fail, not as one that answers.
+fn outcome_of(ok: bool, report: Option<&SyncReport>) -> Outcome {
+    match report {
+        _ if !ok => Outcome::Failed,
+        Some(report) if !report.errors.is_empty() => {
+            let no_write_answered =
+                report.writes == 0 && report.errors.iter().all(|error| !error.failure.answered());
+            if no_write_answered {
+                Outcome::Failed
+            } else {
+                Outcome::Refused
+            }
         }
+        _ => Outcome::Synced,
     }
 }
 
@@ -794,6 +814,77 @@ mod tests {
             "{retries} writes of app for {edits} edits of it"
         );
         running.cancel.cancel();
+    }
+
+    /// A remote whose reads answer while its writes of a namespace time out (an admission
+    /// webhook of it that hangs): its syncs do not tell pushes that it answers again, so a
+    /// push that ran out its deadline leaves it silent, and each primary edit does not wait
+    /// the push deadline again.
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_whose_writes_time_out_stays_silent_after_a_sync() {
+        let api = FakeApiserver::default().with_namespace("app", &[]);
+        api.state().timed_out_namespaces.insert("app".to_owned());
+        let running = start(
+            mesh_cluster("east", "uid-east"),
+            served_by(&api),
+            vec![enabled("app")],
+            settings(),
+        )
+        .await;
+        let within = Duration::from_secs(10);
+        wait_until("app written", within, || patches_of(&api, "app") == 1).await;
+        wait_until("status written", within, || {
+            !running.primary.status_writes().is_empty()
+        })
+        .await;
+        // A push ran out its deadline.
+        let remote = running.shared.state.remotes.get("east").expect("entry");
+        remote.went_silent(Duration::from_secs(3600));
+        // The retry (a minute at the latest) writes app again and is not answered either.
+        let syncs = |running: &Running| -> f64 {
+            let metrics = running.metrics();
+            let lines = metrics
+                .lines()
+                .filter(|line| line.contains("syncs_total{") && line.contains(r#"cluster="east""#));
+            let counts = lines.filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok());
+            counts.sum()
+        };
+        let before = syncs(&running);
+        wait_until("app written again", Duration::from_secs(60), || {
+            patches_of(&api, "app") == 2 && syncs(&running) > before
+        })
+        .await;
+        assert!(remote.is_silent(), "the sync lifted the push silence");
+        running.cancel.cancel();
+    }
+
+    #[test]
+    fn a_sync_whose_writes_all_went_unanswered_failed() {
+        let error = |failure| mesh_core::sync::NamespaceError {
+            namespace: "app".to_owned(),
+            diff: mesh_core::labels::LabelDiff::default(),
+            failure,
+            message: String::new(),
+        };
+        let report = |writes, errors| SyncReport {
+            writes,
+            errors,
+            ..SyncReport::default()
+        };
+        let timed_out = || error(mesh_core::failure::Failure::TimedOut);
+        let refused = || error(mesh_core::failure::Failure::Other);
+        let cases = [
+            (report(0, vec![]), Outcome::Synced),
+            (report(0, vec![timed_out()]), Outcome::Failed),
+            (report(0, vec![timed_out(), refused()]), Outcome::Refused),
+            (report(1, vec![timed_out()]), Outcome::Refused),
+            (report(0, vec![refused()]), Outcome::Refused),
+        ];
+        for (report, outcome) in cases {
+            assert_eq!(outcome_of(true, Some(&report)), outcome, "{report:?}");
+        }
+        assert_eq!(outcome_of(false, Some(&report(1, vec![]))), Outcome::Failed);
+        assert_eq!(outcome_of(false, None), Outcome::Failed);
     }
 
     /// A cluster detached while its sync waits for the remote: the sync stops, nothing is
