@@ -27,16 +27,22 @@ use mesh_testenv::{Cluster, TestEnv};
 
 use crate::support::*;
 
-#[tokio::test]
-async fn a_second_primary_takes_a_remote_over_only_with_force() -> anyhow::Result<()> {
+/// Runs `scenario` with the first test remote as a second primary (installed with a dead
+/// webhook URL) and the second as the remote both may attach; then detaches it from the second
+/// primary, uninstalls there, and checks that nothing is left on the remote.
+async fn with_a_second_primary(
+    scenario: impl AsyncFnOnce(&TestEnv, &Cluster, &Cluster) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let env = env().await?;
     let (second, _lock_1) = take_remote(env, 0).await?;
     let (remote, _lock_2) = take_remote(env, 1).await?;
+    // An earlier test's uninstall there may still be deleting the namespace.
+    uninstalled(second).await?;
     succeeded(
         &mesh_on(second, &["install", "--webhook-url", DEAD_WEBHOOK_URL], &[]).await?,
         "install on the second primary",
     )?;
-    let result = take_over(env, second, remote).await;
+    let result = scenario(env, second, remote).await;
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let detach_args = ["detach", &remote.name, "--remote-kubeconfig", &kubeconfig];
     mesh_on(second, &detach_args, &[]).await?;
@@ -45,26 +51,18 @@ async fn a_second_primary_takes_a_remote_over_only_with_force() -> anyhow::Resul
     assert_nothing_left(env, remote, &remote.name).await
 }
 
+#[tokio::test]
+async fn a_second_primary_takes_a_remote_over_only_with_force() -> anyhow::Result<()> {
+    with_a_second_primary(take_over).await
+}
+
 /// A takeover that fails after `--force` revoked the first primary's tokens says that they stay
 /// revoked (it said "was rolled back", and a re-run without --force is refused), and a re-run
 /// with --force finishes it.
 #[tokio::test]
 async fn a_failed_takeover_says_the_revoked_tokens_stay_revoked() -> anyhow::Result<()> {
-    let env = env().await?;
-    require_test_hooks(env).await?;
-    let (second, _lock_1) = take_remote(env, 0).await?;
-    let (remote, _lock_2) = take_remote(env, 1).await?;
-    succeeded(
-        &mesh_on(second, &["install", "--webhook-url", DEAD_WEBHOOK_URL], &[]).await?,
-        "install on the second primary",
-    )?;
-    let result = fail_a_takeover(env, second, remote).await;
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let detach_args = ["detach", &remote.name, "--remote-kubeconfig", &kubeconfig];
-    mesh_on(second, &detach_args, &[]).await?;
-    mesh_on(second, &["uninstall", "--force", "--crd"], &[]).await?;
-    result?;
-    assert_nothing_left(env, remote, &remote.name).await
+    require_test_hooks(env().await?).await?;
+    with_a_second_primary(fail_a_takeover).await
 }
 
 async fn fail_a_takeover(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow::Result<()> {
