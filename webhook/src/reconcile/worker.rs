@@ -15,7 +15,9 @@ use tracing::Instrument;
 use super::Shared;
 use crate::{
     backoff::Backoff,
-    cluster_status::{Attempt, next_status, status_needs_write, with_token_expiry, write_status},
+    cluster_status::{
+        Attempt, TOKEN_EXPIRED, next_status, status_needs_write, with_token_expiry, write_status,
+    },
     leader::Leadership,
     primary_view::StoreView,
     remote_watch::{SeenNamespaces, watch_for_drift},
@@ -466,9 +468,7 @@ impl Worker {
         let renewal_allowed = self
             .renewal_not_before
             .is_none_or(|not_before| not_before <= Instant::now());
-        if ok
-            && renewal_due
-            && renewal_allowed
+        if renewal_wanted(&attempt, renewal_due, renewal_allowed)
             && let Some(remote) = remote.as_deref()
             && let Some(client) = remote.client()
             && let Some(stored) = token
@@ -511,6 +511,31 @@ impl Worker {
         }
         outcome
     }
+}
+
+/// Whether to try renewing the stored token after a sync that ended with `attempt`, when it
+/// is `due` and the pacing `allowed`s a try: also after a failure the credentials have no part
+/// in (a scope that cannot be used, a write refused), which would otherwise let a time-bound
+/// token expire unrenewed; not when the remote refused the credentials or showed they reach
+/// another cluster, nor when it did not answer (the renewal asks the same remote, and a failed
+/// try holds the next one back for a resync period).
+fn renewal_wanted(attempt: &Attempt<'_>, due: bool, allowed: bool) -> bool {
+    let usable = match attempt {
+        Attempt::Synced(_) => true,
+        Attempt::Failed { reason, .. } => !matches!(
+            *reason,
+            "Forbidden"
+                | TOKEN_EXPIRED
+                | "ClusterMismatch"
+                | "CredentialsMismatch"
+                | "InvalidCredentials"
+                | "CredentialsMissing"
+                | "SecretUnreadable"
+                | "Unreachable"
+                | "TimedOut"
+        ),
+    };
+    usable && due && allowed
 }
 
 /// How a sync ended, from whether it ran to its end (`ok`) and its report. One in which the
@@ -977,6 +1002,38 @@ mod tests {
                 "built from {built_uid}/{built_generation}, stored {uid}/{generation}"
             );
             running.cancel.cancel();
+        }
+    }
+
+    #[test]
+    fn a_renewal_is_tried_after_a_failure_the_credentials_have_no_part_in() {
+        let failed = |reason| Attempt::Failed {
+            reason,
+            message: String::new(),
+            answered: false,
+        };
+        let report = SyncReport::default();
+        for attempt in [
+            Attempt::synced(&report),
+            failed("ScopeInvalid"),
+            failed("SyncFailed"),
+        ] {
+            assert!(renewal_wanted(&attempt, true, true), "{attempt:?}");
+            assert!(
+                !renewal_wanted(&attempt, false, true),
+                "not due: {attempt:?}"
+            );
+            assert!(!renewal_wanted(&attempt, true, false), "paced: {attempt:?}");
+        }
+        for reason in [
+            "Forbidden",
+            TOKEN_EXPIRED,
+            "ClusterMismatch",
+            "CredentialsMismatch",
+            "Unreachable",
+            "TimedOut",
+        ] {
+            assert!(!renewal_wanted(&failed(reason), true, true), "{reason}");
         }
     }
 
