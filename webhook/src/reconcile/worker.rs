@@ -307,6 +307,8 @@ impl Worker {
             Some(remote) => remote.verify().await.err(),
             None => None,
         };
+        // A token is renewed only through a remote shown to be the cluster attached.
+        let verified = unverified.is_none();
         let result = match (remote.as_deref().map(|r| r.state()), scoped) {
             _ if let Some(error) = unverified => Err(Attempt::unverified(&error)),
             (Some(RemoteState::Ready(client)), Some(Ok(scoped))) => {
@@ -468,7 +470,8 @@ impl Worker {
         let renewal_allowed = self
             .renewal_not_before
             .is_none_or(|not_before| not_before <= Instant::now());
-        if renewal_wanted(&attempt, renewal_due, renewal_allowed)
+        if verified
+            && renewal_wanted(&attempt, renewal_due, renewal_allowed)
             && let Some(remote) = remote.as_deref()
             && let Some(client) = remote.client()
             && let Some(stored) = token
