@@ -175,6 +175,9 @@ impl Worker {
             let Some(term) = self.is_leader.borrow().clone() else {
                 continue;
             };
+            // New credentials or spec (a kick) rebuilt the registry entry: the sync reads
+            // the list of a watch of the new one, not a LIST of its own before that watch lists.
+            self.watch_remote(true);
             // The term ends before another replica may lead: from then on this replica's
             // view of the primary may be stale, so the sync stops where it is and no write
             // of it starts (the future is never polled again). A request already sent is
@@ -673,6 +676,7 @@ mod tests {
     /// One worker of cluster east, leading, with its primary and registry.
     struct Running {
         shared: Arc<Shared>,
+        kick: Arc<Notify>,
         primary: Primary,
         cancel: CancellationToken,
         worker: tokio::task::JoinHandle<()>,
@@ -727,6 +731,7 @@ mod tests {
             cancel.clone(),
         );
         Running {
+            kick: worker.kick.clone(),
             worker: tokio::spawn(worker.run()),
             shared,
             primary,
@@ -913,6 +918,64 @@ mod tests {
         }
         assert_eq!(outcome_of(false, Some(&report(1, vec![]))), Outcome::Failed);
         assert_eq!(outcome_of(false, None), Outcome::Failed);
+    }
+
+    /// Full LISTs of the remote's namespaces received (a watch's, a sync's), not the reads of one
+    /// namespace that tell a sync from a watch's list that the remote still answers.
+    fn full_lists(api: &FakeApiserver) -> usize {
+        let calls = api.state().received.clone();
+        let full_list = |call: &&String| {
+            let (path, query) = call.split_once('?').unwrap_or((call.as_str(), ""));
+            path == "GET /api/v1/namespaces"
+                && !query
+                    .split('&')
+                    .any(|p| p == "limit=1" || p.starts_with("watch="))
+        };
+        calls.iter().filter(full_list).count()
+    }
+
+    /// New credentials (a registry entry built again) kick the worker: its sync reads the
+    /// list of the new entry's watch, and the remote is listed once, not by the sync and then
+    /// by the watch started after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_kick_after_new_credentials_lists_the_remote_once() {
+        let api = FakeApiserver::default().with_namespace("web", &[("istio-injection", "enabled")]);
+        let running = start(
+            mesh_cluster("east", "uid-east"),
+            served_by(&api),
+            vec![enabled("web")],
+            settings(),
+        )
+        .await;
+        let metrics = running.shared.state.metrics.clone();
+        let synced = || {
+            let metrics = metrics.encode().expect("metrics");
+            let line = metrics
+                .lines()
+                .find(|line| line.contains("syncs_total{") && line.contains(r#"result="ok""#));
+            line.and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        wait_until("first sync", Duration::from_secs(20), || synced() > 0.0).await;
+        // Settled: the first watch listed, the first sync read its list.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = full_lists(&api);
+        let synced_before = synced();
+        // As the supervisor does with a new Secret version.
+        running
+            .shared
+            .state
+            .remotes
+            .insert(Remote::new("east", api.client()));
+        running.kick.notify_one();
+        wait_until("synced after the kick", Duration::from_secs(20), || {
+            synced() > synced_before
+        })
+        .await;
+        // Whatever the loop does after the sync, too.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(full_lists(&api) - before, 1, "{:#?}", api.state().received);
+        running.cancel.cancel();
     }
 
     /// A cluster detached while its sync waits for the remote: the sync stops, nothing is
