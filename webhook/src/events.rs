@@ -57,6 +57,10 @@ const CORRECTION_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// How long repeated push failures of one (cluster, namespace) make no new Event: each review
 /// already warned its user, and the cluster's reachability has its own Events.
 const PUSH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A namespace a remote keeps refusing makes at most one `PropagationFailed` Event per this
+/// window from the reconciler: every wake-up of its worker writes the namespace again.
+const SYNC_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Push failure Events waiting for the one task that publishes them; past this, a failure is
 /// dropped and counted (`events_dropped_total`): the primary is slower than failures arrive.
 const PUSH_FAILURE_QUEUE: usize = 256;
@@ -92,6 +96,8 @@ pub struct Publisher {
     /// once per sync, so neither may take the other's turn).
     corrections: Arc<Mutex<Throttle<CorrectionKey>>>,
     correction_logs: Arc<Mutex<Throttle<CorrectionKey>>>,
+    /// The reconciler's failed writes told, by cluster and namespace.
+    sync_failures: Arc<Mutex<Throttle<CorrectionKey>>>,
     push_failures: Arc<Mutex<PushFailures<PushFailureKey, PushFailureEvent>>>,
     /// Counts the push failure Events dropped.
     metrics: Arc<Metrics>,
@@ -114,6 +120,7 @@ impl Publisher {
             reporter,
             corrections: Arc::new(Mutex::new(Throttle::new(CORRECTION_WINDOW))),
             correction_logs: Arc::new(Mutex::new(Throttle::new(CORRECTION_WINDOW))),
+            sync_failures: Arc::new(Mutex::new(Throttle::new(SYNC_FAILURE_WINDOW))),
             push_failures: Arc::new(Mutex::new(PushFailures::new(
                 PUSH_FAILURE_WINDOW,
                 PUSH_FAILURE_QUEUE,
@@ -172,14 +179,22 @@ impl Publisher {
             .iter()
             .filter(|error| Some(error.namespace.as_str()) != stopped_at);
         for error in errors.take(MAX_EVENTS_PER_SYNC) {
+            let key = (cluster_name.clone(), Some(error.namespace.clone()));
+            let held = match lock(&self.sync_failures).check(key.clone(), now()) {
+                Verdict::Report { held } => held,
+                Verdict::Hold => continue,
+            };
             let note = format!(
-                "cluster {cluster_name}: cannot apply {}: {}",
+                "cluster {cluster_name}{}: cannot apply {}: {}",
+                held_since_last(held),
                 error.diff.describe(),
                 error.message
             );
             let (object, related) = regarding(&error.namespace);
             let event = sync_event(EventType::Warning, REASON_FAILED, note, related);
-            self.publish(&event, &object, Series::Aggregate).await;
+            if !self.publish(&event, &object, Series::Aggregate).await {
+                lock(&self.sync_failures).unpublished(key, held, now());
+            }
         }
     }
 
@@ -651,6 +666,47 @@ mod tests {
         let note = primary.last_note();
         assert!(
             note.starts_with("cluster dark-0 (2 more since the last Event): "),
+            "{note}"
+        );
+    }
+
+    /// A namespace the remote refuses is written again at each wake-up of its worker: one
+    /// Event a window, the next counting the syncs held.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_namespace_makes_one_failure_event_per_window() {
+        let primary = RecordingPrimary::default();
+        let events = primary.publisher();
+        let cluster = mesh_cluster("east", "uid-east");
+        let namespaces = by_name([ns("shop"), ns("cart")]);
+        let refused = |namespace: &str| SyncReport {
+            errors: vec![NamespaceError {
+                namespace: namespace.to_owned(),
+                diff: LabelDiff::default(),
+                failure: Failure::Forbidden,
+                message: "denied by policy".to_owned(),
+            }],
+            ..SyncReport::default()
+        };
+        for _ in 0..3 {
+            events
+                .sync_report(&cluster, &namespaces, &refused("shop"))
+                .await;
+        }
+        assert_eq!(primary.writes(), 1);
+        // Another namespace is news at once.
+        events
+            .sync_report(&cluster, &namespaces, &refused("cart"))
+            .await;
+        assert_eq!(primary.writes(), 2);
+        tokio::time::advance(SYNC_FAILURE_WINDOW).await;
+        events
+            .sync_report(&cluster, &namespaces, &refused("shop"))
+            .await;
+        assert_eq!(primary.writes(), 3);
+        // The recording primary refuses every Event: the first one's count carries on too.
+        let note = primary.last_note();
+        assert!(
+            note.starts_with("cluster east (3 more since the last Event): cannot apply"),
             "{note}"
         );
     }
