@@ -3,7 +3,8 @@
 //! Three phases:
 //! 1. Preflight ([`preflight`]), read-only: both kubeconfigs load, both clusters answer, the
 //!    caller has every right attach needs on both sides (SelfSubjectAccessReviews, reported
-//!    together), the mesh is installed, the remote is neither the primary nor attached under
+//!    together), the remote serves ValidatingAdmissionPolicy (Kubernetes 1.30 or later), the
+//!    mesh is installed, the remote is neither the primary nor attached under
 //!    another name, the kubeconfig it would store passes the rule of stored kubeconfigs, and
 //!    no object attach would write belongs to someone else (nor, without `--force`, to this
 //!    cluster from another primary). A refusal here changes nothing anywhere and prints one

@@ -8,6 +8,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Secret},
     rbac::v1::ClusterRole,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 use kube::{
     Api, Client, ResourceExt,
     api::{DynamicObject, ListParams},
@@ -214,6 +215,34 @@ pub(crate) fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Er
     Error::Refused { what, hint }
 }
 
+/// The group-version of the admission policies the sync scope and the guard are.
+const ADMISSION_POLICY_VERSION: &str = "admissionregistration.k8s.io/v1";
+
+/// The sync scope and the guard are ValidatingAdmissionPolicies and their bindings, served
+/// as [`ADMISSION_POLICY_VERSION`] from Kubernetes 1.30 on. `served` is what the remote's
+/// discovery lists of that group-version (`None`: it serves none of it). Rights checks pass
+/// for resources a cluster does not serve, and reads of them find nothing: without this, an
+/// older remote would get its first objects before the sync scope failed to be written.
+fn refuse_without_admission_policies(
+    target: &Target,
+    served: Option<&APIResourceList>,
+) -> Result<()> {
+    let serves = |resource: &str| {
+        served.is_some_and(|list| list.resources.iter().any(|r| r.name == resource))
+    };
+    if setup::GUARD_RESOURCES.into_iter().all(serves) {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        what: format!(
+            "{} does not serve ValidatingAdmissionPolicy ({ADMISSION_POLICY_VERSION}, \
+             Kubernetes 1.30 or later)",
+            target.label
+        ),
+        hint: "upgrade it, then re-run attach".into(),
+    })
+}
+
 fn remote_needs(view: bool, token_ttl: bool) -> Vec<Need> {
     const RW: &[&str] = &["get", "create", "patch", "delete"];
     let mut needs = vec![
@@ -341,20 +370,35 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         }
     };
 
-    // Reachability and rights, both sides at once. The first review doubles as the
-    // reachability check: every authenticated user may create one.
+    // Reachability and rights, both sides at once, and whether the remote serves the
+    // admission policies attach writes. The first review doubles as the reachability check:
+    // every authenticated user may create one.
     let (primary_wants, remote_wants) = (
         primary_needs(args.istio, args.adopt),
         remote_needs(view.wanted(), args.token_ttl.is_some()),
     );
-    let (primary_missing, remote_missing) = futures::join!(
+    let (primary_missing, remote_missing, remote_policies) = futures::join!(
         access::missing(&primary, &primary_wants),
         access::missing(&remote, &remote_wants),
+        remote.list_api_group_resources(ADMISSION_POLICY_VERSION),
     );
     let mut primary_missing =
         primary_missing.map_err(|e| access::request_error(&primary_target, "check rights", e))?;
     let remote_missing =
         remote_missing.map_err(|e| access::request_error(&remote_target, "check rights", e))?;
+    let remote_policies = match remote_policies {
+        Ok(list) => Some(list),
+        // The group-version is not served at all.
+        Err(kube::Error::Api(s)) if s.code == 404 => None,
+        Err(e) => {
+            return Err(access::request_error(
+                &remote_target,
+                &format!("read its discovery of {ADMISSION_POLICY_VERSION}"),
+                e,
+            ));
+        }
+    };
+    refuse_without_admission_policies(&remote_target, remote_policies.as_ref())?;
 
     let clusters: Api<MeshCluster> = Api::all(primary.clone());
     let attached = match clusters.list(&ListParams::default()).await {
@@ -868,6 +912,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What a remote's discovery lists of admissionregistration.k8s.io/v1: `resources`.
+    fn discovery(resources: &[&str]) -> APIResourceList {
+        serde_json::from_value(serde_json::json!({
+            "groupVersion": ADMISSION_POLICY_VERSION,
+            "resources": resources.iter().map(|name| serde_json::json!({
+                "name": name, "kind": "K", "namespaced": false, "singularName": "",
+                "verbs": ["get"],
+            })).collect::<Vec<_>>(),
+        }))
+        .expect("an APIResourceList")
+    }
+
+    #[test]
+    fn a_remote_without_admission_policies_is_refused_in_one_line() {
+        let east = Target {
+            label: "remote cluster east".into(),
+            server: "https://east.example:6443".into(),
+            where_configured: "the server address in east.yaml".into(),
+        };
+        let webhooks = [
+            "mutatingwebhookconfigurations",
+            "validatingwebhookconfigurations",
+        ];
+        let refused = [
+            // Kubernetes before 1.30: webhooks only (the policies were v1beta1).
+            Some(discovery(&webhooks)),
+            // Not served at all.
+            None,
+            // One of the two, or a subresource only.
+            Some(discovery(&["validatingadmissionpolicies"])),
+            Some(discovery(&[
+                "validatingadmissionpolicies/status",
+                "validatingadmissionpolicybindings",
+            ])),
+        ];
+        for served in refused {
+            let err = refuse_without_admission_policies(&east, served.as_ref()).unwrap_err();
+            assert_eq!(
+                err.line(),
+                "remote cluster east does not serve ValidatingAdmissionPolicy \
+                 (admissionregistration.k8s.io/v1, Kubernetes 1.30 or later); upgrade it, \
+                 then re-run attach"
+            );
+        }
+        let mut served = webhooks.to_vec();
+        served.extend(setup::GUARD_RESOURCES);
+        served.push("validatingadmissionpolicies/status");
+        assert!(refuse_without_admission_policies(&east, Some(&discovery(&served))).is_ok());
     }
 
     #[test]
