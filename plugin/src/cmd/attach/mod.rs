@@ -197,17 +197,34 @@ impl Attach {
         ));
 
         let mut run = steps::Run::new(&plan, progress, hooks, timeout);
+        // One Ctrl-C listener for the steps and the wait. Once it listens, Ctrl-C no longer
+        // ends the process, for as long as the process runs: whatever waits must select on
+        // it; one pressed between the steps and the wait is kept for the wait.
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
         // Ctrl-C midway rolls back like any failure.
-        let result = tokio::select! {
-            result = run.steps() => result,
-            _ = tokio::signal::ctrl_c() => Err(Error::Refused {
-                what: "interrupted".into(),
-                hint: "re-run attach when you are ready".into(),
-            }),
+        let (result, interrupted) = tokio::select! {
+            result = run.steps() => (result, false),
+            Ok(()) = &mut interrupt => (
+                Err(Error::Refused {
+                    what: "interrupted".into(),
+                    hint: "re-run attach when you are ready".into(),
+                }),
+                true,
+            ),
         };
         let mc = match result {
             Ok(mc) => mc,
-            Err(err) => return Err(run.roll_back(err).await),
+            Err(err) => {
+                if interrupted {
+                    // The rollback may wait long (for a namespace to go, for an answer).
+                    progress.info(
+                        "interrupted: rolling back what this run changed; Ctrl-C is ignored \
+                         until the rollback is done",
+                    );
+                }
+                return Err(run.roll_back(err).await);
+            }
         };
         progress.ok(format!(
             "{} attached (cluster id {}, remote guard {}); the webhook keeps its namespaces' \
@@ -218,7 +235,18 @@ impl Attach {
         ));
 
         let mc = if wait {
-            let mc = waits::wait_synced(&plan.primary, &plan.name, timeout).await?;
+            let mc = tokio::select! {
+                mc = waits::wait_synced(&plan.primary, &plan.name, timeout) => mc?,
+                Ok(()) = &mut interrupt => {
+                    return Err(Error::Refused {
+                        what: format!(
+                            "{} is attached; stopped waiting for its first sync (interrupted)",
+                            plan.name
+                        ),
+                        hint: "`kubectl mesh list` shows its sync".into(),
+                    });
+                }
+            };
             let status = mc.status.clone().unwrap_or_default();
             progress.ok(waits::sync_summary(&plan.name, &status));
             mc

@@ -302,6 +302,16 @@ async fn ctrl_c_while_an_update_is_in_flight_puts_it_back() -> anyhow::Result<()
         "the sync scope the re-run changed was not put back:\n{}",
         seen.join("\n")
     );
+    // The rollback may wait long, and Ctrl-C does nothing meanwhile: said once.
+    let told = seen
+        .iter()
+        .filter(|line| line.contains("Ctrl-C is ignored until the rollback is done"))
+        .count();
+    ensure!(
+        told == 1,
+        "the rollback did not say once that Ctrl-C is ignored:\n{}",
+        seen.join("\n")
+    );
 
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await
