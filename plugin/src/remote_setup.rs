@@ -353,8 +353,12 @@ pub fn view_cluster_role(cluster: &str) -> ClusterRole {
 /// after Istio's namespace. Where a remote has it, istiod's reader account is bound to it: it is
 /// what that Istio version needs, maintained by Istio.
 pub fn istio_own_reader_role() -> String {
-    format!("istio-reader-clusterrole-{ISTIO_NAMESPACE}")
+    ISTIO_OWN_READER_ROLE.to_owned()
 }
+
+/// [`istio_own_reader_role`], for [`Need`]s: `istio-reader-clusterrole-` and
+/// [`ISTIO_NAMESPACE`].
+pub const ISTIO_OWN_READER_ROLE: &str = "istio-reader-clusterrole-istio-system";
 
 /// The ClusterRole istiod's reader account on a remote is bound to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -375,71 +379,103 @@ impl ReaderRole {
     }
 }
 
+/// One rule of a ClusterRole: its API groups, resources and verbs.
+type Rule = (
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+/// Read-only verbs.
+const READ: &[&str] = &["get", "list", "watch"];
+
+/// The rules of [`istio_reader_cluster_role`].
+const ISTIO_READER_RULES: &[Rule] = &[
+    (
+        &[
+            "config.istio.io",
+            "security.istio.io",
+            "networking.istio.io",
+            "authentication.istio.io",
+            "rbac.istio.io",
+            "telemetry.istio.io",
+            "extensions.istio.io",
+        ],
+        &["*"],
+        READ,
+    ),
+    (
+        &[""],
+        &[
+            "endpoints",
+            "pods",
+            "services",
+            "nodes",
+            "replicationcontrollers",
+            "namespaces",
+            "secrets",
+            "configmaps",
+        ],
+        READ,
+    ),
+    (&["networking.istio.io"], &["workloadentries"], READ),
+    (
+        &["networking.x-k8s.io", "gateway.networking.k8s.io"],
+        &["gateways"],
+        READ,
+    ),
+    (
+        &["apiextensions.k8s.io"],
+        &["customresourcedefinitions"],
+        READ,
+    ),
+    (&["discovery.k8s.io"], &["endpointslices"], READ),
+    (
+        &["multicluster.x-k8s.io"],
+        &["serviceexports"],
+        &["get", "list", "watch", "create", "delete"],
+    ),
+    (&["multicluster.x-k8s.io"], &["serviceimports"], READ),
+    (&["apps"], &["replicasets"], READ),
+    (&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+    (
+        &["authorization.k8s.io"],
+        &["subjectaccessreviews"],
+        &["create"],
+    ),
+];
+
 /// What istiod needs on a remote where Istio's own reader role is absent: the rules of the
 /// `istio-reader-clusterrole` of the Istio version kubectl-mesh is tested with (1.31, its
 /// default profile): read-only, plus the reviews istiod makes when it authenticates workloads
 /// of that cluster and the ServiceExports of the MCS API. The e2e tests compare it with the
 /// role the pinned istioctl renders, so a new Istio version that needs more fails them.
 pub fn istio_reader_cluster_role(cluster: &str) -> ClusterRole {
-    const READ: &[&str] = &["get", "list", "watch"];
     ClusterRole {
         metadata: meta(ISTIO_READER, None, cluster),
-        rules: Some(vec![
-            rule(
-                &[
-                    "config.istio.io",
-                    "security.istio.io",
-                    "networking.istio.io",
-                    "authentication.istio.io",
-                    "rbac.istio.io",
-                    "telemetry.istio.io",
-                    "extensions.istio.io",
-                ],
-                &["*"],
-                READ,
-            ),
-            rule(
-                &[""],
-                &[
-                    "endpoints",
-                    "pods",
-                    "services",
-                    "nodes",
-                    "replicationcontrollers",
-                    "namespaces",
-                    "secrets",
-                    "configmaps",
-                ],
-                READ,
-            ),
-            rule(&["networking.istio.io"], &["workloadentries"], READ),
-            rule(
-                &["networking.x-k8s.io", "gateway.networking.k8s.io"],
-                &["gateways"],
-                READ,
-            ),
-            rule(
-                &["apiextensions.k8s.io"],
-                &["customresourcedefinitions"],
-                READ,
-            ),
-            rule(&["discovery.k8s.io"], &["endpointslices"], READ),
-            rule(
-                &["multicluster.x-k8s.io"],
-                &["serviceexports"],
-                &["get", "list", "watch", "create", "delete"],
-            ),
-            rule(&["multicluster.x-k8s.io"], &["serviceimports"], READ),
-            rule(&["apps"], &["replicasets"], READ),
-            rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
-            rule(
-                &["authorization.k8s.io"],
-                &["subjectaccessreviews"],
-                &["create"],
-            ),
-        ]),
+        rules: Some(
+            ISTIO_READER_RULES
+                .iter()
+                .map(|(groups, resources, verbs)| rule(groups, resources, verbs))
+                .collect(),
+        ),
         ..Default::default()
     }
+}
+
+/// What [`istio_reader_cluster_role`] grants, one need per group and resource: RBAC lets
+/// only a caller holding all of it create that role (and bind it).
+pub fn istio_reader_rights() -> Vec<Need> {
+    ISTIO_READER_RULES
+        .iter()
+        .flat_map(|(groups, resources, verbs)| {
+            groups.iter().flat_map(move |group| {
+                resources
+                    .iter()
+                    .map(move |resource| Need::cluster(group, resource, verbs))
+            })
+        })
+        .collect()
 }
 
 /// Binds the ClusterRole `name` to the ServiceAccount `name` of [`MESH_NAMESPACE`].
@@ -668,6 +704,14 @@ mod tests {
 
     fn guard(mode: RemoteGuard) -> Guard {
         Guard::new(mode, "main", "admin@main")
+    }
+
+    #[test]
+    fn istio_s_own_reader_role_is_named_after_its_namespace() {
+        assert_eq!(
+            ISTIO_OWN_READER_ROLE,
+            format!("istio-reader-clusterrole-{ISTIO_NAMESPACE}")
+        );
     }
 
     #[test]

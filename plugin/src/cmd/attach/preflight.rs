@@ -243,7 +243,9 @@ fn refuse_without_admission_policies(
     })
 }
 
-fn remote_needs(view: bool, token_ttl: bool) -> Vec<Need> {
+/// What attach needs on the remote; `istio`: the ClusterRole istiod's reader gets there, with
+/// --istio-remote-secret.
+fn remote_needs(view: bool, token_ttl: bool, istio: Option<&ReaderRole>) -> Vec<Need> {
     const RW: &[&str] = &["get", "create", "patch", "delete"];
     let mut needs = vec![
         // get/list/watch/patch too: RBAC lets a user grant only rights they hold.
@@ -283,6 +285,17 @@ fn remote_needs(view: bool, token_ttl: bool) -> Vec<Need> {
             RW,
         ));
         needs.push(Need::token_request());
+    }
+    match istio {
+        // Its ClusterRole, and the binding to it, are granted only by a holder of its rules.
+        Some(ReaderRole::Own) => needs.extend(setup::istio_reader_rights()),
+        // Binding to a ClusterRole attach did not write: `bind` on it (RBAC's other way,
+        // holding all of Istio's rules, would make the answer depend on its Istio version).
+        Some(ReaderRole::Istio) => needs.push(
+            Need::cluster("rbac.authorization.k8s.io", "clusterroles", &["bind"])
+                .named(setup::ISTIO_OWN_READER_ROLE),
+        ),
+        None => {}
     }
     needs
 }
@@ -370,12 +383,37 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         }
     };
 
+    // Istio's own reader role, where its remote profile installed it, is the one that
+    // matches the Istio version running; ours is for remotes without it. Either way, what
+    // istiod's reader is granted is asked of the caller below.
+    let reader_role = if args.istio {
+        let roles: Api<ClusterRole> = Api::all(remote.clone());
+        Some(match roles.get_opt(&setup::istio_own_reader_role()).await {
+            Ok(Some(_)) => ReaderRole::Istio,
+            // Without the right to read it, the rights check below tells what is missing.
+            Ok(None) | Err(kube::Error::Api(_)) => ReaderRole::Own,
+            Err(e) => {
+                return Err(access::request_error(
+                    &remote_target,
+                    "read ClusterRoles",
+                    e,
+                ));
+            }
+        })
+    } else {
+        None
+    };
+
     // Reachability and rights, both sides at once, and whether the remote serves the
     // admission policies attach writes. The first review doubles as the reachability check:
     // every authenticated user may create one.
     let (primary_wants, remote_wants) = (
         primary_needs(args.istio, args.adopt),
-        remote_needs(view.wanted(), args.token_ttl.is_some()),
+        remote_needs(
+            view.wanted(),
+            args.token_ttl.is_some(),
+            reader_role.as_ref(),
+        ),
     );
     let (primary_missing, remote_missing, remote_policies) = futures::join!(
         access::missing(&primary, &primary_wants),
@@ -417,7 +455,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         }
     };
 
-    let istio = if args.istio {
+    let istio = if let Some(reader_role) = reader_role {
         let namespaces: Api<Namespace> = Api::all(primary.clone());
         let exists = namespaces
             .get_opt(setup::ISTIO_NAMESPACE)
@@ -433,21 +471,6 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
             .map_err(|e| access::request_error(&primary_target, "check rights", e))?;
             primary_missing.extend(extra);
         }
-        // Istio's own reader role, where its remote profile installed it, is the one that
-        // matches the Istio version running; ours is for remotes without it.
-        let roles: Api<ClusterRole> = Api::all(remote.clone());
-        let reader_role = match roles.get_opt(&setup::istio_own_reader_role()).await {
-            Ok(Some(_)) => ReaderRole::Istio,
-            // Without the right to read it, the rights check below tells what is missing.
-            Ok(None) | Err(kube::Error::Api(_)) => ReaderRole::Own,
-            Err(e) => {
-                return Err(access::request_error(
-                    &remote_target,
-                    "read ClusterRoles",
-                    e,
-                ));
-            }
-        };
         Some(IstioPlan {
             namespace_exists: exists,
             reader_role,
@@ -814,6 +837,7 @@ fn refuse_other_token_kind(plan: &Plan, m: &Manifest, found: &DynamicObject) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::rbac::v1::PolicyRule;
 
     /// The spec of a cluster attached with `guard`, its primary named `primary_name`.
     fn recorded(guard: &str, primary_name: Option<&str>) -> MeshClusterSpec {
@@ -893,9 +917,62 @@ mod tests {
         );
     }
 
+    /// Whether `needs` ask for every verb `rules` grant, on every group and resource.
+    fn cover(needs: &[Need], rules: Vec<PolicyRule>) -> Vec<String> {
+        let mut uncovered = Vec::new();
+        for rule in rules {
+            for group in rule.api_groups.unwrap_or_default() {
+                for resource in rule.resources.as_deref().unwrap_or_default() {
+                    for verb in &rule.verbs {
+                        if !needs.iter().any(|n| {
+                            n.group == group
+                                && n.resource == resource
+                                && n.name.is_none()
+                                && n.verbs.contains(&verb.as_str())
+                        }) {
+                            uncovered.push(format!("{group}/{resource} {verb}"));
+                        }
+                    }
+                }
+            }
+        }
+        uncovered
+    }
+
+    #[test]
+    fn remote_needs_with_istio_cover_what_its_reader_role_grants() {
+        let own = setup::istio_reader_cluster_role("east")
+            .rules
+            .unwrap_or_default();
+        assert!(!own.is_empty());
+        for (view, token_ttl) in [(false, false), (true, true)] {
+            let needs = remote_needs(view, token_ttl, Some(&ReaderRole::Own));
+            let uncovered = cover(&needs, own.clone());
+            assert!(
+                uncovered.is_empty(),
+                "granted to istiod's reader but not checked: {uncovered:?}"
+            );
+        }
+        // Bound to Istio's own role: `bind` on it, by name.
+        let needs = remote_needs(false, false, Some(&ReaderRole::Istio));
+        assert!(needs.iter().any(|n| {
+            (n.group, n.resource, n.name, n.verbs.as_slice())
+                == (
+                    "rbac.authorization.k8s.io",
+                    "clusterroles",
+                    Some("istio-reader-clusterrole-istio-system"),
+                    &["bind"][..],
+                )
+        }));
+        // Neither without --istio-remote-secret.
+        let without = remote_needs(false, false, None);
+        assert!(!cover(&without, own).is_empty());
+        assert!(!without.iter().any(|n| n.verbs.contains(&"bind")));
+    }
+
     #[test]
     fn remote_needs_cover_what_the_sync_role_grants() {
-        let needs = remote_needs(true, true);
+        let needs = remote_needs(true, true, None);
         let mut rules = setup::sync_cluster_role("east").rules.unwrap_or_default();
         rules.extend(setup::view_cluster_role("east").rules.unwrap_or_default());
         rules.extend(setup::token_renewal_role("east").rules.unwrap_or_default());

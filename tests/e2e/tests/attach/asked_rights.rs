@@ -1,8 +1,11 @@
-//! Detach asks for every right it uses before it changes anything: a caller lacking one is
-//! refused in one line, with both clusters as they were.
+//! Attach and detach ask for every right they use before they change anything: a caller
+//! lacking one is refused in one line, with both clusters as they were.
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::{Api, ResourceExt};
+use k8s_openapi::api::{core::v1::Namespace, rbac::v1::ClusterRole};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, PostParams},
+};
 use mesh_e2e::{DEFAULT_TIMEOUT, eventually};
 use serde_json::json;
 
@@ -124,4 +127,114 @@ async fn detach_by_a_caller_who_may_not_delete_the_istio_secret_changes_nothing(
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_nothing_left(env, remote, name).await
+}
+
+/// Everything attach asks of the remote without `--istio-remote-secret`, `--services-view`
+/// or `--token-ttl` (see `remote_needs` in attach's preflight), on every namespace: the
+/// mesh namespace does not exist yet to bind a Role in.
+fn attach_remote_rights() -> serde_json::Value {
+    let rw = ["get", "create", "patch", "delete"];
+    json!([
+        {"apiGroups": [""], "resources": ["namespaces"],
+         "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["serviceaccounts", "secrets"], "verbs": rw},
+        {"apiGroups": ["rbac.authorization.k8s.io"],
+         "resources": ["clusterroles", "clusterrolebindings"], "verbs": rw},
+        {"apiGroups": ["admissionregistration.k8s.io"],
+         "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings"],
+         "verbs": rw},
+        {"apiGroups": ["admissionregistration.k8s.io"],
+         "resources": ["mutatingwebhookconfigurations"], "verbs": ["get", "list", "watch"]},
+    ])
+}
+
+/// RBAC lets a caller create a ClusterRole, or bind one, only with the rights it grants (or
+/// `bind`): attach asks for those of istiod's reader before it creates anything, rather than
+/// fail at the reader's role after a dozen objects. Once with kubectl-mesh's own reader role,
+/// once with Istio's own on the remote.
+#[tokio::test]
+async fn attach_with_istio_by_a_caller_who_may_not_grant_the_reader_s_rights_changes_nothing()
+-> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let name = remote.name.as_str();
+    let dir = tempfile::tempdir()?;
+    let limited = kubeconfig_granting(
+        remote,
+        dir.path(),
+        &[Grant::everywhere(attach_remote_rights())],
+    )
+    .await?;
+    let limited = limited.to_string_lossy().into_owned();
+    let args = ["attach", limited.as_str(), "--yes", "--istio-remote-secret"];
+    let roles = Api::<ClusterRole>::all(remote.client().await?);
+    let istio_role = "istio-reader-clusterrole-istio-system";
+    let cases = [
+        (
+            "kubectl-mesh's reader role",
+            false,
+            &[
+                "customresourcedefinitions.apiextensions.k8s.io (get/list/watch)",
+                "tokenreviews.authentication.k8s.io (create)",
+                "*.config.istio.io (get/list/watch)",
+                // Held in part: the verbs lacking only.
+                "secrets (list/watch)",
+            ][..],
+        ),
+        (
+            "Istio's reader role",
+            true,
+            &[
+                "clusterroles.rbac.authorization.k8s.io named istio-reader-clusterrole-istio-system (bind)",
+            ][..],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, istio_s_own, missing) in cases {
+        if istio_s_own {
+            let role: ClusterRole = serde_json::from_value(json!({
+                "metadata": {"name": istio_role},
+                "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+            }))?;
+            roles.create(&PostParams::default(), &role).await?;
+        }
+        let primary_before = labelled(env.primary(), MANAGED_BY, true).await?;
+        let out = mesh(env, &args, &[]).await?;
+        let outcome = async {
+            let line = refused_in_one_line(&out, case)?;
+            anyhow::ensure!(
+                line.contains(&format!("missing permissions on remote cluster {name}")),
+                "{case}: {line}"
+            );
+            for phrase in missing {
+                anyhow::ensure!(line.contains(phrase), "{case}: no {phrase:?} in {line}");
+            }
+            // Only the reader's rights are lacking.
+            for other in [
+                "serviceaccounts",
+                "validatingadmissionpolicies",
+                "on the primary",
+            ] {
+                anyhow::ensure!(!line.contains(other), "{case}: {other:?} in {line}");
+            }
+            if istio_s_own {
+                anyhow::ensure!(
+                    !line.contains("customresourcedefinitions"),
+                    "{case}: {line}"
+                );
+            }
+            let primary_after = labelled(env.primary(), MANAGED_BY, true).await?;
+            unchanged(case, "the primary", &primary_before, &primary_after)?;
+            assert_nothing_left(env, remote, name).await
+        }
+        .await;
+        if istio_s_own {
+            roles.delete(istio_role, &DeleteParams::default()).await?;
+        }
+        if let Err(e) = outcome {
+            failures.push(format!("{e:#}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
 }
