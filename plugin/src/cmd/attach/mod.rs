@@ -25,6 +25,7 @@ mod dry_run;
 pub mod hooks;
 mod objects;
 mod preflight;
+mod requirements;
 mod step;
 mod steps;
 mod undo;
