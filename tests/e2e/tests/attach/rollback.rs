@@ -1,7 +1,7 @@
 //! A failed or interrupted attach rolls back what it created, at every step (through the
 //! test hooks of the kubectl-mesh binary, built with its `test-hooks` feature).
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{Api, Client, ResourceExt, api::ListParams};
@@ -69,48 +69,17 @@ async fn interrupted_when_stalled(
     flags: &[&str],
     step: &str,
 ) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let mut attach = vec!["attach"];
     attach.extend(args);
-    let mut child = tokio::process::Command::from(fixtures::mesh_invocation(env, &attach)?)
+    let mut command = fixtures::mesh_invocation(env, &attach)?;
+    command
         .args(flags)
         .env_remove("KUBECTL_MESH_FAIL_AFTER")
-        .env("KUBECTL_MESH_STALL_IN", step)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let mut seen = Vec::new();
-    tokio::time::timeout(DEFAULT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            let stalled = line.contains("stalling as if its answer had not come");
-            seen.push(line);
-            if stalled {
-                return anyhow::Ok(());
-            }
-        }
-        bail!(
-            "{step}: attach ended without stalling:\n{}",
-            seen.join("\n")
-        )
-    })
-    .await
-    .with_context(|| format!("{step}: no stall within {DEFAULT_TIMEOUT:?}"))??;
-    let pid = child.id().context("attach already exited")?;
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()?;
-    ensure!(interrupted.success(), "kill -INT {pid} failed");
-    let status = tokio::time::timeout(DEFAULT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            seen.push(line);
-        }
-        anyhow::Ok(child.wait().await?)
-    })
-    .await
-    .with_context(|| format!("{step}: attach did not exit after Ctrl-C"))??;
-    Ok((seen, status))
+        .env("KUBECTL_MESH_STALL_IN", step);
+    let stalled = "stalling as if its answer had not come";
+    interrupted_after(command, stalled, DEFAULT_TIMEOUT)
+        .await
+        .with_context(|| format!("attach stalled in {step}"))
 }
 
 /// A real Ctrl-C while the first object of a step is stored but its answer has not come: in

@@ -487,3 +487,58 @@ pub async fn reads_workloads_only(secret: &Secret) -> anyhow::Result<()> {
     let namespaces = Api::<Namespace>::all(viewer).list(&all).await;
     forbidden(namespaces, "the view identity listed namespaces")
 }
+
+/// Spawns `command` (its stderr read line by line), waits until it writes a line containing
+/// `marker`, then sends it a real Ctrl-C (SIGINT) and waits `exit_within` for it to exit;
+/// returns every line it wrote and how it exited.
+pub async fn interrupted_after(
+    command: std::process::Command,
+    marker: &str,
+    exit_within: std::time::Duration,
+) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut child = tokio::process::Command::from(command)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
+    let mut seen = Vec::new();
+    let reached = tokio::time::timeout(DEFAULT_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            let reached = line.contains(marker);
+            seen.push(line);
+            if reached {
+                return anyhow::Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    })
+    .await
+    .with_context(|| format!("no line with {marker:?} within {DEFAULT_TIMEOUT:?}"))??;
+    ensure!(
+        reached,
+        "ended without a line with {marker:?}:\n{}",
+        seen.join("\n")
+    );
+    let pid = child.id().context("already exited")?;
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    ensure!(interrupted.success(), "kill -INT {pid} failed");
+    let status = tokio::time::timeout(exit_within, async {
+        while let Some(line) = lines.next_line().await? {
+            seen.push(line);
+        }
+        anyhow::Ok(child.wait().await?)
+    })
+    .await;
+    let status = match status {
+        Ok(status) => status?,
+        Err(_) => anyhow::bail!(
+            "still running {exit_within:?} after Ctrl-C:\n{}",
+            seen.join("\n")
+        ),
+    };
+    Ok((seen, status))
+}

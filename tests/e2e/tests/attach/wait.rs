@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use kube::Api;
 use mesh_core::cluster::MeshCluster;
-use mesh_e2e::{DEFAULT_TIMEOUT, create_labelled_namespace, fixtures, text, unique_name};
+use mesh_e2e::{create_labelled_namespace, fixtures, text, unique_name};
 
 use crate::support::*;
 
@@ -31,44 +31,15 @@ async fn wait_without_a_reconciler_times_out_with_a_hint() -> anyhow::Result<()>
 /// stands. (The steps' Ctrl-C handler used to swallow it: the wait ran to its timeout.)
 #[tokio::test]
 async fn ctrl_c_stops_the_wait_and_the_attach_stands() -> anyhow::Result<()> {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let (env, remote, _lock) = open_with_remote(1).await?;
     let name = remote.name.as_str();
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let args = ["attach", &kubeconfig, "--yes", "--wait", "--timeout", "5m"];
-    let mut child = tokio::process::Command::from(fixtures::mesh_invocation(env, &args)?)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let mut seen = Vec::new();
-    tokio::time::timeout(DEFAULT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            let attached = line.contains(&format!("{name} attached (cluster id"));
-            seen.push(line);
-            if attached {
-                return anyhow::Ok(());
-            }
-        }
-        bail!("attach ended before it was attached:\n{}", seen.join("\n"))
-    })
-    .await
-    .context("attach did not attach in time")??;
-
-    let pid = child.id().context("attach already exited")?;
-    let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()?;
-    ensure!(interrupted.success(), "kill -INT {pid} failed");
-    let status = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await? {
-            seen.push(line);
-        }
-        anyhow::Ok(child.wait().await?)
-    })
-    .await
-    .with_context(|| format!("attach --wait went on after Ctrl-C:\n{}", seen.join("\n")))??;
+    let command = fixtures::mesh_invocation(env, &args)?;
+    let attached = format!("{name} attached (cluster id");
+    let (seen, status) = interrupted_after(command, &attached, Duration::from_secs(10))
+        .await
+        .context("attach --wait and Ctrl-C")?;
     ensure!(!status.success(), "the interrupted wait succeeded");
     let last = seen.last().cloned().unwrap_or_default();
     assert_eq!(
