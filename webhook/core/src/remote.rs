@@ -109,19 +109,27 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Reasons of [`Error::reason`]: the stored credentials are missing, unreadable, unusable, not
+/// what attach recorded, or reach another cluster than the one attached.
+pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
+pub const INVALID_CREDENTIALS: &str = "InvalidCredentials";
+pub const CREDENTIALS_MISMATCH: &str = "CredentialsMismatch";
+pub const CLUSTER_MISMATCH: &str = "ClusterMismatch";
+
 impl Error {
     /// Short PascalCase reason for a status condition.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::SecretMissing { .. } | Self::KeyMissing { .. } => "CredentialsMissing",
-            Self::ReadSecret { .. } => "SecretUnreadable",
+            Self::SecretMissing { .. } | Self::KeyMissing { .. } => CREDENTIALS_MISSING,
+            Self::ReadSecret { .. } => SECRET_UNREADABLE,
             Self::NotUtf8 { .. }
             | Self::Yaml { .. }
             | Self::Kubeconfig { .. }
             | Self::Refused { .. }
-            | Self::Client { .. } => "InvalidCredentials",
-            Self::CredentialsMismatch { .. } => "CredentialsMismatch",
-            Self::OtherCluster { .. } => "ClusterMismatch",
+            | Self::Client { .. } => INVALID_CREDENTIALS,
+            Self::CredentialsMismatch { .. } => CREDENTIALS_MISMATCH,
+            Self::OtherCluster { .. } => CLUSTER_MISMATCH,
             Self::IdentityUnread { cause, .. } => Failure::of(cause).reason(),
         }
     }

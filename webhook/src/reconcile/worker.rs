@@ -25,8 +25,8 @@ use crate::{
 };
 
 use mesh_core::{
-    failure::error_chain,
-    remote::{Remote, RemoteState},
+    failure::{Failure, error_chain},
+    remote::{self, Remote, RemoteState},
     sync::{PrimaryView, SyncMode, SyncReport, sync_remote, sync_watched},
     token::Claims,
 };
@@ -528,18 +528,18 @@ impl Worker {
 fn renewal_wanted(attempt: &Attempt<'_>, due: bool, allowed: bool) -> bool {
     let usable = match attempt {
         Attempt::Synced(_) => true,
-        Attempt::Failed { reason, .. } => !matches!(
-            *reason,
-            "Forbidden"
-                | TOKEN_EXPIRED
-                | "ClusterMismatch"
-                | "CredentialsMismatch"
-                | "InvalidCredentials"
-                | "CredentialsMissing"
-                | "SecretUnreadable"
-                | "Unreachable"
-                | "TimedOut"
-        ),
+        Attempt::Failed { reason, .. } => ![
+            Failure::Forbidden.reason(),
+            TOKEN_EXPIRED,
+            remote::CLUSTER_MISMATCH,
+            remote::CREDENTIALS_MISMATCH,
+            remote::INVALID_CREDENTIALS,
+            remote::CREDENTIALS_MISSING,
+            remote::SECRET_UNREADABLE,
+            Failure::Unreachable.reason(),
+            Failure::TimedOut.reason(),
+        ]
+        .contains(reason),
     };
     usable && due && allowed
 }
