@@ -43,7 +43,7 @@ pub struct Install {
     #[arg(long, env = "KUBECTL_MESH_IMAGE", hide_env_values = true, default_value = render::DEFAULT_IMAGE)]
     pub image: String,
     /// Replicas of the webhook Deployment.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..), conflicts_with = "webhook_url")]
+    #[arg(long, default_value_t = render::DEFAULT_REPLICAS, value_parser = clap::value_parser!(i32).range(1..), conflicts_with = "webhook_url")]
     pub replicas: i32,
     /// Call the webhook at this https URL instead of running it in the cluster (no Deployment
     /// or Service is installed); its host is added to the serving certificate.

@@ -72,6 +72,8 @@ pub const DEFAULT_IMAGE: &str = concat!(
     "ghcr.io/kubectl-mesh/mesh-webhook:v",
     env!("CARGO_PKG_VERSION")
 );
+/// Replicas of the webhook Deployment when `--replicas` is not given.
+pub const DEFAULT_REPLICAS: i32 = 2;
 /// Annotation on [`TLS_SECRET`]: the SANs its certificate covers, comma-separated, so a
 /// re-run of install can tell whether it may reuse it without parsing X.509.
 pub const SANS_ANNOTATION: &str = "kubectl-mesh.io/serving-cert-sans";
@@ -205,7 +207,7 @@ impl Default for Options {
         let (managed_labels, excluded_namespaces) = crate::installed_rule::default_lists();
         Self {
             image: DEFAULT_IMAGE.to_owned(),
-            replicas: 2,
+            replicas: DEFAULT_REPLICAS,
             webhook_url: None,
             managed_labels,
             excluded_namespaces,

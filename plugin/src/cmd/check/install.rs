@@ -54,7 +54,8 @@ pub fn judge(facts: &InstallFacts, now: Timestamp) -> Installation {
 /// What a re-run of `kubectl mesh install` must be given again not to undo the installation,
 /// as far as `check` read it: install takes nothing from the installed objects, so a re-run
 /// without `--client-ca-file` deletes the client CA, without the rule flags resets the rule,
-/// without `--webhook-url` deploys a webhook in the cluster.
+/// without `--webhook-url` deploys a webhook in the cluster, without `--image` or `--replicas`
+/// puts back the defaults.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstalledWith {
     /// The sync rule the webhook configuration records; `None` when it records none.
@@ -65,6 +66,10 @@ pub struct InstalledWith {
     pub client_ca: bool,
     /// The names of `--client-allowed-names` the webhook's Deployment runs with.
     pub client_allowed_names: Option<String>,
+    /// The webhook's image, when the Deployment runs another than [`render::DEFAULT_IMAGE`].
+    pub image: Option<String>,
+    /// The Deployment's replicas, when not [`render::DEFAULT_REPLICAS`].
+    pub replicas: Option<i32>,
 }
 
 /// How a hint re-runs install.
@@ -107,11 +112,21 @@ impl InstalledWith {
             ),
             None => (matches!(facts.client_ca, Some(Ok(Some(_)))), None),
         };
+        let image = deployment
+            .and_then(webhook_container)
+            .and_then(|c| c.image.clone())
+            .filter(|image| image != render::DEFAULT_IMAGE);
+        let replicas = deployment
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .filter(|&replicas| replicas != render::DEFAULT_REPLICAS);
         Self {
             rule,
             webhook_url,
             client_ca,
             client_allowed_names,
+            image,
+            replicas,
         }
     }
 
@@ -121,6 +136,13 @@ impl InstalledWith {
         let mut line = "kubectl mesh install".to_owned();
         if rerun == Rerun::RotateCerts {
             line.push_str(" --rotate-certs");
+        }
+        if let Some(image) = &self.image {
+            line.push_str(" --image ");
+            line.push_str(&render::shell_word(image));
+        }
+        if let Some(replicas) = self.replicas {
+            line.push_str(&format!(" --replicas {replicas}"));
         }
         if let Some(url) = &self.webhook_url {
             line.push_str(" --webhook-url ");
@@ -460,6 +482,15 @@ pub(super) fn pod_containers(deployment: &Deployment) -> &[k8s_openapi::api::cor
         .unwrap_or_default()
 }
 
+/// The webhook's container in a Deployment's pod template (the first, when none has its name).
+fn webhook_container(deployment: &Deployment) -> Option<&k8s_openapi::api::core::v1::Container> {
+    let containers = pod_containers(deployment);
+    containers
+        .iter()
+        .find(|c| c.name == render::WEBHOOK)
+        .or(containers.first())
+}
+
 /// Whether the webhook container runs with `recorded`, the rule of the webhook configuration
 /// (its matchConditions and what the commands apply): a hand edit of either side makes the
 /// webhook sync other labels than the apiserver sends it and the commands report.
@@ -469,12 +500,7 @@ fn deployment_rule_result(
     installed: &InstalledWith,
 ) -> CheckResult {
     let what = format!("Deployment {} runs the recorded sync rule", render::WEBHOOK);
-    let containers = pod_containers(deployment);
-    let Some(container) = containers
-        .iter()
-        .find(|c| c.name == render::WEBHOOK)
-        .or(containers.first())
-    else {
+    let Some(container) = webhook_container(deployment) else {
         return CheckResult::error(
             what,
             "it has no container",
@@ -652,13 +678,18 @@ mod tests {
         InstalledWith::default()
     }
 
-    #[test]
-    fn deployment_rule_follows_the_recorded_one() {
-        let custom = render::Options {
+    /// Options of an installation with a rule of its own.
+    fn custom_rule() -> render::Options {
+        render::Options {
             managed_labels: vec!["team.example.com/zone".into()],
             excluded_namespaces: vec!["legacy".into(), MESH_NAMESPACE.into()],
             ..render::Options::default()
-        };
+        }
+    }
+
+    #[test]
+    fn deployment_rule_follows_the_recorded_one() {
+        let custom = custom_rule();
         let recorded = |options: &render::Options| {
             installed_rule::from_annotations(
                 render::mutating_webhook_configuration(options, None)
@@ -991,12 +1022,7 @@ mod tests {
 
     #[test]
     fn hints_to_reinstall_keep_a_custom_rule() {
-        let options = render::Options {
-            managed_labels: vec!["team.example.com/zone".into()],
-            excluded_namespaces: vec!["legacy".into(), MESH_NAMESPACE.into()],
-            ..render::Options::default()
-        };
-        let facts = installed_with(&options);
+        let facts = installed_with(&custom_rule());
         for hint in install_hints(&facts) {
             let command = command(&hint);
             // Except where the hint asks which rule to install.
@@ -1024,6 +1050,31 @@ mod tests {
                 .contains(&command(&hint)),
                 "{hint}"
             );
+        }
+    }
+
+    #[test]
+    fn hints_to_reinstall_keep_the_image_and_replicas() {
+        let options = render::Options {
+            image: "registry.example.com/mesh-webhook:pinned".into(),
+            replicas: 3,
+            ..render::Options::default()
+        };
+        for hint in install_hints(&installed_with(&options)) {
+            assert!(
+                command(&hint)
+                    .contains(" --image registry.example.com/mesh-webhook:pinned --replicas 3"),
+                "{hint}"
+            );
+        }
+        // Called by URL, there is no Deployment to keep.
+        let by_url = render::Options {
+            webhook_url: Some(render::WebhookUrl::parse("https://10.0.0.5:9443").unwrap()),
+            ..options
+        };
+        for hint in install_hints(&installed_with(&by_url)) {
+            assert!(!command(&hint).contains("--image"), "{hint}");
+            assert!(!command(&hint).contains("--replicas"), "{hint}");
         }
     }
 
