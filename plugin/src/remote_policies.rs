@@ -114,6 +114,38 @@ pub fn guard_primary_name(policy: &ValidatingAdmissionPolicy) -> Option<String> 
         .then_some(name)
 }
 
+/// The mode a guard binding applies: Deny when it denies (whatever else it lists), Warn when
+/// it only warns; `None` when it does neither.
+pub fn bound_mode(binding: &ValidatingAdmissionPolicyBinding) -> Option<RemoteGuard> {
+    let actions = binding.spec.as_ref()?.validation_actions.as_deref()?;
+    if actions.iter().any(|a| a == "Deny") {
+        Some(RemoteGuard::Deny)
+    } else if actions.iter().any(|a| a == "Warn") {
+        Some(RemoteGuard::Warn)
+    } else {
+        None
+    }
+}
+
+/// The guard an attach of `cluster` from the primary whose id is `primary` left on a remote:
+/// its mode and the primary its messages name (`None` when they are not the messages attach
+/// writes). `None` when the policy is another's or nothing binds it with a mode.
+pub fn left_guard(
+    policy: &ValidatingAdmissionPolicy,
+    binding: &ValidatingAdmissionPolicyBinding,
+    cluster: &str,
+    primary: &str,
+) -> Option<(RemoteGuard, Option<String>)> {
+    if !crate::remote_setup::is_ours_from(&policy.metadata, cluster, primary) {
+        return None;
+    }
+    let bound = binding.spec.as_ref()?.policy_name.as_deref();
+    if bound != Some(GUARD) {
+        return None;
+    }
+    Some((bound_mode(binding)?, guard_primary_name(policy)))
+}
+
 /// The ValidatingAdmissionPolicy of the remote guard: on a namespace CREATE or UPDATE by
 /// anyone but the sync account that changes a managed label of a synced namespace, the
 /// validation fails with a message naming the primary and the command to run there. Whether

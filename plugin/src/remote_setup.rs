@@ -58,8 +58,9 @@ use mesh_core::{
 
 use crate::access::{self, Need};
 pub use crate::remote_policies::{
-    Guard, SCOPE_ANNOTATION, SYNC_SCOPE_MESSAGES, guard_binding, guard_policy, guard_primary_name,
-    recorded_scope, scope_record, sync_scope_binding, sync_scope_policy,
+    Guard, SCOPE_ANNOTATION, SYNC_SCOPE_MESSAGES, bound_mode, guard_binding, guard_policy,
+    guard_primary_name, left_guard, recorded_scope, scope_record, sync_scope_binding,
+    sync_scope_policy,
 };
 use crate::render::{mesh_service_account, role_ref, rule, strings};
 
@@ -1129,6 +1130,29 @@ mod tests {
             .unwrap();
         assert_eq!(deny.validation_actions.unwrap(), ["Deny"]);
         assert_eq!(guard(RemoteGuard::Off).action(), None);
+    }
+
+    #[test]
+    fn a_left_guard_of_this_cluster_and_primary_gives_its_mode_and_primary() {
+        let kept = Guard::new(RemoteGuard::Deny, "elsewhere", "ctx");
+        let (mut policy, binding) = (guard_policy("east", &kept), guard_binding("east", &kept));
+        policy
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(PRIMARY_ANNOTATION.into(), "primary-id".into());
+        assert_eq!(
+            left_guard(&policy, &binding, "east", "primary-id"),
+            Some((RemoteGuard::Deny, Some("elsewhere".into())))
+        );
+        // Another primary's, another cluster's, or bound with no mode: nothing to keep.
+        assert_eq!(left_guard(&policy, &binding, "east", "other-id"), None);
+        assert_eq!(left_guard(&policy, &binding, "west", "primary-id"), None);
+        let mut unbound = binding.clone();
+        if let Some(spec) = unbound.spec.as_mut() {
+            spec.validation_actions = Some(vec!["Audit".into()]);
+        }
+        assert_eq!(left_guard(&policy, &unbound, "east", "primary-id"), None);
     }
 
     #[test]

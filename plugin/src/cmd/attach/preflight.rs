@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     core::v1::{Namespace, Secret},
     rbac::v1::ClusterRole,
 };
@@ -15,7 +16,7 @@ use kube::{
 };
 use mesh_core::{
     MESH_NAMESPACE,
-    cluster::{MeshCluster, MeshClusterSpec, NamespaceScope, RemoteGuard},
+    cluster::{MeshCluster, NamespaceScope, RemoteGuard},
     labels::SyncRule,
     list,
 };
@@ -482,10 +483,19 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         what: format!("the recorded scope of {name} cannot be used: {error}"),
         hint: "give the scope again with --exclude-namespaces and --namespace-selector".into(),
     })?;
+    let recorded_guard = match &existing {
+        Some(mc) => Some((mc.spec.remote_guard, mc.spec.primary_name.clone())),
+        // Attached before and detached with --force: the remote still has the guard.
+        None => guard_left_on(&remote, &name, &primary_id)
+            .await
+            .map_err(|e| access::request_error(&remote_target, "read the guard", e))?,
+    };
     let (mode, primary_name) = guard_settings(
         args.guard,
         args.primary_name.as_deref(),
-        existing.as_ref().map(|mc| &mc.spec),
+        recorded_guard
+            .as_ref()
+            .map(|(mode, name)| (*mode, name.as_deref())),
         &primary_context,
     );
     let guard = Guard::new(mode, &primary_name, &primary_context)
@@ -529,21 +539,39 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
 }
 
 /// The guard's mode and the primary's name in its messages: the flags where given (`flag`,
-/// `primary_name`); otherwise what the MeshCluster of an attached cluster records
-/// (`recorded`), and for a new cluster warn and the primary's context.
+/// `primary_name`); otherwise what an earlier attach of the cluster recorded (`recorded`: its
+/// MeshCluster, or the guard it left on the remote), and for a new cluster warn and the
+/// primary's context.
 fn guard_settings(
     flag: Option<RemoteGuard>,
     primary_name: Option<&str>,
-    recorded: Option<&MeshClusterSpec>,
+    recorded: Option<(RemoteGuard, Option<&str>)>,
     primary_context: &str,
 ) -> (RemoteGuard, String) {
-    let mode = flag
-        .or(recorded.map(|spec| spec.remote_guard))
-        .unwrap_or_default();
+    let mode = flag.or(recorded.map(|(mode, _)| mode)).unwrap_or_default();
     let primary_name = primary_name
-        .or(recorded.and_then(|spec| spec.primary_name.as_deref()))
+        .or(recorded.and_then(|(_, name)| name))
         .unwrap_or(primary_context);
     (mode, primary_name.to_owned())
+}
+
+/// The guard an attach of `cluster` from the primary whose id is `primary` left on the remote
+/// ([`setup::left_guard`]).
+async fn guard_left_on(
+    remote: &Client,
+    cluster: &str,
+    primary: &str,
+) -> std::result::Result<Option<(RemoteGuard, Option<String>)>, kube::Error> {
+    let policy = Api::<ValidatingAdmissionPolicy>::all(remote.clone())
+        .get_opt(setup::GUARD)
+        .await?;
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    let binding = Api::<ValidatingAdmissionPolicyBinding>::all(remote.clone())
+        .get_opt(setup::GUARD)
+        .await?;
+    Ok(binding.and_then(|binding| setup::left_guard(&policy, &binding, cluster, primary)))
 }
 
 /// What the first sync will do on the remote: the preview of both sides' namespaces as they
@@ -727,18 +755,6 @@ mod tests {
     use k8s_openapi::api::rbac::v1::PolicyRule;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
 
-    /// The spec of a cluster attached with `guard`, its primary named `primary_name`.
-    fn recorded(guard: &str, primary_name: Option<&str>) -> MeshClusterSpec {
-        serde_json::from_value(serde_json::json!({
-            "clusterId": "east-id",
-            "server": "https://east.example:6443",
-            "secretName": "cluster-east",
-            "remoteGuard": guard,
-            "primaryName": primary_name,
-        }))
-        .expect("a MeshCluster spec")
-    }
-
     #[test]
     fn a_new_cluster_without_the_flags_gets_warn_named_after_the_primary_context() {
         assert_eq!(
@@ -758,9 +774,8 @@ mod tests {
     #[test]
     fn a_re_run_without_the_flag_keeps_the_recorded_guard() {
         for guard in [RemoteGuard::Deny, RemoteGuard::Off, RemoteGuard::Warn] {
-            let spec = recorded(&format!("{guard:?}"), Some("main"));
             assert_eq!(
-                guard_settings(None, None, Some(&spec), "main-ctx"),
+                guard_settings(None, None, Some((guard, Some("main"))), "main-ctx"),
                 (guard, "main".to_owned())
             );
         }
@@ -768,27 +783,27 @@ mod tests {
 
     #[test]
     fn a_re_run_with_the_flags_replaces_the_recorded_guard() {
-        let spec = recorded("Deny", Some("main"));
+        let spec = Some((RemoteGuard::Deny, Some("main")));
         assert_eq!(
-            guard_settings(Some(RemoteGuard::Warn), Some("other"), Some(&spec), "ctx"),
+            guard_settings(Some(RemoteGuard::Warn), Some("other"), spec, "ctx"),
             (RemoteGuard::Warn, "other".to_owned())
         );
         // Each flag on its own: the other setting is kept.
         assert_eq!(
-            guard_settings(Some(RemoteGuard::Off), None, Some(&spec), "ctx"),
+            guard_settings(Some(RemoteGuard::Off), None, spec, "ctx"),
             (RemoteGuard::Off, "main".to_owned())
         );
         assert_eq!(
-            guard_settings(None, Some("other"), Some(&spec), "ctx"),
+            guard_settings(None, Some("other"), spec, "ctx"),
             (RemoteGuard::Deny, "other".to_owned())
         );
     }
 
     #[test]
     fn a_re_run_of_a_cluster_recording_no_primary_name_names_the_primary_context() {
-        let spec = recorded("Deny", None);
+        let spec = Some((RemoteGuard::Deny, None));
         assert_eq!(
-            guard_settings(None, None, Some(&spec), "main-ctx"),
+            guard_settings(None, None, spec, "main-ctx"),
             (RemoteGuard::Deny, "main-ctx".to_owned())
         );
     }

@@ -53,19 +53,15 @@ fn guard_state(
             setup::GUARD
         ));
     }
-    let actions = spec
-        .and_then(|s| s.validation_actions.clone())
-        .unwrap_or_default();
-    if actions.iter().any(|a| a == "Deny") {
-        Ok(RemoteGuard::Deny)
-    } else if actions.iter().any(|a| a == "Warn") {
-        Ok(RemoteGuard::Warn)
-    } else {
-        Err(format!(
+    setup::bound_mode(binding).ok_or_else(|| {
+        let actions = spec
+            .and_then(|s| s.validation_actions.clone())
+            .unwrap_or_default();
+        format!(
             "the binding's validationActions are [{}], neither Warn nor Deny",
             actions.join(", ")
-        ))
-    }
+        )
+    })
 }
 
 /// Compares what is on the remote with what the MeshCluster declares: the mode

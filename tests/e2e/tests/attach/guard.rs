@@ -273,9 +273,32 @@ async fn a_re_run_without_guard_flags_keeps_the_deny_guard_and_its_primary_name(
         binding.spec.and_then(|s| s.validation_actions),
         Some(vec!["Deny".to_owned()])
     );
-    let mc = mesh_cluster(env, name).await?;
-    assert_eq!(mc.spec.remote_guard, mesh_core::cluster::RemoteGuard::Deny);
-    assert_eq!(mc.spec.primary_name.as_deref(), Some("elsewhere"));
+    let kept = async || -> anyhow::Result<_> {
+        let mc = mesh_cluster(env, name).await?;
+        Ok((mc.spec.remote_guard, mc.spec.primary_name))
+    };
+    let deny_from_elsewhere = (
+        mesh_core::cluster::RemoteGuard::Deny,
+        Some("elsewhere".to_owned()),
+    );
+    assert_eq!(kept().await?, deny_from_elsewhere);
+
+    // Detached with --force (the remote keeps the guard) and attached again bare: no
+    // MeshCluster records the guard any more, the remote's guard does.
+    let dir = tempfile::tempdir()?;
+    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
+    let unreachable = unreachable.to_string_lossy().into_owned();
+    let forced = [
+        "detach",
+        name,
+        "--remote-kubeconfig",
+        &unreachable,
+        "--force",
+    ];
+    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
+    let progress = attach(env, remote, &[]).await?;
+    assert!(progress.contains("remote guard deny"), "{progress}");
+    assert_eq!(kept().await?, deny_from_elsewhere);
 
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await
