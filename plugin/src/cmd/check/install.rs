@@ -64,6 +64,9 @@ pub struct InstalledWith {
     pub webhook_url: Option<String>,
     /// Whether the client-CA ConfigMap is in use (install was given `--client-ca-file`).
     pub client_ca: bool,
+    /// Whether nothing read could tell `client_ca` (the ConfigMap unreadable, and no Deployment
+    /// read that says it): the hints then name the flag as one to give if install had it.
+    pub client_ca_unread: bool,
     /// The names of `--client-allowed-names` the webhook's Deployment runs with.
     pub client_allowed_names: Option<String>,
     /// The webhook's image, when the Deployment runs another than [`render::DEFAULT_IMAGE`].
@@ -112,6 +115,7 @@ impl InstalledWith {
             ),
             None => (matches!(facts.client_ca, Some(Ok(Some(_)))), None),
         };
+        let client_ca_unread = deployment.is_none() && matches!(facts.client_ca, Some(Err(_)));
         let image = deployment
             .and_then(webhook_container)
             .and_then(|c| c.image.clone())
@@ -124,6 +128,7 @@ impl InstalledWith {
             rule,
             webhook_url,
             client_ca,
+            client_ca_unread,
             client_allowed_names,
             image,
             replicas,
@@ -177,6 +182,12 @@ impl InstalledWith {
                     render::shell_word(names)
                 ));
             }
+        } else if self.client_ca_unread {
+            line.push_str(&format!(
+                " {} <the CA file used at install, if it was given one: its ConfigMap could not \
+                 be read>",
+                render::CLIENT_CA_FLAG
+            ));
         }
         format!("`{line}`")
     }
@@ -1015,6 +1026,27 @@ mod tests {
         for hint in install_hints(&installed_with(&by_url)) {
             assert!(
                 command(&hint).ends_with(" --client-ca-file <the CA file used at install>"),
+                "{hint}"
+            );
+        }
+    }
+
+    #[test]
+    fn hints_to_reinstall_name_a_client_ca_that_could_not_be_read() {
+        let by_url = render::Options {
+            webhook_url: Some(render::WebhookUrl::parse("https://10.0.0.5:9443").unwrap()),
+            ..render::Options::default()
+        };
+        let mut facts = installed_with(&by_url);
+        let forbidden = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+        let forbidden = kube::Error::Api(forbidden.into());
+        facts.client_ca = Some(Err(forbidden));
+        for hint in install_hints(&facts) {
+            assert!(
+                command(&hint).ends_with(
+                    " --client-ca-file <the CA file used at install, if it was given one: its \
+                     ConfigMap could not be read>"
+                ),
                 "{hint}"
             );
         }
