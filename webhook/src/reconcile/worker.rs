@@ -777,6 +777,41 @@ mod tests {
         settings
     }
 
+    /// Starts the worker of east, served by `api`, over a primary holding `namespaces`
+    /// (injection enabled).
+    async fn start_east(api: &FakeApiserver, namespaces: &[&str]) -> Running {
+        let namespaces = namespaces.iter().map(|name| enabled(name)).collect();
+        start(
+            mesh_cluster("east", "uid-east"),
+            served_by(api),
+            namespaces,
+            settings(),
+        )
+        .await
+    }
+
+    /// The worker of east over a remote and a primary holding web, injection enabled on both.
+    async fn start_east_serving_web() -> (FakeApiserver, Running) {
+        let api = FakeApiserver::default().with_namespace("web", &[("istio-injection", "enabled")]);
+        let running = start_east(&api, &["web"]).await;
+        (api, running)
+    }
+
+    /// Waits until `running` has written a status of east, failing the test after `within`.
+    async fn wait_status_written(running: &Running, within: Duration) {
+        wait_until("status written", within, || {
+            !running.primary.status_writes().is_empty()
+        })
+        .await;
+    }
+
+    /// Waits until the first sync of `running` has written app to `api` (once) and the status.
+    async fn wait_first_sync_wrote_app(api: &FakeApiserver, running: &Running) {
+        let within = Duration::from_secs(10);
+        wait_until("app written", within, || patches_of(api, "app") == 1).await;
+        wait_status_written(running, within).await;
+    }
+
     /// The worker of a remote whose admission policy refuses `app`'s labels, as Kyverno or
     /// Gatekeeper would (the fake apiserver refuses it on demand; a real one cannot be made
     /// to), once its first sync has tried `app` and written the status.
@@ -785,19 +820,8 @@ mod tests {
             .with_namespace("app", &[])
             .with_namespace("web", &[("istio-injection", "enabled")]);
         api.state().forbidden_namespaces.insert("app".to_owned());
-        let running = start(
-            mesh_cluster("east", "uid-east"),
-            served_by(&api),
-            vec![enabled("app"), enabled("web")],
-            settings(),
-        )
-        .await;
-        let within = Duration::from_secs(10);
-        wait_until("app refused", within, || patches_of(&api, "app") == 1).await;
-        wait_until("status written", within, || {
-            !running.primary.status_writes().is_empty()
-        })
-        .await;
+        let running = start_east(&api, &["app", "web"]).await;
+        wait_first_sync_wrote_app(&api, &running).await;
         (api, running)
     }
 
@@ -857,19 +881,8 @@ mod tests {
     async fn a_remote_whose_writes_time_out_stays_silent_after_a_sync() {
         let api = FakeApiserver::default().with_namespace("app", &[]);
         api.state().timed_out_namespaces.insert("app".to_owned());
-        let running = start(
-            mesh_cluster("east", "uid-east"),
-            served_by(&api),
-            vec![enabled("app")],
-            settings(),
-        )
-        .await;
-        let within = Duration::from_secs(10);
-        wait_until("app written", within, || patches_of(&api, "app") == 1).await;
-        wait_until("status written", within, || {
-            !running.primary.status_writes().is_empty()
-        })
-        .await;
+        let running = start_east(&api, &["app"]).await;
+        wait_first_sync_wrote_app(&api, &running).await;
         // A push ran out its deadline.
         let remote = running.shared.state.remotes.get("east").expect("entry");
         remote.went_silent(Duration::from_secs(3600));
@@ -939,14 +952,7 @@ mod tests {
     /// by the watch started after it.
     #[tokio::test(start_paused = true)]
     async fn a_kick_after_new_credentials_lists_the_remote_once() {
-        let api = FakeApiserver::default().with_namespace("web", &[("istio-injection", "enabled")]);
-        let running = start(
-            mesh_cluster("east", "uid-east"),
-            served_by(&api),
-            vec![enabled("web")],
-            settings(),
-        )
-        .await;
+        let (api, running) = start_east_serving_web().await;
         let metrics = running.shared.state.metrics.clone();
         let synced = || {
             let metrics = metrics.encode().expect("metrics");
@@ -982,14 +988,7 @@ mod tests {
     /// written to the primary after, and the cluster's gauges are gone.
     #[tokio::test(start_paused = true)]
     async fn a_detached_cluster_writes_nothing_more_and_its_gauges_go() {
-        let api = FakeApiserver::default().with_namespace("web", &[("istio-injection", "enabled")]);
-        let running = start(
-            mesh_cluster("east", "uid-east"),
-            served_by(&api),
-            vec![enabled("web")],
-            settings(),
-        )
-        .await;
+        let (api, running) = start_east_serving_web().await;
         let gauge = r#"cluster_reachable{cluster="east"}"#;
         wait_until("first sync", Duration::from_secs(10), || {
             running.metrics().contains(gauge)
@@ -1057,10 +1056,7 @@ mod tests {
                 .expect("built");
             let stored = with(uid, generation);
             let running = start(stored, remotes, vec![enabled("web")], settings()).await;
-            wait_until("status written", Duration::from_secs(60), || {
-                !running.primary.status_writes().is_empty()
-            })
-            .await;
+            wait_status_written(&running, Duration::from_secs(60)).await;
             let written = running.primary.status_writes();
             assert_eq!(
                 written[0]["status"]["observedGeneration"],
