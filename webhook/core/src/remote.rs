@@ -764,40 +764,51 @@ current-context: east
             )
             .expect("server config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
+        let server = listening(move |connection| {
+            let acceptor = acceptor.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(connection).await else {
+                    return;
+                };
+                let mut buffer = [0; 4096];
+                // Requests without a body: one read each is enough here.
+                while let Ok(read) = tls.read(&mut buffer).await {
+                    if read == 0 {
+                        return;
+                    }
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"no backend","code":503}"#;
+                    let answer = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if tls.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        })
+        .await;
+        (server, key.cert, answered)
+    }
+
+    /// A listener on a free port of 127.0.0.1, its https URL; it hands each connection it
+    /// accepts to `accepted`, until the test ends.
+    async fn listening(mut accepted: impl FnMut(tokio::net::TcpStream) + Send + 'static) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let server = format!("https://{}", listener.local_addr().expect("address"));
-        let answered = Arc::new(AtomicUsize::new(0));
-        let counter = answered.clone();
+        let url = format!("https://{}", listener.local_addr().expect("address"));
         tokio::spawn(async move {
             while let Ok((connection, _)) = listener.accept().await {
-                let Ok(mut tls) = acceptor.accept(connection).await else {
-                    continue;
-                };
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let mut buffer = [0; 4096];
-                    // Requests without a body: one read each is enough here.
-                    while let Ok(read) = tls.read(&mut buffer).await {
-                        if read == 0 {
-                            return;
-                        }
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"no backend","code":503}"#;
-                        let answer = format!(
-                            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-                             content-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if tls.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+                accepted(connection);
             }
         });
-        (server, key.cert, answered)
+        url
     }
 
     /// kube would retry a 503 by itself, up to 15 times and minutes in all: a push would spend
@@ -947,19 +958,14 @@ current-context: east
     /// A listener that counts the connections made to it (and never answers): a stored
     /// kubeconfig's server that must never be reached.
     async fn counting_connections() -> (String, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("https://{}", listener.local_addr().expect("address"));
         let connections = Arc::new(AtomicUsize::new(0));
         let counter = connections.clone();
-        tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((connection, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::Relaxed);
-                open.push(connection);
-            }
-        });
+        let mut open = Vec::new();
+        let url = listening(move |connection| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            open.push(connection);
+        })
+        .await;
         (url, connections)
     }
 
