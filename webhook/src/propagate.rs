@@ -338,6 +338,12 @@ pub(crate) mod tests {
         (slow, remotes)
     }
 
+    /// Fans [`enable_injection`] out to `remotes` under the default rule, each push within
+    /// `deadline`.
+    async fn push_injection(remotes: &[Arc<Remote>], deadline: Duration) -> Vec<PushOutcome> {
+        fan_out(remotes, &SyncRule::default(), &enable_injection(), deadline).await
+    }
+
     #[tokio::test]
     async fn applies_then_reports_in_sync() {
         let api = FakeApiserver::default().with_namespace("app", &[("team", "a")]);
@@ -543,7 +549,6 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn forbidden_and_deadline_are_reported_per_cluster() {
-        let rule = SyncRule::default();
         let ok = FakeApiserver::default().with_namespace("app", &[]);
         let denied = FakeApiserver::default();
         denied.state().forbidden = true;
@@ -553,9 +558,8 @@ pub(crate) mod tests {
             Arc::new(Remote::new("b-denied", denied.client())),
             Arc::new(Remote::new("c-slow", slow.client())),
         ];
-        let want = enable_injection();
         let started = Instant::now();
-        let outcomes = fan_out(&remotes, &rule, &want, Duration::from_millis(300)).await;
+        let outcomes = push_injection(&remotes, Duration::from_millis(300)).await;
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "deadline honoured"
@@ -586,13 +590,7 @@ pub(crate) mod tests {
         let remotes = [Arc::new(
             Remote::new("east", other.client()).with_identity(&east),
         )];
-        let outcomes = fan_out(
-            &remotes,
-            &SyncRule::default(),
-            &enable_injection(),
-            Duration::from_secs(5),
-        )
-        .await;
+        let outcomes = push_injection(&remotes, Duration::from_secs(5)).await;
         assert!(
             matches!(&outcomes[0].result, PushResult::Failed(message)
                 if message.contains("reaches another cluster than east (id uid-kube-system, not uid-of-east)")),
@@ -606,22 +604,19 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_remote_that_let_a_push_time_out_is_not_waited_for_until_it_answers() {
         let (slow, remotes) = slow_remote(Duration::from_secs(5));
-        let rule = SyncRule::default();
-        let want = enable_injection();
         let deadline = Duration::from_millis(200);
-        let result = |outcomes: Vec<PushOutcome>| outcomes[0].result.clone();
-        let first = fan_out(&remotes, &rule, &want, deadline).await;
-        assert_eq!(result(first), PushResult::TimedOut);
+        let first = push_injection(&remotes, deadline).await;
+        assert_eq!(first[0].result, PushResult::TimedOut);
         let started = Instant::now();
-        let second = fan_out(&remotes, &rule, &want, deadline).await;
-        assert_eq!(result(second), PushResult::NotWaited);
+        let second = push_injection(&remotes, deadline).await;
+        assert_eq!(second[0].result, PushResult::NotWaited);
         assert!(started.elapsed() < deadline, "not waited for");
 
         // Once it answers (here: the reconciler's sync did), pushes go to it again.
         slow.state().delay = None;
         remotes[0].answered();
-        let third = fan_out(&remotes, &rule, &want, deadline).await;
-        assert_eq!(result(third), PushResult::Applied);
+        let third = push_injection(&remotes, deadline).await;
+        assert_eq!(third[0].result, PushResult::Applied);
     }
 
     /// A push that waited its turn starts with little of its deadline left: running it out
@@ -630,12 +625,12 @@ pub(crate) mod tests {
     async fn a_timeout_of_a_push_cut_short_does_not_silence_the_remote() {
         let (_slow, remotes) = slow_remote(Duration::from_millis(500));
         let rule = SyncRule::default();
-        let want = enable_injection();
         let cut_short = Duration::from_millis(100);
-        let first = fan_out_timed_from(&remotes, &rule, &want, None, cut_short, false).await;
+        let first =
+            fan_out_timed_from(&remotes, &rule, &enable_injection(), None, cut_short, false).await;
         assert_eq!(first[0].outcome.result, PushResult::TimedOut);
         assert!(!remotes[0].is_silent());
-        let second = fan_out(&remotes, &rule, &want, Duration::from_secs(5)).await;
+        let second = push_injection(&remotes, Duration::from_secs(5)).await;
         assert_eq!(second[0].result, PushResult::Applied);
     }
 
