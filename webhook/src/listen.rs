@@ -494,6 +494,13 @@ mod tests {
             connect(self.addr, identity).await
         }
 
+        /// A plain TCP connection to the server, nothing sent on it yet.
+        async fn connect_tcp(&self) -> tokio::net::TcpStream {
+            tokio::net::TcpStream::connect(self.addr)
+                .await
+                .expect("connect")
+        }
+
         async fn stop(self) {
             self.shutdown.cancel();
             tokio::time::timeout(Duration::from_secs(15), self.task)
@@ -598,9 +605,7 @@ mod tests {
         let server = Server::start(None, Limits::default()).await;
 
         // Plain HTTP: the handshake fails and nothing HTTP comes back.
-        let mut plain = tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect");
+        let mut plain = server.connect_tcp().await;
         plain
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
@@ -703,9 +708,7 @@ mod tests {
     #[tokio::test]
     async fn connections_without_a_client_hello_are_closed_after_the_handshake_timeout() {
         let server = Server::start(None, Limits::default()).await;
-        let mut tcp = tokio::net::TcpStream::connect(server.addr)
-            .await
-            .expect("connect");
+        let mut tcp = server.connect_tcp().await;
         let waited = closed_after(&mut tcp).await;
         assert!(
             waited >= HANDSHAKE_TIMEOUT - Duration::from_millis(100),
@@ -765,10 +768,7 @@ mod tests {
         let server = Server::start(Some(&trusted.ca_pem), limits).await;
         let mut strangers = Vec::new();
         for _ in 0..2 {
-            let tcp = tokio::net::TcpStream::connect(server.addr)
-                .await
-                .expect("connect");
-            strangers.push(tcp);
+            strangers.push(server.connect_tcp().await);
         }
         let answer = tokio::time::timeout(PROMPTLY, get_healthz(&server, Some(&trusted)))
             .await
