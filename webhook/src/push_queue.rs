@@ -131,12 +131,18 @@ mod tests {
         Instant::now() + Duration::from_secs(5)
     }
 
+    /// The turn of `namespace` in `queue`, which must go at once.
+    async fn goes(queue: &PushQueue, namespace: &str) -> Ticket {
+        let Turn::Go(ticket) = queue.turn(namespace, soon()).await else {
+            panic!("{namespace} must go at once");
+        };
+        ticket
+    }
+
     #[tokio::test]
     async fn a_namespace_alone_goes_at_once_and_leaves_nothing_behind() {
         let queue = PushQueue::default();
-        let Turn::Go(ticket) = queue.turn("shop", soon()).await else {
-            panic!("an idle namespace must go");
-        };
+        let ticket = goes(&queue, "shop").await;
         assert_eq!(queue.len(), 1);
         drop(ticket);
         assert!(queue.is_empty());
@@ -145,18 +151,14 @@ mod tests {
     #[tokio::test]
     async fn other_namespaces_do_not_wait() {
         let queue = PushQueue::default();
-        let Turn::Go(_shop) = queue.turn("shop", soon()).await else {
-            panic!("shop must go");
-        };
+        let _shop = goes(&queue, "shop").await;
         assert!(matches!(queue.turn("bank", soon()).await, Turn::Go(_)));
     }
 
     #[tokio::test]
     async fn of_a_flood_only_the_running_push_and_the_newest_go() {
         let queue = PushQueue::default();
-        let Turn::Go(running) = queue.turn("shop", soon()).await else {
-            panic!("first must go");
-        };
+        let running = goes(&queue, "shop").await;
         let waiting: Vec<_> = (0..20)
             .map(|_| {
                 let queue = queue.clone();
@@ -191,9 +193,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_place_to_leave_removes_the_entry_whatever_still_holds_the_slot() {
         let queue = PushQueue::default();
-        let Turn::Go(ticket) = queue.turn("shop", soon()).await else {
-            panic!("an idle namespace must go");
-        };
+        let ticket = goes(&queue, "shop").await;
         let leaving = queue.lock()["shop"].slot.clone();
         drop(ticket);
         assert!(queue.is_empty(), "{} entries left", queue.len());
@@ -203,9 +203,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_gives_up_at_its_deadline() {
         let queue = PushQueue::default();
-        let Turn::Go(_running) = queue.turn("shop", soon()).await else {
-            panic!("first must go");
-        };
+        let _running = goes(&queue, "shop").await;
         let deadline = Instant::now() + Duration::from_secs(2);
         assert!(matches!(queue.turn("shop", deadline).await, Turn::TimedOut));
         assert_eq!(queue.len(), 1, "the running push keeps its entry");
