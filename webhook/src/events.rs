@@ -618,28 +618,47 @@ mod tests {
         assert!(metrics.contains(&line), "{line} not in {metrics}");
     }
 
+    /// Publishes the reports of syncs of east over a primary holding `namespaces` (which refuses
+    /// every Event), `report` giving a sync's report of one namespace: shop's three times,
+    /// cart's once, then shop's again after `window`. The Event writes after each of those three
+    /// steps, and the last Event's note.
+    async fn shop_thrice_cart_then_shop_after(
+        window: Duration,
+        namespaces: &[&str],
+        report: impl Fn(&str) -> SyncReport,
+    ) -> ([usize; 3], String) {
+        let primary = RecordingPrimary::default();
+        let events = primary.publisher();
+        let cluster = mesh_cluster("east", "uid-east");
+        let namespaces = by_name(namespaces.iter().map(|name| ns(name)));
+        let mut writes = [0; 3];
+        for _ in 0..3 {
+            events
+                .sync_report(&cluster, &namespaces, &report("shop"))
+                .await;
+        }
+        writes[0] = primary.writes();
+        events
+            .sync_report(&cluster, &namespaces, &report("cart"))
+            .await;
+        writes[1] = primary.writes();
+        tokio::time::advance(window).await;
+        events
+            .sync_report(&cluster, &namespaces, &report("shop"))
+            .await;
+        writes[2] = primary.writes();
+        (writes, primary.last_note())
+    }
+
     /// Refused Events too, as a primary whose Event quota or RBAC says no: the next Event
     /// after the window counts what they would have said.
     #[tokio::test(start_paused = true)]
     async fn a_contested_namespace_makes_one_correction_event_per_window() {
-        let primary = RecordingPrimary::default();
-        let events = primary.publisher();
-        let cluster = mesh_cluster("east", "uid-east");
-        let namespaces = by_name([ns("shop")]);
-        let fought = corrected(&["shop"]);
-        for _ in 0..3 {
-            events.sync_report(&cluster, &namespaces, &fought).await;
-        }
-        assert_eq!(primary.writes(), 1);
-        // Another namespace is news at once.
-        events
-            .sync_report(&cluster, &namespaces, &corrected(&["cart"]))
-            .await;
-        assert_eq!(primary.writes(), 2);
-        tokio::time::advance(CORRECTION_WINDOW).await;
-        events.sync_report(&cluster, &namespaces, &fought).await;
-        assert_eq!(primary.writes(), 3);
-        let note = primary.last_note();
+        let fought = |namespace: &str| corrected(&[namespace]);
+        let (writes, note) =
+            shop_thrice_cart_then_shop_after(CORRECTION_WINDOW, &["shop"], fought).await;
+        // One Event for the three syncs; another namespace is news at once.
+        assert_eq!(writes, [1, 2, 3]);
         assert!(
             note.starts_with("cluster east (3 more since the last Event): "),
             "{note}"
@@ -674,10 +693,6 @@ mod tests {
     /// Event a window, the next counting the syncs held.
     #[tokio::test(start_paused = true)]
     async fn a_refused_namespace_makes_one_failure_event_per_window() {
-        let primary = RecordingPrimary::default();
-        let events = primary.publisher();
-        let cluster = mesh_cluster("east", "uid-east");
-        let namespaces = by_name([ns("shop"), ns("cart")]);
         let refused = |namespace: &str| SyncReport {
             errors: vec![NamespaceError {
                 namespace: namespace.to_owned(),
@@ -687,24 +702,11 @@ mod tests {
             }],
             ..SyncReport::default()
         };
-        for _ in 0..3 {
-            events
-                .sync_report(&cluster, &namespaces, &refused("shop"))
-                .await;
-        }
-        assert_eq!(primary.writes(), 1);
-        // Another namespace is news at once.
-        events
-            .sync_report(&cluster, &namespaces, &refused("cart"))
-            .await;
-        assert_eq!(primary.writes(), 2);
-        tokio::time::advance(SYNC_FAILURE_WINDOW).await;
-        events
-            .sync_report(&cluster, &namespaces, &refused("shop"))
-            .await;
-        assert_eq!(primary.writes(), 3);
+        let (writes, note) =
+            shop_thrice_cart_then_shop_after(SYNC_FAILURE_WINDOW, &["shop", "cart"], refused).await;
+        // One Event for the three syncs; another namespace is news at once.
+        assert_eq!(writes, [1, 2, 3]);
         // The recording primary refuses every Event: the first one's count carries on too.
-        let note = primary.last_note();
         assert!(
             note.starts_with("cluster east (3 more since the last Event): cannot apply"),
             "{note}"
