@@ -14,7 +14,6 @@ use mesh_core::cluster::MeshCluster;
 use mesh_e2e::{
     create_labelled_namespace, create_namespace, namespace_labels, patch_labels, unique_name,
 };
-use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
 
 use crate::support::*;
@@ -316,23 +315,6 @@ async fn a_detach_that_times_out_on_the_namespace_says_to_re_run_and_a_re_run_fi
         .await?;
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await
-}
-
-/// `detach --force` of cluster `name` with an unreachable kubeconfig of `remote`: the primary
-/// forgets the cluster, the remote keeps what attach made there.
-async fn detach_forced(env: &TestEnv, remote: &Cluster, name: &str) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
-    let unreachable = unreachable.to_string_lossy().into_owned();
-    let forced = [
-        "detach",
-        name,
-        "--remote-kubeconfig",
-        &unreachable,
-        "--force",
-    ];
-    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
-    Ok(())
 }
 
 /// After a forced detach the MeshCluster and its scope are gone from the primary: a re-run

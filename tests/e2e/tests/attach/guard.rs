@@ -285,17 +285,7 @@ async fn a_re_run_without_guard_flags_keeps_the_deny_guard_and_its_primary_name(
 
     // Detached with --force (the remote keeps the guard) and attached again bare: no
     // MeshCluster records the guard any more, the remote's guard does.
-    let dir = tempfile::tempdir()?;
-    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
-    let unreachable = unreachable.to_string_lossy().into_owned();
-    let forced = [
-        "detach",
-        name,
-        "--remote-kubeconfig",
-        &unreachable,
-        "--force",
-    ];
-    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
+    detach_forced(env, remote, name).await?;
     let progress = attach(env, remote, &[]).await?;
     assert!(progress.contains("remote guard deny"), "{progress}");
     assert_eq!(kept().await?, deny_from_elsewhere);

@@ -542,3 +542,20 @@ pub async fn interrupted_after(
     };
     Ok((seen, status))
 }
+
+/// `detach --force` of cluster `name` with an unreachable kubeconfig of `remote`: the primary
+/// forgets the cluster, the remote keeps what attach made there.
+pub async fn detach_forced(env: &TestEnv, remote: &Cluster, name: &str) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (unreachable, _) = unreachable_kubeconfig(remote, dir.path())?;
+    let unreachable = unreachable.to_string_lossy().into_owned();
+    let forced = [
+        "detach",
+        name,
+        "--remote-kubeconfig",
+        &unreachable,
+        "--force",
+    ];
+    succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
+    Ok(())
+}
