@@ -21,8 +21,9 @@ use mesh_core::{
 pub enum Renewal {
     Renewed,
     /// The Secret is no longer the version the remote's client was built from (a rotate, an
-    /// attach, or anyone's edit): nothing was asked for nor written. The registry rebuilds the
-    /// client from the new version, and a later sync renews from that one.
+    /// attach, or anyone's edit): nothing was written (a token is asked for only when the
+    /// change came between the read and the write). The registry rebuilds the client from the
+    /// new version, and a later sync renews from that one.
     Stale,
 }
 
@@ -117,11 +118,12 @@ pub async fn renew_token(
         .data
         .get_or_insert_default()
         .insert(KUBECONFIG_KEY.to_owned(), ByteString(yaml.into_bytes()));
-    secrets
-        .replace(name, &Default::default(), &secret)
-        .await
-        .map_err(|e| format!("cannot write Secret {name}: {}", error_chain(&e)))?;
-    Ok(Renewal::Renewed)
+    match secrets.replace(name, &Default::default(), &secret).await {
+        Ok(_) => Ok(Renewal::Renewed),
+        // Written since it was read: that writer wins, and the token issued goes unused.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Renewal::Stale),
+        Err(e) => Err(format!("cannot write Secret {name}: {}", error_chain(&e))),
+    }
 }
 
 /// The rule of stored kubeconfigs ([`validate_stored`]), for the kubeconfig of Secret `name`.
@@ -130,4 +132,82 @@ fn check_stored(name: &str, yaml: &str) -> Result<(), String> {
         .map_err(|_| format!("the kubeconfig in Secret {name} is not valid YAML"))?;
     validate_stored(&kubeconfig)
         .map_err(|reason| format!("the kubeconfig in Secret {name} is refused: {reason}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use hyper::{Method, StatusCode};
+    use mesh_core::{
+        fake_apiserver::{json_response, status},
+        fixtures::{jwt, mesh_cluster, stored_credentials},
+    };
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// A client of a server that answers each request with `answer(method, path)`.
+    fn serving(answer: fn(&Method, &str) -> (StatusCode, Value)) -> Client {
+        let service = tower::service_fn(move |request: hyper::Request<kube::client::Body>| {
+            let (code, body) = answer(request.method(), request.uri().path());
+            async move { Ok::<_, Infallible>(json_response(code, &body)) }
+        });
+        Client::new(service, "default")
+    }
+
+    /// A token of ServiceAccount mesh/east, valid for an hour.
+    fn east_token(issued_at: i64) -> String {
+        jwt(json!({
+            "sub": "system:serviceaccount:mesh:east",
+            "iat": issued_at, "exp": issued_at + 3600,
+        }))
+    }
+
+    fn kubeconfig(token: &str) -> String {
+        json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "east",
+            "clusters": [{"name": "east", "cluster": {"server": "https://east.example"}}],
+            "users": [{"name": "east", "user": {"token": token}}],
+            "contexts": [{"name": "east", "context": {"cluster": "east", "user": "east"}}],
+        })
+        .to_string()
+    }
+
+    /// Someone wrote the Secret between the renewal's read and its write: the conditional
+    /// replace is refused with 409, and that writer wins. A fake primary, since no real
+    /// apiserver can be made to lose that race on demand.
+    #[tokio::test]
+    async fn a_secret_written_since_it_was_read_is_left_to_its_writer() {
+        let primary = serving(|method, path| match (method, path) {
+            (&Method::GET, "/api/v1/namespaces/mesh/secrets/cluster-east") => {
+                let secret = stored_credentials("east", &kubeconfig(&east_token(1_000)));
+                (StatusCode::OK, serde_json::to_value(secret).unwrap())
+            }
+            (&Method::PUT, "/api/v1/namespaces/mesh/secrets/cluster-east") => status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                "the object has been modified",
+            ),
+            _ => status(StatusCode::NOT_FOUND, "NotFound", path),
+        });
+        let remote = serving(|method, path| match (method, path) {
+            (&Method::POST, "/api/v1/namespaces/mesh/serviceaccounts/east/token") => {
+                let issued = json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                    "spec": {"audiences": []},
+                    "status": {"token": east_token(2_000),
+                        "expirationTimestamp": "2000-01-01T00:00:00Z"},
+                });
+                (StatusCode::CREATED, issued)
+            }
+            _ => status(StatusCode::NOT_FOUND, "NotFound", path),
+        });
+        let cluster = mesh_cluster("east", "uid-of-east");
+        let stored = stored_credentials("east", &kubeconfig(&east_token(1_000)));
+        let built_from = Fingerprint::of(&cluster, Some(&stored));
+        let claims = token::claims(&east_token(1_000)).expect("claims");
+        let renewed = renew_token(&primary, "mesh", &cluster, &remote, &built_from, claims).await;
+        assert_eq!(renewed, Ok(Renewal::Stale));
+    }
 }
