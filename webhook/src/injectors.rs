@@ -73,9 +73,9 @@ impl Injectors {
 
 /// Keeps `injectors`' entry of `cluster` equal to the remote's configurations until `cancel`,
 /// once `remote` is proved to be the cluster that was attached; forgets it when `remote` is
-/// another cluster. What it saw last stays otherwise: a watch replaced for new credentials
-/// keeps its cluster's entry until the next list, and the supervisor forgets a detached
-/// cluster's.
+/// another cluster or has no client. What it saw last stays otherwise: a watch replaced for
+/// new credentials keeps its cluster's entry until the next list, and the supervisor forgets
+/// a detached cluster's.
 pub(crate) async fn watch_injectors(
     cluster: String,
     remote: Arc<Remote>,
@@ -83,7 +83,8 @@ pub(crate) async fn watch_injectors(
     cancel: CancellationToken,
 ) {
     let Some(client) = remote.watch_client().cloned() else {
-        return;
+        // Unusable credentials: no watch will correct what was seen last.
+        return injectors.forget(&cluster);
     };
     match prove(&remote, &cancel, || ()).await {
         Proof::Proved => {}
@@ -249,6 +250,24 @@ mod tests {
         let other = FakeApiserver::default().with_namespace("kube-system", &[]);
         let east = mesh_cluster("east", "uid-of-east");
         let remote = Arc::new(Remote::new("east", other.client()).with_identity(&east));
+        let injectors = Injectors::default();
+        injectors.set("east", vec![istio_injector("canary")]);
+        let watched = watch_injectors("east".into(), remote, injectors.clone(), Default::default());
+        tokio::time::timeout(std::time::Duration::from_secs(5), watched)
+            .await
+            .expect("the watch ends at once");
+        assert_eq!(injectors.readiness("shop", &labels(&[])), []);
+    }
+
+    /// Its Secret became missing: nothing watches the remote any more, so what was seen
+    /// last would never be corrected.
+    #[tokio::test]
+    async fn injectors_no_watch_can_follow_are_forgotten() {
+        let missing = mesh_core::remote::Error::SecretMissing {
+            namespace: "mesh".into(),
+            name: "cluster-east".into(),
+        };
+        let remote = Arc::new(Remote::unavailable("east", &missing));
         let injectors = Injectors::default();
         injectors.set("east", vec![istio_injector("canary")]);
         let watched = watch_injectors("east".into(), remote, injectors.clone(), Default::default());
