@@ -8,6 +8,13 @@
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use kube::config::Kubeconfig;
 
+use crate::printable;
+
+/// Most bytes of a name or server URL of a stored kubeconfig that a message quotes: whoever
+/// wrote the Secret chose them, of any length, and a refusal is logged at every admission
+/// review and kept in status and Events.
+pub const MAX_QUOTED: usize = 200;
+
 /// Why a stored kubeconfig breaks the rule: one line, never quoting a credential.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -35,86 +42,94 @@ pub fn validate_stored(kc: &Kubeconfig) -> Result<(), Refused> {
         ));
     };
     let name = &cluster.name;
+    let quoted = quoted_name(name);
     if user.name != *name || context.name != *name {
         return refuse(format!(
-            "cluster {name:?}, user {:?} and context {:?} must share one name",
-            user.name, context.name
+            "cluster {quoted}, user {} and context {} must share one name",
+            quoted_name(&user.name),
+            quoted_name(&context.name)
         ));
     }
     if kc.current_context.as_deref() != Some(name.as_str()) {
-        return refuse(format!("current-context must be {name:?}"));
+        return refuse(format!("current-context must be {quoted}"));
     }
     match &context.context {
         Some(c) if c.cluster == *name && c.user.as_deref() == Some(name.as_str()) => {}
         _ => {
             return refuse(format!(
-                "context {name:?} must refer to cluster {name:?} and user {name:?}"
+                "context {quoted} must refer to cluster {quoted} and user {quoted}"
             ));
         }
     }
 
     let Some(c) = &cluster.cluster else {
-        return refuse(format!("cluster {name:?} is empty"));
+        return refuse(format!("cluster {quoted} is empty"));
     };
     match c.server.as_deref() {
         Some(s) if s.starts_with("https://") => {}
         Some(s) => {
             let s = scheme_and_host(s);
-            return refuse(format!("server {s:?} of cluster {name:?} is not https"));
+            return refuse(format!("server {s:?} of cluster {quoted} is not https"));
         }
-        None => return refuse(format!("cluster {name:?} has no server")),
+        None => return refuse(format!("cluster {quoted} has no server")),
     }
     if c.certificate_authority.is_some() {
         return refuse(format!(
-            "cluster {name:?} reads its certificate authority from a file"
+            "cluster {quoted} reads its certificate authority from a file"
         ));
     }
     if c.insecure_skip_tls_verify == Some(true) {
-        return refuse(format!("cluster {name:?} skips TLS verification"));
+        return refuse(format!("cluster {quoted} skips TLS verification"));
     }
     if c.proxy_url.is_some() {
-        return refuse(format!("cluster {name:?} uses a proxy"));
+        return refuse(format!("cluster {quoted} uses a proxy"));
     }
     if let Some(b64) = c.certificate_authority_data.as_deref() {
         // Kubeconfigs written by hand sometimes wrap the base64; tolerate whitespace.
         let compact: String = b64.split_whitespace().collect();
         if BASE64.decode(compact).is_err() {
             return refuse(format!(
-                "certificate-authority-data of cluster {name:?} is not valid base64"
+                "certificate-authority-data of cluster {quoted} is not valid base64"
             ));
         }
     }
 
     let Some(u) = &user.auth_info else {
-        return refuse(format!("user {name:?} has no credentials"));
+        return refuse(format!("user {quoted} has no credentials"));
     };
     // The plugin's command line is not quoted: it may carry a credential.
     if u.exec.is_some() {
-        return refuse(format!("user {name:?} runs an exec plugin"));
+        return refuse(format!("user {quoted} runs an exec plugin"));
     }
     if let Some(provider) = &u.auth_provider {
         return refuse(format!(
-            "user {name:?} uses the auth provider {:?}",
-            provider.name
+            "user {quoted} uses the auth provider {}",
+            quoted_name(&provider.name)
         ));
     }
     if u.token_file.is_some() {
-        return refuse(format!("user {name:?} reads its token from a file"));
+        return refuse(format!("user {quoted} reads its token from a file"));
     }
     if u.client_certificate.is_some() || u.client_key.is_some() {
         return refuse(format!(
-            "user {name:?} reads a client certificate or key from a file"
+            "user {quoted} reads a client certificate or key from a file"
         ));
     }
     if u.username.is_some() || u.password.is_some() {
-        return refuse(format!("user {name:?} uses a username and password"));
+        return refuse(format!("user {quoted} uses a username and password"));
     }
     let has_token = u.token.is_some();
     let has_cert = u.client_certificate_data.is_some() && u.client_key_data.is_some();
     if !has_token && !has_cert {
-        return refuse(format!("user {name:?} has no token"));
+        return refuse(format!("user {quoted} has no token"));
     }
     Ok(())
+}
+
+/// A name of a stored kubeconfig (of its cluster, user, context or auth provider) as a message
+/// quotes it.
+fn quoted_name(name: &str) -> String {
+    printable::quoted(name, MAX_QUOTED)
 }
 
 /// `server` as far as it may be quoted: its scheme and host (with port), never a
@@ -208,5 +223,22 @@ current-context: east
         assert!(reason.contains(r#"server "http://h:8" "#), "{reason}");
         let reason = refused("https://127.0.0.1:1", "u:s3cr3t@h/x");
         assert!(reason.contains(r#"server "h" "#), "{reason}");
+    }
+
+    /// A refusal is logged at every admission review and shown in status and Events: a name
+    /// of any length must not make it as long.
+    #[test]
+    fn refusing_quotes_a_name_bounded() {
+        let long = "c".repeat(100_000);
+        let reason = refused(
+            "contexts:\n- name: east",
+            &format!("contexts:\n- name: {long}"),
+        );
+        assert!(reason.contains("must share one name"), "{reason}");
+        assert!(reason.len() < 1024, "{} bytes", reason.len());
+        let provider = format!("{{auth-provider: {{name: {long}}}}}");
+        let reason = refused("{token: s3cr3t-token}", &provider);
+        assert!(reason.contains("uses the auth provider \"ccc"), "{reason}");
+        assert!(reason.len() < 1024, "{} bytes", reason.len());
     }
 }

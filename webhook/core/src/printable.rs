@@ -61,6 +61,13 @@ pub fn cut(mut text: String, max_bytes: usize) -> String {
     text
 }
 
+/// `text` in double quotes as a message quotes what someone else chose (a name or a URL in a
+/// stored kubeconfig, which may be of any length): [`one_line`], at most `max_bytes` of it
+/// ([`cut`]), escaped as `Debug` escapes a string.
+pub fn quoted(text: &str, max_bytes: usize) -> String {
+    format!("{:?}", cut(one_line(text).into_owned(), max_bytes))
+}
+
 fn needs_care(c: char) -> bool {
     // `is_control` covers C0, DEL and C1 (where the 8-bit CSI lives).
     c.is_control()
@@ -97,6 +104,13 @@ mod tests {
         assert_eq!(cut("abcdefgh".to_owned(), 6), "abc…");
         // Two bytes a character: three fit before the three bytes of the mark.
         assert_eq!(cut("é".repeat(100), 10), "ééé…");
+    }
+
+    #[test]
+    fn quoted_is_one_line_and_bounded() {
+        assert_eq!(quoted("east", 10), r#""east""#);
+        assert_eq!(quoted("a\nb\"c", 10), r#""a b\"c""#);
+        assert_eq!(quoted(&"x".repeat(1000), 10), r#""xxxxxxx…""#);
     }
 
     #[test]
