@@ -68,8 +68,8 @@ pub fn validate_stored(kc: &Kubeconfig) -> Result<(), Refused> {
     match c.server.as_deref() {
         Some(s) if s.starts_with("https://") => {}
         Some(s) => {
-            let s = scheme_and_host(s);
-            return refuse(format!("server {s:?} of cluster {quoted} is not https"));
+            let s = quoted_server(s, ServerShown::Host);
+            return refuse(format!("server {s} of cluster {quoted} is not https"));
         }
         None => return refuse(format!("cluster {quoted} has no server")),
     }
@@ -132,21 +132,36 @@ fn quoted_name(name: &str) -> String {
     printable::quoted(name, MAX_QUOTED)
 }
 
-/// `server` as far as it may be quoted: its scheme and host (with port), never a
-/// `user:password@`, path, query or fragment, which may carry a credential.
-fn scheme_and_host(server: &str) -> String {
+/// How much of a server URL a message quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerShown {
+    /// Its scheme and host (with port): enough to say which server is refused.
+    Host,
+    /// Its path as well: two servers behind one proxy differ only there.
+    HostAndPath,
+}
+
+/// `server` as far as a message may quote it: never a `user:password@`, query or fragment,
+/// which may carry a credential (`?access_token=`); one line, at most [`MAX_QUOTED`] bytes.
+pub fn quoted_server(server: &str, shown: ServerShown) -> String {
     let (scheme, rest) = match server.split_once("://") {
         Some((scheme, rest)) => (Some(scheme), rest),
         None => (None, server),
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let host = authority
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
-    match scheme {
-        Some(scheme) => format!("{scheme}://{host}"),
-        None => host.to_owned(),
-    }
+    let path = match shown {
+        ServerShown::Host => "",
+        ServerShown::HostAndPath => path,
+    };
+    let url = match scheme {
+        Some(scheme) => format!("{scheme}://{host}{path}"),
+        None => format!("{host}{path}"),
+    };
+    printable::quoted(&url, MAX_QUOTED)
 }
 
 #[cfg(test)]

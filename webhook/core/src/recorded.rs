@@ -15,13 +15,14 @@ use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use kube::config::Kubeconfig;
 use sha2::{Digest as _, Sha256};
 
-use crate::{cluster::MeshClusterSpec, printable::one_line};
+use crate::{
+    cluster::MeshClusterSpec,
+    kubeconfig::{ServerShown, quoted_server},
+    printable::one_line,
+};
 
 /// Prefix of [`ca_fingerprint`]'s value.
 const SHA256: &str = "sha256:";
-
-/// Most characters of a stored server URL quoted in a message.
-const MAX_QUOTED_SERVER: usize = 200;
 
 /// What differs between a stored kubeconfig and its `MeshCluster`'s record: one line, naming
 /// the server or the CA, never quoting a credential.
@@ -67,8 +68,8 @@ pub fn check(kc: &Kubeconfig, spec: &MeshClusterSpec) -> Result<(), Mismatch> {
     if trimmed(server) != trimmed(&spec.server) {
         return Err(Mismatch(format!(
             "its server {} is not {}, the one attach recorded",
-            quoted(server),
-            quoted(&spec.server)
+            quoted_server(server, ServerShown::HostAndPath),
+            quoted_server(&spec.server, ServerShown::HostAndPath)
         )));
     }
     if let Some(recorded) = spec.ca_fingerprint.as_deref() {
@@ -86,25 +87,6 @@ pub fn check(kc: &Kubeconfig, spec: &MeshClusterSpec) -> Result<(), Mismatch> {
 
 fn trimmed(server: &str) -> &str {
     server.trim_end_matches('/')
-}
-
-/// A server URL to quote: without userinfo (`https://user:password@host` shows as
-/// `https://host`), on one line, bounded.
-fn quoted(server: &str) -> String {
-    let shown = match server.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(authority_end);
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host}{path}")
-        }
-        None => server
-            .rsplit_once('@')
-            .map_or(server, |(_, h)| h)
-            .to_owned(),
-    };
-    let shown: String = one_line(&shown).chars().take(MAX_QUOTED_SERVER).collect();
-    format!("{shown:?}")
 }
 
 /// The start of a fingerprint, enough to tell two apart in a message.
@@ -182,6 +164,21 @@ mod tests {
         assert_eq!(
             mismatch,
             "its server \"https://10.9.9.9:443/\" is not \"https://10.0.0.1:6443\", the one \
+             attach recorded"
+        );
+    }
+
+    /// The query and fragment of a URL may carry a credential (`?access_token=`), and the
+    /// message goes to status, Events and logs.
+    #[test]
+    fn another_server_is_named_without_its_query_or_fragment() {
+        let kc = stored("https://10.9.9.9/k?access_token=s3cr3t#s3cr3t", Some(CA));
+        let mismatch = check(&kc, &spec("https://10.0.0.1:6443", None))
+            .expect_err("another server")
+            .to_string();
+        assert_eq!(
+            mismatch,
+            "its server \"https://10.9.9.9/k\" is not \"https://10.0.0.1:6443\", the one \
              attach recorded"
         );
     }
