@@ -17,6 +17,7 @@ use mesh_core::{
 };
 
 use crate::{
+    Error,
     mesh_state::{self, RemoteResult},
     remote_setup as setup,
 };
@@ -55,8 +56,9 @@ pub fn enable_command(cluster: &str) -> String {
 }
 
 /// Finds `cluster`'s view credentials on the primary: its view Secret, else its Istio remote
-/// secret. A Secret the caller may not read counts as absent; one that is not what attach
-/// recorded in `cluster` ([`mesh_core::recorded`]) is unusable, and nothing is sent with it.
+/// secret. Only a Secret that does not exist counts as absent: one the caller may not read (or
+/// a primary that does not answer) is unusable, with why, as is one that is not what attach
+/// recorded in `cluster` ([`mesh_core::recorded`]), and nothing is sent with it.
 pub async fn credentials(
     primary: &Client,
     cluster: &MeshCluster,
@@ -74,19 +76,37 @@ pub async fn credentials_with(
 ) -> Credentials {
     let name = mc.name_any();
     let cluster = name.as_str();
-    let read = |namespace: &str, name: String| {
+    // A refusal is not absence: "no view credentials" would send the caller to attach again
+    // when what is missing is their right to read Secrets on the primary.
+    let read = |source: Source, namespace: &'static str, name: String| {
         let api = Api::<Secret>::namespaced(primary.clone(), namespace);
-        async move { api.get_opt(&name).await.ok().flatten() }
+        async move {
+            match api.get_opt(&name).await {
+                Ok(secret) => Ok(secret.map(|secret| (source, secret))),
+                Err(e) => Err(Credentials::Unusable {
+                    source,
+                    error: Error::kube(format!("cannot read Secret {namespace}/{name}"))(e).line(),
+                }),
+            }
+        }
     };
-    let found = match read(MESH_NAMESPACE, setup::view_secret_name(cluster)).await {
-        Some(secret) => Some((Source::View, secret, KUBECONFIG_KEY.to_owned())),
-        None => read(setup::ISTIO_NAMESPACE, setup::istio_secret_name(cluster))
-            .await
-            // istiod reads the key named after the cluster.
-            .map(|secret| (Source::IstioReader, secret, cluster.to_owned())),
+    let view_secret = setup::view_secret_name(cluster);
+    let found = match read(Source::View, MESH_NAMESPACE, view_secret).await {
+        Ok(None) => {
+            let istio_secret = setup::istio_secret_name(cluster);
+            read(Source::IstioReader, setup::ISTIO_NAMESPACE, istio_secret).await
+        }
+        view => view,
     };
-    let Some((source, secret, key)) = found else {
-        return Credentials::None;
+    let (source, secret) = match found {
+        Ok(Some(found)) => found,
+        Ok(None) => return Credentials::None,
+        Err(unreadable) => return unreadable,
+    };
+    let key = match source {
+        Source::View => KUBECONFIG_KEY.to_owned(),
+        // istiod reads the key named after the cluster.
+        Source::IstioReader => cluster.to_owned(),
     };
     let Some(yaml) = secret
         .data
@@ -121,4 +141,52 @@ pub async fn pods(client: &Client) -> RemoteResult<BTreeMap<String, Vec<Pod>>> {
             .push(pod);
     }
     Ok(by_namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_core::fake_apiserver::{json_response, status};
+
+    use super::*;
+    use crate::mesh_state::fixtures::cluster;
+
+    /// A primary that answers every request with `code` and `reason`.
+    fn primary_answering(code: http::StatusCode, reason: &'static str) -> Client {
+        let server = tower::service_fn(move |_: http::Request<kube::client::Body>| async move {
+            let (code, body) = status(
+                code,
+                reason,
+                "secrets is forbidden: User \"dev\" cannot get",
+            );
+            Ok::<_, std::convert::Infallible>(json_response(code, &body))
+        });
+        Client::new(server, "default")
+    }
+
+    /// A caller who may not read Secrets in kubectl-mesh was told the cluster had no view
+    /// credentials, and to attach it with --services-view.
+    #[tokio::test]
+    async fn a_secret_that_cannot_be_read_is_not_absent() {
+        let east = cluster("east", "https://10.0.0.2:6443", "2026-01-01T00:00:00Z");
+        let timeout = Duration::from_secs(5);
+        let forbidden = primary_answering(http::StatusCode::FORBIDDEN, "Forbidden");
+        match credentials(&forbidden, &east, timeout).await {
+            Credentials::Unusable { source, error } => {
+                assert_eq!(source, Source::View);
+                assert!(
+                    error.starts_with(
+                        "cannot read Secret kubectl-mesh/cluster-east-view: secrets is forbidden"
+                    ),
+                    "{error}"
+                );
+            }
+            Credentials::None => panic!("a forbidden Secret read as absent"),
+            Credentials::Found { .. } => panic!("found"),
+        }
+        let absent = primary_answering(http::StatusCode::NOT_FOUND, "NotFound");
+        assert!(matches!(
+            credentials(&absent, &east, timeout).await,
+            Credentials::None
+        ));
+    }
 }
