@@ -84,14 +84,12 @@ pub fn validate_stored(kc: &Kubeconfig) -> Result<(), Refused> {
     if c.proxy_url.is_some() {
         return refuse(format!("cluster {quoted} uses a proxy"));
     }
-    if let Some(b64) = c.certificate_authority_data.as_deref() {
-        // Kubeconfigs written by hand sometimes wrap the base64; tolerate whitespace.
-        let compact: String = b64.split_whitespace().collect();
-        if BASE64.decode(compact).is_err() {
-            return refuse(format!(
-                "certificate-authority-data of cluster {quoted} is not valid base64"
-            ));
-        }
+    if let Some(b64) = c.certificate_authority_data.as_deref()
+        && BASE64.decode(unwrapped_base64(b64)).is_err()
+    {
+        return refuse(format!(
+            "certificate-authority-data of cluster {quoted} is not valid base64"
+        ));
     }
 
     let Some(u) = &user.auth_info else {
@@ -124,6 +122,24 @@ pub fn validate_stored(kc: &Kubeconfig) -> Result<(), Refused> {
         return refuse(format!("user {quoted} has no token"));
     }
     Ok(())
+}
+
+/// Base64 of a stored kubeconfig as every reader takes it: kubeconfigs written by hand
+/// sometimes wrap it, so whitespace is dropped.
+pub fn unwrapped_base64(b64: &str) -> String {
+    b64.split_whitespace().collect()
+}
+
+/// `kc` with its certificate-authority data [`unwrapped_base64`], for kube to build a client
+/// from: the rule and the fingerprint read a wrapped CA as the CA it encodes, and kube's
+/// decoding refuses whitespace.
+pub fn with_unwrapped_ca(mut kc: Kubeconfig) -> Kubeconfig {
+    for cluster in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
+        if let Some(b64) = &mut cluster.certificate_authority_data {
+            *b64 = unwrapped_base64(b64);
+        }
+    }
+    kc
 }
 
 /// A name of a stored kubeconfig (of its cluster, user, context or auth provider) as a message

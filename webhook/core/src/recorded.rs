@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     cluster::MeshClusterSpec,
-    kubeconfig::{ServerShown, quoted_server},
+    kubeconfig::{ServerShown, quoted_server, unwrapped_base64},
     printable::one_line,
 };
 
@@ -41,8 +41,7 @@ pub fn ca_fingerprint(kc: &Kubeconfig) -> Option<String> {
         .and_then(|c| c.cluster.as_ref())
         .and_then(|c| c.certificate_authority_data.as_deref())
         .unwrap_or_default();
-    let compact: String = data.split_whitespace().collect();
-    let bytes = BASE64.decode(compact).ok()?;
+    let bytes = BASE64.decode(unwrapped_base64(data)).ok()?;
     Some(fingerprint_of(&bytes))
 }
 

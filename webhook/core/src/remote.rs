@@ -223,6 +223,17 @@ pub enum RemoteState {
     },
 }
 
+impl RemoteState {
+    /// No client, because of `error`. Its whole chain is the message: an unusable kubeconfig
+    /// keeps kube's reason as its source, not in its own text.
+    fn unavailable(error: &Error) -> Self {
+        Self::Unavailable {
+            reason: error.reason(),
+            message: error_chain(error),
+        }
+    }
+}
+
 impl std::fmt::Debug for RemoteState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -279,11 +290,7 @@ impl Remote {
 
     /// A remote whose credentials cannot be used.
     pub fn unavailable(name: impl Into<String>, error: &Error) -> Self {
-        let state = RemoteState::Unavailable {
-            reason: error.reason(),
-            message: error.to_string(),
-        };
-        Self::in_state(name.into(), state, None)
+        Self::in_state(name.into(), RemoteState::unavailable(error), None)
     }
 
     /// A remote bound to no MeshCluster: no scope, token or identity known.
@@ -454,11 +461,9 @@ impl Remotes {
                 RemoteState::Ready(client)
             }
             Err(error) => {
-                tracing::warn!(cluster = %name, error = %error, "remote credentials unusable");
-                RemoteState::Unavailable {
-                    reason: error.reason(),
-                    message: error.to_string(),
-                }
+                let chain = error_chain(&error);
+                tracing::warn!(cluster = %name, error = %chain, "remote credentials unusable");
+                RemoteState::unavailable(&error)
             }
         };
         let remote = Arc::new(Remote {
@@ -659,6 +664,7 @@ async fn build_client(
     kubeconfig: Kubeconfig,
     options: &RemoteOptions,
 ) -> Result<Client> {
+    let kubeconfig = crate::kubeconfig::with_unwrapped_ca(kubeconfig);
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|source| Error::Kubeconfig {
@@ -892,6 +898,92 @@ current-context: east
             let chain = error_chain(&err);
             assert!(!chain.contains("s3cr3t"), "{what}: {chain}");
         }
+    }
+
+    /// kube's reason for refusing a kubeconfig that passed the rule (here, client certificate
+    /// and key data that are no PEM) reaches status, Events and logs, once, without the
+    /// credentials.
+    #[tokio::test]
+    async fn an_unusable_kubeconfig_says_why_once_and_never_its_credentials() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certificate = "client-certificate-data: eA==\n    client-key-data: eQ==";
+        let instead_of_the_token = TOKEN_KUBECONFIG.replace("token: s3cr3t-token", certificate);
+        let beside_the_token = TOKEN_KUBECONFIG.replace(
+            "token: s3cr3t-token",
+            &format!("token: s3cr3t-token\n    {certificate}"),
+        );
+        let cluster = mesh_cluster("east", "uid");
+        for kubeconfig in [instead_of_the_token, beside_the_token] {
+            let secret = stored_credentials("east", &kubeconfig);
+            let remote = Remotes::default()
+                .refresh(&cluster, "ns", Some(&secret))
+                .await
+                .expect("built");
+            let RemoteState::Unavailable { reason, message } = remote.state() else {
+                panic!("a client was built: {kubeconfig}");
+            };
+            assert_eq!(*reason, INVALID_CREDENTIALS);
+            let why = "identity PEM is missing a private key";
+            assert!(
+                message.starts_with(
+                    "cannot build a client from the kubeconfig in secret cluster-east: "
+                ) && message.matches(why).count() == 1,
+                "{message}"
+            );
+            for credential in ["s3cr3t", "eA==", "eQ=="] {
+                assert!(!message.contains(credential), "{message}");
+            }
+            let Err(error) =
+                client_from_secret("ns", &cluster, Some(&secret), &RemoteOptions::default()).await
+            else {
+                panic!("a client was built: {kubeconfig}");
+            };
+            let unavailable = Remote::unavailable("east", &error);
+            assert!(
+                matches!(unavailable.state(), RemoteState::Unavailable { message: m, .. } if m == message),
+                "{:?}",
+                unavailable.state()
+            );
+        }
+    }
+
+    /// The rule and the fingerprint take a CA whose base64 is wrapped (as kubeconfigs written
+    /// by hand have it) for the same CA; so does the client.
+    #[tokio::test]
+    async fn a_wrapped_ca_is_the_same_ca() {
+        use base64::Engine as _;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("CA");
+        let as_attached = kubeconfig_of("https://127.0.0.1:1", &ca.cert);
+        let data = base64::engine::general_purpose::STANDARD.encode(ca.cert.pem());
+        let lines: Vec<&str> = data
+            .as_bytes()
+            .chunks(64)
+            .map(|line| std::str::from_utf8(line).expect("base64"))
+            .collect();
+        let wrapped = as_attached.replace(
+            &format!("certificate-authority-data: {data}"),
+            &format!(
+                "certificate-authority-data: |\n      {}",
+                lines.join("\n      ")
+            ),
+        );
+        assert_ne!(wrapped, as_attached);
+        let mut cluster = mesh_cluster("east", "uid");
+        cluster.spec.ca_fingerprint =
+            crate::recorded::ca_fingerprint(&Kubeconfig::from_yaml(&as_attached).expect("parse"));
+        let built = client_for_record(
+            &cluster,
+            "cluster-east",
+            &wrapped,
+            &RemoteOptions::default(),
+        )
+        .await;
+        assert!(
+            built.is_ok(),
+            "{}",
+            built.err().map(|e| error_chain(&e)).unwrap_or_default()
+        );
     }
 
     #[test]
