@@ -174,8 +174,9 @@ async fn read_view(
             mesh_state::remote_namespaces(&client),
             mesh_state::remote_injectors(&client),
         );
-        // Clusters attached by an older kubectl-mesh may not read them: unknown, not an error.
-        Ok::<_, mesh_state::RemoteError>((namespaces?, injectors.ok()))
+        // Unknown, not an error: the namespaces still tell drift.
+        let injectors = injectors.map_err(|e| InjectorsUnread::of(&e));
+        Ok::<_, mesh_state::RemoteError>((namespaces?, injectors))
     };
     let (read, pods) = tokio::join!(read, pods);
     match read {
@@ -183,7 +184,7 @@ async fn read_view(
             name,
             scope: cluster.spec.scope.clone(),
             namespaces: Ok(namespaces),
-            injectors,
+            injectors: Some(injectors),
             pods,
         },
         Err(e) => RemoteView {
@@ -219,12 +220,40 @@ pub struct RemoteView {
     pub name: String,
     /// Every namespace of the remote.
     pub namespaces: std::result::Result<Vec<Namespace>, String>,
-    /// Its MutatingWebhookConfigurations, when they could be read.
-    pub injectors: Option<Vec<MutatingWebhookConfiguration>>,
+    /// Its MutatingWebhookConfigurations, or why they could not be read; `None` when they were
+    /// not read (nor is whether an injector acts known).
+    pub injectors: Option<std::result::Result<Vec<MutatingWebhookConfiguration>, InjectorsUnread>>,
     /// Its pods.
     pub pods: PodsRead,
     /// Its namespace scope (see [`SyncRule::within`]).
     pub scope: NamespaceScope,
+}
+
+impl RemoteView {
+    /// Its MutatingWebhookConfigurations, when they were read.
+    fn known_injectors(&self) -> Option<&[MutatingWebhookConfiguration]> {
+        self.injectors.as_ref()?.as_deref().ok()
+    }
+}
+
+/// Why a remote's MutatingWebhookConfigurations could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InjectorsUnread {
+    /// Whether the stored credentials were refused them (401/403), as those of a cluster
+    /// attached by an older kubectl-mesh are; anything else (no answer, a server error) may
+    /// pass by itself, and a new attach would not help.
+    pub forbidden: bool,
+    /// Why, in one line.
+    pub error: String,
+}
+
+impl InjectorsUnread {
+    fn of(error: &mesh_state::RemoteError) -> Self {
+        Self {
+            forbidden: error.is_forbidden(),
+            error: error.to_string(),
+        }
+    }
 }
 
 /// The namespace x cluster matrix, as `-o json|yaml` prints it.
@@ -255,6 +284,9 @@ pub struct ClusterColumn {
     pub reachable: bool,
     /// Whether its MutatingWebhookConfigurations could be read.
     pub injectors_known: bool,
+    /// Why they could not, when reading them failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injectors_unread: Option<InjectorsUnread>,
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -438,7 +470,8 @@ impl StatusReport {
                 .map(|(r, scope_error)| ClusterColumn {
                     name: r.name.clone(),
                     reachable: r.namespaces.is_ok() && scope_error.is_none(),
-                    injectors_known: r.injectors.is_some(),
+                    injectors_known: matches!(r.injectors, Some(Ok(_))),
+                    injectors_unread: r.injectors.clone().and_then(|read| read.err()),
                     error: scope_error
                         .clone()
                         .or_else(|| r.namespaces.as_ref().err().cloned()),
@@ -509,7 +542,7 @@ impl StatusReport {
                                 };
                                 let synced = rule.after_sync(&desired, ns);
                                 cell.injection =
-                                    injection_cell(&name, &synced, remote.injectors.as_deref());
+                                    injection_cell(&name, &synced, remote.known_injectors());
                                 if matches!(cell.injection, Some(InjectionCell::Unserved { .. })) {
                                     report.uninjected += 1;
                                 }
@@ -518,7 +551,7 @@ impl StatusReport {
                                     let contrary: Vec<String> = injection::contrary_pods(
                                         &name,
                                         &synced,
-                                        remote.injectors.as_deref(),
+                                        remote.known_injectors(),
                                         here,
                                     )
                                     .into_iter()
@@ -662,11 +695,16 @@ impl StatusReport {
                     few(&unserved)
                 ));
             }
-            if unknown {
-                lines.push(format!(
+            match cluster.injectors_unread.as_ref().filter(|_| unknown) {
+                // Only a refusal is what an older attach's role explains.
+                Some(unread) if unread.forbidden => lines.push(format!(
                     "{name}: its injectors cannot be read with the stored credentials; re-run \
                      `kubectl mesh attach` for {name} to see whether pods get sidecars there"
-                ));
+                )),
+                Some(unread) => {
+                    lines.push(format!("{name}: cannot read injectors: {}", unread.error))
+                }
+                None => {}
             }
         }
         lines
@@ -814,7 +852,7 @@ mod tests {
         RemoteView {
             name: name.into(),
             namespaces,
-            injectors,
+            injectors: injectors.map(Ok),
             pods: PodsRead::NotAsked,
             scope: Default::default(),
         }
@@ -1012,9 +1050,11 @@ mod tests {
             "istio.io/rev=1-23 (no injector) (drift)"
         );
 
-        // Injectors that could not be read: said once, for the cluster.
+        // Injectors the stored credentials may not read: said once, for the cluster.
         let mut blind = remotes();
-        blind[1].injectors = None;
+        let forbidden = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+        let forbidden = mesh_state::RemoteError::Call(kube::Error::Api(forbidden.boxed()));
+        blind[1].injectors = Some(Err(InjectorsUnread::of(&forbidden)));
         let r = StatusReport::compute(&SyncRule::default(), &primary(), &blind, &[]);
         assert_eq!(
             r.namespaces[1].clusters["west"].injection,
@@ -1028,6 +1068,24 @@ mod tests {
                 "west: its injectors cannot be read with the stored credentials; re-run \
                  `kubectl mesh attach` for west to see whether pods get sidecars there",
             ]
+        );
+    }
+
+    /// A remote too slow to list its injectors was told to re-run attach, as if its stored
+    /// credentials lacked the right to read them.
+    #[test]
+    fn injectors_that_did_not_answer_are_said_so_without_advice_to_attach() {
+        let mut slow = remotes();
+        let timed_out = mesh_state::RemoteError::TimedOut(Duration::from_secs(5));
+        slow[1].injectors = Some(Err(InjectorsUnread::of(&timed_out)));
+        let r = StatusReport::compute(&SyncRule::default(), &primary(), &slow, &[]);
+        assert_eq!(
+            r.injection_summary()[1..],
+            ["west: cannot read injectors: no answer within 5s"]
+        );
+        assert_eq!(
+            r.clusters[1].injectors_unread.as_ref().map(|u| u.forbidden),
+            Some(false)
         );
     }
 
