@@ -78,6 +78,9 @@ pub struct State {
     /// Run once, before the next LIST of namespaces is answered: what others do between a
     /// client's reads of two clusters (e.g. a label set on the primary and pushed here).
     pub before_next_list: Option<Box<dyn FnOnce() + Send>>,
+    /// Run once, before the next PATCH is answered: what others write between a client's read
+    /// and its write (e.g. a newer label set on the primary and pushed here).
+    pub before_next_patch: Option<Box<dyn FnOnce() + Send>>,
 }
 
 #[derive(Clone, Default)]
@@ -175,12 +178,16 @@ impl FakeApiserver {
                 {
                     return Ok(this.watch(query).await);
                 }
-                if parts.method == Method::GET && parts.uri.path() == "/api/v1/namespaces" {
-                    // Taken first: it may edit this very server.
-                    let before = this.state().before_next_list.take();
-                    if let Some(before) = before {
-                        before();
+                // Taken first: it may edit this very server.
+                let before = match parts.method {
+                    Method::GET if parts.uri.path() == "/api/v1/namespaces" => {
+                        this.state().before_next_list.take()
                     }
+                    Method::PATCH => this.state().before_next_patch.take(),
+                    _ => None,
+                };
+                if let Some(before) = before {
+                    before();
                 }
                 let (code, value) = this.handle(&parts.method, parts.uri.path(), query, &body);
                 Ok(json_response(code, &value))

@@ -25,9 +25,9 @@ use kube::{
 
 use crate::{
     failure::{Failure, error_chain},
-    labels::{LabelDiff, SyncRule, Verdict},
+    labels::{LabelDiff, Labels, SyncRule, Verdict},
     list,
-    write::{Known, Written, write_managed_labels},
+    write::{Desired, Known, Written, write_managed_labels},
 };
 
 /// Remote namespaces written concurrently: enough to converge a cluster with hundreds of
@@ -55,7 +55,8 @@ impl Error {
 }
 
 /// Where a sync reads the primary's namespaces. It is asked after the remote was read, and
-/// again for one namespace after a write conflict, so that it answers with what is true *now*.
+/// again for one namespace after a write conflict ([`PrimaryView::namespace_again`]), so that
+/// it answers with what is true *now*.
 /// It is asked one namespace at a time: a sync never copies the whole primary.
 pub trait PrimaryView: Sync {
     /// One primary namespace, if it exists.
@@ -63,9 +64,19 @@ pub trait PrimaryView: Sync {
 
     /// The names of the primary namespaces that carry managed labels of `rule`.
     fn labelled(&self, rule: &SyncRule) -> Vec<String>;
+
+    /// One primary namespace, after a write conflict showed the remote moved on since the plan
+    /// (most likely a webhook push of a newer primary edit). A view kept current (a watch's
+    /// store) answers as [`PrimaryView::namespace`]; one read once must read it again.
+    fn namespace_again(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = kube::Result<Option<Namespace>>> + Send {
+        std::future::ready(Ok(self.namespace(name)))
+    }
 }
 
-/// A fixed set, read before the sync (what the CLI has).
+/// A fixed set: a primary that cannot change during the sync (none at all, a test's).
 impl PrimaryView for BTreeMap<String, Namespace> {
     fn namespace(&self, name: &str) -> Option<Namespace> {
         self.get(name).cloned()
@@ -219,8 +230,32 @@ pub async fn sync_from_primary(
     mode: SyncMode,
 ) -> Result<SyncReport> {
     let listed = list_namespaces(&Api::all(remote.clone()), rule).await?;
-    let primary = primary_namespaces(primary).await?;
+    let primary = ListedPrimary {
+        namespaces: primary_namespaces(primary).await?,
+        api: Api::all(primary.clone()),
+    };
     Ok(sync_seen(rule, &primary, remote, listed, mode).await)
+}
+
+/// The primary as a one-shot sync has it: listed once, so a namespace whose write met a
+/// conflict is read from the primary again (a push of a newer edit is what moves a remote on).
+struct ListedPrimary {
+    namespaces: BTreeMap<String, Namespace>,
+    api: Api<Namespace>,
+}
+
+impl PrimaryView for ListedPrimary {
+    fn namespace(&self, name: &str) -> Option<Namespace> {
+        self.namespaces.namespace(name)
+    }
+
+    fn labelled(&self, rule: &SyncRule) -> Vec<String> {
+        self.namespaces.labelled(rule)
+    }
+
+    async fn namespace_again(&self, name: &str) -> kube::Result<Option<Namespace>> {
+        self.api.get_opt(name).await
+    }
 }
 
 /// [`sync_remote`] from the namespaces a watch keeps (`seen`: each with the resourceVersion its
@@ -439,7 +474,11 @@ async fn write(
     let name = diff.namespace.clone();
     // The plan's diff is what the writer recomputes from the same namespace and primary; the
     // primary is asked again only after a conflict.
-    let desired = || rule.desired(primary.namespace(&name).as_ref());
+    let desired = FromPrimary {
+        rule,
+        primary,
+        name: &name,
+    };
     let known = Known::Read(Box::new(current));
     let written = write_managed_labels(api, rule, &name, desired, known).await;
     match &written {
@@ -451,11 +490,39 @@ async fn write(
         }
         Written::AlreadyInSync | Written::Missing | Written::OutOfScope => {}
     }
-    let wanted = matches!(written, Written::Missing) && !desired().is_empty();
+    let wanted = matches!(written, Written::Missing) && !desired.labels().is_empty();
     Outcome {
         namespace: name,
         written,
         wanted,
+    }
+}
+
+/// The labels remote namespace `name` must carry, as `primary` shows its namesake.
+struct FromPrimary<'a, P> {
+    rule: &'a SyncRule,
+    primary: &'a P,
+    name: &'a str,
+}
+
+// By hand: a derive would ask `P: Copy` of the view it only borrows.
+impl<P> Clone for FromPrimary<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P> Copy for FromPrimary<'_, P> {}
+
+impl<P: PrimaryView> Desired for FromPrimary<'_, P> {
+    fn labels(&self) -> Labels {
+        self.rule
+            .desired(self.primary.namespace(self.name).as_ref())
+    }
+
+    async fn again(&self) -> kube::Result<Labels> {
+        let namespace = self.primary.namespace_again(self.name).await?;
+        Ok(self.rule.desired(namespace.as_ref()))
     }
 }
 
@@ -529,6 +596,31 @@ mod tests {
             .expect("sync");
         assert_eq!(remote.labels("shop")["istio-injection"], "enabled");
         assert_eq!((report.writes, report.in_sync), (0, 1));
+    }
+
+    /// After a conflict the one-shot sync re-planned from the primary it had listed before: a
+    /// newer primary label, pushed to the remote in between, was overwritten with the old one.
+    #[tokio::test]
+    async fn a_conflict_re_plans_from_the_primary_as_it_is_now() {
+        let primary =
+            FakeApiserver::default().with_namespace("shop", &[("istio-injection", "enabled")]);
+        let remote = FakeApiserver::default().with_namespace("shop", &[]);
+        let canary = |ns: &mut serde_json::Value| {
+            ns["metadata"]["labels"] = serde_json::json!({"istio.io/rev": "canary"});
+        };
+        let (on_primary, on_remote) = (primary.clone(), remote.clone());
+        remote.state().before_next_patch = Some(Box::new(move || {
+            on_primary.edit("shop", canary);
+            on_remote.edit("shop", canary);
+        }));
+
+        let rule = SyncRule::default();
+        let report = sync_from_primary(&rule, &primary.client(), &remote.client(), SyncMode::Apply)
+            .await
+            .expect("sync");
+        let canary = BTreeMap::from([("istio.io/rev".to_owned(), "canary".to_owned())]);
+        assert_eq!(remote.labels("shop"), canary);
+        assert_eq!((report.writes, report.in_sync), (0, 1), "{report:?}");
     }
 
     #[tokio::test]

@@ -5,8 +5,8 @@
 //! Every write is a JSON patch the apiserver applies only if the remote is still as the writer
 //! believes: the resourceVersion it read ([`LabelDiff::to_json_patch`]), or the managed labels the
 //! primary had before a change ([`SyncRule::guarded_patch`]). A refused patch means someone wrote
-//! in between; the namespace is read again, the desired labels asked for again (the primary may
-//! have moved on too), and one more write is tried.
+//! in between; the namespace is read again, the desired labels asked for again
+//! ([`Desired::again`]: the primary may have moved on too), and one more write is tried.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -38,6 +38,26 @@ pub enum Known<'a> {
     },
 }
 
+/// The managed labels the namespace must carry, as the writer asks for them.
+pub trait Desired {
+    /// Before the first write.
+    fn labels(&self) -> Labels;
+
+    /// After a conflict, once the namespace was read again: what moved the remote on may be a
+    /// newer primary (a webhook push), so a caller whose [`Desired::labels`] can be older than
+    /// that (a primary listed once) reads it again. A failed read ends the write.
+    fn again(&self) -> impl Future<Output = kube::Result<Labels>> + Send {
+        std::future::ready(Ok(self.labels()))
+    }
+}
+
+/// Labels that cannot be older than the remote (a push's own change, an empty primary).
+impl<F: Fn() -> Labels> Desired for F {
+    fn labels(&self) -> Labels {
+        self()
+    }
+}
+
 /// How one write ended.
 #[derive(Debug)]
 pub enum Written {
@@ -57,14 +77,12 @@ pub enum Written {
     },
 }
 
-/// Makes the managed labels of namespace `name` on the remote behind `api` equal `desired()`.
-/// `desired` is called again after a conflict, so that a caller reading the primary answers with
-/// what is true then.
+/// Makes the managed labels of namespace `name` on the remote behind `api` equal `desired`'s.
 pub async fn write_managed_labels(
     api: &Api<Namespace>,
     rule: &SyncRule,
     name: &str,
-    desired: impl Fn() -> Labels,
+    desired: impl Desired,
     known: Known<'_>,
 ) -> Written {
     let params = PatchParams {
@@ -81,7 +99,7 @@ pub async fn write_managed_labels(
         // on that read: a bet without reading could write a namespace out of scope.
         Known::Expecting { .. } if rule.selects_by_labels() => None,
         Known::Expecting { labels, refused } => {
-            let want = desired();
+            let want = desired.labels();
             let patch = rule.guarded_patch(labels, &want);
             match api.patch(name, &params, &Patch::Json::<()>(patch)).await {
                 Ok(_) => {
@@ -104,6 +122,8 @@ pub async fn write_managed_labels(
         }
     };
     let mut retried = false;
+    // The write a conflict refused, until the labels are asked for again.
+    let mut conflicted = None;
     loop {
         let namespace = match current.take() {
             Some(namespace) => namespace,
@@ -116,7 +136,23 @@ pub async fn write_managed_labels(
         if !rule.covers(&namespace) {
             return Written::OutOfScope;
         }
-        let diff = rule.diff(&desired(), &namespace);
+        let want = match conflicted.take() {
+            None => desired.labels(),
+            Some(attempted) => match desired.again().await {
+                Ok(want) => want,
+                Err(error) => {
+                    return Written::Failed {
+                        failure: Failure::of(&error),
+                        message: format!(
+                            "cannot read the primary's namespace again: {}",
+                            error_chain(&error)
+                        ),
+                        diff: Some(attempted),
+                    };
+                }
+            },
+        };
+        let diff = rule.diff(&want, &namespace);
         if diff.is_empty() {
             return Written::AlreadyInSync;
         }
@@ -126,6 +162,7 @@ pub async fn write_managed_labels(
             Err(error) if !retried && Failure::of(&error) == Failure::Conflict => {
                 tracing::debug!(namespace = %name, "remote namespace changed under us, reading it again");
                 retried = true;
+                conflicted = Some(diff);
             }
             Err(error) if Failure::of(&error) == Failure::NotFound => return Written::Missing,
             Err(error) => return failed(&error, Some(diff)),
