@@ -191,18 +191,33 @@ impl SyncReport {
 }
 
 /// The primary's namespaces keyed by name: the `primary` argument of [`sync_remote`] for a
-/// one-shot sync (the reconciler reads its watch cache instead).
+/// one-shot sync (the reconciler reads its watch cache instead). Read in pages and trimmed as
+/// they come, as a remote's are: a big primary over a slow link, read for every remote at
+/// once, must not pass the request timeout on each.
 pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Namespace>> {
     let api: Api<Namespace> = Api::all(primary.clone());
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::ListPrimary)?;
-    Ok(list
-        .items
-        .into_iter()
-        .map(|ns| (ns.name_any(), ns))
-        .collect())
+    let kept = list::in_pages(&api, &ListParams::default(), |ns| {
+        (ns.name_any(), primary_trimmed(ns.metadata))
+    })
+    .await
+    .map_err(Error::ListPrimary)?;
+    Ok(kept.into_iter().collect())
+}
+
+/// A primary namespace as the CLI reads it: what [`SyncRule::desired`] reads (labels,
+/// deletionTimestamp), its name, and its UID (`kubectl mesh check` tells a primary by its
+/// kube-system's). No rule is at hand, so every label is kept: they are few.
+fn primary_trimmed(meta: ObjectMeta) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: meta.name,
+            uid: meta.uid,
+            labels: meta.labels,
+            deletion_timestamp: meta.deletion_timestamp,
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
 }
 
 /// Syncs one remote against the primary's namespaces, as `primary` shows them.
@@ -530,7 +545,9 @@ impl<P: PrimaryView> Desired for FromPrimary<'_, P> {
 mod tests {
     use super::*;
     use crate::fake_apiserver::{FakeApiserver, State as FakeApiserverState};
-    use crate::fixtures::{assert_each_cause_prints_once, by_name, labelled, refused_connection};
+    use crate::fixtures::{
+        assert_each_cause_prints_once, by_name, labelled, labels, refused_connection,
+    };
 
     #[test]
     fn errors_print_each_cause_once() {
@@ -621,6 +638,29 @@ mod tests {
         let canary = BTreeMap::from([("istio.io/rev".to_owned(), "canary".to_owned())]);
         assert_eq!(remote.labels("shop"), canary);
         assert_eq!((report.writes, report.in_sync), (0, 1), "{report:?}");
+    }
+
+    /// The primary was read in one request, whole: on a big primary over a slow link, past the
+    /// request timeout.
+    #[tokio::test]
+    async fn reads_a_large_primary_in_pages_keeping_what_is_read() {
+        let total = 2 * list::PAGE as usize + 1;
+        let injected = [("istio-injection", "enabled")];
+        let primary = (0..total).fold(FakeApiserver::default(), |primary, n| {
+            primary.with_namespace(&format!("ns-{n:05}"), &injected)
+        });
+
+        let read = primary_namespaces(&primary.client()).await.expect("list");
+        assert_eq!(read.len(), total, "every page was read");
+        assert_eq!(primary.state().lists, 3);
+        let last = format!("ns-{:05}", total - 1);
+        let kept = ObjectMeta {
+            name: Some(last.clone()),
+            uid: Some(format!("uid-{last}")),
+            labels: Some(labels(&injected)),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(read[&last].metadata, kept);
     }
 
     #[tokio::test]
