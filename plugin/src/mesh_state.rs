@@ -143,19 +143,40 @@ pub fn not_attached(name: &str) -> Error {
     }
 }
 
+/// Whether `cluster` is being detached (deleted, held by its finalizer until the detach ends).
+/// Nothing syncs such a cluster, the reconciler included: its detach may be stripping the very
+/// labels a sync would write.
+pub fn is_being_detached(cluster: &MeshCluster) -> bool {
+    cluster.metadata.deletion_timestamp.is_some()
+}
+
 /// The clusters a sync (or its plan) covers: those named in `names` (all when empty), less
-/// those being detached, as the reconciler does: their detach may be stripping the very labels
-/// a sync would write. Each one left out is said on `progress`.
+/// those being detached ([`is_being_detached`]). Each one left out is said on `progress`, and
+/// that none is attached when none is.
 pub async fn clusters_to_sync(
     primary: &Client,
     names: &[String],
     progress: crate::output::Progress,
 ) -> Result<Vec<MeshCluster>> {
     let (clusters, leaving) = syncable(clusters(primary).await?, names)?;
-    for name in leaving {
-        progress.info(format!("{name} is being detached; not synced"));
+    for line in selection_notes(&clusters, &leaving) {
+        progress.info(line);
     }
     Ok(clusters)
+}
+
+/// What a sync says of its clusters before it starts: those left out as being detached, and
+/// that no cluster is attached when there is none at all (clusters being detached are
+/// attached still).
+fn selection_notes(syncable: &[MeshCluster], leaving: &[String]) -> Vec<String> {
+    let mut notes: Vec<String> = leaving
+        .iter()
+        .map(|name| format!("{name} is being detached; not synced"))
+        .collect();
+    if syncable.is_empty() && leaving.is_empty() {
+        notes.push(crate::cmd::list::NO_CLUSTERS.to_owned());
+    }
+    notes
 }
 
 /// Of `clusters`, those named in `names` (all when empty) that may be synced, and the names
@@ -167,7 +188,7 @@ fn syncable(
 ) -> Result<(Vec<MeshCluster>, Vec<String>)> {
     let (leaving, clusters): (Vec<_>, Vec<_>) = select(clusters, names)?
         .into_iter()
-        .partition(|c| c.metadata.deletion_timestamp.is_some());
+        .partition(is_being_detached);
     let leaving: Vec<String> = leaving.iter().map(ResourceExt::name_any).collect();
     if let ([name], [_]) = (names, leaving.as_slice()) {
         return Err(Error::Refused {
@@ -200,7 +221,6 @@ pub async fn sync_inputs(
 ) -> Result<Option<SyncInputs>> {
     let clusters = clusters_to_sync(&primary, names, progress).await?;
     if clusters.is_empty() {
-        progress.info(crate::cmd::list::NO_CLUSTERS);
         return Ok(None);
     }
     // The primary's namespaces are read for each remote, after it: see `sync_from_primary`.
@@ -395,6 +415,7 @@ pub(crate) mod fixtures {
                 cluster_id: format!("{name}-0b6e-4b8e-9d52-uid"),
                 server: server.to_owned(),
                 ca_fingerprint: None,
+                tls_server_name: None,
                 secret_name: format!("cluster-{name}"),
                 primary_name: None,
                 remote_guard: Default::default(),
@@ -476,6 +497,20 @@ mod tests {
             err.line(),
             "east is being detached; not synced; wait for its detach to end (kubectl mesh list), then attach it again to sync it"
         );
+    }
+
+    /// When every cluster was being detached, sync said so, then that no cluster was attached
+    /// and how to attach one.
+    #[test]
+    fn clusters_left_out_as_detaching_are_not_said_to_be_unattached() {
+        let mut east = cluster("east", "https://e", "2026-01-01T00:00:00Z");
+        east.metadata.deletion_timestamp = east.metadata.creation_timestamp.clone();
+        let (synced, leaving) = syncable(vec![east], &[]).unwrap();
+        assert_eq!(
+            selection_notes(&synced, &leaving),
+            ["east is being detached; not synced"]
+        );
+        assert_eq!(selection_notes(&[], &[]), [crate::cmd::list::NO_CLUSTERS]);
     }
 
     #[tokio::test]

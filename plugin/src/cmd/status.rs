@@ -50,8 +50,8 @@ pub struct Status {
     /// Namespaces to show [default: every namespace with a managed label].
     #[arg(value_name = "NAMESPACE")]
     pub namespaces: Vec<String>,
-    /// Exit with status 3 when any namespace differs from the primary, and 1 when a remote
-    /// could not be read (its drift is unknown).
+    /// Exit with status 1 when a remote could not be read (its drift is unknown), else 3 when
+    /// any namespace differs from the primary; clusters being detached do not count.
     #[arg(long)]
     pub exit_code: bool,
     /// How long each call to a remote may take, its answer included.
@@ -82,7 +82,8 @@ impl Status {
             ))
         );
         let (rule, primary) = (rule?, primary?);
-        let report = StatusReport::compute(&rule, &primary, &remotes, &namespaces);
+        let mut report = StatusReport::compute(&rule, &primary, &remotes, &namespaces);
+        report.mark_detaching(&clusters);
 
         if clusters.is_empty() {
             ctx.progress.info(super::list::NO_CLUSTERS);
@@ -108,8 +109,8 @@ impl Status {
                 output::print_stdout(&output::render_value(format, &report)?)?;
             }
         }
-        for (state, line) in report.summary() {
-            if state == CellState::Drifted {
+        for (warn, line) in report.summary() {
+            if warn {
                 ctx.progress.warn(line);
             } else {
                 ctx.progress.info(line);
@@ -282,6 +283,10 @@ pub struct ClusterColumn {
     pub name: String,
     /// Whether its namespaces could be read.
     pub reachable: bool,
+    /// Whether it is being detached ([`mesh_state::is_being_detached`]): nothing syncs it, so
+    /// its drift is not reported as a sync's to converge, nor by `--exit-code`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub detaching: bool,
     /// Whether its MutatingWebhookConfigurations could be read.
     pub injectors_known: bool,
     /// Why they could not, when reading them failed.
@@ -387,12 +392,13 @@ pub enum CellState {
 
 impl StatusReport {
     /// `status --exit-code`: 1 (an error) when a remote could not be read, as nothing can be
-    /// said of its drift; else [`DRIFT_EXIT_CODE`] when a namespace drifted.
+    /// said of its drift; else [`DRIFT_EXIT_CODE`] when a namespace drifted. Clusters being
+    /// detached do not count: nothing syncs them.
     pub fn exit_status(&self) -> Result<()> {
         let unread: Vec<&str> = self
             .clusters
             .iter()
-            .filter(|c| !c.reachable)
+            .filter(|c| !c.reachable && !c.detaching)
             .map(|c| c.name.as_str())
             .collect();
         if !unread.is_empty() {
@@ -401,7 +407,7 @@ impl StatusReport {
                 hint: "see the lines above; `kubectl mesh check` diagnoses a cluster".into(),
             });
         }
-        if self.drifted > 0 {
+        if !self.synced_cells_in(CellState::Drifted).is_empty() {
             return Err(Error::Exit(DRIFT_EXIT_CODE));
         }
         Ok(())
@@ -470,6 +476,7 @@ impl StatusReport {
                 .map(|(r, scope_error)| ClusterColumn {
                     name: r.name.clone(),
                     reachable: r.namespaces.is_ok() && scope_error.is_none(),
+                    detaching: false,
                     injectors_known: matches!(r.injectors, Some(Ok(_))),
                     injectors_unread: r.injectors.clone().and_then(|read| read.err()),
                     error: scope_error
@@ -572,6 +579,15 @@ impl StatusReport {
         report
     }
 
+    /// Marks the columns of the clusters being detached, as their MeshClusters (`clusters`) say.
+    pub fn mark_detaching(&mut self, clusters: &[MeshCluster]) {
+        for column in &mut self.clusters {
+            column.detaching = clusters
+                .iter()
+                .any(|c| c.name_any() == column.name && mesh_state::is_being_detached(c));
+        }
+    }
+
     /// The matrix as a kubectl-like table: NAMESPACE, PRIMARY, then one column per remote;
     /// `wide` adds whether an injector acts on each remote cell's labels.
     pub fn table(&self, wide: bool) -> String {
@@ -597,20 +613,27 @@ impl StatusReport {
         output::table(&headers, rows)
     }
 
-    /// Lines worth saying after the table: where drift is and how to fix it
-    /// ([`CellState::Drifted`]), what is missing ([`CellState::Missing`]).
-    pub fn summary(&self) -> Vec<(CellState, String)> {
-        let mut lines = Vec::new();
-        for state in [CellState::Drifted, CellState::Missing] {
-            let mut by_cluster: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    /// The namespaces in `state`, by cluster, on the clusters that are synced: those being
+    /// detached left out, as nothing syncs them.
+    fn synced_cells_in(&self, state: CellState) -> BTreeMap<&str, Vec<&str>> {
+        let mut by_cluster: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for cluster in self.clusters.iter().filter(|c| !c.detaching) {
             for row in &self.namespaces {
-                for (cluster, cell) in &row.clusters {
-                    if cell.state == state {
-                        by_cluster.entry(cluster).or_default().push(&row.name);
-                    }
+                if row.clusters.get(&cluster.name).map(|cell| cell.state) == Some(state) {
+                    by_cluster.entry(&cluster.name).or_default().push(&row.name);
                 }
             }
-            for (cluster, names) in by_cluster {
+        }
+        by_cluster
+    }
+
+    /// Lines worth saying after the table, each with whether it is a warning: where drift is
+    /// and how to fix it ([`CellState::Drifted`]), what is missing ([`CellState::Missing`]),
+    /// and which clusters are being detached (neither is said of those: nothing syncs them).
+    pub fn summary(&self) -> Vec<(bool, String)> {
+        let mut lines = Vec::new();
+        for state in [CellState::Drifted, CellState::Missing] {
+            for (cluster, names) in self.synced_cells_in(state) {
                 let one = names.len() == 1;
                 let line = match state {
                     CellState::Drifted => format!(
@@ -629,8 +652,17 @@ impl StatusReport {
                         names.join(", ")
                     ),
                 };
-                lines.push((state, line));
+                lines.push((state == CellState::Drifted, line));
             }
+        }
+        for cluster in self.clusters.iter().filter(|c| c.detaching) {
+            lines.push((
+                false,
+                format!(
+                    "{} is being detached; its namespaces are not synced any more",
+                    cluster.name
+                ),
+            ));
         }
         lines
     }
@@ -903,6 +935,28 @@ mod tests {
         let none: Vec<RemoteView> = Vec::new();
         let alone = StatusReport::compute(&SyncRule::default(), &primary(), &none, &[]);
         assert!(alone.exit_status().is_ok());
+    }
+
+    /// A cluster being detached was said to be converged by `sync --cluster east`, which
+    /// refuses it, and its drift made `--exit-code` exit 3.
+    #[test]
+    fn a_cluster_being_detached_is_not_for_sync_nor_the_exit_code() {
+        let mut east =
+            crate::mesh_state::fixtures::cluster("east", "https://e", "2026-01-01T00:00:00Z");
+        east.metadata.deletion_timestamp = east.metadata.creation_timestamp.clone();
+        let mut r = StatusReport::compute(&SyncRule::default(), &primary(), &remotes()[..1], &[]);
+        r.mark_detaching(&[east]);
+        assert_eq!(r.drifted, 2, "its cells still show what differs");
+        assert!(r.exit_status().is_ok());
+        let summary: Vec<String> = r.summary().into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            summary,
+            ["east is being detached; its namespaces are not synced any more"]
+        );
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["clusters"][0]["detaching"],
+            true
+        );
     }
 
     #[test]
