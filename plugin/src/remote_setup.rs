@@ -627,6 +627,9 @@ pub struct ClusterRecord {
     /// The fingerprint of the CA the stored kubeconfigs trust
     /// ([`mesh_core::recorded::ca_fingerprint`]).
     pub ca_fingerprint: Option<String>,
+    /// The name the stored kubeconfigs check the server's certificate against, when not the
+    /// server's host ([`mesh_core::recorded::tls_server_name`]).
+    pub tls_server_name: Option<String>,
     /// The guard installed.
     pub guard: RemoteGuard,
     /// Name of the primary.
@@ -647,6 +650,7 @@ pub fn mesh_cluster(record: &ClusterRecord) -> MeshCluster {
             cluster_id: record.cluster_id.clone(),
             server: record.server.clone(),
             ca_fingerprint: record.ca_fingerprint.clone(),
+            tls_server_name: record.tls_server_name.clone(),
             secret_name: cluster_secret_name(&record.name),
             primary_name: Some(record.primary_name.clone()),
             remote_guard: record.guard,
@@ -1174,7 +1178,8 @@ mod tests {
             name: "east".into(),
             cluster_id: "uid-1".into(),
             server: "https://10.0.0.1".into(),
-            ca_fingerprint: None,
+            ca_fingerprint: Some("sha256:ca".into()),
+            tls_server_name: Some("api.east".into()),
             guard: RemoteGuard::Deny,
             primary_name: "main".into(),
             remote_namespace_created: true,
@@ -1183,6 +1188,9 @@ mod tests {
         };
         let mc = mesh_cluster(&record);
         assert_eq!(mc.spec.secret_name, "cluster-east");
+        // What a stored kubeconfig is held to (`mesh_core::recorded::check`).
+        assert_eq!(mc.spec.ca_fingerprint.as_deref(), Some("sha256:ca"));
+        assert_eq!(mc.spec.tls_server_name.as_deref(), Some("api.east"));
         assert_eq!(mc.spec.primary_name.as_deref(), Some("main"));
         assert_eq!(mc.spec.remote_guard, RemoteGuard::Deny);
         assert_eq!(remote_namespace_created(&mc), Some(true));

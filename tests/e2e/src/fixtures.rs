@@ -271,6 +271,7 @@ pub async fn attach(
         cluster_id: cluster_id.clone(),
         server: remote.server.clone(),
         ca_fingerprint: mesh_core::recorded::ca_fingerprint(&stored),
+        tls_server_name: mesh_core::recorded::tls_server_name(&stored),
         guard: options.guard,
         primary_name: "primary".to_owned(),
         remote_namespace_created: false,
@@ -392,6 +393,19 @@ pub async fn point_at(env: &TestEnv, name: &str, server: &str) -> anyhow::Result
 /// Edits the server of the stored kubeconfig of `name` to `server`, and nothing else: a hand
 /// edit of the Secret, which its MeshCluster's record (`spec.server`) no longer matches.
 pub async fn edit_stored_server(env: &TestEnv, name: &str, server: &str) -> anyhow::Result<()> {
+    edit_stored_cluster(env, name, |cluster| {
+        cluster.server = Some(server.to_owned())
+    })
+    .await
+}
+
+/// Edits, as someone with write access to the primary's Secrets could, the cluster entry of the
+/// kubeconfig stored for `name`.
+pub async fn edit_stored_cluster(
+    env: &TestEnv,
+    name: &str,
+    edit: impl Fn(&mut kube::config::Cluster),
+) -> anyhow::Result<()> {
     let primary = env.primary().client().await?;
     let secrets: Api<Secret> = Api::namespaced(primary, MESH_NAMESPACE);
     let secret_name = setup::cluster_secret_name(name);
@@ -404,9 +418,10 @@ pub async fn edit_stored_server(env: &TestEnv, name: &str, server: &str) -> anyh
         bail!("Secret {secret_name} has no kubeconfig");
     };
     let mut kc = kubeconfig::parse_stored(&String::from_utf8_lossy(&yaml.0))?;
-    for c in kc.clusters.iter_mut().filter_map(|c| c.cluster.as_mut()) {
-        c.server = Some(server.to_owned());
-    }
+    kc.clusters
+        .iter_mut()
+        .filter_map(|c| c.cluster.as_mut())
+        .for_each(edit);
     let yaml = kubeconfig::to_yaml(&kc)?;
     apply_on(
         &env.primary().client().await?,

@@ -53,6 +53,12 @@ pub struct MeshClusterSpec {
     /// attached before it was recorded, which are checked on their server only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint: Option<String>,
+    /// The name attach stored for the server's certificate to be checked against
+    /// (`tls-server-name`), when it stored one. On a cluster that records `caFingerprint`, a
+    /// stored kubeconfig asking for another name, or for one where none was recorded, is
+    /// refused as well: the name decides which certificate the CA may vouch for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
     /// Secret in the mesh namespace whose `kubeconfig` key holds the sanitized credentials.
     pub secret_name: String,
     /// Name of the primary cluster, shown to people editing labels on the remote.

@@ -33,6 +33,7 @@ pub fn mesh_cluster(name: &str, cluster_id: &str) -> crate::cluster::MeshCluster
             cluster_id: cluster_id.to_owned(),
             server: "https://127.0.0.1:1".to_owned(),
             ca_fingerprint: None,
+            tls_server_name: None,
             secret_name: format!("cluster-{name}"),
             primary_name: None,
             remote_guard: Default::default(),

@@ -5,7 +5,8 @@
 //! their own, which relays every request (bearer token included) to the real apiserver, so
 //! even the check of the cluster's identity ([`crate::remote::Remote::verify`]) passes. The
 //! `MeshCluster` (cluster-scoped, harder to edit than a Secret) records the server
-//! (`spec.server`) and a fingerprint of the CA (`spec.caFingerprint`) attach stored; every
+//! (`spec.server`), a fingerprint of the CA (`spec.caFingerprint`) and the name the server's
+//! certificate is checked against (`spec.tlsServerName`) attach stored; every
 //! client built from a stored kubeconfig for a `MeshCluster` checks them first, before a byte
 //! is sent anywhere.
 //!
@@ -17,8 +18,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{
     cluster::MeshClusterSpec,
-    kubeconfig::{ServerShown, quoted_server, unwrapped_base64},
-    printable::one_line,
+    kubeconfig::{MAX_QUOTED, ServerShown, quoted_server, unwrapped_base64},
+    printable::{one_line, quoted},
 };
 
 /// Prefix of [`ca_fingerprint`]'s value.
@@ -45,6 +46,16 @@ pub fn ca_fingerprint(kc: &Kubeconfig) -> Option<String> {
     Some(fingerprint_of(&bytes))
 }
 
+/// The name a stored kubeconfig checks its server's certificate against, when it sets one
+/// (`tls-server-name`): attach records it as well, since it decides which certificate the CA
+/// may vouch for.
+pub fn tls_server_name(kc: &Kubeconfig) -> Option<String> {
+    kc.clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.tls_server_name.clone())
+}
+
 /// `sha256:<hex>` of `bytes`.
 fn fingerprint_of(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
@@ -58,7 +69,8 @@ fn fingerprint_of(bytes: &[u8]) -> String {
 
 /// Checks that `kc` (a stored kubeconfig, already through the rule of stored kubeconfigs) is
 /// what attach recorded in `spec`: its server equals `spec.server` (a trailing slash aside),
-/// and its CA hashes to `spec.caFingerprint` when one is recorded.
+/// and, when a CA fingerprint is recorded, its CA hashes to `spec.caFingerprint` and its TLS
+/// server name is `spec.tlsServerName` (both absent, or equal).
 pub fn check(kc: &Kubeconfig, spec: &MeshClusterSpec) -> Result<(), Mismatch> {
     let cluster = kc.clusters.first().and_then(|c| c.cluster.as_ref());
     let server = cluster
@@ -78,6 +90,16 @@ pub fn check(kc: &Kubeconfig, spec: &MeshClusterSpec) -> Result<(), Mismatch> {
                 "its certificate authority ({}) is not the one attach recorded ({})",
                 stored.as_deref().map_or("unreadable".into(), short),
                 short(recorded)
+            )));
+        }
+        // Recorded with the fingerprint: a record of a CA alone predates both.
+        let name = tls_server_name(kc);
+        if name != spec.tls_server_name {
+            let shown = |name: Option<&str>| name.map_or("none".into(), |n| quoted(n, MAX_QUOTED));
+            return Err(Mismatch(format!(
+                "its TLS server name {} is not the one attach recorded ({})",
+                shown(name.as_deref()),
+                shown(spec.tls_server_name.as_deref())
             )));
         }
     }
@@ -180,6 +202,50 @@ mod tests {
             "its server \"https://10.9.9.9/k\" is not \"https://10.0.0.1:6443\", the one \
              attach recorded"
         );
+    }
+
+    /// Which certificate the CA may vouch for is the stored TLS server name's choice: one added,
+    /// changed or removed by hand is refused where the record has a fingerprint.
+    #[test]
+    fn another_tls_server_name_is_refused_when_a_fingerprint_is_recorded() {
+        let with_name = |name: Option<&str>| {
+            let mut kc = stored("https://a", Some(CA));
+            if let Some(cluster) = kc.clusters[0].cluster.as_mut() {
+                cluster.tls_server_name = name.map(str::to_owned);
+            }
+            kc
+        };
+        let recorded = |name: Option<&str>| {
+            let mut spec = spec("https://a", ca_fingerprint(&with_name(name)));
+            spec.tls_server_name = name.map(str::to_owned);
+            spec
+        };
+        assert_eq!(check(&with_name(None), &recorded(None)), Ok(()));
+        assert_eq!(
+            check(&with_name(Some("api")), &recorded(Some("api"))),
+            Ok(())
+        );
+        let refusal = |stored, attached| {
+            check(&with_name(stored), &recorded(attached))
+                .expect_err("another name")
+                .to_string()
+        };
+        assert_eq!(
+            refusal(Some("localhost"), None),
+            "its TLS server name \"localhost\" is not the one attach recorded (none)"
+        );
+        assert_eq!(
+            refusal(Some("evil"), Some("api")),
+            "its TLS server name \"evil\" is not the one attach recorded (\"api\")"
+        );
+        assert_eq!(
+            refusal(None, Some("api")),
+            "its TLS server name none is not the one attach recorded (\"api\")"
+        );
+        // A record without a fingerprint predates both: checked on its server only.
+        let mut old = recorded(None);
+        old.ca_fingerprint = None;
+        assert_eq!(check(&with_name(Some("localhost")), &old), Ok(()));
     }
 
     #[test]

@@ -106,6 +106,7 @@ pub(super) fn cluster_record(plan: &Plan) -> ClusterRecord {
         cluster_id: plan.cluster_id.clone(),
         server: plan.remote_target.server.clone(),
         ca_fingerprint: plan.ca_fingerprint.clone(),
+        tls_server_name: plan.tls_server_name.clone(),
         guard: plan.guard.mode,
         primary_name: plan.guard.primary_name.clone(),
         remote_namespace_created: plan.remote_namespace.created_by_attach(),

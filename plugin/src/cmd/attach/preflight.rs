@@ -67,6 +67,8 @@ pub(super) struct Plan {
     /// The fingerprint of the CA the stored kubeconfigs trust, recorded in the MeshCluster
     /// ([`mesh_core::recorded`]).
     pub(super) ca_fingerprint: Option<String>,
+    /// The name the stored kubeconfigs check the server's certificate against, recorded too.
+    pub(super) tls_server_name: Option<String>,
     pub(super) remote_context: String,
     pub(super) cluster_id: String,
     /// The primary's id (UID of its kube-system), recorded on every remote object.
@@ -243,8 +245,9 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
                certificate-authority-data; attach with a kubeconfig whose cluster has them"
                 .into(),
         })?;
-    // What the MeshCluster records of the stored kubeconfigs' CA: their CA is this one's.
+    // What the MeshCluster records of the stored kubeconfigs' trust: it is this one's.
     let ca_fingerprint = mesh_core::recorded::ca_fingerprint(&sanitized);
+    let tls_server_name = mesh_core::recorded::tls_server_name(&sanitized);
 
     let (primary_kc, primary_context, primary_target) = ctx.primary_target()?;
     let remote_target = Target {
@@ -519,6 +522,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         remote_target,
         remote_kc,
         ca_fingerprint,
+        tls_server_name,
         remote_context,
         cluster_id,
         primary_id,

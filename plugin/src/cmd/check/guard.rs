@@ -228,6 +228,7 @@ mod tests {
             cluster_id: "id".into(),
             server: "https://e".into(),
             ca_fingerprint: None,
+            tls_server_name: None,
             guard,
             primary_name: primary.unwrap_or_default().into(),
             remote_namespace_created: true,

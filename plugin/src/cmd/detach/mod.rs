@@ -528,6 +528,7 @@ mod tests {
             cluster_id: "id".into(),
             server: "https://e".into(),
             ca_fingerprint: None,
+            tls_server_name: None,
             guard: RemoteGuard::Off,
             primary_name: "main".into(),
             remote_namespace_created: false,

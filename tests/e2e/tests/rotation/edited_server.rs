@@ -48,3 +48,26 @@ async fn a_stored_server_edited_by_hand_is_never_reached_nor_rotated() -> anyhow
     assert!(reached.is_err(), "something connected to the edited server");
     Ok(())
 }
+
+/// The name a stored kubeconfig checks the server's certificate against decides which
+/// certificate its CA may vouch for: one added by hand (`localhost`, a name the remote's own
+/// certificate carries, so the edited client would work) is refused like an edited server.
+#[tokio::test]
+async fn a_stored_tls_server_name_edited_by_hand_is_refused() -> anyhow::Result<()> {
+    let (env, _mesh, remote, _ns) = one_remote(&[], &[], "tls-name").await?;
+    let name = remote.name.clone();
+    reachable(&env, &name).await?;
+
+    fixtures::edit_stored_cluster(&env, &name, |cluster| {
+        cluster.tls_server_name = Some("localhost".to_owned());
+    })
+    .await?;
+    let reachable = unreachable_for(&env, &name, "CredentialsMismatch").await?;
+    assert!(
+        reachable
+            .message
+            .contains("its TLS server name \"localhost\""),
+        "{reachable:?}"
+    );
+    Ok(())
+}
