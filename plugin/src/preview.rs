@@ -25,8 +25,8 @@ pub struct Preview {
     pub changes: Vec<Change>,
     /// Remote namespaces already carrying the primary's managed labels.
     pub in_sync: usize,
-    /// Remote namespaces the primary does not have (their managed labels are removed unless
-    /// the scope leaves them out).
+    /// Remote namespaces in the cluster's scope that the primary does not have (their managed
+    /// labels are removed).
     pub remote_only: Vec<String>,
     /// Remote namespaces the cluster's scope leaves alone.
     pub out_of_scope: Vec<String>,
@@ -139,10 +139,11 @@ impl Preview {
                 change
             })
             .collect();
+        // Within the scope, selector included: what it leaves out is `out_of_scope` alone.
         let remote_only = by_name
-            .keys()
-            .filter(|name| !primary.contains_key(*name) && !rule.is_excluded(name))
-            .cloned()
+            .iter()
+            .filter(|(name, ns)| !primary.contains_key(*name) && rule.covers(ns))
+            .map(|(name, _)| name.clone())
             .collect();
         Self {
             cluster: cluster.to_owned(),
@@ -314,6 +315,27 @@ mod tests {
         };
         let rule = SyncRule::default().within(&scope).unwrap();
         let preview = Preview::compute("east", &rule, &primary(), &remote(), false);
+        assert_eq!(preview.out_of_scope, ["gateways"]);
+        assert_eq!(preview.destructive(), ["batch", "pay"]);
+        assert!(preview.remote_only.is_empty(), "{preview:?}");
+    }
+
+    /// A namespace the selector leaves out was listed as out of scope and as only on the
+    /// remote as well.
+    #[test]
+    fn remote_namespace_left_out_by_the_selector_is_out_of_scope_not_changed() {
+        let scope = NamespaceScope {
+            exclude_namespaces: Vec::new(),
+            namespace_selector: Some(
+                crate::namespace_scope::parse_selector("team!=platform").unwrap(),
+            ),
+        };
+        let rule = SyncRule::default().within(&scope).unwrap();
+        let mut remote = remote();
+        remote[3] = ns("gateways")
+            .label("istio-injection", "enabled")
+            .label("team", "platform");
+        let preview = Preview::compute("east", &rule, &primary(), &remote, false);
         assert_eq!(preview.out_of_scope, ["gateways"]);
         assert_eq!(preview.destructive(), ["batch", "pay"]);
         assert!(preview.remote_only.is_empty(), "{preview:?}");
