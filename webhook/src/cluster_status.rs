@@ -4,15 +4,16 @@
 
 use std::time::Duration;
 
+use json_patch::{AddOperation, PatchOperation, TestOperation, jsonptr::PointerBuf};
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::{SignedDuration, Timestamp},
 };
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{Patch, PatchParams},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use mesh_core::{
     cluster::{
@@ -324,38 +325,48 @@ pub(crate) fn status_needs_write(
     }
 }
 
-/// Merge-patches our fields of the status. Cleared fields are sent as null (a merge patch
-/// leaves absent keys alone).
-pub(crate) async fn write_status(
+/// Writes `status`, whole, as the status of `cluster`, the object the sync read: the leader is
+/// the one writer of a MeshCluster's status.
+pub async fn write_status(
     primary: &Client,
-    name: &str,
+    cluster: &MeshCluster,
     status: &MeshClusterStatus,
 ) -> Result<()> {
-    let patch = status_patch(status).map_err(|source| Error::EncodeStatus {
-        name: name.to_owned(),
-        source,
+    let name = cluster.name_any();
+    let patch = status_patch(status, cluster.metadata.uid.as_deref()).map_err(|source| {
+        Error::EncodeStatus {
+            name: name.clone(),
+            source,
+        }
     })?;
     Api::<MeshCluster>::all(primary.clone())
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
         .await
-        .map_err(|cause| Error::WriteStatus {
-            name: name.to_owned(),
-            cause,
-        })?;
+        .map_err(|cause| Error::WriteStatus { name, cause })?;
     Ok(())
 }
 
-pub(crate) fn status_patch(status: &MeshClusterStatus) -> Result<Value, serde_json::Error> {
-    let mut value = serde_json::to_value(status)?;
-    if let Value::Object(map) = &mut value {
-        for key in ["lastError", "lastSyncTime", "observedGeneration"] {
-            map.entry(key).or_insert(Value::Null);
-        }
-        for key in ["missingNamespaces", "conditions"] {
-            map.entry(key).or_insert(json!([]));
-        }
+/// The JSON Patch that makes `status` the status. With `uid`, it first tests the object's
+/// uid: a MeshCluster deleted and created again under its name while the sync ran refuses the
+/// old object's status (the status subresource ignores the metadata of a merge patch, so a
+/// uid there would be no precondition).
+pub(crate) fn status_patch(
+    status: &MeshClusterStatus,
+    uid: Option<&str>,
+) -> Result<json_patch::Patch, serde_json::Error> {
+    let mut ops = Vec::new();
+    if let Some(uid) = uid {
+        ops.push(PatchOperation::Test(TestOperation {
+            path: PointerBuf::from_tokens(["metadata", "uid"]),
+            value: Value::String(uid.to_owned()),
+        }));
     }
-    Ok(json!({ "status": value }))
+    // `add` replaces a member that exists: fields cleared in `status` go.
+    ops.push(PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(["status"]),
+        value: serde_json::to_value(status)?,
+    }));
+    Ok(json_patch::Patch(ops))
 }
 
 /// Namespace lists in status messages.
@@ -370,6 +381,7 @@ mod tests {
         labels::LabelDiff,
         sync::{ChangeStatus, NamespaceChange, NamespaceError, SyncMode},
     };
+    use serde_json::json;
 
     #[test]
     fn errors_print_each_cause_once() {
@@ -508,8 +520,11 @@ mod tests {
             "{}",
             synced.message
         );
-        let patch = status_patch(&status).expect("encode");
-        assert_eq!(patch["status"]["namespacesMissing"], json!(50_000));
+        let patch = status_patch(&status, None).expect("encode");
+        assert_eq!(
+            patched(json!({}), &patch)["status"]["namespacesMissing"],
+            50_000
+        );
         let size = serde_json::to_vec(&patch).expect("encode").len();
         assert!(size < 16 * 1024, "status patch of {size} bytes");
     }
@@ -653,14 +668,27 @@ mod tests {
         assert!(status_needs_write(Some(&first), &spec_changed, refresh));
     }
 
+    /// `object` with `patch` applied, as the apiserver applies it.
+    fn patched(mut object: Value, patch: &json_patch::Patch) -> Value {
+        json_patch::patch(&mut object, patch).expect("patch applies");
+        object
+    }
+
     #[test]
-    fn status_patch_clears_fields() {
-        let patch = status_patch(&MeshClusterStatus::default()).expect("encode");
-        let status = &patch["status"];
+    fn status_patch_replaces_the_status_and_clears_fields() {
+        let old = json!({"metadata": {"uid": "u1"}, "status": {
+            "lastError": "boom", "missingNamespaces": ["a"], "namespacesMissing": 1,
+        }});
+        let cleared = MeshClusterStatus::default();
+        let patch = status_patch(&cleared, Some("u1")).expect("encode");
+        let status = patched(old.clone(), &patch)["status"].clone();
+        assert_eq!(status, serde_json::to_value(&cleared).expect("encode"));
         assert_eq!(status["lastError"], Value::Null);
-        assert_eq!(status["missingNamespaces"], json!([]));
-        assert_eq!(status["namespacesMissing"], json!(0));
-        assert_eq!(status["namespacesInSync"], json!(0));
+        // Another object under the name: the test fails, nothing is written.
+        let mut recreated = old;
+        recreated["metadata"]["uid"] = json!("u2");
+        let patch = status_patch(&cleared, Some("u1")).expect("encode");
+        assert!(json_patch::patch(&mut recreated, &patch).is_err());
     }
 
     #[test]

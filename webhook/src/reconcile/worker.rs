@@ -400,13 +400,15 @@ impl Worker {
             // It answers again: pushes wait for it.
             remote.answered();
         }
-        if ok {
-            // These credentials work: `kubectl mesh rotate` waits for this before it revokes
-            // the ones they replaced.
-            next.observed_credentials = remote
+        // The last credentials that worked: `kubectl mesh rotate` waits for its new ones
+        // before it revokes those they replaced.
+        next.observed_credentials = if ok {
+            remote
                 .as_deref()
-                .and_then(|r| r.fingerprint().secret_version.clone());
-        }
+                .and_then(|r| r.fingerprint().secret_version.clone())
+        } else {
+            prev.as_ref().and_then(|s| s.observed_credentials.clone())
+        };
         shared.state.metrics.set_token_expiry(
             cluster_name,
             token
@@ -511,7 +513,7 @@ impl Worker {
         }
         if status_needs_write(prev.as_ref(), &next, shared.settings.status_refresh)
             && let Some(Err(error)) =
-                to_primary("status", write_status(&shared.primary, cluster_name, &next)).await
+                to_primary("status", write_status(&shared.primary, &cluster, &next)).await
         {
             tracing::warn!(error = %error_chain(&error), "cannot write cluster status");
         }
@@ -663,13 +665,15 @@ mod tests {
             self.0.lock().unwrap_or_else(PoisonError::into_inner)
         }
 
-        /// The bodies of the status writes of MeshCluster east.
+        /// The statuses written for MeshCluster east (each a JSON Patch whose last operation
+        /// puts the whole status).
         fn status_writes(&self) -> Vec<Value> {
             let requests = self.requests();
             let writes = requests
                 .iter()
                 .filter(|(call, _)| call.ends_with("/east/status"));
-            writes.map(|(_, body)| body.clone()).collect()
+            let status = |body: &Value| body.as_array()?.last()?.get("value").cloned();
+            writes.filter_map(|(_, body)| status(body)).collect()
         }
     }
 
@@ -1059,7 +1063,7 @@ mod tests {
             wait_status_written(&running, Duration::from_secs(60)).await;
             let written = running.primary.status_writes();
             assert_eq!(
-                written[0]["status"]["observedGeneration"],
+                written[0]["observedGeneration"],
                 json!(observed),
                 "built from {built_uid}/{built_generation}, stored {uid}/{generation}"
             );
