@@ -48,6 +48,9 @@ pub enum Credentials {
     Found { source: Source, client: Client },
     /// They exist but cannot be used (why, in one line).
     Unusable { source: Source, error: String },
+    /// The primary did not give their Secret (refused the caller, or did not answer): why, in
+    /// one line. Attaching again would not help.
+    Unreadable { source: Source, error: String },
 }
 
 /// The command that gives `cluster` a view identity.
@@ -83,7 +86,7 @@ pub async fn credentials_with(
         async move {
             match api.get_opt(&name).await {
                 Ok(secret) => Ok(secret.map(|secret| (source, secret))),
-                Err(e) => Err(Credentials::Unusable {
+                Err(e) => Err(Credentials::Unreadable {
                     source,
                     error: Error::kube(format!("cannot read Secret {namespace}/{name}"))(e).line(),
                 }),
@@ -171,7 +174,7 @@ mod tests {
         let timeout = Duration::from_secs(5);
         let forbidden = primary_answering(http::StatusCode::FORBIDDEN, "Forbidden");
         match credentials(&forbidden, &east, timeout).await {
-            Credentials::Unusable { source, error } => {
+            Credentials::Unreadable { source, error } => {
                 assert_eq!(source, Source::View);
                 assert!(
                     error.starts_with(
@@ -181,6 +184,7 @@ mod tests {
                 );
             }
             Credentials::None => panic!("a forbidden Secret read as absent"),
+            Credentials::Unusable { error, .. } => panic!("said unusable: {error}"),
             Credentials::Found { .. } => panic!("found"),
         }
         let absent = primary_answering(http::StatusCode::NOT_FOUND, "NotFound");

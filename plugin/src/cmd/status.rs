@@ -158,7 +158,8 @@ async fn read_view(
         }
         match view::credentials(primary, cluster, timeout).await {
             view::Credentials::None => PodsRead::NoCredentials,
-            view::Credentials::Unusable { source, error } => PodsRead::Failed { source, error },
+            view::Credentials::Unusable { source, error }
+            | view::Credentials::Unreadable { source, error } => PodsRead::Failed { source, error },
             view::Credentials::Found { source, client } => match view::pods(&client).await {
                 Ok(pods) => PodsRead::Read { source, pods },
                 Err(e) => PodsRead::Failed {

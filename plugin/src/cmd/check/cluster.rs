@@ -618,6 +618,14 @@ fn pods_result(
                 ),
             ));
         }
+        // Attaching again would not help: the error says what would.
+        ViewFacts::Unreadable { source, error } => {
+            return Some(CheckResult::warning(
+                what,
+                format!("not checked: the {source} credentials cannot be read: {error}"),
+                "",
+            ));
+        }
         ViewFacts::Read { source, pods, .. } => (source, pods),
     };
     let pods = match pods {
@@ -787,6 +795,20 @@ mod tests {
             (Outcome::Ok, Some("1 pod checked with the view credentials"))
         );
         assert!(judge(ViewFacts::None).is_none());
+        // Credentials the caller may not read: attaching again would not help.
+        let r = judge(ViewFacts::Unreadable {
+            source: crate::view::Source::View,
+            error: "cannot read Secret kubectl-mesh/cluster-east-view: forbidden".into(),
+        })
+        .unwrap();
+        assert_eq!(r.result, Outcome::Warning);
+        assert!(!r.hint_mentions("attach"), "{r:?}");
+        let r = judge(ViewFacts::Unusable {
+            source: crate::view::Source::View,
+            error: "its token expired".into(),
+        })
+        .unwrap();
+        assert!(r.hint_mentions("--services-view"), "{r:?}");
     }
 
     /// The injection check of a remote holding `remote` namespaces whose primary twins carry

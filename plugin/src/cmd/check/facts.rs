@@ -342,6 +342,13 @@ pub enum ViewFacts {
         /// Why, in one line.
         error: String,
     },
+    /// Their Secret could not be read on the primary (why).
+    Unreadable {
+        /// Whose they are.
+        source: view::Source,
+        /// Why, in one line, with what to do.
+        error: String,
+    },
     /// Read with them.
     Read {
         /// Whose they are.
@@ -509,6 +516,7 @@ async fn view_facts(primary: &Client, cluster: &MeshCluster, timeout: Duration) 
     match view::credentials(primary, cluster, timeout).await {
         view::Credentials::None => ViewFacts::None,
         view::Credentials::Unusable { source, error } => ViewFacts::Unusable { source, error },
+        view::Credentials::Unreadable { source, error } => ViewFacts::Unreadable { source, error },
         view::Credentials::Found { source, client } => {
             let rights = match source {
                 view::Source::View => Some(answers(&client, timeout, rights::view_asked()).await),

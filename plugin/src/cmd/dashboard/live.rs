@@ -713,11 +713,13 @@ async fn probe_remote(followed: Followed) {
 
 /// Its workloads, with the view credentials.
 async fn read_remote_workloads(followed: Followed) {
-    let state = match view::credentials_with(&followed.primary, &followed.cluster, &WATCH_CLIENT)
-        .await
-    {
+    let credentials =
+        view::credentials_with(&followed.primary, &followed.cluster, &WATCH_CLIENT).await;
+    let state = match credentials {
         view::Credentials::None => ViewState::NoCredentials,
-        view::Credentials::Unusable { error, .. } => ViewState::Failed(error),
+        view::Credentials::Unusable { error, .. } | view::Credentials::Unreadable { error, .. } => {
+            ViewState::Failed(error)
+        }
         view::Credentials::Found { source, client } => {
             let tasks = watch_workloads(&client, &followed.shared, Some(followed.which.clone()));
             followed

@@ -249,7 +249,8 @@ async fn read_remote(
             view::Credentials::None => ReadState::NoCredentials {
                 enable: view::enable_command(&name),
             },
-            view::Credentials::Unusable { source, error } => ReadState::Failed {
+            view::Credentials::Unusable { source, error }
+            | view::Credentials::Unreadable { source, error } => ReadState::Failed {
                 credentials: source.to_string(),
                 error,
             },
