@@ -250,6 +250,11 @@ mod tests {
         let other = FakeApiserver::default().with_namespace("kube-system", &[]);
         let east = mesh_cluster("east", "uid-of-east");
         let remote = Arc::new(Remote::new("east", other.client()).with_identity(&east));
+        assert_watch_ends_and_forgets_east(remote).await;
+    }
+
+    /// East's injectors, once seen, are forgotten by a watch of `remote` that ends at once.
+    async fn assert_watch_ends_and_forgets_east(remote: Arc<Remote>) {
         let injectors = Injectors::default();
         injectors.set("east", vec![istio_injector("canary")]);
         let watched = watch_injectors("east".into(), remote, injectors.clone(), Default::default());
@@ -267,13 +272,6 @@ mod tests {
             namespace: "mesh".into(),
             name: "cluster-east".into(),
         };
-        let remote = Arc::new(Remote::unavailable("east", &missing));
-        let injectors = Injectors::default();
-        injectors.set("east", vec![istio_injector("canary")]);
-        let watched = watch_injectors("east".into(), remote, injectors.clone(), Default::default());
-        tokio::time::timeout(std::time::Duration::from_secs(5), watched)
-            .await
-            .expect("the watch ends at once");
-        assert_eq!(injectors.readiness("shop", &labels(&[])), []);
+        assert_watch_ends_and_forgets_east(Arc::new(Remote::unavailable("east", &missing))).await;
     }
 }
