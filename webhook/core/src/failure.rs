@@ -96,6 +96,7 @@ pub fn is_unreachable(error: &kube::Error) -> bool {
 /// The cause of a transport failure in a few words: "connection refused", "connection timed
 /// out", "invalid peer certificate: UnknownIssuer"; else the innermost cause.
 pub fn transport_cause(error: &(dyn StdError + 'static)) -> String {
+    let redaction = exec_plugin_redaction(error);
     let mut innermost = String::new();
     for err in chain(error) {
         if let Some(io) = err.downcast_ref::<io::Error>() {
@@ -106,7 +107,7 @@ pub fn transport_cause(error: &(dyn StdError + 'static)) -> String {
                 _ => {}
             }
         }
-        let text = err.to_string();
+        let text = redacted(err.to_string(), redaction.as_ref());
         if says_timed_out(&text) {
             return "timed out".into();
         }
@@ -149,6 +150,7 @@ fn says_timed_out(text: &str) -> bool {
 /// which dumps the whole `Status` struct. Every piece is [`one_line`]: a remote's words end up
 /// on terminals.
 pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let redaction = exec_plugin_redaction(error);
     let mut out = String::new();
     for err in chain(error) {
         let status = match err.downcast_ref::<kube::Error>() {
@@ -158,7 +160,7 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
         let text = match status {
             Some(status) => describe_status(status),
             None if is_elapsed(err) => "timed out".to_owned(),
-            None => one_line(&err.to_string()).into_owned(),
+            None => one_line(&redacted(err.to_string(), redaction.as_ref())).into_owned(),
         };
         if !out.contains(&text) {
             if !out.is_empty() {
@@ -172,6 +174,32 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
         }
     }
     out
+}
+
+/// What kube says of a failed exec credential plugin (of the caller's own kubeconfig: stored
+/// ones may not run programs), and what is said instead. kube quotes the command as `Debug`
+/// shows it, with the environment it was given, and the plugin's whole output: secrets, often,
+/// and this text reaches logs, Events and the dashboard. Every error around it quotes it too.
+fn exec_plugin_redaction(error: &(dyn StdError + 'static)) -> Option<(String, String)> {
+    chain(error).find_map(|err| match err.downcast_ref::<kube::client::AuthError>()? {
+        kube::client::AuthError::AuthExecRun { out, .. } => Some((
+            err.to_string(),
+            format!(
+                "the kubeconfig's exec credential plugin failed ({}; its command and output are \
+                 not shown: run kubectl with that kubeconfig to see them)",
+                out.status
+            ),
+        )),
+        _ => None,
+    })
+}
+
+/// `text` with what [`exec_plugin_redaction`] found replaced.
+fn redacted(text: String, redaction: Option<&(String, String)>) -> String {
+    match redaction {
+        Some((quoted, instead)) => text.replace(quoted.as_str(), instead),
+        None => text,
+    }
 }
 
 /// A timeout of kube-client's own (its connect timeout): tokio's error inside, whose text
@@ -307,6 +335,29 @@ mod tests {
         let text = error_chain(&err);
         assert!(text.contains("tcp connect error"), "{text}");
         assert_eq!(text.matches("tcp connect error").count(), 1, "{text}");
+    }
+
+    /// A failed exec plugin of the caller's kubeconfig, as kube reports it: its command with
+    /// the environment it was given, and its output, quoted by every error around it.
+    #[test]
+    fn a_failed_exec_plugin_is_named_without_its_command_or_output() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let failed = kube::Error::Auth(kube::client::AuthError::AuthExecRun {
+            cmd: r#"TOKEN="s3cr3t" "/usr/bin/login-plugin" "--secret=s3cr3t""#.into(),
+            out: Box::new(std::process::Output {
+                status: std::process::ExitStatus::from_raw(256),
+                stdout: b"token s3cr3t".to_vec(),
+                stderr: b"s3cr3t expired".to_vec(),
+            }),
+        });
+        let listed = kube::runtime::watcher::Error::InitialListFailed(failed);
+        for text in [error_chain(&listed), transport_cause(&listed)] {
+            assert!(!text.contains("s3cr3t"), "{text}");
+            assert!(
+                text.contains("the kubeconfig's exec credential plugin failed (exit status: 1;"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
