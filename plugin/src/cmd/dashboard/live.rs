@@ -38,7 +38,9 @@ use crate::credentials::TokenExpiry;
 use crate::remote_setup::view_secret_name;
 use crate::view;
 
-use super::reduce::{Change, EventKey, NsFacts, Relist, reduce_event, reduce_namespace};
+use super::reduce::{
+    Change, EventKey, NsFacts, Relist, WEBHOOK_EVENTS_NAMESPACE, reduce_event, reduce_namespace,
+};
 
 /// How long changes may gather before a snapshot is sent: a burst of events (a relist of
 /// thousands of objects) becomes one update, and a single change still shows at once.
@@ -457,7 +459,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     }
     let mut relist = Relist::default();
     tokio::spawn(follow(
-        Api::<Event>::all(primary.clone()),
+        Api::<Event>::namespaced(primary.clone(), WEBHOOK_EVENTS_NAMESPACE),
         watcher::Config::default(),
         shared.clone(),
         move |live, change| {

@@ -120,9 +120,21 @@ pub(super) fn reduce_namespace(ns: &wire::Namespace) -> Option<(String, NsFacts)
     ))
 }
 
-/// A webhook Event, or `None` for anyone else's.
+/// Where the webhook's Events are: it reports on namespaces and MeshClusters, cluster-scoped
+/// objects, whose Events kube's recorder writes to `default`.
+pub(super) const WEBHOOK_EVENTS_NAMESPACE: &str = "default";
+
+/// The kinds the webhook's Events are about.
+const WEBHOOK_EVENT_KINDS: [&str; 2] = ["Namespace", "MeshCluster"];
+
+/// A webhook Event, or `None` for anyone else's. The reporting controller is any writer's to
+/// choose: an Event elsewhere, or about another kind, is not the webhook's whatever it says.
 pub(super) fn reduce_event(event: &Event) -> Option<(EventKey, EventRow)> {
-    if event.reporting_controller.as_deref() != Some(WEBHOOK_CONTROLLER) {
+    let regarding_kind = event.regarding.as_ref().and_then(|r| r.kind.as_deref());
+    let webhooks = event.reporting_controller.as_deref() == Some(WEBHOOK_CONTROLLER)
+        && event.metadata.namespace.as_deref() == Some(WEBHOOK_EVENTS_NAMESPACE)
+        && regarding_kind.is_some_and(|kind| WEBHOOK_EVENT_KINDS.contains(&kind));
+    if !webhooks {
         return None;
     }
     let time = event
@@ -158,6 +170,32 @@ pub(super) fn reduce_event(event: &Event) -> Option<(EventKey, EventRow)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An Event reported as the webhook's, in `namespace`, about an object of `kind`.
+    fn reported(namespace: &str, kind: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "e1", "namespace": namespace},
+            "eventTime": "2026-12-04T10:00:00.000000Z",
+            "reportingController": WEBHOOK_CONTROLLER,
+            "reportingInstance": "mesh-webhook-0",
+            "action": "Sync",
+            "reason": "Corrected",
+            "type": "Normal",
+            "regarding": {"kind": kind, "name": "shop"},
+            "note": "cluster east: corrected shop",
+        }))
+        .expect("an Event")
+    }
+
+    #[test]
+    fn only_the_webhooks_own_events_are_shown() {
+        let (_, row) = reduce_event(&reported("default", "Namespace")).expect("the webhook's");
+        assert_eq!(row.object, "Namespace shop");
+        assert!(reduce_event(&reported("default", "MeshCluster")).is_some());
+        // Anyone may name the webhook as reporter: not in its namespace, or not of its kinds.
+        assert!(reduce_event(&reported("team-a", "Namespace")).is_none());
+        assert!(reduce_event(&reported("default", "Pod")).is_none());
+    }
 
     fn ns(name: &str) -> wire::Namespace {
         let mut ns = wire::Namespace::default();
