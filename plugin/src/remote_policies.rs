@@ -202,7 +202,12 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Ignore".to_owned()),
             match_constraints: Some(MatchResources {
-                resource_rules: Some(vec![namespace_requests(&["v1"], &["CREATE", "UPDATE"])]),
+                // A person may write labels through the subresources too.
+                resource_rules: Some(vec![namespace_requests(
+                    &["v1"],
+                    &["CREATE", "UPDATE"],
+                    &crate::render::NAMESPACE_WRITES,
+                )]),
                 // For a Namespace, the apiserver matches the selector on its own labels.
                 namespace_selector: guard.namespace_selector.clone(),
                 ..Default::default()
@@ -236,13 +241,17 @@ pub fn guard_binding(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicyB
     }
 }
 
-/// The `operations` on namespaces (core group, `api_versions`) a policy matches.
-fn namespace_requests(api_versions: &[&str], operations: &[&str]) -> NamedRuleWithOperations {
+/// The `operations` on namespaces (core group, `api_versions`) a policy matches, on `resources`.
+fn namespace_requests(
+    api_versions: &[&str],
+    operations: &[&str],
+    resources: &[&str],
+) -> NamedRuleWithOperations {
     NamedRuleWithOperations {
         api_groups: strings(&[""]),
         api_versions: strings(api_versions),
         operations: strings(operations),
-        resources: strings(&["namespaces"]),
+        resources: strings(resources),
         ..Default::default()
     }
 }
@@ -334,6 +343,8 @@ pub fn sync_scope_policy(
                 resource_rules: Some(vec![namespace_requests(
                     &["*"],
                     &["CREATE", "UPDATE", "DELETE"],
+                    // The sync account's role grants no subresource: covered all the same.
+                    &crate::render::NAMESPACE_WRITES,
                 )]),
                 ..Default::default()
             }),

@@ -43,7 +43,7 @@ pub use client_ca::{
 pub use network_policy::network_policy;
 pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};
 pub use webhook_configuration::{
-    cel_label_changed, match_conditions, mutating_webhook_configuration,
+    NAMESPACE_WRITES, cel_label_changed, match_conditions, mutating_webhook_configuration,
 };
 
 /// Name of the webhook's ServiceAccount, Deployment, Service and Role.

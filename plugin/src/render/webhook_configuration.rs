@@ -51,6 +51,10 @@ pub fn match_conditions(managed_labels: &[String], excluded: &[String]) -> Vec<M
     conditions
 }
 
+/// Where a namespace's labels can be written: the namespace itself, and its status and finalize
+/// subresources, which reset only its spec and status and store the metadata of the request.
+pub const NAMESPACE_WRITES: [&str; 3] = ["namespaces", "namespaces/status", "namespaces/finalize"];
+
 /// The MutatingWebhookConfiguration. `ca_bundle` is the CA's PEM; `None` renders the
 /// configuration without one (the static manifests, which cannot know the CA).
 pub fn mutating_webhook_configuration(
@@ -87,7 +91,7 @@ pub fn mutating_webhook_configuration(
                 api_groups: strings(&[""]),
                 api_versions: strings(&["v1"]),
                 operations: strings(&["CREATE", "UPDATE", "DELETE"]),
-                resources: strings(&["namespaces"]),
+                resources: strings(&NAMESPACE_WRITES),
                 scope: Some("Cluster".to_owned()),
             }]),
             match_conditions: Some(match_conditions(

@@ -136,6 +136,26 @@ async fn every_managed_label_transition_lands_on_every_remote_before_kubectl_ret
     Ok(())
 }
 
+/// The status subresource of a namespace stores the labels of its patch too (only spec and
+/// status are reset there): a label set through it is pushed like any other.
+#[tokio::test]
+async fn a_label_set_through_the_status_subresource_lands_before_kubectl_returns()
+-> anyhow::Result<()> {
+    let (env, ns) = shared_namespace("status-sub").await?;
+    let patch = r#"{"metadata":{"labels":{"istio-injection":"enabled"}}}"#;
+    let mut cmd = env.kubectl(env.primary());
+    cmd.args(["patch", "namespace", &ns, "--subresource=status"])
+        .args(["--type=merge", "-p", patch]);
+    let out = cmd.output()?;
+    assert!(out.status.success(), "{}", mesh_e2e::describe(&out));
+    let warnings = String::from_utf8(out.stderr)?;
+    let expected = labels(&[("istio-injection", "enabled")]);
+    let context = format!("kubectl printed: {warnings}");
+    assert_remotes(env, &ns, &expected, &context).await?;
+    assert_landed(env, &warnings, "istio-injection=enabled applied on");
+    Ok(())
+}
+
 #[tokio::test]
 async fn unmanaged_labels_are_never_touched() -> anyhow::Result<()> {
     let (env, ns, remote) =

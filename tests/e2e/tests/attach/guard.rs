@@ -105,6 +105,18 @@ async fn remote_guard_warns_denies_and_spares_the_sync_account() -> anyhow::Resu
     })
     .await?;
     assert!(refusal.contains("managed by kubectl-mesh"), "{refusal}");
+    // Through the status subresource, which stores a patch's labels too.
+    let patch = r#"{"metadata":{"labels":{"istio-injection":"by-status"}}}"#;
+    let mut by_status = env.kubectl(remote);
+    by_status
+        .args(["patch", "namespace", &ns, "--subresource=status"])
+        .args(["--type=merge", "-p", patch]);
+    let out = by_status.output()?;
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("managed by kubectl-mesh"),
+        "a status patch of a managed label went through: {}",
+        describe(&out)
+    );
     let out = label_namespace(env, remote, &ns, &["team=checkout"]).await?;
     ensure!(
         out.status.success(),
