@@ -3,16 +3,20 @@
 //! the primary shows within seconds (pushed, the page is never reloaded), a remote label
 //! edited by hand shows as the webhook's correction Event, a frozen remote shows as
 //! unreachable and then reachable again, a remote whose credentials are rotated under the page
-//! is still read (with the new ones), and a request for a foreign host is refused.
+//! is still read (with the new ones), a request for a foreign host is refused, and so is a
+//! request for data without the token of the URL the dashboard printed.
 //! Screenshots go to the target directory.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use mesh_e2e::browser::Browser;
+use mesh_e2e::mesh_testenv::mesh::Mesh;
 use mesh_e2e::{create_everywhere, describe, kubectl_apply, label_on_primary, shared_mesh};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout};
 
 /// How long a change may take to show on the page: the webhook's push, the watch, the
 /// snapshot's settle time and the page's rendering, on a busy machine.
@@ -29,17 +33,61 @@ fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
 }
 
-/// The status line of a raw HTTP/1.1 request for `/` with this Host header.
-async fn status_for_host(port: u16, host: &str) -> anyhow::Result<String> {
+/// A running `kubectl mesh dashboard --no-browser`, killed on drop.
+struct Dashboard {
+    process: Child,
+    /// `http://127.0.0.1:<port>/#token=<token>`, as it printed it.
+    url: String,
+    port: u16,
+    token: String,
+    /// Held open: the dashboard may print more, and must not fail writing it.
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+/// Starts the dashboard and reads the URL it prints first (within 60 s). Not
+/// `Mesh::dashboard`: that one reads a URL without a token.
+async fn start_dashboard(mesh: &Mesh) -> anyhow::Result<Dashboard> {
+    let mut cmd = tokio::process::Command::from(mesh.plugin());
+    cmd.args(["dashboard", "--no-browser"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut process = cmd.spawn().context("starting kubectl mesh dashboard")?;
+    let mut stdout = BufReader::new(process.stdout.take().context("stdout")?).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
+        .await
+        .context("the dashboard printed no URL within 60s")??
+        .context("the dashboard exited before printing its URL")?;
+    let (port, token) = url
+        .strip_prefix("http://127.0.0.1:")
+        .and_then(|rest| rest.split_once("/#token="))
+        .with_context(|| format!("not a loopback URL with a token: {url}"))?;
+    let port = port.parse().with_context(|| format!("no port in {url}"))?;
+    let token = token.to_owned();
+    Ok(Dashboard {
+        process,
+        url,
+        port,
+        token,
+        _stdout: stdout,
+    })
+}
+
+/// The answer to a raw HTTP/1.1 request for `target` with this Host header: its status line
+/// and its body.
+async fn get(port: u16, host: &str, target: &str) -> anyhow::Result<(String, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     stream
         .write_all(
-            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await?;
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await??;
-    Ok(answer.lines().next().unwrap_or_default().to_owned())
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    Ok((status, body.to_owned()))
 }
 
 /// Waits until `expression` (JavaScript) is true in the page; returns how long it took.
@@ -85,14 +133,44 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     anyhow::ensure!(out.status.success(), "attach: {}", describe(&out));
     let ns = create_everywhere(env, "dash").await?;
 
-    let mut dashboard = mesh.dashboard(Stdio::inherit()).await?;
+    let mut dashboard = start_dashboard(mesh).await?;
     let (url, port) = (dashboard.url.clone(), dashboard.port);
 
     // DNS rebinding: a request naming another host is refused; its own address is served.
-    let refused = status_for_host(port, &format!("attacker.example:{port}")).await?;
+    let own = format!("127.0.0.1:{port}");
+    let (refused, _) = get(port, &format!("attacker.example:{port}"), "/").await?;
     assert!(refused.contains(" 403 "), "{refused}");
-    let served = status_for_host(port, &format!("127.0.0.1:{port}")).await?;
+    let (served, _) = get(port, &own, "/").await?;
     assert!(served.contains(" 200 "), "{served}");
+    // Another local user, who can find the port but not the token: no data.
+    let wrong = "0".repeat(dashboard.token.len());
+    for target in [
+        "/state.json".to_owned(),
+        format!("/state.json?token={wrong}"),
+        "/services.json".to_owned(),
+        "/events".to_owned(),
+    ] {
+        let (refused, body) = get(port, &own, &target).await?;
+        assert!(refused.contains(" 403 "), "{target}: {refused}");
+        assert!(!body.contains("clusters"), "{target}: {body}");
+    }
+    // With it, the data; apiserver URLs, which the page does not show, are not in it.
+    let state = format!("/state.json?token={}", dashboard.token);
+    let read = Instant::now() + Duration::from_secs(60);
+    let state: serde_json::Value = loop {
+        let (status, body) = get(port, &own, &state).await?;
+        if status.contains(" 200 ") {
+            break serde_json::from_str(&body)?;
+        }
+        anyhow::ensure!(Instant::now() < read, "{state}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let clusters = state["clusters"].as_array().context("no clusters")?;
+    assert!(!clusters.is_empty(), "{state}");
+    assert!(
+        clusters.iter().all(|c| c.get("server").is_none()),
+        "{state}"
+    );
 
     let mut browser = Browser::start(1400, 1000, &shots().join("chromium.log")).await?;
     browser.navigate(&url).await?;
@@ -103,6 +181,11 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         "document.querySelector('#connection').dataset.state === 'live'",
     )
     .await?;
+    // The token left the address bar (and is not in what a copied link would carry).
+    assert_eq!(
+        browser.eval("location.href").await?,
+        serde_json::Value::String(format!("http://127.0.0.1:{port}/"))
+    );
     until(
         &mut browser,
         "every remote shows as reachable",
@@ -321,6 +404,16 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         "remote-2 shows as reachable again",
         UNREACHABLE_WITHIN,
         r#"document.querySelector('#clusters tr[data-cluster="remote-2"]').dataset.reachability === 'reachable'"#,
+    )
+    .await?;
+
+    // A reload keeps the page live: the token, out of the address bar, is kept for the tab.
+    browser.eval("location.reload(); true").await?;
+    until(
+        &mut browser,
+        "the page is live again after a reload",
+        Duration::from_secs(30),
+        "window.__loaded === undefined && document.querySelector('#connection').dataset.state === 'live'",
     )
     .await?;
 

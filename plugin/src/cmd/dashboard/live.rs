@@ -429,6 +429,25 @@ impl Feed {
     }
 }
 
+#[cfg(test)]
+impl Feed {
+    /// The feed of a mesh with nothing in it, its first snapshot sent, and no watch: the
+    /// server's tests send it more through the sender.
+    pub(super) fn of_empty_mesh() -> (Self, watch::Sender<Bytes>) {
+        let mut live = Live::new(SyncRule::default());
+        let (tx, rx) = watch::channel(live.snapshot());
+        let shared = Arc::new(Shared {
+            live: Mutex::new(live),
+            dirty: Notify::new(),
+        });
+        let feed = Self {
+            shared,
+            snapshots: rx,
+        };
+        (feed, tx)
+    }
+}
+
 /// Starts every watch of the primary and of the remotes it lists; returns the feed of
 /// snapshots, the first one once the primary's namespaces are listed.
 pub async fn start(primary: Client, rule: SyncRule) -> Feed {

@@ -54,7 +54,6 @@ struct ServicesJson<'j, 'a> {
 #[serde(rename_all = "camelCase")]
 struct ClusterInfo {
     name: String,
-    server: String,
     /// `reachable`, `unreachable` or `unknown` (not asked yet), as seen from here now.
     reachability: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,7 +148,6 @@ impl Live {
                 };
                 ClusterInfo {
                     name,
-                    server: row.server,
                     reachability,
                     error,
                     reachable_condition: row.reachable,
@@ -520,6 +518,9 @@ mod tests {
         assert_eq!(json["services"]["total"], 0);
         assert_eq!(json["services"]["clusters"][0]["name"], PRIMARY);
         assert_eq!(json["clusters"].as_array().unwrap().len(), 3);
+        // The page does not show apiserver URLs: they are not sent.
+        assert_eq!(json["clusters"][0]["name"], "remote-1");
+        assert_eq!(json["clusters"][0].get("server"), None);
     }
 
     /// A remote whose namespace watch fails now (its token revoked under it) while the probe,

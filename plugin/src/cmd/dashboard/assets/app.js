@@ -4,6 +4,18 @@
 // the filter changes and with each new snapshot.
 'use strict';
 
+// This run's secret, which every request for data carries. It comes in the URL's fragment
+// (#token=...), which the browser never sends; it leaves the address bar at once (a screen
+// share, a copied link) and stays in this tab's session storage so that a reload still works.
+const token = (() => {
+  const given = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (given) {
+    sessionStorage.setItem('token', given);
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  return given || sessionStorage.getItem('token') || '';
+})();
+
 const MAX_SERVICE_ROWS = 500;
 let state = null;
 // The server's answer for the filter last asked for: {filter, page}.
@@ -96,7 +108,8 @@ async function fetchServices() {
     return;
   }
   try {
-    const response = await fetch(`/services.json?filter=${encodeURIComponent(filter)}&limit=${MAX_SERVICE_ROWS}`);
+    const query = `filter=${encodeURIComponent(filter)}&limit=${MAX_SERVICE_ROWS}&token=${encodeURIComponent(token)}`;
+    const response = await fetch(`/services.json?${query}`);
     if (!response.ok) return;
     const page = await response.json();
     // An answer to an older question is dropped.
@@ -151,18 +164,26 @@ function render() {
   document.getElementById('updated').textContent = `updated ${state.generatedAt}`;
 }
 
-function connection(name) {
+function connection(name, text) {
   const node = document.getElementById('connection');
   node.dataset.state = name;
-  node.textContent = name;
+  node.textContent = text || name;
 }
 
-const source = new EventSource('/events');
+// EventSource cannot send headers: the token goes in the query.
+const source = new EventSource(`/events?token=${encodeURIComponent(token)}`);
 source.addEventListener('state', (event) => {
   state = JSON.parse(event.data);
   render();
   connection('live');
   if (currentFilter()) fetchServices();
 });
-source.addEventListener('error', () => connection('reconnecting'));
+source.addEventListener('error', () => {
+  // A refusal (no token, a wrong one) closes the stream for good; a lost server is retried.
+  if (source.readyState === EventSource.CLOSED) {
+    connection('refused', 'refused: open the URL the dashboard printed, with its #token');
+  } else {
+    connection('reconnecting');
+  }
+});
 document.getElementById('filter').addEventListener('input', fetchServices);
