@@ -367,6 +367,7 @@ async fn remove_in_cluster_webhook(client: &Client, ctx: &Context) -> Result<()>
     for m in [
         Manifest::new(&render::service())?,
         Manifest::new(&render::deployment(&Options::default()))?,
+        Manifest::new(&render::pod_disruption_budget())?,
         Manifest::new(&render::network_policy())?,
     ] {
         if apply::delete(client, &m).await? == Deleted::Deleted {

@@ -242,6 +242,7 @@ mod tests {
                 "RoleBinding",
                 "Secret",
                 "Deployment",
+                "PodDisruptionBudget",
                 "Service",
                 "NetworkPolicy",
             ]

@@ -302,7 +302,8 @@ mod tests {
                 ],
                 "{rows:#?}"
             );
-            // Everything else is deleted, the client CA and leader Lease included.
+            // Everything else is deleted, the client CA, leader Lease and PodDisruptionBudget
+            // included.
             assert_eq!(
                 rows.iter().filter(|r| r.ends_with(" keep")).count(),
                 usize::from(keep)
@@ -310,6 +311,7 @@ mod tests {
             for object in [
                 "ConfigMap kubectl-mesh/mesh-webhook-client-ca delete",
                 "Lease kubectl-mesh/mesh-webhook delete",
+                "PodDisruptionBudget kubectl-mesh/mesh-webhook delete",
                 "Secret kubectl-mesh/mesh-webhook-tls delete",
             ] {
                 assert!(

@@ -31,6 +31,7 @@ use mesh_core::{MANAGER, MESH_NAMESPACE, cluster::MeshCluster};
 use serde::Serialize;
 
 mod client_ca;
+mod disruption;
 mod network_policy;
 mod serving_cert;
 mod webhook_configuration;
@@ -40,13 +41,14 @@ pub use client_ca::{
     CLIENT_CA_ENV, CLIENT_CA_FLAG, CLIENT_CA_KEY, ClientAuth, client_auth_args,
     client_auth_command_line, client_ca_config_map, shell_word,
 };
+pub use disruption::pod_disruption_budget;
 pub use network_policy::network_policy;
 pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};
 pub use webhook_configuration::{
     NAMESPACE_WRITES, cel_label_changed, match_conditions, mutating_webhook_configuration,
 };
 
-/// Name of the webhook's ServiceAccount, Deployment, Service and Role.
+/// Name of the webhook's ServiceAccount, Deployment, PodDisruptionBudget, Service and Role.
 pub const WEBHOOK: &str = "mesh-webhook";
 /// Secret holding the webhook's serving certificate, key and CA.
 pub const TLS_SECRET: &str = "mesh-webhook-tls";
@@ -472,7 +474,8 @@ fn https_probe(path: &str, period: i32) -> Probe {
 }
 
 /// The webhook Deployment: non-root, read-only root filesystem, no capabilities; the
-/// serving certificate mounted from [`TLS_SECRET`] (the webhook reloads it when it changes).
+/// serving certificate mounted from [`TLS_SECRET`] (the webhook reloads it when it changes);
+/// replicas spread over nodes, which [`pod_disruption_budget`] drains one at a time.
 pub fn deployment(options: &Options) -> Deployment {
     let mut pod_labels = labels(Some(WEBHOOK));
     pod_labels.extend(selector_labels());
@@ -556,6 +559,7 @@ pub fn deployment(options: &Options) -> Deployment {
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(WEBHOOK.to_owned()),
+                    affinity: Some(disruption::spread_over_nodes()),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         // The distroless "nonroot" user; a numeric id lets the kubelet check
@@ -628,6 +632,7 @@ pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
     }
     if options.webhook_url.is_none() {
         out.push(Manifest::new(&deployment(options))?);
+        out.push(Manifest::new(&pod_disruption_budget())?);
         out.push(Manifest::new(&service())?);
         out.push(Manifest::new(&network_policy())?);
     }
@@ -650,6 +655,7 @@ pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
         Manifest::new(&network_policy())?,
         Manifest::new(&service())?,
         Manifest::new(&deployment(&options))?,
+        Manifest::new(&pod_disruption_budget())?,
         Manifest::new(&role_binding())?,
         Manifest::new(&role())?,
         Manifest::new(&cluster_role_binding())?,
@@ -692,7 +698,10 @@ pub fn static_manifests() -> Result<Vec<(&'static str, Vec<Manifest>)>> {
         ),
         (
             "deployment.yaml",
-            vec![Manifest::new(&deployment(&options))?],
+            vec![
+                Manifest::new(&deployment(&options))?,
+                Manifest::new(&pod_disruption_budget())?,
+            ],
         ),
         ("service.yaml", vec![Manifest::new(&service())?]),
         (
@@ -952,6 +961,7 @@ mod tests {
                 "RoleBinding mesh-webhook",
                 "Secret mesh-webhook-tls",
                 "Deployment mesh-webhook",
+                "PodDisruptionBudget mesh-webhook",
                 "Service mesh-webhook",
                 "NetworkPolicy mesh-webhook",
                 "MutatingWebhookConfiguration kubectl-mesh",
@@ -967,10 +977,15 @@ mod tests {
         };
         let some = kinds(&render(&url_mode, &cert).unwrap());
         assert!(!some.iter().any(|k| k.starts_with("Deployment")
+            || k.starts_with("PodDisruptionBudget")
             || k.starts_with("Service ")
             || k.starts_with("NetworkPolicy")));
-        assert_eq!(some.len(), all.len() - 3);
+        assert_eq!(some.len(), all.len() - 4);
         let gone = kinds(&uninstall_order(true).unwrap());
+        assert!(
+            gone.iter().any(|k| k == "PodDisruptionBudget mesh-webhook"),
+            "{gone:#?}"
+        );
         assert_eq!(
             gone.first().unwrap(),
             "MutatingWebhookConfiguration kubectl-mesh"
@@ -1003,6 +1018,46 @@ mod tests {
         let s = serde_json::to_value(service()).unwrap();
         assert_eq!(s["spec"]["ports"][0]["port"], 443);
         assert_eq!(s["spec"]["ports"][0]["targetPort"], "https");
+    }
+
+    /// A drain of the node holding both replicas evicts one at a time, and the scheduler puts
+    /// them on different nodes where it can; with one replica a drain is not blocked.
+    #[test]
+    fn a_drain_leaves_a_webhook_replica_running() {
+        for replicas in [DEFAULT_REPLICAS, 1] {
+            let options = Options {
+                replicas,
+                ..Options::default()
+            };
+            let all = render(&options, &fixed_cert()).unwrap();
+            let object = |kind: &str| {
+                all.iter()
+                    .find(|m| m.resource.kind == kind)
+                    .map(|m| m.object.clone())
+                    .unwrap_or_else(|| panic!("no {kind} rendered"))
+            };
+            let d = object("Deployment");
+            let pdb = object("PodDisruptionBudget");
+            assert_eq!(pdb["apiVersion"], "policy/v1");
+            assert_eq!(pdb["metadata"]["namespace"], MESH_NAMESPACE);
+            assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+            assert!(pdb["spec"]["minAvailable"].is_null(), "{pdb}");
+            assert_eq!(pdb["spec"]["selector"], d["spec"]["selector"]);
+            let anti = &d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
+            assert!(
+                anti["requiredDuringSchedulingIgnoredDuringExecution"].is_null(),
+                "{anti}"
+            );
+            let term = &anti["preferredDuringSchedulingIgnoredDuringExecution"][0];
+            assert_eq!(
+                term["podAffinityTerm"]["topologyKey"],
+                "kubernetes.io/hostname"
+            );
+            assert_eq!(
+                term["podAffinityTerm"]["labelSelector"],
+                d["spec"]["selector"]
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
@@ -62,7 +63,8 @@ async fn mesh_objects_on_primary(env: &TestEnv) -> anyhow::Result<BTreeSet<Strin
         env,
         env.primary(),
         "namespaces,serviceaccounts,secrets,roles,rolebindings,clusterroles,clusterrolebindings,\
-         deployments,services,mutatingwebhookconfigurations,customresourcedefinitions",
+         deployments,poddisruptionbudgets,services,mutatingwebhookconfigurations,\
+         customresourcedefinitions",
         &format!("{}=kubectl-mesh", setup::MANAGED_BY_LABEL),
     )
     .await
@@ -164,6 +166,7 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
         .map_err(|out| anyhow::anyhow!("{}", describe(&out)))?;
     for row in [
         "MutatingWebhookConfiguration /kubectl-mesh delete",
+        "PodDisruptionBudget kubectl-mesh/mesh-webhook delete",
         "ClusterRole /kubectl-mesh:mesh-webhook delete",
         "Secret kubectl-mesh/cluster-remote-1 delete",
         "Namespace /kubectl-mesh delete",
@@ -433,6 +436,12 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
         policies.get_opt("mesh-webhook").await?.is_some(),
         "the in-cluster webhook's pods have a NetworkPolicy"
     );
+    let budgets =
+        Api::<PodDisruptionBudget>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
+    assert!(
+        budgets.get_opt("mesh-webhook").await?.is_some(),
+        "the in-cluster webhook's pods have a PodDisruptionBudget"
+    );
     let url = "https://127.0.0.1:9443/mutate";
     install(&env, &["--webhook-url", url, "--managed-labels", ZONE]).await?;
     let stderr = install(&env, &["--webhook-url", url]).await?;
@@ -456,6 +465,10 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
         policies.get_opt("mesh-webhook").await?.is_none(),
         "and the NetworkPolicy of its pods"
     );
+    assert!(
+        budgets.get_opt("mesh-webhook").await?.is_none(),
+        "and their PodDisruptionBudget"
+    );
     Ok(())
 }
 
@@ -478,6 +491,7 @@ fn install_rights_but(missing: &str, role_verbs: &[&str]) -> serde_json::Value {
         ("", "configmaps"),
         ("", "services"),
         ("apps", "deployments"),
+        ("policy", "poddisruptionbudgets"),
         ("networking.k8s.io", "networkpolicies"),
     ];
     let rules: Vec<_> = kinds
