@@ -240,6 +240,8 @@ mod tests {
                 "ServiceAccount",
                 "Role",
                 "RoleBinding",
+                "Role",
+                "RoleBinding",
                 "Secret",
                 "Deployment",
                 "PodDisruptionBudget",

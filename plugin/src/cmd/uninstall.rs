@@ -302,8 +302,8 @@ mod tests {
                 ],
                 "{rows:#?}"
             );
-            // Everything else is deleted, the client CA, leader Lease and PodDisruptionBudget
-            // included.
+            // Everything else is deleted, the client CA, leader Lease, PodDisruptionBudget and
+            // the Events Role in `default` included.
             assert_eq!(
                 rows.iter().filter(|r| r.ends_with(" keep")).count(),
                 usize::from(keep)
@@ -312,6 +312,8 @@ mod tests {
                 "ConfigMap kubectl-mesh/mesh-webhook-client-ca delete",
                 "Lease kubectl-mesh/mesh-webhook delete",
                 "PodDisruptionBudget kubectl-mesh/mesh-webhook delete",
+                "RoleBinding default/kubectl-mesh:mesh-webhook-events delete",
+                "Role default/kubectl-mesh:mesh-webhook-events delete",
                 "Secret kubectl-mesh/mesh-webhook-tls delete",
             ] {
                 assert!(

@@ -59,6 +59,12 @@ pub const WEBHOOK_ENTRY: &str = "namespaces.kubectl-mesh.io";
 /// ClusterRole and ClusterRoleBinding of the webhook (cluster-scoped names are prefixed to
 /// stay clear of other software's).
 pub const CLUSTER_ROLE: &str = "kubectl-mesh:mesh-webhook";
+/// Role and RoleBinding of the webhook in [`EVENTS_NAMESPACE`] (prefixed: that namespace is
+/// everyone's).
+pub const EVENTS_ROLE: &str = "kubectl-mesh:mesh-webhook-events";
+/// Where the webhook's Events land: kube's Recorder puts those about cluster-scoped objects
+/// (the Namespaces and MeshClusters, all the webhook's Events are about) in `default`.
+pub const EVENTS_NAMESPACE: &str = "default";
 /// Field manager of every server-side apply kubectl-mesh makes.
 pub const FIELD_MANAGER: &str = MANAGER;
 /// Port the webhook serves on, in its pod and when run locally.
@@ -327,8 +333,8 @@ pub(crate) fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Polic
 }
 
 /// What the webhook may do cluster-wide, and no more than its code does: read namespaces (it
-/// changes them only through its admission answers), read MeshClusters and patch their status,
-/// and record Events (those about namespaces land in `default`, so this is cluster-wide).
+/// changes them only through its admission answers), read MeshClusters and patch their status.
+/// Its Events are [`events_role`]'s.
 pub fn cluster_role() -> ClusterRole {
     ClusterRole {
         metadata: meta(CLUSTER_ROLE, None, Some(WEBHOOK)),
@@ -340,7 +346,6 @@ pub fn cluster_role() -> ClusterRole {
                 &["get", "list", "watch"],
             ),
             rule(&[mesh_core::GROUP], &["meshclusters/status"], &["patch"]),
-            rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
         ]),
         ..Default::default()
     }
@@ -396,6 +401,29 @@ pub fn role_binding() -> RoleBinding {
     RoleBinding {
         metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
         role_ref: role_ref("Role", WEBHOOK),
+        subjects: Some(vec![mesh_service_account(WEBHOOK)]),
+    }
+}
+
+/// The webhook's Events, in [`EVENTS_NAMESPACE`] only, of the API kube's Recorder writes:
+/// create, and patch for a repeat (it reads none). Not cluster-wide: a stolen token could
+/// otherwise forge Events in any namespace, kube-system's included.
+pub fn events_role() -> Role {
+    Role {
+        metadata: meta(EVENTS_ROLE, Some(EVENTS_NAMESPACE), Some(WEBHOOK)),
+        rules: Some(vec![rule(
+            &["events.k8s.io"],
+            &["events"],
+            &["create", "patch"],
+        )]),
+    }
+}
+
+/// Binds [`events_role`] to the webhook's ServiceAccount.
+pub fn events_role_binding() -> RoleBinding {
+    RoleBinding {
+        metadata: meta(EVENTS_ROLE, Some(EVENTS_NAMESPACE), Some(WEBHOOK)),
+        role_ref: role_ref("Role", EVENTS_ROLE),
         subjects: Some(vec![mesh_service_account(WEBHOOK)]),
     }
 }
@@ -625,6 +653,8 @@ pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
         Manifest::new(&cluster_role_binding())?,
         Manifest::new(&role())?,
         Manifest::new(&role_binding())?,
+        Manifest::new(&events_role())?,
+        Manifest::new(&events_role_binding())?,
         Manifest::new(&tls_secret(cert))?,
     ];
     if let Some(auth) = &options.client_auth {
@@ -656,6 +686,8 @@ pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
         Manifest::new(&service())?,
         Manifest::new(&deployment(&options))?,
         Manifest::new(&pod_disruption_budget())?,
+        Manifest::new(&events_role_binding())?,
+        Manifest::new(&events_role())?,
         Manifest::new(&role_binding())?,
         Manifest::new(&role())?,
         Manifest::new(&cluster_role_binding())?,
@@ -694,6 +726,8 @@ pub fn static_manifests() -> Result<Vec<(&'static str, Vec<Manifest>)>> {
                 Manifest::new(&cluster_role_binding())?,
                 Manifest::new(&role())?,
                 Manifest::new(&role_binding())?,
+                Manifest::new(&events_role())?,
+                Manifest::new(&events_role_binding())?,
             ],
         ),
         (
@@ -959,6 +993,8 @@ mod tests {
                 "ClusterRoleBinding kubectl-mesh:mesh-webhook",
                 "Role mesh-webhook",
                 "RoleBinding mesh-webhook",
+                "Role kubectl-mesh:mesh-webhook-events",
+                "RoleBinding kubectl-mesh:mesh-webhook-events",
                 "Secret mesh-webhook-tls",
                 "Deployment mesh-webhook",
                 "PodDisruptionBudget mesh-webhook",
@@ -1018,6 +1054,77 @@ mod tests {
         let s = serde_json::to_value(service()).unwrap();
         assert_eq!(s["spec"]["ports"][0]["port"], 443);
         assert_eq!(s["spec"]["ports"][0]["targetPort"], "https");
+    }
+
+    /// The webhook writes Events only through kube's Recorder (events.k8s.io create, patch
+    /// for a repeat), about Namespaces and MeshClusters, which are cluster-scoped: the Recorder
+    /// puts those in `default`, and nowhere else may it write any.
+    #[test]
+    fn the_webhook_writes_events_in_default_only() {
+        let all = render(&Options::default(), &fixed_cert()).unwrap();
+        let object = |kind: &str, namespace: Option<&str>| {
+            all.iter()
+                .find(|m| m.resource.kind == kind && m.namespace.as_deref() == namespace)
+                .map(|m| m.object.clone())
+                .unwrap_or_else(|| panic!("no {kind} in {namespace:?} rendered"))
+        };
+        let cluster_role = object("ClusterRole", None);
+        let events = |rule: &serde_json::Value| {
+            rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().starts_with("events"))
+        };
+        assert!(
+            !cluster_role["rules"].as_array().unwrap().iter().any(events),
+            "{cluster_role}"
+        );
+        let role = object("Role", Some("default"));
+        assert_eq!(
+            role["rules"],
+            serde_json::json!([{
+                "apiGroups": ["events.k8s.io"],
+                "resources": ["events"],
+                "verbs": ["create", "patch"],
+            }])
+        );
+        let binding = object("RoleBinding", Some("default"));
+        assert_eq!(
+            binding["roleRef"],
+            serde_json::json!({
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": role["metadata"]["name"],
+            })
+        );
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": WEBHOOK, "namespace": MESH_NAMESPACE}])
+        );
+        // A webhook run elsewhere writes the same Events.
+        let url_mode = Options {
+            webhook_url: Some(WebhookUrl::parse("https://127.0.0.1:9443").unwrap()),
+            ..Options::default()
+        };
+        let in_default = |manifests: &[Manifest]| {
+            manifests
+                .iter()
+                .filter(|m| m.namespace.as_deref() == Some("default"))
+                .map(Manifest::describe)
+                .collect::<Vec<_>>()
+        };
+        let rendered = in_default(&all);
+        assert_eq!(rendered.len(), 2, "{rendered:?}");
+        assert_eq!(
+            in_default(&render(&url_mode, &fixed_cert()).unwrap()),
+            rendered
+        );
+        let mut deleted = in_default(&uninstall_order(false).unwrap());
+        deleted.sort();
+        let mut installed = rendered.clone();
+        installed.sort();
+        assert_eq!(deleted, installed);
     }
 
     /// A drain of the node holding both replicas evicts one at a time, and the scheduler puts

@@ -8,23 +8,32 @@ use mesh_e2e::{kubectl, shared_mesh};
 use mesh_testenv::TestEnv;
 use mesh_testenv::mesh::WEBHOOK_ACCOUNT;
 
-/// What the webhook does on the primary, as `kubectl auth can-i --list` prints it:
-/// `resource [resource names] [verbs]`.
+/// What the webhook does on the primary in every namespace, as `kubectl auth can-i --list`
+/// prints it: `resource [resource names] [verbs]`.
 const EXPECTED: &[&str] = &[
     "namespaces [] [get list watch]",
     "meshclusters.kubectl-mesh.io [] [get list watch]",
     "meshclusters.kubectl-mesh.io/status [] [patch]",
-    "events [] [create patch]",
-    "events.events.k8s.io [] [create patch]",
-    // In the mesh namespace only: the stored kubeconfigs (update: renewed tokens) and the
-    // leader's Lease.
+];
+
+/// What it does in the mesh namespace only: the stored kubeconfigs (update: renewed tokens) and
+/// the leader's Lease.
+const EXPECTED_IN_MESH_NAMESPACE: &[&str] = &[
     "secrets [] [get list watch update]",
     "leases.coordination.k8s.io [] [get create update]",
 ];
 
-/// The resource rows of `kubectl auth can-i --list` in the mesh namespace for ServiceAccount
-/// `account` there, whitespace folded.
-async fn resource_rights(env: &TestEnv, account: &str) -> anyhow::Result<BTreeSet<String>> {
+/// What it does in `default` only: Events about Namespaces and MeshClusters, which kube's
+/// Recorder creates (and patches for a repeat) there, these being cluster-scoped.
+const EXPECTED_IN_DEFAULT: &[&str] = &["events.events.k8s.io [] [create patch]"];
+
+/// The resource rows of `kubectl auth can-i --list` in `namespace` for ServiceAccount
+/// `account` of the mesh namespace, whitespace folded.
+async fn resource_rights(
+    env: &TestEnv,
+    account: &str,
+    namespace: &str,
+) -> anyhow::Result<BTreeSet<String>> {
     let output = kubectl(
         env,
         env.primary(),
@@ -33,7 +42,7 @@ async fn resource_rights(env: &TestEnv, account: &str) -> anyhow::Result<BTreeSe
             "can-i",
             "--list",
             "--namespace",
-            mesh_core::MESH_NAMESPACE,
+            namespace,
             &format!(
                 "--as=system:serviceaccount:{}:{account}",
                 mesh_core::MESH_NAMESPACE
@@ -70,17 +79,27 @@ async fn the_webhook_may_do_what_its_code_does_and_no_more() -> anyhow::Result<(
         ],
     )
     .await?;
-    let baseline = resource_rights(env, "nobody").await?;
-
-    let granted: BTreeSet<String> = resource_rights(env, WEBHOOK_ACCOUNT)
-        .await?
-        .difference(&baseline)
-        .cloned()
-        .collect();
-    let expected: BTreeSet<String> = EXPECTED.iter().map(|s| (*s).to_owned()).collect();
-    assert_eq!(
-        granted, expected,
-        "granted beyond the baseline: {granted:#?}\nbaseline: {baseline:#?}"
-    );
+    // kube-system: a namespace where the webhook has nothing of its own (no Events either).
+    for (namespace, own) in [
+        (mesh_core::MESH_NAMESPACE, EXPECTED_IN_MESH_NAMESPACE),
+        ("default", EXPECTED_IN_DEFAULT),
+        ("kube-system", &[][..]),
+    ] {
+        let baseline = resource_rights(env, "nobody", namespace).await?;
+        let granted: BTreeSet<String> = resource_rights(env, WEBHOOK_ACCOUNT, namespace)
+            .await?
+            .difference(&baseline)
+            .cloned()
+            .collect();
+        let expected: BTreeSet<String> = EXPECTED
+            .iter()
+            .chain(own)
+            .map(|s| (*s).to_owned())
+            .collect();
+        assert_eq!(
+            granted, expected,
+            "granted in {namespace} beyond the baseline: {granted:#?}\nbaseline: {baseline:#?}"
+        );
+    }
     Ok(())
 }
