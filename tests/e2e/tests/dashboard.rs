@@ -4,7 +4,8 @@
 //! edited by hand shows as the webhook's correction Event, a frozen remote shows as
 //! unreachable and then reachable again, a remote whose credentials are rotated under the page
 //! is still read (with the new ones), a request for a foreign host is refused, and so is a
-//! request for data without the token of the URL the dashboard printed.
+//! request for data without the token of the URL the dashboard printed; a connection that
+//! asks nothing is closed.
 //! Screenshots go to the target directory.
 
 use std::path::PathBuf;
@@ -142,6 +143,17 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     assert!(refused.contains(" 403 "), "{refused}");
     let (served, _) = get(port, &own, "/").await?;
     assert!(served.contains(" 200 "), "{served}");
+    // A connection that asks nothing is closed (the header read timeout, 10 s), checked
+    // while the rest goes on.
+    let silent = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut sent = Vec::new();
+        // Closed or reset: either way it is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut sent))
+            .await
+            .context("a connection that asked nothing was still open after 15s")?;
+        anyhow::Ok(())
+    });
     // Another local user, who can find the port but not the token: no data.
     let wrong = "0".repeat(dashboard.token.len());
     for target in [
@@ -417,6 +429,7 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     )
     .await?;
 
+    silent.await??;
     // Through all of it the dashboard kept running.
     assert!(
         dashboard.process.try_wait()?.is_none(),

@@ -435,7 +435,9 @@ impl Feed {
     /// server's tests send it more through the sender.
     pub(super) fn of_empty_mesh() -> (Self, watch::Sender<Bytes>) {
         let mut live = Live::new(SyncRule::default());
-        let (tx, rx) = watch::channel(live.snapshot());
+        // Sent, as `start` sends it: a channel's first value counts as seen.
+        let (tx, rx) = watch::channel(Bytes::new());
+        tx.send_replace(live.snapshot());
         let shared = Arc::new(Shared {
             live: Mutex::new(live),
             dirty: Notify::new(),

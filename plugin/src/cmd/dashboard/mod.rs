@@ -63,7 +63,12 @@ impl Dashboard {
         // page moves it out of the address bar.
         let url = format!("http://127.0.0.1:{port}/#token={}", token.as_str());
         let feed = live::start(client, rule).await;
-        let serving = tokio::spawn(server::serve(listener, feed, token));
+        let serving = tokio::spawn(server::serve(
+            listener,
+            feed,
+            token,
+            server::Limits::default(),
+        ));
 
         output::print_stdout(&format!("{url}\n"))?;
         ctx.progress

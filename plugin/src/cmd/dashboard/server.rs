@@ -3,17 +3,27 @@
 //! make its own host name resolve to 127.0.0.1 (DNS rebinding) and read the answers as
 //! same-origin. Every request whose Host is not this server's loopback address is refused.
 //! Loopback does not keep other local users out either: every request for data must carry
-//! this run's [`Token`], which only the URL printed (and opened) holds.
+//! this run's [`Token`], which only the URL printed (and opened) holds. Any local user can
+//! still connect: connections, event streams and the time a client may take to ask or to
+//! read are bounded ([`Limits`]), so that sockets left open cannot take the file descriptors
+//! the plugin's own cluster connections need.
 
 use std::convert::Infallible;
+use std::future::Future as _;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::{live, snapshot};
 
@@ -76,37 +86,184 @@ pub fn random_hex(bytes: usize) -> Result<String, rustls::crypto::GetRandomFaile
 /// Rows one `/services.json` answer carries at most.
 pub const MAX_PAGE: usize = 1000;
 
+/// What one client may take of the server. A page uses one event stream and a few
+/// connections; a browser opens at most six per host.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub connections: usize,
+    /// `/events` streams open at once; one more is answered 503.
+    pub event_streams: usize,
+    /// How long a client may take to send a request's headers, and an idle connection may
+    /// stay open between requests.
+    pub header_read: Duration,
+    /// How long a client may leave what it was sent unread before it is dropped, and with it
+    /// the snapshots queued for it.
+    pub write_stall: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: 64,
+            event_streams: 16,
+            header_read: Duration::from_secs(10),
+            write_stall: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What every request is answered from.
+struct Site {
+    port: u16,
+    feed: live::Feed,
+    token: Token,
+    /// A permit per `/events` stream open.
+    event_streams: Arc<Semaphore>,
+}
+
 /// Serves until the task is dropped. `feed` holds the latest snapshot (empty until the
 /// first one) and answers for pages of services, to requests that carry `token`.
-pub async fn serve(listener: TcpListener, feed: live::Feed, token: Token) {
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+pub async fn serve(listener: TcpListener, feed: live::Feed, token: Token, limits: Limits) {
+    let site = Arc::new(Site {
+        port: listener.local_addr().map(|a| a.port()).unwrap_or_default(),
+        feed,
+        token,
+        event_streams: Arc::new(Semaphore::new(limits.event_streams)),
+    });
+    let connections = Arc::new(Semaphore::new(limits.connections));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors or the like: wait a little rather than spin.
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let (feed, token) = (feed.clone(), token.clone());
+        // Past the limit, closed at once: accepting goes on, so the backlog never fills.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let site = site.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let answer = handle(&req, port, &feed, &token);
+                let answer = handle(&req, &site);
                 async move { Ok::<_, Infallible>(answer) }
             });
-            // A client that goes away mid-answer is nothing to report.
+            // Without a timer hyper keeps no header read timeout at all. A client that goes
+            // away mid-answer, or is dropped, is nothing to report.
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read)
+                .serve_connection(
+                    TokioIo::new(WriteStall::new(stream, limits.write_stall)),
+                    service,
+                )
                 .await;
+            drop(permit);
         });
     }
 }
 
+/// A connection whose writes fail once the client has taken nothing for `limit`.
+struct WriteStall {
+    stream: TcpStream,
+    limit: Duration,
+    /// Set while a write waits for the client; cleared when one goes through.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteStall {
+    fn new(stream: TcpStream, limit: Duration) -> Self {
+        Self {
+            stream,
+            limit,
+            deadline: None,
+        }
+    }
+
+    /// `result` of a write, or an error if it has been waiting for longer than the limit.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if result.is_ready() {
+            self.deadline = None;
+            return result;
+        }
+        let limit = self.limit;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {limit:?}"),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for WriteStall {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteStall {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.timed(cx, result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.timed(cx, result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        this.timed(cx, result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// The answer to one request.
-fn handle(req: &Request<Incoming>, port: u16, feed: &live::Feed, token: &Token) -> Response<Body> {
+fn handle(req: &Request<Incoming>, site: &Site) -> Response<Body> {
+    let Site {
+        port,
+        feed,
+        token,
+        event_streams,
+    } = site;
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    if !allowed_host(host, port) {
+    if !allowed_host(host, *port) {
         return text(
             StatusCode::FORBIDDEN,
             "refused: this dashboard answers only requests for its own loopback address\n",
@@ -151,7 +308,13 @@ fn handle(req: &Request<Incoming>, port: u16, feed: &live::Feed, token: &Token) 
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "not read yet\n"),
             }
         }
-        "/events" => events(feed.snapshots()),
+        "/events" => match event_streams.clone().try_acquire_owned() {
+            Ok(permit) => events(feed.snapshots(), permit),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy: too many pages open; close one\n",
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -229,9 +392,10 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Server-sent events: the current snapshot, then each new one, as event `state`.
-fn events(snapshots: watch::Receiver<Bytes>) -> Response<Body> {
-    let stream = futures::stream::unfold(snapshots, |mut rx| async move {
+/// Server-sent events: the current snapshot, then each new one, as event `state`. `permit`
+/// is given back when the stream ends.
+fn events(snapshots: watch::Receiver<Bytes>, permit: OwnedSemaphorePermit) -> Response<Body> {
+    let stream = futures::stream::unfold((snapshots, permit), |(mut rx, permit)| async move {
         // The first snapshot, or the next one: mark what is sent as seen.
         let wait = rx.borrow().is_empty() || !rx.has_changed().unwrap_or(true);
         if wait && rx.changed().await.is_err() {
@@ -239,7 +403,7 @@ fn events(snapshots: watch::Receiver<Bytes>) -> Response<Body> {
         }
         // Already framed: every page shares the buffer.
         let frame = Frame::data(rx.borrow_and_update().clone());
-        Some((Ok::<_, Infallible>(frame), rx))
+        Some((Ok::<_, Infallible>(frame), (rx, permit)))
     });
     respond("text/event-stream", StreamBody::new(stream).boxed())
 }
@@ -286,7 +450,6 @@ fn secure(headers: &mut http::HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn only_its_own_loopback_host_is_allowed() {
@@ -323,14 +486,94 @@ mod tests {
         assert_eq!(percent_decode("%zz%41"), "%zzA");
     }
 
-    /// Serves an empty mesh on a free loopback port; its port and token.
-    async fn serving() -> (u16, Token, tokio::task::JoinHandle<()>) {
+    /// A server of an empty mesh on a free loopback port, stopped on drop.
+    struct Serving {
+        port: u16,
+        token: Token,
+        /// Sends the pages new snapshots.
+        snapshots: watch::Sender<Bytes>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    async fn serving(limits: Limits) -> Serving {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (feed, _) = live::Feed::of_empty_mesh();
+        let (feed, snapshots) = live::Feed::of_empty_mesh();
         let token = Token::generate().unwrap();
-        let server = tokio::spawn(serve(listener, feed, token.clone()));
-        (port, token, server)
+        let task = tokio::spawn(serve(listener, feed, token.clone(), limits));
+        Serving {
+            port,
+            token,
+            snapshots,
+            task,
+        }
+    }
+
+    async fn connect(port: u16) -> TcpStream {
+        TcpStream::connect(("127.0.0.1", port)).await.unwrap()
+    }
+
+    /// Writes a request for `target` on `stream`, kept alive.
+    async fn ask(stream: &mut TcpStream, port: u16, target: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        let request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+    }
+
+    /// Reads `stream` up to the end of `until`; what was read, or `None` if the server closed
+    /// it first or nothing came within 10 s.
+    async fn read_until(stream: &mut TcpStream, until: &str) -> Option<String> {
+        use tokio::io::AsyncReadExt as _;
+        let mut answer = Vec::new();
+        let read = async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+                let text = String::from_utf8_lossy(&answer);
+                if text.contains(until) {
+                    return Some(text.into_owned());
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Whether the server closes `stream` within `within`; what it sends meanwhile is read.
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 1 << 20];
+        let drained = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, drained).await.is_ok()
+    }
+
+    /// An `/events` stream, its first snapshot read.
+    async fn open_events(server: &Serving) -> TcpStream {
+        let mut stream = connect(server.port).await;
+        let target = format!("/events?token={}", server.token.as_str());
+        ask(&mut stream, server.port, &target).await;
+        let answer = read_until(&mut stream, "event: state\ndata: {").await;
+        let answer = answer.expect("an event stream");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        stream
     }
 
     /// What the server answers to `GET target` on `port`, naming its own host, up to the end
@@ -362,7 +605,8 @@ mod tests {
 
     #[tokio::test]
     async fn data_needs_the_token_and_the_page_does_not() {
-        let (port, token, server) = serving().await;
+        let server = serving(Limits::default()).await;
+        let (port, token) = (server.port, &server.token);
         let wrong = Token::generate().unwrap();
         for path in ["/state.json", "/services.json", "/events"] {
             for target in [
@@ -390,7 +634,152 @@ mod tests {
             let answer = get(port, asset, "\r\n\r\n").await;
             assert!(answer.starts_with("HTTP/1.1 200 "), "{asset}: {answer}");
         }
-        server.abort();
+    }
+
+    /// Short limits, real time: hyper's timer is tokio's, but paused time would also jump
+    /// over the sockets' own waits.
+    const QUICK: Limits = Limits {
+        connections: 64,
+        event_streams: 16,
+        header_read: Duration::from_millis(300),
+        write_stall: Duration::from_millis(300),
+    };
+
+    #[tokio::test]
+    async fn a_client_that_does_not_ask_is_dropped() {
+        assert!(Limits::default().header_read <= Duration::from_secs(10));
+        let server = serving(QUICK).await;
+        let mut silent = connect(server.port).await;
+        assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+        // Half a request, then nothing.
+        let mut slow = connect(server.port).await;
+        tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET / HTTP/1.1\r\nHost: ")
+            .await
+            .unwrap();
+        assert!(closed_within(&mut slow, Duration::from_secs(5)).await);
+        // Answered, then idle: kept alive no longer than a request may take to come.
+        let mut idle = connect(server.port).await;
+        ask(&mut idle, server.port, "/style.css").await;
+        let answer = read_until(&mut idle, "}").await.expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(closed_within(&mut idle, Duration::from_secs(5)).await);
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_at_once() {
+        let limits = Limits {
+            connections: 3,
+            ..Limits::default()
+        };
+        assert!(Limits::default().connections <= 64);
+        let server = serving(limits).await;
+        let mut open = Vec::new();
+        for _ in 0..limits.connections {
+            open.push(connect(server.port).await);
+        }
+        let mut extra = connect(server.port).await;
+        assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
+        // Those within the limit are served.
+        for stream in &mut open {
+            ask(stream, server.port, "/style.css").await;
+            let answer = read_until(stream, "}").await.expect("an answer");
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        }
+        // One closed, another is served in its place.
+        drop(open.pop());
+        let served = async {
+            loop {
+                let mut stream = connect(server.port).await;
+                ask(&mut stream, server.port, "/style.css").await;
+                if read_until(&mut stream, "}").await.is_some() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("a connection served once another closed");
+    }
+
+    #[tokio::test]
+    async fn event_streams_past_the_limit_are_refused() {
+        let limits = Limits {
+            event_streams: 2,
+            ..Limits::default()
+        };
+        assert!(Limits::default().event_streams <= 16);
+        let server = serving(limits).await;
+        let mut open = Vec::new();
+        for _ in 0..limits.event_streams {
+            open.push(open_events(&server).await);
+        }
+        let target = format!("/events?token={}", server.token.as_str());
+        let refused = get(server.port, &target, "\r\n\r\n").await;
+        assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+        // The page and the other data are still served.
+        let state = format!("/state.json?token={}", server.token.as_str());
+        assert!(
+            get(server.port, &state, "}")
+                .await
+                .starts_with("HTTP/1.1 200 ")
+        );
+        // A page closed, another may open its stream.
+        drop(open.pop());
+        let reopened = async {
+            loop {
+                let answer = get(server.port, &target, "\r\n\r\n").await;
+                if answer.starts_with("HTTP/1.1 200 ") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), reopened)
+            .await
+            .expect("an event stream once another closed");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_is_dropped() {
+        assert!(Limits::default().write_stall <= Duration::from_secs(30));
+        let limits = Limits {
+            event_streams: 2,
+            ..QUICK
+        };
+        let server = serving(limits).await;
+        let mut stalled = open_events(&server).await;
+        let mut reading = open_events(&server).await;
+        // More than the sockets' buffers hold.
+        let big = 32 << 20;
+        let mut snapshot = b"event: state\ndata: ".to_vec();
+        snapshot.resize(big, b'x');
+        snapshot.extend_from_slice(b"\n\nend");
+        server.snapshots.send(Bytes::from(snapshot)).unwrap();
+        // A page that reads gets it whole, however long that takes it.
+        let whole = async {
+            use tokio::io::AsyncReadExt as _;
+            let (mut buf, mut got) = (vec![0u8; 1 << 20], Vec::new());
+            // Chunked: the chunk's CRLF follows.
+            while !got.ends_with(b"\n\nend\r\n") {
+                let n = reading.read(&mut buf).await.unwrap();
+                assert_ne!(n, 0, "closed after {} bytes", got.len());
+                got.extend_from_slice(&buf[..n]);
+            }
+            got.len()
+        };
+        let got = tokio::time::timeout(Duration::from_secs(20), whole).await;
+        assert!(got.as_ref().is_ok_and(|&got| got > big), "{got:?}");
+        // The other, left unread for longer than the limit, is dropped (reading it sooner
+        // would be reading it).
+        tokio::time::sleep(limits.write_stall * 5).await;
+        assert!(closed_within(&mut stalled, Duration::from_secs(5)).await);
+        // And the stream it held is given back.
+        server
+            .snapshots
+            .send(Bytes::from_static(b"event: state\ndata: {}\n\n"))
+            .unwrap();
+        let _another = open_events(&server).await;
     }
 
     #[test]

@@ -178,12 +178,18 @@ source.addEventListener('state', (event) => {
   connection('live');
   if (currentFilter()) fetchServices();
 });
-source.addEventListener('error', () => {
-  // A refusal (no token, a wrong one) closes the stream for good; a lost server is retried.
-  if (source.readyState === EventSource.CLOSED) {
+source.addEventListener('error', async () => {
+  // A lost server is retried; an answer other than a stream (403: no token or a wrong one;
+  // 503: too many pages open) closes it for good, and says nothing of why: asked again.
+  if (source.readyState !== EventSource.CLOSED) {
+    connection('reconnecting');
+    return;
+  }
+  const response = await fetch(`/state.json?token=${encodeURIComponent(token)}`).catch(() => null);
+  if (response && response.status === 403) {
     connection('refused', 'refused: open the URL the dashboard printed, with its #token');
   } else {
-    connection('reconnecting');
+    connection('refused', 'closed: too many pages open? close one, then reload');
   }
 });
 document.getElementById('filter').addEventListener('input', fetchServices);
