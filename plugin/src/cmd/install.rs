@@ -175,6 +175,12 @@ impl Install {
             );
         }
         let manifests = render::render(&options, &cert)?;
+        // Before anything is applied: a DIR that cannot take the files refuses with nothing
+        // changed, rather than once the cluster holds a CA the external webhook's files lack.
+        let staged = webhook_cert_dir
+            .as_deref()
+            .map(|dir| StagedCertDir::write(dir, &cert))
+            .transpose()?;
         // Nothing is written unless a dry run of each object is accepted (approach (a): a dry
         // run cannot see what it did not store, so an absent namespace, or role a binding needs,
         // is created for real first and deleted again on a refusal; see install_check).
@@ -186,6 +192,16 @@ impl Install {
                 apply::wait_crd_established(&client, &m.name, timeout).await?;
             }
         }
+        if let Some(staged) = staged {
+            let dir = staged.commit()?;
+            progress.ok(format!(
+                "wrote {}, {} and {} to {}",
+                render::TLS_CRT,
+                render::TLS_KEY,
+                render::CA_CRT,
+                dir.display()
+            ));
+        }
 
         if options.client_auth.is_none() {
             remove_client_ca(&client, ctx).await?;
@@ -195,16 +211,6 @@ impl Install {
         } else if wait {
             wait_available(&client, timeout).await?;
             progress.ok(format!("Deployment {} available", render::WEBHOOK));
-        }
-        if let Some(dir) = webhook_cert_dir {
-            write_cert_dir(&dir, &cert)?;
-            progress.ok(format!(
-                "wrote {}, {} and {} to {}",
-                render::TLS_CRT,
-                render::TLS_KEY,
-                render::CA_CRT,
-                dir.display()
-            ));
         }
         progress.info("next: `kubectl mesh attach <remote-kubeconfig>` joins a remote cluster");
         Ok(())
@@ -543,43 +549,88 @@ fn waited_for_rollout(waited: Result<()>, last: Rollout, hint: &str) -> Result<(
     }
 }
 
-/// Writes the certificate, key and CA where a webhook run outside the cluster reads them.
-/// The key is readable by its owner only.
-pub fn write_cert_dir(dir: &Path, cert: &ServingCert) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+/// The certificate, key and CA for a webhook run outside the cluster, written to temporary
+/// names in `--webhook-cert-dir` and moved into place by [`StagedCertDir::commit`]; dropped
+/// before that, the temporary files are removed.
+#[derive(Debug)]
+struct StagedCertDir {
+    dir: PathBuf,
+    /// Temporary file and the name it is moved to, for those not moved yet.
+    files: Vec<(PathBuf, PathBuf)>,
+}
 
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-        what: format!("cannot create {}", dir.display()),
-        source,
-    })?;
-    for (name, text, mode) in [
-        (render::TLS_CRT, &cert.cert_pem, 0o644),
-        (render::TLS_KEY, &cert.key_pem, 0o600),
-        (render::CA_CRT, &cert.ca_pem, 0o644),
-    ] {
-        let path = dir.join(name);
-        // Write a sibling and rename, so a webhook watching the directory never reads half a
-        // file, and a key file that already exists with looser rights is replaced, not reused.
-        // The sibling is made anew (a leftover removed first, never followed if a link): the
-        // mode applies only to a file this call creates.
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let result = remove_if_there(&tmp)
-            .and_then(|()| {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .open(&tmp)
-            })
-            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        result.map_err(|source| Error::Io {
-            what: format!("cannot write {}", path.display()),
-            source,
-        })?;
+impl StagedCertDir {
+    /// Creates `dir` if missing and writes `cert` there under temporary names; the key is
+    /// readable by its owner only. Refused in one line, nothing having been installed, when
+    /// `dir` cannot take the files.
+    fn write(dir: &Path, cert: &ServingCert) -> Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let refused = |action: String, source: std::io::Error| Error::Refused {
+            what: format!(
+                "--webhook-cert-dir {}: {action}: {source}; nothing was installed",
+                dir.display()
+            ),
+            hint: "pass a directory you can write (it is created if missing)".into(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| refused("cannot create it".into(), e))?;
+        let mut staged = Self {
+            dir: dir.to_owned(),
+            files: Vec::new(),
+        };
+        for (name, text, mode) in [
+            (render::TLS_CRT, &cert.cert_pem, 0o644),
+            (render::TLS_KEY, &cert.key_pem, 0o600),
+            (render::CA_CRT, &cert.ca_pem, 0o644),
+        ] {
+            let path = dir.join(name);
+            // The rename of commit cannot replace a directory: refused now, not once applied.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                let source = std::io::Error::from(std::io::ErrorKind::IsADirectory);
+                return Err(refused(format!("cannot write {name}"), source));
+            }
+            // Written as a sibling and renamed, so a webhook watching the directory never reads
+            // half a file, and a key file that already exists with looser rights is replaced,
+            // not reused. The sibling is made anew (a leftover removed first, never followed if
+            // a link): the mode applies only to a file this call creates.
+            let tmp = dir.join(format!(".{name}.tmp"));
+            remove_if_there(&tmp)
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(mode)
+                        .open(&tmp)
+                })
+                .and_then(|mut f| {
+                    staged.files.push((tmp.clone(), path));
+                    f.write_all(text.as_bytes()).and_then(|()| f.sync_all())
+                })
+                .map_err(|e| refused(format!("cannot write {name}"), e))?;
+        }
+        Ok(staged)
     }
-    Ok(())
+
+    /// Moves the files into place; the directory they are in.
+    fn commit(mut self) -> Result<PathBuf> {
+        while let Some((tmp, path)) = self.files.first() {
+            std::fs::rename(tmp, path).map_err(|source| Error::Io {
+                what: format!("installed, but cannot write {}", path.display()),
+                source,
+            })?;
+            self.files.remove(0);
+        }
+        Ok(self.dir.clone())
+    }
+}
+
+impl Drop for StagedCertDir {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.files {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 /// Removes `path` (a link itself, not what it points to) if it is there.
@@ -741,21 +792,26 @@ mod tests {
         );
     }
 
+    /// What install does with `--webhook-cert-dir` once everything is applied.
+    fn write_cert_dir(dir: &Path, cert: &ServingCert) {
+        StagedCertDir::write(dir, cert).unwrap().commit().unwrap();
+    }
+
     #[test]
     fn cert_dir_files_and_modes() {
         let dir = std::env::temp_dir().join(format!("kubectl-mesh-certdir-{}", std::process::id()));
         let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
-        write_cert_dir(&dir, &cert).unwrap();
+        write_cert_dir(&dir, &cert);
         // Twice: a re-run replaces the files.
-        write_cert_dir(&dir, &cert).unwrap();
+        write_cert_dir(&dir, &cert);
         // A leftover sibling readable by all, and one that links elsewhere: neither is used.
         let tmp = dir.join(format!(".{}.tmp", render::TLS_KEY));
         std::fs::write(&tmp, "old").unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
-        write_cert_dir(&dir, &cert).unwrap();
+        write_cert_dir(&dir, &cert);
         let elsewhere = dir.join("elsewhere");
         std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
-        write_cert_dir(&dir, &cert).unwrap();
+        write_cert_dir(&dir, &cert);
         assert!(!elsewhere.exists(), "the key was written through a link");
         let key = dir.join(render::TLS_KEY);
         assert_eq!(std::fs::read_to_string(&key).unwrap(), cert.key_pem);
@@ -768,6 +824,54 @@ mod tests {
             cert.ca_pem
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The files are in place only once committed; a DIR that cannot take them is refused in
+    /// one line before anything is applied, and what was staged goes when install fails.
+    #[test]
+    fn cert_dir_is_written_before_and_moved_in_after_the_applies() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("certs");
+        let names = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let old = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        write_cert_dir(&dir, &old);
+        let new = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        let staged = StagedCertDir::write(&dir, &new).unwrap();
+        let ca = dir.join(render::CA_CRT);
+        assert_eq!(std::fs::read_to_string(&ca).unwrap(), old.ca_pem);
+        // An apply failed: the old files stay, as they were.
+        drop(staged);
+        assert_eq!(names(&dir), ["ca.crt", "tls.crt", "tls.key"]);
+        assert_eq!(std::fs::read_to_string(&ca).unwrap(), old.ca_pem);
+        StagedCertDir::write(&dir, &new).unwrap().commit().unwrap();
+        assert_eq!(names(&dir), ["ca.crt", "tls.crt", "tls.key"]);
+        assert_eq!(std::fs::read_to_string(&ca).unwrap(), new.ca_pem);
+
+        let file = root.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let line = StagedCertDir::write(&file, &new).unwrap_err().line();
+        assert!(
+            line.starts_with(&format!(
+                "--webhook-cert-dir {}: cannot create it: ",
+                file.display()
+            )) && line.contains("; nothing was installed; pass a directory you can write"),
+            "{line}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "");
+        // A name taken by a directory, which a rename cannot replace.
+        std::fs::remove_file(dir.join(render::TLS_KEY)).unwrap();
+        std::fs::create_dir(dir.join(render::TLS_KEY)).unwrap();
+        let line = StagedCertDir::write(&dir, &old).unwrap_err().line();
+        assert!(line.contains(": cannot write tls.key: "), "{line}");
+        assert_eq!(names(&dir), ["ca.crt", "tls.crt", "tls.key"]);
+        assert_eq!(std::fs::read_to_string(&ca).unwrap(), new.ca_pem);
     }
 
     fn parse(args: &[&str]) -> Install {

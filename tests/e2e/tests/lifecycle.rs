@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, Namespace};
+use k8s_openapi::api::core::v1::{Container, Namespace, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -469,6 +469,70 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
         budgets.get_opt("mesh-webhook").await?.is_none(),
         "and their PodDisruptionBudget"
     );
+    Ok(())
+}
+
+/// The serving certificate an installation holds: the webhook configuration's caBundle (PEM) and
+/// the data of the Secret with the certificate and key.
+async fn installed_certificate(env: &TestEnv) -> anyhow::Result<(String, serde_json::Value)> {
+    let (_, webhook) = installed_webhook(env).await?;
+    let secret = Api::<Secret>::namespaced(env.primary().client().await?, MESH_NAMESPACE)
+        .get(kubectl_mesh::render::TLS_SECRET)
+        .await?;
+    Ok((
+        text(&webhook.client_config.ca_bundle.unwrap_or_default().0),
+        serde_json::to_value(secret.data)?,
+    ))
+}
+
+#[tokio::test]
+async fn a_cert_dir_that_cannot_be_written_refuses_before_anything_is_applied() -> anyhow::Result<()>
+{
+    let _serial = serial().await;
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
+    let url = "https://127.0.0.1:9443";
+    install(&env, &["--webhook-url", url]).await?;
+    let before = installed_certificate(&env).await?;
+
+    // A regular file where the directory should be, and a new certificate (--rotate-certs),
+    // which the cluster and the external webhook's files must get together or not at all.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "")?;
+    let file = file.to_string_lossy();
+    let rotate = ["--webhook-url", url, "--rotate-certs", "--webhook-cert-dir"];
+    let out = mesh_command(&env, &[&["install"], &rotate[..], &[&*file]].concat()).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        installed_certificate(&env).await? == before,
+        "the installed certificate changed: {}",
+        describe(&out)
+    );
+    let stderr = text(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert!(
+        matches!(errors[..], [line] if line.contains(&*file) && line.contains("nothing was installed")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" applied"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&*file)?, "", "the file was written");
+
+    // A directory it can write: the new certificate lands there and in the cluster alike,
+    // nothing else left in it.
+    let certs = dir.path().join("certs");
+    let certs_arg = certs.to_string_lossy();
+    install(&env, &[&rotate[..], &[&*certs_arg]].concat()).await?;
+    let (ca_bundle, _) = installed_certificate(&env).await?;
+    assert_ne!(ca_bundle, before.0, "no new certificate");
+    assert_eq!(ca_bundle, std::fs::read_to_string(certs.join("ca.crt"))?);
+    let mut files = std::fs::read_dir(&certs)?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    files.sort();
+    assert_eq!(files, ["ca.crt", "tls.crt", "tls.key"]);
     Ok(())
 }
 
