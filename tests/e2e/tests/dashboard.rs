@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mesh_e2e::browser::Browser;
-use mesh_e2e::mesh_testenv::mesh::Mesh;
 use mesh_e2e::{create_everywhere, describe, kubectl_apply, label_on_primary, shared_mesh};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdout};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// How long a change may take to show on the page: the webhook's push, the watch, the
 /// snapshot's settle time and the page's rendering, on a busy machine.
@@ -32,46 +30,6 @@ const WATCHES_MADE_AGAIN_WITHIN: Duration = Duration::from_secs(60);
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
-}
-
-/// A running `kubectl mesh dashboard --no-browser`, killed on drop.
-struct Dashboard {
-    process: Child,
-    /// `http://127.0.0.1:<port>/#token=<token>`, as it printed it.
-    url: String,
-    port: u16,
-    token: String,
-    /// Held open: the dashboard may print more, and must not fail writing it.
-    _stdout: Lines<BufReader<ChildStdout>>,
-}
-
-/// Starts the dashboard and reads the URL it prints first (within 60 s). Not
-/// `Mesh::dashboard`: that one reads a URL without a token.
-async fn start_dashboard(mesh: &Mesh) -> anyhow::Result<Dashboard> {
-    let mut cmd = tokio::process::Command::from(mesh.plugin());
-    cmd.args(["dashboard", "--no-browser"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
-    let mut process = cmd.spawn().context("starting kubectl mesh dashboard")?;
-    let mut stdout = BufReader::new(process.stdout.take().context("stdout")?).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
-        .await
-        .context("the dashboard printed no URL within 60s")??
-        .context("the dashboard exited before printing its URL")?;
-    let (port, token) = url
-        .strip_prefix("http://127.0.0.1:")
-        .and_then(|rest| rest.split_once("/#token="))
-        .with_context(|| format!("not a loopback URL with a token: {url}"))?;
-    let port = port.parse().with_context(|| format!("no port in {url}"))?;
-    let token = token.to_owned();
-    Ok(Dashboard {
-        process,
-        url,
-        port,
-        token,
-        _stdout: stdout,
-    })
 }
 
 /// The answer to a raw HTTP/1.1 request for `target` with this Host header: its status line
@@ -134,7 +92,7 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     anyhow::ensure!(out.status.success(), "attach: {}", describe(&out));
     let ns = create_everywhere(env, "dash").await?;
 
-    let mut dashboard = start_dashboard(mesh).await?;
+    let mut dashboard = mesh.dashboard(Stdio::inherit()).await?;
     let (url, port) = (dashboard.url.clone(), dashboard.port);
 
     // DNS rebinding: a request naming another host is refused; its own address is served.

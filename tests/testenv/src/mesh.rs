@@ -90,9 +90,11 @@ pub struct Replica {
 /// A running `kubectl mesh dashboard`, killed on drop.
 pub struct Dashboard {
     pub process: tokio::process::Child,
-    /// `http://127.0.0.1:<port>/`, as it printed it.
+    /// `http://127.0.0.1:<port>/#token=<token>`, as it printed it.
     pub url: String,
     pub port: u16,
+    /// The run's secret, which its data endpoints ask for (`?token=`).
+    pub token: String,
     /// Held open: the dashboard may print more, and must not fail writing it.
     _stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
@@ -184,14 +186,17 @@ impl Mesh {
             .await
             .context("the dashboard printed no URL within 60s")??
             .context("the dashboard exited before printing its URL")?;
-        let port = url
+        let (port, token) = url
             .strip_prefix("http://127.0.0.1:")
-            .and_then(|rest| rest.trim_end_matches('/').parse().ok())
-            .with_context(|| format!("not a loopback URL: {url}"))?;
+            .and_then(|rest| rest.split_once("/#token="))
+            .with_context(|| format!("not a loopback URL with a token: {url}"))?;
+        let port = port.parse().with_context(|| format!("no port in {url}"))?;
+        let token = token.to_owned();
         Ok(Dashboard {
             process,
             url,
             port,
+            token,
             _stdout: stdout,
         })
     }

@@ -139,15 +139,16 @@ pub async fn run(
 
     // The dashboard: peak memory once its state holds everything, a page connected.
     let dashboard = bed.mesh.dashboard(Stdio::null()).await?;
-    let (pid, port) = (
+    let (pid, port, token) = (
         dashboard.process.id().context("dashboard pid")?,
         dashboard.port,
+        dashboard.token.clone(),
     );
     let dashboard_started = Instant::now();
-    let page = tokio::spawn(read_events(port));
+    let page = tokio::spawn(read_events(port, token.clone()));
     let deadline = Instant::now() + Duration::from_secs(300);
     let complete = loop {
-        if holds_every_service(port, total, bed.env.clusters().len())
+        if holds_every_service(port, &token, total, bed.env.clusters().len())
             .await
             .unwrap_or(false)
         {
@@ -278,12 +279,18 @@ async fn quiet(mut cmd: tokio::process::Command) -> anyhow::Result<Vec<u8>> {
 /// Whether the dashboard holds every service of every cluster (`clusters` read, at least
 /// `total` rows, each of the bench's services with its two ready endpoints on every cluster),
 /// read a page at a time as the page reads them.
-async fn holds_every_service(port: u16, total: usize, clusters: usize) -> anyhow::Result<bool> {
+async fn holds_every_service(
+    port: u16,
+    token: &str,
+    total: usize,
+    clusters: usize,
+) -> anyhow::Result<bool> {
     // As many as the page asks for at once.
     const PAGE: usize = 500;
     let mut rows = 0;
     loop {
-        let body = get(port, &format!("/services.json?offset={rows}&limit={PAGE}")).await?;
+        let path = format!("/services.json?offset={rows}&limit={PAGE}&token={token}");
+        let body = get(port, &path).await?;
         let page: serde_json::Value = serde_json::from_str(&body)?;
         let read = clusters_read(&page);
         let services = page["services"].as_array().context("no services")?;
@@ -339,11 +346,10 @@ async fn get(port: u16, path: &str) -> anyhow::Result<String> {
 }
 
 /// A page's event stream, read and dropped until it ends.
-async fn read_events(port: u16) -> anyhow::Result<()> {
+async fn read_events(port: u16, token: String) -> anyhow::Result<()> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(format!("GET /events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
-        .await?;
+    let request = format!("GET /events?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
     let mut buf = vec![0; 64 * 1024];
     while stream.read(&mut buf).await? > 0 {}
     Ok(())
