@@ -509,10 +509,7 @@ async fn a_cert_dir_that_cannot_be_written_refuses_before_anything_is_applied() 
         describe(&out)
     );
     let stderr = text(&out.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
+    let errors = error_lines(&stderr);
     assert!(
         matches!(errors[..], [line] if line.contains(&*file) && line.contains("nothing was installed")),
         "{stderr}"
@@ -593,10 +590,7 @@ async fn install_refused_for_want_of_rights_leaves_nothing_behind() -> anyhow::R
         let out = mesh_as(&limited, &["install"]).await?;
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
         let stderr = text(&out.stderr);
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("error: "))
-            .collect();
+        let errors = error_lines(&stderr);
         assert!(
             matches!(errors[..], [line] if line.starts_with(&format!("error: cannot apply {refused}: "))
                 && line.contains("run install as a cluster admin")),
@@ -810,4 +804,12 @@ async fn an_unreachable_remote_is_retried_with_growing_capped_delays_until_it_re
         intervals[0]
     );
     Ok(())
+}
+
+/// The `error: ` lines of a command's stderr.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect()
 }
