@@ -645,18 +645,9 @@ pub fn service() -> Service {
 /// then RBAC and the certificate the pods need, the webhook itself, and the webhook
 /// configuration last so that the apiserver calls a webhook that exists.
 pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
-    let mut out = vec![
-        Manifest::new(&crd())?,
-        Manifest::new(&namespace())?,
-        Manifest::new(&service_account())?,
-        Manifest::new(&cluster_role())?,
-        Manifest::new(&cluster_role_binding())?,
-        Manifest::new(&role())?,
-        Manifest::new(&role_binding())?,
-        Manifest::new(&events_role())?,
-        Manifest::new(&events_role_binding())?,
-        Manifest::new(&tls_secret(cert))?,
-    ];
+    let mut out = vec![Manifest::new(&crd())?, Manifest::new(&namespace())?];
+    out.extend(rbac()?);
+    out.push(Manifest::new(&tls_secret(cert))?);
     if let Some(auth) = &options.client_auth {
         out.push(Manifest::new(&client_ca_config_map(&auth.ca_pem))?);
     }
@@ -673,6 +664,20 @@ pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
     Ok(out)
 }
 
+/// The webhook's identity and rights, in the order install applies them: what is bound before
+/// its binding.
+fn rbac() -> Result<Vec<Manifest>> {
+    Ok(vec![
+        Manifest::new(&service_account())?,
+        Manifest::new(&cluster_role())?,
+        Manifest::new(&cluster_role_binding())?,
+        Manifest::new(&role())?,
+        Manifest::new(&role_binding())?,
+        Manifest::new(&events_role())?,
+        Manifest::new(&events_role_binding())?,
+    ])
+}
+
 /// Everything `uninstall` deletes by name, in the order it deletes them: the webhook
 /// configuration first so that the apiserver stops calling, the client CA and the leader
 /// Lease the webhook wrote, the namespace (and with it anything left in it) near the end,
@@ -686,13 +691,10 @@ pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
         Manifest::new(&service())?,
         Manifest::new(&deployment(&options))?,
         Manifest::new(&pod_disruption_budget())?,
-        Manifest::new(&events_role_binding())?,
-        Manifest::new(&events_role())?,
-        Manifest::new(&role_binding())?,
-        Manifest::new(&role())?,
-        Manifest::new(&cluster_role_binding())?,
-        Manifest::new(&cluster_role())?,
-        Manifest::new(&service_account())?,
+    ];
+    // Bindings before what they bind.
+    out.extend(rbac()?.into_iter().rev());
+    out.extend([
         Manifest::new(&Secret {
             metadata: meta(TLS_SECRET, Some(MESH_NAMESPACE), Some(WEBHOOK)),
             ..Default::default()
@@ -704,7 +706,7 @@ pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
             ..Default::default()
         })?,
         Manifest::new(&namespace())?,
-    ];
+    ]);
     if with_crd {
         out.push(Manifest::new(&crd())?);
     }
@@ -718,18 +720,7 @@ pub fn static_manifests() -> Result<Vec<(&'static str, Vec<Manifest>)>> {
     Ok(vec![
         ("crd.yaml", vec![Manifest::new(&crd())?]),
         ("namespace.yaml", vec![Manifest::new(&namespace())?]),
-        (
-            "rbac.yaml",
-            vec![
-                Manifest::new(&service_account())?,
-                Manifest::new(&cluster_role())?,
-                Manifest::new(&cluster_role_binding())?,
-                Manifest::new(&role())?,
-                Manifest::new(&role_binding())?,
-                Manifest::new(&events_role())?,
-                Manifest::new(&events_role_binding())?,
-            ],
-        ),
+        ("rbac.yaml", rbac()?),
         (
             "deployment.yaml",
             vec![
