@@ -405,23 +405,12 @@ pub(crate) mod fixtures {
     //! `MeshCluster`s for the table tests (namespaces: [`mesh_core::fixtures`]).
 
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use mesh_core::cluster::{MeshCluster, MeshClusterSpec, MeshClusterStatus};
+    use mesh_core::cluster::{MeshCluster, MeshClusterStatus};
 
-    /// A cluster attached at `created`, without status.
+    /// A cluster of `server` attached at `created`, without status.
     pub(crate) fn cluster(name: &str, server: &str, created: &str) -> MeshCluster {
-        let mut c = MeshCluster::new(
-            name,
-            MeshClusterSpec {
-                cluster_id: format!("{name}-0b6e-4b8e-9d52-uid"),
-                server: server.to_owned(),
-                ca_fingerprint: None,
-                tls_server_name: None,
-                secret_name: format!("cluster-{name}"),
-                primary_name: None,
-                remote_guard: Default::default(),
-                scope: Default::default(),
-            },
-        );
+        let mut c = mesh_core::fixtures::mesh_cluster(name, &format!("{name}-0b6e-4b8e-9d52-uid"));
+        c.spec.server = server.to_owned();
         c.metadata.creation_timestamp = created.parse().ok().map(Time);
         c
     }
