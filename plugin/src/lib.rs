@@ -183,6 +183,22 @@ impl Context {
         request_timeout::client(kc, context, target, self.request_timeout).await
     }
 
+    /// A client of the primary for watches that run as long as the command: a connection that
+    /// stays silent past [`mesh_core::remote::WATCH_READ_TIMEOUT`] fails, so that a frozen
+    /// apiserver or a connection dropped on the way shows instead of a picture that stopped.
+    pub async fn primary_watch_client(&self) -> Result<kube::Client> {
+        let (kc, context, target) = self.primary_target()?;
+        let read_timeout = Some(mesh_core::remote::WATCH_READ_TIMEOUT);
+        request_timeout::client_with_read_timeout(
+            kc,
+            &context,
+            &target,
+            self.request_timeout,
+            read_timeout,
+        )
+        .await
+    }
+
     /// A client for the primary cluster ([`Context::primary_client`]).
     pub async fn client(&self) -> Result<kube::Client> {
         Ok(self.client_and_kubeconfig().await?.0)

@@ -73,7 +73,23 @@ pub async fn client(
     target: &Target,
     timeout: RequestTimeout,
 ) -> Result<Client> {
+    client_with_read_timeout(kc, context, target, timeout, None).await
+}
+
+/// [`client`], whose connections also fail after `read_timeout` without a byte: for watches
+/// that run for as long as the command, whose connection a NAT or a frozen apiserver may drop
+/// silently. Their requests must end sooner ([`mesh_core::remote::watch_config`]).
+pub async fn client_with_read_timeout(
+    kc: Kubeconfig,
+    context: &str,
+    target: &Target,
+    timeout: RequestTimeout,
+    read_timeout: Option<Duration>,
+) -> Result<Client> {
     let mut config = kubeconfig::client_config(kc, Some(context)).await?;
+    if read_timeout.is_some() {
+        config.read_timeout = read_timeout;
+    }
     if timeout.0.is_some() {
         // The deadline covers connecting: kube's own connect timeout would end a slow
         // handshake with an error of its own, or outlast a deadline set higher.

@@ -387,6 +387,19 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     )
     .await?;
 
+    // A frozen primary: the watches fail within their read timeout and the page says the
+    // primary cannot be read, rather than go on showing a picture that stopped.
+    env.pause_apiserver("primary")?;
+    let said = until(
+        &mut browser,
+        "the page says the primary cannot be read",
+        mesh_core::remote::WATCH_READ_TIMEOUT + Duration::from_secs(30),
+        "!document.getElementById('primary-error').hidden",
+    )
+    .await;
+    env.resume_apiserver("primary").await?;
+    said?;
+
     silent.await??;
     // Through all of it the dashboard kept running.
     assert!(

@@ -463,7 +463,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     let mut relist = Relist::default();
     tokio::spawn(follow(
         Api::<wire::Namespace>::all(primary.clone()),
-        watcher::Config::default().page_size(LIST_PAGE),
+        remote::watch_config().page_size(LIST_PAGE),
         shared.clone(),
         move |live, change| {
             live.matrix = None;
@@ -481,7 +481,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     let mut relist = Relist::default();
     tokio::spawn(follow(
         Api::<Event>::namespaced(primary.clone(), WEBHOOK_EVENTS_NAMESPACE),
-        watcher::Config::default(),
+        remote::watch_config(),
         shared.clone(),
         move |live, change| {
             relist.apply(&mut live.events, change, reduce_event);
@@ -509,7 +509,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     let mut listed: Option<BTreeMap<String, SecretVersion>> = None;
     tokio::spawn(follow(
         Api::<PartialObjectMeta<Secret>>::namespaced(primary.clone(), MESH_NAMESPACE),
-        watcher::Config::default(),
+        remote::watch_config(),
         shared.clone(),
         move |live, change: Change<PartialObjectMeta<Secret>>| {
             match change {
@@ -554,7 +554,7 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     let mut listed: Option<BTreeSet<String>> = None;
     tokio::spawn(follow(
         Api::<MeshCluster>::all(primary.clone()),
-        watcher::Config::default(),
+        remote::watch_config(),
         shared.clone(),
         move |live, change| match change {
             Change::Restart => listed = Some(BTreeSet::new()),

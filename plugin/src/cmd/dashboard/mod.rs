@@ -37,7 +37,7 @@ impl Dashboard {
     /// Runs the command until interrupted.
     pub async fn run(self, ctx: &Context) -> Result<()> {
         let Self { port, no_browser } = self;
-        let client = ctx.client().await?;
+        let client = ctx.primary_watch_client().await?;
         // Fails with the install hint when there is no mesh on this cluster.
         mesh_state::clusters(&client).await?;
         let rule = mesh_state::rule(&client).await?;
