@@ -63,7 +63,14 @@ fn deployment_memory_limit() -> anyhow::Result<u64> {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/deployment.yaml");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text)?;
+    // The file holds the Deployment and its PodDisruptionBudget.
+    let doc = text
+        .split("\n---\n")
+        .map(serde_yaml::from_str::<serde_yaml::Value>)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .find(|doc| doc["kind"] == "Deployment")
+        .with_context(|| format!("no Deployment in {}", path.display()))?;
     let limit = doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
         .as_str()
         .context("no memory limit in the Deployment")?;
