@@ -687,19 +687,25 @@ mod tests {
         }
         // One closed, another is served in its place.
         drop(open.pop());
-        let served = async {
-            loop {
-                let mut stream = connect(server.port).await;
-                ask(&mut stream, server.port, "/style.css").await;
-                if read_until(&mut stream, "}").await.is_some() {
-                    return;
-                }
+        served_again("a connection served once another closed", || async {
+            let mut stream = connect(server.port).await;
+            ask(&mut stream, server.port, "/style.css").await;
+            read_until(&mut stream, "}").await.is_some()
+        })
+        .await;
+    }
+
+    /// Tries `served` every 50 ms until it says yes, within 5 s: a place freed by a closed
+    /// connection is given back once the server sees it closed.
+    async fn served_again<F: Future<Output = bool>>(what: &str, mut served: impl FnMut() -> F) {
+        let tries = async {
+            while !served().await {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(5), served)
+        tokio::time::timeout(Duration::from_secs(5), tries)
             .await
-            .expect("a connection served once another closed");
+            .unwrap_or_else(|_| panic!("{what}: not within 5 s"));
     }
 
     #[tokio::test]
@@ -726,18 +732,11 @@ mod tests {
         );
         // A page closed, another may open its stream.
         drop(open.pop());
-        let reopened = async {
-            loop {
-                let answer = get(server.port, &target, "\r\n\r\n").await;
-                if answer.starts_with("HTTP/1.1 200 ") {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), reopened)
-            .await
-            .expect("an event stream once another closed");
+        served_again("an event stream once another closed", || async {
+            let answer = get(server.port, &target, "\r\n\r\n").await;
+            answer.starts_with("HTTP/1.1 200 ")
+        })
+        .await;
     }
 
     #[tokio::test]
