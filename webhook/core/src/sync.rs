@@ -592,6 +592,32 @@ mod tests {
         .expect("sync")
     }
 
+    /// A hook of the fake apiserver: `edit` of namespace `shop` on the primary, pushed to the
+    /// remote at once, as the webhook does while a sync runs.
+    fn pushed_meanwhile(
+        primary: &FakeApiserver,
+        remote: &FakeApiserver,
+        edit: fn(&mut serde_json::Value),
+    ) -> Box<dyn FnOnce() + Send> {
+        let (primary, remote) = (primary.clone(), remote.clone());
+        Box::new(move || {
+            primary.edit("shop", edit);
+            remote.edit("shop", edit);
+        })
+    }
+
+    /// `kubectl mesh sync` of `remote` from `primary` with the default rule; panics if it fails.
+    async fn one_shot_sync(primary: &FakeApiserver, remote: &FakeApiserver) -> SyncReport {
+        sync_from_primary(
+            &SyncRule::default(),
+            &primary.client(),
+            &remote.client(),
+            SyncMode::Apply,
+        )
+        .await
+        .expect("sync")
+    }
+
     /// `kubectl mesh sync` listed the primary once before it reached the remotes: a label set
     /// on the primary in between, and pushed to a remote, was removed there again.
     #[tokio::test]
@@ -601,16 +627,9 @@ mod tests {
         let enable = |ns: &mut serde_json::Value| {
             ns["metadata"]["labels"]["istio-injection"] = "enabled".into();
         };
-        let (on_primary, on_remote) = (primary.clone(), remote.clone());
-        remote.state().before_next_list = Some(Box::new(move || {
-            on_primary.edit("shop", enable);
-            on_remote.edit("shop", enable);
-        }));
+        remote.state().before_next_list = Some(pushed_meanwhile(&primary, &remote, enable));
 
-        let rule = SyncRule::default();
-        let report = sync_from_primary(&rule, &primary.client(), &remote.client(), SyncMode::Apply)
-            .await
-            .expect("sync");
+        let report = one_shot_sync(&primary, &remote).await;
         assert_eq!(remote.labels("shop")["istio-injection"], "enabled");
         assert_eq!((report.writes, report.in_sync), (0, 1));
     }
@@ -625,16 +644,9 @@ mod tests {
         let canary = |ns: &mut serde_json::Value| {
             ns["metadata"]["labels"] = serde_json::json!({"istio.io/rev": "canary"});
         };
-        let (on_primary, on_remote) = (primary.clone(), remote.clone());
-        remote.state().before_next_patch = Some(Box::new(move || {
-            on_primary.edit("shop", canary);
-            on_remote.edit("shop", canary);
-        }));
+        remote.state().before_next_patch = Some(pushed_meanwhile(&primary, &remote, canary));
 
-        let rule = SyncRule::default();
-        let report = sync_from_primary(&rule, &primary.client(), &remote.client(), SyncMode::Apply)
-            .await
-            .expect("sync");
+        let report = one_shot_sync(&primary, &remote).await;
         let canary = BTreeMap::from([("istio.io/rev".to_owned(), "canary".to_owned())]);
         assert_eq!(remote.labels("shop"), canary);
         assert_eq!((report.writes, report.in_sync), (0, 1), "{report:?}");

@@ -1,11 +1,16 @@
 //! A failed or interrupted attach rolls back what it created, at every step (through the
 //! test hooks of the kubectl-mesh binary, built with its `test-hooks` feature).
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicySpec,
+};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use kubectl_mesh::cmd::attach::Step;
+use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{DEFAULT_TIMEOUT, client_from_secret, eventually, fixtures, text};
 use tokio::sync::MutexGuard;
 
@@ -205,21 +210,44 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     .await
 }
 
+/// A remote attached with the defaults, ready for a re-run through the test hooks, and the
+/// admission policies on it.
+async fn attached_for_a_re_run() -> anyhow::Result<(
+    &'static TestEnv,
+    &'static Cluster,
+    MutexGuard<'static, ()>,
+    Api<ValidatingAdmissionPolicy>,
+)> {
+    let (env, remote, lock) = open_with_remote(1).await?;
+    require_test_hooks(env).await?;
+    attach(env, remote, &[]).await?;
+    let policies = Api::all(remote.client().await?);
+    Ok((env, remote, lock, policies))
+}
+
+/// What the remote's sync scope policy says: its annotations (the scope it was made for) and
+/// its spec.
+async fn sync_scope(
+    policies: &Api<ValidatingAdmissionPolicy>,
+) -> anyhow::Result<(
+    Option<BTreeMap<String, String>>,
+    Option<ValidatingAdmissionPolicySpec>,
+)> {
+    let policy = policies.get("kubectl-mesh-sync-scope").await?;
+    Ok((policy.metadata.annotations, policy.spec))
+}
+
 /// A re-run with other flags that fails puts back what it changed, not only what it created:
 /// the remote's sync scope, the guard it deleted and the MeshCluster are as the first attach
 /// left them, so the remote enforces what the MeshCluster records.
 #[tokio::test]
 async fn a_failed_re_run_puts_back_what_it_changed() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(1).await?;
-    require_test_hooks(env).await?;
-    attach(env, remote, &[]).await?;
-    let policies = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?);
+    let (env, remote, _lock, policies) = attached_for_a_re_run().await?;
     let state = async || -> anyhow::Result<_> {
-        let scope = policies.get("kubectl-mesh-sync-scope").await?;
         let guard = policies.get_opt("kubectl-mesh-guard").await?;
         let mc = mesh_cluster(env, &remote.name).await?.spec;
         Ok((
-            (scope.metadata.annotations, scope.spec),
+            sync_scope(&policies).await?,
             guard.map(|g| g.spec),
             serde_json::to_value(mc)?,
         ))
@@ -245,15 +273,8 @@ async fn a_failed_re_run_puts_back_what_it_changed() -> anyhow::Result<()> {
 /// records (a change was recorded for the rollback only once its answer had come).
 #[tokio::test]
 async fn ctrl_c_while_an_update_is_in_flight_puts_it_back() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(1).await?;
-    require_test_hooks(env).await?;
-    attach(env, remote, &[]).await?;
-    let policies = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?);
-    let scope = async || -> anyhow::Result<_> {
-        let policy = policies.get("kubectl-mesh-sync-scope").await?;
-        Ok((policy.metadata.annotations, policy.spec))
-    };
-    let before = scope().await?;
+    let (env, remote, _lock, policies) = attached_for_a_re_run().await?;
+    let before = sync_scope(&policies).await?;
 
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let flags = ["--exclude-namespaces", "kept-out"];
@@ -267,7 +288,7 @@ async fn ctrl_c_while_an_update_is_in_flight_puts_it_back() -> anyhow::Result<()
         seen.join("\n")
     );
     ensure!(
-        scope().await? == before,
+        sync_scope(&policies).await? == before,
         "the sync scope the re-run changed was not put back:\n{}",
         seen.join("\n")
     );
