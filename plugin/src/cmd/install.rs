@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
     core::v1::{Namespace, Secret},
 };
@@ -16,10 +17,10 @@ use super::apply::{self, Deleted};
 use crate::{
     Context, Error, Result,
     access::Target,
-    installed_rule, mesh_state,
+    installed_rule,
     output::{self, OutputFormat},
     remote_setup as setup,
-    render::{self, Manifest, Options, ServingCert, WebhookUrl},
+    render::{self, Manifest, Options, PreviousCas, ServingCert, WebhookUrl},
 };
 
 /// Install (or upgrade) kubectl-mesh on the primary cluster.
@@ -91,14 +92,17 @@ pub struct Install {
         requires = "client_ca_file"
     )]
     pub client_allowed_names: Vec<String>,
-    /// Issue a new CA and serving certificate even if the installed ones are still good.
+    /// Issue a new CA and serving certificate even if the installed ones are still good. The
+    /// webhook configuration trusts the previous CA too, until --wait has seen the webhook roll
+    /// out or a later install keeps the certificate.
     #[arg(long)]
     pub rotate_certs: bool,
     /// Print what would be applied and change nothing (no cluster is contacted).
     #[arg(long)]
     pub dry_run: bool,
     /// Wait until the webhook Deployment has rolled out: every replica updated and available,
-    /// no old one left (fails at once when its progress deadline is exceeded).
+    /// no old one left (fails at once when its progress deadline is exceeded). Then the
+    /// previous CA of a replaced certificate is no longer trusted.
     #[arg(long, conflicts_with = "webhook_url")]
     pub wait: bool,
     /// How long to wait for the CRD to be established and, with --wait, for the webhook.
@@ -166,7 +170,8 @@ impl Install {
 
         let (_, target, client) = ctx.primary_client().await?;
         refuse_attached_remote(&client, &target).await?;
-        warn_rule_change(&client, &options, ctx).await?;
+        let installed = installed_configuration(&client).await?;
+        warn_rule_change(installed.as_ref(), &options, ctx);
         let (cert, issued) = serving_cert(&client, &sans, rotate_certs, ctx).await?;
         if issued && options.webhook_url.is_some() && webhook_cert_dir.is_none() {
             progress.warn(
@@ -174,7 +179,16 @@ impl Install {
                  re-run with --webhook-cert-dir DIR and point the webhook at DIR",
             );
         }
-        let manifests = render::render(&options, &cert)?;
+        // Only in the cluster can install tell when every webhook serves the new certificate.
+        let waits_for_rollout = wait && options.webhook_url.is_none();
+        let plan = render::ca_bundle_plan(
+            &cert.ca_pem,
+            &trusted_ca_bundle(installed.as_ref()),
+            issued,
+            waits_for_rollout,
+            jiff::Timestamp::now(),
+        );
+        let manifests = render::render_with_ca_bundle(&options, &cert, &plan.applied)?;
         // Before anything is applied: a DIR that cannot take the files refuses with nothing
         // changed, rather than once the cluster holds a CA the external webhook's files lack.
         let staged = webhook_cert_dir
@@ -211,6 +225,36 @@ impl Install {
         } else if wait {
             wait_available(&client, timeout).await?;
             progress.ok(format!("Deployment {} available", render::WEBHOOK));
+        }
+        match &plan.previous {
+            PreviousCas::None => {}
+            PreviousCas::UntilRollout(ca_bundle) => {
+                let m = Manifest::new(&render::mutating_webhook_configuration(
+                    &options,
+                    Some(ca_bundle.as_bytes()),
+                ))?;
+                apply::apply(&client, &m).await?;
+                progress.ok(format!(
+                    "{} applied: it no longer trusts the previous CA (every replica serves the \
+                     current certificate)",
+                    m.describe()
+                ));
+            }
+            PreviousCas::Left => progress.info(match options.webhook_url {
+                Some(_) => {
+                    "the webhook configuration trusts the previous CA too: once the webhook \
+                     serves the new certificate, re-run install without --rotate-certs to drop it"
+                }
+                None => {
+                    "the webhook configuration trusts the previous CA too: re-run install \
+                     without --rotate-certs once Deployment mesh-webhook has rolled out (or with \
+                     --wait) to drop it"
+                }
+            }),
+            PreviousCas::Dropped => progress.ok(format!(
+                "MutatingWebhookConfiguration {}: the previous CA is no longer trusted",
+                render::WEBHOOK_CONFIGURATION
+            )),
         }
         progress.info("next: `kubectl mesh attach <remote-kubeconfig>` joins a remote cluster");
         Ok(())
@@ -275,21 +319,42 @@ fn attached_refusal(server: &str, found: &Attached) -> Error {
     }
 }
 
-/// Warns when this install changes the sync rule of an earlier one: a re-run without the
-/// rule flags resets a custom rule to the default, which should not go unnoticed.
-async fn warn_rule_change(client: &Client, options: &Options, ctx: &Context) -> Result<()> {
-    let previous = mesh_state::read_recorded_rule(client)
+/// The webhook configuration an earlier install left, if any.
+async fn installed_configuration(client: &Client) -> Result<Option<MutatingWebhookConfiguration>> {
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get_opt(render::WEBHOOK_CONFIGURATION)
         .await
         .map_err(Error::kube(format!(
             "cannot read MutatingWebhookConfiguration {}",
             render::WEBHOOK_CONFIGURATION
-        )))?;
+        )))
+}
+
+/// The caBundle (PEM) the apiserver calls the webhook with now; empty when there is none.
+fn trusted_ca_bundle(installed: Option<&MutatingWebhookConfiguration>) -> String {
+    let hook = installed
+        .and_then(|c| c.webhooks.as_ref())
+        .and_then(|hooks| hooks.iter().find(|h| h.name == render::WEBHOOK_ENTRY));
+    hook.and_then(|h| h.client_config.ca_bundle.as_ref())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .unwrap_or_default()
+}
+
+/// Warns when this install changes the sync rule of an earlier one (`installed`): a re-run
+/// without the rule flags resets a custom rule to the default, which should not go unnoticed.
+fn warn_rule_change(
+    installed: Option<&MutatingWebhookConfiguration>,
+    options: &Options,
+    ctx: &Context,
+) {
+    let previous =
+        installed.map(|c| installed_rule::from_annotations(c.metadata.annotations.as_ref()));
     let new = SyncRule::new(
         options.managed_labels.iter().cloned(),
         options.excluded_namespaces.iter().cloned(),
     );
     let Some(previous) = previous.filter(|p| *p != new) else {
-        return Ok(());
+        return;
     };
     let was = installed_rule::describe(&previous);
     if options.webhook_url.is_some() && new == SyncRule::default() {
@@ -310,7 +375,6 @@ async fn warn_rule_change(client: &Client, options: &Options, ctx: &Context) -> 
         "re-run `kubectl mesh attach` for every attached cluster: its remote guard and sync \
          scope follow the rule attach reads",
     );
-    Ok(())
 }
 
 /// What `--dry-run` prints: the objects as YAML or JSON, or a table of what they are.

@@ -30,12 +30,14 @@ use kube::{CustomResourceExt, Resource, core::ApiResource};
 use mesh_core::{MANAGER, MESH_NAMESPACE, cluster::MeshCluster};
 use serde::Serialize;
 
+mod ca_bundle;
 mod client_ca;
 mod disruption;
 mod network_policy;
 mod serving_cert;
 mod webhook_configuration;
 
+pub use ca_bundle::{CaBundlePlan, PreviousCas, ca_bundle_plan, others_than};
 pub use client_ca::{
     CLIENT_ALLOWED_NAMES_ENV, CLIENT_ALLOWED_NAMES_FLAG, CLIENT_CA_CONFIG_MAP, CLIENT_CA_DIR,
     CLIENT_CA_ENV, CLIENT_CA_FLAG, CLIENT_CA_KEY, ClientAuth, client_auth_args,
@@ -87,6 +89,10 @@ pub const DEFAULT_REPLICAS: i32 = 2;
 pub const SANS_ANNOTATION: &str = "kubectl-mesh.io/serving-cert-sans";
 /// Annotation on [`TLS_SECRET`]: when its certificate expires (RFC 3339).
 pub const NOT_AFTER_ANNOTATION: &str = "kubectl-mesh.io/serving-cert-not-after";
+/// Annotation on the webhook's pod template: the fingerprint of the serving certificate
+/// ([`ServingCert::fingerprint`]). A new certificate rolls the pods, which serve it as they
+/// start, instead of when the kubelet next syncs the mounted Secret.
+pub const SERVING_CERT_ANNOTATION: &str = "kubectl-mesh.io/serving-cert-sha256";
 
 /// Keys of [`TLS_SECRET`]; also the file names `--webhook-cert-dir` writes.
 pub const TLS_CRT: &str = "tls.crt";
@@ -641,10 +647,34 @@ pub fn service() -> Service {
     }
 }
 
+/// [`deployment`] whose pods serve `cert`: they roll when it changes
+/// ([`SERVING_CERT_ANNOTATION`]).
+pub fn deployment_serving(options: &Options, cert: &ServingCert) -> Deployment {
+    let mut d = deployment(options);
+    if let Some(metadata) = d.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
+        metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(SERVING_CERT_ANNOTATION.to_owned(), cert.fingerprint());
+    }
+    d
+}
+
 /// Everything `install` applies, in the order it applies them: the CRD and namespace first,
 /// then RBAC and the certificate the pods need, the webhook itself, and the webhook
-/// configuration last so that the apiserver calls a webhook that exists.
+/// configuration last so that the apiserver calls a webhook that exists. The webhook
+/// configuration trusts `cert`'s CA only.
 pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
+    render_with_ca_bundle(options, cert, &cert.ca_pem)
+}
+
+/// [`render`], the webhook configuration's caBundle being `ca_bundle` (PEM, see
+/// [`ca_bundle_plan`]).
+pub fn render_with_ca_bundle(
+    options: &Options,
+    cert: &ServingCert,
+    ca_bundle: &str,
+) -> Result<Vec<Manifest>> {
     let mut out = vec![Manifest::new(&crd())?, Manifest::new(&namespace())?];
     out.extend(rbac()?);
     out.push(Manifest::new(&tls_secret(cert))?);
@@ -652,14 +682,14 @@ pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
         out.push(Manifest::new(&client_ca_config_map(&auth.ca_pem))?);
     }
     if options.webhook_url.is_none() {
-        out.push(Manifest::new(&deployment(options))?);
+        out.push(Manifest::new(&deployment_serving(options, cert))?);
         out.push(Manifest::new(&pod_disruption_budget())?);
         out.push(Manifest::new(&service())?);
         out.push(Manifest::new(&network_policy())?);
     }
     out.push(Manifest::new(&mutating_webhook_configuration(
         options,
-        Some(cert.ca_pem.as_bytes()),
+        Some(ca_bundle.as_bytes()),
     ))?);
     Ok(out)
 }
@@ -966,6 +996,62 @@ mod tests {
         assert_eq!(
             client,
             serde_json::json!({"url": "https://127.0.0.1:9443/mutate", "caBundle": "Q0E="})
+        );
+    }
+
+    /// A new certificate rolls the webhook's pods; the same one leaves them.
+    #[test]
+    fn the_pods_roll_when_the_serving_certificate_changes() {
+        let (old, new) = (
+            generate_serving_cert(&serving_sans(None)).unwrap(),
+            generate_serving_cert(&serving_sans(None)).unwrap(),
+        );
+        let options = Options::default();
+        let annotation = |cert: &ServingCert| {
+            let d = serde_json::to_value(deployment_serving(&options, cert)).unwrap();
+            d["spec"]["template"]["metadata"]["annotations"][SERVING_CERT_ANNOTATION].clone()
+        };
+        assert_eq!(annotation(&old), annotation(&old.clone()));
+        assert_ne!(annotation(&old), annotation(&new));
+        // The fingerprint of the certificate's DER, as openssl prints it.
+        let fingerprint = old.fingerprint();
+        assert_eq!(fingerprint.len(), 64, "{fingerprint}");
+        assert!(
+            fingerprint
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        let rendered = render(&options, &old).unwrap();
+        let d = rendered
+            .iter()
+            .find(|m| m.resource.kind == "Deployment")
+            .unwrap();
+        let template = &d.object["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(template[SERVING_CERT_ANNOTATION], annotation(&old));
+        assert_eq!(template["sidecar.istio.io/inject"], "false");
+    }
+
+    /// The caBundle install applies is the one it was given; without one, the CA's.
+    #[test]
+    fn the_webhook_configuration_trusts_the_bundle_given() {
+        let cert = fixed_cert();
+        let ca_bundle = |manifests: &[Manifest]| {
+            let mwc = manifests.last().unwrap();
+            assert_eq!(mwc.resource.kind, "MutatingWebhookConfiguration");
+            mwc.object["webhooks"][0]["clientConfig"]["caBundle"].clone()
+        };
+        let encoded = |pem: &str| {
+            serde_json::to_value(k8s_openapi::ByteString(pem.as_bytes().to_vec())).unwrap()
+        };
+        let options = Options::default();
+        assert_eq!(
+            ca_bundle(&render(&options, &cert).unwrap()),
+            encoded(&cert.ca_pem)
+        );
+        let both = format!("{}OLD\n", cert.ca_pem);
+        assert_eq!(
+            ca_bundle(&render_with_ca_bundle(&options, &cert, &both).unwrap()),
+            encoded(&both)
         );
     }
 

@@ -150,6 +150,23 @@ impl ServingCert {
         })
     }
 
+    /// SHA-256 fingerprint of the serving certificate: lowercase hex of its DER, what
+    /// `openssl x509 -noout -fingerprint -sha256` prints without the colons (of the PEM text
+    /// when it holds no certificate).
+    pub fn fingerprint(&self) -> String {
+        let der = x509_parser::pem::Pem::iter_from_buffer(self.cert_pem.as_bytes())
+            .find_map(|block| block.ok().filter(|b| b.label == "CERTIFICATE"))
+            .map(|block| block.contents);
+        let bytes = der.as_deref().unwrap_or(self.cert_pem.as_bytes());
+        // rustls' SHA-256 (ring), which the plugin links already.
+        let Some(suite) = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13()
+        else {
+            unreachable!("TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite")
+        };
+        let hash = suite.common.hash_provider.hash(bytes);
+        hash.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Why this certificate cannot be reused for `sans` at time `now`, if it cannot: a SAN
     /// it does not cover, or an expiry within 30 days (or unknown).
     pub fn reuse_problem(&self, sans: &[String], now: jiff::Timestamp) -> Option<String> {

@@ -55,8 +55,9 @@ pub fn match_conditions(managed_labels: &[String], excluded: &[String]) -> Vec<M
 /// subresources, which reset only its spec and status and store the metadata of the request.
 pub const NAMESPACE_WRITES: [&str; 3] = ["namespaces", "namespaces/status", "namespaces/finalize"];
 
-/// The MutatingWebhookConfiguration. `ca_bundle` is the CA's PEM; `None` renders the
-/// configuration without one (the static manifests, which cannot know the CA).
+/// The MutatingWebhookConfiguration. `ca_bundle` is the PEM of the CAs the apiserver trusts
+/// (the serving certificate's, and the previous ones while it is replaced); `None` renders
+/// the configuration without one (the static manifests, which cannot know the CA).
 pub fn mutating_webhook_configuration(
     options: &Options,
     ca_bundle: Option<&[u8]>,

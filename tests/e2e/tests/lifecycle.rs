@@ -524,12 +524,79 @@ async fn a_cert_dir_that_cannot_be_written_refuses_before_anything_is_applied() 
     install(&env, &[&rotate[..], &[&*certs_arg]].concat()).await?;
     let (ca_bundle, _) = installed_certificate(&env).await?;
     assert_ne!(ca_bundle, before.0, "no new certificate");
-    assert_eq!(ca_bundle, std::fs::read_to_string(certs.join("ca.crt"))?);
+    // The new CA, and the previous one until the webhook serves the new certificate.
+    let new_ca = std::fs::read_to_string(certs.join("ca.crt"))?;
+    assert_eq!(ca_bundle, format!("{new_ca}{}", before.0));
     let mut files = std::fs::read_dir(&certs)?
         .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     files.sort();
     assert_eq!(files, ["ca.crt", "tls.crt", "tls.key"]);
+    Ok(())
+}
+
+/// `install --rotate-certs` under a running webhook (out of the cluster, reading its files in
+/// `--webhook-cert-dir`, which it notices within a second): the apiserver trusts the previous
+/// CA too, so the webhook it calls at once, still serving the previous certificate, pushes the
+/// change before kubectl returns; a re-run that keeps the certificate drops the previous CA.
+#[tokio::test]
+async fn rotate_certs_trusts_the_previous_ca_until_a_re_run_drops_it() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mut options = MeshOptions::from_workspace()?;
+    // Install is re-run with the flags the mesh was installed with: no client CA to repeat.
+    options.client_auth = false;
+    let (env, mesh, _remote, ns) = one_remote_mesh_with(options, "rotate").await?;
+    // Where the mesh's install wrote the webhook's files, and where the webhook reads them.
+    let cert_dir = env.dir().join("mesh-webhook-tls");
+    assert_eq!(
+        std::fs::read_to_string(cert_dir.join("ca.crt"))?,
+        mesh.ca_pem()?
+    );
+    let url = mesh.webhook_url();
+    let dir = cert_dir.to_string_lossy();
+    let args = ["--webhook-url", &url, "--webhook-cert-dir", &dir];
+    let (previous, _) = installed_certificate(&env).await?;
+
+    let stderr = install(&env, &[&args[..], &["--rotate-certs"]].concat()).await?;
+    let (rotating, _) = installed_certificate(&env).await?;
+    let new_ca = mesh.ca_pem()?;
+    assert_ne!(new_ca, previous, "no new certificate: {stderr}");
+    assert_eq!(rotating, format!("{new_ca}{previous}"), "{stderr}");
+    assert!(
+        has_line(
+            &stderr,
+            "• the webhook configuration trusts the previous CA too: once the webhook serves the \
+             new certificate, re-run install without --rotate-certs to drop it"
+        ),
+        "{stderr}"
+    );
+    // At once: the webhook answers (with the certificate it served before), the change lands.
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
+    mesh_e2e::assert_landed(&env, &warnings, "istio-injection=enabled");
+
+    // Once the webhook serves the new certificate (its metrics port serves the same one).
+    eventually(
+        "the webhook serves the new certificate",
+        DEFAULT_TIMEOUT,
+        || async { Ok(reviews_answered(mesh.metrics_address(), &new_ca).await.ok()) },
+    )
+    .await?;
+    let stderr = install(&env, &args).await?;
+    assert!(
+        has_line(
+            &stderr,
+            "✓ MutatingWebhookConfiguration kubectl-mesh: the previous CA is no longer trusted"
+        ),
+        "{stderr}"
+    );
+    let (settled, _) = installed_certificate(&env).await?;
+    assert_eq!(settled, new_ca, "{stderr}");
+    let warnings = label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
+    mesh_e2e::assert_landed(&env, &warnings, "istio-injection=disabled");
+    // And a re-run with nothing to drop says nothing of it.
+    let stderr = install(&env, &args).await?;
+    assert!(!stderr.contains("previous CA"), "{stderr}");
+    assert_eq!(installed_certificate(&env).await?.0, new_ca);
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
 use super::caller_auth;
 use super::facts::{Fetched, InstallFacts, Probe};
-use super::report::{CheckResult, Section};
+use super::report::{CheckResult, Outcome, Section};
 use crate::credentials::{CertInfo, certificates};
 use crate::{age, installed_rule, render};
 use mesh_core::printable::one_line;
@@ -426,8 +426,17 @@ fn tls_secret_result(
             .map(|b| b.0.as_slice())
             .unwrap_or_default()
     };
-    if key(render::CA_CRT) != ca {
-        return CheckResult::error(
+    let expiry = expiry_result(what, certificates(key(render::TLS_CRT)), now, installed);
+    if key(render::CA_CRT) == ca {
+        return expiry;
+    }
+    // A certificate being replaced: the caBundle trusts the Secret's CA and the previous ones.
+    let previous = std::str::from_utf8(ca)
+        .ok()
+        .zip(std::str::from_utf8(key(render::CA_CRT)).ok())
+        .and_then(|(bundle, secret_ca)| render::others_than(bundle, secret_ca));
+    match previous {
+        None => CheckResult::error(
             what,
             format!(
                 "the caBundle is not the {} of Secret {MESH_NAMESPACE}/{}: the apiserver \
@@ -436,9 +445,23 @@ fn tls_secret_result(
                 render::TLS_SECRET
             ),
             format!("run {install} to write both again"),
-        );
+        ),
+        Some(n) if n > 0 && expiry.result == Outcome::Ok => CheckResult::warning(
+            what,
+            format!(
+                "a certificate rotation is in progress: the caBundle trusts the {} of Secret \
+                 {MESH_NAMESPACE}/{} and {n} previous CA{}",
+                render::CA_CRT,
+                render::TLS_SECRET,
+                if n == 1 { "" } else { "s" }
+            ),
+            format!(
+                "once the webhook serves the certificate of that Secret, run {install} to stop \
+                 trusting the previous CA"
+            ),
+        ),
+        Some(_) => expiry,
     }
-    expiry_result(what, certificates(key(render::TLS_CRT)), now, installed)
 }
 
 fn deployment_available(
@@ -681,7 +704,6 @@ fn expiry_result(
 
 #[cfg(test)]
 mod tests {
-    use super::super::report::Outcome;
     use super::*;
 
     /// An installation with every default.
@@ -1108,6 +1130,55 @@ mod tests {
             assert!(!command(&hint).contains("--image"), "{hint}");
             assert!(!command(&hint).contains("--replicas"), "{hint}");
         }
+    }
+
+    /// While a certificate is replaced, the caBundle trusts the Secret's CA and the previous
+    /// one: a rotation in progress, with the re-run that ends it; not a mismatch.
+    #[test]
+    fn a_bundle_with_the_previous_ca_is_a_rotation_in_progress() {
+        let (old, new) = (
+            render::generate_serving_cert(&["localhost".into()]).unwrap(),
+            render::generate_serving_cert(&["localhost".into()]).unwrap(),
+        );
+        let secret = Ok(Some(render::tls_secret(&new)));
+        let now = Timestamp::now();
+        let judge = |bundle: &str| tls_secret_result(bundle.as_bytes(), &secret, now, &bare());
+        let settled = judge(&new.ca_pem);
+        assert_eq!(settled.result, Outcome::Ok, "{settled:?}");
+        let bridged = render::ca_bundle_plan(&new.ca_pem, &old.ca_pem, true, false, now).applied;
+        let rotating = judge(&bridged);
+        assert_eq!(rotating.result, Outcome::Warning, "{rotating:?}");
+        assert_eq!(
+            rotating.detail.as_deref(),
+            Some(
+                "a certificate rotation is in progress: the caBundle trusts the ca.crt of \
+                 Secret kubectl-mesh/mesh-webhook-tls and 1 previous CA"
+            )
+        );
+        assert_eq!(
+            rotating.hint.as_deref(),
+            Some(
+                "once the webhook serves the certificate of that Secret, run `kubectl mesh \
+                 install` to stop trusting the previous CA"
+            )
+        );
+        // A caBundle without the Secret's CA, alone or with others, is still a mismatch.
+        for foreign in [old.ca_pem.clone(), format!("{}{}", old.ca_pem, old.ca_pem)] {
+            let mismatch = judge(&foreign);
+            assert_eq!(mismatch.result, Outcome::Error, "{mismatch:?}");
+            assert!(
+                mismatch
+                    .detail
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("the caBundle is not the ca.crt"),
+                "{mismatch:?}"
+            );
+        }
+        // An expired serving certificate says so, rotation or not.
+        let later = now + SignedDuration::from_hours(24 * 365 * 11);
+        let expired = tls_secret_result(bridged.as_bytes(), &secret, later, &bare());
+        assert_eq!(expired.result, Outcome::Error, "{expired:?}");
     }
 
     #[test]
