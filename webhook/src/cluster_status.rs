@@ -58,6 +58,13 @@ pub(crate) enum Attempt<'a> {
         /// Whether the remote answered at all.
         answered: bool,
     },
+    /// The remote answered and is the cluster attached, but its MeshCluster lets nothing be
+    /// written (a scope that cannot be used): reachable, not synced.
+    Unwritable {
+        /// PascalCase condition reason.
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl<'a> Attempt<'a> {
@@ -116,11 +123,26 @@ impl<'a> Attempt<'a> {
     /// Whether the remote answered with usable credentials.
     pub(crate) fn reachable(&self) -> bool {
         match self {
-            Self::Synced(_) => true,
+            Self::Synced(_) | Self::Unwritable { .. } => true,
             Self::Failed { answered, .. } => *answered,
         }
     }
+
+    /// The condition reason of an attempt that did not sync.
+    pub(crate) fn failure_reason(&self) -> Option<(&'static str, &str)> {
+        match self {
+            Self::Synced(_) => None,
+            Self::Failed {
+                reason, message, ..
+            }
+            | Self::Unwritable { reason, message } => Some((reason, message)),
+        }
+    }
 }
+
+/// `Reachable=True`: the remote answered with valid credentials.
+const CONNECTED: &str = "Connected";
+const CONNECTED_MESSAGE: &str = "the remote answered with valid credentials";
 
 /// Reason of a remote's refusal of a stored token that has expired.
 pub(crate) const TOKEN_EXPIRED: &str = "TokenExpired";
@@ -186,8 +208,8 @@ pub(crate) fn next_status(
                 &mut next.conditions,
                 CONDITION_REACHABLE,
                 "True",
-                "Connected",
-                "the remote answered with valid credentials".to_owned(),
+                CONNECTED,
+                CONNECTED_MESSAGE.to_owned(),
                 generation,
                 now,
             );
@@ -218,6 +240,28 @@ pub(crate) fn next_status(
                 &mut next.conditions,
                 CONDITION_SYNCED,
                 status,
+                reason,
+                message,
+                generation,
+                now,
+            );
+        }
+        Attempt::Unwritable { reason, message } => {
+            let message = cut(message.clone(), MAX_MESSAGE);
+            next.last_error = Some(message.clone());
+            set_condition(
+                &mut next.conditions,
+                CONDITION_REACHABLE,
+                "True",
+                CONNECTED,
+                CONNECTED_MESSAGE.to_owned(),
+                generation,
+                now,
+            );
+            set_condition(
+                &mut next.conditions,
+                CONDITION_SYNCED,
+                "False",
                 reason,
                 message,
                 generation,
@@ -606,6 +650,34 @@ mod tests {
         assert!(!failed.reachable());
         assert!(!Attempt::failed(Failure::Forbidden, String::new()).reachable());
         assert!(Attempt::failed(Failure::Other, String::new()).reachable());
+    }
+
+    /// A scope that cannot be used made the remote `Reachable=False`, though it answered and
+    /// is the cluster attached: its admin went after the network.
+    #[test]
+    fn an_unwritable_cluster_is_reachable_and_not_synced() {
+        let report = report(5, &[], &[], &[]);
+        let before = next_status(None, &Attempt::Synced(&report), Some(1), at(0));
+        let unwritable = Attempt::Unwritable {
+            reason: "ScopeInvalid",
+            message: "spec.scope cannot be used".to_owned(),
+        };
+        let after = next_status(Some(&before), &unwritable, Some(2), at(60));
+        let reachable = after.condition(CONDITION_REACHABLE).expect("reachable");
+        assert_eq!(reachable.status, "True");
+        assert_eq!(reachable.last_transition_time, Time(at(0)));
+        let synced = after.condition(CONDITION_SYNCED).expect("synced");
+        assert_eq!(
+            (synced.status.as_str(), synced.reason.as_str()),
+            ("False", "ScopeInvalid")
+        );
+        assert_eq!(synced.message, "spec.scope cannot be used");
+        assert_eq!(
+            after.last_error.as_deref(),
+            Some("spec.scope cannot be used")
+        );
+        assert_eq!(after.namespaces_in_sync, 5, "counts of the last whole sync");
+        assert!(unwritable.reachable());
     }
 
     #[test]

@@ -800,3 +800,47 @@ spec: {{policyName: {policy}, validationActions: [Deny]}}
     .await?;
     wait_labels(&remote, &ns, &labels(&[("istio-injection", "enabled")])).await
 }
+
+/// A scope the webhook cannot use (a selector on a managed key, patched in by hand) stops every
+/// write to that cluster. The cluster answered all the same: it was shown as `Reachable=False`
+/// and status called it unreachable, which sent its admin after the network.
+#[tokio::test]
+async fn a_scope_that_cannot_be_used_shows_as_not_synced_not_unreachable() -> anyhow::Result<()> {
+    let (env, mesh, remote, _ns) = one_remote_mesh(None, "badscope").await?;
+    synced_becomes(&env, &remote.name, "True").await?;
+    let on_managed_key = json!({"spec": {"scope": {"namespaceSelector": {
+        "matchLabels": {"istio-injection": "enabled"}
+    }}}});
+    Api::<MeshCluster>::all(env.primary().client().await?)
+        .patch(
+            &remote.name,
+            &PatchParams::default(),
+            &Patch::Merge(&on_managed_key),
+        )
+        .await?;
+
+    let (synced, reachable) = synced_becomes(&env, &remote.name, "False").await?;
+    assert_eq!(synced.reason, "ScopeInvalid", "{synced:?}");
+    assert!(
+        synced.message.contains("spec.scope cannot be used"),
+        "{synced:?}"
+    );
+    assert_eq!(reachable.status, "True", "{reachable:?}");
+
+    let mut status = mesh.plugin();
+    status.args(["-o", "json", "status"]);
+    let out = tokio::process::Command::from(status).output().await?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("status -o json: {e}: {}", mesh_e2e::describe(&out)))?;
+    let column = &report["clusters"][0];
+    assert!(
+        column["reachable"] == true
+            && column["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("the scope of remote-1 cannot be used")),
+        "{report:#}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("unreachable"), "{stderr}");
+    Ok(())
+}

@@ -352,12 +352,11 @@ impl Worker {
                 synced.map_err(|error| Attempt::failed(error.failure(), error.to_string()))
             }
             // Nothing is written where the scope cannot say what may be.
-            (Some(RemoteState::Ready(_)), Some(Err(error))) => Err(Attempt::Failed {
-                reason: "ScopeInvalid",
+            (Some(RemoteState::Ready(_)), Some(Err(error))) => Err(Attempt::Unwritable {
+                reason: SCOPE_INVALID,
                 message: format!(
                     "spec.scope cannot be used: {error}; correct it with kubectl mesh scope {cluster_name}"
                 ),
-                answered: false,
             }),
             (Some(RemoteState::Unavailable { reason, message }), _) => Err(Attempt::Failed {
                 reason,
@@ -418,11 +417,9 @@ impl Worker {
 
         let reachable = attempt.reachable();
         shared.state.metrics.set_reachable(cluster_name, reachable);
-        match &attempt {
-            Attempt::Synced(_) => shared.state.metrics.sync_finished(cluster_name, "ok"),
-            Attempt::Failed {
-                reason, message, ..
-            } => {
+        match attempt.failure_reason() {
+            None => shared.state.metrics.sync_finished(cluster_name, "ok"),
+            Some((reason, message)) => {
                 shared.state.metrics.sync_finished(cluster_name, reason);
                 tracing::warn!(%reason, error = %message, "cannot sync remote");
             }
@@ -529,7 +526,7 @@ impl Worker {
 /// try holds the next one back for a resync period).
 fn renewal_wanted(attempt: &Attempt<'_>, due: bool, allowed: bool) -> bool {
     let usable = match attempt {
-        Attempt::Synced(_) => true,
+        Attempt::Synced(_) | Attempt::Unwritable { .. } => true,
         Attempt::Failed { reason, .. } => ![
             Failure::Forbidden.reason(),
             TOKEN_EXPIRED,
@@ -589,6 +586,9 @@ fn renew_at(
 /// at attach, and when this replica starts leading, every remote would otherwise be listed
 /// twice at once (a few seconds' work each with thousands of namespaces).
 const FIRST_LIST_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Reason of `Synced=False` when the MeshCluster's `spec.scope` cannot be used.
+const SCOPE_INVALID: &str = "ScopeInvalid";
 
 /// Bound of one write to the primary after a sync (status, Events). The primary client's read
 /// timeout is long enough for its watches (`WATCH_READ_TIMEOUT`): a write on a connection gone
@@ -1079,9 +1079,13 @@ mod tests {
             answered: false,
         };
         let report = SyncReport::default();
+        let scope_invalid = Attempt::Unwritable {
+            reason: SCOPE_INVALID,
+            message: String::new(),
+        };
         for attempt in [
             Attempt::synced(&report),
-            failed("ScopeInvalid"),
+            scope_invalid,
             failed("SyncFailed"),
         ] {
             assert!(renewal_wanted(&attempt, true, true), "{attempt:?}");

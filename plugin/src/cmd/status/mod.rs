@@ -91,9 +91,13 @@ impl Status {
             ctx.progress.info(super::list::NO_CLUSTERS);
         }
         for c in &report.clusters {
-            if let Some(error) = &c.error {
-                ctx.progress
-                    .warn(format!("{} unreachable: {error}", c.name));
+            match &c.error {
+                // It answered: the error is its scope's, which names the cluster.
+                Some(error) if c.reachable => ctx.progress.warn(error),
+                Some(error) => ctx
+                    .progress
+                    .warn(format!("{} unreachable: {error}", c.name)),
+                None => {}
             }
         }
         match ctx.output {
@@ -387,6 +391,8 @@ pub enum CellState {
     Absent,
     /// The remote could not be read.
     Unreachable,
+    /// The cluster's scope cannot be used: nothing is judged by a rule that does not hold.
+    ScopeInvalid,
     /// The namespace is never synced.
     Excluded,
     /// The cluster's scope leaves the namespace alone there.
@@ -401,7 +407,7 @@ impl StatusReport {
         let unread: Vec<&str> = self
             .clusters
             .iter()
-            .filter(|c| !c.reachable && !c.detaching)
+            .filter(|c| c.error.is_some() && !c.detaching)
             .map(|c| c.name.as_str())
             .collect();
         if !unread.is_empty() {
@@ -478,7 +484,7 @@ impl StatusReport {
                 .zip(&scope_errors)
                 .map(|(r, scope_error)| ClusterColumn {
                     name: r.name.clone(),
-                    reachable: r.namespaces.is_ok() && scope_error.is_none(),
+                    reachable: r.namespaces.is_ok(),
                     detaching: false,
                     injectors_known: matches!(r.injectors, Some(Ok(_))),
                     injectors_unread: r.injectors.clone().and_then(|read| read.err()),
@@ -519,6 +525,9 @@ impl StatusReport {
             };
             for ((remote, map), scoped) in remotes.iter().zip(&remote_maps).zip(&scoped_rules) {
                 let cell = match map {
+                    None if remote.namespaces.is_ok() => {
+                        RemoteCell::bare(CellState::ScopeInvalid, None)
+                    }
                     None => RemoteCell::bare(CellState::Unreachable, None),
                     Some(map) => match map.get(&name) {
                         // Missing exactly as the rule's plan says: a gap only where the
@@ -736,6 +745,7 @@ impl RemoteCell {
             CellState::Missing => "(missing)".to_owned(),
             CellState::Absent => "(absent)".to_owned(),
             CellState::Unreachable => "(unreachable)".to_owned(),
+            CellState::ScopeInvalid => "(scope invalid)".to_owned(),
             CellState::Excluded => format!("{} (excluded)", labels()),
             CellState::OutOfScope => format!("{} (out of scope)", labels()),
         }
@@ -766,7 +776,7 @@ pub fn plural(n: usize, noun: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
     use mesh_core::fixtures::{PodExt, istio_injector, pod};
     use mesh_core::fixtures::{by_name, labelled};
 
@@ -840,6 +850,35 @@ mod tests {
         let none: Vec<RemoteView> = Vec::new();
         let alone = StatusReport::compute(&SyncRule::default(), &primary(), &none, &[]);
         assert!(alone.exit_status().is_ok());
+    }
+
+    /// A cluster whose scope cannot be used answered all the same: it was said to be
+    /// unreachable, which sent its admin after the network.
+    #[test]
+    fn a_scope_that_cannot_be_used_is_not_unreachable_nor_judged() {
+        let mut east = remotes().swap_remove(0);
+        east.scope.namespace_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "istio-injection".to_owned(),
+                "enabled".to_owned(),
+            )])),
+            ..LabelSelector::default()
+        });
+        let r = StatusReport::compute(&SyncRule::default(), &primary(), &[east], &[]);
+        let column = &r.clusters[0];
+        assert!(column.reachable, "{column:?}");
+        let error = column.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("the scope of east cannot be used"),
+            "{error}"
+        );
+        assert_eq!(
+            r.namespaces[0].clusters["east"].state,
+            CellState::ScopeInvalid
+        );
+        assert!(r.table(false).contains("(scope invalid)"));
+        let unread = r.exit_status().unwrap_err();
+        assert_eq!(unread.to_string(), "cannot tell whether east drifted");
     }
 
     /// A cluster being detached was said to be converged by `sync --cluster east`, which
