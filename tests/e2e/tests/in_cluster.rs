@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kubectl_mesh::render::ServingCert;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::stand_in_injector;
 use mesh_e2e::in_cluster::{DEPLOYMENT, IMAGE, InCluster, NAMESPACE};
 use mesh_e2e::{
-    assert_remotes, create_everywhere, edit_labels, eventually, injection_enabled, kubectl,
-    label_on_primary, managed_labels,
+    assert_landed, assert_remotes, create_everywhere, edit_labels, eventually, has_line,
+    injection_enabled, installed_webhook, kubectl, label_on_primary, managed_labels, run,
 };
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard, OnceCell};
@@ -183,6 +184,122 @@ async fn a_rolling_update_loses_no_change_made_during_it() -> anyhow::Result<()>
     Ok(())
 }
 
+/// `install --rotate-certs` in the cluster: the pods roll to the new certificate (their template
+/// carries its fingerprint) while the caBundle trusts the new and the previous CA, so changes
+/// made meanwhile go on landing through the webhook, whichever pod answers; `install --wait`
+/// drops the previous CA once the rollout is done, and `--rotate-certs --wait` ends trusting
+/// the new CA only.
+#[tokio::test]
+async fn a_certificate_rotation_keeps_the_webhook_trusted_while_the_pods_roll() -> anyhow::Result<()>
+{
+    let (mesh, _turn) = mesh().await;
+    let env = &mesh.env;
+    let mut namespaces = Vec::new();
+    for _ in 0..PARALLEL {
+        namespaces.push(create_everywhere(env, "rotation").await?);
+    }
+    let (previous, _) = serving(mesh).await?;
+
+    let mut changes = Changes::default();
+    let stderr = changes
+        .during_install(mesh, &namespaces, &["--rotate-certs"])
+        .await?;
+    assert!(
+        has_line(
+            &stderr,
+            "• the webhook configuration trusts the previous CA too: re-run install without \
+             --rotate-certs once Deployment mesh-webhook has rolled out (or with --wait) to drop it"
+        ),
+        "{stderr}"
+    );
+    let (trusted, cert) = serving(mesh).await?;
+    assert_eq!(trusted, format!("{}{previous}", cert.ca_pem), "{stderr}");
+    let template = mesh.deployment().await?.spec.context("no spec")?.template;
+    let annotations = template.metadata.and_then(|m| m.annotations);
+    assert_eq!(
+        annotations
+            .as_ref()
+            .and_then(|a| a.get(kubectl_mesh::render::SERVING_CERT_ANNOTATION)),
+        Some(&cert.fingerprint()),
+        "the pods roll to the new certificate: {annotations:?}"
+    );
+    // The fast path is best effort while replicas stop (see the rolling update above); without
+    // the previous CA, every call to a pod not yet replaced would fail.
+    eprintln!(
+        "{} of {} changes during the rotation were on every remote when the apiserver answered; \
+         not: {:?}",
+        changes.last - changes.missed.len(),
+        changes.last,
+        changes.missed
+    );
+    assert!(
+        changes.last > 0 && changes.missed.len() * 4 <= changes.last,
+        "{} of {} changes missed the webhook",
+        changes.missed.len(),
+        changes.last
+    );
+
+    // The rollout is over: a re-run with --wait keeps the certificate and drops the previous CA.
+    let stderr = reinstall(mesh, &["--wait"]).await?;
+    assert!(
+        has_line(
+            &stderr,
+            "✓ MutatingWebhookConfiguration kubectl-mesh applied: it no longer trusts the previous \
+             CA (every replica serves the current certificate)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(serving(mesh).await?.0, cert.ca_pem);
+
+    // Rotated and waited for at once: install returns trusting the new CA only, its pods
+    // serving the new certificate.
+    let stderr = reinstall(mesh, &["--rotate-certs", "--wait"]).await?;
+    assert!(!stderr.contains("re-run install"), "{stderr}");
+    let (trusted, rotated) = serving(mesh).await?;
+    assert_ne!(rotated.ca_pem, cert.ca_pem, "no new certificate: {stderr}");
+    assert_eq!(trusted, rotated.ca_pem, "{stderr}");
+    let ns = &namespaces[0];
+    let warnings = label_on_primary(env, ns, &["istio-injection=enabled"]).await?;
+    assert_landed(env, &warnings, "istio-injection=enabled");
+
+    for ns in &namespaces {
+        let on_primary = managed_labels(env.primary(), ns).await?;
+        for remote in env.remotes() {
+            eventually(
+                &format!("{ns} on {} ends as on the primary", remote.name),
+                DEADLINE,
+                || async { Ok((managed_labels(remote, ns).await? == on_primary).then_some(())) },
+            )
+            .await?;
+        }
+    }
+    let report = CheckReport::of(mesh.plugin()).await?;
+    assert_eq!(report.errors, 0, "{report:#?}");
+    Ok(())
+}
+
+/// The caBundle the apiserver trusts and the serving certificate of the Secret.
+async fn serving(mesh: &InCluster) -> anyhow::Result<(String, ServingCert)> {
+    let (_, webhook) = installed_webhook(&mesh.env).await?;
+    let bundle = webhook.client_config.ca_bundle.unwrap_or_default().0;
+    let secrets: Api<Secret> = Api::namespaced(mesh.env.primary().client().await?, NAMESPACE);
+    let secret = secrets.get(kubectl_mesh::render::TLS_SECRET).await?;
+    let cert = ServingCert::from_secret(&secret).context("an incomplete serving certificate")?;
+    Ok((String::from_utf8(bundle)?, cert))
+}
+
+/// `kubectl mesh install` as the mesh was installed, with `args`; its stderr.
+async fn reinstall(mesh: &InCluster, args: &[&str]) -> anyhow::Result<String> {
+    let client = mesh.env.webhook_client();
+    let mut install = mesh.plugin();
+    install
+        .args(["install", "--image", IMAGE, "--client-ca-file"])
+        .arg(&client.ca_cert)
+        .args(["--client-allowed-names", &client.name])
+        .args(args);
+    Ok(String::from_utf8(run(install).await?.stderr)?)
+}
+
 /// Label changes made during rollouts, and those not on every remote when the apiserver
 /// answered.
 #[derive(Default)]
@@ -196,6 +313,37 @@ struct Changes {
 const PARALLEL: usize = 3;
 
 impl Changes {
+    /// Runs [`reinstall`] with `args` while each of `PARALLEL` namespaces changes every
+    /// 100 ms, until install has returned, the Deployment has rolled out and a second more;
+    /// install's stderr. Records the changes as [`Changes::during_rollout`] does.
+    async fn during_install(
+        &mut self,
+        mesh: &InCluster,
+        namespaces: &[String],
+        args: &[&str],
+    ) -> anyhow::Result<String> {
+        let done = AtomicBool::new(false);
+        let loops = namespaces.iter().map(|ns| change_until(mesh, ns, &done));
+        // The loops stop however install and the wait end.
+        let install = async {
+            let installed = reinstall(mesh, args).await;
+            let rolled = match &installed {
+                Ok(_) => mesh.wait_rolled_out().await,
+                Err(_) => Ok(()),
+            };
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            done.store(true, Ordering::Release);
+            rolled.and(installed)
+        };
+        let (loops, installed) = tokio::join!(futures::future::join_all(loops), install);
+        for result in loops {
+            let (count, missed) = result?;
+            self.last += count;
+            self.missed.extend(missed);
+        }
+        installed
+    }
+
     /// Rolls the webhook Deployment out to `image`, changing the label of each of `PARALLEL`
     /// namespaces every 100 ms until the rollout is over and a second after; records the
     /// changes not on every remote when the apiserver answered (the push is best effort while
