@@ -23,6 +23,7 @@ use kubectl_mesh::remote_setup as setup;
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
 use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as};
+use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::{mesh_command, uninstall_plan};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
@@ -573,6 +574,18 @@ async fn rotate_certs_trusts_the_previous_ca_until_a_re_run_drops_it() -> anyhow
     // At once: the webhook answers (with the certificate it served before), the change lands.
     let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     mesh_e2e::assert_landed(&env, &warnings, "istio-injection=enabled");
+    // check sees a rotation in progress, not a caBundle at odds with the Secret.
+    let serving = "serving certificate is valid and signed by the caBundle's CA";
+    let report = CheckReport::of(mesh.plugin()).await?;
+    let rotating = report.check(serving)?;
+    assert_eq!(rotating.result, "warning", "{rotating:?}");
+    assert!(
+        rotating
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("a certificate rotation is in progress")),
+        "{rotating:?}"
+    );
 
     // Once the webhook serves the new certificate (its metrics port serves the same one).
     eventually(
@@ -591,6 +604,8 @@ async fn rotate_certs_trusts_the_previous_ca_until_a_re_run_drops_it() -> anyhow
     );
     let (settled, _) = installed_certificate(&env).await?;
     assert_eq!(settled, new_ca, "{stderr}");
+    let report = CheckReport::of(mesh.plugin()).await?;
+    assert_eq!(report.check(serving)?.result, "ok", "{report:#?}");
     let warnings = label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
     mesh_e2e::assert_landed(&env, &warnings, "istio-injection=disabled");
     // And a re-run with nothing to drop says nothing of it.
