@@ -187,7 +187,9 @@ pub(crate) fn next_status(
 ) -> MeshClusterStatus {
     let mut next = prev.cloned().unwrap_or_default();
     next.observed_generation = generation;
-    match attempt {
+    // (status, reason, message) of `Reachable`, then of `Synced`.
+    let connected = || ("True", CONNECTED, CONNECTED_MESSAGE.to_owned());
+    let (reachable, synced) = match attempt {
         Attempt::Synced(report) => {
             let in_sync = report.in_sync_after();
             let corrected = report.writes;
@@ -204,16 +206,7 @@ pub(crate) fn next_status(
                     MAX_MESSAGE,
                 )
             });
-            set_condition(
-                &mut next.conditions,
-                CONDITION_REACHABLE,
-                "True",
-                CONNECTED,
-                CONNECTED_MESSAGE.to_owned(),
-                generation,
-                now,
-            );
-            let (status, reason, message) = if report.errors.is_empty() {
+            let synced = if report.errors.is_empty() {
                 let mut message = format!("{in_sync} namespaces carry the primary's labels");
                 if corrected > 0 {
                     message.push_str(&format!(" ({corrected} corrected)"));
@@ -236,37 +229,12 @@ pub(crate) fn next_status(
                 );
                 ("False", "WriteFailed", message)
             };
-            set_condition(
-                &mut next.conditions,
-                CONDITION_SYNCED,
-                status,
-                reason,
-                message,
-                generation,
-                now,
-            );
+            (connected(), synced)
         }
         Attempt::Unwritable { reason, message } => {
             let message = cut(message.clone(), MAX_MESSAGE);
             next.last_error = Some(message.clone());
-            set_condition(
-                &mut next.conditions,
-                CONDITION_REACHABLE,
-                "True",
-                CONNECTED,
-                CONNECTED_MESSAGE.to_owned(),
-                generation,
-                now,
-            );
-            set_condition(
-                &mut next.conditions,
-                CONDITION_SYNCED,
-                "False",
-                reason,
-                message,
-                generation,
-                now,
-            );
+            (connected(), ("False", *reason, message))
         }
         Attempt::Failed {
             reason,
@@ -276,25 +244,28 @@ pub(crate) fn next_status(
             let message = cut(message.clone(), MAX_MESSAGE);
             next.last_error = Some(message.clone());
             let reachable = if *answered { "True" } else { "False" };
-            set_condition(
-                &mut next.conditions,
-                CONDITION_REACHABLE,
-                reachable,
-                reason,
-                message.clone(),
-                generation,
-                now,
-            );
-            set_condition(
-                &mut next.conditions,
-                CONDITION_SYNCED,
-                "Unknown",
-                reason,
-                "the last sync did not complete; Reachable says why".to_owned(),
-                generation,
-                now,
-            );
+            (
+                (reachable, *reason, message),
+                (
+                    "Unknown",
+                    *reason,
+                    "the last sync did not complete; Reachable says why".to_owned(),
+                ),
+            )
         }
+    };
+    for (type_, (status, reason, message)) in
+        [(CONDITION_REACHABLE, reachable), (CONDITION_SYNCED, synced)]
+    {
+        set_condition(
+            &mut next.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            now,
+        );
     }
     next
 }

@@ -358,6 +358,21 @@ pub async fn cluster_condition(
         .and_then(|s| s.condition(kind).cloned()))
 }
 
+/// A merge patch of MeshCluster `cluster` on the primary, as `kubectl patch --type merge` would
+/// send it (an edit by hand, around the plugin's checks).
+pub async fn patch_mesh_cluster(
+    env: &TestEnv,
+    cluster: &str,
+    patch: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let api: kube::Api<mesh_core::cluster::MeshCluster> =
+        kube::Api::all(env.primary().client().await?);
+    let params = kube::api::PatchParams::default();
+    api.patch(cluster, &params, &kube::api::Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
 /// Waits until MeshCluster `cluster`'s `Reachable` condition is True; returns it.
 pub async fn reachable(
     env: &TestEnv,

@@ -15,8 +15,8 @@ use mesh_e2e::tokens::revoke;
 use mesh_e2e::{
     NO_RESYNC, carries, cluster_condition, create_everywhere, edit_labels, eventually, https_get,
     kubectl, label_on_primary, labels, lease_holder, managed_labels, namespaces, one_remote_mesh,
-    own_mesh, reachable, reviews_answered, route_admission_to, shared_mesh, syncs, unique_name,
-    unreachable_for,
+    own_mesh, patch_mesh_cluster, reachable, reviews_answered, route_admission_to, shared_mesh,
+    syncs, unique_name, unreachable_for,
 };
 use mesh_testenv::mesh::Mesh;
 use mesh_testenv::{Cluster, TestEnv};
@@ -30,6 +30,16 @@ async fn wait_labels(
     expected: &BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     carries(cluster, ns, expected, DEADLINE).await
+}
+
+/// `kubectl mesh -o json status` of `mesh`: the report, and what it printed on stderr.
+async fn status_json(mesh: &Mesh) -> anyhow::Result<(serde_json::Value, String)> {
+    let mut status = mesh.plugin();
+    status.args(["-o", "json", "status"]);
+    let out = tokio::process::Command::from(status).output().await?;
+    let report = serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("status -o json: {e}: {}", mesh_e2e::describe(&out)))?;
+    Ok((report, String::from_utf8_lossy(&out.stderr).into_owned()))
 }
 
 /// The status of `cluster`'s `Reachable` condition, if it has one.
@@ -677,11 +687,7 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
         "west was written through east's credentials"
     );
     // Nor does status show west's namespaces as east's.
-    let mut status = mesh.plugin();
-    status.args(["-o", "json", "status"]);
-    let out = tokio::process::Command::from(status).output().await?;
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| anyhow::anyhow!("status -o json: {e}: {}", mesh_e2e::describe(&out)))?;
+    let (report, _) = status_json(&mesh).await?;
     let column = &report["clusters"][0];
     assert!(
         column["name"] == "remote-1"
@@ -811,13 +817,7 @@ async fn a_scope_that_cannot_be_used_shows_as_not_synced_not_unreachable() -> an
     let on_managed_key = json!({"spec": {"scope": {"namespaceSelector": {
         "matchLabels": {"istio-injection": "enabled"}
     }}}});
-    Api::<MeshCluster>::all(env.primary().client().await?)
-        .patch(
-            &remote.name,
-            &PatchParams::default(),
-            &Patch::Merge(&on_managed_key),
-        )
-        .await?;
+    patch_mesh_cluster(&env, &remote.name, &on_managed_key).await?;
 
     let (synced, reachable) = synced_becomes(&env, &remote.name, "False").await?;
     assert_eq!(synced.reason, "ScopeInvalid", "{synced:?}");
@@ -827,11 +827,7 @@ async fn a_scope_that_cannot_be_used_shows_as_not_synced_not_unreachable() -> an
     );
     assert_eq!(reachable.status, "True", "{reachable:?}");
 
-    let mut status = mesh.plugin();
-    status.args(["-o", "json", "status"]);
-    let out = tokio::process::Command::from(status).output().await?;
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| anyhow::anyhow!("status -o json: {e}: {}", mesh_e2e::describe(&out)))?;
+    let (report, stderr) = status_json(&mesh).await?;
     let column = &report["clusters"][0];
     assert!(
         column["reachable"] == true
@@ -840,7 +836,6 @@ async fn a_scope_that_cannot_be_used_shows_as_not_synced_not_unreachable() -> an
                 .is_some_and(|e| e.contains("the scope of remote-1 cannot be used")),
         "{report:#}"
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("unreachable"), "{stderr}");
     Ok(())
 }

@@ -10,10 +10,11 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
-use mesh_core::cluster::{MeshCluster, NamespaceScope};
+use mesh_core::cluster::NamespaceScope;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, kubectl, unique_name,
+    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, kubectl,
+    patch_mesh_cluster, unique_name,
 };
 use mesh_testenv::Cluster;
 use serde_json::{Value, json};
@@ -253,13 +254,7 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
     // though a hundred namespaces are listed before the one the scope now leaves out.
     let fillers = create_fillers(remote, 100).await?;
     let narrowed = json!({"spec": {"scope": {"excludeNamespaces": [&covered]}}});
-    Api::<MeshCluster>::all(env.primary().client().await?)
-        .patch(
-            &remote.name,
-            &PatchParams::default(),
-            &Patch::Merge(&narrowed),
-        )
-        .await?;
+    patch_mesh_cluster(env, &remote.name, &narrowed).await?;
     let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
     let check = report.cluster_check(&remote.name, SCOPE_CHECK).cloned();
     ensure!(
