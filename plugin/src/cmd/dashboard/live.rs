@@ -16,11 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
-use kube::{
-    Api, Client, ResourceExt,
-    core::PartialObjectMeta,
-    runtime::{WatchStreamExt as _, watcher},
-};
+use kube::{Api, Client, ResourceExt, core::PartialObjectMeta, runtime::watcher};
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::MeshCluster,
@@ -39,7 +35,8 @@ use crate::remote_setup::view_secret_name;
 use crate::view;
 
 use super::reduce::{
-    Change, EventKey, NsFacts, Relist, WEBHOOK_EVENTS_NAMESPACE, reduce_event, reduce_namespace,
+    Change, EventKey, NsFacts, Relist, WEBHOOK_EVENTS_NAMESPACE, note_failure, reduce_event,
+    reduce_namespace,
 };
 
 /// How long changes may gather before a snapshot is sent: a burst of events (a relist of
@@ -65,6 +62,9 @@ const WATCH_CLIENT: RemoteOptions = RemoteOptions {
 /// [`RETRY_FIRST`], then twice as long each time, up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
+/// A watch that failed is started again within this, however long it kept failing (kube's
+/// own backoff stops growing there too): a page must not lag long behind a cluster back.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How long the MeshClusters wait for the Secrets' first list (or its failure) at start, so
 /// that a remote is not built before the version of its Secret is known, then again.
@@ -283,29 +283,62 @@ pub struct EventRow {
     pub count: i32,
 }
 
-/// Applies a watch of `api` to the shared state through `on`, forever (the watcher retries
-/// with backoff).
+/// Applies a watch of `api` to the shared state through `on`, forever ([`follow_watches`]).
 async fn follow<K>(
     api: Api<K>,
     config: watcher::Config,
     shared: Arc<Shared>,
-    mut on: impl FnMut(&mut Live, Change<K>) + Send,
+    on: impl FnMut(&mut Live, Change<K>) + Send,
 ) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K::DynamicType: Default,
 {
-    let stream = watcher(api, config).default_backoff();
-    futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
-        let change = match event {
-            Ok(watcher::Event::Init) => Change::Restart,
-            Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => Change::Apply(o),
-            Ok(watcher::Event::Delete(o)) => Change::Delete(o),
-            Ok(watcher::Event::InitDone) => Change::Listed,
-            Err(e) => Change::Failed(failure::error_chain(&e)),
-        };
-        shared.update(|live| on(live, change));
+    follow_watches(move || watcher(api.clone(), config.clone()), shared, on).await;
+}
+
+/// Applies the events of the watches `watch` starts to the shared state through `on`,
+/// forever. A watch that fails is started anew, a relist, after a pause that grows while it
+/// keeps failing: kube's watcher would resume it without a word once the cluster answers
+/// again (a watch resumed from its resourceVersion emits nothing), and the failure would stay
+/// on the page until some object changed. The relist's objects, or its end, say it answers.
+async fn follow_watches<K, S>(
+    mut watch: impl FnMut() -> S + Send,
+    shared: Arc<Shared>,
+    mut on: impl FnMut(&mut Live, Change<K>) + Send,
+) where
+    S: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+{
+    let mut failures = 0;
+    loop {
+        let stream = watch();
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            let change = match event {
+                Ok(watcher::Event::Init) => Change::Restart,
+                Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => Change::Apply(o),
+                Ok(watcher::Event::Delete(o)) => Change::Delete(o),
+                Ok(watcher::Event::InitDone) => Change::Listed,
+                Err(e) => Change::Failed(failure::error_chain(&e)),
+            };
+            let answered = change.answered().map(|a| a.is_ok());
+            shared.update(|live| on(live, change));
+            match answered {
+                Some(true) => failures = 0,
+                Some(false) => {
+                    failures += 1;
+                    break;
+                }
+                None => {}
+            }
+        }
+        tokio::time::sleep(watch_retry_after(failures)).await;
     }
+}
+
+/// How long to wait before a watch is started again after `failures` failures in a row: as
+/// [`retry_after`], up to [`WATCH_RETRY_MAX`].
+fn watch_retry_after(failures: u32) -> Duration {
+    retry_after(failures).min(WATCH_RETRY_MAX)
 }
 
 /// Watches the services, EndpointSlices and pods of one cluster, the primary (`which`
@@ -393,10 +426,12 @@ where
                     let Some(r) = remote_of(remotes, which) else {
                         return;
                     };
-                    if let Change::Failed(e) = &change {
-                        r.view_errors.insert(kind.clone(), e.clone());
-                    } else if !r.view_errors.is_empty() {
-                        r.view_errors.remove(&kind);
+                    match change.answered() {
+                        Some(Err(e)) => drop(r.view_errors.insert(kind.clone(), e.to_owned())),
+                        Some(Ok(())) if !r.view_errors.is_empty() => {
+                            drop(r.view_errors.remove(&kind));
+                        }
+                        _ => {}
                     }
                     &mut r.facts
                 }
@@ -450,6 +485,17 @@ impl Feed {
     }
 }
 
+/// How a change of the primary's namespaces is applied: to its rows, and to whether the
+/// primary can be read ([`Live::primary_error`]).
+fn on_primary_namespaces() -> impl FnMut(&mut Live, Change<wire::Namespace>) + Send {
+    let mut relist = Relist::default();
+    move |live, change| {
+        live.matrix = None;
+        note_failure(&mut live.primary_error, &change);
+        relist.apply(&mut live.primary_namespaces, change, reduce_namespace);
+    }
+}
+
 /// Starts every watch of the primary and of the remotes it lists; returns the feed of
 /// snapshots, the first one once the primary's namespaces are listed.
 pub async fn start(primary: Client, rule: SyncRule) -> Feed {
@@ -460,20 +506,11 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     let (tx, rx) = watch::channel(Bytes::new());
 
     // The primary's namespaces: the matrix's rows and the primary's injection.
-    let mut relist = Relist::default();
     tokio::spawn(follow(
         Api::<wire::Namespace>::all(primary.clone()),
         remote::watch_config().page_size(LIST_PAGE),
         shared.clone(),
-        move |live, change| {
-            live.matrix = None;
-            if let Change::Failed(e) = &change {
-                live.primary_error = Some(e.clone());
-            } else {
-                live.primary_error = None;
-            }
-            relist.apply(&mut live.primary_namespaces, change, reduce_namespace);
-        },
+        on_primary_namespaces(),
     ));
     for task in watch_workloads(&primary, &shared, None) {
         drop(task);
@@ -799,11 +836,10 @@ async fn follow_remote_namespaces(followed: Followed) {
             let Some(r) = live.remote(&followed.which) else {
                 return;
             };
-            if let Change::Failed(e) = &change {
-                r.namespaces_error = Some(e.clone());
+            note_failure(&mut r.namespaces_error, &change);
+            if matches!(change, Change::Failed(_)) {
                 return;
             }
-            r.namespaces_error = None;
             let map = r.namespaces.get_or_insert_with(Records::default);
             relist.apply(map, change, reduce_namespace);
         },
@@ -877,6 +913,78 @@ mod tests {
         // What was read of it is kept over a rotation, not over a change of its cluster.
         assert!(now.same_cluster(&rotated));
         assert!(!now.same_cluster(&built(2, &stored)));
+    }
+
+    /// `events`, then nothing, as kube's watcher gives them: after a failure it resumes the
+    /// watch from its resourceVersion without an event, and a cluster that answers again
+    /// where nothing changes says nothing more.
+    fn scripted(
+        events: Vec<watcher::Result<watcher::Event<wire::Namespace>>>,
+    ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<wire::Namespace>>> {
+        futures::stream::iter(events).chain(futures::stream::pending())
+    }
+
+    /// The page said the primary could not be read until a namespace changed, long after
+    /// the primary answered again.
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_that_answers_again_is_read_again_though_nothing_changed() {
+        let shared = Arc::new(Shared {
+            live: Mutex::new(Live::new(SyncRule::default())),
+            dirty: Notify::new(),
+        });
+        let listed = || {
+            let mut shop = wire::Namespace::default();
+            shop.metadata.name = Some("shop".to_owned());
+            vec![
+                Ok(watcher::Event::Init),
+                Ok(watcher::Event::InitApply(shop)),
+                Ok(watcher::Event::InitDone),
+            ]
+        };
+        let timed_out = || {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "read timed out");
+            Err(watcher::Error::WatchFailed(kube::Error::Service(Box::new(
+                e,
+            ))))
+        };
+        // The first watch lists, then its connection times out (a frozen primary); every
+        // watch after it lists the same namespaces.
+        let mut started = 0;
+        let watches = move || {
+            started += 1;
+            let mut events = listed();
+            if started == 1 {
+                events.push(timed_out());
+            }
+            scripted(events)
+        };
+        let task = tokio::spawn(follow_watches(
+            watches,
+            shared.clone(),
+            on_primary_namespaces(),
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let error = shared.lock().primary_error.clone();
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("read timed out")),
+            "{error:?}"
+        );
+        tokio::time::sleep(watch_retry_after(1) + Duration::from_millis(10)).await;
+        {
+            let live = shared.lock();
+            assert_eq!(live.primary_error, None, "the primary answers again");
+            let names: Vec<&String> = live.primary_namespaces.keys().collect();
+            assert_eq!(names, ["shop"]);
+        }
+        task.abort();
+    }
+
+    #[test]
+    fn a_failed_watch_is_started_again_less_and_less_often_up_to_a_limit() {
+        let waits: Vec<u64> = (1..=7).map(|n| watch_retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
     }
 
     #[test]

@@ -25,6 +25,28 @@ pub(super) enum Change<K> {
     Failed(String),
 }
 
+impl<K> Change<K> {
+    /// What it says of whether the cluster answers: it failed (why), it answered (an object,
+    /// or the end of a list), or nothing: a relist that starts has asked nothing yet.
+    pub(super) fn answered(&self) -> Option<Result<(), &str>> {
+        match self {
+            Self::Restart => None,
+            Self::Apply(_) | Self::Delete(_) | Self::Listed => Some(Ok(())),
+            Self::Failed(e) => Some(Err(e)),
+        }
+    }
+}
+
+/// Keeps `error`, why a watch fails now, as `change` says: set by a failure, cleared once the
+/// cluster answers again.
+pub(super) fn note_failure<K>(error: &mut Option<String>, change: &Change<K>) {
+    match change.answered() {
+        Some(Err(e)) => *error = Some(e.to_owned()),
+        Some(Ok(())) => *error = None,
+        None => {}
+    }
+}
+
 /// A map kept equal to a watched collection: keys not listed again after a restart go.
 pub(super) struct Relist<Q> {
     seen: Option<BTreeSet<Q>>,
@@ -201,6 +223,26 @@ mod tests {
         let mut ns = wire::Namespace::default();
         ns.metadata.name = Some(name.to_owned());
         ns
+    }
+
+    #[test]
+    fn a_failure_holds_until_the_cluster_answers_not_while_a_relist_only_starts() {
+        let mut error = None;
+        note_failure(
+            &mut error,
+            &Change::<wire::Namespace>::Failed("timed out".into()),
+        );
+        assert_eq!(error.as_deref(), Some("timed out"));
+        // A relist starts before it asks anything.
+        note_failure(&mut error, &Change::<wire::Namespace>::Restart);
+        assert_eq!(error.as_deref(), Some("timed out"));
+        note_failure(&mut error, &Change::Apply(ns("a")));
+        assert_eq!(error, None);
+        for answered in [Change::Listed, Change::Delete(ns("a"))] {
+            error = Some("timed out".into());
+            note_failure(&mut error, &answered);
+            assert_eq!(error, None);
+        }
     }
 
     #[test]
