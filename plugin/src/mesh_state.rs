@@ -143,9 +143,10 @@ pub fn not_attached(name: &str) -> Error {
     }
 }
 
-/// Whether `cluster` is being detached (deleted, held by its finalizer until the detach ends).
-/// Nothing syncs such a cluster, the reconciler included: its detach may be stripping the very
-/// labels a sync would write.
+/// Whether `cluster` is being detached: its MeshCluster deleted, and still there only while a
+/// finalizer of someone else's holds it (kubectl-mesh puts none on MeshClusters). Nothing
+/// syncs such a cluster, the reconciler included: its detach may be stripping the very labels
+/// a sync would write.
 pub fn is_being_detached(cluster: &MeshCluster) -> bool {
     cluster.metadata.deletion_timestamp.is_some()
 }

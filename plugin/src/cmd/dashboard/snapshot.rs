@@ -14,7 +14,7 @@ use crate::cmd::list::ClusterRow;
 use crate::cmd::services::{self, ClusterRead, Join, PRIMARY, PageRows, ReadState, Records};
 use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
 use crate::credentials::TokenExpiry;
-use crate::view;
+use crate::{mesh_state, view};
 
 use super::live::{EventRow, Live, MAX_EVENTS, RemoteLive, ViewState};
 use super::reduce::NsFacts;
@@ -54,6 +54,10 @@ struct ServicesJson<'j, 'a> {
 #[serde(rename_all = "camelCase")]
 struct ClusterInfo {
     name: String,
+    /// Whether it is being detached ([`mesh_state::is_being_detached`]), as `status` says:
+    /// nothing syncs it, so its drift is not one to correct.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    detaching: bool,
     /// `reachable`, `unreachable` or `unknown` (not asked yet), as seen from here now.
     reachability: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -148,6 +152,7 @@ impl Live {
                 };
                 ClusterInfo {
                     name,
+                    detaching: mesh_state::is_being_detached(c),
                     reachability,
                     error,
                     reachable_condition: row.reachable,
@@ -170,8 +175,15 @@ impl Live {
     pub(super) fn matrix_json(&self, chunk: usize) -> Vec<u8> {
         let rows = self.matrix_rows();
         let mut chunks = rows.chunks(chunk.max(1));
-        // The columns do not depend on the rows: no row is judged for them.
-        let columns = self.matrix_of(&[]).clusters;
+        // The columns do not depend on the rows: no row is judged for them. Those being
+        // detached are marked as `status` marks them.
+        let mut columns = self.matrix_of(&[]).clusters;
+        for column in &mut columns {
+            column.detaching = self
+                .clusters
+                .get(&column.name)
+                .is_some_and(mesh_state::is_being_detached);
+        }
         let mut counts = [0; 4];
         let mut buf = Vec::new();
         buf.extend_from_slice(b"{\"clusters\":");
@@ -591,6 +603,50 @@ mod tests {
         remote.view_errors.clear();
         assert_eq!(services(&mut live)["clusters"][1]["state"], "read");
         assert_eq!(live.clusters_info(Timestamp::now())[0].view, "view");
+    }
+
+    /// A cluster being detached (its MeshCluster deleted, held by someone's finalizer) was
+    /// shown as any other, its drift as one the webhook corrects: nothing syncs it any more.
+    #[test]
+    fn a_cluster_being_detached_is_marked_as_status_marks_it() {
+        let mut live = live();
+        let leaving = live.clusters.get_mut("remote-1").unwrap();
+        leaving.metadata.deletion_timestamp = leaving.metadata.creation_timestamp.clone();
+        let json: serde_json::Value = serde_json::from_slice(&json_of(&live.snapshot())).unwrap();
+        let info = |name: &str| {
+            json["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(info("remote-1")["detaching"], true, "{json}");
+        assert_eq!(info("remote-2").get("detaching"), None, "{json}");
+        // The matrix's columns, as `status -o json` writes them.
+        let matrix = &json["matrix"];
+        let column = |name: &str| {
+            matrix["clusters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(column("remote-1")["detaching"], true, "{matrix}");
+        assert_eq!(column("remote-2").get("detaching"), None, "{matrix}");
+        let mut status = live.matrix_of(&live.matrix_rows());
+        let clusters: Vec<_> = live.clusters.values().cloned().collect();
+        status.mark_detaching(&clusters);
+        assert_eq!(matrix, &serde_json::to_value(&status).unwrap());
+        // Its cells still say what differs.
+        assert_eq!(matrix["namespaces"][1]["name"], "b");
+        assert_eq!(
+            matrix["namespaces"][1]["clusters"]["remote-1"]["state"],
+            "drifted"
+        );
     }
 
     /// A remote named `primary` (an older version allowed the name): its services stay its

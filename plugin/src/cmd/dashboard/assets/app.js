@@ -17,6 +17,7 @@ const token = (() => {
 })();
 
 const MAX_SERVICE_ROWS = 500;
+const DETACHING = 'being detached: its namespaces are not synced any more';
 let state = null;
 // The server's answer for the filter last asked for: {filter, page}.
 let filtered = null;
@@ -45,8 +46,10 @@ function labelsText(labels) {
 }
 
 function renderClusters() {
-  const rows = state.clusters.map((c) => el('tr', { 'data-cluster': c.name, 'data-reachability': c.reachability },
-    el('td', {}, c.name),
+  // A cluster being detached, as `status` says it: nothing syncs it any more.
+  const rows = state.clusters.map((c) => el('tr', { 'data-cluster': c.name, 'data-reachability': c.reachability,
+    'data-detaching': c.detaching ? 'true' : null, class: c.detaching ? 'detaching' : null },
+    el('td', { title: c.detaching ? DETACHING : null }, c.detaching ? `${c.name} (detaching)` : c.name),
     el('td', { class: `state-${c.reachability}`, title: c.error || '' },
       c.error ? `${c.reachability}: ${c.error}` : c.reachability),
     el('td', {}, c.reachableCondition),
@@ -64,7 +67,8 @@ function renderClusters() {
 function renderMatrix() {
   const matrix = state.matrix;
   const head = el('tr', {}, el('th', {}, 'Namespace'), el('th', {}, 'primary'),
-    ...matrix.clusters.map((c) => el('th', {}, c.name)));
+    ...matrix.clusters.map((c) => el('th', { 'data-cluster': c.name, 'data-detaching': c.detaching ? 'true' : null,
+      title: c.detaching ? DETACHING : null }, c.detaching ? `${c.name} (detaching)` : c.name)));
   document.querySelector('#matrix thead').replaceChildren(head);
   const rows = matrix.namespaces.map((row) => el('tr', { 'data-ns': row.name },
     el('td', {}, row.name),
@@ -78,7 +82,9 @@ function renderMatrix() {
       else if (st === 'drifted') text = `${labelsText(cell.labels)} (drift)`;
       else if (st === 'excluded') text = `${labelsText(cell.labels)} (excluded)`;
       else text = labelsText(cell.labels);
-      return el('td', { class: `state-${st}`, 'data-ns': row.name, 'data-cluster': c.name, 'data-state': st }, text);
+      // Its drift and missing namespaces are what they are, not what a sync will correct.
+      const shown = c.detaching && (st === 'drifted' || st === 'missing') ? 'detaching' : st;
+      return el('td', { class: `state-${shown}`, 'data-ns': row.name, 'data-cluster': c.name, 'data-state': st }, text);
     })));
   fill(document.querySelector('#matrix tbody'), rows);
 }
