@@ -576,6 +576,30 @@ mod tests {
         stream
     }
 
+    /// What a test opens up to its limit.
+    #[derive(Clone, Copy)]
+    enum Filled {
+        Connections,
+        EventStreams,
+    }
+
+    /// A server with `limits`, and as many connections or event streams open as they allow.
+    async fn filled(limits: Limits, what: Filled) -> (Serving, Vec<TcpStream>) {
+        let server = serving(limits).await;
+        let count = match what {
+            Filled::Connections => limits.connections,
+            Filled::EventStreams => limits.event_streams,
+        };
+        let mut open = Vec::with_capacity(count);
+        for _ in 0..count {
+            open.push(match what {
+                Filled::Connections => connect(server.port).await,
+                Filled::EventStreams => open_events(&server).await,
+            });
+        }
+        (server, open)
+    }
+
     /// What the server answers to `GET target` on `port`, naming its own host, up to the end
     /// of `until` (the whole answer when the server closes first).
     async fn get(port: u16, target: &str, until: &str) -> String {
@@ -667,16 +691,12 @@ mod tests {
 
     #[tokio::test]
     async fn connections_past_the_limit_are_closed_at_once() {
+        assert!(Limits::default().connections <= 64);
         let limits = Limits {
             connections: 3,
             ..Limits::default()
         };
-        assert!(Limits::default().connections <= 64);
-        let server = serving(limits).await;
-        let mut open = Vec::new();
-        for _ in 0..limits.connections {
-            open.push(connect(server.port).await);
-        }
+        let (server, mut open) = filled(limits, Filled::Connections).await;
         let mut extra = connect(server.port).await;
         assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
         // Those within the limit are served.
@@ -710,16 +730,12 @@ mod tests {
 
     #[tokio::test]
     async fn event_streams_past_the_limit_are_refused() {
+        assert!(Limits::default().event_streams <= 16);
         let limits = Limits {
             event_streams: 2,
             ..Limits::default()
         };
-        assert!(Limits::default().event_streams <= 16);
-        let server = serving(limits).await;
-        let mut open = Vec::new();
-        for _ in 0..limits.event_streams {
-            open.push(open_events(&server).await);
-        }
+        let (server, mut open) = filled(limits, Filled::EventStreams).await;
         let target = format!("/events?token={}", server.token.as_str());
         let refused = get(server.port, &target, "\r\n\r\n").await;
         assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
