@@ -2,7 +2,8 @@
 //! mesh, headless Chromium renders it, and the test reads the rendered DOM. A label change on
 //! the primary shows within seconds (pushed, the page is never reloaded), a remote label
 //! edited by hand shows as the webhook's correction Event, a frozen remote shows as
-//! unreachable and then reachable again, a remote whose credentials are rotated under the page
+//! unreachable and then reachable again, a frozen primary as unreadable until it answers again,
+//! a cluster being detached as such, a remote whose credentials are rotated under the page
 //! is still read (with the new ones), a request for a foreign host is refused, and so is a
 //! request for data without the token of the URL the dashboard printed; a connection that
 //! asks nothing is closed.
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use mesh_e2e::browser::Browser;
 use mesh_e2e::{create_everywhere, describe, kubectl_apply, label_on_primary, shared_mesh};
+use mesh_testenv::TestEnv;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// How long a change may take to show on the page: the webhook's push, the watch, the
@@ -27,6 +29,9 @@ const MANY_SERVICES: usize = 510;
 /// How long a watch lasts before it is made again (`remote::WATCH_SECONDS`, 50 s) and then
 /// some: past it, a watch made with a revoked token would be refused.
 const WATCHES_MADE_AGAIN_WITHIN: Duration = Duration::from_secs(60);
+/// How long after a frozen primary answers again the page may still say it cannot be read: a
+/// failed watch is started again within 30 s (`live::WATCH_RETRY_MAX`), then lists.
+const READ_AGAIN_WITHIN: Duration = Duration::from_secs(45);
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
@@ -82,6 +87,33 @@ fn cell(ns: &str, cluster: &str) -> String {
     format!(
         r#"(document.querySelector('#matrix td[data-ns="{ns}"][data-cluster="{cluster}"]') || {{}}).textContent"#
     )
+}
+
+/// Whether the matrix cells of `ns` on both `clusters` show `value`, as JavaScript.
+fn both_show(ns: &str, clusters: [&str; 2], value: &str) -> String {
+    let [a, b] = clusters;
+    format!(
+        "{} === '{value}' && {} === '{value}'",
+        cell(ns, a),
+        cell(ns, b)
+    )
+}
+
+/// `kubectl patch` of the MeshCluster `name` on the primary with this JSON merge patch.
+async fn patch_cluster(env: &TestEnv, name: &str, patch: &str) -> anyhow::Result<()> {
+    let mut cmd = tokio::process::Command::from(env.kubectl(env.primary()));
+    cmd.args([
+        "patch",
+        "meshclusters.kubectl-mesh.io",
+        name,
+        "--type",
+        "merge",
+        "-p",
+        patch,
+    ]);
+    let out = cmd.output().await?;
+    anyhow::ensure!(out.status.success(), "patch {name}: {}", describe(&out));
+    Ok(())
 }
 
 #[tokio::test]
@@ -180,11 +212,7 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         &mut browser,
         "the label shows on every remote, in sync",
         SHOWS_WITHIN,
-        &format!(
-            "{} === 'istio-injection=enabled' && {} === 'istio-injection=enabled'",
-            cell(&ns, "remote-1"),
-            cell(&ns, "remote-2")
-        ),
+        &both_show(&ns, ["remote-1", "remote-2"], "istio-injection=enabled"),
     )
     .await?;
     assert_eq!(
@@ -318,11 +346,7 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         &mut browser,
         "after rotate, the label shows on remote-1, read with its new credentials",
         SHOWS_WITHIN,
-        &format!(
-            "{} === 'istio-injection=disabled' && {} === 'istio-injection=disabled'",
-            cell(&ns, "primary"),
-            cell(&ns, "remote-1")
-        ),
+        &both_show(&ns, ["primary", "remote-1"], "istio-injection=disabled"),
     )
     .await?;
     browser.eval(&filter(&format!("{ns}/web"))).await?;
@@ -399,6 +423,72 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     .await;
     env.resume_apiserver("primary").await?;
     said?;
+    // Thawed, with no namespace changed: the page reads the primary again. kube's watcher
+    // resumes a watch without an event; the error stayed until some namespace changed.
+    let cleared = until(
+        &mut browser,
+        "the page reads the primary again, though no namespace changed",
+        READ_AGAIN_WITHIN,
+        "document.getElementById('primary-error').hidden",
+    )
+    .await?;
+    println!("the primary's error went {cleared:?} after it answered again");
+
+    // A cluster being detached (its MeshCluster deleted, held by someone else's finalizer):
+    // nothing syncs it, and the page marks it so rather than show its drift as one the
+    // webhook corrects. Last: the MeshCluster goes once the finalizer is removed.
+    patch_cluster(
+        env,
+        "remote-2",
+        r#"{"metadata":{"finalizers":["e2e.example/hold"]}}"#,
+    )
+    .await?;
+    let mut delete = tokio::process::Command::from(env.kubectl(env.primary()));
+    delete.args([
+        "delete",
+        "meshclusters.kubectl-mesh.io",
+        "remote-2",
+        "--wait=false",
+    ]);
+    let deleted = delete.output().await?;
+    let marked = async {
+        anyhow::ensure!(deleted.status.success(), "delete: {}", describe(&deleted));
+        until(
+            &mut browser,
+            "remote-2 shows as being detached",
+            SHOWS_WITHIN,
+            r#"document.querySelector('#clusters tr[data-cluster="remote-2"]').dataset.detaching === 'true'
+                && document.querySelector('#matrix th[data-cluster="remote-2"]').textContent === 'remote-2 (detaching)'"#,
+        )
+        .await?;
+        label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+        until(
+            &mut browser,
+            "remote-1 is synced, remote-2's drift shows as not synced",
+            SHOWS_WITHIN,
+            &format!(
+                r#"{} === 'istio-injection=enabled' && (() => {{
+                    const c = document.querySelector('#matrix td[data-ns="{ns}"][data-cluster="remote-2"]');
+                    return c.dataset.state === 'drifted' && c.classList.contains('state-detaching')
+                        && !c.classList.contains('state-drifted'); }})()"#,
+                cell(&ns, "remote-1")
+            ),
+        )
+        .await?;
+        browser
+            .screenshot(&shots().join("dashboard-detaching.png"))
+            .await
+    }
+    .await;
+    patch_cluster(env, "remote-2", r#"{"metadata":{"finalizers":null}}"#).await?;
+    marked?;
+    until(
+        &mut browser,
+        "remote-2, detached, is off the page",
+        SHOWS_WITHIN,
+        r#"!document.querySelector('#clusters tr[data-cluster="remote-2"]')"#,
+    )
+    .await?;
 
     silent.await??;
     // Through all of it the dashboard kept running.
