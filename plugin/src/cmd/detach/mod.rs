@@ -351,7 +351,10 @@ fn remote_needs(strip_labels: bool) -> Vec<Need> {
     ]
 }
 
-/// The cluster's Secrets on the primary: its stored kubeconfig and its Istio remote secret.
+/// The cluster's Secrets on the primary: its stored kubeconfigs and its Istio remote secret.
+/// By name as well as label: on a primary that is also another mesh's remote, the token
+/// Secrets that mesh's attach put in [`MESH_NAMESPACE`] carry the same labels, and deleting
+/// them would revoke that mesh's credentials.
 async fn labelled_secrets(primary: &Client, name: &str) -> Result<Vec<Secret>, kube::Error> {
     let lp = ListParams::default().labels(&setup::selector(name));
     let mut out = Vec::new();
@@ -365,6 +368,7 @@ async fn labelled_secrets(primary: &Client, name: &str) -> Result<Vec<Secret>, k
         Err(kube::Error::Api(s)) if s.code == 403 || s.code == 404 => {}
         Err(e) => return Err(e),
     }
+    out.retain(|secret| setup::stored_credential_of(&secret.metadata) == Some(name));
     Ok(out)
 }
 

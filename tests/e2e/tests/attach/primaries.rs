@@ -260,6 +260,51 @@ async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow:
     assert_nothing_left(env, remote, &remote.name).await
 }
 
+/// On a cluster that is a primary and another mesh's remote, detach found the Secrets to
+/// delete by label alone: `detach <its own name there> --force`, run there by mistake, deleted
+/// the token Secrets the other primary's attach put in kubectl-mesh (revoking that mesh's
+/// credentials) and said the cluster was detached. Nothing of this mesh is attached under that
+/// name, so it is refused, and the other mesh's identity stays.
+#[tokio::test]
+async fn detach_on_a_primary_keeps_the_identity_another_primary_attached_here() -> anyhow::Result<()>
+{
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    uninstalled(remote).await?;
+    let install = ["install", "--webhook-url", DEAD_WEBHOOK_URL];
+    succeeded(
+        &mesh_on(remote, &install, &[]).await?,
+        "install on the remote",
+    )?;
+    attach(env, remote, &[]).await?;
+    let identity = format!("{CLUSTER_LABEL}={}", remote.name);
+    let identity_before = labelled(remote, &identity, false).await?;
+    ensure!(
+        identity_before.iter().any(|n| n.ends_with("-token")),
+        "no token Secret attached: {identity_before:?}"
+    );
+
+    let out = mesh_on(remote, &["detach", &remote.name, "--force"], &[]).await?;
+    let line = refused_in_one_line(&out, "detach of this mesh's name on the other's primary")?;
+    ensure!(line.contains("is not attached"), "{line}");
+    ensure!(
+        labelled(remote, &identity, false).await? == identity_before,
+        "the identity another primary attached here changed"
+    );
+    let (stored, _) = stored_client(env, &remote.name).await?;
+    Api::<Namespace>::all(stored)
+        .list(&ListParams::default())
+        .await
+        .context("the primary's stored token stopped working")?;
+
+    succeeded(
+        &mesh_on(remote, &["uninstall", "--crd"], &[]).await?,
+        "uninstall on the remote",
+    )?;
+    detach(env, remote, &remote.name, &[]).await?;
+    delete_namespace(remote, "kubectl-mesh").await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
+
 /// `install` run by mistake with the kubeconfig of a cluster attached as a remote: refused
 /// in one line before anything is written, so the namespace keeps what attach recorded there
 /// and detach still finds everything. A dry run contacts no cluster and writes nothing.
