@@ -181,10 +181,14 @@ impl Install {
         }
         // Only in the cluster can install tell when every webhook serves the new certificate.
         let waits_for_rollout = wait && options.webhook_url.is_none();
+        let switching = issued
+            || webhook_cert_dir
+                .as_deref()
+                .is_some_and(|dir| holds_another_cert(dir, &cert));
         let plan = render::ca_bundle_plan(
             &cert.ca_pem,
             &trusted_ca_bundle(installed.as_ref()),
-            issued,
+            switching,
             waits_for_rollout,
             jiff::Timestamp::now(),
         );
@@ -328,6 +332,16 @@ async fn installed_configuration(client: &Client) -> Result<Option<MutatingWebho
             "cannot read MutatingWebhookConfiguration {}",
             render::WEBHOOK_CONFIGURATION
         )))
+}
+
+/// Whether `--webhook-cert-dir` `dir` holds another serving certificate than `cert`, or none:
+/// the webhook reading it switches once install writes it (e.g. a certificate issued by an
+/// install without the flag, now kept).
+fn holds_another_cert(dir: &Path, cert: &ServingCert) -> bool {
+    std::fs::read_to_string(dir.join(render::TLS_CRT))
+        .ok()
+        .as_deref()
+        != Some(&cert.cert_pem)
 }
 
 /// The caBundle (PEM) the apiserver calls the webhook with now; empty when there is none.
@@ -859,6 +873,21 @@ mod tests {
     /// What install does with `--webhook-cert-dir` once everything is applied.
     fn write_cert_dir(dir: &Path, cert: &ServingCert) {
         StagedCertDir::write(dir, cert).unwrap().commit().unwrap();
+    }
+
+    /// A kept certificate that the directory lacks is one its webhook switches to.
+    #[test]
+    fn a_cert_dir_switches_when_it_held_another_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            render::generate_serving_cert(&render::serving_sans(None)).unwrap(),
+            render::generate_serving_cert(&render::serving_sans(None)).unwrap(),
+        );
+        assert!(holds_another_cert(dir.path(), &new));
+        write_cert_dir(dir.path(), &old);
+        assert!(holds_another_cert(dir.path(), &new));
+        write_cert_dir(dir.path(), &new);
+        assert!(!holds_another_cert(dir.path(), &new));
     }
 
     #[test]

@@ -33,18 +33,19 @@ pub enum PreviousCas {
     /// Still trusted when install returns: a later install that keeps the certificate drops
     /// them.
     Left,
-    /// Dropped now: the certificate is kept, so the webhook had the time to serve it.
+    /// Dropped now: the webhook already serves the certificate, which install kept.
     Dropped,
 }
 
 /// The caBundle for `ca`, the CA of the serving certificate install leaves in place, when the
 /// apiserver trusts `trusted` now (the installed caBundle; empty when there is none).
-/// `issued`: the certificate is new. `waits_for_rollout`: install waits for the webhook's
+/// `switching`: the webhook serves another certificate until it reads this one (it is new, or
+/// `--webhook-cert-dir` held another). `waits_for_rollout`: install waits for the webhook's
 /// Deployment to roll out (in the cluster, `--wait`), after which every replica serves it.
 pub fn ca_bundle_plan(
     ca: &str,
     trusted: &str,
-    issued: bool,
+    switching: bool,
     waits_for_rollout: bool,
     now: Timestamp,
 ) -> CaBundlePlan {
@@ -68,7 +69,7 @@ pub fn ca_bundle_plan(
     bridged.push('\n');
     let previous = if waits_for_rollout {
         PreviousCas::UntilRollout(ca.to_owned())
-    } else if issued {
+    } else if switching {
         PreviousCas::Left
     } else {
         return CaBundlePlan {
@@ -126,8 +127,8 @@ mod tests {
         generate_serving_cert(&serving_sans(None)).unwrap().ca_pem
     }
 
-    fn plan(ca: &str, trusted: &str, issued: bool, waits: bool) -> CaBundlePlan {
-        ca_bundle_plan(ca, trusted, issued, waits, Timestamp::now())
+    fn plan(ca: &str, trusted: &str, switching: bool, waits: bool) -> CaBundlePlan {
+        ca_bundle_plan(ca, trusted, switching, waits, Timestamp::now())
     }
 
     #[test]

@@ -533,6 +533,16 @@ async fn a_cert_dir_that_cannot_be_written_refuses_before_anything_is_applied() 
         .collect::<anyhow::Result<Vec<_>>>()?;
     files.sort();
     assert_eq!(files, ["ca.crt", "tls.crt", "tls.key"]);
+
+    // The certificate kept and written where it was not: a webhook reading that directory
+    // switches only now, so the previous CA stays trusted until a re-run finds it there.
+    let elsewhere = dir.path().join("elsewhere");
+    let elsewhere = elsewhere.to_string_lossy();
+    let kept = ["--webhook-url", url, "--webhook-cert-dir", &*elsewhere];
+    install(&env, &kept).await?;
+    assert_eq!(installed_certificate(&env).await?.0, ca_bundle);
+    install(&env, &kept).await?;
+    assert_eq!(installed_certificate(&env).await?.0, new_ca);
     Ok(())
 }
 
