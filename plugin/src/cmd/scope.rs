@@ -7,6 +7,7 @@
 //! the token stored on the primary may write. The scope the MeshCluster records already is
 //! written to the remote's policies alone, which a `kubectl patch` of it left as they were.
 
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use kube::{
     Api, Client, ResourceExt,
@@ -146,7 +147,6 @@ impl Scope {
                  line with it"
             ));
         } else {
-            let patch = json!({ "spec": { "scope": scope_patch(&scope) } });
             let clusters: Api<MeshCluster> = Api::all(primary.clone());
             let stored = clusters
                 .patch(
@@ -155,7 +155,7 @@ impl Scope {
                         field_manager: Some(FIELD_MANAGER.to_owned()),
                         ..Default::default()
                     },
-                    &Patch::Merge(&patch),
+                    &Patch::Json::<()>(scope_patch(&scope)),
                 )
                 .await;
             if let Err(e) = stored {
@@ -196,15 +196,20 @@ fn with_scope(mc: &MeshCluster, scope: &NamespaceScope) -> MeshCluster {
     mc
 }
 
-/// The merge patch value of `spec.scope`: `null` fields remove what is there.
-fn scope_patch(scope: &NamespaceScope) -> serde_json::Value {
-    if scope.is_everything() {
-        return serde_json::Value::Null;
-    }
-    json!({
-        "excludeNamespaces": (!scope.exclude_namespaces.is_empty()).then_some(&scope.exclude_namespaces),
-        "namespaceSelector": scope.namespace_selector,
-    })
+/// The JSON Patch that makes a MeshCluster's `spec.scope` `scope` (it differs from the one
+/// there, so a scope of everything removes one that is there). Replaced whole: a merge patch
+/// merges maps, so a selector's `matchLabels` set by hand stayed beside the new selector.
+fn scope_patch(scope: &NamespaceScope) -> json_patch::Patch {
+    let path = PointerBuf::from_tokens(["spec", "scope"]);
+    let operation = if scope.is_everything() {
+        PatchOperation::Remove(RemoveOperation { path })
+    } else {
+        PatchOperation::Add(AddOperation {
+            path,
+            value: serde_json::to_value(scope).unwrap_or_default(),
+        })
+    };
+    json_patch::Patch(vec![operation])
 }
 
 /// A client of the remote with `admin`'s rights (found by [`RemoteAdminFlags::find`]); it
@@ -390,6 +395,28 @@ fn validations_patch(policy: &ValidatingAdmissionPolicy) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scope was a merge patch: a selector's `matchLabels` set by hand stayed beside the
+    /// new selector, which then selected far fewer namespaces than `scope` said.
+    #[test]
+    fn a_new_scope_replaces_the_old_one_whole() {
+        let mut stored = json!({"spec": {"secretName": "cluster-east", "scope": {
+            "excludeNamespaces": ["gw"],
+            "namespaceSelector": {"matchLabels": {"team": "apps"}},
+        }}});
+        let selector = namespace_scope::parse_selector("team in (apps,web)").expect("selector");
+        let scope = NamespaceScope {
+            exclude_namespaces: Vec::new(),
+            namespace_selector: Some(selector.clone()),
+        };
+        json_patch::patch(&mut stored, &scope_patch(&scope)).expect("applies");
+        assert_eq!(
+            stored["spec"]["scope"],
+            json!({"namespaceSelector": serde_json::to_value(&selector).unwrap()})
+        );
+        json_patch::patch(&mut stored, &scope_patch(&NamespaceScope::default())).expect("applies");
+        assert_eq!(stored, json!({"spec": {"secretName": "cluster-east"}}));
+    }
 
     #[test]
     fn a_policy_that_could_not_be_put_back_is_said_with_what_to_do() {

@@ -324,6 +324,24 @@ async fn the_same_scope_again_brings_the_remote_in_line() -> anyhow::Result<()> 
     let without = succeeded(&mesh(env, &args[..4], &[]).await?, "scope, primary only")?;
     ensure!(without.contains("were not checked"), "{without}");
 
+    // A selector set by hand with matchLabels is replaced whole by scope's (a merge patch kept
+    // its labels beside the new expressions: far fewer namespaces written than scope said).
+    let by_hand =
+        json!({"spec": {"scope": {"namespaceSelector": {"matchLabels": {"team": "apps"}}}}});
+    patch_mesh_cluster(env, &remote.name, &by_hand).await?;
+    let selector = ["--namespace-selector", "team in (apps,web)"];
+    let args = [&args[..2], &selector, &["--remote-kubeconfig", &kubeconfig]].concat();
+    succeeded(&mesh(env, &args, &[]).await?, "scope with a selector")?;
+    let scope = mesh_cluster(env, &remote.name).await?.spec.scope;
+    ensure!(
+        scope.exclude_namespaces.is_empty()
+            && scope
+                .namespace_selector
+                .as_ref()
+                .is_some_and(|s| s.match_labels.is_none() && s.match_expressions.is_some()),
+        "{scope:?}"
+    );
+
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await?;
     delete_namespace(remote, &kept).await
