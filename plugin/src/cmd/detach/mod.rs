@@ -11,12 +11,15 @@
 //! Order on the remote, and why:
 //! 1. the guard (ValidatingAdmissionPolicy and binding), so that a deny guard cannot refuse
 //!    the label removals of step 3;
-//! 2. the token Secrets: deleting them revokes the tokens at once, so the webhook's reconciler
-//!    (still running for this cluster until its MeshCluster goes) can no longer write labels;
+//! 2. the token Secrets, then the identities' ClusterRoleBindings: deleting a token Secret
+//!    revokes the token, but the apiserver may accept it from its cache for a few seconds
+//!    more, while RBAC takes its rights away at once; so the webhook's reconciler (still
+//!    running for this cluster until its MeshCluster goes) can no longer write labels;
 //! 3. with --strip-labels, the managed labels of the remote's namespaces (not before 2, or the
 //!    reconciler would put them back);
-//! 4. the sync scope (policy and binding), only now that no token is left for it to confine;
-//! 5. ClusterRoleBindings, ClusterRoles, ServiceAccounts, then the namespace.
+//! 4. the sync scope (policy and binding), only now that no token may do anything for it to
+//!    confine;
+//! 5. ClusterRoles, ServiceAccounts, then the namespace.
 //!
 //! Detach needs admin rights on the remote: the stored token may only patch namespaces. It
 //! uses --remote-kubeconfig, or else the context attach recorded, looked up in the user's

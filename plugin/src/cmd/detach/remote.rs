@@ -83,6 +83,18 @@ pub(super) async fn clean_remote(
     remove
         .in_mesh_namespace::<Role>(setup::TOKEN_RENEWAL, renewal)
         .await?;
+    // The apiserver may accept a deleted token from its cache for a few seconds more; RBAC
+    // takes away what it may do at once.
+    const ACCOUNTS: [&str; 3] = [
+        setup::SYNC_ACCOUNT,
+        setup::ISTIO_READER,
+        setup::VIEW_ACCOUNT,
+    ];
+    for account in ACCOUNTS {
+        remove
+            .cluster::<ClusterRoleBinding>(account, "delete ClusterRoleBindings")
+            .await?;
+    }
 
     if let Some(rule) = strip {
         strip_managed_labels(client, target, rule, name, timeout, progress).await?;
@@ -92,14 +104,7 @@ pub(super) async fn clean_remote(
     remove
         .policy(setup::SYNC_SCOPE, "delete the sync scope")
         .await?;
-    for account in [
-        setup::SYNC_ACCOUNT,
-        setup::ISTIO_READER,
-        setup::VIEW_ACCOUNT,
-    ] {
-        remove
-            .cluster::<ClusterRoleBinding>(account, "delete ClusterRoleBindings")
-            .await?;
+    for account in ACCOUNTS {
         remove
             .cluster::<ClusterRole>(account, "delete ClusterRoles")
             .await?;

@@ -166,6 +166,19 @@ async fn detach_keeps_what_attach_did_not_create_and_strips_only_managed_labels(
 
     let progress = detach(env, remote, name, &["--strip-labels"]).await?;
     assert!(progress.contains("kept"), "{progress}");
+    // The sync account loses its rights before the labels go and before its scope does: a
+    // revoked token the apiserver still accepts from its cache can do nothing meanwhile.
+    let at = |line: &str| {
+        progress
+            .find(line)
+            .unwrap_or_else(|| panic!("{line}: {progress}"))
+    };
+    let unbound = at("ClusterRoleBinding kubectl-mesh-sync deleted");
+    assert!(
+        unbound < at(&format!("Namespace {shop}: removed"))
+            && unbound < at("ValidatingAdmissionPolicy kubectl-mesh-sync-scope deleted"),
+        "{progress}"
+    );
     let labels = namespaces
         .get(&shop)
         .await?
