@@ -13,6 +13,11 @@
 //! ServiceAccounts and token Secrets on the remote must be this primary's, checked before the
 //! first token of any cluster is issued.
 //!
+//! Whether a cluster has an Istio reader is the remote's to say (its ServiceAccount or token
+//! Secrets): a caller who may not read istio-system on the primary sees no Istio remote secret
+//! there, and skipping the reader would leave a token that can read every Secret on the remote,
+//! the rotated ones included. Rotating it needs the rights in istio-system, asked up front.
+//!
 //! A token Secret is deleted only while the stored kubeconfig holds another token that the
 //! webhook has used (or when the stored one has expired and cannot be used anyway), so an
 //! interruption at any step leaves working credentials, and a re-run goes on from what it
@@ -181,36 +186,86 @@ impl Rotate {
         let mut plans = Vec::new();
         for mc in &targets {
             let name = mc.name_any();
-            let holders = holders_of(&primary, &primary_target, &name).await?;
-            let mut time_bound = false;
+            let (holders, istio) = holders_of(&primary, &primary_target, &name).await?;
+            let mut plan = Plan {
+                name,
+                holders,
+                istio,
+                time_bound: false,
+            };
             if !dry_run {
-                for holder in &holders {
-                    let stored = stored_secret(&primary, &primary_target, &name, *holder).await?;
-                    // Before any token is issued: new tokens go nowhere but where attach
-                    // stored the old ones.
-                    stored_as_recorded(mc, *holder, &stored)?;
-                    time_bound |= lifetime_of(stored_token_of(&stored).as_deref()).is_some();
+                for holder in plan.holders.clone() {
+                    plan.check_stored(&primary, &primary_target, mc, holder)
+                        .await?;
                 }
             }
-            plans.push((name, holders, time_bound));
+            plans.push(plan);
         }
         // Every right on the primary and every remote reached and checked before the first
         // is rotated: a refusal halfway (or halfway through --all) would leave some tokens
         // rotated and some not.
         let mut remotes = Vec::new();
-        if !dry_run {
-            let istio = plans.iter().any(|(_, h, _)| h.contains(&Holder::Istio));
-            let needs = primary_needs(istio);
-            access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
-            for (mc, (name, holders, time_bound)) in targets.iter().zip(&plans) {
+        if dry_run {
+            // The dry run reaches a remote only to learn what the primary does not show: whether
+            // it has an Istio reader. Without the remote's credentials it says what it cannot
+            // tell instead of leaving the reader out.
+            for (mc, plan) in targets.iter().zip(&mut plans) {
+                if plan.istio == IstioSecret::Stored {
+                    continue;
+                }
+                let on_remote = match remote_admin.find(Some(mc), &primary_kc)? {
+                    Some(admin) => {
+                        let (remote, target) = admin.connect_to(mc, &remote_needs(false)).await?;
+                        Some(istio_reader_on(&remote, &target, &plan.name).await?)
+                    }
+                    None => None,
+                };
+                match has_istio_reader(plan.istio, on_remote) {
+                    Some(true) => plan.holders.push(Holder::Istio),
+                    Some(false) => {}
+                    None => progress.warn(istio_reader_unknown(&plan.name)),
+                }
+            }
+            refuse_without_istio_rights(&primary, &primary_target, &plans).await?;
+        } else {
+            access::require(
+                &primary,
+                &primary_target,
+                &primary_needs(),
+                access::ASK_AN_ADMIN,
+            )
+            .await?;
+            for (mc, plan) in targets.iter().zip(&mut plans) {
                 let (remote, target) =
-                    remote_client(name, mc, &primary_kc, &remote_admin, *time_bound).await?;
-                refuse_taken_over(&remote, &target, name, &primary_id, holders).await?;
+                    remote_client(&plan.name, mc, &primary_kc, &remote_admin, plan.time_bound)
+                        .await?;
+                if plan.istio != IstioSecret::Stored {
+                    let on_remote = istio_reader_on(&remote, &target, &plan.name).await?;
+                    if has_istio_reader(plan.istio, Some(on_remote)) == Some(true) {
+                        plan.holders.push(Holder::Istio);
+                    }
+                }
+                refuse_taken_over(&remote, &target, &plan.name, &primary_id, &plan.holders).await?;
                 remotes.push((remote, target));
+            }
+            refuse_without_istio_rights(&primary, &primary_target, &plans).await?;
+            // An Istio reader the remote has and the primary did not show: what is stored for
+            // it, readable now, is checked like the others.
+            for ((mc, plan), (remote, target)) in targets.iter().zip(&mut plans).zip(&remotes) {
+                if plan.istio == IstioSecret::Stored || !plan.holders.contains(&Holder::Istio) {
+                    continue;
+                }
+                let time_bound = plan.time_bound;
+                plan.check_stored(&primary, &primary_target, mc, Holder::Istio)
+                    .await?;
+                if plan.time_bound && !time_bound {
+                    let needs = [Need::token_request()];
+                    access::require(remote, target, &needs, access::USE_A_REMOTE_ADMIN).await?;
+                }
             }
         }
         let mut remotes = remotes.into_iter();
-        for (mc, (name, holders, _)) in targets.iter().zip(plans) {
+        for (mc, Plan { name, holders, .. }) in targets.iter().zip(plans) {
             if dry_run {
                 for holder in &holders {
                     progress.info(format!(
@@ -267,20 +322,72 @@ fn own_secret_named(mc: &MeshCluster) -> Result<()> {
     })
 }
 
-/// The identities of `cluster` whose kubeconfig is stored on the primary: the sync account
-/// always, the others when attach created them.
-async fn holders_of(primary: &Client, target: &Target, cluster: &str) -> Result<Vec<Holder>> {
+/// What one cluster's rotation involves, read before anything is rotated.
+struct Plan {
+    name: String,
+    /// Whose tokens are rotated.
+    holders: Vec<Holder>,
+    /// What the primary showed of the Istio remote secret.
+    istio: IstioSecret,
+    /// Whether a stored token is time-bound (issued through the TokenRequest API).
+    time_bound: bool,
+}
+
+impl Plan {
+    /// Before any token is issued: new tokens go nowhere but where attach stored the old
+    /// ones.
+    async fn check_stored(
+        &mut self,
+        primary: &Client,
+        target: &Target,
+        mc: &MeshCluster,
+        holder: Holder,
+    ) -> Result<()> {
+        let stored = stored_secret(primary, target, &self.name, holder).await?;
+        stored_as_recorded(mc, holder, &stored)?;
+        self.time_bound |= lifetime_of(stored_token_of(&stored).as_deref()).is_some();
+        Ok(())
+    }
+}
+
+/// What the primary shows of a cluster's Istio remote secret
+/// (`istio-system/istio-remote-secret-<name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IstioSecret {
+    /// There, created for this cluster.
+    Stored,
+    /// Not there (or not this cluster's).
+    Absent,
+    /// The caller may not read istio-system: it says nothing about an Istio reader.
+    Unreadable,
+}
+
+/// The identities of `cluster` whose kubeconfig the primary shows stored: the sync account
+/// always, the others when attach created them; and what it shows of the Istio remote secret.
+async fn holders_of(
+    primary: &Client,
+    target: &Target,
+    cluster: &str,
+) -> Result<(Vec<Holder>, IstioSecret)> {
     let mut out = vec![Holder::Sync];
+    let mut istio = IstioSecret::Absent;
     for holder in [Holder::View, Holder::Istio] {
         let (ns, secret) = holder.stored_at(cluster);
         match Api::<Secret>::namespaced(primary.clone(), ns)
             .get_opt(&secret)
             .await
         {
-            Ok(Some(s)) if setup::is_ours(&s.metadata, cluster) => out.push(holder),
+            Ok(Some(s)) if setup::is_ours(&s.metadata, cluster) => {
+                out.push(holder);
+                if holder == Holder::Istio {
+                    istio = IstioSecret::Stored;
+                }
+            }
             Ok(_) => {}
-            // Not allowed to read istio-system: no Istio remote secret to rotate for us.
-            Err(kube::Error::Api(s)) if s.code == 403 && holder == Holder::Istio => {}
+            // Whether there is an Istio reader is then the remote's to say.
+            Err(kube::Error::Api(s)) if s.code == 403 && holder == Holder::Istio => {
+                istio = IstioSecret::Unreadable;
+            }
             Err(e) => {
                 return Err(access::request_error(
                     target,
@@ -290,23 +397,129 @@ async fn holders_of(primary: &Client, target: &Target, cluster: &str) -> Result<
             }
         }
     }
-    Ok(out)
+    Ok((out, istio))
 }
 
-/// What rotate writes on the primary: the stored kubeconfigs, replaced (`update`) with the new
-/// tokens; `istio`: the Istio remote secret's among them. `get` on MeshClusters too: between
-/// its steps rotate reads which credentials the webhook uses, and a read refused there would
-/// stop it halfway.
-fn primary_needs(istio: bool) -> Vec<Need> {
-    const RW: &[&str] = &["get", "update"];
-    let mut needs = vec![
-        Need::namespaced("", "secrets", MESH_NAMESPACE, RW),
-        Need::cluster(GROUP, "meshclusters", &["get"]),
-    ];
-    if istio {
-        needs.push(Need::namespaced("", "secrets", setup::ISTIO_NAMESPACE, RW));
+/// Whether a cluster has an Istio reader whose token rotate must replace, from what the
+/// primary shows (`stored`) and what the remote has (`on_remote`, when it was asked); `None`
+/// when that cannot be told. A refused read of istio-system never means there is none: the
+/// reader may read every Secret on the remote, the freshly rotated sync token included, so
+/// leaving its old token valid would make the rotation pointless.
+fn has_istio_reader(stored: IstioSecret, on_remote: Option<bool>) -> Option<bool> {
+    match (stored, on_remote) {
+        (IstioSecret::Stored, _) | (_, Some(true)) => Some(true),
+        (_, Some(false)) => Some(false),
+        // Nothing stored for istiod, and the remote not asked: what the primary shows.
+        (IstioSecret::Absent, None) => Some(false),
+        (IstioSecret::Unreadable, None) => None,
     }
-    needs
+}
+
+/// Whether the remote has the Istio reader attach created for `cluster`: its ServiceAccount, or
+/// a token Secret of it (whose token stays valid until deleted).
+async fn istio_reader_on(remote: &Client, target: &Target, cluster: &str) -> Result<bool> {
+    let holder = Holder::Istio;
+    let account = Api::<ServiceAccount>::namespaced(remote.clone(), MESH_NAMESPACE)
+        .get_opt(holder.account())
+        .await
+        .map_err(|e| {
+            let doing = format!("read ServiceAccount {MESH_NAMESPACE}/{}", holder.account());
+            access::request_error(target, &doing, e)
+        })?;
+    if account.is_some_and(|a| setup::is_ours(&a.metadata, cluster)) {
+        return Ok(true);
+    }
+    let secrets = Api::<Secret>::namespaced(remote.clone(), MESH_NAMESPACE);
+    let own = holder.token_secret();
+    for name in [own.to_owned(), setup::standby_secret(own)] {
+        let found = secrets.get_opt(&name).await.map_err(|e| {
+            access::request_error(target, &format!("read Secret {MESH_NAMESPACE}/{name}"), e)
+        })?;
+        if found.is_some_and(|s| setup::is_ours(&s.metadata, cluster)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// What a dry run says of a cluster whose istio-system it may not read and whose remote it
+/// cannot reach.
+fn istio_reader_unknown(cluster: &str) -> String {
+    let (ns, secret) = Holder::Istio.stored_at(cluster);
+    format!(
+        "{cluster}: cannot tell whether it has an Istio reader (reading Secret {ns}/{secret} on \
+         the primary is refused, and no kubeconfig of {cluster} was found): if it has one, \
+         rotate replaces the token of ServiceAccount {MESH_NAMESPACE}/{} too and needs get and \
+         update on Secrets in {ns}; pass --remote-kubeconfig to tell",
+        Holder::Istio.account()
+    )
+}
+
+/// Refuses, before anything changes, to rotate clusters with an Istio reader unless the caller
+/// may replace its kubeconfig in istio-system: skipping it would leave the old token valid.
+async fn refuse_without_istio_rights(
+    primary: &Client,
+    target: &Target,
+    plans: &[Plan],
+) -> Result<()> {
+    let with_reader: Vec<&str> = plans
+        .iter()
+        .filter(|p| p.holders.contains(&Holder::Istio))
+        .map(|p| p.name.as_str())
+        .collect();
+    if with_reader.is_empty() {
+        return Ok(());
+    }
+    match access::missing_on(primary, target, &istio_needs()).await? {
+        None => Ok(()),
+        Some(missing) => Err(istio_rights_refused(&with_reader, &missing)),
+    }
+}
+
+/// The refusal of [`refuse_without_istio_rights`]: which clusters, why, which rights (`missing`,
+/// as [`access::missing_on`] phrases them) and whom to ask.
+fn istio_rights_refused(clusters: &[&str], missing: &str) -> Error {
+    let (ns, _) = Holder::Istio.stored_at("");
+    let (names, has) = match clusters {
+        [one] => ((*one).to_owned(), "has an Istio reader"),
+        many => (many.join(", "), "have Istio readers"),
+    };
+    Error::Refused {
+        what: format!(
+            "{names} {has} (ServiceAccount {MESH_NAMESPACE}/{}) whose token rotate must replace \
+             in the Istio remote secret in {ns} on the primary, and revoke; nothing was rotated: \
+             missing permissions {missing}",
+            Holder::Istio.account()
+        ),
+        hint: format!(
+            "ask a cluster admin for get and update on Secrets in namespace {ns} (or to run \
+             rotate); `kubectl auth can-i --list -n {ns}` shows yours"
+        ),
+    }
+}
+
+/// What rotate writes on the primary: the stored kubeconfigs in the mesh namespace, replaced
+/// (`update`) with the new tokens (an Istio remote secret's rights are [`istio_needs`]). `get`
+/// on MeshClusters too: between its steps rotate reads which credentials the webhook uses, and
+/// a read refused there would stop it halfway.
+fn primary_needs() -> Vec<Need> {
+    vec![
+        Need::namespaced("", "secrets", MESH_NAMESPACE, STORED_RW),
+        Need::cluster(GROUP, "meshclusters", &["get"]),
+    ]
+}
+
+/// Reading and replacing a stored kubeconfig.
+const STORED_RW: &[&str] = &["get", "update"];
+
+/// What rotating an Istio reader's token writes on the primary: its Istio remote secret.
+fn istio_needs() -> Vec<Need> {
+    vec![Need::namespaced(
+        "",
+        "secrets",
+        setup::ISTIO_NAMESPACE,
+        STORED_RW,
+    )]
 }
 
 /// What rotate does on the remote: ServiceAccounts read (whose they are), token Secrets read,
@@ -322,6 +535,15 @@ fn remote_needs(time_bound: bool) -> Vec<Need> {
         needs.push(Need::token_request());
     }
     needs
+}
+
+/// What a re-run of attach for `holder` is given: it keeps the view identity, but makes the Istio
+/// reader (and stores its kubeconfig) only when asked.
+fn attach_flag(holder: Holder) -> &'static str {
+    match holder {
+        Holder::Istio => " with --istio-remote-secret",
+        Holder::Sync | Holder::View => "",
+    }
 }
 
 /// An admin client of the remote, checked to be that cluster with the rights rotate needs
@@ -385,11 +607,7 @@ async fn refuse_taken_over(
 
 /// The ServiceAccount of `holder` is not on `cluster`'s remote: attach makes it again.
 fn missing_account(holder: Holder, cluster: &str) -> Error {
-    // A re-run of attach keeps the view identity, but makes the Istio reader only when asked.
-    let asked = match holder {
-        Holder::Istio => " with --istio-remote-secret",
-        Holder::Sync | Holder::View => "",
-    };
+    let asked = attach_flag(holder);
     Error::Refused {
         what: format!(
             "ServiceAccount {MESH_NAMESPACE}/{} is missing on {cluster}",
@@ -561,7 +779,11 @@ async fn stored_secret(
         .map_err(|e| access::request_error(target, &format!("read Secret {ns}/{name}"), e))?
         .ok_or_else(|| Error::Refused {
             what: format!("{cluster}: Secret {ns}/{name} is missing on the primary"),
-            hint: format!("re-run `kubectl mesh attach` for {cluster} to store its credentials"),
+            hint: format!(
+                "re-run `kubectl mesh attach` for {cluster}{} to store its credentials; then \
+                 rotate",
+                attach_flag(holder)
+            ),
         })
 }
 
@@ -664,10 +886,10 @@ mod tests {
     }
 
     /// Rotate replaces the stored kubeconfigs on the primary: asked before the first token is
-    /// issued, for istio-system too when there is an Istio remote secret to rotate.
+    /// issued, for istio-system too when there is an Istio reader to rotate.
     #[test]
     fn replacing_the_stored_kubeconfigs_is_asked() {
-        let needs = primary_needs(false);
+        let needs = primary_needs();
         assert!(
             asks(&needs, MESH_NAMESPACE, "secrets", "update"),
             "{needs:?}"
@@ -680,11 +902,72 @@ mod tests {
             "{needs:?}"
         );
         assert!(!asks(&needs, setup::ISTIO_NAMESPACE, "secrets", "update"));
-        let needs = primary_needs(true);
-        assert!(
-            asks(&needs, setup::ISTIO_NAMESPACE, "secrets", "update"),
-            "{needs:?}"
+        let needs = istio_needs();
+        for verb in ["get", "update"] {
+            assert!(
+                asks(&needs, setup::ISTIO_NAMESPACE, "secrets", verb),
+                "{needs:?}"
+            );
+        }
+    }
+
+    /// A caller who may not read istio-system learns nothing there about an Istio reader: the
+    /// remote says whether there is one, and without it the answer is unknown, never "none".
+    #[test]
+    fn a_refused_read_of_istio_system_never_means_no_istio_reader() {
+        use IstioSecret::*;
+        assert_eq!(has_istio_reader(Unreadable, Some(true)), Some(true));
+        assert_eq!(has_istio_reader(Unreadable, None), None);
+        assert_eq!(has_istio_reader(Unreadable, Some(false)), Some(false));
+        // A reader on the remote with nothing stored for it is rotated too (and refused there
+        // until attach stores its kubeconfig again): its old token would stay valid.
+        assert_eq!(has_istio_reader(Absent, Some(true)), Some(true));
+        assert_eq!(has_istio_reader(Absent, Some(false)), Some(false));
+        assert_eq!(has_istio_reader(Absent, None), Some(false));
+        for on_remote in [None, Some(false), Some(true)] {
+            assert_eq!(has_istio_reader(Stored, on_remote), Some(true));
+        }
+    }
+
+    /// The refusal names the clusters, the rights and the namespace, and whom to ask.
+    #[test]
+    fn a_caller_without_rights_in_istio_system_is_told_which_and_whom_to_ask() {
+        let missing = "on the primary (https://10.0.0.1:6443): secrets in namespace istio-system \
+                       (get/update)";
+        let line = istio_rights_refused(&["east"], missing).line();
+        assert_eq!(
+            line,
+            "east has an Istio reader (ServiceAccount kubectl-mesh/kubectl-mesh-istio-reader) \
+             whose token rotate must replace in the Istio remote secret in istio-system on the \
+             primary, and revoke; nothing was rotated: missing permissions on the primary \
+             (https://10.0.0.1:6443): secrets in namespace istio-system (get/update); ask a \
+             cluster admin for get and update on Secrets in namespace istio-system (or to run \
+             rotate); `kubectl auth can-i --list -n istio-system` shows yours"
         );
+        let line = istio_rights_refused(&["east", "west"], missing).line();
+        assert!(line.starts_with("east, west have Istio readers"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+
+    /// A dry run that cannot tell says so, naming what a real run would need.
+    #[test]
+    fn a_dry_run_that_cannot_tell_says_so() {
+        let line = istio_reader_unknown("east");
+        for needed in [
+            "istio-system/istio-remote-secret-east",
+            "kubectl-mesh/kubectl-mesh-istio-reader",
+            "get and update on Secrets in istio-system",
+            "--remote-kubeconfig",
+        ] {
+            assert!(line.contains(needed), "{needed}: {line}");
+        }
+    }
+
+    /// A missing Istio remote secret is stored again by attach with --istio-remote-secret.
+    #[test]
+    fn a_missing_istio_remote_secret_names_the_attach_that_stores_it() {
+        assert_eq!(attach_flag(Holder::Istio), " with --istio-remote-secret");
+        assert_eq!(attach_flag(Holder::View), "");
     }
 
     /// A time-bound token is requested through the TokenRequest API: asked on the remote.

@@ -138,3 +138,104 @@ async fn rotate_by_a_caller_lacking_a_right_changes_nothing() -> anyhow::Result<
     );
     Ok(())
 }
+
+/// The tokens stored on the primary for `name`: the sync kubeconfig's and the Istio remote
+/// secret's.
+async fn stored_tokens(env: &mesh_testenv::TestEnv, name: &str) -> anyhow::Result<[String; 2]> {
+    let istio = mesh_e2e::tokens::stored_kubeconfig(
+        env,
+        "istio-system",
+        &format!("istio-remote-secret-{name}"),
+        name,
+    )
+    .await?;
+    Ok([token_of(&stored_sync(env, name).await?)?, token_of(&istio)?])
+}
+
+/// The Istio reader may read every Secret on the remote, the rotated sync token included: a
+/// caller who may replace the stored kubeconfigs in kubectl-mesh but may not read istio-system
+/// is refused in one line (which rights, where, whom to ask) rather than told the tokens were
+/// rotated with the reader's old token still valid; its dry run says the same, or, without the
+/// remote's kubeconfig, that it cannot tell.
+#[tokio::test]
+async fn rotate_by_a_caller_who_may_not_read_istio_system_changes_nothing() -> anyhow::Result<()> {
+    let (env, _mesh, remote, _ns) =
+        one_remote(&["--istio-remote-secret"], &[], "istio-rights").await?;
+    let name = remote.name.clone();
+    let dir = tempfile::tempdir()?;
+    let admin_remote = remote.kubeconfig.to_string_lossy().into_owned();
+    let caller = kubeconfig_granting(
+        env.primary(),
+        dir.path(),
+        &[
+            Grant::everywhere(json!([
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+                {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["get", "list"]},
+            ])),
+            Grant::within(
+                MESH_NAMESPACE,
+                json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"]}]),
+            ),
+        ],
+    )
+    .await?;
+
+    let secrets_before = remote_secrets(&remote).await?;
+    let stored_before = stored_tokens(&env, &name).await?;
+    let mut lines = Vec::new();
+    for (case, extra) in [
+        ("rotate", [].as_slice()),
+        ("rotate --dry-run", ["--dry-run"].as_slice()),
+    ] {
+        let mut args = vec![
+            "rotate",
+            name.as_str(),
+            "--remote-kubeconfig",
+            &admin_remote,
+        ];
+        args.extend(extra);
+        let out = mesh_as(&caller, &args).await?;
+        let line = refused_in_one_line(&out, case)?;
+        for said in [
+            "has an Istio reader",
+            "secrets in namespace istio-system (get/update)",
+            "ask a cluster admin",
+        ] {
+            ensure!(line.contains(said), "{case}: {said:?} not in {line}");
+        }
+        unchanged(
+            case,
+            "the remote's Secrets",
+            &secrets_before,
+            &remote_secrets(&remote).await?,
+        )?;
+        unchanged(
+            case,
+            "the stored tokens",
+            &stored_before,
+            &stored_tokens(&env, &name).await?,
+        )?;
+        lines.push(line);
+    }
+    assert_eq!(lines[0], lines[1], "the dry run refuses as the run does");
+
+    // Without the remote's kubeconfig the dry run cannot ask the remote: it says so.
+    let out = mesh_as(&caller, &["rotate", &name, "--dry-run"]).await?;
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot tell whether it has an Istio reader"),
+        "{err}"
+    );
+
+    // With the rights, the Istio reader's token is rotated with the others.
+    let out = rotate(&env, &remote).await?;
+    assert!(out.status.success(), "rotate: {}", text(&out.stderr));
+    let stored_after = stored_tokens(&env, &name).await?;
+    assert_ne!(stored_after[0], stored_before[0], "the sync token");
+    assert_ne!(
+        stored_after[1], stored_before[1],
+        "the Istio reader's token"
+    );
+    Ok(())
+}
