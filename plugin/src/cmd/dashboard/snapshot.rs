@@ -613,28 +613,19 @@ mod tests {
         let leaving = live.clusters.get_mut("remote-1").unwrap();
         leaving.metadata.deletion_timestamp = leaving.metadata.creation_timestamp.clone();
         let json: serde_json::Value = serde_json::from_slice(&json_of(&live.snapshot())).unwrap();
-        let info = |name: &str| {
-            json["clusters"]
+        let named = |clusters: &serde_json::Value, name: &str| {
+            clusters
                 .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["name"] == name)
+                .and_then(|all| all.iter().find(|c| c["name"] == name))
                 .cloned()
-                .unwrap()
+                .unwrap_or_else(|| panic!("no {name} in {clusters}"))
         };
+        let info = |name: &str| named(&json["clusters"], name);
         assert_eq!(info("remote-1")["detaching"], true, "{json}");
         assert_eq!(info("remote-2").get("detaching"), None, "{json}");
         // The matrix's columns, as `status -o json` writes them.
         let matrix = &json["matrix"];
-        let column = |name: &str| {
-            matrix["clusters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["name"] == name)
-                .cloned()
-                .unwrap()
-        };
+        let column = |name: &str| named(&matrix["clusters"], name);
         assert_eq!(column("remote-1")["detaching"], true, "{matrix}");
         assert_eq!(column("remote-2").get("detaching"), None, "{matrix}");
         let mut status = live.matrix_of(&live.matrix_rows());

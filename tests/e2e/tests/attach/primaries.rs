@@ -24,8 +24,12 @@ use mesh_e2e::{
     namespace_labels, stored_client, stored_client_on, text, unique_name,
 };
 use mesh_testenv::{Cluster, TestEnv};
+use tokio::sync::MutexGuard;
 
 use crate::support::*;
+
+/// Installs kubectl-mesh on a test remote, making it a primary (with a dead webhook URL).
+const INSTALL: [&str; 3] = ["install", "--webhook-url", DEAD_WEBHOOK_URL];
 
 /// Runs `scenario` with the first test remote as a second primary (installed with a dead
 /// webhook URL) and the second as the remote both may attach; then detaches it from the second
@@ -39,7 +43,7 @@ async fn with_a_second_primary(
     // An earlier test's uninstall there may still be deleting the namespace.
     uninstalled(second).await?;
     succeeded(
-        &mesh_on(second, &["install", "--webhook-url", DEAD_WEBHOOK_URL], &[]).await?,
+        &mesh_on(second, &INSTALL, &[]).await?,
         "install on the second primary",
     )?;
     let result = scenario(env, second, remote).await;
@@ -160,6 +164,40 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
         .map_err(|e| anyhow::anyhow!("the second primary's token after the first's detach: {e}"))
 }
 
+/// The first test remote made a primary of its own ([`INSTALL`]), then attached as a remote of
+/// the environment's primary.
+async fn installed_then_attached()
+-> anyhow::Result<(&'static TestEnv, &'static Cluster, MutexGuard<'static, ()>)> {
+    let (env, remote, lock) = open_with_remote(0).await?;
+    uninstalled(remote).await?;
+    succeeded(
+        &mesh_on(remote, &INSTALL, &[]).await?,
+        "install on the remote",
+    )?;
+    attach(env, remote, &[]).await?;
+    Ok((env, remote, lock))
+}
+
+/// What the environment's primary attached on `remote` (labelled with its cluster name).
+async fn identity(remote: &Cluster) -> anyhow::Result<Vec<String>> {
+    labelled(remote, &format!("{CLUSTER_LABEL}={}", remote.name), false).await
+}
+
+/// The identity the environment's primary attached on `remote` is as it was `before`, and its
+/// stored token still works.
+async fn identity_stands(env: &TestEnv, remote: &Cluster, before: &[String]) -> anyhow::Result<()> {
+    ensure!(
+        identity(remote).await? == before,
+        "the identity another primary attached here changed"
+    );
+    let (stored, _) = stored_client(env, &remote.name).await?;
+    Api::<Namespace>::all(stored)
+        .list(&ListParams::default())
+        .await
+        .context("the primary's stored token stopped working")?;
+    Ok(())
+}
+
 /// A cluster may be a primary and another mesh's remote at once, installed before it is
 /// attached: install may be re-applied there, and uninstalling its own installation keeps the
 /// identity the other primary's attach put in the kubectl-mesh namespace, so that primary's
@@ -167,16 +205,9 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
 /// of the clusters attached to it, the leader Lease); its dry run says so.
 #[tokio::test]
 async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(0).await?;
-    uninstalled(remote).await?;
-    let install = ["install", "--webhook-url", DEAD_WEBHOOK_URL];
+    let (env, remote, _lock) = installed_then_attached().await?;
     succeeded(
-        &mesh_on(remote, &install, &[]).await?,
-        "install on the remote",
-    )?;
-    attach(env, remote, &[]).await?;
-    succeeded(
-        &mesh_on(remote, &install, &[]).await?,
+        &mesh_on(remote, &INSTALL, &[]).await?,
         "install again on the remote, attached since",
     )?;
 
@@ -199,8 +230,7 @@ async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow:
         spec: None,
     };
     leases.create(&PostParams::default(), &lease).await?;
-    let identity = format!("{CLUSTER_LABEL}={}", remote.name);
-    let identity_before = labelled(remote, &identity, false).await?;
+    let identity_before = identity(remote).await?;
     ensure!(!identity_before.is_empty(), "no identity attached");
 
     let plan = uninstall_plan(remote, &["--crd"])
@@ -231,10 +261,7 @@ async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow:
         leases.get_opt("mesh-webhook").await?.is_none(),
         "Lease left"
     );
-    ensure!(
-        labelled(remote, &identity, false).await? == identity_before,
-        "the identity another primary attached here changed"
-    );
+    identity_stands(env, remote, &identity_before).await?;
     let kept = format!(
         "kept: this cluster is attached to a primary as {}",
         remote.name
@@ -247,11 +274,6 @@ async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow:
         namespace.metadata.deletion_timestamp.is_none(),
         "the namespace holding the primary's identity is being deleted"
     );
-    let (stored, _) = stored_client(env, &remote.name).await?;
-    Api::<Namespace>::all(stored)
-        .list(&ListParams::default())
-        .await
-        .context("the primary's stored token stopped working")?;
 
     // Install created the namespace: detach leaves it, as it does any namespace attach did
     // not create.
@@ -268,16 +290,8 @@ async fn uninstall_keeps_the_identity_another_primary_attached_here() -> anyhow:
 #[tokio::test]
 async fn detach_on_a_primary_keeps_the_identity_another_primary_attached_here() -> anyhow::Result<()>
 {
-    let (env, remote, _lock) = open_with_remote(0).await?;
-    uninstalled(remote).await?;
-    let install = ["install", "--webhook-url", DEAD_WEBHOOK_URL];
-    succeeded(
-        &mesh_on(remote, &install, &[]).await?,
-        "install on the remote",
-    )?;
-    attach(env, remote, &[]).await?;
-    let identity = format!("{CLUSTER_LABEL}={}", remote.name);
-    let identity_before = labelled(remote, &identity, false).await?;
+    let (env, remote, _lock) = installed_then_attached().await?;
+    let identity_before = identity(remote).await?;
     ensure!(
         identity_before.iter().any(|n| n.ends_with("-token")),
         "no token Secret attached: {identity_before:?}"
@@ -286,15 +300,7 @@ async fn detach_on_a_primary_keeps_the_identity_another_primary_attached_here() 
     let out = mesh_on(remote, &["detach", &remote.name, "--force"], &[]).await?;
     let line = refused_in_one_line(&out, "detach of this mesh's name on the other's primary")?;
     ensure!(line.contains("is not attached"), "{line}");
-    ensure!(
-        labelled(remote, &identity, false).await? == identity_before,
-        "the identity another primary attached here changed"
-    );
-    let (stored, _) = stored_client(env, &remote.name).await?;
-    Api::<Namespace>::all(stored)
-        .list(&ListParams::default())
-        .await
-        .context("the primary's stored token stopped working")?;
+    identity_stands(env, remote, &identity_before).await?;
 
     succeeded(
         &mesh_on(remote, &["uninstall", "--crd"], &[]).await?,
