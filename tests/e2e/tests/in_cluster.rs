@@ -170,17 +170,7 @@ async fn a_rolling_update_loses_no_change_made_during_it() -> anyhow::Result<()>
         }
     }
     // Every namespace ends as on the primary.
-    for ns in &namespaces {
-        let on_primary = managed_labels(env.primary(), ns).await?;
-        for remote in env.remotes() {
-            eventually(
-                &format!("{ns} on {} ends as on the primary", remote.name),
-                DEADLINE,
-                || async { Ok((managed_labels(remote, ns).await? == on_primary).then_some(())) },
-            )
-            .await?;
-        }
-    }
+    end_as_on_the_primary(env, &namespaces).await?;
     Ok(())
 }
 
@@ -262,17 +252,7 @@ async fn a_certificate_rotation_keeps_the_webhook_trusted_while_the_pods_roll() 
     let warnings = label_on_primary(env, ns, &["istio-injection=enabled"]).await?;
     assert_landed(env, &warnings, "istio-injection=enabled");
 
-    for ns in &namespaces {
-        let on_primary = managed_labels(env.primary(), ns).await?;
-        for remote in env.remotes() {
-            eventually(
-                &format!("{ns} on {} ends as on the primary", remote.name),
-                DEADLINE,
-                || async { Ok((managed_labels(remote, ns).await? == on_primary).then_some(())) },
-            )
-            .await?;
-        }
-    }
+    end_as_on_the_primary(env, &namespaces).await?;
     let report = CheckReport::of(mesh.plugin()).await?;
     assert_eq!(report.errors, 0, "{report:#?}");
     Ok(())
@@ -483,4 +463,24 @@ async fn rolled_out(mesh: &InCluster, image: &str) -> anyhow::Result<bool> {
         && status.available_replicas == Some(wanted)
         && status.replicas == Some(wanted)
         && all_new)
+}
+
+/// Waits until each of `namespaces` carries on every remote the managed labels it has on the
+/// primary.
+async fn end_as_on_the_primary(
+    env: &mesh_e2e::mesh_testenv::TestEnv,
+    namespaces: &[String],
+) -> anyhow::Result<()> {
+    for ns in namespaces {
+        let on_primary = managed_labels(env.primary(), ns).await?;
+        for remote in env.remotes() {
+            eventually(
+                &format!("{ns} on {} ends as on the primary", remote.name),
+                DEADLINE,
+                || async { Ok((managed_labels(remote, ns).await? == on_primary).then_some(())) },
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
