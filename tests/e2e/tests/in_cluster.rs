@@ -151,13 +151,7 @@ async fn a_rolling_update_loses_no_change_made_during_it() -> anyhow::Result<()>
     // The fast path is best effort during a rollout: a few calls (1-7% here) reach no replica
     // that pushes before the apiserver answers (see the README's known limits). What must hold
     // is that none is lost: the reconciler of whichever replica leads delivers it.
-    eprintln!(
-        "{} of {} changes during the rollouts were on every remote when the apiserver answered; \
-         not: {:?}",
-        changes.last - changes.missed.len(),
-        changes.last,
-        changes.missed
-    );
+    changes.print("the rollouts");
     assert!(changes.last > 0);
     if !changes.missed.is_empty() {
         let log = env.primary().apiserver_log();
@@ -215,13 +209,7 @@ async fn a_certificate_rotation_keeps_the_webhook_trusted_while_the_pods_roll() 
     );
     // The fast path is best effort while replicas stop (see the rolling update above); without
     // the previous CA, every call to a pod not yet replaced would fail.
-    eprintln!(
-        "{} of {} changes during the rotation were on every remote when the apiserver answered; \
-         not: {:?}",
-        changes.last - changes.missed.len(),
-        changes.last,
-        changes.missed
-    );
+    changes.print("the rotation");
     assert!(
         changes.last > 0 && changes.missed.len() * 4 <= changes.last,
         "{} of {} changes missed the webhook",
@@ -293,6 +281,18 @@ struct Changes {
 const PARALLEL: usize = 3;
 
 impl Changes {
+    /// Says how many changes made `during` something were on every remote when the apiserver
+    /// answered, and which were not.
+    fn print(&self, during: &str) {
+        eprintln!(
+            "{} of {} changes during {during} were on every remote when the apiserver answered; \
+             not: {:?}",
+            self.last - self.missed.len(),
+            self.last,
+            self.missed
+        );
+    }
+
     /// Runs [`reinstall`] with `args` while each of `PARALLEL` namespaces changes every
     /// 100 ms, until install has returned, the Deployment has rolled out and a second more;
     /// install's stderr. Records the changes as [`Changes::during_rollout`] does.
