@@ -34,14 +34,18 @@ use k8s_openapi::{
         authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
         core::v1::{Secret, ServiceAccount},
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta},
 };
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, PostParams},
     config::Kubeconfig,
 };
-use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster, token};
+use mesh_core::{
+    GROUP, MESH_NAMESPACE,
+    cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster},
+    token,
+};
 
 use crate::{
     Context, Error, Result,
@@ -227,6 +231,7 @@ impl Rotate {
                 }
             }
             refuse_without_istio_rights(&primary, &primary_target, &plans).await?;
+            refuse_unsyncable(&targets)?;
         } else {
             access::require(
                 &primary,
@@ -263,6 +268,9 @@ impl Rotate {
                     access::require(remote, target, &needs, access::USE_A_REMOTE_ADMIN).await?;
                 }
             }
+            // Last of the checks: a refusal above (a takeover, say) says more than the
+            // conditions it causes.
+            refuse_unsyncable(&targets)?;
         }
         let mut remotes = remotes.into_iter();
         for (mc, Plan { name, holders, .. }) in targets.iter().zip(plans) {
@@ -348,6 +356,84 @@ impl Plan {
         self.time_bound |= lifetime_of(stored_token_of(&stored).as_deref()).is_some();
         Ok(())
     }
+}
+
+/// The webhook's reason for a `Reachable=False` that a new token repairs: the stored one
+/// expired.
+const TOKEN_EXPIRED: &str = "TokenExpired";
+/// The webhook's reason for `Synced=False` when it writes nothing: the cluster's scope cannot be
+/// used.
+const SCOPE_INVALID: &str = "ScopeInvalid";
+
+/// Why the webhook cannot sync `mc` now, if it cannot: rotate waits for it to sync with each new
+/// token before it revokes the old one, so it would stop halfway there after --timeout. An
+/// expired token is what rotate repairs; a cluster without conditions yet is given its chance.
+fn unsyncable(mc: &MeshCluster) -> Option<String> {
+    if mesh_state::is_being_detached(mc) {
+        return Some("being detached".to_owned());
+    }
+    let status = mc.status.as_ref()?;
+    let said = |c: &Condition| match c.message.as_str() {
+        "" => format!("{}={}, {}", c.type_, c.status, c.reason),
+        message => format!("{}={}, {}: {message}", c.type_, c.status, c.reason),
+    };
+    if let Some(c) = status.condition(CONDITION_REACHABLE)
+        && c.status == "False"
+        && c.reason != TOKEN_EXPIRED
+    {
+        return Some(said(c));
+    }
+    if let Some(c) = status.condition(CONDITION_SYNCED)
+        && c.status == "False"
+        && c.reason == SCOPE_INVALID
+    {
+        return Some(said(c));
+    }
+    None
+}
+
+/// Refuses, before anything changes, when the webhook cannot sync some of `targets` now
+/// ([`unsyncable`]), naming each and what to do.
+///
+/// Refused rather than the others rotated and these reported at the end: every other refusal of
+/// rotate (credentials, takeovers, rights) keeps `--all` all-or-nothing, so that its outcome is
+/// one line, not one to read per cluster; and a leak response loses one command at most, which
+/// the hint spells out (the others by name), while a cluster tried anyway would hold up the
+/// ones after it for --timeout with a standby token issued.
+fn refuse_unsyncable(targets: &[MeshCluster]) -> Result<()> {
+    let mut stuck = Vec::new();
+    let mut others = Vec::new();
+    for mc in targets {
+        match unsyncable(mc) {
+            Some(why) => stuck.push(format!("{} ({why})", mc.name_any())),
+            None => others.push(mc.name_any()),
+        }
+    }
+    if stuck.is_empty() {
+        return Ok(());
+    }
+    let meanwhile = match others.as_slice() {
+        [] => String::new(),
+        names => format!(
+            "; meanwhile rotate the others by name: {}",
+            names
+                .iter()
+                .map(|n| format!("`kubectl mesh rotate {n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Err(Error::Refused {
+        what: format!(
+            "the webhook cannot sync {} now, and rotate revokes an old token only once the \
+             webhook uses the new one; nothing was rotated",
+            stuck.join(", ")
+        ),
+        hint: format!(
+            "`kubectl mesh check` shows why; rotate once it syncs again (a cluster being \
+             detached needs no rotation){meanwhile}"
+        ),
+    })
 }
 
 /// What the primary shows of a cluster's Istio remote secret
@@ -797,6 +883,7 @@ fn stored_token_of(secret: &Secret) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     #[test]
     fn the_token_is_replaced_in_every_stored_kubeconfig() {
@@ -961,6 +1048,84 @@ mod tests {
         ] {
             assert!(line.contains(needed), "{needed}: {line}");
         }
+    }
+
+    /// `name` with the webhook's conditions `(type, status, reason)`.
+    fn with_conditions(name: &str, conditions: &[(&str, &str, &str)]) -> MeshCluster {
+        let mut mc = mesh_core::fixtures::mesh_cluster(name, &format!("uid-of-{name}"));
+        let conditions = conditions
+            .iter()
+            .map(|(type_, status, reason)| {
+                serde_json::from_value(serde_json::json!({
+                    "type": type_, "status": status, "reason": reason, "message": "",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }))
+                .unwrap()
+            })
+            .collect();
+        mc.status = Some(mesh_core::cluster::MeshClusterStatus {
+            conditions,
+            ..Default::default()
+        });
+        mc
+    }
+
+    /// Rotate waits for the webhook to sync each cluster with its new token: a cluster it
+    /// cannot sync now is found before anything is rotated, not after the ones before it were
+    /// and with the ones after it never tried.
+    #[test]
+    fn a_cluster_the_webhook_cannot_sync_is_refused_up_front() {
+        let synced = [
+            ("Reachable", "True", "Reachable"),
+            ("Synced", "True", "Synced"),
+        ];
+        assert_eq!(unsyncable(&with_conditions("a", &synced)), None);
+        // Not synced yet, or an expired token, which is what rotate repairs.
+        assert_eq!(unsyncable(&with_conditions("a", &[])), None);
+        let expired = [("Reachable", "False", TOKEN_EXPIRED)];
+        assert_eq!(unsyncable(&with_conditions("a", &expired)), None);
+        // Out of sync for another reason, still written: nothing stops its next sync.
+        let failed = [
+            ("Reachable", "True", "Reachable"),
+            ("Synced", "False", "Forbidden"),
+        ];
+        assert_eq!(unsyncable(&with_conditions("a", &failed)), None);
+
+        let unreachable = with_conditions("b", &[("Reachable", "False", "Unreachable")]);
+        assert_eq!(
+            unsyncable(&unreachable).as_deref(),
+            Some("Reachable=False, Unreachable")
+        );
+        let scope = [
+            ("Reachable", "True", "Reachable"),
+            ("Synced", "False", SCOPE_INVALID),
+        ];
+        assert_eq!(
+            unsyncable(&with_conditions("b", &scope)).as_deref(),
+            Some("Synced=False, ScopeInvalid")
+        );
+        let mut detaching = with_conditions("b", &synced);
+        detaching.metadata.deletion_timestamp =
+            Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(unsyncable(&detaching).as_deref(), Some("being detached"));
+
+        let all = [
+            with_conditions("a", &synced),
+            unreachable,
+            with_conditions("c", &synced),
+        ];
+        let line = refuse_unsyncable(&all).expect_err("b").line();
+        assert_eq!(
+            line,
+            "the webhook cannot sync b (Reachable=False, Unreachable) now, and rotate revokes an \
+             old token only once the webhook uses the new one; nothing was rotated; `kubectl \
+             mesh check` shows why; rotate once it syncs again (a cluster being detached needs \
+             no rotation); meanwhile rotate the others by name: `kubectl mesh rotate a`, \
+             `kubectl mesh rotate c`"
+        );
+        refuse_unsyncable(&[all[0].clone(), all[2].clone()]).expect("a and c");
+        let line = refuse_unsyncable(&[detaching]).expect_err("b").line();
+        assert!(!line.contains("meanwhile"), "{line}");
     }
 
     /// A missing Istio remote secret is stored again by attach with --istio-remote-secret.

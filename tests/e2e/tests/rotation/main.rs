@@ -15,3 +15,4 @@ mod renewal;
 mod support;
 mod taken_over;
 mod under_load;
+mod unsyncable;
