@@ -139,6 +139,59 @@ async fn rotate_by_a_caller_lacking_a_right_changes_nothing() -> anyhow::Result<
     Ok(())
 }
 
+/// What a caller rotating tokens needs on the primary without Istio: the Secrets in
+/// kubectl-mesh, the MeshClusters, and kube-system (the primary's id); not istio-system.
+async fn caller_without_istio_system(
+    env: &mesh_testenv::TestEnv,
+    dir: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    kubeconfig_granting(
+        env.primary(),
+        dir,
+        &[
+            Grant::everywhere(json!([
+                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+                {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["get", "list"]},
+            ])),
+            Grant::within(
+                MESH_NAMESPACE,
+                json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"]}]),
+            ),
+        ],
+    )
+    .await
+}
+
+/// A cluster attached without --istio-remote-secret has no Istio reader, as its remote says: a
+/// caller who may not read istio-system rotates it, and its dry run names no Istio step.
+#[tokio::test]
+async fn rotate_without_an_istio_reader_needs_no_right_in_istio_system() -> anyhow::Result<()> {
+    let (env, _mesh, remote, _ns) = one_remote(&[], &[], "no-istio").await?;
+    let name = remote.name.clone();
+    let dir = tempfile::tempdir()?;
+    let caller = caller_without_istio_system(&env, dir.path()).await?;
+    let admin_remote = remote.kubeconfig.to_string_lossy().into_owned();
+    let rotate = [
+        "rotate",
+        name.as_str(),
+        "--remote-kubeconfig",
+        &admin_remote,
+    ];
+
+    let dry = mesh_as(&caller, &[rotate.as_slice(), &["--dry-run"]].concat()).await?;
+    let said = text(&dry.stderr);
+    assert!(dry.status.success(), "{said}");
+    assert!(
+        said.contains("kubectl-mesh/kubectl-mesh-sync:") && !said.contains("istio"),
+        "{said}"
+    );
+    let before = token_of(&stored_sync(&env, &name).await?)?;
+    let out = mesh_as(&caller, &rotate).await?;
+    assert!(out.status.success(), "rotate: {}", text(&out.stderr));
+    assert_ne!(token_of(&stored_sync(&env, &name).await?)?, before);
+    Ok(())
+}
+
 /// The tokens stored on the primary for `name`: the sync kubeconfig's and the Istio remote
 /// secret's.
 async fn stored_tokens(env: &mesh_testenv::TestEnv, name: &str) -> anyhow::Result<[String; 2]> {
@@ -164,21 +217,7 @@ async fn rotate_by_a_caller_who_may_not_read_istio_system_changes_nothing() -> a
     let name = remote.name.clone();
     let dir = tempfile::tempdir()?;
     let admin_remote = remote.kubeconfig.to_string_lossy().into_owned();
-    let caller = kubeconfig_granting(
-        env.primary(),
-        dir.path(),
-        &[
-            Grant::everywhere(json!([
-                {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
-                {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["get", "list"]},
-            ])),
-            Grant::within(
-                MESH_NAMESPACE,
-                json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "update"]}]),
-            ),
-        ],
-    )
-    .await?;
+    let caller = caller_without_istio_system(&env, dir.path()).await?;
 
     let secrets_before = remote_secrets(&remote).await?;
     let stored_before = stored_tokens(&env, &name).await?;
