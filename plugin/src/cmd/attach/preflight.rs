@@ -149,6 +149,24 @@ impl NamespaceState {
     }
 }
 
+/// The refusal of an attach under the name of a MeshCluster being deleted: held by someone
+/// else's finalizer, it would be "updated", the reconciler would leave it alone, and once it
+/// goes the garbage collector would delete the Secrets this run stored (they are owned by it).
+fn being_deleted(mc: &MeshCluster) -> Error {
+    let name = mc.name_any();
+    let held_by = mc.finalizers().join(", ");
+    Error::Refused {
+        what: format!(
+            "MeshCluster {name} is being deleted (held by the finalizers {held_by}); nothing was \
+             changed"
+        ),
+        hint: format!(
+            "wait until `kubectl get meshcluster {name}` finds it no more (or remove what holds \
+             it), then re-run attach"
+        ),
+    }
+}
+
 /// A remote may not be named [`output::PRIMARY`]: `status` and `services` show the primary
 /// under that name, beside one column (and JSON key) per remote. Checked once the remote is
 /// known not to be the primary itself, which is the better answer when its context is named
@@ -356,7 +374,12 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         if !exists {
             let extra = access::missing(
                 &primary,
-                &[Need::cluster("", "namespaces", &["create", "delete"])],
+                // Created by a server-side apply, which RBAC checks as `patch` too.
+                &[Need::cluster(
+                    "",
+                    "namespaces",
+                    &["create", "patch", "delete"],
+                )],
             )
             .await
             .map_err(|e| access::request_error(&primary_target, "check rights", e))?;
@@ -444,6 +467,9 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
                     ),
                     hint: "choose another with --name, or detach that one first".into(),
                 });
+            }
+            if mc.metadata.deletion_timestamp.is_some() {
+                return Err(being_deleted(&mc));
             }
             existing = Some(mc);
         }

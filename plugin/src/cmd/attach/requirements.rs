@@ -39,10 +39,13 @@ pub(super) fn refuse_without_admission_policies(
     })
 }
 
+/// The rights attach needs on the objects it writes: `update` for a rollback, which puts back
+/// the earlier content of what a re-run changed.
+const RW: &[&str] = &["get", "create", "patch", "update", "delete"];
+
 /// What attach needs on the remote; `istio`: the ClusterRole istiod's reader gets there, with
 /// --istio-remote-secret.
 pub(super) fn remote_needs(view: bool, token_ttl: bool, istio: Option<&ReaderRole>) -> Vec<Need> {
-    const RW: &[&str] = &["get", "create", "patch", "delete"];
     let mut needs = vec![
         // get/list/watch/patch too: RBAC lets a user grant only rights they hold.
         Need::cluster(
@@ -97,7 +100,6 @@ pub(super) fn remote_needs(view: bool, token_ttl: bool, istio: Option<&ReaderRol
 }
 
 pub(super) fn primary_needs(istio: bool, adopt: bool) -> Vec<Need> {
-    const RW: &[&str] = &["get", "create", "patch", "delete"];
     // Listed for the first sync's preview; patched to adopt the remote's labels.
     let namespaces: &[&str] = if adopt {
         &["get", "list", "patch"]

@@ -680,7 +680,10 @@ impl<'a> Run<'a> {
         };
         let revoked = revoked_note(&self.revoked);
         let adopted = std::mem::take(&mut self.adopted);
-        let mut left = adopt::unadopt(&self.plan.primary, &self.plan.rule, adopted, progress).await;
+        // What the rollback could not undo: changes to put back, creations to delete.
+        let mut unrestored =
+            adopt::unadopt(&self.plan.primary, &self.plan.rule, adopted, progress).await;
+        let mut undeleted = Vec::new();
         while let Some(change) = self.changes.pop() {
             let label = self.side_label(change.side()).to_owned();
             let client = self.client(change.side()).clone();
@@ -703,6 +706,11 @@ impl<'a> Run<'a> {
                 }
                 Err(e) => {
                     progress.fail(format!("rollback: {label}: {}", e.what()));
+                    let left = if change.is_creation() {
+                        &mut undeleted
+                    } else {
+                        &mut unrestored
+                    };
                     left.push(format!("{label}: {}", describe(m)));
                 }
             }
@@ -712,26 +720,45 @@ impl<'a> Run<'a> {
             self.plan.name,
             err.what()
         );
-        let hint = if left.is_empty() && !self.revoked.is_empty() {
-            format!(
-                "{}; then re-run attach with --force to finish the takeover",
-                err.hint()
-            )
-        } else if left.is_empty() {
-            if err.hint().contains("re-run attach") {
+        let hint = if undeleted.is_empty() && unrestored.is_empty() {
+            if !self.revoked.is_empty() {
+                format!(
+                    "{}; then re-run attach with --force to finish the takeover",
+                    err.hint()
+                )
+            } else if err.hint().contains("re-run attach") {
                 err.hint()
             } else {
                 format!("{}; then re-run attach", err.hint())
             }
         } else {
-            format!(
-                "{}; the rollback left {} behind: delete them by hand, then re-run attach",
-                err.hint(),
-                left.join(", ")
-            )
+            format!("{}; {}", err.hint(), left_behind(&undeleted, &unrestored))
         };
         Error::Refused { what, hint }
     }
+}
+
+/// What the hint says of what a rollback could not undo: objects it created are deleted by
+/// hand; what it changed is set again by an attach with the flags that made it (deleting a
+/// changed sync scope by hand would leave the stored token unconfined).
+fn left_behind(undeleted: &[String], unrestored: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !undeleted.is_empty() {
+        parts.push(format!(
+            "the rollback left {} behind: delete them by hand",
+            undeleted.join(", ")
+        ));
+    }
+    if unrestored.is_empty() {
+        parts.push("then re-run attach".to_owned());
+    } else {
+        parts.push(format!(
+            "the rollback could not put back {}: re-run attach with the flags it was last \
+             attached with, which sets them again",
+            unrestored.join(", ")
+        ));
+    }
+    parts.join("; ")
 }
 
 /// What the error line adds when `--force` revoked other primaries' tokens (their kube-system
@@ -744,5 +771,36 @@ fn revoked_note(revoked: &[String]) -> String {
              it can no longer sync this cluster",
             uids.join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A change the rollback could not put back was to be deleted by hand, as a creation is:
+    /// for the sync scope that leaves the stored token unconfined.
+    #[test]
+    fn what_a_rollback_left_says_how_to_undo_each_kind() {
+        let created = ["remote: ClusterRole kubectl-mesh-sync".to_owned()];
+        let changed = ["remote: ValidatingAdmissionPolicy kubectl-mesh-sync-scope".to_owned()];
+        assert_eq!(
+            left_behind(&created, &[]),
+            "the rollback left remote: ClusterRole kubectl-mesh-sync behind: delete them by \
+             hand; then re-run attach"
+        );
+        let both = left_behind(&created, &changed);
+        assert!(
+            both.starts_with("the rollback left remote: ClusterRole"),
+            "{both}"
+        );
+        assert!(
+            both.ends_with(
+                "could not put back remote: ValidatingAdmissionPolicy kubectl-mesh-sync-scope: \
+                 re-run attach with the flags it was last attached with, which sets them again"
+            ),
+            "{both}"
+        );
+        assert!(!left_behind(&[], &changed).contains("by hand"));
     }
 }

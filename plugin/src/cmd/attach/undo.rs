@@ -39,6 +39,11 @@ impl Change {
         }
     }
 
+    /// Whether the run created the object (undone by deleting it).
+    pub(super) fn is_creation(&self) -> bool {
+        matches!(self, Self::Created(..))
+    }
+
     pub(super) fn manifest(&self) -> &Manifest {
         match self {
             Self::Created(_, m) | Self::Updated(_, m, _) | Self::Deleted(_, m, _) => m,

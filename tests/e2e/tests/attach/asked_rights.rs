@@ -133,7 +133,7 @@ async fn detach_by_a_caller_who_may_not_delete_the_istio_secret_changes_nothing(
 /// or `--token-ttl` (see `remote_needs` in attach's preflight), on every namespace: the
 /// mesh namespace does not exist yet to bind a Role in.
 fn attach_remote_rights() -> serde_json::Value {
-    let rw = ["get", "create", "patch", "delete"];
+    let rw = ["get", "create", "patch", "update", "delete"];
     json!([
         {"apiGroups": [""], "resources": ["namespaces"],
          "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
@@ -237,4 +237,49 @@ async fn attach_with_istio_by_a_caller_who_may_not_grant_the_reader_s_rights_cha
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
+}
+
+/// A rollback puts back what a failed re-run changed with an update (PUT), which attach did not
+/// ask for: a caller with every right it asked had each put-back refused, and the remote kept
+/// the re-run's scope and guard while the MeshCluster recorded the old ones. Asked up front.
+#[tokio::test]
+async fn attach_by_a_caller_who_may_not_update_what_it_writes_changes_nothing() -> anyhow::Result<()>
+{
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let name = remote.name.as_str();
+    let dir = tempfile::tempdir()?;
+    let mut rights = attach_remote_rights();
+    for rule in rights.as_array_mut().into_iter().flatten() {
+        if let Some(verbs) = rule["verbs"].as_array_mut() {
+            verbs.retain(|verb| verb != "update");
+        }
+    }
+    let limited = kubeconfig_granting(remote, dir.path(), &[Grant::everywhere(rights)]).await?;
+    let limited = limited.to_string_lossy().into_owned();
+    // This cluster's objects on the primary: other tests attach other remotes meanwhile.
+    let ours = format!("{CLUSTER_LABEL}={name}");
+    let primary_before = labelled(env.primary(), &ours, true).await?;
+    let remote_before = labelled(remote, MANAGED_BY, false).await?;
+
+    let out = mesh(env, &["attach", limited.as_str(), "--yes"], &[]).await?;
+    let line = refused_in_one_line(&out, "attach without update")?;
+    assert!(
+        line.contains(&format!("missing permissions on remote cluster {name}"))
+            && line.contains("serviceaccounts in namespace kubectl-mesh (update)"),
+        "{line}"
+    );
+    let primary_after = labelled(env.primary(), &ours, true).await?;
+    unchanged(
+        "attach without update",
+        "the primary",
+        &primary_before,
+        &primary_after,
+    )?;
+    let remote_after = labelled(remote, MANAGED_BY, false).await?;
+    unchanged(
+        "attach without update",
+        "the remote",
+        &remote_before,
+        &remote_after,
+    )
 }

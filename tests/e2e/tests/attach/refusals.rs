@@ -9,7 +9,8 @@ use kube::{
     api::{DeleteParams, PostParams},
     config::Kubeconfig,
 };
-use mesh_e2e::callers::{Grant, kubeconfig_granting};
+use mesh_core::cluster::MeshCluster;
+use mesh_e2e::callers::{Grant, kubeconfig_granting, unchanged};
 use mesh_e2e::create_namespace;
 use mesh_testenv::Cluster;
 use serde_json::json;
@@ -194,4 +195,43 @@ async fn attach_refuses_objects_it_did_not_create() -> anyhow::Result<()> {
     );
     assert!(line.contains("not created by kubectl-mesh"), "{line}");
     assert_nothing_left(env, remote, &remote.name).await
+}
+
+/// An attach under the name of a MeshCluster being deleted (detach returned; someone else's
+/// finalizer holds it) "updated" it: the reconciler left it alone, and once it went, the
+/// garbage collector deleted the Secrets the attach had just stored. Refused in one line,
+/// nothing changed.
+#[tokio::test]
+async fn attach_over_a_mesh_cluster_being_deleted_is_refused() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    let name = remote.name.as_str();
+    attach(env, remote, &[]).await?;
+    let held = json!({"metadata": {"finalizers": ["example.com/hold"]}});
+    mesh_e2e::patch_mesh_cluster(env, name, &held).await?;
+    let clusters = Api::<MeshCluster>::all(env.primary().client().await?);
+    clusters.delete(name, &DeleteParams::default()).await?;
+
+    // This cluster's objects on the primary: other tests attach other remotes meanwhile.
+    let ours = format!("{CLUSTER_LABEL}={name}");
+    let (primary_before, remote_before) = (
+        labelled(env.primary(), &ours, true).await?,
+        labelled(remote, MANAGED_BY, false).await?,
+    );
+    let out = try_attach(env, remote, &["--yes"], &[]).await?;
+    let outcome = async {
+        let line = refused_in_one_line(&out, "attach over a MeshCluster being deleted")?;
+        anyhow::ensure!(line.contains("is being deleted"), "{line}");
+        let case = "attach over a MeshCluster being deleted";
+        let primary_after = labelled(env.primary(), &ours, true).await?;
+        unchanged(case, "the primary", &primary_before, &primary_after)?;
+        let remote_after = labelled(remote, MANAGED_BY, false).await?;
+        unchanged(case, "the remote", &remote_before, &remote_after)
+    }
+    .await;
+
+    let released = json!({"metadata": {"finalizers": null}});
+    mesh_e2e::patch_mesh_cluster(env, name, &released).await?;
+    outcome?;
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
 }
