@@ -198,10 +198,10 @@ impl Attach {
         ));
 
         let mut run = steps::Run::new(&plan, progress, hooks, timeout);
-        // One Ctrl-C listener for the steps and the wait. Once it listens, Ctrl-C no longer
-        // ends the process, for as long as the process runs: whatever waits must select on
-        // it; one pressed between the steps and the wait is kept for the wait.
-        let interrupt = tokio::signal::ctrl_c();
+        // One listener for the steps and the wait. Once it listens, Ctrl-C (and SIGTERM,
+        // SIGHUP) no longer ends the process, for as long as the process runs: whatever waits
+        // must select on it; one received between the steps and the wait is kept for the wait.
+        let interrupt = interruption();
         tokio::pin!(interrupt);
         // Ctrl-C midway rolls back like any failure.
         let (result, interrupted) = tokio::select! {
@@ -265,4 +265,23 @@ impl Attach {
             OutputFormat::Table | OutputFormat::Wide => Ok(()),
         }
     }
+}
+
+/// Ctrl-C, or the end of the job or terminal attach runs in (SIGTERM from `timeout`, a CI
+/// runner or systemd; SIGHUP when an SSH session drops): each rolls back what the run changed,
+/// where the default action would leave a half-done attach and a live token behind.
+async fn interruption() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        tokio::select! {
+            interrupted = tokio::signal::ctrl_c() => interrupted,
+            _ = terminate.recv() => Ok(()),
+            _ = hangup.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
 }

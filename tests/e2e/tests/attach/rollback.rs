@@ -74,6 +74,17 @@ async fn interrupted_when_stalled(
     flags: &[&str],
     step: &str,
 ) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
+    signalled_when_stalled(env, args, flags, step, "INT").await
+}
+
+/// [`interrupted_when_stalled`] with another signal (`TERM`, `HUP`).
+async fn signalled_when_stalled(
+    env: &mesh_testenv::TestEnv,
+    args: &[&str],
+    flags: &[&str],
+    step: &str,
+    signal: &str,
+) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
     let mut attach = vec!["attach"];
     attach.extend(args);
     let mut command = fixtures::mesh_invocation(env, &attach)?;
@@ -82,9 +93,33 @@ async fn interrupted_when_stalled(
         .env_remove("KUBECTL_MESH_FAIL_AFTER")
         .env("KUBECTL_MESH_STALL_IN", step);
     let stalled = "stalling as if its answer had not come";
-    interrupted_after(command, stalled, DEFAULT_TIMEOUT)
+    signalled_after(command, stalled, signal, DEFAULT_TIMEOUT)
         .await
-        .with_context(|| format!("attach stalled in {step}"))
+        .with_context(|| format!("attach stalled in {step}, sent SIG{signal}"))
+}
+
+/// SIGTERM (`timeout`, a cancelled CI job) and SIGHUP (a dropped SSH session) ended attach
+/// at once, leaving what it had created and a live token behind: they roll back as Ctrl-C does.
+#[tokio::test]
+async fn sigterm_and_sighup_roll_back_as_ctrl_c_does() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    require_test_hooks(env).await?;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let step = Step::TokenSecret.name();
+    for signal in ["TERM", "HUP"] {
+        let (seen, status) = signalled_when_stalled(env, &[&kubeconfig], &[], step, signal).await?;
+        ensure!(!status.success(), "SIG{signal}: attach succeeded");
+        let last = seen.last().cloned().unwrap_or_default();
+        ensure!(
+            last.contains(&format!("failed at step {step} and was rolled back")),
+            "SIG{signal}: {}",
+            seen.join("\n")
+        );
+        assert_nothing_left(env, remote, &remote.name)
+            .await
+            .with_context(|| format!("after SIG{signal} in {step}"))?;
+    }
+    Ok(())
 }
 
 /// A real Ctrl-C while the first object of a step is stored but its answer has not come: in

@@ -496,6 +496,16 @@ pub async fn interrupted_after(
     marker: &str,
     exit_within: std::time::Duration,
 ) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
+    signalled_after(command, marker, "INT", exit_within).await
+}
+
+/// [`interrupted_after`] with the signal `kill -<signal>` sends (`INT`, `TERM`, `HUP`).
+pub async fn signalled_after(
+    command: std::process::Command,
+    marker: &str,
+    signal: &str,
+    exit_within: std::time::Duration,
+) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let mut child = tokio::process::Command::from(command)
@@ -523,9 +533,9 @@ pub async fn interrupted_after(
     );
     let pid = child.id().context("already exited")?;
     let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()?;
-    ensure!(interrupted.success(), "kill -INT {pid} failed");
+    ensure!(interrupted.success(), "kill -{signal} {pid} failed");
     let status = tokio::time::timeout(exit_within, async {
         while let Some(line) = lines.next_line().await? {
             seen.push(line);
@@ -536,7 +546,7 @@ pub async fn interrupted_after(
     let status = match status {
         Ok(status) => status?,
         Err(_) => anyhow::bail!(
-            "still running {exit_within:?} after Ctrl-C:\n{}",
+            "still running {exit_within:?} after SIG{signal}:\n{}",
             seen.join("\n")
         ),
     };
