@@ -131,6 +131,12 @@ pub fn standby_secret(own: &str) -> String {
     format!("{own}-standby")
 }
 
+/// The identities attach may create on a remote: a ServiceAccount, ClusterRole and
+/// ClusterRoleBinding of each name in [`MESH_NAMESPACE`] (and their token Secrets,
+/// [`token_secrets`]). Detach deletes them all, and a takeover (`attach --force`) those of
+/// the other primary it does not write itself.
+pub const IDENTITIES: [&str; 3] = [SYNC_ACCOUNT, ISTIO_READER, VIEW_ACCOUNT];
+
 /// Every token Secret a primary may have on a remote: each identity's own and its standby.
 /// Deleting them revokes every token that primary holds there: detach and a takeover (`attach
 /// --force`) delete them all, the standby an interrupted rotation left included.

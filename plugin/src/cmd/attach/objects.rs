@@ -1,6 +1,8 @@
 //! What attach writes, for preflight's ownership check, the steps and the dry run alike.
 
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::{Api, Client, api::DynamicObject, config::Kubeconfig};
+use mesh_core::{cluster::NamespaceScope, labels::SyncRule};
 
 use super::preflight::Plan;
 use crate::{
@@ -39,6 +41,48 @@ pub(super) fn remote_objects(plan: &Plan) -> Result<Vec<Manifest>> {
         out.extend(view_objects(name)?);
     }
     Ok(out)
+}
+
+/// Every object attach may create on the remote for cluster `name` besides the namespace,
+/// whatever its flags, by the names detach deletes ([`setup::IDENTITIES`],
+/// [`setup::token_secrets`], [`setup::TOKEN_RENEWAL`], the guard and the sync scope) and in
+/// its order: nothing loses its confinement before the rights it confines. A takeover looks
+/// at all of them: another primary's that this run does not write go.
+pub(super) fn known_remote_objects(name: &str) -> Result<Vec<Manifest>> {
+    // Only kind, name and namespace count here: the guard's and the scope's content do not.
+    let guard = setup::Guard::new(mesh_core::cluster::RemoteGuard::Warn, "", "");
+    let mut out = vec![
+        Manifest::new(&setup::guard_binding(name, &guard))?,
+        Manifest::new(&setup::guard_policy(name, &guard))?,
+    ];
+    for secret in setup::token_secrets() {
+        let m = setup::token_secret(&secret, setup::SYNC_ACCOUNT, name);
+        out.push(Manifest::new(&m)?);
+    }
+    out.push(Manifest::new(&setup::token_renewal_binding(name))?);
+    out.push(Manifest::new(&setup::token_renewal_role(name))?);
+    for account in setup::IDENTITIES {
+        out.push(Manifest::new(&setup::cluster_role_binding(account, name))?);
+    }
+    out.push(Manifest::new(&setup::sync_scope_binding(name))?);
+    let (rule, scope) = (SyncRule::default(), NamespaceScope::default());
+    out.push(Manifest::new(&setup::sync_scope_policy(
+        name, &rule, &scope,
+    ))?);
+    for account in setup::IDENTITIES {
+        let role = ClusterRole {
+            metadata: setup::meta(account, None, name),
+            ..Default::default()
+        };
+        out.push(Manifest::new(&role)?);
+        out.push(Manifest::new(&setup::service_account(account, name))?);
+    }
+    Ok(out)
+}
+
+/// Whether `a` and `b` are the same object (kind, namespace and name).
+pub(super) fn same_object(a: &Manifest, b: &Manifest) -> bool {
+    a.resource.kind == b.resource.kind && a.namespace == b.namespace && a.name == b.name
 }
 
 /// The sync account's token Secret; with --token-ttl, the Secret its time-bound token is bound
@@ -133,5 +177,52 @@ pub(super) fn describe(m: &Manifest) -> String {
     match &m.namespace {
         Some(ns) => format!("{} {ns}/{}", m.resource.kind, m.name),
         None => format!("{} {}", m.resource.kind, m.name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A takeover deletes another primary's objects among these that it does not write: every
+    /// object some flag of attach writes must be there, or it would outlive the takeover.
+    #[test]
+    fn every_object_a_flag_writes_is_known() {
+        let known = known_remote_objects("east").unwrap();
+        let mut written = view_objects("east").unwrap();
+        for role in [ReaderRole::Own, ReaderRole::Istio] {
+            written.extend(istio_reader_objects("east", &role).unwrap());
+        }
+        written.extend([
+            Manifest::new(&setup::token_renewal_role("east")).unwrap(),
+            Manifest::new(&setup::token_renewal_binding("east")).unwrap(),
+            Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, "east")).unwrap(),
+            Manifest::new(&setup::sync_cluster_role("east")).unwrap(),
+            Manifest::new(&setup::cluster_role_binding(setup::SYNC_ACCOUNT, "east")).unwrap(),
+        ]);
+        for m in written {
+            assert!(
+                known.iter().any(|k| same_object(k, &m)),
+                "{} is not known",
+                describe(&m)
+            );
+        }
+        // Bindings go before what they bind, policies' bindings before the policies.
+        let at = |kind: &str, name: &str| {
+            known
+                .iter()
+                .position(|k| k.resource.kind == kind && k.name == name)
+                .unwrap()
+        };
+        assert!(at("RoleBinding", setup::TOKEN_RENEWAL) < at("Role", setup::TOKEN_RENEWAL));
+        for account in setup::IDENTITIES {
+            assert!(at("ClusterRoleBinding", account) < at("ClusterRole", account));
+        }
+        for policy in [setup::GUARD, setup::SYNC_SCOPE] {
+            assert!(
+                at("ValidatingAdmissionPolicyBinding", policy)
+                    < at("ValidatingAdmissionPolicy", policy)
+            );
+        }
     }
 }

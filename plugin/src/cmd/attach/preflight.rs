@@ -21,9 +21,10 @@ use mesh_core::{
     list,
 };
 
-use super::objects::{Side, describe, dyn_api, remote_objects};
+use super::objects::{Side, describe, dyn_api, known_remote_objects, remote_objects, same_object};
 use super::requirements::{
     ADMISSION_POLICY_VERSION, primary_needs, refuse_without_admission_policies, remote_needs,
+    takeover_needs,
 };
 use crate::{
     Context, Error, Result,
@@ -76,6 +77,11 @@ pub(super) struct Plan {
     /// The remote holds this cluster's objects from another primary, and --force takes them
     /// over: that primary's tokens are deleted, and everything is recorded for this one.
     pub(super) takeover: bool,
+    /// In a takeover, the other primary's objects of this cluster that this run does not
+    /// write (an identity not asked for, the token renewal rights, the guard with
+    /// `--remote-guard=off`), in the order they are deleted: none is left granting what this
+    /// run's flags do not.
+    pub(super) leftovers: Vec<Manifest>,
     /// The installed sync rule: what the guard and the sync scope cover.
     pub(super) rule: SyncRule,
     /// That rule within the cluster's `scope`: the namespaces the sync account may write.
@@ -322,6 +328,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
             view.wanted(),
             args.token_ttl.is_some(),
             reader_role.as_ref(),
+            args.force,
         ),
     );
     let (primary_missing, remote_missing, remote_policies) = futures::join!(
@@ -553,6 +560,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         cluster_id,
         primary_id,
         takeover: false,
+        leftovers: Vec::new(),
         rule,
         scoped,
         guard,
@@ -564,8 +572,37 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         preview,
         token_ttl: args.token_ttl,
     };
-    let takeover = check_ownership(&plan, &primary_target, args.force).await?;
-    Ok(Plan { takeover, ..plan })
+    let (takeover, leftovers) = check_ownership(&plan, &primary_target, args.force).await?;
+    // Deleting them is recorded, and a rollback creates them again: asked now.
+    let needs: Vec<Need> = leftovers
+        .iter()
+        .flat_map(|(m, role_ref)| takeover_needs(&m.resource.kind, &m.name, role_ref.as_deref()))
+        .collect();
+    if !needs.is_empty() {
+        let missing = access::missing(&plan.remote, &needs)
+            .await
+            .map_err(|e| access::request_error(&plan.remote_target, "check rights", e))?;
+        if !missing.is_empty() {
+            return Err(Error::Refused {
+                what: format!(
+                    "missing permissions on remote cluster {} ({}): {}, to take over what \
+                     another primary attached there",
+                    plan.name,
+                    plan.remote_target.server,
+                    missing.join(", ")
+                ),
+                hint: "attach needs them as the users of both kubeconfigs; use admin contexts \
+                       or ask a cluster admin (`kubectl auth can-i --list` shows yours)"
+                    .into(),
+            });
+        }
+    }
+    let leftovers = leftovers.into_iter().map(|(m, _)| m).collect();
+    Ok(Plan {
+        takeover,
+        leftovers,
+        ..plan
+    })
 }
 
 /// The guard's mode and the primary's name in its messages: the flags where given (`flag`,
@@ -636,26 +673,25 @@ async fn first_sync(
 /// Every object attach writes must be absent or made by attach for this very cluster: attach
 /// never takes over objects it did not create, nor another cluster's. Those made for this
 /// cluster from another primary are taken over with `force` only; returns whether any are.
-/// So are the token Secrets this run does not write (a standby an interrupted rotation left,
-/// an identity not asked for again): a takeover revokes another primary's among them.
-async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> Result<bool> {
+/// So is every other object attach knows for the cluster ([`known_remote_objects`]: a standby
+/// an interrupted rotation left, an identity not asked for again, the token renewal rights,
+/// the guard when off): a takeover revokes another primary's tokens among them, and deletes
+/// the rest of its own; returned with the ClusterRole a binding among them binds.
+async fn check_ownership(
+    plan: &Plan,
+    primary_target: &Target,
+    force: bool,
+) -> Result<(bool, Vec<(Manifest, Option<String>)>)> {
     let mut takeover = false;
+    let mut leftovers = Vec::new();
     let placeholder = "";
     let mut objects: Vec<(Side, Manifest)> = remote_objects(plan)?
         .into_iter()
         .map(|m| (Side::Remote, m))
         .collect();
     let written = objects.len();
-    for secret in setup::token_secrets() {
-        let m = Manifest::new(&setup::token_secret(
-            &secret,
-            setup::SYNC_ACCOUNT,
-            &plan.name,
-        ))?;
-        if !objects
-            .iter()
-            .any(|(_, o)| o.resource.kind == "Secret" && o.name == m.name)
-        {
+    for m in known_remote_objects(&plan.name)? {
+        if !objects[..written].iter().any(|(_, o)| same_object(o, &m)) {
             objects.push((Side::Remote, m));
         }
     }
@@ -688,17 +724,37 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
             Side::Remote => (&plan.remote, &plan.remote_target),
             Side::Primary => (&plan.primary, primary_target),
         };
-        let found = dyn_api(client, &m)
-            .get_opt(&m.name)
-            .await
-            .map_err(|e| access::request_error(target, &format!("read {}", describe(&m)), e))?;
+        let found = match dyn_api(client, &m).get_opt(&m.name).await {
+            Ok(found) => found,
+            // Without --force, one this run does not write is read only to refuse a takeover,
+            // and the caller's rights for it are not asked (its other objects tell).
+            Err(kube::Error::Api(s)) if s.code == 403 && only_its_primary && !force => continue,
+            Err(e) => {
+                return Err(access::request_error(
+                    target,
+                    &format!("read {}", describe(&m)),
+                    e,
+                ));
+            }
+        };
         let Some(found) = found else { continue };
         match setup::owner_cluster(&found.metadata) {
             Some(c) if c == plan.name => {
                 let other = setup::other_primary(&found.metadata, &plan.name, &plan.primary_id);
                 match other {
                     None => refuse_other_token_kind(plan, &m, &found)?,
-                    Some(_) if force => takeover = true,
+                    Some(_) if force => {
+                        takeover = true;
+                        // Token Secrets are revoked on their own; the rest goes with them.
+                        if unwritten.contains(&i) && m.resource.kind != "Secret" {
+                            let role_ref = found
+                                .data
+                                .pointer("/roleRef/name")
+                                .and_then(serde_json::Value::as_str)
+                                .map(str::to_owned);
+                            leftovers.push((m, role_ref));
+                        }
+                    }
                     Some(other) => {
                         return Err(Error::Refused {
                             what: format!(
@@ -746,7 +802,7 @@ async fn check_ownership(plan: &Plan, primary_target: &Target, force: bool) -> R
             }
         }
     }
-    Ok(takeover)
+    Ok((takeover, leftovers))
 }
 
 /// A re-run cannot turn a long-lived token Secret `found` into the anchor of a time-bound one
@@ -879,7 +935,7 @@ mod tests {
             .unwrap_or_default();
         assert!(!own.is_empty());
         for (view, token_ttl) in [(false, false), (true, true)] {
-            let needs = remote_needs(view, token_ttl, Some(&ReaderRole::Own));
+            let needs = remote_needs(view, token_ttl, Some(&ReaderRole::Own), false);
             let uncovered = cover(&needs, own.clone());
             assert!(
                 uncovered.is_empty(),
@@ -887,7 +943,7 @@ mod tests {
             );
         }
         // Bound to Istio's own role: `bind` on it, by name.
-        let needs = remote_needs(false, false, Some(&ReaderRole::Istio));
+        let needs = remote_needs(false, false, Some(&ReaderRole::Istio), false);
         assert!(needs.iter().any(|n| {
             (n.group, n.resource, n.name, n.verbs.as_slice())
                 == (
@@ -898,14 +954,14 @@ mod tests {
                 )
         }));
         // Neither without --istio-remote-secret.
-        let without = remote_needs(false, false, None);
+        let without = remote_needs(false, false, None, false);
         assert!(!cover(&without, own).is_empty());
         assert!(!without.iter().any(|n| n.verbs.contains(&"bind")));
     }
 
     #[test]
     fn remote_needs_cover_what_the_sync_role_grants() {
-        let needs = remote_needs(true, true, None);
+        let needs = remote_needs(true, true, None, false);
         let mut rules = setup::sync_cluster_role("east").rules.unwrap_or_default();
         rules.extend(setup::view_cluster_role("east").rules.unwrap_or_default());
         rules.extend(setup::token_renewal_role("east").rules.unwrap_or_default());

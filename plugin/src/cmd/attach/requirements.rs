@@ -45,7 +45,14 @@ const RW: &[&str] = &["get", "create", "patch", "update", "delete"];
 
 /// What attach needs on the remote; `istio`: the ClusterRole istiod's reader gets there, with
 /// --istio-remote-secret.
-pub(super) fn remote_needs(view: bool, token_ttl: bool, istio: Option<&ReaderRole>) -> Vec<Need> {
+/// `force`: a takeover reads every object attach knows for the cluster, and deletes another
+/// primary's that it does not write (the token renewal Role and RoleBinding among them).
+pub(super) fn remote_needs(
+    view: bool,
+    token_ttl: bool,
+    istio: Option<&ReaderRole>,
+    force: bool,
+) -> Vec<Need> {
     let mut needs = vec![
         // get/list/watch/patch too: RBAC lets a user grant only rights they hold.
         Need::cluster(
@@ -69,8 +76,8 @@ pub(super) fn remote_needs(view: bool, token_ttl: bool, istio: Option<&ReaderRol
         // Granted to the view account: again only by a holder.
         needs.extend(setup::view_rights());
     }
-    if token_ttl {
-        // The renewal Role and its binding, and the right it grants, used by attach too.
+    if token_ttl || force {
+        // The renewal Role and its binding.
         needs.push(Need::namespaced(
             "rbac.authorization.k8s.io",
             "roles",
@@ -83,6 +90,9 @@ pub(super) fn remote_needs(view: bool, token_ttl: bool, istio: Option<&ReaderRol
             MESH_NAMESPACE,
             RW,
         ));
+    }
+    if token_ttl {
+        // The right the renewal Role grants, used by attach too.
         needs.push(Need::token_request());
     }
     match istio {
@@ -97,6 +107,31 @@ pub(super) fn remote_needs(view: bool, token_ttl: bool, istio: Option<&ReaderRol
         None => {}
     }
     needs
+}
+
+/// What deleting another primary's object of this cluster that a takeover does not write
+/// (`kind` `name`, a binding to the ClusterRole `role_ref`) needs beyond [`remote_needs`]
+/// with `force`: a rollback creates it again, and RBAC lets only a holder of a role's rules
+/// create that role or a binding to it (or `bind` on it).
+pub(super) fn takeover_needs(kind: &str, name: &str, role_ref: Option<&str>) -> Vec<Need> {
+    let role = matches!(
+        kind,
+        "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+    );
+    if !role {
+        return Vec::new();
+    }
+    match name {
+        setup::TOKEN_RENEWAL => vec![Need::token_request()],
+        setup::VIEW_ACCOUNT => setup::view_rights(),
+        setup::ISTIO_READER if role_ref == Some(setup::ISTIO_OWN_READER_ROLE) => vec![
+            Need::cluster("rbac.authorization.k8s.io", "clusterroles", &["bind"])
+                .named(setup::ISTIO_OWN_READER_ROLE),
+        ],
+        setup::ISTIO_READER => setup::istio_reader_rights(),
+        // The sync account's are written by every attach, never deleted.
+        _ => Vec::new(),
+    }
 }
 
 pub(super) fn primary_needs(istio: bool, adopt: bool) -> Vec<Need> {
@@ -126,4 +161,82 @@ pub(super) fn primary_needs(istio: bool, adopt: bool) -> Vec<Need> {
         needs.push(Need::namespaced("", "secrets", setup::ISTIO_NAMESPACE, RW));
     }
     needs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asks(needs: &[Need], resource: &str, verb: &str) -> bool {
+        needs
+            .iter()
+            .any(|n| n.resource == resource && n.verbs.contains(&verb))
+    }
+
+    #[test]
+    fn a_takeover_may_delete_the_token_renewal_rights_without_token_ttl() {
+        for resource in ["roles", "rolebindings"] {
+            assert!(!asks(
+                &remote_needs(false, false, None, false),
+                resource,
+                "get"
+            ));
+            for verb in RW {
+                let needs = remote_needs(false, false, None, true);
+                assert!(asks(&needs, resource, verb), "{resource} {verb}");
+            }
+        }
+        // The right the Role grants: only to put back another primary's, or to use it.
+        assert!(!asks(
+            &remote_needs(false, false, None, true),
+            "serviceaccounts/token",
+            "create"
+        ));
+        assert!(asks(
+            &remote_needs(false, true, None, false),
+            "serviceaccounts/token",
+            "create"
+        ));
+    }
+
+    #[test]
+    fn putting_back_another_primarys_role_needs_what_it_grants() {
+        let renewal = takeover_needs("Role", setup::TOKEN_RENEWAL, None);
+        assert!(asks(&renewal, "serviceaccounts/token", "create"));
+        assert_eq!(
+            takeover_needs(
+                "RoleBinding",
+                setup::TOKEN_RENEWAL,
+                Some(setup::TOKEN_RENEWAL)
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            takeover_needs("ClusterRole", setup::VIEW_ACCOUNT, None).len(),
+            setup::view_rights().len()
+        );
+        let own = takeover_needs(
+            "ClusterRoleBinding",
+            setup::ISTIO_READER,
+            Some(setup::ISTIO_READER),
+        );
+        assert_eq!(own.len(), setup::istio_reader_rights().len());
+        let istio_s = takeover_needs(
+            "ClusterRoleBinding",
+            setup::ISTIO_READER,
+            Some(setup::ISTIO_OWN_READER_ROLE),
+        );
+        assert_eq!(istio_s[0].verbs, ["bind"]);
+        assert_eq!(istio_s[0].name, Some(setup::ISTIO_OWN_READER_ROLE));
+        // Nothing more to delete the rest.
+        for (kind, name) in [
+            ("ServiceAccount", setup::VIEW_ACCOUNT),
+            ("Secret", setup::VIEW_TOKEN_SECRET),
+            ("ValidatingAdmissionPolicy", setup::GUARD),
+            ("ClusterRole", setup::SYNC_ACCOUNT),
+        ] {
+            assert!(takeover_needs(kind, name, None).is_empty(), "{kind} {name}");
+        }
+    }
 }

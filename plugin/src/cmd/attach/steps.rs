@@ -264,6 +264,9 @@ impl<'a> Run<'a> {
             if step == Step::TokenSecret {
                 if plan.takeover {
                     self.revoke_other_primarys_tokens().await?;
+                    // Before this run's token exists: the renewal rights would let it mint
+                    // tokens no Secret revokes.
+                    self.delete_other_primarys_leftovers().await?;
                 }
                 if plan.token_ttl.is_some() {
                     self.ensure(
@@ -567,6 +570,41 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// `--force`: the other primary's objects of this cluster that this run does not write
+    /// ([`Plan::leftovers`]) go, recorded for the rollback, which creates them again. One
+    /// found recorded for this primary or gone since is left alone.
+    async fn delete_other_primarys_leftovers(&mut self) -> Result<()> {
+        let name = self.plan.name.clone();
+        for m in self.plan.leftovers.clone() {
+            let found = dyn_api(&self.plan.remote, &m)
+                .get_opt(&m.name)
+                .await
+                .map_err(Error::kube(format!("cannot read {}", describe(&m))))?;
+            let Some(found) = found else { continue };
+            let Some(other) = setup::other_primary(&found.metadata, &name, &self.plan.primary_id)
+            else {
+                continue;
+            };
+            let line = format!(
+                "{name}: {} of the primary with kube-system uid {other} deleted (--force; not \
+                 attached with it now)",
+                describe(&m)
+            );
+            if self.delete_remote(m, found).await? == apply::Deleted::Deleted {
+                self.progress.warn(line);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this run may delete or replace the remote object `meta` describes: attach
+    /// created it for this cluster from this primary or, in a takeover, from another.
+    fn may_replace(&self, meta: &kube::api::ObjectMeta) -> bool {
+        let (name, primary) = (&self.plan.name, &self.plan.primary_id);
+        setup::is_ours_from(meta, name, primary)
+            || (self.plan.takeover && setup::other_primary(meta, name, primary).is_some())
+    }
+
     /// Deletes the remote object `m`, found as `found`, recording it for the rollback.
     /// Recorded before the request, as [`Self::ensure`] records.
     async fn delete_remote(&mut self, m: Manifest, found: DynamicObject) -> Result<apply::Deleted> {
@@ -604,9 +642,7 @@ impl<'a> Run<'a> {
                 .map(str::to_owned)
         };
         let Some(found) = found else { return Ok(()) };
-        if bound_to(&found) == Some(role.name())
-            || !setup::is_ours_from(&found.metadata, &name, &self.plan.primary_id)
-        {
+        if bound_to(&found) == Some(role.name()) || !self.may_replace(&found.metadata) {
             return Ok(());
         }
         self.delete_remote(binding, found).await?;
@@ -651,7 +687,7 @@ impl<'a> Run<'a> {
                 Err(e) => return Err(Error::kube(format!("cannot read {}", describe(&m)))(e)),
             };
             let Some(found) = found else { continue };
-            if !setup::is_ours_from(&found.metadata, &name, &self.plan.primary_id) {
+            if !self.may_replace(&found.metadata) {
                 self.progress.warn(format!(
                     "{name}: {} kept: attach did not create it for this cluster",
                     describe(&m)

@@ -85,12 +85,7 @@ pub(super) async fn clean_remote(
         .await?;
     // The apiserver may accept a deleted token from its cache for a few seconds more; RBAC
     // takes away what it may do at once.
-    const ACCOUNTS: [&str; 3] = [
-        setup::SYNC_ACCOUNT,
-        setup::ISTIO_READER,
-        setup::VIEW_ACCOUNT,
-    ];
-    for account in ACCOUNTS {
+    for account in setup::IDENTITIES {
         remove
             .cluster::<ClusterRoleBinding>(account, "delete ClusterRoleBindings")
             .await?;
@@ -104,7 +99,7 @@ pub(super) async fn clean_remote(
     remove
         .policy(setup::SYNC_SCOPE, "delete the sync scope")
         .await?;
-    for account in ACCOUNTS {
+    for account in setup::IDENTITIES {
         remove
             .cluster::<ClusterRole>(account, "delete ClusterRoles")
             .await?;

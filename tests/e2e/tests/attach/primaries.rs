@@ -8,8 +8,12 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
 };
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
@@ -71,7 +75,14 @@ async fn a_failed_takeover_says_the_revoked_tokens_stay_revoked() -> anyhow::Res
 
 async fn fail_a_takeover(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow::Result<()> {
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    attach(env, remote, &[]).await?;
+    // With the token renewal rights, which the takeover (without --token-ttl) deletes.
+    attach(env, remote, &["--token-ttl", "1h"]).await?;
+    let roles = Api::<Role>::namespaced(remote.client().await?, MESH_NS);
+    let first = cluster_id(env.primary()).await?;
+    let renewal_of = || async {
+        let role = roles.get_opt(setup::TOKEN_RENEWAL).await?;
+        anyhow::Ok(role.map(|r| setup::primary_of(&r.metadata).map(str::to_owned)))
+    };
     let failing = [("KUBECTL_MESH_FAIL_AFTER", "token-secret")];
     let out = mesh_on(second, &["attach", &kubeconfig, "--force"], &failing).await?;
     let line = failed_last_line(&out, "a takeover failing after its revocation")?;
@@ -79,12 +90,20 @@ async fn fail_a_takeover(env: &TestEnv, second: &Cluster, remote: &Cluster) -> a
         line.contains("stay revoked") && line.contains("re-run attach with --force"),
         "{line}"
     );
-    // As it says: the first primary's stored token no longer works.
+    // As it says: the first primary's stored token no longer works; what the takeover
+    // deleted besides is back.
     first_primarys_token_revoked(env, remote).await?;
+    let renewal = renewal_of().await?;
+    ensure!(
+        renewal == Some(Some(first.clone())),
+        "the renewal Role after the rollback: {renewal:?}"
+    );
     succeeded(
         &mesh_on(second, &["attach", &kubeconfig, "--force"], &[]).await?,
         "--force again",
     )?;
+    let renewal = renewal_of().await?;
+    ensure!(renewal.is_none(), "renewal Role left: {renewal:?}");
     detach(env, remote, &remote.name, &[]).await?;
     Ok(())
 }
@@ -162,6 +181,107 @@ async fn take_over(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow:
         .await
         .map(|_| ())
         .map_err(|e| anyhow::anyhow!("the second primary's token after the first's detach: {e}"))
+}
+
+/// A takeover leaves none of the first primary's attach that its own flags do not write. The
+/// first attached with `--token-ttl`, `--services-view` and `--istio-remote-secret`, the second
+/// takes over with none of them: the renewal Role and RoleBinding stayed (the second's stored
+/// token, of the same account, could mint tokens no Secret revokes, which outlived `rotate`
+/// and detach), and so did the first's reader and view identities, which the second's detach
+/// then skipped as another primary's.
+#[tokio::test]
+async fn a_takeover_leaves_none_of_the_other_primarys_rights() -> anyhow::Result<()> {
+    with_a_second_primary(take_over_all).await
+}
+
+async fn take_over_all(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow::Result<()> {
+    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let first_flags = [
+        "--token-ttl",
+        "1h",
+        "--services-view",
+        "--istio-remote-secret",
+    ];
+    attach(env, remote, &first_flags).await?;
+    let client = remote.client().await?;
+    let roles = Api::<Role>::namespaced(client.clone(), MESH_NS);
+    let role_bindings = Api::<RoleBinding>::namespaced(client.clone(), MESH_NS);
+    ensure!(
+        roles.get_opt(setup::TOKEN_RENEWAL).await?.is_some(),
+        "the first primary's attach made no renewal Role"
+    );
+
+    let out = mesh_on(second, &["attach", &kubeconfig, "--force", "--yes"], &[]).await?;
+    let progress = succeeded(&out, "--force with the default flags")?;
+    first_primarys_token_revoked(env, remote).await?;
+
+    // Gone, whichever primary: the second did not ask for them.
+    let mut left = Vec::new();
+    if roles.get_opt(setup::TOKEN_RENEWAL).await?.is_some() {
+        left.push(format!("Role {}", setup::TOKEN_RENEWAL));
+    }
+    if role_bindings.get_opt(setup::TOKEN_RENEWAL).await?.is_some() {
+        left.push(format!("RoleBinding {}", setup::TOKEN_RENEWAL));
+    }
+    for account in [setup::VIEW_ACCOUNT, setup::ISTIO_READER] {
+        let accounts = Api::<ServiceAccount>::namespaced(client.clone(), MESH_NS);
+        if accounts.get_opt(account).await?.is_some() {
+            left.push(format!("ServiceAccount {account}"));
+        }
+        if Api::<ClusterRole>::all(client.clone())
+            .get_opt(account)
+            .await?
+            .is_some()
+        {
+            left.push(format!("ClusterRole {account}"));
+        }
+        if Api::<ClusterRoleBinding>::all(client.clone())
+            .get_opt(account)
+            .await?
+            .is_some()
+        {
+            left.push(format!("ClusterRoleBinding {account}"));
+        }
+    }
+    ensure!(
+        left.is_empty(),
+        "the first primary's objects left after the takeover: {left:?}\n{progress}"
+    );
+
+    // The second's stored token may not mint tokens of its account (RBAC's caches follow the
+    // deletion within moments).
+    let (stored, _) = stored_client_on(second, &remote.name).await?;
+    let reviews = Api::<SelfSubjectAccessReview>::all(stored);
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(MESH_NS.into()),
+                verb: Some("create".into()),
+                resource: Some("serviceaccounts".into()),
+                subresource: Some("token".into()),
+                name: Some(setup::SYNC_ACCOUNT.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    eventually(
+        "the second primary's stored token may not create tokens",
+        DEFAULT_TIMEOUT,
+        || async {
+            let answer = reviews.create(&PostParams::default(), &review).await?;
+            let allowed = answer.status.is_some_and(|s| s.allowed);
+            Ok((!allowed).then_some(()))
+        },
+    )
+    .await?;
+
+    // The first primary forgets the cluster (its remote objects are the second's now); the
+    // second's detach then leaves nothing (checked by the caller).
+    detach(env, remote, &remote.name, &[]).await?;
+    Ok(())
 }
 
 /// The first test remote made a primary of its own ([`INSTALL`]), then attached as a remote of
