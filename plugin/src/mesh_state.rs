@@ -30,6 +30,10 @@ use crate::{Error, Result, access, describe_kube, installed_rule, render};
 /// `plan`, `check`, `services`).
 pub const DEFAULT_REMOTE_TIMEOUT: &str = "5s";
 
+/// What `list`, `status` and the like print on stderr when no cluster is attached.
+pub const NO_CLUSTERS: &str =
+    "No clusters attached. Attach one with: kubectl mesh attach <kubeconfig>";
+
 /// The sync rule of the installation on `primary`: the one its webhook runs with, as `install`
 /// recorded it on the MutatingWebhookConfiguration ([`installed_rule::from_annotations`]). The
 /// default rule when there is no such configuration or it records no rule (an older install).
@@ -175,7 +179,7 @@ fn selection_notes(syncable: &[MeshCluster], leaving: &[String]) -> Vec<String> 
         .map(|name| format!("{name} is being detached; not synced"))
         .collect();
     if syncable.is_empty() && leaving.is_empty() {
-        notes.push(crate::cmd::list::NO_CLUSTERS.to_owned());
+        notes.push(NO_CLUSTERS.to_owned());
     }
     notes
 }
@@ -500,7 +504,7 @@ mod tests {
             selection_notes(&synced, &leaving),
             ["east is being detached; not synced"]
         );
-        assert_eq!(selection_notes(&[], &[]), [crate::cmd::list::NO_CLUSTERS]);
+        assert_eq!(selection_notes(&[], &[]), [NO_CLUSTERS]);
     }
 
     #[tokio::test]

@@ -268,6 +268,15 @@ pub const BLUE: &str = "\x1b[34m";
 /// Back to the terminal's default.
 pub const RESET: &str = "\x1b[0m";
 
+/// `1 namespace`, `2 namespaces`.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,13 +194,13 @@ impl Preview {
         let remote_only = self.remote_only.len();
         let mut summary = format!(
             "{cluster}: {} to write, {} in sync",
-            crate::cmd::status::plural(self.changes.len(), "namespace"),
+            crate::output::plural(self.changes.len(), "namespace"),
             self.in_sync
         );
         if remote_only > 0 {
             summary.push_str(&format!(
                 ", {} only on the remote",
-                crate::cmd::status::plural(remote_only, "namespace")
+                crate::output::plural(remote_only, "namespace")
             ));
         }
         if !self.out_of_scope.is_empty() {

@@ -20,10 +20,6 @@ use crate::{
     request_timeout::Unanswered,
 };
 
-/// What `list` prints on stderr when no cluster is attached.
-pub const NO_CLUSTERS: &str =
-    "No clusters attached. Attach one with: kubectl mesh attach <kubeconfig>";
-
 /// List the attached clusters.
 ///
 /// Shows what the webhook's reconciler last recorded in each MeshCluster's status; run
@@ -39,7 +35,7 @@ impl List {
         let clusters = mesh_state::clusters(&client).await?;
         if clusters.is_empty() && ctx.output.is_table() {
             // kubectl's "No resources found": on stderr, so that stdout stays parseable.
-            eprintln!("{NO_CLUSTERS}");
+            eprintln!("{}", mesh_state::NO_CLUSTERS);
             return Ok(());
         }
         // Only `-o wide` shows them: the others need no Secret read (nor the right to).

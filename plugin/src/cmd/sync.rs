@@ -13,7 +13,7 @@ use mesh_core::printable::{few, one_line};
 use mesh_core::sync::{ChangeStatus, SyncMode, SyncReport, sync_from_primary};
 use serde::Serialize;
 
-use super::status::plural;
+use crate::output::plural;
 use crate::{
     Context, Error, Result,
     mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use crate::{Error, Result, cmd::status::plural, preview::Preview};
+use crate::{Error, Result, output::plural, preview::Preview};
 use mesh_core::printable::{few, one_line};
 
 /// Goes on when the first sync removes or changes nothing, or the user says yes.

@@ -25,10 +25,9 @@ use super::report::{CheckResult, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
 use crate::{
-    age,
-    cmd::status::plural,
-    kubeconfig,
+    age, kubeconfig,
     mesh_state::{RemoteError, RemoteResult},
+    output::plural,
     remote_setup as setup,
     sync_scope::Scope,
 };

@@ -27,7 +27,7 @@ use jiff::Timestamp;
 use kube::Client;
 
 pub use self::report::{CheckReport, CheckResult, Outcome, Section};
-use super::status::plural;
+use crate::output::plural;
 use crate::{Context, Error, Result, mesh_state::DEFAULT_REMOTE_TIMEOUT, output};
 
 /// Check the installation, the webhook and every attached cluster.

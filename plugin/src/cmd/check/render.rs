@@ -5,8 +5,7 @@ use mesh_core::printable::one_line;
 use super::report::{CheckReport, Outcome};
 use crate::{
     Result,
-    cmd::status::plural,
-    output::{self, OutputFormat},
+    output::{self, OutputFormat, plural},
 };
 
 impl Outcome {

@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::{
     Context, Error, Result,
     mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
-    output::{self, OutputFormat},
+    output::{self, OutputFormat, plural},
     view,
 };
 
@@ -88,7 +88,7 @@ impl Status {
         report.mark_detaching(&clusters);
 
         if clusters.is_empty() {
-            ctx.progress.info(super::list::NO_CLUSTERS);
+            ctx.progress.info(mesh_state::NO_CLUSTERS);
         }
         for c in &report.clusters {
             match &c.error {
@@ -762,15 +762,6 @@ pub fn labels_text(labels: &Labels) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",")
-}
-
-/// `1 namespace`, `2 namespaces`.
-pub fn plural(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 
 use mesh_core::printable::few;
 
-use super::{InjectionCell, NamespaceRow, PodsColumn, StatusReport, plural};
+use super::{InjectionCell, NamespaceRow, PodsColumn, StatusReport};
+use crate::output::plural;
 
 impl StatusReport {
     /// Lines worth a warning after the table: per cluster, the namespaces whose labels ask
