@@ -24,7 +24,6 @@ use mesh_core::{
     labels::SyncRule,
     remote::{self, RemoteOptions},
 };
-use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -35,8 +34,8 @@ use crate::remote_setup::view_secret_name;
 use crate::view;
 
 use super::reduce::{
-    Change, EventKey, NsFacts, Relist, WEBHOOK_EVENTS_NAMESPACE, note_failure, reduce_event,
-    reduce_namespace,
+    Change, EventKey, EventRow, NsFacts, Relist, WEBHOOK_EVENTS_NAMESPACE, note_failure,
+    reduce_event, reduce_namespace,
 };
 
 /// How long changes may gather before a snapshot is sent: a burst of events (a relist of
@@ -76,9 +75,6 @@ const LIST_PAGE: u32 = 100;
 
 /// The Events kept, newest first.
 pub(super) const MAX_EVENTS: usize = 50;
-
-/// The controller name the webhook records its Events with.
-pub(super) const WEBHOOK_CONTROLLER: &str = "mesh-webhook";
 
 /// State shared by the watch tasks and the snapshot task.
 pub struct Shared {
@@ -267,20 +263,6 @@ pub(super) enum ViewState {
     NoCredentials,
     Failed(String),
     Read(view::Source),
-}
-
-/// A webhook Event, as the page lists it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EventRow {
-    pub time: String,
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub reason: String,
-    /// `Namespace shop`, `MeshCluster remote-1`.
-    pub object: String,
-    pub note: String,
-    pub count: i32,
 }
 
 /// Applies a watch of `api` to the shared state through `on`, forever ([`follow_watches`]).

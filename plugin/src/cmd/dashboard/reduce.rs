@@ -8,11 +8,29 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use mesh_core::labels::SyncRule;
 
-use super::live::{EventRow, WEBHOOK_CONTROLLER};
+use serde::Serialize;
+
 use crate::cmd::services::{Records, wire};
+
+/// The controller name the webhook records its Events with.
+pub(super) const WEBHOOK_CONTROLLER: &str = "mesh-webhook";
 
 /// (namespace, name) of an Event.
 pub(super) type EventKey = (String, String);
+
+/// A webhook Event, as the page lists it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRow {
+    pub time: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub reason: String,
+    /// `Namespace shop`, `MeshCluster remote-1`.
+    pub object: String,
+    pub note: String,
+    pub count: i32,
+}
 
 /// A watch event, as the reducers see it.
 pub(super) enum Change<K> {

@@ -16,8 +16,8 @@ use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
 use crate::credentials::TokenExpiry;
 use crate::{mesh_state, view};
 
-use super::live::{EventRow, Live, MAX_EVENTS, RemoteLive, ViewState};
-use super::reduce::NsFacts;
+use super::live::{Live, MAX_EVENTS, RemoteLive, ViewState};
+use super::reduce::{EventRow, NsFacts};
 
 /// Service rows each snapshot carries: the first ones, as the page shows them unfiltered.
 /// The page asks for others (a filter) with [`super::live::Feed::services_json`]: a mesh of
