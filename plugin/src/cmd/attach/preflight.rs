@@ -100,7 +100,8 @@ pub(super) struct Plan {
     pub(super) token_ttl: Option<Duration>,
 }
 
-/// The read-only view identity (`--services-view`).
+/// The read-only view identity (`--services-view`); also whether istiod's reader is
+/// (`--istio-remote-secret`, see [`IstioPlan::kept`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ViewPlan {
     /// Not asked for, and not there.
@@ -134,6 +135,33 @@ impl ViewPlan {
 pub(super) struct IstioPlan {
     pub(super) namespace_exists: bool,
     pub(super) reader_role: ReaderRole,
+    /// Not asked for, but an earlier attach stored the Istio remote secret: a re-run keeps
+    /// istiod's reader and rewrites the secret, as it does the view identity's, so that istiod
+    /// follows a new server or CA of the remote.
+    pub(super) kept: bool,
+}
+
+impl IstioPlan {
+    /// What attach tells the user about istiod's reader of cluster `name`, if anything.
+    pub(super) fn notice(&self, name: &str) -> Option<String> {
+        self.kept.then(|| {
+            format!(
+                "{name}: Istio remote secret kept and refreshed (attached with \
+                 --istio-remote-secret before; `kubectl mesh detach {name}` removes it)"
+            )
+        })
+    }
+}
+
+/// Whether an identity attach may create on request (`asked`, by its flag) is written:
+/// asked, else kept when the primary holds its stored credentials from an earlier attach of
+/// cluster `name` (`stored`, the Secret they are in).
+fn kept_or_asked(asked: bool, stored: Option<&Secret>, name: &str) -> ViewPlan {
+    match stored {
+        _ if asked => ViewPlan::Asked,
+        Some(s) if setup::is_ours(&s.metadata, name) => ViewPlan::Kept,
+        _ => ViewPlan::None,
+    }
 }
 
 /// The mesh namespace on the remote, before attach.
@@ -284,24 +312,24 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         .await?;
     let remote = access::client(remote_kc.clone(), None).await?;
 
-    // A view identity an earlier attach stored is kept. A read the caller may not make
-    // counts as none: the rights check below says what is missing.
-    let view = if args.services_view {
-        ViewPlan::Asked
-    } else {
-        let stored = Api::<Secret>::namespaced(primary.clone(), MESH_NAMESPACE)
-            .get_opt(&setup::view_secret_name(&name))
-            .await;
-        match stored {
-            Ok(Some(s)) if setup::is_ours(&s.metadata, &name) => ViewPlan::Kept,
-            _ => ViewPlan::None,
-        }
+    // A view identity or Istio remote secret an earlier attach stored is kept, and refreshed
+    // (a new server or CA reaches it too). A read the caller may not make counts as none:
+    // the rights check below says what is missing.
+    let stored = |namespace: &'static str, secret: String| {
+        let secrets = Api::<Secret>::namespaced(primary.clone(), namespace);
+        async move { secrets.get_opt(&secret).await.ok().flatten() }
     };
+    let (view_stored, istio_stored) = futures::join!(
+        stored(MESH_NAMESPACE, setup::view_secret_name(&name)),
+        stored(setup::ISTIO_NAMESPACE, setup::istio_secret_name(&name)),
+    );
+    let view = kept_or_asked(args.services_view, view_stored.as_ref(), &name);
+    let istio_plan = kept_or_asked(args.istio, istio_stored.as_ref(), &name);
 
     // Istio's own reader role, where its remote profile installed it, is the one that
     // matches the Istio version running; ours is for remotes without it. Either way, what
     // istiod's reader is granted is asked of the caller below.
-    let reader_role = if args.istio {
+    let reader_role = if istio_plan.wanted() {
         let roles: Api<ClusterRole> = Api::all(remote.clone());
         Some(match roles.get_opt(&setup::istio_own_reader_role()).await {
             Ok(Some(_)) => ReaderRole::Istio,
@@ -323,7 +351,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     // admission policies attach writes. The first review doubles as the reachability check:
     // every authenticated user may create one.
     let (primary_wants, remote_wants) = (
-        primary_needs(args.istio, args.adopt),
+        primary_needs(istio_plan.wanted(), args.adopt),
         remote_needs(
             view.wanted(),
             args.token_ttl.is_some(),
@@ -395,6 +423,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         Some(IstioPlan {
             namespace_exists: exists,
             reader_role,
+            kept: istio_plan == ViewPlan::Kept,
         })
     } else {
         None
@@ -892,6 +921,42 @@ mod tests {
             guard_settings(None, None, spec, "main-ctx"),
             (RemoteGuard::Deny, "main-ctx".to_owned())
         );
+    }
+
+    #[test]
+    fn stored_credentials_of_this_cluster_keep_their_identity() {
+        let ours = setup::istio_remote_secret("east", "kc");
+        let theirs = setup::istio_remote_secret("west", "kc");
+        let unlabelled = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(setup::istio_secret_name("east")),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(kept_or_asked(false, Some(&ours), "east"), ViewPlan::Kept);
+        assert_eq!(kept_or_asked(true, Some(&ours), "east"), ViewPlan::Asked);
+        assert_eq!(kept_or_asked(true, None, "east"), ViewPlan::Asked);
+        for stored in [None, Some(&theirs), Some(&unlabelled)] {
+            assert_eq!(kept_or_asked(false, stored, "east"), ViewPlan::None);
+        }
+        let kept = IstioPlan {
+            namespace_exists: true,
+            reader_role: ReaderRole::Own,
+            kept: true,
+        };
+        assert_eq!(
+            kept.notice("east").as_deref(),
+            Some(
+                "east: Istio remote secret kept and refreshed (attached with \
+                 --istio-remote-secret before; `kubectl mesh detach east` removes it)"
+            )
+        );
+        let asked = IstioPlan {
+            kept: false,
+            ..kept
+        };
+        assert_eq!(asked.notice("east"), None);
     }
 
     #[test]

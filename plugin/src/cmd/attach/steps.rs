@@ -451,6 +451,9 @@ impl<'a> Run<'a> {
     /// istiod's reader identity on the remote (`--istio-remote-secret`); its token.
     async fn istio_reader(&mut self, istio: &IstioPlan) -> Result<String> {
         let name = self.plan.name.clone();
+        if let Some(notice) = istio.notice(&name) {
+            self.progress.info(notice);
+        }
         self.retire_other_reader_role(&istio.reader_role).await?;
         for m in istio_reader_objects(&name, &istio.reader_role)? {
             self.ensure(Side::Remote, m).await?;

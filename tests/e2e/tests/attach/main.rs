@@ -14,6 +14,7 @@ mod detach;
 mod guard;
 mod lifecycle;
 mod primaries;
+mod reattach;
 mod refusals;
 mod rollback;
 mod scope;
