@@ -11,7 +11,7 @@ use mesh_core::injection;
 use serde::Serialize;
 
 use super::SERVICE_NAME_LABEL;
-use super::names::{Name, Names};
+use super::names::{Name, Table};
 use super::records::Records;
 use super::wire::{EndpointSlice, Pod, Service};
 
@@ -42,6 +42,9 @@ impl PortFacts {
 /// What the table needs of a Service: its type and ports, one copy shared by every service
 /// that has the same ([`Names::shape`]).
 pub type ServiceFacts = Arc<ServiceShape>;
+
+/// The one copy of each name and service shape the records hold.
+pub type Names = Table<ServiceShape>;
 
 /// A Service's type and ports.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

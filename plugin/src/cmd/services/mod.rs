@@ -27,10 +27,10 @@ use mesh_core::{cluster::MeshCluster, list};
 use serde::Serialize;
 
 pub use facts::{
-    ClusterFacts, Key, ObjectKey, PortFacts, ReadyEndpoints, ServiceFacts, ServiceShape,
+    ClusterFacts, Key, Names, ObjectKey, PortFacts, ReadyEndpoints, ServiceFacts, ServiceShape,
     SliceFacts, extract_injection, extract_pod, extract_service, extract_slice, name_hash,
 };
-pub use names::{Name, Names};
+pub use names::Name;
 pub use records::Records;
 use wire::{EndpointSlice, Pod, Service};
 

@@ -4,21 +4,29 @@
 //! it runs; each holds reference-counted pointers into this table instead of its own strings.
 
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::Arc;
-
-use super::facts::ServiceShape;
 
 /// A shared name.
 pub type Name = Arc<str>;
 
-/// The table: names and service shapes handed out, each stored once.
-#[derive(Debug, Default)]
-pub struct Names {
+/// The table: names and shapes (a service's type and ports) handed out, each stored once.
+#[derive(Debug)]
+pub struct Table<Shape> {
     names: HashSet<Arc<str>>,
-    shapes: HashSet<Arc<ServiceShape>>,
+    shapes: HashSet<Arc<Shape>>,
 }
 
-impl Names {
+impl<Shape> Default for Table<Shape> {
+    fn default() -> Self {
+        Self {
+            names: HashSet::new(),
+            shapes: HashSet::new(),
+        }
+    }
+}
+
+impl<Shape: Hash + Eq> Table<Shape> {
     /// The shared copy of `name`.
     pub fn name(&mut self, name: &str) -> Name {
         if let Some(shared) = self.names.get(name) {
@@ -30,7 +38,7 @@ impl Names {
     }
 
     /// The shared copy of `shape`.
-    pub fn shape(&mut self, shape: ServiceShape) -> Arc<ServiceShape> {
+    pub fn shape(&mut self, shape: Shape) -> Arc<Shape> {
         if let Some(shared) = self.shapes.get(&shape) {
             return shared.clone();
         }
@@ -59,11 +67,11 @@ impl Names {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cmd::services::PortFacts;
+    use crate::cmd::services::{PortFacts, ServiceShape};
 
     #[test]
     fn one_copy_each_until_unused() {
-        let mut names = Names::default();
+        let mut names = Table::default();
         let a = names.name("shop");
         let b = names.name("shop");
         assert!(Arc::ptr_eq(&a, &b));
