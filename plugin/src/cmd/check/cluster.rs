@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration, authentication::v1::SelfSubjectReview,
-    core::v1::Namespace,
+    admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace,
 };
 use kube::{ResourceExt, config::Kubeconfig};
 use mesh_core::{
@@ -19,16 +18,13 @@ use mesh_core::{
     remote::Identity,
 };
 
-use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, Stored, ViewFacts};
+use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, Stored, ViewFacts, refused};
 use super::guard::guard_result;
 use super::report::{CheckResult, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
 use crate::{
-    age, kubeconfig,
-    mesh_state::{RemoteError, RemoteResult},
-    output::plural,
-    remote_setup as setup,
+    age, kubeconfig, mesh_state::RemoteResult, output::plural, remote_setup as setup,
     sync_scope::Scope,
 };
 use mesh_core::token::{self, Standing};
@@ -157,20 +153,6 @@ fn stored_kubeconfig<'a>(
         ),
         ClusterFacts::Invalid(e) => CheckResult::error(what, e.to_string(), e.hint()),
     })
-}
-
-/// Whether the remote answered who the stored credentials are: a refusal (403) counts, as
-/// the remote authenticated them; any other failure ends the cluster's checks.
-pub fn reached(whoami: &RemoteResult<SelfSubjectReview>) -> bool {
-    match whoami {
-        Ok(_) => true,
-        Err(e) => refused(e),
-    }
-}
-
-/// Whether the remote authenticated the caller, then refused (403).
-fn refused(e: &RemoteError) -> bool {
-    matches!(e, RemoteError::Call(kube::Error::Api(s)) if s.code == 403)
 }
 
 /// One cluster's section.
@@ -386,7 +368,7 @@ fn identity_result(
 /// The stored identity must have exactly the rights the sync account's ClusterRole grants.
 fn rights_result(
     name: &str,
-    answers: &RemoteResult<Vec<super::facts::Answer>>,
+    answers: &RemoteResult<Vec<rights::Answer>>,
     reattach: &str,
 ) -> CheckResult {
     let what = "credentials have exactly the rights label sync needs";

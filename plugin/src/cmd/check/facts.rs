@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::{
     admissionregistration::v1::{
-        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        MutatingWebhook, MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
+        ValidatingAdmissionPolicyBinding,
     },
     apps::v1::Deployment,
     authentication::v1::SelfSubjectReview,
@@ -29,12 +30,13 @@ use mesh_core::{
     list, remote,
 };
 
-use super::{caller_auth, cluster, install, rights};
+use super::caller_probe;
+use super::rights::{self, Answer};
 use crate::{
     Error,
     access::Need,
     installed_rule, kubeconfig,
-    mesh_state::{self, RemoteResult, with_deadline},
+    mesh_state::{self, RemoteError, RemoteResult, with_deadline},
     remote_setup as setup, render,
     sync_scope::{self, Scope},
     view,
@@ -69,7 +71,7 @@ pub struct InstallFacts {
     /// The dry-run probe of the webhook, made when the configuration has its entry.
     pub probe: Option<Probe>,
     /// A handshake without a client certificate with a webhook called by URL.
-    pub caller_auth: Option<caller_auth::Probe>,
+    pub caller_auth: Option<caller_probe::Probe>,
 }
 
 /// How the dry-run probe of the webhook went.
@@ -135,7 +137,7 @@ pub async fn install(client: &Client) -> InstallFacts {
     let Ok(Some(mwc)) = &facts.webhook else {
         return facts;
     };
-    let Some(hook) = install::webhook_entry(mwc) else {
+    let Some(hook) = webhook_entry(mwc) else {
         return facts;
     };
     let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
@@ -156,7 +158,7 @@ pub async fn install(client: &Client) -> InstallFacts {
         facts.deployment = Some((service.namespace.clone(), deployment));
     }
     if let (Some(url), Some(ca)) = (&hook.client_config.url, &hook.client_config.ca_bundle) {
-        let probe = caller_auth::probe(url.clone(), ca.0.clone(), CALLER_PROBE_TIMEOUT);
+        let probe = caller_probe::probe(url.clone(), ca.0.clone(), CALLER_PROBE_TIMEOUT);
         facts.caller_auth = Some(probe.await);
     }
     facts.probe = Some(probe(client, &rule).await);
@@ -307,7 +309,7 @@ pub enum RemoteFacts {
 pub struct Asked {
     /// Its answer.
     pub whoami: RemoteResult<SelfSubjectReview>,
-    /// The other reads, made when it answered (see [`cluster::reached`]).
+    /// The other reads, made when it answered (see [`reached`]).
     pub reads: Option<RemoteReads>,
 }
 
@@ -359,15 +361,6 @@ pub enum ViewFacts {
         /// Every pod of the remote, by namespace.
         pods: RemoteResult<BTreeMap<String, Vec<Pod>>>,
     },
-}
-
-/// Whether the remote allows one verb of a [`Need`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
-    /// What was asked: a need of one verb.
-    pub asked: Need,
-    /// Whether it is allowed.
-    pub allowed: bool,
 }
 
 /// The remote guard as found on a remote: [`setup::GUARD`]'s policy and binding, each read
@@ -477,7 +470,7 @@ async fn remote_facts(
             .create(&PostParams::default(), &SelfSubjectReview::default()),
     )
     .await;
-    if !cluster::reached(&whoami) {
+    if !reached(&whoami) {
         return RemoteFacts::Asked(Box::new(Asked {
             whoami,
             reads: None,
@@ -601,4 +594,36 @@ async fn guard_facts(
         stored,
         with_context,
     }
+}
+
+/// Whether the remote answered who the stored credentials are: a refusal (403) counts, as
+/// the remote authenticated them; any other failure ends the cluster's checks.
+pub fn reached(whoami: &RemoteResult<SelfSubjectReview>) -> bool {
+    match whoami {
+        Ok(_) => true,
+        Err(e) => refused(e),
+    }
+}
+
+/// Whether the remote authenticated the caller, then refused (403).
+pub fn refused(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::Call(kube::Error::Api(s)) if s.code == 403)
+}
+
+/// The webhook entry of kubectl-mesh in its configuration.
+pub fn webhook_entry(mwc: &MutatingWebhookConfiguration) -> Option<&MutatingWebhook> {
+    mwc.webhooks
+        .iter()
+        .flatten()
+        .find(|w| w.name == render::WEBHOOK_ENTRY)
+}
+
+/// The containers of a Deployment's pod template.
+pub fn pod_containers(deployment: &Deployment) -> &[k8s_openapi::api::core::v1::Container] {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| p.containers.as_slice())
+        .unwrap_or_default()
 }

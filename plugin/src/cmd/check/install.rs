@@ -3,7 +3,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::{
-    admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration},
+    admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
     core::v1::{Namespace, Secret},
 };
@@ -12,7 +12,7 @@ use kube::CustomResourceExt as _;
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
 use super::caller_auth;
-use super::facts::{Fetched, InstallFacts, Probe};
+use super::facts::{Fetched, InstallFacts, Probe, pod_containers, webhook_entry};
 use super::report::{CheckResult, Outcome, Section};
 use crate::credentials::{CertInfo, certificates};
 use crate::{age, installed_rule, render};
@@ -247,14 +247,6 @@ fn namespace_result(namespace: &Fetched<Namespace>, installed: &InstalledWith) -
         Ok(None) => CheckResult::error(what, "not found", format!("run {install}")),
         Err(e) => CheckResult::kube_failure(&what, "cannot read it", e),
     }
-}
-
-/// The webhook entry of kubectl-mesh in its configuration.
-pub fn webhook_entry(mwc: &MutatingWebhookConfiguration) -> Option<&MutatingWebhook> {
-    mwc.webhooks
-        .iter()
-        .flatten()
-        .find(|w| w.name == render::WEBHOOK_ENTRY)
 }
 
 /// Checks the webhook configuration and what it points at. Returns the sync rule it records.
@@ -506,16 +498,6 @@ fn deployment_available(
     }
 }
 
-/// The containers of a Deployment's pod template.
-pub(super) fn pod_containers(deployment: &Deployment) -> &[k8s_openapi::api::core::v1::Container] {
-    deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers.as_slice())
-        .unwrap_or_default()
-}
-
 /// The webhook's container in a Deployment's pod template (the first, when none has its name).
 fn webhook_container(deployment: &Deployment) -> Option<&k8s_openapi::api::core::v1::Container> {
     let containers = pod_containers(deployment);
@@ -704,6 +686,7 @@ fn expiry_result(
 
 #[cfg(test)]
 mod tests {
+    use super::super::caller_probe;
     use super::*;
 
     /// An installation with every default.
@@ -867,7 +850,7 @@ mod tests {
             );
             assert!(webhook_answered(&probe), "{probe:?}");
             // So the webhook's callers are judged too.
-            let unknown = caller_auth::Probe::Unknown("unreachable from here".into());
+            let unknown = caller_probe::Probe::Unknown("unreachable from here".into());
             assert!(
                 caller_auth::judge_probe("https://w", &unknown, webhook_answered(&probe), "")
                     .is_some()
@@ -943,7 +926,7 @@ mod tests {
                 (MESH_NAMESPACE.to_owned(), Ok(Some(deployment)))
             }),
             probe: None,
-            caller_auth: (!in_cluster).then_some(caller_auth::Probe::NotRequired),
+            caller_auth: (!in_cluster).then_some(caller_probe::Probe::NotRequired),
         }
     }
 

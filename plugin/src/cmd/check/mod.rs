@@ -12,6 +12,7 @@
 //! is what they conclude and [`render`] prints it.
 
 pub mod caller_auth;
+pub mod caller_probe;
 pub mod cluster;
 pub mod facts;
 pub mod guard;

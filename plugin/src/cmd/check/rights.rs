@@ -1,9 +1,17 @@
 //! The rights of a remote's stored identity: exactly what the ClusterRole attach creates
 //! grants ([`setup::sync_rights`]), nothing more.
 
-use super::facts::Answer;
 use super::report::CheckResult;
 use crate::{access::Need, remote_setup as setup};
+
+/// Whether the remote allows one verb of a [`Need`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// What was asked: a need of one verb.
+    pub asked: Need,
+    /// Whether it is allowed.
+    pub allowed: bool,
+}
 
 const POLICIES: &str = setup::GUARD_RESOURCES[0];
 const BINDINGS: &str = setup::GUARD_RESOURCES[1];
