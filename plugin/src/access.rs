@@ -18,9 +18,22 @@ use mesh_core::{
     failure::{is_unreachable, transport_cause},
 };
 
-use crate::{
-    Error, Result, cmd::attach::remote_kubeconfig_error, kubeconfig, remote_setup as setup,
-};
+pub use crate::target::Target;
+use crate::{Error, Result, cmd::attach::remote_kubeconfig_error, kubeconfig};
+
+/// Annotation on the MeshCluster: the context attach reached the remote with, so that detach
+/// can find it in the user's kubeconfig without being told.
+pub const REMOTE_CONTEXT_ANNOTATION: &str = "kubectl-mesh.io/remote-context";
+
+/// The remote context recorded by attach.
+pub fn remote_context(mc: &MeshCluster) -> Option<&str> {
+    mc.metadata
+        .annotations
+        .as_ref()?
+        .get(REMOTE_CONTEXT_ANNOTATION)
+        .map(String::as_str)
+        .filter(|c| !c.is_empty())
+}
 
 /// How long connecting to an apiserver may take: a remote that is down must fail the
 /// preflight in seconds, not after the OS gives up.
@@ -30,17 +43,6 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// SelfSubjectAccessReviews in flight at once.
 const REVIEW_CONCURRENCY: usize = 8;
-
-/// One cluster as a command reaches it, for messages.
-#[derive(Clone, Debug)]
-pub struct Target {
-    /// How messages name it: "the primary", "remote cluster east".
-    pub label: String,
-    /// Its API server URL.
-    pub server: String,
-    /// What to check when it cannot be reached: "the server address in east.yaml".
-    pub where_configured: String,
-}
 
 /// A client for `context` of `kc` (or its current one) with short timeouts.
 pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<Client> {
@@ -119,7 +121,7 @@ impl RemoteAdmin {
         }
         let recorded = context
             .map(str::to_owned)
-            .or_else(|| mc.and_then(setup::remote_context).map(str::to_owned))
+            .or_else(|| mc.and_then(remote_context).map(str::to_owned))
             .filter(|c| primary_kc.contexts.iter().any(|n| n.name == *c));
         Ok(recorded.map(|c| Self {
             kubeconfig: primary_kc.clone(),

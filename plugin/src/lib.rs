@@ -30,6 +30,7 @@ pub mod remote_setup;
 pub mod render;
 pub mod request_timeout;
 pub mod sync_scope;
+pub mod target;
 pub mod view;
 
 pub use output::OutputFormat;

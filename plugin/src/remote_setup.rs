@@ -57,6 +57,7 @@ use mesh_core::{
 };
 
 use crate::access::{self, Need};
+pub use crate::access::{REMOTE_CONTEXT_ANNOTATION, remote_context};
 pub use crate::remote_policies::{
     Guard, SCOPE_ANNOTATION, SYNC_SCOPE_MESSAGES, bound_mode, guard_binding, guard_policy,
     guard_primary_name, left_guard, recorded_scope, scope_record, sync_scope_binding,
@@ -95,9 +96,6 @@ pub const ISTIO_CLUSTER_ANNOTATION: &str = "networking.istio.io/cluster";
 /// Annotation on the MeshCluster: `"true"` when attach created [`MESH_NAMESPACE`] on the
 /// remote, so that detach deletes it (and only then).
 pub const REMOTE_NAMESPACE_CREATED_ANNOTATION: &str = "kubectl-mesh.io/remote-namespace-created";
-/// Annotation on the MeshCluster: the context attach reached the remote with, so that detach
-/// can find it in the user's kubeconfig without being told.
-pub const REMOTE_CONTEXT_ANNOTATION: &str = "kubectl-mesh.io/remote-context";
 /// Annotation on the remote's token Secrets: which ServiceAccount the token is for.
 pub const SERVICE_ACCOUNT_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
 /// Type of a long-lived token Secret, filled by kube-controller-manager.
@@ -694,16 +692,6 @@ pub fn remote_namespace_created(mc: &MeshCluster) -> Option<bool> {
         .as_ref()?
         .get(REMOTE_NAMESPACE_CREATED_ANNOTATION)
         .map(|v| v == "true")
-}
-
-/// The remote context recorded by attach.
-pub fn remote_context(mc: &MeshCluster) -> Option<&str> {
-    mc.metadata
-        .annotations
-        .as_ref()?
-        .get(REMOTE_CONTEXT_ANNOTATION)
-        .map(String::as_str)
-        .filter(|c| !c.is_empty())
 }
 
 #[cfg(test)]

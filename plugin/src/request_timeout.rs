@@ -15,7 +15,7 @@ use std::{error::Error as StdError, time::Duration};
 use kube::{Client, config::Kubeconfig};
 use mesh_core::call_limits::CallLimitsLayer;
 
-use crate::{Error, Result, access::Target, kubeconfig};
+use crate::{Error, Result, kubeconfig, target::Target};
 
 /// `--request-timeout` when not given. kubectl waits as long as it takes by default; a command
 /// of this plugin reads several clusters, and a hung primary should not hold it for ever.
