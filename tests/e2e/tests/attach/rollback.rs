@@ -98,6 +98,26 @@ async fn signalled_when_stalled(
         .with_context(|| format!("attach stalled in {step}, sent SIG{signal}"))
 }
 
+/// [`signalled_when_stalled`], which must end attach with a failure that says the run was
+/// rolled back; returns every line attach wrote.
+async fn rolled_back_when_signalled(
+    env: &mesh_testenv::TestEnv,
+    args: &[&str],
+    flags: &[&str],
+    step: &str,
+    signal: &str,
+) -> anyhow::Result<Vec<String>> {
+    let (seen, status) = signalled_when_stalled(env, args, flags, step, signal).await?;
+    ensure!(!status.success(), "SIG{signal} in {step}: attach succeeded");
+    let last = seen.last().cloned().unwrap_or_default();
+    ensure!(
+        last.contains(&format!("failed at step {step} and was rolled back")),
+        "SIG{signal} in {step}: {}",
+        seen.join("\n")
+    );
+    Ok(seen)
+}
+
 /// SIGTERM (`timeout`, a cancelled CI job) and SIGHUP (a dropped SSH session) ended attach
 /// at once, leaving what it had created and a live token behind: they roll back as Ctrl-C does.
 #[tokio::test]
@@ -107,14 +127,7 @@ async fn sigterm_and_sighup_roll_back_as_ctrl_c_does() -> anyhow::Result<()> {
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let step = Step::TokenSecret.name();
     for signal in ["TERM", "HUP"] {
-        let (seen, status) = signalled_when_stalled(env, &[&kubeconfig], &[], step, signal).await?;
-        ensure!(!status.success(), "SIG{signal}: attach succeeded");
-        let last = seen.last().cloned().unwrap_or_default();
-        ensure!(
-            last.contains(&format!("failed at step {step} and was rolled back")),
-            "SIG{signal}: {}",
-            seen.join("\n")
-        );
+        rolled_back_when_signalled(env, &[&kubeconfig], &[], step, signal).await?;
         assert_nothing_left(env, remote, &remote.name)
             .await
             .with_context(|| format!("after SIG{signal} in {step}"))?;
@@ -314,14 +327,7 @@ async fn ctrl_c_while_an_update_is_in_flight_puts_it_back() -> anyhow::Result<()
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let flags = ["--exclude-namespaces", "kept-out"];
     let step = Step::SyncScopePolicy.name();
-    let (seen, status) = interrupted_when_stalled(env, &[&kubeconfig], &flags, step).await?;
-    ensure!(!status.success(), "the interrupted re-run succeeded");
-    let last = seen.last().cloned().unwrap_or_default();
-    ensure!(
-        last.contains(&format!("failed at step {step} and was rolled back")),
-        "{}",
-        seen.join("\n")
-    );
+    let seen = rolled_back_when_signalled(env, &[&kubeconfig], &flags, step, "INT").await?;
     ensure!(
         sync_scope(&policies).await? == before,
         "the sync scope the re-run changed was not put back:\n{}",
