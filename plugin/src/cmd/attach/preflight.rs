@@ -75,7 +75,8 @@ pub(super) struct Plan {
     /// The primary's id (UID of its kube-system), recorded on every remote object.
     pub(super) primary_id: String,
     /// The remote holds this cluster's objects from another primary, and --force takes them
-    /// over: that primary's tokens are deleted, and everything is recorded for this one.
+    /// over: that primary's tokens are deleted, what this run writes is recorded for this
+    /// one, and the rest of that primary's goes ([`Self::leftovers`]).
     pub(super) takeover: bool,
     /// In a takeover, the other primary's objects of this cluster that this run does not
     /// write (an identity not asked for, the token renewal rights, the guard with
