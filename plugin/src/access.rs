@@ -4,7 +4,11 @@
 //! Every check here is read-only (SelfSubjectAccessReviews are not stored), so a refused
 //! command leaves nothing behind, and every failure is one line naming the cluster.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use futures::{StreamExt as _, stream};
 use k8s_openapi::api::{
@@ -19,7 +23,7 @@ use mesh_core::{
 };
 
 pub use crate::target::Target;
-use crate::{Error, Result, cmd::attach::remote_kubeconfig_error, kubeconfig};
+use crate::{Error, Result, kubeconfig};
 
 /// Annotation on the MeshCluster: the context attach reached the remote with, so that detach
 /// can find it in the user's kubeconfig without being told.
@@ -448,9 +452,77 @@ pub fn other_cluster(id: &str, target: &Target, cluster: &MeshCluster) -> Option
 
 pub use mesh_core::remote::cluster_id;
 
+/// The remote's kubeconfig file could not be used: same error, hints about that file.
+pub fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Error {
+    if let kubeconfig::Error::Load { source, .. } = &err {
+        // The parser's message quotes the offending lines, which may hold a credential:
+        // keep the first line of each cause only.
+        let mut what = format!("cannot load kubeconfig {}", path.display());
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(c) = cause {
+            let text = c.to_string();
+            let first = text.lines().next().unwrap_or_default().trim();
+            if !first.is_empty() && !what.contains(first) {
+                what = format!("{what}: {first}");
+            }
+            cause = c.source();
+        }
+        return Error::Refused {
+            what,
+            hint: format!(
+                "check the file with `kubectl --kubeconfig {} config view`",
+                path.display()
+            ),
+        };
+    }
+    let hint = match &err {
+        kubeconfig::Error::ContextNotFound { available, .. } if !available.is_empty() => {
+            format!(
+                "pass --remote-context with one of: {}",
+                available.join(", ")
+            )
+        }
+        kubeconfig::Error::Read { .. } => "check the path of the remote's kubeconfig".into(),
+        kubeconfig::Error::NoCurrentContext => {
+            "pass --remote-context, or set current-context in that file".into()
+        }
+        kubeconfig::Error::ContextNotFound { .. } => {
+            "the file defines no context; check that it is a kubeconfig".into()
+        }
+        kubeconfig::Error::Load { .. } | kubeconfig::Error::Yaml(_) => format!(
+            "check the file with `kubectl --kubeconfig {} config view`",
+            path.display()
+        ),
+        other => other.hint(),
+    };
+    let mut what = Error::from(err).what();
+    let in_file = format!("in {}", path.display());
+    if what.contains("in the kubeconfig") {
+        what = what.replace("in the kubeconfig", &in_file);
+    } else if !what.contains(&path.display().to_string()) {
+        what = format!("{what} ({in_file})");
+    }
+    Error::Refused { what, hint }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_kubeconfig_errors_point_at_the_remote_flags() {
+        let err = remote_kubeconfig_error(
+            Path::new("east.yaml"),
+            kubeconfig::Error::ContextNotFound {
+                context: "nope".into(),
+                available: vec!["a".into(), "b".into()],
+            },
+        );
+        assert_eq!(
+            err.line(),
+            "context \"nope\" not found in east.yaml; pass --remote-context with one of: a, b"
+        );
+    }
 
     fn east() -> Target {
         Target {

@@ -39,7 +39,6 @@ use crate::{
     output::{self, OutputFormat},
 };
 
-pub(crate) use preflight::remote_kubeconfig_error;
 pub use step::Step;
 pub(crate) use waits::{wait_namespace_gone, wait_token};
 
@@ -82,7 +81,7 @@ pub struct Attach {
     #[arg(long, value_name = "NAME")]
     pub primary_name: Option<String>,
     /// Take over a remote whose kubectl-mesh objects another primary attached (that primary's
-    /// token for it is revoked).
+    /// tokens for it are revoked, and what it made there that this run does not write deleted).
     #[arg(long)]
     pub force: bool,
     /// Remote namespaces kubectl-mesh never writes (comma-separated), e.g. a gateway labelled

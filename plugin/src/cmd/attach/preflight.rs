@@ -1,7 +1,7 @@
 //! Preflight: every check attach makes before it creates anything. A refusal here changes
 //! nothing anywhere and prints one line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::{
@@ -220,69 +220,17 @@ fn refuse_reserved_name(name: &str, attached: bool) -> Result<()> {
     })
 }
 
-/// The remote's kubeconfig file could not be used: same error, hints about that file.
-pub(crate) fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Error {
-    if let kubeconfig::Error::Load { source, .. } = &err {
-        // The parser's message quotes the offending lines, which may hold a credential:
-        // keep the first line of each cause only.
-        let mut what = format!("cannot load kubeconfig {}", path.display());
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            let first = text.lines().next().unwrap_or_default().trim();
-            if !first.is_empty() && !what.contains(first) {
-                what = format!("{what}: {first}");
-            }
-            cause = c.source();
-        }
-        return Error::Refused {
-            what,
-            hint: format!(
-                "check the file with `kubectl --kubeconfig {} config view`",
-                path.display()
-            ),
-        };
-    }
-    let hint = match &err {
-        kubeconfig::Error::ContextNotFound { available, .. } if !available.is_empty() => {
-            format!(
-                "pass --remote-context with one of: {}",
-                available.join(", ")
-            )
-        }
-        kubeconfig::Error::Read { .. } => "check the path of the remote's kubeconfig".into(),
-        kubeconfig::Error::NoCurrentContext => {
-            "pass --remote-context, or set current-context in that file".into()
-        }
-        kubeconfig::Error::ContextNotFound { .. } => {
-            "the file defines no context; check that it is a kubeconfig".into()
-        }
-        kubeconfig::Error::Load { .. } | kubeconfig::Error::Yaml(_) => format!(
-            "check the file with `kubectl --kubeconfig {} config view`",
-            path.display()
-        ),
-        other => other.hint(),
-    };
-    let mut what = Error::from(err).what();
-    let in_file = format!("in {}", path.display());
-    if what.contains("in the kubeconfig") {
-        what = what.replace("in the kubeconfig", &in_file);
-    } else if !what.contains(&path.display().to_string()) {
-        what = format!("{what} ({in_file})");
-    }
-    Error::Refused { what, hint }
-}
-
 /// Checks everything that can be checked without changing anything.
 pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     let file = &args.remote_kubeconfig;
     let remote_kc = kubeconfig::read_remote(file, args.remote_context.as_deref())
-        .map_err(|e| remote_kubeconfig_error(file, e))?;
-    let sel = kubeconfig::select(&remote_kc, None).map_err(|e| remote_kubeconfig_error(file, e))?;
+        .map_err(|e| access::remote_kubeconfig_error(file, e))?;
+    let sel = kubeconfig::select(&remote_kc, None)
+        .map_err(|e| access::remote_kubeconfig_error(file, e))?;
     let remote_context = sel.context.to_owned();
     let remote_server = sel
         .server()
-        .map_err(|e| remote_kubeconfig_error(file, e))?
+        .map_err(|e| access::remote_kubeconfig_error(file, e))?
         .to_owned();
     let name = match &args.name {
         Some(n) => n.clone(),
@@ -796,7 +744,8 @@ async fn check_ownership(
                                 plan.primary_id
                             ),
                             hint: "detach it from that primary first, or pass --force to take \
-                                   it over (that primary's token for it is revoked)"
+                                   it over (that primary's tokens for it are revoked, and what \
+                                   it made there that this run does not write deleted)"
                                 .into(),
                         });
                     }
@@ -1109,20 +1058,5 @@ mod tests {
         }
         // Attached under it by an older version: a re-run still updates it.
         assert!(refuse_reserved_name(output::PRIMARY, true).is_ok());
-    }
-
-    #[test]
-    fn remote_kubeconfig_errors_point_at_the_remote_flags() {
-        let err = remote_kubeconfig_error(
-            Path::new("east.yaml"),
-            kubeconfig::Error::ContextNotFound {
-                context: "nope".into(),
-                available: vec!["a".into(), "b".into()],
-            },
-        );
-        assert_eq!(
-            err.line(),
-            "context \"nope\" not found in east.yaml; pass --remote-context with one of: a, b"
-        );
     }
 }
