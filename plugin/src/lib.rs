@@ -31,6 +31,7 @@ pub mod render;
 pub mod request_timeout;
 pub mod sync_scope;
 pub mod target;
+pub mod tokens;
 pub mod view;
 
 pub use output::OutputFormat;

@@ -40,7 +40,7 @@ use crate::{
 };
 
 pub use step::Step;
-pub(crate) use waits::{wait_namespace_gone, wait_token};
+pub(crate) use waits::wait_namespace_gone;
 
 /// Attach a remote cluster to the mesh.
 ///

@@ -19,10 +19,11 @@ use super::objects::{
     view_objects,
 };
 use super::preflight::{IstioPlan, NamespaceState, Plan};
-use super::waits::{wait_namespace_gone, wait_token};
+use super::waits::wait_namespace_gone;
 use crate::cmd::apply;
 use crate::preview::Adoption;
 use crate::sync_scope::{self, Scope};
+use crate::tokens::{mint_bound_token, wait_token};
 use crate::{
     Error, Result, mesh_state,
     output::Progress,
@@ -295,17 +296,12 @@ impl<'a> Run<'a> {
                     metadata: anchor.metadata,
                     ..Default::default()
                 };
-                super::super::rotate::mint_bound_token(
-                    &plan.remote,
-                    setup::SYNC_ACCOUNT,
-                    &anchor,
-                    ttl,
-                )
-                .await
-                .map_err(Error::kube(format!(
-                    "cannot request a token of ServiceAccount {MESH_NAMESPACE}/{} on {name}",
-                    setup::SYNC_ACCOUNT
-                )))?
+                mint_bound_token(&plan.remote, setup::SYNC_ACCOUNT, &anchor, ttl)
+                    .await
+                    .map_err(Error::kube(format!(
+                        "cannot request a token of ServiceAccount {MESH_NAMESPACE}/{} on {name}",
+                        setup::SYNC_ACCOUNT
+                    )))?
             }
             _ => wait_token(&plan.remote, &name, setup::TOKEN_SECRET, self.timeout).await?,
         };

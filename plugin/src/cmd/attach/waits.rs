@@ -1,5 +1,5 @@
-//! What attach waits for: the remote's token, a namespace to go, and with `--wait` the first
-//! sync (each through [`poll::until`]).
+//! What attach waits for: a namespace to go, and with `--wait` the first sync (each through
+//! [`poll::until`]); the remote's token is [`crate::tokens`]'s.
 
 use std::ops::ControlFlow::{Break, Continue};
 use std::time::Duration;
@@ -14,49 +14,6 @@ use mesh_core::{
 
 use crate::poll::{self, Late};
 use crate::{Error, Result};
-
-/// Waits until kube-controller-manager has put a token into the Secret `secret`.
-pub(crate) async fn wait_token(
-    remote: &Client,
-    cluster: &str,
-    secret: &str,
-    timeout: Duration,
-) -> Result<String> {
-    let api: Api<Secret> = Api::namespaced(remote.clone(), MESH_NAMESPACE);
-    let look = async || {
-        let found = api.get_opt(secret).await.map_err(Error::kube(format!(
-            "cannot read Secret {MESH_NAMESPACE}/{secret} on {cluster}"
-        )))?;
-        let Some(found) = found else {
-            return Err(Error::Refused {
-                what: format!(
-                    "Secret {MESH_NAMESPACE}/{secret} on {cluster} disappeared before its token \
-                     was issued (kube-controller-manager deletes token Secrets whose \
-                     ServiceAccount was replaced)"
-                ),
-                hint: "re-run attach".into(),
-            });
-        };
-        let token = found
-            .data
-            .as_ref()
-            .and_then(|d| d.get("token"))
-            .and_then(|t| String::from_utf8(t.0.clone()).ok())
-            .filter(|t| !t.is_empty());
-        Ok(token.map_or(Continue(()), Break))
-    };
-    poll::until(timeout, Duration::from_millis(200), look, |()| Late {
-        what: format!(
-            "a token in Secret {MESH_NAMESPACE}/{secret} on {cluster} (it is filled by \
-             kube-controller-manager)"
-        ),
-        hint: format!(
-            "check that the remote's kube-controller-manager runs its serviceaccount-token \
-             controller: `kubectl -n {MESH_NAMESPACE} describe secret {secret}` on {cluster}"
-        ),
-    })
-    .await
-}
 
 /// Waits until the namespace `name` is gone.
 pub(crate) async fn wait_namespace_gone(

@@ -30,10 +30,7 @@ use std::time::Duration;
 
 use k8s_openapi::{
     ByteString,
-    api::{
-        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-        core::v1::{Secret, ServiceAccount},
-    },
+    api::core::v1::{Secret, ServiceAccount},
     apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta},
 };
 use kube::{
@@ -735,33 +732,6 @@ fn ours_or_refused(
             ),
         },
     })
-}
-
-/// A token of ServiceAccount `account` from the TokenRequest API, valid for `ttl` and only as
-/// long as the Secret `anchor` exists (deleting it revokes the token).
-pub(crate) async fn mint_bound_token(
-    remote: &Client,
-    account: &str,
-    anchor: &Secret,
-    ttl: Duration,
-) -> Result<String, kube::Error> {
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".to_owned()),
-                kind: Some("Secret".to_owned()),
-                name: anchor.metadata.name.clone(),
-                uid: anchor.metadata.uid.clone(),
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let issued = Api::<ServiceAccount>::namespaced(remote.clone(), MESH_NAMESPACE)
-        .create_token_request(account, &PostParams::default(), &request)
-        .await?;
-    Ok(issued.status.map(|s| s.token).unwrap_or_default())
 }
 
 /// The token a token Secret holds, once issued.

@@ -2,6 +2,7 @@
 //! waiting for the webhook between the moves.
 
 use super::*;
+use crate::tokens::{mint_bound_token, wait_token};
 
 /// One cluster's rotation.
 pub(super) struct Rotation<'a> {
@@ -149,10 +150,7 @@ impl Rotation<'_> {
                         e,
                     )
                 })?,
-            None => {
-                crate::cmd::attach::wait_token(self.remote, self.cluster, name, self.timeout)
-                    .await?
-            }
+            None => wait_token(self.remote, self.cluster, name, self.timeout).await?,
         };
         self.progress.ok(format!(
             "{}: new token of ServiceAccount {MESH_NAMESPACE}/{account} issued in Secret \
