@@ -23,13 +23,13 @@ use mesh_core::{
 
 use super::objects::{Side, describe, dyn_api, known_remote_objects, remote_objects, same_object};
 use super::requirements::{
-    ADMISSION_POLICY_VERSION, primary_needs, refuse_without_admission_policies, remote_needs,
-    takeover_needs,
+    ADMISSION_POLICY_VERSION, being_deleted, primary_needs, refuse_reserved_name,
+    refuse_without_admission_policies, remote_needs, takeover_needs,
 };
 use crate::{
     Context, Error, Result,
     access::{self, Need, Target},
-    kubeconfig, mesh_state, namespace_scope, output,
+    kubeconfig, mesh_state, namespace_scope,
     preview::Preview,
     remote_setup::{self as setup, Guard, ReaderRole},
     render::Manifest,
@@ -182,42 +182,6 @@ impl NamespaceState {
     pub(super) fn created_by_attach(self) -> bool {
         !matches!(self, Self::Foreign)
     }
-}
-
-/// The refusal of an attach under the name of a MeshCluster being deleted: held by someone
-/// else's finalizer, it would be "updated", the reconciler would leave it alone, and once it
-/// goes the garbage collector would delete the Secrets this run stored (they are owned by it).
-fn being_deleted(mc: &MeshCluster) -> Error {
-    let name = mc.name_any();
-    let held_by = mc.finalizers().join(", ");
-    Error::Refused {
-        what: format!(
-            "MeshCluster {name} is being deleted (held by the finalizers {held_by}); nothing was \
-             changed"
-        ),
-        hint: format!(
-            "wait until `kubectl get meshcluster {name}` finds it no more (or remove what holds \
-             it), then re-run attach"
-        ),
-    }
-}
-
-/// A remote may not be named [`output::PRIMARY`]: `status` and `services` show the primary
-/// under that name, beside one column (and JSON key) per remote. Checked once the remote is
-/// known not to be the primary itself, which is the better answer when its context is named
-/// so, and for a new cluster only: one an older version attached under that name may still be
-/// updated by a re-run (`attached`).
-fn refuse_reserved_name(name: &str, attached: bool) -> Result<()> {
-    if name != output::PRIMARY || attached {
-        return Ok(());
-    }
-    Err(Error::Refused {
-        what: format!(
-            "the cluster name {name:?} is reserved: status and services show the primary \
-             under it"
-        ),
-        hint: "pass --name <other> to attach this cluster under another name".into(),
-    })
 }
 
 /// Checks everything that can be checked without changing anything.
@@ -1043,20 +1007,5 @@ mod tests {
         served.extend(setup::GUARD_RESOURCES);
         served.push("validatingadmissionpolicies/status");
         assert!(refuse_without_admission_policies(&east, Some(&discovery(&served))).is_ok());
-    }
-
-    #[test]
-    fn the_primary_s_column_is_no_cluster_name() {
-        let err = refuse_reserved_name(output::PRIMARY, false).unwrap_err();
-        assert_eq!(
-            err.line(),
-            "the cluster name \"primary\" is reserved: status and services show the primary \
-             under it; pass --name <other> to attach this cluster under another name"
-        );
-        for name in ["east", "primary-2", "my-primary"] {
-            assert!(refuse_reserved_name(name, false).is_ok(), "{name}");
-        }
-        // Attached under it by an older version: a re-run still updates it.
-        assert!(refuse_reserved_name(output::PRIMARY, true).is_ok());
     }
 }

@@ -1,12 +1,15 @@
 //! What attach requires of each cluster before it creates anything: the rights of the caller
-//! on both sides, and on the remote the admission policy API the sync scope and guard use.
+//! on both sides, on the remote the admission policy API the sync scope and guard use, and a
+//! name that is free (not the primary's column, not a MeshCluster being deleted).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::APIResourceList;
-use mesh_core::{GROUP, MESH_NAMESPACE};
+use kube::ResourceExt;
+use mesh_core::{GROUP, MESH_NAMESPACE, cluster::MeshCluster};
 
 use crate::{
     Error, Result,
     access::{Need, Target},
+    output,
     remote_setup::{self as setup, ReaderRole},
     render,
 };
@@ -163,6 +166,42 @@ pub(super) fn primary_needs(istio: bool, adopt: bool) -> Vec<Need> {
     needs
 }
 
+/// The refusal of an attach under the name of a MeshCluster being deleted: held by someone
+/// else's finalizer, it would be "updated", the reconciler would leave it alone, and once it
+/// goes the garbage collector would delete the Secrets this run stored (they are owned by it).
+pub(super) fn being_deleted(mc: &MeshCluster) -> Error {
+    let name = mc.name_any();
+    let held_by = mc.finalizers().join(", ");
+    Error::Refused {
+        what: format!(
+            "MeshCluster {name} is being deleted (held by the finalizers {held_by}); nothing was \
+             changed"
+        ),
+        hint: format!(
+            "wait until `kubectl get meshcluster {name}` finds it no more (or remove what holds \
+             it), then re-run attach"
+        ),
+    }
+}
+
+/// A remote may not be named [`output::PRIMARY`]: `status` and `services` show the primary
+/// under that name, beside one column (and JSON key) per remote. Checked once the remote is
+/// known not to be the primary itself, which is the better answer when its context is named
+/// so, and for a new cluster only: one an older version attached under that name may still be
+/// updated by a re-run (`attached`).
+pub(super) fn refuse_reserved_name(name: &str, attached: bool) -> Result<()> {
+    if name != output::PRIMARY || attached {
+        return Ok(());
+    }
+    Err(Error::Refused {
+        what: format!(
+            "the cluster name {name:?} is reserved: status and services show the primary \
+             under it"
+        ),
+        hint: "pass --name <other> to attach this cluster under another name".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +277,20 @@ mod tests {
         ] {
             assert!(takeover_needs(kind, name, None).is_empty(), "{kind} {name}");
         }
+    }
+
+    #[test]
+    fn the_primary_s_column_is_no_cluster_name() {
+        let err = refuse_reserved_name(output::PRIMARY, false).unwrap_err();
+        assert_eq!(
+            err.line(),
+            "the cluster name \"primary\" is reserved: status and services show the primary \
+             under it; pass --name <other> to attach this cluster under another name"
+        );
+        for name in ["east", "primary-2", "my-primary"] {
+            assert!(refuse_reserved_name(name, false).is_ok(), "{name}");
+        }
+        // Attached under it by an older version: a re-run still updates it.
+        assert!(refuse_reserved_name(output::PRIMARY, true).is_ok());
     }
 }

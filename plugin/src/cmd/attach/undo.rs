@@ -97,6 +97,42 @@ async fn restore(client: &Client, m: &Manifest, before: &DynamicObject) -> Resul
     Ok(())
 }
 
+/// What the hint says of what a rollback could not undo: objects it created are deleted by
+/// hand; what it changed is set again by an attach with the flags that made it (deleting a
+/// changed sync scope by hand would leave the stored token unconfined).
+pub(super) fn left_behind(undeleted: &[String], unrestored: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !undeleted.is_empty() {
+        parts.push(format!(
+            "the rollback left {} behind: delete them by hand",
+            undeleted.join(", ")
+        ));
+    }
+    if unrestored.is_empty() {
+        parts.push("then re-run attach".to_owned());
+    } else {
+        parts.push(format!(
+            "the rollback could not put back {}: re-run attach with the flags it was last \
+             attached with, which sets them again",
+            unrestored.join(", ")
+        ));
+    }
+    parts.join("; ")
+}
+
+/// What the error line adds when `--force` revoked other primaries' tokens (their kube-system
+/// UIDs): a rollback cannot issue them again, so that primary no longer syncs the cluster.
+pub(super) fn revoked_note(revoked: &[String]) -> String {
+    match revoked {
+        [] => String::new(),
+        uids => format!(
+            ", but the tokens of the primary with kube-system uid {} stay revoked (--force): \
+             it can no longer sync this cluster",
+            uids.join(", ")
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +153,31 @@ mod tests {
         assert!(!stored_nothing(&answered(504)));
         let unanswered = kube::Error::Service("deadline has elapsed".into());
         assert!(!stored_nothing(&unanswered));
+    }
+
+    /// A change the rollback could not put back was to be deleted by hand, as a creation is:
+    /// for the sync scope that leaves the stored token unconfined.
+    #[test]
+    fn what_a_rollback_left_says_how_to_undo_each_kind() {
+        let created = ["remote: ClusterRole kubectl-mesh-sync".to_owned()];
+        let changed = ["remote: ValidatingAdmissionPolicy kubectl-mesh-sync-scope".to_owned()];
+        assert_eq!(
+            left_behind(&created, &[]),
+            "the rollback left remote: ClusterRole kubectl-mesh-sync behind: delete them by \
+             hand; then re-run attach"
+        );
+        let both = left_behind(&created, &changed);
+        assert!(
+            both.starts_with("the rollback left remote: ClusterRole"),
+            "{both}"
+        );
+        assert!(
+            both.ends_with(
+                "could not put back remote: ValidatingAdmissionPolicy kubectl-mesh-sync-scope: \
+                 re-run attach with the flags it was last attached with, which sets them again"
+            ),
+            "{both}"
+        );
+        assert!(!left_behind(&[], &changed).contains("by hand"));
     }
 }
