@@ -346,9 +346,7 @@ fn holds_another_cert(dir: &Path, cert: &ServingCert) -> bool {
 
 /// The caBundle (PEM) the apiserver calls the webhook with now; empty when there is none.
 fn trusted_ca_bundle(installed: Option<&MutatingWebhookConfiguration>) -> String {
-    let hook = installed
-        .and_then(|c| c.webhooks.as_ref())
-        .and_then(|hooks| hooks.iter().find(|h| h.name == render::WEBHOOK_ENTRY));
+    let hook = installed.and_then(render::webhook_entry);
     hook.and_then(|h| h.client_config.ca_bundle.as_ref())
         .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         .unwrap_or_default()

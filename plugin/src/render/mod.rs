@@ -58,6 +58,16 @@ pub const TLS_SECRET: &str = "mesh-webhook-tls";
 pub const WEBHOOK_CONFIGURATION: &str = "kubectl-mesh";
 /// Name of the one webhook inside it (must be a qualified name).
 pub const WEBHOOK_ENTRY: &str = "namespaces.kubectl-mesh.io";
+
+/// The webhook entry of kubectl-mesh in its configuration.
+pub fn webhook_entry(
+    mwc: &k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+) -> Option<&k8s_openapi::api::admissionregistration::v1::MutatingWebhook> {
+    mwc.webhooks
+        .iter()
+        .flatten()
+        .find(|w| w.name == WEBHOOK_ENTRY)
+}
 /// ClusterRole and ClusterRoleBinding of the webhook (cluster-scoped names are prefixed to
 /// stay clear of other software's).
 pub const CLUSTER_ROLE: &str = "kubectl-mesh:mesh-webhook";

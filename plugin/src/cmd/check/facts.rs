@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::{
     admissionregistration::v1::{
-        MutatingWebhook, MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
-        ValidatingAdmissionPolicyBinding,
+        MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
     },
     apps::v1::Deployment,
     authentication::v1::SelfSubjectReview,
@@ -137,7 +136,7 @@ pub async fn install(client: &Client) -> InstallFacts {
     let Ok(Some(mwc)) = &facts.webhook else {
         return facts;
     };
-    let Some(hook) = webhook_entry(mwc) else {
+    let Some(hook) = render::webhook_entry(mwc) else {
         return facts;
     };
     let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
@@ -608,14 +607,6 @@ pub fn reached(whoami: &RemoteResult<SelfSubjectReview>) -> bool {
 /// Whether the remote authenticated the caller, then refused (403).
 pub fn refused(e: &RemoteError) -> bool {
     matches!(e, RemoteError::Call(kube::Error::Api(s)) if s.code == 403)
-}
-
-/// The webhook entry of kubectl-mesh in its configuration.
-pub fn webhook_entry(mwc: &MutatingWebhookConfiguration) -> Option<&MutatingWebhook> {
-    mwc.webhooks
-        .iter()
-        .flatten()
-        .find(|w| w.name == render::WEBHOOK_ENTRY)
 }
 
 /// The containers of a Deployment's pod template.

@@ -12,7 +12,7 @@ use kube::CustomResourceExt as _;
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
 use super::caller_auth;
-use super::facts::{Fetched, InstallFacts, Probe, pod_containers, webhook_entry};
+use super::facts::{Fetched, InstallFacts, Probe, pod_containers};
 use super::report::{CheckResult, Outcome, Section};
 use crate::credentials::{CertInfo, certificates};
 use crate::{age, installed_rule, render};
@@ -101,7 +101,7 @@ impl InstalledWith {
             .is_some_and(|a| a.contains_key(mesh_core::labels::MANAGED_LABELS_ANNOTATION));
         let rule =
             recorded.then(|| installed_rule::from_annotations(mwc.metadata.annotations.as_ref()));
-        let webhook_url = webhook_entry(mwc).and_then(|h| h.client_config.url.clone());
+        let webhook_url = render::webhook_entry(mwc).and_then(|h| h.client_config.url.clone());
         let deployment = match &facts.deployment {
             Some((_, Ok(Some(d)))) if webhook_url.is_none() => Some(d),
             _ => None,
@@ -277,7 +277,7 @@ fn webhook_results(
         }
     };
     let rule = installed_rule::from_annotations(mwc.metadata.annotations.as_ref());
-    let Some(hook) = webhook_entry(mwc) else {
+    let Some(hook) = render::webhook_entry(mwc) else {
         checks.push(CheckResult::error(
             what,
             format!("it has no webhook named {}", render::WEBHOOK_ENTRY),
@@ -968,7 +968,7 @@ mod tests {
         let Ok(Some(mwc)) = &facts.webhook else {
             unreachable!()
         };
-        let url = webhook_entry(mwc)
+        let url = render::webhook_entry(mwc)
             .unwrap()
             .client_config
             .url
