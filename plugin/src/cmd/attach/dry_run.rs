@@ -3,7 +3,7 @@
 use mesh_core::printable::one_line;
 
 use super::objects::{cluster_record, for_primary, remote_objects, stored_kubeconfig};
-use super::preflight::Plan;
+use super::plan::Plan;
 use crate::{
     Result,
     output::{self, OutputFormat},

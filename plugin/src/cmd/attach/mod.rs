@@ -24,6 +24,7 @@ mod confirm;
 mod dry_run;
 pub mod hooks;
 mod objects;
+mod plan;
 mod preflight;
 mod requirements;
 mod step;

@@ -4,7 +4,7 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::{Api, Client, api::DynamicObject, config::Kubeconfig};
 use mesh_core::{cluster::NamespaceScope, labels::SyncRule};
 
-use super::preflight::Plan;
+use super::plan::Plan;
 use crate::{
     Result, kubeconfig,
     remote_setup::{self as setup, ClusterRecord, ReaderRole},

@@ -18,7 +18,7 @@ use super::objects::{
     Side, cluster_record, describe, dyn_api, for_primary, istio_reader_objects, stored_kubeconfig,
     view_objects,
 };
-use super::preflight::{IstioPlan, NamespaceState, Plan};
+use super::plan::{IstioPlan, NamespaceState, Plan};
 use super::waits::wait_namespace_gone;
 use crate::cmd::apply;
 use crate::preview::Adoption;
