@@ -37,17 +37,11 @@ impl Binaries {
             .unwrap_or_else(|| std::env::temp_dir().join("kubectl-mesh-cache"))
     }
 
-    /// The cache directory for this version pair, under [`Binaries::cache_root`].
-    pub fn cache_dir() -> PathBuf {
-        Self::cache_root().join(format!("k8s-v{KUBERNETES_VERSION}-etcd-v{ETCD_VERSION}"))
-    }
-
-    /// Returns the cached binaries, building the missing ones first (10-20 minutes on 2
-    /// cores, once).
+    /// Returns the cached binaries (under [`Binaries::cache_root`], keyed by the version
+    /// pair), building the missing ones first (10-20 minutes on 2 cores, once).
     pub fn ensure() -> anyhow::Result<Self> {
-        let dir = Self::cache_dir();
-        build_once(
-            &dir,
+        let dir = build_cached(
+            &format!("k8s-v{KUBERNETES_VERSION}-etcd-v{ETCD_VERSION}"),
             BUILD_SCRIPT,
             &[KUBERNETES_VERSION, ETCD_VERSION],
             &NAMES,
@@ -68,6 +62,20 @@ impl Binaries {
     pub fn kubectl(&self) -> PathBuf {
         self.dir.join("kubectl")
     }
+}
+
+/// The directory `name` under [`Binaries::cache_root`], once [`build_once`] has built
+/// `outputs` there.
+pub(crate) fn build_cached(
+    name: &str,
+    script: &str,
+    args: &[&str],
+    outputs: &[&str],
+    what: &str,
+) -> anyhow::Result<PathBuf> {
+    let dir = Binaries::cache_root().join(name);
+    build_once(&dir, script, args, outputs, what)?;
+    Ok(dir)
 }
 
 /// Runs the build `script` (bash, with `dir` and `args` as arguments) unless `dir` already

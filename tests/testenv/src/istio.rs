@@ -23,7 +23,7 @@ use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::binaries::{Binaries, build_once};
+use crate::binaries::build_cached;
 use crate::ports::{free_address, free_port};
 use crate::{Cluster, TestEnv};
 
@@ -52,17 +52,13 @@ pub struct IstioBinaries {
 }
 
 impl IstioBinaries {
-    /// Under [`Binaries::cache_root`], keyed by the pinned module version.
-    pub fn cache_dir() -> PathBuf {
-        Binaries::cache_root().join(format!("istio-{ISTIO_MODULE_VERSION}"))
-    }
-
-    /// Returns the cached binaries, building them first when missing (5-10 minutes on 2
-    /// cores, once per machine).
+    /// Returns the cached binaries (under [`Binaries::cache_root`], keyed by the pinned module
+    /// version), building them first when missing (5-10 minutes on 2 cores, once per machine).
+    ///
+    /// [`Binaries::cache_root`]: crate::Binaries::cache_root
     pub fn ensure() -> anyhow::Result<Self> {
-        let dir = Self::cache_dir();
-        build_once(
-            &dir,
+        let dir = build_cached(
+            &format!("istio-{ISTIO_MODULE_VERSION}"),
             BUILD_SCRIPT,
             &[ISTIO_MODULE_VERSION, ISTIO_VERSION],
             &["pilot-discovery", "istioctl"],
