@@ -20,6 +20,7 @@ pub mod credentials;
 pub mod installed_rule;
 pub mod kubeconfig;
 pub mod mesh_state;
+pub mod namespace_contents;
 pub mod namespace_scope;
 pub mod object_names;
 pub mod output;

@@ -10,7 +10,7 @@ use kube::{
     Api, Client,
     api::{DeleteParams, DynamicObject, Patch, PatchParams},
 };
-use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, failure, remote};
+use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, failure, printable, remote};
 
 use super::adopt;
 use super::hooks::TestHooks;
@@ -25,7 +25,7 @@ use crate::preview::Adoption;
 use crate::sync_scope::{self, Scope};
 use crate::tokens::{mint_bound_token, wait_token};
 use crate::{
-    Error, Result, mesh_state,
+    Error, Result, mesh_state, namespace_contents,
     output::Progress,
     remote_setup::{self as setup, Guard, ReaderRole},
     render::{FIELD_MANAGER, Manifest},
@@ -702,6 +702,29 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// What a namespace this run created holds besides its objects (deleted before it, newest
+    /// first): someone else may have put something there meanwhile, e.g. another attach its Istio
+    /// remote secret in the primary's istio-system, and deleting the namespace would delete
+    /// that too. `None` for any other change, or a namespace holding nothing else.
+    async fn foreign_contents(&self, change: &Change, client: &Client) -> Result<Option<String>> {
+        let m = change.manifest();
+        if !change.is_creation() || m.resource.kind != "Namespace" {
+            return Ok(None);
+        }
+        // The primary's istio-system is shared by clusters: another's object there counts.
+        let primary = match change.side() {
+            Side::Remote => Some(self.plan.primary_id.as_str()),
+            Side::Primary => None,
+        };
+        let others = namespace_contents::foreign_objects(client, &m.name, primary)
+            .await
+            .map_err(Error::kube(format!(
+                "cannot tell what {} holds besides this attach's objects",
+                describe(m)
+            )))?;
+        Ok((!others.is_empty()).then(|| printable::few(&others)))
+    }
+
     /// Puts back what this run changed, newest first, and turns `err` into the one line the
     /// command fails with.
     pub(super) async fn roll_back(&mut self, err: Error) -> Error {
@@ -723,6 +746,22 @@ impl<'a> Run<'a> {
             let label = self.side_label(change.side()).to_owned();
             let client = self.client(change.side()).clone();
             let m = change.manifest();
+            match self.foreign_contents(&change, &client).await {
+                Ok(None) => {}
+                Ok(Some(others)) => {
+                    progress.warn(format!(
+                        "rolled back: {label}: {} kept: it holds objects this attach did not \
+                         create ({others})",
+                        describe(m)
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    progress.fail(format!("rollback: {label}: {}", e.what()));
+                    undeleted.push(format!("{label}: {}", describe(m)));
+                    continue;
+                }
+            }
             match change.undo(&client).await {
                 // Its create was interrupted before the apiserver stored it.
                 Ok(Undone::NothingToDo) => {}

@@ -36,7 +36,6 @@ use mesh_core::{
     labels::SyncRule,
 };
 
-mod contents;
 mod remote;
 
 use crate::{

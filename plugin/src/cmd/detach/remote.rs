@@ -26,10 +26,11 @@ use mesh_core::{
 };
 use serde::de::DeserializeOwned;
 
-use super::{super::attach::wait_namespace_gone, contents};
+use super::super::attach::wait_namespace_gone;
 use crate::{
     Error, Result,
     access::{self, Target},
+    namespace_contents,
     output::Progress,
     remote_setup as setup,
 };
@@ -272,7 +273,8 @@ pub(super) async fn remove_namespace_if_unused(
     if !created_by_attach(&found, owner) {
         return Ok(false);
     }
-    let others = contents::foreign_objects(client, ns, owner.map(|(_, primary)| primary)).await?;
+    let others =
+        namespace_contents::foreign_objects(client, ns, owner.map(|(_, primary)| primary)).await?;
     if !others.is_empty() {
         progress.warn(format!(
             "{side}: Namespace {ns} kept: it holds objects kubectl-mesh did not create ({})",

@@ -7,8 +7,11 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicySpec,
 };
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, PostParams},
+};
 use kubectl_mesh::cmd::attach::Step;
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{DEFAULT_TIMEOUT, client_from_secret, eventually, fixtures, text};
@@ -133,6 +136,58 @@ async fn sigterm_and_sighup_roll_back_as_ctrl_c_does() -> anyhow::Result<()> {
             .with_context(|| format!("after SIG{signal} in {step}"))?;
     }
     Ok(())
+}
+
+/// A namespace attach created that someone else used meanwhile (another attach its Istio
+/// remote secret in the primary's istio-system; here anyone a ConfigMap in the remote's
+/// kubectl-mesh) is kept by the rollback, with what it holds. The rollback deleted it, and
+/// everything in it.
+#[tokio::test]
+async fn a_rollback_keeps_a_namespace_it_created_that_holds_others_objects() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    require_test_hooks(env).await?;
+    let namespaces = Api::<Namespace>::all(remote.client().await?);
+    ensure!(
+        namespaces.get_opt("kubectl-mesh").await?.is_none(),
+        "the remote has a kubectl-mesh namespace before attach"
+    );
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let mut command = fixtures::mesh_invocation(env, &["attach", &kubeconfig])?;
+    command
+        .env_remove("KUBECTL_MESH_FAIL_AFTER")
+        .env("KUBECTL_MESH_STALL_IN", Step::ServiceAccount.name());
+    let configmaps = Api::<ConfigMap>::namespaced(remote.client().await?, "kubectl-mesh");
+    let someone_elses = async {
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "someone-elses"},
+            "data": {"kept": "yes"},
+        }))?;
+        configmaps.create(&PostParams::default(), &cm).await?;
+        anyhow::Ok(())
+    };
+    let stalled = "stalling as if its answer had not come";
+    let (seen, status) =
+        signalled_after_doing(command, stalled, someone_elses, "INT", DEFAULT_TIMEOUT).await?;
+    let seen = seen.join("\n");
+    ensure!(!status.success(), "interrupted attach succeeded:\n{seen}");
+    let kept_line = format!(
+        "rolled back: {}: Namespace kubectl-mesh kept: it holds objects this attach did not \
+         create (ConfigMap someone-elses)",
+        remote.name
+    );
+    ensure!(seen.contains(&kept_line), "{seen}");
+    ensure!(seen.contains("was rolled back"), "{seen}");
+    let kept = configmaps.get("someone-elses").await;
+    delete_namespace(remote, "kubectl-mesh").await?;
+    ensure!(
+        kept?
+            .data
+            .unwrap_or_default()
+            .get("kept")
+            .map(String::as_str)
+            == Some("yes")
+    );
+    assert_nothing_left(env, remote, &remote.name).await
 }
 
 /// A real Ctrl-C while the first object of a step is stored but its answer has not come: in

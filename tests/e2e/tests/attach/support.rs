@@ -506,6 +506,17 @@ pub async fn signalled_after(
     signal: &str,
     exit_within: std::time::Duration,
 ) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
+    signalled_after_doing(command, marker, async { Ok(()) }, signal, exit_within).await
+}
+
+/// [`signalled_after`], doing `meanwhile` between the line with `marker` and the signal.
+pub async fn signalled_after_doing(
+    command: std::process::Command,
+    marker: &str,
+    meanwhile: impl std::future::Future<Output = anyhow::Result<()>>,
+    signal: &str,
+    exit_within: std::time::Duration,
+) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let mut child = tokio::process::Command::from(command)
@@ -531,6 +542,7 @@ pub async fn signalled_after(
         "ended without a line with {marker:?}:\n{}",
         seen.join("\n")
     );
+    meanwhile.await?;
     let pid = child.id().context("already exited")?;
     let interrupted = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])

@@ -1,7 +1,8 @@
-//! What a namespace detach would delete holds besides kubectl-mesh's objects. Every namespaced
-//! kind the apiserver serves is listed, not a fixed few: deleting a namespace deletes all of
-//! them (a Role, a PersistentVolumeClaim, a custom resource), so a kind left unread is data
-//! lost. A kind that cannot be listed counts as holding something.
+//! What a namespace kubectl-mesh created holds besides its objects, before detach or a failed
+//! attach deletes it. Every namespaced kind the apiserver serves is listed, not a fixed few:
+//! deleting a namespace deletes all of them (a Role, a PersistentVolumeClaim, a custom
+//! resource), so a kind left unread is data lost. A kind that cannot be listed counts as
+//! holding something.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
@@ -18,7 +19,7 @@ use crate::remote_setup as setup;
 /// read. Without a `primary`, `ns` is shared by clusters (the primary's istio-system) and this
 /// cluster's objects are gone already: a kubectl-mesh object left there belongs to another
 /// cluster, and counts.
-pub(super) async fn foreign_objects(
+pub async fn foreign_objects(
     client: &Client,
     ns: &str,
     primary: Option<&str>,
