@@ -185,8 +185,8 @@ fn selection_notes(syncable: &[MeshCluster], leaving: &[String]) -> Vec<String> 
 }
 
 /// Of `clusters`, those named in `names` (all when empty) that may be synced, and the names
-/// of those being detached. One asked for alone and being detached is refused: that is the
-/// answer, not an empty list.
+/// of those being detached. A cluster named and being detached is refused before any is
+/// synced: a script that named it must not read success for a cluster nothing synced.
 fn syncable(
     clusters: Vec<MeshCluster>,
     names: &[String],
@@ -195,11 +195,17 @@ fn syncable(
         .into_iter()
         .partition(is_being_detached);
     let leaving: Vec<String> = leaving.iter().map(ResourceExt::name_any).collect();
-    if let ([name], [_]) = (names, leaving.as_slice()) {
+    if !names.is_empty() && !leaving.is_empty() {
+        let (what, it) = match leaving.as_slice() {
+            [name] => (format!("{name} is being detached"), "it"),
+            several => (format!("{} are being detached", several.join(", ")), "them"),
+        };
         return Err(Error::Refused {
-            what: format!("{name} is being detached; not synced"),
-            hint: "wait for its detach to end (kubectl mesh list), then attach it again to sync it"
-                .into(),
+            what: format!("{what}; nothing synced"),
+            hint: format!(
+                "wait for the detach to end (kubectl mesh list), then attach {it} again to sync \
+                 {it}, or leave {it} out of --cluster"
+            ),
         });
     }
     Ok((clusters, leaving))
@@ -486,10 +492,43 @@ mod tests {
             ["west"]
         );
         assert_eq!(leaving, ["east"]);
-        let err = syncable(all, &["east".into()]).unwrap_err();
+        let err = syncable(all.clone(), &["east".into()]).unwrap_err();
         assert_eq!(
             err.line(),
-            "east is being detached; not synced; wait for its detach to end (kubectl mesh list), then attach it again to sync it"
+            "east is being detached; nothing synced; wait for the detach to end (kubectl mesh \
+             list), then attach it again to sync it, or leave it out of --cluster"
+        );
+    }
+
+    /// `sync --cluster east --cluster west` while east was being detached synced west and
+    /// exited 0; `--cluster east --cluster east` synced nothing and exited 0.
+    #[test]
+    fn a_named_cluster_being_detached_is_refused_whatever_else_is_named() {
+        let leaving = |name| {
+            let mut c = cluster(name, "https://e", "2026-01-01T00:00:00Z");
+            c.metadata.deletion_timestamp = c.metadata.creation_timestamp.clone();
+            c
+        };
+        let west = cluster("west", "https://w", "2026-01-01T00:00:00Z");
+        let all = vec![leaving("east"), leaving("north"), west];
+        for names in [vec!["east", "west"], vec!["east", "east"]] {
+            let names: Vec<String> = names.into_iter().map(String::from).collect();
+            let err = syncable(all.clone(), &names).unwrap_err();
+            assert!(
+                err.line()
+                    .starts_with("east is being detached; nothing synced"),
+                "{names:?}: {}",
+                err.line()
+            );
+        }
+        let names = ["east", "north", "west"].map(String::from);
+        let err = syncable(all, &names).unwrap_err();
+        assert!(
+            err.line().starts_with(
+                "east, north are being detached; nothing synced; wait for the detach to end"
+            ),
+            "{}",
+            err.line()
         );
     }
 
