@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use mesh_e2e::browser::Browser;
 use mesh_e2e::{create_everywhere, describe, kubectl_apply, label_on_primary, shared_mesh};
 use mesh_testenv::TestEnv;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 
 /// How long a change may take to show on the page: the webhook's push, the watch, the
 /// snapshot's settle time and the page's rendering, on a busy machine.
@@ -37,21 +37,11 @@ fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
 }
 
-/// The answer to a raw HTTP/1.1 request for `target` with this Host header: its status line
-/// and its body.
+/// The answer to a raw HTTP/1.1 request for `target` with this Host header (another host's,
+/// to be refused): its status line and its body, within 10 s.
 async fn get(port: u16, host: &str, target: &str) -> anyhow::Result<(String, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer)).await??;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    Ok((status, body.to_owned()))
+    let answer = mesh_testenv::http::get(port, host, target);
+    tokio::time::timeout(Duration::from_secs(10), answer).await?
 }
 
 /// Waits until `expression` (JavaScript) is true in the page; returns how long it took.

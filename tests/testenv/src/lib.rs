@@ -13,6 +13,7 @@
 pub mod binaries;
 pub mod endless_answer;
 mod env;
+pub mod http;
 pub mod http_proxy;
 pub mod image;
 pub mod istio;

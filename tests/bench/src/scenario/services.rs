@@ -290,7 +290,7 @@ async fn holds_every_service(
     let mut rows = 0;
     loop {
         let path = format!("/services.json?offset={rows}&limit={PAGE}&token={token}");
-        let body = get(port, &path).await?;
+        let (_, body) = mesh_testenv::http::get(port, &format!("127.0.0.1:{port}"), &path).await?;
         let page: serde_json::Value = serde_json::from_str(&body)?;
         let read = clusters_read(&page);
         let services = page["services"].as_array().context("no services")?;
@@ -326,23 +326,6 @@ fn clusters_read(report: &serde_json::Value) -> usize {
         .flatten()
         .filter(|c| c["state"] == "read")
         .count()
-}
-
-/// One GET of the dashboard; the body.
-async fn get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await?;
-    Ok(answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default())
 }
 
 /// A page's event stream, read and dropped until it ends.
