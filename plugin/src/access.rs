@@ -50,11 +50,7 @@ const REVIEW_CONCURRENCY: usize = 8;
 
 /// A client for `context` of `kc` (or its current one) with short timeouts.
 pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<Client> {
-    let name = kubeconfig::select(&kc, context)?.context.to_owned();
-    let mut config = kubeconfig::client_config(kc, Some(&name)).await?;
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    config.read_timeout = Some(READ_TIMEOUT);
-    config.write_timeout = Some(READ_TIMEOUT);
+    let (name, config) = client_config(kc, context).await?;
     mesh_core::retry_after::client(config).map_err(|source| {
         kubeconfig::Error::Client {
             context: name,
@@ -62,6 +58,15 @@ pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<Client> {
         }
         .into()
     })
+}
+
+/// The configuration of [`client`], and the name of the context it is for.
+async fn client_config(kc: Kubeconfig, context: Option<&str>) -> Result<(String, kube::Config)> {
+    let name = kubeconfig::select(&kc, context)?.context.to_owned();
+    let mut config = kubeconfig::client_config(kc, Some(&name)).await?;
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    mesh_core::remote::time_each_request(&mut config, READ_TIMEOUT);
+    Ok((name, config))
 }
 
 /// How the user names an admin kubeconfig of an attached remote, for the commands that
@@ -607,6 +612,23 @@ mod tests {
             line.starts_with("the primary at https://p did not accept"),
             "{line}"
         );
+    }
+
+    /// The read timeout counted the time a pooled connection sat idle: a request right after
+    /// a wait of most of it (rotate waiting for the webhook, then deleting a token) timed out
+    /// on a healthy remote.
+    #[tokio::test]
+    async fn each_request_has_the_whole_read_timeout() {
+        let kc = Kubeconfig::from_yaml(
+            "contexts: [{name: east, context: {cluster: east, user: admin}}]\n\
+             clusters: [{name: east, cluster: {server: 'https://east:6443'}}]\n\
+             users: [{name: admin, user: {token: t}}]\n",
+        )
+        .unwrap();
+        let (name, config) = client_config(kc, Some("east")).await.unwrap();
+        assert_eq!(name, "east");
+        assert_eq!(config.read_timeout, Some(READ_TIMEOUT));
+        assert!(config.reset_reader_on_write);
     }
 
     #[test]

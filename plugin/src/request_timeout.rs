@@ -87,8 +87,8 @@ pub async fn client_with_read_timeout(
     read_timeout: Option<Duration>,
 ) -> Result<Client> {
     let mut config = kubeconfig::client_config(kc, Some(context)).await?;
-    if read_timeout.is_some() {
-        config.read_timeout = read_timeout;
+    if let Some(read_timeout) = read_timeout {
+        mesh_core::remote::time_each_request(&mut config, read_timeout);
     }
     if timeout.0.is_some() {
         // The deadline covers connecting: kube's own connect timeout would end a slow

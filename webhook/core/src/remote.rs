@@ -641,6 +641,15 @@ pub async fn client_from_kubeconfig(
     build_client(name, kubeconfig, options).await
 }
 
+/// Gives each request on `config`'s connections `timeout` to be written and answered, counted
+/// from when it is sent. Without the reset, the time a pooled connection sat idle counts
+/// against the next answer, and a healthy cluster looks dead after a quiet minute.
+pub fn time_each_request(config: &mut kube::Config, timeout: Duration) {
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    config.reset_reader_on_write = true;
+}
+
 /// Parses a stored kubeconfig and checks it with the rule of stored kubeconfigs.
 fn parse_stored(name: &str, yaml: &str) -> Result<Kubeconfig> {
     let kubeconfig = Kubeconfig::from_yaml(yaml).map_err(|source| match source {
@@ -672,11 +681,7 @@ async fn build_client(
             source,
         })?;
     config.connect_timeout = Some(options.connect_timeout);
-    config.read_timeout = Some(options.read_timeout);
-    config.write_timeout = Some(options.read_timeout);
-    // Without this a pooled connection's idle time counts against the read timeout of the next
-    // request and a healthy remote looks dead after a quiet minute.
-    config.reset_reader_on_write = true;
+    time_each_request(&mut config, options.read_timeout);
     let client = crate::retry_after::client_builder(config).map_err(|source| Error::Client {
         name: name.to_owned(),
         source,
