@@ -377,7 +377,6 @@ mod tests {
         body::{Body, Bytes},
         http::Request,
     };
-    use http_body_util::BodyExt;
     use std::io;
     use tower::ServiceExt;
 
@@ -394,12 +393,7 @@ mod tests {
     async fn call(app: Router, request: Request<Body>) -> (StatusCode, serde_json::Value) {
         let response = app.oneshot(request).await.expect("infallible");
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = mesh_core::fixtures::body_bytes(response).await;
         let value = serde_json::from_slice(&body)
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
         (status, value)

@@ -17,9 +17,9 @@ use axum::{
     http::{Request, StatusCode, header},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
-use http_body_util::BodyExt;
 use mesh_core::{
     fake_apiserver,
+    fixtures::body_bytes,
     labels::SyncRule,
     remote::{Remote, Remotes},
 };
@@ -110,12 +110,7 @@ async fn check(body: Vec<u8>, content_type: &str) -> Result<(), TestCaseError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let bytes = body_bytes(response).await;
     let text = String::from_utf8_lossy(&bytes);
     let answer: Value = serde_json::from_slice(&bytes)
         .map_err(|e| TestCaseError::fail(format!("{status}: body is not JSON ({e}): {text}")))?;

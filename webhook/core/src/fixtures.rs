@@ -374,6 +374,21 @@ pub fn refused_connection() -> kube::Error {
     )))
 }
 
+/// The whole body of `response` (a handler's answer), read to its end.
+pub async fn body_bytes<B>(response: http::Response<B>) -> bytes::Bytes
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt as _;
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
 /// A server on loopback that accepts connections and never says a word, not even its part of
 /// a TLS handshake: a hung apiserver, a frozen process whose kernel still accepts, or a
 /// half-dead load balancer. Served until dropped.
