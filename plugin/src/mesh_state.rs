@@ -322,6 +322,18 @@ impl From<remote::Error> for RemoteError {
 }
 
 impl RemoteError {
+    /// Whether the remote never answered: it could not be reached, or did not answer in time.
+    /// Credentials that could not be read or used, and a refusal, are not the network's.
+    pub fn unanswered(&self) -> bool {
+        match self {
+            Self::TimedOut(_) => true,
+            Self::Call(e) | Self::Credentials(remote::Error::IdentityUnread { cause: e, .. }) => {
+                !Failure::of(e).answered()
+            }
+            Self::Credentials(_) => false,
+        }
+    }
+
     /// Whether the remote refused the stored credentials or their rights (401/403).
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Self::Call(e) if Failure::of(e) == Failure::Forbidden)
@@ -460,6 +472,27 @@ mod tests {
             cause: refused_connection(),
         };
         assert_each_cause_prints_once(&RemoteError::from(unread));
+    }
+
+    /// Only a remote that never answered is unreachable: credentials that cannot be read or
+    /// used, and a refusal, are not the network's.
+    #[test]
+    fn only_a_remote_that_never_answered_is_unanswered() {
+        use mesh_core::fixtures::refused_connection;
+        let forbidden = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+        assert!(RemoteError::TimedOut(Duration::from_secs(5)).unanswered());
+        assert!(RemoteError::Call(refused_connection()).unanswered());
+        assert!(!RemoteError::Call(kube::Error::Api(forbidden.boxed())).unanswered());
+        let missing = remote::Error::SecretMissing {
+            namespace: "kubectl-mesh".into(),
+            name: "cluster-east".into(),
+        };
+        assert!(!RemoteError::from(missing).unanswered());
+        let unread = remote::Error::IdentityUnread {
+            secret: "cluster-east".into(),
+            cause: refused_connection(),
+        };
+        assert!(RemoteError::from(unread).unanswered());
     }
 
     #[test]

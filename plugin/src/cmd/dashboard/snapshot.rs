@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::cmd::list::ClusterRow;
 use crate::cmd::services::{self, ClusterRead, Join, PRIMARY, PageRows, ReadState, Records};
-use crate::cmd::status::{PodsRead, RemoteView, StatusReport};
+use crate::cmd::status::{PodsRead, RemoteView, StatusReport, Unread};
 use crate::credentials::TokenExpiry;
 use crate::{mesh_state, view};
 
@@ -265,7 +265,14 @@ impl Live {
             .map(|(name, cluster)| RemoteView {
                 name: name.clone(),
                 scope: cluster.spec.scope.clone(),
-                namespaces: self.remote_namespaces(name).map(&rebuild),
+                // What the dashboard read failed with is shown as unreachable, as before.
+                namespaces: self
+                    .remote_namespaces(name)
+                    .map(&rebuild)
+                    .map_err(|error| Unread {
+                        error,
+                        unanswered: true,
+                    }),
                 injectors: None,
                 pods: PodsRead::NotAsked,
             })

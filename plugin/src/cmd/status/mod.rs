@@ -90,15 +90,12 @@ impl Status {
         if clusters.is_empty() {
             ctx.progress.info(mesh_state::NO_CLUSTERS);
         }
-        for c in &report.clusters {
-            match &c.error {
-                // It answered: the error is its scope's, which names the cluster.
-                Some(error) if c.reachable => ctx.progress.warn(error),
-                Some(error) => ctx
-                    .progress
-                    .warn(format!("{} unreachable: {error}", c.name)),
-                None => {}
-            }
+        for line in report
+            .clusters
+            .iter()
+            .filter_map(ClusterColumn::unread_line)
+        {
+            ctx.progress.warn(line);
         }
         match ctx.output {
             OutputFormat::Table | OutputFormat::Wide => {
@@ -198,7 +195,10 @@ async fn read_view(
         Err(e) => RemoteView {
             name,
             scope: cluster.spec.scope.clone(),
-            namespaces: Err(e.to_string()),
+            namespaces: Err(Unread {
+                unanswered: e.unanswered(),
+                error: e.to_string(),
+            }),
             injectors: None,
             pods,
         },
@@ -227,7 +227,7 @@ pub struct RemoteView {
     /// Name of the MeshCluster.
     pub name: String,
     /// Every namespace of the remote.
-    pub namespaces: std::result::Result<Vec<Namespace>, String>,
+    pub namespaces: std::result::Result<Vec<Namespace>, Unread>,
     /// Its MutatingWebhookConfigurations, or why they could not be read; `None` when they were
     /// not read (nor is whether an injector acts known).
     pub injectors: Option<std::result::Result<Vec<MutatingWebhookConfiguration>, InjectorsUnread>>,
@@ -235,6 +235,17 @@ pub struct RemoteView {
     pub pods: PodsRead,
     /// Its namespace scope (see [`SyncRule::within`]).
     pub scope: NamespaceScope,
+}
+
+/// Why a remote's namespaces were not read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unread {
+    /// The error, on one line.
+    pub error: String,
+    /// Whether the remote never answered (no connection, no answer in time). Otherwise it was
+    /// not the network's fault: the stored credentials could not be read on the primary or
+    /// used, or the remote refused them.
+    pub unanswered: bool,
 }
 
 impl RemoteView {
@@ -288,7 +299,8 @@ pub struct StatusReport {
 pub struct ClusterColumn {
     /// Name of the MeshCluster.
     pub name: String,
-    /// Whether its namespaces could be read.
+    /// Whether it answered: false when it could not be reached or did not answer in time
+    /// (see `error` for why its namespaces were not read otherwise).
     pub reachable: bool,
     /// Whether it is being detached ([`mesh_state::is_being_detached`]): nothing syncs it, so
     /// its drift is not reported as a sync's to converge, nor by `--exit-code`.
@@ -302,9 +314,27 @@ pub struct ClusterColumn {
     /// Why not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether `error` is its scope's ([`CellState::ScopeInvalid`]).
+    #[serde(skip)]
+    pub scope_invalid: bool,
     /// Whether its pods were read; absent when they were not asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodsColumn>,
+}
+
+impl ClusterColumn {
+    /// What status warns of a cluster whose namespaces were not read, if any.
+    fn unread_line(&self) -> Option<String> {
+        let error = self.error.as_deref()?;
+        Some(if !self.reachable {
+            format!("{} unreachable: {error}", self.name)
+        } else if self.scope_invalid {
+            // Its scope's error names the cluster.
+            error.to_owned()
+        } else {
+            format!("{} not read: {error}", self.name)
+        })
+    }
 }
 
 /// Whether a remote's pods could be read.
@@ -389,8 +419,11 @@ pub enum CellState {
     /// there: absent on the primary too, being deleted there, without managed labels, or
     /// excluded.
     Absent,
-    /// The remote could not be read.
+    /// The remote could not be reached, or did not answer in time.
     Unreachable,
+    /// The remote answered, but its namespaces were not read: the stored credentials could
+    /// not be read on the primary or used, or the remote refused them.
+    NotRead,
     /// The cluster's scope cannot be used: nothing is judged by a rule that does not hold.
     ScopeInvalid,
     /// The namespace is never synced.
@@ -484,13 +517,14 @@ impl StatusReport {
                 .zip(&scope_errors)
                 .map(|(r, scope_error)| ClusterColumn {
                     name: r.name.clone(),
-                    reachable: r.namespaces.is_ok(),
+                    reachable: r.namespaces.as_ref().err().is_none_or(|u| !u.unanswered),
                     detaching: false,
                     injectors_known: matches!(r.injectors, Some(Ok(_))),
                     injectors_unread: r.injectors.clone().and_then(|read| read.err()),
+                    scope_invalid: scope_error.is_some(),
                     error: scope_error
                         .clone()
-                        .or_else(|| r.namespaces.as_ref().err().cloned()),
+                        .or_else(|| r.namespaces.as_ref().err().map(|u| u.error.clone())),
                     pods: match &r.pods {
                         PodsRead::NotAsked => None,
                         PodsRead::NoCredentials => Some(PodsColumn::NoCredentials {
@@ -525,10 +559,14 @@ impl StatusReport {
             };
             for ((remote, map), scoped) in remotes.iter().zip(&remote_maps).zip(&scoped_rules) {
                 let cell = match map {
-                    None if remote.namespaces.is_ok() => {
-                        RemoteCell::bare(CellState::ScopeInvalid, None)
-                    }
-                    None => RemoteCell::bare(CellState::Unreachable, None),
+                    None => RemoteCell::bare(
+                        match &remote.namespaces {
+                            Ok(_) => CellState::ScopeInvalid,
+                            Err(unread) if unread.unanswered => CellState::Unreachable,
+                            Err(_) => CellState::NotRead,
+                        },
+                        None,
+                    ),
                     Some(map) => match map.get(&name) {
                         // Missing exactly as the rule's plan says: a gap only where the
                         // primary has managed labels to give.
@@ -745,6 +783,7 @@ impl RemoteCell {
             CellState::Missing => "(missing)".to_owned(),
             CellState::Absent => "(absent)".to_owned(),
             CellState::Unreachable => "(unreachable)".to_owned(),
+            CellState::NotRead => "(not read)".to_owned(),
             CellState::ScopeInvalid => "(scope invalid)".to_owned(),
             CellState::Excluded => format!("{} (excluded)", labels()),
             CellState::OutOfScope => format!("{} (out of scope)", labels()),
@@ -785,7 +824,7 @@ mod tests {
     fn remote(
         name: &str,
         injectors: Option<Vec<MutatingWebhookConfiguration>>,
-        namespaces: std::result::Result<Vec<Namespace>, String>,
+        namespaces: std::result::Result<Vec<Namespace>, Unread>,
     ) -> RemoteView {
         RemoteView {
             name: name.into(),
@@ -819,7 +858,14 @@ mod tests {
                     labelled("ambient", &[("istio.io/dataplane-mode", "ambient")]),
                 ]),
             ),
-            remote("north", None, Err("no answer within 5s".into())),
+            remote(
+                "north",
+                None,
+                Err(Unread {
+                    error: "no answer within 5s".into(),
+                    unanswered: true,
+                }),
+            ),
         ]
     }
 
@@ -841,6 +887,32 @@ mod tests {
         let none: Vec<RemoteView> = Vec::new();
         let alone = StatusReport::compute(&SyncRule::default(), &primary(), &none, &[]);
         assert!(alone.exit_status().is_ok());
+    }
+
+    /// A remote whose stored credentials could not be read on the primary (or were refused)
+    /// was said to be unreachable, which sent its admin after the network.
+    #[test]
+    fn credentials_that_cannot_be_used_are_not_unreachable() {
+        let mut views = remotes();
+        views[0].namespaces = Err(Unread {
+            error: "cannot read secret kubectl-mesh/cluster-east: forbidden".into(),
+            unanswered: false,
+        });
+        let r = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
+        let east = &r.clusters[0];
+        assert!(east.reachable, "{east:?}");
+        assert_eq!(
+            east.unread_line().as_deref(),
+            Some("east not read: cannot read secret kubectl-mesh/cluster-east: forbidden")
+        );
+        assert_eq!(r.namespaces[0].clusters["east"].state, CellState::NotRead);
+        assert!(r.table(false).contains("(not read)"));
+        let north = &r.clusters[2];
+        assert_eq!(
+            north.unread_line().as_deref(),
+            Some("north unreachable: no answer within 5s")
+        );
+        assert!(r.exit_status().is_err());
     }
 
     /// A cluster whose scope cannot be used answered all the same: it was said to be
