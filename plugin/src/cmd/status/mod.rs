@@ -39,7 +39,8 @@ pub const DRIFT_EXIT_CODE: u8 = 3;
 /// Show the managed labels of namespaces on the primary and every remote.
 ///
 /// Reads every cluster now. A cell marked `(drift)` differs from the primary and will be
-/// corrected by the webhook's reconciler or by `kubectl mesh sync`; `(missing)` means the
+/// corrected by the webhook's reconciler or by `kubectl mesh sync` (not on a cluster being
+/// detached: nothing syncs it, and its drift does not count for --exit-code); `(missing)` means the
 /// namespace carries managed labels on the primary but does not exist on that remote
 /// (kubectl-mesh never creates namespaces); `(absent)` that it does not exist there and
 /// nothing is owed there. With `-o wide`, `(no injector)` marks a namespace whose labels ask
