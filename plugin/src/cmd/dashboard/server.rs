@@ -583,15 +583,23 @@ mod tests {
         EventStreams,
     }
 
-    /// A server with `limits`, and as many connections or event streams open as they allow.
-    async fn filled(limits: Limits, what: Filled) -> (Serving, Vec<TcpStream>) {
-        let server = serving(limits).await;
-        let count = match what {
-            Filled::Connections => limits.connections,
-            Filled::EventStreams => limits.event_streams,
-        };
-        let mut open = Vec::with_capacity(count);
-        for _ in 0..count {
+    /// A server with the default limits but at most `limit` connections or event streams,
+    /// and that many open.
+    async fn filled(what: Filled, limit: usize) -> (Serving, Vec<TcpStream>) {
+        let defaults = Limits::default();
+        let server = serving(match what {
+            Filled::Connections => Limits {
+                connections: limit,
+                ..defaults
+            },
+            Filled::EventStreams => Limits {
+                event_streams: limit,
+                ..defaults
+            },
+        })
+        .await;
+        let mut open = Vec::with_capacity(limit);
+        for _ in 0..limit {
             open.push(match what {
                 Filled::Connections => connect(server.port).await,
                 Filled::EventStreams => open_events(&server).await,
@@ -692,11 +700,7 @@ mod tests {
     #[tokio::test]
     async fn connections_past_the_limit_are_closed_at_once() {
         assert!(Limits::default().connections <= 64);
-        let limits = Limits {
-            connections: 3,
-            ..Limits::default()
-        };
-        let (server, mut open) = filled(limits, Filled::Connections).await;
+        let (server, mut open) = filled(Filled::Connections, 3).await;
         let mut extra = connect(server.port).await;
         assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
         // Those within the limit are served.
@@ -731,11 +735,7 @@ mod tests {
     #[tokio::test]
     async fn event_streams_past_the_limit_are_refused() {
         assert!(Limits::default().event_streams <= 16);
-        let limits = Limits {
-            event_streams: 2,
-            ..Limits::default()
-        };
-        let (server, mut open) = filled(limits, Filled::EventStreams).await;
+        let (server, mut open) = filled(Filled::EventStreams, 2).await;
         let target = format!("/events?token={}", server.token.as_str());
         let refused = get(server.port, &target, "\r\n\r\n").await;
         assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
