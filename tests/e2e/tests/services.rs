@@ -138,16 +138,16 @@ async fn services_across_clusters_with_endpoints_ports_and_column_states() -> an
     let web = row(&report, &ns, "web").expect("web");
     assert_eq!(web["portsMatch"], true, "{web}");
     assert_eq!(web["type"], "ClusterIP");
-    assert_eq!(web["clusters"]["primary"]["readyEndpoints"], 1, "{web}");
+    assert_eq!(web["primary"]["readyEndpoints"], 1, "{web}");
     assert_eq!(web["clusters"]["remote-1"]["readyEndpoints"], 2, "{web}");
-    assert_eq!(web["clusters"]["primary"]["injected"], true);
+    assert_eq!(web["primary"]["injected"], true);
     assert!(web["clusters"].get("remote-2").is_none(), "{web}");
     let api = row(&report, &ns, "api").expect("api");
     assert_eq!(api["portsMatch"], false, "{api}");
     assert_eq!(api["ports"][0]["port"], 8080);
     assert_eq!(api["clusters"]["remote-1"]["ports"][0]["port"], 9090);
     let only = row(&report, &ns, "only-here").expect("only-here");
-    assert_eq!(only["clusters"]["primary"]["exists"], false);
+    assert_eq!(only["primary"]["exists"], false);
     assert_eq!(only["clusters"]["remote-1"]["exists"], true);
 
     // The table says the same, and what enables remote-2.
@@ -191,7 +191,7 @@ async fn services_across_clusters_with_endpoints_ports_and_column_states() -> an
     assert_eq!(report["clusters"][1]["state"], "unreachable", "{report}");
     assert!(stderr.contains("remote-1 unreachable"), "{stderr}");
     let web = row(&report, &ns, "web").expect("web");
-    assert_eq!(web["clusters"]["primary"]["readyEndpoints"], 1);
+    assert_eq!(web["primary"]["readyEndpoints"], 1);
 
     // Bad input: one line saying what to do.
     let mut both = tokio::process::Command::from(mesh.plugin());

@@ -362,7 +362,11 @@ pub struct ServiceRow {
     pub ports: Vec<PortFacts>,
     /// Whether every cluster that has it has the same ports.
     pub ports_match: bool,
-    /// Every cluster that could be read, by name.
+    /// On the primary; absent when it could not be read. Kept apart from the remotes': one
+    /// may be named `primary` (an older version allowed the name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<ServiceCell>,
+    /// Every remote that could be read, by name.
     pub clusters: BTreeMap<String, ServiceCell>,
 }
 
@@ -435,6 +439,9 @@ pub fn columns(clusters: &[ClusterRead]) -> Vec<ClusterColumn> {
 /// them out as they come, a page at a time, rather than holding tens of thousands at once.
 pub struct Join<'a> {
     read: Vec<(&'a str, &'a ClusterFacts)>,
+    /// Whether `read[0]` is the primary's (the first cluster given, when it was read): the
+    /// primary is known by its place, never by its name, which a remote may carry too.
+    primary: bool,
     /// Per readable cluster; empty when each page aggregates its own namespaces.
     aggregates: Vec<Aggregate<'a>>,
 }
@@ -489,33 +496,49 @@ fn aggregate<'a>(
     (ready, pods)
 }
 
-/// The clusters whose facts were read, by name.
-fn readable(clusters: &[ClusterRead]) -> Vec<(&str, &ClusterFacts)> {
-    clusters
+/// The clusters whose facts were read, by name, and whether the first of them is the
+/// primary (the first of `clusters`).
+fn readable(clusters: &[ClusterRead]) -> (Vec<(&str, &ClusterFacts)>, bool) {
+    let read = clusters
         .iter()
         .filter_map(|c| match &c.state {
             ReadState::Read(facts) => Some((c.name.as_str(), facts)),
             _ => None,
         })
-        .collect()
+        .collect();
+    let primary = matches!(
+        clusters.first(),
+        Some(ClusterRead {
+            state: ReadState::Read(_),
+            ..
+        })
+    );
+    (read, primary)
 }
 
 impl<'a> Join<'a> {
-    /// Ready endpoints and pod counts, aggregated once per readable cluster.
+    /// Ready endpoints and pod counts, aggregated once per readable cluster. `clusters`:
+    /// the primary first.
     pub fn new(clusters: &'a [ClusterRead]) -> Self {
-        let read = readable(clusters);
+        let (read, primary) = readable(clusters);
         let aggregates = read
             .iter()
             .map(|(_, facts)| aggregate(facts, None))
             .collect();
-        Self { read, aggregates }
+        Self {
+            read,
+            primary,
+            aggregates,
+        }
     }
 
     /// The join of `clusters` for [`Join::page`] alone: each page aggregates the endpoints
     /// and pods of its own namespaces rather than every cluster's all at once.
     pub fn paged(clusters: &'a [ClusterRead]) -> Self {
+        let (read, primary) = readable(clusters);
         Self {
-            read: readable(clusters),
+            read,
+            primary,
             aggregates: Vec::new(),
         }
     }
@@ -618,7 +641,7 @@ impl<'a> Join<'a> {
         } else {
             "mixed".to_owned()
         };
-        let cells = self
+        let mut cells = self
             .read
             .iter()
             .zip(aggregates)
@@ -640,15 +663,20 @@ impl<'a> Join<'a> {
                         .map(|p| p.get(&*key.0).copied().unwrap_or_default()),
                 };
                 ((*name).to_owned(), cell)
-            })
-            .collect();
+            });
+        let primary = if self.primary {
+            cells.next().map(|(_, cell)| cell)
+        } else {
+            None
+        };
         ServiceRow {
             namespace: key.0.to_string(),
             name: key.1.to_string(),
             type_,
             ports: first.ports.to_vec(),
             ports_match,
-            clusters: cells,
+            primary,
+            clusters: cells.collect(),
         }
     }
 }
@@ -673,12 +701,56 @@ impl PageRows<'_, '_> {
     }
 }
 
+/// A row as the dashboard's page reads it: a [`ServiceRow`] whose `clusters` also hold the
+/// primary's cell under its column's name, where the page looks it up (it has no other way
+/// to find it; a remote named `primary` gives way to the primary there).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PageRow<'r> {
+    namespace: &'r str,
+    name: &'r str,
+    #[serde(rename = "type")]
+    type_: &'r str,
+    ports: &'r [PortFacts],
+    ports_match: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary: Option<&'r ServiceCell>,
+    clusters: BTreeMap<&'r str, &'r ServiceCell>,
+}
+
+impl<'r> From<&'r ServiceRow> for PageRow<'r> {
+    fn from(row: &'r ServiceRow) -> Self {
+        let mut clusters: BTreeMap<&str, &ServiceCell> = row
+            .clusters
+            .iter()
+            .map(|(name, cell)| (name.as_str(), cell))
+            .collect();
+        if let Some(primary) = &row.primary {
+            clusters.insert(PRIMARY, primary);
+        }
+        Self {
+            namespace: &row.namespace,
+            name: &row.name,
+            type_: &row.type_,
+            ports: &row.ports,
+            ports_match: row.ports_match,
+            primary: row.primary.as_ref(),
+            clusters,
+        }
+    }
+}
+
 impl Serialize for PageRows<'_, '_> {
     fn serialize<S: serde::Serializer>(
         &self,
         serializer: S,
     ) -> std::result::Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.rows())
+        use serde::ser::SerializeSeq as _;
+        let mut seq = serializer.serialize_seq(None)?;
+        for row in self.rows() {
+            seq.serialize_element(&PageRow::from(&row))?;
+        }
+        seq.end()
     }
 }
 
@@ -720,14 +792,18 @@ impl ServicesReport {
                 row.type_.clone(),
                 ports,
             ];
-            cells.extend(
-                self.clusters
-                    .iter()
-                    .map(|c| match row.clusters.get(&c.name) {
-                        Some(cell) => cell.text(wide),
-                        None => c.state.cell().to_owned(),
-                    }),
-            );
+            // The first column is the primary's, whatever a remote is named.
+            cells.extend(self.clusters.iter().enumerate().map(|(i, c)| {
+                let cell = if i == 0 {
+                    row.primary.as_ref()
+                } else {
+                    row.clusters.get(&c.name)
+                };
+                match cell {
+                    Some(cell) => cell.text(wide),
+                    None => c.state.cell().to_owned(),
+                }
+            }));
             cells
         });
         output::table(&headers, rows)
@@ -989,9 +1065,9 @@ mod tests {
             }];
             let report = ServicesReport::compute(&clusters);
             let json = serde_json::to_value(&report).unwrap();
-            let cell = &report.services[0].clusters[PRIMARY];
+            let cell = report.services[0].primary.as_ref().unwrap();
             assert_eq!(
-                json["services"][0]["clusters"][PRIMARY]["readyEndpoints"],
+                json["services"][0][PRIMARY]["readyEndpoints"],
                 cell.ready_endpoints
             );
             cell.ready_endpoints
@@ -1037,7 +1113,7 @@ mod tests {
         assert_eq!(names, ["db/pg", "shop/cart", "shop/web"]);
         let web = &r.services[2];
         assert!(!web.ports_match);
-        assert_eq!(web.clusters["primary"].ready_endpoints, 3);
+        assert_eq!(web.primary.as_ref().unwrap().ready_endpoints, 3);
         assert_eq!(web.clusters["east"].ready_endpoints, 1);
         assert_eq!(web.clusters["east"].injected, Some(true));
         assert_eq!(
@@ -1045,7 +1121,7 @@ mod tests {
             Some(1),
             "the cluster's own ports where they differ"
         );
-        assert!(!r.services[0].clusters["primary"].exists);
+        assert!(!r.services[0].primary.as_ref().unwrap().exists);
         assert!(!r.services.iter().any(|s| s.clusters.contains_key("north")));
         insta::assert_snapshot!("services_table", r.table(false));
         insta::assert_snapshot!("services_table_wide", r.table(true));
@@ -1095,10 +1171,51 @@ mod tests {
         );
         let web = &v["services"][2];
         assert_eq!(web["portsMatch"], false);
-        assert_eq!(web["clusters"]["primary"]["readyEndpoints"], 3);
-        assert_eq!(web["clusters"]["primary"]["pods"]["withProxy"], 1);
-        assert_eq!(web["clusters"]["primary"]["pods"]["withoutProxy"], 1);
+        assert_eq!(web["primary"]["readyEndpoints"], 3);
+        assert_eq!(web["primary"]["pods"]["withProxy"], 1);
+        assert_eq!(web["primary"]["pods"]["withoutProxy"], 1);
         assert_eq!(web["ports"][1]["port"], 9090);
+    }
+
+    /// A remote named `primary` (attach allowed the name once) took the primary's cell: the
+    /// PRIMARY column and the primary's cell in JSON showed the remote's endpoints.
+    #[test]
+    fn a_remote_named_primary_keeps_its_own_cell() {
+        let web = || service("shop", "web", "ClusterIP", &[("http", 80)]);
+        let ready = |n: usize| slice("shop", "web-s", "web", &vec![Some(true); n]);
+        let clusters = [
+            ClusterRead {
+                name: PRIMARY.into(),
+                state: ReadState::Read(facts(&[web()], &[ready(1)], &[], &[])),
+            },
+            ClusterRead {
+                name: PRIMARY.into(),
+                state: ReadState::Read(facts(&[web()], &[ready(5)], &[], &[])),
+            },
+        ];
+        let report = ServicesReport::compute(&clusters);
+        let table = report.table(false);
+        let row = table.lines().nth(1).unwrap_or_default();
+        let cells: Vec<&str> = row.split("   ").map(str::trim).collect();
+        assert_eq!(
+            cells[cells.len() - 2..],
+            ["1 ready", "5 ready"],
+            "the primary's column, then the remote's:\n{table}"
+        );
+        let v = serde_json::to_value(&report).unwrap();
+        let row = &v["services"][0];
+        assert_eq!(row["primary"]["readyEndpoints"], 1, "{row}");
+        assert_eq!(row["clusters"]["primary"]["readyEndpoints"], 5, "{row}");
+        // The dashboard's page looks cells up by column name: the primary's column is the
+        // primary's there too.
+        let join = Join::paged(&clusters);
+        let (_, page) = join.page_rows("", 0, 10);
+        let page = serde_json::to_value(&page).unwrap();
+        assert_eq!(page[0]["primary"]["readyEndpoints"], 1, "{page}");
+        assert_eq!(
+            page[0]["clusters"]["primary"]["readyEndpoints"], 1,
+            "{page}"
+        );
     }
 
     #[test]
