@@ -34,19 +34,8 @@ pub const DEFAULT_REMOTE_TIMEOUT: &str = "5s";
 pub const NO_CLUSTERS: &str =
     "No clusters attached. Attach one with: kubectl mesh attach <kubeconfig>";
 
-/// The sync rule of the installation on `primary`: the one its webhook runs with, as `install`
-/// recorded it on the MutatingWebhookConfiguration ([`installed_rule::from_annotations`]). The
-/// default rule when there is no such configuration or it records no rule (an older install).
-///
-/// A configuration that cannot be read is an error, not the default: a command applying a
-/// rule other than the webhook's would write (`sync`) or strip (`detach --strip-labels`)
-/// labels the webhook does not manage, and report drift the webhook will never correct.
-pub async fn read_installed_rule(primary: &Client) -> std::result::Result<SyncRule, kube::Error> {
-    Ok(read_recorded_rule(primary).await?.unwrap_or_default())
-}
-
 /// The rule the webhook configuration on `primary` records (the default one when it records
-/// none); `None` when there is no webhook configuration.
+/// none, an older install); `None` when there is no webhook configuration.
 pub async fn read_recorded_rule(
     primary: &Client,
 ) -> std::result::Result<Option<SyncRule>, kube::Error> {
@@ -55,26 +44,50 @@ pub async fn read_recorded_rule(
     Ok(configuration.map(|c| installed_rule::from_annotations(c.metadata.annotations.as_ref())))
 }
 
-/// [`read_installed_rule`], failing with what was being read.
+/// The sync rule of the installation on `primary`: the one its webhook runs with, as `install`
+/// recorded it on the MutatingWebhookConfiguration ([`installed_rule::from_annotations`]).
+///
+/// A configuration that cannot be read, or is gone, is an error, not the default rule: a
+/// command applying a rule other than the webhook's would write (`sync`) or strip (`detach
+/// --strip-labels`) labels the webhook does not manage, and report drift the webhook will
+/// never correct.
 pub async fn rule(primary: &Client) -> Result<SyncRule> {
-    read_installed_rule(primary)
+    read_recorded_rule(primary)
         .await
         .map_err(Error::kube(format!(
             "cannot read MutatingWebhookConfiguration {}, which records the sync rule",
             render::WEBHOOK_CONFIGURATION
-        )))
+        )))?
+        .ok_or_else(rule_unknown)
 }
 
-/// [`read_installed_rule`] for a command that checks the caller's access first: a refusal
-/// reads as what `target` (the primary) refused or why it could not be reached.
+/// [`rule`] for a command that checks the caller's access first: a refusal reads as what
+/// `target` (the primary) refused or why it could not be reached.
 pub async fn rule_of(primary: &Client, target: &crate::access::Target) -> Result<SyncRule> {
-    read_installed_rule(primary).await.map_err(|e| {
-        crate::access::request_error(
-            target,
-            "read the webhook configuration (it records the sync rule)",
-            e,
-        )
-    })
+    read_recorded_rule(primary)
+        .await
+        .map_err(|e| {
+            crate::access::request_error(
+                target,
+                "read the webhook configuration (it records the sync rule)",
+                e,
+            )
+        })?
+        .ok_or_else(rule_unknown)
+}
+
+/// The refusal of a command that applies the sync rule when the webhook configuration that
+/// records it is gone (deleted by hand, or an uninstall that stopped half-way).
+fn rule_unknown() -> Error {
+    Error::Refused {
+        what: format!(
+            "the sync rule is unknown: MutatingWebhookConfiguration {}, which records it, is gone",
+            render::WEBHOOK_CONFIGURATION
+        ),
+        hint: "run `kubectl mesh install` again, with the --managed-labels and \
+               --excluded-namespaces it was installed with, or pick the primary with --context"
+            .into(),
+    }
 }
 
 /// The line that says `cluster`'s scope cannot be used, and how to fix it.

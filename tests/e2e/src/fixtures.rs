@@ -214,7 +214,9 @@ pub async fn attach(
     .await?;
 
     // The rule installed on the primary, as attach reads it.
-    let rule = kubectl_mesh::mesh_state::read_installed_rule(&primary).await?;
+    let rule = kubectl_mesh::mesh_state::read_recorded_rule(&primary)
+        .await?
+        .unwrap_or_default();
     // No scope: the cluster is recorded without one.
     apply_on(
         &remote_client,

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use kubectl_mesh::remote_setup as setup;
-use mesh_core::cluster::RemoteGuard;
-use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as};
+use mesh_core::cluster::{MeshCluster, RemoteGuard};
+use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as, refused_in_one_line};
 use mesh_e2e::fixtures::{self, AttachOptions, Token, output, plugin};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{
@@ -395,6 +396,56 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
         delete_namespace(&primary, n).await;
         delete_namespace(&remote_client, n).await;
     }
+    Ok(())
+}
+
+/// With the webhook configuration gone (deleted by hand, an uninstall stopped half-way), sync,
+/// plan and status applied the default rule: they wrote and judged labels the installation may
+/// not manage. Every command that applies the rule refuses, and changes nothing.
+#[tokio::test]
+async fn without_the_webhook_configuration_the_rule_is_unknown_and_nothing_is_synced()
+-> anyhow::Result<()> {
+    let (_serial, env) = serial().await;
+    let name = unique_name("norule");
+    fixtures::attach(env, &env.remotes()[0], &name, Default::default()).await?;
+    let configurations = Api::<MutatingWebhookConfiguration>::all(env.primary().client().await?);
+    let saved = configurations.get("kubectl-mesh").await?;
+    configurations
+        .delete("kubectl-mesh", &DeleteParams::default())
+        .await?;
+    let mut outputs = Vec::new();
+    for args in [
+        &["sync"][..],
+        &["plan"],
+        &["status"],
+        &["scope", &name, "--exclude-namespaces", "team-a"],
+        &["detach", &name, "--strip-labels"],
+    ] {
+        outputs.push((args.join(" "), mesh(env, args).await));
+    }
+    let mut restored = saved;
+    let meta = &mut restored.metadata;
+    (meta.resource_version, meta.uid, meta.managed_fields) = (None, None, None);
+    configurations
+        .create(&PostParams::default(), &restored)
+        .await?;
+    for (command, out) in outputs {
+        let line = refused_in_one_line(&out?, &command)?;
+        assert!(
+            line.contains(
+                "the sync rule is unknown: MutatingWebhookConfiguration kubectl-mesh, which \
+                 records it, is gone; run `kubectl mesh install` again"
+            ),
+            "{command}: {line}"
+        );
+    }
+    let cluster = Api::<MeshCluster>::all(env.primary().client().await?)
+        .get(&name)
+        .await?;
+    assert!(
+        cluster.spec.scope.exclude_namespaces.is_empty(),
+        "{cluster:?}"
+    );
     Ok(())
 }
 
