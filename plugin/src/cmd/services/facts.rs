@@ -87,6 +87,8 @@ pub struct ClusterFacts {
     /// Namespaces whose labels ask for sidecars, with what they ask (`default`, `revision
     /// canary`). `None`: labels not read.
     pub injection: Option<BTreeMap<String, String>>,
+    /// Why the labels could not be read, when that was tried and failed.
+    pub injection_unread: Option<String>,
 }
 
 impl ClusterFacts {

@@ -273,12 +273,29 @@ async fn read_remote(
     };
     let (namespaces, mut state) = tokio::join!(namespaces, facts);
     if let ReadState::Read(facts) = &mut state {
-        // Labels unknown (stored credentials failing) are not "not injected".
-        facts.injection = namespaces
-            .ok()
-            .map(|list| injected_namespaces(&list, scope));
+        with_labels(facts, namespaces, scope);
     }
     ClusterRead { name, state }
+}
+
+/// Gives `facts` their namespaces' injection, from the namespaces the stored sync
+/// credentials listed. Labels unknown (stored credentials failing) are not "not injected":
+/// why is kept, and said.
+fn with_labels(
+    facts: &mut ClusterFacts,
+    namespaces: mesh_state::RemoteResult<Vec<Namespace>>,
+    scope: &Scope,
+) {
+    match namespaces {
+        Ok(list) => {
+            facts.injection = Some(injected_namespaces(&list, scope));
+            facts.injection_unread = None;
+        }
+        Err(e) => {
+            facts.injection = None;
+            facts.injection_unread = Some(e.to_string());
+        }
+    }
 }
 
 /// One cluster as read.
@@ -325,6 +342,10 @@ pub struct ClusterColumn {
     /// Why it could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why its namespaces' labels could not be read (its services were): whether they ask
+    /// for sidecars is unknown, and its cells leave `injected` out.
+    #[serde(rename = "injectionUnknown", skip_serializing_if = "Option::is_none")]
+    pub injection_unknown: Option<String>,
 }
 
 /// Whether a cluster's services could be read.
@@ -425,11 +446,18 @@ pub fn columns(clusters: &[ClusterRead]) -> Vec<ClusterColumn> {
                     (ColumnState::Unreachable, None, Some(error.clone()))
                 }
             };
+            let injection_unknown = match &c.state {
+                ReadState::Read(facts) if facts.injection.is_none() => {
+                    facts.injection_unread.clone()
+                }
+                _ => None,
+            };
             ClusterColumn {
                 name: c.name.clone(),
                 state,
                 enable,
                 error,
+                injection_unknown,
             }
         })
         .collect()
@@ -814,7 +842,14 @@ impl ServicesReport {
         let mut lines = Vec::new();
         for c in &self.clusters {
             match c.state {
-                ColumnState::Read => {}
+                ColumnState::Read => {
+                    if let Some(why) = &c.injection_unknown {
+                        lines.push(format!(
+                            "{}: namespace labels not read ({why}): injection unknown",
+                            c.name
+                        ));
+                    }
+                }
                 ColumnState::NoCredentials => lines.push(format!(
                     "{}: services not read (no view credentials); run `{}`",
                     c.name,
@@ -1215,6 +1250,72 @@ mod tests {
         assert_eq!(
             page[0]["clusters"]["primary"]["readyEndpoints"], 1,
             "{page}"
+        );
+    }
+
+    /// A remote whose services were read (view credentials) but not its namespaces' labels
+    /// (stored sync credentials failing): its cells had no `(injected)`, as if its namespaces
+    /// asked for no sidecars, and nothing said the labels were not read.
+    #[test]
+    fn labels_not_read_are_unknown_and_said_so() {
+        let web = || service("shop", "web", "ClusterIP", &[("http", 80)]);
+        let mut east = facts(&[web()], &[], &[], &[]);
+        let refused =
+            kube::core::Status::failure("secrets is forbidden", "Forbidden").with_code(403);
+        let refused = mesh_state::RemoteError::Credentials(mesh_core::remote::Error::ReadSecret {
+            namespace: "kubectl-mesh".into(),
+            name: "cluster-east".into(),
+            cause: kube::Error::Api(refused.boxed()),
+        });
+        with_labels(&mut east, Err(refused), &Scope::All);
+        let primary = facts(
+            &[web()],
+            &[],
+            &[],
+            &[labelled("shop", &[("istio-injection", "enabled")])],
+        );
+        let clusters = [
+            ClusterRead {
+                name: PRIMARY.into(),
+                state: ReadState::Read(primary),
+            },
+            ClusterRead {
+                name: "east".into(),
+                state: ReadState::Read(east),
+            },
+        ];
+        let report = ServicesReport::compute(&clusters);
+        let notes = report.notes();
+        assert!(
+            notes.iter().any(|n| n.starts_with(
+                "east: namespace labels not read (cannot read secret kubectl-mesh/cluster-east: "
+            ) && n.contains("secrets is forbidden")
+                && n.ends_with("): injection unknown")),
+            "{notes:?}"
+        );
+        let v = serde_json::to_value(&report).unwrap();
+        let cell = &v["services"][0]["clusters"]["east"];
+        assert_eq!(cell["exists"], true, "{cell}");
+        assert!(cell.get("injected").is_none(), "unknown, not false: {cell}");
+        assert!(
+            v["clusters"][1]["injectionUnknown"]
+                .as_str()
+                .is_some_and(|why| why.contains("secrets is forbidden")),
+            "{}",
+            v["clusters"][1]
+        );
+        // Labels that were read: no note, and `injected` either way.
+        let mut read = facts(&[web()], &[], &[], &[]);
+        with_labels(&mut read, Ok(vec![labelled("shop", &[])]), &Scope::All);
+        let clusters = [ClusterRead {
+            name: "east".into(),
+            state: ReadState::Read(read),
+        }];
+        let report = ServicesReport::compute(&clusters);
+        assert!(report.notes().is_empty(), "{:?}", report.notes());
+        assert_eq!(
+            report.services[0].primary.as_ref().unwrap().injected,
+            Some(false)
         );
     }
 
