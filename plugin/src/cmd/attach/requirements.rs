@@ -48,8 +48,9 @@ const RW: &[&str] = &["get", "create", "patch", "update", "delete"];
 
 /// What attach needs on the remote; `istio`: the ClusterRole istiod's reader gets there, with
 /// --istio-remote-secret.
-/// `force`: a takeover reads every object attach knows for the cluster, and deletes another
-/// primary's that it does not write (the token renewal Role and RoleBinding among them).
+/// `force`: a takeover reads every object attach knows for the cluster (the token renewal Role
+/// and RoleBinding among them); deleting another primary's it does not write is asked once
+/// they are found ([`takeover_needs`]).
 pub(super) fn remote_needs(
     view: bool,
     token_ttl: bool,
@@ -79,20 +80,21 @@ pub(super) fn remote_needs(
         // Granted to the view account: again only by a holder.
         needs.extend(setup::view_rights());
     }
-    if token_ttl || force {
-        // The renewal Role and its binding.
-        needs.push(Need::namespaced(
-            "rbac.authorization.k8s.io",
-            "roles",
-            MESH_NAMESPACE,
-            RW,
-        ));
-        needs.push(Need::namespaced(
-            "rbac.authorization.k8s.io",
-            "rolebindings",
-            MESH_NAMESPACE,
-            RW,
-        ));
+    // The renewal Role and its binding: written with --token-ttl, looked for in a takeover.
+    let renewal_verbs = match (token_ttl, force) {
+        (true, _) => Some(RW),
+        (false, true) => Some(&["get"][..]),
+        (false, false) => None,
+    };
+    if let Some(verbs) = renewal_verbs {
+        for resource in ["roles", "rolebindings"] {
+            needs.push(Need::namespaced(
+                "rbac.authorization.k8s.io",
+                resource,
+                MESH_NAMESPACE,
+                verbs,
+            ));
+        }
     }
     if token_ttl {
         // The right the renewal Role grants, used by attach too.
@@ -125,7 +127,20 @@ pub(super) fn takeover_needs(kind: &str, name: &str, role_ref: Option<&str>) -> 
         return Vec::new();
     }
     match name {
-        setup::TOKEN_RENEWAL => vec![Need::token_request()],
+        // Deleted, and created again by a rollback.
+        setup::TOKEN_RENEWAL => vec![
+            Need::token_request(),
+            Need::namespaced(
+                "rbac.authorization.k8s.io",
+                if kind == "Role" {
+                    "roles"
+                } else {
+                    "rolebindings"
+                },
+                MESH_NAMESPACE,
+                RW,
+            ),
+        ],
         setup::VIEW_ACCOUNT => setup::view_rights(),
         setup::ISTIO_READER if role_ref == Some(setup::ISTIO_OWN_READER_ROLE) => vec![
             Need::cluster("rbac.authorization.k8s.io", "clusterroles", &["bind"])
@@ -220,9 +235,14 @@ mod tests {
                 resource,
                 "get"
             ));
+            let kind = if resource == "roles" {
+                "Role"
+            } else {
+                "RoleBinding"
+            };
+            let found = takeover_needs(kind, setup::TOKEN_RENEWAL, None);
             for verb in RW {
-                let needs = remote_needs(false, false, None, true);
-                assert!(asks(&needs, resource, verb), "{resource} {verb}");
+                assert!(asks(&found, resource, verb), "{resource} {verb}");
             }
         }
         // The right the Role grants: only to put back another primary's, or to use it.
@@ -238,19 +258,39 @@ mod tests {
         ));
     }
 
+    /// `--force` with nothing of another primary's to take over asked every right on the
+    /// token renewal Role and RoleBinding, which only a takeover that finds them deletes: a
+    /// caller without them was refused a plain re-run.
+    #[test]
+    fn force_alone_only_looks_for_the_renewal_role() {
+        let needs = remote_needs(false, false, None, true);
+        for resource in ["roles", "rolebindings"] {
+            assert!(asks(&needs, resource, "get"), "{resource}");
+            for verb in ["create", "delete", "update"] {
+                assert!(!asks(&needs, resource, verb), "{resource} {verb}");
+            }
+        }
+        let ttl = remote_needs(false, true, None, true);
+        assert!(asks(&ttl, "roles", "create") && asks(&ttl, "rolebindings", "delete"));
+        assert!(!asks(
+            &remote_needs(false, false, None, false),
+            "roles",
+            "get"
+        ));
+    }
+
     #[test]
     fn putting_back_another_primarys_role_needs_what_it_grants() {
         let renewal = takeover_needs("Role", setup::TOKEN_RENEWAL, None);
         assert!(asks(&renewal, "serviceaccounts/token", "create"));
-        assert_eq!(
-            takeover_needs(
-                "RoleBinding",
-                setup::TOKEN_RENEWAL,
-                Some(setup::TOKEN_RENEWAL)
-            )
-            .len(),
-            1
+        assert!(asks(&renewal, "roles", "delete"));
+        let binding = takeover_needs(
+            "RoleBinding",
+            setup::TOKEN_RENEWAL,
+            Some(setup::TOKEN_RENEWAL),
         );
+        assert!(asks(&binding, "rolebindings", "delete"));
+        assert!(asks(&binding, "rolebindings", "create"));
         assert_eq!(
             takeover_needs("ClusterRole", setup::VIEW_ACCOUNT, None).len(),
             setup::view_rights().len()
