@@ -42,7 +42,8 @@ impl fmt::Display for Source {
 
 /// The view credentials of one cluster, as found on the primary.
 pub enum Credentials {
-    /// Neither a view Secret nor an Istio remote secret.
+    /// Neither a view Secret nor an Istio remote secret (or, past an absent view Secret, one
+    /// the caller may not read: see [`Lookup::istio_unread`]).
     None,
     /// A client of the remote made of them.
     Found { source: Source, client: Client },
@@ -61,7 +62,9 @@ pub fn enable_command(cluster: &str) -> String {
 /// Finds `cluster`'s view credentials on the primary: its view Secret, else its Istio remote
 /// secret. Only a Secret that does not exist counts as absent: one the caller may not read (or
 /// a primary that does not answer) is unusable, with why, as is one that is not what attach
-/// recorded in `cluster` ([`mesh_core::recorded`]), and nothing is sent with it.
+/// recorded in `cluster` ([`mesh_core::recorded`]), and nothing is sent with it. Past an absent
+/// view Secret, an Istio remote secret the caller may not read is taken as absent too
+/// (`choose` says why).
 pub async fn credentials(
     primary: &Client,
     cluster: &MeshCluster,
@@ -77,39 +80,144 @@ pub async fn credentials_with(
     mc: &MeshCluster,
     options: &remote::RemoteOptions,
 ) -> Credentials {
+    lookup(primary, mc, options).await.credentials
+}
+
+/// A cluster's view credentials, and what the caller may want to know of them.
+pub struct Lookup {
+    pub credentials: Credentials,
+    /// Why the Istio remote secret could not be read, when it was refused past an absent view
+    /// Secret and the cluster is taken to have no view credentials: the caller may lack rights
+    /// in istio-system rather than the cluster credentials.
+    pub istio_unread: Option<String>,
+}
+
+/// [`credentials_with`], and why an Istio remote secret taken as absent was not read.
+pub async fn lookup(primary: &Client, mc: &MeshCluster, options: &remote::RemoteOptions) -> Lookup {
     let name = mc.name_any();
     let cluster = name.as_str();
-    // A refusal is not absence: "no view credentials" would send the caller to attach again
-    // when what is missing is their right to read Secrets on the primary.
-    let read = |source: Source, namespace: &'static str, name: String| {
+    let read = |namespace: &'static str, name: String| {
         let api = Api::<Secret>::namespaced(primary.clone(), namespace);
         async move {
             match api.get_opt(&name).await {
-                Ok(secret) => Ok(secret.map(|secret| (source, secret))),
-                Err(e) => Err(Credentials::Unreadable {
-                    source,
-                    error: Error::kube(format!("cannot read Secret {namespace}/{name}"))(e).line(),
-                }),
+                Ok(Some(secret)) => SecretRead::Found(Box::new(secret)),
+                Ok(None) => SecretRead::Absent,
+                Err(e) => {
+                    let refused = matches!(&e, kube::Error::Api(s) if s.code == 403);
+                    let error =
+                        Error::kube(format!("cannot read Secret {namespace}/{name}"))(e).line();
+                    SecretRead::Failed { refused, error }
+                }
             }
         }
     };
-    let view_secret = setup::view_secret_name(cluster);
-    let found = match read(Source::View, MESH_NAMESPACE, view_secret).await {
-        Ok(None) => {
-            let istio_secret = setup::istio_secret_name(cluster);
-            read(Source::IstioReader, setup::ISTIO_NAMESPACE, istio_secret).await
+    let view = read(MESH_NAMESPACE, setup::view_secret_name(cluster)).await;
+    let istio = match view {
+        SecretRead::Absent => {
+            Some(read(setup::ISTIO_NAMESPACE, setup::istio_secret_name(cluster)).await)
         }
-        view => view,
+        _ => None,
     };
-    let (source, secret) = match found {
-        Ok(Some(found)) => found,
-        Ok(None) => return Credentials::None,
-        Err(unreadable) => return unreadable,
+    let (source, secret) = match choose(view, istio) {
+        Choice::Use(source, secret) => (source, secret),
+        Choice::None { istio_unread } => {
+            return Lookup {
+                credentials: Credentials::None,
+                istio_unread,
+            };
+        }
+        Choice::Unreadable { source, error } => {
+            return Lookup {
+                credentials: Credentials::Unreadable { source, error },
+                istio_unread: None,
+            };
+        }
     };
+    Lookup {
+        credentials: from_secret(mc, source, &secret, options).await,
+        istio_unread: None,
+    }
+}
+
+/// How reading one Secret on the primary ended.
+#[derive(Debug)]
+enum SecretRead {
+    Found(Box<Secret>),
+    /// It does not exist.
+    Absent,
+    /// The primary did not give it: refused the caller (403) or not; why, in one line.
+    Failed {
+        refused: bool,
+        error: String,
+    },
+}
+
+/// Which Secret a cluster's view credentials come from.
+#[derive(Debug)]
+enum Choice {
+    Use(Source, Box<Secret>),
+    /// None: see [`Lookup::istio_unread`].
+    None {
+        istio_unread: Option<String>,
+    },
+    Unreadable {
+        source: Source,
+        error: String,
+    },
+}
+
+/// Decides from the read of the view Secret and, when it was absent, that of the Istio
+/// remote secret. A refusal of the view Secret is not absence: "no view credentials" would
+/// send the caller to attach again when what is missing is their right to read Secrets on
+/// the primary. Past an absent view Secret, a refused Istio remote secret is: attach
+/// `--services-view` is then what gives the cluster view credentials either way (a caller
+/// refused istio-system could not use istiod's reader), and the refusal is said beside it.
+fn choose(view: SecretRead, istio: Option<SecretRead>) -> Choice {
+    match (view, istio) {
+        (SecretRead::Found(secret), _) => Choice::Use(Source::View, secret),
+        (SecretRead::Failed { error, .. }, _) => Choice::Unreadable {
+            source: Source::View,
+            error,
+        },
+        (SecretRead::Absent, Some(SecretRead::Found(secret))) => {
+            Choice::Use(Source::IstioReader, secret)
+        }
+        (SecretRead::Absent, None | Some(SecretRead::Absent)) => {
+            Choice::None { istio_unread: None }
+        }
+        (
+            SecretRead::Absent,
+            Some(SecretRead::Failed {
+                refused: true,
+                error,
+            }),
+        ) => Choice::None {
+            istio_unread: Some(error),
+        },
+        (
+            SecretRead::Absent,
+            Some(SecretRead::Failed {
+                refused: false,
+                error,
+            }),
+        ) => Choice::Unreadable {
+            source: Source::IstioReader,
+            error,
+        },
+    }
+}
+
+/// The credentials in `secret`, found as `source`.
+async fn from_secret(
+    mc: &MeshCluster,
+    source: Source,
+    secret: &Secret,
+    options: &remote::RemoteOptions,
+) -> Credentials {
     let key = match source {
         Source::View => KUBECONFIG_KEY.to_owned(),
         // istiod reads the key named after the cluster.
-        Source::IstioReader => cluster.to_owned(),
+        Source::IstioReader => mc.name_any(),
     };
     let Some(yaml) = secret
         .data
@@ -164,6 +272,85 @@ mod tests {
             Ok::<_, std::convert::Infallible>(json_response(code, &body))
         });
         Client::new(server, "default")
+    }
+
+    /// A primary that has no view Secret and refuses the caller the Istio remote secret.
+    fn primary_without_view_refusing_istio() -> Client {
+        let server = tower::service_fn(|req: http::Request<kube::client::Body>| async move {
+            let (code, body) = if req.uri().path().contains("/namespaces/istio-system/") {
+                status(
+                    http::StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    "secrets is forbidden: User \"dev\" cannot get",
+                )
+            } else {
+                status(http::StatusCode::NOT_FOUND, "NotFound", "not found")
+            };
+            Ok::<_, std::convert::Infallible>(json_response(code, &body))
+        });
+        Client::new(server, "default")
+    }
+
+    /// A cluster attached without --services-view or --istio-remote-secret, read by a caller
+    /// who may not read istio-system: it said "cannot read" (the Istio reader's credentials)
+    /// rather than that the cluster has no view credentials and what gives it some.
+    #[tokio::test]
+    async fn no_view_secret_and_a_refused_istio_secret_is_no_credentials() {
+        let east = cluster("east", "https://10.0.0.2:6443", "2026-01-01T00:00:00Z");
+        let options = mesh_state::remote_options(Duration::from_secs(5));
+        let primary = primary_without_view_refusing_istio();
+        let found = lookup(&primary, &east, &options).await;
+        match found.credentials {
+            Credentials::None => {}
+            Credentials::Unreadable { source, error } => {
+                panic!("said unreadable with the {source} credentials: {error}")
+            }
+            Credentials::Unusable { error, .. } => panic!("said unusable: {error}"),
+            Credentials::Found { .. } => panic!("found"),
+        }
+        let why = found.istio_unread.unwrap_or_default();
+        assert!(
+            why.starts_with(
+                "cannot read Secret istio-system/istio-remote-secret-east: secrets is forbidden"
+            ),
+            "{why}"
+        );
+    }
+
+    /// Which Secret is used, from how each read ended.
+    #[test]
+    fn choose_decides_from_both_reads() {
+        let found = || SecretRead::Found(Box::default());
+        let failed = |refused| SecretRead::Failed {
+            refused,
+            error: "why".into(),
+        };
+        let chosen = |view, istio| match choose(view, istio) {
+            Choice::Use(source, _) => format!("use {source}"),
+            Choice::None { istio_unread } => format!("none {istio_unread:?}"),
+            Choice::Unreadable { source, error } => format!("unreadable {source}: {error}"),
+        };
+        assert_eq!(chosen(found(), None), "use view");
+        assert_eq!(chosen(failed(true), None), "unreadable view: why");
+        assert_eq!(chosen(failed(false), None), "unreadable view: why");
+        assert_eq!(
+            chosen(SecretRead::Absent, Some(found())),
+            "use istio-reader"
+        );
+        assert_eq!(
+            chosen(SecretRead::Absent, Some(SecretRead::Absent)),
+            "none None"
+        );
+        // Refused: no view credentials, and why the Istio remote secret was not read.
+        assert_eq!(
+            chosen(SecretRead::Absent, Some(failed(true))),
+            r#"none Some("why")"#
+        );
+        // Not answered: it may well be there.
+        assert_eq!(
+            chosen(SecretRead::Absent, Some(failed(false))),
+            "unreadable istio-reader: why"
+        );
     }
 
     /// A caller who may not read Secrets in kubectl-mesh was told the cluster had no view

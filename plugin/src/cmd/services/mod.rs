@@ -245,9 +245,16 @@ async fn read_remote(
         mesh_state::remote_namespaces(&client).await
     };
     let facts = async {
-        match view::credentials(primary, cluster, timeout).await {
-            view::Credentials::None => ReadState::NoCredentials {
-                enable: view::enable_command(&name),
+        let found = view::lookup(primary, cluster, &mesh_state::remote_options(timeout)).await;
+        match found.credentials {
+            view::Credentials::None => match found.istio_unread {
+                None => ReadState::NoCredentials {
+                    enable: view::enable_command(&name),
+                },
+                Some(istio_unread) => ReadState::NoCredentialsIstioUnread {
+                    enable: view::enable_command(&name),
+                    istio_unread,
+                },
             },
             view::Credentials::Unusable { source, error }
             | view::Credentials::Unreadable { source, error } => ReadState::Failed {
@@ -314,6 +321,12 @@ pub enum ReadState {
     Read(ClusterFacts),
     /// No view credentials; `enable` is what gives it some.
     NoCredentials { enable: String },
+    /// No view Secret, and an Istio remote secret the caller may not read (`istio_unread`
+    /// says why): no view credentials the caller could use.
+    NoCredentialsIstioUnread {
+        enable: String,
+        istio_unread: String,
+    },
     /// The credentials exist and failed (refused, unusable).
     Failed { credentials: String, error: String },
     /// No answer.
@@ -339,7 +352,8 @@ pub struct ClusterColumn {
     /// What to run to give it view credentials (`no-credentials`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub enable: Option<String>,
-    /// Why it could not be read.
+    /// Why it could not be read; with `no-credentials`, why its Istio remote secret could not
+    /// be read, when the caller was refused it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Why its namespaces' labels could not be read (its services were): whether they ask
@@ -437,6 +451,14 @@ pub fn columns(clusters: &[ClusterRead]) -> Vec<ClusterColumn> {
                 ReadState::NoCredentials { enable } => {
                     (ColumnState::NoCredentials, Some(enable.clone()), None)
                 }
+                ReadState::NoCredentialsIstioUnread {
+                    enable,
+                    istio_unread,
+                } => (
+                    ColumnState::NoCredentials,
+                    Some(enable.clone()),
+                    Some(istio_unread.clone()),
+                ),
                 ReadState::Failed { credentials, error } => (
                     ColumnState::Failed,
                     None,
@@ -851,8 +873,12 @@ impl ServicesReport {
                     }
                 }
                 ColumnState::NoCredentials => lines.push(format!(
-                    "{}: services not read (no view credentials); run `{}`",
+                    "{}: services not read (no view credentials{}); run `{}`",
                     c.name,
+                    c.error
+                        .as_deref()
+                        .map(|e| format!(", and {e}"))
+                        .unwrap_or_default(),
                     c.enable.as_deref().unwrap_or_default()
                 )),
                 ColumnState::Failed => lines.push(format!(
@@ -1316,6 +1342,46 @@ mod tests {
         assert_eq!(
             report.services[0].primary.as_ref().unwrap().injected,
             Some(false)
+        );
+    }
+
+    /// No view Secret and an Istio remote secret the caller may not read: no view
+    /// credentials, what gives the cluster some, and that the Istio remote secret was refused.
+    #[test]
+    fn no_credentials_says_when_the_istio_secret_was_refused() {
+        let clusters = [
+            ClusterRead {
+                name: PRIMARY.into(),
+                state: ReadState::Read(facts(&[], &[], &[], &[])),
+            },
+            ClusterRead {
+                name: "east".into(),
+                state: ReadState::NoCredentialsIstioUnread {
+                    enable: view::enable_command("east"),
+                    istio_unread: "cannot read Secret istio-system/istio-remote-secret-east: \
+                                   forbidden"
+                        .into(),
+                },
+            },
+        ];
+        let report = ServicesReport::compute(&clusters);
+        assert_eq!(
+            report.notes(),
+            [
+                "east: services not read (no view credentials, and cannot read Secret \
+                 istio-system/istio-remote-secret-east: forbidden); run `kubectl mesh attach \
+                 <kubeconfig> --name east --services-view`"
+            ]
+        );
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["clusters"][1]["state"], "no-credentials");
+        assert_eq!(
+            v["clusters"][1]["enable"],
+            "kubectl mesh attach <kubeconfig> --name east --services-view"
+        );
+        assert_eq!(
+            v["clusters"][1]["error"],
+            "cannot read Secret istio-system/istio-remote-secret-east: forbidden"
         );
     }
 
