@@ -1,5 +1,5 @@
 //! Kubernetes Events on the primary: what the reconciler corrected or could not, a cluster
-//! becoming (un)reachable, and the pushes of the admission path that failed. Best effort: an
+//! becoming (un)reachable or unwritable, and the pushes of the admission path that failed. Best effort: an
 //! Event that cannot be published is logged at debug level and never stops a sync or an answer.
 //!
 //! Repeats are held back ([`Throttle`]): a remote controller that fights a label, or a script
@@ -21,7 +21,7 @@ use kube::{
 };
 
 use mesh_core::{
-    cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus},
+    cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster, MeshClusterStatus},
     failure::error_chain,
     sync::{NamespaceChange, PrimaryView, SyncReport},
 };
@@ -31,7 +31,7 @@ mod repeats;
 use repeats::{Offer, PushFailures, Throttle, Verdict};
 
 use crate::{
-    cluster_status::MAX_MESSAGE,
+    cluster_status::{Attempt, MAX_MESSAGE},
     metrics::Metrics,
     propagate::{PushIntent, PushOutcome, PushResult},
 };
@@ -207,6 +207,20 @@ impl Publisher {
         reachable: bool,
     ) {
         if let Some(event) = reachability_event(prev, next, reachable) {
+            self.publish(&event, &cluster.object_ref(&()), Series::Aggregate)
+                .await;
+        }
+    }
+
+    /// A Warning on the MeshCluster when its sync stops for a reason of its own spec (see
+    /// [`unwritable_event`]).
+    pub(crate) async fn unwritable(
+        &self,
+        cluster: &MeshCluster,
+        prev: Option<&MeshClusterStatus>,
+        attempt: &Attempt<'_>,
+    ) {
+        if let Some(event) = unwritable_event(prev, attempt) {
             self.publish(&event, &cluster.object_ref(&()), Series::Aggregate)
                 .await;
         }
@@ -458,6 +472,19 @@ fn reachability_event(
         .map(|c| c.message.clone())
         .unwrap_or_default();
     Some(sync_event(type_, reason, note, None))
+}
+
+/// The Event when a cluster's sync stops for a reason of its own MeshCluster (a scope that
+/// cannot be used), as the condition's reason: the remote answers, so no reachability Event
+/// tells it. Said when it starts, not at every sync.
+fn unwritable_event(prev: Option<&MeshClusterStatus>, attempt: &Attempt<'_>) -> Option<KubeEvent> {
+    let Attempt::Unwritable { reason, message } = attempt else {
+        return None;
+    };
+    let already = prev
+        .and_then(|s| s.condition(CONDITION_SYNCED))
+        .is_some_and(|c| c.reason == *reason);
+    (!already).then(|| sync_event(EventType::Warning, reason, message.clone(), None))
 }
 
 /// The note of a push that failed on `cluster`, after `held` failures of it without an Event,
@@ -841,6 +868,32 @@ mod tests {
         );
         assert_eq!(
             reason(reachability_event(Some(&reachable), &reachable, true)),
+            None
+        );
+    }
+
+    /// A scope that cannot be used stopped every sync of its cluster with no Event: the
+    /// remote answers, so no reachability Event said so either.
+    #[test]
+    fn an_unwritable_cluster_is_told_once_when_it_starts() {
+        let unwritable = Attempt::Unwritable {
+            reason: "ScopeInvalid",
+            message: "spec.scope cannot be used: ...".to_owned(),
+        };
+        let event = unwritable_event(None, &unwritable).expect("event");
+        assert_eq!(event.reason, "ScopeInvalid");
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(
+            event.note.as_deref(),
+            Some("spec.scope cannot be used: ...")
+        );
+        let report = SyncReport::default();
+        let synced = status_after(None, &Attempt::Synced(&report));
+        assert!(unwritable_event(Some(&synced), &unwritable).is_some());
+        let stopped = status_after(Some(&synced), &unwritable);
+        assert_eq!(reason(unwritable_event(Some(&stopped), &unwritable)), None);
+        assert_eq!(
+            reason(unwritable_event(Some(&stopped), &Attempt::Synced(&report))),
             None
         );
     }

@@ -465,6 +465,8 @@ impl Worker {
             .events
             .reachability(&cluster, prev.as_ref(), &next, reachable);
         to_primary("events", reachability).await;
+        let unwritable = shared.events.unwritable(&cluster, prev.as_ref(), &attempt);
+        to_primary("events", unwritable).await;
         let fraction = shared.settings.token_renew_fraction;
         let renewal_due = token
             .and_then(|t| renew_at(&mut self.token_seen, t, fraction, now))
