@@ -2,7 +2,7 @@
 
 use mesh_core::printable::one_line;
 
-use super::objects::{cluster_record, for_primary, remote_objects, stored_kubeconfig};
+use super::objects::{cluster_record, describe, for_primary, remote_objects, stored_kubeconfig};
 use super::plan::Plan;
 use crate::{
     Result,
@@ -11,10 +11,11 @@ use crate::{
     render::Manifest,
 };
 
-/// What `--dry-run` prints: what the first sync would change on the remote, as comments, then
-/// every object attach would write, each YAML document preceded by a comment naming its
-/// cluster; tokens redacted. `-o json` gives a List with the first sync's preview beside its
-/// items (`firstSync`).
+/// What `--dry-run` prints: what the first sync would change on the remote and, in a takeover,
+/// what it deletes of the other primary's, as comments, then every object attach would write,
+/// each YAML document preceded by a comment naming its cluster; tokens redacted. `-o json`
+/// gives a List with the first sync's preview beside its items (`firstSync`), and the
+/// takeover's deletions (`takeover`).
 pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String> {
     let name = &plan.name;
     let mut docs: Vec<(String, serde_json::Value)> = Vec::new();
@@ -62,12 +63,21 @@ pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String
             "items": items,
             "firstSync": plan.preview,
         });
+        let mut list = list;
+        if plan.takeover {
+            list["takeover"] = serde_json::json!(takeover_lines(&plan.name, &plan.leftovers));
+        }
         return output::render_values(format, &[list]);
     }
     let mut text = String::new();
     for line in plan.preview.lines() {
         // What the remote holds: shown, never obeyed.
         text.push_str(&format!("# first sync: {}\n", one_line(&line)));
+    }
+    if plan.takeover {
+        for line in takeover_lines(&plan.name, &plan.leftovers) {
+            text.push_str(&format!("# takeover: {line}\n"));
+        }
     }
     for (i, (side, value)) in docs.iter().enumerate() {
         if i > 0 {
@@ -77,4 +87,37 @@ pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String
         text.push_str(&output::yaml_documents(std::slice::from_ref(value))?);
     }
     Ok(text)
+}
+
+/// What a takeover of cluster `name` changes besides what it writes: the other primary's
+/// tokens revoked, and its objects this run does not write (`leftovers`) deleted.
+fn takeover_lines(name: &str, leftovers: &[Manifest]) -> Vec<String> {
+    let mut lines = vec![format!(
+        "the other primary's tokens for {name} are revoked (their Secrets deleted)"
+    )];
+    lines.extend(
+        leftovers
+            .iter()
+            .map(|m| format!("deletes {} (the other primary's)", describe(m))),
+    );
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A takeover's dry run listed what it writes, not the other primary's tokens it revokes
+    /// nor its objects it deletes.
+    #[test]
+    fn a_takeover_says_what_it_revokes_and_deletes() {
+        let renewal = Manifest::new(&setup::token_renewal_role("east")).unwrap();
+        assert_eq!(
+            takeover_lines("east", &[renewal]),
+            [
+                "the other primary's tokens for east are revoked (their Secrets deleted)",
+                "deletes Role kubectl-mesh/kubectl-mesh-sync-token-renewal (the other primary's)",
+            ]
+        );
+    }
 }

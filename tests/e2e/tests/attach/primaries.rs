@@ -212,6 +212,33 @@ async fn take_over_all(env: &TestEnv, second: &Cluster, remote: &Cluster) -> any
         "the first primary's attach made no renewal Role"
     );
 
+    // The dry run says what the takeover deletes, and deletes nothing.
+    let out = mesh_on(
+        second,
+        &["attach", &kubeconfig, "--force", "--dry-run"],
+        &[],
+    )
+    .await?;
+    succeeded(&out, "--force --dry-run")?;
+    let dry_run = text(&out.stdout);
+    for object in [
+        format!("Role {MESH_NS}/{}", setup::TOKEN_RENEWAL),
+        format!("RoleBinding {MESH_NS}/{}", setup::TOKEN_RENEWAL),
+        format!("ServiceAccount {MESH_NS}/{}", setup::VIEW_ACCOUNT),
+        format!("ClusterRoleBinding {}", setup::ISTIO_READER),
+    ] {
+        let line = format!("# takeover: deletes {object} (the other primary's)");
+        ensure!(dry_run.lines().any(|l| l == line), "{line}:\n{dry_run}");
+    }
+    ensure!(
+        dry_run.contains("# takeover: the other primary's tokens for"),
+        "{dry_run}"
+    );
+    ensure!(
+        roles.get_opt(setup::TOKEN_RENEWAL).await?.is_some(),
+        "the dry run deleted the renewal Role"
+    );
+
     let out = mesh_on(second, &["attach", &kubeconfig, "--force", "--yes"], &[]).await?;
     let progress = succeeded(&out, "--force with the default flags")?;
     first_primarys_token_revoked(env, remote).await?;
