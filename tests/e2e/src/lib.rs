@@ -358,6 +358,35 @@ pub async fn cluster_condition(
         .and_then(|s| s.condition(kind).cloned()))
 }
 
+/// Waits until the primary holds an Event of `reason` about the object named `regarding` (a
+/// namespace, a MeshCluster); returns it.
+pub async fn event_about(
+    env: &TestEnv,
+    reason: &str,
+    regarding: &str,
+    timeout: Duration,
+) -> anyhow::Result<k8s_openapi::api::events::v1::Event> {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::all(env.primary().client().await?);
+    eventually(
+        &format!("a {reason} Event about {regarding}"),
+        timeout,
+        || async {
+            let found = events
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+                });
+            Ok(found)
+        },
+    )
+    .await
+}
+
 /// A merge patch of MeshCluster `cluster` on the primary, as `kubectl patch --type merge` would
 /// send it (an edit by hand, around the plugin's checks).
 pub async fn patch_mesh_cluster(

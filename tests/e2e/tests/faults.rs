@@ -827,26 +827,8 @@ async fn a_scope_that_cannot_be_used_shows_as_not_synced_not_unreachable() -> an
     );
     assert_eq!(reachable.status, "True", "{reachable:?}");
     // Said where people look: a Warning Event on the MeshCluster.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(env.primary().client().await?);
-    eventually(
-        "a ScopeInvalid Event on the MeshCluster",
-        DEADLINE,
-        || async {
-            let found = events
-                .list(&Default::default())
-                .await?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("ScopeInvalid")
-                        && e.type_.as_deref() == Some("Warning")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                            == Some(remote.name.as_str())
-                });
-            Ok(found)
-        },
-    )
-    .await?;
+    let event = mesh_e2e::event_about(&env, "ScopeInvalid", &remote.name, DEADLINE).await?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:?}");
 
     let (report, stderr) = status_json(&mesh).await?;
     let column = &report["clusters"][0];

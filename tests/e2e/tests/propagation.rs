@@ -180,21 +180,7 @@ async fn a_label_set_only_on_a_remote_disappears() -> anyhow::Result<()> {
     // Removed again, the primary having no such label.
     carries(remote, &ns, &labels(&[]), RESYNC_DEADLINE).await?;
     // The correction is reported where people look: an Event about the primary namespace.
-    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
-        kube::Api::all(env.primary().client().await?);
-    eventually("RemoteLabelsCorrected event", RESYNC_DEADLINE, || async {
-        let found = events
-            .list(&Default::default())
-            .await?
-            .items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("RemoteLabelsCorrected")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(ns.as_str())
-            });
-        Ok(found)
-    })
-    .await?;
+    mesh_e2e::event_about(env, "RemoteLabelsCorrected", &ns, RESYNC_DEADLINE).await?;
     Ok(())
 }
 

@@ -974,6 +974,14 @@ mod tests {
         p
     }
 
+    /// Cluster `name`, read as `facts`.
+    fn read(name: &str, facts: ClusterFacts) -> ClusterRead {
+        ClusterRead {
+            name: name.into(),
+            state: ReadState::Read(facts),
+        }
+    }
+
     fn facts(
         services: &[Service],
         slices: &[EndpointSlice],
@@ -1031,14 +1039,8 @@ mod tests {
             ],
         );
         vec![
-            ClusterRead {
-                name: PRIMARY.into(),
-                state: ReadState::Read(primary),
-            },
-            ClusterRead {
-                name: "east".into(),
-                state: ReadState::Read(east),
-            },
+            read(PRIMARY, primary),
+            read("east", east),
             ClusterRead {
                 name: "north".into(),
                 state: ReadState::Unreachable {
@@ -1120,10 +1122,7 @@ mod tests {
     fn dual_stack_endpoints_count_once() {
         let web = || service("shop", "web", "ClusterIP", &[("http", 80)]);
         let ready = |slices: &[EndpointSlice]| {
-            let clusters = [ClusterRead {
-                name: PRIMARY.into(),
-                state: ReadState::Read(facts(&[web()], slices, &[], &[])),
-            }];
+            let clusters = [read(PRIMARY, facts(&[web()], slices, &[], &[]))];
             let report = ServicesReport::compute(&clusters);
             let json = serde_json::to_value(&report).unwrap();
             let cell = report.services[0].primary.as_ref().unwrap();
@@ -1245,14 +1244,8 @@ mod tests {
         let web = || service("shop", "web", "ClusterIP", &[("http", 80)]);
         let ready = |n: usize| slice("shop", "web-s", "web", &vec![Some(true); n]);
         let clusters = [
-            ClusterRead {
-                name: PRIMARY.into(),
-                state: ReadState::Read(facts(&[web()], &[ready(1)], &[], &[])),
-            },
-            ClusterRead {
-                name: PRIMARY.into(),
-                state: ReadState::Read(facts(&[web()], &[ready(5)], &[], &[])),
-            },
+            read(PRIMARY, facts(&[web()], &[ready(1)], &[], &[])),
+            read(PRIMARY, facts(&[web()], &[ready(5)], &[], &[])),
         ];
         let report = ServicesReport::compute(&clusters);
         let table = report.table(false);
@@ -1300,16 +1293,7 @@ mod tests {
             &[],
             &[labelled("shop", &[("istio-injection", "enabled")])],
         );
-        let clusters = [
-            ClusterRead {
-                name: PRIMARY.into(),
-                state: ReadState::Read(primary),
-            },
-            ClusterRead {
-                name: "east".into(),
-                state: ReadState::Read(east),
-            },
-        ];
+        let clusters = [read(PRIMARY, primary), read("east", east)];
         let report = ServicesReport::compute(&clusters);
         let notes = report.notes();
         assert!(
@@ -1331,12 +1315,13 @@ mod tests {
             v["clusters"][1]
         );
         // Labels that were read: no note, and `injected` either way.
-        let mut read = facts(&[web()], &[], &[], &[]);
-        with_labels(&mut read, Ok(vec![labelled("shop", &[])]), &Scope::All);
-        let clusters = [ClusterRead {
-            name: "east".into(),
-            state: ReadState::Read(read),
-        }];
+        let mut labels_read = facts(&[web()], &[], &[], &[]);
+        with_labels(
+            &mut labels_read,
+            Ok(vec![labelled("shop", &[])]),
+            &Scope::All,
+        );
+        let clusters = [read("east", labels_read)];
         let report = ServicesReport::compute(&clusters);
         assert!(report.notes().is_empty(), "{:?}", report.notes());
         assert_eq!(
@@ -1350,10 +1335,7 @@ mod tests {
     #[test]
     fn no_credentials_says_when_the_istio_secret_was_refused() {
         let clusters = [
-            ClusterRead {
-                name: PRIMARY.into(),
-                state: ReadState::Read(facts(&[], &[], &[], &[])),
-            },
+            read(PRIMARY, facts(&[], &[], &[], &[])),
             ClusterRead {
                 name: "east".into(),
                 state: ReadState::NoCredentialsIstioUnread {
