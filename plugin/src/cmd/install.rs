@@ -1,16 +1,17 @@
 //! `kubectl mesh install`: the CRD, namespace, RBAC, serving certificate, webhook and webhook
 //! configuration on the primary.
 
+use std::ops::ControlFlow::{Break, Continue};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
-    core::v1::{Namespace, Secret},
+    core::v1::{Namespace, Pod, Secret},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt, api::ListParams};
 use mesh_core::{MESH_NAMESPACE, labels::SyncRule};
 
 use super::apply::{self, Deleted};
@@ -19,7 +20,7 @@ use crate::{
     access::Target,
     installed_rule,
     output::{self, OutputFormat},
-    remote_setup as setup,
+    poll, remote_setup as setup,
     render::{self, Manifest, Options, PreviousCas, ServingCert, WebhookUrl},
 };
 
@@ -233,6 +234,7 @@ impl Install {
         match &plan.previous {
             PreviousCas::None => {}
             PreviousCas::UntilRollout(ca_bundle) => {
+                wait_previous_pods_gone(&client, &cert.fingerprint(), timeout).await?;
                 let m = Manifest::new(&render::mutating_webhook_configuration(
                     &options,
                     Some(ca_bundle.as_bytes()),
@@ -508,6 +510,55 @@ async fn remove_client_ca(client: &Client, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
+/// The webhook's pods that serve another certificate than `fingerprint` (their
+/// [`render::SERVING_CERT_ANNOTATION`]), terminating ones included: a rollout is done while
+/// old pods still terminate, and one may yet answer a call on a connection the apiserver keeps
+/// open, which fails (and is let through unpushed) once their CA is no longer trusted.
+fn serving_another(pods: &[Pod], fingerprint: &str) -> Vec<String> {
+    pods.iter()
+        .filter(|p| {
+            p.annotations()
+                .get(render::SERVING_CERT_ANNOTATION)
+                .map(String::as_str)
+                != Some(fingerprint)
+        })
+        .map(ResourceExt::name_any)
+        .collect()
+}
+
+/// Waits until no pod of the webhook serves another certificate than `fingerprint`
+/// ([`serving_another`]).
+async fn wait_previous_pods_gone(
+    client: &Client,
+    fingerprint: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), MESH_NAMESPACE);
+    let pods = ListParams::default().labels(&render::webhook_pod_selector());
+    let look = async || {
+        let found = api.list(&pods).await.map_err(Error::kube(format!(
+            "cannot list the pods of Deployment {MESH_NAMESPACE}/{}",
+            render::WEBHOOK
+        )))?;
+        let old = serving_another(&found.items, fingerprint);
+        Ok(if old.is_empty() {
+            Break(())
+        } else {
+            Continue(old)
+        })
+    };
+    let late = |old: Vec<String>| poll::Late {
+        what: format!(
+            "the webhook's pods serving the previous certificate to end ({})",
+            mesh_core::printable::few(&old)
+        ),
+        hint: "the webhook configuration trusts both CAs meanwhile: re-run install without \
+               --rotate-certs once they are gone to stop trusting the previous one"
+            .into(),
+    };
+    poll::until(timeout, Duration::from_secs(1), look, late).await
+}
+
 /// Where a Deployment's rollout stands, read as `kubectl rollout status` reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rollout {
@@ -743,6 +794,35 @@ mod tests {
 
     fn waiting(what: &str) -> Rollout {
         Rollout::Waiting(what.into())
+    }
+
+    /// `install --rotate-certs --wait` stopped trusting the previous CA once the rollout was
+    /// done, while pods serving the previous certificate still terminated and answered.
+    #[test]
+    fn pods_of_the_previous_certificate_count_until_gone() {
+        let pod = |name: &str, fingerprint: Option<&str>, terminating: bool| {
+            let mut p = Pod::default();
+            p.metadata.name = Some(name.to_owned());
+            p.metadata.annotations = fingerprint
+                .map(|f| [(render::SERVING_CERT_ANNOTATION.to_owned(), f.to_owned())].into());
+            if terminating {
+                p.metadata.deletion_timestamp =
+                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        jiff::Timestamp::UNIX_EPOCH,
+                    ));
+            }
+            p
+        };
+        let pods = [
+            pod("new", Some("sha-new"), false),
+            pod("old-terminating", Some("sha-old"), true),
+            pod("older-than-the-annotation", None, false),
+        ];
+        assert_eq!(
+            serving_another(&pods, "sha-new"),
+            ["old-terminating", "older-than-the-annotation"]
+        );
+        assert!(serving_another(&pods[..1], "sha-new").is_empty());
     }
 
     #[test]

@@ -298,6 +298,15 @@ fn selector_labels() -> BTreeMap<String, String> {
     BTreeMap::from([("app.kubernetes.io/name".to_owned(), WEBHOOK.to_owned())])
 }
 
+/// [`selector_labels`] as a label selector (`kubectl get -l`).
+pub fn webhook_pod_selector() -> String {
+    let labels: Vec<String> = selector_labels()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    labels.join(",")
+}
+
 fn meta(name: &str, namespace: Option<&str>, component: Option<&str>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),

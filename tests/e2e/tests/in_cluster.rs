@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kubectl_mesh::render::ServingCert;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::stand_in_injector;
@@ -236,8 +237,25 @@ async fn a_certificate_rotation_keeps_the_webhook_trusted_while_the_pods_roll() 
     let (trusted, rotated) = serving(mesh).await?;
     assert_ne!(rotated.ca_pem, cert.ca_pem, "no new certificate: {stderr}");
     assert_eq!(trusted, rotated.ca_pem, "{stderr}");
-    // Replicas of the old certificate may still be terminating when the rollout is done: a
-    // call that reaches one fails open (the known limits). The webhook is trusted once they go.
+    // No replica of the previous certificate is left when install returns, terminating ones
+    // included: one could still answer a call, which would fail open once its CA was dropped.
+    let pods = Api::<Pod>::namespaced(env.primary().client().await?, NAMESPACE)
+        .list(&ListParams::default().labels(&kubectl_mesh::render::webhook_pod_selector()))
+        .await?;
+    let previous: Vec<String> = pods
+        .items
+        .iter()
+        .filter(|p| {
+            p.annotations()
+                .get(kubectl_mesh::render::SERVING_CERT_ANNOTATION)
+                != Some(&rotated.fingerprint())
+        })
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(
+        previous.is_empty(),
+        "left serving the previous certificate: {previous:?}"
+    );
     let ns = &namespaces[0];
     relabel_until(
         env,
