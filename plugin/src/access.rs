@@ -1,5 +1,6 @@
 //! Reaching a cluster and asking it what the caller may do, before changing anything:
-//! the preflight of `attach` and `detach`.
+//! the preflight of the commands that change a cluster (`attach`, `detach`, `rotate`,
+//! `uninstall`, ...).
 //!
 //! Every check here is read-only (SelfSubjectAccessReviews are not stored), so a refused
 //! command leaves nothing behind, and every failure is one line naming the cluster.
@@ -23,7 +24,7 @@ use mesh_core::{
 };
 
 pub use crate::target::Target;
-use crate::{Error, Result, kubeconfig};
+use crate::{Error, Result, kubeconfig, render::Manifest};
 
 /// Annotation on the MeshCluster: the context attach reached the remote with, so that detach
 /// can find it in the user's kubeconfig without being told.
@@ -229,16 +230,19 @@ pub fn request_error(target: &Target, doing: &str, err: kube::Error) -> Error {
 
 /// Rights on one kind of object: what a command needs (asked before it changes anything),
 /// what a ClusterRole grants ([`cluster_role_rules`]) and what `check` verifies.
+///
+/// The rights the commands know beforehand name their objects with `&'static str` (the
+/// default); those on objects found or rendered at run time ([`Need::on`]) own their names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Need {
+pub struct Need<S = &'static str> {
     /// API group ("" for core).
-    pub group: &'static str,
+    pub group: S,
     /// Resource (plural).
-    pub resource: &'static str,
+    pub resource: S,
     /// Namespace of namespaced objects.
     pub namespace: Option<String>,
     /// The one object the rights are on (a rule's resourceNames); `None`: any object.
-    pub name: Option<&'static str>,
+    pub name: Option<S>,
     /// Verbs needed.
     pub verbs: Vec<&'static str>,
 }
@@ -276,9 +280,24 @@ impl Need {
             verbs: verbs.to_vec(),
         }
     }
+}
 
+impl Need<String> {
+    /// `verbs` on the object `m` (by its resource, namespace and name).
+    pub fn on(m: &Manifest, verbs: &[&'static str]) -> Self {
+        Self {
+            group: m.resource.group.clone(),
+            resource: m.resource.plural.clone(),
+            namespace: m.namespace.clone(),
+            name: Some(m.name.clone()),
+            verbs: verbs.to_vec(),
+        }
+    }
+}
+
+impl<S: AsRef<str> + Clone> Need<S> {
     /// The same rights on the object `name` only.
-    pub fn named(self, name: &'static str) -> Self {
+    pub fn named(self, name: S) -> Self {
         Self {
             name: Some(name),
             ..self
@@ -286,7 +305,7 @@ impl Need {
     }
 
     /// One need per verb, in order: what one SelfSubjectAccessReview each asks.
-    pub fn each_verb(&self) -> impl Iterator<Item = Need> + '_ {
+    pub fn each_verb(&self) -> impl Iterator<Item = Self> + '_ {
         self.verbs.iter().map(|verb| Self {
             verbs: vec![*verb],
             ..self.clone()
@@ -297,18 +316,18 @@ impl Need {
     pub fn review(&self, verb: &str) -> SelfSubjectAccessReview {
         // RBAC writes a subresource into the resource (`serviceaccounts/token`); a review asks
         // for it apart.
-        let (resource, subresource) = match self.resource.split_once('/') {
+        let (resource, subresource) = match self.resource.as_ref().split_once('/') {
             Some((resource, subresource)) => (resource, Some(subresource.to_owned())),
-            None => (self.resource, None),
+            None => (self.resource.as_ref(), None),
         };
         SelfSubjectAccessReview {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
-                    group: Some(self.group.to_owned()),
+                    group: Some(self.group.as_ref().to_owned()),
                     resource: Some(resource.to_owned()),
                     subresource,
                     namespace: self.namespace.clone(),
-                    name: self.name.map(str::to_owned),
+                    name: self.name.as_ref().map(|n| n.as_ref().to_owned()),
                     verb: Some(verb.to_owned()),
                     ..Default::default()
                 }),
@@ -320,11 +339,25 @@ impl Need {
 
     /// `resource` as kubectl spells it: `secrets`, `clusterroles.rbac.authorization.k8s.io`.
     fn qualified(&self) -> String {
-        if self.group.is_empty() {
-            self.resource.to_owned()
+        let (group, resource) = (self.group.as_ref(), self.resource.as_ref());
+        if group.is_empty() {
+            resource.to_owned()
         } else {
-            format!("{}.{}", self.resource, self.group)
+            format!("{resource}.{group}")
         }
+    }
+
+    /// These rights with `verbs` of them, as a refusal lists them:
+    /// `secrets named cluster-east in namespace kubectl-mesh (create/delete)`.
+    fn phrase(&self, verbs: &[&str]) -> String {
+        let mut phrase = self.qualified();
+        if let Some(name) = &self.name {
+            phrase.push_str(&format!(" named {}", name.as_ref()));
+        }
+        if let Some(ns) = &self.namespace {
+            phrase.push_str(&format!(" in namespace {ns}"));
+        }
+        format!("{phrase} ({})", verbs.join("/"))
     }
 }
 
@@ -356,7 +389,10 @@ pub fn cluster_role_rules(needs: &[Need]) -> Vec<PolicyRule> {
 
 /// Asks `client`'s cluster, one SelfSubjectAccessReview per verb, which of `needs` the caller
 /// lacks. Returns them as phrases: `secrets in namespace kubectl-mesh (create/delete)`.
-pub async fn missing(client: &Client, needs: &[Need]) -> Result<Vec<String>, kube::Error> {
+pub async fn missing<S>(client: &Client, needs: &[Need<S>]) -> Result<Vec<String>, kube::Error>
+where
+    S: AsRef<str> + Clone + Sync,
+{
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let checks = needs
         .iter()
@@ -384,27 +420,20 @@ pub async fn missing(client: &Client, needs: &[Need]) -> Result<Vec<String>, kub
     }
     Ok(denied
         .into_iter()
-        .filter_map(|(i, verbs)| {
-            let need = needs.get(i)?;
-            let mut phrase = need.qualified();
-            if let Some(name) = need.name {
-                phrase.push_str(&format!(" named {name}"));
-            }
-            if let Some(ns) = &need.namespace {
-                phrase.push_str(&format!(" in namespace {ns}"));
-            }
-            Some(format!("{phrase} ({})", verbs.join("/")))
-        })
+        .filter_map(|(i, verbs)| Some(needs.get(i)?.phrase(&verbs)))
         .collect())
 }
 
 /// What the caller of `client` lacks of `needs` on `target`, in one phrase: "on the primary
 /// (https://…): secrets in namespace kubectl-mesh (create/delete)"; `None` when nothing.
-pub async fn missing_on(
+pub async fn missing_on<S>(
     client: &Client,
     target: &Target,
-    needs: &[Need],
-) -> Result<Option<String>> {
+    needs: &[Need<S>],
+) -> Result<Option<String>>
+where
+    S: AsRef<str> + Clone + Sync,
+{
     let missing = missing(client, needs)
         .await
         .map_err(|e| request_error(target, "check rights", e))?;
@@ -420,7 +449,15 @@ pub const USE_A_REMOTE_ADMIN: &str = "use an admin kubeconfig of the remote";
 
 /// Refuses, before anything is changed, when the caller of `client` lacks any of `needs` on
 /// `target`; `hint` says what to do instead.
-pub async fn require(client: &Client, target: &Target, needs: &[Need], hint: &str) -> Result<()> {
+pub async fn require<S>(
+    client: &Client,
+    target: &Target,
+    needs: &[Need<S>],
+    hint: &str,
+) -> Result<()>
+where
+    S: AsRef<str> + Clone + Sync,
+{
     match missing_on(client, target, needs).await? {
         None => Ok(()),
         Some(missing) => Err(Error::Refused {
@@ -671,6 +708,38 @@ mod tests {
         );
         assert_eq!(attributes.namespace, None);
         assert_eq!(attributes.subresource, None);
+    }
+
+    #[test]
+    fn a_need_on_an_object_names_it() {
+        let secret = k8s_openapi::api::core::v1::Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("cluster-east".into()),
+                namespace: Some("kubectl-mesh".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let need = Need::on(&Manifest::new(&secret).unwrap(), &["delete"]);
+        let attributes = need.review("delete").spec.resource_attributes.unwrap();
+        assert_eq!(
+            (
+                attributes.group.as_deref(),
+                attributes.resource.as_deref(),
+                attributes.namespace.as_deref(),
+                attributes.name.as_deref()
+            ),
+            (
+                Some(""),
+                Some("secrets"),
+                Some("kubectl-mesh"),
+                Some("cluster-east")
+            )
+        );
+        assert_eq!(
+            need.phrase(&need.verbs),
+            "secrets named cluster-east in namespace kubectl-mesh (delete)"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use mesh_core::{MANAGER, MESH_NAMESPACE, cluster::CLUSTER_LABEL};
 use serde::Serialize;
 
 use super::apply::{self, Deleted};
+use crate::access::{self, Need};
 use crate::remote_setup as setup;
 use crate::render::Manifest;
 use crate::{Context, Error, Result, output, render};
@@ -41,7 +42,7 @@ impl Uninstall {
         } = self;
         let manifests = render::uninstall_order(crd)?;
 
-        let client = ctx.client().await?;
+        let (_, target, client) = ctx.primary_client().await?;
         let attached = mesh_core::cluster::names(&client)
             .await
             .map_err(Error::kube("cannot list MeshClusters"))?;
@@ -69,6 +70,9 @@ impl Uninstall {
         )))?;
         let credentials = stored_credentials(&client).await?;
         let steps = plan(manifests, credentials, attached_as.is_some());
+        // Every right asked before the first delete: a caller lacking one is refused with
+        // everything in place, not left with half an uninstall.
+        access::require(&client, &target, &needs(&steps), access::ASK_AN_ADMIN).await?;
         if dry_run {
             if let Some(cluster) = &attached_as {
                 for step in steps.iter().filter(|s| s.keep) {
@@ -188,6 +192,15 @@ pub fn plan(
         credentials_of: None,
     }));
     steps
+}
+
+/// The rights the run of `steps` needs: deleting each object it does not keep.
+fn needs(steps: &[Step]) -> Vec<Need<String>> {
+    steps
+        .iter()
+        .filter(|s| !s.keep)
+        .map(|s| Need::on(&s.manifest, &["delete"]))
+        .collect()
 }
 
 /// The Secrets attach stored on this primary for its attached clusters (their kubeconfigs,
@@ -324,6 +337,42 @@ mod tests {
             assert_eq!(
                 rows.last().unwrap(),
                 "CustomResourceDefinition /meshclusters.kubectl-mesh.io delete"
+            );
+        }
+    }
+
+    #[test]
+    fn every_object_deleted_is_asked_for_and_the_kept_namespace_is_not() {
+        for keep in [false, true] {
+            let steps = plan(render::uninstall_order(true).unwrap(), credentials(), keep);
+            let asked: Vec<String> = needs(&steps)
+                .iter()
+                .map(|n| {
+                    assert_eq!(n.verbs, ["delete"]);
+                    format!(
+                        "{}/{} {}/{}",
+                        n.group,
+                        n.resource,
+                        n.namespace.as_deref().unwrap_or_default(),
+                        n.name.as_deref().unwrap_or_default()
+                    )
+                })
+                .collect();
+            assert_eq!(asked.len(), steps.len() - usize::from(keep), "{asked:#?}");
+            for object in [
+                "admissionregistration.k8s.io/mutatingwebhookconfigurations /kubectl-mesh",
+                "apps/deployments kubectl-mesh/mesh-webhook",
+                "rbac.authorization.k8s.io/clusterroles /kubectl-mesh:mesh-webhook",
+                "/secrets kubectl-mesh/cluster-east",
+                "/secrets istio-system/istio-remote-secret-east",
+                "apiextensions.k8s.io/customresourcedefinitions /meshclusters.kubectl-mesh.io",
+            ] {
+                assert!(asked.iter().any(|a| a == object), "{object}: {asked:#?}");
+            }
+            assert_eq!(
+                asked.iter().any(|a| a == "/namespaces /kubectl-mesh"),
+                !keep,
+                "{asked:#?}"
             );
         }
     }

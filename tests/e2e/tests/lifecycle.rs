@@ -22,7 +22,7 @@ use kube::Api;
 use kubectl_mesh::remote_setup as setup;
 use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
-use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as};
+use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as, refused_in_one_line, unchanged};
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::{mesh_command, uninstall_plan};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
@@ -723,6 +723,77 @@ async fn install_refused_for_want_of_rights_leaves_nothing_behind() -> anyhow::R
         assert_success(&out);
     }
     assert!(!mesh_objects_on_primary(&env).await?.is_empty());
+    Ok(())
+}
+
+/// An uninstall whose caller may not delete one of the objects is refused before it deletes
+/// any: it used to delete the webhook configuration, Service, Deployment and bindings, then
+/// fail on the ClusterRole, leaving half an installation.
+#[tokio::test]
+async fn uninstall_refused_for_want_of_rights_deletes_nothing() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
+    install(&env, &[]).await?;
+    let primary = env.primary().client().await?;
+    let installed = mesh_objects_on_primary(&env).await?;
+    for object in [
+        "namespace/kubectl-mesh",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-mesh",
+        "clusterrole.rbac.authorization.k8s.io/kubectl-mesh:mesh-webhook",
+        "deployment.apps/mesh-webhook",
+    ] {
+        assert!(installed.contains(object), "{object} in {installed:?}");
+    }
+
+    // Every right uninstall uses, but deleting ClusterRoles (it may read them).
+    let dir = tempfile::tempdir()?;
+    let rights = [
+        Grant::everywhere(install_rights_but("clusterroles", &["*"])),
+        Grant::everywhere(json!([
+            {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["*"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
+        ])),
+    ];
+    let limited = kubeconfig_granting(env.primary(), dir.path(), &rights).await?;
+    let expected = format!(
+        "error: missing permissions on the primary ({}): clusterroles.rbac.authorization.k8s.io \
+         named kubectl-mesh:mesh-webhook (delete); use an admin context or ask a cluster admin \
+         (`kubectl auth can-i --list` shows yours)",
+        env.primary().server
+    );
+    for args in [
+        &["uninstall"][..],
+        &["uninstall", "--crd"],
+        &["uninstall", "--dry-run"],
+    ] {
+        let out = mesh_as(&limited, args).await?;
+        let line = refused_in_one_line(&out, &format!("{args:?}"))?;
+        assert_eq!(line, expected, "{args:?}");
+        unchanged(
+            &format!("{args:?}"),
+            "the installation",
+            &installed,
+            &mesh_objects_on_primary(&env).await?,
+        )?;
+    }
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(primary.clone());
+    assert!(webhooks.get_opt("kubectl-mesh").await?.is_some());
+    let deployments: Api<Deployment> = Api::namespaced(primary.clone(), MESH_NAMESPACE);
+    assert!(deployments.get_opt("mesh-webhook").await?.is_some());
+
+    // Granted the missing right, the same caller uninstalls.
+    let rights = [
+        Grant::everywhere(install_rights_but("", &["*"])),
+        Grant::everywhere(json!([
+            {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["*"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
+        ])),
+    ];
+    let admin = kubeconfig_granting(env.primary(), dir.path(), &rights).await?;
+    let out = mesh_as(&admin, &["uninstall"]).await?;
+    assert_success(&out);
+    assert!(webhooks.get_opt("kubectl-mesh").await?.is_none());
     Ok(())
 }
 
