@@ -89,8 +89,9 @@ function renderMatrix() {
   fill(document.querySelector('#matrix tbody'), rows);
 }
 
-function serviceCell(column, row) {
-  const cell = row.clusters[column.name];
+// The first column is the primary's, kept apart from the remotes' (one may be named primary).
+function serviceCell(column, row, isPrimary) {
+  const cell = isPrimary ? row.primary : row.clusters[column.name];
   if (!cell) {
     const text = { 'no-credentials': '(no view credentials)', failed: '(cannot read)', unreachable: '(unreachable)' }[column.state] || '-';
     return el('td', { class: `state-${column.state === 'no-credentials' ? 'failed' : column.state}`, 'data-cluster': column.name, title: column.enable || column.error || '' }, text);
@@ -144,7 +145,7 @@ function renderServices() {
     return el('tr', { 'data-service': `${s.namespace}/${s.name}` },
       el('td', {}, s.namespace), el('td', {}, s.name), el('td', {}, s.type),
       el('td', { class: s.portsMatch ? '' : 'differ' }, s.portsMatch ? ports : `${ports} (differ)`),
-      ...report.clusters.map((c) => serviceCell(c, s)));
+      ...report.clusters.map((c, i) => serviceCell(c, s, i === 0)));
   });
   fill(document.querySelector('#services tbody'), rows);
   const more = report.total - rows.length;
