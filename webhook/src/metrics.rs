@@ -362,11 +362,20 @@ impl Metrics {
     /// Drops the gauges of a detached cluster so it stops showing as unreachable. Counters stay:
     /// they are cumulative and a scraper expects them not to vanish.
     pub fn forget_cluster(&self, cluster: &str) {
+        self.forget_observations(cluster);
+        self.propagation_latency.remove(&ClusterLabels {
+            cluster: cluster.to_owned(),
+        });
+    }
+
+    /// Drops what only the leader's syncs of `cluster` observe (whether it answers, when its
+    /// token expires): a replica that stops leading no longer updates them, and the leader's
+    /// are the ones that count.
+    pub fn forget_observations(&self, cluster: &str) {
         let labels = ClusterLabels {
             cluster: cluster.to_owned(),
         };
         self.cluster_reachable.remove(&labels);
-        self.propagation_latency.remove(&labels);
         self.token_expiry.remove(&labels);
     }
 

@@ -129,6 +129,7 @@ impl Worker {
             let leading = term.is_some();
             self.watch_remote(leading);
             if !leading {
+                self.shared.state.metrics.forget_observations(&self.name);
                 tokio::select! {
                     changed = self.is_leader.changed() => if changed.is_err() { return },
                     () = self.cancel.cancelled() => return,
@@ -636,8 +637,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        backoff::BackoffSettings, events::Publisher, leader::always_leader,
-        primary_view::watch_namespaces, reconcile::Settings, shared_state::SharedState,
+        backoff::BackoffSettings, events::Publisher, primary_view::watch_namespaces,
+        reconcile::Settings, shared_state::SharedState,
     };
 
     /// A primary that keeps every request the worker sends it ("METHOD path" and body) and
@@ -686,6 +687,8 @@ mod tests {
         primary: Primary,
         cancel: CancellationToken,
         worker: tokio::task::JoinHandle<()>,
+        /// Its leadership, held from the start.
+        leader: watch::Sender<Option<CancellationToken>>,
         // Dropped, it would read as the primary's watch gone, which stops the worker.
         _primary_changed: watch::Sender<u64>,
     }
@@ -729,11 +732,12 @@ mod tests {
         });
         let (primary_changed, changes) = watch::channel(0);
         let cancel = CancellationToken::new();
+        let (leader, leadership) = watch::channel(Some(CancellationToken::new()));
         let worker = Worker::new(
             "east".to_owned(),
             shared.clone(),
             changes,
-            always_leader(),
+            leadership,
             cancel.clone(),
         );
         Running {
@@ -742,6 +746,7 @@ mod tests {
             shared,
             primary,
             cancel,
+            leader,
             _primary_changed: primary_changed,
         }
     }
@@ -1022,6 +1027,28 @@ mod tests {
             .expect("the worker ends");
         assert_eq!(running.primary.requests().len(), written, "written after");
         assert!(!running.metrics().contains(gauge), "{}", running.metrics());
+    }
+
+    /// A replica that stopped leading kept exporting its last reachability and token expiry of
+    /// east, which nothing updated any more: an alert on them fired, or never cleared, whatever
+    /// the leader saw.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_that_stops_leading_forgets_what_its_syncs_observed() {
+        let (_api, running) = start_east_serving_web().await;
+        let gauge = r#"cluster_reachable{cluster="east"}"#;
+        wait_until("first sync", Duration::from_secs(10), || {
+            running.metrics().contains(gauge)
+        })
+        .await;
+        // As the leader election does when the term ends.
+        if let Some(term) = running.leader.send_replace(None) {
+            term.cancel();
+        }
+        wait_until("the gauge gone", Duration::from_secs(10), || {
+            !running.metrics().contains(gauge)
+        })
+        .await;
+        running.cancel.cancel();
     }
 
     /// A Secret of cluster east whose kubeconfig reaches nothing (port 1).
