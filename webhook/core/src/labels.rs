@@ -238,7 +238,8 @@ impl SyncRule {
     }
 
     /// JSON patch from `expected` to `desired` for every managed key: `test` ops for the labels of
-    /// `expected` first, so that the apiserver applies nothing unless the remote carries them. Keys
+    /// `expected` first, so that the apiserver applies nothing unless the remote carries them (a
+    /// managed key `expected` lacks is not tested: JSON Patch has no test of absence). Keys
     /// absent from both are made absent too (`add` then `remove`: a lone `remove` of an absent key
     /// fails the patch), so the remote ends with exactly `desired` whenever the tests pass.
     pub fn guarded_patch(&self, expected: &Labels, desired: &Labels) -> Patch {

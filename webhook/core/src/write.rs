@@ -4,8 +4,10 @@
 //!
 //! Every write is a JSON patch the apiserver applies only if the remote is still as the writer
 //! believes: the resourceVersion it read ([`LabelDiff::to_json_patch`]), or the managed labels the
-//! primary had before a change ([`SyncRule::guarded_patch`]). A refused patch means someone wrote
-//! in between; the namespace is read again, the desired labels asked for again
+//! primary had before a change ([`SyncRule::guarded_patch`]; only those it carried: JSON Patch
+//! cannot test that a key is absent, so a push from no managed labels is applied whatever the
+//! remote holds, and a later sync corrects a push that landed late). A refused patch means
+//! someone wrote in between; the namespace is read again, the desired labels asked for again
 //! ([`Desired::again`]: the primary may have moved on too), and one more write is tried.
 
 use std::sync::atomic::{AtomicBool, Ordering};
