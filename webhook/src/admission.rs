@@ -214,6 +214,16 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
             intent.namespace
         ));
     }
+    if outcomes
+        .iter()
+        .any(|o| matches!(o.result, PushResult::Queued))
+    {
+        lines.push(format!(
+            "{WARNING_PREFIX}not pushed: an earlier change of namespace {} was still being pushed \
+             at the deadline; the reconciler will bring this one",
+            intent.namespace
+        ));
+    }
     if let Some(timed_out) = listed(|r| matches!(r, PushResult::TimedOut)) {
         lines.push(format!(
             "{WARNING_PREFIX}{timed_out} did not answer in time; the reconciler will retry"
@@ -695,6 +705,28 @@ mod tests {
             .collect();
         let after = patched(&response, req.object.as_ref().expect("object"));
         assert_eq!(propagation(&after), Value::Object(recorded));
+    }
+
+    /// A change whose turn to push did not come before the deadline (an earlier push of the
+    /// namespace still ran) was said to have met remotes that did not answer in time, though
+    /// none was asked.
+    #[test]
+    fn a_change_that_waited_past_the_deadline_says_it_was_not_pushed() {
+        let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
+        let intent = intent("foo", [("istio-injection", "enabled")]);
+        let outcomes = [
+            outcome("remote-1", PushResult::Queued),
+            outcome("remote-2", PushResult::Queued),
+        ];
+        let response = completed(&req, &intent, &outcomes, &[]);
+        assert!(response.allowed);
+        assert_eq!(
+            warnings_of(&response),
+            [
+                "kubectl-mesh: not pushed: an earlier change of namespace foo was still being \
+                 pushed at the deadline; the reconciler will bring this one"
+            ]
+        );
     }
 
     fn ready(cluster: &str, readiness: Readiness) -> ClusterReadiness {

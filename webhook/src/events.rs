@@ -436,6 +436,11 @@ fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
                 PushResult::NotWaited => {
                     "not tried: no answer to the last push before its deadline".to_owned()
                 }
+                PushResult::Queued => {
+                    "not tried: an earlier change of the namespace was still being pushed at the \
+                     deadline"
+                        .to_owned()
+                }
                 PushResult::Applied
                 | PushResult::AlreadyInSync
                 | PushResult::NamespaceMissing
@@ -912,6 +917,7 @@ mod tests {
             outcome("denied", PushResult::Forbidden("rbac".to_owned())),
             outcome("broken", PushResult::Failed("500".to_owned())),
             outcome("slow", PushResult::TimedOut),
+            outcome("queued", PushResult::Queued),
         ];
         let failed = failed_pushes(&outcomes);
         let failed: Vec<(&str, &str)> = failed
@@ -925,6 +931,11 @@ mod tests {
                 ("denied", "forbidden: rbac"),
                 ("broken", "500"),
                 ("slow", "no answer before the deadline"),
+                (
+                    "queued",
+                    "not tried: an earlier change of the namespace was still being pushed at \
+                     the deadline"
+                ),
             ]
         );
     }

@@ -140,10 +140,20 @@ impl AppState {
     ) -> Vec<PushOutcome> {
         let deadline = tokio::time::Instant::now() + self.push_deadline;
         let remotes = self.shared.remotes.snapshot();
+        // A push not made is counted too, never timed: no remote took part in it.
+        let not_made = |result: PushResult| {
+            let outcomes = every_remote(&remotes, result);
+            for outcome in &outcomes {
+                self.shared
+                    .metrics
+                    .count_push(&outcome.cluster, &outcome.result);
+            }
+            outcomes
+        };
         let _ticket = match self.push_queue.turn(&intent.namespace, deadline).await {
             Turn::Go(ticket) => ticket,
-            Turn::Superseded => return every_remote(&remotes, PushResult::Superseded),
-            Turn::TimedOut => return every_remote(&remotes, PushResult::TimedOut),
+            Turn::Superseded => return not_made(PushResult::Superseded),
+            Turn::TimedOut => return not_made(PushResult::Queued),
         };
         // Before the first write lands: a sync that reads a remote after this push must also
         // find the push in the primary it compares with, or it would revert it.

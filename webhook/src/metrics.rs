@@ -281,6 +281,11 @@ impl Metrics {
                 cluster: cluster.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+        self.count_push(cluster, result);
+    }
+
+    /// Counts one push to `cluster` by its result, without its latency: for a push not made.
+    pub fn count_push(&self, cluster: &str, result: &PushResult) {
         self.pushes
             .get_or_create(&PushLabels {
                 cluster: cluster.to_owned(),

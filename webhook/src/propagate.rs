@@ -62,6 +62,9 @@ pub enum PushResult {
     /// Not pushed: a newer change of the namespace arrived while this one waited its turn,
     /// and pushes instead.
     Superseded,
+    /// Not pushed: the deadline passed while an earlier push of the namespace still ran; the
+    /// reconciler brings the change.
+    Queued,
 }
 
 impl PushResult {
@@ -78,6 +81,7 @@ impl PushResult {
             Self::TimedOut => "timed_out",
             Self::NotWaited => "not_waited",
             Self::Superseded => "superseded",
+            Self::Queued => "queued",
         }
     }
 
@@ -247,6 +251,9 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
         }
         PushResult::NotWaited => {
             tracing::warn!(%cluster, %namespace, %outcome, "push not tried: the remote did not answer the last one");
+        }
+        PushResult::Queued => {
+            tracing::warn!(%cluster, %namespace, %outcome, "push not tried: an earlier push of the namespace ran past the deadline");
         }
     }
 }
