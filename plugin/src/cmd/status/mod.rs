@@ -16,7 +16,7 @@ use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     core::v1::{Namespace, Pod},
 };
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use mesh_core::cluster::{MeshCluster, NamespaceScope};
 use mesh_core::injection::{self, Readiness};
 use mesh_core::labels::{Labels, SyncRule};
@@ -30,7 +30,10 @@ use crate::{
     view,
 };
 
+mod read;
 mod summary;
+
+use read::read_view;
 
 /// Exit status of `status --exit-code` when a namespace drifted (like `git diff --exit-code`,
 /// but distinct from 1, which means the command itself failed).
@@ -144,65 +147,6 @@ impl Status {
             return report.exit_status();
         }
         Ok(())
-    }
-}
-
-/// Reads `cluster`'s namespaces and injectors with its stored credentials, under `timeout`;
-/// with `with_pods`, its pods with its view credentials.
-async fn read_view(
-    primary: &Client,
-    cluster: &MeshCluster,
-    timeout: Duration,
-    with_pods: bool,
-) -> RemoteView {
-    let name = cluster.name_any();
-    let pods = async {
-        if !with_pods {
-            return PodsRead::NotAsked;
-        }
-        match view::credentials(primary, cluster, timeout).await {
-            view::Credentials::None => PodsRead::NoCredentials,
-            view::Credentials::Unusable { source, error }
-            | view::Credentials::Unreadable { source, error } => PodsRead::Failed { source, error },
-            view::Credentials::Found { source, client } => match view::pods(&client).await {
-                Ok(pods) => PodsRead::Read { source, pods },
-                Err(e) => PodsRead::Failed {
-                    source,
-                    error: e.to_string(),
-                },
-            },
-        }
-    };
-    // Each call is bounded by `timeout`, not the whole read: see `mesh_state::list_all`.
-    let read = async {
-        let client = mesh_state::remote_client(primary, cluster, timeout).await?;
-        let (namespaces, injectors) = tokio::join!(
-            mesh_state::remote_namespaces(&client),
-            mesh_state::remote_injectors(&client),
-        );
-        // Unknown, not an error: the namespaces still tell drift.
-        let injectors = injectors.map_err(|e| InjectorsUnread::of(&e));
-        Ok::<_, mesh_state::RemoteError>((namespaces?, injectors))
-    };
-    let (read, pods) = tokio::join!(read, pods);
-    match read {
-        Ok((namespaces, injectors)) => RemoteView {
-            name,
-            scope: cluster.spec.scope.clone(),
-            namespaces: Ok(namespaces),
-            injectors: Some(injectors),
-            pods,
-        },
-        Err(e) => RemoteView {
-            name,
-            scope: cluster.spec.scope.clone(),
-            namespaces: Err(Unread {
-                unanswered: e.unanswered(),
-                error: e.to_string(),
-            }),
-            injectors: None,
-            pods,
-        },
     }
 }
 
