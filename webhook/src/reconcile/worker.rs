@@ -995,16 +995,24 @@ mod tests {
         running.cancel.cancel();
     }
 
+    /// The gauge of east's reachability, as `/metrics` shows it.
+    const EAST_REACHABLE: &str = r#"cluster_reachable{cluster="east"}"#;
+
+    /// [`start_east_serving_web`], once its first sync has set the gauge of east's reachability.
+    async fn east_reachable() -> (FakeApiserver, Running) {
+        let (api, running) = start_east_serving_web().await;
+        wait_until("first sync", Duration::from_secs(10), || {
+            running.metrics().contains(EAST_REACHABLE)
+        })
+        .await;
+        (api, running)
+    }
+
     /// A cluster detached while its sync waits for the remote: the sync stops, nothing is
     /// written to the primary after, and the cluster's gauges are gone.
     #[tokio::test(start_paused = true)]
     async fn a_detached_cluster_writes_nothing_more_and_its_gauges_go() {
-        let (api, running) = start_east_serving_web().await;
-        let gauge = r#"cluster_reachable{cluster="east"}"#;
-        wait_until("first sync", Duration::from_secs(10), || {
-            running.metrics().contains(gauge)
-        })
-        .await;
+        let (api, running) = east_reachable().await;
 
         // The next sync, woken by a hand edit, waits a minute for the remote's answer to its
         // first read.
@@ -1026,7 +1034,11 @@ mod tests {
             .expect("the worker outlived its cancel")
             .expect("the worker ends");
         assert_eq!(running.primary.requests().len(), written, "written after");
-        assert!(!running.metrics().contains(gauge), "{}", running.metrics());
+        assert!(
+            !running.metrics().contains(EAST_REACHABLE),
+            "{}",
+            running.metrics()
+        );
     }
 
     /// A replica that stopped leading kept exporting its last reachability and token expiry of
@@ -1034,18 +1046,13 @@ mod tests {
     /// the leader saw.
     #[tokio::test(start_paused = true)]
     async fn a_replica_that_stops_leading_forgets_what_its_syncs_observed() {
-        let (_api, running) = start_east_serving_web().await;
-        let gauge = r#"cluster_reachable{cluster="east"}"#;
-        wait_until("first sync", Duration::from_secs(10), || {
-            running.metrics().contains(gauge)
-        })
-        .await;
+        let (_api, running) = east_reachable().await;
         // As the leader election does when the term ends.
         if let Some(term) = running.leader.send_replace(None) {
             term.cancel();
         }
         wait_until("the gauge gone", Duration::from_secs(10), || {
-            !running.metrics().contains(gauge)
+            !running.metrics().contains(EAST_REACHABLE)
         })
         .await;
         running.cancel.cancel();
