@@ -8,7 +8,7 @@
 //!
 //! Entries live only while a review of their namespace is being answered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -32,8 +32,18 @@ struct Entry {
 #[derive(Default)]
 struct Slot {
     turn: Arc<tokio::sync::Mutex<()>>,
-    /// Ticket of the newest review of the namespace.
-    newest: AtomicU64,
+    /// Tickets handed out so far.
+    issued: AtomicU64,
+    /// Tickets of the reviews holding a place (waiting or pushing): the newest of them is the
+    /// one to push. A review whose request went away while it waited leaves, and supersedes
+    /// nothing: the change before it would otherwise be pushed by nobody.
+    holders: Mutex<BTreeSet<u64>>,
+}
+
+impl Slot {
+    fn holders(&self) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+        self.holders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// What a review waiting to push gets.
@@ -57,10 +67,12 @@ struct Place {
     queue: PushQueue,
     namespace: String,
     slot: Arc<Slot>,
+    ticket: u64,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
+        self.slot.holders().remove(&self.ticket);
         let mut namespaces = self.queue.lock();
         if let Some(entry) = namespaces.get_mut(&self.namespace) {
             entry.places -= 1;
@@ -84,11 +96,13 @@ impl PushQueue {
                 });
             entry.places += 1;
             let slot = entry.slot.clone();
-            let ticket = slot.newest.fetch_add(1, Ordering::SeqCst) + 1;
+            let ticket = slot.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            slot.holders().insert(ticket);
             let place = Place {
                 queue: self.clone(),
                 namespace: namespace.to_owned(),
                 slot,
+                ticket,
             };
             (place, ticket)
         };
@@ -96,7 +110,7 @@ impl PushQueue {
         let Ok(turn) = tokio::time::timeout_at(deadline, turn).await else {
             return Turn::TimedOut;
         };
-        if place.slot.newest.load(Ordering::SeqCst) != ticket {
+        if place.slot.holders().last() != Some(&ticket) {
             return Turn::Superseded;
         }
         Turn::Go(Ticket {
@@ -139,6 +153,43 @@ mod tests {
         ticket
     }
 
+    /// Tickets handed out for `namespace`.
+    fn issued(queue: &PushQueue, namespace: &str) -> u64 {
+        queue.lock()[namespace].slot.issued.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `namespace` has handed out `tickets`.
+    async fn until_issued(queue: &PushQueue, namespace: &str, tickets: u64) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while issued(queue, namespace) < tickets {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("tickets issued");
+    }
+
+    /// A newer review whose request went away while it waited (its future dropped) superseded
+    /// the one waiting before it all the same: that change was pushed by nobody.
+    #[tokio::test]
+    async fn a_newer_review_that_went_away_supersedes_nothing() {
+        let queue = PushQueue::default();
+        let running = goes(&queue, "shop").await;
+        let waits = |queue: &PushQueue| {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.turn("shop", soon()).await })
+        };
+        let first = waits(&queue);
+        until_issued(&queue, "shop", 2).await;
+        let gone = waits(&queue);
+        until_issued(&queue, "shop", 3).await;
+        gone.abort();
+        assert!(gone.await.is_err(), "the newer review went away");
+        drop(running);
+        assert!(matches!(first.await.expect("join"), Turn::Go(_)));
+        assert!(queue.is_empty());
+    }
+
     #[tokio::test]
     async fn a_namespace_alone_goes_at_once_and_leaves_nothing_behind() {
         let queue = PushQueue::default();
@@ -167,7 +218,7 @@ mod tests {
             .collect();
         // Every waiter has taken its ticket before the running push ends.
         tokio::time::timeout(Duration::from_secs(5), async {
-            while queue.lock()["shop"].slot.newest.load(Ordering::SeqCst) < 21 {
+            while issued(&queue, "shop") < 21 {
                 tokio::task::yield_now().await;
             }
         })
