@@ -151,6 +151,13 @@ impl Publisher {
         };
         let corrections =
             throttled_corrections(&mut lock(&self.corrections), &cluster_name, report, now());
+        let mut unsent = Unsent {
+            throttle: &self.corrections,
+            keys: corrections
+                .iter()
+                .map(|c| (c.key.clone(), c.held))
+                .collect(),
+        };
         for Correction { key, change, held } in corrections {
             let subject = format!("cluster {cluster_name}{}", held_since_last(held));
             // None: the report keeps a few of the changes written, and counts them all.
@@ -168,10 +175,11 @@ impl Publisher {
                 ),
             };
             let event = sync_event(EventType::Normal, REASON_CORRECTED, note, related);
-            if !self.publish(&event, &object, Series::Distinct).await {
-                lock(&self.corrections).unpublished(key, held, now());
+            if self.publish(&event, &object, Series::Distinct).await {
+                unsent.sent(&key);
             }
         }
+        drop(unsent);
         // The write a sync stopped at is the cluster's failure, told by its reachability Event.
         let stopped_at = report.stopped_at().map(|stop| stop.namespace.as_str());
         let errors = report
@@ -192,8 +200,12 @@ impl Publisher {
             );
             let (object, related) = regarding(&error.namespace);
             let event = sync_event(EventType::Warning, REASON_FAILED, note, related);
-            if !self.publish(&event, &object, Series::Aggregate).await {
-                lock(&self.sync_failures).unpublished(key, held, now());
+            let mut unsent = Unsent {
+                throttle: &self.sync_failures,
+                keys: vec![(key.clone(), held)],
+            };
+            if self.publish(&event, &object, Series::Aggregate).await {
+                unsent.sent(&key);
             }
         }
     }
@@ -384,6 +396,30 @@ struct Correction<'r> {
     key: CorrectionKey,
     change: Option<&'r NamespaceChange>,
     held: u32,
+}
+
+/// The throttle's keys of Events let through and not published: refused by the primary, or
+/// never sent when the sync's bound on its Events ran out mid-batch (the future dropped). Each
+/// is counted as held when this goes, so that the next Event says so.
+struct Unsent<'t> {
+    throttle: &'t Mutex<Throttle<CorrectionKey>>,
+    /// Keys and the repeats held before them, in the order they are published.
+    keys: Vec<(CorrectionKey, u32)>,
+}
+
+impl Unsent<'_> {
+    fn sent(&mut self, key: &CorrectionKey) {
+        self.keys.retain(|(unsent, _)| unsent != key);
+    }
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        let mut throttle = lock(self.throttle);
+        for (key, held) in self.keys.drain(..) {
+            throttle.unpublished(key, held, now());
+        }
+    }
 }
 
 /// The corrections of `report` that `throttle` lets through now.
@@ -743,6 +779,31 @@ mod tests {
             note.starts_with("cluster east (3 more since the last Event): cannot apply"),
             "{note}"
         );
+    }
+
+    /// A sync's Events cut short by its bound (a primary too slow to take them) were counted
+    /// as published: their repeats were held a window, and the next Event did not count them.
+    #[tokio::test(start_paused = true)]
+    async fn events_cut_short_count_as_held() {
+        let primary = RecordingPrimary {
+            hang: true,
+            ..RecordingPrimary::default()
+        };
+        let events = primary.publisher();
+        let cluster = mesh_cluster("east", "uid-east");
+        let report = corrected(&["cart", "shop"]);
+        let namespaces = by_name([ns("cart"), ns("shop")]);
+        let publishing = events.sync_report(&cluster, &namespaces, &report);
+        let cut = tokio::time::timeout(Duration::from_secs(1), publishing).await;
+        assert!(cut.is_err(), "the primary took the Events");
+        assert_eq!(primary.writes(), 1, "the second was never sent");
+        let later = now() + CORRECTION_WINDOW;
+        let next: Vec<u32> =
+            throttled_corrections(&mut lock(&events.corrections), "east", &report, later)
+                .iter()
+                .map(|c| c.held)
+                .collect();
+        assert_eq!(next, [1, 1], "each next Event says one was held");
     }
 
     #[tokio::test]
