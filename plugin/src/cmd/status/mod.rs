@@ -244,9 +244,13 @@ pub struct StatusReport {
 pub struct ClusterColumn {
     /// Name of the MeshCluster.
     pub name: String,
-    /// Whether it answered: false when it could not be reached or did not answer in time
-    /// (see `error` for why its namespaces were not read otherwise).
+    /// Whether its namespaces could be read with the stored credentials (as the webhook's
+    /// `Reachable`: it answered them); `error` says why not.
     pub reachable: bool,
+    /// Whether it did not answer at all (no connection, no answer in time), rather than its
+    /// stored credentials could not be read or used.
+    #[serde(skip)]
+    pub unanswered: bool,
     /// Whether it is being detached ([`mesh_state::is_being_detached`]): nothing syncs it, so
     /// its drift is not reported as a sync's to converge, nor by `--exit-code`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -271,7 +275,7 @@ impl ClusterColumn {
     /// What status warns of a cluster whose namespaces were not read, if any.
     fn unread_line(&self) -> Option<String> {
         let error = self.error.as_deref()?;
-        Some(if !self.reachable {
+        Some(if self.unanswered {
             format!("{} unreachable: {error}", self.name)
         } else if self.scope_invalid {
             // Its scope's error names the cluster.
@@ -462,7 +466,8 @@ impl StatusReport {
                 .zip(&scope_errors)
                 .map(|(r, scope_error)| ClusterColumn {
                     name: r.name.clone(),
-                    reachable: r.namespaces.as_ref().err().is_none_or(|u| !u.unanswered),
+                    reachable: r.namespaces.is_ok(),
+                    unanswered: r.namespaces.as_ref().err().is_some_and(|u| u.unanswered),
                     detaching: false,
                     injectors_known: matches!(r.injectors, Some(Ok(_))),
                     injectors_unread: r.injectors.clone().and_then(|read| read.err()),
@@ -845,7 +850,7 @@ mod tests {
         });
         let r = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
         let east = &r.clusters[0];
-        assert!(east.reachable, "{east:?}");
+        assert!(!east.reachable && !east.unanswered, "{east:?}");
         assert_eq!(
             east.unread_line().as_deref(),
             Some("east not read: cannot read secret kubectl-mesh/cluster-east: forbidden")
