@@ -328,6 +328,7 @@ impl Live {
                     },
                     (_, ViewState::NoCredentials) => ReadState::NoCredentials {
                         enable: view::enable_command(name),
+                        istio_unread: None,
                     },
                     (_, ViewState::Failed(error)) => ReadState::Failed {
                         credentials: "view".into(),

@@ -249,14 +249,9 @@ async fn read_remote(
     let facts = async {
         let found = view::lookup(primary, cluster, &mesh_state::remote_options(timeout)).await;
         match found.credentials {
-            view::Credentials::None => match found.istio_unread {
-                None => ReadState::NoCredentials {
-                    enable: view::enable_command(&name),
-                },
-                Some(istio_unread) => ReadState::NoCredentialsIstioUnread {
-                    enable: view::enable_command(&name),
-                    istio_unread,
-                },
+            view::Credentials::None => ReadState::NoCredentials {
+                enable: view::enable_command(&name),
+                istio_unread: found.istio_unread,
             },
             view::Credentials::Unusable { source, error }
             | view::Credentials::Unreadable { source, error } => ReadState::Failed {
@@ -321,13 +316,12 @@ pub struct ClusterRead {
 pub enum ReadState {
     /// Read.
     Read(ClusterFacts),
-    /// No view credentials; `enable` is what gives it some.
-    NoCredentials { enable: String },
-    /// No view Secret, and an Istio remote secret the caller may not read (`istio_unread`
-    /// says why): no view credentials the caller could use.
-    NoCredentialsIstioUnread {
+    /// No view credentials; `enable` is what gives it some. `istio_unread`: why the Istio
+    /// remote secret could not be read, when the caller was refused it past an absent view
+    /// Secret (no view credentials the caller could use).
+    NoCredentials {
         enable: String,
-        istio_unread: String,
+        istio_unread: Option<String>,
     },
     /// The credentials exist and failed (refused, unusable).
     Failed { credentials: String, error: String },
@@ -444,16 +438,13 @@ pub fn columns(clusters: &[ClusterRead]) -> Vec<ClusterColumn> {
         .map(|c| {
             let (state, enable, error) = match &c.state {
                 ReadState::Read(_) => (ColumnState::Read, None, None),
-                ReadState::NoCredentials { enable } => {
-                    (ColumnState::NoCredentials, Some(enable.clone()), None)
-                }
-                ReadState::NoCredentialsIstioUnread {
+                ReadState::NoCredentials {
                     enable,
                     istio_unread,
                 } => (
                     ColumnState::NoCredentials,
                     Some(enable.clone()),
-                    Some(istio_unread.clone()),
+                    istio_unread.clone(),
                 ),
                 ReadState::Failed { credentials, error } => (
                     ColumnState::Failed,
@@ -728,6 +719,7 @@ mod tests {
                 name: "west".into(),
                 state: ReadState::NoCredentials {
                     enable: view::enable_command("west"),
+                    istio_unread: None,
                 },
             },
         ]
@@ -1010,11 +1002,12 @@ mod tests {
             read(PRIMARY, facts(&[], &[], &[], &[])),
             ClusterRead {
                 name: "east".into(),
-                state: ReadState::NoCredentialsIstioUnread {
+                state: ReadState::NoCredentials {
                     enable: view::enable_command("east"),
-                    istio_unread: "cannot read Secret istio-system/istio-remote-secret-east: \
-                                   forbidden"
-                        .into(),
+                    istio_unread: Some(
+                        "cannot read Secret istio-system/istio-remote-secret-east: forbidden"
+                            .into(),
+                    ),
                 },
             },
         ];
