@@ -578,7 +578,8 @@ fn injection_result(
 
 /// Pods whose sidecar contradicts their namespace's labels (once synced) keep that state
 /// until they are recreated: worth a warning with the namespaces to restart. Only where the
-/// cluster has view credentials (none: no check, as `status -o wide` says how to add them).
+/// cluster has view credentials (none: no check, as `status -o wide` says how to add them),
+/// or where the caller was refused the Istio remote secret that may hold some.
 fn pods_result(
     mesh: &Mesh<'_>,
     name: &str,
@@ -588,7 +589,20 @@ fn pods_result(
 ) -> Option<CheckResult> {
     let what = "pods match their namespace's sidecar labels";
     let (source, pods) = match view {
-        ViewFacts::None => return None,
+        ViewFacts::None { istio_unread: None } => return None,
+        ViewFacts::None {
+            istio_unread: Some(why),
+        } => {
+            return Some(CheckResult::warning(
+                what,
+                format!("not checked: no view credentials, and {why}"),
+                format!(
+                    "run `{}`, or check as a caller who may read Secrets in {}",
+                    crate::view::enable_command(name),
+                    setup::ISTIO_NAMESPACE
+                ),
+            ));
+        }
         ViewFacts::Unusable { source, error } => {
             return Some(CheckResult::warning(
                 what,
@@ -775,7 +789,27 @@ mod tests {
             (r.result, r.detail.as_deref()),
             (Outcome::Ok, Some("1 pod checked with the view credentials"))
         );
-        assert!(judge(ViewFacts::None).is_none());
+        assert!(judge(ViewFacts::None { istio_unread: None }).is_none());
+        // No view Secret, and the Istio remote secret refused to the caller: its reader may
+        // have read the pods, so the check says it did not.
+        let r = judge(ViewFacts::None {
+            istio_unread: Some(
+                "cannot read Secret istio-system/istio-remote-secret-east: forbidden".into(),
+            ),
+        })
+        .unwrap();
+        assert_eq!(
+            (r.result, r.detail.as_deref()),
+            (
+                Outcome::Warning,
+                Some(
+                    "not checked: no view credentials, and cannot read Secret \
+                     istio-system/istio-remote-secret-east: forbidden"
+                )
+            )
+        );
+        assert!(r.hint_mentions("--services-view"), "{r:?}");
+        assert!(r.hint_mentions("Secrets in istio-system"), "{r:?}");
         // Credentials the caller may not read: attaching again would not help.
         let r = judge(ViewFacts::Unreadable {
             source: crate::view::Source::View,

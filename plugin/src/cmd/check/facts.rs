@@ -334,8 +334,9 @@ pub struct RemoteReads {
 /// What a remote's view credentials ([`view`]) read.
 #[derive(Debug)]
 pub enum ViewFacts {
-    /// The cluster has none.
-    None,
+    /// The cluster has none; `istio_unread`: why its Istio remote secret, taken as absent, was
+    /// not read (the caller was refused it), as [`view::Lookup::istio_unread`].
+    None { istio_unread: Option<String> },
     /// They exist but cannot be used (why).
     Unusable {
         /// Whose they are.
@@ -505,8 +506,11 @@ async fn remote_facts(
 /// Reads the remote's pods with `cluster`'s view credentials and, for the view identity, asks
 /// what it may do.
 async fn view_facts(primary: &Client, cluster: &MeshCluster, timeout: Duration) -> ViewFacts {
-    match view::credentials(primary, cluster, timeout).await {
-        view::Credentials::None => ViewFacts::None,
+    let found = view::lookup(primary, cluster, &mesh_state::remote_options(timeout)).await;
+    match found.credentials {
+        view::Credentials::None => ViewFacts::None {
+            istio_unread: found.istio_unread,
+        },
         view::Credentials::Unusable { source, error } => ViewFacts::Unusable { source, error },
         view::Credentials::Unreadable { source, error } => ViewFacts::Unreadable { source, error },
         view::Credentials::Found { source, client } => {
