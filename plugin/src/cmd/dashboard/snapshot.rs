@@ -175,15 +175,8 @@ impl Live {
     pub(super) fn matrix_json(&self, chunk: usize) -> Vec<u8> {
         let rows = self.matrix_rows();
         let mut chunks = rows.chunks(chunk.max(1));
-        // The columns do not depend on the rows: no row is judged for them. Those being
-        // detached are marked as `status` marks them.
-        let mut columns = self.matrix_of(&[]).clusters;
-        for column in &mut columns {
-            column.detaching = self
-                .clusters
-                .get(&column.name)
-                .is_some_and(mesh_state::is_being_detached);
-        }
+        // The columns do not depend on the rows: no row is judged for them.
+        let columns = self.matrix_of(&[]).clusters;
         let mut counts = [0; 4];
         let mut buf = Vec::new();
         buf.extend_from_slice(b"{\"clusters\":");
@@ -265,6 +258,7 @@ impl Live {
             .map(|(name, cluster)| RemoteView {
                 name: name.clone(),
                 scope: cluster.spec.scope.clone(),
+                detaching: mesh_state::is_being_detached(cluster),
                 // What the dashboard read failed with is shown as unreachable, as before.
                 namespaces: self
                     .remote_namespaces(name)
@@ -636,10 +630,10 @@ mod tests {
         let column = |name: &str| named(&matrix["clusters"], name);
         assert_eq!(column("remote-1")["detaching"], true, "{matrix}");
         assert_eq!(column("remote-2").get("detaching"), None, "{matrix}");
-        let mut status = live.matrix_of(&live.matrix_rows());
-        let clusters: Vec<_> = live.clusters.values().cloned().collect();
-        status.mark_detaching(&clusters);
+        let status = live.matrix_of(&live.matrix_rows());
         assert_eq!(matrix, &serde_json::to_value(&status).unwrap());
+        // Its drift is not counted, as `status` does not count it.
+        assert_eq!(matrix["drifted"], 0, "{matrix}");
         // Its cells still say what differs.
         assert_eq!(matrix["namespaces"][1]["name"], "b");
         assert_eq!(

@@ -17,7 +17,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod},
 };
 use kube::ResourceExt;
-use mesh_core::cluster::{MeshCluster, NamespaceScope};
+use mesh_core::cluster::NamespaceScope;
 use mesh_core::injection::{self, Readiness};
 use mesh_core::labels::{Labels, SyncRule};
 use mesh_core::printable::few;
@@ -88,8 +88,7 @@ impl Status {
             ))
         );
         let (rule, primary) = (rule?, primary?);
-        let mut report = StatusReport::compute(&rule, &primary, &remotes, &namespaces);
-        report.mark_detaching(&clusters);
+        let report = StatusReport::compute(&rule, &primary, &remotes, &namespaces);
 
         if clusters.is_empty() {
             ctx.progress.info(mesh_state::NO_CLUSTERS);
@@ -180,6 +179,8 @@ pub struct RemoteView {
     pub pods: PodsRead,
     /// Its namespace scope (see [`SyncRule::within`]).
     pub scope: NamespaceScope,
+    /// Whether it is being detached ([`mesh_state::is_being_detached`]).
+    pub detaching: bool,
 }
 
 /// Why a remote's namespaces were not read.
@@ -191,6 +192,17 @@ pub struct Unread {
     /// not the network's fault: the stored credentials could not be read on the primary or
     /// used, or the remote refused them.
     pub unanswered: bool,
+}
+
+impl Unread {
+    /// Why `error` stopped the read, and whether the remote never answered
+    /// ([`mesh_state::RemoteError::unanswered`]).
+    pub fn of(error: &mesh_state::RemoteError) -> Self {
+        Self {
+            error: error.to_string(),
+            unanswered: error.unanswered(),
+        }
+    }
 }
 
 impl RemoteView {
@@ -228,9 +240,11 @@ pub struct StatusReport {
     pub clusters: Vec<ClusterColumn>,
     /// The rows.
     pub namespaces: Vec<NamespaceRow>,
-    /// Cells whose managed labels differ from the primary's.
+    /// Cells whose managed labels differ from the primary's, on the clusters that are synced
+    /// (as the summary and `--exit-code` count them).
     pub drifted: usize,
-    /// Cells of namespaces that carry managed labels on the primary and are absent there.
+    /// Cells of namespaces that carry managed labels on the primary and are absent there, on
+    /// the clusters that are synced.
     pub missing: usize,
     /// Cells whose labels ask for sidecars no injector of the cluster adds.
     pub uninjected: usize,
@@ -468,7 +482,7 @@ impl StatusReport {
                     name: r.name.clone(),
                     reachable: r.namespaces.is_ok(),
                     unanswered: r.namespaces.as_ref().err().is_some_and(|u| u.unanswered),
-                    detaching: false,
+                    detaching: r.detaching,
                     injectors_known: matches!(r.injectors, Some(Ok(_))),
                     injectors_unread: r.injectors.clone().and_then(|read| read.err()),
                     scope_invalid: scope_error.is_some(),
@@ -521,7 +535,6 @@ impl StatusReport {
                         // Missing exactly as the rule's plan says: a gap only where the
                         // primary has managed labels to give.
                         None if !desired.is_empty() && !scoped.is_excluded(&name) => {
-                            report.missing += 1;
                             RemoteCell::bare(CellState::Missing, None)
                         }
                         None => RemoteCell::bare(CellState::Absent, None),
@@ -537,7 +550,6 @@ impl StatusReport {
                                 let mut cell = if diff.is_empty() {
                                     RemoteCell::bare(CellState::InSync, Some(labels))
                                 } else {
-                                    report.drifted += 1;
                                     RemoteCell {
                                         state: CellState::Drifted,
                                         labels: Some(labels),
@@ -576,16 +588,12 @@ impl StatusReport {
             }
             report.namespaces.push(row);
         }
+        let synced_cells = |state| report.synced_cells_in(state).values().map(Vec::len).sum();
+        (report.drifted, report.missing) = (
+            synced_cells(CellState::Drifted),
+            synced_cells(CellState::Missing),
+        );
         report
-    }
-
-    /// Marks the columns of the clusters being detached, as their MeshClusters (`clusters`) say.
-    pub fn mark_detaching(&mut self, clusters: &[MeshCluster]) {
-        for column in &mut self.clusters {
-            column.detaching = clusters
-                .iter()
-                .any(|c| c.name_any() == column.name && mesh_state::is_being_detached(c));
-        }
     }
 
     /// The matrix as a kubectl-like table: NAMESPACE, PRIMARY, then one column per remote;
@@ -782,6 +790,7 @@ mod tests {
             injectors: injectors.map(Ok),
             pods: PodsRead::NotAsked,
             scope: Default::default(),
+            detaching: false,
         }
     }
 
@@ -895,15 +904,22 @@ mod tests {
     }
 
     /// A cluster being detached was said to be converged by `sync --cluster east`, which
-    /// refuses it, and its drift made `--exit-code` exit 3.
+    /// refuses it, and its drift made `--exit-code` exit 3. Its drift and missing namespaces
+    /// were then still counted in `drifted` and `missing` of `-o json`, which said otherwise
+    /// than the summary and `--exit-code`.
     #[test]
     fn a_cluster_being_detached_is_not_for_sync_nor_the_exit_code() {
-        let mut east =
-            crate::mesh_state::fixtures::cluster("east", "https://e", "2026-01-01T00:00:00Z");
-        east.metadata.deletion_timestamp = east.metadata.creation_timestamp.clone();
-        let mut r = StatusReport::compute(&SyncRule::default(), &primary(), &remotes()[..1], &[]);
-        r.mark_detaching(&[east]);
-        assert_eq!(r.drifted, 2, "its cells still show what differs");
+        let mut views = remotes();
+        views.truncate(1);
+        let synced = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
+        assert_eq!((synced.drifted, synced.missing), (2, 1));
+        views[0].detaching = true;
+        let r = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
+        assert_eq!(
+            r.namespaces, synced.namespaces,
+            "its cells still show what differs"
+        );
+        assert_eq!((r.drifted, r.missing), (0, 0));
         assert!(r.exit_status().is_ok());
         let summary: Vec<String> = r.summary().into_iter().map(|(_, l)| l).collect();
         assert_eq!(

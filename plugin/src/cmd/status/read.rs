@@ -47,23 +47,16 @@ pub(super) async fn read_view(
         Ok::<_, mesh_state::RemoteError>((namespaces?, injectors))
     };
     let (read, pods) = tokio::join!(read, pods);
-    match read {
-        Ok((namespaces, injectors)) => RemoteView {
-            name,
-            scope: cluster.spec.scope.clone(),
-            namespaces: Ok(namespaces),
-            injectors: Some(injectors),
-            pods,
-        },
-        Err(e) => RemoteView {
-            name,
-            scope: cluster.spec.scope.clone(),
-            namespaces: Err(Unread {
-                unanswered: e.unanswered(),
-                error: e.to_string(),
-            }),
-            injectors: None,
-            pods,
-        },
+    let (namespaces, injectors) = match read {
+        Ok((namespaces, injectors)) => (Ok(namespaces), Some(injectors)),
+        Err(e) => (Err(Unread::of(&e)), None),
+    };
+    RemoteView {
+        name,
+        scope: cluster.spec.scope.clone(),
+        detaching: mesh_state::is_being_detached(cluster),
+        namespaces,
+        injectors,
+        pods,
     }
 }
