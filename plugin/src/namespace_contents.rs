@@ -1,8 +1,8 @@
-//! What a namespace kubectl-mesh created holds besides its objects, before detach or a failed
-//! attach deletes it. Every namespaced kind the apiserver serves is listed, not a fixed few:
-//! deleting a namespace deletes all of them (a Role, a PersistentVolumeClaim, a custom
-//! resource), so a kind left unread is data lost. A kind that cannot be listed counts as
-//! holding something.
+//! Whether a namespace kubectl-mesh created may be deleted, by detach or a failed attach's
+//! rollback: only when it holds nothing besides kubectl-mesh's objects ([`why_keep`]). Every
+//! namespaced kind the apiserver serves is listed, not a fixed few: deleting a namespace
+//! deletes all of them (a Role, a PersistentVolumeClaim, a custom resource), so a kind left
+//! unread is data lost. A kind that cannot be listed counts as holding something.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
@@ -10,16 +10,37 @@ use kube::{
     api::{ApiResource, DynamicObject, ListParams},
     discovery::{Discovery, Scope, verbs},
 };
-use mesh_core::failure;
+use mesh_core::{failure, printable};
 
 use crate::remote_setup as setup;
+
+/// Why the namespace `ns` kubectl-mesh created is kept rather than deleted, as said after its
+/// name ("kept: it holds ..."); `None` when it holds nothing else and may go. `primary` as
+/// for [`foreign_objects`].
+pub async fn why_keep(
+    client: &Client,
+    ns: &str,
+    primary: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
+    Ok(kept_for(&foreign_objects(client, ns, primary).await?))
+}
+
+/// The decision of [`why_keep`] once `others` (what [`foreign_objects`] found) is known.
+fn kept_for(others: &[String]) -> Option<String> {
+    (!others.is_empty()).then(|| {
+        format!(
+            "kept: it holds objects attach did not create for this cluster ({})",
+            printable::few(others)
+        )
+    })
+}
 
 /// What `ns` holds that neither kubectl-mesh (for `primary`) nor Kubernetes put there, as
 /// `<Kind> <name>`, plus `<plural> (could not be listed: ...)` for each kind that could not be
 /// read. Without a `primary`, `ns` is shared by clusters (the primary's istio-system) and this
 /// cluster's objects are gone already: a kubectl-mesh object left there belongs to another
 /// cluster, and counts.
-pub async fn foreign_objects(
+async fn foreign_objects(
     client: &Client,
     ns: &str,
     primary: Option<&str>,
@@ -170,6 +191,21 @@ mod tests {
     #[test]
     fn in_a_shared_namespace_another_clusters_object_is_foreign() {
         assert!(is_foreign("Secret", &meta("s", &[OURS], Some("p")), None));
+    }
+
+    #[test]
+    fn a_namespace_goes_only_when_it_holds_nothing_else() {
+        assert_eq!(kept_for(&[]), None);
+        let others = ["ConfigMap someone-elses".to_owned()];
+        assert_eq!(
+            kept_for(&others).as_deref(),
+            Some(
+                "kept: it holds objects attach did not create for this cluster (ConfigMap someone-elses)"
+            )
+        );
+        // A kind that could not be listed keeps it as well.
+        let unread = ["widgets (could not be listed: forbidden)".to_owned()];
+        assert!(kept_for(&unread).is_some_and(|why| why.contains("widgets (could not")));
     }
 
     #[test]

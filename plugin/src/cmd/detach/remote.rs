@@ -21,7 +21,6 @@ use mesh_core::{
     cluster::MeshCluster,
     failure::Failure,
     labels::SyncRule,
-    printable,
     sync::{self, SyncMode, sync_remote},
 };
 use serde::de::DeserializeOwned;
@@ -254,8 +253,8 @@ where
     }
 }
 
-/// Deletes namespace `ns` if it holds nothing but what every namespace gets (the `default`
-/// ServiceAccount, the `kube-root-ca.crt` ConfigMap); otherwise keeps it and says why.
+/// Deletes namespace `ns` if attach created it and it holds nothing else
+/// ([`namespace_contents::why_keep`]); otherwise keeps it, and says why when it holds more.
 /// `owner`: the cluster whose label the namespace must carry and the primary it must be
 /// recorded for, or `None` for a namespace shared by clusters (istio-system), which only
 /// needs the managed-by label. Returns whether it was deleted.
@@ -273,13 +272,9 @@ pub(super) async fn remove_namespace_if_unused(
     if !created_by_attach(&found, owner) {
         return Ok(false);
     }
-    let others =
-        namespace_contents::foreign_objects(client, ns, owner.map(|(_, primary)| primary)).await?;
-    if !others.is_empty() {
-        progress.warn(format!(
-            "{side}: Namespace {ns} kept: it holds objects kubectl-mesh did not create ({})",
-            printable::few(&others)
-        ));
+    let primary = owner.map(|(_, primary)| primary);
+    if let Some(kept) = namespace_contents::why_keep(client, ns, primary).await? {
+        progress.warn(format!("{side}: Namespace {ns} {kept}"));
         return Ok(false);
     }
     delete(&namespaces, ns, side, progress).await?;

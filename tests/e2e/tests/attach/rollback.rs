@@ -171,8 +171,8 @@ async fn a_rollback_keeps_a_namespace_it_created_that_holds_others_objects() -> 
     let seen = seen.join("\n");
     ensure!(!status.success(), "interrupted attach succeeded:\n{seen}");
     let kept_line = format!(
-        "rolled back: {}: Namespace kubectl-mesh kept: it holds objects this attach did not \
-         create (ConfigMap someone-elses)",
+        "rolled back: {}: Namespace kubectl-mesh kept: it holds objects attach did not create \
+         for this cluster (ConfigMap someone-elses)",
         remote.name
     );
     ensure!(seen.contains(&kept_line), "{seen}");

@@ -2,7 +2,6 @@
 //! first, and the one line the command fails with says what could not be.
 
 use kube::Client;
-use mesh_core::printable;
 
 use super::Run;
 use crate::cmd::attach::{
@@ -15,11 +14,11 @@ use crate::cmd::attach::{
 use crate::{Error, Result, namespace_contents};
 
 impl Run<'_> {
-    /// What a namespace this run created holds besides its objects (deleted before it, newest
-    /// first): someone else may have put something there meanwhile, e.g. another attach its Istio
-    /// remote secret in the primary's istio-system, and deleting the namespace would delete
-    /// that too. `None` for any other change, or a namespace holding nothing else.
-    async fn foreign_contents(&self, change: &Change, client: &Client) -> Result<Option<String>> {
+    /// Why a namespace this run created is kept ([`namespace_contents::why_keep`]; its objects
+    /// are deleted before it, newest first): someone else may have put something there
+    /// meanwhile, e.g. another attach its Istio remote secret in the primary's istio-system.
+    /// `None` for any other change, or a namespace that may go.
+    async fn why_keep(&self, change: &Change, client: &Client) -> Result<Option<String>> {
         let m = change.manifest();
         if !change.is_creation() || m.resource.kind != "Namespace" {
             return Ok(None);
@@ -29,13 +28,12 @@ impl Run<'_> {
             Side::Remote => Some(self.plan.primary_id.as_str()),
             Side::Primary => None,
         };
-        let others = namespace_contents::foreign_objects(client, &m.name, primary)
+        namespace_contents::why_keep(client, &m.name, primary)
             .await
             .map_err(Error::kube(format!(
                 "cannot tell what {} holds besides this attach's objects",
                 describe(m)
-            )))?;
-        Ok((!others.is_empty()).then(|| printable::few(&others)))
+            )))
     }
 
     /// Puts back what this run changed, newest first, and turns `err` into the one line the
@@ -59,14 +57,10 @@ impl Run<'_> {
             let label = self.side_label(change.side()).to_owned();
             let client = self.client(change.side()).clone();
             let m = change.manifest();
-            match self.foreign_contents(&change, &client).await {
+            match self.why_keep(&change, &client).await {
                 Ok(None) => {}
-                Ok(Some(others)) => {
-                    progress.warn(format!(
-                        "rolled back: {label}: {} kept: it holds objects this attach did not \
-                         create ({others})",
-                        describe(m)
-                    ));
+                Ok(Some(kept)) => {
+                    progress.warn(format!("rolled back: {label}: {} {kept}", describe(m)));
                     continue;
                 }
                 Err(e) => {
