@@ -59,6 +59,15 @@ pub fn enable_command(cluster: &str) -> String {
     format!("kubectl mesh attach <kubeconfig> --name {cluster} --services-view")
 }
 
+/// "no view credentials", and why the Istio remote secret was not read when the caller was
+/// refused it ([`Lookup::istio_unread`]): the caller's rights may be what is missing.
+pub fn no_credentials(istio_unread: Option<&str>) -> String {
+    match istio_unread {
+        None => "no view credentials".to_owned(),
+        Some(why) => format!("no view credentials, and {why}"),
+    }
+}
+
 /// Finds `cluster`'s view credentials on the primary: its view Secret, else its Istio remote
 /// secret. Only a Secret that does not exist counts as absent: one the caller may not read (or
 /// a primary that does not answer) is unusable, with why, as is one that is not what attach

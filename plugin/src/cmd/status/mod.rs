@@ -154,8 +154,9 @@ impl Status {
 pub enum PodsRead {
     /// Not read (the default table).
     NotAsked,
-    /// The cluster has no view credentials.
-    NoCredentials,
+    /// The cluster has no view credentials; why its Istio remote secret was not read, when
+    /// the caller was refused it ([`view::Lookup::istio_unread`]).
+    NoCredentials { istio_unread: Option<String> },
     /// Every pod, by namespace, and whose credentials read them.
     Read {
         source: view::Source,
@@ -306,8 +307,13 @@ impl ClusterColumn {
 pub enum PodsColumn {
     /// Read with these credentials (`view` or `istio-reader`).
     Read { credentials: String },
-    /// The cluster has no view credentials; `enable` says what gives it some.
-    NoCredentials { enable: String },
+    /// The cluster has no view credentials; `enable` says what gives it some, `error` why its
+    /// Istio remote secret was not read, when the caller was refused it (as `services` says).
+    NoCredentials {
+        enable: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The view credentials could not read them.
     Failed { credentials: String, error: String },
 }
@@ -491,9 +497,12 @@ impl StatusReport {
                         .or_else(|| r.namespaces.as_ref().err().map(|u| u.error.clone())),
                     pods: match &r.pods {
                         PodsRead::NotAsked => None,
-                        PodsRead::NoCredentials => Some(PodsColumn::NoCredentials {
-                            enable: view::enable_command(&r.name),
-                        }),
+                        PodsRead::NoCredentials { istio_unread } => {
+                            Some(PodsColumn::NoCredentials {
+                                enable: view::enable_command(&r.name),
+                                error: istio_unread.clone(),
+                            })
+                        }
                         PodsRead::Read { source, .. } => Some(PodsColumn::Read {
                             credentials: source.to_string(),
                         }),
@@ -1127,7 +1136,7 @@ mod tests {
             source: view::Source::View,
             pods,
         };
-        remotes[1].pods = PodsRead::NoCredentials;
+        remotes[1].pods = PodsRead::NoCredentials { istio_unread: None };
         let r = StatusReport::compute(&SyncRule::default(), &primary(), &remotes, &[]);
         let bookinfo = &r.namespaces[1].clusters;
         assert_eq!(
@@ -1161,6 +1170,32 @@ mod tests {
             v["namespaces"][1]["clusters"]["east"]["contraryPods"],
             serde_json::json!(["a", "c"])
         );
+    }
+
+    /// No view Secret and an Istio remote secret the caller may not read: `-o wide` said only
+    /// "no view credentials", where `services` and `check` say the secret was refused.
+    #[test]
+    fn no_credentials_says_when_the_istio_secret_was_refused() {
+        let mut remotes = remotes();
+        let refused = "cannot read Secret istio-system/istio-remote-secret-west: forbidden";
+        remotes[1].pods = PodsRead::NoCredentials {
+            istio_unread: Some(refused.into()),
+        };
+        let r = StatusReport::compute(&SyncRule::default(), &primary(), &remotes, &[]);
+        assert_eq!(
+            r.pods_summary(),
+            [(
+                true,
+                format!(
+                    "west: pods not read (no view credentials, and {refused}); `kubectl mesh \
+                     attach <kubeconfig> --name west --services-view` lets status and check \
+                     count those that need a restart"
+                )
+            )]
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["clusters"][1]["pods"]["state"], "no-credentials");
+        assert_eq!(v["clusters"][1]["pods"]["error"], refused);
     }
 
     #[test]

@@ -22,8 +22,11 @@ pub(super) async fn read_view(
         if !with_pods {
             return PodsRead::NotAsked;
         }
-        match view::credentials(primary, cluster, timeout).await {
-            view::Credentials::None => PodsRead::NoCredentials,
+        let found = view::lookup(primary, cluster, &mesh_state::remote_options(timeout)).await;
+        match found.credentials {
+            view::Credentials::None => PodsRead::NoCredentials {
+                istio_unread: found.istio_unread,
+            },
             view::Credentials::Unusable { source, error }
             | view::Credentials::Unreadable { source, error } => PodsRead::Failed { source, error },
             view::Credentials::Found { source, client } => match view::pods(&client).await {

@@ -6,6 +6,7 @@ use mesh_core::printable::few;
 
 use super::{InjectionCell, NamespaceRow, PodsColumn, StatusReport};
 use crate::output::plural;
+use crate::view;
 
 impl StatusReport {
     /// Lines worth a warning after the table: per cluster, the namespaces whose labels ask
@@ -61,11 +62,13 @@ impl StatusReport {
             let name = &cluster.name;
             match &cluster.pods {
                 None | Some(PodsColumn::Read { .. }) => {}
-                Some(PodsColumn::NoCredentials { enable }) => lines.push((
-                    false,
+                // A refused Istio remote secret may be the caller's rights: worth a warning.
+                Some(PodsColumn::NoCredentials { enable, error }) => lines.push((
+                    error.is_some(),
                     format!(
-                        "{name}: pods not read (no view credentials); `{enable}` lets status \
-                         and check count those that need a restart"
+                        "{name}: pods not read ({}); `{enable}` lets status and check count \
+                         those that need a restart",
+                        view::no_credentials(error.as_deref())
                     ),
                 )),
                 Some(PodsColumn::Failed { credentials, error }) => lines.push((
