@@ -23,7 +23,7 @@ use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::binaries::build_cached;
+use crate::binaries::Build;
 use crate::ports::{free_address, free_port};
 use crate::{Cluster, TestEnv};
 
@@ -57,13 +57,13 @@ impl IstioBinaries {
     ///
     /// [`Binaries::cache_root`]: crate::Binaries::cache_root
     pub fn ensure() -> anyhow::Result<Self> {
-        let dir = build_cached(
-            &format!("istio-{ISTIO_MODULE_VERSION}"),
-            BUILD_SCRIPT,
-            &[ISTIO_MODULE_VERSION, ISTIO_VERSION],
-            &["pilot-discovery", "istioctl"],
-            &format!("Istio {ISTIO_VERSION} (pilot-discovery, istioctl; 5-10 min)"),
-        )?;
+        let dir = Build {
+            script: BUILD_SCRIPT,
+            args: &[ISTIO_MODULE_VERSION, ISTIO_VERSION],
+            outputs: &["pilot-discovery", "istioctl"],
+            what: &format!("Istio {ISTIO_VERSION} (pilot-discovery, istioctl; 5-10 min)"),
+        }
+        .cached(&format!("istio-{ISTIO_MODULE_VERSION}"))?;
         Ok(Self { dir })
     }
 

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Node as KubeNode;
 use serde_json::json;
 
 use crate::TestEnv;
-use crate::binaries::{Binaries, build_once};
+use crate::binaries::{Binaries, Build};
 use crate::ports::free_port;
 
 /// The sandbox image the kubelet asks containerd for.
@@ -95,26 +95,26 @@ impl NodeBinaries {
             dir: binaries.dir.clone(),
         };
         let kube = ["kubelet", "kube-proxy", "kube-scheduler"];
-        build_once(
-            &node.dir,
-            include_str!("../scripts/build-control-plane.sh"),
-            &[
+        Build {
+            script: include_str!("../scripts/build-control-plane.sh"),
+            args: &[
                 crate::KUBERNETES_VERSION,
                 crate::ETCD_VERSION,
                 &kube.join(" "),
             ],
-            &kube,
-            "kubelet, kube-proxy and kube-scheduler (2-6 min)",
-        )?;
+            outputs: &kube,
+            what: "kubelet, kube-proxy and kube-scheduler (2-6 min)",
+        }
+        .once(&node.dir)?;
         let source = node.dir.join("pause.go");
         std::fs::write(&source, PAUSE_SOURCE)?;
-        build_once(
-            &node.dir,
-            PAUSE_BUILD,
-            &[&source.display().to_string()],
-            &["pause"],
-            "the sandbox program",
-        )?;
+        Build {
+            script: PAUSE_BUILD,
+            args: &[&source.display().to_string()],
+            outputs: &["pause"],
+            what: "the sandbox program",
+        }
+        .once(&node.dir)?;
         for tool in ["containerd", "ctr", "runc"] {
             if which(tool).is_none() {
                 bail!(
