@@ -195,8 +195,18 @@ impl Reconciler {
         .default_backoff()
         .reflect(mc_writer);
         tasks.spawn(
-            notify_on_events(mc_events, clusters_changed.clone(), shutdown.clone())
-                .instrument(tracing::info_span!("watch", kind = "MeshCluster")),
+            notify_on_events(
+                mc_events,
+                clusters_changed.clone(),
+                // At once, not when the supervisor rebuilds: lookups stop handing out the
+                // entry of a MeshCluster that changed or is gone.
+                {
+                    let (remotes, clusters) = (state.remotes.clone(), clusters.clone());
+                    move || remotes.observe(clusters.state().iter().map(AsRef::as_ref))
+                },
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("watch", kind = "MeshCluster")),
         );
         let secret_events = watcher(
             Api::<Secret>::namespaced(primary.clone(), &settings.mesh_namespace),
@@ -206,8 +216,13 @@ impl Reconciler {
         .modify(|secret| secret.managed_fields_mut().clear())
         .reflect(secret_writer);
         tasks.spawn(
-            notify_on_events(secret_events, clusters_changed.clone(), shutdown.clone())
-                .instrument(tracing::info_span!("watch", kind = "Secret")),
+            notify_on_events(
+                secret_events,
+                clusters_changed.clone(),
+                || {},
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("watch", kind = "Secret")),
         );
 
         // A push the apiserver then rejected is reverted as soon as its entry expires and a
@@ -250,14 +265,17 @@ impl Reconciler {
     }
 }
 
-/// Drives a reflector and wakes the supervisor on every change.
+/// Drives a reflector and wakes the supervisor on every change, once `changed` has seen the
+/// store holding it.
 async fn notify_on_events<K>(
     events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
     notify: Arc<Notify>,
+    mut changed: impl FnMut(),
     shutdown: CancellationToken,
 ) {
     for_each_event(events, &shutdown, |event| {
         if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+            changed();
             notify.notify_one();
         }
     })
@@ -293,8 +311,7 @@ async fn supervise(
     loop {
         let mut attached = BTreeSet::new();
         for cluster in shared.clusters.state() {
-            // A MeshCluster on its way out is detached already: stop pushing to it.
-            if cluster.metadata.deletion_timestamp.is_some() {
+            if !cluster.is_attached() {
                 continue;
             }
             let name = cluster.name_any();
@@ -352,11 +369,9 @@ async fn supervise(
             &shutdown,
         );
         // Entries built from a MeshCluster that is gone; entries inserted by hand (no UID) stay.
-        for remote in shared.state.remotes.snapshot() {
-            if !attached.contains(remote.name()) && remote.fingerprint().cluster_uid.is_some() {
-                shared.state.remotes.remove(remote.name());
-            }
-        }
+        shared.state.remotes.retain(|remote| {
+            attached.contains(remote.name()) || remote.fingerprint().cluster_uid.is_none()
+        });
         shared.state.readiness.set_primary_synced();
         tokio::select! {
             () = changed.notified() => {}

@@ -72,6 +72,14 @@ pub struct MeshClusterSpec {
     pub scope: NamespaceScope,
 }
 
+impl MeshCluster {
+    /// Whether it stands for an attached cluster: one on its way out is detached already, and
+    /// nothing is pushed to it.
+    pub fn is_attached(&self) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+    }
+}
+
 /// The part of a remote's namespaces kubectl-mesh syncs, on top of the installed rule's
 /// excluded namespaces: a platform or gateway namespace labelled on the remote itself stays
 /// as it is when left out here.

@@ -3,7 +3,8 @@
 //! [`Remotes`] is the registry shared by the admission path (which pushes to every entry) and
 //! the reconciler (which keeps it up to date). An entry is rebuilt only when the Secret's
 //! `resourceVersion` or the `MeshCluster`'s generation changes, so rotated credentials take
-//! effect without a restart and an unchanged Secret never churns connections.
+//! effect without a restart and an unchanged Secret never churns connections. Until then, an
+//! entry built for another `MeshCluster` than the one watched now is not handed out.
 //!
 //! Credentials never reach a log line: errors about a kubeconfig carry what is wrong with it,
 //! never its content.
@@ -394,8 +395,35 @@ impl Remote {
 /// The registry of remote clients, keyed by `MeshCluster` name. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Remotes {
-    entries: Arc<RwLock<BTreeMap<String, Arc<Remote>>>>,
+    entries: Arc<RwLock<Entries>>,
     options: RemoteOptions,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    built: BTreeMap<String, Arc<Remote>>,
+    /// The uid and generation of each attached `MeshCluster` as last watched, once
+    /// [`Remotes::observe`] is called.
+    attached: Option<BTreeMap<String, Incarnation>>,
+}
+
+/// A `MeshCluster`'s uid and generation.
+type Incarnation = (Option<String>, Option<i64>);
+
+impl Entries {
+    /// Whether `remote` was built for the `MeshCluster` of its name as last watched: until
+    /// [`Remotes::refresh`] rebuilds it, the entry of a cluster deleted, changed (its server,
+    /// scope or identity) or created again under the same name would reach what is no longer
+    /// attached. An entry bound to no `MeshCluster` (a test's) has nothing to be compared with.
+    fn is_current(&self, remote: &Remote) -> bool {
+        let built = &remote.fingerprint;
+        built.cluster_uid.is_none()
+            || self.attached.as_ref().is_none_or(|attached| {
+                attached.get(&remote.name).is_some_and(|(uid, generation)| {
+                    built.cluster_uid == *uid && built.cluster_generation == *generation
+                })
+            })
+    }
 }
 
 impl Remotes {
@@ -406,26 +434,60 @@ impl Remotes {
         }
     }
 
+    /// The entry of `name`, unless it was built for another `MeshCluster` than the one
+    /// attached now ([`Remotes::observe`]).
     pub fn get(&self, name: &str) -> Option<Arc<Remote>> {
-        self.read().get(name).cloned()
+        let entries = self.read();
+        entries
+            .built
+            .get(name)
+            .filter(|remote| entries.is_current(remote))
+            .cloned()
     }
 
-    /// Every entry, ordered by name.
+    /// Every entry [`Remotes::get`] hands out, ordered by name.
     pub fn snapshot(&self) -> Vec<Arc<Remote>> {
-        self.read().values().cloned().collect()
+        let entries = self.read();
+        entries
+            .built
+            .values()
+            .filter(|remote| entries.is_current(remote))
+            .cloned()
+            .collect()
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.read().keys().cloned().collect()
+        self.read().built.keys().cloned().collect()
     }
 
     /// Adds or replaces an entry as is.
     pub fn insert(&self, remote: Remote) {
-        self.write().insert(remote.name.clone(), Arc::new(remote));
+        self.write()
+            .built
+            .insert(remote.name.clone(), Arc::new(remote));
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<Remote>> {
-        self.write().remove(name)
+        self.write().built.remove(name)
+    }
+
+    /// Keeps only the entries for which `keep` holds, current or not.
+    pub fn retain(&self, mut keep: impl FnMut(&Remote) -> bool) {
+        self.write().built.retain(|_, remote| keep(remote));
+    }
+
+    /// The `MeshCluster`s as their watch shows them now: from then on an entry is handed out
+    /// only while it was built for the attached one of its name, however late the rebuild.
+    pub fn observe<'a>(&self, clusters: impl IntoIterator<Item = &'a MeshCluster>) {
+        let attached = clusters
+            .into_iter()
+            .filter(|cluster| cluster.is_attached())
+            .map(|cluster| {
+                let meta = &cluster.metadata;
+                (cluster.name_any(), (meta.uid.clone(), meta.generation))
+            })
+            .collect();
+        self.write().attached = Some(attached);
     }
 
     /// Brings the entry of `cluster` up to date with its Secret (looked up by the caller in
@@ -439,6 +501,8 @@ impl Remotes {
         let name = cluster.name_any();
         let fingerprint = Fingerprint::of(cluster, secret);
         if self
+            .read()
+            .built
             .get(&name)
             .is_some_and(|r| r.fingerprint == fingerprint)
         {
@@ -473,17 +537,17 @@ impl Remotes {
             identity: Some(Identity::of(cluster)),
             ..Remote::in_state(name.clone(), state, watch_client)
         });
-        self.write().insert(name, remote.clone());
+        self.write().built.insert(name, remote.clone());
         Some(remote)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Remote>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
         // The map is always left consistent (single inserts/removes), so a poisoned lock is safe
         // to keep using.
         self.entries.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Remote>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Entries> {
         self.entries.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -1150,6 +1214,54 @@ current-context: east
         cluster.spec.server = format!("{server}/");
         let remote = refreshed(&cluster, &as_attached).await;
         assert!(remote.client().is_some(), "{:?}", remote.state());
+    }
+
+    /// A MeshCluster deleted and created again under its name (perhaps with another Secret and
+    /// server), or changed, or on its way out: its old entry reaches nothing, even before the
+    /// rebuild.
+    #[tokio::test]
+    async fn an_entry_is_never_handed_out_for_another_mesh_cluster() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let incarnation = |uid: &str, generation| {
+            let mut cluster = mesh_cluster("east", "uid");
+            cluster.metadata.uid = Some(uid.to_owned());
+            cluster.metadata.generation = Some(generation);
+            cluster
+        };
+        let first = incarnation("uid-1", 1);
+        let secret = stored_credentials("east", TOKEN_KUBECONFIG);
+        let remotes = Remotes::default();
+        remotes.observe([&first]);
+        let built = remotes
+            .refresh(&first, "ns", Some(&secret))
+            .await
+            .expect("built");
+        assert!(remotes.get("east").is_some_and(|r| Arc::ptr_eq(&r, &built)));
+
+        let again = incarnation("uid-2", 1);
+        let changed = incarnation("uid-1", 2);
+        let mut leaving = first.clone();
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        for watched in [vec![&again], vec![&changed], vec![&leaving], vec![]] {
+            remotes.observe(watched.iter().copied());
+            assert!(remotes.get("east").is_none(), "{watched:?}");
+            assert!(remotes.snapshot().is_empty(), "{watched:?}");
+        }
+
+        remotes.observe([&again]);
+        let rebuilt = remotes
+            .refresh(&again, "ns", Some(&secret))
+            .await
+            .expect("rebuilt");
+        assert!(
+            remotes
+                .get("east")
+                .is_some_and(|r| Arc::ptr_eq(&r, &rebuilt))
+        );
+        assert_eq!(remotes.snapshot().len(), 1);
     }
 
     #[tokio::test]

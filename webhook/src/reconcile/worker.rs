@@ -303,6 +303,11 @@ impl Worker {
             rule: &shared.state.rule,
         };
         let remote = shared.state.remotes.get(cluster_name);
+        if remote.is_none() {
+            // Built for a MeshCluster that changed or is gone: the supervisor kicks this
+            // worker once the entry is rebuilt, or stops it.
+            return Outcome::Synced;
+        }
         let scoped = remote
             .as_deref()
             .map(|r| shared.state.rule.within(r.scope()));
