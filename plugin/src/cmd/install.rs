@@ -1,17 +1,17 @@
 //! `kubectl mesh install`: the CRD, namespace, RBAC, serving certificate, webhook and webhook
 //! configuration on the primary.
 
-use std::ops::ControlFlow::{Break, Continue};
+mod rollout;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
-    apps::v1::Deployment,
-    core::v1::{Namespace, Pod, Secret},
+    core::v1::{Namespace, Secret},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use kube::{Api, Client};
 use mesh_core::{MESH_NAMESPACE, labels::SyncRule};
 
 use super::apply::{self, Deleted};
@@ -20,7 +20,7 @@ use crate::{
     access::Target,
     installed_rule,
     output::{self, OutputFormat},
-    poll, remote_setup as setup,
+    remote_setup as setup,
     render::{self, Manifest, Options, PreviousCas, ServingCert, WebhookUrl},
 };
 
@@ -228,13 +228,14 @@ impl Install {
         if options.webhook_url.is_some() {
             remove_in_cluster_webhook(&client, ctx).await?;
         } else if wait {
-            wait_available(&client, timeout).await?;
-            progress.ok(format!("Deployment {} available", render::WEBHOOK));
+            let current =
+                matches!(plan.previous, PreviousCas::UntilRollout(_)).then(|| cert.fingerprint());
+            rollout::wait_webhook(&client, current.as_deref(), timeout, progress).await?;
         }
         match &plan.previous {
             PreviousCas::None => {}
+            // Once `wait_webhook` saw no pod serve the previous certificate.
             PreviousCas::UntilRollout(ca_bundle) => {
-                wait_previous_pods_gone(&client, &cert.fingerprint(), timeout).await?;
                 let m = Manifest::new(&render::mutating_webhook_configuration(
                     &options,
                     Some(ca_bundle.as_bytes()),
@@ -510,172 +511,6 @@ async fn remove_client_ca(client: &Client, ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// The webhook's pods that serve another certificate than `fingerprint` (their
-/// [`render::SERVING_CERT_ANNOTATION`]), terminating ones included: a rollout is done while
-/// old pods still terminate, and one may yet answer a call on a connection the apiserver keeps
-/// open, which fails (and is let through unpushed) once their CA is no longer trusted.
-fn serving_another(pods: &[Pod], fingerprint: &str) -> Vec<String> {
-    pods.iter()
-        .filter(|p| {
-            p.annotations()
-                .get(render::SERVING_CERT_ANNOTATION)
-                .map(String::as_str)
-                != Some(fingerprint)
-        })
-        .map(ResourceExt::name_any)
-        .collect()
-}
-
-/// Waits until no pod of the webhook serves another certificate than `fingerprint`
-/// ([`serving_another`]).
-async fn wait_previous_pods_gone(
-    client: &Client,
-    fingerprint: &str,
-    timeout: Duration,
-) -> Result<()> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), MESH_NAMESPACE);
-    let pods = ListParams::default().labels(&render::webhook_pod_selector());
-    let look = async || {
-        let found = api.list(&pods).await.map_err(Error::kube(format!(
-            "cannot list the pods of Deployment {MESH_NAMESPACE}/{}",
-            render::WEBHOOK
-        )))?;
-        let old = serving_another(&found.items, fingerprint);
-        Ok(if old.is_empty() {
-            Break(())
-        } else {
-            Continue(old)
-        })
-    };
-    let late = |old: Vec<String>| poll::Late {
-        what: format!(
-            "the webhook's pods serving the previous certificate to end ({})",
-            mesh_core::printable::few(&old)
-        ),
-        hint: "the webhook configuration trusts both CAs meanwhile: re-run install without \
-               --rotate-certs once they are gone to stop trusting the previous one"
-            .into(),
-    };
-    poll::until(timeout, Duration::from_secs(1), look, late).await
-}
-
-/// Where a Deployment's rollout stands, read as `kubectl rollout status` reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Rollout {
-    /// Every replica runs the current template and is available; no old pod is left.
-    Done,
-    /// Not yet: what it waits for.
-    Waiting(String),
-    /// The rollout will not finish by itself: why.
-    Failed(String),
-}
-
-/// The rollout state of `d` (its spec and status), following kubectl's
-/// `DeploymentStatusViewer`: the controller has seen the current generation; every replica
-/// of the spec is updated; no old replica is left (old pods may keep the Deployment
-/// `Available` while the new ones crash); every updated replica is available. A `Progressing`
-/// condition False with reason `ProgressDeadlineExceeded` fails it at once.
-pub fn rollout(d: &Deployment) -> Rollout {
-    let status = d.status.clone().unwrap_or_default();
-    if status.observed_generation < d.metadata.generation {
-        return Rollout::Waiting("the controller to observe the new spec".into());
-    }
-    let stalled = status.conditions.iter().flatten().find(|c| {
-        c.type_ == "Progressing"
-            && c.status == "False"
-            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
-    if let Some(c) = stalled {
-        let why = c.message.as_deref().unwrap_or_default();
-        return Rollout::Failed(format!(
-            "Deployment {}/{} exceeded its progress deadline{}",
-            d.metadata.namespace.as_deref().unwrap_or(MESH_NAMESPACE),
-            d.metadata.name.as_deref().unwrap_or(render::WEBHOOK),
-            if why.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", mesh_core::printable::one_line(why))
-            }
-        ));
-    }
-    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let updated = status.updated_replicas.unwrap_or(0);
-    let replicas = status.replicas.unwrap_or(0);
-    let available = status.available_replicas.unwrap_or(0);
-    if updated < wanted {
-        Rollout::Waiting(format!("{updated} of {wanted} new replicas updated"))
-    } else if replicas > updated {
-        Rollout::Waiting(format!(
-            "{} old replicas pending termination",
-            replicas - updated
-        ))
-    } else if available < updated {
-        Rollout::Waiting(format!(
-            "{available} of {updated} updated replicas available"
-        ))
-    } else {
-        Rollout::Done
-    }
-}
-
-/// Waits until the webhook Deployment has rolled out ([`rollout`]); fails at once when its
-/// progress deadline is exceeded, and says on a timeout what it was still waiting for.
-async fn wait_available(client: &Client, timeout: Duration) -> Result<()> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), MESH_NAMESPACE);
-    let hint = "check the pods: `kubectl -n kubectl-mesh get pods` and `kubectl -n kubectl-mesh \
-                describe deploy mesh-webhook`";
-    let last = std::sync::Arc::new(std::sync::Mutex::new(Rollout::Waiting(
-        "the Deployment to exist".into(),
-    )));
-    let seen = last.clone();
-    let waited = apply::wait_for(
-        api,
-        render::WEBHOOK,
-        &format!(
-            "Deployment {MESH_NAMESPACE}/{} to roll out",
-            render::WEBHOOK
-        ),
-        timeout,
-        hint,
-        move |d: Option<&Deployment>| {
-            let state = d.map_or_else(
-                || Rollout::Waiting("the Deployment to exist".into()),
-                rollout,
-            );
-            let ended = !matches!(state, Rollout::Waiting(_));
-            *seen
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = state;
-            ended
-        },
-    )
-    .await;
-    let last = last
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    waited_for_rollout(waited, last, hint)
-}
-
-/// What a wait for the rollout, `waited`, says once `last` was the rollout's state: a failed
-/// rollout is refused at once, a timeout says what it still waited for.
-fn waited_for_rollout(waited: Result<()>, last: Rollout, hint: &str) -> Result<()> {
-    match (waited, last) {
-        (Ok(()), Rollout::Failed(what)) => Err(Error::Refused {
-            what,
-            hint: hint.into(),
-        }),
-        (Err(Error::Timeout { what, after, hint }), Rollout::Waiting(pending)) => {
-            Err(Error::Timeout {
-                what: format!("{what} ({pending})"),
-                after,
-                hint,
-            })
-        }
-        (waited, _) => waited,
-    }
-}
-
 /// The certificate, key and CA for a webhook run outside the cluster, written to temporary
 /// names in `--webhook-cert-dir` and moved into place by [`StagedCertDir::commit`]; dropped
 /// before that, the temporary files are removed.
@@ -773,180 +608,6 @@ mod tests {
     use super::*;
     use clap::Parser as _;
     use std::os::unix::fs::PermissionsExt;
-
-    /// A webhook Deployment of `wanted` replicas at generation 2, with `status` (JSON).
-    fn deployment(wanted: i32, status: serde_json::Value) -> Deployment {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "mesh-webhook", "namespace": "kubectl-mesh", "generation": 2},
-            "spec": {
-                "replicas": wanted,
-                "selector": {"matchLabels": {"app": "mesh-webhook"}},
-                "template": {"spec": {"containers": [{"name": "webhook"}]}},
-            },
-            "status": status,
-        }))
-        .unwrap()
-    }
-
-    fn available() -> serde_json::Value {
-        serde_json::json!({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"})
-    }
-
-    fn waiting(what: &str) -> Rollout {
-        Rollout::Waiting(what.into())
-    }
-
-    /// `install --rotate-certs --wait` stopped trusting the previous CA once the rollout was
-    /// done, while pods serving the previous certificate still terminated and answered.
-    #[test]
-    fn pods_of_the_previous_certificate_count_until_gone() {
-        let pod = |name: &str, fingerprint: Option<&str>, terminating: bool| {
-            let mut p = Pod::default();
-            p.metadata.name = Some(name.to_owned());
-            p.metadata.annotations = fingerprint
-                .map(|f| [(render::SERVING_CERT_ANNOTATION.to_owned(), f.to_owned())].into());
-            if terminating {
-                p.metadata.deletion_timestamp =
-                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                        jiff::Timestamp::UNIX_EPOCH,
-                    ));
-            }
-            p
-        };
-        let pods = [
-            pod("new", Some("sha-new"), false),
-            pod("old-terminating", Some("sha-old"), true),
-            pod("older-than-the-annotation", None, false),
-        ];
-        assert_eq!(
-            serving_another(&pods, "sha-new"),
-            ["old-terminating", "older-than-the-annotation"]
-        );
-        assert!(serving_another(&pods[..1], "sha-new").is_empty());
-    }
-
-    #[test]
-    fn rollout_waits_while_old_pods_keep_the_deployment_available() {
-        // A new image crash-looping: the new ReplicaSet's pod is updated but not available,
-        // the old pods still are, and the Deployment says Available.
-        let mid = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
-                "availableReplicas": 2, "readyReplicas": 2, "unavailableReplicas": 1,
-                "conditions": [available(), {"type": "Progressing", "status": "True",
-                                             "reason": "ReplicaSetUpdated"}],
-            }),
-        );
-        assert_eq!(rollout(&mid), waiting("1 of 2 new replicas updated"));
-        // Every new pod created, none available yet, the old ones still there.
-        let all_new = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 2, "replicas": 4, "updatedReplicas": 2,
-                "availableReplicas": 2, "conditions": [available()],
-            }),
-        );
-        assert_eq!(
-            rollout(&all_new),
-            waiting("2 old replicas pending termination")
-        );
-        // The old pods gone, a new one not yet available.
-        let last = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
-                "availableReplicas": 1, "conditions": [available()],
-            }),
-        );
-        assert_eq!(rollout(&last), waiting("1 of 2 updated replicas available"));
-    }
-
-    /// A rollout past its progress deadline ends the wait refused at once; a timeout says
-    /// what it still waited for; a finished rollout is no error.
-    #[test]
-    fn the_wait_says_how_the_rollout_ended() {
-        let timeout = || Error::Timeout {
-            what: "Deployment kubectl-mesh/mesh-webhook to roll out".into(),
-            after: "2m".into(),
-            hint: "check the pods".into(),
-        };
-        let failed = waited_for_rollout(Ok(()), Rollout::Failed("past its deadline".into()), "h");
-        assert_eq!(failed.unwrap_err().line(), "past its deadline; h");
-        let pending = Rollout::Waiting("1 of 2 updated replicas available".into());
-        let late = waited_for_rollout(Err(timeout()), pending, "h").unwrap_err();
-        assert_eq!(
-            late.line(),
-            "timed out after 2m waiting for Deployment kubectl-mesh/mesh-webhook to roll out \
-             (1 of 2 updated replicas available); check the pods"
-        );
-        assert!(waited_for_rollout(Ok(()), Rollout::Done, "h").is_ok());
-    }
-
-    #[test]
-    fn rollout_waits_for_the_controller_to_observe_the_generation() {
-        let stale = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-                "availableReplicas": 2, "conditions": [available()],
-            }),
-        );
-        assert_eq!(
-            rollout(&stale),
-            waiting("the controller to observe the new spec")
-        );
-        let no_status = deployment(2, serde_json::Value::Null);
-        assert_eq!(
-            rollout(&no_status),
-            waiting("the controller to observe the new spec")
-        );
-    }
-
-    #[test]
-    fn rollout_is_done_when_every_replica_is_updated_and_available() {
-        let done = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
-                "availableReplicas": 2, "readyReplicas": 2,
-                "conditions": [available(), {"type": "Progressing", "status": "True",
-                                             "reason": "NewReplicaSetAvailable"}],
-            }),
-        );
-        assert_eq!(rollout(&done), Rollout::Done);
-    }
-
-    #[test]
-    fn rollout_fails_at_once_past_its_progress_deadline() {
-        let stuck = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
-                "availableReplicas": 2,
-                "conditions": [available(), {
-                    "type": "Progressing", "status": "False",
-                    "reason": "ProgressDeadlineExceeded",
-                    "message": "ReplicaSet \"mesh-webhook-5d9\" has timed out progressing.",
-                }],
-            }),
-        );
-        assert_eq!(
-            rollout(&stuck),
-            Rollout::Failed(
-                "Deployment kubectl-mesh/mesh-webhook exceeded its progress deadline \
-                 (ReplicaSet \"mesh-webhook-5d9\" has timed out progressing.)"
-                    .into()
-            )
-        );
-        // A deadline exceeded by an earlier generation is not this one's.
-        let mut next = stuck.clone();
-        next.metadata.generation = Some(3);
-        assert_eq!(
-            rollout(&next),
-            waiting("the controller to observe the new spec")
-        );
-    }
 
     /// What install does with `--webhook-cert-dir` once everything is applied.
     fn write_cert_dir(dir: &Path, cert: &ServingCert) {
