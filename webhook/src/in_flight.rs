@@ -67,18 +67,21 @@ impl Entry {
 }
 
 impl Entry {
-    /// Whether the primary storing `labels` at `version` ends this push's standing in: it
-    /// persisted the push, or another change of the managed labels superseded it. A request is
-    /// stored only over the version it was reviewed on: once a later version holds other
-    /// managed labels than before the push, the request failed (a conflict) or is retried,
-    /// and a retry is reviewed, and recorded, afresh. A later version still holding the labels
-    /// before the push (an edit of something else) leaves it standing in: its retry will most
-    /// likely push the same again, and reverting the remotes meanwhile would make them flap.
-    fn ended_by(&self, labels: &Labels, version: Option<&str>) -> bool {
-        let superseded = matches!(
+    /// Whether the primary storing `labels` at `version`, as `seen`, ends this push's standing
+    /// in: it persisted the push, or another change superseded it. A request is stored only
+    /// over the version it was reviewed on: once a later version holds other managed labels
+    /// than before the push, the request failed (a conflict) or is retried, and a retry is
+    /// reviewed, and recorded, afresh. A later version the watch shows still holding the
+    /// labels before the push (an edit of something else) leaves it standing in: its retry
+    /// will most likely push the same again, and reverting the remotes meanwhile would make
+    /// them flap. A list, though, skips versions: the same labels there may be the push
+    /// persisted and changed back since (A, B, A), which only a read would tell apart.
+    fn ended_by(&self, labels: &Labels, version: Option<&str>, seen: Seen) -> bool {
+        let stored_after = matches!(
             (self.after, version.and_then(resource_version)),
             (Some(after), Some(version)) if version > after
-        ) && *labels != self.before;
+        );
+        let superseded = stored_after && (seen == Seen::Listed || *labels != self.before);
         superseded || self.persisted_by(labels, version)
     }
 
@@ -91,6 +94,15 @@ impl Entry {
         };
         self.labels == *labels && stored_after
     }
+}
+
+/// How the primary's watch showed a namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A change, each version in turn.
+    Watched,
+    /// In a list (a relist), which skips the versions stored in between.
+    Listed,
 }
 
 /// A push whose time ran out, to be confirmed by a read of the primary.
@@ -217,10 +229,16 @@ impl InFlight {
     /// no standing in any more ([`Entry::ended_by`]). Whether what the reconciler sees of the
     /// namespace changed: the push ended without being what the primary holds.
     #[must_use]
-    pub fn settle(&self, namespace: &str, persisted: &Labels, version: Option<&str>) -> bool {
+    pub fn settle(
+        &self,
+        namespace: &str,
+        persisted: &Labels,
+        version: Option<&str>,
+        seen: Seen,
+    ) -> bool {
         let mut entries = self.lock();
         match entries.get(namespace) {
-            Some(entry) if entry.ended_by(persisted, version) => {
+            Some(entry) if entry.ended_by(persisted, version, seen) => {
                 let seen_differs = entry.labels != *persisted;
                 entries.remove(namespace);
                 seen_differs
@@ -373,7 +391,12 @@ mod tests {
         // Unmanaged labels are the primary's own business and stay.
         assert_eq!(view["shop"].metadata.labels.as_ref().unwrap()["team"], "a");
 
-        let _ = in_flight.settle("shop", &labels(&[("istio-injection", "other")]), None);
+        let _ = in_flight.settle(
+            "shop",
+            &labels(&[("istio-injection", "other")]),
+            None,
+            Seen::Watched,
+        );
         assert_eq!(
             in_flight.len(),
             1,
@@ -381,7 +404,7 @@ mod tests {
         );
         let persisted = labels(&[("istio-injection", "enabled")]);
         assert!(
-            !in_flight.settle("shop", &persisted, None),
+            !in_flight.settle("shop", &persisted, None, Seen::Watched),
             "seen as it was"
         );
         assert!(in_flight.is_empty());
@@ -469,9 +492,27 @@ mod tests {
         let in_flight = InFlight::default();
         let enabled = labels(&[("istio-injection", "enabled")]);
         in_flight.record("shop", enabled.clone(), &Labels::new(), Some("11"));
-        let _ = in_flight.settle("shop", &enabled, Some("10"));
+        let _ = in_flight.settle("shop", &enabled, Some("10"), Seen::Watched);
         assert_eq!(in_flight.len(), 1, "version 10 is not this push");
-        let _ = in_flight.settle("shop", &enabled, Some("12"));
+        let _ = in_flight.settle("shop", &enabled, Some("12"), Seen::Watched);
+        assert!(in_flight.is_empty());
+    }
+
+    /// enabled pushed from version 10, stored at 11 and removed again at 12: a relist shows
+    /// version 12 alone, with the labels from before the push.
+    #[tokio::test]
+    async fn a_list_of_a_later_version_ends_a_push_whatever_its_labels() {
+        let in_flight = InFlight::default();
+        push_enabled(&in_flight, Some("10"));
+        for not_after in ["9", "10"] {
+            assert!(!in_flight.settle("shop", &Labels::new(), Some(not_after), Seen::Listed));
+            assert_eq!(
+                in_flight.len(),
+                1,
+                "version {not_after} is not stored after it"
+            );
+        }
+        assert!(in_flight.settle("shop", &Labels::new(), Some("12"), Seen::Listed));
         assert!(in_flight.is_empty());
     }
 
@@ -482,11 +523,11 @@ mod tests {
         let in_flight = InFlight::default();
         push_enabled(&in_flight, Some("100"));
         // Only an annotation changed: the request is retried, most likely to the same labels.
-        assert!(!in_flight.settle("shop", &Labels::new(), Some("101")));
+        assert!(!in_flight.settle("shop", &Labels::new(), Some("101"), Seen::Watched));
         assert_eq!(in_flight.len(), 1, "an edit of something else ends nothing");
         // The reconciler saw the push; now it must look again.
         let canary = labels(&[("istio.io/rev", "canary")]);
-        assert!(in_flight.settle("shop", &canary, Some("102")));
+        assert!(in_flight.settle("shop", &canary, Some("102"), Seen::Watched));
         assert!(
             in_flight.is_empty(),
             "another change of the managed labels won"
@@ -498,7 +539,12 @@ mod tests {
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
         push_enabled(&in_flight, None);
-        let _ = in_flight.settle("shop", &labels(&[("istio-injection", "enabled")]), None);
+        let _ = in_flight.settle(
+            "shop",
+            &labels(&[("istio-injection", "enabled")]),
+            None,
+            Seen::Watched,
+        );
         assert!(
             tokio::time::timeout(Duration::from_secs(20), expired.changed())
                 .await
@@ -582,6 +628,7 @@ mod tests {
             "shop",
             &labels(&[("istio-injection", "enabled")]),
             Some("8"),
+            Seen::Watched,
         );
         assert!(in_flight.is_empty());
     }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    in_flight::InFlight,
+    in_flight::{InFlight, Seen},
     remote_watch::{Interner, LabelSet, kept_namespace},
     watch_events::for_each_event,
 };
@@ -240,14 +240,16 @@ pub async fn watch_namespaces(
         // read neither the push nor the labels that persisted it. A push that ended without
         // being what the primary holds changed what the reconciler sees, as a change would.
         match &event {
-            watcher::Event::Apply(ns) => changed_labels |= settle(&in_flight, &store.rule, ns),
-            // A relist (a new replica, a watch that expired) may hold pushes persisted while
-            // no event could say so; unsettled, they would stand in for good, renewed by every
-            // confirmation, and undo a later change made elsewhere.
+            watcher::Event::Apply(ns) => {
+                changed_labels |= settle(&in_flight, &store.rule, ns, Seen::Watched);
+            }
+            // A relist (a new replica, a watch that expired) may hold pushes persisted, or
+            // persisted and changed since, while no event could say so; unsettled, they would
+            // stand in for good, renewed by every confirmation, and undo a later change.
             watcher::Event::InitDone => {
                 for (name, _) in in_flight.pushed() {
                     if let Some(ns) = store.get(&name) {
-                        changed_labels |= settle(&in_flight, &store.rule, &ns);
+                        changed_labels |= settle(&in_flight, &store.rule, &ns, Seen::Listed);
                     }
                 }
             }
@@ -262,12 +264,13 @@ pub async fn watch_namespaces(
 
 /// Ends the standing in of a push to `ns` that `ns`, as the primary stores it, persisted or
 /// superseded; whether the reconciler must look again ([`InFlight::settle`]).
-fn settle(in_flight: &InFlight, rule: &SyncRule, ns: &Namespace) -> bool {
+fn settle(in_flight: &InFlight, rule: &SyncRule, ns: &Namespace, seen: Seen) -> bool {
     let labels = rule.desired(Some(ns));
     in_flight.settle(
         &ns.name_any(),
         &labels,
         ns.metadata.resource_version.as_deref(),
+        seen,
     )
 }
 
@@ -410,6 +413,33 @@ mod tests {
         .await;
         let standing: Vec<String> = in_flight.pushed().into_iter().map(|(n, _)| n).collect();
         assert_eq!(standing, ["b"]);
+    }
+
+    /// A push stored, then its labels changed back while the watch was relisting: the list
+    /// ends it, and the workers look again.
+    #[tokio::test]
+    async fn a_relist_ends_a_push_changed_back_since() {
+        use watcher::Event;
+
+        let in_flight = crate::in_flight::InFlight::default();
+        let enabled = mesh_core::fixtures::labels(&[("istio-injection", "enabled")]);
+        in_flight.record("a", enabled, &Labels::new(), Some("10"));
+        let events = [
+            Event::Init,
+            Event::InitApply(ns("a").rv("12")),
+            Event::InitDone,
+        ];
+        let (changed, seen) = watch::channel(0u64);
+        watch_namespaces(
+            futures::stream::iter(events.into_iter().map(Ok)),
+            store(),
+            in_flight.clone(),
+            changed,
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(in_flight.is_empty());
+        assert_eq!(*seen.borrow(), 1);
     }
 
     /// A push another change overtook ends, and the workers look again: the primary's labels
