@@ -155,6 +155,21 @@ pub fn judge(name: &str, facts: &IstioSecretFacts) -> Option<CheckResult> {
     );
     match &facts.secret {
         Ok(None) => return None,
+        // Refused before the apiserver looks whether it exists: the caller's rights are what is
+        // missing, and most clusters have none (attach without --istio-remote-secret).
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            return Some(CheckResult::warning(
+                what,
+                format!(
+                    "not checked: you may not read Secret {secret} ({})",
+                    s.message
+                ),
+                format!(
+                    "check as a caller who may get Secrets in {}",
+                    setup::ISTIO_NAMESPACE
+                ),
+            ));
+        }
         Err(e) => {
             return Some(CheckResult::kube_failure(
                 what,
@@ -228,6 +243,33 @@ mod tests {
             reader: None,
         };
         assert_eq!(judge("east", &facts), None);
+    }
+
+    /// RBAC refuses before looking whether the Secret exists: a caller without rights in
+    /// istio-system is told so, without failing clusters that have no such Secret.
+    #[test]
+    fn a_caller_refused_the_secret_gets_a_warning_not_a_failure() {
+        let facts = IstioSecretFacts {
+            secret: Err(kube::Error::Api(
+                kube::core::Status::failure("secrets is forbidden", "Forbidden")
+                    .with_code(403)
+                    .boxed(),
+            )),
+            reader: None,
+        };
+        let result = judge("east", &facts).unwrap();
+        assert_eq!(result.result, super::super::Outcome::Warning);
+        assert_eq!(
+            result.detail.as_deref(),
+            Some(
+                "not checked: you may not read Secret istio-system/istio-remote-secret-east \
+                 (secrets is forbidden)"
+            )
+        );
+        assert!(
+            result.hint_mentions("Secrets in istio-system"),
+            "{result:?}"
+        );
     }
 
     #[test]
