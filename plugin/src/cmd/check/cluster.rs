@@ -24,8 +24,7 @@ use super::report::{CheckResult, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
 use crate::{
-    age, kubeconfig, mesh_state::RemoteResult, output::plural, remote_setup as setup,
-    sync_scope::Scope,
+    age, mesh_state::RemoteResult, output::plural, remote_setup as setup, sync_scope::Scope,
 };
 use mesh_core::token::{self, Standing};
 
@@ -176,23 +175,19 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
             return section(checks);
         }
     };
-    let server = kubeconfig::select(stored, None)
-        .ok()
-        .and_then(|s| s.server().ok().map(str::to_owned));
-    match &server {
-        Some(s) if *s != cluster.spec.server => checks.push(CheckResult::warning(
+    // Held to what attach recorded, by the rule every client of a MeshCluster is.
+    if let Err(mismatch) = mesh_core::recorded::check(stored, &cluster.spec) {
+        checks.push(CheckResult::error(
             what,
-            format!(
-                "its server {s} differs from spec.server {}",
-                cluster.spec.server
-            ),
-            "the webhook uses the Secret's; re-attach to make them agree",
-        )),
-        _ => checks.push(CheckResult::ok(
-            what,
-            Some(format!("Secret {MESH_NAMESPACE}/{secret_name}")),
-        )),
+            format!("{mismatch}: the webhook sends nothing with it"),
+            reattach,
+        ));
+        return section(checks);
     }
+    checks.push(CheckResult::ok(
+        what,
+        Some(format!("Secret {MESH_NAMESPACE}/{secret_name}")),
+    ));
 
     // Reachable, with the stored credentials, through the webhook's own client code.
     let what = "remote answers with the stored credentials";
@@ -742,6 +737,38 @@ mod tests {
         }
     }
 
+    /// The stored kubeconfig is judged by the webhook's rule of what attach recorded: a
+    /// trailing slash is the same server, another server is refused.
+    #[test]
+    fn a_stored_server_is_judged_as_the_webhook_judges_it() {
+        let primary = BTreeMap::new();
+        let rule = SyncRule::default();
+        let cluster = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
+        let first_check = |server: &str| {
+            let facts = ClusterFacts::Stored(Box::new(Stored {
+                kubeconfig: crate::kubeconfig::build_stored_kubeconfig("east", server, None, "t"),
+                remote: RemoteFacts::NoClient(mesh_core::remote::Error::Yaml {
+                    name: "cluster-east".into(),
+                }),
+            }));
+            judge(&mesh_of(&primary, &rule), &cluster, &facts).checks[0].clone()
+        };
+        assert_eq!(first_check("https://127.0.0.1:1/").result, Outcome::Ok);
+        let other = first_check("https://10.0.0.1:6443");
+        assert_eq!(other.result, Outcome::Error);
+        assert!(
+            other
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("not \"https://127.0.0.1:1\", the one attach recorded")),
+            "{other:?}"
+        );
+        assert!(
+            other.hint_mentions("re-run `kubectl mesh attach` for east"),
+            "{other:?}"
+        );
+    }
+
     #[test]
     fn pods_contrary_to_their_labels_warn_with_the_namespaces_to_restart() {
         let primary: BTreeMap<String, Namespace> = [(
@@ -931,7 +958,7 @@ mod tests {
     fn token_check_levels() {
         let now: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
         let stored = |token: &str| {
-            kubeconfig::build_stored_kubeconfig("east", "https://1.2.3.4", None, token)
+            crate::kubeconfig::build_stored_kubeconfig("east", "https://1.2.3.4", None, token)
         };
         let at = |s: i64| jwt(serde_json::json!({"exp": now.as_second() + s}));
         let r = token_result(&stored(&at(3600)), now, "east");
