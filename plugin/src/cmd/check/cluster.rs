@@ -10,8 +10,8 @@ use k8s_openapi::api::{
 use kube::{ResourceExt, config::Kubeconfig};
 use mesh_core::{
     MESH_NAMESPACE,
-    cluster::{KUBECONFIG_KEY, MeshCluster},
-    failure::error_chain,
+    cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster},
+    failure::{Failure, error_chain},
     injection::{self, Readiness},
     labels::SyncRule,
     printable::few,
@@ -259,7 +259,49 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
     checks.extend(pods_result(mesh, &name, namespaces, injectors, &reads.view));
     checks.push(scope_result(&reads.scope, &name));
     checks.push(guard_result(cluster, &reads.guard));
+    checks.extend(webhook_result(cluster));
     section(checks)
+}
+
+/// What the webhook last recorded of the cluster. Everything above is read from here, and the
+/// webhook may not get as far: another network path (its pods, their HTTPS_PROXY and
+/// NO_PROXY), or writes the remote refuses. `None` until it has recorded anything.
+fn webhook_result(cluster: &MeshCluster) -> Option<CheckResult> {
+    let what = "the webhook reaches and syncs it";
+    let status = cluster.status.as_ref()?;
+    let recorded = [CONDITION_REACHABLE, CONDITION_SYNCED].map(|t| status.condition(t));
+    if recorded.iter().all(Option::is_none) {
+        return None;
+    }
+    let Some(failed) = recorded.into_iter().flatten().find(|c| c.status != "True") else {
+        let when = status.last_sync_time.as_deref().unwrap_or("not yet");
+        return Some(CheckResult::ok(what, Some(format!("last synced {when}"))));
+    };
+    let name = cluster.name_any();
+    let unanswered = [Failure::Unreachable, Failure::TimedOut].map(Failure::reason);
+    let hint =
+        if failed.type_ == CONDITION_REACHABLE && unanswered.contains(&failed.reason.as_str()) {
+            format!(
+                "this check reached it from here: check that {} is reachable from the webhook's \
+             pods, through their HTTPS_PROXY and NO_PROXY if set",
+                cluster.spec.server
+            )
+        } else {
+            format!("`kubectl describe meshcluster {name}` shows the webhook's Events about it")
+        };
+    // An unfinished sync's Synced is Unknown, its message pointing at the error met.
+    let message = match failed.status.as_str() {
+        "Unknown" => status.last_error.as_deref().unwrap_or(&failed.message),
+        _ => &failed.message,
+    };
+    Some(CheckResult::error(
+        what,
+        format!(
+            "the webhook recorded {}={} ({}): {message}",
+            failed.type_, failed.status, failed.reason
+        ),
+        hint,
+    ))
 }
 
 /// The stored identity may patch every namespace; the remote's sync scope policy must refuse
@@ -766,6 +808,68 @@ mod tests {
         assert!(
             other.hint_mentions("re-run `kubectl mesh attach` for east"),
             "{other:?}"
+        );
+    }
+
+    /// Reached from here, the cluster may still be out of the webhook's reach: its conditions
+    /// say so.
+    #[test]
+    fn what_the_webhook_recorded_is_checked() {
+        use crate::mesh_state::fixtures::{condition, with_status};
+        use mesh_core::cluster::MeshClusterStatus;
+        let recorded = |conditions: Vec<_>| {
+            let status = MeshClusterStatus {
+                conditions,
+                last_sync_time: Some("2026-03-01T00:00:00Z".into()),
+                ..Default::default()
+            };
+            webhook_result(&with_status(
+                mesh_core::fixtures::mesh_cluster("east", "uid-of-east"),
+                status,
+            ))
+        };
+        assert!(webhook_result(&mesh_core::fixtures::mesh_cluster("east", "u")).is_none());
+        assert!(recorded(vec![]).is_none());
+        let ok = recorded(vec![
+            condition(CONDITION_REACHABLE, "True"),
+            condition(CONDITION_SYNCED, "True"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (ok.result, ok.detail.as_deref()),
+            (Outcome::Ok, Some("last synced 2026-03-01T00:00:00Z"))
+        );
+        let mut unreachable = condition(CONDITION_REACHABLE, "False");
+        unreachable.reason = "Unreachable".into();
+        unreachable.message = "connection refused".into();
+        let failed = recorded(vec![unreachable, condition(CONDITION_SYNCED, "True")]).unwrap();
+        assert_eq!(failed.result, Outcome::Error);
+        assert_eq!(
+            failed.detail.as_deref(),
+            Some("the webhook recorded Reachable=False (Unreachable): connection refused")
+        );
+        assert!(failed.hint_mentions("HTTPS_PROXY"), "{failed:?}");
+        let unsynced = recorded(vec![
+            condition(CONDITION_REACHABLE, "True"),
+            condition(CONDITION_SYNCED, "False"),
+        ])
+        .unwrap();
+        assert_eq!(unsynced.result, Outcome::Error);
+        assert!(
+            unsynced.hint_mentions("kubectl describe meshcluster east"),
+            "{unsynced:?}"
+        );
+        let unfinished = webhook_result(&with_status(
+            mesh_core::fixtures::mesh_cluster("east", "uid-of-east"),
+            MeshClusterStatus {
+                conditions: vec![condition(CONDITION_SYNCED, "Unknown")],
+                last_error: Some("namespaces \"shop\" is forbidden".into()),
+                ..Default::default()
+            },
+        ));
+        assert_eq!(
+            unfinished.and_then(|r| r.detail).as_deref(),
+            Some("the webhook recorded Synced=Unknown (Test): namespaces \"shop\" is forbidden")
         );
     }
 
