@@ -11,6 +11,9 @@ use mesh_core::{
     labels::{LabelDiff, Labels, SyncRule},
 };
 
+use tokio::time::Instant;
+
+use super::undo::by_deadline;
 use crate::{Error, Result, output::Progress, preview::Adoption, render::FIELD_MANAGER};
 
 fn params() -> PatchParams {
@@ -68,11 +71,14 @@ pub(super) async fn adopt(
 }
 
 /// Takes adopted labels off the primary again, newest first, where they are still as
-/// adopted; returns what could not be taken off.
+/// adopted, until the rollback's deadline (and why it is `late` once passed); returns what
+/// could not be taken off.
 pub(super) async fn unadopt(
     primary: &Client,
     rule: &SyncRule,
     mut adopted: Vec<Adoption>,
+    deadline: Instant,
+    late: &str,
     progress: Progress,
 ) -> Vec<String> {
     let namespaces: Api<Namespace> = Api::all(primary.clone());
@@ -80,26 +86,29 @@ pub(super) async fn unadopt(
     while let Some(adoption) = adopted.pop() {
         let name = &adoption.namespace;
         let patch = Patch::Json::<()>(rule.guarded_patch(&adoption.labels, &Labels::new()));
-        match namespaces.patch(name, &params(), &patch).await {
-            Ok(_) => progress.warn(format!(
-                "rolled back: primary: namespace {name} adopts nothing"
-            )),
+        let failed = match by_deadline(deadline, namespaces.patch(name, &params(), &patch)).await {
+            Some(Ok(_)) => {
+                progress.warn(format!(
+                    "rolled back: primary: namespace {name} adopts nothing"
+                ));
+                continue;
+            }
             // Not as adopted (never written, or changed since): left as it is.
-            Err(e)
+            Some(Err(e))
                 if matches!(
                     failure::Failure::of(&e),
                     failure::Failure::Conflict
                         | failure::Failure::Other
                         | failure::Failure::NotFound
-                ) => {}
-            Err(e) => {
-                progress.fail(format!(
-                    "rollback: primary: namespace {name}: {}",
-                    failure::error_chain(&e)
-                ));
-                left.push(format!("primary: labels adopted on namespace {name}"));
+                ) =>
+            {
+                continue;
             }
-        }
+            Some(Err(e)) => failure::error_chain(&e),
+            None => late.to_owned(),
+        };
+        progress.fail(format!("rollback: primary: namespace {name}: {failed}"));
+        left.push(format!("primary: labels adopted on namespace {name}"));
     }
     left
 }

@@ -221,7 +221,7 @@ impl Attach {
                     // The rollback may wait long (for a namespace to go, for an answer).
                     progress.info(
                         "interrupted: rolling back what this run changed; Ctrl-C is ignored \
-                         until the rollback is done",
+                         until the rollback is done (within --timeout)",
                     );
                 }
                 return Err(run.roll_back(err).await);

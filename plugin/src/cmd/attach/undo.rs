@@ -4,13 +4,16 @@
 //! undoing only its creations would leave the remote enforcing flags the MeshCluster never
 //! recorded.
 
+use std::time::Duration;
+
 use kube::{
     Client,
     api::{DynamicObject, PostParams},
 };
+use tokio::time::Instant;
 
 use super::objects::{Side, describe, dyn_api};
-use crate::{Error, Result, cmd::apply, render::Manifest};
+use crate::{Error, Result, cmd::apply, render::Manifest, request_timeout::seconds};
 
 /// One change a run made.
 pub(super) enum Change {
@@ -95,6 +98,20 @@ async fn restore(client: &Client, m: &Manifest, before: &DynamicObject) -> Resul
         }
     }
     Ok(())
+}
+
+/// `work` if it ends before the rollback's `deadline`; `None` once that has passed, before or
+/// while it ran, and then nothing more is asked of a cluster that may not answer at all.
+pub(super) async fn by_deadline<F: Future>(deadline: Instant, work: F) -> Option<F::Output> {
+    if Instant::now() >= deadline {
+        return None;
+    }
+    tokio::time::timeout_at(deadline, work).await.ok()
+}
+
+/// Why a rollback under attach's `--timeout` of `timeout` left a change as it was.
+pub(super) fn out_of_time(timeout: Duration) -> String {
+    format!("the rollback ran past --timeout ({})", seconds(timeout))
 }
 
 /// What the hint says of what a rollback could not undo: objects it created are deleted by

@@ -2,13 +2,14 @@
 //! first, and the one line the command fails with says what could not be.
 
 use kube::Client;
+use tokio::time::Instant;
 
 use super::Run;
 use crate::cmd::attach::{
     adopt,
     objects::{Side, describe},
     step::Step,
-    undo::{Change, Undone, left_behind, revoked_note},
+    undo::{Change, Undone, by_deadline, left_behind, out_of_time, revoked_note},
     waits::wait_namespace_gone,
 };
 use crate::{Error, Result, namespace_contents};
@@ -36,8 +37,36 @@ impl Run<'_> {
             )))
     }
 
+    /// Puts `change` back on `client` (the cluster of its side, `label`) and says so: `None`
+    /// when it was a namespace kept for what it holds.
+    async fn put_back(
+        &self,
+        change: &Change,
+        client: &Client,
+        label: &str,
+    ) -> Result<Option<Undone>> {
+        let m = change.manifest();
+        if let Some(kept) = self.why_keep(change, client).await? {
+            self.progress
+                .warn(format!("rolled back: {label}: {} {kept}", describe(m)));
+            return Ok(None);
+        }
+        let undone = change.undo(client).await?;
+        let done = match undone {
+            // Its create was interrupted before the apiserver stored it.
+            Undone::NothingToDo => return Ok(Some(undone)),
+            Undone::Deleted => "deleted",
+            Undone::Restored => "put back",
+        };
+        self.progress
+            .warn(format!("rolled back: {label}: {} {done}", describe(m)));
+        Ok(Some(undone))
+    }
+
     /// Puts back what this run changed, newest first, and turns `err` into the one line the
-    /// command fails with.
+    /// command fails with. `--timeout` bounds it all: a cluster that stopped answering holds
+    /// each request for its client's timeouts, and a change after another would be held that
+    /// long each, while Ctrl-C is ignored.
     pub(in crate::cmd::attach) async fn roll_back(&mut self, err: Error) -> Error {
         let step = self.step.map_or("preparation", Step::name);
         let progress = self.progress;
@@ -48,53 +77,50 @@ impl Run<'_> {
             "was rolled back"
         };
         let revoked = revoked_note(&self.revoked);
+        let deadline = Instant::now() + self.timeout;
+        let late = out_of_time(self.timeout);
         let adopted = std::mem::take(&mut self.adopted);
         // What the rollback could not undo: changes to put back, creations to delete.
-        let mut unrestored =
-            adopt::unadopt(&self.plan.primary, &self.plan.rule, adopted, progress).await;
+        let mut unrestored = adopt::unadopt(
+            &self.plan.primary,
+            &self.plan.rule,
+            adopted,
+            deadline,
+            &late,
+            progress,
+        )
+        .await;
         let mut undeleted = Vec::new();
         while let Some(change) = self.changes.pop() {
             let label = self.side_label(change.side()).to_owned();
             let client = self.client(change.side()).clone();
             let m = change.manifest();
-            match self.why_keep(&change, &client).await {
-                Ok(None) => {}
-                Ok(Some(kept)) => {
-                    progress.warn(format!("rolled back: {label}: {} {kept}", describe(m)));
-                    continue;
-                }
-                Err(e) => {
-                    progress.fail(format!("rollback: {label}: {}", e.what()));
-                    undeleted.push(format!("{label}: {}", describe(m)));
-                    continue;
-                }
-            }
-            match change.undo(&client).await {
-                // Its create was interrupted before the apiserver stored it.
-                Ok(Undone::NothingToDo) => {}
-                Ok(Undone::Deleted) => {
-                    if m.resource.kind == "Namespace" {
-                        // Gone for real before the next attach, which would otherwise find
-                        // it terminating.
-                        if let Err(e) = wait_namespace_gone(&client, &m.name, self.timeout).await {
-                            progress.warn(format!("rolled back: {label}: {}", e.what()));
-                        }
-                    }
-                    progress.warn(format!("rolled back: {label}: {} deleted", describe(m)));
-                }
-                Ok(Undone::Restored) => {
-                    progress.warn(format!("rolled back: {label}: {} put back", describe(m)));
-                }
-                Err(e) => {
-                    progress.fail(format!("rollback: {label}: {}", e.what()));
-                    let left = if change.is_creation() {
-                        &mut undeleted
-                    } else {
-                        &mut unrestored
+            let failed = match by_deadline(deadline, self.put_back(&change, &client, &label)).await
+            {
+                Some(Ok(Some(Undone::Deleted))) if m.resource.kind == "Namespace" => {
+                    // Gone for real before the next attach, which would otherwise find it
+                    // terminating.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let gone = wait_namespace_gone(&client, &m.name, left);
+                    let not_gone = match by_deadline(deadline, gone).await {
+                        Some(Ok(())) => continue,
+                        Some(Err(e)) => e.what(),
+                        None => format!("{} not gone yet: {late}", describe(m)),
                     };
-                    left.push(format!("{label}: {}", describe(m)));
+                    progress.warn(format!("rolled back: {label}: {not_gone}"));
+                    continue;
                 }
-            }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => e.what(),
+                None => format!("{} not put back: {late}", describe(m)),
+            };
+            progress.fail(format!("rollback: {label}: {failed}"));
+            let left = if change.is_creation() {
+                &mut undeleted
+            } else {
+                &mut unrestored
+            };
+            left.push(format!("{label}: {}", describe(m)));
         }
         let what = format!(
             "attaching {} failed at step {step} and {undo}{revoked}: {}",
@@ -116,5 +142,121 @@ impl Run<'_> {
             format!("{}; {}", err.hint(), left_behind(&undeleted, &unrestored))
         };
         Error::Refused { what, hint }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kube::{api::DynamicObject, config::Kubeconfig};
+    use mesh_core::{
+        cluster::{NamespaceScope, RemoteGuard},
+        fixtures::SilentServer,
+        labels::SyncRule,
+    };
+
+    use super::*;
+    use crate::cmd::attach::{
+        hooks::TestHooks,
+        plan::{NamespaceState, Plan, ViewPlan},
+    };
+    use crate::{
+        access::{self, Target},
+        output::Progress,
+        preview::Preview,
+        remote_setup::{self as setup, Guard},
+        render::Manifest,
+    };
+
+    /// The plan of attaching `east`, both of whose clusters `client` reaches.
+    fn plan(client: Client, server: &str) -> Plan {
+        let rule = SyncRule::default();
+        Plan {
+            name: "east".into(),
+            primary: client.clone(),
+            remote: client,
+            remote_target: Target {
+                label: "remote cluster east".into(),
+                server: server.into(),
+                where_configured: "its server".into(),
+            },
+            remote_kc: Kubeconfig::default(),
+            ca_fingerprint: None,
+            tls_server_name: None,
+            remote_context: "east".into(),
+            cluster_id: "east-id".into(),
+            primary_id: "primary-id".into(),
+            takeover: false,
+            leftovers: Vec::new(),
+            scoped: rule.clone(),
+            rule,
+            guard: Guard::new(RemoteGuard::Warn, "primary", "primary"),
+            existing: None,
+            remote_namespace: NamespaceState::Absent,
+            istio: None,
+            view: ViewPlan::None,
+            scope: NamespaceScope::default(),
+            preview: Preview::default(),
+            token_ttl: None,
+        }
+    }
+
+    /// A remote that stopped answering once the steps had written to it: a hung apiserver
+    /// (SilentServer accepts connections and never says a word), through the admin client
+    /// attach reaches it with. Each change the rollback put back, newest first, waited out that
+    /// client's connect timeout (10 s), one after another, while Ctrl-C was ignored. --timeout
+    /// now bounds the whole rollback, and the hint names everything it left.
+    #[tokio::test]
+    async fn a_rollback_on_a_remote_that_never_answers_ends_by_the_timeout() {
+        let silent = SilentServer::start().await;
+        let server = &silent.url;
+        let kc = Kubeconfig::from_yaml(&format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: east\n  cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}\nusers:\n- name: east\n  user: {{token: t}}\ncontexts:\n- name: east\n  context: {{cluster: east, user: east}}\ncurrent-context: east\n"
+        ))
+        .expect("kubeconfig");
+        let client = access::client(kc, None).await.expect("client");
+        let plan = plan(client, server);
+        let timeout = Duration::from_secs(2);
+        let hooks = TestHooks::read(|_| None).expect("no hooks");
+        let mut run = Run::new(&plan, Progress::quiet(), hooks, timeout);
+        let created = [
+            Manifest::new(&setup::remote_namespace("east")).expect("namespace"),
+            Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, "east")).expect("account"),
+            Manifest::new(&setup::sync_cluster_role("east")).expect("role"),
+        ];
+        let scope = setup::sync_scope_policy("east", &plan.scoped, &plan.scope);
+        let scope = Manifest::new(&scope).expect("scope");
+        let before: DynamicObject = serde_json::from_value(scope.object.clone()).expect("object");
+        for m in &created {
+            run.changes.push(Change::Created(Side::Remote, m.clone()));
+        }
+        run.changes.push(Change::Updated(
+            Side::Remote,
+            scope.clone(),
+            Box::new(before),
+        ));
+
+        let started = Instant::now();
+        let failed = run
+            .roll_back(Error::Refused {
+                what: "cannot apply the guard".into(),
+                hint: "check the remote".into(),
+            })
+            .await;
+        let took = started.elapsed();
+        assert!(took < timeout + Duration::from_secs(1), "{took:?}");
+        let undeleted: Vec<String> = created
+            .iter()
+            .rev()
+            .map(|m| format!("east: {}", describe(m)))
+            .collect();
+        assert_eq!(
+            failed.hint(),
+            format!(
+                "check the remote; {}",
+                left_behind(&undeleted, &[format!("east: {}", describe(&scope))])
+            )
+        );
     }
 }
