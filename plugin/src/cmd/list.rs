@@ -199,6 +199,10 @@ pub struct ClusterRow {
     pub age: String,
 }
 
+/// The SYNCED cell of a cluster being detached ([`mesh_state::is_being_detached`]), which
+/// `sync` refuses and sends the admin to `list` to watch.
+const DETACHING: &str = "Detaching";
+
 impl ClusterRow {
     /// The row of `cluster`, whose stored token expires as `expiry`, at time `now`.
     pub fn new(cluster: &MeshCluster, expiry: TokenExpiry, now: Timestamp) -> Self {
@@ -227,7 +231,12 @@ impl ClusterRow {
             cluster_id: cluster.spec.cluster_id.clone(),
             server: cluster.spec.server.clone(),
             reachable: condition(CONDITION_REACHABLE),
-            synced: condition(CONDITION_SYNCED),
+            // Nothing syncs it any more: its last Synced would say otherwise.
+            synced: if mesh_state::is_being_detached(cluster) {
+                DETACHING.to_owned()
+            } else {
+                condition(CONDITION_SYNCED)
+            },
             in_sync: count(status.namespaces_in_sync as usize),
             missing: count(status.missing_count()),
             drifted: count(status.namespaces_drifted as usize),
@@ -374,6 +383,18 @@ mod tests {
             )])),
             ..Secret::default()
         }
+    }
+
+    /// A deleted MeshCluster held by someone's finalizer shows as detaching, whatever its last
+    /// sync recorded.
+    #[test]
+    fn a_cluster_being_detached_shows_so() {
+        let mut leaving = clusters().remove(0);
+        let row = |c: &MeshCluster| ClusterRow::new(c, TokenExpiry::Never, now());
+        assert_eq!(row(&leaving).synced, "True");
+        leaving.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        assert_eq!(row(&leaving).synced, DETACHING);
     }
 
     #[test]

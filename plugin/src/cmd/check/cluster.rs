@@ -24,7 +24,11 @@ use super::report::{CheckResult, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
 use crate::{
-    age, mesh_state::RemoteResult, output::plural, remote_setup as setup, sync_scope::Scope,
+    age,
+    mesh_state::{self, RemoteResult},
+    output::plural,
+    remote_setup as setup,
+    sync_scope::Scope,
 };
 use mesh_core::token::{self, Standing};
 
@@ -69,6 +73,8 @@ pub fn judge_mesh(facts: &MeshFacts, rule: &SyncRule, now: Timestamp) -> Vec<Sec
         .iter()
         .zip(&attached.remotes)
         .map(|(cluster, facts)| match rule.within(&cluster.spec.scope) {
+            // Its Secrets may be gone already, and nothing syncs it: one line says so.
+            _ if mesh_state::is_being_detached(cluster) => detaching_section(cluster),
             // Judged by the rule narrowed to its scope, as the webhook syncs it.
             Ok(scoped) => {
                 let mesh = Mesh {
@@ -94,6 +100,27 @@ pub fn judge_mesh(facts: &MeshFacts, rule: &SyncRule, now: Timestamp) -> Vec<Sec
             },
         })
         .collect()
+}
+
+/// The section of a cluster being detached ([`mesh_state::is_being_detached`]): deleted, and
+/// held by someone else's finalizers.
+fn detaching_section(cluster: &MeshCluster) -> Section {
+    let name = cluster.name_any();
+    let held_by = cluster.finalizers().join(", ");
+    Section {
+        name: format!("cluster {name} ({})", cluster.spec.server),
+        checks: vec![CheckResult::warning(
+            "it is not being detached",
+            format!(
+                "its MeshCluster was deleted and is held by finalizers ({held_by}); nothing syncs \
+                 it, and it cannot be attached again under that name until it is gone"
+            ),
+            format!(
+                "let whoever put those finalizers remove them (`kubectl get meshcluster {name} -o \
+                 yaml`), then attach it again if it should stay in the mesh"
+            ),
+        )],
+    }
 }
 
 /// A cluster an older version attached under the primary's name (attach refuses it now):
@@ -870,6 +897,34 @@ mod tests {
         assert_eq!(
             unfinished.and_then(|r| r.detail).as_deref(),
             Some("the webhook recorded Synced=Unknown (Test): namespaces \"shop\" is forbidden")
+        );
+    }
+
+    /// A cluster being detached gets one line, not the failures of credentials its detach
+    /// removed.
+    #[test]
+    fn a_cluster_being_detached_is_said_so_and_not_judged() {
+        let primary = BTreeMap::new();
+        let mut leaving = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
+        leaving.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+        );
+        leaving.metadata.finalizers = Some(vec!["example.com/backup".into()]);
+        let facts = MeshFacts::Attached(super::super::facts::Attached {
+            clusters: vec![leaving],
+            remotes: vec![ClusterFacts::SecretMissing],
+            primary_namespaces: Ok(primary),
+        });
+        let sections = judge_mesh(&facts, &SyncRule::default(), Timestamp::UNIX_EPOCH);
+        let checks = &sections[0].checks;
+        assert_eq!(checks.len(), 1, "{checks:#?}");
+        assert_eq!(checks[0].result, Outcome::Warning);
+        assert!(
+            checks[0]
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("held by finalizers (example.com/backup)")),
+            "{checks:?}"
         );
     }
 
