@@ -265,7 +265,12 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
     let namespaces = &reads.namespaces;
     let injectors = &reads.injectors;
     checks.push(identity_result(mesh, cluster, &reads.kube_system));
-    checks.push(rights_result(&name, &reads.rights, &reattach));
+    checks.push(rights_result(
+        &name,
+        &reads.rights,
+        &reattach,
+        renews(stored),
+    ));
     checks.push(token_result(stored, mesh.now, &name));
     checks.push(drift_result(mesh, &name, namespaces));
     checks.push(injection_result(mesh, &name, namespaces, injectors));
@@ -434,16 +439,25 @@ fn rights_result(
     name: &str,
     answers: &RemoteResult<Vec<rights::Answer>>,
     reattach: &str,
+    renews: bool,
 ) -> CheckResult {
     let what = "credentials have exactly the rights label sync needs";
     match answers {
-        Ok(answers) => rights::judge_answers(what, name, answers, reattach),
+        Ok(answers) => rights::judge_answers(what, name, answers, reattach, renews),
         Err(e) => CheckResult::warning(
             what,
             format!("cannot ask the remote: {e}"),
             "SelfSubjectAccessReview must be allowed to every user (system:basic-user)",
         ),
     }
+}
+
+/// Whether the webhook renews the stored token: a token with a lifetime, as its renewal
+/// requires.
+fn renews(stored: &Kubeconfig) -> bool {
+    stored_token(stored)
+        .and_then(|t| token::claims(&t))
+        .is_some_and(|c| c.lifetime().is_some())
 }
 
 /// "expired 5m ago" when the stored token's `exp` has passed.

@@ -53,11 +53,18 @@ fn needed() -> Vec<Need> {
     each_verb(setup::sync_rights())
 }
 
-/// What the rights check asks the remote, one verb each: what the sync account needs, then
-/// what it should not have.
+/// The right a time-bound token (`attach --token-ttl`) is renewed with: the sync account
+/// requesting its own token ([`setup::token_renewal_role`]).
+fn renewal() -> Need {
+    Need::token_request().named(setup::SYNC_ACCOUNT)
+}
+
+/// What the rights check asks the remote, one verb each: what the sync account needs, what
+/// it should not have, then the renewal right, needed by a time-bound token only.
 pub fn asked() -> Vec<Need> {
     let mut asked = needed();
     asked.extend(excessive_rights());
+    asked.push(renewal());
     asked
 }
 
@@ -71,11 +78,38 @@ fn phrase(need: &Need) -> String {
     }
 }
 
-/// Judges the remote's answers: needed rights denied, other rights granted.
-pub fn judge_answers(what: &str, name: &str, answers: &[Answer], reattach: &str) -> CheckResult {
+/// Judges the remote's answers: needed rights denied, other rights granted. `renews`: the
+/// stored token is time-bound, and the webhook renews it with [`renewal`]; the right to, when
+/// it does not, is left unjudged (attach grants it with --token-ttl alone).
+pub fn judge_answers(
+    what: &str,
+    name: &str,
+    answers: &[Answer],
+    reattach: &str,
+    renews: bool,
+) -> CheckResult {
     let needed = needed();
     let (mut missing, mut excess) = (Vec::new(), Vec::new());
     for answer in answers {
+        if answer.asked == renewal() {
+            if renews && !answer.allowed {
+                return CheckResult::error(
+                    what,
+                    format!(
+                        "not allowed: {} create {}: the webhook cannot renew the time-bound token, \
+                         which stops working when it expires",
+                        answer.asked.resource,
+                        setup::SYNC_ACCOUNT
+                    ),
+                    format!(
+                        "the Role or RoleBinding {} on the remote was changed or deleted; \
+                         {reattach} with --token-ttl",
+                        setup::TOKEN_RENEWAL
+                    ),
+                );
+            }
+            continue;
+        }
         match (needed.contains(&answer.asked), answer.allowed) {
             (true, false) => missing.push(answer.asked.clone()),
             (false, true) => excess.push(answer.asked.clone()),
@@ -386,12 +420,27 @@ mod tests {
         let answer = |asked: Need, allowed| Answer { asked, allowed };
         let mut answers: Vec<Answer> = needed().into_iter().map(|n| answer(n, true)).collect();
         answers.extend(excessive_rights().into_iter().map(|n| answer(n, false)));
-        let r = judge_answers("rights", "east", &answers, "re-attach");
+        let r = judge_answers("rights", "east", &answers, "re-attach", false);
         assert_eq!(r.result, Outcome::Ok, "{r:?}");
+        // The renewal right, denied: what a long-lived token does not need, a time-bound one does.
+        answers.push(answer(renewal(), false));
+        let r = judge_answers("rights", "east", &answers, "re-attach", false);
+        assert_eq!(r.result, Outcome::Ok, "{r:?}");
+        let r = judge_answers("rights", "east", &answers, "re-attach", true);
+        assert_eq!(r.result, Outcome::Error, "{r:?}");
+        assert!(
+            r.detail.as_deref().is_some_and(|d| d.starts_with(
+                "not allowed: serviceaccounts/token create kubectl-mesh-sync: the webhook cannot renew"
+            )),
+            "{r:?}"
+        );
+        assert!(r.hint_mentions("--token-ttl"), "{r:?}");
+        assert!(asked().contains(&renewal()));
+        answers.pop();
 
         answers[3].allowed = false; // namespaces patch
         answers[needed().len()].allowed = true; // and everything: the missing right comes first
-        let r = judge_answers("rights", "east", &answers, "re-attach");
+        let r = judge_answers("rights", "east", &answers, "re-attach", false);
         assert_eq!(
             (r.result, r.detail.as_deref()),
             (Outcome::Error, Some("not allowed: namespaces patch"))
