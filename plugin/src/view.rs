@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client, ResourceExt};
@@ -68,30 +67,6 @@ pub fn no_credentials(istio_unread: Option<&str>) -> String {
     }
 }
 
-/// Finds `cluster`'s view credentials on the primary: its view Secret, else its Istio remote
-/// secret. Only a Secret that does not exist counts as absent: one the caller may not read (or
-/// a primary that does not answer) is unusable, with why, as is one that is not what attach
-/// recorded in `cluster` ([`mesh_core::recorded`]), and nothing is sent with it. Past an absent
-/// view Secret, an Istio remote secret the caller may not read is taken as absent too
-/// (`choose` says why).
-pub async fn credentials(
-    primary: &Client,
-    cluster: &MeshCluster,
-    timeout: Duration,
-) -> Credentials {
-    credentials_with(primary, cluster, &mesh_state::remote_options(timeout)).await
-}
-
-/// [`credentials`] with a client of these timeouts (a watch needs a read timeout longer than
-/// its quiet periods).
-pub async fn credentials_with(
-    primary: &Client,
-    mc: &MeshCluster,
-    options: &remote::RemoteOptions,
-) -> Credentials {
-    lookup(primary, mc, options).await.credentials
-}
-
 /// A cluster's view credentials, and what the caller may want to know of them.
 pub struct Lookup {
     pub credentials: Credentials,
@@ -101,7 +76,13 @@ pub struct Lookup {
     pub istio_unread: Option<String>,
 }
 
-/// [`credentials_with`], and why an Istio remote secret taken as absent was not read.
+/// Finds `mc`'s view credentials on the primary, with a client of these timeouts (a watch
+/// needs a read timeout longer than its quiet periods): its view Secret, else its Istio
+/// remote secret. Only a Secret that does not exist counts as absent: one the caller may not
+/// read (or a primary that does not answer) is unusable, with why, as is one that is not what
+/// attach recorded in `mc` ([`mesh_core::recorded`]), and nothing is sent with it. Past an
+/// absent view Secret, an Istio remote secret the caller may not read is taken as absent too
+/// (`choose` says why), and why it was not read is kept.
 pub async fn lookup(primary: &Client, mc: &MeshCluster, options: &remote::RemoteOptions) -> Lookup {
     let name = mc.name_any();
     let cluster = name.as_str();
@@ -269,6 +250,14 @@ mod tests {
 
     use super::*;
     use crate::mesh_state::fixtures::cluster;
+    use std::time::Duration;
+
+    /// The credentials [`lookup`] finds, each call under `timeout`.
+    async fn credentials(primary: &Client, mc: &MeshCluster, timeout: Duration) -> Credentials {
+        lookup(primary, mc, &mesh_state::remote_options(timeout))
+            .await
+            .credentials
+    }
 
     /// A primary that answers every request with `code` and `reason`.
     fn primary_answering(code: http::StatusCode, reason: &'static str) -> Client {

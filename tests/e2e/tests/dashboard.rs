@@ -2,7 +2,9 @@
 //! mesh, headless Chromium renders it, and the test reads the rendered DOM. A label change on
 //! the primary shows within seconds (pushed, the page is never reloaded), a remote label
 //! edited by hand shows as the webhook's correction Event, a frozen remote shows as
-//! unreachable and then reachable again, a frozen primary as unreadable until it answers again,
+//! unreachable and then reachable again, one whose stored kubeconfig no longer names the
+//! recorded server as not read (not unreachable), a frozen primary as unreadable until it
+//! answers again,
 //! a cluster being detached as such, a remote whose credentials are rotated under the page
 //! is still read (with the new ones), a request for a foreign host is refused, and so is a
 //! request for data without the token of the URL the dashboard printed; a connection that
@@ -104,6 +106,21 @@ async fn patch_cluster(env: &TestEnv, name: &str, patch: &str) -> anyhow::Result
     let out = cmd.output().await?;
     anyhow::ensure!(out.status.success(), "patch {name}: {}", describe(&out));
     Ok(())
+}
+
+/// The server the MeshCluster `name` records (`spec.server`).
+async fn cluster_server(env: &TestEnv, name: &str) -> anyhow::Result<String> {
+    let mut cmd = tokio::process::Command::from(env.kubectl(env.primary()));
+    cmd.args([
+        "get",
+        "meshclusters.kubectl-mesh.io",
+        name,
+        "-o",
+        "jsonpath={.spec.server}",
+    ]);
+    let out = cmd.output().await?;
+    anyhow::ensure!(out.status.success(), "get {name}: {}", describe(&out));
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 #[tokio::test]
@@ -386,6 +403,48 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     until(
         &mut browser,
         "remote-2 shows as reachable again",
+        UNREACHABLE_WITHIN,
+        r#"document.querySelector('#clusters tr[data-cluster="remote-2"]').dataset.reachability === 'reachable'"#,
+    )
+    .await?;
+
+    // A remote that answers but cannot be read (its stored kubeconfig no longer names the
+    // server its MeshCluster records) shows as not read, as `status` says it, not as
+    // unreachable; read again once the record is put back.
+    let server = cluster_server(env, "remote-2").await?;
+    patch_cluster(
+        env,
+        "remote-2",
+        &serde_json::json!({"spec": {"server": format!("{server}/not-attached")}}).to_string(),
+    )
+    .await?;
+    let not_read = until(
+        &mut browser,
+        "remote-2 shows as not read, its cells too",
+        UNREACHABLE_WITHIN,
+        &format!(
+            r#"(() => {{ const r = document.querySelector('#clusters tr[data-cluster="remote-2"]');
+                return !!r && r.dataset.reachability === 'not-read'
+                    && r.querySelector('.state-not-read').textContent.startsWith('not read: ')
+                    && {} === '(not read)'; }})()"#,
+            cell(&ns, "remote-2")
+        ),
+    )
+    .await;
+    let shot = browser
+        .screenshot(&shots().join("dashboard-not-read.png"))
+        .await;
+    patch_cluster(
+        env,
+        "remote-2",
+        &serde_json::json!({"spec": {"server": server}}).to_string(),
+    )
+    .await?;
+    not_read?;
+    shot?;
+    until(
+        &mut browser,
+        "remote-2 is read again once its record is put back",
         UNREACHABLE_WITHIN,
         r#"document.querySelector('#clusters tr[data-cluster="remote-2"]').dataset.reachability === 'reachable'"#,
     )

@@ -20,7 +20,6 @@ use kube::{Api, Client, ResourceExt, core::PartialObjectMeta, runtime::watcher};
 use mesh_core::{
     MESH_NAMESPACE,
     cluster::MeshCluster,
-    failure,
     labels::SyncRule,
     remote::{self, RemoteOptions},
 };
@@ -29,7 +28,9 @@ use tokio::task::JoinHandle;
 
 use crate::cmd::list::expiry_of;
 use crate::cmd::services::{self, ClusterFacts, Names, Records, wire};
+use crate::cmd::status::Unread;
 use crate::credentials::TokenExpiry;
+use crate::mesh_state::{self, RemoteError};
 use crate::remote_setup::view_secret_name;
 use crate::view;
 
@@ -106,7 +107,7 @@ pub(super) struct Live {
     pub(super) matrix: Option<Vec<u8>>,
     pub(super) primary_namespaces: Records<String, NsFacts>,
     pub(super) primary_facts: ClusterFacts,
-    pub(super) primary_error: Option<String>,
+    pub(super) primary_error: Option<Unread>,
     pub(super) clusters: BTreeMap<String, MeshCluster>,
     /// The version of every Secret in the mesh namespace (metadata only): a remote's tasks are
     /// built again when its Secret changes.
@@ -143,11 +144,11 @@ impl Live {
 /// One remote.
 #[derive(Default)]
 pub(super) struct RemoteLive {
-    /// `None` until first asked; then whether it answered, or why not.
-    pub(super) probe: Option<Result<(), String>>,
+    /// `None` until first asked; then whether it was read, or why not.
+    pub(super) probe: Option<Result<(), Unread>>,
     pub(super) namespaces: Option<Records<String, NsFacts>>,
     /// Why its namespace watch fails now; its namespaces, if any, are what it was.
-    pub(super) namespaces_error: Option<String>,
+    pub(super) namespaces_error: Option<Unread>,
     pub(super) view: ViewState,
     /// Why a watch of its workloads fails now, by the kind it watches.
     pub(super) view_errors: BTreeMap<String, String>,
@@ -260,7 +261,10 @@ impl Drop for RemoteLive {
 pub(super) enum ViewState {
     #[default]
     Pending,
-    NoCredentials,
+    /// None; why its Istio remote secret was not read, when the caller was refused it.
+    NoCredentials {
+        istio_unread: Option<String>,
+    },
     Failed(String),
     Read(view::Source),
 }
@@ -300,7 +304,7 @@ async fn follow_watches<K, S>(
                 Ok(watcher::Event::InitApply(o) | watcher::Event::Apply(o)) => Change::Apply(o),
                 Ok(watcher::Event::Delete(o)) => Change::Delete(o),
                 Ok(watcher::Event::InitDone) => Change::Listed,
-                Err(e) => Change::Failed(failure::error_chain(&e)),
+                Err(e) => Change::failed(e),
             };
             let answered = change.answered().map(|a| a.is_ok());
             shared.update(|live| on(live, change));
@@ -409,7 +413,7 @@ where
                         return;
                     };
                     match change.answered() {
-                        Some(Err(e)) => drop(r.view_errors.insert(kind.clone(), e.to_owned())),
+                        Some(Err(e)) => drop(r.view_errors.insert(kind.clone(), e.error.clone())),
                         Some(Ok(())) if !r.view_errors.is_empty() => {
                             drop(r.view_errors.remove(&kind));
                         }
@@ -698,12 +702,6 @@ fn watch_remote(
 
 /// Whether it answers now: a watch on a frozen server would wait for ever.
 async fn probe_remote(followed: Followed) {
-    let options = RemoteOptions {
-        connect_timeout: PROBE_TIMEOUT,
-        read_timeout: PROBE_TIMEOUT,
-        call_deadline: Some(PROBE_TIMEOUT),
-        ..RemoteOptions::default()
-    };
     let secrets: Api<Secret> = Api::namespaced(followed.primary.clone(), MESH_NAMESPACE);
     for round in 0u64.. {
         // The stored token changes when it is rotated: its expiry is read again now and then.
@@ -720,26 +718,14 @@ async fn probe_remote(followed: Followed) {
                 }
             });
         }
-        // The probe asks the one thing that also proves the server is this cluster.
-        let answer = async {
-            let client = remote::client_for_cluster(
-                &followed.primary,
-                MESH_NAMESPACE,
-                &followed.cluster,
-                &options,
-            )
-            .await
-            .map_err(|e| failure::error_chain(&e))?;
-            let found = remote::cluster_id(&client)
-                .await
-                .map_err(|e| failure::error_chain(&e))?;
-            remote::Identity::of(&followed.cluster)
-                .check(&found)
-                .map_err(|e| e.to_string())
+        // The probe asks the one thing that also proves the server is this cluster, as
+        // `status` reads it: a failure tells a remote that did not answer from one not read.
+        let answer = mesh_state::remote_client(&followed.primary, &followed.cluster, PROBE_TIMEOUT);
+        let probe = match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(Unread::of(&e)),
+            Err(_) => Err(Unread::of(&RemoteError::TimedOut(PROBE_TIMEOUT))),
         };
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, answer)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())));
         followed.shared.update(|live| {
             if let Some(r) = live.remote(&followed.which) {
                 let probe = Some(probe);
@@ -755,10 +741,11 @@ async fn probe_remote(followed: Followed) {
 
 /// Its workloads, with the view credentials.
 async fn read_remote_workloads(followed: Followed) {
-    let credentials =
-        view::credentials_with(&followed.primary, &followed.cluster, &WATCH_CLIENT).await;
-    let state = match credentials {
-        view::Credentials::None => ViewState::NoCredentials,
+    let found = view::lookup(&followed.primary, &followed.cluster, &WATCH_CLIENT).await;
+    let state = match found.credentials {
+        view::Credentials::None => ViewState::NoCredentials {
+            istio_unread: found.istio_unread,
+        },
         view::Credentials::Unusable { error, .. } | view::Credentials::Unreadable { error, .. } => {
             ViewState::Failed(error)
         }
@@ -796,7 +783,7 @@ async fn follow_remote_namespaces(followed: Followed) {
         {
             Ok(client) => break client,
             Err(e) => {
-                let error = failure::error_chain(&e);
+                let error = Unread::of(&RemoteError::from(e));
                 followed.shared.update(|live| {
                     if let Some(r) = live.remote(&followed.which) {
                         r.namespaces_error = Some(error);
@@ -949,8 +936,8 @@ mod tests {
         let error = shared.lock().primary_error.clone();
         assert!(
             error
-                .as_deref()
-                .is_some_and(|e| e.contains("read timed out")),
+                .as_ref()
+                .is_some_and(|e| e.unanswered && e.error.contains("read timed out")),
             "{error:?}"
         );
         tokio::time::sleep(watch_retry_after(1) + Duration::from_millis(10)).await;

@@ -5,12 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::{core::v1::Namespace, events::v1::Event};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
-use mesh_core::labels::SyncRule;
+use kube::{ResourceExt, runtime::watcher};
+use mesh_core::{failure, labels::SyncRule};
 
 use serde::Serialize;
 
 use crate::cmd::services::{Records, wire};
+use crate::cmd::status::Unread;
+use crate::mesh_state::RemoteError;
 
 /// The controller name the webhook records its Events with.
 pub(super) const WEBHOOK_CONTROLLER: &str = "mesh-webhook";
@@ -40,13 +42,30 @@ pub(super) enum Change<K> {
     Delete(K),
     /// The relist ended.
     Listed,
-    Failed(String),
+    Failed(Unread),
 }
 
 impl<K> Change<K> {
+    /// The watch failed with `error`: why, and whether the cluster never answered, as
+    /// `status` tells a read's failure ([`RemoteError::unanswered`]).
+    pub(super) fn failed(error: watcher::Error) -> Self {
+        let text = failure::error_chain(&error);
+        let unanswered = match error {
+            watcher::Error::InitialListFailed(e)
+            | watcher::Error::WatchStartFailed(e)
+            | watcher::Error::WatchFailed(e) => RemoteError::Call(e).unanswered(),
+            // The apiserver's own error in the stream, or a list without a version: answered.
+            _ => false,
+        };
+        Self::Failed(Unread {
+            error: text,
+            unanswered,
+        })
+    }
+
     /// What it says of whether the cluster answers: it failed (why), it answered (an object,
     /// or the end of a list), or nothing: a relist that starts has asked nothing yet.
-    pub(super) fn answered(&self) -> Option<Result<(), &str>> {
+    pub(super) fn answered(&self) -> Option<Result<(), &Unread>> {
         match self {
             Self::Restart => None,
             Self::Apply(_) | Self::Delete(_) | Self::Listed => Some(Ok(())),
@@ -57,9 +76,9 @@ impl<K> Change<K> {
 
 /// Keeps `error`, why a watch fails now, as `change` says: set by a failure, cleared once the
 /// cluster answers again.
-pub(super) fn note_failure<K>(error: &mut Option<String>, change: &Change<K>) {
+pub(super) fn note_failure<K>(error: &mut Option<Unread>, change: &Change<K>) {
     match change.answered() {
-        Some(Err(e)) => *error = Some(e.to_owned()),
+        Some(Err(e)) => *error = Some(e.clone()),
         Some(Ok(())) => *error = None,
         None => {}
     }
@@ -245,22 +264,47 @@ mod tests {
 
     #[test]
     fn a_failure_holds_until_the_cluster_answers_not_while_a_relist_only_starts() {
+        let timed_out = Unread {
+            error: "timed out".into(),
+            unanswered: true,
+        };
         let mut error = None;
         note_failure(
             &mut error,
-            &Change::<wire::Namespace>::Failed("timed out".into()),
+            &Change::<wire::Namespace>::Failed(timed_out.clone()),
         );
-        assert_eq!(error.as_deref(), Some("timed out"));
+        assert_eq!(error.as_ref(), Some(&timed_out));
         // A relist starts before it asks anything.
         note_failure(&mut error, &Change::<wire::Namespace>::Restart);
-        assert_eq!(error.as_deref(), Some("timed out"));
+        assert_eq!(error.as_ref(), Some(&timed_out));
         note_failure(&mut error, &Change::Apply(ns("a")));
         assert_eq!(error, None);
         for answered in [Change::Listed, Change::Delete(ns("a"))] {
-            error = Some("timed out".into());
+            error = Some(timed_out.clone());
             note_failure(&mut error, &answered);
             assert_eq!(error, None);
         }
+    }
+
+    /// A watch refused its list (a revoked token) was shown as a cluster that does not
+    /// answer: only one without an answer is.
+    #[test]
+    fn a_failed_watch_is_unanswered_only_when_nothing_answered() {
+        let failed = |error| match Change::<wire::Namespace>::failed(error) {
+            Change::Failed(unread) => unread,
+            _ => unreachable!("a failure"),
+        };
+        let refused = kube::core::Status::failure("Unauthorized", "Unauthorized").with_code(401);
+        let listed = failed(watcher::Error::InitialListFailed(kube::Error::Api(
+            refused.boxed(),
+        )));
+        assert!(!listed.unanswered, "{listed:?}");
+        assert!(listed.error.contains("Unauthorized"), "{listed:?}");
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let silent = failed(watcher::Error::WatchFailed(kube::Error::Service(Box::new(
+            reset,
+        ))));
+        assert!(silent.unanswered, "{silent:?}");
     }
 
     #[test]

@@ -58,7 +58,9 @@ struct ClusterInfo {
     /// nothing syncs it, so its drift is not one to correct.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     detaching: bool,
-    /// `reachable`, `unreachable` or `unknown` (not asked yet), as seen from here now.
+    /// `reachable`, `unreachable` (no answer), `not-read` (answered, but could not be read
+    /// with the stored credentials, as `status` tells them) or `unknown` (not asked yet), as
+    /// seen from here now.
     reachability: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -101,7 +103,7 @@ impl Live {
         events.truncate(MAX_EVENTS);
         let snapshot = Snapshot {
             generated_at: now.to_string(),
-            primary_error: self.primary_error.as_deref(),
+            primary_error: self.primary_error.as_ref().map(|e| e.error.as_str()),
             clusters,
             events,
         };
@@ -134,12 +136,21 @@ impl Live {
                 let (reachability, error) = match remote.and_then(|r| r.probe.as_ref()) {
                     None => ("unknown", None),
                     Some(Ok(())) => ("reachable", None),
-                    Some(Err(e)) => ("unreachable", Some(e.clone())),
+                    Some(Err(e)) if e.unanswered => ("unreachable", Some(e.error.clone())),
+                    Some(Err(e)) => ("not-read", Some(e.error.clone())),
                 };
                 let (view, view_hint) = match remote.map(|r| &r.view) {
                     None | Some(ViewState::Pending) => ("pending".to_owned(), None),
-                    Some(ViewState::NoCredentials) => {
-                        ("none".to_owned(), Some(view::enable_command(&name)))
+                    Some(ViewState::NoCredentials { istio_unread }) => {
+                        let enable = view::enable_command(&name);
+                        let hint = match istio_unread {
+                            None => enable,
+                            Some(_) => format!(
+                                "{}; run `{enable}`",
+                                view::no_credentials(istio_unread.as_deref())
+                            ),
+                        };
+                        ("none".to_owned(), Some(hint))
                     }
                     Some(ViewState::Failed(e)) => ("failed".to_owned(), Some(e.clone())),
                     // Read, until a watch of its workloads fails.
@@ -233,16 +244,19 @@ impl Live {
     }
 
     /// The namespaces of a remote, or why they are not known.
-    fn remote_namespaces(&self, name: &str) -> Result<&Records<String, NsFacts>, String> {
+    fn remote_namespaces(&self, name: &str) -> Result<&Records<String, NsFacts>, Unread> {
+        let not_yet = || Unread {
+            error: "not read yet".to_owned(),
+            unanswered: false,
+        };
         match self.remotes.get(name) {
-            None => Err("not read yet".to_owned()),
+            None => Err(not_yet()),
             // A failing watch's map is what the remote was, not what it is: a token revoked
             // under it must not leave the last one read looking current.
             Some(r) => match (&r.probe, &r.namespaces_error, &r.namespaces) {
-                (Some(Err(e)), _, _) => Err(e.clone()),
-                (_, Some(e), _) => Err(e.clone()),
+                (Some(Err(e)), _, _) | (_, Some(e), _) => Err(e.clone()),
                 (_, None, Some(map)) => Ok(map),
-                (_, None, None) => Err("not read yet".to_owned()),
+                (_, None, None) => Err(not_yet()),
             },
         }
     }
@@ -259,14 +273,7 @@ impl Live {
                 name: name.clone(),
                 scope: cluster.spec.scope.clone(),
                 detaching: mesh_state::is_being_detached(cluster),
-                // What the dashboard read failed with is shown as unreachable, as before.
-                namespaces: self
-                    .remote_namespaces(name)
-                    .map(&rebuild)
-                    .map_err(|error| Unread {
-                        error,
-                        unanswered: true,
-                    }),
+                namespaces: self.remote_namespaces(name).map(&rebuild),
                 injectors: None,
                 pods: PodsRead::NotAsked,
             })
@@ -316,13 +323,17 @@ impl Live {
                     error: "not read yet".into(),
                 },
                 Some(r) => match (&r.probe, &r.view) {
-                    (Some(Err(e)), _) => ReadState::Unreachable { error: e.clone() },
+                    // Its services are read with the view credentials: only a remote that
+                    // does not answer at all is unreachable for them.
+                    (Some(Err(e)), _) if e.unanswered => ReadState::Unreachable {
+                        error: e.error.clone(),
+                    },
                     (_, ViewState::Pending) => ReadState::Unreachable {
                         error: "not read yet".into(),
                     },
-                    (_, ViewState::NoCredentials) => ReadState::NoCredentials {
+                    (_, ViewState::NoCredentials { istio_unread }) => ReadState::NoCredentials {
                         enable: view::enable_command(name),
-                        istio_unread: None,
+                        istio_unread: istio_unread.clone(),
                     },
                     (_, ViewState::Failed(error)) => ReadState::Failed {
                         credentials: "view".into(),
@@ -460,7 +471,10 @@ mod tests {
         ]));
         live.remotes.insert("remote-1".to_owned(), read);
         let mut silent = RemoteLive::default();
-        silent.probe = Some(Err("no answer within 3s".to_owned()));
+        silent.probe = Some(Err(Unread {
+            error: "no answer within 3s".to_owned(),
+            unanswered: true,
+        }));
         silent.namespaces = Some(kept(&[("h", &on)]));
         live.remotes.insert("remote-2".to_owned(), silent);
         live
@@ -546,7 +560,10 @@ mod tests {
         let error = "Unauthorized (401)";
         let remote = live.remotes.get_mut("remote-1").unwrap();
         assert!(remote.namespaces.is_some() && matches!(remote.probe, Some(Ok(()))));
-        remote.namespaces_error = Some(error.to_owned());
+        remote.namespaces_error = Some(Unread {
+            error: error.to_owned(),
+            unanswered: false,
+        });
         let json: serde_json::Value = serde_json::from_slice(&live.matrix_json(100)).unwrap();
         let named = |list: &str, name: &str| {
             json[list]
@@ -562,7 +579,7 @@ mod tests {
         let row = named("namespaces", "a").unwrap();
         assert!(
             row["clusters"]["remote-1"].is_null()
-                || row["clusters"]["remote-1"]["state"] == "unreachable",
+                || row["clusters"]["remote-1"]["state"] == "not-read",
             "the labels read before it failed are not shown as current: {row}"
         );
         assert_eq!(
@@ -570,6 +587,73 @@ mod tests {
             None,
             "g is labelled only on remote-1, which cannot be read"
         );
+    }
+
+    /// A remote that answered but could not be read (its token refused, its Secret not what
+    /// attach recorded) was shown as unreachable, as one that does not answer: `status` tells
+    /// them apart, and so does the page now.
+    #[test]
+    fn a_remote_not_read_is_not_unreachable() {
+        let mut live = live();
+        let refused = "the kubeconfig in secret cluster-remote-1 is refused: server mismatch";
+        let remote = live.remotes.get_mut("remote-1").unwrap();
+        remote.probe = Some(Err(Unread {
+            error: refused.to_owned(),
+            unanswered: false,
+        }));
+        remote.view = ViewState::Read(view::Source::View);
+        let info = live.clusters_info(Timestamp::now());
+        let reachability = |name: &str| {
+            let c = info.iter().find(|c| c.name == name).unwrap();
+            (c.reachability, c.error.as_deref())
+        };
+        assert_eq!(reachability("remote-1"), ("not-read", Some(refused)));
+        assert_eq!(
+            reachability("remote-2"),
+            ("unreachable", Some("no answer within 3s"))
+        );
+        let matrix: serde_json::Value = serde_json::from_slice(&live.matrix_json(100)).unwrap();
+        let a = &matrix["namespaces"][0];
+        assert_eq!(a["name"], "a");
+        assert_eq!(a["clusters"]["remote-1"]["state"], "not-read", "{a}");
+        assert_eq!(a["clusters"]["remote-2"]["state"], "unreachable", "{a}");
+        // Its services are read with the view credentials, not the refused ones.
+        let services: serde_json::Value =
+            serde_json::from_slice(&live.services_json("", 0, 10)).unwrap();
+        assert_eq!(services["clusters"][1]["state"], "read", "{services}");
+        assert_eq!(
+            services["clusters"][2]["state"], "unreachable",
+            "{services}"
+        );
+    }
+
+    /// No view Secret and an Istio remote secret the dashboard's caller was refused: the page
+    /// said only that the cluster had no view credentials, where `services` says the secret
+    /// was refused.
+    #[test]
+    fn no_credentials_says_when_the_istio_secret_was_refused() {
+        let mut live = live();
+        let refused = "cannot read Secret istio-system/istio-remote-secret-remote-1: forbidden";
+        live.remotes.get_mut("remote-1").unwrap().view = ViewState::NoCredentials {
+            istio_unread: Some(refused.to_owned()),
+        };
+        let info = live.clusters_info(Timestamp::now());
+        assert_eq!(info[0].view, "none");
+        assert_eq!(
+            info[0].view_hint.as_deref(),
+            Some(
+                format!(
+                    "no view credentials, and {refused}; run `kubectl mesh attach <kubeconfig> \
+                     --name remote-1 --services-view`"
+                )
+                .as_str()
+            )
+        );
+        let services: serde_json::Value =
+            serde_json::from_slice(&live.services_json("", 0, 10)).unwrap();
+        let column = &services["clusters"][1];
+        assert_eq!(column["state"], "no-credentials", "{column}");
+        assert_eq!(column["error"], refused, "{column}");
     }
 
     /// A remote whose workloads were read with view credentials and whose watch of them fails

@@ -18,6 +18,8 @@ const token = (() => {
 
 const MAX_SERVICE_ROWS = 500;
 const DETACHING = 'being detached: its namespaces are not synced any more';
+// A remote that answered but could not be read, as `status` says it (not "unreachable").
+const NOT_READ = 'not read';
 let state = null;
 // The server's answer for the filter last asked for: {filter, page}.
 let filtered = null;
@@ -51,7 +53,7 @@ function renderClusters() {
     'data-detaching': c.detaching ? 'true' : null, class: c.detaching ? 'detaching' : null },
     el('td', { title: c.detaching ? DETACHING : null }, c.detaching ? `${c.name} (detaching)` : c.name),
     el('td', { class: `state-${c.reachability}`, title: c.error || '' },
-      c.error ? `${c.reachability}: ${c.error}` : c.reachability),
+      reachabilityText(c)),
     el('td', {}, c.reachableCondition),
     el('td', {}, c.syncedCondition),
     el('td', { class: 'num' }, c.inSync),
@@ -63,6 +65,15 @@ function renderClusters() {
       c.viewHint ? `${c.view}: ${c.viewHint}` : c.view)));
   fill(document.querySelector('#clusters tbody'), rows);
 }
+
+function reachabilityText(cluster) {
+  const said = cluster.reachability === 'not-read' ? NOT_READ : cluster.reachability;
+  return cluster.error ? `${said}: ${cluster.error}` : said;
+}
+
+// The cells `status` shows without labels.
+const BARE_CELLS = { missing: '(missing)', absent: '(absent)', unreachable: '(unreachable)',
+  'not-read': `(${NOT_READ})`, 'scope-invalid': '(scope invalid)' };
 
 function renderMatrix() {
   const matrix = state.matrix;
@@ -78,7 +89,7 @@ function renderMatrix() {
       const cell = row.clusters[c.name];
       const st = cell ? cell.state : 'unreachable';
       let text;
-      if (st === 'missing' || st === 'absent' || st === 'unreachable') text = `(${st})`;
+      if (st in BARE_CELLS) text = BARE_CELLS[st];
       else if (st === 'drifted') text = `${labelsText(cell.labels)} (drift)`;
       else if (st === 'excluded') text = `${labelsText(cell.labels)} (excluded)`;
       else text = labelsText(cell.labels);
@@ -94,7 +105,8 @@ function serviceCell(column, row, isPrimary) {
   const cell = isPrimary ? row.primary : row.clusters[column.name];
   if (!cell) {
     const text = { 'no-credentials': '(no view credentials)', failed: '(cannot read)', unreachable: '(unreachable)' }[column.state] || '-';
-    return el('td', { class: `state-${column.state === 'no-credentials' ? 'failed' : column.state}`, 'data-cluster': column.name, title: column.enable || column.error || '' }, text);
+    const title = [column.error, column.enable].filter(Boolean).join('; ');
+    return el('td', { class: `state-${column.state === 'no-credentials' ? 'failed' : column.state}`, 'data-cluster': column.name, title }, text);
   }
   let text = cell.exists ? `${cell.readyEndpoints} ready` : '-';
   if (cell.injected) text += ' (injected)';
