@@ -141,6 +141,11 @@ impl InstalledWith {
         let mut line = "kubectl mesh install".to_owned();
         if rerun == Rerun::RotateCerts {
             line.push_str(" --rotate-certs");
+            // In the cluster, --wait also stops trusting the previous CA once no pod serves it;
+            // without it a second run would be needed.
+            if self.webhook_url.is_none() {
+                line.push_str(" --wait");
+            }
         }
         if let Some(image) = &self.image {
             line.push_str(" --image ");
@@ -295,13 +300,19 @@ fn webhook_results(
         .ca_bundle
         .as_ref()
         .map(|b| b.0.as_slice());
-    match ca.map(certificates) {
+    match ca {
         None => checks.push(CheckResult::error(
             what,
             "the webhook configuration has no caBundle",
             format!("run {install} to restore it"),
         )),
-        Some(result) => checks.push(expiry_result(what, result, now, installed)),
+        Some(bundle) => checks.push(ca_bundle_result(
+            what,
+            bundle,
+            secret_ca(&facts.tls_secret),
+            now,
+            installed,
+        )),
     }
     if let (Some(ca), Some(secret)) = (ca, &facts.tls_secret) {
         checks.push(tls_secret_result(ca, secret, now, installed));
@@ -389,6 +400,40 @@ fn recorded_rule_result(
 }
 
 /// The serving certificate must be valid and the caBundle its CA.
+/// The `ca.crt` of the serving certificate's Secret, when it was read.
+fn secret_ca(secret: &Option<Fetched<Secret>>) -> Option<&[u8]> {
+    let Some(Ok(Some(secret))) = secret else {
+        return None;
+    };
+    let ca = secret.data.as_ref()?.get(render::CA_CRT)?;
+    Some(ca.0.as_slice())
+}
+
+/// The caBundle's expiry. During a rotation it also trusts previous CAs, which may expire
+/// first: what matters then is the CA of the Secret, whose certificate the webhook serves
+/// (the previous ones are the rotation line's concern, and go with its re-run).
+fn ca_bundle_result(
+    what: &str,
+    bundle: &[u8],
+    secret_ca: Option<&[u8]>,
+    now: Timestamp,
+    installed: &InstalledWith,
+) -> CheckResult {
+    let rotating = secret_ca.filter(|ca| {
+        std::str::from_utf8(bundle)
+            .ok()
+            .zip(std::str::from_utf8(ca).ok())
+            .and_then(|(bundle, ca)| render::others_than(bundle, ca))
+            .is_some()
+    });
+    expiry_result(
+        what,
+        certificates(rotating.unwrap_or(bundle)),
+        now,
+        installed,
+    )
+}
+
 fn tls_secret_result(
     ca: &[u8],
     secret: &Fetched<Secret>,
@@ -1082,7 +1127,7 @@ mod tests {
             assert!(
                 [
                     "kubectl mesh install",
-                    "kubectl mesh install --rotate-certs"
+                    "kubectl mesh install --rotate-certs --wait"
                 ]
                 .contains(&command(&hint)),
                 "{hint}"
@@ -1162,6 +1207,43 @@ mod tests {
         let later = now + SignedDuration::from_hours(24 * 365 * 11);
         let expired = tls_secret_result(bridged.as_bytes(), &secret, later, &bare());
         assert_eq!(expired.result, Outcome::Error, "{expired:?}");
+    }
+
+    /// A CA of its own (PEM) that expires on `year`-01-01.
+    fn ca_expiring(year: i32) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        ca.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        ca.not_after = rcgen::date_time_ymd(year, 1, 1);
+        ca.self_signed(&key).unwrap().pem()
+    }
+
+    /// In a rotation, a previous CA that expires first does not make the caBundle expire: the
+    /// Secret's CA, which the webhook serves under, is what is judged.
+    #[test]
+    fn a_rotation_is_judged_by_the_ca_being_rotated_to() {
+        let (previous, current) = (ca_expiring(2031), ca_expiring(2040));
+        let bundle = format!("{current}{previous}");
+        let now: Timestamp = "2030-12-15T00:00:00Z".parse().unwrap();
+        let judge = |secret_ca: Option<&str>| {
+            ca_bundle_result(
+                "ca",
+                bundle.as_bytes(),
+                secret_ca.map(str::as_bytes),
+                now,
+                &bare(),
+            )
+        };
+        assert_eq!(judge(Some(&current)).result, Outcome::Ok);
+        // Without the Secret, or when the bundle does not hold its CA, the earliest counts.
+        let unknown = judge(None);
+        assert_eq!(unknown.result, Outcome::Warning, "{unknown:?}");
+        assert!(
+            unknown.hint_mentions("--rotate-certs --wait"),
+            "{unknown:?}"
+        );
+        assert_eq!(judge(Some(&ca_expiring(2045))).result, Outcome::Warning);
     }
 
     #[test]
