@@ -126,7 +126,7 @@ pub struct NamespaceChange {
 }
 
 /// A remote namespace that could not be written.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct NamespaceError {
     pub namespace: String,
     /// The change that was attempted.
@@ -190,6 +190,32 @@ impl SyncReport {
     }
 }
 
+/// Writes the remote refused for good ([`Written::Failed`]'s `lasting`), by namespace: a sync
+/// given them sends none of them again while the remote namespace (its resourceVersion) and
+/// the change (from the primary's labels) are what they were, and reports each refused as it
+/// was. Whoever keeps them forgets them when something else may change the answer (new
+/// credentials, a retry of the refused writes, the periodic full resync).
+#[derive(Debug, Default)]
+pub struct Refusals(BTreeMap<String, Refusal>);
+
+#[derive(Debug)]
+struct Refusal {
+    /// The remote namespace's resourceVersion the refused write was planned from.
+    resource_version: String,
+    error: NamespaceError,
+}
+
+impl Refusals {
+    /// The refusal `diff` of remote namespace `ns` would meet again.
+    fn of(&self, ns: &Namespace, diff: &LabelDiff) -> Option<&NamespaceError> {
+        let refusal = self.0.get(&diff.namespace)?;
+        let unchanged = ns.metadata.resource_version.as_deref()
+            == Some(refusal.resource_version.as_str())
+            && refusal.error.diff == *diff;
+        unchanged.then_some(&refusal.error)
+    }
+}
+
 /// The primary's namespaces keyed by name: the `primary` argument of [`sync_remote`] for a
 /// one-shot sync (the reconciler reads its watch cache instead). Read in pages and trimmed as
 /// they come, as a remote's are: a big primary over a slow link, read for every remote at
@@ -231,8 +257,20 @@ pub async fn sync_remote(
     remote: &Client,
     mode: SyncMode,
 ) -> Result<SyncReport> {
+    sync_listed(rule, primary, remote, mode, &mut Refusals::default()).await
+}
+
+/// [`sync_remote`], sending none of the writes `refusals` holds, which then holds those this
+/// sync was refused ([`Refusals`]).
+pub async fn sync_listed(
+    rule: &SyncRule,
+    primary: &impl PrimaryView,
+    remote: &Client,
+    mode: SyncMode,
+    refusals: &mut Refusals,
+) -> Result<SyncReport> {
     let listed = list_namespaces(&Api::all(remote.clone()), rule).await?;
-    Ok(sync_seen(rule, primary, remote, listed, mode).await)
+    Ok(sync_seen(rule, primary, remote, listed, mode, refusals).await)
 }
 
 /// [`sync_remote`] for a one-shot sync (`kubectl mesh sync`): the primary's namespaces are
@@ -249,7 +287,8 @@ pub async fn sync_from_primary(
         namespaces: primary_namespaces(primary).await?,
         api: Api::all(primary.clone()),
     };
-    Ok(sync_seen(rule, &primary, remote, listed, mode).await)
+    let refusals = &mut Refusals::default();
+    Ok(sync_seen(rule, &primary, remote, listed, mode, refusals).await)
 }
 
 /// The primary as a one-shot sync has it: listed once, so a namespace whose write met a
@@ -276,19 +315,21 @@ impl PrimaryView for ListedPrimary {
 /// [`sync_remote`] from the namespaces a watch keeps (`seen`: each with the resourceVersion its
 /// write is conditional on and at least the labels of [`SyncRule::keys_read`]) instead of a
 /// full LIST; one LIST of a single namespace first, so that credentials revoked or a remote gone
-/// since the watch last spoke fail the sync as the full LIST would have.
+/// since the watch last spoke fail the sync as the full LIST would have. The writes
+/// `refusals` holds are not sent, as in [`sync_listed`].
 pub async fn sync_watched(
     rule: &SyncRule,
     primary: &impl PrimaryView,
     remote: &Client,
     seen: impl IntoIterator<Item = Namespace>,
     mode: SyncMode,
+    refusals: &mut Refusals,
 ) -> Result<SyncReport> {
     Api::<Namespace>::all(remote.clone())
         .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(Error::ListNamespaces)?;
-    Ok(sync_seen(rule, primary, remote, seen, mode).await)
+    Ok(sync_seen(rule, primary, remote, seen, mode, refusals).await)
 }
 
 /// [`sync_remote`] without its LIST: `seen` is every namespace of the remote as just read by
@@ -300,6 +341,7 @@ async fn sync_seen(
     remote: &Client,
     seen: impl IntoIterator<Item = Namespace>,
     mode: SyncMode,
+    refusals: &mut Refusals,
 ) -> SyncReport {
     let api: Api<Namespace> = Api::all(remote.clone());
     let mut report = SyncReport {
@@ -309,7 +351,11 @@ async fn sync_seen(
     let mut planner = rule.planner();
     let (mut in_sync, mut out_of_scope, mut differing) = (0, Vec::new(), 0);
     let mut written = 0;
+    // Refused as they were, not sent: the remote would answer the same.
+    let mut held = Vec::new();
+    let mut refused = BTreeMap::new();
     {
+        let remembered = &*refusals;
         // Each change is written as the plan finds it, a few at a time: neither the plan nor
         // the namespaces it changes are held whole, which a cold sync of thousands of
         // namespaces would do once per remote at the same time. The primary is read after the
@@ -326,6 +372,10 @@ async fn sync_seen(
                     None
                 }
                 Verdict::Differs(diff) => {
+                    if let Some(error) = remembered.of(&ns, &diff) {
+                        held.push(error.clone());
+                        return None;
+                    }
                     differing += 1;
                     Some((diff, ns))
                 }
@@ -344,6 +394,9 @@ async fn sync_seen(
                 .buffer_unordered(WRITE_CONCURRENCY);
             while let Some(outcome) = writes.next().await {
                 let unanswered = outcome.unanswered().map(str::to_owned);
+                if let Some(refusal) = outcome.refusal() {
+                    refused.insert(outcome.namespace.clone(), refusal);
+                }
                 report.record(outcome);
                 written += 1;
                 // A write can go unanswered for one namespace alone (a remote admission
@@ -365,7 +418,15 @@ async fn sync_seen(
     }
     if mode != SyncMode::DryRun {
         report.unwritten = differing - written;
+        // What is neither held nor refused again was written, or changed, or not planned.
+        for error in &held {
+            if let Some((name, refusal)) = refusals.0.remove_entry(&error.namespace) {
+                refused.insert(name, refusal);
+            }
+        }
+        refusals.0 = refused;
     }
+    report.errors.append(&mut held);
     report.in_sync += in_sync;
     report.out_of_scope.append(&mut out_of_scope);
     report
@@ -386,6 +447,28 @@ impl Outcome {
         matches!(self.written, Written::Failed { failure, .. } if !failure.answered())
             .then_some(self.namespace.as_str())
     }
+
+    /// What to remember of a write the remote refused for good.
+    fn refusal(&self) -> Option<Refusal> {
+        let Written::Failed {
+            failure,
+            message,
+            diff: Some(diff),
+            lasting: true,
+        } = &self.written
+        else {
+            return None;
+        };
+        Some(Refusal {
+            resource_version: self.planned_from.clone()?,
+            error: NamespaceError {
+                namespace: self.namespace.clone(),
+                diff: diff.clone(),
+                failure: *failure,
+                message: message.clone(),
+            },
+        })
+    }
 }
 
 /// Whether the remote answers a read of one namespace (its answer may be a refusal).
@@ -403,6 +486,7 @@ impl SyncReport {
             namespace,
             written,
             wanted,
+            ..
         } = outcome;
         match written {
             Written::Applied { diff } => {
@@ -426,6 +510,7 @@ impl SyncReport {
                 failure,
                 message,
                 diff,
+                ..
             } => self.errors.push(NamespaceError {
                 diff: diff.unwrap_or_else(|| LabelDiff {
                     namespace: namespace.clone(),
@@ -477,6 +562,8 @@ struct Outcome {
     written: Written,
     /// Whether the primary wanted labels there, for a namespace found missing.
     wanted: bool,
+    /// The resourceVersion of the remote namespace the write was planned from.
+    planned_from: Option<String>,
 }
 
 async fn write(
@@ -494,6 +581,7 @@ async fn write(
         primary,
         name: &name,
     };
+    let planned_from = current.metadata.resource_version.clone();
     let known = Known::Read(Box::new(current));
     let written = write_managed_labels(api, rule, &name, desired, known).await;
     match &written {
@@ -510,6 +598,7 @@ async fn write(
         namespace: name,
         written,
         wanted,
+        planned_from,
     }
 }
 
@@ -709,7 +798,9 @@ mod tests {
         });
 
         let rule = SyncRule::default();
-        let report = sync_seen(&rule, &primary, &remote.client(), seen, SyncMode::Apply).await;
+        let refusals = &mut Refusals::default();
+        let client = remote.client();
+        let report = sync_seen(&rule, &primary, &client, seen, SyncMode::Apply, refusals).await;
         assert_eq!(report.writes as usize, total);
         let writes_when_read = writes_when_read.into_inner().expect("lock");
         assert!(
@@ -869,6 +960,60 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    /// A write the remote refuses for good (an admission policy) is not sent again while
+    /// neither the remote namespace nor the primary's labels change; one that went unanswered
+    /// is.
+    #[tokio::test]
+    async fn a_lasting_refusal_is_not_sent_again_until_something_changes() {
+        let remote = FakeApiserver::default()
+            .with_namespace("app", &[])
+            .with_namespace("slow", &[])
+            .with_namespace("web", &[]);
+        remote.state().forbidden_namespaces.insert("app".to_owned());
+        remote
+            .state()
+            .timed_out_namespaces
+            .insert("slow".to_owned());
+        let enabled = &[("istio-injection", "enabled")][..];
+        let mut primary = primary(&[("app", enabled), ("slow", enabled), ("web", enabled)]);
+        let refusals = &mut Refusals::default();
+        let mut sync = async |primary: &BTreeMap<String, Namespace>| {
+            let rule = SyncRule::default();
+            let mode = SyncMode::Apply;
+            let report = sync_listed(&rule, primary, &remote.client(), mode, refusals).await;
+            let report = report.expect("sync");
+            let failed = report
+                .errors
+                .iter()
+                .map(|e| (e.namespace.clone(), e.failure));
+            (failed.collect::<Vec<_>>(), remote.state().patches)
+        };
+        let failed = vec![
+            ("app".to_owned(), Failure::Forbidden),
+            ("slow".to_owned(), Failure::Unreachable),
+        ];
+        assert_eq!(sync(&primary).await, (failed.clone(), 3));
+        assert_eq!(
+            sync(&primary).await,
+            (failed.clone(), 4),
+            "slow alone is written again, app is refused as it was"
+        );
+        remote.edit("app", |ns| {
+            ns["metadata"]["annotations"] = serde_json::json!({"edited": "1"})
+        });
+        assert_eq!(sync(&primary).await, (failed.clone(), 6), "app changed");
+        assert_eq!(sync(&primary).await, (failed.clone(), 7));
+        primary.insert(
+            "app".to_owned(),
+            labelled("app", &[("istio.io/rev", "canary")]),
+        );
+        assert_eq!(
+            sync(&primary).await,
+            (failed, 9),
+            "the primary's labels changed"
+        );
     }
 
     #[tokio::test]

@@ -76,6 +76,10 @@ pub enum Written {
         failure: Failure,
         message: String,
         diff: Option<LabelDiff>,
+        /// The remote refused the patch of `diff` with an answer that the same patch of the
+        /// namespace unchanged would get again (a 4xx other than a timeout, conflict or rate
+        /// limit: an admission policy's denial, an invalid value, rights the credentials lack).
+        lasting: bool,
     },
 }
 
@@ -150,6 +154,7 @@ pub async fn write_managed_labels(
                             error_chain(&error)
                         ),
                         diff: Some(attempted),
+                        lasting: false,
                     };
                 }
             },
@@ -172,11 +177,16 @@ pub async fn write_managed_labels(
     }
 }
 
+/// How a call failed; the change attempted when it was the patch of `diff`.
 fn failed(error: &kube::Error, diff: Option<LabelDiff>) -> Written {
+    let lasting = diff.is_some()
+        && matches!(error, kube::Error::Api(status)
+            if (400..500).contains(&status.code) && ![408, 409, 429].contains(&status.code));
     Written::Failed {
         failure: Failure::of(error),
         message: error_chain(error),
         diff,
+        lasting,
     }
 }
 

@@ -27,7 +27,7 @@ use crate::{
 use mesh_core::{
     failure::{Failure, error_chain},
     remote::{self, Remote, RemoteState},
-    sync::{PrimaryView, SyncMode, SyncReport, sync_remote, sync_watched},
+    sync::{PrimaryView, Refusals, SyncMode, SyncReport, sync_listed, sync_watched},
     token::Claims,
 };
 
@@ -42,6 +42,12 @@ pub(super) struct Worker {
     /// Delays of the retries of namespaces the remote refused to write while it answers: it
     /// is not failing, so the wake-ups stay on.
     refused: Backoff,
+    /// The writes the remote refused for good, not sent again by the syncs of other wake-ups
+    /// until [`Worker::retry_refused_at`].
+    refusals: Refusals,
+    /// When the refused writes are sent again, whatever wakes the worker meanwhile: not
+    /// pushed back by the syncs in between.
+    retry_refused_at: Instant,
     /// Woken by the watch of the remote's namespaces when they drift from the primary.
     drift: Arc<Notify>,
     watching: Option<RemoteWatch>,
@@ -99,6 +105,8 @@ impl Worker {
             cancel,
             backoff: Backoff::new(backoff),
             refused: Backoff::new(backoff),
+            refusals: Refusals::default(),
+            retry_refused_at: Instant::now(),
             drift: Arc::new(Notify::new()),
             watching: None,
             renewal_not_before: None,
@@ -124,6 +132,7 @@ impl Worker {
             if now.is_some() && term.as_ref().is_none_or(CancellationToken::is_cancelled) {
                 // Whoever led before may have died mid-sync: start with a full one.
                 due = Instant::now();
+                self.retry_refused_at = due;
             }
             term = now;
             let leading = term.is_some();
@@ -146,8 +155,10 @@ impl Worker {
                     continue;
                 }
                 () = self.kick.notified() => {
-                    // New credentials or spec: worth trying now even while backing off.
+                    // New credentials or spec: worth trying now even while backing off, and
+                    // what the remote refused may pass now.
                     self.backoff.reset();
+                    self.retry_refused_at = Instant::now();
                     tokio::time::sleep(debounce).await;
                 }
                 // While the remote fails, the backoff timer alone decides when to try again.
@@ -183,6 +194,10 @@ impl Worker {
             // view of the primary may be stale, so the sync stops where it is and no write
             // of it starts (the future is never polled again). A request already sent is
             // left to its remote timeout. Detached, it stops the same way.
+            let retry_refused = Instant::now() >= self.retry_refused_at;
+            if retry_refused {
+                self.refusals = Refusals::default();
+            }
             let cancel = self.cancel.clone();
             let outcome = tokio::select! {
                 biased;
@@ -200,12 +215,17 @@ impl Worker {
                 Instant::now() + delay
             } else {
                 self.backoff.reset();
-                let mut next = Instant::now() + self.shared.settings.resync_period;
+                let resync = self.shared.settings.resync_period;
+                let mut next = Instant::now() + resync;
                 if outcome == Outcome::Refused {
                     // Nothing else wakes this worker for a namespace the remote refused (it
                     // did not change, nor did the primary): at the resync period it would
                     // wait an hour.
-                    next = next.min(Instant::now() + self.refused.next_delay());
+                    if retry_refused {
+                        let delay = self.refused.next_delay().min(resync);
+                        self.retry_refused_at = Instant::now() + delay;
+                    }
+                    next = next.min(self.retry_refused_at);
                 } else {
                     self.refused.reset();
                 }
@@ -346,13 +366,15 @@ impl Worker {
                 };
                 let _permit = permits.acquire().await;
                 let seen = watched.and_then(|watched| watched.current());
+                let mode = SyncMode::Reconcile;
                 let synced = match seen {
                     Some(seen) => {
-                        sync_watched(&scoped, &primary, client, seen, SyncMode::Reconcile).await
+                        let refusals = &mut self.refusals;
+                        sync_watched(&scoped, &primary, client, seen, mode, refusals).await
                     }
                     None => {
                         shared.state.metrics.remote_listed(cluster_name);
-                        sync_remote(&scoped, &primary, client, SyncMode::Reconcile).await
+                        sync_listed(&scoped, &primary, client, mode, &mut self.refusals).await
                     }
                 };
                 synced.map_err(|error| Attempt::failed(error.failure(), error.to_string()))
@@ -859,6 +881,40 @@ mod tests {
         let settle = running.shared.settings.drift_settle;
         wait_until("web corrected", settle + Duration::from_secs(2), || {
             api.labels("web")["istio-injection"] == "enabled"
+        })
+        .await;
+        running.cancel.cancel();
+    }
+
+    /// The syncs other namespaces wake do not send again what the remote refused, unless
+    /// the refused namespace changed since; its retries still do.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_write_is_not_repeated_at_other_wake_ups() {
+        let (api, running) = refusing_app().await;
+        let settle = running.shared.settings.drift_settle + Duration::from_secs(2);
+        // Each time another value: the fake's watch may show only the last of the edit and
+        // its correction, and a namespace whose labels look unchanged wakes nothing.
+        let web_edited_and_corrected = async |value: &str| {
+            api.edit("web", |ns| {
+                ns["metadata"]["labels"]["istio-injection"] = json!(value);
+            });
+            wait_until("web corrected", settle, || {
+                api.labels("web")["istio-injection"] == "enabled"
+            })
+            .await;
+        };
+        for value in ["disabled", "off", "no"] {
+            web_edited_and_corrected(value).await;
+        }
+        assert_eq!(patches_of(&api, "app"), 1, "app written again unchanged");
+        api.edit("app", |ns| {
+            ns["metadata"]["annotations"] = json!({"edited": "yes"});
+        });
+        web_edited_and_corrected("disabled").await;
+        assert_eq!(patches_of(&api, "app"), 2, "app changed since its refusal");
+        // The retry, a refused delay (30 s) after the first sync, whatever woke it since.
+        wait_until("app retried", Duration::from_secs(30), || {
+            patches_of(&api, "app") == 3
         })
         .await;
         running.cancel.cancel();
