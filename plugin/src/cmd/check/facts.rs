@@ -476,19 +476,20 @@ async fn remote_facts(
             reads: None,
         }));
     }
-    let kube_system = with_deadline(
-        timeout,
-        Api::<Namespace>::all(remote.clone()).get("kube-system"),
-    )
-    .await;
-    let rights = answers(remote, timeout, rights::asked()).await;
-    let namespaces = mesh_state::remote_namespaces(remote).await;
-    let guard = guard_facts(remote, cluster, user_kubeconfig, timeout).await;
     // A recorded scope that cannot be used is reported by the cluster's own checks.
     let scoped = mesh_state::scoped_rule(rule, cluster).unwrap_or_else(|_| rule.clone());
-    let scope = with_deadline(timeout, sync_scope::probe(remote, &scoped)).await;
-    let injectors = mesh_state::remote_injectors(remote).await;
-    let view = view_facts(primary, cluster, timeout).await;
+    // All at once, each bounded by `timeout`: a remote that answered, then stalls, costs one
+    // timeout, not one per read.
+    let namespaces_api = Api::<Namespace>::all(remote.clone());
+    let (kube_system, rights, namespaces, guard, scope, injectors, view) = tokio::join!(
+        with_deadline(timeout, namespaces_api.get("kube-system")),
+        answers(remote, timeout, rights::asked()),
+        mesh_state::remote_namespaces(remote),
+        guard_facts(remote, cluster, user_kubeconfig, timeout),
+        with_deadline(timeout, sync_scope::probe(remote, &scoped)),
+        mesh_state::remote_injectors(remote),
+        view_facts(primary, cluster, timeout),
+    );
     RemoteFacts::Asked(Box::new(Asked {
         whoami,
         reads: Some(RemoteReads {
@@ -621,4 +622,40 @@ pub fn pod_containers(deployment: &Deployment) -> &[k8s_openapi::api::core::v1::
         .and_then(|s| s.template.spec.as_ref())
         .map(|p| p.containers.as_slice())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::fake_apiserver::FakeApiserver;
+
+    /// Once the remote answered who the credentials are, its reads are made at once: a remote
+    /// slow to answer each costs about one answer's time, not one per read. (Paused time: the
+    /// elapsed time is the fake's delays, exactly.)
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_that_answered_is_read_all_at_once() {
+        const ANSWER: Duration = Duration::from_secs(5);
+        // Authenticated, refused everything: every read gets an answer, after `ANSWER`.
+        let remote = FakeApiserver::default();
+        remote.state().forbidden = true;
+        remote.state().delay = Some(ANSWER);
+        let primary = FakeApiserver::default();
+        let cluster = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
+        let started = tokio::time::Instant::now();
+        let facts = remote_facts(
+            &primary.client(),
+            &remote.client(),
+            &cluster,
+            &Kubeconfig::default(),
+            &SyncRule::default(),
+            Duration::from_secs(60),
+        )
+        .await;
+        let RemoteFacts::Asked(asked) = facts else {
+            panic!("not asked: {facts:?}");
+        };
+        assert!(asked.reads.is_some(), "{asked:?}");
+        let elapsed = started.elapsed();
+        assert!(elapsed < ANSWER * 4, "{elapsed:?}");
+    }
 }
