@@ -145,10 +145,9 @@ impl Live {
                         let enable = view::enable_command(&name);
                         let hint = match istio_unread {
                             None => enable,
-                            Some(_) => format!(
-                                "{}; run `{enable}`",
-                                view::no_credentials(istio_unread.as_deref())
-                            ),
+                            Some(why) => {
+                                format!("{}; run `{enable}`", view::no_credentials(Some(why)))
+                            }
                         };
                         ("none".to_owned(), Some(hint))
                     }
