@@ -149,7 +149,10 @@ impl Run<'_> {
 mod tests {
     use std::time::Duration;
 
-    use kube::{api::DynamicObject, config::Kubeconfig};
+    use kube::{
+        api::DynamicObject,
+        config::{Cluster, Context, Kubeconfig, NamedCluster, NamedContext},
+    };
     use mesh_core::{
         cluster::{NamespaceScope, RemoteGuard},
         fixtures::SilentServer,
@@ -211,10 +214,27 @@ mod tests {
     async fn a_rollback_on_a_remote_that_never_answers_ends_by_the_timeout() {
         let silent = SilentServer::start().await;
         let server = &silent.url;
-        let kc = Kubeconfig::from_yaml(&format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: east\n  cluster: {{server: \"{server}\", insecure-skip-tls-verify: true}}\nusers:\n- name: east\n  user: {{token: t}}\ncontexts:\n- name: east\n  context: {{cluster: east, user: east}}\ncurrent-context: east\n"
-        ))
-        .expect("kubeconfig");
+        let kc = Kubeconfig {
+            clusters: vec![NamedCluster {
+                name: "east".into(),
+                cluster: Some(Cluster {
+                    server: Some(server.clone()),
+                    insecure_skip_tls_verify: Some(true),
+                    ..Cluster::default()
+                }),
+                ..NamedCluster::default()
+            }],
+            contexts: vec![NamedContext {
+                name: "east".into(),
+                context: Some(Context {
+                    cluster: "east".into(),
+                    ..Context::default()
+                }),
+                ..NamedContext::default()
+            }],
+            current_context: Some("east".into()),
+            ..Kubeconfig::default()
+        };
         let client = access::client(kc, None).await.expect("client");
         let plan = plan(client, server);
         let timeout = Duration::from_secs(2);
