@@ -13,7 +13,9 @@
 //! Where a reconciler confirms expiries ([`InFlight::confirm_expiries`]), an entry whose time
 //! ran out keeps standing in until a read of the primary says the push was not persisted: a
 //! watch of the primary gone silent (a stalled apiserver, a connection dead without a word)
-//! shows neither the push nor its rejection, and its stale view must not undo the push.
+//! shows neither the push nor its rejection, and its stale view must not undo the push. The
+//! same read settles, without waiting for its time to run out, a push that no version orders
+//! (a creation's) once the watch shows the namespace with other labels.
 //!
 //! Every replica drops an entry when its time runs out or, confirming, once the primary is
 //! read not to hold it (a forged review's push among them), and the map holds at most
@@ -55,7 +57,8 @@ struct Entry {
     /// after it is this push persisted. An older version with the same labels (a change the
     /// other way and back: A, B, A) must not settle it.
     after: Option<u64>,
-    /// Its time ran out; it stands in until confirmed ([`InFlight::due`]).
+    /// Its time ran out, or the watch showed labels it cannot be ordered with; it stands in
+    /// until confirmed ([`InFlight::due`]).
     due: bool,
 }
 
@@ -219,8 +222,7 @@ impl InFlight {
                 entries.remove(&namespace);
             }
             drop(entries);
-            this.expired
-                .send_modify(|generation| *generation = generation.wrapping_add(1));
+            this.signal_due();
         });
     }
 
@@ -237,14 +239,30 @@ impl InFlight {
         seen: Seen,
     ) -> bool {
         let mut entries = self.lock();
-        match entries.get(namespace) {
-            Some(entry) if entry.ended_by(persisted, version, seen) => {
-                let seen_differs = entry.labels != *persisted;
-                entries.remove(namespace);
-                seen_differs
-            }
-            _ => false,
+        let Some(entry) = entries.get_mut(namespace) else {
+            return false;
+        };
+        if entry.ended_by(persisted, version, seen) {
+            let seen_differs = entry.labels != *persisted;
+            entries.remove(namespace);
+            return seen_differs;
         }
+        // Without a version to order them by (a creation's push), other labels may be a
+        // later change (a later admission step's) or a view older than the push: a read of
+        // the primary tells, at once rather than once its time ran out.
+        let unordered = entry.after.is_none() && entry.labels != *persisted;
+        if unordered && !entry.due && self.confirmed.load(Ordering::Relaxed) {
+            entry.due = true;
+            drop(entries);
+            self.signal_due();
+        }
+        false
+    }
+
+    /// Wakes whoever confirms the entries [`InFlight::due`].
+    fn signal_due(&self) {
+        self.expired
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// The entries whose time ran out, to be confirmed by a read of the primary.
@@ -324,7 +342,7 @@ impl InFlight {
             .collect()
     }
 
-    /// Changes whenever an entry expires without having been persisted.
+    /// Changes whenever entries become [`InFlight::due`] for confirmation.
     pub fn expired(&self) -> watch::Receiver<u64> {
         self.expired.subscribe()
     }
@@ -514,6 +532,36 @@ mod tests {
         }
         assert!(in_flight.settle("shop", &Labels::new(), Some("12"), Seen::Listed));
         assert!(in_flight.is_empty());
+    }
+
+    /// A creation's push, which no version orders: the watch showing the namespace with other
+    /// labels (a later admission step's, or a view older than the push) has a read of the
+    /// primary confirm it at once, not once its time ran out.
+    #[tokio::test(start_paused = true)]
+    async fn a_creation_shown_with_other_labels_is_confirmed_at_once() {
+        let rule = SyncRule::default();
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        in_flight.confirm_expiries();
+        let mut asked = in_flight.expired();
+        for stored in ["enabled", "disabled"] {
+            push_enabled(&in_flight, None);
+            let shown = labels(&[("istio-injection", "disabled")]);
+            assert!(!in_flight.settle("shop", &shown, Some("5"), Seen::Watched));
+            tokio::time::timeout(Duration::from_secs(1), asked.changed())
+                .await
+                .expect("a read asked at once")
+                .expect("sender alive");
+            let due = in_flight.due();
+            assert_eq!(due.len(), 1);
+            let read = ns("shop").label("istio-injection", stored).rv("6");
+            if due[0].persisted_in(&rule, Some(&read)) {
+                in_flight.stand_in_again(&due[0]);
+                assert_eq!(in_flight.pushed().len(), 1, "the primary holds the push");
+            } else {
+                in_flight.not_persisted(&due[0]);
+                assert!(in_flight.is_empty(), "the primary holds {stored}");
+            }
+        }
     }
 
     /// A push another request's change overtook (another replica's, or one made while a later
