@@ -174,6 +174,15 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
                 .is_some_and(|d| d.contains("another sync rule"))),
         "{report:#?}"
     );
+    // So does its guard, written for the old rule's labels and excluded namespaces.
+    let guard = report.cluster_check(&name, "remote guard matches spec.remoteGuard");
+    assert!(
+        guard.is_some_and(|c| c.result == "warning"
+            && c.detail
+                .as_deref()
+                .is_some_and(|d| d.contains("its managed labels, excluded namespaces differ"))),
+        "{report:#?}"
+    );
     fixtures::attach(env, remote, &name, Default::default()).await?;
 
     // On the primary: a zone (managed now) and a revision (no longer managed).

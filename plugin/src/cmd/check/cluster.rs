@@ -290,7 +290,7 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
     }
     checks.extend(pods_result(mesh, &name, namespaces, injectors, &reads.view));
     checks.push(scope_result(&reads.scope, &name));
-    checks.push(guard_result(cluster, &reads.guard));
+    checks.push(guard_result(cluster, mesh.rule, &reads.guard));
     checks.extend(webhook_result(cluster));
     section(checks)
 }

@@ -2,11 +2,13 @@
 //! (`spec.remoteGuard`, `spec.primaryName`, `spec.scope`).
 
 use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use std::collections::BTreeSet;
+
 use kube::ResourceExt;
 use mesh_core::cluster::{MeshCluster, RemoteGuard};
+use mesh_core::labels::SyncRule;
 
 use super::facts::{FoundGuard, GuardFacts};
 use super::report::{CheckResult, Outcome};
@@ -65,8 +67,14 @@ fn guard_state(
 }
 
 /// Compares what is on the remote with what the MeshCluster declares: the mode
-/// (spec.remoteGuard), and the primary the guard's message names (spec.primaryName).
-pub fn judge_guard(what: &str, cluster: &MeshCluster, found: &FoundGuard) -> CheckResult {
+/// (spec.remoteGuard), the primary the guard's message names (spec.primaryName), and what it
+/// guards: `rule` (the installed one within spec.scope) and the scope's selector.
+pub fn judge_guard(
+    what: &str,
+    cluster: &MeshCluster,
+    rule: &SyncRule,
+    found: &FoundGuard,
+) -> CheckResult {
     let name = cluster.name_any();
     let wanted = cluster.spec.remote_guard;
     let primary = cluster.spec.primary_name.as_deref();
@@ -111,62 +119,109 @@ pub fn judge_guard(what: &str, cluster: &MeshCluster, found: &FoundGuard) -> Che
             );
         }
     }
-    if let Some(stale) = guard_scope_gap(cluster, found.policy.as_ref()) {
+    let stale = stale_parts(cluster, rule, found.policy.as_ref());
+    if !stale.is_empty() {
         return CheckResult::warning(
             what,
-            format!("the guard does not follow spec.scope: {stale}"),
+            format!(
+                "the guard was written for another rule or scope: its {} differ from the \
+                 installed rule's within spec.scope",
+                stale.join(", ")
+            ),
             format!(
                 "set the scope again with `kubectl mesh scope {name} ...` (the same flags, and \
-                 --remote-kubeconfig), which updates the guard too"
+                 --remote-kubeconfig), which rewrites the guard for the installed rule"
             ),
         );
     }
     CheckResult::ok(what, Some(format!("{wanted:?}")))
 }
 
-/// How the guard's matching differs from the cluster's scope (a scope changed with `kubectl
-/// patch` leaves the guard as it was), if it does.
-fn guard_scope_gap(
+/// What of the guard's matching differs from the guard attach and `scope` would write now
+/// (a rule changed by a later install, or a scope changed with `kubectl patch`, leaves the
+/// guard as it was): its managed labels, excluded namespaces or namespace selector.
+fn stale_parts(
     cluster: &MeshCluster,
+    rule: &SyncRule,
     policy: Option<&ValidatingAdmissionPolicy>,
-) -> Option<String> {
-    let spec = policy?.spec.as_ref()?;
-    let conditions: Vec<&str> = (spec.match_conditions.iter().flatten())
-        .map(|c| c.expression.as_str())
-        .collect();
-    let unguarded: Vec<&str> = (cluster.spec.scope.exclude_namespaces.iter())
-        .filter(|name| {
-            let literal = format!("'{name}'");
-            !conditions.iter().any(|c| c.contains(&literal))
-        })
-        .map(String::as_str)
-        .collect();
-    if !unguarded.is_empty() {
-        return Some(format!("it still guards {}", unguarded.join(", ")));
-    }
-    let selector = spec
-        .match_constraints
-        .as_ref()
-        .and_then(|m| m.namespace_selector.clone());
-    let selects_all = |s: &Option<LabelSelector>| {
-        s.as_ref().is_none_or(|s| {
-            s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-                && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
-        })
+) -> Vec<&'static str> {
+    let Some(found) = policy.and_then(|p| p.spec.as_ref()) else {
+        return Vec::new();
     };
-    let wanted = &cluster.spec.scope.namespace_selector;
-    let same = (selects_all(&selector) && selects_all(wanted)) || &selector == wanted;
-    (!same).then(|| "its namespace selector is not spec.scope.namespaceSelector".to_owned())
+    let wanted = setup::Guard::new(cluster.spec.remote_guard, "", "")
+        .with_rule(rule)
+        .with_scope(&cluster.spec.scope);
+    let wanted = setup::guard_policy(&cluster.name_any(), &wanted)
+        .spec
+        .unwrap_or_default();
+    let selector = |spec: &ValidatingAdmissionPolicySpec| {
+        let s = spec
+            .match_constraints
+            .as_ref()?
+            .namespace_selector
+            .clone()?;
+        let selects_all = s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+        (!selects_all).then_some(s)
+    };
+    // The names each lists, in whatever order it was written.
+    let keys = |spec: &ValidatingAdmissionPolicySpec| {
+        literals(
+            spec.variables
+                .iter()
+                .flatten()
+                .map(|v| v.expression.as_str()),
+        )
+    };
+    let excluded = |spec: &ValidatingAdmissionPolicySpec| {
+        literals(
+            spec.match_conditions
+                .iter()
+                .flatten()
+                .map(|c| c.expression.as_str()),
+        )
+    };
+    let mut stale = Vec::new();
+    if keys(found) != keys(&wanted) {
+        stale.push("managed labels");
+    }
+    if excluded(found) != excluded(&wanted) {
+        stale.push("excluded namespaces");
+    }
+    if selector(found) != selector(&wanted) {
+        stale.push("namespace selector");
+    }
+    stale
+}
+
+/// The string literals of CEL `expressions` (as [`crate::cel::string`] writes them).
+fn literals<'a>(expressions: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for expression in expressions {
+        let mut rest = expression;
+        while let Some(start) = rest.find('\'') {
+            let Some(literal) = crate::remote_policies::read_cel_str(&rest[start..]) else {
+                break;
+            };
+            rest = &rest[start + crate::cel::string(&literal).len()..];
+            found.insert(literal);
+        }
+    }
+    found
 }
 
 /// The remote guard must be what spec.remoteGuard and spec.primaryName say. It is read with
 /// the stored credentials, which may `get` the guard's two objects by name. A cluster
 /// attached by an older kubectl-mesh has credentials that may not: then it is judged as read
 /// with the user's own kubeconfig, through the context attach recorded (as detach does).
-pub(super) fn guard_result(cluster: &MeshCluster, guard: &GuardFacts) -> CheckResult {
+pub(super) fn guard_result(
+    cluster: &MeshCluster,
+    rule: &SyncRule,
+    guard: &GuardFacts,
+) -> CheckResult {
     let what = "remote guard matches spec.remoteGuard";
     let stored_err = match &guard.stored {
-        Ok(found) => return judge_guard(what, cluster, found),
+        Ok(found) => return judge_guard(what, cluster, rule, found),
         Err(e) => e,
     };
     let stored = if stored_err.is_forbidden() {
@@ -198,7 +253,7 @@ pub(super) fn guard_result(cluster: &MeshCluster, guard: &GuardFacts) -> CheckRe
     let context = context.unwrap_or_default();
     match with_context {
         Ok(found) => {
-            let mut result = judge_guard(what, cluster, found);
+            let mut result = judge_guard(what, cluster, rule, found);
             let note = format!("read with context {context}: {stored}");
             match &mut result.detail {
                 Some(detail) if result.result == Outcome::Ok => {
@@ -220,7 +275,6 @@ pub(super) fn guard_result(cluster: &MeshCluster, guard: &GuardFacts) -> CheckRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_core::labels::SyncRule;
 
     fn attached(guard: RemoteGuard, primary: Option<&str>) -> MeshCluster {
         let mut mc = setup::mesh_cluster(&setup::ClusterRecord {
@@ -251,14 +305,22 @@ mod tests {
     fn guard_must_follow_the_scope() {
         let mut scoped = attached(RemoteGuard::Warn, Some("main"));
         scoped.spec.scope.exclude_namespaces = vec!["gw".into()];
-        let r = judge_guard("guard", &scoped, &installed(RemoteGuard::Warn, "main"));
+        let rule = SyncRule::default().within(&scoped.spec.scope).unwrap();
+        let r = judge_guard(
+            "guard",
+            &scoped,
+            &rule,
+            &installed(RemoteGuard::Warn, "main"),
+        );
         assert_eq!(r.result, Outcome::Warning, "{r:?}");
         assert!(
-            r.detail.as_deref().unwrap().contains("still guards gw"),
+            r.detail
+                .as_deref()
+                .unwrap()
+                .contains("its excluded namespaces differ"),
             "{r:?}"
         );
 
-        let rule = SyncRule::default().within(&scoped.spec.scope).unwrap();
         let g = setup::Guard::new(RemoteGuard::Warn, "main", "admin@main")
             .with_rule(&rule)
             .with_scope(&scoped.spec.scope);
@@ -266,13 +328,45 @@ mod tests {
             policy: Some(setup::guard_policy("east", &g)),
             binding: Some(setup::guard_binding("east", &g)),
         };
-        let r = judge_guard("guard", &scoped, &following);
+        let r = judge_guard("guard", &scoped, &rule, &following);
         assert_eq!(r.result, Outcome::Ok, "{r:?}");
+        // The scope back to none: the guard still leaves gw alone, which is now synced.
+        let unscoped = attached(RemoteGuard::Warn, Some("main"));
+        let r = judge_guard("guard", &unscoped, &SyncRule::default(), &following);
+        assert_eq!(r.result, Outcome::Warning, "{r:?}");
+    }
+
+    /// A rule changed by a later install: the guard written for the old one watches labels
+    /// the webhook no longer syncs, and misses those it does.
+    #[test]
+    fn guard_must_follow_the_installed_rule() {
+        let mc = attached(RemoteGuard::Warn, Some("main"));
+        let found = installed(RemoteGuard::Warn, "main");
+        let default = SyncRule::default();
+        assert_eq!(
+            judge_guard("guard", &mc, &default, &found).result,
+            Outcome::Ok
+        );
+        let narrower = SyncRule::new(
+            ["istio.io/rev".to_owned()],
+            default.excluded_namespaces().map(str::to_owned),
+        );
+        let r = judge_guard("guard", &mc, &narrower, &found);
+        assert_eq!(r.result, Outcome::Warning, "{r:?}");
+        assert!(
+            r.detail
+                .as_deref()
+                .unwrap()
+                .contains("its managed labels differ"),
+            "{r:?}"
+        );
+        assert!(r.hint_mentions("kubectl mesh scope east"), "{r:?}");
     }
 
     #[test]
     fn guard_must_match_mode_and_primary_name() {
-        let judge = |mc: &MeshCluster, found: &FoundGuard| judge_guard("guard", mc, found);
+        let rule = SyncRule::default();
+        let judge = |mc: &MeshCluster, found: &FoundGuard| judge_guard("guard", mc, &rule, found);
         let warn = attached(RemoteGuard::Warn, Some("main"));
         let r = judge(&warn, &installed(RemoteGuard::Warn, "main"));
         assert_eq!((r.result, r.detail.as_deref()), (Outcome::Ok, Some("Warn")));
