@@ -673,7 +673,7 @@ fn pods_result(
         } => {
             return Some(CheckResult::warning(
                 what,
-                format!("not checked: no view credentials, and {why}"),
+                format!("not checked: {}", crate::view::no_credentials(Some(why))),
                 format!(
                     "run `{}`, or check as a caller who may read Secrets in {}",
                     crate::view::enable_command(name),

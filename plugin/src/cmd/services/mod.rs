@@ -541,12 +541,9 @@ impl ServicesReport {
                     }
                 }
                 ColumnState::NoCredentials => lines.push(format!(
-                    "{}: services not read (no view credentials{}); run `{}`",
+                    "{}: services not read ({}); run `{}`",
                     c.name,
-                    c.error
-                        .as_deref()
-                        .map(|e| format!(", and {e}"))
-                        .unwrap_or_default(),
+                    view::no_credentials(c.error.as_deref()),
                     c.enable.as_deref().unwrap_or_default()
                 )),
                 ColumnState::Failed => lines.push(format!(
