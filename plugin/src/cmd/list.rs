@@ -44,7 +44,13 @@ impl List {
         } else {
             BTreeMap::new()
         };
-        output::print_stdout(&render(ctx.output, &clusters, &expiries, Timestamp::now())?)
+        output::print_stdout(&render(ctx.output, &clusters, &expiries, Timestamp::now())?)?;
+        for (name, expiry) in &expiries {
+            if let Err(why) = expiry {
+                ctx.progress.warn(unread_line(name, why));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -57,61 +63,69 @@ fn shows_token_expiry(format: OutputFormat) -> bool {
 /// round trips, without a burst of requests on the primary.
 const SECRET_READS: usize = 8;
 
-/// When each cluster's stored token expires, by cluster name, read from the Secret attach
-/// stored its kubeconfig in. The Secrets are read [`SECRET_READS`] at once; the map keeps
-/// them in name order whatever order they arrive in.
-pub(crate) async fn token_expiries(
-    client: &Client,
-    clusters: &[MeshCluster],
-) -> Result<BTreeMap<String, TokenExpiry>> {
+/// When each cluster's stored token expires, or why its Secret could not be read, by cluster
+/// name.
+pub(crate) type Expiries = BTreeMap<String, std::result::Result<TokenExpiry, String>>;
+
+/// [`Expiries`] read from the Secrets attach stored the kubeconfigs in, [`SECRET_READS`] at
+/// once; the map keeps them in name order whatever order they arrive in.
+pub(crate) async fn token_expiries(client: &Client, clusters: &[MeshCluster]) -> Result<Expiries> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), MESH_NAMESPACE);
     let secrets = &secrets;
     stream::iter(clusters)
         .map(|cluster| async move {
             let name = &cluster.spec.secret_name;
-            let secret = match secrets.get_opt(name).await {
-                Ok(secret) => secret,
+            let doing = format!("cannot read Secret {MESH_NAMESPACE}/{name}");
+            let expiry = match secrets.get_opt(name).await {
+                Ok(secret) => Ok(expiry_of(secret.as_ref())),
                 // A primary that does not answer in time would not for the next one either.
                 Err(e) if Unanswered::within(&e).is_some() => {
-                    let doing = format!("cannot read Secret {MESH_NAMESPACE}/{name}");
                     return Err(Error::kube(doing)(e));
                 }
-                // Unreadable (no right to read Secrets) shows as unknown, like a bad token.
-                Err(_) => None,
+                // Said apart from a token whose expiry is unknown: the caller's rights are what
+                // is missing.
+                Err(e) => Err(Error::kube(doing)(e).line()),
             };
-            Ok((cluster.name_any(), expiry_of(secret.as_ref())))
+            Ok((cluster.name_any(), expiry))
         })
         .buffer_unordered(SECRET_READS)
         .try_collect()
         .await
 }
 
+/// The line of a cluster whose stored token's Secret could not be read (`why`).
+fn unread_line(name: &str, why: &str) -> String {
+    format!("token of {name}: not read ({why})")
+}
+
 /// One line per cluster on its stored token (`status -o wide`), and whether it is a warning.
-pub fn token_lines(
-    expiries: &BTreeMap<String, TokenExpiry>,
-    now: Timestamp,
-) -> Vec<(bool, String)> {
+pub fn token_lines(expiries: &Expiries, now: Timestamp) -> Vec<(bool, String)> {
     expiries
         .iter()
         .map(|(name, expiry)| match expiry {
-            TokenExpiry::Never => (false, format!("token of {name}: long-lived, never expires")),
-            TokenExpiry::Unknown => (true, format!("token of {name}: expiry unknown")),
-            TokenExpiry::At(at) if *at <= now => (
-                true,
-                format!(
-                    "token of {name}: {} ({at:.0}); `kubectl mesh rotate {name}` issues a new one",
-                    age::until(*at, now)
-                ),
-            ),
-            TokenExpiry::At(at) => (
-                false,
-                format!(
-                    "token of {name}: expires {} ({at:.0})",
-                    age::until(*at, now)
-                ),
-            ),
+            Err(why) => (true, unread_line(name, why)),
+            Ok(expiry) => expiry_line(name, *expiry, now),
         })
         .collect()
+}
+
+/// [`token_lines`]' line of a token that was read.
+fn expiry_line(name: &str, expiry: TokenExpiry, now: Timestamp) -> (bool, String) {
+    match expiry {
+        TokenExpiry::Never => (false, format!("token of {name}: long-lived, never expires")),
+        TokenExpiry::Unknown => (true, format!("token of {name}: expiry unknown")),
+        TokenExpiry::At(at) if at <= now => (
+            true,
+            format!(
+                "token of {name}: {} ({at:.0}); `kubectl mesh rotate {name}` issues a new one",
+                age::until(at, now)
+            ),
+        ),
+        TokenExpiry::At(at) => (
+            false,
+            format!("token of {name}: expires {} ({at:.0})", age::until(at, now)),
+        ),
+    }
 }
 
 /// The expiry of the token in a stored-kubeconfig Secret.
@@ -128,7 +142,7 @@ pub fn expiry_of(secret: Option<&Secret>) -> TokenExpiry {
 pub fn render(
     format: OutputFormat,
     clusters: &[MeshCluster],
-    expiries: &BTreeMap<String, TokenExpiry>,
+    expiries: &Expiries,
     now: Timestamp,
 ) -> Result<String> {
     match format {
@@ -136,9 +150,13 @@ pub fn render(
             let wide = format == OutputFormat::Wide;
             let rows: Vec<ClusterRow> = clusters
                 .iter()
-                .map(|c| {
-                    let expiry = expiries.get(&c.name_any()).copied();
-                    ClusterRow::new(c, expiry.unwrap_or(TokenExpiry::Unknown), now)
+                .map(|c| match expiries.get(&c.name_any()) {
+                    Some(Err(_)) => ClusterRow {
+                        token_expiry: "unreadable".to_owned(),
+                        ..ClusterRow::new(c, TokenExpiry::Unknown, now)
+                    },
+                    Some(Ok(expiry)) => ClusterRow::new(c, *expiry, now),
+                    None => ClusterRow::new(c, TokenExpiry::Unknown, now),
                 })
                 .collect();
             Ok(output::table(
@@ -310,9 +328,9 @@ mod tests {
     #[test]
     fn token_expiries_are_read_only_for_the_format_that_shows_them() {
         let expiring = TokenExpiry::At(Timestamp::from_second(1_900_000_000).unwrap());
-        let expiries: BTreeMap<String, TokenExpiry> = clusters()
+        let expiries: Expiries = clusters()
             .iter()
-            .map(|c| (c.name_any(), expiring))
+            .map(|c| (c.name_any(), Ok(expiring)))
             .collect();
         for format in [
             OutputFormat::Table,
@@ -363,11 +381,11 @@ mod tests {
         ]
     }
 
-    fn expiries() -> BTreeMap<String, TokenExpiry> {
+    fn expiries() -> Expiries {
         let at = "2026-03-02T11:00:00Z".parse().unwrap();
         BTreeMap::from([
-            ("east".to_owned(), TokenExpiry::At(at)),
-            ("west-long-name".to_owned(), TokenExpiry::Never),
+            ("east".to_owned(), Ok(TokenExpiry::At(at))),
+            ("west-long-name".to_owned(), Ok(TokenExpiry::Never)),
         ])
     }
 
@@ -403,13 +421,17 @@ mod tests {
         let expiries = BTreeMap::from([
             (
                 "a".to_owned(),
-                TokenExpiry::At(Timestamp::from_second(1_000_000 + 7200).unwrap()),
+                Ok(TokenExpiry::At(
+                    Timestamp::from_second(1_000_000 + 7200).unwrap(),
+                )),
             ),
             (
                 "b".to_owned(),
-                TokenExpiry::At(Timestamp::from_second(1_000_000 - 60).unwrap()),
+                Ok(TokenExpiry::At(
+                    Timestamp::from_second(1_000_000 - 60).unwrap(),
+                )),
             ),
-            ("c".to_owned(), TokenExpiry::Never),
+            ("c".to_owned(), Ok(TokenExpiry::Never)),
         ]);
         let lines = token_lines(&expiries, now);
         assert_eq!(
@@ -503,6 +525,26 @@ mod tests {
             .collect()
     }
 
+    /// A Secret the caller may not read is said so, not shown as a token of unknown expiry.
+    #[tokio::test]
+    async fn a_secret_not_read_is_not_an_unknown_expiry() {
+        let primary = mesh_core::fake_apiserver::FakeApiserver::default();
+        primary.state().forbidden = true;
+        let clusters = many_clusters(1);
+        let expiries = token_expiries(&primary.client(), &clusters)
+            .await
+            .expect("answered");
+        let why = expiries["c00"].clone().expect_err("refused");
+        assert!(
+            why.starts_with("cannot read Secret kubectl-mesh/cluster-c00"),
+            "{why}"
+        );
+        let lines = token_lines(&expiries, now());
+        assert_eq!(lines, [(true, format!("token of c00: not read ({why})"))]);
+        let table = render(OutputFormat::Wide, &clusters, &expiries, now()).unwrap();
+        assert!(table.contains("unreadable"), "{table}");
+    }
+
     /// A primary too slow for `--request-timeout` is said so, not shown as unknown expiries.
     #[tokio::test(start_paused = true)]
     async fn token_expiries_of_a_primary_too_slow_are_an_error() {
@@ -545,7 +587,7 @@ mod tests {
             } else {
                 TokenExpiry::Never
             };
-            assert_eq!(expiries[name], want, "{name}");
+            assert_eq!(expiries[name], Ok(want), "{name}");
         }
         assert_eq!(
             in_flight.lock().expect("lock").1,
