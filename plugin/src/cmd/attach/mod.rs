@@ -104,7 +104,8 @@ pub struct Attach {
     /// the webhook renews before it expires, instead of a long-lived one.
     #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
     pub token_ttl: Option<Duration>,
-    /// How long to wait for the remote's token and, with --wait, for the first sync.
+    /// How long to wait for the remote's token, with --wait for the first sync, and for a
+    /// rollback after a failure.
     #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
