@@ -403,14 +403,7 @@ mod tests {
             Event::InitApply(not_yet),
             Event::InitDone,
         ];
-        watch_namespaces(
-            futures::stream::iter(events.into_iter().map(Ok)),
-            store(),
-            in_flight.clone(),
-            watch::channel(0u64).0,
-            CancellationToken::new(),
-        )
-        .await;
+        woken_by(events, &in_flight).await;
         let standing: Vec<String> = in_flight.pushed().into_iter().map(|(n, _)| n).collect();
         assert_eq!(standing, ["b"]);
     }
@@ -429,17 +422,8 @@ mod tests {
             Event::InitApply(ns("a").rv("12")),
             Event::InitDone,
         ];
-        let (changed, seen) = watch::channel(0u64);
-        watch_namespaces(
-            futures::stream::iter(events.into_iter().map(Ok)),
-            store(),
-            in_flight.clone(),
-            changed,
-            CancellationToken::new(),
-        )
-        .await;
+        assert_eq!(woken_by(events, &in_flight).await, 1);
         assert!(in_flight.is_empty());
-        assert_eq!(*seen.borrow(), 1);
     }
 
     /// A push another change overtook ends, and the workers look again: the primary's labels
@@ -458,18 +442,25 @@ mod tests {
             // Only an annotation changed: the store's labels are as they were.
             Event::Apply(canary.annotation("edited", "yes").rv("102")),
         ];
+        // The namespace's labels, then the push's end.
+        assert_eq!(woken_by(events, &in_flight).await, 2);
+        assert!(in_flight.is_empty());
+    }
+
+    /// How many times the watch of `events`, with the pushes of `in_flight`, woke the workers.
+    async fn woken_by(
+        events: impl IntoIterator<Item = watcher::Event<Namespace>>,
+        in_flight: &InFlight,
+    ) -> u64 {
         let (changed, seen) = watch::channel(0u64);
-        let store = store();
         watch_namespaces(
             futures::stream::iter(events.into_iter().map(Ok)),
-            store,
+            store(),
             in_flight.clone(),
             changed,
             CancellationToken::new(),
         )
         .await;
-        assert!(in_flight.is_empty());
-        // The namespace's labels, then the push's end.
-        assert_eq!(*seen.borrow(), 2);
+        *seen.borrow()
     }
 }
