@@ -6,6 +6,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use std::collections::BTreeSet;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use mesh_core::cluster::{MeshCluster, RemoteGuard};
 use mesh_core::labels::SyncRule;
@@ -154,44 +155,46 @@ fn stale_parts(
     let wanted = setup::guard_policy(&cluster.name_any(), &wanted)
         .spec
         .unwrap_or_default();
-    let selector = |spec: &ValidatingAdmissionPolicySpec| {
-        let s = spec
-            .match_constraints
-            .as_ref()?
-            .namespace_selector
-            .clone()?;
-        let selects_all = s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty());
-        (!selects_all).then_some(s)
+    let (found, wanted) = (matching(found), matching(&wanted));
+    [
+        ("managed labels", found.keys != wanted.keys),
+        ("excluded namespaces", found.excluded != wanted.excluded),
+        ("namespace selector", found.selector != wanted.selector),
+    ]
+    .into_iter()
+    .filter_map(|(part, differs)| differs.then_some(part))
+    .collect()
+}
+
+/// What a guard's matching amounts to.
+#[derive(PartialEq)]
+struct Matching {
+    /// The label keys its variable lists, in whatever order they were written.
+    keys: BTreeSet<String>,
+    /// The names its match conditions list (the excluded namespaces, the sync account's user).
+    excluded: BTreeSet<String>,
+    /// Its namespace selector, when it selects less than every namespace.
+    selector: Option<LabelSelector>,
+}
+
+fn matching(spec: &ValidatingAdmissionPolicySpec) -> Matching {
+    let variables = spec
+        .variables
+        .iter()
+        .flatten()
+        .map(|v| v.expression.as_str());
+    let conditions = (spec.match_conditions.iter().flatten()).map(|c| c.expression.as_str());
+    let selects_all = |s: &LabelSelector| {
+        s.match_labels.as_ref().is_none_or(|m| m.is_empty())
+            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
     };
-    // The names each lists, in whatever order it was written.
-    let keys = |spec: &ValidatingAdmissionPolicySpec| {
-        literals(
-            spec.variables
-                .iter()
-                .flatten()
-                .map(|v| v.expression.as_str()),
-        )
-    };
-    let excluded = |spec: &ValidatingAdmissionPolicySpec| {
-        literals(
-            spec.match_conditions
-                .iter()
-                .flatten()
-                .map(|c| c.expression.as_str()),
-        )
-    };
-    let mut stale = Vec::new();
-    if keys(found) != keys(&wanted) {
-        stale.push("managed labels");
+    Matching {
+        keys: literals(variables),
+        excluded: literals(conditions),
+        selector: (spec.match_constraints.as_ref())
+            .and_then(|m| m.namespace_selector.clone())
+            .filter(|s| !selects_all(s)),
     }
-    if excluded(found) != excluded(&wanted) {
-        stale.push("excluded namespaces");
-    }
-    if selector(found) != selector(&wanted) {
-        stale.push("namespace selector");
-    }
-    stale
 }
 
 /// The string literals of CEL `expressions` (as [`crate::cel::string`] writes them).
@@ -301,6 +304,13 @@ mod tests {
         }
     }
 
+    /// `r` warns that the guard's `part` is not the installed rule's.
+    fn assert_stale(r: &CheckResult, part: &str) {
+        assert_eq!(r.result, Outcome::Warning, "{r:?}");
+        let detail = r.detail.as_deref().unwrap_or_default();
+        assert!(detail.contains(&format!("its {part} differ")), "{r:?}");
+    }
+
     #[test]
     fn guard_must_follow_the_scope() {
         let mut scoped = attached(RemoteGuard::Warn, Some("main"));
@@ -312,14 +322,7 @@ mod tests {
             &rule,
             &installed(RemoteGuard::Warn, "main"),
         );
-        assert_eq!(r.result, Outcome::Warning, "{r:?}");
-        assert!(
-            r.detail
-                .as_deref()
-                .unwrap()
-                .contains("its excluded namespaces differ"),
-            "{r:?}"
-        );
+        assert_stale(&r, "excluded namespaces");
 
         let g = setup::Guard::new(RemoteGuard::Warn, "main", "admin@main")
             .with_rule(&rule)
@@ -352,14 +355,7 @@ mod tests {
             default.excluded_namespaces().map(str::to_owned),
         );
         let r = judge_guard("guard", &mc, &narrower, &found);
-        assert_eq!(r.result, Outcome::Warning, "{r:?}");
-        assert!(
-            r.detail
-                .as_deref()
-                .unwrap()
-                .contains("its managed labels differ"),
-            "{r:?}"
-        );
+        assert_stale(&r, "managed labels");
         assert!(r.hint_mentions("kubectl mesh scope east"), "{r:?}");
     }
 
