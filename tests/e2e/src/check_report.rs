@@ -37,6 +37,19 @@ pub struct CheckEntry {
     pub hint: Option<String>,
 }
 
+impl CheckEntry {
+    /// Whether its result is `result` (`ok`, `warning`, `error`) and what it found mentions
+    /// `text`.
+    pub fn says(&self, result: &str, text: &str) -> bool {
+        self.result == result && self.detail.as_deref().is_some_and(|d| d.contains(text))
+    }
+
+    /// Whether what it says to do mentions `text`.
+    pub fn hint_mentions(&self, text: &str) -> bool {
+        self.hint.as_deref().is_some_and(|h| h.contains(text))
+    }
+}
+
 impl CheckReport {
     /// The report on the stdout of a `check -o json` run (which exits 1 when a check failed).
     pub fn parse(out: &Output) -> anyhow::Result<Self> {

@@ -220,10 +220,7 @@ async fn a_revision_without_an_injector_is_said_and_fails_check_until_it_runs() 
         "{report:#?}"
     );
     assert!(
-        blind
-            .hint
-            .as_deref()
-            .is_some_and(|h| h.contains("re-run `kubectl mesh attach` for remote-2")),
+        blind.hint_mentions("re-run `kubectl mesh attach` for remote-2"),
         "{report:#?}"
     );
     Ok(())

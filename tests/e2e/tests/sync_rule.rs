@@ -168,19 +168,13 @@ async fn commands_apply_the_installed_rule() -> anyhow::Result<()> {
     let report = CheckReport::parse(&output(check).await?)?;
     let scope = report.cluster_check(&name, "credentials may change only the managed labels");
     assert!(
-        scope.is_some_and(|c| c.result == "error"
-            && c.detail
-                .as_deref()
-                .is_some_and(|d| d.contains("another sync rule"))),
+        scope.is_some_and(|c| c.says("error", "another sync rule")),
         "{report:#?}"
     );
     // So does its guard, written for the old rule's labels and excluded namespaces.
     let guard = report.cluster_check(&name, "remote guard matches spec.remoteGuard");
     assert!(
-        guard.is_some_and(|c| c.result == "warning"
-            && c.detail
-                .as_deref()
-                .is_some_and(|d| d.contains("its managed labels, excluded namespaces differ"))),
+        guard.is_some_and(|c| c.says("warning", "its managed labels, excluded namespaces differ")),
         "{report:#?}"
     );
     fixtures::attach(env, remote, &name, Default::default()).await?;

@@ -840,10 +840,7 @@ mod tests {
         let other = first_check("https://10.0.0.1:6443");
         assert_eq!(other.result, Outcome::Error);
         assert!(
-            other
-                .detail
-                .as_deref()
-                .is_some_and(|d| d.contains("not \"https://127.0.0.1:1\", the one attach recorded")),
+            other.detail_mentions("not \"https://127.0.0.1:1\", the one attach recorded"),
             "{other:?}"
         );
         assert!(

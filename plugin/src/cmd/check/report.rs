@@ -87,6 +87,11 @@ impl CheckResult {
     pub(crate) fn hint_mentions(&self, text: &str) -> bool {
         self.hint.as_deref().is_some_and(|h| h.contains(text))
     }
+
+    /// Whether what it found mentions `text`.
+    pub(crate) fn detail_mentions(&self, text: &str) -> bool {
+        self.detail.as_deref().is_some_and(|d| d.contains(text))
+    }
 }
 
 /// A group of checks.

@@ -185,8 +185,7 @@ async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::R
     );
     assert!(
         rights
-            .and_then(|c| c.hint.as_deref())
-            .is_some_and(|h| h.contains(&format!("re-run `kubectl mesh attach` for {name}"))),
+            .is_some_and(|c| c.hint_mentions(&format!("re-run `kubectl mesh attach` for {name}"))),
         "{report:#?}"
     );
     // No remote context at hand: not verified, a warning.

@@ -258,10 +258,7 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
     let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
     let check = report.cluster_check(&remote.name, SCOPE_CHECK).cloned();
     ensure!(
-        check
-            .as_ref()
-            .is_some_and(|c| c.result == "error"
-                && c.detail.as_deref().is_some_and(|d| d.contains(&covered))),
+        check.as_ref().is_some_and(|c| c.says("error", &covered)),
         "{check:?}"
     );
 
