@@ -576,7 +576,7 @@ fn decode_ca(cluster_name: &str, cluster: &Cluster) -> Result<Option<Vec<u8>>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const CA: &[u8] = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
@@ -835,7 +835,7 @@ users:
     }
 
     /// A user's kubeconfig whose one context `c` points at `cluster`.
-    fn user_with_cluster(cluster: Cluster) -> Kubeconfig {
+    pub(crate) fn user_with_cluster(cluster: Cluster) -> Kubeconfig {
         Kubeconfig {
             clusters: vec![NamedCluster {
                 name: "c".into(),

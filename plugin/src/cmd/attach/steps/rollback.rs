@@ -151,7 +151,7 @@ mod tests {
 
     use kube::{
         api::DynamicObject,
-        config::{Cluster, Context, Kubeconfig, NamedCluster, NamedContext},
+        config::{Cluster, Kubeconfig},
     };
     use mesh_core::{
         cluster::{NamespaceScope, RemoteGuard},
@@ -214,27 +214,11 @@ mod tests {
     async fn a_rollback_on_a_remote_that_never_answers_ends_by_the_timeout() {
         let silent = SilentServer::start().await;
         let server = &silent.url;
-        let kc = Kubeconfig {
-            clusters: vec![NamedCluster {
-                name: "east".into(),
-                cluster: Some(Cluster {
-                    server: Some(server.clone()),
-                    insecure_skip_tls_verify: Some(true),
-                    ..Cluster::default()
-                }),
-                ..NamedCluster::default()
-            }],
-            contexts: vec![NamedContext {
-                name: "east".into(),
-                context: Some(Context {
-                    cluster: "east".into(),
-                    ..Context::default()
-                }),
-                ..NamedContext::default()
-            }],
-            current_context: Some("east".into()),
-            ..Kubeconfig::default()
-        };
+        let kc = crate::kubeconfig::tests::user_with_cluster(Cluster {
+            server: Some(server.clone()),
+            insecure_skip_tls_verify: Some(true),
+            ..Cluster::default()
+        });
         let client = access::client(kc, None).await.expect("client");
         let plan = plan(client, server);
         let timeout = Duration::from_secs(2);
