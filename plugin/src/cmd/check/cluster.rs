@@ -20,7 +20,7 @@ use mesh_core::{
 
 use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, Stored, ViewFacts, refused};
 use super::guard::guard_result;
-use super::report::{CheckResult, Section};
+use super::report::{CheckResult, Outcome, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
 use crate::{
@@ -291,7 +291,10 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
     checks.extend(pods_result(mesh, &name, namespaces, injectors, &reads.view));
     checks.push(scope_result(&reads.scope, &name));
     checks.push(guard_result(cluster, mesh.rule, &reads.guard));
-    checks.extend(webhook_result(cluster));
+    // Said when nothing above failed: a failure above is already what to fix first.
+    if !checks.iter().any(|c| c.result == Outcome::Error) {
+        checks.extend(webhook_result(cluster));
+    }
     section(checks)
 }
 
@@ -776,7 +779,6 @@ fn pods_result(
 
 #[cfg(test)]
 mod tests {
-    use super::super::report::Outcome;
     use super::*;
     use crate::credentials::tests::jwt;
     use crate::mesh_state::RemoteError;
