@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
+    apps::v1::Deployment,
     core::v1::{Namespace, Secret},
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -173,6 +174,12 @@ impl Install {
         refuse_attached_remote(&client, &target).await?;
         let installed = installed_configuration(&client).await?;
         warn_rule_change(installed.as_ref(), &options, ctx);
+        if options.webhook_url.is_none() {
+            let deployment = installed_deployment(&client).await?;
+            for change in deployment_changes(deployment.as_ref(), &options) {
+                progress.warn(change);
+            }
+        }
         let (cert, issued) = serving_cert(&client, &sans, rotate_certs, ctx).await?;
         if issued && options.webhook_url.is_some() && webhook_cert_dir.is_none() {
             progress.warn(
@@ -335,6 +342,44 @@ async fn installed_configuration(client: &Client) -> Result<Option<MutatingWebho
             "cannot read MutatingWebhookConfiguration {}",
             render::WEBHOOK_CONFIGURATION
         )))
+}
+
+/// The webhook's Deployment an earlier install left, if any.
+async fn installed_deployment(client: &Client) -> Result<Option<Deployment>> {
+    Api::<Deployment>::namespaced(client.clone(), MESH_NAMESPACE)
+        .get_opt(render::WEBHOOK)
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read Deployment {MESH_NAMESPACE}/{}",
+            render::WEBHOOK
+        )))
+}
+
+/// What this install changes of the webhook's Deployment (`installed`), each with the flag
+/// that keeps it: a re-run takes the flags given and the defaults for the others, so an image
+/// or a replica count set by an earlier install would otherwise go unnoticed.
+fn deployment_changes(installed: Option<&Deployment>, options: &Options) -> Vec<String> {
+    let Some(installed) = installed else {
+        return Vec::new();
+    };
+    let mut changes = Vec::new();
+    if let Some(image) = render::installed::image(installed).filter(|&i| i != options.image) {
+        changes.push(format!(
+            "the webhook's image changes from {image} to {}; to keep it, re-run with --image {}",
+            options.image,
+            render::shell_word(image)
+        ));
+    }
+    if let Some(replicas) =
+        render::installed::replicas(installed).filter(|&r| r != options.replicas)
+    {
+        changes.push(format!(
+            "the webhook's replicas change from {replicas} to {}; to keep them, re-run with \
+             --replicas {replicas}",
+            options.replicas
+        ));
+    }
+    changes
 }
 
 /// Whether `--webhook-cert-dir` `dir` holds another serving certificate than `cert`, or none:
@@ -608,6 +653,36 @@ mod tests {
     use super::*;
     use clap::Parser as _;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A re-run without --image and --replicas says what it changes of an earlier install's,
+    /// and how to keep it; the same settings change nothing.
+    #[test]
+    fn a_re_run_says_what_it_changes_of_the_deployment() {
+        let earlier = render::Options {
+            image: "registry.example.com/mesh-webhook:pinned".into(),
+            replicas: 3,
+            ..render::Options::default()
+        };
+        let installed = render::deployment(&earlier);
+        assert!(deployment_changes(Some(&installed), &earlier).is_empty());
+        assert!(deployment_changes(None, &render::Options::default()).is_empty());
+        assert_eq!(
+            deployment_changes(Some(&installed), &render::Options::default()),
+            [
+                format!(
+                    "the webhook's image changes from registry.example.com/mesh-webhook:pinned \
+                     to {}; to keep it, re-run with --image \
+                     registry.example.com/mesh-webhook:pinned",
+                    render::DEFAULT_IMAGE
+                ),
+                format!(
+                    "the webhook's replicas change from 3 to {}; to keep them, re-run with \
+                     --replicas 3",
+                    render::DEFAULT_REPLICAS
+                ),
+            ]
+        );
+    }
 
     /// What install does with `--webhook-cert-dir` once everything is applied.
     fn write_cert_dir(dir: &Path, cert: &ServingCert) {

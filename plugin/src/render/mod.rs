@@ -33,6 +33,7 @@ use serde::Serialize;
 mod ca_bundle;
 mod client_ca;
 mod disruption;
+pub mod installed;
 mod network_policy;
 mod serving_cert;
 mod webhook_configuration;

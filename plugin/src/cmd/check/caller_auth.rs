@@ -10,9 +10,10 @@
 use k8s_openapi::api::apps::v1::Deployment;
 
 use super::caller_probe::Probe;
-use super::facts::{Fetched, pod_containers};
+use super::facts::Fetched;
 use super::report::CheckResult;
 use crate::render;
+use crate::render::installed::pod_containers;
 use mesh_core::printable::one_line;
 
 const WHAT: &str = "webhook authenticates its callers (client certificates)";

@@ -614,16 +614,6 @@ pub fn refused(e: &RemoteError) -> bool {
     matches!(e, RemoteError::Call(kube::Error::Api(s)) if s.code == 403)
 }
 
-/// The containers of a Deployment's pod template.
-pub fn pod_containers(deployment: &Deployment) -> &[k8s_openapi::api::core::v1::Container] {
-    deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|p| p.containers.as_slice())
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,9 +12,10 @@ use kube::CustomResourceExt as _;
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
 use super::caller_auth;
-use super::facts::{Fetched, InstallFacts, Probe, pod_containers};
+use super::facts::{Fetched, InstallFacts, Probe};
 use super::report::{CheckResult, Outcome, Section};
 use crate::credentials::{CertInfo, certificates};
+use crate::render::installed::{self, webhook_container};
 use crate::{age, installed_rule, render};
 use mesh_core::printable::one_line;
 
@@ -117,12 +118,11 @@ impl InstalledWith {
         };
         let client_ca_unread = deployment.is_none() && matches!(facts.client_ca, Some(Err(_)));
         let image = deployment
-            .and_then(webhook_container)
-            .and_then(|c| c.image.clone())
-            .filter(|image| image != render::DEFAULT_IMAGE);
+            .and_then(installed::image)
+            .filter(|&image| image != render::DEFAULT_IMAGE)
+            .map(str::to_owned);
         let replicas = deployment
-            .and_then(|d| d.spec.as_ref())
-            .and_then(|s| s.replicas)
+            .and_then(installed::replicas)
             .filter(|&replicas| replicas != render::DEFAULT_REPLICAS);
         Self {
             rule,
@@ -541,15 +541,6 @@ fn deployment_available(
         ),
         Err(e) => CheckResult::kube_failure(&what, "cannot read it", e),
     }
-}
-
-/// The webhook's container in a Deployment's pod template (the first, when none has its name).
-fn webhook_container(deployment: &Deployment) -> Option<&k8s_openapi::api::core::v1::Container> {
-    let containers = pod_containers(deployment);
-    containers
-        .iter()
-        .find(|c| c.name == render::WEBHOOK)
-        .or(containers.first())
 }
 
 /// Whether the webhook container runs with `recorded`, the rule of the webhook configuration
