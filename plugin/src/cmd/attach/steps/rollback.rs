@@ -91,6 +91,9 @@ impl Run<'_> {
         )
         .await;
         let mut undeleted = Vec::new();
+        // Namespaces deleted, to wait for once everything else is put back: one slow to go
+        // (a finalizer, an API it waits on) must not use up the time of older changes.
+        let mut terminating = Vec::new();
         while let Some(change) = self.changes.pop() {
             let label = self.side_label(change.side()).to_owned();
             let client = self.client(change.side()).clone();
@@ -98,16 +101,7 @@ impl Run<'_> {
             let failed = match by_deadline(deadline, self.put_back(&change, &client, &label)).await
             {
                 Some(Ok(Some(Undone::Deleted))) if m.resource.kind == "Namespace" => {
-                    // Gone for real before the next attach, which would otherwise find it
-                    // terminating.
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let gone = wait_namespace_gone(&client, &m.name, left);
-                    let not_gone = match by_deadline(deadline, gone).await {
-                        Some(Ok(())) => continue,
-                        Some(Err(e)) => e.what(),
-                        None => format!("{} not gone yet: {late}", describe(m)),
-                    };
-                    progress.warn(format!("rolled back: {label}: {not_gone}"));
+                    terminating.push((label, client, m.name.clone(), describe(m)));
                     continue;
                 }
                 Some(Ok(_)) => continue,
@@ -121,6 +115,17 @@ impl Run<'_> {
                 &mut unrestored
             };
             left.push(format!("{label}: {}", describe(m)));
+        }
+        // Gone for real before the next attach, which would otherwise find them terminating.
+        for (label, client, name, described) in terminating {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let not_gone =
+                match by_deadline(deadline, wait_namespace_gone(&client, &name, left)).await {
+                    Some(Ok(())) => continue,
+                    Some(Err(e)) => e.what(),
+                    None => format!("{described} not gone yet: {late}"),
+                };
+            progress.warn(format!("rolled back: {label}: {not_gone}"));
         }
         let what = format!(
             "attaching {} failed at step {step} and {undo}{revoked}: {}",
@@ -203,6 +208,69 @@ mod tests {
             preview: Preview::default(),
             token_ttl: None,
         }
+    }
+
+    /// A namespace the rollback deleted that never goes (a finalizer holds it) is waited for
+    /// once everything else is put back: waited for at once, it took the whole --timeout, and
+    /// every older change was left. The cluster is a stand-in answering every deletion and
+    /// showing the namespace for ever, which a real apiserver does only with a finalizer
+    /// nobody removes.
+    #[tokio::test(start_paused = true)]
+    async fn a_namespace_slow_to_go_does_not_keep_older_changes_from_being_undone() {
+        use mesh_core::fake_apiserver::json_response;
+        let deleted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = deleted.clone();
+        let cluster = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let seen = seen.clone();
+            async move {
+                let path = request.uri().path().to_owned();
+                let body = match (request.method().as_str(), path.as_str()) {
+                    ("DELETE", _) => {
+                        seen.lock().expect("lock").push(path);
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                    }
+                    // Discovery: only namespaces, so the namespace holds nothing.
+                    (_, "/api") => serde_json::json!({"kind": "APIVersions", "versions": ["v1"]}),
+                    (_, "/apis") => serde_json::json!({"kind": "APIGroupList", "groups": []}),
+                    (_, "/api/v1") => serde_json::json!({"kind": "APIResourceList",
+                        "groupVersion": "v1", "resources": []}),
+                    (_, p) if p.starts_with("/api/v1/namespaces/") => serde_json::json!({
+                        "kind": "Namespace", "apiVersion": "v1",
+                        "metadata": {"name": p.rsplit('/').next().unwrap_or_default()}}),
+                    _ => serde_json::json!({"kind": "Status", "status": "Failure", "code": 404}),
+                };
+                Ok::<_, std::convert::Infallible>(json_response(http::StatusCode::OK, &body))
+            }
+        });
+        let plan = plan(Client::new(cluster, "default"), "https://east");
+        let hooks = TestHooks::read(|_| None).expect("no hooks");
+        let mut run = Run::new(&plan, Progress::quiet(), hooks, Duration::from_secs(5));
+        let account =
+            Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, "east")).expect("account");
+        let namespace = Manifest::new(&setup::remote_namespace("east")).expect("namespace");
+        // Oldest first: the account, then the namespace (here in another cluster's sense:
+        // what matters is that the namespace is put back first).
+        run.changes
+            .push(Change::Created(Side::Primary, account.clone()));
+        run.changes.push(Change::Created(Side::Remote, namespace));
+        let failed = run
+            .roll_back(Error::Refused {
+                what: "cannot apply the guard".into(),
+                hint: "check the remote".into(),
+            })
+            .await;
+        let deleted = deleted.lock().expect("lock").clone();
+        assert!(
+            deleted
+                .iter()
+                .any(|p| p.ends_with(&format!("/serviceaccounts/{}", account.name))),
+            "{deleted:?}"
+        );
+        assert!(
+            !failed.hint().contains("ServiceAccount"),
+            "{}",
+            failed.hint()
+        );
     }
 
     /// A remote that stopped answering once the steps had written to it: a hung apiserver
