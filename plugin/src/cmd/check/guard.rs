@@ -129,10 +129,8 @@ pub fn judge_guard(
                  installed rule's within spec.scope",
                 stale.join(", ")
             ),
-            format!(
-                "set the scope again with `kubectl mesh scope {name} ...` (the same flags, and \
-                 --remote-kubeconfig), which rewrites the guard for the installed rule"
-            ),
+            // Attach writes the guard for the installed rule and the recorded scope.
+            fix,
         );
     }
     CheckResult::ok(what, Some(format!("{wanted:?}")))
@@ -356,7 +354,7 @@ mod tests {
         );
         let r = judge_guard("guard", &mc, &narrower, &found);
         assert_stale(&r, "managed labels");
-        assert!(r.hint_mentions("kubectl mesh scope east"), "{r:?}");
+        assert!(r.hint_mentions("`kubectl mesh attach` for east"), "{r:?}");
     }
 
     #[test]

@@ -103,7 +103,8 @@ pub fn judge_answers(
                     ),
                     format!(
                         "the Role or RoleBinding {} on the remote was changed or deleted; \
-                         {reattach} with --token-ttl",
+                         {reattach} with --token-ttl <DURATION> (the stored token's lifetime, \
+                         to keep it)",
                         setup::TOKEN_RENEWAL
                     ),
                 );
@@ -434,7 +435,7 @@ mod tests {
             )),
             "{r:?}"
         );
-        assert!(r.hint_mentions("--token-ttl"), "{r:?}");
+        assert!(r.hint_mentions("--token-ttl <DURATION>"), "{r:?}");
         assert!(asked().contains(&renewal()));
         answers.pop();
 
