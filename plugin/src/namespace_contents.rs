@@ -27,13 +27,23 @@ pub async fn why_keep(
 
 /// The decision of [`why_keep`] once `others` (what [`foreign_objects`] found) is known.
 fn kept_for(others: &[String]) -> Option<String> {
-    (!others.is_empty()).then(|| {
-        format!(
-            "kept: it holds objects attach did not create for this cluster ({})",
-            printable::few(others)
-        )
-    })
+    if others.iter().all(|o| o.contains(UNLISTED)) {
+        // Kinds that could not be listed alone: it may hold nothing, but nobody can tell.
+        return (!others.is_empty()).then(|| {
+            format!(
+                "kept: what it holds could not be told ({})",
+                printable::few(others)
+            )
+        });
+    }
+    Some(format!(
+        "kept: it holds objects attach did not create for this cluster ({})",
+        printable::few(others)
+    ))
 }
+
+/// How [`foreign_objects`] names a kind it could not list.
+const UNLISTED: &str = "(could not be listed: ";
 
 /// What `ns` holds that neither kubectl-mesh (for `primary`) nor Kubernetes put there, as
 /// `<Kind> <name>`, plus `<plural> (could not be listed: ...)` for each kind that could not be
@@ -71,7 +81,7 @@ async fn foreign_objects(
                         }),
                 ),
                 Err(e) => out.push(format!(
-                    "{} (could not be listed: {})",
+                    "{} {UNLISTED}{})",
                     resource.plural,
                     failure::error_chain(&e)
                 )),
@@ -203,9 +213,16 @@ mod tests {
                 "kept: it holds objects attach did not create for this cluster (ConfigMap someone-elses)"
             )
         );
-        // A kind that could not be listed keeps it as well.
+        // A kind that could not be listed keeps it as well, without claiming it holds anything.
         let unread = ["widgets (could not be listed: forbidden)".to_owned()];
-        assert!(kept_for(&unread).is_some_and(|why| why.contains("widgets (could not")));
+        assert_eq!(
+            kept_for(&unread).as_deref(),
+            Some(
+                "kept: what it holds could not be told (widgets (could not be listed: forbidden))"
+            )
+        );
+        let both = [unread[0].clone(), others[0].clone()];
+        assert!(kept_for(&both).is_some_and(|why| why.starts_with("kept: it holds objects")));
     }
 
     #[test]
