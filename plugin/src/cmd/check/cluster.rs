@@ -293,7 +293,7 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
     checks.push(guard_result(cluster, mesh.rule, &reads.guard));
     // Said when nothing above failed: a failure above is already what to fix first.
     if !checks.iter().any(|c| c.result == Outcome::Error) {
-        checks.extend(webhook_result(cluster));
+        checks.extend(webhook_result(cluster, mesh.now));
     }
     section(checks)
 }
@@ -301,7 +301,7 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
 /// What the webhook last recorded of the cluster. Everything above is read from here, and the
 /// webhook may not get as far: another network path (its pods, their HTTPS_PROXY and
 /// NO_PROXY), or writes the remote refuses. `None` until it has recorded anything.
-fn webhook_result(cluster: &MeshCluster) -> Option<CheckResult> {
+fn webhook_result(cluster: &MeshCluster, now: Timestamp) -> Option<CheckResult> {
     let what = "the webhook reaches and syncs it";
     let status = cluster.status.as_ref()?;
     let recorded = [CONDITION_REACHABLE, CONDITION_SYNCED].map(|t| status.condition(t));
@@ -309,8 +309,11 @@ fn webhook_result(cluster: &MeshCluster) -> Option<CheckResult> {
         return None;
     }
     let Some(failed) = recorded.into_iter().flatten().find(|c| c.status != "True") else {
-        let when = status.last_sync_time.as_deref().unwrap_or("not yet");
-        return Some(CheckResult::ok(what, Some(format!("last synced {when}"))));
+        let synced = match status.last_sync_time.as_deref() {
+            None => "not synced yet".to_owned(),
+            when => format!("last synced {} ago", age::since_rfc3339(when, now)),
+        };
+        return Some(CheckResult::ok(what, Some(synced)));
     };
     let name = cluster.name_any();
     let unanswered = [Failure::Unreachable, Failure::TimedOut].map(Failure::reason);
@@ -329,10 +332,12 @@ fn webhook_result(cluster: &MeshCluster) -> Option<CheckResult> {
         "Unknown" => status.last_error.as_deref().unwrap_or(&failed.message),
         _ => &failed.message,
     };
+    // How long ago: the webhook retries on its own, so a cause just fixed may still show.
+    let ago = age::since(failed.last_transition_time.0, now);
     Some(CheckResult::error(
         what,
         format!(
-            "the webhook recorded {}={} ({}): {message}",
+            "the webhook recorded {}={} ({}) {ago} ago: {message}",
             failed.type_, failed.status, failed.reason
         ),
         hint,
@@ -857,18 +862,24 @@ mod tests {
     fn what_the_webhook_recorded_is_checked() {
         use crate::mesh_state::fixtures::{condition, with_status};
         use mesh_core::cluster::MeshClusterStatus;
+        // The fixture's conditions changed on 2026-01-01.
+        let now: Timestamp = "2026-03-01T00:05:00Z".parse().unwrap();
         let recorded = |conditions: Vec<_>| {
             let status = MeshClusterStatus {
                 conditions,
                 last_sync_time: Some("2026-03-01T00:00:00Z".into()),
                 ..Default::default()
             };
-            webhook_result(&with_status(
-                mesh_core::fixtures::mesh_cluster("east", "uid-of-east"),
-                status,
-            ))
+            webhook_result(
+                &with_status(
+                    mesh_core::fixtures::mesh_cluster("east", "uid-of-east"),
+                    status,
+                ),
+                now,
+            )
         };
-        assert!(webhook_result(&mesh_core::fixtures::mesh_cluster("east", "u")).is_none());
+        let unrecorded = mesh_core::fixtures::mesh_cluster("east", "u");
+        assert!(webhook_result(&unrecorded, now).is_none());
         assert!(recorded(vec![]).is_none());
         let ok = recorded(vec![
             condition(CONDITION_REACHABLE, "True"),
@@ -877,7 +888,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (ok.result, ok.detail.as_deref()),
-            (Outcome::Ok, Some("last synced 2026-03-01T00:00:00Z"))
+            (Outcome::Ok, Some("last synced 5m ago"))
         );
         let mut unreachable = condition(CONDITION_REACHABLE, "False");
         unreachable.reason = "Unreachable".into();
@@ -886,7 +897,7 @@ mod tests {
         assert_eq!(failed.result, Outcome::Error);
         assert_eq!(
             failed.detail.as_deref(),
-            Some("the webhook recorded Reachable=False (Unreachable): connection refused")
+            Some("the webhook recorded Reachable=False (Unreachable) 59d ago: connection refused")
         );
         assert!(failed.hint_mentions("HTTPS_PROXY"), "{failed:?}");
         let unsynced = recorded(vec![
@@ -899,17 +910,23 @@ mod tests {
             unsynced.hint_mentions("kubectl describe meshcluster east"),
             "{unsynced:?}"
         );
-        let unfinished = webhook_result(&with_status(
-            mesh_core::fixtures::mesh_cluster("east", "uid-of-east"),
-            MeshClusterStatus {
-                conditions: vec![condition(CONDITION_SYNCED, "Unknown")],
-                last_error: Some("namespaces \"shop\" is forbidden".into()),
-                ..Default::default()
-            },
-        ));
+        let unfinished = webhook_result(
+            &with_status(
+                mesh_core::fixtures::mesh_cluster("east", "uid-of-east"),
+                MeshClusterStatus {
+                    conditions: vec![condition(CONDITION_SYNCED, "Unknown")],
+                    last_error: Some("namespaces \"shop\" is forbidden".into()),
+                    ..Default::default()
+                },
+            ),
+            now,
+        );
         assert_eq!(
             unfinished.and_then(|r| r.detail).as_deref(),
-            Some("the webhook recorded Synced=Unknown (Test): namespaces \"shop\" is forbidden")
+            Some(
+                "the webhook recorded Synced=Unknown (Test) 59d ago: namespaces \"shop\" is \
+                 forbidden"
+            )
         );
     }
 
