@@ -26,13 +26,14 @@ use mesh_core::{
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::cmd::list::expiry_of;
 use crate::cmd::services::{self, ClusterFacts, Names, Records, wire};
 use crate::cmd::status::Unread;
 use crate::credentials::TokenExpiry;
-use crate::mesh_state::{self, RemoteError};
 use crate::remote_setup::view_secret_name;
 use crate::view;
+
+mod followed;
+use followed::watch_remote;
 
 use super::reduce::{
     Change, EventKey, EventRow, NsFacts, Relist, WEBHOOK_EVENTS_NAMESPACE, note_failure,
@@ -42,12 +43,6 @@ use super::reduce::{
 /// How long changes may gather before a snapshot is sent: a burst of events (a relist of
 /// thousands of objects) becomes one update, and a single change still shows at once.
 pub const SETTLE: Duration = Duration::from_millis(250);
-
-/// How often each remote is asked whether it answers, and how long it has to answer.
-const PROBE_EVERY: Duration = Duration::from_secs(2);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Every this many probes (a minute), the stored token's expiry is read again.
-const EXPIRY_EVERY_PROBES: u64 = 30;
 
 /// Watches end and resume as the webhook's do ([`remote::WATCH_SECONDS`]), so that a
 /// connection that died silently is found out as soon.
@@ -91,8 +86,19 @@ impl Shared {
     }
 
     fn update(&self, f: impl FnOnce(&mut Live)) {
-        f(&mut self.lock());
-        self.dirty.notify_one();
+        self.update_if(|live| {
+            f(live);
+            true
+        });
+    }
+
+    /// [`Self::update`] that wakes the snapshot task only when `f` says it changed something:
+    /// a probe finding what it found before, every 2 s for each remote, must not rebuild and
+    /// resend every page's snapshot.
+    fn update_if(&self, f: impl FnOnce(&mut Live) -> bool) {
+        if f(&mut self.lock()) {
+            self.dirty.notify_one();
+        }
     }
 }
 
@@ -162,6 +168,14 @@ pub(super) struct RemoteLive {
 }
 
 impl RemoteLive {
+    /// Records what a probe found; whether that differs from what the page shows.
+    fn record_probe(&mut self, probe: Result<(), Unread>) -> bool {
+        let probe = Some(probe);
+        let changed = self.probe != probe;
+        self.probe = probe;
+        changed
+    }
+
     /// Why its workloads, read with view credentials, are not current: a watch failing.
     pub(super) fn view_error(&self) -> Option<&str> {
         self.view_errors.values().next().map(String::as_str)
@@ -670,152 +684,6 @@ fn reconcile(live: &mut Live, primary: &Client, shared: &Arc<Shared>, name: &str
     remote.epoch = which.epoch;
 }
 
-/// What a task that follows one remote works with.
-#[derive(Clone)]
-struct Followed {
-    primary: Client,
-    shared: Arc<Shared>,
-    cluster: MeshCluster,
-    which: Which,
-}
-
-/// The tasks that follow one remote: its reachability, the expiry of its stored token, its
-/// namespaces, and, with view credentials, its workloads.
-fn watch_remote(
-    primary: &Client,
-    shared: &Arc<Shared>,
-    cluster: &MeshCluster,
-    which: &Which,
-) -> Vec<JoinHandle<()>> {
-    let remote = Followed {
-        primary: primary.clone(),
-        shared: shared.clone(),
-        cluster: cluster.clone(),
-        which: which.clone(),
-    };
-    vec![
-        tokio::spawn(probe_remote(remote.clone())),
-        tokio::spawn(read_remote_workloads(remote.clone())),
-        tokio::spawn(follow_remote_namespaces(remote)),
-    ]
-}
-
-/// Whether it answers now: a watch on a frozen server would wait for ever.
-async fn probe_remote(followed: Followed) {
-    let secrets: Api<Secret> = Api::namespaced(followed.primary.clone(), MESH_NAMESPACE);
-    for round in 0u64.. {
-        // The stored token changes when it is rotated: its expiry is read again now and then.
-        if round % EXPIRY_EVERY_PROBES == 0 {
-            let secret = secrets
-                .get_opt(&followed.cluster.spec.secret_name)
-                .await
-                .ok()
-                .flatten();
-            let expiry = expiry_of(secret.as_ref());
-            followed.shared.update(|live| {
-                if let Some(r) = live.remote(&followed.which) {
-                    r.expiry = Some(expiry);
-                }
-            });
-        }
-        // The probe asks the one thing that also proves the server is this cluster, as
-        // `status` reads it: a failure tells a remote that did not answer from one not read.
-        let answer = mesh_state::remote_client(&followed.primary, &followed.cluster, PROBE_TIMEOUT);
-        let probe = match tokio::time::timeout(PROBE_TIMEOUT, answer).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Unread::of(&e)),
-            Err(_) => Err(Unread::of(&RemoteError::TimedOut(PROBE_TIMEOUT))),
-        };
-        followed.shared.update(|live| {
-            if let Some(r) = live.remote(&followed.which) {
-                let probe = Some(probe);
-                if r.probe != probe {
-                    r.probe = probe;
-                    live.matrix = None;
-                }
-            }
-        });
-        tokio::time::sleep(PROBE_EVERY).await;
-    }
-}
-
-/// Its workloads, with the view credentials.
-async fn read_remote_workloads(followed: Followed) {
-    let found = view::lookup(&followed.primary, &followed.cluster, &WATCH_CLIENT).await;
-    let state = match found.credentials {
-        view::Credentials::None => ViewState::NoCredentials {
-            istio_unread: found.istio_unread,
-        },
-        view::Credentials::Unusable { error, .. } | view::Credentials::Unreadable { error, .. } => {
-            ViewState::Failed(error)
-        }
-        view::Credentials::Found { source, client } => {
-            let tasks = watch_workloads(&client, &followed.shared, Some(followed.which.clone()));
-            followed
-                .shared
-                .update(|live| match live.remote(&followed.which) {
-                    Some(r) => r.tasks.extend(tasks),
-                    // Detached or built again meanwhile: nothing to watch.
-                    None => tasks.iter().for_each(JoinHandle::abort),
-                });
-            ViewState::Read(source)
-        }
-    };
-    followed.shared.update(|live| {
-        if let Some(r) = live.remote(&followed.which) {
-            r.view = state;
-        }
-    });
-}
-
-/// Its namespaces, with the stored credentials; a client that cannot be built (the Secret
-/// missing or unusable) is tried again, less and less often.
-async fn follow_remote_namespaces(followed: Followed) {
-    let mut failures = 0;
-    let client = loop {
-        match remote::client_for_cluster(
-            &followed.primary,
-            MESH_NAMESPACE,
-            &followed.cluster,
-            &WATCH_CLIENT,
-        )
-        .await
-        {
-            Ok(client) => break client,
-            Err(e) => {
-                let error = Unread::of(&RemoteError::from(e));
-                followed.shared.update(|live| {
-                    if let Some(r) = live.remote(&followed.which) {
-                        r.namespaces_error = Some(error);
-                    }
-                    live.matrix = None;
-                });
-                failures += 1;
-                tokio::time::sleep(retry_after(failures)).await;
-            }
-        }
-    };
-    let mut relist = Relist::default();
-    follow(
-        Api::<wire::Namespace>::all(client),
-        remote::watch_config().page_size(LIST_PAGE),
-        followed.shared.clone(),
-        move |live, change| {
-            live.matrix = None;
-            let Some(r) = live.remote(&followed.which) else {
-                return;
-            };
-            note_failure(&mut r.namespaces_error, &change);
-            if matches!(change, Change::Failed(_)) {
-                return;
-            }
-            let map = r.namespaces.get_or_insert_with(Records::default);
-            relist.apply(map, change, reduce_namespace);
-        },
-    )
-    .await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -948,6 +816,29 @@ mod tests {
             assert_eq!(names, ["shop"]);
         }
         task.abort();
+    }
+
+    /// Each remote is probed every 2 s: only a probe that finds something else wakes a
+    /// snapshot, which every open page would receive.
+    #[tokio::test]
+    async fn a_probe_that_finds_what_it_found_wakes_no_snapshot() {
+        let mut remote = RemoteLive::default();
+        assert!(remote.record_probe(Ok(())));
+        assert!(!remote.record_probe(Ok(())));
+        let refused = Unread {
+            error: "forbidden".into(),
+            unanswered: false,
+        };
+        assert!(remote.record_probe(Err(refused)));
+        let shared = Shared {
+            live: Mutex::new(Live::new(SyncRule::default())),
+            dirty: Notify::new(),
+        };
+        let woken = || tokio::time::timeout(Duration::from_millis(50), shared.dirty.notified());
+        shared.update_if(|_| false);
+        assert!(woken().await.is_err(), "woken by no change");
+        shared.update_if(|_| true);
+        assert!(woken().await.is_ok(), "not woken by a change");
     }
 
     #[test]
