@@ -85,6 +85,10 @@ enum Outcome {
     /// The remote did not answer, refused the credentials, stopped answering mid-sync, or
     /// answered none of the writes it was sent: retried with [`Worker::backoff`] alone.
     Failed,
+    /// Not tried: the registry holds no entry for the MeshCluster the store shows now. Tried
+    /// again after [`UNBUILT_RETRY`], in case the supervisor's kick came before this sync
+    /// looked; no status, and neither backoff changes.
+    Unbuilt,
 }
 
 impl Worker {
@@ -209,7 +213,9 @@ impl Worker {
                 outcome = self.sync_once() => outcome,
             };
             last_sync = Instant::now();
-            due = if outcome == Outcome::Failed {
+            due = if outcome == Outcome::Unbuilt {
+                Instant::now() + UNBUILT_RETRY
+            } else if outcome == Outcome::Failed {
                 let delay = self.backoff.next_delay();
                 tracing::debug!(retry_in_ms = delay.as_millis(), "sync failed, backing off");
                 Instant::now() + delay
@@ -324,9 +330,9 @@ impl Worker {
         };
         let remote = shared.state.remotes.get(cluster_name);
         if remote.is_none() {
-            // Built for a MeshCluster that changed or is gone: the supervisor kicks this
-            // worker once the entry is rebuilt, or stops it.
-            return Outcome::Synced;
+            // Built for a MeshCluster that changed or is gone: the supervisor rebuilds the
+            // entry and kicks this worker, or stops it.
+            return Outcome::Unbuilt;
         }
         let scoped = remote
             .as_deref()
@@ -616,6 +622,10 @@ fn renew_at(
 /// at attach, and when this replica starts leading, every remote would otherwise be listed
 /// twice at once (a few seconds' work each with thousands of namespaces).
 const FIRST_LIST_PATIENCE: Duration = Duration::from_secs(10);
+
+/// When a sync that found no registry entry for its cluster is tried again: the supervisor
+/// rebuilds one within its debounce, and its kick may have come before the sync looked.
+const UNBUILT_RETRY: Duration = Duration::from_secs(1);
 
 /// Reason of `Synced=False` when the MeshCluster's `spec.scope` cannot be used.
 const SCOPE_INVALID: &str = "ScopeInvalid";
@@ -973,6 +983,25 @@ mod tests {
         })
         .await;
         assert!(remote.is_silent(), "the sync lifted the push silence");
+        running.cancel.cancel();
+    }
+
+    /// A sync that finds no registry entry for its cluster (being rebuilt) writes no status
+    /// and tries again soon: the supervisor's kick may have come before it looked.
+    #[tokio::test(start_paused = true)]
+    async fn a_sync_without_a_registry_entry_is_tried_again_soon() {
+        let api = FakeApiserver::default().with_namespace("app", &[]);
+        let (cluster, namespaces) = (mesh_cluster("east", "uid-east"), vec![enabled("app")]);
+        let running = start(cluster, Remotes::default(), namespaces, settings()).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(running.primary.status_writes().is_empty(), "nothing tried");
+        running
+            .shared
+            .state
+            .remotes
+            .insert(Remote::new("east", api.client()));
+        let soon = Duration::from_secs(5);
+        wait_until("app written", soon, || patches_of(&api, "app") == 1).await;
         running.cancel.cancel();
     }
 
