@@ -190,7 +190,7 @@ impl SyncReport {
     }
 }
 
-/// Writes the remote refused for good ([`Written::Failed`]'s `lasting`), by namespace: a sync
+/// Writes the remote refused for good ([`Written::Failed`]'s `refused_at`), by namespace: a sync
 /// given them sends none of them again while the remote namespace (its resourceVersion) and
 /// the change (from the primary's labels) are what they were, and reports each refused as it
 /// was. Whoever keeps them forgets them when something else may change the answer (new
@@ -200,7 +200,7 @@ pub struct Refusals(BTreeMap<String, Refusal>);
 
 #[derive(Debug)]
 struct Refusal {
-    /// The remote namespace's resourceVersion the refused write was planned from.
+    /// The resourceVersion of the remote namespace whose patch was refused.
     resource_version: String,
     error: NamespaceError,
 }
@@ -454,13 +454,13 @@ impl Outcome {
             failure,
             message,
             diff: Some(diff),
-            lasting: true,
+            refused_at: Some(refused_at),
         } = &self.written
         else {
             return None;
         };
         Some(Refusal {
-            resource_version: self.planned_from.clone()?,
+            resource_version: refused_at.clone(),
             error: NamespaceError {
                 namespace: self.namespace.clone(),
                 diff: diff.clone(),
@@ -562,8 +562,6 @@ struct Outcome {
     written: Written,
     /// Whether the primary wanted labels there, for a namespace found missing.
     wanted: bool,
-    /// The resourceVersion of the remote namespace the write was planned from.
-    planned_from: Option<String>,
 }
 
 async fn write(
@@ -581,7 +579,6 @@ async fn write(
         primary,
         name: &name,
     };
-    let planned_from = current.metadata.resource_version.clone();
     let known = Known::Read(Box::new(current));
     let written = write_managed_labels(api, rule, &name, desired, known).await;
     match &written {
@@ -598,7 +595,6 @@ async fn write(
         namespace: name,
         written,
         wanted,
-        planned_from,
     }
 }
 
@@ -1014,6 +1010,31 @@ mod tests {
             (failed, 9),
             "the primary's labels changed"
         );
+    }
+
+    /// A refusal met after a conflict is of the namespace as read again: the next sync, which
+    /// lists it at that version, does not send the refused write again.
+    #[tokio::test]
+    async fn a_refusal_after_a_conflict_is_of_the_version_read_again() {
+        let remote = FakeApiserver::default().with_namespace("app", &[]);
+        let writer = remote.clone();
+        // Someone writes app before the first patch, and a policy refuses the second.
+        remote.state().before_next_patch = Some(Box::new(move || {
+            let edited = serde_json::json!({"edited": "1"});
+            writer.edit("app", |ns| ns["metadata"]["annotations"] = edited);
+            let policy = writer.clone();
+            writer.state().before_next_patch = Some(Box::new(move || {
+                policy.state().forbidden_namespaces.insert("app".to_owned());
+            }));
+        }));
+        let primary = primary(&[("app", &[("istio-injection", "enabled")])]);
+        let refusals = &mut Refusals::default();
+        for _ in 0..2 {
+            let (rule, client) = (SyncRule::default(), remote.client());
+            let report = sync_listed(&rule, &primary, &client, SyncMode::Apply, refusals).await;
+            assert_eq!(report.expect("sync").errors[0].failure, Failure::Forbidden);
+        }
+        assert_eq!(remote.state().patches, 2, "refused once, not sent again");
     }
 
     #[tokio::test]

@@ -76,10 +76,10 @@ pub enum Written {
         failure: Failure,
         message: String,
         diff: Option<LabelDiff>,
-        /// The remote refused the patch of `diff` with an answer that the same patch of the
-        /// namespace unchanged would get again (a 4xx other than a timeout, conflict or rate
-        /// limit: an admission policy's denial, an invalid value, rights the credentials lack).
-        lasting: bool,
+        /// The resourceVersion of the remote namespace whose patch of `diff` was refused with
+        /// an answer the same patch of it unchanged would get again (an admission policy's
+        /// denial, rights the credentials lack); none for any other failure.
+        refused_at: Option<String>,
     },
 }
 
@@ -122,7 +122,7 @@ pub async fn write_managed_labels(
                         None
                     }
                     Failure::NotFound => return Written::Missing,
-                    _ => return failed(&error, None),
+                    _ => return failed(&error, None, None),
                 },
             }
         }
@@ -136,7 +136,7 @@ pub async fn write_managed_labels(
             None => match api.get_opt(name).await {
                 Ok(Some(namespace)) => namespace,
                 Ok(None) => return Written::Missing,
-                Err(error) => return failed(&error, None),
+                Err(error) => return failed(&error, None, None),
             },
         };
         if !rule.covers(&namespace) {
@@ -154,7 +154,7 @@ pub async fn write_managed_labels(
                             error_chain(&error)
                         ),
                         diff: Some(attempted),
-                        lasting: false,
+                        refused_at: None,
                     };
                 }
             },
@@ -172,22 +172,35 @@ pub async fn write_managed_labels(
                 conflicted = Some(diff);
             }
             Err(error) if Failure::of(&error) == Failure::NotFound => return Written::Missing,
-            Err(error) => return failed(&error, Some(diff)),
+            Err(error) => {
+                // Keyed by the version patched: after a conflict, the one read again.
+                let refused_at = lasting(&error, retried)
+                    .then(|| namespace.metadata.resource_version.clone())
+                    .flatten();
+                return failed(&error, Some(diff), refused_at);
+            }
         }
     }
 }
 
-/// How a call failed; the change attempted when it was the patch of `diff`.
-fn failed(error: &kube::Error, diff: Option<LabelDiff>) -> Written {
-    let lasting = diff.is_some()
-        && matches!(error, kube::Error::Api(status)
-            if (400..500).contains(&status.code) && ![408, 409, 429].contains(&status.code));
+/// How a call failed; `diff` the change attempted, when one was.
+fn failed(error: &kube::Error, diff: Option<LabelDiff>, refused_at: Option<String>) -> Written {
     Written::Failed {
         failure: Failure::of(error),
         message: error_chain(error),
         diff,
-        lasting,
+        refused_at,
     }
+}
+
+/// Whether a patch refused with `error` would be refused again unchanged: a 4xx other than
+/// a timeout, conflict or rate limit. Not a 401 (the client refreshes its token, no Secret
+/// changes), nor a 422 after a conflict (a `test` of a namespace still being written).
+fn lasting(error: &kube::Error, after_conflict: bool) -> bool {
+    matches!(error, kube::Error::Api(status)
+        if (400..500).contains(&status.code)
+            && ![401, 408, 409, 429].contains(&status.code)
+            && !(after_conflict && status.code == 422))
 }
 
 #[cfg(test)]
@@ -261,5 +274,45 @@ mod tests {
             write_managed_labels(&api, &rule, "gateways", Labels::new, Known::Nothing).await;
         assert!(matches!(written, Written::OutOfScope), "{written:?}");
         assert_eq!(counts(&remote), (0, 0));
+    }
+
+    /// A `test` failing again after a conflict is a namespace still being written, not a
+    /// refusal for good.
+    #[tokio::test]
+    async fn a_second_conflict_is_not_a_lasting_refusal() {
+        let remote = FakeApiserver::default().with_namespace("shop", &[]);
+        remote.state().interfere = vec![("team".into(), "a".into()), ("team".into(), "b".into())];
+        let api = Api::all(remote.client());
+        let wanted = || labels(&[("istio-injection", "enabled")]);
+        let written =
+            write_managed_labels(&api, &SyncRule::default(), "shop", wanted, Known::Nothing).await;
+        assert!(
+            matches!(
+                written,
+                Written::Failed {
+                    failure: Failure::Conflict,
+                    refused_at: None,
+                    ..
+                }
+            ),
+            "{written:?}"
+        );
+        assert_eq!(
+            counts(&remote),
+            (2, 2),
+            "read, patched, read again, patched"
+        );
+    }
+
+    /// A 401 passes once the client refreshed its token, which no Secret change announces.
+    #[test]
+    fn an_unauthorized_patch_is_not_a_lasting_refusal() {
+        let error = |code| {
+            let status = kube::core::Status::failure("no", "Reason").with_code(code);
+            kube::Error::Api(status.boxed())
+        };
+        assert!(!lasting(&error(401), false));
+        assert!(lasting(&error(403), false));
+        assert!(lasting(&error(403), true));
     }
 }
