@@ -13,9 +13,10 @@
 //! Where a reconciler confirms expiries ([`InFlight::confirm_expiries`]), an entry whose time
 //! ran out keeps standing in until a read of the primary says the push was not persisted: a
 //! watch of the primary gone silent (a stalled apiserver, a connection dead without a word)
-//! shows neither the push nor its rejection, and its stale view must not undo the push. The
-//! same read settles, without waiting for its time to run out, a push that no version orders
-//! (a creation's) once the watch shows the namespace with other labels.
+//! shows neither the push nor its rejection, and its stale view must not undo the push. A
+//! creation's push, which no version orders, is read as soon as the watch shows the namespace
+//! with other labels; that read may come while the request is still reviewed, so only one
+//! showing the push renews it, and it stands in until its time runs out otherwise.
 //!
 //! Every replica drops an entry when its time runs out or, confirming, once the primary is
 //! read not to hold it (a forged review's push among them), and the map holds at most
@@ -57,15 +58,25 @@ struct Entry {
     /// after it is this push persisted. An older version with the same labels (a change the
     /// other way and back: A, B, A) must not settle it.
     after: Option<u64>,
-    /// Its time ran out, or the watch showed labels it cannot be ordered with; it stands in
-    /// until confirmed ([`InFlight::due`]).
-    due: bool,
+    /// A creation's push: no version of the namespace orders it with what the watch shows.
+    creation: bool,
+    /// Why it waits for a read of the primary ([`InFlight::due`]), standing in meanwhile.
+    due: Option<Confirming>,
+}
+
+/// Why an entry is [`InFlight::due`] for a read of the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Confirming {
+    /// Its time ran out.
+    Expired,
+    /// A creation's push the watch showed with other labels before its time ran out.
+    Early,
 }
 
 impl Entry {
     /// Whether it still counts as the primary's state at `now`.
     fn stands_in(&self, now: Instant) -> bool {
-        self.due || self.until > now
+        self.due.is_some() || self.until > now
     }
 }
 
@@ -118,7 +129,7 @@ pub struct Due {
 impl Due {
     /// Whether `stored`, the primary's namespace as just read (`None`: there is none), holds
     /// this push.
-    pub fn persisted_in(&self, rule: &SyncRule, stored: Option<&Namespace>) -> bool {
+    fn persisted_in(&self, rule: &SyncRule, stored: Option<&Namespace>) -> bool {
         stored.is_some_and(|stored| {
             let version = stored.metadata.resource_version.as_deref();
             self.entry
@@ -153,8 +164,8 @@ impl InFlight {
         }
     }
 
-    /// From now on an entry whose time runs out stands in until [`InFlight::not_persisted`]
-    /// drops it or [`InFlight::stand_in_again`] renews it; [`InFlight::expired`] says when
+    /// From now on an entry whose time runs out stands in until [`InFlight::confirm`] drops
+    /// it or renews it, as [`InFlight::stand_in_again`] does; [`InFlight::expired`] says when
     /// there are entries [`InFlight::due`] for confirmation.
     pub fn confirm_expiries(&self) {
         self.confirmed.store(true, Ordering::Relaxed);
@@ -189,7 +200,8 @@ impl InFlight {
                     before: before.clone(),
                     until,
                     after,
-                    due: false,
+                    creation: based_on.is_none(),
+                    due: None,
                 },
             );
         }
@@ -216,7 +228,7 @@ impl InFlight {
                 // Standing in while a read of the primary is made, however long the round of
                 // reads takes; no timer: the confirmation renews or drops it. The time only
                 // orders it among the entries to forget first when the map is full.
-                entry.due = true;
+                entry.due = Some(Confirming::Expired);
                 entry.until = now + this.ttl;
             } else {
                 entries.remove(&namespace);
@@ -249,10 +261,10 @@ impl InFlight {
         }
         // Without a version to order them by (a creation's push), other labels may be a
         // later change (a later admission step's) or a view older than the push: a read of
-        // the primary tells, at once rather than once its time ran out.
-        let unordered = entry.after.is_none() && entry.labels != *persisted;
-        if unordered && !entry.due && self.confirmed.load(Ordering::Relaxed) {
-            entry.due = true;
+        // the primary is asked at once rather than once its time ran out.
+        let unordered = entry.creation && entry.labels != *persisted;
+        if unordered && entry.due.is_none() && self.confirmed.load(Ordering::Relaxed) {
+            entry.due = Some(Confirming::Early);
             drop(entries);
             self.signal_due();
         }
@@ -269,7 +281,7 @@ impl InFlight {
     pub fn due(&self) -> Vec<Due> {
         self.lock()
             .iter()
-            .filter(|(_, entry)| entry.due)
+            .filter(|(_, entry)| entry.due.is_some())
             .map(|(name, entry)| Due {
                 namespace: name.clone(),
                 entry: entry.clone(),
@@ -289,19 +301,44 @@ impl InFlight {
             else {
                 return;
             };
-            entry.due = false;
+            entry.due = None;
             entry.until = until;
         }
         self.expire_at(&due.namespace, until);
     }
 
+    /// Settles `due` by `stored`, the primary's namespace as just read (`None`: there is
+    /// none); whether it stopped standing in, for a sync to revert the remotes.
+    pub fn confirm(&self, rule: &SyncRule, due: &Due, stored: Option<&Namespace>) -> bool {
+        if due.persisted_in(rule, stored) {
+            self.stand_in_again(due);
+            return false;
+        }
+        if due.entry.due == Some(Confirming::Early) {
+            // Read before its time ran out, maybe while later admission steps still review
+            // the request (not stored yet, or stored as before): the read at its expiry decides.
+            // Its timer, should the time have run out meanwhile, is about to ask for that read.
+            let mut entries = self.lock();
+            if let Some(entry) = entries.get_mut(&due.namespace)
+                && *entry == due.entry
+            {
+                let ran_out = entry.until <= Instant::now();
+                entry.due = ran_out.then_some(Confirming::Expired);
+            }
+            return false;
+        }
+        self.not_persisted(due)
+    }
+
     /// The primary does not hold `due`: it stops standing in (unless a newer push replaced it
-    /// meanwhile), and the sync that follows reverts the remotes.
-    pub fn not_persisted(&self, due: &Due) {
+    /// meanwhile; then false), and the sync that follows reverts the remotes.
+    fn not_persisted(&self, due: &Due) -> bool {
         let mut entries = self.lock();
-        if entries.get(&due.namespace) == Some(&due.entry) {
+        let unchanged = entries.get(&due.namespace) == Some(&due.entry);
+        if unchanged {
             entries.remove(&due.namespace);
         }
+        unchanged
     }
 
     /// The primary's namespaces as the reconciler should see them: pushed changes still in
@@ -535,15 +572,18 @@ mod tests {
     }
 
     /// A creation's push, which no version orders: the watch showing the namespace with other
-    /// labels (a later admission step's, or a view older than the push) has a read of the
-    /// primary confirm it at once, not once its time ran out.
+    /// labels (a later admission step's, or a view older than the push) has the primary read
+    /// at once. The read may come while the request is still reviewed: not stored yet, or not
+    /// as pushed, it leaves the push standing in until its time runs out, whose read decides.
     #[tokio::test(start_paused = true)]
-    async fn a_creation_shown_with_other_labels_is_confirmed_at_once() {
+    async fn a_creation_read_early_without_the_push_stands_in_until_its_expiry() {
         let rule = SyncRule::default();
         let in_flight = InFlight::new(Duration::from_secs(10));
         in_flight.confirm_expiries();
         let mut asked = in_flight.expired();
-        for stored in ["enabled", "disabled"] {
+        let disabled = ns("shop").label("istio-injection", "disabled").rv("6");
+        for stored in [None, Some(&disabled)] {
+            asked.borrow_and_update();
             push_enabled(&in_flight, None);
             let shown = labels(&[("istio-injection", "disabled")]);
             assert!(!in_flight.settle("shop", &shown, Some("5"), Seen::Watched));
@@ -553,15 +593,26 @@ mod tests {
                 .expect("sender alive");
             let due = in_flight.due();
             assert_eq!(due.len(), 1);
-            let read = ns("shop").label("istio-injection", stored).rv("6");
-            if due[0].persisted_in(&rule, Some(&read)) {
-                in_flight.stand_in_again(&due[0]);
-                assert_eq!(in_flight.pushed().len(), 1, "the primary holds the push");
-            } else {
-                in_flight.not_persisted(&due[0]);
-                assert!(in_flight.is_empty(), "the primary holds {stored}");
-            }
+            assert!(!in_flight.confirm(&rule, &due[0], stored), "read early");
+            assert_eq!(in_flight.pushed().len(), 1, "it stands in still");
+            assert!(in_flight.due().is_empty());
+            let due = due_after_expiry(&in_flight).await;
+            assert!(in_flight.confirm(&rule, &due, stored), "read at its expiry");
+            assert!(in_flight.is_empty());
         }
+    }
+
+    /// An update whose version is not a number is no creation: other labels shown do not
+    /// have the primary read before its time runs out.
+    #[tokio::test(start_paused = true)]
+    async fn an_update_from_a_version_not_a_number_is_not_read_early() {
+        let in_flight = InFlight::new(Duration::from_secs(10));
+        in_flight.confirm_expiries();
+        push_enabled(&in_flight, Some("not-a-number"));
+        let shown = labels(&[("istio-injection", "disabled")]);
+        assert!(!in_flight.settle("shop", &shown, Some("5"), Seen::Watched));
+        assert!(in_flight.due().is_empty());
+        assert_eq!(in_flight.pushed().len(), 1);
     }
 
     /// A push another request's change overtook (another replica's, or one made while a later
@@ -641,7 +692,7 @@ mod tests {
             !due.persisted_in(&rule, Some(&older)),
             "stored before the push"
         );
-        in_flight.not_persisted(&due);
+        assert!(in_flight.confirm(&rule, &due, None));
         assert!(in_flight.is_empty());
     }
 

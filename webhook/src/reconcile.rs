@@ -391,9 +391,10 @@ async fn supervise(
 /// still stands in when the answer comes.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Confirms every push whose time ran out with a read of the primary: one it does not hold
-/// stops standing in and the workers are woken to revert it; one it holds (its watch is
-/// behind, or silent) stands in again, as does every push while the primary cannot say.
+/// Confirms every push due with a read of the primary ([`crate::in_flight::InFlight::confirm`]):
+/// one whose time ran out and that it does not hold stops standing in and the workers are
+/// woken to revert it; one it holds (its watch is behind, or silent) stands in again, as does
+/// every push while the primary cannot say.
 async fn confirm_expiries(
     primary: Client,
     state: SharedState,
@@ -422,12 +423,11 @@ async fn confirm_expiries(
             }
             answering &= stored.is_some();
             match stored {
-                Some(stored) if !due.persisted_in(&state.rule, stored.as_ref()) => {
-                    state.in_flight.not_persisted(&due);
-                    reverted = true;
+                Some(stored) => {
+                    reverted |= state.in_flight.confirm(&state.rule, &due, stored.as_ref())
                 }
-                // Persisted (the watch is behind, or silent), or the primary cannot say now.
-                _ => state.in_flight.stand_in_again(&due),
+                // The primary cannot say now.
+                None => state.in_flight.stand_in_again(&due),
             }
         }
         if reverted {
