@@ -228,7 +228,8 @@ async fn requests_through(env: &TestEnv, schema: &str) -> anyhow::Result<f64> {
 
 /// Only `list -o wide` shows the stored tokens' expiry, so only it reads Secrets: a caller
 /// who may read MeshClusters but not Secrets lists the clusters as a table and as JSON
-/// without asking for a Secret; `-o wide` asks, is refused, and shows the expiry unknown.
+/// without asking for a Secret; `-o wide` asks, is refused, and says so (not "unknown", which
+/// is a token whose expiry cannot be read from it).
 #[tokio::test]
 async fn list_reads_secrets_only_for_the_format_that_shows_token_expiries() -> anyhow::Result<()> {
     let (_serial, env) = serial().await;
@@ -256,7 +257,13 @@ async fn list_reads_secrets_only_for_the_format_that_shows_token_expiries() -> a
     assert_success(&wide);
     let table = text(&wide.stdout);
     let cells = row(&table, &name).expect("listed");
-    assert_eq!(cells[cells.len() - 2], "unknown", "{table}");
+    assert_eq!(cells[cells.len() - 2], "unreadable", "{table}");
+    let secret = format!("cannot read Secret kubectl-mesh/cluster-{name}");
+    assert!(
+        text(&wide.stderr).contains(&format!("token of {name}: not read ({secret}")),
+        "{}",
+        describe(&wide)
+    );
     assert_eq!(
         requests_through(env, &schema).await?,
         1.0,
