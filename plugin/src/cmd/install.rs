@@ -344,15 +344,19 @@ async fn installed_configuration(client: &Client) -> Result<Option<MutatingWebho
         )))
 }
 
-/// The webhook's Deployment an earlier install left, if any.
+/// The webhook's Deployment an earlier install left, if any; none to compare with when the
+/// caller may not read it (install's own check of its rights then says what is missing).
 async fn installed_deployment(client: &Client) -> Result<Option<Deployment>> {
-    Api::<Deployment>::namespaced(client.clone(), MESH_NAMESPACE)
+    match Api::<Deployment>::namespaced(client.clone(), MESH_NAMESPACE)
         .get_opt(render::WEBHOOK)
         .await
-        .map_err(Error::kube(format!(
+    {
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
+        read => read.map_err(Error::kube(format!(
             "cannot read Deployment {MESH_NAMESPACE}/{}",
             render::WEBHOOK
-        )))
+        ))),
+    }
 }
 
 /// What this install changes of the webhook's Deployment (`installed`), each with the flag
