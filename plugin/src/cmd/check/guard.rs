@@ -7,7 +7,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::ResourceExt;
+use kube::{ResourceExt, core::Selector};
 use mesh_core::cluster::{MeshCluster, RemoteGuard};
 use mesh_core::labels::SyncRule;
 
@@ -182,10 +182,9 @@ fn matching(spec: &ValidatingAdmissionPolicySpec) -> Matching {
         .flatten()
         .map(|v| v.expression.as_str());
     let conditions = (spec.match_conditions.iter().flatten()).map(|c| c.expression.as_str());
-    let selects_all = |s: &LabelSelector| {
-        s.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && s.match_expressions.as_ref().is_none_or(|e| e.is_empty())
-    };
+    // kube's rule, as the sync rule's `within` applies it.
+    let selects_all =
+        |s: &LabelSelector| Selector::try_from(s.clone()).is_ok_and(|s| s.selects_all());
     Matching {
         keys: literals(variables),
         excluded: literals(conditions),
