@@ -5,7 +5,7 @@
 //! `spec.secretName`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
-use kube::{Api, Client, CustomResource, api::ListParams};
+use kube::{Api, Client, CustomResource, api::ListParams, core::Selector};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -99,14 +99,14 @@ impl NamespaceScope {
     /// Whether this scope leaves every namespace to the installed rule.
     pub fn is_everything(&self) -> bool {
         self.exclude_namespaces.is_empty()
-            && self.namespace_selector.as_ref().is_none_or(|selector| {
-                selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-                    && selector
-                        .match_expressions
-                        .as_ref()
-                        .is_none_or(|e| e.is_empty())
-            })
+            && self.namespace_selector.as_ref().is_none_or(selects_all)
     }
+}
+
+/// Whether `selector` selects every namespace, by kube's rule (the one [`Selector`] applies
+/// when the sync rule is narrowed to a scope). One it cannot read selects nothing known.
+pub fn selects_all(selector: &LabelSelector) -> bool {
+    Selector::try_from(selector.clone()).is_ok_and(|s| s.selects_all())
 }
 
 /// Admission policy installed on a remote for managed-label edits not made by kubectl-mesh.
@@ -190,5 +190,53 @@ pub async fn names(client: &Client) -> Result<Vec<String>, kube::Error> {
             .collect()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Vec::new()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    use super::*;
+
+    fn scope(selector: Option<LabelSelector>) -> NamespaceScope {
+        NamespaceScope {
+            exclude_namespaces: Vec::new(),
+            namespace_selector: selector,
+        }
+    }
+
+    #[test]
+    fn only_a_scope_that_leaves_out_nothing_is_everything() {
+        let empty = LabelSelector {
+            match_labels: Some(Default::default()),
+            match_expressions: Some(Vec::new()),
+        };
+        let team = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "Exists".into(),
+                values: None,
+            }]),
+            ..LabelSelector::default()
+        };
+        let unreadable = LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: "Sometimes".into(),
+                values: None,
+            }]),
+            ..LabelSelector::default()
+        };
+        assert!(scope(None).is_everything());
+        assert!(scope(Some(empty)).is_everything());
+        assert!(!scope(Some(team)).is_everything());
+        // Kept (and shown) rather than dropped as if it selected everything.
+        assert!(!scope(Some(unreadable)).is_everything());
+        let excluding = NamespaceScope {
+            exclude_namespaces: vec!["gateways".into()],
+            ..scope(None)
+        };
+        assert!(!excluding.is_everything());
     }
 }

@@ -7,8 +7,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::{ResourceExt, core::Selector};
-use mesh_core::cluster::{MeshCluster, RemoteGuard};
+use kube::ResourceExt;
+use mesh_core::cluster::{self, MeshCluster, RemoteGuard};
 use mesh_core::labels::SyncRule;
 
 use super::facts::{FoundGuard, GuardFacts};
@@ -182,15 +182,12 @@ fn matching(spec: &ValidatingAdmissionPolicySpec) -> Matching {
         .flatten()
         .map(|v| v.expression.as_str());
     let conditions = (spec.match_conditions.iter().flatten()).map(|c| c.expression.as_str());
-    // kube's rule, as the sync rule's `within` applies it.
-    let selects_all =
-        |s: &LabelSelector| Selector::try_from(s.clone()).is_ok_and(|s| s.selects_all());
     Matching {
         keys: literals(variables),
         excluded: literals(conditions),
         selector: (spec.match_constraints.as_ref())
             .and_then(|m| m.namespace_selector.clone())
-            .filter(|s| !selects_all(s)),
+            .filter(|s| !cluster::selects_all(s)),
     }
 }
 
