@@ -261,41 +261,47 @@ mod tests {
         assert!(serving_another(&pods[..1], "sha-new").is_empty());
     }
 
+    /// Asserts that a Deployment of 2 replicas with `status` (JSON) is still rolling out,
+    /// waiting for what `expected` says, for each `(status, expected)` of `cases`.
+    #[track_caller]
+    fn assert_waits(cases: impl IntoIterator<Item = (serde_json::Value, &'static str)>) {
+        for (status, expected) in cases {
+            let d = deployment(2, status.clone());
+            assert_eq!(rollout(&d), waiting(expected), "{status}");
+        }
+    }
+
     #[test]
     fn rollout_waits_while_old_pods_keep_the_deployment_available() {
-        // A new image crash-looping: the new ReplicaSet's pod is updated but not available,
-        // the old pods still are, and the Deployment says Available.
-        let mid = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
-                "availableReplicas": 2, "readyReplicas": 2, "unavailableReplicas": 1,
-                "conditions": [available(), {"type": "Progressing", "status": "True",
-                                             "reason": "ReplicaSetUpdated"}],
-            }),
-        );
-        assert_eq!(rollout(&mid), waiting("1 of 2 new replicas updated"));
-        // Every new pod created, none available yet, the old ones still there.
-        let all_new = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 2, "replicas": 4, "updatedReplicas": 2,
-                "availableReplicas": 2, "conditions": [available()],
-            }),
-        );
-        assert_eq!(
-            rollout(&all_new),
-            waiting("2 old replicas pending termination")
-        );
-        // The old pods gone, a new one not yet available.
-        let last = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
-                "availableReplicas": 1, "conditions": [available()],
-            }),
-        );
-        assert_eq!(rollout(&last), waiting("1 of 2 updated replicas available"));
+        assert_waits([
+            // A new image crash-looping: the new ReplicaSet's pod is updated but not
+            // available, the old pods still are, and the Deployment says Available.
+            (
+                serde_json::json!({
+                    "observedGeneration": 2, "replicas": 3, "updatedReplicas": 1,
+                    "availableReplicas": 2, "readyReplicas": 2, "unavailableReplicas": 1,
+                    "conditions": [available(), {"type": "Progressing", "status": "True",
+                                                 "reason": "ReplicaSetUpdated"}],
+                }),
+                "1 of 2 new replicas updated",
+            ),
+            // Every new pod created, none available yet, the old ones still there.
+            (
+                serde_json::json!({
+                    "observedGeneration": 2, "replicas": 4, "updatedReplicas": 2,
+                    "availableReplicas": 2, "conditions": [available()],
+                }),
+                "2 old replicas pending termination",
+            ),
+            // The old pods gone, a new one not yet available.
+            (
+                serde_json::json!({
+                    "observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                    "availableReplicas": 1, "conditions": [available()],
+                }),
+                "1 of 2 updated replicas available",
+            ),
+        ]);
     }
 
     /// A rollout past its progress deadline ends the wait refused at once; a timeout says
@@ -321,22 +327,18 @@ mod tests {
 
     #[test]
     fn rollout_waits_for_the_controller_to_observe_the_generation() {
-        let stale = deployment(
-            2,
-            serde_json::json!({
-                "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-                "availableReplicas": 2, "conditions": [available()],
-            }),
-        );
-        assert_eq!(
-            rollout(&stale),
-            waiting("the controller to observe the new spec")
-        );
-        let no_status = deployment(2, serde_json::Value::Null);
-        assert_eq!(
-            rollout(&no_status),
-            waiting("the controller to observe the new spec")
-        );
+        let observe = "the controller to observe the new spec";
+        assert_waits([
+            (
+                serde_json::json!({
+                    "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                    "availableReplicas": 2, "conditions": [available()],
+                }),
+                observe,
+            ),
+            // No status at all yet.
+            (serde_json::Value::Null, observe),
+        ]);
     }
 
     #[test]
