@@ -653,20 +653,26 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::Parser as _;
     use std::os::unix::fs::PermissionsExt;
+
+    /// The options of an install run with `--image registry.example.com/mesh-webhook:pinned
+    /// --replicas 3`, which a re-run without those flags would change.
+    pub(crate) fn pinned_options() -> render::Options {
+        render::Options {
+            image: "registry.example.com/mesh-webhook:pinned".into(),
+            replicas: 3,
+            ..render::Options::default()
+        }
+    }
 
     /// A re-run without --image and --replicas says what it changes of an earlier install's,
     /// and how to keep it; the same settings change nothing.
     #[test]
     fn a_re_run_says_what_it_changes_of_the_deployment() {
-        let earlier = render::Options {
-            image: "registry.example.com/mesh-webhook:pinned".into(),
-            replicas: 3,
-            ..render::Options::default()
-        };
+        let earlier = pinned_options();
         let installed = render::deployment(&earlier);
         assert!(deployment_changes(Some(&installed), &earlier).is_empty());
         assert!(deployment_changes(None, &render::Options::default()).is_empty());

@@ -724,6 +724,7 @@ fn expiry_result(
 mod tests {
     use super::super::caller_probe;
     use super::*;
+    use crate::cmd::install::tests::pinned_options;
 
     /// An installation with every default.
     fn bare() -> InstalledWith {
@@ -1128,11 +1129,7 @@ mod tests {
 
     #[test]
     fn hints_to_reinstall_keep_the_image_and_replicas() {
-        let options = render::Options {
-            image: "registry.example.com/mesh-webhook:pinned".into(),
-            replicas: 3,
-            ..render::Options::default()
-        };
+        let options = pinned_options();
         for hint in install_hints(&installed_with(&options)) {
             assert!(
                 command(&hint)
