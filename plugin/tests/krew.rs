@@ -16,6 +16,18 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
         .unwrap_or_else(|| panic!("{} is not a string", path.join(".")))
 }
 
+/// Asserts that `text` (the `what` of the workflow) has every one of `parts`, naming each
+/// it lacks.
+#[track_caller]
+fn assert_has_all(what: &str, text: &str, parts: &[&str]) {
+    let missing: Vec<&str> = parts
+        .iter()
+        .copied()
+        .filter(|p| !text.contains(p))
+        .collect();
+    assert!(missing.is_empty(), "{what} lacks {missing:?}:\n{text}");
+}
+
 #[test]
 fn krew_manifest_is_complete_and_versioned() {
     let doc: Value = serde_yaml::from_str(MANIFEST).expect("mesh.yaml is YAML");
@@ -130,14 +142,16 @@ fn release_workflow_publishes_what_the_plugin_deploys() {
         build.contains(&pushed),
         "the workflow pushes no {pushed}:\n{build}"
     );
-    for flag in [
-        "docker buildx build",
-        "--file webhook/Containerfile",
-        "--platform linux/amd64,linux/arm64",
-        "--push",
-    ] {
-        assert!(build.contains(flag), "image build lacks {flag}:\n{build}");
-    }
+    assert_has_all(
+        "image build",
+        &build,
+        &[
+            "docker buildx build",
+            "--file webhook/Containerfile",
+            "--platform linux/amd64,linux/arm64",
+            "--push",
+        ],
+    );
     assert!(
         CONTAINERFILE.contains("cargo build --locked --profile dist -p mesh-webhook"),
         "webhook/Containerfile must build mesh-webhook with the dist profile"
@@ -194,8 +208,14 @@ fn release_workflow_publishes_what_the_plugin_deploys() {
         "archives built vs. archives the manifest names"
     );
     let release = runs(&workflow, "release");
-    assert!(release.contains("plugin/krew/fill-manifest.sh \"$VERSION\" dist > dist/mesh.yaml"));
-    assert!(release.contains("gh release create \"$VERSION\""));
+    assert_has_all(
+        "release job",
+        &release,
+        &[
+            "plugin/krew/fill-manifest.sh \"$VERSION\" dist > dist/mesh.yaml",
+            "gh release create \"$VERSION\"",
+        ],
+    );
 
     // The dist profile strips (the plugin has no TOML parser; the section is small).
     let dist = WORKSPACE_MANIFEST
