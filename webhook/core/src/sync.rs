@@ -269,8 +269,9 @@ pub async fn sync_listed(
     mode: SyncMode,
     refusals: &mut Refusals,
 ) -> Result<SyncReport> {
-    let listed = list_namespaces(&Api::all(remote.clone()), rule).await?;
-    Ok(sync_seen(rule, primary, remote, listed, mode, refusals).await)
+    let sync = Syncing::new(rule, primary, remote, mode);
+    let listed = list_namespaces(&sync.api, rule).await?;
+    Ok(sync_seen(sync, listed, refusals).await)
 }
 
 /// [`sync_remote`] for a one-shot sync (`kubectl mesh sync`): the primary's namespaces are
@@ -287,8 +288,8 @@ pub async fn sync_from_primary(
         namespaces: primary_namespaces(primary).await?,
         api: Api::all(primary.clone()),
     };
-    let refusals = &mut Refusals::default();
-    Ok(sync_seen(rule, &primary, remote, listed, mode, refusals).await)
+    let sync = Syncing::new(rule, &primary, remote, mode);
+    Ok(sync_seen(sync, listed, &mut Refusals::default()).await)
 }
 
 /// The primary as a one-shot sync has it: listed once, so a namespace whose write met a
@@ -325,25 +326,48 @@ pub async fn sync_watched(
     mode: SyncMode,
     refusals: &mut Refusals,
 ) -> Result<SyncReport> {
-    Api::<Namespace>::all(remote.clone())
+    let sync = Syncing::new(rule, primary, remote, mode);
+    sync.api
         .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(Error::ListNamespaces)?;
-    Ok(sync_seen(rule, primary, remote, seen, mode, refusals).await)
+    Ok(sync_seen(sync, seen, refusals).await)
+}
+
+/// What a sync of one remote works with, whichever way the remote's namespaces were read.
+struct Syncing<'a, P> {
+    rule: &'a SyncRule,
+    primary: &'a P,
+    /// The remote's namespaces.
+    api: Api<Namespace>,
+    mode: SyncMode,
+}
+
+impl<'a, P: PrimaryView> Syncing<'a, P> {
+    fn new(rule: &'a SyncRule, primary: &'a P, remote: &Client, mode: SyncMode) -> Self {
+        Self {
+            rule,
+            primary,
+            api: Api::all(remote.clone()),
+            mode,
+        }
+    }
 }
 
 /// [`sync_remote`] without its LIST: `seen` is every namespace of the remote as just read by
 /// other means (a watch known to be current), each with the resourceVersion its write will be
 /// conditional on and at least the labels the rule reads ([`SyncRule::keys_read`]).
 async fn sync_seen(
-    rule: &SyncRule,
-    primary: &impl PrimaryView,
-    remote: &Client,
+    sync: Syncing<'_, impl PrimaryView>,
     seen: impl IntoIterator<Item = Namespace>,
-    mode: SyncMode,
     refusals: &mut Refusals,
 ) -> SyncReport {
-    let api: Api<Namespace> = Api::all(remote.clone());
+    let Syncing {
+        rule,
+        primary,
+        api,
+        mode,
+    } = sync;
     let mut report = SyncReport {
         mode,
         ..SyncReport::default()
@@ -796,7 +820,8 @@ mod tests {
         let rule = SyncRule::default();
         let refusals = &mut Refusals::default();
         let client = remote.client();
-        let report = sync_seen(&rule, &primary, &client, seen, SyncMode::Apply, refusals).await;
+        let sync = Syncing::new(&rule, &primary, &client, SyncMode::Apply);
+        let report = sync_seen(sync, seen, refusals).await;
         assert_eq!(report.writes as usize, total);
         let writes_when_read = writes_when_read.into_inner().expect("lock");
         assert!(
