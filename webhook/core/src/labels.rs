@@ -644,17 +644,32 @@ mod tests {
         assert!(rule.desired(Some(&ns("foo").label("team", "a"))).is_empty());
     }
 
+    /// Namespace foo with these labels.
+    fn foo(pairs: &[(&str, &str)]) -> Namespace {
+        pairs
+            .iter()
+            .fold(ns("foo"), |ns, (key, value)| ns.label(key, value))
+    }
+
+    /// The diff of namespace foo that sets `set` and removes `remove`.
+    fn foo_diff<const N: usize>(set: &[(&str, &str)], remove: [&str; N]) -> LabelDiff {
+        LabelDiff {
+            namespace: "foo".into(),
+            set: labels(set),
+            remove: keys(remove),
+        }
+    }
+
     #[test]
     fn default_rule_makes_the_remote_follow_the_primary() {
-        // (case, primary, remote, labels set, keys removed, the diff described, the JSON patch,
-        // the remote's labels once patched)
+        // (case, primary, remote, the diff, the diff described, the JSON patch, the remote's
+        // labels once patched)
         let cases = [
             (
                 "a managed label added",
-                ns("foo").label("istio-injection", "enabled"),
-                ns("foo").label("app", "web").rv("7"),
-                labels(&[("istio-injection", "enabled")]),
-                keys([]),
+                foo(&[("istio-injection", "enabled")]),
+                foo(&[("app", "web")]).rv("7"),
+                foo_diff(&[("istio-injection", "enabled")], []),
                 "istio-injection=enabled",
                 json!([
                     {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
@@ -664,12 +679,9 @@ mod tests {
             ),
             (
                 "a managed label overwritten",
-                ns("foo").label("istio-injection", "disabled"),
-                ns("foo")
-                    .label("istio-injection", "enabled")
-                    .label("app", "web"),
-                labels(&[("istio-injection", "disabled")]),
-                keys([]),
+                foo(&[("istio-injection", "disabled")]),
+                foo(&[("istio-injection", "enabled"), ("app", "web")]),
+                foo_diff(&[("istio-injection", "disabled")], []),
                 "istio-injection=disabled",
                 json!([{"op": "replace", "path": "/metadata/labels/istio-injection", "value": "disabled"}]),
                 labels(&[("app", "web"), ("istio-injection", "disabled")]),
@@ -678,25 +690,18 @@ mod tests {
                 // Unmanaged labels stay as the remote has them, even when they differ from the
                 // primary.
                 "a managed label missing on the primary removed",
-                ns("foo").label("app", "web"),
-                ns("foo")
-                    .label("istio-injection", "enabled")
-                    .label("app", "other"),
-                labels(&[]),
-                keys(["istio-injection"]),
+                foo(&[("app", "web")]),
+                foo(&[("istio-injection", "enabled"), ("app", "other")]),
+                foo_diff(&[], ["istio-injection"]),
                 "-istio-injection",
                 json!([{"op": "remove", "path": "/metadata/labels/istio-injection"}]),
                 labels(&[("app", "other")]),
             ),
             (
                 "a revision switch: `/` escaped in the patch",
-                ns("foo").label("istio.io/rev", "1-25"),
-                ns("foo")
-                    .label("istio-injection", "enabled")
-                    .label("istio.io/rev", "1-24")
-                    .rv("42"),
-                labels(&[("istio.io/rev", "1-25")]),
-                keys(["istio-injection"]),
+                foo(&[("istio.io/rev", "1-25")]),
+                foo(&[("istio-injection", "enabled"), ("istio.io/rev", "1-24")]).rv("42"),
+                foo_diff(&[("istio.io/rev", "1-25")], ["istio-injection"]),
                 "istio.io/rev=1-25, -istio-injection",
                 json!([
                     {"op": "test", "path": "/metadata/resourceVersion", "value": "42"},
@@ -707,34 +712,27 @@ mod tests {
             ),
             (
                 "only unmanaged labels differ: in sync",
-                ns("foo")
-                    .label("istio-injection", "enabled")
-                    .label("team", "a"),
-                ns("foo")
-                    .label("istio-injection", "enabled")
-                    .label("team", "b"),
-                labels(&[]),
-                keys([]),
+                foo(&[("istio-injection", "enabled"), ("team", "a")]),
+                foo(&[("istio-injection", "enabled"), ("team", "b")]),
+                foo_diff(&[], []),
                 "no change",
                 json!([]),
                 labels(&[("istio-injection", "enabled"), ("team", "b")]),
             ),
             (
                 "the namespace being deleted on the primary: managed labels removed",
-                ns("foo").label("istio-injection", "enabled").deleting(),
-                ns("foo").label("istio-injection", "enabled"),
-                labels(&[]),
-                keys(["istio-injection"]),
+                foo(&[("istio-injection", "enabled")]).deleting(),
+                foo(&[("istio-injection", "enabled")]),
+                foo_diff(&[], ["istio-injection"]),
                 "-istio-injection",
                 json!([{"op": "remove", "path": "/metadata/labels/istio-injection"}]),
                 labels(&[]),
             ),
             (
                 "no labels map on the remote: the patch creates it",
-                ns("foo").label("istio.io/rev", "stable"),
-                ns("foo").rv("3"),
-                labels(&[("istio.io/rev", "stable")]),
-                keys([]),
+                foo(&[("istio.io/rev", "stable")]),
+                foo(&[]).rv("3"),
+                foo_diff(&[("istio.io/rev", "stable")], []),
                 "istio.io/rev=stable",
                 json!([
                     {"op": "test", "path": "/metadata/resourceVersion", "value": "3"},
@@ -744,13 +742,8 @@ mod tests {
                 labels(&[("istio.io/rev", "stable")]),
             ),
         ];
-        for (case, primary, remote, set, remove, described, patch, after) in cases {
-            let in_sync = set.is_empty() && remove.is_empty();
-            let expected = LabelDiff {
-                namespace: "foo".into(),
-                set,
-                remove,
-            };
+        for (case, primary, remote, expected, described, patch, after) in cases {
+            let in_sync = expected.set.is_empty() && expected.remove.is_empty();
             let diff = default_diff(&primary, &remote);
             assert_eq!(diff, expected, "{case}");
             assert_eq!(diff.is_empty(), in_sync, "{case}");
@@ -760,6 +753,7 @@ mod tests {
             assert_eq!(apply(&diff, &remote).expect("applies"), after, "{case}");
         }
     }
+
     #[test]
     fn namespace_absent_on_primary_loses_managed_labels() {
         let rule = SyncRule::default();
