@@ -66,7 +66,8 @@ impl Run<'_> {
     /// Puts back what this run changed, newest first, and turns `err` into the one line the
     /// command fails with. `--timeout` bounds it all: a cluster that stopped answering holds
     /// each request for its client's timeouts, and a change after another would be held that
-    /// long each, while Ctrl-C is ignored.
+    /// long each, while Ctrl-C is ignored. Each cluster's changes are put back at once with
+    /// the other's: one that stopped answering must not use up the time of the other's.
     pub(in crate::cmd::attach) async fn roll_back(&mut self, err: Error) -> Error {
         let step = self.step.map_or("preparation", Step::name);
         let progress = self.progress;
@@ -80,53 +81,31 @@ impl Run<'_> {
         let deadline = Instant::now() + self.timeout;
         let late = out_of_time(self.timeout);
         let adopted = std::mem::take(&mut self.adopted);
-        // What the rollback could not undo: changes to put back, creations to delete.
-        let mut unrestored = adopt::unadopt(
-            &self.plan.primary,
-            &self.plan.rule,
-            adopted,
-            deadline,
-            &late,
-            progress,
-        )
-        .await;
-        let mut undeleted = Vec::new();
-        // Namespaces deleted, to wait for once everything else is put back: one slow to go
-        // (a finalizer, an API it waits on) must not use up the time of older changes.
-        let mut terminating = Vec::new();
-        while let Some(change) = self.changes.pop() {
-            let label = self.side_label(change.side()).to_owned();
-            let client = self.client(change.side()).clone();
-            let m = change.manifest();
-            let failed = match by_deadline(deadline, self.put_back(&change, &client, &label)).await
-            {
-                Some(Ok(Some(Undone::Deleted))) if m.resource.kind == "Namespace" => {
-                    terminating.push((label, client, m.name.clone(), describe(m)));
-                    continue;
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => e.what(),
-                None => format!("{} not put back: {late}", describe(m)),
-            };
-            progress.fail(format!("rollback: {label}: {failed}"));
-            let left = if change.is_creation() {
-                &mut undeleted
-            } else {
-                &mut unrestored
-            };
-            left.push(format!("{label}: {}", describe(m)));
-        }
-        // Gone for real before the next attach, which would otherwise find them terminating.
-        for (label, client, name, described) in terminating {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let not_gone =
-                match by_deadline(deadline, wait_namespace_gone(&client, &name, left)).await {
-                    Some(Ok(())) => continue,
-                    Some(Err(e)) => e.what(),
-                    None => format!("{described} not gone yet: {late}"),
-                };
-            progress.warn(format!("rolled back: {label}: {not_gone}"));
-        }
+        let (remote_changes, primary_changes): (Vec<Change>, Vec<Change>) =
+            std::mem::take(&mut self.changes)
+                .into_iter()
+                .partition(|change| change.side() == Side::Remote);
+        let primary = async {
+            // Labels adopted onto the primary's namespaces go first, as before any change.
+            let unrestored = adopt::unadopt(
+                &self.plan.primary,
+                &self.plan.rule,
+                adopted,
+                deadline,
+                &late,
+                progress,
+            )
+            .await;
+            let mut left = self.put_back_side(primary_changes, deadline, &late).await;
+            left.unrestored.splice(0..0, unrestored);
+            left
+        };
+        let remote = self.put_back_side(remote_changes, deadline, &late);
+        let (primary, remote) = tokio::join!(primary, remote);
+        let [undeleted, unrestored] = [
+            [primary.undeleted, remote.undeleted].concat(),
+            [primary.unrestored, remote.unrestored].concat(),
+        ];
         let what = format!(
             "attaching {} failed at step {step} and {undo}{revoked}: {}",
             self.plan.name,
@@ -148,6 +127,56 @@ impl Run<'_> {
         };
         Error::Refused { what, hint }
     }
+
+    /// Puts back `changes` of one cluster, newest first, by `deadline`; says what it left.
+    async fn put_back_side(&self, mut changes: Vec<Change>, deadline: Instant, late: &str) -> Left {
+        let progress = self.progress;
+        let mut left = Left::default();
+        // Namespaces deleted, to wait for once everything else is put back: one slow to go
+        // (a finalizer, an API it waits on) must not use up the time of older changes.
+        let mut terminating = Vec::new();
+        while let Some(change) = changes.pop() {
+            let label = self.side_label(change.side());
+            let client = self.client(change.side());
+            let m = change.manifest();
+            let failed = match by_deadline(deadline, self.put_back(&change, client, label)).await {
+                Some(Ok(Some(Undone::Deleted))) if m.resource.kind == "Namespace" => {
+                    terminating.push((label, client, m.name.clone(), describe(m)));
+                    continue;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => e.what(),
+                None => format!("{} not put back: {late}", describe(m)),
+            };
+            progress.fail(format!("rollback: {label}: {failed}"));
+            let list = if change.is_creation() {
+                &mut left.undeleted
+            } else {
+                &mut left.unrestored
+            };
+            list.push(format!("{label}: {}", describe(m)));
+        }
+        // Gone for real before the next attach, which would otherwise find them terminating.
+        for (label, client, name, described) in terminating {
+            let time_left = deadline.saturating_duration_since(Instant::now());
+            let not_gone =
+                match by_deadline(deadline, wait_namespace_gone(client, &name, time_left)).await {
+                    Some(Ok(())) => continue,
+                    Some(Err(e)) => e.what(),
+                    None => format!("{described} not gone yet: {late}"),
+                };
+            progress.warn(format!("rolled back: {label}: {not_gone}"));
+        }
+        left
+    }
+}
+
+/// What a rollback could not undo on one cluster, as the hint names it: creations to delete,
+/// changes to put back.
+#[derive(Default)]
+struct Left {
+    undeleted: Vec<String>,
+    unrestored: Vec<String>,
 }
 
 #[cfg(test)]
@@ -210,13 +239,9 @@ mod tests {
         }
     }
 
-    /// A namespace the rollback deleted that never goes (a finalizer holds it) is waited for
-    /// once everything else is put back: waited for at once, it took the whole --timeout, and
-    /// every older change was left. The cluster is a stand-in answering every deletion and
-    /// showing the namespace for ever, which a real apiserver does only with a finalizer
-    /// nobody removes.
-    #[tokio::test(start_paused = true)]
-    async fn a_namespace_slow_to_go_does_not_keep_older_changes_from_being_undone() {
+    /// A stand-in cluster that answers every deletion (recorded, by path) and shows every
+    /// namespace for ever, which a real apiserver does only with a finalizer nobody removes.
+    fn answering_cluster() -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         use mesh_core::fake_apiserver::json_response;
         let deleted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let seen = deleted.clone();
@@ -242,7 +267,29 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(json_response(http::StatusCode::OK, &body))
             }
         });
-        let plan = plan(Client::new(cluster, "default"), "https://east");
+        (Client::new(cluster, "default"), deleted)
+    }
+
+    /// A client of a hung apiserver (SilentServer accepts connections and never says a word),
+    /// as attach reaches a cluster with an admin's kubeconfig.
+    async fn silent_cluster(silent: &SilentServer) -> Client {
+        let kc = crate::kubeconfig::tests::user_with_cluster(Cluster {
+            server: Some(silent.url.clone()),
+            insecure_skip_tls_verify: Some(true),
+            ..Cluster::default()
+        });
+        access::client(kc, None).await.expect("client")
+    }
+
+    /// A namespace the rollback deleted that never goes (a finalizer holds it) is waited for
+    /// once everything else is put back: waited for at once, it took the whole --timeout, and
+    /// every older change was left. The cluster is a stand-in answering every deletion and
+    /// showing the namespace for ever, which a real apiserver does only with a finalizer
+    /// nobody removes.
+    #[tokio::test(start_paused = true)]
+    async fn a_namespace_slow_to_go_does_not_keep_older_changes_from_being_undone() {
+        let (cluster, deleted) = answering_cluster();
+        let plan = plan(cluster, "https://east");
         let hooks = TestHooks::read(|_| None).expect("no hooks");
         let mut run = Run::new(&plan, Progress::quiet(), hooks, Duration::from_secs(5));
         let account =
@@ -281,14 +328,7 @@ mod tests {
     #[tokio::test]
     async fn a_rollback_on_a_remote_that_never_answers_ends_by_the_timeout() {
         let silent = SilentServer::start().await;
-        let server = &silent.url;
-        let kc = crate::kubeconfig::tests::user_with_cluster(Cluster {
-            server: Some(server.clone()),
-            insecure_skip_tls_verify: Some(true),
-            ..Cluster::default()
-        });
-        let client = access::client(kc, None).await.expect("client");
-        let plan = plan(client, server);
+        let plan = plan(silent_cluster(&silent).await, &silent.url);
         let timeout = Duration::from_secs(2);
         let hooks = TestHooks::read(|_| None).expect("no hooks");
         let mut run = Run::new(&plan, Progress::quiet(), hooks, timeout);
@@ -328,6 +368,54 @@ mod tests {
             format!(
                 "check the remote; {}",
                 left_behind(&undeleted, &[format!("east: {}", describe(&scope))])
+            )
+        );
+    }
+
+    /// A primary that stopped answering used up the rollback's time, newest change first, and
+    /// the remote's changes after it were not even tried: the sync account's rights stayed on a
+    /// remote that answered. Each cluster's changes are now put back at once with the other's.
+    #[tokio::test]
+    async fn a_silent_primary_does_not_keep_the_remote_s_changes_from_being_undone() {
+        let silent = SilentServer::start().await;
+        let (remote, deleted) = answering_cluster();
+        let plan = Plan {
+            primary: silent_cluster(&silent).await,
+            ..plan(remote, "https://east")
+        };
+        let timeout = Duration::from_secs(2);
+        let hooks = TestHooks::read(|_| None).expect("no hooks");
+        let mut run = Run::new(&plan, Progress::quiet(), hooks, timeout);
+        let account =
+            Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, "east")).expect("account");
+        let role = Manifest::new(&setup::sync_cluster_role("east")).expect("role");
+        let secret = Manifest::new(&setup::cluster_secret("east", "kubeconfig")).expect("secret");
+        // Oldest first: the remote's, then the primary's.
+        run.changes
+            .push(Change::Created(Side::Remote, account.clone()));
+        run.changes
+            .push(Change::Created(Side::Remote, role.clone()));
+        run.changes
+            .push(Change::Created(Side::Primary, secret.clone()));
+        let failed = run
+            .roll_back(Error::Refused {
+                what: "cannot store the kubeconfig".into(),
+                hint: "check the primary".into(),
+            })
+            .await;
+        let deleted = deleted.lock().expect("lock").clone();
+        for m in [&account, &role] {
+            assert!(
+                deleted.iter().any(|p| p.ends_with(&format!("/{}", m.name))),
+                "{} not deleted: {deleted:?}",
+                describe(m)
+            );
+        }
+        assert_eq!(
+            failed.hint(),
+            format!(
+                "check the primary; {}",
+                left_behind(&[format!("primary: {}", describe(&secret))], &[])
             )
         );
     }
