@@ -656,29 +656,21 @@ mod tests {
     fn complete_groups_warnings() {
         let req = update(ns("foo"), ns("foo").label("istio-injection", "enabled"));
         let intent = intent("foo", [("istio-injection", "enabled")]);
+        // What the remotes that did not apply the change said, as the warnings quote it.
+        let refused = "connection refused".to_owned();
+        let forbidden = "namespaces \"foo\" is forbidden".to_owned();
+        let conflict = "conflict:\n  retry".to_owned();
         // (remote, its result, as the propagation annotation records it), out of order.
         let remotes = [
             ("remote-2", PushResult::Applied, "applied"),
             ("remote-1", PushResult::Applied, "applied"),
             ("remote-3", PushResult::NamespaceMissing, "missing"),
-            (
-                "remote-4",
-                PushResult::Unreachable("connection refused".into()),
-                "unreachable",
-            ),
+            ("remote-4", PushResult::Unreachable(refused), "unreachable"),
             ("remote-5", PushResult::AlreadyInSync, "in_sync"),
             ("remote-6", PushResult::TimedOut, "timed_out"),
             ("remote-7", PushResult::TimedOut, "timed_out"),
-            (
-                "remote-8",
-                PushResult::Forbidden("namespaces \"foo\" is forbidden".into()),
-                "forbidden",
-            ),
-            (
-                "remote-9",
-                PushResult::Failed("conflict:\n  retry".into()),
-                "failed",
-            ),
+            ("remote-8", PushResult::Forbidden(forbidden), "forbidden"),
+            ("remote-9", PushResult::Failed(conflict), "failed"),
         ];
         let outcomes: Vec<_> = remotes
             .iter()
