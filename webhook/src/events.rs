@@ -688,13 +688,14 @@ mod tests {
 
     /// Publishes the reports of syncs of east over a primary holding `namespaces` (which refuses
     /// every Event), `report` giving a sync's report of one namespace: shop's three times,
-    /// cart's once, then shop's again after `window`. The Event writes after each of those three
-    /// steps, and the last Event's note.
-    async fn shop_thrice_cart_then_shop_after(
+    /// cart's once, then shop's again after `window`. Checks that one Event is written for
+    /// shop's three syncs, one for cart's at once (another namespace is news), and one for shop
+    /// after the window; returns the last Event's note.
+    async fn one_event_per_window(
         window: Duration,
         namespaces: &[&str],
         report: impl Fn(&str) -> SyncReport,
-    ) -> ([usize; 3], String) {
+    ) -> String {
         let primary = RecordingPrimary::default();
         let events = primary.publisher();
         let cluster = mesh_cluster("east", "uid-east");
@@ -715,7 +716,8 @@ mod tests {
             .sync_report(&cluster, &namespaces, &report("shop"))
             .await;
         writes[2] = primary.writes();
-        (writes, primary.last_note())
+        assert_eq!(writes, [1, 2, 3], "Event writes after each step");
+        primary.last_note()
     }
 
     /// Refused Events too, as a primary whose Event quota or RBAC says no: the next Event
@@ -723,10 +725,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_contested_namespace_makes_one_correction_event_per_window() {
         let fought = |namespace: &str| corrected(&[namespace]);
-        let (writes, note) =
-            shop_thrice_cart_then_shop_after(CORRECTION_WINDOW, &["shop"], fought).await;
-        // One Event for the three syncs; another namespace is news at once.
-        assert_eq!(writes, [1, 2, 3]);
+        let note = one_event_per_window(CORRECTION_WINDOW, &["shop"], fought).await;
         assert!(
             note.starts_with("cluster east (3 more since the last Event): "),
             "{note}"
@@ -770,10 +769,7 @@ mod tests {
             }],
             ..SyncReport::default()
         };
-        let (writes, note) =
-            shop_thrice_cart_then_shop_after(SYNC_FAILURE_WINDOW, &["shop", "cart"], refused).await;
-        // One Event for the three syncs; another namespace is news at once.
-        assert_eq!(writes, [1, 2, 3]);
+        let note = one_event_per_window(SYNC_FAILURE_WINDOW, &["shop", "cart"], refused).await;
         // The recording primary refuses every Event: the first one's count carries on too.
         assert!(
             note.starts_with("cluster east (3 more since the last Event): cannot apply"),
