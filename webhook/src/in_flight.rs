@@ -430,6 +430,12 @@ mod tests {
         in_flight.record("shop", enabled, &Labels::new(), based_on);
     }
 
+    /// The watch shows namespace shop with these managed labels at `version`: whether what the
+    /// reconciler sees of it changed ([`InFlight::settle`]).
+    fn watch_shows(in_flight: &InFlight, managed: &[(&str, &str)], version: Option<&str>) -> bool {
+        in_flight.settle("shop", &labels(managed), version, Seen::Watched)
+    }
+
     #[tokio::test]
     async fn a_push_stands_in_for_the_primary_until_persisted() {
         let rule = SyncRule::default();
@@ -446,20 +452,14 @@ mod tests {
         // Unmanaged labels are the primary's own business and stay.
         assert_eq!(view["shop"].metadata.labels.as_ref().unwrap()["team"], "a");
 
-        let _ = in_flight.settle(
-            "shop",
-            &labels(&[("istio-injection", "other")]),
-            None,
-            Seen::Watched,
-        );
+        let _ = watch_shows(&in_flight, &[("istio-injection", "other")], None);
         assert_eq!(
             in_flight.len(),
             1,
             "a different persisted state does not settle it"
         );
-        let persisted = labels(&[("istio-injection", "enabled")]);
         assert!(
-            !in_flight.settle("shop", &persisted, None, Seen::Watched),
+            !watch_shows(&in_flight, &[("istio-injection", "enabled")], None),
             "seen as it was"
         );
         assert!(in_flight.is_empty());
@@ -638,12 +638,7 @@ mod tests {
         let in_flight = InFlight::new(Duration::from_secs(10));
         let mut expired = in_flight.expired();
         push_enabled(&in_flight, None);
-        let _ = in_flight.settle(
-            "shop",
-            &labels(&[("istio-injection", "enabled")]),
-            None,
-            Seen::Watched,
-        );
+        let _ = watch_shows(&in_flight, &[("istio-injection", "enabled")], None);
         assert!(
             tokio::time::timeout(Duration::from_secs(20), expired.changed())
                 .await
@@ -723,12 +718,7 @@ mod tests {
         // Another lifetime, then confirmed again; the watch, once it shows the push, settles it.
         let due = due_after_expiry(&in_flight).await;
         in_flight.stand_in_again(&due);
-        let _ = in_flight.settle(
-            "shop",
-            &labels(&[("istio-injection", "enabled")]),
-            Some("8"),
-            Seen::Watched,
-        );
+        let _ = watch_shows(&in_flight, &[("istio-injection", "enabled")], Some("8"));
         assert!(in_flight.is_empty());
     }
 
