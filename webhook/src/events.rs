@@ -608,6 +608,14 @@ mod tests {
     }
 
     impl RecordingPrimary {
+        /// A primary that never answers an Event write.
+        fn hanging() -> Self {
+            Self {
+                hang: true,
+                ..Self::default()
+            }
+        }
+
         fn publisher(&self) -> Publisher {
             let this = self.clone();
             let service = tower::service_fn(move |request: hyper::Request<kube::client::Body>| {
@@ -663,10 +671,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_primary_gets_one_push_failure_event_at_a_time() {
-        let primary = RecordingPrimary {
-            hang: true,
-            ..RecordingPrimary::default()
-        };
+        let primary = RecordingPrimary::hanging();
         let events = primary.publisher();
         let request = parse_review(UPDATE.as_bytes()).expect("fixture");
         let (reviews, dark) = (20, timed_out(30));
@@ -781,10 +786,7 @@ mod tests {
     /// as published: their repeats were held a window, and the next Event did not count them.
     #[tokio::test(start_paused = true)]
     async fn events_cut_short_count_as_held() {
-        let primary = RecordingPrimary {
-            hang: true,
-            ..RecordingPrimary::default()
-        };
+        let primary = RecordingPrimary::hanging();
         let events = primary.publisher();
         let cluster = mesh_cluster("east", "uid-east");
         let report = corrected(&["cart", "shop"]);
