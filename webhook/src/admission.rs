@@ -452,6 +452,17 @@ mod tests {
         )
     }
 
+    /// The creation of namespace foo with `istio-injection=enabled`, and its response
+    /// [`completed`] once the push met `outcomes` (no injector known on any remote).
+    fn foo_enabled_created(
+        outcomes: &[PushOutcome],
+    ) -> (AdmissionRequest<Namespace>, AdmissionResponse) {
+        let req = create(ns("foo").label("istio-injection", "enabled"));
+        let intent = intent("foo", [("istio-injection", "enabled")]);
+        let response = completed(&req, &intent, outcomes, &[]);
+        (req, response)
+    }
+
     fn warnings_of(response: &AdmissionResponse) -> Vec<String> {
         response.warnings.clone().unwrap_or_default()
     }
@@ -785,13 +796,7 @@ mod tests {
 
     #[test]
     fn complete_without_clusters_says_so() {
-        let req = create(ns("foo").label("istio-injection", "enabled"));
-        let response = completed(
-            &req,
-            &intent("foo", [("istio-injection", "enabled")]),
-            &[],
-            &[],
-        );
+        let (req, response) = foo_enabled_created(&[]);
         assert_eq!(
             warnings_of(&response),
             ["kubectl-mesh: no remote cluster is attached; the change stays on this cluster"]
@@ -823,17 +828,11 @@ mod tests {
 
     #[test]
     fn complete_shortens_long_lists_and_reasons() {
-        let req = create(ns("foo").label("istio-injection", "enabled"));
         let mut outcomes: Vec<_> = (1..=7)
             .map(|i| outcome(&format!("c{i}"), PushResult::Applied))
             .collect();
         outcomes.push(outcome("z", PushResult::Failed("x".repeat(500))));
-        let response = completed(
-            &req,
-            &intent("foo", [("istio-injection", "enabled")]),
-            &outcomes,
-            &[],
-        );
+        let (_, response) = foo_enabled_created(&outcomes);
         let warnings = warnings_of(&response);
         assert_eq!(
             warnings[0],
@@ -848,14 +847,8 @@ mod tests {
 
     #[test]
     fn a_remotes_words_reach_kubectl_inert() {
-        let req = create(ns("foo").label("istio-injection", "enabled"));
         let hostile = PushResult::Forbidden("no\x1b[2J\x1b]0;x\x07\u{2028}more".into());
-        let response = completed(
-            &req,
-            &intent("foo", [("istio-injection", "enabled")]),
-            &[outcome("remote-1", hostile)],
-            &[],
-        );
+        let (_, response) = foo_enabled_created(&[outcome("remote-1", hostile)]);
         let warnings = warnings_of(&response).join("\n");
         assert!(!warnings.contains(['\x1b', '\x07']), "{warnings:?}");
         assert!(warnings.contains("(no\\u{1b}[2J"), "{warnings}");
@@ -863,13 +856,7 @@ mod tests {
 
     #[test]
     fn complete_creates_annotations_map_when_absent() {
-        let req = create(ns("foo").label("istio-injection", "enabled"));
-        let response = completed(
-            &req,
-            &intent("foo", [("istio-injection", "enabled")]),
-            &[outcome("remote-1", PushResult::Applied)],
-            &[],
-        );
+        let (_, response) = foo_enabled_created(&[outcome("remote-1", PushResult::Applied)]);
         let patch: Value =
             serde_json::from_slice(response.patch.as_deref().expect("patch")).expect("JSON");
         assert_eq!(
