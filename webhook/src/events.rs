@@ -695,12 +695,13 @@ mod tests {
     /// every Event), `report` giving a sync's report of one namespace: shop's three times,
     /// cart's once, then shop's again after `window`. Checks that one Event is written for
     /// shop's three syncs, one for cart's at once (another namespace is news), and one for shop
-    /// after the window; returns the last Event's note.
+    /// after the window, whose note says `3 more since the last Event` and goes on with `then`.
     async fn one_event_per_window(
         window: Duration,
         namespaces: &[&str],
         report: impl Fn(&str) -> SyncReport,
-    ) -> String {
+        then: &str,
+    ) {
         let primary = RecordingPrimary::default();
         let events = primary.publisher();
         let cluster = mesh_cluster("east", "uid-east");
@@ -722,7 +723,9 @@ mod tests {
             .await;
         writes[2] = primary.writes();
         assert_eq!(writes, [1, 2, 3], "Event writes after each step");
-        primary.last_note()
+        let note = primary.last_note();
+        let counted = format!("cluster east (3 more since the last Event): {then}");
+        assert!(note.starts_with(&counted), "{note}");
     }
 
     /// Refused Events too, as a primary whose Event quota or RBAC says no: the next Event
@@ -730,11 +733,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_contested_namespace_makes_one_correction_event_per_window() {
         let fought = |namespace: &str| corrected(&[namespace]);
-        let note = one_event_per_window(CORRECTION_WINDOW, &["shop"], fought).await;
-        assert!(
-            note.starts_with("cluster east (3 more since the last Event): "),
-            "{note}"
-        );
+        one_event_per_window(CORRECTION_WINDOW, &["shop"], fought, "").await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -774,12 +773,14 @@ mod tests {
             }],
             ..SyncReport::default()
         };
-        let note = one_event_per_window(SYNC_FAILURE_WINDOW, &["shop", "cart"], refused).await;
         // The recording primary refuses every Event: the first one's count carries on too.
-        assert!(
-            note.starts_with("cluster east (3 more since the last Event): cannot apply"),
-            "{note}"
-        );
+        one_event_per_window(
+            SYNC_FAILURE_WINDOW,
+            &["shop", "cart"],
+            refused,
+            "cannot apply",
+        )
+        .await;
     }
 
     /// A sync's Events cut short by its bound (a primary too slow to take them) were counted
