@@ -466,6 +466,13 @@ pub(crate) mod fixtures {
         c.status = Some(status);
         c
     }
+
+    /// `c` being detached ([`super::is_being_detached`]): deleted, held by `finalizer`.
+    pub(crate) fn being_detached(mut c: MeshCluster, finalizer: &str) -> MeshCluster {
+        c.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        c.metadata.finalizers = Some(vec![finalizer.to_owned()]);
+        c
+    }
 }
 
 #[cfg(test)]

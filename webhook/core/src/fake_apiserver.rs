@@ -34,6 +34,40 @@ pub fn status(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Val
     (code, body)
 }
 
+/// A client of a stand-in apiserver that answers each request with `answer(method, path)`,
+/// for the reads and writes of kinds [`FakeApiserver`] does not serve; [`Requests`] holds
+/// what it was asked.
+pub fn answering<F>(answer: F) -> (Client, Requests)
+where
+    F: Fn(&Method, &str) -> (StatusCode, Value) + Clone + Send + Sync + 'static,
+{
+    let requests = Requests::default();
+    let seen = requests.clone();
+    let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+        let path = request.uri().path().to_owned();
+        lock(&seen.0).push(format!("{} {path}", request.method()));
+        let (code, body) = answer(request.method(), &path);
+        async move { Ok::<_, std::convert::Infallible>(json_response(code, &body)) }
+    });
+    (Client::new(service, "default"), requests)
+}
+
+/// What an [`answering`] apiserver was asked, as `METHOD path`, in order.
+#[derive(Clone, Default)]
+pub struct Requests(Arc<Mutex<Vec<String>>>);
+
+impl Requests {
+    pub fn all(&self) -> Vec<String> {
+        lock(&self.0).clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// How often a watch with nothing to show looks again.
 const WATCH_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 

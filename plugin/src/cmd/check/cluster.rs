@@ -24,11 +24,7 @@ use super::report::{CheckResult, Outcome, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
 use crate::{
-    age,
-    mesh_state::{self, RemoteResult},
-    output::plural,
-    remote_setup as setup,
-    sync_scope::Scope,
+    age, mesh_state::RemoteResult, output::plural, remote_setup as setup, sync_scope::Scope,
 };
 use mesh_core::token::{self, Standing};
 
@@ -72,38 +68,41 @@ pub fn judge_mesh(facts: &MeshFacts, rule: &SyncRule, now: Timestamp) -> Vec<Sec
         .clusters
         .iter()
         .zip(&attached.remotes)
-        .map(|(cluster, facts)| match rule.within(&cluster.spec.scope) {
-            // Its Secrets may be gone already, and nothing syncs it: one line says so.
-            _ if mesh_state::is_being_detached(cluster) => detaching_section(cluster),
-            // Judged by the rule narrowed to its scope, as the webhook syncs it.
-            Ok(scoped) => {
-                let mesh = Mesh {
-                    clusters: &attached.clusters,
-                    primary_uid,
-                    primary_namespaces: primary_namespaces.clone(),
-                    rule: &scoped,
-                    now,
-                };
-                judge(&mesh, cluster, facts)
-            }
-            Err(error) => Section {
-                name: format!("cluster {} ({})", cluster.name_any(), cluster.spec.server),
-                checks: vec![CheckResult::error(
-                    "its namespace scope can be used",
-                    error.to_string(),
-                    format!(
-                        "nothing is written to it until the scope is set again with kubectl \
+        .map(
+            |(cluster, facts)| match (facts, rule.within(&cluster.spec.scope)) {
+                // Being detached: its Secrets may be gone already, and nothing syncs it. One line
+                // says so.
+                (None, _) => detaching_section(cluster),
+                // Judged by the rule narrowed to its scope, as the webhook syncs it.
+                (Some(facts), Ok(scoped)) => {
+                    let mesh = Mesh {
+                        clusters: &attached.clusters,
+                        primary_uid,
+                        primary_namespaces: primary_namespaces.clone(),
+                        rule: &scoped,
+                        now,
+                    };
+                    judge(&mesh, cluster, facts)
+                }
+                (Some(_), Err(error)) => Section {
+                    name: format!("cluster {} ({})", cluster.name_any(), cluster.spec.server),
+                    checks: vec![CheckResult::error(
+                        "its namespace scope can be used",
+                        error.to_string(),
+                        format!(
+                            "nothing is written to it until the scope is set again with kubectl \
                          mesh scope {}",
-                        cluster.name_any()
-                    ),
-                )],
+                            cluster.name_any()
+                        ),
+                    )],
+                },
             },
-        })
+        )
         .collect()
 }
 
-/// The section of a cluster being detached ([`mesh_state::is_being_detached`]): deleted, and
-/// held by someone else's finalizers.
+/// The section of a cluster being detached ([`crate::mesh_state::is_being_detached`]):
+/// deleted, and held by someone else's finalizers.
 fn detaching_section(cluster: &MeshCluster) -> Section {
     let name = cluster.name_any();
     let held_by = cluster.finalizers().join(", ");
@@ -935,14 +934,11 @@ mod tests {
     #[test]
     fn a_cluster_being_detached_is_said_so_and_not_judged() {
         let primary = BTreeMap::new();
-        let mut leaving = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
-        leaving.metadata.deletion_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
-        );
-        leaving.metadata.finalizers = Some(vec!["example.com/backup".into()]);
+        let east = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
+        let leaving = crate::mesh_state::fixtures::being_detached(east, "example.com/backup");
         let facts = MeshFacts::Attached(super::super::facts::Attached {
             clusters: vec![leaving],
-            remotes: vec![ClusterFacts::SecretMissing],
+            remotes: vec![None],
             primary_namespaces: Ok(primary),
         });
         let sections = judge_mesh(&facts, &SyncRule::default(), Timestamp::UNIX_EPOCH);

@@ -266,8 +266,9 @@ pub struct Attached {
     pub clusters: Vec<MeshCluster>,
     /// Every namespace of the primary, by name.
     pub primary_namespaces: crate::Result<BTreeMap<String, Namespace>>,
-    /// What was read for each cluster, in the order of `clusters`.
-    pub remotes: Vec<ClusterFacts>,
+    /// What was read for each cluster, in the order of `clusters`; `None` for a cluster being
+    /// detached ([`mesh_state::is_being_detached`]): nothing syncs it, and nothing is read.
+    pub remotes: Vec<Option<ClusterFacts>>,
 }
 
 /// What was read for one attached cluster, as far as its stored kubeconfig led.
@@ -399,8 +400,11 @@ pub async fn mesh(
         Err(e) => return MeshFacts::Unlisted(e),
     };
     let primary_namespaces = mesh_state::primary_namespaces(client).await;
-    let remotes = mesh_state::for_each(&clusters, |c| {
-        cluster_facts(client, c, user_kubeconfig, rule, timeout)
+    let remotes = mesh_state::for_each(&clusters, |c| async move {
+        if mesh_state::is_being_detached(c) {
+            return None;
+        }
+        Some(cluster_facts(client, c, user_kubeconfig, rule, timeout).await)
     })
     .await;
     MeshFacts::Attached(Attached {
@@ -647,5 +651,47 @@ mod tests {
         assert!(asked.reads.is_some(), "{asked:?}");
         let elapsed = started.elapsed();
         assert!(elapsed < ANSWER * 4, "{elapsed:?}");
+    }
+
+    /// A cluster being detached is judged by one line ([`super::super::cluster::judge_mesh`]):
+    /// its Secret and remote were read for nothing, each read a remote that may be gone could
+    /// hold for the whole timeout. Only the MeshClusters and the primary's namespaces are read.
+    #[tokio::test]
+    async fn nothing_is_read_of_a_cluster_being_detached() {
+        use mesh_core::fake_apiserver::{answering, status};
+        let east = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
+        let leaving = crate::mesh_state::fixtures::being_detached(east, "example.com/backup");
+        let clusters = serde_json::json!({
+            "apiVersion": "kubectl-mesh.io/v1alpha1", "kind": "MeshClusterList",
+            "metadata": {}, "items": [leaving],
+        });
+        let (primary, requests) = answering(move |_, path| {
+            let body = match path {
+                "/apis/kubectl-mesh.io/v1alpha1/meshclusters" => clusters.clone(),
+                "/api/v1/namespaces" => serde_json::json!({
+                    "apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": [],
+                }),
+                _ => return status(http::StatusCode::NOT_FOUND, "NotFound", "not found"),
+            };
+            (http::StatusCode::OK, body)
+        });
+        let facts = mesh(
+            &primary,
+            &Kubeconfig::default(),
+            &SyncRule::default(),
+            Duration::from_secs(5),
+        )
+        .await;
+        let MeshFacts::Attached(attached) = facts else {
+            panic!("not attached: {facts:?}");
+        };
+        assert!(attached.remotes[0].is_none(), "{:?}", attached.remotes);
+        assert_eq!(
+            requests.all(),
+            [
+                "GET /apis/kubectl-mesh.io/v1alpha1/meshclusters",
+                "GET /api/v1/namespaces"
+            ],
+        );
     }
 }

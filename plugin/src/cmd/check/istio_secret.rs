@@ -128,8 +128,18 @@ pub async fn add_checks(
     sections: &mut [Section],
     timeout: Duration,
 ) {
-    let found = mesh_state::for_each(clusters, |c| facts(primary, c, timeout)).await;
+    let found = mesh_state::for_each(clusters, |c| async move {
+        // Its section is one line, and its detach deletes this secret.
+        if mesh_state::is_being_detached(c) {
+            return None;
+        }
+        Some(facts(primary, c, timeout).await)
+    })
+    .await;
     for (cluster, facts) in clusters.iter().zip(&found) {
+        let Some(facts) = facts else {
+            continue;
+        };
         let name = cluster.metadata.name.clone().unwrap_or_default();
         let title = format!("cluster {name} (");
         let Some(result) = judge(&name, facts) else {
@@ -312,5 +322,29 @@ mod tests {
     fn a_reader_missing_a_watched_resource_fails_naming_it() {
         let facts = with_secret(Ok(answered(vec!["configmaps".into()])));
         fails_saying(&facts, "may not list configmaps");
+    }
+
+    /// A cluster being detached gets one line ([`super::super::cluster::judge_mesh`]): its
+    /// Istio remote secret is not read, nor is a line about it added to that section.
+    #[tokio::test]
+    async fn a_cluster_being_detached_gets_no_istio_check() {
+        use mesh_core::fake_apiserver::answering;
+        // Had it been read: a secret without the cluster's key, which fails the check.
+        let (primary, requests) = answering(|_, _| {
+            let secret = serde_json::json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "istio-remote-secret-east", "namespace": "istio-system"},
+            });
+            (http::StatusCode::OK, secret)
+        });
+        let east = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
+        let leaving = crate::mesh_state::fixtures::being_detached(east, "example.com/backup");
+        let mut sections = vec![Section {
+            name: "cluster east (https://east)".into(),
+            checks: Vec::new(),
+        }];
+        add_checks(&primary, &[leaving], &mut sections, Duration::from_secs(5)).await;
+        assert!(sections[0].checks.is_empty(), "{sections:?}");
+        assert_eq!(requests.all(), Vec::<String>::new());
     }
 }
