@@ -246,7 +246,7 @@ pub async fn pods(client: &Client) -> RemoteResult<BTreeMap<String, Vec<Pod>>> {
 
 #[cfg(test)]
 mod tests {
-    use mesh_core::fake_apiserver::{json_response, status};
+    use mesh_core::fake_apiserver::{answering, status};
 
     use super::*;
     use crate::mesh_state::fixtures::cluster;
@@ -261,21 +261,14 @@ mod tests {
 
     /// A primary that answers every request with `code` and `reason`.
     fn primary_answering(code: http::StatusCode, reason: &'static str) -> Client {
-        let server = tower::service_fn(move |_: http::Request<kube::client::Body>| async move {
-            let (code, body) = status(
-                code,
-                reason,
-                "secrets is forbidden: User \"dev\" cannot get",
-            );
-            Ok::<_, std::convert::Infallible>(json_response(code, &body))
-        });
-        Client::new(server, "default")
+        let refused = "secrets is forbidden: User \"dev\" cannot get";
+        answering(move |_, _| status(code, reason, refused)).0
     }
 
     /// A primary that has no view Secret and refuses the caller the Istio remote secret.
     fn primary_without_view_refusing_istio() -> Client {
-        let server = tower::service_fn(|req: http::Request<kube::client::Body>| async move {
-            let (code, body) = if req.uri().path().contains("/namespaces/istio-system/") {
+        let (primary, _) = answering(|_, path| {
+            if path.contains("/namespaces/istio-system/") {
                 status(
                     http::StatusCode::FORBIDDEN,
                     "Forbidden",
@@ -283,10 +276,9 @@ mod tests {
                 )
             } else {
                 status(http::StatusCode::NOT_FOUND, "NotFound", "not found")
-            };
-            Ok::<_, std::convert::Infallible>(json_response(code, &body))
+            }
         });
-        Client::new(server, "default")
+        primary
     }
 
     /// A cluster attached without --services-view or --istio-remote-secret, read by a caller

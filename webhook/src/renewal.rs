@@ -136,11 +136,9 @@ fn check_stored(name: &str, yaml: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-
     use hyper::{Method, StatusCode};
     use mesh_core::{
-        fake_apiserver::{json_response, status},
+        fake_apiserver::{answering, status},
         fixtures::{jwt, mesh_cluster, stored_credentials},
     };
     use serde_json::{Value, json};
@@ -149,11 +147,7 @@ mod tests {
 
     /// A client of a server that answers each request with `answer(method, path)`.
     fn serving(answer: fn(&Method, &str) -> (StatusCode, Value)) -> Client {
-        let service = tower::service_fn(move |request: hyper::Request<kube::client::Body>| {
-            let (code, body) = answer(request.method(), request.uri().path());
-            async move { Ok::<_, Infallible>(json_response(code, &body)) }
-        });
-        Client::new(service, "default")
+        answering(answer).0
     }
 
     /// A token of ServiceAccount mesh/east, valid for an hour.

@@ -189,6 +189,7 @@ mod tests {
     };
     use mesh_core::{
         cluster::{NamespaceScope, RemoteGuard},
+        fake_apiserver::{Requests, answering, status},
         fixtures::SilentServer,
         labels::SyncRule,
     };
@@ -239,35 +240,33 @@ mod tests {
         }
     }
 
-    /// A stand-in cluster that answers every deletion (recorded, by path) and shows every
-    /// namespace for ever, which a real apiserver does only with a finalizer nobody removes.
-    fn answering_cluster() -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-        use mesh_core::fake_apiserver::json_response;
-        let deleted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let seen = deleted.clone();
-        let cluster = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-            let seen = seen.clone();
-            async move {
-                let path = request.uri().path().to_owned();
-                let body = match (request.method().as_str(), path.as_str()) {
-                    ("DELETE", _) => {
-                        seen.lock().expect("lock").push(path);
-                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})
-                    }
-                    // Discovery: only namespaces, so the namespace holds nothing.
-                    (_, "/api") => serde_json::json!({"kind": "APIVersions", "versions": ["v1"]}),
-                    (_, "/apis") => serde_json::json!({"kind": "APIGroupList", "groups": []}),
-                    (_, "/api/v1") => serde_json::json!({"kind": "APIResourceList",
-                        "groupVersion": "v1", "resources": []}),
-                    (_, p) if p.starts_with("/api/v1/namespaces/") => serde_json::json!({
-                        "kind": "Namespace", "apiVersion": "v1",
-                        "metadata": {"name": p.rsplit('/').next().unwrap_or_default()}}),
-                    _ => serde_json::json!({"kind": "Status", "status": "Failure", "code": 404}),
-                };
-                Ok::<_, std::convert::Infallible>(json_response(http::StatusCode::OK, &body))
-            }
-        });
-        (Client::new(cluster, "default"), deleted)
+    /// A stand-in cluster that answers every deletion and shows every namespace for ever,
+    /// which a real apiserver does only with a finalizer nobody removes.
+    fn answering_cluster() -> (Client, Requests) {
+        answering(|method, path| {
+            let body = match (method.as_str(), path) {
+                ("DELETE", _) => {
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})
+                }
+                // Discovery: only namespaces, so the namespace holds nothing.
+                (_, "/api") => serde_json::json!({"kind": "APIVersions", "versions": ["v1"]}),
+                (_, "/apis") => serde_json::json!({"kind": "APIGroupList", "groups": []}),
+                (_, "/api/v1") => serde_json::json!({"kind": "APIResourceList",
+                    "groupVersion": "v1", "resources": []}),
+                (_, p) if p.starts_with("/api/v1/namespaces/") => serde_json::json!({
+                    "kind": "Namespace", "apiVersion": "v1",
+                    "metadata": {"name": p.rsplit('/').next().unwrap_or_default()}}),
+                _ => return status(http::StatusCode::NOT_FOUND, "NotFound", "not found"),
+            };
+            (http::StatusCode::OK, body)
+        })
+    }
+
+    /// The paths `requests` deleted.
+    fn deleted(requests: &Requests) -> Vec<String> {
+        (requests.all().iter())
+            .filter_map(|r| r.strip_prefix("DELETE ").map(str::to_owned))
+            .collect()
     }
 
     /// A client of a hung apiserver (SilentServer accepts connections and never says a word),
@@ -288,7 +287,7 @@ mod tests {
     /// nobody removes.
     #[tokio::test(start_paused = true)]
     async fn a_namespace_slow_to_go_does_not_keep_older_changes_from_being_undone() {
-        let (cluster, deleted) = answering_cluster();
+        let (cluster, requests) = answering_cluster();
         let plan = plan(cluster, "https://east");
         let hooks = TestHooks::read(|_| None).expect("no hooks");
         let mut run = Run::new(&plan, Progress::quiet(), hooks, Duration::from_secs(5));
@@ -306,7 +305,7 @@ mod tests {
                 hint: "check the remote".into(),
             })
             .await;
-        let deleted = deleted.lock().expect("lock").clone();
+        let deleted = deleted(&requests);
         assert!(
             deleted
                 .iter()
@@ -378,7 +377,7 @@ mod tests {
     #[tokio::test]
     async fn a_silent_primary_does_not_keep_the_remote_s_changes_from_being_undone() {
         let silent = SilentServer::start().await;
-        let (remote, deleted) = answering_cluster();
+        let (remote, requests) = answering_cluster();
         let plan = Plan {
             primary: silent_cluster(&silent).await,
             ..plan(remote, "https://east")
@@ -403,7 +402,7 @@ mod tests {
                 hint: "check the primary".into(),
             })
             .await;
-        let deleted = deleted.lock().expect("lock").clone();
+        let deleted = deleted(&requests);
         for m in [&account, &role] {
             assert!(
                 deleted.iter().any(|p| p.ends_with(&format!("/{}", m.name))),
