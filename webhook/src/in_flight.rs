@@ -14,9 +14,9 @@
 //! ran out keeps standing in until a read of the primary says the push was not persisted: a
 //! watch of the primary gone silent (a stalled apiserver, a connection dead without a word)
 //! shows neither the push nor its rejection, and its stale view must not undo the push. A
-//! creation's push, which no version orders, is read as soon as the watch shows the namespace
-//! with other labels; that read may come while the request is still reviewed, so only one
-//! showing the push renews it, and it stands in until its time runs out otherwise.
+//! push no version orders (a creation's) is not ended by the watch showing other labels
+//! either: those may be older than the push, and a read before its time runs out may come
+//! while the request is still reviewed, so only the read at its expiry decides.
 //!
 //! Every replica drops an entry when its time runs out or, confirming, once the primary is
 //! read not to hold it (a forged review's push among them), and the map holds at most
@@ -58,25 +58,15 @@ struct Entry {
     /// after it is this push persisted. An older version with the same labels (a change the
     /// other way and back: A, B, A) must not settle it.
     after: Option<u64>,
-    /// A creation's push: no version of the namespace orders it with what the watch shows.
-    creation: bool,
-    /// Why it waits for a read of the primary ([`InFlight::due`]), standing in meanwhile.
-    due: Option<Confirming>,
-}
-
-/// Why an entry is [`InFlight::due`] for a read of the primary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Confirming {
-    /// Its time ran out.
-    Expired,
-    /// A creation's push the watch showed with other labels before its time ran out.
-    Early,
+    /// Its time ran out, and it waits for a read of the primary ([`InFlight::due`]), standing
+    /// in meanwhile.
+    due: bool,
 }
 
 impl Entry {
     /// Whether it still counts as the primary's state at `now`.
     fn stands_in(&self, now: Instant) -> bool {
-        self.due.is_some() || self.until > now
+        self.due || self.until > now
     }
 }
 
@@ -200,8 +190,7 @@ impl InFlight {
                     before: before.clone(),
                     until,
                     after,
-                    creation: based_on.is_none(),
-                    due: None,
+                    due: false,
                 },
             );
         }
@@ -228,7 +217,7 @@ impl InFlight {
                 // Standing in while a read of the primary is made, however long the round of
                 // reads takes; no timer: the confirmation renews or drops it. The time only
                 // orders it among the entries to forget first when the map is full.
-                entry.due = Some(Confirming::Expired);
+                entry.due = true;
                 entry.until = now + this.ttl;
             } else {
                 entries.remove(&namespace);
@@ -251,24 +240,15 @@ impl InFlight {
         seen: Seen,
     ) -> bool {
         let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(namespace) else {
+        let Some(entry) = entries.get(namespace) else {
             return false;
         };
-        if entry.ended_by(persisted, version, seen) {
-            let seen_differs = entry.labels != *persisted;
-            entries.remove(namespace);
-            return seen_differs;
+        if !entry.ended_by(persisted, version, seen) {
+            return false;
         }
-        // Without a version to order them by (a creation's push), other labels may be a
-        // later change (a later admission step's) or a view older than the push: a read of
-        // the primary is asked at once rather than once its time ran out.
-        let unordered = entry.creation && entry.labels != *persisted;
-        if unordered && entry.due.is_none() && self.confirmed.load(Ordering::Relaxed) {
-            entry.due = Some(Confirming::Early);
-            drop(entries);
-            self.signal_due();
-        }
-        false
+        let seen_differs = entry.labels != *persisted;
+        entries.remove(namespace);
+        seen_differs
     }
 
     /// Wakes whoever confirms the entries [`InFlight::due`].
@@ -281,7 +261,7 @@ impl InFlight {
     pub fn due(&self) -> Vec<Due> {
         self.lock()
             .iter()
-            .filter(|(_, entry)| entry.due.is_some())
+            .filter(|(_, entry)| entry.due)
             .map(|(name, entry)| Due {
                 namespace: name.clone(),
                 entry: entry.clone(),
@@ -301,7 +281,7 @@ impl InFlight {
             else {
                 return;
             };
-            entry.due = None;
+            entry.due = false;
             entry.until = until;
         }
         self.expire_at(&due.namespace, until);
@@ -312,19 +292,6 @@ impl InFlight {
     pub fn confirm(&self, rule: &SyncRule, due: &Due, stored: Option<&Namespace>) -> bool {
         if due.persisted_in(rule, stored) {
             self.stand_in_again(due);
-            return false;
-        }
-        if due.entry.due == Some(Confirming::Early) {
-            // Read before its time ran out, maybe while later admission steps still review
-            // the request (not stored yet, or stored as before): the read at its expiry decides.
-            // Its timer, should the time have run out meanwhile, is about to ask for that read.
-            let mut entries = self.lock();
-            if let Some(entry) = entries.get_mut(&due.namespace)
-                && *entry == due.entry
-            {
-                let ran_out = entry.until <= Instant::now();
-                entry.due = ran_out.then_some(Confirming::Expired);
-            }
             return false;
         }
         self.not_persisted(due)
@@ -571,48 +538,35 @@ mod tests {
         assert!(in_flight.is_empty());
     }
 
-    /// A creation's push, which no version orders: the watch showing the namespace with other
-    /// labels (a later admission step's, or a view older than the push) has the primary read
-    /// at once. The read may come while the request is still reviewed: not stored yet, or not
-    /// as pushed, it leaves the push standing in until its time runs out, whose read decides.
+    /// A push no version orders (a creation's, or one from a version that is not a number):
+    /// the watch showing the namespace with other labels (a later admission step's, or a view
+    /// older than the push) neither ends it nor has the primary read before its time runs
+    /// out, since the request may still be reviewed; the read at its expiry decides.
     #[tokio::test(start_paused = true)]
-    async fn a_creation_read_early_without_the_push_stands_in_until_its_expiry() {
+    async fn an_unordered_push_shown_with_other_labels_stands_in_until_its_expiry() {
         let rule = SyncRule::default();
         let in_flight = InFlight::new(Duration::from_secs(10));
         in_flight.confirm_expiries();
-        let mut asked = in_flight.expired();
         let disabled = ns("shop").label("istio-injection", "disabled").rv("6");
-        for stored in [None, Some(&disabled)] {
-            asked.borrow_and_update();
-            push_enabled(&in_flight, None);
-            let shown = labels(&[("istio-injection", "disabled")]);
-            assert!(!in_flight.settle("shop", &shown, Some("5"), Seen::Watched));
-            tokio::time::timeout(Duration::from_secs(1), asked.changed())
-                .await
-                .expect("a read asked at once")
-                .expect("sender alive");
-            let due = in_flight.due();
-            assert_eq!(due.len(), 1);
-            assert!(!in_flight.confirm(&rule, &due[0], stored), "read early");
-            assert_eq!(in_flight.pushed().len(), 1, "it stands in still");
-            assert!(in_flight.due().is_empty());
+        for based_on in [None, Some("not-a-number")] {
+            push_enabled(&in_flight, based_on);
+            assert!(!watch_shows(
+                &in_flight,
+                &[("istio-injection", "disabled")],
+                Some("5")
+            ));
+            assert!(
+                in_flight.due().is_empty(),
+                "{based_on:?}: no read before its expiry"
+            );
+            assert_eq!(in_flight.pushed().len(), 1, "{based_on:?}: it stands in");
             let due = due_after_expiry(&in_flight).await;
-            assert!(in_flight.confirm(&rule, &due, stored), "read at its expiry");
+            assert!(
+                in_flight.confirm(&rule, &due, Some(&disabled)),
+                "{based_on:?}"
+            );
             assert!(in_flight.is_empty());
         }
-    }
-
-    /// An update whose version is not a number is no creation: other labels shown do not
-    /// have the primary read before its time runs out.
-    #[tokio::test(start_paused = true)]
-    async fn an_update_from_a_version_not_a_number_is_not_read_early() {
-        let in_flight = InFlight::new(Duration::from_secs(10));
-        in_flight.confirm_expiries();
-        push_enabled(&in_flight, Some("not-a-number"));
-        let shown = labels(&[("istio-injection", "disabled")]);
-        assert!(!in_flight.settle("shop", &shown, Some("5"), Seen::Watched));
-        assert!(in_flight.due().is_empty());
-        assert_eq!(in_flight.pushed().len(), 1);
     }
 
     /// A push another request's change overtook (another replica's, or one made while a later

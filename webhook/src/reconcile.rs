@@ -391,10 +391,10 @@ async fn supervise(
 /// still stands in when the answer comes.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Confirms every push due with a read of the primary ([`crate::in_flight::InFlight::confirm`]):
-/// one whose time ran out and that it does not hold stops standing in and the workers are
-/// woken to revert it; one it holds (its watch is behind, or silent) stands in again, as does
-/// every push while the primary cannot say.
+/// Confirms every push whose time ran out with a read of the primary
+/// ([`crate::in_flight::InFlight::confirm`]): one it does not hold stops standing in and the
+/// workers are woken to revert it; one it holds (its watch is behind, or silent) stands in
+/// again, as does every push while the primary cannot say.
 async fn confirm_expiries(
     primary: Client,
     state: SharedState,
