@@ -262,6 +262,19 @@ mod tests {
         })
     }
 
+    /// How a run of `plan` that made `changes` (oldest first) and then failed ends, rolled
+    /// back under `timeout`: the error attach fails with.
+    async fn rolled_back(plan: &Plan, timeout: Duration, changes: Vec<Change>) -> Error {
+        let hooks = TestHooks::read(|_| None).expect("no hooks");
+        let mut run = Run::new(plan, Progress::quiet(), hooks, timeout);
+        run.changes = changes;
+        run.roll_back(Error::Refused {
+            what: "cannot apply the guard".into(),
+            hint: "check the remote".into(),
+        })
+        .await
+    }
+
     /// The paths `requests` deleted.
     fn deleted(requests: &Requests) -> Vec<String> {
         (requests.all().iter())
@@ -289,22 +302,16 @@ mod tests {
     async fn a_namespace_slow_to_go_does_not_keep_older_changes_from_being_undone() {
         let (cluster, requests) = answering_cluster();
         let plan = plan(cluster, "https://east");
-        let hooks = TestHooks::read(|_| None).expect("no hooks");
-        let mut run = Run::new(&plan, Progress::quiet(), hooks, Duration::from_secs(5));
         let account =
             Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, "east")).expect("account");
         let namespace = Manifest::new(&setup::remote_namespace("east")).expect("namespace");
-        // Oldest first: the account, then the namespace (here in another cluster's sense:
-        // what matters is that the namespace is put back first).
-        run.changes
-            .push(Change::Created(Side::Primary, account.clone()));
-        run.changes.push(Change::Created(Side::Remote, namespace));
-        let failed = run
-            .roll_back(Error::Refused {
-                what: "cannot apply the guard".into(),
-                hint: "check the remote".into(),
-            })
-            .await;
+        // Oldest first: the account, then the namespace (on the same cluster here, as what
+        // matters is that the namespace is put back first).
+        let changes = vec![
+            Change::Created(Side::Remote, account.clone()),
+            Change::Created(Side::Remote, namespace),
+        ];
+        let failed = rolled_back(&plan, Duration::from_secs(5), changes).await;
         let deleted = deleted(&requests);
         assert!(
             deleted
@@ -329,8 +336,6 @@ mod tests {
         let silent = SilentServer::start().await;
         let plan = plan(silent_cluster(&silent).await, &silent.url);
         let timeout = Duration::from_secs(2);
-        let hooks = TestHooks::read(|_| None).expect("no hooks");
-        let mut run = Run::new(&plan, Progress::quiet(), hooks, timeout);
         let created = [
             Manifest::new(&setup::remote_namespace("east")).expect("namespace"),
             Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, "east")).expect("account"),
@@ -339,22 +344,17 @@ mod tests {
         let scope = setup::sync_scope_policy("east", &plan.scoped, &plan.scope);
         let scope = Manifest::new(&scope).expect("scope");
         let before: DynamicObject = serde_json::from_value(scope.object.clone()).expect("object");
-        for m in &created {
-            run.changes.push(Change::Created(Side::Remote, m.clone()));
-        }
-        run.changes.push(Change::Updated(
+        let mut changes: Vec<Change> = (created.iter())
+            .map(|m| Change::Created(Side::Remote, m.clone()))
+            .collect();
+        changes.push(Change::Updated(
             Side::Remote,
             scope.clone(),
             Box::new(before),
         ));
 
         let started = Instant::now();
-        let failed = run
-            .roll_back(Error::Refused {
-                what: "cannot apply the guard".into(),
-                hint: "check the remote".into(),
-            })
-            .await;
+        let failed = rolled_back(&plan, timeout, changes).await;
         let took = started.elapsed();
         assert!(took < timeout + Duration::from_secs(1), "{took:?}");
         let undeleted: Vec<String> = created
@@ -382,26 +382,17 @@ mod tests {
             primary: silent_cluster(&silent).await,
             ..plan(remote, "https://east")
         };
-        let timeout = Duration::from_secs(2);
-        let hooks = TestHooks::read(|_| None).expect("no hooks");
-        let mut run = Run::new(&plan, Progress::quiet(), hooks, timeout);
         let account =
             Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, "east")).expect("account");
         let role = Manifest::new(&setup::sync_cluster_role("east")).expect("role");
         let secret = Manifest::new(&setup::cluster_secret("east", "kubeconfig")).expect("secret");
         // Oldest first: the remote's, then the primary's.
-        run.changes
-            .push(Change::Created(Side::Remote, account.clone()));
-        run.changes
-            .push(Change::Created(Side::Remote, role.clone()));
-        run.changes
-            .push(Change::Created(Side::Primary, secret.clone()));
-        let failed = run
-            .roll_back(Error::Refused {
-                what: "cannot store the kubeconfig".into(),
-                hint: "check the primary".into(),
-            })
-            .await;
+        let changes = vec![
+            Change::Created(Side::Remote, account.clone()),
+            Change::Created(Side::Remote, role.clone()),
+            Change::Created(Side::Primary, secret.clone()),
+        ];
+        let failed = rolled_back(&plan, Duration::from_secs(2), changes).await;
         let deleted = deleted(&requests);
         for m in [&account, &role] {
             assert!(
@@ -413,7 +404,7 @@ mod tests {
         assert_eq!(
             failed.hint(),
             format!(
-                "check the primary; {}",
+                "check the remote; {}",
                 left_behind(&[format!("primary: {}", describe(&secret))], &[])
             )
         );
