@@ -92,28 +92,26 @@ pub async fn mesh_command(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output
     output(mesh_invocation(env, args)?).await
 }
 
-/// `kubectl mesh uninstall --dry-run -o json <args>` on `primary`: its rows as
-/// `"<kind> <namespace>/<name> <action>"` (action `delete` or `keep`), or its output when it
-/// failed.
-pub async fn uninstall_plan(
-    primary: &Cluster,
-    args: &[&str],
-) -> anyhow::Result<Result<Vec<String>, Output>> {
+/// `kubectl mesh uninstall --dry-run -o json <args>` on `primary`, which must succeed: its rows
+/// as `"<kind> <namespace>/<name> <action>"` (action `delete` or `keep`).
+pub async fn uninstall_plan(primary: &Cluster, args: &[&str]) -> anyhow::Result<Vec<String>> {
     let args = [&["uninstall", "--dry-run", "-o", "json"], args].concat();
     let out = output(mesh_invocation_on(primary, &args)?).await?;
-    if !out.status.success() {
-        return Ok(Err(out));
-    }
+    anyhow::ensure!(
+        out.status.success(),
+        "uninstall --dry-run failed: {}",
+        crate::describe(&out)
+    );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("uninstall --dry-run -o json: {}", crate::describe(&out)))?;
     let rows = list["items"].as_array().context("no items")?.iter();
     let field = |row: &serde_json::Value, key: &str| row[key].as_str().unwrap_or("?").to_owned();
-    Ok(Ok(rows
+    Ok(rows
         .map(|r| {
             let (kind, ns, name) = (field(r, "kind"), field(r, "namespace"), field(r, "name"));
             format!("{kind} {ns}/{name} {}", field(r, "action"))
         })
-        .collect()))
+        .collect())
 }
 
 /// Runs a command to completion, whatever its exit status.

@@ -629,6 +629,44 @@ pub fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
+/// Fails unless `found` holds each of `expected`, whole, naming every one it lacks (not only
+/// the first) beside what it holds.
+pub fn holds_all<T: AsRef<str>>(
+    what: &str,
+    found: impl IntoIterator<Item = T>,
+    expected: &[&str],
+) -> anyhow::Result<()> {
+    let found: Vec<String> = found.into_iter().map(|f| f.as_ref().to_owned()).collect();
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|e| !found.iter().any(|f| f == e))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "{what} lacks {missing:?}; it holds {found:#?}"
+    );
+    Ok(())
+}
+
+/// Fails unless none of `found` contains `fragment`, naming those that do.
+pub fn none_mentions<T: AsRef<str>>(
+    what: &str,
+    found: impl IntoIterator<Item = T>,
+    fragment: &str,
+) -> anyhow::Result<()> {
+    let mentioning: Vec<String> = found
+        .into_iter()
+        .filter(|f| f.as_ref().contains(fragment))
+        .map(|f| f.as_ref().to_owned())
+        .collect();
+    anyhow::ensure!(
+        mentioning.is_empty(),
+        "{what} mentions {fragment:?}: {mentioning:#?}"
+    );
+    Ok(())
+}
+
 /// A command's exit status, stdout and stderr, for assertion messages.
 pub fn describe(out: &std::process::Output) -> String {
     format!(

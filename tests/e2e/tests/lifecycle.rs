@@ -29,8 +29,9 @@ use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
     DEFAULT_TIMEOUT, NO_RESYNC, assert_success, create_everywhere, create_namespace, describe,
-    eventually, has_line, installed_webhook, kubectl, kubectl_output, label_on_primary, labels,
-    managed_labels, one_remote_mesh_with, own_mesh, reviews_answered, text, unique_name,
+    eventually, has_line, holds_all, installed_webhook, kubectl, kubectl_output, label_on_primary,
+    labels, managed_labels, none_mentions, one_remote_mesh_with, own_mesh, reviews_answered, text,
+    unique_name,
 };
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
@@ -69,6 +70,21 @@ async fn mesh_objects_on_primary(env: &TestEnv) -> anyhow::Result<BTreeSet<Strin
         &format!("{}=kubectl-mesh", setup::MANAGED_BY_LABEL),
     )
     .await
+}
+
+/// Everything on the primary made by kubectl-mesh ([`mesh_objects_on_primary`]), which must
+/// hold what every installation has (its namespace, webhook configuration and ClusterRole) and
+/// `also`.
+async fn installation(env: &TestEnv, also: &[&str]) -> anyhow::Result<BTreeSet<String>> {
+    let installed = mesh_objects_on_primary(env).await?;
+    let every_installation = [
+        "namespace/kubectl-mesh",
+        "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-mesh",
+        "clusterrole.rbac.authorization.k8s.io/kubectl-mesh:mesh-webhook",
+    ];
+    let expected = [&every_installation[..], also].concat();
+    holds_all("the installation", &installed, &expected)?;
+    Ok(installed)
 }
 
 /// What attach created on a remote for the cluster `name`.
@@ -133,17 +149,12 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
     assert_eq!(admission_reviews(&mesh).await?, reviews + 1.0);
     let enabled = labels(&[("istio-injection", "enabled")]);
     assert_eq!(managed_labels(kept, &shop).await?, Some(enabled.clone()));
-    let installed = mesh_objects_on_primary(&env).await?;
-    for object in [
-        "namespace/kubectl-mesh",
-        "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-mesh",
+    let also = [
         "customresourcedefinition.apiextensions.k8s.io/meshclusters.kubectl-mesh.io",
-        "clusterrole.rbac.authorization.k8s.io/kubectl-mesh:mesh-webhook",
         "clusterrolebinding.rbac.authorization.k8s.io/kubectl-mesh:mesh-webhook",
         "secret/cluster-remote-1",
-    ] {
-        assert!(installed.contains(object), "{object} in {installed:?}");
-    }
+    ];
+    let installed = installation(&env, &also).await?;
     let left_on_kept = attach_objects_on_remote(&env, kept, &kept.name).await?;
     assert!(
         left_on_kept.contains("serviceaccount/kubectl-mesh-sync"),
@@ -162,25 +173,17 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
 
     // With --force a dry run lists what goes, the stored credentials too, the CRD only with
     // --crd, and deletes nothing.
-    let plan = uninstall_plan(env.primary(), &["--force"])
-        .await?
-        .map_err(|out| anyhow::anyhow!("{}", describe(&out)))?;
-    for row in [
+    let plan = uninstall_plan(env.primary(), &["--force"]).await?;
+    let rows = [
         "MutatingWebhookConfiguration /kubectl-mesh delete",
         "PodDisruptionBudget kubectl-mesh/mesh-webhook delete",
         "ClusterRole /kubectl-mesh:mesh-webhook delete",
         "Secret kubectl-mesh/cluster-remote-1 delete",
         "Namespace /kubectl-mesh delete",
-    ] {
-        assert!(plan.iter().any(|r| r == row), "{row}: {plan:#?}");
-    }
-    assert!(
-        !plan.iter().any(|r| r.contains("CustomResourceDefinition")),
-        "{plan:#?}"
-    );
-    let plan = uninstall_plan(env.primary(), &["--force", "--crd"])
-        .await?
-        .map_err(|out| anyhow::anyhow!("{}", describe(&out)))?;
+    ];
+    holds_all("the plan", &plan, &rows)?;
+    none_mentions("the plan without --crd", &plan, "CustomResourceDefinition")?;
+    let plan = uninstall_plan(env.primary(), &["--force", "--crd"]).await?;
     assert!(
         plan.iter()
             .any(|r| r.starts_with("CustomResourceDefinition ")),
@@ -731,15 +734,7 @@ async fn uninstall_refused_for_want_of_rights_deletes_nothing() -> anyhow::Resul
     let env = TestEnv::start(Options::with_remotes(0)).await?;
     install(&env, &[]).await?;
     let primary = env.primary().client().await?;
-    let installed = mesh_objects_on_primary(&env).await?;
-    for object in [
-        "namespace/kubectl-mesh",
-        "mutatingwebhookconfiguration.admissionregistration.k8s.io/kubectl-mesh",
-        "clusterrole.rbac.authorization.k8s.io/kubectl-mesh:mesh-webhook",
-        "deployment.apps/mesh-webhook",
-    ] {
-        assert!(installed.contains(object), "{object} in {installed:?}");
-    }
+    let installed = installation(&env, &["deployment.apps/mesh-webhook"]).await?;
 
     // Every right uninstall uses, but deleting ClusterRoles (it may read them).
     let dir = tempfile::tempdir()?;
