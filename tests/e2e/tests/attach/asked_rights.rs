@@ -7,10 +7,28 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 use mesh_e2e::{DEFAULT_TIMEOUT, eventually};
+use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
+use tempfile::TempDir;
+use tokio::sync::MutexGuard;
 
 use crate::support::*;
 use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as, unchanged};
+
+/// The opening of the tests whose caller's attach or detach reaches the primary's
+/// istio-system: remote-1 and its lock ([`open_with_remote`]), the lock on istio-system
+/// ([`ISTIO_SYSTEM`]), both held until the test ends, and a directory for the caller's
+/// kubeconfig.
+async fn open_reaching_istio_system() -> anyhow::Result<(
+    &'static TestEnv,
+    &'static Cluster,
+    TempDir,
+    [MutexGuard<'static, ()>; 2],
+)> {
+    let (env, remote, lock) = open_with_remote(0).await?;
+    let istio_system = ISTIO_SYSTEM.lock().await;
+    Ok((env, remote, tempfile::tempdir()?, [lock, istio_system]))
+}
 
 /// Everything detach asks of the primary (see `primary_needs` in detach), on every namespace.
 fn detach_rights() -> serde_json::Value {
@@ -27,10 +45,8 @@ fn detach_rights() -> serde_json::Value {
 #[tokio::test]
 async fn detach_by_a_caller_who_may_not_delete_the_istio_secret_changes_nothing()
 -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(0).await?;
-    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let (env, remote, dir, _locks) = open_reaching_istio_system().await?;
     let name = remote.name.as_str();
-    let dir = tempfile::tempdir()?;
     let remote_kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let args = [
         "detach",
@@ -155,10 +171,8 @@ fn attach_remote_rights() -> serde_json::Value {
 #[tokio::test]
 async fn attach_with_istio_by_a_caller_who_may_not_grant_the_reader_s_rights_changes_nothing()
 -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(0).await?;
-    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let (env, remote, dir, _locks) = open_reaching_istio_system().await?;
     let name = remote.name.as_str();
-    let dir = tempfile::tempdir()?;
     let limited = kubeconfig_granting(
         remote,
         dir.path(),
