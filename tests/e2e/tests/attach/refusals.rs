@@ -17,6 +17,12 @@ use serde_json::json;
 
 use crate::support::*;
 
+/// A row of the table of refused attaches: its case, attach's command line (`attach <args>`)
+/// and what the refusal says.
+fn case<'a>(case: &'a str, args: &[&'a str], says: &'a str) -> (&'a str, Vec<&'a str>, &'a str) {
+    (case, [&["attach"][..], args].concat(), says)
+}
+
 #[tokio::test]
 async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(1).await?;
@@ -30,63 +36,33 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
     let (unreachable, closed_server) = unreachable_kubeconfig(remote, dir.path())?;
     let limited = limited_kubeconfig(remote, dir.path()).await?;
     let unverified = unverified_kubeconfig(remote, dir.path())?;
+    let [malformed, unreachable, limited, unverified] =
+        [malformed, unreachable, limited, unverified].map(|p| p.to_string_lossy().into_owned());
     let remote_path = remote.kubeconfig.to_string_lossy().into_owned();
     let primary_path = env.primary().kubeconfig.to_string_lossy().into_owned();
 
-    let cases: Vec<(&str, Vec<String>, &str)> = vec![
-        (
-            "malformed kubeconfig",
-            vec![malformed.to_string_lossy().into_owned()],
-            "cannot load kubeconfig",
-        ),
-        (
-            "unreachable server",
-            vec![unreachable.to_string_lossy().into_owned()],
-            "cannot reach remote cluster",
-        ),
-        (
-            "missing context",
-            vec![
-                remote_path.clone(),
-                "--remote-context".into(),
-                "nope".into(),
-            ],
-            "context \"nope\" not found",
-        ),
-        (
-            "caller lacks permissions",
-            vec![limited.to_string_lossy().into_owned()],
-            "missing permissions on remote cluster remote-2",
-        ),
-        (
-            // Reachable, but its stored form would be refused by the webhook: known before
-            // anything is written.
-            "TLS unverified",
-            vec![unverified.to_string_lossy().into_owned()],
-            "skips TLS verification and has no certificate-authority-data",
-        ),
-        (
-            "the primary itself",
-            vec![primary_path.clone()],
-            "points at the primary itself",
-        ),
-        (
-            "invalid name",
-            vec![remote_path.clone(), "--name".into(), "Not_A_Label".into()],
-            "invalid cluster name",
-        ),
-        (
-            // The primary's column in status and services. The row above, whose context is
-            // named `primary` too, is refused as the primary itself.
-            "reserved name",
-            vec![remote_path.clone(), "--name".into(), "primary".into()],
-            "the cluster name \"primary\" is reserved",
-        ),
+    // One row a refusal: the case, the arguments after `attach`, what the refusal says.
+    #[rustfmt::skip]
+    let cases = [
+        case("malformed kubeconfig", &[&malformed], "cannot load kubeconfig"),
+        case("unreachable server", &[&unreachable], "cannot reach remote cluster"),
+        case("missing context", &[&remote_path, "--remote-context", "nope"],
+             "context \"nope\" not found"),
+        case("caller lacks permissions", &[&limited],
+             "missing permissions on remote cluster remote-2"),
+        // Reachable, but its stored form would be refused by the webhook: known before
+        // anything is written.
+        case("TLS unverified", &[&unverified],
+             "skips TLS verification and has no certificate-authority-data"),
+        case("the primary itself", &[&primary_path], "points at the primary itself"),
+        case("invalid name", &[&remote_path, "--name", "Not_A_Label"], "invalid cluster name"),
+        // The primary's column in status and services. The row above, whose context is
+        // named `primary` too, is refused as the primary itself.
+        case("reserved name", &[&remote_path, "--name", "primary"],
+             "the cluster name \"primary\" is reserved"),
     ];
-    for (case, args, expected) in &cases {
-        let mut argv = vec!["attach"];
-        argv.extend(args.iter().map(String::as_str));
-        let out = mesh(env, &argv, &[]).await?;
+    for (case, argv, expected) in &cases {
+        let out = mesh(env, argv, &[]).await?;
         let line = refused_in_one_line(&out, case)?;
         assert!(line.contains(expected), "{case}: {line}");
         assert!(
