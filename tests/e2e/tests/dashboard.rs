@@ -74,6 +74,15 @@ async fn until(
     }
 }
 
+/// [`until`] a change shows on the page, within [`SHOWS_WITHIN`].
+async fn until_shown(
+    browser: &mut Browser,
+    what: &str,
+    expression: &str,
+) -> anyhow::Result<Duration> {
+    until(browser, what, SHOWS_WITHIN, expression).await
+}
+
 /// The text of the matrix cell of `ns` on `cluster`, as JavaScript.
 fn cell(ns: &str, cluster: &str) -> String {
     format!(
@@ -207,18 +216,16 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     // webhook pushed it, on the remotes.
     browser.eval("window.__loaded = Date.now(); true").await?;
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    let took = until(
+    let took = until_shown(
         &mut browser,
         "the label shows on the primary",
-        SHOWS_WITHIN,
         &format!("{} === 'istio-injection=enabled'", cell(&ns, "primary")),
     )
     .await?;
     println!("the label showed on the page {took:?} after kubectl returned");
-    until(
+    until_shown(
         &mut browser,
         "the label shows on every remote, in sync",
-        SHOWS_WITHIN,
         &both_show(&ns, ["remote-1", "remote-2"], "istio-injection=enabled"),
     )
     .await?;
@@ -237,10 +244,9 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         kubectl_apply(env, cluster, &yaml).await?;
     }
     let row = format!(r#"document.querySelector('#services tr[data-service="{ns}/web"]')"#);
-    until(
+    until_shown(
         &mut browser,
         "the service shows on both clusters",
-        SHOWS_WITHIN,
         &format!(
             r#"(() => {{ const r = {row}; if (!r) return false;
                 const c = n => r.querySelector(`td[data-cluster="${{n}}"]`).textContent;
@@ -285,10 +291,9 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         )
     };
     browser.eval(&filter(&last)).await?;
-    until(
+    until_shown(
         &mut browser,
         "the filter finds a service past the first page",
-        SHOWS_WITHIN,
         &format!(
             r#"(() => {{ const rows = document.querySelectorAll('#services tbody tr');
                 return rows.length === 1 && rows[0].dataset.service === '{last}'
@@ -298,10 +303,9 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     )
     .await?;
     browser.eval(&filter(&format!("{ns}/page-"))).await?;
-    until(
+    until_shown(
         &mut browser,
         "a filter matching many counts them all",
-        SHOWS_WITHIN,
         &format!(
             "document.querySelectorAll('#services tbody tr').length === 500 \
              && document.querySelector('#services-more').textContent === '{} more services; filter to narrow'",
@@ -349,18 +353,16 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     anyhow::ensure!(out.status.success(), "rotate remote-1: {}", describe(&out));
     tokio::time::sleep(WATCHES_MADE_AGAIN_WITHIN).await;
     label_on_primary(env, &ns, &["istio-injection=disabled"]).await?;
-    until(
+    until_shown(
         &mut browser,
         "after rotate, the label shows on remote-1, read with its new credentials",
-        SHOWS_WITHIN,
         &both_show(&ns, ["primary", "remote-1"], "istio-injection=disabled"),
     )
     .await?;
     browser.eval(&filter(&format!("{ns}/web"))).await?;
-    until(
+    until_shown(
         &mut browser,
         "after rotate, remote-1's services are still read",
-        SHOWS_WITHIN,
         &format!(
             r#"(() => {{ const r = document.querySelector('#services tr[data-service="{ns}/web"]');
                 return !!r && r.querySelector('td[data-cluster="remote-1"]').textContent.startsWith('0 ready')
@@ -383,10 +385,9 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     .await;
     let matrix = match &frozen {
         Ok(_) => {
-            until(
+            until_shown(
                 &mut browser,
                 "remote-2's matrix cells show as unreachable",
-                SHOWS_WITHIN,
                 &format!("{} === '(unreachable)'", cell(&ns, "remote-2")),
             )
             .await
@@ -502,19 +503,17 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     let deleted = delete.output().await?;
     let marked = async {
         anyhow::ensure!(deleted.status.success(), "delete: {}", describe(&deleted));
-        until(
+        until_shown(
             &mut browser,
             "remote-2 shows as being detached",
-            SHOWS_WITHIN,
             r#"document.querySelector('#clusters tr[data-cluster="remote-2"]').dataset.detaching === 'true'
                 && document.querySelector('#matrix th[data-cluster="remote-2"]').textContent === 'remote-2 (detaching)'"#,
         )
         .await?;
         label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-        until(
+        until_shown(
             &mut browser,
             "remote-1 is synced, remote-2's drift shows as not synced",
-            SHOWS_WITHIN,
             &format!(
                 r#"{} === 'istio-injection=enabled' && (() => {{
                     const c = document.querySelector('#matrix td[data-ns="{ns}"][data-cluster="remote-2"]');
@@ -531,10 +530,9 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
     .await;
     patch_cluster(env, "remote-2", r#"{"metadata":{"finalizers":null}}"#).await?;
     marked?;
-    until(
+    until_shown(
         &mut browser,
         "remote-2, detached, is off the page",
-        SHOWS_WITHIN,
         r#"!document.querySelector('#clusters tr[data-cluster="remote-2"]')"#,
     )
     .await?;
