@@ -18,8 +18,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(0).await?;
-    require_test_hooks(env).await?;
+    let (env, remote, _lock) = open_with_test_hooks(0).await?;
     let name = remote.name.as_str();
 
     let progress = attach(env, remote, &[]).await?;

@@ -68,35 +68,37 @@ async fn assert_istio_system_as_before(
     Ok(())
 }
 
-/// Runs `attach <args> <flags>` with the stall hook in `step`, waits until the step's object
-/// is stored and attach waits for an answer that does not come, then sends a real Ctrl-C
-/// (SIGINT); returns every line attach wrote and how it exited.
-async fn interrupted_when_stalled(
-    env: &mesh_testenv::TestEnv,
-    args: &[&str],
+/// `attach <remote's kubeconfig> <flags>` with the stall hook in `step` (and not the failure
+/// hook): once the step's object is stored, attach waits for an answer that does not come.
+fn stalling_attach(
+    env: &TestEnv,
+    remote: &Cluster,
     flags: &[&str],
     step: &str,
-) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
-    signalled_when_stalled(env, args, flags, step, "INT").await
-}
-
-/// [`interrupted_when_stalled`] with another signal (`TERM`, `HUP`).
-async fn signalled_when_stalled(
-    env: &mesh_testenv::TestEnv,
-    args: &[&str],
-    flags: &[&str],
-    step: &str,
-    signal: &str,
-) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
-    let mut attach = vec!["attach"];
-    attach.extend(args);
-    let mut command = fixtures::mesh_invocation(env, &attach)?;
+) -> anyhow::Result<std::process::Command> {
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let mut command = fixtures::mesh_invocation(env, &["attach", &kubeconfig])?;
     command
         .args(flags)
         .env_remove("KUBECTL_MESH_FAIL_AFTER")
         .env("KUBECTL_MESH_STALL_IN", step);
-    let stalled = "stalling as if its answer had not come";
-    signalled_after(command, stalled, signal, DEFAULT_TIMEOUT)
+    Ok(command)
+}
+
+/// What [`stalling_attach`] writes when it stalls.
+const STALLED: &str = "stalling as if its answer had not come";
+
+/// Runs [`stalling_attach`], waits until it stalls, then sends it `signal` (`INT`, a real
+/// Ctrl-C; `TERM`, `HUP`); returns every line attach wrote and how it exited.
+async fn signalled_when_stalled(
+    env: &TestEnv,
+    remote: &Cluster,
+    flags: &[&str],
+    step: &str,
+    signal: &str,
+) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
+    let command = stalling_attach(env, remote, flags, step)?;
+    signalled_after(command, STALLED, signal, DEFAULT_TIMEOUT)
         .await
         .with_context(|| format!("attach stalled in {step}, sent SIG{signal}"))
 }
@@ -104,13 +106,13 @@ async fn signalled_when_stalled(
 /// [`signalled_when_stalled`], which must end attach with a failure that says the run was
 /// rolled back; returns every line attach wrote.
 async fn rolled_back_when_signalled(
-    env: &mesh_testenv::TestEnv,
-    args: &[&str],
+    env: &TestEnv,
+    remote: &Cluster,
     flags: &[&str],
     step: &str,
     signal: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let (seen, status) = signalled_when_stalled(env, args, flags, step, signal).await?;
+    let (seen, status) = signalled_when_stalled(env, remote, flags, step, signal).await?;
     ensure!(!status.success(), "SIG{signal} in {step}: attach succeeded");
     let last = seen.last().cloned().unwrap_or_default();
     ensure!(
@@ -125,12 +127,10 @@ async fn rolled_back_when_signalled(
 /// at once, leaving what it had created and a live token behind: they roll back as Ctrl-C does.
 #[tokio::test]
 async fn sigterm_and_sighup_roll_back_as_ctrl_c_does() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(1).await?;
-    require_test_hooks(env).await?;
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let (env, remote, _lock) = open_with_test_hooks(1).await?;
     let step = Step::TokenSecret.name();
     for signal in ["TERM", "HUP"] {
-        rolled_back_when_signalled(env, &[&kubeconfig], &[], step, signal).await?;
+        rolled_back_when_signalled(env, remote, &[], step, signal).await?;
         assert_nothing_left(env, remote, &remote.name)
             .await
             .with_context(|| format!("after SIG{signal} in {step}"))?;
@@ -144,18 +144,13 @@ async fn sigterm_and_sighup_roll_back_as_ctrl_c_does() -> anyhow::Result<()> {
 /// everything in it.
 #[tokio::test]
 async fn a_rollback_keeps_a_namespace_it_created_that_holds_others_objects() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(1).await?;
-    require_test_hooks(env).await?;
+    let (env, remote, _lock) = open_with_test_hooks(1).await?;
     let namespaces = Api::<Namespace>::all(remote.client().await?);
     ensure!(
         namespaces.get_opt("kubectl-mesh").await?.is_none(),
         "the remote has a kubectl-mesh namespace before attach"
     );
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let mut command = fixtures::mesh_invocation(env, &["attach", &kubeconfig])?;
-    command
-        .env_remove("KUBECTL_MESH_FAIL_AFTER")
-        .env("KUBECTL_MESH_STALL_IN", Step::ServiceAccount.name());
+    let command = stalling_attach(env, remote, &[], Step::ServiceAccount.name())?;
     let configmaps = Api::<ConfigMap>::namespaced(remote.client().await?, "kubectl-mesh");
     let someone_elses = async {
         let cm: ConfigMap = serde_json::from_value(serde_json::json!({
@@ -165,9 +160,8 @@ async fn a_rollback_keeps_a_namespace_it_created_that_holds_others_objects() -> 
         configmaps.create(&PostParams::default(), &cm).await?;
         anyhow::Ok(())
     };
-    let stalled = "stalling as if its answer had not come";
     let (seen, status) =
-        signalled_after_doing(command, stalled, someone_elses, "INT", DEFAULT_TIMEOUT).await?;
+        signalled_after_doing(command, STALLED, someone_elses, "INT", DEFAULT_TIMEOUT).await?;
     let seen = seen.join("\n");
     ensure!(!status.success(), "interrupted attach succeeded:\n{seen}");
     let kept_line = format!(
@@ -195,16 +189,13 @@ async fn a_rollback_keeps_a_namespace_it_created_that_holds_others_objects() -> 
 /// --services-view, so that the Istio and view steps create theirs), attach rolls back what it created, that object included.
 #[tokio::test]
 async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(1).await?;
-    require_test_hooks(env).await?;
+    let (env, remote, _lock) = open_with_test_hooks(1).await?;
     let name = remote.name.as_str();
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let primary = env.primary().client().await?;
     for step in Step::ALL.into_iter().filter(|s| s.creates()) {
         let istio_system = istio_system_before(&primary, step).await?;
         let step = step.name();
-        let (seen, status) =
-            interrupted_when_stalled(env, &[&kubeconfig], &EVERY_STEP, step).await?;
+        let (seen, status) = signalled_when_stalled(env, remote, &EVERY_STEP, step, "INT").await?;
         ensure!(!status.success(), "{step}: interrupted attach succeeded");
         let last = seen.last().cloned().unwrap_or_default();
         assert!(
@@ -243,8 +234,7 @@ async fn ctrl_c_while_a_create_is_in_flight_rolls_it_back() -> anyhow::Result<()
 /// --services-view, so that the Istio and view steps run) rolls back everything; a re-run then goes through.
 #[tokio::test]
 async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(0).await?;
-    require_test_hooks(env).await?;
+    let (env, remote, _lock) = open_with_test_hooks(0).await?;
     let name = remote.name.as_str();
     let primary = env.primary().client().await?;
 
@@ -321,8 +311,7 @@ async fn attached_for_a_re_run() -> anyhow::Result<(
     MutexGuard<'static, ()>,
     Api<ValidatingAdmissionPolicy>,
 )> {
-    let (env, remote, lock) = open_with_remote(1).await?;
-    require_test_hooks(env).await?;
+    let (env, remote, lock) = open_with_test_hooks(1).await?;
     attach(env, remote, &[]).await?;
     let policies = Api::all(remote.client().await?);
     Ok((env, remote, lock, policies))
@@ -379,10 +368,9 @@ async fn ctrl_c_while_an_update_is_in_flight_puts_it_back() -> anyhow::Result<()
     let (env, remote, _lock, policies) = attached_for_a_re_run().await?;
     let before = sync_scope(&policies).await?;
 
-    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let flags = ["--exclude-namespaces", "kept-out"];
     let step = Step::SyncScopePolicy.name();
-    let seen = rolled_back_when_signalled(env, &[&kubeconfig], &flags, step, "INT").await?;
+    let seen = rolled_back_when_signalled(env, remote, &flags, step, "INT").await?;
     ensure!(
         sync_scope(&policies).await? == before,
         "the sync scope the re-run changed was not put back:\n{}",

@@ -66,6 +66,16 @@ pub async fn open_with_remote(
     Ok((env, remote, lock))
 }
 
+/// The opening of the tests that use attach's test hooks: [`open_with_remote`], failing first,
+/// saying what to do, when the kubectl-mesh binary has no hooks ([`require_test_hooks`]).
+pub async fn open_with_test_hooks(
+    index: usize,
+) -> anyhow::Result<(&'static TestEnv, &'static Cluster, MutexGuard<'static, ()>)> {
+    let (env, remote, lock) = open_with_remote(index).await?;
+    require_test_hooks(env).await?;
+    Ok((env, remote, lock))
+}
+
 /// Names of the MeshClusters on the primary whose cluster ID is `remote`'s.
 async fn mesh_clusters_of(env: &TestEnv, remote: &Cluster) -> anyhow::Result<Vec<String>> {
     let id = cluster_id(remote).await?;
@@ -489,17 +499,8 @@ pub async fn reads_workloads_only(secret: &Secret) -> anyhow::Result<()> {
 }
 
 /// Spawns `command` (its stderr read line by line), waits until it writes a line containing
-/// `marker`, then sends it a real Ctrl-C (SIGINT) and waits `exit_within` for it to exit;
-/// returns every line it wrote and how it exited.
-pub async fn interrupted_after(
-    command: std::process::Command,
-    marker: &str,
-    exit_within: std::time::Duration,
-) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
-    signalled_after(command, marker, "INT", exit_within).await
-}
-
-/// [`interrupted_after`] with the signal `kill -<signal>` sends (`INT`, `TERM`, `HUP`).
+/// `marker`, then sends it the signal `kill -<signal>` sends (`INT`, a real Ctrl-C; `TERM`,
+/// `HUP`) and waits `exit_within` for it to exit; returns every line it wrote and how it exited.
 pub async fn signalled_after(
     command: std::process::Command,
     marker: &str,

@@ -37,7 +37,7 @@ async fn ctrl_c_stops_the_wait_and_the_attach_stands() -> anyhow::Result<()> {
     let args = ["attach", &kubeconfig, "--yes", "--wait", "--timeout", "5m"];
     let command = fixtures::mesh_invocation(env, &args)?;
     let attached = format!("{name} attached (cluster id");
-    let (seen, status) = interrupted_after(command, &attached, Duration::from_secs(10))
+    let (seen, status) = signalled_after(command, &attached, "INT", Duration::from_secs(10))
         .await
         .context("attach --wait and Ctrl-C")?;
     ensure!(!status.success(), "the interrupted wait succeeded");
