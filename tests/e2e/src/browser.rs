@@ -16,7 +16,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 /// How long one protocol command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One browser with one page.
+/// One browser with one page, and more on demand ([`Browser::open_page`]).
 pub struct Browser {
     child: Child,
     input: ChildStdin,
@@ -25,6 +25,9 @@ pub struct Browser {
     session: String,
     _profile: tempfile::TempDir,
 }
+
+/// A page opened with [`Browser::open_page`].
+pub struct Page(String);
 
 /// The browser binary: `MESH_E2E_CHROMIUM`, else Debian's `chromium` on PATH.
 pub fn chromium() -> anyhow::Result<PathBuf> {
@@ -84,24 +87,7 @@ impl Browser {
             session: String::new(),
             _profile: profile,
         };
-        let target = browser
-            .call(None, "Target.createTarget", json!({"url": "about:blank"}))
-            .await?;
-        let target_id = target["targetId"]
-            .as_str()
-            .context("createTarget: no targetId")?
-            .to_owned();
-        let attached = browser
-            .call(
-                None,
-                "Target.attachToTarget",
-                json!({"targetId": target_id, "flatten": true}),
-            )
-            .await?;
-        browser.session = attached["sessionId"]
-            .as_str()
-            .context("attachToTarget: no sessionId")?
-            .to_owned();
+        browser.session = browser.create_page("about:blank").await?;
         browser.page("Page.enable", json!({})).await?;
         browser
             .page(
@@ -110,6 +96,34 @@ impl Browser {
             )
             .await?;
         Ok(browser)
+    }
+
+    /// Opens a page (a tab) at `url`; the session of the protocol that drives it.
+    async fn create_page(&mut self, url: &str) -> anyhow::Result<String> {
+        let target = self
+            .call(None, "Target.createTarget", json!({"url": url}))
+            .await?;
+        let target_id = target["targetId"]
+            .as_str()
+            .context("createTarget: no targetId")?
+            .to_owned();
+        let attached = self
+            .call(
+                None,
+                "Target.attachToTarget",
+                json!({"targetId": target_id, "flatten": true}),
+            )
+            .await?;
+        Ok(attached["sessionId"]
+            .as_str()
+            .context("attachToTarget: no sessionId")?
+            .to_owned())
+    }
+
+    /// Opens another page (a tab) of the same browser at `url`, to be read with
+    /// [`Browser::eval_in`].
+    pub async fn open_page(&mut self, url: &str) -> anyhow::Result<Page> {
+        Ok(Page(self.create_page(url).await?))
     }
 
     /// Sends one command (to the page's session, or the browser's) and waits for its answer,
@@ -168,8 +182,15 @@ impl Browser {
 
     /// The value of a JavaScript expression in the page (`null` when it throws).
     pub async fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
+        let page = Page(self.session.clone());
+        self.eval_in(&page, expression).await
+    }
+
+    /// The value of a JavaScript expression in `page` (`null` when it throws).
+    pub async fn eval_in(&mut self, page: &Page, expression: &str) -> anyhow::Result<Value> {
         let result = self
-            .page(
+            .call(
+                Some(&page.0),
                 "Runtime.evaluate",
                 json!({"expression": expression, "returnByValue": true}),
             )

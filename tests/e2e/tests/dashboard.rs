@@ -8,7 +8,8 @@
 //! a cluster being detached as such, a remote whose credentials are rotated under the page
 //! is still read (with the new ones), a request for a foreign host is refused, and so is a
 //! request for data without the token of the URL the dashboard printed; a connection that
-//! asks nothing is closed.
+//! asks nothing is closed. More pages than a browser opens connections to one server all
+//! show the mesh live.
 //! Screenshots go to the target directory.
 
 use std::path::PathBuf;
@@ -16,10 +17,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use mesh_e2e::browser::Browser;
+use mesh_e2e::browser::{Browser, Page};
 use mesh_e2e::{create_everywhere, describe, kubectl_apply, label_on_primary, shared_mesh};
 use mesh_testenv::TestEnv;
+use mesh_testenv::mesh::Mesh;
 use tokio::io::AsyncReadExt as _;
+use tokio::sync::{Mutex, MutexGuard};
 
 /// How long a change may take to show on the page: the webhook's push, the watch, the
 /// snapshot's settle time and the page's rendering, on a busy machine.
@@ -34,6 +37,15 @@ const WATCHES_MADE_AGAIN_WITHIN: Duration = Duration::from_secs(60);
 /// How long after a frozen primary answers again the page may still say it cannot be read: a
 /// failed watch is started again within 30 s (`live::WATCH_RETRY_MAX`), then lists.
 const READ_AGAIN_WITHIN: Duration = Duration::from_secs(45);
+
+/// The shared mesh, one test at a time: the first freezes clusters and rotates credentials
+/// under its page.
+async fn serial_mesh() -> (MutexGuard<'static, ()>, &'static TestEnv, &'static Mesh) {
+    static LOCK: Mutex<()> = Mutex::const_new(());
+    let guard = LOCK.lock().await;
+    let (env, mesh) = shared_mesh(2).await;
+    (guard, env, mesh)
+}
 
 fn shots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
@@ -53,18 +65,33 @@ async fn until(
     within: Duration,
     expression: &str,
 ) -> anyhow::Result<Duration> {
+    until_in(browser, None, what, within, expression).await
+}
+
+/// [`until`] in `page`, the browser's first page when `None`.
+async fn until_in(
+    browser: &mut Browser,
+    page: Option<&Page>,
+    what: &str,
+    within: Duration,
+    expression: &str,
+) -> anyhow::Result<Duration> {
+    let eval = async |browser: &mut Browser, expression: &str| match page {
+        Some(page) => browser.eval_in(page, expression).await,
+        None => browser.eval(expression).await,
+    };
     let start = Instant::now();
     let deadline = start + within;
     // Before the page has loaded (or rendered a row) the expression may throw: not yet.
     let guarded =
         format!("(() => {{ try {{ return {expression}; }} catch (e) {{ return false; }} }})()");
     loop {
-        let value = browser.eval(&guarded).await?;
+        let value = eval(browser, &guarded).await?;
         if value == serde_json::Value::Bool(true) {
             return Ok(start.elapsed());
         }
         if Instant::now() > deadline {
-            let page = browser.eval("document.body.innerText").await?;
+            let page = eval(browser, "document.body.innerText").await?;
             anyhow::bail!(
                 "{what}: not true within {within:?}; the page reads:\n{}",
                 page.as_str().unwrap_or_default()
@@ -134,7 +161,7 @@ async fn cluster_server(env: &TestEnv, name: &str) -> anyhow::Result<String> {
 
 #[tokio::test]
 async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result<()> {
-    let (env, mesh) = shared_mesh(2).await;
+    let (_serial, env, mesh) = serial_mesh().await;
     let remote_1 = &env.remotes()[0];
     let out = mesh.attach_with(remote_1, &["--services-view"]).await?;
     anyhow::ensure!(out.status.success(), "attach: {}", describe(&out));
@@ -543,5 +570,42 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
         dashboard.process.try_wait()?.is_none(),
         "the dashboard exited"
     );
+    Ok(())
+}
+
+/// A browser opens at most six connections to one server, and each page's event stream held
+/// one for as long as the page was open: a seventh page of the dashboard loaded nothing at
+/// all. The pages now share one stream, and every one shows a change live.
+#[tokio::test]
+async fn more_pages_than_a_browser_opens_connections_all_show_the_mesh_live() -> anyhow::Result<()>
+{
+    const PAGES: usize = 8;
+    let (_serial, env, mesh) = serial_mesh().await;
+    let ns = create_everywhere(env, "pages").await?;
+    let dashboard = mesh.dashboard(Stdio::inherit()).await?;
+    let mut browser = Browser::start(1000, 800, &shots().join("pages.log")).await?;
+    browser.navigate(&dashboard.url).await?;
+    let mut pages = vec![None];
+    for _ in 1..PAGES {
+        pages.push(Some(browser.open_page(&dashboard.url).await?));
+    }
+    let live = "document.querySelector('#connection').dataset.state === 'live'";
+    for (i, page) in pages.iter().enumerate() {
+        let what = format!("page {} of {PAGES} is live", i + 1);
+        until_in(
+            &mut browser,
+            page.as_ref(),
+            &what,
+            Duration::from_secs(60),
+            live,
+        )
+        .await?;
+    }
+    label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+    let shown = format!("{} === 'istio-injection=enabled'", cell(&ns, "primary"));
+    for (i, page) in pages.iter().enumerate() {
+        let what = format!("page {} of {PAGES} shows the label", i + 1);
+        until_in(&mut browser, page.as_ref(), &what, SHOWS_WITHIN, &shown).await?;
+    }
     Ok(())
 }

@@ -189,26 +189,77 @@ function connection(name, text) {
   node.textContent = text || name;
 }
 
-// EventSource cannot send headers: the token goes in the query.
-const source = new EventSource(`/events?token=${encodeURIComponent(token)}`);
-source.addEventListener('state', (event) => {
-  state = JSON.parse(event.data);
+function applySnapshot(data) {
+  state = JSON.parse(data);
   render();
   connection('live');
   if (currentFilter()) fetchServices();
-});
-source.addEventListener('error', async () => {
-  // A lost server is retried; an answer other than a stream (403: no token or a wrong one;
-  // 503: too many pages open) closes it for good, and says nothing of why: asked again.
-  if (source.readyState !== EventSource.CLOSED) {
-    connection('reconnecting');
-    return;
-  }
-  const response = await fetch(`/state.json?token=${encodeURIComponent(token)}`).catch(() => null);
-  if (response && response.status === 403) {
-    connection('refused', 'refused: open the URL the dashboard printed, with its #token');
-  } else {
-    connection('refused', 'closed: too many pages open? close one, then reload');
-  }
-});
+}
+
+// Opens this dashboard's event stream; `tell` passes on what it brings: {state} for a
+// snapshot's JSON, {connection, text} for the stream's state.
+function stream(tell) {
+  // EventSource cannot send headers: the token goes in the query.
+  const source = new EventSource(`/events?token=${encodeURIComponent(token)}`);
+  source.addEventListener('state', (event) => tell({ state: event.data }));
+  source.addEventListener('error', async () => {
+    // A lost server is retried; an answer other than a stream (403: no token or a wrong one;
+    // 503: too many pages open) closes it for good, and says nothing of why: asked again.
+    if (source.readyState !== EventSource.CLOSED) {
+      tell({ connection: 'reconnecting' });
+      return;
+    }
+    const response = await fetch(`/state.json?token=${encodeURIComponent(token)}`).catch(() => null);
+    if (response && response.status === 403) {
+      tell({ connection: 'refused', text: 'refused: open the URL the dashboard printed, with its #token' });
+    } else {
+      tell({ connection: 'refused', text: 'closed: too many pages open? close one, then reload' });
+    }
+  });
+}
+
+function show(message) {
+  if (message.state !== undefined) applySnapshot(message.state);
+  else if (message.connection) connection(message.connection, message.text);
+}
+
+// One stream for every page of this dashboard in the browser: a browser opens at most six
+// connections to one server, and a stream holds one for as long as its page is open, so a
+// seventh page would load nothing. The page holding the lock streams and passes on what it
+// brings to the others, and the next one takes over when it closes. Without the Lock API
+// (a page not served from this machine is no secure context), each page streams itself.
+if (navigator.locks && window.BroadcastChannel) {
+  const name = `mesh-dashboard-${token}`;
+  const channel = new BroadcastChannel(name);
+  // What the streaming page tells a page that opens: the last snapshot, then the stream's
+  // state when it is not live.
+  let snapshot = null;
+  let trouble = null;
+  channel.addEventListener('message', (event) => {
+    if (!event.data.ask) {
+      show(event.data);
+      return;
+    }
+    for (const message of [snapshot, trouble]) {
+      if (message) channel.postMessage(message);
+    }
+  });
+  channel.postMessage({ ask: true });
+  navigator.locks.request(name, () => {
+    stream((message) => {
+      if (message.state !== undefined) {
+        snapshot = message;
+        trouble = null;
+      } else {
+        trouble = message;
+      }
+      channel.postMessage(message);
+      show(message);
+    });
+    // Held until the page closes.
+    return new Promise(() => {});
+  });
+} else {
+  stream(show);
+}
 document.getElementById('filter').addEventListener('input', fetchServices);
