@@ -114,10 +114,20 @@ pub(super) fn out_of_time(timeout: Duration) -> String {
     format!("the rollback ran past --timeout ({})", seconds(timeout))
 }
 
+/// What a hint says to run last: after a takeover whose revocations stand (`takeover`), only
+/// an attach with --force finishes it.
+pub(super) fn re_run(takeover: bool) -> &'static str {
+    if takeover {
+        "re-run attach with --force to finish the takeover"
+    } else {
+        "re-run attach"
+    }
+}
+
 /// What the hint says of what a rollback could not undo: objects it created are deleted by
 /// hand; what it changed is set again by an attach with the flags that made it (deleting a
 /// changed sync scope by hand would leave the stored token unconfined).
-pub(super) fn left_behind(undeleted: &[String], unrestored: &[String]) -> String {
+pub(super) fn left_behind(undeleted: &[String], unrestored: &[String], takeover: bool) -> String {
     let mut parts = Vec::new();
     if !undeleted.is_empty() {
         parts.push(format!(
@@ -126,11 +136,12 @@ pub(super) fn left_behind(undeleted: &[String], unrestored: &[String]) -> String
         ));
     }
     if unrestored.is_empty() {
-        parts.push("then re-run attach".to_owned());
+        parts.push(format!("then {}", re_run(takeover)));
     } else {
+        let force = if takeover { " and --force" } else { "" };
         parts.push(format!(
             "the rollback could not put back {}: re-run attach with the flags it was last \
-             attached with, which sets them again",
+             attached with{force}, which sets them again",
             unrestored.join(", ")
         ));
     }
@@ -179,11 +190,11 @@ mod tests {
         let created = ["remote: ClusterRole kubectl-mesh-sync".to_owned()];
         let changed = ["remote: ValidatingAdmissionPolicy kubectl-mesh-sync-scope".to_owned()];
         assert_eq!(
-            left_behind(&created, &[]),
+            left_behind(&created, &[], false),
             "the rollback left remote: ClusterRole kubectl-mesh-sync behind: delete them by \
              hand; then re-run attach"
         );
-        let both = left_behind(&created, &changed);
+        let both = left_behind(&created, &changed, false);
         assert!(
             both.starts_with("the rollback left remote: ClusterRole"),
             "{both}"
@@ -195,6 +206,24 @@ mod tests {
             ),
             "{both}"
         );
-        assert!(!left_behind(&[], &changed).contains("by hand"));
+        assert!(!left_behind(&[], &changed, false).contains("by hand"));
+    }
+
+    /// After a takeover whose revocations stand, a re-run without --force is refused (another
+    /// primary's objects are there): the hint said "then re-run attach" whenever something
+    /// was left.
+    #[test]
+    fn what_a_rollback_of_a_takeover_left_says_to_re_run_with_force() {
+        let created = ["remote: ClusterRole kubectl-mesh-sync".to_owned()];
+        let changed = ["remote: ValidatingAdmissionPolicy kubectl-mesh-sync-scope".to_owned()];
+        assert!(
+            left_behind(&created, &[], true)
+                .ends_with("then re-run attach with --force to finish the takeover")
+        );
+        let both = left_behind(&created, &changed, true);
+        assert!(
+            both.ends_with("attached with and --force, which sets them again"),
+            "{both}"
+        );
     }
 }

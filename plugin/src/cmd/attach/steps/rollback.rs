@@ -9,7 +9,7 @@ use crate::cmd::attach::{
     adopt,
     objects::{Side, describe},
     step::Step,
-    undo::{Change, Undone, by_deadline, left_behind, out_of_time, revoked_note},
+    undo::{Change, Undone, by_deadline, left_behind, out_of_time, re_run, revoked_note},
     waits::wait_namespace_gone,
 };
 use crate::{Error, Result, namespace_contents};
@@ -67,7 +67,9 @@ impl Run<'_> {
     /// command fails with. `--timeout` bounds it all: a cluster that stopped answering holds
     /// each request for its client's timeouts, and a change after another would be held that
     /// long each, while Ctrl-C is ignored. Each cluster's changes are put back at once with
-    /// the other's: one that stopped answering must not use up the time of the other's.
+    /// the other's: one that stopped answering must not use up the time of the other's. For
+    /// a moment the primary's record of the cluster may so outlive the remote's sync account:
+    /// a push meanwhile is refused, and the remote keeps its labels.
     pub(in crate::cmd::attach) async fn roll_back(&mut self, err: Error) -> Error {
         let step = self.step.map_or("preparation", Step::name);
         let progress = self.progress;
@@ -85,63 +87,68 @@ impl Run<'_> {
             std::mem::take(&mut self.changes)
                 .into_iter()
                 .partition(|change| change.side() == Side::Remote);
-        let primary = async {
-            // Labels adopted onto the primary's namespaces go first, as before any change.
-            let unrestored = adopt::unadopt(
-                &self.plan.primary,
-                &self.plan.rule,
-                adopted,
-                deadline,
-                &late,
-                progress,
-            )
-            .await;
-            let mut left = self.put_back_side(primary_changes, deadline, &late).await;
-            left.unrestored.splice(0..0, unrestored);
-            left
-        };
-        let remote = self.put_back_side(remote_changes, deadline, &late);
-        let (primary, remote) = tokio::join!(primary, remote);
-        let [undeleted, unrestored] = [
-            [primary.undeleted, remote.undeleted].concat(),
-            [primary.unrestored, remote.unrestored].concat(),
-        ];
+        let (primary, remote) = tokio::join!(
+            self.put_back_side(primary_changes, deadline, &late),
+            self.put_back_side(remote_changes, deadline, &late),
+        );
+        // Labels adopted onto the primary's namespaces go once the MeshCluster and the remote's
+        // sync account are gone: the webhook pushes their removal to every attached remote,
+        // and would strip this one's own labels while it still counted as attached.
+        let unadopted = adopt::unadopt(
+            &self.plan.primary,
+            &self.plan.rule,
+            adopted,
+            deadline,
+            &late,
+            progress,
+        )
+        .await;
+        // Gone for real before the next attach, which would otherwise find them terminating.
+        tokio::join!(
+            self.wait_gone(primary.terminating, deadline, &late),
+            self.wait_gone(remote.terminating, deadline, &late),
+        );
+        let undeleted = [primary.undeleted, remote.undeleted].concat();
+        let unrestored = [primary.unrestored, remote.unrestored, unadopted].concat();
         let what = format!(
             "attaching {} failed at step {step} and {undo}{revoked}: {}",
             self.plan.name,
             err.what()
         );
-        let hint = if undeleted.is_empty() && unrestored.is_empty() {
-            if !self.revoked.is_empty() {
-                format!(
-                    "{}; then re-run attach with --force to finish the takeover",
-                    err.hint()
-                )
-            } else if err.hint().contains("re-run attach") {
-                err.hint()
-            } else {
-                format!("{}; then re-run attach", err.hint())
-            }
+        let takeover = !self.revoked.is_empty();
+        let hint = if !undeleted.is_empty() || !unrestored.is_empty() {
+            format!(
+                "{}; {}",
+                err.hint(),
+                left_behind(&undeleted, &unrestored, takeover)
+            )
+        } else if !takeover && err.hint().contains("re-run attach") {
+            err.hint()
         } else {
-            format!("{}; {}", err.hint(), left_behind(&undeleted, &unrestored))
+            format!("{}; then {}", err.hint(), re_run(takeover))
         };
         Error::Refused { what, hint }
     }
 
     /// Puts back `changes` of one cluster, newest first, by `deadline`; says what it left.
-    async fn put_back_side(&self, mut changes: Vec<Change>, deadline: Instant, late: &str) -> Left {
+    /// Namespaces it deleted are waited for later ([`Run::wait_gone`]): one slow to go (a
+    /// finalizer, an API it waits on) must not use up the time of older changes.
+    async fn put_back_side(
+        &self,
+        mut changes: Vec<Change>,
+        deadline: Instant,
+        late: &str,
+    ) -> Left<'_> {
         let progress = self.progress;
         let mut left = Left::default();
-        // Namespaces deleted, to wait for once everything else is put back: one slow to go
-        // (a finalizer, an API it waits on) must not use up the time of older changes.
-        let mut terminating = Vec::new();
         while let Some(change) = changes.pop() {
             let label = self.side_label(change.side());
             let client = self.client(change.side());
             let m = change.manifest();
             let failed = match by_deadline(deadline, self.put_back(&change, client, label)).await {
                 Some(Ok(Some(Undone::Deleted))) if m.resource.kind == "Namespace" => {
-                    terminating.push((label, client, m.name.clone(), describe(m)));
+                    left.terminating
+                        .push((label, client, m.name.clone(), describe(m)));
                     continue;
                 }
                 Some(Ok(_)) => continue,
@@ -156,7 +163,12 @@ impl Run<'_> {
             };
             list.push(format!("{label}: {}", describe(m)));
         }
-        // Gone for real before the next attach, which would otherwise find them terminating.
+        left
+    }
+
+    /// Waits, by `deadline`, for the namespaces the rollback deleted to be gone; says which
+    /// are not.
+    async fn wait_gone(&self, terminating: Vec<Terminating<'_>>, deadline: Instant, late: &str) {
         for (label, client, name, described) in terminating {
             let time_left = deadline.saturating_duration_since(Instant::now());
             let not_gone =
@@ -165,18 +177,23 @@ impl Run<'_> {
                     Some(Err(e)) => e.what(),
                     None => format!("{described} not gone yet: {late}"),
                 };
-            progress.warn(format!("rolled back: {label}: {not_gone}"));
+            self.progress
+                .warn(format!("rolled back: {label}: {not_gone}"));
         }
-        left
     }
 }
 
-/// What a rollback could not undo on one cluster, as the hint names it: creations to delete,
-/// changes to put back.
+/// A namespace the rollback deleted: the side's label, its cluster, its name, and how the
+/// output names it.
+type Terminating<'a> = (&'a str, &'a Client, String, String);
+
+/// What a rollback could not undo on one cluster, as the hint names it (creations to delete,
+/// changes to put back), and the namespaces it deleted, to wait for.
 #[derive(Default)]
-struct Left {
+struct Left<'a> {
     undeleted: Vec<String>,
     unrestored: Vec<String>,
+    terminating: Vec<Terminating<'a>>,
 }
 
 #[cfg(test)]
@@ -366,7 +383,7 @@ mod tests {
             failed.hint(),
             format!(
                 "check the remote; {}",
-                left_behind(&undeleted, &[format!("east: {}", describe(&scope))])
+                left_behind(&undeleted, &[format!("east: {}", describe(&scope))], false)
             )
         );
     }
@@ -405,8 +422,46 @@ mod tests {
             failed.hint(),
             format!(
                 "check the remote; {}",
-                left_behind(&[format!("primary: {}", describe(&secret))], &[])
+                left_behind(&[format!("primary: {}", describe(&secret))], &[], false)
             )
         );
+    }
+
+    /// Labels adopted onto the primary were taken back first, while the cluster's MeshCluster
+    /// and sync account were still there: the webhook pushed their removal to the remote they
+    /// came from, which lost its own labels. They now go once both are deleted.
+    #[tokio::test]
+    async fn adopted_labels_go_once_the_cluster_no_longer_counts_as_attached() {
+        let (clusters, requests) = answering_cluster();
+        let plan = plan(clusters, "https://east");
+        let record = crate::cmd::attach::objects::cluster_record(&plan);
+        let mesh_cluster = Manifest::new(&setup::mesh_cluster(&record)).expect("MeshCluster");
+        let account =
+            Manifest::new(&setup::service_account(setup::SYNC_ACCOUNT, "east")).expect("account");
+        let hooks = TestHooks::read(|_| None).expect("no hooks");
+        let mut run = Run::new(&plan, Progress::quiet(), hooks, Duration::from_secs(5));
+        run.changes = vec![
+            Change::Created(Side::Remote, account),
+            Change::Created(Side::Primary, mesh_cluster),
+        ];
+        run.adopted = vec![crate::preview::Adoption {
+            namespace: "shop".into(),
+            labels: [("istio-injection".to_owned(), "enabled".to_owned())].into(),
+        }];
+        run.roll_back(Error::Refused {
+            what: "cannot set owner references".into(),
+            hint: "check the primary".into(),
+        })
+        .await;
+        let requests = requests.all();
+        let unadopted = (requests.iter())
+            .position(|r| r == "PATCH /api/v1/namespaces/shop")
+            .unwrap_or_else(|| panic!("no adoption taken back: {requests:#?}"));
+        let deleted: Vec<_> = (requests.iter())
+            .enumerate()
+            .filter(|(_, r)| r.starts_with("DELETE "))
+            .collect();
+        assert_eq!(deleted.len(), 2, "{requests:#?}");
+        assert!(deleted.iter().all(|(i, _)| *i < unadopted), "{requests:#?}");
     }
 }
