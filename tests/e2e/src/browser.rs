@@ -26,8 +26,12 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
-/// A page opened with [`Browser::open_page`].
-pub struct Page(String);
+/// A page opened with [`Browser::open_page`]: its target, and the protocol's session that
+/// drives it.
+pub struct Page {
+    session: String,
+    target_id: String,
+}
 
 /// The browser binary: `MESH_E2E_CHROMIUM`, else Debian's `chromium` on PATH.
 pub fn chromium() -> anyhow::Result<PathBuf> {
@@ -87,7 +91,7 @@ impl Browser {
             session: String::new(),
             _profile: profile,
         };
-        browser.session = browser.create_page("about:blank").await?;
+        browser.session = browser.create_page("about:blank").await?.session;
         browser.page("Page.enable", json!({})).await?;
         browser
             .page(
@@ -98,8 +102,8 @@ impl Browser {
         Ok(browser)
     }
 
-    /// Opens a page (a tab) at `url`; the session of the protocol that drives it.
-    async fn create_page(&mut self, url: &str) -> anyhow::Result<String> {
+    /// Opens a page (a tab) at `url`.
+    async fn create_page(&mut self, url: &str) -> anyhow::Result<Page> {
         let target = self
             .call(None, "Target.createTarget", json!({"url": url}))
             .await?;
@@ -114,16 +118,24 @@ impl Browser {
                 json!({"targetId": target_id, "flatten": true}),
             )
             .await?;
-        Ok(attached["sessionId"]
+        let session = attached["sessionId"]
             .as_str()
             .context("attachToTarget: no sessionId")?
-            .to_owned())
+            .to_owned();
+        Ok(Page { session, target_id })
     }
 
     /// Opens another page (a tab) of the same browser at `url`, to be read with
     /// [`Browser::eval_in`].
     pub async fn open_page(&mut self, url: &str) -> anyhow::Result<Page> {
-        Ok(Page(self.create_page(url).await?))
+        self.create_page(url).await
+    }
+
+    /// Closes `page`, as its tab's close button does.
+    pub async fn close_page(&mut self, page: Page) -> anyhow::Result<()> {
+        let params = json!({"targetId": page.target_id});
+        self.call(None, "Target.closeTarget", params).await?;
+        Ok(())
     }
 
     /// Sends one command (to the page's session, or the browser's) and waits for its answer,
@@ -180,17 +192,20 @@ impl Browser {
         Ok(())
     }
 
-    /// The value of a JavaScript expression in the page (`null` when it throws).
+    /// The value of a JavaScript expression in the first page; an error when it throws.
     pub async fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
-        let page = Page(self.session.clone());
-        self.eval_in(&page, expression).await
+        self.evaluate(self.session.clone(), expression).await
     }
 
-    /// The value of a JavaScript expression in `page` (`null` when it throws).
+    /// The value of a JavaScript expression in `page`; an error when it throws.
     pub async fn eval_in(&mut self, page: &Page, expression: &str) -> anyhow::Result<Value> {
+        self.evaluate(page.session.clone(), expression).await
+    }
+
+    async fn evaluate(&mut self, session: String, expression: &str) -> anyhow::Result<Value> {
         let result = self
             .call(
-                Some(&page.0),
+                Some(&session),
                 "Runtime.evaluate",
                 json!({"expression": expression, "returnByValue": true}),
             )

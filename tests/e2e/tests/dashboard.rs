@@ -575,7 +575,8 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
 
 /// A browser opens at most six connections to one server, and each page's event stream held
 /// one for as long as the page was open: a seventh page of the dashboard loaded nothing at
-/// all. The pages now share one stream, and every one shows a change live.
+/// all. The pages now share one stream, and every one shows a change live; once all but one
+/// are closed, the streaming one among them, the last streams itself.
 #[tokio::test]
 async fn more_pages_than_a_browser_opens_connections_all_show_the_mesh_live() -> anyhow::Result<()>
 {
@@ -584,17 +585,17 @@ async fn more_pages_than_a_browser_opens_connections_all_show_the_mesh_live() ->
     let ns = create_everywhere(env, "pages").await?;
     let dashboard = mesh.dashboard(Stdio::inherit()).await?;
     let mut browser = Browser::start(1000, 800, &shots().join("pages.log")).await?;
-    browser.navigate(&dashboard.url).await?;
-    let mut pages = vec![None];
-    for _ in 1..PAGES {
-        pages.push(Some(browser.open_page(&dashboard.url).await?));
+    let mut pages = Vec::new();
+    for _ in 0..PAGES {
+        pages.push(browser.open_page(&dashboard.url).await?);
     }
     let live = "document.querySelector('#connection').dataset.state === 'live'";
+    let shows = |value: &str| format!("{} === 'istio-injection={value}'", cell(&ns, "primary"));
     for (i, page) in pages.iter().enumerate() {
         let what = format!("page {} of {PAGES} is live", i + 1);
         until_in(
             &mut browser,
-            page.as_ref(),
+            Some(page),
             &what,
             Duration::from_secs(60),
             live,
@@ -602,10 +603,32 @@ async fn more_pages_than_a_browser_opens_connections_all_show_the_mesh_live() ->
         .await?;
     }
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    let shown = format!("{} === 'istio-injection=enabled'", cell(&ns, "primary"));
     for (i, page) in pages.iter().enumerate() {
         let what = format!("page {} of {PAGES} shows the label", i + 1);
-        until_in(&mut browser, page.as_ref(), &what, SHOWS_WITHIN, &shown).await?;
+        until_in(
+            &mut browser,
+            Some(page),
+            &what,
+            SHOWS_WITHIN,
+            &shows("enabled"),
+        )
+        .await?;
     }
+
+    let last = pages.pop().context("no page")?;
+    for page in pages {
+        browser.close_page(page).await?;
+    }
+    label_on_primary(env, &ns, &["istio-injection=disabled"]).await?;
+    let what = "the last page open shows a change made after the others closed";
+    until_in(
+        &mut browser,
+        Some(&last),
+        what,
+        SHOWS_WITHIN,
+        &shows("disabled"),
+    )
+    .await?;
+    until_in(&mut browser, Some(&last), "it is live", SHOWS_WITHIN, live).await?;
     Ok(())
 }

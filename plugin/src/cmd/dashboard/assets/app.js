@@ -197,12 +197,14 @@ function applySnapshot(data) {
 }
 
 // Opens this dashboard's event stream; `tell` passes on what it brings: {state} for a
-// snapshot's JSON, {connection, text} for the stream's state.
+// snapshot's JSON, {connection, text} for the stream's state. Settles once the server closed
+// it for good.
 function stream(tell) {
+  tell({ connection: 'connecting' });
   // EventSource cannot send headers: the token goes in the query.
   const source = new EventSource(`/events?token=${encodeURIComponent(token)}`);
   source.addEventListener('state', (event) => tell({ state: event.data }));
-  source.addEventListener('error', async () => {
+  return new Promise((closed) => source.addEventListener('error', async () => {
     // A lost server is retried; an answer other than a stream (403: no token or a wrong one;
     // 503: too many pages open) closes it for good, and says nothing of why: asked again.
     if (source.readyState !== EventSource.CLOSED) {
@@ -213,9 +215,10 @@ function stream(tell) {
     if (response && response.status === 403) {
       tell({ connection: 'refused', text: 'refused: open the URL the dashboard printed, with its #token' });
     } else {
-      tell({ connection: 'refused', text: 'closed: too many pages open? close one, then reload' });
+      tell({ connection: 'refused', text: 'closed: the dashboard has too many pages open (those of other browsers count too); close some, then reload' });
     }
-  });
+    closed();
+  }));
 }
 
 function show(message) {
@@ -226,27 +229,33 @@ function show(message) {
 // One stream for every page of this dashboard in the browser: a browser opens at most six
 // connections to one server, and a stream holds one for as long as its page is open, so a
 // seventh page would load nothing. The page holding the lock streams and passes on what it
-// brings to the others, and the next one takes over when it closes. Without the Lock API
-// (a page not served from this machine is no secure context), each page streams itself.
+// brings to the others; the next one takes over when it closes, or when the server closed
+// its stream for good. Without the Lock API (a page not served from this machine is no
+// secure context), each page streams itself.
 if (navigator.locks && window.BroadcastChannel) {
   const name = `mesh-dashboard-${token}`;
   const channel = new BroadcastChannel(name);
+  const me = crypto.randomUUID();
   // What the streaming page tells a page that opens: the last snapshot, then the stream's
   // state when it is not live.
+  let streaming = false;
   let snapshot = null;
   let trouble = null;
   channel.addEventListener('message', (event) => {
-    if (!event.data.ask) {
-      show(event.data);
-      return;
-    }
-    for (const message of [snapshot, trouble]) {
-      if (message) channel.postMessage(message);
+    const message = event.data;
+    if (message.ask) {
+      if (!streaming) return;
+      for (const told of [snapshot, trouble]) {
+        if (told) channel.postMessage({ ...told, to: message.ask });
+      }
+    } else if (!message.to || message.to === me) {
+      show(message);
     }
   });
-  channel.postMessage({ ask: true });
-  navigator.locks.request(name, () => {
-    stream((message) => {
+  channel.postMessage({ ask: me });
+  navigator.locks.request(name, async () => {
+    streaming = true;
+    await stream((message) => {
       if (message.state !== undefined) {
         snapshot = message;
         trouble = null;
@@ -256,8 +265,7 @@ if (navigator.locks && window.BroadcastChannel) {
       channel.postMessage(message);
       show(message);
     });
-    // Held until the page closes.
-    return new Promise(() => {});
+    streaming = false;
   });
 } else {
   stream(show);
