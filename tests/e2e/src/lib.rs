@@ -17,6 +17,7 @@ pub mod forged;
 pub mod https;
 pub mod in_cluster;
 pub mod istio_mesh;
+pub mod signals;
 pub mod tokens;
 
 pub use https::{Caller, HttpsServer, TestCertificate, https_get, webhook_tls_client};

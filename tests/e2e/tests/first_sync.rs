@@ -20,6 +20,7 @@ use mesh_core::cluster::MeshCluster;
 use mesh_e2e::fixtures::output;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
+use mesh_e2e::signals::signalled_after_doing;
 use mesh_e2e::{
     DEFAULT_TIMEOUT, create_labelled_namespace, describe, eventually, label_namespace, labels,
     managed_labels, own_mesh_with, relabel_until, text, unique_name,
@@ -489,5 +490,52 @@ async fn a_no_cancels_a_yes_strips_adoption_copies_and_a_selector_spares() -> an
     );
     let summary = text(&succeeded(mesh, &sync).await?.stdout);
     ensure!(summary.contains("out of scope ("), "{summary}");
+    Ok(())
+}
+
+/// A run with --adopt-remote-labels interrupted once its MeshCluster existed and the webhook
+/// reached the cluster: the rollback took the adopted labels back off the primary first, so
+/// the webhook pushed their removal to the remote they came from, which lost its own labels.
+/// They now go once the MeshCluster and the remote's sync account are deleted.
+#[tokio::test]
+async fn an_interrupted_adoption_leaves_the_remote_its_own_labels() -> anyhow::Result<()> {
+    let (_turn, env, mesh) = turn().await;
+    let remote = &env.remotes()[1];
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    if is_attached(env, "remote-2").await? {
+        let detach = ["detach", "remote-2", "--remote-kubeconfig", &kubeconfig];
+        succeeded(mesh, &detach).await?;
+    }
+    let own = unique_name("own");
+    let enabled = labels(&[("istio-injection", "enabled")]);
+    create_labelled_namespace(env.primary(), &own, &[]).await?;
+    create_labelled_namespace(remote, &own, &[("istio-injection", "enabled")]).await?;
+
+    let mut attach: Command = mesh.plugin();
+    attach
+        .args(["attach", &kubeconfig, "--name", "remote-2"])
+        .args(["--adopt-remote-labels", "--yes"])
+        .env("KUBECTL_MESH_STALL_IN", "mesh-cluster")
+        .stdin(Stdio::null());
+    // Interrupted once the webhook reaches the cluster: a push to it would land.
+    let reached = async { mesh_e2e::reachable(env, "remote-2").await.map(drop) };
+    let stalled = "stalling as if its answer had not come";
+    let (seen, status) =
+        signalled_after_doing(attach, stalled, reached, "INT", DEFAULT_TIMEOUT).await?;
+    let seen = seen.join("\n");
+    ensure!(!status.success(), "{seen}");
+    ensure!(
+        seen.contains("failed at step mesh-cluster and was rolled back"),
+        "{seen}"
+    );
+    ensure!(!is_attached(env, "remote-2").await?, "{seen}");
+    ensure!(
+        managed(env.primary(), &own).await?.is_empty(),
+        "adoption not rolled back: {seen}"
+    );
+    ensure!(
+        managed(remote, &own).await? == enabled,
+        "the remote lost its own labels: {seen}"
+    );
     Ok(())
 }

@@ -360,6 +360,7 @@ pub async fn detach(
     succeeded(&out, &format!("detach {name}"))
 }
 
+pub use mesh_e2e::signals::{signalled_after, signalled_after_doing};
 pub use mesh_e2e::stored_client;
 
 /// Deletes namespace `name` on `cluster` (if it is there) and waits until it is gone.
@@ -496,74 +497,6 @@ pub async fn reads_workloads_only(secret: &Secret) -> anyhow::Result<()> {
     forbidden(secrets, "the view identity listed secrets")?;
     let namespaces = Api::<Namespace>::all(viewer).list(&all).await;
     forbidden(namespaces, "the view identity listed namespaces")
-}
-
-/// Spawns `command` (its stderr read line by line), waits until it writes a line containing
-/// `marker`, then sends it the signal `kill -<signal>` sends (`INT`, a real Ctrl-C; `TERM`,
-/// `HUP`) and waits `exit_within` for it to exit; returns every line it wrote and how it exited.
-pub async fn signalled_after(
-    command: std::process::Command,
-    marker: &str,
-    signal: &str,
-    exit_within: std::time::Duration,
-) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
-    signalled_after_doing(command, marker, async { Ok(()) }, signal, exit_within).await
-}
-
-/// [`signalled_after`], doing `meanwhile` between the line with `marker` and the signal.
-pub async fn signalled_after_doing(
-    command: std::process::Command,
-    marker: &str,
-    meanwhile: impl std::future::Future<Output = anyhow::Result<()>>,
-    signal: &str,
-    exit_within: std::time::Duration,
-) -> anyhow::Result<(Vec<String>, std::process::ExitStatus)> {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
-    let mut child = tokio::process::Command::from(command)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-    let mut seen = Vec::new();
-    let reached = tokio::time::timeout(DEFAULT_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            let reached = line.contains(marker);
-            seen.push(line);
-            if reached {
-                return anyhow::Ok(true);
-            }
-        }
-        anyhow::Ok(false)
-    })
-    .await
-    .with_context(|| format!("no line with {marker:?} within {DEFAULT_TIMEOUT:?}"))??;
-    ensure!(
-        reached,
-        "ended without a line with {marker:?}:\n{}",
-        seen.join("\n")
-    );
-    meanwhile.await?;
-    let pid = child.id().context("already exited")?;
-    let interrupted = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()?;
-    ensure!(interrupted.success(), "kill -{signal} {pid} failed");
-    let status = tokio::time::timeout(exit_within, async {
-        while let Some(line) = lines.next_line().await? {
-            seen.push(line);
-        }
-        anyhow::Ok(child.wait().await?)
-    })
-    .await;
-    let status = match status {
-        Ok(status) => status?,
-        Err(_) => anyhow::bail!(
-            "still running {exit_within:?} after SIG{signal}:\n{}",
-            seen.join("\n")
-        ),
-    };
-    Ok((seen, status))
 }
 
 /// `detach --force` of cluster `name` with an unreachable kubeconfig of `remote`: the primary
