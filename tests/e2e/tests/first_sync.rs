@@ -16,6 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
+use kubectl_mesh::cmd::attach::hooks::STALLED;
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::fixtures::output;
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
@@ -519,9 +520,8 @@ async fn an_interrupted_adoption_leaves_the_remote_its_own_labels() -> anyhow::R
         .stdin(Stdio::null());
     // Interrupted once the webhook reaches the cluster: a push to it would land.
     let reached = async { mesh_e2e::reachable(env, "remote-2").await.map(drop) };
-    let stalled = "stalling as if its answer had not come";
     let (seen, status) =
-        signalled_after_doing(attach, stalled, reached, "INT", DEFAULT_TIMEOUT).await?;
+        signalled_after_doing(attach, STALLED, reached, "INT", DEFAULT_TIMEOUT).await?;
     let seen = seen.join("\n");
     ensure!(!status.success(), "{seen}");
     ensure!(

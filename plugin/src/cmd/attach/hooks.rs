@@ -23,6 +23,9 @@ pub const FAIL_AFTER_ENV: &str = "KUBECTL_MESH_FAIL_AFTER";
 /// creates or changes is stored, then attach waits as if the answer had not come.
 pub const STALL_IN_ENV: &str = "KUBECTL_MESH_STALL_IN";
 
+/// What attach says when the interruption hook stalls it, for a test to wait on.
+pub const STALLED: &str = "stalling as if its answer had not come";
+
 pub(super) use imp::TestHooks;
 
 impl TestHooks {
@@ -83,10 +86,7 @@ mod imp {
             stored: impl FnOnce() -> String,
         ) {
             if self.stalls_in(step) {
-                progress.info(format!(
-                    "{}; stalling as if its answer had not come ({STALL_IN_ENV})",
-                    stored()
-                ));
+                progress.info(format!("{}; {STALLED} ({STALL_IN_ENV})", stored()));
                 std::future::pending::<()>().await;
             }
         }

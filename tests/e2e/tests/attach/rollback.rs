@@ -12,7 +12,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, PostParams},
 };
-use kubectl_mesh::cmd::attach::Step;
+use kubectl_mesh::cmd::attach::{Step, hooks::STALLED};
 use mesh_e2e::mesh_testenv::{Cluster, TestEnv};
 use mesh_e2e::{DEFAULT_TIMEOUT, client_from_secret, eventually, fixtures, text};
 use tokio::sync::MutexGuard;
@@ -84,9 +84,6 @@ fn stalling_attach(
         .env("KUBECTL_MESH_STALL_IN", step);
     Ok(command)
 }
-
-/// What [`stalling_attach`] writes when it stalls.
-const STALLED: &str = "stalling as if its answer had not come";
 
 /// Runs [`stalling_attach`], waits until it stalls, then sends it `signal` (`INT`, a real
 /// Ctrl-C; `TERM`, `HUP`); returns every line attach wrote and how it exited.
