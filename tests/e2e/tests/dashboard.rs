@@ -101,6 +101,21 @@ async fn until_in(
     }
 }
 
+/// [`until_in`] each of `pages` in turn, each within `within`; `what` says what is awaited.
+async fn until_every(
+    browser: &mut Browser,
+    pages: &[Page],
+    what: &str,
+    within: Duration,
+    expression: &str,
+) -> anyhow::Result<()> {
+    for (i, page) in pages.iter().enumerate() {
+        let what = format!("page {} of {} {what}", i + 1, pages.len());
+        until_in(browser, Some(page), &what, within, expression).await?;
+    }
+    Ok(())
+}
+
 /// [`until`] a change shows on the page, within [`SHOWS_WITHIN`].
 async fn until_shown(
     browser: &mut Browser,
@@ -591,29 +606,17 @@ async fn more_pages_than_a_browser_opens_connections_all_show_the_mesh_live() ->
     }
     let live = "document.querySelector('#connection').dataset.state === 'live'";
     let shows = |value: &str| format!("{} === 'istio-injection={value}'", cell(&ns, "primary"));
-    for (i, page) in pages.iter().enumerate() {
-        let what = format!("page {} of {PAGES} is live", i + 1);
-        until_in(
-            &mut browser,
-            Some(page),
-            &what,
-            Duration::from_secs(60),
-            live,
-        )
-        .await?;
-    }
+    let sixty = Duration::from_secs(60);
+    until_every(&mut browser, &pages, "is live", sixty, live).await?;
     label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
-    for (i, page) in pages.iter().enumerate() {
-        let what = format!("page {} of {PAGES} shows the label", i + 1);
-        until_in(
-            &mut browser,
-            Some(page),
-            &what,
-            SHOWS_WITHIN,
-            &shows("enabled"),
-        )
-        .await?;
-    }
+    until_every(
+        &mut browser,
+        &pages,
+        "shows the label",
+        SHOWS_WITHIN,
+        &shows("enabled"),
+    )
+    .await?;
 
     let last = pages.pop().context("no page")?;
     for page in pages {
