@@ -635,3 +635,48 @@ async fn more_pages_than_a_browser_opens_connections_all_show_the_mesh_live() ->
     until_in(&mut browser, Some(&last), "it is live", SHOWS_WITHIN, live).await?;
     Ok(())
 }
+
+/// Every `/events` stream the dashboard serves at once (`server::Limits::event_streams`), held
+/// open by another client: each has read the start of its first snapshot.
+async fn hold_every_event_stream(
+    port: u16,
+    token: &str,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let request =
+            format!("GET /events?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut first = [0; 64];
+        let read = tokio::time::timeout(SHOWS_WITHIN, stream.read(&mut first)).await??;
+        let head = String::from_utf8_lossy(&first[..read]);
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        held.push(stream);
+    }
+    Ok(held)
+}
+
+/// The page streaming for the others kept its lock once the server refused its stream (too
+/// many pages open elsewhere): no page tried again, and a page opened once there was room
+/// waited for that lock for ever. Now the next page tries, and the page opened then streams
+/// for them all.
+#[tokio::test]
+async fn pages_refused_a_stream_stream_again_once_the_server_has_room() -> anyhow::Result<()> {
+    let (_serial, _env, mesh) = serial_mesh().await;
+    let dashboard = mesh.dashboard(Stdio::inherit()).await?;
+    let held = hold_every_event_stream(dashboard.port, &dashboard.token).await?;
+    let mut browser = Browser::start(1000, 800, &shots().join("refused.log")).await?;
+    let mut pages = Vec::new();
+    for _ in 0..2 {
+        pages.push(browser.open_page(&dashboard.url).await?);
+    }
+    let refused = "document.querySelector('#connection').dataset.state === 'refused'";
+    until_every(&mut browser, &pages, "is refused", SHOWS_WITHIN, refused).await?;
+    drop(held);
+    pages.push(browser.open_page(&dashboard.url).await?);
+    let live = "document.querySelector('#connection').dataset.state === 'live'";
+    until_every(&mut browser, &pages, "is live", SHOWS_WITHIN, live).await?;
+    Ok(())
+}
