@@ -271,6 +271,17 @@ pub struct Attached {
     pub remotes: Vec<Option<ClusterFacts>>,
 }
 
+impl Attached {
+    /// The clusters whose facts were read: every one but those being detached.
+    pub fn read(&self) -> impl Iterator<Item = &MeshCluster> {
+        let read = self.remotes.iter().map(Option::is_some);
+        self.clusters
+            .iter()
+            .zip(read)
+            .filter_map(|(c, read)| read.then_some(c))
+    }
+}
+
 /// What was read for one attached cluster, as far as its stored kubeconfig led.
 #[derive(Debug)]
 pub enum ClusterFacts {

@@ -13,7 +13,9 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::PostParams};
 use mesh_core::{cluster::MeshCluster, remote};
 
-use super::facts::Fetched;
+use futures::future::join_all;
+
+use super::facts::{Attached, Fetched};
 use super::report::{CheckResult, Section};
 use crate::{
     mesh_state::{self, RemoteError, RemoteResult, with_deadline},
@@ -121,25 +123,17 @@ async fn cannot_list(client: &Client) -> Result<Vec<String>, kube::Error> {
 }
 
 /// Adds to each cluster's section of `sections` the check of its Istio remote secret, for
-/// the clusters attached with one.
+/// the clusters attached with one and read ([`Attached::read`]: a cluster being detached has
+/// a one-line section, and its detach deletes this secret).
 pub async fn add_checks(
     primary: &Client,
-    clusters: &[MeshCluster],
+    attached: &Attached,
     sections: &mut [Section],
     timeout: Duration,
 ) {
-    let found = mesh_state::for_each(clusters, |c| async move {
-        // Its section is one line, and its detach deletes this secret.
-        if mesh_state::is_being_detached(c) {
-            return None;
-        }
-        Some(facts(primary, c, timeout).await)
-    })
-    .await;
-    for (cluster, facts) in clusters.iter().zip(&found) {
-        let Some(facts) = facts else {
-            continue;
-        };
+    let clusters: Vec<&MeshCluster> = attached.read().collect();
+    let found = join_all(clusters.iter().map(|c| facts(primary, c, timeout))).await;
+    for (cluster, facts) in clusters.into_iter().zip(&found) {
         let name = cluster.metadata.name.clone().unwrap_or_default();
         let title = format!("cluster {name} (");
         let Some(result) = judge(&name, facts) else {
@@ -325,26 +319,40 @@ mod tests {
     }
 
     /// A cluster being detached gets one line ([`super::super::cluster::judge_mesh`]): its
-    /// Istio remote secret is not read, nor is a line about it added to that section.
+    /// facts are not read ([`super::super::facts::mesh`]), nor is its Istio remote secret, nor
+    /// is a line about it added to that section. A cluster beside it that was read is checked.
     #[tokio::test]
     async fn a_cluster_being_detached_gets_no_istio_check() {
+        use super::super::facts::ClusterFacts;
         use mesh_core::fake_apiserver::answering;
-        // Had it been read: a secret without the cluster's key, which fails the check.
-        let (primary, requests) = answering(|_, _| {
+        // A secret without the cluster's key, which fails the check.
+        let (primary, requests) = answering(|_, path| {
+            let name = path.rsplit('/').next().unwrap_or_default();
             let secret = serde_json::json!({
                 "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "istio-remote-secret-east", "namespace": "istio-system"},
+                "metadata": {"name": name, "namespace": "istio-system"},
             });
             (http::StatusCode::OK, secret)
         });
         let east = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
         let leaving = crate::mesh_state::fixtures::being_detached(east, "example.com/backup");
-        let mut sections = vec![Section {
-            name: "cluster east (https://east)".into(),
+        let west = mesh_core::fixtures::mesh_cluster("west", "uid-of-west");
+        let attached = Attached {
+            clusters: vec![leaving, west],
+            primary_namespaces: Ok(Default::default()),
+            remotes: vec![None, Some(ClusterFacts::SecretMissing)],
+        };
+        let section = |name: &str| Section {
+            name: format!("cluster {name} (https://{name})"),
             checks: Vec::new(),
-        }];
-        add_checks(&primary, &[leaving], &mut sections, Duration::from_secs(5)).await;
+        };
+        let mut sections = vec![section("east"), section("west")];
+        add_checks(&primary, &attached, &mut sections, Duration::from_secs(5)).await;
         assert!(sections[0].checks.is_empty(), "{sections:?}");
-        assert_eq!(requests.all(), Vec::<String>::new());
+        assert_eq!(sections[1].checks.len(), 1, "{sections:?}");
+        assert_eq!(
+            requests.all(),
+            ["GET /api/v1/namespaces/istio-system/secrets/istio-remote-secret-west"]
+        );
     }
 }

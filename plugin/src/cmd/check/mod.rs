@@ -83,8 +83,7 @@ pub async fn check_all(
         let mesh = facts::mesh(client, user_kubeconfig, &installation.rule, remote_timeout).await;
         let mut clusters = cluster::judge_mesh(&mesh, &installation.rule, now);
         if let facts::MeshFacts::Attached(attached) = &mesh {
-            istio_secret::add_checks(client, &attached.clusters, &mut clusters, remote_timeout)
-                .await;
+            istio_secret::add_checks(client, attached, &mut clusters, remote_timeout).await;
         }
         sections.extend(clusters);
     }
