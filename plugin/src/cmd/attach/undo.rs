@@ -125,13 +125,13 @@ pub(super) fn re_run(takeover: bool) -> &'static str {
 }
 
 /// What the hint says of what a rollback could not undo: objects it created are deleted by
-/// hand; what it changed is set again by an attach with the flags that made it (deleting a
+/// hand, those still there (a deletion the deadline cut off may have landed); what it changed is set again by an attach with the flags that made it (deleting a
 /// changed sync scope by hand would leave the stored token unconfined).
 pub(super) fn left_behind(undeleted: &[String], unrestored: &[String], takeover: bool) -> String {
     let mut parts = Vec::new();
     if !undeleted.is_empty() {
         parts.push(format!(
-            "the rollback left {} behind: delete them by hand",
+            "the rollback left {} behind: delete those still there by hand",
             undeleted.join(", ")
         ));
     }
@@ -191,8 +191,8 @@ mod tests {
         let changed = ["remote: ValidatingAdmissionPolicy kubectl-mesh-sync-scope".to_owned()];
         assert_eq!(
             left_behind(&created, &[], false),
-            "the rollback left remote: ClusterRole kubectl-mesh-sync behind: delete them by \
-             hand; then re-run attach"
+            "the rollback left remote: ClusterRole kubectl-mesh-sync behind: delete those \
+             still there by hand; then re-run attach"
         );
         let both = left_behind(&created, &changed, false);
         assert!(
