@@ -27,6 +27,13 @@ pub const SNAPSHOT_ROWS: usize = 500;
 /// Rows of the namespace matrix judged at a time.
 const MATRIX_CHUNK: usize = 100;
 
+/// Why a remote's namespaces or services are not known yet: nothing was read of it so far.
+const NOT_READ_YET: &str = "not read yet";
+
+/// The state of a remote not read yet, in the clusters table, its matrix cells and its
+/// services column: not one of `status`'s, which reads every cluster before it answers.
+const PENDING: &str = "pending";
+
 /// What the page receives.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,10 +50,27 @@ struct Snapshot<'a> {
 /// filter, and those from `offset` on, each row made as it is written.
 #[derive(Serialize)]
 struct ServicesJson<'j, 'a> {
-    clusters: Vec<services::ClusterColumn>,
+    clusters: Vec<PageColumn>,
     total: usize,
     offset: usize,
     services: PageRows<'j, 'a>,
+}
+
+/// A services column as the page gets it: as `services` judges it, or [`PENDING`] for a
+/// remote whose services were not read yet.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PageColumn {
+    Judged(services::ClusterColumn),
+    Pending { name: String, state: &'static str },
+}
+
+/// What is known of a remote's namespaces.
+enum NamespacesRead<'a> {
+    Read(&'a Records<String, NsFacts>),
+    Unread(Unread),
+    /// Nothing was read of it yet.
+    Pending,
 }
 
 /// One remote in the clusters table.
@@ -59,7 +83,7 @@ struct ClusterInfo {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     detaching: bool,
     /// `reachable`, `unreachable` (no answer), `not-read` (answered, but could not be read
-    /// with the stored credentials, as `status` tells them) or `unknown` (not asked yet), as
+    /// with the stored credentials, as `status` tells them) or `pending` (not asked yet), as
     /// seen from here now.
     reachability: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +158,7 @@ impl Live {
                     .unwrap_or(TokenExpiry::Unknown);
                 let row = ClusterRow::new(c, expiry, now);
                 let (reachability, error) = match remote.and_then(|r| r.probe.as_ref()) {
-                    None => ("unknown", None),
+                    None => (PENDING, None),
                     Some(Ok(())) => ("reachable", None),
                     Some(Err(e)) if e.unanswered => ("unreachable", Some(e.error.clone())),
                     Some(Err(e)) => ("not-read", Some(e.error.clone())),
@@ -187,11 +211,26 @@ impl Live {
         let mut chunks = rows.chunks(chunk.max(1));
         // The columns do not depend on the rows: no row is judged for them.
         let columns = self.matrix_of(&[]).clusters;
+        let pending: Vec<&str> = columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|name| matches!(self.namespaces_read(name), NamespacesRead::Pending))
+            .collect();
         let mut counts = [0; 4];
         let mut buf = Vec::new();
         buf.extend_from_slice(b"{\"clusters\":");
         // Plain data into memory: serializing cannot fail.
-        serde_json::to_writer(&mut buf, &columns).unwrap_or_default();
+        if pending.is_empty() {
+            serde_json::to_writer(&mut buf, &columns).unwrap_or_default();
+        } else {
+            let mut columns = serde_json::to_value(&columns).unwrap_or_default();
+            for column in columns.as_array_mut().into_iter().flatten() {
+                if pending.iter().any(|name| column["name"] == *name) {
+                    column["pending"] = true.into();
+                }
+            }
+            serde_json::to_writer(&mut buf, &columns).unwrap_or_default();
+        }
         buf.extend_from_slice(b",\"namespaces\":[");
         let mut first = true;
         for rows in chunks.by_ref() {
@@ -201,7 +240,18 @@ impl Live {
                     buf.push(b',');
                 }
                 first = false;
-                serde_json::to_writer(&mut buf, row).unwrap_or_default();
+                if pending.is_empty() {
+                    serde_json::to_writer(&mut buf, row).unwrap_or_default();
+                    continue;
+                }
+                // `status` judges them not read; the page says they are being read.
+                let mut row = serde_json::to_value(row).unwrap_or_default();
+                for name in &pending {
+                    if let Some(cell) = row["clusters"].get_mut(*name) {
+                        cell["state"] = PENDING.into();
+                    }
+                }
+                serde_json::to_writer(&mut buf, &row).unwrap_or_default();
             }
             for (count, add) in counts.iter_mut().zip([
                 report.drifted,
@@ -243,20 +293,29 @@ impl Live {
     }
 
     /// The namespaces of a remote, or why they are not known.
-    fn remote_namespaces(&self, name: &str) -> Result<&Records<String, NsFacts>, Unread> {
-        let not_yet = || Unread {
-            error: "not read yet".to_owned(),
-            unanswered: false,
-        };
+    fn namespaces_read(&self, name: &str) -> NamespacesRead<'_> {
         match self.remotes.get(name) {
-            None => Err(not_yet()),
+            None => NamespacesRead::Pending,
             // A failing watch's map is what the remote was, not what it is: a token revoked
             // under it must not leave the last one read looking current.
             Some(r) => match (&r.probe, &r.namespaces_error, &r.namespaces) {
-                (Some(Err(e)), _, _) | (_, Some(e), _) => Err(e.clone()),
-                (_, None, Some(map)) => Ok(map),
-                (_, None, None) => Err(not_yet()),
+                (Some(Err(e)), _, _) | (_, Some(e), _) => NamespacesRead::Unread(e.clone()),
+                (_, None, Some(map)) => NamespacesRead::Read(map),
+                (_, None, None) => NamespacesRead::Pending,
             },
+        }
+    }
+
+    /// [`Live::namespaces_read`] as the judge of `status` takes it: one not read yet is not
+    /// read, which [`Live::matrix_json`] then tells apart.
+    fn remote_namespaces(&self, name: &str) -> Result<&Records<String, NsFacts>, Unread> {
+        match self.namespaces_read(name) {
+            NamespacesRead::Read(map) => Ok(map),
+            NamespacesRead::Unread(unread) => Err(unread),
+            NamespacesRead::Pending => Err(Unread {
+                error: NOT_READ_YET.to_owned(),
+                unanswered: false,
+            }),
         }
     }
 
@@ -316,30 +375,31 @@ impl Live {
             name: PRIMARY.to_owned(),
             state: ReadState::Read(primary_facts),
         }];
+        // Remotes whose services were not read yet: read as unreachable by the join (no
+        // cells), shown as pending.
+        let mut pending = vec![false];
         for name in &names {
             let state = match self.remotes.get_mut(name) {
-                None => ReadState::Unreachable {
-                    error: "not read yet".into(),
-                },
+                None => None,
                 Some(r) => match (&r.probe, &r.view) {
                     // Its services are read with the view credentials: only a remote that
                     // does not answer at all is unreachable for them.
-                    (Some(Err(e)), _) if e.unanswered => ReadState::Unreachable {
+                    (Some(Err(e)), _) if e.unanswered => Some(ReadState::Unreachable {
                         error: e.error.clone(),
-                    },
-                    (_, ViewState::Pending) => ReadState::Unreachable {
-                        error: "not read yet".into(),
-                    },
-                    (_, ViewState::NoCredentials { istio_unread }) => ReadState::NoCredentials {
-                        enable: view::enable_command(name),
-                        istio_unread: istio_unread.clone(),
-                    },
-                    (_, ViewState::Failed(error)) => ReadState::Failed {
+                    }),
+                    (_, ViewState::Pending) => None,
+                    (_, ViewState::NoCredentials { istio_unread }) => {
+                        Some(ReadState::NoCredentials {
+                            enable: view::enable_command(name),
+                            istio_unread: istio_unread.clone(),
+                        })
+                    }
+                    (_, ViewState::Failed(error)) => Some(ReadState::Failed {
                         credentials: "view".into(),
                         error: error.clone(),
-                    },
+                    }),
                     // A watch of its workloads failing: what was read is no longer current.
-                    (_, ViewState::Read(_)) => match r.view_error() {
+                    (_, ViewState::Read(_)) => Some(match r.view_error() {
                         Some(error) => ReadState::Failed {
                             credentials: "view".into(),
                             error: error.to_owned(),
@@ -349,18 +409,32 @@ impl Live {
                             facts.injection = r.namespaces.as_ref().map(injection_of);
                             ReadState::Read(facts)
                         }
-                    },
+                    }),
                 },
             };
+            pending.push(state.is_none());
             reads.push(ClusterRead {
                 name: name.clone(),
-                state,
+                state: state.unwrap_or_else(|| ReadState::Unreachable {
+                    error: NOT_READ_YET.into(),
+                }),
             });
         }
         let join = Join::paged(&reads);
         let (total, services) = join.page_rows(filter, offset, limit);
+        let clusters = services::columns(&reads)
+            .into_iter()
+            .zip(pending)
+            .map(|(column, pending)| match pending {
+                true => PageColumn::Pending {
+                    name: column.name,
+                    state: PENDING,
+                },
+                false => PageColumn::Judged(column),
+            })
+            .collect();
         let page = ServicesJson {
-            clusters: services::columns(&reads),
+            clusters,
             total,
             offset,
             services,
@@ -479,6 +553,117 @@ mod tests {
         live
     }
 
+    /// The page's matrix as `status` judges it: a remote the page says is being read
+    /// (`pending`) is one `status` could not read.
+    fn as_status_judges(mut matrix: serde_json::Value) -> serde_json::Value {
+        for column in matrix["clusters"].as_array_mut().unwrap() {
+            column.as_object_mut().unwrap().remove("pending");
+        }
+        for row in matrix["namespaces"].as_array_mut().unwrap() {
+            for cell in row["clusters"].as_object_mut().unwrap().values_mut() {
+                if cell["state"] == PENDING {
+                    cell["state"] = "not-read".into();
+                }
+            }
+        }
+        matrix
+    }
+
+    /// A remote not read yet, for its first seconds, was shown as one whose stored
+    /// credentials could not be read or used (`not read` in the matrix) and its services as
+    /// unreachable: it is pending until read. Remotes read keep their states.
+    #[test]
+    fn a_remote_not_read_yet_is_pending_until_read() {
+        let unread = |unanswered| {
+            Some(Err(Unread {
+                error: "refused or silent".to_owned(),
+                unanswered,
+            }))
+        };
+        let listed = || Some(kept(&[("a", &[("istio-injection", "enabled")])]));
+        let read = || ViewState::Read(view::Source::View);
+        // What remote-1 is, then its reachability, its cell of namespace `a` and its services
+        // column.
+        let cases = [
+            (
+                "never asked",
+                None,
+                None,
+                ViewState::Pending,
+                ["pending"; 3],
+            ),
+            (
+                "answers, nothing listed yet",
+                Some(Ok(())),
+                None,
+                ViewState::Pending,
+                ["reachable", "pending", "pending"],
+            ),
+            (
+                "namespaces listed, services not yet",
+                Some(Ok(())),
+                listed(),
+                ViewState::Pending,
+                ["reachable", "in-sync", "pending"],
+            ),
+            (
+                "read",
+                Some(Ok(())),
+                listed(),
+                read(),
+                ["reachable", "in-sync", "read"],
+            ),
+            (
+                "does not answer",
+                unread(true),
+                None,
+                ViewState::Pending,
+                ["unreachable"; 3],
+            ),
+            (
+                "its stored credentials refused, its view ones read",
+                unread(false),
+                None,
+                read(),
+                ["not-read", "not-read", "read"],
+            ),
+        ];
+        for (what, probe, namespaces, view, expected) in cases {
+            let mut live = live();
+            let remote = live.remotes.get_mut("remote-1").unwrap();
+            (remote.probe, remote.namespaces, remote.view) = (probe, namespaces, view);
+            let json: serde_json::Value =
+                serde_json::from_slice(&json_of(&live.snapshot())).unwrap();
+            let named = |list: &serde_json::Value, name: &str| {
+                list.as_array()
+                    .and_then(|all| all.iter().find(|c| c["name"] == name))
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{what}: no {name} in {list}"))
+            };
+            let states = |name: &str| {
+                let cell = &json["matrix"]["namespaces"][0];
+                assert_eq!(cell["name"], "a", "{what}");
+                [
+                    named(&json["clusters"], name)["reachability"].clone(),
+                    cell["clusters"][name]["state"].clone(),
+                    named(&json["services"]["clusters"], name)["state"].clone(),
+                ]
+            };
+            assert_eq!(states("remote-1"), expected, "{what}: {json}");
+            let pending = named(&json["matrix"]["clusters"], "remote-1")
+                .get("pending")
+                .cloned();
+            assert_eq!(
+                pending.is_some(),
+                expected[1] == PENDING,
+                "{what}: {pending:?}"
+            );
+            // Never asked (no entry yet) and silent, whatever remote-1 is.
+            assert_eq!(states("remote-3"), ["pending"; 3], "{what}: {json}");
+            assert_eq!(states("remote-2"), ["unreachable"; 3], "{what}: {json}");
+        }
+    }
+
     #[test]
     fn the_matrix_judged_in_chunks_is_the_whole_matrix() {
         let live = live();
@@ -506,7 +691,7 @@ mod tests {
         for chunk in [1, 2, 4, 100] {
             let chunked: serde_json::Value =
                 serde_json::from_slice(&live.matrix_json(chunk)).unwrap();
-            assert_eq!(chunked, whole, "{chunk} rows at a time");
+            assert_eq!(as_status_judges(chunked), whole, "{chunk} rows at a time");
         }
     }
 
@@ -714,7 +899,10 @@ mod tests {
         assert_eq!(column("remote-1")["detaching"], true, "{matrix}");
         assert_eq!(column("remote-2").get("detaching"), None, "{matrix}");
         let status = live.matrix_of(&live.matrix_rows());
-        assert_eq!(matrix, &serde_json::to_value(&status).unwrap());
+        assert_eq!(
+            as_status_judges(matrix.clone()),
+            serde_json::to_value(&status).unwrap()
+        );
         // Its drift is not counted, as `status` does not count it.
         assert_eq!(matrix["drifted"], 0, "{matrix}");
         // Its cells still say what differs.

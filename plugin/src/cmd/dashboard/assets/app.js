@@ -20,6 +20,9 @@ const MAX_SERVICE_ROWS = 500;
 const DETACHING = 'being detached: its namespaces are not synced any more';
 // A remote that answered but could not be read, as `status` says it (not "unreachable").
 const NOT_READ = 'not read';
+// A remote nothing was read of yet (the dashboard just started, the cluster was just
+// attached): neither unreachable nor not read.
+const READING = 'reading…';
 let state = null;
 // The server's answer for the filter last asked for: {filter, page}.
 let filtered = null;
@@ -67,13 +70,13 @@ function renderClusters() {
 }
 
 function reachabilityText(cluster) {
-  const said = cluster.reachability === 'not-read' ? NOT_READ : cluster.reachability;
+  const said = { 'not-read': NOT_READ, pending: READING }[cluster.reachability] || cluster.reachability;
   return cluster.error ? `${said}: ${cluster.error}` : said;
 }
 
 // The cells `status` shows without labels.
 const BARE_CELLS = { missing: '(missing)', absent: '(absent)', unreachable: '(unreachable)',
-  'not-read': `(${NOT_READ})`, 'scope-invalid': '(scope invalid)' };
+  'not-read': `(${NOT_READ})`, pending: `(${READING})`, 'scope-invalid': '(scope invalid)' };
 
 function renderMatrix() {
   const matrix = state.matrix;
@@ -104,7 +107,8 @@ function renderMatrix() {
 function serviceCell(column, row, isPrimary) {
   const cell = isPrimary ? row.primary : row.clusters[column.name];
   if (!cell) {
-    const text = { 'no-credentials': '(no view credentials)', failed: '(cannot read)', unreachable: '(unreachable)' }[column.state] || '-';
+    const text = { 'no-credentials': '(no view credentials)', failed: '(cannot read)', unreachable: '(unreachable)',
+      pending: `(${READING})` }[column.state] || '-';
     const title = [column.error, column.enable].filter(Boolean).join('; ');
     return el('td', { class: `state-${column.state === 'no-credentials' ? 'failed' : column.state}`, 'data-cluster': column.name, title }, text);
   }
