@@ -23,6 +23,11 @@ pub fn from_flags(
         .collect();
     exclude_namespaces.sort();
     exclude_namespaces.dedup();
+    // The flags replace the scope whole: an empty value (an unset shell variable, say) would
+    // otherwise widen it to every namespace, which only --clear is for.
+    if !exclude.is_empty() && exclude_namespaces.is_empty() {
+        return Err(empty_flag("--exclude-namespaces names no namespace"));
+    }
     for name in &exclude_namespaces {
         if let Some(why) = dns_label_problem(name) {
             return Err(Error::Refused {
@@ -32,7 +37,8 @@ pub fn from_flags(
         }
     }
     let namespace_selector = match selector.map(str::trim) {
-        None | Some("") => None,
+        None => None,
+        Some("") => return Err(empty_flag("--namespace-selector is empty")),
         Some(text) => Some(parse_selector(text).map_err(|what| {
             Error::Refused {
                 what: format!("--namespace-selector {text:?}: {what}"),
@@ -51,6 +57,16 @@ pub fn from_flags(
         hint: "select namespaces by labels kubectl-mesh does not manage".into(),
     })?;
     Ok(scope)
+}
+
+/// The refusal of a scope flag given an empty value.
+fn empty_flag(what: &str) -> Error {
+    Error::Refused {
+        what: what.to_owned(),
+        hint: "give it a value, or leave it out; `kubectl mesh scope CLUSTER --clear` removes a \
+               cluster's scope"
+            .into(),
+    }
 }
 
 /// `scope` in a few words, e.g. `all namespaces` or `not gateways; only team!=platform`.
@@ -231,5 +247,29 @@ mod tests {
             err.line()
         );
         assert_eq!(describe(&NamespaceScope::default()), "all namespaces");
+    }
+
+    /// An empty flag value (`--exclude-namespaces "$UNSET"`) used to make the scope every
+    /// namespace, as `--clear` does, without a word.
+    #[test]
+    fn an_empty_flag_value_is_refused_not_taken_for_no_scope() {
+        let rule = SyncRule::default();
+        let refusals = [
+            (vec![String::new()], None),
+            (vec![" ".into(), String::new()], Some("team!=x")),
+            (vec![], Some(" ")),
+            (vec!["gw".into()], Some("")),
+        ];
+        for (exclude, selector) in refusals {
+            let line = from_flags(&rule, &exclude, selector).unwrap_err().line();
+            assert!(
+                line.contains(" is empty") || line.contains("names no namespace"),
+                "{line}"
+            );
+            assert!(line.contains("--clear"), "{line}");
+        }
+        // A trailing comma among names is not an empty value.
+        let scope = from_flags(&rule, &["gw".into(), String::new()], None).unwrap();
+        assert_eq!(describe(&scope), "not gw");
     }
 }
