@@ -8,6 +8,7 @@
 //! name, inline `certificate-authority-data` and a bearer token. The same rule as istiod's
 //! remote-secret sanitizer.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
@@ -38,11 +39,11 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         #[source]
-        source: KubeconfigError,
+        source: LoadError,
     },
     /// The default kubeconfig (`~/.kube/config`) could not be read or parsed.
     #[error("cannot load the default kubeconfig")]
-    LoadDefault(#[source] KubeconfigError),
+    LoadDefault(#[source] LoadError),
     /// Neither `--context` nor `current-context` names a context.
     #[error("the kubeconfig has no current context")]
     NoCurrentContext,
@@ -185,6 +186,33 @@ fn quote_odd(name: &str) -> String {
     }
 }
 
+/// kube's error loading a kubeconfig, told without the lines the YAML parser quotes around a
+/// fault: those of a kubeconfig hold tokens and keys, and errors end up in terminals and CI
+/// logs.
+#[derive(Debug)]
+pub struct LoadError(KubeconfigError);
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            KubeconfigError::Parse(e) => {
+                write!(
+                    f,
+                    "failed to parse kubeconfig YAML: {}",
+                    e.without_snippet()
+                )
+            }
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
 /// Result of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -209,7 +237,7 @@ pub fn load(path: Option<&Path>) -> Result<Kubeconfig> {
             }
             Kubeconfig::read().map_err(|source| match source {
                 KubeconfigError::FindPath => Error::NotFound,
-                source => Error::LoadDefault(source),
+                source => Error::LoadDefault(LoadError(source)),
             })
         }
     }
@@ -255,7 +283,7 @@ fn load_error(path: &Path, err: KubeconfigError) -> Error {
         },
         source => Error::Load {
             path: path.to_owned(),
-            source,
+            source: LoadError(source),
         },
     }
 }
@@ -824,6 +852,22 @@ users:
         let err = load(Some(&dir.path().join("missing"))).unwrap_err();
         assert!(matches!(err, Error::Read { .. }), "{err:?}");
         assert!(err.hint().contains("--kubeconfig"));
+    }
+
+    /// The YAML parser quotes the lines around a fault, and those of a kubeconfig hold tokens
+    /// and keys: the error of a file that does not parse says where, not what is there.
+    #[test]
+    fn a_kubeconfig_that_does_not_parse_is_told_without_its_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        let text = "apiVersion: v1\nusers:\n- name: admin\n  user:\n    token: s3cr3t-token\n \
+                    client-key-data: [unclosed\n";
+        std::fs::write(&path, text).unwrap();
+        let err = crate::Error::from(load(Some(&path)).unwrap_err());
+        let line = err.line();
+        assert!(line.starts_with("cannot load kubeconfig "), "{line}");
+        assert!(line.contains("line "), "says where: {line}");
+        assert!(!line.contains("s3cr3t-token"), "{line}");
     }
 
     /// A cluster entry with only its server set.
