@@ -9,7 +9,8 @@
 //! is still read (with the new ones), a request for a foreign host is refused, and so is a
 //! request for data without the token of the URL the dashboard printed; a connection that
 //! asks nothing is closed. More pages than a browser opens connections to one server all
-//! show the mesh live.
+//! show the mesh live; while a page takes over the stream of one that closed, every page says
+//! it is connecting, and a page's question for the current snapshot is answered to it alone.
 //! Screenshots go to the target directory.
 
 use std::path::PathBuf;
@@ -678,5 +679,132 @@ async fn pages_refused_a_stream_stream_again_once_the_server_has_room() -> anyho
     pages.push(browser.open_page(&dashboard.url).await?);
     let live = "document.querySelector('#connection').dataset.state === 'live'";
     until_every(&mut browser, &pages, "is live", SHOWS_WITHIN, live).await?;
+    Ok(())
+}
+
+/// Whether the page's connection reads `state`, as JavaScript.
+fn connection_is(state: &str) -> String {
+    format!("document.querySelector('#connection').dataset.state === '{state}'")
+}
+
+/// `count` pages of the dashboard at `url`, all live. The first is opened alone: it takes the
+/// lock, and streams for the others until it closes.
+async fn pages_behind_a_streaming_one(
+    browser: &mut Browser,
+    url: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Page>> {
+    let live = connection_is("live");
+    let mut pages = vec![browser.open_page(url).await?];
+    let first = "is live, streaming alone";
+    until_every(browser, &pages, first, Duration::from_secs(60), &live).await?;
+    for _ in 1..count {
+        pages.push(browser.open_page(url).await?);
+    }
+    until_every(browser, &pages, "is live", SHOWS_WITHIN, &live).await?;
+    Ok(pages)
+}
+
+/// Makes every event stream the page opens from now on deliver no snapshot until
+/// `releaseStreams()`: a stream that has not answered yet, for as long as the test needs.
+const HOLD_NEW_STREAMS: &str = r#"(() => {
+    const held = [];
+    let released = false;
+    window.EventSource = class extends window.EventSource {
+        addEventListener(type, listener, options) {
+            const later = (event) => released ? listener(event) : held.push(() => listener(event));
+            super.addEventListener(type, type === 'state' ? later : listener, options);
+        }
+    };
+    window.releaseStreams = () => {
+        released = true;
+        held.splice(0).forEach((deliver) => deliver());
+        return true;
+    };
+    return true;
+})()"#;
+
+/// When the page streaming for the others closed and another took over, the others went on
+/// showing the last snapshot as live, however long the new stream took to answer: every page
+/// says it is connecting until it answers.
+#[tokio::test]
+async fn pages_say_connecting_until_the_stream_of_a_page_taking_over_answers() -> anyhow::Result<()>
+{
+    let (_serial, _env, mesh) = serial_mesh().await;
+    let dashboard = mesh.dashboard(Stdio::inherit()).await?;
+    let mut browser = Browser::start(1000, 800, &shots().join("takeover.log")).await?;
+    let mut pages = pages_behind_a_streaming_one(&mut browser, &dashboard.url, 3).await?;
+    let streaming = pages.remove(0);
+    for page in &pages {
+        browser.eval_in(page, HOLD_NEW_STREAMS).await?;
+    }
+    browser.close_page(streaming).await?;
+    let connecting = connection_is("connecting");
+    let what = "says connecting while the new stream has not answered";
+    until_every(&mut browser, &pages, what, SHOWS_WITHIN, &connecting).await?;
+    for page in &pages {
+        browser.eval_in(page, "window.releaseStreams()").await?;
+    }
+    let what = "is live once the new stream answered";
+    until_every(
+        &mut browser,
+        &pages,
+        what,
+        SHOWS_WITHIN,
+        &connection_is("live"),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records what the page hears on the dashboard's channel (`heard`) and each snapshot time it
+/// shows (`shown`, from the one shown now).
+const RECORD_HEARD_AND_SHOWN: &str = r#"(() => {
+    window.heard = [];
+    window.recorder = new BroadcastChannel(`mesh-dashboard-${token}`);
+    recorder.addEventListener('message', (event) => heard.push(event.data));
+    const updated = document.getElementById('updated');
+    window.shown = [updated.textContent];
+    new MutationObserver(() => shown.push(updated.textContent)).observe(updated, { childList: true });
+    return true;
+})()"#;
+
+/// A page that opens asks the streaming page for the current snapshot: the answer went to
+/// every page, and each showed the same snapshot again. It goes to the page that asked alone.
+#[tokio::test]
+async fn a_new_pages_question_is_answered_to_it_alone() -> anyhow::Result<()> {
+    let (_serial, _env, mesh) = serial_mesh().await;
+    let dashboard = mesh.dashboard(Stdio::inherit()).await?;
+    let mut browser = Browser::start(1000, 800, &shots().join("answer.log")).await?;
+    let pages = pages_behind_a_streaming_one(&mut browser, &dashboard.url, 3).await?;
+    for page in &pages[1..] {
+        browser.eval_in(page, RECORD_HEARD_AND_SHOWN).await?;
+    }
+    let asking = browser.open_page(&dashboard.url).await?;
+    let live = connection_is("live");
+    until_in(
+        &mut browser,
+        Some(&asking),
+        "the new page is live",
+        SHOWS_WITHIN,
+        &live,
+    )
+    .await?;
+    let answered = r#"(() => { const asked = heard.find((m) => m.ask);
+        return !!asked && heard.some((m) => m.state !== undefined && m.to === asked.ask); })()"#;
+    let what = "hears the answer, addressed to the page that asked";
+    until_every(&mut browser, &pages[1..], what, SHOWS_WITHIN, answered).await?;
+    // The page's own channel, made before the recorder, is given each message first: once the
+    // recorder heard the answer, the page has shown it or not.
+    let not_shown_again = "shown.every((time, i) => i === 0 || time !== shown[i - 1])";
+    let what = "did not show the answer, the snapshot it shows already";
+    until_every(
+        &mut browser,
+        &pages[1..],
+        what,
+        Duration::ZERO,
+        not_shown_again,
+    )
+    .await?;
     Ok(())
 }
