@@ -9,6 +9,7 @@
 //! take among them), unless none came for ten windows.
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
@@ -75,13 +76,39 @@ type CorrectionKey = (String, Option<String>);
 /// What a push failure is: its cluster and namespace.
 type PushFailureKey = (String, String);
 
-/// How a repeated Event is recorded. kube's [`Recorder`] folds events with the same reason
-/// on the same object into one series and keeps the first note: right for a failure that
-/// repeats every retry, wrong for corrections whose notes say what changed each time.
+/// How a repeated Event is recorded.
 #[derive(Clone, Copy, Debug)]
 enum Series {
+    /// A repeat of the same note bumps the count of the first one's Event (a failure that
+    /// repeats every retry); another note is an Event of its own ([`SeriesByNote`]).
     Aggregate,
+    /// Every one is an Event of its own (corrections, whose notes say what changed each time).
     Distinct,
+}
+
+/// kube's [`Recorder`] folds Events with the same reason on the same objects into one series
+/// and keeps the first one's note: a repeat with another note (another cause, a count held)
+/// would only bump that count, and be lost. So one Recorder per note, forgotten when kube's
+/// would have let its Event go.
+#[derive(Clone, Default)]
+struct SeriesByNote(Arc<Mutex<HashMap<String, (Recorder, Instant)>>>);
+
+/// How long kube's [`Recorder`] keeps an Event to fold repeats into.
+const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+
+impl SeriesByNote {
+    /// The Recorder of `event`'s reason and note.
+    fn recorder(&self, primary: &Client, reporter: &Reporter, event: &KubeEvent) -> Recorder {
+        let now = now();
+        let mut by_note = lock(&self.0);
+        by_note.retain(|_, (_, used)| now.duration_since(*used) < SERIES_TTL);
+        let note = event.note.as_deref().unwrap_or_default();
+        let (recorder, used) = by_note
+            .entry(format!("{}\n{note}", event.reason))
+            .or_insert_with(|| (Recorder::new(primary.clone(), reporter.clone()), now));
+        *used = now;
+        recorder.clone()
+    }
 }
 
 /// Publishes the Events of one replica on the primary. Cheap to clone; clones share what
@@ -90,8 +117,8 @@ enum Series {
 pub struct Publisher {
     primary: Client,
     reporter: Reporter,
-    /// Shared by every [`Series::Aggregate`] Event, so that repeats fold into one series.
-    aggregate: Recorder,
+    /// The Recorders of [`Series::Aggregate`] Events, so that repeats fold into one series.
+    aggregate: SeriesByNote,
     /// The corrections Events told, and apart, those the reconciler's log told (each asks
     /// once per sync, so neither may take the other's turn).
     corrections: Arc<Mutex<Throttle<CorrectionKey>>>,
@@ -115,7 +142,7 @@ impl Publisher {
     pub fn new(primary: Client, reporter: Reporter, metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
-            aggregate: Recorder::new(primary.clone(), reporter.clone()),
+            aggregate: SeriesByNote::default(),
             primary,
             reporter,
             corrections: Arc::new(Mutex::new(Throttle::new(CORRECTION_WINDOW))),
@@ -356,7 +383,12 @@ impl Publisher {
     ) -> bool {
         let publishing = async {
             match series {
-                Series::Aggregate => self.aggregate.publish(event, regarding).await,
+                Series::Aggregate => {
+                    let recorder = self
+                        .aggregate
+                        .recorder(&self.primary, &self.reporter, event);
+                    recorder.publish(event, regarding).await
+                }
                 Series::Distinct => {
                     Recorder::new(self.primary.clone(), self.reporter.clone())
                         .publish(event, regarding)
@@ -652,6 +684,35 @@ mod tests {
         fn last_note(&self) -> String {
             lock(&self.notes).last().cloned().unwrap_or_default()
         }
+    }
+
+    /// kube's Recorder folded every `TokenRenewalFailed` of a cluster into the first one's
+    /// Event, whose note then told a cause long gone: a repeat of the same note bumps that
+    /// Event's count, another note is an Event of its own. A stand-in apiserver: a real
+    /// renewal failing for one cause then another is not at hand on demand.
+    #[tokio::test]
+    async fn a_repeat_with_another_note_is_an_event_of_its_own() {
+        let stored = serde_json::json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "east", "namespace": "default"},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+        });
+        let (primary, requests) =
+            mesh_core::fake_apiserver::answering(move |_, _| (StatusCode::OK, stored.clone()));
+        let reporter = Reporter {
+            controller: "test".to_owned(),
+            instance: None,
+        };
+        let publisher = Publisher::new(primary, reporter, Arc::default());
+        let east = mesh_cluster("east", "uid-of-east");
+        for cause in ["401 Unauthorized", "401 Unauthorized", "403 Forbidden"] {
+            publisher.token_renewal_failed(&east, cause).await;
+        }
+        let methods: Vec<String> = (requests.all().iter())
+            .filter(|r| r.contains("/apis/events.k8s.io/v1/namespaces/default/events"))
+            .map(|r| r.split(' ').next().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(methods, ["POST", "PATCH", "POST"]);
     }
 
     /// Runs every other task of the (paused, single-threaded) test runtime until all wait:
