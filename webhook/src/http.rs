@@ -177,9 +177,13 @@ impl AppState {
             .into_iter()
             .map(|timed| {
                 let outcome = timed.outcome;
-                self.shared
-                    .metrics
-                    .observe_push(&outcome.cluster, &outcome.result, timed.elapsed);
+                let metrics = &self.shared.metrics;
+                match timed.elapsed {
+                    Some(elapsed) => {
+                        metrics.observe_push(&outcome.cluster, &outcome.result, elapsed)
+                    }
+                    None => metrics.count_push(&outcome.cluster, &outcome.result),
+                }
                 if timed.read_first {
                     self.shared.metrics.push_read_first(&outcome.cluster);
                 }

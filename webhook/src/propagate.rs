@@ -140,7 +140,9 @@ impl PushResult {
 #[derive(Debug)]
 pub struct TimedOutcome {
     pub outcome: PushOutcome,
-    pub elapsed: Duration,
+    /// How long the push took; `None` when no request was made (a remote not waited for,
+    /// without usable credentials or scope): its time would tell nothing of propagation.
+    pub elapsed: Option<Duration>,
     /// The remote refused the one-patch bet of [`push_from`] and was read first (also when
     /// the deadline then cut the push short).
     pub read_first: bool,
@@ -184,12 +186,14 @@ pub async fn fan_out_timed_from(
         let started = Instant::now();
         let read_first = AtomicBool::new(false);
         let scoped = rule.within(remote.scope());
+        let mut asked = false;
         let result = match (remote.state(), &scoped) {
             (_, Err(error)) => {
                 PushResult::Failed(format!("its namespace scope is unusable: {error}"))
             }
             (RemoteState::Ready(_), Ok(_)) if remote.is_silent() => PushResult::NotWaited,
             (RemoteState::Ready(client), Ok(rule)) => {
+                asked = true;
                 let pushed = async {
                     if let Err(error) = remote.verify().await {
                         return PushResult::unverified(&error);
@@ -223,7 +227,7 @@ pub async fn fan_out_timed_from(
                 cluster: remote.name().to_owned(),
                 result,
             },
-            elapsed,
+            elapsed: asked.then_some(elapsed),
             read_first: read_first.load(Ordering::Relaxed),
         }
     }))
@@ -659,6 +663,40 @@ pub(crate) mod tests {
             matches!(&outcomes[0].result, PushResult::Unreachable(m) if m.contains("not found")),
             "{:?}",
             outcomes[0].result
+        );
+    }
+
+    /// Pushes that asked nothing of their remote (not waited for, no usable credentials or
+    /// scope) took no time worth a latency: timed, they made propagation look fastest while
+    /// nothing reached the remotes.
+    #[tokio::test]
+    async fn only_a_push_that_asked_its_remote_is_timed() {
+        let (_slow, mut remotes) = slow_remote(Duration::from_secs(5));
+        let error = mesh_core::remote::Error::SecretMissing {
+            namespace: "m".into(),
+            name: "s".into(),
+        };
+        remotes.push(Arc::new(Remote::unavailable("west", &error)));
+        let push = || async {
+            let intent = enable_injection();
+            let rule = SyncRule::default();
+            let deadline = Duration::from_millis(200);
+            fan_out_timed_from(&remotes, &rule, &intent, None, deadline, true).await
+        };
+        let timed = |outcomes: Vec<TimedOutcome>| -> Vec<(PushResult, bool)> {
+            let timed = |o: TimedOutcome| (o.outcome.result, o.elapsed.is_some());
+            outcomes.into_iter().map(timed).collect()
+        };
+        let unreachable = |o: &TimedOutcome| o.outcome.result.clone();
+        let first = push().await;
+        let west = unreachable(&first[1]);
+        assert_eq!(
+            timed(first),
+            [(PushResult::TimedOut, true), (west.clone(), false)]
+        );
+        assert_eq!(
+            timed(push().await),
+            [(PushResult::NotWaited, false), (west, false)]
         );
     }
 }
