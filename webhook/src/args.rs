@@ -460,6 +460,11 @@ fn read_kubeconfig(path: &std::path::Path) -> anyhow::Result<Kubeconfig> {
 }
 
 async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    let config = primary_config(kubeconfig).await?;
+    mesh_core::retry_after::client(config).context("cannot build the primary client")
+}
+
+async fn primary_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Config> {
     let mut config = match kubeconfig {
         None => Config::infer()
             .await
@@ -472,9 +477,10 @@ async fn primary_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<
     };
     // Its watches are the reconciler's view of the primary: one on a connection gone silent
     // (a stalled apiserver, a peer gone without a word) would be trusted for good. Every
-    // watch ends within `WATCH_SECONDS`, so a connection silent this long is dead.
-    config.read_timeout = Some(mesh_core::remote::WATCH_READ_TIMEOUT);
-    mesh_core::retry_after::client(config).context("cannot build the primary client")
+    // watch ends within `WATCH_SECONDS`, so a connection silent this long is dead. Counted
+    // from each request, not from when its pooled connection last read.
+    mesh_core::remote::time_each_request(&mut config, mesh_core::remote::WATCH_READ_TIMEOUT);
+    Ok(config)
 }
 
 /// Stops at once on SIGINT; on the first SIGTERM drains (not ready, open connections told to
@@ -556,6 +562,22 @@ fn init_tracing(filter: &str, format: LogFormat) -> anyhow::Result<LogLevelSette
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// The read timeout counted the time a pooled connection sat idle: a lease renewal or an
+    /// Event sent on a connection quiet for a minute had seconds left for its answer.
+    #[tokio::test]
+    async fn each_request_to_the_primary_has_the_whole_read_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("primary");
+        let kubeconfig = "contexts: [{name: p, context: {cluster: p, user: u}}]\n\
+                          clusters: [{name: p, cluster: {server: 'https://primary:6443'}}]\n\
+                          users: [{name: u, user: {token: t}}]\ncurrent-context: p\n";
+        std::fs::write(&path, kubeconfig).unwrap();
+        let config = primary_config(Some(&path)).await.unwrap();
+        let timeout = Some(mesh_core::remote::WATCH_READ_TIMEOUT);
+        assert_eq!(config.read_timeout, timeout);
+        assert!(config.reset_reader_on_write);
+    }
 
     #[test]
     fn the_missing_client_ca_warning_is_one_sentence() {
