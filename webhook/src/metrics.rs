@@ -151,8 +151,9 @@ impl Metrics {
         );
         registry.register(
             "pushes_read_first",
-            "Label pushes whose one-patch bet on the remote's previous labels the remote \
-             refused, so that it was read and diffed first",
+            "Label pushes whose one-patch bet on the remote's previous labels did not land \
+             (refused as a conflict, or failed in a way a read may explain), so that the \
+             remote was read and diffed first",
             pushes_read_first.clone(),
         );
         registry.register(
@@ -294,7 +295,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one push whose remote refused the one-patch bet and was read first.
+    /// Records one push whose one-patch bet did not land, so that its remote was read first.
     pub fn push_read_first(&self, cluster: &str) {
         self.pushes_read_first
             .get_or_create(&ClusterLabels {

@@ -143,7 +143,7 @@ pub struct TimedOutcome {
     /// How long the push took; `None` when no request was made (a remote not waited for,
     /// without usable credentials or scope): its time would tell nothing of propagation.
     pub elapsed: Option<Duration>,
-    /// The remote refused the one-patch bet of [`push_from`] and was read first (also when
+    /// The one-patch bet of [`push_from`] did not land and the remote was read first (also when
     /// the deadline then cut the push short).
     pub read_first: bool,
 }
