@@ -195,15 +195,28 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
         let cluster = &outcome.cluster;
         let what = match &outcome.result {
             PushResult::Unreachable(reason) => {
-                format!("{cluster} unreachable ({})", short_reason(reason))
+                format!(
+                    "{cluster} unreachable ({}); the reconciler will retry",
+                    short_reason(reason)
+                )
             }
-            PushResult::Forbidden(reason) => {
-                format!("{cluster} forbids the change ({})", short_reason(reason))
-            }
-            PushResult::Failed(reason) => format!("{cluster} failed ({})", short_reason(reason)),
+            // Retrying will not help: the credentials need repair.
+            PushResult::CredentialsUnusable(reason) => format!(
+                "{cluster} not pushed: its stored credentials cannot be used ({}); `kubectl mesh \
+                 check` says how to repair them",
+                short_reason(reason)
+            ),
+            PushResult::Forbidden(reason) => format!(
+                "{cluster} forbids the change ({}); the reconciler will retry",
+                short_reason(reason)
+            ),
+            PushResult::Failed(reason) => format!(
+                "{cluster} failed ({}); the reconciler will retry",
+                short_reason(reason)
+            ),
             _ => continue,
         };
-        lines.push(format!("{WARNING_PREFIX}{what}; the reconciler will retry"));
+        lines.push(format!("{WARNING_PREFIX}{what}"));
     }
     if outcomes
         .iter()
@@ -671,6 +684,7 @@ mod tests {
         let refused = "connection refused".to_owned();
         let forbidden = "namespaces \"foo\" is forbidden".to_owned();
         let conflict = "conflict:\n  retry".to_owned();
+        let missing = "secret kubectl-mesh/cluster-remote-10 not found".to_owned();
         // (remote, its result, as the propagation annotation records it), out of order.
         let remotes = [
             ("remote-2", PushResult::Applied, "applied"),
@@ -682,6 +696,11 @@ mod tests {
             ("remote-7", PushResult::TimedOut, "timed_out"),
             ("remote-8", PushResult::Forbidden(forbidden), "forbidden"),
             ("remote-9", PushResult::Failed(conflict), "failed"),
+            (
+                "remote-10",
+                PushResult::CredentialsUnusable(missing),
+                "credentials_unusable",
+            ),
         ];
         let outcomes: Vec<_> = remotes
             .iter()
@@ -696,6 +715,7 @@ mod tests {
                 "kubectl-mesh: istio-injection=enabled applied on remote-1, remote-2",
                 "kubectl-mesh: remote-5 already in sync",
                 "kubectl-mesh: remote-3: namespace foo does not exist there (not created)",
+                "kubectl-mesh: remote-10 not pushed: its stored credentials cannot be used (secret kubectl-mesh/cluster-remote-10 not found); `kubectl mesh check` says how to repair them",
                 "kubectl-mesh: remote-4 unreachable (connection refused); the reconciler will retry",
                 "kubectl-mesh: remote-8 forbids the change (namespaces \"foo\" is forbidden); the reconciler will retry",
                 "kubectl-mesh: remote-9 failed (conflict: retry); the reconciler will retry",
@@ -908,6 +928,10 @@ mod tests {
             (PushResult::NamespaceMissing, "missing"),
             (PushResult::OutOfScope, "out_of_scope"),
             (PushResult::Unreachable(String::new()), "unreachable"),
+            (
+                PushResult::CredentialsUnusable(String::new()),
+                "credentials_unusable",
+            ),
             (PushResult::Forbidden(String::new()), "forbidden"),
             (PushResult::Failed(String::new()), "failed"),
             (PushResult::TimedOut, "timed_out"),

@@ -498,6 +498,9 @@ fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
         .filter_map(|outcome| {
             let why = match &outcome.result {
                 PushResult::Unreachable(error) => format!("unreachable: {error}"),
+                PushResult::CredentialsUnusable(error) => {
+                    format!("its stored credentials cannot be used: {error}")
+                }
                 PushResult::Forbidden(error) => format!("forbidden: {error}"),
                 PushResult::Failed(error) => error.clone(),
                 PushResult::TimedOut => "no answer before the deadline".to_owned(),

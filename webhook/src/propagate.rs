@@ -50,6 +50,9 @@ pub enum PushResult {
     OutOfScope,
     /// The remote's apiserver could not be reached.
     Unreachable(String),
+    /// The cluster's stored credentials cannot be used (its Secret missing, a kubeconfig the
+    /// rule of stored kubeconfigs refuses, not what attach recorded): nothing was sent.
+    CredentialsUnusable(String),
     /// The remote refused kubectl-mesh's credentials or permissions.
     Forbidden(String),
     /// Any other error answered by the remote.
@@ -76,6 +79,7 @@ impl PushResult {
             Self::NamespaceMissing => "missing",
             Self::OutOfScope => "out_of_scope",
             Self::Unreachable(_) => "unreachable",
+            Self::CredentialsUnusable(_) => "credentials_unusable",
             Self::Forbidden(_) => "forbidden",
             Self::Failed(_) => "failed",
             Self::TimedOut => "timed_out",
@@ -217,7 +221,7 @@ pub async fn fan_out_timed_from(
                 result
             }
             (RemoteState::Unavailable { message, .. }, Ok(_)) => {
-                PushResult::Unreachable(message.clone())
+                PushResult::CredentialsUnusable(message.clone())
             }
         };
         let elapsed = started.elapsed();
@@ -252,6 +256,9 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
         }
         PushResult::TimedOut => {
             tracing::warn!(%cluster, %namespace, %outcome, elapsed_ms, "push timed out");
+        }
+        PushResult::CredentialsUnusable(error) => {
+            tracing::warn!(%cluster, %namespace, %outcome, %error, "push not tried: the stored credentials cannot be used");
         }
         PushResult::NotWaited => {
             tracing::warn!(%cluster, %namespace, %outcome, "push not tried: the remote did not answer the last one");
@@ -645,8 +652,10 @@ pub(crate) mod tests {
         assert_eq!(second[0].result, PushResult::Applied);
     }
 
+    /// A cluster whose stored credentials cannot be used was said to be unreachable, while
+    /// its MeshCluster said why: the credentials.
     #[tokio::test]
-    async fn unavailable_remote_is_unreachable_without_a_call() {
+    async fn a_remote_without_usable_credentials_is_not_called_unreachable() {
         let error = mesh_core::remote::Error::SecretMissing {
             namespace: "m".into(),
             name: "s".into(),
@@ -660,7 +669,7 @@ pub(crate) mod tests {
         )
         .await;
         assert!(
-            matches!(&outcomes[0].result, PushResult::Unreachable(m) if m.contains("not found")),
+            matches!(&outcomes[0].result, PushResult::CredentialsUnusable(m) if m.contains("not found")),
             "{:?}",
             outcomes[0].result
         );
