@@ -589,9 +589,13 @@ async fn a_stored_kubeconfig_edited_to_break_the_rule_is_refused_before_anything
         reachable.message.contains("refused") && reachable.message.contains("is not https"),
         "{reachable:?}"
     );
+    // Its credentials, not the network, are what is wrong.
     let warnings = label_on_primary(&env, &ns, &["istio-injection=enabled"]).await?;
     assert!(
-        warnings.contains("remote-1 unreachable"),
+        warnings.contains(
+            "remote-1 not pushed: its stored credentials cannot be used (the kubeconfig in \
+             secret cluster-remote-1 is refused"
+        ),
         "kubectl printed: {warnings}"
     );
     // Nothing reached the decoy: the rule refused the kubeconfig before a client was built.
