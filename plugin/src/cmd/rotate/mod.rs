@@ -13,10 +13,13 @@
 //! ServiceAccounts and token Secrets on the remote must be this primary's, checked before the
 //! first token of any cluster is issued.
 //!
-//! Whether a cluster has an Istio reader is the remote's to say (its ServiceAccount or token
-//! Secrets): a caller who may not read istio-system on the primary sees no Istio remote secret
-//! there, and skipping the reader would leave a token that can read every Secret on the remote,
-//! the rotated ones included. Rotating it needs the rights in istio-system, asked up front.
+//! Whether a cluster has an Istio reader or a view identity is the remote's to say (its
+//! ServiceAccount or token Secrets): a caller who may not read istio-system on the primary sees
+//! no Istio remote secret there, a view Secret deleted on the primary leaves the view token on
+//! the remote, and skipping either would leave a token valid that can read every Secret (the
+//! rotated ones included) or every pod spec there. One the primary stores no credentials of is
+//! refused until attach stores them again. Rotating the Istio reader needs the rights in
+//! istio-system, asked up front.
 //!
 //! A token Secret is deleted only while the stored kubeconfig holds another token that the
 //! webhook has used (or when the stored one has expired and cannot be used anyway), so an
@@ -41,24 +44,25 @@ use kube::{
 use mesh_core::{
     GROUP, MESH_NAMESPACE,
     cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, MeshCluster},
+    failure::is_unreachable,
     token,
 };
 
 use crate::{
     Context, Error, Result,
-    access::{self, Need, RemoteAdminFlags, Target},
+    access::{self, Need, RemoteAdmin, RemoteAdminFlags, Target},
     credentials, kubeconfig, mesh_state,
     output::Progress,
     poll::{self, Late},
     remote_setup as setup,
 };
 
-mod istio_reader;
+mod identities;
 mod rotation;
 
-use istio_reader::{
-    IstioSecret, has_istio_reader, holders_of, istio_reader_on, istio_reader_unknown,
-    refuse_without_istio_rights,
+use identities::{
+    IstioSecret, Unasked, has_istio_reader, holders_of, identity_on, istio_reader_unknown,
+    refuse_without_istio_rights, remote_unreachable,
 };
 use rotation::Rotation;
 
@@ -196,6 +200,7 @@ impl Rotate {
             let mut plan = Plan {
                 name,
                 holders,
+                found_on_remote: Vec::new(),
                 istio,
                 time_bound: false,
             };
@@ -213,26 +218,44 @@ impl Rotate {
         let mut remotes = Vec::new();
         if dry_run {
             // The dry run reaches a remote only to learn what the primary does not show: whether
-            // it has an Istio reader. Without the remote's credentials it says what it cannot
-            // tell instead of leaving the reader out.
+            // it has an Istio reader or a view identity. Without the remote's credentials, or
+            // when it cannot be reached, it says what it cannot tell instead of failing, or of
+            // leaving an identity out silently.
             for (mc, plan) in targets.iter().zip(&mut plans) {
-                if plan.istio == IstioSecret::Stored {
+                if !plan.asks_remote() {
                     continue;
                 }
-                let on_remote = match remote_admin.find(Some(mc), &primary_kc)? {
-                    Some(admin) => {
-                        let (remote, target) = admin.connect_to(mc, &remote_needs(false)).await?;
-                        Some(istio_reader_on(&remote, &target, &plan.name).await?)
-                    }
-                    None => None,
+                let unasked = match remote_admin.find(Some(mc), &primary_kc)? {
+                    None => Some(Unasked::NoKubeconfig),
+                    Some(admin) => match unreachable(admin, &plan.name).await? {
+                        Some(why) => Some(Unasked::Unreachable(why)),
+                        None => {
+                            let (remote, target) =
+                                remote_client(&plan.name, mc, &primary_kc, &remote_admin, false)
+                                    .await?;
+                            plan.add_found_on_remote(&remote, &target).await?;
+                            None
+                        }
+                    },
                 };
-                match has_istio_reader(plan.istio, on_remote) {
-                    Some(true) => plan.holders.push(Holder::Istio),
-                    Some(false) => {}
-                    None => progress.warn(istio_reader_unknown(&plan.name)),
+                let Some(unasked) = unasked else { continue };
+                match (has_istio_reader(plan.istio, None), &unasked) {
+                    (None, _) => progress.warn(istio_reader_unknown(&plan.name, &unasked)),
+                    (Some(_), Unasked::Unreachable(why)) => {
+                        progress.warn(remote_unreachable(&plan.name, why))
+                    }
+                    (Some(_), Unasked::NoKubeconfig) => {}
                 }
             }
             refuse_without_istio_rights(&primary, &primary_target, &plans).await?;
+            // Refused as the run refuses them: an identity whose stored credentials are
+            // missing on the primary.
+            for (mc, plan) in targets.iter().zip(&mut plans) {
+                for holder in plan.found_on_remote.clone() {
+                    plan.check_stored(&primary, &primary_target, mc, holder)
+                        .await?;
+                }
+            }
             refuse_unsyncable(&targets)?;
         } else {
             access::require(
@@ -246,28 +269,23 @@ impl Rotate {
                 let (remote, target) =
                     remote_client(&plan.name, mc, &primary_kc, &remote_admin, plan.time_bound)
                         .await?;
-                if plan.istio != IstioSecret::Stored {
-                    let on_remote = istio_reader_on(&remote, &target, &plan.name).await?;
-                    if has_istio_reader(plan.istio, Some(on_remote)) == Some(true) {
-                        plan.holders.push(Holder::Istio);
-                    }
-                }
+                plan.add_found_on_remote(&remote, &target).await?;
                 refuse_taken_over(&remote, &target, &plan.name, &primary_id, &plan.holders).await?;
                 remotes.push((remote, target));
             }
             refuse_without_istio_rights(&primary, &primary_target, &plans).await?;
-            // An Istio reader the remote has and the primary did not show: what is stored for
-            // it, readable now, is checked like the others.
+            // An identity the remote has and the primary did not show: what is stored for it
+            // (the Istio reader's readable now) is checked like the others, and refused when
+            // missing.
             for ((mc, plan), (remote, target)) in targets.iter().zip(&mut plans).zip(&remotes) {
-                if plan.istio == IstioSecret::Stored || !plan.holders.contains(&Holder::Istio) {
-                    continue;
-                }
-                let time_bound = plan.time_bound;
-                plan.check_stored(&primary, &primary_target, mc, Holder::Istio)
-                    .await?;
-                if plan.time_bound && !time_bound {
-                    let needs = [Need::token_request()];
-                    access::require(remote, target, &needs, access::USE_A_REMOTE_ADMIN).await?;
+                for holder in plan.found_on_remote.clone() {
+                    let time_bound = plan.time_bound;
+                    plan.check_stored(&primary, &primary_target, mc, holder)
+                        .await?;
+                    if plan.time_bound && !time_bound {
+                        let needs = [Need::token_request()];
+                        access::require(remote, target, &needs, access::USE_A_REMOTE_ADMIN).await?;
+                    }
                 }
             }
             // Last of the checks: a refusal above (a takeover, say) says more than the
@@ -337,6 +355,8 @@ struct Plan {
     name: String,
     /// Whose tokens are rotated.
     holders: Vec<Holder>,
+    /// Those of `holders` the remote has and the primary did not show stored.
+    found_on_remote: Vec<Holder>,
     /// What the primary showed of the Istio remote secret.
     istio: IstioSecret,
     /// Whether a stored token is time-bound (issued through the TokenRequest API).
@@ -344,6 +364,32 @@ struct Plan {
 }
 
 impl Plan {
+    /// Whether only the remote can tell if there is more to rotate: the primary shows no Istio
+    /// remote secret or no view Secret.
+    fn asks_remote(&self) -> bool {
+        self.istio != IstioSecret::Stored || !self.holders.contains(&Holder::View)
+    }
+
+    /// Adds to `holders` the Istio reader and the view identity the remote has and the primary
+    /// did not show: their old tokens would stay valid otherwise.
+    async fn add_found_on_remote(&mut self, remote: &Client, target: &Target) -> Result<()> {
+        if !self.holders.contains(&Holder::View)
+            && identity_on(remote, target, &self.name, Holder::View).await?
+        {
+            // After the sync account, where the primary lists it.
+            self.holders.insert(1, Holder::View);
+            self.found_on_remote.push(Holder::View);
+        }
+        if self.istio != IstioSecret::Stored {
+            let on_remote = identity_on(remote, target, &self.name, Holder::Istio).await?;
+            if has_istio_reader(self.istio, Some(on_remote)) == Some(true) {
+                self.holders.push(Holder::Istio);
+                self.found_on_remote.push(Holder::Istio);
+            }
+        }
+        Ok(())
+    }
+
     /// Before any token is issued: new tokens go nowhere but where attach stored the old
     /// ones.
     async fn check_stored(
@@ -477,12 +523,21 @@ fn remote_needs(time_bound: bool) -> Vec<Need> {
     needs
 }
 
-/// What a re-run of attach for `holder` is given: it keeps the view identity, but makes the Istio
-/// reader (and stores its kubeconfig) only when asked.
+/// What a re-run of attach for `holder` is given while its credentials are stored on the
+/// primary: it keeps the view identity, but makes the Istio reader only when asked.
 fn attach_flag(holder: Holder) -> &'static str {
     match holder {
         Holder::Istio => " with --istio-remote-secret",
         Holder::Sync | Holder::View => "",
+    }
+}
+
+/// What a re-run of attach for `holder` is given to store its credentials on the primary again:
+/// attach keeps the view identity only when it finds them stored.
+fn storing_flag(holder: Holder) -> &'static str {
+    match holder {
+        Holder::View => " with --services-view",
+        Holder::Sync | Holder::Istio => attach_flag(holder),
     }
 }
 
@@ -509,6 +564,20 @@ async fn remote_client(
         });
     };
     admin.connect_to(mc, &remote_needs(time_bound)).await
+}
+
+/// Why the remote cluster `name` of `admin` cannot be reached (down, or not answering), in
+/// one line; `None` when it answers. A dry run then says what it cannot tell rather than fail,
+/// for every cluster of `--all`; a real run refuses.
+async fn unreachable(admin: RemoteAdmin, name: &str) -> Result<Option<String>> {
+    let (client, target) = admin.connect(name).await?;
+    Ok(match access::cluster_id(&client).await {
+        Err(e) if is_unreachable(&e) => {
+            Some(access::request_error(&target, "read kube-system", e).to_string())
+        }
+        // Anything else is refused, or checked, as the run does it.
+        _ => None,
+    })
 }
 
 /// Refuses, before any token is issued, a cluster another primary took over (`attach
@@ -691,11 +760,15 @@ async fn stored_secret(
         .await
         .map_err(|e| access::request_error(target, &format!("read Secret {ns}/{name}"), e))?
         .ok_or_else(|| Error::Refused {
-            what: format!("{cluster}: Secret {ns}/{name} is missing on the primary"),
+            what: format!(
+                "{cluster}: Secret {ns}/{name}, where the kubeconfig of ServiceAccount \
+                 {MESH_NAMESPACE}/{} is stored, is missing on the primary",
+                holder.account()
+            ),
             hint: format!(
                 "re-run `kubectl mesh attach` for {cluster}{} to store its credentials; then \
                  rotate",
-                attach_flag(holder)
+                storing_flag(holder)
             ),
         })
 }
@@ -709,7 +782,7 @@ fn stored_token_of(secret: &Secret) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::istio_reader::istio_rights_refused;
+    use super::identities::istio_rights_refused;
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -864,18 +937,28 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
     }
 
-    /// A dry run that cannot tell says so, naming what a real run would need.
+    /// A dry run that cannot tell says so, naming what a real run would need and why it cannot
+    /// tell.
     #[test]
     fn a_dry_run_that_cannot_tell_says_so() {
-        let line = istio_reader_unknown("east");
+        let line = istio_reader_unknown("east", &Unasked::NoKubeconfig);
         for needed in [
             "istio-system/istio-remote-secret-east",
             "kubectl-mesh/kubectl-mesh-istio-reader",
             "get and update on Secrets in istio-system",
+            "no kubeconfig of east was found",
             "--remote-kubeconfig",
         ] {
             assert!(line.contains(needed), "{needed}: {line}");
         }
+        let down = "cannot reach remote cluster east at https://10.0.0.1:6443: connection refused";
+        let line = istio_reader_unknown("east", &Unasked::Unreachable(down.to_owned()));
+        assert!(line.contains(down), "{line}");
+        assert!(line.contains("once east can be reached"), "{line}");
+        assert!(!line.contains("--remote-kubeconfig"), "{line}");
+        let line = remote_unreachable("east", down);
+        assert!(line.starts_with(&format!("east: {down}; ")), "{line}");
+        assert!(!line.contains('\n'), "{line}");
     }
 
     /// `name` with the webhook's conditions `(type, status, reason)`.
@@ -956,11 +1039,14 @@ mod tests {
         assert!(!line.contains("meanwhile"), "{line}");
     }
 
-    /// A missing Istio remote secret is stored again by attach with --istio-remote-secret.
+    /// A missing Istio remote secret is stored again by attach with --istio-remote-secret, a
+    /// missing view Secret with --services-view (attach keeps the view identity only when it
+    /// finds its Secret stored).
     #[test]
-    fn a_missing_istio_remote_secret_names_the_attach_that_stores_it() {
-        assert_eq!(attach_flag(Holder::Istio), " with --istio-remote-secret");
-        assert_eq!(attach_flag(Holder::View), "");
+    fn a_missing_stored_secret_names_the_attach_that_stores_it() {
+        assert_eq!(storing_flag(Holder::Istio), " with --istio-remote-secret");
+        assert_eq!(storing_flag(Holder::View), " with --services-view");
+        assert_eq!(storing_flag(Holder::Sync), "");
     }
 
     /// A time-bound token is requested through the TokenRequest API: asked on the remote.

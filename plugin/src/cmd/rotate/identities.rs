@@ -1,8 +1,9 @@
-//! Whether a cluster has an Istio reader whose token rotate must replace, and the rights that
-//! takes on the primary. The remote says so (its ServiceAccount or token Secrets): a caller who
-//! may not read istio-system on the primary sees no Istio remote secret there, and skipping the
-//! reader would leave a token that can read every Secret on the remote, the rotated ones
-//! included.
+//! Which identities of a cluster rotate must replace the tokens of, and the rights an Istio
+//! reader takes on the primary. The remote has the last word (an identity's ServiceAccount or
+//! token Secrets): the primary may show no stored credentials of one because the caller may not
+//! read istio-system, or because its stored Secret was deleted, and skipping it would leave its
+//! old token valid (the Istio reader's can read every Secret on the remote, the view
+//! identity's every pod spec).
 
 use super::*;
 
@@ -71,14 +72,14 @@ pub(super) fn has_istio_reader(stored: IstioSecret, on_remote: Option<bool>) -> 
     }
 }
 
-/// Whether the remote has the Istio reader attach created for `cluster`: its ServiceAccount, or
-/// a token Secret of it (whose token stays valid until deleted).
-pub(super) async fn istio_reader_on(
+/// Whether the remote has the identity of `holder` attach created for `cluster`: its
+/// ServiceAccount, or a token Secret of it (whose token stays valid until deleted).
+pub(super) async fn identity_on(
     remote: &Client,
     target: &Target,
     cluster: &str,
+    holder: Holder,
 ) -> Result<bool> {
-    let holder = Holder::Istio;
     let account = Api::<ServiceAccount>::namespaced(remote.clone(), MESH_NAMESPACE)
         .get_opt(holder.account())
         .await
@@ -102,16 +103,54 @@ pub(super) async fn istio_reader_on(
     Ok(false)
 }
 
+/// Why a dry run did not ask a remote which identities it has.
+pub(super) enum Unasked {
+    /// Neither --remote-kubeconfig nor the context attach recorded.
+    NoKubeconfig,
+    /// Its kubeconfig was found but the remote could not be reached: the one-line reason.
+    Unreachable(String),
+}
+
+impl Unasked {
+    /// Why, after "and".
+    fn why(&self, cluster: &str) -> String {
+        match self {
+            Self::NoKubeconfig => format!("no kubeconfig of {cluster} was found"),
+            Self::Unreachable(why) => why.clone(),
+        }
+    }
+
+    /// What tells, after "to tell".
+    fn to_tell(&self, cluster: &str) -> String {
+        match self {
+            Self::NoKubeconfig => "pass --remote-kubeconfig".to_owned(),
+            Self::Unreachable(_) => format!("re-run the dry run once {cluster} can be reached"),
+        }
+    }
+}
+
 /// What a dry run says of a cluster whose istio-system it may not read and whose remote it
-/// cannot reach.
-pub(super) fn istio_reader_unknown(cluster: &str) -> String {
+/// did not ask (`unasked` says why).
+pub(super) fn istio_reader_unknown(cluster: &str, unasked: &Unasked) -> String {
     let (ns, secret) = Holder::Istio.stored_at(cluster);
     format!(
         "{cluster}: cannot tell whether it has an Istio reader (reading Secret {ns}/{secret} on \
-         the primary is refused, and no kubeconfig of {cluster} was found): if it has one, \
-         rotate replaces the token of ServiceAccount {MESH_NAMESPACE}/{} too and needs get and \
-         update on Secrets in {ns}; pass --remote-kubeconfig to tell",
-        Holder::Istio.account()
+         the primary is refused, and {}): if it has one, rotate replaces the token of \
+         ServiceAccount {MESH_NAMESPACE}/{} too and needs get and update on Secrets in {ns}; {} \
+         to tell",
+        unasked.why(cluster),
+        Holder::Istio.account(),
+        unasked.to_tell(cluster),
+    )
+}
+
+/// What a dry run says of a cluster it could not reach (`why`): it lists what the primary
+/// shows, while a real run asks the remote and may find more to rotate.
+pub(super) fn remote_unreachable(cluster: &str, why: &str) -> String {
+    format!(
+        "{cluster}: {why}; the steps below are what the primary shows, but {cluster} may \
+         have a view identity or an Istio reader more to rotate, which only it can tell; rotate \
+         refuses until it can reach it"
     )
 }
 
