@@ -200,19 +200,28 @@ pub(super) fn being_deleted(mc: &MeshCluster) -> Error {
 }
 
 /// A remote may not be named [`output::PRIMARY`]: `status` and `services` show the primary
-/// under that name, beside one column (and JSON key) per remote. Checked once the remote is
-/// known not to be the primary itself, which is the better answer when its context is named
-/// so, and for a new cluster only: one an older version attached under that name may still be
-/// updated by a re-run (`attached`).
+/// under that name, beside one column (and JSON key) per remote. Nor may its name end in
+/// `-view`: its stored kubeconfig's Secret would be named as the view credentials of another
+/// cluster ([`setup::view_secret_name`]), which that one could then never have. Checked once
+/// the remote is known not to be the primary itself, which is the better answer when its
+/// context is named so, and for a new cluster only: one an older version attached under that
+/// name may still be updated by a re-run (`attached`).
 pub(super) fn refuse_reserved_name(name: &str, attached: bool) -> Result<()> {
-    if name != output::PRIMARY || attached {
+    let why = if attached {
         return Ok(());
-    }
+    } else if name == output::PRIMARY {
+        "status and services show the primary under it".to_owned()
+    } else if let Some(other) = name.strip_suffix("-view") {
+        format!(
+            "Secret {} would hold its stored kubeconfig, the name of cluster {other:?}'s view \
+             credentials",
+            setup::cluster_secret_name(name)
+        )
+    } else {
+        return Ok(());
+    };
     Err(Error::Refused {
-        what: format!(
-            "the cluster name {name:?} is reserved: status and services show the primary \
-             under it"
-        ),
+        what: format!("the cluster name {name:?} is reserved: {why}"),
         hint: "pass --name <other> to attach this cluster under another name".into(),
     })
 }
@@ -327,10 +336,26 @@ mod tests {
             "the cluster name \"primary\" is reserved: status and services show the primary \
              under it; pass --name <other> to attach this cluster under another name"
         );
-        for name in ["east", "primary-2", "my-primary"] {
+        for name in ["east", "primary-2", "my-primary", "view", "east-viewer"] {
             assert!(refuse_reserved_name(name, false).is_ok(), "{name}");
         }
         // Attached under it by an older version: a re-run still updates it.
         assert!(refuse_reserved_name(output::PRIMARY, true).is_ok());
+        assert!(refuse_reserved_name("east-view", true).is_ok());
+    }
+
+    /// Cluster `east-view`'s Secret is `cluster-east-view`, the name of `east`'s view
+    /// credentials: attaching `east --services-view` beside it was refused with a hint to
+    /// detach `east-view`, a healthy cluster.
+    #[test]
+    fn a_name_ending_in_view_is_reserved_for_view_credentials() {
+        let line = refuse_reserved_name("east-view", false).unwrap_err().line();
+        assert_eq!(
+            line,
+            "the cluster name \"east-view\" is reserved: Secret cluster-east-view would hold its \
+             stored kubeconfig, the name of cluster \"east\"'s view credentials; pass --name \
+             <other> to attach this cluster under another name"
+        );
+        assert_eq!(setup::view_secret_name("east"), "cluster-east-view");
     }
 }

@@ -60,6 +60,9 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
         // named `primary` too, is refused as the primary itself.
         case("reserved name", &[&remote_path, "--name", "primary"],
              "the cluster name \"primary\" is reserved"),
+        // Its Secret would be named as remote-2's view credentials.
+        case("view credentials' name", &[&remote_path, "--name", "remote-2-view"],
+             "the cluster name \"remote-2-view\" is reserved: Secret cluster-remote-2-view"),
     ];
     for (case, argv, expected) in &cases {
         let out = mesh(env, argv, &[]).await?;
@@ -87,7 +90,7 @@ async fn refused_attaches_change_nothing_anywhere() -> anyhow::Result<()> {
                 "{line}"
             );
         }
-        for name in ["remote-2", "primary", "not-a-label"] {
+        for name in ["remote-2", "primary", "not-a-label", "remote-2-view"] {
             assert_nothing_left(env, remote, name)
                 .await
                 .with_context(|| case.to_string())?;
