@@ -23,7 +23,8 @@ pub struct Uninstall {
     /// Also delete the MeshCluster CRD, and with it every MeshCluster.
     #[arg(long)]
     pub crd: bool,
-    /// Uninstall even though clusters are still attached (their remote objects stay).
+    /// Uninstall even though clusters are still attached (their remote objects stay; `kubectl
+    /// mesh detach NAME --remote-kubeconfig FILE` removes them afterwards).
     #[arg(long)]
     pub force: bool,
     /// Print what would be deleted and what kept, and change nothing (the cluster is read:
@@ -59,10 +60,9 @@ impl Uninstall {
                         .into(),
                 });
             }
-            ctx.progress.warn(format!(
-                "leaving the remote objects of {} behind (--force)",
-                attached.join(", ")
-            ));
+            for name in &attached {
+                ctx.progress.warn(left_behind(name));
+            }
         }
 
         let attached_as = attached_as(&client).await.map_err(Error::kube(format!(
@@ -117,6 +117,15 @@ impl Uninstall {
         }
         Ok(())
     }
+}
+
+/// The warning for a cluster still attached whose remote objects `--force` leaves, with the
+/// command that removes them afterwards (it works once the MeshCluster, or its CRD, is gone).
+fn left_behind(cluster: &str) -> String {
+    format!(
+        "leaving the remote objects of {cluster} behind (--force); `kubectl mesh detach \
+         {cluster} --remote-kubeconfig <file>` removes them afterwards"
+    )
 }
 
 /// The warning for the namespace uninstall keeps.

@@ -1,6 +1,7 @@
 //! The life of an installation beyond the happy path: `kubectl mesh uninstall` with clusters
-//! still attached, re-running `install` without the rule flags, and the reconciler's backoff
-//! against a remote whose apiserver is down.
+//! still attached (and the detach that cleans their remotes afterwards), re-running `install`
+//! without the rule flags, and the reconciler's backoff against a remote whose apiserver is
+//! down.
 //!
 //! Every test starts its own control planes (uninstall destroys the mesh, the backoff test
 //! stops an apiserver and runs the webhook with its own flags). They take turns ([`serial`]):
@@ -24,14 +25,14 @@ use mesh_core::MESH_NAMESPACE;
 use mesh_core::cluster::{CONDITION_REACHABLE, MeshCluster, MeshClusterStatus};
 use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as, refused_in_one_line, unchanged};
 use mesh_e2e::check_report::CheckReport;
-use mesh_e2e::fixtures::{mesh_command, uninstall_plan};
+use mesh_e2e::fixtures::{merged_kubeconfig_invocation, mesh_command, output, uninstall_plan};
 use mesh_e2e::mesh_testenv::mesh::{Mesh, MeshOptions};
 use mesh_e2e::mesh_testenv::{Cluster, Options, TestEnv};
 use mesh_e2e::{
     DEFAULT_TIMEOUT, NO_RESYNC, assert_success, create_everywhere, create_namespace, describe,
     eventually, has_line, holds_all, installed_webhook, kubectl, kubectl_output, label_on_primary,
-    labels, managed_labels, none_mentions, one_remote_mesh_with, own_mesh, reviews_answered, text,
-    unique_name,
+    labels, managed_labels, none_mentions, one_remote_mesh_with, own_mesh, own_mesh_with,
+    reviews_answered, text, unique_name,
 };
 use serde_json::json;
 use tokio::sync::{Mutex, MutexGuard};
@@ -212,7 +213,8 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
     assert_success(&out);
     let stderr = text(&out.stderr);
     for line in [
-        "! leaving the remote objects of remote-1 behind (--force)",
+        "! leaving the remote objects of remote-1 behind (--force); `kubectl mesh detach \
+         remote-1 --remote-kubeconfig <file>` removes them afterwards",
         "✓ MutatingWebhookConfiguration kubectl-mesh deleted",
         "✓ ClusterRole kubectl-mesh:mesh-webhook deleted",
         "✓ Secret cluster-remote-1 deleted (stored credentials of remote-1)",
@@ -329,6 +331,132 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
     assert_eq!(
         attach_objects_on_remote(&env, kept, &kept.name).await?,
         left_on_kept
+    );
+    Ok(())
+}
+
+/// After `uninstall --force --crd` the primary knows nothing of the clusters it left attached;
+/// the detach that uninstall names still removes everything attach made on a remote, given its
+/// kubeconfig, or its context alone in a kubeconfig holding both clusters.
+#[tokio::test]
+async fn detach_cleans_the_remotes_an_uninstall_with_force_and_crd_left_behind()
+-> anyhow::Result<()> {
+    let _serial = serial().await;
+    let mut options = MeshOptions::from_workspace()?;
+    options.attach_args = ["--remote-guard", "deny"].map(String::from).to_vec();
+    let (env, _mesh) = own_mesh_with(2, options).await?;
+    let (by_file, by_context) = (&env.remotes()[0], &env.remotes()[1]);
+    let made_by_attach = [
+        format!(
+            "validatingadmissionpolicy.admissionregistration.k8s.io/{}",
+            setup::GUARD
+        ),
+        format!(
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/{}",
+            setup::GUARD
+        ),
+        format!(
+            "validatingadmissionpolicy.admissionregistration.k8s.io/{}",
+            setup::SYNC_SCOPE
+        ),
+        format!(
+            "validatingadmissionpolicybinding.admissionregistration.k8s.io/{}",
+            setup::SYNC_SCOPE
+        ),
+        format!("serviceaccount/{}", setup::SYNC_ACCOUNT),
+        format!("secret/{}", setup::TOKEN_SECRET),
+        format!(
+            "clusterrole.rbac.authorization.k8s.io/{}",
+            setup::SYNC_ACCOUNT
+        ),
+        format!(
+            "clusterrolebinding.rbac.authorization.k8s.io/{}",
+            setup::SYNC_ACCOUNT
+        ),
+        format!("namespace/{MESH_NAMESPACE}"),
+    ];
+    let made_by_attach: Vec<&str> = made_by_attach.iter().map(String::as_str).collect();
+    for remote in [by_file, by_context] {
+        let found = attach_objects_on_remote(&env, remote, &remote.name).await?;
+        holds_all(
+            &format!("what attach made on {}", remote.name),
+            &found,
+            &made_by_attach,
+        )?;
+    }
+
+    let out = mesh_command(&env, &["uninstall", "--force", "--crd"]).await?;
+    assert_success(&out);
+    let stderr = text(&out.stderr);
+    for remote in [by_file, by_context] {
+        let name = &remote.name;
+        let line = format!(
+            "! leaving the remote objects of {name} behind (--force); `kubectl mesh detach \
+             {name} --remote-kubeconfig <file>` removes them afterwards"
+        );
+        assert!(has_line(&stderr, &line), "{line:?} in\n{stderr}");
+    }
+    eventually(
+        "the MeshCluster CRD gone from the primary",
+        DEFAULT_TIMEOUT,
+        || async {
+            Ok(mesh_objects_on_primary(&env)
+                .await?
+                .is_empty()
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    // Without the remote: refused as on any cluster without kubectl-mesh, nothing touched.
+    let left = attach_objects_on_remote(&env, by_file, &by_file.name).await?;
+    let out = mesh_command(&env, &["detach", &by_file.name]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).starts_with("error: kubectl-mesh is not installed on this cluster"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        attach_objects_on_remote(&env, by_file, &by_file.name).await?,
+        left
+    );
+
+    let remote_kubeconfig = by_file.kubeconfig.to_string_lossy();
+    let out = mesh_command(
+        &env,
+        &[
+            "detach",
+            &by_file.name,
+            "--remote-kubeconfig",
+            &remote_kubeconfig,
+        ],
+    )
+    .await?;
+    assert_success(&out);
+    assert_eq!(
+        attach_objects_on_remote(&env, by_file, &by_file.name).await?,
+        BTreeSet::new()
+    );
+
+    let detach_by_context = [
+        "detach",
+        &by_context.name,
+        "--context",
+        &env.primary().name,
+        "--remote-context",
+        &by_context.name,
+    ];
+    let out = output(merged_kubeconfig_invocation(
+        &env,
+        by_context,
+        &detach_by_context,
+    )?)
+    .await?;
+    assert_success(&out);
+    assert_eq!(
+        attach_objects_on_remote(&env, by_context, &by_context.name).await?,
+        BTreeSet::new()
     );
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! mesh namespace only when attach created it and it holds nothing else); on the primary,
 //! the cluster's Secrets and its MeshCluster. The MeshCluster goes last, so a detach that
 //! fails halfway can be re-run: it still knows the cluster. A re-run after the MeshCluster is
-//! gone still cleans a remote given with --remote-kubeconfig.
+//! gone, or its CRD with it (`uninstall --force --crd`), still cleans a remote given with
+//! --remote-kubeconfig or --remote-context.
 //!
 //! Order on the remote, and why:
 //! 1. the guard (ValidatingAdmissionPolicy and binding), so that a deny guard cannot refuse
@@ -64,7 +65,8 @@ pub struct Detach {
     pub strip_labels: bool,
     #[command(flatten)]
     pub remote_admin: RemoteAdminFlags,
-    /// How long to wait for the remote's mesh namespace to be deleted.
+    /// How long to wait for the remote's mesh namespace to be deleted, and, with
+    /// --strip-labels, to retry the label removals the deleted guard still refuses.
     #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
@@ -88,7 +90,15 @@ impl Detach {
         let progress = ctx.progress;
         let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
 
-        let mc = mesh_state::cluster_named(&primary, &primary_target, &name).await?;
+        let mc = match recorded_cluster(&primary, &primary_target, &name).await? {
+            Record::Cluster(mc) => mc.map(|mc| *mc),
+            Record::NotInstalled => {
+                // The remote's objects outlive an `uninstall --force --crd`: a remote given
+                // is cleaned as after a forced detach.
+                go_on_unrecorded(&name, false, &remote_admin)?;
+                None
+            }
+        };
         access::require(
             &primary,
             &primary_target,
@@ -121,13 +131,8 @@ impl Detach {
             )
             .await?;
         }
-        if mc.is_none() && primary_secrets.is_empty() && remote_admin.remote_kubeconfig.is_none() {
-            return Err(Error::Refused {
-                what: format!("cluster {name:?} is not attached"),
-                hint: "`kubectl mesh list` shows the attached clusters; to clean up a remote \
-                       that a forced detach left behind, pass --remote-kubeconfig"
-                    .into(),
-            });
+        if mc.is_none() && primary_secrets.is_empty() {
+            go_on_unrecorded(&name, true, &remote_admin)?;
         }
 
         // The labels to strip are the ones the installed webhook manages, read before anything
@@ -243,6 +248,46 @@ impl Detach {
         }
         Ok(())
     }
+}
+
+/// What the primary records of the cluster to detach.
+enum Record {
+    /// Its MeshCluster; `None` once gone (a forced detach, or one that ended on the primary).
+    Cluster(Option<Box<MeshCluster>>),
+    /// No MeshCluster resource at all: kubectl-mesh was uninstalled with --crd, or never
+    /// installed on this cluster.
+    NotInstalled,
+}
+
+/// The MeshCluster `name` on the primary, as [`mesh_state::cluster_named`] reads it, with the
+/// CRD's absence a [`Record::NotInstalled`] instead of a refusal.
+async fn recorded_cluster(primary: &Client, target: &Target, name: &str) -> Result<Record> {
+    match Api::<MeshCluster>::all(primary.clone()).get_opt(name).await {
+        Ok(found) => Ok(Record::Cluster(found.map(Box::new))),
+        // A missing MeshCluster is a NotFound Status (`None` above); a bare 404 says the
+        // resource itself is unknown.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Record::NotInstalled),
+        Err(e) => Err(access::request_error(target, "read MeshClusters", e)),
+    }
+}
+
+/// Whether detach goes on for cluster `name` with nothing of it on the primary (`installed`:
+/// whether kubectl-mesh's CRD is there at all): only to clean a remote named by `flags`, a
+/// kubeconfig or a context of the user's kubeconfig, which a forced detach or uninstall left
+/// behind. Otherwise the cluster is not attached, or this is not the primary.
+fn go_on_unrecorded(name: &str, installed: bool, flags: &RemoteAdminFlags) -> Result<()> {
+    if flags.remote_kubeconfig.is_some() || flags.remote_context.is_some() {
+        return Ok(());
+    }
+    if !installed {
+        return Err(mesh_state::not_installed());
+    }
+    Err(Error::Refused {
+        what: format!("cluster {name:?} is not attached"),
+        hint: "`kubectl mesh list` shows the attached clusters; to clean up a remote that a \
+               forced detach left behind, pass --remote-kubeconfig (or --remote-context)"
+            .into(),
+    })
 }
 
 /// The rule `--strip-labels` strips with: the installed `rule` within the cluster's scope, as
@@ -579,6 +624,40 @@ mod tests {
                 "{unknown:?}"
             );
         }
+    }
+
+    /// With nothing of the cluster on the primary, detach goes on only to clean a remote the
+    /// user names: by kubeconfig, or by a context of their own kubeconfig alone.
+    #[test]
+    fn a_cluster_the_primary_no_longer_knows_is_detached_only_from_a_named_remote() {
+        let flags = |kubeconfig: Option<&str>, context: Option<&str>| RemoteAdminFlags {
+            remote_kubeconfig: kubeconfig.map(Into::into),
+            remote_context: context.map(Into::into),
+        };
+        let named = [
+            flags(Some("east.yaml"), None),
+            flags(None, Some("east")),
+            flags(Some("east.yaml"), Some("east")),
+        ];
+        for installed in [true, false] {
+            for remote in &named {
+                assert!(
+                    go_on_unrecorded("east", installed, remote).is_ok(),
+                    "{installed} {remote:?}"
+                );
+            }
+        }
+        let refusal = |installed| {
+            go_on_unrecorded("east", installed, &flags(None, None))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            refusal(true).starts_with("cluster \"east\" is not attached"),
+            "{}",
+            refusal(true)
+        );
+        assert_eq!(refusal(false), mesh_state::not_installed().to_string());
     }
 
     #[test]
