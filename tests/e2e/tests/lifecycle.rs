@@ -73,6 +73,18 @@ async fn mesh_objects_on_primary(env: &TestEnv) -> anyhow::Result<BTreeSet<Strin
     .await
 }
 
+/// Waits until nothing made by kubectl-mesh is left on the primary (an uninstall with
+/// `--crd`): the CRD goes once its MeshClusters are gone.
+async fn nothing_left_on_primary(env: &TestEnv) -> anyhow::Result<()> {
+    let left = || async { Ok(mesh_objects_on_primary(env).await?.is_empty().then_some(())) };
+    eventually(
+        "nothing of kubectl-mesh left on the primary",
+        DEFAULT_TIMEOUT,
+        left,
+    )
+    .await
+}
+
 /// Everything on the primary made by kubectl-mesh ([`mesh_objects_on_primary`]), which must
 /// hold what every installation has (its namespace, webhook configuration and ClusterRole) and
 /// `also`.
@@ -309,17 +321,7 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
 {stderr}"
         );
     }
-    eventually(
-        "nothing of kubectl-mesh left on the primary",
-        DEFAULT_TIMEOUT,
-        || async {
-            Ok(mesh_objects_on_primary(&env)
-                .await?
-                .is_empty()
-                .then_some(()))
-        },
-    )
-    .await?;
+    nothing_left_on_primary(&env).await?;
     assert_eq!(mesh_clusters(&env).await?, Vec::<String>::new());
     let out = mesh_command(&env, &["list"]).await?;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -396,17 +398,7 @@ async fn detach_cleans_the_remotes_an_uninstall_with_force_and_crd_left_behind()
         );
         assert!(has_line(&stderr, &line), "{line:?} in\n{stderr}");
     }
-    eventually(
-        "the MeshCluster CRD gone from the primary",
-        DEFAULT_TIMEOUT,
-        || async {
-            Ok(mesh_objects_on_primary(&env)
-                .await?
-                .is_empty()
-                .then_some(()))
-        },
-    )
-    .await?;
+    nothing_left_on_primary(&env).await?;
 
     // Without the remote: refused as on any cluster without kubectl-mesh, nothing touched.
     let left = attach_objects_on_remote(&env, by_file, &by_file.name).await?;
