@@ -73,6 +73,16 @@ async fn mesh_objects_on_primary(env: &TestEnv) -> anyhow::Result<BTreeSet<Strin
     .await
 }
 
+/// Runs `kubectl mesh <args>` and checks that it is refused as on a cluster without
+/// kubectl-mesh.
+async fn refused_as_not_installed(env: &TestEnv, args: &[&str]) -> anyhow::Result<()> {
+    let out = mesh_command(env, args).await?;
+    let refused = out.status.code() == Some(1)
+        && text(&out.stderr).starts_with("error: kubectl-mesh is not installed on this cluster");
+    anyhow::ensure!(refused, "{args:?}: {}", describe(&out));
+    Ok(())
+}
+
 /// Waits until nothing made by kubectl-mesh is left on the primary (an uninstall with
 /// `--crd`): the CRD goes once its MeshClusters are gone.
 async fn nothing_left_on_primary(env: &TestEnv) -> anyhow::Result<()> {
@@ -323,13 +333,7 @@ async fn uninstall_refuses_with_clusters_attached_then_removes_the_mesh_from_the
     }
     nothing_left_on_primary(&env).await?;
     assert_eq!(mesh_clusters(&env).await?, Vec::<String>::new());
-    let out = mesh_command(&env, &["list"]).await?;
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).starts_with("error: kubectl-mesh is not installed on this cluster"),
-        "{}",
-        describe(&out)
-    );
+    refused_as_not_installed(&env, &["list"]).await?;
     assert_eq!(
         attach_objects_on_remote(&env, kept, &kept.name).await?,
         left_on_kept
@@ -402,13 +406,7 @@ async fn detach_cleans_the_remotes_an_uninstall_with_force_and_crd_left_behind()
 
     // Without the remote: refused as on any cluster without kubectl-mesh, nothing touched.
     let left = attach_objects_on_remote(&env, by_file, &by_file.name).await?;
-    let out = mesh_command(&env, &["detach", &by_file.name]).await?;
-    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).starts_with("error: kubectl-mesh is not installed on this cluster"),
-        "{}",
-        describe(&out)
-    );
+    refused_as_not_installed(&env, &["detach", &by_file.name]).await?;
     assert_eq!(
         attach_objects_on_remote(&env, by_file, &by_file.name).await?,
         left
