@@ -128,17 +128,39 @@ pub async fn clusters(primary: &Client) -> Result<Vec<MeshCluster>> {
 }
 
 /// The MeshCluster `name`, `None` when no such cluster is attached. On a cluster without
-/// kubectl-mesh the get answers 404 with no Status (the resource itself is unknown): the user
-/// is told to install, or to pick the primary.
+/// kubectl-mesh the user is told to install, or to pick the primary.
 pub async fn cluster_named(
     primary: &Client,
     target: &access::Target,
     name: &str,
 ) -> Result<Option<MeshCluster>> {
+    match cluster_record(primary, target, name).await? {
+        Record::Cluster(found) => Ok(found.map(|mc| *mc)),
+        Record::NotInstalled => Err(not_installed()),
+    }
+}
+
+/// What a primary records of one cluster.
+pub enum Record {
+    /// Its MeshCluster; `None` when there is none (never attached, or detached).
+    Cluster(Option<Box<MeshCluster>>),
+    /// No MeshCluster resource at all: kubectl-mesh was uninstalled with its CRD, or never
+    /// installed on this cluster.
+    NotInstalled,
+}
+
+/// The MeshCluster `name`, or that the primary has no MeshCluster resource: the get then
+/// answers 404 with no Status (the resource itself is unknown), where a missing MeshCluster's
+/// 404 carries one (`get_opt`'s `None`).
+pub async fn cluster_record(
+    primary: &Client,
+    target: &access::Target,
+    name: &str,
+) -> Result<Record> {
     let api: Api<MeshCluster> = Api::all(primary.clone());
     match api.get_opt(name).await {
-        Ok(found) => Ok(found),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(not_installed()),
+        Ok(found) => Ok(Record::Cluster(found.map(Box::new))),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Record::NotInstalled),
         Err(e) => Err(access::request_error(target, "read MeshClusters", e)),
     }
 }

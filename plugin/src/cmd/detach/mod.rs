@@ -90,9 +90,9 @@ impl Detach {
         let progress = ctx.progress;
         let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
 
-        let mc = match recorded_cluster(&primary, &primary_target, &name).await? {
-            Record::Cluster(mc) => mc.map(|mc| *mc),
-            Record::NotInstalled => {
+        let mc = match mesh_state::cluster_record(&primary, &primary_target, &name).await? {
+            mesh_state::Record::Cluster(mc) => mc.map(|mc| *mc),
+            mesh_state::Record::NotInstalled => {
                 // The remote's objects outlive an `uninstall --force --crd`: a remote given
                 // is cleaned as after a forced detach.
                 go_on_unrecorded(&name, false, &remote_admin)?;
@@ -247,27 +247,6 @@ impl Detach {
             ));
         }
         Ok(())
-    }
-}
-
-/// What the primary records of the cluster to detach.
-enum Record {
-    /// Its MeshCluster; `None` once gone (a forced detach, or one that ended on the primary).
-    Cluster(Option<Box<MeshCluster>>),
-    /// No MeshCluster resource at all: kubectl-mesh was uninstalled with --crd, or never
-    /// installed on this cluster.
-    NotInstalled,
-}
-
-/// The MeshCluster `name` on the primary, as [`mesh_state::cluster_named`] reads it, with the
-/// CRD's absence a [`Record::NotInstalled`] instead of a refusal.
-async fn recorded_cluster(primary: &Client, target: &Target, name: &str) -> Result<Record> {
-    match Api::<MeshCluster>::all(primary.clone()).get_opt(name).await {
-        Ok(found) => Ok(Record::Cluster(found.map(Box::new))),
-        // A missing MeshCluster is a NotFound Status (`None` above); a bare 404 says the
-        // resource itself is unknown.
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Record::NotInstalled),
-        Err(e) => Err(access::request_error(target, "read MeshClusters", e)),
     }
 }
 
