@@ -87,15 +87,16 @@ const MESSAGE_EXPRESSION_FROM: &str = "' managed by kubectl-mesh from cluster ' 
 /// In the guard's static message, what comes before the primary's name (then `; `).
 const MESSAGE_FROM: &str = "managed by kubectl-mesh from cluster ";
 
-/// Reads a CEL string literal written by [`cel::string`] at the start of `s`.
-pub(crate) fn read_cel_str(s: &str) -> Option<String> {
-    let mut chars = s.strip_prefix('\'')?.chars();
+/// Reads a CEL string literal written by [`cel::string`] at the start of `s`: its value, and
+/// what follows it in `s`.
+pub(crate) fn read_cel_str(s: &str) -> Option<(String, &str)> {
+    let mut chars = s.strip_prefix('\'')?.char_indices();
     let mut out = String::new();
     loop {
         match chars.next()? {
-            '\\' => out.push(chars.next()?),
-            '\'' => return Some(out),
-            c => out.push(c),
+            (_, '\\') => out.push(chars.next()?.1),
+            (end, '\'') => return Some((out, &s[1 + end + 1..])),
+            (_, c) => out.push(c),
         }
     }
 }
@@ -107,7 +108,7 @@ pub fn guard_primary_name(policy: &ValidatingAdmissionPolicy) -> Option<String> 
     let validation = policy.spec.as_ref()?.validations.as_ref()?.first()?;
     let expression = validation.message_expression.as_deref()?;
     let (_, rest) = expression.split_once(MESSAGE_EXPRESSION_FROM)?;
-    let name = read_cel_str(rest)?;
+    let (name, _) = read_cel_str(rest)?;
     let message = validation.message.as_deref()?;
     message
         .contains(&format!("{MESSAGE_FROM}{name}; "))

@@ -197,10 +197,11 @@ fn literals<'a>(expressions: impl Iterator<Item = &'a str>) -> BTreeSet<String> 
     for expression in expressions {
         let mut rest = expression;
         while let Some(start) = rest.find('\'') {
-            let Some(literal) = crate::remote_policies::read_cel_str(&rest[start..]) else {
+            let Some((literal, after)) = crate::remote_policies::read_cel_str(&rest[start..])
+            else {
                 break;
             };
-            rest = &rest[start + crate::cel::string(&literal).len()..];
+            rest = after;
             found.insert(literal);
         }
     }
@@ -272,6 +273,17 @@ pub(super) fn guard_result(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A literal whose escapes are not those [`crate::cel::string`] writes (valid CEL, in a
+    /// guard edited by hand) was stepped over by the length it would have written: check then
+    /// sliced inside a character, and panicked for the whole mesh.
+    #[test]
+    fn literals_with_any_escapes_are_read_whole() {
+        let condition = r"object.metadata.name in ['\a\bé', 'kube-system'] && 'it\'s'";
+        let found = literals([condition].into_iter());
+        let expected = ["abé", "it's", "kube-system"].map(str::to_owned);
+        assert_eq!(found, BTreeSet::from(expected));
+    }
 
     fn attached(guard: RemoteGuard, primary: Option<&str>) -> MeshCluster {
         let mut mc = setup::mesh_cluster(&setup::ClusterRecord {
