@@ -1,6 +1,7 @@
 //! `--adopt-remote-labels`: the remote's managed labels copied onto the primary's namespaces
 //! before the first sync, and taken off again when attach rolls back.
 
+use json_patch::{PatchOperation, RemoveOperation, TestOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client,
@@ -10,6 +11,7 @@ use mesh_core::{
     failure,
     labels::{LabelDiff, Labels, SyncRule},
 };
+use serde_json::Value;
 
 use tokio::time::Instant;
 
@@ -75,7 +77,6 @@ pub(super) async fn adopt(
 /// could not be taken off.
 pub(super) async fn unadopt(
     primary: &Client,
-    rule: &SyncRule,
     mut adopted: Vec<Adoption>,
     deadline: Instant,
     late: &str,
@@ -85,7 +86,7 @@ pub(super) async fn unadopt(
     let mut left = Vec::new();
     while let Some(adoption) = adopted.pop() {
         let name = &adoption.namespace;
-        let patch = Patch::Json::<()>(rule.guarded_patch(&adoption.labels, &Labels::new()));
+        let patch = Patch::Json::<()>(unadoption(&adoption.labels));
         let failed = match by_deadline(deadline, namespaces.patch(name, &params(), &patch)).await {
             Some(Ok(_)) => {
                 progress.warn(format!(
@@ -111,4 +112,48 @@ pub(super) async fn unadopt(
         left.push(format!("primary: labels adopted on namespace {name}"));
     }
     left
+}
+
+/// The JSON patch that takes the `adopted` labels off a namespace if it still carries them as
+/// adopted, and nothing else: a managed label set on the primary since stays (it is the
+/// primary's now, and its removal would be pushed to every remote).
+fn unadoption(adopted: &Labels) -> json_patch::Patch {
+    let path = |key: &str| PointerBuf::from_tokens(["metadata", "labels", key]);
+    let tests = adopted.iter().map(|(key, value)| {
+        PatchOperation::Test(TestOperation {
+            path: path(key),
+            value: Value::String(value.clone()),
+        })
+    });
+    let removals =
+        (adopted.keys()).map(|key| PatchOperation::Remove(RemoveOperation { path: path(key) }));
+    json_patch::Patch(tests.chain(removals).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::fixtures::{MetadataExt, labels, ns};
+
+    /// The rollback's patch made every managed key absent: a label set on the primary while
+    /// attach ran, then taken off by the rollback, was pushed off every remote as well.
+    #[test]
+    fn unadopting_takes_off_only_what_was_adopted_and_only_as_adopted() {
+        let adopted = labels(&[("istio-injection", "enabled")]);
+        let since = ns("shop")
+            .label("istio-injection", "enabled")
+            .label("istio.io/rev", "canary")
+            .label("team", "a");
+        let mut namespace = serde_json::to_value(since).unwrap();
+        json_patch::patch(&mut namespace, &unadoption(&adopted)).unwrap();
+        let left = &namespace["metadata"]["labels"];
+        assert_eq!(
+            *left,
+            serde_json::json!({"istio.io/rev": "canary", "team": "a"})
+        );
+        // Changed since: left as it is.
+        let changed = ns("shop").label("istio-injection", "disabled");
+        let mut namespace = serde_json::to_value(changed).unwrap();
+        assert!(json_patch::patch(&mut namespace, &unadoption(&adopted)).is_err());
+    }
 }

@@ -94,15 +94,8 @@ impl Run<'_> {
         // Labels adopted onto the primary's namespaces go once the MeshCluster and the remote's
         // sync account are gone: the webhook pushes their removal to every attached remote,
         // and would strip this one's own labels while it still counted as attached.
-        let unadopted = adopt::unadopt(
-            &self.plan.primary,
-            &self.plan.rule,
-            adopted,
-            deadline,
-            &late,
-            progress,
-        )
-        .await;
+        let unadopted =
+            adopt::unadopt(&self.plan.primary, adopted, deadline, &late, progress).await;
         // Gone for real before the next attach, which would otherwise find them terminating.
         tokio::join!(
             self.wait_gone(primary.terminating, deadline, &late),
