@@ -58,11 +58,14 @@ pub(super) fn remote_needs(
     force: bool,
 ) -> Vec<Need> {
     let mut needs = vec![
-        // get/list/watch/patch too: RBAC lets a user grant only rights they hold.
+        // get/list/watch/patch too: RBAC lets a user grant only rights they hold; update for
+        // a rollback, as [`RW`].
         Need::cluster(
             "",
             "namespaces",
-            &["get", "list", "watch", "patch", "create", "delete"],
+            &[
+                "get", "list", "watch", "patch", "create", "update", "delete",
+            ],
         ),
         Need::namespaced("", "serviceaccounts", MESH_NAMESPACE, RW),
         Need::namespaced("", "secrets", MESH_NAMESPACE, RW),
@@ -162,10 +165,11 @@ pub(super) fn primary_needs(istio: bool, adopt: bool) -> Vec<Need> {
     let mut needs = vec![
         Need::cluster("", "namespaces", namespaces),
         Need::namespaced("", "secrets", MESH_NAMESPACE, RW),
+        // update for a rollback, as [`RW`].
         Need::cluster(
             GROUP,
             "meshclusters",
-            &["get", "list", "create", "patch", "delete"],
+            &["get", "list", "create", "patch", "update", "delete"],
         ),
         // It records the installed sync rule, which the guard and the sync scope follow.
         Need::cluster(
@@ -325,6 +329,18 @@ mod tests {
             ("ClusterRole", setup::SYNC_ACCOUNT),
         ] {
             assert!(takeover_needs(kind, name, None).is_empty(), "{kind} {name}");
+        }
+    }
+
+    /// A rollback puts back what a re-run changed with an update (PUT): the remote's mesh
+    /// namespace and the MeshCluster were written without it being asked, so a caller who
+    /// may not update them got a rollback that could not put them back.
+    #[test]
+    fn every_object_a_rollback_may_put_back_is_asked_to_be_updated() {
+        let remote = remote_needs(false, false, None, false);
+        let primary = primary_needs(false, false);
+        for (needs, resource) in [(&remote, "namespaces"), (&primary, "meshclusters")] {
+            assert!(asks(needs, resource, "update"), "{resource}");
         }
     }
 

@@ -152,7 +152,7 @@ fn attach_remote_rights() -> serde_json::Value {
     let rw = ["get", "create", "patch", "update", "delete"];
     json!([
         {"apiGroups": [""], "resources": ["namespaces"],
-         "verbs": ["get", "list", "watch", "patch", "create", "delete"]},
+         "verbs": ["get", "list", "watch", "patch", "create", "update", "delete"]},
         {"apiGroups": [""], "resources": ["serviceaccounts", "secrets"], "verbs": rw},
         {"apiGroups": ["rbac.authorization.k8s.io"],
          "resources": ["clusterroles", "clusterrolebindings"], "verbs": rw},
@@ -279,7 +279,8 @@ async fn attach_by_a_caller_who_may_not_update_what_it_writes_changes_nothing() 
     let line = refused_in_one_line(&out, "attach without update")?;
     assert!(
         line.contains(&format!("missing permissions on remote cluster {name}"))
-            && line.contains("serviceaccounts in namespace kubectl-mesh (update)"),
+            && line.contains("serviceaccounts in namespace kubectl-mesh (update)")
+            && line.contains("namespaces (update)"),
         "{line}"
     );
     let primary_after = labelled(env.primary(), &ours, true).await?;
