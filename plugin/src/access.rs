@@ -19,6 +19,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, ResourceExt, api::PostParams, config::Kubeconfig};
 use mesh_core::{
     MESH_NAMESPACE,
+    call_limits::{self, CallLimitsLayer},
     cluster::MeshCluster,
     failure::{is_unreachable, transport_cause},
 };
@@ -49,16 +50,30 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// SelfSubjectAccessReviews in flight at once.
 const REVIEW_CONCURRENCY: usize = 8;
 
-/// A client for `context` of `kc` (or its current one) with short timeouts.
+/// How long one call may take in all, its retries at the server's request and their waits
+/// included (a watch's answer apart): an admin kubeconfig of a remote names a server its
+/// admin runs, whose `Retry-After` would otherwise be waited for however long it says.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(2 * READ_TIMEOUT.as_secs());
+
+/// A client for `context` of `kc` (or its current one) with short timeouts, each call bounded
+/// by [`CALL_DEADLINE`] and its answer by the bound the stored credentials' clients have
+/// ([`call_limits::DEFAULT_MAX_ANSWER_LINE`]).
 pub async fn client(kc: Kubeconfig, context: Option<&str>) -> Result<Client> {
     let (name, config) = client_config(kc, context).await?;
-    mesh_core::retry_after::client(config).map_err(|source| {
-        kubeconfig::Error::Client {
+    limited_client(name, config, CALL_DEADLINE)
+}
+
+/// A client of `config` (of context `name`) whose calls end within `deadline`.
+fn limited_client(name: String, config: kube::Config, deadline: Duration) -> Result<Client> {
+    let limits = CallLimitsLayer::new(Some(deadline), Some(call_limits::DEFAULT_MAX_ANSWER_LINE))
+        .watches_last();
+    let builder = mesh_core::retry_after::client_builder(config).map_err(|source| {
+        Error::from(kubeconfig::Error::Client {
             context: name,
             source,
-        }
-        .into()
-    })
+        })
+    })?;
+    Ok(builder.with_layer(&limits).build())
 }
 
 /// The configuration of [`client`], and the name of the context it is for.
@@ -649,6 +664,55 @@ mod tests {
             line.starts_with("the primary at https://p did not accept"),
             "{line}"
         );
+    }
+
+    /// A remote's admin kubeconfig names a server its admin runs: one that answers without end
+    /// is refused at the bound the stored credentials' clients have, not waited for until
+    /// the read timeout (a stand-in server: no apiserver does it on demand).
+    #[tokio::test]
+    async fn an_admin_client_refuses_an_answer_without_end() {
+        use mesh_testenv::endless_answer::EndlessAnswer;
+        let server = EndlessAnswer::start(call_limits::DEFAULT_MAX_ANSWER_LINE + (32 << 20))
+            .await
+            .unwrap();
+        let kc = Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
+        let remote = client(kc, None).await.unwrap();
+        let started = std::time::Instant::now();
+        let error = remote.apiserver_version().await.unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("ran past 64 MiB without a line break"),
+            "{error}"
+        );
+        assert!(started.elapsed() < READ_TIMEOUT, "{:?}", started.elapsed());
+    }
+
+    /// A `Retry-After` of a server run by a remote's admin was waited for however long it
+    /// said (a stand-in server: no apiserver asks for that on demand).
+    #[tokio::test]
+    async fn an_admin_client_call_ends_by_its_deadline_whatever_the_server_asks() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    while connection.read(&mut request).await.unwrap_or(0) > 0 {
+                        let answer = "HTTP/1.1 429 Too Many Requests\r\nretry-after: \
+                                      4000000000\r\ncontent-length: 0\r\n\r\n";
+                        let _ = connection.write_all(answer.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        let config = kube::Config::new(url.parse().unwrap());
+        let deadline = Duration::from_millis(500);
+        let remote = limited_client("east".into(), config, deadline).unwrap();
+        let called = tokio::time::timeout(Duration::from_secs(10), remote.apiserver_version());
+        let answer = called.await.expect("ended by the call's deadline");
+        assert!(answer.is_err(), "{answer:?}");
     }
 
     /// The read timeout counted the time a pooled connection sat idle: a request right after
