@@ -13,9 +13,10 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client};
-use mesh_core::{MESH_NAMESPACE, labels::SyncRule};
+use mesh_core::{MESH_NAMESPACE, labels::SyncRule, printable::one_line};
 
 use super::apply::{self, Deleted};
+use super::check::caller_auth;
 use crate::{
     Context, Error, Result,
     access::Target,
@@ -174,6 +175,9 @@ impl Install {
         refuse_attached_remote(&client, &target).await?;
         let installed = installed_configuration(&client).await?;
         warn_rule_change(installed.as_ref(), &options, ctx);
+        if let Some(change) = webhook_url_change(installed.as_ref(), &options) {
+            progress.warn(change);
+        }
         if options.webhook_url.is_none() {
             let deployment = installed_deployment(&client).await?;
             for change in deployment_changes(deployment.as_ref(), &options) {
@@ -359,9 +363,36 @@ async fn installed_deployment(client: &Client) -> Result<Option<Deployment>> {
     }
 }
 
+/// The URL the webhook configuration an earlier install left (`installed`) calls the webhook
+/// at, when the webhook runs outside the cluster.
+fn installed_webhook_url(installed: &MutatingWebhookConfiguration) -> Option<&str> {
+    render::webhook_entry(installed)?
+        .client_config
+        .url
+        .as_deref()
+}
+
+/// What this install changes of where the webhook runs, with the flag that keeps it: a re-run
+/// without `--webhook-url` moves a webhook called by URL into the cluster.
+fn webhook_url_change(
+    installed: Option<&MutatingWebhookConfiguration>,
+    options: &Options,
+) -> Option<String> {
+    let url = installed.and_then(installed_webhook_url)?;
+    if options.webhook_url.is_some() {
+        return None;
+    }
+    Some(format!(
+        "the webhook configuration called {} (--webhook-url); this run installs the webhook in \
+         the cluster instead; to keep it, re-run with --webhook-url {}",
+        one_line(url),
+        one_line(&render::shell_word(url))
+    ))
+}
+
 /// What this install changes of the webhook's Deployment (`installed`), each with the flag
-/// that keeps it: a re-run takes the flags given and the defaults for the others, so an image
-/// or a replica count set by an earlier install would otherwise go unnoticed.
+/// that keeps it: a re-run takes the flags given and the defaults for the others, so an image,
+/// a replica count or the caller names set by an earlier install would otherwise go unnoticed.
 fn deployment_changes(installed: Option<&Deployment>, options: &Options) -> Vec<String> {
     let Some(installed) = installed else {
         return Vec::new();
@@ -382,6 +413,29 @@ fn deployment_changes(installed: Option<&Deployment>, options: &Options) -> Vec<
              --replicas {replicas}",
             options.replicas
         ));
+    }
+    let names_kept = options
+        .client_auth
+        .as_ref()
+        .is_some_and(|auth| !auth.allowed_names.is_empty());
+    if let Some(names) = caller_auth::allowed_names(installed).filter(|_| !names_kept) {
+        let (shown, flag) = (
+            one_line(names),
+            one_line(&render::shell_word(names)).into_owned(),
+        );
+        let allowed = render::CLIENT_ALLOWED_NAMES_FLAG;
+        changes.push(match options.client_auth {
+            Some(_) => format!(
+                "the webhook's {allowed} {shown} goes (any certificate its client CA signed may \
+                 call it); to keep it, re-run with {allowed} {flag}"
+            ),
+            // Removing the client CA warns too; this line says how to keep the names with it.
+            None => format!(
+                "the webhook's {allowed} {shown} goes with its client CA; to keep them, re-run \
+                 with {} <the CA file used at install> {allowed} {flag}",
+                render::CLIENT_CA_FLAG
+            ),
+        });
     }
     changes
 }
@@ -692,6 +746,81 @@ pub(crate) mod tests {
                 ),
             ]
         );
+    }
+
+    /// The options of an install run with `--client-ca-file` (holding `ca_pem`) and
+    /// `--client-allowed-names` `names`.
+    fn client_auth_options(names: &[&str]) -> render::Options {
+        render::Options {
+            client_auth: Some(render::ClientAuth {
+                ca_pem: "PEM".into(),
+                allowed_names: names.iter().map(|n| n.to_string()).collect(),
+            }),
+            ..render::Options::default()
+        }
+    }
+
+    /// A re-run that drops `--client-allowed-names` lets any certificate of the client CA call
+    /// the webhook: it says so, and how to keep the names (with the CA too when that goes).
+    #[test]
+    fn a_re_run_says_when_the_allowed_caller_names_go() {
+        let named = client_auth_options(&["kube-apiserver", "front-proxy"]);
+        let installed = render::deployment(&named);
+        assert!(deployment_changes(Some(&installed), &named).is_empty());
+        // Other names are what the re-run was asked for.
+        let renamed = client_auth_options(&["kube-apiserver"]);
+        assert!(deployment_changes(Some(&installed), &renamed).is_empty());
+        assert_eq!(
+            deployment_changes(Some(&installed), &client_auth_options(&[])),
+            [
+                "the webhook's --client-allowed-names kube-apiserver,front-proxy goes (any \
+                 certificate its client CA signed may call it); to keep it, re-run with \
+                 --client-allowed-names kube-apiserver,front-proxy"
+            ]
+        );
+        assert_eq!(
+            deployment_changes(Some(&installed), &render::Options::default()),
+            [
+                "the webhook's --client-allowed-names kube-apiserver,front-proxy goes with its \
+                 client CA; to keep them, re-run with --client-ca-file <the CA file used at \
+                 install> --client-allowed-names kube-apiserver,front-proxy"
+            ]
+        );
+        // Installed without names: nothing of them to lose.
+        let unnamed = render::deployment(&client_auth_options(&[]));
+        assert!(deployment_changes(Some(&unnamed), &client_auth_options(&[])).is_empty());
+    }
+
+    /// A re-run without `--webhook-url` moves a webhook called by URL into the cluster: it says
+    /// so, and how to keep the URL; a re-run with a URL, or over an in-cluster webhook, does not.
+    #[test]
+    fn a_re_run_says_when_the_webhook_moves_into_the_cluster() {
+        let url = "https://10.0.0.5:8443/mutate";
+        let by_url = render::Options {
+            webhook_url: Some(WebhookUrl::parse(url).unwrap()),
+            ..render::Options::default()
+        };
+        let installed = render::mutating_webhook_configuration(&by_url, None);
+        assert_eq!(
+            webhook_url_change(Some(&installed), &render::Options::default()).as_deref(),
+            Some(
+                "the webhook configuration called https://10.0.0.5:8443/mutate (--webhook-url); \
+                 this run installs the webhook in the cluster instead; to keep it, re-run with \
+                 --webhook-url https://10.0.0.5:8443/mutate"
+            )
+        );
+        assert_eq!(webhook_url_change(Some(&installed), &by_url), None);
+        let other_url = render::Options {
+            webhook_url: Some(WebhookUrl::parse("https://10.0.0.6/mutate").unwrap()),
+            ..render::Options::default()
+        };
+        assert_eq!(webhook_url_change(Some(&installed), &other_url), None);
+        let in_cluster = render::mutating_webhook_configuration(&render::Options::default(), None);
+        assert_eq!(
+            webhook_url_change(Some(&in_cluster), &render::Options::default()),
+            None
+        );
+        assert_eq!(webhook_url_change(None, &render::Options::default()), None);
     }
 
     /// What install does with `--webhook-cert-dir` once everything is applied.

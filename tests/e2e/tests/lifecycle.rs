@@ -594,6 +594,83 @@ async fn install_without_rule_flags_resets_a_custom_rule_with_a_warning() -> any
     Ok(())
 }
 
+/// A re-run without `--client-allowed-names` (any certificate of the client CA may then call
+/// the webhook) or without `--webhook-url` (the webhook moves into the cluster) warns, naming
+/// the flags that keep what was installed; a re-run with them says nothing of it.
+#[tokio::test]
+async fn install_without_caller_names_or_webhook_url_warns_how_to_keep_them() -> anyhow::Result<()>
+{
+    let _serial = serial().await;
+    // Only the primary: install applies, and no webhook needs to run for what it renders.
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
+    let ca = env.webhook_client().ca_cert.to_string_lossy().into_owned();
+    let names = "kube-apiserver,front-proxy";
+    let with_names = ["--client-ca-file", &ca, "--client-allowed-names", names];
+    let deployments = Api::<Deployment>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
+    let installed_names = || async {
+        let deployment = deployments.get("mesh-webhook").await?;
+        anyhow::Ok(
+            kubectl_mesh::cmd::check::caller_auth::allowed_names(&deployment).map(str::to_owned),
+        )
+    };
+
+    install(&env, &with_names).await?;
+    let stderr = install(&env, &with_names).await?;
+    assert!(!stderr.contains("--client-allowed-names"), "{stderr}");
+    assert_eq!(installed_names().await?.as_deref(), Some(names));
+    let stderr = install(&env, &["--client-ca-file", &ca]).await?;
+    assert!(
+        has_line(
+            &stderr,
+            "! the webhook's --client-allowed-names kube-apiserver,front-proxy goes (any \
+             certificate its client CA signed may call it); to keep it, re-run with \
+             --client-allowed-names kube-apiserver,front-proxy"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(installed_names().await?, None, "what the warning said");
+
+    // Without the client CA the names go with it: both warnings, the flags to keep both.
+    install(&env, &with_names).await?;
+    let stderr = install(&env, &[]).await?;
+    assert!(
+        has_line(
+            &stderr,
+            "! the webhook's --client-allowed-names kube-apiserver,front-proxy goes with its \
+             client CA; to keep them, re-run with --client-ca-file <the CA file used at install> \
+             --client-allowed-names kube-apiserver,front-proxy"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with("! ")
+            && l.ends_with("the webhook no longer authenticates its callers")),
+        "{stderr}"
+    );
+
+    let url = "https://127.0.0.1:9443/mutate";
+    install(&env, &["--webhook-url", url]).await?;
+    let stderr = install(&env, &["--webhook-url", url]).await?;
+    assert!(!stderr.contains("--webhook-url"), "{stderr}");
+    assert!(
+        deployments.get_opt("mesh-webhook").await?.is_none(),
+        "URL mode removes the Deployment"
+    );
+    let stderr = install(&env, &[]).await?;
+    assert!(
+        has_line(
+            &stderr,
+            "! the webhook configuration called https://127.0.0.1:9443/mutate (--webhook-url); \
+             this run installs the webhook in the cluster instead; to keep it, re-run with \
+             --webhook-url https://127.0.0.1:9443/mutate"
+        ),
+        "{stderr}"
+    );
+    let (_, webhook) = installed_webhook(&env).await?;
+    assert_eq!(webhook.client_config.url, None, "what the warning said");
+    Ok(())
+}
+
 /// The serving certificate an installation holds: the webhook configuration's caBundle (PEM) and
 /// the data of the Secret with the certificate and key.
 async fn installed_certificate(env: &TestEnv) -> anyhow::Result<(String, serde_json::Value)> {
