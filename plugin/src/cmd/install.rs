@@ -748,7 +748,7 @@ pub(crate) mod tests {
         );
     }
 
-    /// The options of an install run with `--client-ca-file` (holding `ca_pem`) and
+    /// The options of an install run with `--client-ca-file` (a stand-in CA) and
     /// `--client-allowed-names` `names`.
     fn client_auth_options(names: &[&str]) -> render::Options {
         render::Options {
