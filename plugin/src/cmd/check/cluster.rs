@@ -23,9 +23,7 @@ use super::guard::guard_result;
 use super::report::{CheckResult, Outcome, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
-use crate::{
-    age, mesh_state::RemoteResult, output::plural, remote_setup as setup, sync_scope::Scope,
-};
+use crate::{age, mesh_state::RemoteResult, output::plural, remote_setup as setup};
 use mesh_core::token::{self, Standing};
 
 /// A token whose lifetime is unknown (no `iat`) and that expires sooner than this is a
@@ -288,7 +286,7 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
         });
     }
     checks.extend(pods_result(mesh, &name, namespaces, injectors, &reads.view));
-    checks.push(scope_result(&reads.scope, &name));
+    checks.push(rights::scope_result(&reads.scope, &name));
     checks.push(guard_result(cluster, mesh.rule, &reads.guard));
     // Said when nothing above failed: a failure above is already what to fix first.
     if !checks.iter().any(|c| c.result == Outcome::Error) {
@@ -341,58 +339,6 @@ fn webhook_result(cluster: &MeshCluster, now: Timestamp) -> Option<CheckResult> 
         ),
         hint,
     ))
-}
-
-/// The stored identity may patch every namespace; the remote's sync scope policy must refuse
-/// it anything but the managed labels of the installed rule, on the namespaces the cluster's
-/// scope covers. Asked by trying: a dry-run edit it must refuse, a dry-run change of the
-/// managed labels it must let through, and one outside the scope it must refuse.
-fn scope_result(scope: &RemoteResult<Scope>, name: &str) -> CheckResult {
-    let what = "credentials may change only the managed labels";
-    let fix = format!(
-        "re-run `kubectl mesh attach` for {name}: it installs ValidatingAdmissionPolicy {} \
-         and its binding for the installed rule and the cluster's scope",
-        setup::SYNC_SCOPE
-    );
-    match scope {
-        Ok(Scope::Enforced) => CheckResult::ok(
-            what,
-            Some(format!(
-                "ValidatingAdmissionPolicy {} enforced",
-                setup::SYNC_SCOPE
-            )),
-        ),
-        Ok(Scope::NotEnforced) => CheckResult::error(
-            what,
-            format!(
-                "a dry-run annotation of namespace {MESH_NAMESPACE} went through: the stored \
-                 credentials may change any namespace's metadata"
-            ),
-            fix,
-        ),
-        Ok(Scope::Stale { namespace }) => CheckResult::error(
-            what,
-            format!(
-                "ValidatingAdmissionPolicy {} refuses a dry-run change of the managed labels \
-                 of namespace {namespace}: it was installed for another sync rule",
-                setup::SYNC_SCOPE
-            ),
-            fix,
-        ),
-        Ok(Scope::Wider { namespace }) => CheckResult::error(
-            what,
-            format!(
-                "a dry-run change of the managed labels of namespace {namespace} went through, \
-                 which the cluster's scope leaves out: the remote does not enforce the scope"
-            ),
-            fix,
-        ),
-        Err(e) => CheckResult::warning(
-            what,
-            format!("cannot tell: a dry-run edit as the stored credentials failed: {e}"),
-            fix,
-        ),
-    }
 }
 
 /// The remote's kube-system UID is the cluster's identity: it must be spec.clusterId, unique

@@ -37,7 +37,7 @@ use crate::{
     installed_rule, kubeconfig,
     mesh_state::{self, RemoteError, RemoteResult, with_deadline},
     remote_setup as setup, render,
-    sync_scope::{self, Scope},
+    sync_scope::{self, Found},
     view,
 };
 
@@ -336,7 +336,7 @@ pub struct RemoteReads {
     /// The remote guard.
     pub guard: GuardFacts,
     /// Whether the remote confines the stored identity to the managed labels of the rule.
-    pub scope: RemoteResult<Scope>,
+    pub scope: RemoteResult<Found>,
     /// Its MutatingWebhookConfigurations, where Istio's injectors are.
     pub injectors: RemoteResult<Vec<MutatingWebhookConfiguration>>,
     /// What its view credentials read.

@@ -1,8 +1,16 @@
 //! The rights of a remote's stored identity: exactly what the ClusterRole attach creates
-//! grants ([`setup::sync_rights`]), nothing more.
+//! grants ([`setup::sync_rights`]), nothing more; and, within them, only the changes the sync
+//! scope policy lets through ([`scope_result`]).
+
+use mesh_core::MESH_NAMESPACE;
 
 use super::report::CheckResult;
-use crate::{access::Need, remote_setup as setup};
+use crate::{
+    access::Need,
+    mesh_state::RemoteResult,
+    remote_setup as setup,
+    sync_scope::{Found, Scope},
+};
 
 /// Whether the remote allows one verb of a [`Need`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -257,6 +265,69 @@ pub fn judge_view_answers(name: &str, answers: &[Answer]) -> CheckResult {
         what,
         Some("services, pods, endpointslices get, list, watch".into()),
     )
+}
+
+/// The stored identity may patch every namespace; the remote's sync scope policy must refuse
+/// it anything but the managed labels of the installed rule, on the namespaces the cluster's
+/// scope covers. Asked by trying ([`crate::sync_scope::probe`]): dry-run edits it must refuse, a
+/// dry-run change of the managed labels it must let through, and one outside the scope it
+/// must refuse.
+pub fn scope_result(scope: &RemoteResult<Found>, name: &str) -> CheckResult {
+    let what = "credentials may change only the managed labels";
+    let fix = format!(
+        "re-run `kubectl mesh attach` for {name}: it installs ValidatingAdmissionPolicy {} \
+         and its binding for the installed rule and the cluster's scope",
+        setup::SYNC_SCOPE
+    );
+    match scope {
+        Ok(Found::Scope(Scope::Enforced)) => CheckResult::ok(
+            what,
+            Some(format!(
+                "ValidatingAdmissionPolicy {} enforced",
+                setup::SYNC_SCOPE
+            )),
+        ),
+        Ok(Found::Scope(Scope::NotEnforced)) => CheckResult::error(
+            what,
+            format!(
+                "a dry-run annotation of namespace {MESH_NAMESPACE} went through: the stored \
+                 credentials may change any namespace's metadata"
+            ),
+            fix,
+        ),
+        Ok(Found::Scope(Scope::Stale { namespace })) => CheckResult::error(
+            what,
+            format!(
+                "ValidatingAdmissionPolicy {} refuses a dry-run change of the managed labels \
+                 of namespace {namespace}: it was installed for another sync rule",
+                setup::SYNC_SCOPE
+            ),
+            fix,
+        ),
+        Ok(Found::Scope(Scope::Wider { namespace })) => CheckResult::error(
+            what,
+            format!(
+                "a dry-run change of the managed labels of namespace {namespace} went through, \
+                 which the cluster's scope leaves out: the remote does not enforce the scope"
+            ),
+            fix,
+        ),
+        Ok(Found::Unrefused { namespace, change }) => CheckResult::error(
+            what,
+            format!(
+                "a dry-run change of {change} of namespace {namespace} went through, which the \
+                 installed rule does not manage: ValidatingAdmissionPolicy {} was installed for \
+                 another sync rule, or edited",
+                setup::SYNC_SCOPE
+            ),
+            fix,
+        ),
+        Err(e) => CheckResult::warning(
+            what,
+            format!("cannot tell: a dry-run edit as the stored credentials failed: {e}"),
+            fix,
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What `kubectl mesh check` says about an attached cluster's guard and rights, read from its
 //! `-o json` report.
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
@@ -271,6 +271,70 @@ async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::R
             .then_some(()))
     })
     .await?;
+
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
+}
+
+/// The description of check's sync scope check.
+const SCOPE_CHECK: &str = "credentials may change only the managed labels";
+
+/// The sync scope policy edited on the remote to drop its validation that the sync account
+/// changes nothing but the managed labels: it still refuses every change of the mesh
+/// namespace (an excluded namespace's validation), so only a change of a synced namespace
+/// tells, and check tries one.
+#[tokio::test]
+async fn check_finds_a_sync_scope_policy_that_lets_other_changes_through() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let name = remote.name.as_str();
+    attach(env, remote, &[]).await?;
+    let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
+    assert_eq!(
+        report.cluster_check(name, SCOPE_CHECK),
+        Some(&CheckEntry::ok(
+            SCOPE_CHECK,
+            "ValidatingAdmissionPolicy kubectl-mesh-sync-scope enforced"
+        )),
+        "{report:#?}"
+    );
+
+    let policies = Api::<ValidatingAdmissionPolicy>::all(remote.client().await?);
+    let mut policy = policies.get("kubectl-mesh-sync-scope").await?;
+    let validations = policy
+        .spec
+        .as_mut()
+        .and_then(|s| s.validations.as_mut())
+        .context("the sync scope policy has no validations")?;
+    let before = validations.len();
+    validations.retain(|v| !v.expression.contains("variables.othersKept"));
+    ensure!(
+        validations.len() == before - 1,
+        "no validation of othersKept in {validations:#?}"
+    );
+    policies
+        .replace("kubectl-mesh-sync-scope", &PostParams::default(), &policy)
+        .await?;
+    // Once the apiserver has loaded the edit.
+    let report = eventually(
+        "check to find the wider policy",
+        DEFAULT_TIMEOUT,
+        || async {
+            let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
+            Ok(check_with_result(&report, name, SCOPE_CHECK, "error")
+                .is_some()
+                .then_some(report))
+        },
+    )
+    .await?;
+    let scope = report.cluster_check(name, SCOPE_CHECK);
+    assert!(
+        scope.is_some_and(|c| c.says(
+            "error",
+            "a dry-run change of annotation kubectl-mesh.io/scope-probe of namespace"
+        ) && c
+            .hint_mentions(&format!("re-run `kubectl mesh attach` for {name}"))),
+        "{report:#?}"
+    );
 
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await
