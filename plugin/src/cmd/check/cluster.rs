@@ -885,6 +885,7 @@ mod tests {
         let facts = MeshFacts::Attached(super::super::facts::Attached {
             clusters: vec![leaving],
             remotes: vec![None],
+            istio_secrets: vec![None],
             primary_namespaces: Ok(primary),
         });
         let sections = judge_mesh(&facts, &SyncRule::default(), Timestamp::UNIX_EPOCH);

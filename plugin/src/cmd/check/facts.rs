@@ -30,6 +30,7 @@ use mesh_core::{
 };
 
 use super::caller_probe;
+use super::istio_secret::{self, IstioSecretFacts};
 use super::rights::{self, Answer};
 use crate::{
     Error,
@@ -269,6 +270,8 @@ pub struct Attached {
     /// What was read for each cluster, in the order of `clusters`; `None` for a cluster being
     /// detached ([`mesh_state::is_being_detached`]): nothing syncs it, and nothing is read.
     pub remotes: Vec<Option<ClusterFacts>>,
+    /// What was read for each cluster's Istio remote secret, likewise.
+    pub istio_secrets: Vec<Option<IstioSecretFacts>>,
 }
 
 impl Attached {
@@ -397,8 +400,9 @@ pub struct GuardFacts {
     pub with_context: Option<RemoteResult<FoundGuard>>,
 }
 
-/// Reads the MeshClusters, the primary's namespaces and what each remote's stored
-/// credentials can read (the remotes concurrently, each call bounded by `timeout`).
+/// Reads the MeshClusters, the primary's namespaces, and what each remote's stored credentials
+/// and Istio remote secret can read (all remotes, and both of each, concurrently, each call
+/// bounded by `timeout`).
 pub async fn mesh(
     client: &Client,
     user_kubeconfig: &Kubeconfig,
@@ -411,17 +415,23 @@ pub async fn mesh(
         Err(e) => return MeshFacts::Unlisted(e),
     };
     let primary_namespaces = mesh_state::primary_namespaces(client).await;
-    let remotes = mesh_state::for_each(&clusters, |c| async move {
+    let read = mesh_state::for_each(&clusters, |c| async move {
         if mesh_state::is_being_detached(c) {
             return None;
         }
-        Some(cluster_facts(client, c, user_kubeconfig, rule, timeout).await)
+        // At once: a remote that does not answer costs one timeout for both.
+        Some(tokio::join!(
+            cluster_facts(client, c, user_kubeconfig, rule, timeout),
+            istio_secret::facts(client, c, timeout),
+        ))
     })
     .await;
+    let (remotes, istio_secrets) = read.into_iter().map(Option::unzip).unzip();
     MeshFacts::Attached(Attached {
         clusters,
         primary_namespaces,
         remotes,
+        istio_secrets,
     })
 }
 

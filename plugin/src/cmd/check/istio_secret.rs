@@ -2,6 +2,9 @@
 //! reads the remote with the kubeconfig in it, and never says why it cannot except in its log.
 //! `check` does what istiod does first: it authenticates with those credentials and asks
 //! whether they may list what istiod watches.
+//!
+//! [`facts`] is read with each cluster's other facts ([`super::facts::mesh`]), at once: a
+//! remote that does not answer costs one timeout for both.
 
 use std::time::Duration;
 
@@ -13,9 +16,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::PostParams};
 use mesh_core::{cluster::MeshCluster, remote};
 
-use futures::future::join_all;
-
-use super::facts::{Attached, Fetched};
+use super::facts::{Attached, Fetched, reached, refused};
 use super::report::{CheckResult, Section};
 use crate::{
     mesh_state::{self, RemoteError, RemoteResult, with_deadline},
@@ -46,8 +47,9 @@ pub struct IstioSecretFacts {
 pub struct ReaderFacts {
     /// Who they are.
     pub whoami: RemoteResult<SelfSubjectReview>,
-    /// Resources of [`WATCHED`] they may not list (empty: all allowed).
-    pub cannot_list: RemoteResult<Vec<String>>,
+    /// Resources of [`WATCHED`] they may not list (empty: all allowed); asked only when the
+    /// remote answered who they are ([`reached`]).
+    pub cannot_list: Option<RemoteResult<Vec<String>>>,
 }
 
 /// Reads `cluster`'s Istio remote secret on the primary and tries its credentials.
@@ -85,17 +87,28 @@ async fn reader_facts(
     )
     .await
     .map_err(|e| e.to_string())?;
+    Ok(read(&client, timeout).await)
+}
+
+/// Asks the remote who `client` is and, when it answered (a 403 too: it authenticated the
+/// credentials), what of [`WATCHED`] they may not list: a remote that does not answer costs
+/// one timeout, not two.
+pub async fn read(client: &Client, timeout: Duration) -> ReaderFacts {
     let whoami = with_deadline(
         timeout,
         Api::<SelfSubjectReview>::all(client.clone())
             .create(&PostParams::default(), &SelfSubjectReview::default()),
     )
     .await;
-    let cannot_list = with_deadline(timeout, cannot_list(&client)).await;
-    Ok(ReaderFacts {
+    let cannot_list = if reached(&whoami) {
+        Some(with_deadline(timeout, cannot_list(client)).await)
+    } else {
+        None
+    };
+    ReaderFacts {
         whoami,
         cannot_list,
-    })
+    }
 }
 
 async fn cannot_list(client: &Client) -> Result<Vec<String>, kube::Error> {
@@ -125,15 +138,9 @@ async fn cannot_list(client: &Client) -> Result<Vec<String>, kube::Error> {
 /// Adds to each cluster's section of `sections` the check of its Istio remote secret, for
 /// the clusters attached with one and read ([`Attached::read`]: a cluster being detached has
 /// a one-line section, and its detach deletes this secret).
-pub async fn add_checks(
-    primary: &Client,
-    attached: &Attached,
-    sections: &mut [Section],
-    timeout: Duration,
-) {
-    let clusters: Vec<&MeshCluster> = attached.read().collect();
-    let found = join_all(clusters.iter().map(|c| facts(primary, c, timeout))).await;
-    for (cluster, facts) in clusters.into_iter().zip(&found) {
+pub fn add_checks(attached: &Attached, sections: &mut [Section]) {
+    let read = attached.clusters.iter().zip(&attached.istio_secrets);
+    for (cluster, facts) in read.filter_map(|(c, f)| Some((c, f.as_ref()?))) {
         let name = cluster.metadata.name.clone().unwrap_or_default();
         let title = format!("cluster {name} (");
         let Some(result) = judge(&name, facts) else {
@@ -197,16 +204,31 @@ pub fn judge(name: &str, facts: &IstioSecretFacts) -> Option<CheckResult> {
         };
         CheckResult::error(what, detail, &reattach)
     };
-    if let Err(e) = &reader.whoami {
+    // A 403 is an answer: the cluster accepted the token, and only forbids the review (as the
+    // cluster's own check of its stored credentials judges it).
+    if let Err(e) = &reader.whoami
+        && !refused(e)
+    {
         return Some(failed(e));
     }
-    Some(match &reader.cannot_list {
+    // Asked whenever whoami got an answer, as it did here.
+    let listed = reader.cannot_list.as_ref()?;
+    Some(match listed {
         Ok(denied) if denied.is_empty() => CheckResult::ok(what, Some(secret)),
         Ok(denied) => CheckResult::error(
             what,
             format!(
                 "the token in {secret} may not list {}: istiod never syncs the cluster",
                 denied.join(", ")
+            ),
+            &reattach,
+        ),
+        // Accepted, but not let ask: what istiod may list is not known.
+        Err(e) if refused(e) => CheckResult::warning(
+            what,
+            format!(
+                "not checked: the cluster accepts the token in {secret} but refuses it a \
+                 SelfSubjectAccessReview ({e})"
             ),
             &reattach,
         ),
@@ -217,6 +239,8 @@ pub fn judge(name: &str, facts: &IstioSecretFacts) -> Option<CheckResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
 
     fn with_secret(reader: Result<ReaderFacts, String>) -> IstioSecretFacts {
         IstioSecretFacts {
@@ -228,8 +252,16 @@ mod tests {
     fn answered(cannot_list: Vec<String>) -> ReaderFacts {
         ReaderFacts {
             whoami: Ok(SelfSubjectReview::default()),
-            cannot_list: Ok(cannot_list),
+            cannot_list: Some(Ok(cannot_list)),
         }
+    }
+
+    fn forbidden() -> RemoteError {
+        RemoteError::Call(kube::Error::Api(
+            kube::core::Status::failure("selfsubjectreviews is forbidden", "Forbidden")
+                .with_code(403)
+                .boxed(),
+        ))
     }
 
     fn unauthorized() -> RemoteError {
@@ -297,7 +329,7 @@ mod tests {
     fn a_revoked_token_fails_and_says_to_reattach() {
         let facts = with_secret(Ok(ReaderFacts {
             whoami: Err(unauthorized()),
-            cannot_list: Err(unauthorized()),
+            cannot_list: None,
         }));
         let result = fails_saying(&facts, "refuses the token");
         assert!(result.hint_mentions("--istio-remote-secret"), "{result:?}");
@@ -307,9 +339,111 @@ mod tests {
     fn a_token_revoked_between_the_reads_fails_alike() {
         let facts = with_secret(Ok(ReaderFacts {
             whoami: Ok(SelfSubjectReview::default()),
-            cannot_list: Err(unauthorized()),
+            cannot_list: Some(Err(unauthorized())),
         }));
         fails_saying(&facts, "refuses the token");
+    }
+
+    /// A 403 is the cluster's answer: it accepted the token and forbids only the review, as
+    /// the check of the stored credentials judges it. What the token may list decides.
+    #[test]
+    fn a_token_forbidden_to_review_who_it_is_is_judged_by_what_it_may_list() {
+        let may_list = with_secret(Ok(ReaderFacts {
+            whoami: Err(forbidden()),
+            cannot_list: Some(Ok(vec![])),
+        }));
+        let result = judge("east", &may_list).unwrap();
+        assert_eq!(
+            result,
+            CheckResult::ok(
+                "istiod's remote secret reads the cluster",
+                Some("istio-system/istio-remote-secret-east".into())
+            )
+        );
+        let may_not = with_secret(Ok(ReaderFacts {
+            whoami: Err(forbidden()),
+            cannot_list: Some(Ok(vec!["pods".into()])),
+        }));
+        fails_saying(&may_not, "may not list pods");
+    }
+
+    /// Accepted, but refused the access review too: what it may list is not known.
+    #[test]
+    fn a_token_forbidden_every_review_is_not_checked() {
+        let facts = with_secret(Ok(ReaderFacts {
+            whoami: Err(forbidden()),
+            cannot_list: Some(Err(forbidden())),
+        }));
+        let result = judge("east", &facts).unwrap();
+        assert_eq!(result.result, super::super::Outcome::Warning, "{result:?}");
+        assert_eq!(
+            result.detail.as_deref(),
+            Some(
+                "not checked: the cluster accepts the token in \
+                 istio-system/istio-remote-secret-east but refuses it a SelfSubjectAccessReview \
+                 (selfsubjectreviews is forbidden)"
+            )
+        );
+    }
+
+    /// A remote that never answers who the credentials are is not asked what they may list:
+    /// it costs one timeout, not two. (Paused time: the elapsed time is the timeouts, exactly.)
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_that_does_not_answer_is_asked_once() {
+        let (client, requests) = silent();
+        const TIMEOUT: Duration = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        let facts = read(&client, TIMEOUT).await;
+        assert_eq!(started.elapsed(), TIMEOUT);
+        assert!(
+            matches!(facts.whoami, Err(RemoteError::TimedOut(_))),
+            "{facts:?}"
+        );
+        assert!(facts.cannot_list.is_none(), "{facts:?}");
+        assert_eq!(
+            *requests.lock().unwrap(),
+            ["POST /apis/authentication.k8s.io/v1/selfsubjectreviews"]
+        );
+    }
+
+    /// A client of a remote that never answers, and the requests it was sent.
+    fn silent() -> (Client, Arc<Mutex<Vec<String>>>) {
+        let requests = Arc::<Mutex<Vec<String>>>::default();
+        let seen = requests.clone();
+        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+            let line = format!("{} {}", request.method(), request.uri().path());
+            seen.lock().unwrap().push(line);
+            std::future::pending::<Result<http::Response<kube::client::Body>, Infallible>>()
+        });
+        (Client::new(service, "default"), requests)
+    }
+
+    /// Refused the review of who they are (403), the credentials are still asked what they
+    /// may list: the remote authenticated them.
+    #[tokio::test]
+    async fn a_token_forbidden_to_review_who_it_is_is_asked_what_it_may_list() {
+        use mesh_core::fake_apiserver::{answering, status};
+        let (client, requests) = answering(|_, path| {
+            if path.ends_with("/selfsubjectreviews") {
+                return status(http::StatusCode::FORBIDDEN, "Forbidden", "forbidden");
+            }
+            let review = serde_json::json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {}, "status": {"allowed": true},
+            });
+            (http::StatusCode::CREATED, review)
+        });
+        let facts = read(&client, Duration::from_secs(5)).await;
+        assert!(
+            matches!(&facts.cannot_list, Some(Ok(denied)) if denied.is_empty()),
+            "{facts:?}"
+        );
+        assert_eq!(
+            requests.all().len(),
+            1 + WATCHED.len(),
+            "{:?}",
+            requests.all()
+        );
     }
 
     #[test]
@@ -323,35 +457,57 @@ mod tests {
     /// is a line about it added to that section. A cluster beside it that was read is checked.
     #[tokio::test]
     async fn a_cluster_being_detached_gets_no_istio_check() {
-        use super::super::facts::ClusterFacts;
-        use mesh_core::fake_apiserver::answering;
-        // A secret without the cluster's key, which fails the check.
-        let (primary, requests) = answering(|_, path| {
-            let name = path.rsplit('/').next().unwrap_or_default();
-            let secret = serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": name, "namespace": "istio-system"},
-            });
-            (http::StatusCode::OK, secret)
-        });
+        use mesh_core::fake_apiserver::{answering, status};
         let east = mesh_core::fixtures::mesh_cluster("east", "uid-of-east");
         let leaving = crate::mesh_state::fixtures::being_detached(east, "example.com/backup");
         let west = mesh_core::fixtures::mesh_cluster("west", "uid-of-west");
-        let attached = Attached {
-            clusters: vec![leaving, west],
-            primary_namespaces: Ok(Default::default()),
-            remotes: vec![None, Some(ClusterFacts::SecretMissing)],
+        let clusters = serde_json::json!({
+            "apiVersion": "kubectl-mesh.io/v1alpha1", "kind": "MeshClusterList",
+            "metadata": {}, "items": [leaving, west],
+        });
+        // West's Istio remote secret has no key of the cluster, which fails the check; its
+        // stored credentials are missing.
+        let (primary, requests) = answering(move |_, path| {
+            let body = match path {
+                "/apis/kubectl-mesh.io/v1alpha1/meshclusters" => clusters.clone(),
+                "/api/v1/namespaces" => serde_json::json!({
+                    "apiVersion": "v1", "kind": "NamespaceList", "metadata": {}, "items": [],
+                }),
+                "/api/v1/namespaces/istio-system/secrets/istio-remote-secret-west" => {
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": "Secret",
+                        "metadata": {"name": "istio-remote-secret-west", "namespace": "istio-system"},
+                    })
+                }
+                _ => return status(http::StatusCode::NOT_FOUND, "NotFound", "not found"),
+            };
+            (http::StatusCode::OK, body)
+        });
+        let mesh = super::super::facts::mesh(
+            &primary,
+            &kube::config::Kubeconfig::default(),
+            &mesh_core::labels::SyncRule::default(),
+            Duration::from_secs(5),
+        )
+        .await;
+        let super::super::facts::MeshFacts::Attached(attached) = mesh else {
+            panic!("not attached: {mesh:?}");
         };
         let section = |name: &str| Section {
             name: format!("cluster {name} (https://{name})"),
             checks: Vec::new(),
         };
         let mut sections = vec![section("east"), section("west")];
-        add_checks(&primary, &attached, &mut sections, Duration::from_secs(5)).await;
+        add_checks(&attached, &mut sections);
         assert!(sections[0].checks.is_empty(), "{sections:?}");
         assert_eq!(sections[1].checks.len(), 1, "{sections:?}");
+        let istio_reads: Vec<String> = requests
+            .all()
+            .into_iter()
+            .filter(|r| r.contains("istio"))
+            .collect();
         assert_eq!(
-            requests.all(),
+            istio_reads,
             ["GET /api/v1/namespaces/istio-system/secrets/istio-remote-secret-west"]
         );
     }

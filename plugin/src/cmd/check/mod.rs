@@ -7,9 +7,10 @@
 //! older kubectl-mesh, whose credentials may not read it: that is read through the remote's
 //! context in the user's kubeconfig, when it has one.
 //!
-//! [`facts`] makes every read; [`install`], [`cluster`] and [`rights`] judge what was read
-//! without a cluster ([`istio_secret`] reads and judges the Istio remote secrets); [`report`]
-//! is what they conclude and [`render`] prints it.
+//! [`facts`] makes every read; [`install`], [`cluster`], [`rights`] and [`istio_secret`] judge
+//! what was read without a cluster ([`istio_secret`] also has the reads of the Istio remote
+//! secrets, which [`facts::mesh`] makes); [`report`] is what they conclude and [`render`]
+//! prints it.
 
 pub mod caller_auth;
 pub mod caller_probe;
@@ -83,9 +84,75 @@ pub async fn check_all(
         let mesh = facts::mesh(client, user_kubeconfig, &installation.rule, remote_timeout).await;
         let mut clusters = cluster::judge_mesh(&mesh, &installation.rule, now);
         if let facts::MeshFacts::Attached(attached) = &mesh {
-            istio_secret::add_checks(client, attached, &mut clusters, remote_timeout).await;
+            istio_secret::add_checks(attached, &mut clusters);
         }
         sections.extend(clusters);
     }
     Ok(CheckReport::new(sections))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, StatusCode};
+    use kube::CustomResourceExt as _;
+    use mesh_core::cluster::MeshCluster;
+    use mesh_core::fake_apiserver::{json_response, status};
+    use serde_json::json;
+
+    /// Each cluster's Istio remote secret is read beside its stored credentials, not after
+    /// them: a primary (or a remote) slow to answer costs one answer's time, not two. (Paused
+    /// time: the elapsed time is the fake's delays, exactly.)
+    #[tokio::test(start_paused = true)]
+    async fn the_istio_remote_secret_is_read_beside_the_stored_credentials() {
+        const ANSWER: Duration = Duration::from_secs(5);
+        let mut crd = serde_json::to_value(MeshCluster::crd()).unwrap();
+        crd["status"] = json!({"conditions": [{"type": "Established", "status": "True"}]});
+        let west = mesh_core::fixtures::mesh_cluster("west", "uid-of-west");
+        let clusters = json!({
+            "apiVersion": "kubectl-mesh.io/v1alpha1", "kind": "MeshClusterList",
+            "metadata": {}, "items": [west],
+        });
+        // Every Secret is answered after `ANSWER`: not found.
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let path = request.uri().path().to_owned();
+            let (crd, clusters) = (crd.clone(), clusters.clone());
+            async move {
+                let (code, body) = match path.as_str() {
+                    p if p.ends_with(MeshCluster::crd_name()) => (StatusCode::OK, crd),
+                    "/apis/kubectl-mesh.io/v1alpha1/meshclusters" => (StatusCode::OK, clusters),
+                    "/api/v1/namespaces" => (
+                        StatusCode::OK,
+                        json!({"apiVersion": "v1", "kind": "NamespaceList",
+                            "metadata": {}, "items": []}),
+                    ),
+                    p => {
+                        if p.contains("/secrets/") {
+                            tokio::time::sleep(ANSWER).await;
+                        }
+                        status(StatusCode::NOT_FOUND, "NotFound", "not found")
+                    }
+                };
+                Ok::<_, std::convert::Infallible>(json_response(code, &body))
+            }
+        });
+        let primary = Client::new(service, "default");
+        let started = tokio::time::Instant::now();
+        let report = check_all(
+            &primary,
+            &kube::config::Kubeconfig::default(),
+            Duration::from_secs(60),
+            Timestamp::UNIX_EPOCH,
+        )
+        .await
+        .unwrap();
+        assert!(
+            report
+                .sections
+                .iter()
+                .any(|s| s.name.starts_with("cluster west")),
+            "{report:?}"
+        );
+        assert_eq!(started.elapsed(), ANSWER);
+    }
 }
