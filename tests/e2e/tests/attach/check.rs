@@ -141,6 +141,24 @@ fn check_with_result<'a>(
         .filter(|c| c.result == result)
 }
 
+/// Runs `check` with the stored credentials until cluster `name`'s check `description` has
+/// `result`; its report then.
+async fn check_until(
+    env: &TestEnv,
+    what: &str,
+    name: &str,
+    description: &str,
+    result: &str,
+) -> anyhow::Result<CheckReport> {
+    eventually(what, DEFAULT_TIMEOUT, || async {
+        let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
+        Ok(check_with_result(&report, name, description, result)
+            .is_some()
+            .then_some(report))
+    })
+    .await
+}
+
 /// A cluster attached by an older kubectl-mesh has a sync ClusterRole without the guard
 /// read: check warns about it, reads the guard with the user's context of the remote when
 /// there is one, and a re-attach grants the read. Rights beyond the guard read are reported.
@@ -163,13 +181,8 @@ async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::R
             }]})),
         )
         .await?;
-    let report = eventually("check to see the older rights", DEFAULT_TIMEOUT, || async {
-        let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
-        Ok(check_with_result(&report, name, RIGHTS_CHECK, "warning")
-            .is_some()
-            .then_some(report))
-    })
-    .await?;
+    let older = "check to see the older rights";
+    let report = check_until(env, older, name, RIGHTS_CHECK, "warning").await?;
     let rights = report.cluster_check(name, RIGHTS_CHECK);
     assert_eq!(
         rights.and_then(|c| c.detail.as_deref()),
@@ -234,13 +247,8 @@ async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::R
     }))?;
     let bindings = Api::<ClusterRoleBinding>::all(rc.clone());
     bindings.create(&PostParams::default(), &binding).await?;
-    let over = eventually("check to see the extra rights", DEFAULT_TIMEOUT, || async {
-        let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
-        Ok(check_with_result(&report, name, RIGHTS_CHECK, "warning")
-            .is_some()
-            .then_some(report))
-    })
-    .await;
+    let extra_rights = "check to see the extra rights";
+    let over = check_until(env, extra_rights, name, RIGHTS_CHECK, "warning").await;
     let cleanup = async {
         bindings.delete(&extra, &DeleteParams::default()).await?;
         roles.delete(&extra, &DeleteParams::default()).await?;
@@ -264,13 +272,7 @@ async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::R
         Some(&CheckEntry::ok(GUARD_CHECK, "Deny")),
         "{report:#?}"
     );
-    eventually("the rights back to exactly", DEFAULT_TIMEOUT, || async {
-        let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
-        Ok(check_with_result(&report, name, RIGHTS_CHECK, "ok")
-            .is_some()
-            .then_some(()))
-    })
-    .await?;
+    check_until(env, "the rights back to exactly", name, RIGHTS_CHECK, "ok").await?;
 
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await
@@ -315,17 +317,8 @@ async fn check_finds_a_sync_scope_policy_that_lets_other_changes_through() -> an
         .replace("kubectl-mesh-sync-scope", &PostParams::default(), &policy)
         .await?;
     // Once the apiserver has loaded the edit.
-    let report = eventually(
-        "check to find the wider policy",
-        DEFAULT_TIMEOUT,
-        || async {
-            let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
-            Ok(check_with_result(&report, name, SCOPE_CHECK, "error")
-                .is_some()
-                .then_some(report))
-        },
-    )
-    .await?;
+    let wider = "check to find the wider policy";
+    let report = check_until(env, wider, name, SCOPE_CHECK, "error").await?;
     let scope = report.cluster_check(name, SCOPE_CHECK);
     assert!(
         scope.is_some_and(|c| c.says(
