@@ -5,14 +5,20 @@
 //! A remote whose configurations are not known (the watch has not listed them yet, or the
 //! stored credentials may not read them, as for clusters attached by an older kubectl-mesh)
 //! is left out: no warning beats a false one.
+//!
+//! Of each configuration only what readiness reads is kept (its Istio injectors' names, rules
+//! and selectors), and no more than [`MAX_KEPT_BYTES`] of one remote: a remote's configurations
+//! can weigh hundreds of MiB (large selector value lists, or whatever a server that is not a
+//! real apiserver sends), and every replica keeps them all.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use kube::{
     Api, ResourceExt,
+    api::ObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
 use tokio_util::sync::CancellationToken;
@@ -22,6 +28,11 @@ use mesh_core::labels::Labels;
 use mesh_core::remote::Remote;
 
 use crate::remote_watch::{Proof, prove};
+
+/// The most bytes of configurations kept of one remote, as [`trimmed`] keeps them (JSON), which
+/// bounds their count too: an Istio revision's or tag's is 1 to 2 KiB so kept, and a mesh runs a
+/// handful; hundreds fit.
+const MAX_KEPT_BYTES: usize = 1024 * 1024;
 
 /// Whether pods of a namespace on one remote will get sidecars.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,21 +104,57 @@ pub(crate) async fn watch_injectors(
         Proof::Cancelled => return,
     }
     let configs = Api::<MutatingWebhookConfiguration>::all(client);
-    let events = watcher(configs, mesh_core::remote::watch_config())
-        .default_backoff()
-        .modify(trim);
+    let events = watcher(configs, mesh_core::remote::watch_config()).default_backoff();
     tokio::select! {
         () = follow(events, &cluster, &injectors) => {}
         () = cancel.cancelled() => {}
     }
 }
 
-/// Drops what readiness never reads: the CA bundles and managed fields are most of the bytes.
-fn trim(config: &mut MutatingWebhookConfiguration) {
-    config.metadata.managed_fields = None;
-    config.metadata.annotations = None;
-    for webhook in config.webhooks.iter_mut().flatten() {
-        webhook.client_config.ca_bundle = None;
+/// One configuration as kept: what readiness reads of it, and its size.
+struct Kept {
+    config: MutatingWebhookConfiguration,
+    bytes: usize,
+}
+
+/// What [`injection::readiness`] reads of `config`: its name, and of each webhook that is an
+/// Istio injector its name, rules and selectors; `None` when it has no such webhook, as no
+/// other injects sidecars. CA bundles, other webhooks and their selectors are most of the bytes.
+fn trimmed(config: MutatingWebhookConfiguration) -> Option<Kept> {
+    let webhooks: Vec<MutatingWebhook> = (config.webhooks.into_iter().flatten())
+        .filter(|webhook| webhook.name.ends_with(injection::ISTIO_INJECTOR_SUFFIX))
+        .map(|webhook| MutatingWebhook {
+            name: webhook.name,
+            rules: webhook.rules,
+            namespace_selector: webhook.namespace_selector,
+            object_selector: webhook.object_selector,
+            ..MutatingWebhook::default()
+        })
+        .collect();
+    if webhooks.is_empty() {
+        return None;
+    }
+    let config = MutatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: config.metadata.name,
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(webhooks),
+    };
+    // What cannot be measured is not kept.
+    let bytes = serde_json::to_vec(&config).map_or(MAX_KEPT_BYTES + 1, |json| json.len());
+    Some(Kept { config, bytes })
+}
+
+/// Keeps what readiness reads of `config` in `kept`; whether that changed anything.
+fn keep(kept: &mut BTreeMap<String, Kept>, config: MutatingWebhookConfiguration) -> bool {
+    let name = config.name_any();
+    match trimmed(config) {
+        Some(config) => {
+            kept.insert(name, config);
+            true
+        }
+        None => kept.remove(&name).is_some(),
     }
 }
 
@@ -117,28 +164,27 @@ async fn follow(
     injectors: &Injectors,
 ) {
     let mut events = std::pin::pin!(events);
-    let mut current: BTreeMap<String, MutatingWebhookConfiguration> = BTreeMap::new();
+    let mut current: BTreeMap<String, Kept> = BTreeMap::new();
     // A relist builds the next list here; it replaces `current` once complete.
-    let mut listing: Option<BTreeMap<String, MutatingWebhookConfiguration>> = None;
+    let mut listing: Option<BTreeMap<String, Kept>> = None;
     let mut known = false;
     while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Init) => listing = Some(BTreeMap::new()),
+        let changed = match event {
+            Ok(watcher::Event::Init) => {
+                listing = Some(BTreeMap::new());
+                false
+            }
             Ok(watcher::Event::InitApply(config)) => {
-                listing
-                    .get_or_insert_default()
-                    .insert(config.name_any(), config);
+                keep(listing.get_or_insert_default(), config);
+                false
             }
             Ok(watcher::Event::InitDone) => {
                 current = listing.take().unwrap_or_default();
                 known = true;
+                true
             }
-            Ok(watcher::Event::Apply(config)) => {
-                current.insert(config.name_any(), config);
-            }
-            Ok(watcher::Event::Delete(config)) => {
-                current.remove(&config.name_any());
-            }
+            Ok(watcher::Event::Apply(config)) => keep(&mut current, config),
+            Ok(watcher::Event::Delete(config)) => current.remove(&config.name_any()).is_some(),
             Err(error) => {
                 if forbidden(&error) {
                     // Attached before the sync account could read them: say nothing.
@@ -151,9 +197,27 @@ async fn follow(
                 }
                 continue;
             }
+        };
+        let kept_bytes: usize = ([Some(&current), listing.as_ref()].into_iter().flatten())
+            .flat_map(BTreeMap::values)
+            .map(|kept| kept.bytes)
+            .sum();
+        if kept_bytes > MAX_KEPT_BYTES {
+            tracing::warn!(
+                %cluster,
+                "the remote's Istio injectors ran past {} KiB as kept: they are not known, the \
+                 watch of its MutatingWebhookConfigurations is stopped, and no admission warning \
+                 speaks of the remote",
+                MAX_KEPT_BYTES / 1024
+            );
+            injectors.forget(cluster);
+            return;
         }
-        if known && listing.is_none() {
-            injectors.set(cluster, current.values().cloned().collect());
+        if changed && known && listing.is_none() {
+            injectors.set(
+                cluster,
+                current.values().map(|kept| kept.config.clone()).collect(),
+            );
         }
     }
 }
@@ -172,8 +236,12 @@ fn forbidden(error: &watcher::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use mesh_core::fake_apiserver::FakeApiserver;
-    use mesh_core::fixtures::{istio_injector, labels, mesh_cluster};
+    use mesh_core::fixtures::{
+        InjectorExt, istio_injector, labels, mesh_cluster, revision_tag, webhook_config,
+    };
     use mesh_core::injection::Injection;
     use watcher::Event;
 
@@ -273,5 +341,99 @@ mod tests {
             name: "cluster-east".into(),
         };
         assert_watch_ends_and_forgets_east(Arc::new(Remote::unavailable("east", &missing))).await;
+    }
+
+    /// What east's entry holds.
+    fn kept_of_east(injectors: &Injectors) -> Option<Vec<MutatingWebhookConfiguration>> {
+        let known = injectors.known.read().unwrap();
+        known.get("east").map(|configs| configs.to_vec())
+    }
+
+    #[tokio::test]
+    async fn only_what_readiness_reads_is_kept() {
+        let mut canary = istio_injector("canary");
+        canary.metadata.annotations = Some([("note".to_owned(), "x".repeat(1024))].into());
+        for webhook in canary.webhooks.iter_mut().flatten() {
+            webhook.client_config.ca_bundle = Some(ByteString(vec![0; 1024]));
+            webhook.timeout_seconds = Some(10);
+        }
+        let policy =
+            webhook_config("policy", "mutate.policy.example.com").selector(LabelSelector {
+                match_labels: Some([("team".to_owned(), "x".repeat(1024))].into()),
+                ..LabelSelector::default()
+            });
+        let injectors = Injectors::default();
+        let events = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(canary.clone())),
+            Ok(Event::InitApply(policy)),
+            Ok(Event::InitDone),
+        ];
+        assert_eq!(
+            canary_after(&injectors, events).await,
+            Some(Readiness::Served(vec![
+                "istio-sidecar-injector-canary".into()
+            ]))
+        );
+        let expected = MutatingWebhookConfiguration {
+            metadata: ObjectMeta {
+                name: canary.metadata.name,
+                ..ObjectMeta::default()
+            },
+            webhooks: Some(
+                (canary.webhooks.into_iter().flatten())
+                    .map(|webhook| MutatingWebhook {
+                        name: webhook.name,
+                        rules: webhook.rules,
+                        namespace_selector: webhook.namespace_selector,
+                        object_selector: webhook.object_selector,
+                        ..MutatingWebhook::default()
+                    })
+                    .collect(),
+            ),
+        };
+        assert_eq!(kept_of_east(&injectors), Some(vec![expected]));
+    }
+
+    /// `count` Istio revision tags, and the bytes each takes as kept.
+    fn revision_tags(count: usize) -> (Vec<MutatingWebhookConfiguration>, usize) {
+        let tags: Vec<_> = (0..count)
+            .map(|i| revision_tag(&format!("tag-{i:05}")))
+            .collect();
+        let each = trimmed(tags[0].clone()).expect("an injector").bytes;
+        (tags, each)
+    }
+
+    /// A remote showing ever more injectors cannot be made of a real apiserver on demand: a
+    /// stream of events stands for its watch, one that never ends once past the bound.
+    #[tokio::test]
+    async fn a_remote_with_more_injectors_than_are_kept_is_not_known() {
+        let (_, each) = revision_tags(1);
+        let fit = MAX_KEPT_BYTES / each;
+        let (tags, _) = revision_tags(fit + 1);
+        let injectors = Injectors::default();
+        injectors.set("east", vec![istio_injector("canary")]);
+        let listed = tags.into_iter().map(|tag| Ok(Event::InitApply(tag)));
+        let events = futures::stream::iter(std::iter::once(Ok(Event::Init)).chain(listed))
+            .chain(futures::stream::pending());
+        let followed = follow(events, "east", &injectors);
+        tokio::time::timeout(std::time::Duration::from_secs(60), followed)
+            .await
+            .expect("the watch ends past the bound");
+        assert_eq!(kept_of_east(&injectors), None, "not known");
+    }
+
+    #[tokio::test]
+    async fn as_many_injectors_as_are_kept_are() {
+        let (_, each) = revision_tags(1);
+        let (tags, _) = revision_tags(MAX_KEPT_BYTES / each);
+        let count = tags.len();
+        let injectors = Injectors::default();
+        let listed = tags.into_iter().map(|tag| Ok(Event::InitApply(tag)));
+        let events = std::iter::once(Ok(Event::Init))
+            .chain(listed)
+            .chain([Ok(Event::InitDone)]);
+        follow(futures::stream::iter(events), "east", &injectors).await;
+        assert_eq!(kept_of_east(&injectors).map(|kept| kept.len()), Some(count));
     }
 }

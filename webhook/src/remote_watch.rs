@@ -7,6 +7,12 @@
 //! resync: pods started there meanwhile get the wrong injection. The watch reads metadata only,
 //! and keeps of each namespace its name, resourceVersion and the labels the rule reads: a few
 //! dozen bytes, shared label strings, whatever the remote's namespaces carry besides.
+//!
+//! What it keeps is bounded whatever the remote sends (a remote's admin controls the server at
+//! its recorded address): a namespace no apiserver could hold (a name that is not a DNS-1123
+//! label, a label value past 63 characters) is not kept, and a remote that shows more
+//! namespaces than [`MAX_NAMESPACES`] is not watched any more: every sync lists it instead,
+//! which fails past the same bound.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,7 +29,23 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, BackoffSettings};
+use mesh_core::printable::quoted;
 use mesh_core::remote::{self, Remote};
+
+/// The most namespaces kept of one remote: as many as a list of them may bring, the bound a
+/// sync meets when it lists the remote instead.
+const MAX_NAMESPACES: usize = mesh_core::list::MAX_OBJECTS;
+
+/// The longest namespace name and label value an apiserver accepts.
+const MAX_NAME: usize = 63;
+
+/// A remote whose watch showed more namespaces than are kept.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the remote's namespace watch showed more than {MAX_NAMESPACES} namespaces: none are kept, \
+     the watch is stopped, and every sync lists the remote instead"
+)]
+struct TooManyNamespaces;
 
 /// What became of proving which cluster a remote's credentials reach, before a watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,8 +132,13 @@ async fn notify_on_drift(
         // A namespace whose read labels did not change since they were last seen is not
         // looked at again: one the remote refuses to correct (an admission policy) still
         // differs after every sync, and would wake the worker at every other edit of it.
-        if !seen.apply(&event) {
-            continue;
+        match seen.apply(&event) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "remote namespace watch failed");
+                return;
+            }
         }
         let namespace = match event {
             // A (re)list shows what changed while the watch was down, so it counts too.
@@ -151,8 +178,11 @@ struct Seen {
     /// resourceVersion too old makes it list again.) A connection that died silently fails the
     /// watch within [`mesh_core::remote::WATCH_READ_TIMEOUT`].
     current: bool,
-    /// A resourceVersion was not a number: this remote is listed by every sync.
+    /// A resourceVersion was not a number, or the remote showed more than [`MAX_NAMESPACES`]:
+    /// this remote is listed by every sync.
     unusable: bool,
+    /// Namespaces shown that no apiserver could hold, not kept ([`could_be_real`]).
+    ignored: usize,
     namespaces: HashMap<Arc<str>, Trimmed>,
     /// The namespaces of a list under way; they replace `namespaces` when it is done.
     listing: Option<HashMap<Arc<str>, Trimmed>>,
@@ -299,16 +329,54 @@ impl SeenNamespaces {
     }
 
     /// Keeps what `event` shows; whether it shows a namespace that is new, or whose read labels
-    /// changed since they were last seen (the last list's, during a list).
-    fn apply(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) -> bool {
+    /// changed since they were last seen (the last list's, during a list). Fails once more
+    /// namespaces than [`MAX_NAMESPACES`] were shown: nothing is kept any more.
+    fn apply(
+        &self,
+        event: &watcher::Event<PartialObjectMeta<Namespace>>,
+    ) -> Result<bool, TooManyNamespaces> {
         let changed = self.update(event);
+        if let Err(TooManyNamespaces) = changed {
+            self.lost();
+        }
         self.shared.forget_unused_if_grown();
         changed
     }
 
-    fn update(&self, event: &watcher::Event<PartialObjectMeta<Namespace>>) -> bool {
+    fn update(
+        &self,
+        event: &watcher::Event<PartialObjectMeta<Namespace>>,
+    ) -> Result<bool, TooManyNamespaces> {
         let mut state = self.lock();
         let state = &mut *state;
+        if let watcher::Event::Apply(meta) | watcher::Event::InitApply(meta) = event
+            && !could_be_real(&meta.metadata)
+        {
+            if state.ignored == 0 {
+                let name = meta.metadata.name.as_deref().unwrap_or_default();
+                tracing::warn!(
+                    namespace = %quoted(name, MAX_NAME),
+                    "the remote's watch showed a namespace no apiserver could hold (a name that \
+                     is not a DNS-1123 label, or a label value past {MAX_NAME} characters): not \
+                     kept, nor any other such (said once)"
+                );
+            }
+            state.ignored += 1;
+            return Ok(false);
+        }
+        let changed = self.keep(state, event);
+        let shown = state.namespaces.len() + state.listing.as_ref().map_or(0, HashMap::len);
+        if shown > MAX_NAMESPACES {
+            state.namespaces = HashMap::new();
+            state.listing = None;
+            state.unusable = true;
+            return Err(TooManyNamespaces);
+        }
+        Ok(changed)
+    }
+
+    /// What `event` changes in `state` ([`Self::update`]).
+    fn keep(&self, state: &mut Seen, event: &watcher::Event<PartialObjectMeta<Namespace>>) -> bool {
         let differs = |kept: Option<&Trimmed>, trimmed: &Trimmed| {
             kept.is_none_or(|kept| kept.labels != trimmed.labels)
         };
@@ -386,6 +454,21 @@ impl SeenNamespaces {
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether an apiserver could hold a namespace of `meta`: its name is a DNS-1123 label and
+/// no label value is longer than one may be. A remote whose server is not a real apiserver
+/// could otherwise make each kept namespace as large as it pleases.
+fn could_be_real(meta: &ObjectMeta) -> bool {
+    let name_ok = meta.name.as_deref().is_some_and(|name| {
+        let inner = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let bytes = name.as_bytes();
+        (1..=MAX_NAME).contains(&bytes.len())
+            && bytes.first().copied().is_some_and(inner)
+            && bytes.last().copied().is_some_and(inner)
+            && bytes.iter().all(|&c| inner(c) || c == b'-')
+    });
+    name_ok && (meta.labels.iter().flatten()).all(|(_, value)| value.len() <= MAX_NAME)
 }
 
 impl Trimmed {
@@ -631,12 +714,14 @@ mod tests {
         let east = SeenNamespaces::new(SyncRule::default().keys_read(), shared.clone());
         let west = SeenNamespaces::new(SyncRule::default().keys_read(), shared.clone());
         let web = || ns("web").label("istio-injection", "enabled");
-        east.apply(&Event::Apply(at(web(), "5")));
+        east.apply(&Event::Apply(at(web(), "5"))).expect("kept");
         east.apply(&Event::Apply(at(
             ns("db").label("istio-injection", "enabled"),
             "6",
-        )));
-        west.apply(&Event::Apply(at(web().label("team", "a"), "7")));
+        )))
+        .expect("kept");
+        west.apply(&Event::Apply(at(web().label("team", "a"), "7")))
+            .expect("kept");
         let kept = |seen: &SeenNamespaces, name: &str| {
             let state = seen.lock();
             let (name, trimmed) = state.namespaces.get_key_value(name).unwrap();
@@ -662,9 +747,10 @@ mod tests {
     #[test]
     fn a_resource_version_that_is_not_a_number_makes_every_sync_list() {
         let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
-        seen.apply(&Event::Init);
-        seen.apply(&Event::InitApply(at(ns("web"), "opaque")));
-        seen.apply(&Event::InitDone);
+        seen.apply(&Event::Init).expect("kept");
+        seen.apply(&Event::InitApply(at(ns("web"), "opaque")))
+            .expect("kept");
+        seen.apply(&Event::InitDone).expect("kept");
         assert!(seen.current().is_none());
     }
 
@@ -693,8 +779,8 @@ mod tests {
             async move { listing.heard(patience).await }
         });
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        listing.apply(&Event::Init);
-        listing.apply(&Event::InitDone);
+        listing.apply(&Event::Init).expect("kept");
+        listing.apply(&Event::InitDone).expect("kept");
         waiter.await.unwrap();
         assert_eq!(
             started.elapsed(),
@@ -761,5 +847,79 @@ mod tests {
         }
         cancel.cancel();
         watching.await.expect("the watch stops when cancelled");
+    }
+
+    /// A remote whose server could be anything (its admin controls it) may show namespaces
+    /// no apiserver holds; the stand-in apiserver serves them, as a real one cannot be made to.
+    #[tokio::test]
+    async fn namespaces_no_apiserver_could_hold_are_not_kept() {
+        let long = "x".repeat(MAX_NAME + 1);
+        let remote = FakeApiserver::default()
+            .with_namespace("kube-system", &[])
+            .with_namespace("web", &[("istio-injection", "enabled")])
+            .with_namespace("Web", &[])
+            .with_namespace("-web", &[])
+            .with_namespace("web-", &[])
+            .with_namespace("web.shop", &[])
+            .with_namespace(&long, &[])
+            .with_namespace("long-label", &[("istio-injection", &long)])
+            .with_namespace(&"y".repeat(MAX_NAME), &[]);
+        let east = Arc::new(
+            Remote::new("east", remote.client())
+                .with_identity(&mesh_cluster("east", "uid-kube-system")),
+        );
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        let cancel = CancellationToken::new();
+        let watching = tokio::spawn(watch(east, seen.clone(), cancel.clone()));
+        seen.heard(std::time::Duration::from_secs(60)).await;
+        let names: BTreeSet<String> = (seen.current().expect("listed"))
+            .map(|ns| ns.metadata.name.unwrap())
+            .collect();
+        cancel.cancel();
+        watching.await.expect("the watch stops when cancelled");
+        let expected = ["kube-system", "web", &"y".repeat(MAX_NAME)].map(str::to_owned);
+        assert_eq!(names, BTreeSet::from(expected));
+        assert_eq!(seen.lock().ignored, 6);
+    }
+
+    /// A remote that shows ever more namespaces cannot be made of a real apiserver: a stream
+    /// of events stands for its watch, one that never ends once past the bound.
+    #[tokio::test]
+    async fn a_remote_showing_more_namespaces_than_are_kept_is_not_watched_any_more() {
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        let shown = (0..=MAX_NAMESPACES).map(|i| Event::InitApply(at(ns(&format!("ns-{i}")), "1")));
+        let events = futures::stream::iter(std::iter::once(Event::Init).chain(shown))
+            .map(Ok)
+            .chain(futures::stream::pending());
+        let drift = Notify::new();
+        let watched = notify_on_drift(events, |_| false, &drift, &seen);
+        tokio::time::timeout(std::time::Duration::from_secs(120), watched)
+            .await
+            .expect("the watch ends past the bound");
+        {
+            let state = seen.lock();
+            assert!(
+                state.namespaces.is_empty() && state.listing.is_none(),
+                "none kept"
+            );
+        }
+        assert!(seen.current().is_none(), "every sync lists the remote");
+        // Nor does a sync wait for a list that never comes.
+        let started = tokio::time::Instant::now();
+        seen.heard(std::time::Duration::from_secs(10)).await;
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// As many namespaces as are kept are.
+    #[test]
+    fn as_many_namespaces_as_are_kept_are() {
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        seen.apply(&Event::Init).expect("kept");
+        for i in 0..MAX_NAMESPACES {
+            let shown = Event::InitApply(at(ns(&format!("ns-{i}")), "1"));
+            seen.apply(&shown).expect("kept");
+        }
+        seen.apply(&Event::InitDone).expect("kept");
+        assert_eq!(seen.current().map(Iterator::count), Some(MAX_NAMESPACES));
     }
 }

@@ -14,7 +14,9 @@
 //! bound such an answer fails once it runs past it: a watch's event by event (its line), any
 //! other answer as a whole (JSON allows line breaks anywhere, so lines alone do not bound a
 //! list). An apiserver ends every JSON answer and every watch event with a line break, and the
-//! largest answers the webhook asks for (pages of namespaces) are a few MiB.
+//! largest answers the webhook asks for (pages of namespaces) are a few MiB. What a watch's
+//! events add up to is bounded by what its keeper keeps of them (`remote_watch`, `injectors`),
+//! as what a list's pages add up to is by [`crate::list`].
 
 use std::{
     fmt,
@@ -35,18 +37,21 @@ use tower::{BoxError, Layer, Service};
 /// [`crate::remote::RemoteOptions::max_answer_line`] by default.
 pub const DEFAULT_MAX_ANSWER_LINE: usize = 64 * 1024 * 1024;
 
-/// The error of an answer that ran past its bound.
+/// The error of an answer that ran past its bound: one answer's bytes, or a list's objects
+/// over all its pages ([`crate::list`]).
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "the answer ran past {} MiB{}, and was refused",
-    .max / (1024 * 1024),
-    if *.whole { "" } else { " without a line break" }
-)]
-pub struct AnswerTooLarge {
-    max: usize,
-    /// The answer as a whole ran past it, not one line.
-    whole: bool,
+pub enum AnswerTooLarge {
+    #[error("the answer ran past {} MiB without a line break, and was refused", .0 / MIB)]
+    Line(usize),
+    #[error("the answer ran past {} MiB, and was refused", .0 / MIB)]
+    Whole(usize),
+    #[error("the list ran past {0} objects, and was refused")]
+    Objects(usize),
+    #[error("the list ran past {0} pages, and was refused")]
+    Pages(usize),
 }
+
+const MIB: usize = 1024 * 1024;
 
 /// Wraps a client's service so that each call, answer included, ends within `deadline`, and
 /// no answer brings more than `max_line` bytes without a line break, nor in all unless it is a
@@ -215,14 +220,14 @@ where
                 None => self.line.saturating_add(data.len()),
             };
             if self.line > max {
-                let error = AnswerTooLarge { max, whole: false };
+                let error = AnswerTooLarge::Line(max);
                 return Poll::Ready(Some(Err(Box::new(error))));
             }
         }
         if let (Some(max), Some(data)) = (self.max_whole, frame.data_ref()) {
             self.whole = self.whole.saturating_add(data.len());
             if self.whole > max {
-                let error = AnswerTooLarge { max, whole: true };
+                let error = AnswerTooLarge::Whole(max);
                 return Poll::Ready(Some(Err(Box::new(error))));
             }
         }

@@ -107,6 +107,9 @@ pub struct State {
     pub dark_after_writes: Option<usize>,
     /// Number of requests refused while dark.
     pub refused: usize,
+    /// Answer every LIST of namespaces with its first page again and a continue token for
+    /// one more: a remote whose list never ends, which no real apiserver can be made to be.
+    pub endless_list: bool,
     /// Delay every answer.
     pub delay: Option<std::time::Duration>,
     /// Run once, before the next LIST of namespaces is answered: what others do between a
@@ -311,7 +314,11 @@ impl FakeApiserver {
                 let limit = param(query, "limit")
                     .and_then(|limit| limit.parse().ok())
                     .unwrap_or(usize::MAX);
-                let after = param(query, "continue").unwrap_or_default();
+                let after = if state.endless_list {
+                    String::new()
+                } else {
+                    param(query, "continue").unwrap_or_default()
+                };
                 let mut rest = state
                     .namespaces
                     .iter()
@@ -322,6 +329,7 @@ impl FakeApiserver {
                     .map(|(_, ns)| ns.clone())
                     .collect();
                 let token = match rest.next() {
+                    _ if state.endless_list => json!("again"),
                     Some(_) => items
                         .last()
                         .map(|ns| ns["metadata"]["name"].clone())

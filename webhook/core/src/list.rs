@@ -1,18 +1,32 @@
 //! Lists read in pages, as kubectl reads them: no answer holds more than [`PAGE`] objects, so
 //! a cluster of any size stays within the answer bound of [`crate::call_limits`], and neither
-//! side builds or holds one huge response body.
+//! side builds or holds one huge response body. A list as a whole is bounded too
+//! ([`MAX_OBJECTS`], [`MAX_PAGES`]): a remote that answers every page with another continue
+//! token (whatever server its stored kubeconfig points at) fails the list instead of holding
+//! its caller and growing its memory for as long as it pleases.
 
 use std::fmt::Debug;
 
 use kube::{Api, api::ListParams};
 use serde::de::DeserializeOwned;
 
+use crate::call_limits::AnswerTooLarge;
+
 /// Objects per LIST request (kubectl's default `--chunk-size`).
 pub const PAGE: u32 = 500;
 
+/// The most objects one list may bring: ten times the 10,000 namespaces Kubernetes supports in
+/// one cluster (its scalability thresholds), and about 50 MiB of namespaces as a sync keeps them.
+pub const MAX_OBJECTS: usize = 100_000;
+
+/// The most pages one list may take: twice as many as [`MAX_OBJECTS`] fill, as an apiserver
+/// may answer a page with fewer objects than asked, and a remote with none at all.
+pub const MAX_PAGES: usize = 2 * MAX_OBJECTS / PAGE as usize;
+
 /// Every object `api` lists with `params`, each made into what the caller keeps by `keep` as
 /// its page arrives, so that what it does not need is dropped a page at a time. The pages form
-/// one consistent snapshot: the continue token pins the list's resourceVersion.
+/// one consistent snapshot: the continue token pins the list's resourceVersion. A list past
+/// [`MAX_OBJECTS`] or [`MAX_PAGES`] fails ([`AnswerTooLarge`]).
 pub async fn in_pages<K, T>(
     api: &Api<K>,
     params: &ListParams,
@@ -23,14 +37,24 @@ where
 {
     let mut params = params.clone().limit(PAGE);
     let mut kept = Vec::new();
-    loop {
+    for _ in 0..MAX_PAGES {
         let page = api.list(&params).await?;
+        if kept.len() + page.items.len() > MAX_OBJECTS {
+            return Err(too_large(AnswerTooLarge::Objects(MAX_OBJECTS)));
+        }
         kept.extend(page.items.into_iter().map(&mut keep));
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(kept),
         }
     }
+    Err(too_large(AnswerTooLarge::Pages(MAX_PAGES)))
+}
+
+/// A refusal of the list as a whole, which the remote answered: a [`crate::failure::Failure`]
+/// of neither a timeout nor an unreachable remote.
+fn too_large(error: AnswerTooLarge) -> kube::Error {
+    kube::Error::Service(Box::new(error))
 }
 
 /// Every object `api` lists with `params`, read in pages as [`in_pages`] reads them.
@@ -47,6 +71,7 @@ mod tests {
     use kube::ResourceExt;
 
     use super::*;
+    use crate::failure::{Failure, error_chain};
     use crate::fake_apiserver::FakeApiserver;
 
     fn with_namespaces(count: usize) -> FakeApiserver {
@@ -77,5 +102,70 @@ mod tests {
             .expect("list");
         assert_eq!(all.len(), 3);
         assert_eq!(server.state().lists, 1);
+    }
+
+    /// Lists from a remote whose list never ends (`namespaces` on every page), within a
+    /// deadline: a list that is not refused would read on forever.
+    async fn endless_list_of(namespaces: usize) -> (kube::Error, FakeApiserver) {
+        let server = with_namespaces(namespaces);
+        server.state().endless_list = true;
+        let api: Api<Namespace> = Api::all(server.client());
+        let listed = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            in_pages(&api, &ListParams::default(), |ns| ns.metadata.name),
+        )
+        .await
+        .expect("the list ends");
+        (listed.expect_err("refused"), server)
+    }
+
+    /// A remote that answers every page with another continue token cannot be made of a real
+    /// apiserver: the stand-in's endless list stands for it.
+    #[tokio::test]
+    async fn an_endless_list_is_refused_past_the_most_objects() {
+        let (error, server) = endless_list_of(PAGE as usize).await;
+        let chain = error_chain(&error);
+        assert!(
+            chain.ends_with("the list ran past 100000 objects, and was refused"),
+            "{chain}"
+        );
+        assert_eq!(server.state().lists, MAX_OBJECTS / PAGE as usize + 1);
+        // The remote answered: its sync fails, and Reachable stays as it is.
+        assert_eq!(Failure::of(&error), Failure::Other);
+    }
+
+    /// As above: a remote whose pages hold nothing, and never end.
+    #[tokio::test]
+    async fn an_endless_list_of_empty_pages_is_refused_past_the_most_pages() {
+        let (error, server) = endless_list_of(0).await;
+        let chain = error_chain(&error);
+        assert!(
+            chain.ends_with("the list ran past 400 pages, and was refused"),
+            "{chain}"
+        );
+        assert_eq!(server.state().lists, MAX_PAGES);
+    }
+
+    /// As above; what a sync says of it.
+    #[tokio::test]
+    async fn a_sync_reading_an_endless_list_fails_and_says_why() {
+        let server = with_namespaces(PAGE as usize);
+        server.state().endless_list = true;
+        let primary = server.client();
+        let read = crate::sync::primary_namespaces(&primary);
+        let error = tokio::time::timeout(std::time::Duration::from_secs(60), read)
+            .await
+            .expect("the list ends")
+            .expect_err("refused");
+        let said = error.to_string();
+        assert!(
+            said.starts_with("cannot list the primary's namespaces: "),
+            "{said}"
+        );
+        assert!(
+            said.ends_with("the list ran past 100000 objects, and was refused"),
+            "{said}"
+        );
+        assert_eq!(error.failure(), Failure::Other);
     }
 }
