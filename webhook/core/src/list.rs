@@ -19,9 +19,18 @@ pub const PAGE: u32 = 500;
 /// one cluster (its scalability thresholds), and about 50 MiB of namespaces as a sync keeps them.
 pub const MAX_OBJECTS: usize = 100_000;
 
-/// The most pages one list may take: twice as many as [`MAX_OBJECTS`] fill, as an apiserver
-/// may answer a page with fewer objects than asked, and a remote with none at all.
-pub const MAX_PAGES: usize = 2 * MAX_OBJECTS / PAGE as usize;
+/// The most objects a list of [`all`] may bring: twice the 150,000 pods Kubernetes supports in
+/// one cluster, as the plugin lists every pod, service or EndpointSlice of a cluster.
+pub const MAX_OBJECTS_OF_ANY_KIND: usize = 300_000;
+
+/// The most pages a list of at most `objects` may take: twice as many as they fill, as an
+/// apiserver may answer a page with fewer objects than asked, and a remote with none at all.
+pub const fn max_pages(objects: usize) -> usize {
+    2 * objects / PAGE as usize
+}
+
+/// The most pages a list of at most [`MAX_OBJECTS`] may take ([`max_pages`]).
+pub const MAX_PAGES: usize = max_pages(MAX_OBJECTS);
 
 /// Every object `api` lists with `params`, each made into what the caller keeps by `keep` as
 /// its page arrives, so that what it does not need is dropped a page at a time. The pages form
@@ -30,6 +39,19 @@ pub const MAX_PAGES: usize = 2 * MAX_OBJECTS / PAGE as usize;
 pub async fn in_pages<K, T>(
     api: &Api<K>,
     params: &ListParams,
+    keep: impl FnMut(K) -> T,
+) -> kube::Result<Vec<T>>
+where
+    K: Clone + DeserializeOwned + Debug,
+{
+    in_pages_at_most(api, params, MAX_OBJECTS, keep).await
+}
+
+/// [`in_pages`], with at most `most` objects (and [`max_pages`] of them).
+async fn in_pages_at_most<K, T>(
+    api: &Api<K>,
+    params: &ListParams,
+    most: usize,
     mut keep: impl FnMut(K) -> T,
 ) -> kube::Result<Vec<T>>
 where
@@ -37,10 +59,10 @@ where
 {
     let mut params = params.clone().limit(PAGE);
     let mut kept = Vec::new();
-    for _ in 0..MAX_PAGES {
+    for _ in 0..max_pages(most) {
         let page = api.list(&params).await?;
-        if kept.len() + page.items.len() > MAX_OBJECTS {
-            return Err(too_large(AnswerTooLarge::Objects(MAX_OBJECTS)));
+        if kept.len() + page.items.len() > most {
+            return Err(too_large(AnswerTooLarge::Objects(most)));
         }
         kept.extend(page.items.into_iter().map(&mut keep));
         match page.metadata.continue_ {
@@ -48,7 +70,7 @@ where
             _ => return Ok(kept),
         }
     }
-    Err(too_large(AnswerTooLarge::Pages(MAX_PAGES)))
+    Err(too_large(AnswerTooLarge::Pages(max_pages(most))))
 }
 
 /// A refusal of the list as a whole, which the remote answered: a [`crate::failure::Failure`]
@@ -57,12 +79,13 @@ fn too_large(error: AnswerTooLarge) -> kube::Error {
     kube::Error::Service(Box::new(error))
 }
 
-/// Every object `api` lists with `params`, read in pages as [`in_pages`] reads them.
+/// Every object `api` lists with `params`, read in pages as [`in_pages`] reads them, at most
+/// [`MAX_OBJECTS_OF_ANY_KIND`].
 pub async fn all<K>(api: &Api<K>, params: &ListParams) -> kube::Result<Vec<K>>
 where
     K: Clone + DeserializeOwned + Debug,
 {
-    in_pages(api, params, |object| object).await
+    in_pages_at_most(api, params, MAX_OBJECTS_OF_ANY_KIND, |object| object).await
 }
 
 #[cfg(test)]
@@ -132,6 +155,27 @@ mod tests {
         assert_eq!(server.state().lists, MAX_OBJECTS / PAGE as usize + 1);
         // The remote answered: its sync fails, and Reachable stays as it is.
         assert_eq!(Failure::of(&error), Failure::Other);
+    }
+
+    /// The plugin lists every pod of a cluster with [`all`]: a cluster within what Kubernetes
+    /// supports (150,000 pods) must not meet the bound of a sync's namespaces.
+    #[tokio::test]
+    async fn a_list_of_any_kind_has_room_for_every_pod_kubernetes_supports() {
+        let server = with_namespaces(PAGE as usize);
+        server.state().endless_list = true;
+        let api: Api<Namespace> = Api::all(server.client());
+        let every = ListParams::default();
+        let listed = all(&api, &every);
+        let error = tokio::time::timeout(std::time::Duration::from_secs(60), listed)
+            .await
+            .expect("the list ends")
+            .expect_err("refused");
+        let chain = error_chain(&error);
+        assert!(
+            chain.ends_with("ran past 300000 objects, and was refused"),
+            "{chain}"
+        );
+        assert!(MAX_OBJECTS_OF_ANY_KIND >= 2 * 150_000);
     }
 
     /// As above: a remote whose pages hold nothing, and never end.
