@@ -31,13 +31,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, BackoffSettings};
 use mesh_core::printable::quoted;
 use mesh_core::remote::{self, Remote};
+use mesh_core::sync::{MAX_NAME, could_be_real};
 
 /// The most namespaces kept of one remote: as many as a list of them may bring, the bound a
 /// sync meets when it lists the remote instead.
 const MAX_NAMESPACES: usize = mesh_core::list::MAX_OBJECTS;
-
-/// The longest namespace name and label value an apiserver accepts.
-const MAX_NAME: usize = 63;
 
 /// A remote whose watch showed more namespaces than are kept.
 #[derive(Debug, thiserror::Error)]
@@ -454,21 +452,6 @@ impl SeenNamespaces {
     fn lock(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// Whether an apiserver could hold a namespace of `meta`: its name is a DNS-1123 label and
-/// no label value is longer than one may be. A remote whose server is not a real apiserver
-/// could otherwise make each kept namespace as large as it pleases.
-fn could_be_real(meta: &ObjectMeta) -> bool {
-    let name_ok = meta.name.as_deref().is_some_and(|name| {
-        let inner = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-        let bytes = name.as_bytes();
-        (1..=MAX_NAME).contains(&bytes.len())
-            && bytes.first().copied().is_some_and(inner)
-            && bytes.last().copied().is_some_and(inner)
-            && bytes.iter().all(|&c| inner(c) || c == b'-')
-    });
-    name_ok && (meta.labels.iter().flatten()).all(|(_, value)| value.len() <= MAX_NAME)
 }
 
 impl Trimmed {

@@ -550,14 +550,34 @@ impl SyncReport {
 
 /// Every namespace of a remote, read in pages ([`list::in_pages`]) and trimmed at once to what
 /// a sync reads ([`trimmed_for`]): a remote with thousands of namespaces is never held with the
-/// annotations, field-ownership records and status that are most of a Namespace's bytes.
+/// annotations, field-ownership records and status that are most of a Namespace's bytes. One
+/// that no apiserver could hold ([`could_be_real`]) is not kept.
 async fn list_namespaces(api: &Api<Namespace>, rule: &SyncRule) -> Result<Vec<Namespace>> {
     let keys = rule.keys_read();
-    list::in_pages(api, &ListParams::default(), |ns| {
-        trimmed_for(&keys, ns.metadata)
+    let kept = list::in_pages(api, &ListParams::default(), |ns| {
+        could_be_real(&ns.metadata).then(|| trimmed_for(&keys, ns.metadata))
     })
     .await
-    .map_err(Error::ListNamespaces)
+    .map_err(Error::ListNamespaces)?;
+    Ok(kept.into_iter().flatten().collect())
+}
+
+/// The longest namespace name and label value an apiserver accepts.
+pub const MAX_NAME: usize = 63;
+
+/// Whether an apiserver could hold a namespace of `meta`: its name is a DNS-1123 label and
+/// no label value is longer than one may be. A remote whose server is not a real apiserver
+/// could otherwise make each kept namespace as large as it pleases.
+pub fn could_be_real(meta: &ObjectMeta) -> bool {
+    let name_ok = meta.name.as_deref().is_some_and(|name| {
+        let inner = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let bytes = name.as_bytes();
+        (1..=MAX_NAME).contains(&bytes.len())
+            && bytes.first().copied().is_some_and(inner)
+            && bytes.last().copied().is_some_and(inner)
+            && bytes.iter().all(|&c| inner(c) || c == b'-')
+    });
+    name_ok && (meta.labels.iter().flatten()).all(|(_, value)| value.len() <= MAX_NAME)
 }
 
 /// A remote namespace as a sync needs it: its name, the resourceVersion a write is conditional
@@ -797,6 +817,24 @@ mod tests {
             remote.labels(&names[total - 1])["istio-injection"],
             "enabled"
         );
+    }
+
+    /// A remote whose server is not a real apiserver could list namespaces as large as it
+    /// pleases (a stand-in: no apiserver holds such a name): a sync keeps none of them.
+    #[tokio::test]
+    async fn a_namespace_no_apiserver_could_hold_is_not_kept() {
+        let huge = "x".repeat(64 * 1024);
+        let long_value = "v".repeat(MAX_NAME + 1);
+        let injected = [("istio-injection", "enabled")];
+        let remote = FakeApiserver::default()
+            .with_namespace(&huge, &injected)
+            .with_namespace("shop", &[("istio.io/rev", long_value.as_str())])
+            .with_namespace("cart", &injected);
+        let report = apply_default_rule(&primary(&[]), &remote).await;
+        let written: Vec<&str> = (report.changes.iter())
+            .map(|c| c.diff.namespace.as_str())
+            .collect();
+        assert_eq!(written, ["cart"]);
     }
 
     #[tokio::test]
