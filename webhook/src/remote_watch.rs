@@ -783,6 +783,23 @@ mod tests {
         watch_for_drift(remote, |_| true, Arc::default(), seen, cancel).await;
     }
 
+    /// A watch of `server` as cluster east, proved by its kube-system UID, started: what it
+    /// sees, the token that stops it, and the task to await once stopped.
+    fn watching(
+        server: &FakeApiserver,
+    ) -> (
+        SeenNamespaces,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let east = mesh_cluster("east", "uid-kube-system");
+        let remote = Arc::new(Remote::new("east", server.client()).with_identity(&east));
+        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(watch(remote, seen.clone(), cancel.clone()));
+        (seen, cancel, task)
+    }
+
     #[tokio::test]
     async fn nothing_of_another_cluster_is_watched() {
         let other = FakeApiserver::default().with_namespace("kube-system", &[]);
@@ -812,13 +829,7 @@ mod tests {
     async fn a_remote_not_proved_yet_is_watched_once_it_is() {
         let east = FakeApiserver::default().with_namespace("kube-system", &[]);
         east.state().forbidden = true;
-        let remote = Arc::new(
-            Remote::new("east", east.client())
-                .with_identity(&mesh_cluster("east", "uid-kube-system")),
-        );
-        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
-        let cancel = CancellationToken::new();
-        let watching = tokio::spawn(watch(remote, seen.clone(), cancel.clone()));
+        let (seen, cancel, watching) = watching(&east);
         seen.heard(std::time::Duration::from_secs(10)).await;
         assert_eq!(east.state().lists, 0, "listed before it was proved");
 
@@ -847,13 +858,7 @@ mod tests {
             .with_namespace(&long, &[])
             .with_namespace("long-label", &[("istio-injection", &long)])
             .with_namespace(&"y".repeat(MAX_NAME), &[]);
-        let east = Arc::new(
-            Remote::new("east", remote.client())
-                .with_identity(&mesh_cluster("east", "uid-kube-system")),
-        );
-        let seen = SeenNamespaces::new(SyncRule::default().keys_read(), Interner::default());
-        let cancel = CancellationToken::new();
-        let watching = tokio::spawn(watch(east, seen.clone(), cancel.clone()));
+        let (seen, cancel, watching) = watching(&remote);
         seen.heard(std::time::Duration::from_secs(60)).await;
         let names: BTreeSet<String> = (seen.current().expect("listed"))
             .map(|ns| ns.metadata.name.unwrap())
