@@ -9,8 +9,8 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 
+use super::answers::Fetched;
 use super::caller_probe::Probe;
-use super::facts::Fetched;
 use super::report::CheckResult;
 use crate::render;
 use crate::render::installed::pod_containers;

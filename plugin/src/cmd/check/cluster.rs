@@ -18,7 +18,8 @@ use mesh_core::{
     remote::Identity,
 };
 
-use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, Stored, ViewFacts, refused};
+use super::answers::refused;
+use super::facts::{ClusterFacts, MeshFacts, RemoteFacts, Stored, ViewFacts};
 use super::guard::guard_result;
 use super::report::{CheckResult, Outcome, Section};
 use super::rights;

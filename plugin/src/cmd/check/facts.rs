@@ -29,6 +29,7 @@ use mesh_core::{
     list, remote,
 };
 
+use super::answers::{Fetched, reached};
 use super::caller_probe;
 use super::istio_secret::{self, IstioSecretFacts};
 use super::rights::{self, Answer};
@@ -36,14 +37,11 @@ use crate::{
     Error,
     access::Need,
     installed_rule, kubeconfig,
-    mesh_state::{self, RemoteError, RemoteResult, with_deadline},
+    mesh_state::{self, RemoteResult, with_deadline},
     remote_setup as setup, render,
     sync_scope::{self, Found},
     view,
 };
-
-/// A read of one object by name: absent is `Ok(None)`.
-pub type Fetched<T> = std::result::Result<Option<T>, kube::Error>;
 
 /// How long the handshake with a webhook called by URL may take.
 const CALLER_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -272,17 +270,6 @@ pub struct Attached {
     pub remotes: Vec<Option<ClusterFacts>>,
     /// What was read for each cluster's Istio remote secret, likewise.
     pub istio_secrets: Vec<Option<IstioSecretFacts>>,
-}
-
-impl Attached {
-    /// The clusters whose facts were read: every one but those being detached.
-    pub fn read(&self) -> impl Iterator<Item = &MeshCluster> {
-        let read = self.remotes.iter().map(Option::is_some);
-        self.clusters
-            .iter()
-            .zip(read)
-            .filter_map(|(c, read)| read.then_some(c))
-    }
 }
 
 /// What was read for one attached cluster, as far as its stored kubeconfig led.
@@ -623,20 +610,6 @@ async fn guard_facts(
         stored,
         with_context,
     }
-}
-
-/// Whether the remote answered who the stored credentials are: a refusal (403) counts, as
-/// the remote authenticated them; any other failure ends the cluster's checks.
-pub fn reached(whoami: &RemoteResult<SelfSubjectReview>) -> bool {
-    match whoami {
-        Ok(_) => true,
-        Err(e) => refused(e),
-    }
-}
-
-/// Whether the remote authenticated the caller, then refused (403).
-pub fn refused(e: &RemoteError) -> bool {
-    matches!(e, RemoteError::Call(kube::Error::Api(s)) if s.code == 403)
 }
 
 #[cfg(test)]

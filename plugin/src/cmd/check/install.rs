@@ -11,8 +11,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt as _;
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, labels::SyncRule};
 
+use super::answers::Fetched;
 use super::caller_auth;
-use super::facts::{Fetched, InstallFacts, Probe};
+use super::facts::{InstallFacts, Probe};
 use super::report::{CheckResult, Outcome, Section};
 use crate::credentials::{CertInfo, certificates};
 use crate::render::installed::{self, webhook_container};

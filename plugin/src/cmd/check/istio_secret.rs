@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::PostParams};
 use mesh_core::{cluster::MeshCluster, remote};
 
-use super::facts::{Attached, Fetched, reached, refused};
+use super::answers::{Fetched, reached, refused};
 use super::report::{CheckResult, Section};
 use crate::{
     mesh_state::{self, RemoteError, RemoteResult, with_deadline},
@@ -136,10 +136,15 @@ async fn cannot_list(client: &Client) -> Result<Vec<String>, kube::Error> {
 }
 
 /// Adds to each cluster's section of `sections` the check of its Istio remote secret, for
-/// the clusters attached with one and read ([`Attached::read`]: a cluster being detached has
-/// a one-line section, and its detach deletes this secret).
-pub fn add_checks(attached: &Attached, sections: &mut [Section]) {
-    let read = attached.clusters.iter().zip(&attached.istio_secrets);
+/// the `clusters` attached with one whose secret was read (`found`, in their order: nothing is
+/// read of a cluster being detached, whose section is one line, and its detach deletes this
+/// secret).
+pub fn add_checks(
+    clusters: &[MeshCluster],
+    found: &[Option<IstioSecretFacts>],
+    sections: &mut [Section],
+) {
+    let read = clusters.iter().zip(found);
     for (cluster, facts) in read.filter_map(|(c, f)| Some((c, f.as_ref()?))) {
         let name = cluster.metadata.name.clone().unwrap_or_default();
         let title = format!("cluster {name} (");
@@ -498,7 +503,7 @@ mod tests {
             checks: Vec::new(),
         };
         let mut sections = vec![section("east"), section("west")];
-        add_checks(&attached, &mut sections);
+        add_checks(&attached.clusters, &attached.istio_secrets, &mut sections);
         assert!(sections[0].checks.is_empty(), "{sections:?}");
         assert_eq!(sections[1].checks.len(), 1, "{sections:?}");
         let istio_reads: Vec<String> = requests

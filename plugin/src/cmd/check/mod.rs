@@ -12,6 +12,7 @@
 //! secrets, which [`facts::mesh`] makes); [`report`] is what they conclude and [`render`]
 //! prints it.
 
+pub mod answers;
 pub mod caller_auth;
 pub mod caller_probe;
 pub mod cluster;
@@ -84,7 +85,8 @@ pub async fn check_all(
         let mesh = facts::mesh(client, user_kubeconfig, &installation.rule, remote_timeout).await;
         let mut clusters = cluster::judge_mesh(&mesh, &installation.rule, now);
         if let facts::MeshFacts::Attached(attached) = &mesh {
-            istio_secret::add_checks(attached, &mut clusters);
+            let found = &attached.istio_secrets;
+            istio_secret::add_checks(&attached.clusters, found, &mut clusters);
         }
         sections.extend(clusters);
     }
