@@ -17,12 +17,17 @@ use super::{WEBHOOK, meta, selector_labels};
 ///
 /// Rendered whatever `--replicas` is: maxUnavailable 1 never blocks a drain of a single
 /// replica (a minAvailable would), and a Deployment scaled later by hand is covered.
+///
+/// A replica that runs but is not ready may always be evicted: by default the budget counts
+/// only ready pods, so webhooks that never get ready (a primary they cannot list, an image
+/// that fails its probes) would hold every drain of their nodes for as long as they fail.
 pub fn pod_disruption_budget() -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(webhook_pods()),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
             ..Default::default()
         }),
         ..Default::default()
