@@ -189,7 +189,8 @@ pub struct Args {
     pub remote_call_deadline: Duration,
 
     /// Name of the Lease electing the replica that reconciles; empty disables the election
-    /// (this replica always reconciles: only for a single replica).
+    /// (this replica always reconciles: only for a single replica). The Role install renders
+    /// lets the webhook read and renew the Lease of the default name only.
     #[arg(long, env = "MESH_WEBHOOK_LEASE_NAME", default_value = "mesh-webhook")]
     pub lease_name: String,
 

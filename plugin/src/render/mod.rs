@@ -413,11 +413,12 @@ pub fn role() -> Role {
         rules: Some(vec![
             // update: the leader writes renewed time-bound tokens into the stored kubeconfigs.
             rule(&[""], &["secrets"], &["get", "list", "watch", "update"]),
-            rule(
-                &["coordination.k8s.io"],
-                &["leases"],
-                &["get", "create", "update"],
-            ),
+            // Its own Lease only; a create cannot be narrowed by name.
+            rule(&["coordination.k8s.io"], &["leases"], &["create"]),
+            PolicyRule {
+                resource_names: Some(vec![WEBHOOK.to_owned()]),
+                ..rule(&["coordination.k8s.io"], &["leases"], &["get", "update"])
+            },
         ]),
     }
 }
@@ -493,6 +494,8 @@ pub fn webhook_env(options: &Options) -> Vec<EnvVar> {
         // The start of the replica's Lease identity: unique among live pods, where the pid
         // (always 1) and the hostname are not.
         env_from_field("POD_NAME", "metadata.name"),
+        // Where its Secrets and Lease are: the namespace it runs in, wherever that is.
+        env_from_field("POD_NAMESPACE", "metadata.namespace"),
     ]
 }
 
@@ -1246,6 +1249,7 @@ mod tests {
             assert_eq!(pdb["metadata"]["namespace"], MESH_NAMESPACE);
             assert_eq!(pdb["spec"]["maxUnavailable"], 1);
             assert!(pdb["spec"]["minAvailable"].is_null(), "{pdb}");
+            assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
             assert_eq!(pdb["spec"]["selector"], d["spec"]["selector"]);
             let anti = &d["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"];
             assert!(
@@ -1264,20 +1268,21 @@ mod tests {
         }
     }
 
+    /// Its pod name starts its Lease identity; its namespace holds its Secrets and Lease.
     #[test]
-    fn each_replica_learns_its_pod_name_for_its_lease_identity() {
+    fn each_replica_learns_its_pod_name_and_namespace() {
         let d = serde_json::to_value(deployment(&Options::default())).unwrap();
-        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
-        let pod_name = env
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|var| var["name"] == "POD_NAME")
-            .expect("POD_NAME");
-        assert_eq!(
-            pod_name["valueFrom"]["fieldRef"]["fieldPath"],
-            "metadata.name"
-        );
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+        let field_of = |name: &str| {
+            let var = env
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|var| var["name"] == name);
+            var.map(|var| var["valueFrom"]["fieldRef"]["fieldPath"].clone())
+        };
+        assert_eq!(field_of("POD_NAME"), Some("metadata.name".into()));
+        assert_eq!(field_of("POD_NAMESPACE"), Some("metadata.namespace".into()));
     }
 
     /// The YAML files of `manifests/` equal what this module renders. Run with
