@@ -418,7 +418,19 @@ fn deployment_changes(installed: Option<&Deployment>, options: &Options) -> Vec<
         .client_auth
         .as_ref()
         .is_some_and(|auth| !auth.allowed_names.is_empty());
-    if let Some(names) = caller_auth::allowed_names(installed).filter(|_| !names_kept) {
+    let names = caller_auth::allowed_names(installed);
+    // With names, their line below says how to keep the CA too.
+    if options.client_auth.is_none()
+        && names.is_none()
+        && caller_auth::requires_client_cert(installed)
+    {
+        changes.push(format!(
+            "the webhook's client CA goes: any TLS client that reaches it may call it; to keep \
+             it, re-run with {} <the CA file used at install>",
+            render::CLIENT_CA_FLAG
+        ));
+    }
+    if let Some(names) = names.filter(|_| !names_kept) {
         let (shown, flag) = (
             one_line(names),
             one_line(&render::shell_word(names)).into_owned(),
@@ -789,6 +801,22 @@ pub(crate) mod tests {
         // Installed without names: nothing of them to lose.
         let unnamed = render::deployment(&client_auth_options(&[]));
         assert!(deployment_changes(Some(&unnamed), &client_auth_options(&[])).is_empty());
+    }
+
+    /// A re-run without `--client-ca-file` (an upgrade's `install --image`) lets any TLS
+    /// client call the webhook: it says so before anything is applied, and how to keep the CA.
+    #[test]
+    fn a_re_run_says_when_the_client_ca_goes() {
+        let installed = render::deployment(&client_auth_options(&[]));
+        assert_eq!(
+            deployment_changes(Some(&installed), &render::Options::default()),
+            [
+                "the webhook's client CA goes: any TLS client that reaches it may call it; to \
+                 keep it, re-run with --client-ca-file <the CA file used at install>"
+            ]
+        );
+        let open = render::deployment(&render::Options::default());
+        assert!(deployment_changes(Some(&open), &render::Options::default()).is_empty());
     }
 
     /// A re-run without `--webhook-url` moves a webhook called by URL into the cluster: it says
