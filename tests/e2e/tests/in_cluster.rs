@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kubectl_mesh::render::ServingCert;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::fixtures::stand_in_injector;
@@ -282,6 +284,64 @@ async fn a_certificate_rotation_keeps_the_webhook_trusted_while_the_pods_roll() 
     let report = CheckReport::of(mesh.plugin()).await?;
     assert_eq!(report.errors, 0, "{report:#?}");
     Ok(())
+}
+
+/// Replicas that run but never get ready (here: the primary refuses them its namespaces, so
+/// they never list it) do not hold a drain of their node: the disruption budget lets a replica
+/// that is not ready be evicted, where by default it counts only ready ones and allows none.
+#[tokio::test]
+async fn replicas_that_never_get_ready_do_not_block_an_eviction() -> anyhow::Result<()> {
+    let (mesh, _turn) = mesh().await;
+    let primary = mesh.env.primary().client().await?;
+    let bindings: Api<ClusterRoleBinding> = Api::all(primary.clone());
+    let binding = kubectl_mesh::render::cluster_role_binding().name_any();
+    bindings.delete(&binding, &DeleteParams::default()).await?;
+    let unready = restart_pods(mesh).await.and(unready_replicas(mesh).await);
+    let evicted = match &unready {
+        Ok(pods) => {
+            let api: Api<Pod> = Api::namespaced(primary, NAMESPACE);
+            Some(api.evict(&pods[0], &EvictParams::default()).await)
+        }
+        Err(_) => None,
+    };
+    // The binding back, and replicas that start with it, whatever happened above.
+    reinstall(mesh, &[]).await?;
+    restart_pods(mesh).await?;
+    mesh.wait_rolled_out().await?;
+    let unready = unready?;
+    evicted
+        .context("no eviction")?
+        .with_context(|| format!("the eviction of {}, running but not ready", unready[0]))?;
+    Ok(())
+}
+
+/// Deletes every webhook pod at once; the Deployment starts others.
+async fn restart_pods(mesh: &InCluster) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(mesh.env.primary().client().await?, NAMESPACE);
+    let webhook_pods = ListParams::default().labels("app.kubernetes.io/name=mesh-webhook");
+    api.delete_collection(&DeleteParams::default().grace_period(0), &webhook_pods)
+        .await?;
+    Ok(())
+}
+
+/// Waits until both replicas run and neither is ready, and the disruption budget counts no
+/// healthy pod (the eviction is judged on what it counted); their names.
+async fn unready_replicas(mesh: &InCluster) -> anyhow::Result<Vec<String>> {
+    let primary = mesh.env.primary().client().await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(primary, NAMESPACE);
+    eventually("two replicas run, neither ready", DEADLINE, || async {
+        let pods = mesh.running_pods().await?;
+        let ready = pods.iter().any(|p| describe_pod(p).ends_with("ready=True"));
+        let budget = budgets.get(DEPLOYMENT).await?;
+        let generation = budget.metadata.generation;
+        let counted = budget
+            .status
+            .filter(|s| s.observed_generation == generation);
+        let none_healthy = counted.is_some_and(|s| s.current_healthy == 0);
+        Ok((pods.len() == 2 && !ready && none_healthy)
+            .then(|| pods.iter().map(|p| p.name_any()).collect()))
+    })
+    .await
 }
 
 /// The caBundle the apiserver trusts and the serving certificate of the Secret.
