@@ -242,20 +242,24 @@ struct Follower {
     name: &'static str,
     /// What it is, in messages.
     what: &'static str,
-    /// A merge patch setting that part to a policy's.
+    /// That part of a policy, as compared.
     part: fn(&ValidatingAdmissionPolicy) -> serde_json::Value,
+    /// The patch setting that part to a policy's.
+    patch: fn(&ValidatingAdmissionPolicy) -> Patch<serde_json::Value>,
 }
 
 impl Follower {
     const GUARD: Self = Self {
         name: setup::GUARD,
         what: "guard",
-        part: matching_patch,
+        part: matching,
+        patch: matching_patch,
     };
     const SYNC_SCOPE: Self = Self {
         name: setup::SYNC_SCOPE,
         what: "sync scope",
         part: validations_patch,
+        patch: validations_merge,
     };
 
     /// Sets the policy's following part to `wanted`'s, when the attach of `cluster` from the
@@ -302,13 +306,12 @@ impl Follower {
                 ),
             });
         }
-        let patch = (self.part)(wanted);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
         let after = api
-            .patch(self.name, &params, &Patch::Merge(&patch))
+            .patch(self.name, &params, &(self.patch)(wanted))
             .await
             .map_err(|e| {
                 let doing = format!("update ValidatingAdmissionPolicy {}", self.name);
@@ -332,9 +335,8 @@ async fn restore(
     };
     let mut left = Vec::new();
     for (follower, before) in changed {
-        let patch = (follower.part)(before);
         if api
-            .patch(follower.name, &params, &Patch::Merge(&patch))
+            .patch(follower.name, &params, &(follower.patch)(before))
             .await
             .is_err()
         {
@@ -363,18 +365,38 @@ fn restored(error: Error, cluster: &str, left: Vec<&str>) -> Error {
     }
 }
 
-/// A merge patch setting a policy's matchConditions and namespaceSelector to `policy`'s (an
-/// absent selector is written as `null`, which removes the one there).
-fn matching_patch(policy: &ValidatingAdmissionPolicy) -> serde_json::Value {
+/// A policy's matchConditions and namespaceSelector (none selects every namespace, as the
+/// apiserver's default `{}` does).
+fn matching(policy: &ValidatingAdmissionPolicy) -> serde_json::Value {
     let spec = policy.spec.clone().unwrap_or_default();
     let selector = spec
         .match_constraints
-        .as_ref()
-        .and_then(|m| m.namespace_selector.clone());
-    json!({ "spec": {
-        "matchConditions": spec.match_conditions,
-        "matchConstraints": { "namespaceSelector": selector },
-    }})
+        .and_then(|m| m.namespace_selector)
+        .unwrap_or_default();
+    json!({
+        "matchConditions": spec.match_conditions.unwrap_or_default(),
+        "namespaceSelector": selector,
+    })
+}
+
+/// A JSON Patch setting a policy's matchConditions and namespaceSelector to `policy`'s, each
+/// replaced whole: a merge patch merges maps, so a selector's `matchLabels` stayed beside the
+/// new selector, and the guard then covered far fewer namespaces than the scope.
+fn matching_patch(policy: &ValidatingAdmissionPolicy) -> Patch<serde_json::Value> {
+    let matching = matching(policy);
+    let add = |tokens: &[&str], value: &serde_json::Value| {
+        PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(tokens.iter().copied()),
+            value: value.clone(),
+        })
+    };
+    Patch::Json(json_patch::Patch(vec![
+        add(&["spec", "matchConditions"], &matching["matchConditions"]),
+        add(
+            &["spec", "matchConstraints", "namespaceSelector"],
+            &matching["namespaceSelector"],
+        ),
+    ]))
 }
 
 /// A merge patch setting a policy's validations and recorded scope to `policy`'s (an absent
@@ -390,6 +412,11 @@ fn validations_patch(policy: &ValidatingAdmissionPolicy) -> serde_json::Value {
         "metadata": { "annotations": { setup::SCOPE_ANNOTATION: record } },
         "spec": { "validations": validations },
     })
+}
+
+/// [`validations_patch`] as the patch it is (a list and a string: a merge replaces both).
+fn validations_merge(policy: &ValidatingAdmissionPolicy) -> Patch<serde_json::Value> {
+    Patch::Merge(validations_patch(policy))
 }
 
 #[cfg(test)]
@@ -416,6 +443,57 @@ mod tests {
         );
         json_patch::patch(&mut stored, &scope_patch(&NamespaceScope::default())).expect("applies");
         assert_eq!(stored, json!({"spec": {"secretName": "cluster-east"}}));
+    }
+
+    /// `patch` applied to `policy` as the apiserver applies it.
+    fn patched(
+        policy: &ValidatingAdmissionPolicy,
+        patch: Patch<serde_json::Value>,
+    ) -> serde_json::Value {
+        let mut stored = serde_json::to_value(policy).unwrap();
+        match patch {
+            Patch::Json(patch) => json_patch::patch(&mut stored, &patch).expect("applies"),
+            Patch::Merge(patch) => json_patch::merge(&mut stored, &patch),
+            _ => unreachable!("scope sends JSON and merge patches only"),
+        }
+        stored
+    }
+
+    /// A guard as attach makes it, selecting `selector` (none: every namespace).
+    fn guard(selector: Option<serde_json::Value>) -> ValidatingAdmissionPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"name": setup::GUARD},
+            "spec": {
+                "matchConditions": [{"name": "managed", "expression": "true"}],
+                "matchConstraints": {"namespaceSelector": selector, "resourceRules": []},
+            },
+        }))
+        .expect("a policy")
+    }
+
+    /// The guard's selector was merged too: the `matchLabels` of a guard made for a selector
+    /// set by hand stayed beside the new expressions, so the guard spared namespaces the
+    /// scope covers; and a guard put back kept the new expressions beside the old labels.
+    #[test]
+    fn the_guard_takes_a_new_selector_whole() {
+        let by_hand = json!({"matchLabels": {"team": "apps"}});
+        let expressions = namespace_scope::parse_selector("team in (apps,web)").expect("selector");
+        let expressions = serde_json::to_value(expressions).unwrap();
+        for (stored, wanted) in [(&by_hand, &expressions), (&expressions, &by_hand)] {
+            let patch = (Follower::GUARD.patch)(&guard(Some(wanted.clone())));
+            let after = patched(&guard(Some(stored.clone())), patch);
+            assert_eq!(
+                &after["spec"]["matchConstraints"]["namespaceSelector"],
+                wanted
+            );
+        }
+        // No selector: every namespace, as the apiserver stores it.
+        let patch = (Follower::GUARD.patch)(&guard(None));
+        let after = patched(&guard(Some(by_hand)), patch);
+        assert_eq!(
+            after["spec"]["matchConstraints"]["namespaceSelector"],
+            json!({})
+        );
     }
 
     #[test]

@@ -326,6 +326,8 @@ async fn the_same_scope_again_brings_the_remote_in_line() -> anyhow::Result<()> 
     let by_hand =
         json!({"spec": {"scope": {"namespaceSelector": {"matchLabels": {"team": "apps"}}}}});
     patch_mesh_cluster(env, &remote.name, &by_hand).await?;
+    // Attach again keeps that scope: the guard now selects by those labels too.
+    attach(env, remote, &[]).await?;
     let selector = ["--namespace-selector", "team in (apps,web)"];
     let args = [&args[..2], &selector, &["--remote-kubeconfig", &kubeconfig]].concat();
     succeeded(&mesh(env, &args, &[]).await?, "scope with a selector")?;
@@ -337,6 +339,17 @@ async fn the_same_scope_again_brings_the_remote_in_line() -> anyhow::Result<()> 
                 .as_ref()
                 .is_some_and(|s| s.match_labels.is_none() && s.match_expressions.is_some()),
         "{scope:?}"
+    );
+    // The guard's selector is replaced whole too (merged, it kept `team=apps` beside the
+    // expressions, and spared the `team=web` namespaces the scope covers).
+    let guards: Api<ValidatingAdmissionPolicy> = Api::all(remote.client().await?);
+    let guard = guards.get(kubectl_mesh::remote_setup::GUARD).await?;
+    let guarded = guard
+        .spec
+        .and_then(|s| s.match_constraints?.namespace_selector);
+    ensure!(
+        guarded == scope.namespace_selector,
+        "the guard selects {guarded:?}"
     );
 
     detach(env, remote, &remote.name, &[]).await?;
