@@ -206,6 +206,11 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
                  check` says how to repair them",
                 short_reason(reason)
             ),
+            PushResult::ScopeUnusable(reason) => format!(
+                "{cluster} not pushed: its namespace scope cannot be used ({}); correct it with \
+                 `kubectl mesh scope {cluster}`",
+                short_reason(reason)
+            ),
             PushResult::Forbidden(reason) => format!(
                 "{cluster} forbids the change ({}); the reconciler will retry",
                 short_reason(reason)
@@ -685,6 +690,7 @@ mod tests {
         let forbidden = "namespaces \"foo\" is forbidden".to_owned();
         let conflict = "conflict:\n  retry".to_owned();
         let missing = "secret kubectl-mesh/cluster-remote-10 not found".to_owned();
+        let managed_key = "the namespace selector uses the managed label istio.io/rev".to_owned();
         // (remote, its result, as the propagation annotation records it), out of order.
         let remotes = [
             ("remote-2", PushResult::Applied, "applied"),
@@ -701,6 +707,11 @@ mod tests {
                 PushResult::CredentialsUnusable(missing),
                 "credentials_unusable",
             ),
+            (
+                "remote-11",
+                PushResult::ScopeUnusable(managed_key),
+                "scope_unusable",
+            ),
         ];
         let outcomes: Vec<_> = remotes
             .iter()
@@ -716,6 +727,7 @@ mod tests {
                 "kubectl-mesh: remote-5 already in sync",
                 "kubectl-mesh: remote-3: namespace foo does not exist there (not created)",
                 "kubectl-mesh: remote-10 not pushed: its stored credentials cannot be used (secret kubectl-mesh/cluster-remote-10 not found); `kubectl mesh check` says how to repair them",
+                "kubectl-mesh: remote-11 not pushed: its namespace scope cannot be used (the namespace selector uses the managed label istio.io/rev); correct it with `kubectl mesh scope remote-11`",
                 "kubectl-mesh: remote-4 unreachable (connection refused); the reconciler will retry",
                 "kubectl-mesh: remote-8 forbids the change (namespaces \"foo\" is forbidden); the reconciler will retry",
                 "kubectl-mesh: remote-9 failed (conflict: retry); the reconciler will retry",
@@ -932,6 +944,7 @@ mod tests {
                 PushResult::CredentialsUnusable(String::new()),
                 "credentials_unusable",
             ),
+            (PushResult::ScopeUnusable(String::new()), "scope_unusable"),
             (PushResult::Forbidden(String::new()), "forbidden"),
             (PushResult::Failed(String::new()), "failed"),
             (PushResult::TimedOut, "timed_out"),

@@ -501,6 +501,9 @@ fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
                 PushResult::CredentialsUnusable(error) => {
                     format!("its stored credentials cannot be used: {error}")
                 }
+                PushResult::ScopeUnusable(error) => {
+                    format!("its namespace scope cannot be used: {error}")
+                }
                 PushResult::Forbidden(error) => format!("forbidden: {error}"),
                 PushResult::Failed(error) => error.clone(),
                 PushResult::TimedOut => "no answer before the deadline".to_owned(),

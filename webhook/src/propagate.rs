@@ -51,8 +51,12 @@ pub enum PushResult {
     /// The remote's apiserver could not be reached.
     Unreachable(String),
     /// The cluster's stored credentials cannot be used (its Secret missing, a kubeconfig the
-    /// rule of stored kubeconfigs refuses, not what attach recorded): nothing was sent.
+    /// rule of stored kubeconfigs refuses, not what attach recorded, a server that is another
+    /// cluster): nothing was written.
     CredentialsUnusable(String),
+    /// The cluster's namespace scope (`spec.scope`) cannot be used: nothing was sent, nor is
+    /// anything written there until the scope is corrected.
+    ScopeUnusable(String),
     /// The remote refused kubectl-mesh's credentials or permissions.
     Forbidden(String),
     /// Any other error answered by the remote.
@@ -80,6 +84,7 @@ impl PushResult {
             Self::OutOfScope => "out_of_scope",
             Self::Unreachable(_) => "unreachable",
             Self::CredentialsUnusable(_) => "credentials_unusable",
+            Self::ScopeUnusable(_) => "scope_unusable",
             Self::Forbidden(_) => "forbidden",
             Self::Failed(_) => "failed",
             Self::TimedOut => "timed_out",
@@ -131,11 +136,13 @@ impl PushResult {
     }
 
     /// Not pushed: the remote's server could not be shown to be its cluster
-    /// ([`Remote::verify`]).
+    /// ([`Remote::verify`]). A 404 there is of its kube-system, not of the namespace pushed;
+    /// a server that is another cluster is credentials to repair, which no retry fixes.
     fn unverified(error: &remote::Error) -> Self {
         match error.call_failure() {
+            Some(Failure::NotFound) => Self::Failed(error.to_string()),
             Some(failure) => Self::failed(failure, error.to_string()),
-            None => Self::Failed(error.to_string()),
+            None => Self::CredentialsUnusable(error.to_string()),
         }
     }
 }
@@ -145,7 +152,8 @@ impl PushResult {
 pub struct TimedOutcome {
     pub outcome: PushOutcome,
     /// How long the push took; `None` when no request was made (a remote not waited for,
-    /// without usable credentials or scope): its time would tell nothing of propagation.
+    /// without usable credentials or scope), or when a deadline cut short before the push
+    /// began ran out: its time would tell nothing of propagation.
     pub elapsed: Option<Duration>,
     /// The one-patch bet of [`push_from`] did not land and the remote was read first (also when
     /// the deadline then cut the push short).
@@ -192,9 +200,7 @@ pub async fn fan_out_timed_from(
         let scoped = rule.within(remote.scope());
         let mut asked = false;
         let result = match (remote.state(), &scoped) {
-            (_, Err(error)) => {
-                PushResult::Failed(format!("its namespace scope is unusable: {error}"))
-            }
+            (_, Err(error)) => PushResult::ScopeUnusable(error.to_string()),
             (RemoteState::Ready(_), Ok(_)) if remote.is_silent() => PushResult::NotWaited,
             (RemoteState::Ready(client), Ok(rule)) => {
                 asked = true;
@@ -214,7 +220,7 @@ pub async fn fan_out_timed_from(
                     .unwrap_or(PushResult::TimedOut);
                 match result {
                     PushResult::TimedOut if blame_timeouts => remote.went_silent(SILENCE),
-                    PushResult::TimedOut => {}
+                    PushResult::TimedOut => asked = false,
                     PushResult::Unreachable(_) => {}
                     _ => remote.answered(),
                 }
@@ -259,6 +265,9 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
         }
         PushResult::CredentialsUnusable(error) => {
             tracing::warn!(%cluster, %namespace, %outcome, %error, "push not tried: the stored credentials cannot be used");
+        }
+        PushResult::ScopeUnusable(error) => {
+            tracing::warn!(%cluster, %namespace, %outcome, %error, "push not tried: the namespace scope cannot be used");
         }
         PushResult::NotWaited => {
             tracing::warn!(%cluster, %namespace, %outcome, "push not tried: the remote did not answer the last one");
@@ -317,6 +326,7 @@ async fn push_knowing(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use mesh_core::fake_apiserver::FakeApiserver;
     use mesh_core::fixtures::{labels, mesh_cluster};
     use mesh_core::labels::Labels;
@@ -609,12 +619,62 @@ pub(crate) mod tests {
             Remote::new("east", other.client()).with_identity(&east),
         )];
         let outcomes = push_injection(&remotes, Duration::from_secs(5)).await;
+        // Credentials to repair: no retry writes there (it said the reconciler would retry).
         assert!(
-            matches!(&outcomes[0].result, PushResult::Failed(message)
+            matches!(&outcomes[0].result, PushResult::CredentialsUnusable(message)
                 if message.contains("reaches another cluster than east (id uid-kube-system, not uid-of-east)")),
             "{outcomes:?}"
         );
         assert_eq!(other.state().patches, 0);
+    }
+
+    /// A server answering 404 to everything (a proxy whose cluster went) was said to lack the
+    /// namespace pushed, with no Event: the 404 was of its kube-system.
+    #[tokio::test]
+    async fn a_remote_whose_identity_is_not_found_is_not_missing_the_namespace() {
+        let gone = FakeApiserver::default().with_namespace("app", &[]);
+        let east = mesh_cluster("east", "uid-of-east");
+        let remotes = [Arc::new(
+            Remote::new("east", gone.client()).with_identity(&east),
+        )];
+        let outcomes = push_injection(&remotes, Duration::from_secs(5)).await;
+        assert!(
+            matches!(&outcomes[0].result, PushResult::Failed(message)
+                if message.contains("its kube-system namespace")),
+            "{outcomes:?}"
+        );
+        assert_eq!(gone.state().patches, 0);
+    }
+
+    /// A scope that cannot be used is to correct, not to retry: it was a failure "the
+    /// reconciler will retry", which writes nothing there either.
+    #[tokio::test]
+    async fn a_remote_whose_scope_cannot_be_used_is_said_so() {
+        let remote = FakeApiserver::default().with_namespace("app", &[]);
+        let mut east = mesh_cluster("east", "uid-of-east");
+        east.spec.scope.namespace_selector = Some(LabelSelector {
+            match_labels: Some([("istio-injection".to_owned(), "enabled".to_owned())].into()),
+            match_expressions: None,
+        });
+        let remotes = [Arc::new(
+            Remote::new("east", remote.client()).with_identity(&east),
+        )];
+        let timed = fan_out_timed_from(
+            &remotes,
+            &SyncRule::default(),
+            &enable_injection(),
+            None,
+            Duration::from_secs(5),
+            true,
+        )
+        .await;
+        assert!(
+            matches!(&timed[0].outcome.result, PushResult::ScopeUnusable(m) if m.contains("istio-injection")),
+            "{timed:?}"
+        );
+        assert_eq!(timed[0].elapsed, None, "nothing asked");
+        let state = remote.state();
+        assert_eq!((state.gets, state.patches), (0, 0), "nothing asked");
     }
 
     /// A remote that cannot be frozen on demand in a unit test: the fake apiserver's delay
@@ -648,6 +708,8 @@ pub(crate) mod tests {
             fan_out_timed_from(&remotes, &rule, &enable_injection(), None, cut_short, false).await;
         assert_eq!(first[0].outcome.result, PushResult::TimedOut);
         assert!(!remotes[0].is_silent());
+        // Nor is its time a propagation's: 100 ms timed out told of a fast one.
+        assert_eq!(first[0].elapsed, None);
         let second = push_injection(&remotes, Duration::from_secs(5)).await;
         assert_eq!(second[0].result, PushResult::Applied);
     }

@@ -669,10 +669,14 @@ async fn credentials_that_reach_another_cluster_are_never_written_through() -> a
             && reachable.message.contains("attach remote-1 again"),
         "{reachable:?}"
     );
-    // Neither the webhook's push nor the CLI's sync writes through them.
+    // Neither the webhook's push nor the CLI's sync writes through them; the push says they
+    // are to repair, not that the reconciler will retry.
     let warnings = label_on_primary(&env, &ns, &["istio-injection=disabled"]).await?;
     assert!(
-        warnings.contains("remote-1 failed (secret cluster-remote-2 reaches another cluster"),
+        warnings.contains(
+            "remote-1 not pushed: its stored credentials cannot be used (secret cluster-remote-2 \
+             reaches another cluster"
+        ),
         "kubectl printed: {warnings}"
     );
     let mut sync = mesh.plugin();

@@ -379,10 +379,11 @@ impl Remote {
         &self.scope
     }
 
-    /// The same remote bound to `cluster`'s identity, as [`Remotes::refresh`] builds it (a
-    /// test's remote, built from a client).
+    /// The same remote bound to `cluster`'s identity and scope, as [`Remotes::refresh`] builds
+    /// it (a test's remote, built from a client).
     pub fn with_identity(mut self, cluster: &MeshCluster) -> Self {
         self.identity = Some(Identity::of(cluster));
+        self.scope = cluster.spec.scope.clone();
         self
     }
 
