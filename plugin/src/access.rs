@@ -98,6 +98,11 @@ pub struct RemoteAdminFlags {
 }
 
 impl RemoteAdminFlags {
+    /// Whether either flag was given.
+    pub fn given(&self) -> bool {
+        self.remote_kubeconfig.is_some() || self.remote_context.is_some()
+    }
+
     /// [`RemoteAdmin::find`] with these flags.
     pub fn find(
         &self,

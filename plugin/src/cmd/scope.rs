@@ -29,7 +29,8 @@ use crate::{
 /// Show or change which of a remote's namespaces kubectl-mesh writes.
 ///
 /// Without flags, prints the cluster's scope. `--exclude-namespaces` and
-/// `--namespace-selector` replace it, `--clear` removes it. The webhook follows at once; the
+/// `--namespace-selector` replace it, `--clear` removes it; the remote's credentials alone
+/// bring its policies in line with the scope the cluster has. The webhook follows at once; the
 /// remote's admission policies (its sync scope, and its guard if any) are updated on the remote
 /// first, with its admin credentials (--remote-kubeconfig, or the context attach recorded when
 /// your kubeconfig has it). Flags giving the scope the cluster has already bring the remote's
@@ -69,12 +70,15 @@ impl Scope {
             .await?
             .ok_or_else(|| mesh_state::not_attached(&cluster))?;
         let changing = clear || !exclude_namespaces.is_empty() || namespace_selector.is_some();
-        if !changing {
+        // The remote's credentials alone: its policies brought in line with the recorded scope.
+        if !changing && !remote_admin_flags.given() {
             return show(ctx, &mc.spec.scope);
         }
         let rule = mesh_state::rule(&primary).await?;
         let scope = if clear {
             NamespaceScope::default()
+        } else if !changing {
+            mc.spec.scope.clone()
         } else {
             namespace_scope::from_flags(&rule, &exclude_namespaces, namespace_selector.as_deref())?
         };
