@@ -1,17 +1,19 @@
-//! Whether a namespace kubectl-mesh created may be deleted, by detach or a failed attach's
-//! rollback: only when it holds nothing besides kubectl-mesh's objects ([`why_keep`]). Every
+//! Whether a namespace kubectl-mesh created may be deleted, by detach, uninstall or a failed
+//! attach's rollback: only when it holds nothing besides kubectl-mesh's objects ([`why_keep`]). Every
 //! namespaced kind the apiserver serves is listed, not a fixed few: deleting a namespace
 //! deletes all of them (a Role, a PersistentVolumeClaim, a custom resource), so a kind left
 //! unread is data lost. A kind that cannot be listed counts as holding something.
 
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
-    Api, Client,
-    api::{ApiResource, DynamicObject, ListParams},
+    Api, Client, ResourceExt,
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams},
     discovery::{Discovery, Scope, verbs},
 };
 use mesh_core::{failure, printable};
 
+use crate::output::Progress;
 use crate::remote_setup as setup;
 
 /// Why the namespace `ns` kubectl-mesh created is kept rather than deleted, as said after its
@@ -23,6 +25,51 @@ pub async fn why_keep(
     primary: Option<&str>,
 ) -> Result<Option<String>, kube::Error> {
     Ok(kept_for(&foreign_objects(client, ns, primary).await?))
+}
+
+/// Deletes namespace `ns` if attach created it and it holds nothing else
+/// ([`why_keep`]); otherwise keeps it, and says why when it holds more.
+/// `owner`: the cluster whose label the namespace must carry and the primary it must be
+/// recorded for, or `None` for a namespace shared by clusters (istio-system), which only
+/// needs the managed-by label. Returns whether it was deleted.
+pub async fn remove_namespace_if_unused(
+    client: &Client,
+    ns: &str,
+    side: &str,
+    owner: Option<(&str, &str)>,
+    progress: Progress,
+) -> Result<bool, kube::Error> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let Some(found) = namespaces.get_opt(ns).await? else {
+        return Ok(false);
+    };
+    if !created_by_attach(&found, owner) {
+        return Ok(false);
+    }
+    let primary = owner.map(|(_, primary)| primary);
+    if let Some(kept) = why_keep(client, ns, primary).await? {
+        progress.warn(format!("{side}: Namespace {ns} {kept}"));
+        return Ok(false);
+    }
+    match namespaces.delete(ns, &DeleteParams::background()).await {
+        Ok(_) => progress.ok(format!("{side}: Namespace {ns} deleted")),
+        // Gone meanwhile: what was asked.
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e),
+    }
+    Ok(true)
+}
+
+/// Whether [`remove_namespace_if_unused`] may delete `ns` (once it holds nothing else): attach
+/// created it, for `owner` (see there), and it is not being deleted already.
+pub fn created_by_attach(ns: &Namespace, owner: Option<(&str, &str)>) -> bool {
+    let ours = match owner {
+        Some((cluster, primary)) => setup::is_ours_from(&ns.metadata, cluster, primary),
+        None => {
+            ns.labels().get(setup::MANAGED_BY_LABEL).map(String::as_str) == Some(mesh_core::MANAGER)
+        }
+    };
+    ours && ns.metadata.deletion_timestamp.is_none()
 }
 
 /// The decision of [`why_keep`] once `others` (what [`foreign_objects`] found) is known.

@@ -10,7 +10,7 @@ use super::apply::{self, Deleted};
 use crate::access::{self, Need};
 use crate::remote_setup as setup;
 use crate::render::Manifest;
-use crate::{Context, Error, Result, output, render};
+use crate::{Context, Error, Result, namespace_contents, output, render};
 
 /// Remove kubectl-mesh from the primary cluster.
 ///
@@ -70,16 +70,38 @@ impl Uninstall {
         )))?;
         let credentials = stored_credentials(&client).await?;
         let steps = plan(manifests, credentials, attached_as.is_some());
+        // The istio-system attach created for Istio remote secrets goes with the last of them,
+        // once it holds nothing else (as detach leaves it).
+        let istio_namespace = istio_namespace_created(&client).await?;
         // Every right asked before the first delete: a caller lacking one is refused with
         // everything in place, not left with half an uninstall.
-        access::require(&client, &target, &needs(&steps), access::ASK_AN_ADMIN).await?;
+        let mut needed = needs(&steps);
+        if istio_namespace {
+            let namespace = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(setup::ISTIO_NAMESPACE.to_owned()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            needed.push(Need::on(&Manifest::new(&namespace)?, &["delete"]));
+        }
+        access::require(&client, &target, &needed, access::ASK_AN_ADMIN).await?;
         if dry_run {
             if let Some(cluster) = &attached_as {
                 for step in steps.iter().filter(|s| s.keep) {
                     ctx.progress.warn(kept(&step.manifest, cluster));
                 }
             }
-            let rows: Vec<Row> = steps.iter().map(Row::of).collect();
+            let mut rows: Vec<Row> = steps.iter().map(Row::of).collect();
+            if istio_namespace {
+                rows.push(Row {
+                    kind: "Namespace".into(),
+                    namespace: String::new(),
+                    name: setup::ISTIO_NAMESPACE.into(),
+                    action: "delete if empty",
+                });
+            }
             let text = output::render_items(ctx.output, &rows, false, |rows| {
                 output::table(
                     &["kind", "namespace", "name", "action"],
@@ -110,6 +132,18 @@ impl Uninstall {
                 (Deleted::Deleted, None) => ctx.progress.ok(format!("{} deleted", m.describe())),
                 (Deleted::NotFound, _) => ctx.progress.info(format!("{} not found", m.describe())),
             }
+        }
+        if istio_namespace {
+            let ns = setup::ISTIO_NAMESPACE;
+            namespace_contents::remove_namespace_if_unused(
+                &client,
+                ns,
+                "primary",
+                None,
+                ctx.progress,
+            )
+            .await
+            .map_err(|e| access::request_error(&target, "delete istio-system", e))?;
         }
         if !crd {
             ctx.progress
@@ -244,6 +278,22 @@ async fn stored_credentials(client: &Client) -> Result<Vec<(Manifest, String)>> 
         }
     }
     Ok(out)
+}
+
+/// Whether the primary's istio-system is one attach created (for Istio remote secrets); one
+/// the caller may not read is left alone.
+async fn istio_namespace_created(client: &Client) -> Result<bool> {
+    match Api::<Namespace>::all(client.clone())
+        .get_opt(setup::ISTIO_NAMESPACE)
+        .await
+    {
+        Ok(found) => Ok(found.is_some_and(|ns| namespace_contents::created_by_attach(&ns, None))),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(false),
+        Err(e) => Err(Error::kube(format!(
+            "cannot read Namespace {}",
+            setup::ISTIO_NAMESPACE
+        ))(e)),
+    }
 }
 
 /// The name this cluster is attached to a primary under, when it is one's remote: attach then

@@ -349,9 +349,16 @@ async fn detach_cleans_the_remotes_an_uninstall_with_force_and_crd_left_behind()
 -> anyhow::Result<()> {
     let _serial = serial().await;
     let mut options = MeshOptions::from_workspace()?;
-    options.attach_args = ["--remote-guard", "deny"].map(String::from).to_vec();
+    // With Istio remote secrets: the istio-system attach created for them goes too.
+    let attach_args = ["--remote-guard", "deny", "--istio-remote-secret"];
+    options.attach_args = attach_args.map(String::from).to_vec();
     let (env, _mesh) = own_mesh_with(2, options).await?;
     let (by_file, by_context) = (&env.remotes()[0], &env.remotes()[1]);
+    let on_primary = mesh_objects_on_primary(&env).await?;
+    anyhow::ensure!(
+        on_primary.contains("namespace/istio-system"),
+        "{on_primary:?}"
+    );
     let made_by_attach = [
         format!(
             "validatingadmissionpolicy.admissionregistration.k8s.io/{}",

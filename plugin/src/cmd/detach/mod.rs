@@ -42,10 +42,10 @@ mod remote;
 use crate::{
     Context, Error, Result,
     access::{self, Need, RemoteAdminFlags, Target},
-    mesh_state, remote_setup as setup,
+    mesh_state, namespace_contents, remote_setup as setup,
     sync_scope::{self, Recorded},
 };
-use remote::{Ours, clean_remote, delete, remove_namespace_if_unused};
+use remote::{Ours, clean_remote, delete};
 
 /// Detach a cluster from the mesh.
 ///
@@ -115,21 +115,22 @@ impl Detach {
             .map_err(|e| access::request_error(&primary_target, "list Secrets", e))?;
         // The Istio remote secret is found only where the caller may list istio-system; once
         // found, it is deleted, and istio-system too when attach created it and it is empty
-        // then: rights asked now, before the remote is cleaned, not found missing after.
-        if primary_secrets
+        // then: rights asked now, before the remote is cleaned, not found missing after. A
+        // MeshCluster gone (deleted, or its CRD) took its Istio remote secret along (an owner
+        // reference): the istio-system attach created may be left empty behind it.
+        let istio_secret = primary_secrets
             .iter()
-            .any(|s| s.namespace().as_deref() == Some(setup::ISTIO_NAMESPACE))
-        {
+            .any(|s| s.namespace().as_deref() == Some(setup::ISTIO_NAMESPACE));
+        let mut tidy_istio_namespace = false;
+        if istio_secret || mc.is_none() {
             let created = istio_namespace_created(&primary)
                 .await
                 .map_err(|e| access::request_error(&primary_target, "read istio-system", e))?;
-            access::require(
-                &primary,
-                &primary_target,
-                &istio_needs(created),
-                access::ASK_AN_ADMIN,
-            )
-            .await?;
+            tidy_istio_namespace = istio_secret || created;
+            if tidy_istio_namespace {
+                let needs = istio_needs(created);
+                access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
+            }
         }
         if mc.is_none() && primary_secrets.is_empty() {
             go_on_unrecorded(&name, true, &remote_admin)?;
@@ -216,13 +217,16 @@ impl Detach {
                 .await
                 .map_err(|e| access::request_error(&primary_target, "delete Secrets", e))?;
         }
-        if primary_secrets
-            .iter()
-            .any(|s| s.namespace().as_deref() == Some(setup::ISTIO_NAMESPACE))
-        {
-            remove_namespace_if_unused(&primary, setup::ISTIO_NAMESPACE, "primary", None, progress)
-                .await
-                .map_err(|e| access::request_error(&primary_target, "delete istio-system", e))?;
+        if tidy_istio_namespace {
+            namespace_contents::remove_namespace_if_unused(
+                &primary,
+                setup::ISTIO_NAMESPACE,
+                "primary",
+                None,
+                progress,
+            )
+            .await
+            .map_err(|e| access::request_error(&primary_target, "delete istio-system", e))?;
         }
         if mc.is_some() {
             let clusters: Api<MeshCluster> = Api::all(primary.clone());
@@ -325,7 +329,7 @@ async fn istio_namespace_created(primary: &Client) -> Result<bool, kube::Error> 
         .get_opt(setup::ISTIO_NAMESPACE)
         .await
     {
-        Ok(found) => Ok(found.is_some_and(|ns| remote::created_by_attach(&ns, None))),
+        Ok(found) => Ok(found.is_some_and(|ns| namespace_contents::created_by_attach(&ns, None))),
         Err(kube::Error::Api(s)) if s.code == 403 => Ok(false),
         Err(e) => Err(e),
     }

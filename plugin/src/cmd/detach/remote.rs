@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
-    Api, Client, Resource, ResourceExt,
+    Api, Client, Resource,
     api::DeleteParams,
     core::{ClusterResourceScope, NamespaceResourceScope},
 };
@@ -29,7 +29,7 @@ use super::super::attach::wait_namespace_gone;
 use crate::{
     Error, Result,
     access::{self, Target},
-    namespace_contents,
+    namespace_contents::remove_namespace_if_unused,
     output::Progress,
     remote_setup as setup,
 };
@@ -251,46 +251,6 @@ where
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Deletes namespace `ns` if attach created it and it holds nothing else
-/// ([`namespace_contents::why_keep`]); otherwise keeps it, and says why when it holds more.
-/// `owner`: the cluster whose label the namespace must carry and the primary it must be
-/// recorded for, or `None` for a namespace shared by clusters (istio-system), which only
-/// needs the managed-by label. Returns whether it was deleted.
-pub(super) async fn remove_namespace_if_unused(
-    client: &Client,
-    ns: &str,
-    side: &str,
-    owner: Option<(&str, &str)>,
-    progress: Progress,
-) -> Result<bool, kube::Error> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let Some(found) = namespaces.get_opt(ns).await? else {
-        return Ok(false);
-    };
-    if !created_by_attach(&found, owner) {
-        return Ok(false);
-    }
-    let primary = owner.map(|(_, primary)| primary);
-    if let Some(kept) = namespace_contents::why_keep(client, ns, primary).await? {
-        progress.warn(format!("{side}: Namespace {ns} {kept}"));
-        return Ok(false);
-    }
-    delete(&namespaces, ns, side, progress).await?;
-    Ok(true)
-}
-
-/// Whether [`remove_namespace_if_unused`] may delete `ns` (once it holds nothing else): attach
-/// created it, for `owner` (see there), and it is not being deleted already.
-pub(super) fn created_by_attach(ns: &Namespace, owner: Option<(&str, &str)>) -> bool {
-    let ours = match owner {
-        Some((cluster, primary)) => setup::is_ours_from(&ns.metadata, cluster, primary),
-        None => {
-            ns.labels().get(setup::MANAGED_BY_LABEL).map(String::as_str) == Some(mesh_core::MANAGER)
-        }
-    };
-    ours && ns.metadata.deletion_timestamp.is_none()
 }
 
 /// Removes the managed labels of every remote namespace the rule covers: a sync against an

@@ -1,6 +1,6 @@
 //! Detach: of an unreachable remote, and of a remote holding what attach did not create.
 
-use anyhow::Context as _;
+use anyhow::{Context as _, ensure};
 use k8s_openapi::api::{
     admissionregistration::v1::ValidatingAdmissionPolicy,
     core::v1::{ConfigMap, Namespace, Secret},
@@ -8,11 +8,13 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
+use kubectl_mesh::namespace_contents;
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::{
-    create_labelled_namespace, create_namespace, namespace_labels, patch_labels, unique_name,
+    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, namespace_labels,
+    patch_labels, unique_name,
 };
 use serde_json::json;
 
@@ -264,6 +266,40 @@ async fn detaching_one_cluster_keeps_the_istio_secrets_of_the_others() -> anyhow
     assert!(
         secrets.get_opt(&second_secret).await?.is_none(),
         "{second_secret} left"
+    );
+    Ok(())
+}
+
+/// A MeshCluster deleted by hand takes its Istio remote secret along (an owner reference): a
+/// detach afterwards still removes the istio-system attach created for it, left empty (it
+/// looked there only for a secret it found).
+#[tokio::test]
+async fn a_detach_after_its_mesh_cluster_went_removes_the_istio_system_left_empty()
+-> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let _istio_system = ISTIO_SYSTEM.lock().await;
+    attach(env, remote, &["--istio-remote-secret"]).await?;
+    let primary = env.primary().client().await?;
+    let namespaces = Api::<Namespace>::all(primary.clone());
+    let istio_system = namespaces.get("istio-system").await?;
+    ensure!(namespace_contents::created_by_attach(&istio_system, None));
+    Api::<MeshCluster>::all(primary.clone())
+        .delete(&remote.name, &DeleteParams::default())
+        .await?;
+    let secrets: Api<Secret> = Api::namespaced(primary, "istio-system");
+    let secret = format!("istio-remote-secret-{}", remote.name);
+    eventually(
+        "the Istio remote secret gone with its MeshCluster",
+        DEFAULT_TIMEOUT,
+        || async { Ok(secrets.get_opt(&secret).await?.is_none().then_some(())) },
+    )
+    .await?;
+
+    detach(env, remote, &remote.name, &[]).await?;
+    let left = namespaces.get_opt("istio-system").await?;
+    ensure!(
+        left.is_none_or(|ns| ns.metadata.deletion_timestamp.is_some()),
+        "istio-system left behind"
     );
     Ok(())
 }
