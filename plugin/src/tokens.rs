@@ -15,11 +15,13 @@ use mesh_core::MESH_NAMESPACE;
 use crate::poll::{self, Late};
 use crate::{Error, Result};
 
-/// Waits until kube-controller-manager has put a token into the Secret `secret`.
+/// Waits until kube-controller-manager has put a token into the Secret `secret`; `command`
+/// (attach, rotate) is the one issuing it, to re-run if the Secret goes.
 pub async fn wait_token(
     remote: &Client,
     cluster: &str,
     secret: &str,
+    command: &str,
     timeout: Duration,
 ) -> Result<String> {
     let api: Api<Secret> = Api::namespaced(remote.clone(), MESH_NAMESPACE);
@@ -28,14 +30,7 @@ pub async fn wait_token(
             "cannot read Secret {MESH_NAMESPACE}/{secret} on {cluster}"
         )))?;
         let Some(found) = found else {
-            return Err(Error::Refused {
-                what: format!(
-                    "Secret {MESH_NAMESPACE}/{secret} on {cluster} disappeared before its token \
-                     was issued (kube-controller-manager deletes token Secrets whose \
-                     ServiceAccount was replaced)"
-                ),
-                hint: "re-run attach".into(),
-            });
+            return Err(disappeared(cluster, secret, command));
         };
         let token = found
             .data
@@ -56,6 +51,18 @@ pub async fn wait_token(
         ),
     })
     .await
+}
+
+/// The token Secret `secret` went before its token was filled in.
+fn disappeared(cluster: &str, secret: &str, command: &str) -> Error {
+    Error::Refused {
+        what: format!(
+            "Secret {MESH_NAMESPACE}/{secret} on {cluster} disappeared before its token was \
+             issued (kube-controller-manager deletes token Secrets whose ServiceAccount was \
+             replaced)"
+        ),
+        hint: format!("re-run {command}"),
+    }
 }
 
 /// A token of ServiceAccount `account` from the TokenRequest API, valid for `ttl` and only as
@@ -83,4 +90,21 @@ pub async fn mint_bound_token(
         .create_token_request(account, &PostParams::default(), &request)
         .await?;
     Ok(issued.status.map(|s| s.token).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token Secret gone mid-rotation said to re-run attach; rotate's own re-run repairs it
+    /// (the stored credentials still work).
+    #[test]
+    fn a_token_secret_gone_says_to_re_run_the_command_issuing_it() {
+        let line = disappeared("east", "kubectl-mesh-sync-token-b", "rotate").line();
+        assert!(
+            line.starts_with("Secret kubectl-mesh/kubectl-mesh-sync-token-b on east disappeared")
+                && line.ends_with("; re-run rotate"),
+            "{line}"
+        );
+    }
 }

@@ -150,7 +150,7 @@ impl Rotation<'_> {
                         e,
                     )
                 })?,
-            None => wait_token(self.remote, self.cluster, name, self.timeout).await?,
+            None => wait_token(self.remote, self.cluster, name, "rotate", self.timeout).await?,
         };
         self.progress.ok(format!(
             "{}: new token of ServiceAccount {MESH_NAMESPACE}/{account} issued in Secret \

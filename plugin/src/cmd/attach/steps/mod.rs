@@ -100,7 +100,14 @@ impl<'a> Run<'a> {
     /// The token kube-controller-manager issues into the remote's Secret `secret` for the
     /// ServiceAccount `account`, once it is there.
     async fn issued_token(&self, secret: &str, account: &str) -> Result<String> {
-        let token = wait_token(&self.plan.remote, &self.plan.name, secret, self.timeout).await?;
+        let token = wait_token(
+            &self.plan.remote,
+            &self.plan.name,
+            secret,
+            "attach",
+            self.timeout,
+        )
+        .await?;
         self.say_token_issued(account);
         Ok(token)
     }
@@ -305,7 +312,16 @@ impl<'a> Run<'a> {
                         setup::SYNC_ACCOUNT
                     )))?
             }
-            _ => wait_token(&plan.remote, &name, setup::TOKEN_SECRET, self.timeout).await?,
+            _ => {
+                wait_token(
+                    &plan.remote,
+                    &name,
+                    setup::TOKEN_SECRET,
+                    "attach",
+                    self.timeout,
+                )
+                .await?
+            }
         };
         self.say_token_issued(setup::SYNC_ACCOUNT);
         self.done(Step::Token)?;
