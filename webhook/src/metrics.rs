@@ -74,7 +74,9 @@ pub enum ReviewOutcome {
     /// Allowed without any push: no managed label changed, the namespace is excluded, or a
     /// dry run.
     NoPush,
-    /// Allowed after pushing to the remotes.
+    /// Allowed with a change of managed labels to push: pushed to the remotes, or handed to
+    /// a newer change of the namespace or to the reconciler when its turn came too late (each
+    /// remote's outcome is in `pushes_total`).
     Pushed,
     /// Refused by the review.
     Denied,
