@@ -15,8 +15,9 @@ use crate::{Context, Error, Result, namespace_contents, output, render};
 /// Remove kubectl-mesh from the primary cluster.
 ///
 /// Deletes the webhook configuration, webhook, RBAC, serving certificate, the stored
-/// credentials of attached clusters and the kubectl-mesh namespace, which stays when this
-/// cluster is itself attached to a primary. Safe to re-run. Remote clusters are not touched:
+/// credentials of attached clusters (and the istio-system attach created for them, once empty)
+/// and the kubectl-mesh namespace, which stays when this cluster is itself attached to a
+/// primary. Safe to re-run. Remote clusters are not touched:
 /// detach them first.
 #[derive(Debug, clap::Args)]
 pub struct Uninstall {
@@ -65,9 +66,7 @@ impl Uninstall {
             }
         }
 
-        let attached_as = attached_as(&client).await.map_err(Error::kube(format!(
-            "cannot read Namespace {MESH_NAMESPACE}"
-        )))?;
+        let attached_as = attached_as(&client).await?;
         let credentials = stored_credentials(&client).await?;
         let steps = plan(manifests, credentials, attached_as.is_some());
         // The istio-system attach created for Istio remote secrets goes with the last of them,
@@ -300,10 +299,13 @@ async fn istio_namespace_created(client: &Client) -> Result<bool> {
 /// created the mesh namespace, or put its ServiceAccounts in it. Uninstall keeps the namespace
 /// then: deleting it would revoke that primary's tokens behind its back (a cluster may be a
 /// primary and another mesh's remote, and uninstall may be run against the wrong context).
-async fn attached_as(client: &Client) -> Result<Option<String>, kube::Error> {
+async fn attached_as(client: &Client) -> Result<Option<String>> {
     let namespace = Api::<Namespace>::all(client.clone())
         .get_opt(MESH_NAMESPACE)
-        .await?;
+        .await
+        .map_err(Error::kube(format!(
+            "cannot read Namespace {MESH_NAMESPACE}"
+        )))?;
     let Some(namespace) = namespace else {
         return Ok(None);
     };
@@ -312,7 +314,10 @@ async fn attached_as(client: &Client) -> Result<Option<String>, kube::Error> {
     }
     let accounts = Api::<ServiceAccount>::namespaced(client.clone(), MESH_NAMESPACE)
         .list(&ListParams::default().labels(CLUSTER_LABEL))
-        .await?;
+        .await
+        .map_err(Error::kube(format!(
+            "cannot list ServiceAccounts in {MESH_NAMESPACE}"
+        )))?;
     Ok(accounts
         .items
         .iter()

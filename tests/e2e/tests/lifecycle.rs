@@ -975,6 +975,28 @@ async fn uninstall_refused_for_want_of_rights_deletes_nothing() -> anyhow::Resul
     let deployments: Api<Deployment> = Api::namespaced(primary.clone(), MESH_NAMESPACE);
     assert!(deployments.get_opt("mesh-webhook").await?.is_some());
 
+    // A caller who may not list the ServiceAccounts is told so (it was told it could not read
+    // the namespace, which it may).
+    let rights = [
+        Grant::everywhere(install_rights_but("serviceaccounts", &["*"])),
+        Grant::everywhere(json!([
+            {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["*"]},
+        ])),
+    ];
+    let no_accounts = kubeconfig_granting(env.primary(), dir.path(), &rights).await?;
+    let out = mesh_as(&no_accounts, &["uninstall"]).await?;
+    let line = refused_in_one_line(&out, "uninstall without serviceaccounts")?;
+    assert!(
+        line.starts_with("error: cannot list ServiceAccounts in kubectl-mesh"),
+        "{line}"
+    );
+    unchanged(
+        "uninstall without serviceaccounts",
+        "the installation",
+        &installed,
+        &mesh_objects_on_primary(&env).await?,
+    )?;
+
     // Granted the missing right, the same caller uninstalls.
     let rights = [
         Grant::everywhere(install_rights_but("", &["*"])),
