@@ -546,7 +546,7 @@ impl TestEnv {
         // Only what kubectl-mesh and its tests rely on: namespace deletion, service accounts
         // and their token Secrets, garbage collection, kube-root-ca.crt, and the aggregated
         // built-in roles (view, edit, admin); with a node, what runs a Deployment behind a
-        // Service and makes the node schedulable.
+        // Service, makes the node schedulable and counts what its disruption budget allows.
         let mut controllers = vec![
             "namespace-controller",
             "serviceaccount-token-controller",
@@ -567,6 +567,7 @@ impl TestEnv {
                 "endpointslice-controller",
                 "node-lifecycle-controller",
                 "pod-garbage-collector-controller",
+                "disruption-controller",
             ]);
         }
         let mut cmd = Command::new(self.binaries.kube_controller_manager());
