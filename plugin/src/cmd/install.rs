@@ -197,10 +197,18 @@ impl Install {
             || webhook_cert_dir
                 .as_deref()
                 .is_some_and(|dir| holds_another_cert(dir, &cert));
+        let trusted = trusted_ca_bundle(installed.as_ref());
+        // A re-run soon after a rotation: replicas not rolled yet still serve the previous
+        // certificate, and their calls would fail open once its CA went.
+        let previous_served = !switching
+            && !waits_for_rollout
+            && options.webhook_url.is_none()
+            && render::others_than(&trusted, &cert.ca_pem).is_some_and(|n| n > 0)
+            && rollout::pods_serving_another(&client, &cert.fingerprint()).await?;
         let plan = render::ca_bundle_plan(
             &cert.ca_pem,
-            &trusted_ca_bundle(installed.as_ref()),
-            switching,
+            &trusted,
+            switching || previous_served,
             waits_for_rollout,
             jiff::Timestamp::now(),
         );

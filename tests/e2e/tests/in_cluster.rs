@@ -286,6 +286,43 @@ async fn a_certificate_rotation_keeps_the_webhook_trusted_while_the_pods_roll() 
     Ok(())
 }
 
+/// A re-run of install soon after `--rotate-certs`, before the pods rolled (here: the rollout
+/// is paused), keeps trusting the previous CA: the pods still serve its certificate, and
+/// dropping it made every call to them fail open.
+#[tokio::test]
+async fn a_re_run_before_the_pods_rolled_keeps_trusting_the_ca_they_serve() -> anyhow::Result<()> {
+    let (mesh, _turn) = mesh().await;
+    let env = &mesh.env;
+    let deployment = format!("deployment/{DEPLOYMENT}");
+    let rollout = |verb: &'static str| {
+        let deployment = deployment.clone();
+        async move {
+            let args = ["rollout", verb, "-n", NAMESPACE, &deployment];
+            kubectl(env, env.primary(), &args).await
+        }
+    };
+    rollout("pause").await?;
+    let re_run = async {
+        let (previous, _) = serving(mesh).await?;
+        reinstall(mesh, &["--rotate-certs"]).await?;
+        let stderr = reinstall(mesh, &[]).await?;
+        let (trusted, cert) = serving(mesh).await?;
+        anyhow::ensure!(
+            trusted == format!("{}{previous}", cert.ca_pem),
+            "the previous CA dropped while the pods serve it: {stderr}"
+        );
+        anyhow::ensure!(
+            stderr.contains("the webhook configuration trusts the previous CA too"),
+            "{stderr}"
+        );
+        Ok(())
+    }
+    .await;
+    rollout("resume").await?;
+    reinstall(mesh, &["--wait"]).await?;
+    re_run
+}
+
 /// Replicas that run but never get ready (here: the primary refuses them its namespaces, so
 /// they never list it) do not hold a drain of their node: the disruption budget lets a replica
 /// that is not ready be evicted, where by default it counts only ready ones and allows none.
@@ -337,9 +374,14 @@ async fn unready_replicas(mesh: &InCluster) -> anyhow::Result<Vec<String>> {
         let counted = budget
             .status
             .filter(|s| s.observed_generation == generation);
-        let none_healthy = counted.is_some_and(|s| s.current_healthy == 0);
-        Ok((pods.len() == 2 && !ready && none_healthy)
-            .then(|| pods.iter().map(|p| p.name_any()).collect()))
+        let none_healthy = counted.as_ref().is_some_and(|s| s.current_healthy == 0);
+        // Not yet: what is, for the message of a wait that times out.
+        anyhow::ensure!(
+            pods.len() == 2 && !ready && none_healthy,
+            "running: {:?}; budget: {counted:?}",
+            pods.iter().map(describe_pod).collect::<Vec<_>>()
+        );
+        Ok(Some(pods.iter().map(|p| p.name_any()).collect()))
     })
     .await
 }

@@ -56,6 +56,21 @@ fn serving_another(pods: &[Pod], fingerprint: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a pod of the webhook serves another certificate than `fingerprint` now
+/// ([`serving_another`]); a caller who may not list them cannot tell, and is answered yes.
+pub(super) async fn pods_serving_another(client: &Client, fingerprint: &str) -> Result<bool> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), MESH_NAMESPACE);
+    let pods = ListParams::default().labels(&render::webhook_pod_selector());
+    match api.list(&pods).await {
+        Ok(found) => Ok(!serving_another(&found.items, fingerprint).is_empty()),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(true),
+        Err(e) => Err(Error::kube(format!(
+            "cannot list the pods of Deployment {MESH_NAMESPACE}/{}",
+            render::WEBHOOK
+        ))(e)),
+    }
+}
+
 /// Waits until no pod of the webhook serves another certificate than `fingerprint`
 /// ([`serving_another`]).
 async fn wait_previous_pods_gone(
