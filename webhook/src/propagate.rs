@@ -327,6 +327,7 @@ async fn push_knowing(
 pub(crate) mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use mesh_core::cluster::NamespaceScope;
     use mesh_core::fake_apiserver::FakeApiserver;
     use mesh_core::fixtures::{labels, mesh_cluster};
     use mesh_core::labels::Labels;
@@ -609,23 +610,36 @@ pub(crate) mod tests {
         );
     }
 
+    /// The remote `east` (uid-of-east, with `scope`) behind `apiserver`.
+    fn east_behind(apiserver: &FakeApiserver, scope: NamespaceScope) -> [Arc<Remote>; 1] {
+        let mut east = mesh_cluster("east", "uid-of-east");
+        east.spec.scope = scope;
+        [Arc::new(
+            Remote::new("east", apiserver.client()).with_identity(&east),
+        )]
+    }
+
+    /// Pushes [`enable_injection`] to `east` behind `apiserver`, which must be patched nothing;
+    /// how the push ended.
+    async fn unpatched_push(apiserver: &FakeApiserver) -> PushResult {
+        let remotes = east_behind(apiserver, NamespaceScope::default());
+        let outcomes = push_injection(&remotes, Duration::from_secs(5)).await;
+        assert_eq!(apiserver.state().patches, 0, "{outcomes:?}");
+        outcomes[0].result.clone()
+    }
+
     #[tokio::test]
     async fn nothing_is_pushed_through_credentials_that_reach_another_cluster() {
         let other = FakeApiserver::default()
             .with_namespace("kube-system", &[])
             .with_namespace("app", &[]);
-        let east = mesh_cluster("east", "uid-of-east");
-        let remotes = [Arc::new(
-            Remote::new("east", other.client()).with_identity(&east),
-        )];
-        let outcomes = push_injection(&remotes, Duration::from_secs(5)).await;
+        let result = unpatched_push(&other).await;
         // Credentials to repair: no retry writes there (it said the reconciler would retry).
         assert!(
-            matches!(&outcomes[0].result, PushResult::CredentialsUnusable(message)
+            matches!(&result, PushResult::CredentialsUnusable(message)
                 if message.contains("reaches another cluster than east (id uid-kube-system, not uid-of-east)")),
-            "{outcomes:?}"
+            "{result:?}"
         );
-        assert_eq!(other.state().patches, 0);
     }
 
     /// A server answering 404 to everything (a proxy whose cluster went) was said to lack the
@@ -633,17 +647,11 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_remote_whose_identity_is_not_found_is_not_missing_the_namespace() {
         let gone = FakeApiserver::default().with_namespace("app", &[]);
-        let east = mesh_cluster("east", "uid-of-east");
-        let remotes = [Arc::new(
-            Remote::new("east", gone.client()).with_identity(&east),
-        )];
-        let outcomes = push_injection(&remotes, Duration::from_secs(5)).await;
+        let result = unpatched_push(&gone).await;
         assert!(
-            matches!(&outcomes[0].result, PushResult::Failed(message)
-                if message.contains("its kube-system namespace")),
-            "{outcomes:?}"
+            matches!(&result, PushResult::Failed(message) if message.contains("its kube-system namespace")),
+            "{result:?}"
         );
-        assert_eq!(gone.state().patches, 0);
     }
 
     /// A scope that cannot be used is to correct, not to retry: it was a failure "the
@@ -651,23 +659,18 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_remote_whose_scope_cannot_be_used_is_said_so() {
         let remote = FakeApiserver::default().with_namespace("app", &[]);
-        let mut east = mesh_cluster("east", "uid-of-east");
-        east.spec.scope.namespace_selector = Some(LabelSelector {
-            match_labels: Some([("istio-injection".to_owned(), "enabled".to_owned())].into()),
-            match_expressions: None,
-        });
-        let remotes = [Arc::new(
-            Remote::new("east", remote.client()).with_identity(&east),
-        )];
-        let timed = fan_out_timed_from(
-            &remotes,
-            &SyncRule::default(),
-            &enable_injection(),
-            None,
-            Duration::from_secs(5),
-            true,
-        )
-        .await;
+        let on_a_managed_key = NamespaceScope {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some([("istio-injection".to_owned(), "enabled".to_owned())].into()),
+                match_expressions: None,
+            }),
+            ..NamespaceScope::default()
+        };
+        let remotes = east_behind(&remote, on_a_managed_key);
+        let rule = SyncRule::default();
+        let deadline = Duration::from_secs(5);
+        let timed =
+            fan_out_timed_from(&remotes, &rule, &enable_injection(), None, deadline, true).await;
         assert!(
             matches!(&timed[0].outcome.result, PushResult::ScopeUnusable(m) if m.contains("istio-injection")),
             "{timed:?}"
