@@ -127,6 +127,14 @@ pub async fn clusters(primary: &Client) -> Result<Vec<MeshCluster>> {
     Ok(list)
 }
 
+/// The namespace `name` of `client`'s cluster, `None` when there is none.
+pub async fn namespace(client: &Client, name: &str) -> Result<Option<Namespace>> {
+    Api::<Namespace>::all(client.clone())
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("cannot read Namespace {name}")))
+}
+
 /// The MeshCluster `name`, `None` when no such cluster is attached. On a cluster without
 /// kubectl-mesh the user is told to install, or to pick the primary.
 pub async fn cluster_named(

@@ -60,6 +60,20 @@ pub async fn remove_namespace_if_unused(
     Ok(true)
 }
 
+/// Whether the primary's istio-system is one attach created for Istio remote secrets (and
+/// detach or uninstall may delete once it is empty); no when the caller may not read it
+/// (detach asks for that right, uninstall leaves the namespace alone).
+pub async fn istio_namespace_created(client: &Client) -> Result<bool, kube::Error> {
+    match Api::<Namespace>::all(client.clone())
+        .get_opt(setup::ISTIO_NAMESPACE)
+        .await
+    {
+        Ok(found) => Ok(found.is_some_and(|ns| created_by_attach(&ns, None))),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether [`remove_namespace_if_unused`] may delete `ns` (once it holds nothing else): attach
 /// created it, for `owner` (see there), and it is not being deleted already.
 pub fn created_by_attach(ns: &Namespace, owner: Option<(&str, &str)>) -> bool {

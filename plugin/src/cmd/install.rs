@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration,
-    apps::v1::Deployment,
-    core::v1::{Namespace, Secret},
+    admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment, core::v1::Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Api, Client};
@@ -20,7 +18,7 @@ use super::check::caller_auth;
 use crate::{
     Context, Error, Result,
     access::Target,
-    installed_rule,
+    installed_rule, mesh_state,
     output::{self, OutputFormat},
     remote_setup as setup,
     render::{self, Manifest, Options, PreviousCas, ServingCert, WebhookUrl},
@@ -313,12 +311,7 @@ fn attached_remote(namespace: &ObjectMeta) -> Option<Attached> {
 /// Refuses, before anything is written, to install on a cluster attached as a remote
 /// ([`attached_remote`]).
 async fn refuse_attached_remote(client: &Client, target: &Target) -> Result<()> {
-    let namespace = Api::<Namespace>::all(client.clone())
-        .get_opt(MESH_NAMESPACE)
-        .await
-        .map_err(Error::kube(format!(
-            "cannot read Namespace {MESH_NAMESPACE}"
-        )))?;
+    let namespace = mesh_state::namespace(client, MESH_NAMESPACE).await?;
     match namespace.and_then(|ns| attached_remote(&ns.metadata)) {
         None => Ok(()),
         Some(found) => Err(attached_refusal(&target.server, &found)),

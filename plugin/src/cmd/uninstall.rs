@@ -10,7 +10,7 @@ use super::apply::{self, Deleted};
 use crate::access::{self, Need};
 use crate::remote_setup as setup;
 use crate::render::Manifest;
-use crate::{Context, Error, Result, namespace_contents, output, render};
+use crate::{Context, Error, Result, mesh_state, namespace_contents, output, render};
 
 /// Remove kubectl-mesh from the primary cluster.
 ///
@@ -71,7 +71,12 @@ impl Uninstall {
         let steps = plan(manifests, credentials, attached_as.is_some());
         // The istio-system attach created for Istio remote secrets goes with the last of them,
         // once it holds nothing else (as detach leaves it).
-        let istio_namespace = istio_namespace_created(&client).await?;
+        let istio_namespace = namespace_contents::istio_namespace_created(&client)
+            .await
+            .map_err(Error::kube(format!(
+                "cannot read Namespace {}",
+                setup::ISTIO_NAMESPACE
+            )))?;
         // Every right asked before the first delete: a caller lacking one is refused with
         // everything in place, not left with half an uninstall.
         let mut needed = needs(&steps);
@@ -279,33 +284,12 @@ async fn stored_credentials(client: &Client) -> Result<Vec<(Manifest, String)>> 
     Ok(out)
 }
 
-/// Whether the primary's istio-system is one attach created (for Istio remote secrets); one
-/// the caller may not read is left alone.
-async fn istio_namespace_created(client: &Client) -> Result<bool> {
-    match Api::<Namespace>::all(client.clone())
-        .get_opt(setup::ISTIO_NAMESPACE)
-        .await
-    {
-        Ok(found) => Ok(found.is_some_and(|ns| namespace_contents::created_by_attach(&ns, None))),
-        Err(kube::Error::Api(s)) if s.code == 403 => Ok(false),
-        Err(e) => Err(Error::kube(format!(
-            "cannot read Namespace {}",
-            setup::ISTIO_NAMESPACE
-        ))(e)),
-    }
-}
-
 /// The name this cluster is attached to a primary under, when it is one's remote: attach then
 /// created the mesh namespace, or put its ServiceAccounts in it. Uninstall keeps the namespace
 /// then: deleting it would revoke that primary's tokens behind its back (a cluster may be a
 /// primary and another mesh's remote, and uninstall may be run against the wrong context).
 async fn attached_as(client: &Client) -> Result<Option<String>> {
-    let namespace = Api::<Namespace>::all(client.clone())
-        .get_opt(MESH_NAMESPACE)
-        .await
-        .map_err(Error::kube(format!(
-            "cannot read Namespace {MESH_NAMESPACE}"
-        )))?;
+    let namespace = mesh_state::namespace(client, MESH_NAMESPACE).await?;
     let Some(namespace) = namespace else {
         return Ok(None);
     };

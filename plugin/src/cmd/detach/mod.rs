@@ -29,7 +29,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt, api::ListParams, config::Kubeconfig};
 use mesh_core::{
     GROUP, MESH_NAMESPACE,
@@ -123,7 +123,7 @@ impl Detach {
             .any(|s| s.namespace().as_deref() == Some(setup::ISTIO_NAMESPACE));
         let mut tidy_istio_namespace = false;
         if istio_secret || mc.is_none() {
-            let created = istio_namespace_created(&primary)
+            let created = namespace_contents::istio_namespace_created(&primary)
                 .await
                 .map_err(|e| access::request_error(&primary_target, "read istio-system", e))?;
             tidy_istio_namespace = istio_secret || created;
@@ -320,19 +320,6 @@ fn primary_needs(strip_labels: bool) -> Vec<Need> {
         ));
     }
     needs
-}
-
-/// Whether the primary's istio-system is one attach created (and detach may delete once it is
-/// empty). A caller who may not read it is asked for `get` by [`istio_needs`].
-async fn istio_namespace_created(primary: &Client) -> Result<bool, kube::Error> {
-    match Api::<Namespace>::all(primary.clone())
-        .get_opt(setup::ISTIO_NAMESPACE)
-        .await
-    {
-        Ok(found) => Ok(found.is_some_and(|ns| namespace_contents::created_by_attach(&ns, None))),
-        Err(kube::Error::Api(s)) if s.code == 403 => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// What deleting the Istio remote secret on the primary takes: the Secret, istio-system read
