@@ -259,19 +259,8 @@ async fn read_remote(
                 error,
             },
             view::Credentials::Found { source, client } => {
-                match read_facts(&client, scope, with_pods)
-                    .await
-                    .map_err(RemoteError::Call)
-                {
-                    Ok(facts) => ReadState::Read(facts),
-                    Err(e) if e.is_forbidden() => ReadState::Failed {
-                        credentials: source.to_string(),
-                        error: e.to_string(),
-                    },
-                    Err(e) => ReadState::Unreachable {
-                        error: e.to_string(),
-                    },
-                }
+                let read = read_facts(&client, scope, with_pods).await;
+                read_state(source, read.map_err(RemoteError::Call))
             }
         }
     };
@@ -280,6 +269,22 @@ async fn read_remote(
         with_labels(facts, namespaces, scope);
     }
     ClusterRead { name, state }
+}
+
+/// What a read of a cluster's facts with the credentials of `source` says of it: a remote that
+/// answered with an error (a refusal, a 500, a kind it does not serve, an answer past the
+/// bounds) failed; one that did not answer is unreachable.
+fn read_state(source: view::Source, read: Result<ClusterFacts, RemoteError>) -> ReadState {
+    match read {
+        Ok(facts) => ReadState::Read(facts),
+        Err(e) if e.unanswered() => ReadState::Unreachable {
+            error: e.to_string(),
+        },
+        Err(e) => ReadState::Failed {
+            credentials: source.to_string(),
+            error: e.to_string(),
+        },
+    }
 }
 
 /// Gives `facts` their namespaces' injection, from the namespaces the stored sync
@@ -323,7 +328,8 @@ pub enum ReadState {
         enable: String,
         istio_unread: Option<String>,
     },
-    /// The credentials exist and failed (refused, unusable).
+    /// The credentials exist and failed (refused, unusable), or the remote answered the read
+    /// with an error.
     Failed { credentials: String, error: String },
     /// No answer.
     Unreachable { error: String },
@@ -1036,5 +1042,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot be used with"), "{err}");
+    }
+
+    /// A remote that answered the read with an error (a 500, a kind it does not serve) was
+    /// called unreachable, which says it gave no answer; one that gave none still is.
+    #[test]
+    fn a_remote_that_answered_with_an_error_failed_rather_than_was_unreachable() {
+        let state = |error: kube::Error| match read_state(
+            view::Source::View,
+            Err(RemoteError::Call(error)),
+        ) {
+            ReadState::Failed { .. } => "failed",
+            ReadState::Unreachable { .. } => "unreachable",
+            other => panic!("{other:?}"),
+        };
+        let answer = |code: u16| {
+            let status = kube::core::Status::failure("boom", "Reason").with_code(code);
+            kube::Error::Api(status.boxed())
+        };
+        for code in [403, 404, 500] {
+            assert_eq!(state(answer(code)), "failed", "{code}");
+        }
+        let silence = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            state(kube::Error::Service(Box::new(silence))),
+            "unreachable"
+        );
     }
 }
