@@ -46,12 +46,18 @@ pub fn requires_client_cert(deployment: &Deployment) -> bool {
 }
 
 /// The names of a Deployment's `--client-allowed-names`: as install renders them (one
-/// `--client-allowed-names=a,b` argument), or as a Deployment edited by hand may give them.
+/// `--client-allowed-names=a,b` argument), or as a Deployment edited by hand may give them
+/// (the flag and its value as two arguments, or the variable).
 pub fn allowed_names(deployment: &Deployment) -> Option<&str> {
     pod_containers(deployment).iter().find_map(|c| {
-        let flag = c.args.iter().flatten().find_map(|a| {
-            a.strip_prefix(render::CLIENT_ALLOWED_NAMES_FLAG)?
-                .strip_prefix('=')
+        let args: Vec<&str> = c.args.iter().flatten().map(String::as_str).collect();
+        let flag = args.iter().enumerate().find_map(|(i, a)| {
+            let rest = a.strip_prefix(render::CLIENT_ALLOWED_NAMES_FLAG)?;
+            match rest.strip_prefix('=') {
+                Some(names) => Some(names),
+                None if rest.is_empty() => args.get(i + 1).copied(),
+                None => None,
+            }
         });
         let env = c.env.iter().flatten().find_map(|e| {
             (e.name == render::CLIENT_ALLOWED_NAMES_ENV)
@@ -167,6 +173,24 @@ mod tests {
         assert_eq!(judged.result, Outcome::Warning, "{judged:?}");
         assert!(judged.hint_mentions("--client-ca-file"), "{judged:?}");
         assert_eq!(judge_deployment(&Ok(None), INSTALL), None);
+    }
+
+    /// The names given as an argument of their own (as the webhook takes them too) were not
+    /// read: the check's line left them out, and its install hints dropped the restriction.
+    #[test]
+    fn names_given_apart_from_their_flag_are_read() {
+        let mut deployment = render::deployment(&render::Options::default());
+        let spec = deployment.spec.as_mut().unwrap().template.spec.as_mut();
+        spec.unwrap().containers[0].args = Some(
+            [
+                "--client-ca-file=/ca/ca.crt",
+                "--client-allowed-names",
+                "kube-apiserver",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        assert_eq!(allowed_names(&deployment), Some("kube-apiserver"));
     }
 
     #[test]
