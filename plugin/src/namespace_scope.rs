@@ -2,6 +2,7 @@
 //! `--namespace-selector 'key!=value,!key'` in `kubectl get -l` syntax, turned into the
 //! `MeshCluster`'s `spec.scope`, and back into words.
 
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use mesh_core::{cluster::NamespaceScope, labels::SyncRule};
 
@@ -188,9 +189,27 @@ fn check_key(key: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// The JSON Patch that makes a MeshCluster's `spec.scope` `scope` (it differs from the one
+/// there, so a scope of everything removes one that is there). Replaced whole: a merge patch
+/// merges maps, so a selector's `matchLabels` set by hand stayed beside the new selector, and
+/// a server-side apply keeps what another writer set and it leaves out.
+pub fn mesh_cluster_patch(scope: &NamespaceScope) -> json_patch::Patch {
+    let path = jsonptr::PointerBuf::from_tokens(["spec", "scope"]);
+    let operation = if scope.is_everything() {
+        PatchOperation::Remove(RemoveOperation { path })
+    } else {
+        PatchOperation::Add(AddOperation {
+            path,
+            value: serde_json::to_value(scope).unwrap_or_default(),
+        })
+    };
+    json_patch::Patch(vec![operation])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn text(selector: &str) -> String {
         let scope = NamespaceScope {
@@ -271,5 +290,28 @@ mod tests {
         // A trailing comma among names is not an empty value.
         let scope = from_flags(&rule, &["gw".into(), String::new()], None).unwrap();
         assert_eq!(describe(&scope), "not gw");
+    }
+
+    /// The scope was a merge patch: a selector's `matchLabels` set by hand stayed beside the
+    /// new selector, which then selected far fewer namespaces than `scope` said.
+    #[test]
+    fn a_new_scope_replaces_the_old_one_whole() {
+        let mut stored = json!({"spec": {"secretName": "cluster-east", "scope": {
+            "excludeNamespaces": ["gw"],
+            "namespaceSelector": {"matchLabels": {"team": "apps"}},
+        }}});
+        let selector = parse_selector("team in (apps,web)").expect("selector");
+        let scope = NamespaceScope {
+            exclude_namespaces: Vec::new(),
+            namespace_selector: Some(selector.clone()),
+        };
+        json_patch::patch(&mut stored, &mesh_cluster_patch(&scope)).expect("applies");
+        assert_eq!(
+            stored["spec"]["scope"],
+            json!({"namespaceSelector": serde_json::to_value(&selector).unwrap()})
+        );
+        json_patch::patch(&mut stored, &mesh_cluster_patch(&NamespaceScope::default()))
+            .expect("applies");
+        assert_eq!(stored, json!({"spec": {"secretName": "cluster-east"}}));
     }
 }

@@ -7,7 +7,7 @@
 //! the token stored on the primary may write. The scope the MeshCluster records already is
 //! written to the remote's policies alone, which a `kubectl patch` of it left as they were.
 
-use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
+use json_patch::{AddOperation, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use kube::{
     Api, Client, ResourceExt,
@@ -159,7 +159,7 @@ impl Scope {
                         field_manager: Some(FIELD_MANAGER.to_owned()),
                         ..Default::default()
                     },
-                    &Patch::Json::<()>(scope_patch(&scope)),
+                    &Patch::Json::<()>(namespace_scope::mesh_cluster_patch(&scope)),
                 )
                 .await;
             if let Err(e) = stored {
@@ -198,22 +198,6 @@ fn with_scope(mc: &MeshCluster, scope: &NamespaceScope) -> MeshCluster {
     let mut mc = mc.clone();
     mc.spec.scope = scope.clone();
     mc
-}
-
-/// The JSON Patch that makes a MeshCluster's `spec.scope` `scope` (it differs from the one
-/// there, so a scope of everything removes one that is there). Replaced whole: a merge patch
-/// merges maps, so a selector's `matchLabels` set by hand stayed beside the new selector.
-fn scope_patch(scope: &NamespaceScope) -> json_patch::Patch {
-    let path = PointerBuf::from_tokens(["spec", "scope"]);
-    let operation = if scope.is_everything() {
-        PatchOperation::Remove(RemoveOperation { path })
-    } else {
-        PatchOperation::Add(AddOperation {
-            path,
-            value: serde_json::to_value(scope).unwrap_or_default(),
-        })
-    };
-    json_patch::Patch(vec![operation])
 }
 
 /// A client of the remote with `admin`'s rights (found by [`RemoteAdminFlags::find`]); it
@@ -426,28 +410,6 @@ fn validations_merge(policy: &ValidatingAdmissionPolicy) -> Patch<serde_json::Va
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The scope was a merge patch: a selector's `matchLabels` set by hand stayed beside the
-    /// new selector, which then selected far fewer namespaces than `scope` said.
-    #[test]
-    fn a_new_scope_replaces_the_old_one_whole() {
-        let mut stored = json!({"spec": {"secretName": "cluster-east", "scope": {
-            "excludeNamespaces": ["gw"],
-            "namespaceSelector": {"matchLabels": {"team": "apps"}},
-        }}});
-        let selector = namespace_scope::parse_selector("team in (apps,web)").expect("selector");
-        let scope = NamespaceScope {
-            exclude_namespaces: Vec::new(),
-            namespace_selector: Some(selector.clone()),
-        };
-        json_patch::patch(&mut stored, &scope_patch(&scope)).expect("applies");
-        assert_eq!(
-            stored["spec"]["scope"],
-            json!({"namespaceSelector": serde_json::to_value(&selector).unwrap()})
-        );
-        json_patch::patch(&mut stored, &scope_patch(&NamespaceScope::default())).expect("applies");
-        assert_eq!(stored, json!({"spec": {"secretName": "cluster-east"}}));
-    }
 
     /// `patch` applied to `policy` as the apiserver applies it.
     fn patched(

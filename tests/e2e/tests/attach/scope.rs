@@ -361,3 +361,31 @@ async fn the_same_scope_again_brings_the_remote_in_line() -> anyhow::Result<()> 
     assert_nothing_left(env, remote, &remote.name).await?;
     delete_namespace(remote, &kept).await
 }
+
+/// Attach's scope flags replace the scope `kubectl mesh scope` set: applied server-side, the
+/// MeshCluster kept the exclusions that command had written (another writer's fields), so the
+/// webhook spared namespaces the new scope covers.
+#[tokio::test]
+async fn attach_replaces_a_scope_the_scope_command_set() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    attach(env, remote, &[]).await?;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let excluded = unique_name("gw");
+    let args = ["scope", &remote.name, "--exclude-namespaces", &excluded];
+    let args = [&args[..], &["--remote-kubeconfig", &kubeconfig]].concat();
+    succeeded(&mesh(env, &args, &[]).await?, "scope")?;
+
+    attach(env, remote, &["--namespace-selector", "team=a"]).await?;
+    let scope = mesh_cluster(env, &remote.name).await?.spec.scope;
+    ensure!(
+        scope.exclude_namespaces.is_empty() && scope.namespace_selector.is_some(),
+        "the scope after attach: {scope:?}"
+    );
+    ensure!(
+        scope_recorded_on(remote).await? == scope,
+        "the remote's policy disagrees"
+    );
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}

@@ -25,7 +25,7 @@ use crate::preview::Adoption;
 use crate::sync_scope::{self, Scope};
 use crate::tokens::{mint_bound_token, wait_token};
 use crate::{
-    Error, Result, mesh_state,
+    Error, Result, mesh_state, namespace_scope,
     output::Progress,
     remote_setup::{self as setup, Guard, ReaderRole},
     render::{FIELD_MANAGER, Manifest},
@@ -426,10 +426,25 @@ impl<'a> Run<'a> {
         self.ensure(Side::Primary, Manifest::new(&setup::mesh_cluster(&record))?)
             .await?;
         let clusters: Api<MeshCluster> = Api::all(plan.primary.clone());
-        let mc = clusters
+        let mut mc = clusters
             .get(&name)
             .await
             .map_err(Error::kube(format!("cannot read MeshCluster {name}")))?;
+        // A scope another writer set (`kubectl mesh scope`, a `kubectl patch`) is theirs under
+        // server-side apply, which keeps what this apply leaves out: it is set whole.
+        if mc.spec.scope != record.scope {
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_owned()),
+                ..Default::default()
+            };
+            let patch = namespace_scope::mesh_cluster_patch(&record.scope);
+            mc = clusters
+                .patch(&name, &params, &Patch::Json::<()>(patch))
+                .await
+                .map_err(Error::kube(format!(
+                    "cannot set the scope of MeshCluster {name}"
+                )))?;
+        }
         self.done(Step::MeshCluster)?;
 
         self.begin(Step::OwnerReferences);
