@@ -26,7 +26,7 @@ use mesh_core::{
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use crate::cmd::services::{self, ClusterFacts, Names, Records, wire};
+use crate::cmd::services::{ClusterFacts, Names, Records, wire};
 use crate::cmd::status::Unread;
 use crate::credentials::TokenExpiry;
 use crate::remote_setup::view_secret_name;
@@ -36,8 +36,8 @@ mod followed;
 use followed::watch_remote;
 
 use super::reduce::{
-    Change, EventKey, EventRow, NsFacts, Relist, WEBHOOK_EVENTS_NAMESPACE, note_failure,
-    reduce_event, reduce_namespace,
+    Change, EventKey, EventRow, NsFacts, Reduced, Relist, WEBHOOK_EVENTS_NAMESPACE, note_failure,
+    reduce_event, reduce_namespace, reduce_pod, reduce_service, reduce_slice,
 };
 
 /// How long changes may gather before a snapshot is sent: a burst of events (a relist of
@@ -354,33 +354,33 @@ fn watch_workloads(
             shared,
             which.clone(),
             |facts| &mut facts.services,
-            services::extract_service,
+            reduce_service,
         ),
         watch_records(
             client,
             shared,
             which.clone(),
             |facts| &mut facts.slices,
-            services::extract_slice,
+            reduce_slice,
         ),
         watch_records(
             client,
             shared,
             which,
             |facts| facts.pods.get_or_insert_with(Records::default),
-            services::extract_pod,
+            reduce_pod,
         ),
     ]
 }
 
 /// Watches every `K` of one cluster into the records `records` picks from its facts, each
-/// object reduced by `extract`; what a relist no longer finds is dropped.
+/// object reduced by `reduce`; what a relist no longer finds is dropped.
 fn watch_records<K, Q, V>(
     client: &Client,
     shared: &Arc<Shared>,
     which: Option<Which>,
     records: fn(&mut ClusterFacts) -> &mut Records<Q, V>,
-    extract: fn(&mut Names, &K) -> Option<(Q, V)>,
+    reduce: fn(&mut Names, &K) -> Reduced<Q, V>,
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -390,7 +390,7 @@ where
 {
     let mut relist = Relist::default();
     watch_facts::<K>(client, shared, which, move |names, facts, change| {
-        relist.apply(records(facts), change, |o| extract(names, o));
+        relist.apply(records(facts), change, |o| reduce(names, o));
     })
 }
 

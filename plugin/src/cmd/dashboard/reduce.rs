@@ -10,7 +10,9 @@ use mesh_core::{failure, labels::SyncRule};
 
 use serde::Serialize;
 
-use crate::cmd::services::{Records, wire};
+use crate::cmd::services::{
+    self, Key, Names, ObjectKey, Records, ServiceFacts, SliceFacts, name_hash, wire,
+};
 use crate::cmd::status::Unread;
 use crate::mesh_state::RemoteError;
 
@@ -84,6 +86,12 @@ pub(super) fn note_failure<K>(error: &mut Option<Unread>, change: &Change<K>) {
     }
 }
 
+/// What a reducer makes of an object: its key (`None`: an object without a name, nothing to
+/// do) and what is kept of it under that key (`None`: nothing, and what was kept goes; a pod
+/// that finished no longer counts). The key is there either way: without it, an object that
+/// became one of those nothing is kept of would leave its earlier value behind for ever.
+pub(super) type Reduced<Q, V> = Option<(Q, Option<V>)>;
+
 /// A map kept equal to a watched collection: keys not listed again after a restart go.
 pub(super) struct Relist<Q> {
     seen: Option<BTreeSet<Q>>,
@@ -100,20 +108,22 @@ impl<Q: Ord + Clone> Relist<Q> {
         &mut self,
         map: &mut Records<Q, V>,
         change: Change<K>,
-        mut reduce: impl FnMut(&K) -> Option<(Q, V)>,
+        mut reduce: impl FnMut(&K) -> Reduced<Q, V>,
     ) {
         match change {
             // Into an empty map (the first list) nothing can be stale: no keys are kept
             // aside, tens of thousands of them.
             Change::Restart => self.seen = (!map.is_empty()).then(BTreeSet::new),
-            Change::Apply(o) => {
-                if let Some((key, value)) = reduce(&o) {
+            Change::Apply(o) => match reduce(&o) {
+                Some((key, Some(value))) => {
                     if let Some(seen) = &mut self.seen {
                         seen.insert(key.clone());
                     }
                     map.insert(key, value);
                 }
-            }
+                Some((key, None)) => drop(map.remove(&key)),
+                None => {}
+            },
             Change::Delete(o) => {
                 if let Some((key, _)) = reduce(&o) {
                     map.remove(&key);
@@ -163,7 +173,7 @@ impl NsFacts {
     }
 }
 
-pub(super) fn reduce_namespace(ns: &wire::Namespace) -> Option<(String, NsFacts)> {
+pub(super) fn reduce_namespace(ns: &wire::Namespace) -> Reduced<String, NsFacts> {
     let labels = ns
         .labels()
         .iter()
@@ -172,10 +182,52 @@ pub(super) fn reduce_namespace(ns: &wire::Namespace) -> Option<(String, NsFacts)
         .collect();
     Some((
         ns.metadata.name.clone()?,
-        NsFacts {
+        Some(NsFacts {
             labels,
             deleting: ns.metadata.deletion_timestamp.is_some(),
-        },
+        }),
+    ))
+}
+
+/// A Service as `services` keeps it: every Service with a name is kept.
+pub(super) fn reduce_service(
+    names: &mut Names,
+    service: &wire::Service,
+) -> Reduced<Key, ServiceFacts> {
+    keyed(services::extract_service(names, service), || None)
+}
+
+/// An EndpointSlice as `services` keeps it: nothing of one that belongs to no Service.
+pub(super) fn reduce_slice(
+    names: &mut Names,
+    slice: &wire::EndpointSlice,
+) -> Reduced<ObjectKey, SliceFacts> {
+    let extracted = services::extract_slice(names, slice);
+    keyed(extracted, || object_key(names, slice))
+}
+
+/// A pod as `services` keeps it: nothing of one that finished, which no longer serves.
+pub(super) fn reduce_pod(names: &mut Names, pod: &wire::Pod) -> Reduced<ObjectKey, bool> {
+    let extracted = services::extract_pod(names, pod);
+    keyed(extracted, || object_key(names, pod))
+}
+
+/// What `services` extracted of an object, else its key alone (`key`), with nothing kept.
+fn keyed<Q, V>(extracted: Option<(Q, V)>, key: impl FnOnce() -> Option<Q>) -> Reduced<Q, V> {
+    match extracted {
+        Some((key, value)) => Some((key, Some(value))),
+        None => key().map(|key| (key, None)),
+    }
+}
+
+/// The key `services` keeps an EndpointSlice or a pod under ([`ObjectKey`]), for one it keeps
+/// nothing of: made as its extractors make it (a finished pod's is tested to be the key it was
+/// kept under while it ran).
+fn object_key(names: &mut Names, object: &impl kube::Resource) -> Option<ObjectKey> {
+    let meta = object.meta();
+    Some((
+        names.name(meta.namespace.as_deref()?),
+        name_hash(meta.name.as_deref()?),
     ))
 }
 
@@ -186,15 +238,16 @@ pub(super) const WEBHOOK_EVENTS_NAMESPACE: &str = "default";
 /// The kinds the webhook's Events are about.
 const WEBHOOK_EVENT_KINDS: [&str; 2] = ["Namespace", "MeshCluster"];
 
-/// A webhook Event, or `None` for anyone else's. The reporting controller is any writer's to
+/// A webhook Event; nothing kept of anyone else's. The reporting controller is any writer's to
 /// choose: an Event elsewhere, or about another kind, is not the webhook's whatever it says.
-pub(super) fn reduce_event(event: &Event) -> Option<(EventKey, EventRow)> {
+pub(super) fn reduce_event(event: &Event) -> Reduced<EventKey, EventRow> {
+    let key = (event.namespace()?, event.metadata.name.clone()?);
     let regarding_kind = event.regarding.as_ref().and_then(|r| r.kind.as_deref());
     let webhooks = event.reporting_controller.as_deref() == Some(WEBHOOK_CONTROLLER)
         && event.metadata.namespace.as_deref() == Some(WEBHOOK_EVENTS_NAMESPACE)
         && regarding_kind.is_some_and(|kind| WEBHOOK_EVENT_KINDS.contains(&kind));
     if !webhooks {
-        return None;
+        return Some((key, None));
     }
     let time = event
         .series
@@ -210,8 +263,8 @@ pub(super) fn reduce_event(event: &Event) -> Option<(EventKey, EventRow)> {
         .unwrap_or_default();
     let regarding = event.regarding.as_ref();
     Some((
-        (event.namespace()?, event.metadata.name.clone()?),
-        EventRow {
+        key,
+        Some(EventRow {
             time,
             type_: event.type_.clone().unwrap_or_default(),
             reason: event.reason.clone().unwrap_or_default(),
@@ -222,7 +275,7 @@ pub(super) fn reduce_event(event: &Event) -> Option<(EventKey, EventRow)> {
             ),
             note: event.note.clone().unwrap_or_default(),
             count: event.series.as_ref().map_or(1, |s| s.count),
-        },
+        }),
     ))
 }
 
@@ -248,12 +301,13 @@ mod tests {
 
     #[test]
     fn only_the_webhooks_own_events_are_shown() {
-        let (_, row) = reduce_event(&reported("default", "Namespace")).expect("the webhook's");
-        assert_eq!(row.object, "Namespace shop");
-        assert!(reduce_event(&reported("default", "MeshCluster")).is_some());
+        let row = |event| reduce_event(&event).and_then(|(_, row)| row);
+        let shown = row(reported("default", "Namespace")).expect("the webhook's");
+        assert_eq!(shown.object, "Namespace shop");
+        assert!(row(reported("default", "MeshCluster")).is_some());
         // Anyone may name the webhook as reporter: not in its namespace, or not of its kinds.
-        assert!(reduce_event(&reported("team-a", "Namespace")).is_none());
-        assert!(reduce_event(&reported("default", "Pod")).is_none());
+        assert!(row(reported("team-a", "Namespace")).is_none());
+        assert!(row(reported("default", "Pod")).is_none());
     }
 
     fn ns(name: &str) -> wire::Namespace {
@@ -305,6 +359,42 @@ mod tests {
             reset,
         ))));
         assert!(silent.unanswered, "{silent:?}");
+    }
+
+    /// A pod of `phase` in `shop`.
+    fn pod(phase: &str) -> wire::Pod {
+        let mut pod = wire::Pod::default();
+        pod.metadata.namespace = Some("shop".to_owned());
+        pod.metadata.name = Some("job-1".to_owned());
+        pod.status = Some(wire::PodStatus {
+            phase: Some(phase.to_owned()),
+        });
+        pod
+    }
+
+    /// A pod that finished (a Job's) was counted for ever: nothing was kept of it, so
+    /// neither its change to Succeeded nor its deletion removed what was kept while it ran.
+    #[test]
+    fn a_finished_pod_is_no_longer_counted() {
+        let mut names = Names::default();
+        for last in [
+            Change::Apply(pod("Succeeded")),
+            Change::Delete(pod("Succeeded")),
+        ] {
+            let mut relist = Relist::default();
+            let mut pods = Records::default();
+            let changes = [
+                Change::Restart,
+                Change::Apply(pod("Running")),
+                Change::Listed,
+            ];
+            for change in changes {
+                relist.apply(&mut pods, change, |o| reduce_pod(&mut names, o));
+            }
+            assert_eq!(pods.len(), 1);
+            relist.apply(&mut pods, last, |o| reduce_pod(&mut names, o));
+            assert!(pods.is_empty(), "{pods:?}");
+        }
     }
 
     #[test]

@@ -503,9 +503,10 @@ mod tests {
         namespaces
             .iter()
             .filter_map(|(name, labels)| {
-                reduce_namespace(&wire::Namespace {
+                let (name, ns) = reduce_namespace(&wire::Namespace {
                     metadata: labelled(name, labels).metadata,
-                })
+                })?;
+                Some((name, ns?))
             })
             .collect()
     }
