@@ -385,6 +385,10 @@ pub struct GuardFacts {
     /// Read with the context attach recorded, when the stored credentials could not and the
     /// user's kubeconfig has that context; `None` when there was no such context to use.
     pub with_context: Option<RemoteResult<FoundGuard>>,
+    /// The cluster id (kube-system's UID) of that context, when it is another cluster's: a
+    /// context of the same name in the user's kubeconfig (`default`, `kubernetes-admin@...`)
+    /// may be the primary's. Its guard is not read then.
+    pub context_elsewhere: Option<String>,
 }
 
 /// Reads the MeshClusters, the primary's namespaces, and what each remote's stored credentials
@@ -592,6 +596,7 @@ async fn guard_facts(
         return GuardFacts {
             stored,
             with_context: None,
+            context_elsewhere: None,
         };
     }
     let admin = match setup::remote_context(cluster) {
@@ -602,13 +607,23 @@ async fn guard_facts(
         }
         _ => None,
     };
-    let with_context = match admin {
-        Some(admin) => Some(read_guard(&admin, timeout).await),
-        None => None,
+    let Some(admin) = admin else {
+        return GuardFacts {
+            stored,
+            with_context: None,
+            context_elsewhere: None,
+        };
+    };
+    let reached = with_deadline(timeout, mesh_core::remote::cluster_id(&admin)).await;
+    let (with_context, context_elsewhere) = match reached {
+        Ok(id) if id != cluster.spec.cluster_id => (None, Some(id)),
+        Ok(_) => (Some(read_guard(&admin, timeout).await), None),
+        Err(e) => (Some(Err(e)), None),
     };
     GuardFacts {
         stored,
         with_context,
+        context_elsewhere,
     }
 }
 

@@ -229,9 +229,13 @@ pub(super) fn guard_result(
     };
     let context = setup::remote_context(cluster);
     let Some(with_context) = &guard.with_context else {
-        let through = match context {
-            Some(c) => format!("your kubeconfig has no context {c}"),
-            None => "attach recorded no remote context".to_owned(),
+        let through = match (context, &guard.context_elsewhere) {
+            (Some(c), Some(id)) => format!(
+                "your context {c} reaches another cluster (id {id}, not {})",
+                cluster.spec.cluster_id
+            ),
+            (Some(c), None) => format!("your kubeconfig has no context {c}"),
+            (None, _) => "attach recorded no remote context".to_owned(),
         };
         return CheckResult::warning(
             what,

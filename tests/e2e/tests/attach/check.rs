@@ -1,6 +1,8 @@
 //! What `kubectl mesh check` says about an attached cluster's guard and rights, read from its
 //! `-o json` report.
 
+use std::path::PathBuf;
+
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
@@ -159,6 +161,25 @@ async fn check_until(
     .await
 }
 
+/// The primary's kubeconfig with one more context, `name`, that reaches the primary too,
+/// written in `dir`.
+fn namesake_context(env: &TestEnv, name: &str, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(&env.primary().kubeconfig)?;
+    let current = kubeconfig
+        .current_context
+        .clone()
+        .context("no current context")?;
+    let mut namesake = (kubeconfig.contexts.iter())
+        .find(|c| c.name == current)
+        .cloned()
+        .context("no such context")?;
+    namesake.name = name.to_owned();
+    kubeconfig.contexts.push(namesake);
+    let path = dir.join("namesake.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
+
 /// A cluster attached by an older kubectl-mesh has a sync ClusterRole without the guard
 /// read: check warns about it, reads the guard with the user's context of the remote when
 /// there is one, and a re-attach grants the read. Rights beyond the guard read are reported.
@@ -212,6 +233,20 @@ async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::R
         )),
         "{report:#?}"
     );
+    // A context of that name in your kubeconfig that reaches another cluster (here: the
+    // primary's, as `default` or `kubernetes-admin@kubernetes` may be on both) is not read as
+    // the remote's: the primary holds no guard, which made check report the guard off.
+    let dir = tempfile::tempdir()?;
+    let namesake = namesake_context(env, name, dir.path())?;
+    let args = ["check", "-o", "json", "--remote-timeout", "10s"];
+    let report = CheckReport::parse(&mesh_e2e::callers::mesh_as(&namesake, &args).await?)?;
+    let guard = check_with_result(&report, name, GUARD_CHECK, "warning");
+    let elsewhere = format!("your context {name} reaches another cluster (id ");
+    assert!(
+        guard.is_some_and(|c| c.detail.as_deref().is_some_and(|d| d.contains(&elsewhere))),
+        "{report:#?}"
+    );
+
     // With the remote's context: read that way, and said so.
     let out = check_with_remote_context(env, remote).await?;
     let report = CheckReport::parse(&out)?;
