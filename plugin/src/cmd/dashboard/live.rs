@@ -36,8 +36,8 @@ mod followed;
 use followed::watch_remote;
 
 use super::reduce::{
-    Change, EventKey, EventRow, NsFacts, Reduced, Relist, WEBHOOK_EVENTS_NAMESPACE, note_failure,
-    reduce_event, reduce_namespace, reduce_pod, reduce_service, reduce_slice,
+    Change, EventKey, EventRow, NsFacts, Reduced, Relist, Staged, WEBHOOK_EVENTS_NAMESPACE,
+    note_failure, reduce_event, reduce_namespace, reduce_pod, reduce_service, reduce_slice,
 };
 
 /// How long changes may gather before a snapshot is sent: a burst of events (a relist of
@@ -111,7 +111,8 @@ pub(super) struct Live {
     /// MeshClusters, whether a remote answers): computing it for thousands of namespaces
     /// takes megabytes for a moment, and services change far more often.
     pub(super) matrix: Option<Vec<u8>>,
-    pub(super) primary_namespaces: Records<String, NsFacts>,
+    /// `None` until listed whole ([`Staged`]).
+    pub(super) primary_namespaces: Option<Records<String, NsFacts>>,
     pub(super) primary_facts: ClusterFacts,
     pub(super) primary_error: Option<Unread>,
     pub(super) clusters: BTreeMap<String, MeshCluster>,
@@ -131,7 +132,7 @@ impl Live {
             rule,
             names: Names::default(),
             matrix: None,
-            primary_namespaces: Records::default(),
+            primary_namespaces: None,
             primary_facts: ClusterFacts {
                 pods: Some(Records::default()),
                 injection: Some(BTreeMap::new()),
@@ -152,12 +153,13 @@ impl Live {
 pub(super) struct RemoteLive {
     /// `None` until first asked; then whether it was read, or why not.
     pub(super) probe: Option<Result<(), Unread>>,
+    /// `None` until listed whole ([`Staged`]).
     pub(super) namespaces: Option<Records<String, NsFacts>>,
     /// Why its namespace watch fails now; its namespaces, if any, are what it was.
     pub(super) namespaces_error: Option<Unread>,
     pub(super) view: ViewState,
-    /// Why a watch of its workloads fails now, by the kind it watches.
-    pub(super) view_errors: BTreeMap<String, String>,
+    /// What the watches of its workloads, with the view credentials, say of them.
+    pub(super) workloads: WorkloadWatches,
     pub(super) facts: ClusterFacts,
     pub(super) expiry: Option<TokenExpiry>,
     /// What its tasks were built from.
@@ -175,10 +177,55 @@ impl RemoteLive {
         self.probe = probe;
         changed
     }
+}
 
-    /// Why its workloads, read with view credentials, are not current: a watch failing.
-    pub(super) fn view_error(&self) -> Option<&str> {
-        self.view_errors.values().next().map(String::as_str)
+/// How many watches [`watch_workloads`] starts.
+const WORKLOAD_WATCHES: usize = 3;
+
+/// What the watches of one cluster's workloads (services, EndpointSlices, pods) say of them.
+#[derive(Debug, Default)]
+pub(super) struct WorkloadWatches {
+    /// The kinds whose first list ended.
+    listed: BTreeSet<String>,
+    /// Why a watch fails now, by the kind it watches.
+    errors: BTreeMap<String, String>,
+}
+
+impl WorkloadWatches {
+    /// Records what `change`, of the watch of `kind`, says: whether it fails, whether it
+    /// listed.
+    pub(super) fn record<K>(&mut self, kind: &str, change: &Change<K>) {
+        match change.answered() {
+            Some(Err(e)) => drop(self.errors.insert(kind.to_owned(), e.error.clone())),
+            Some(Ok(())) => drop(self.errors.remove(kind)),
+            None => {}
+        }
+        if matches!(change, Change::Listed) && !self.listed.contains(kind) {
+            self.listed.insert(kind.to_owned());
+        }
+    }
+
+    /// Why its workloads are not current: a watch failing.
+    pub(super) fn error(&self) -> Option<&str> {
+        self.errors.values().next().map(String::as_str)
+    }
+
+    /// Whether every watch listed once: until then a list is read a page at a time, and
+    /// what it has not reached yet would look absent (a service without endpoints).
+    pub(super) fn listed(&self) -> bool {
+        self.listed.len() == WORKLOAD_WATCHES
+    }
+}
+
+#[cfg(test)]
+impl WorkloadWatches {
+    /// Every watch listed.
+    pub(super) fn all_listed() -> Self {
+        let mut watches = Self::default();
+        for kind in ["Service", "EndpointSlice", "Pod"] {
+            watches.record(kind, &Change::<wire::Service>::Listed);
+        }
+        watches
     }
 }
 
@@ -347,8 +394,8 @@ fn watch_workloads(
     client: &Client,
     shared: &Arc<Shared>,
     which: Option<Which>,
-) -> Vec<JoinHandle<()>> {
-    vec![
+) -> [JoinHandle<()>; WORKLOAD_WATCHES] {
+    [
         watch_records(
             client,
             shared,
@@ -388,57 +435,75 @@ where
     Q: Ord + Clone + Send + 'static,
     V: 'static,
 {
+    watch_facts::<K>(client, shared, which, on_records(records, reduce))
+}
+
+/// How a change of a `K` is applied to the records `records` picks from a cluster's facts
+/// ([`watch_records`]).
+fn on_records<K, Q, V>(
+    records: fn(&mut ClusterFacts) -> &mut Records<Q, V>,
+    reduce: fn(&mut Names, &K) -> Reduced<Q, V>,
+) -> impl FnMut(&mut Names, &mut ClusterFacts, Change<K>) + Send + 'static
+where
+    K: kube::Resource + 'static,
+    Q: Ord + Clone + Send + 'static,
+    V: 'static,
+{
     let mut relist = Relist::default();
-    watch_facts::<K>(client, shared, which, move |names, facts, change| {
-        relist.apply(records(facts), change, |o| reduce(names, o));
-    })
+    move |names, facts, change| relist.apply(records(facts), change, |o| reduce(names, o))
 }
 
 /// Watches every `K` of one cluster: `on` gets the names every record points into, the facts
 /// of the cluster `which` (the primary when `None`) and each change; nothing once a remote is
-/// gone or its tasks were built again. A remote's watch that fails is recorded in its
-/// [`RemoteLive::view_errors`] until it lists again.
+/// gone or its tasks were built again. A remote's watch records in its
+/// [`RemoteLive::workloads`] whether it fails and whether it listed.
 fn watch_facts<K>(
     client: &Client,
     shared: &Arc<Shared>,
     which: Option<Which>,
-    mut on: impl FnMut(&mut Names, &mut ClusterFacts, Change<K>) + Send + 'static,
+    on: impl FnMut(&mut Names, &mut ClusterFacts, Change<K>) + Send + 'static,
 ) -> JoinHandle<()>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K::DynamicType: Default,
 {
-    let kind = K::kind(&K::DynamicType::default()).into_owned();
     tokio::spawn(follow(
         Api::<K>::all(client.clone()),
         remote::watch_config().page_size(LIST_PAGE),
         shared.clone(),
-        move |live, change| {
-            let Live {
-                names,
-                primary_facts,
-                remotes,
-                ..
-            } = live;
-            let facts = match &which {
-                None => primary_facts,
-                Some(which) => {
-                    let Some(r) = remote_of(remotes, which) else {
-                        return;
-                    };
-                    match change.answered() {
-                        Some(Err(e)) => drop(r.view_errors.insert(kind.clone(), e.error.clone())),
-                        Some(Ok(())) if !r.view_errors.is_empty() => {
-                            drop(r.view_errors.remove(&kind));
-                        }
-                        _ => {}
-                    }
-                    &mut r.facts
-                }
-            };
-            on(names, facts, change);
-        },
+        on_facts(which, on),
     ))
+}
+
+/// How a change of a `K` of the cluster `which` is applied ([`watch_facts`]).
+fn on_facts<K>(
+    which: Option<Which>,
+    mut on: impl FnMut(&mut Names, &mut ClusterFacts, Change<K>) + Send + 'static,
+) -> impl FnMut(&mut Live, Change<K>) + Send + 'static
+where
+    K: kube::Resource + 'static,
+    K::DynamicType: Default,
+{
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    move |live, change| {
+        let Live {
+            names,
+            primary_facts,
+            remotes,
+            ..
+        } = live;
+        let facts = match &which {
+            None => primary_facts,
+            Some(which) => {
+                let Some(r) = remote_of(remotes, which) else {
+                    return;
+                };
+                r.workloads.record(&kind, &change);
+                &mut r.facts
+            }
+        };
+        on(names, facts, change);
+    }
 }
 
 /// What the server reads: the latest snapshot, and pages of services on request.
@@ -486,18 +551,28 @@ impl Feed {
 }
 
 /// How a change of the primary's namespaces is applied: to its rows, and to whether the
-/// primary can be read ([`Live::primary_error`]).
+/// primary can be read ([`Live::primary_error`]). They are not known until listed whole
+/// ([`Staged`]).
 fn on_primary_namespaces() -> impl FnMut(&mut Live, Change<wire::Namespace>) + Send {
-    let mut relist = Relist::default();
+    let mut staged = Staged::default();
     move |live, change| {
         live.matrix = None;
         note_failure(&mut live.primary_error, &change);
-        relist.apply(&mut live.primary_namespaces, change, reduce_namespace);
+        staged.apply(&mut live.primary_namespaces, change, reduce_namespace);
+    }
+}
+
+impl Live {
+    /// Whether what the page shows of the primary's namespaces is what they are: listed
+    /// whole, or not readable (the page says why). Every remote is judged against them:
+    /// half listed, the remotes' labels on the namespaces not reached yet look drifted.
+    fn primary_known(&self) -> bool {
+        self.primary_namespaces.is_some() || self.primary_error.is_some()
     }
 }
 
 /// Starts every watch of the primary and of the remotes it lists; returns the feed of
-/// snapshots, the first one once the primary's namespaces are listed.
+/// snapshots, the first one once the primary's namespaces are listed (or found unreadable).
 pub async fn start(primary: Client, rule: SyncRule) -> Feed {
     let shared = Arc::new(Shared {
         live: Mutex::new(Live::new(rule)),
@@ -621,26 +696,36 @@ pub async fn start(primary: Client, rule: SyncRule) -> Feed {
         },
     ));
 
-    // Snapshots, at most one per SETTLE, and never more than a fifth of the time: while
-    // thousands of objects are listed, each snapshot of a large mesh takes a while.
     let feed = Feed {
         shared: shared.clone(),
         snapshots: rx,
     };
-    tokio::spawn(async move {
-        let mut took = Duration::ZERO;
-        loop {
-            shared.dirty.notified().await;
-            tokio::time::sleep(SETTLE.max(took * 4)).await;
-            let started = std::time::Instant::now();
-            let framed = shared.lock().snapshot();
-            took = started.elapsed();
-            if tx.send(framed).is_err() {
-                return;
-            }
-        }
-    });
+    tokio::spawn(send_snapshots(shared, tx));
     feed
+}
+
+/// Sends a snapshot after changes, at most one per [`SETTLE`], and never more than a fifth of
+/// the time: while thousands of objects are listed, each snapshot of a large mesh takes a
+/// while. The first waits until the primary's namespaces are known ([`Live::primary_known`]).
+/// Ends when no one can receive them any more.
+async fn send_snapshots(shared: Arc<Shared>, tx: watch::Sender<Bytes>) {
+    let mut took = Duration::ZERO;
+    loop {
+        shared.dirty.notified().await;
+        tokio::time::sleep(SETTLE.max(took * 4)).await;
+        let first = tx.borrow().is_empty();
+        let started = std::time::Instant::now();
+        let mut live = shared.lock();
+        if first && !live.primary_known() {
+            continue;
+        }
+        let framed = live.snapshot();
+        drop(live);
+        took = started.elapsed();
+        if tx.send(framed).is_err() {
+            return;
+        }
+    }
 }
 
 /// [`reconcile`] of every MeshCluster.
@@ -688,6 +773,141 @@ fn reconcile(live: &mut Live, primary: &Client, shared: &Arc<Shared>, name: &str
 mod tests {
     use super::*;
     use crate::mesh_state::fixtures::cluster;
+    use mesh_core::fixtures::labelled;
+
+    /// The labels of a namespace whose pods get sidecars.
+    pub(super) const INJECTED: [(&str, &str); 1] = [("istio-injection", "enabled")];
+
+    /// A namespace as a watch gets it.
+    pub(super) fn namespace(name: &str, labels: &[(&str, &str)]) -> wire::Namespace {
+        wire::Namespace {
+            metadata: labelled(name, labels).metadata,
+        }
+    }
+
+    /// The primary's namespaces `a` and `b` listed, both injected, and the remote `east`
+    /// attached, answering, its workloads read with view credentials and nothing listed of
+    /// it yet; and `east` as the one build of its tasks that may write there.
+    pub(super) fn with_east() -> (Live, Which) {
+        let mut live = Live::new(SyncRule::default());
+        let mut primary = on_primary_namespaces();
+        primary(&mut live, Change::Restart);
+        for name in ["a", "b"] {
+            primary(&mut live, Change::Apply(namespace(name, &INJECTED)));
+        }
+        primary(&mut live, Change::Listed);
+        live.clusters.insert(
+            "east".to_owned(),
+            cluster("east", "https://10.0.0.1:6443", "2026-12-01T00:00:00Z"),
+        );
+        let east = Which {
+            name: "east".to_owned(),
+            epoch: 1,
+        };
+        let mut remote = RemoteLive::default();
+        remote.probe = Some(Ok(()));
+        remote.view = ViewState::Read(view::Source::View);
+        remote.epoch = east.epoch;
+        live.remotes.insert(east.name.clone(), remote);
+        (live, east)
+    }
+
+    /// The state of the services column of `name`.
+    fn services_column(live: &mut Live, name: &str) -> serde_json::Value {
+        let json: serde_json::Value =
+            serde_json::from_slice(&live.services_json("", 0, 10)).unwrap();
+        let columns = json["clusters"].as_array().unwrap();
+        let column = columns.iter().find(|c| c["name"] == name);
+        column.unwrap_or_else(|| panic!("no {name} in {json}"))["state"].clone()
+    }
+
+    /// A remote's services list, read a page at a time, was shown as read from its first
+    /// page on: every service it had not reached yet had no endpoints there.
+    #[test]
+    fn a_remote_whose_workloads_are_half_listed_is_pending() {
+        let (mut live, east) = with_east();
+        let mut services = on_facts(
+            Some(east.clone()),
+            on_records(|facts| &mut facts.services, reduce_service),
+        );
+        let mut shop = wire::Service::default();
+        shop.metadata.namespace = Some("a".to_owned());
+        shop.metadata.name = Some("shop".to_owned());
+        services(&mut live, Change::Restart);
+        services(&mut live, Change::Apply(shop));
+        assert_eq!(services_column(&mut live, "east"), "pending");
+        services(&mut live, Change::Listed);
+        assert_eq!(
+            services_column(&mut live, "east"),
+            "pending",
+            "its EndpointSlices and pods are not listed yet"
+        );
+        let mut slices = on_facts(
+            Some(east.clone()),
+            on_records(|facts| &mut facts.slices, reduce_slice),
+        );
+        let mut pods = on_facts(
+            Some(east),
+            on_records(
+                |facts| facts.pods.get_or_insert_with(Records::default),
+                reduce_pod,
+            ),
+        );
+        for listed in [Change::Restart, Change::Listed] {
+            slices(&mut live, listed);
+        }
+        for listed in [Change::Restart, Change::Listed] {
+            pods(&mut live, listed);
+        }
+        assert_eq!(services_column(&mut live, "east"), "read");
+    }
+
+    /// The first snapshot showed the primary's namespaces as far as their list had gone:
+    /// the remotes' labels on the others looked drifted.
+    #[tokio::test(start_paused = true)]
+    async fn the_first_snapshot_waits_for_the_primarys_namespaces() {
+        let shared = Arc::new(Shared {
+            live: Mutex::new(Live::new(SyncRule::default())),
+            dirty: Notify::new(),
+        });
+        let (tx, rx) = watch::channel(Bytes::new());
+        let task = tokio::spawn(send_snapshots(shared.clone(), tx));
+        let mut primary = on_primary_namespaces();
+        let mut apply = |change| shared.update(|live| primary(live, change));
+        apply(Change::Restart);
+        apply(Change::Apply(namespace("a", &INJECTED)));
+        tokio::time::sleep(SETTLE * 4).await;
+        assert!(rx.borrow().is_empty(), "a snapshot of half a list");
+        apply(Change::Listed);
+        tokio::time::sleep(SETTLE * 4).await;
+        let json: serde_json::Value =
+            serde_json::from_slice(&super::super::snapshot::json_of(&rx.borrow())).unwrap();
+        assert_eq!(json["matrix"]["namespaces"][0]["name"], "a", "{json}");
+        task.abort();
+    }
+
+    /// A primary whose namespaces cannot be listed (no right to) is shown as such at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_that_cannot_be_listed_is_shown_so() {
+        let shared = Arc::new(Shared {
+            live: Mutex::new(Live::new(SyncRule::default())),
+            dirty: Notify::new(),
+        });
+        let (tx, rx) = watch::channel(Bytes::new());
+        let task = tokio::spawn(send_snapshots(shared.clone(), tx));
+        let mut primary = on_primary_namespaces();
+        let refused = Unread {
+            error: "namespaces is forbidden".to_owned(),
+            unanswered: false,
+        };
+        shared.update(|live| primary(live, Change::Restart));
+        shared.update(|live| primary(live, Change::Failed(refused)));
+        tokio::time::sleep(SETTLE * 4).await;
+        let json: serde_json::Value =
+            serde_json::from_slice(&super::super::snapshot::json_of(&rx.borrow())).unwrap();
+        assert_eq!(json["primaryError"], "namespaces is forbidden", "{json}");
+        task.abort();
+    }
 
     fn version(uid: &str, resource_version: &str) -> SecretVersion {
         SecretVersion {
@@ -812,7 +1032,11 @@ mod tests {
         {
             let live = shared.lock();
             assert_eq!(live.primary_error, None, "the primary answers again");
-            let names: Vec<&String> = live.primary_namespaces.keys().collect();
+            let names: Vec<&String> = live
+                .primary_namespaces
+                .iter()
+                .flat_map(Records::keys)
+                .collect();
             assert_eq!(names, ["shop"]);
         }
         task.abort();

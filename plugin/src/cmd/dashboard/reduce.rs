@@ -139,6 +139,44 @@ impl<Q: Ord + Clone> Relist<Q> {
     }
 }
 
+/// A map shown only once its first list ended, `None` until then: a list is read a page at a
+/// time, and a map shown half listed says that what the list has not reached yet is not
+/// there. Once shown, it is kept by [`Relist`]: a relist leaves it whole until it ends.
+pub(super) struct Staged<Q, V> {
+    relist: Relist<Q>,
+    /// The first list, as far as it went: a list started again (the watch failed) goes on
+    /// from it, [`Relist`] dropping what it does not list again.
+    first: Records<Q, V>,
+}
+
+impl<Q, V> Default for Staged<Q, V> {
+    fn default() -> Self {
+        Self {
+            relist: Relist::default(),
+            first: Records::default(),
+        }
+    }
+}
+
+impl<Q: Ord + Clone, V> Staged<Q, V> {
+    /// Applies `change` to `shown`, or to the first list until it ends.
+    pub(super) fn apply<K: kube::Resource>(
+        &mut self,
+        shown: &mut Option<Records<Q, V>>,
+        change: Change<K>,
+        reduce: impl FnMut(&K) -> Reduced<Q, V>,
+    ) {
+        if let Some(map) = shown {
+            return self.relist.apply(map, change, reduce);
+        }
+        let listed = matches!(change, Change::Listed);
+        self.relist.apply(&mut self.first, change, reduce);
+        if listed {
+            *shown = Some(std::mem::take(&mut self.first));
+        }
+    }
+}
+
 /// The label the apiserver sets on every namespace to its name: not kept, put back.
 pub(super) const NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -395,6 +433,31 @@ mod tests {
             relist.apply(&mut pods, last, |o| reduce_pod(&mut names, o));
             assert!(pods.is_empty(), "{pods:?}");
         }
+    }
+
+    #[test]
+    fn a_map_is_shown_once_its_first_list_ended() {
+        let mut staged = Staged::default();
+        let mut shown = None;
+        staged.apply(&mut shown, Change::Restart, reduce_namespace);
+        staged.apply(&mut shown, Change::Apply(ns("a")), reduce_namespace);
+        staged.apply(&mut shown, Change::Apply(ns("b")), reduce_namespace);
+        assert!(shown.is_none(), "half a list");
+        // The list started again (its watch failed), without `a` now.
+        staged.apply(&mut shown, Change::Restart, reduce_namespace);
+        staged.apply(&mut shown, Change::Apply(ns("b")), reduce_namespace);
+        assert!(shown.is_none(), "half a list");
+        staged.apply(&mut shown, Change::Listed, reduce_namespace);
+        let keys = |shown: &Option<Records<String, NsFacts>>| -> Vec<String> {
+            shown.iter().flat_map(Records::keys).cloned().collect()
+        };
+        assert_eq!(keys(&shown), ["b"]);
+        // A relist leaves it whole until it ends.
+        staged.apply(&mut shown, Change::Restart, reduce_namespace);
+        staged.apply(&mut shown, Change::Apply(ns("c")), reduce_namespace);
+        assert_eq!(keys(&shown), ["b", "c"]);
+        staged.apply(&mut shown, Change::Listed, reduce_namespace);
+        assert_eq!(keys(&shown), ["c"]);
     }
 
     #[test]

@@ -11,12 +11,14 @@ use kube::ResourceExt;
 use serde::Serialize;
 
 use crate::cmd::list::ClusterRow;
-use crate::cmd::services::{self, ClusterRead, Join, PRIMARY, PageRows, ReadState, Records};
+use crate::cmd::services::{
+    self, ClusterFacts, ClusterRead, Join, PRIMARY, PageRows, ReadState, Records,
+};
 use crate::cmd::status::{PodsRead, RemoteView, StatusReport, Unread};
 use crate::credentials::TokenExpiry;
 use crate::{mesh_state, view};
 
-use super::live::{Live, MAX_EVENTS, RemoteLive, ViewState};
+use super::live::{Live, MAX_EVENTS, ViewState, WorkloadWatches};
 use super::reduce::{EventRow, NsFacts};
 
 /// Service rows each snapshot carries: the first ones, as the page shows them unfiltered.
@@ -178,7 +180,7 @@ impl Live {
                     Some(ViewState::Failed(e)) => ("failed".to_owned(), Some(e.clone())),
                     // Read, until a watch of its workloads fails.
                     Some(ViewState::Read(source)) => {
-                        match remote.and_then(RemoteLive::view_error) {
+                        match remote.and_then(|r| r.workloads.error()) {
                             Some(e) => ("failed".to_owned(), Some(e.to_owned())),
                             None => (source.to_string(), None),
                         }
@@ -278,12 +280,16 @@ impl Live {
     /// namespaces with a managed label on the primary or on a remote whose namespaces are
     /// judged, outside the rule's exclusions.
     fn matrix_rows(&self) -> Vec<&str> {
+        // Not known (not readable): nothing to judge the remotes against.
+        let Some(primary) = &self.primary_namespaces else {
+            return Vec::new();
+        };
         let rule = &self.rule;
         let judged = self.clusters.iter().filter_map(|(name, cluster)| {
             rule.within(&cluster.spec.scope).ok()?;
             self.remote_namespaces(name).ok()
         });
-        let rows: BTreeSet<&str> = std::iter::once(&self.primary_namespaces)
+        let rows: BTreeSet<&str> = std::iter::once(primary)
             .chain(judged)
             .flatten()
             .filter(|(name, ns)| ns.carries(rule) && !rule.is_excluded(name))
@@ -346,8 +352,10 @@ impl Live {
                 .filter_map(|name| Some(map.get(*name)?.namespace(name)))
                 .collect()
         };
-        let primary: BTreeMap<String, Namespace> = rebuild(&self.primary_namespaces)
-            .into_iter()
+        let primary: BTreeMap<String, Namespace> = self
+            .primary_namespaces
+            .iter()
+            .flat_map(rebuild)
             .map(|ns| (ns.name_any(), ns))
             .collect();
         let views = self.remote_views(rebuild);
@@ -370,7 +378,9 @@ impl Live {
         // CLI's reads, and a copy of tens of thousands of records is what this avoids.
         let names: Vec<String> = self.clusters.keys().cloned().collect();
         let mut primary_facts = std::mem::take(&mut self.primary_facts);
-        primary_facts.injection = Some(injection_of(&self.primary_namespaces));
+        // Unknown while its namespaces are not, and why when they cannot be read.
+        primary_facts.injection = self.primary_namespaces.as_ref().map(injection_of);
+        primary_facts.injection_unread = self.primary_error.as_ref().map(|e| e.error.clone());
         let mut reads = vec![ClusterRead {
             name: PRIMARY.to_owned(),
             state: ReadState::Read(primary_facts),
@@ -398,18 +408,13 @@ impl Live {
                         credentials: "view".into(),
                         error: error.clone(),
                     }),
-                    // A watch of its workloads failing: what was read is no longer current.
-                    (_, ViewState::Read(_)) => Some(match r.view_error() {
-                        Some(error) => ReadState::Failed {
-                            credentials: "view".into(),
-                            error: error.to_owned(),
-                        },
-                        None => {
-                            let mut facts = std::mem::take(&mut r.facts);
+                    (_, ViewState::Read(_)) => {
+                        let mut read = workloads_read(&r.workloads, &mut r.facts, "view");
+                        if let Some(ReadState::Read(facts)) = &mut read {
                             facts.injection = r.namespaces.as_ref().map(injection_of);
-                            ReadState::Read(facts)
                         }
-                    }),
+                        read
+                    }
                 },
             };
             pending.push(state.is_none());
@@ -461,6 +466,25 @@ impl Live {
     }
 }
 
+/// A cluster's workloads, watched with the `credentials` named, as the join reads them:
+/// failed while a watch of them fails (what was read is no longer current), not read yet
+/// (`None`) until every watch listed, else read (`facts`, moved out).
+fn workloads_read(
+    watches: &WorkloadWatches,
+    facts: &mut ClusterFacts,
+    credentials: &str,
+) -> Option<ReadState> {
+    if let Some(error) = watches.error() {
+        return Some(ReadState::Failed {
+            credentials: credentials.to_owned(),
+            error: error.to_owned(),
+        });
+    }
+    watches
+        .listed()
+        .then(|| ReadState::Read(std::mem::take(facts)))
+}
+
 /// Namespaces whose labels ask for sidecars, as [`ClusterFacts::injection`] holds them.
 fn injection_of(namespaces: &Records<String, NsFacts>) -> BTreeMap<String, String> {
     namespaces
@@ -493,7 +517,7 @@ mod tests {
 
     use super::*;
     use crate::cmd::dashboard::live::RemoteLive;
-    use crate::cmd::dashboard::reduce::reduce_namespace;
+    use crate::cmd::dashboard::reduce::{Change, reduce_namespace};
     use crate::cmd::services::wire;
     use crate::mesh_state::fixtures::cluster;
     use mesh_core::fixtures::labelled;
@@ -518,7 +542,7 @@ mod tests {
         let on = [("istio-injection", "enabled")];
         let off = [("istio-injection", "disabled")];
         let rev = [("istio.io/rev", "canary")];
-        live.primary_namespaces = kept(&[
+        live.primary_namespaces = Some(kept(&[
             ("a", &on),
             ("b", &[]),
             ("c", &rev),
@@ -526,7 +550,7 @@ mod tests {
             ("e", &on),
             ("kube-system", &on),
             ("f", &[("team", "x")]),
-        ]);
+        ]));
         for name in ["remote-1", "remote-2", "remote-3"] {
             live.clusters.insert(
                 name.to_owned(),
@@ -535,6 +559,7 @@ mod tests {
         }
         let mut read = RemoteLive::default();
         read.probe = Some(Ok(()));
+        read.workloads = WorkloadWatches::all_listed();
         read.namespaces = Some(kept(&[
             ("a", &on),
             ("b", &off),
@@ -672,8 +697,10 @@ mod tests {
         let all = |map: &Records<String, NsFacts>| -> Vec<Namespace> {
             map.iter().map(|(name, ns)| ns.namespace(name)).collect()
         };
-        let primary = all(&live.primary_namespaces)
-            .into_iter()
+        let primary = live
+            .primary_namespaces
+            .iter()
+            .flat_map(all)
             .map(|ns| (ns.name_any(), ns))
             .collect();
         let views = live.remote_views(all);
@@ -854,9 +881,11 @@ mod tests {
         };
         assert_eq!(services(&mut live)["clusters"][1]["state"], "read");
         let remote = live.remotes.get_mut("remote-1").unwrap();
-        remote
-            .view_errors
-            .insert("Service".to_owned(), error.to_owned());
+        let failed = Change::<wire::Service>::Failed(Unread {
+            error: error.to_owned(),
+            unanswered: false,
+        });
+        remote.workloads.record("Service", &failed);
         let json = services(&mut live);
         let column = &json["clusters"][1];
         assert_eq!(column["name"], "remote-1");
@@ -871,7 +900,9 @@ mod tests {
         assert_eq!(info[0].view_hint.as_deref(), Some(error));
         // Listed again: read.
         let remote = live.remotes.get_mut("remote-1").unwrap();
-        remote.view_errors.clear();
+        remote
+            .workloads
+            .record("Service", &Change::<wire::Service>::Listed);
         assert_eq!(services(&mut live)["clusters"][1]["state"], "read");
         assert_eq!(live.clusters_info(Timestamp::now())[0].view, "view");
     }
@@ -933,6 +964,7 @@ mod tests {
         remote.probe = Some(Ok(()));
         remote.namespaces = Some(Records::default());
         remote.view = ViewState::Read(view::Source::View);
+        remote.workloads = WorkloadWatches::all_listed();
         for name in ["remote-a", "remote-b"] {
             remote.facts.apply_service(&mut live.names, &service(name));
         }

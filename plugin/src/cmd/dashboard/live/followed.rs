@@ -11,11 +11,11 @@ use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster, remote};
 use tokio::task::JoinHandle;
 
 use super::{
-    LIST_PAGE, Shared, ViewState, WATCH_CLIENT, Which, follow, retry_after, watch_workloads,
+    LIST_PAGE, Live, Shared, ViewState, WATCH_CLIENT, Which, follow, retry_after, watch_workloads,
 };
-use crate::cmd::dashboard::reduce::{Change, Relist, note_failure, reduce_namespace};
+use crate::cmd::dashboard::reduce::{Change, Staged, note_failure, reduce_namespace};
 use crate::cmd::list::expiry_of;
-use crate::cmd::services::{Records, wire};
+use crate::cmd::services::wire;
 use crate::cmd::status::Unread;
 use crate::mesh_state::{self, RemoteError};
 use crate::view;
@@ -148,23 +148,59 @@ async fn follow_remote_namespaces(followed: Followed) {
             }
         }
     };
-    let mut relist = Relist::default();
     follow(
         Api::<wire::Namespace>::all(client),
         remote::watch_config().page_size(LIST_PAGE),
         followed.shared.clone(),
-        move |live, change| {
-            live.matrix = None;
-            let Some(r) = live.remote(&followed.which) else {
-                return;
-            };
-            note_failure(&mut r.namespaces_error, &change);
-            if matches!(change, Change::Failed(_)) {
-                return;
-            }
-            let map = r.namespaces.get_or_insert_with(Records::default);
-            relist.apply(map, change, reduce_namespace);
-        },
+        on_remote_namespaces(followed.which),
     )
     .await;
+}
+
+/// How a change of the namespaces of the remote `which` is applied: to its namespaces, and to
+/// whether they can be read ([`super::RemoteLive::namespaces_error`]). They are not known
+/// until listed whole ([`Staged`]).
+fn on_remote_namespaces(which: Which) -> impl FnMut(&mut Live, Change<wire::Namespace>) + Send {
+    let mut staged = Staged::default();
+    move |live, change| {
+        live.matrix = None;
+        let Some(r) = live.remote(&which) else {
+            return;
+        };
+        note_failure(&mut r.namespaces_error, &change);
+        if matches!(change, Change::Failed(_)) {
+            return;
+        }
+        staged.apply(&mut r.namespaces, change, reduce_namespace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{INJECTED, namespace, with_east};
+    use super::*;
+
+    /// The states of the cells of `east` in the matrix, for the namespaces `a` and `b`.
+    fn cells(live: &Live) -> [serde_json::Value; 2] {
+        let json: serde_json::Value = serde_json::from_slice(&live.matrix_json(100)).unwrap();
+        ["a", "b"].map(|name| {
+            let rows = json["namespaces"].as_array().unwrap();
+            let row = rows.iter().find(|row| row["name"] == name);
+            row.unwrap_or_else(|| panic!("no {name} in {json}"))["clusters"]["east"]["state"]
+                .clone()
+        })
+    }
+
+    /// A remote's namespaces, listed a page at a time, were shown as read from the start of
+    /// the list: every namespace it had not reached yet looked missing there.
+    #[test]
+    fn a_remote_half_listed_is_pending_not_missing() {
+        let (mut live, east) = with_east();
+        let mut on = on_remote_namespaces(east);
+        on(&mut live, Change::Restart);
+        on(&mut live, Change::Apply(namespace("a", &INJECTED)));
+        assert_eq!(cells(&live), ["pending", "pending"]);
+        on(&mut live, Change::Listed);
+        assert_eq!(cells(&live), ["in-sync", "missing"]);
+    }
 }
