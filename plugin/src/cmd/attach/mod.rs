@@ -176,6 +176,9 @@ impl Attach {
             token_ttl,
         };
         let plan = preflight::preflight(&args, ctx).await?;
+        for warning in &plan.warnings {
+            ctx.progress.warn(warning);
+        }
         if dry_run {
             return output::print_stdout(&dry_run::dry_run_output(&plan, ctx.output)?);
         }

@@ -57,6 +57,8 @@ pub(super) struct Plan {
     pub(super) preview: Preview,
     /// `--token-ttl`: a time-bound sync token instead of a long-lived one.
     pub(super) token_ttl: Option<Duration>,
+    /// What preflight could not tell, said once it passed (a refusal is one line).
+    pub(super) warnings: Vec<String>,
 }
 
 /// The read-only view identity (`--services-view`); also whether istiod's reader is

@@ -68,6 +68,52 @@ fn kept_or_asked(asked: bool, stored: Option<&Secret>, name: &str) -> ViewPlan {
     }
 }
 
+/// A Secret an earlier attach may have stored, as read: there or not, or unknown to a caller
+/// who may not read it.
+#[derive(Debug)]
+enum Stored {
+    Known(Option<Box<Secret>>),
+    /// What to warn of: one there keeps reaching the old server and CA.
+    Unknown(String),
+}
+
+impl Stored {
+    /// The Secret; none when unknown, whose warning goes to `warnings`.
+    fn or_warn(self, warnings: &mut Vec<String>) -> Option<Secret> {
+        match self {
+            Self::Known(secret) => secret.map(|s| *s),
+            Self::Unknown(warning) => {
+                warnings.push(warning);
+                None
+            }
+        }
+    }
+}
+
+/// What the read of Secret `namespace`/`secret`, where an earlier attach of `cluster` with
+/// `flag` stored credentials, tells. Refused, the run goes on without them, and says so: a
+/// refused read was taken for no Secret, and the credentials went on reaching the old server
+/// and CA unsaid. Any other failure ends the run, nothing changed yet.
+fn known_stored(
+    read: kube::Result<Option<Secret>>,
+    flag: &str,
+    namespace: &str,
+    secret: &str,
+    cluster: &str,
+) -> Result<Stored> {
+    match read {
+        Ok(found) => Ok(Stored::Known(found.map(Box::new))),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(Stored::Unknown(format!(
+            "you may not read Secret {namespace}/{secret}: if an earlier attach of {cluster} \
+             with {flag} stored it, it is not refreshed and keeps the server and CA it had; \
+             re-run attach with {flag} to refresh it"
+        ))),
+        Err(e) => Err(Error::kube(format!(
+            "cannot read Secret {namespace}/{secret}"
+        ))(e)),
+    }
+}
+
 /// Checks everything that can be checked without changing anything.
 pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     let file = &args.remote_kubeconfig;
@@ -110,16 +156,30 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     let remote = access::client(remote_kc.clone(), None).await?;
 
     // A view identity or Istio remote secret an earlier attach stored is kept, and refreshed
-    // (a new server or CA reaches it too). A read the caller may not make counts as none:
-    // the rights check below says what is missing.
-    let stored = |namespace: &'static str, secret: String| {
+    // (a new server or CA reaches it too).
+    let stored = |namespace: &'static str, secret: String, flag: &'static str| {
         let secrets = Api::<Secret>::namespaced(primary.clone(), namespace);
-        async move { secrets.get_opt(&secret).await.ok().flatten() }
+        let name = &name;
+        async move {
+            let read = secrets.get_opt(&secret).await;
+            known_stored(read, flag, namespace, &secret, name)
+        }
     };
     let (view_stored, istio_stored) = futures::join!(
-        stored(MESH_NAMESPACE, setup::view_secret_name(&name)),
-        stored(setup::ISTIO_NAMESPACE, setup::istio_secret_name(&name)),
+        stored(
+            MESH_NAMESPACE,
+            setup::view_secret_name(&name),
+            "--services-view"
+        ),
+        stored(
+            setup::ISTIO_NAMESPACE,
+            setup::istio_secret_name(&name),
+            "--istio-remote-secret"
+        ),
     );
+    let mut warnings = Vec::new();
+    let view_stored = view_stored?.or_warn(&mut warnings);
+    let istio_stored = istio_stored?.or_warn(&mut warnings);
     let view = kept_or_asked(args.services_view, view_stored.as_ref(), &name);
     let istio_plan = kept_or_asked(args.istio, istio_stored.as_ref(), &name);
 
@@ -397,6 +457,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         scope,
         preview,
         token_ttl: args.token_ttl,
+        warnings,
     };
     let (takeover, leftovers) = check_ownership(&plan, &primary_target, args.force).await?;
     // Deleting them is recorded, and a rollback creates them again: asked now.
@@ -719,6 +780,33 @@ mod tests {
             guard_settings(None, None, spec, "main-ctx"),
             (RemoteGuard::Deny, "main-ctx".to_owned())
         );
+    }
+
+    /// A read the caller may not make was taken for no Secret, and a stored Istio remote
+    /// secret then kept reaching the old server and CA with nothing said.
+    #[test]
+    fn a_stored_secret_the_caller_may_not_read_is_said_unknown() {
+        let answer = |code: u16| {
+            let status = kube::core::Status::failure("no", "Reason").with_code(code);
+            Err(kube::Error::Api(status.boxed()))
+        };
+        let known = |read| known_stored(read, "--istio-remote-secret", "istio-system", "s", "east");
+        let Ok(Stored::Unknown(warning)) = known(answer(403)) else {
+            panic!("a refused read is not unknown");
+        };
+        assert!(
+            warning.starts_with("you may not read Secret istio-system/s: if an earlier attach")
+                && warning.ends_with("re-run attach with --istio-remote-secret to refresh it"),
+            "{warning}"
+        );
+        let refused = known(answer(500)).expect_err("a failed read goes on");
+        assert!(
+            refused
+                .line()
+                .starts_with("cannot read Secret istio-system/s"),
+            "{refused:?}"
+        );
+        assert!(matches!(known(Ok(None)), Ok(Stored::Known(None))));
     }
 
     #[test]

@@ -247,6 +247,7 @@ mod tests {
             scope: NamespaceScope::default(),
             preview: Preview::default(),
             token_ttl: None,
+            warnings: Vec::new(),
         }
     }
 
