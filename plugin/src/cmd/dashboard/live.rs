@@ -114,6 +114,9 @@ pub(super) struct Live {
     /// `None` until listed whole ([`Staged`]).
     pub(super) primary_namespaces: Option<Records<String, NsFacts>>,
     pub(super) primary_facts: ClusterFacts,
+    /// What the watches of the primary's workloads say of them.
+    pub(super) primary_workloads: WorkloadWatches,
+    /// Why the primary's namespaces cannot be read now.
     pub(super) primary_error: Option<Unread>,
     pub(super) clusters: BTreeMap<String, MeshCluster>,
     /// The version of every Secret in the mesh namespace (metadata only): a remote's tasks are
@@ -138,6 +141,7 @@ impl Live {
                 injection: Some(BTreeMap::new()),
                 ..ClusterFacts::default()
             },
+            primary_workloads: WorkloadWatches::default(),
             primary_error: None,
             clusters: BTreeMap::new(),
             secrets: BTreeMap::new(),
@@ -455,8 +459,8 @@ where
 
 /// Watches every `K` of one cluster: `on` gets the names every record points into, the facts
 /// of the cluster `which` (the primary when `None`) and each change; nothing once a remote is
-/// gone or its tasks were built again. A remote's watch records in its
-/// [`RemoteLive::workloads`] whether it fails and whether it listed.
+/// gone or its tasks were built again. The watch records in the cluster's
+/// [`WorkloadWatches`] whether it fails and whether it listed.
 fn watch_facts<K>(
     client: &Client,
     shared: &Arc<Shared>,
@@ -489,19 +493,20 @@ where
         let Live {
             names,
             primary_facts,
+            primary_workloads,
             remotes,
             ..
         } = live;
-        let facts = match &which {
-            None => primary_facts,
+        let (facts, watches) = match &which {
+            None => (primary_facts, primary_workloads),
             Some(which) => {
                 let Some(r) = remote_of(remotes, which) else {
                     return;
                 };
-                r.workloads.record(&kind, &change);
-                &mut r.facts
+                (&mut r.facts, &mut r.workloads)
             }
         };
+        watches.record(&kind, &change);
         on(names, facts, change);
     }
 }
@@ -772,6 +777,7 @@ fn reconcile(live: &mut Live, primary: &Client, shared: &Arc<Shared>, name: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::services::PRIMARY;
     use crate::mesh_state::fixtures::cluster;
     use mesh_core::fixtures::labelled;
 
@@ -975,10 +981,60 @@ mod tests {
     /// `events`, then nothing, as kube's watcher gives them: after a failure it resumes the
     /// watch from its resourceVersion without an event, and a cluster that answers again
     /// where nothing changes says nothing more.
-    fn scripted(
-        events: Vec<watcher::Result<watcher::Event<wire::Namespace>>>,
-    ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<wire::Namespace>>> {
+    fn scripted<K>(
+        events: Vec<watcher::Result<watcher::Event<K>>>,
+    ) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> {
         futures::stream::iter(events).chain(futures::stream::pending())
+    }
+
+    /// The primary's services, EndpointSlices or pods refused (no right to list them) were
+    /// not recorded: the page showed its services column as read, each service with no
+    /// endpoints there.
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_whose_services_cannot_be_read_is_not_shown_read() {
+        let shared = Arc::new(Shared {
+            live: Mutex::new(Live::new(SyncRule::default())),
+            dirty: Notify::new(),
+        });
+        let forbidden = || {
+            let status = kube::core::Status::failure(
+                "services is forbidden: User \"dev\" cannot list resource \"services\"",
+                "Forbidden",
+            )
+            .with_code(403);
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(
+                status.boxed(),
+            )))
+        };
+        // Refused, then listed once given the right.
+        let mut started = 0;
+        let watches = move || {
+            started += 1;
+            scripted(match started {
+                1 => vec![Ok(watcher::Event::Init), forbidden()],
+                _ => vec![Ok(watcher::Event::Init), Ok(watcher::Event::InitDone)],
+            })
+        };
+        let services = on_facts(
+            None,
+            on_records(|facts| &mut facts.services, reduce_service),
+        );
+        let task = tokio::spawn(follow_watches(watches, shared.clone(), services));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let json: serde_json::Value =
+            serde_json::from_slice(&shared.lock().services_json("", 0, 10)).unwrap();
+        let column = &json["clusters"][0];
+        assert_eq!(column["name"], PRIMARY, "{json}");
+        assert_eq!(column["state"], "failed", "{column}");
+        let error = column["error"].as_str().unwrap_or_default();
+        assert!(error.contains("services is forbidden"), "{column}");
+        tokio::time::sleep(watch_retry_after(1) + Duration::from_millis(10)).await;
+        let state = services_column(&mut shared.lock(), PRIMARY);
+        assert_eq!(
+            state, "pending",
+            "listed, failing no more; its EndpointSlices and pods are not listed yet"
+        );
+        task.abort();
     }
 
     /// The page said the primary could not be read until a namespace changed, long after

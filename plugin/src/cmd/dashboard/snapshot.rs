@@ -377,17 +377,17 @@ impl Live {
         // Facts are moved out and back rather than cloned: the join borrows them as the
         // CLI's reads, and a copy of tens of thousands of records is what this avoids.
         let names: Vec<String> = self.clusters.keys().cloned().collect();
-        let mut primary_facts = std::mem::take(&mut self.primary_facts);
-        // Unknown while its namespaces are not, and why when they cannot be read.
-        primary_facts.injection = self.primary_namespaces.as_ref().map(injection_of);
-        primary_facts.injection_unread = self.primary_error.as_ref().map(|e| e.error.clone());
-        let mut reads = vec![ClusterRead {
-            name: PRIMARY.to_owned(),
-            state: ReadState::Read(primary_facts),
-        }];
-        // Remotes whose services were not read yet: read as unreachable by the join (no
-        // cells), shown as pending.
-        let mut pending = vec![false];
+        let mut primary = workloads_read(
+            &self.primary_workloads,
+            &mut self.primary_facts,
+            PRIMARY_CREDENTIALS,
+        );
+        if let Some(ReadState::Read(facts)) = &mut primary {
+            // Unknown while its namespaces are not, and why when they cannot be read.
+            facts.injection = self.primary_namespaces.as_ref().map(injection_of);
+            facts.injection_unread = self.primary_error.as_ref().map(|e| e.error.clone());
+        }
+        let mut states = vec![(PRIMARY.to_owned(), primary)];
         for name in &names {
             let state = match self.remotes.get_mut(name) {
                 None => None,
@@ -417,14 +417,20 @@ impl Live {
                     }
                 },
             };
-            pending.push(state.is_none());
-            reads.push(ClusterRead {
-                name: name.clone(),
+            states.push((name.clone(), state));
+        }
+        // Clusters whose services were not read yet: read as unreachable by the join (no
+        // cells), shown as pending.
+        let pending: Vec<bool> = states.iter().map(|(_, state)| state.is_none()).collect();
+        let reads: Vec<ClusterRead> = states
+            .into_iter()
+            .map(|(name, state)| ClusterRead {
+                name,
                 state: state.unwrap_or_else(|| ReadState::Unreachable {
                     error: NOT_READ_YET.into(),
                 }),
-            });
-        }
+            })
+            .collect();
         let join = Join::paged(&reads);
         let (total, services) = join.page_rows(filter, offset, limit);
         let clusters = services::columns(&reads)
@@ -465,6 +471,10 @@ impl Live {
         }
     }
 }
+
+/// The credentials the primary's workloads are watched with, as a column that failed names
+/// them (`with the kubeconfig credentials: ...`): the caller's own.
+const PRIMARY_CREDENTIALS: &str = "kubeconfig";
 
 /// A cluster's workloads, watched with the `credentials` named, as the join reads them:
 /// failed while a watch of them fails (what was read is no longer current), not read yet
@@ -551,6 +561,7 @@ mod tests {
             ("kube-system", &on),
             ("f", &[("team", "x")]),
         ]));
+        live.primary_workloads = WorkloadWatches::all_listed();
         for name in ["remote-1", "remote-2", "remote-3"] {
             live.clusters.insert(
                 name.to_owned(),
@@ -965,6 +976,7 @@ mod tests {
         remote.namespaces = Some(Records::default());
         remote.view = ViewState::Read(view::Source::View);
         remote.workloads = WorkloadWatches::all_listed();
+        live.primary_workloads = WorkloadWatches::all_listed();
         for name in ["remote-a", "remote-b"] {
             remote.facts.apply_service(&mut live.names, &service(name));
         }
