@@ -168,6 +168,12 @@ async fn a_rollback_keeps_a_namespace_it_created_that_holds_others_objects() -> 
     );
     ensure!(seen.contains(&kept_line), "{seen}");
     ensure!(seen.contains("was rolled back"), "{seen}");
+    // The one line attach fails with says so too.
+    let kept_in_error = format!(
+        "{}: Namespace kubectl-mesh kept, created by this run",
+        remote.name
+    );
+    ensure!(seen.contains(&kept_in_error), "{seen}");
     let kept = configmaps.get("someone-elses").await;
     delete_namespace(remote, "kubectl-mesh").await?;
     ensure!(

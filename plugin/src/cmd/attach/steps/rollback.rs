@@ -120,6 +120,16 @@ impl Run<'_> {
         } else {
             format!("{}; then {}", err.hint(), re_run(takeover))
         };
+        // Said above with why; the one line says so too, not that all was rolled back.
+        let kept = [primary.kept, remote.kept].concat();
+        let hint = match kept.as_slice() {
+            [] => hint,
+            kept => format!(
+                "{hint}; {} kept, created by this run (it may hold what this attach did not \
+                 create): delete it by hand if it holds nothing else",
+                kept.join(", ")
+            ),
+        };
         Error::Refused { what, hint }
     }
 
@@ -142,6 +152,11 @@ impl Run<'_> {
                 Some(Ok(Some(Undone::Deleted))) if m.resource.kind == "Namespace" => {
                     left.terminating
                         .push((label, client, m.name.clone(), describe(m)));
+                    continue;
+                }
+                // A namespace kept for what it holds, or for what could not be listed.
+                Some(Ok(None)) => {
+                    left.kept.push(format!("{label}: {}", describe(m)));
                     continue;
                 }
                 Some(Ok(_)) => continue,
@@ -186,6 +201,8 @@ type Terminating<'a> = (&'a str, &'a Client, String, String);
 struct Left<'a> {
     undeleted: Vec<String>,
     unrestored: Vec<String>,
+    /// Namespaces this run created that the rollback kept.
+    kept: Vec<String>,
     terminating: Vec<Terminating<'a>>,
 }
 
@@ -302,6 +319,42 @@ mod tests {
             ..Cluster::default()
         });
         access::client(kc, None).await.expect("client")
+    }
+
+    /// A namespace this run created, kept by the rollback because what it holds could not be
+    /// listed (the rights attach asks for do not cover every kind), was said in a progress
+    /// line only: the one line attach failed with said everything was rolled back.
+    #[tokio::test]
+    async fn a_namespace_kept_by_the_rollback_is_named_in_its_error() {
+        // Aggregated discovery: one namespaced kind, ConfigMaps, which may not be listed.
+        let configmaps = serde_json::json!({"resource": "configmaps", "scope": "Namespaced",
+            "singularResource": "configmap", "verbs": ["get", "list"],
+            "responseKind": {"group": "", "version": "v1", "kind": "ConfigMap"}});
+        let (cluster, _requests) = answering(move |method, path| {
+            let discovery = |items| {
+                serde_json::json!({"kind": "APIGroupDiscoveryList",
+                    "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+            };
+            let body = match (method.as_str(), path) {
+                (_, "/api") => discovery(serde_json::json!([{"metadata": {"name": ""},
+                    "versions": [{"version": "v1", "resources": [configmaps.clone()]}]}])),
+                (_, "/apis") => discovery(serde_json::json!([])),
+                (_, p) if p.ends_with("/configmaps") => {
+                    return status(http::StatusCode::FORBIDDEN, "Forbidden", "no list");
+                }
+                (_, p) if p.starts_with("/api/v1/namespaces/") => serde_json::json!({
+                    "kind": "Namespace", "apiVersion": "v1",
+                    "metadata": {"name": p.rsplit('/').next().unwrap_or_default()}}),
+                _ => return status(http::StatusCode::NOT_FOUND, "NotFound", "not found"),
+            };
+            (http::StatusCode::OK, body)
+        });
+        let plan = plan(cluster, "https://east");
+        let namespace = Manifest::new(&setup::remote_namespace("east")).expect("namespace");
+        let changes = vec![Change::Created(Side::Remote, namespace.clone())];
+        let failed = rolled_back(&plan, Duration::from_secs(5), changes).await;
+        let kept = format!("east: {} kept, created by this run", describe(&namespace));
+        assert!(failed.hint().contains(&kept), "{}", failed.hint());
     }
 
     /// A namespace the rollback deleted that never goes (a finalizer holds it) is waited for
