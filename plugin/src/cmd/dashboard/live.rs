@@ -79,6 +79,14 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// `live`, for the tasks to share; nothing to send yet.
+    fn new(live: Live) -> Arc<Self> {
+        Arc::new(Self {
+            live: Mutex::new(live),
+            dirty: Notify::new(),
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Live> {
         // A panicking watch task cannot leave the maps half-written in a way that matters to a
         // read-only page: keep serving.
@@ -543,10 +551,7 @@ impl Feed {
         // Sent, as `start` sends it: a channel's first value counts as seen.
         let (tx, rx) = watch::channel(Bytes::new());
         tx.send_replace(live.snapshot());
-        let shared = Arc::new(Shared {
-            live: Mutex::new(live),
-            dirty: Notify::new(),
-        });
+        let shared = Shared::new(live);
         let feed = Self {
             shared,
             snapshots: rx,
@@ -579,10 +584,7 @@ impl Live {
 /// Starts every watch of the primary and of the remotes it lists; returns the feed of
 /// snapshots, the first one once the primary's namespaces are listed (or found unreadable).
 pub async fn start(primary: Client, rule: SyncRule) -> Feed {
-    let shared = Arc::new(Shared {
-        live: Mutex::new(Live::new(rule)),
-        dirty: Notify::new(),
-    });
+    let shared = Shared::new(Live::new(rule));
     let (tx, rx) = watch::channel(Bytes::new());
 
     // The primary's namespaces: the matrix's rows and the primary's injection.
@@ -868,16 +870,25 @@ mod tests {
         assert_eq!(services_column(&mut live, "east"), "read");
     }
 
+    /// An empty mesh whose snapshots are sent as they change, the channel they go to, and the
+    /// task sending them.
+    fn sending_snapshots() -> (Arc<Shared>, watch::Receiver<Bytes>, JoinHandle<()>) {
+        let shared = Shared::new(Live::new(SyncRule::default()));
+        let (tx, rx) = watch::channel(Bytes::new());
+        let task = tokio::spawn(send_snapshots(shared.clone(), tx));
+        (shared, rx, task)
+    }
+
+    /// The last snapshot `rx` got, as the page reads it.
+    fn sent(rx: &watch::Receiver<Bytes>) -> serde_json::Value {
+        serde_json::from_slice(&super::super::snapshot::json_of(&rx.borrow())).unwrap()
+    }
+
     /// The first snapshot showed the primary's namespaces as far as their list had gone:
     /// the remotes' labels on the others looked drifted.
     #[tokio::test(start_paused = true)]
     async fn the_first_snapshot_waits_for_the_primarys_namespaces() {
-        let shared = Arc::new(Shared {
-            live: Mutex::new(Live::new(SyncRule::default())),
-            dirty: Notify::new(),
-        });
-        let (tx, rx) = watch::channel(Bytes::new());
-        let task = tokio::spawn(send_snapshots(shared.clone(), tx));
+        let (shared, rx, task) = sending_snapshots();
         let mut primary = on_primary_namespaces();
         let mut apply = |change| shared.update(|live| primary(live, change));
         apply(Change::Restart);
@@ -886,8 +897,7 @@ mod tests {
         assert!(rx.borrow().is_empty(), "a snapshot of half a list");
         apply(Change::Listed);
         tokio::time::sleep(SETTLE * 4).await;
-        let json: serde_json::Value =
-            serde_json::from_slice(&super::super::snapshot::json_of(&rx.borrow())).unwrap();
+        let json = sent(&rx);
         assert_eq!(json["matrix"]["namespaces"][0]["name"], "a", "{json}");
         task.abort();
     }
@@ -895,12 +905,7 @@ mod tests {
     /// A primary whose namespaces cannot be listed (no right to) is shown as such at once.
     #[tokio::test(start_paused = true)]
     async fn a_primary_that_cannot_be_listed_is_shown_so() {
-        let shared = Arc::new(Shared {
-            live: Mutex::new(Live::new(SyncRule::default())),
-            dirty: Notify::new(),
-        });
-        let (tx, rx) = watch::channel(Bytes::new());
-        let task = tokio::spawn(send_snapshots(shared.clone(), tx));
+        let (shared, rx, task) = sending_snapshots();
         let mut primary = on_primary_namespaces();
         let refused = Unread {
             error: "namespaces is forbidden".to_owned(),
@@ -909,8 +914,7 @@ mod tests {
         shared.update(|live| primary(live, Change::Restart));
         shared.update(|live| primary(live, Change::Failed(refused)));
         tokio::time::sleep(SETTLE * 4).await;
-        let json: serde_json::Value =
-            serde_json::from_slice(&super::super::snapshot::json_of(&rx.borrow())).unwrap();
+        let json = sent(&rx);
         assert_eq!(json["primaryError"], "namespaces is forbidden", "{json}");
         task.abort();
     }
@@ -992,10 +996,7 @@ mod tests {
     /// endpoints there.
     #[tokio::test(start_paused = true)]
     async fn a_primary_whose_services_cannot_be_read_is_not_shown_read() {
-        let shared = Arc::new(Shared {
-            live: Mutex::new(Live::new(SyncRule::default())),
-            dirty: Notify::new(),
-        });
+        let shared = Shared::new(Live::new(SyncRule::default()));
         let forbidden = || {
             let status = kube::core::Status::failure(
                 "services is forbidden: User \"dev\" cannot list resource \"services\"",
@@ -1041,10 +1042,7 @@ mod tests {
     /// the primary answered again.
     #[tokio::test(start_paused = true)]
     async fn a_primary_that_answers_again_is_read_again_though_nothing_changed() {
-        let shared = Arc::new(Shared {
-            live: Mutex::new(Live::new(SyncRule::default())),
-            dirty: Notify::new(),
-        });
+        let shared = Shared::new(Live::new(SyncRule::default()));
         let listed = || {
             let mut shop = wire::Namespace::default();
             shop.metadata.name = Some("shop".to_owned());
