@@ -533,18 +533,7 @@ impl<'a> Run<'a> {
                 self.progress.ok(format!("{name}: {what}"));
                 Ok(())
             }
-            Ok(Scope::Stale { namespace }) => Err(Error::Refused {
-                what: format!(
-                    "{name} still refuses the token a change of the managed labels of namespace \
-                     {namespace} after {}s",
-                    self.timeout.as_secs()
-                ),
-                hint: format!(
-                    "another ValidatingAdmissionPolicy may refuse it: `kubectl get \
-                     validatingadmissionpolicies` on {name}; raise --timeout if the remote is \
-                     only slow"
-                ),
-            }),
+            Ok(Scope::Stale { namespace }) => Err(still_refused(name, &namespace, self.timeout)),
             Ok(Scope::Wider { namespace }) => Err(Error::Refused {
                 what: format!(
                     "{name} still lets the token change the managed labels of namespace \
@@ -733,5 +722,40 @@ impl<'a> Run<'a> {
             }
         }
         Ok(())
+    }
+}
+/// The refusal of a run whose remote, after `timeout`, still refused the token a change of
+/// the managed labels of `namespace` with the sync scope policy it was just given: the
+/// refusal names that policy, so the remote enforces an earlier copy of it (an apiserver
+/// that has not loaded the new one), not another policy.
+fn still_refused(cluster: &str, namespace: &str, timeout: Duration) -> Error {
+    Error::Refused {
+        what: format!(
+            "{cluster} still refuses the token a change of the managed labels of namespace \
+             {namespace} after {}s: it enforces an earlier copy of ValidatingAdmissionPolicy {}",
+            timeout.as_secs(),
+            setup::SYNC_SCOPE
+        ),
+        hint: "its apiservers load a changed policy within seconds; raise --timeout if the \
+               remote is only slow, or re-run attach"
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The refusal named the sync scope policy, yet the hint sent the user looking for
+    /// another policy.
+    #[test]
+    fn a_scope_still_refused_names_the_policy_the_remote_has_not_reloaded() {
+        let line = still_refused("east", "shop", Duration::from_secs(60)).line();
+        assert!(
+            line.contains(
+                "it enforces an earlier copy of ValidatingAdmissionPolicy kubectl-mesh-sync-scope"
+            ) && !line.contains("another ValidatingAdmissionPolicy"),
+            "{line}"
+        );
     }
 }
