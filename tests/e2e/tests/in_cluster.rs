@@ -258,25 +258,10 @@ async fn a_certificate_rotation_keeps_the_webhook_trusted_while_the_pods_roll() 
         previous.is_empty(),
         "left serving the previous certificate: {previous:?}"
     );
-    let ns = &namespaces[0];
-    relabel_until(
-        env,
-        env.primary(),
-        ns,
+    pushing(
+        mesh,
+        &namespaces[0],
         "a change pushed through the rotated certificate",
-        |n| vec![format!("istio-injection=rotated-{n}")],
-        |out| async move {
-            let warnings = String::from_utf8_lossy(&out.stderr);
-            let landed = env.remotes().iter().all(|remote| {
-                warnings.lines().any(|line| {
-                    line.contains("kubectl-mesh: ")
-                        && line.contains(remote.name.as_str())
-                        && (line.contains("istio-injection=rotated-")
-                            || line.contains("already in sync"))
-                })
-            });
-            Ok(landed.then_some(()))
-        },
     )
     .await?;
 
@@ -320,6 +305,8 @@ async fn a_re_run_before_the_pods_rolled_keeps_trusting_the_ca_they_serve() -> a
     .await;
     rollout("resume").await?;
     reinstall(mesh, &["--wait"]).await?;
+    let ns = create_everywhere(env, "rerun").await?;
+    pushing(mesh, &ns, "the rolled replicas push").await?;
     re_run
 }
 
@@ -341,10 +328,13 @@ async fn replicas_that_never_get_ready_do_not_block_an_eviction() -> anyhow::Res
         }
         Err(_) => None,
     };
-    // The binding back, and replicas that start with it, whatever happened above.
+    // The binding back, and replicas that start with it, whatever happened above; serving
+    // again before the next test's turn.
     reinstall(mesh, &[]).await?;
     restart_pods(mesh).await?;
     mesh.wait_rolled_out().await?;
+    let ns = create_everywhere(&mesh.env, "evicted").await?;
+    pushing(mesh, &ns, "the replicas started again push").await?;
     let unready = unready?;
     evicted
         .context("no eviction")?
@@ -383,6 +373,33 @@ async fn unready_replicas(mesh: &InCluster) -> anyhow::Result<Vec<String>> {
         );
         Ok(Some(pods.iter().map(|p| p.name_any()).collect()))
     })
+    .await
+}
+
+/// Labels `ns` on the primary until the webhook pushes the change to every remote before
+/// kubectl returns (its warnings say so): after pods were replaced, the Service may not send
+/// calls to the new ones yet, and a call that reaches none fails open.
+async fn pushing(mesh: &InCluster, ns: &str, what: &str) -> anyhow::Result<()> {
+    let env = &mesh.env;
+    relabel_until(
+        env,
+        env.primary(),
+        ns,
+        what,
+        |n| vec![format!("istio-injection=pushed-{n}")],
+        |out| async move {
+            let warnings = String::from_utf8_lossy(&out.stderr);
+            let landed = env.remotes().iter().all(|remote| {
+                warnings.lines().any(|line| {
+                    line.contains("kubectl-mesh: ")
+                        && line.contains(remote.name.as_str())
+                        && (line.contains("istio-injection=pushed-")
+                            || line.contains("already in sync"))
+                })
+            });
+            Ok(landed.then_some(()))
+        },
+    )
     .await
 }
 
