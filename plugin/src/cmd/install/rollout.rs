@@ -59,16 +59,26 @@ fn serving_another(pods: &[Pod], fingerprint: &str) -> Vec<String> {
 /// Whether a pod of the webhook serves another certificate than `fingerprint` now
 /// ([`serving_another`]); a caller who may not list them cannot tell, and is answered yes.
 pub(super) async fn pods_serving_another(client: &Client, fingerprint: &str) -> Result<bool> {
+    match webhook_pods(client).await {
+        Ok(pods) => Ok(!serving_another(&pods, fingerprint).is_empty()),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(true),
+        Err(e) => Err(unlisted(e)),
+    }
+}
+
+/// The webhook's pods.
+async fn webhook_pods(client: &Client) -> kube::Result<Vec<Pod>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), MESH_NAMESPACE);
     let pods = ListParams::default().labels(&render::webhook_pod_selector());
-    match api.list(&pods).await {
-        Ok(found) => Ok(!serving_another(&found.items, fingerprint).is_empty()),
-        Err(kube::Error::Api(s)) if s.code == 403 => Ok(true),
-        Err(e) => Err(Error::kube(format!(
-            "cannot list the pods of Deployment {MESH_NAMESPACE}/{}",
-            render::WEBHOOK
-        ))(e)),
-    }
+    Ok(api.list(&pods).await?.items)
+}
+
+/// A list of the webhook's pods that failed with `e`.
+fn unlisted(e: kube::Error) -> Error {
+    Error::kube(format!(
+        "cannot list the pods of Deployment {MESH_NAMESPACE}/{}",
+        render::WEBHOOK
+    ))(e)
 }
 
 /// Waits until no pod of the webhook serves another certificate than `fingerprint`
@@ -78,14 +88,9 @@ async fn wait_previous_pods_gone(
     fingerprint: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), MESH_NAMESPACE);
-    let pods = ListParams::default().labels(&render::webhook_pod_selector());
     let look = async || {
-        let found = api.list(&pods).await.map_err(Error::kube(format!(
-            "cannot list the pods of Deployment {MESH_NAMESPACE}/{}",
-            render::WEBHOOK
-        )))?;
-        let old = serving_another(&found.items, fingerprint);
+        let found = webhook_pods(client).await.map_err(unlisted)?;
+        let old = serving_another(&found, fingerprint);
         Ok(if old.is_empty() {
             Break(())
         } else {
