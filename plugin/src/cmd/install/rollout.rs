@@ -43,9 +43,12 @@ pub(super) async fn wait_webhook(
 /// The webhook's pods that serve another certificate than `fingerprint` (their
 /// [`render::SERVING_CERT_ANNOTATION`]), terminating ones included: a rollout is done while
 /// old pods still terminate, and one may yet answer a call on a connection the apiserver keeps
-/// open, which fails (and is let through unpushed) once their CA is no longer trusted.
+/// open, which fails (and is let through unpushed) once their CA is no longer trusted. A pod
+/// that ended (evicted, or stopped by a node shutdown) serves nothing, though it stays listed
+/// until someone deletes it.
 fn serving_another(pods: &[Pod], fingerprint: &str) -> Vec<String> {
     pods.iter()
+        .filter(|p| !has_ended(p))
         .filter(|p| {
             p.annotations()
                 .get(render::SERVING_CERT_ANNOTATION)
@@ -54,6 +57,12 @@ fn serving_another(pods: &[Pod], fingerprint: &str) -> Vec<String> {
         })
         .map(ResourceExt::name_any)
         .collect()
+}
+
+/// Whether `pod`'s containers have all stopped for good (phase `Succeeded` or `Failed`).
+fn has_ended(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 /// Whether a pod of the webhook serves another certificate than `fingerprint` now
@@ -229,6 +238,7 @@ fn waited_for_rollout(waited: Result<()>, last: Rollout, hint: &str) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
 
     /// A webhook Deployment of `wanted` replicas at generation 2, with `status` (JSON).
     fn deployment(wanted: i32, status: serde_json::Value) -> Deployment {
@@ -258,6 +268,10 @@ mod tests {
     fn pods_of_the_previous_certificate_count_until_gone() {
         let pod = |name: &str, fingerprint: Option<&str>, terminating: bool| {
             let mut p = Pod::default();
+            p.status = Some(PodStatus {
+                phase: Some("Running".into()),
+                ..PodStatus::default()
+            });
             p.metadata.name = Some(name.to_owned());
             p.metadata.annotations = fingerprint
                 .map(|f| [(render::SERVING_CERT_ANNOTATION.to_owned(), f.to_owned())].into());
@@ -279,6 +293,27 @@ mod tests {
             ["old-terminating", "older-than-the-annotation"]
         );
         assert!(serving_another(&pods[..1], "sha-new").is_empty());
+    }
+
+    /// An evicted pod stays listed, in phase Failed, until someone deletes it: it serves
+    /// nothing, and must not keep the previous CA trusted for ever.
+    #[test]
+    fn pods_that_ended_serve_no_certificate() {
+        let ended = |name: &str, phase: &str| {
+            let mut p = Pod::default();
+            p.metadata.name = Some(name.to_owned());
+            p.metadata.annotations =
+                Some([(render::SERVING_CERT_ANNOTATION.to_owned(), "sha-old".into())].into());
+            p.status = Some(PodStatus {
+                phase: Some(phase.into()),
+                ..PodStatus::default()
+            });
+            p
+        };
+        let pods = [ended("evicted", "Failed"), ended("done", "Succeeded")];
+        assert!(serving_another(&pods, "sha-new").is_empty());
+        let running = [ended("old", "Running"), ended("starting", "Pending")];
+        assert_eq!(serving_another(&running, "sha-new"), ["old", "starting"]);
     }
 
     /// Asserts that a Deployment of 2 replicas with `status` (JSON) is still rolling out,
