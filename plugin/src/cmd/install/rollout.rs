@@ -239,6 +239,7 @@ fn waited_for_rollout(waited: Result<()>, last: Rollout, hint: &str) -> Result<(
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     /// A webhook Deployment of `wanted` replicas at generation 2, with `status` (JSON).
     fn deployment(wanted: i32, status: serde_json::Value) -> Deployment {
@@ -262,31 +263,33 @@ mod tests {
         Rollout::Waiting(what.into())
     }
 
+    /// A pod of the webhook named `name`, in `phase`, serving the certificate of `fingerprint`.
+    fn webhook_pod(name: &str, fingerprint: Option<&str>, phase: &str) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                annotations: fingerprint
+                    .map(|f| [(render::SERVING_CERT_ANNOTATION.to_owned(), f.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.to_owned()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
     /// `install --rotate-certs --wait` stopped trusting the previous CA once the rollout was
     /// done, while pods serving the previous certificate still terminated and answered.
     #[test]
     fn pods_of_the_previous_certificate_count_until_gone() {
-        let pod = |name: &str, fingerprint: Option<&str>, terminating: bool| {
-            let mut p = Pod::default();
-            p.status = Some(PodStatus {
-                phase: Some("Running".into()),
-                ..PodStatus::default()
-            });
-            p.metadata.name = Some(name.to_owned());
-            p.metadata.annotations = fingerprint
-                .map(|f| [(render::SERVING_CERT_ANNOTATION.to_owned(), f.to_owned())].into());
-            if terminating {
-                p.metadata.deletion_timestamp =
-                    Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                        jiff::Timestamp::UNIX_EPOCH,
-                    ));
-            }
-            p
-        };
+        let mut terminating = webhook_pod("old-terminating", Some("sha-old"), "Running");
+        terminating.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
         let pods = [
-            pod("new", Some("sha-new"), false),
-            pod("old-terminating", Some("sha-old"), true),
-            pod("older-than-the-annotation", None, false),
+            webhook_pod("new", Some("sha-new"), "Running"),
+            terminating,
+            webhook_pod("older-than-the-annotation", None, "Running"),
         ];
         assert_eq!(
             serving_another(&pods, "sha-new"),
@@ -299,20 +302,15 @@ mod tests {
     /// nothing, and must not keep the previous CA trusted for ever.
     #[test]
     fn pods_that_ended_serve_no_certificate() {
-        let ended = |name: &str, phase: &str| {
-            let mut p = Pod::default();
-            p.metadata.name = Some(name.to_owned());
-            p.metadata.annotations =
-                Some([(render::SERVING_CERT_ANNOTATION.to_owned(), "sha-old".into())].into());
-            p.status = Some(PodStatus {
-                phase: Some(phase.into()),
-                ..PodStatus::default()
-            });
-            p
-        };
-        let pods = [ended("evicted", "Failed"), ended("done", "Succeeded")];
-        assert!(serving_another(&pods, "sha-new").is_empty());
-        let running = [ended("old", "Running"), ended("starting", "Pending")];
+        let ended = [
+            webhook_pod("evicted", Some("sha-old"), "Failed"),
+            webhook_pod("done", Some("sha-old"), "Succeeded"),
+        ];
+        assert!(serving_another(&ended, "sha-new").is_empty());
+        let running = [
+            webhook_pod("old", Some("sha-old"), "Running"),
+            webhook_pod("starting", Some("sha-old"), "Pending"),
+        ];
         assert_eq!(serving_another(&running, "sha-new"), ["old", "starting"]);
     }
 
