@@ -19,7 +19,7 @@ use mesh_core::{
     MESH_NAMESPACE, call_limits,
     cluster::{MeshCluster, NamespaceScope},
     failure::{Failure, error_chain},
-    labels::{ScopeError, SyncRule},
+    labels::{ScopeError, SyncRule, scope_remedy},
     list,
     remote::{self, RemoteOptions},
 };
@@ -98,7 +98,7 @@ pub fn scope_error(cluster: &str, error: &ScopeError) -> String {
 fn scope_refusal(cluster: &str, error: &ScopeError) -> Error {
     Error::Refused {
         what: format!("the scope of {cluster} cannot be used ({error}); nothing is written there"),
-        hint: format!("set it again with kubectl mesh scope {cluster}"),
+        hint: scope_remedy(cluster),
     }
 }
 

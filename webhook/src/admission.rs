@@ -16,7 +16,7 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::Value;
 
 use mesh_core::injection::{self, Readiness};
-use mesh_core::labels::{Labels, SyncRule};
+use mesh_core::labels::{Labels, SyncRule, scope_remedy};
 use mesh_core::printable;
 
 use crate::injectors::ClusterReadiness;
@@ -207,9 +207,9 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
                 short_reason(reason)
             ),
             PushResult::ScopeUnusable(reason) => format!(
-                "{cluster} not pushed: its namespace scope cannot be used ({}); correct it with \
-                 `kubectl mesh scope {cluster}`",
-                short_reason(reason)
+                "{cluster} not pushed: its namespace scope cannot be used ({}); {}",
+                short_reason(reason),
+                scope_remedy(cluster)
             ),
             PushResult::Forbidden(reason) => format!(
                 "{cluster} forbids the change ({}); the reconciler will retry",
@@ -727,7 +727,7 @@ mod tests {
                 "kubectl-mesh: remote-5 already in sync",
                 "kubectl-mesh: remote-3: namespace foo does not exist there (not created)",
                 "kubectl-mesh: remote-10 not pushed: its stored credentials cannot be used (secret kubectl-mesh/cluster-remote-10 not found); `kubectl mesh check` says how to repair them",
-                "kubectl-mesh: remote-11 not pushed: its namespace scope cannot be used (the namespace selector uses the managed label istio.io/rev); correct it with `kubectl mesh scope remote-11`",
+                "kubectl-mesh: remote-11 not pushed: its namespace scope cannot be used (the namespace selector uses the managed label istio.io/rev); replace it with `kubectl mesh scope remote-11 --namespace-selector SELECTOR` (a selector without managed label keys, plus any --exclude-namespaces it had) or remove it with `kubectl mesh scope remote-11 --clear`",
                 "kubectl-mesh: remote-4 unreachable (connection refused); the reconciler will retry",
                 "kubectl-mesh: remote-8 forbids the change (namespaces \"foo\" is forbidden); the reconciler will retry",
                 "kubectl-mesh: remote-9 failed (conflict: retry); the reconciler will retry",

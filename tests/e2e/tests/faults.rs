@@ -829,8 +829,12 @@ async fn a_scope_that_cannot_be_used_shows_as_not_synced_not_unreachable() -> an
 
     let (synced, reachable) = synced_becomes(&env, &remote.name, "False").await?;
     assert_eq!(synced.reason, "ScopeInvalid", "{synced:?}");
+    // It says how to correct it: `scope` with no flags only shows the scope.
     assert!(
-        synced.message.contains("spec.scope cannot be used"),
+        synced.message.contains("spec.scope cannot be used")
+            && synced
+                .message
+                .contains("kubectl mesh scope remote-1 --clear"),
         "{synced:?}"
     );
     assert_eq!(reachable.status, "True", "{reachable:?}");
@@ -844,7 +848,8 @@ async fn a_scope_that_cannot_be_used_shows_as_not_synced_not_unreachable() -> an
         column["reachable"] == true
             && column["error"]
                 .as_str()
-                .is_some_and(|e| e.contains("the scope of remote-1 cannot be used")),
+                .is_some_and(|e| e.contains("the scope of remote-1 cannot be used")
+                    && e.contains("--namespace-selector SELECTOR")),
         "{report:#}"
     );
     assert!(!stderr.contains("unreachable"), "{stderr}");

@@ -82,6 +82,16 @@ pub enum ScopeError {
     ManagedKey(String),
 }
 
+/// How a cluster's unusable scope is corrected, as every message about one says: a scope is
+/// replaced whole (the flags name all of it), or removed.
+pub fn scope_remedy(cluster: &str) -> String {
+    format!(
+        "replace it with `kubectl mesh scope {cluster} --namespace-selector SELECTOR` (a selector \
+         without managed label keys, plus any --exclude-namespaces it had) or remove it with \
+         `kubectl mesh scope {cluster} --clear`"
+    )
+}
+
 impl Default for SyncRule {
     fn default() -> Self {
         Self::new(

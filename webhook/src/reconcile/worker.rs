@@ -26,6 +26,7 @@ use crate::{
 
 use mesh_core::{
     failure::{Failure, error_chain},
+    labels::scope_remedy,
     remote::{self, Remote, RemoteState},
     sync::{PrimaryView, Refusals, SyncMode, SyncReport, sync_listed, sync_watched},
     token::Claims,
@@ -389,7 +390,8 @@ impl Worker {
             (Some(RemoteState::Ready(_)), Some(Err(error))) => Err(Attempt::Unwritable {
                 reason: SCOPE_INVALID,
                 message: format!(
-                    "spec.scope cannot be used: {error}; correct it with kubectl mesh scope {cluster_name}"
+                    "spec.scope cannot be used: {error}; {}",
+                    scope_remedy(cluster_name)
                 ),
             }),
             (Some(RemoteState::Unavailable { reason, message }), _) => Err(Attempt::Failed {
