@@ -118,6 +118,11 @@ impl Detach {
         // then: rights asked now, before the remote is cleaned, not found missing after. A
         // MeshCluster gone (deleted, or its CRD) took its Istio remote secret along (an owner
         // reference): the istio-system attach created may be left empty behind it.
+        // A name nothing is recorded for is said so first, not refused for rights it would
+        // not use.
+        if mc.is_none() && primary_secrets.is_empty() {
+            go_on_unrecorded(&name, true, &remote_admin)?;
+        }
         let istio_secret = primary_secrets
             .iter()
             .any(|s| s.namespace().as_deref() == Some(setup::ISTIO_NAMESPACE));
@@ -128,12 +133,9 @@ impl Detach {
                 .map_err(|e| access::request_error(&primary_target, "read istio-system", e))?;
             tidy_istio_namespace = istio_secret || created;
             if tidy_istio_namespace {
-                let needs = istio_needs(created);
+                let needs = istio_needs(istio_secret, created);
                 access::require(&primary, &primary_target, &needs, access::ASK_AN_ADMIN).await?;
             }
-        }
-        if mc.is_none() && primary_secrets.is_empty() {
-            go_on_unrecorded(&name, true, &remote_admin)?;
         }
 
         // The labels to strip are the ones the installed webhook manages, read before anything
@@ -322,18 +324,25 @@ fn primary_needs(strip_labels: bool) -> Vec<Need> {
     needs
 }
 
-/// What deleting the Istio remote secret on the primary takes: the Secret, istio-system read
-/// to see whether it goes too, and deleted when `created` (attach created it).
-fn istio_needs(created: bool) -> Vec<Need> {
+/// What tidying the primary's istio-system takes: the Istio remote secret deleted when there
+/// is one (`secret`), istio-system read to see whether it goes too, and deleted when `created`
+/// (attach created it).
+fn istio_needs(secret: bool, created: bool) -> Vec<Need> {
     let namespace: &[&str] = if created {
         &["get", "delete"]
     } else {
         &["get"]
     };
-    vec![
-        Need::namespaced("", "secrets", setup::ISTIO_NAMESPACE, &["delete"]),
-        Need::cluster("", "namespaces", namespace).named(setup::ISTIO_NAMESPACE),
-    ]
+    let mut needs = vec![Need::cluster("", "namespaces", namespace).named(setup::ISTIO_NAMESPACE)];
+    if secret {
+        needs.push(Need::namespaced(
+            "",
+            "secrets",
+            setup::ISTIO_NAMESPACE,
+            &["delete"],
+        ));
+    }
+    needs
 }
 
 fn remote_needs(strip_labels: bool) -> Vec<Need> {
@@ -648,9 +657,10 @@ mod tests {
                     && n.verbs.contains(&verb)
             })
         };
-        for created in [false, true] {
-            let needs = istio_needs(created);
-            assert!(asks(&needs, "secrets", "delete"), "{needs:?}");
+        for (secret, created) in [(true, false), (true, true), (false, true)] {
+            let needs = istio_needs(secret, created);
+            // No secret there (its MeshCluster took it along): none to delete.
+            assert_eq!(asks(&needs, "secrets", "delete"), secret, "{needs:?}");
             assert!(asks(&needs, "namespaces", "get"), "{needs:?}");
             assert_eq!(asks(&needs, "namespaces", "delete"), created, "{needs:?}");
         }

@@ -13,8 +13,10 @@ use kube::{
 use kubectl_mesh::namespace_contents;
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, namespace_labels,
-    patch_labels, unique_name,
+    DEFAULT_TIMEOUT,
+    callers::{Grant, kubeconfig_granting, mesh_as},
+    create_labelled_namespace, create_namespace, eventually, namespace_labels, patch_labels,
+    unique_name,
 };
 use serde_json::json;
 
@@ -294,6 +296,24 @@ async fn a_detach_after_its_mesh_cluster_went_removes_the_istio_system_left_empt
         || async { Ok(secrets.get_opt(&secret).await?.is_none().then_some(())) },
     )
     .await?;
+
+    // A caller without rights on istio-system, detaching a name nothing is recorded for, is
+    // told so (it was refused the rights to tidy istio-system, which it would not use).
+    let dir = tempfile::tempdir()?;
+    let grants = [
+        Grant::within(
+            MESH_NS,
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "delete"]}]),
+        ),
+        Grant::everywhere(json!([
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+            {"apiGroups": ["kubectl-mesh.io"], "resources": ["meshclusters"], "verbs": ["get", "delete"]},
+        ])),
+    ];
+    let limited = kubeconfig_granting(env.primary(), dir.path(), &grants).await?;
+    let out = mesh_as(&limited, &["detach", "typo"]).await?;
+    let line = refused_in_one_line(&out, "detach of an unknown name")?;
+    ensure!(line.contains("cluster \"typo\" is not attached"), "{line}");
 
     detach(env, remote, &remote.name, &[]).await?;
     let left = namespaces.get_opt("istio-system").await?;
