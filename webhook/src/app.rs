@@ -43,8 +43,11 @@ pub struct Webhook {
     /// Subject common names a caller's certificate must carry, one of them; empty accepts any
     /// the client CA signed.
     pub client_allowed_names: Vec<String>,
-    /// Connection limits and timeouts of both ports.
+    /// Connection limits and timeouts of the webhook port.
     pub limits: Limits,
+    /// Connection limits and timeouts of the metrics port, which any pod may reach
+    /// ([`Limits::metrics_port`]: far fewer connections and smaller buffers).
+    pub metrics_limits: Limits,
     /// Bytes the `/mutate` bodies being read and handled may hold at once
     /// ([`http::BODY_BUDGET`] by default; at least [`http::BODY_LIMIT`] to serve a whole review).
     pub body_budget: usize,
@@ -81,6 +84,7 @@ impl Webhook {
             client_ca: None,
             client_allowed_names: Vec::new(),
             limits: Limits::default(),
+            metrics_limits: Limits::metrics_port(),
             body_budget: http::BODY_BUDGET,
             tls_cert: tls_cert.into(),
             tls_key: tls_key.into(),
@@ -219,6 +223,7 @@ impl BoundWebhook {
             client_ca: _,
             client_allowed_names: _,
             limits,
+            metrics_limits,
             body_budget,
             tls_cert: _,
             tls_key: _,
@@ -290,7 +295,7 @@ impl BoundWebhook {
         let ops = http::ops_router(state.clone());
         tokio::join!(
             webhook_port.serve(http::router(state), limits, stop.clone()),
-            metrics_port.serve(ops, limits, stop),
+            metrics_port.serve(ops, metrics_limits, stop),
         );
         tracing::info!("server drained, stopping reconciler");
         background.cancel();

@@ -73,11 +73,18 @@ pub struct Args {
     #[arg(long, env = "MESH_WEBHOOK_BODY_TIMEOUT", default_value = "10s", value_parser = mesh_core::duration::parse)]
     pub body_timeout: Duration,
 
-    /// Connections open at once on each port; past it, a new one takes the place of the one
-    /// idle longest (one that never made a request first), and new ones wait in the kernel's
-    /// queue only while every connection has a request in progress.
+    /// Connections open at once on the webhook port; past it, a new one takes the place of the
+    /// one idle longest (one that never made a request first), and new ones wait in the
+    /// kernel's queue only while every connection has a request in progress.
     #[arg(long, env = "MESH_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+
+    /// Connections open at once on the metrics port, as --max-connections on the webhook port.
+    /// Any pod may reach it, and its callers are the kubelet's probes and a few Prometheus
+    /// scrapers: fewer connections, each with smaller buffers, keep what a flood of it can
+    /// make the webhook hold to a few MiB.
+    #[arg(long, env = "MESH_WEBHOOK_METRICS_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub metrics_max_connections: u32,
 
     /// Memory, in MiB, that the reviews being read and handled may hold at once (their bodies,
     /// and what they become parsed), whatever the connections; a review past it is answered 503
@@ -233,6 +240,29 @@ pub enum LogFormat {
 }
 
 impl Args {
+    /// The webhook port's limits: `--max-connections` and the timeout flags.
+    fn webhook_limits(&self) -> Limits {
+        self.port_limits(Limits::default(), self.max_connections)
+    }
+
+    /// The metrics port's limits: `--metrics-max-connections` and the timeout flags.
+    fn metrics_limits(&self) -> Limits {
+        self.port_limits(Limits::metrics_port(), self.metrics_max_connections)
+    }
+
+    /// A port's `defaults` with `max_connections` and the timeouts, which both ports share.
+    fn port_limits(&self, defaults: Limits, max_connections: u32) -> Limits {
+        Limits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: max_connections as usize,
+            http2_keepalive_interval: self.http2_keepalive_interval,
+            http2_keepalive_timeout: self.http2_keepalive_timeout,
+            ..defaults
+        }
+    }
+
     /// `--review-body-budget-mib` in bytes (saturating: a budget past memory is no budget).
     fn review_body_budget(&self) -> usize {
         usize::try_from(u64::from(self.review_body_budget_mib) << 20).unwrap_or(usize::MAX)
@@ -291,18 +321,21 @@ impl Args {
     pub async fn run(self) -> anyhow::Result<()> {
         self.check()?;
         let body_budget = self.review_body_budget();
+        let limits = self.webhook_limits();
+        let metrics_limits = self.metrics_limits();
         let Self {
             listen,
             metrics_listen,
             client_ca_file,
             client_allowed_names,
-            header_read_timeout,
-            idle_timeout,
-            body_timeout,
-            max_connections,
+            header_read_timeout: _,
+            idle_timeout: _,
+            body_timeout: _,
+            max_connections: _,
+            metrics_max_connections: _,
             review_body_budget_mib: _,
-            http2_keepalive_interval,
-            http2_keepalive_timeout,
+            http2_keepalive_interval: _,
+            http2_keepalive_timeout: _,
             tls_cert,
             tls_key,
             cert_dir,
@@ -334,16 +367,7 @@ impl Args {
             retry_period,
         };
         lease_timing.validate()?;
-        let limits = Limits {
-            header_read_timeout,
-            idle_timeout,
-            body_timeout,
-            max_connections: max_connections as usize,
-            http2_keepalive_interval,
-            http2_keepalive_timeout,
-            ..Limits::default()
-        };
-        raise_open_files(max_connections);
+        raise_open_files([&limits, &metrics_limits]);
         match (&client_ca_file, client_allowed_names.as_slice()) {
             (None, _) => tracing::warn!("{NO_CLIENT_CA}"),
             (Some(_), []) => tracing::info!("callers need a certificate of the client CA"),
@@ -393,6 +417,7 @@ impl Args {
                 .map(|name| name.trim().to_owned())
                 .collect(),
             limits,
+            metrics_limits,
             body_budget,
             rule: Arc::new(rule),
             mesh_namespace,
@@ -431,16 +456,17 @@ impl Args {
 const NO_CLIENT_CA: &str = "no --client-ca-file: anyone who reaches the webhook port can make \
                             it write namespaces on every remote";
 
-/// Raises the open-files limit, and says when it still cannot hold both ports' connections.
-fn raise_open_files(max_connections: u32) {
-    // Both ports, plus what the process needs besides (clients of the clusters, files).
-    let per_port = crate::listen::max_sockets(max_connections as usize) as u64;
-    let needed = 2 * per_port + 256;
+/// Raises the open-files limit, and says when it still cannot hold the `ports`' connections.
+fn raise_open_files(ports: [&Limits; 2]) {
+    // Every port's, plus what the process needs besides (clients of the clusters, files).
+    let sockets: usize = ports.iter().map(|limits| limits.max_sockets()).sum();
+    let needed = sockets as u64 + 256;
     match crate::fd_limit::raise() {
         Ok(limit) if limit < needed => tracing::warn!(
             limit,
             needed,
-            "the open-files limit is below what --max-connections allows: lower it or raise the hard limit"
+            "the open-files limit is below what --max-connections and --metrics-max-connections \
+             allow: lower them or raise the hard limit"
         ),
         Ok(_) => {}
         Err(error) => tracing::warn!(
@@ -686,18 +712,8 @@ mod tests {
         assert_eq!(args.listen, "0.0.0.0:8443".parse().expect("addr"));
         assert_eq!(args.metrics_listen, "0.0.0.0:9443".parse().expect("addr"));
         assert_eq!(args.client_ca_file, None);
-        assert_eq!(
-            Limits {
-                header_read_timeout: args.header_read_timeout,
-                idle_timeout: args.idle_timeout,
-                body_timeout: args.body_timeout,
-                max_connections: args.max_connections as usize,
-                http2_keepalive_interval: args.http2_keepalive_interval,
-                http2_keepalive_timeout: args.http2_keepalive_timeout,
-                ..Limits::default()
-            },
-            Limits::default()
-        );
+        assert_eq!(args.webhook_limits(), Limits::default());
+        assert_eq!(args.metrics_limits(), Limits::metrics_port());
         assert_eq!(args.review_body_budget(), http::BODY_BUDGET);
         assert_eq!(args.resync_period, Duration::from_secs(60));
         assert_eq!(args.push_deadline, Duration::from_secs(2));
@@ -828,6 +844,30 @@ mod tests {
         assert_eq!(timing.renew_deadline, Duration::from_secs(2));
         assert_eq!(timing.retry_period, Duration::from_millis(500));
         timing.validate().expect("valid");
+    }
+
+    /// The metrics port has a cap of its own (and keeps its small buffers); the timeouts are
+    /// both ports'.
+    #[test]
+    fn each_port_has_its_own_connection_cap() {
+        let parse = |flags: &[&str]| {
+            Args::try_parse_from(["mesh-webhook", "--cert-dir=/tls"].iter().chain(flags))
+        };
+        let args = parse(&[
+            "--max-connections=100",
+            "--metrics-max-connections=8",
+            "--idle-timeout=30s",
+        ])
+        .expect("parse");
+        let (webhook, metrics) = (args.webhook_limits(), args.metrics_limits());
+        assert_eq!((webhook.max_connections, metrics.max_connections), (100, 8));
+        assert_eq!(webhook.idle_timeout, Duration::from_secs(30));
+        assert_eq!(metrics.idle_timeout, Duration::from_secs(30));
+        assert_eq!(
+            metrics.http1_max_buf_size,
+            Limits::metrics_port().http1_max_buf_size
+        );
+        assert!(parse(&["--metrics-max-connections=0"]).is_err());
     }
 
     #[test]

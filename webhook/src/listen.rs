@@ -19,6 +19,7 @@
 mod activity;
 mod body_deadline;
 mod eviction;
+mod limits;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -35,6 +36,8 @@ use tower::ServiceExt;
 
 pub use self::body_deadline::{BodyTimedOut, DeadlineBody};
 use self::eviction::{Admission, Admitted, Eviction, Open};
+use self::limits::HTTP1_MIN_BUF_SIZE;
+pub use self::limits::Limits;
 use crate::{client_auth, tls};
 
 /// Time a client gets to finish the TLS handshake. A real one (the apiserver, the kubelet, a
@@ -49,8 +52,6 @@ const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// Time an idle connection gets to close in order (an HTTP/2 GOAWAY) before it is dropped:
 /// one that never finished its HTTP/2 handshake would otherwise wait for it for ever.
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// The smallest HTTP/1.1 read buffer hyper accepts.
-const HTTP1_MIN_BUF_SIZE: usize = 8192;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,82 +68,6 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// What one client may hold of the server, and for how long.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Time to send a request's headers once the server waits for them. hyper starts this
-    /// clock as soon as an HTTP/1.1 connection waits for its next request, so it also bounds
-    /// the idle time of HTTP/1.1 keep-alive connections. It also bounds, from when it was
-    /// accepted, a connection that has not made a request yet (HTTP/2 ones included): a real
-    /// client sends one as soon as it has connected.
-    pub header_read_timeout: Duration,
-    /// A connection without a request in progress for this long, once it made one, is closed.
-    pub idle_timeout: Duration,
-    /// Time to receive a request's whole body, from when its headers came.
-    pub body_timeout: Duration,
-    /// Connections open at once, handshakes included; past it, a new one takes the place of
-    /// the one idle longest, and accepting waits only while every one has a request in
-    /// progress.
-    pub max_connections: usize,
-    /// HTTP/2 connections are pinged this often...
-    pub http2_keepalive_interval: Duration,
-    /// ...and closed when a ping is not answered within this.
-    pub http2_keepalive_timeout: Duration,
-    /// Bytes of a request body an HTTP/2 client may send ahead of what the handler has read
-    /// (the initial stream window). hyper holds them until read.
-    pub http2_stream_window: u32,
-    /// Bytes of all request bodies of one HTTP/2 connection a client may send ahead of what
-    /// the handlers have read (the connection window): what hyper may hold per connection.
-    pub http2_connection_window: u32,
-    /// Requests in progress at once on one HTTP/2 connection.
-    pub http2_max_concurrent_streams: u32,
-    /// Largest read buffer of an HTTP/1.1 connection (request head and body bytes read ahead,
-    /// give or take one read); a request head that does not fit is refused (431). At least
-    /// 8 KiB (hyper's minimum).
-    pub http1_max_buf_size: usize,
-}
-
-impl Default for Limits {
-    /// Go's net/http and Envoy-class values: headers and bodies in 10 s (an AdmissionReview is
-    /// a few KiB), idle connections kept 120 s, above the 90 s after which the apiserver's
-    /// client drops idle connections itself, so the client, not the server, closes them and
-    /// never reuses one the server is closing. A connection that has made no request yet gets
-    /// the header read time only: the apiserver sends its review as soon as it has connected.
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(120),
-            body_timeout: Duration::from_secs(10),
-            max_connections: 4096,
-            http2_keepalive_interval: Duration::from_secs(30),
-            http2_keepalive_timeout: Duration::from_secs(10),
-            // hyper's defaults (1 MiB windows, a ~400 KiB HTTP/1.1 buffer) times 4096
-            // connections are gigabytes strangers could make it hold. A review of 1 MiB
-            // (`http::BODY_LIMIT`) still goes through, with more WINDOW_UPDATEs; a few-KiB one
-            // fits the first window, no round trip waited for.
-            http2_stream_window: 64 << 10,
-            // Four whole stream windows: concurrent reviews on one connection flow at once.
-            http2_connection_window: 256 << 10,
-            // Requests in progress on one connection are handler work a single connection
-            // holds, and a connection with one is never evicted: 32 is far more than the
-            // reviews an apiserver has in flight on one connection, and past it Go's HTTP/2
-            // client, the apiserver's, opens another connection rather than queue
-            // (x/net/http2 Transport.StrictMaxConcurrentStreams is false by default, and
-            // client-go sets only its ping timeouts), so it costs it a handshake, not a wait.
-            http2_max_concurrent_streams: 32,
-            // An apiserver's request head is a few hundred bytes; bodies are read as they come.
-            http1_max_buf_size: 64 << 10,
-        }
-    }
-}
-
-/// Sockets one port may hold with `max_connections` open: the evicted ones still closing
-/// besides.
-pub fn max_sockets(max_connections: usize) -> usize {
-    let max = max_connections.max(1);
-    max + eviction::max_closing(max)
-}
 
 /// Address of the peer of the connection a request came on, in the request's extensions.
 #[derive(Clone, Copy, Debug)]
@@ -913,63 +838,67 @@ mod tests {
     }
 
     /// What an HTTP/2 client may send ahead of the handlers is the configured windows, far
-    /// under hyper's defaults (1 MiB per stream and per connection): streams whose bodies the
-    /// server does not read are granted the stream window each, until the connection window
-    /// is spent.
+    /// under hyper's defaults (1 MiB per stream and per connection), the metrics port's smaller
+    /// ones too: streams whose bodies the server does not read are granted the stream window
+    /// each, until the connection window is spent.
     #[tokio::test]
     async fn http2_clients_may_send_only_the_configured_windows_ahead() {
-        let limits = Limits::default();
-        let stream_window = limits.http2_stream_window as usize;
-        let connection_window = limits.http2_connection_window as usize;
-        assert!(stream_window < connection_window);
-        assert!(connection_window < crate::http::BODY_LIMIT);
-        let release = CancellationToken::new();
-        let hold = {
-            let release = release.clone();
-            // Holds its body unread until released.
-            move |body: axum::body::Body| async move {
-                release.cancelled().await;
-                drop(body);
-                "released"
+        for limits in [Limits::default(), Limits::metrics_port()] {
+            let stream_window = limits.http2_stream_window as usize;
+            let connection_window = limits.http2_connection_window as usize;
+            assert!(stream_window < connection_window);
+            assert!(connection_window < crate::http::BODY_LIMIT);
+            let release = CancellationToken::new();
+            let hold = {
+                let release = release.clone();
+                // Holds its body unread until released.
+                move |body: axum::body::Body| async move {
+                    release.cancelled().await;
+                    drop(body);
+                    "released"
+                }
+            };
+            let app = Router::new()
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/hold", post(hold));
+            let server = Server::serving(app, None, limits).await;
+            let client = h2_client(&server).await;
+            h2_healthz(&client).await;
+
+            // One stream more than the connection window has room for, or as many as may be
+            // open at once beside the request that follows.
+            let streams = (connection_window / stream_window + 1)
+                .min(limits.http2_max_concurrent_streams as usize - 1);
+            let mut held = Vec::new();
+            for _ in 0..streams {
+                let request = Request::post("https://localhost/hold")
+                    .body(())
+                    .expect("request");
+                let (response, mut body) = h2_send(&client, request, false).await;
+                body.reserve_capacity(crate::http::BODY_LIMIT);
+                held.push((response, body));
             }
-        };
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/hold", post(hold));
-        let server = Server::serving(app, None, limits).await;
-        let client = h2_client(&server).await;
-        h2_healthz(&client).await;
+            // Streams open in order, each granted what the windows allow as it opens: once a
+            // later request is answered, that is all they get until the server reads their
+            // bodies.
+            h2_healthz(&client).await;
+            let granted: Vec<usize> = held.iter().map(|(_, body)| body.capacity()).collect();
+            let mut left = connection_window;
+            let expected: Vec<usize> = held
+                .iter()
+                .map(|_| {
+                    let grant = stream_window.min(left);
+                    left -= grant;
+                    grant
+                })
+                .collect();
+            assert_eq!(granted, expected);
 
-        // One stream more than the connection window has room for.
-        let mut held = Vec::new();
-        for _ in 0..=connection_window / stream_window {
-            let request = Request::post("https://localhost/hold")
-                .body(())
-                .expect("request");
-            let (response, mut body) = h2_send(&client, request, false).await;
-            body.reserve_capacity(crate::http::BODY_LIMIT);
-            held.push((response, body));
+            release.cancel();
+            drop(held);
+            drop(client);
+            server.stop().await;
         }
-        // Streams open in order, each granted what the windows allow as it opens: once a later
-        // request is answered, that is all they get until the server reads their bodies.
-        h2_healthz(&client).await;
-        let granted: Vec<usize> = held.iter().map(|(_, body)| body.capacity()).collect();
-        let mut left = connection_window;
-        let expected: Vec<usize> = held
-            .iter()
-            .map(|_| {
-                let grant = stream_window.min(left);
-                left -= grant;
-                grant
-            })
-            .collect();
-        assert_eq!(granted, expected);
-        assert_eq!(expected.last(), Some(&0));
-
-        release.cancel();
-        drop(held);
-        drop(client);
-        server.stop().await;
     }
 
     /// The largest review the webhook takes still goes through HTTP/2's small windows: it only
@@ -1016,31 +945,33 @@ mod tests {
     }
 
     /// An HTTP/1.1 request head must fit the configured read buffer (hyper's default would
-    /// take ~400 KiB): past it the request is refused with 431, within it served. hyper checks
-    /// the buffer between reads, so a head may pass it by one read: twice it never fits.
+    /// take ~400 KiB), the metrics port's smaller one too: past it the request is refused with
+    /// 431, within it served. hyper checks the buffer between reads, so a head may pass it by
+    /// one read: twice it never fits.
     #[tokio::test]
     async fn http1_request_heads_must_fit_the_read_buffer() {
-        let limits = Limits::default();
-        let server = Server::start(None, limits).await;
-        let request = |padding: usize| {
-            format!(
-                "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-                 X-Padding: {}\r\n\r\n",
-                "x".repeat(padding)
-            )
-        };
-        for (padding, status) in [
-            (limits.http1_max_buf_size / 2, "HTTP/1.1 200"),
-            (2 * limits.http1_max_buf_size, "HTTP/1.1 431"),
-        ] {
-            let mut tls = server.connect(None).await.expect("handshake");
-            tls.write_all(request(padding).as_bytes())
-                .await
-                .expect("write");
-            let answer = answer_until_closed(&mut tls).await;
-            assert!(answer.starts_with(status), "{padding}: {answer}");
+        for limits in [Limits::default(), Limits::metrics_port()] {
+            let server = Server::start(None, limits).await;
+            let request = |padding: usize| {
+                format!(
+                    "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                     X-Padding: {}\r\n\r\n",
+                    "x".repeat(padding)
+                )
+            };
+            for (padding, status) in [
+                (limits.http1_max_buf_size / 2, "HTTP/1.1 200"),
+                (2 * limits.http1_max_buf_size, "HTTP/1.1 431"),
+            ] {
+                let mut tls = server.connect(None).await.expect("handshake");
+                tls.write_all(request(padding).as_bytes())
+                    .await
+                    .expect("write");
+                let answer = answer_until_closed(&mut tls).await;
+                assert!(answer.starts_with(status), "{padding}: {answer}");
+            }
+            server.stop().await;
         }
-        server.stop().await;
     }
 
     /// Past the limit, accepting waits while every connection has a request in progress (none

@@ -1,6 +1,6 @@
 //! The real server, bound on 127.0.0.1:0 in-process, seen from the network: TLS 1.2 and 1.3
-//! only, no plain HTTP, body limit and malformed JSON answered with JSON errors, and a
-//! certificate rotated on disk served without a restart.
+//! only, no plain HTTP, body limit and malformed JSON answered with JSON errors, a
+//! certificate rotated on disk served without a restart, and each port's connection cap.
 //!
 //! Certificates are generated at run time with rcgen (a throwaway CA and two leaves). The
 //! primary cluster is a fake apiserver behind `kube::Client::new`: lists are empty and watches
@@ -19,7 +19,7 @@ use std::{
 
 use axum::http::{Request, StatusCode};
 use mesh_core::fake_apiserver;
-use mesh_webhook::{app::Webhook, http::BODY_LIMIT};
+use mesh_webhook::{app::Webhook, http::BODY_LIMIT, listen::Limits};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -132,12 +132,17 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with(|webhook| webhook).await
+    }
+
+    /// [`Server::start`], the webhook's settings changed by `configure` first.
+    async fn start_with(configure: impl FnOnce(Webhook) -> Webhook) -> Self {
         let pki = Pki::new();
         let first = pki.leaf("first");
         let dir = tempfile::tempdir().expect("tempdir");
         write_atomically(&dir.path().join("tls.crt"), &first.cert_pem);
         write_atomically(&dir.path().join("tls.key"), &first.key_pem);
-        let bound = Webhook {
+        let bound = configure(Webhook {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             lease_name: None,
@@ -147,7 +152,7 @@ impl Server {
                 dir.path().join("tls.crt"),
                 dir.path().join("tls.key"),
             )
-        }
+        })
         .bind()
         .await
         .expect("bind");
@@ -611,5 +616,77 @@ async fn rotated_certificate_is_served_without_restart() {
         .expect("handshake");
     assert_eq!(served_certificate(&tls), second.der);
     drop(tls);
+    server.stop().await;
+}
+
+/// A `GET /healthz` on `tls`, which the server then closes; the answer's status.
+async fn healthz_status(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> u16 {
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    // A close without close_notify ends the answer too.
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut raw))
+        .await
+        .expect("answered in time");
+    let response = HttpResponse::parse(&raw)
+        .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&raw)));
+    response.status
+}
+
+/// Any pod may reach the metrics port, so a flood of idle connections there is held to a cap
+/// of its own, far under the webhook port's (whose buffers would take hundreds of MiB): past
+/// it the connections idle longest are closed, and probes are still answered. The webhook port
+/// keeps its own cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_port_evicts_idle_connections_past_a_cap_of_its_own() {
+    // Nothing but an eviction closes a connection while the test runs: one that makes no
+    // request would otherwise be closed after the header read timeout.
+    let patient = |limits: Limits| Limits {
+        header_read_timeout: Duration::from_secs(300),
+        ..limits
+    };
+    let server = Server::start_with(|webhook| Webhook {
+        limits: patient(webhook.limits),
+        metrics_limits: patient(webhook.metrics_limits),
+        ..webhook
+    })
+    .await;
+    let cap = Limits::metrics_port().max_connections;
+    assert!(cap <= 64, "{cap}");
+    let connect = |addr| {
+        let server = &server;
+        async move {
+            tokio::time::timeout(DEADLINE, server.connect_to(addr, rustls::ALL_VERSIONS))
+                .await
+                .expect("handshake in time")
+                .expect("handshake")
+        }
+    };
+
+    // Two more idle connections than the cap: the two oldest are closed to make room.
+    let mut idle = Vec::new();
+    for _ in 0..cap + 2 {
+        idle.push(connect(server.metrics_addr).await);
+    }
+    for oldest in &mut idle[..2] {
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, oldest.read_to_end(&mut sink))
+            .await
+            .expect("evicted in time");
+    }
+    // The newer ones are still open, and a probe on a new connection is answered.
+    assert_eq!(healthz_status(&mut idle[2]).await, 200);
+    let probe = server
+        .request_at(server.metrics_addr, "GET", "/healthz", b"")
+        .await;
+    assert_eq!(probe.status, 200, "{probe:?}");
+
+    // As many connections to the webhook port leave its oldest open.
+    let mut webhook = Vec::new();
+    for _ in 0..cap + 2 {
+        webhook.push(connect(server.addr).await);
+    }
+    assert_eq!(healthz_status(&mut webhook[0]).await, 200);
     server.stop().await;
 }
