@@ -11,6 +11,7 @@
 //! asks nothing is closed. More pages than a browser opens connections to one server all
 //! show the mesh live; while a page takes over the stream of one that closed, every page says
 //! it is connecting, and a page's question for the current snapshot is answered to it alone.
+//! In a quiet mesh, which sends no new snapshot, the age of a cluster's last sync grows.
 //! Screenshots go to the target directory.
 
 use std::path::PathBuf;
@@ -35,6 +36,12 @@ const MANY_SERVICES: usize = 510;
 /// How long a watch lasts before it is made again (`remote::WATCH_SECONDS`, 50 s) and then
 /// some: past it, a watch made with a revoked token would be refused.
 const WATCHES_MADE_AGAIN_WITHIN: Duration = Duration::from_secs(60);
+/// How long the page may take to show a last sync's age grow within one snapshot: it reckons
+/// ages every second, and a snapshot that comes meanwhile starts the count again.
+const AGES_GROW_WITHIN: Duration = Duration::from_secs(30);
+/// How much older the page must show a last sync within one snapshot: enough that a page
+/// sent that snapshot later and showing the snapshot's age rather than now's is seen to.
+const GROWN_BY: u32 = 3;
 /// How long after a frozen primary answers again the page may still say it cannot be read: a
 /// failed watch is started again within 30 s (`live::WATCH_RETRY_MAX`), then lists.
 const READ_AGAIN_WITHIN: Duration = Duration::from_secs(45);
@@ -806,5 +813,86 @@ async fn a_new_pages_question_is_answered_to_it_alone() -> anyhow::Result<()> {
         not_shown_again,
     )
     .await?;
+    Ok(())
+}
+
+/// The text of `cluster`'s cell in the clusters table's column headed `header`, as
+/// JavaScript.
+fn cluster_cell(cluster: &str, header: &str) -> String {
+    format!(
+        r#"(() => {{ const column = [...document.querySelectorAll('#clusters th')]
+            .findIndex((th) => th.textContent === '{header}');
+        return document.querySelector('#clusters tr[data-cluster="{cluster}"]').children[column].textContent; }})()"#
+    )
+}
+
+/// `cluster`'s last sync as the page shows it, as JavaScript: `seconds`, its age (not a
+/// number while there is none), `synced`, its time in the snapshot, and `snapshot`, the
+/// snapshot shown.
+fn last_sync(cluster: &str) -> String {
+    format!(
+        r#"(() => {{ const text = {};
+        const units = {{ y: 31536000, d: 86400, h: 3600, m: 60, s: 1 }};
+        const seconds = /^(\d+[ydhms])+$/.test(text)
+            ? [...text.matchAll(/(\d+)([ydhms])/g)].reduce((sum, [, n, unit]) => sum + n * units[unit], 0)
+            : NaN;
+        const synced = state.clusters.find((c) => c.name === '{cluster}').lastSyncedAtMs ?? null;
+        return {{ seconds, synced, snapshot: document.getElementById('updated').textContent }}; }})()"#,
+        cluster_cell(cluster, "Last sync")
+    )
+}
+
+/// "Last sync" and "Token expires" were ages the server wrote into each snapshot: a quiet mesh
+/// sends none, and the page said `12s` for as long as nothing changed, the webhook dead or
+/// not. The page reckons them: within one snapshot the age grows, and a page opened later,
+/// sent that snapshot, shows the age of now, not the snapshot's.
+#[tokio::test]
+async fn the_last_sync_grows_older_without_a_new_snapshot() -> anyhow::Result<()> {
+    let (_serial, _env, mesh) = serial_mesh().await;
+    let dashboard = mesh.dashboard(Stdio::inherit()).await?;
+    let mut browser = Browser::start(1400, 1000, &shots().join("ages.log")).await?;
+    browser.navigate(&dashboard.url).await?;
+    let shown = last_sync("remote-1");
+    until(
+        &mut browser,
+        "remote-1 shows when it was last synced and when its token expires",
+        Duration::from_secs(60),
+        &format!(
+            r"!Number.isNaN({shown}.seconds)
+                && /^(in \S+|expired \S+ ago|never|unknown)$/.test({})",
+            cluster_cell("remote-1", "Token expires")
+        ),
+    )
+    .await?;
+    // Compared with the age first seen in the same snapshot: a new snapshot starts again.
+    let grew = format!(
+        "(() => {{ const now = {shown}; const first = window.firstShown;
+            if (!first || first.snapshot !== now.snapshot) {{ window.firstShown = now; return false; }}
+            return now.seconds >= first.seconds + {GROWN_BY}; }})()"
+    );
+    until(
+        &mut browser,
+        &format!("remote-1's last sync grows {GROWN_BY}s older within one snapshot"),
+        AGES_GROW_WITHIN,
+        &grew,
+    )
+    .await?;
+
+    let seen = browser.eval(&shown).await?;
+    // Reloaded, the page streams anew and is sent that snapshot, made seconds ago: the first
+    // age it shows is that of now, not the snapshot's.
+    browser.eval("location.reload(); true").await?;
+    let first_shown = format!(
+        "(() => {{ const now = {shown}; if (window.firstShown || Number.isNaN(now.seconds)) return false;
+            window.reloadedShown ??= now; return true; }})()"
+    );
+    let what = "the page reloaded shows remote-1's last sync";
+    until_shown(&mut browser, what, &first_shown).await?;
+    let reloaded = browser.eval("window.reloadedShown").await?;
+    anyhow::ensure!(
+        reloaded["synced"] != seen["synced"]
+            || reloaded["seconds"].as_i64() >= seen["seconds"].as_i64(),
+        "the page reloaded shows a last sync younger than before: {reloaded} after {seen}"
+    );
     Ok(())
 }

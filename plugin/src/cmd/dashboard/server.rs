@@ -21,6 +21,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use jiff::Timestamp;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -392,20 +393,31 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Server-sent events: the current snapshot, then each new one, as event `state`. `permit`
-/// is given back when the stream ends.
+/// Server-sent events: the current snapshot, then each new one, as event `state`, each after
+/// a [`clock_event`]. `permit` is given back when the stream ends.
 fn events(snapshots: watch::Receiver<Bytes>, permit: OwnedSemaphorePermit) -> Response<Body> {
-    let stream = futures::stream::unfold((snapshots, permit), |(mut rx, permit)| async move {
+    let each = futures::stream::unfold((snapshots, permit), |(mut rx, permit)| async move {
         // The first snapshot, or the next one: mark what is sent as seen.
         let wait = rx.borrow().is_empty() || !rx.has_changed().unwrap_or(true);
         if wait && rx.changed().await.is_err() {
             return None;
         }
         // Already framed: every page shares the buffer.
-        let frame = Frame::data(rx.borrow_and_update().clone());
-        Some((Ok::<_, Infallible>(frame), (rx, permit)))
+        let snapshot = rx.borrow_and_update().clone();
+        let frames =
+            [clock_event(Timestamp::now()), snapshot].map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        Some((futures::stream::iter(frames), (rx, permit)))
     });
+    let stream = futures::StreamExt::flatten(each);
     respond("text/event-stream", StreamBody::new(stream).boxed())
+}
+
+/// The event `clock`: the server's time `now`, in milliseconds since the epoch. The page
+/// reckons the ages it shows from the server's clock, which a browser elsewhere (through a
+/// tunnel) may not share; a snapshot's own time would not do, as one sent to a page that
+/// just opened may be minutes old.
+fn clock_event(now: Timestamp) -> Bytes {
+    Bytes::from(format!("event: clock\ndata: {}\n\n", now.as_millisecond()))
 }
 
 fn asset(content_type: &'static str, body: Bytes) -> Response<Body> {
@@ -665,6 +677,41 @@ mod tests {
         for asset in ["/", "/app.js", "/style.css"] {
             let answer = get(port, asset, "\r\n\r\n").await;
             assert!(answer.starts_with("HTTP/1.1 200 "), "{asset}: {answer}");
+        }
+    }
+
+    /// The page reckons ages from the server's clock: each snapshot comes after the server's
+    /// time as it is sent, the first one (made before the page asked) too.
+    #[tokio::test]
+    async fn each_snapshot_comes_after_the_servers_time() {
+        let server = serving(Limits::default()).await;
+        let mut stream = connect(server.port).await;
+        let target = format!("/events?token={}", server.token.as_str());
+        let clock_before = |text: &str| -> i64 {
+            let (before, _) = text.rsplit_once("event: state\ndata: ").unwrap();
+            let (_, ms) = before.rsplit_once("event: clock\ndata: ").unwrap();
+            let ms = ms.split_once("\n\n").unwrap().0;
+            ms.parse().unwrap_or_else(|_| panic!("{ms:?} in {text}"))
+        };
+        for sent in ["", "event: state\ndata: {\"next\":1}\n\n"] {
+            let asked = Timestamp::now().as_millisecond();
+            if sent.is_empty() {
+                ask(&mut stream, server.port, &target).await;
+            } else {
+                server
+                    .snapshots
+                    .send(Bytes::from_static(sent.as_bytes()))
+                    .unwrap();
+            }
+            let answer = read_until(&mut stream, "event: state\ndata: {")
+                .await
+                .unwrap();
+            let clock = clock_before(&answer);
+            let read = Timestamp::now().as_millisecond();
+            assert!(
+                (asked..=read).contains(&clock),
+                "{asked} <= {clock} <= {read}"
+            );
         }
     }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
+use mesh_core::cluster::MeshCluster;
 use serde::Serialize;
 
 use crate::cmd::list::ClusterRow;
@@ -96,8 +97,17 @@ struct ClusterInfo {
     in_sync: String,
     drifted: String,
     missing: String,
-    last_sync: String,
-    token_expiry: String,
+    /// When the webhook last synced it (`status.lastSyncTime`), in milliseconds since the
+    /// epoch; absent before its first sync. Times, not ages: the page reckons the ages and
+    /// keeps them current, where an age written here would stop with the snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_synced_at_ms: Option<i64>,
+    /// When its stored token expires, in milliseconds since the epoch; absent when that is
+    /// no time, which `token_expiry` then says (`never` or `unknown`, as `list` says it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_expires_at_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_expiry: Option<String>,
     /// `view`, `istio-reader`, `none` or `failed`.
     view: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -159,6 +169,10 @@ impl Live {
                     .and_then(|r| r.expiry)
                     .unwrap_or(TokenExpiry::Unknown);
                 let row = ClusterRow::new(c, expiry, now);
+                let token_expires_at_ms = match expiry {
+                    TokenExpiry::At(at) => Some(at.as_millisecond()),
+                    TokenExpiry::Never | TokenExpiry::Unknown => None,
+                };
                 let (reachability, error) = match remote.and_then(|r| r.probe.as_ref()) {
                     None => (PENDING, None),
                     Some(Ok(())) => ("reachable", None),
@@ -196,8 +210,9 @@ impl Live {
                     in_sync: row.in_sync,
                     drifted: row.drifted,
                     missing: row.missing,
-                    last_sync: row.last_sync,
-                    token_expiry: row.token_expiry,
+                    last_synced_at_ms: last_synced_at_ms(c),
+                    token_expires_at_ms,
+                    token_expiry: token_expires_at_ms.is_none().then_some(row.token_expiry),
                     view,
                     view_hint,
                 }
@@ -472,6 +487,13 @@ impl Live {
     }
 }
 
+/// `status.lastSyncTime` of `cluster` in milliseconds since the epoch; `None` when absent or
+/// unreadable, which the page shows as `list` does (`<none>`).
+fn last_synced_at_ms(cluster: &MeshCluster) -> Option<i64> {
+    let time = cluster.status.as_ref()?.last_sync_time.as_deref()?;
+    time.parse::<Timestamp>().ok().map(|t| t.as_millisecond())
+}
+
 /// The credentials the primary's workloads are watched with, as a column that failed names
 /// them (`with the kubeconfig credentials: ...`): the caller's own.
 const PRIMARY_CREDENTIALS: &str = "kubeconfig";
@@ -530,6 +552,7 @@ mod tests {
     use crate::cmd::dashboard::reduce::{Change, reduce_namespace};
     use crate::cmd::services::wire;
     use crate::mesh_state::fixtures::cluster;
+    use mesh_core::cluster::MeshClusterStatus;
     use mesh_core::fixtures::labelled;
 
     /// Namespaces as a watch keeps them.
@@ -772,6 +795,44 @@ mod tests {
         // The page does not show apiserver URLs: they are not sent.
         assert_eq!(json["clusters"][0]["name"], "remote-1");
         assert_eq!(json["clusters"][0].get("server"), None);
+    }
+
+    /// "Last sync" and "Token expires" were sent as ages, made with the snapshot: a quiet mesh
+    /// makes no new one, and the page said `12s` for as long as the webhook stayed silent.
+    /// They are sent as times, whose ages the page reckons; no time is said as `list` says it.
+    #[test]
+    fn the_last_sync_and_the_token_expiry_are_sent_as_times() {
+        let mut live = live();
+        let synced = "2026-03-01T11:59:48Z";
+        let expires: Timestamp = "2026-03-02T00:00:00Z".parse().unwrap();
+        let last_sync = |time: &str| MeshClusterStatus {
+            last_sync_time: Some(time.to_owned()),
+            ..MeshClusterStatus::default()
+        };
+        live.clusters.get_mut("remote-1").unwrap().status = Some(last_sync(synced));
+        live.clusters.get_mut("remote-2").unwrap().status = Some(last_sync("yesterday"));
+        live.remotes.get_mut("remote-1").unwrap().expiry = Some(TokenExpiry::At(expires));
+        live.remotes.get_mut("remote-2").unwrap().expiry = Some(TokenExpiry::Never);
+        let json: serde_json::Value = serde_json::from_slice(&json_of(&live.snapshot())).unwrap();
+        let clusters = &json["clusters"];
+        let info = |i: usize, name: &str| {
+            assert_eq!(clusters[i]["name"], name, "{clusters}");
+            let info = clusters[i].as_object().unwrap().clone();
+            let times = ["lastSyncedAtMs", "tokenExpiresAtMs", "tokenExpiry"];
+            times.map(|key| info.get(key).cloned())
+        };
+        let ms = |t: Timestamp| Some(t.as_millisecond().into());
+        assert_eq!(
+            info(0, "remote-1"),
+            [ms(synced.parse().unwrap()), ms(expires), None]
+        );
+        // A time it cannot read is none, as `list` shows it.
+        assert_eq!(info(1, "remote-2"), [None, None, Some("never".into())]);
+        // Never synced, its token not read yet.
+        assert_eq!(info(2, "remote-3"), [None, None, Some("unknown".into())]);
+        for cluster in clusters.as_array().unwrap() {
+            assert_eq!(cluster.get("lastSync"), None, "no age: {cluster}");
+        }
     }
 
     /// A remote whose namespace watch fails now (its token revoked under it) while the probe,

@@ -24,6 +24,9 @@ const NOT_READ = 'not read';
 // attached): neither unreachable nor not read.
 const READING = 'reading…';
 let state = null;
+// How far the server's clock is ahead of this browser's, in ms, as its stream last said
+// (event `clock`): ages are reckoned from the server's time.
+let serverAhead = 0;
 // The server's answer for the filter last asked for: {filter, page}.
 let filtered = null;
 let asked = 0;
@@ -62,11 +65,61 @@ function renderClusters() {
     el('td', { class: 'num' }, c.inSync),
     el('td', { class: 'num' }, c.drifted),
     el('td', { class: 'num' }, c.missing),
-    el('td', {}, c.lastSync),
-    el('td', {}, c.tokenExpiry),
+    timeCell('since', c.lastSyncedAtMs, NO_TIME),
+    timeCell('until', c.tokenExpiresAtMs, c.tokenExpiry),
     el('td', { class: `state-${c.view === 'none' || c.view === 'failed' ? 'failed' : 'read'}`, title: c.viewHint || '' },
       c.viewHint ? `${c.view}: ${c.viewHint}` : c.view)));
   fill(document.querySelector('#clusters tbody'), rows);
+}
+
+// Ages and times left as `kubectl mesh list` prints them (`12s`, `3m20s`, `5h`, `2d3h`; `in 23h`,
+// `expired 5m ago`), by the rule of kubectl's HumanDuration, as the CLI's `age` module has it.
+// The server sends times, not ages: a quiet mesh sends no new snapshot, and the ages here are
+// kept current (refreshTimes).
+const NO_TIME = '<none>';
+
+function humanDuration(ms) {
+  const secs = Math.trunc(ms / 1000);
+  // A clock skew this large is worth showing as such, as kubectl does.
+  if (secs < -1) return '<invalid>';
+  if (secs < 0) return '0s';
+  const minutes = Math.floor(secs / 60);
+  const hours = Math.floor(minutes / 60);
+  const days = Math.floor(hours / 24);
+  const years = Math.floor(days / 365);
+  const two = (big, unit, small, smallUnit) => (small ? `${big}${unit}${small}${smallUnit}` : `${big}${unit}`);
+  if (secs < 60 * 2) return `${secs}s`;
+  if (minutes < 10) return two(minutes, 'm', secs % 60, 's');
+  if (minutes < 60 * 3) return `${minutes}m`;
+  if (hours < 8) return two(hours, 'h', minutes % 60, 'm');
+  if (hours < 48) return `${hours}h`;
+  if (hours < 24 * 8) return two(days, 'd', hours % 24, 'h');
+  if (hours < 24 * 365 * 2) return `${days}d`;
+  if (hours < 24 * 365 * 8) return two(years, 'y', days % 365, 'd');
+  return `${years}y`;
+}
+
+// The text of a cell of time `at` (ms since the epoch) at `now`: its age (`since`), or when it
+// comes or came (`until`).
+function relativeTime(relation, at, now) {
+  if (relation === 'since') return humanDuration(now - at);
+  const left = at - now;
+  return left < 0 ? `expired ${humanDuration(-left)} ago` : `in ${humanDuration(left)}`;
+}
+
+// A cell showing time `at` relative to now, kept current; `absent` (what stands for no time)
+// without one.
+function timeCell(relation, at, absent) {
+  if (at === undefined || at === null) return el('td', {}, absent);
+  return el('td', { 'data-time': at, 'data-relation': relation }, relativeTime(relation, at, Date.now() + serverAhead));
+}
+
+function refreshTimes() {
+  const now = Date.now() + serverAhead;
+  for (const cell of document.querySelectorAll('td[data-time]')) {
+    const text = relativeTime(cell.dataset.relation, Number(cell.dataset.time), now);
+    if (cell.textContent !== text) cell.textContent = text;
+  }
 }
 
 function reachabilityText(cluster) {
@@ -200,14 +253,18 @@ function applySnapshot(data) {
   if (currentFilter()) fetchServices();
 }
 
-// Opens this dashboard's event stream; `tell` passes on what it brings: {state} for a
-// snapshot's JSON, {connection, text} for the stream's state. Settles once the server closed
+// Opens this dashboard's event stream; `tell` passes on what it brings: {state, ahead} for a
+// snapshot's JSON and how far the server's clock is ahead of this browser's, {connection, text} for the stream's state. Settles once the server closed
 // it for good.
 function stream(tell) {
   tell({ connection: 'connecting' });
   // EventSource cannot send headers: the token goes in the query.
   const source = new EventSource(`/events?token=${encodeURIComponent(token)}`);
-  source.addEventListener('state', (event) => tell({ state: event.data }));
+  // Each snapshot comes after the server's time as it was sent (a snapshot may be older): the
+  // offset goes with it to the pages this one streams for, which share this browser's clock.
+  let ahead = 0;
+  source.addEventListener('clock', (event) => { ahead = Number(event.data) - Date.now(); });
+  source.addEventListener('state', (event) => tell({ state: event.data, ahead }));
   return new Promise((closed) => source.addEventListener('error', async () => {
     // A lost server is retried; an answer other than a stream (403: no token or a wrong one;
     // 503: too many pages open) closes it for good, and says nothing of why: asked again.
@@ -226,7 +283,10 @@ function stream(tell) {
 }
 
 function show(message) {
-  if (message.state !== undefined) applySnapshot(message.state);
+  if (message.state !== undefined) {
+    serverAhead = message.ahead || 0;
+    applySnapshot(message.state);
+  }
   else if (message.connection) connection(message.connection, message.text);
 }
 
@@ -275,3 +335,4 @@ if (navigator.locks && window.BroadcastChannel) {
   stream(show);
 }
 document.getElementById('filter').addEventListener('input', fetchServices);
+setInterval(refreshTimes, 1000);
