@@ -94,21 +94,35 @@ impl Scope {
         }
         // The scope it has already, and no credentials of the remote at hand: the primary has
         // nothing to change, so a script that re-applies its scope from where only the
-        // primary is known gets a warning, not a failure.
+        // primary is known gets a warning, not a failure. The context attach recorded, found
+        // in the user's kubeconfig but reaching another cluster (kubeadm names every context
+        // alike) or none, is no credentials of the remote either.
         let admin = remote_admin_flags.find(Some(&mc), &kc)?;
-        if recorded && admin.is_none() {
+        let not_checked = |why: String| {
             ctx.progress.warn(format!(
-                "{cluster}: the remote's policies were not checked (no credentials of the \
-                 remote; the primary holds this scope already: {}): pass --remote-kubeconfig to \
-                 bring them in line",
+                "{cluster}: the remote's policies were not checked ({why}; the primary holds \
+                 this scope already: {}): pass --remote-kubeconfig to bring them in line",
                 namespace_scope::describe(&scope)
             ));
+        };
+        if recorded && admin.is_none() {
+            not_checked("no credentials of the remote".into());
             return Ok(());
         }
         // The remote's policies first, so that a refusal here leaves everything as it was;
         // the guard first of them: it then spares what the webhook stops writing a moment
         // later.
-        let (remote, remote_target) = remote_admin(&mc, admin).await?;
+        let (remote, remote_target) = match remote_admin(&mc, admin).await {
+            Ok(reached) => reached,
+            Err(e) if recorded && !remote_admin_flags.given() => {
+                not_checked(format!(
+                    "the remote's context in your kubeconfig: {}",
+                    e.what()
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         // Only the policies this primary's attach made are changed (another primary may have
         // taken the cluster over since).
         let primary_id = access::cluster_id(&primary)

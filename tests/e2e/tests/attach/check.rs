@@ -1,8 +1,6 @@
 //! What `kubectl mesh check` says about an attached cluster's guard and rights, read from its
 //! `-o json` report.
 
-use std::path::PathBuf;
-
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
@@ -159,25 +157,6 @@ async fn check_until(
             .then_some(report))
     })
     .await
-}
-
-/// The primary's kubeconfig with one more context, `name`, that reaches the primary too,
-/// written in `dir`.
-fn namesake_context(env: &TestEnv, name: &str, dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let mut kubeconfig = kube::config::Kubeconfig::read_from(&env.primary().kubeconfig)?;
-    let current = kubeconfig
-        .current_context
-        .clone()
-        .context("no current context")?;
-    let mut namesake = (kubeconfig.contexts.iter())
-        .find(|c| c.name == current)
-        .cloned()
-        .context("no such context")?;
-    namesake.name = name.to_owned();
-    kubeconfig.contexts.push(namesake);
-    let path = dir.join("namesake.kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
-    Ok(path)
 }
 
 /// A cluster attached by an older kubectl-mesh has a sync ClusterRole without the guard

@@ -325,6 +325,16 @@ async fn the_same_scope_again_brings_the_remote_in_line() -> anyhow::Result<()> 
     // Without the remote's credentials, the primary has nothing to change: a warning.
     let without = succeeded(&mesh(env, &args[..4], &[]).await?, "scope, primary only")?;
     ensure!(without.contains("were not checked"), "{without}");
+    // As when the context attach recorded is in your kubeconfig but reaches another cluster
+    // (here the primary: kubeadm names every context alike): it was taken for the remote's.
+    let dir = tempfile::tempdir()?;
+    let namesake = namesake_context(env, &remote.name, dir.path())?;
+    let out = mesh_e2e::callers::mesh_as(&namesake, &args[..4]).await?;
+    let elsewhere = succeeded(&out, "scope, with a namesake context")?;
+    ensure!(
+        elsewhere.contains("were not checked") && elsewhere.contains("reaches"),
+        "{elsewhere}"
+    );
 
     // A selector set by hand with matchLabels is replaced whole by scope's (a merge patch kept
     // its labels beside the new expressions: far fewer namespaces written than scope said).

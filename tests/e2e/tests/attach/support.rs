@@ -515,3 +515,26 @@ pub async fn detach_forced(env: &TestEnv, remote: &Cluster, name: &str) -> anyho
     succeeded(&mesh(env, &forced, &[]).await?, "detach --force")?;
     Ok(())
 }
+
+/// The primary's kubeconfig with one more context, `name`, that reaches the primary too,
+/// written in `dir`.
+pub fn namesake_context(
+    env: &TestEnv,
+    name: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    let mut kubeconfig = kube::config::Kubeconfig::read_from(&env.primary().kubeconfig)?;
+    let current = kubeconfig
+        .current_context
+        .clone()
+        .context("no current context")?;
+    let mut namesake = (kubeconfig.contexts.iter())
+        .find(|c| c.name == current)
+        .cloned()
+        .context("no such context")?;
+    namesake.name = name.to_owned();
+    kubeconfig.contexts.push(namesake);
+    let path = dir.join("namesake.kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok(path)
+}
