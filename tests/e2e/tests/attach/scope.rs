@@ -399,3 +399,28 @@ async fn attach_replaces_a_scope_the_scope_command_set() -> anyhow::Result<()> {
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await
 }
+
+/// A re-attach that fails after the MeshCluster step puts back the scope it replaced there.
+/// Its apply changed nothing (a selector set by `kubectl patch` is another writer's field),
+/// so only the replacement that follows it was there to undo, and it was not recorded: the
+/// selector was lost, while the remote's policies were put back.
+#[tokio::test]
+async fn a_failed_re_attach_puts_back_the_scope_it_replaced() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(1).await?;
+    let flags = ["--exclude-namespaces", "gw"];
+    attach(env, remote, &flags).await?;
+    let selector =
+        json!({"spec": {"scope": {"namespaceSelector": {"matchLabels": {"team": "a"}}}}});
+    patch_mesh_cluster(env, &remote.name, &selector).await?;
+    let set = mesh_cluster(env, &remote.name).await?.spec.scope;
+    ensure!(set.namespace_selector.is_some(), "{set:?}");
+
+    let out = attach_failing_after(env, remote, "mesh-cluster", &flags).await?;
+    let line = failed_last_line(&out, "a failing re-attach")?;
+    ensure!(line.contains("was rolled back"), "{line}");
+    let kept = mesh_cluster(env, &remote.name).await?.spec.scope;
+    ensure!(kept == set, "after the rollback: {kept:?}, not {set:?}");
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}

@@ -423,8 +423,8 @@ impl<'a> Run<'a> {
 
         self.begin(Step::MeshCluster);
         let record = cluster_record(plan);
-        self.ensure(Side::Primary, Manifest::new(&setup::mesh_cluster(&record))?)
-            .await?;
+        let mesh_cluster = Manifest::new(&setup::mesh_cluster(&record))?;
+        self.ensure(Side::Primary, mesh_cluster.clone()).await?;
         let clusters: Api<MeshCluster> = Api::all(plan.primary.clone());
         let mut mc = clusters
             .get(&name)
@@ -433,17 +433,36 @@ impl<'a> Run<'a> {
         // A scope another writer set (`kubectl mesh scope`, a `kubectl patch`) is theirs under
         // server-side apply, which keeps what this apply leaves out: it is set whole.
         if mc.spec.scope != record.scope {
+            // Recorded before the request, as `ensure` records its writes: a rollback puts
+            // back the scope the other writer set (the apply above may have changed nothing).
+            let before = dyn_api(self.client(Side::Primary), &mesh_cluster)
+                .get(&name)
+                .await
+                .map_err(Error::kube(format!("cannot read MeshCluster {name}")))?;
+            self.changes.push(Change::Updated(
+                Side::Primary,
+                mesh_cluster,
+                Box::new(before),
+            ));
             let params = PatchParams {
                 field_manager: Some(FIELD_MANAGER.to_owned()),
                 ..Default::default()
             };
             let patch = namespace_scope::mesh_cluster_patch(&record.scope);
-            mc = clusters
+            mc = match clusters
                 .patch(&name, &params, &Patch::Json::<()>(patch))
                 .await
-                .map_err(Error::kube(format!(
-                    "cannot set the scope of MeshCluster {name}"
-                )))?;
+            {
+                Ok(mc) => mc,
+                Err(e) => {
+                    if undo::stored_nothing(&e) {
+                        self.changes.pop();
+                    }
+                    return Err(Error::kube(format!(
+                        "cannot set the scope of MeshCluster {name}"
+                    ))(e));
+                }
+            };
         }
         self.done(Step::MeshCluster)?;
 
