@@ -18,6 +18,7 @@ pub mod cel;
 pub mod cmd;
 pub mod credentials;
 pub mod installed_rule;
+pub mod interrupt;
 pub mod kubeconfig;
 pub mod mesh_state;
 pub mod namespace_contents;

@@ -20,7 +20,8 @@ use serde_json::json;
 use crate::{
     Context, Error, Result,
     access::{self, Need, RemoteAdmin, RemoteAdminFlags, Target},
-    mesh_state, namespace_scope,
+    cmd::attach::{Step, hooks::TestHooks},
+    interrupt, mesh_state, namespace_scope,
     output::{self, OutputFormat},
     remote_setup::{self as setup, Guard},
     render::FIELD_MANAGER,
@@ -65,6 +66,7 @@ impl Scope {
             clear,
             remote_admin: remote_admin_flags,
         } = self;
+        let hooks = TestHooks::from_env()?;
         let (kc, primary_target, primary) = ctx.primary_client().await?;
         let mc = mesh_state::cluster_named(&primary, &primary_target, &cluster)
             .await?
@@ -141,14 +143,49 @@ impl Scope {
             setup::sync_scope_policy(&cluster, &scoped, &scope),
         ));
         let mut changed: Vec<(Follower, ValidatingAdmissionPolicy)> = Vec::new();
-        for (follower, policy) in wanted {
-            match follower
-                .update(&remote, &remote_target, &cluster, &primary_id, &policy)
-                .await
-            {
-                Ok(Some(before)) => changed.push((follower, before)),
-                Ok(None) => {}
-                Err(e) => return Err(restored(e, &cluster, restore(&remote, &changed).await)),
+        let updates = async {
+            for (follower, policy) in wanted {
+                let updated = follower.update(
+                    &remote,
+                    &remote_target,
+                    &cluster,
+                    &primary_id,
+                    &policy,
+                    &mut changed,
+                );
+                if updated.await? {
+                    let stored = || {
+                        format!(
+                            "{cluster}: ValidatingAdmissionPolicy {} updated",
+                            follower.name
+                        )
+                    };
+                    hooks
+                        .stall_if_in(Some(follower.step), ctx.progress, stored)
+                        .await;
+                }
+            }
+            Ok(())
+        };
+        // Ctrl-C, SIGTERM or SIGHUP while the remote's policies change puts them back: the
+        // default action left the remote enforcing a scope the MeshCluster does not record.
+        // They stay caught after: one during the MeshCluster's patch lets it finish, as
+        // both sides then agree.
+        tokio::select! {
+            updated = updates => {
+                if let Err(e) = updated {
+                    return Err(restored(e, &cluster, restore(&remote, &changed).await));
+                }
+            }
+            () = interrupt::signalled() => {
+                if !changed.is_empty() {
+                    ctx.progress.info(
+                        "interrupted: putting back the remote's policies; Ctrl-C is ignored \
+                         until that is done",
+                    );
+                }
+                let left = restore(&remote, &changed).await;
+                return Err(restored(interrupted(&cluster, &changed, &left), &cluster, left));
             }
         }
         let described = namespace_scope::describe(&scope);
@@ -242,6 +279,8 @@ async fn remote_admin(mc: &MeshCluster, admin: Option<RemoteAdmin>) -> Result<(C
 #[derive(Clone, Copy)]
 struct Follower {
     name: &'static str,
+    /// The step of attach that writes it (which the stall test hook names).
+    step: Step,
     /// What it is, in messages.
     what: &'static str,
     /// That part of a policy, as compared.
@@ -253,19 +292,22 @@ struct Follower {
 impl Follower {
     const GUARD: Self = Self {
         name: setup::GUARD,
+        step: Step::GuardPolicy,
         what: "guard",
         part: matching,
         patch: matching_patch,
     };
     const SYNC_SCOPE: Self = Self {
         name: setup::SYNC_SCOPE,
+        step: Step::SyncScopePolicy,
         what: "sync scope",
         part: validations_patch,
         patch: validations_merge,
     };
 
     /// Sets the policy's following part to `wanted`'s, when the attach of `cluster` from the
-    /// primary `primary_id` made it; returns the policy as it was if that changed it.
+    /// primary `primary_id` made it; returns whether that changed it, and then keeps the
+    /// policy as it was in `changed`.
     async fn update(
         self,
         remote: &Client,
@@ -273,7 +315,8 @@ impl Follower {
         cluster: &str,
         primary_id: &str,
         wanted: &ValidatingAdmissionPolicy,
-    ) -> Result<Option<ValidatingAdmissionPolicy>> {
+        changed: &mut Vec<(Self, ValidatingAdmissionPolicy)>,
+    ) -> Result<bool> {
         let api: Api<ValidatingAdmissionPolicy> = Api::all(remote.clone());
         let before = match api.get(self.name).await {
             Ok(before) => before,
@@ -312,15 +355,24 @@ impl Follower {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..Default::default()
         };
-        let after = api
-            .patch(self.name, &params, &(self.patch)(wanted))
-            .await
-            .map_err(|e| {
+        let part_before = (self.part)(&before);
+        // Recorded before the request: an interruption while it is out still puts back what
+        // the remote may have stored.
+        changed.push((self, before));
+        let after = match api.patch(self.name, &params, &(self.patch)(wanted)).await {
+            Ok(after) => after,
+            Err(e) => {
+                changed.pop();
                 let doing = format!("update ValidatingAdmissionPolicy {}", self.name);
-                access::request_error(target, &doing, e)
-            })?;
+                return Err(access::request_error(target, &doing, e));
+            }
+        };
         // Compared as the apiserver stores both (with its defaults), not with `wanted`.
-        Ok(((self.part)(&after) != (self.part)(&before)).then_some(before))
+        let updated = (self.part)(&after) != part_before;
+        if !updated {
+            changed.pop();
+        }
+        Ok(updated)
     }
 }
 
@@ -364,6 +416,36 @@ fn restored(error: Error, cluster: &str, left: Vec<&str>) -> Error {
             "re-run `kubectl mesh scope {cluster}` with the same flags once the cause is fixed, \
              or with the old scope"
         ),
+    }
+}
+
+/// The error of a run interrupted while it updated the remote's policies: `changed` were put
+/// back but `left` (which [`restored`] then adds).
+fn interrupted(
+    cluster: &str,
+    changed: &[(Follower, ValidatingAdmissionPolicy)],
+    left: &[&str],
+) -> Error {
+    let put_back: Vec<&str> = (changed.iter().map(|(follower, _)| follower.what))
+        .filter(|what| !left.contains(what))
+        .collect();
+    let what = if put_back.is_empty() {
+        "interrupted".to_owned()
+    } else {
+        format!(
+            "interrupted; the remote's {} of {cluster} put back",
+            put_back.join(" and ")
+        )
+    };
+    // With `left`, the remote enforces part of the new scope: [`restored`] says so.
+    let what = if left.is_empty() {
+        format!("{what}: the scope is unchanged")
+    } else {
+        what
+    };
+    Error::Refused {
+        what,
+        hint: format!("re-run `kubectl mesh scope {cluster}` when you are ready"),
     }
 }
 
@@ -473,6 +555,36 @@ mod tests {
         assert_eq!(
             after["spec"]["matchConstraints"]["namespaceSelector"],
             json!({})
+        );
+    }
+
+    /// An interrupted run says what it put back, and never that the scope is unchanged while
+    /// a policy could not be put back.
+    #[test]
+    fn an_interruption_says_what_was_put_back() {
+        let line = |changed: &[Follower], left: Vec<&str>| {
+            let changed: Vec<_> = (changed.iter())
+                .map(|f| (*f, ValidatingAdmissionPolicy::default()))
+                .collect();
+            restored(interrupted("east", &changed, &left), "east", left).line()
+        };
+        let both = [Follower::GUARD, Follower::SYNC_SCOPE];
+        assert_eq!(
+            line(&[], Vec::new()),
+            "interrupted: the scope is unchanged; re-run `kubectl mesh scope east` when you are \
+             ready"
+        );
+        assert!(line(&both, Vec::new()).starts_with(
+            "interrupted; the remote's guard and sync scope of east put back: the scope is \
+                 unchanged;"
+        ));
+        let partly = line(&both, vec!["sync scope"]);
+        assert!(
+            partly.starts_with(
+                "interrupted; the remote's guard of east put back; the remote's sync scope of \
+                 east could not be put back: the remote enforces the new scope;"
+            ),
+            "{partly}"
         );
     }
 

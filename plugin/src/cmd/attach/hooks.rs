@@ -9,6 +9,8 @@
 //! or changes look like a request still waiting for its answer once the apiserver has stored
 //! it, so that tests can interrupt attach (Ctrl-C) exactly there. It names a step that creates objects
 //! ([`Step::creates`]); a step that creates nothing is refused, as it could never stall.
+//! `kubectl mesh scope` stalls the same way in the remote policies it updates
+//! (`guard-policy`, `sync-scope-policy`).
 
 use std::ffi::OsString;
 
@@ -23,14 +25,14 @@ pub const FAIL_AFTER_ENV: &str = "KUBECTL_MESH_FAIL_AFTER";
 /// creates or changes is stored, then attach waits as if the answer had not come.
 pub const STALL_IN_ENV: &str = "KUBECTL_MESH_STALL_IN";
 
-/// What attach says when the interruption hook stalls it, for a test to wait on.
+/// What attach (or scope) says when the interruption hook stalls it, for a test to wait on.
 pub const STALLED: &str = "stalling as if its answer had not come";
 
-pub(super) use imp::TestHooks;
+pub(crate) use imp::TestHooks;
 
 impl TestHooks {
     /// The hooks the process environment asks for.
-    pub(super) fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         Self::read(|variable| std::env::var_os(variable))
     }
 }
@@ -42,7 +44,7 @@ mod imp {
 
     /// The steps the hooks name.
     #[derive(Clone, Copy, Debug, Default)]
-    pub(in crate::cmd::attach) struct TestHooks {
+    pub(crate) struct TestHooks {
         fail_after: Option<Step>,
         stall_in: Option<Step>,
     }
@@ -79,7 +81,7 @@ mod imp {
 
         /// When the stall hook names `step`, whose object `stored` was just created or
         /// changed: says so and never returns (only Ctrl-C ends the run).
-        pub(in crate::cmd::attach) async fn stall_if_in(
+        pub(crate) async fn stall_if_in(
             &self,
             step: Option<Step>,
             progress: Progress,
@@ -140,7 +142,7 @@ mod imp {
 
     /// No hooks in this build: whatever the environment says, every step runs normally.
     #[derive(Clone, Copy, Debug, Default)]
-    pub(in crate::cmd::attach) struct TestHooks;
+    pub(crate) struct TestHooks;
 
     impl TestHooks {
         /// Ignores `lookup`: this build has no hooks.
@@ -162,7 +164,7 @@ mod imp {
         }
 
         /// Returns at once.
-        pub(in crate::cmd::attach) async fn stall_if_in(
+        pub(crate) async fn stall_if_in(
             &self,
             _step: Option<Step>,
             _progress: Progress,

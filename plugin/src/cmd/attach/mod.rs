@@ -36,7 +36,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{
-    Context, Error, Result,
+    Context, Error, Result, interrupt,
     output::{self, OutputFormat},
 };
 
@@ -205,7 +205,7 @@ impl Attach {
         // One listener for the steps and the wait. Once it listens, Ctrl-C (and SIGTERM,
         // SIGHUP) no longer ends the process, for as long as the process runs: whatever waits
         // must select on it; one received between the steps and the wait is kept for the wait.
-        let interrupt = on_signal(interruption());
+        let interrupt = interrupt::signalled();
         tokio::pin!(interrupt);
         // Ctrl-C midway rolls back like any failure.
         let (result, interrupted) = tokio::select! {
@@ -268,56 +268,5 @@ impl Attach {
             }
             OutputFormat::Table | OutputFormat::Wide => Ok(()),
         }
-    }
-}
-
-/// `listening` (the signals' registration, then the wait for one) as a future that ends only
-/// on a signal. Had the registration failed, it would end at once, and a second `select!`
-/// would poll it again after that (a panic); it never ends then, and the signals keep their
-/// default actions.
-async fn on_signal(listening: impl Future<Output = std::io::Result<()>>) {
-    if listening.await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Ctrl-C, or the end of the job or terminal attach runs in (SIGTERM from `timeout`, a CI
-/// runner or systemd; SIGHUP when an SSH session drops): each rolls back what the run changed,
-/// where the default action would leave a half-done attach and a live token behind.
-async fn interruption() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut hangup = signal(SignalKind::hangup())?;
-        tokio::select! {
-            interrupted = tokio::signal::ctrl_c() => interrupted,
-            _ = terminate.recv() => Ok(()),
-            _ = hangup.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A failed registration ended the wait at once: the `select!` after the steps then polled
-    /// the finished future again, and panicked.
-    #[tokio::test]
-    async fn a_failed_signal_registration_never_ends_the_wait() {
-        let failed = async { Err(std::io::Error::other("no signal handlers")) };
-        let waiting = on_signal(failed);
-        tokio::pin!(waiting);
-        for _ in 0..2 {
-            let polled = tokio::time::timeout(std::time::Duration::from_millis(10), &mut waiting);
-            assert!(polled.await.is_err(), "ended without a signal");
-        }
-        let signalled = on_signal(async { Ok(()) });
-        tokio::time::timeout(std::time::Duration::from_secs(1), signalled)
-            .await
-            .expect("a signal ends it");
     }
 }

@@ -10,10 +10,11 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
+use kubectl_mesh::cmd::attach::{Step, hooks::STALLED};
 use mesh_core::cluster::NamespaceScope;
 use mesh_e2e::check_report::CheckReport;
 use mesh_e2e::{
-    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, kubectl,
+    DEFAULT_TIMEOUT, create_labelled_namespace, create_namespace, eventually, fixtures, kubectl,
     patch_mesh_cluster, unique_name,
 };
 use mesh_testenv::Cluster;
@@ -420,6 +421,52 @@ async fn a_failed_re_attach_puts_back_the_scope_it_replaced() -> anyhow::Result<
     ensure!(line.contains("was rolled back"), "{line}");
     let kept = mesh_cluster(env, &remote.name).await?.spec.scope;
     ensure!(kept == set, "after the rollback: {kept:?}, not {set:?}");
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
+
+/// Ctrl-C after `scope` had changed the remote's policies, before the MeshCluster recorded the
+/// new scope, ended it there: the remote then refused the webhook the namespaces the new scope
+/// leaves out, which the MeshCluster still covers. It puts the policies back, and says so.
+#[tokio::test]
+async fn an_interrupted_scope_puts_back_the_remotes_policies() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_test_hooks(1).await?;
+    attach(env, remote, &[]).await?;
+    let attached = mesh_cluster(env, &remote.name).await?.spec.scope;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let excluded = unique_name("gw");
+    let args = ["scope", &remote.name, "--exclude-namespaces", &excluded];
+    let mut command = fixtures::mesh_invocation(env, &args)?;
+    // Stalled once the last of the remote's policies (the guard, then the sync scope) is
+    // stored, before the MeshCluster's patch.
+    command
+        .args(["--remote-kubeconfig", &kubeconfig])
+        .env_remove("KUBECTL_MESH_FAIL_AFTER")
+        .env("KUBECTL_MESH_STALL_IN", Step::SyncScopePolicy.name());
+    let (seen, status) = signalled_after(command, STALLED, "INT", DEFAULT_TIMEOUT).await?;
+    let said = seen.join("\n");
+    ensure!(!status.success(), "scope succeeded: {said}");
+    let last = seen.last().map(String::as_str).unwrap_or_default();
+    ensure!(
+        last.starts_with(&format!(
+            "error: interrupted; the remote's guard and sync scope of {} put back: the scope \
+             is unchanged",
+            remote.name
+        )),
+        "{said}"
+    );
+
+    let recorded = mesh_cluster(env, &remote.name).await?.spec.scope;
+    ensure!(
+        recorded == attached,
+        "the MeshCluster's scope: {recorded:?}"
+    );
+    let enforced = scope_recorded_on(remote).await?;
+    ensure!(enforced == recorded, "the remote enforces {enforced:?}");
+    let report = CheckReport::parse(&check_with_stored_credentials(env).await?)?;
+    let guard = report.cluster_check(&remote.name, GUARD_CHECK).cloned();
+    ensure!(guard.is_some_and(|c| c.result == "ok"), "{said}");
 
     detach(env, remote, &remote.name, &[]).await?;
     assert_nothing_left(env, remote, &remote.name).await
