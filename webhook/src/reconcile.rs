@@ -61,8 +61,8 @@ mod worker;
 use worker::{RemoteWatch, Worker};
 
 /// Share of a time-bound token's lifetime after which the leader renews it: early enough
-/// that a webhook down for a while (or a failing renewal, retried once per resync period) still has
-/// time before it expires.
+/// that a webhook down for a while (or a failing renewal, retried ever more often as the token
+/// nears its expiry) still has time before it expires.
 pub const DEFAULT_TOKEN_RENEW_FRACTION: f64 = 0.6;
 
 /// Timing and placement of the reconciler.

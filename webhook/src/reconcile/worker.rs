@@ -516,7 +516,11 @@ impl Worker {
             && let Some(client) = remote.client()
             && let Some(stored) = token
         {
-            self.renewal_not_before = Some(Instant::now() + shared.settings.resync_period);
+            let left = stored
+                .expires_at
+                .map(|exp| Duration::try_from(exp.duration_since(now)).unwrap_or(Duration::ZERO));
+            let pacing = renewal_pacing(shared.settings.resync_period, left);
+            self.renewal_not_before = Some(Instant::now() + pacing);
             match to_primary(
                 "token",
                 renew_token(
@@ -649,6 +653,24 @@ async fn to_primary<T>(
     }
     done
 }
+/// The least time between two tries at renewing a token: the first try comes after
+/// [`DEFAULT_TOKEN_RENEW_FRACTION`] of its life, and a resync period may be longer than what
+/// is left then (`--resync-period 5m` with a 10-minute token): a failed try is retried after a
+/// third of the time left (at least [`RENEWAL_RETRY_FLOOR`]), so that it is retried before the
+/// token expires.
+///
+/// [`DEFAULT_TOKEN_RENEW_FRACTION`]: super::DEFAULT_TOKEN_RENEW_FRACTION
+fn renewal_pacing(resync: Duration, left: Option<Duration>) -> Duration {
+    let Some(left) = left else {
+        return resync;
+    };
+    resync.min((left / 3).max(RENEWAL_RETRY_FLOOR))
+}
+
+/// The shortest pacing of renewal tries ([`renewal_pacing`]): a remote that refuses them is
+/// asked a few times a minute, not in a loop.
+const RENEWAL_RETRY_FLOOR: Duration = Duration::from_secs(10);
+
 /// When to renew a token due in `wait`: not before a second from `now` (no spinning), nor
 /// before `not_before` (the last try's pacing).
 fn renewal_time(wait: Duration, not_before: Option<Instant>, now: Instant) -> Instant {
@@ -1247,6 +1269,26 @@ mod tests {
         // Due later than that: when it is due.
         let later = Duration::from_secs(3600);
         assert_eq!(renewal_time(later, Some(next_try), now), now + later);
+    }
+
+    /// `--resync-period 5m` and a 10-minute token: renewed after 6 minutes, a failed try was
+    /// retried 5 minutes later, once the token had expired.
+    #[test]
+    fn a_failed_renewal_is_retried_before_the_token_expires() {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        let resync = minutes(5);
+        let mut left = minutes(4);
+        let mut tries = 1;
+        while left > Duration::ZERO {
+            let pacing = renewal_pacing(resync, Some(left));
+            assert!(pacing >= RENEWAL_RETRY_FLOOR, "{pacing:?}");
+            left = left.saturating_sub(pacing);
+            tries += 1;
+        }
+        assert!(tries >= 5, "{tries} tries before it expired");
+        // Far from expiring, or not time-bound: once per resync period.
+        assert_eq!(renewal_pacing(resync, Some(minutes(60))), resync);
+        assert_eq!(renewal_pacing(resync, None), resync);
     }
 
     #[test]
