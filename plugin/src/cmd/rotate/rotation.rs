@@ -38,16 +38,20 @@ impl Rotation<'_> {
             .and_then(token::bound_secret)
             .is_some_and(|(name, _)| name == standby);
         let on_standby = bound_to_standby || (standby_token.is_some() && standby_token == current);
-        if !on_standby {
+        let on_the_standby = if on_standby {
+            current
+        } else {
             // Whatever the standby holds is not stored; but a previous run may have just
             // moved the stored kubeconfig off it, so it goes only once that is in use.
             self.settled(holder, current.as_deref()).await?;
             self.delete_token_secret(&standby).await?;
             let token = self.issue(&standby, account, bound).await?;
             self.store(holder, &token).await?;
-            self.settled(holder, Some(&token)).await?;
-        }
-        self.settled(holder, None).await?;
+            Some(token)
+        };
+        // The standby's token is stored and in use, checked up to the revocation: an attach
+        // re-run meanwhile stores the own Secret's token again, which must not be revoked.
+        self.settled(holder, on_the_standby.as_deref()).await?;
         self.delete_token_secret(own).await?;
         self.progress.ok(format!(
             "{}: Secret {MESH_NAMESPACE}/{own} deleted: the old token is revoked",
@@ -200,6 +204,7 @@ impl Rotation<'_> {
             return Ok(());
         }
         let clusters: Api<MeshCluster> = Api::all(self.primary.clone());
+        let mut said = false;
         let used = async || {
             let stored = self.stored(holder).await?;
             let token = stored_token_of(&stored);
@@ -226,13 +231,17 @@ impl Rotation<'_> {
                 .await
                 .map_err(|e| access::request_error(self.primary_target, "read MeshClusters", e))?;
             let observed = mc.status.and_then(|s| s.observed_credentials);
-            Ok(
-                if observed.is_some() && observed == stored.resource_version() {
-                    Break(())
-                } else {
-                    Continue(stored.resource_version().unwrap_or_default())
-                },
-            )
+            if observed.is_some() && observed == stored.resource_version() {
+                return Ok(Break(()));
+            }
+            // Said once: the wait may last up to --timeout.
+            if !std::mem::replace(&mut said, true) {
+                self.progress.info(format!(
+                    "{}: waiting for the webhook to sync with the stored token",
+                    self.cluster
+                ));
+            }
+            Ok(Continue(stored.resource_version().unwrap_or_default()))
         };
         poll::until(self.timeout, Duration::from_millis(250), used, |stored| {
             Late {

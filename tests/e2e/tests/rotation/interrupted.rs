@@ -1,11 +1,12 @@
 //! A rotation that stops midway, for want of a webhook or by Ctrl-C after any step, leaves
 //! stored credentials that work, and a re-run finishes it.
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
-    api::{DeleteParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use mesh_core::cluster::MeshCluster;
+use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster};
 use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
     assert_success, describe,
@@ -137,8 +138,9 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
     let name = remote.name.clone();
     let mut seen_stored = vec![stored_sync(&env, &name).await?];
 
-    // A whole rotation prints seven lines (five when a previous one stopped on the standby):
-    // interrupt after the first, then the second... line of successive runs.
+    // A whole rotation prints seven lines (five when a previous one stopped on the standby),
+    // and one more each time it waits for the webhook: interrupt after the first, then the
+    // second... line of successive runs.
     let mut interruptions = 0;
     for after in 1..=6 {
         let mut child = tokio::process::Command::from(remote_command(&env, "rotate", &remote)?)
@@ -201,5 +203,62 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
         revoked(&format!("stored token {i}"), stored).await?;
     }
     assert_eq!(token_secrets(&remote).await?, vec![SYNC_TOKEN.to_owned()]);
+    Ok(())
+}
+
+/// A re-run that finds the standby token stored revokes the own Secret's token once the
+/// webhook uses what is stored. Had an attach re-run stored that very token meanwhile (here
+/// written as attach writes it), the rotation revoked the token in use: it now refuses, as
+/// when the credentials change during any other wait.
+#[tokio::test]
+async fn a_rotation_never_revokes_a_token_stored_again_during_its_wait() -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let (env, mesh, remote, _) = one_remote(&[], &[], "restored").await?;
+    let name = remote.name.clone();
+    let own = stored_sync(&env, &name).await?;
+    env.stop_process(mesh_testenv::mesh::WEBHOOK_PROCESS)?;
+    let stopped = rotate_with(&env, &remote, &["--timeout", "5s"]).await?;
+    assert!(!stopped.status.success(), "{}", describe(&stopped));
+
+    // The re-run waits for a webhook to use the standby token stored.
+    let mut rerun = tokio::process::Command::from(remote_command(&env, "rotate", &remote)?)
+        .args(["--timeout", "60s"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(rerun.stderr.take().expect("stderr")).lines();
+    let mut printed = Vec::new();
+    while !printed
+        .iter()
+        .any(|l: &String| l.contains("waiting for the webhook"))
+    {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line()).await??;
+        printed.push(line.ok_or_else(|| anyhow::anyhow!("rotate ended: {printed:?}"))?);
+    }
+    let secrets = Api::<Secret>::namespaced(env.primary().client().await?, MESH_NAMESPACE);
+    let patch = json!({"stringData": {"kubeconfig": own}});
+    let stored = format!("cluster-{name}");
+    secrets
+        .patch(&stored, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    mesh.start_webhook(&env).await?;
+
+    let status = tokio::time::timeout(DEADLINE, rerun.wait()).await??;
+    while let Some(line) = tokio::time::timeout(DEADLINE, lines.next_line()).await?? {
+        printed.push(line);
+    }
+    assert!(!status.success(), "{printed:?}");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("changed during the rotation")),
+        "{printed:?}"
+    );
+    assert_eq!(stored_sync(&env, &name).await?, own);
+    assert_eq!(answer_to(&own).await?, 201, "the stored token was revoked");
+    // A re-run then rotates from there.
+    assert_success(&rotate(&env, &remote).await?);
+    revoked("the token stored again", &own).await?;
     Ok(())
 }
