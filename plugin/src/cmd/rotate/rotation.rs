@@ -38,20 +38,24 @@ impl Rotation<'_> {
             .and_then(token::bound_secret)
             .is_some_and(|(name, _)| name == standby);
         let on_standby = bound_to_standby || (standby_token.is_some() && standby_token == current);
-        let on_the_standby = if on_standby {
-            current
+        // A rotation that repairs an expired token cannot say the previous one still works.
+        let current_works = !has_expired(current.as_deref());
+        let (on_the_standby, previous_works) = if on_standby {
+            (current, true)
         } else {
             // Whatever the standby holds is not stored; but a previous run may have just
             // moved the stored kubeconfig off it, so it goes only once that is in use.
-            self.settled(holder, current.as_deref()).await?;
+            self.settled(holder, current.as_deref(), current_works)
+                .await?;
             self.delete_token_secret(&standby).await?;
             let token = self.issue(&standby, account, bound).await?;
             self.store(holder, &token).await?;
-            Some(token)
+            (Some(token), current_works)
         };
         // The standby's token is stored and in use, checked up to the revocation: an attach
         // re-run meanwhile stores the own Secret's token again, which must not be revoked.
-        self.settled(holder, on_the_standby.as_deref()).await?;
+        self.settled(holder, on_the_standby.as_deref(), previous_works)
+            .await?;
         self.delete_token_secret(own).await?;
         self.progress.ok(format!(
             "{}: Secret {MESH_NAMESPACE}/{own} deleted: the old token is revoked",
@@ -59,7 +63,7 @@ impl Rotation<'_> {
         ));
         let token = self.issue(own, account, bound).await?;
         self.store(holder, &token).await?;
-        self.settled(holder, Some(&token)).await?;
+        self.settled(holder, Some(&token), true).await?;
         self.delete_token_secret(&standby).await?;
         Ok(())
     }
@@ -198,8 +202,14 @@ impl Rotation<'_> {
 
     /// Waits until the holder uses what is stored now. Only the webhook says so (in MeshCluster
     /// status); a stored token that has expired is used by no one, and is not waited for.
-    /// `expected`, when given, is the token that must be stored.
-    async fn settled(&self, holder: Holder, expected: Option<&str>) -> Result<()> {
+    /// `expected`, when given, is the token that must be stored; `previous_works`: whether the
+    /// token stored before it still works (not when it had expired), as a timeout says.
+    async fn settled(
+        &self,
+        holder: Holder,
+        expected: Option<&str>,
+        previous_works: bool,
+    ) -> Result<()> {
         if holder != Holder::Sync {
             return Ok(());
         }
@@ -219,11 +229,7 @@ impl Rotation<'_> {
                     hint: "was attach or rotate run at the same time? re-run rotate".into(),
                 });
             }
-            let expired = token
-                .as_deref()
-                .and_then(token::claims)
-                .is_some_and(|c| c.standing(jiff_now()) == token::Standing::Expired);
-            if expired {
+            if has_expired(token.as_deref()) {
                 return Ok(Break(()));
             }
             let mc = clusters
@@ -243,24 +249,31 @@ impl Rotation<'_> {
             }
             Ok(Continue(stored.resource_version().unwrap_or_default()))
         };
-        poll::until(self.timeout, Duration::from_millis(250), used, |stored| {
-            Late {
-                what: format!(
-                    "the webhook to sync {} with the stored token (MeshCluster \
+        let meanwhile = if previous_works {
+            "the previous token still works"
+        } else {
+            "the previous token had expired: the cluster syncs once the webhook uses the stored one"
+        };
+        poll::until(self.timeout, Duration::from_millis(250), used, |stored| Late {
+            what: format!(
+                "the webhook to sync {} with the stored token (MeshCluster \
                  status.observedCredentials = {stored})",
-                    self.cluster,
-                ),
-                hint: format!(
-                    "the previous token still works; `kubectl mesh list` and `kubectl mesh check` \
-                 show what the webhook does with {0}; then re-run `kubectl mesh rotate {0}`",
-                    self.cluster
-                ),
-            }
+                self.cluster,
+            ),
+            hint: format!(
+                "{meanwhile}; `kubectl mesh list` and `kubectl mesh check` show what the webhook \
+                 does with {0}; then re-run `kubectl mesh rotate {0}`",
+                self.cluster
+            ),
         })
         .await
     }
 }
 
-fn jiff_now() -> k8s_openapi::jiff::Timestamp {
-    k8s_openapi::jiff::Timestamp::now()
+/// Whether `token` is a JWT whose `exp` has passed.
+fn has_expired(token: Option<&str>) -> bool {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    token
+        .and_then(token::claims)
+        .is_some_and(|c| c.standing(now) == token::Standing::Expired)
 }

@@ -6,7 +6,7 @@ use mesh_e2e::{
     assert_success, describe, fixtures::mesh_command, reachable, text, unreachable_for,
 };
 
-use crate::support::{injection_syncs, one_remote, rotate, token_expiry, wide_list};
+use crate::support::{injection_syncs, one_remote, rotate, rotate_with, token_expiry, wide_list};
 
 /// An unsigned JWT whose `exp` has passed.
 ///
@@ -63,6 +63,18 @@ async fn an_expired_token_shows_in_status_check_list_and_metrics_and_rotate_repa
         "{}",
         describe(&wide)
     );
+
+    // Without a webhook to use the token it stores, rotate stops; it cannot say the previous
+    // token still works: it had expired.
+    env.stop_process(mesh_testenv::mesh::WEBHOOK_PROCESS)?;
+    let stopped = rotate_with(&env, &remote, &["--timeout", "3s"]).await?;
+    assert!(!stopped.status.success(), "{}", describe(&stopped));
+    let err = text(&stopped.stderr);
+    assert!(
+        err.contains("the previous token had expired") && !err.contains("still works"),
+        "{err}"
+    );
+    mesh.start_webhook(&env).await?;
 
     let rotated = rotate(&env, &remote).await?;
     assert_success(&rotated);
