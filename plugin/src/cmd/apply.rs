@@ -118,3 +118,34 @@ pub async fn wait_crd_established(client: &Client, name: &str, timeout: Duration
     )
     .await
 }
+
+/// Whether a write that failed with `e` certainly changed nothing: the apiserver answered and
+/// refused it. A write whose answer never came (a timeout, a broken connection) or that failed
+/// on the server's side may have been stored, so a change recorded to be put back stays
+/// recorded; putting back a change that never landed changes nothing.
+pub fn stored_nothing(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if (400..500).contains(&status.code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("refused", "Reason").with_code(code),
+        ))
+    }
+
+    #[test]
+    fn only_a_refusal_the_apiserver_answered_stored_nothing() {
+        for code in [400, 403, 404, 409, 422, 429] {
+            assert!(stored_nothing(&answered(code)), "{code}");
+        }
+        // The server failed while writing, or no answer came: it may be stored.
+        assert!(!stored_nothing(&answered(500)));
+        assert!(!stored_nothing(&answered(504)));
+        let unanswered = kube::Error::Service("deadline has elapsed".into());
+        assert!(!stored_nothing(&unanswered));
+    }
+}

@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::{
     Context, Error, Result,
     access::{self, Need, RemoteAdmin, RemoteAdminFlags, Target},
+    cmd::apply,
     cmd::attach::{Step, hooks::TestHooks},
     interrupt, mesh_state, namespace_scope,
     output::{self, OutputFormat},
@@ -362,7 +363,10 @@ impl Follower {
         let after = match api.patch(self.name, &params, &(self.patch)(wanted)).await {
             Ok(after) => after,
             Err(e) => {
-                changed.pop();
+                // A write whose answer never came may have landed: it stays to be put back.
+                if apply::stored_nothing(&e) {
+                    changed.pop();
+                }
                 let doing = format!("update ValidatingAdmissionPolicy {}", self.name);
                 return Err(access::request_error(target, &doing, e));
             }

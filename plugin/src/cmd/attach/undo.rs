@@ -67,14 +67,6 @@ impl Change {
     }
 }
 
-/// Whether a write that failed with `e` certainly changed nothing: the apiserver answered and
-/// refused it. A write whose answer never came (a timeout, a broken connection) or that failed
-/// on the server's side may have been stored, so its change stays recorded; putting back a
-/// change that never landed changes nothing.
-pub(super) fn stored_nothing(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(status) if (400..500).contains(&status.code))
-}
-
 /// Gives `m` the content `before` again: replaced over what is there now, or created again
 /// when it is gone.
 async fn restore(client: &Client, m: &Manifest, before: &DynamicObject) -> Result<()> {
@@ -164,24 +156,6 @@ pub(super) fn revoked_note(revoked: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn answered(code: u16) -> kube::Error {
-        kube::Error::Api(Box::new(
-            kube::core::Status::failure("refused", "Reason").with_code(code),
-        ))
-    }
-
-    #[test]
-    fn only_a_refusal_the_apiserver_answered_stored_nothing() {
-        for code in [400, 403, 404, 409, 422, 429] {
-            assert!(stored_nothing(&answered(code)), "{code}");
-        }
-        // The server failed while writing, or no answer came: it may be stored.
-        assert!(!stored_nothing(&answered(500)));
-        assert!(!stored_nothing(&answered(504)));
-        let unanswered = kube::Error::Service("deadline has elapsed".into());
-        assert!(!stored_nothing(&unanswered));
-    }
 
     /// A change the rollback could not put back was to be deleted by hand, as a creation is:
     /// for the sync scope that leaves the stored token unconfined.

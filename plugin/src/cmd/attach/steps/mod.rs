@@ -32,7 +32,7 @@ use crate::{
 };
 
 use super::step::Step;
-use super::undo::{self, Change};
+use super::undo::Change;
 
 mod rollback;
 
@@ -164,7 +164,7 @@ impl<'a> Run<'a> {
         let obj = match api.patch(&m.name, &params, &Patch::Apply(&m.object)).await {
             Ok(obj) => obj,
             Err(e) => {
-                if undo::stored_nothing(&e) {
+                if apply::stored_nothing(&e) {
                     self.changes.pop();
                 }
                 return Err(Error::kube(format!(
@@ -455,7 +455,7 @@ impl<'a> Run<'a> {
             {
                 Ok(mc) => mc,
                 Err(e) => {
-                    if undo::stored_nothing(&e) {
+                    if apply::stored_nothing(&e) {
                         self.changes.pop();
                     }
                     return Err(Error::kube(format!(
@@ -654,7 +654,7 @@ impl<'a> Run<'a> {
         match api.delete(&m.name, &DeleteParams::background()).await {
             Ok(_) => Ok(apply::Deleted::Deleted),
             Err(e) => {
-                if undo::stored_nothing(&e) {
+                if apply::stored_nothing(&e) {
                     self.changes.pop();
                 }
                 match e {
