@@ -211,6 +211,22 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
                 short_reason(reason),
                 scope_remedy(cluster)
             ),
+            // Nor here: the token is to renew, or the credentials to repair.
+            PushResult::CredentialsRefused {
+                expired_at: Some(at),
+                ..
+            } => format!(
+                "{cluster} not pushed: its stored token expired at {at:.0}; `kubectl mesh rotate \
+                 {cluster}` issues a new one"
+            ),
+            PushResult::CredentialsRefused {
+                message,
+                expired_at: None,
+            } => format!(
+                "{cluster} not pushed: it refuses the stored credentials ({}); `kubectl mesh \
+                 check` says how to repair them",
+                short_reason(message)
+            ),
             PushResult::Forbidden(reason) => format!(
                 "{cluster} forbids the change ({}); the reconciler will retry",
                 short_reason(reason)
@@ -218,6 +234,10 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
             PushResult::Failed(reason) => format!(
                 "{cluster} failed ({}); the reconciler will retry",
                 short_reason(reason)
+            ),
+            PushResult::Reconfiguring => format!(
+                "{cluster} is being reconfigured (its MeshCluster changed); the reconciler \
+                 brings the change"
             ),
             _ => continue,
         };
@@ -712,6 +732,23 @@ mod tests {
                 PushResult::ScopeUnusable(managed_key),
                 "scope_unusable",
             ),
+            (
+                "remote-12",
+                PushResult::CredentialsRefused {
+                    message: "401 Unauthorized".into(),
+                    expired_at: None,
+                },
+                "forbidden",
+            ),
+            (
+                "remote-13",
+                PushResult::CredentialsRefused {
+                    message: "401 Unauthorized".into(),
+                    expired_at: Some(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                },
+                "forbidden",
+            ),
+            ("remote-14", PushResult::Reconfiguring, "reconfiguring"),
         ];
         let outcomes: Vec<_> = remotes
             .iter()
@@ -728,6 +765,9 @@ mod tests {
                 "kubectl-mesh: remote-3: namespace foo does not exist there (not created)",
                 "kubectl-mesh: remote-10 not pushed: its stored credentials cannot be used (secret kubectl-mesh/cluster-remote-10 not found); `kubectl mesh check` says how to repair them",
                 "kubectl-mesh: remote-11 not pushed: its namespace scope cannot be used (the namespace selector uses the managed label istio.io/rev); replace it with `kubectl mesh scope remote-11 --namespace-selector SELECTOR` (a selector without managed label keys, plus any --exclude-namespaces it had) or remove it with `kubectl mesh scope remote-11 --clear`",
+                "kubectl-mesh: remote-12 not pushed: it refuses the stored credentials (401 Unauthorized); `kubectl mesh check` says how to repair them",
+                "kubectl-mesh: remote-13 not pushed: its stored token expired at 1970-01-01T00:00:00Z; `kubectl mesh rotate remote-13` issues a new one",
+                "kubectl-mesh: remote-14 is being reconfigured (its MeshCluster changed); the reconciler brings the change",
                 "kubectl-mesh: remote-4 unreachable (connection refused); the reconciler will retry",
                 "kubectl-mesh: remote-8 forbids the change (namespaces \"foo\" is forbidden); the reconciler will retry",
                 "kubectl-mesh: remote-9 failed (conflict: retry); the reconciler will retry",
@@ -945,9 +985,17 @@ mod tests {
                 "credentials_unusable",
             ),
             (PushResult::ScopeUnusable(String::new()), "scope_unusable"),
+            (
+                PushResult::CredentialsRefused {
+                    message: String::new(),
+                    expired_at: None,
+                },
+                "forbidden",
+            ),
             (PushResult::Forbidden(String::new()), "forbidden"),
             (PushResult::Failed(String::new()), "failed"),
             (PushResult::TimedOut, "timed_out"),
+            (PushResult::Reconfiguring, "reconfiguring"),
         ];
         for (result, label) in all {
             assert_eq!(result.metric_label(), label);

@@ -504,6 +504,13 @@ fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
                 PushResult::ScopeUnusable(error) => {
                     format!("its namespace scope cannot be used: {error}")
                 }
+                PushResult::CredentialsRefused {
+                    expired_at: Some(at),
+                    ..
+                } => format!("the stored token expired at {at:.0}"),
+                PushResult::CredentialsRefused { message, .. } => {
+                    format!("the remote refuses the stored credentials: {message}")
+                }
                 PushResult::Forbidden(error) => format!("forbidden: {error}"),
                 PushResult::Failed(error) => error.clone(),
                 PushResult::TimedOut => "no answer before the deadline".to_owned(),
@@ -513,6 +520,10 @@ fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
                 PushResult::Queued => {
                     "not tried: an earlier change of the namespace was still being pushed at the \
                      deadline"
+                        .to_owned()
+                }
+                PushResult::Reconfiguring => {
+                    "not tried: the cluster was being reconfigured (its MeshCluster changed)"
                         .to_owned()
                 }
                 PushResult::Applied

@@ -42,7 +42,7 @@ use crate::{
     shared_state::SharedState,
 };
 
-use mesh_core::{labels::Labels, remote::Remote};
+use mesh_core::{labels::Labels, remote::Snapshot};
 
 /// Largest AdmissionReview accepted. A Namespace review is a few KiB; the apiserver's own
 /// limit on objects is far above this, but nothing this webhook reads needs more.
@@ -139,10 +139,10 @@ impl AppState {
         based_on: Option<&str>,
     ) -> Vec<PushOutcome> {
         let deadline = tokio::time::Instant::now() + self.push_deadline;
-        let remotes = self.shared.remotes.snapshot();
+        let attached = self.shared.remotes.snapshot();
         // A push not made is counted too, never timed: no remote took part in it.
         let not_made = |result: PushResult| {
-            let outcomes = every_remote(&remotes, result);
+            let outcomes = every_cluster(&attached, result);
             for outcome in &outcomes {
                 self.shared
                     .metrics
@@ -165,7 +165,7 @@ impl AppState {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let blame_timeouts = left >= self.push_deadline / 2;
         let timed = fan_out_timed_from(
-            &remotes,
+            &attached,
             &self.shared.rule,
             intent,
             Some(expected),
@@ -193,12 +193,13 @@ impl AppState {
     }
 }
 
-/// The same `result` for every remote, for a push that was not made.
-fn every_remote(remotes: &[Arc<Remote>], result: PushResult) -> Vec<PushOutcome> {
-    remotes
-        .iter()
-        .map(|remote| PushOutcome {
-            cluster: remote.name().to_owned(),
+/// The same `result` for every attached cluster, for a push that was not made.
+fn every_cluster(attached: &Snapshot, result: PushResult) -> Vec<PushOutcome> {
+    let current = attached.current.iter().map(|remote| remote.name());
+    current
+        .chain(attached.rebuilding.iter().map(String::as_str))
+        .map(|cluster| PushOutcome {
+            cluster: cluster.to_owned(),
             result: result.clone(),
         })
         .collect()
@@ -391,6 +392,11 @@ mod tests {
         body::{Body, Bytes},
         http::Request,
     };
+    use k8s_openapi::jiff::Timestamp;
+    use mesh_core::fake_apiserver::{answering, status};
+    use mesh_core::fixtures::{mesh_cluster, stored_credentials};
+    use mesh_core::remote::Remote;
+    use mesh_core::token::Claims;
     use std::io;
     use tower::ServiceExt;
 
@@ -745,6 +751,134 @@ mod tests {
         }
         let (status, value) = call(app.clone(), post_mutate(UPDATE)).await;
         assert_eq!(status, StatusCode::OK, "{value}");
+    }
+
+    /// The warnings of the answer to [`UPDATE`] (`istio.io/rev=1-25` on `shop`).
+    async fn warnings_of_update(state: &AppState) -> Vec<String> {
+        let (status, body) = call(router(state.clone()), post_mutate(UPDATE)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body["response"]["warnings"].clone()).expect("warnings")
+    }
+
+    /// The stored kubeconfig of [`mesh_cluster`]s: its server, port 1 of loopback, where
+    /// nothing listens.
+    const KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: remote
+  cluster:
+    server: https://127.0.0.1:1
+    certificate-authority-data: ""
+users:
+- name: remote
+  user:
+    token: s3cr3t-token
+contexts:
+- name: remote
+  context: {cluster: remote, user: remote}
+current-context: remote
+"#;
+
+    /// A push to a client just built first reads which cluster it reaches: a remote down then
+    /// was said unreachable with a warning cut before the cause ("cannot read which cluster
+    /// the kubeconfig in secret cluster-remote-1 reaches (…"), which blamed the kubeconfig.
+    #[tokio::test]
+    async fn a_remote_down_when_its_identity_is_read_says_why() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let state = state();
+        let cluster = mesh_cluster("remote-1", "uid-remote-1");
+        let secret = stored_credentials("remote-1", KUBECONFIG);
+        state
+            .shared
+            .remotes
+            .refresh(&cluster, "kubectl-mesh", Some(&secret))
+            .await
+            .expect("built");
+        let warnings = warnings_of_update(&state).await;
+        let [warning] = &warnings[..] else {
+            panic!("{warnings:?}");
+        };
+        assert!(
+            warning.starts_with("kubectl-mesh: remote-1 unreachable (")
+                && warning.to_lowercase().contains("connection refused")
+                && warning.ends_with("); the reconciler will retry"),
+            "{warning}"
+        );
+    }
+
+    /// A remote that refuses the stored token (401) when asked which cluster it is: retrying
+    /// mends nothing, and the token expired is renewed by `rotate`. It was said to forbid the
+    /// change, and that the reconciler would retry.
+    #[tokio::test]
+    async fn a_remote_refusing_the_stored_token_names_the_repair() {
+        let at = |second| Timestamp::from_second(second).expect("timestamp");
+        let expired = Claims {
+            issued_at: Some(at(1_000)),
+            expires_at: Some(at(2_000)),
+        };
+        let cases = [
+            (
+                None,
+                "kubectl-mesh: remote-1 not pushed: it refuses the stored credentials (401 \
+                 Unauthorized); `kubectl mesh check` says how to repair them",
+            ),
+            (
+                Some(expired),
+                "kubectl-mesh: remote-1 not pushed: its stored token expired at \
+                 1970-01-01T00:33:20Z; `kubectl mesh rotate remote-1` issues a new one",
+            ),
+        ];
+        for (token, said) in cases {
+            let (client, asked) =
+                answering(|_, _| status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
+            let mut remote = Remote::new("remote-1", client)
+                .with_identity(&mesh_cluster("remote-1", "uid-remote-1"));
+            if let Some(claims) = token {
+                remote = remote.with_token(claims);
+            }
+            let state = state();
+            state.shared.remotes.insert(remote);
+            assert_eq!(warnings_of_update(&state).await, [said]);
+            assert_eq!(
+                asked.all(),
+                ["GET /api/v1/namespaces/kube-system"],
+                "nothing written"
+            );
+        }
+    }
+
+    /// A MeshCluster changed a moment ago: its entry is not handed out until rebuilt. The push
+    /// passed over it, and with no other cluster said that none is attached.
+    #[tokio::test]
+    async fn a_cluster_being_rebuilt_is_said_to_be_reconfigured() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let state = state();
+        let remotes = &state.shared.remotes;
+        let mut cluster = mesh_cluster("remote-1", "uid-remote-1");
+        cluster.metadata.uid = Some("uid-mc".to_owned());
+        cluster.metadata.generation = Some(1);
+        remotes.observe([&cluster]);
+        let secret = stored_credentials("remote-1", KUBECONFIG);
+        remotes
+            .refresh(&cluster, "kubectl-mesh", Some(&secret))
+            .await
+            .expect("built");
+        cluster.metadata.generation = Some(2);
+        remotes.observe([&cluster]);
+
+        assert_eq!(
+            warnings_of_update(&state).await,
+            [
+                "kubectl-mesh: remote-1 is being reconfigured (its MeshCluster changed); the \
+                 reconciler brings the change"
+            ]
+        );
+        let metrics = state.shared.metrics.encode().expect("metrics");
+        assert!(
+            metrics.contains(r#"pushes_total{cluster="remote-1",result="reconfiguring"} 1"#),
+            "{metrics}"
+        );
     }
 
     /// Refused before its body is read: a body that never ends gets its answer at once.

@@ -18,13 +18,14 @@ use std::{
 };
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
 use kube::{Api, Client};
 
 use mesh_core::{
-    failure::Failure,
+    failure::{Failure, error_chain, refuses_credentials},
     labels::{Labels, SyncRule},
-    remote::{self, Remote, RemoteState},
+    remote::{self, Remote, RemoteState, Snapshot},
+    token::{Claims, Standing},
     write::{Known, Written, write_managed_labels},
 };
 
@@ -57,7 +58,13 @@ pub enum PushResult {
     /// The cluster's namespace scope (`spec.scope`) cannot be used: nothing was sent, nor is
     /// anything written there until the scope is corrected.
     ScopeUnusable(String),
-    /// The remote refused kubectl-mesh's credentials or permissions.
+    /// The remote refused the stored credentials themselves (401): a token revoked, or expired
+    /// (at `expired_at`, by its claims). Nothing was written, and no retry mends it.
+    CredentialsRefused {
+        message: String,
+        expired_at: Option<Timestamp>,
+    },
+    /// The remote refused what kubectl-mesh's credentials may do (403).
     Forbidden(String),
     /// Any other error answered by the remote.
     Failed(String),
@@ -72,6 +79,10 @@ pub enum PushResult {
     /// Not pushed: the deadline passed while an earlier push of the namespace still ran; the
     /// reconciler brings the change.
     Queued,
+    /// Not pushed: the cluster's `MeshCluster` changed (or was attached) a moment ago, and its
+    /// client is not built yet for it ([`Snapshot::rebuilding`]); the reconciler brings the
+    /// change once it is.
+    Reconfiguring,
 }
 
 impl PushResult {
@@ -85,12 +96,14 @@ impl PushResult {
             Self::Unreachable(_) => "unreachable",
             Self::CredentialsUnusable(_) => "credentials_unusable",
             Self::ScopeUnusable(_) => "scope_unusable",
-            Self::Forbidden(_) => "forbidden",
+            // Counted with every refusal, as before 401s were told apart.
+            Self::CredentialsRefused { .. } | Self::Forbidden(_) => "forbidden",
             Self::Failed(_) => "failed",
             Self::TimedOut => "timed_out",
             Self::NotWaited => "not_waited",
             Self::Superseded => "superseded",
             Self::Queued => "queued",
+            Self::Reconfiguring => "reconfiguring",
         }
     }
 
@@ -109,8 +122,9 @@ pub struct PushOutcome {
     pub result: PushResult,
 }
 
-impl From<Written> for PushResult {
-    fn from(written: Written) -> Self {
+impl PushResult {
+    /// How a write ended, through a remote whose stored token has `token`'s claims.
+    fn written(written: Written, token: Option<Claims>) -> Self {
         match written {
             Written::Applied { .. } => Self::Applied,
             Written::AlreadyInSync => Self::AlreadyInSync,
@@ -118,14 +132,18 @@ impl From<Written> for PushResult {
             Written::OutOfScope => Self::OutOfScope,
             Written::Failed {
                 failure, message, ..
-            } => Self::failed(failure, message),
+            } => Self::failed(failure, message, token),
         }
     }
-}
 
-impl PushResult {
-    /// A call to the remote that failed this way.
-    fn failed(failure: Failure, message: String) -> Self {
+    /// A call to the remote that failed this way, its stored token having `token`'s claims.
+    fn failed(failure: Failure, message: String, token: Option<Claims>) -> Self {
+        if refuses_credentials(failure, &message) {
+            return Self::CredentialsRefused {
+                message,
+                expired_at: token.and_then(expired_at),
+            };
+        }
         match failure {
             Failure::Unreachable => Self::Unreachable(message),
             Failure::TimedOut => Self::TimedOut,
@@ -136,15 +154,28 @@ impl PushResult {
     }
 
     /// Not pushed: the remote's server could not be shown to be its cluster
-    /// ([`Remote::verify`]). A 404 there is of its kube-system, not of the namespace pushed;
-    /// a server that is another cluster is credentials to repair, which no retry fixes.
-    fn unverified(error: &remote::Error) -> Self {
-        match error.call_failure() {
-            Some(Failure::NotFound) => Self::Failed(error.to_string()),
-            Some(failure) => Self::failed(failure, error.to_string()),
-            None => Self::CredentialsUnusable(error.to_string()),
+    /// ([`Remote::verify`]). A failed call says what failed, as any call of a push does (what
+    /// it was for would fill a warning before the cause); a 404 there is of its kube-system,
+    /// not of the namespace pushed; a server that is another cluster is credentials to
+    /// repair, which no retry fixes.
+    fn unverified(error: &remote::Error, token: Option<Claims>) -> Self {
+        let Some(call) = error.failed_call() else {
+            return Self::CredentialsUnusable(error.to_string());
+        };
+        let (failure, cause) = (Failure::of(call), error_chain(call));
+        match failure {
+            Failure::NotFound => Self::Failed(format!(
+                "{cause} (its kube-system namespace, read to tell which cluster it is)"
+            )),
+            _ => Self::failed(failure, cause, token),
         }
     }
+}
+
+/// When a token with these claims expired, if it has.
+fn expired_at(claims: Claims) -> Option<Timestamp> {
+    let expired = claims.standing(Timestamp::now()) == Standing::Expired;
+    claims.expires_at.filter(|_| expired)
 }
 
 /// The outcome of one push and how long it took, for the latency histogram.
@@ -173,20 +204,29 @@ pub async fn fan_out(
     intent: &PushIntent,
     deadline: Duration,
 ) -> Vec<PushOutcome> {
-    fan_out_timed_from(remotes, rule, intent, None, deadline, true)
+    fan_out_timed_from(&attached(remotes), rule, intent, None, deadline, true)
         .await
         .into_iter()
         .map(|timed| timed.outcome)
         .collect()
 }
 
-/// [`fan_out`] of a change from `expected` (the managed labels the primary had before it),
-/// with the time each remote took: each remote first gets [`push_from`]. `None` reads every
-/// remote first ([`push`]). With `blame_timeouts` false a remote that runs out the deadline is
-/// not taken for silent: the deadline was cut short before the push began (it waited its turn
-/// behind another push of the namespace), and the remote is not to blame.
+/// `remotes`, none being rebuilt, as a snapshot of the registry.
+fn attached(remotes: &[Arc<Remote>]) -> Snapshot {
+    Snapshot {
+        current: remotes.to_vec(),
+        rebuilding: Vec::new(),
+    }
+}
+
+/// [`fan_out`] to the `attached` clusters of a change from `expected` (the managed labels the
+/// primary had before it), with the time each remote took: each remote first gets
+/// [`push_from`]. `None` reads every remote first ([`push`]). With `blame_timeouts` false a
+/// remote that runs out the deadline is not taken for silent: the deadline was cut short before
+/// the push began (it waited its turn behind another push of the namespace), and the remote is
+/// not to blame. The clusters being rebuilt come last, as [`PushResult::Reconfiguring`].
 pub async fn fan_out_timed_from(
-    remotes: &[Arc<Remote>],
+    attached: &Snapshot,
     rule: &SyncRule,
     intent: &PushIntent,
     expected: Option<&Labels>,
@@ -194,7 +234,7 @@ pub async fn fan_out_timed_from(
     blame_timeouts: bool,
 ) -> Vec<TimedOutcome> {
     let deadline = tokio::time::Instant::now() + deadline;
-    join_all(remotes.iter().map(|remote| async move {
+    let mut timed = join_all(attached.current.iter().map(|remote| async move {
         let started = Instant::now();
         let read_first = AtomicBool::new(false);
         let scoped = rule.within(remote.scope());
@@ -206,14 +246,16 @@ pub async fn fan_out_timed_from(
                 asked = true;
                 let pushed = async {
                     if let Err(error) = remote.verify().await {
-                        return PushResult::unverified(&error);
+                        return PushResult::unverified(&error, remote.token());
                     }
-                    match expected {
-                        Some(expected) => {
-                            push_from_noting(client, rule, intent, expected, &read_first).await
-                        }
-                        None => push(client, rule, intent).await,
-                    }
+                    let known = match expected {
+                        Some(labels) => Known::Expecting {
+                            labels,
+                            refused: &read_first,
+                        },
+                        None => Known::Nothing,
+                    };
+                    push_knowing(client, rule, intent, known, remote.token()).await
                 };
                 let result = tokio::time::timeout_at(deadline, pushed)
                     .await
@@ -241,7 +283,20 @@ pub async fn fan_out_timed_from(
             read_first: read_first.load(Ordering::Relaxed),
         }
     }))
-    .await
+    .await;
+    timed.extend(attached.rebuilding.iter().map(|cluster| {
+        let result = PushResult::Reconfiguring;
+        log_outcome(cluster, &intent.namespace, &result, Duration::ZERO);
+        TimedOutcome {
+            outcome: PushOutcome {
+                cluster: cluster.clone(),
+                result,
+            },
+            elapsed: None,
+            read_first: false,
+        }
+    }));
+    timed
 }
 
 fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Duration) {
@@ -260,6 +315,12 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
         | PushResult::Failed(error) => {
             tracing::warn!(%cluster, %namespace, %outcome, %error, elapsed_ms, "push failed");
         }
+        PushResult::CredentialsRefused {
+            message: error,
+            expired_at,
+        } => {
+            tracing::warn!(%cluster, %namespace, %outcome, %error, ?expired_at, elapsed_ms, "push refused: the remote refuses the stored credentials");
+        }
         PushResult::TimedOut => {
             tracing::warn!(%cluster, %namespace, %outcome, elapsed_ms, "push timed out");
         }
@@ -275,52 +336,49 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
         PushResult::Queued => {
             tracing::warn!(%cluster, %namespace, %outcome, "push not tried: an earlier push of the namespace ran past the deadline");
         }
+        PushResult::Reconfiguring => {
+            tracing::info!(%cluster, %namespace, %outcome, "push not tried: the cluster's client is being rebuilt for its changed MeshCluster");
+        }
     }
 }
 
 /// Pushes `intent` to one remote: read the namespace, then write only the managed labels that
-/// differ ([`write_managed_labels`] from nothing known).
+/// differ ([`write_managed_labels`] from nothing known). Its stored token unknown, a refusal of
+/// it is not told expired.
 pub async fn push(client: &Client, rule: &SyncRule, intent: &PushIntent) -> PushResult {
-    push_knowing(client, rule, intent, Known::Nothing).await
+    push_knowing(client, rule, intent, Known::Nothing, None).await
 }
 
 /// Pushes `intent` to a remote expected to carry `expected` (the primary's managed labels before
 /// the change): one guarded JSON patch, and a read-diff-write only if the remote is not as
-/// expected ([`Known::Expecting`]).
+/// expected ([`Known::Expecting`]). Its stored token unknown, as for [`push`].
 pub async fn push_from(
     client: &Client,
     rule: &SyncRule,
     intent: &PushIntent,
     expected: &Labels,
 ) -> PushResult {
-    push_from_noting(client, rule, intent, expected, &AtomicBool::new(false)).await
-}
-
-/// [`push_from`], setting `read_first` when the remote refused the guarded patch.
-async fn push_from_noting(
-    client: &Client,
-    rule: &SyncRule,
-    intent: &PushIntent,
-    expected: &Labels,
-    read_first: &AtomicBool,
-) -> PushResult {
+    let read_first = AtomicBool::new(false);
     let known = Known::Expecting {
         labels: expected,
-        refused: read_first,
+        refused: &read_first,
     };
-    push_knowing(client, rule, intent, known).await
+    push_knowing(client, rule, intent, known, None).await
 }
 
+/// Pushes `intent` to one remote from what is `known` of it, whose stored token has `token`'s
+/// claims.
 async fn push_knowing(
     client: &Client,
     rule: &SyncRule,
     intent: &PushIntent,
     known: Known<'_>,
+    token: Option<Claims>,
 ) -> PushResult {
     let api: Api<Namespace> = Api::all(client.clone());
     let desired = || intent.labels.clone();
     let written = write_managed_labels(&api, rule, &intent.namespace, desired, known).await;
-    PushResult::from(written)
+    PushResult::written(written, token)
 }
 
 #[cfg(test)]
@@ -496,7 +554,7 @@ pub(crate) mod tests {
             &[("istio-injection", "enabled"), ("istio.io/rev", "1-25")],
         );
         let timed = fan_out_timed_from(
-            &remotes,
+            &attached(&remotes),
             &rule,
             &want,
             Some(&before),
@@ -654,6 +712,54 @@ pub(crate) mod tests {
         );
     }
 
+    /// A 401 refuses the stored credentials, whichever call of the push meets it (the read of
+    /// the identity after a rebuild, or a write once the token expired or was revoked), and is
+    /// told from a 403 and, when the stored token's claims say it has expired, since when.
+    #[tokio::test]
+    async fn a_remote_refusing_the_stored_credentials_is_told_from_one_refusing_the_change() {
+        use axum::http::StatusCode;
+        use mesh_core::fake_apiserver::{answering, status};
+        let refusing = |code: StatusCode| {
+            let reason = code.canonical_reason().expect("a reason");
+            answering(move |_, _| status(code, reason, reason)).0
+        };
+        let at = |second| Timestamp::from_second(second).expect("timestamp");
+        let lasting_until = |second| Claims {
+            issued_at: Some(at(1_000)),
+            expires_at: Some(at(second)),
+        };
+        let (expired, valid) = (lasting_until(2_000), lasting_until(4_000_000_000));
+        let refused = |expired_at| PushResult::CredentialsRefused {
+            message: "401 Unauthorized".to_owned(),
+            expired_at,
+        };
+        let unauthorized = || Remote::new("east", refusing(StatusCode::UNAUTHORIZED));
+        let cases = [
+            (
+                "the identity's read, the token expired",
+                unauthorized()
+                    .with_identity(&mesh_cluster("east", "uid-east"))
+                    .with_token(expired),
+                refused(Some(at(2_000))),
+            ),
+            ("a write, the token unknown", unauthorized(), refused(None)),
+            (
+                "a write, the token valid",
+                unauthorized().with_token(valid),
+                refused(None),
+            ),
+            (
+                "a write the remote's RBAC refuses",
+                Remote::new("east", refusing(StatusCode::FORBIDDEN)).with_token(expired),
+                PushResult::Forbidden("403 Forbidden".to_owned()),
+            ),
+        ];
+        for (case, remote, result) in cases {
+            let outcomes = push_injection(&[Arc::new(remote)], Duration::from_secs(5)).await;
+            assert_eq!(outcomes[0].result, result, "{case}");
+        }
+    }
+
     /// A scope that cannot be used is to correct, not to retry: it was a failure "the
     /// reconciler will retry", which writes nothing there either.
     #[tokio::test]
@@ -669,8 +775,15 @@ pub(crate) mod tests {
         let remotes = east_behind(&remote, on_a_managed_key);
         let rule = SyncRule::default();
         let deadline = Duration::from_secs(5);
-        let timed =
-            fan_out_timed_from(&remotes, &rule, &enable_injection(), None, deadline, true).await;
+        let timed = fan_out_timed_from(
+            &attached(&remotes),
+            &rule,
+            &enable_injection(),
+            None,
+            deadline,
+            true,
+        )
+        .await;
         assert!(
             matches!(&timed[0].outcome.result, PushResult::ScopeUnusable(m) if m.contains("istio-injection")),
             "{timed:?}"
@@ -707,8 +820,15 @@ pub(crate) mod tests {
         let (_slow, remotes) = slow_remote(Duration::from_millis(500));
         let rule = SyncRule::default();
         let cut_short = Duration::from_millis(100);
-        let first =
-            fan_out_timed_from(&remotes, &rule, &enable_injection(), None, cut_short, false).await;
+        let first = fan_out_timed_from(
+            &attached(&remotes),
+            &rule,
+            &enable_injection(),
+            None,
+            cut_short,
+            false,
+        )
+        .await;
         assert_eq!(first[0].outcome.result, PushResult::TimedOut);
         assert!(!remotes[0].is_silent());
         // Nor is its time a propagation's: 100 ms timed out told of a fast one.
@@ -755,7 +875,7 @@ pub(crate) mod tests {
             let intent = enable_injection();
             let rule = SyncRule::default();
             let deadline = Duration::from_millis(200);
-            fan_out_timed_from(&remotes, &rule, &intent, None, deadline, true).await
+            fan_out_timed_from(&attached(&remotes), &rule, &intent, None, deadline, true).await
         };
         let timed = |outcomes: Vec<TimedOutcome>| -> Vec<(PushResult, bool)> {
             let timed = |o: TimedOutcome| (o.outcome.result, o.elapsed.is_some());

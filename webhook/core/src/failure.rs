@@ -84,6 +84,14 @@ impl Failure {
     }
 }
 
+/// Whether a call that failed as `failure`, with `chain` its [`error_chain`], was answered 401:
+/// the server refused the credentials themselves (a token expired, revoked, or not its own),
+/// which no retry mends, where a 403 (also [`Failure::Forbidden`]) refuses what they may do.
+/// The chain of an answer starts with its code.
+pub fn refuses_credentials(failure: Failure, chain: &str) -> bool {
+    failure == Failure::Forbidden && chain.split(' ').next() == Some("401")
+}
+
 /// Whether a request that failed with `error` got no answer worth quoting: anything but the
 /// apiserver's refusal or the client's own credentials; how the plugin tells "cannot reach"
 /// from a refusal before it changes anything. Not `!Failure::of(error).answered()`, on purpose:
@@ -380,6 +388,31 @@ mod tests {
                 .boxed(),
         );
         assert_eq!(error_chain(&err), "401 Unauthorized");
+    }
+
+    /// A 401 refuses the credentials, a 403 what they may do: both are `Forbidden`, and
+    /// only the chain tells them apart.
+    #[test]
+    fn only_a_401_refuses_the_credentials() {
+        let unauthorized = kube::Error::Api(
+            Status::failure("Unauthorized", "Unauthorized")
+                .with_code(401)
+                .boxed(),
+        );
+        let not_a_status = kube::Error::Api(
+            Status::failure("<html>", UNPARSED_BODY)
+                .with_code(401)
+                .boxed(),
+        );
+        let told =
+            |error: &kube::Error| refuses_credentials(Failure::of(error), &error_chain(error));
+        for refused in [unauthorized, not_a_status] {
+            assert!(told(&refused), "{refused}");
+        }
+        let transport = service_error(io::ErrorKind::Other, "401 bytes read");
+        for other in [api_error(403), transport] {
+            assert!(!told(&other), "{other}");
+        }
     }
 
     #[test]

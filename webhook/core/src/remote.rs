@@ -138,8 +138,13 @@ impl Error {
     /// How the call failed, for the errors that are a failed call to the remote (which, unlike
     /// unusable credentials, may pass on their own).
     pub fn call_failure(&self) -> Option<Failure> {
+        self.failed_call().map(Failure::of)
+    }
+
+    /// The error of the call to the remote, for the errors that are a failed call.
+    pub fn failed_call(&self) -> Option<&kube::Error> {
         match self {
-            Self::IdentityUnread { cause, .. } => Some(Failure::of(cause)),
+            Self::IdentityUnread { cause, .. } => Some(cause),
             _ => None,
         }
     }
@@ -391,6 +396,13 @@ impl Remote {
     pub fn token(&self) -> Option<Claims> {
         self.token
     }
+
+    /// The same remote holding a stored token with `claims`, as [`Remotes::refresh`] reads
+    /// them from the Secret (a test's remote, built from a client).
+    pub fn with_token(mut self, claims: Claims) -> Self {
+        self.token = Some(claims);
+        self
+    }
 }
 
 /// The registry of remote clients, keyed by `MeshCluster` name. Cheap to clone.
@@ -410,6 +422,17 @@ struct Entries {
 
 /// A `MeshCluster`'s uid and generation.
 type Incarnation = (Option<String>, Option<i64>);
+
+/// The attached clusters at one instant ([`Remotes::snapshot`]).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The entries [`Remotes::get`] hands out, ordered by name.
+    pub current: Vec<Arc<Remote>>,
+    /// The attached clusters, by name, whose entry is not built yet for their `MeshCluster` as
+    /// watched now (it changed, or was attached or created again, a moment ago): nothing
+    /// reaches them until [`Remotes::refresh`] builds it.
+    pub rebuilding: Vec<String>,
+}
 
 impl Entries {
     /// Whether `remote` was built for the `MeshCluster` of its name as last watched: until
@@ -446,15 +469,23 @@ impl Remotes {
             .cloned()
     }
 
-    /// Every entry [`Remotes::get`] hands out, ordered by name.
-    pub fn snapshot(&self) -> Vec<Arc<Remote>> {
+    /// Every entry [`Remotes::get`] hands out, and the attached clusters it hands out none of.
+    pub fn snapshot(&self) -> Snapshot {
         let entries = self.read();
-        entries
-            .built
-            .values()
-            .filter(|remote| entries.is_current(remote))
-            .cloned()
-            .collect()
+        let is_current = |name: &String| {
+            (entries.built.get(name)).is_some_and(|remote| entries.is_current(remote))
+        };
+        Snapshot {
+            current: (entries.built.values())
+                .filter(|remote| entries.is_current(remote))
+                .cloned()
+                .collect(),
+            rebuilding: (entries.attached.iter())
+                .flat_map(BTreeMap::keys)
+                .filter(|name| !is_current(name))
+                .cloned()
+                .collect(),
+        }
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -1233,6 +1264,11 @@ current-context: east
         let secret = stored_credentials("east", TOKEN_KUBECONFIG);
         let remotes = Remotes::default();
         remotes.observe([&first]);
+        assert_eq!(
+            remotes.snapshot().rebuilding,
+            ["east"],
+            "attached, not built yet"
+        );
         let built = remotes
             .refresh(&first, "ns", Some(&secret))
             .await
@@ -1246,10 +1282,19 @@ current-context: east
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
-        for watched in [vec![&again], vec![&changed], vec![&leaving], vec![]] {
+        // Still attached, as another MeshCluster: said to be rebuilt, not passed over.
+        let rebuilding = ["east".to_owned()];
+        for (watched, rebuilding) in [
+            (vec![&again], &rebuilding[..]),
+            (vec![&changed], &rebuilding),
+            (vec![&leaving], &[]),
+            (vec![], &[]),
+        ] {
             remotes.observe(watched.iter().copied());
             assert!(remotes.get("east").is_none(), "{watched:?}");
-            assert!(remotes.snapshot().is_empty(), "{watched:?}");
+            let snapshot = remotes.snapshot();
+            assert!(snapshot.current.is_empty(), "{watched:?}");
+            assert_eq!(snapshot.rebuilding, rebuilding, "{watched:?}");
         }
 
         remotes.observe([&again]);
@@ -1262,7 +1307,9 @@ current-context: east
                 .get("east")
                 .is_some_and(|r| Arc::ptr_eq(&r, &rebuilt))
         );
-        assert_eq!(remotes.snapshot().len(), 1);
+        let snapshot = remotes.snapshot();
+        assert_eq!(snapshot.current.len(), 1);
+        assert!(snapshot.rebuilding.is_empty(), "{snapshot:?}");
     }
 
     #[tokio::test]
