@@ -394,7 +394,7 @@ mod tests {
     };
     use k8s_openapi::jiff::Timestamp;
     use mesh_core::fake_apiserver::{answering, status};
-    use mesh_core::fixtures::{mesh_cluster, stored_credentials};
+    use mesh_core::fixtures::{TOKEN_KUBECONFIG, mesh_cluster, stored_credentials};
     use mesh_core::remote::Remote;
     use mesh_core::token::Claims;
     use std::io;
@@ -760,26 +760,6 @@ mod tests {
         serde_json::from_value(body["response"]["warnings"].clone()).expect("warnings")
     }
 
-    /// The stored kubeconfig of [`mesh_cluster`]s: its server, port 1 of loopback, where
-    /// nothing listens.
-    const KUBECONFIG: &str = r#"
-apiVersion: v1
-kind: Config
-clusters:
-- name: remote
-  cluster:
-    server: https://127.0.0.1:1
-    certificate-authority-data: ""
-users:
-- name: remote
-  user:
-    token: s3cr3t-token
-contexts:
-- name: remote
-  context: {cluster: remote, user: remote}
-current-context: remote
-"#;
-
     /// A push to a client just built first reads which cluster it reaches: a remote down then
     /// was said unreachable with a warning cut before the cause ("cannot read which cluster
     /// the kubeconfig in secret cluster-remote-1 reaches (…"), which blamed the kubeconfig.
@@ -788,7 +768,7 @@ current-context: remote
         let _ = rustls::crypto::ring::default_provider().install_default();
         let state = state();
         let cluster = mesh_cluster("remote-1", "uid-remote-1");
-        let secret = stored_credentials("remote-1", KUBECONFIG);
+        let secret = stored_credentials("remote-1", TOKEN_KUBECONFIG);
         state
             .shared
             .remotes
@@ -859,7 +839,7 @@ current-context: remote
         cluster.metadata.uid = Some("uid-mc".to_owned());
         cluster.metadata.generation = Some(1);
         remotes.observe([&cluster]);
-        let secret = stored_credentials("remote-1", KUBECONFIG);
+        let secret = stored_credentials("remote-1", TOKEN_KUBECONFIG);
         remotes
             .refresh(&cluster, "kubectl-mesh", Some(&secret))
             .await

@@ -53,6 +53,26 @@ pub fn stored_credentials(name: &str, kubeconfig: &str) -> k8s_openapi::api::cor
     secret
 }
 
+/// A stored kubeconfig holding a token, of a server at port 1 of loopback, where nothing
+/// listens.
+pub const TOKEN_KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+clusters:
+- name: east
+  cluster:
+    server: https://127.0.0.1:1
+    certificate-authority-data: ""
+users:
+- name: east
+  user:
+    token: s3cr3t-token
+contexts:
+- name: east
+  context: {cluster: east, user: east}
+current-context: east
+"#;
+
 /// Namespaces by name, as a primary's view holds them.
 pub fn by_name(
     namespaces: impl IntoIterator<Item = Namespace>,

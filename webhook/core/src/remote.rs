@@ -792,30 +792,12 @@ mod tests {
     use crate::{
         fake_apiserver::FakeApiserver,
         fixtures::{
-            SilentServer, assert_each_cause_prints_once, mesh_cluster, refused_connection,
-            stored_credentials,
+            SilentServer, TOKEN_KUBECONFIG, assert_each_cause_prints_once, mesh_cluster,
+            refused_connection, stored_credentials,
         },
     };
     use k8s_openapi::ByteString;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    const TOKEN_KUBECONFIG: &str = r#"
-apiVersion: v1
-kind: Config
-clusters:
-- name: east
-  cluster:
-    server: https://127.0.0.1:1
-    certificate-authority-data: ""
-users:
-- name: east
-  user:
-    token: s3cr3t-token
-contexts:
-- name: east
-  context: {cluster: east, user: east}
-current-context: east
-"#;
 
     /// A server that accepts connections and never answers the TLS handshake: the connect
     /// timeout ends the call, and the error says that it timed out.
