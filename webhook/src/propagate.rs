@@ -25,7 +25,7 @@ use mesh_core::{
     failure::{Failure, error_chain, refuses_credentials},
     labels::{Labels, SyncRule},
     remote::{self, Remote, RemoteState, Snapshot},
-    token::{Claims, Standing},
+    token::Claims,
     write::{Known, Written, write_managed_labels},
 };
 
@@ -141,7 +141,7 @@ impl PushResult {
         if refuses_credentials(failure, &message) {
             return Self::CredentialsRefused {
                 message,
-                expired_at: token.and_then(expired_at),
+                expired_at: token.and_then(|claims| claims.expired_at(Timestamp::now())),
             };
         }
         match failure {
@@ -170,12 +170,6 @@ impl PushResult {
             _ => Self::failed(failure, cause, token),
         }
     }
-}
-
-/// When a token with these claims expired, if it has.
-fn expired_at(claims: Claims) -> Option<Timestamp> {
-    let expired = claims.standing(Timestamp::now()) == Standing::Expired;
-    claims.expires_at.filter(|_| expired)
 }
 
 /// The outcome of one push and how long it took, for the latency histogram.

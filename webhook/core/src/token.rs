@@ -128,13 +128,18 @@ pub enum Standing {
 }
 
 impl Claims {
+    /// When the token expired, if it has by `now` ([`Standing::Expired`]).
+    pub fn expired_at(&self, now: Timestamp) -> Option<Timestamp> {
+        self.expires_at.filter(|exp| now >= *exp)
+    }
+
     /// How the token stands at `now`. Without `iat` the lifetime is unknown, and only
     /// expiry is judged.
     pub fn standing(&self, now: Timestamp) -> Standing {
         let Some(exp) = self.expires_at else {
             return Standing::Fine;
         };
-        if now >= exp {
+        if self.expired_at(now).is_some() {
             return Standing::Expired;
         }
         let Some(iat) = self.issued_at.filter(|iat| *iat < exp) else {

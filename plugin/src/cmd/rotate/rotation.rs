@@ -275,5 +275,6 @@ fn has_expired(token: Option<&str>) -> bool {
     let now = k8s_openapi::jiff::Timestamp::now();
     token
         .and_then(token::claims)
-        .is_some_and(|c| c.standing(now) == token::Standing::Expired)
+        .and_then(|c| c.expired_at(now))
+        .is_some()
 }
