@@ -16,11 +16,11 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::Value;
 
 use mesh_core::injection::{self, Readiness};
-use mesh_core::labels::{Labels, SyncRule, scope_remedy};
+use mesh_core::labels::{Labels, SyncRule};
 use mesh_core::printable;
 
 use crate::injectors::ClusterReadiness;
-use crate::propagate::{PushIntent, PushOutcome, PushResult};
+use crate::push_outcome::{PushIntent, PushOutcome, PushResult, summary};
 
 /// Annotation on the primary namespace recording where its last managed-label change landed:
 /// a compact JSON object `{"<cluster>": "<result label>"}`.
@@ -191,57 +191,17 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
             intent.namespace
         ));
     }
+    // A line per cluster that missed, but for those told together: a change that waited past
+    // the deadline (above, for the namespace) and the remotes that did not answer (below).
     for outcome in &sorted {
-        let cluster = &outcome.cluster;
-        let what = match &outcome.result {
-            PushResult::Unreachable(reason) => {
-                format!(
-                    "{cluster} unreachable ({}); the reconciler will retry",
-                    short_reason(reason)
-                )
-            }
-            // Retrying will not help: the credentials need repair.
-            PushResult::CredentialsUnusable(reason) => format!(
-                "{cluster} not pushed: its stored credentials cannot be used ({}); `kubectl mesh \
-                 check` says how to repair them",
-                short_reason(reason)
-            ),
-            PushResult::ScopeUnusable(reason) => format!(
-                "{cluster} not pushed: its namespace scope cannot be used ({}); {}",
-                short_reason(reason),
-                scope_remedy(cluster)
-            ),
-            // Nor here: the token is to renew, or the credentials to repair.
-            PushResult::CredentialsRefused {
-                expired_at: Some(at),
-                ..
-            } => format!(
-                "{cluster} not pushed: its stored token expired at {at:.0}; `kubectl mesh rotate \
-                 {cluster}` issues a new one"
-            ),
-            PushResult::CredentialsRefused {
-                message,
-                expired_at: None,
-            } => format!(
-                "{cluster} not pushed: it refuses the stored credentials ({}); `kubectl mesh \
-                 check` says how to repair them",
-                short_reason(message)
-            ),
-            PushResult::Forbidden(reason) => format!(
-                "{cluster} forbids the change ({}); the reconciler will retry",
-                short_reason(reason)
-            ),
-            PushResult::Failed(reason) => format!(
-                "{cluster} failed ({}); the reconciler will retry",
-                short_reason(reason)
-            ),
-            PushResult::Reconfiguring => format!(
-                "{cluster} is being reconfigured (its MeshCluster changed); the reconciler \
-                 brings the change"
-            ),
-            _ => continue,
-        };
-        lines.push(format!("{WARNING_PREFIX}{what}"));
+        let grouped = matches!(
+            outcome.result,
+            PushResult::TimedOut | PushResult::NotWaited | PushResult::Queued
+        );
+        if let Some(miss) = outcome.result.miss().filter(|_| !grouped) {
+            let line = miss.line(&outcome.cluster, MAX_REASON_BYTES);
+            lines.push(format!("{WARNING_PREFIX}{line}"));
+        }
     }
     if outcomes
         .iter()
@@ -262,16 +222,13 @@ fn warnings(intent: &PushIntent, outcomes: &[PushOutcome]) -> Vec<String> {
             intent.namespace
         ));
     }
-    if let Some(timed_out) = listed(|r| matches!(r, PushResult::TimedOut)) {
-        lines.push(format!(
-            "{WARNING_PREFIX}{timed_out} did not answer in time; the reconciler will retry"
-        ));
-    }
-    if let Some(not_waited) = listed(|r| matches!(r, PushResult::NotWaited)) {
-        lines.push(format!(
-            "{WARNING_PREFIX}{not_waited} did not answer the last push, not waited for; the \
-             reconciler will retry"
-        ));
+    for silent in [PushResult::TimedOut, PushResult::NotWaited] {
+        let clusters = sorted.iter().filter(|o| o.result == silent);
+        let clusters: Vec<&str> = clusters.map(|o| o.cluster.as_str()).collect();
+        if let Some(miss) = silent.miss().filter(|_| !clusters.is_empty()) {
+            let line = miss.line(&list(&clusters), MAX_REASON_BYTES);
+            lines.push(format!("{WARNING_PREFIX}{line}"));
+        }
     }
     lines
 }
@@ -348,27 +305,9 @@ fn annotation_patch(object: &Namespace, outcomes: &[PushOutcome]) -> Patch {
     Patch(ops)
 }
 
-/// `k=v, k2=v2`.
-fn summary(labels: &Labels) -> String {
-    labels
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// `a, b, c`, or `a, b, c, d, e and 3 more` past [`printable::FEW`].
 fn list(clusters: &[&str]) -> String {
     printable::few(clusters)
-}
-
-/// A remote's error text as one short line: warnings are single lines in kubectl's output
-/// (and, as everything a remote said, [`printable::one_line`]).
-fn short_reason(reason: &str) -> String {
-    let flat = (printable::one_line(reason).split_whitespace())
-        .collect::<Vec<_>>()
-        .join(" ");
-    printable::cut(flat, MAX_REASON_BYTES)
 }
 
 #[cfg(test)]
@@ -767,7 +706,7 @@ mod tests {
                 "kubectl-mesh: remote-11 not pushed: its namespace scope cannot be used (the namespace selector uses the managed label istio.io/rev); replace it with `kubectl mesh scope remote-11 --namespace-selector SELECTOR` (a selector without managed label keys, plus any --exclude-namespaces it had) or remove it with `kubectl mesh scope remote-11 --clear`",
                 "kubectl-mesh: remote-12 not pushed: it refuses the stored credentials (401 Unauthorized); `kubectl mesh check` says how to repair them",
                 "kubectl-mesh: remote-13 not pushed: its stored token expired at 1970-01-01T00:00:00Z; `kubectl mesh rotate remote-13` issues a new one",
-                "kubectl-mesh: remote-14 is being reconfigured (its MeshCluster changed); the reconciler brings the change",
+                "kubectl-mesh: remote-14 not pushed yet: attached or changed a moment ago, its client is being built; the reconciler brings the change",
                 "kubectl-mesh: remote-4 unreachable (connection refused); the reconciler will retry",
                 "kubectl-mesh: remote-8 forbids the change (namespaces \"foo\" is forbidden); the reconciler will retry",
                 "kubectl-mesh: remote-9 failed (conflict: retry); the reconciler will retry",

@@ -34,7 +34,7 @@ use repeats::{Offer, PushFailures, Throttle, Verdict};
 use crate::{
     cluster_status::{Attempt, MAX_MESSAGE},
     metrics::Metrics,
-    propagate::{PushIntent, PushOutcome, PushResult},
+    push_outcome::{Miss, PushIntent, PushOutcome, summary},
 };
 
 /// Event reason: the reconciler rewrote a remote namespace's managed labels.
@@ -306,31 +306,26 @@ impl Publisher {
         let change = if intent.labels.is_empty() {
             "removal of the managed labels".to_owned()
         } else {
-            intent
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            summary(&intent.labels)
         };
         let now = now();
         let (mut start, mut dropped) = (false, 0);
         {
             let mut queue = lock(&self.push_failures);
-            for (cluster, why) in failed {
-                let key = (cluster.clone(), intent.namespace.clone());
+            for (cluster, miss) in failed {
+                let key = (cluster.to_owned(), intent.namespace.clone());
                 let offer = queue.offer(key.clone(), now, |held| PushFailureEvent {
                     key,
                     held,
                     event: KubeEvent {
                         type_: EventType::Warning,
                         reason: REASON_FAILED.to_owned(),
-                        note: Some(push_failure_note(&cluster, held, &change, &why)),
+                        note: Some(push_failure_note(cluster, held, &change, &miss)),
                         action: "Push".to_owned(),
                         secondary: Some(ObjectReference {
                             api_version: Some(MeshCluster::api_version(&()).into_owned()),
                             kind: Some(MeshCluster::kind(&()).into_owned()),
-                            name: Some(cluster.clone()),
+                            name: Some(cluster.to_owned()),
                             ..ObjectReference::default()
                         }),
                     },
@@ -491,51 +486,11 @@ fn sync_is_news(
     !corrections.is_empty() || !report.errors.is_empty()
 }
 
-/// The clusters a push did not reach, with why, in the words of the Event.
-fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(String, String)> {
+/// The clusters a push did not reach, with how it missed.
+fn failed_pushes(outcomes: &[PushOutcome]) -> Vec<(&str, Miss<'_>)> {
     outcomes
         .iter()
-        .filter_map(|outcome| {
-            let why = match &outcome.result {
-                PushResult::Unreachable(error) => format!("unreachable: {error}"),
-                PushResult::CredentialsUnusable(error) => {
-                    format!("its stored credentials cannot be used: {error}")
-                }
-                PushResult::ScopeUnusable(error) => {
-                    format!("its namespace scope cannot be used: {error}")
-                }
-                PushResult::CredentialsRefused {
-                    expired_at: Some(at),
-                    ..
-                } => format!("the stored token expired at {at:.0}"),
-                PushResult::CredentialsRefused { message, .. } => {
-                    format!("the remote refuses the stored credentials: {message}")
-                }
-                PushResult::Forbidden(error) => format!("forbidden: {error}"),
-                PushResult::Failed(error) => error.clone(),
-                PushResult::TimedOut => "no answer before the deadline".to_owned(),
-                PushResult::NotWaited => {
-                    "not tried: no answer to the last push before its deadline".to_owned()
-                }
-                PushResult::Queued => {
-                    "not tried: an earlier change of the namespace was still being pushed at the \
-                     deadline"
-                        .to_owned()
-                }
-                PushResult::Reconfiguring => {
-                    "not tried: the cluster was being reconfigured (its MeshCluster changed)"
-                        .to_owned()
-                }
-                PushResult::Applied
-                | PushResult::AlreadyInSync
-                | PushResult::NamespaceMissing
-                | PushResult::OutOfScope
-                | PushResult::Superseded => {
-                    return None;
-                }
-            };
-            Some((outcome.cluster.clone(), why))
-        })
+        .filter_map(|outcome| Some((outcome.cluster.as_str(), outcome.result.miss()?)))
         .collect()
 }
 
@@ -577,16 +532,17 @@ fn unwritable_event(prev: Option<&MeshClusterStatus>, attempt: &Attempt<'_>) -> 
     (!already).then(|| sync_event(EventType::Warning, reason, message.clone(), None))
 }
 
-/// The note of a push that failed on `cluster`, after `held` failures of it without an Event,
-/// cut to [`MAX_MESSAGE`]: `why` may quote what the remote answered, and the apiserver refuses
-/// an Event whose note runs past 1 KiB.
-fn push_failure_note(cluster: &str, held: u32, change: &str, why: &str) -> String {
+/// The note of a push that missed `cluster`, after `held` misses of it without an Event. What
+/// the remote said is cut first, so that what to do survives; the whole to [`MAX_MESSAGE`]
+/// (the apiserver refuses an Event whose note runs past 1 KiB), for a long change.
+fn push_failure_note(cluster: &str, held: u32, change: &str, miss: &Miss<'_>) -> String {
     let held = held_since_last(held);
-    mesh_core::printable::cut(
-        format!("cluster {cluster}{held}: {change} not applied ({why}); the reconciler will retry"),
-        MAX_MESSAGE,
-    )
+    let line = miss.line(cluster, MAX_PUSH_DETAIL);
+    mesh_core::printable::cut(format!("{change} not applied{held}: {line}"), MAX_MESSAGE)
 }
+
+/// Bytes of what the remote said that a push failure's Event quotes: room for the rest.
+const MAX_PUSH_DETAIL: usize = 512;
 
 /// How an Event's note tells the repeats held before it, early: the rest may be cut.
 fn held_since_last(held: u32) -> String {
@@ -623,6 +579,7 @@ mod tests {
     use crate::{
         cluster_status::{Attempt, next_status},
         http::parse_review,
+        push_outcome::PushResult,
     };
     use http_body_util::BodyExt;
     use hyper::StatusCode;
@@ -833,7 +790,9 @@ mod tests {
         assert_eq!(primary.writes(), 2);
         let note = primary.last_note();
         assert!(
-            note.starts_with("cluster dark-0 (2 more since the last Event): "),
+            note.starts_with(
+                "istio-injection=enabled not applied (2 more since the last Event): dark-0 "
+            ),
             "{note}"
         );
     }
@@ -975,18 +934,38 @@ mod tests {
     }
 
     #[test]
-    fn a_push_failure_note_fits_an_event() {
-        let short = push_failure_note("east", 0, "istio-injection=enabled", "timed out");
+    fn a_push_failure_note_says_what_brings_the_change() {
+        let note = |result: PushResult| {
+            let miss = result.miss().expect("a miss");
+            push_failure_note("east", 0, "istio-injection=enabled", &miss)
+        };
         assert_eq!(
-            short,
-            "cluster east: istio-injection=enabled not applied (timed out); the reconciler will retry"
+            note(PushResult::Unreachable("connection refused".to_owned())),
+            "istio-injection=enabled not applied: east unreachable (connection refused); the \
+             reconciler will retry"
         );
-        let long = push_failure_note("east", 3, "istio-injection=enabled", &"x".repeat(4000));
-        assert_eq!(long.len(), MAX_MESSAGE, "{long}");
+        // No retry mends refused credentials: the note says what does.
+        assert_eq!(
+            note(PushResult::CredentialsRefused {
+                message: "401 Unauthorized".to_owned(),
+                expired_at: None,
+            }),
+            "istio-injection=enabled not applied: east not pushed: it refuses the stored \
+             credentials (401 Unauthorized); `kubectl mesh check` says how to repair them"
+        );
+    }
+
+    #[test]
+    fn a_push_failure_note_fits_an_event_and_keeps_what_to_do() {
+        let miss = PushResult::ScopeUnusable("x".repeat(4000));
+        let miss = miss.miss().expect("a miss");
+        let note = push_failure_note("east", 3, "istio-injection=enabled", &miss);
+        assert!(note.len() <= MAX_MESSAGE, "{note}");
         assert!(
-            long.starts_with("cluster east (3 more since the last Event): "),
-            "{long}"
+            note.starts_with("istio-injection=enabled not applied (3 more since the last Event)"),
+            "{note}"
         );
+        assert!(note.ends_with("--clear`"), "{note}");
     }
 
     #[test]
@@ -1057,24 +1036,10 @@ mod tests {
             outcome("slow", PushResult::TimedOut),
             outcome("queued", PushResult::Queued),
         ];
-        let failed = failed_pushes(&outcomes);
-        let failed: Vec<(&str, &str)> = failed
+        let failed: Vec<&str> = failed_pushes(&outcomes)
             .iter()
-            .map(|(cluster, why)| (cluster.as_str(), why.as_str()))
+            .map(|(cluster, _)| *cluster)
             .collect();
-        assert_eq!(
-            failed,
-            [
-                ("down", "unreachable: refused"),
-                ("denied", "forbidden: rbac"),
-                ("broken", "500"),
-                ("slow", "no answer before the deadline"),
-                (
-                    "queued",
-                    "not tried: an earlier change of the namespace was still being pushed at \
-                     the deadline"
-                ),
-            ]
-        );
+        assert_eq!(failed, ["down", "denied", "broken", "slow", "queued"]);
     }
 }

@@ -37,7 +37,8 @@ use crate::{
     events,
     listen::PeerAddr,
     metrics::{self, ReviewOutcome},
-    propagate::{PushIntent, PushOutcome, PushResult, fan_out_timed_from},
+    propagate::fan_out_timed_from,
+    push_outcome::{PushIntent, PushOutcome, PushResult},
     push_queue::{PushQueue, Turn},
     shared_state::SharedState,
 };
@@ -831,7 +832,7 @@ mod tests {
     /// A MeshCluster changed a moment ago: its entry is not handed out until rebuilt. The push
     /// passed over it, and with no other cluster said that none is attached.
     #[tokio::test]
-    async fn a_cluster_being_rebuilt_is_said_to_be_reconfigured() {
+    async fn a_cluster_being_rebuilt_is_said_to_be_not_pushed_yet() {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let state = state();
         let remotes = &state.shared.remotes;
@@ -850,8 +851,8 @@ mod tests {
         assert_eq!(
             warnings_of_update(&state).await,
             [
-                "kubectl-mesh: remote-1 is being reconfigured (its MeshCluster changed); the \
-                 reconciler brings the change"
+                "kubectl-mesh: remote-1 not pushed yet: attached or changed a moment ago, its \
+                 client is being built; the reconciler brings the change"
             ]
         );
         let metrics = state.shared.metrics.encode().expect("metrics");

@@ -19,6 +19,7 @@ pub mod listen;
 pub mod metrics;
 mod primary_view;
 pub mod propagate;
+pub mod push_outcome;
 pub mod push_queue;
 pub mod readiness;
 pub mod reconcile;

@@ -18,7 +18,7 @@ use prometheus_client::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{leader::Leadership, propagate::PushResult};
+use crate::{leader::Leadership, push_outcome::PushResult};
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -29,98 +29,7 @@ use mesh_core::{
     write::{Known, Written, write_managed_labels},
 };
 
-/// What every remote must carry after a change on the primary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PushIntent {
-    /// Name of the namespace, equal on the primary and the remotes.
-    pub namespace: String,
-    /// The managed labels remotes must end with; keys absent here are removed there.
-    pub labels: Labels,
-}
-
-/// How pushing a [`PushIntent`] to one remote ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PushResult {
-    /// The remote namespace was patched.
-    Applied,
-    /// The remote namespace already carried the labels; nothing was written.
-    AlreadyInSync,
-    /// The namespace does not exist on the remote; it is never created.
-    NamespaceMissing,
-    /// The cluster's namespace scope leaves the namespace alone there; nothing was written.
-    OutOfScope,
-    /// The remote's apiserver could not be reached.
-    Unreachable(String),
-    /// The cluster's stored credentials cannot be used (its Secret missing, a kubeconfig the
-    /// rule of stored kubeconfigs refuses, not what attach recorded, a server that is another
-    /// cluster): nothing was written.
-    CredentialsUnusable(String),
-    /// The cluster's namespace scope (`spec.scope`) cannot be used: nothing was sent, nor is
-    /// anything written there until the scope is corrected.
-    ScopeUnusable(String),
-    /// The remote refused the stored credentials themselves (401): a token revoked, or expired
-    /// (at `expired_at`, by its claims). Nothing was written, and no retry mends it.
-    CredentialsRefused {
-        message: String,
-        expired_at: Option<Timestamp>,
-    },
-    /// The remote refused what kubectl-mesh's credentials may do (403).
-    Forbidden(String),
-    /// Any other error answered by the remote.
-    Failed(String),
-    /// No answer before the webhook's deadline.
-    TimedOut,
-    /// Not tried: the remote let a push run out its deadline a moment ago and has not answered
-    /// since ([`Remote::is_silent`]); the reconciler brings it the change.
-    NotWaited,
-    /// Not pushed: a newer change of the namespace arrived while this one waited its turn,
-    /// and pushes instead.
-    Superseded,
-    /// Not pushed: the deadline passed while an earlier push of the namespace still ran; the
-    /// reconciler brings the change.
-    Queued,
-    /// Not pushed: the cluster's `MeshCluster` changed (or was attached) a moment ago, and its
-    /// client is not built yet for it ([`Snapshot::rebuilding`]); the reconciler brings the
-    /// change once it is.
-    Reconfiguring,
-}
-
-impl PushResult {
-    /// Value of the `result` label of push metrics, and of the propagation annotation.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::AlreadyInSync => "in_sync",
-            Self::NamespaceMissing => "missing",
-            Self::OutOfScope => "out_of_scope",
-            Self::Unreachable(_) => "unreachable",
-            Self::CredentialsUnusable(_) => "credentials_unusable",
-            Self::ScopeUnusable(_) => "scope_unusable",
-            // Counted with every refusal, as before 401s were told apart.
-            Self::CredentialsRefused { .. } | Self::Forbidden(_) => "forbidden",
-            Self::Failed(_) => "failed",
-            Self::TimedOut => "timed_out",
-            Self::NotWaited => "not_waited",
-            Self::Superseded => "superseded",
-            Self::Queued => "queued",
-            Self::Reconfiguring => "reconfiguring",
-        }
-    }
-
-    /// Whether the remote now carries the intended labels.
-    pub fn is_landed(&self) -> bool {
-        matches!(self, Self::Applied | Self::AlreadyInSync)
-    }
-}
-
-/// The outcome of one push to one remote.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PushOutcome {
-    /// Name of the remote (its `MeshCluster`).
-    pub cluster: String,
-    /// How the push ended.
-    pub result: PushResult,
-}
+use crate::push_outcome::{PushIntent, PushOutcome, PushResult};
 
 impl PushResult {
     /// How a write ended, through a remote whose stored token has `token`'s claims.
@@ -293,9 +202,20 @@ pub async fn fan_out_timed_from(
     timed
 }
 
+/// One line per push, its words from [`PushResult::miss`]; the messages stay few and fixed, for
+/// whoever counts them.
 fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Duration) {
     let elapsed_ms = elapsed.as_millis();
     let outcome = result.metric_label();
+    let miss = result.miss();
+    let why = miss
+        .as_ref()
+        .map(|miss| miss.what.as_str())
+        .unwrap_or_default();
+    let error = miss
+        .as_ref()
+        .and_then(|miss| miss.detail)
+        .unwrap_or_default();
     match result {
         PushResult::Applied
         | PushResult::AlreadyInSync
@@ -304,34 +224,24 @@ fn log_outcome(cluster: &str, namespace: &str, result: &PushResult, elapsed: Dur
         | PushResult::Superseded => {
             tracing::info!(%cluster, %namespace, %outcome, elapsed_ms, "push done");
         }
-        PushResult::Unreachable(error)
-        | PushResult::Forbidden(error)
-        | PushResult::Failed(error) => {
-            tracing::warn!(%cluster, %namespace, %outcome, %error, elapsed_ms, "push failed");
-        }
-        PushResult::CredentialsRefused {
-            message: error,
-            expired_at,
-        } => {
-            tracing::warn!(%cluster, %namespace, %outcome, %error, ?expired_at, elapsed_ms, "push refused: the remote refuses the stored credentials");
-        }
         PushResult::TimedOut => {
             tracing::warn!(%cluster, %namespace, %outcome, elapsed_ms, "push timed out");
         }
-        PushResult::CredentialsUnusable(error) => {
-            tracing::warn!(%cluster, %namespace, %outcome, %error, "push not tried: the stored credentials cannot be used");
-        }
-        PushResult::ScopeUnusable(error) => {
-            tracing::warn!(%cluster, %namespace, %outcome, %error, "push not tried: the namespace scope cannot be used");
-        }
-        PushResult::NotWaited => {
-            tracing::warn!(%cluster, %namespace, %outcome, "push not tried: the remote did not answer the last one");
-        }
-        PushResult::Queued => {
-            tracing::warn!(%cluster, %namespace, %outcome, "push not tried: an earlier push of the namespace ran past the deadline");
-        }
+        // Nothing is wrong: the next sync brings the change.
         PushResult::Reconfiguring => {
-            tracing::info!(%cluster, %namespace, %outcome, "push not tried: the cluster's client is being rebuilt for its changed MeshCluster");
+            tracing::info!(%cluster, %namespace, %outcome, %why, "push not tried");
+        }
+        PushResult::CredentialsUnusable(_)
+        | PushResult::ScopeUnusable(_)
+        | PushResult::NotWaited
+        | PushResult::Queued => {
+            tracing::warn!(%cluster, %namespace, %outcome, %why, %error, "push not tried");
+        }
+        PushResult::Unreachable(_)
+        | PushResult::CredentialsRefused { .. }
+        | PushResult::Forbidden(_)
+        | PushResult::Failed(_) => {
+            tracing::warn!(%cluster, %namespace, %outcome, %why, %error, elapsed_ms, "push failed");
         }
     }
 }
