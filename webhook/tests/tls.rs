@@ -31,7 +31,7 @@ use rustls::{
 };
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     task::JoinHandle,
 };
@@ -345,14 +345,8 @@ fn served_certificate(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> Certi
 async fn plain_http_gets_no_http_answer() {
     let server = Server::start().await;
     let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
-    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut answer = Vec::new();
     // The server refuses the "handshake" at once: closed, with at most a TLS alert.
-    let read = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer))
-        .await
-        .expect("the server closes the connection");
+    let (read, answer) = get_healthz(&mut tcp).await;
     let text = String::from_utf8_lossy(&answer);
     assert!(!text.contains("HTTP/"), "plain HTTP was answered: {text:?}");
     if read.is_ok() && !answer.is_empty() {
@@ -621,17 +615,27 @@ async fn rotated_certificate_is_served_without_restart() {
 
 /// A `GET /healthz` on `tls`, which the server then closes; the answer's status.
 async fn healthz_status(tls: &mut tokio_rustls::client::TlsStream<TcpStream>) -> u16 {
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write");
-    let mut raw = Vec::new();
     // A close without close_notify ends the answer too.
-    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut raw))
-        .await
-        .expect("answered in time");
+    let (_, raw) = get_healthz(tls).await;
     let response = HttpResponse::parse(&raw)
         .unwrap_or_else(|| panic!("no answer: {:?}", String::from_utf8_lossy(&raw)));
     response.status
+}
+
+/// Sends `GET /healthz` (asking to close after it) on `stream` and reads until the server
+/// closes it, which must be before [`DEADLINE`]: how the read ended, and what came.
+async fn get_healthz(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+) -> (std::io::Result<usize>, Vec<u8>) {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes, or closes, in time");
+    (read, answer)
 }
 
 /// Any pod may reach the metrics port, so a flood of idle connections there is held to a cap

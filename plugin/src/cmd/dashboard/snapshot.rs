@@ -367,15 +367,22 @@ impl Live {
                 .filter_map(|name| Some(map.get(*name)?.namespace(name)))
                 .collect()
         };
-        let primary: BTreeMap<String, Namespace> = self
-            .primary_namespaces
-            .iter()
-            .flat_map(rebuild)
+        let requested: Vec<String> = rows.iter().map(|&n| n.to_owned()).collect();
+        self.judge(rebuild, &requested)
+    }
+
+    /// `status`'s judge over the Namespace objects `rebuild` makes of each cluster's facts.
+    fn judge(
+        &self,
+        rebuild: impl Fn(&Records<String, NsFacts>) -> Vec<Namespace>,
+        requested: &[String],
+    ) -> StatusReport {
+        let primary: BTreeMap<String, Namespace> = (self.primary_namespaces.iter())
+            .flat_map(&rebuild)
             .map(|ns| (ns.name_any(), ns))
             .collect();
         let views = self.remote_views(rebuild);
-        let requested: Vec<String> = rows.iter().map(|&n| n.to_owned()).collect();
-        StatusReport::compute(&self.rule, &primary, &views, &requested)
+        StatusReport::compute(&self.rule, &primary, &views, requested)
     }
 
     /// [`Live::services_page`] on its own.
@@ -731,14 +738,7 @@ mod tests {
         let all = |map: &Records<String, NsFacts>| -> Vec<Namespace> {
             map.iter().map(|(name, ns)| ns.namespace(name)).collect()
         };
-        let primary = live
-            .primary_namespaces
-            .iter()
-            .flat_map(all)
-            .map(|ns| (ns.name_any(), ns))
-            .collect();
-        let views = live.remote_views(all);
-        let whole = StatusReport::compute(&live.rule, &primary, &views, &[]);
+        let whole = live.judge(all, &[]);
         assert_eq!(
             whole
                 .namespaces
