@@ -10,13 +10,16 @@ use k8s_openapi::{
 use kube::{Api, Client, config::Kubeconfig};
 use mesh_core::{
     cluster::{KUBECONFIG_KEY, MeshCluster},
-    failure::error_chain,
+    failure::{Failure, error_chain, refuses_credentials},
     kubeconfig::validate_stored,
     remote::Fingerprint,
     token::{self, Claims},
 };
 
-/// What a renewal that met no error did.
+use crate::reconcile::to_primary;
+
+/// How a renewal ended, but for a failure to tell (the `Err` of [`renew_token`], a
+/// `TokenRenewalFailed` Event).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Renewal {
     Renewed,
@@ -25,6 +28,10 @@ pub enum Renewal {
     /// change came between the read and the write). The registry rebuilds the client from the
     /// new version, and a later sync renews from that one.
     Stale,
+    /// The primary did not answer the read or the write of the Secret in time, which
+    /// [`to_primary`] logged: an Event would go to that same primary. An unanswered write may
+    /// still land; if not, the next try renews.
+    PrimarySilent,
 }
 
 /// Asks the remote, through `remote` (the client of the registry entry, which `built_from`
@@ -34,7 +41,9 @@ pub enum Renewal {
 /// conditional replace, so a concurrent rotate or attach wins). Only that version is used:
 /// claims of a token written into the Secret since are not trusted, and a new token is never
 /// written into a kubeconfig the client was not built from. Every replica's Secret watch then
-/// rebuilds its client. The error is safe to show.
+/// rebuilds its client. The error is safe to show. Each call to the primary is bounded by
+/// [`to_primary`]; the call to the remote by `remote`'s own call deadline
+/// (`--remote-call-deadline`), as every call of a sync, and its failure is the remote's.
 pub async fn renew_token(
     primary: &Client,
     mesh_namespace: &str,
@@ -48,10 +57,10 @@ pub async fn renew_token(
         return Err(format!("the client was not built from Secret {name}"));
     };
     let secrets: Api<Secret> = Api::namespaced(primary.clone(), mesh_namespace);
-    let mut secret = secrets
-        .get(name)
-        .await
-        .map_err(|e| format!("cannot read Secret {name}: {}", error_chain(&e)))?;
+    let Some(read) = to_primary("token", secrets.get(name)).await else {
+        return Ok(Renewal::PrimarySilent);
+    };
+    let mut secret = read.map_err(|e| format!("cannot read Secret {name}: {}", error_chain(&e)))?;
     if secret.metadata.uid.as_ref() != Some(uid)
         || secret.metadata.resource_version.as_ref() != Some(version)
     {
@@ -96,18 +105,12 @@ pub async fn renew_token(
     let issued = Api::<ServiceAccount>::namespaced(remote.clone(), &namespace)
         .create_token_request(&account, &Default::default(), &request)
         .await
-        .map_err(|e| {
-            format!(
-                "the remote refused a token for ServiceAccount {namespace}/{account} (it needs \
-                 create on serviceaccounts/token for itself): {}",
-                error_chain(&e)
-            )
-        })?;
+        .map_err(|e| no_token(&format!("{namespace}/{account}"), &e))?;
     let renewed = issued
         .status
         .map(|s| s.token)
         .filter(|t| !t.is_empty())
-        .ok_or("the remote answered without a token")?;
+        .ok_or("the remote cluster answered without a token")?;
     let yaml = token::with_kubeconfig_token(&yaml, &renewed)
         .ok_or_else(|| format!("the kubeconfig in Secret {name} cannot be rewritten"))?;
     check_stored(name, &yaml)?;
@@ -118,11 +121,33 @@ pub async fn renew_token(
         .data
         .get_or_insert_default()
         .insert(KUBECONFIG_KEY.to_owned(), ByteString(yaml.into_bytes()));
-    match secrets.replace(name, &Default::default(), &secret).await {
-        Ok(_) => Ok(Renewal::Renewed),
+    let replace = Default::default();
+    match to_primary("token", secrets.replace(name, &replace, &secret)).await {
+        None => Ok(Renewal::PrimarySilent),
+        Some(Ok(_)) => Ok(Renewal::Renewed),
         // Written since it was read: that writer wins, and the token issued goes unused.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(Renewal::Stale),
-        Err(e) => Err(format!("cannot write Secret {name}: {}", error_chain(&e))),
+        Some(Err(kube::Error::Api(status))) if status.code == 409 => Ok(Renewal::Stale),
+        Some(Err(e)) => Err(format!("cannot write Secret {name}: {}", error_chain(&e))),
+    }
+}
+
+/// Why the remote cluster gave no token for ServiceAccount `account`: one that did not answer
+/// (in time) is not said to refuse, and only a 403 is a missing permission (a 401 refuses the
+/// token itself).
+fn no_token(account: &str, error: &kube::Error) -> String {
+    let cause = error_chain(error);
+    let failure = Failure::of(error);
+    if !failure.answered() {
+        format!(
+            "the remote cluster did not answer the TokenRequest for ServiceAccount {account}: {cause}"
+        )
+    } else if failure == Failure::Forbidden && !refuses_credentials(failure, &cause) {
+        format!(
+            "the remote cluster refused a token for ServiceAccount {account} (it needs create \
+             on serviceaccounts/token for itself): {cause}"
+        )
+    } else {
+        format!("the remote cluster refused a token for ServiceAccount {account}: {cause}")
     }
 }
 
@@ -136,18 +161,45 @@ fn check_stored(name: &str, yaml: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use hyper::{Method, StatusCode};
+    use std::{convert::Infallible, time::Duration};
+
+    use hyper::{Method, Request, StatusCode};
     use mesh_core::{
-        fake_apiserver::{answering, status},
+        call_limits::CallLimitsLayer,
+        fake_apiserver::{answering, json_response, status},
         fixtures::{jwt, mesh_cluster, stored_credentials},
+        remote::DEFAULT_CALL_DEADLINE,
     };
     use serde_json::{Value, json};
+    use tower::Layer;
 
     use super::*;
+
+    const SECRET: &str = "/api/v1/namespaces/mesh/secrets/cluster-east";
+    const TOKEN_REQUEST: &str = "/api/v1/namespaces/mesh/serviceaccounts/east/token";
 
     /// A client of a server that answers each request with `answer(method, path)`.
     fn serving(answer: fn(&Method, &str) -> (StatusCode, Value)) -> Client {
         answering(answer).0
+    }
+
+    /// A client of a server that answers as `answer` says, and never when it says `None`, each
+    /// call ended by `deadline` as a remote client's are ([`mesh_core::call_limits`]).
+    fn stalling(
+        answer: fn(&Method, &str) -> Option<(StatusCode, Value)>,
+        deadline: Option<Duration>,
+    ) -> Client {
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let answer = answer(request.method(), request.uri().path());
+            async move {
+                match answer {
+                    Some((code, body)) => Ok::<_, Infallible>(json_response(code, &body)),
+                    None => std::future::pending().await,
+                }
+            }
+        });
+        let limits = CallLimitsLayer::new(deadline, None);
+        Client::new(limits.layer(service), "default")
     }
 
     /// A token of ServiceAccount mesh/east, valid for an hour.
@@ -168,17 +220,41 @@ mod tests {
         .to_string()
     }
 
+    /// The primary's answer to a read of Secret cluster-east: the kubeconfig of a token issued
+    /// at 1000, the one [`renew`] renews.
+    fn stored_secret() -> (StatusCode, Value) {
+        let secret = stored_credentials("east", &kubeconfig(&east_token(1_000)));
+        (StatusCode::OK, serde_json::to_value(secret).unwrap())
+    }
+
+    /// The remote's answer to the TokenRequest: a token issued at 2000.
+    fn issued_token() -> (StatusCode, Value) {
+        let issued = json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": []},
+            "status": {"token": east_token(2_000), "expirationTimestamp": "2000-01-01T00:00:00Z"},
+        });
+        (StatusCode::CREATED, issued)
+    }
+
+    /// The renewal of cluster east's token issued at 1000, by a client built from the Secret
+    /// [`stored_secret`] holds.
+    async fn renew(primary: &Client, remote: &Client) -> Result<Renewal, String> {
+        let cluster = mesh_cluster("east", "uid-of-east");
+        let stored = stored_credentials("east", &kubeconfig(&east_token(1_000)));
+        let built_from = Fingerprint::of(&cluster, Some(&stored));
+        let claims = token::claims(&east_token(1_000)).expect("claims");
+        renew_token(primary, "mesh", &cluster, remote, &built_from, claims).await
+    }
+
     /// Someone wrote the Secret between the renewal's read and its write: the conditional
     /// replace is refused with 409, and that writer wins. A fake primary, since no real
     /// apiserver can be made to lose that race on demand.
     #[tokio::test]
     async fn a_secret_written_since_it_was_read_is_left_to_its_writer() {
         let primary = serving(|method, path| match (method, path) {
-            (&Method::GET, "/api/v1/namespaces/mesh/secrets/cluster-east") => {
-                let secret = stored_credentials("east", &kubeconfig(&east_token(1_000)));
-                (StatusCode::OK, serde_json::to_value(secret).unwrap())
-            }
-            (&Method::PUT, "/api/v1/namespaces/mesh/secrets/cluster-east") => status(
+            (&Method::GET, SECRET) => stored_secret(),
+            (&Method::PUT, SECRET) => status(
                 StatusCode::CONFLICT,
                 "Conflict",
                 "the object has been modified",
@@ -186,22 +262,46 @@ mod tests {
             _ => status(StatusCode::NOT_FOUND, "NotFound", path),
         });
         let remote = serving(|method, path| match (method, path) {
-            (&Method::POST, "/api/v1/namespaces/mesh/serviceaccounts/east/token") => {
-                let issued = json!({
-                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                    "spec": {"audiences": []},
-                    "status": {"token": east_token(2_000),
-                        "expirationTimestamp": "2000-01-01T00:00:00Z"},
-                });
-                (StatusCode::CREATED, issued)
-            }
+            (&Method::POST, TOKEN_REQUEST) => issued_token(),
             _ => status(StatusCode::NOT_FOUND, "NotFound", path),
         });
-        let cluster = mesh_cluster("east", "uid-of-east");
-        let stored = stored_credentials("east", &kubeconfig(&east_token(1_000)));
-        let built_from = Fingerprint::of(&cluster, Some(&stored));
-        let claims = token::claims(&east_token(1_000)).expect("claims");
-        let renewed = renew_token(&primary, "mesh", &cluster, &remote, &built_from, claims).await;
-        assert_eq!(renewed, Ok(Renewal::Stale));
+        assert_eq!(renew(&primary, &remote).await, Ok(Renewal::Stale));
+    }
+
+    /// A remote whose TokenRequest outlasts the primary's bound, within its own call deadline:
+    /// its failure, told as the remote's (an error, which the worker makes a
+    /// `TokenRenewalFailed` Event), not as the primary's silence. A fake remote, since no real
+    /// apiserver can be made to hang a TokenRequest on demand.
+    #[tokio::test(start_paused = true)]
+    async fn a_remote_slow_to_give_a_token_is_told_as_the_remote_s_failure() {
+        let primary = serving(|method, path| match (method, path) {
+            (&Method::GET, SECRET) => stored_secret(),
+            _ => status(StatusCode::NOT_FOUND, "NotFound", path),
+        });
+        let remote = stalling(|_, _| None, Some(DEFAULT_CALL_DEADLINE));
+        let error = renew(&primary, &remote).await.expect_err("no token came");
+        assert!(
+            error.starts_with("the remote cluster did not answer the TokenRequest"),
+            "{error}"
+        );
+    }
+
+    /// The primary that does not take the renewed token in time is the primary's silence
+    /// (logged as such), not a failure of the remote's. A fake primary, since no real
+    /// apiserver can be made to hang one write on demand.
+    #[tokio::test(start_paused = true)]
+    async fn a_primary_slow_to_take_the_token_is_the_primary_s_silence() {
+        let primary = stalling(
+            |method, path| match (method, path) {
+                (&Method::GET, SECRET) => Some(stored_secret()),
+                _ => None,
+            },
+            None,
+        );
+        let remote = serving(|method, path| match (method, path) {
+            (&Method::POST, TOKEN_REQUEST) => issued_token(),
+            _ => status(StatusCode::NOT_FOUND, "NotFound", path),
+        });
+        assert_eq!(renew(&primary, &remote).await, Ok(Renewal::PrimarySilent));
     }
 }

@@ -12,7 +12,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::Shared;
+use super::{Shared, to_primary};
 use crate::{
     backoff::Backoff,
     cluster_status::{
@@ -25,10 +25,10 @@ use crate::{
 };
 
 use mesh_core::{
-    failure::{Failure, error_chain},
+    failure::{Failure, error_chain, refuses_credentials},
     labels::scope_remedy,
     remote::{self, Remote, RemoteState},
-    sync::{PrimaryView, Refusals, SyncMode, SyncReport, sync_listed, sync_watched},
+    sync::{self, PrimaryView, Refusals, SyncMode, SyncReport, sync_listed, sync_watched},
     token::Claims,
 };
 
@@ -345,6 +345,7 @@ impl Worker {
         };
         // A token is renewed only through a remote shown to be the cluster attached.
         let verified = unverified.is_none();
+        let mut credentials_refused = false;
         let result = match (remote.as_deref().map(|r| r.state()), scoped) {
             _ if let Some(error) = unverified => Err(Attempt::unverified(&error)),
             (Some(RemoteState::Ready(client)), Some(Ok(scoped))) => {
@@ -384,7 +385,10 @@ impl Worker {
                         sync_listed(&scoped, &primary, client, mode, &mut self.refusals).await
                     }
                 };
-                synced.map_err(|error| Attempt::failed(error.failure(), error.to_string()))
+                synced.map_err(|error| {
+                    credentials_refused = refused_credentials(&error);
+                    Attempt::failed(error.failure(), error.to_string())
+                })
             }
             // Nothing is written where the scope cannot say what may be.
             (Some(RemoteState::Ready(_)), Some(Err(error))) => Err(Attempt::Unwritable {
@@ -511,7 +515,7 @@ impl Worker {
             .renewal_not_before
             .is_none_or(|not_before| not_before <= Instant::now());
         if verified
-            && renewal_wanted(&attempt, renewal_due, renewal_allowed)
+            && renewal_wanted(&attempt, credentials_refused, renewal_due, renewal_allowed)
             && let Some(remote) = remote.as_deref()
             && let Some(client) = remote.client()
             && let Some(stored) = token
@@ -521,25 +525,25 @@ impl Worker {
                 .map(|exp| Duration::try_from(exp.duration_since(now)).unwrap_or(Duration::ZERO));
             let pacing = renewal_pacing(shared.settings.resync_period, left);
             self.renewal_not_before = Some(Instant::now() + pacing);
-            match to_primary(
-                "token",
-                renew_token(
-                    &shared.primary,
-                    &shared.settings.mesh_namespace,
-                    &cluster,
-                    client,
-                    remote.fingerprint(),
-                    stored,
-                ),
-            )
-            .await
-            {
-                Some(Ok(Renewal::Renewed)) => tracing::info!("stored token renewed"),
-                Some(Ok(Renewal::Stale)) => tracing::warn!(
+            // Not under `to_primary` as a whole: the remote's TokenRequest is bounded, and
+            // told, as the remote's.
+            let renewal = renew_token(
+                &shared.primary,
+                &shared.settings.mesh_namespace,
+                &cluster,
+                client,
+                remote.fingerprint(),
+                stored,
+            );
+            match renewal.await {
+                Ok(Renewal::Renewed) => tracing::info!("stored token renewed"),
+                Ok(Renewal::Stale) => tracing::warn!(
                     "stored token not renewed: its Secret changed since the client was built \
                      (the next try renews from the rebuilt one)"
                 ),
-                Some(Err(message)) => {
+                // Logged by `to_primary`; an Event would go to that same primary.
+                Ok(Renewal::PrimarySilent) => {}
+                Err(message) => {
                     tracing::warn!(error = %message, "cannot renew the stored token");
                     to_primary(
                         "events",
@@ -547,7 +551,6 @@ impl Worker {
                     )
                     .await;
                 }
-                None => {}
             }
         }
         if status_needs_write(prev.as_ref(), &next, shared.settings.status_refresh)
@@ -562,15 +565,21 @@ impl Worker {
 
 /// Whether to try renewing the stored token after a sync that ended with `attempt`, when it
 /// is `due` and the pacing `allowed`s a try: also after a failure the credentials have no part
-/// in (a scope that cannot be used, a write refused), which would otherwise let a time-bound
-/// token expire unrenewed; not when the remote refused the credentials or showed they reach
-/// another cluster, nor when it did not answer (the renewal asks the same remote, and a failed
-/// try holds the next one back for a resync period).
-fn renewal_wanted(attempt: &Attempt<'_>, due: bool, allowed: bool) -> bool {
+/// in (a scope that cannot be used, a write refused, a 403: an RBAC incident on the remote,
+/// which leaves the renewal's own Role be), which would otherwise let a time-bound token
+/// expire unrenewed; not when the remote refused the credentials (`credentials_refused`, a
+/// 401) or showed they reach another cluster, nor when it did not answer (the renewal asks the
+/// same remote, and a failed try holds the next one back for a resync period).
+fn renewal_wanted(
+    attempt: &Attempt<'_>,
+    credentials_refused: bool,
+    due: bool,
+    allowed: bool,
+) -> bool {
     let usable = match attempt {
+        _ if credentials_refused => false,
         Attempt::Synced(_) | Attempt::Unwritable { .. } => true,
         Attempt::Failed { reason, .. } => ![
-            Failure::Forbidden.reason(),
             TOKEN_EXPIRED,
             remote::CLUSTER_MISMATCH,
             remote::CREDENTIALS_MISMATCH,
@@ -583,6 +592,13 @@ fn renewal_wanted(attempt: &Attempt<'_>, due: bool, allowed: bool) -> bool {
         .contains(reason),
     };
     usable && due && allowed
+}
+
+/// Whether the sync failed with `error` because the remote refused the credentials themselves
+/// (401), not what they may do (403).
+fn refused_credentials(error: &sync::Error) -> bool {
+    let (sync::Error::ListNamespaces(call) | sync::Error::ListPrimary(call)) = error;
+    refuses_credentials(Failure::of(call), &error_chain(call))
 }
 
 /// How a sync ended, from whether it ran to its end (`ok`) and its report. One in which the
@@ -636,23 +652,6 @@ const UNBUILT_RETRY: Duration = Duration::from_secs(1);
 /// Reason of `Synced=False` when the MeshCluster's `spec.scope` cannot be used.
 const SCOPE_INVALID: &str = "ScopeInvalid";
 
-/// Bound of one write to the primary after a sync (status, Events). The primary client's read
-/// timeout is long enough for its watches (`WATCH_READ_TIMEOUT`): a write on a connection gone
-/// half-open would hold the worker that long.
-const PRIMARY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-async fn to_primary<T>(
-    what: &'static str,
-    write: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    let done = tokio::time::timeout(PRIMARY_WRITE_TIMEOUT, write)
-        .await
-        .ok();
-    if done.is_none() {
-        tracing::warn!(write = what, "no answer from the primary in time, given up");
-    }
-    done
-}
 /// The least time between two tries at renewing a token: the first try comes after
 /// [`DEFAULT_TOKEN_RENEW_FRACTION`] of its life, and a resync period may be longer than what
 /// is left then (`--resync-period 5m` with a 10-minute token): a failed try is retried after a
@@ -1238,23 +1237,55 @@ mod tests {
             scope_invalid,
             failed("SyncFailed"),
         ] {
-            assert!(renewal_wanted(&attempt, true, true), "{attempt:?}");
+            assert!(renewal_wanted(&attempt, false, true, true), "{attempt:?}");
             assert!(
-                !renewal_wanted(&attempt, false, true),
+                !renewal_wanted(&attempt, false, false, true),
                 "not due: {attempt:?}"
             );
-            assert!(!renewal_wanted(&attempt, true, false), "paced: {attempt:?}");
+            assert!(
+                !renewal_wanted(&attempt, false, true, false),
+                "paced: {attempt:?}"
+            );
         }
         for reason in [
-            "Forbidden",
             TOKEN_EXPIRED,
             "ClusterMismatch",
             "CredentialsMismatch",
             "Unreachable",
             "TimedOut",
         ] {
-            assert!(!renewal_wanted(&failed(reason), true, true), "{reason}");
+            assert!(
+                !renewal_wanted(&failed(reason), false, true, true),
+                "{reason}"
+            );
         }
+    }
+
+    /// A sync whose list of the remote's namespaces was answered `code` with `reason`, as the
+    /// worker judges it: its attempt, and whether the credentials themselves were refused.
+    fn list_answered(code: u16, reason: &str) -> (Attempt<'static>, bool) {
+        let status = kube::core::Status::failure("no", reason).with_code(code);
+        let error = sync::Error::ListNamespaces(kube::Error::Api(status.boxed()));
+        let credentials_refused = refused_credentials(&error);
+        (
+            Attempt::failed(error.failure(), error.to_string()),
+            credentials_refused,
+        )
+    }
+
+    /// A 403 refuses what the credentials may do (an RBAC incident on the remote), not the
+    /// renewal, whose Role is another: skipped, the token would expire before the RBAC is
+    /// mended. A 401 refuses the token itself, which no renewal through it can mend.
+    #[test]
+    fn a_renewal_is_tried_after_a_403_not_after_a_401() {
+        let wanted = |(attempt, credentials_refused): (Attempt<'_>, bool)| {
+            renewal_wanted(&attempt, credentials_refused, true, true)
+        };
+        assert!(wanted(list_answered(403, "Forbidden")), "an RBAC incident");
+        assert!(
+            !wanted(list_answered(401, "Unauthorized")),
+            "the token refused"
+        );
     }
 
     #[test]
