@@ -177,9 +177,9 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
             "--istio-remote-secret"
         ),
     );
-    let mut warnings = Vec::new();
-    let view_stored = view_stored?.or_warn(&mut warnings);
-    let istio_stored = istio_stored?.or_warn(&mut warnings);
+    let mut unknown_stored = Vec::new();
+    let view_stored = view_stored?.or_warn(&mut unknown_stored);
+    let istio_stored = istio_stored?.or_warn(&mut unknown_stored);
     let view = kept_or_asked(args.services_view, view_stored.as_ref(), &name);
     let istio_plan = kept_or_asked(args.istio, istio_stored.as_ref(), &name);
 
@@ -368,6 +368,13 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         }
     }
     refuse_reserved_name(&name, existing.is_some())?;
+    // Only an earlier attach, recorded by the MeshCluster, stores those Secrets (owned by
+    // it, they go with it): before the first there is nothing unknown to warn of.
+    let warnings = if existing.is_some() {
+        unknown_stored
+    } else {
+        Vec::new()
+    };
 
     let namespaces: Api<Namespace> = Api::all(remote.clone());
     let remote_namespace = match namespaces

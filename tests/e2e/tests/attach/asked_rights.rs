@@ -298,3 +298,49 @@ async fn attach_by_a_caller_who_may_not_update_what_it_writes_changes_nothing() 
         &remote_after,
     )
 }
+
+/// Everything attach may ask of the primary but Secrets, everywhere; Secrets in the mesh
+/// namespace only: a caller who may not read the Istio remote secrets in istio-system.
+fn primary_rights_but_istio_secrets() -> [Grant<'static>; 2] {
+    let all = ["*"];
+    [
+        Grant::everywhere(json!([
+            {"apiGroups": [""], "resources": ["namespaces", "serviceaccounts", "configmaps"],
+             "verbs": all},
+            {"apiGroups": ["kubectl-mesh.io", "admissionregistration.k8s.io",
+                           "apiextensions.k8s.io", "rbac.authorization.k8s.io", "apps",
+                           "coordination.k8s.io", "authorization.k8s.io"],
+             "resources": all, "verbs": all},
+        ])),
+        Grant::within(
+            MESH_NS,
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": all}]),
+        ),
+    ]
+}
+
+/// A caller who may not read istio-system's Secrets was warned, at a cluster's first attach,
+/// that an Istio remote secret an earlier attach stored would not be refreshed: there was
+/// none to be. A re-run, after which there may be one, still says so.
+#[tokio::test]
+async fn only_a_re_attach_warns_of_an_istio_secret_the_caller_may_not_read() -> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_remote(0).await?;
+    let dir = tempfile::tempdir()?;
+    let caller = kubeconfig_granting(
+        env.primary(),
+        dir.path(),
+        &primary_rights_but_istio_secrets(),
+    )
+    .await?;
+    let remote_kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let attach = ["attach", remote_kubeconfig.as_str(), "--yes"];
+    let unknown = "you may not read Secret istio-system/";
+
+    let first = succeeded(&mesh_as(&caller, &attach).await?, "first attach")?;
+    assert!(!first.contains(unknown), "{first}");
+    let again = succeeded(&mesh_as(&caller, &attach).await?, "attach again")?;
+    assert!(again.contains(unknown), "{again}");
+
+    detach(env, remote, &remote.name, &[]).await?;
+    assert_nothing_left(env, remote, &remote.name).await
+}
