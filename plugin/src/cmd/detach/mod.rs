@@ -22,6 +22,10 @@
 //!    confine;
 //! 5. ClusterRoles, ServiceAccounts, then the namespace.
 //!
+//! Interrupted (Ctrl-C, SIGTERM, SIGHUP), detach finishes the stage under way, then stops,
+//! saying what is done and what is not: every stage boundary is a state a re-run finishes
+//! from ([`stages`]).
+//!
 //! Detach needs admin rights on the remote: the stored token may only patch namespaces. It
 //! uses --remote-kubeconfig, or else the context attach recorded, looked up in the user's
 //! kubeconfig. When the remote cannot be reached (or no credentials are at hand), detach
@@ -38,14 +42,17 @@ use mesh_core::{
 };
 
 mod remote;
+mod stages;
 
 use crate::{
     Context, Error, Result,
     access::{self, Need, RemoteAdminFlags, Target},
+    cmd::attach::hooks::TestHooks,
     mesh_state, namespace_contents, remote_setup as setup,
     sync_scope::{self, Recorded},
 };
 use remote::{Ours, clean_remote, delete};
+use stages::{Stage, Stages};
 
 /// Detach a cluster from the mesh.
 ///
@@ -88,6 +95,7 @@ impl Detach {
             timeout,
         } = self;
         let progress = ctx.progress;
+        let hooks = TestHooks::from_env()?;
         let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
 
         let mc = match mesh_state::cluster_record(&primary, &primary_target, &name).await? {
@@ -180,6 +188,17 @@ impl Detach {
             _ => None,
         };
 
+        // From the first deletion on, an interruption stops detach between two stages.
+        let reaches_remote = matches!(remote, RemoteAccess::Ready { .. });
+        let planned = planned_stages(
+            reaches_remote,
+            strip.is_some(),
+            mc.as_ref(),
+            !primary_secrets.is_empty() || tidy_istio_namespace,
+        );
+        let rerun = rerun(&name, strip_labels, force);
+        let mut stages = Stages::start(&name, rerun, planned, hooks, progress);
+        let stall = stages.stall();
         let mut left = Vec::new();
         match &remote {
             RemoteAccess::Ready { client, target } => {
@@ -190,7 +209,7 @@ impl Detach {
                     mc.as_ref(),
                     strip.as_ref(),
                     timeout,
-                    progress,
+                    &mut stages,
                 )
                 .await?;
             }
@@ -212,29 +231,52 @@ impl Detach {
 
         // The primary: Secrets, the namespace istio-system if attach created it and it is
         // empty now, and the MeshCluster last.
-        for secret in &primary_secrets {
-            let ns = secret.namespace().unwrap_or_default();
-            let api: Api<Secret> = Api::namespaced(primary.clone(), &ns);
-            delete(&api, &secret.name_any(), "primary", progress)
-                .await
-                .map_err(|e| access::request_error(&primary_target, "delete Secrets", e))?;
-        }
-        if tidy_istio_namespace {
-            namespace_contents::remove_namespace_if_unused(
-                &primary,
-                setup::ISTIO_NAMESPACE,
-                "primary",
-                None,
-                progress,
-            )
-            .await
-            .map_err(|e| access::request_error(&primary_target, "delete istio-system", e))?;
+        if !primary_secrets.is_empty() || tidy_istio_namespace {
+            let stall = &stall;
+            let deleted = async {
+                for (i, secret) in primary_secrets.iter().enumerate() {
+                    let ns = secret.namespace().unwrap_or_default();
+                    let api: Api<Secret> = Api::namespaced(primary.clone(), &ns);
+                    delete(&api, &secret.name_any(), "primary", progress)
+                        .await
+                        .map_err(|e| access::request_error(&primary_target, "delete Secrets", e))?;
+                    if i == 0 {
+                        let deleted =
+                            || format!("primary: Secret {ns}/{} deleted", secret.name_any());
+                        stall.after(Stage::PrimarySecrets, deleted).await;
+                    }
+                }
+                if tidy_istio_namespace {
+                    namespace_contents::remove_namespace_if_unused(
+                        &primary,
+                        setup::ISTIO_NAMESPACE,
+                        "primary",
+                        None,
+                        progress,
+                    )
+                    .await
+                    .map_err(|e| {
+                        access::request_error(&primary_target, "delete istio-system", e)
+                    })?;
+                }
+                Ok(())
+            };
+            stages.run(Stage::PrimarySecrets, deleted).await?;
         }
         if mc.is_some() {
-            let clusters: Api<MeshCluster> = Api::all(primary.clone());
-            delete(&clusters, &name, "primary", progress)
-                .await
-                .map_err(|e| access::request_error(&primary_target, "delete the MeshCluster", e))?;
+            let stall = &stall;
+            let deleted = async {
+                let clusters: Api<MeshCluster> = Api::all(primary.clone());
+                delete(&clusters, &name, "primary", progress)
+                    .await
+                    .map_err(|e| {
+                        access::request_error(&primary_target, "delete the MeshCluster", e)
+                    })?;
+                let deleted = || format!("primary: MeshCluster {name} deleted");
+                stall.after(Stage::MeshCluster, deleted).await;
+                Ok(())
+            };
+            stages.run(Stage::MeshCluster, deleted).await?;
         }
 
         if left.is_empty() {
@@ -254,6 +296,48 @@ impl Detach {
         }
         Ok(())
     }
+}
+
+/// The stages a detach goes through: on the remote when it `reaches_remote`, stripping labels
+/// with `strip`; the remote's namespace unless the MeshCluster `mc` records that attach did
+/// not create it; the primary's Secrets when it has `primary_secrets` (or an istio-system to
+/// tidy), and the MeshCluster when there is one.
+fn planned_stages(
+    reaches_remote: bool,
+    strip: bool,
+    mc: Option<&MeshCluster>,
+    primary_secrets: bool,
+) -> Vec<Stage> {
+    let mut planned = Vec::new();
+    if reaches_remote {
+        planned.extend([Stage::Guard, Stage::Tokens]);
+        if strip {
+            planned.push(Stage::Labels);
+        }
+        planned.extend([Stage::SyncScope, Stage::Identities]);
+        if mc.and_then(setup::remote_namespace_created) != Some(false) {
+            planned.push(Stage::RemoteNamespace);
+        }
+    }
+    if primary_secrets {
+        planned.push(Stage::PrimarySecrets);
+    }
+    if mc.is_some() {
+        planned.push(Stage::MeshCluster);
+    }
+    planned
+}
+
+/// The detach that finishes an interrupted one: its flags that decide what it does.
+fn rerun(name: &str, strip_labels: bool, force: bool) -> String {
+    let mut command = format!("kubectl mesh detach {name}");
+    if strip_labels {
+        command.push_str(" --strip-labels");
+    }
+    if force {
+        command.push_str(" --force");
+    }
+    command
 }
 
 /// Whether detach goes on for cluster `name` with nothing of it on the primary (`installed`:

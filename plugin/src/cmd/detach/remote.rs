@@ -34,6 +34,8 @@ use crate::{
     remote_setup as setup,
 };
 
+use super::stages::{Stage, Stages};
+
 /// Which remote objects a detach deletes: attach's for this cluster, from this primary.
 #[derive(Clone, Copy)]
 pub(super) struct Ours<'a> {
@@ -42,8 +44,8 @@ pub(super) struct Ours<'a> {
     pub(super) primary: &'a str,
 }
 
-/// Deletes the remote's objects of cluster `name`, in the order [`super`] explains; with
-/// `strip`, also the labels that rule manages.
+/// Deletes the remote's objects of cluster `name`, in the order [`super`] explains, stage by
+/// stage ([`Stages`]); with `strip`, also the labels that rule manages.
 pub(super) async fn clean_remote(
     client: &Client,
     target: &Target,
@@ -51,8 +53,9 @@ pub(super) async fn clean_remote(
     mc: Option<&MeshCluster>,
     strip: Option<&SyncRule>,
     timeout: Duration,
-    progress: Progress,
+    stages: &mut Stages,
 ) -> Result<()> {
+    let progress = stages.progress();
     let Ours {
         cluster: name,
         primary,
@@ -67,78 +70,124 @@ pub(super) async fn clean_remote(
         ours,
         progress,
     };
+    let stall = stages.stall();
+    let (remove, stall) = (&remove, &stall);
 
-    remove.policy(setup::GUARD, "delete the guard").await?;
-    // With the standbys an interrupted `rotate` may have left.
-    for secret in setup::token_secrets() {
-        remove
-            .in_mesh_namespace::<Secret>(&secret, "delete the token Secrets")
-            .await?;
-    }
-    // The sync account's right to renew a time-bound token (`attach --token-ttl`).
-    let renewal = "delete the token renewal rights";
-    remove
-        .in_mesh_namespace::<RoleBinding>(setup::TOKEN_RENEWAL, renewal)
+    stages
+        .run(Stage::Guard, async {
+            remove.policy(setup::GUARD, "delete the guard").await?;
+            let deleted = || format!("{name}: guard {} deleted", setup::GUARD);
+            stall.after(Stage::Guard, deleted).await;
+            Ok(())
+        })
         .await?;
-    remove
-        .in_mesh_namespace::<Role>(setup::TOKEN_RENEWAL, renewal)
+    stages
+        .run(Stage::Tokens, async {
+            // With the standbys an interrupted `rotate` may have left.
+            for (i, secret) in setup::token_secrets().iter().enumerate() {
+                remove
+                    .in_mesh_namespace::<Secret>(secret, "delete the token Secrets")
+                    .await?;
+                if i == 0 {
+                    let deleted = || format!("{name}: Secret {MESH_NAMESPACE}/{secret} deleted");
+                    stall.after(Stage::Tokens, deleted).await;
+                }
+            }
+            // The sync account's right to renew a time-bound token (`attach --token-ttl`).
+            let renewal = "delete the token renewal rights";
+            remove
+                .in_mesh_namespace::<RoleBinding>(setup::TOKEN_RENEWAL, renewal)
+                .await?;
+            remove
+                .in_mesh_namespace::<Role>(setup::TOKEN_RENEWAL, renewal)
+                .await?;
+            // The apiserver may accept a deleted token from its cache for a few seconds more;
+            // RBAC takes away what it may do at once.
+            for account in setup::IDENTITIES {
+                remove
+                    .cluster::<ClusterRoleBinding>(account, "delete ClusterRoleBindings")
+                    .await?;
+            }
+            Ok(())
+        })
         .await?;
-    // The apiserver may accept a deleted token from its cache for a few seconds more; RBAC
-    // takes away what it may do at once.
-    for account in setup::IDENTITIES {
-        remove
-            .cluster::<ClusterRoleBinding>(account, "delete ClusterRoleBindings")
-            .await?;
-    }
 
     if let Some(rule) = strip {
-        strip_managed_labels(client, target, rule, name, timeout, progress).await?;
+        let stripped = strip_managed_labels(client, target, rule, name, timeout, progress);
+        stages.run(Stage::Labels, stripped).await?;
     }
 
     // The sync scope outlives the token it confines.
-    remove
-        .policy(setup::SYNC_SCOPE, "delete the sync scope")
+    stages
+        .run(Stage::SyncScope, async {
+            remove
+                .policy(setup::SYNC_SCOPE, "delete the sync scope")
+                .await?;
+            let deleted = || format!("{name}: sync scope {} deleted", setup::SYNC_SCOPE);
+            stall.after(Stage::SyncScope, deleted).await;
+            Ok(())
+        })
         .await?;
-    for account in setup::IDENTITIES {
-        remove
-            .cluster::<ClusterRole>(account, "delete ClusterRoles")
-            .await?;
-        remove
-            .in_mesh_namespace::<ServiceAccount>(account, "delete ServiceAccounts")
-            .await?;
-    }
+    stages
+        .run(Stage::Identities, async {
+            for (i, account) in setup::IDENTITIES.iter().enumerate() {
+                remove
+                    .cluster::<ClusterRole>(account, "delete ClusterRoles")
+                    .await?;
+                remove
+                    .in_mesh_namespace::<ServiceAccount>(account, "delete ServiceAccounts")
+                    .await?;
+                if i == 0 {
+                    let deleted = || format!("{name}: ServiceAccount {account} deleted");
+                    stall.after(Stage::Identities, deleted).await;
+                }
+            }
+            Ok(())
+        })
+        .await?;
 
     // The namespace: only if attach created it. The MeshCluster says so; without one (a
     // re-run after the primary side is done), the namespace's own labels do, as attach
     // labels only a namespace it creates.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let Some(ns) = namespaces
-        .get_opt(MESH_NAMESPACE)
-        .await
-        .map_err(fail("read the mesh namespace"))?
-    else {
-        return Ok(());
-    };
-    let created = mc
-        .and_then(setup::remote_namespace_created)
-        .unwrap_or_else(|| setup::is_ours_from(&ns.metadata, name, primary));
-    if !created {
-        progress.info(format!(
-            "{name}: Namespace {MESH_NAMESPACE} kept (it existed before attach)"
-        ));
-        return Ok(());
-    }
-    let deleted = remove_namespace_if_unused(
-        client,
-        MESH_NAMESPACE,
-        name,
-        Some((name, primary)),
-        progress,
-    )
-    .await
-    .map_err(fail("delete the mesh namespace"))?;
+    let deleted = stages
+        .run(Stage::RemoteNamespace, async {
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            let Some(ns) = namespaces
+                .get_opt(MESH_NAMESPACE)
+                .await
+                .map_err(fail("read the mesh namespace"))?
+            else {
+                return Ok(false);
+            };
+            let created = mc
+                .and_then(setup::remote_namespace_created)
+                .unwrap_or_else(|| setup::is_ours_from(&ns.metadata, name, primary));
+            if !created {
+                progress.info(format!(
+                    "{name}: Namespace {MESH_NAMESPACE} kept (it existed before attach)"
+                ));
+                return Ok(false);
+            }
+            let deleted = remove_namespace_if_unused(
+                client,
+                MESH_NAMESPACE,
+                name,
+                Some((name, primary)),
+                progress,
+            )
+            .await
+            .map_err(fail("delete the mesh namespace"))?;
+            if deleted {
+                let deleted = || format!("{name}: Namespace {MESH_NAMESPACE} deleted");
+                stall.after(Stage::RemoteNamespace, deleted).await;
+            }
+            Ok(deleted)
+        })
+        .await?;
     if deleted {
-        wait_namespace_gone(client, MESH_NAMESPACE, timeout).await?;
+        // Cut short by an interruption: its deletion is asked, and a re-run waits again.
+        let gone = wait_namespace_gone(client, MESH_NAMESPACE, timeout);
+        stages.wait_end(Stage::RemoteNamespace, gone).await?;
     }
     Ok(())
 }

@@ -4,19 +4,20 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::{
     admissionregistration::v1::ValidatingAdmissionPolicy,
     core::v1::{ConfigMap, Namespace, Secret},
-    rbac::v1::Role,
+    rbac::v1::{ClusterRoleBinding, Role},
 };
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
+use kubectl_mesh::cmd::attach::{Step, hooks::STALLED};
 use kubectl_mesh::namespace_contents;
 use mesh_core::cluster::MeshCluster;
 use mesh_e2e::{
     DEFAULT_TIMEOUT,
     callers::{Grant, kubeconfig_granting, mesh_as},
-    create_labelled_namespace, create_namespace, eventually, namespace_labels, patch_labels,
-    unique_name,
+    create_labelled_namespace, create_namespace, eventually, fixtures, namespace_labels,
+    patch_labels, unique_name,
 };
 use serde_json::json;
 
@@ -472,6 +473,51 @@ async fn a_re_attach_after_a_forced_detach_keeps_the_recorded_scope() -> anyhow:
         std::slice::from_ref(&outside),
         "{scope:?}"
     );
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
+}
+
+/// Ctrl-C while detach revokes the tokens (stalled after the first token Secret) ended it
+/// there. It finishes that stage (the ClusterRoleBindings go too), stops before the next (the
+/// sync scope stays), says on one line what is done and what is not, exits 1 as an
+/// interrupted attach or scope does, and the same detach run again finishes it.
+#[tokio::test]
+async fn an_interrupted_detach_stops_between_two_stages_and_a_re_run_finishes_it()
+-> anyhow::Result<()> {
+    let (env, remote, _lock) = open_with_test_hooks(0).await?;
+    let name = remote.name.as_str();
+    attach(env, remote, &[]).await?;
+    let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let args = ["detach", name, "--remote-kubeconfig", &kubeconfig];
+    let mut command = fixtures::mesh_invocation(env, &args)?;
+    command
+        .env_remove("KUBECTL_MESH_FAIL_AFTER")
+        .env("KUBECTL_MESH_STALL_IN", Step::TokenSecret.name());
+    let (seen, status) = signalled_after(command, STALLED, "INT", DEFAULT_TIMEOUT).await?;
+    let said = seen.join("\n");
+    ensure!(status.code() == Some(1), "{status}: {said}");
+    let last = seen.last().map(String::as_str).unwrap_or_default();
+    let expected = format!(
+        "error: interrupted; {name} is detached in part: done: the remote's guard deleted and \
+         tokens revoked; not done: the remote's sync scope, identities and namespace \
+         kubectl-mesh, the primary's stored credentials and MeshCluster; run the same \
+         `kubectl mesh detach {name}` again to finish it"
+    );
+    ensure!(last == expected, "{said}");
+
+    let client = remote.client().await?;
+    let bindings = Api::<ClusterRoleBinding>::all(client.clone());
+    ensure!(
+        bindings.get_opt("kubectl-mesh-sync").await?.is_none(),
+        "{said}"
+    );
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client);
+    ensure!(
+        policies.get_opt("kubectl-mesh-sync-scope").await?.is_some(),
+        "{said}"
+    );
+    ensure!(primary_by_name(env, name).await?.len() == 2, "{said}");
+
     detach(env, remote, name, &[]).await?;
     assert_nothing_left(env, remote, name).await
 }

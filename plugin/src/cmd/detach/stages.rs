@@ -1,0 +1,352 @@
+//! The stages of a detach, in the order [`super`] explains, and what an interruption (Ctrl-C,
+//! SIGTERM, SIGHUP) does to them: the stage under way is finished (each leaves the cluster as
+//! a re-run expects it: the MeshCluster, deleted last, still names the cluster), then detach
+//! stops, saying on one line what is done and what is not, and that the same command run
+//! again finishes it. Only waiting for the remote's namespace to go is cut short: its
+//! deletion is asked already, and a re-run waits for it again.
+
+use crate::{
+    Error, Result,
+    cmd::attach::{Step, hooks::TestHooks},
+    interrupt::Listener,
+    output::Progress,
+};
+use mesh_core::MESH_NAMESPACE;
+
+/// A stage of a detach; interruptions stop it between two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// The remote guard.
+    Guard,
+    /// The token Secrets (revoking the tokens), the token renewal rights and the
+    /// identities' ClusterRoleBindings.
+    Tokens,
+    /// With --strip-labels, the managed labels of the remote's namespaces.
+    Labels,
+    /// The sync scope policy and its binding.
+    SyncScope,
+    /// The identities' ClusterRoles and ServiceAccounts.
+    Identities,
+    /// The remote's mesh namespace, when attach created it.
+    RemoteNamespace,
+    /// The primary's Secrets of the cluster, and istio-system when attach created it and it
+    /// is empty then (one stage: a re-run without the Istio remote secret would not look).
+    PrimarySecrets,
+    /// The MeshCluster, last.
+    MeshCluster,
+}
+
+impl Stage {
+    fn on_remote(self) -> bool {
+        !matches!(self, Self::PrimarySecrets | Self::MeshCluster)
+    }
+
+    /// What the stage is, done.
+    fn done(self) -> String {
+        match self {
+            Self::Guard => "guard deleted".into(),
+            Self::Tokens => "tokens revoked".into(),
+            Self::Labels => "managed labels stripped".into(),
+            Self::SyncScope => "sync scope deleted".into(),
+            Self::Identities => "identities deleted".into(),
+            Self::RemoteNamespace => format!("namespace {MESH_NAMESPACE} deleted"),
+            Self::PrimarySecrets => "stored credentials deleted".into(),
+            Self::MeshCluster => "MeshCluster deleted".into(),
+        }
+    }
+
+    /// What the stage deals with, not done (or, `begun`, asked for but not done).
+    fn left(self, begun: bool) -> String {
+        match (self, begun) {
+            (Self::Guard, _) => "guard".into(),
+            (Self::Tokens, _) => "tokens".into(),
+            (Self::Labels, _) => "managed labels".into(),
+            (Self::SyncScope, _) => "sync scope".into(),
+            (Self::Identities, _) => "identities".into(),
+            (Self::RemoteNamespace, false) => format!("namespace {MESH_NAMESPACE}"),
+            (Self::RemoteNamespace, true) => format!("namespace {MESH_NAMESPACE} (being deleted)"),
+            (Self::PrimarySecrets, _) => "stored credentials".into(),
+            (Self::MeshCluster, _) => "MeshCluster".into(),
+        }
+    }
+
+    /// The stage under way, as an interruption says it finishes it.
+    fn doing(self) -> String {
+        match self {
+            Self::Guard => "deleting the guard".into(),
+            Self::Tokens => "revoking the tokens".into(),
+            Self::Labels => "stripping the managed labels".into(),
+            Self::SyncScope => "deleting the sync scope".into(),
+            Self::Identities => "deleting the identities".into(),
+            Self::RemoteNamespace => format!("deleting namespace {MESH_NAMESPACE}"),
+            Self::PrimarySecrets => "deleting the stored credentials".into(),
+            Self::MeshCluster => "deleting the MeshCluster".into(),
+        }
+    }
+
+    /// The step of attach that `KUBECTL_MESH_STALL_IN` names to stall this stage after its
+    /// first deletion (stripping labels creates nothing in attach, and has none).
+    fn stall_step(self) -> Option<Step> {
+        Some(match self {
+            Self::Guard => Step::GuardPolicy,
+            Self::Tokens => Step::TokenSecret,
+            Self::Labels => return None,
+            Self::SyncScope => Step::SyncScopePolicy,
+            Self::Identities => Step::ServiceAccount,
+            Self::RemoteNamespace => Step::RemoteNamespace,
+            Self::PrimarySecrets => Step::PrimarySecret,
+            Self::MeshCluster => Step::MeshCluster,
+        })
+    }
+}
+
+/// The stall hook of a detach's stages, for the work of a stage to call.
+#[derive(Clone, Debug)]
+pub(super) struct Stall {
+    listener: Listener,
+    hooks: TestHooks,
+    progress: Progress,
+}
+
+impl Stall {
+    /// When `KUBECTL_MESH_STALL_IN` names `stage`, whose first deletion `deleted` says:
+    /// waits as if its answer had not come, until an interruption (which the stage then
+    /// finishes past).
+    pub(super) async fn after(&self, stage: Stage, deleted: impl FnOnce() -> String) {
+        let stalled = self
+            .hooks
+            .stall_if_in(stage.stall_step(), self.progress, deleted);
+        self.listener.unless(stalled).await;
+    }
+}
+
+/// A detach's stages: the ones it plans, those done, and the listening to interruptions.
+pub(super) struct Stages {
+    cluster: String,
+    /// The command that finishes the detach.
+    rerun: String,
+    planned: Vec<Stage>,
+    done: Vec<Stage>,
+    /// A stage asked for whose end was not awaited.
+    begun: Option<Stage>,
+    listener: Listener,
+    hooks: TestHooks,
+    progress: Progress,
+}
+
+impl Stages {
+    /// Listens to interruptions from now on, for a detach of `cluster` by `rerun` that will
+    /// go through `planned`.
+    pub(super) fn start(
+        cluster: &str,
+        rerun: String,
+        planned: Vec<Stage>,
+        hooks: TestHooks,
+        progress: Progress,
+    ) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            rerun,
+            planned,
+            done: Vec::new(),
+            begun: None,
+            listener: Listener::start(),
+            hooks,
+            progress,
+        }
+    }
+
+    /// Where the stages' work says what it does.
+    pub(super) fn progress(&self) -> Progress {
+        self.progress
+    }
+
+    /// The stall hook, for the stages' work.
+    pub(super) fn stall(&self) -> Stall {
+        Stall {
+            listener: self.listener.clone(),
+            hooks: self.hooks,
+            progress: self.progress,
+        }
+    }
+
+    /// Runs `work`, the whole of `stage`, unless an interruption came before it; one that
+    /// comes meanwhile lets it finish (said at once), and stops the next.
+    pub(super) async fn run<T>(
+        &mut self,
+        stage: Stage,
+        work: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.stop_if_interrupted()?;
+        let mut work = std::pin::pin!(work);
+        let listener = self.listener.clone();
+        let finished = tokio::select! {
+            biased;
+            finished = &mut work => Some(finished),
+            () = listener.signalled() => None,
+        };
+        let finished = match finished {
+            Some(finished) => finished,
+            None => {
+                self.progress.info(format!(
+                    "interrupted: stopping after {}; Ctrl-C is ignored until then",
+                    stage.doing()
+                ));
+                work.await
+            }
+        }?;
+        self.done.push(stage);
+        Ok(finished)
+    }
+
+    /// `wait`, the end of `stage` (done but for it), unless an interruption comes first:
+    /// then detach stops, with `stage` under way.
+    pub(super) async fn wait_end(
+        &mut self,
+        stage: Stage,
+        wait: impl Future<Output = Result<()>>,
+    ) -> Result<()> {
+        if let Some(waited) = self.listener.unless(wait).await {
+            return waited;
+        }
+        self.done.retain(|done| *done != stage);
+        self.begun = Some(stage);
+        Err(self.interrupted())
+    }
+
+    /// Stops here, between two stages, when an interruption came.
+    pub(super) fn stop_if_interrupted(&self) -> Result<()> {
+        if self.listener.received() {
+            return Err(self.interrupted());
+        }
+        Ok(())
+    }
+
+    fn interrupted(&self) -> Error {
+        let left: Vec<(Stage, bool)> = (self.planned.iter())
+            .filter(|stage| !self.done.contains(stage))
+            .map(|stage| (*stage, self.begun == Some(*stage)))
+            .collect();
+        interrupted(&self.cluster, &self.done, &left, &self.rerun)
+    }
+}
+
+/// The error of a detach of `cluster` interrupted with `done` done and `left` (each with
+/// whether it was begun) not: what is which, side by side, and that `rerun` finishes it.
+fn interrupted(cluster: &str, done: &[Stage], left: &[(Stage, bool)], rerun: &str) -> Error {
+    let sides = |on_remote: bool, stages: Vec<String>| {
+        let side = if on_remote { "remote" } else { "primary" };
+        (!stages.is_empty()).then(|| format!("the {side}'s {}", and_list(&stages)))
+    };
+    let by_side = |stages: &[(Stage, String)]| {
+        let on = |remote: bool| {
+            let on_side = stages
+                .iter()
+                .filter(|(stage, _)| stage.on_remote() == remote);
+            sides(remote, on_side.map(|(_, said)| said.clone()).collect())
+        };
+        [on(true), on(false)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let done: Vec<(Stage, String)> = done.iter().map(|s| (*s, s.done())).collect();
+    let left: Vec<(Stage, String)> = left.iter().map(|(s, b)| (*s, s.left(*b))).collect();
+    let what = if done.is_empty() {
+        format!("interrupted before anything of {cluster} was deleted")
+    } else {
+        format!(
+            "interrupted; {cluster} is detached in part: done: {}; not done: {}",
+            by_side(&done),
+            by_side(&left)
+        )
+    };
+    Error::Refused {
+        what,
+        hint: format!("run the same `{rerun}` again to finish it"),
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVERY: [Stage; 8] = [
+        Stage::Guard,
+        Stage::Tokens,
+        Stage::Labels,
+        Stage::SyncScope,
+        Stage::Identities,
+        Stage::RemoteNamespace,
+        Stage::PrimarySecrets,
+        Stage::MeshCluster,
+    ];
+
+    fn line(done: &[Stage], left: &[(Stage, bool)]) -> String {
+        interrupted(
+            "east",
+            done,
+            left,
+            "kubectl mesh detach east --strip-labels",
+        )
+        .line()
+    }
+
+    /// One line says what is done and what is not, on which side, and the command that
+    /// finishes the detach.
+    #[test]
+    fn an_interruption_says_what_is_done_and_what_is_not_on_each_side() {
+        let left: Vec<(Stage, bool)> = EVERY[2..].iter().map(|s| (*s, false)).collect();
+        assert_eq!(
+            line(&EVERY[..2], &left),
+            "interrupted; east is detached in part: done: the remote's guard deleted and \
+             tokens revoked; not done: the remote's managed labels, sync scope, identities and \
+             namespace kubectl-mesh, the primary's stored credentials and MeshCluster; run the \
+             same `kubectl mesh detach east --strip-labels` again to finish it"
+        );
+        let done = [Stage::Guard, Stage::Tokens, Stage::SyncScope];
+        let left = [(Stage::RemoteNamespace, true), (Stage::MeshCluster, false)];
+        let said = line(&done, &left);
+        assert!(
+            said.contains(
+                "not done: the remote's namespace kubectl-mesh (being deleted), the primary's \
+                 MeshCluster;"
+            ),
+            "{said}"
+        );
+        let said = line(&EVERY[..7], &[(Stage::MeshCluster, false)]);
+        assert!(
+            said.contains(
+                "the primary's stored credentials deleted; not done: the primary's MeshCluster;"
+            ),
+            "{said}"
+        );
+        assert_eq!(
+            line(&[], &[(Stage::Guard, false)]),
+            "interrupted before anything of east was deleted; run the same `kubectl mesh \
+             detach east --strip-labels` again to finish it"
+        );
+    }
+
+    /// Every stage that deletes something can be stalled by the test hook, each by its own
+    /// step.
+    #[test]
+    fn every_stage_but_stripping_labels_has_a_step_of_its_own_to_stall_in() {
+        let steps: Vec<Step> = EVERY.iter().filter_map(|s| s.stall_step()).collect();
+        assert_eq!(steps.len(), EVERY.len() - 1);
+        for (i, step) in steps.iter().enumerate() {
+            assert!(step.creates(), "{step:?}");
+            assert!(!steps[i + 1..].contains(step), "{step:?} twice");
+        }
+    }
+}
