@@ -379,7 +379,8 @@ impl RemoteError {
 
     /// Whether the remote refused the stored credentials or their rights (401/403).
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, Self::Call(e) if Failure::of(e) == Failure::Forbidden)
+        matches!(self, Self::Call(e)
+            if matches!(Failure::of(e), Failure::Forbidden | Failure::Unauthorized))
     }
 }
 
@@ -650,6 +651,19 @@ mod tests {
     }
 
     #[tokio::test]
+    /// Both refusals of a remote: of the credentials themselves (401) and of what they may do
+    /// (403); not a refusal of the namespace read.
+    #[test]
+    fn a_refused_token_or_right_is_forbidden() {
+        let answered = |code: u16| {
+            let status = kube::core::Status::failure("no", "Reason").with_code(code);
+            RemoteError::Call(kube::Error::Api(status.boxed()))
+        };
+        assert!(answered(401).is_forbidden());
+        assert!(answered(403).is_forbidden());
+        assert!(!answered(404).is_forbidden());
+    }
+
     async fn a_remote_is_read_in_pages() {
         let total = 2 * list::PAGE as usize + 1;
         let remote = (0..total).fold(FakeApiserver::default(), |remote, i| {

@@ -98,7 +98,8 @@ impl<'a> Attempt<'a> {
     pub(crate) fn failed(failure: Failure, message: String) -> Self {
         let reason = failure.reason();
         // A remote that refuses our credentials is no more usable than one that is down.
-        let answered = failure.answered() && failure != Failure::Forbidden;
+        let answered =
+            failure.answered() && !matches!(failure, Failure::Forbidden | Failure::Unauthorized);
         Self::Failed {
             reason,
             message,

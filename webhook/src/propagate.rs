@@ -22,7 +22,7 @@ use k8s_openapi::{api::core::v1::Namespace, jiff::Timestamp};
 use kube::{Api, Client};
 
 use mesh_core::{
-    failure::{Failure, error_chain, refuses_credentials},
+    failure::{Failure, error_chain},
     labels::{Labels, SyncRule},
     remote::{self, Remote, RemoteState, Snapshot},
     token::Claims,
@@ -47,13 +47,11 @@ impl PushResult {
 
     /// A call to the remote that failed this way, its stored token having `token`'s claims.
     fn failed(failure: Failure, message: String, token: Option<Claims>) -> Self {
-        if refuses_credentials(failure, &message) {
-            return Self::CredentialsRefused {
+        match failure {
+            Failure::Unauthorized => Self::CredentialsRefused {
                 message,
                 expired_at: token.and_then(|claims| claims.expired_at(Timestamp::now())),
-            };
-        }
-        match failure {
+            },
             Failure::Unreachable => Self::Unreachable(message),
             Failure::TimedOut => Self::TimedOut,
             Failure::Forbidden => Self::Forbidden(message),

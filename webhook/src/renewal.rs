@@ -10,7 +10,7 @@ use k8s_openapi::{
 use kube::{Api, Client, config::Kubeconfig};
 use mesh_core::{
     cluster::{KUBECONFIG_KEY, MeshCluster},
-    failure::{Failure, error_chain, refuses_credentials},
+    failure::{Failure, error_chain},
     kubeconfig::validate_stored,
     remote::Fingerprint,
     token::{self, Claims},
@@ -141,7 +141,7 @@ fn no_token(account: &str, error: &kube::Error) -> String {
         format!(
             "the remote cluster did not answer the TokenRequest for ServiceAccount {account}: {cause}"
         )
-    } else if failure == Failure::Forbidden && !refuses_credentials(failure, &cause) {
+    } else if failure == Failure::Forbidden {
         format!(
             "the remote cluster refused a token for ServiceAccount {account} (it needs create \
              on serviceaccounts/token for itself): {cause}"

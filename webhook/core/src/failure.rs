@@ -13,8 +13,11 @@ pub enum Failure {
     Unreachable,
     /// Connect or read timeout.
     TimedOut,
-    /// 401 or 403: the stored credentials are rejected or lack permissions.
+    /// 403: what the credentials may do does not cover the call.
     Forbidden,
+    /// 401: the credentials themselves are refused (a token expired, revoked, or not the
+    /// server's own), which no retry mends.
+    Unauthorized,
     /// 404.
     NotFound,
     /// 409, or 422 from a failed JSON patch `test` operation.
@@ -31,7 +34,8 @@ impl Failure {
         }
         match error {
             kube::Error::Api(status) => match status.code {
-                401 | 403 => Self::Forbidden,
+                401 => Self::Unauthorized,
+                403 => Self::Forbidden,
                 404 => Self::NotFound,
                 // A JSON patch whose `test` op fails is answered 422 by the apiserver; an
                 // invalid label value is too, and retrying that once costs one round trip.
@@ -61,7 +65,8 @@ impl Failure {
         match self {
             Self::Unreachable => "unreachable",
             Self::TimedOut => "timed_out",
-            Self::Forbidden => "forbidden",
+            // Told apart from a 403 in words only: both count as refusals, as they always did.
+            Self::Forbidden | Self::Unauthorized => "forbidden",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
             Self::Other => "failed",
@@ -73,7 +78,7 @@ impl Failure {
         match self {
             Self::Unreachable => "Unreachable",
             Self::TimedOut => "TimedOut",
-            Self::Forbidden => "Forbidden",
+            Self::Forbidden | Self::Unauthorized => "Forbidden",
             Self::NotFound | Self::Conflict | Self::Other => "SyncFailed",
         }
     }
@@ -82,14 +87,6 @@ impl Failure {
     pub fn answered(self) -> bool {
         !matches!(self, Self::Unreachable | Self::TimedOut)
     }
-}
-
-/// Whether a call that failed as `failure`, with `chain` its [`error_chain`], was answered 401:
-/// the server refused the credentials themselves (a token expired, revoked, or not its own),
-/// which no retry mends, where a 403 (also [`Failure::Forbidden`]) refuses what they may do.
-/// The chain of an answer starts with its code.
-pub fn refuses_credentials(failure: Failure, chain: &str) -> bool {
-    failure == Failure::Forbidden && chain.split(' ').next() == Some("401")
 }
 
 /// Whether a request that failed with `error` got no answer worth quoting: anything but the
@@ -289,7 +286,7 @@ mod tests {
     #[test]
     fn api_errors_are_classified_by_code() {
         assert_eq!(Failure::of(&api_error(403)), Failure::Forbidden);
-        assert_eq!(Failure::of(&api_error(401)), Failure::Forbidden);
+        assert_eq!(Failure::of(&api_error(401)), Failure::Unauthorized);
         assert_eq!(Failure::of(&api_error(404)), Failure::NotFound);
         assert_eq!(Failure::of(&api_error(409)), Failure::Conflict);
         assert_eq!(Failure::of(&api_error(422)), Failure::Conflict);
@@ -390,28 +387,24 @@ mod tests {
         assert_eq!(error_chain(&err), "401 Unauthorized");
     }
 
-    /// A 401 refuses the credentials, a 403 what they may do: both are `Forbidden`, and
-    /// only the chain tells them apart.
+    /// A 401 refuses the credentials, a 403 what they may do. Told by the code: a 401 whose
+    /// Status has no reason (a proxy's) reads `401: ...` and was once taken for a 403.
     #[test]
     fn only_a_401_refuses_the_credentials() {
-        let unauthorized = kube::Error::Api(
-            Status::failure("Unauthorized", "Unauthorized")
-                .with_code(401)
-                .boxed(),
-        );
-        let not_a_status = kube::Error::Api(
-            Status::failure("<html>", UNPARSED_BODY)
-                .with_code(401)
-                .boxed(),
-        );
-        let told =
-            |error: &kube::Error| refuses_credentials(Failure::of(error), &error_chain(error));
-        for refused in [unauthorized, not_a_status] {
-            assert!(told(&refused), "{refused}");
+        let status = |message: &str, reason: &str| {
+            kube::Error::Api(Status::failure(message, reason).with_code(401).boxed())
+        };
+        let refused = [
+            status("Unauthorized", "Unauthorized"),
+            status("<html>", UNPARSED_BODY),
+            status("token rejected", ""),
+        ];
+        for error in refused {
+            assert_eq!(Failure::of(&error), Failure::Unauthorized, "{error}");
         }
         let transport = service_error(io::ErrorKind::Other, "401 bytes read");
-        for other in [api_error(403), transport] {
-            assert!(!told(&other), "{other}");
+        for error in [api_error(403), transport] {
+            assert_ne!(Failure::of(&error), Failure::Unauthorized, "{error}");
         }
     }
 

@@ -25,7 +25,7 @@ use crate::{
 };
 
 use mesh_core::{
-    failure::{Failure, error_chain, refuses_credentials},
+    failure::{Failure, error_chain},
     labels::scope_remedy,
     remote::{self, Remote, RemoteState},
     sync::{self, PrimaryView, Refusals, SyncMode, SyncReport, sync_listed, sync_watched},
@@ -598,7 +598,7 @@ fn renewal_wanted(
 /// (401), not what they may do (403).
 fn refused_credentials(error: &sync::Error) -> bool {
     let (sync::Error::ListNamespaces(call) | sync::Error::ListPrimary(call)) = error;
-    refuses_credentials(Failure::of(call), &error_chain(call))
+    Failure::of(call) == Failure::Unauthorized
 }
 
 /// How a sync ended, from whether it ran to its end (`ok`) and its report. One in which the
