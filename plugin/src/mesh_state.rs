@@ -414,6 +414,7 @@ pub fn remote_options(timeout: Duration) -> RemoteOptions {
         connect_timeout: timeout,
         read_timeout: timeout,
         call_deadline: Some(timeout),
+        watches_last: false,
         max_answer_line: call_limits::DEFAULT_MAX_ANSWER_LINE,
     }
 }

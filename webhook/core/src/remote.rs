@@ -157,9 +157,12 @@ pub struct RemoteOptions {
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of an answer.
     pub read_timeout: Duration,
-    /// Longest a whole call may take, its answer included ([`crate::call_limits`]); `None`
-    /// only for clients that watch, whose calls last minutes by design.
+    /// Longest a whole call may take, its answer included ([`crate::call_limits`]), but for
+    /// the answer of a watch where `watches_last`.
     pub call_deadline: Option<Duration>,
+    /// The deadline bounds a watch until its answer starts: for clients that watch, whose
+    /// watches last minutes by design and whose lists must end all the same.
+    pub watches_last: bool,
     /// Most bytes an answer may bring without a line break ([`crate::call_limits`]): every
     /// remote client is bounded, since a stored kubeconfig may point at any server. Lists are
     /// read in pages ([`crate::list`]), far below it.
@@ -176,7 +179,20 @@ impl Default for RemoteOptions {
             connect_timeout: Duration::from_secs(2),
             read_timeout: Duration::from_secs(2),
             call_deadline: Some(DEFAULT_CALL_DEADLINE),
+            watches_last: false,
             max_answer_line: DEFAULT_MAX_ANSWER_LINE,
+        }
+    }
+}
+
+impl RemoteOptions {
+    /// These options for a client that watches: its reads wait out a quiet watch, and the
+    /// deadline still ends every other call, the watcher's lists and relists among them.
+    pub fn watching(self) -> Self {
+        Self {
+            read_timeout: WATCH_READ_TIMEOUT,
+            watches_last: true,
+            ..self
         }
     }
 }
@@ -540,11 +556,7 @@ impl Remotes {
         {
             return None;
         }
-        let watching = RemoteOptions {
-            read_timeout: WATCH_READ_TIMEOUT,
-            call_deadline: None,
-            ..self.options
-        };
+        let watching = self.options.watching();
         let mut watch_client = None;
         let state = match client_from_secret(namespace, cluster, secret, &self.options).await {
             Ok(client) => {
@@ -782,7 +794,10 @@ async fn build_client(
         name: name.to_owned(),
         source,
     })?;
-    let limits = CallLimitsLayer::new(options.call_deadline, Some(options.max_answer_line));
+    let mut limits = CallLimitsLayer::new(options.call_deadline, Some(options.max_answer_line));
+    if options.watches_last {
+        limits = limits.watches_last();
+    }
     Ok(client.with_layer(&limits).build())
 }
 
@@ -843,16 +858,7 @@ mod tests {
     /// how many requests it has answered.
     async fn answering_unavailable() -> (String, rcgen::Certificate, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
-        let config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![key.cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
-            )
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (acceptor, cert) = local_tls();
         let answered = Arc::new(AtomicUsize::new(0));
         let counter = answered.clone();
         let server = listening(move |connection| {
@@ -882,7 +888,73 @@ mod tests {
             });
         })
         .await;
-        (server, key.cert, answered)
+        (server, cert, answered)
+    }
+
+    /// A TLS acceptor serving a certificate for 127.0.0.1, and that certificate.
+    fn local_tls() -> (tokio_rustls::TlsAcceptor, rcgen::Certificate) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).expect("cert");
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into()),
+            )
+            .expect("server config");
+        (tokio_rustls::TlsAcceptor::from(Arc::new(config)), key.cert)
+    }
+
+    /// A remote that answers every request with the start of a list, then a byte of it every
+    /// 100 ms, never ending it: each read gets bytes long before its timeout. No apiserver can
+    /// be made to answer so on demand.
+    async fn trickling_a_list() -> (String, rcgen::Certificate) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (acceptor, cert) = local_tls();
+        let server = listening(move |connection| {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(connection).await else {
+                    return;
+                };
+                let mut request = [0; 4096];
+                let start = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             transfer-encoding: chunked\r\n\r\n";
+                if tls.read(&mut request).await.is_err()
+                    || tls.write_all(start.as_bytes()).await.is_err()
+                {
+                    return;
+                }
+                while tls.write_all(b"1\r\n \r\n").await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        })
+        .await;
+        (server, cert)
+    }
+
+    /// The watch client lists too (the watcher's first list, and each relist): a remote that
+    /// trickled that list, a byte well within the read timeout at a time, held the watch of it
+    /// for ever.
+    #[tokio::test]
+    async fn a_list_through_the_watch_client_ends_with_the_call_deadline() {
+        let (server, cert) = trickling_a_list().await;
+        let options = RemoteOptions {
+            call_deadline: Some(Duration::from_millis(500)),
+            ..RemoteOptions::default()
+        };
+        let yaml = kubeconfig_of(&server, &cert);
+        let client = client_from_kubeconfig("east-creds", &yaml, &options.watching())
+            .await
+            .expect("client");
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        let params = kube::api::ListParams::default();
+        let listed = tokio::time::timeout(Duration::from_secs(10), api.list(&params)).await;
+        let error = listed
+            .expect("ended by the call deadline")
+            .expect_err("never whole");
+        assert_eq!(Failure::of(&error), Failure::TimedOut, "{error}");
     }
 
     /// A listener on a free port of 127.0.0.1, its https URL; it hands each connection it

@@ -45,11 +45,13 @@ use super::reduce::{
 pub const SETTLE: Duration = Duration::from_millis(250);
 
 /// Watches end and resume as the webhook's do ([`remote::WATCH_SECONDS`]), so that a
-/// connection that died silently is found out as soon.
+/// connection that died silently is found out as soon; their lists end within the webhook's
+/// call deadline, however slowly a remote sends them.
 const WATCH_CLIENT: RemoteOptions = RemoteOptions {
     connect_timeout: Duration::from_secs(5),
     read_timeout: remote::WATCH_READ_TIMEOUT,
-    call_deadline: None,
+    call_deadline: Some(remote::DEFAULT_CALL_DEADLINE),
+    watches_last: true,
     max_answer_line: mesh_core::call_limits::DEFAULT_MAX_ANSWER_LINE,
 };
 
