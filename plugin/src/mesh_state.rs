@@ -631,6 +631,19 @@ mod tests {
         assert_eq!(selection_notes(&[], &[]), [NO_CLUSTERS]);
     }
 
+    /// Both refusals of a remote: of the credentials themselves (401) and of what they may do
+    /// (403); not a refusal of the namespace read.
+    #[test]
+    fn a_refused_token_or_right_is_forbidden() {
+        let answered = |code: u16| {
+            let status = kube::core::Status::failure("no", "Reason").with_code(code);
+            RemoteError::Call(kube::Error::Api(status.boxed()))
+        };
+        assert!(answered(401).is_forbidden());
+        assert!(answered(403).is_forbidden());
+        assert!(!answered(404).is_forbidden());
+    }
+
     #[tokio::test]
     async fn unusable_credentials_are_reported_without_calling() {
         let err = RemoteError::from(remote::Error::SecretMissing {
@@ -652,19 +665,6 @@ mod tests {
     }
 
     #[tokio::test]
-    /// Both refusals of a remote: of the credentials themselves (401) and of what they may do
-    /// (403); not a refusal of the namespace read.
-    #[test]
-    fn a_refused_token_or_right_is_forbidden() {
-        let answered = |code: u16| {
-            let status = kube::core::Status::failure("no", "Reason").with_code(code);
-            RemoteError::Call(kube::Error::Api(status.boxed()))
-        };
-        assert!(answered(401).is_forbidden());
-        assert!(answered(403).is_forbidden());
-        assert!(!answered(404).is_forbidden());
-    }
-
     async fn a_remote_is_read_in_pages() {
         let total = 2 * list::PAGE as usize + 1;
         let remote = (0..total).fold(FakeApiserver::default(), |remote, i| {
