@@ -91,7 +91,7 @@ pub enum Error {
 
     #[error(
         "secret {secret} reaches another cluster than {cluster} (id {found}, not {expected}): \
-         nothing is sent there; restore the Secret, or attach {cluster} again"
+         nothing is written there; restore the Secret, or attach {cluster} again"
     )]
     OtherCluster {
         secret: String,
@@ -504,19 +504,11 @@ impl Remotes {
         }
     }
 
-    pub fn names(&self) -> Vec<String> {
-        self.read().built.keys().cloned().collect()
-    }
-
     /// Adds or replaces an entry as is.
     pub fn insert(&self, remote: Remote) {
         self.write()
             .built
             .insert(remote.name.clone(), Arc::new(remote));
-    }
-
-    pub fn remove(&self, name: &str) -> Option<Arc<Remote>> {
-        self.write().built.remove(name)
     }
 
     /// Keeps only the entries for which `keep` holds, current or not.
@@ -1188,7 +1180,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "secret cluster-east reaches another cluster than east (id uid-kube-system, not \
-             uid-of-east): nothing is sent there; restore the Secret, or attach east again"
+             uid-of-east): nothing is written there; restore the Secret, or attach east again"
         );
     }
 
@@ -1409,6 +1401,8 @@ mod tests {
             "{:?}",
             gone.state()
         );
-        assert_eq!(remotes.names(), vec!["east".to_owned()]);
+        // Kept, unusable: its entry says why.
+        let kept = remotes.get("east").expect("kept");
+        assert!(Arc::ptr_eq(&kept, &gone));
     }
 }

@@ -757,7 +757,7 @@ mod tests {
             other.detail.as_deref(),
             Some(
                 "secret cluster-east reaches another cluster than east (id uid-of-west, not \
-                 uid-of-east): nothing is sent there; restore the Secret, or attach east again"
+                 uid-of-east): nothing is written there; restore the Secret, or attach east again"
             )
         );
     }
