@@ -10,11 +10,12 @@ use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment, core::v1::Secret,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Api, Client};
+use kube::{Api, Client, api::DynamicObject};
 use mesh_core::{MESH_NAMESPACE, labels::SyncRule, printable::one_line};
 
 use super::apply::{self, Deleted};
 use super::check::caller_auth;
+use super::install_check;
 use crate::{
     Context, Error, Result,
     access::Target,
@@ -217,10 +218,14 @@ impl Install {
             .as_deref()
             .map(|dir| StagedCertDir::write(dir, &cert))
             .transpose()?;
+        // What this run deletes once everything is applied, read now: only what exists is
+        // deleted, and the right to is asked before anything is written.
+        let removals = removals(&client, &options).await?;
+        install_check::check_removals(&client, &target, &removals).await?;
         // Nothing is written unless a dry run of each object is accepted (approach (a): a dry
         // run cannot see what it did not store, so an absent namespace, or role a binding needs,
         // is created for real first and deleted again on a refusal; see install_check).
-        super::install_check::check(&client, &manifests).await?;
+        install_check::check(&client, &manifests).await?;
         for m in manifests {
             apply::apply(&client, &m).await?;
             progress.ok(format!("{} applied", m.describe()));
@@ -239,12 +244,10 @@ impl Install {
             ));
         }
 
-        if options.client_auth.is_none() {
-            remove_client_ca(&client, ctx).await?;
+        for removal in &removals {
+            remove(&client, &removal.manifest, ctx).await?;
         }
-        if options.webhook_url.is_some() {
-            remove_in_cluster_webhook(&client, ctx).await?;
-        } else if wait {
+        if options.webhook_url.is_none() && wait {
             let current =
                 matches!(plan.previous, PreviousCas::UntilRollout(_)).then(|| cert.fingerprint());
             rollout::wait_webhook(&client, current.as_deref(), timeout, progress).await?;
@@ -562,21 +565,62 @@ async fn serving_cert(
     Ok((cert, true))
 }
 
-/// In URL mode the webhook runs elsewhere: an in-cluster one left from an earlier install
-/// would run a second reconciler, so it goes.
-async fn remove_in_cluster_webhook(client: &Client, ctx: &Context) -> Result<()> {
-    for m in [
-        Manifest::new(&render::service())?,
-        Manifest::new(&render::deployment(&Options::default()))?,
-        Manifest::new(&render::pod_disruption_budget())?,
-        Manifest::new(&render::network_policy())?,
-    ] {
-        if apply::delete(client, &m).await? == Deleted::Deleted {
-            ctx.progress.ok(format!(
-                "{} deleted (the webhook runs outside the cluster)",
-                m.describe()
-            ));
-        }
+/// What an install with `options` deletes of what an earlier one installed: without
+/// `--client-ca-file`, the client CA (so that nothing records a check that no longer runs); in
+/// URL mode, the in-cluster webhook (it would run a second reconciler). In that order.
+fn removed_by(options: &Options) -> Result<Vec<Manifest>> {
+    let mut out = Vec::new();
+    if options.client_auth.is_none() {
+        out.push(Manifest::new(&render::client_ca_config_map(""))?);
+    }
+    if options.webhook_url.is_some() {
+        out.extend([
+            Manifest::new(&render::service())?,
+            Manifest::new(&render::deployment(&Options::default()))?,
+            Manifest::new(&render::pod_disruption_budget())?,
+            Manifest::new(&render::network_policy())?,
+        ]);
+    }
+    Ok(out)
+}
+
+/// The objects of [`removed_by`] that exist, or that the caller may not read (which may).
+async fn removals(client: &Client, options: &Options) -> Result<Vec<install_check::Removal>> {
+    let mut found = Vec::new();
+    for manifest in removed_by(options)? {
+        let api: Api<DynamicObject> = match &manifest.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &manifest.resource),
+            None => Api::all_with(client.clone(), &manifest.resource),
+        };
+        let read = match api.get_metadata_opt(&manifest.name).await {
+            Ok(None) => continue,
+            Ok(Some(_)) => true,
+            Err(kube::Error::Api(s)) if s.code == 403 => false,
+            Err(e) => {
+                let doing = format!("cannot read {}", manifest.describe());
+                return Err(Error::kube(doing)(e));
+            }
+        };
+        found.push(install_check::Removal { manifest, read });
+    }
+    Ok(found)
+}
+
+/// Deletes `m`, one of [`removed_by`], saying why.
+async fn remove(client: &Client, m: &Manifest, ctx: &Context) -> Result<()> {
+    if apply::delete(client, m).await? == Deleted::NotFound {
+        return Ok(());
+    }
+    if m.resource.kind == "ConfigMap" {
+        ctx.progress.warn(format!(
+            "{} deleted: the webhook no longer authenticates its callers",
+            m.describe()
+        ));
+    } else {
+        ctx.progress.ok(format!(
+            "{} deleted (the webhook runs outside the cluster)",
+            m.describe()
+        ));
     }
     Ok(())
 }
@@ -612,19 +656,6 @@ fn read_client_ca(path: &Path) -> Result<String> {
     })?;
     crate::credentials::certificates(pem.as_bytes()).map_err(refused)?;
     Ok(pem)
-}
-
-/// A re-run without `--client-ca-file` turns client authentication off: the CA of an earlier
-/// install goes, so that nothing records a check that no longer runs.
-async fn remove_client_ca(client: &Client, ctx: &Context) -> Result<()> {
-    let m = Manifest::new(&render::client_ca_config_map(""))?;
-    if apply::delete(client, &m).await? == Deleted::Deleted {
-        ctx.progress.warn(format!(
-            "{} deleted: the webhook no longer authenticates its callers",
-            m.describe()
-        ));
-    }
-    Ok(())
 }
 
 /// The certificate, key and CA for a webhook run outside the cluster, written to temporary
@@ -850,6 +881,37 @@ pub(crate) mod tests {
             None
         );
         assert_eq!(webhook_url_change(None, &render::Options::default()), None);
+    }
+
+    /// A run deletes the client CA without `--client-ca-file`, and the in-cluster webhook with
+    /// `--webhook-url` (each only when found, see `removals`).
+    #[test]
+    fn what_a_run_no_longer_installs_is_removed() {
+        let removed = |options: &Options| {
+            removed_by(options)
+                .unwrap()
+                .iter()
+                .map(Manifest::describe)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            removed(&Options::default()),
+            ["ConfigMap mesh-webhook-client-ca"]
+        );
+        assert!(removed(&client_auth_options(&[])).is_empty());
+        let by_url = Options {
+            webhook_url: Some(WebhookUrl::parse("https://10.0.0.5:8443/mutate").unwrap()),
+            ..client_auth_options(&[])
+        };
+        assert_eq!(
+            removed(&by_url),
+            [
+                "Service mesh-webhook",
+                "Deployment mesh-webhook",
+                "PodDisruptionBudget mesh-webhook",
+                "NetworkPolicy mesh-webhook",
+            ]
+        );
     }
 
     /// What install does with `--webhook-cert-dir` once everything is applied.

@@ -8,11 +8,67 @@
 //! still bind it if they hold its rights, which the apiserver reads from the stored role).
 //! Such an object, absent before the run, is created for real once its own check passes (on its
 //! own it grants and holds nothing), and deleted again when anything is refused.
+//!
+//! Install also deletes what a run no longer installs (the client CA without
+//! `--client-ca-file`, the in-cluster webhook with `--webhook-url`): each such object is read
+//! before anything is applied, and the right to delete those that exist is asked first
+//! ([`check_removals`]); absent ones are left alone, as RBAC refuses a delete before it looks
+//! whether there is anything to delete.
 
 use kube::Client;
 
 use super::apply::{self, Deleted};
+use crate::access::{self, Need, Target};
 use crate::{Error, Result, render::Manifest};
+
+/// An object install deletes once everything is applied: found before anything is applied,
+/// or not readable by the caller (whether it exists is then unknown).
+#[derive(Clone, Debug)]
+pub struct Removal {
+    /// The object.
+    pub manifest: Manifest,
+    /// Whether the caller could read it (it exists); when not, the right to read it is asked
+    /// too.
+    pub read: bool,
+}
+
+/// The rights removing `removals` takes.
+fn removal_needs(removals: &[Removal]) -> Vec<Need<String>> {
+    removals
+        .iter()
+        .map(|r| {
+            let verbs: &[&str] = if r.read {
+                &["delete"]
+            } else {
+                &["get", "delete"]
+            };
+            Need::on(&r.manifest, verbs)
+        })
+        .collect()
+}
+
+/// Refuses, in one line and before anything is applied, when the caller lacks a right to
+/// remove `removals` from `target` ([module docs](self)).
+pub async fn check_removals(client: &Client, target: &Target, removals: &[Removal]) -> Result<()> {
+    if removals.is_empty() {
+        return Ok(());
+    }
+    match access::missing_on(client, target, &removal_needs(removals)).await? {
+        None => Ok(()),
+        Some(missing) => Err(removal_refusal(&missing)),
+    }
+}
+
+/// The refusal when the caller lacks `missing` (as [`access::missing_on`] says it) of the
+/// rights to remove what a run no longer installs.
+fn removal_refusal(missing: &str) -> Error {
+    Error::Refused {
+        what: format!("missing permissions {missing}; nothing was changed"),
+        hint: "this run deletes what it no longer installs: ask for these rights, or run \
+               install as a cluster admin"
+            .into(),
+    }
+}
 
 /// Asks the apiserver whether it would accept every object of `manifests` ([module
 /// docs](self)); on a refusal, deletes what the check itself created and says, on one line,
@@ -168,7 +224,9 @@ fn refusal(m: &Manifest, err: kube::Error) -> Error {
     }
 }
 
-/// What to ask for when the check of `m` was refused for want of rights.
+/// What to ask for when the check of `m` was refused for want of rights: the verbs of a
+/// server-side apply, `create` (the object may be absent) and `patch`; those on what a run
+/// deletes are asked apart ([`check_removals`]).
 fn rights_hint(m: &Manifest) -> String {
     let resource = if m.resource.group.is_empty() {
         m.resource.plural.clone()
@@ -351,6 +409,48 @@ mod tests {
         );
         assert!(!err.hint().contains("cluster admin"), "{}", err.hint());
         assert!(!wants_rights(&api_error(422, "forbidden: user \"x\"")));
+    }
+
+    /// What a run deletes is asked up front: `delete` on what it found, `get` too on what it
+    /// could not read; the refusal is one line saying that nothing was changed.
+    #[test]
+    fn removals_ask_to_delete_what_exists_and_to_read_what_could_not_be_read() {
+        let config_map = Manifest::new(&render::client_ca_config_map("")).unwrap();
+        let service = Manifest::new(&render::service()).unwrap();
+        let removals = [
+            Removal {
+                manifest: config_map,
+                read: true,
+            },
+            Removal {
+                manifest: service,
+                read: false,
+            },
+        ];
+        let needs = removal_needs(&removals);
+        let asked: Vec<_> = needs
+            .iter()
+            .map(|n| (n.resource.as_str(), n.name.as_deref(), n.verbs.clone()))
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                ("configmaps", Some("mesh-webhook-client-ca"), vec!["delete"]),
+                ("services", Some("mesh-webhook"), vec!["get", "delete"]),
+            ]
+        );
+        assert!(
+            needs
+                .iter()
+                .all(|n| n.namespace.as_deref() == Some("kubectl-mesh"))
+        );
+        assert_eq!(
+            removal_refusal("on the primary (https://10.0.0.1:6443): services named x (delete)")
+                .line(),
+            "missing permissions on the primary (https://10.0.0.1:6443): services named x \
+             (delete); nothing was changed; this run deletes what it no longer installs: ask for \
+             these rights, or run install as a cluster admin"
+        );
     }
 
     #[test]

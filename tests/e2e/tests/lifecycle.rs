@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -829,6 +829,12 @@ async fn rotate_certs_trusts_the_previous_ca_until_a_re_run_drops_it() -> anyhow
 /// Rights on every kind install writes, all but `missing`: `*`, or `role_verbs` on roles and
 /// ClusterRoles.
 fn install_rights_but(missing: &str, role_verbs: &[&str]) -> serde_json::Value {
+    install_rights(missing, &["*"], role_verbs)
+}
+
+/// Rights on every kind install writes, all but `missing`: `verbs`, or `role_verbs` on roles
+/// and ClusterRoles.
+fn install_rights(missing: &str, verbs: &[&str], role_verbs: &[&str]) -> serde_json::Value {
     let kinds = [
         ("apiextensions.k8s.io", "customresourcedefinitions"),
         (
@@ -855,7 +861,7 @@ fn install_rights_but(missing: &str, role_verbs: &[&str]) -> serde_json::Value {
             let verbs = if plural.ends_with("roles") {
                 role_verbs
             } else {
-                &["*"]
+                verbs
             };
             json!({"apiGroups": [group], "resources": [plural], "verbs": verbs})
         })
@@ -924,6 +930,116 @@ async fn install_refused_for_want_of_rights_leaves_nothing_behind() -> anyhow::R
         assert_success(&out);
     }
     assert!(!mesh_objects_on_primary(&env).await?.is_empty());
+    Ok(())
+}
+
+/// A caller holding what install asks for, to read, create and patch what it applies and no
+/// right to delete, installs on a primary where nothing is to be deleted: install used to
+/// delete the client CA ConfigMap after applying everything, absent or not, and was refused
+/// (403 comes before 404) on every run. Where an object it removes exists, the right to delete
+/// it is asked before anything is applied, and refused in one line, nothing changed.
+#[tokio::test]
+async fn install_asks_to_delete_only_what_exists_before_it_applies() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
+    let primary = env.primary().client().await?;
+    let dir = tempfile::tempdir()?;
+    let verbs = ["get", "list", "watch", "create", "patch"];
+    let role_verbs = [&verbs[..], &["bind", "escalate"]].concat();
+    let no_delete = kubeconfig_granting(
+        env.primary(),
+        dir.path(),
+        &[Grant::everywhere(install_rights("", &verbs, &role_verbs))],
+    )
+    .await?;
+    // A first install and a re-run, without a client CA, which there is none of to delete.
+    for _ in 0..2 {
+        let out = mesh_as(&no_delete, &["install"]).await?;
+        assert_success(&out);
+    }
+
+    let refusal = |rights: &str| {
+        format!(
+            "error: missing permissions on the primary ({}): {rights}; nothing was changed; \
+             this run deletes what it no longer installs: ask for these rights, or run install \
+             as a cluster admin",
+            env.primary().server
+        )
+    };
+    let deployments: Api<Deployment> = Api::namespaced(primary.clone(), MESH_NAMESPACE);
+    let generation = || async {
+        let deployment = deployments.get("mesh-webhook").await?;
+        anyhow::Ok(deployment.metadata.generation)
+    };
+    // Installed with a client CA, which a re-run without one deletes.
+    let ca = env.webhook_client().ca_cert.to_string_lossy().into_owned();
+    install(&env, &["--client-ca-file", &ca]).await?;
+    let before = generation().await?;
+    let out = mesh_as(&no_delete, &["install"]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        error_lines(&stderr),
+        [refusal(
+            "configmaps named mesh-webhook-client-ca in namespace kubectl-mesh (delete)"
+        )],
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" applied"), "{stderr}");
+    unchanged(
+        "install without the client CA",
+        "the Deployment's generation",
+        &before,
+        &generation().await?,
+    )?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(primary.clone(), MESH_NAMESPACE);
+    assert!(
+        config_maps
+            .get_opt("mesh-webhook-client-ca")
+            .await?
+            .is_some()
+    );
+
+    // The webhook moved out of the cluster: its Deployment, Service, PodDisruptionBudget and
+    // NetworkPolicy go.
+    install(&env, &[]).await?;
+    let url = "https://127.0.0.1:9443/mutate";
+    let out = mesh_as(&no_delete, &["install", "--webhook-url", url]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains(" applied"), "{stderr}");
+    assert_eq!(
+        error_lines(&stderr),
+        [refusal(
+            "services named mesh-webhook in namespace kubectl-mesh (delete), \
+             deployments.apps named mesh-webhook in namespace kubectl-mesh (delete), \
+             poddisruptionbudgets.policy named mesh-webhook in namespace kubectl-mesh (delete), \
+             networkpolicies.networking.k8s.io named mesh-webhook in namespace kubectl-mesh \
+             (delete)"
+        )],
+        "{stderr}"
+    );
+    let (_, webhook) = installed_webhook(&env).await?;
+    assert_eq!(
+        webhook.client_config.url, None,
+        "the webhook configuration changed"
+    );
+    assert!(deployments.get_opt("mesh-webhook").await?.is_some());
+
+    // Granted delete too, the same move goes through.
+    let verbs = [&verbs[..], &["delete"]].concat();
+    let role_verbs = [&role_verbs[..], &["delete"]].concat();
+    let with_delete = kubeconfig_granting(
+        env.primary(),
+        dir.path(),
+        &[Grant::everywhere(install_rights("", &verbs, &role_verbs))],
+    )
+    .await?;
+    let out = mesh_as(&with_delete, &["install", "--webhook-url", url]).await?;
+    assert_success(&out);
+    assert!(deployments.get_opt("mesh-webhook").await?.is_none());
+    let (_, webhook) = installed_webhook(&env).await?;
+    assert_eq!(webhook.client_config.url.as_deref(), Some(url));
     Ok(())
 }
 
