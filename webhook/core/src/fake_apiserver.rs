@@ -99,6 +99,9 @@ pub struct State {
     pub forbidden: bool,
     /// Answer a PATCH of these namespaces with 403 (an admission policy of the remote).
     pub forbidden_namespaces: BTreeSet<String>,
+    /// Answer a PATCH of these namespaces with 422, as an admission policy whose validation
+    /// sets no reason does (real ones do in the e2e tests; here, to count the writer's calls).
+    pub invalid_namespaces: BTreeSet<String>,
     /// Answer a PATCH of these namespaces with 504, as an apiserver whose admission webhook
     /// for them hangs (a timeout no real apiserver gives on demand).
     pub timed_out_namespaces: BTreeSet<String>,
@@ -355,6 +358,13 @@ impl FakeApiserver {
                 state.patches += 1;
                 if state.forbidden_namespaces.contains(&name) {
                     return status(StatusCode::FORBIDDEN, "Forbidden", "denied by a policy");
+                }
+                if state.invalid_namespaces.contains(&name) {
+                    return status(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "Invalid",
+                        "refused by a policy",
+                    );
                 }
                 if state.timed_out_namespaces.contains(&name) {
                     return status(StatusCode::GATEWAY_TIMEOUT, "Timeout", "webhook timed out");

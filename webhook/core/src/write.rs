@@ -1,5 +1,6 @@
 //! THE remote label writer: one conditional write of a namespace's managed labels, with one
-//! retry after a conflict. The webhook's push, the reconciler's sync and `detach
+//! retry after a conflict (a push's refused bet, below, is not one: the read-diff-write it
+//! falls back to gets its own retry). The webhook's push, the reconciler's sync and `detach
 //! --strip-labels` (a sync against an empty primary) all write through it.
 //!
 //! Every write is a JSON patch the apiserver applies only if the remote is still as the writer
@@ -130,6 +131,8 @@ pub async fn write_managed_labels(
     let mut retried = false;
     // The write a conflict refused, until the labels are asked for again.
     let mut conflicted = None;
+    // The version of the namespace that write was refused at.
+    let mut conflicted_at = None;
     loop {
         let namespace = match current.take() {
             Some(namespace) => namespace,
@@ -170,11 +173,15 @@ pub async fn write_managed_labels(
                 tracing::debug!(namespace = %name, "remote namespace changed under us, reading it again");
                 retried = true;
                 conflicted = Some(diff);
+                conflicted_at = namespace.metadata.resource_version;
             }
             Err(error) if Failure::of(&error) == Failure::NotFound => return Written::Missing,
             Err(error) => {
+                // A 422 again, of a namespace nobody wrote in between, was no failed `test`
+                // of its version: the remote refuses the labels (an admission policy).
+                let raced = retried && conflicted_at != namespace.metadata.resource_version;
                 // Keyed by the version patched: after a conflict, the one read again.
-                let refused_at = lasting(&error, retried)
+                let refused_at = lasting(&error, raced)
                     .then(|| namespace.metadata.resource_version.clone())
                     .flatten();
                 return failed(&error, Some(diff), refused_at);
@@ -195,12 +202,13 @@ fn failed(error: &kube::Error, diff: Option<LabelDiff>, refused_at: Option<Strin
 
 /// Whether a patch refused with `error` would be refused again unchanged: a 4xx other than
 /// a timeout, conflict or rate limit. Not a 401 (the client refreshes its token, no Secret
-/// changes), nor a 422 after a conflict (a `test` of a namespace still being written).
-fn lasting(error: &kube::Error, after_conflict: bool) -> bool {
+/// changes), nor a 422 `raced` by another writer (a `test` of a namespace still being
+/// written).
+fn lasting(error: &kube::Error, raced: bool) -> bool {
     matches!(error, kube::Error::Api(status)
         if (400..500).contains(&status.code)
             && ![401, 408, 409, 429].contains(&status.code)
-            && !(after_conflict && status.code == 422))
+            && !(raced && status.code == 422))
 }
 
 #[cfg(test)]
@@ -297,6 +305,28 @@ mod tests {
             ),
             "{written:?}"
         );
+        assert_eq!(
+            counts(&remote),
+            (2, 2),
+            "read, patched, read again, patched"
+        );
+    }
+
+    /// An admission policy that sets no reason refuses with a 422, as a failed `test` does:
+    /// refused again at the version read again, which nobody wrote, it is a refusal for good,
+    /// not a conflict to try at every sync.
+    #[tokio::test]
+    async fn a_422_again_at_an_unchanged_version_is_a_lasting_refusal() {
+        let remote = FakeApiserver::default().with_namespace("shop", &[]);
+        remote.state().invalid_namespaces.insert("shop".to_owned());
+        let api = Api::all(remote.client());
+        let wanted = || labels(&[("istio-injection", "enabled")]);
+        let written =
+            write_managed_labels(&api, &SyncRule::default(), "shop", wanted, Known::Nothing).await;
+        let Written::Failed { refused_at, .. } = &written else {
+            panic!("{written:?}");
+        };
+        assert!(refused_at.is_some(), "{written:?}");
         assert_eq!(
             counts(&remote),
             (2, 2),
