@@ -51,19 +51,22 @@ use mesh_core::{
 use crate::{
     Context, Error, Result,
     access::{self, Need, RemoteAdmin, RemoteAdminFlags, Target},
-    credentials, kubeconfig, mesh_state,
+    cmd::attach::hooks::TestHooks,
+    credentials, interrupt, kubeconfig, mesh_state,
     output::Progress,
     poll::{self, Late},
     remote_setup as setup,
 };
 
 mod identities;
+mod interrupted;
 mod rotation;
 
 use identities::{
     IstioSecret, Unasked, has_istio_reader, holders_of, identity_on, istio_reader_unknown,
     refuse_without_istio_rights, remote_unreachable,
 };
+use interrupted::Interruption;
 use rotation::Rotation;
 
 /// Replace a cluster's stored tokens and revoke the old ones, without downtime.
@@ -168,6 +171,7 @@ impl Rotate {
             timeout,
         } = self;
         let progress = ctx.progress;
+        let hooks = TestHooks::from_env()?;
         let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
         let targets = if all {
             let list = mesh_state::clusters(&primary).await?;
@@ -293,7 +297,10 @@ impl Rotate {
             refuse_unsyncable(&targets)?;
         }
         let mut remotes = remotes.into_iter();
-        for (mc, Plan { name, holders, .. }) in targets.iter().zip(plans) {
+        // From the first token issued on, an interruption stops rotate between two writes.
+        let listener = (!dry_run).then(interrupt::Listener::start);
+        let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
+        for (i, (mc, Plan { name, holders, .. })) in targets.iter().zip(plans).enumerate() {
             if dry_run {
                 for holder in &holders {
                     progress.info(format!(
@@ -306,7 +313,8 @@ impl Rotate {
                 }
                 continue;
             }
-            let Some((remote, remote_target)) = remotes.next() else {
+            let (Some((remote, remote_target)), Some(listener)) = (remotes.next(), &listener)
+            else {
                 break;
             };
             let rotation = Rotation {
@@ -319,9 +327,22 @@ impl Rotate {
                 primary_id: &primary_id,
                 timeout,
                 progress,
+                listener,
+                hooks,
             };
-            for holder in holders {
-                rotation.rotate(holder).await?;
+            for (j, holder) in holders.iter().enumerate() {
+                if let Some(stopped) = rotation.rotate(*holder).await? {
+                    let interruption = Interruption {
+                        cluster: &name,
+                        stopped,
+                        rotated: &holders[..j],
+                        later: &holders[j + 1..],
+                        all,
+                        clusters_done: &names[..i],
+                        clusters_left: &names[i + 1..],
+                    };
+                    return Err(interruption.error());
+                }
             }
             progress.ok(format!("{name}: tokens rotated, the old ones revoked"));
         }

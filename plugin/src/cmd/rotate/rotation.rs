@@ -1,7 +1,11 @@
 //! One cluster's rotation, step by step: each holder's token moved to a standby and back,
-//! waiting for the webhook between the moves.
+//! waiting for the webhook between the moves. An interruption stops it between two writes,
+//! and ends a wait at once ([`super::interrupted`]).
 
+use super::interrupted::{Phase, Stopped};
 use super::*;
+use crate::cmd::attach::{Step, hooks::TestHooks};
+use crate::interrupt::Listener;
 use crate::tokens::{mint_bound_token, wait_token};
 
 /// One cluster's rotation.
@@ -16,13 +20,26 @@ pub(super) struct Rotation<'a> {
     pub(super) primary_id: &'a str,
     pub(super) timeout: Duration,
     pub(super) progress: Progress,
+    /// Interruptions, listened to since the first rotation began.
+    pub(super) listener: &'a Listener,
+    pub(super) hooks: TestHooks,
 }
 
 impl Rotation<'_> {
-    pub(super) async fn rotate(&self, holder: Holder) -> Result<()> {
+    /// Rotates `holder`'s token; `Some` where an interruption stopped it (between two writes,
+    /// or in a wait; one that came before is seen at the first wait, before any write).
+    pub(super) async fn rotate(&self, holder: Holder) -> Result<Option<Stopped>> {
         let own = holder.token_secret();
         let standby = setup::standby_secret(own);
         let account = holder.account();
+        let listener = self.listener;
+        let stopped = |phase, old_works| {
+            Ok(Some(Stopped {
+                holder,
+                phase,
+                old_works,
+            }))
+        };
         self.progress.info(format!(
             "{}: rotating the token of ServiceAccount {MESH_NAMESPACE}/{account}",
             self.cluster
@@ -40,32 +57,103 @@ impl Rotation<'_> {
         let on_standby = bound_to_standby || (standby_token.is_some() && standby_token == current);
         // A rotation that repairs an expired token cannot say the previous one still works.
         let current_works = !has_expired(current.as_deref());
+        // How far the rotation got, and whether the old token (the own Secret's) still works,
+        // as an interruption says them.
+        let mut phase = Phase::Unchanged {
+            standby_issued: false,
+            expired: !current_works,
+        };
+        let old_works;
         let (on_the_standby, previous_works) = if on_standby {
+            // A run stopped on the standby; it may have revoked the old token already.
+            let own_secret = self.remote_secret(own).await?;
+            old_works = token_in(own_secret.as_ref()).map(|t| !has_expired(Some(&t)));
+            phase = match own_secret {
+                Some(_) => Phase::OnStandby,
+                None => Phase::Revoked,
+            };
             (current, true)
         } else {
+            old_works = Some(current_works);
             // Whatever the standby holds is not stored; but a previous run may have just
             // moved the stored kubeconfig off it, so it goes only once that is in use.
-            self.settled(holder, current.as_deref(), current_works)
-                .await?;
+            let settled = self.settled(holder, current.as_deref(), current_works);
+            if listener.unless(settled).await.transpose()?.is_none() || listener.received() {
+                return stopped(phase, old_works);
+            }
             self.delete_token_secret(&standby).await?;
-            let token = self.issue(&standby, account, bound).await?;
+            if listener
+                .unless(self.gone(&standby))
+                .await
+                .transpose()?
+                .is_none()
+                || listener.received()
+            {
+                return stopped(phase, old_works);
+            }
+            let created = self.create_token_secret(&standby, account, bound).await?;
+            phase = Phase::Unchanged {
+                standby_issued: true,
+                expired: !current_works,
+            };
+            let created_standby = || format!("Secret {MESH_NAMESPACE}/{standby} created");
+            self.stall(Step::TokenSecret, created_standby).await;
+            let issued = self.token_of(&created, &standby, account, bound);
+            let token = match listener.unless(issued).await.transpose()? {
+                Some(token) if !listener.received() => token,
+                _ => return stopped(phase, old_works),
+            };
             self.store(holder, &token).await?;
+            phase = Phase::OnStandby;
+            self.stall(Step::PrimarySecret, || "new token stored".to_owned())
+                .await;
             (Some(token), current_works)
         };
         // The standby's token is stored and in use, checked up to the revocation: an attach
         // re-run meanwhile stores the own Secret's token again, which must not be revoked.
-        self.settled(holder, on_the_standby.as_deref(), previous_works)
-            .await?;
+        let settled = self.settled(holder, on_the_standby.as_deref(), previous_works);
+        if listener.unless(settled).await.transpose()?.is_none() || listener.received() {
+            return stopped(phase, old_works);
+        }
         self.delete_token_secret(own).await?;
+        phase = Phase::Revoked;
         self.progress.ok(format!(
             "{}: Secret {MESH_NAMESPACE}/{own} deleted: the old token is revoked",
             self.cluster
         ));
-        let token = self.issue(own, account, bound).await?;
+        if listener.unless(self.gone(own)).await.transpose()?.is_none() || listener.received() {
+            return stopped(phase, old_works);
+        }
+        let created = self.create_token_secret(own, account, bound).await?;
+        let created_own = || format!("Secret {MESH_NAMESPACE}/{own} created");
+        self.stall(Step::TokenSecret, created_own).await;
+        let issued = self.token_of(&created, own, account, bound);
+        let token = match listener.unless(issued).await.transpose()? {
+            Some(token) if !listener.received() => token,
+            _ => return stopped(phase, old_works),
+        };
         self.store(holder, &token).await?;
-        self.settled(holder, Some(&token), true).await?;
+        phase = Phase::Back;
+        self.stall(Step::PrimarySecret, || "new token stored".to_owned())
+            .await;
+        let settled = self.settled(holder, Some(&token), true);
+        if listener.unless(settled).await.transpose()?.is_none() || listener.received() {
+            return stopped(phase, old_works);
+        }
         self.delete_token_secret(&standby).await?;
-        Ok(())
+        // Deleted, the standby's token is revoked: the rotation is done, whether or not an
+        // interruption ends the wait for the Secret to go.
+        listener.unless(self.gone(&standby)).await.transpose()?;
+        Ok(None)
+    }
+
+    /// When `KUBECTL_MESH_STALL_IN` names `step`, whose object `stored` says was just
+    /// written: waits as if the answer had not come, until an interruption.
+    async fn stall(&self, step: Step, stored: impl FnOnce() -> String) {
+        let cluster = self.cluster;
+        let stored = || format!("{cluster}: {}", stored());
+        let stalled = self.hooks.stall_if_in(Some(step), self.progress, stored);
+        self.listener.unless(stalled).await;
     }
 
     async fn stored(&self, holder: Holder) -> Result<Secret> {
@@ -85,8 +173,8 @@ impl Rotation<'_> {
             })
     }
 
-    /// Deletes a token Secret this primary created for this cluster, and waits until it is
-    /// gone (its name is issued anew next).
+    /// Deletes a token Secret this primary created for this cluster (then [`Self::gone`]
+    /// waits until it is gone: its name is issued anew next).
     async fn delete_token_secret(&self, name: &str) -> Result<()> {
         let Some(found) = self.remote_secret(name).await? else {
             return Ok(());
@@ -99,16 +187,18 @@ impl Rotation<'_> {
         )?;
         let api = Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE);
         match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => {
-                return Err(access::request_error(
-                    self.remote_target,
-                    &format!("delete Secret {MESH_NAMESPACE}/{name}"),
-                    e,
-                ));
-            }
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(access::request_error(
+                self.remote_target,
+                &format!("delete Secret {MESH_NAMESPACE}/{name}"),
+                e,
+            )),
         }
+    }
+
+    /// Waits until the token Secret `name` is gone.
+    async fn gone(&self, name: &str) -> Result<()> {
         let gone = async || {
             Ok(match self.remote_secret(name).await? {
                 None => Break(()),
@@ -126,9 +216,14 @@ impl Rotation<'_> {
         .await
     }
 
-    /// Creates the token Secret `name` for `account` and waits for its token; with `bound`,
-    /// the Secret a token of that lifetime is bound to, and that token.
-    async fn issue(&self, name: &str, account: &str, bound: Option<Duration>) -> Result<String> {
+    /// Creates the token Secret `name` for `account`; with `bound`, the Secret a token of that
+    /// lifetime is bound to ([`Self::token_of`] gives the token).
+    async fn create_token_secret(
+        &self,
+        name: &str,
+        account: &str,
+        bound: Option<Duration>,
+    ) -> Result<Secret> {
         let mut secret = match bound {
             Some(_) => setup::token_anchor_secret(name, self.cluster),
             None => setup::token_secret(name, account, self.cluster),
@@ -138,8 +233,7 @@ impl Rotation<'_> {
             self.primary_id.to_owned(),
         );
         let api = Api::<Secret>::namespaced(self.remote.clone(), MESH_NAMESPACE);
-        let created = api
-            .create(&PostParams::default(), &secret)
+        api.create(&PostParams::default(), &secret)
             .await
             .map_err(|e| {
                 access::request_error(
@@ -147,9 +241,20 @@ impl Rotation<'_> {
                     &format!("create Secret {MESH_NAMESPACE}/{name}"),
                     e,
                 )
-            })?;
+            })
+    }
+
+    /// The token of the Secret `created` (named `name`) for `account`: with `bound`, one of
+    /// that lifetime bound to it, else the one the remote fills in (waited for).
+    async fn token_of(
+        &self,
+        created: &Secret,
+        name: &str,
+        account: &str,
+        bound: Option<Duration>,
+    ) -> Result<String> {
         let token = match bound {
-            Some(ttl) => mint_bound_token(self.remote, account, &created, ttl)
+            Some(ttl) => mint_bound_token(self.remote, account, created, ttl)
                 .await
                 .map_err(|e| {
                     access::request_error(

@@ -6,7 +6,9 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
+use kubectl_mesh::cmd::attach::{Step, hooks::STALLED};
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster};
+use mesh_e2e::signals::signalled_after;
 use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
     assert_success, describe,
@@ -260,5 +262,48 @@ async fn a_rotation_never_revokes_a_token_stored_again_during_its_wait() -> anyh
     // A re-run then rotates from there.
     assert_success(&rotate(&env, &remote).await?);
     revoked("the token stored again", &own).await?;
+    Ok(())
+}
+
+/// Ctrl-C once the standby's token is stored (stalled there), before rotate waits for the
+/// webhook to use it and revokes the old one, killed rotate without a word. It now stops there,
+/// exits 1 and says on one line that the new token is stored and the old one still valid, which
+/// it is; a re-run revokes it.
+#[tokio::test]
+async fn ctrl_c_before_the_revocation_says_the_old_token_is_valid_and_a_rerun_revokes_it()
+-> anyhow::Result<()> {
+    let (env, _mesh, remote, _) = one_remote(&[], &[], "stalled").await?;
+    let name = remote.name.clone();
+    let old = stored_sync(&env, &name).await?;
+    let mut command = remote_command(&env, "rotate", &remote)?;
+    command.env("KUBECTL_MESH_STALL_IN", Step::PrimarySecret.name());
+    let (seen, status) = signalled_after(command, STALLED, "INT", DEADLINE).await?;
+    let said = seen.join("\n");
+    assert_eq!(status.code(), Some(1), "{said}");
+    let expected = format!(
+        "error: interrupted; {name}: the new token of ServiceAccount \
+         kubectl-mesh/kubectl-mesh-sync (Secret kubectl-mesh/{STANDBY}) is stored and valid; \
+         the old one (Secret kubectl-mesh/{SYNC_TOKEN}) is not revoked yet, and still valid; \
+         run `kubectl mesh rotate {name}` again to revoke it"
+    );
+    assert_eq!(seen.last(), Some(&expected), "{said}");
+
+    let midway = stored_sync(&env, &name).await?;
+    assert_ne!(
+        token_of(&old)?,
+        token_of(&midway)?,
+        "the standby token is stored"
+    );
+    assert_eq!(answer_to(&old).await?, 201, "the old token is revoked");
+    assert_eq!(
+        answer_to(&midway).await?,
+        201,
+        "the stored token does not work"
+    );
+
+    assert_success(&rotate(&env, &remote).await?);
+    revoked("the old token", &old).await?;
+    revoked("the standby token", &midway).await?;
+    assert_eq!(token_secrets(&remote).await?, vec![SYNC_TOKEN.to_owned()]);
     Ok(())
 }
