@@ -18,6 +18,7 @@ pub mod leader;
 pub mod listen;
 pub mod metrics;
 mod primary_view;
+mod primary_write;
 pub mod propagate;
 pub mod push_outcome;
 pub mod push_queue;

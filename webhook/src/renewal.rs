@@ -16,7 +16,7 @@ use mesh_core::{
     token::{self, Claims},
 };
 
-use crate::reconcile::to_primary;
+use crate::primary_write::to_primary;
 
 /// How a renewal ended, but for a failure to tell (the `Err` of [`renew_token`], a
 /// `TokenRenewalFailed` Event).

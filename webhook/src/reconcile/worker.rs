@@ -12,7 +12,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Shared, to_primary};
+use super::Shared;
+use crate::primary_write::to_primary;
 use crate::{
     backoff::Backoff,
     cluster_status::{
