@@ -386,3 +386,43 @@ async fn fifty_concurrent_flips_end_in_the_primary_s_final_state_everywhere() ->
     assert_remotes(&env, &ns, &last, "after the last response").await?;
     Ok(())
 }
+
+/// `status` read the primary at the same time as the remotes: a label changed on the primary
+/// while it read them, and pushed to the remotes at once, showed as drift (and `--exit-code`
+/// exited 3) where a sync, which reads the primary after each remote, writes nothing. Status
+/// is stalled before its remote reads while the label changes and lands everywhere.
+#[tokio::test]
+async fn status_reads_the_primary_after_the_remotes_as_a_sync_does() -> anyhow::Result<()> {
+    use kubectl_mesh::cmd::attach::hooks::{STALL_IN_ENV, STALLED, STATUS_READS};
+    let (env, ns) = shared_namespace("status-reads").await?;
+    let (_, mesh) = shared_mesh(2).await;
+    let mut status = mesh.plugin();
+    status
+        .args(["status", "--exit-code", &ns])
+        .env(STALL_IN_ENV, STATUS_READS)
+        .stdout(std::process::Stdio::null());
+    let enabled = labels(&[("istio-injection", "enabled")]);
+    let meanwhile = async {
+        label_on_primary(env, &ns, &["istio-injection=enabled"]).await?;
+        for remote in env.remotes() {
+            carries(remote, &ns, &enabled, mesh_e2e::DEFAULT_TIMEOUT).await?;
+        }
+        assert_eq!(
+            managed_labels(env.primary(), &ns).await?,
+            Some(enabled.clone())
+        );
+        Ok(())
+    };
+    let (seen, exit) = mesh_e2e::signals::signalled_after_doing(
+        status,
+        STALLED,
+        meanwhile,
+        "USR1",
+        mesh_e2e::DEFAULT_TIMEOUT,
+    )
+    .await?;
+    let seen = seen.join("\n");
+    assert_eq!(exit.code(), Some(0), "{seen}");
+    assert!(!seen.contains("differs from the primary"), "{seen}");
+    Ok(())
+}

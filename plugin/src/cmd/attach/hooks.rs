@@ -10,7 +10,8 @@
 //! it, so that tests can interrupt attach (Ctrl-C) exactly there. It names a step that creates objects
 //! ([`Step::creates`]); a step that creates nothing is refused, as it could never stall.
 //! `kubectl mesh scope` stalls the same way in the remote policies it updates
-//! (`guard-policy`, `sync-scope-policy`).
+//! (`guard-policy`, `sync-scope-policy`). `kubectl mesh status` stalls before it reads the
+//! remotes when it names [`STATUS_READS`], and goes on at SIGUSR1 ([`stall_status`]).
 
 use std::ffi::OsString;
 
@@ -27,6 +28,33 @@ pub const STALL_IN_ENV: &str = "KUBECTL_MESH_STALL_IN";
 
 /// What attach (or scope) says when the interruption hook stalls it, for a test to wait on.
 pub const STALLED: &str = "stalling as if its answer had not come";
+
+/// What `KUBECTL_MESH_STALL_IN` names to stall `kubectl mesh status` before it reads the
+/// remotes (no step of attach: status creates nothing).
+pub const STATUS_READS: &str = "status-reads";
+
+/// In `status`, before it reads the remotes: when `KUBECTL_MESH_STALL_IN` names
+/// [`STATUS_READS`], says [`STALLED`] and waits until the process gets SIGUSR1 (listened to
+/// before the line is written), so that a test can change the clusters at that point. Returns
+/// at once otherwise, and in a build without the hooks.
+pub(crate) async fn stall_status(progress: Progress) {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os(STALL_IN_ENV).is_some_and(|step| step == STATUS_READS) {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::user_defined1()) {
+            Ok(mut resume) => {
+                progress.info(format!(
+                    "before reading the remotes; {STALLED} ({STALL_IN_ENV}={STATUS_READS}); \
+                     SIGUSR1 goes on"
+                ));
+                resume.recv().await;
+            }
+            Err(e) => progress.warn(format!("{STALL_IN_ENV}: cannot listen to SIGUSR1: {e}")),
+        }
+    }
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = progress;
+}
 
 pub(crate) use imp::TestHooks;
 

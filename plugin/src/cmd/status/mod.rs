@@ -1,7 +1,7 @@
 //! `kubectl mesh status`: managed labels of namespaces across the mesh, read live.
 //!
-//! The primary and every remote are read now (the remotes in parallel, each under a
-//! deadline), and every cell is judged by the sync rule itself ([`SyncRule::desired`] and
+//! Every remote is read now (in parallel, each under a deadline), then the primary, as a sync
+//! reads them, and every cell is judged by the sync rule itself ([`SyncRule::desired`] and
 //! [`SyncRule::diff`]): a cell shows drift exactly when a sync would write to it. Where the
 //! labels ask for sidecars, the remote's MutatingWebhookConfigurations say whether an Istio
 //! injector acts on them ([`mesh_core::injection`]). With `-o wide`, `json` or `yaml`, the
@@ -77,17 +77,17 @@ impl Status {
         let clusters = mesh_state::clusters(&client).await?;
         // Pods are many: only the detailed outputs read them.
         let with_pods = ctx.output != OutputFormat::Table;
-        let (rule, primary, remotes) = tokio::join!(
-            mesh_state::rule(&client),
-            mesh_state::primary_namespaces(&client),
-            mesh_state::for_each(&clusters, |c| read_view(
-                &client,
-                c,
-                remote_timeout,
-                with_pods
-            ))
-        );
-        let (rule, primary) = (rule?, primary?);
+        let (rule, remotes) = tokio::join!(mesh_state::rule(&client), async {
+            crate::cmd::attach::hooks::stall_status(ctx.progress).await;
+            mesh_state::for_each(&clusters, |c| {
+                read_view(&client, c, remote_timeout, with_pods)
+            })
+            .await
+        });
+        let rule = rule?;
+        // After the remotes, as a sync reads them: a label changed on the primary meanwhile
+        // has been pushed to them by then, and is no drift.
+        let primary = mesh_state::primary_namespaces(&client).await?;
         let report = StatusReport::compute(&rule, &primary, &remotes, &namespaces);
 
         if clusters.is_empty() {
