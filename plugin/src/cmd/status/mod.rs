@@ -352,11 +352,13 @@ pub struct RemoteCell {
     /// What a sync would remove.
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub remove: BTreeSet<String>,
-    /// Whether pods get sidecars there, once synced; absent when the labels ask for none.
+    /// Whether pods get sidecars there, once synced (as the labels are, on a cluster being
+    /// detached: [`judged_labels`]); absent when the labels ask for none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub injection: Option<InjectionCell>,
-    /// Pods there whose sidecar contradicts the labels (once synced), by name: they need a
-    /// restart. Absent when the cluster's pods were not read.
+    /// Pods there whose sidecar contradicts the labels (once synced, or as they are on a
+    /// cluster being detached), by name: they need a restart. Absent when the cluster's pods
+    /// were not read.
     #[serde(rename = "contraryPods", skip_serializing_if = "Option::is_none")]
     pub contrary_pods: Option<Vec<String>>,
 }
@@ -568,9 +570,9 @@ impl StatusReport {
                                         contrary_pods: None,
                                     }
                                 };
-                                let synced = rule.after_sync(&desired, ns);
+                                let judged = judged_labels(rule, &desired, ns, remote.detaching);
                                 cell.injection =
-                                    injection_cell(&name, &synced, remote.known_injectors());
+                                    injection_cell(&name, &judged, remote.known_injectors());
                                 if matches!(cell.injection, Some(InjectionCell::Unserved { .. })) {
                                     report.uninjected += 1;
                                 }
@@ -578,7 +580,7 @@ impl StatusReport {
                                     let here = pods.get(&name).map_or(&[][..], Vec::as_slice);
                                     let contrary: Vec<String> = injection::contrary_pods(
                                         &name,
-                                        &synced,
+                                        &judged,
                                         remote.known_injectors(),
                                         here,
                                     )
@@ -682,6 +684,17 @@ impl StatusReport {
             ));
         }
         lines
+    }
+}
+
+/// The labels a remote namespace `ns` is judged on for injection and pods: those it will carry
+/// once synced to `desired`, or, on a cluster being detached, which nothing syncs, those it
+/// carries now (its pods will get no other).
+fn judged_labels(rule: &SyncRule, desired: &Labels, ns: &Namespace, detaching: bool) -> Labels {
+    if detaching {
+        ns.metadata.labels.clone().unwrap_or_default()
+    } else {
+        rule.after_sync(desired, ns)
     }
 }
 
@@ -924,8 +937,15 @@ mod tests {
         assert_eq!((synced.drifted, synced.missing), (2, 1));
         views[0].detaching = true;
         let r = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
+        // Injection is judged on other labels there: see the test below.
+        let differs = |r: &StatusReport| -> Vec<_> {
+            (r.namespaces.iter().flat_map(|row| row.clusters.values()))
+                .map(|c| (c.state, c.labels.clone(), c.set.clone(), c.remove.clone()))
+                .collect()
+        };
         assert_eq!(
-            r.namespaces, synced.namespaces,
+            differs(&r),
+            differs(&synced),
             "its cells still show what differs"
         );
         assert_eq!((r.drifted, r.missing), (0, 0));
@@ -939,6 +959,66 @@ mod tests {
             serde_json::to_value(&r).unwrap()["clusters"][0]["detaching"],
             true
         );
+    }
+
+    /// A cluster being detached, which nothing syncs, was judged for injection and pods on the
+    /// labels a sync would give it: `(no injector)`, `uninjected` and `contraryPods` spoke of
+    /// labels it will never get, while `drifted` and `missing` left it out. It is judged on the
+    /// labels it carries, alike in the table and in JSON.
+    #[test]
+    fn a_cluster_being_detached_is_judged_on_the_labels_it_carries() {
+        let mut views = remotes();
+        views.truncate(1);
+        // legacy: istio-injection=enabled on east, absent on the primary (a sync would remove
+        // it); payments: revision 1-23 on east, 1-24 on the primary.
+        views[0].pods = PodsRead::Read {
+            source: view::Source::View,
+            pods: BTreeMap::from([(
+                "legacy".to_owned(),
+                vec![pod("bare"), pod("proxied").sidecar()],
+            )]),
+        };
+        views[0].detaching = true;
+        let r = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
+        let cell = |namespace: &str| {
+            let row = r.namespaces.iter().find(|n| n.name == namespace);
+            row.expect("row").clusters["east"].clone()
+        };
+        assert_eq!(
+            cell("legacy").injection,
+            Some(InjectionCell::Served {
+                injectors: vec!["istio-sidecar-injector".into()]
+            })
+        );
+        assert_eq!(
+            cell("payments").injection,
+            Some(InjectionCell::Unserved {
+                requested: "revision 1-23".into()
+            })
+        );
+        assert_eq!(cell("legacy").contrary_pods, Some(vec!["bare".to_owned()]));
+        assert_eq!((r.uninjected, r.contrary_pods), (1, 1));
+        assert_eq!(
+            cell("legacy").text(true),
+            "istio-injection=enabled (injector: istio-sidecar-injector) (1 pod needs restart) \
+             (drift)"
+        );
+        let unserved = "east: no injector for payments (revision 1-23): their pods will not get \
+                        sidecars there";
+        assert_eq!(r.injection_summary(), [unserved]);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["uninjected"], 1);
+        assert_eq!(v["contraryPods"], 1);
+        let legacy = &v["namespaces"][2]["clusters"]["east"];
+        assert_eq!(legacy["contraryPods"], serde_json::json!(["bare"]));
+        assert_eq!(legacy["injection"]["state"], "served");
+
+        // The same cluster, synced: judged on what the sync gives it.
+        views[0].detaching = false;
+        let synced = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
+        let legacy = &synced.namespaces[2].clusters["east"];
+        assert_eq!(legacy.injection, None);
+        assert_eq!(legacy.contrary_pods, Some(vec!["proxied".to_owned()]));
     }
 
     #[test]
