@@ -46,8 +46,15 @@ impl List {
         };
         output::print_stdout(&render(ctx.output, &clusters, &expiries, Timestamp::now())?)?;
         for (name, expiry) in &expiries {
-            if let Err(why) = expiry {
-                ctx.progress.warn(unread_line(name, why));
+            match expiry {
+                Err(why) => ctx.progress.warn(unread_line(name, why)),
+                Ok(StoredToken::Missing { secret, detaching }) => {
+                    let (warn, line) = missing_line(name, secret, *detaching);
+                    if warn {
+                        ctx.progress.warn(line);
+                    }
+                }
+                Ok(StoredToken::Held(_)) => {}
             }
         }
         Ok(())
@@ -63,9 +70,19 @@ fn shows_token_expiry(format: OutputFormat) -> bool {
 /// round trips, without a burst of requests on the primary.
 const SECRET_READS: usize = 8;
 
-/// When each cluster's stored token expires, or why its Secret could not be read, by cluster
-/// name.
-pub(crate) type Expiries = BTreeMap<String, std::result::Result<TokenExpiry, String>>;
+/// What the primary holds of a cluster's stored token, or why its Secret could not be read,
+/// by cluster name.
+pub(crate) type Expiries = BTreeMap<String, std::result::Result<StoredToken, String>>;
+
+/// What the primary holds of a cluster's stored token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredToken {
+    /// Its Secret holds a kubeconfig whose token expires so (`Unknown`: no token that tells).
+    Held(TokenExpiry),
+    /// Its Secret (named `secret`) is gone: deleted by hand, or by a detach under way
+    /// (`detaching`). Nothing can reach the cluster with it, whatever its token was.
+    Missing { secret: String, detaching: bool },
+}
 
 /// [`Expiries`] read from the Secrets attach stored the kubeconfigs in, [`SECRET_READS`] at
 /// once; the map keeps them in name order whatever order they arrive in.
@@ -77,7 +94,11 @@ pub(crate) async fn token_expiries(client: &Client, clusters: &[MeshCluster]) ->
             let name = &cluster.spec.secret_name;
             let doing = format!("cannot read Secret {MESH_NAMESPACE}/{name}");
             let expiry = match secrets.get_opt(name).await {
-                Ok(secret) => Ok(expiry_of(secret.as_ref())),
+                Ok(Some(secret)) => Ok(StoredToken::Held(expiry_of(Some(&secret)))),
+                Ok(None) => Ok(StoredToken::Missing {
+                    secret: name.clone(),
+                    detaching: mesh_state::is_being_detached(cluster),
+                }),
                 // A primary that does not answer in time would not for the next one either.
                 Err(e) if Unanswered::within(&e).is_some() => {
                     return Err(Error::kube(doing)(e));
@@ -98,13 +119,30 @@ fn unread_line(name: &str, why: &str) -> String {
     format!("token of {name}: not read ({why})")
 }
 
+/// The line of a cluster whose stored kubeconfig Secret `secret` is gone, and whether it is
+/// a warning: only attach stores it again, unless a detach deletes the cluster anyway.
+fn missing_line(name: &str, secret: &str, detaching: bool) -> (bool, String) {
+    let what = format!("token of {name}: Secret {MESH_NAMESPACE}/{secret} not found");
+    if detaching {
+        (false, format!("{what} ({name} is being detached)"))
+    } else {
+        (
+            true,
+            format!("{what}; re-run `kubectl mesh attach` for {name} to store fresh credentials"),
+        )
+    }
+}
+
 /// One line per cluster on its stored token (`status -o wide`), and whether it is a warning.
 pub fn token_lines(expiries: &Expiries, now: Timestamp) -> Vec<(bool, String)> {
     expiries
         .iter()
         .map(|(name, expiry)| match expiry {
             Err(why) => (true, unread_line(name, why)),
-            Ok(expiry) => expiry_line(name, *expiry, now),
+            Ok(StoredToken::Held(expiry)) => expiry_line(name, *expiry, now),
+            Ok(StoredToken::Missing { secret, detaching }) => {
+                missing_line(name, secret, *detaching)
+            }
         })
         .collect()
 }
@@ -155,7 +193,11 @@ pub fn render(
                         token_expiry: "unreadable".to_owned(),
                         ..ClusterRow::new(c, TokenExpiry::Unknown, now)
                     },
-                    Some(Ok(expiry)) => ClusterRow::new(c, *expiry, now),
+                    Some(Ok(StoredToken::Missing { .. })) => ClusterRow {
+                        token_expiry: MISSING.to_owned(),
+                        ..ClusterRow::new(c, TokenExpiry::Unknown, now)
+                    },
+                    Some(Ok(StoredToken::Held(expiry))) => ClusterRow::new(c, *expiry, now),
                     None => ClusterRow::new(c, TokenExpiry::Unknown, now),
                 })
                 .collect();
@@ -216,6 +258,10 @@ pub struct ClusterRow {
     /// Age of the MeshCluster.
     pub age: String,
 }
+
+/// The TOKEN-EXPIRY cell of a cluster whose stored kubeconfig Secret is gone
+/// ([`StoredToken::Missing`]).
+const MISSING: &str = "missing";
 
 /// The SYNCED cell of a cluster being detached ([`mesh_state::is_being_detached`]), which
 /// `sync` refuses and sends the admin to `list` to watch.
@@ -330,7 +376,7 @@ mod tests {
         let expiring = TokenExpiry::At(Timestamp::from_second(1_900_000_000).unwrap());
         let expiries: Expiries = clusters()
             .iter()
-            .map(|c| (c.name_any(), Ok(expiring)))
+            .map(|c| (c.name_any(), Ok(StoredToken::Held(expiring))))
             .collect();
         for format in [
             OutputFormat::Table,
@@ -384,8 +430,14 @@ mod tests {
     fn expiries() -> Expiries {
         let at = "2026-03-02T11:00:00Z".parse().unwrap();
         BTreeMap::from([
-            ("east".to_owned(), Ok(TokenExpiry::At(at))),
-            ("west-long-name".to_owned(), Ok(TokenExpiry::Never)),
+            (
+                "east".to_owned(),
+                Ok(StoredToken::Held(TokenExpiry::At(at))),
+            ),
+            (
+                "west-long-name".to_owned(),
+                Ok(StoredToken::Held(TokenExpiry::Never)),
+            ),
         ])
     }
 
@@ -421,17 +473,17 @@ mod tests {
         let expiries = BTreeMap::from([
             (
                 "a".to_owned(),
-                Ok(TokenExpiry::At(
+                Ok(StoredToken::Held(TokenExpiry::At(
                     Timestamp::from_second(1_000_000 + 7200).unwrap(),
-                )),
+                ))),
             ),
             (
                 "b".to_owned(),
-                Ok(TokenExpiry::At(
+                Ok(StoredToken::Held(TokenExpiry::At(
                     Timestamp::from_second(1_000_000 - 60).unwrap(),
-                )),
+                ))),
             ),
-            ("c".to_owned(), Ok(TokenExpiry::Never)),
+            ("c".to_owned(), Ok(StoredToken::Held(TokenExpiry::Never))),
         ]);
         let lines = token_lines(&expiries, now);
         assert_eq!(
@@ -545,6 +597,48 @@ mod tests {
         assert!(table.contains("unreadable"), "{table}");
     }
 
+    /// A stored kubeconfig Secret that is gone was shown as a token of unknown expiry
+    /// (`unknown`, "expiry unknown"), where nothing can reach the cluster until attach stores
+    /// it again; of a cluster being detached, it is what detach does.
+    #[tokio::test]
+    async fn a_missing_secret_is_not_an_unknown_expiry() {
+        let primary = mesh_core::fake_apiserver::FakeApiserver::default();
+        let mut clusters = many_clusters(2);
+        clusters[1].metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+        let expiries = token_expiries(&primary.client(), &clusters)
+            .await
+            .expect("answered");
+        assert_eq!(
+            expiries["c00"],
+            Ok(StoredToken::Missing {
+                secret: "cluster-c00".into(),
+                detaching: false
+            })
+        );
+        assert_eq!(
+            token_lines(&expiries, now()),
+            [
+                (
+                    true,
+                    "token of c00: Secret kubectl-mesh/cluster-c00 not found; re-run `kubectl \
+                     mesh attach` for c00 to store fresh credentials"
+                        .to_owned()
+                ),
+                (
+                    false,
+                    "token of c01: Secret kubectl-mesh/cluster-c01 not found (c01 is being \
+                     detached)"
+                        .to_owned()
+                ),
+            ]
+        );
+        let table = render(OutputFormat::Wide, &clusters, &expiries, now()).unwrap();
+        let cells: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+        assert!(cells.contains(&MISSING), "{table}");
+        assert!(!table.contains("unknown"), "{table}");
+    }
+
     /// A primary too slow for `--request-timeout` is said so, not shown as unknown expiries.
     #[tokio::test(start_paused = true)]
     async fn token_expiries_of_a_primary_too_slow_are_an_error() {
@@ -583,9 +677,12 @@ mod tests {
         );
         for (n, name) in expected.iter().enumerate() {
             let want = if n % 2 == 1 {
-                TokenExpiry::Unknown
+                StoredToken::Missing {
+                    secret: format!("cluster-{name}"),
+                    detaching: false,
+                }
             } else {
-                TokenExpiry::Never
+                StoredToken::Held(TokenExpiry::Never)
             };
             assert_eq!(expiries[name], Ok(want), "{name}");
         }
