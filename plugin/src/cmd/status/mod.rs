@@ -24,7 +24,7 @@ use mesh_core::printable::few;
 use serde::Serialize;
 
 use crate::{
-    Context, Error, Result,
+    Context, Error, Result, access,
     mesh_state::{self, DEFAULT_REMOTE_TIMEOUT},
     output::{self, OutputFormat, plural},
     view,
@@ -135,7 +135,11 @@ impl Status {
                 }
             }
         }
-        for (warn, line) in report.pods_summary() {
+        let contexts: BTreeMap<String, String> = clusters
+            .iter()
+            .filter_map(|c| Some((c.name_any(), access::remote_context(c)?.to_owned())))
+            .collect();
+        for (warn, line) in report.pods_summary(&contexts) {
             if warn {
                 ctx.progress.warn(line);
             } else {
@@ -1230,13 +1234,16 @@ mod tests {
             "istio-injection=enabled (injector: istio-sidecar-injector) (2 pods need restart)"
         );
         assert_eq!(bookinfo["east"].text(false), "istio-injection=enabled");
-        let lines: Vec<String> = r.pods_summary().into_iter().map(|(_, l)| l).collect();
+        let contexts = BTreeMap::from([("east".to_owned(), "admin@east".to_owned())]);
+        let lines: Vec<String> = (r.pods_summary(&contexts).into_iter())
+            .map(|(_, l)| l)
+            .collect();
         assert_eq!(
             lines,
             [
                 "east: 2 pods in bookinfo lack or carry istio-proxy contrary to the namespace's \
-                 labels; restart their workloads (`kubectl rollout restart deployment -n \
-                 bookinfo`)",
+                 labels; restart their workloads (`kubectl --context admin@east rollout restart \
+                 deployment -n bookinfo`)",
                 "west: pods not read (no view credentials); `kubectl mesh attach <kubeconfig> \
                  --name west --services-view` lets status and check count those that need a \
                  restart",
@@ -1252,6 +1259,65 @@ mod tests {
         );
     }
 
+    /// The restart advice named the first namespace alone, and no cluster: pasted on the
+    /// primary's context (the user's usual one) it restarted the primary's deployments. It now
+    /// restarts every namespace, through the context attach recorded for the remote, and
+    /// without one says where it must run.
+    #[test]
+    fn the_restart_advice_is_for_the_remote_and_every_namespace() {
+        let mut remotes = remotes();
+        remotes.truncate(1);
+        remotes[0]
+            .namespaces
+            .as_mut()
+            .expect("read")
+            .push(labelled("shop", &[("istio-injection", "enabled")]));
+        let mut primary = primary();
+        primary.insert(
+            "shop".into(),
+            labelled("shop", &[("istio-injection", "enabled")]),
+        );
+        remotes[0].pods = PodsRead::Read {
+            source: view::Source::View,
+            pods: BTreeMap::from([
+                ("bookinfo".to_owned(), vec![pod("a")]),
+                ("shop".to_owned(), vec![pod("b"), pod("c")]),
+            ]),
+        };
+        let r = StatusReport::compute(&SyncRule::default(), &primary, &remotes, &[]);
+        let advice = |contexts: &[(&str, &str)]| {
+            let contexts = (contexts.iter())
+                .map(|(c, x)| (c.to_string(), x.to_string()))
+                .collect();
+            let lines = r.pods_summary(&contexts);
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            lines[0].1.clone()
+        };
+        let said = "east: 3 pods in bookinfo, shop lack or carry istio-proxy contrary to the \
+                    namespace's labels; ";
+        assert_eq!(
+            advice(&[("east", "admin@east"), ("west", "admin@west")]),
+            format!(
+                "{said}restart their workloads (`for ns in bookinfo shop; do kubectl --context \
+                 admin@east rollout restart deployment -n \"$ns\"; done`)"
+            )
+        );
+        // A context name a shell would read otherwise is quoted.
+        assert!(
+            advice(&[("east", "ops east")]).contains("kubectl --context 'ops east' rollout"),
+            "{}",
+            advice(&[("east", "ops east")])
+        );
+        assert_eq!(
+            advice(&[]),
+            format!(
+                "{said}restart their workloads on east, in each of these namespaces (`kubectl \
+                 rollout restart deployment -n <namespace>` with a context of east, not the \
+                 primary's)"
+            )
+        );
+    }
+
     /// No view Secret and an Istio remote secret the caller may not read: `-o wide` said only
     /// "no view credentials", where `services` and `check` say the secret was refused.
     #[test]
@@ -1263,7 +1329,7 @@ mod tests {
         };
         let r = StatusReport::compute(&SyncRule::default(), &primary(), &remotes, &[]);
         assert_eq!(
-            r.pods_summary(),
+            r.pods_summary(&BTreeMap::new()),
             [(
                 true,
                 format!(

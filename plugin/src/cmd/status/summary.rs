@@ -2,10 +2,13 @@
 //! serves, injectors that could not be read, and pods whose sidecar contradicts their
 //! namespace's labels.
 
+use std::collections::BTreeMap;
+
 use mesh_core::printable::few;
 
 use super::{InjectionCell, NamespaceRow, PodsColumn, StatusReport};
 use crate::output::plural;
+use crate::render::shell_word;
 use crate::view;
 
 impl StatusReport {
@@ -54,9 +57,10 @@ impl StatusReport {
 
 impl StatusReport {
     /// Lines after the table about pods, per cluster, each with whether it is a warning:
-    /// pods that need a restart, and clusters whose pods could not be read or have no view
-    /// credentials (with what to run to give it some).
-    pub fn pods_summary(&self) -> Vec<(bool, String)> {
+    /// pods that need a restart (with what restarts them on that cluster: `contexts` holds,
+    /// by cluster name, the remote context attach recorded), and clusters whose pods could
+    /// not be read or have no view credentials (with what to run to give it some).
+    pub fn pods_summary(&self, contexts: &BTreeMap<String, String>) -> Vec<(bool, String)> {
         let mut lines = Vec::new();
         for cluster in &self.clusters {
             let name = &cluster.name;
@@ -93,17 +97,41 @@ impl StatusReport {
                     true,
                     format!(
                         "{name}: {} in {} {} or {} istio-proxy contrary to the namespace's \
-                         labels; restart their workloads (`kubectl rollout restart deployment \
-                         -n {}`)",
+                         labels; {}",
                         plural(count, "pod"),
                         namespaces.join(", "),
                         if count == 1 { "lacks" } else { "lack" },
                         if count == 1 { "carries" } else { "carry" },
-                        namespaces.first().copied().unwrap_or("<namespace>"),
+                        restart_advice(name, contexts.get(name).map(String::as_str), &namespaces),
                     ),
                 ));
             }
         }
         lines
+    }
+}
+
+/// What restarts the workloads of `namespaces` on cluster `name`, through `context` (the
+/// remote context attach recorded) when known: the user's current context is usually the
+/// primary's, where the same command would restart the wrong deployments.
+fn restart_advice(name: &str, context: Option<&str>, namespaces: &[&str]) -> String {
+    let Some(context) = context else {
+        return format!(
+            "restart their workloads on {name}, in each of these namespaces (`kubectl \
+             rollout restart deployment -n <namespace>` with a context of {name}, not the \
+             primary's)"
+        );
+    };
+    let kubectl = format!(
+        "kubectl --context {} rollout restart deployment",
+        shell_word(context)
+    );
+    let words: Vec<String> = namespaces.iter().map(|ns| shell_word(ns)).collect();
+    match &words[..] {
+        [one] => format!("restart their workloads (`{kubectl} -n {one}`)"),
+        many => format!(
+            "restart their workloads (`for ns in {}; do {kubectl} -n \"$ns\"; done`)",
+            many.join(" ")
+        ),
     }
 }
