@@ -416,6 +416,8 @@ pub fn remote_options(timeout: Duration) -> RemoteOptions {
         call_deadline: Some(timeout),
         watches_last: false,
         max_answer_line: call_limits::DEFAULT_MAX_ANSWER_LINE,
+        // Pages of 500 pods, services or EndpointSlices, larger than pages of namespaces.
+        max_answer_elements: 4 * call_limits::DEFAULT_MAX_ANSWER_ELEMENTS,
     }
 }
 

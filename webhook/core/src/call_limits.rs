@@ -17,6 +17,12 @@
 //! largest answers the webhook asks for (pages of namespaces) are a few MiB. What a watch's
 //! events add up to is bounded by what its keeper keeps of them (`remote_watch`, `injectors`),
 //! as what a list's pages add up to is by [`crate::list`].
+//!
+//! Bytes alone do not bound what parsing makes of them: a label `"a":"",` is 7 bytes and two
+//! Strings in a map, about 130 bytes parsed (measured: 11 MB of such labels took 122 MiB).
+//! So an answer (a watch's event) may also hold only so many JSON elements, counted by the
+//! bytes that open or separate them (`{`, `[`, `:`, `,`, inside strings too: counted high,
+//! never low), each of which parses to at most about 64 bytes.
 
 use std::{
     fmt,
@@ -37,6 +43,10 @@ use tower::{BoxError, Layer, Service};
 /// [`crate::remote::RemoteOptions::max_answer_line`] by default.
 pub const DEFAULT_MAX_ANSWER_LINE: usize = 64 * 1024 * 1024;
 
+/// [`crate::remote::RemoteOptions::max_answer_elements`] by default: a page of 500 namespaces
+/// holds about 30,000; this many parse to about 16 MiB at the most.
+pub const DEFAULT_MAX_ANSWER_ELEMENTS: usize = 250_000;
+
 /// The error of an answer that ran past its bound: one answer's bytes, or a list's objects
 /// over all its pages ([`crate::list`]).
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +55,8 @@ pub enum AnswerTooLarge {
     Line(usize),
     #[error("the answer ran past {} MiB, and was refused", .0 / MIB)]
     Whole(usize),
+    #[error("the answer ran past {0} JSON elements, and was refused")]
+    Elements(usize),
     #[error("the list ran past {0} objects, and was refused")]
     Objects(usize),
     #[error("the list ran past {0} pages, and was refused")]
@@ -60,6 +72,8 @@ const MIB: usize = 1024 * 1024;
 pub struct CallLimitsLayer {
     deadline: Option<Duration>,
     max_line: Option<usize>,
+    /// The most JSON elements an answer (a watch's event) may hold.
+    max_elements: Option<usize>,
     /// A watch's answer lasts as long as the watch: the deadline bounds only its start.
     watches_last: bool,
     late: LateError,
@@ -70,6 +84,7 @@ impl CallLimitsLayer {
         Self {
             deadline,
             max_line,
+            max_elements: None,
             watches_last: false,
             late: LateError(Arc::new(elapsed)),
         }
@@ -79,6 +94,13 @@ impl CallLimitsLayer {
     /// watches are waits (a command's), not reads that must end.
     pub fn watches_last(mut self) -> Self {
         self.watches_last = true;
+        self
+    }
+
+    /// No answer (no event of a watch) may hold more than `max` JSON elements: what parsing
+    /// makes of an answer is bounded by them, not by its bytes.
+    pub fn max_elements(mut self, max: usize) -> Self {
+        self.max_elements = Some(max);
         self
     }
 
@@ -139,6 +161,7 @@ where
         let CallLimitsLayer {
             deadline,
             max_line,
+            max_elements,
             watches_last,
             late,
         } = self.limits.clone();
@@ -166,6 +189,9 @@ where
                 line: 0,
                 max_whole,
                 whole: 0,
+                max_elements,
+                elements: 0,
+                watch,
             }))
         })
     }
@@ -185,6 +211,10 @@ pub struct LimitedBody<B> {
     max_whole: Option<usize>,
     /// Bytes so far.
     whole: usize,
+    max_elements: Option<usize>,
+    /// Elements so far: of the event under way, in a watch.
+    elements: usize,
+    watch: bool,
 }
 
 impl<B> Body for LimitedBody<B>
@@ -224,6 +254,23 @@ where
                 return Poll::Ready(Some(Err(Box::new(error))));
             }
         }
+        if let (Some(max), Some(data)) = (self.max_elements, frame.data_ref()) {
+            // A watch's counted event by event (line by line), any other answer's in all.
+            let watch = self.watch;
+            let mut events = data.split(|&b| b == b'\n' && watch);
+            let mut most = self
+                .elements
+                .saturating_add(elements(events.next().unwrap_or(&[])));
+            self.elements = most;
+            for event in events {
+                self.elements = elements(event);
+                most = most.max(self.elements);
+            }
+            if most > max {
+                let error = AnswerTooLarge::Elements(max);
+                return Poll::Ready(Some(Err(Box::new(error))));
+            }
+        }
         if let (Some(max), Some(data)) = (self.max_whole, frame.data_ref()) {
             self.whole = self.whole.saturating_add(data.len());
             if self.whole > max {
@@ -241,6 +288,13 @@ where
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// The JSON elements `data` opens or separates, at the most.
+fn elements(data: &[u8]) -> usize {
+    data.iter()
+        .filter(|&&b| matches!(b, b'{' | b'[' | b':' | b','))
+        .count()
 }
 
 /// Whether a request asks for a watch (`?watch=true` or `?watch=1`).
@@ -378,13 +432,34 @@ mod tests {
     }
 
     fn answering(lines: Vec<String>) -> Client {
+        answering_within(lines, CallLimitsLayer::new(None, Some(MAX)))
+    }
+
+    fn answering_within(lines: Vec<String>, limits: CallLimitsLayer) -> Client {
         let service = tower::service_fn(move |_: Request<kube::client::Body>| {
             let lines = lines.clone();
             async move { Ok::<_, BoxError>(in_pieces(lines)) }
         });
         kube::client::ClientBuilder::new(service, "default")
-            .with_layer(&CallLimitsLayer::new(None, Some(MAX)))
+            .with_layer(&limits)
             .build()
+    }
+
+    /// The element bound of the tests of answers that hold too many.
+    const ELEMENTS: usize = 1000;
+
+    /// [`answering`] within [`ELEMENTS`] too.
+    fn answering_few_elements(lines: Vec<String>) -> Client {
+        answering_within(
+            lines,
+            CallLimitsLayer::new(None, Some(MAX)).max_elements(ELEMENTS),
+        )
+    }
+
+    /// `"l0":"","l1":"",...`: `count` labels, twice as many elements, a few bytes each.
+    fn labels(count: usize) -> String {
+        let labels: Vec<String> = (0..count).map(|i| format!(r#""l{i}":"""#)).collect();
+        labels.join(",")
     }
 
     /// A namespace list whose one namespace carries an annotation of `size` bytes, on one line.
@@ -401,6 +476,59 @@ mod tests {
         format!(
             r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"big","resourceVersion":"1","annotations":{{"note":"{note}"}}}}}}}}"#
         ) + "\n"
+    }
+
+    /// Parsed, a few bytes a label take a hundred: an answer is bounded by its elements too.
+    #[tokio::test]
+    async fn an_answer_of_too_many_elements_is_refused_however_few_its_bytes() {
+        let list = |count| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"NamespaceList","metadata":{{}},"items":[{{"metadata":{{"name":"many","labels":{{{}}}}}}}]}}"#,
+                labels(count)
+            ) + "\n"
+        };
+        let api: Api<Namespace> = Api::all(answering_few_elements(vec![list(ELEMENTS / 4)]));
+        api.list(&Default::default()).await.expect("listed");
+        let api: Api<Namespace> = Api::all(answering_few_elements(vec![list(ELEMENTS)]));
+        let error = api.list(&Default::default()).await.expect_err("refused");
+        let chain = error_chain(&error);
+        assert!(
+            chain.ends_with("the answer ran past 1000 JSON elements, and was refused"),
+            "{chain}"
+        );
+    }
+
+    /// A watch's events are bounded one by one: together they may hold any number.
+    #[tokio::test]
+    async fn a_watch_is_bounded_by_the_elements_of_each_event() {
+        let event = |count| {
+            format!(
+                r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"many","resourceVersion":"1","labels":{{{}}}}}}}}}"#,
+                labels(count)
+            ) + "\n"
+        };
+        let watch = |events| async move {
+            let api: Api<Namespace> = Api::all(answering_few_elements(events));
+            let stream = api
+                .watch(&WatchParams::default(), "0")
+                .await
+                .expect("watch");
+            stream.collect::<Vec<_>>().await
+        };
+        // Three in one frame of the answer, together past the bound.
+        let read = watch(vec![event(ELEMENTS / 4); 3]).await;
+        assert!(
+            read.iter().all(|e| matches!(e, Ok(WatchEvent::Added(_)))),
+            "{read:?}"
+        );
+        // One frame here: the events before the one refused in it go with it.
+        let read = watch(vec![event(ELEMENTS)]).await;
+        let error = read
+            .first()
+            .expect("an event")
+            .as_ref()
+            .expect_err("refused");
+        assert!(error_chain(error).contains("1000 JSON elements"), "{error}");
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ use kube::{
 };
 
 use crate::{
-    call_limits::{CallLimitsLayer, DEFAULT_MAX_ANSWER_LINE},
+    call_limits::{CallLimitsLayer, DEFAULT_MAX_ANSWER_ELEMENTS, DEFAULT_MAX_ANSWER_LINE},
     cluster::{KUBECONFIG_KEY, MeshCluster, NamespaceScope},
     failure::{Failure, error_chain},
     printable::one_line,
@@ -167,6 +167,9 @@ pub struct RemoteOptions {
     /// remote client is bounded, since a stored kubeconfig may point at any server. Lists are
     /// read in pages ([`crate::list`]), far below it.
     pub max_answer_line: usize,
+    /// Most JSON elements an answer (a watch's event) may hold ([`crate::call_limits`]): what
+    /// parsing makes of an answer grows with them, up to tenfold its bytes.
+    pub max_answer_elements: usize,
 }
 
 /// [`RemoteOptions::call_deadline`] by default: a page of a remote's namespaces fits in it
@@ -181,6 +184,7 @@ impl Default for RemoteOptions {
             call_deadline: Some(DEFAULT_CALL_DEADLINE),
             watches_last: false,
             max_answer_line: DEFAULT_MAX_ANSWER_LINE,
+            max_answer_elements: DEFAULT_MAX_ANSWER_ELEMENTS,
         }
     }
 }
@@ -786,7 +790,8 @@ async fn build_client(
         name: name.to_owned(),
         source,
     })?;
-    let mut limits = CallLimitsLayer::new(options.call_deadline, Some(options.max_answer_line));
+    let mut limits = CallLimitsLayer::new(options.call_deadline, Some(options.max_answer_line))
+        .max_elements(options.max_answer_elements);
     if options.watches_last {
         limits = limits.watches_last();
     }

@@ -53,6 +53,8 @@ const WATCH_CLIENT: RemoteOptions = RemoteOptions {
     call_deadline: Some(remote::DEFAULT_CALL_DEADLINE),
     watches_last: true,
     max_answer_line: mesh_core::call_limits::DEFAULT_MAX_ANSWER_LINE,
+    // Events of pods, services and EndpointSlices, larger than a namespace's.
+    max_answer_elements: 4 * mesh_core::call_limits::DEFAULT_MAX_ANSWER_ELEMENTS,
 };
 
 /// A remote client that cannot be built (its Secret missing or unusable) is tried again after
