@@ -42,9 +42,19 @@ use crate::{
 /// callers are authenticated.
 #[derive(Debug, clap::Args)]
 pub struct Install {
-    /// Image of the webhook.
-    #[arg(long, env = "KUBECTL_MESH_IMAGE", hide_env_values = true, default_value = render::DEFAULT_IMAGE)]
-    pub image: String,
+    // Image of the webhook. Not clap's `env`: clap counts a value from the environment as
+    // given, so a shell exporting KUBECTL_MESH_IMAGE would conflict with every --webhook-url;
+    // the environment is a default (see `image`), and the help says so as clap would.
+    #[arg(
+        long,
+        value_name = "IMAGE",
+        conflicts_with = "webhook_url",
+        help = format!(
+            "Image of the webhook [env: {IMAGE_ENV}] [default: {}]",
+            render::DEFAULT_IMAGE
+        )
+    )]
+    pub image: Option<String>,
     /// Replicas of the webhook Deployment.
     #[arg(long, default_value_t = render::DEFAULT_REPLICAS, value_parser = clap::value_parser!(i32).range(1..), conflicts_with = "webhook_url")]
     pub replicas: i32,
@@ -131,7 +141,7 @@ impl Install {
         } = self;
         let progress = ctx.progress;
         let options = Options {
-            image,
+            image: self::image(image, std::env::var(IMAGE_ENV).ok()),
             replicas,
             webhook_url: webhook_url.as_deref().map(WebhookUrl::parse).transpose()?,
             managed_labels: installed_rule::managed_labels(&managed_labels)?,
@@ -192,10 +202,7 @@ impl Install {
         }
         // Only in the cluster can install tell when every webhook serves the new certificate.
         let waits_for_rollout = wait && options.webhook_url.is_none();
-        let switching = issued
-            || webhook_cert_dir
-                .as_deref()
-                .is_some_and(|dir| holds_another_cert(dir, &cert));
+        let switching = switching(issued, &options, webhook_cert_dir.as_deref(), &cert);
         let trusted = trusted_ca_bundle(installed.as_ref());
         // A re-run soon after a rotation: replicas not rolled yet still serve the previous
         // certificate, and their calls would fail open once its CA went.
@@ -286,6 +293,16 @@ impl Install {
         progress.info("next: `kubectl mesh attach <remote-kubeconfig>` joins a remote cluster");
         Ok(())
     }
+}
+
+/// The environment variable that names the webhook's image when `--image` is not given.
+pub const IMAGE_ENV: &str = "KUBECTL_MESH_IMAGE";
+
+/// The webhook's image: `--image` (`flag`), else [`IMAGE_ENV`] (`env`) unless empty, else
+/// [`render::DEFAULT_IMAGE`].
+fn image(flag: Option<String>, env: Option<String>) -> String {
+    flag.or(env.filter(|image| !image.is_empty()))
+        .unwrap_or_else(|| render::DEFAULT_IMAGE.to_owned())
 }
 
 /// The attach a cluster's mesh namespace records, when the cluster is a primary's remote and
@@ -464,6 +481,15 @@ fn holds_another_cert(dir: &Path, cert: &ServingCert) -> bool {
         .ok()
         .as_deref()
         != Some(&cert.cert_pem)
+}
+
+/// Whether the webhook serves another certificate than `cert` until it reads it: one `issued`
+/// by this run, or, for a webhook run outside the cluster, one its `--webhook-cert-dir`
+/// (`cert_dir`) does not hold yet (it reads the directory).
+fn switching(issued: bool, options: &Options, cert_dir: Option<&Path>, cert: &ServingCert) -> bool {
+    issued
+        || (options.webhook_url.is_some()
+            && cert_dir.is_some_and(|dir| holds_another_cert(dir, cert)))
 }
 
 /// The caBundle (PEM) the apiserver calls the webhook with now; empty when there is none.
@@ -934,6 +960,36 @@ pub(crate) mod tests {
         assert!(!holds_another_cert(dir.path(), &new));
     }
 
+    /// A webhook in the cluster serves the Secret's certificate, whatever `--webhook-cert-dir`
+    /// held: a directory of another certificate (or none) kept the previous CA trusted.
+    #[test]
+    fn only_a_webhook_outside_the_cluster_switches_to_its_cert_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, kept) = (
+            render::generate_serving_cert(&render::serving_sans(None)).unwrap(),
+            render::generate_serving_cert(&render::serving_sans(None)).unwrap(),
+        );
+        let by_url = Options {
+            webhook_url: Some(WebhookUrl::parse("https://10.0.0.5:8443/mutate").unwrap()),
+            ..Options::default()
+        };
+        let in_cluster = Options::default();
+        for held in [None, Some(&old)] {
+            if let Some(cert) = held {
+                write_cert_dir(dir.path(), cert);
+            }
+            assert!(switching(false, &by_url, Some(dir.path()), &kept));
+            assert!(!switching(false, &in_cluster, Some(dir.path()), &kept));
+        }
+        write_cert_dir(dir.path(), &kept);
+        assert!(!switching(false, &by_url, Some(dir.path()), &kept));
+        for options in [&by_url, &in_cluster] {
+            assert!(!switching(false, options, None, &kept));
+            assert!(switching(true, options, Some(dir.path()), &kept));
+            assert!(switching(true, options, None, &kept));
+        }
+    }
+
     #[test]
     fn cert_dir_files_and_modes() {
         let dir = std::env::temp_dir().join(format!("kubectl-mesh-certdir-{}", std::process::id()));
@@ -1055,6 +1111,39 @@ pub(crate) mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("--client-ca-file"), "{err}");
+    }
+
+    /// `--image` is the Deployment's, which `--webhook-url` does not install: refused
+    /// together (it was taken and ignored). A URL alone parses whatever the environment holds
+    /// (clap reads no variable for the image: see `image`).
+    #[test]
+    fn an_image_conflicts_with_a_webhook_url() {
+        let url = "https://10.0.0.5:8443/mutate";
+        for args in [
+            &["--image", "registry.example.com/w:1", "--webhook-url", url][..],
+            &["--webhook-url", url, "--image", "registry.example.com/w:1"],
+        ] {
+            let err = crate::Cli::try_parse_from(["kubectl-mesh", "install"].iter().chain(args))
+                .unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{args:?}: {err}"
+            );
+        }
+        let by_url = parse(&["--webhook-url", url]);
+        assert_eq!(by_url.image, None);
+        assert_eq!(by_url.webhook_url.as_deref(), Some(url));
+    }
+
+    /// The flag, then the environment (a default), then the release's image.
+    #[test]
+    fn the_image_is_the_flag_then_the_environment_then_the_default() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(image(some("flag"), some("env")), "flag");
+        assert_eq!(image(None, some("env")), "env");
+        assert_eq!(image(None, some("")), render::DEFAULT_IMAGE);
+        assert_eq!(image(None, None), render::DEFAULT_IMAGE);
     }
 
     #[test]

@@ -1043,6 +1043,65 @@ async fn install_asks_to_delete_only_what_exists_before_it_applies() -> anyhow::
     Ok(())
 }
 
+/// `--image` names the image of the webhook's Deployment, which `--webhook-url` does not
+/// install: it was taken and ignored; it is refused with it, as `--replicas` and `--wait` are.
+/// KUBECTL_MESH_IMAGE is a default, not a choice made for this run: a shell that sets it for
+/// in-cluster installs still installs by URL. (`--dry-run`: no cluster needed.)
+#[tokio::test]
+async fn an_image_is_refused_with_a_webhook_url_unless_it_comes_from_the_environment()
+-> anyhow::Result<()> {
+    let url = "https://127.0.0.1:9443/mutate";
+    let image = "registry.example.com/mesh-webhook:pinned";
+    let run = |args: &[&str], env_image: Option<&str>| {
+        let mut cmd = std::process::Command::new(mesh_testenv::workspace_binary("kubectl-mesh")?);
+        cmd.args([&["install", "--dry-run", "-o", "yaml"], args].concat())
+            .env("NO_COLOR", "1")
+            .env_remove("KUBECTL_MESH_WEBHOOK_URL")
+            .env_remove("KUBECTL_MESH_IMAGE");
+        if let Some(image) = env_image {
+            cmd.env("KUBECTL_MESH_IMAGE", image);
+        }
+        anyhow::Ok(output(cmd))
+    };
+    for args in [
+        &["--image", image, "--webhook-url", url][..],
+        &["--webhook-url", url, "--image", image],
+    ] {
+        let out = run(args, None)?.await?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with("error: the argument '--")
+                && stderr.contains("cannot be used with '--"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = run(&["--webhook-url", url], Some(image))?.await?;
+    assert_success(&out);
+    assert!(
+        !text(&out.stdout).contains("kind: Deployment"),
+        "{}",
+        describe(&out)
+    );
+    // In the cluster, the environment's image is the Deployment's, and the flag's before it.
+    let out = run(&[], Some(image))?.await?;
+    assert_success(&out);
+    assert!(
+        text(&out.stdout).contains(&format!("image: {image}")),
+        "{}",
+        describe(&out)
+    );
+    let flag = "registry.example.com/mesh-webhook:flag";
+    let out = run(&["--image", flag], Some(image))?.await?;
+    assert_success(&out);
+    assert!(
+        text(&out.stdout).contains(&format!("image: {flag}")),
+        "{}",
+        describe(&out)
+    );
+    Ok(())
+}
+
 /// An uninstall whose caller may not delete one of the objects is refused before it deletes
 /// any: it used to delete the webhook configuration, Service, Deployment and bindings, then
 /// fail on the ClusterRole, leaving half an installation.
