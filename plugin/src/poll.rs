@@ -20,20 +20,21 @@ pub struct Late {
 }
 
 /// Calls `look` every `every` until it breaks with the awaited value or fails, for at most
-/// `timeout`; then the timeout error says what `late` makes of the last look's finding.
+/// `timeout`; then the timeout error says what `late` makes of the last look's finding. A
+/// timeout too long for the clock to count ([`deadline`]) waits as long as it takes.
 pub async fn until<T, S>(
     timeout: Duration,
     every: Duration,
     mut look: impl AsyncFnMut() -> Result<ControlFlow<T, S>>,
     late: impl FnOnce(S) -> Late,
 ) -> Result<T> {
-    let deadline = Instant::now() + timeout;
+    let deadline = deadline(timeout);
     loop {
         let last = match look().await? {
             Break(found) => return Ok(found),
             Continue(last) => last,
         };
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             let Late { what, hint } = late(last);
             return Err(Error::Timeout {
                 what,
@@ -43,6 +44,12 @@ pub async fn until<T, S>(
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// When a wait of `timeout` from now ends; `None`, no end, when that is past what the clock can
+/// count to (`--timeout 1e19`: a deadline that far is none, and adding it to now panics).
+pub fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 #[cfg(test)]
@@ -84,6 +91,15 @@ mod tests {
             format!("timed out after 0s waiting for the answer after {looks} looks; ask again")
         );
         assert!(looks > 1, "looked again before giving up");
+    }
+
+    /// A timeout past what the clock can count to (`--timeout 1e19`) is no deadline: the wait
+    /// goes on until found, where adding it to now panicked.
+    #[tokio::test]
+    async fn a_timeout_too_long_for_the_clock_waits_until_found() {
+        let answer = |n| Ok(if n == 3 { Break("found") } else { Continue(n) });
+        let (found, looks) = wait(Duration::MAX, answer).await;
+        assert_eq!((found.ok(), looks), (Some("found"), 3));
     }
 
     #[tokio::test]

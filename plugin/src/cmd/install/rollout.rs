@@ -20,8 +20,9 @@ pub(super) async fn wait_webhook(
     timeout: Duration,
     progress: Progress,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let left = || deadline.saturating_duration_since(Instant::now());
+    // No deadline (`timeout` too long for the clock): each part may take all of it.
+    let deadline = poll::deadline(timeout);
+    let left = || deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
     let whole = |e| match e {
         Error::Timeout { what, hint, .. } => Error::Timeout {
             what,
@@ -478,6 +479,17 @@ mod tests {
             }
         });
         Client::new(server, "default")
+    }
+
+    /// `install --wait --timeout 1e19` panicked once everything was applied: a deadline that
+    /// far is past what the clock can count to, and is none. (The apiserver is a stand-in
+    /// answering a rolled-out Deployment at once: a unit test has no real one.)
+    #[tokio::test]
+    async fn a_timeout_too_long_for_the_clock_is_no_deadline() {
+        let client = rolled_out_after(Duration::ZERO);
+        wait_webhook(&client, None, Duration::MAX, Progress::quiet())
+            .await
+            .expect("rolled out");
     }
 
     /// `install --rotate-certs --wait` gave the rollout and then the pods of the previous
