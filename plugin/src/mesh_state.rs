@@ -14,7 +14,10 @@ use std::time::Duration;
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Namespace,
 };
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, ObjectMeta},
+};
 use mesh_core::{
     MESH_NAMESPACE, call_limits,
     cluster::{MeshCluster, NamespaceScope},
@@ -22,6 +25,7 @@ use mesh_core::{
     labels::{ScopeError, SyncRule, scope_remedy},
     list,
     remote::{self, RemoteOptions},
+    sync,
 };
 
 use crate::{Error, Result, access, describe_kube, installed_rule, render};
@@ -437,14 +441,30 @@ pub async fn remote_client(
     Ok(client)
 }
 
-/// Every namespace of a remote.
+/// Every namespace of a remote, read as a sync reads it ([`sync::real_namespaces`]: its
+/// bounds, and none that no apiserver could hold) and trimmed at once to what the commands
+/// read: its name, resourceVersion and every label (Istio's injectors may select on any).
 pub async fn remote_namespaces(client: &Client) -> RemoteResult<Vec<Namespace>> {
-    list_all(client).await
+    let api: Api<Namespace> = Api::all(client.clone());
+    let kept = sync::real_namespaces(&api, |meta| Namespace {
+        metadata: ObjectMeta {
+            name: meta.name,
+            resource_version: meta.resource_version,
+            labels: meta.labels,
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    });
+    kept.await.map_err(RemoteError::Call)
 }
 
-/// Every MutatingWebhookConfiguration of a remote: where Istio's injectors are.
+/// Every MutatingWebhookConfiguration of a remote: where Istio's injectors are. Within the
+/// bounds of a namespace list ([`list::in_pages`]), not those of [`list_all`].
 pub async fn remote_injectors(client: &Client) -> RemoteResult<Vec<MutatingWebhookConfiguration>> {
-    list_all(client).await
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    list::in_pages(&api, &ListParams::default(), |config| config)
+        .await
+        .map_err(RemoteError::Call)
 }
 
 /// Every `K` of a remote, page by page. Each page is a call of its own, bounded by the client
@@ -675,6 +695,76 @@ mod tests {
         let namespaces = remote_namespaces(&remote.client()).await.expect("list");
         assert_eq!(namespaces.len(), total);
         assert_eq!(remote.state().lists, 3, "one request a page");
+    }
+
+    /// The commands kept a remote's namespaces whole, those no apiserver could hold too (a
+    /// stored kubeconfig may point at any server), and listed them within the bound of pods
+    /// (300,000 objects) where a sync, and the README, bound them at 100,000.
+    #[tokio::test]
+    async fn a_remote_is_read_with_the_bounds_and_filter_of_a_sync() {
+        let long_value = "v".repeat(sync::MAX_NAME + 1);
+        let remote = FakeApiserver::default()
+            .with_namespace("Not_A_Name", &[])
+            .with_namespace("shop", &[("istio.io/rev", long_value.as_str())])
+            .with_namespace("cart", &[("istio-injection", "enabled"), ("team", "a")]);
+        remote.edit("cart", |ns| {
+            ns["metadata"]["annotations"] = serde_json::json!({"note": "x".repeat(1024)});
+        });
+        let namespaces = remote_namespaces(&remote.client()).await.expect("list");
+        let names: Vec<String> = namespaces.iter().map(ResourceExt::name_any).collect();
+        assert_eq!(names, ["cart"]);
+        let cart = &namespaces[0].metadata;
+        // Every label: Istio's injectors may select on any of them.
+        let labels = BTreeMap::from([
+            ("istio-injection".to_owned(), "enabled".to_owned()),
+            ("team".to_owned(), "a".to_owned()),
+        ]);
+        assert_eq!(cart.labels.as_ref(), Some(&labels));
+        assert!(cart.resource_version.is_some(), "{cart:?}");
+        assert_eq!((&cart.annotations, &cart.uid), (&None, &None));
+
+        let endless = (0..list::PAGE).fold(FakeApiserver::default(), |remote, i| {
+            remote.with_namespace(&format!("ns-{i:05}"), &[])
+        });
+        endless.state().endless_list = true;
+        let error = remote_namespaces(&endless.client())
+            .await
+            .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .ends_with("the list ran past 100000 objects, and was refused"),
+            "{error}"
+        );
+    }
+
+    /// As above, for the injectors: within the bound of a namespace list.
+    #[tokio::test]
+    async fn a_remotes_injectors_are_read_within_the_bound_of_a_namespace_list() {
+        use mesh_core::fake_apiserver::answering;
+        let page: Vec<serde_json::Value> = (0..list::PAGE)
+            .map(|i| serde_json::json!({"metadata": {"name": format!("w-{i}")}}))
+            .collect();
+        let (client, requests) = answering(move |_, _| {
+            let list = serde_json::json!({
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfigurationList",
+                "metadata": {"continue": "again"},
+                "items": page,
+            });
+            (http::StatusCode::OK, list)
+        });
+        let error = remote_injectors(&client).await.expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .ends_with("the list ran past 100000 objects, and was refused"),
+            "{error}"
+        );
+        assert_eq!(
+            requests.all().len(),
+            list::MAX_OBJECTS / list::PAGE as usize + 1
+        );
     }
 
     /// `--remote-timeout` bounds each call of a remote's client, and nothing bounds a whole

@@ -554,11 +554,22 @@ impl SyncReport {
 /// that no apiserver could hold ([`could_be_real`]) is not kept.
 async fn list_namespaces(api: &Api<Namespace>, rule: &SyncRule) -> Result<Vec<Namespace>> {
     let keys = rule.keys_read();
+    real_namespaces(api, |meta| trimmed_for(&keys, meta))
+        .await
+        .map_err(Error::ListNamespaces)
+}
+
+/// Every namespace `api` lists that an apiserver could hold ([`could_be_real`]), read in pages
+/// within the bounds of [`list::in_pages`], each made at once by `keep` (from its metadata)
+/// into what the caller holds: how a sync reads a remote, and the plugin too.
+pub async fn real_namespaces<T>(
+    api: &Api<Namespace>,
+    mut keep: impl FnMut(ObjectMeta) -> T,
+) -> kube::Result<Vec<T>> {
     let kept = list::in_pages(api, &ListParams::default(), |ns| {
-        could_be_real(&ns.metadata).then(|| trimmed_for(&keys, ns.metadata))
+        could_be_real(&ns.metadata).then(|| keep(ns.metadata))
     })
-    .await
-    .map_err(Error::ListNamespaces)?;
+    .await?;
     Ok(kept.into_iter().flatten().collect())
 }
 
