@@ -40,8 +40,13 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 use tower::{BoxError, Layer, Service};
 
-/// [`crate::remote::RemoteOptions::max_answer_line`] by default.
+/// The plugin's bound of an answer's bytes.
 pub const DEFAULT_MAX_ANSWER_LINE: usize = 64 * 1024 * 1024;
+
+/// [`crate::remote::RemoteOptions::max_answer_line`] by default, the webhook's: kube-client
+/// holds an answer's bytes twice while it parses them, so an answer takes up to three times
+/// its size, within a memory limit of 256 MiB; a page of 500 namespaces is a few MiB.
+pub const WEBHOOK_MAX_ANSWER_LINE: usize = 16 * 1024 * 1024;
 
 /// [`crate::remote::RemoteOptions::max_answer_elements`] by default: a page of 500 namespaces
 /// holds about 30,000; this many parse to about 16 MiB at the most.

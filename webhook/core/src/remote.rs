@@ -22,7 +22,7 @@ use kube::{
 };
 
 use crate::{
-    call_limits::{CallLimitsLayer, DEFAULT_MAX_ANSWER_ELEMENTS, DEFAULT_MAX_ANSWER_LINE},
+    call_limits::{CallLimitsLayer, DEFAULT_MAX_ANSWER_ELEMENTS, WEBHOOK_MAX_ANSWER_LINE},
     cluster::{KUBECONFIG_KEY, MeshCluster, NamespaceScope},
     failure::{Failure, error_chain},
     printable::one_line,
@@ -183,7 +183,7 @@ impl Default for RemoteOptions {
             read_timeout: Duration::from_secs(2),
             call_deadline: Some(DEFAULT_CALL_DEADLINE),
             watches_last: false,
-            max_answer_line: DEFAULT_MAX_ANSWER_LINE,
+            max_answer_line: WEBHOOK_MAX_ANSWER_LINE,
             max_answer_elements: DEFAULT_MAX_ANSWER_ELEMENTS,
         }
     }
@@ -929,6 +929,52 @@ mod tests {
         })
         .await;
         (server, cert)
+    }
+
+    /// A remote that answers every request with a namespace list whose one label value has
+    /// `size` bytes, on one line. No apiserver holds such a namespace.
+    async fn answering_a_label_of(size: usize) -> (String, rcgen::Certificate) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (acceptor, cert) = local_tls();
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"NamespaceList","metadata":{{}},"items":[{{"metadata":{{"name":"big","labels":{{"big":"{}"}}}}}}]}}"#,
+            "x".repeat(size)
+        ) + "\n";
+        let body = Arc::new(body);
+        let server = listening(move |connection| {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(connection).await else {
+                    return;
+                };
+                let mut request = [0; 4096];
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                if tls.read(&mut request).await.is_ok() && tls.write_all(head.as_bytes()).await.is_ok() {
+                    let _ = tls.write_all(body.as_bytes()).await;
+                }
+            });
+        })
+        .await;
+        (server, cert)
+    }
+
+    /// kube-client holds an answer's bytes twice while it parses them: the webhook's clients
+    /// refuse one past 16 MiB, not 64, which three times over would pass its memory limit.
+    #[tokio::test]
+    async fn the_webhook_s_clients_refuse_an_answer_past_16_mib() {
+        let (server, cert) = answering_a_label_of(20 << 20).await;
+        let yaml = kubeconfig_of(&server, &cert);
+        let options = RemoteOptions::default();
+        let client = client_from_kubeconfig("east-creds", &yaml, &options)
+            .await
+            .expect("client");
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+        let error = api.list(&Default::default()).await.expect_err("refused");
+        let chain = error_chain(&error);
+        assert!(chain.contains("ran past 16 MiB"), "{chain}");
     }
 
     /// The watch client lists too (the watcher's first list, and each relist): a remote that
