@@ -10,7 +10,10 @@
 //! it, so that tests can interrupt attach (Ctrl-C) exactly there. It names a step that creates objects
 //! ([`Step::creates`]); a step that creates nothing is refused, as it could never stall.
 //! `kubectl mesh scope` stalls the same way in the remote policies it updates
-//! (`guard-policy`, `sync-scope-policy`). `kubectl mesh status` stalls before it reads the
+//! (`guard-policy`, `sync-scope-policy`); `kubectl mesh detach` after the first deletion of the
+//! stage whose objects that step creates (`token-secret`: the tokens), and `kubectl mesh rotate`
+//! after it stores a token Secret (`token-secret`) or the stored kubeconfig (`primary-secret`);
+//! in those two, an interruption ends the stall as the late answer would. `kubectl mesh status` stalls before it reads the
 //! remotes when it names [`STATUS_READS`], and goes on at SIGUSR1 ([`stall_status`]).
 
 use std::ffi::OsString;
