@@ -218,7 +218,7 @@ impl Install {
             waits_for_rollout,
             jiff::Timestamp::now(),
         );
-        let manifests = render::render_with_ca_bundle(&options, &cert, &plan.applied)?;
+        let manifests = render::render_with_ca_bundle(&options, &cert, &plan)?;
         // Before anything is applied: a DIR that cannot take the files refuses with nothing
         // changed, rather than once the cluster holds a CA the external webhook's files lack.
         let staged = webhook_cert_dir

@@ -20,6 +20,22 @@ pub struct CaBundlePlan {
     pub applied: String,
     /// What becomes of the previous CAs.
     pub previous: PreviousCas,
+    /// The installed webhook configuration does not trust the current CA yet: it is applied
+    /// before the certificate (its Secret, the Deployment whose pods roll to it), so that no
+    /// webhook serves a certificate the apiserver does not trust, whatever stops install
+    /// between two applies.
+    pub trust_first: bool,
+}
+
+impl CaBundlePlan {
+    /// The caBundle of a configuration that trusts `ca` alone, applied last (a first install).
+    pub fn only(ca: &str) -> Self {
+        Self {
+            applied: ca.to_owned(),
+            previous: PreviousCas::None,
+            trust_first: false,
+        }
+    }
 }
 
 /// What becomes of the CAs the caBundle trusted besides the current one.
@@ -52,9 +68,11 @@ pub fn ca_bundle_plan(
     let previous: Vec<&str> = certificates(trusted)
         .filter(|c| !same_certificate(c, ca) && unexpired(c, now))
         .collect();
+    // An installation whose webhook configuration trusts CAs, not this one: a new certificate.
+    let trust_first = certificates(trusted).next().is_some() && others_than(trusted, ca).is_none();
     let current = || CaBundlePlan {
-        applied: ca.to_owned(),
-        previous: PreviousCas::None,
+        trust_first,
+        ..CaBundlePlan::only(ca)
     };
     if previous.is_empty() {
         return current();
@@ -80,6 +98,7 @@ pub fn ca_bundle_plan(
     CaBundlePlan {
         applied: bridged,
         previous,
+        trust_first,
     }
 }
 
@@ -175,6 +194,23 @@ mod tests {
         // Nor is what is not a certificate carried over.
         let garbage = format!("{BEGIN}\nnot base64\n{END}\n");
         assert_eq!(plan(&new, &garbage, true, false).applied, new);
+    }
+
+    /// A new CA goes into the webhook configuration before the certificate goes live; a first
+    /// install, or one that keeps the certificate, applies it last.
+    #[test]
+    fn a_ca_the_configuration_lacks_is_trusted_first() {
+        let (old, new) = (new_ca(), new_ca());
+        for waits in [false, true] {
+            assert!(plan(&new, &old, true, waits).trust_first);
+        }
+        let bridged = plan(&new, &old, true, false).applied;
+        assert!(!plan(&new, &bridged, false, false).trust_first);
+        assert!(!plan(&new, &new, false, false).trust_first);
+        assert!(!plan(&new, "", true, false).trust_first);
+        // The previous CA expired: the new one alone, still before the certificate.
+        let later = Timestamp::now() + jiff::SignedDuration::from_hours(24 * 365 * 11);
+        assert!(ca_bundle_plan(&new, &old, true, false, later).trust_first);
     }
 
     #[test]

@@ -685,21 +685,36 @@ pub fn deployment_serving(options: &Options, cert: &ServingCert) -> Deployment {
 
 /// Everything `install` applies, in the order it applies them: the CRD and namespace first,
 /// then RBAC and the certificate the pods need, the webhook itself, and the webhook
-/// configuration last so that the apiserver calls a webhook that exists. The webhook
+/// configuration last so that the apiserver calls a webhook that exists (on a certificate
+/// rotation, before the certificate: see [`render_with_ca_bundle`]). The webhook
 /// configuration trusts `cert`'s CA only.
 pub fn render(options: &Options, cert: &ServingCert) -> Result<Vec<Manifest>> {
-    render_with_ca_bundle(options, cert, &cert.ca_pem)
+    render_with_ca_bundle(options, cert, &CaBundlePlan::only(&cert.ca_pem))
 }
 
-/// [`render`], the webhook configuration's caBundle being `ca_bundle` (PEM, see
-/// [`ca_bundle_plan`]).
+/// [`render`], the webhook configuration's caBundle being `plan`'s (see [`ca_bundle_plan`]).
+/// When the installed configuration does not trust `cert`'s CA yet
+/// ([`CaBundlePlan::trust_first`]: a new certificate replaces one the webhook serves now), the
+/// configuration goes before the certificate instead: the webhook serves the new certificate
+/// once it reads the Secret (the kubelet syncs the mounted files) or its pods roll, and the
+/// apiserver must trust it by then, whatever stops install between two applies. It still
+/// trusts the previous CA (see [`ca_bundle_plan`]), so the webhook serving the old certificate
+/// keeps answering meanwhile.
 pub fn render_with_ca_bundle(
     options: &Options,
     cert: &ServingCert,
-    ca_bundle: &str,
+    plan: &CaBundlePlan,
 ) -> Result<Vec<Manifest>> {
+    let configuration = Manifest::new(&mutating_webhook_configuration(
+        options,
+        Some(plan.applied.as_bytes()),
+    ))?;
     let mut out = vec![Manifest::new(&crd())?, Manifest::new(&namespace())?];
     out.extend(rbac()?);
+    let mut last = Some(configuration);
+    if plan.trust_first {
+        out.extend(last.take());
+    }
     out.push(Manifest::new(&tls_secret(cert))?);
     if let Some(auth) = &options.client_auth {
         out.push(Manifest::new(&client_ca_config_map(&auth.ca_pem))?);
@@ -710,10 +725,7 @@ pub fn render_with_ca_bundle(
         out.push(Manifest::new(&service())?);
         out.push(Manifest::new(&network_policy())?);
     }
-    out.push(Manifest::new(&mutating_webhook_configuration(
-        options,
-        Some(ca_bundle.as_bytes()),
-    ))?);
+    out.extend(last);
     Ok(out)
 }
 
@@ -1072,10 +1084,62 @@ mod tests {
             encoded(&cert.ca_pem)
         );
         let both = format!("{}OLD\n", cert.ca_pem);
+        let plan = CaBundlePlan {
+            applied: both.clone(),
+            ..CaBundlePlan::only(&cert.ca_pem)
+        };
         assert_eq!(
-            ca_bundle(&render_with_ca_bundle(&options, &cert, &both).unwrap()),
+            ca_bundle(&render_with_ca_bundle(&options, &cert, &plan).unwrap()),
             encoded(&both)
         );
+    }
+
+    /// A rotation left the new certificate live before the webhook configuration trusted its
+    /// CA (Secret and Deployment first): stopped in between, every admission call failed TLS
+    /// until install was re-run. The configuration trusting both now goes before them.
+    #[test]
+    fn a_new_ca_is_trusted_before_the_certificate_goes_live() {
+        let sans = serving_sans(None);
+        let (old, new) = (
+            generate_serving_cert(&sans).unwrap(),
+            generate_serving_cert(&sans).unwrap(),
+        );
+        let now = jiff::Timestamp::now();
+        let order = |options: &Options, plan: &CaBundlePlan| {
+            let manifests = render_with_ca_bundle(options, &new, plan).unwrap();
+            let position = |kind: &str| manifests.iter().position(|m| m.resource.kind == kind);
+            let mwc = position("MutatingWebhookConfiguration").unwrap();
+            let bundle = &manifests[mwc].object["webhooks"][0]["clientConfig"]["caBundle"];
+            assert_eq!(
+                *bundle,
+                serde_json::to_value(k8s_openapi::ByteString(plan.applied.clone().into())).unwrap()
+            );
+            let before = |kind| position(kind).is_none_or(|at| mwc < at);
+            let first = before("Secret") && before("Deployment") && before("ConfigMap");
+            (first, mwc == manifests.len() - 1)
+        };
+        let by_url = Options {
+            webhook_url: Some(WebhookUrl::parse("https://127.0.0.1:9443").unwrap()),
+            ..Options::default()
+        };
+        for options in [Options::default(), by_url] {
+            for waits in [false, true] {
+                let rotation = ca_bundle_plan(&new.ca_pem, &old.ca_pem, true, waits, now);
+                assert_eq!(order(&options, &rotation), (true, false), "{options:?}");
+            }
+            // A first install, and a re-run that keeps the certificate: last, once the webhook
+            // it calls exists.
+            let first = ca_bundle_plan(&new.ca_pem, "", true, false, now);
+            let bridged = ca_bundle_plan(&new.ca_pem, &old.ca_pem, true, false, now).applied;
+            let kept = ca_bundle_plan(&new.ca_pem, &bridged, false, false, now);
+            for plan in [first, kept] {
+                assert_eq!(
+                    order(&options, &plan),
+                    (false, true),
+                    "{options:?} {plan:?}"
+                );
+            }
+        }
     }
 
     #[test]
