@@ -31,6 +31,7 @@ pub mod remote_policies;
 pub mod remote_setup;
 pub mod render;
 pub mod request_timeout;
+pub mod restart;
 pub mod sync_scope;
 pub mod target;
 pub mod tokens;

@@ -24,7 +24,10 @@ use super::guard::guard_result;
 use super::report::{CheckResult, Outcome, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
-use crate::{age, mesh_state::RemoteResult, output::plural, remote_setup as setup};
+use crate::{
+    access, age, mesh_state::RemoteResult, output::plural, remote_setup as setup,
+    restart::restart_advice,
+};
 use mesh_core::token::{self, Standing};
 
 /// A token whose lifetime is unknown (no `iat`) and that expires sooner than this is a
@@ -286,7 +289,14 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
             ),
         });
     }
-    checks.extend(pods_result(mesh, &name, namespaces, injectors, &reads.view));
+    let context = access::remote_context(cluster);
+    checks.extend(pods_result(
+        mesh,
+        (&name, context),
+        namespaces,
+        injectors,
+        &reads.view,
+    ));
     checks.push(rights::scope_result(&reads.scope, &name));
     checks.push(guard_result(cluster, mesh.rule, &reads.guard));
     // Said when nothing above failed: a failure above is already what to fix first.
@@ -614,7 +624,7 @@ fn injection_result(
 /// or where the caller was refused the Istio remote secret that may hold some.
 fn pods_result(
     mesh: &Mesh<'_>,
-    name: &str,
+    (name, context): (&str, Option<&str>),
     namespaces: &RemoteResult<Vec<Namespace>>,
     injectors: &RemoteResult<Vec<MutatingWebhookConfiguration>>,
     view: &ViewFacts,
@@ -678,7 +688,7 @@ fn pods_result(
     // Unknown injectors: the labels are trusted (the injection check says why they are not
     // known).
     let injectors = injectors.as_ref().ok().map(Vec::as_slice);
-    let (mut checked, mut contrary, mut where_) = (0, 0, Vec::new());
+    let (mut checked, mut contrary, mut where_, mut to_restart) = (0, 0, Vec::new(), Vec::new());
     for ns in namespaces {
         let ns_name = ns.name_any();
         if !mesh.rule.covers(ns) {
@@ -695,14 +705,11 @@ fn pods_result(
         if found > 0 {
             contrary += found;
             where_.push(format!("{ns_name} ({found})"));
+            to_restart.push(ns_name);
         }
     }
     Some(if contrary > 0 {
-        let first = where_
-            .first()
-            .and_then(|w| w.split(' ').next())
-            .unwrap_or("<namespace>")
-            .to_owned();
+        let to_restart: Vec<&str> = to_restart.iter().map(String::as_str).collect();
         CheckResult::warning(
             what,
             format!(
@@ -713,9 +720,7 @@ fn pods_result(
                 if contrary == 1 { "carries" } else { "carry" },
                 where_.join(", ")
             ),
-            format!(
-                "restart their workloads, e.g. `kubectl rollout restart deployment -n {first}`"
-            ),
+            restart_advice(name, context, &to_restart),
         )
     } else {
         CheckResult::ok(
@@ -924,7 +929,8 @@ mod tests {
                 pods: Ok(by_ns),
             }
         };
-        let judge = |view| pods_result(&mesh, "east", &remote, &injectors, &view);
+        let east = ("east", Some("admin@east"));
+        let judge = |view| pods_result(&mesh, east, &remote, &injectors, &view);
         // shop asks for sidecars once synced; web for none.
         let r = judge(read(vec![
             ("shop", pod("a")),
@@ -940,8 +946,11 @@ mod tests {
                  they keep their old state until restarted"
             )
         );
+        // Both namespaces, on east: the caller's current context is the primary's.
         assert!(
-            r.hint_mentions("rollout restart deployment -n shop"),
+            r.hint_mentions(
+                r#"`for ns in shop web; do kubectl --context admin@east rollout restart deployment -n "$ns"; done`"#
+            ),
             "{r:?}"
         );
         let r = judge(read(vec![("shop", pod("b").sidecar())])).unwrap();
