@@ -9,7 +9,10 @@
 //!   conflict that namespace is read again and re-planned once;
 //! - the primary is read *after* the remote, and again after a conflict ([`PrimaryView`]): a
 //!   webhook push that lands between the two reads changes the remote's resourceVersion, so a
-//!   plan made from an older primary can never overwrite it;
+//!   plan made from an older primary does not overwrite it. Unless the primary, read again,
+//!   has not stored the change yet (its request is still being admitted): the reconciler lays
+//!   its pushes in flight over the primary for that moment; a one-shot `kubectl mesh sync` may
+//!   undo such a push, which the reconciler brings back once the change is stored;
 //! - namespaces missing on the remote are reported, never created;
 //! - a write the remote does not answer (unreachable, timed out) ends the writing: the remote
 //!   is gone for every namespace, not for that one ([`SyncReport::stopped_at`]).
