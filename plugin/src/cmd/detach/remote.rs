@@ -73,13 +73,19 @@ pub(super) async fn clean_remote(
     let stall = stages.stall();
     let (remove, stall) = (&remove, &stall);
 
+    // A stage that deletes one of the remote's admission policies, `what` it is.
+    let policy_stage = |stage, policy: &'static str, what: &'static str| async move {
+        remove.policy(policy, &format!("delete the {what}")).await?;
+        let deleted = || format!("{name}: {what} {policy} deleted");
+        stall.after(stage, deleted).await;
+        Ok(())
+    };
+
     stages
-        .run(Stage::Guard, async {
-            remove.policy(setup::GUARD, "delete the guard").await?;
-            let deleted = || format!("{name}: guard {} deleted", setup::GUARD);
-            stall.after(Stage::Guard, deleted).await;
-            Ok(())
-        })
+        .run(
+            Stage::Guard,
+            policy_stage(Stage::Guard, setup::GUARD, "guard"),
+        )
         .await?;
     stages
         .run(Stage::Tokens, async {
@@ -118,16 +124,8 @@ pub(super) async fn clean_remote(
     }
 
     // The sync scope outlives the token it confines.
-    stages
-        .run(Stage::SyncScope, async {
-            remove
-                .policy(setup::SYNC_SCOPE, "delete the sync scope")
-                .await?;
-            let deleted = || format!("{name}: sync scope {} deleted", setup::SYNC_SCOPE);
-            stall.after(Stage::SyncScope, deleted).await;
-            Ok(())
-        })
-        .await?;
+    let sync_scope = policy_stage(Stage::SyncScope, setup::SYNC_SCOPE, "sync scope");
+    stages.run(Stage::SyncScope, sync_scope).await?;
     stages
         .run(Stage::Identities, async {
             for (i, account) in setup::IDENTITIES.iter().enumerate() {
