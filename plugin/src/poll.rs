@@ -34,7 +34,7 @@ pub async fn until<T, S>(
             Break(found) => return Ok(found),
             Continue(last) => last,
         };
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        if is_past(deadline) {
             let Late { what, hint } = late(last);
             return Err(Error::Timeout {
                 what,
@@ -52,9 +52,35 @@ pub fn deadline(timeout: Duration) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// Whether the wait of that [`deadline`] is over.
+pub fn is_past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// [`deadline`] as the instant a timer waits until: one too far for the clock is some 30
+/// years ahead, as tokio takes one (no run lasts that long).
+pub fn timer_deadline(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout).unwrap_or(now + FAR_AHEAD)
+}
+
+const FAR_AHEAD: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Instant + --timeout 1e19` panicked: in a rollback, after a failed step, nothing was
+    /// put back. A deadline past the clock is none, and a timer's far ahead.
+    #[tokio::test]
+    async fn a_timeout_too_long_for_the_clock_is_no_deadline_and_a_far_timer() {
+        let forever = Duration::MAX;
+        assert_eq!(deadline(forever), None);
+        assert!(!is_past(deadline(forever)));
+        assert!(is_past(deadline(Duration::ZERO)));
+        let timer = timer_deadline(forever);
+        assert!(timer > tokio::time::Instant::now() + FAR_AHEAD / 2);
+    }
 
     /// Waits up to `timeout` on a look whose n-th call (from 1) answers `answer(n)`; gives the
     /// wait's result and how many looks it took.

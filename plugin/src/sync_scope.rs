@@ -12,7 +12,7 @@
 //! The policy also records the cluster's scope ([`recorded`]): what a forced detach leaves on
 //! the remote tells a later detach or attach which namespaces it covers.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::{admissionregistration::v1::ValidatingAdmissionPolicy, core::v1::Namespace};
 use kube::{
@@ -243,7 +243,7 @@ pub async fn wait_enforced(
     rule: &SyncRule,
     timeout: Duration,
 ) -> Result<Scope, kube::Error> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::poll::deadline(timeout);
     // The namespaces to try are picked once: only the policy is waited for.
     let probe = Probe::read(client, rule).await?;
     loop {
@@ -251,7 +251,7 @@ pub async fn wait_enforced(
             Found::Scope(scope) => scope,
             Found::Unrefused { .. } => Scope::NotEnforced,
         };
-        if found == Scope::Enforced || Instant::now() >= deadline {
+        if found == Scope::Enforced || crate::poll::is_past(deadline) {
             return Ok(found);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -4,7 +4,7 @@
 //! engine the webhook uses.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
@@ -313,7 +313,7 @@ async fn strip_managed_labels(
     progress: Progress,
 ) -> Result<()> {
     let no_primary = BTreeMap::<String, Namespace>::new();
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::poll::deadline(timeout);
     let mut stripped = 0;
     loop {
         let report = sync_remote(rule, &no_primary, client, SyncMode::Apply)
@@ -339,7 +339,7 @@ async fn strip_managed_labels(
             .errors
             .iter()
             .all(|e| e.failure == Failure::Forbidden && e.message.contains(setup::GUARD));
-        if !(only_guard && Instant::now() < deadline) {
+        if !only_guard || crate::poll::is_past(deadline) {
             return Err(Error::Refused {
                 what: format!(
                     "cannot remove managed labels of namespace {} on {}: {}",

@@ -80,7 +80,7 @@ impl Run<'_> {
             "was rolled back"
         };
         let revoked = revoked_note(&self.revoked);
-        let deadline = Instant::now() + self.timeout;
+        let deadline = crate::poll::timer_deadline(self.timeout);
         let late = out_of_time(self.timeout);
         let adopted = std::mem::take(&mut self.adopted);
         let (remote_changes, primary_changes): (Vec<Change>, Vec<Change>) =
