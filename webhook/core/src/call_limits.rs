@@ -172,7 +172,9 @@ where
         } = self.limits.clone();
         let watch = is_watch(request.uri());
         let max_whole = max_line.filter(|_| !watch);
-        let until = deadline.map(|deadline| (Instant::now() + deadline, deadline));
+        // A deadline past what the clock counts to is none.
+        let until =
+            deadline.and_then(|deadline| Some((Instant::now().checked_add(deadline)?, deadline)));
         let call = self.inner.call(request);
         Box::pin(async move {
             let answer = match until {

@@ -3,9 +3,24 @@
 
 use std::time::Duration;
 
+/// The longest duration a flag takes: whatever waits, ends or renews at now plus a flag must
+/// be an instant the clock can count to (adding 1e19 s to one panics), and no wait, period or
+/// token lifetime of a cluster comes near a century.
+pub const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// Parses a duration flag; the error is one line naming the text and what is accepted.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
+    let parsed = parse_any(text.trim())?;
+    if parsed > LONGEST {
+        return Err(format!(
+            "{:?} is longer than a century; use at most 36500d",
+            text.trim()
+        ));
+    }
+    Ok(parsed)
+}
+
+fn parse_any(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<f64>() {
         return Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"));
     }
@@ -38,8 +53,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total +=
+        let part =
             Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{text:?}: {e}"))?;
+        total = total.saturating_add(part);
         rest = tail;
     }
     Ok(total)
@@ -58,6 +74,21 @@ mod tests {
         assert_eq!(parse("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse("1d"), Ok(Duration::from_secs(86_400)));
+    }
+
+    /// Now plus 1e19 s panicked wherever a flag's duration was added to an instant.
+    #[test]
+    fn refuses_what_no_clock_counts_to() {
+        let longest = "36500d";
+        assert_eq!(parse(longest), Ok(LONGEST));
+        let sum = "10000000000000000000s10000000000000000000s";
+        for too_long in ["1e19", "36501d", sum] {
+            let error = parse(too_long).expect_err(too_long);
+            assert!(
+                error.ends_with("is longer than a century; use at most 36500d"),
+                "{error}"
+            );
+        }
     }
 
     #[test]
