@@ -41,6 +41,20 @@ pub fn remote_context(mc: &MeshCluster) -> Option<&str> {
         .filter(|c| !c.is_empty())
 }
 
+/// [`remote_context`] when `kc` has it and it reaches the server attach recorded: the name of
+/// the kubeconfig attach was given (`kubernetes-admin@kubernetes`, `default`) may name another
+/// cluster in the user's, often the primary.
+pub fn remote_context_in<'a>(kc: &Kubeconfig, mc: &'a MeshCluster) -> Option<&'a str> {
+    let context = remote_context(mc)?;
+    let server = kubeconfig::select(kc, Some(context))
+        .ok()?
+        .cluster
+        .server
+        .clone()?;
+    let same = |url: &str| url.trim_end_matches('/').to_owned();
+    (same(&server) == same(&mc.spec.server)).then_some(context)
+}
+
 /// How long connecting to an apiserver may take: a remote that is down must fail the
 /// preflight in seconds, not after the OS gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -570,6 +584,32 @@ pub fn remote_kubeconfig_error(path: &Path, err: kubeconfig::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The restart advice ran `kubectl --context <recorded>` though that name, taken from the
+    /// kubeconfig attach was given, reached the primary in the user's kubeconfig.
+    #[test]
+    fn a_recorded_context_counts_only_where_it_reaches_the_cluster() {
+        let user = Kubeconfig::from_yaml(
+            "clusters:
+- {name: primary, cluster: {server: 'https://10.0.0.1:6443'}}
+- {name: east, cluster: {server: 'https://10.0.0.2:6443/'}}
+contexts:
+- {name: kubernetes-admin@kubernetes, context: {cluster: primary}}
+- {name: admin@east, context: {cluster: east}}
+",
+        )
+        .expect("kubeconfig");
+        let recorded = |context: &str| {
+            let mut east = mesh_core::fixtures::mesh_cluster("east", "uid-east");
+            east.spec.server = "https://10.0.0.2:6443".to_owned();
+            east.metadata.annotations =
+                Some([(REMOTE_CONTEXT_ANNOTATION.to_owned(), context.to_owned())].into());
+            remote_context_in(&user, &east).map(str::to_owned)
+        };
+        assert_eq!(recorded("admin@east").as_deref(), Some("admin@east"));
+        assert_eq!(recorded("kubernetes-admin@kubernetes"), None);
+        assert_eq!(recorded("absent"), None);
+    }
 
     #[test]
     fn remote_kubeconfig_errors_point_at_the_remote_flags() {

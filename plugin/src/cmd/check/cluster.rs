@@ -25,8 +25,7 @@ use super::report::{CheckResult, Outcome, Section};
 use super::rights;
 use crate::credentials::{TokenExpiry, stored_token, token_expiry};
 use crate::{
-    access, age, mesh_state::RemoteResult, output::plural, remote_setup as setup,
-    restart::restart_advice,
+    age, mesh_state::RemoteResult, output::plural, remote_setup as setup, restart::restart_advice,
 };
 use mesh_core::token::{self, Standing};
 
@@ -289,7 +288,7 @@ pub fn judge(mesh: &Mesh<'_>, cluster: &MeshCluster, facts: &ClusterFacts) -> Se
             ),
         });
     }
-    let context = access::remote_context(cluster);
+    let context = reads.user_context.as_deref();
     checks.extend(pods_result(
         mesh,
         (&name, context),

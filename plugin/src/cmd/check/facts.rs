@@ -331,6 +331,9 @@ pub struct RemoteReads {
     pub injectors: RemoteResult<Vec<MutatingWebhookConfiguration>>,
     /// What its view credentials read.
     pub view: ViewFacts,
+    /// The context of the user's kubeconfig that reaches it, for advice to run there
+    /// ([`crate::access::remote_context_in`]).
+    pub user_context: Option<String>,
 }
 
 /// What a remote's view credentials ([`view`]) read.
@@ -516,6 +519,8 @@ async fn remote_facts(
             scope,
             injectors,
             view,
+            user_context: crate::access::remote_context_in(user_kubeconfig, cluster)
+                .map(str::to_owned),
         }),
     }))
 }

@@ -73,7 +73,7 @@ impl Status {
             exit_code,
             remote_timeout,
         } = self;
-        let client = ctx.client().await?;
+        let (client, user_kubeconfig) = ctx.client_and_kubeconfig().await?;
         let clusters = mesh_state::clusters(&client).await?;
         // Pods are many: only the detailed outputs read them.
         let with_pods = ctx.output != OutputFormat::Table;
@@ -137,7 +137,10 @@ impl Status {
         }
         let contexts: BTreeMap<String, String> = clusters
             .iter()
-            .filter_map(|c| Some((c.name_any(), access::remote_context(c)?.to_owned())))
+            .filter_map(|c| {
+                let context = access::remote_context_in(&user_kubeconfig, c)?;
+                Some((c.name_any(), context.to_owned()))
+            })
             .collect();
         for (warn, line) in report.pods_summary(&contexts) {
             if warn {
