@@ -48,6 +48,7 @@ use crate::{
     Context, Error, Result,
     access::{self, Need, RemoteAdminFlags, Target},
     cmd::attach::hooks::TestHooks,
+    interrupt::Rerun,
     mesh_state, namespace_contents, remote_setup as setup,
     sync_scope::{self, Recorded},
 };
@@ -74,9 +75,12 @@ pub struct Detach {
     pub remote_admin: RemoteAdminFlags,
     /// How long to wait for the remote's mesh namespace to be deleted, and, with
     /// --strip-labels, to retry the label removals the deleted guard still refuses.
-    #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = DEFAULT_TIMEOUT, value_parser = crate::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
+
+/// `--timeout` when not given.
+const DEFAULT_TIMEOUT: &str = "60s";
 
 /// How detach reaches the remote, or why it does not.
 enum RemoteAccess {
@@ -87,6 +91,7 @@ enum RemoteAccess {
 impl Detach {
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
+        let rerun = self.rerun(ctx);
         let Self {
             name,
             force,
@@ -196,7 +201,6 @@ impl Detach {
             mc.as_ref(),
             !primary_secrets.is_empty() || tidy_istio_namespace,
         );
-        let rerun = rerun(&name, strip_labels, force);
         let mut stages = Stages::start(&name, rerun, planned, hooks, progress);
         let stall = stages.stall();
         let mut left = Vec::new();
@@ -328,16 +332,21 @@ fn planned_stages(
     planned
 }
 
-/// The detach that finishes an interrupted one: its flags that decide what it does.
-fn rerun(name: &str, strip_labels: bool, force: bool) -> String {
-    let mut command = format!("kubectl mesh detach {name}");
-    if strip_labels {
-        command.push_str(" --strip-labels");
+impl Detach {
+    /// The detach that finishes an interrupted one, run with `ctx`: every flag that decides
+    /// what it does and what it reaches. Without the remote's kubeconfig or context, a re-run
+    /// would not reach the remote (or, with --force, skip it, and delete the MeshCluster that
+    /// names what is left there).
+    fn rerun(&self, ctx: &Context) -> String {
+        Rerun::new("detach")
+            .word(&self.name)
+            .flag("--strip-labels", self.strip_labels)
+            .flag("--force", self.force)
+            .remote_admin(&self.remote_admin)
+            .timeout(self.timeout, DEFAULT_TIMEOUT)
+            .primary(ctx)
+            .line()
     }
-    if force {
-        command.push_str(" --force");
-    }
-    command
 }
 
 /// Whether detach goes on for cluster `name` with nothing of it on the primary (`installed`:
@@ -721,6 +730,79 @@ mod tests {
             refusal(true)
         );
         assert_eq!(refusal(false), mesh_state::not_installed().to_string());
+    }
+
+    /// The detach an interruption says to run again, for `args`, and that command parsed back.
+    fn rerun_of(args: &[&str]) -> String {
+        let detach = |args: &[&str]| {
+            let (global, command) = crate::interrupt::parsed(args);
+            let crate::Command::Detach(detach) = command else {
+                panic!("{args:?}: not a detach");
+            };
+            (global, detach)
+        };
+        let (global, parsed) = detach(args);
+        let rerun = parsed.rerun(&Context::new(global.clone()));
+        let words = crate::interrupt::shell_words(&rerun);
+        assert_eq!(words[..2], ["kubectl", "mesh"], "{rerun}");
+        let words: Vec<&str> = words[2..].iter().map(String::as_str).collect();
+        let (global_again, again) = detach(&words);
+        assert_eq!(
+            format!("{global_again:?} {again:?}"),
+            format!("{global:?} {parsed:?}"),
+            "{rerun} is another detach than {args:?}"
+        );
+        rerun
+    }
+
+    /// An interrupted `detach east --remote-kubeconfig F --force` said to run `detach east
+    /// --force`: that skips the remote and deletes the MeshCluster and Secrets, leaving the
+    /// sync scope, identities and namespace behind on it; without --force, the re-run could not
+    /// reach the remote. The command to run again is the same: every flag that decides what
+    /// detach does or reaches, quoted, and the primary's; parsed, the same detach.
+    #[test]
+    fn the_detach_to_run_again_is_the_same_command() {
+        let rerun = rerun_of(&[
+            "detach",
+            "east",
+            "--remote-kubeconfig",
+            "/tmp/my kubeconfigs/east's.yaml",
+            "--force",
+        ]);
+        assert_eq!(
+            rerun,
+            "kubectl mesh detach east --force --remote-kubeconfig \
+             '/tmp/my kubeconfigs/east'\\''s.yaml'"
+        );
+        let rerun = rerun_of(&[
+            "--kubeconfig",
+            "/home/me/primary.yaml",
+            "detach",
+            "east",
+            "--remote-context",
+            "east admin",
+            "--strip-labels",
+            "--timeout",
+            "2m",
+            "--context",
+            "main",
+        ]);
+        assert_eq!(
+            rerun,
+            "kubectl mesh detach east --strip-labels --remote-context 'east admin' --timeout \
+             120s --kubeconfig /home/me/primary.yaml --context main"
+        );
+        // The defaults, given or not, are left out; the longest timeout is kept as it is.
+        for args in [
+            &["detach", "east"][..],
+            &["detach", "east", "--timeout", "60s"],
+        ] {
+            assert_eq!(rerun_of(args), "kubectl mesh detach east");
+        }
+        let rerun = rerun_of(&["detach", "east", "--timeout", "36500d"]);
+        assert_eq!(rerun, "kubectl mesh detach east --timeout 3153600000s");
+        let rerun = rerun_of(&["detach", "east", "--timeout", "250ms"]);
+        assert_eq!(rerun, "kubectl mesh detach east --timeout 0.25s");
     }
 
     #[test]

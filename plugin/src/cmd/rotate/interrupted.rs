@@ -6,8 +6,8 @@
 
 use mesh_core::MESH_NAMESPACE;
 
-use super::Holder;
-use crate::{Error, remote_setup as setup};
+use super::{DEFAULT_TIMEOUT, Holder, Rotate};
+use crate::{Context, Error, interrupt::Rerun, remote_setup as setup};
 
 /// How far one identity's rotation got when it stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,14 +34,14 @@ pub(super) struct Stopped {
 }
 
 /// A rotation interrupted where `stopped` says, in cluster `cluster`, after the tokens of
-/// `rotated` (and before those of `later`); with `--all` (`all`), after the clusters
-/// `clusters_done` and before `clusters_left`.
+/// `rotated` (and before those of `later`); with `--all`, after the clusters `clusters_done`
+/// and before `clusters_left`; `rerun` finishes it ([`rerun`]).
 pub(super) struct Interruption<'a> {
     pub(super) cluster: &'a str,
     pub(super) stopped: Stopped,
     pub(super) rotated: &'a [Holder],
     pub(super) later: &'a [Holder],
-    pub(super) all: bool,
+    pub(super) rerun: &'a str,
     pub(super) clusters_done: &'a [String],
     pub(super) clusters_left: &'a [String],
 }
@@ -134,16 +134,27 @@ impl Interruption<'_> {
             (_, true) => format!("{purpose} and rotate the rest"),
             (_, false) => purpose.to_owned(),
         };
-        let rerun = if self.all {
-            "kubectl mesh rotate --all".to_owned()
-        } else {
-            format!("kubectl mesh rotate {}", self.cluster)
-        };
         Error::Refused {
             what: said.join("; "),
-            hint: format!("run `{rerun}` again to {purpose}"),
+            hint: format!("run `{}` again to {purpose}", self.rerun),
         }
     }
+}
+
+/// The rotate that finishes an interrupted `rotate`, run with `ctx`: the cluster or --all, and
+/// every flag that decides what it reaches and how long it waits. Without the remote's
+/// kubeconfig or context given, a re-run would not reach the remote.
+pub(super) fn rerun(rotate: &Rotate, ctx: &Context) -> String {
+    let command = Rerun::new("rotate");
+    let command = match &rotate.name {
+        Some(name) if !rotate.all => command.word(name),
+        _ => command.flag("--all", true),
+    };
+    command
+        .remote_admin(&rotate.remote_admin)
+        .timeout(rotate.timeout, DEFAULT_TIMEOUT)
+        .primary(ctx)
+        .line()
 }
 
 #[cfg(test)]
@@ -169,7 +180,7 @@ mod tests {
             },
             rotated,
             later,
-            all: false,
+            rerun: "kubectl mesh rotate east",
             clusters_done: &[],
             clusters_left: &[],
         }
@@ -239,6 +250,77 @@ mod tests {
         assert!(said.ends_with("again to revoke it"), "{said}");
     }
 
+    /// The rotate an interruption says to run again for `args`, checked to parse back to the
+    /// same rotate.
+    fn rerun_of(args: &[&str]) -> String {
+        let rotate = |args: &[&str]| {
+            let (global, command) = crate::interrupt::parsed(args);
+            let crate::Command::Rotate(rotate) = command else {
+                panic!("{args:?}: not a rotate");
+            };
+            (global, rotate)
+        };
+        let (global, parsed) = rotate(args);
+        let said = rerun(&parsed, &Context::new(global.clone()));
+        let words = crate::interrupt::shell_words(&said);
+        assert_eq!(words[..2], ["kubectl", "mesh"], "{said}");
+        let words: Vec<&str> = words[2..].iter().map(String::as_str).collect();
+        let (global_again, again) = rotate(&words);
+        assert_eq!(
+            format!("{global_again:?} {again:?}"),
+            format!("{global:?} {parsed:?}"),
+            "{said} is another rotate than {args:?}"
+        );
+        said
+    }
+
+    /// An interrupted `rotate east --remote-kubeconfig F` said to run `rotate east`, which
+    /// cannot reach the remote without it. The rotate to run again is the same one: the
+    /// remote's kubeconfig and context, a --timeout given and the primary's flags, quoted.
+    #[test]
+    fn the_rotate_to_run_again_is_the_same_command() {
+        assert_eq!(
+            rerun_of(&[
+                "rotate",
+                "east",
+                "--remote-kubeconfig",
+                "/tmp/my kubeconfigs/east.yaml",
+                "--remote-context",
+                "admin@east",
+                "--timeout",
+                "5s",
+                "--context",
+                "main",
+            ]),
+            "kubectl mesh rotate east --remote-kubeconfig '/tmp/my kubeconfigs/east.yaml' \
+             --remote-context admin@east --timeout 5s --context main"
+        );
+        assert_eq!(rerun_of(&["rotate", "east"]), "kubectl mesh rotate east");
+        assert_eq!(
+            rerun_of(&[
+                "--kubeconfig",
+                "/p.yaml",
+                "rotate",
+                "--all",
+                "--timeout",
+                "2m"
+            ]),
+            "kubectl mesh rotate --all --timeout 120s --kubeconfig /p.yaml"
+        );
+        // The hint of the line is that command.
+        let said = rerun_of(&["rotate", "east", "--remote-kubeconfig", "e.yaml"]);
+        let mut stopped = interrupted(Phase::Revoked, Some(true), &[], &[]);
+        stopped.rerun = &said;
+        assert!(
+            stopped.error().line().ends_with(
+                "run `kubectl mesh rotate east --remote-kubeconfig e.yaml` again to finish the \
+                 rotation"
+            ),
+            "{}",
+            stopped.error().line()
+        );
+    }
+
     /// What else the run rotated and did not is said too, and `--all` is what is run again.
     #[test]
     fn the_other_identities_and_clusters_are_said_too() {
@@ -263,7 +345,7 @@ mod tests {
         };
         stopped.rotated = &[Holder::Sync];
         stopped.later = &[];
-        stopped.all = true;
+        stopped.rerun = "kubectl mesh rotate --all";
         stopped.clusters_done = &done;
         stopped.clusters_left = &left;
         assert_eq!(

@@ -91,9 +91,12 @@ pub struct Rotate {
     #[arg(long)]
     pub dry_run: bool,
     /// How long to wait for each token to be issued and for the webhook to use it.
-    #[arg(long, default_value = "60s", value_parser = crate::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = DEFAULT_TIMEOUT, value_parser = crate::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
+
+/// `--timeout` when not given.
+const DEFAULT_TIMEOUT: &str = "60s";
 
 /// Who holds a token and where its kubeconfig is stored on the primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +166,7 @@ pub fn steps(cluster: &str, holder: Holder) -> Vec<String> {
 impl Rotate {
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
+        let rerun = interrupted::rerun(&self, ctx);
         let Self {
             name,
             all,
@@ -337,7 +341,7 @@ impl Rotate {
                         stopped,
                         rotated: &holders[..j],
                         later: &holders[j + 1..],
-                        all,
+                        rerun: &rerun,
                         clusters_done: &names[..i],
                         clusters_left: &names[i + 1..],
                     };

@@ -480,7 +480,9 @@ async fn a_re_attach_after_a_forced_detach_keeps_the_recorded_scope() -> anyhow:
 /// Ctrl-C while detach revokes the tokens (stalled after the first token Secret) ended it
 /// there. It finishes that stage (the ClusterRoleBindings go too), stops before the next (the
 /// sync scope stays), says on one line what is done and what is not, exits 1 as an
-/// interrupted attach or scope does, and the same detach run again finishes it.
+/// interrupted attach or scope does, and the same detach run again finishes it: the one it
+/// names, with the remote's kubeconfig and the primary's (it named neither, and could not
+/// reach the remote), run as it is.
 #[tokio::test]
 async fn an_interrupted_detach_stops_between_two_stages_and_a_re_run_finishes_it()
 -> anyhow::Result<()> {
@@ -497,11 +499,25 @@ async fn an_interrupted_detach_stops_between_two_stages_and_a_re_run_finishes_it
     let said = seen.join("\n");
     ensure!(status.code() == Some(1), "{status}: {said}");
     let last = seen.last().map(String::as_str).unwrap_or_default();
+    let primary = env.primary().kubeconfig.to_string_lossy().into_owned();
+    let rerun = [
+        "detach",
+        name,
+        "--remote-kubeconfig",
+        &kubeconfig,
+        "--kubeconfig",
+        &primary,
+    ];
+    let words: Vec<String> = rerun
+        .iter()
+        .map(|word| kubectl_mesh::render::shell_word(word))
+        .collect();
     let expected = format!(
         "error: interrupted; {name} is detached in part: done: the remote's guard deleted and \
          tokens revoked; not done: the remote's sync scope, identities and namespace \
          kubectl-mesh, the primary's stored credentials and MeshCluster; run the same \
-         `kubectl mesh detach {name}` again to finish it"
+         `kubectl mesh {}` again to finish it",
+        words.join(" ")
     );
     ensure!(last == expected, "{said}");
 
@@ -518,6 +534,11 @@ async fn an_interrupted_detach_stops_between_two_stages_and_a_re_run_finishes_it
     );
     ensure!(primary_by_name(env, name).await?.len() == 2, "{said}");
 
-    detach(env, remote, name, &[]).await?;
+    // As it is: no kubeconfig but the ones it names.
+    let mut again = fixtures::offline_invocation(&rerun)?;
+    again
+        .env_remove("KUBECTL_MESH_FAIL_AFTER")
+        .env_remove("KUBECTL_MESH_STALL_IN");
+    succeeded(&fixtures::output(again).await?, "the detach named")?;
     assert_nothing_left(env, remote, name).await
 }

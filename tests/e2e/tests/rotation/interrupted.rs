@@ -12,7 +12,7 @@ use mesh_e2e::signals::signalled_after;
 use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
     assert_success, describe,
-    fixtures::{mesh_command, output},
+    fixtures::{mesh_command, offline_invocation, output},
     text,
 };
 use serde_json::json;
@@ -268,7 +268,8 @@ async fn a_rotation_never_revokes_a_token_stored_again_during_its_wait() -> anyh
 /// Ctrl-C once the standby's token is stored (stalled there), before rotate waits for the
 /// webhook to use it and revokes the old one, killed rotate without a word. It now stops there,
 /// exits 1 and says on one line that the new token is stored and the old one still valid, which
-/// it is; a re-run revokes it.
+/// it is; a re-run revokes it: the one it names, with the remote's kubeconfig and the primary's
+/// (it named neither, and could not reach the remote), run as it is.
 #[tokio::test]
 async fn ctrl_c_before_the_revocation_says_the_old_token_is_valid_and_a_rerun_revokes_it()
 -> anyhow::Result<()> {
@@ -280,11 +281,26 @@ async fn ctrl_c_before_the_revocation_says_the_old_token_is_valid_and_a_rerun_re
     let (seen, status) = signalled_after(command, STALLED, "INT", DEADLINE).await?;
     let said = seen.join("\n");
     assert_eq!(status.code(), Some(1), "{said}");
+    let remote_kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
+    let primary = env.primary().kubeconfig.to_string_lossy().into_owned();
+    let rerun = [
+        "rotate",
+        &name,
+        "--remote-kubeconfig",
+        &remote_kubeconfig,
+        "--kubeconfig",
+        &primary,
+    ];
+    let words: Vec<String> = rerun
+        .iter()
+        .map(|word| kubectl_mesh::render::shell_word(word))
+        .collect();
     let expected = format!(
         "error: interrupted; {name}: the new token of ServiceAccount \
          kubectl-mesh/kubectl-mesh-sync (Secret kubectl-mesh/{STANDBY}) is stored and valid; \
          the old one (Secret kubectl-mesh/{SYNC_TOKEN}) is not revoked yet, and still valid; \
-         run `kubectl mesh rotate {name}` again to revoke it"
+         run `kubectl mesh {}` again to revoke it",
+        words.join(" ")
     );
     assert_eq!(seen.last(), Some(&expected), "{said}");
 
@@ -301,7 +317,8 @@ async fn ctrl_c_before_the_revocation_says_the_old_token_is_valid_and_a_rerun_re
         "the stored token does not work"
     );
 
-    assert_success(&rotate(&env, &remote).await?);
+    // As it is: no kubeconfig but the ones it names.
+    assert_success(&output(offline_invocation(&rerun)?).await?);
     revoked("the old token", &old).await?;
     revoked("the standby token", &midway).await?;
     assert_eq!(token_secrets(&remote).await?, vec![SYNC_TOKEN.to_owned()]);
