@@ -206,16 +206,7 @@ impl Detach {
         let mut left = Vec::new();
         match &remote {
             RemoteAccess::Ready { client, target } => {
-                clean_remote(
-                    client,
-                    target,
-                    ours,
-                    mc.as_ref(),
-                    strip.as_ref(),
-                    timeout,
-                    &mut stages,
-                )
-                .await?;
+                clean_remote(client, target, ours, strip.as_ref(), timeout, &mut stages).await?;
             }
             RemoteAccess::Skipped { why } => {
                 let has = |namespace: &str, secret: &str| {

@@ -18,7 +18,6 @@ use kube::{
 };
 use mesh_core::{
     MESH_NAMESPACE,
-    cluster::MeshCluster,
     failure::Failure,
     labels::SyncRule,
     sync::{self, SyncMode, sync_remote},
@@ -29,12 +28,12 @@ use super::super::attach::wait_namespace_gone;
 use crate::{
     Error, Result,
     access::{self, Target},
-    namespace_contents::remove_namespace_if_unused,
+    namespace_contents::why_keep,
     output::Progress,
     remote_setup as setup,
 };
 
-use super::stages::{Stage, Stages};
+use super::stages::{Kept, NamespaceOutcome, Stage, Stages};
 
 /// Which remote objects a detach deletes: attach's for this cluster, from this primary.
 #[derive(Clone, Copy)]
@@ -50,7 +49,6 @@ pub(super) async fn clean_remote(
     client: &Client,
     target: &Target,
     ours: Ours<'_>,
-    mc: Option<&MeshCluster>,
     strip: Option<&SyncRule>,
     timeout: Duration,
     stages: &mut Stages,
@@ -144,45 +142,61 @@ pub(super) async fn clean_remote(
         })
         .await?;
 
-    // The namespace: only if attach created it. The MeshCluster says so; without one (a
-    // re-run after the primary side is done), the namespace's own labels do, as attach
-    // labels only a namespace it creates.
-    let deleted = stages
-        .run(Stage::RemoteNamespace, async {
-            let namespaces: Api<Namespace> = Api::all(client.clone());
-            let Some(ns) = namespaces
-                .get_opt(MESH_NAMESPACE)
-                .await
-                .map_err(fail("read the mesh namespace"))?
-            else {
-                return Ok(false);
-            };
-            let created = mc
-                .and_then(setup::remote_namespace_created)
-                .unwrap_or_else(|| setup::is_ours_from(&ns.metadata, name, primary));
-            if !created {
-                progress.info(format!(
-                    "{name}: Namespace {MESH_NAMESPACE} kept (it existed before attach)"
-                ));
-                return Ok(false);
-            }
-            let deleted = remove_namespace_if_unused(
-                client,
-                MESH_NAMESPACE,
-                name,
-                Some((name, primary)),
-                progress,
-            )
+    // The namespace: only if attach created it. A MeshCluster that records it was there
+    // before attach leaves it out of the stages; otherwise (without one: a re-run after the
+    // primary side is done) its own labels say so, as attach labels only a namespace it
+    // creates.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let read = fail("read the mesh namespace");
+    if !stages.planned(Stage::RemoteNamespace) {
+        if namespaces
+            .get_opt(MESH_NAMESPACE)
             .await
-            .map_err(fail("delete the mesh namespace"))?;
-            if deleted {
-                let deleted = || format!("{name}: Namespace {MESH_NAMESPACE} deleted");
-                stall.after(Stage::RemoteNamespace, deleted).await;
+            .map_err(read)?
+            .is_some()
+        {
+            let kept = Kept::ExistedBefore.said();
+            progress.info(format!("{name}: Namespace {MESH_NAMESPACE} kept ({kept})"));
+        }
+        return Ok(());
+    }
+    let outcome = stages
+        .run(Stage::RemoteNamespace, async {
+            let Some(ns) = namespaces.get_opt(MESH_NAMESPACE).await.map_err(read)? else {
+                return Ok(NamespaceOutcome::Gone);
+            };
+            if !setup::is_ours_from(&ns.metadata, name, primary) {
+                let kept = match setup::primary_of(&ns.metadata) {
+                    Some(other) if setup::is_ours(&ns.metadata, name) => {
+                        Kept::OtherPrimary(other.to_owned())
+                    }
+                    _ => Kept::ExistedBefore,
+                };
+                let why = kept.said();
+                progress.info(format!("{name}: Namespace {MESH_NAMESPACE} kept ({why})"));
+                return Ok(NamespaceOutcome::Kept(kept));
             }
-            Ok(deleted)
+            // An earlier detach asked for its deletion: this one waits for it too.
+            if ns.metadata.deletion_timestamp.is_some() {
+                return Ok(NamespaceOutcome::Deleting);
+            }
+            let others = why_keep(client, MESH_NAMESPACE, Some(primary))
+                .await
+                .map_err(fail("delete the mesh namespace"))?;
+            if let Some(kept) = others {
+                progress.warn(format!("{name}: Namespace {MESH_NAMESPACE} {kept}"));
+                let why = kept.strip_prefix("kept: ").unwrap_or(&kept).to_owned();
+                return Ok(NamespaceOutcome::Kept(Kept::Holds(why)));
+            }
+            delete(&namespaces, MESH_NAMESPACE, name, progress)
+                .await
+                .map_err(fail("delete the mesh namespace"))?;
+            let deleted = || format!("{name}: Namespace {MESH_NAMESPACE} deleted");
+            stall.after(Stage::RemoteNamespace, deleted).await;
+            Ok(NamespaceOutcome::Deleting)
         })
         .await?;
-    if deleted {
+    if outcome == NamespaceOutcome::Deleting {
         // Cut short by an interruption: its deletion is asked, and a re-run waits again.
         let gone = wait_namespace_gone(client, MESH_NAMESPACE, timeout);
         stages.wait_end(Stage::RemoteNamespace, gone).await?;

@@ -3,7 +3,8 @@
 //! a re-run expects it: the MeshCluster, deleted last, still names the cluster), then detach
 //! stops, saying on one line what is done and what is not, and that the same command run
 //! again finishes it. Only waiting for the remote's namespace to go is cut short: its
-//! deletion is asked already, and a re-run waits for it again.
+//! deletion is asked already, and a re-run waits for it again. What a stage did is said as it
+//! did it ([`Outcome`]): the remote's namespace, say, kept.
 
 use crate::{
     Error, Result,
@@ -100,6 +101,74 @@ impl Stage {
     }
 }
 
+/// How the work of a stage ended, as [`Stages::run`] takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// Done, as said.
+    Done(String),
+    /// Asked for: done once [`Stages::wait_end`] has seen it end.
+    Asked,
+}
+
+/// What the work of a stage returns, and how it says that stage ended.
+pub(super) trait Outcome {
+    fn ended(&self, stage: Stage) -> Ended;
+}
+
+/// Work that either does all of its stage or fails.
+impl Outcome for () {
+    fn ended(&self, stage: Stage) -> Ended {
+        Ended::Done(stage.done())
+    }
+}
+
+/// Why the remote's mesh namespace is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Kept {
+    /// Attach did not create it: it existed before (its labels do not say attach created it).
+    ExistedBefore,
+    /// Another primary (the uid of its kube-system) attached the cluster since.
+    OtherPrimary(String),
+    /// It holds what attach did not create, as said (`it holds ...`, or that what it holds
+    /// could not be told).
+    Holds(String),
+}
+
+/// What the remote's namespace stage did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum NamespaceOutcome {
+    /// There was none (a re-run after its deletion).
+    Gone,
+    /// Its deletion is asked (by this run or an earlier one): being deleted.
+    Deleting,
+    /// Kept, and why.
+    Kept(Kept),
+}
+
+impl Outcome for NamespaceOutcome {
+    fn ended(&self, _: Stage) -> Ended {
+        let ns = format!("namespace {MESH_NAMESPACE}");
+        match self {
+            Self::Gone => Ended::Done(format!("{ns} gone")),
+            Self::Deleting => Ended::Asked,
+            Self::Kept(why) => Ended::Done(format!("{ns} kept ({})", why.said())),
+        }
+    }
+}
+
+impl Kept {
+    /// Why, as the progress line and the interruption say it.
+    pub(super) fn said(&self) -> String {
+        match self {
+            Self::ExistedBefore => "it existed before attach".into(),
+            Self::OtherPrimary(uid) => {
+                format!("another primary (kube-system uid {uid}) attached this cluster since")
+            }
+            Self::Holds(what) => what.clone(),
+        }
+    }
+}
+
 /// The stall hook of a detach's stages, for the work of a stage to call.
 #[derive(Clone, Debug)]
 pub(super) struct Stall {
@@ -126,9 +195,10 @@ pub(super) struct Stages {
     /// The command that finishes the detach.
     rerun: String,
     planned: Vec<Stage>,
-    done: Vec<Stage>,
-    /// A stage asked for whose end was not awaited.
-    begun: Option<Stage>,
+    /// The stages done, each as said.
+    done: Vec<(Stage, String)>,
+    /// A stage begun and not done, as said: asked for and its end not awaited.
+    begun: Option<(Stage, String)>,
     listener: Listener,
     hooks: TestHooks,
     progress: Progress,
@@ -161,6 +231,11 @@ impl Stages {
         self.progress
     }
 
+    /// Whether the detach goes through `stage`: one it does not is neither run nor said.
+    pub(super) fn planned(&self, stage: Stage) -> bool {
+        self.planned.contains(&stage)
+    }
+
     /// The stall hook, for the stages' work.
     pub(super) fn stall(&self) -> Stall {
         Stall {
@@ -170,13 +245,15 @@ impl Stages {
         }
     }
 
-    /// Runs `work`, the whole of `stage`, unless an interruption came before it; one that
-    /// comes meanwhile lets it finish (said at once), and stops the next.
-    pub(super) async fn run<T>(
+    /// Runs `work`, the whole of `stage` (a planned one), unless an interruption came before
+    /// it; one that comes meanwhile lets it finish (said at once), and stops the next. The
+    /// stage is then done as its [`Outcome`] says.
+    pub(super) async fn run<T: Outcome>(
         &mut self,
         stage: Stage,
         work: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        debug_assert!(self.planned(stage), "{stage:?} is not planned");
         self.stop_if_interrupted()?;
         let mut work = std::pin::pin!(work);
         let listener = self.listener.clone();
@@ -195,22 +272,26 @@ impl Stages {
                 work.await
             }
         }?;
-        self.done.push(stage);
+        match finished.ended(stage) {
+            Ended::Done(said) => self.done.push((stage, said)),
+            Ended::Asked => {}
+        }
         Ok(finished)
     }
 
-    /// `wait`, the end of `stage` (done but for it), unless an interruption comes first:
-    /// then detach stops, with `stage` under way.
+    /// `wait`, the end of `stage` (asked for, [`Ended::Asked`]), unless an interruption comes
+    /// first: then detach stops, with `stage` under way.
     pub(super) async fn wait_end(
         &mut self,
         stage: Stage,
         wait: impl Future<Output = Result<()>>,
     ) -> Result<()> {
         if let Some(waited) = self.listener.unless(wait).await {
-            return waited;
+            waited?;
+            self.done.push((stage, stage.done()));
+            return Ok(());
         }
-        self.done.retain(|done| *done != stage);
-        self.begun = Some(stage);
+        self.begun = Some((stage, stage.left(true)));
         Err(self.interrupted())
     }
 
@@ -223,17 +304,25 @@ impl Stages {
     }
 
     fn interrupted(&self) -> Error {
-        let left: Vec<(Stage, bool)> = (self.planned.iter())
-            .filter(|stage| !self.done.contains(stage))
-            .map(|stage| (*stage, self.begun == Some(*stage)))
+        let left: Vec<(Stage, String)> = (self.planned.iter())
+            .filter(|stage| !self.done.iter().any(|(done, _)| done == *stage))
+            .map(|stage| match &self.begun {
+                Some((begun, said)) if begun == stage => (*stage, said.clone()),
+                _ => (*stage, stage.left(false)),
+            })
             .collect();
         interrupted(&self.cluster, &self.done, &left, &self.rerun)
     }
 }
 
-/// The error of a detach of `cluster` interrupted with `done` done and `left` (each with
-/// whether it was begun) not: what is which, side by side, and that `rerun` finishes it.
-fn interrupted(cluster: &str, done: &[Stage], left: &[(Stage, bool)], rerun: &str) -> Error {
+/// The error of a detach of `cluster` interrupted with `done` done and `left` not, each as
+/// said: what is which, side by side, and that `rerun` finishes it.
+fn interrupted(
+    cluster: &str,
+    done: &[(Stage, String)],
+    left: &[(Stage, String)],
+    rerun: &str,
+) -> Error {
     let sides = |on_remote: bool, stages: Vec<String>| {
         let side = if on_remote { "remote" } else { "primary" };
         (!stages.is_empty()).then(|| format!("the {side}'s {}", and_list(&stages)))
@@ -251,15 +340,13 @@ fn interrupted(cluster: &str, done: &[Stage], left: &[(Stage, bool)], rerun: &st
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let done: Vec<(Stage, String)> = done.iter().map(|s| (*s, s.done())).collect();
-    let left: Vec<(Stage, String)> = left.iter().map(|(s, b)| (*s, s.left(*b))).collect();
     let what = if done.is_empty() {
         format!("interrupted before anything of {cluster} was deleted")
     } else {
         format!(
             "interrupted; {cluster} is detached in part: done: {}; not done: {}",
-            by_side(&done),
-            by_side(&left)
+            by_side(done),
+            by_side(left)
         )
     };
     Error::Refused {
@@ -293,6 +380,12 @@ mod tests {
     ];
 
     fn line(done: &[Stage], left: &[(Stage, bool)]) -> String {
+        let done: Vec<(Stage, String)> = done.iter().map(|s| (*s, s.done())).collect();
+        let left: Vec<(Stage, String)> = left.iter().map(|(s, b)| (*s, s.left(*b))).collect();
+        said(&done, &left)
+    }
+
+    fn said(done: &[(Stage, String)], left: &[(Stage, String)]) -> String {
         interrupted(
             "east",
             done,
@@ -300,6 +393,61 @@ mod tests {
             "kubectl mesh detach east --strip-labels",
         )
         .line()
+    }
+
+    /// An interruption once the remote's namespace stage was done said "namespace
+    /// kubectl-mesh deleted" even when it was kept (it existed before attach, or holds other
+    /// objects), or was only being deleted: the stage says what it did.
+    #[test]
+    fn the_remote_namespace_is_said_as_the_stage_left_it() {
+        let stage = Stage::RemoteNamespace;
+        let holds = "it holds objects attach did not create for this cluster (ConfigMap \
+                     kubectl-mesh/app)";
+        let ended = |outcome: NamespaceOutcome| outcome.ended(stage);
+        assert_eq!(
+            ended(NamespaceOutcome::Kept(Kept::Holds(holds.into()))),
+            Ended::Done(format!("namespace kubectl-mesh kept ({holds})"))
+        );
+        assert_eq!(
+            ended(NamespaceOutcome::Kept(Kept::ExistedBefore)),
+            Ended::Done("namespace kubectl-mesh kept (it existed before attach)".into())
+        );
+        assert_eq!(
+            ended(NamespaceOutcome::Kept(Kept::OtherPrimary("uid-b".into()))),
+            Ended::Done(
+                "namespace kubectl-mesh kept (another primary (kube-system uid uid-b) attached \
+                 this cluster since)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            ended(NamespaceOutcome::Gone),
+            Ended::Done("namespace kubectl-mesh gone".into())
+        );
+        // Done only once it is gone (Stages::wait_end).
+        assert_eq!(ended(NamespaceOutcome::Deleting), Ended::Asked);
+
+        let Ended::Done(kept) = ended(NamespaceOutcome::Kept(Kept::ExistedBefore)) else {
+            unreachable!()
+        };
+        let mut done: Vec<(Stage, String)> = [Stage::Guard, Stage::Tokens, Stage::SyncScope]
+            .iter()
+            .map(|s| (*s, s.done()))
+            .collect();
+        done.push((stage, kept));
+        let said = said(
+            &done,
+            &[(Stage::MeshCluster, Stage::MeshCluster.left(false))],
+        );
+        assert!(
+            said.contains(
+                "done: the remote's guard deleted, tokens revoked, sync scope deleted and \
+                 namespace kubectl-mesh kept (it existed before attach); not done: the \
+                 primary's MeshCluster;"
+            ),
+            "{said}"
+        );
+        assert!(!said.contains("deleted;"), "{said}");
     }
 
     /// One line says what is done and what is not, on which side, and the command that
