@@ -28,12 +28,13 @@ use super::super::attach::wait_namespace_gone;
 use crate::{
     Error, Result,
     access::{self, Target},
+    interrupt::Listener,
     namespace_contents::why_keep,
     output::Progress,
     remote_setup as setup,
 };
 
-use super::stages::{Kept, NamespaceOutcome, Stage, Stages};
+use super::stages::{Kept, LabelsOutcome, NamespaceOutcome, Stage, Stages};
 
 /// Which remote objects a detach deletes: attach's for this cluster, from this primary.
 #[derive(Clone, Copy)]
@@ -117,7 +118,9 @@ pub(super) async fn clean_remote(
         .await?;
 
     if let Some(rule) = strip {
-        let stripped = strip_managed_labels(client, target, rule, name, timeout, progress);
+        let listener = stages.listener().clone();
+        let stripped =
+            strip_managed_labels(client, target, rule, name, timeout, &listener, progress);
         stages.run(Stage::Labels, stripped).await?;
     }
 
@@ -317,15 +320,17 @@ where
 /// Removes the managed labels of every remote namespace the rule covers: a sync against an
 /// empty primary, through the engine and writer the reconciler uses. The guard deleted just
 /// before may still be enforced for a moment (the apiserver unloads policies asynchronously),
-/// so namespaces it refused are tried again until `timeout`.
+/// so namespaces it refused are tried again until `timeout`, or until an interruption: then
+/// the labels it still refused are left for a re-run ([`after_refusal`]).
 async fn strip_managed_labels(
     client: &Client,
     target: &Target,
     rule: &SyncRule,
     name: &str,
     timeout: Duration,
+    listener: &Listener,
     progress: Progress,
-) -> Result<()> {
+) -> Result<LabelsOutcome> {
     let no_primary = BTreeMap::<String, Namespace>::new();
     let deadline = crate::poll::deadline(timeout);
     let mut stripped = 0;
@@ -353,21 +358,76 @@ async fn strip_managed_labels(
             .errors
             .iter()
             .all(|e| e.failure == Failure::Forbidden && e.message.contains(setup::GUARD));
-        if !only_guard || crate::poll::is_past(deadline) {
-            return Err(Error::Refused {
-                what: format!(
-                    "cannot remove managed labels of namespace {} on {}: {}",
-                    error.namespace, target.label, error.message
-                ),
-                hint: "check the remote's admission policies and your rights there, then re-run \
-                       detach --strip-labels"
-                    .into(),
-            });
+        let past = crate::poll::is_past(deadline);
+        let left = || LabelsOutcome::Interrupted {
+            left: report.errors.iter().map(|e| e.namespace.clone()).collect(),
+        };
+        match after_refusal(only_guard, past, listener.received()) {
+            AfterRefusal::Retry => {}
+            AfterRefusal::Stop => return Ok(left()),
+            AfterRefusal::Refuse => {
+                return Err(Error::Refused {
+                    what: format!(
+                        "cannot remove managed labels of namespace {} on {}: {}",
+                        error.namespace, target.label, error.message
+                    ),
+                    hint: "check the remote's admission policies and your rights there, then \
+                           re-run detach --strip-labels"
+                        .into(),
+                });
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pause = tokio::time::sleep(Duration::from_millis(200));
+        if listener.unless(pause).await.is_none() {
+            return Ok(left());
+        }
     }
     if stripped == 0 {
         progress.info(format!("{name}: no namespace carried managed labels"));
     }
-    Ok(())
+    Ok(LabelsOutcome::Stripped)
+}
+
+/// What stripping labels does after a pass some namespaces refused.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterRefusal {
+    /// Tries them again, after a pause.
+    Retry,
+    /// Stops, the labels not all stripped.
+    Stop,
+    /// Fails with the first refusal.
+    Refuse,
+}
+
+/// What follows a pass some namespaces refused, all of them the deleted guard's (`only_guard`)
+/// or not, once the timeout is `past` or not, an interruption `received` or not: a refusal of
+/// another kind ends detach at once; the guard's are retried until the timeout, unless an
+/// interruption came, and then the stage stops with what is stripped so far (the retries held
+/// detach for the whole --timeout, a minute by default, while it said it was stopping).
+fn after_refusal(only_guard: bool, past: bool, received: bool) -> AfterRefusal {
+    match (only_guard, received, past) {
+        (false, _, _) => AfterRefusal::Refuse,
+        (true, true, _) => AfterRefusal::Stop,
+        (true, false, true) => AfterRefusal::Refuse,
+        (true, false, false) => AfterRefusal::Retry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refused by the deleted guard, labels are retried until the timeout, or until an
+    /// interruption: then the stage stops there, the rest left to a re-run.
+    #[test]
+    fn an_interruption_stops_the_retries_of_the_label_removals() {
+        use AfterRefusal::*;
+        assert_eq!(after_refusal(true, false, false), Retry);
+        assert_eq!(after_refusal(true, false, true), Stop);
+        assert_eq!(after_refusal(true, true, true), Stop);
+        assert_eq!(after_refusal(true, true, false), Refuse);
+        for (past, received) in [(false, false), (false, true), (true, true)] {
+            assert_eq!(after_refusal(false, past, received), Refuse);
+        }
+    }
 }

@@ -2,9 +2,10 @@
 //! SIGTERM, SIGHUP) does to them: the stage under way is finished (each leaves the cluster as
 //! a re-run expects it: the MeshCluster, deleted last, still names the cluster), then detach
 //! stops, saying on one line what is done and what is not, and that the same command run
-//! again finishes it. Only waiting for the remote's namespace to go is cut short: its
-//! deletion is asked already, and a re-run waits for it again. What a stage did is said as it
-//! did it ([`Outcome`]): the remote's namespace, say, kept.
+//! again finishes it. Only waiting is cut short: for the remote's namespace to go (its
+//! deletion is asked already, and a re-run waits for it again), and, with --strip-labels, for
+//! the deleted guard to let the last label removals through (a re-run strips the rest). What a
+//! stage did is said as it did it ([`Outcome`]): the remote's namespace, say, kept.
 
 use crate::{
     Error, Result,
@@ -76,7 +77,8 @@ impl Stage {
         match self {
             Self::Guard => "deleting the guard".into(),
             Self::Tokens => "revoking the tokens".into(),
-            Self::Labels => "stripping the managed labels".into(),
+            // Its retries stop: only the pass under way is finished.
+            Self::Labels => "this pass of stripping the managed labels".into(),
             Self::SyncScope => "deleting the sync scope".into(),
             Self::Identities => "deleting the identities".into(),
             Self::RemoteNamespace => format!("deleting namespace {MESH_NAMESPACE}"),
@@ -108,6 +110,8 @@ pub(super) enum Ended {
     Done(String),
     /// Asked for: done once [`Stages::wait_end`] has seen it end.
     Asked,
+    /// Cut short by an interruption, begun and not done, as said: detach stops there.
+    CutShort(String),
 }
 
 /// What the work of a stage returns, and how it says that stage ended.
@@ -169,6 +173,30 @@ impl Kept {
     }
 }
 
+/// What stripping the managed labels did: stripped from every namespace the rule covers, or
+/// cut short by an interruption while the deleted guard still refused `left` of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum LabelsOutcome {
+    Stripped,
+    Interrupted { left: Vec<String> },
+}
+
+impl Outcome for LabelsOutcome {
+    fn ended(&self, stage: Stage) -> Ended {
+        match self {
+            Self::Stripped => Ended::Done(stage.done()),
+            Self::Interrupted { left } => {
+                let s = if left.len() == 1 { "" } else { "s" };
+                Ended::CutShort(format!(
+                    "managed labels (still on namespace{s} {}, whose removal the deleted guard \
+                     refused until the interruption)",
+                    and_list(left)
+                ))
+            }
+        }
+    }
+}
+
 /// The stall hook of a detach's stages, for the work of a stage to call.
 #[derive(Clone, Debug)]
 pub(super) struct Stall {
@@ -197,7 +225,7 @@ pub(super) struct Stages {
     planned: Vec<Stage>,
     /// The stages done, each as said.
     done: Vec<(Stage, String)>,
-    /// A stage begun and not done, as said: asked for and its end not awaited.
+    /// A stage begun and not done, as said: asked for and its end not awaited, or cut short.
     begun: Option<(Stage, String)>,
     listener: Listener,
     hooks: TestHooks,
@@ -236,6 +264,11 @@ impl Stages {
         self.planned.contains(&stage)
     }
 
+    /// The listening to interruptions, for a stage's work that waits.
+    pub(super) fn listener(&self) -> &Listener {
+        &self.listener
+    }
+
     /// The stall hook, for the stages' work.
     pub(super) fn stall(&self) -> Stall {
         Stall {
@@ -247,7 +280,7 @@ impl Stages {
 
     /// Runs `work`, the whole of `stage` (a planned one), unless an interruption came before
     /// it; one that comes meanwhile lets it finish (said at once), and stops the next. The
-    /// stage is then done as its [`Outcome`] says.
+    /// stage is then done as its [`Outcome`] says; cut short, detach stops here.
     pub(super) async fn run<T: Outcome>(
         &mut self,
         stage: Stage,
@@ -275,6 +308,10 @@ impl Stages {
         match finished.ended(stage) {
             Ended::Done(said) => self.done.push((stage, said)),
             Ended::Asked => {}
+            Ended::CutShort(said) => {
+                self.begun = Some((stage, said));
+                return Err(self.interrupted());
+            }
         }
         Ok(finished)
     }
@@ -448,6 +485,41 @@ mod tests {
             "{said}"
         );
         assert!(!said.contains("deleted;"), "{said}");
+    }
+
+    /// Stripping labels interrupted while the deleted guard still refused some says which
+    /// namespaces keep them, among what is not done.
+    #[test]
+    fn labels_cut_short_are_said_not_done() {
+        let stage = Stage::Labels;
+        assert_eq!(
+            LabelsOutcome::Stripped.ended(stage),
+            Ended::Done("managed labels stripped".into())
+        );
+        let cut = LabelsOutcome::Interrupted {
+            left: vec!["shop".into(), "web".into()],
+        };
+        let Ended::CutShort(left) = cut.ended(stage) else {
+            panic!("{cut:?} is done");
+        };
+        let done: Vec<(Stage, String)> = [Stage::Guard, Stage::Tokens]
+            .iter()
+            .map(|s| (*s, s.done()))
+            .collect();
+        let said = said(
+            &done,
+            &[
+                (stage, left),
+                (Stage::SyncScope, Stage::SyncScope.left(false)),
+            ],
+        );
+        assert_eq!(
+            said,
+            "interrupted; east is detached in part: done: the remote's guard deleted and tokens \
+             revoked; not done: the remote's managed labels (still on namespaces shop and web, \
+             whose removal the deleted guard refused until the interruption) and sync scope; run \
+             the same `kubectl mesh detach east --strip-labels` again to finish it"
+        );
     }
 
     /// One line says what is done and what is not, on which side, and the command that
