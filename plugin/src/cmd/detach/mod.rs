@@ -281,11 +281,10 @@ impl Detach {
                 "{name} detached from the primary; left on the remote: {}",
                 left.join(", ")
             ));
-            // The labels too, when asked: the re-run finds their scope on the remote.
-            let strip = if strip_labels { " --strip-labels" } else { "" };
             progress.info(format!(
-                "once it is reachable, `kubectl mesh detach {name} --remote-kubeconfig \
-                 <file>{strip}` removes them (it finds them by name and their label {}={name})",
+                "once it is reachable, `{}` removes them (it finds them by name and their \
+                 label {}={name})",
+                cleanup_command(&name, strip_labels, ctx),
                 mesh_core::cluster::CLUSTER_LABEL
             ));
         }
@@ -338,6 +337,18 @@ impl Detach {
             .primary(ctx)
             .line()
     }
+}
+
+/// The detach that cleans the remote a forced one left, once it is reachable: the labels too
+/// when they were to go (the re-run finds their scope on the remote), through the same
+/// primary, and the remote's kubeconfig the user has to name.
+fn cleanup_command(name: &str, strip_labels: bool, ctx: &Context) -> String {
+    let detach = Rerun::new("detach")
+        .word(name)
+        .flag("--strip-labels", strip_labels)
+        .primary(ctx)
+        .line();
+    format!("{detach} --remote-kubeconfig <file>")
 }
 
 /// Whether detach goes on for cluster `name` with nothing of it on the primary (`installed`:
@@ -721,6 +732,28 @@ mod tests {
             refusal(true)
         );
         assert_eq!(refusal(false), mesh_state::not_installed().to_string());
+    }
+
+    /// After a forced detach, the command said to clean the remote dropped the primary's
+    /// `--kubeconfig` and `--context`: pasted, it reached another primary, if any.
+    #[test]
+    fn the_cleanup_after_a_forced_detach_goes_through_the_same_primary() {
+        let args = [
+            "--kubeconfig",
+            "/tmp/p.yaml",
+            "--context",
+            "main",
+            "detach",
+            "east",
+            "--force",
+            "--strip-labels",
+        ];
+        let (global, _) = crate::interrupt::parsed(&args);
+        assert_eq!(
+            cleanup_command("east", true, &Context::new(global)),
+            "kubectl mesh detach east --strip-labels --kubeconfig /tmp/p.yaml --context main \
+             --remote-kubeconfig <file>"
+        );
     }
 
     /// The detach an interruption says to run again, for `args`, and that command parsed back.
