@@ -109,10 +109,13 @@ async fn forced_detach_skips_a_recorded_context_without_its_cluster() -> anyhow:
         .output()
         .await?;
     let err = succeeded(&out, "detach --force through a broken context")?;
+    let cleanup = format!(
+        "`kubectl mesh detach {name} --strip-labels --remote-kubeconfig <file>` removes them"
+    );
     for said in [
         "skipping remote cluster orphan (--force)",
         "the managed labels of its namespaces",
-        "--remote-kubeconfig <file> --strip-labels` removes them",
+        &cleanup,
     ] {
         assert!(err.contains(said), "{said:?} not in:\n{err}");
     }
