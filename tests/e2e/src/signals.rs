@@ -72,3 +72,12 @@ pub async fn signalled_after_doing(
     };
     Ok((seen, status))
 }
+
+/// The command an interrupted `kubectl mesh` run says finishes it: `kubectl mesh` and `words`,
+/// each quoted as the plugin quotes them for a shell.
+pub fn rerun_line(words: &[&str]) -> String {
+    let quoted: Vec<String> = (words.iter())
+        .map(|word| kubectl_mesh::render::shell_word(word))
+        .collect();
+    format!("kubectl mesh {}", quoted.join(" "))
+}

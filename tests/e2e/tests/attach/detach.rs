@@ -511,16 +511,12 @@ async fn an_interrupted_detach_stops_between_two_stages_and_a_re_run_finishes_it
         "--kubeconfig",
         &primary,
     ];
-    let words: Vec<String> = rerun
-        .iter()
-        .map(|word| kubectl_mesh::render::shell_word(word))
-        .collect();
+    let line = mesh_e2e::signals::rerun_line(&rerun);
     let expected = format!(
         "error: interrupted; {name} is detached in part: done: the remote's guard deleted and \
          tokens revoked; not done: the remote's sync scope, identities and namespace \
          kubectl-mesh, the primary's stored credentials and MeshCluster; run the same \
-         `kubectl mesh {}` again to finish it",
-        words.join(" ")
+         `{line}` again to finish it"
     );
     ensure!(last == expected, "{said}");
 

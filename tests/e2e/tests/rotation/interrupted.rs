@@ -291,16 +291,12 @@ async fn ctrl_c_before_the_revocation_says_the_old_token_is_valid_and_a_rerun_re
         "--kubeconfig",
         &primary,
     ];
-    let words: Vec<String> = rerun
-        .iter()
-        .map(|word| kubectl_mesh::render::shell_word(word))
-        .collect();
+    let line = mesh_e2e::signals::rerun_line(&rerun);
     let expected = format!(
         "error: interrupted; {name}: the new token of ServiceAccount \
          kubectl-mesh/kubectl-mesh-sync (Secret kubectl-mesh/{STANDBY}) is stored and valid; \
          the old one (Secret kubectl-mesh/{SYNC_TOKEN}) is not revoked yet, and still valid; \
-         run `kubectl mesh {}` again to revoke it",
-        words.join(" ")
+         run `{line}` again to revoke it"
     );
     assert_eq!(seen.last(), Some(&expected), "{said}");
 
