@@ -216,6 +216,27 @@ pub(crate) fn parsed(args: &[&str]) -> (crate::GlobalArgs, crate::Command) {
     (cli.global, cli.command)
 }
 
+/// The line `rerun` says for `kubectl mesh <args>`, checked to parse back to the same command
+/// and global flags: pasted, it is the same run.
+#[cfg(test)]
+pub(crate) fn rerun_parsed_back(
+    args: &[&str],
+    rerun: impl Fn(&crate::Command, &Context) -> String,
+) -> String {
+    let (global, command) = parsed(args);
+    let said = rerun(&command, &Context::new(global.clone()));
+    let words = shell_words(&said);
+    assert_eq!(words[..2], ["kubectl", "mesh"], "{said}");
+    let words: Vec<&str> = words[2..].iter().map(String::as_str).collect();
+    let (global_again, again) = parsed(&words);
+    assert_eq!(
+        format!("{global_again:?} {again:?}"),
+        format!("{global:?} {command:?}"),
+        "{said} is another command than {args:?}"
+    );
+    said
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

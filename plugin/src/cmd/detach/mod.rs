@@ -756,27 +756,14 @@ mod tests {
         );
     }
 
-    /// The detach an interruption says to run again, for `args`, and that command parsed back.
+    /// The detach an interruption says to run again, for `args`, checked to parse back.
     fn rerun_of(args: &[&str]) -> String {
-        let detach = |args: &[&str]| {
-            let (global, command) = crate::interrupt::parsed(args);
+        crate::interrupt::rerun_parsed_back(args, |command, ctx| {
             let crate::Command::Detach(detach) = command else {
                 panic!("{args:?}: not a detach");
             };
-            (global, detach)
-        };
-        let (global, parsed) = detach(args);
-        let rerun = parsed.rerun(&Context::new(global.clone()));
-        let words = crate::interrupt::shell_words(&rerun);
-        assert_eq!(words[..2], ["kubectl", "mesh"], "{rerun}");
-        let words: Vec<&str> = words[2..].iter().map(String::as_str).collect();
-        let (global_again, again) = detach(&words);
-        assert_eq!(
-            format!("{global_again:?} {again:?}"),
-            format!("{global:?} {parsed:?}"),
-            "{rerun} is another detach than {args:?}"
-        );
-        rerun
+            detach.rerun(ctx)
+        })
     }
 
     /// An interrupted `detach east --remote-kubeconfig F --force` said to run `detach east

@@ -250,28 +250,14 @@ mod tests {
         assert!(said.ends_with("again to revoke it"), "{said}");
     }
 
-    /// The rotate an interruption says to run again for `args`, checked to parse back to the
-    /// same rotate.
+    /// The rotate an interruption says to run again for `args`, checked to parse back.
     fn rerun_of(args: &[&str]) -> String {
-        let rotate = |args: &[&str]| {
-            let (global, command) = crate::interrupt::parsed(args);
+        crate::interrupt::rerun_parsed_back(args, |command, ctx| {
             let crate::Command::Rotate(rotate) = command else {
                 panic!("{args:?}: not a rotate");
             };
-            (global, rotate)
-        };
-        let (global, parsed) = rotate(args);
-        let said = rerun(&parsed, &Context::new(global.clone()));
-        let words = crate::interrupt::shell_words(&said);
-        assert_eq!(words[..2], ["kubectl", "mesh"], "{said}");
-        let words: Vec<&str> = words[2..].iter().map(String::as_str).collect();
-        let (global_again, again) = rotate(&words);
-        assert_eq!(
-            format!("{global_again:?} {again:?}"),
-            format!("{global:?} {parsed:?}"),
-            "{said} is another rotate than {args:?}"
-        );
-        said
+            rerun(rotate, ctx)
+        })
     }
 
     /// An interrupted `rotate east --remote-kubeconfig F` said to run `rotate east`, which
