@@ -181,6 +181,8 @@ impl Install {
         }
 
         let (_, target, client) = ctx.primary_client().await?;
+        // The rights of the reads below and of the wait for the CRD, before any of them.
+        install_check::check_reads(&client, &target).await?;
         refuse_attached_remote(&client, &target).await?;
         let installed = installed_configuration(&client).await?;
         warn_rule_change(installed.as_ref(), &options, ctx);

@@ -16,10 +16,14 @@
 //! whether there is anything to delete.
 
 use kube::Client;
+use mesh_core::MESH_NAMESPACE;
 
 use super::apply::{self, Deleted};
 use crate::access::{self, Need, Target};
-use crate::{Error, Result, render::Manifest};
+use crate::{
+    Error, Result,
+    render::{self, Manifest, Options},
+};
 
 /// An object install deletes once everything is applied: found before anything is applied,
 /// or not readable by the caller (whether it exists is then unknown).
@@ -30,6 +34,55 @@ pub struct Removal {
     /// Whether the caller could read it (it exists); when not, the right to read it is asked
     /// too.
     pub read: bool,
+}
+
+/// The rights install's reads and waits take, asked before it reads anything
+/// ([`check_reads`]): `get` on what an earlier install left that it reads first (the mesh
+/// namespace, whether attach holds it; the webhook configuration, for its rule and caBundle;
+/// the TLS Secret, the certificate it keeps), and `list`/`watch` on the CRD, whose
+/// establishment it watches for once applied. The reads it can do without (the Deployment,
+/// the webhook's pods, what a run deletes) are not asked here.
+fn read_needs() -> Result<Vec<Need<String>>> {
+    let namespace = Manifest::new(&render::namespace())?;
+    let configuration = Manifest::new(&render::mutating_webhook_configuration(
+        &Options::default(),
+        None,
+    ))?;
+    let secret = Need {
+        group: String::new(),
+        resource: "secrets".to_owned(),
+        namespace: Some(MESH_NAMESPACE.to_owned()),
+        name: Some(render::TLS_SECRET.to_owned()),
+        verbs: vec!["get"],
+    };
+    let crd = Manifest::new(&render::crd())?;
+    Ok(vec![
+        Need::on(&namespace, &["get"]),
+        Need::on(&configuration, &["get"]),
+        secret,
+        Need::on(&crd, &["list", "watch"]),
+    ])
+}
+
+/// Refuses, in one line and before install reads or changes anything, when the caller lacks a
+/// right its reads and waits take ([`read_needs`]): without it, the read answered a bare 403,
+/// or the wait for the CRD failed once things were applied.
+pub async fn check_reads(client: &Client, target: &Target) -> Result<()> {
+    match access::missing_on(client, target, &read_needs()?).await? {
+        None => Ok(()),
+        Some(missing) => Err(read_refusal(&missing)),
+    }
+}
+
+/// The refusal when the caller lacks `missing` (as [`access::missing_on`] says it) of the
+/// rights install's reads and waits take.
+fn read_refusal(missing: &str) -> Error {
+    Error::Refused {
+        what: format!("missing permissions {missing}; nothing was changed"),
+        hint: "install reads what an earlier install left and watches its CRD become \
+               established: ask for these rights, or run install as a cluster admin"
+            .into(),
+    }
 }
 
 /// The rights removing `removals` takes.
@@ -270,7 +323,6 @@ fn terminating(m: &Manifest) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::{self, Options};
 
     fn manifests(options: &Options) -> Vec<Manifest> {
         let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
@@ -450,6 +502,78 @@ mod tests {
             "missing permissions on the primary (https://10.0.0.1:6443): services named x \
              (delete); nothing was changed; this run deletes what it no longer installs: ask for \
              these rights, or run install as a cluster admin"
+        );
+    }
+
+    /// Install's first reads and its wait for the CRD are asked up front, on the very objects,
+    /// and refused in one line saying that nothing was changed.
+    #[test]
+    fn reads_and_the_wait_for_the_crd_are_asked_up_front() {
+        let needs = read_needs().unwrap();
+        let asked: Vec<_> = needs
+            .iter()
+            .map(|n| {
+                (
+                    n.group.as_str(),
+                    n.resource.as_str(),
+                    n.namespace.as_deref(),
+                    n.name.as_deref(),
+                    n.verbs.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                ("", "namespaces", None, Some("kubectl-mesh"), vec!["get"]),
+                (
+                    "admissionregistration.k8s.io",
+                    "mutatingwebhookconfigurations",
+                    None,
+                    Some(render::WEBHOOK_CONFIGURATION),
+                    vec!["get"],
+                ),
+                (
+                    "",
+                    "secrets",
+                    Some("kubectl-mesh"),
+                    Some("mesh-webhook-tls"),
+                    vec!["get"],
+                ),
+                (
+                    "apiextensions.k8s.io",
+                    "customresourcedefinitions",
+                    None,
+                    Some("meshclusters.kubectl-mesh.io"),
+                    vec!["list", "watch"],
+                ),
+            ]
+        );
+        // The names are those install reads and applies.
+        let all = manifests(&Options::default());
+        for (kind, need) in [
+            ("Namespace", &needs[0]),
+            ("MutatingWebhookConfiguration", &needs[1]),
+            ("Secret", &needs[2]),
+            ("CustomResourceDefinition", &needs[3]),
+        ] {
+            let m = all.iter().find(|m| m.resource.kind == kind).unwrap();
+            assert_eq!(
+                (m.name.as_str(), m.namespace.as_deref()),
+                (need.name.as_deref().unwrap(), need.namespace.as_deref()),
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            read_refusal(
+                "on the primary (https://10.0.0.1:6443): \
+                 customresourcedefinitions.apiextensions.k8s.io named x (list/watch)"
+            )
+            .line(),
+            "missing permissions on the primary (https://10.0.0.1:6443): \
+             customresourcedefinitions.apiextensions.k8s.io named x (list/watch); nothing was \
+             changed; install reads what an earlier install left and watches its CRD become \
+             established: ask for these rights, or run install as a cluster admin"
         );
     }
 

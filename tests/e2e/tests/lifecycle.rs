@@ -1043,6 +1043,59 @@ async fn install_asks_to_delete_only_what_exists_before_it_applies() -> anyhow::
     Ok(())
 }
 
+/// A caller who may create and patch what install applies but not read what it reads first, or
+/// not watch its CRD become established, is refused in one line naming those rights before
+/// anything is applied: the reads answered a bare 403, and the wait for the CRD failed once
+/// the CRD was applied, leaving it behind.
+#[tokio::test]
+async fn install_asks_for_its_reads_and_its_wait_before_it_applies() -> anyhow::Result<()> {
+    let _serial = serial().await;
+    let env = TestEnv::start(Options::with_remotes(0)).await?;
+    let primary = env.primary().client().await?;
+    let dir = tempfile::tempdir()?;
+    let reads = "namespaces named kubectl-mesh (get), \
+                 mutatingwebhookconfigurations.admissionregistration.k8s.io named kubectl-mesh \
+                 (get), secrets named mesh-webhook-tls in namespace kubectl-mesh (get)";
+    let wait = "customresourcedefinitions.apiextensions.k8s.io named \
+                meshclusters.kubectl-mesh.io (list/watch)";
+    for (verbs, missing) in [
+        (&["get", "create", "patch"][..], wait.to_owned()),
+        (&["list", "watch", "create", "patch"], reads.to_owned()),
+        (&["create", "patch"], format!("{reads}, {wait}")),
+    ] {
+        let role_verbs = [verbs, &["bind", "escalate"]].concat();
+        let limited = kubeconfig_granting(
+            env.primary(),
+            dir.path(),
+            &[Grant::everywhere(install_rights("", verbs, &role_verbs))],
+        )
+        .await?;
+        let out = mesh_as(&limited, &["install"]).await?;
+        assert_eq!(out.status.code(), Some(1), "{verbs:?}: {}", describe(&out));
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            error_lines(&stderr),
+            [format!(
+                "error: missing permissions on the primary ({}): {missing}; nothing was changed; \
+                 install reads what an earlier install left and watches its CRD become \
+                 established: ask for these rights, or run install as a cluster admin",
+                env.primary().server
+            )],
+            "{verbs:?}: {stderr}"
+        );
+        assert!(!stderr.contains(" applied"), "{verbs:?}: {stderr}");
+        let crd = Api::<CustomResourceDefinition>::all(primary.clone())
+            .get_opt("meshclusters.kubectl-mesh.io")
+            .await?;
+        let ns = Api::<Namespace>::all(primary.clone())
+            .get_opt(MESH_NAMESPACE)
+            .await?;
+        assert!(crd.is_none() && ns.is_none(), "{verbs:?}: {crd:?} {ns:?}");
+        assert!(mesh_objects_on_primary(&env).await?.is_empty(), "{verbs:?}");
+    }
+    Ok(())
+}
+
 /// `--image` names the image of the webhook's Deployment, which `--webhook-url` does not
 /// install: it was taken and ignored; it is refused with it, as `--replicas` and `--wait` are.
 /// KUBECTL_MESH_IMAGE is a default, not a choice made for this run: a shell that sets it for
