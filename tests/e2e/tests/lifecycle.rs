@@ -869,12 +869,46 @@ fn install_rights(missing: &str, verbs: &[&str], role_verbs: &[&str]) -> serde_j
     json!(rules)
 }
 
-#[tokio::test]
-async fn install_refused_for_want_of_rights_leaves_nothing_behind() -> anyhow::Result<()> {
-    let _serial = serial().await;
+/// The opening of the tests of install's rights: the lock, a primary alone, its admin client and
+/// a directory for the callers' kubeconfigs.
+async fn primary_alone() -> anyhow::Result<(
+    MutexGuard<'static, ()>,
+    TestEnv,
+    kube::Client,
+    tempfile::TempDir,
+)> {
+    let serial = serial().await;
     let env = TestEnv::start(Options::with_remotes(0)).await?;
     let primary = env.primary().client().await?;
-    let dir = tempfile::tempdir()?;
+    Ok((serial, env, primary, tempfile::tempdir()?))
+}
+
+/// Whether the primary holds nothing of an install: no CRD, mesh namespace or mesh object.
+async fn nothing_installed(env: &TestEnv, primary: &kube::Client) -> anyhow::Result<bool> {
+    let crd = Api::<CustomResourceDefinition>::all(primary.clone())
+        .get_opt("meshclusters.kubectl-mesh.io")
+        .await?;
+    let ns = Api::<Namespace>::all(primary.clone())
+        .get_opt(MESH_NAMESPACE)
+        .await?;
+    Ok(crd.is_none() && ns.is_none() && mesh_objects_on_primary(env).await?.is_empty())
+}
+
+/// A kubeconfig in `dir` for a caller holding [`install_rights`] with `verbs`, and
+/// `role_verbs` on roles, everywhere on the primary.
+async fn install_caller(
+    env: &TestEnv,
+    dir: &std::path::Path,
+    verbs: &[&str],
+    role_verbs: &[&str],
+) -> anyhow::Result<std::path::PathBuf> {
+    let rights = [Grant::everywhere(install_rights("", verbs, role_verbs))];
+    kubeconfig_granting(env.primary(), dir, &rights).await
+}
+
+#[tokio::test]
+async fn install_refused_for_want_of_rights_leaves_nothing_behind() -> anyhow::Result<()> {
+    let (_serial, env, primary, dir) = primary_alone().await?;
     // Refused on a cluster-scoped object (nothing is created for the check), then on a
     // namespaced one (the namespace is, and goes again).
     for (missing, refused) in [
@@ -896,14 +930,7 @@ async fn install_refused_for_want_of_rights_leaves_nothing_behind() -> anyhow::R
             "{stderr}"
         );
         eventually("nothing of the install left", DEFAULT_TIMEOUT, || async {
-            let crd = Api::<CustomResourceDefinition>::all(primary.clone())
-                .get_opt("meshclusters.kubectl-mesh.io")
-                .await?;
-            let ns = Api::<Namespace>::all(primary.clone())
-                .get_opt(MESH_NAMESPACE)
-                .await?;
-            let left = mesh_objects_on_primary(&env).await?;
-            Ok((crd.is_none() && ns.is_none() && left.is_empty()).then_some(()))
+            Ok(nothing_installed(&env, &primary).await?.then_some(()))
         })
         .await?;
         let roles = Api::<ClusterRole>::all(primary.clone());
@@ -940,18 +967,10 @@ async fn install_refused_for_want_of_rights_leaves_nothing_behind() -> anyhow::R
 /// it is asked before anything is applied, and refused in one line, nothing changed.
 #[tokio::test]
 async fn install_asks_to_delete_only_what_exists_before_it_applies() -> anyhow::Result<()> {
-    let _serial = serial().await;
-    let env = TestEnv::start(Options::with_remotes(0)).await?;
-    let primary = env.primary().client().await?;
-    let dir = tempfile::tempdir()?;
+    let (_serial, env, primary, dir) = primary_alone().await?;
     let verbs = ["get", "list", "watch", "create", "patch"];
     let role_verbs = [&verbs[..], &["bind", "escalate"]].concat();
-    let no_delete = kubeconfig_granting(
-        env.primary(),
-        dir.path(),
-        &[Grant::everywhere(install_rights("", &verbs, &role_verbs))],
-    )
-    .await?;
+    let no_delete = install_caller(&env, dir.path(), &verbs, &role_verbs).await?;
     // A first install and a re-run, without a client CA, which there is none of to delete.
     for _ in 0..2 {
         let out = mesh_as(&no_delete, &["install"]).await?;
@@ -1029,12 +1048,7 @@ async fn install_asks_to_delete_only_what_exists_before_it_applies() -> anyhow::
     // Granted delete too, the same move goes through.
     let verbs = [&verbs[..], &["delete"]].concat();
     let role_verbs = [&role_verbs[..], &["delete"]].concat();
-    let with_delete = kubeconfig_granting(
-        env.primary(),
-        dir.path(),
-        &[Grant::everywhere(install_rights("", &verbs, &role_verbs))],
-    )
-    .await?;
+    let with_delete = install_caller(&env, dir.path(), &verbs, &role_verbs).await?;
     let out = mesh_as(&with_delete, &["install", "--webhook-url", url]).await?;
     assert_success(&out);
     assert!(deployments.get_opt("mesh-webhook").await?.is_none());
@@ -1049,10 +1063,7 @@ async fn install_asks_to_delete_only_what_exists_before_it_applies() -> anyhow::
 /// the CRD was applied, leaving it behind.
 #[tokio::test]
 async fn install_asks_for_its_reads_and_its_wait_before_it_applies() -> anyhow::Result<()> {
-    let _serial = serial().await;
-    let env = TestEnv::start(Options::with_remotes(0)).await?;
-    let primary = env.primary().client().await?;
-    let dir = tempfile::tempdir()?;
+    let (_serial, env, primary, dir) = primary_alone().await?;
     let reads = "namespaces named kubectl-mesh (get), \
                  mutatingwebhookconfigurations.admissionregistration.k8s.io named kubectl-mesh \
                  (get), secrets named mesh-webhook-tls in namespace kubectl-mesh (get)";
@@ -1064,12 +1075,7 @@ async fn install_asks_for_its_reads_and_its_wait_before_it_applies() -> anyhow::
         (&["create", "patch"], format!("{reads}, {wait}")),
     ] {
         let role_verbs = [verbs, &["bind", "escalate"]].concat();
-        let limited = kubeconfig_granting(
-            env.primary(),
-            dir.path(),
-            &[Grant::everywhere(install_rights("", verbs, &role_verbs))],
-        )
-        .await?;
+        let limited = install_caller(&env, dir.path(), verbs, &role_verbs).await?;
         let out = mesh_as(&limited, &["install"]).await?;
         assert_eq!(out.status.code(), Some(1), "{verbs:?}: {}", describe(&out));
         let stderr = text(&out.stderr);
@@ -1084,14 +1090,7 @@ async fn install_asks_for_its_reads_and_its_wait_before_it_applies() -> anyhow::
             "{verbs:?}: {stderr}"
         );
         assert!(!stderr.contains(" applied"), "{verbs:?}: {stderr}");
-        let crd = Api::<CustomResourceDefinition>::all(primary.clone())
-            .get_opt("meshclusters.kubectl-mesh.io")
-            .await?;
-        let ns = Api::<Namespace>::all(primary.clone())
-            .get_opt(MESH_NAMESPACE)
-            .await?;
-        assert!(crd.is_none() && ns.is_none(), "{verbs:?}: {crd:?} {ns:?}");
-        assert!(mesh_objects_on_primary(&env).await?.is_empty(), "{verbs:?}");
+        assert!(nothing_installed(&env, &primary).await?, "{verbs:?}");
     }
     Ok(())
 }
