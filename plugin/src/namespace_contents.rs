@@ -24,7 +24,22 @@ pub async fn why_keep(
     ns: &str,
     primary: Option<&str>,
 ) -> Result<Option<String>, kube::Error> {
-    Ok(kept_for(&foreign_objects(client, ns, primary).await?))
+    Ok(why_kept(client, ns, primary).await?.map(kept))
+}
+
+/// [`why_keep`]'s reason alone ("it holds ..."), for a caller that says it in words of its
+/// own.
+pub async fn why_kept(
+    client: &Client,
+    ns: &str,
+    primary: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
+    Ok(reason_to_keep(&foreign_objects(client, ns, primary).await?))
+}
+
+/// A reason to keep a namespace, as said after its name.
+fn kept(reason: String) -> String {
+    format!("kept: {reason}")
 }
 
 /// Deletes namespace `ns` if attach created it and it holds nothing else
@@ -87,18 +102,24 @@ pub fn created_by_attach(ns: &Namespace, owner: Option<(&str, &str)>) -> bool {
 }
 
 /// The decision of [`why_keep`] once `others` (what [`foreign_objects`] found) is known.
+#[cfg(test)]
 fn kept_for(others: &[String]) -> Option<String> {
+    reason_to_keep(others).map(kept)
+}
+
+/// The decision of [`why_kept`] once `others` (what [`foreign_objects`] found) is known.
+fn reason_to_keep(others: &[String]) -> Option<String> {
     if others.iter().all(|o| o.contains(UNLISTED)) {
         // Kinds that could not be listed alone: it may hold nothing, but nobody can tell.
         return (!others.is_empty()).then(|| {
             format!(
-                "kept: what it holds could not be told ({})",
+                "what it holds could not be told ({})",
                 printable::few(others)
             )
         });
     }
     Some(format!(
-        "kept: it holds objects attach did not create for this cluster ({})",
+        "it holds objects attach did not create for this cluster ({})",
         printable::few(others)
     ))
 }

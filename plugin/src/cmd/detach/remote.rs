@@ -29,7 +29,7 @@ use crate::{
     Error, Result,
     access::{self, Target},
     interrupt::Listener,
-    namespace_contents::why_keep,
+    namespace_contents::why_kept,
     output::Progress,
     remote_setup as setup,
 };
@@ -183,12 +183,11 @@ pub(super) async fn clean_remote(
             if ns.metadata.deletion_timestamp.is_some() {
                 return Ok(NamespaceOutcome::Deleting);
             }
-            let others = why_keep(client, MESH_NAMESPACE, Some(primary))
+            let others = why_kept(client, MESH_NAMESPACE, Some(primary))
                 .await
                 .map_err(fail("delete the mesh namespace"))?;
-            if let Some(kept) = others {
-                progress.warn(format!("{name}: Namespace {MESH_NAMESPACE} {kept}"));
-                let why = kept.strip_prefix("kept: ").unwrap_or(&kept).to_owned();
+            if let Some(why) = others {
+                progress.warn(format!("{name}: Namespace {MESH_NAMESPACE} kept: {why}"));
                 return Ok(NamespaceOutcome::Kept(Kept::Holds(why)));
             }
             delete(&namespaces, MESH_NAMESPACE, name, progress)
