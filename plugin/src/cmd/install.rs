@@ -942,6 +942,11 @@ pub(crate) mod tests {
         );
     }
 
+    /// A fresh serving certificate for the in-cluster webhook, unlike any other.
+    fn any_cert() -> ServingCert {
+        render::generate_serving_cert(&render::serving_sans(None)).unwrap()
+    }
+
     /// What install does with `--webhook-cert-dir` once everything is applied.
     fn write_cert_dir(dir: &Path, cert: &ServingCert) {
         StagedCertDir::write(dir, cert).unwrap().commit().unwrap();
@@ -951,10 +956,7 @@ pub(crate) mod tests {
     #[test]
     fn a_cert_dir_switches_when_it_held_another_certificate() {
         let dir = tempfile::tempdir().unwrap();
-        let (old, new) = (
-            render::generate_serving_cert(&render::serving_sans(None)).unwrap(),
-            render::generate_serving_cert(&render::serving_sans(None)).unwrap(),
-        );
+        let (old, new) = (any_cert(), any_cert());
         assert!(holds_another_cert(dir.path(), &new));
         write_cert_dir(dir.path(), &old);
         assert!(holds_another_cert(dir.path(), &new));
@@ -967,10 +969,7 @@ pub(crate) mod tests {
     #[test]
     fn only_a_webhook_outside_the_cluster_switches_to_its_cert_dir() {
         let dir = tempfile::tempdir().unwrap();
-        let (old, kept) = (
-            render::generate_serving_cert(&render::serving_sans(None)).unwrap(),
-            render::generate_serving_cert(&render::serving_sans(None)).unwrap(),
-        );
+        let (old, kept) = (any_cert(), any_cert());
         let by_url = Options {
             webhook_url: Some(WebhookUrl::parse("https://10.0.0.5:8443/mutate").unwrap()),
             ..Options::default()
@@ -995,7 +994,7 @@ pub(crate) mod tests {
     #[test]
     fn cert_dir_files_and_modes() {
         let dir = std::env::temp_dir().join(format!("kubectl-mesh-certdir-{}", std::process::id()));
-        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        let cert = any_cert();
         write_cert_dir(&dir, &cert);
         // Twice: a re-run replaces the files.
         write_cert_dir(&dir, &cert);
@@ -1035,9 +1034,9 @@ pub(crate) mod tests {
             names.sort();
             names
         };
-        let old = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        let old = any_cert();
         write_cert_dir(&dir, &old);
-        let new = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        let new = any_cert();
         let staged = StagedCertDir::write(&dir, &new).unwrap();
         let ca = dir.join(render::CA_CRT);
         assert_eq!(std::fs::read_to_string(&ca).unwrap(), old.ca_pem);
@@ -1085,7 +1084,7 @@ pub(crate) mod tests {
         std::fs::write(&path, "not a certificate").unwrap();
         let err = read_client_ca(&path).unwrap_err();
         assert!(err.to_string().starts_with("--client-ca-file "), "{err}");
-        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        let cert = any_cert();
         std::fs::write(&path, &cert.ca_pem).unwrap();
         assert_eq!(read_client_ca(&path).unwrap(), cert.ca_pem);
         assert!(read_client_ca(&dir.path().join("missing")).is_err());
@@ -1095,7 +1094,7 @@ pub(crate) mod tests {
     fn allowed_client_names_are_trimmed_and_none_may_be_empty() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ca.crt");
-        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        let cert = any_cert();
         std::fs::write(&path, &cert.ca_pem).unwrap();
         let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         let auth = client_auth(&path, &names(&[" kube-apiserver", "front-proxy "])).unwrap();
@@ -1215,7 +1214,7 @@ pub(crate) mod tests {
     #[test]
     fn dry_run_outputs() {
         let options = Options::default();
-        let cert = render::generate_serving_cert(&render::serving_sans(None)).unwrap();
+        let cert = any_cert();
         let manifests = render::render(&options, &cert).unwrap();
         let table = dry_run_output(OutputFormat::Table, &manifests).unwrap();
         assert!(table.starts_with("KIND "), "{table}");
