@@ -13,7 +13,7 @@ use mesh_core::{
     cluster::{CONDITION_REACHABLE, CONDITION_SYNCED, KUBECONFIG_KEY, MeshCluster},
     failure::{Failure, error_chain},
     injection::{self, Readiness},
-    labels::SyncRule,
+    labels::{Labels, SyncRule},
     printable::few,
     remote::Identity,
 };
@@ -153,6 +153,24 @@ pub struct Mesh<'a> {
     pub rule: &'a SyncRule,
     /// The time expiries are compared with.
     pub now: Timestamp,
+}
+
+impl Mesh<'_> {
+    /// The remote `namespaces` the rule covers, each by name with its labels once synced from
+    /// `primary`.
+    fn once_synced<'n>(
+        &'n self,
+        primary: &'n BTreeMap<String, Namespace>,
+        namespaces: &'n [Namespace],
+    ) -> impl Iterator<Item = (String, Labels)> + 'n {
+        let covered = namespaces.iter().filter(|ns| self.rule.covers(ns));
+        covered.map(|ns| {
+            let name = ns.name_any();
+            let desired = self.rule.desired(primary.get(&name));
+            let labels = self.rule.after_sync(&desired, ns);
+            (name, labels)
+        })
+    }
 }
 
 /// The valid stored kubeconfig of a cluster, or the check `what` failed for want of one.
@@ -571,14 +589,7 @@ fn injection_result(
         }
     };
     let (mut served, mut unserved, mut conflicts) = (0, Vec::new(), Vec::new());
-    for ns in namespaces {
-        let ns_name = ns.name_any();
-        if !mesh.rule.covers(ns) {
-            continue;
-        }
-        let labels = mesh
-            .rule
-            .after_sync(&mesh.rule.desired(primary.get(&ns_name)), ns);
+    for (ns_name, labels) in mesh.once_synced(primary, namespaces) {
         if let Some(conflict) = injection::requested(&labels).conflict {
             conflicts.push(format!("{ns_name} ({conflict})"));
         }
@@ -589,12 +600,10 @@ fn injection_result(
         }
     }
     if !unserved.is_empty() {
+        let unserved = few(&unserved);
         return CheckResult::error(
             what,
-            format!(
-                "no injector for {}: their pods will not get sidecars",
-                few(&unserved)
-            ),
+            format!("no injector for {unserved}: their pods will not get sidecars"),
             format!(
                 "install that Istio revision (or a revision tag of that name) on {name}, or \
                  change the label on the primary"
@@ -602,11 +611,12 @@ fn injection_result(
         );
     }
     if !conflicts.is_empty() {
+        let conflicts = few(&conflicts);
         return CheckResult::warning(
             what,
             format!(
-                "istio-injection and istio.io/rev both set on {}: Istio ignores istio.io/rev",
-                few(&conflicts)
+                "istio-injection and istio.io/rev both set on {conflicts}: Istio ignores \
+                 istio.io/rev"
             ),
             "remove one of the two labels on the primary",
         );
@@ -629,76 +639,59 @@ fn pods_result(
     view: &ViewFacts,
 ) -> Option<CheckResult> {
     let what = "pods match their namespace's sidecar labels";
+    let not_checked = |why: String, hint: String| {
+        Some(CheckResult::warning(
+            what,
+            format!("not checked: {why}"),
+            hint,
+        ))
+    };
+    let store_fresh = || {
+        format!("re-run `kubectl mesh attach` for {name} with --services-view to store fresh ones")
+    };
     let (source, pods) = match view {
         ViewFacts::None { istio_unread: None } => return None,
         ViewFacts::None {
             istio_unread: Some(why),
         } => {
-            return Some(CheckResult::warning(
-                what,
-                format!("not checked: {}", crate::view::no_credentials(Some(why))),
+            return not_checked(
+                crate::view::no_credentials(Some(why)),
                 format!(
                     "run `{}`, or check as a caller who may read Secrets in {}",
                     crate::view::enable_command(name),
                     setup::ISTIO_NAMESPACE
                 ),
-            ));
+            );
         }
         ViewFacts::Unusable { source, error } => {
-            return Some(CheckResult::warning(
-                what,
-                format!("not checked: the {source} credentials cannot be used: {error}"),
-                format!(
-                    "re-run `kubectl mesh attach` for {name} with --services-view to store fresh \
-                     ones"
-                ),
-            ));
+            let why = format!("the {source} credentials cannot be used: {error}");
+            return not_checked(why, store_fresh());
         }
         // Attaching again would not help: the error says what would.
         ViewFacts::Unreadable { source, error } => {
-            return Some(CheckResult::warning(
-                what,
-                format!("not checked: the {source} credentials cannot be read: {error}"),
-                "",
-            ));
+            let why = format!("the {source} credentials cannot be read: {error}");
+            return not_checked(why, String::new());
         }
         ViewFacts::Read { source, pods, .. } => (source, pods),
     };
     let pods = match pods {
         Ok(pods) => pods,
         Err(e) => {
-            return Some(CheckResult::warning(
-                what,
-                format!("not checked: cannot list pods with the {source} credentials: {e}"),
-                format!(
-                    "re-run `kubectl mesh attach` for {name} with --services-view to store fresh \
-                     ones"
-                ),
-            ));
+            let why = format!("cannot list pods with the {source} credentials: {e}");
+            return not_checked(why, store_fresh());
         }
     };
     let (Ok(primary), Ok(namespaces)) = (mesh.primary_namespaces.as_ref(), namespaces) else {
-        return Some(CheckResult::warning(
-            what,
-            "not checked: namespaces could not be read",
-            "",
-        ));
+        return not_checked("namespaces could not be read".to_owned(), String::new());
     };
     // Unknown injectors: the labels are trusted (the injection check says why they are not
     // known).
     let injectors = injectors.as_ref().ok().map(Vec::as_slice);
     let (mut checked, mut contrary, mut where_, mut to_restart) = (0, 0, Vec::new(), Vec::new());
-    for ns in namespaces {
-        let ns_name = ns.name_any();
-        if !mesh.rule.covers(ns) {
-            continue;
-        }
+    for (ns_name, labels) in mesh.once_synced(primary, namespaces) {
         let Some(here) = pods.get(&ns_name) else {
             continue;
         };
-        let labels = mesh
-            .rule
-            .after_sync(&mesh.rule.desired(primary.get(&ns_name)), ns);
         let found = injection::contrary_pods(&ns_name, &labels, injectors, here).len();
         checked += here.len();
         if found > 0 {
