@@ -325,6 +325,7 @@ fn elapsed(deadline: Duration) -> BoxError {
 mod tests {
     use super::*;
     use crate::failure::{Failure, error_chain};
+    use crate::fixtures::assert_chain_ends_with;
     use futures::StreamExt as _;
     use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
     use k8s_openapi::api::core::v1::Namespace;
@@ -498,10 +499,9 @@ mod tests {
         api.list(&Default::default()).await.expect("listed");
         let api: Api<Namespace> = Api::all(answering_few_elements(vec![list(ELEMENTS)]));
         let error = api.list(&Default::default()).await.expect_err("refused");
-        let chain = error_chain(&error);
-        assert!(
-            chain.ends_with("the answer ran past 1000 JSON elements, and was refused"),
-            "{chain}"
+        assert_chain_ends_with(
+            &error,
+            "the answer ran past 1000 JSON elements, and was refused",
         );
     }
 
@@ -550,10 +550,9 @@ mod tests {
         let api: Api<Namespace> = Api::all(answering(vec![list_of(2 * MAX)]));
         let error = api.list(&Default::default()).await.expect_err("refused");
         assert_eq!(Failure::of(&error), Failure::Other, "{error}");
-        let chain = error_chain(&error);
-        assert!(
-            chain.ends_with("the answer ran past 1 MiB without a line break, and was refused"),
-            "{chain}"
+        assert_chain_ends_with(
+            &error,
+            "the answer ran past 1 MiB without a line break, and was refused",
         );
     }
 
@@ -568,11 +567,7 @@ mod tests {
         lines.push("]}\n".to_owned());
         let api: Api<Namespace> = Api::all(answering(lines));
         let error = api.list(&Default::default()).await.expect_err("refused");
-        let chain = error_chain(&error);
-        assert!(
-            chain.ends_with("the answer ran past 1 MiB, and was refused"),
-            "{chain}"
-        );
+        assert_chain_ends_with(&error, "the answer ran past 1 MiB, and was refused");
     }
 
     #[test]

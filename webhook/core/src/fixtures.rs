@@ -142,6 +142,13 @@ pub fn proptest_config() -> proptest::test_runner::Config {
     }
 }
 
+/// Asserts that `error`'s chain of causes ([`crate::failure::error_chain`]) ends with `ending`.
+#[track_caller]
+pub fn assert_chain_ends_with(error: &(dyn std::error::Error + 'static), ending: &str) {
+    let chain = crate::failure::error_chain(error);
+    assert!(chain.ends_with(ending), "{chain}");
+}
+
 /// Labels from pairs.
 pub fn labels(pairs: &[(&str, &str)]) -> crate::labels::Labels {
     pairs

@@ -94,8 +94,9 @@ mod tests {
     use kube::ResourceExt;
 
     use super::*;
-    use crate::failure::{Failure, error_chain};
+    use crate::failure::Failure;
     use crate::fake_apiserver::FakeApiserver;
+    use crate::fixtures::assert_chain_ends_with;
 
     fn with_namespaces(count: usize) -> FakeApiserver {
         (0..count).fold(FakeApiserver::default(), |server, i| {
@@ -147,11 +148,7 @@ mod tests {
     #[tokio::test]
     async fn an_endless_list_is_refused_past_the_most_objects() {
         let (error, server) = endless_list_of(PAGE as usize).await;
-        let chain = error_chain(&error);
-        assert!(
-            chain.ends_with("the list ran past 100000 objects, and was refused"),
-            "{chain}"
-        );
+        assert_chain_ends_with(&error, "the list ran past 100000 objects, and was refused");
         assert_eq!(server.state().lists, MAX_OBJECTS / PAGE as usize + 1);
         // The remote answered: its sync fails, and Reachable stays as it is.
         assert_eq!(Failure::of(&error), Failure::Other);
@@ -170,22 +167,14 @@ mod tests {
             .await
             .expect("the list ends")
             .expect_err("refused");
-        let chain = error_chain(&error);
-        assert!(
-            chain.ends_with("ran past 300000 objects, and was refused"),
-            "{chain}"
-        );
+        assert_chain_ends_with(&error, "ran past 300000 objects, and was refused");
     }
 
     /// As above: a remote whose pages hold nothing, and never end.
     #[tokio::test]
     async fn an_endless_list_of_empty_pages_is_refused_past_the_most_pages() {
         let (error, server) = endless_list_of(0).await;
-        let chain = error_chain(&error);
-        assert!(
-            chain.ends_with("the list ran past 400 pages, and was refused"),
-            "{chain}"
-        );
+        assert_chain_ends_with(&error, "the list ran past 400 pages, and was refused");
         assert_eq!(server.state().lists, MAX_PAGES);
     }
 

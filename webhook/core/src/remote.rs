@@ -804,8 +804,8 @@ mod tests {
     use crate::{
         fake_apiserver::FakeApiserver,
         fixtures::{
-            SilentServer, TOKEN_KUBECONFIG, assert_each_cause_prints_once, mesh_cluster,
-            refused_connection, stored_credentials,
+            SilentServer, TOKEN_KUBECONFIG, assert_chain_ends_with, assert_each_cause_prints_once,
+            mesh_cluster, refused_connection, stored_credentials,
         },
     };
     use k8s_openapi::ByteString;
@@ -834,8 +834,7 @@ mod tests {
             .await
             .expect_err("no handshake");
         assert_eq!(Failure::of(&error), Failure::TimedOut, "{error}");
-        let chain = error_chain(&error);
-        assert!(chain.ends_with("(Connect): timed out"), "{chain}");
+        assert_chain_ends_with(&error, "(Connect): timed out");
     }
 
     /// [`TOKEN_KUBECONFIG`] for `server`, whose serving certificate is `ca`.
