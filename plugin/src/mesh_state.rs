@@ -698,6 +698,9 @@ mod tests {
         assert_eq!(remote.state().lists, 3, "one request a page");
     }
 
+    /// What a list that ran past [`list::MAX_OBJECTS`] ends with.
+    const RAN_PAST: &str = "the list ran past 100000 objects, and was refused";
+
     /// The commands kept a remote's namespaces whole, those no apiserver could hold too (a
     /// stored kubeconfig may point at any server), and listed them within the bound of pods
     /// (300,000 objects) where a sync, and the README, bound them at 100,000.
@@ -731,12 +734,7 @@ mod tests {
         let error = remote_namespaces(&endless.client())
             .await
             .expect_err("refused");
-        assert!(
-            error
-                .to_string()
-                .ends_with("the list ran past 100000 objects, and was refused"),
-            "{error}"
-        );
+        assert!(error.to_string().ends_with(RAN_PAST), "{error}");
     }
 
     /// As above, for the injectors: within the bound of a namespace list.
@@ -756,12 +754,7 @@ mod tests {
             (http::StatusCode::OK, list)
         });
         let error = remote_injectors(&client).await.expect_err("refused");
-        assert!(
-            error
-                .to_string()
-                .ends_with("the list ran past 100000 objects, and was refused"),
-            "{error}"
-        );
+        assert!(error.to_string().ends_with(RAN_PAST), "{error}");
         assert_eq!(
             requests.all().len(),
             list::MAX_OBJECTS / list::PAGE as usize + 1
