@@ -91,22 +91,15 @@ impl Rotation<'_> {
             {
                 return stopped(phase, old_works);
             }
-            let created = self.create_token_secret(&standby, account, bound).await?;
+            // Stopped from here on, the rotation has issued the standby's token.
             phase = Phase::Unchanged {
                 standby_issued: true,
                 expired: !current_works,
             };
-            let created_standby = || format!("Secret {MESH_NAMESPACE}/{standby} created");
-            self.stall(Step::TokenSecret, created_standby).await;
-            let issued = self.token_of(&created, &standby, account, bound);
-            let token = match listener.unless(issued).await.transpose()? {
-                Some(token) if !listener.received() => token,
-                _ => return stopped(phase, old_works),
+            let Some(token) = self.issue_and_store(holder, &standby, bound).await? else {
+                return stopped(phase, old_works);
             };
-            self.store(holder, &token).await?;
             phase = Phase::OnStandby;
-            self.stall(Step::PrimarySecret, || "new token stored".to_owned())
-                .await;
             (Some(token), current_works)
         };
         // The standby's token is stored and in use, checked up to the revocation: an attach
@@ -124,18 +117,10 @@ impl Rotation<'_> {
         if listener.unless(self.gone(own)).await.transpose()?.is_none() || listener.received() {
             return stopped(phase, old_works);
         }
-        let created = self.create_token_secret(own, account, bound).await?;
-        let created_own = || format!("Secret {MESH_NAMESPACE}/{own} created");
-        self.stall(Step::TokenSecret, created_own).await;
-        let issued = self.token_of(&created, own, account, bound);
-        let token = match listener.unless(issued).await.transpose()? {
-            Some(token) if !listener.received() => token,
-            _ => return stopped(phase, old_works),
+        let Some(token) = self.issue_and_store(holder, own, bound).await? else {
+            return stopped(phase, old_works);
         };
-        self.store(holder, &token).await?;
         phase = Phase::Back;
-        self.stall(Step::PrimarySecret, || "new token stored".to_owned())
-            .await;
         let settled = self.settled(holder, Some(&token), true);
         if listener.unless(settled).await.transpose()?.is_none() || listener.received() {
             return stopped(phase, old_works);
@@ -145,6 +130,30 @@ impl Rotation<'_> {
         // interruption ends the wait for the Secret to go.
         listener.unless(self.gone(&standby)).await.transpose()?;
         Ok(None)
+    }
+
+    /// Issues a new token of `holder`'s account in the Secret `name` (created here) and stores
+    /// it for `holder`; `None`, with nothing stored, where an interruption ended the wait for
+    /// the token.
+    async fn issue_and_store(
+        &self,
+        holder: Holder,
+        name: &str,
+        bound: Option<Duration>,
+    ) -> Result<Option<String>> {
+        let account = holder.account();
+        let created = self.create_token_secret(name, account, bound).await?;
+        let created_name = || format!("Secret {MESH_NAMESPACE}/{name} created");
+        self.stall(Step::TokenSecret, created_name).await;
+        let issued = self.token_of(&created, name, account, bound);
+        let token = match self.listener.unless(issued).await.transpose()? {
+            Some(token) if !self.listener.received() => token,
+            _ => return Ok(None),
+        };
+        self.store(holder, &token).await?;
+        self.stall(Step::PrimarySecret, || "new token stored".to_owned())
+            .await;
+        Ok(Some(token))
     }
 
     /// When `KUBECTL_MESH_STALL_IN` names `step`, whose object `stored` says was just
