@@ -46,6 +46,14 @@ async fn mesh(env: &TestEnv, args: &[&str]) -> anyhow::Result<Output> {
     output(cmd).await
 }
 
+/// Attaches `remote` (the fixture, default options) under a fresh name made of `prefix`;
+/// returns that name.
+async fn attach_anew(env: &TestEnv, remote: &Cluster, prefix: &str) -> anyhow::Result<String> {
+    let name = unique_name(prefix);
+    fixtures::attach(env, remote, &name, Default::default()).await?;
+    Ok(name)
+}
+
 async fn labels_of(client: &Client, name: &str) -> BTreeMap<String, String> {
     Api::<Namespace>::all(client.clone())
         .get(name)
@@ -233,8 +241,7 @@ async fn requests_through(env: &TestEnv, schema: &str) -> anyhow::Result<f64> {
 #[tokio::test]
 async fn list_reads_secrets_only_for_the_format_that_shows_token_expiries() -> anyhow::Result<()> {
     let (_serial, env) = serial().await;
-    let name = unique_name("east");
-    fixtures::attach(env, &env.remotes()[0], &name, Default::default()).await?;
+    let name = attach_anew(env, &env.remotes()[0], "east").await?;
     let rules = json!([{"apiGroups": [mesh_core::GROUP], "resources": ["meshclusters"],
         "verbs": ["get", "list"]}]);
     let caller = kubeconfig_granting(env.primary(), env.dir(), &[Grant::everywhere(rules)]).await?;
@@ -276,8 +283,7 @@ async fn list_reads_secrets_only_for_the_format_that_shows_token_expiries() -> a
 async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
     let (_serial, env) = serial().await;
     let remote = &env.remotes()[0];
-    let name = unique_name("drift");
-    fixtures::attach(env, remote, &name, Default::default()).await?;
+    let name = attach_anew(env, remote, "drift").await?;
     let primary = env.primary().client().await?;
     let remote_client = remote.client().await?;
     let ns = unique_name("app");
@@ -413,8 +419,7 @@ async fn status_shows_drift_and_sync_converges_it() -> anyhow::Result<()> {
 async fn without_the_webhook_configuration_the_rule_is_unknown_and_nothing_is_synced()
 -> anyhow::Result<()> {
     let (_serial, env) = serial().await;
-    let name = unique_name("norule");
-    fixtures::attach(env, &env.remotes()[0], &name, Default::default()).await?;
+    let name = attach_anew(env, &env.remotes()[0], "norule").await?;
     let configurations = Api::<MutatingWebhookConfiguration>::all(env.primary().client().await?);
     let saved = configurations.get("kubectl-mesh").await?;
     configurations
@@ -459,10 +464,8 @@ async fn without_the_webhook_configuration_the_rule_is_unknown_and_nothing_is_sy
 #[tokio::test]
 async fn unreachable_remote_is_a_column_in_status_and_a_failure_in_sync() -> anyhow::Result<()> {
     let (_serial, env) = serial().await;
-    let up = unique_name("up");
-    let down = unique_name("down");
-    fixtures::attach(env, &env.remotes()[0], &up, Default::default()).await?;
-    fixtures::attach(env, &env.remotes()[1], &down, Default::default()).await?;
+    let up = attach_anew(env, &env.remotes()[0], "up").await?;
+    let down = attach_anew(env, &env.remotes()[1], "down").await?;
     fixtures::point_at(env, &down, "https://127.0.0.1:1").await?;
     let primary = env.primary().client().await?;
     let ns = unique_name("seen");
@@ -541,10 +544,9 @@ fn marked(stdout: &str, mark: char) -> Vec<&str> {
 async fn check_reports_a_dead_webhook_then_revoked_rbac() -> anyhow::Result<()> {
     let (_serial, env) = serial().await;
     let remote = &env.remotes()[0];
-    let name = unique_name("checked");
     // Another test may have installed a webhook URL of its own.
     fixtures::install_again(env).await?;
-    fixtures::attach(env, remote, &name, Default::default()).await?;
+    let name = attach_anew(env, remote, "checked").await?;
 
     // Healthy but for the webhook, which nobody runs: exactly one ×.
     let out = check(env, remote).await?;
@@ -757,8 +759,7 @@ async fn kubectl_finds_the_plugin_on_path() -> anyhow::Result<()> {
         "No clusters attached. Attach one with: kubectl mesh attach <kubeconfig>\n"
     );
 
-    let name = unique_name("found");
-    fixtures::attach(env, &env.remotes()[0], &name, Default::default()).await?;
+    let name = attach_anew(env, &env.remotes()[0], "found").await?;
     let out = output(kubectl(&["mesh", "list", "--kubeconfig", &primary])).await?;
     assert_success(&out);
     assert!(
