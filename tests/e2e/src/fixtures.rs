@@ -8,6 +8,7 @@
 //! scope, a token and the guard; on the primary the `cluster-<name>` Secret holding the stored kubeconfig
 //! (built with `kubeconfig::build_stored_kubeconfig`) and the MeshCluster.
 
+use std::ffi::OsStr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -79,7 +80,7 @@ pub fn merged_kubeconfig_invocation(
 
 /// `kubectl-mesh <args>` without colours and with a kubeconfig that does not exist, not yet
 /// run: for what needs no cluster (`--dry-run` renderings, refused flags).
-pub fn offline_invocation(args: &[&str]) -> anyhow::Result<Command> {
+pub fn offline_invocation(args: &[impl AsRef<OsStr>]) -> anyhow::Result<Command> {
     let mut cmd = workspace_plugin()?;
     cmd.args(args)
         .env("KUBECONFIG", "/nonexistent/kubeconfig")

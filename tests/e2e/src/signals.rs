@@ -1,6 +1,8 @@
 //! Real signals sent to the plugin's processes at a chosen moment of their run: what Ctrl-C,
 //! a cancelled CI job or a dropped SSH session do.
 
+use std::path::Path;
+
 use anyhow::{Context as _, ensure};
 
 use crate::DEFAULT_TIMEOUT;
@@ -75,9 +77,28 @@ pub async fn signalled_after_doing(
 
 /// The command an interrupted `kubectl mesh` run says finishes it: `kubectl mesh` and `words`,
 /// each quoted as the plugin quotes them for a shell.
-pub fn rerun_line(words: &[&str]) -> String {
+pub fn rerun_line(words: &[impl AsRef<str>]) -> String {
     let quoted: Vec<String> = (words.iter())
-        .map(|word| kubectl_mesh::render::shell_word(word))
+        .map(|word| kubectl_mesh::render::shell_word(word.as_ref()))
         .collect();
     format!("kubectl mesh {}", quoted.join(" "))
+}
+
+/// The words of the re-run an interrupted `kubectl mesh <command> <name>` says finishes it
+/// when it was given neither kubeconfig: it names both, the remote's and the primary's.
+pub fn rerun_naming_kubeconfigs(
+    command: &str,
+    name: &str,
+    remote_kubeconfig: &Path,
+    primary_kubeconfig: &Path,
+) -> Vec<String> {
+    let path = |kubeconfig: &Path| kubeconfig.to_string_lossy().into_owned();
+    vec![
+        command.to_owned(),
+        name.to_owned(),
+        "--remote-kubeconfig".to_owned(),
+        path(remote_kubeconfig),
+        "--kubeconfig".to_owned(),
+        path(primary_kubeconfig),
+    ]
 }

@@ -17,7 +17,9 @@ use mesh_e2e::{
     DEFAULT_TIMEOUT,
     callers::{Grant, kubeconfig_granting, mesh_as},
     create_labelled_namespace, create_namespace, eventually, fixtures, namespace_labels,
-    patch_labels, unique_name,
+    patch_labels,
+    signals::{rerun_line, rerun_naming_kubeconfigs},
+    unique_name,
 };
 use serde_json::json;
 
@@ -76,8 +78,7 @@ async fn detach_of_an_unreachable_remote_needs_force_and_can_finish_later() -> a
     );
 
     // Once reachable, a re-run finds the leftovers by label.
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await
+    detach_leaving_nothing(env, remote, name).await
 }
 
 /// A forced detach goes on without a remote whose recorded context lost its cluster (as
@@ -386,8 +387,7 @@ async fn a_detach_that_times_out_on_the_namespace_says_to_re_run_and_a_re_run_fi
     namespaces
         .patch(MESH_NS, &PatchParams::default(), &hold(json!(null)))
         .await?;
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }
 
 /// After a forced detach the MeshCluster and its scope are gone from the primary: a re-run
@@ -476,8 +476,7 @@ async fn a_re_attach_after_a_forced_detach_keeps_the_recorded_scope() -> anyhow:
         std::slice::from_ref(&outside),
         "{scope:?}"
     );
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await
+    detach_leaving_nothing(env, remote, name).await
 }
 
 /// Ctrl-C while detach revokes the tokens (stalled after the first token Secret) ended it
@@ -502,16 +501,13 @@ async fn an_interrupted_detach_stops_between_two_stages_and_a_re_run_finishes_it
     let said = seen.join("\n");
     ensure!(status.code() == Some(1), "{status}: {said}");
     let last = seen.last().map(String::as_str).unwrap_or_default();
-    let primary = env.primary().kubeconfig.to_string_lossy().into_owned();
-    let rerun = [
+    let rerun = rerun_naming_kubeconfigs(
         "detach",
         name,
-        "--remote-kubeconfig",
-        &kubeconfig,
-        "--kubeconfig",
-        &primary,
-    ];
-    let line = mesh_e2e::signals::rerun_line(&rerun);
+        &remote.kubeconfig,
+        &env.primary().kubeconfig,
+    );
+    let line = rerun_line(&rerun);
     let expected = format!(
         "error: interrupted; {name} is detached in part: done: the remote's guard deleted and \
          tokens revoked; not done: the remote's sync scope, identities and namespace \

@@ -8,7 +8,7 @@ use kube::{
 };
 use kubectl_mesh::cmd::attach::{Step, hooks::STALLED};
 use mesh_core::{MESH_NAMESPACE, cluster::MeshCluster};
-use mesh_e2e::signals::signalled_after;
+use mesh_e2e::signals::{rerun_line, rerun_naming_kubeconfigs, signalled_after};
 use mesh_e2e::tokens::{answer_to, revoked, token_of};
 use mesh_e2e::{
     assert_success, describe,
@@ -137,8 +137,7 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
     use tokio::io::{AsyncBufReadExt, BufReader};
 
     let (env, _mesh, remote, _) = one_remote(&[], &[], "ctrl-c").await?;
-    let name = remote.name.clone();
-    let mut seen_stored = vec![stored_sync(&env, &name).await?];
+    let mut seen_stored = vec![stored_sync(&env, &remote.name).await?];
 
     // A whole rotation prints seven lines (five when a previous one stopped on the standby),
     // and one more each time it waits for the webhook: interrupt after the first, then the
@@ -177,7 +176,7 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
             }
         }
 
-        let stored = stored_sync(&env, &name).await?;
+        let stored = stored_sync(&env, &remote.name).await?;
         assert_eq!(
             answer_to(&stored).await?,
             201,
@@ -194,7 +193,7 @@ async fn ctrl_c_at_any_step_leaves_working_credentials_and_a_rerun_revokes_the_r
 
     let rerun = rotate(&env, &remote).await?;
     assert_success(&rerun);
-    let last = stored_sync(&env, &name).await?;
+    let last = stored_sync(&env, &remote.name).await?;
     assert_eq!(answer_to(&last).await?, 201);
     assert!(
         seen_stored.len() >= 3,
@@ -281,17 +280,13 @@ async fn ctrl_c_before_the_revocation_says_the_old_token_is_valid_and_a_rerun_re
     let (seen, status) = signalled_after(command, STALLED, "INT", DEADLINE).await?;
     let said = seen.join("\n");
     assert_eq!(status.code(), Some(1), "{said}");
-    let remote_kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
-    let primary = env.primary().kubeconfig.to_string_lossy().into_owned();
-    let rerun = [
+    let rerun = rerun_naming_kubeconfigs(
         "rotate",
         &name,
-        "--remote-kubeconfig",
-        &remote_kubeconfig,
-        "--kubeconfig",
-        &primary,
-    ];
-    let line = mesh_e2e::signals::rerun_line(&rerun);
+        &remote.kubeconfig,
+        &env.primary().kubeconfig,
+    );
+    let line = rerun_line(&rerun);
     let expected = format!(
         "error: interrupted; {name}: the new token of ServiceAccount \
          kubectl-mesh/kubectl-mesh-sync (Secret kubectl-mesh/{STANDBY}) is stored and valid; \
