@@ -341,6 +341,5 @@ async fn only_a_re_attach_warns_of_an_istio_secret_the_caller_may_not_read() -> 
     let again = succeeded(&mesh_as(&caller, &attach).await?, "attach again")?;
     assert!(again.contains(unknown), "{again}");
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }

@@ -34,8 +34,7 @@ async fn check_verifies_the_guard_with_the_stored_credentials_only() -> anyhow::
     let result = guard_checks(env, remote, name).await;
     mesh.stop_webhook(env)?;
     result?;
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await
+    detach_leaving_nothing(env, remote, name).await
 }
 
 async fn guard_checks(env: &TestEnv, remote: &Cluster, name: &str) -> anyhow::Result<()> {
@@ -288,8 +287,7 @@ async fn check_of_an_older_attach_falls_back_to_the_users_context() -> anyhow::R
     );
     check_until(env, "the rights back to exactly", name, RIGHTS_CHECK, "ok").await?;
 
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await
+    detach_leaving_nothing(env, remote, name).await
 }
 
 /// The description of check's sync scope check.
@@ -343,6 +341,5 @@ async fn check_finds_a_sync_scope_policy_that_lets_other_changes_through() -> an
         "{report:#?}"
     );
 
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await
+    detach_leaving_nothing(env, remote, name).await
 }

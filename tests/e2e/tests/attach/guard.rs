@@ -251,8 +251,7 @@ async fn reattach_with_another_primary_name_updates_the_guard() -> anyhow::Resul
     attach(env, remote, &["--primary-name", "somewhere"]).await?;
     guard_check_passes(env, name).await?;
 
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await?;
+    detach_leaving_nothing(env, remote, name).await?;
     delete_namespace(remote, &ns).await
 }
 
@@ -302,6 +301,5 @@ async fn a_re_run_without_guard_flags_keeps_the_deny_guard_and_its_primary_name(
     assert!(progress.contains("remote guard deny"), "{progress}");
     assert_eq!(kept().await?, deny_from_elsewhere);
 
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await
+    detach_leaving_nothing(env, remote, name).await
 }

@@ -210,8 +210,7 @@ async fn attach_creates_both_sides_and_detach_removes_everything() -> anyhow::Re
         .await?;
     assert_eq!(secret.owner_references().len(), 1, "ownerReference kept");
 
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await?;
+    detach_leaving_nothing(env, remote, name).await?;
 
     // Detaching again: nothing is attached under that name.
     let out = mesh(env, &["detach", name], &[]).await?;
@@ -331,6 +330,5 @@ async fn services_view_is_a_read_only_identity_that_detach_removes() -> anyhow::
             .contains(&format!("Secret cluster-{name}-view"))
     );
 
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await
+    detach_leaving_nothing(env, remote, name).await
 }

@@ -477,8 +477,7 @@ async fn install_on_an_attached_remote_is_refused() -> anyhow::Result<()> {
         "{line}"
     );
     succeeded(&dry_run, "install --dry-run on an attached remote")?;
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }
 
 /// What install would change on `cluster`: the kubectl-mesh namespace's labels and

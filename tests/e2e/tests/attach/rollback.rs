@@ -298,8 +298,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
         .await
         .context("istiod's reader lists pods")?;
 
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await?;
+    detach_leaving_nothing(env, remote, name).await?;
     eventually("istio-system as before", DEFAULT_TIMEOUT, || async {
         Ok((istio_system_exists(&primary).await? == istio_system_before).then_some(()))
     })
@@ -359,8 +358,7 @@ async fn a_failed_re_run_puts_back_what_it_changed() -> anyhow::Result<()> {
     ensure!(after.1 == before.1, "the guard was not put back");
     ensure!(after.2 == before.2, "the MeshCluster was not put back");
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }
 
 /// A real Ctrl-C while a re-run's change of the remote's sync scope is stored but its answer
@@ -390,6 +388,5 @@ async fn ctrl_c_while_an_update_is_in_flight_puts_it_back() -> anyhow::Result<()
         seen.join("\n")
     );
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }

@@ -134,8 +134,7 @@ async fn the_stored_token_may_change_only_managed_labels() -> anyhow::Result<()>
     )
     .await?;
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await?;
+    detach_leaving_nothing(env, remote, &remote.name).await?;
     delete_namespace(remote, &ns).await
 }
 
@@ -264,8 +263,7 @@ async fn the_stored_token_may_not_write_what_the_scope_leaves_out() -> anyhow::R
     );
 
     delete_fillers(remote, &fillers).await?;
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await?;
+    detach_leaving_nothing(env, remote, &remote.name).await?;
     for ns in [&named, &unselected, &covered] {
         delete_namespace(remote, ns).await?;
     }
@@ -368,8 +366,7 @@ async fn the_same_scope_again_brings_the_remote_in_line() -> anyhow::Result<()> 
         "the guard selects {guarded:?}"
     );
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await?;
+    detach_leaving_nothing(env, remote, &remote.name).await?;
     delete_namespace(remote, &kept).await
 }
 
@@ -397,8 +394,7 @@ async fn attach_replaces_a_scope_the_scope_command_set() -> anyhow::Result<()> {
         "the remote's policy disagrees"
     );
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }
 
 /// A re-attach that fails after the MeshCluster step puts back the scope it replaced there.
@@ -422,8 +418,7 @@ async fn a_failed_re_attach_puts_back_the_scope_it_replaced() -> anyhow::Result<
     let kept = mesh_cluster(env, &remote.name).await?.spec.scope;
     ensure!(kept == set, "after the rollback: {kept:?}, not {set:?}");
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }
 
 /// Ctrl-C after `scope` had changed the remote's policies, before the MeshCluster recorded the
@@ -468,6 +463,5 @@ async fn an_interrupted_scope_puts_back_the_remotes_policies() -> anyhow::Result
     let guard = report.cluster_check(&remote.name, GUARD_CHECK).cloned();
     ensure!(guard.is_some_and(|c| c.result == "ok"), "{said}");
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }

@@ -360,6 +360,17 @@ pub async fn detach(
     succeeded(&out, &format!("detach {name}"))
 }
 
+/// [`detach`] of cluster `name`, after which nothing attach created for it is left on either
+/// side ([`assert_nothing_left`]).
+pub async fn detach_leaving_nothing(
+    env: &TestEnv,
+    remote: &Cluster,
+    name: &str,
+) -> anyhow::Result<()> {
+    detach(env, remote, name, &[]).await?;
+    assert_nothing_left(env, remote, name).await
+}
+
 pub use mesh_e2e::signals::{signalled_after, signalled_after_doing};
 pub use mesh_e2e::stored_client;
 

@@ -22,8 +22,7 @@ async fn wait_without_a_reconciler_times_out_with_a_hint() -> anyhow::Result<()>
     );
     // The attach itself stands.
     assert!(!primary_by_name(env, &remote.name).await?.is_empty());
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await
+    detach_leaving_nothing(env, remote, &remote.name).await
 }
 
 /// A real Ctrl-C (SIGINT) while `attach --wait` waits for a first sync that does not come (no
@@ -53,8 +52,7 @@ async fn ctrl_c_stops_the_wait_and_the_attach_stands() -> anyhow::Result<()> {
     );
     // The attach stands.
     assert!(!primary_by_name(env, name).await?.is_empty());
-    detach(env, remote, name, &[]).await?;
-    assert_nothing_left(env, remote, name).await
+    detach_leaving_nothing(env, remote, name).await
 }
 
 #[tokio::test]
@@ -89,8 +87,7 @@ async fn wait_reports_the_first_sync_of_a_running_webhook() -> anyhow::Result<()
             .is_some_and(|s| s.is_true(mesh_core::cluster::CONDITION_SYNCED))
     );
 
-    detach(env, remote, &remote.name, &[]).await?;
-    assert_nothing_left(env, remote, &remote.name).await?;
+    detach_leaving_nothing(env, remote, &remote.name).await?;
     delete_namespace(env.primary(), &ns).await
 }
 
