@@ -235,11 +235,8 @@ impl Detach {
                     delete(&api, &secret.name_any(), "primary", progress)
                         .await
                         .map_err(|e| access::request_error(&primary_target, "delete Secrets", e))?;
-                    if i == 0 {
-                        let deleted =
-                            || format!("primary: Secret {ns}/{} deleted", secret.name_any());
-                        stall.after(Stage::PrimarySecrets, deleted).await;
-                    }
+                    let deleted = || format!("primary: Secret {ns}/{} deleted", secret.name_any());
+                    stall.after_nth(i, Stage::PrimarySecrets, deleted).await;
                 }
                 if tidy_istio_namespace {
                     namespace_contents::remove_namespace_if_unused(

@@ -93,10 +93,8 @@ pub(super) async fn clean_remote(
                 remove
                     .in_mesh_namespace::<Secret>(secret, "delete the token Secrets")
                     .await?;
-                if i == 0 {
-                    let deleted = || format!("{name}: Secret {MESH_NAMESPACE}/{secret} deleted");
-                    stall.after(Stage::Tokens, deleted).await;
-                }
+                let deleted = || format!("{name}: Secret {MESH_NAMESPACE}/{secret} deleted");
+                stall.after_nth(i, Stage::Tokens, deleted).await;
             }
             // The sync account's right to renew a time-bound token (`attach --token-ttl`).
             let renewal = "delete the token renewal rights";
@@ -136,10 +134,8 @@ pub(super) async fn clean_remote(
                 remove
                     .in_mesh_namespace::<ServiceAccount>(account, "delete ServiceAccounts")
                     .await?;
-                if i == 0 {
-                    let deleted = || format!("{name}: ServiceAccount {account} deleted");
-                    stall.after(Stage::Identities, deleted).await;
-                }
+                let deleted = || format!("{name}: ServiceAccount {account} deleted");
+                stall.after_nth(i, Stage::Identities, deleted).await;
             }
             Ok(())
         })

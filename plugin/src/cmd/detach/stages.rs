@@ -215,6 +215,19 @@ impl Stall {
             .stall_if_in(stage.stall_step(), self.progress, deleted);
         self.listener.unless(stalled).await;
     }
+
+    /// After the `nth` deletion (counted from 0) of a stage that deletes several objects:
+    /// [`Self::after`] the first one, nothing after the others.
+    pub(super) async fn after_nth(
+        &self,
+        nth: usize,
+        stage: Stage,
+        deleted: impl FnOnce() -> String,
+    ) {
+        if nth == 0 {
+            self.after(stage, deleted).await;
+        }
+    }
 }
 
 /// A detach's stages: the ones it plans, those done, and the listening to interruptions.
