@@ -125,21 +125,11 @@ pub struct Args {
     pub kubeconfig: Option<PathBuf>,
 
     /// Label keys kept equal between the primary and the remotes (comma-separated).
-    #[arg(
-        long,
-        env = mesh_core::MANAGED_LABELS_ENV,
-        value_delimiter = ',',
-        default_values_t = DEFAULT_MANAGED_LABELS.map(String::from)
-    )]
+    #[arg(long, env = mesh_core::MANAGED_LABELS_ENV, value_delimiter = ',', default_values_t = DEFAULT_MANAGED_LABELS.map(String::from))]
     pub managed_labels: Vec<String>,
 
     /// Namespaces never synced (comma-separated). The mesh namespace is always excluded.
-    #[arg(
-        long,
-        env = mesh_core::EXCLUDED_NAMESPACES_ENV,
-        value_delimiter = ',',
-        default_values_t = DEFAULT_EXCLUDED_NAMESPACES.map(String::from)
-    )]
+    #[arg(long, env = mesh_core::EXCLUDED_NAMESPACES_ENV, value_delimiter = ',', default_values_t = DEFAULT_EXCLUDED_NAMESPACES.map(String::from))]
     pub excluded_namespaces: Vec<String>,
 
     /// Namespace holding the kubeconfig Secrets of attached clusters and the leader Lease: the

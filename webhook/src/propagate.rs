@@ -333,6 +333,25 @@ pub(crate) mod tests {
         fan_out(remotes, &SyncRule::default(), &enable_injection(), deadline).await
     }
 
+    /// [`push_injection`] with the time each remote took, a remote that runs out `deadline`
+    /// taken for silent only when `blame_timeouts` (see [`fan_out_timed_from`]).
+    async fn push_injection_timed(
+        remotes: &[Arc<Remote>],
+        deadline: Duration,
+        blame_timeouts: bool,
+    ) -> Vec<TimedOutcome> {
+        let (rule, intent) = (SyncRule::default(), enable_injection());
+        fan_out_timed_from(
+            &attached(remotes),
+            &rule,
+            &intent,
+            None,
+            deadline,
+            blame_timeouts,
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn applies_then_reports_in_sync() {
         let api = FakeApiserver::default().with_namespace("app", &[("team", "a")]);
@@ -675,17 +694,7 @@ pub(crate) mod tests {
             ..NamespaceScope::default()
         };
         let remotes = east_behind(&remote, on_a_managed_key);
-        let rule = SyncRule::default();
-        let deadline = Duration::from_secs(5);
-        let timed = fan_out_timed_from(
-            &attached(&remotes),
-            &rule,
-            &enable_injection(),
-            None,
-            deadline,
-            true,
-        )
-        .await;
+        let timed = push_injection_timed(&remotes, Duration::from_secs(5), true).await;
         assert!(
             matches!(&timed[0].outcome.result, PushResult::ScopeUnusable(m) if m.contains("istio-injection")),
             "{timed:?}"
@@ -720,17 +729,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_timeout_of_a_push_cut_short_does_not_silence_the_remote() {
         let (_slow, remotes) = slow_remote(Duration::from_millis(500));
-        let rule = SyncRule::default();
         let cut_short = Duration::from_millis(100);
-        let first = fan_out_timed_from(
-            &attached(&remotes),
-            &rule,
-            &enable_injection(),
-            None,
-            cut_short,
-            false,
-        )
-        .await;
+        let first = push_injection_timed(&remotes, cut_short, false).await;
         assert_eq!(first[0].outcome.result, PushResult::TimedOut);
         assert!(!remotes[0].is_silent());
         // Nor is its time a propagation's: 100 ms timed out told of a fast one.
@@ -773,12 +773,7 @@ pub(crate) mod tests {
             name: "s".into(),
         };
         remotes.push(Arc::new(Remote::unavailable("west", &error)));
-        let push = || async {
-            let intent = enable_injection();
-            let rule = SyncRule::default();
-            let deadline = Duration::from_millis(200);
-            fan_out_timed_from(&attached(&remotes), &rule, &intent, None, deadline, true).await
-        };
+        let push = || push_injection_timed(&remotes, Duration::from_millis(200), true);
         let timed = |outcomes: Vec<TimedOutcome>| -> Vec<(PushResult, bool)> {
             let timed = |o: TimedOutcome| (o.outcome.result, o.elapsed.is_some());
             outcomes.into_iter().map(timed).collect()

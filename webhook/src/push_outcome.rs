@@ -103,21 +103,19 @@ impl PushResult {
     /// How a push that did not put the labels on the remote is told; `None` when nothing is
     /// amiss (landed, nothing to write, or nothing to write to).
     pub fn miss(&self) -> Option<Miss<'_>> {
-        let (what, detail, next) = match self {
+        let (what, next) = match self {
             Self::Applied
             | Self::AlreadyInSync
             | Self::NamespaceMissing
             | Self::OutOfScope
             | Self::Superseded => return None,
-            Self::Unreachable(error) => ("unreachable".into(), Some(error.as_str()), Next::Retry),
-            Self::CredentialsUnusable(error) => (
+            Self::Unreachable(_) => ("unreachable".into(), Next::Retry),
+            Self::CredentialsUnusable(_) => (
                 "not pushed: its stored credentials cannot be used".into(),
-                Some(error.as_str()),
                 Next::RepairCredentials,
             ),
-            Self::ScopeUnusable(error) => (
+            Self::ScopeUnusable(_) => (
                 "not pushed: its namespace scope cannot be used".into(),
-                Some(error.as_str()),
                 Next::FixScope,
             ),
             Self::CredentialsRefused {
@@ -125,42 +123,63 @@ impl PushResult {
                 ..
             } => (
                 format!("not pushed: its stored token expired at {at:.0}"),
-                None,
                 Next::Rotate,
             ),
-            Self::CredentialsRefused { message, .. } => (
+            Self::CredentialsRefused { .. } => (
                 "not pushed: it refuses the stored credentials".into(),
-                Some(message.as_str()),
                 Next::RepairCredentials,
             ),
-            Self::Forbidden(error) => (
-                "forbids the change".into(),
-                Some(error.as_str()),
-                Next::Retry,
-            ),
-            Self::Failed(error) => ("failed".into(), Some(error.as_str()), Next::Retry),
-            Self::TimedOut => ("did not answer in time".into(), None, Next::Retry),
+            Self::Forbidden(_) => ("forbids the change".into(), Next::Retry),
+            Self::Failed(_) => ("failed".into(), Next::Retry),
+            Self::TimedOut => ("did not answer in time".into(), Next::Retry),
             Self::NotWaited => (
                 "did not answer the last push, not waited for".into(),
-                None,
                 Next::Retry,
             ),
             Self::Queued => (
                 "not pushed: an earlier change of the namespace was still being pushed at the \
                  deadline"
                     .into(),
-                None,
                 Next::Reconciler,
             ),
             // Also a cluster attached a moment ago: its client is built the same way.
             Self::Reconfiguring => (
                 "not pushed yet: attached or changed a moment ago, its client is being built"
                     .into(),
-                None,
                 Next::Reconciler,
             ),
         };
+        let detail = self.detail();
         Some(Miss { what, detail, next })
+    }
+
+    /// What the remote or its credentials said, where a miss has more to tell than its
+    /// words: not for an expired token, whose expiry says it all.
+    fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Unreachable(error)
+            | Self::CredentialsUnusable(error)
+            | Self::ScopeUnusable(error)
+            | Self::Forbidden(error)
+            | Self::Failed(error)
+            | Self::CredentialsRefused {
+                message: error,
+                expired_at: None,
+            } => Some(error),
+            Self::CredentialsRefused {
+                expired_at: Some(_),
+                ..
+            }
+            | Self::Applied
+            | Self::AlreadyInSync
+            | Self::NamespaceMissing
+            | Self::OutOfScope
+            | Self::TimedOut
+            | Self::NotWaited
+            | Self::Superseded
+            | Self::Queued
+            | Self::Reconfiguring => None,
+        }
     }
 }
 
