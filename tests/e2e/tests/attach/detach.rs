@@ -21,6 +21,7 @@ use mesh_e2e::{
     signals::{rerun_line, rerun_naming_kubeconfigs},
     unique_name,
 };
+use mesh_testenv::{Cluster, TestEnv};
 use serde_json::json;
 
 use crate::support::*;
@@ -251,12 +252,7 @@ async fn detaching_one_cluster_keeps_the_istio_secrets_of_the_others() -> anyhow
     let secrets: Api<Secret> = Api::namespaced(primary.clone(), "istio-system");
     let second_secret = format!("istio-remote-secret-{}", second.name);
 
-    detach(env, first, &first.name, &[]).await?;
-    let first_secret = format!("istio-remote-secret-{}", first.name);
-    assert!(
-        secrets.get_opt(&first_secret).await?.is_none(),
-        "{first_secret} left"
-    );
+    detach_taking_its_istio_secret(env, first, &secrets).await?;
     let kept = secrets.get_opt(&second_secret).await?;
     assert!(
         kept.is_some_and(|s| s.metadata.deletion_timestamp.is_none()),
@@ -269,11 +265,18 @@ async fn detaching_one_cluster_keeps_the_istio_secrets_of_the_others() -> anyhow
         "istio-system is being deleted"
     );
 
-    detach(env, second, &second.name, &[]).await?;
-    assert!(
-        secrets.get_opt(&second_secret).await?.is_none(),
-        "{second_secret} left"
-    );
+    detach_taking_its_istio_secret(env, second, &secrets).await
+}
+
+/// [`detach`] of `cluster`, which takes its Istio remote secret out of istio-system (`secrets`).
+async fn detach_taking_its_istio_secret(
+    env: &TestEnv,
+    cluster: &Cluster,
+    secrets: &Api<Secret>,
+) -> anyhow::Result<()> {
+    detach(env, cluster, &cluster.name, &[]).await?;
+    let secret = format!("istio-remote-secret-{}", cluster.name);
+    ensure!(secrets.get_opt(&secret).await?.is_none(), "{secret} left");
     Ok(())
 }
 
