@@ -37,19 +37,14 @@ pub struct Uninstall {
 impl Uninstall {
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
-        let Self {
-            crd,
-            force,
-            dry_run,
-        } = self;
-        let manifests = render::uninstall_order(crd)?;
+        let manifests = render::uninstall_order(self.crd)?;
 
         let (_, target, client) = ctx.primary_client().await?;
         let attached = mesh_core::cluster::names(&client)
             .await
             .map_err(Error::kube("cannot list MeshClusters"))?;
         if !attached.is_empty() {
-            if !force {
+            if !self.force {
                 return Err(Error::Refused {
                     what: format!(
                         "{} cluster(s) still attached: {}",
@@ -91,7 +86,7 @@ impl Uninstall {
             needed.push(Need::on(&Manifest::new(&namespace)?, &["delete"]));
         }
         access::require(&client, &target, &needed, access::ASK_AN_ADMIN).await?;
-        if dry_run {
+        if self.dry_run {
             if let Some(cluster) = &attached_as {
                 for step in steps.iter().filter(|s| s.keep) {
                     ctx.progress.warn(kept(&step.manifest, cluster));
@@ -149,7 +144,7 @@ impl Uninstall {
             .await
             .map_err(|e| access::request_error(&target, "delete istio-system", e))?;
         }
-        if !crd {
+        if !self.crd {
             ctx.progress
                 .info("the MeshCluster CRD is kept; `kubectl mesh uninstall --crd` removes it");
         }
