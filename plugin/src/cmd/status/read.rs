@@ -17,7 +17,6 @@ pub(super) async fn read_view(
     timeout: Duration,
     with_pods: bool,
 ) -> RemoteView {
-    let name = cluster.name_any();
     let pods = async {
         if !with_pods {
             return PodsRead::NotAsked;
@@ -55,7 +54,7 @@ pub(super) async fn read_view(
         Err(e) => (Err(Unread::of(&e)), None),
     };
     RemoteView {
-        name,
+        name: cluster.name_any(),
         scope: cluster.spec.scope.clone(),
         detaching: mesh_state::is_being_detached(cluster),
         namespaces,
