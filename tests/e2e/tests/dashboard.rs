@@ -340,29 +340,32 @@ async fn the_dashboard_shows_the_mesh_live_in_a_real_browser() -> anyhow::Result
              f.dispatchEvent(new Event('input')); return true; }})()"
         )
     };
-    browser.eval(&filter(&last)).await?;
-    until_shown(
-        &mut browser,
-        "the filter finds a service past the first page",
-        &format!(
-            r#"(() => {{ const rows = document.querySelectorAll('#services tbody tr');
+    // What each filter text shows.
+    let filtered = [
+        (
+            last.clone(),
+            "the filter finds a service past the first page",
+            format!(
+                r#"(() => {{ const rows = document.querySelectorAll('#services tbody tr');
                 return rows.length === 1 && rows[0].dataset.service === '{last}'
                     && rows[0].querySelector('td[data-cluster="primary"]').textContent.startsWith('0 ready (injected)')
                     && document.querySelector('#services-more').textContent === '1 services'; }})()"#
+            ),
         ),
-    )
-    .await?;
-    browser.eval(&filter(&format!("{ns}/page-"))).await?;
-    until_shown(
-        &mut browser,
-        "a filter matching many counts them all",
-        &format!(
-            "document.querySelectorAll('#services tbody tr').length === 500 \
+        (
+            format!("{ns}/page-"),
+            "a filter matching many counts them all",
+            format!(
+                "document.querySelectorAll('#services tbody tr').length === 500 \
              && document.querySelector('#services-more').textContent === '{} more services; filter to narrow'",
-            MANY_SERVICES - 500
+                MANY_SERVICES - 500
+            ),
         ),
-    )
-    .await?;
+    ];
+    for (text, what, shown) in filtered {
+        browser.eval(&filter(&text)).await?;
+        until_shown(&mut browser, what, &shown).await?;
+    }
     browser.eval(&filter("")).await?;
 
     // A managed label edited by hand on a remote: the webhook corrects it and its Event shows.
