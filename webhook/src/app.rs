@@ -37,12 +37,8 @@ pub struct Webhook {
     /// Address of the port serving probes and metrics (no client certificate asked); port 0
     /// picks a free one (see [`BoundWebhook::metrics_addr`]).
     pub metrics_listen: SocketAddr,
-    /// Require callers of the webhook port to present a certificate signed by the CA in this
-    /// PEM file (re-read when it changes); `None` asks for none.
-    pub client_ca: Option<PathBuf>,
-    /// Subject common names a caller's certificate must carry, one of them; empty accepts any
-    /// the client CA signed.
-    pub client_allowed_names: Vec<String>,
+    /// Who may call the webhook port; `None` asks callers for no certificate.
+    pub client_auth: Option<ClientAuth>,
     /// Connection limits and timeouts of the webhook port.
     pub limits: Limits,
     /// Connection limits and timeouts of the metrics port, which any pod may reach
@@ -74,6 +70,16 @@ pub struct Webhook {
     pub log_level: Option<LogLevelSetter>,
 }
 
+/// Callers of the webhook port must present a certificate signed by a client CA.
+#[derive(Clone, Debug)]
+pub struct ClientAuth {
+    /// PEM file of the CA (re-read when it changes).
+    pub ca_file: PathBuf,
+    /// Subject common names a caller's certificate must carry, one of them; empty accepts any
+    /// the CA signed.
+    pub allowed_names: Vec<String>,
+}
+
 impl Webhook {
     /// A webhook with the defaults of the command line.
     pub fn new(primary: Client, tls_cert: impl Into<PathBuf>, tls_key: impl Into<PathBuf>) -> Self {
@@ -81,8 +87,7 @@ impl Webhook {
             primary,
             listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
             metrics_listen: SocketAddr::from(([0, 0, 0, 0], 9443)),
-            client_ca: None,
-            client_allowed_names: Vec::new(),
+            client_auth: None,
             limits: Limits::default(),
             metrics_limits: Limits::metrics_port(),
             body_budget: http::BODY_BUDGET,
@@ -108,10 +113,10 @@ impl Webhook {
     /// startup fails here.
     pub async fn bind(self) -> Result<BoundWebhook> {
         let resolver = CertResolver::load(&self.tls_cert, &self.tls_key)?;
-        let client_ca = match &self.client_ca {
-            Some(path) => Some(ClientCa::load_allowing(
-                path,
-                self.client_allowed_names.clone(),
+        let client_ca = match &self.client_auth {
+            Some(auth) => Some(ClientCa::load_allowing(
+                &auth.ca_file,
+                auth.allowed_names.clone(),
                 resolver.provider(),
             )?),
             None => None,
@@ -220,8 +225,7 @@ impl BoundWebhook {
             primary,
             listen: _,
             metrics_listen: _,
-            client_ca: _,
-            client_allowed_names: _,
+            client_auth: _,
             limits,
             metrics_limits,
             body_budget,

@@ -12,7 +12,7 @@ use kube::{
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
 
 use crate::{
-    app::Webhook,
+    app::{ClientAuth, Webhook},
     backoff::BackoffSettings,
     http::{self, LogLevelSetter},
     leader::{self, LeaseTiming},
@@ -401,11 +401,13 @@ impl Args {
         let webhook = Webhook {
             listen,
             metrics_listen,
-            client_ca: client_ca_file,
-            client_allowed_names: client_allowed_names
-                .into_iter()
-                .map(|name| name.trim().to_owned())
-                .collect(),
+            client_auth: client_ca_file.map(|ca_file| ClientAuth {
+                ca_file,
+                allowed_names: client_allowed_names
+                    .into_iter()
+                    .map(|name| name.trim().to_owned())
+                    .collect(),
+            }),
             limits,
             metrics_limits,
             body_budget,
