@@ -26,10 +26,8 @@ use crate::render::strings;
 pub struct Guard {
     /// Warn or Deny (Off installs nothing).
     pub mode: RemoteGuard,
-    /// Name of the primary in messages.
-    pub primary_name: String,
-    /// Context of the primary to suggest in `kubectl --context ... label` commands.
-    pub primary_context: String,
+    /// The primary its messages send label edits to.
+    pub primary: GuardPrimary,
     /// Label keys the guard watches.
     pub managed_labels: Vec<String>,
     /// Namespaces the guard leaves alone (they are never synced either).
@@ -38,14 +36,25 @@ pub struct Guard {
     pub namespace_selector: Option<LabelSelector>,
 }
 
+/// How the guard's messages name the primary where managed labels are set.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuardPrimary {
+    /// Name of the primary in messages.
+    pub name: String,
+    /// Context of the primary to suggest in `kubectl --context ... label` commands.
+    pub context: String,
+}
+
 impl Guard {
     /// A guard over the default managed labels and excluded namespaces.
     pub fn new(mode: RemoteGuard, primary_name: &str, primary_context: &str) -> Self {
         let (managed_labels, excluded_namespaces) = crate::installed_rule::default_lists();
         Self {
             mode,
-            primary_name: primary_name.to_owned(),
-            primary_context: primary_context.to_owned(),
+            primary: GuardPrimary {
+                name: primary_name.to_owned(),
+                context: primary_context.to_owned(),
+            },
             managed_labels,
             excluded_namespaces,
             namespace_selector: None,
@@ -175,13 +184,13 @@ pub fn guard_policy(cluster: &str, guard: &Guard) -> ValidatingAdmissionPolicy {
          ': kubectl --context ' + {context} + ' label ns ' + \
          object.metadata.name + ' ' + {wanted}.join(' ') + ' --overwrite'",
         from = MESSAGE_EXPRESSION_FROM,
-        primary = cel::string(&guard.primary_name),
-        context = cel::string(&guard.primary_context),
+        primary = cel::string(&guard.primary.name),
+        context = cel::string(&guard.primary.context),
     );
     let message = format!(
         "sidecar-injection labels on this cluster are {MESSAGE_FROM}{}; set them there with \
          kubectl --context {} label ns",
-        guard.primary_name, guard.primary_context
+        guard.primary.name, guard.primary.context
     );
     let mut conditions = Vec::new();
     if !guard.excluded_namespaces.is_empty() {

@@ -152,7 +152,7 @@ pub(super) fn cluster_record(plan: &Plan) -> ClusterRecord {
         ca_fingerprint: plan.ca_fingerprint.clone(),
         tls_server_name: plan.tls_server_name.clone(),
         guard: plan.guard.mode,
-        primary_name: plan.guard.primary_name.clone(),
+        primary_name: plan.guard.primary.name.clone(),
         remote_namespace_created: plan.remote_namespace.created_by_attach(),
         remote_context: plan.remote_context.clone(),
         scope: plan.scope.clone(),
