@@ -141,8 +141,10 @@ impl Install {
         } = self;
         let progress = ctx.progress;
         let options = Options {
-            image: self::image(image, std::env::var(IMAGE_ENV).ok()),
-            replicas,
+            deployment: render::DeploymentOptions {
+                image: self::image(image, std::env::var(IMAGE_ENV).ok()),
+                replicas,
+            },
             webhook_url: webhook_url.as_deref().map(WebhookUrl::parse).transpose()?,
             managed_labels: installed_rule::managed_labels(&managed_labels)?,
             excluded_namespaces: installed_rule::excluded_namespaces(&excluded_namespaces)?,
@@ -421,20 +423,22 @@ fn deployment_changes(installed: Option<&Deployment>, options: &Options) -> Vec<
         return Vec::new();
     };
     let mut changes = Vec::new();
-    if let Some(image) = render::installed::image(installed).filter(|&i| i != options.image) {
+    if let Some(image) =
+        render::installed::image(installed).filter(|&i| i != options.deployment.image)
+    {
         changes.push(format!(
             "the webhook's image changes from {image} to {}; to keep it, re-run with --image {}",
-            options.image,
+            options.deployment.image,
             render::shell_word(image)
         ));
     }
     if let Some(replicas) =
-        render::installed::replicas(installed).filter(|&r| r != options.replicas)
+        render::installed::replicas(installed).filter(|&r| r != options.deployment.replicas)
     {
         changes.push(format!(
             "the webhook's replicas change from {replicas} to {}; to keep them, re-run with \
              --replicas {replicas}",
-            options.replicas
+            options.deployment.replicas
         ));
     }
     let names_kept = options
@@ -788,8 +792,10 @@ pub(crate) mod tests {
     /// --replicas 3`, which a re-run without those flags would change.
     pub(crate) fn pinned_options() -> render::Options {
         render::Options {
-            image: "registry.example.com/mesh-webhook:pinned".into(),
-            replicas: 3,
+            deployment: render::DeploymentOptions {
+                image: "registry.example.com/mesh-webhook:pinned".into(),
+                replicas: 3,
+            },
             ..render::Options::default()
         }
     }

@@ -209,10 +209,8 @@ impl WebhookUrl {
 /// What can vary between installations.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Image of the webhook.
-    pub image: String,
-    /// Replicas of the webhook Deployment.
-    pub replicas: i32,
+    /// What the webhook Deployment runs.
+    pub deployment: DeploymentOptions,
     /// Reach the webhook at this URL instead of through its Service; no Deployment or
     /// Service is rendered then (the webhook runs elsewhere, e.g. as a local process).
     pub webhook_url: Option<WebhookUrl>,
@@ -231,12 +229,29 @@ impl Default for Options {
     fn default() -> Self {
         let (managed_labels, excluded_namespaces) = crate::installed_rule::default_lists();
         Self {
-            image: DEFAULT_IMAGE.to_owned(),
-            replicas: DEFAULT_REPLICAS,
+            deployment: DeploymentOptions::default(),
             webhook_url: None,
             managed_labels,
             excluded_namespaces,
             client_auth: None,
+        }
+    }
+}
+
+/// The webhook Deployment's image and replicas (none is rendered with a webhook URL).
+#[derive(Clone, Debug)]
+pub struct DeploymentOptions {
+    /// Image of the webhook.
+    pub image: String,
+    /// Replicas of the webhook Deployment.
+    pub replicas: i32,
+}
+
+impl Default for DeploymentOptions {
+    fn default() -> Self {
+        Self {
+            image: DEFAULT_IMAGE.to_owned(),
+            replicas: DEFAULT_REPLICAS,
         }
     }
 }
@@ -538,7 +553,7 @@ pub fn deployment(options: &Options) -> Deployment {
     pod_labels.extend(selector_labels());
     let container = Container {
         name: WEBHOOK.to_owned(),
-        image: Some(options.image.clone()),
+        image: Some(options.deployment.image.clone()),
         args: Some(webhook_args(options)),
         env: Some(webhook_env(options)),
         ports: Some(vec![
@@ -598,7 +613,7 @@ pub fn deployment(options: &Options) -> Deployment {
     Deployment {
         metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
         spec: Some(DeploymentSpec {
-            replicas: Some(options.replicas),
+            replicas: Some(options.deployment.replicas),
             selector: LabelSelector {
                 match_labels: Some(selector_labels()),
                 ..Default::default()
@@ -1297,7 +1312,10 @@ mod tests {
     fn a_drain_leaves_a_webhook_replica_running() {
         for replicas in [DEFAULT_REPLICAS, 1] {
             let options = Options {
-                replicas,
+                deployment: DeploymentOptions {
+                    replicas,
+                    ..DeploymentOptions::default()
+                },
                 ..Options::default()
             };
             let all = render(&options, &fixed_cert()).unwrap();
