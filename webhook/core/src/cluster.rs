@@ -123,40 +123,36 @@ pub enum RemoteGuard {
 
 /// Observed state of one attached cluster, written by the reconciler.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct MeshClusterStatus {
     /// `Reachable` and `Synced`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// When the last full sync of this cluster finished (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<String>,
     /// Remote namespaces whose managed labels equal the primary's.
-    #[serde(default)]
     pub namespaces_in_sync: u32,
     /// Primary namespaces with managed labels that do not exist on the remote (not created):
     /// the first 100 by name; `namespacesMissing` counts them all.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing_namespaces: Vec<String>,
     /// How many primary namespaces with managed labels do not exist on the remote.
-    #[serde(default)]
     pub namespaces_missing: u32,
     /// Remote namespaces that differed from the primary at the last sync and were corrected.
-    #[serde(default)]
     pub namespaces_drifted: u32,
     /// Number of label writes the last sync made.
-    #[serde(default)]
     pub last_sync_writes: u32,
     /// The last error met while talking to the remote, cleared by a successful sync.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// The generation of the spec this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The `resourceVersion` of the credentials Secret that the last successful sync used:
     /// once it equals the Secret's own, credentials replaced there are in use and the ones
     /// before them may be revoked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_credentials: Option<String>,
 }
 
