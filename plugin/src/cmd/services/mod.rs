@@ -73,18 +73,13 @@ pub struct Services {
 impl Services {
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
-        let Self {
-            namespaces,
-            all_namespaces,
-            remote_timeout,
-        } = self;
         let client = ctx.client().await?;
-        let scope = if all_namespaces {
+        let scope = if self.all_namespaces {
             Scope::All
-        } else if namespaces.is_empty() {
+        } else if self.namespaces.is_empty() {
             Scope::Namespaces(vec![client.default_namespace().to_owned()])
         } else {
-            Scope::Namespaces(namespaces)
+            Scope::Namespaces(self.namespaces)
         };
         let with_pods = ctx.output != OutputFormat::Table;
         let clusters = mesh_state::clusters(&client).await?;
@@ -94,7 +89,7 @@ impl Services {
                 &client,
                 c,
                 &scope,
-                remote_timeout,
+                self.remote_timeout,
                 with_pods
             ))
         );
@@ -349,39 +344,44 @@ pub struct ServicesReport {
 pub struct ClusterColumn {
     /// `primary` or the MeshCluster's name.
     pub name: String,
-    /// `read`, `no-credentials`, `failed` or `unreachable`.
+    /// Whether its services could be read, and what to know of it.
+    #[serde(flatten)]
     pub state: ColumnState,
-    /// What to run to give it view credentials (`no-credentials`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub enable: Option<String>,
-    /// Why it could not be read; with `no-credentials`, why its Istio remote secret could not
-    /// be read, when the caller was refused it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Why its namespaces' labels could not be read (its services were): whether they ask
-    /// for sidecars is unknown, and its cells leave `injected` out.
-    #[serde(rename = "injectionUnknown", skip_serializing_if = "Option::is_none")]
-    pub injection_unknown: Option<String>,
 }
 
-/// Whether a cluster's services could be read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// Whether a cluster's services could be read: `state`, with what goes with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
 pub enum ColumnState {
-    Read,
-    NoCredentials,
-    Failed,
-    Unreachable,
+    /// Read.
+    Read {
+        /// Why its namespaces' labels could not be read (its services were): whether they ask
+        /// for sidecars is unknown, and its cells leave `injected` out.
+        #[serde(rename = "injectionUnknown", skip_serializing_if = "Option::is_none")]
+        injection_unknown: Option<String>,
+    },
+    /// No view credentials.
+    NoCredentials {
+        /// What to run to give it some.
+        enable: String,
+        /// Why its Istio remote secret could not be read, when the caller was refused it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// Its credentials, or the remote, failed the read (why).
+    Failed { error: String },
+    /// It did not answer (why).
+    Unreachable { error: String },
 }
 
 impl ColumnState {
     /// The cell of every row of such a cluster, when not read.
-    fn cell(self) -> &'static str {
+    fn cell(&self) -> &'static str {
         match self {
-            Self::Read => "-",
-            Self::NoCredentials => "(no view credentials)",
-            Self::Failed => "(cannot read)",
-            Self::Unreachable => "(unreachable)",
+            Self::Read { .. } => "-",
+            Self::NoCredentials { .. } => "(no view credentials)",
+            Self::Failed { .. } => "(cannot read)",
+            Self::Unreachable { .. } => "(unreachable)",
         }
     }
 }
@@ -441,39 +441,29 @@ pub struct PodCounts {
 pub fn columns(clusters: &[ClusterRead]) -> Vec<ClusterColumn> {
     clusters
         .iter()
-        .map(|c| {
-            let (state, enable, error) = match &c.state {
-                ReadState::Read(_) => (ColumnState::Read, None, None),
+        .map(|c| ClusterColumn {
+            name: c.name.clone(),
+            state: match &c.state {
+                ReadState::Read(facts) => ColumnState::Read {
+                    injection_unknown: facts
+                        .injection_unread
+                        .clone()
+                        .filter(|_| facts.injection.is_none()),
+                },
                 ReadState::NoCredentials {
                     enable,
                     istio_unread,
-                } => (
-                    ColumnState::NoCredentials,
-                    Some(enable.clone()),
-                    istio_unread.clone(),
-                ),
-                ReadState::Failed { credentials, error } => (
-                    ColumnState::Failed,
-                    None,
-                    Some(format!("with the {credentials} credentials: {error}")),
-                ),
-                ReadState::Unreachable { error } => {
-                    (ColumnState::Unreachable, None, Some(error.clone()))
-                }
-            };
-            let injection_unknown = match &c.state {
-                ReadState::Read(facts) if facts.injection.is_none() => {
-                    facts.injection_unread.clone()
-                }
-                _ => None,
-            };
-            ClusterColumn {
-                name: c.name.clone(),
-                state,
-                enable,
-                error,
-                injection_unknown,
-            }
+                } => ColumnState::NoCredentials {
+                    enable: enable.clone(),
+                    error: istio_unread.clone(),
+                },
+                ReadState::Failed { credentials, error } => ColumnState::Failed {
+                    error: format!("with the {credentials} credentials: {error}"),
+                },
+                ReadState::Unreachable { error } => ColumnState::Unreachable {
+                    error: error.clone(),
+                },
+            },
         })
         .collect()
 }
@@ -537,31 +527,26 @@ impl ServicesReport {
     pub fn notes(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for c in &self.clusters {
-            match c.state {
-                ColumnState::Read => {
-                    if let Some(why) = &c.injection_unknown {
+            match &c.state {
+                ColumnState::Read { injection_unknown } => {
+                    if let Some(why) = injection_unknown {
                         lines.push(format!(
                             "{}: namespace labels not read ({why}): injection unknown",
                             c.name
                         ));
                     }
                 }
-                ColumnState::NoCredentials => lines.push(format!(
-                    "{}: services not read ({}); run `{}`",
+                ColumnState::NoCredentials { enable, error } => lines.push(format!(
+                    "{}: services not read ({}); run `{enable}`",
                     c.name,
-                    view::no_credentials(c.error.as_deref()),
-                    c.enable.as_deref().unwrap_or_default()
+                    view::no_credentials(error.as_deref()),
                 )),
-                ColumnState::Failed => lines.push(format!(
-                    "{}: cannot read services {}",
-                    c.name,
-                    c.error.as_deref().unwrap_or_default()
-                )),
-                ColumnState::Unreachable => lines.push(format!(
-                    "{} unreachable: {}",
-                    c.name,
-                    c.error.as_deref().unwrap_or_default()
-                )),
+                ColumnState::Failed { error } => {
+                    lines.push(format!("{}: cannot read services {error}", c.name));
+                }
+                ColumnState::Unreachable { error } => {
+                    lines.push(format!("{} unreachable: {error}", c.name));
+                }
             }
         }
         let differ: Vec<String> = self
