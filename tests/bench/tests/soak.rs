@@ -116,7 +116,7 @@ async fn a_minute_of_random_faults_leaves_no_violation() -> anyhow::Result<()> {
         errors.is_empty(),
         "faults not injected or healed: {errors:#?}"
     );
-    assert!(!history.events.is_empty() && history.snapshot.is_some());
+    assert!(!history.recorded.events.is_empty() && history.snapshot.is_some());
 
     assert!(
         run.verdict.violations.is_empty(),

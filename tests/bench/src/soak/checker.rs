@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::history::{
-    ClusterIx, FaultKind, History, Ms, Observed, Op, OpKind, Outcome, PRIMARY, describe_event,
-    describe_fault, describe_op,
+    ClusterIx, FaultKind, History, Ms, Observed, Op, OpKind, Outcome, PRIMARY, Recorded,
+    describe_event, describe_fault, describe_op,
 };
 
 /// The checker's tolerances.
@@ -151,7 +151,12 @@ fn convergence(history: &History, config: &CheckConfig, out: &mut Vec<Violation>
 /// next.
 fn primary_timelines(history: &History) -> HashMap<&str, Vec<(Ms, Labels)>> {
     let mut timelines: HashMap<&str, Vec<(Ms, Labels)>> = HashMap::new();
-    for event in history.events.iter().filter(|e| e.cluster == PRIMARY) {
+    let on_primary = history
+        .recorded
+        .events
+        .iter()
+        .filter(|e| e.cluster == PRIMARY);
+    for event in on_primary {
         let labels = match &event.observed {
             Observed::Seen(state) => history.managed_of(&state.labels),
             Observed::Gone => Labels::new(),
@@ -192,7 +197,12 @@ fn phantoms(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
     // The managed labels last seen on each remote namespace (by uid: a relist after a
     // reconnect shows the same namespace again, a new one has a new uid).
     let mut last: HashMap<(ClusterIx, &str), Labels> = HashMap::new();
-    for event in history.events.iter().filter(|e| e.cluster != PRIMARY) {
+    let on_remotes = history
+        .recorded
+        .events
+        .iter()
+        .filter(|e| e.cluster != PRIMARY);
+    for event in on_remotes {
         let Observed::Seen(state) = &event.observed else {
             continue;
         };
@@ -252,8 +262,8 @@ fn phantoms(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
 
 fn stale_writers(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
     unattributed(history, config, out);
-    let leases = &history.leases;
-    for write in &history.writes {
+    let leases = &history.recorded.leases;
+    for write in &history.recorded.writes {
         let cutoff = write.at.saturating_sub(config.stale_slack_before);
         let last = leases.iter().rposition(|l| l.at <= cutoff);
         let holds = |l: &&super::history::LeaseSeen| l.holder.as_deref() == Some(&write.replica);
@@ -301,6 +311,7 @@ fn stale_writers(history: &History, config: &CheckConfig, out: &mut Vec<Violatio
 /// window), or a drift fault made on it. A write no replica accounts for is one the stale
 /// writer check could not see.
 fn unattributed(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
+    let Recorded { writes, pushes, .. } = &history.recorded;
     let mut last: HashMap<(ClusterIx, &str), Labels> = HashMap::new();
     for event in history.synced_remote_events() {
         let Observed::Seen(state) = &event.observed else {
@@ -316,7 +327,7 @@ fn unattributed(history: &History, config: &CheckConfig, out: &mut Vec<Violation
         let cluster = history.cluster_name(event.cluster);
         let from = event.at.saturating_sub(config.phantom_window);
         let to = event.at + config.stale_slack_after;
-        let logged = history.writes.iter().chain(&history.pushes).any(|w| {
+        let logged = writes.iter().chain(pushes).any(|w| {
             w.cluster == cluster && w.namespace == event.name && w.at >= from && w.at <= to
         });
         let drifted = history.faults.iter().any(|f| {
@@ -346,7 +357,7 @@ fn mesh_may_own(history: &History, path: &str) -> bool {
         Some(".") => true,
         Some(rest) => rest
             .strip_prefix("f:")
-            .is_some_and(|key| history.managed.iter().any(|m| m == key)),
+            .is_some_and(|key| history.rule.manages(key)),
         None => false,
     }
 }
@@ -355,7 +366,7 @@ fn touched(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
     let unmanaged = |labels: &Labels| -> Labels {
         labels
             .iter()
-            .filter(|(k, _)| !history.managed.contains(k))
+            .filter(|(k, _)| !history.rule.manages(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     };
@@ -483,7 +494,7 @@ fn writable(history: &History, config: &CheckConfig, out: &mut Vec<Violation>) {
             )
         })
         .collect();
-    for fail in &history.fail_opens {
+    for fail in &history.recorded.fail_opens {
         if excused
             .iter()
             .any(|(from, to)| fail.at >= *from && fail.at <= *to)
@@ -528,7 +539,7 @@ fn faults_around(history: &History, from: Ms, to: Ms, first: String) -> Vec<Stri
 /// For every fault, the first moment after it healed at which every remote namespace's managed
 /// labels equalled the primary's, as the watches showed them.
 fn convergence_times(history: &History) -> Vec<Convergence> {
-    let mut events: Vec<_> = history.events.iter().collect();
+    let mut events: Vec<_> = history.recorded.events.iter().collect();
     events.sort_by_key(|e| e.at);
     let mut pending: Vec<(Ms, usize)> = history.faults.iter().map(|f| (f.end, f.id)).collect();
     pending.sort();
@@ -605,6 +616,7 @@ fn excerpt(history: &History, config: &CheckConfig, namespace: &str, at: Ms) -> 
         .filter(|o| o.namespace == namespace && within(o.start))
         .map(|o| (o.start, describe_op(history, o)));
     let events = history
+        .recorded
         .events
         .iter()
         .filter(|e| e.name == namespace && within(e.at))
@@ -624,7 +636,7 @@ fn excerpt(history: &History, config: &CheckConfig, namespace: &str, at: Ms) -> 
 #[cfg(test)]
 mod tests {
     use super::super::history::{
-        FailOpen, Fault, LeaseSeen, NsState, ReplicaWrite, Snapshot, WatchEvent,
+        FailOpen, Fault, LeaseSeen, NsState, ReplicaWrite, Rule, Snapshot, WatchEvent,
     };
     use super::*;
 
@@ -728,29 +740,33 @@ mod tests {
             seed: 1,
             start_unix_ms: 0,
             clusters: vec!["primary".into(), "remote-1".into()],
-            managed: vec![INJ.into(), "istio.io/rev".into()],
-            excluded: vec!["kube-system".into()],
+            rule: Rule {
+                managed: vec![INJ.into(), "istio.io/rev".into()],
+                excluded: vec!["kube-system".into()],
+            },
             webhook_timeout_ms: 5_000,
             faults_stopped: 20_000,
             ops: vec![label_op(0, 1_000, "shop", &[(INJ, "enabled")])],
             faults: vec![fault(0, FaultKind::Pause, "remote-1", 2_000, 4_000)],
-            events: vec![
-                initial(primary_shows(0, &[])),
-                initial(remote_shows(0, &[])),
-                remote_shows(1_050, &[(INJ, "enabled")]),
-                primary_shows(1_080, &[(INJ, "enabled")]),
-                remote_shows(4_500, &[(INJ, "enabled")]),
-            ],
-            leases: vec![lease_held_by(500, "a")],
-            writes: vec![ReplicaWrite {
-                at: 1_045,
-                replica: "a".into(),
-                cluster: "remote-1".into(),
-                namespace: "shop".into(),
-                change: "+istio-injection=enabled".into(),
-            }],
-            pushes: Vec::new(),
-            fail_opens: Vec::new(),
+            recorded: Recorded {
+                events: vec![
+                    initial(primary_shows(0, &[])),
+                    initial(remote_shows(0, &[])),
+                    remote_shows(1_050, &[(INJ, "enabled")]),
+                    primary_shows(1_080, &[(INJ, "enabled")]),
+                    remote_shows(4_500, &[(INJ, "enabled")]),
+                ],
+                leases: vec![lease_held_by(500, "a")],
+                writes: vec![ReplicaWrite {
+                    at: 1_045,
+                    replica: "a".into(),
+                    cluster: "remote-1".into(),
+                    namespace: "shop".into(),
+                    change: "+istio-injection=enabled".into(),
+                }],
+                pushes: Vec::new(),
+                fail_opens: Vec::new(),
+            },
             snapshot: Some(Snapshot {
                 at: 25_000,
                 clusters: vec![
@@ -772,7 +788,7 @@ mod tests {
     fn write_again_at(history: &History, at: Ms) -> ReplicaWrite {
         ReplicaWrite {
             at,
-            ..history.writes[0].clone()
+            ..history.recorded.writes[0].clone()
         }
     }
 
@@ -839,7 +855,11 @@ mod tests {
 
     #[test]
     fn a_value_nobody_asked_for_is_a_phantom_with_its_history() {
-        let history = clean_but(|h| h.events.push(remote_shows(6_000, &[(INJ, "disabled")])));
+        let history = clean_but(|h| {
+            h.recorded
+                .events
+                .push(remote_shows(6_000, &[(INJ, "disabled")]))
+        });
         let verdict = verdict_on(&history);
         let phantoms = violations_of(&verdict, ViolationKind::Phantom);
         let phantom = phantoms.first().expect("a phantom");
@@ -864,7 +884,7 @@ mod tests {
                 },
                 ..label_op(1, 5_000, "shop", &[])
             });
-            h.events.push(remote_shows(5_050, &[(INJ, "dry")]));
+            h.recorded.events.push(remote_shows(5_050, &[(INJ, "dry")]));
         });
         assert!(kinds(&history).contains(&ViolationKind::Phantom));
     }
@@ -885,7 +905,7 @@ mod tests {
                 value: "drift-1".into(),
             };
             h.faults.push(fault(1, drift, "remote-1", 6_000, 6_000));
-            h.events.extend([
+            h.recorded.events.extend([
                 remote_shows(5_050, &[(INJ, "refused-1")]),
                 remote_shows(6_020, &[(INJ, "drift-1")]),
                 remote_shows(7_000, &[(INJ, "enabled")]),
@@ -897,10 +917,12 @@ mod tests {
         assert_eq!(kinds(&history), vec![ViolationKind::Phantom]);
         // A value asked for long before the window: a phantom too.
         let history = clean_but(|h| {
-            h.events.push(remote_shows(90_000, &[(INJ, "other")]));
+            h.recorded
+                .events
+                .push(remote_shows(90_000, &[(INJ, "other")]));
             h.ops.push(label_op(1, 2_000, "shop", &[(INJ, "other")]));
             // Written by a replica (its reconciler, say, from a stale view), not by no one.
-            h.writes.push(write_again_at(h, 89_990));
+            h.recorded.writes.push(write_again_at(h, 89_990));
         });
         assert_eq!(kinds(&history), vec![ViolationKind::Phantom]);
     }
@@ -908,8 +930,8 @@ mod tests {
     #[test]
     fn a_write_after_losing_the_lease_is_a_stale_writer() {
         let mut history = clean_but(|h| {
-            h.leases.push(lease_held_by(3_000, "b"));
-            h.writes.push(write_again_at(h, 3_600));
+            h.recorded.leases.push(lease_held_by(3_000, "b"));
+            h.recorded.writes.push(write_again_at(h, 3_600));
         });
         let verdict = verdict_on(&history);
         let stale = violations_of(&verdict, ViolationKind::StaleWriter);
@@ -920,10 +942,10 @@ mod tests {
             stale[0].message
         );
         // Taken back before the write (seen a little after it): fine.
-        history.leases.push(lease_held_by(3_700, "a"));
+        history.recorded.leases.push(lease_held_by(3_700, "a"));
         assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
         // A replica that never held it.
-        let history = clean_but(|h| h.writes[0].replica = "c".into());
+        let history = clean_but(|h| h.recorded.writes[0].replica = "c".into());
         assert_eq!(kinds(&history), vec![ViolationKind::StaleWriter]);
     }
 
@@ -931,14 +953,14 @@ mod tests {
     fn a_remote_change_no_replica_logged_is_reported() {
         // The clean history's change at 1,050 is a push's.
         let mut history = clean_but(|h| {
-            h.pushes.push(ReplicaWrite {
+            h.recorded.pushes.push(ReplicaWrite {
                 change: "applied".into(),
                 ..write_again_at(h, 1_040)
             })
         });
         assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
-        history.pushes.clear();
-        history.writes.clear();
+        history.recorded.pushes.clear();
+        history.recorded.writes.clear();
         let violations = verdict_on(&history).violations;
         assert_eq!(violations.len(), 1, "{violations:#?}");
         assert_eq!(violations[0].kind, ViolationKind::StaleWriter);
@@ -977,14 +999,14 @@ mod tests {
             ),
         ];
         for (case, state) in cases {
-            let history = clean_but(|h| h.events.push(seen(5_000, 1, "shop", state)));
+            let history = clean_but(|h| h.recorded.events.push(seen(5_000, 1, "shop", state)));
             assert_eq!(kinds(&history), vec![ViolationKind::Touched], "{case}");
         }
         // A namespace that appears on a remote without the workload creating it, and one that
         // goes away without the workload deleting it.
         let mut history = clean_but(|h| {
-            h.events.push(seen(5_000, 1, "new", ns("n", &[])));
-            h.events.push(WatchEvent {
+            h.recorded.events.push(seen(5_000, 1, "new", ns("n", &[])));
+            h.recorded.events.push(WatchEvent {
                 observed: Observed::Gone,
                 ..remote_shows(6_000, &[])
             });
@@ -1014,7 +1036,7 @@ mod tests {
             ));
             h.ops.push(failed_edit(2, "etcdserver: request timed out"));
             // The apiserver gave up on the webhook: held for the whole timeout.
-            h.fail_opens.push(webhook_given_up_on(7_000));
+            h.recorded.fail_opens.push(webhook_given_up_on(7_000));
         });
         assert_eq!(kinds(&history), vec![ViolationKind::PrimaryNotWritable; 3]);
         // While the primary's own apiserver was down, failing edits are its fault; while the
@@ -1035,16 +1057,20 @@ mod tests {
                 end: 5_000 + 9_000,
                 ..label_op(2, 5_000, "shop", &[])
             });
-            h.fail_opens.push(webhook_given_up_on(26_000));
+            h.recorded.fail_opens.push(webhook_given_up_on(26_000));
         });
         assert_eq!(kinds(&history), Vec::<ViolationKind>::new());
-        history.fail_opens[0].at = 40_000;
+        history.recorded.fail_opens[0].at = 40_000;
         assert_eq!(kinds(&history), vec![ViolationKind::PrimaryNotWritable]);
     }
 
     #[test]
     fn convergence_time_is_unknown_when_a_remote_never_caught_up() {
-        let history = clean_but(|h| h.events.push(primary_shows(3_000, &[(INJ, "disabled")])));
+        let history = clean_but(|h| {
+            h.recorded
+                .events
+                .push(primary_shows(3_000, &[(INJ, "disabled")]))
+        });
         // 4,500 shows the remote still at "enabled": never converged after the fault.
         assert_eq!(verdict_on(&history).convergence[0].after, None);
     }

@@ -179,14 +179,37 @@ pub struct History {
     pub start_unix_ms: u64,
     /// Cluster names by index: `primary`, `remote-1`, ...
     pub clusters: Vec<String>,
-    pub managed: Vec<String>,
-    pub excluded: Vec<String>,
+    #[serde(flatten)]
+    pub rule: Rule,
     /// The installed webhook timeout.
     pub webhook_timeout_ms: Ms,
     /// When the workload and the faults stopped.
     pub faults_stopped: Ms,
     pub ops: Vec<Op>,
     pub faults: Vec<Fault>,
+    #[serde(flatten)]
+    pub recorded: Recorded,
+    pub snapshot: Option<Snapshot>,
+}
+
+/// The installed sync rule: the label keys it manages and the namespaces it leaves alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    pub managed: Vec<String>,
+    pub excluded: Vec<String>,
+}
+
+impl Rule {
+    /// Whether `key` is a managed label key.
+    pub fn manages(&self, key: &str) -> bool {
+        self.managed.iter().any(|m| m == key)
+    }
+}
+
+/// What was recorded while the workload and the faults ran: the watches' events and Lease
+/// holders, and the logs of the replicas and of the primary's apiserver.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
     pub events: Vec<WatchEvent>,
     pub leases: Vec<LeaseSeen>,
     pub writes: Vec<ReplicaWrite>,
@@ -198,7 +221,6 @@ pub struct History {
     /// without (its log's "failing open" lines).
     #[serde(default)]
     pub fail_opens: Vec<FailOpen>,
-    pub snapshot: Option<Snapshot>,
 }
 
 impl History {
@@ -214,18 +236,19 @@ impl History {
     pub fn managed_of(&self, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         labels
             .iter()
-            .filter(|(k, _)| self.managed.contains(k))
+            .filter(|(k, _)| self.rule.manages(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
 
     pub fn is_excluded(&self, namespace: &str) -> bool {
-        self.excluded.iter().any(|e| e == namespace)
+        self.rule.excluded.iter().any(|e| e == namespace)
     }
 
     /// What the remotes' watches showed of the namespaces the mesh syncs (not excluded ones).
     pub fn synced_remote_events(&self) -> impl Iterator<Item = &WatchEvent> {
-        self.events
+        self.recorded
+            .events
             .iter()
             .filter(|e| e.cluster != PRIMARY && !self.is_excluded(&e.name))
     }
@@ -293,5 +316,23 @@ pub fn truncate(text: &str, max: usize) -> String {
     match line.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `soak-history.json` is read back (`--recheck`): the rule and what was recorded stand
+    /// in it as fields of the history itself, in its order.
+    #[test]
+    fn the_history_is_one_flat_json_object() {
+        let json = serde_json::to_string(&History::default()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"seed":0,"start_unix_ms":0,"clusters":[],"managed":[],"excluded":[],"webhook_timeout_ms":0,"faults_stopped":0,"ops":[],"faults":[],"events":[],"leases":[],"writes":[],"pushes":[],"fail_opens":[],"snapshot":null}"#
+        );
+        let read: History = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, History::default());
     }
 }

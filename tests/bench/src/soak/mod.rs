@@ -301,14 +301,16 @@ pub async fn run(options: &MeshOptions, config: &SoakConfig) -> anyhow::Result<S
         seed: config.seed,
         start_unix_ms: clock.unix_ms(),
         clusters: env.clusters().iter().map(|c| c.name.clone()).collect(),
-        managed: mesh_core::labels::SyncRule::default()
-            .managed_keys()
-            .map(str::to_owned)
-            .collect(),
-        excluded: mesh_core::labels::SyncRule::default()
-            .excluded_namespaces()
-            .map(str::to_owned)
-            .collect(),
+        rule: history::Rule {
+            managed: mesh_core::labels::SyncRule::default()
+                .managed_keys()
+                .map(str::to_owned)
+                .collect(),
+            excluded: mesh_core::labels::SyncRule::default()
+                .excluded_namespaces()
+                .map(str::to_owned)
+                .collect(),
+        },
         webhook_timeout_ms: timeout.as_millis() as Ms,
         faults_stopped,
         ops,
@@ -356,11 +358,13 @@ pub async fn run(options: &MeshOptions, config: &SoakConfig) -> anyhow::Result<S
     let pushes = logged(recorder::replica_pushes);
     let fail_opens = recorder::fail_opens(&env.primary().apiserver_log(), &clock);
     let history = History {
-        events,
-        leases,
-        writes,
-        pushes,
-        fail_opens,
+        recorded: history::Recorded {
+            events,
+            leases,
+            writes,
+            pushes,
+            fail_opens,
+        },
         snapshot,
         ..draft
     };

@@ -79,9 +79,9 @@ pub fn render(history: &History, verdict: &Verdict, settings: &str) -> String {
         "- recorded: {} operations, {} faults, {} watch events, {} Lease holders, {} reconciler writes\n",
         history.ops.len(),
         history.faults.len(),
-        history.events.len(),
-        history.leases.len(),
-        history.writes.len()
+        history.recorded.events.len(),
+        history.recorded.leases.len(),
+        history.recorded.writes.len()
     );
 
     let mut ops: BTreeMap<String, [usize; 4]> = BTreeMap::new();
