@@ -368,6 +368,29 @@ pub enum ViewFacts {
     },
 }
 
+/// The remote guard, read with the stored credentials and, when they may not, with the
+/// remote's context in the user's kubeconfig (as detach reaches the remote).
+#[derive(Debug)]
+pub struct GuardFacts {
+    /// Read with the stored credentials.
+    pub stored: RemoteResult<FoundGuard>,
+    /// Read with the context attach recorded, when the stored credentials could not.
+    pub with_context: WithContext,
+}
+
+/// The remote guard as read with the context attach recorded, in the user's kubeconfig.
+#[derive(Debug)]
+pub enum WithContext {
+    /// Not read: the stored credentials could, or there was no such context to use.
+    Unused,
+    /// Not read: the context reaches another cluster, of this cluster id (kube-system's UID).
+    /// A context of the same name in the user's kubeconfig (`default`,
+    /// `kubernetes-admin@...`) may be the primary's.
+    Elsewhere(String),
+    /// Read with it.
+    Read(Box<RemoteResult<FoundGuard>>),
+}
+
 /// The remote guard as found on a remote: [`setup::GUARD`]'s policy and binding, each read
 /// by name (a `get`, which the sync account may do on these two objects only; absent is a
 /// 404, not a refusal).
@@ -377,21 +400,6 @@ pub struct FoundGuard {
     pub policy: Option<ValidatingAdmissionPolicy>,
     /// Its binding.
     pub binding: Option<ValidatingAdmissionPolicyBinding>,
-}
-
-/// The remote guard, read with the stored credentials and, when they may not, with the
-/// remote's context in the user's kubeconfig (as detach reaches the remote).
-#[derive(Debug)]
-pub struct GuardFacts {
-    /// Read with the stored credentials.
-    pub stored: RemoteResult<FoundGuard>,
-    /// Read with the context attach recorded, when the stored credentials could not and the
-    /// user's kubeconfig has that context; `None` when there was no such context to use.
-    pub with_context: Option<RemoteResult<FoundGuard>>,
-    /// The cluster id (kube-system's UID) of that context, when it is another cluster's: a
-    /// context of the same name in the user's kubeconfig (`default`, `kubernetes-admin@...`)
-    /// may be the primary's. Its guard is not read then.
-    pub context_elsewhere: Option<String>,
 }
 
 /// Reads the MeshClusters, the primary's namespaces, and what each remote's stored credentials
@@ -597,13 +605,24 @@ async fn guard_facts(
     timeout: Duration,
 ) -> GuardFacts {
     let stored = read_guard(remote, timeout).await;
-    if stored.is_ok() {
-        return GuardFacts {
-            stored,
-            with_context: None,
-            context_elsewhere: None,
-        };
+    let with_context = if stored.is_ok() {
+        WithContext::Unused
+    } else {
+        read_guard_with_context(cluster, user_kubeconfig, timeout).await
+    };
+    GuardFacts {
+        stored,
+        with_context,
     }
+}
+
+/// Reads the guard through the remote's context in the user's kubeconfig, when it has that
+/// context and it reaches that cluster.
+async fn read_guard_with_context(
+    cluster: &MeshCluster,
+    user_kubeconfig: &Kubeconfig,
+    timeout: Duration,
+) -> WithContext {
     let admin = match setup::remote_context(cluster) {
         Some(context) if kubeconfig::select(user_kubeconfig, Some(context)).is_ok() => {
             kubeconfig::client(user_kubeconfig.clone(), Some(context))
@@ -613,22 +632,12 @@ async fn guard_facts(
         _ => None,
     };
     let Some(admin) = admin else {
-        return GuardFacts {
-            stored,
-            with_context: None,
-            context_elsewhere: None,
-        };
+        return WithContext::Unused;
     };
-    let reached = with_deadline(timeout, mesh_core::remote::cluster_id(&admin)).await;
-    let (with_context, context_elsewhere) = match reached {
-        Ok(id) if id != cluster.spec.cluster_id => (None, Some(id)),
-        Ok(_) => (Some(read_guard(&admin, timeout).await), None),
-        Err(e) => (Some(Err(e)), None),
-    };
-    GuardFacts {
-        stored,
-        with_context,
-        context_elsewhere,
+    match with_deadline(timeout, mesh_core::remote::cluster_id(&admin)).await {
+        Ok(id) if id != cluster.spec.cluster_id => WithContext::Elsewhere(id),
+        Ok(_) => WithContext::Read(Box::new(read_guard(&admin, timeout).await)),
+        Err(e) => WithContext::Read(Box::new(Err(e))),
     }
 }
 

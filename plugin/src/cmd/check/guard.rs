@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use mesh_core::cluster::{self, MeshCluster, RemoteGuard};
 use mesh_core::labels::SyncRule;
 
-use super::facts::{FoundGuard, GuardFacts};
+use super::facts::{FoundGuard, GuardFacts, WithContext};
 use super::report::{CheckResult, Outcome};
 use crate::remote_setup as setup;
 
@@ -228,13 +228,13 @@ pub(super) fn guard_result(
         format!("the guard cannot be read with the stored credentials ({stored_err})")
     };
     let context = setup::remote_context(cluster);
-    let Some(with_context) = &guard.with_context else {
-        let through = match (context, &guard.context_elsewhere) {
-            (Some(c), Some(id)) => format!(
+    let WithContext::Read(with_context) = &guard.with_context else {
+        let through = match (context, &guard.with_context) {
+            (Some(c), WithContext::Elsewhere(id)) => format!(
                 "your context {c} reaches another cluster (id {id}, not {})",
                 cluster.spec.cluster_id
             ),
-            (Some(c), None) => format!("your kubeconfig has no context {c}"),
+            (Some(c), _) => format!("your kubeconfig has no context {c}"),
             (None, _) => "attach recorded no remote context".to_owned(),
         };
         return CheckResult::warning(
@@ -253,7 +253,7 @@ pub(super) fn guard_result(
         );
     };
     let context = context.unwrap_or_default();
-    match with_context {
+    match with_context.as_ref() {
         Ok(found) => {
             let mut result = judge_guard(what, cluster, rule, found);
             let note = format!("read with context {context}: {stored}");
