@@ -178,11 +178,18 @@ pub(super) struct RemoteLive {
     pub(super) workloads: WorkloadWatches,
     pub(super) facts: ClusterFacts,
     pub(super) expiry: Option<TokenExpiry>,
-    /// What its tasks were built from.
+    pub(super) tasks: Tasks,
+}
+
+/// A remote's tasks, as one build of them made them.
+#[derive(Default)]
+pub(super) struct Tasks {
+    /// What they were built from.
     pub(super) built: Built,
-    /// Which build of its tasks may write here: a task of an earlier one, replaced, may not.
+    /// Which build they are, the one that may write to the remote: a task of an earlier one,
+    /// replaced, may not.
     pub(super) epoch: u64,
-    pub(super) tasks: Vec<JoinHandle<()>>,
+    pub(super) handles: Vec<JoinHandle<()>>,
 }
 
 impl RemoteLive {
@@ -322,12 +329,12 @@ fn remote_of<'a>(
 ) -> Option<&'a mut RemoteLive> {
     remotes
         .get_mut(&which.name)
-        .filter(|r| r.epoch == which.epoch)
+        .filter(|r| r.tasks.epoch == which.epoch)
 }
 
 impl Drop for RemoteLive {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in &self.tasks.handles {
             task.abort();
         }
     }
@@ -755,7 +762,7 @@ fn reconcile(live: &mut Live, primary: &Client, shared: &Arc<Shared>, name: &str
         return;
     };
     let wanted = Built::of(cluster, &live.secrets);
-    let old = live.remotes.get(name).map(|r| &r.built);
+    let old = live.remotes.get(name).map(|r| &r.tasks.built);
     if !must_rebuild(old, &wanted) {
         return;
     }
@@ -772,12 +779,14 @@ fn reconcile(live: &mut Live, primary: &Client, shared: &Arc<Shared>, name: &str
         // Dropping it ends its tasks.
         *remote = RemoteLive::default();
     }
-    for task in remote.tasks.drain(..) {
+    for task in remote.tasks.handles.drain(..) {
         task.abort();
     }
-    remote.tasks = tasks;
-    remote.built = wanted;
-    remote.epoch = which.epoch;
+    remote.tasks = Tasks {
+        built: wanted,
+        epoch: which.epoch,
+        handles: tasks,
+    };
 }
 
 #[cfg(test)]
@@ -819,7 +828,7 @@ mod tests {
         let mut remote = RemoteLive::default();
         remote.probe = Some(Ok(()));
         remote.view = ViewState::Read(view::Source::View);
-        remote.epoch = east.epoch;
+        remote.tasks.epoch = east.epoch;
         live.remotes.insert(east.name.clone(), remote);
         (live, east)
     }

@@ -107,7 +107,7 @@ async fn read_remote_workloads(followed: Followed) {
             followed
                 .shared
                 .update(|live| match live.remote(&followed.which) {
-                    Some(r) => r.tasks.extend(tasks),
+                    Some(r) => r.tasks.handles.extend(tasks),
                     // Detached or built again meanwhile: nothing to watch.
                     None => tasks.iter().for_each(JoinHandle::abort),
                 });
