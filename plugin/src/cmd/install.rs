@@ -73,21 +73,11 @@ pub struct Install {
     /// Label keys the webhook keeps equal between the primary and every remote
     /// (comma-separated). Recorded on the webhook configuration, where status, sync, check and
     /// detach read them.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "KEYS",
-        default_value = installed_rule::DEFAULT_MANAGED_LABELS_LIST.as_str()
-    )]
+    #[arg(long, value_delimiter = ',', value_name = "KEYS", default_value = installed_rule::DEFAULT_MANAGED_LABELS_LIST.as_str())]
     pub managed_labels: Vec<String>,
     /// Namespaces never synced (comma-separated, replacing the defaults); the mesh's own
     /// namespace is always added.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        value_name = "NAMES",
-        default_value = installed_rule::DEFAULT_EXCLUDED_NAMESPACES_LIST.as_str()
-    )]
+    #[arg(long, value_delimiter = ',', value_name = "NAMES", default_value = installed_rule::DEFAULT_EXCLUDED_NAMESPACES_LIST.as_str())]
     pub excluded_namespaces: Vec<String>,
     /// PEM CA certificate that signed the client certificate the apiserver presents to
     /// webhooks: the webhook then refuses every caller without one (stored in ConfigMap
