@@ -64,17 +64,26 @@ pub struct InstalledWith {
     pub rule: Option<SyncRule>,
     /// The URL the webhook configuration calls the webhook at, when it uses one.
     pub webhook_url: Option<String>,
-    /// Whether the client-CA ConfigMap is in use (install was given `--client-ca-file`).
-    pub client_ca: bool,
-    /// Whether nothing read could tell `client_ca` (the ConfigMap unreadable, and no Deployment
-    /// read that says it): the hints then name the flag as one to give if install had it.
-    pub client_ca_unread: bool,
-    /// The names of `--client-allowed-names` the webhook's Deployment runs with.
-    pub client_allowed_names: Option<String>,
+    /// Whether install was given `--client-ca-file`.
+    pub client_ca: ClientCa,
     /// The webhook's image, when the Deployment runs another than [`render::DEFAULT_IMAGE`].
     pub image: Option<String>,
     /// The Deployment's replicas, when not [`render::DEFAULT_REPLICAS`].
     pub replicas: Option<i32>,
+}
+
+/// Whether install was given `--client-ca-file`, as far as `check` read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ClientCa {
+    /// It was not: the client-CA ConfigMap is not in use.
+    #[default]
+    Unused,
+    /// It was; `allowed_names`: those of `--client-allowed-names` the webhook's Deployment
+    /// runs with.
+    Used { allowed_names: Option<String> },
+    /// Nothing read could tell (the ConfigMap unreadable, and no Deployment read that says
+    /// it): the hints then name the flag as one to give if install had it.
+    Unread,
 }
 
 /// How a hint re-runs install.
@@ -110,14 +119,16 @@ impl InstalledWith {
         };
         // A Deployment says what its webhook runs with; without one (a webhook run elsewhere,
         // or none read), the ConfigMap that install keeps only with --client-ca-file does.
-        let (client_ca, client_allowed_names) = match deployment {
-            Some(d) => (
-                caller_auth::requires_client_cert(d),
-                caller_auth::allowed_names(d).map(str::to_owned),
-            ),
-            None => (matches!(facts.client_ca, Some(Ok(Some(_)))), None),
+        let client_ca = match (deployment, &facts.client_ca) {
+            (Some(d), _) if caller_auth::requires_client_cert(d) => ClientCa::Used {
+                allowed_names: caller_auth::allowed_names(d).map(str::to_owned),
+            },
+            (None, Some(Ok(Some(_)))) => ClientCa::Used {
+                allowed_names: None,
+            },
+            (None, Some(Err(_))) => ClientCa::Unread,
+            _ => ClientCa::Unused,
         };
-        let client_ca_unread = deployment.is_none() && matches!(facts.client_ca, Some(Err(_)));
         let image = deployment
             .and_then(installed::image)
             .filter(|&image| image != render::DEFAULT_IMAGE)
@@ -129,8 +140,6 @@ impl InstalledWith {
             rule,
             webhook_url,
             client_ca,
-            client_ca_unread,
-            client_allowed_names,
             image,
             replicas,
         }
@@ -174,26 +183,29 @@ impl InstalledWith {
                 line.push_str(&flags);
             }
         }
-        if rerun == Rerun::NewClientCa {
-            line.push_str(&format!(" {} <its CA>", render::CLIENT_CA_FLAG));
-        } else if self.client_ca {
-            line.push_str(&format!(
-                " {} <the CA file used at install>",
-                render::CLIENT_CA_FLAG
-            ));
-            if let Some(names) = &self.client_allowed_names {
-                line.push_str(&format!(
-                    " {} {}",
-                    render::CLIENT_ALLOWED_NAMES_FLAG,
-                    render::shell_word(names)
-                ));
+        match (rerun, &self.client_ca) {
+            (Rerun::NewClientCa, _) => {
+                line.push_str(&format!(" {} <its CA>", render::CLIENT_CA_FLAG));
             }
-        } else if self.client_ca_unread {
-            line.push_str(&format!(
+            (_, ClientCa::Used { allowed_names }) => {
+                line.push_str(&format!(
+                    " {} <the CA file used at install>",
+                    render::CLIENT_CA_FLAG
+                ));
+                if let Some(names) = allowed_names {
+                    line.push_str(&format!(
+                        " {} {}",
+                        render::CLIENT_ALLOWED_NAMES_FLAG,
+                        render::shell_word(names)
+                    ));
+                }
+            }
+            (_, ClientCa::Unread) => line.push_str(&format!(
                 " {} <the CA file used at install, if it was given one: its ConfigMap could not \
                  be read>",
                 render::CLIENT_CA_FLAG
-            ));
+            )),
+            (_, ClientCa::Unused) => {}
         }
         format!("`{line}`")
     }
