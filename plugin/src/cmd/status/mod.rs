@@ -269,10 +269,6 @@ pub struct ClusterColumn {
     /// Whether its namespaces could be read with the stored credentials (as the webhook's
     /// `Reachable`: it answered them); `error` says why not.
     pub reachable: bool,
-    /// Whether it did not answer at all (no connection, no answer in time), rather than its
-    /// stored credentials could not be read or used.
-    #[serde(skip)]
-    pub unanswered: bool,
     /// Whether it is being detached ([`mesh_state::is_being_detached`]): nothing syncs it, so
     /// its drift is not reported as a sync's to converge, nor by `--exit-code`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -282,26 +278,53 @@ pub struct ClusterColumn {
     /// Why they could not, when reading them failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub injectors_unread: Option<InjectorsUnread>,
-    /// Why not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Whether `error` is its scope's ([`CellState::ScopeInvalid`]).
-    #[serde(skip)]
-    pub scope_invalid: bool,
+    /// Why its namespaces were not read, or not judged (its scope cannot be used).
+    #[serde(flatten)]
+    pub unread: Option<ColumnUnread>,
     /// Whether its pods were read; absent when they were not asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodsColumn>,
 }
 
+/// Why a remote's namespaces were not read, or not judged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ColumnUnread {
+    /// Why, in one line.
+    pub error: String,
+    /// Whether it did not answer at all (no connection, no answer in time), rather than its
+    /// stored credentials could not be read or used.
+    #[serde(skip)]
+    pub unanswered: bool,
+    /// Whether `error` is its scope's ([`CellState::ScopeInvalid`]).
+    #[serde(skip)]
+    pub scope_invalid: bool,
+}
+
+impl ColumnUnread {
+    /// Why `remote`'s namespaces are not judged: `scope_error`, else why they were not read.
+    fn of(remote: &RemoteView, scope_error: Option<&str>) -> Option<Self> {
+        let unread = remote.namespaces.as_ref().err();
+        let error = scope_error
+            .map(str::to_owned)
+            .or_else(|| unread.map(|u| u.error.clone()))?;
+        Some(Self {
+            error,
+            unanswered: unread.is_some_and(|u| u.unanswered),
+            scope_invalid: scope_error.is_some(),
+        })
+    }
+}
+
 impl ClusterColumn {
     /// What status warns of a cluster whose namespaces were not read, if any.
     fn unread_line(&self) -> Option<String> {
-        let error = self.error.as_deref()?;
-        Some(if self.unanswered {
+        let unread = self.unread.as_ref()?;
+        let error = &unread.error;
+        Some(if unread.unanswered {
             format!("{} unreachable: {error}", self.name)
-        } else if self.scope_invalid {
+        } else if unread.scope_invalid {
             // Its scope's error names the cluster.
-            error.to_owned()
+            error.clone()
         } else {
             format!("{} not read: {error}", self.name)
         })
@@ -418,7 +441,7 @@ impl StatusReport {
         let unread: Vec<&str> = self
             .clusters
             .iter()
-            .filter(|c| c.error.is_some() && !c.detaching)
+            .filter(|c| c.unread.is_some() && !c.detaching)
             .map(|c| c.name.as_str())
             .collect();
         if !unread.is_empty() {
@@ -496,14 +519,10 @@ impl StatusReport {
                 .map(|(r, scope_error)| ClusterColumn {
                     name: r.name.clone(),
                     reachable: r.namespaces.is_ok(),
-                    unanswered: r.namespaces.as_ref().err().is_some_and(|u| u.unanswered),
                     detaching: r.detaching,
                     injectors_known: matches!(r.injectors, Some(Ok(_))),
                     injectors_unread: r.injectors.clone().and_then(|read| read.err()),
-                    scope_invalid: scope_error.is_some(),
-                    error: scope_error
-                        .clone()
-                        .or_else(|| r.namespaces.as_ref().err().map(|u| u.error.clone())),
+                    unread: ColumnUnread::of(r, scope_error.as_deref()),
                     pods: match &r.pods {
                         PodsRead::NotAsked => None,
                         PodsRead::NoCredentials { istio_unread } => {
@@ -888,7 +907,11 @@ mod tests {
         });
         let r = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
         let east = &r.clusters[0];
-        assert!(!east.reachable && !east.unanswered, "{east:?}");
+        assert!(!east.reachable, "{east:?}");
+        assert!(
+            east.unread.as_ref().is_some_and(|u| !u.unanswered),
+            "{east:?}"
+        );
         assert_eq!(
             east.unread_line().as_deref(),
             Some("east not read: cannot read secret kubectl-mesh/cluster-east: forbidden")
@@ -918,7 +941,7 @@ mod tests {
         let r = StatusReport::compute(&SyncRule::default(), &primary(), &[east], &[]);
         let column = &r.clusters[0];
         assert!(column.reachable, "{column:?}");
-        let error = column.error.as_deref().unwrap_or_default();
+        let error = column.unread.as_ref().map_or("", |u| u.error.as_str());
         assert!(
             error.contains("the scope of east cannot be used"),
             "{error}"
