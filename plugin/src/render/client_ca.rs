@@ -104,7 +104,7 @@ pub(super) fn volume_mount() -> VolumeMount {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Options, ServingCert, deployment, render, serving_sans};
+    use super::super::{Coverage, Options, ServingCert, deployment, render, serving_sans};
     use super::*;
 
     #[test]
@@ -169,8 +169,10 @@ mod tests {
             ca_pem: "ca".into(),
             cert_pem: "cert".into(),
             key_pem: "key".into(),
-            sans: serving_sans(None),
-            not_after: None,
+            coverage: Coverage {
+                sans: serving_sans(None),
+                not_after: None,
+            },
         };
         let stored = render(&options, &cert)
             .unwrap()

@@ -46,7 +46,7 @@ pub use client_ca::{
 };
 pub use disruption::pod_disruption_budget;
 pub use network_policy::network_policy;
-pub use serving_cert::{ServingCert, generate_serving_cert, serving_sans, tls_secret};
+pub use serving_cert::{Coverage, ServingCert, generate_serving_cert, serving_sans, tls_secret};
 pub use webhook_configuration::{
     NAMESPACE_WRITES, cel_label_changed, match_conditions, mutating_webhook_configuration,
 };
@@ -831,8 +831,10 @@ mod tests {
             ca_pem: "-----BEGIN CERTIFICATE-----\nTEST-CA\n-----END CERTIFICATE-----\n".into(),
             cert_pem: "cert".into(),
             key_pem: "key".into(),
-            sans: serving_sans(None),
-            not_after: Some("2035-01-01T00:00:00Z".into()),
+            coverage: Coverage {
+                sans: serving_sans(None),
+                not_after: Some("2035-01-01T00:00:00Z".into()),
+            },
         }
     }
 

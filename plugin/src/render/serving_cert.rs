@@ -20,6 +20,13 @@ pub struct ServingCert {
     pub cert_pem: String,
     /// Private key of the serving certificate.
     pub key_pem: String,
+    /// What it covers, as the Secret's annotations record it.
+    pub coverage: Coverage,
+}
+
+/// What a serving certificate covers: the names, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coverage {
     /// DNS names and IP addresses the certificate covers.
     pub sans: Vec<String>,
     /// When it expires (RFC 3339), if known.
@@ -30,8 +37,8 @@ impl std::fmt::Debug for ServingCert {
     // The key never goes to logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServingCert")
-            .field("sans", &self.sans)
-            .field("not_after", &self.not_after)
+            .field("sans", &self.coverage.sans)
+            .field("not_after", &self.coverage.not_after)
             .finish_non_exhaustive()
     }
 }
@@ -118,8 +125,10 @@ pub fn generate_serving_cert(sans: &[String]) -> Result<ServingCert> {
         ca_pem: ca_cert.pem(),
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
-        sans: sans.to_vec(),
-        not_after,
+        coverage: Coverage {
+            sans: sans.to_vec(),
+            not_after,
+        },
     })
 }
 
@@ -138,15 +147,17 @@ impl ServingCert {
             ca_pem: text(CA_CRT)?,
             cert_pem: text(TLS_CRT)?,
             key_pem: text(TLS_KEY)?,
-            sans: annotation(SANS_ANNOTATION)
-                .map(|s| {
-                    s.split(',')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            not_after: annotation(NOT_AFTER_ANNOTATION),
+            coverage: Coverage {
+                sans: annotation(SANS_ANNOTATION)
+                    .map(|s| {
+                        s.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                not_after: annotation(NOT_AFTER_ANNOTATION),
+            },
         })
     }
 
@@ -170,10 +181,11 @@ impl ServingCert {
     /// Why this certificate cannot be reused for `sans` at time `now`, if it cannot: a SAN
     /// it does not cover, or an expiry within 30 days (or unknown).
     pub fn reuse_problem(&self, sans: &[String], now: jiff::Timestamp) -> Option<String> {
-        if let Some(missing) = sans.iter().find(|s| !self.sans.contains(s)) {
+        if let Some(missing) = sans.iter().find(|s| !self.coverage.sans.contains(s)) {
             return Some(format!("it does not cover {missing}"));
         }
         let Some(not_after) = self
+            .coverage
             .not_after
             .as_deref()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
@@ -192,8 +204,9 @@ impl ServingCert {
 /// cert-manager writes them, so other tools read it too.
 pub fn tls_secret(cert: &ServingCert) -> Secret {
     let mut metadata = meta(TLS_SECRET, Some(MESH_NAMESPACE), Some(WEBHOOK));
-    let mut annotations = BTreeMap::from([(SANS_ANNOTATION.to_owned(), cert.sans.join(","))]);
-    if let Some(t) = &cert.not_after {
+    let mut annotations =
+        BTreeMap::from([(SANS_ANNOTATION.to_owned(), cert.coverage.sans.join(","))]);
+    if let Some(t) = &cert.coverage.not_after {
         annotations.insert(NOT_AFTER_ANNOTATION.to_owned(), t.clone());
     }
     metadata.annotations = Some(annotations);
