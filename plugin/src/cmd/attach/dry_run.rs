@@ -64,8 +64,8 @@ pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String
             "firstSync": plan.preview,
         });
         let mut list = list;
-        if plan.takeover {
-            list["takeover"] = serde_json::json!(takeover_lines(&plan.name, &plan.leftovers));
+        if let Some(leftovers) = &plan.takeover {
+            list["takeover"] = serde_json::json!(takeover_lines(&plan.name, leftovers));
         }
         return output::render_values(format, &[list]);
     }
@@ -74,8 +74,8 @@ pub(super) fn dry_run_output(plan: &Plan, format: OutputFormat) -> Result<String
         // What the remote holds: shown, never obeyed.
         text.push_str(&format!("# first sync: {}\n", one_line(&line)));
     }
-    if plan.takeover {
-        for line in takeover_lines(&plan.name, &plan.leftovers) {
+    if let Some(leftovers) = &plan.takeover {
+        for line in takeover_lines(&plan.name, leftovers) {
             text.push_str(&format!("# takeover: {line}\n"));
         }
     }

@@ -32,15 +32,13 @@ pub(super) struct Plan {
     pub(super) cluster_id: String,
     /// The primary's id (UID of its kube-system), recorded on every remote object.
     pub(super) primary_id: String,
-    /// The remote holds this cluster's objects from another primary, and --force takes them
-    /// over: that primary's tokens are deleted, what this run writes is recorded for this
-    /// one, and the rest of that primary's goes ([`Self::leftovers`]).
-    pub(super) takeover: bool,
-    /// In a takeover, the other primary's objects of this cluster that this run does not
-    /// write (an identity not asked for, the token renewal rights, the guard with
-    /// `--remote-guard=off`), in the order they are deleted: none is left granting what this
-    /// run's flags do not.
-    pub(super) leftovers: Vec<Manifest>,
+    /// `Some` when the remote holds this cluster's objects from another primary, and --force
+    /// takes them over: that primary's tokens are deleted, what this run writes is recorded
+    /// for this one, and the rest of that primary's goes. That rest, the leftovers: the other
+    /// primary's objects of this cluster that this run does not write (an identity not asked
+    /// for, the token renewal rights, the guard with `--remote-guard=off`), in the order they
+    /// are deleted: none is left granting what this run's flags do not.
+    pub(super) takeover: Option<Vec<Manifest>>,
     /// The installed sync rule: what the guard and the sync scope cover.
     pub(super) rule: SyncRule,
     /// That rule within the cluster's `scope`: the namespaces the sync account may write.

@@ -452,8 +452,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
         remote_context,
         cluster_id,
         primary_id,
-        takeover: false,
-        leftovers: Vec::new(),
+        takeover: None,
         rule,
         scoped,
         guard,
@@ -493,8 +492,7 @@ pub(super) async fn preflight(args: &Args, ctx: &Context) -> Result<Plan> {
     }
     let leftovers = leftovers.into_iter().map(|(m, _)| m).collect();
     Ok(Plan {
-        takeover,
-        leftovers,
+        takeover: takeover.then_some(leftovers),
         ..plan
     })
 }

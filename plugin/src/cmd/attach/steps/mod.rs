@@ -272,11 +272,11 @@ impl<'a> Run<'a> {
         for (step, m) in remote_steps {
             self.begin(step);
             if step == Step::TokenSecret {
-                if plan.takeover {
+                if let Some(leftovers) = &plan.takeover {
                     self.revoke_other_primarys_tokens().await?;
                     // Before this run's token exists: the renewal rights would let it mint
                     // tokens no Secret revokes.
-                    self.delete_other_primarys_leftovers().await?;
+                    self.delete_other_primarys_leftovers(leftovers).await?;
                 }
                 if plan.token_ttl.is_some() {
                     self.ensure(
@@ -611,11 +611,11 @@ impl<'a> Run<'a> {
     }
 
     /// `--force`: the other primary's objects of this cluster that this run does not write
-    /// ([`Plan::leftovers`]) go, recorded for the rollback, which creates them again. One
-    /// found recorded for this primary or gone since is left alone.
-    async fn delete_other_primarys_leftovers(&mut self) -> Result<()> {
+    /// (`leftovers`, [`Plan::takeover`]'s) go, recorded for the rollback, which creates them
+    /// again. One found recorded for this primary or gone since is left alone.
+    async fn delete_other_primarys_leftovers(&mut self, leftovers: &[Manifest]) -> Result<()> {
         let name = self.plan.name.clone();
-        for m in self.plan.leftovers.clone() {
+        for m in leftovers.iter().cloned() {
             let found = dyn_api(&self.plan.remote, &m)
                 .get_opt(&m.name)
                 .await
@@ -642,7 +642,7 @@ impl<'a> Run<'a> {
     fn may_replace(&self, meta: &kube::api::ObjectMeta) -> bool {
         let (name, primary) = (&self.plan.name, &self.plan.primary_id);
         setup::is_ours_from(meta, name, primary)
-            || (self.plan.takeover && setup::other_primary(meta, name, primary).is_some())
+            || (self.plan.takeover.is_some() && setup::other_primary(meta, name, primary).is_some())
     }
 
     /// Deletes the remote object `m`, found as `found`, recording it for the rollback.
