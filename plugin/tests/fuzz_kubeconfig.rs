@@ -14,7 +14,11 @@ use kubectl_mesh::kubeconfig::{
     self, build_stored_kubeconfig, parse_stored, read_remote, sanitize, to_yaml, validate_stored,
 };
 use mesh_testenv::json_doc::{Splices, Syntax, TreeEdit, damage_byte, tree_edit};
-use proptest::{prelude::*, sample::Index, test_runner::TestCaseError};
+use proptest::{
+    prelude::*,
+    sample::{Index, select},
+    test_runner::TestCaseError,
+};
 use serde_json::Value;
 
 /// The token of the valid stored kubeconfig.
@@ -129,7 +133,7 @@ fn arb_value() -> impl Strategy<Value = Value> {
         any::<f64>()
             .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         any::<String>().prop_map(Value::from),
-        interesting_string().prop_map(Value::from),
+        select(INTERESTING_STRINGS).prop_map(Value::from),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
@@ -143,7 +147,7 @@ fn arb_value() -> impl Strategy<Value = Value> {
 fn key() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-z-]{0,12}",
-        prop::sample::select(vec![
+        select(vec![
             "name",
             "cluster",
             "user",
@@ -160,53 +164,49 @@ fn key() -> impl Strategy<Value = String> {
     ]
 }
 
-fn interesting_string() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec![
-        "",
-        "east",
-        "East",
-        "-east",
-        "admin@east",
-        "https://127.0.0.1:6443",
-        "http://127.0.0.1:8080",
-        "https://",
-        "ca.crt",
-        "missing.crt",
-        ".",
-        "not base64 !",
-        "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
-        "line one\nline two",
-        "carriage\rreturn",
-        "tab\there",
-        "\u{0}nul",
-        "naïve ☃ 名前",
-    ])
-}
+const INTERESTING_STRINGS: &[&str] = &[
+    "",
+    "east",
+    "East",
+    "-east",
+    "admin@east",
+    "https://127.0.0.1:6443",
+    "http://127.0.0.1:8080",
+    "https://",
+    "ca.crt",
+    "missing.crt",
+    ".",
+    "not base64 !",
+    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+    "line one\nline two",
+    "carriage\rreturn",
+    "tab\there",
+    "\u{0}nul",
+    "naïve ☃ 名前",
+];
 
 /// Raw YAML text spliced into a document: what a JSON model cannot express.
-fn yaml_snippet() -> impl Strategy<Value = &'static str> {
-    prop::sample::select(vec![
-        // Aliases (the exponential kind is in `yaml_bomb_is_refused`: a second per parse).
-        "clusters: &c []\nusers: *c\n",
-        "a: &a [x, x]\nb: [*a, *a]\n",
-        "current-context: *undefined\n",
-        // Merge keys, tags, a second document, odd scalars.
-        "<<: {current-context: east}\n",
-        "current-context: !!binary ZWFzdA==\n",
-        "clusters: !custom {}\n",
-        "---\nkind: Config\n",
-        "--- |\n  text\n",
-        "...\n",
-        "current-context: ~\n",
-        "current-context: 0x1f\n",
-        "current-context: .nan\n",
-        "? [complex, key]\n: value\n",
-        "\t- tab indented\n",
-        "%YAML 1.2\n---\n",
-        "clusters: [{name: east, cluster: {server: https://x}}, {name: east}]\n",
-        "\u{feff}kind: Config\n",
-    ])
-}
+const YAML_SNIPPETS: &[&str] = &[
+    // Aliases (the exponential kind is in `yaml_bomb_is_refused`: a second per parse).
+    "clusters: &c []\nusers: *c\n",
+    "a: &a [x, x]\nb: [*a, *a]\n",
+    "current-context: *undefined\n",
+    // Merge keys, tags, a second document, odd scalars.
+    "<<: {current-context: east}\n",
+    "current-context: !!binary ZWFzdA==\n",
+    "clusters: !custom {}\n",
+    "---\nkind: Config\n",
+    "--- |\n  text\n",
+    "...\n",
+    "current-context: ~\n",
+    "current-context: 0x1f\n",
+    "current-context: .nan\n",
+    "? [complex, key]\n: value\n",
+    "\t- tab indented\n",
+    "%YAML 1.2\n---\n",
+    "clusters: [{name: east, cluster: {server: https://x}}, {name: east}]\n",
+    "\u{feff}kind: Config\n",
+];
 
 /// One change to a valid kubeconfig: on its tree, or on its text once serialized.
 #[derive(Clone, Debug)]
@@ -261,9 +261,9 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         12 => tree_edit(arb_value(), FIELDS, 0usize..256 * 1024, 1usize..10_000)
             .prop_map(Mutation::Tree),
-        4 => (prop::sample::select(FIELDS), interesting_string())
+        4 => (select(FIELDS), select(INTERESTING_STRINGS))
             .prop_map(|(f, v)| Mutation::Tree(TreeEdit::Field(f, Value::from(v)))),
-        2 => (any::<Index>(), yaml_snippet()).prop_map(|(i, s)| Mutation::Snippet(i, s)),
+        2 => (any::<Index>(), select(YAML_SNIPPETS)).prop_map(|(i, s)| Mutation::Snippet(i, s)),
         2 => (any::<Index>(), any::<u8>(), any::<u8>()).prop_map(|(i, o, b)| Mutation::Bytes(i, o, b)),
     ]
 }
@@ -380,7 +380,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes(
-        bom in prop::sample::select(vec![&b""[..], b"\xEF\xBB\xBF", b"\xFF\xFE", b"\xFE\xFF"]),
+        bom in select(vec![&b""[..], b"\xEF\xBB\xBF", b"\xFF\xFE", b"\xFE\xFF"]),
         rest in prop::collection::vec(any::<u8>(), 0..2048),
     ) {
         // Byte-order marks choose how kube decodes a file: each way gets its share.
@@ -390,7 +390,7 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_yaml(value in arb_value(), snippet in prop::option::of(yaml_snippet())) {
+    fn arbitrary_yaml(value in arb_value(), snippet in prop::option::of(select(YAML_SNIPPETS))) {
         let mut text = serde_yaml::to_string(&value).expect("serialize");
         if let Some(snippet) = snippet {
             text.insert_str(0, snippet);
@@ -409,12 +409,12 @@ proptest! {
     fn mutated_user_kubeconfigs(
         mutations in prop::collection::vec(mutation(), 1..5),
         context in prop::option::of(prop_oneof![
-            interesting_string().prop_map(str::to_owned),
+            select(INTERESTING_STRINGS).prop_map(str::to_owned),
             any::<String>(),
         ]),
         name in prop_oneof![
             Just("east".to_owned()),
-            interesting_string().prop_map(str::to_owned),
+            select(INTERESTING_STRINGS).prop_map(str::to_owned),
             "[a-z0-9-]{1,70}",
         ],
         token in any::<String>(),
