@@ -122,13 +122,9 @@ pub struct ClusterSync {
     pub error: Option<String>,
     /// Namespaces changed (or that would be), in name order.
     pub changes: Vec<Change>,
-    /// Namespaces whose labels already equalled the primary's.
-    pub in_sync: usize,
-    /// Primary namespaces with managed labels absent on the remote (never created).
-    pub missing: Vec<String>,
-    /// Remote namespaces the cluster's scope (`kubectl mesh scope`) leaves alone.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub out_of_scope: Vec<String>,
+    /// The namespaces it had nothing to write on.
+    #[serde(flatten)]
+    pub untouched: Untouched,
     /// Namespaces that could not be written.
     pub failures: Vec<Failure>,
     /// The namespace whose write the remote did not answer (also in `failures`): the remote
@@ -140,6 +136,19 @@ pub struct ClusterSync {
     pub unwritten: usize,
     /// Write requests made.
     pub writes: u32,
+}
+
+/// The namespaces a sync has nothing to write on, by why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Untouched {
+    /// Namespaces whose labels already equalled the primary's.
+    pub in_sync: usize,
+    /// Primary namespaces with managed labels absent on the remote (never created).
+    pub missing: Vec<String>,
+    /// Remote namespaces the cluster's scope (`kubectl mesh scope`) leaves alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub out_of_scope: Vec<String>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -202,9 +211,11 @@ impl ClusterSync {
                     },
                 })
                 .collect(),
-            in_sync: report.in_sync,
-            missing: report.missing.clone(),
-            out_of_scope: report.out_of_scope.clone(),
+            untouched: Untouched {
+                in_sync: report.in_sync,
+                missing: report.missing.clone(),
+                out_of_scope: report.out_of_scope.clone(),
+            },
             failures: report
                 .errors
                 .iter()
@@ -257,20 +268,15 @@ impl ClusterSync {
             }
             None => {}
         }
-        parts.push(format!("{} in sync", self.in_sync));
-        if !self.missing.is_empty() {
-            parts.push(format!(
-                "{} missing ({})",
-                self.missing.len(),
-                few(&self.missing)
-            ));
-        }
-        if !self.out_of_scope.is_empty() {
-            parts.push(format!(
-                "{} out of scope ({})",
-                self.out_of_scope.len(),
-                few(&self.out_of_scope)
-            ));
+        let untouched = &self.untouched;
+        parts.push(format!("{} in sync", untouched.in_sync));
+        for (names, why) in [
+            (&untouched.missing, "missing"),
+            (&untouched.out_of_scope, "out of scope"),
+        ] {
+            if !names.is_empty() {
+                parts.push(format!("{} {why} ({})", names.len(), few(names)));
+            }
         }
         if self.dry_run {
             parts.push("dry run, nothing written".to_owned());
@@ -392,7 +398,10 @@ mod tests {
                 cluster: "west".into(),
                 dry_run,
                 error: None,
-                in_sync: 7,
+                untouched: Untouched {
+                    in_sync: 7,
+                    ..Untouched::default()
+                },
                 ..ClusterSync::default()
             },
             ClusterSync {
@@ -400,9 +409,11 @@ mod tests {
                 dry_run,
                 error: None,
                 changes,
-                in_sync: 12,
-                missing: vec!["payments".into()],
-                out_of_scope: vec!["istio-system".into()],
+                untouched: Untouched {
+                    in_sync: 12,
+                    missing: vec!["payments".into()],
+                    out_of_scope: vec!["istio-system".into()],
+                },
                 failures,
                 writes: if dry_run { 0 } else { 2 },
                 ..ClusterSync::default()
@@ -426,7 +437,7 @@ mod tests {
     fn what_a_remote_holds_is_shown_never_obeyed() {
         let mut results = results(false);
         results[1].changes[0].set = labels(&[("istio-injection", "on\x1b[2J")]);
-        results[1].out_of_scope = vec!["kube\u{202e}metsys".into()];
+        results[1].untouched.out_of_scope = vec!["kube\u{202e}metsys".into()];
         let text = render_text(&results);
         assert!(!text.contains(['\x1b', '\u{202e}']), "{text:?}");
         assert!(text.contains("istio-injection=on\\u{1b}[2J"), "{text}");
