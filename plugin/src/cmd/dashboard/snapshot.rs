@@ -15,7 +15,7 @@ use crate::cmd::list::ClusterRow;
 use crate::cmd::services::{
     self, ClusterFacts, ClusterRead, Join, PRIMARY, PageRows, ReadState, Records,
 };
-use crate::cmd::status::{PodsRead, RemoteView, StatusReport, Unread};
+use crate::cmd::status::{PodsRead, RemoteView, StatusReport, Totals, Unread};
 use crate::credentials::TokenExpiry;
 use crate::{mesh_state, view};
 
@@ -233,7 +233,7 @@ impl Live {
             .map(|c| c.name.as_str())
             .filter(|name| matches!(self.namespaces_read(name), NamespacesRead::Pending))
             .collect();
-        let mut counts = [0; 4];
+        let mut totals = Totals::default();
         let mut buf = Vec::new();
         buf.extend_from_slice(b"{\"clusters\":");
         // Plain data into memory: serializing cannot fail.
@@ -270,22 +270,12 @@ impl Live {
                 }
                 serde_json::to_writer(&mut buf, &row).unwrap_or_default();
             }
-            for (count, add) in counts.iter_mut().zip([
-                report.drifted,
-                report.missing,
-                report.uninjected,
-                report.contrary_pods,
-            ]) {
-                *count += add;
-            }
+            totals += report.totals;
         }
-        let [drifted, missing, uninjected, contrary_pods] = counts;
-        buf.extend_from_slice(
-            format!(
-                "],\"drifted\":{drifted},\"missing\":{missing},\"uninjected\":{uninjected},\"contraryPods\":{contrary_pods}}}"
-            )
-            .as_bytes(),
-        );
+        // The totals' own fields close the object, as `status -o json` writes them.
+        let totals = serde_json::to_vec(&totals).unwrap_or_default();
+        buf.extend_from_slice(b"],");
+        buf.extend_from_slice(totals.strip_prefix(b"{").unwrap_or_default());
         // Kept until a namespace changes: without room to grow.
         buf.shrink_to_fit();
         buf
@@ -748,7 +738,7 @@ mod tests {
             ["a", "b", "c", "d", "e", "g"],
             "h is only on a remote that does not answer, kube-system is excluded"
         );
-        assert!(whole.drifted > 0 && whole.missing > 0);
+        assert!(whole.totals.drifted > 0 && whole.totals.missing > 0);
         let whole = serde_json::to_value(&whole).unwrap();
         for chunk in [1, 2, 4, 100] {
             let chunked: serde_json::Value =

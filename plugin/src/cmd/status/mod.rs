@@ -248,8 +248,17 @@ pub struct StatusReport {
     pub clusters: Vec<ClusterColumn>,
     /// The rows.
     pub namespaces: Vec<NamespaceRow>,
-    /// Cells whose managed labels differ from the primary's, on the clusters that are synced
-    /// (as the summary and `--exit-code` count them).
+    /// What the rows add up to.
+    #[serde(flatten)]
+    pub totals: Totals,
+}
+
+/// What a matrix's cells add up to, as the summary and `--exit-code` count them; the matrices
+/// of a page's chunks add up to the page's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    /// Cells whose managed labels differ from the primary's, on the clusters that are synced.
     pub drifted: usize,
     /// Cells of namespaces that carry managed labels on the primary and are absent there, on
     /// the clusters that are synced.
@@ -259,6 +268,15 @@ pub struct StatusReport {
     /// Pods whose sidecar contradicts their namespace's labels, on every cluster whose pods
     /// were read.
     pub contrary_pods: usize,
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, other: Self) {
+        self.drifted += other.drifted;
+        self.missing += other.missing;
+        self.uninjected += other.uninjected;
+        self.contrary_pods += other.contrary_pods;
+    }
 }
 
 /// One remote.
@@ -542,10 +560,7 @@ impl StatusReport {
                 })
                 .collect(),
             namespaces: Vec::new(),
-            drifted: 0,
-            missing: 0,
-            uninjected: 0,
-            contrary_pods: 0,
+            totals: Totals::default(),
         };
         for name in names {
             let on_primary = primary.get(&name);
@@ -600,7 +615,7 @@ impl StatusReport {
                                 cell.injection =
                                     injection_cell(&name, &judged, remote.known_injectors());
                                 if matches!(cell.injection, Some(InjectionCell::Unserved { .. })) {
-                                    report.uninjected += 1;
+                                    report.totals.uninjected += 1;
                                 }
                                 if let PodsRead::Read { pods, .. } = &remote.pods {
                                     let here = pods.get(&name).map_or(&[][..], Vec::as_slice);
@@ -613,7 +628,7 @@ impl StatusReport {
                                     .into_iter()
                                     .map(ResourceExt::name_any)
                                     .collect();
-                                    report.contrary_pods += contrary.len();
+                                    report.totals.contrary_pods += contrary.len();
                                     cell.contrary_pods = Some(contrary);
                                 }
                                 cell
@@ -626,7 +641,7 @@ impl StatusReport {
             report.namespaces.push(row);
         }
         let synced_cells = |state| report.synced_cells_in(state).values().map(Vec::len).sum();
-        (report.drifted, report.missing) = (
+        (report.totals.drifted, report.totals.missing) = (
             synced_cells(CellState::Drifted),
             synced_cells(CellState::Missing),
         );
@@ -964,7 +979,7 @@ mod tests {
         let mut views = remotes();
         views.truncate(1);
         let synced = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
-        assert_eq!((synced.drifted, synced.missing), (2, 1));
+        assert_eq!((synced.totals.drifted, synced.totals.missing), (2, 1));
         views[0].detaching = true;
         let r = StatusReport::compute(&SyncRule::default(), &primary(), &views, &[]);
         // Injection is judged on other labels there: see the test below.
@@ -978,7 +993,7 @@ mod tests {
             differs(&synced),
             "its cells still show what differs"
         );
-        assert_eq!((r.drifted, r.missing), (0, 0));
+        assert_eq!((r.totals.drifted, r.totals.missing), (0, 0));
         assert!(r.exit_status().is_ok());
         let summary: Vec<String> = r.summary().into_iter().map(|(_, l)| l).collect();
         assert_eq!(
@@ -1027,7 +1042,7 @@ mod tests {
             })
         );
         assert_eq!(cell("legacy").contrary_pods, Some(vec!["bare".to_owned()]));
-        assert_eq!((r.uninjected, r.contrary_pods), (1, 1));
+        assert_eq!((r.totals.uninjected, r.totals.contrary_pods), (1, 1));
         assert_eq!(
             cell("legacy").text(true),
             "istio-injection=enabled (injector: istio-sidecar-injector) (1 pod needs restart) \
@@ -1064,9 +1079,9 @@ mod tests {
         // kube-system is excluded; plain carries no managed label anywhere.
         assert_eq!(names, ["ambient", "bookinfo", "legacy", "payments"]);
         // payments on east (wrong revision) and legacy on east (absent on the primary).
-        assert_eq!(r.drifted, 2);
+        assert_eq!(r.totals.drifted, 2);
         // ambient is absent on east.
-        assert_eq!(r.missing, 1);
+        assert_eq!(r.totals.missing, 1);
         let legacy = &r.namespaces[2].clusters["east"];
         assert_eq!(legacy.state, CellState::Drifted);
         assert_eq!(
@@ -1100,7 +1115,7 @@ mod tests {
         assert_eq!(names, ["kube-system", "nowhere"]);
         assert_eq!(r.namespaces[0].clusters["east"].state, CellState::Excluded);
         assert_eq!(r.namespaces[1].clusters["east"].state, CellState::Absent);
-        assert_eq!((r.drifted, r.missing), (0, 0));
+        assert_eq!((r.totals.drifted, r.totals.missing), (0, 0));
         assert_eq!(
             r.table(false),
             "NAMESPACE     PRIMARY    EAST\n\
@@ -1147,7 +1162,7 @@ mod tests {
         // nothing there either.
         assert_eq!(cell("plain", "west"), absent);
         assert_eq!(cell("leaving", "west"), absent);
-        assert_eq!(r.missing, 1);
+        assert_eq!(r.totals.missing, 1);
         let summary: Vec<String> = r.summary().into_iter().map(|(_, l)| l).collect();
         assert_eq!(
             summary,
@@ -1190,7 +1205,7 @@ mod tests {
         // No sidecars asked for, or the namespace is not there.
         assert_eq!(cell("ambient", "west"), None);
         assert_eq!(cell("legacy", "east"), None);
-        assert_eq!(r.uninjected, 1);
+        assert_eq!(r.totals.uninjected, 1);
         assert_eq!(
             r.namespaces[3].clusters["east"].text(true),
             "istio.io/rev=1-23 (no injector) (drift)"
@@ -1254,7 +1269,7 @@ mod tests {
             Some(&["a".to_owned(), "c".to_owned()][..])
         );
         assert_eq!(bookinfo["west"].contrary_pods, None);
-        assert_eq!(r.contrary_pods, 2);
+        assert_eq!(r.totals.contrary_pods, 2);
         assert_eq!(
             bookinfo["east"].text(true),
             "istio-injection=enabled (injector: istio-sidecar-injector) (2 pods need restart)"
