@@ -164,33 +164,37 @@ pub fn steps(cluster: &str, holder: Holder) -> Vec<String> {
 }
 
 impl Rotate {
+    /// The MeshClusters this run rotates: the one named, or with `--all` every one (at least
+    /// one).
+    async fn targets(&self, primary: &Client, target: &Target) -> Result<Vec<MeshCluster>> {
+        if !self.all {
+            let name = self.name.as_deref().unwrap_or_default();
+            let mc = mesh_state::cluster_named(primary, target, name).await?;
+            return Ok(vec![mc.ok_or_else(|| mesh_state::not_attached(name))?]);
+        }
+        let list = mesh_state::clusters(primary).await?;
+        if list.is_empty() {
+            return Err(Error::Refused {
+                what: "no cluster is attached".into(),
+                hint: "`kubectl mesh attach` attaches one".into(),
+            });
+        }
+        Ok(list)
+    }
+
     /// Runs the command.
     pub async fn run(self, ctx: &Context) -> Result<()> {
         let rerun = interrupted::rerun(&self, ctx);
+        let hooks = TestHooks::from_env()?;
+        let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
+        let targets = self.targets(&primary, &primary_target).await?;
         let Self {
-            name,
-            all,
             remote_admin,
             dry_run,
             timeout,
+            ..
         } = self;
         let progress = ctx.progress;
-        let hooks = TestHooks::from_env()?;
-        let (primary_kc, primary_target, primary) = ctx.primary_client().await?;
-        let targets = if all {
-            let list = mesh_state::clusters(&primary).await?;
-            if list.is_empty() {
-                return Err(Error::Refused {
-                    what: "no cluster is attached".into(),
-                    hint: "`kubectl mesh attach` attaches one".into(),
-                });
-            }
-            list
-        } else {
-            let name = name.unwrap_or_default();
-            let mc = mesh_state::cluster_named(&primary, &primary_target, &name).await?;
-            vec![mc.ok_or_else(|| mesh_state::not_attached(&name))?]
-        };
 
         // Refused before anything is rotated, for every target: nothing is left half-done.
         for mc in &targets {
