@@ -615,9 +615,8 @@ fn excerpt(history: &History, config: &CheckConfig, namespace: &str, at: Ms) -> 
         .iter()
         .filter(|o| o.namespace == namespace && within(o.start))
         .map(|o| (o.start, describe_op(history, o)));
-    let events = history
-        .recorded
-        .events
+    let Recorded { events, .. } = &history.recorded;
+    let events = events
         .iter()
         .filter(|e| e.name == namespace && within(e.at))
         .map(|e| (e.at, describe_event(history, e)));
@@ -784,6 +783,11 @@ mod tests {
         history
     }
 
+    /// The clean history with `event` shown by a watch too.
+    fn clean_and_shown(event: WatchEvent) -> History {
+        clean_but(|h| h.recorded.events.push(event))
+    }
+
     /// The clean history's replica write again, at `at`.
     fn write_again_at(history: &History, at: Ms) -> ReplicaWrite {
         ReplicaWrite {
@@ -855,11 +859,7 @@ mod tests {
 
     #[test]
     fn a_value_nobody_asked_for_is_a_phantom_with_its_history() {
-        let history = clean_but(|h| {
-            h.recorded
-                .events
-                .push(remote_shows(6_000, &[(INJ, "disabled")]))
-        });
+        let history = clean_and_shown(remote_shows(6_000, &[(INJ, "disabled")]));
         let verdict = verdict_on(&history);
         let phantoms = violations_of(&verdict, ViolationKind::Phantom);
         let phantom = phantoms.first().expect("a phantom");
@@ -999,7 +999,7 @@ mod tests {
             ),
         ];
         for (case, state) in cases {
-            let history = clean_but(|h| h.recorded.events.push(seen(5_000, 1, "shop", state)));
+            let history = clean_and_shown(seen(5_000, 1, "shop", state));
             assert_eq!(kinds(&history), vec![ViolationKind::Touched], "{case}");
         }
         // A namespace that appears on a remote without the workload creating it, and one that
@@ -1066,11 +1066,7 @@ mod tests {
 
     #[test]
     fn convergence_time_is_unknown_when_a_remote_never_caught_up() {
-        let history = clean_but(|h| {
-            h.recorded
-                .events
-                .push(primary_shows(3_000, &[(INJ, "disabled")]))
-        });
+        let history = clean_and_shown(primary_shows(3_000, &[(INJ, "disabled")]));
         // 4,500 shows the remote still at "enabled": never converged after the fault.
         assert_eq!(verdict_on(&history).convergence[0].after, None);
     }
