@@ -254,8 +254,12 @@ impl BoundWebhook {
 
         let is_leader = match lease_name {
             Some(name) => {
-                let mut settings = LeaseSettings::new(&mesh_namespace, name, &identity);
-                settings.timing = lease_timing;
+                let settings = LeaseSettings {
+                    namespace: mesh_namespace.clone(),
+                    name,
+                    identity: identity.clone(),
+                    timing: lease_timing,
+                };
                 let (is_leader, election) =
                     leader::spawn(primary.clone(), settings, background.clone());
                 tasks.spawn(async move {

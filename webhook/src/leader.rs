@@ -151,21 +151,6 @@ pub struct LeaseSettings {
     pub timing: LeaseTiming,
 }
 
-impl LeaseSettings {
-    pub fn new(
-        namespace: impl Into<String>,
-        name: impl Into<String>,
-        identity: impl Into<String>,
-    ) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-            identity: identity.into(),
-            timing: LeaseTiming::default(),
-        }
-    }
-}
-
 /// The pod name (POD_NAME, from the downward API), else the hostname, plus a random suffix.
 /// Neither `<hostname>-<pid>` nor the pod name alone is unique: in a container the pid is
 /// always 1, hostnames may repeat, and a restarted container keeps its pod's name yet must

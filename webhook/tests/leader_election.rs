@@ -19,9 +19,12 @@ const TIMING: LeaseTiming = LeaseTiming {
 };
 
 fn settings(identity: &str) -> LeaseSettings {
-    let mut settings = LeaseSettings::new("default", "election-test", identity);
-    settings.timing = TIMING;
-    settings
+    LeaseSettings {
+        namespace: "default".into(),
+        name: "election-test".into(),
+        identity: identity.into(),
+        timing: TIMING,
+    }
 }
 
 /// The term of `leadership` once it leads, within `timeout`.
