@@ -339,12 +339,7 @@ pub fn select(clusters: Vec<MeshCluster>, names: &[String]) -> Result<Vec<MeshCl
 pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Namespace>> {
     mesh_core::sync::primary_namespaces(primary)
         .await
-        .map_err(|e| match e {
-            mesh_core::sync::Error::ListPrimary(source)
-            | mesh_core::sync::Error::ListNamespaces(source) => {
-                Error::kube("cannot list the primary's namespaces")(source)
-            }
-        })
+        .map_err(|e| Error::kube("cannot list the primary's namespaces")(e.call))
 }
 
 /// Why a remote could not be used. Each text holds its whole cause, so none is a `source`

@@ -37,23 +37,38 @@ use crate::{
 /// namespaces in a few round trips, few enough not to look like a flood to its apiserver.
 const WRITE_CONCURRENCY: usize = 8;
 
+/// A list of namespaces a sync could not make, the remote's or the primary's. The cause is in
+/// the text, so it is not a `source` as well (it would print twice).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    // The cause is in the text, so it is not a `source` as well (it would print twice).
-    #[error("cannot list the remote's namespaces: {}", error_chain(.0))]
-    ListNamespaces(kube::Error),
-    #[error("cannot list the primary's namespaces: {}", error_chain(.0))]
-    ListPrimary(kube::Error),
+#[error("cannot list the {whose}'s namespaces: {}", error_chain(.call))]
+pub struct Error {
+    whose: &'static str,
+    /// The call that failed.
+    pub call: kube::Error,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The list of the remote's namespaces failed.
+    pub fn remote(call: kube::Error) -> Self {
+        Self {
+            whose: "remote",
+            call,
+        }
+    }
+
+    /// The list of the primary's namespaces failed.
+    pub fn primary(call: kube::Error) -> Self {
+        Self {
+            whose: "primary",
+            call,
+        }
+    }
+
     /// How the call failed, for conditions and backoff.
     pub fn failure(&self) -> Failure {
-        match self {
-            Self::ListNamespaces(error) | Self::ListPrimary(error) => Failure::of(error),
-        }
+        Failure::of(&self.call)
     }
 }
 
@@ -229,7 +244,7 @@ pub async fn primary_namespaces(primary: &Client) -> Result<BTreeMap<String, Nam
         (ns.name_any(), primary_trimmed(ns.metadata))
     })
     .await
-    .map_err(Error::ListPrimary)?;
+    .map_err(Error::primary)?;
     Ok(kept.into_iter().collect())
 }
 
@@ -333,7 +348,7 @@ pub async fn sync_watched(
     sync.api
         .list_metadata(&ListParams::default().limit(1))
         .await
-        .map_err(Error::ListNamespaces)?;
+        .map_err(Error::remote)?;
     Ok(sync_seen(sync, seen, refusals).await)
 }
 
@@ -559,7 +574,7 @@ async fn list_namespaces(api: &Api<Namespace>, rule: &SyncRule) -> Result<Vec<Na
     let keys = rule.keys_read();
     real_namespaces(api, |meta| trimmed_for(&keys, meta))
         .await
-        .map_err(Error::ListNamespaces)
+        .map_err(Error::remote)
 }
 
 /// Every namespace `api` lists that an apiserver could hold ([`could_be_real`]), read in pages
@@ -694,8 +709,8 @@ mod tests {
 
     #[test]
     fn errors_print_each_cause_once() {
-        assert_each_cause_prints_once(&Error::ListNamespaces(refused_connection()));
-        assert_each_cause_prints_once(&Error::ListPrimary(refused_connection()));
+        assert_each_cause_prints_once(&Error::remote(refused_connection()));
+        assert_each_cause_prints_once(&Error::primary(refused_connection()));
     }
 
     /// The primary's namespaces by name, each with exactly the labels given.

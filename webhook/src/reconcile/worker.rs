@@ -598,8 +598,7 @@ fn renewal_wanted(
 /// Whether the sync failed with `error` because the remote refused the credentials themselves
 /// (401), not what they may do (403).
 fn refused_credentials(error: &sync::Error) -> bool {
-    let (sync::Error::ListNamespaces(call) | sync::Error::ListPrimary(call)) = error;
-    Failure::of(call) == Failure::Unauthorized
+    Failure::of(&error.call) == Failure::Unauthorized
 }
 
 /// How a sync ended, from whether it ran to its end (`ok`) and its report. One in which the
@@ -1266,7 +1265,7 @@ mod tests {
     /// worker judges it: its attempt, and whether the credentials themselves were refused.
     fn list_answered(code: u16, reason: &str) -> (Attempt<'static>, bool) {
         let status = kube::core::Status::failure("no", reason).with_code(code);
-        let error = sync::Error::ListNamespaces(kube::Error::Api(status.boxed()));
+        let error = sync::Error::remote(kube::Error::Api(status.boxed()));
         let credentials_refused = refused_credentials(&error);
         (
             Attempt::failed(error.failure(), error.to_string()),

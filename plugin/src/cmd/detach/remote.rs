@@ -20,7 +20,7 @@ use mesh_core::{
     MESH_NAMESPACE,
     failure::Failure,
     labels::SyncRule,
-    sync::{self, SyncMode, sync_remote},
+    sync::{SyncMode, sync_remote},
 };
 use serde::de::DeserializeOwned;
 
@@ -332,11 +332,7 @@ async fn strip_managed_labels(
     loop {
         let report = sync_remote(rule, &no_primary, client, SyncMode::Apply)
             .await
-            .map_err(|error| match error {
-                sync::Error::ListNamespaces(e) | sync::Error::ListPrimary(e) => {
-                    access::request_error(target, "remove managed labels", e)
-                }
-            })?;
+            .map_err(|error| access::request_error(target, "remove managed labels", error.call))?;
         for change in report.applied() {
             stripped += 1;
             let removed: Vec<&str> = change.diff.remove.iter().map(String::as_str).collect();
