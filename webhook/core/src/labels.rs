@@ -527,14 +527,13 @@ mod tests {
 
     #[test]
     fn after_sync_keeps_unmanaged_labels_and_takes_managed_ones_from_desired() {
-        let rule = SyncRule::default();
         let remote = ns("shop")
             .label("team", "a")
             .label("istio-injection", "enabled")
             .label("istio.io/rev", "old");
         let desired = labels(&[("istio.io/rev", "canary"), ("team", "ignored")]);
         assert_eq!(
-            rule.after_sync(&desired, &remote),
+            SyncRule::default().after_sync(&desired, &remote),
             labels(&[("istio.io/rev", "canary"), ("team", "a")])
         );
     }
