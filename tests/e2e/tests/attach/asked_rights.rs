@@ -17,7 +17,7 @@ use mesh_e2e::callers::{Grant, kubeconfig_granting, mesh_as, unchanged};
 
 /// The opening of the tests whose caller's attach or detach reaches the primary's
 /// istio-system: remote-1 and its lock ([`open_with_remote`]), the lock on istio-system
-/// ([`ISTIO_SYSTEM`]), both held until the test ends, and a directory for the caller's
+/// ([`lock_istio_system`]), both held until the test ends, and a directory for the caller's
 /// kubeconfig.
 async fn open_reaching_istio_system() -> anyhow::Result<(
     &'static TestEnv,
@@ -26,7 +26,7 @@ async fn open_reaching_istio_system() -> anyhow::Result<(
     [MutexGuard<'static, ()>; 2],
 )> {
     let (env, remote, lock) = open_with_remote(0).await?;
-    let istio_system = ISTIO_SYSTEM.lock().await;
+    let istio_system = lock_istio_system(&env.primary().client().await?).await?;
     Ok((env, remote, tempfile::tempdir()?, [lock, istio_system]))
 }
 
@@ -324,8 +324,7 @@ fn primary_rights_but_istio_secrets() -> [Grant<'static>; 2] {
 /// none to be. A re-run, after which there may be one, still says so.
 #[tokio::test]
 async fn only_a_re_attach_warns_of_an_istio_secret_the_caller_may_not_read() -> anyhow::Result<()> {
-    let (env, remote, _lock) = open_with_remote(0).await?;
-    let dir = tempfile::tempdir()?;
+    let (env, remote, dir, _locks) = open_reaching_istio_system().await?;
     let caller = kubeconfig_granting(
         env.primary(),
         dir.path(),

@@ -245,7 +245,7 @@ async fn detach_keeps_what_attach_did_not_create_and_strips_only_managed_labels(
 async fn detaching_one_cluster_keeps_the_istio_secrets_of_the_others() -> anyhow::Result<()> {
     let (env, first, _lock_1) = open_with_remote(0).await?;
     let (second, _lock_2) = take_remote(env, 1).await?;
-    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let _istio_system = lock_istio_system(&env.primary().client().await?).await?;
     attach(env, first, &["--istio-remote-secret"]).await?;
     attach(env, second, &["--istio-remote-secret"]).await?;
     let primary = env.primary().client().await?;
@@ -287,7 +287,7 @@ async fn detach_taking_its_istio_secret(
 async fn a_detach_after_its_mesh_cluster_went_removes_the_istio_system_left_empty()
 -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(0).await?;
-    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let _istio_system = lock_istio_system(&env.primary().client().await?).await?;
     attach(env, remote, &["--istio-remote-secret"]).await?;
     let primary = env.primary().client().await?;
     let namespaces = Api::<Namespace>::all(primary.clone());

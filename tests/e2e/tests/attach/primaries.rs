@@ -195,7 +195,7 @@ async fn a_takeover_leaves_none_of_the_other_primarys_rights() -> anyhow::Result
 }
 
 async fn take_over_all(env: &TestEnv, second: &Cluster, remote: &Cluster) -> anyhow::Result<()> {
-    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let _istio_system = lock_istio_system(&env.primary().client().await?).await?;
     let kubeconfig = remote.kubeconfig.to_string_lossy().into_owned();
     let first_flags = [
         "--token-ttl",

@@ -12,7 +12,7 @@ use crate::support::*;
 #[tokio::test]
 async fn a_re_attach_at_a_new_address_refreshes_the_istio_remote_secret() -> anyhow::Result<()> {
     let (env, remote, _lock) = open_with_remote(1).await?;
-    let _istio_system = ISTIO_SYSTEM.lock().await;
+    let _istio_system = lock_istio_system(&env.primary().client().await?).await?;
     let name = remote.name.as_str();
     attach(env, remote, &["--istio-remote-secret"]).await?;
 

@@ -47,7 +47,7 @@ async fn istio_system_before(
     if !reaches_istio_system(step) {
         return Ok(None);
     }
-    let lock = ISTIO_SYSTEM.lock().await;
+    let lock = lock_istio_system(primary).await?;
     Ok(Some((lock, istio_system_exists(primary).await?)))
 }
 
@@ -267,7 +267,7 @@ async fn interrupted_attach_rolls_back_and_a_rerun_succeeds() -> anyhow::Result<
     assert_nothing_left(env, remote, name).await?;
 
     // The re-run goes through, Istio remote secret and view identity included.
-    let _istio = ISTIO_SYSTEM.lock().await;
+    let _istio = lock_istio_system(&primary).await?;
     let istio_system_before = istio_system_exists(&primary).await?;
     attach(env, remote, &EVERY_STEP).await?;
     let view = Api::<Secret>::namespaced(primary.clone(), "kubectl-mesh")

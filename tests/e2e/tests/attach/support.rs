@@ -35,7 +35,27 @@ const TEST_HOOKS: [&str; 2] = ["KUBECTL_MESH_FAIL_AFTER", "KUBECTL_MESH_STALL_IN
 /// Serializes the attaches and detaches that reach the primary's istio-system namespace,
 /// whichever the remote: they create it when it is absent and a rollback or detach deletes it
 /// again, which would pull it from under another. Taken after the remotes' locks.
-pub static ISTIO_SYSTEM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static ISTIO_SYSTEM: Mutex<()> = Mutex::const_new(());
+
+/// The lock on the primary's istio-system ([`ISTIO_SYSTEM`]), once no earlier test's detach or
+/// rollback is still deleting it: the lock is released when that test ends, and an attach then
+/// meets a namespace being deleted, in which nothing can be created.
+pub async fn lock_istio_system(primary: &kube::Client) -> anyhow::Result<MutexGuard<'static, ()>> {
+    let lock = ISTIO_SYSTEM.lock().await;
+    let namespaces = Api::<Namespace>::all(primary.clone());
+    eventually(
+        "istio-system not being deleted",
+        DEFAULT_TIMEOUT,
+        || async {
+            let found = namespaces.get_opt("istio-system").await?;
+            Ok(found
+                .is_none_or(|ns| ns.metadata.deletion_timestamp.is_none())
+                .then_some(()))
+        },
+    )
+    .await?;
+    Ok(lock)
+}
 
 /// The shared environment with kubectl-mesh installed on the primary (once per binary).
 pub async fn env() -> anyhow::Result<&'static TestEnv> {
