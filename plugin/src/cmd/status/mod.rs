@@ -33,6 +33,8 @@ use crate::{
 mod read;
 mod summary;
 
+pub use summary::Totals;
+
 use read::read_view;
 
 /// Exit status of `status --exit-code` when a namespace drifted (like `git diff --exit-code`,
@@ -251,32 +253,6 @@ pub struct StatusReport {
     /// What the rows add up to.
     #[serde(flatten)]
     pub totals: Totals,
-}
-
-/// What a matrix's cells add up to, as the summary and `--exit-code` count them; the matrices
-/// of a page's chunks add up to the page's.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Totals {
-    /// Cells whose managed labels differ from the primary's, on the clusters that are synced.
-    pub drifted: usize,
-    /// Cells of namespaces that carry managed labels on the primary and are absent there, on
-    /// the clusters that are synced.
-    pub missing: usize,
-    /// Cells whose labels ask for sidecars no injector of the cluster adds.
-    pub uninjected: usize,
-    /// Pods whose sidecar contradicts their namespace's labels, on every cluster whose pods
-    /// were read.
-    pub contrary_pods: usize,
-}
-
-impl std::ops::AddAssign for Totals {
-    fn add_assign(&mut self, other: Self) {
-        self.drifted += other.drifted;
-        self.missing += other.missing;
-        self.uninjected += other.uninjected;
-        self.contrary_pods += other.contrary_pods;
-    }
 }
 
 /// One remote.

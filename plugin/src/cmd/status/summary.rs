@@ -1,15 +1,42 @@
-//! What `status` says after its table: per cluster, the namespaces whose labels no injector
-//! serves, injectors that could not be read, and pods whose sidecar contradicts their
-//! namespace's labels.
+//! What `status` counts and says after its table: the totals, and per cluster the namespaces
+//! whose labels no injector serves, injectors that could not be read, and pods whose sidecar
+//! contradicts their namespace's labels.
 
 use std::collections::BTreeMap;
 
 use mesh_core::printable::few;
+use serde::Serialize;
 
 use super::{InjectionCell, NamespaceRow, PodsColumn, StatusReport};
 use crate::output::plural;
 use crate::restart::restart_advice;
 use crate::view;
+
+/// What a matrix's cells add up to, as the summary and `--exit-code` count them; the matrices
+/// of a page's chunks add up to the page's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    /// Cells whose managed labels differ from the primary's, on the clusters that are synced.
+    pub drifted: usize,
+    /// Cells of namespaces that carry managed labels on the primary and are absent there, on
+    /// the clusters that are synced.
+    pub missing: usize,
+    /// Cells whose labels ask for sidecars no injector of the cluster adds.
+    pub uninjected: usize,
+    /// Pods whose sidecar contradicts their namespace's labels, on every cluster whose pods
+    /// were read.
+    pub contrary_pods: usize,
+}
+
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, other: Self) {
+        self.drifted += other.drifted;
+        self.missing += other.missing;
+        self.uninjected += other.uninjected;
+        self.contrary_pods += other.contrary_pods;
+    }
+}
 
 impl StatusReport {
     /// Lines worth a warning after the table: per cluster, the namespaces whose labels ask
