@@ -13,10 +13,7 @@ use k8s_openapi::{
             Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace,
             ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
             ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
-            Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-        },
-        rbac::v1::{
-            ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+            Service, ServicePort, ServiceSpec, Volume, VolumeMount,
         },
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -35,6 +32,7 @@ mod client_ca;
 mod disruption;
 pub mod installed;
 mod network_policy;
+mod rbac;
 mod serving_cert;
 mod webhook_configuration;
 
@@ -46,6 +44,11 @@ pub use client_ca::{
 };
 pub use disruption::pod_disruption_budget;
 pub use network_policy::network_policy;
+pub use rbac::{
+    cluster_role, cluster_role_binding, events_role, events_role_binding, role, role_binding,
+    service_account,
+};
+pub(crate) use rbac::{mesh_service_account, role_ref, rule};
 pub use serving_cert::{Coverage, ServingCert, generate_serving_cert, serving_sans, tls_secret};
 pub use webhook_configuration::{
     NAMESPACE_WRITES, cel_label_changed, match_conditions, mutating_webhook_configuration,
@@ -355,121 +358,6 @@ pub fn namespace() -> Namespace {
     }
 }
 
-/// The webhook's ServiceAccount.
-pub fn service_account() -> ServiceAccount {
-    ServiceAccount {
-        metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
-        ..Default::default()
-    }
-}
-
-/// An RBAC rule of `verbs` on `resources` of API `groups`.
-pub(crate) fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
-    PolicyRule {
-        api_groups: strings(groups),
-        resources: strings(resources),
-        verbs: verbs.iter().map(|s| (*s).to_owned()).collect(),
-        ..Default::default()
-    }
-}
-
-/// What the webhook may do cluster-wide, and no more than its code does: read namespaces (it
-/// changes them only through its admission answers), read MeshClusters and patch their status.
-/// Its Events are [`events_role`]'s.
-pub fn cluster_role() -> ClusterRole {
-    ClusterRole {
-        metadata: meta(CLUSTER_ROLE, None, Some(WEBHOOK)),
-        rules: Some(vec![
-            rule(&[""], &["namespaces"], &["get", "list", "watch"]),
-            rule(
-                &[mesh_core::GROUP],
-                &["meshclusters"],
-                &["get", "list", "watch"],
-            ),
-            rule(&[mesh_core::GROUP], &["meshclusters/status"], &["patch"]),
-        ]),
-        ..Default::default()
-    }
-}
-
-/// A reference to the RBAC `kind` (Role, ClusterRole) named `name`.
-pub(crate) fn role_ref(kind: &str, name: &str) -> RoleRef {
-    RoleRef {
-        api_group: "rbac.authorization.k8s.io".to_owned(),
-        kind: kind.to_owned(),
-        name: name.to_owned(),
-    }
-}
-
-/// The ServiceAccount `name` of [`MESH_NAMESPACE`], as a binding's subject.
-pub(crate) fn mesh_service_account(name: &str) -> Subject {
-    Subject {
-        kind: "ServiceAccount".to_owned(),
-        name: name.to_owned(),
-        namespace: Some(MESH_NAMESPACE.to_owned()),
-        ..Default::default()
-    }
-}
-
-/// Binds [`cluster_role`] to the webhook's ServiceAccount.
-pub fn cluster_role_binding() -> ClusterRoleBinding {
-    ClusterRoleBinding {
-        metadata: meta(CLUSTER_ROLE, None, Some(WEBHOOK)),
-        role_ref: role_ref("ClusterRole", CLUSTER_ROLE),
-        subjects: Some(vec![mesh_service_account(WEBHOOK)]),
-    }
-}
-
-/// What the webhook may do in the mesh namespace only: read the kubeconfig Secrets of
-/// attached clusters (never Secrets elsewhere) and hold its leader-election Lease.
-pub fn role() -> Role {
-    Role {
-        metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
-        rules: Some(vec![
-            // update: the leader writes renewed time-bound tokens into the stored kubeconfigs.
-            rule(&[""], &["secrets"], &["get", "list", "watch", "update"]),
-            // Its own Lease only; a create cannot be narrowed by name.
-            rule(&["coordination.k8s.io"], &["leases"], &["create"]),
-            PolicyRule {
-                resource_names: Some(vec![WEBHOOK.to_owned()]),
-                ..rule(&["coordination.k8s.io"], &["leases"], &["get", "update"])
-            },
-        ]),
-    }
-}
-
-/// Binds [`role`] to the webhook's ServiceAccount.
-pub fn role_binding() -> RoleBinding {
-    RoleBinding {
-        metadata: meta(WEBHOOK, Some(MESH_NAMESPACE), Some(WEBHOOK)),
-        role_ref: role_ref("Role", WEBHOOK),
-        subjects: Some(vec![mesh_service_account(WEBHOOK)]),
-    }
-}
-
-/// The webhook's Events, in [`EVENTS_NAMESPACE`] only, of the API kube's Recorder writes:
-/// create, and patch for a repeat (it reads none). Not cluster-wide: a stolen token could
-/// otherwise forge Events in any namespace, kube-system's included.
-pub fn events_role() -> Role {
-    Role {
-        metadata: meta(EVENTS_ROLE, Some(EVENTS_NAMESPACE), Some(WEBHOOK)),
-        rules: Some(vec![rule(
-            &["events.k8s.io"],
-            &["events"],
-            &["create", "patch"],
-        )]),
-    }
-}
-
-/// Binds [`events_role`] to the webhook's ServiceAccount.
-pub fn events_role_binding() -> RoleBinding {
-    RoleBinding {
-        metadata: meta(EVENTS_ROLE, Some(EVENTS_NAMESPACE), Some(WEBHOOK)),
-        role_ref: role_ref("Role", EVENTS_ROLE),
-        subjects: Some(vec![mesh_service_account(WEBHOOK)]),
-    }
-}
-
 /// Arguments of the webhook container (`mesh-webhook --help`). The rest of its flags keep
 /// their defaults, which match what is rendered here (mesh namespace, Lease name), or come
 /// from [`webhook_env`].
@@ -725,7 +613,7 @@ pub fn render_with_ca_bundle(
         Some(plan.applied.as_bytes()),
     ))?;
     let mut out = vec![Manifest::new(&crd())?, Manifest::new(&namespace())?];
-    out.extend(rbac()?);
+    out.extend(rbac::manifests()?);
     let mut last = Some(configuration);
     if plan.trust_first {
         out.extend(last.take());
@@ -744,20 +632,6 @@ pub fn render_with_ca_bundle(
     Ok(out)
 }
 
-/// The webhook's identity and rights, in the order install applies them: what is bound before
-/// its binding.
-fn rbac() -> Result<Vec<Manifest>> {
-    Ok(vec![
-        Manifest::new(&service_account())?,
-        Manifest::new(&cluster_role())?,
-        Manifest::new(&cluster_role_binding())?,
-        Manifest::new(&role())?,
-        Manifest::new(&role_binding())?,
-        Manifest::new(&events_role())?,
-        Manifest::new(&events_role_binding())?,
-    ])
-}
-
 /// Everything `uninstall` deletes by name, in the order it deletes them: the webhook
 /// configuration first so that the apiserver stops calling, the client CA and the leader
 /// Lease the webhook wrote, the namespace (and with it anything left in it) near the end,
@@ -773,7 +647,7 @@ pub fn uninstall_order(with_crd: bool) -> Result<Vec<Manifest>> {
         Manifest::new(&pod_disruption_budget())?,
     ];
     // Bindings before what they bind.
-    out.extend(rbac()?.into_iter().rev());
+    out.extend(rbac::manifests()?.into_iter().rev());
     out.extend([
         Manifest::new(&Secret {
             metadata: meta(TLS_SECRET, Some(MESH_NAMESPACE), Some(WEBHOOK)),
@@ -800,7 +674,7 @@ pub fn static_manifests() -> Result<Vec<(&'static str, Vec<Manifest>)>> {
     Ok(vec![
         ("crd.yaml", vec![Manifest::new(&crd())?]),
         ("namespace.yaml", vec![Manifest::new(&namespace())?]),
-        ("rbac.yaml", rbac()?),
+        ("rbac.yaml", rbac::manifests()?),
         (
             "deployment.yaml",
             vec![
