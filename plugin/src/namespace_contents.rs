@@ -16,30 +16,15 @@ use mesh_core::{failure, printable};
 use crate::output::Progress;
 use crate::remote_setup as setup;
 
-/// Why the namespace `ns` kubectl-mesh created is kept rather than deleted, as said after its
-/// name ("kept: it holds ..."); `None` when it holds nothing else and may go. `primary` as
-/// for [`foreign_objects`].
+/// Why the namespace `ns` kubectl-mesh created is kept rather than deleted ("it holds ...",
+/// said after "kept: "); `None` when it holds nothing else and may go. `primary` as for
+/// [`foreign_objects`].
 pub async fn why_keep(
     client: &Client,
     ns: &str,
     primary: Option<&str>,
 ) -> Result<Option<String>, kube::Error> {
-    Ok(why_kept(client, ns, primary).await?.map(kept))
-}
-
-/// [`why_keep`]'s reason alone ("it holds ..."), for a caller that says it in words of its
-/// own.
-pub async fn why_kept(
-    client: &Client,
-    ns: &str,
-    primary: Option<&str>,
-) -> Result<Option<String>, kube::Error> {
     Ok(reason_to_keep(&foreign_objects(client, ns, primary).await?))
-}
-
-/// A reason to keep a namespace, as said after its name.
-fn kept(reason: String) -> String {
-    format!("kept: {reason}")
 }
 
 /// Deletes namespace `ns` if attach created it and it holds nothing else
@@ -62,8 +47,8 @@ pub async fn remove_namespace_if_unused(
         return Ok(false);
     }
     let primary = owner.map(|(_, primary)| primary);
-    if let Some(kept) = why_keep(client, ns, primary).await? {
-        progress.warn(format!("{side}: Namespace {ns} {kept}"));
+    if let Some(why) = why_keep(client, ns, primary).await? {
+        progress.warn(format!("{side}: Namespace {ns} kept: {why}"));
         return Ok(false);
     }
     match namespaces.delete(ns, &DeleteParams::background()).await {
@@ -102,12 +87,6 @@ pub fn created_by_attach(ns: &Namespace, owner: Option<(&str, &str)>) -> bool {
 }
 
 /// The decision of [`why_keep`] once `others` (what [`foreign_objects`] found) is known.
-#[cfg(test)]
-fn kept_for(others: &[String]) -> Option<String> {
-    reason_to_keep(others).map(kept)
-}
-
-/// The decision of [`why_kept`] once `others` (what [`foreign_objects`] found) is known.
 fn reason_to_keep(others: &[String]) -> Option<String> {
     if others.iter().all(|o| o.contains(UNLISTED)) {
         // Kinds that could not be listed alone: it may hold nothing, but nobody can tell.
@@ -287,24 +266,22 @@ mod tests {
 
     #[test]
     fn a_namespace_goes_only_when_it_holds_nothing_else() {
-        assert_eq!(kept_for(&[]), None);
+        assert_eq!(reason_to_keep(&[]), None);
         let others = ["ConfigMap someone-elses".to_owned()];
         assert_eq!(
-            kept_for(&others).as_deref(),
+            reason_to_keep(&others).as_deref(),
             Some(
-                "kept: it holds objects attach did not create for this cluster (ConfigMap someone-elses)"
+                "it holds objects attach did not create for this cluster (ConfigMap someone-elses)"
             )
         );
         // A kind that could not be listed keeps it as well, without claiming it holds anything.
         let unread = ["widgets (could not be listed: forbidden)".to_owned()];
         assert_eq!(
-            kept_for(&unread).as_deref(),
-            Some(
-                "kept: what it holds could not be told (widgets (could not be listed: forbidden))"
-            )
+            reason_to_keep(&unread).as_deref(),
+            Some("what it holds could not be told (widgets (could not be listed: forbidden))")
         );
         let both = [unread[0].clone(), others[0].clone()];
-        assert!(kept_for(&both).is_some_and(|why| why.starts_with("kept: it holds objects")));
+        assert!(reason_to_keep(&both).is_some_and(|why| why.starts_with("it holds objects")));
     }
 
     #[test]

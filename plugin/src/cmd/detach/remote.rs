@@ -29,7 +29,7 @@ use crate::{
     Error, Result,
     access::{self, Target},
     interrupt::Listener,
-    namespace_contents::why_kept,
+    namespace_contents::why_keep,
     output::Progress,
     remote_setup as setup,
 };
@@ -179,7 +179,7 @@ pub(super) async fn clean_remote(
             if ns.metadata.deletion_timestamp.is_some() {
                 return Ok(NamespaceOutcome::Deleting);
             }
-            let others = why_kept(client, MESH_NAMESPACE, Some(primary))
+            let others = why_keep(client, MESH_NAMESPACE, Some(primary))
                 .await
                 .map_err(fail("delete the mesh namespace"))?;
             if let Some(why) = others {

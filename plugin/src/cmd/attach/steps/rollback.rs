@@ -46,9 +46,9 @@ impl Run<'_> {
         label: &str,
     ) -> Result<Option<Undone>> {
         let m = change.manifest();
-        if let Some(kept) = self.why_keep(change, client).await? {
+        if let Some(why) = self.why_keep(change, client).await? {
             self.progress
-                .warn(format!("rolled back: {label}: {} {kept}", describe(m)));
+                .warn(format!("rolled back: {label}: {} kept: {why}", describe(m)));
             return Ok(None);
         }
         let undone = change.undo(client).await?;
